@@ -1,0 +1,15 @@
+"""dit-compress: a low-rank / SVD compression compiler for diffusion transformers."""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy public API: keeps `import compress` cheap
+    if name in ("load_teacher", "save_compressed", "load_transformer", "load_pipeline"):
+        from compress import io
+
+        return getattr(io, name)
+    if name == "LowRankLinear":
+        from compress.lowrank import LowRankLinear
+
+        return LowRankLinear
+    raise AttributeError(name)
