@@ -1,0 +1,60 @@
+"""LowRankLinear: y = up(down(x)) + bias, a drop-in for nn.Linear.
+
+Stored as two plain nn.Linear children so state-dict keys are `<module>.down.weight` [r, in],
+`<module>.up.weight` [out, r] and `<module>.up.bias` [out] (DESIGN.md output format).
+On CUDA with fp16/bf16 inputs the forward runs the fused Triton kernel (`compress.kernels`);
+elsewhere it is two torch matmuls.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LowRankLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)  # [r, in]
+        self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)  # [out, r]
+        self.use_kernel = True  # set False to force the torch path (benchmarks, debugging)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense equivalent [out, in] (for inspection; not used in forward)."""
+        return self.up.weight @ self.down.weight
+
+    @property
+    def bias(self):
+        return self.up.bias
+
+    @classmethod
+    def from_factors(cls, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None,
+                     dtype=None) -> "LowRankLinear":
+        """up [out, r], down [r, in], bias [out] or None."""
+        out_f, rank = up.shape
+        in_f = down.shape[1]
+        dtype = dtype or (bias.dtype if bias is not None else up.dtype)
+        layer = cls(in_f, out_f, rank, bias=bias is not None, device=up.device, dtype=dtype)
+        with torch.no_grad():
+            layer.down.weight.copy_(down.to(dtype))
+            layer.up.weight.copy_(up.to(dtype))
+            if bias is not None:
+                layer.up.bias.copy_(bias.to(dtype))
+        return layer
+
+    def _kernel_ok(self, x: torch.Tensor) -> bool:
+        return (self.use_kernel and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+                and self.down.weight.dtype == x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if self._kernel_ok(x):
+            from compress.kernels import lowrank_linear
+
+            return lowrank_linear(x, self.down.weight, self.up.weight, self.up.bias)
+        return self.up(self.down(x))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
