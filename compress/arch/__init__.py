@@ -1,0 +1,31 @@
+"""Model-family adapters. `get_adapter(model_or_name)` picks one; the table is explicit."""
+
+from __future__ import annotations
+
+from compress.arch.base import ROLES, Adapter, BlockGroup, LinearInfo
+from compress.arch.flux import FluxAdapter
+from compress.arch.pixart import PixArtAdapter
+from compress.errors import UserError
+
+ADAPTERS: dict[str, type[Adapter]] = {"pixart": PixArtAdapter, "flux": FluxAdapter}
+_BY_CLASS = {cls.class_name: name for name, cls in ADAPTERS.items()}
+SUPPORTED = ", ".join(sorted(_BY_CLASS))
+
+
+def family_of_class(class_name: str) -> str:
+    if class_name not in _BY_CLASS:
+        raise UserError(f"unsupported model class '{class_name}'; supported: {SUPPORTED}")
+    return _BY_CLASS[class_name]
+
+
+def get_adapter(model_or_family) -> Adapter:
+    """An adapter for a model instance, a class name or a family name ('pixart', 'flux')."""
+    if isinstance(model_or_family, str):
+        name = model_or_family if model_or_family in ADAPTERS else family_of_class(model_or_family)
+    else:
+        name = family_of_class(type(model_or_family).__name__)
+    return ADAPTERS[name]()
+
+
+__all__ = ["ADAPTERS", "ROLES", "Adapter", "BlockGroup", "LinearInfo", "get_adapter",
+           "family_of_class", "SUPPORTED"]

@@ -1,0 +1,158 @@
+"""What every model-family adapter knows: block lists, linear roles, block chaining, removal, task loss.
+
+Adapters never fork diffusers model code: they read module names of the real classes and call the
+real blocks. Roles are coarse kinds users target in recipes (`attention`, `cross_attention`, `mlp`,
+`modulation`, `embedding`, `output`) plus a `part` (q, k, v, out, in, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compress.errors import UserError
+
+ROLES = ("attention", "cross_attention", "mlp", "modulation", "embedding", "output")
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    name: str  # "blocks" | "double" | "single"
+    attr: str  # attribute holding the nn.ModuleList on the model
+    config_key: str  # config field counting the blocks
+
+
+@dataclass(frozen=True)
+class LinearInfo:
+    name: str  # full module name, e.g. "transformer_blocks.3.attn1.to_q"
+    role: str  # one of ROLES
+    part: str  # "q", "k", "v", "out", "in", "mod", ...
+    group: str | None  # block group name, None outside blocks
+    block: int | None  # index within the group
+    in_features: int
+    out_features: int
+    input_key: str  # linears with the same input_key (within a block) read the same tensor
+
+
+def is_linear(module: nn.Module) -> bool:
+    from compress.lowrank import LowRankLinear
+
+    return isinstance(module, (nn.Linear, LowRankLinear))
+
+
+class Adapter:
+    family: str = ""
+    class_name: str = ""
+    groups: tuple[BlockGroup, ...] = ()
+    # (regex on the name inside a block or at top level, role, part, input_key)
+    block_rules: tuple[tuple[str, str, str, str], ...] = ()
+    top_rules: tuple[tuple[str, str, str, str], ...] = ()
+
+    # ---- blocks -------------------------------------------------------------------------------
+    def group(self, name: str) -> BlockGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise UserError(f"{self.family} has no block group '{name}' (groups: "
+                        f"{', '.join(g.name for g in self.groups)})")
+
+    def blocks(self, model: nn.Module, group: str) -> nn.ModuleList:
+        return getattr(model, self.group(group).attr)
+
+    def block_counts(self, model: nn.Module) -> dict[str, int]:
+        return {g.name: len(getattr(model, g.attr)) for g in self.groups}
+
+    def iter_blocks(self, model: nn.Module):
+        """(group, index, block) in execution order."""
+        for g in self.groups:
+            for i, blk in enumerate(getattr(model, g.attr)):
+                yield g.name, i, blk
+
+    def block_prefix(self, group: str, index: int) -> str:
+        return f"{self.group(group).attr}.{index}."
+
+    # ---- roles --------------------------------------------------------------------------------
+    def classify(self, name: str) -> tuple[str, str, str | None, int | None, str]:
+        """Module name -> (role, part, group, block, input_key). Raises KeyError if unknown."""
+        for g in self.groups:
+            m = re.match(rf"{re.escape(g.attr)}\.(\d+)\.(.+)$", name)
+            if m:
+                idx, rest = int(m.group(1)), m.group(2)
+                for pat, role, part, key in self.block_rules:
+                    if re.fullmatch(pat, rest):  # keys starting with "/" are model-wide inputs
+                        full = key[1:] if key.startswith("/") else f"{g.name}.{idx}.{key}"
+                        return role, part, g.name, idx, full
+                raise KeyError(name)
+        for pat, role, part, key in self.top_rules:
+            if re.fullmatch(pat, name):
+                return role, part, None, None, key
+        raise KeyError(name)
+
+    def linears(self, model: nn.Module) -> list[LinearInfo]:
+        """Every Linear (or LowRankLinear) of the model with its role, in module order."""
+        out = []
+        factored = {n + "." for n, _ in _lowrank_children(model)}
+        for name, mod in model.named_modules():
+            if not is_linear(mod) or any(name.startswith(p) for p in factored):
+                continue
+            role, part, group, block, key = self.classify(name)
+            out.append(LinearInfo(name, role, part, group, block, mod.in_features,
+                                  mod.out_features, key))
+        return out
+
+    # ---- running one block on captured inputs -------------------------------------------------
+    def next_inputs(self, group: str, args: tuple, kwargs: dict, output) -> tuple[tuple, dict]:
+        """Inputs of the following block given this block's inputs and output."""
+        raise NotImplementedError
+
+    def run_block(self, block: nn.Module, args: tuple, kwargs: dict):
+        return block(*args, **kwargs)
+
+    def hidden_of(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+        """The residual-stream tensors among a block's inputs (for importance proxies)."""
+        raise NotImplementedError
+
+    def hidden_of_output(self, output) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    # ---- removal ------------------------------------------------------------------------------
+    def remove_blocks(self, model: nn.Module, drop: dict[str, list[int]]) -> dict[str, list[int]]:
+        """Remove blocks in place; renumber the rest; keep the config true.
+
+        Returns the block map {group: [teacher index of student block 0, 1, ...]}.
+        """
+        block_map = {}
+        for g in self.groups:
+            blocks = getattr(model, g.attr)
+            n = len(blocks)
+            gone = sorted(set(drop.get(g.name, [])))
+            bad = [i for i in gone if not 0 <= i < n]
+            if bad:
+                raise UserError(f"block index {bad[0]} out of range for group '{g.name}' "
+                                f"({n} blocks: 0..{n - 1})")
+            if gone and len(gone) >= n:
+                raise UserError(f"removing {len(gone)} of {n} blocks would leave group '{g.name}' "
+                                "empty; keep at least one")
+            keep = [i for i in range(n) if i not in gone]
+            setattr(model, g.attr, nn.ModuleList([blocks[i] for i in keep]))
+            model.register_to_config(**{g.config_key: len(keep)})
+            block_map[g.name] = keep
+        return block_map
+
+    # ---- objective ----------------------------------------------------------------------------
+    def task_loss(self, model: nn.Module, latents: torch.Tensor, cond: dict,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """The model's own training loss on clean latents; returns (loss, forward kwargs used)."""
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, kwargs: dict) -> torch.Tensor:
+        return model(**kwargs, return_dict=False)[0]
+
+
+def _lowrank_children(model: nn.Module):
+    from compress.lowrank import LowRankLinear
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankLinear)]

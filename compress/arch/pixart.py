@@ -1,0 +1,57 @@
+"""PixArt-Σ adapter (diffusers `PixArtTransformer2DModel`): 28 blocks of self-attn, cross-attn, MLP;
+one shared adaLN-single modulation. Epsilon prediction (+ learned-variance channels)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from compress.arch.base import Adapter, BlockGroup
+
+
+class PixArtAdapter(Adapter):
+    family = "pixart"
+    class_name = "PixArtTransformer2DModel"
+    groups = (BlockGroup("blocks", "transformer_blocks", "num_layers"),)
+    block_rules = (
+        (r"attn1\.to_([qkv])", "attention", r"\1", "attn1.in"),
+        (r"attn1\.to_out\.0", "attention", "out", "attn1.out.in"),
+        (r"attn2\.to_q", "cross_attention", "q", "attn2.q.in"),
+        (r"attn2\.to_([kv])", "cross_attention", r"\1", "/caption"),  # same text tensor in every block
+        (r"attn2\.to_out\.0", "cross_attention", "out", "attn2.out.in"),
+        (r"ff\.net\.0\.proj", "mlp", "in", "ff.in"),
+        (r"ff\.net\.2", "mlp", "out", "ff.out.in"),
+    )
+    top_rules = (
+        (r"adaln_single\.linear", "modulation", "mod", "adaln.in"),
+        (r"adaln_single\.emb\..+", "embedding", "timestep", "adaln.emb"),
+        (r"caption_projection\.linear_[12]", "embedding", "caption", "caption_projection"),
+        (r"proj_out", "output", "out", "proj_out.in"),
+    )
+
+    def __init__(self):
+        # PixArt-Σ trains with the DDPM linear schedule of 1000 steps (diffusers' default config).
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
+
+    def next_inputs(self, group, args, kwargs, output):
+        return (output,) + tuple(args[1:]), kwargs  # block(hidden_states, ...) -> hidden_states
+
+    def hidden_of(self, args, kwargs):
+        return [args[0] if args else kwargs["hidden_states"]]
+
+    def hidden_of_output(self, output):
+        return [output]
+
+    def task_loss(self, model, latents, cond, generator=None):
+        """Epsilon-prediction loss. latents (B, C, H, W) clean; cond: encoder_hidden_states, mask..."""
+        b, c = latents.shape[:2]
+        steps = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (b,), generator=generator, device=latents.device)  # (B,)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device,
+                            dtype=latents.dtype)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        kwargs = dict(cond, hidden_states=noisy, timestep=t)
+        kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
+        pred = self.predict(model, kwargs)  # (B, C or 2C, H, W)
+        return F.mse_loss(pred[:, :c].float(), noise.float()), kwargs

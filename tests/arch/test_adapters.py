@@ -1,0 +1,100 @@
+import torch
+from torch import nn
+
+from compress.arch import ROLES, get_adapter
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+
+
+def test_every_linear_has_a_role(tiny_model):
+    adapter = get_adapter(tiny_model)
+    infos = adapter.linears(tiny_model)
+    n_linear = sum(isinstance(m, nn.Linear) for m in tiny_model.modules())
+    assert len(infos) == n_linear  # classify() raises KeyError on an unknown linear
+    assert {i.role for i in infos} <= set(ROLES)
+
+
+def test_roles_of_known_modules():
+    p = {i.name: i for i in get_adapter("pixart").linears(tiny_pixart())}
+    assert p["adaln_single.linear"].role == "modulation"
+    assert p["transformer_blocks.1.attn2.to_k"].role == "cross_attention"
+    assert p["transformer_blocks.1.attn2.to_k"].input_key == "caption"
+    assert p["transformer_blocks.2.ff.net.0.proj"].role == "mlp"
+    f = {i.name: i for i in get_adapter("flux").linears(tiny_flux())}
+    for name in ("transformer_blocks.0.norm1.linear", "transformer_blocks.1.norm1_context.linear",
+                 "single_transformer_blocks.2.norm.linear", "norm_out.linear"):
+        assert f[name].role == "modulation" and f[name].input_key == "temb"
+    assert f["single_transformer_blocks.0.proj_out"].part == "fused_out"
+    assert f["single_transformer_blocks.0.proj_mlp"].input_key == f[
+        "single_transformer_blocks.0.attn.to_q"].input_key
+    assert (f["transformer_blocks.0.attn.add_k_proj"].group, f[
+        "transformer_blocks.0.attn.add_k_proj"].block) == ("double", 0)
+
+
+def test_unknown_linear_is_an_error(tiny_model):
+    tiny_model.extra_head = nn.Linear(4, 4)
+    try:
+        get_adapter(tiny_model).linears(tiny_model)
+    except KeyError as e:
+        assert "extra_head" in str(e)
+    else:
+        raise AssertionError("an unclassified linear must fail")
+
+
+def _chain(model, inputs):
+    """Run the model block by block through the adapter; compare with the full forward."""
+    adapter = get_adapter(model)
+    captured = {}
+    first_group, _, first = next(adapter.iter_blocks(model))
+
+    def grab(mod, args, kwargs):
+        captured["in"] = (args, kwargs)
+
+    h = first.register_forward_pre_hook(grab, with_kwargs=True)
+    model(**inputs)
+    h.remove()
+    args, kwargs = captured["in"]
+    outs = []
+    for group, _, blk in adapter.iter_blocks(model):
+        out = adapter.run_block(blk, args, kwargs)
+        outs.append(out)
+        args, kwargs = adapter.next_inputs(group, args, kwargs, out)
+    return outs
+
+
+def test_block_chain_reproduces_model(tiny_model):
+    inputs = model_inputs(tiny_model)
+    adapter = get_adapter(tiny_model)
+    recorded = []
+    hooks = [blk.register_forward_hook(lambda m, a, o: recorded.append(o))
+             for _, _, blk in adapter.iter_blocks(tiny_model)]
+    with torch.no_grad():
+        tiny_model(**inputs)
+        for h in hooks:
+            h.remove()
+        chained = _chain(tiny_model, inputs)
+    for a, b in zip(recorded, chained):
+        for x, y in zip(adapter.hidden_of_output(a), adapter.hidden_of_output(b)):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_remove_blocks_renumbers_and_keeps_config():
+    model = tiny_flux()
+    block_map = get_adapter(model).remove_blocks(model, {"double": [0], "single": [0, 2]})
+    assert block_map == {"double": [1], "single": [1]}
+    assert model.config.num_layers == 1 and model.config.num_single_layers == 1
+    assert len(model.transformer_blocks) == 1 and len(model.single_transformer_blocks) == 1
+    names = [i.name for i in get_adapter(model).linears(model)]
+    assert "single_transformer_blocks.0.proj_out" in names
+    assert not any(n.startswith("single_transformer_blocks.1.") for n in names)
+    with torch.no_grad():
+        model(**model_inputs(model))  # still runs
+
+
+def test_task_loss_is_finite(tiny_model):
+    adapter = get_adapter(tiny_model)
+    inputs = model_inputs(tiny_model)
+    latents = inputs.pop("hidden_states")
+    inputs.pop("timestep")
+    loss, kwargs = adapter.task_loss(tiny_model, latents, inputs, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss > 0
+    assert kwargs["hidden_states"].shape == latents.shape

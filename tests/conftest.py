@@ -1,0 +1,71 @@
+"""Tiny random configs of the real diffusers classes, and inputs for them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
+
+PIXART_TINY = dict(sample_size=4, num_layers=3, num_attention_heads=2, attention_head_dim=8,
+                   in_channels=4, out_channels=8, cross_attention_dim=16, caption_channels=12,
+                   patch_size=1, norm_type="ada_norm_single", use_additional_conditions=False)
+FLUX_TINY = dict(patch_size=1, in_channels=8, num_layers=2, num_single_layers=3,
+                 attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12,
+                 pooled_projection_dim=10, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """diffusers zero-inits some layers (adaLN, proj_out); fill everything so outputs are non-trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def tiny_pixart(seed: int = 0, **overrides) -> PixArtTransformer2DModel:
+    torch.manual_seed(seed)
+    return _randomize(PixArtTransformer2DModel(**{**PIXART_TINY, **overrides}), seed)
+
+
+def tiny_flux(seed: int = 0, **overrides) -> FluxTransformer2DModel:
+    torch.manual_seed(seed)
+    return _randomize(FluxTransformer2DModel(**{**FLUX_TINY, **overrides}), seed)
+
+
+def pixart_inputs(model, batch: int = 2, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    c, s = model.config.in_channels, model.config.sample_size
+    return dict(
+        hidden_states=torch.randn(batch, c, s, s, generator=g),  # (B, C, H, W)
+        encoder_hidden_states=torch.randn(batch, 5, model.config.caption_channels, generator=g),
+        encoder_attention_mask=torch.ones(batch, 5),
+        timestep=torch.tensor([10, 500][:batch] + [900] * max(0, batch - 2)),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    )
+
+
+def flux_inputs(model, batch: int = 2, seed: int = 0, side: int = 4, text: int = 3) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    n = side * side
+    img_ids = torch.zeros(n, 3)
+    img_ids[:, 1] = torch.arange(n) // side
+    img_ids[:, 2] = torch.arange(n) % side
+    return dict(
+        hidden_states=torch.randn(batch, n, cfg.in_channels, generator=g),  # (B, N, C)
+        encoder_hidden_states=torch.randn(batch, text, cfg.joint_attention_dim, generator=g),
+        pooled_projections=torch.randn(batch, cfg.pooled_projection_dim, generator=g),
+        timestep=torch.rand(batch, generator=g),
+        img_ids=img_ids, txt_ids=torch.zeros(text, 3),
+        guidance=torch.full((batch,), 3.5),
+    )
+
+
+def model_inputs(model, **kw) -> dict:
+    return (pixart_inputs if type(model).__name__.startswith("PixArt") else flux_inputs)(model, **kw)
+
+
+@pytest.fixture(params=["pixart", "flux"])
+def tiny_model(request):
+    return tiny_pixart() if request.param == "pixart" else tiny_flux()
