@@ -1,0 +1,395 @@
+"""The math of low-rank compression, as pure tensor functions (DESIGN.md convention 2).
+
+Notation: a linear layer y = W x with W (out, in); calibration inputs stacked as rows of X (n, in);
+the input Gram G = Σ xᵀx = XᵀX (in, in); the output Gram H = Σ yᵀy = W G Wᵀ (out, out).
+The loss of an approximation W' is the calibration output error ||(W − W')Xᵀ||²_F = tr(E G Eᵀ), E = W − W'.
+
+Every method here produces W' = U_r U_rᵀ W for an orthonormal basis U (out, k) of the output space,
+ordered by the method's priority; only the basis differs:
+- ``svd``: left singular vectors of W (plain truncated SVD, blind to the data);
+- ``asvd``: left singular vectors of W S with S a diagonal activation scaling (ASVD, Yuan et al. 2023);
+- ``whitened``: eigenvectors of H = W G Wᵀ, the exact optimum of min_{rank W' ≤ r} tr(E G Eᵀ)
+  (the truncation-aware whitening of SVD-LLM, Wang et al. 2024, in a form that needs no inverse of G).
+Because W' is a left projection of W, the loss at rank r is the sum of the energies uᵢᵀ H uᵢ of the
+dropped directions, so one decomposition gives the loss at every rank (`Decomposition.curve`).
+
+Everything is computed in float64 on the inputs' device; no hooks, devices or progress bars here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compress.errors import NumericError
+
+METHODS = ("svd", "asvd", "whitened")
+BALANCES = ("sqrt", "orthonormal_up")
+_F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """One layer's ordered output basis and per-direction energies, for any rank.
+
+    basis: (out, k) orthonormal columns, most important first (k ≤ max_rank; directions with no
+        energy under the calibration data may be left out and are filled in by `factors_from`).
+    energies: (k,) eᵢ = uᵢᵀ H uᵢ ≥ 0, the calibration output energy a rank loses by dropping uᵢ.
+    max_rank: min(out, in).
+    """
+
+    basis: torch.Tensor  # (out, k)
+    energies: torch.Tensor  # (k,)
+    max_rank: int
+    method: str
+    side: str  # "output" (eigh of H), "input" (eigh of G), or "weight" (SVD of W or W S)
+
+    @property
+    def curve(self) -> torch.Tensor:
+        """Loss at every rank r = 0..max_rank: curve[r] = Σ_{i ≥ r} eᵢ (suffix sums, no cancellation)."""
+        padded = torch.zeros(self.max_rank + 1, dtype=_F64, device=self.energies.device)
+        padded[: self.energies.numel()] = self.energies
+        return padded.flip(0).cumsum(0).flip(0)
+
+
+@dataclass(frozen=True)
+class Factorization:
+    """W ≈ up @ down. up (out, r), down (r, in); loss = tr(E G Eᵀ) on the calibration data;
+    total = the layer's calibration output energy (curve[0]), so loss / total is the normalized loss."""
+
+    up: torch.Tensor  # (out, r)
+    down: torch.Tensor  # (r, in)
+    loss: float
+    total: float
+
+
+# ----------------------------------------------------------------------------- checks and helpers
+
+
+def _label(name: str | None) -> str:
+    return f"layer {name!r}" if name else "unnamed layer"
+
+
+def _to64(t: torch.Tensor, what: str, name: str | None) -> torch.Tensor:
+    """float64 copy of t; NaN/Inf is a NumericError naming the layer."""
+    t = t.detach().to(_F64)
+    if not torch.isfinite(t).all():
+        raise NumericError(f"{_label(name)}: {what} contains NaN or Inf")
+    return t
+
+
+def _sym(m: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (m + m.T)
+
+
+def _tol(values: torch.Tensor, dim: int) -> float:
+    """Numerical-rank threshold for the spectrum of a PSD matrix: dim · eps · largest value."""
+    top = float(values.max()) if values.numel() else 0.0
+    return max(top, 0.0) * dim * torch.finfo(_F64).eps
+
+
+def _fix_signs(basis: torch.Tensor) -> torch.Tensor:
+    """Make each column's largest-magnitude entry positive, so factors are deterministic."""
+    if basis.numel() == 0:
+        return basis
+    idx = basis.abs().argmax(dim=0)  # (k,)
+    signs = torch.sign(basis[idx, torch.arange(basis.shape[1], device=basis.device)])
+    signs[signs == 0] = 1.0
+    return basis * signs
+
+
+def _eigh_desc(m: torch.Tensor, what: str, name: str | None):
+    """Eigen-decomposition of a symmetric matrix, largest eigenvalue first."""
+    try:
+        vals, vecs = torch.linalg.eigh(_sym(m))
+    except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
+        raise NumericError(f"{_label(name)}: eigh of {what} failed: {err}") from err
+    if not (torch.isfinite(vals).all() and torch.isfinite(vecs).all()):
+        raise NumericError(f"{_label(name)}: eigh of {what} returned NaN/Inf")
+    return vals.flip(0), vecs.flip(1)
+
+
+def _svd(m: torch.Tensor, what: str, name: str | None):
+    """Thin SVD, singular values descending (never randomized)."""
+    try:
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    except RuntimeError as err:
+        raise NumericError(f"{_label(name)}: SVD of {what} failed: {err}") from err
+    if not (torch.isfinite(s).all() and torch.isfinite(u).all()):
+        raise NumericError(f"{_label(name)}: SVD of {what} returned NaN/Inf")
+    return u, s, vh
+
+
+def _row_energies(rows: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """dᵢᵀ G dᵢ for each row dᵢ of rows (k, d), clamped at 0 against round-off."""
+    return ((rows @ gram) * rows).sum(dim=1).clamp_min(0.0)  # (k,)
+
+
+def _check_shapes(weight: torch.Tensor, gram: torch.Tensor, gram_is_output: bool) -> None:
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    side = weight.shape[0] if gram_is_output else weight.shape[1]
+    if tuple(gram.shape) != (side, side):
+        kind = "output Gram (out, out)" if gram_is_output else "input Gram (in, in)"
+        raise ValueError(f"expected {kind} of shape {(side, side)}, got {tuple(gram.shape)}")
+
+
+# ----------------------------------------------------------------------------- energies and losses
+
+
+def output_energy(weight: torch.Tensor, gram: torch.Tensor, gram_is_output: bool = False,
+                  name: str | None = None) -> float:
+    """tr(W G Wᵀ) = ||W Xᵀ||²_F, the calibration output energy (tr(H) when given H)."""
+    _check_shapes(weight, gram, gram_is_output)
+    g = _to64(gram, "gram", name)
+    if gram_is_output:
+        return float(torch.diagonal(g).sum())
+    w = _to64(weight, "weight", name)  # (out, in)
+    return float(((w @ g) * w).sum())
+
+
+def reconstruction_loss(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:
+    """tr(E G Eᵀ) with E = W − W', measured directly (input Gram G only)."""
+    err = weight.detach().to(_F64) - approx.detach().to(_F64)  # (out, in)
+    return float(((err @ gram.detach().to(_F64)) * err).sum())
+
+
+# ----------------------------------------------------------------------------- the three bases
+
+
+def _whitened_output_side(w, g, gram_is_output, name):
+    """Eigenvectors of H = W G Wᵀ (out, out), O(out³). Directions with eigenvalue at round-off
+    level are left out (clamped to zero energy) rather than trusted."""
+    h = g if gram_is_output else w @ g @ w.T  # (out, out)
+    vals, vecs = _eigh_desc(h, "the output Gram W G Wᵀ", name)
+    keep = vals > _tol(vals, h.shape[0])
+    return vecs[:, keep], vals[keep]
+
+
+def _whitened_input_side(w, g, name):
+    """Same optimum at O(in³): eigh of G = Q Λ Qᵀ, S = Q₊ Λ₊^{1/2} on the positive eigen-space,
+    then the left singular vectors of W S are the eigenvectors of W S Sᵀ Wᵀ = W G Wᵀ. No inverse of
+    G is formed, so singular or ill-conditioned Grams are harmless."""
+    lam, q = _eigh_desc(g, "the input Gram G", name)
+    keep = lam > _tol(lam, g.shape[0])
+    s = q[:, keep] * lam[keep].sqrt()  # (in, k)
+    u, sig, _ = _svd(w @ s, "W S (whitened weight)", name)  # u (out, min(out, k))
+    energy = sig.square()
+    keep = energy > _tol(energy, max(w.shape))
+    return u[:, keep], energy[keep]
+
+
+def _svd_basis(w, g, gram_is_output, name):
+    """Left singular vectors of W; energies measured under the data (order stays by σ)."""
+    u, _, _ = _svd(w, "the weight", name)  # (out, min)
+    return u, _basis_energies(u, w, g, gram_is_output)
+
+
+def _asvd_basis(w, g, gram_is_output, alpha, act_scale, name):
+    """ASVD (Yuan et al. 2023, "ASVD: Activation-aware Singular Value Decomposition"):
+    S = diag(s)^alpha with s the per-channel activation scale (mean |x| if given as act_scale,
+    else the RMS sqrt(diag G / n); the constant n does not change the factors). SVD of W S = U Σ Vᵀ,
+    then folding S⁻¹ back gives W' = U_r Σ_r V_rᵀ S⁻¹ = U_r U_rᵀ W."""
+    if act_scale is not None:
+        s = _to64(act_scale, "act_scale", name).reshape(-1)
+    elif gram_is_output:
+        raise ValueError("asvd with gram_is_output=True needs act_scale (the input Gram's diagonal is unknown)")
+    else:
+        s = torch.diagonal(g).clamp_min(0.0).sqrt()  # (in,)
+    if s.numel() != w.shape[1]:
+        raise ValueError(f"act_scale must have {w.shape[1]} entries, got {s.numel()}")
+    s = s.abs()
+    top = float(s.max())
+    s = s.clamp_min(top * 1e-6) if top > 0 else torch.ones_like(s)  # never-active channels stay finite
+    u, _, _ = _svd(w * s.pow(alpha), "W S (activation-scaled weight)", name)  # (out, min)
+    return u, _basis_energies(u, w, g, gram_is_output)
+
+
+def _basis_energies(u, w, g, gram_is_output):
+    """eᵢ = uᵢᵀ W G Wᵀ uᵢ, via H when given, else via the rows of Uᵀ W."""
+    if gram_is_output:
+        return ((g @ u) * u).sum(dim=0).clamp_min(0.0)  # (k,)
+    return _row_energies(u.T @ w, g)
+
+
+def decompose(weight: torch.Tensor, gram: torch.Tensor, method: str = "whitened", *,
+              alpha: float = 0.5, gram_is_output: bool = False, side: str | None = None,
+              act_scale: torch.Tensor | None = None, name: str | None = None) -> Decomposition:
+    """The ordered basis and energies of one layer (one eigh/SVD), reusable for every rank.
+
+    side (whitened only): "output" (eigh of the out×out H) or "input" (eigh of the in×in G);
+    None picks the cheaper one (input when in < out). gram_is_output forces "output".
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    _check_shapes(weight, gram, gram_is_output)
+    w = _to64(weight, "weight", name)  # (out, in)
+    g = _sym(_to64(gram, "gram", name))  # (in, in) or (out, out)
+    out_f, in_f = w.shape
+    max_rank = min(out_f, in_f)
+    if method == "svd":
+        basis, energies = _svd_basis(w, g, gram_is_output, name)
+        side = "weight"
+    elif method == "asvd":
+        basis, energies = _asvd_basis(w, g, gram_is_output, alpha, act_scale, name)
+        side = "weight"
+    else:
+        if side is None:
+            side = "input" if (in_f < out_f and not gram_is_output) else "output"
+        if side == "input" and gram_is_output:
+            raise ValueError("side='input' needs the input Gram, not gram_is_output=True")
+        if side == "output":
+            basis, energies = _whitened_output_side(w, g, gram_is_output, name)
+        elif side == "input":
+            basis, energies = _whitened_input_side(w, g, name)
+        else:
+            raise ValueError(f"side must be 'input', 'output' or None, got {side!r}")
+        basis, energies = basis[:, :max_rank], energies[:max_rank].clamp_min(0.0)
+    if not torch.isfinite(energies).all():
+        raise NumericError(f"{_label(name)}: non-finite energies in the {method} decomposition")
+    return Decomposition(_fix_signs(basis), energies, max_rank, method, side)
+
+
+# ----------------------------------------------------------------------------- factors
+
+
+def _complete_basis(basis: torch.Tensor, w: torch.Tensor, rank: int, name: str | None) -> torch.Tensor:
+    """Extend an orthonormal basis (out, k) to `rank` columns. The calibration data sees no energy
+    outside it, so any extension is optimal on the data; we take the top left singular vectors of W
+    restricted to the orthogonal complement (what of W the data never exercised)."""
+    k = basis.shape[1]
+    q, _ = torch.linalg.qr(basis, mode="complete")  # (out, out)
+    comp = q[:, k:]  # (out, out - k), orthonormal, ⟂ basis
+    z, _, _ = _svd(comp.T @ w, "the weight outside the calibrated subspace", name)
+    extra = _fix_signs(comp @ z[:, : rank - k])  # (out, rank - k)
+    return torch.cat([basis, extra], dim=1)
+
+
+def factors_from(dec: Decomposition, weight: torch.Tensor, rank: int, *, balance: str = "sqrt",
+                 out_dtype: torch.dtype | None = None, name: str | None = None) -> Factorization:
+    """up (out, r), down (r, in) with up @ down = U_r U_rᵀ W, and the loss at that rank.
+
+    balance="sqrt" (default): component i is scaled so that ||up[:, i]|| = ||down[i]|| =
+        sqrt(||U_rᵀ W row i||); for plain SVD this is exactly up = U√Σ, down = √Σ Vᵀ (as SVD-LLM
+        stores its factors). Keeps both factors in the weight's range for fp16/bf16 storage.
+    balance="orthonormal_up": up = U_r (orthonormal columns), down = U_rᵀ W.
+    out_dtype: None returns float64; pass weight.dtype to get the weight's dtype.
+    """
+    if not 0 <= rank <= dec.max_rank:
+        raise ValueError(f"{_label(name)}: rank {rank} outside [0, {dec.max_rank}]")
+    if balance not in BALANCES:
+        raise ValueError(f"unknown balance {balance!r}; expected one of {BALANCES}")
+    w = _to64(weight, "weight", name)  # (out, in)
+    basis = dec.basis[:, :rank]
+    if basis.shape[1] < rank:
+        basis = _complete_basis(basis, w, rank, name)
+    up, down = basis, basis.T @ w  # (out, r), (r, in)
+    if balance == "sqrt":
+        norms = down.norm(dim=1)  # (r,)
+        scale = torch.where(norms > 0, norms.sqrt(), torch.ones_like(norms))
+        up, down = up * scale, down / scale[:, None]
+    curve = dec.curve
+    dtype = out_dtype or _F64
+    return Factorization(up.to(dtype), down.to(dtype), float(curve[rank]), float(curve[0]))
+
+
+def factorize(weight: torch.Tensor, gram: torch.Tensor, rank: int, method: str = "whitened",
+              alpha: float = 0.5, gram_is_output: bool = False, *, balance: str = "sqrt",
+              out_dtype: torch.dtype | None = None, side: str | None = None,
+              act_scale: torch.Tensor | None = None, name: str | None = None) -> Factorization:
+    """Rank-r factors of W under the calibration Gram: `decompose` then `factors_from`.
+
+    whitened: the exact minimizer of ||(W − W')Xᵀ||_F over rank-r W' (up to ties in the spectrum).
+    svd / asvd: their factors, with the loss still measured under the data (never below optimal).
+    Raises NumericError (naming `name`) on NaN/Inf input or a failed decomposition.
+    """
+    dec = decompose(weight, gram, method, alpha=alpha, gram_is_output=gram_is_output, side=side,
+                    act_scale=act_scale, name=name)
+    return factors_from(dec, weight, rank, balance=balance, out_dtype=out_dtype, name=name)
+
+
+def loss_curve(weight: torch.Tensor, gram: torch.Tensor, method: str = "whitened", *,
+               alpha: float = 0.5, gram_is_output: bool = False, name: str | None = None) -> torch.Tensor:
+    """(max_rank + 1,) float64: the method's calibration loss at every rank 0..min(out, in).
+    For whitened: curve[r] = Σ of all but the r largest eigenvalues of W G Wᵀ."""
+    return decompose(weight, gram, method, alpha=alpha, gram_is_output=gram_is_output, name=name).curve
+
+
+def optimal_loss(weight: torch.Tensor, gram: torch.Tensor, rank: int, gram_is_output: bool = False,
+                 name: str | None = None) -> float:
+    """min over rank-r W' of tr(E G Eᵀ): the sum of all but the r largest eigenvalues of W G Wᵀ."""
+    curve = loss_curve(weight, gram, "whitened", gram_is_output=gram_is_output, name=name)
+    if not 0 <= rank < curve.numel():
+        raise ValueError(f"{_label(name)}: rank {rank} outside [0, {curve.numel() - 1}]")
+    return float(curve[rank])
+
+
+def normalized_curve(curve: torch.Tensor) -> torch.Tensor:
+    """curve / curve[0] (a layer with no output energy gets all zeros)."""
+    total = float(curve[0])
+    return curve / total if total > 0 else torch.zeros_like(curve)
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+
+def params_dense(out_features: int, in_features: int, bias: bool = True) -> int:
+    """Parameters of nn.Linear(in, out): out·in (+ out)."""
+    return out_features * in_features + (out_features if bias else 0)
+
+
+def params_lowrank(out_features: int, in_features: int, rank: int, bias: bool = True) -> int:
+    """Parameters of LowRankLinear: r·(out + in) (+ out)."""
+    return rank * (out_features + in_features) + (out_features if bias else 0)
+
+
+def breakeven_rank(out_features: int, in_features: int) -> int:
+    """Smallest rank that saves nothing: ceil(m·n / (m + n)). Ranks ≥ this stay dense."""
+    m, n = out_features, in_features
+    return -(-(m * n) // (m + n))
+
+
+def saves_params(out_features: int, in_features: int, rank: int) -> bool:
+    """True when rank r factors are strictly smaller than the dense weight (r < breakeven)."""
+    return rank < breakeven_rank(out_features, in_features)
+
+
+def round_rank(rank: float, multiple: int = 16, max_rank: int | None = None) -> int:
+    """Round to the nearest multiple (halves up), at least one multiple, at most max_rank."""
+    if multiple < 1:
+        raise ValueError(f"multiple must be ≥ 1, got {multiple}")
+    r = max(multiple, multiple * int(rank / multiple + 0.5))
+    return min(r, max_rank) if max_rank is not None else r
+
+
+# ----------------------------------------------------------------------------- distillation losses
+
+
+def normalized_mse(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-12,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """mean((s − t)²) / (mean(t²) + eps), over the elements where mask is True (all if None).
+    Differentiable; computed in at least float32."""
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    s, t = student.to(dtype), teacher.to(dtype)
+    sq_err, sq_ref = (s - t).square(), t.square()
+    if mask is None:
+        return sq_err.mean() / (sq_ref.mean() + eps)
+    m = mask.to(dtype).expand_as(sq_err)
+    count = m.sum().clamp_min(1.0)
+    return ((sq_err * m).sum() / count) / ((sq_ref * m).sum() / count + eps)
+
+
+def massive_activation_mask(x: torch.Tensor, k: float = 10.0, dim=None) -> torch.Tensor:
+    """Bool mask, True where |x − mean| ≤ k·std (the statistics over `dim`, all elements if None).
+
+    DiT hidden states carry a few "massive activations" orders of magnitude above the rest; TinyFusion
+    (Fang et al. 2024) leaves them out of the hidden-state distillation loss so they do not dominate it.
+    Compute the mask from the teacher's activations and pass it to `normalized_mse`.
+    """
+    xf = x.detach().to(torch.promote_types(x.dtype, torch.float32))
+    if dim is None:
+        mean, std = xf.mean(), xf.std(unbiased=False)
+    else:
+        mean, std = xf.mean(dim=dim, keepdim=True), xf.std(dim=dim, keepdim=True, unbiased=False)
+    return (xf - mean).abs() <= k * std
