@@ -1,0 +1,116 @@
+"""Fused low-rank linear: y = act((x @ downᵀ) @ upᵀ + bias) in one kernel.
+
+One program owns BLOCK_M rows. It runs the K loop into an fp32 (BLOCK_M, R_PAD) intermediate that
+stays on chip, rounds it once to the input dtype, then loops over the output tiles with the bias/GELU
+epilogue. x @ downᵀ is computed once per row tile, never per output tile; nothing rank-sized goes to
+memory. Good for r up to a few hundred (the intermediate lives in registers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._compat import gate_configs, interpreting, next_pow2, tl, triton
+from .checks import check_kernel_dtype, check_lowrank_args
+
+FUSED_MAX_RANK = 256  # R_PAD above this spills the on-chip intermediate: use the split path
+
+
+def _cfg(bm, bk, bn, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+_GPU_CONFIGS = [
+    _cfg(16, 64, 128, 4, 3), _cfg(32, 64, 128, 4, 3), _cfg(32, 64, 64, 4, 4), _cfg(64, 32, 128, 8, 3),
+    _cfg(64, 64, 64, 4, 3), _cfg(64, 64, 128, 8, 3), _cfg(128, 32, 64, 8, 3), _cfg(128, 64, 128, 8, 3),
+]
+_INTERP_CONFIG = _cfg(16, 16, 16, 4, 1)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep configs whose on-chip intermediate (BLOCK_M, R_PAD) fits; always keep at least one."""
+    r_pad = kwargs.get("R_PAD", named_args.get("R_PAD", 16))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] * r_pad <= 16384]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
+
+
+@triton.jit
+def _gelu_tanh(z):
+    # 0.5 z (1 + tanh(u)) == z * sigmoid(2u), u = √(2/π)(z + 0.044715 z³); stable for large |z|
+    u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
+    return z * tl.sigmoid(2.0 * u)
+
+
+@triton.autotune(configs=gate_configs(_GPU_CONFIGS, _INTERP_CONFIG), key=["M_BUCKET", "K", "N", "R_PAD"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _lowrank_fused_kernel(
+    x_ptr, down_ptr, up_ptr, bias_ptr, y_ptr,
+    M, K, N, R, M_BUCKET,
+    stride_xm, stride_xk, stride_dr, stride_dk, stride_un, stride_ur, stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr, ACT_GELU: tl.constexpr, PRECISION: tl.constexpr, R_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
+    ranks = tl.arange(0, R_PAD)  # (R_PAD,)
+    row_ok = rows < M
+    rank_ok = ranks < R
+    # phase 1: h = x @ downᵀ, the K loop into an on-chip fp32 (BM, R_PAD) intermediate
+    h = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)  # (BK,)
+        k_ok = ks < K
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # (BM, BK)
+        d = tl.load(down_ptr + ks[:, None] * stride_dk + ranks[None, :] * stride_dr,
+                    mask=k_ok[:, None] & rank_ok[None, :], other=0.0)  # (BK, R_PAD) = downᵀ tile
+        h = tl.dot(x, d, h, input_precision=PRECISION)
+    h_in = h.to(y_ptr.dtype.element_ty)  # (BM, R_PAD), rounded once to the input dtype
+    # phase 2: loop over the output tiles, epilogue in fp32
+    for n0 in range(0, N, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)  # (BN,)
+        col_ok = cols < N
+        u = tl.load(up_ptr + ranks[:, None] * stride_ur + cols[None, :] * stride_un,
+                    mask=rank_ok[:, None] & col_ok[None, :], other=0.0)  # (R_PAD, BN) = upᵀ tile
+        z = tl.dot(h_in, u, input_precision=PRECISION)  # (BM, BN) fp32
+        if HAS_BIAS:
+            z += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if ACT_GELU:
+            z = _gelu_tanh(z)
+        tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn,
+                 z.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get true fp32 products (not tf32); half inputs use tensor cores as they are."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def m_bucket(m: int) -> int:
+    """Autotune / path-cache key for the row count: the next power of two (at least 16)."""
+    return max(16, next_pow2(m))
+
+
+def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None = None,
+                  activation: str | None = None) -> torch.Tensor:
+    """(..., K) -> (..., N) with the fused kernel; r must be at most FUSED_MAX_RANK."""
+    check_lowrank_args(x, down, up, bias, activation)
+    check_kernel_dtype(x, interpreting())
+    rank, k = down.shape
+    n = up.shape[0]
+    if rank > FUSED_MAX_RANK:
+        raise ValueError(f"fused_lowrank: rank {rank} > {FUSED_MAX_RANK} does not fit on chip; use the split path")
+    x2 = x.reshape(-1, k)  # (M, K)
+    m = x2.shape[0]
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)  # (M, N)
+    if m > 0:
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731
+        _lowrank_fused_kernel[grid](
+            x2, down, up, bias if bias is not None else y, y,
+            m, k, n, rank, m_bucket(m),
+            x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), up.stride(0), up.stride(1),
+            y.stride(0), y.stride(1),
+            HAS_BIAS=bias is not None, ACT_GELU=activation == "gelu_tanh",
+            PRECISION=dot_precision(x.dtype), R_PAD=max(16, next_pow2(rank)),
+        )
+    return y.reshape(*x.shape[:-1], n)
