@@ -1,0 +1,278 @@
+"""Teachers in, compact students out.
+
+`load_teacher(source)` accepts `toy:pixart` / `toy:flux` (the shipped toy teachers), a Hugging Face id,
+a diffusers pipeline folder (its `transformer/`), a transformer folder, or a single-file checkpoint.
+`save_compressed` / `load_transformer` write and read the output folder of DESIGN.md: factorized layers
+are stored only as `<module>.down.weight` [r, in], `<module>.up.weight` [out, r], `<module>.up.bias`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError as SafetensorsError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from compress.arch import SUPPORTED, family_of_class, get_adapter
+from compress.errors import UserError
+from compress.lowrank import LowRankLinear
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+FORMAT = 1
+SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+# ---- teachers ---------------------------------------------------------------------------------
+def model_class(class_name: str):
+    family_of_class(class_name)  # raises a UserError naming the supported classes
+    import diffusers
+
+    return getattr(diffusers, class_name)
+
+
+def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | None = None,
+                 family: str | None = None) -> nn.Module:
+    """Load a teacher transformer. `config` (folder or config.json) is needed for single files
+    whose config cannot be fetched; `family` ('pixart'|'flux') overrides detection from keys."""
+    source = str(source)
+    if source.startswith("toy:"):
+        from compress.toy import load_toy_teacher
+
+        return load_toy_teacher(source[4:], dtype=dtype)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _load_folder(path, dtype)
+    if path.is_file():
+        return load_single_file(path, dtype, config=config, family=family)
+    if path.suffix in SINGLE_FILE_SUFFIXES or source.startswith((".", "/", "~")):
+        raise UserError(f"teacher not found: {source}")
+    return _load_hub(source, dtype)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def _load_folder(path: Path, dtype) -> nn.Module:
+    if (path / "model_index.json").is_file():  # a pipeline folder
+        if not (path / "transformer" / "config.json").is_file():
+            raise UserError(f"{path} is a pipeline folder without transformer/config.json")
+        path = path / "transformer"
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise UserError(f"{path} has neither model_index.json nor config.json; expected a diffusers "
+                        "pipeline folder, a transformer folder or a single-file checkpoint")
+    config = _read_json(cfg_path)
+    if "compression" in config:
+        return load_transformer(path, dtype=dtype)
+    cls = model_class(config.get("_class_name", "<missing _class_name>"))
+    check_safetensors_dir(path)
+    try:
+        return cls.from_pretrained(path, torch_dtype=dtype).eval()
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot load {cls.__name__} from {path}: {_one_line(e)}") from None
+
+
+def _load_hub(repo_id: str, dtype) -> nn.Module:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        index = Path(hf_hub_download(repo_id, "model_index.json"))
+    except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
+        raise UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({type(e).__name__}); "
+                        "pass a local folder or file, or check the id and your network") from None
+    cls_name = _read_json(index).get("transformer", [None, None])[1]
+    cls = model_class(cls_name or "<no transformer>")
+    return cls.from_pretrained(repo_id, subfolder="transformer", torch_dtype=dtype).eval()
+
+
+def _one_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# ---- single files -----------------------------------------------------------------------------
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file. Pickles are loaded with weights_only=True: data, never code."""
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorsError, OSError, ValueError) as e:
+            raise UserError(f"{path} is not a readable safetensors file ({_one_line(e)}); "
+                            "it may be truncated or corrupted") from None
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors have many types
+        msg = _one_line(e)
+        if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            raise UserError(f"{path} needs arbitrary code to unpickle and was refused; checkpoints "
+                            "are data, never code: convert it to safetensors") from None
+        raise UserError(f"{path} is not a readable checkpoint ({msg})") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} does not hold a dict of tensors")
+    return sd
+
+
+def detect_family(keys) -> str:
+    keys = list(keys)
+    if any(k.startswith(("single_transformer_blocks.", "single_blocks.", "double_blocks."))
+           for k in keys):
+        return "flux"
+    if any(k.startswith(("adaln_single.", "t_block.", "y_embedder.")) for k in keys):
+        return "pixart"
+    raise UserError(f"cannot tell the model family from the checkpoint keys (first: {keys[:3]}); "
+                    f"supported: {SUPPORTED}")
+
+
+def load_single_file(path: Path, dtype=torch.float32, config: str | None = None,
+                     family: str | None = None) -> nn.Module:
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise UserError(f"unsupported checkpoint file type '{path.suffix}' ({path}); "
+                        f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}")
+    sd = read_state_dict(path)
+    family = family or detect_family(sd.keys())
+    adapter = get_adapter(family)
+    cls = model_class(adapter.class_name)
+    cfg_dir = _config_dir(path, config)
+    if family == "flux":  # diffusers converts BFL checkpoints itself
+        try:
+            return cls.from_single_file(str(path), config=str(cfg_dir), local_files_only=True,
+                                        torch_dtype=dtype).eval()
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"cannot load Flux single file {path}: {_one_line(e)}") from None
+    from compress.arch.pixart_convert import convert_original_pixart
+
+    sd = convert_original_pixart(sd)  # no-op for diffusers-format keys
+    model = cls.from_config(cls.load_config(str(cfg_dir)))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path} does not match the config in {cfg_dir}: missing "
+                        f"{missing[:3]}, unexpected {unexpected[:3]}")
+    return model.to(dtype).eval()
+
+
+def _config_dir(path: Path, config: str | None) -> Path:
+    if config:
+        c = Path(config)
+        c = c.parent if c.name == "config.json" else c
+        if not (c / "config.json").is_file():
+            raise UserError(f"--teacher-config {config}: no config.json there")
+        return c
+    if (path.parent / "config.json").is_file():
+        return path.parent
+    raise UserError(f"single file {path} has no config.json beside it; pass --teacher-config with "
+                    "the diffusers config of the transformer (a folder or config.json)")
+
+
+# ---- compact export ---------------------------------------------------------------------------
+def ranks_of(model: nn.Module) -> dict[str, int]:
+    return {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
+
+
+def student_config(model: nn.Module, extra: dict | None = None) -> dict:
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_use_default")}
+    config = json.loads(json.dumps(config, default=list))  # tuples -> lists, as diffusers writes
+    config["_class_name"] = type(model).__name__
+    config["compression"] = {"format": FORMAT, "ranks": ranks_of(model), **(extra or {})}
+    return config
+
+
+def save_compressed(model: nn.Module, out, dtype: torch.dtype | None = None, extra: dict | None = None,
+                    files: dict[str, str] | None = None, overwrite: bool = False) -> Path:
+    """Write the output folder atomically (temp folder + rename). `files`: extra text files."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        config = student_config(model, extra)
+        if dtype is not None:
+            config["compression"]["dtype"] = str(dtype).removeprefix("torch.")
+        sd = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().contiguous()
+              for k, v in model.state_dict().items()}
+        meta = {"format": "pt", "compression": json.dumps(config["compression"], sort_keys=True)}
+        save_file(sd, str(tmp / WEIGHTS), metadata=meta)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def check_safetensors_dir(path: Path) -> None:
+    f = path / WEIGHTS
+    if f.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(f), "pt") as h:
+                h.keys()
+        except (SafetensorsError, OSError, ValueError) as e:
+            raise UserError(f"{f} is not a readable safetensors file ({_one_line(e)}); "
+                            "it may be truncated or corrupted") from None
+
+
+def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None) -> nn.Module:
+    """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
+    model that was saved (same dtype unless `dtype` is given)."""
+    out = Path(out)
+    if not (out / "config.json").is_file() or not (out / WEIGHTS).is_file():
+        raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS})")
+    config = _read_json(out / "config.json")
+    compression = config.pop("compression", {"ranks": {}})
+    cls = model_class(config.get("_class_name", "<missing _class_name>"))
+    sd = read_state_dict(out / WEIGHTS)
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = cls.from_config(config)
+        for name, rank in compression.get("ranks", {}).items():
+            _swap_lowrank(model, name, rank)
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        raise UserError(f"{out / WEIGHTS} does not match its config.json: {_one_line(e)}") from None
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.to(device or "cpu").eval()
+
+
+def _swap_lowrank(model: nn.Module, name: str, rank: int) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    setattr(parent, child, LowRankLinear(old.in_features, old.out_features, rank,
+                                         bias=old.bias is not None))
+
+
+def load_pipeline(out, base: str, dtype: torch.dtype | None = None):
+    """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
+    `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id."""
+    transformer = load_transformer(out, dtype=dtype)
+    if base.startswith("toy:"):
+        from compress.toy import load_toy_pipeline
+
+        return load_toy_pipeline(base[4:], transformer=transformer)
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(base, transformer=transformer, torch_dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load base pipeline '{base}': {_one_line(e)}") from None

@@ -1,0 +1,170 @@
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from compress import load_teacher, load_transformer, save_compressed
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.lowrank import LowRankLinear
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+
+
+def _factorize_some(model, rank=3):
+    """Swap a few linears for LowRankLinear (plain SVD) so the round trip covers factors."""
+    for info in get_adapter(model).linears(model)[:6]:
+        parent_name, _, child = info.name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        lin = getattr(parent, child)
+        u, s, vh = torch.linalg.svd(lin.weight.detach(), full_matrices=False)
+        r = min(rank, s.numel())
+        setattr(parent, child, LowRankLinear.from_factors(u[:, :r] * s[:r], vh[:r], lin.bias))
+    return model
+
+
+def _out(model, inputs):
+    with torch.no_grad():
+        return model(**inputs, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("make", [tiny_pixart, tiny_flux])
+def test_save_load_bit_identical(tmp_path, make):
+    model = _factorize_some(make())
+    out = save_compressed(model, tmp_path / "out")
+    back = load_transformer(out)
+    assert type(back) is type(model)
+    inputs = model_inputs(model)
+    assert torch.equal(_out(model, inputs), _out(back, inputs))
+    cfg = json.loads((out / "config.json").read_text())
+    ranks = cfg["compression"]["ranks"]
+    assert len(ranks) == 6 and all(r == 3 or r < 3 for r in ranks.values())
+    # nothing dense stored for factorized layers: file holds exactly the student's parameters
+    from safetensors import safe_open
+
+    with safe_open(str(out / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        assert json.loads(f.metadata()["compression"])["ranks"] == ranks
+    name = next(iter(ranks))
+    assert {f"{name}.down.weight", f"{name}.up.weight"} <= keys and f"{name}.weight" not in keys
+    n_params = sum(p.numel() for p in model.parameters())
+    n_stored = sum(model.state_dict()[k].numel() for k in keys if k in dict(model.named_parameters()))
+    assert n_stored == n_params
+
+
+def test_removed_blocks_load_with_plain_diffusers(tmp_path):
+    model = tiny_flux()
+    get_adapter(model).remove_blocks(model, {"single": [1]})
+    out = save_compressed(model, tmp_path / "pruned")
+    plain = type(model).from_pretrained(out)
+    assert len(plain.single_transformer_blocks) == 2 and plain.config.num_single_layers == 2
+    inputs = model_inputs(model)
+    assert torch.equal(_out(model, inputs), _out(plain.eval(), inputs))
+
+
+def test_existing_output_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UserError, match="exists"):
+        save_compressed(tiny_pixart(), tmp_path / "out")
+
+
+def _write_layouts(model, root):
+    """The same model as transformer folder, pipeline folder, and single file + config."""
+    model.save_pretrained(root / "transformer_dir")
+    (root / "pipe").mkdir()
+    (root / "pipe" / "model_index.json").write_text(json.dumps(
+        {"_class_name": "X", "transformer": ["diffusers", type(model).__name__]}))
+    model.save_pretrained(root / "pipe" / "transformer")
+    (root / "single").mkdir()
+    save_file(model.state_dict(), str(root / "single" / "model.safetensors"))
+    model.save_config(root / "single")
+
+
+@pytest.mark.parametrize("make", [tiny_pixart, tiny_flux])
+def test_teacher_layouts(tmp_path, make):
+    model = make()
+    _write_layouts(model, tmp_path)
+    inputs = model_inputs(model)
+    ref = _out(model, inputs)
+    for src in ("transformer_dir", "pipe", "single/model.safetensors"):
+        teacher = load_teacher(str(tmp_path / src))
+        assert type(teacher) is type(model)
+        torch.testing.assert_close(_out(teacher, inputs), ref, rtol=1e-5, atol=1e-5)
+
+
+def _to_original_pixart(sd):
+    """Inverse of the converter, for the test only: diffusers keys -> original PixArt keys."""
+    out = {}
+    ren = {"pos_embed.proj": "x_embedder.proj", "adaln_single.emb.timestep_embedder.linear_1":
+           "t_embedder.mlp.0", "adaln_single.emb.timestep_embedder.linear_2": "t_embedder.mlp.2",
+           "adaln_single.linear": "t_block.1", "caption_projection.linear_1": "y_embedder.y_proj.fc1",
+           "caption_projection.linear_2": "y_embedder.y_proj.fc2", "proj_out": "final_layer.linear",
+           "scale_shift_table": "final_layer.scale_shift_table"}
+    blk = {"attn1.to_out.0": "attn.proj", "attn2.to_q": "cross_attn.q_linear",
+           "attn2.to_out.0": "cross_attn.proj", "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2",
+           "scale_shift_table": "scale_shift_table"}
+    for k, v in sd.items():
+        if k.startswith("transformer_blocks."):
+            _, i, rest = k.split(".", 2)
+            for d, o in blk.items():
+                if rest.startswith(d):
+                    out[f"blocks.{i}.{o}{rest[len(d):]}"] = v
+        else:
+            for d, o in ren.items():
+                if k.startswith(d):
+                    out[o + k[len(d):]] = v
+    n = len({k.split(".")[1] for k in sd if k.startswith("transformer_blocks.")})
+    for i in range(n):
+        for suf in ("weight", "bias"):
+            p = f"transformer_blocks.{i}."
+            out[f"blocks.{i}.attn.qkv.{suf}"] = torch.cat([sd[p + f"attn1.to_{x}.{suf}"] for x in "qkv"])
+            out[f"blocks.{i}.cross_attn.kv_linear.{suf}"] = torch.cat(
+                [sd[p + f"attn2.to_{x}.{suf}"] for x in "kv"])
+    out["y_embedder.y_embedding"] = torch.zeros(5, 12)
+    return out
+
+
+def test_original_pixart_pth(tmp_path):
+    model = tiny_pixart()
+    torch.save({"state_dict": _to_original_pixart(model.state_dict())}, tmp_path / "PixArt.pth")
+    model.save_config(tmp_path / "cfg")
+    teacher = load_teacher(str(tmp_path / "PixArt.pth"), config=str(tmp_path / "cfg"))
+    inputs = model_inputs(model)
+    torch.testing.assert_close(_out(teacher, inputs), _out(model, inputs), rtol=1e-5, atol=1e-5)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, capsys):
+    bad = tmp_path / "evil.pth"
+    with open(bad, "wb") as f:
+        pickle.dump({"x": _Evil()}, f)
+    with pytest.raises(UserError, match="refused"):
+        load_teacher(str(bad))
+    assert "pwned" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["missing/dir", "nope.safetensors"])
+def test_missing_teacher(tmp_path, bad):
+    with pytest.raises(UserError, match="not found"):
+        load_teacher(str(tmp_path / bad))
+
+
+def test_truncated_safetensors(tmp_path):
+    model = tiny_pixart()
+    out = save_compressed(model, tmp_path / "o")
+    w = out / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated or corrupted"):
+        load_transformer(out)
+
+
+def test_unsupported_class(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(UserError, match="unsupported model class 'UNet2DConditionModel'.*PixArt"):
+        load_teacher(str(tmp_path / "m"))
