@@ -2,8 +2,10 @@
 
 Stored as two plain nn.Linear children so state-dict keys are `<module>.down.weight` [r, in],
 `<module>.up.weight` [out, r] and `<module>.up.bias` [out] (DESIGN.md output format).
-On CUDA with fp16/bf16 inputs the forward runs the fused Triton kernel (`compress.kernels`);
-elsewhere it is two torch matmuls.
+On CUDA with fp16/bf16 inputs the forward runs `compress.kernels.lowrank_linear` (fused or split Triton
+kernel, two cuBLAS GEMMs, or the dense product: a measured choice per shape); elsewhere it is two torch
+matmuls. `activation="gelu_tanh"` folds the FFN's tanh-GELU into the layer (fused into the kernel
+epilogue on CUDA); it is not stored in the state dict.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from torch import nn
 
 class LowRankLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
-                 device=None, dtype=None):
+                 device=None, dtype=None, activation: str | None = None):
         super().__init__()
+        if activation not in (None, "gelu_tanh"):
+            raise ValueError(f"LowRankLinear: activation must be None or 'gelu_tanh', got {activation!r}")
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.activation = activation
         self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)  # [r, in]
         self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)  # [out, r]
         self.use_kernel = True  # set False to force the torch path (benchmarks, debugging)
@@ -46,15 +51,21 @@ class LowRankLinear(nn.Module):
         return layer
 
     def _kernel_ok(self, x: torch.Tensor) -> bool:
-        return (self.use_kernel and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-                and self.down.weight.dtype == x.dtype)
+        if not (self.use_kernel and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+                and self.down.weight.dtype == x.dtype):
+            return False
+        from compress.kernels import HAS_TRITON
+
+        return HAS_TRITON
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         if self._kernel_ok(x):
             from compress.kernels import lowrank_linear
 
-            return lowrank_linear(x, self.down.weight, self.up.weight, self.up.bias)
-        return self.up(self.down(x))
+            return lowrank_linear(x, self.down.weight, self.up.weight, self.up.bias, self.activation)
+        y = self.up(self.down(x))
+        return nn.functional.gelu(y, approximate="tanh") if self.activation == "gelu_tanh" else y
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+        act = f", activation={self.activation}" if self.activation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}{act}"

@@ -12,8 +12,7 @@ import torch
 
 from ._compat import gate_configs, interpreting, next_pow2, tl, triton
 from .checks import check_kernel_dtype, check_lowrank_args
-
-FUSED_MAX_RANK = 256  # R_PAD above this spills the on-chip intermediate: use the split path
+from .roofline import FUSED_MAX_RANK  # above this R_PAD spills the on-chip intermediate: split path
 
 
 def _cfg(bm, bk, bn, warps, stages):

@@ -1,0 +1,102 @@
+"""Run one path, and choose the path per (device, dtype, M bucket, K, N, r, epilogue).
+
+The choice starts from the roofline estimate (roofline.py). On CUDA the roofline pick and its close
+competitors are each timed once at first use and the fastest is cached in a process-wide dict. On CPU
+(torch or the Triton interpreter) nothing is measured: the roofline pick is returned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import roofline
+from ._compat import HAS_TRITON, interpreting, next_pow2
+from .checks import KERNEL_DTYPES
+
+if HAS_TRITON:
+    from . import fused, split  # referenced as modules so tests can re-decorate them under the interpreter
+
+_CHOICES: dict[tuple, str] = {}  # cache key -> path
+
+
+def kernels_available(x: torch.Tensor) -> bool:
+    """Can the Triton kernels run on x's device and dtype here?"""
+    if not HAS_TRITON or x.dtype not in KERNEL_DTYPES:
+        return False
+    if interpreting():
+        return x.device.type == "cpu" and x.dtype != torch.bfloat16
+    return x.is_cuda
+
+
+def available_paths(x: torch.Tensor, rank: int) -> tuple[str, ...]:
+    triton_paths = ("fused", "split") if kernels_available(x) else ()
+    paths = triton_paths + ("torch", "dense")
+    return tuple(p for p in paths if p != "fused" or rank <= roofline.FUSED_MAX_RANK)
+
+
+def _apply_act(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    return F.gelu(y, approximate="tanh") if activation == "gelu_tanh" else y
+
+
+def run_path(path: str, x2: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None,
+             activation: str | None, dense_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(M, K) -> (M, N) by one path; inputs already checked."""
+    if path == "fused":
+        return fused.fused_lowrank(x2, down, up, bias, activation)
+    if path == "split":
+        return split.split_lowrank(x2, down, up, bias, activation)
+    if path == "torch":
+        return _apply_act(F.linear(F.linear(x2, down), up, bias), activation)  # (M, r) then (M, N)
+    if path == "dense":
+        weight = dense_weight if dense_weight is not None else up @ down  # (N, K)
+        return _apply_act(F.linear(x2, weight, bias), activation)
+    raise ValueError(f"unknown path {path!r}; expected one of {roofline.PATHS}")
+
+
+def device_spec(device: torch.device) -> roofline.DeviceSpec:
+    if device.type == "cuda":
+        return roofline.spec_for_name(torch.cuda.get_device_name(device))
+    return roofline.GENERIC_CPU
+
+
+def _key(x2, rank, n, activation, has_bias, dense_given) -> tuple:
+    m, k = x2.shape
+    return (str(x2.device), x2.dtype, max(16, next_pow2(m)), k, n, rank, activation, has_bias, dense_given)
+
+
+def _measure(paths, x2, down, up, bias, activation, dense_weight) -> dict[str, float]:
+    """Milliseconds per call of each path, one do_bench each (the first call also autotunes)."""
+    from triton.testing import do_bench
+
+    def timed(p):
+        return do_bench(lambda: run_path(p, x2, down, up, bias, activation, dense_weight), warmup=5, rep=20)
+
+    return {p: timed(p) for p in paths}
+
+
+def select_path(x2: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None,
+                activation: str | None, dense_weight: torch.Tensor | None = None) -> str:
+    """The path for these inputs: cached measured choice on CUDA, roofline choice elsewhere."""
+    rank, n = down.shape[0], up.shape[0]
+    paths = available_paths(x2, rank)
+    kwargs = dict(elem_bytes=x2.element_size(), activation=activation, dense_weight_given=dense_weight is not None)
+    m, k = x2.shape
+    times = roofline.estimate_times(max(m, 1), k, n, rank, device_spec(x2.device), paths, **kwargs)
+    pick = min(times, key=times.get)
+    if not (x2.is_cuda and HAS_TRITON) or torch.cuda.is_current_stream_capturing():
+        return pick  # nothing measured: CPU, interpreter, or inside CUDA-graph capture (not cached)
+    key = _key(x2, rank, n, activation, bias is not None, dense_weight is not None)
+    if key not in _CHOICES:
+        measured = _measure(roofline.candidates(times), x2, down, up, bias, activation, dense_weight)
+        _CHOICES[key] = min(measured, key=measured.get)
+    return _CHOICES[key]
+
+
+def path_cache() -> dict[tuple, str]:
+    """A copy of the measured choices: (device, dtype, M bucket, K, N, r, activation, bias, dense W) -> path."""
+    return dict(_CHOICES)
+
+
+def clear_path_cache() -> None:
+    _CHOICES.clear()
