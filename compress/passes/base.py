@@ -1,0 +1,59 @@
+"""The contract between the runner and a pass.
+
+A pass module holds a config dataclass (its fields are the recipe keys, with defaults and a docstring)
+and a `Pass` subclass. The runner builds `PassCls(config)` and calls `run(model, ctx)`, which returns
+the (possibly new) student model and records what it did into `ctx.report[<pass name>]`.
+Passes declare what they need (`needs_calibration`, `needs_teacher`); the runner never checks names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from compress.arch.base import Adapter
+
+
+@dataclass
+class RunContext:
+    adapter: Adapter
+    family: str
+    teacher: nn.Module  # the original model, frozen; never modified by passes
+    run_dir: Path  # scratch space that survives interruption: caches, checkpoints
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    # () -> list of forward-kwargs batches on which to calibrate (prompts x timesteps x CFG branches)
+    calibration_inputs: Callable[[], list[dict]] | None = None
+    # () -> list of held-out forward-kwargs batches for teacher-relative errors
+    eval_inputs: Callable[[], list[dict]] | None = None
+    # (batch_size, generator) -> (clean latents, cond kwargs) for training (distillation)
+    train_batch: Callable[[int, torch.Generator], tuple[torch.Tensor, dict]] | None = None
+    calibration: Any = None  # the recipe's calibration config (CalibrationConfig)
+    fingerprint: str = ""  # of teacher + calibration config + code version (calibration cache key)
+    report: dict = field(default_factory=dict)  # pass name -> JSON-able record
+    block_map: dict[str, list[int]] | None = None  # student block -> teacher block, per group
+    resume: bool = False
+
+
+class Pass:
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type] = object
+    needs_calibration: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = False
+
+    def __init__(self, config):
+        self.config = config
+
+    def check(self, model: nn.Module, adapter: Adapter) -> None:
+        """Validate the config against the model before any compute; raise UserError."""
+
+    def plan(self, model: nn.Module, adapter: Adapter) -> dict:
+        """A dry-run description (for `dit-compress plan`): what would change, without compute."""
+        return {}
+
+    def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        raise NotImplementedError
