@@ -1,0 +1,127 @@
+"""Loading and saving the shipped toy teachers (package data in compress/toy/weights/).
+
+Files per family: `<family>.json` (the diffusers config), `<family>.safetensors` (fp32 weights),
+`<family>.md` (model card). Shared: `text_encoder.safetensors` (the frozen toy text encoder).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+from compress.errors import UserError
+from compress.toy.text import ToyTextEncoder
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FAMILIES = ("pixart", "flux")
+TEXT_ENCODER_FILE = "text_encoder.safetensors"
+
+
+def _model_class(family: str):
+    from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
+
+    if family not in FAMILIES:
+        raise UserError(f"unknown toy teacher {family!r}: choose one of {', '.join(FAMILIES)}")
+    return PixArtTransformer2DModel if family == "pixart" else FluxTransformer2DModel
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"toy weight file missing: {path} (reinstall dit-compress, or rebuild it with tools/train_toy_teacher.py)")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for truncated / garbled files
+        raise UserError(f"toy weight file is corrupted: {path} ({type(exc).__name__}: {exc})") from None
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"toy config file missing: {path} (reinstall dit-compress)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"toy config file is corrupted: {path} ({exc})") from None
+
+
+def _load_into(module: torch.nn.Module, state: dict, path: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2])[:300]
+        raise UserError(f"toy weight file does not match its config: {path} ({detail})") from None
+
+
+def load_toy_teacher(family: str, dtype: torch.dtype = torch.float32, weights_dir: str | Path | None = None):
+    """The shipped toy teacher as a diffusers model ("pixart" -> PixArtTransformer2DModel,
+    "flux" -> FluxTransformer2DModel), in eval mode. Missing/corrupted files raise UserError naming the file."""
+    cls = _model_class(family)
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    config = _read_config(folder / f"{family}.json")
+    path = folder / f"{family}.safetensors"
+    state = _read_state_dict(path)
+    try:
+        model = cls.from_config(config)
+    except Exception as exc:
+        raise UserError(f"toy config file is invalid: {folder / f'{family}.json'} ({exc})") from None
+    _load_into(model, state, path)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    return model.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_text_encoder(path: Path) -> ToyTextEncoder:
+    encoder = ToyTextEncoder()
+    _load_into(encoder, _read_state_dict(path), path)
+    return encoder.eval()
+
+
+def load_text_encoder(weights_dir: str | Path | None = None) -> ToyTextEncoder:
+    """The frozen toy text encoder both teachers were trained with (cached; it is never modified)."""
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    return _cached_text_encoder((folder / TEXT_ENCODER_FILE).resolve())
+
+
+def save_toy_teacher(model, family: str, out_dir: str | Path) -> None:
+    """Write `<family>.json` + `<family>.safetensors` (fp32) into out_dir."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{family}.json").write_text(model.to_json_string())
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / f"{family}.safetensors"), metadata={"family": family, "format": "dit-compress-toy"})
+
+
+def save_text_encoder(encoder: ToyTextEncoder, out_dir: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out / TEXT_ENCODER_FILE))
+
+
+def load_toy_pipeline(family: str, transformer=None, dtype: torch.dtype = torch.float32, weights_dir=None):
+    """A ToyPixArtPipeline / ToyFluxPipeline around the shipped teacher, or around `transformer`
+    (e.g. a compressed student) with the same scheduler, text encoder and VAE."""
+    from compress.toy.data import family_module
+    from compress.toy.vae import ToyVAE
+
+    module = family_module(family)
+    if transformer is None:
+        transformer = load_toy_teacher(family, dtype=dtype, weights_dir=weights_dir)
+    pipeline_class = module.ToyPixArtPipeline if family == "pixart" else module.ToyFluxPipeline
+    pipe = pipeline_class(
+        transformer=transformer,
+        scheduler=module.new_scheduler(),
+        text_encoder=load_text_encoder(weights_dir),
+        vae=ToyVAE(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
