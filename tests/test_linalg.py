@@ -1,0 +1,281 @@
+"""compress.linalg on small matrices: optimality against a scipy reference, properties, errors."""
+
+import numpy as np
+import pytest
+import scipy.linalg as sla
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from compress import linalg as L
+from compress.errors import NumericError
+
+SHAPES = [(12, 20), (20, 12)]  # in > out (output side is cheaper), in < out (input side)
+SPECTRA = ["anisotropic", "ill", "rankdef"]
+
+
+def make_case(out_f, in_f, spectrum="anisotropic", seed=0, cond=1e3):
+    """W (out, in) standard normal; G = Q diag(λ) Qᵀ with a chosen spectrum."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out_f, in_f))
+    q, _ = np.linalg.qr(rng.standard_normal((in_f, in_f)))
+    lam = np.logspace(0, -np.log10(cond if spectrum != "ill" else 1e12), in_f)
+    if spectrum == "rankdef":
+        lam[in_f // 3:] = 0.0
+    g = (q * lam) @ q.T
+    return torch.tensor(w), torch.tensor(0.5 * (g + g.T))
+
+
+def psd_sqrt(g):
+    """G^{1/2} with scipy in float64 (negative round-off eigenvalues clamped)."""
+    lam, q = sla.eigh(np.asarray(g))
+    return (q * np.sqrt(np.clip(lam, 0, None))) @ q.T
+
+
+def reference_optimum(w, g, rank):
+    """Brute force: the optimum is Σ_{i ≥ r} σᵢ² of W G^{1/2} (Eckart–Young after whitening)."""
+    sig = sla.svdvals(np.asarray(w) @ psd_sqrt(g))
+    return float((sig[rank:] ** 2).sum())
+
+
+def reference_factors(w, g, rank):
+    """The SVD-LLM-style closed form on full-rank G: W' = [W G^{1/2}]_r G^{-1/2}."""
+    root = psd_sqrt(g)
+    u, s, vh = sla.svd(np.asarray(w) @ root, full_matrices=False)
+    return (u[:, :rank] * s[:rank]) @ vh[:rank] @ np.linalg.inv(root)
+
+
+def measured(w, f, g):
+    return L.reconstruction_loss(w, f.up @ f.down, g)
+
+
+# ----------------------------------------------------------------------------- optimality
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("spectrum", SPECTRA)
+@pytest.mark.parametrize("side", ["input", "output", "gram_is_output"])
+def test_whitened_reaches_the_optimum(shape, spectrum, side):
+    w, g = make_case(*shape, spectrum)
+    rank = 3
+    opt = reference_optimum(w, g, rank)
+    if side == "gram_is_output":
+        f = L.factorize(w, w @ g @ w.T, rank, gram_is_output=True)
+    else:
+        f = L.factorize(w, g, rank, side=side)
+    ratio = measured(w, f, g) / opt
+    assert ratio <= 1.001
+    assert abs(ratio - 1) < 1e-9
+    assert abs(f.loss / opt - 1) < 1e-9  # the reported loss is the true one
+    assert f.up.shape == (shape[0], rank) and f.down.shape == (rank, shape[1])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_whitened_matches_the_closed_form_factors(shape):
+    w, g = make_case(*shape, "anisotropic")
+    ref = reference_factors(w, g, 4)
+    f = L.factorize(w, g, 4)
+    np.testing.assert_allclose((f.up @ f.down).numpy(), ref, atol=1e-9 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_plain_svd_and_asvd_are_worse_on_anisotropic_gram(shape):
+    w, g = make_case(*shape, "anisotropic")
+    opt = reference_optimum(w, g, 4)
+    svd_ratio = measured(w, L.factorize(w, g, 4, "svd"), g) / opt
+    asvd_ratio = measured(w, L.factorize(w, g, 4, "asvd"), g) / opt
+    assert svd_ratio > 1.5
+    assert 1.0 < asvd_ratio
+
+
+def test_rank_deficient_gram_keeps_unseen_part_of_weight():
+    """Beyond the data's rank the loss is 0 and the extra directions come from W itself,
+    so at full rank the factors reproduce W exactly."""
+    for shape in SHAPES:
+        w, g = make_case(*shape, "rankdef")
+        full = min(shape)
+        f = L.factorize(w, g, full, balance="orthonormal_up")
+        np.testing.assert_allclose((f.up @ f.down).numpy(), w.numpy(), atol=1e-10)
+        np.testing.assert_allclose((f.up.T @ f.up).numpy(), np.eye(full), atol=1e-12)
+        assert f.loss == 0.0
+
+
+def test_curve_optimal_loss_and_energy_agree():
+    w, g = make_case(12, 20)
+    curve = L.loss_curve(w, g)
+    assert curve.shape == (13,) and curve.dtype == torch.float64
+    for r in (0, 5, 12):
+        assert L.optimal_loss(w, g, r) == pytest.approx(reference_optimum(w, g, r), rel=1e-9, abs=1e-12)
+        assert L.factorize(w, g, r).loss == pytest.approx(float(curve[r]))
+    energy = L.output_energy(w, g)
+    assert energy == pytest.approx(float(curve[0]), rel=1e-12)
+    assert L.output_energy(w, w @ g @ w.T, gram_is_output=True) == pytest.approx(energy, rel=1e-12)
+    assert float(L.normalized_curve(curve)[0]) == 1.0
+
+
+def test_gram_is_output_with_svd_and_asvd():
+    w, g = make_case(20, 12)
+    h = w @ g @ w.T
+    assert L.factorize(w, h, 3, "svd", gram_is_output=True).loss == pytest.approx(
+        L.factorize(w, g, 3, "svd").loss, rel=1e-9)
+    with pytest.raises(ValueError, match="act_scale"):
+        L.factorize(w, h, 3, "asvd", gram_is_output=True)
+    scale = torch.diagonal(g).sqrt()
+    a = L.factorize(w, h, 3, "asvd", gram_is_output=True, act_scale=scale)
+    b = L.factorize(w, g, 3, "asvd")
+    assert a.loss == pytest.approx(b.loss, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- factor layout
+
+
+def test_balance_modes():
+    w, g = make_case(12, 20)
+    sq = L.factorize(w, g, 5)  # default "sqrt"
+    orth = L.factorize(w, g, 5, balance="orthonormal_up")
+    np.testing.assert_allclose((sq.up @ sq.down).numpy(), (orth.up @ orth.down).numpy(), atol=1e-12)
+    np.testing.assert_allclose(sq.up.norm(dim=0).numpy(), sq.down.norm(dim=1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose((orth.up.T @ orth.up).numpy(), np.eye(5), atol=1e-12)
+    # plain SVD with sqrt balance is U√Σ, √Σ Vᵀ
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    f = L.factorize(w, g, 5, "svd")
+    np.testing.assert_allclose(f.up.abs().numpy(), (u[:, :5] * s[:5].sqrt()).abs().numpy(), atol=1e-12)
+
+
+def test_out_dtype_and_determinism():
+    w, g = make_case(12, 20)
+    f32 = L.factorize(w.float(), g.float(), 4, out_dtype=torch.float32)
+    assert f32.up.dtype == f32.down.dtype == torch.float32
+    assert L.factorize(w, g, 4).up.dtype == torch.float64
+    a, b = L.factorize(w, g, 4), L.factorize(w, g, 4)
+    assert torch.equal(a.up, b.up) and torch.equal(a.down, b.down)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("where", ["weight", "gram"])
+def test_nan_raises_numeric_error_naming_the_layer(where):
+    w, g = make_case(12, 20)
+    bad = float("nan") if where == "weight" else float("inf")
+    (w if where == "weight" else g)[1, 2] = bad
+    with pytest.raises(NumericError, match=r"blocks\.3\.attn\.to_q.*" + where):
+        L.factorize(w, g, 4, name="blocks.3.attn.to_q")
+
+
+def test_failed_eigh_raises_numeric_error(monkeypatch):
+    def broken(_):
+        raise torch.linalg.LinAlgError("did not converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", broken)
+    w, g = make_case(12, 20)
+    with pytest.raises(NumericError, match="single_blocks.0.proj_out.*eigh"):
+        L.factorize(w, g, 4, name="single_blocks.0.proj_out")
+
+
+def test_bad_shapes_and_ranks():
+    w, g = make_case(12, 20)
+    with pytest.raises(ValueError, match="input Gram"):
+        L.factorize(w, g[:5, :5], 4)
+    with pytest.raises(ValueError, match="rank 13"):
+        L.factorize(w, g, 13)
+    with pytest.raises(ValueError, match="method"):
+        L.factorize(w, g, 4, "qr")
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@st.composite
+def layer_cases(draw):
+    out_f, in_f = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    seed = draw(st.integers(0, 2**31 - 1))
+    log_cond = draw(st.sampled_from([0.0, 3.0, 12.0]))
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out_f, in_f)) * rng.choice([1e-3, 1.0, 1e3])
+    x = rng.standard_normal((draw(st.integers(1, 12)), in_f)) * np.logspace(0, -log_cond / 2, in_f)
+    return torch.tensor(w), torch.tensor(x.T @ x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=layer_cases(), method=st.sampled_from(L.METHODS))
+def test_loss_properties(case, method):
+    w, g = case
+    full = min(w.shape)
+    total = L.output_energy(w, g)
+    tol = 1e-9 * total + 1e-300
+    opt = L.loss_curve(w, g)
+    curve = L.loss_curve(w, g, method)
+    assert curve.shape == (full + 1,)
+    assert (curve[1:] <= curve[:-1] + tol).all()  # non-increasing in rank
+    assert float(curve[full]) <= tol
+    for r in range(full + 1):
+        f = L.factorize(w, g, r, method)
+        loss = measured(w, f, g)
+        assert loss >= float(opt[r]) - tol  # never below the optimum
+        assert loss == pytest.approx(f.loss, abs=tol)  # reported = measured
+    assert measured(w, L.factorize(w, g, full, method), g) <= tol  # zero at full rank
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=layer_cases(), method=st.sampled_from(L.METHODS), scale=st.sampled_from([1e-6, 7.0, 1e4]))
+def test_invariant_to_gram_scale(case, method, scale):
+    w, g = case
+    full = min(w.shape)
+    rank = max(1, full // 2)
+    dec = L.decompose(w, g, method)
+    energies = dec.energies
+    if method == "whitened":  # factors are unique (up to sign) only with a spectral gap at rank
+        assume(energies.numel() <= rank or float(energies[rank - 1] - energies[rank]) > 1e-6 * float(energies[0]))
+    opt, opt_s = L.optimal_loss(w, g, rank), L.optimal_loss(w, g * scale, rank)
+    a, b = L.factorize(w, g, rank, method), L.factorize(w, g * scale, rank, method)
+    total = L.output_energy(w, g)
+    assume(opt > 1e-6 * total)  # the ratio is meaningful
+    assert a.loss / opt == pytest.approx(b.loss / opt_s, rel=1e-6)
+    np.testing.assert_allclose((a.up @ a.down).numpy(), (b.up @ b.down).numpy(),
+                               atol=1e-6 * float(w.abs().max()))
+    signs = torch.sign((a.up * b.up).sum(dim=0))  # factors agree up to the sign of each component
+    signs[signs == 0] = 1.0
+    scale_w = float(w.abs().max()) ** 0.5
+    np.testing.assert_allclose(a.up.numpy(), (b.up * signs).numpy(), atol=1e-6 * scale_w)
+    np.testing.assert_allclose(a.down.numpy(), (b.down * signs[:, None]).numpy(), atol=1e-6 * scale_w)
+
+
+# ----------------------------------------------------------------------------- helpers and losses
+
+
+def test_param_counts_and_breakeven():
+    assert L.params_dense(3072, 12288) == 3072 * 12288 + 3072
+    assert L.params_lowrank(3072, 12288, 64, bias=False) == 64 * (3072 + 12288)
+    assert L.breakeven_rank(128, 128) == 64
+    assert L.breakeven_rank(3, 5) == 2  # 15/8 = 1.875 -> 2
+    for m, n in [(128, 128), (3, 5), (3072, 15360), (768, 128)]:
+        be = L.breakeven_rank(m, n)
+        assert L.params_lowrank(m, n, be, False) >= L.params_dense(m, n, False)
+        assert L.params_lowrank(m, n, be - 1, False) < L.params_dense(m, n, False)
+        assert L.saves_params(m, n, be - 1) and not L.saves_params(m, n, be)
+
+
+def test_round_rank():
+    assert L.round_rank(40, 16) == 48 and L.round_rank(39, 16) == 32
+    assert L.round_rank(3, 16) == 16  # never below one multiple
+    assert L.round_rank(300, 16, max_rank=128) == 128
+    assert L.round_rank(5, 16, max_rank=8) == 8
+
+
+def test_normalized_mse_and_massive_mask():
+    t = torch.randn(2, 16, 8)
+    assert float(L.normalized_mse(t, t)) == 0.0
+    s = t + 0.1 * torch.randn_like(t)
+    expect = ((s - t) ** 2).mean() / (t ** 2).mean()
+    assert float(L.normalized_mse(s, t)) == pytest.approx(float(expect), rel=1e-5)
+    t_massive = t.clone()
+    t_massive[0, 3, 5] = 1e4  # one massive activation
+    mask = L.massive_activation_mask(t_massive, k=5.0)
+    assert mask.dtype == torch.bool and mask.shape == t.shape
+    assert not mask[0, 3, 5] and int((~mask).sum()) == 1
+    s_massive = s.clone()
+    s_massive[0, 3, 5] = 0.0  # a huge error there is ignored under the mask
+    masked = L.normalized_mse(s_massive, t_massive, mask=mask)
+    assert float(masked) == pytest.approx(float(L.normalized_mse(s[mask], t[mask])), rel=1e-5)
+    assert L.normalized_mse(s.bfloat16(), t.bfloat16()).dtype == torch.float32
