@@ -54,9 +54,10 @@ class FluxAdapter(Adapter):
         return [output[1], output[0]]
 
     def task_loss(self, model, latents, cond, generator=None):
-        """Rectified flow: x_t = (1 - s) x0 + s eps, target velocity eps - x0. latents (B, N, C)."""
+        """Rectified flow: x_t = (1 - s) x0 + s eps, target velocity eps - x0. latents (B, N, C).
+        s is drawn logit-normal, as SD3 / Flux train."""
         b = latents.shape[0]
-        sigma = torch.rand((b,), generator=generator, device=latents.device)  # (B,)
+        sigma = torch.sigmoid(torch.randn((b,), generator=generator, device=latents.device))  # (B,)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device,
                             dtype=latents.dtype)
         s = sigma.view(b, *([1] * (latents.dim() - 1))).to(latents.dtype)

@@ -1,0 +1,109 @@
+"""`dit-compress bench OUT`: teacher vs student time per denoising step, parameters and memory,
+reported as ratios measured in one run (torch path on CPU, fused kernels on CUDA)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from compress.errors import UserError
+from compress.io import load_teacher, load_transformer
+from compress.report import console, param_count, read_report
+
+
+def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
+    """One denoising step's transformer inputs: CFG doubles the batch as the pipelines do."""
+    from compress.inputs import SyntheticSource, ToySource
+    from compress.recipe import CalibrationConfig
+
+    calib = CalibrationConfig(heldout=batch, batch_size=2 * batch)
+    if teacher_source.startswith("toy:"):
+        return ToySource(family, calib).heldout()[0]
+    return SyntheticSource(family, calib, model.config).heldout()[0]
+
+
+def _to(kwargs: dict, device, dtype) -> dict:
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device, dtype) if v.is_floating_point() else v.to(device)
+        return v
+    return {k: move(v) for k, v in kwargs.items()}
+
+
+def time_step(model, kwargs: dict, repeats: int, device: torch.device) -> float:
+    """Median seconds of one forward (after warm-up)."""
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(**kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def weight_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def peak_memory(model, kwargs, device) -> int | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():
+        model(**kwargs)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int = 2,
+          device: str | None = None) -> dict:
+    report = read_report(out)
+    source = teacher or report.get("teacher")
+    if not source:
+        raise UserError(f"{out}/report.json names no teacher; pass --teacher")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    student = load_transformer(out).to(dev, dtype)
+    ref = load_teacher(source).to(dev, dtype).eval()
+    from compress.arch import get_adapter
+
+    kwargs = _to(step_inputs(ref, get_adapter(ref).family, source, batch), dev, dtype)
+    t_teacher, t_student = time_step(ref, kwargs, repeats, dev), time_step(student, kwargs, repeats, dev)
+    mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."), "batch": int(kwargs["hidden_states"].shape[0]),
+        "teacher_step_s": t_teacher, "student_step_s": t_student,
+        "speedup": t_teacher / t_student,
+        "params_ratio": param_count(student) / param_count(ref),
+        "weight_bytes_ratio": weight_bytes(student) / weight_bytes(ref),
+        "peak_memory_ratio": (mem_s / mem_t) if mem_t else None,
+    }
+
+
+def bench_command(args) -> int:
+    result = bench(Path(args.out), args.teacher, args.repeats, args.batch, args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    table = Table(title=f"bench {args.out} on {result['device']} ({result['dtype']}, "
+                        f"batch {result['batch']})")
+    table.add_column("metric")
+    table.add_column("student / teacher", justify="right")
+    table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  "
+                  f"({result['speedup']:.2f}× faster)")
+    table.add_row("parameters", f"{result['params_ratio']:.3f}")
+    table.add_row("weight memory", f"{result['weight_bytes_ratio']:.3f}")
+    if result["peak_memory_ratio"] is not None:
+        table.add_row("peak memory", f"{result['peak_memory_ratio']:.3f}")
+    console.print(table)
+    return 0

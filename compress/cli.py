@@ -1,0 +1,139 @@
+"""`dit-compress`: argument parsing and printing only; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import compress
+from compress.errors import NumericError, UserError
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML (see recipes/)")
+    p.add_argument("--teacher", help="override the recipe's teacher (hub id, folder, file, toy:NAME)")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) for a single file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a recipe key, e.g. --set passes.1.svd.ratio=0.4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dit-compress", description="Low-rank / SVD compression compiler for diffusion "
+        "transformers (PixArt-Σ, Flux.1-dev).")
+    parser.add_argument("--version", action="version", version=f"dit-compress {compress.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="compress a teacher as the recipe says")
+    _recipe_args(p)
+    p.add_argument("--out", help="output folder (default: out/<recipe name>)")
+    p.add_argument("--run-dir", help="run folder for caches and checkpoints (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+    p = sub.add_parser("plan", help="dry run: resolved targets, ranks, blocks, params before/after")
+    _recipe_args(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("inspect", help="per-layer rank budget of a compressed model")
+    p.add_argument("out", help="output folder of `dit-compress run`")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="DIR", help="write rank-budget and spectrum PNGs into DIR")
+
+    p = sub.add_parser("importance", help="block-importance scan: table, JSON and heatmap PNG")
+    p.add_argument("source", help="a recipe YAML or a teacher (toy:pixart, folder, file)")
+    p.add_argument("--buckets", type=int, default=3, help="timestep buckets (default 3)")
+    p.add_argument("--json", metavar="FILE", help="write the scan as JSON")
+    p.add_argument("--png", metavar="FILE", help="heatmap path (default importance-<family>.png)")
+
+    p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
+    p.add_argument("model", help="output folder or teacher source such as toy:pixart")
+    p.add_argument("--teacher", help="teacher to compare against (default: the one recorded)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--grid", metavar="PNG", help="write a sample grid")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("bench", help="latency / memory of teacher vs student, as ratios")
+    p.add_argument("out", help="output folder of `dit-compress run`")
+    p.add_argument("--teacher", help="teacher (default: the one recorded in the output)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def cmd_run(args) -> int:
+    from compress.recipe import load_recipe
+    from compress.runner import Runner
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    name = Path(args.recipe).stem
+    out = Path(args.out or Path("out") / name)
+    run_dir = Path(args.run_dir or Path("runs") / name)
+    Runner(recipe, out, run_dir, teacher=args.teacher, teacher_config=args.teacher_config,
+           resume=args.resume, overwrite=args.overwrite).run()
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from compress.plan import make_plan, print_plan
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config)
+    if args.json:
+        print(json.dumps(plan, indent=2, default=str))
+    else:
+        print_plan(plan)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from compress.inspect import inspect_output
+
+    inspect_output(Path(args.out), as_json=args.json, plot_dir=args.plot)
+    return 0
+
+
+def cmd_importance(args) -> int:
+    from compress.commands import importance
+
+    return importance(args)
+
+
+def cmd_eval(args) -> int:
+    from compress.commands import evaluate
+
+    return evaluate(args)
+
+
+def cmd_bench(args) -> int:
+    from compress.bench import bench_command
+
+    return bench_command(args)
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "inspect": cmd_inspect, "importance": cmd_importance,
+            "eval": cmd_eval, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"dit-compress: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except NumericError as e:
+        print(f"dit-compress: numeric error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dit-compress: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

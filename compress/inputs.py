@@ -1,0 +1,126 @@
+"""Model inputs for a run: calibration batches, held-out batches, training batches.
+
+Sources: `toy` (the shipped toy teachers' real digits and prompts; chosen for `toy:` teachers) and
+`synthetic` (random text embeddings and Gaussian latents with the teacher's shapes: smoke tests and
+memory benchmarks of full-size models, where no text encoder is at hand). Every batch is a dict of
+the diffusers forward kwargs of the family.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from compress.errors import UserError
+
+
+def _chunks(kwargs: dict, batch_size: int) -> list[dict]:
+    """Split forward kwargs along the batch dim (tensors whose first dim is the batch)."""
+    n = kwargs["hidden_states"].shape[0]
+    out = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(n, start + batch_size))
+        out.append({k: (v[sl] if _batched(k, v, n) else v) for k, v in kwargs.items()})
+    return out
+
+
+def _batched(key: str, value, n: int) -> bool:
+    return (isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
+            and key not in ("img_ids", "txt_ids"))
+
+
+class ToySource:
+    def __init__(self, family: str, calib):
+        self.family, self.calib = family, calib
+
+    def calibration(self) -> list[dict]:
+        from compress.toy.data import model_inputs
+
+        c = self.calib
+        n = c.num_prompts * c.timesteps
+        kwargs = model_inputs(self.family, n, seed=c.seed, split="train", cfg=c.cfg_branches)
+        return _chunks(kwargs, c.batch_size)
+
+    def heldout(self) -> list[dict]:
+        from compress.toy.data import model_inputs
+
+        kwargs = model_inputs(self.family, self.calib.heldout, seed=self.calib.seed + 1,
+                              split="heldout", cfg=False)
+        return _chunks(kwargs, self.calib.batch_size)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator):
+        from compress.toy import data
+
+        batch = data.training_batch(self.family, batch_size, generator)
+        module = data.family_module(self.family)
+        latents = batch["latents"]  # (B, 4, 8, 8)
+        if self.family == "flux":
+            latents = module.pack(latents)  # (B, 16, 16)
+            kw = module.forward_kwargs(latents, torch.zeros(batch_size), batch["text"])
+            low, high = module.TRAIN_GUIDANCE
+            kw["guidance"] = low + (high - low) * torch.rand(batch_size, generator=generator)
+        else:
+            kw = module.forward_kwargs(latents, torch.zeros(batch_size, dtype=torch.long),
+                                       batch["text"])
+        kw.pop("hidden_states"), kw.pop("timestep")
+        return latents, kw
+
+
+class SyntheticSource:
+    """Random embeddings and latents shaped for the teacher's config (no text encoder needed)."""
+
+    def __init__(self, family: str, calib, config, tokens: int = 16, text_tokens: int = 8):
+        self.family, self.calib, self.config = family, calib, config
+        self.tokens, self.text_tokens = tokens, text_tokens
+
+    def _make(self, n: int, seed: int) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        cfg = self.config
+        if self.family == "pixart":
+            side = max(1, int(math.isqrt(self.tokens))) * cfg.patch_size
+            return dict(
+                hidden_states=torch.randn(n, cfg.in_channels, side, side, generator=g),
+                encoder_hidden_states=torch.randn(n, self.text_tokens, cfg.caption_channels,
+                                                  generator=g),
+                encoder_attention_mask=torch.ones(n, self.text_tokens),
+                timestep=torch.randint(0, 1000, (n,), generator=g),
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+        side = max(1, int(math.isqrt(self.tokens)))
+        ids = torch.zeros(side * side, 3)
+        ids[:, 1], ids[:, 2] = torch.arange(side * side) // side, torch.arange(side * side) % side
+        kw = dict(
+            hidden_states=torch.randn(n, side * side, cfg.in_channels, generator=g),
+            encoder_hidden_states=torch.randn(n, self.text_tokens, cfg.joint_attention_dim,
+                                              generator=g),
+            pooled_projections=torch.randn(n, cfg.pooled_projection_dim, generator=g),
+            timestep=torch.rand(n, generator=g), img_ids=ids,
+            txt_ids=torch.zeros(self.text_tokens, 3))
+        if cfg.guidance_embeds:
+            kw["guidance"] = torch.full((n,), 3.5)
+        return kw
+
+    def calibration(self) -> list[dict]:
+        c = self.calib
+        return _chunks(self._make(c.num_prompts * c.timesteps, c.seed), c.batch_size)
+
+    def heldout(self) -> list[dict]:
+        return _chunks(self._make(self.calib.heldout, self.calib.seed + 1), self.calib.batch_size)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator):
+        kw = self._make(batch_size, int(torch.randint(0, 2**31, (1,), generator=generator)))
+        latents = kw.pop("hidden_states")
+        kw.pop("timestep")
+        return latents, kw
+
+
+def input_source(family: str, teacher_source: str, calib, config):
+    kind = calib.source
+    if kind == "auto":
+        kind = "toy" if teacher_source.startswith("toy:") else None
+    if kind == "toy":
+        return ToySource(family, calib)
+    if kind == "synthetic":
+        return SyntheticSource(family, calib, config)
+    raise UserError("calibration.source must be set for a non-toy teacher: 'synthetic' (random "
+                    "embeddings, for smoke tests) is what this version supports without a text encoder")

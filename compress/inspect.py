@@ -1,0 +1,48 @@
+"""`dit-compress inspect OUT`: the per-layer rank budget of a compressed model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compress.io import load_transformer
+from compress.report import (console, layer_rows, layer_table, plot_ranks, plot_spectrum,
+                             read_report, summary_table)
+
+
+def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
+    model = load_transformer(out)
+    report = read_report(out)
+    rows = layer_rows(model, report)
+    if as_json:
+        print(json.dumps({"layers": rows, "report": report}, indent=2, default=str))
+    else:
+        console.print(layer_table(rows, title=f"{out}"))
+        console.print(summary_table(rows, "role", "by role"))
+        console.print(summary_table(rows, "block", "by block"))
+        _print_optimality(rows)
+    if plot_dir:
+        write_plots(rows, report, Path(plot_dir))
+    return rows
+
+
+def _print_optimality(rows: list[dict]) -> None:
+    ratios = [r["loss_ratio"] for r in rows if isinstance(r.get("loss_ratio"), (int, float))]
+    if ratios:
+        console.print(f"whitened loss / optimal loss over {len(ratios)} factorized layers: "
+                      f"max {max(ratios):.6f}")
+
+
+def write_plots(rows: list[dict], report: dict, plot_dir: Path) -> list[Path]:
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = [plot_ranks(rows, plot_dir / "ranks.png")]
+    layers = ((report.get("svd") or {}).get("layers") or {})
+    chosen = [r for r in rows if r["rank"] and layers.get(r["name"], {}).get("spectrum")]
+    chosen.sort(key=lambda r: r["kept"])
+    for r in chosen[:2] + chosen[-2:]:  # the most and the least compressed layers
+        spectrum = layers[r["name"]]["spectrum"]
+        paths.append(plot_spectrum(r["name"], spectrum, r["rank"],
+                                   plot_dir / f"spectrum-{r['name'].replace('.', '_')}.png"))
+    for p in paths:
+        console.print(f"wrote {p}")
+    return paths

@@ -1,0 +1,102 @@
+"""`dit-compress plan`: what a recipe will do, without factorizing or loading weights.
+
+The teacher is instantiated on the meta device from its config (shipped configs for the known hub
+ids, so real-model recipes plan offline). Each pass's `plan(model, adapter)` applies the structural
+changes it can know in advance (explicit block removal, fixed ranks) to that meta model and returns
+a description; parameters are then counted before and after, by role and by block.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+
+from rich.table import Table
+
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.io import _read_json, model_class
+from compress.report import console, layer_rows, param_count
+from compress.runner import build_passes
+
+KNOWN_CONFIGS = {
+    "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": "PixArt-Sigma-XL-2-1024-MS.json",
+    "black-forest-labs/FLUX.1-dev": "FLUX.1-dev.json",
+}
+
+
+def teacher_config(source: str, config: str | None = None) -> dict:
+    """The diffusers config of a teacher source, without loading weights."""
+    if config:
+        p = Path(config)
+        return _read_json(p if p.suffix == ".json" else p / "config.json")
+    if source in KNOWN_CONFIGS:
+        text = resources.files("compress.configs").joinpath(KNOWN_CONFIGS[source]).read_text()
+        return json.loads(text)
+    p = Path(source)
+    for candidate in (p / "transformer" / "config.json", p / "config.json", p.parent / "config.json"):
+        if candidate.is_file():
+            return _read_json(candidate)
+    raise UserError(f"cannot find a config for teacher '{source}' offline; pass --teacher-config")
+
+
+def meta_model(source: str, config: str | None = None):
+    if source.startswith("toy:"):
+        from compress.toy import load_toy_teacher
+
+        return load_toy_teacher(source[4:])
+    from accelerate import init_empty_weights
+
+    cfg = teacher_config(source, config)
+    cls = model_class(cfg.get("_class_name", "<missing _class_name>"))
+    with init_empty_weights():
+        return cls.from_config(cfg)
+
+
+def by_key(rows: list[dict], key: str) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for r in rows:
+        out[r[key]] += r["params"]
+    return dict(out)
+
+
+def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = None) -> dict:
+    source = teacher or recipe.teacher
+    model = meta_model(source, teacher_config)
+    adapter = get_adapter(model)
+    if adapter.family != recipe.model:
+        raise UserError(f"{recipe.path}: model is '{recipe.model}' but teacher {source} is "
+                        f"{adapter.family}")
+    before_rows, before = layer_rows(model), param_count(model)
+    passes = build_passes(recipe)
+    steps = []
+    for spec, p in zip(recipe.passes, passes):
+        p.check(model, adapter)
+        steps.append({"pass": spec.name, "line": spec.line, **(p.plan(model, adapter) or {})})
+    after_rows = layer_rows(model)
+    return {
+        "recipe": recipe.path, "teacher": source, "family": adapter.family,
+        "blocks_after": adapter.block_counts(model), "passes": steps,
+        "params_before": before, "params_after_planned": param_count(model),
+        "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
+        "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
+    }
+
+
+def print_plan(plan: dict) -> None:
+    console.print(f"[bold]{plan['recipe']}[/]  teacher {plan['teacher']} ({plan['family']})")
+    for step in plan["passes"]:
+        details = {k: v for k, v in step.items() if k not in ("pass", "line")}
+        console.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): "
+                      + json.dumps(details, default=str)[:400])
+    table = Table(title="parameters by role (linears)")
+    for col in ("role", "before", "after (planned)", "ratio"):
+        table.add_column(col, justify="left" if col == "role" else "right")
+    for role, n in plan["by_role_before"].items():
+        after = plan["by_role_after"].get(role, 0)
+        table.add_row(role, f"{n:,}", f"{after:,}", f"{after / n:.1%}")
+    console.print(table)
+    console.print(f"total parameters: {plan['params_before']:,} -> {plan['params_after_planned']:,} "
+                  f"(planned; ranks decided after calibration are not counted)")

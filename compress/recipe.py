@@ -1,0 +1,303 @@
+"""YAML -> typed, validated Recipe. Errors name file:line, the bad key, and a suggestion.
+
+Pass options are validated against each pass's config dataclass: its fields are the recipe keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from compress.errors import UserError
+from compress.passes import PASSES, pass_class
+
+FAMILIES = ("pixart", "flux")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class CalibrationConfig:
+    """Where calibration inputs come from: prompts x timesteps x classifier-free-guidance branches."""
+
+    source: Literal["auto", "toy", "synthetic"] = "auto"  # auto: toy for toy: teachers
+    num_prompts: int = 10  # toy: prompts drawn from the ten digit classes
+    timesteps: int = 8  # how many timesteps per prompt, spread over the schedule
+    cfg_branches: bool = True  # also the unconditional (empty prompt) branch
+    batch_size: int = 32
+    seed: int = 0
+    heldout: int = 64  # held-out inputs for teacher-relative errors
+    activations: Literal["student", "teacher"] = "student"  # what later blocks see (error-aware)
+
+    def validate(self):
+        for name in ("num_prompts", "timesteps", "batch_size", "heldout"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+
+
+@dataclass
+class ExportConfig:
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+@dataclass
+class PassSpec:
+    name: str
+    config: Any
+    line: int
+
+
+@dataclass
+class Recipe:
+    model: Literal["pixart", "flux"]
+    teacher: str
+    passes: list[PassSpec]
+    version: int = 1
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    path: str = "<recipe>"
+    raw: dict = field(default_factory=dict)  # the resolved plain data (written to the output)
+
+
+# ---- YAML with line numbers -------------------------------------------------------------------
+class _Loc:
+    """file:line of a YAML node, for messages."""
+
+    def __init__(self, path: str, node: yaml.Node | None):
+        self.path = path
+        self.line = node.start_mark.line + 1 if node is not None else 0
+
+    def err(self, msg: str) -> UserError:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return UserError(f"{where}: {msg}")
+
+
+def _compose(text: str, path: str) -> yaml.Node:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
+    if node is None:
+        raise UserError(f"{path}: the recipe is empty")
+    return node
+
+
+def _construct(node: yaml.Node):
+    loader = yaml.SafeLoader("")
+    return loader.construct_object(node, deep=True)
+
+
+# ---- typed conversion ---------------------------------------------------------------------------
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"a mapping of {_type_name(k)} to {_type_name(v)}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def convert(node: yaml.Node, tp, loc_path: str, what: str):
+    """YAML node -> a value of type tp (dataclass, list, dict, Literal, scalars, unions)."""
+    loc = _Loc(loc_path, node)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(node, tp, loc_path, what)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return convert(node, arg, loc_path, what)
+            except UserError as e:
+                errors.append(e)
+        raise loc.err(f"{what} must be {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(node, yaml.SequenceNode):
+            raise loc.err(f"{what} must be {_type_name(tp)}")
+        (item,) = typing.get_args(tp)
+        return [convert(n, item, loc_path, f"{what}[{i}]") for i, n in enumerate(node.value)]
+    if origin is dict:
+        if not isinstance(node, yaml.MappingNode):
+            raise loc.err(f"{what} must be {_type_name(tp)}")
+        kt, vt = typing.get_args(tp)
+        return {convert(k, kt, loc_path, f"key of {what}"): convert(v, vt, loc_path, f"{what}.{k.value}")
+                for k, v in node.value}
+    if not isinstance(node, yaml.ScalarNode):
+        raise loc.err(f"{what} must be {_type_name(tp)}")
+    value = _construct(node)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        hint = _did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])
+        raise loc.err(f"{what} must be one of {_type_name(tp)}, not {value!r}{hint}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        return value
+    raise loc.err(f"{what} must be {_type_name(tp)}, not {value!r}")
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def build_dataclass(node: yaml.Node, cls, path: str, what: str):
+    loc = _Loc(path, node)
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~")):
+        node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark if node else None)
+    if not isinstance(node, yaml.MappingNode):
+        raise loc.err(f"{what} must be a mapping of options")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("path", "raw")}
+    values = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        if key not in fields:
+            hint = _did_you_mean(key, fields)
+            raise _Loc(path, key_node).err(f"unknown key '{key}' in {what}{hint} "
+                                           f"(known: {', '.join(fields)})")
+        if key in values:
+            raise _Loc(path, key_node).err(f"duplicate key '{key}' in {what}")
+        values[key] = convert(value_node, hints[key], path, f"{what}.{key}" if what else key)
+    missing = [n for n, f in fields.items() if n not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise loc.err(f"{what or 'recipe'} is missing required key '{missing[0]}'")
+    try:
+        obj = cls(**values)
+    except (ValueError, TypeError) as e:
+        raise loc.err(f"{what}: {e}") from None
+    check = getattr(obj, "validate", None)
+    if check:
+        try:
+            check()
+        except ValueError as e:
+            raise loc.err(f"{what}: {e}") from None
+    return obj
+
+
+# ---- passes -------------------------------------------------------------------------------------
+def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
+    loc = _Loc(path, node)
+    if isinstance(node, yaml.ScalarNode):  # "- svd" with all defaults
+        name, opts = node.value, None
+    elif isinstance(node, yaml.MappingNode) and len(node.value) == 1:
+        name, opts = node.value[0][0].value, node.value[0][1]
+    else:
+        raise loc.err(f"passes[{index}] must be a pass name or a one-key mapping like "
+                      "'- svd: {ratio: 0.5}'")
+    if name not in PASSES:
+        raise loc.err(f"unknown pass '{name}'{_did_you_mean(name, PASSES)} (passes: {', '.join(PASSES)})")
+    cls = pass_class(name)
+    config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}")
+    return PassSpec(name, config, loc.line)
+
+
+# ---- entry points -----------------------------------------------------------------------------
+def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path: str) -> None:
+    """Apply `--set a.b.c=value` (list items by index: passes.1.svd.ratio=0.4) to the node tree."""
+    value_node = yaml.compose(value_text, Loader=yaml.SafeLoader) or yaml.ScalarNode(
+        "tag:yaml.org,2002:null", "null")
+    node, parts = data_node, dotted.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, yaml.SequenceNode):
+            if not part.isdigit() or int(part) >= len(node.value):
+                raise UserError(f"--set {dotted}: '{part}' is not an index of that list")
+            if last:
+                node.value[int(part)] = value_node
+                return
+            node = node.value[int(part)]
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            raise UserError(f"--set {dotted}: '{'.'.join(parts[:i])}' is not a mapping")
+        match = [(k, v) for k, v in node.value if k.value == part]
+        if last:
+            node.value = [(k, v) for k, v in node.value if k.value != part]
+            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part), value_node))
+            return
+        if not match:
+            child = yaml.MappingNode("tag:yaml.org,2002:map", [])
+            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part), child))
+            node = child
+        else:
+            node = match[0][1]
+
+
+def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
+    root = _compose(text, path)
+    if not isinstance(root, yaml.MappingNode):
+        raise _Loc(path, root).err("a recipe must be a mapping with model, teacher and passes")
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"--set {item}: expected KEY.PATH=VALUE")
+        set_override(root, key.strip(), value, path)
+    top = {k.value: (k, v) for k, v in root.value}
+    known = ("version", "model", "teacher", "calibration", "export", "passes")
+    for key, (k, _) in top.items():
+        if key not in known:
+            raise _Loc(path, k).err(f"unknown key '{key}'{_did_you_mean(key, known)}")
+    if "passes" not in top:
+        raise _Loc(path, root).err("the recipe has no 'passes' list")
+    passes_node = top["passes"][1]
+    if not isinstance(passes_node, yaml.SequenceNode) or not passes_node.value:
+        raise _Loc(path, passes_node).err("'passes' must be a non-empty list")
+    specs = [_pass_spec(n, path, i) for i, n in enumerate(passes_node.value)]
+    hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str}
+    values = {}
+    for k, v in root.value:
+        if k.value == "passes":
+            continue
+        if k.value in hints:
+            values[k.value] = convert(v, hints[k.value], path, k.value)
+        elif k.value == "calibration":
+            values["calibration"] = build_dataclass(v, CalibrationConfig, path, "calibration")
+        elif k.value == "export":
+            values["export"] = build_dataclass(v, ExportConfig, path, "export")
+    for required in ("model", "teacher"):
+        if required not in values:
+            raise _Loc(path, root).err(f"the recipe is missing required key '{required}'")
+    if values.get("version", 1) != 1:
+        raise _Loc(path, root).err(f"recipe version {values['version']} is not supported (only 1)")
+    recipe = Recipe(passes=specs, path=path, **values)
+    recipe.raw = to_plain(recipe)
+    return recipe
+
+
+def load_recipe(path, overrides: list[str] = ()) -> Recipe:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read recipe {path}: {e.strerror or e}") from None
+    return parse_recipe(text, str(path), overrides)
+
+
+def to_plain(recipe: Recipe) -> dict:
+    """The resolved recipe as plain data (every default filled in), for the output folder."""
+    return {
+        "version": recipe.version, "model": recipe.model, "teacher": recipe.teacher,
+        "calibration": dataclasses.asdict(recipe.calibration),
+        "passes": [{p.name: dataclasses.asdict(p.config)} for p in recipe.passes],
+        "export": dataclasses.asdict(recipe.export),
+    }
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(to_plain(recipe), sort_keys=False)

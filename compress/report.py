@@ -1,0 +1,141 @@
+"""Rich tables, the JSON report, the model card, and matplotlib figures."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _fmt_int(n) -> str:
+    return f"{n:,}" if isinstance(n, int) else str(n)
+
+
+def layer_rows(model, report: dict | None = None) -> list[dict]:
+    """Per linear: name, role, shape, rank (None = dense), params kept, and the svd report fields."""
+    from compress.arch import get_adapter
+    from compress.lowrank import LowRankLinear
+
+    svd = ((report or {}).get("svd") or {}).get("layers", {})
+    rows = []
+    for info in get_adapter(model).linears(model):
+        mod = model.get_submodule(info.name)
+        dense = info.out_features * info.in_features
+        rank = mod.rank if isinstance(mod, LowRankLinear) else None
+        kept = rank * (info.out_features + info.in_features) if rank else dense
+        row = {"name": info.name, "role": info.role, "block": _block_label(info),
+               "shape": [info.out_features, info.in_features], "rank": rank,
+               "params": kept, "dense_params": dense, "kept": kept / dense}
+        for key in ("energy_kept", "loss", "optimal_loss", "loss_ratio", "output_error"):
+            if key in svd.get(info.name, {}):
+                row[key] = svd[info.name][key]
+        rows.append(row)
+    return rows
+
+
+def _block_label(info) -> str:
+    return f"{info.group}.{info.block}" if info.group is not None else "-"
+
+
+def layer_table(rows: list[dict], title: str = "layers") -> Table:
+    table = Table(title=title, show_lines=False)
+    for col, just in (("layer", "left"), ("role", "left"), ("shape", "right"), ("rank", "right"),
+                      ("kept", "right"), ("energy", "right"), ("loss/opt", "right")):
+        table.add_column(col, justify=just)
+    for r in rows:
+        table.add_row(r["name"], r["role"], "×".join(map(str, r["shape"])),
+                      str(r["rank"]) if r["rank"] else "dense", f"{r['kept']:.0%}",
+                      _opt(r.get("energy_kept"), "{:.4f}"), _opt(r.get("loss_ratio"), "{:.6f}"))
+    return table
+
+
+def _opt(value, fmt: str) -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) else "-"
+
+
+def summary_table(rows: list[dict], key: str, title: str) -> Table:
+    agg = defaultdict(lambda: [0, 0, 0])
+    for r in rows:
+        a = agg[r[key]]
+        a[0] += r["params"]
+        a[1] += r["dense_params"]
+        a[2] += r["rank"] is not None
+    table = Table(title=title)
+    for col in (key, "factorized", "params", "of dense"):
+        table.add_column(col, justify="left" if col == key else "right")
+    for k, (kept, dense, n) in agg.items():
+        table.add_row(str(k), str(n), _fmt_int(kept), f"{kept / dense:.1%}")
+    return table
+
+
+def model_card(recipe, report: dict) -> str:
+    """README.md of an output folder: what was done, with the numbers."""
+    lines = [f"# {recipe.model} student compressed by dit-compress", "",
+             f"Teacher: `{report.get('teacher')}`. Recipe: `recipe.yaml` (resolved).", "",
+             f"Parameters: {report['student_params']:,} of {report['teacher_params']:,} "
+             f"({report['student_params'] / report['teacher_params']:.1%}).", "",
+             "| stage | params | teacher-relative error | seconds |", "|---|---:|---:|---:|"]
+    for s in report.get("stages", []):
+        lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} | {s['seconds']} |")
+    lines += ["", "Load it with `compress.load_transformer(folder)`; see report.json for per-layer numbers.", ""]
+    return "\n".join(lines)
+
+
+def read_report(out: Path) -> dict:
+    p = Path(out) / "report.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def plot_ranks(rows: list[dict], path: Path) -> Path:
+    """Rank budget per layer grouped by block and role (kept fraction as bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    roles = sorted({r["role"] for r in rows})
+    colors = {role: plt.cm.tab10(i) for i, role in enumerate(roles)}
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.12), 4))
+    ax.bar(range(len(rows)), [r["kept"] for r in rows], color=[colors[r["role"]] for r in rows])
+    edges = [i for i in range(1, len(rows)) if rows[i]["block"] != rows[i - 1]["block"]]
+    for e in edges:
+        ax.axvline(e - 0.5, color="0.8", lw=0.5)
+    ax.set_ylabel("kept parameters (fraction of dense)")
+    ax.set_xlabel("layers in model order (lines separate blocks)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()],
+              labels=list(colors), fontsize=8, ncol=len(colors))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_spectrum(name: str, energies, rank: int | None, path: Path) -> Path:
+    """Whitened spectrum (eigenvalues of W G Wᵀ, descending) of one layer with the cut marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.semilogy(range(1, len(energies) + 1), energies)
+    if rank:
+        ax.axvline(rank, color="red", ls="--", label=f"rank {rank}")
+        ax.legend()
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("index")
+    ax.set_ylabel("whitened eigenvalue")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,181 @@
+"""Executes a recipe pass by pass: stage checkpoints for --resume, atomic output.
+
+run folder (survives interruption):  calib/<fingerprint>/...   stages/<i>-<pass>/ (student after pass i)
+output folder (written last, atomically): the DESIGN.md layout.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+import compress
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.inputs import input_source
+from compress.io import load_teacher, load_transformer, save_compressed
+from compress.passes import pass_class
+from compress.passes.base import RunContext
+from compress.recipe import Recipe, dump_recipe
+from compress.report import console, model_card, param_count
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def build_passes(recipe: Recipe) -> list:
+    return [pass_class(spec.name)(spec.config) for spec in recipe.passes]
+
+
+def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None):
+    source = teacher or recipe.teacher
+    model = load_teacher(source, config=config, family=recipe.model)
+    family = get_adapter(model).family
+    if family != recipe.model:
+        raise UserError(f"{recipe.path}: model is '{recipe.model}' but the teacher {source} is a "
+                        f"{type(model).__name__} ({family})")
+    return source, model.requires_grad_(False).eval()
+
+
+def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe) -> str:
+    """Teacher identity (source + a checksum of its weights) + calibration config + code version."""
+    h = hashlib.sha256(f"{source}|{compress.__version__}|".encode())
+    h.update(json.dumps(asdict(recipe.calibration), sort_keys=True).encode())
+    for name, p in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().flatten()[:4096].double().sum().item().hex().encode())
+        h.update(str(tuple(p.shape)).encode())
+    return h.hexdigest()[:16]
+
+
+def relative_error(student, teacher, adapter, batches: list[dict]) -> float:
+    """||student - teacher|| / ||teacher|| of the final prediction over held-out batches."""
+    num = den = 0.0
+    with torch.no_grad():
+        for kw in batches:
+            t = adapter.predict(teacher, kw).double()
+            s = adapter.predict(student, kw).double()
+            num += (s - t).pow(2).sum().item()
+            den += t.pow(2).sum().item()
+    return (num / max(den, 1e-300)) ** 0.5
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C, so passes checkpoint and the output is never half-written."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+class Runner:
+    def __init__(self, recipe: Recipe, out: Path, run_dir: Path, teacher: str | None = None,
+                 teacher_config: str | None = None, resume: bool = False, overwrite: bool = False):
+        self.recipe, self.out, self.run_dir = recipe, Path(out), Path(run_dir)
+        self.teacher_arg, self.teacher_config = teacher, teacher_config
+        self.resume, self.overwrite = resume, overwrite
+
+    # -- setup ------------------------------------------------------------------------------------
+    def prepare(self):
+        if self.out.exists() and not self.overwrite:
+            raise UserError(f"output folder {self.out} exists; pass --overwrite to replace it")
+        self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg,
+                                                         self.teacher_config)
+        self.adapter = get_adapter(self.teacher)
+        self.passes = build_passes(self.recipe)
+        probe = copy.deepcopy(self.teacher)
+        for p in self.passes:  # every config error before any compute
+            p.check(probe, self.adapter)
+        src = input_source(self.recipe.model, self.source, self.recipe.calibration,
+                           self.teacher.config)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cache: dict = {}
+        self.ctx = RunContext(
+            adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
+            run_dir=self.run_dir, seed=self.recipe.calibration.seed,
+            calibration_inputs=lambda: cache.setdefault("calib", src.calibration()),
+            eval_inputs=lambda: cache.setdefault("heldout", src.heldout()),
+            train_batch=src.train_batch, calibration=self.recipe.calibration,
+            fingerprint=fingerprint(self.source, self.teacher, self.recipe), resume=self.resume)
+
+    # -- stages -----------------------------------------------------------------------------------
+    def _stage_dir(self, i: int) -> Path:
+        return self.run_dir / "stages" / f"{i}-{self.recipe.passes[i].name}"
+
+    def _restore(self):
+        """(first pass to run, student) from the last completed stage when resuming."""
+        stages = self.run_dir / "stages"
+        if not self.resume:
+            shutil.rmtree(stages, ignore_errors=True)
+            return 0, copy.deepcopy(self.teacher)
+        for i in reversed(range(len(self.passes))):
+            d = self._stage_dir(i)
+            if (d / "state.json").is_file():
+                state = json.loads((d / "state.json").read_text())
+                if state["recipe"] != self.recipe.raw:
+                    raise UserError(f"--resume: the recipe changed since {self.run_dir} was "
+                                    "written; rerun without --resume")
+                self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
+                console.print(f"[bold]resuming[/] after pass {i} ({self.recipe.passes[i].name})")
+                return i + 1, load_transformer(d)
+        return 0, copy.deepcopy(self.teacher)
+
+    def _save_stage(self, i: int, student):
+        d = self._stage_dir(i)
+        save_compressed(student, d, overwrite=True)
+        state = {"recipe": self.recipe.raw, "report": self.ctx.report, "block_map": self.ctx.block_map}
+        tmp = d / "state.json.tmp"
+        tmp.write_text(json.dumps(state, default=str))
+        tmp.replace(d / "state.json")
+
+    # -- run --------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        self.prepare()
+        start, student = self._restore()
+        heldout = self.ctx.eval_inputs()
+        teacher_params = param_count(self.teacher)
+        with sigterm_as_interrupt():
+            for i in range(start, len(self.passes)):
+                p, t0 = self.passes[i], time.perf_counter()
+                console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
+                student = p.run(student, self.ctx)
+                err = relative_error(student, self.teacher, self.adapter, heldout)
+                self.ctx.report.setdefault("stages", []).append(
+                    {"pass": p.name, "seconds": round(time.perf_counter() - t0, 3),
+                     "params": param_count(student), "relative_error": err})
+                console.print(f"  params {param_count(student):,} / {teacher_params:,}   "
+                              f"teacher-relative error {err:.4g}")
+                self._save_stage(i, student)
+        return self.export(student, teacher_params)
+
+    def export(self, student, teacher_params: int) -> Path:
+        report = dict(self.ctx.report, teacher=self.source, teacher_params=teacher_params,
+                      student_params=param_count(student), version=compress.__version__)
+        files = {"recipe.yaml": dump_recipe(self.recipe),
+                 "report.json": json.dumps(report, indent=2, default=str) + "\n",
+                 "README.md": model_card(self.recipe, report)}
+        if self.ctx.block_map is not None:
+            files["block_map.json"] = json.dumps(self.ctx.block_map, indent=2) + "\n"
+        extra = {"teacher": self.source, "block_map": self.ctx.block_map}
+        out = save_compressed(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
+                              extra=extra, files=files, overwrite=self.overwrite)
+        console.print(f"[bold green]wrote[/] {out}  ({report['student_params']:,} params, "
+                      f"{report['student_params'] / teacher_params:.1%} of the teacher)")
+        return out
