@@ -15,6 +15,7 @@ from .checks import check_kernel_dtype, check_lowrank_args
 from .roofline import FUSED_MAX_RANK  # above this R_PAD spills the on-chip intermediate: split path
 
 
+
 def _cfg(bm, bk, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 

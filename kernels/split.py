@@ -11,6 +11,7 @@ from .checks import check_kernel_dtype, check_lowrank_args
 from .fused import _gelu_tanh, dot_precision, m_bucket
 
 
+
 def _cfg(bm, bn, bk, warps, stages, group=8):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group},
                          num_warps=warps, num_stages=stages)

@@ -1,0 +1,184 @@
+"""Fused and split low-rank kernels vs the torch reference; the autograd Function; module dispatch.
+
+On CPU these run in the Triton interpreter (conftest.py), fp32 and fp16 only, at small odd shapes
+(the interpreter config uses 16-wide tiles, so every shape below spans several masked tiles)."""
+
+import pytest
+import torch
+
+from compress.kernels import lowrank_linear, lowrank_linear_ref
+from compress.lowrank import LowRankLinear
+from tests.kernels._env import KERNELS_RUN_HERE, ON_GPU, SKIP_REASON
+
+needs_kernels = pytest.mark.skipif(not KERNELS_RUN_HERE, reason=SKIP_REASON)
+cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]  # markers
+
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=1e-2, rtol=1e-2),
+       torch.bfloat16: dict(atol=6e-2, rtol=5e-2)}
+# (leading dims of x, K, N, r): M not a multiple of 16, K and N odd, r not a power of two
+SHAPES = [((37,), 50, 70, 23), ((2, 9), 33, 17, 7), ((5,), 16, 48, 1)]
+
+
+def make_inputs(lead, k, n, r, dtype, device, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, k, generator=g)  # (..., K)
+    down = torch.randn(r, k, generator=g) / k**0.5  # (r, K)
+    up = torch.randn(n, r, generator=g) / r**0.5  # (N, r)
+    b = torch.randn(n, generator=g) if bias else None  # (N,)
+    return [t.to(device=device, dtype=dtype) if t is not None else None for t in (x, down, up, b)]
+
+
+def assert_matches_ref(y, x, down, up, bias, act):
+    ref = lowrank_linear_ref(x, down, up, bias, act)
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    torch.testing.assert_close(y.float(), ref.float(), **TOL[x.dtype])
+
+
+@needs_kernels
+@pytest.mark.parametrize("path", ["fused", "split"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("act", [None, "gelu_tanh"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_kernel_paths_match_reference(device, path, dtype, act, bias, shape):
+    x, down, up, b = make_inputs(*shape, dtype, device, bias)
+    assert_matches_ref(lowrank_linear(x, down, up, b, act, path=path), x, down, up, b, act)
+
+
+@needs_kernels
+@pytest.mark.parametrize("path,rank", [("fused", 200), ("split", 300)])
+def test_large_ranks(device, path, rank):
+    x, down, up, b = make_inputs((20,), 24, 40, rank, torch.float16, device)
+    assert_matches_ref(lowrank_linear(x, down, up, b, "gelu_tanh", path=path), x, down, up, b, "gelu_tanh")
+
+
+@pytest.mark.parametrize("path", ["torch", "dense", None])
+def test_torch_paths_and_auto_choice(device, path):
+    x, down, up, b = make_inputs((2, 9), 33, 17, 7, torch.float32, device)
+    assert_matches_ref(lowrank_linear(x, down, up, b, "gelu_tanh", path=path), x, down, up, b, "gelu_tanh")
+
+
+@needs_kernels
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_non_contiguous_and_empty_inputs(device, path):
+    x, down, up, b = make_inputs((40,), 32, 24, 8, torch.float32, device)
+    xt = x.t().contiguous().t()  # (40, 32) with column-major strides
+    upt = up.t().contiguous().t()  # (24, 8) non-contiguous
+    assert_matches_ref(lowrank_linear(xt, down, upt, b, path=path), x, down, up, b, None)
+    empty = lowrank_linear(x[:0], down, up, b, path=path)
+    assert empty.shape == (0, 24)
+
+
+def test_dense_weight_argument(device):
+    x, down, up, b = make_inputs((9,), 20, 12, 5, torch.float32, device)
+    y = lowrank_linear(x, down, up, b, path="dense", dense_weight=up @ down)
+    assert_matches_ref(y, x, down, up, b, None)
+    with pytest.raises(ValueError, match="dense_weight must be up @ down"):
+        lowrank_linear(x, down, up, b, dense_weight=down)
+
+
+GRAD_PATHS = ["torch", "dense", pytest.param("fused", marks=needs_kernels), pytest.param("split", marks=needs_kernels)]
+
+
+@pytest.mark.parametrize("path", GRAD_PATHS)
+@pytest.mark.parametrize("act", [None, "gelu_tanh"])
+def test_gradients_match_torch_autograd(device, path, act):
+    leaves = [t.requires_grad_() for t in make_inputs((3, 7), 20, 18, 6, torch.float32, device)]
+    x, down, up, b = leaves
+    dy = torch.randn(3, 7, 18, device=device)
+    (lowrank_linear(x, down, up, b, act, path=path) * dy).sum().backward()
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    z = torch.nn.functional.linear(torch.nn.functional.linear(x, down), up, b)
+    ((torch.nn.functional.gelu(z, approximate="tanh") if act else z) * dy).sum().backward()
+    for g, t in zip(got, leaves):
+        torch.testing.assert_close(g, t.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_backward_formula_gradcheck():
+    # float64 runs the torch path through the same autograd Function: an exact check of its backward
+    x, down, up, b = [t.requires_grad_() for t in make_inputs((4,), 6, 5, 3, torch.float64, "cpu")]
+    fn = lambda *a: lowrank_linear(*a, activation="gelu_tanh", path="torch")  # noqa: E731
+    x_only = lambda x_: lowrank_linear(x_, down.detach(), up.detach(), None, path="dense")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, down, up, b))
+    assert torch.autograd.gradcheck(x_only, (x,))
+
+
+def test_clear_errors():
+    x, down, up, b = make_inputs((4,), 8, 6, 3, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="last dim must equal"):
+        lowrank_linear(x[:, :7], down, up, b)
+    with pytest.raises(ValueError, match="must have rank 3"):
+        lowrank_linear(x, down, up[:, :2], b)
+    with pytest.raises(ValueError, match="bias must be"):
+        lowrank_linear(x, down, up, b[:5])
+    with pytest.raises(TypeError, match="one dtype"):
+        lowrank_linear(x.half(), down, up, b)
+    with pytest.raises(ValueError, match="activation must be"):
+        lowrank_linear(x, down, up, b, activation="relu")
+    with pytest.raises(ValueError, match="not available"):
+        lowrank_linear(x, down, up, b, path="nope")
+    big_down, big_up = torch.randn(300, 8), torch.randn(6, 300)
+    with pytest.raises(ValueError, match="not available"):
+        lowrank_linear(x, big_down, big_up, b, path="fused")  # rank 300 > the fused limit
+
+
+@needs_kernels
+@pytest.mark.skipif(ON_GPU, reason="interpreter-only check")
+def test_interpreter_bf16_is_a_clear_error():
+    from compress.kernels.fused import fused_lowrank
+
+    x, down, up, b = make_inputs((4,), 16, 16, 4, torch.bfloat16, "cpu")
+    with pytest.raises(TypeError, match="no bf16 dot"):
+        fused_lowrank(x, down, up, b)
+    assert_matches_ref(lowrank_linear(x, down, up, b), x, down, up, b, None)  # auto: a torch path
+
+
+@pytest.mark.parametrize("act", [None, "gelu_tanh"])
+def test_module_cpu_path_and_state_dict(act):
+    layer = LowRankLinear(12, 10, 4, activation=act)
+    assert set(layer.state_dict()) == {"down.weight", "up.weight", "up.bias"}
+    x = torch.randn(2, 5, 12)
+    ref = lowrank_linear_ref(x, layer.down.weight, layer.up.weight, layer.up.bias, act)
+    torch.testing.assert_close(layer(x), ref)
+    with pytest.raises(ValueError, match="activation"):
+        LowRankLinear(12, 10, 4, activation="relu")
+
+
+# ---- GPU only -------------------------------------------------------------------------------------
+@cuda[0]
+@cuda[1]
+@pytest.mark.parametrize("path", ["fused", "split"])
+@pytest.mark.parametrize("act", [None, "gelu_tanh"])
+@pytest.mark.parametrize("shape", SHAPES + [((300,), 1152, 4608, 64)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_cuda_half_paths(path, act, shape, dtype):
+    x, down, up, b = make_inputs(*shape, dtype, "cuda")
+    assert_matches_ref(lowrank_linear(x, down, up, b, act, path=path), x, down, up, b, act)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_cuda_module_dispatch_and_path_cache(dtype):
+    from compress.kernels import clear_path_cache, path_cache
+
+    clear_path_cache()
+    layer = LowRankLinear(1152, 4608, 128, activation="gelu_tanh", device="cuda", dtype=dtype)
+    x = torch.randn(2, 512, 1152, device="cuda", dtype=dtype)
+    y = layer(x)
+    assert_matches_ref(y, x, layer.down.weight, layer.up.weight, layer.up.bias, "gelu_tanh")
+    assert len(path_cache()) == 1 and set(path_cache().values()) <= {"fused", "split", "torch", "dense"}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fused_not_slower_than_two_gemms():
+    from triton.testing import do_bench
+
+    x, down, up, b = make_inputs((4096,), 3072, 3072, 128, torch.float16, "cuda")
+    fused = do_bench(lambda: lowrank_linear(x, down, up, b, path="fused"))
+    two_gemms = do_bench(lambda: lowrank_linear(x, down, up, b, path="torch"))
+    print(f"fused {fused * 1e3:.1f} us, two cuBLAS GEMMs {two_gemms * 1e3:.1f} us")
+    assert fused <= 1.1 * two_gemms  # the goal is 1.3x faster; see tools/bench_kernels.py
