@@ -1,0 +1,100 @@
+"""The roofline path model and choice: pure functions, tested with given peak numbers. Also: the
+package imports and works without Triton."""
+
+import subprocess
+import sys
+
+import pytest
+
+from compress.kernels import DeviceSpec, choose_path, estimate_times, ideal_speedup, spec_for_name
+from compress.kernels.roofline import FUSED_MAX_RANK, candidates, path_kernels
+
+GPU = DeviceSpec("test gpu", peak_flops=1000e12, bandwidth=2e12)
+
+
+def test_fused_time_is_its_memory_roofline_at_small_rank():
+    m, k, n, r = 4096, 3072, 3072, 32
+    times = estimate_times(m, k, n, r, GPU)
+    assert times["fused"] == pytest.approx(2 * (m * k + r * k + r * n + m * n) / GPU.bandwidth)
+    assert choose_path(m, k, n, r, GPU) == "fused"
+    assert times["fused"] < times["torch"] < times["split"] < times["dense"]
+
+
+def test_fused_is_not_offered_above_its_rank_limit():
+    times = estimate_times(4096, 3072, 3072, FUSED_MAX_RANK + 1, GPU)
+    assert "fused" not in times and set(times) == {"split", "torch", "dense"}
+
+
+@pytest.mark.parametrize("activation,expected", [(None, "torch"), ("gelu_tanh", "split")])
+def test_large_rank_split_wins_when_its_epilogue_saves_a_pass(activation, expected):
+    # r = 512 > fused limit: with GELU the two-GEMM path needs an extra elementwise pass over (M, N)
+    assert choose_path(4096, 3072, 12288, 512, GPU, activation=activation) == expected
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_dense_wins_when_the_factors_are_bigger_than_the_matrix(given):
+    # r = 1024 on 1152x1152: 2 M r (K + N) > 2 M K N, even counting the W = up @ down build
+    assert choose_path(4096, 1152, 1152, 1024, GPU, dense_weight_given=given) == "dense"
+
+
+def test_building_dense_weight_per_call_is_charged():
+    built = path_kernels("dense", 64, 3072, 3072, 256)
+    given = path_kernels("dense", 64, 3072, 3072, 256, dense_weight_given=True)
+    assert len(built) == 2 and len(given) == 1 and built[0].flops == 2 * 3072 * 256 * 3072
+    assert choose_path(64, 3072, 3072, 256, GPU, paths=("torch", "dense")) == "torch"
+
+
+def test_choice_respects_available_paths_and_ties_go_first():
+    assert choose_path(4096, 3072, 3072, 32, GPU, paths=("torch", "dense")) == "torch"
+    with pytest.raises(ValueError, match="no feasible path"):
+        choose_path(16, 32, 32, 300, GPU, paths=("fused",))
+    with pytest.raises(ValueError, match="unknown path"):
+        estimate_times(16, 32, 32, 8, GPU, paths=("cutlass",))
+
+
+def test_compute_bound_when_flops_dominate():
+    slow_math = DeviceSpec("slow", peak_flops=1e12, bandwidth=2e12)
+    m, k, n, r = 4096, 3072, 3072, 128
+    assert estimate_times(m, k, n, r, slow_math)["fused"] == pytest.approx(2 * m * r * (k + n) / 1e12)
+
+
+def test_ideal_speedup_is_dense_over_fused_and_falls_with_rank():
+    m, k, n = 4096, 3072, 3072
+    dense = max(2 * m * k * n / GPU.peak_flops, 2 * (m * k + k * n + m * n) / GPU.bandwidth)
+    fused = max(2 * m * 32 * (k + n) / GPU.peak_flops, 2 * (m * k + 32 * (k + n) + m * n) / GPU.bandwidth)
+    assert ideal_speedup(m, k, n, 32, GPU) == pytest.approx(dense / fused)
+    speedups = [ideal_speedup(m, k, n, r, GPU) for r in (32, 256, 1024, 2048)]
+    assert speedups == sorted(speedups, reverse=True) and speedups[-1] < 1
+
+
+def test_candidates_are_the_close_competitors_best_first():
+    assert candidates({"fused": 1.0, "split": 1.4, "torch": 1.2, "dense": 3.0}) == ["fused", "torch", "split"]
+
+
+@pytest.mark.parametrize("name,flops,bandwidth", [
+    ("NVIDIA H100 80GB HBM3", 989e12, 3.35e12), ("NVIDIA H100 PCIe", 756e12, 2.0e12),
+    ("NVIDIA H200", 989e12, 4.8e12), ("NVIDIA A100-SXM4-80GB", 312e12, 2.04e12),
+    ("Some Future GPU", 100e12, 1.0e12),
+])
+def test_spec_for_name(name, flops, bandwidth):
+    spec = spec_for_name(name)
+    assert (spec.name, spec.peak_flops, spec.bandwidth) == (name, flops, bandwidth)
+
+
+def test_imports_and_torch_path_without_triton():
+    code = """
+import sys
+sys.modules["triton"] = None  # as on a machine without triton
+import torch
+import compress.kernels as K
+from compress.lowrank import LowRankLinear
+assert not K.HAS_TRITON
+x, d, u = torch.randn(3, 8), torch.randn(2, 8), torch.randn(5, 2)
+assert K.available_paths(x, 2) == ("torch", "dense")
+torch.testing.assert_close(K.lowrank_linear(x, d, u, activation="gelu_tanh"),
+                           K.lowrank_linear_ref(x, d, u, None, "gelu_tanh"))
+assert LowRankLinear(8, 5, 2)(x).shape == (3, 5)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
