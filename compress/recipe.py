@@ -138,7 +138,10 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
                 for k, v in node.value}
     if not isinstance(node, yaml.ScalarNode):
         raise loc.err(f"{what} must be {_type_name(tp)}")
-    value = _construct(node)
+    try:
+        value = _construct(node)
+    except yaml.YAMLError as e:
+        raise loc.err(f"{what}: {getattr(e, 'problem', None) or e}") from None
     if origin is Literal:
         if value in typing.get_args(tp):
             return value

@@ -1,0 +1,123 @@
+"""Strict recipes: every mistake is a one-line UserError naming file:line and the key."""
+
+import textwrap
+
+import pytest
+
+from compress.errors import UserError
+from compress.recipe import dump_recipe, load_recipe, parse_recipe
+
+GOOD = """\
+version: 1
+model: pixart
+teacher: toy:pixart
+calibration:
+  num_prompts: 4
+  timesteps: 2
+passes:
+  - importance: {buckets: 3}
+  - distill:
+      steps: 10
+      lr: 0.001
+export:
+  dtype: float32
+"""
+
+
+def test_good_recipe_round_trips():
+    r = parse_recipe(GOOD, "good.yaml")
+    assert [p.name for p in r.passes] == ["importance", "distill"]
+    assert r.passes[1].config.steps == 10 and r.passes[1].config.lr == 0.001
+    assert r.passes[1].line == 9 and r.calibration.num_prompts == 4
+    again = parse_recipe(dump_recipe(r), "again.yaml")
+    assert again.raw == r.raw
+
+
+def test_overrides():
+    r = parse_recipe(GOOD, "g.yaml", ["passes.1.distill.steps=3", "calibration.seed=7",
+                                      "export.dtype=bfloat16"])
+    assert r.passes[1].config.steps == 3 and r.calibration.seed == 7
+    assert r.export.dtype == "bfloat16"
+
+
+def _replace(old, new):
+    assert old in GOOD
+    return GOOD.replace(old, new)
+
+
+BAD = [  # (recipe text, expected message fragment)
+    ("", "empty"),
+    ("model: [pixart\n", "malformed YAML"),
+    ("- a\n- b\n", "must be a mapping"),
+    (_replace("version: 1\n", "version: 2\n"), "version 2 is not supported"),
+    (_replace("model: pixart", "model: pixar"), "did you mean 'pixart'"),
+    (_replace("model: pixart", "model: 3"), "must be one of"),
+    (_replace("teacher: toy:pixart\n", ""), "missing required key 'teacher'"),
+    (_replace("model: pixart\n", ""), "missing required key 'model'"),
+    (_replace("passes:", "pases:"), "did you mean 'passes'"),
+    (GOOD.split("passes:")[0], "no 'passes' list"),
+    (_replace("  - importance: {buckets: 3}\n  - distill:\n      steps: 10\n      lr: 0.001\n",
+              "  []\n"), "non-empty list"),
+    (_replace("importance:", "importanse:"), "did you mean 'importance'"),
+    (_replace("importance: {buckets: 3}", "foo"), "unknown pass 'foo'"),
+    (_replace("{buckets: 3}", "{buckts: 3}"), "did you mean 'buckets'"),
+    (_replace("{buckets: 3}", "{buckets: three}"), "must be an integer"),
+    (_replace("{buckets: 3}", "{buckets: 3.5}"), "must be an integer"),
+    (_replace("{buckets: 3}", "{buckets: true}"), "must be an integer"),
+    (_replace("{buckets: 3}", "[3]"), "must be a mapping of options"),
+    (_replace("      steps: 10", "      steps: [10]"), "must be an integer"),
+    (_replace("      lr: 0.001", "      lr: fast"), "must be a number"),
+    (_replace("      lr: 0.001", "      lr: 0.001\n      lr: 0.002"), "duplicate key 'lr'"),
+    (_replace("  num_prompts: 4", "  num_prompt: 4"), "did you mean 'num_prompts'"),
+    (_replace("  num_prompts: 4", "  num_prompts: 0"), "num_prompts must be at least 1"),
+    (_replace("  timesteps: 2", "  timesteps: -2"), "timesteps must be at least 1"),
+    (_replace("calibration:\n  num_prompts: 4\n  timesteps: 2\n", "calibration: 5\n"),
+     "calibration must be a mapping"),
+    (_replace("  dtype: float32", "  dtype: float8"), "must be one of"),
+    (_replace("  dtype: float32", "  dtyp: float32"), "did you mean 'dtype'"),
+    (_replace("version: 1\n", "version: 1\nextra: 2\n"), "unknown key 'extra'"),
+    (_replace("  - importance: {buckets: 3}\n", "  - importance: {}\n    distill: {}\n"),
+     "one-key mapping"),
+    (_replace("  - importance: {buckets: 3}\n", "  - 7\n"), "unknown pass '7'"),
+    (_replace("teacher: toy:pixart", "teacher: [a, b]"), "teacher must be a string"),
+    ("model: pixart\nteacher: x\npasses: {svd: 1}\n", "non-empty list"),
+    ("model: pixart\nteacher: !!python/name:os.system ''\npasses: [importance]\n", "teacher"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_recipes(text, message):
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml")
+    msg = str(e.value)
+    assert message in msg
+    assert msg.startswith("r.yaml") and "\n" not in msg
+
+
+def test_error_names_the_line():
+    text = _replace("{buckets: 3}", "{buckts: 3}")
+    with pytest.raises(UserError, match=r"^r\.yaml:8: unknown key 'buckts'"):
+        parse_recipe(text, "r.yaml")
+
+
+def test_bad_override():
+    with pytest.raises(UserError, match="KEY.PATH=VALUE"):
+        parse_recipe(GOOD, "r.yaml", ["passes.0"])
+    with pytest.raises(UserError, match="not an index"):
+        parse_recipe(GOOD, "r.yaml", ["passes.9.svd.ratio=1"])
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(UserError, match="cannot read recipe"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_recipe_is_safe_yaml(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent("""\
+        model: !!python/object/apply:os.system ["echo pwned"]
+        teacher: toy:pixart
+        passes: [importance]
+        """))
+    with pytest.raises(UserError):
+        load_recipe(p)
