@@ -1,0 +1,405 @@
+"""Block importance: skip each block (its output := its input, a residual pass-through) and measure the
+teacher-relative error ||pred_skip - pred|| / ||pred|| of the final prediction, per timestep bucket; plus
+the proxy that costs no extra forward: 1 - cos(block input, block output) of the residual stream.
+
+Cost: per batch one clean forward caches every block's output; skipping block i then replays blocks 0..i-1
+from that cache (no compute), passes block i's input through and runs only blocks i+1..: N + N(N-1)/2 block
+evaluations instead of N + N(N-1). Blocks are swapped for replay stubs inside the real diffusers forward, so
+embeddings and the output head run the model's own code (no fork). Buckets: "early" = high noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.arch.base import Adapter
+from compress.errors import UserError
+from compress.passes.base import Pass, RunContext
+
+BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]}
+# A skipped block outputs its input. The inverse of adapter.hidden_of_output, per family.
+_IDENTITY = {"pixart": lambda hidden: hidden[0], "flux": lambda hidden: (hidden[1], hidden[0])}
+
+
+@dataclass
+class BlockScore:
+    group: str
+    index: int  # block index in the scanned model
+    teacher_index: int  # through the block map at scan time
+    scan: float  # ||pred_skip - pred|| / ||pred|| over all inputs (NaN when not scanned)
+    scan_by_bucket: list[float]
+    proxy: float  # 1 - mean cos(block input, block output), tokens of every stream
+    proxy_by_bucket: list[float]
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}.{self.index}"
+
+    def score(self, criterion: str) -> float:
+        return self.scan if criterion == "scan" else self.proxy
+
+
+@dataclass
+class ImportanceResult:
+    family: str
+    buckets: list[str]  # early (high noise) .. late
+    bucket_ranges: list[list[float]]  # noise level [high, low) per bucket; 1 = pure noise
+    samples_per_bucket: list[int]
+    blocks: list[BlockScore]  # execution order
+    spearman: float  # proxy vs scan, over all blocks
+    block_evaluations: int
+    naive_block_evaluations: int
+    extra: dict = field(default_factory=dict)
+
+    def ranked(self, criterion: str = "scan", group: str | None = None) -> list[BlockScore]:
+        """Least important first."""
+        return sorted((b for b in self.blocks if group in (None, b.group)),
+                      key=lambda b: b.score(criterion))
+
+    def to_dict(self) -> dict:
+        return _nan_to_none(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImportanceResult":
+        known = {f.name for f in fields(cls)}
+        d = _none_to_nan({k: v for k, v in d.items() if k in known})
+        d["blocks"] = [BlockScore(**b) for b in d["blocks"]]
+        return cls(**d)
+
+
+# ---- timesteps -> buckets -----------------------------------------------------------------------
+def noise_level(family: str, timestep) -> torch.Tensor:
+    """(B,) float64 in [0, 1], 1 = pure noise. PixArt: t in 0..999 (/1000); Flux: sigma already."""
+    t = torch.as_tensor(timestep).detach().double().cpu().flatten()
+    return t / 1000.0 if family == "pixart" else t
+
+
+def bucket_of(level: torch.Tensor, buckets: int) -> torch.Tensor:
+    """(B,) long: 0 = early (highest noise) .. buckets-1 = late."""
+    return ((1.0 - level) * buckets).floor().long().clamp(0, buckets - 1)
+
+
+def bucket_names(buckets: int) -> list[str]:
+    return BUCKET_NAMES.get(buckets, [f"b{k}" for k in range(buckets)])
+
+
+# ---- cost ---------------------------------------------------------------------------------------
+def scan_cost(n_blocks: int, n_batches: int, skips: bool = True) -> dict:
+    """Forward passes and block evaluations of a scan (stated before it starts)."""
+    skip_evals = n_blocks * (n_blocks - 1) // 2 if skips else 0
+    return {"forward_passes": n_batches * (1 + (n_blocks if skips else 0)),
+            "block_evaluations": n_batches * (n_blocks + skip_evals),
+            "naive_block_evaluations": n_batches * (n_blocks + (n_blocks * (n_blocks - 1) if skips else 0))}
+
+
+# ---- forward machinery --------------------------------------------------------------------------
+class _Replay(nn.Module):
+    """Stands in for a block: returns a fixed output without compute."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+def _slots(model: nn.Module, adapter: Adapter) -> list[tuple[nn.ModuleList, int]]:
+    """(module list, position) of every block in execution order."""
+    return [(adapter.blocks(model, g), i) for g, i, _ in adapter.iter_blocks(model)]
+
+
+@contextmanager
+def _replayed(model, adapter, outputs: list):
+    """Blocks 0..len(outputs)-1 replaced by stubs returning outputs[j]; restored afterwards."""
+    slots = _slots(model, adapter)
+    saved = [blocks[i] for blocks, i in slots[:len(outputs)]]
+    try:
+        for (blocks, i), out in zip(slots, outputs):
+            blocks[i] = _Replay(out)
+        yield
+    finally:
+        for (blocks, i), blk in zip(slots, saved):
+            blocks[i] = blk
+
+
+def _prediction(model, adapter, kwargs: dict) -> torch.Tensor:
+    """The prediction a sampler uses: PixArt's learned-variance half is dropped."""
+    pred = adapter.predict(model, kwargs)
+    c = getattr(model.config, "in_channels", None)
+    if adapter.family == "pixart" and c and pred.shape[1] == 2 * c:
+        pred = pred[:, :c]  # (B, C, H, W)
+    return pred
+
+
+def _to_model(batch: dict, model: nn.Module) -> dict:
+    p = next(model.parameters())
+
+    def move(v):
+        if torch.is_tensor(v):
+            return v.to(p.device, p.dtype) if v.is_floating_point() else v.to(p.device)
+        return {k: move(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return {k: move(v) for k, v in batch.items()}
+
+
+def clean_pass(model, adapter, kwargs: dict):
+    """One normal forward. Returns (pred, inputs, outputs): per block in execution order, its input and
+    output in the block's output form (so inputs[i + 1] is outputs[i])."""
+    blocks = [blk for _, _, blk in adapter.iter_blocks(model)]
+    first, outputs = [], []
+
+    def grab_first(mod, args, kw):
+        first.append(_IDENTITY[adapter.family](adapter.hidden_of(args, kw)))
+
+    hooks = [blocks[0].register_forward_pre_hook(grab_first, with_kwargs=True)]
+    hooks += [b.register_forward_hook(lambda m, a, o: outputs.append(o)) for b in blocks]
+    try:
+        pred = _prediction(model, adapter, kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return pred, first[:1] + outputs[:-1], outputs
+
+
+def skip_prediction(model, adapter, kwargs: dict, i: int, inputs: list, outputs: list) -> torch.Tensor:
+    """The model's prediction with block i (execution order) skipped; blocks before it replayed."""
+    with _replayed(model, adapter, outputs[:i] + [inputs[i]]):
+        return _prediction(model, adapter, kwargs)
+
+
+def block_cosine(adapter, block_in, block_out) -> torch.Tensor:
+    """(B,) mean over the tokens of every residual stream of cos(input, output)."""
+    cos = [F.cosine_similarity(a.float(), b.float(), dim=-1).flatten(1)  # (B, N_stream)
+           for a, b in zip(adapter.hidden_of_output(block_in), adapter.hidden_of_output(block_out))]
+    return torch.cat(cos, dim=1).mean(dim=1).double().cpu()
+
+
+def _sq_norm(x: torch.Tensor) -> torch.Tensor:
+    return x.double().flatten(1).pow(2).sum(1).cpu()  # (B,)
+
+
+# ---- the scan -----------------------------------------------------------------------------------
+@torch.no_grad()
+def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int = 3, progress: bool = True,
+         skips: bool = True, block_map: dict[str, list[int]] | None = None) -> ImportanceResult:
+    """Skip-one-block errors (skips=False: proxy only, one forward per batch) over forward-kwargs batches."""
+    if not batches:
+        raise UserError("importance: no calibration inputs to scan")
+    names = [(g, i) for g, i, _ in adapter.iter_blocks(model)]
+    n = len(names)
+    cost = scan_cost(n, len(batches), skips)
+    diff = torch.zeros(n, buckets, dtype=torch.float64)  # sum ||pred_skip - pred||^2
+    ref = torch.zeros(buckets, dtype=torch.float64)  # sum ||pred||^2
+    cos = torch.zeros(n, buckets, dtype=torch.float64)
+    count = torch.zeros(buckets, dtype=torch.float64)
+    bar = _progress(progress, adapter.family, n, cost, skips)
+    with bar as prog:
+        task = prog.add_task("skip", total=len(batches) * (1 + (n if skips else 0)))
+        for batch in batches:
+            kwargs = _to_model(batch, model)
+            pred, inputs, outputs = clean_pass(model, adapter, kwargs)  # pred (B, ...)
+            bucket = bucket_of(noise_level(adapter.family, kwargs["timestep"]), buckets)
+            bucket = bucket.expand(pred.shape[0]) if bucket.numel() == 1 else bucket  # (B,)
+            ref += torch.bincount(bucket, _sq_norm(pred), buckets)
+            count += torch.bincount(bucket, minlength=buckets).double()
+            for i in range(n):
+                cos[i] += torch.bincount(bucket, block_cosine(adapter, inputs[i], outputs[i]), buckets)
+            prog.advance(task)
+            for i in range(n if skips else 0):
+                skipped = skip_prediction(model, adapter, kwargs, i, inputs, outputs)
+                diff[i] += torch.bincount(bucket, _sq_norm(skipped - pred), buckets)
+                prog.advance(task)
+            del inputs, outputs
+    return _result(adapter.family, names, diff if skips else None, ref, cos, count, cost, block_map)
+
+
+def _progress(enabled: bool, family: str, n: int, cost: dict, skips: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True, quiet=not enabled)
+    what = f"{cost['forward_passes']} forward passes, {cost['block_evaluations']} block evaluations"
+    if skips:
+        what += f" (naive re-run of every block: {cost['naive_block_evaluations']})"
+    console.print(f"importance scan of {n} {family} blocks: {what}")
+    return Progress(TextColumn("importance"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, disable=not enabled, transient=True)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
+    return [math.sqrt(a / b) if b > 0 else math.nan for a, b in zip(num.tolist(), den.tolist())]
+
+
+def _result(family, names, diff, ref, cos, count, cost, block_map) -> ImportanceResult:
+    k = len(ref)
+    blocks = []
+    for j, (g, i) in enumerate(names):
+        scan_all = _ratio(diff[j].sum()[None], ref.sum()[None])[0] if diff is not None else math.nan
+        by_bucket = _ratio(diff[j], ref) if diff is not None else [math.nan] * k
+        proxy = [1.0 - c / m if m > 0 else math.nan for c, m in zip(cos[j].tolist(), count.tolist())]
+        blocks.append(BlockScore(g, i, block_map[g][i] if block_map else i, scan_all, by_bucket,
+                                 1.0 - float(cos[j].sum() / count.sum()), proxy))
+    ranges = [[round(1 - b / k, 6), round(1 - (b + 1) / k, 6)] for b in range(k)]
+    return ImportanceResult(family, bucket_names(k), ranges, [int(c) for c in count.tolist()], blocks,
+                            spearman(blocks), cost["block_evaluations"], cost["naive_block_evaluations"])
+
+
+def spearman(blocks: list[BlockScore]) -> float:
+    """Rank correlation of proxy vs scan (NaN when undefined)."""
+    from scipy.stats import spearmanr
+
+    x, y = [b.proxy for b in blocks], [b.scan for b in blocks]
+    if len(blocks) < 2 or any(map(math.isnan, x + y)):
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input -> NaN with a warning
+        return float(spearmanr(x, y).statistic)
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+def render_table(result: ImportanceResult, criterion: str = "scan"):
+    """A rich Table, most important block first."""
+    from rich.table import Table
+
+    ranges = ", ".join(f"{b} {hi:.2f}-{lo:.2f}" for b, (hi, lo) in zip(result.buckets, result.bucket_ranges))
+    table = Table(title=f"Block importance ({result.family}): error when the block is skipped",
+                  caption=f"buckets by noise level (1 = pure noise): {ranges}; proxy = 1 - cos(block in, "
+                          f"block out); Spearman(proxy, scan) = {result.spearman:.3f}; "
+                          f"{result.block_evaluations} block evaluations")
+    table.add_column("rank", justify="right")
+    table.add_column("block")
+    table.add_column("scan", justify="right")
+    for name, n in zip(result.buckets, result.samples_per_bucket):
+        table.add_column(f"{name} (n={n})", justify="right")
+    table.add_column("proxy", justify="right")
+    for rank, b in enumerate(reversed(result.ranked(criterion)), 1):
+        table.add_row(str(rank), b.name, _fmt(b.scan), *map(_fmt, b.scan_by_bucket), _fmt(b.proxy))
+    return table
+
+
+def _fmt(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.4f}"
+
+
+def save_json(result: ImportanceResult, path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_json(path) -> ImportanceResult:
+    return ImportanceResult.from_dict(json.loads(Path(path).read_text()))
+
+
+def plot_heatmap(result: ImportanceResult, png_path) -> Path:
+    """Blocks (x) x timestep buckets (y) of the skip error (log colour scale, values in the cells when
+    there is room), a proxy row below, and a line plus a label for each block group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm, Normalize
+
+    grid = np.array([b.scan_by_bucket + [b.scan] for b in result.blocks], dtype=float).T  # (K+1, N)
+    proxy_row = np.array([[b.proxy for b in result.blocks]], dtype=float)  # (1, N)
+    n, rows = len(result.blocks), len(grid)
+    fig, (ax, axp) = plt.subplots(2, 1, figsize=(max(6.5, 0.42 * n + 3.5), 0.55 * rows + 2.8), sharex=True,
+                                  gridspec_kw={"height_ratios": [rows, 1]})
+    finite = grid[np.isfinite(grid) & (grid > 0)]
+    norm = (LogNorm(finite.min(), finite.max()) if finite.size and finite.max() > finite.min()
+            else Normalize(0, max(1.0, float(finite.max()) if finite.size else 1.0)))
+    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="magma_r", norm=norm)
+    fig.colorbar(im, ax=ax, label="relative error when skipped")
+    ax.set_yticks(range(rows), [f"{b} (noise {hi:.2f}-{lo:.2f})" for b, (hi, lo)
+                                in zip(result.buckets, result.bucket_ranges)] + ["all timesteps"])
+    ax.axhline(rows - 1.5, color="white", lw=3)
+    if n <= 30:
+        for (r, c), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                        color="white" if norm(v) > 0.6 else "black")
+    imp = axp.imshow(proxy_row, aspect="auto", cmap="viridis")
+    fig.colorbar(imp, ax=axp, label="1 - cos")
+    axp.set_yticks([0], ["proxy"])
+    axp.set_xticks(range(n), [str(b.index) for b in result.blocks], fontsize=8 if n <= 30 else 6)
+    axp.set_xlabel("block")
+    start = 0
+    for j in range(1, n + 1):  # group separators and names
+        if j == n or result.blocks[j].group != result.blocks[j - 1].group:
+            if len(set(b.group for b in result.blocks)) > 1:
+                ax.text((start + j - 1) / 2, -0.7, result.blocks[start].group, ha="center", va="bottom",
+                        fontsize=9, fontweight="bold")
+            if j < n:
+                for a in (ax, axp):
+                    a.axvline(j - 0.5, color="tab:blue", lw=3)
+            start = j
+    fig.suptitle(f"{result.family}: error of the final prediction with one block skipped\n"
+                 f"(Spearman proxy vs scan = {result.spearman:.2f})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def _nan_to_none(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    return [_nan_to_none(v) for v in x] if isinstance(x, list) else x
+
+
+def _none_to_nan(x):
+    if x is None:
+        return math.nan
+    if isinstance(x, dict):
+        return {k: _none_to_nan(v) for k, v in x.items()}
+    return [_none_to_nan(v) for v in x] if isinstance(x, list) else x
+
+
+# ---- the pass -----------------------------------------------------------------------------------
+@dataclass
+class ImportanceConfig:
+    """Recipe keys of the `importance` pass (measures; changes nothing)."""
+
+    buckets: int = 3  # timestep buckets: early (high noise) .. late
+    proxy_only: bool = False  # only the cosine proxy: one forward per batch, no skip passes
+    progress: bool = True
+
+
+class ImportancePass(Pass):
+    name = "importance"
+    config_cls = ImportanceConfig
+    needs_calibration = True
+
+    def check(self, model, adapter) -> None:
+        b = self.config.buckets
+        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+            raise UserError(f"importance: buckets must be a positive integer, got {b!r}")
+
+    def plan(self, model, adapter) -> dict:
+        n = sum(adapter.block_counts(model).values())
+        return {"blocks": n, "per_batch": scan_cost(n, 1, not self.config.proxy_only)}
+
+    def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        if ctx.calibration_inputs is None:
+            raise UserError("importance: the run has no calibration inputs")
+        result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
+                      progress=self.config.progress, skips=not self.config.proxy_only,
+                      block_map=ctx.block_map)
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        save_json(result, ctx.run_dir / "importance.json")
+        plot_heatmap(result, ctx.run_dir / "importance.png")
+        ctx.report["importance"] = dict(result.to_dict(), files=["importance.json", "importance.png"])
+        return model
