@@ -1,0 +1,387 @@
+"""Block-by-block calibration: capture inputs, stream float64 Grams, chain blocks (DESIGN.md `calib.py`).
+
+A *stats key* names one Gram. Linears that read the same tensor share a key (their `input_key`:
+q/k/v of one attention, Flux modulation linears on silu(temb), PixArt cross-attn k/v on the caption).
+A linear with a huge input and fewer outputs accumulates its output Gram Σ yᵀy = W G Wᵀ instead,
+under the key `<name>#out` (see `Reader.output`).
+
+Flow of one calibration (`BlockCalibration`):
+1. `conditioning(...)`: Grams of the modulation inputs over a dense timestep grid (cheap truncated
+   forwards that stop as soon as every conditioning reader has fired).
+2. `capture(...)`: the first block's inputs for every calibration batch (a forward pre-hook on the
+   first block stops the forward by raising `_Stop`), plus stats of top-level linears that run first.
+3. `blocks(...)`: a generator; per block it accumulates the stats its readers need, yields them (the
+   caller compresses the block in place), then computes the next block's inputs: with the compressed
+   weights (`activations="student"`, error-aware) or with the teacher's outputs (`"teacher"`).
+   Only one block's activations are resident; a `BlockLoader` may materialize weights just in time.
+4. `tail(...)`: stats of linears that run after the blocks (one full forward per batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from compress.arch.base import Adapter
+from compress.errors import NumericError
+
+F64 = torch.float64
+
+
+class _Stop(Exception):
+    """Raised by a capture hook to end a forward early (private; never escapes this module)."""
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class Stats:
+    """Streaming sums over calibration rows x (d,): gram Σ xᵀx (d, d), total Σ x (d,), rows n.
+    For an output Gram, x is the bias-free output W x and `in_sq` holds Σ x_in² per input channel."""
+
+    gram: torch.Tensor
+    total: torch.Tensor
+    rows: int = 0
+    in_sq: torch.Tensor | None = None
+
+    @classmethod
+    def zeros(cls, dim: int, in_dim: int | None = None, device=None) -> "Stats":
+        in_sq = torch.zeros(in_dim, dtype=F64, device=device) if in_dim is not None else None
+        return cls(torch.zeros(dim, dim, dtype=F64, device=device),
+                   torch.zeros(dim, dtype=F64, device=device), 0, in_sq)
+
+    def add(self, x: torch.Tensor) -> None:  # x (rows, d), float64
+        self.gram += x.T @ x
+        self.total += x.sum(0)
+        self.rows += x.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / max(self.rows, 1)
+
+    def centered(self) -> torch.Tensor:
+        """Σ (x − μ)ᵀ(x − μ) = G − n μ μᵀ."""
+        mu = self.mean
+        return self.gram - self.rows * torch.outer(mu, mu)
+
+    def to_dict(self) -> dict:
+        return {"gram": self.gram, "total": self.total, "rows": self.rows, "in_sq": self.in_sq}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stats":
+        return cls(d["gram"], d["total"], int(d["rows"]), d.get("in_sq"))
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Accumulate `key` from module `module` (a name relative to the model): its input, or with
+    `output=True` its bias-free output. `dedupe`: count identical samples once (the caption is the
+    same tensor for every timestep of a prompt). `where` names the block for error messages."""
+
+    key: str
+    module: str
+    output: bool = False
+    dedupe: bool = False
+    where: str = "top level"
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().reshape(-1, x.shape[-1]).to(F64)  # (tokens, d)
+
+
+def _check_finite(x: torch.Tensor, reader: Reader) -> None:
+    if not torch.isfinite(x).all():
+        what = "output" if reader.output else "input"
+        raise NumericError(f"NaN/Inf in calibration activations: {what} of layer '{reader.module}' "
+                           f"({reader.where})")
+
+
+class _Accumulator:
+    """Forward hooks feeding `Stats` for a set of readers; remove with `close()`."""
+
+    def __init__(self, root: nn.Module, readers: list[Reader], stats: dict[str, Stats],
+                 on_fire: Callable[[Reader], None] | None = None,
+                 skip: Callable[[Reader], bool] | None = None):
+        self.stats, self.on_fire, self.skip, self.handles = stats, on_fire, skip, []
+        self.seen: dict[str, set] = {}
+        for r in readers:
+            mod = root.get_submodule(r.module)
+            if r.output:
+                self.handles.append(mod.register_forward_hook(self._out_hook(r, mod)))
+            else:
+                self.handles.append(mod.register_forward_pre_hook(self._in_hook(r)))
+
+    def _stat(self, key: str, like: torch.Tensor, in_dim: int | None = None) -> Stats:
+        if key not in self.stats:
+            self.stats[key] = Stats.zeros(like.shape[-1], in_dim, like.device)
+        return self.stats[key]
+
+    def _dedupe(self, r: Reader, x: torch.Tensor) -> torch.Tensor:
+        """Keep the samples (leading dim) not seen before under this key."""
+        seen = self.seen.setdefault(r.key, set())
+        keep = []
+        for b in range(x.shape[0]):
+            digest = hashlib.sha1(x[b].detach().float().cpu().numpy().tobytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                keep.append(b)
+        return x[keep]
+
+    def _in_hook(self, r: Reader):
+        def hook(mod, args):
+            if self.skip and self.skip(r):
+                return
+            x = args[0]  # (..., in)
+            _check_finite(x, r)
+            if r.dedupe and x.ndim > 2:
+                x = self._dedupe(r, x)
+            self._stat(r.key, x).add(_rows(x))
+            if self.on_fire:
+                self.on_fire(r)
+        return hook
+
+    def _out_hook(self, r: Reader, mod: nn.Module):
+        def hook(_, args, out):
+            if self.skip and self.skip(r):
+                return
+            x, y = args[0], out  # (..., in), (..., out)
+            _check_finite(x, r)
+            _check_finite(y, r)
+            y = _rows(y)
+            if getattr(mod, "bias", None) is not None:
+                y = y - mod.bias.detach().to(F64)
+            st = self._stat(r.key, y, x.shape[-1])
+            st.add(y)
+            st.in_sq += _rows(x).square().sum(0)
+            if self.on_fire:
+                self.on_fire(r)
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+@contextlib.contextmanager
+def accumulating(root, readers, stats, on_fire=None, skip=None):
+    acc = _Accumulator(root, list(readers), stats, on_fire, skip)
+    try:
+        yield acc
+    finally:
+        acc.close()
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+class StatsCache:
+    """torch.save files of float64 stats under `directory` (None disables caching)."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = Path(directory) if directory else None
+        self.hits: list[str] = []
+
+    def _path(self, name: str) -> Path:
+        return self.directory / f"{name}.pt"
+
+    def load(self, name: str) -> dict[str, Stats] | None:
+        if self.directory is None or not self._path(name).is_file():
+            return None
+        self.hits.append(name)
+        raw = torch.load(self._path(name), map_location="cpu", weights_only=True)
+        return {k: Stats.from_dict(v) for k, v in raw.items()}
+
+    def save(self, name: str, stats: dict[str, Stats]) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(name).with_suffix(".tmp")
+        torch.save({k: v.to_dict() for k, v in stats.items()}, tmp)
+        tmp.replace(self._path(name))  # atomic: an interrupted save leaves no half file
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class BlockLoader:
+    """Just-in-time weights: `materialize` before a block runs, `release` once it is done.
+    The default keeps everything resident (the model is already loaded)."""
+
+    def materialize(self, group: str, index: int, block: nn.Module) -> None:
+        pass
+
+    def release(self, group: str, index: int, block: nn.Module) -> None:
+        pass
+
+
+def timestep_grid(family: str, n: int, like: torch.Tensor) -> torch.Tensor:
+    """n timesteps spanning the family's training range, in the dtype of `like`
+    (PixArt: integer DDPM steps 0..999; Flux: sigma in (0, 1])."""
+    if family == "pixart":
+        return torch.linspace(0, 999, n).round().to(like.dtype)
+    if family == "flux":
+        return torch.linspace(1.0 / n, 1.0, n).to(like.dtype)
+    raise ValueError(f"no timestep grid for family {family!r}")
+
+
+def _with_timestep(batch: dict, t: torch.Tensor) -> dict:
+    b = batch["timestep"].shape[0] if batch["timestep"].ndim else 1
+    return dict(batch, timestep=t.expand(b).clone())
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=True)
+
+
+def _detach(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detach(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _detach(v) for k, v in x.items()}
+    return x
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class BlockStats:
+    group: str
+    index: int
+    block: nn.Module
+    stats: dict[str, Stats]
+    cached: bool = False
+
+
+@dataclass
+class BlockCalibration:
+    """One calibration over `batches` (forward kwargs). See the module docstring for the flow."""
+
+    model: nn.Module
+    adapter: Adapter
+    batches: list[dict]
+    activations: str = "student"  # "student" (error-aware) | "teacher"
+    cache: StatsCache = field(default_factory=lambda: StatsCache(None))
+    loader: BlockLoader = field(default_factory=BlockLoader)
+    progress: bool = True
+    inputs: list | None = None  # [(args, kwargs)] of the next block to run
+
+    def __post_init__(self):
+        if self.activations not in ("student", "teacher"):
+            raise ValueError(f"activations must be 'student' or 'teacher', got {self.activations!r}")
+
+    def conditioning(self, readers: list[Reader], grid: int) -> dict[str, Stats]:
+        """Stats of conditioning inputs over `grid` timesteps per calibration batch (0: the batches'
+        own timesteps). Each forward stops once every reader key has fired."""
+        stats: dict[str, Stats] = {}
+        if not readers:
+            return stats
+        keys = {r.key for r in readers}
+        fired: set[str] = set()
+
+        def on_fire(r):
+            fired.add(r.key)
+            if fired >= keys:
+                raise _Stop
+
+        runs = [(b, None) for b in self.batches] if grid <= 0 else [
+            (b, t) for b in self.batches for t in timestep_grid(self.adapter.family, grid, b["timestep"])]
+        skip = fired.__contains__  # one reader per key and forward (later readers see the same)
+        with accumulating(self.model, readers, stats, on_fire, lambda r: skip(r.key)), torch.no_grad(), \
+                _progress(self.progress) as bar:
+            task = bar.add_task("calibrate: conditioning", total=len(runs))
+            for batch, t in runs:
+                fired.clear()
+                with contextlib.suppress(_Stop):
+                    self.model(**(batch if t is None else _with_timestep(batch, t)))
+                bar.advance(task)
+        return stats
+
+    def capture(self, readers: list[Reader] = ()) -> dict[str, Stats]:
+        """Capture the first block's inputs of every batch; stats of `readers` that fire before it."""
+        _, _, first = next(self.adapter.iter_blocks(self.model))
+        captured, stats = [], {}
+
+        def grab(mod, args, kwargs):
+            captured.append(_detach((args, kwargs)))
+            raise _Stop
+
+        handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with accumulating(self.model, readers, stats), torch.no_grad(), _progress(self.progress) as bar:
+                task = bar.add_task("calibrate: capture", total=len(self.batches))
+                for batch in self.batches:
+                    with contextlib.suppress(_Stop):
+                        self.model(**batch)
+                    bar.advance(task)
+        finally:
+            handle.remove()
+        if len(captured) != len(self.batches):
+            raise RuntimeError("the first block did not run for every calibration batch")
+        self.inputs = captured
+        return stats
+
+    def blocks(self, readers_for: Callable[[str, int], list[Reader]],
+               cache_name: Callable[[str, int], str | None] = lambda g, i: None) -> Iterator[BlockStats]:
+        """Per block: accumulate its readers' stats (or load them from the cache under
+        `cache_name(group, index)`), yield them, then advance the inputs (after the caller has
+        compressed the block, in student mode)."""
+        if self.inputs is None:
+            raise RuntimeError("call capture() before blocks()")
+        n_blocks = sum(self.adapter.block_counts(self.model).values())
+        with _progress(self.progress) as bar:
+            task = bar.add_task("calibrate: blocks", total=n_blocks)
+            for group, index, block in self.adapter.iter_blocks(self.model):
+                bar.update(task, description=f"calibrate: {group} block {index}")
+                self.loader.materialize(group, index, block)
+                readers = readers_for(group, index)
+                name = cache_name(group, index) if readers else None
+                stats = self.cache.load(name) if name else None
+                teacher = self.activations == "teacher"
+                cached, outputs = stats is not None, None
+                if stats is None:
+                    stats, outputs = self._run(block, readers, keep=teacher)
+                    if name:
+                        self.cache.save(name, stats)
+                elif teacher:  # the teacher's outputs, before the caller compresses the block
+                    _, outputs = self._run(block, [], keep=True)
+                yield BlockStats(group, index, block, stats, cached)
+                if outputs is None:
+                    _, outputs = self._run(block, [], keep=True)
+                self.inputs = [self.adapter.next_inputs(group, a, k, o)
+                               for (a, k), o in zip(self.inputs, outputs)]
+                self.loader.release(group, index, block)
+                bar.advance(task)
+
+    def _run(self, block, readers, keep):
+        """Run one block over all current inputs; stats of readers and (if keep) the outputs."""
+        stats, outputs = {}, []
+        with accumulating(self.model, readers, stats), torch.no_grad():
+            for args, kwargs in self.inputs:
+                out = _detach(self.adapter.run_block(block, args, kwargs))
+                if keep:
+                    outputs.append(out)
+        return stats, (outputs if keep else None)
+
+    def tail(self, readers: list[Reader]) -> dict[str, Stats]:
+        """Stats of readers that run after the blocks: one full forward of the model per batch."""
+        stats: dict[str, Stats] = {}
+        if readers:
+            with accumulating(self.model, readers, stats), torch.no_grad():
+                for batch in self.batches:
+                    self.model(**batch)
+        return stats

@@ -1,0 +1,284 @@
+"""The svd pass: replace target linears by calibrated low-rank factors (LowRankLinear).
+
+Flow (`SVDPass.run`): resolve targets → (global only) a teacher-activation calibration that measures
+every target's loss curve and, with `sensitivity`, its effect on the final prediction → ranks →
+a block-by-block calibration that factorizes each block's targets before the next block runs
+(`activations="student"`: later blocks calibrate on the compressed student's activations).
+Modulation linears read a low-dimensional conditioning vector; their Grams are taken over a dense
+timestep grid (`modulation_grid`) rather than the few calibration timesteps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from compress.alloc import (DENSE, budget_for_ratio, energy_rank, global_greedy, ratio_rank,
+                            sensitivity_weight)
+from compress.arch.base import Adapter, LinearInfo
+from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache
+from compress.errors import UserError
+from compress.linalg import METHODS, factors_from, normalized_curve
+from compress.passes.base import Pass, RunContext
+from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, swapped_weight
+from compress.passes.svd_targets import (check_explicit_ranks, fixed_ranks, is_model_wide, matches,
+                                         resolve_targets, shape_spec, stats_key, uses_output_gram)
+
+ALLOCATIONS = ("uniform", "per_role", "energy", "global")
+LATER = "decided after calibration"
+
+
+@dataclass
+class SVDConfig:
+    """Recipe keys of the svd pass."""
+
+    targets: list = field(default_factory=lambda: ["attention", "mlp"])  # names, re:, roles
+    ignore: list = field(default_factory=list)
+    method: str = "whitened"  # whitened | asvd | svd
+    alpha: float = 0.5  # asvd scaling exponent
+    allocation: str = "uniform"  # uniform | per_role | energy | global
+    ratio: float = 0.5  # kept-parameter ratio (uniform; global budget)
+    ratios: dict | None = None  # per_role: role -> ratio (None keeps the role dense)
+    energy: float = 0.99  # energy allocation: fraction of calibration output energy kept
+    sensitivity: bool | None = None  # global: weight layers by measured final-prediction effect
+    sensitivity_batches: int = 2  # calibration batches used to measure sensitivity
+    multiple: int = 16  # ranks are multiples of this
+    activations: str = "student"  # student (error-aware) | teacher
+    ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
+    center: list = field(default_factory=lambda: ["modulation"])  # patterns: centered Gram + bias fold
+    modulation_grid: int = 64  # timesteps per calibration batch for modulation Grams (0: own)
+    progress: bool = True
+
+
+class SVDPass(Pass):
+    name = "svd"
+    config_cls = SVDConfig
+    needs_calibration = True
+
+    def __init__(self, config: SVDConfig, loader: BlockLoader | None = None):
+        super().__init__(config)
+        self.loader = loader or BlockLoader()  # just-in-time block weights (big models)
+
+    # ---- before any compute ---------------------------------------------------------------------
+    def check(self, model: nn.Module, adapter: Adapter) -> None:
+        c = self.config
+        _one_of("method", c.method, METHODS)
+        _one_of("allocation", c.allocation, ALLOCATIONS)
+        _one_of("activations", c.activations, ("student", "teacher"))
+        if not 0 < c.ratio <= 1:
+            raise UserError(f"svd.ratio must be in (0, 1], got {c.ratio}")
+        if not 0 < c.energy <= 1:
+            raise UserError(f"svd.energy must be in (0, 1], got {c.energy}")
+        if not isinstance(c.multiple, int) or c.multiple < 1:
+            raise UserError(f"svd.multiple must be an integer ≥ 1, got {c.multiple!r}")
+        infos = adapter.linears(model)
+        targets = resolve_targets(infos, c.targets, c.ignore)
+        check_explicit_ranks(targets, c.ranks)
+        for p in c.center:
+            if not any(matches(p, i) for i in infos):
+                raise UserError(f"svd.center: pattern {p!r} matches no linear layer of the model")
+        if c.allocation == "per_role":
+            _check_ratios(c.ratios, {i.role for i in targets})
+
+    def plan(self, model: nn.Module, adapter: Adapter) -> dict:
+        c = self.config
+        targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
+        ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        shown = {i.name: ("dense" if ranks.get(i.name, 0) is DENSE else ranks.get(i.name, LATER))
+                 for i in targets}
+        before = sum(shape_spec(i).params(DENSE) for i in targets)
+        known = all(i.name in ranks for i in targets)
+        after = sum(shape_spec(i).params(ranks[i.name]) for i in targets) if known else LATER
+        return {"targets": [i.name for i in targets], "ranks": shown, "params_before": before,
+                "params_after": after, "method": c.method, "allocation": c.allocation}
+
+    # ---- compute ---------------------------------------------------------------------------------
+    def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        c = self.config
+        self.check(model, ctx.adapter)
+        if ctx.calibration_inputs is None:
+            raise UserError("the svd pass needs calibration inputs (a calibration section in the recipe)")
+        targets = resolve_targets(ctx.adapter.linears(model), c.targets, c.ignore)
+        batches = ctx.calibration_inputs()
+        cache_dir = ctx.run_dir / "calib" / ctx.fingerprint if ctx.fingerprint else None
+        self.cache = StatsCache(cache_dir)
+        report = ctx.report.setdefault("svd", {})
+        records: dict[str, dict] = {}
+        ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        if c.allocation == "global":
+            ranks, report["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
+        self._compress(model, ctx.adapter, targets, batches, ranks, records)
+        report.update(_summary(records, c), layers=records, cache_hits=list(self.cache.hits))
+        return model
+
+    def _choose(self, info: LinearInfo, ranks: dict) -> Callable:
+        """decomposition -> rank (or DENSE): fixed, or by the energy rule on the measured curve."""
+        if info.name in ranks:
+            return lambda dec: ranks[info.name]
+        if self.config.allocation != "energy":
+            raise RuntimeError(f"no rank decided for {info.name}")
+        return lambda dec: energy_rank(shape_spec(info, normalized_curve(dec.curve)),
+                                       self.config.energy, self.config.multiple)
+
+    def _compress(self, model, adapter, targets, batches, ranks, records) -> None:
+        """Block-by-block calibration that factorizes each block's targets before moving on."""
+        c = self.config
+        state: list = []  # what has been compressed so far (names the student-mode cache files)
+
+        def visit(info: LinearInfo, stats: Stats) -> bool:
+            records[info.name] = compress_layer(
+                model, info, stats, method=c.method, alpha=c.alpha, center=self._center(info),
+                gram_is_output=uses_output_gram(info), choose_rank=self._choose(info, ranks))
+            state.append((info.name, records[info.name]["rank"]))
+            return records[info.name]["rank"] != "dense"
+
+        cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
+                               c.progress)
+        self._walk(cal, targets, visit, state if c.activations == "student" else [])
+
+    def _center(self, info: LinearInfo) -> bool:
+        return any(matches(p, info) for p in self.config.center)
+
+    # ---- the walk over a model: conditioning, top level, blocks, tail ----------------------------
+    def _walk(self, cal: BlockCalibration, targets: list[LinearInfo],
+              visit: Callable[[LinearInfo, Stats], bool], state: list) -> None:
+        """Calls visit(info, stats) for every target, in an order where a target's stats are taken
+        after everything it depends on has been visited. visit returns True if it changed the model."""
+        c = self.config
+        shared: dict[str, Stats] = {}  # model-wide keys (caption, temb), computed once
+        cond = [i for i in targets if i.role == "modulation"]
+        if cond:
+            readers = _readers(cond)
+            name = _digest("conditioning", c.modulation_grid, sorted(r.key for r in readers))
+            stats = self.cache.load(name)
+            if stats is None:
+                stats = cal.conditioning(readers, c.modulation_grid)
+                self.cache.save(name, stats)
+            shared.update(stats)
+        top = [i for i in targets if i.group is None]
+        changed = any([visit(i, shared[stats_key(i)]) for i in top if stats_key(i) in shared])
+        pending = [i for i in top if stats_key(i) not in shared]
+        stats = cal.capture(_readers(pending))
+        changed = any([visit(i, stats[stats_key(i)]) for i in pending if stats_key(i) in stats]) or changed
+        if changed and cal.activations == "student":
+            cal.capture()  # block inputs through the compressed top-level layers
+        pending = [i for i in pending if stats_key(i) not in stats]
+
+        def readers_for(group, index):
+            mine = [i for i in targets if (i.group, i.block) == (group, index)]
+            return _readers([i for i in mine if stats_key(i) not in shared], where=f"{group} block {index}")
+
+        def cache_name(group, index):
+            return _digest(group, index, sorted(r.key for r in readers_for(group, index)), state)
+
+        for bs in cal.blocks(readers_for, cache_name):
+            for info in targets:
+                if (info.group, info.block) != (bs.group, bs.index):
+                    continue
+                key = stats_key(info)
+                if key not in shared and is_model_wide(info):
+                    shared[key] = bs.stats[key]
+                visit(info, shared[key] if key in shared else bs.stats[key])
+        tail = cal.tail(_readers(pending))
+        for info in pending:
+            visit(info, tail[stats_key(info)])
+
+    # ---- global allocation -----------------------------------------------------------------------
+    def _global_ranks(self, model, adapter, targets, batches, fixed) -> tuple[dict, dict]:
+        """Teacher-activation calibration of every target: normalized loss curves (+ sensitivity),
+        then one greedy allocation of the kept-parameter budget."""
+        c = self.config
+        curves, factors = {}, {}
+        sensitivity = c.sensitivity if c.sensitivity is not None else True
+
+        def visit(info: LinearInfo, stats: Stats) -> bool:
+            m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))
+            dec = decompose_layer(m, c.method, c.alpha, info.name)
+            curves[info.name] = normalized_curve(dec.curve)
+            rank = ratio_rank(shape_spec(info), c.ratio, c.multiple)
+            if sensitivity and rank is not DENSE:
+                fac = factors_from(dec, m.weight, rank, name=info.name)
+                factors[info.name] = (fac.up.float(), fac.down.float(), float(curves[info.name][rank]))
+            return False
+
+        cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, self.loader, c.progress)
+        self._walk(cal, targets, visit, [])
+        free = [i for i in targets if i.name not in fixed]
+        specs = [shape_spec(i, curves[i.name]) for i in free]
+        weights = _sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
+                                 c.progress) if sensitivity else {}
+        budget = budget_for_ratio(specs, c.ratio)
+        alloc = global_greedy(specs, budget, c.multiple, weights or None)
+        info = {"budget_params": budget, "spent_params": alloc.spent, "sensitivity": sensitivity,
+                "weights": weights}
+        return {**alloc.ranks, **fixed}, info
+
+    # -----------------------------------------------------------------------------------------------
+
+
+def _sensitivities(model, adapter, batches, factors, progress) -> dict[str, float]:
+    """Per layer: final-prediction error with only that layer at the uniform rank, divided by its
+    normalized whitened loss there (alloc.sensitivity_weight). Layers with no saving rank get the
+    median weight."""
+    from compress.calib import _progress
+
+    with torch.no_grad():
+        ref = [adapter.predict(model, b).double() for b in batches]
+        weights = {}
+        with _progress(progress) as bar:
+            task = bar.add_task("sensitivity", total=len(factors))
+            for name, (up, down, norm_loss) in factors.items():
+                with swapped_weight(model, name, up @ down):
+                    err = sum(float((adapter.predict(model, b).double() - r).square().sum())
+                              for b, r in zip(batches, ref))
+                rel = (err / sum(float(r.square().sum()) for r in ref)) ** 0.5
+                weights[name] = sensitivity_weight(rel, norm_loss)
+                bar.advance(task)
+    return weights
+
+
+def _readers(infos: list[LinearInfo], where: str = "top level") -> list[Reader]:
+    """One reader per stats key (linears sharing an input share it)."""
+    out = {}
+    for i in infos:
+        key = stats_key(i)
+        out.setdefault(key, Reader(key, i.name, output=uses_output_gram(i),
+                                   dedupe=is_model_wide(i) and i.role != "modulation", where=where))
+    return list(out.values())
+
+
+def _digest(*parts) -> str:
+    text = json.dumps(parts, default=str)
+    return f"{parts[0]}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise UserError(f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_ratios(ratios, roles: set[str]) -> None:
+    if not isinstance(ratios, dict) or not ratios:
+        raise UserError("svd.ratios (role -> kept-parameter ratio) is required for allocation: per_role")
+    for role, r in ratios.items():
+        if r is not None and not 0 < r <= 1:
+            raise UserError(f"svd.ratios.{role} must be in (0, 1] or null, got {r}")
+    missing = sorted(roles - set(ratios))
+    if missing:
+        raise UserError(f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}")
+
+
+def _summary(records: dict[str, dict], c: SVDConfig) -> dict:
+    before = sum(r["params_dense"] for r in records.values())
+    after = sum(r["kept_params"] for r in records.values())
+    ratios = [r["loss_ratio"] for r in records.values() if "loss_ratio" in r]
+    return {"method": c.method, "allocation": c.allocation, "activations": c.activations,
+            "params_before": before, "params_after": after,
+            "kept_ratio": after / before if before else 1.0,
+            "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),
+            "max_loss_ratio": max(ratios) if ratios else None}

@@ -1,0 +1,134 @@
+"""Factorizing one linear from its calibration stats, and swapping it for a LowRankLinear.
+
+Math lives in `compress.linalg`; this file picks the Gram, measures the result and edits the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from compress.arch.base import LinearInfo
+from compress.calib import Stats
+from compress.linalg import Decomposition, decompose, factors_from, params_dense, params_lowrank
+from compress.lowrank import LowRankLinear
+
+F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class LayerMath:
+    """What `decompose` needs for one layer: weight (out, in) float64, the Gram and its side."""
+
+    weight: torch.Tensor
+    gram: torch.Tensor  # (in, in), or (out, out) when gram_is_output
+    gram_is_output: bool
+    act_scale: torch.Tensor | None  # (in,) per-channel RMS for asvd with an output Gram
+    mean_in: torch.Tensor | None  # (in,) mean input (centered), or mean output W μ (output Gram)
+    energy: float  # tr(W G Wᵀ), uncentered: the layer's calibration output energy
+
+
+def layer_math(module: nn.Module, stats: Stats, gram_is_output: bool, center: bool) -> LayerMath:
+    dev = stats.gram.device
+    w = module.weight.detach().to(dev, F64)  # (out, in)
+    gram = stats.centered() if center else stats.gram
+    if gram_is_output:
+        energy = float(torch.diagonal(stats.gram).sum())
+        scale = (stats.in_sq / max(stats.rows, 1)).sqrt() if stats.in_sq is not None else None
+    else:
+        energy = float(((w @ stats.gram) * w).sum())
+        scale = None
+    return LayerMath(w, gram, gram_is_output, scale, stats.mean if center else None, energy)
+
+
+def decompose_layer(m: LayerMath, method: str, alpha: float, name: str) -> Decomposition:
+    return decompose(m.weight, m.gram, method, alpha=alpha, gram_is_output=m.gram_is_output,
+                     act_scale=m.act_scale, name=name)
+
+
+def measured_loss(m: LayerMath, up: torch.Tensor, down: torch.Tensor) -> float:
+    """tr(E G Eᵀ) of W − up·down, computed afresh (not read off the spectrum). With an output Gram
+    H: W' = Q Qᵀ W for Q an orthonormal basis of up's columns, so the loss is tr((I−P) H (I−P))."""
+    if not m.gram_is_output:
+        err = m.weight - up @ down  # (out, in)
+        return float(((err @ m.gram) * err).sum())
+    q, _ = torch.linalg.qr(up)  # (out, r)
+    rest = m.gram - q @ (q.T @ m.gram)  # (I − P) H
+    rest = rest - (rest @ q) @ q.T  # (I − P) H (I − P)
+    return float(torch.diagonal(rest).sum())
+
+
+def replace_linear(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: str, alpha: float,
+                   center: bool, gram_is_output: bool,
+                   choose_rank: Callable[[Decomposition], int | None]) -> dict:
+    """Factorize one target in place (or leave it dense) and return its report record."""
+    start = time.perf_counter()
+    module = model.get_submodule(info.name)
+    bias = module.bias is not None
+    m = layer_math(module, stats, gram_is_output, center)
+    dec = decompose_layer(m, method, alpha, info.name)
+    rank = choose_rank(dec)
+    record = dict(role=info.role, shape=[info.out_features, info.in_features], method=method,
+                  params_dense=params_dense(info.out_features, info.in_features, bias))
+    if rank is None:
+        return dict(record, rank="dense", kept_params=record["params_dense"],
+                    note="rank would not save parameters: kept dense",
+                    time_s=round(time.perf_counter() - start, 4))
+    fac = factors_from(dec, m.weight, rank, name=info.name)
+    optimal_curve = dec.curve if method == "whitened" else decompose_layer(
+        m, "whitened", alpha, info.name).curve
+    loss, optimal = measured_loss(m, fac.up, fac.down), float(optimal_curve[rank])
+    new_bias = _folded_bias(module, m, fac.up, fac.down)
+    layer = LowRankLinear.from_factors(fac.up, fac.down, new_bias, dtype=module.weight.dtype)
+    replace_linear(model, info.name, layer.to(module.weight.device))
+    return dict(record, rank=rank, kept_params=params_lowrank(info.out_features, info.in_features,
+                                                              rank, bias),
+                loss=loss, optimal_loss=optimal, loss_ratio=_ratio(loss, optimal),
+                rel_output_error=(loss / m.energy) ** 0.5 if m.energy > 0 else 0.0,
+                centered=center, time_s=round(time.perf_counter() - start, 4))
+
+
+def _folded_bias(module, m: LayerMath, up, down):
+    """Centered factorization: the mean input's error (W − W')μ moves into the bias."""
+    bias = module.bias.detach().to(m.weight.device, F64) if module.bias is not None else None
+    if m.mean_in is None:
+        return bias
+    if m.gram_is_output:  # mean_in is the mean output W μ; W' μ = P W μ
+        q, _ = torch.linalg.qr(up)
+        shift = m.mean_in - q @ (q.T @ m.mean_in)
+    else:
+        shift = (m.weight - up @ down) @ m.mean_in  # (out,)
+    return shift if bias is None else bias + shift
+
+
+def _ratio(loss: float, optimal: float) -> float:
+    if optimal <= 0:
+        return 1.0 if loss <= 1e-12 else float("inf")
+    return loss / optimal
+
+
+@torch.no_grad()
+def swapped_weight(model: nn.Module, name: str, approx: torch.Tensor):
+    """Context manager: temporarily give linear `name` the dense weight `approx` (out, in)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        module = model.get_submodule(name)
+        saved = module.weight.data
+        module.weight.data = approx.to(saved.device, saved.dtype)
+        try:
+            yield
+        finally:
+            module.weight.data = saved
+    return ctx()

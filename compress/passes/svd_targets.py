@@ -1,0 +1,105 @@
+"""Target selection and fixed ranks for the svd pass (no compute, no hooks).
+
+A pattern is an exact module name, `re:<regex>` (re.search on the module name), or a role name
+(`attention`, `cross_attention`, `mlp`, `modulation`, `embedding`, `output`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from compress.alloc import DENSE, LayerSpec, per_role, ratio_rank
+from compress.arch.base import ROLES, LinearInfo
+from compress.errors import UserError
+
+OUTPUT_GRAM_MIN_IN = 8192  # inputs wider than this (and wider than the output) use Σ yᵀy
+
+
+def matches(pattern: str, info: LinearInfo) -> bool:
+    if pattern.startswith("re:"):
+        return re.search(pattern[3:], info.name) is not None
+    if pattern in ROLES:
+        return info.role == pattern
+    return info.name == pattern
+
+
+def _check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str) -> None:
+    if not isinstance(pattern, str):
+        raise UserError(f"svd.{key}: patterns must be strings, got {pattern!r}")
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as err:
+            raise UserError(f"svd.{key}: bad regex {pattern!r}: {err}") from None
+    if not any(matches(pattern, i) for i in infos):
+        hint = f" (roles: {', '.join(ROLES)}; regexes start with 're:')"
+        raise UserError(f"svd.{key}: pattern {pattern!r} matches no linear layer of the model{hint}")
+
+
+def resolve_targets(infos: Sequence[LinearInfo], targets: Sequence[str],
+                    ignore: Sequence[str]) -> list[LinearInfo]:
+    """The linears matched by some target pattern and by no ignore pattern, in module order.
+    Every pattern must match at least one linear (UserError naming the pattern)."""
+    for key, patterns in (("targets", targets), ("ignore", ignore)):
+        for p in patterns:
+            _check_pattern(p, infos, key)
+    chosen = [i for i in infos if any(matches(p, i) for p in targets)
+              and not any(matches(p, i) for p in ignore)]
+    if not chosen:
+        raise UserError("svd: targets minus ignore leave no layer to compress")
+    return chosen
+
+
+def uses_output_gram(info: LinearInfo) -> bool:
+    """Flux single-block proj_out (in 15360, out 3072): the out×out Gram Σ yᵀy is 25× smaller."""
+    return info.in_features > OUTPUT_GRAM_MIN_IN and info.out_features < info.in_features
+
+
+def stats_key(info: LinearInfo) -> str:
+    return f"{info.name}#out" if uses_output_gram(info) else info.input_key
+
+
+def is_model_wide(info: LinearInfo) -> bool:
+    """An input shared by all blocks (caption, temb) rather than one block's own tensor."""
+    return info.group is None or not info.input_key.startswith(f"{info.group}.{info.block}.")
+
+
+def shape_spec(info: LinearInfo, curve=()) -> LayerSpec:
+    return LayerSpec(info.name, info.out_features, info.in_features, curve, role=info.role)
+
+
+def explicit_rank(info: LinearInfo, ranks: dict[str, int]) -> int | None:
+    """The rank of the first `ranks` pattern matching the layer (recipe order), or None."""
+    for pattern, rank in ranks.items():
+        if matches(pattern, info):
+            return rank
+    return None
+
+
+def check_explicit_ranks(infos: Sequence[LinearInfo], ranks: dict[str, int]) -> None:
+    for pattern, rank in ranks.items():
+        _check_pattern(pattern, infos, "ranks")
+        for info in infos:
+            if not matches(pattern, info):
+                continue
+            top = min(info.in_features, info.out_features)
+            if not isinstance(rank, int) or not 1 <= rank <= top:
+                raise UserError(f"svd.ranks: rank {rank!r} for {pattern!r} is outside 1..{top} "
+                                f"(min(in, out) of {info.name})")
+
+
+def fixed_ranks(targets: Sequence[LinearInfo], allocation: str, ratio: float,
+                ratios: dict | None, ranks: dict[str, int], multiple: int) -> dict[str, int | None]:
+    """Ranks known before calibration (uniform, per_role, explicit `ranks`); DENSE (None) where a
+    rank would not save parameters. Layers decided later (energy/global) are left out."""
+    out: dict[str, int | None] = {}
+    if allocation == "uniform":
+        out = {i.name: ratio_rank(shape_spec(i), ratio, multiple) for i in targets}
+    elif allocation == "per_role":
+        out = per_role([shape_spec(i) for i in targets], ratios or {}, multiple).ranks
+    for info in targets:
+        rank = explicit_rank(info, ranks)
+        if rank is not None:
+            out[info.name] = DENSE if rank >= shape_spec(info).breakeven else rank
+    return out
