@@ -33,7 +33,6 @@ class CalibrationConfig:
     batch_size: int = 32
     seed: int = 0
     heldout: int = 64  # held-out inputs for teacher-relative errors
-    activations: Literal["student", "teacher"] = "student"  # what later blocks see (error-aware)
 
     def validate(self):
         for name in ("num_prompts", "timesteps", "batch_size", "heldout"):
@@ -114,7 +113,13 @@ def _type_name(tp) -> str:
 def convert(node: yaml.Node, tp, loc_path: str, what: str):
     """YAML node -> a value of type tp (dataclass, list, dict, Literal, scalars, unions)."""
     loc = _Loc(loc_path, node)
+    tp = {list: list[Any], dict: dict[str, Any]}.get(tp, tp)
     origin = typing.get_origin(tp)
+    if tp is Any:
+        try:
+            return _construct(node)
+        except yaml.YAMLError as e:
+            raise loc.err(f"{what}: {getattr(e, 'problem', None) or e}") from None
     if dataclasses.is_dataclass(tp):
         return build_dataclass(node, tp, loc_path, what)
     if origin in (typing.Union, types.UnionType):
