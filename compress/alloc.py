@@ -160,6 +160,12 @@ def _weight(spec: LayerSpec, weights: Mapping[str, float] | None) -> float:
     return float(w)
 
 
+def min_budget(layers: Sequence[LayerSpec], multiple: int = 16) -> int:
+    """The smallest budget `global_greedy` accepts: every target at rank `multiple` (dense where
+    that saves nothing)."""
+    return sum(_Layer(s, 1.0, multiple).params() for s in layers)
+
+
 class _Layer:
     """Greedy state of one layer: the current rank and the moves up from it."""
 
@@ -168,6 +174,9 @@ class _Layer:
         self.ranks = np.arange(multiple, spec.breakeven, multiple)  # low-rank options that save
         self.rank = int(self.ranks[0]) if self.ranks.size else DENSE
         self.version = 0
+
+    def params(self) -> int:
+        return self.spec.params(self.rank)
 
     def best_move(self, remaining: int):
         """(gain/cost, new rank, cost) of the affordable move with the best loss drop per parameter
@@ -205,7 +214,7 @@ def global_greedy(layers: Sequence[LayerSpec], budget_params: int, multiple: int
     if multiple < 1:
         raise ValueError(f"multiple must be ≥ 1, got {multiple}")
     states = [_Layer(s, _weight(s, weights), multiple) for s in layers]
-    spent = sum(st.spec.params(st.rank) for st in states)
+    spent = sum(st.params() for st in states)
     if spent > budget_params:
         raise ValueError(f"budget {budget_params} params is below the minimum {spent} "
                          f"(every target at rank {multiple})")

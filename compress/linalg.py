@@ -55,7 +55,8 @@ class Decomposition:
 
 @dataclass(frozen=True)
 class Factorization:
-    """W ≈ up @ down. up (out, r), down (r, in); loss = tr(E G Eᵀ) on the calibration data;
+    """W ≈ up @ down. up (out, r), down (r, in); loss = tr(E G Eᵀ) on the calibration data
+    (for whitened: the sum of the dropped eigenvalues, equal up to round-off);
     total = the layer's calibration output energy (curve[0]), so loss / total is the normalized loss."""
 
     up: torch.Tensor  # (out, r)
@@ -220,6 +221,8 @@ def decompose(weight: torch.Tensor, gram: torch.Tensor, method: str = "whitened"
 
     side (whitened only): "output" (eigh of the out×out H) or "input" (eigh of the in×in G);
     None picks the cheaper one (input when in < out). gram_is_output forces "output".
+    Directions the calibration data never excites carry no energy; when a rank needs them,
+    `factors_from` takes them from W itself (so a zero Gram yields plain truncated-SVD factors).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")

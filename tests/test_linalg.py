@@ -100,6 +100,17 @@ def test_rank_deficient_gram_keeps_unseen_part_of_weight():
         assert f.loss == 0.0
 
 
+def test_zero_gram_gives_plain_svd_factors():
+    """A layer the data never exercised: every rank is optimal on the data; the factors are W's own."""
+    w = make_case(7, 5)[0]
+    for gram in (torch.zeros(5, 5), torch.zeros(7, 7)):
+        is_out = gram.shape[0] == 7
+        f = L.factorize(w, gram, 3, gram_is_output=is_out)
+        ref = L.factorize(w, torch.eye(5), 3, "svd")
+        np.testing.assert_allclose((f.up @ f.down).numpy(), (ref.up @ ref.down).numpy(), atol=1e-12)
+        assert f.loss == 0.0 and f.total == 0.0
+
+
 def test_curve_optimal_loss_and_energy_agree():
     w, g = make_case(12, 20)
     curve = L.loss_curve(w, g)

@@ -1,0 +1,164 @@
+"""compress.alloc: budgets, ratios, energy rule, breakeven, greedy vs uniform, determinism."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compress import alloc as A
+from compress import linalg as L
+
+
+def spec(name, out_f, in_f, decay=0.05, weight=1.0, role=None, bias=True):
+    """A layer whose per-direction energies decay like exp(-decay·i); normalized loss curve."""
+    k = min(out_f, in_f)
+    energies = np.exp(-decay * np.arange(k))
+    curve = np.append(np.cumsum(energies[::-1])[::-1], 0.0)
+    return A.LayerSpec(name, out_f, in_f, torch.tensor(curve / curve[0]), weight, bias, role)
+
+
+LAYERS = [spec("attn.to_q", 128, 128, 0.05, role="attn"), spec("attn.to_out", 128, 128, 0.02, role="attn"),
+          spec("ff.up", 512, 128, 0.01, role="mlp"), spec("ff.down", 128, 512, 0.1, role="mlp"),
+          spec("adaln", 768, 128, 0.2, role="adaln")]
+
+
+def test_uniform_matches_the_ratio():
+    for ratio in (0.25, 0.5):
+        alloc = A.uniform(LAYERS, ratio, multiple=16)
+        for s in LAYERS:
+            r = alloc.ranks[s.name]
+            m, n = s.out_features, s.in_features
+            assert r % 16 == 0
+            kept = r * (m + n) / (m * n)
+            assert abs(kept - ratio) <= 8 * (m + n) / (m * n)  # within half a multiple
+        assert alloc.spent == sum(s.params(alloc.ranks[s.name]) for s in LAYERS)
+    assert all(r is A.DENSE for r in A.uniform(LAYERS, 1.2).ranks.values())
+
+
+def test_per_role():
+    alloc = A.per_role(LAYERS, {"attn": 0.5, "mlp": 0.25, "adaln": None}, multiple=16)
+    assert alloc.ranks["attn.to_q"] == 32  # 0.5 · 128·128/256
+    assert alloc.ranks["ff.up"] == 32  # 0.25 · 512·128/640 = 25.6, nearest multiple of 16
+    assert alloc.ranks["adaln"] is A.DENSE
+    with pytest.raises(ValueError, match="adaln.*role"):
+        A.per_role(LAYERS, {"attn": 0.5, "mlp": 0.25})
+
+
+def test_energy_picks_the_smallest_rank():
+    s = LAYERS[0]
+    curve = s.curve.numpy()
+    for fraction in (0.3, 0.5, 0.9):
+        r = A.energy_rank(s, fraction, multiple=1)
+        assert curve[r] <= 1 - fraction < curve[r - 1]
+        r16 = A.energy_rank(s, fraction, multiple=16)
+        assert r16 % 16 == 0 and curve[r16] <= 1 - fraction and r16 - 16 < r
+    assert A.energy_rank(s, 1.0, multiple=16) is A.DENSE  # full energy needs full rank: no saving
+    alloc = A.energy(LAYERS, 0.5, multiple=16)
+    assert all(r is A.DENSE or 1 - LAYERS[i].loss(r) >= 0.5 for i, r in enumerate(alloc.ranks.values()))
+
+
+def test_breakeven_respected_everywhere():
+    budget = A.dense_params(LAYERS)
+    for alloc in (A.uniform(LAYERS, 0.9), A.energy(LAYERS, 0.999), A.global_greedy(LAYERS, budget // 2),
+                  A.global_greedy(LAYERS, budget)):
+        for s in LAYERS:
+            r = alloc.ranks[s.name]
+            assert r is A.DENSE or r < L.breakeven_rank(s.out_features, s.in_features)
+    # with the whole dense budget, every layer that loses anything goes dense
+    assert all(r is A.DENSE for r in A.global_greedy(LAYERS, budget).ranks.values())
+
+
+def test_greedy_switches_to_dense_when_that_is_the_best_buy():
+    layers = [spec("a", 64, 64, 0.0), spec("b", 64, 64, 0.5)]  # "a": flat spectrum, low rank barely helps
+    start = sum(s.params(16) for s in layers)
+    extra = layers[0].params(A.DENSE) - layers[0].params(16)
+    alloc = A.global_greedy(layers, start + extra, multiple=16, weights={"a": 10.0, "b": 1.0})
+    assert alloc.ranks["a"] is A.DENSE and alloc.spent == start + extra
+
+
+def test_global_greedy_beats_uniform_with_sensitivity_weights():
+    # the same spectra, but one layer matters far more for the final prediction
+    layers = [spec(f"l{i}", 128, 128, 0.03, weight=(20.0 if i == 0 else 1.0)) for i in range(4)]
+    uni = A.uniform(layers, 0.5, multiple=16)
+    greedy = A.global_greedy(layers, uni.spent, multiple=16)
+    assert greedy.spent <= uni.spent
+    loss_uni, loss_greedy = A.weighted_loss(layers, uni.ranks), A.weighted_loss(layers, greedy.ranks)
+    assert loss_greedy < 0.8 * loss_uni
+    assert greedy.ranks["l0"] is A.DENSE or greedy.ranks["l0"] > uni.ranks["l0"]
+    # unweighted, identical layers: greedy has nothing to exploit and ends up uniform
+    flat = [spec(f"l{i}", 128, 128, 0.03) for i in range(4)]
+    assert A.global_greedy(flat, uni.spent, 16).ranks == A.uniform(flat, 0.5, 16).ranks
+
+
+def test_weights_argument_overrides_spec_weights():
+    layers = [spec("a", 128, 128, 0.03), spec("b", 128, 128, 0.03)]
+    budget = A.uniform(layers, 0.5).spent
+    alloc = A.global_greedy(layers, budget, weights={"a": A.sensitivity_weight(0.5, 0.1)})
+    assert alloc.ranks["a"] > alloc.ranks["b"]
+
+
+def test_sensitivity_weight():
+    assert A.sensitivity_weight(0.006, 0.03) == pytest.approx(0.2)
+    assert A.sensitivity_weight(0.0, 0.0) == 0.0
+    with pytest.raises(ValueError):
+        A.sensitivity_weight(-1.0, 0.1)
+
+
+def test_bad_budgets_and_curves():
+    with pytest.raises(ValueError, match="below the minimum"):
+        A.global_greedy(LAYERS, A.min_budget(LAYERS, 16) - 1)
+    A.global_greedy(LAYERS, A.min_budget(LAYERS, 16))
+    bad = A.LayerSpec("x", 8, 4, torch.zeros(3))
+    with pytest.raises(ValueError, match="x: curve"):
+        A.global_greedy([bad], 10**6, multiple=1)
+
+
+def test_curves_from_linalg_feed_the_allocator():
+    rng = np.random.default_rng(0)
+    layers = []
+    for i, (m, n) in enumerate([(64, 48), (48, 64), (96, 32)]):
+        w = torch.tensor(rng.standard_normal((m, n)))
+        x = torch.tensor(rng.standard_normal((200, n)) * np.logspace(0, -2, n))
+        curve = L.normalized_curve(L.loss_curve(w, x.T @ x))
+        layers.append(A.LayerSpec(f"l{i}", m, n, curve))
+    uni = A.uniform(layers, 0.5, 8)
+    alloc = A.global_greedy(layers, uni.spent, multiple=8)
+    assert alloc.spent <= uni.spent
+    assert A.weighted_loss(layers, alloc.ranks) <= A.weighted_loss(layers, uni.ranks)
+    assert A.global_greedy(layers, A.budget_for_ratio(layers, 0.5), 8).spent <= A.budget_for_ratio(layers, 0.5)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 6))
+    layers = []
+    for i in range(n):
+        m, k = draw(st.sampled_from([8, 16, 24, 40])), draw(st.sampled_from([8, 16, 24, 40]))
+        decay = draw(st.floats(0.0, 1.0))
+        layers.append(spec(f"l{i}", m, k, decay, weight=draw(st.sampled_from([0.0, 0.5, 1.0, 7.0])),
+                           bias=draw(st.booleans())))
+    multiple = draw(st.sampled_from([1, 4, 8]))
+    lo = A.min_budget(layers, multiple)
+    budget = draw(st.integers(lo, A.dense_params(layers) + 50))
+    return layers, budget, multiple
+
+
+@settings(max_examples=60, deadline=None)
+@given(problem=problems())
+def test_greedy_budget_exact_filled_and_deterministic(problem):
+    layers, budget, multiple = problem
+    alloc = A.global_greedy(layers, budget, multiple)
+    assert alloc.spent <= budget
+    assert alloc.spent == sum(s.params(alloc.ranks[s.name]) for s in layers)
+    assert A.global_greedy(layers, budget, multiple) == alloc  # deterministic
+    remaining = budget - alloc.spent
+    for s in layers:  # stopped only because no useful move fits
+        st_ = A._Layer(s, s.weight, multiple)
+        st_.rank = alloc.ranks[s.name]
+        assert st_.best_move(remaining) is None
+        r = alloc.ranks[s.name]
+        assert r is A.DENSE or (r % multiple == 0 and r < s.breakeven)
