@@ -1,0 +1,137 @@
+import pytest
+import torch
+
+from compress.alloc import ratio_rank
+from compress.arch import get_adapter
+from compress.calib import BlockCalibration
+from compress.errors import UserError
+from compress.lowrank import LowRankLinear
+from compress.passes import svd_targets
+from compress.passes.base import RunContext
+from compress.passes.svd import SVDConfig, SVDPass
+from compress.passes.svd_targets import shape_spec
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+
+MAKERS = {"pixart": tiny_pixart, "flux": tiny_flux}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _ctx(model, tmp_path, fingerprint="fp", n=2):
+    adapter = get_adapter(model)
+    batches = [model_inputs(model, seed=i) for i in range(n)]
+    return RunContext(adapter=adapter, family=adapter.family, teacher=model, run_dir=tmp_path,
+                      calibration_inputs=lambda: batches, fingerprint=fingerprint)
+
+
+def _run(family, tmp_path, **cfg):
+    model = MAKERS[family]()
+    ctx = _ctx(model, tmp_path)
+    cfg = {"multiple": 2, "modulation_grid": 4, "progress": False, **cfg}
+    infos = {i.name: i for i in get_adapter(model).linears(model)}
+    SVDPass(SVDConfig(**cfg)).run(model, ctx)
+    return model, ctx.report["svd"], infos
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_uniform_replaces_targets_with_right_ranks(family, tmp_path):
+    model, report, infos = _run(family, tmp_path, targets=["attention", "mlp", "modulation"])
+    layers = report["layers"]
+    assert layers and set(layers) == {n for n, i in infos.items()
+                                      if i.role in ("attention", "mlp", "modulation")}
+    for name, rec in layers.items():
+        mod = model.get_submodule(name)
+        expected = ratio_rank(shape_spec(infos[name]), 0.5, 2)
+        if expected is None:
+            assert rec["rank"] == "dense" and isinstance(mod, torch.nn.Linear)
+            continue
+        assert isinstance(mod, LowRankLinear) and mod.rank == expected == rec["rank"]
+        assert rec["loss_ratio"] <= 1.001, (name, rec)
+        assert {"role", "shape", "kept_params", "loss", "optimal_loss", "rel_output_error",
+                "time_s"} <= set(rec)
+    assert report["params_after"] < report["params_before"]
+    with torch.no_grad():
+        out = model(**model_inputs(model), return_dict=False)[0]
+    assert torch.isfinite(out).all()
+
+
+def test_flux_output_gram_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(svd_targets, "OUTPUT_GRAM_MIN_IN", 32)  # tiny single proj_out: in 48, out 16
+    _, report, _ = _run("flux", tmp_path, targets=["re:single_transformer_blocks\\.\\d+\\.proj_out"])
+    assert len(report["layers"]) == 3
+    for rec in report["layers"].values():
+        assert rec["rank"] != "dense" and rec["loss_ratio"] <= 1.001
+
+
+@pytest.mark.parametrize("allocation", ["global", "energy"])
+def test_adaptive_allocations(allocation, tmp_path):
+    _, report, _ = _run("pixart", tmp_path, allocation=allocation, energy=0.9)
+    assert all(r.get("loss_ratio", 1.0) <= 1.001 for r in report["layers"].values())
+    if allocation == "global":
+        g = report["global"]
+        assert g["spent_params"] <= g["budget_params"] and g["weights"]
+        assert report["params_after"] <= g["budget_params"]
+
+
+def test_svd_and_asvd_methods_are_worse_than_whitened(tmp_path):
+    losses = {}
+    for method in ("whitened", "svd", "asvd"):
+        _, report, _ = _run("pixart", tmp_path / method, method=method, activations="teacher")
+        losses[method] = sum(r["loss"] for r in report["layers"].values())
+        assert all(r["loss_ratio"] >= 1 - 1e-9 for r in report["layers"].values())
+    assert losses["whitened"] < losses["asvd"] and losses["whitened"] < losses["svd"]
+
+
+def test_layer_without_saving_stays_dense(tmp_path):
+    name = "transformer_blocks.0.attn1.to_q"  # 16 x 16: rank 8 saves nothing
+    model, report, _ = _run("pixart", tmp_path, ranks={name: 8})
+    assert report["layers"][name]["rank"] == "dense" and "dense" in report["layers"][name]["note"]
+    assert isinstance(model.get_submodule(name), torch.nn.Linear) and name in report["dense"]
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"targets": ["re:no_such_layer"]}, "re:no_such_layer"),
+    ({"targets": ["attention"], "ignore": ["bogus"]}, "bogus"),
+    ({"targets": ["cross_attention"]}, "cross_attention"),  # Flux has none
+    ({"ranks": {"transformer_blocks.0.attn.to_q": 99}}, "outside 1..16"),
+    ({"ratio": 1.5}, "ratio"),
+    ({"ratio": 0.0}, "ratio"),
+    ({"method": "qr"}, "method"),
+    ({"allocation": "per_role", "ratios": {"attention": 0.5}}, "mlp"),
+])
+def test_bad_config_is_user_error(cfg, message):
+    model = tiny_flux()
+    with pytest.raises(UserError, match=message.replace(".", r"\.")):
+        SVDPass(SVDConfig(**cfg)).check(model, get_adapter(model))
+
+
+def test_plan_exact_for_uniform_later_for_global():
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    plan = SVDPass(SVDConfig(multiple=2)).plan(model, adapter)
+    assert plan["params_after"] < plan["params_before"]
+    assert plan["ranks"]["transformer_blocks.0.ff.net.0.proj"] == 6  # 0.5·64·16/80 = 6.4 -> multiple of 2
+    plan = SVDPass(SVDConfig(allocation="global")).plan(model, adapter)
+    assert plan["params_after"] == "decided after calibration"
+
+
+def test_calibration_cache_hit_skips_recomputation(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    run = BlockCalibration._run
+
+    def counting(self, block, readers, keep):
+        calls["n"] += bool(readers)
+        return run(self, block, readers, keep)
+
+    monkeypatch.setattr(BlockCalibration, "_run", counting)
+    _run("pixart", tmp_path, activations="teacher")
+    first = calls["n"]
+    model, report, _ = _run("pixart", tmp_path, activations="teacher", ratio=0.25)
+    assert first == 3 and calls["n"] == first  # no block recomputed its stats
+    assert len(report["cache_hits"]) == 3

@@ -1,0 +1,140 @@
+import pytest
+import torch
+
+from compress.arch import get_adapter
+from compress.calib import BlockCalibration, Reader, Stats, StatsCache
+from compress.errors import NumericError
+from compress.passes.svd_layer import compress_layer
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on a shared 2-core machine are ~20x slower for these tiny matmuls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _batches(model, n=2):
+    return [model_inputs(model, seed=i) for i in range(n)]
+
+
+def _direct_gram(model, module_name, batches, output=False):
+    """Σ xᵀx of a module's input (or bias-free output) over full forwards, the slow obvious way."""
+    rows = []
+    mod = model.get_submodule(module_name)
+
+    def hook(m, args, out):
+        y = out.double() - m.bias.double() if output else args[0]
+        rows.append(y.detach().reshape(-1, y.shape[-1]).double())
+
+    h = mod.register_forward_hook(hook)
+    with torch.no_grad():
+        for b in batches:
+            model(**b)
+    h.remove()
+    x = torch.cat(rows)
+    return x.T @ x
+
+
+def _block_stats(model, batches, readers_by_block, activations="teacher", on_block=None):
+    cal = BlockCalibration(model, get_adapter(model), batches, activations, progress=False)
+    cal.capture()
+    out = {}
+    for bs in cal.blocks(lambda g, i: readers_by_block.get((g, i), [])):
+        out.update(bs.stats)
+        if on_block:
+            on_block(bs)
+    return out
+
+
+def test_grams_equal_direct_computation():
+    model = tiny_pixart()
+    batches = _batches(model)
+    readers = {("blocks", 1): [Reader("q", "transformer_blocks.1.attn1.to_q"),
+                               Reader("ff", "transformer_blocks.1.ff.net.2"),
+                               Reader("o", "transformer_blocks.1.ff.net.0.proj", output=True)]}
+    stats = _block_stats(model, batches, readers)
+    for key, name, output in (("q", "transformer_blocks.1.attn1.to_q", False),
+                              ("ff", "transformer_blocks.1.ff.net.2", False),
+                              ("o", "transformer_blocks.1.ff.net.0.proj", True)):
+        torch.testing.assert_close(stats[key].gram, _direct_gram(model, name, batches, output),
+                                   rtol=1e-9, atol=1e-9)
+    assert stats["q"].gram.dtype == torch.float64
+    assert stats["q"].rows == 2 * 16 * 2  # batches x tokens x batch size
+
+
+def test_flux_single_block_output_gram_is_w_g_wt():
+    model = tiny_flux()
+    batches = _batches(model)
+    name = "single_transformer_blocks.1.proj_out"
+    readers = {("single", 1): [Reader("in", name), Reader("out", name, output=True)]}
+    stats = _block_stats(model, batches, readers)
+    w = model.get_submodule(name).weight.double()
+    exact = w @ stats["in"].gram @ w.T  # the float32 forward rounds y: compare at float32 precision
+    torch.testing.assert_close(stats["out"].gram, exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()))
+    torch.testing.assert_close(stats["out"].in_sq, torch.diagonal(stats["in"].gram))
+
+
+def test_caption_is_counted_once_per_prompt():
+    model = tiny_pixart()
+    b = model_inputs(model)
+    same_prompt = [dict(b, timestep=torch.tensor([10, 500])), dict(b, timestep=torch.tensor([700, 900]))]
+    readers = {("blocks", 0): [Reader("caption", "transformer_blocks.0.attn2.to_k", dedupe=True)]}
+    stats = _block_stats(model, same_prompt, readers)
+    once = _direct_gram(model, "transformer_blocks.0.attn2.to_k", same_prompt[:1])
+    torch.testing.assert_close(stats["caption"].gram, once)
+
+
+def test_student_activations_differ_from_teacher_after_compression():
+    batches = _batches(tiny_pixart())
+    name0, name1 = "transformer_blocks.0.ff.net.2", "transformer_blocks.1.attn1.to_q"
+    readers = {("blocks", 0): [Reader("ff0", name0)], ("blocks", 1): [Reader("q1", name1)]}
+    grams = {}
+    for mode in ("teacher", "student"):
+        model = tiny_pixart()
+        info = next(i for i in get_adapter(model).linears(model) if i.name == name0)
+
+        def squash(bs, model=model, info=info):
+            if bs.index == 0:  # compress block 0's ff output layer hard (rank 2)
+                compress_layer(model, info, bs.stats["ff0"], method="whitened", alpha=0.5,
+                               center=False, gram_is_output=False, choose_rank=lambda d: 2)
+
+        grams[mode] = (_block_stats(model, batches, readers, mode, squash)["q1"].gram, model)
+    teacher_direct = _direct_gram(tiny_pixart(), name1, batches)
+    student_model = grams["student"][1]
+    torch.testing.assert_close(grams["teacher"][0], teacher_direct, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grams["student"][0], _direct_gram(student_model, name1, batches),
+                               rtol=1e-6, atol=1e-6)
+    assert (grams["student"][0] - teacher_direct).norm() > 1e-3 * teacher_direct.norm()
+
+
+def test_nan_activation_names_layer_and_block():
+    model = tiny_pixart()
+    batch = model_inputs(model)
+    batch["hidden_states"][0, 0, 0, 0] = float("nan")
+    readers = {("blocks", 0): [Reader("q", "transformer_blocks.0.attn1.to_q", where="blocks block 0")]}
+    with pytest.raises(NumericError, match=r"transformer_blocks\.0\.attn1\.to_q.*blocks block 0"):
+        _block_stats(model, [batch], readers)
+
+
+def test_stats_cache_round_trip(tmp_path):
+    cache = StatsCache(tmp_path)
+    st = Stats.zeros(3)
+    st.add(torch.randn(5, 3, dtype=torch.float64))
+    cache.save("blk", {"k": st})
+    back = cache.load("blk")["k"]
+    torch.testing.assert_close(back.gram, st.gram)
+    assert back.rows == 5 and cache.hits == ["blk"]
+    assert StatsCache(None).load("blk") is None
+
+
+def test_conditioning_grid_spans_timesteps():
+    model = tiny_pixart()
+    cal = BlockCalibration(model, get_adapter(model), _batches(model, 1), progress=False)
+    stats = cal.conditioning([Reader("adaln.in", "adaln_single.linear")], grid=8)
+    assert stats["adaln.in"].rows == 8 * 2  # 8 grid timesteps x batch 2
+    own = cal.conditioning([Reader("adaln.in", "adaln_single.linear")], grid=0)
+    assert own["adaln.in"].rows == 2
