@@ -114,13 +114,17 @@ class SyntheticSource:
         return latents, kw
 
 
-def input_source(family: str, teacher_source: str, calib, config):
+def input_source(family: str, teacher_source: str, calib, teacher, recipe_dir=None):
+    """The recipe's calibration source; `auto` is `toy` for toy teachers, else `pipeline`."""
     kind = calib.source
     if kind == "auto":
-        kind = "toy" if teacher_source.startswith("toy:") else None
+        kind = "toy" if teacher_source.startswith("toy:") else "pipeline"
     if kind == "toy":
+        if not teacher_source.startswith("toy:"):
+            raise UserError("calibration.source 'toy' needs a toy teacher (toy:pixart or toy:flux)")
         return ToySource(family, calib)
     if kind == "synthetic":
-        return SyntheticSource(family, calib, config)
-    raise UserError("calibration.source must be set for a non-toy teacher: 'synthetic' (random "
-                    "embeddings, for smoke tests) is what this version supports without a text encoder")
+        return SyntheticSource(family, calib, teacher.config)
+    from compress.calib_pipeline import PipelineSource
+
+    return PipelineSource(family, calib, teacher, calib.pipeline or teacher_source, recipe_dir)

@@ -181,8 +181,9 @@ def ranks_of(model: nn.Module) -> dict[str, int]:
 
 
 def student_config(model: nn.Module, extra: dict | None = None) -> dict:
-    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_use_default")}
-    config = json.loads(json.dumps(config, default=list))  # tuples -> lists, as diffusers writes
+    config = {k: v for k, v in dict(model.config).items()
+              if not k.startswith(("_use_default", "_name_or_path"))}
+    config = json.loads(json.dumps(config, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
     config["_class_name"] = type(model).__name__
     config["compression"] = {"format": FORMAT, "ranks": ranks_of(model), **(extra or {})}
     return config

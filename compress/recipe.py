@@ -26,8 +26,13 @@ DTYPES = ("float32", "float16", "bfloat16")
 class CalibrationConfig:
     """Where calibration inputs come from: prompts x timesteps x classifier-free-guidance branches."""
 
-    source: Literal["auto", "toy", "synthetic"] = "auto"  # auto: toy for toy: teachers
+    source: Literal["auto", "toy", "pipeline", "synthetic"] = "auto"  # auto: toy for toy: teachers
     num_prompts: int = 10  # toy: prompts drawn from the ten digit classes
+    prompts: list[str] = field(default_factory=list)  # pipeline source: the prompts
+    prompt_file: str | None = None  # pipeline source: one prompt per line (relative to the recipe)
+    pipeline: str | None = None  # pipeline source: base pipeline (default: the teacher's)
+    sample_steps: int = 20  # pipeline source: sampler steps; `timesteps` of them are kept
+    guidance_scale: float = 4.5  # pipeline source: CFG scale (both branches are captured)
     timesteps: int = 8  # how many timesteps per prompt, spread over the schedule
     cfg_branches: bool = True  # also the unconditional (empty prompt) branch
     batch_size: int = 32
@@ -35,7 +40,7 @@ class CalibrationConfig:
     heldout: int = 64  # held-out inputs for teacher-relative errors
 
     def validate(self):
-        for name in ("num_prompts", "timesteps", "batch_size", "heldout"):
+        for name in ("num_prompts", "timesteps", "batch_size", "heldout", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 

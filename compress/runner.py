@@ -104,7 +104,7 @@ class Runner:
         for p in self.passes:  # every config error before any compute
             p.check(probe, self.adapter)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
-                           self.teacher.config)
+                           self.teacher, Path(self.recipe.path).parent)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cache: dict = {}
         self.ctx = RunContext(

@@ -1,0 +1,109 @@
+"""Calibration inputs captured from real sampling: the teacher runs inside its own diffusers
+pipeline on the recipe's prompts and a forward pre-hook records the transformer's inputs at the
+kept timesteps. Works for any pipeline that calls `transformer(**kwargs)` (PixArt-Σ, Flux, the toys)
+and sees exactly what inference sees: text embeddings, both CFG branches, trajectory latents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from compress.errors import UserError
+
+
+def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
+    prompts = list(calib.prompts)
+    if calib.prompt_file:
+        path = Path(calib.prompt_file)
+        if not path.is_absolute() and recipe_dir is not None:
+            path = recipe_dir / path
+        try:
+            prompts += [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        except OSError as e:
+            raise UserError(f"calibration.prompt_file {calib.prompt_file}: {e.strerror or e}") from None
+    if not prompts:
+        raise UserError("calibration.source 'pipeline' needs calibration.prompts or prompt_file")
+    return prompts[: calib.num_prompts] if calib.num_prompts else prompts
+
+
+def load_pipeline_for(teacher: torch.nn.Module, source: str):
+    if source.startswith("toy:"):
+        from compress.toy import load_toy_pipeline
+
+        return load_toy_pipeline(source[4:], transformer=teacher)
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(source, transformer=teacher, torch_dtype=teacher.dtype)
+    except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
+        raise UserError(f"cannot load calibration pipeline '{source}': "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _detach(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def capture(pipe, transformer, prompts: list[str], steps: int, keep: int, guidance: float,
+            seed: int) -> list[dict]:
+    """Forward kwargs at `keep` evenly spread steps of each prompt's sampling run."""
+    kept = set(torch.linspace(0, steps - 1, keep).round().long().tolist())
+    records: list[dict] = []
+    state = {"step": 0}
+
+    def hook(module, args, kwargs):
+        if state["step"] in kept:
+            records.append({k: _detach(v) for k, v in kwargs.items()
+                            if k not in ("return_dict", "joint_attention_kwargs", "attention_kwargs")})
+        state["step"] += 1
+
+    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for i, prompt in enumerate(prompts):
+            state["step"] = 0
+            g = torch.Generator().manual_seed(seed + i)
+            pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                 output_type="pt" if _is_toy(pipe) else "latent")
+    finally:
+        handle.remove()
+    if not records:
+        raise UserError("the calibration pipeline never called the transformer with keyword inputs")
+    return records
+
+
+def _is_toy(pipe) -> bool:
+    return type(pipe).__module__.startswith("compress.toy")
+
+
+class PipelineSource:
+    """Calibration and held-out batches from real sampling runs (prompts split 80/20)."""
+
+    def __init__(self, family: str, calib, teacher, pipeline: str, recipe_dir: Path | None = None):
+        self.family, self.calib, self.teacher, self.pipeline = family, calib, teacher, pipeline
+        self.prompts = read_prompts(calib, recipe_dir)
+        self._pipe = None
+
+    def _run(self, prompts: list[str], seed: int) -> list[dict]:
+        if self._pipe is None:
+            self._pipe = load_pipeline_for(self.teacher, self.pipeline)
+        c = self.calib
+        return capture(self._pipe, self.teacher, prompts, c.sample_steps, min(c.timesteps, c.sample_steps),
+                       c.guidance_scale if c.cfg_branches else 1.0, seed)
+
+    def calibration(self) -> list[dict]:
+        cut = max(1, int(len(self.prompts) * 0.8)) if len(self.prompts) > 1 else 1
+        return self._run(self.prompts[:cut], self.calib.seed)
+
+    def heldout(self) -> list[dict]:
+        cut = max(1, int(len(self.prompts) * 0.8))
+        rest = self.prompts[cut:] or self.prompts[-1:]
+        return self._run(rest, self.calib.seed + 10_000)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator):
+        raise UserError("distill on a non-toy teacher needs data: set distill.data to "
+                        "'teacher_samples' or 'folder'")
