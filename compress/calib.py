@@ -211,6 +211,20 @@ class StatsCache:
 # ----------------------------------------------------------------------------- helpers
 
 
+def model_digest(model: nn.Module, extra=None) -> str:
+    """A cheap fingerprint of the model as it is now: module structure (so removed blocks and
+    earlier factorizations show), a few values of every parameter (so retrained weights show)
+    and `extra` (e.g. the block map). Part of every cache name: the runner's fingerprint covers
+    the teacher and calibration config, not what earlier passes did to the student."""
+    h = hashlib.sha1(repr(extra).encode())
+    for name, p in model.named_parameters():
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        if p.device.type != "meta" and p.numel():
+            flat = p.detach().reshape(-1)
+            h.update(torch.cat([flat[:8], flat[-8:]]).float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class BlockLoader:
     """Just-in-time weights: `materialize` before a block runs, `release` once it is done.
     The default keeps everything resident (the model is already loaded)."""

@@ -21,7 +21,7 @@ from torch import nn
 from compress.alloc import (DENSE, budget_for_ratio, energy_rank, global_greedy, ratio_rank,
                             sensitivity_weight)
 from compress.arch.base import Adapter, LinearInfo
-from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache
+from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache, model_digest
 from compress.errors import UserError
 from compress.linalg import METHODS, factors_from, normalized_curve
 from compress.passes.base import Pass, RunContext
@@ -105,7 +105,8 @@ class SVDPass(Pass):
             raise UserError("the svd pass needs calibration inputs (a calibration section in the recipe)")
         targets = resolve_targets(ctx.adapter.linears(model), c.targets, c.ignore)
         batches = ctx.calibration_inputs()
-        cache_dir = ctx.run_dir / "calib" / ctx.fingerprint if ctx.fingerprint else None
+        start = model_digest(model, ctx.block_map)  # what earlier passes left
+        cache_dir = ctx.run_dir / "calib" / ctx.fingerprint / start if ctx.fingerprint else None
         self.cache = StatsCache(cache_dir)
         report = ctx.report.setdefault("svd", {})
         records: dict[str, dict] = {}
