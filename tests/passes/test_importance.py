@@ -1,0 +1,121 @@
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.passes.base import RunContext
+from compress.passes.importance import (ImportanceConfig, ImportancePass, bucket_of, load_json,
+                                        noise_level, plot_heatmap, render_table, scan, scan_cost)
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+
+
+def batches_for(model, n=2, batch=3):
+    return [model_inputs(model, batch=batch, seed=s) for s in range(n)]
+
+
+def used_prediction(model, kwargs):
+    out = model(**kwargs).sample
+    c = model.config.in_channels
+    return out[:, :c] if type(model).__name__.startswith("PixArt") and out.shape[1] == 2 * c else out
+
+
+def removal_error(model, group, index, batches):
+    """Brute force: really delete the block and compare predictions."""
+    pruned = copy.deepcopy(model)
+    get_adapter(model).remove_blocks(pruned, {group: [index]})
+    num = den = 0.0
+    with torch.no_grad():
+        for kw in batches:
+            ref, out = used_prediction(model, kw).double(), used_prediction(pruned, kw).double()
+            num, den = num + (out - ref).pow(2).sum(), den + ref.pow(2).sum()
+    return float((num / den).sqrt())
+
+
+def test_scan_equals_removing_the_block(tiny_model):
+    adapter, batches = get_adapter(tiny_model), batches_for(tiny_model)
+    result = scan(tiny_model, adapter, batches, progress=False)
+    assert [(b.group, b.index) for b in result.blocks] == [(g, i) for g, i, _ in
+                                                           adapter.iter_blocks(tiny_model)]
+    for b in result.blocks:
+        assert b.scan == pytest.approx(removal_error(tiny_model, b.group, b.index, batches), rel=1e-6)
+        assert 0 <= b.proxy <= 2 and len(b.scan_by_bucket) == len(b.proxy_by_bucket) == 3
+    assert -1 <= result.spearman <= 1
+    names = [b.name for b in result.ranked()]
+    assert names == [b.name for b in sorted(result.blocks, key=lambda b: b.scan)]
+
+
+def test_scan_runs_the_stated_number_of_block_evaluations(tiny_model):
+    adapter, batches = get_adapter(tiny_model), batches_for(tiny_model)
+    calls = []
+    hooks = [blk.register_forward_hook(lambda *a: calls.append(1)) for _, _, blk in adapter.iter_blocks(tiny_model)]
+    result = scan(tiny_model, adapter, batches, progress=False)
+    for h in hooks:
+        h.remove()
+    n = len(result.blocks)
+    assert len(calls) == result.block_evaluations == 2 * (n + n * (n - 1) // 2)
+    assert result.naive_block_evaluations == 2 * n * n
+    assert scan_cost(n, 2, skips=False)["block_evaluations"] == 2 * n
+    # blocks were restored after the replays
+    assert all(type(b).__name__ != "_Replay" for _, _, b in adapter.iter_blocks(tiny_model))
+
+
+def test_buckets_put_high_noise_first():
+    assert bucket_of(noise_level("pixart", torch.tensor([999, 500, 10])), 3).tolist() == [0, 1, 2]
+    assert bucket_of(noise_level("flux", torch.tensor([1.0, 0.5, 0.01])), 3).tolist() == [0, 1, 2]
+    model = tiny_pixart()  # timesteps 10, 500, 900
+    result = scan(model, get_adapter(model), batches_for(model, n=1), progress=False)
+    assert result.buckets == ["early", "middle", "late"] and result.samples_per_bucket == [1, 1, 1]
+    assert result.bucket_ranges[0][0] == 1.0
+    one = scan(model, get_adapter(model), batches_for(model, n=1), buckets=1, progress=False)
+    assert one.buckets == ["all"] and one.blocks[0].scan_by_bucket[0] == pytest.approx(one.blocks[0].scan)
+
+
+def test_proxy_only_needs_one_forward_per_batch():
+    model = tiny_flux()
+    adapter, batches = get_adapter(model), batches_for(model)
+    full = scan(model, adapter, batches, progress=False)
+    proxy = scan(model, adapter, batches, progress=False, skips=False)
+    assert proxy.block_evaluations == 2 * len(proxy.blocks)
+    assert all(math.isnan(b.scan) for b in proxy.blocks) and math.isnan(proxy.spearman)
+    assert [b.proxy for b in proxy.blocks] == pytest.approx([b.proxy for b in full.blocks])
+
+
+def test_block_map_gives_teacher_indices():
+    model = tiny_flux()
+    result = scan(model, get_adapter(model), batches_for(model, n=1), progress=False,
+                  block_map={"double": [1, 2], "single": [0, 4, 5]})
+    assert [(b.name, b.teacher_index) for b in result.blocks][-2:] == [("single.1", 4), ("single.2", 5)]
+
+
+def test_pass_records_report_json_and_heatmap(tmp_path):
+    model = tiny_flux()
+    adapter, batches = get_adapter(model), batches_for(model)
+    ctx = RunContext(adapter=adapter, family="flux", teacher=model, run_dir=tmp_path / "run",
+                     calibration_inputs=lambda: batches)
+    step = ImportancePass(ImportanceConfig(progress=False))
+    step.check(model, adapter)
+    assert step.plan(model, adapter)["per_batch"]["block_evaluations"] == 5 + 10
+    assert step.run(model, ctx) is model
+    record = ctx.report["importance"]
+    json.dumps(record, allow_nan=False)  # JSON-able, no NaN
+    png = (tmp_path / "run" / "importance.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    loaded = load_json(tmp_path / "run" / "importance.json")
+    assert [b.scan for b in loaded.blocks] == [b["scan"] for b in record["blocks"]]
+    table = render_table(loaded)
+    assert table.row_count == 5 and len(table.columns) == 3 + 3 + 1
+
+
+def test_heatmap_with_empty_bucket_and_bad_config(tmp_path):
+    model = tiny_pixart()
+    result = scan(model, get_adapter(model), [model_inputs(model, batch=1)], buckets=4, progress=False)
+    assert result.samples_per_bucket == [0, 0, 0, 1]  # t = 10: late
+    assert plot_heatmap(result, tmp_path / "h.png").stat().st_size > 0
+    with pytest.raises(UserError, match="buckets"):
+        ImportancePass(ImportanceConfig(buckets=0)).check(model, get_adapter(model))
+    with pytest.raises(UserError, match="no calibration inputs"):
+        scan(model, get_adapter(model), [], progress=False)
