@@ -1,0 +1,264 @@
+"""Training data for distillation (`data:` in the distill pass): clean latents + conditioning kwargs.
+
+- `toy`: the runner's `ctx.train_batch` (the toy teachers' digits dataset).
+- `folder`: a folder of `.safetensors` / `.pt` files the user provides (`latents_dir`). Each file holds
+  flat keys:
+      latents                 (B, ...)  clean latents, in the layout the transformer's `hidden_states` takes
+                                        (PixArt (B, C, H, W); Flux packed (B, N, C))
+      cond.<kwarg>            (B, ...)  per-sample forward kwargs, e.g. cond.encoder_hidden_states,
+                                        cond.encoder_attention_mask, cond.pooled_projections, cond.guidance;
+                                        nested dicts with dots: cond.added_cond_kwargs.resolution
+      shared.<kwarg>          (...)     kwargs used as they are for every batch (Flux img_ids, txt_ids)
+- `teacher_samples` (data-free): latents sampled from the teacher on the conditioning of the runner's
+  calibration inputs (the recipe's prompts), cached on disk in the folder format under
+  `run_dir/distill/teacher_samples/<key>/`; shards already written are reused (an interrupted cache
+  fills up where it stopped), so a second run or a resume samples nothing.
+Every source has `batch(batch_size, generator) -> (latents, cond)`; rows are drawn with the generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from compress.errors import UserError
+
+SHARED_KWARGS = ("img_ids", "txt_ids")  # Flux: not batched
+NOT_COND = ("hidden_states", "timestep", "return_dict")
+SUFFIXES = (".safetensors", ".pt")
+
+
+class ToySource:
+    def __init__(self, train_batch):
+        if train_batch is None:
+            raise UserError("distill: data: toy needs a toy teacher (the runner gave no training batches); "
+                            "use data: folder with latents_dir, or data: teacher_samples")
+        self.train_batch = train_batch
+
+    def batch(self, batch_size: int, generator: torch.Generator):
+        return self.train_batch(batch_size, generator)
+
+
+# ---- folder --------------------------------------------------------------------------------------
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif torch.is_tensor(value):
+        out[prefix] = value
+
+
+def _unflatten(flat: dict[str, torch.Tensor]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
+        raise UserError(f"distill: cannot read latents file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"distill: {path} holds a {type(data).__name__}, expected a dict of tensors")
+    flat: dict = {}
+    for k, v in data.items():
+        _flatten(k, v, flat)
+    return flat
+
+
+class FolderSource:
+    """Latents + cond from a folder (format above). Files are indexed once; a batch reads the rows it
+    needs from each file (the last file read is kept in memory)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise UserError(f"distill: latents_dir {self.folder} is not a folder")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix in SUFFIXES)
+        if not self.files:
+            raise UserError(f"distill: latents_dir {self.folder} has no .safetensors or .pt files")
+        self.counts, self.keys = [], None
+        for path in self.files:
+            data = _read(path)
+            self._check(path, data)
+            self.counts.append(len(data["latents"]))
+        self.offsets = torch.tensor([0] + self.counts).cumsum(0)  # (F + 1,)
+        self._cached: tuple[Path, dict] | None = None
+
+    def _check(self, path: Path, data: dict) -> None:
+        if "latents" not in data:
+            raise UserError(f"distill: {path} has no 'latents' tensor (keys: {', '.join(sorted(data))})")
+        n = len(data["latents"])
+        for key, value in data.items():
+            if key.startswith("cond.") and len(value) != n:
+                raise UserError(f"distill: {path}: '{key}' has {len(value)} rows, 'latents' has {n}")
+            if key != "latents" and not key.startswith(("cond.", "shared.")):
+                raise UserError(f"distill: {path}: key '{key}' must be 'latents' or start with "
+                                "'cond.' or 'shared.'")
+        keys = sorted(data)
+        if self.keys is None:
+            self.keys = keys
+        elif keys != self.keys:
+            raise UserError(f"distill: {path} has keys {keys}, other files {self.keys}")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _file(self, i: int) -> dict:
+        path = self.files[i]
+        if self._cached is None or self._cached[0] != path:
+            self._cached = (path, _read(path))
+        return self._cached[1]
+
+    def batch(self, batch_size: int, generator: torch.Generator):
+        rows = torch.randint(0, len(self), (batch_size,), generator=generator)  # (B,)
+        file_of = torch.searchsorted(self.offsets, rows, right=True) - 1  # (B,)
+        parts: dict[str, list] = {}
+        order = []
+        for f in file_of.unique().tolist():
+            pick = (file_of == f).nonzero().flatten()
+            data = self._file(f)
+            local = rows[pick] - self.offsets[f]
+            for key, value in data.items():
+                if not key.startswith("shared."):
+                    parts.setdefault(key, []).append(value[local])
+            order.append(pick)
+        inverse = torch.cat(order).argsort()  # back to draw order
+        flat = {k: torch.cat(v)[inverse] for k, v in parts.items()}
+        flat.update({k: v for k, v in data.items() if k.startswith("shared.")})
+        tree = _unflatten(flat)
+        cond = {**tree.get("cond", {}), **tree.get("shared", {})}
+        return tree["latents"], cond
+
+
+def write_shard(path: Path, latents: torch.Tensor, cond: dict) -> None:
+    """One file of the folder format (atomic: written beside, then renamed). cond: forward kwargs;
+    SHARED_KWARGS go under 'shared.', other tensors (nested dicts flattened) under 'cond.'."""
+    from safetensors.torch import save_file
+
+    flat = {"latents": latents.contiguous()}
+    for key, value in cond.items():
+        _flatten(("shared." if key in SHARED_KWARGS else "cond.") + key, value, flat)
+    flat = {k: v.detach().cpu().contiguous() for k, v in flat.items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(flat, str(tmp))
+    tmp.replace(path)
+
+
+# ---- teacher samples -----------------------------------------------------------------------------
+
+
+def cond_of(kwargs: dict) -> dict:
+    """Forward kwargs minus the noisy input and timestep (what a latent is conditioned on)."""
+    return {k: v for k, v in kwargs.items() if k not in NOT_COND}
+
+
+@torch.no_grad()
+def sample_latents(adapter, teacher, cond: dict, shape: tuple, steps: int,
+                   generator: torch.Generator, device) -> torch.Tensor:
+    """Clean latents of `shape` sampled from the teacher without CFG (Flux-dev's guidance is an input).
+    PixArt: DPM-Solver++ on its DDPM schedule (epsilon, learned-variance half dropped). Flux: Euler on
+    the rectified-flow ODE from σ = 1 to 0."""
+    param = next(teacher.parameters())
+    x = torch.randn(shape, generator=generator).to(device, param.dtype)
+    cond = {k: _to(v, param) for k, v in cond.items()}
+    if adapter.family == "flux":
+        sigmas = torch.linspace(1.0, 0.0, steps + 1)
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            t = torch.full((shape[0],), float(s), device=device, dtype=param.dtype)
+            v = adapter.predict(teacher, dict(cond, hidden_states=x, timestep=t))
+            x = x + (s_next - s).item() * v
+        return x.float().cpu()
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler.from_config(adapter.noise_scheduler.config,
+                                                        algorithm_type="dpmsolver++")
+    scheduler.set_timesteps(steps, device=device)
+    cond.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
+    for t in scheduler.timesteps:
+        timestep = t.expand(shape[0]).to(device)
+        eps = adapter.predict(teacher, dict(cond, hidden_states=x, timestep=timestep))[:, :shape[1]]
+        x = scheduler.step(eps, t, x).prev_sample
+    return x.float().cpu()
+
+
+def _to(value, like: torch.Tensor):
+    if isinstance(value, dict):
+        return {k: _to(v, like) for k, v in value.items()}
+    if torch.is_tensor(value):
+        return value.to(like.device, like.dtype) if value.is_floating_point() else value.to(like.device)
+    return value
+
+
+def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, accelerator) -> Path:
+    """Fills (or reuses) the cache folder of teacher samples and returns it. Shard i holds samples
+    conditioned on calibration batch i mod len(batches), noise seeded by (seed, i), and is written by
+    process i mod num_processes: the cache is the same whatever the process count or interruptions."""
+    if ctx.calibration_inputs is None:
+        raise UserError("distill: data: teacher_samples needs the recipe's prompts (calibration inputs); "
+                        "none were given")
+    key = hashlib.sha256(json.dumps([ctx.fingerprint, ctx.seed, num_samples, steps, shard_size])
+                         .encode()).hexdigest()[:16]
+    folder = Path(ctx.run_dir) / "distill" / "teacher_samples" / key
+    if (folder / "complete.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    batches = ctx.calibration_inputs()
+    n_shards = -(-num_samples // shard_size)
+    for i in range(accelerator.process_index, n_shards, accelerator.num_processes):
+        path = folder / f"shard-{i:05d}.safetensors"
+        if path.exists():
+            continue
+        kwargs = batches[i % len(batches)]
+        n = min(shard_size, num_samples - i * shard_size, len(kwargs["hidden_states"]))
+        cond = _rows(cond_of(kwargs), n)
+        shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
+        generator = torch.Generator().manual_seed(ctx.seed * 100_003 + i)
+        latents = sample_latents(ctx.adapter, ctx.teacher, cond, shape, steps, generator, accelerator.device)
+        write_shard(path, latents, cond)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (folder / "complete.json").write_text(json.dumps({"num_samples": num_samples, "steps": steps}))
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def _rows(cond: dict, n: int) -> dict:
+    """The first n rows of every batched kwarg (shared ones untouched)."""
+    out = {}
+    for k, v in cond.items():
+        if isinstance(v, dict):
+            out[k] = _rows(v, n)
+        elif torch.is_tensor(v) and k not in SHARED_KWARGS and v.dim() > 0:
+            out[k] = v[:n]
+        else:
+            out[k] = v
+    return out
+
+
+def make_source(cfg, ctx, accelerator):
+    if cfg.data == "toy":
+        return ToySource(ctx.train_batch)
+    if cfg.data == "folder":
+        if not cfg.latents_dir:
+            raise UserError("distill: data: folder needs latents_dir")
+        return FolderSource(cfg.latents_dir)
+    if cfg.data == "teacher_samples":
+        folder = teacher_sample_cache(ctx, cfg.num_samples, cfg.sample_steps, cfg.batch_size, accelerator)
+        return FolderSource(folder)
+    raise UserError(f"distill: data must be toy, folder or teacher_samples, not {cfg.data!r}")

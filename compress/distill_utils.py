@@ -1,0 +1,254 @@
+"""Pieces of knowledge-distillation fine-tuning (`compress.passes.distill`) that are not the loop itself:
+block-output capture, the KD losses (thesis eq. 2.88–2.90), block-map resolution, which parameters train,
+the warm-up + cosine schedule, stop signals, and the loss-curve files (CSV + PNG).
+
+Losses (all per step, on the same noisy input, timestep and prompt):
+    L = λ_task · L_task + λ_out · MSE(student pred, teacher pred) + λ_feat · Σ_blocks nMSE(F_s, F_map(s))
+where nMSE is `linalg.normalized_mse` (the error divided by the teacher feature's mean square, eq. 2.89's
+w_i) and F are a block's residual-stream outputs (`adapter.hidden_of_output`; Flux: image and text streams).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.errors import UserError
+from compress.linalg import massive_activation_mask, normalized_mse
+from compress.lowrank import LowRankLinear
+
+TRAIN_MODES = ("all", "factors", "non_factors")
+CURVE_COLUMNS = ("step", "loss", "task", "out", "feat", "lr", "grad_norm")
+
+
+# ---- capture -------------------------------------------------------------------------------------
+
+
+class BlockOutputs:
+    """Forward hooks on every block of `model` recording its residual-stream outputs.
+
+    `outputs[(group, index)]` is the list from `adapter.hidden_of_output` (PixArt: [(B, N, D)];
+    Flux: [image (B, N, D), text (B, L, D)]). With `detach` the tensors are cut from the graph (teacher).
+    """
+
+    def __init__(self, model: nn.Module, adapter, detach: bool):
+        self.adapter, self.detach = adapter, detach
+        self.outputs: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self.handles = [block.register_forward_hook(self._hook(group, index))
+                        for group, index, block in adapter.iter_blocks(model)]
+
+    def _hook(self, group: str, index: int):
+        def hook(module, args, output):
+            hidden = self.adapter.hidden_of_output(output)
+            self.outputs[(group, index)] = [h.detach() if self.detach else h for h in hidden]
+        return hook
+
+    def clear(self) -> None:
+        self.outputs = {}
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles, self.outputs = [], {}
+
+
+class OutputCapture:
+    """A forward hook on the model itself keeping its last prediction, so the student's forward inside
+    `adapter.task_loss` also serves the output-KD term (no second student forward)."""
+
+    def __init__(self, model: nn.Module):
+        self.value: torch.Tensor | None = None
+        self.handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.value = output[0] if isinstance(output, (tuple, list)) else output.sample
+
+    def pop(self) -> torch.Tensor:
+        if self.value is None:
+            raise RuntimeError("distill: the student's forward hook saw no output (task_loss did not call "
+                               "the model?)")
+        value, self.value = self.value, None
+        return value
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+# ---- losses --------------------------------------------------------------------------------------
+
+
+def output_loss(student_pred: torch.Tensor, teacher_pred: torch.Tensor) -> torch.Tensor:
+    """Plain MSE between predictions (same scale as the task loss), in float32."""
+    return torch.nn.functional.mse_loss(student_pred.float(), teacher_pred.float())
+
+
+def feature_loss(student: dict, teacher: dict, block_map: dict[str, list[int]],
+                 mask_massive: float | None = None) -> torch.Tensor:
+    """Σ over student blocks (group, i) and their output tensors of nMSE(student, teacher[(group, map[i])]).
+
+    With `mask_massive = k`, elements of the teacher feature beyond k standard deviations of its mean
+    ("massive activations", TinyFusion) are left out of both numerator and normaliser.
+    """
+    if not student:
+        raise RuntimeError("distill: no student block outputs were captured")
+    total = None
+    for (group, index), s_list in student.items():
+        key = (group, block_map[group][index])
+        if key not in teacher:
+            raise RuntimeError(f"distill: teacher block {key} produced no output")
+        for s, t in zip(s_list, teacher[key]):
+            mask = massive_activation_mask(t, mask_massive) if mask_massive else None
+            term = normalized_mse(s, t, mask=mask)
+            total = term if total is None else total + term
+    return total
+
+
+# ---- block map -----------------------------------------------------------------------------------
+
+
+def resolve_block_map(adapter, student: nn.Module, teacher: nn.Module,
+                      block_map: dict[str, list[int]] | None) -> dict[str, list[int]]:
+    """{group: [teacher block of student block 0, 1, ...]}; identity for groups the map leaves out,
+    which then must have as many blocks as the teacher's. Raises UserError on a map that does not fit."""
+    s_counts, t_counts = adapter.block_counts(student), adapter.block_counts(teacher)
+    resolved = {}
+    for group, n_student in s_counts.items():
+        if group not in (block_map or {}):
+            if n_student != t_counts[group]:
+                raise UserError(f"distill: the student has {n_student} '{group}' blocks, the teacher "
+                                f"{t_counts[group]}, and no block map says which teacher block each matches")
+        mapping = list((block_map or {}).get(group, range(n_student)))
+        if len(mapping) != n_student:
+            raise UserError(f"distill: block map for group '{group}' has {len(mapping)} entries but the "
+                            f"student has {n_student} blocks (teacher: {t_counts[group]})")
+        bad = [i for i in mapping if not 0 <= i < t_counts[group]]
+        if bad:
+            raise UserError(f"distill: block map for group '{group}' names teacher block {bad[0]}, out of "
+                            f"range 0..{t_counts[group] - 1}")
+        resolved[group] = [int(i) for i in mapping]
+    return resolved
+
+
+# ---- what trains ---------------------------------------------------------------------------------
+
+
+def factor_param_names(model: nn.Module) -> set[str]:
+    """Names of the parameters of every LowRankLinear (down.weight, up.weight, up.bias)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, LowRankLinear):
+            names.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters())
+    return names
+
+
+def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
+    """Sets requires_grad by `mode` (all | factors | non_factors) and returns the trainable parameters."""
+    if mode not in TRAIN_MODES:
+        raise UserError(f"distill: train must be one of {', '.join(TRAIN_MODES)}, not {mode!r}")
+    factors = factor_param_names(model)
+    if mode == "factors" and not factors:
+        raise UserError("distill: train: factors, but the model has no LowRankLinear layers "
+                        "(run an svd pass first, or use train: all)")
+    chosen = []
+    for name, param in model.named_parameters():
+        wanted = mode == "all" or (name in factors) == (mode == "factors")
+        param.requires_grad_(wanted)
+        if wanted:
+            chosen.append(param)
+    if not chosen:
+        raise UserError(f"distill: train: {mode} leaves no parameter to train")
+    return chosen
+
+
+# ---- schedule ------------------------------------------------------------------------------------
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warm-up over `warmup` steps, then cosine from 1 to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---- stop signals --------------------------------------------------------------------------------
+
+
+class StopSignals:
+    """Within the `with`, SIGINT/SIGTERM set `requested` (checked once per step) instead of killing the
+    process, so the loop can write a checkpoint and exit cleanly. A second signal stops at once.
+    Outside the main thread signals cannot be caught: the flag then never sets."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.requested is not None:  # second signal: give up the clean exit
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+        return False
+
+
+# ---- loss curves ---------------------------------------------------------------------------------
+
+
+def write_curves(history: list[dict], csv_path: Path, png_path: Path | None = None) -> None:
+    """history: one dict per step with CURVE_COLUMNS. Writes the CSV, and a log-scale PNG of the terms."""
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k, "") for k in CURVE_COLUMNS})
+    tmp.replace(csv_path)
+    if png_path is not None and history:
+        _plot(history, png_path)
+
+
+def _plot(history: list[dict], png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "task", "out", "feat"):
+        values = [row.get(key) for row in history]
+        if any(v is not None and v > 0 for v in values):
+            ax.plot(steps, values, label=key, linewidth=1.2 if key == "loss" else 0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss term (unweighted)")
+    ax.set_title("distill: loss curves")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def read_curves(csv_path: Path) -> list[dict]:
+    with open(csv_path, newline="") as f:
+        return [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
+                for row in csv.DictReader(f)]

@@ -1,0 +1,335 @@
+"""`distill`: knowledge-distillation recovery fine-tuning of the compressed student against the frozen teacher.
+
+    L = λ_task · task loss + λ_out · MSE(student pred, teacher pred) + λ_feat · Σ_blocks nMSE(block outputs)
+
+(thesis eq. 2.90; losses in `compress.distill_utils`, data in `compress.distill_data`). Both models see the
+same noisy input, timestep and prompt: the kwargs `adapter.task_loss` returns. Student blocks are compared
+with the teacher blocks `ctx.block_map` maps them to (identity without removed blocks).
+
+Runs on `accelerate`: plain `dit-compress run` trains in one process; under
+`accelerate launch --num_processes N -m compress.cli run RECIPE` it is data-parallel (each process draws its
+own batches, generator seeded with seed + process_index; gradients are averaged, so every process holds the
+same weights). For a student that does not fit one device, pick FSDP in `accelerate config`
+(`distributed_type: FSDP`, e.g. `fsdp_sharding_strategy: FULL_SHARD`, `fsdp_auto_wrap_policy:
+TRANSFORMER_BASED_WRAP` with the block class, `fsdp_state_dict_type: SHARDED_STATE_DICT`); the loop is the
+same: `accelerator.prepare`, `backward`, `clip_grad_norm_` and `save_state` handle the sharding.
+
+Checkpoints (`checkpoint_every`) go to run_dir/distill/checkpoints/step-XXXXXXXX: accelerate's save_state
+(model, optimizer, scheduler, RNG states) plus each process's generator, step and loss history. With
+`ctx.resume` the last checkpoint is loaded and the run ends with the same weights as an uninterrupted one.
+SIGINT/SIGTERM (or `max_steps_this_run`) write a checkpoint and raise `TrainingInterrupted`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from compress.distill_data import make_source
+from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, feature_loss, output_loss,
+                                    resolve_block_map, select_trainable, warmup_cosine, write_curves)
+from compress.errors import UserError
+from compress.passes.base import Pass, RunContext
+
+TERMS = ("loss", "task", "out", "feat")
+# config keys that do not change the result (left out of the checkpoint fingerprint)
+_NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress")
+
+
+@dataclass
+class DistillConfig:
+    """Recipe keys of the `distill` pass."""
+
+    steps: int = 500  # optimizer steps
+    batch_size: int = 32  # per process
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm (0: no clipping)
+    lambda_task: float = 1.0
+    lambda_out: float = 1.0
+    lambda_feat: float = 0.1  # multiplies the SUM over mapped blocks
+    mask_massive: float | None = None  # k: leave teacher features beyond k std out of the feature loss
+    train: str = "all"  # all | factors (LowRankLinear layers only) | non_factors
+    data: str = "toy"  # toy | teacher_samples | folder
+    latents_dir: str | None = None  # data: folder
+    num_samples: int = 1024  # data: teacher_samples
+    sample_steps: int = 20  # data: teacher_samples (sampler steps)
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "bf16"  # no | bf16 | fp16; autocast on GPU only, CPU always runs fp32
+    checkpoint_every: int = 100  # steps; 0: no periodic checkpoints
+    keep_checkpoints: int = 2
+    max_steps_this_run: int | None = None  # stop (checkpointed) after this many steps in this invocation
+    progress: bool = True  # rich progress bar (main process)
+
+
+class TrainingInterrupted(UserError):
+    """Stopped on request (signal or max_steps_this_run) after writing a checkpoint; resume to go on."""
+
+    exit_code = 130
+
+
+class DistillPass(Pass):
+    name = "distill"
+    config_cls = DistillConfig
+    needs_teacher = True
+
+    def check(self, model, adapter) -> None:
+        cfg = self.config
+        for key in ("steps", "batch_size"):
+            if getattr(cfg, key) < 1:
+                raise UserError(f"distill: {key} must be ≥ 1, got {getattr(cfg, key)}")
+        if min(cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat) < 0 or \
+                cfg.lambda_task + cfg.lambda_out + cfg.lambda_feat == 0:
+            raise UserError("distill: lambda_task/lambda_out/lambda_feat must be ≥ 0 and not all 0")
+        if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+            raise UserError(f"distill: mixed_precision must be no, bf16 or fp16, not {cfg.mixed_precision!r}")
+        if cfg.data == "folder" and not cfg.latents_dir:
+            raise UserError("distill: data: folder needs latents_dir")
+
+    def plan(self, model, adapter) -> dict:
+        cfg = self.config
+        return {"steps": cfg.steps, "batch_size_per_process": cfg.batch_size, "train": cfg.train,
+                "data": cfg.data, "lambdas": [cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat]}
+
+    def run(self, model, ctx: RunContext):
+        self.check(model, ctx.adapter)
+        return _Trainer(self.config, ctx).fit(model)
+
+
+def _accelerator(cfg: DistillConfig, device: torch.device):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    on_cpu = device.type == "cpu"
+    return Accelerator(cpu=on_cpu, mixed_precision="no" if on_cpu else cfg.mixed_precision,
+                       step_scheduler_with_optimizer=False,  # one schedule step per optimizer step
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+class _Trainer:
+    def __init__(self, cfg: DistillConfig, ctx: RunContext):
+        self.cfg, self.ctx, self.adapter = cfg, ctx, ctx.adapter
+        self.dir = Path(ctx.run_dir) / "distill"
+        self.acc = _accelerator(cfg, torch.device(ctx.device))
+        self.step, self.history, self.before = 0, [], None
+
+    # ---- setup --------------------------------------------------------------------------------
+    def fit(self, model):
+        cfg, acc = self.cfg, self.acc
+        self.block_map = resolve_block_map(self.adapter, model, self.ctx.teacher, self.ctx.block_map)
+        first = next(model.parameters())
+        home, dtype = first.device, first.dtype
+        requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        self.teacher = self.ctx.teacher.to(acc.device).eval().requires_grad_(False)
+        student = _cast(model.to(acc.device), torch.float32)  # fp32 master weights
+        params = select_trainable(student, cfg.train)
+        if cfg.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        self.source = make_source(cfg, self.ctx, acc)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = partial(warmup_cosine, total=cfg.steps, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.generator = torch.Generator().manual_seed(self.ctx.seed + acc.process_index)
+        self.student, self.optimizer, self.scheduler = acc.prepare(student, optimizer, scheduler)
+        self.params = params
+        if self.ctx.resume:
+            self._load_latest()
+        if self.before is None:
+            self.before = self._eval_error()
+        student.train()
+        t0 = time.perf_counter()
+        try:
+            self._loop()
+        finally:
+            student.eval()
+        seconds = time.perf_counter() - t0
+        if cfg.gradient_checkpointing:
+            student.disable_gradient_checkpointing()
+        model = acc.unwrap_model(self.student)
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires_grad.get(name, True))
+        self._finish(model, seconds)
+        self.acc.free_memory()
+        return _cast(model.to(home), dtype)
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        cfg = self.cfg
+        inner = self.acc.unwrap_model(self.student)
+        pred = OutputCapture(inner)
+        feats = (BlockOutputs(inner, self.adapter, detach=False), BlockOutputs(self.teacher, self.adapter,
+                 detach=True)) if cfg.lambda_feat > 0 else None
+        ran = 0
+        try:
+            with StopSignals() as stop, _progress(cfg.progress and self.acc.is_main_process) as bar:
+                task = bar.add_task("distill", total=cfg.steps, completed=self.step, terms="")
+                while self.step < cfg.steps:
+                    row = self._train_step(pred, feats, stop_requested=stop.requested is not None)
+                    stop_now = row.pop("stop")
+                    self.step += 1
+                    ran += 1
+                    self.history.append(row)
+                    bar.update(task, completed=self.step, terms=_fmt(row))
+                    last = self.step == cfg.steps
+                    if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
+                        self._save()
+                    limit = cfg.max_steps_this_run is not None and ran >= cfg.max_steps_this_run
+                    if not last and (stop_now or limit):
+                        if not (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                            self._save()
+                        why = "a stop signal" if not limit else f"max_steps_this_run={cfg.max_steps_this_run}"
+                        raise TrainingInterrupted(
+                            f"distill: stopped at step {self.step}/{cfg.steps} on {why}; checkpoint in "
+                            f"{self.dir / 'checkpoints'}; run again with resume to continue")
+        finally:
+            pred.remove()
+            for f in feats or ():
+                f.remove()
+
+    def _train_step(self, pred: OutputCapture, feats, stop_requested: bool) -> dict:
+        cfg, acc, adapter = self.cfg, self.acc, self.adapter
+        latents, cond = self.source.batch(cfg.batch_size, self.generator)
+        latents, cond = _to_device(latents, acc.device), _to_device(cond, acc.device)
+        zero = torch.zeros((), device=acc.device)
+        with acc.autocast():
+            task, kwargs = adapter.task_loss(self.student, latents, cond, self.generator)
+            student_pred = pred.pop()
+            out = feat = zero
+            if cfg.lambda_out > 0 or cfg.lambda_feat > 0:
+                with torch.no_grad():
+                    teacher_pred = adapter.predict(self.teacher, kwargs)
+                if cfg.lambda_out > 0:
+                    out = output_loss(student_pred, teacher_pred)
+            if feats is not None:
+                feat = feature_loss(feats[0].outputs, feats[1].outputs, self.block_map, cfg.mask_massive)
+                feats[0].clear(), feats[1].clear()
+        loss = cfg.lambda_task * task + cfg.lambda_out * out + cfg.lambda_feat * feat
+        if not torch.isfinite(loss):
+            raise _numeric(self.step, task, out, feat)
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # one all-reduce for logging and for agreeing on a stop (any process signalled -> all stop)
+        stats = torch.stack([loss.detach(), task.detach(), out.detach(), feat.detach(),
+                             torch.as_tensor(grad_norm, device=acc.device).float(),
+                             torch.tensor(float(stop_requested), device=acc.device)]).float()
+        stats = acc.reduce(stats, "sum") if acc.num_processes > 1 else stats
+        values = (stats[:5] / acc.num_processes).tolist()
+        row = {"step": self.step + 1, **dict(zip(TERMS, values[:4])), "lr": lr, "grad_norm": values[4]}
+        row["stop"] = bool(stats[5] > 0)
+        return row
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        keys = {k: v for k, v in asdict(self.cfg).items() if k not in _NOT_FINGERPRINTED}
+        keys.update(seed=self.ctx.seed, processes=self.acc.num_processes, block_map=self.block_map)
+        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _save(self) -> None:
+        acc, root = self.acc, self.dir / "checkpoints"
+        final, tmp = root / f"step-{self.step:08d}", root / f"tmp-step-{self.step:08d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        torch.save({"step": self.step, "generator": self.generator.get_state(), "history": self.history,
+                    "before": self.before}, tmp / f"train_state_{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,
+                                                       "processes": acc.num_processes}))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.replace(final)
+            for old in sorted(root.glob("step-*"))[:-max(1, self.cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+            write_curves(self.history, self.dir / "loss.csv")
+        acc.wait_for_everyone()
+
+    def _load_latest(self) -> None:
+        done = sorted((self.dir / "checkpoints").glob("step-*"))
+        if not done:
+            return
+        path = done[-1]
+        meta = json.loads((path / "meta.json").read_text())
+        if meta["fingerprint"] != self._fingerprint():
+            raise UserError(f"distill: checkpoint {path} was written with other settings (config, seed, block "
+                            f"map or process count: {meta['processes']}); delete {self.dir} to start over")
+        self.acc.load_state(str(path))
+        state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
+        self.step, self.history, self.before = state["step"], state["history"], state["before"]
+        self.generator.set_state(state["generator"])
+
+    # ---- evaluation and report ----------------------------------------------------------------
+    @torch.no_grad()
+    def _eval_error(self) -> float | None:
+        """Teacher-relative error ||s − t|| / ||t|| of the final prediction on ctx.eval_inputs (main only)."""
+        if self.ctx.eval_inputs is None or not self.acc.is_main_process:
+            return None
+        student = self.acc.unwrap_model(self.student)
+        was_training = student.training
+        student.eval()
+        num = den = 0.0
+        for kwargs in self.ctx.eval_inputs():
+            kwargs = _to_device(kwargs, self.acc.device)
+            with self.acc.autocast():
+                s, t = self.adapter.predict(student, kwargs).double(), self.adapter.predict(self.teacher, kwargs).double()
+            num, den = num + (s - t).square().sum().item(), den + t.square().sum().item()
+        student.train(was_training)
+        return (num / den) ** 0.5 if den else None
+
+    def _finish(self, model, seconds: float) -> None:
+        after = self._eval_error()
+        record = {"steps": self.cfg.steps, "processes": self.acc.num_processes, "train": self.cfg.train,
+                  "data": self.cfg.data, "block_map": self.block_map, "seconds_this_run": round(seconds, 2),
+                  "mixed_precision": self.acc.mixed_precision, "pred_rel_error_before": self.before,
+                  "pred_rel_error_after": after}
+        if self.history:
+            record["first"] = {k: self.history[0][k] for k in TERMS}
+            record["last"] = {k: self.history[-1][k] for k in TERMS}
+        if self.acc.is_main_process:
+            csv_path, png_path = self.dir / "loss.csv", self.dir / "loss.png"
+            write_curves(self.history, csv_path, png_path)
+            record["files"] = {"loss_csv": str(csv_path), "loss_png": str(png_path)}
+        self.ctx.report["distill"] = record
+
+
+def _numeric(step, task, out, feat):
+    from compress.errors import NumericError
+
+    return NumericError(f"distill: non-finite loss at step {step + 1} (task {task.item():.4g}, "
+                        f"out {out.item():.4g}, feat {feat.item():.4g}); lower lr or check the student")
+
+
+def _cast(model, dtype):
+    """model.to(dtype) only when needed (diffusers warns on every dtype cast)."""
+    return model if next(model.parameters()).dtype == dtype else model.to(dtype)
+
+
+def _to_device(value, device):
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value.to(device) if torch.is_tensor(value) else value
+
+
+def _fmt(row: dict) -> str:
+    return " ".join(f"{k} {row[k]:.4g}" for k in TERMS)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[terms]}"), disable=not enabled)

@@ -1,0 +1,198 @@
+"""The distill pass on tiny random diffusers models (CPU): loss terms, what trains, block maps, resume,
+curves, folder data, and a 2-process data-parallel run."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.arch import get_adapter
+from compress.distill_data import FolderSource, cond_of, write_shard
+from compress.distill_utils import factor_param_names, read_curves
+from compress.lowrank import LowRankLinear
+from compress.passes.base import RunContext
+from compress.passes.distill import DistillConfig, DistillPass, TrainingInterrupted
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+
+HERE = Path(__file__).parent
+
+
+def factorize(model, rank: int = 4):
+    """Plain truncated SVD of every block linear -> LowRankLinear (in place)."""
+    adapter = get_adapter(model)
+    for info in adapter.linears(model):
+        if info.group is None:
+            continue
+        parent_name, _, child = info.name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        layer = getattr(parent, child)
+        u, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
+        r = min(rank, len(s))
+        setattr(parent, child, LowRankLinear.from_factors(u[:, :r] * s[:r], vh[:r], layer.bias))
+    return model
+
+
+def toy_data(model, n: int = 16, seed: int = 0):
+    """A fixed pool of clean latents + cond; returns train_batch(batch_size, generator)."""
+    kwargs = model_inputs(model, batch=n, seed=seed)
+    latents, cond = kwargs["hidden_states"], cond_of(kwargs)
+    shared = ("img_ids", "txt_ids", "added_cond_kwargs")
+
+    def train_batch(batch_size, generator):
+        rows = torch.randint(0, n, (batch_size,), generator=generator)
+        return latents[rows], {k: v if k in shared else v[rows] for k, v in cond.items()}
+
+    return train_batch
+
+
+def context(teacher, run_dir, **kw):
+    return RunContext(adapter=get_adapter(teacher), family=get_adapter(teacher).family, teacher=teacher,
+                      run_dir=Path(run_dir), seed=0, train_batch=kw.pop("train_batch", toy_data(teacher)),
+                      **kw)
+
+
+def distill(student, teacher, run_dir, **cfg):
+    ctx = context(teacher, run_dir, block_map=cfg.pop("block_map", None), resume=cfg.pop("resume", False))
+    defaults = dict(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, checkpoint_every=0, progress=False)
+    out = DistillPass(DistillConfig(**{**defaults, **cfg})).run(student, ctx)
+    return out, ctx
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CPU is shared: one thread per process is faster than two fighting threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def probe(student, teacher, run_dir):
+    """The loss terms of one step at lr 0 on the batch/noise of seed 0 (the model is unchanged)."""
+    _, ctx = distill(student, teacher, run_dir, steps=1, lr=0.0, batch_size=8)
+    return ctx.report["distill"]["first"]
+
+
+@pytest.mark.parametrize("make", [tiny_pixart, tiny_flux], ids=["pixart", "flux"])
+def test_terms_finite_and_decrease(make, tmp_path):
+    """A random teacher is bad at the task, so the task term and the KD terms pull apart: train the KD
+    terms (out + feat, both minimised by matching the teacher) and the task term in two runs."""
+    teacher = make()
+    student = factorize(copy.deepcopy(teacher), rank=2)
+    before = probe(student, teacher, tmp_path / "before")
+    assert all(before[t] > 0 for t in ("loss", "task", "out", "feat"))
+    kd, ctx = distill(copy.deepcopy(student), teacher, tmp_path / "kd", steps=6, lr=3e-3, lambda_task=0.0)
+    rows = read_curves(tmp_path / "kd" / "distill" / "loss.csv")
+    assert len(rows) == 6 and (tmp_path / "kd" / "distill" / "loss.png").exists()
+    assert all(torch.isfinite(torch.tensor(r[t])) for r in rows for t in ("loss", "task", "out", "feat"))
+    assert ctx.report["distill"]["files"]["loss_csv"].endswith("loss.csv")
+    task_only, _ = distill(copy.deepcopy(student), teacher, tmp_path / "task", steps=6, lr=3e-3,
+                           lambda_out=0.0, lambda_feat=0.0)
+    after_kd, after_task = probe(kd, teacher, tmp_path / "p1"), probe(task_only, teacher, tmp_path / "p2")
+    assert after_kd["out"] < before["out"] and after_kd["feat"] < before["feat"], (before, after_kd)
+    assert after_task["task"] < before["task"], (before, after_task)
+
+
+@pytest.mark.parametrize("mode", ["factors", "non_factors"])
+def test_train_modes_freeze_the_rest(mode, tmp_path):
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    factors = factor_param_names(student)
+    before = state(student)
+    out, _ = distill(student, teacher, tmp_path, steps=2, train=mode)
+    after = state(out)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trained = factors if mode == "factors" else set(before) - factors
+    assert changed and changed <= trained
+    assert all(p.requires_grad for p in out.parameters())  # restored
+
+
+def test_factors_needs_lowrank(tmp_path):
+    from compress.errors import UserError
+
+    teacher = tiny_pixart()
+    with pytest.raises(UserError, match="no LowRankLinear"):
+        distill(copy.deepcopy(teacher), teacher, tmp_path, train="factors")
+
+
+def test_block_map_with_removed_blocks(tmp_path):
+    teacher = tiny_flux()
+    adapter = get_adapter(teacher)
+    student = copy.deepcopy(teacher)
+    block_map = adapter.remove_blocks(student, {"double": [0], "single": [1]})
+    assert block_map == {"double": [1], "single": [0, 2]}
+    from compress.distill_utils import BlockOutputs, feature_loss
+
+    s_out, t_out = BlockOutputs(student, adapter, False), BlockOutputs(teacher, adapter, True)
+    kwargs = model_inputs(teacher)
+    student(**kwargs), teacher(**kwargs)
+    # student single block 1 is teacher single block 2 (same weights), fed a different input: loss > 0;
+    # without the map (identity) the counts do not match, which is refused
+    assert feature_loss(s_out.outputs, t_out.outputs, block_map).item() > 0
+    s_out.remove(), t_out.remove()
+    out, ctx = distill(student, teacher, tmp_path, steps=2, block_map=block_map)
+    assert ctx.report["distill"]["block_map"] == block_map
+    from compress.errors import UserError
+
+    with pytest.raises(UserError, match="block map"):
+        distill(copy.deepcopy(student), teacher, tmp_path / "b", steps=1)
+
+
+def test_resume_is_bit_exact(tmp_path):
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=6, checkpoint_every=2)
+    with pytest.raises(TrainingInterrupted, match="step 3/6"):
+        distill(copy.deepcopy(student), teacher, tmp_path / "cut", steps=6, checkpoint_every=2,
+                max_steps_this_run=3)
+    resumed, ctx = distill(copy.deepcopy(student), teacher, tmp_path / "cut", steps=6, checkpoint_every=2,
+                           resume=True)
+    a, b = state(full), state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(read_curves(tmp_path / "cut" / "distill" / "loss.csv")) == 6
+    assert read_curves(tmp_path / "cut" / "distill" / "loss.csv") == \
+        read_curves(tmp_path / "full" / "distill" / "loss.csv")
+
+
+def test_folder_data(tmp_path):
+    teacher = tiny_flux()
+    kwargs = model_inputs(teacher, batch=6)
+    folder = tmp_path / "latents"
+    folder.mkdir()
+    cond = cond_of(kwargs)
+    write_shard(folder / "a.safetensors", kwargs["hidden_states"][:4],
+                {k: v if k.endswith("_ids") else v[:4] for k, v in cond.items()})
+    torch.save({"latents": kwargs["hidden_states"][4:],
+                **{("shared." if k.endswith("_ids") else "cond.") + k: v if k.endswith("_ids") else v[4:]
+                   for k, v in cond.items()}}, folder / "b.pt")
+    source = FolderSource(folder)
+    assert len(source) == 6
+    latents, batch_cond = source.batch(5, torch.Generator().manual_seed(0))
+    assert latents.shape == (5,) + kwargs["hidden_states"].shape[1:]
+    assert batch_cond["img_ids"].shape == kwargs["img_ids"].shape and len(batch_cond["guidance"]) == 5
+    out, ctx = distill(copy.deepcopy(teacher), teacher, tmp_path, steps=1, data="folder", latents_dir=str(folder))
+    assert ctx.report["distill"]["data"] == "folder"
+
+
+def test_two_processes_agree(tmp_path):
+    """2 CPU processes (gloo) via torchrun: after the steps both hold the same weights."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(HERE / "distill_two_procs.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w0, w1 = (torch.load(tmp_path / f"weights_{r}.pt") for r in (0, 1))
+    start = torch.load(tmp_path / "weights_start.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert any(not torch.equal(w0[k], start[k]) for k in w0)
+    assert (tmp_path / "distill" / "loss.csv").exists()
