@@ -1,0 +1,246 @@
+"""Remove whole transformer blocks: explicit teacher indices per group, or a count / fraction chosen by
+block importance (the skip-one-block scan or its cosine proxy), one-shot or greedy (re-scored after each
+removal). Uses `adapter.remove_blocks` (renumbers, keeps the config true) and composes `ctx.block_map`
+(student block -> teacher block, per group) with any earlier removal.
+
+Explicit indices are teacher indices (the numbering of the importance figure); after an earlier removal
+they are mapped through `ctx.block_map`. A bare `count` / `fraction` counts over all blocks of all groups
+(least important overall, never emptying a group); a mapping gives a budget per group.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from compress.arch.base import Adapter
+from compress.errors import UserError
+from compress.passes.base import Pass, RunContext
+from compress.passes.importance import ImportanceResult, scan
+
+CRITERIA = ("scan", "proxy")
+
+
+@dataclass
+class RemoveBlocksConfig:
+    """Recipe keys of `remove_blocks`. Give exactly one of `blocks`, `count`, `fraction`."""
+
+    blocks: dict[str, list[int]] | None = None  # teacher indices per group: {double: [3, 5], single: [10]}
+    count: dict[str, int] | int | None = None  # per group, or an int over all blocks
+    fraction: dict[str, float] | float | None = None  # of each group (rounded down), or of all blocks
+    criterion: str = "scan"  # scan | proxy: how importance-chosen blocks are ranked
+    iterative: bool = False  # re-score after each removal (greedy) instead of one-shot
+    buckets: int = 3  # timestep buckets of the scan this pass runs when ctx has none
+
+
+# ---- budgets ------------------------------------------------------------------------------------
+def _one_of(config: RemoveBlocksConfig) -> str:
+    given = [k for k in ("blocks", "count", "fraction") if getattr(config, k) is not None]
+    if len(given) != 1:
+        raise UserError("remove_blocks: give exactly one of blocks, count, fraction"
+                        + (f" (got {', '.join(given)})" if given else ""))
+    return given[0]
+
+
+def _k_of(key: str, value, n: int, where: str) -> int:
+    if key == "count":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UserError(f"remove_blocks: count for {where} must be a non-negative integer, got {value!r}")
+        return value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise UserError(f"remove_blocks: fraction for {where} must be a number in [0, 1), got {value!r}")
+    return math.floor(value * n + 1e-9)
+
+
+def _too_many(k: int, n: int, group: str) -> UserError:
+    return UserError(f"remove_blocks: removing {k} of {n} blocks would leave group '{group}' empty; "
+                     "keep at least one")
+
+
+def resolve_budget(config: RemoveBlocksConfig, adapter: Adapter, counts: dict[str, int]):
+    """-> {group: k} (per group) or int (over all blocks). Raises UserError for impossible budgets."""
+    key = _one_of(config)
+    value = getattr(config, key)
+    if isinstance(value, dict):
+        budget = {}
+        for group, v in value.items():
+            adapter.group(group)  # unknown group -> UserError naming the groups
+            budget[group] = _k_of(key, v, counts[group], f"group '{group}'")
+            if budget[group] >= counts[group]:
+                raise _too_many(budget[group], counts[group], group)
+        return budget
+    total = sum(counts.values())
+    k = _k_of(key, value, total, "all blocks")
+    if len(counts) == 1 and k >= total:
+        raise _too_many(k, total, next(iter(counts)))
+    if k > total - len(counts):
+        per = ", ".join(f"'{g}': {n}" for g, n in counts.items())
+        raise UserError(f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
+                        f"(groups {per}); keep at least one per group")
+    return k
+
+
+def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> dict[str, list[int]]:
+    """Teacher indices per group, validated against the teacher's block counts."""
+    if not isinstance(blocks, dict):
+        raise UserError(f"remove_blocks: blocks must map a group to a list of indices, got {blocks!r}")
+    out = {}
+    for group, idx in blocks.items():
+        n = counts[adapter.group(group).name]
+        if not isinstance(idx, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                         for i in idx):
+            raise UserError(f"remove_blocks: blocks.{group} must be a list of integers, got {idx!r}")
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad:
+            raise UserError(f"remove_blocks: block index {bad[0]} out of range for group '{group}' "
+                            f"({n} blocks: 0..{n - 1})")
+        if len(set(idx)) >= n:
+            raise _too_many(len(set(idx)), n, group)
+        out[group] = sorted(set(idx))
+    return out
+
+
+# ---- choosing by importance ---------------------------------------------------------------------
+def least_important(scores: dict[tuple[str, int], float], counts: dict[str, int], k: int,
+                    groups: set[str] | None = None) -> dict[str, list[int]]:
+    """The k lowest-scoring blocks among `groups` (all if None), never the last block of a group."""
+    drop: dict[str, list[int]] = {g: [] for g in counts}
+    for (g, i), _ in sorted(scores.items(), key=lambda kv: kv[1]):
+        if sum(map(len, drop.values())) == k:
+            break
+        if (groups is None or g in groups) and len(drop[g]) + 1 < counts[g]:
+            drop[g].append(i)
+    return {g: sorted(v) for g, v in drop.items() if v}
+
+
+def scores_from(result: ImportanceResult, criterion: str, block_map: dict[str, list[int]]):
+    """{(group, current index): score} from a result keyed by teacher index; None if it misses a block
+    or lacks the criterion."""
+    by_teacher = {(b.group, b.teacher_index): b.score(criterion) for b in result.blocks}
+    scores = {}
+    for g, teacher in block_map.items():
+        for i, t in enumerate(teacher):
+            s = by_teacher.get((g, t))
+            if s is None or math.isnan(s):
+                return None
+            scores[(g, i)] = s
+    return scores
+
+
+def compose(block_map: dict[str, list[int]], keep: dict[str, list[int]]) -> dict[str, list[int]]:
+    """student -> teacher after removing: keep[g] are indices into the current (mapped) blocks."""
+    return {g: [block_map[g][i] for i in keep[g]] for g in block_map}
+
+
+# ---- the pass -----------------------------------------------------------------------------------
+class RemoveBlocksPass(Pass):
+    name = "remove_blocks"
+    config_cls = RemoveBlocksConfig
+    needs_calibration = True  # per instance: False for explicit indices
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.needs_calibration = config.blocks is None
+
+    def check(self, model: nn.Module, adapter: Adapter) -> None:
+        """Against the teacher's block counts (explicit indices are teacher indices)."""
+        counts = adapter.block_counts(model)
+        if _one_of(self.config) == "blocks":
+            check_explicit(self.config.blocks, adapter, counts)
+            return
+        resolve_budget(self.config, adapter, counts)
+        if self.config.criterion not in CRITERIA:
+            raise UserError(f"remove_blocks: criterion must be one of {', '.join(CRITERIA)}, "
+                            f"got {self.config.criterion!r}")
+
+    def plan(self, model: nn.Module, adapter: Adapter) -> dict:
+        self.check(model, adapter)
+        counts = adapter.block_counts(model)
+        if self.config.blocks is not None:
+            drop = check_explicit(self.config.blocks, adapter, counts)
+            after = {g: n - len(drop.get(g, [])) for g, n in counts.items()}
+            return {"remove": drop, "blocks_before": counts, "blocks_after": after}
+        budget = resolve_budget(self.config, adapter, counts)
+        after = ({g: n - budget.get(g, 0) for g, n in counts.items()} if isinstance(budget, dict)
+                 else f"{sum(counts.values()) - budget} blocks in all")
+        return {"remove": "chosen by importance at run time", "budget": budget,
+                "criterion": self.config.criterion, "iterative": self.config.iterative,
+                "blocks_before": counts, "blocks_after": after}
+
+    def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        adapter = ctx.adapter
+        before = adapter.block_counts(model)
+        start = ctx.block_map or {g: list(range(n)) for g, n in before.items()}
+        block_map = start
+        record = {"criterion": None, "iterative": False, "order": []}
+        if self.config.blocks is not None:
+            block_map = self._remove(model, adapter, block_map, self._current(block_map), record)
+        elif not self.config.iterative:
+            budget = resolve_budget(self.config, adapter, before)
+            scores = self._scores(model, ctx, block_map, reuse=True)
+            block_map = self._remove(model, adapter, block_map, _choose(scores, before, budget), record)
+        else:
+            block_map = self._greedy(model, ctx, block_map, resolve_budget(self.config, adapter, before),
+                                     record)
+        if self.config.blocks is None:
+            record.update(criterion=self.config.criterion, iterative=self.config.iterative)
+        removed = {g: sorted(set(start[g]) - set(keep)) for g, keep in block_map.items()}
+        ctx.block_map = block_map
+        ctx.report["remove_blocks"] = dict(record, removed=removed, blocks_before=before,
+                                           blocks_after=adapter.block_counts(model))
+        return model
+
+    # ---- steps ----
+    def _current(self, block_map: dict[str, list[int]]) -> dict[str, list[int]]:
+        """Explicit teacher indices -> indices in the current model."""
+        drop = {}
+        for g, teacher in self.config.blocks.items():
+            where = {t: i for i, t in enumerate(block_map[g])}
+            gone = [t for t in teacher if t not in where]
+            if gone:
+                raise UserError(f"remove_blocks: block {g}.{gone[0]} (teacher index) was already removed "
+                                "by an earlier pass")
+            drop[g] = sorted(where[t] for t in set(teacher))
+        return drop
+
+    def _remove(self, model, adapter, block_map, drop, record) -> dict[str, list[int]]:
+        keep = adapter.remove_blocks(model, drop)  # {group: kept current indices}
+        record["order"] += [f"{g}.{block_map[g][i]}" for g, idx in drop.items() for i in idx]
+        return compose(block_map, keep)
+
+    def _scores(self, model, ctx: RunContext, block_map, reuse: bool) -> dict[tuple[str, int], float]:
+        criterion = self.config.criterion
+        if reuse and "importance" in ctx.report:
+            scores = scores_from(ImportanceResult.from_dict(ctx.report["importance"]), criterion, block_map)
+            if scores is not None:
+                return scores
+        if ctx.calibration_inputs is None:
+            raise UserError("remove_blocks: choosing blocks by importance needs calibration inputs")
+        result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
+                      progress=False, skips=criterion == "scan", block_map=block_map)
+        return scores_from(result, criterion, block_map)
+
+    def _greedy(self, model, ctx, block_map, budget, record) -> dict[str, list[int]]:
+        """Remove one block at a time, re-scoring the pruned model before each choice."""
+        left = dict(budget) if isinstance(budget, dict) else None
+        for step in range(sum(budget.values()) if left is not None else budget):
+            counts = ctx.adapter.block_counts(model)
+            scores = self._scores(model, ctx, block_map, reuse=step == 0)
+            groups = {g for g, k in left.items() if k > 0} if left is not None else None
+            drop = least_important(scores, counts, 1, groups)
+            block_map = self._remove(model, ctx.adapter, block_map, drop, record)
+            if left is not None:
+                left[next(iter(drop))] -= 1
+        return block_map
+
+
+def _choose(scores, counts: dict[str, int], budget) -> dict[str, list[int]]:
+    """One-shot: per group budgets pick within each group; an int picks over all blocks."""
+    if not isinstance(budget, dict):
+        return least_important(scores, counts, budget)
+    drop = {}
+    for g, k in budget.items():
+        drop.update(least_important(scores, counts, k, {g}) if k else {})
+    return drop
