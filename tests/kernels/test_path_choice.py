@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from compress.kernels import DeviceSpec, choose_path, estimate_times, ideal_speedup, spec_for_name
+from compress.kernels import HAS_TRITON, DeviceSpec, choose_path, estimate_times, ideal_speedup, spec_for_name
 from compress.kernels.roofline import FUSED_MAX_RANK, candidates, path_kernels
 
 GPU = DeviceSpec("test gpu", peak_flops=1000e12, bandwidth=2e12)
@@ -98,3 +98,15 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_fused_autotune_configs_are_pruned_by_register_estimate():
+    from compress.kernels import fused
+
+    configs = fused._GPU_CONFIGS
+    assert len(configs) <= 8
+    assert fused._prune(configs, {}, R_PAD=16) == configs  # small ranks: every config fits
+    kept = fused._prune(configs, {}, R_PAD=256)
+    assert 2 <= len(kept) < len(configs)
+    assert all(fused._regs(c, 256) <= fused.MAX_REGS_PER_THREAD for c in kept)
