@@ -205,6 +205,7 @@ def save_compressed(model: nn.Module, out, dtype: torch.dtype | None = None, ext
               for k, v in model.state_dict().items()}
         meta = {"format": "pt", "compression": json.dumps(config["compression"], sort_keys=True)}
         save_file(sd, str(tmp / WEIGHTS), metadata=meta)
+        canonical_header(tmp / WEIGHTS)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
@@ -215,6 +216,20 @@ def save_compressed(model: nn.Module, out, dtype: torch.dtype | None = None, ext
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys, in place (same length), so identical models
+    give byte-identical files (safetensors writes its metadata map in hash order)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(text) > n:
+            raise RuntimeError(f"cannot canonicalize the header of {path}")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def check_safetensors_dir(path: Path) -> None:

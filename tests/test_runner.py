@@ -1,0 +1,129 @@
+"""End to end on tiny random diffusers models in temp folders (synthetic calibration inputs)."""
+
+import json
+
+import pytest
+import torch
+
+from compress.cli import main
+from compress.errors import UserError
+from compress.io import load_transformer
+from compress.recipe import parse_recipe
+from compress.runner import Runner
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+
+RECIPE = """\
+model: {family}
+teacher: {teacher}
+calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
+passes:
+  - remove_blocks: {{blocks: {{{group}: [0]}}}}
+  - svd: {{targets: [attention, mlp], ratio: 0.5, multiple: 2}}
+"""
+
+
+@pytest.fixture(params=["pixart", "flux"])
+def setup(request, tmp_path):
+    family = request.param
+    model = tiny_pixart() if family == "pixart" else tiny_flux()
+    model.save_pretrained(tmp_path / "teacher")
+    group = "blocks" if family == "pixart" else "single"
+    text = RECIPE.format(family=family, teacher=tmp_path / "teacher", group=group)
+    (tmp_path / "r.yaml").write_text(text)
+    return family, model, tmp_path, text
+
+
+def _run(tmp_path, text, out="out", run="run", **kw):
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    return Runner(recipe, tmp_path / out, tmp_path / run, **kw).run()
+
+
+def test_run_exports_a_loadable_student(setup):
+    family, teacher, tmp_path, text = setup
+    out = _run(tmp_path, text)
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "recipe.yaml", "report.json",
+                 "block_map.json", "README.md"):
+        assert (out / name).is_file(), name
+    student = load_transformer(out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["student_params"] == sum(p.numel() for p in student.parameters())
+    assert report["student_params"] < report["teacher_params"]
+    block_map = json.loads((out / "block_map.json").read_text())
+    group = "blocks" if family == "pixart" else "single"
+    assert block_map[group] == list(range(1, len(block_map[group]) + 1))
+    with torch.no_grad():
+        student(**model_inputs(student))
+
+
+def test_deterministic_and_resumable(setup, monkeypatch):
+    family, teacher, tmp_path, text = setup
+    first = _run(tmp_path, text, out="a", run="run-a")
+    second = _run(tmp_path, text, out="b", run="run-b")
+    weights = "diffusion_pytorch_model.safetensors"
+    assert (first / weights).read_bytes() == (second / weights).read_bytes()
+
+    from compress.passes import svd
+
+    def boom(self, model, ctx):
+        raise KeyboardInterrupt("simulated Ctrl-C during svd")
+
+    monkeypatch.setattr(svd.SVDPass, "run", boom)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, text, out="c", run="run-c")
+    assert not (tmp_path / "c").exists()  # nothing half-written
+    monkeypatch.undo()
+    third = _run(tmp_path, text, out="c", run="run-c", resume=True)
+    assert (third / weights).read_bytes() == (first / weights).read_bytes()
+
+
+def test_failed_export_leaves_no_output(setup, monkeypatch):
+    family, teacher, tmp_path, text = setup
+    import compress.io as io
+
+    real = io.save_file
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io, "save_file", disk_full)
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    runner = Runner(recipe, tmp_path / "out", tmp_path / "run")
+    runner.prepare()
+    with pytest.raises(OSError):
+        runner.export(runner.teacher, 1)
+    assert not (tmp_path / "out").exists()
+    assert not any(p.name.startswith(".out.tmp") for p in tmp_path.iterdir())
+    monkeypatch.setattr(io, "save_file", real)
+
+
+def test_existing_output_refused_before_compute(setup):
+    family, teacher, tmp_path, text = setup
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UserError, match="exists; pass --overwrite"):
+        _run(tmp_path, text)
+
+
+def test_cli_user_errors_exit_2_with_one_line(setup, capsys):
+    family, teacher, tmp_path, text = setup
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("ratio: 0.5", "ratio: 1.5"))
+    assert main(["run", str(bad), "--out", str(tmp_path / "o"), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dit-compress: error:") and "\n" not in err and "ratio" in err
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(text.replace(str(tmp_path / "teacher"), str(tmp_path / "gone")))
+    assert main(["run", str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert "teacher not found" in capsys.readouterr().err
+
+
+def test_cli_run_and_inspect(setup, capsys):
+    family, teacher, tmp_path, text = setup
+    out, plots = tmp_path / "o", tmp_path / "plots"
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(out), "--run-dir",
+                 str(tmp_path / "run"), "--set", "passes.1.svd.ratio=0.4"]) == 0
+    assert main(["inspect", str(out), "--json", "--plot", str(plots)]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    factored = [r for r in rows if r["rank"]]
+    assert factored and all(r["loss_ratio"] <= 1.001 for r in factored)
+    assert (plots / "ranks.png").stat().st_size > 1000
