@@ -1,0 +1,93 @@
+"""`dit-compress importance` and `dit-compress eval`: load, call the module that does the work, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.io import load_teacher, load_transformer
+from compress.report import console, read_report
+
+
+def _is_recipe(source: str) -> bool:
+    return source.endswith((".yaml", ".yml"))
+
+
+def _teacher_and_inputs(source: str):
+    """(teacher source, teacher model, input source) from a recipe or a teacher source."""
+    from compress.inputs import input_source
+    from compress.recipe import CalibrationConfig, load_recipe
+    from compress.runner import load_checked_teacher
+
+    if _is_recipe(source):
+        recipe = load_recipe(source)
+        teacher_source, teacher = load_checked_teacher(recipe)
+        calib, recipe_dir = recipe.calibration, Path(source).parent
+    else:
+        teacher_source, teacher = source, load_teacher(source).eval()
+        calib, recipe_dir = CalibrationConfig(), None
+    family = get_adapter(teacher).family
+    return teacher_source, teacher, input_source(family, teacher_source, calib, teacher, recipe_dir)
+
+
+def importance(args) -> int:
+    from compress.passes.importance import plot_heatmap, render_table, save_json, scan
+
+    _, teacher, inputs = _teacher_and_inputs(args.source)
+    adapter = get_adapter(teacher)
+    result = scan(teacher, adapter, inputs.calibration(), buckets=args.buckets)
+    console.print(render_table(result))
+    png = Path(args.png or f"importance-{adapter.family}.png")
+    console.print(f"wrote {plot_heatmap(result, png)}")
+    if args.json:
+        console.print(f"wrote {save_json(result, args.json)}")
+    return 0
+
+
+def _load_model(model: str, teacher_arg: str | None):
+    """(model, teacher source or None, output folder or None)."""
+    path = Path(model)
+    if (path / "config.json").is_file() and "compression" in json.loads((path / "config.json").read_text()):
+        return load_transformer(path), teacher_arg or read_report(path).get("teacher"), path
+    return load_teacher(model).eval(), teacher_arg, None
+
+
+def evaluate(args) -> int:
+    model, teacher_source, out = _load_model(args.model, args.teacher)
+    family = get_adapter(model).family
+    teacher = load_teacher(teacher_source).eval() if teacher_source else None
+    toy = (teacher_source or args.model).startswith("toy:")
+    if toy:
+        from compress.toy.evaluate import evaluate as toy_evaluate
+
+        result = toy_evaluate(model, family, teacher=teacher, seed=args.seed)
+        if args.grid:
+            from compress.toy.grid import save_sample_grid
+
+            save_sample_grid(model, family, args.grid, seed=args.seed)
+    else:
+        result = _teacher_relative(model, teacher, out)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            console.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+    return 0
+
+
+def _teacher_relative(model, teacher, out: Path | None) -> dict:
+    """Real models: teacher-relative error on the run's held-out prompts and seeds."""
+    if teacher is None or out is None:
+        raise UserError("eval of a non-toy model needs a compressed output folder with its teacher "
+                        "(or --teacher)")
+    from compress.inputs import input_source
+    from compress.recipe import load_recipe
+    from compress.runner import relative_error
+
+    recipe = load_recipe(out / "recipe.yaml")
+    adapter = get_adapter(teacher)
+    src = input_source(adapter.family, read_report(out).get("teacher", ""), recipe.calibration, teacher)
+    return {"family": adapter.family,
+            "pred_rel_error": relative_error(model, teacher, adapter, src.heldout())}

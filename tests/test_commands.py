@@ -1,0 +1,50 @@
+"""`importance`, `eval`, `plan`, `bench` through the CLI on tiny models (synthetic inputs)."""
+
+import json
+
+import pytest
+
+from compress.cli import main
+from tests.conftest import tiny_flux
+
+RECIPE = """\
+model: flux
+teacher: {teacher}
+calibration: {{source: synthetic, num_prompts: 2, timesteps: 2, batch_size: 4, heldout: 4}}
+passes:
+  - svd: {{targets: [mlp], ratio: 0.5, multiple: 2}}
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    tiny_flux().save_pretrained(tmp_path / "teacher")
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.format(teacher=tmp_path / "teacher"))
+    return path
+
+
+def test_importance_command(recipe, tmp_path, capsys):
+    png, js = tmp_path / "imp.png", tmp_path / "imp.json"
+    assert main(["importance", str(recipe), "--png", str(png), "--json", str(js)]) == 0
+    assert png.stat().st_size > 1000
+    data = json.loads(js.read_text())
+    assert data["family"] == "flux"
+
+
+def test_eval_and_bench_commands(recipe, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 < result["pred_rel_error"] < 10
+    assert main(["bench", str(out), "--json", "--repeats", "2", "--device", "cpu"]) == 0
+    bench = json.loads(capsys.readouterr().out)
+    assert bench["params_ratio"] < 1 and bench["speedup"] > 0
+
+
+def test_plan_command(recipe, capsys):
+    assert main(["plan", str(recipe), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["params_before"] > 0 and plan["passes"][0]["pass"] == "svd"
