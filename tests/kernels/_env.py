@@ -4,8 +4,8 @@ Without a GPU the kernels run in Triton's CPU interpreter, which needs TRITON_IN
 `triton` is first imported: Triton decorates its own library functions (tl.zeros, tl.sigmoid, ...)
 at import time. In a whole-suite run, tests/conftest.py imports diffusers, which imports triton, before
 this directory is collected; then the kernel tests are skipped here and rerun in a child pytest with
-TRITON_INTERPRET=1 (test_interpreter_subprocess.py). `TRITON_INTERPRET=1 pytest tests/kernels` and
-GPU machines run them in-process.
+TRITON_INTERPRET=1 from its start (test_interpreter_subprocess.py; --noconftest skips the diffusers
+import, for speed). `TRITON_INTERPRET=1 pytest tests/kernels` and GPU machines run them in-process.
 """
 
 import os

@@ -8,9 +8,14 @@ import torch
 
 from compress.kernels import lowrank_linear, lowrank_linear_ref
 from compress.lowrank import LowRankLinear
-from tests.kernels._env import KERNELS_RUN_HERE, ON_GPU, SKIP_REASON
+from tests.kernels._env import DEVICE, KERNELS_RUN_HERE, ON_GPU, SKIP_REASON
 
 needs_kernels = pytest.mark.skipif(not KERNELS_RUN_HERE, reason=SKIP_REASON)
+
+
+@pytest.fixture
+def device() -> str:
+    return DEVICE  # "cuda" on a GPU machine, else "cpu" (Triton interpreter)
 cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]  # markers
 
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=1e-2, rtol=1e-2),
