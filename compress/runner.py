@@ -20,7 +20,7 @@ import torch
 
 import compress
 from compress.arch import get_adapter
-from compress.errors import UserError
+from compress.errors import NumericError, UserError
 from compress.inputs import input_source
 from compress.io import load_teacher, load_transformer, save_compressed
 from compress.passes import pass_class
@@ -43,6 +43,14 @@ def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str
         raise UserError(f"{recipe.path}: model is '{recipe.model}' but the teacher {source} is a "
                         f"{type(model).__name__} ({family})")
     return source, model.requires_grad_(False).eval()
+
+
+def check_finite(model: torch.nn.Module, what: str = "teacher") -> None:
+    """NaN/Inf in weights is an error naming the parameter (and so the layer and block)."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            bad = (~torch.isfinite(p)).sum().item()
+            raise NumericError(f"{what} weight {name} has {bad} NaN/Inf values")
 
 
 def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe) -> str:
@@ -98,6 +106,7 @@ class Runner:
             raise UserError(f"output folder {self.out} exists; pass --overwrite to replace it")
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg,
                                                          self.teacher_config)
+        check_finite(self.teacher)
         self.adapter = get_adapter(self.teacher)
         self.passes = build_passes(self.recipe)
         probe = copy.deepcopy(self.teacher)

@@ -127,3 +127,15 @@ def test_cli_run_and_inspect(setup, capsys):
     factored = [r for r in rows if r["rank"]]
     assert factored and all(r["loss_ratio"] <= 1.001 for r in factored)
     assert (plots / "ranks.png").stat().st_size > 1000
+
+
+def test_nan_weight_names_the_layer(tmp_path):
+    from compress.errors import NumericError
+
+    model = tiny_pixart()
+    with torch.no_grad():
+        model.transformer_blocks[1].attn1.to_k.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "teacher")
+    text = RECIPE.format(family="pixart", teacher=tmp_path / "teacher", group="blocks")
+    with pytest.raises(NumericError, match=r"transformer_blocks\.1\.attn1\.to_k\.weight"):
+        _run(tmp_path, text)
