@@ -36,6 +36,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ema-decay", type=float, default=0.995)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="stop after N steps of the --steps schedule (reproduces a run cut short)")
+    parser.add_argument("--save-every", type=int, default=250, help="also write the EMA weights every N steps")
     return parser.parse_args()
 
 
@@ -62,7 +65,7 @@ def train(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
     losses, start = [], time.time()
-    for step in range(args.steps):
+    for step in range(args.stop_after or args.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         batch = training_batch(args.family, args.batch_size, generator, text_encoder=encoder)
@@ -73,6 +76,8 @@ def train(args: argparse.Namespace) -> dict:
         optimizer.step()
         update_ema(ema, model, step, args.ema_decay)
         losses.append(loss.item())
+        if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save_toy_teacher(ema, args.family, args.out)
         if (step + 1) % args.log_every == 0 or step == 0:
             recent = sum(losses[-args.log_every :]) / len(losses[-args.log_every :])
             print(f"step {step + 1}/{args.steps} loss {recent:.4f} lr {learning_rate(step, args):.2e} "
@@ -86,6 +91,8 @@ def train(args: argparse.Namespace) -> dict:
 def write_card(args: argparse.Namespace, result: dict) -> None:
     model = result["model"]
     params = sum(p.numel() for p in model.parameters())
+    stop = f" --stop-after {args.stop_after}" if args.stop_after else ""
+    trained = f"{args.stop_after} of a {args.steps}-step schedule" if args.stop_after else f"{args.steps} steps"
     objective = {"pixart": "epsilon prediction, DDPM linear betas 1e-4..2e-2 over 1000 steps, t ~ U{0..999}",
                  "flux": "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1); "
                          "guidance embedder fed U[1, 5]; 10% empty prompts for true CFG at sampling"}
@@ -100,13 +107,13 @@ def write_card(args: argparse.Namespace, result: dict) -> None:
         f"- objective: {objective[args.family]}",
         f"- sampler: {sampler[args.family]}",
         f"- parameters: {params:,} (fp32, {params * 4 / 2**20:.1f} MiB)",
-        f"- training: seed {args.seed}, {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr} "
+        f"- training: seed {args.seed}, {trained}, batch {args.batch_size}, AdamW lr {args.lr} "
         f"(warmup {args.warmup}, cosine to 10%), grad clip 1.0, EMA {args.ema_decay} (shipped)",
         f"- wall time: {result['wall_s'] / 60:.1f} min on {args.threads} CPU threads ({platform.processor() or platform.machine()}), "
         f"torch {torch.__version__}",
         f"- final training loss (mean of the last 100 steps): {result['final_loss']:.4f}",
         f"- reproduce: `python tools/train_toy_teacher.py --family {args.family} --seed {args.seed} "
-        f"--steps {args.steps} --out DIR`",
+        f"--steps {args.steps}{stop} --ema-decay {args.ema_decay} --threads {args.threads} --out DIR`",
         "",
         "## Config",
         "",

@@ -70,8 +70,8 @@ class ToyPipeline(DiffusionPipeline):
         text = self.text_encoder(prompts)
         if guidance_scale > 1:
             text = with_uncond(text, self.text_encoder([""] * len(prompts)))
-        dtype = self.transformer.dtype
-        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in text.items()}
+        device, dtype = self.transformer.device, self.transformer.dtype
+        return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in text.items()}
 
     @torch.no_grad()
     def __call__(

@@ -1,0 +1,209 @@
+"""Toy evaluator: scores generated digits the way GenEval / FID / CMMD score the real models.
+
+- adherence (GenEval analogue): an SVC digit classifier, fit on the train split, labels each sample;
+  score = fraction labelled as prompted, over "a handwritten 0".."9" × n_per_prompt seeds.
+- fd (FID analogue) and mmd (CMMD analogue, unbiased MMD² with a fixed RBF bandwidth) between samples and
+  held-out real digits, in a PCA space fit on the train split; `*_floor` = the same between an equally
+  large train subsample and held-out (real vs real).
+- with a teacher: psnr_vs_teacher (same prompts and seeds) and pred_rel_error (`prediction_error`).
+
+Samples are compared at 8×8 (2×2 mean-pooled), the resolution sklearn's digits come in.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from scipy import linalg
+from torch.nn import functional as F
+
+from compress.toy.data import digits, model_inputs, prompt_for
+from compress.toy.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from compress.toy.weights import load_toy_pipeline
+
+PCA_DIM = 16
+N_PER_PROMPT = 20
+
+
+# ---- feature space -------------------------------------------------------------------------------
+
+
+def to_pixels(images: torch.Tensor) -> np.ndarray:
+    """images (N, 1, 16, 16) in [0, 1] -> (N, 64) float64 on sklearn's 0..16 scale (2×2 mean pool)."""
+    small = F.avg_pool2d(images.float().cpu(), 2)  # (N, 1, 8, 8)
+    return (small.reshape(len(images), -1) * 16).double().numpy()
+
+
+def real_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Real digits of a split through the same path as samples: (N, 64) pixels, (N,) labels."""
+    images, labels = digits(split)
+    return to_pixels((images + 1) / 2), labels.numpy()
+
+
+@functools.lru_cache(maxsize=1)
+def classifier():
+    """SVC fit on the train split (deterministic)."""
+    from sklearn.svm import SVC
+
+    x, y = real_pixels("train")
+    return SVC(C=10.0, gamma="scale").fit(x, y)
+
+
+@functools.lru_cache(maxsize=1)
+def classifier_accuracy() -> float:
+    """The classifier's accuracy on held-out real digits."""
+    x, y = real_pixels("heldout")
+    return float((classifier().predict(x) == y).mean())
+
+
+@functools.lru_cache(maxsize=1)
+def _pca():
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=PCA_DIM, svd_solver="full").fit(real_pixels("train")[0])
+
+
+def features(pixels: np.ndarray) -> np.ndarray:
+    """(N, 64) pixels -> (N, 16) PCA features (fit on the train split)."""
+    return _pca().transform(pixels)
+
+
+@functools.lru_cache(maxsize=1)
+def _bandwidth() -> float:
+    """RBF bandwidth: median pairwise distance between train features (fixed, like CMMD's σ)."""
+    f = features(real_pixels("train")[0])
+    return float(np.median(linalg.norm(f[:, None] - f[None], axis=-1)))
+
+
+# ---- distances -----------------------------------------------------------------------------------
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fit to feature sets a (N, D) and b (M, D)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def mmd(a: np.ndarray, b: np.ndarray, bandwidth: float | None = None) -> float:
+    """Unbiased MMD² with the RBF kernel exp(-||x-y||² / (2σ²)) between a (N, D) and b (M, D)."""
+    sigma = _bandwidth() if bandwidth is None else bandwidth
+
+    def kernel(x, y):
+        return np.exp(-((x[:, None] - y[None]) ** 2).sum(-1) / (2 * sigma**2))
+
+    k_aa, k_bb, k_ab = kernel(a, a), kernel(b, b), kernel(a, b)
+    n, m = len(a), len(b)
+    within_a = (k_aa.sum() - np.trace(k_aa)) / (n * (n - 1))
+    within_b = (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1))
+    return float(within_a + within_b - 2 * k_ab.mean())
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1]."""
+    mse = F.mse_loss(a.double(), b.double()).item()
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+# ---- sampling ------------------------------------------------------------------------------------
+
+
+def prompts_and_labels(n_per_prompt: int) -> tuple[list[str], np.ndarray]:
+    """"a handwritten 0" × n, ..., "a handwritten 9" × n, in that order."""
+    labels = np.repeat(np.arange(10), n_per_prompt)
+    return [prompt_for(int(d)) for d in labels], labels
+
+
+def sample(transformer, family: str, n_per_prompt: int = N_PER_PROMPT, seed: int = 0,
+           num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
+           batch_size: int = 200) -> torch.Tensor:
+    """Samples (10·n, 1, 16, 16) in [0, 1], digit-major. Sample j of every digit uses the noise seed
+    seed·100003 + j, so two transformers are compared on identical noise."""
+    pipe = load_toy_pipeline(family, transformer=transformer)
+    prompts, _ = prompts_and_labels(n_per_prompt)
+    seeds = [seed * 100003 + j for _ in range(10) for j in range(n_per_prompt)]
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = slice(start, start + batch_size)
+        generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
+        out.append(pipe(prompts[chunk], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                        generator=generators, output_type="pt").images.cpu())
+    return torch.cat(out)
+
+
+# ---- scores --------------------------------------------------------------------------------------
+
+
+def quality_scores(samples: torch.Tensor, labels: np.ndarray, seed: int = 0) -> dict:
+    """adherence, fd, mmd of samples (N, 1, 16, 16) in [0, 1] prompted with `labels`, plus the real floors."""
+    pixels = to_pixels(samples)
+    held = features(real_pixels("heldout")[0])
+    gen = features(pixels)
+    return {
+        "adherence": float((classifier().predict(pixels) == labels).mean()),
+        "fd": frechet_distance(gen, held),
+        "mmd": mmd(gen, held),
+        **real_floor(len(samples), seed),
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def real_floor(n: int, seed: int = 0) -> dict:
+    """Real vs real: n random train digits against held-out, and the classifier's held-out accuracy."""
+    train = features(real_pixels("train")[0])
+    pick = np.random.default_rng(seed).choice(len(train), size=min(n, len(train)), replace=False)
+    held = features(real_pixels("heldout")[0])
+    return {
+        "fd_floor": frechet_distance(train[pick], held),
+        "mmd_floor": mmd(train[pick], held),
+        "classifier_heldout_accuracy": classifier_accuracy(),
+    }
+
+
+@torch.no_grad()
+def prediction_error(student, teacher, family: str, n: int = 256, seed: int = 0, cfg: bool = False) -> float:
+    """||student_pred − teacher_pred|| / ||teacher_pred|| (Frobenius, over the whole batch) on n held-out
+    (noised latent, timestep, prompt) triples from `model_inputs`: one batched forward each, no sampling."""
+    kwargs = model_inputs(family, n, seed=seed, split="heldout", cfg=cfg)
+    preds = []
+    for model in (student, teacher):
+        param = next(model.parameters())
+        moved = {k: _to(v, param) for k, v in kwargs.items()}
+        preds.append(model(**moved).sample.double().cpu())
+    student_pred, teacher_pred = preds
+    return float((student_pred - teacher_pred).norm() / teacher_pred.norm())
+
+
+def _to(value, like: torch.Tensor):
+    if torch.is_tensor(value):
+        return value.to(like.device, like.dtype) if value.is_floating_point() else value.to(like.device)
+    return value
+
+
+def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt: int = N_PER_PROMPT,
+             num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
+             n_pred: int = 256) -> dict:
+    """All scores of `transformer` (a toy-family diffusers model, compressed or not) as a flat JSON-able dict:
+    family, n_samples, steps, guidance, adherence, fd, mmd, fd_floor, mmd_floor, classifier_heldout_accuracy,
+    and with `teacher`: psnr_vs_teacher, pred_rel_error. Deterministic for a given seed."""
+    prompts, labels = prompts_and_labels(n_per_prompt)
+    settings = dict(n_per_prompt=n_per_prompt, seed=seed, num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale)
+    samples = sample(transformer, family, **settings)
+    result = {"family": family, "n_samples": len(prompts), "steps": num_inference_steps,
+              "guidance": guidance_scale, "seed": seed}
+    result.update(quality_scores(samples, labels, seed))
+    if teacher is not None:
+        result["psnr_vs_teacher"] = psnr(samples, sample(teacher, family, **settings))
+        result["pred_rel_error"] = prediction_error(transformer, teacher, family, n=n_pred, seed=seed)
+    return result
+
+
+def evaluate_real(seed: int = 0, n: int = 10 * N_PER_PROMPT) -> dict:
+    """The same scores for real digits: held-out classified (adherence) and a train subsample vs held-out."""
+    floor = real_floor(n, seed)
+    return {"family": "real", "n_samples": n, "adherence": floor["classifier_heldout_accuracy"],
+            "fd": floor["fd_floor"], "mmd": floor["mmd_floor"], **floor}

@@ -1,0 +1,49 @@
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from compress.toy import evaluate as ev
+from compress.toy.grid import save_sample_grid
+
+
+def test_classifier_is_accurate_on_heldout():
+    assert ev.classifier_accuracy() >= 0.97
+
+
+def test_distances_are_sane():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 4)), rng.normal(size=(200, 4))
+    assert ev.frechet_distance(a, a) < 1e-6
+    assert ev.frechet_distance(a, b + 3) > 30
+    assert abs(ev.mmd(a, b, bandwidth=1.0)) < 0.02 < ev.mmd(a, b + 3, bandwidth=1.0)
+
+
+def test_evaluate_is_deterministic_and_flat(teachers):
+    settings = dict(family="pixart", seed=1, n_per_prompt=1, num_inference_steps=2, n_pred=16)
+    first = ev.evaluate(teachers["pixart"], teacher=teachers["pixart"], **settings)
+    second = ev.evaluate(teachers["pixart"], teacher=teachers["pixart"], **settings)
+    assert first == second
+    assert all(isinstance(v, (int, float, str)) for v in first.values())
+    assert first["pred_rel_error"] == 0.0 and math.isinf(first["psnr_vs_teacher"])
+    assert first["n_samples"] == 10 and 0 <= first["adherence"] <= 1
+
+
+def test_prediction_error_is_deterministic_and_sensitive(family, teachers):
+    teacher = teachers[family]
+    student = type(teacher).from_config(teacher.config)
+    student.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(1.01)
+    err = ev.prediction_error(student, teacher, family, n=32, seed=0)
+    assert err == ev.prediction_error(student, teacher, family, n=32, seed=0)
+    assert 0 < err < 1
+    assert ev.prediction_error(teacher, teacher, family, n=8) == 0.0
+
+
+def test_sample_grid_png(tmp_path, teachers):
+    path = save_sample_grid(teachers["flux"], "flux", tmp_path / "grid.png", n_per_prompt=2, num_inference_steps=2)
+    image = Image.open(path)
+    assert image.size == (2 * 50 + 2, 10 * 50 + 2)
