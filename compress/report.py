@@ -35,9 +35,12 @@ def layer_rows(model, report: dict | None = None) -> list[dict]:
         row = {"name": info.name, "role": info.role, "block": _block_label(info),
                "shape": [info.out_features, info.in_features], "rank": rank,
                "params": kept, "dense_params": dense, "kept": kept / dense}
-        for key in ("energy_kept", "loss", "optimal_loss", "loss_ratio", "output_error"):
-            if key in svd.get(info.name, {}):
-                row[key] = svd[info.name][key]
+        rec = svd.get(info.name, {})
+        for key in ("loss", "optimal_loss", "loss_ratio", "rel_output_error", "spectrum"):
+            if key in rec:
+                row[key] = rec[key]
+        if isinstance(rec.get("rel_output_error"), (int, float)):  # whitened energy kept
+            row["energy_kept"] = 1.0 - rec["rel_output_error"] ** 2
         rows.append(row)
     return rows
 
