@@ -20,7 +20,7 @@ model: {family}
 teacher: toy:{family}
 calibration: {{num_prompts: 10, timesteps: 4, batch_size: 64, heldout: 32}}
 passes:
-  - svd: {{targets: [attention, cross_attention, mlp, modulation], ratio: 0.5, multiple: 8, progress: false}}
+  - svd: {{targets: {targets}, ratio: 0.5, multiple: 8, progress: false}}
 """
 
 
@@ -32,8 +32,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for family in ("pixart", "flux"):
-            text = RECIPE.format(family=family).replace(
-                "cross_attention, " if family == "flux" else "@@", "")
+            targets = "[attention, cross_attention, mlp]" if family == "pixart" else "[attention, mlp]"
+            text = RECIPE.format(family=family, targets=targets)
             recipe = parse_recipe(text, f"bench-{family}.yaml")
             out = Runner(recipe, Path(tmp) / family, Path(tmp) / f"run-{family}").run()
             rows.append((family, bench(out, repeats=args.repeats, batch=args.batch, device="cpu")))
