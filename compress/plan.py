@@ -75,6 +75,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     for spec, p in zip(recipe.passes, passes):
         p.check(model, adapter)
         steps.append({"pass": spec.name, "line": spec.line, **(p.plan(model, adapter) or {})})
+        p.apply_planned(model, adapter)
     after_rows = layer_rows(model)
     return {
         "recipe": recipe.path, "teacher": source, "family": adapter.family,

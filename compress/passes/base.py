@@ -55,5 +55,9 @@ class Pass:
         """A dry-run description (for `dit-compress plan`): what would change, without compute."""
         return {}
 
+    def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
+        """Apply to a (meta-device) model the structural changes known before any compute
+        (explicit block removal, fixed ranks), so `plan` counts parameters after this pass."""
+
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         raise NotImplementedError
