@@ -176,6 +176,8 @@ class RemoveBlocksPass(Pass):
         block_map = start
         record = {"criterion": None, "iterative": False, "order": []}
         if self.config.blocks is not None:
+            teacher = ctx.teacher if ctx.teacher is not None else model  # indices are teacher indices
+            check_explicit(self.config.blocks, adapter, adapter.block_counts(teacher))
             block_map = self._remove(model, adapter, block_map, self._current(block_map), record)
         elif not self.config.iterative:
             budget = resolve_budget(self.config, adapter, before)
