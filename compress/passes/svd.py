@@ -25,7 +25,9 @@ from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCa
 from compress.errors import UserError
 from compress.linalg import METHODS, factors_from, normalized_curve
 from compress.passes.base import Pass, RunContext
-from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, swapped_weight
+from compress.passes.svd_fisher import output_fisher, sqrt_pair
+from compress.passes.svd_layer import (compress_layer, decompose_layer, layer_math, swapped_weight,
+                                       weighted)
 from compress.passes.svd_targets import (check_explicit_ranks, fixed_ranks, is_model_wide, matches,
                                          resolve_targets, shape_spec, stats_key, uses_output_gram)
 
@@ -52,6 +54,9 @@ class SVDConfig:
     ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
     center: list = field(default_factory=lambda: ["modulation"])  # patterns: centered Gram + bias fold
     modulation_grid: int = 64  # timesteps per calibration batch for modulation Grams (0: own)
+    modulation_fisher: bool = True  # weight modulation outputs by their effect on the prediction
+    fisher_probes: int = 4  # random probes per calibration batch for the output Fisher
+    fisher_damping: float = 1e-3  # λ = damping · mean Fisher eigenvalue
     progress: bool = True
 
 
@@ -111,11 +116,21 @@ class SVDPass(Pass):
         report = ctx.report.setdefault("svd", {})
         records: dict[str, dict] = {}
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        self.roots = self._modulation_roots(model, ctx.adapter, targets, batches)
         if c.allocation == "global":
             ranks, report["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
         self._compress(model, ctx.adapter, targets, batches, ranks, records)
         report.update(_summary(records, c), layers=records, cache_hits=list(self.cache.hits))
         return model
+
+    def _modulation_roots(self, model, adapter, targets, batches) -> dict:
+        """name -> (L, L⁻¹) output weighting of each modulation target (empty when disabled)."""
+        c = self.config
+        names = [i.name for i in targets if i.role == "modulation"]
+        if not (names and c.modulation_fisher):
+            return {}
+        fisher = output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0)
+        return {n: sqrt_pair(f, c.fisher_damping) for n, f in fisher.items()}
 
     def _choose(self, info: LinearInfo, ranks: dict) -> Callable:
         """decomposition -> rank (or DENSE): fixed, or by the energy rule on the measured curve."""
@@ -134,7 +149,8 @@ class SVDPass(Pass):
         def visit(info: LinearInfo, stats: Stats) -> bool:
             records[info.name] = compress_layer(
                 model, info, stats, method=c.method, alpha=c.alpha, center=self._center(info),
-                gram_is_output=uses_output_gram(info), choose_rank=self._choose(info, ranks))
+                gram_is_output=uses_output_gram(info), choose_rank=self._choose(info, ranks),
+                out_root=self.roots.get(info.name))
             state.append((info.name, records[info.name]["rank"]))
             return records[info.name]["rank"] != "dense"
 
@@ -199,12 +215,15 @@ class SVDPass(Pass):
 
         def visit(info: LinearInfo, stats: Stats) -> bool:
             m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))
+            root = self.roots.get(info.name)
+            m = weighted(m, root[0]) if root else m
             dec = decompose_layer(m, c.method, c.alpha, info.name)
             curves[info.name] = normalized_curve(dec.curve)
             rank = ratio_rank(shape_spec(info), c.ratio, c.multiple)
             if sensitivity and rank is not DENSE:
                 fac = factors_from(dec, m.weight, rank, name=info.name)
-                factors[info.name] = (fac.up.float(), fac.down.float(), float(curves[info.name][rank]))
+                up = root[1].to(fac.up) @ fac.up if root else fac.up
+                factors[info.name] = (up.float(), fac.down.float(), float(curves[info.name][rank]))
             return False
 
         cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, self.loader, c.progress)

@@ -68,14 +68,28 @@ def replace_linear(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def weighted(m: LayerMath, root: torch.Tensor) -> LayerMath:
+    """The same layer seen through an output weighting L (out, out): W -> L W (see svd_fisher)."""
+    root = root.to(m.weight.device, F64)
+    gram = root @ m.gram @ root.T if m.gram_is_output else m.gram
+    mean = root @ m.mean_in if (m.mean_in is not None and m.gram_is_output) else m.mean_in
+    w = root @ m.weight  # (out, in)
+    energy = float(torch.diagonal(gram).sum()) if m.gram_is_output else float(((w @ gram) * w).sum())
+    return LayerMath(w, gram, m.gram_is_output, m.act_scale, mean, energy)
+
+
 def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: str, alpha: float,
                    center: bool, gram_is_output: bool,
-                   choose_rank: Callable[[Decomposition], int | None]) -> dict:
-    """Factorize one target in place (or leave it dense) and return its report record."""
+                   choose_rank: Callable[[Decomposition], int | None],
+                   out_root: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """Factorize one target in place (or leave it dense) and return its report record.
+    out_root: (L, L⁻¹) of an output weighting; losses are then measured in the weighted metric."""
     start = time.perf_counter()
     module = model.get_submodule(info.name)
     bias = module.bias is not None
     m = layer_math(module, stats, gram_is_output, center)
+    if out_root is not None:
+        m = weighted(m, out_root[0])
     dec = decompose_layer(m, method, alpha, info.name)
     rank = choose_rank(dec)
     record = dict(role=info.role, shape=[info.out_features, info.in_features], method=method,
@@ -88,32 +102,38 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
     optimal_curve = dec.curve if method == "whitened" else decompose_layer(
         m, "whitened", alpha, info.name).curve
     loss, optimal = measured_loss(m, fac.up, fac.down), float(optimal_curve[rank])
-    new_bias = _folded_bias(module, m, fac.up, fac.down)
-    layer = LowRankLinear.from_factors(fac.up, fac.down, new_bias, dtype=module.weight.dtype)
+    up, shift = fac.up, _mean_shift(m, fac.up, fac.down)
+    if out_root is not None:  # back from V = L W to W
+        inv = out_root[1].to(up.device, F64)
+        up, shift = inv @ up, (inv @ shift if shift is not None else None)
+    new_bias = module.bias.detach().to(up.device, F64) if bias else None
+    if shift is not None:
+        new_bias = shift if new_bias is None else new_bias + shift
+    layer = LowRankLinear.from_factors(up, fac.down, new_bias, dtype=module.weight.dtype)
     replace_linear(model, info.name, layer.to(module.weight.device))
     return dict(record, rank=rank, kept_params=params_lowrank(info.out_features, info.in_features,
                                                               rank, bias),
-                loss=loss, optimal_loss=optimal, loss_ratio=_ratio(loss, optimal),
+                loss=loss, optimal_loss=optimal, loss_ratio=_ratio(loss, optimal, m.energy),
                 rel_output_error=(loss / m.energy) ** 0.5 if m.energy > 0 else 0.0,
+                objective="output-weighted" if out_root is not None else "calibration output",
                 centered=center, time_s=round(time.perf_counter() - start, 4))
 
 
-def _folded_bias(module, m: LayerMath, up, down):
-    """Centered factorization: the mean input's error (W − W')μ moves into the bias."""
-    bias = module.bias.detach().to(m.weight.device, F64) if module.bias is not None else None
+def _mean_shift(m: LayerMath, up, down):
+    """Centered factorization: the mean input's error (W − W')μ, to move into the bias (or None)."""
     if m.mean_in is None:
-        return bias
+        return None
     if m.gram_is_output:  # mean_in is the mean output W μ; W' μ = P W μ
         q, _ = torch.linalg.qr(up)
-        shift = m.mean_in - q @ (q.T @ m.mean_in)
-    else:
-        shift = (m.weight - up @ down) @ m.mean_in  # (out,)
-    return shift if bias is None else bias + shift
+        return m.mean_in - q @ (q.T @ m.mean_in)
+    return (m.weight - up @ down) @ m.mean_in  # (out,)
 
 
-def _ratio(loss: float, optimal: float) -> float:
-    if optimal <= 0:
-        return 1.0 if loss <= 1e-12 else float("inf")
+def _ratio(loss: float, optimal: float, energy: float) -> float:
+    """loss / optimal; both at round-off level (≤ 1e-10 of the layer's energy) count as equal."""
+    floor = 1e-10 * max(energy, 0.0)
+    if optimal <= floor:
+        return 1.0 if loss <= floor else float("inf")
     return loss / optimal
 
 

@@ -1,0 +1,58 @@
+"""Output-side weights for modulation linears: how much each output direction moves the prediction.
+
+A modulation linear maps the conditioning vector c (silu(temb)) to shift/scale/gate vectors; its
+error E c reaches the final prediction through the Jacobian J = ∂pred/∂y. To first order the
+prediction error is Σ_s ||J_s E c_s||², which we approximate by tr(F E G Eᵀ) with the output Fisher
+F = Σ_s J_sᵀ J_s (Kronecker approximation, as K-FAC). F is estimated with random probes v ~ N(0, I):
+E[(Jᵀv)(Jᵀv)ᵀ] = JᵀJ, one backward per probe for every modulation linear at once.
+The weighted problem min tr(F E G Eᵀ) is the plain whitened one for V = L W, L = (F + λI)^{1/2}:
+W' = L⁻¹ V'_r (see `weighted_factors` in svd_layer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+F64 = torch.float64
+
+
+def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[str], probes: int = 4,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """name -> F (out, out) float64 = Σ over samples and probes of gᵀg, g = ∂<v, pred>/∂y."""
+    outputs: dict[str, torch.Tensor] = {}
+
+    def make_hook(name):
+        def hook(mod, args, out):
+            y = out.detach().requires_grad_(True)  # a leaf: gradients stop here
+            outputs[name] = y
+            return y
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    fisher: dict[str, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        for batch in batches:
+            with torch.enable_grad():
+                pred = adapter.predict(model, batch)
+                ys = [outputs[n] for n in names]
+                for p in range(probes):
+                    v = torch.randn(pred.shape, generator=gen).to(pred.device, pred.dtype)
+                    grads = torch.autograd.grad((pred * v).sum(), ys, retain_graph=p < probes - 1)
+                    for n, g in zip(names, grads):
+                        rows = g.detach().reshape(-1, g.shape[-1]).to(F64)  # (samples, out)
+                        fisher[n] = fisher.get(n, 0) + rows.T @ rows
+    finally:
+        for h in handles:
+            h.remove()
+    return fisher
+
+
+def sqrt_pair(fisher: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """L = (F + λI)^{1/2} and L⁻¹, λ = damping · mean eigenvalue (keeps L invertible)."""
+    f = 0.5 * (fisher + fisher.T)
+    vals, vecs = torch.linalg.eigh(f)
+    lam = damping * float(vals.clamp_min(0).mean()) or 1.0
+    root = (vals.clamp_min(0) + lam).sqrt()
+    return (vecs * root) @ vecs.T, (vecs / root) @ vecs.T

@@ -1,0 +1,123 @@
+"""Benchmark the svd pass on the shipped toy teachers (no distillation); prints the numbers of issue 8.
+
+1. every factorized layer: measured whitened loss / optimal loss (max over all layers of all runs);
+2. attention + MLP at 50% kept params: teacher-relative error of the final prediction on held-out
+   inputs, whitened vs plain svd, and global (sensitivity-weighted) vs uniform allocation;
+3. modulation linears at ≥ 10x fewer params: rise of the final-prediction error.
+
+    python tools/bench_svd.py [--families pixart flux] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from compress.arch import get_adapter
+from compress.passes.base import RunContext
+from compress.passes.svd import SVDConfig, SVDPass
+from compress.toy.data import model_inputs
+from compress.toy.evaluate import prediction_error
+from compress.toy.weights import load_toy_teacher
+
+CALIB_LATENTS, CALIB_BATCH = 64, 32  # 64 train latents x 2 CFG branches, batches of 32 rows
+
+
+def calibration_batches(family: str) -> list[dict]:
+    """Train-split (latent, timestep, prompt) triples with both CFG branches, in batches."""
+    full = model_inputs(family, CALIB_LATENTS, seed=1, split="train", cfg=True)
+    n = full["hidden_states"].shape[0]
+    return [_rows(full, slice(i, i + CALIB_BATCH), n) for i in range(0, n, CALIB_BATCH)]
+
+
+def _rows(kwargs: dict, sl: slice, n: int) -> dict:
+    out = {}
+    for k, v in kwargs.items():
+        out[k] = v[sl] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
+    return out
+
+
+def compress(family: str, run_dir: Path, **cfg) -> tuple[torch.nn.Module, dict, float]:
+    teacher = load_toy_teacher(family)
+    student = load_toy_teacher(family)
+    adapter = get_adapter(student)
+    batches = calibration_batches(family)
+    ctx = RunContext(adapter=adapter, family=family, teacher=teacher, run_dir=run_dir,
+                     calibration_inputs=lambda: batches, fingerprint=f"bench-{family}")
+    start = time.perf_counter()
+    SVDPass(SVDConfig(progress=False, **cfg)).run(student, ctx)
+    seconds = time.perf_counter() - start
+    return student, ctx.report["svd"], seconds
+
+
+def error(student, family: str) -> float:
+    with torch.no_grad():
+        return prediction_error(student, load_toy_teacher(family), family, n=256, seed=0)
+
+
+RUNS = {  # name -> svd config
+    "svd uniform": dict(method="svd", ratio=0.5, multiple=4),
+    "whitened uniform": dict(ratio=0.5, multiple=4),
+    "whitened global (sensitivity)": dict(ratio=0.5, multiple=4, allocation="global"),
+    "whitened global (no sensitivity)": dict(ratio=0.5, multiple=4, allocation="global", sensitivity=False),
+    "modulation r8 (grid, centered)": dict(targets=["modulation"], ranks={"modulation": 8}, multiple=4),
+    "modulation r8 (grid)": dict(targets=["modulation"], ranks={"modulation": 8}, multiple=4, center=[]),
+    "modulation r8 (calib timesteps)": dict(targets=["modulation"], ranks={"modulation": 8}, multiple=4,
+                                            center=[], modulation_grid=0),
+}
+
+
+def bench(family: str, run_dir: Path, runs: dict) -> dict:
+    rows = {}
+    for name, cfg in runs.items():
+        student, report, seconds = compress(family, run_dir, **cfg)
+        rows[name] = dict(error=error(student, family), kept=report["kept_ratio"],
+                          reduction=report["params_before"] / report["params_after"],
+                          max_loss_ratio=report["max_loss_ratio"], seconds=seconds,
+                          layers=len(report["layers"]))
+        print(f"  {family:6s} {name:34s} err {rows[name]['error']:.5f}  kept {rows[name]['kept']:.3f} "
+              f"({rows[name]['reduction']:.1f}x)  loss/opt ≤ {rows[name]['max_loss_ratio']:.9f}  "
+              f"{seconds:.1f}s", flush=True)
+    return rows
+
+
+def summary(family: str, rows: dict) -> list[str]:
+    def r(a, b):
+        return rows[a]["error"] / rows[b]["error"]
+    lines = [f"{family}: whitened/svd error ratio at 50% = {r('whitened uniform', 'svd uniform'):.3f} "
+             f"(target ≤ 0.1)",
+             f"{family}: global/uniform error ratio at 50% = "
+             f"{r('whitened global (sensitivity)', 'whitened uniform'):.3f} (target ≤ 0.8); "
+             f"without sensitivity {r('whitened global (no sensitivity)', 'whitened uniform'):.3f}"]
+    for name in [n for n in rows if n.startswith("modulation")]:
+        lines.append(f"{family}: {name}: {rows[name]['reduction']:.1f}x fewer params (incl. bias), "
+                     f"error rise {rows[name]['error']:.2e} (target ≤ 1e-3)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", nargs="+", default=["pixart", "flux"])
+    parser.add_argument("--runs", nargs="*", default=list(RUNS), help="subset of run names")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lines, worst = [], 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in args.families:
+            rows = bench(family, Path(tmp), {k: RUNS[k] for k in args.runs})
+            worst = max([worst] + [r["max_loss_ratio"] for k, r in rows.items()
+                                   if RUNS[k].get("method", "whitened") == "whitened"])
+            if set(RUNS) <= set(rows):
+                lines += summary(family, rows)
+    print("\n".join(lines))
+    print(f"max whitened loss / optimal loss over every factorized layer of every run: {worst:.9f} "
+          "(target ≤ 1.001)")
+
+
+if __name__ == "__main__":
+    main()
