@@ -21,6 +21,7 @@ from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, scan
 
 CRITERIA = ("scan", "proxy")
+PLANNED_ATTR = "_dit_compress_planned_blocks"  # on plan's meta model only: teacher counts + block map
 
 
 @dataclass
@@ -102,6 +103,29 @@ def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> di
     return out
 
 
+def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Teacher indices -> indices in the current model (through student -> teacher `block_map`)."""
+    drop = {}
+    for g, teacher in blocks.items():
+        where = {t: i for i, t in enumerate(block_map[g])}
+        gone = [t for t in teacher if t not in where]
+        if gone:
+            raise UserError(f"remove_blocks: block {g}.{gone[0]} (teacher index) was already removed "
+                            "by an earlier pass")
+        drop[g] = sorted(where[t] for t in set(teacher))
+    return drop
+
+
+def teacher_view(model: nn.Module, adapter: Adapter) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """(teacher block counts, student -> teacher map) of a model; plan's meta model carries them after
+    an earlier `apply_planned`, any other model is taken as the teacher."""
+    planned = getattr(model, PLANNED_ATTR, None)
+    if planned is not None:
+        return planned["teacher_counts"], planned["block_map"]
+    counts = adapter.block_counts(model)
+    return counts, {g: list(range(n)) for g, n in counts.items()}
+
+
 # ---- choosing by importance ---------------------------------------------------------------------
 def least_important(scores: dict[tuple[str, int], float], counts: dict[str, int], k: int,
                     groups: set[str] | None = None) -> dict[str, list[int]]:
@@ -145,10 +169,14 @@ class RemoveBlocksPass(Pass):
         self.needs_calibration = config.blocks is None
 
     def check(self, model: nn.Module, adapter: Adapter) -> None:
-        """Against the teacher's block counts (explicit indices are teacher indices)."""
+        """Explicit indices against the teacher's block counts; budgets against the model's."""
         counts = adapter.block_counts(model)
         if _one_of(self.config) == "blocks":
-            check_explicit(self.config.blocks, adapter, counts)
+            teacher_counts, block_map = teacher_view(model, adapter)
+            drop = to_current(check_explicit(self.config.blocks, adapter, teacher_counts), block_map)
+            for g, idx in drop.items():
+                if len(idx) >= counts[g]:
+                    raise _too_many(len(idx), counts[g], g)
             return
         resolve_budget(self.config, adapter, counts)
         if self.config.criterion not in CRITERIA:
@@ -159,7 +187,7 @@ class RemoveBlocksPass(Pass):
         self.check(model, adapter)
         counts = adapter.block_counts(model)
         if self.config.blocks is not None:
-            drop = check_explicit(self.config.blocks, adapter, counts)
+            drop = check_explicit(self.config.blocks, adapter, teacher_view(model, adapter)[0])
             after = {g: n - len(drop.get(g, [])) for g, n in counts.items()}
             return {"remove": drop, "blocks_before": counts, "blocks_after": after}
         budget = resolve_budget(self.config, adapter, counts)
@@ -168,6 +196,15 @@ class RemoveBlocksPass(Pass):
         return {"remove": "chosen by importance at run time", "budget": budget,
                 "criterion": self.config.criterion, "iterative": self.config.iterative,
                 "blocks_before": counts, "blocks_after": after}
+
+    def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
+        """Explicit removal on plan's meta model (chosen-by-importance blocks are unknown until run)."""
+        if self.config.blocks is None:
+            return
+        teacher_counts, block_map = teacher_view(model, adapter)
+        keep = adapter.remove_blocks(model, to_current(self.config.blocks, block_map))
+        setattr(model, PLANNED_ATTR, {"teacher_counts": teacher_counts,
+                                      "block_map": compose(block_map, keep)})
 
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         adapter = ctx.adapter
@@ -178,7 +215,8 @@ class RemoveBlocksPass(Pass):
         if self.config.blocks is not None:
             teacher = ctx.teacher if ctx.teacher is not None else model  # indices are teacher indices
             check_explicit(self.config.blocks, adapter, adapter.block_counts(teacher))
-            block_map = self._remove(model, adapter, block_map, self._current(block_map), record)
+            drop = to_current(self.config.blocks, block_map)
+            block_map = self._remove(model, adapter, block_map, drop, record)
         elif not self.config.iterative:
             budget = resolve_budget(self.config, adapter, before)
             scores = self._scores(model, ctx, block_map, reuse=True)
@@ -195,18 +233,6 @@ class RemoveBlocksPass(Pass):
         return model
 
     # ---- steps ----
-    def _current(self, block_map: dict[str, list[int]]) -> dict[str, list[int]]:
-        """Explicit teacher indices -> indices in the current model."""
-        drop = {}
-        for g, teacher in self.config.blocks.items():
-            where = {t: i for i, t in enumerate(block_map[g])}
-            gone = [t for t in teacher if t not in where]
-            if gone:
-                raise UserError(f"remove_blocks: block {g}.{gone[0]} (teacher index) was already removed "
-                                "by an earlier pass")
-            drop[g] = sorted(where[t] for t in set(teacher))
-        return drop
-
     def _remove(self, model, adapter, block_map, drop, record) -> dict[str, list[int]]:
         keep = adapter.remove_blocks(model, drop)  # {group: kept current indices}
         record["order"] += [f"{g}.{block_map[g][i]}" for g, idx in drop.items() for i in idx]

@@ -99,6 +99,27 @@ def test_block_map_composes_with_earlier_removal(tmp_path):
         run(model, ctx, blocks={"single": [3]})
 
 
+def test_plan_applies_explicit_removal_to_the_meta_model():
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = FluxTransformer2DModel.from_config(tiny_flux().config)
+    adapter = get_adapter(model)
+    first = RemoveBlocksPass(RemoveBlocksConfig(blocks={"single": [0, 2]}))
+    second = RemoveBlocksPass(RemoveBlocksConfig(blocks={"double": [1]}))
+    chosen = RemoveBlocksPass(RemoveBlocksConfig(count={"double": 1}))
+    assert first.plan(model, adapter)["blocks_after"] == {"double": 2, "single": 1}
+    first.apply_planned(model, adapter)
+    second.check(model, adapter)  # teacher indices, mapped through the planned removal
+    assert second.plan(model, adapter)["blocks_after"] == {"double": 1, "single": 1}
+    with pytest.raises(UserError, match="removing 1 of 1 blocks would leave group 'single' empty"):
+        RemoveBlocksPass(RemoveBlocksConfig(blocks={"single": [1]})).check(model, adapter)
+    with pytest.raises(UserError, match=r"block single\.2 .* already removed"):
+        RemoveBlocksPass(RemoveBlocksConfig(blocks={"single": [2]})).check(model, adapter)
+    chosen.apply_planned(model, adapter)  # chosen at run time: no change yet
+    assert adapter.block_counts(model) == {"double": 2, "single": 1}
+
+
 def test_iterative_rescans_after_each_removal(tmp_path):
     model = tiny_pixart(num_layers=4)
     ctx = context(model, tmp_path)
