@@ -93,7 +93,7 @@ def write_card(args: argparse.Namespace, result: dict) -> None:
     params = sum(p.numel() for p in model.parameters())
     stop = f" --stop-after {args.stop_after}" if args.stop_after else ""
     trained = f"{args.stop_after} of a {args.steps}-step schedule" if args.stop_after else f"{args.steps} steps"
-    objective = {"pixart": "epsilon prediction, DDPM linear betas 1e-4..2e-2 over 1000 steps, t ~ U{0..999}",
+    objective = {"pixart": "epsilon prediction, min-SNR-5 weighted MSE, DDPM linear betas 1e-4..2e-2 over 1000 steps, t ~ U{0..999}",
                  "flux": "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1); "
                          "guidance embedder fed U[1, 5]; 10% empty prompts for true CFG at sampling"}
     sampler = {"pixart": "DPMSolverMultistepScheduler (dpmsolver++, order 2)",
