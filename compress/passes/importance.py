@@ -66,12 +66,12 @@ class ImportanceResult:
                       key=lambda b: b.score(criterion))
 
     def to_dict(self) -> dict:
-        return _nan_to_none(asdict(self))
+        return _swap(asdict(self), math.nan, None)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImportanceResult":
         known = {f.name for f in fields(cls)}
-        d = _none_to_nan({k: v for k, v in d.items() if k in known})
+        d = _swap({k: v for k, v in d.items() if k in known}, None, math.nan)
         d["blocks"] = [BlockScore(**b) for b in d["blocks"]]
         return cls(**d)
 
@@ -352,20 +352,13 @@ def plot_heatmap(result: ImportanceResult, png_path) -> Path:
     return Path(png_path)
 
 
-def _nan_to_none(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
+def _swap(x, old, new):
+    """Recursively replace NaN by None (old=NaN) or None by NaN (old=None) in JSON-like data."""
+    if (old is None and x is None) or (old is not None and isinstance(x, float) and math.isnan(x)):
+        return new
     if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    return [_nan_to_none(v) for v in x] if isinstance(x, list) else x
-
-
-def _none_to_nan(x):
-    if x is None:
-        return math.nan
-    if isinstance(x, dict):
-        return {k: _none_to_nan(v) for k, v in x.items()}
-    return [_none_to_nan(v) for v in x] if isinstance(x, list) else x
+        return {k: _swap(v, old, new) for k, v in x.items()}
+    return [_swap(v, old, new) for v in x] if isinstance(x, list) else x
 
 
 # ---- the pass -----------------------------------------------------------------------------------
