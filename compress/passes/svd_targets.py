@@ -57,7 +57,11 @@ def uses_output_gram(info: LinearInfo) -> bool:
 
 
 def stats_key(info: LinearInfo) -> str:
-    return f"{info.name}#out" if uses_output_gram(info) else info.input_key
+    """The Gram a target reads. Embedding linears get their own: the adapters give e.g. every
+    `time_text_embed.*` linear one input_key although linear_1 and linear_2 read different tensors."""
+    if uses_output_gram(info):
+        return f"{info.name}#out"
+    return f"{info.name}#in" if info.role == "embedding" else info.input_key
 
 
 def is_model_wide(info: LinearInfo) -> bool:

@@ -135,3 +135,9 @@ def test_calibration_cache_hit_skips_recomputation(tmp_path, monkeypatch):
     model, report, _ = _run("pixart", tmp_path, activations="teacher", ratio=0.25)
     assert first == 3 and calls["n"] == first  # no block recomputed its stats
     assert len(report["cache_hits"]) == 3
+
+
+def test_embedding_targets_each_get_their_own_gram(tmp_path):
+    model, report, _ = _run("flux", tmp_path, targets=["embedding"])
+    assert "time_text_embed.text_embedder.linear_1" in report["layers"]
+    assert all(r.get("loss_ratio", 1.0) <= 1.001 for r in report["layers"].values())
