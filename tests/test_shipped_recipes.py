@@ -26,3 +26,37 @@ def test_recipe_plans(path):
     assert [s["pass"] for s in plan["passes"]] == [p.name for p in recipe.passes]
     if not recipe.teacher.startswith("toy:"):
         assert plan["params_before"] == FULL_SIZE[recipe.model]
+
+
+def _meta_flux():
+    from compress.plan import meta_model
+
+    return meta_model("black-forest-labs/FLUX.1-dev")
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_flux_lite_plan_counts_exactly():
+    """8 double blocks removed: exactly 8 double blocks' parameters fewer (blocks are equal)."""
+    plan = make_plan(load_recipe(RECIPES[0].parent / "flux-dev-lite.yaml"))
+    per_block = _params(_meta_flux().transformer_blocks[0])
+    assert plan["blocks_after"] == {"double": 11, "single": 38}
+    assert plan["params_after_planned"] == FULL_SIZE["flux"] - 8 * per_block
+
+
+def test_flux_modulation_plan_counts_exactly():
+    """Every modulation linear at the uniform rank for 10% of its parameters, rounded to 16."""
+    from compress.arch import get_adapter
+
+    model = _meta_flux()
+    saved = 0
+    for info in get_adapter(model).linears(model):
+        if info.role == "modulation":
+            m, n = info.out_features, info.in_features
+            rank = max(16, round(0.1 * m * n / (m + n) / 16) * 16)
+            saved += m * n - rank * (m + n)
+    plan = make_plan(load_recipe(RECIPES[0].parent / "flux-dev-modulation.yaml"))
+    assert plan["params_after_planned"] == FULL_SIZE["flux"] - saved
+    assert plan["by_role_after"]["modulation"] < 0.11 * plan["by_role_before"]["modulation"]

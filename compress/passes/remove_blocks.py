@@ -198,8 +198,15 @@ class RemoveBlocksPass(Pass):
                 "blocks_before": counts, "blocks_after": after}
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
-        """Explicit removal on plan's meta model (chosen-by-importance blocks are unknown until run)."""
+        """Explicit removal on plan's meta model. A per-group count or fraction removes that many
+        blocks from the end of each group as placeholders: which blocks go is decided at run time,
+        but blocks of a group have equal shapes, so the parameter counts after are exact."""
         if self.config.blocks is None:
+            budget = resolve_budget(self.config, adapter, adapter.block_counts(model))
+            if isinstance(budget, dict):
+                counts = adapter.block_counts(model)
+                adapter.remove_blocks(model, {g: list(range(counts[g] - k, counts[g]))
+                                              for g, k in budget.items()})
             return
         teacher_counts, block_map = teacher_view(model, adapter)
         keep = adapter.remove_blocks(model, to_current(self.config.blocks, block_map))

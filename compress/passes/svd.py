@@ -24,10 +24,11 @@ from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache, model_digest
 from compress.errors import UserError
 from compress.linalg import METHODS, factors_from, normalized_curve
+from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext
 from compress.passes.svd_fisher import output_fisher, sqrt_pair
-from compress.passes.svd_layer import (compress_layer, decompose_layer, layer_math, swapped_weight,
-                                       weighted)
+from compress.passes.svd_layer import (compress_layer, decompose_layer, layer_math, replace_linear,
+                                       swapped_weight, weighted)
 from compress.passes.svd_targets import (check_explicit_ranks, fixed_ranks, is_model_wide, matches,
                                          resolve_targets, shape_spec, stats_key, uses_output_gram)
 
@@ -101,6 +102,20 @@ class SVDPass(Pass):
         after = sum(shape_spec(i).params(ranks[i.name]) for i in targets) if known else LATER
         return {"targets": [i.name for i in targets], "ranks": shown, "params_before": before,
                 "params_after": after, "method": c.method, "allocation": c.allocation}
+
+    def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
+        """Fixed ranks (uniform, per_role, explicit) on plan's meta model; budgeted allocations
+        (global, energy) are decided after calibration and left dense here."""
+        c = self.config
+        targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
+        ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        for info in targets:
+            rank = ranks.get(info.name)
+            if isinstance(rank, int):
+                bias = model.get_submodule(info.name).bias is not None
+                with torch.device("meta"):
+                    layer = LowRankLinear(info.in_features, info.out_features, rank, bias=bias)
+                replace_linear(model, info.name, layer)
 
     # ---- compute ---------------------------------------------------------------------------------
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
