@@ -10,7 +10,8 @@
                                         nested dicts with dots: cond.added_cond_kwargs.resolution
       shared.<kwarg>          (...)     kwargs used as they are for every batch (Flux img_ids, txt_ids)
 - `teacher_samples` (data-free): latents sampled from the teacher on the conditioning of the runner's
-  calibration inputs (the recipe's prompts), cached on disk in the folder format under
+  calibration inputs (the recipe's prompts; random rows of each batch, so unconditional CFG-branch rows
+  are sampled too, like CFG dropout; no CFG in the sampler), cached on disk in the folder format under
   `run_dir/distill/teacher_samples/<key>/`; shards already written are reused (an interrupted cache
   fills up where it stopped), so a second run or a resume samples nothing.
 Every source has `batch(batch_size, generator) -> (latents, cond)`; rows are drawn with the generator.
@@ -225,10 +226,11 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
         if path.exists():
             continue
         kwargs = batches[i % len(batches)]
-        n = min(shard_size, num_samples - i * shard_size, len(kwargs["hidden_states"]))
-        cond = _rows(cond_of(kwargs), n)
-        shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
         generator = torch.Generator().manual_seed(ctx.seed * 100_003 + i)
+        n = min(shard_size, num_samples - i * shard_size, len(kwargs["hidden_states"]))
+        rows = torch.randperm(len(kwargs["hidden_states"]), generator=generator)[:n]  # (n,)
+        cond = _rows(cond_of(kwargs), rows)
+        shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
         latents = sample_latents(ctx.adapter, ctx.teacher, cond, shape, steps, generator, accelerator.device)
         write_shard(path, latents, cond)
     accelerator.wait_for_everyone()
@@ -238,14 +240,14 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
     return folder
 
 
-def _rows(cond: dict, n: int) -> dict:
-    """The first n rows of every batched kwarg (shared ones untouched)."""
+def _rows(cond: dict, rows: torch.Tensor) -> dict:
+    """The given rows of every batched kwarg (shared ones untouched)."""
     out = {}
     for k, v in cond.items():
         if isinstance(v, dict):
-            out[k] = _rows(v, n)
+            out[k] = _rows(v, rows)
         elif torch.is_tensor(v) and k not in SHARED_KWARGS and v.dim() > 0:
-            out[k] = v[:n]
+            out[k] = v[rows]
         else:
             out[k] = v
     return out

@@ -231,20 +231,22 @@ def _plot(history: list[dict], png_path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     steps = [row["step"] for row in history]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = plt.figure(figsize=(7, 4))
+    ax = fig.add_axes((0.1, 0.12, 0.86, 0.78))
     for key in ("loss", "task", "out", "feat"):
         values = [row.get(key) for row in history]
         if any(v is not None and v > 0 for v in values):
             ax.plot(steps, values, label=key, linewidth=1.2 if key == "loss" else 0.8)
     ax.set_yscale("log")
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("step")
     ax.set_ylabel("loss term (unweighted)")
     ax.set_title("distill: loss curves")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    fig.savefig(png_path, dpi=80)
     plt.close(fig)
 
 

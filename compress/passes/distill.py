@@ -40,7 +40,7 @@ from compress.passes.base import Pass, RunContext
 
 TERMS = ("loss", "task", "out", "feat")
 # config keys that do not change the result (left out of the checkpoint fingerprint)
-_NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress")
+_NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress", "plot")
 
 
 @dataclass
@@ -69,6 +69,7 @@ class DistillConfig:
     keep_checkpoints: int = 2
     max_steps_this_run: int | None = None  # stop (checkpointed) after this many steps in this invocation
     progress: bool = True  # rich progress bar (main process)
+    plot: bool = True  # loss.png beside loss.csv (matplotlib)
 
 
 class TrainingInterrupted(UserError):
@@ -158,7 +159,7 @@ class _Trainer:
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(name, True))
         self._finish(model, seconds)
-        self.acc.free_memory()
+        del self.student, self.optimizer, self.scheduler  # (no acc.free_memory(): its gc.collect is slow)
         return _cast(model.to(home), dtype)
 
     # ---- loop ---------------------------------------------------------------------------------
@@ -173,7 +174,7 @@ class _Trainer:
             with StopSignals() as stop, _progress(cfg.progress and self.acc.is_main_process) as bar:
                 task = bar.add_task("distill", total=cfg.steps, completed=self.step, terms="")
                 while self.step < cfg.steps:
-                    row = self._train_step(pred, feats, stop_requested=stop.requested is not None)
+                    row = self._train_step(pred, feats, stop)
                     stop_now = row.pop("stop")
                     self.step += 1
                     ran += 1
@@ -195,7 +196,7 @@ class _Trainer:
             for f in feats or ():
                 f.remove()
 
-    def _train_step(self, pred: OutputCapture, feats, stop_requested: bool) -> dict:
+    def _train_step(self, pred: OutputCapture, feats, stop: StopSignals) -> dict:
         cfg, acc, adapter = self.cfg, self.acc, self.adapter
         latents, cond = self.source.batch(cfg.batch_size, self.generator)
         latents, cond = _to_device(latents, acc.device), _to_device(cond, acc.device)
@@ -224,7 +225,7 @@ class _Trainer:
         # one all-reduce for logging and for agreeing on a stop (any process signalled -> all stop)
         stats = torch.stack([loss.detach(), task.detach(), out.detach(), feat.detach(),
                              torch.as_tensor(grad_norm, device=acc.device).float(),
-                             torch.tensor(float(stop_requested), device=acc.device)]).float()
+                             torch.tensor(float(stop.requested is not None), device=acc.device)]).float()
         stats = acc.reduce(stats, "sum") if acc.num_processes > 1 else stats
         values = (stats[:5] / acc.num_processes).tolist()
         row = {"step": self.step + 1, **dict(zip(TERMS, values[:4])), "lr": lr, "grad_norm": values[4]}
@@ -301,8 +302,10 @@ class _Trainer:
             record["last"] = {k: self.history[-1][k] for k in TERMS}
         if self.acc.is_main_process:
             csv_path, png_path = self.dir / "loss.csv", self.dir / "loss.png"
-            write_curves(self.history, csv_path, png_path)
-            record["files"] = {"loss_csv": str(csv_path), "loss_png": str(png_path)}
+            write_curves(self.history, csv_path, png_path if self.cfg.plot else None)
+            record["files"] = {"loss_csv": str(csv_path)}
+            if self.cfg.plot:
+                record["files"]["loss_png"] = str(png_path)
         self.ctx.report["distill"] = record
 
 

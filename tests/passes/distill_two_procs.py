@@ -19,7 +19,8 @@ def main(out: Path) -> None:
     teacher = tiny_pixart()
     student = factorize(copy.deepcopy(teacher))
     ctx = context(teacher, out, train_batch=toy_data(teacher))
-    cfg = DistillConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=0, checkpoint_every=0, progress=False)
+    cfg = DistillConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=0, checkpoint_every=0, progress=False,
+                        plot=False)
     rank = int(os.environ["RANK"])  # set by torchrun; the pass's Accelerator(cpu=True) joins the gloo group
     if rank == 0:
         torch.save(state(student), out / "weights_start.pt")

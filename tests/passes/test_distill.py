@@ -59,7 +59,8 @@ def context(teacher, run_dir, **kw):
 
 def distill(student, teacher, run_dir, **cfg):
     ctx = context(teacher, run_dir, block_map=cfg.pop("block_map", None), resume=cfg.pop("resume", False))
-    defaults = dict(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, checkpoint_every=0, progress=False)
+    defaults = dict(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, checkpoint_every=0, progress=False,
+                    plot=False)
     out = DistillPass(DistillConfig(**{**defaults, **cfg})).run(student, ctx)
     return out, ctx
 
@@ -91,9 +92,10 @@ def test_terms_finite_and_decrease(make, tmp_path):
     student = factorize(copy.deepcopy(teacher), rank=2)
     before = probe(student, teacher, tmp_path / "before")
     assert all(before[t] > 0 for t in ("loss", "task", "out", "feat"))
-    kd, ctx = distill(copy.deepcopy(student), teacher, tmp_path / "kd", steps=6, lr=3e-3, lambda_task=0.0)
+    kd, ctx = distill(copy.deepcopy(student), teacher, tmp_path / "kd", steps=6, lr=3e-3, lambda_task=0.0,
+                      plot=make is tiny_pixart)
     rows = read_curves(tmp_path / "kd" / "distill" / "loss.csv")
-    assert len(rows) == 6 and (tmp_path / "kd" / "distill" / "loss.png").exists()
+    assert len(rows) == 6 and (tmp_path / "kd" / "distill" / "loss.png").exists() == (make is tiny_pixart)
     assert all(torch.isfinite(torch.tensor(r[t])) for r in rows for t in ("loss", "task", "out", "feat"))
     assert ctx.report["distill"]["files"]["loss_csv"].endswith("loss.csv")
     task_only, _ = distill(copy.deepcopy(student), teacher, tmp_path / "task", steps=6, lr=3e-3,
@@ -196,3 +198,40 @@ def test_two_processes_agree(tmp_path):
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     assert any(not torch.equal(w0[k], start[k]) for k in w0)
     assert (tmp_path / "distill" / "loss.csv").exists()
+
+
+def test_teacher_samples_cached(tmp_path):
+    teacher = tiny_pixart()
+    batches = [model_inputs(teacher, batch=4, seed=s) for s in (1, 2)]
+    ctx = context(teacher, tmp_path, calibration_inputs=lambda: batches, train_batch=None)
+    cfg = DistillConfig(steps=1, batch_size=3, data="teacher_samples", num_samples=5, sample_steps=2,
+                        checkpoint_every=0, progress=False, plot=False)
+    DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
+    (folder,) = (tmp_path / "distill" / "teacher_samples").iterdir()
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    assert len(shards) == 2 and (folder / "complete.json").exists() and len(FolderSource(folder)) == 5
+    stamp = shards[0].stat().st_mtime_ns
+    ctx.calibration_inputs = lambda: pytest.fail("cached samples must not be drawn again")
+    DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
+    assert shards[0].stat().st_mtime_ns == stamp
+
+
+def test_signal_checkpoints_and_stops(tmp_path):
+    import signal
+
+    teacher = tiny_pixart()
+    data = toy_data(teacher)
+    calls = []
+
+    def train_batch(batch_size, generator):  # SIGINT arrives during step 2
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return data(batch_size, generator)
+
+    ctx = context(teacher, tmp_path, train_batch=train_batch)
+    cfg = DistillConfig(steps=5, batch_size=2, checkpoint_every=0, progress=False, plot=False)
+    with pytest.raises(TrainingInterrupted, match="step 2/5 on a stop signal"):
+        DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
+    assert (tmp_path / "distill" / "checkpoints" / "step-00000002" / "meta.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
