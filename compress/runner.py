@@ -121,7 +121,8 @@ class Runner:
             run_dir=self.run_dir, seed=self.recipe.calibration.seed,
             calibration_inputs=lambda: cache.setdefault("calib", src.calibration()),
             eval_inputs=lambda: cache.setdefault("heldout", src.heldout()),
-            train_batch=src.train_batch, calibration=self.recipe.calibration,
+            train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
+            calibration=self.recipe.calibration,
             fingerprint=fingerprint(self.source, self.teacher, self.recipe), resume=self.resume)
 
     # -- stages -----------------------------------------------------------------------------------

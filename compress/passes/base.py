@@ -32,6 +32,9 @@ class RunContext:
     eval_inputs: Callable[[], list[dict]] | None = None
     # (batch_size, generator) -> (clean latents, cond kwargs) for training (distillation)
     train_batch: Callable[[int, torch.Generator], tuple[torch.Tensor, dict]] | None = None
+    # (model, clean latents, cond, generator) -> (loss, forward kwargs): the teacher's own training
+    # objective; None means the adapter's (the real model's) objective
+    task_loss: Callable | None = None
     calibration: Any = None  # the recipe's calibration config (CalibrationConfig)
     fingerprint: str = ""  # of teacher + calibration config + code version (calibration cache key)
     report: dict = field(default_factory=dict)  # pass name -> JSON-able record

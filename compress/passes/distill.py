@@ -202,7 +202,8 @@ class _Trainer:
         latents, cond = _to_device(latents, acc.device), _to_device(cond, acc.device)
         zero = torch.zeros((), device=acc.device)
         with acc.autocast():
-            task, kwargs = adapter.task_loss(self.student, latents, cond, self.generator)
+            task_loss = self.ctx.task_loss or adapter.task_loss
+            task, kwargs = task_loss(self.student, latents, cond, self.generator)
             student_pred = pred.pop()
             out = feat = zero
             if cfg.lambda_out > 0 or cfg.lambda_feat > 0:
