@@ -1,7 +1,9 @@
 """Train one toy teacher from a seed and write it (weights, diffusers config, model card).
 
-    python tools/train_toy_teacher.py --family pixart --seed 0 --steps 1200 --out compress/toy/weights
-    python tools/train_toy_teacher.py --family flux   --seed 0 --steps 4000 --out compress/toy/weights
+    python tools/train_toy_teacher.py --family pixart --seed 0 --steps 800 --threads 1 --out compress/toy/weights
+    python tools/train_toy_teacher.py --family flux   --seed 0 --steps 1500 --threads 1 --out compress/toy/weights
+
+(the shipped teachers; each card in compress/toy/weights/ gives its exact command, wall time and loss)
 
 Data: sklearn digits (train split), prompts "a handwritten 7" / "a handwritten seven", 10% empty.
 AdamW, linear warmup then cosine decay, grad-norm clip 1.0; the shipped weights are the EMA.

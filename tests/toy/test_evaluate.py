@@ -47,3 +47,10 @@ def test_sample_grid_png(tmp_path, teachers):
     path = save_sample_grid(teachers["flux"], "flux", tmp_path / "grid.png", n_per_prompt=2, num_inference_steps=2)
     image = Image.open(path)
     assert image.size == (2 * 50 + 2, 10 * 50 + 2)
+
+
+def test_shipped_teachers_follow_prompts(family, teachers):
+    """A small version of the acceptance check (the full one: tools/eval_toy_teachers.py, 200 samples)."""
+    images = ev.sample(teachers[family], family, n_per_prompt=2, seed=5)
+    labels = np.repeat(np.arange(10), 2)
+    assert ev.quality_scores(images, labels)["adherence"] >= 0.9
