@@ -67,6 +67,22 @@ class ToySource:
         return latents, kw
 
 
+    def task_loss(self, model, latents: torch.Tensor, cond: dict, generator: torch.Generator):
+        """The toy teacher's own objective (compress.toy.<family>.noised); returns (loss, kwargs)."""
+        from torch.nn import functional as F
+
+        from compress.toy.data import family_module
+
+        module = family_module(self.family)
+        x0 = module.unpack(latents) if self.family == "flux" else latents  # (B, 4, 8, 8)
+        noisy, timestep, target = module.noised(x0.detach().cpu(), generator)
+        device = latents.device
+        kwargs = dict(cond, hidden_states=noisy.to(device, latents.dtype),
+                      timestep=timestep.to(device))
+        pred = model(**kwargs, return_dict=False)[0]
+        return F.mse_loss(pred.float(), target.to(device).float()), kwargs
+
+
 class SyntheticSource:
     """Random embeddings and latents shaped for the teacher's config (no text encoder needed)."""
 
