@@ -87,8 +87,8 @@ class Adapter:
                         return role, part, g.name, idx, full
                 raise KeyError(name)
         for pat, role, part, key in self.top_rules:
-            if re.fullmatch(pat, name):
-                return role, part, None, None, key
+            if re.fullmatch(pat, name):  # key None: the module reads an input of its own
+                return role, part, None, None, key or f"{name}.in"
         raise KeyError(name)
 
     def linears(self, model: nn.Module) -> list[LinearInfo]:

@@ -36,7 +36,7 @@ class FluxAdapter(Adapter):
     )
     top_rules = (
         (r"norm_out\.linear", "modulation", "mod", _MOD_INPUT[1:]),
-        (r"time_text_embed\..+", "embedding", "conditioning", "time_text_embed"),
+        (r"time_text_embed\..+", "embedding", "conditioning", None),
         (r"context_embedder", "embedding", "context", "context_embedder.in"),
         (r"x_embedder", "embedding", "latent", "x_embedder.in"),
         (r"proj_out", "output", "out", "proj_out.in"),

@@ -25,8 +25,8 @@ class PixArtAdapter(Adapter):
     )
     top_rules = (
         (r"adaln_single\.linear", "modulation", "mod", "adaln.in"),
-        (r"adaln_single\.emb\..+", "embedding", "timestep", "adaln.emb"),
-        (r"caption_projection\.linear_[12]", "embedding", "caption", "caption_projection"),
+        (r"adaln_single\.emb\..+", "embedding", "timestep", None),
+        (r"caption_projection\.linear_[12]", "embedding", "caption", None),
         (r"proj_out", "output", "out", "proj_out.in"),
     )
 

@@ -98,3 +98,9 @@ def test_task_loss_is_finite(tiny_model):
     loss, kwargs = adapter.task_loss(tiny_model, latents, inputs, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and loss > 0
     assert kwargs["hidden_states"].shape == latents.shape
+
+
+def test_embedding_linears_read_their_own_inputs():
+    for model in (tiny_pixart(), tiny_flux()):
+        infos = [i for i in get_adapter(model).linears(model) if i.role == "embedding"]
+        assert len({i.input_key for i in infos}) == len(infos)
