@@ -19,7 +19,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import _read_json, model_class
 from compress.report import console, layer_rows, param_count
-from compress.runner import build_passes
+from compress.runner import build_passes, check_pass
 
 KNOWN_CONFIGS = {
     "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": "PixArt-Sigma-XL-2-1024-MS.json",
@@ -73,7 +73,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     passes = build_passes(recipe)
     steps = []
     for spec, p in zip(recipe.passes, passes):
-        p.check(model, adapter)
+        check_pass(p, spec, model, adapter, recipe.path)
         steps.append({"pass": spec.name, "line": spec.line, **(p.plan(model, adapter) or {})})
         p.apply_planned(model, adapter)
     after_rows = layer_rows(model)

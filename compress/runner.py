@@ -35,6 +35,14 @@ def build_passes(recipe: Recipe) -> list:
     return [pass_class(spec.name)(spec.config) for spec in recipe.passes]
 
 
+def check_pass(p, spec, model, adapter, path: str) -> None:
+    """A pass's config checked against the model; errors name the recipe file and the pass's line."""
+    try:
+        p.check(model, adapter)
+    except UserError as e:
+        raise UserError(f"{path}:{spec.line}: {e}") from None
+
+
 def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None):
     source = teacher or recipe.teacher
     model = load_teacher(source, config=config, family=recipe.model)
@@ -110,8 +118,8 @@ class Runner:
         self.adapter = get_adapter(self.teacher)
         self.passes = build_passes(self.recipe)
         probe = copy.deepcopy(self.teacher)
-        for p in self.passes:  # every config error before any compute
-            p.check(probe, self.adapter)
+        for spec, p in zip(self.recipe.passes, self.passes):  # every config error before compute
+            check_pass(p, spec, probe, self.adapter, self.recipe.path)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
         self.run_dir.mkdir(parents=True, exist_ok=True)

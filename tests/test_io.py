@@ -168,3 +168,18 @@ def test_unsupported_class(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     with pytest.raises(UserError, match="unsupported model class 'UNet2DConditionModel'.*PixArt"):
         load_teacher(str(tmp_path / "m"))
+
+
+def test_load_pipeline_with_toy_base(tmp_path):
+    from compress import load_pipeline
+    from compress.toy import load_toy_teacher
+
+    teacher = load_toy_teacher("flux")
+    out = save_compressed(_factorize_some(teacher, rank=8), tmp_path / "student")
+    pipe = load_pipeline(out, base="toy:flux")
+    assert type(pipe.transformer) is type(teacher)
+    assert isinstance(pipe.transformer.get_submodule(next(iter(
+        json.loads((out / "config.json").read_text())["compression"]["ranks"]))), LowRankLinear)
+    images = pipe("a handwritten 3", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  output_type="pt").images
+    assert images.shape[0] == 1 and torch.isfinite(images).all()

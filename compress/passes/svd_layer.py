@@ -116,6 +116,7 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
                 loss=loss, optimal_loss=optimal, loss_ratio=_ratio(loss, optimal, m.energy),
                 rel_output_error=(loss / m.energy) ** 0.5 if m.energy > 0 else 0.0,
                 objective="output-weighted" if out_root is not None else "calibration output",
+                spectrum=[float(e) for e in dec.energies[:512]],  # for `inspect --plot`
                 centered=center, time_s=round(time.perf_counter() - start, 4))
 
 
