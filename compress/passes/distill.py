@@ -295,7 +295,8 @@ class _Trainer:
     def _finish(self, model, seconds: float) -> None:
         after = self._eval_error()
         record = {"steps": self.cfg.steps, "processes": self.acc.num_processes, "train": self.cfg.train,
-                  "data": self.cfg.data, "block_map": self.block_map, "seconds_this_run": round(seconds, 2),
+                  "data": self.cfg.data, "block_map": self.block_map,
+                  "objective": "context" if self.ctx.task_loss else f"{self.adapter.family} adapter", "seconds_this_run": round(seconds, 2),
                   "mixed_precision": self.acc.mixed_precision, "pred_rel_error_before": self.before,
                   "pred_rel_error_after": after}
         if self.history:
