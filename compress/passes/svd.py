@@ -316,4 +316,5 @@ def _summary(records: dict[str, dict], c: SVDConfig) -> dict:
             "params_before": before, "params_after": after,
             "kept_ratio": after / before if before else 1.0,
             "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),
+            "clamped_grams": sorted(n for n, r in records.items() if r.get("clamped")),
             "max_loss_ratio": max(ratios) if ratios else None}

@@ -117,6 +117,10 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
                 rel_output_error=(loss / m.energy) ** 0.5 if m.energy > 0 else 0.0,
                 objective="output-weighted" if out_root is not None else "calibration output",
                 spectrum=[float(e) for e in dec.energies[:512]],  # for `inspect --plot`
+                # directions the calibration data excites above round-off; the rest of the Gram's
+                # eigenvalues were clamped to zero (singular / ill-conditioned Gram), not inverted
+                data_rank=int(dec.energies.numel()),
+                clamped=bool(dec.energies.numel() < min(info.out_features, info.in_features)),
                 centered=center, time_s=round(time.perf_counter() - start, 4))
 
 

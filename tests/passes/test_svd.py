@@ -141,3 +141,26 @@ def test_embedding_targets_each_get_their_own_gram(tmp_path):
     model, report, _ = _run("flux", tmp_path, targets=["embedding"])
     assert "time_text_embed.text_embedder.linear_1" in report["layers"]
     assert all(r.get("loss_ratio", 1.0) <= 1.001 for r in report["layers"].values())
+
+
+def test_singular_gram_is_clamped_and_reported(tmp_path):
+    """Calibration inputs that span fewer directions than a layer's width: the Gram is singular,
+    its null space is clamped (never inverted) and the report says which layers."""
+    import torch
+
+    from compress.arch import get_adapter
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.conftest import flux_inputs, tiny_flux
+
+    model = tiny_flux()
+    batch = flux_inputs(model, batch=1)  # one sample: 16 image tokens, width 16 -> rank <= 16
+    batch["hidden_states"] = batch["hidden_states"][:, :, :1].expand(-1, -1, 8).contiguous()
+    ctx = RunContext(adapter=get_adapter(model), family="flux", teacher=model, run_dir=tmp_path,
+                     calibration_inputs=lambda: [batch])
+    SVDPass(SVDConfig(targets=["attention"], ratio=0.5, multiple=2, progress=False)).run(model, ctx)
+    svd = ctx.report["svd"]
+    assert svd["max_loss_ratio"] <= 1.001
+    assert svd["clamped_grams"], "a rank-deficient calibration Gram must be reported"
+    rec = svd["layers"][svd["clamped_grams"][0]]
+    assert rec["data_rank"] < min(rec["shape"]) and all(torch.isfinite(torch.tensor(rec["spectrum"])))
