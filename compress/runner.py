@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 import signal
 import time
@@ -33,6 +34,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def build_passes(recipe: Recipe) -> list:
     return [pass_class(spec.name)(spec.config) for spec in recipe.passes]
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed launch (torchrun / accelerate launch set RANK), or a plain run."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def check_pass(p, spec, model, adapter, path: str) -> None:
@@ -156,6 +162,8 @@ class Runner:
         return 0, copy.deepcopy(self.teacher)
 
     def _save_stage(self, i: int, student):
+        if not is_main_process():
+            return
         d = self._stage_dir(i)
         save_compressed(student, d, overwrite=True)
         state = {"recipe": self.recipe.raw, "report": self.ctx.report, "block_map": self.ctx.block_map}
@@ -184,6 +192,8 @@ class Runner:
         return self.export(student, teacher_params)
 
     def export(self, student, teacher_params: int) -> Path:
+        if not is_main_process():  # under `accelerate launch`, rank 0 writes the output
+            return self.out
         report = dict(self.ctx.report, teacher=self.source, teacher_params=teacher_params,
                       student_params=param_count(student), version=compress.__version__)
         files = {"recipe.yaml": dump_recipe(self.recipe),

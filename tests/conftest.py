@@ -69,3 +69,12 @@ def model_inputs(model, **kw) -> dict:
 @pytest.fixture(params=["pixart", "flux"])
 def tiny_model(request):
     return tiny_pixart() if request.param == "pixart" else tiny_flux()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads fight over tiny matmuls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,13 +8,7 @@ from compress.passes.svd_layer import compress_layer
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine are ~20x slower for these tiny matmuls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches(model, n=2):

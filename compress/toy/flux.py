@@ -16,7 +16,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from torch.nn import functional as F
 
-from compress.toy.pipeline import DEFAULT_GUIDANCE, ToyPipeline, guide
+from compress.toy.pipeline import DEFAULT_GUIDANCE, ToyPipeline, flow_noised, guide
 from compress.toy.text import MAX_TOKENS, TEXT_DIM
 from compress.toy.vae import LATENT_CHANNELS, LATENT_SIZE
 
@@ -83,17 +83,10 @@ def forward_kwargs(packed, sigma, text, guidance: float | torch.Tensor = DEFAULT
 
 
 def noised(latents: torch.Tensor, generator: torch.Generator, training: bool = True):
-    """Rectified flow x_σ = (1−σ)·x0 + σ·noise. Training draws σ logit-normal (as SD3/Flux), otherwise
-    uniform. Returns (packed noisy (B, 16, 16), sigma (B,), target velocity noise − x0, packed)."""
-    batch = latents.shape[0]
-    if training:
-        sigma = torch.sigmoid(torch.randn(batch, generator=generator))
-    else:
-        sigma = torch.rand(batch, generator=generator)
-    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
-    s = sigma.to(latents.dtype).view(batch, 1, 1, 1)
-    noisy = (1 - s) * latents + s * noise
-    return pack(noisy), sigma.to(latents.dtype), pack(noise - latents)
+    """Rectified flow (`flow_noised`) on (B, 4, 8, 8) latents. Returns (packed noisy (B, 16, 16),
+    sigma (B,), target velocity noise − x0, packed)."""
+    noisy, sigma, target = flow_noised(latents, generator, training)
+    return pack(noisy), sigma, pack(target)
 
 
 def training_loss(model, latents: torch.Tensor, text: dict, generator: torch.Generator) -> torch.Tensor:

@@ -99,3 +99,16 @@ class ToyPipeline(DiffusionPipeline):
             latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
         images = to_output(self.vae.decode(self.unpack(latents)), output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+def flow_noised(latents: torch.Tensor, generator: torch.Generator, training: bool = True):
+    """Rectified flow x_σ = (1−σ)·x0 + σ·noise, σ logit-normal when training (as SD3/Flux), else
+    uniform. latents (B, C, H, W) -> (noisy, sigma (B,), target velocity noise − x0)."""
+    batch = latents.shape[0]
+    if training:
+        sigma = torch.sigmoid(torch.randn(batch, generator=generator))
+    else:
+        sigma = torch.rand(batch, generator=generator)
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    s = sigma.to(latents.dtype).view(batch, 1, 1, 1)
+    return (1 - s) * latents + s * noise, sigma.to(latents.dtype), noise - latents

@@ -17,7 +17,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
 from torch.nn import functional as F
 
-from compress.toy.pipeline import ToyPipeline, guide
+from compress.toy.pipeline import ToyPipeline, flow_noised, guide
 from compress.toy.text import TEXT_DIM
 from compress.toy.vae import LATENT_CHANNELS, LATENT_SIZE
 
@@ -65,16 +65,10 @@ def forward_kwargs(latents: torch.Tensor, timestep: torch.Tensor, text: dict[str
 
 
 def noised(latents: torch.Tensor, generator: torch.Generator, training: bool = True):
-    """x_σ = (1−σ)·x0 + σ·noise; σ logit-normal when training, else uniform. Returns
-    (noisy (B, 4, 8, 8), timestep = 1000·σ (B,), target velocity noise − x0 (B, 4, 8, 8))."""
-    batch = latents.shape[0]
-    if training:
-        sigma = torch.sigmoid(torch.randn(batch, generator=generator))
-    else:
-        sigma = torch.rand(batch, generator=generator)
-    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
-    s = sigma.to(latents.dtype).view(batch, 1, 1, 1)
-    return (1 - s) * latents + s * noise, NUM_TRAIN_TIMESTEPS * sigma.to(latents.dtype), noise - latents
+    """Rectified flow (`flow_noised`). Returns (noisy (B, 4, 8, 8), timestep = 1000·σ (B,),
+    target velocity noise − x0 (B, 4, 8, 8))."""
+    noisy, sigma, target = flow_noised(latents, generator, training)
+    return noisy, NUM_TRAIN_TIMESTEPS * sigma, target
 
 
 def training_loss(model, latents: torch.Tensor, text: dict, generator: torch.Generator) -> torch.Tensor:

@@ -65,13 +65,7 @@ def distill(student, teacher, run_dir, **cfg):
     return out, ctx
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared: one thread per process is faster than two fighting threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def state(model):

@@ -15,12 +15,7 @@ from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 MAKERS = {"pixart": tiny_pixart, "flux": tiny_flux}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctx(model, tmp_path, fingerprint="fp", n=2):
