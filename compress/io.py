@@ -55,7 +55,7 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | 
     return _load_hub(source, dtype)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -71,7 +71,7 @@ def _load_folder(path: Path, dtype) -> nn.Module:
     if not cfg_path.is_file():
         raise UserError(f"{path} has neither model_index.json nor config.json; expected a diffusers "
                         "pipeline folder, a transformer folder or a single-file checkpoint")
-    config = _read_json(cfg_path)
+    config = read_json(cfg_path)
     if "compression" in config:
         return load_transformer(path, dtype=dtype)
     cls = model_class(config.get("_class_name", "<missing _class_name>"))
@@ -90,7 +90,7 @@ def _load_hub(repo_id: str, dtype) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
         raise UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({type(e).__name__}); "
                         "pass a local folder or file, or check the id and your network") from None
-    cls_name = _read_json(index).get("transformer", [None, None])[1]
+    cls_name = read_json(index).get("transformer", [None, None])[1]
     cls = model_class(cls_name or "<no transformer>")
     return cls.from_pretrained(repo_id, subfolder="transformer", torch_dtype=dtype).eval()
 
@@ -251,7 +251,7 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     out = Path(out)
     if not (out / "config.json").is_file() or not (out / WEIGHTS).is_file():
         raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS})")
-    config = _read_json(out / "config.json")
+    config = read_json(out / "config.json")
     compression = config.pop("compression", {"ranks": {}})
     cls = model_class(config.get("_class_name", "<missing _class_name>"))
     sd = read_state_dict(out / WEIGHTS)

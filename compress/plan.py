@@ -17,7 +17,7 @@ from rich.table import Table
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import _read_json, model_class
+from compress.io import read_json, model_class
 from compress.report import console, layer_rows, param_count
 from compress.runner import build_passes, check_pass
 
@@ -31,14 +31,14 @@ def teacher_config(source: str, config: str | None = None) -> dict:
     """The diffusers config of a teacher source, without loading weights."""
     if config:
         p = Path(config)
-        return _read_json(p if p.suffix == ".json" else p / "config.json")
+        return read_json(p if p.suffix == ".json" else p / "config.json")
     if source in KNOWN_CONFIGS:
         text = resources.files("compress.configs").joinpath(KNOWN_CONFIGS[source]).read_text()
         return json.loads(text)
     p = Path(source)
     for candidate in (p / "transformer" / "config.json", p / "config.json", p.parent / "config.json"):
         if candidate.is_file():
-            return _read_json(candidate)
+            return read_json(candidate)
     raise UserError(f"cannot find a config for teacher '{source}' offline; pass --teacher-config")
 
 

@@ -128,12 +128,11 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
     if dataclasses.is_dataclass(tp):
         return build_dataclass(node, tp, loc_path, what)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in typing.get_args(tp):
             try:
                 return convert(node, arg, loc_path, what)
-            except UserError as e:
-                errors.append(e)
+            except UserError:
+                continue
         raise loc.err(f"{what} must be {_type_name(tp)}")
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
