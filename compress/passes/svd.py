@@ -166,7 +166,7 @@ class SVDPass(Pass):
                 model, info, stats, method=c.method, alpha=c.alpha, center=self._center(info),
                 gram_is_output=uses_output_gram(info), choose_rank=self._choose(info, ranks),
                 out_root=self.roots.get(info.name))
-            state.append((info.name, records[info.name]["rank"]))
+            state.append((info.name, records[info.name]["rank"], _module_digest(model, info.name)))
             return records[info.name]["rank"] != "dense"
 
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
@@ -285,6 +285,15 @@ def _readers(infos: list[LinearInfo], where: str = "top level") -> list[Reader]:
         out.setdefault(key, Reader(key, i.name, output=uses_output_gram(i),
                                    dedupe=is_model_wide(i) and i.role != "modulation", where=where))
     return list(out.values())
+
+
+def _module_digest(model: nn.Module, name: str) -> str:
+    """Digest of every value of a (just compressed) module: student-mode stats of later blocks
+    depend on the exact factors (method, alpha, centering, weighting), not only on the rank."""
+    h = hashlib.sha1()
+    for p in model.get_submodule(name).parameters():
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _digest(*parts) -> str:

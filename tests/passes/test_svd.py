@@ -159,3 +159,17 @@ def test_singular_gram_is_clamped_and_reported(tmp_path):
     assert svd["clamped_grams"], "a rank-deficient calibration Gram must be reported"
     rec = svd["layers"][svd["clamped_grams"][0]]
     assert rec["data_rank"] < min(rec["shape"]) and all(torch.isfinite(torch.tensor(rec["spectrum"])))
+
+
+def test_student_mode_cache_is_keyed_by_the_factors_not_only_the_ranks(tmp_path):
+    """A plain-svd run and a whitened run share ranks; the whitened run must not reuse the stats
+    the svd run took on its own (differently compressed) student activations."""
+    shared = tmp_path / "shared"
+    _run("pixart", shared, method="svd")
+    reused, _, _ = _run("pixart", shared)
+    fresh, _, _ = _run("pixart", tmp_path / "fresh")
+    inputs = model_inputs(reused)
+    with torch.no_grad():
+        a = reused(**inputs, return_dict=False)[0]
+        b = fresh(**inputs, return_dict=False)[0]
+    assert torch.equal(a, b)
