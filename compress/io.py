@@ -21,6 +21,7 @@ from torch import nn
 
 from compress.arch import SUPPORTED, family_of_class, get_adapter
 from compress.errors import UserError
+from compress.fuse import fuse_gelu
 from compress.lowrank import LowRankLinear
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -265,6 +266,7 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
         raise UserError(f"{out / WEIGHTS} does not match its config.json: {_one_line(e)}") from None
+    fuse_gelu(model)  # the FFN's tanh-GELU runs inside the factorized layer (kernel epilogue)
     if dtype is not None:
         model = model.to(dtype)
     return model.to(device or "cpu").eval()

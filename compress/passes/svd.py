@@ -23,6 +23,7 @@ from compress.alloc import (DENSE, budget_for_ratio, energy_rank, global_greedy,
 from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache, model_digest
 from compress.errors import UserError
+from compress.fuse import fuse_gelu
 from compress.linalg import METHODS, factors_from, normalized_curve
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext
@@ -135,7 +136,8 @@ class SVDPass(Pass):
         if c.allocation == "global":
             ranks, report["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
         self._compress(model, ctx.adapter, targets, batches, ranks, records)
-        report.update(_summary(records, c), layers=records, cache_hits=list(self.cache.hits))
+        report.update(_summary(records, c), layers=records, cache_hits=list(self.cache.hits),
+                      fused_gelu=fuse_gelu(model))
         return model
 
     def _modulation_roots(self, model, adapter, targets, batches) -> dict:

@@ -51,6 +51,8 @@ def test_uniform_replaces_targets_with_right_ranks(family, tmp_path):
         assert {"role", "shape", "kept_params", "loss", "optimal_loss", "rel_output_error",
                 "time_s"} <= set(rec)
     assert report["params_after"] < report["params_before"]
+    assert report["fused_gelu"] and all(model.get_submodule(n).activation == "gelu_tanh"
+                                        for n in report["fused_gelu"])
     with torch.no_grad():
         out = model(**model_inputs(model), return_dict=False)[0]
     assert torch.isfinite(out).all()
