@@ -59,9 +59,10 @@ def error(student, family: str) -> float:
         return prediction_error(student, load_toy_teacher(family), family, n=256, seed=0)
 
 
-RUNS = {  # name -> svd config
-    "svd uniform": dict(method="svd", ratio=0.5, multiple=4),
+RUNS = {  # name -> svd config (fisher="all", the default, weights outputs by their effect on the prediction)
+    "svd uniform": dict(method="svd", ratio=0.5, multiple=4, fisher="none"),
     "whitened uniform": dict(ratio=0.5, multiple=4),
+    "whitened uniform (no Fisher)": dict(ratio=0.5, multiple=4, fisher="none"),
     "whitened global (sensitivity)": dict(ratio=0.5, multiple=4, allocation="global"),
     "whitened global (no sensitivity)": dict(ratio=0.5, multiple=4, allocation="global", sensitivity=False),
     "modulation r8 (grid, centered)": dict(targets=["modulation"], ranks={"modulation": 8}, multiple=4),
@@ -89,7 +90,8 @@ def summary(family: str, rows: dict) -> list[str]:
     def r(a, b):
         return rows[a]["error"] / rows[b]["error"]
     lines = [f"{family}: whitened/svd error ratio at 50% = {r('whitened uniform', 'svd uniform'):.3f} "
-             f"(target ≤ 0.1)",
+             f"(target ≤ 0.1); without the output Fisher {r('whitened uniform (no Fisher)', 'svd uniform'):.3f}",
+             f"{family}: whitened global/svd uniform at 50% = {r('whitened global (sensitivity)', 'svd uniform'):.3f}",
              f"{family}: global/uniform error ratio at 50% = "
              f"{r('whitened global (sensitivity)', 'whitened uniform'):.3f} (target ≤ 0.8); "
              f"without sensitivity {r('whitened global (no sensitivity)', 'whitened uniform'):.3f}"]

@@ -6,6 +6,10 @@ a block-by-block calibration that factorizes each block's targets before the nex
 (`activations="student"`: later blocks calibrate on the compressed student's activations).
 Modulation linears read a low-dimensional conditioning vector; their Grams are taken over a dense
 timestep grid (`modulation_grid`) rather than the few calibration timesteps.
+With `fisher` (default "all") each target's outputs are weighted by the output Fisher F = Σ JᵀJ of
+the final prediction (svd_fisher): the factorization minimizes tr(F E G Eᵀ), a first-order estimate
+of the prediction error, instead of the layer's own output error. On the toy teachers at 50% kept
+parameters this cut the teacher-relative prediction error 2.2-2.4x against unweighted whitening.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from compress.passes.svd_targets import (check_explicit_ranks, fixed_ranks, is_m
                                          resolve_targets, shape_spec, stats_key, uses_output_gram)
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
+FISHER = ("all", "modulation", "none")
 LATER = "decided after calibration"
 
 
@@ -56,7 +61,8 @@ class SVDConfig:
     ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
     center: list = field(default_factory=lambda: ["modulation"])  # patterns: centered Gram + bias fold
     modulation_grid: int = 64  # timesteps per calibration batch for modulation Grams (0: own)
-    modulation_fisher: bool = True  # weight modulation outputs by their effect on the prediction
+    fisher: str = "all"  # weight outputs by their effect on the prediction: all | modulation | none
+    fisher_memory_gb: float = 2.0  # float64 Fishers held at once (more targets: more passes)
     fisher_probes: int = 4  # random probes per calibration batch for the output Fisher
     fisher_damping: float = 1e-3  # λ = damping · mean Fisher eigenvalue
     progress: bool = True
@@ -77,6 +83,7 @@ class SVDPass(Pass):
         _one_of("method", c.method, METHODS)
         _one_of("allocation", c.allocation, ALLOCATIONS)
         _one_of("activations", c.activations, ("student", "teacher"))
+        _one_of("fisher", c.fisher, FISHER)
         if not 0 < c.ratio <= 1:
             raise UserError(f"svd.ratio must be in (0, 1], got {c.ratio}")
         if not 0 < c.energy <= 1:
@@ -132,7 +139,7 @@ class SVDPass(Pass):
         report = ctx.report.setdefault("svd", {})
         records: dict[str, dict] = {}
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
-        self.roots = self._modulation_roots(model, ctx.adapter, targets, batches)
+        self.roots = self._output_roots(model, ctx.adapter, targets, batches)
         if c.allocation == "global":
             ranks, report["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
         self._compress(model, ctx.adapter, targets, batches, ranks, records)
@@ -140,14 +147,16 @@ class SVDPass(Pass):
                       fused_gelu=fuse_gelu(model))
         return model
 
-    def _modulation_roots(self, model, adapter, targets, batches) -> dict:
-        """name -> (L, L⁻¹) output weighting of each modulation target (empty when disabled)."""
+    def _output_roots(self, model, adapter, targets, batches) -> dict:
+        """name -> (L, L⁻¹) output weighting of each weighted target (empty when disabled), from the
+        output Fisher of the model as the pass finds it, in chunks of at most `fisher_memory_gb`."""
         c = self.config
-        names = [i.name for i in targets if i.role == "modulation"]
-        if not (names and c.modulation_fisher):
-            return {}
-        fisher = output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0)
-        return {n: sqrt_pair(f, c.fisher_damping) for n, f in fisher.items()}
+        chosen = [i for i in targets if c.fisher == "all" or (c.fisher == "modulation" and i.role == "modulation")]
+        roots = {}
+        for names in fisher_chunks(chosen, c.fisher_memory_gb * 2**30):
+            fisher = output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0)
+            roots.update({n: sqrt_pair(f, c.fisher_damping) for n, f in fisher.items()})
+        return roots
 
     def _choose(self, info: LinearInfo, ranks: dict) -> Callable:
         """decomposition -> rank (or DENSE): fixed, or by the energy rule on the measured curve."""
@@ -287,6 +296,19 @@ def _readers(infos: list[LinearInfo], where: str = "top level") -> list[Reader]:
         out.setdefault(key, Reader(key, i.name, output=uses_output_gram(i),
                                    dedupe=is_model_wide(i) and i.role != "modulation", where=where))
     return list(out.values())
+
+
+def fisher_chunks(infos: list[LinearInfo], budget_bytes: float) -> list[list[str]]:
+    """Target names in groups whose float64 output Fishers (out² · 8 bytes each) fit the budget
+    (a layer bigger than the budget gets a group of its own)."""
+    chunks, size = [[]], 0.0
+    for info in infos:
+        need = 8.0 * info.out_features**2
+        if chunks[-1] and size + need > budget_bytes:
+            chunks, size = chunks + [[]], 0.0
+        chunks[-1].append(info.name)
+        size += need
+    return [c for c in chunks if c]
 
 
 def _module_digest(model: nn.Module, name: str) -> str:

@@ -1,10 +1,11 @@
-"""Output-side weights for modulation linears: how much each output direction moves the prediction.
+"""Output-side weights for target linears: how much each output direction moves the prediction.
 
-A modulation linear maps the conditioning vector c (silu(temb)) to shift/scale/gate vectors; its
-error E c reaches the final prediction through the Jacobian J = ∂pred/∂y. To first order the
+A linear's error E x (a modulation linear on c = silu(temb), an attention projection, ...) reaches
+the final prediction through the Jacobian J = ∂pred/∂y. To first order the
 prediction error is Σ_s ||J_s E c_s||², which we approximate by tr(F E G Eᵀ) with the output Fisher
 F = Σ_s J_sᵀ J_s (Kronecker approximation, as K-FAC). F is estimated with random probes v ~ N(0, I):
-E[(Jᵀv)(Jᵀv)ᵀ] = JᵀJ, one backward per probe for every modulation linear at once.
+E[(Jᵀv)(Jᵀv)ᵀ] = JᵀJ, one backward per probe for all the named linears at once (a zero probe added to each output
+keeps the graph whole, so chained linears each get their full Jacobian).
 The weighted problem min tr(F E G Eᵀ) is the plain whitened one for V = L W, L = (F + λI)^{1/2}:
 W' = L⁻¹ V'_r (see `weighted_factors` in svd_layer).
 """
@@ -24,9 +25,9 @@ def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[st
 
     def make_hook(name):
         def hook(mod, args, out):
-            y = out.detach().requires_grad_(True)  # a leaf: gradients stop here
-            outputs[name] = y
-            return y
+            z = torch.zeros_like(out, requires_grad=True)  # ∂/∂z = ∂/∂y, and the graph stays whole
+            outputs[name] = z
+            return out + z
         return hook
 
     handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]

@@ -14,7 +14,7 @@ a wrong prompt), while 300 flow steps already did. The architecture, and so what
 from __future__ import annotations
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, PixArtTransformer2DModel
 from torch.nn import functional as F
 
 from compress.toy.pipeline import ToyPipeline, flow_noised, guide
@@ -90,3 +90,42 @@ class ToyPixArtPipeline(ToyPipeline):
         timestep = t.expand(x.shape[0]).to(x.device)
         pred = self.transformer(**forward_kwargs(x, timestep, text)).sample
         return guide(pred, guidance_scale) if cfg else pred
+
+
+# ---- epsilon prediction on PixArt-Σ's DDPM betas (linear 1e-4 .. 0.02, 1000 steps) -----------------
+
+BETAS = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+EPS_WEIGHT_CAP = 20.0
+
+
+def alphas_cumprod() -> torch.Tensor:
+    """ᾱ_t of the training schedule (1000,), from diffusers' DDPMScheduler."""
+    return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, **BETAS).alphas_cumprod
+
+
+def eps_scheduler() -> DPMSolverMultistepScheduler:
+    return DPMSolverMultistepScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, **BETAS,
+                                       prediction_type="epsilon", algorithm_type="dpmsolver++")
+
+
+def eps_noised(latents: torch.Tensor, generator: torch.Generator, training: bool = True):
+    """DDPM x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, t uniform in {0..999}. Returns (noisy (B, 4, 8, 8), t (B,) long, ε)."""
+    batch = latents.shape[0]
+    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    a = alphas_cumprod()[t].to(latents.dtype).view(batch, 1, 1, 1)
+    return a.sqrt() * latents + (1 - a).sqrt() * noise, t, noise
+
+
+def eps_weight(t: torch.Tensor, cap: float | None = None) -> torch.Tensor:
+    """min(1 + 1/SNR_t, cap) (B,): ε-MSE weighted so it matches the v / x0 loss at low SNR (capped)."""
+    a = alphas_cumprod()[t]
+    return torch.clamp(1 + (1 - a) / a, max=EPS_WEIGHT_CAP if cap is None else cap)
+
+
+def eps_training_loss(model, latents: torch.Tensor, text: dict, generator: torch.Generator) -> torch.Tensor:
+    noisy, t, target = eps_noised(latents, generator)
+    pred = model(**forward_kwargs(noisy, t, text)).sample
+    per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    w = eps_weight(t)
+    return (w * per_sample).sum() / w.sum()

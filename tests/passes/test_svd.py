@@ -175,3 +175,48 @@ def test_student_mode_cache_is_keyed_by_the_factors_not_only_the_ranks(tmp_path)
         a = reused(**inputs, return_dict=False)[0]
         b = fresh(**inputs, return_dict=False)[0]
     assert torch.equal(a, b)
+
+
+def test_fisher_chunks_respect_the_memory_budget():
+    from compress.arch.base import LinearInfo
+    from compress.passes.svd import fisher_chunks
+
+    infos = [LinearInfo(name=f"l{i}", role="mlp", part="in", in_features=4, out_features=o, group=None, block=None,
+                        input_key="x") for i, o in enumerate([10, 10, 30, 5])]
+    chunks = fisher_chunks(infos, budget_bytes=8 * 250)  # 250 float64 entries
+    assert chunks == [["l0", "l1"], ["l2"], ["l3"]]  # 100+100; 900 alone (over budget); 25
+    assert fisher_chunks(infos, 1e12) == [["l0", "l1", "l2", "l3"]]
+
+
+def test_output_fisher_of_chained_linears_matches_one_at_a_time():
+    """Probing several linears at once must not cut the graph between them."""
+    from compress.passes.svd_fisher import output_fisher
+
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    batches = [model_inputs(model, seed=0)]
+    names = ["transformer_blocks.0.attn1.to_v", "transformer_blocks.0.attn1.to_out.0",
+             "transformer_blocks.1.ff.net.2"]
+    together = output_fisher(model, adapter, batches, names, probes=2, seed=0)
+    for name in names:
+        alone = output_fisher(model, adapter, batches, [name], probes=2, seed=0)[name]
+        assert alone.abs().sum() > 0
+        assert torch.allclose(together[name], alone, rtol=1e-6, atol=1e-9)
+
+
+def test_fisher_weighting_lowers_the_prediction_error_of_the_toy_teacher(tmp_path):
+    from compress.toy.data import model_inputs as toy_inputs
+    from compress.toy.evaluate import prediction_error
+    from compress.toy.weights import load_toy_teacher
+
+    teacher = load_toy_teacher("pixart")
+    batches = [toy_inputs("pixart", 32, seed=1, split="train", cfg=True)]
+    errors = {}
+    for fisher in ("all", "none"):
+        student = load_toy_teacher("pixart")
+        ctx = RunContext(adapter=get_adapter(student), family="pixart", teacher=teacher,
+                         run_dir=tmp_path / fisher, calibration_inputs=lambda: batches, fingerprint="t")
+        SVDPass(SVDConfig(ratio=0.5, multiple=4, fisher=fisher, progress=False)).run(student, ctx)
+        assert ctx.report["svd"]["max_loss_ratio"] <= 1.001  # optimal in its own (weighted) metric
+        errors[fisher] = prediction_error(student, teacher, "pixart", n=64)
+    assert errors["all"] < 0.7 * errors["none"], errors
