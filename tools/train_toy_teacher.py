@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import platform
@@ -41,6 +42,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after N steps of the --steps schedule (reproduces a run cut short)")
     parser.add_argument("--save-every", type=int, default=250, help="also write the EMA weights every N steps")
+    parser.add_argument("--objective", choices=["flow", "eps"], default="flow",
+                        help="pixart only: eps = PixArt-Σ's epsilon prediction on DDPM betas, weighted "
+                             "min(1 + 1/SNR, --eps-weight-cap) (an experiment: it did not learn the prompt)")
+    parser.add_argument("--eps-weight-cap", type=float, default=1000.0)
     return parser.parse_args()
 
 
@@ -61,6 +66,11 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
 def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     module = family_module(args.family)
+    loss_fn = module.training_loss
+    if args.objective == "eps":
+        if args.family != "pixart":
+            raise SystemExit("--objective eps is for --family pixart")
+        loss_fn = functools.partial(module.eps_training_loss, cap=args.eps_weight_cap)
     model = module.new_transformer(seed=args.seed).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     encoder = ToyTextEncoder.from_seed()
@@ -71,7 +81,7 @@ def train(args: argparse.Namespace) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         batch = training_batch(args.family, args.batch_size, generator, text_encoder=encoder)
-        loss = module.training_loss(model, batch["latents"], batch["text"], generator)
+        loss = loss_fn(model, batch["latents"], batch["text"], generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -95,7 +105,8 @@ def write_card(args: argparse.Namespace, result: dict) -> None:
     params = sum(p.numel() for p in model.parameters())
     stop = f" --stop-after {args.stop_after}" if args.stop_after else ""
     trained = f"{args.stop_after} of a {args.steps}-step schedule" if args.stop_after else f"{args.steps} steps"
-    objective = {"pixart": "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1), timestep = 1000 sigma "
+    objective = {"pixart": f"epsilon on DDPM linear betas, loss weight min(1 + 1/SNR, {args.eps_weight_cap:g}); "
+                           "sample with compress.toy.pixart.eps_scheduler()" if args.objective == "eps" else "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1), timestep = 1000 sigma "
                            "(epsilon prediction did not learn to read the prompt in budget: see compress/toy/pixart.py)",
                  "flux": "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1); "
                          "guidance embedder fed U[1, 5]; 10% empty prompts for true CFG at sampling"}
@@ -116,7 +127,7 @@ def write_card(args: argparse.Namespace, result: dict) -> None:
         f"torch {torch.__version__}",
         f"- final training loss (mean of the last 100 steps): {result['final_loss']:.4f}",
         f"- reproduce: `python tools/train_toy_teacher.py --family {args.family} --seed {args.seed} "
-        f"--steps {args.steps}{stop} --ema-decay {args.ema_decay} --threads {args.threads} --out DIR`",
+        f"--steps {args.steps}{stop}{' --objective eps --eps-weight-cap %g' % args.eps_weight_cap if args.objective == 'eps' else ''} --ema-decay {args.ema_decay} --threads {args.threads} --out DIR`",
         "",
         "## Config",
         "",

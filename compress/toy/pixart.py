@@ -8,7 +8,12 @@ Objective: rectified flow (velocity noise − x0, σ logit-normal), sampled with
 (`use_flow_sigmas`, as SANA, PixArt's successor, does), not PixArt-Σ's epsilon prediction on DDPM betas.
 Measured on this toy: 1000 epsilon steps (linear or scaled-linear betas, plain or min-SNR-5 weighted)
 learned to denoise but never to read the prompt (x0 estimates classified the same under the right and
-a wrong prompt), while 300 flow steps already did. The architecture, and so what compression sees, is PixArt-Σ's.
+a wrong prompt), while 300 flow steps already did. Weighting the ε loss by min(1 + 1/SNR, cap), which
+makes it the v-prediction loss, did not fix it either: cap 20 or 1000 at 500 steps gave adherence
+0.10; cap 1000 at 3000 steps (20 min, 1 thread) 0.195 at guidance 3 (0.115 at guidance 1), where
+the flow toy reaches 1.000 in 800 steps. Likely cause: without a skip connection the DiT must
+reproduce x_t through LayerNorm-ed tokens to output ε ≈ x_t at low SNR, and that error swamps the
+small prompt-dependent part of ε there. The architecture, and so what compression sees, is PixArt-Σ's.
 """
 
 from __future__ import annotations
@@ -94,8 +99,9 @@ class ToyPixArtPipeline(ToyPipeline):
 
 # ---- epsilon prediction on PixArt-Σ's DDPM betas (linear 1e-4 .. 0.02, 1000 steps) -----------------
 
+# Kept so the experiment reproduces (`tools/train_toy_teacher.py --family pixart --objective eps`);
+# the shipped toy is trained with the flow objective above. See the module docstring.
 BETAS = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
-EPS_WEIGHT_CAP = 20.0
 
 
 def alphas_cumprod() -> torch.Tensor:
@@ -117,15 +123,18 @@ def eps_noised(latents: torch.Tensor, generator: torch.Generator, training: bool
     return a.sqrt() * latents + (1 - a).sqrt() * noise, t, noise
 
 
-def eps_weight(t: torch.Tensor, cap: float | None = None) -> torch.Tensor:
-    """min(1 + 1/SNR_t, cap) (B,): ε-MSE weighted so it matches the v / x0 loss at low SNR (capped)."""
+def eps_weight(t: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(1 + 1/SNR_t, cap) (B,): ε-MSE weighted so it equals the v-prediction loss (capped): the
+    plain ε loss barely depends on the prompt at low SNR, where the class is decided."""
     a = alphas_cumprod()[t]
-    return torch.clamp(1 + (1 - a) / a, max=EPS_WEIGHT_CAP if cap is None else cap)
+    return torch.clamp(1 + (1 - a) / a, max=cap)
 
 
-def eps_training_loss(model, latents: torch.Tensor, text: dict, generator: torch.Generator) -> torch.Tensor:
+def eps_training_loss(model, latents: torch.Tensor, text: dict, generator: torch.Generator,
+                      cap: float = 1000.0) -> torch.Tensor:
+    """Weighted ε-MSE on clean latents (B, 4, 8, 8)."""
     noisy, t, target = eps_noised(latents, generator)
     pred = model(**forward_kwargs(noisy, t, text)).sample
     per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
-    w = eps_weight(t)
+    w = eps_weight(t, cap)
     return (w * per_sample).sum() / w.sum()
