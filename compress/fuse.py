@@ -32,18 +32,17 @@ def _unfused(layer) -> bool:
 
 
 def _is_tanh_gelu(module) -> bool:
-    return isinstance(module, nn.GELU) and module.approximate == "tanh"
+    """torch's nn.GELU or diffusers' GELU (proj + activation), tanh-approximated."""
+    return isinstance(module, (nn.GELU, GELU)) and module.approximate == "tanh"
 
 
 def fuse_gelu(model: nn.Module) -> list[str]:
     """Fuses in place; returns the names of the LowRankLinears that now apply tanh-GELU."""
     fused = []
     for name, module in list(model.named_modules()):
-        if isinstance(module, GELU) and module.approximate == "tanh" and _unfused(module.proj):
+        if isinstance(module, GELU) and _is_tanh_gelu(module) and _unfused(module.proj):
             module.proj.activation = "gelu_tanh"
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, FusedGELU(module.proj))
+            model.set_submodule(name, FusedGELU(module.proj))
             fused.append(f"{name}.proj")
         elif _unfused(getattr(module, "proj_mlp", None)) and _is_tanh_gelu(getattr(module, "act_mlp", None)):
             module.proj_mlp.activation = "gelu_tanh"  # Flux single block: act_mlp(proj_mlp(x))

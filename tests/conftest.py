@@ -66,6 +66,24 @@ def model_inputs(model, **kw) -> dict:
     return (pixart_inputs if type(model).__name__.startswith("PixArt") else flux_inputs)(model, **kw)
 
 
+def factorize(model, names, rank: int):
+    """Swap the named linears for LowRankLinear with plain-SVD factors of rank ≤ `rank`."""
+    from compress.lowrank import LowRankLinear
+
+    for name in names:
+        lin = model.get_submodule(name)
+        u, s, vh = torch.linalg.svd(lin.weight.detach(), full_matrices=False)
+        r = min(rank, s.numel())
+        model.set_submodule(name, LowRankLinear.from_factors(u[:, :r] * s[:r], vh[:r], lin.bias))
+    return model
+
+
+def forward(model, inputs: dict) -> torch.Tensor:
+    """The model's prediction on `inputs`, without autograd."""
+    with torch.no_grad():
+        return model(**inputs, return_dict=False)[0]
+
+
 @pytest.fixture(params=["pixart", "flux"])
 def tiny_model(request):
     return tiny_pixart() if request.param == "pixart" else tiny_flux()

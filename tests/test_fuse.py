@@ -5,34 +5,21 @@ from compress import load_transformer, save_compressed
 from compress.arch import get_adapter
 from compress.fuse import FusedGELU, fuse_gelu
 from compress.lowrank import LowRankLinear
-from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+from tests.conftest import factorize, forward, model_inputs, tiny_flux, tiny_pixart
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _factorize_mlp(model, rank=4):
     """Every MLP-role linear becomes a LowRankLinear (plain SVD factors)."""
-    for info in get_adapter(model).linears(model):
-        if info.role != "mlp":
-            continue
-        parent_name, _, child = info.name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        lin = getattr(parent, child)
-        u, s, vh = torch.linalg.svd(lin.weight.detach(), full_matrices=False)
-        setattr(parent, child, LowRankLinear.from_factors(u[:, :rank] * s[:rank], vh[:rank], lin.bias))
-    return model
-
-
-def _out(model, inputs):
-    with torch.no_grad():
-        return model(**inputs, return_dict=False)[0]
+    return factorize(model, [i.name for i in get_adapter(model).linears(model) if i.role == "mlp"], rank)
 
 
 @pytest.mark.parametrize("make", [tiny_pixart, tiny_flux])
 def test_fusion_changes_nothing_but_where_gelu_runs(make):
     model = _factorize_mlp(make())
     inputs = model_inputs(model)
-    before, keys = _out(model, inputs), set(model.state_dict())
+    before, keys = forward(model, inputs), set(model.state_dict())
     fused = fuse_gelu(model)
     expected = {n for n, m in model.named_modules() if isinstance(m, LowRankLinear)
                 and (n.endswith("ff.net.0.proj") or n.endswith("ff_context.net.0.proj") or n.endswith("proj_mlp"))}
@@ -40,7 +27,7 @@ def test_fusion_changes_nothing_but_where_gelu_runs(make):
     for name in fused:
         assert model.get_submodule(name).activation == "gelu_tanh"
     assert set(model.state_dict()) == keys  # same parameter names: no new output format
-    assert torch.equal(_out(model, inputs), before)
+    assert torch.equal(forward(model, inputs), before)
     assert fuse_gelu(model) == []  # idempotent
 
 
@@ -66,10 +53,10 @@ def test_the_kernel_receives_the_activation(monkeypatch):
     monkeypatch.setattr(kernels, "lowrank_linear", fake)
     monkeypatch.setattr(LowRankLinear, "_kernel_ok", lambda self, x: True)
     inputs = model_inputs(model)
-    reference = _out(model, inputs)
+    reference = forward(model, inputs)
     assert "gelu_tanh" in seen and None in seen  # ff.net.0.proj fused; ff.net.2 plain
     monkeypatch.undo()
-    assert torch.allclose(reference, _out(model, inputs), atol=1e-5)
+    assert torch.allclose(reference, forward(model, inputs), atol=1e-5)
 
 
 @pytest.mark.parametrize("make", [tiny_pixart, tiny_flux])
@@ -79,4 +66,4 @@ def test_saved_model_loads_fused(tmp_path, make):
     back = load_transformer(save_compressed(model, tmp_path / "out"))
     inputs = model_inputs(model)
     assert any(isinstance(m, LowRankLinear) and m.activation == "gelu_tanh" for m in back.modules())
-    assert torch.equal(_out(back, inputs), _out(model, inputs))
+    assert torch.equal(forward(back, inputs), forward(model, inputs))

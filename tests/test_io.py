@@ -9,24 +9,12 @@ from compress import load_teacher, load_transformer, save_compressed
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.lowrank import LowRankLinear
-from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+from tests.conftest import factorize, forward, model_inputs, tiny_flux, tiny_pixart
 
 
 def _factorize_some(model, rank=3):
     """Swap a few linears for LowRankLinear (plain SVD) so the round trip covers factors."""
-    for info in get_adapter(model).linears(model)[:6]:
-        parent_name, _, child = info.name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        lin = getattr(parent, child)
-        u, s, vh = torch.linalg.svd(lin.weight.detach(), full_matrices=False)
-        r = min(rank, s.numel())
-        setattr(parent, child, LowRankLinear.from_factors(u[:, :r] * s[:r], vh[:r], lin.bias))
-    return model
-
-
-def _out(model, inputs):
-    with torch.no_grad():
-        return model(**inputs, return_dict=False)[0]
+    return factorize(model, [i.name for i in get_adapter(model).linears(model)[:6]], rank)
 
 
 @pytest.mark.parametrize("make", [tiny_pixart, tiny_flux])
@@ -36,7 +24,7 @@ def test_save_load_bit_identical(tmp_path, make):
     back = load_transformer(out)
     assert type(back) is type(model)
     inputs = model_inputs(model)
-    assert torch.equal(_out(model, inputs), _out(back, inputs))
+    assert torch.equal(forward(model, inputs), forward(back, inputs))
     cfg = json.loads((out / "config.json").read_text())
     ranks = cfg["compression"]["ranks"]
     assert len(ranks) == 6 and all(r == 3 or r < 3 for r in ranks.values())
@@ -60,7 +48,7 @@ def test_removed_blocks_load_with_plain_diffusers(tmp_path):
     plain = type(model).from_pretrained(out)
     assert len(plain.single_transformer_blocks) == 2 and plain.config.num_single_layers == 2
     inputs = model_inputs(model)
-    assert torch.equal(_out(model, inputs), _out(plain.eval(), inputs))
+    assert torch.equal(forward(model, inputs), forward(plain.eval(), inputs))
 
 
 def test_existing_output_is_refused(tmp_path):
@@ -86,11 +74,11 @@ def test_teacher_layouts(tmp_path, make):
     model = make()
     _write_layouts(model, tmp_path)
     inputs = model_inputs(model)
-    ref = _out(model, inputs)
+    ref = forward(model, inputs)
     for src in ("transformer_dir", "pipe", "single/model.safetensors"):
         teacher = load_teacher(str(tmp_path / src))
         assert type(teacher) is type(model)
-        torch.testing.assert_close(_out(teacher, inputs), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(forward(teacher, inputs), ref, rtol=1e-5, atol=1e-5)
 
 
 def _to_original_pixart(sd):
@@ -131,7 +119,7 @@ def test_original_pixart_pth(tmp_path):
     model.save_config(tmp_path / "cfg")
     teacher = load_teacher(str(tmp_path / "PixArt.pth"), config=str(tmp_path / "cfg"))
     inputs = model_inputs(model)
-    torch.testing.assert_close(_out(teacher, inputs), _out(model, inputs), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(forward(teacher, inputs), forward(model, inputs), rtol=1e-5, atol=1e-5)
 
 
 class _Evil:

@@ -143,15 +143,17 @@ class SVDPass(Pass):
         if c.allocation == "global":
             ranks, report["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
         self._compress(model, ctx.adapter, targets, batches, ranks, records)
+        fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         report.update(_summary(records, c), layers=records, cache_hits=list(self.cache.hits),
-                      fused_gelu=fuse_gelu(model))
+                      fused_gelu=fused)
         return model
 
     def _output_roots(self, model, adapter, targets, batches) -> dict:
         """name -> (L, L⁻¹) output weighting of each weighted target (empty when disabled), from the
         output Fisher of the model as the pass finds it, in chunks of at most `fisher_memory_gb`."""
         c = self.config
-        chosen = [i for i in targets if c.fisher == "all" or (c.fisher == "modulation" and i.role == "modulation")]
+        chosen = [i for i in targets
+                  if c.fisher == "all" or (c.fisher == "modulation" and i.role == "modulation")]
         roots = {}
         for names in fisher_chunks(chosen, c.fisher_memory_gb * 2**30):
             fisher = output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0)

@@ -18,6 +18,8 @@ small prompt-dependent part of ε there. The architecture, and so what compressi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, PixArtTransformer2DModel
 from torch.nn import functional as F
@@ -104,8 +106,9 @@ class ToyPixArtPipeline(ToyPipeline):
 BETAS = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
 
 
+@functools.lru_cache(maxsize=1)
 def alphas_cumprod() -> torch.Tensor:
-    """ᾱ_t of the training schedule (1000,), from diffusers' DDPMScheduler."""
+    """ᾱ_t of the training schedule (1000,), from diffusers' DDPMScheduler (built once)."""
     return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, **BETAS).alphas_cumprod
 
 
@@ -115,7 +118,8 @@ def eps_scheduler() -> DPMSolverMultistepScheduler:
 
 
 def eps_noised(latents: torch.Tensor, generator: torch.Generator, training: bool = True):
-    """DDPM x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, t uniform in {0..999}. Returns (noisy (B, 4, 8, 8), t (B,) long, ε)."""
+    """DDPM x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, t uniform in {0..999} (also when not `training`: the
+    argument keeps `noised`'s signature). Returns (noisy (B, 4, 8, 8), t (B,) long, ε)."""
     batch = latents.shape[0]
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
