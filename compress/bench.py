@@ -12,6 +12,7 @@ import torch
 from rich.table import Table
 
 from compress.errors import UserError
+from compress.inputs import moved
 from compress.io import load_teacher, load_transformer
 from compress.report import console, param_count, read_report
 
@@ -25,14 +26,6 @@ def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
     if teacher_source.startswith("toy:"):
         return ToySource(family, calib).heldout()[0]
     return SyntheticSource(family, calib, model.config).heldout()[0]
-
-
-def _to(kwargs: dict, device, dtype) -> dict:
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.to(device, dtype) if v.is_floating_point() else v.to(device)
-        return v
-    return {k: move(v) for k, v in kwargs.items()}
 
 
 def time_step(model, kwargs: dict, repeats: int, device: torch.device) -> float:
@@ -76,7 +69,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     ref = load_teacher(source).to(dev, dtype).eval()
     from compress.arch import get_adapter
 
-    kwargs = _to(step_inputs(ref, get_adapter(ref).family, source, batch), dev, dtype)
+    kwargs = moved(step_inputs(ref, get_adapter(ref).family, source, batch), dev, dtype)
     t_teacher, t_student = time_step(ref, kwargs, repeats, dev), time_step(student, kwargs, repeats, dev)
     mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
     return {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import load_teacher, load_transformer
+from compress.io import load_teacher, load_transformer, read_json
 from compress.report import console, read_report
 
 
@@ -49,7 +49,7 @@ def importance(args) -> int:
 def _load_model(model: str, teacher_arg: str | None):
     """(model, teacher source or None, output folder or None)."""
     path = Path(model)
-    if (path / "config.json").is_file() and "compression" in json.loads((path / "config.json").read_text()):
+    if (path / "config.json").is_file() and "compression" in read_json(path / "config.json"):
         return load_transformer(path), teacher_arg or read_report(path).get("teacher"), path
     return load_teacher(model).eval(), teacher_arg, None
 
@@ -84,10 +84,11 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
                         "(or --teacher)")
     from compress.inputs import input_source
     from compress.recipe import load_recipe
-    from compress.runner import relative_error
+    from compress.runner import predictions, relative_error
 
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
     src = input_source(adapter.family, read_report(out).get("teacher", ""), recipe.calibration, teacher)
-    return {"family": adapter.family,
-            "pred_rel_error": relative_error(model, teacher, adapter, src.heldout())}
+    batches = src.heldout()
+    reference = predictions(teacher, adapter, batches)
+    return {"family": adapter.family, "pred_rel_error": relative_error(model, reference, adapter, batches)}

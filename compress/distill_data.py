@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
+from compress.inputs import moved
 
 SHARED_KWARGS = ("img_ids", "txt_ids")  # Flux: not batched
 NOT_COND = ("hidden_states", "timestep", "return_dict")
@@ -177,7 +178,7 @@ def sample_latents(adapter, teacher, cond: dict, shape: tuple, steps: int,
     the rectified-flow ODE from σ = 1 to 0."""
     param = next(teacher.parameters())
     x = torch.randn(shape, generator=generator).to(device, param.dtype)
-    cond = {k: _to(v, param) for k, v in cond.items()}
+    cond = moved(cond, param.device, param.dtype)
     if adapter.family == "flux":
         sigmas = torch.linspace(1.0, 0.0, steps + 1)
         for s, s_next in zip(sigmas[:-1], sigmas[1:]):
@@ -196,14 +197,6 @@ def sample_latents(adapter, teacher, cond: dict, shape: tuple, steps: int,
         eps = adapter.predict(teacher, dict(cond, hidden_states=x, timestep=timestep))[:, :shape[1]]
         x = scheduler.step(eps, t, x).prev_sample
     return x.float().cpu()
-
-
-def _to(value, like: torch.Tensor):
-    if isinstance(value, dict):
-        return {k: _to(v, like) for k, v in value.items()}
-    if torch.is_tensor(value):
-        return value.to(like.device, like.dtype) if value.is_floating_point() else value.to(like.device)
-    return value
 
 
 def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, accelerator) -> Path:

@@ -15,6 +15,16 @@ import torch
 from compress.errors import UserError
 
 
+def moved(value, device, dtype):
+    """Model kwargs (tensors, nested dicts, anything else) on `device`; floating tensors in `dtype`,
+    integer ones (ids, masks, timesteps) keep theirs."""
+    if isinstance(value, dict):
+        return {k: moved(v, device, dtype) for k, v in value.items()}
+    if torch.is_tensor(value):
+        return value.to(device, dtype) if value.is_floating_point() else value.to(device)
+    return value
+
+
 def _chunks(kwargs: dict, batch_size: int) -> list[dict]:
     """Split forward kwargs along the batch dim (tensors whose first dim is the batch)."""
     n = kwargs["hidden_states"].shape[0]

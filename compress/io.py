@@ -273,11 +273,9 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
 
 
 def _swap_lowrank(model: nn.Module, name: str, rank: int) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, LowRankLinear(old.in_features, old.out_features, rank,
-                                         bias=old.bias is not None))
+    old = model.get_submodule(name)
+    model.set_submodule(name, LowRankLinear(old.in_features, old.out_features, rank,
+                                            bias=old.bias is not None))
 
 
 def load_pipeline(out, base: str, dtype: torch.dtype | None = None):

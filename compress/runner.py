@@ -7,6 +7,7 @@ output folder (written last, atomically): the DESIGN.md layout.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -78,16 +79,23 @@ def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe) -> str:
     return h.hexdigest()[:16]
 
 
-def relative_error(student, teacher, adapter, batches: list[dict]) -> float:
-    """||student - teacher|| / ||teacher|| of the final prediction over held-out batches."""
+@torch.no_grad()
+def predictions(model, adapter, batches: list[dict]) -> list[torch.Tensor]:
+    """The final prediction (float64) on every batch."""
+    return [adapter.predict(model, kw).double() for kw in batches]
+
+
+@torch.no_grad()
+def relative_error(student, reference: list[torch.Tensor], adapter, batches: list[dict]) -> float:
+    """||student - teacher|| / ||teacher|| of the final prediction over held-out batches, against
+    the teacher's `predictions` on them (computed once per run)."""
     num = den = 0.0
-    with torch.no_grad():
-        for kw in batches:
-            t = adapter.predict(teacher, kw).double()
-            s = adapter.predict(student, kw).double()
-            num += (s - t).pow(2).sum().item()
-            den += t.pow(2).sum().item()
+    for kw, t in zip(batches, reference):
+        s = adapter.predict(student, kw).double()
+        num += (s - t).pow(2).sum().item()
+        den += t.pow(2).sum().item()
     return (num / max(den, 1e-300)) ** 0.5
+
 
 
 @contextmanager
@@ -123,18 +131,16 @@ class Runner:
         check_finite(self.teacher)
         self.adapter = get_adapter(self.teacher)
         self.passes = build_passes(self.recipe)
-        probe = copy.deepcopy(self.teacher)
         for spec, p in zip(self.recipe.passes, self.passes):  # every config error before compute
-            check_pass(p, spec, probe, self.adapter, self.recipe.path)
+            check_pass(p, spec, self.teacher, self.adapter, self.recipe.path)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cache: dict = {}
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
             run_dir=self.run_dir, seed=self.recipe.calibration.seed,
-            calibration_inputs=lambda: cache.setdefault("calib", src.calibration()),
-            eval_inputs=lambda: cache.setdefault("heldout", src.heldout()),
+            # computed on first use, once (pipeline calibration samples the teacher: minutes)
+            calibration_inputs=functools.cache(src.calibration), eval_inputs=functools.cache(src.heldout),
             train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
             calibration=self.recipe.calibration,
             fingerprint=fingerprint(self.source, self.teacher, self.recipe), resume=self.resume)
@@ -176,13 +182,14 @@ class Runner:
         self.prepare()
         start, student = self._restore()
         heldout = self.ctx.eval_inputs()
+        reference = predictions(self.teacher, self.adapter, heldout)
         teacher_params = param_count(self.teacher)
         with sigterm_as_interrupt():
             for i in range(start, len(self.passes)):
                 p, t0 = self.passes[i], time.perf_counter()
                 console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
                 student = p.run(student, self.ctx)
-                err = relative_error(student, self.teacher, self.adapter, heldout)
+                err = relative_error(student, reference, self.adapter, heldout)
                 self.ctx.report.setdefault("stages", []).append(
                     {"pass": p.name, "seconds": round(time.perf_counter() - t0, 3),
                      "params": param_count(student), "relative_error": err})

@@ -48,3 +48,14 @@ def test_plan_command(recipe, capsys):
     assert main(["plan", str(recipe), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["params_before"] > 0 and plan["passes"][0]["pass"] == "svd"
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["importance", "toy:pixart", "--buckets", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "buckets must be an integer ≥ 1" in err
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    assert main(["eval", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "config.json" in err

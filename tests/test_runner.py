@@ -140,3 +140,21 @@ def test_nan_weight_names_the_layer(tmp_path):
     text = RECIPE.format(family="pixart", teacher=tmp_path / "teacher", group="blocks")
     with pytest.raises(NumericError, match=r"transformer_blocks\.1\.attn1\.to_k\.weight"):
         _run(tmp_path, text)
+
+
+def test_calibration_inputs_are_made_once_per_run(setup, monkeypatch):
+    """Every pass asks for calibration inputs; a pipeline source samples the teacher to make them."""
+    from compress.inputs import SyntheticSource
+
+    calls = {"calibration": 0, "heldout": 0}
+    for name in calls:
+        original = getattr(SyntheticSource, name)
+
+        def counted(self, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(self)
+
+        monkeypatch.setattr(SyntheticSource, name, counted)
+    _family, _model, tmp_path, text = setup
+    _run(tmp_path, text.replace("  - remove_blocks:", "  - importance: {}\n  - remove_blocks:"))
+    assert calls == {"calibration": 1, "heldout": 1}

@@ -23,6 +23,7 @@ from torch import nn
 
 from compress.arch.base import Adapter
 from compress.errors import UserError
+from compress.inputs import moved
 from compress.passes.base import Pass, RunContext
 
 BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]}
@@ -143,13 +144,7 @@ def _prediction(model, adapter, kwargs: dict) -> torch.Tensor:
 
 def _to_model(batch: dict, model: nn.Module) -> dict:
     p = next(model.parameters())
-
-    def move(v):
-        if torch.is_tensor(v):
-            return v.to(p.device, p.dtype) if v.is_floating_point() else v.to(p.device)
-        return {k: move(x) for k, x in v.items()} if isinstance(v, dict) else v
-
-    return {k: move(v) for k, v in batch.items()}
+    return moved(batch, p.device, p.dtype)
 
 
 def clean_pass(model, adapter, kwargs: dict):
@@ -195,6 +190,8 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
     """Skip-one-block errors (skips=False: proxy only, one forward per batch) over forward-kwargs batches."""
     if not batches:
         raise UserError("importance: no calibration inputs to scan")
+    if not isinstance(buckets, int) or buckets < 1:
+        raise UserError(f"importance: buckets must be an integer ≥ 1, got {buckets!r}")
     names = [(g, i) for g, i, _ in adapter.iter_blocks(model)]
     n = len(names)
     cost = scan_cost(n, len(batches), skips)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from compress.arch.base import Adapter
-from compress.errors import UserError
+from compress.errors import NumericError, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, scan
 
@@ -255,7 +255,11 @@ class RemoveBlocksPass(Pass):
             raise UserError("remove_blocks: choosing blocks by importance needs calibration inputs")
         result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
                       progress=False, skips=criterion == "scan", block_map=block_map)
-        return scores_from(result, criterion, block_map)
+        scores = scores_from(result, criterion, block_map)
+        if scores is None:
+            raise NumericError(f"remove_blocks: the {criterion} scan scored a block NaN "
+                               "(non-finite or all-zero predictions on the calibration inputs)")
+        return scores
 
     def _greedy(self, model, ctx, block_map, budget, record) -> dict[str, list[int]]:
         """Remove one block at a time, re-scoring the pruned model before each choice."""

@@ -63,9 +63,7 @@ def measured_loss(m: LayerMath, up: torch.Tensor, down: torch.Tensor) -> float:
 
 
 def replace_linear(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+    model.set_submodule(name, new)
 
 
 def weighted(m: LayerMath, root: torch.Tensor) -> LayerMath:

@@ -19,6 +19,7 @@ import torch
 from scipy import linalg
 from torch.nn import functional as F
 
+from compress.inputs import moved
 from compress.toy.data import digits, model_inputs, prompt_for
 from compress.toy.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from compress.toy.weights import load_toy_pipeline
@@ -171,16 +172,10 @@ def prediction_error(student, teacher, family: str, n: int = 256, seed: int = 0,
     preds = []
     for model in (student, teacher):
         param = next(model.parameters())
-        moved = {k: _to(v, param) for k, v in kwargs.items()}
-        preds.append(model(**moved).sample.double().cpu())
+        on_model = moved(kwargs, param.device, param.dtype)
+        preds.append(model(**on_model).sample.double().cpu())
     student_pred, teacher_pred = preds
     return float((student_pred - teacher_pred).norm() / teacher_pred.norm())
-
-
-def _to(value, like: torch.Tensor):
-    if torch.is_tensor(value):
-        return value.to(like.device, like.dtype) if value.is_floating_point() else value.to(like.device)
-    return value
 
 
 def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt: int = N_PER_PROMPT,
