@@ -84,8 +84,11 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
 
 
 class FolderSource:
-    """Latents + cond from a folder (format above). Files are indexed once; a batch reads the rows it
-    needs from each file (the last file read is kept in memory)."""
+    """Latents + cond from a folder (format above). Files are indexed once; a folder of at most
+    `IN_MEMORY_BYTES` (e.g. the teacher-sample cache) is kept in memory, a bigger one is read per
+    batch, the rows it needs from each file (the last file read is kept)."""
+
+    IN_MEMORY_BYTES = 2 * 2**30
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -95,10 +98,14 @@ class FolderSource:
         if not self.files:
             raise UserError(f"distill: latents_dir {self.folder} has no .safetensors or .pt files")
         self.counts, self.keys = [], None
+        keep = sum(p.stat().st_size for p in self.files) <= self.IN_MEMORY_BYTES
+        self._resident = [] if keep else None
         for path in self.files:
             data = _read(path)
             self._check(path, data)
             self.counts.append(len(data["latents"]))
+            if keep:
+                self._resident.append(data)
         self.offsets = torch.tensor([0] + self.counts).cumsum(0)  # (F + 1,)
         self._cached: tuple[Path, dict] | None = None
 
@@ -122,6 +129,8 @@ class FolderSource:
         return int(self.offsets[-1])
 
     def _file(self, i: int) -> dict:
+        if self._resident is not None:
+            return self._resident[i]
         path = self.files[i]
         if self._cached is None or self._cached[0] != path:
             self._cached = (path, _read(path))

@@ -139,6 +139,7 @@ class Runner:
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
             run_dir=self.run_dir, seed=self.recipe.calibration.seed,
+            device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),  # distill trains there
             # computed on first use, once (pipeline calibration samples the teacher: minutes)
             calibration_inputs=functools.cache(src.calibration), eval_inputs=functools.cache(src.heldout),
             train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),

@@ -130,6 +130,7 @@ class _Trainer:
         first = next(model.parameters())
         home, dtype = first.device, first.dtype
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        teacher_home = next(self.ctx.teacher.parameters()).device
         self.teacher = self.ctx.teacher.to(acc.device).eval().requires_grad_(False)
         student = _cast(model.to(acc.device), torch.float32)  # fp32 master weights
         params = select_trainable(student, cfg.train)
@@ -152,6 +153,7 @@ class _Trainer:
             self._loop()
         finally:
             student.eval()
+            self.ctx.teacher.to(teacher_home)  # later passes and the runner expect it where it was
         seconds = time.perf_counter() - t0
         if cfg.gradient_checkpointing:
             student.disable_gradient_checkpointing()

@@ -176,6 +176,10 @@ def test_folder_data(tmp_path):
     latents, batch_cond = source.batch(5, torch.Generator().manual_seed(0))
     assert latents.shape == (5,) + kwargs["hidden_states"].shape[1:]
     assert batch_cond["img_ids"].shape == kwargs["img_ids"].shape and len(batch_cond["guidance"]) == 5
+    streamed = FolderSource(folder)  # a folder too big to keep: files are read per batch
+    streamed._resident = None
+    latents2, cond2 = streamed.batch(5, torch.Generator().manual_seed(0))
+    assert torch.equal(latents, latents2) and all(torch.equal(batch_cond[k], cond2[k]) for k in cond2)
     out, ctx = distill(copy.deepcopy(teacher), teacher, tmp_path, steps=1, data="folder", latents_dir=str(folder))
     assert ctx.report["distill"]["data"] == "folder"
 
