@@ -227,7 +227,10 @@ def model_digest(model: nn.Module, extra=None) -> str:
 
 class BlockLoader:
     """Just-in-time weights: `materialize` before a block runs, `release` once it is done.
-    The default keeps everything resident (the model is already loaded)."""
+    The default keeps everything resident (the model is already loaded); a streaming loader sets
+    `resident = False`, and whole-model work (the svd pass's output Fisher) is then refused."""
+
+    resident = True
 
     def materialize(self, group: str, index: int, block: nn.Module) -> None:
         pass

@@ -87,6 +87,8 @@ def make(ckpt: Path, config: dict) -> None:
 class ShardLoader:
     """BlockLoader over per-block safetensors shards; `release` writes the compressed block."""
 
+    resident = False  # blocks stream: no whole-model forward/backward
+
     def __init__(self, model, ckpt: Path, out: Path):
         self.model, self.ckpt, self.out = model, ckpt, out
 
@@ -149,7 +151,8 @@ def compress(ckpt: Path, out: Path, targets: list[str]) -> dict:
     ctx = RunContext(adapter=adapter, family="flux", teacher=model, run_dir=out,
                      calibration_inputs=lambda: batches, fingerprint="")
     start = time.perf_counter()
-    SVDPass(SVDConfig(targets=targets, ratio=0.5, multiple=16, progress=False), loader).run(model, ctx)
+    config = SVDConfig(targets=targets, ratio=0.5, multiple=16, fisher="none", progress=False)
+    SVDPass(config, loader).run(model, ctx)
     times["svd pass (calibrate + factorize + write blocks)"] = time.perf_counter() - start
     start = time.perf_counter()
     from safetensors.torch import save_file

@@ -154,6 +154,9 @@ class SVDPass(Pass):
         c = self.config
         chosen = [i for i in targets
                   if c.fisher == "all" or (c.fisher == "modulation" and i.role == "modulation")]
+        if chosen and not getattr(self.loader, "resident", True):
+            raise UserError("svd.fisher needs the whole model in memory (one forward and backward "
+                            "per probe); with block weights streamed set svd.fisher: none")
         roots = {}
         for names in fisher_chunks(chosen, c.fisher_memory_gb * 2**30):
             fisher = output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0)

@@ -220,3 +220,17 @@ def test_fisher_weighting_lowers_the_prediction_error_of_the_toy_teacher(tmp_pat
         assert ctx.report["svd"]["max_loss_ratio"] <= 1.001  # optimal in its own (weighted) metric
         errors[fisher] = prediction_error(student, teacher, "pixart", n=64)
     assert errors["all"] < 0.7 * errors["none"], errors
+
+
+def test_output_fisher_is_refused_when_blocks_stream(tmp_path):
+    from compress.calib import BlockLoader
+
+    class Streaming(BlockLoader):
+        resident = False
+
+    model = tiny_pixart()
+    cfg = dict(multiple=2, modulation_grid=4, progress=False)
+    with pytest.raises(UserError, match="svd.fisher: none"):
+        SVDPass(SVDConfig(**cfg), Streaming()).run(model, _ctx(model, tmp_path))
+    SVDPass(SVDConfig(fisher="none", **cfg), Streaming()).run(model, _ctx(model, tmp_path))
+    assert any(isinstance(m, LowRankLinear) for m in model.modules())
