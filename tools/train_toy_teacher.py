@@ -1,6 +1,6 @@
 """Train one toy teacher from a seed and write it (weights, diffusers config, model card).
 
-    python tools/train_toy_teacher.py --family pixart --seed 0 --steps 800 --threads 1 --out compress/toy/weights
+    python tools/train_toy_teacher.py --family pixart --seed 0 --steps 1500 --threads 1 --out compress/toy/weights
     python tools/train_toy_teacher.py --family flux   --seed 0 --steps 1500 --threads 1 --out compress/toy/weights
 
 (the shipped teachers; each card in compress/toy/weights/ gives its exact command, wall time and loss)
@@ -42,10 +42,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after N steps of the --steps schedule (reproduces a run cut short)")
     parser.add_argument("--save-every", type=int, default=250, help="also write the EMA weights every N steps")
-    parser.add_argument("--objective", choices=["flow", "eps"], default="flow",
-                        help="pixart only: eps = PixArt-Σ's epsilon prediction on DDPM betas, weighted "
-                             "min(1 + 1/SNR, --eps-weight-cap) (an experiment: it did not learn the prompt)")
-    parser.add_argument("--eps-weight-cap", type=float, default=1000.0)
+    parser.add_argument("--objective", choices=["eps", "flow"], default="eps",
+                        help="pixart only: eps (shipped) = PixArt-Σ's epsilon prediction on DDPM betas; "
+                             "flow = the rectified-flow variant shipped before (compress/toy/pixart.py)")
+    parser.add_argument("--loss-weight-cap", type=float, default=None,
+                        help="pixart eps: cap of the (1 + 1/√SNR)² loss weight (default pixart.LOSS_WEIGHT_CAP)")
     return parser.parse_args()
 
 
@@ -67,10 +68,12 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     module = family_module(args.family)
     loss_fn = module.training_loss
-    if args.objective == "eps":
-        if args.family != "pixart":
-            raise SystemExit("--objective eps is for --family pixart")
-        loss_fn = functools.partial(module.eps_training_loss, cap=args.eps_weight_cap)
+    if args.family == "pixart":
+        args.loss_weight_cap = args.loss_weight_cap or module.LOSS_WEIGHT_CAP
+        loss_fn = (functools.partial(module.training_loss, cap=args.loss_weight_cap) if args.objective == "eps"
+                   else module.flow_training_loss)
+    elif args.objective != "eps" or args.loss_weight_cap is not None:
+        raise SystemExit("--objective / --loss-weight-cap are for --family pixart (the toy Flux is rectified flow)")
     model = module.new_transformer(seed=args.seed).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     encoder = ToyTextEncoder.from_seed()
@@ -105,12 +108,15 @@ def write_card(args: argparse.Namespace, result: dict) -> None:
     params = sum(p.numel() for p in model.parameters())
     stop = f" --stop-after {args.stop_after}" if args.stop_after else ""
     trained = f"{args.stop_after} of a {args.steps}-step schedule" if args.stop_after else f"{args.steps} steps"
-    objective = {"pixart": f"epsilon on DDPM linear betas, loss weight min(1 + 1/SNR, {args.eps_weight_cap:g}); "
-                           "sample with compress.toy.pixart.eps_scheduler()" if args.objective == "eps" else "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1), timestep = 1000 sigma "
-                           "(epsilon prediction did not learn to read the prompt in budget: see compress/toy/pixart.py)",
+    cap = f"{args.loss_weight_cap:g}" if args.family == "pixart" else ""
+    objective = {"pixart": (f"epsilon on DDPM linear betas (1e-4..0.02, 1000 steps); t at the SNR of a logit-normal "
+                            f"flow sigma, eps-MSE weighted min((1 + 1/sqrt(SNR))^2, {cap}) (compress/toy/pixart.py)")
+                 if args.objective == "eps" else
+                 "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1), timestep = 1000 sigma; "
+                 "sample with compress.toy.pixart.flow_scheduler()",
                  "flux": "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1); "
                          "guidance embedder fed U[1, 5]; 10% empty prompts for true CFG at sampling"}
-    sampler = {"pixart": "DPMSolverMultistepScheduler (dpmsolver++, order 2, use_flow_sigmas, flow_shift 1.0), true CFG",
+    sampler = {"pixart": "DPMSolverMultistepScheduler (dpmsolver++, order 2, epsilon, linear betas), true CFG",
                "flux": "FlowMatchEulerDiscreteScheduler (shift 1.0, sigmas linspace(1, 1/N, N)), true CFG"}
     lines = [
         f"# Toy {args.family} teacher",
@@ -127,7 +133,7 @@ def write_card(args: argparse.Namespace, result: dict) -> None:
         f"torch {torch.__version__}",
         f"- final training loss (mean of the last 100 steps): {result['final_loss']:.4f}",
         f"- reproduce: `python tools/train_toy_teacher.py --family {args.family} --seed {args.seed} "
-        f"--steps {args.steps}{stop}{' --objective eps --eps-weight-cap %g' % args.eps_weight_cap if args.objective == 'eps' else ''} --ema-decay {args.ema_decay} --threads {args.threads} --out DIR`",
+        f"--steps {args.steps}{stop}{' --objective flow' if args.objective == 'flow' else ''} --ema-decay {args.ema_decay} --threads {args.threads} --out DIR`",
         "",
         "## Config",
         "",

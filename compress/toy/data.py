@@ -98,10 +98,10 @@ def training_batch(
 
 def model_inputs(family: str, n: int, seed: int = 0, split: str = "heldout", cfg: bool = False) -> dict:
     """Deterministic kwargs for `transformer(**kwargs)`: n real latents from `split`, noised at uniformly
-    drawn noise levels σ (rectified flow, both toys), with their canonical prompts ("a handwritten 7").
+    drawn noise levels (PixArt: DDPM step t; Flux: flow σ), with their canonical prompts ("a handwritten 7").
 
     PixArt: hidden_states (n, 4, 8, 8), encoder_hidden_states (n, L, 64), encoder_attention_mask (n, L),
-            timestep (n,) float = 1000·σ in [0, 1000], added_cond_kwargs {"resolution": None, "aspect_ratio": None}.
+            timestep (n,) long t in [0, 1000), added_cond_kwargs {"resolution": None, "aspect_ratio": None}.
     Flux:   hidden_states (n, 16, 16) packed, encoder_hidden_states (n, L, 64), pooled_projections (n, 64),
             timestep (n,) sigma in [0, 1], img_ids (16, 3), txt_ids (L, 3), guidance (n,) = 3.0.
     cfg=True doubles the batch as the pipelines do: rows [0, n) use the empty prompt, [n, 2n) the real one,

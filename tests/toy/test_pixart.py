@@ -1,4 +1,6 @@
-"""The epsilon-objective experiment kept in compress.toy.pixart (the shipped toy uses flow)."""
+"""The toy PixArt objective: epsilon prediction on DDPM betas, trained at the flow toy's noise levels."""
+import math
+
 import torch
 
 from compress.toy import pixart
@@ -6,36 +8,53 @@ from compress.toy.data import training_batch
 from tests.conftest import tiny_pixart
 
 
-def test_eps_noised_is_the_ddpm_forward_process():
+def test_noised_is_the_ddpm_forward_process():
     x0 = torch.randn(6, 4, 8, 8)
-    noisy, t, eps = pixart.eps_noised(x0, torch.Generator().manual_seed(0))
-    a = pixart.alphas_cumprod()[t].view(-1, 1, 1, 1)
-    assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) < pixart.NUM_TRAIN_TIMESTEPS
-    assert torch.allclose(noisy, a.sqrt() * x0 + (1 - a).sqrt() * eps, atol=1e-6)
+    for training in (True, False):
+        noisy, t, eps = pixart.noised(x0, torch.Generator().manual_seed(0), training=training)
+        a = pixart.alphas_cumprod()[t].view(-1, 1, 1, 1)
+        assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) < pixart.NUM_TRAIN_TIMESTEPS
+        assert torch.allclose(noisy, a.sqrt() * x0 + (1 - a).sqrt() * eps, atol=1e-6)
 
 
-def test_eps_weight_is_the_v_loss_weight_capped():
-    """||v − v̂||² = ||ε − ε̂||² / ᾱ = (1 + 1/SNR)·||ε − ε̂||² for v̂ derived from ε̂."""
-    t = torch.tensor([0, 100, 400, 999])
-    a = pixart.alphas_cumprod()[t]
-    x0, eps, eps_hat = torch.randn(3, 4, 16).double().unbind(0)
-    v_err = []
-    for i in range(4):
+def test_training_timesteps_match_the_snr_of_a_logit_normal_sigma():
+    """Median σ = 0.5 ↔ SNR 1; the quartiles of logit-normal σ are sigmoid(±0.674)."""
+    t = pixart.training_timesteps(20000, torch.Generator().manual_seed(0))
+    snr = pixart.snr(t).double()
+    quartiles = torch.quantile(snr, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    for q, z in zip(quartiles.tolist(), (0.674, 0.0, -0.674)):  # high σ = low SNR first
+        sigma = 1 / (1 + math.exp(-z))
+        assert math.isclose(q, ((1 - sigma) / sigma) ** 2, rel_tol=0.05)
+    uniform = pixart.noised(torch.zeros(20000, 1, 1, 1), torch.Generator().manual_seed(0), training=False)[1]
+    assert float(uniform.double().mean()) > float(t.double().mean()) + 100  # eval covers the noisy end too
+
+
+def test_loss_weight_is_the_flow_loss_in_epsilon_terms():
+    """x_t / (√ᾱ + √(1−ᾱ)) is the flow point (1−σ)·x0 + σ·ε of the same SNR, whose velocity is ε − x0;
+    the velocity error of (ε̂, the x0 it implies) is (1 + 1/√SNR)² times the ε error."""
+    t = torch.tensor([0, 100, 300, 600])
+    a = pixart.alphas_cumprod()[t].double()
+    x0, eps, eps_hat = torch.randn(3, 64).double().unbind(0)
+    ratios = []
+    for i in range(len(t)):
         xt = a[i].sqrt() * x0 + (1 - a[i]).sqrt() * eps
         x0_hat = (xt - (1 - a[i]).sqrt() * eps_hat) / a[i].sqrt()
-        v, v_hat = a[i].sqrt() * eps - (1 - a[i]).sqrt() * x0, a[i].sqrt() * eps_hat - (1 - a[i]).sqrt() * x0_hat
-        v_err.append(float((v - v_hat).pow(2).sum() / (eps - eps_hat).pow(2).sum()))
-    w = pixart.eps_weight(t, cap=1e9)
-    assert torch.allclose(w, torch.tensor(v_err, dtype=w.dtype), rtol=1e-4)
-    assert float(pixart.eps_weight(t, cap=20.0).max()) == 20.0
+        v, v_hat = eps - x0, eps_hat - x0_hat  # flow velocity noise − x0 at the same ε
+        ratios.append(float((v - v_hat).pow(2).sum() / (eps - eps_hat).pow(2).sum()))
+    w = pixart.loss_weight(t, cap=1e9).double()
+    assert torch.allclose(w, torch.tensor(ratios, dtype=torch.float64), rtol=1e-4)
+    assert float(pixart.loss_weight(torch.tensor([999]), cap=20.0)) == 20.0
 
 
-def test_eps_training_loss_trains_and_sampler_is_epsilon_dpm_solver():
+def test_training_loss_trains_and_sampler_is_epsilon_dpm_solver():
     model = tiny_pixart(in_channels=4, out_channels=4, sample_size=8, caption_channels=64)
     batch = training_batch("pixart", 4, torch.Generator().manual_seed(0))
-    loss = pixart.eps_training_loss(model, batch["latents"], batch["text"], torch.Generator().manual_seed(1))
+    loss = pixart.training_loss(model, batch["latents"], batch["text"], torch.Generator().manual_seed(1))
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    scheduler = pixart.eps_scheduler()
+    scheduler = pixart.new_scheduler()
     assert scheduler.config.prediction_type == "epsilon" and scheduler.config.beta_schedule == "linear"
+    assert scheduler.config.algorithm_type == "dpmsolver++"
+    flow = pixart.flow_training_loss(model, batch["latents"], batch["text"], torch.Generator().manual_seed(1))
+    assert torch.isfinite(flow) and pixart.flow_scheduler().config.prediction_type == "flow_prediction"
