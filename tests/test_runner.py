@@ -158,3 +158,21 @@ def test_calibration_inputs_are_made_once_per_run(setup, monkeypatch):
     _family, _model, tmp_path, text = setup
     _run(tmp_path, text.replace("  - remove_blocks:", "  - importance: {}\n  - remove_blocks:"))
     assert calls == {"calibration": 1, "heldout": 1}
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("{train: everything}", "train must be one of"),
+    ("{data: pictures}", "data must be one of"),
+    ("{data: folder, latents_dir: /nonexistent/latents}", "latents_dir /nonexistent/latents is not a folder"),
+    ("{data: teacher_samples, sample_steps: 0}", "sample_steps must be ≥ 1"),
+])
+def test_bad_distill_config_is_refused_before_any_pass_runs(setup, monkeypatch, bad, words):
+    """The distill pass comes last; its mistakes must not wait for calibration and svd to finish."""
+    from compress.passes import svd
+
+    family, teacher, tmp_path, text = setup
+    ran = []
+    monkeypatch.setattr(svd.SVDPass, "run", lambda self, model, ctx: ran.append(1))
+    with pytest.raises(UserError, match=rf"r\.yaml:7: distill: {words}"):
+        _run(tmp_path, text + f"  - distill: {bad}\n")
+    assert not ran

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
-from compress.distill_data import make_source
-from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, feature_loss, output_loss,
-                                    resolve_block_map, select_trainable, warmup_cosine, write_curves)
+from compress.distill_data import DATA_SOURCES, make_source
+from compress.distill_utils import (TRAIN_MODES, BlockOutputs, OutputCapture, StopSignals, feature_loss,
+                                    output_loss, resolve_block_map, select_trainable, warmup_cosine,
+                                    write_curves)
 from compress.errors import UserError
 from compress.passes.base import Pass, RunContext
 
@@ -93,8 +94,20 @@ class DistillPass(Pass):
             raise UserError("distill: lambda_task/lambda_out/lambda_feat must be ≥ 0 and not all 0")
         if cfg.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"distill: mixed_precision must be no, bf16 or fp16, not {cfg.mixed_precision!r}")
+        if cfg.train not in TRAIN_MODES:
+            raise UserError(f"distill: train must be one of {', '.join(TRAIN_MODES)}, not {cfg.train!r}")
+        if cfg.data not in DATA_SOURCES:
+            raise UserError(f"distill: data must be one of {', '.join(DATA_SOURCES)}, not {cfg.data!r}")
         if cfg.data == "folder" and not cfg.latents_dir:
             raise UserError("distill: data: folder needs latents_dir")
+        if cfg.data == "folder" and not Path(cfg.latents_dir).expanduser().is_dir():
+            raise UserError(f"distill: latents_dir {cfg.latents_dir} is not a folder")
+        if cfg.data == "teacher_samples":
+            for key in ("num_samples", "sample_steps"):
+                if getattr(cfg, key) < 1:
+                    raise UserError(f"distill: {key} must be ≥ 1, got {getattr(cfg, key)}")
+        if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
+            raise UserError("distill: checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
 
     def plan(self, model, adapter) -> dict:
         cfg = self.config
