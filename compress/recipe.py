@@ -311,5 +311,13 @@ def to_plain(recipe: Recipe) -> dict:
     }
 
 
-def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(to_plain(recipe), sort_keys=False)
+def dump_recipe(recipe: Recipe, recipe_dir: Path | None = None) -> str:
+    """The resolved recipe as YAML. A calibration prompt_file (relative to `recipe_dir`) is inlined as
+    `prompts`, so an output folder's recipe.yaml still finds its prompts wherever it is read from."""
+    plain = to_plain(recipe)
+    cal = plain["calibration"]
+    if cal.get("prompt_file"):
+        from compress.calib_pipeline import read_prompts
+
+        cal["prompts"], cal["prompt_file"] = read_prompts(recipe.calibration, recipe_dir), None
+    return yaml.safe_dump(plain, sort_keys=False)

@@ -204,7 +204,7 @@ class Runner:
             return self.out
         report = dict(self.ctx.report, teacher=self.source, teacher_params=teacher_params,
                       student_params=param_count(student), version=compress.__version__)
-        files = {"recipe.yaml": dump_recipe(self.recipe),
+        files = {"recipe.yaml": dump_recipe(self.recipe, Path(self.recipe.path).parent),
                  "report.json": json.dumps(report, indent=2, default=str) + "\n",
                  "README.md": model_card(self.recipe, report)}
         if self.ctx.block_map is not None:
