@@ -129,12 +129,29 @@ def energy(layers: Sequence[LayerSpec], fraction: float, multiple: int = 16) -> 
 
 
 def sensitivity_weight(final_error: float, normalized_loss: float, eps: float = 1e-12) -> float:
-    """Weight of a layer in `global_greedy`: its measured effect on the model's final prediction
-    (error when only this layer is compressed at the uniform rank) per unit of its normalized
-    whitened loss at that rank. With it, weight·curve[r] estimates the final error at rank r."""
+    """Weight of a layer in `global_greedy`: the squared relative error of the model's final prediction
+    when only this layer is compressed at the uniform rank, per unit of its normalized whitened loss
+    there. The (Fisher-weighted) loss of a layer is a first-order estimate of its squared contribution
+    to the prediction error, and squared contributions of independent layers add; so weight·curve[r]
+    estimates the layer's squared final error at rank r, calibrated by one measurement, and
+    Σ weight·curve[r] the squared error of the whole model."""
     if final_error < 0 or normalized_loss < 0:
         raise ValueError("final_error and normalized_loss must be ≥ 0")
-    return final_error / max(normalized_loss, eps)
+    return final_error**2 / max(normalized_loss, eps)
+
+
+def trust_ranges(layers: Sequence[LayerSpec], ratio: float, multiple: int, factor: float) -> dict:
+    """name -> (lowest, highest) rank `global_greedy` may give a layer: within `factor` of its uniform
+    rank at `ratio`, where `sensitivity_weight` calibrated the loss model (far from it the first-order
+    estimate drifts). Layers whose uniform rank saves nothing are left free."""
+    if factor < 1:
+        raise ValueError(f"trust factor must be ≥ 1, got {factor}")
+    out = {}
+    for s in layers:
+        r0 = ratio_rank(s, ratio, multiple)
+        if r0 is not DENSE:
+            out[s.name] = (int(np.ceil(r0 / factor)), int(np.floor(r0 * factor)))
+    return out
 
 
 def weighted_loss(layers: Sequence[LayerSpec], ranks: Mapping[str, int | None],
@@ -160,18 +177,22 @@ def _weight(spec: LayerSpec, weights: Mapping[str, float] | None) -> float:
     return float(w)
 
 
-def min_budget(layers: Sequence[LayerSpec], multiple: int = 16) -> int:
-    """The smallest budget `global_greedy` accepts: every target at rank `multiple` (dense where
-    that saves nothing)."""
-    return sum(_Layer(s, 1.0, multiple).params() for s in layers)
+def min_budget(layers: Sequence[LayerSpec], multiple: int = 16, ranges: Mapping | None = None) -> int:
+    """The smallest budget `global_greedy` accepts: every target at its lowest allowed rank
+    (`multiple`, or the bottom of its range; dense where no low rank saves)."""
+    ranges = ranges or {}
+    return sum(_Layer(s, 1.0, multiple, ranges.get(s.name)).params() for s in layers)
 
 
 class _Layer:
-    """Greedy state of one layer: the current rank and the moves up from it."""
+    """Greedy state of one layer: the current rank and the moves up from it (within `bounds`)."""
 
-    def __init__(self, spec: LayerSpec, weight: float, multiple: int):
+    def __init__(self, spec: LayerSpec, weight: float, multiple: int, bounds: tuple[int, int] | None = None):
         self.spec, self.weight, self.curve = spec, weight, _check_curve(spec)
         self.ranks = np.arange(multiple, spec.breakeven, multiple)  # low-rank options that save
+        self.dense_ok = bounds is None or bounds[1] >= spec.breakeven
+        if bounds is not None:
+            self.ranks = self.ranks[(self.ranks >= bounds[0]) & (self.ranks <= bounds[1])]
         self.rank = int(self.ranks[0]) if self.ranks.size else DENSE
         self.version = 0
 
@@ -186,9 +207,11 @@ class _Layer:
             return None
         s, here = self.spec, self.curve[self.rank]
         higher = self.ranks[self.ranks > self.rank]
-        costs = np.append((higher - self.rank) * (s.out_features + s.in_features),
-                          s.params(DENSE) - s.params(self.rank))
-        gains = self.weight * (here - np.append(self.curve[higher], 0.0))
+        costs = (higher - self.rank) * (s.out_features + s.in_features)
+        gains = self.weight * (here - self.curve[higher])
+        if self.dense_ok:
+            costs = np.append(costs, s.params(DENSE) - s.params(self.rank))
+            gains = np.append(gains, self.weight * here)
         ok = (costs <= remaining) & (gains > 0)
         if not ok.any():
             return None
@@ -199,7 +222,8 @@ class _Layer:
 
 
 def global_greedy(layers: Sequence[LayerSpec], budget_params: int, multiple: int = 16,
-                  weights: Mapping[str, float] | None = None) -> Allocation:
+                  weights: Mapping[str, float] | None = None,
+                  ranges: Mapping[str, tuple[int, int]] | None = None) -> Allocation:
     """Spend one budget of kept parameters across all targets where it lowers Σ weight·normalized
     loss the most per parameter.
 
@@ -210,14 +234,17 @@ def global_greedy(layers: Sequence[LayerSpec], budget_params: int, multiple: int
     one that does, so the budget is filled as far as moves allow and never exceeded.
     Deterministic: ties go to the earlier layer in `layers`, then the cheaper move.
     weights: name -> sensitivity weight, overriding each spec's `weight`.
+    ranges: name -> (lowest, highest) allowed rank (`trust_ranges`); such a layer starts at its lowest
+        and may go dense only if its highest reaches the break-even rank.
     """
     if multiple < 1:
         raise ValueError(f"multiple must be ≥ 1, got {multiple}")
-    states = [_Layer(s, _weight(s, weights), multiple) for s in layers]
+    ranges = ranges or {}
+    states = [_Layer(s, _weight(s, weights), multiple, ranges.get(s.name)) for s in layers]
     spent = sum(st.params() for st in states)
     if spent > budget_params:
         raise ValueError(f"budget {budget_params} params is below the minimum {spent} "
-                         f"(every target at rank {multiple})")
+                         f"(every target at its lowest allowed rank, multiple {multiple})")
     heap = []
 
     def push(i: int) -> None:

@@ -99,7 +99,8 @@ def test_weights_argument_overrides_spec_weights():
 
 
 def test_sensitivity_weight():
-    assert A.sensitivity_weight(0.006, 0.03) == pytest.approx(0.2)
+    """Squared final error per unit of normalized loss: weight·loss is the layer's squared error."""
+    assert A.sensitivity_weight(0.006, 0.03) == pytest.approx(0.006**2 / 0.03)
     assert A.sensitivity_weight(0.0, 0.0) == 0.0
     with pytest.raises(ValueError):
         A.sensitivity_weight(-1.0, 0.1)
@@ -162,3 +163,25 @@ def test_greedy_budget_exact_filled_and_deterministic(problem):
         assert st_.best_move(remaining) is None
         r = alloc.ranks[s.name]
         assert r is A.DENSE or (r % multiple == 0 and r < s.breakeven)
+
+
+def test_trust_ranges_bound_the_greedy():
+    """One layer matters far more: unbounded, it goes dense and the others drop to half their
+    uniform rank; with a trust factor of 1.5 every rank stays within 1.5x of uniform (dense is out of
+    reach: 48 < the break-even 64), and the bounded allocation still beats uniform."""
+    layers = [spec(f"l{i}", 128, 128, 0.03, weight=(50.0 if i == 0 else 1.0)) for i in range(3)]
+    uni = A.uniform(layers, 0.5, multiple=4)
+    assert set(uni.ranks.values()) == {32}
+    free = A.global_greedy(layers, uni.spent, multiple=4)
+    assert free.ranks == {"l0": A.DENSE, "l1": 16, "l2": 16}
+    ranges = A.trust_ranges(layers, 0.5, 4, 1.5)
+    assert ranges == {f"l{i}": (22, 48) for i in range(3)}
+    bounded = A.global_greedy(layers, uni.spent, multiple=4, ranges=ranges)
+    assert all(r is not A.DENSE and 22 <= r <= 48 for r in bounded.ranks.values())
+    assert bounded.ranks["l0"] == 48 and bounded.spent <= uni.spent
+    assert A.weighted_loss(layers, bounded.ranks) < A.weighted_loss(layers, uni.ranks)
+    # a factor of 2 reaches the break-even rank, so the free answer is allowed again
+    assert A.global_greedy(layers, uni.spent, 4, ranges=A.trust_ranges(layers, 0.5, 4, 2.0)) == free
+    assert A.min_budget(layers, 4, ranges) == sum(s.params(24) for s in layers)
+    with pytest.raises(ValueError, match="trust factor"):
+        A.trust_ranges(layers, 0.5, 4, 0.5)

@@ -1,5 +1,5 @@
 """Benchmark of the distill pass on the toy teachers: compress each to ≤ 50% of its transformer-block
-parameters (whitened SVD, global allocation), then distill; print toy quality before/after.
+parameters (whitened SVD, uniform allocation), then distill; print toy quality before/after.
 
     python tools/bench_distill.py                       # both families
     python tools/bench_distill.py --family pixart --steps 300 --json out.json

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from compress.alloc import (DENSE, budget_for_ratio, energy_rank, global_greedy, ratio_rank,
-                            sensitivity_weight)
+                            sensitivity_weight, trust_ranges)
 from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache, model_digest
 from compress.errors import UserError
@@ -56,6 +56,7 @@ class SVDConfig:
     energy: float = 0.99  # energy allocation: fraction of calibration output energy kept
     sensitivity: bool | None = None  # global: weight layers by measured final-prediction effect
     sensitivity_batches: int = 2  # calibration batches used to measure sensitivity
+    trust_region: float | None = 2.0  # global: ranks within this factor of the uniform rank (null: any)
     multiple: int = 16  # ranks are multiples of this
     activations: str = "student"  # student (error-aware) | teacher
     ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
@@ -88,6 +89,8 @@ class SVDPass(Pass):
             raise UserError(f"svd.ratio must be in (0, 1], got {c.ratio}")
         if not 0 < c.energy <= 1:
             raise UserError(f"svd.energy must be in (0, 1], got {c.energy}")
+        if c.trust_region is not None and not c.trust_region >= 1:
+            raise UserError(f"svd.trust_region must be ≥ 1 (or null for no bound), got {c.trust_region}")
         if not isinstance(c.multiple, int) or c.multiple < 1:
             raise UserError(f"svd.multiple must be an integer ≥ 1, got {c.multiple!r}")
         infos = adapter.linears(model)
@@ -264,9 +267,10 @@ class SVDPass(Pass):
         weights = _sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
                                  c.progress) if sensitivity else {}
         budget = budget_for_ratio(specs, c.ratio)
-        alloc = global_greedy(specs, budget, c.multiple, weights or None)
+        ranges = trust_ranges(specs, c.ratio, c.multiple, c.trust_region) if c.trust_region else None
+        alloc = global_greedy(specs, budget, c.multiple, weights or None, ranges)
         info = {"budget_params": budget, "spent_params": alloc.spent, "sensitivity": sensitivity,
-                "weights": weights}
+                "trust_region": c.trust_region, "weights": weights}
         return {**alloc.ranks, **fixed}, info
 
     # -----------------------------------------------------------------------------------------------
