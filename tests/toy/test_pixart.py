@@ -58,3 +58,12 @@ def test_training_loss_trains_and_sampler_is_epsilon_dpm_solver():
     assert scheduler.config.algorithm_type == "dpmsolver++"
     flow = pixart.flow_training_loss(model, batch["latents"], batch["text"], torch.Generator().manual_seed(1))
     assert torch.isfinite(flow) and pixart.flow_scheduler().config.prediction_type == "flow_prediction"
+
+
+def test_shipped_pipeline_samples_the_shipped_epsilon_teacher():
+    from compress.toy.weights import load_toy_pipeline
+
+    pipe = load_toy_pipeline("pixart")
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert pipe.scheduler.config.prediction_type == "epsilon"
+    assert pipe.scheduler.config.beta_schedule == "linear" and pipe.scheduler.config.beta_end == 0.02
