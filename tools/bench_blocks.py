@@ -25,7 +25,7 @@ import torch
 
 from compress.arch import get_adapter
 from compress.passes.base import RunContext
-from compress.passes.importance import noise_level, scan
+from compress.passes.importance import scan
 from compress.passes.remove_blocks import RemoveBlocksConfig, RemoveBlocksPass, least_important
 
 
@@ -99,7 +99,7 @@ def bench(family: str, tiny: bool, draws: int, ks=(1, 2, 3), weights_dir: str | 
         errs = [pruned_error(teacher, d, heldout, ref) for d in random_drops(counts, k, draws, seed=k)]
         row["random_mean"], row["random_std"] = statistics.mean(errs), statistics.pstdev(errs)
         rows.append(row)
-    levels = noise_level(family, heldout["timestep"])
+    levels = get_adapter(family).noise_level(heldout["timestep"])
     return {"family": family, "tiny": tiny, "blocks": counts, "spearman": result.spearman,
             "calibration_samples": sum(b["timestep"].numel() for b in calib),
             "heldout_samples": int(levels.numel()), "importance": result.to_dict(), "rows": rows}

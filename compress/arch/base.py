@@ -118,6 +118,20 @@ class Adapter:
     def hidden_of_output(self, output) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def skipped_output(self, hidden: list[torch.Tensor]):
+        """What a skipped block outputs: its input, from `hidden_of` back to the block's output form
+        (the inverse of `hidden_of_output`)."""
+        raise NotImplementedError
+
+    # ---- timesteps and predictions ----------------------------------------------------------------
+    def noise_level(self, timestep) -> torch.Tensor:
+        """(B,) float64 in [0, 1], 1 = pure noise, from the model's `timestep` input."""
+        raise NotImplementedError
+
+    def sampled_prediction(self, model: nn.Module, pred: torch.Tensor) -> torch.Tensor:
+        """The part of the model's output a sampler uses (all of it unless the family says otherwise)."""
+        return pred
+
     # ---- removal ------------------------------------------------------------------------------
     def remove_blocks(self, model: nn.Module, drop: dict[str, list[int]]) -> dict[str, list[int]]:
         """Remove blocks in place; renumber the rest; keep the config true.

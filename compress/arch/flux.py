@@ -53,6 +53,13 @@ class FluxAdapter(Adapter):
     def hidden_of_output(self, output):
         return [output[1], output[0]]
 
+    def skipped_output(self, hidden):
+        return (hidden[1], hidden[0])  # (context, image), as both block kinds return
+
+    def noise_level(self, timestep):
+        """Flux's timestep input is σ in [0, 1] already."""
+        return torch.as_tensor(timestep).detach().double().cpu().flatten()
+
     def task_loss(self, model, latents, cond, generator=None):
         """Rectified flow: x_t = (1 - s) x0 + s eps, target velocity eps - x0. latents (B, N, C).
         s is drawn logit-normal, as SD3 / Flux train."""

@@ -43,6 +43,18 @@ class PixArtAdapter(Adapter):
     def hidden_of_output(self, output):
         return [output]
 
+    def skipped_output(self, hidden):
+        return hidden[0]
+
+    def noise_level(self, timestep):
+        """DDPM step t in 0..999 -> t / 1000."""
+        return torch.as_tensor(timestep).detach().double().cpu().flatten() / 1000.0
+
+    def sampled_prediction(self, model, pred):
+        """PixArt-Σ's learned-variance half (out_channels = 2 · in_channels) is dropped."""
+        c = getattr(model.config, "in_channels", None)
+        return pred[:, :c] if c and pred.shape[1] == 2 * c else pred  # (B, C, H, W)
+
     def task_loss(self, model, latents, cond, generator=None):
         """Epsilon-prediction loss. latents (B, C, H, W) clean; cond: encoder_hidden_states, mask..."""
         b, c = latents.shape[:2]

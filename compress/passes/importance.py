@@ -27,8 +27,6 @@ from compress.inputs import moved
 from compress.passes.base import Pass, RunContext
 
 BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]}
-# A skipped block outputs its input. The inverse of adapter.hidden_of_output, per family.
-_IDENTITY = {"pixart": lambda hidden: hidden[0], "flux": lambda hidden: (hidden[1], hidden[0])}
 
 
 @dataclass
@@ -78,12 +76,6 @@ class ImportanceResult:
 
 
 # ---- timesteps -> buckets -----------------------------------------------------------------------
-def noise_level(family: str, timestep) -> torch.Tensor:
-    """(B,) float64 in [0, 1], 1 = pure noise. PixArt: t in 0..999 (/1000); Flux: sigma already."""
-    t = torch.as_tensor(timestep).detach().double().cpu().flatten()
-    return t / 1000.0 if family == "pixart" else t
-
-
 def bucket_of(level: torch.Tensor, buckets: int) -> torch.Tensor:
     """(B,) long: 0 = early (highest noise) .. buckets-1 = late."""
     return ((1.0 - level) * buckets).floor().long().clamp(0, buckets - 1)
@@ -134,12 +126,8 @@ def _replayed(model, adapter, outputs: list):
 
 
 def _prediction(model, adapter, kwargs: dict) -> torch.Tensor:
-    """The prediction a sampler uses: PixArt's learned-variance half is dropped."""
-    pred = adapter.predict(model, kwargs)
-    c = getattr(model.config, "in_channels", None)
-    if adapter.family == "pixart" and c and pred.shape[1] == 2 * c:
-        pred = pred[:, :c]  # (B, C, H, W)
-    return pred
+    """The prediction a sampler uses (PixArt: without the learned-variance half)."""
+    return adapter.sampled_prediction(model, adapter.predict(model, kwargs))
 
 
 def _to_model(batch: dict, model: nn.Module) -> dict:
@@ -154,7 +142,7 @@ def clean_pass(model, adapter, kwargs: dict):
     first, outputs = [], []
 
     def grab_first(mod, args, kw):
-        first.append(_IDENTITY[adapter.family](adapter.hidden_of(args, kw)))
+        first.append(adapter.skipped_output(adapter.hidden_of(args, kw)))
 
     hooks = [blocks[0].register_forward_pre_hook(grab_first, with_kwargs=True)]
     hooks += [b.register_forward_hook(lambda m, a, o: outputs.append(o)) for b in blocks]
@@ -205,7 +193,7 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
         for batch in batches:
             kwargs = _to_model(batch, model)
             pred, inputs, outputs = clean_pass(model, adapter, kwargs)  # pred (B, ...)
-            bucket = bucket_of(noise_level(adapter.family, kwargs["timestep"]), buckets)
+            bucket = bucket_of(adapter.noise_level(kwargs["timestep"]), buckets)
             bucket = bucket.expand(pred.shape[0]) if bucket.numel() == 1 else bucket  # (B,)
             ref += torch.bincount(bucket, _sq_norm(pred), buckets)
             count += torch.bincount(bucket, minlength=buckets).double()

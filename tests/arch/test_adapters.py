@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -104,3 +105,22 @@ def test_embedding_linears_read_their_own_inputs():
     for model in (tiny_pixart(), tiny_flux()):
         infos = [i for i in get_adapter(model).linears(model) if i.role == "embedding"]
         assert len({i.input_key for i in infos}) == len(infos)
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_skipped_output_inverts_hidden_of_output(family):
+    adapter = get_adapter(family)
+    hidden = [torch.randn(2, 4, 8), torch.randn(2, 3, 8)][: 1 if family == "pixart" else 2]
+    back = adapter.hidden_of_output(adapter.skipped_output(hidden))
+    assert len(back) == len(hidden) and all(a is b for a, b in zip(back, hidden))
+
+
+def test_noise_level_and_sampled_prediction():
+    pixart, flux = get_adapter("pixart"), get_adapter("flux")
+    assert pixart.noise_level(torch.tensor([999, 0])).tolist() == [0.999, 0.0]
+    assert flux.noise_level(torch.tensor(0.25)).tolist() == [0.25]
+    model = tiny_pixart(out_channels=8)  # learned-variance half, as PixArt-Σ
+    pred = torch.randn(2, 8, 8, 8)
+    assert pixart.sampled_prediction(model, pred).shape[1] == 4
+    assert pixart.sampled_prediction(tiny_pixart(), pred[:, :4]).shape[1] == 4
+    assert flux.sampled_prediction(tiny_flux(), pred) is pred

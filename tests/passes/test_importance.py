@@ -9,7 +9,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.passes.base import RunContext
 from compress.passes.importance import (ImportanceConfig, ImportancePass, bucket_of, load_json,
-                                        noise_level, plot_heatmap, render_table, scan, scan_cost)
+                                        plot_heatmap, render_table, scan, scan_cost)
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 
 
@@ -64,8 +64,9 @@ def test_scan_runs_the_stated_number_of_block_evaluations(tiny_model):
 
 
 def test_buckets_put_high_noise_first():
-    assert bucket_of(noise_level("pixart", torch.tensor([999, 500, 10])), 3).tolist() == [0, 1, 2]
-    assert bucket_of(noise_level("flux", torch.tensor([1.0, 0.5, 0.01])), 3).tolist() == [0, 1, 2]
+    pixart, flux = get_adapter("pixart"), get_adapter("flux")
+    assert bucket_of(pixart.noise_level(torch.tensor([999, 500, 10])), 3).tolist() == [0, 1, 2]
+    assert bucket_of(flux.noise_level(torch.tensor([1.0, 0.5, 0.01])), 3).tolist() == [0, 1, 2]
     model = tiny_pixart()  # timesteps 10, 500, 900
     result = scan(model, get_adapter(model), batches_for(model, n=1), progress=False)
     assert result.buckets == ["early", "middle", "late"] and result.samples_per_bucket == [1, 1, 1]
