@@ -239,16 +239,6 @@ class BlockLoader:
         pass
 
 
-def timestep_grid(family: str, n: int, like: torch.Tensor) -> torch.Tensor:
-    """n timesteps spanning the family's training range, in the dtype of `like`
-    (PixArt: integer DDPM steps 0..999; Flux: sigma in (0, 1])."""
-    if family == "pixart":
-        return torch.linspace(0, 999, n).round().to(like.dtype)
-    if family == "flux":
-        return torch.linspace(1.0 / n, 1.0, n).to(like.dtype)
-    raise ValueError(f"no timestep grid for family {family!r}")
-
-
 def _with_timestep(batch: dict, t: torch.Tensor) -> dict:
     b = batch["timestep"].shape[0] if batch["timestep"].ndim else 1
     return dict(batch, timestep=t.expand(b).clone())
@@ -316,7 +306,7 @@ class BlockCalibration:
                 raise _Stop
 
         runs = [(b, None) for b in self.batches] if grid <= 0 else [
-            (b, t) for b in self.batches for t in timestep_grid(self.adapter.family, grid, b["timestep"])]
+            (b, t) for b in self.batches for t in self.adapter.timestep_grid(grid, b["timestep"])]
         skip = fired.__contains__  # one reader per key and forward (later readers see the same)
         with accumulating(self.model, readers, stats, on_fire, lambda r: skip(r.key)), torch.no_grad(), \
                 _progress(self.progress) as bar:

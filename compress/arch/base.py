@@ -128,6 +128,10 @@ class Adapter:
         """(B,) float64 in [0, 1], 1 = pure noise, from the model's `timestep` input."""
         raise NotImplementedError
 
+    def timestep_grid(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """n timestep inputs spanning the family's training range, in the dtype of `like`."""
+        raise NotImplementedError
+
     def sampled_prediction(self, model: nn.Module, pred: torch.Tensor) -> torch.Tensor:
         """The part of the model's output a sampler uses (all of it unless the family says otherwise)."""
         return pred

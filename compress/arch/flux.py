@@ -60,6 +60,9 @@ class FluxAdapter(Adapter):
         """Flux's timestep input is σ in [0, 1] already."""
         return torch.as_tensor(timestep).detach().double().cpu().flatten()
 
+    def timestep_grid(self, n, like):
+        return torch.linspace(1.0 / n, 1.0, n).to(like.dtype)  # σ in (0, 1]
+
     def task_loss(self, model, latents, cond, generator=None):
         """Rectified flow: x_t = (1 - s) x0 + s eps, target velocity eps - x0. latents (B, N, C).
         s is drawn logit-normal, as SD3 / Flux train."""

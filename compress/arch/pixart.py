@@ -50,6 +50,9 @@ class PixArtAdapter(Adapter):
         """DDPM step t in 0..999 -> t / 1000."""
         return torch.as_tensor(timestep).detach().double().cpu().flatten() / 1000.0
 
+    def timestep_grid(self, n, like):
+        return torch.linspace(0, 999, n).round().to(like.dtype)  # integer DDPM steps
+
     def sampled_prediction(self, model, pred):
         """PixArt-Σ's learned-variance half (out_channels = 2 · in_channels) is dropped."""
         c = getattr(model.config, "in_channels", None)
