@@ -177,11 +177,24 @@ def _weight(spec: LayerSpec, weights: Mapping[str, float] | None) -> float:
     return float(w)
 
 
+def _options(spec: LayerSpec, multiple: int, bounds: tuple[int, int] | None) -> tuple[np.ndarray, bool]:
+    """The low-rank options that save parameters (multiples of `multiple`, within `bounds`), and
+    whether going dense is allowed."""
+    ranks = np.arange(multiple, spec.breakeven, multiple)
+    if bounds is None:
+        return ranks, True
+    return ranks[(ranks >= bounds[0]) & (ranks <= bounds[1])], bounds[1] >= spec.breakeven
+
+
 def min_budget(layers: Sequence[LayerSpec], multiple: int = 16, ranges: Mapping | None = None) -> int:
     """The smallest budget `global_greedy` accepts: every target at its lowest allowed rank
-    (`multiple`, or the bottom of its range; dense where no low rank saves)."""
+    (`multiple`, or the bottom of its range; dense where no low rank saves). Needs no curves."""
     ranges = ranges or {}
-    return sum(_Layer(s, 1.0, multiple, ranges.get(s.name)).params() for s in layers)
+    total = 0
+    for s in layers:
+        ranks, _ = _options(s, multiple, ranges.get(s.name))
+        total += s.params(int(ranks[0]) if ranks.size else DENSE)
+    return total
 
 
 class _Layer:
@@ -189,10 +202,7 @@ class _Layer:
 
     def __init__(self, spec: LayerSpec, weight: float, multiple: int, bounds: tuple[int, int] | None = None):
         self.spec, self.weight, self.curve = spec, weight, _check_curve(spec)
-        self.ranks = np.arange(multiple, spec.breakeven, multiple)  # low-rank options that save
-        self.dense_ok = bounds is None or bounds[1] >= spec.breakeven
-        if bounds is not None:
-            self.ranks = self.ranks[(self.ranks >= bounds[0]) & (self.ranks <= bounds[1])]
+        self.ranks, self.dense_ok = _options(spec, multiple, bounds)
         self.rank = int(self.ranks[0]) if self.ranks.size else DENSE
         self.version = 0
 

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from compress.alloc import (DENSE, budget_for_ratio, energy_rank, global_greedy, ratio_rank,
+from compress.alloc import (DENSE, budget_for_ratio, energy_rank, global_greedy, min_budget, ratio_rank,
                             sensitivity_weight, trust_ranges)
 from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache, model_digest
@@ -101,6 +101,8 @@ class SVDPass(Pass):
                 raise UserError(f"svd.center: pattern {p!r} matches no linear layer of the model")
         if c.allocation == "per_role":
             _check_ratios(c.ratios, {i.role for i in targets})
+        if c.allocation == "global":
+            _check_global_budget(targets, c)
 
     def plan(self, model: nn.Module, adapter: Adapter) -> dict:
         c = self.config
@@ -337,6 +339,20 @@ def _digest(*parts) -> str:
 def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
         raise UserError(f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_global_budget(targets: list[LinearInfo], c: SVDConfig) -> None:
+    """The budget must cover every free target at its lowest allowed rank (known from shapes alone)."""
+    fixed = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+    specs = [shape_spec(i) for i in targets if i.name not in fixed]
+    ranges = trust_ranges(specs, c.ratio, c.multiple, c.trust_region) if c.trust_region else None
+    budget, floor = budget_for_ratio(specs, c.ratio), min_budget(specs, c.multiple, ranges)
+    if specs and budget < floor:
+        dense = sum(s.params(DENSE) for s in specs)
+        raise UserError(f"svd.ratio {c.ratio} is below what global allocation can keep: every target at its "
+                        f"lowest allowed rank (multiple {c.multiple}"
+                        + (f", within trust_region {c.trust_region}× of uniform" if c.trust_region else "")
+                        + f") keeps {floor / dense:.3f} of the parameters; raise svd.ratio or lower svd.multiple")
 
 
 def _check_ratios(ratios, roles: set[str]) -> None:
