@@ -91,7 +91,7 @@ class FolderSource:
     IN_MEMORY_BYTES = 2 * 2**30
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+        self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise UserError(f"distill: latents_dir {self.folder} is not a folder")
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix in SUFFIXES)

@@ -78,9 +78,8 @@ class ToySource:
 
 
     def task_loss(self, model, latents: torch.Tensor, cond: dict, generator: torch.Generator):
-        """The toy teacher's own objective (compress.toy.<family>.noised); returns (loss, kwargs)."""
-        from torch.nn import functional as F
-
+        """The toy teacher's own objective (compress.toy.<family>.noised, weighted per sample by the
+        family's `loss_weight` where it has one: the ε toy PixArt); returns (loss, kwargs)."""
         from compress.toy.data import family_module
 
         module = family_module(self.family)
@@ -90,7 +89,10 @@ class ToySource:
         kwargs = dict(cond, hidden_states=noisy.to(device, latents.dtype),
                       timestep=timestep.to(device))
         pred = model(**kwargs, return_dict=False)[0]
-        return F.mse_loss(pred.float(), target.to(device).float()), kwargs
+        per_sample = (pred.float() - target.to(device).float()).pow(2).flatten(1).mean(dim=1)  # (B,)
+        if hasattr(module, "loss_weight"):
+            per_sample = per_sample * module.loss_weight(timestep).to(device)
+        return per_sample.mean(), kwargs
 
 
 class SyntheticSource:

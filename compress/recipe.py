@@ -311,13 +311,11 @@ def to_plain(recipe: Recipe) -> dict:
     }
 
 
-def dump_recipe(recipe: Recipe, recipe_dir: Path | None = None) -> str:
-    """The resolved recipe as YAML. A calibration prompt_file (relative to `recipe_dir`) is inlined as
-    `prompts`, so an output folder's recipe.yaml still finds its prompts wherever it is read from."""
+def dump_recipe(recipe: Recipe, prompts: list[str] | None = None) -> str:
+    """The resolved recipe as YAML. `prompts`: the calibration prompts a pipeline source read (from
+    `prompt_file`), written inline so an output folder's recipe.yaml does not depend on where that
+    file was."""
     plain = to_plain(recipe)
-    cal = plain["calibration"]
-    if cal.get("prompt_file"):
-        from compress.calib_pipeline import read_prompts
-
-        cal["prompts"], cal["prompt_file"] = read_prompts(recipe.calibration, recipe_dir), None
+    if prompts is not None:
+        plain["calibration"]["prompts"], plain["calibration"]["prompt_file"] = list(prompts), None
     return yaml.safe_dump(plain, sort_keys=False)

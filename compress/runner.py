@@ -135,6 +135,7 @@ class Runner:
             check_pass(p, spec, self.teacher, self.adapter, self.recipe.path)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
+        self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
@@ -204,7 +205,7 @@ class Runner:
             return self.out
         report = dict(self.ctx.report, teacher=self.source, teacher_params=teacher_params,
                       student_params=param_count(student), version=compress.__version__)
-        files = {"recipe.yaml": dump_recipe(self.recipe, Path(self.recipe.path).parent),
+        files = {"recipe.yaml": dump_recipe(self.recipe, self.prompts),
                  "report.json": json.dumps(report, indent=2, default=str) + "\n",
                  "README.md": model_card(self.recipe, report)}
         if self.ctx.block_map is not None:

@@ -124,14 +124,16 @@ def test_recipe_is_safe_yaml(tmp_path):
 
 
 def test_dumped_recipe_inlines_the_prompt_file(tmp_path, monkeypatch):
-    """An output folder's recipe.yaml must not depend on where its prompt file was (eval re-reads it)."""
+    """An output folder's recipe.yaml must not depend on where its prompt file was (eval re-reads it):
+    the runner passes the prompts its pipeline source read."""
     from compress.calib_pipeline import read_prompts
 
     (tmp_path / "recipes" / "prompts").mkdir(parents=True)
     (tmp_path / "recipes" / "prompts" / "p.txt").write_text("a red fox\n\na blue car\na green tree\n")
     text = GOOD.replace("  num_prompts: 4\n", "  num_prompts: 2\n  prompt_file: prompts/p.txt\n")
     recipe = parse_recipe(text, str(tmp_path / "recipes" / "r.yaml"))
-    dumped = dump_recipe(recipe, tmp_path / "recipes")
+    assert "prompt_file: prompts/p.txt" in dump_recipe(recipe)  # not a pipeline source: as written
+    dumped = dump_recipe(recipe, read_prompts(recipe.calibration, tmp_path / "recipes"))
     monkeypatch.chdir(tmp_path)  # not the recipe's folder: a relative prompt_file would not be found
     again = parse_recipe(dumped, "out/recipe.yaml")
     assert again.calibration.prompt_file is None

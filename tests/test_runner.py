@@ -176,3 +176,21 @@ def test_bad_distill_config_is_refused_before_any_pass_runs(setup, monkeypatch, 
     with pytest.raises(UserError, match=rf"r\.yaml:7: distill: {words}"):
         _run(tmp_path, text + f"  - distill: {bad}\n")
     assert not ran
+
+
+def test_pipeline_prompts_are_inlined_in_the_output_recipe(tmp_path):
+    """A real-model style run (calibration sampled from a pipeline on a prompt file beside the recipe):
+    the output's recipe.yaml carries the prompts themselves, so eval works from any folder."""
+    from compress.recipe import load_recipe
+
+    (tmp_path / "prompts.txt").write_text("a handwritten 3\na handwritten 8\na handwritten 1\n")
+    (tmp_path / "r.yaml").write_text(
+        "model: pixart\nteacher: toy:pixart\n"
+        "calibration: {source: pipeline, prompt_file: prompts.txt, num_prompts: 3, sample_steps: 2,\n"
+        "              timesteps: 1, batch_size: 4, heldout: 2}\n"
+        "passes:\n  - svd: {targets: [modulation], ranks: {modulation: 8}, multiple: 4, fisher: none}\n")
+    recipe = load_recipe(tmp_path / "r.yaml")
+    out = Runner(recipe, tmp_path / "out", tmp_path / "run").run()
+    saved = load_recipe(out / "recipe.yaml").calibration
+    assert saved.prompt_file is None
+    assert saved.prompts == ["a handwritten 3", "a handwritten 8", "a handwritten 1"]

@@ -68,12 +68,19 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     module = family_module(args.family)
     loss_fn = module.training_loss
-    if args.family == "pixart":
-        args.loss_weight_cap = args.loss_weight_cap or module.LOSS_WEIGHT_CAP
-        loss_fn = (functools.partial(module.training_loss, cap=args.loss_weight_cap) if args.objective == "eps"
-                   else module.flow_training_loss)
-    elif args.objective != "eps" or args.loss_weight_cap is not None:
+    if args.family != "pixart" and (args.objective != "eps" or args.loss_weight_cap is not None):
         raise SystemExit("--objective / --loss-weight-cap are for --family pixart (the toy Flux is rectified flow)")
+    if args.objective == "flow" and args.loss_weight_cap is not None:
+        raise SystemExit("--loss-weight-cap weights the eps objective; --objective flow has no weight")
+    if args.loss_weight_cap is not None and not args.loss_weight_cap > 0:
+        raise SystemExit(f"--loss-weight-cap must be > 0, got {args.loss_weight_cap}")
+    if args.family == "pixart" and args.objective == "eps":
+        if args.loss_weight_cap is None:
+            args.loss_weight_cap = module.LOSS_WEIGHT_CAP
+        loss_fn = functools.partial(module.training_loss, cap=args.loss_weight_cap)
+    elif args.family == "pixart":
+        loss_fn = module.flow_training_loss
+    objective = args.objective if args.family == "pixart" else "flow"  # recorded in the weights
     model = module.new_transformer(seed=args.seed).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     encoder = ToyTextEncoder.from_seed()
@@ -92,13 +99,13 @@ def train(args: argparse.Namespace) -> dict:
         update_ema(ema, model, step, args.ema_decay)
         losses.append(loss.item())
         if (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save_toy_teacher(ema, args.family, args.out)
+            save_toy_teacher(ema, args.family, args.out, objective)
         if (step + 1) % args.log_every == 0 or step == 0:
             recent = sum(losses[-args.log_every :]) / len(losses[-args.log_every :])
             print(f"step {step + 1}/{args.steps} loss {recent:.4f} lr {learning_rate(step, args):.2e} "
                   f"{(time.time() - start) / (step + 1):.2f}s/step", flush=True)
     tail = losses[-min(100, len(losses)) :]
-    save_toy_teacher(ema, args.family, args.out)
+    save_toy_teacher(ema, args.family, args.out, objective)
     save_text_encoder(encoder, args.out)
     return {"final_loss": sum(tail) / len(tail), "wall_s": time.time() - start, "model": ema}
 
@@ -108,15 +115,18 @@ def write_card(args: argparse.Namespace, result: dict) -> None:
     params = sum(p.numel() for p in model.parameters())
     stop = f" --stop-after {args.stop_after}" if args.stop_after else ""
     trained = f"{args.stop_after} of a {args.steps}-step schedule" if args.stop_after else f"{args.steps} steps"
-    cap = f"{args.loss_weight_cap:g}" if args.family == "pixart" else ""
+    cap = f"{args.loss_weight_cap:g}" if args.loss_weight_cap is not None else ""
     objective = {"pixart": (f"epsilon on DDPM linear betas (1e-4..0.02, 1000 steps); t at the SNR of a logit-normal "
-                            f"flow sigma, eps-MSE weighted min((1 + 1/sqrt(SNR))^2, {cap}) (compress/toy/pixart.py)")
+                            f"flow sigma ({1 - family_module('pixart').UNIFORM_FRACTION:g} of each batch) or uniform (the rest), "
+                            f"eps-MSE weighted min((1 + 1/sqrt(SNR))^2, {cap}) (compress/toy/pixart.py)")
                  if args.objective == "eps" else
                  "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1), timestep = 1000 sigma; "
                  "sample with compress.toy.pixart.flow_scheduler()",
                  "flux": "rectified flow, velocity (noise - x0), sigma ~ logit-normal(0, 1); "
                          "guidance embedder fed U[1, 5]; 10% empty prompts for true CFG at sampling"}
-    sampler = {"pixart": "DPMSolverMultistepScheduler (dpmsolver++, order 2, epsilon, linear betas), true CFG",
+    sampler = {"pixart": "DPMSolverMultistepScheduler (dpmsolver++, order 2, epsilon, linear betas), true CFG"
+               if args.objective == "eps" else
+               "DPMSolverMultistepScheduler (dpmsolver++, order 2, use_flow_sigmas, flow_shift 1.0), true CFG",
                "flux": "FlowMatchEulerDiscreteScheduler (shift 1.0, sigmas linspace(1, 1/N, N)), true CFG"}
     lines = [
         f"# Toy {args.family} teacher",
@@ -133,7 +143,7 @@ def write_card(args: argparse.Namespace, result: dict) -> None:
         f"torch {torch.__version__}",
         f"- final training loss (mean of the last 100 steps): {result['final_loss']:.4f}",
         f"- reproduce: `python tools/train_toy_teacher.py --family {args.family} --seed {args.seed} "
-        f"--steps {args.steps}{stop}{' --objective flow' if args.objective == 'flow' else ''} --ema-decay {args.ema_decay} --threads {args.threads} --out DIR`",
+        f"--steps {args.steps}{stop}{' --objective flow' if args.objective == 'flow' else ''}{' --loss-weight-cap ' + cap if cap else ''} --ema-decay {args.ema_decay} --threads {args.threads} --out DIR`",
         "",
         "## Config",
         "",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -268,6 +269,9 @@ class SVDPass(Pass):
         specs = [shape_spec(i, curves[i.name]) for i in free]
         weights = _sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
                                  c.progress) if sensitivity else {}
+        if weights:  # layers whose uniform rank saves nothing were not measured: the median weight
+            median = statistics.median(weights.values())
+            weights = {s.name: weights.get(s.name, median) for s in specs}
         budget = budget_for_ratio(specs, c.ratio)
         ranges = trust_ranges(specs, c.ratio, c.multiple, c.trust_region) if c.trust_region else None
         alloc = global_greedy(specs, budget, c.multiple, weights or None, ranges)
@@ -279,9 +283,8 @@ class SVDPass(Pass):
 
 
 def _sensitivities(model, adapter, batches, factors, progress) -> dict[str, float]:
-    """Per layer: final-prediction error with only that layer at the uniform rank, divided by its
-    normalized whitened loss there (alloc.sensitivity_weight). Layers with no saving rank get the
-    median weight."""
+    """Per measured layer: the squared relative final-prediction error with only that layer at the
+    uniform rank, per unit of its normalized loss there (alloc.sensitivity_weight)."""
     from compress.calib import _progress
 
     with torch.no_grad():
@@ -352,7 +355,8 @@ def _check_global_budget(targets: list[LinearInfo], c: SVDConfig) -> None:
         raise UserError(f"svd.ratio {c.ratio} is below what global allocation can keep: every target at its "
                         f"lowest allowed rank (multiple {c.multiple}"
                         + (f", within trust_region {c.trust_region}× of uniform" if c.trust_region else "")
-                        + f") keeps {floor / dense:.3f} of the parameters; raise svd.ratio or lower svd.multiple")
+                        + f") keeps {floor / dense:.3f} of the parameters; raise svd.ratio, lower svd.multiple"
+                        + (" or widen svd.trust_region" if c.trust_region else ""))
 
 
 def _check_ratios(ratios, roles: set[str]) -> None:

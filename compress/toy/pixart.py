@@ -44,6 +44,7 @@ CONFIG = dict(
 NUM_TRAIN_TIMESTEPS = 1000
 BETAS = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)  # PixArt-Σ's DDPM schedule
 LOSS_WEIGHT_CAP = 20.0
+UNIFORM_FRACTION = 0.2  # of training timesteps drawn uniformly, so the noisy end (t ≥ 900) is trained too
 
 
 def new_transformer(seed: int = 0) -> PixArtTransformer2DModel:
@@ -81,14 +82,19 @@ def snr(t: torch.Tensor) -> torch.Tensor:
     return a / (1 - a)
 
 
-def training_timesteps(batch: int, generator: torch.Generator) -> torch.Tensor:
-    """t (B,) long: the DDPM step whose ᾱ is nearest that of a logit-normal rectified-flow σ
+def training_timesteps(batch: int, generator: torch.Generator,
+                       uniform_fraction: float = UNIFORM_FRACTION) -> torch.Tensor:
+    """t (B,) long: mostly the DDPM step whose ᾱ is nearest that of a logit-normal rectified-flow σ
     (SNR = ((1−σ)/σ)², ᾱ = SNR / (1 + SNR)), so training visits the noise levels where the flow toy
-    learns the prompt."""
+    learns the prompt; a `uniform_fraction` of the batch uniform in {0..999} (the logit-normal alone
+    almost never reaches t ≥ 900, where sampling starts)."""
     sigma = torch.sigmoid(torch.randn(batch, generator=generator)).clamp(1e-4, 1 - 1e-4)
     ratio = ((1 - sigma) / sigma) ** 2
     target = ratio / (1 + ratio)  # (B,) ᾱ
-    return (alphas_cumprod().view(1, -1) - target.view(-1, 1)).abs().argmin(dim=1)
+    t = (alphas_cumprod().view(1, -1) - target.view(-1, 1)).abs().argmin(dim=1)
+    uniform = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
+    pick = torch.rand(batch, generator=generator) < uniform_fraction
+    return torch.where(pick, uniform, t)
 
 
 def noised(latents: torch.Tensor, generator: torch.Generator, training: bool = True):
@@ -148,3 +154,6 @@ def flow_training_loss(model, latents: torch.Tensor, text: dict, generator: torc
     noisy, sigma, target = flow_noised(latents, generator)
     pred = model(**forward_kwargs(noisy, NUM_TRAIN_TIMESTEPS * sigma, text)).sample
     return F.mse_loss(pred.float(), target.float())
+
+
+SCHEDULERS = {"eps": new_scheduler, "flow": flow_scheduler}  # by the objective in the weights' metadata

@@ -88,15 +88,30 @@ def load_text_encoder(weights_dir: str | Path | None = None) -> ToyTextEncoder:
     return _cached_text_encoder((folder / TEXT_ENCODER_FILE).resolve())
 
 
-def save_toy_teacher(model, family: str, out_dir: str | Path) -> None:
-    """Write `<family>.json` + `<family>.safetensors` (fp32) into out_dir."""
+def save_toy_teacher(model, family: str, out_dir: str | Path, objective: str = "eps") -> None:
+    """Write `<family>.json` + `<family>.safetensors` (fp32) into out_dir; the training objective
+    goes into the safetensors metadata (the pipeline picks its scheduler by it)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{family}.json").write_text(model.to_json_string())
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / f"{family}.safetensors"), metadata={"family": family, "format": "dit-compress-toy"})
+    save_file(state, str(out / f"{family}.safetensors"),
+              metadata={"family": family, "format": "dit-compress-toy", "objective": objective})
+
+
+def toy_objective(family: str, weights_dir: str | Path | None = None) -> str:
+    """The objective a toy teacher was trained with ("eps" unless its weights say otherwise)."""
+    from safetensors import safe_open
+
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    path = folder / f"{family}.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("objective", "eps")
+    except Exception:  # missing / corrupted: load_toy_teacher names the file
+        return "eps"
 
 
 def save_text_encoder(encoder: ToyTextEncoder, out_dir: str | Path) -> None:
@@ -117,9 +132,10 @@ def load_toy_pipeline(family: str, transformer=None, dtype: torch.dtype = torch.
     if transformer is None:
         transformer = load_toy_teacher(family, dtype=dtype, weights_dir=weights_dir)
     pipeline_class = module.ToyPixArtPipeline if family == "pixart" else module.ToyFluxPipeline
+    schedulers = getattr(module, "SCHEDULERS", {})  # objective -> scheduler factory (toy PixArt)
     pipe = pipeline_class(
         transformer=transformer,
-        scheduler=module.new_scheduler(),
+        scheduler=schedulers.get(toy_objective(family, weights_dir), module.new_scheduler)(),
         text_encoder=load_text_encoder(weights_dir),
         vae=ToyVAE(),
     )

@@ -19,12 +19,15 @@ def test_noised_is_the_ddpm_forward_process():
 
 def test_training_timesteps_match_the_snr_of_a_logit_normal_sigma():
     """Median σ = 0.5 ↔ SNR 1; the quartiles of logit-normal σ are sigmoid(±0.674)."""
-    t = pixart.training_timesteps(20000, torch.Generator().manual_seed(0))
+    t = pixart.training_timesteps(20000, torch.Generator().manual_seed(0), uniform_fraction=0.0)
     snr = pixart.snr(t).double()
     quartiles = torch.quantile(snr, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
     for q, z in zip(quartiles.tolist(), (0.674, 0.0, -0.674)):  # high σ = low SNR first
         sigma = 1 / (1 + math.exp(-z))
         assert math.isclose(q, ((1 - sigma) / sigma) ** 2, rel_tol=0.05)
+    assert float((t >= 900).double().mean()) < 1e-3  # the logit-normal alone never trains the noisy end
+    mixed = pixart.training_timesteps(20000, torch.Generator().manual_seed(0))  # default: 20% uniform
+    assert 0.015 < float((mixed >= 900).double().mean()) < 0.025
     uniform = pixart.noised(torch.zeros(20000, 1, 1, 1), torch.Generator().manual_seed(0), training=False)[1]
     assert float(uniform.double().mean()) > float(t.double().mean()) + 100  # eval covers the noisy end too
 
@@ -67,3 +70,48 @@ def test_shipped_pipeline_samples_the_shipped_epsilon_teacher():
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert pipe.scheduler.config.prediction_type == "epsilon"
     assert pipe.scheduler.config.beta_schedule == "linear" and pipe.scheduler.config.beta_end == 0.02
+
+
+def test_distill_task_loss_is_the_teachers_own_objective():
+    """compress.inputs.ToySource.task_loss (distill's task term) = pixart.training_loss, weights included."""
+    from compress.inputs import ToySource
+    from compress.recipe import CalibrationConfig
+
+    model = tiny_pixart(in_channels=4, out_channels=4, sample_size=8, caption_channels=64)
+    batch = training_batch("pixart", 6, torch.Generator().manual_seed(0))
+    own = pixart.training_loss(model, batch["latents"], batch["text"], torch.Generator().manual_seed(3))
+    cond = {k: v for k, v in pixart.forward_kwargs(batch["latents"], torch.zeros(6), batch["text"]).items()
+            if k not in ("hidden_states", "timestep")}
+    task, kwargs = ToySource("pixart", CalibrationConfig()).task_loss(
+        model, batch["latents"], cond, torch.Generator().manual_seed(3))
+    assert torch.allclose(task, own, rtol=1e-6) and kwargs["timestep"].dtype == torch.long
+
+
+def test_pipeline_scheduler_follows_the_objective_in_the_weights(tmp_path):
+    from compress.toy.weights import load_toy_pipeline, save_text_encoder, save_toy_teacher, toy_objective
+    from compress.toy.text import ToyTextEncoder
+
+    model = pixart.new_transformer(seed=1)
+    save_text_encoder(ToyTextEncoder.from_seed(), tmp_path)
+    for objective, prediction in (("flow", "flow_prediction"), ("eps", "epsilon")):
+        save_toy_teacher(model, "pixart", tmp_path, objective)
+        assert toy_objective("pixart", tmp_path) == objective
+        pipe = load_toy_pipeline("pixart", weights_dir=tmp_path)
+        assert pipe.scheduler.config.prediction_type == prediction
+
+
+def test_shipped_teacher_predicts_epsilon():
+    """On noised held-out digits the shipped teacher's output is far closer to ε than to the flow
+    velocity ε − x0 (it would be the other way round for flow weights)."""
+    from compress.toy.data import digits, prompt_for
+    from compress.toy.vae import ToyVAE
+    from compress.toy.weights import load_text_encoder, load_toy_teacher
+
+    images, labels = digits("heldout")
+    x0 = ToyVAE().encode(images[:64])  # (64, 4, 8, 8)
+    noisy, t, eps = pixart.noised(x0, torch.Generator().manual_seed(0), training=False)
+    text = load_text_encoder()([prompt_for(int(y)) for y in labels[:64]])
+    with torch.no_grad():
+        pred = load_toy_teacher("pixart")(**pixart.forward_kwargs(noisy, t, text)).sample
+    to_eps, to_velocity = (pred - eps).square().mean(), (pred - (eps - x0)).square().mean()
+    assert float(to_eps) < 0.1 * float(to_velocity)
