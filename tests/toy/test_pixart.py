@@ -72,19 +72,22 @@ def test_shipped_pipeline_samples_the_shipped_epsilon_teacher():
     assert pipe.scheduler.config.beta_schedule == "linear" and pipe.scheduler.config.beta_end == 0.02
 
 
-def test_distill_task_loss_is_the_teachers_own_objective():
-    """compress.inputs.ToySource.task_loss (distill's task term) = pixart.training_loss, weights included."""
+def test_distill_task_loss_is_the_teachers_target_at_its_noise_levels():
+    """compress.inputs.ToySource.task_loss (distill's task term): the ε-MSE at the training draw of
+    (t, ε), without the training loss weights."""
     from compress.inputs import ToySource
     from compress.recipe import CalibrationConfig
 
     model = tiny_pixart(in_channels=4, out_channels=4, sample_size=8, caption_channels=64)
     batch = training_batch("pixart", 6, torch.Generator().manual_seed(0))
-    own = pixart.training_loss(model, batch["latents"], batch["text"], torch.Generator().manual_seed(3))
+    noisy, t, eps = pixart.noised(batch["latents"], torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = (model(**pixart.forward_kwargs(noisy, t, batch["text"])).sample - eps).pow(2).mean()
     cond = {k: v for k, v in pixart.forward_kwargs(batch["latents"], torch.zeros(6), batch["text"]).items()
             if k not in ("hidden_states", "timestep")}
     task, kwargs = ToySource("pixart", CalibrationConfig()).task_loss(
         model, batch["latents"], cond, torch.Generator().manual_seed(3))
-    assert torch.allclose(task, own, rtol=1e-6) and kwargs["timestep"].dtype == torch.long
+    assert torch.allclose(task, expected, rtol=1e-5) and torch.equal(kwargs["timestep"], t)
 
 
 def test_pipeline_scheduler_follows_the_objective_in_the_weights(tmp_path):
