@@ -65,6 +65,7 @@ RUNS = {  # name -> svd config (fisher="all", the default, weights outputs by th
     "whitened uniform (no Fisher)": dict(ratio=0.5, multiple=4, fisher="none"),
     "whitened global (sensitivity)": dict(ratio=0.5, multiple=4, allocation="global"),
     "whitened global (no sensitivity)": dict(ratio=0.5, multiple=4, allocation="global", sensitivity=False),
+    "whitened global (no trust region)": dict(ratio=0.5, multiple=4, allocation="global", trust_region=None),
     "modulation r8 (grid, centered)": dict(targets=["modulation"], ranks={"modulation": 8}, multiple=4),
     "modulation r8 (grid)": dict(targets=["modulation"], ranks={"modulation": 8}, multiple=4, center=[]),
     "modulation r8 (calib timesteps)": dict(targets=["modulation"], ranks={"modulation": 8}, multiple=4,
@@ -82,6 +83,7 @@ def bench(family: str, run_dir: Path, runs: dict) -> dict:
         rows[name] = dict(error=error(student, family), kept=report["kept_ratio"],
                           reduction=report["params_before"] / report["params_after"],
                           max_loss_ratio=report["max_loss_ratio"], seconds=seconds,
+                          predicted=report.get("global", {}).get("predicted_error_vs_uniform"),
                           layers=len(report["layers"]))
         print(f"  {family:6s} {name:34s} err {rows[name]['error']:.5f}  kept {rows[name]['kept']:.3f} "
               f"({rows[name]['reduction']:.1f}x)  loss/opt ≤ {rows[name]['max_loss_ratio']:.9f}  "
@@ -96,8 +98,11 @@ def summary(family: str, rows: dict) -> list[str]:
              f"(target ≤ 0.1); without the output Fisher {r('whitened uniform (no Fisher)', 'svd uniform'):.3f}",
              f"{family}: whitened global/svd uniform at 50% = {r('whitened global (sensitivity)', 'svd uniform'):.3f}",
              f"{family}: global/uniform error ratio at 50% = "
-             f"{r('whitened global (sensitivity)', 'whitened uniform'):.3f} (target ≤ 0.8); "
-             f"without sensitivity {r('whitened global (no sensitivity)', 'whitened uniform'):.3f}"]
+             f"{r('whitened global (sensitivity)', 'whitened uniform'):.3f} (target ≤ 0.8; the loss model predicted "
+             f"{rows['whitened global (sensitivity)']['predicted']:.3f}); without the trust region "
+             f"{r('whitened global (no trust region)', 'whitened uniform'):.3f} (predicted "
+             f"{rows['whitened global (no trust region)']['predicted']:.3f}); without sensitivity "
+             f"{r('whitened global (no sensitivity)', 'whitened uniform'):.3f}"]
     for name in [n for n in rows if n.startswith("modulation")]:
         lines.append(f"{family}: {name}: {rows[name]['reduction']:.1f}x fewer params (incl. bias), "
                      f"error rise {rows[name]['error']:.2e} (target ≤ 1e-3)")

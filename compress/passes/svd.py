@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from compress.alloc import (DENSE, budget_for_ratio, energy_rank, global_greedy, min_budget, ratio_rank,
-                            sensitivity_weight, trust_ranges)
+                            sensitivity_weight, trust_ranges, weighted_loss)
 from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache, model_digest
 from compress.errors import UserError
@@ -276,10 +276,20 @@ class SVDPass(Pass):
         ranges = trust_ranges(specs, c.ratio, c.multiple, c.trust_region) if c.trust_region else None
         alloc = global_greedy(specs, budget, c.multiple, weights or None, ranges)
         info = {"budget_params": budget, "spent_params": alloc.spent, "sensitivity": sensitivity,
-                "trust_region": c.trust_region, "weights": weights}
+                "trust_region": c.trust_region, "weights": weights,
+                "predicted_error_vs_uniform": _predicted_vs_uniform(specs, alloc.ranks, weights, c)}
         return {**alloc.ranks, **fixed}, info
 
     # -----------------------------------------------------------------------------------------------
+
+
+def _predicted_vs_uniform(specs, ranks, weights, c: SVDConfig) -> float | None:
+    """√(Σ weight·loss at the allocated ranks / the same at the uniform ranks): the final-prediction
+    error the sensitivity-weighted loss model expects, relative to uniform (None without sensitivity)."""
+    if not weights:
+        return None
+    uniform = weighted_loss(specs, {s.name: ratio_rank(s, c.ratio, c.multiple) for s in specs}, weights)
+    return (weighted_loss(specs, ranks, weights) / uniform) ** 0.5 if uniform > 0 else None
 
 
 def _sensitivities(model, adapter, batches, factors, progress) -> dict[str, float]:

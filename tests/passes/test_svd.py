@@ -74,6 +74,10 @@ def test_adaptive_allocations(allocation, tmp_path):
         g = report["global"]
         assert g["spent_params"] <= g["budget_params"] and g["weights"]
         assert report["params_after"] <= g["budget_params"]
+        # the loss model's expected error against uniform: the greedy optimizes it, so not above ~1
+        assert 0 < g["predicted_error_vs_uniform"] <= 1.05
+        _, plain, _ = _run("pixart", tmp_path / "plain", allocation="global", sensitivity=False)
+        assert plain["global"]["predicted_error_vs_uniform"] is None  # no error model without it
 
 
 def test_svd_and_asvd_methods_are_worse_than_whitened(tmp_path):
