@@ -83,6 +83,14 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
+def latents_folder(value: str | Path) -> Path:
+    """`latents_dir` as a folder path (`~` expanded), or a one-line error."""
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"distill: latents_dir {value} is not a folder")
+    return folder
+
+
 class FolderSource:
     """Latents + cond from a folder (format above). Files are indexed once; a folder of at most
     `IN_MEMORY_BYTES` (e.g. the teacher-sample cache) is kept in memory, a bigger one is read per
@@ -91,9 +99,7 @@ class FolderSource:
     IN_MEMORY_BYTES = 2 * 2**30
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder).expanduser()
-        if not self.folder.is_dir():
-            raise UserError(f"distill: latents_dir {self.folder} is not a folder")
+        self.folder = latents_folder(folder)
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix in SUFFIXES)
         if not self.files:
             raise UserError(f"distill: latents_dir {self.folder} has no .safetensors or .pt files")

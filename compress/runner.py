@@ -97,7 +97,6 @@ def relative_error(student, reference: list[torch.Tensor], adapter, batches: lis
     return (num / max(den, 1e-300)) ** 0.5
 
 
-
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM unwinds like Ctrl-C, so passes checkpoint and the output is never half-written."""

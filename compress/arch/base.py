@@ -125,8 +125,9 @@ class Adapter:
 
     # ---- timesteps and predictions ----------------------------------------------------------------
     def noise_level(self, timestep) -> torch.Tensor:
-        """(B,) float64 in [0, 1], 1 = pure noise, from the model's `timestep` input."""
-        raise NotImplementedError
+        """(B,) float64 in [0, 1], 1 = pure noise, from the model's `timestep` input (here taken to
+        be that already, as Flux's σ; a family with another scale overrides)."""
+        return torch.as_tensor(timestep).detach().double().cpu().flatten()
 
     def timestep_grid(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """n timestep inputs spanning the family's training range, in the dtype of `like`."""

@@ -56,10 +56,6 @@ class FluxAdapter(Adapter):
     def skipped_output(self, hidden):
         return (hidden[1], hidden[0])  # (context, image), as both block kinds return
 
-    def noise_level(self, timestep):
-        """Flux's timestep input is σ in [0, 1] already."""
-        return torch.as_tensor(timestep).detach().double().cpu().flatten()
-
     def timestep_grid(self, n, like):
         return torch.linspace(1.0 / n, 1.0, n).to(like.dtype)  # σ in (0, 1]
 

@@ -48,7 +48,7 @@ class PixArtAdapter(Adapter):
 
     def noise_level(self, timestep):
         """DDPM step t in 0..999 -> t / 1000."""
-        return torch.as_tensor(timestep).detach().double().cpu().flatten() / 1000.0
+        return super().noise_level(timestep) / 1000.0
 
     def timestep_grid(self, n, like):
         return torch.linspace(0, 999, n).round().to(like.dtype)  # integer DDPM steps

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from compress.distill_data import DATA_SOURCES, make_source
+from compress.distill_data import DATA_SOURCES, latents_folder, make_source
 from compress.distill_utils import (TRAIN_MODES, BlockOutputs, OutputCapture, StopSignals, feature_loss,
                                     output_loss, resolve_block_map, select_trainable, warmup_cosine,
                                     write_curves)
@@ -100,8 +100,8 @@ class DistillPass(Pass):
             raise UserError(f"distill: data must be one of {', '.join(DATA_SOURCES)}, not {cfg.data!r}")
         if cfg.data == "folder" and not cfg.latents_dir:
             raise UserError("distill: data: folder needs latents_dir")
-        if cfg.data == "folder" and not Path(cfg.latents_dir).expanduser().is_dir():
-            raise UserError(f"distill: latents_dir {cfg.latents_dir} is not a folder")
+        if cfg.data == "folder":
+            latents_folder(cfg.latents_dir)
         if cfg.data == "teacher_samples":
             for key in ("num_samples", "sample_steps"):
                 if getattr(cfg, key) < 1:

@@ -273,7 +273,7 @@ class SVDPass(Pass):
             median = statistics.median(weights.values())
             weights = {s.name: weights.get(s.name, median) for s in specs}
         budget = budget_for_ratio(specs, c.ratio)
-        ranges = trust_ranges(specs, c.ratio, c.multiple, c.trust_region) if c.trust_region else None
+        ranges = _trust_ranges(specs, c)
         alloc = global_greedy(specs, budget, c.multiple, weights or None, ranges)
         info = {"budget_params": budget, "spent_params": alloc.spent, "sensitivity": sensitivity,
                 "trust_region": c.trust_region, "weights": weights,
@@ -354,12 +354,15 @@ def _one_of(key: str, value, allowed) -> None:
         raise UserError(f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}")
 
 
+def _trust_ranges(specs, c: SVDConfig) -> dict | None:
+    return trust_ranges(specs, c.ratio, c.multiple, c.trust_region) if c.trust_region else None
+
+
 def _check_global_budget(targets: list[LinearInfo], c: SVDConfig) -> None:
     """The budget must cover every free target at its lowest allowed rank (known from shapes alone)."""
     fixed = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
     specs = [shape_spec(i) for i in targets if i.name not in fixed]
-    ranges = trust_ranges(specs, c.ratio, c.multiple, c.trust_region) if c.trust_region else None
-    budget, floor = budget_for_ratio(specs, c.ratio), min_budget(specs, c.multiple, ranges)
+    budget, floor = budget_for_ratio(specs, c.ratio), min_budget(specs, c.multiple, _trust_ranges(specs, c))
     if specs and budget < floor:
         dense = sum(s.params(DENSE) for s in specs)
         raise UserError(f"svd.ratio {c.ratio} is below what global allocation can keep: every target at its "

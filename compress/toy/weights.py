@@ -28,15 +28,20 @@ def _model_class(family: str):
     return PixArtTransformer2DModel if family == "pixart" else FluxTransformer2DModel
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+def _open_weights(path: Path, read):
+    """read(path) for a toy weight file; missing or corrupted files are a UserError naming it."""
     if not path.is_file():
         raise UserError(f"toy weight file missing: {path} (reinstall dit-compress, or rebuild it with tools/train_toy_teacher.py)")
     try:
-        return load_file(str(path))
+        return read(path)
     except Exception as exc:  # safetensors raises several types for truncated / garbled files
         raise UserError(f"toy weight file is corrupted: {path} ({type(exc).__name__}: {exc})") from None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return _open_weights(path, lambda p: load_file(str(p)))
 
 
 def _read_config(path: Path) -> dict:
@@ -106,12 +111,12 @@ def toy_objective(family: str, weights_dir: str | Path | None = None) -> str:
     from safetensors import safe_open
 
     folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
-    path = folder / f"{family}.safetensors"
-    try:
+    def metadata(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("objective", "eps")
-    except Exception:  # missing / corrupted: load_toy_teacher names the file
-        return "eps"
+            return f.metadata() or {}
+
+    # weights written before the key existed were ε
+    return _open_weights(folder / f"{family}.safetensors", metadata).get("objective", "eps")
 
 
 def save_text_encoder(encoder: ToyTextEncoder, out_dir: str | Path) -> None:
