@@ -3,7 +3,8 @@
 1. every factorized layer: measured whitened loss / optimal loss (max over all layers of all runs);
 2. attention + MLP at 50% kept params: teacher-relative error of the final prediction on held-out
    inputs, whitened vs plain svd, and global (sensitivity-weighted) vs uniform allocation;
-3. modulation linears at ≥ 10x fewer params: rise of the final-prediction error.
+3. modulation linears at ≥ 10x fewer params: rise of the final-prediction error, and (PixArt) the
+   PCA floor no rank-r factorization of its adaLN-single outputs can beat.
 
     python tools/bench_svd.py [--families pixart flux] [--threads 1]
 """
@@ -109,6 +110,23 @@ def summary(family: str, rows: dict) -> list[str]:
     return lines
 
 
+def modulation_floor(ranks=(8, 16, 64, 96)) -> str:
+    """Toy PixArt: the share of its adaLN-single outputs' norm, over all 1000 training steps, outside
+    their best r-dimensional subspace (centered PCA): no rank-r factorization of the modulation can do
+    better. Plus how far the outputs of neighbouring steps 500 and 501 are apart."""
+    model = load_toy_teacher("pixart")
+    t = torch.arange(1000)
+    with torch.no_grad():
+        out, _ = model.adaln_single(t, {"resolution": None, "aspect_ratio": None}, batch_size=1000,
+                                    hidden_dtype=torch.float32)  # (1000, 6 · hidden)
+    y = out.double()
+    energies = torch.linalg.svdvals(y - y.mean(0)) ** 2
+    total = float(y.square().sum())
+    tails = ", ".join(f"rank {r}: {(float(energies[r:].sum()) / total) ** 0.5:.2e}" for r in ranks)
+    step = float((out[500] - out[501]).norm() / out[500].norm())
+    return f"pixart: adaLN-single outputs outside their best subspace (PCA floor) {tails}; steps 500/501 differ by {step:.2%}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=["pixart", "flux"])
@@ -124,6 +142,8 @@ def main() -> None:
                                    if RUNS[k].get("method", "whitened") == "whitened"])
             if set(RUNS) <= set(rows):
                 lines += summary(family, rows)
+    if "pixart" in args.families:
+        lines.append(modulation_floor())
     print("\n".join(lines))
     print(f"max whitened loss / optimal loss over every factorized layer of every run: {worst:.9f} "
           "(target ≤ 1.001)")
