@@ -328,6 +328,34 @@ def optimal_loss(weight: torch.Tensor, gram: torch.Tensor, rank: int, gram_is_ou
     return float(curve[rank])
 
 
+def kfac_step(moment: torch.Tensor, gram: torch.Tensor, out_inverse: torch.Tensor,
+              gram_damping: float = 1e-2, name: str | None = None) -> torch.Tensor:
+    """Δ (out, in) = −A⁻¹ M (G + λI)⁻¹: the minimizer of tr(Δᵀ A Δ G) + 2 tr(Δᵀ M), a Kronecker
+    (K-FAC) quadratic model of a loss in the weight change Δ, given the model's gradient M (out, in),
+    the inverse output curvature A⁻¹ (out, out) and the input Gram G (in, in).
+    λ = gram_damping · mean eigenvalue of G keeps directions the inputs barely excite near Δ = 0."""
+    m = _to64(moment, "gradient", name)  # (out, in)
+    g = _sym(_to64(gram, "gram", name))  # (in, in)
+    a_inv = _to64(out_inverse, "inverse curvature", name)  # (out, out)
+    if g.shape != (m.shape[1], m.shape[1]) or a_inv.shape != (m.shape[0], m.shape[0]):
+        raise ValueError(f"{_label(name)}: gradient {tuple(m.shape)}, Gram {tuple(g.shape)} and inverse "
+                         f"curvature {tuple(a_inv.shape)} do not fit together")
+    if gram_damping <= 0:
+        raise ValueError(f"gram_damping must be > 0, got {gram_damping}")
+    lam = gram_damping * float(torch.diagonal(g).sum()) / g.shape[0]
+    if lam <= 0:  # the inputs carry no energy: no direction to move in
+        return torch.zeros_like(m)
+    eye = torch.eye(g.shape[0], dtype=_F64, device=g.device)
+    try:
+        right = torch.linalg.solve(g + lam * eye, m.T).T  # M (G + λI)⁻¹, G symmetric
+    except RuntimeError as exc:
+        raise NumericError(f"{_label(name)}: the K-FAC step's solve failed ({exc})") from exc
+    step = -(a_inv @ right)
+    if not torch.isfinite(step).all():
+        raise NumericError(f"{_label(name)}: non-finite K-FAC step")
+    return step
+
+
 def normalized_curve(curve: torch.Tensor) -> torch.Tensor:
     """curve / curve[0] (a layer with no output energy gets all zeros)."""
     total = float(curve[0])

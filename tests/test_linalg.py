@@ -290,3 +290,50 @@ def test_normalized_mse_and_massive_mask():
     masked = L.normalized_mse(s_massive, t_massive, mask=mask)
     assert float(masked) == pytest.approx(float(L.normalized_mse(s[mask], t[mask])), rel=1e-5)
     assert L.normalized_mse(s.bfloat16(), t.bfloat16()).dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- K-FAC step
+
+
+def _kfac_case(out_f=6, in_f=9, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((out_f, out_f))
+    a = a @ a.T + 0.1 * np.eye(out_f)  # output curvature (out, out), PD
+    _, g = make_case(in_f, in_f, "anisotropic", seed=seed + 1)
+    m = rng.standard_normal((out_f, in_f))
+    return torch.tensor(a), g, torch.tensor(m)
+
+
+def _quadratic(a, g, m, d):
+    return float(torch.trace(d.T @ a @ d @ g) + 2 * torch.trace(d.T @ m))
+
+
+def test_kfac_step_minimizes_the_kronecker_quadratic():
+    a, g, m = _kfac_case()
+    damping = 1e-9  # practically the undamped minimizer of tr(Δᵀ A Δ G) + 2 tr(Δᵀ M)
+    step = L.kfac_step(m, g, torch.linalg.inv(a), gram_damping=damping)
+    assert step.shape == m.shape
+    torch.testing.assert_close(a @ step @ g, -m, rtol=0, atol=1e-5)  # the stationarity condition
+    best = _quadratic(a, g, m, step)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        other = step + 1e-2 * torch.randn(step.shape, generator=gen, dtype=torch.float64)
+        assert _quadratic(a, g, m, other) > best
+
+
+def test_kfac_step_damping_shrinks_it_and_zero_inputs_give_zero():
+    a, g, m = _kfac_case()
+    inv = torch.linalg.inv(a)
+    small, large = (L.kfac_step(m, g, inv, gram_damping=d).norm() for d in (1e-6, 1.0))
+    assert large < small
+    assert torch.count_nonzero(L.kfac_step(m, torch.zeros_like(g), inv)) == 0
+
+
+def test_kfac_step_errors():
+    a, g, m = _kfac_case()
+    with pytest.raises(ValueError, match="do not fit"):
+        L.kfac_step(m, g[:-1, :-1], torch.linalg.inv(a))
+    with pytest.raises(ValueError, match="gram_damping"):
+        L.kfac_step(m, g, torch.linalg.inv(a), gram_damping=0.0)
+    with pytest.raises(NumericError, match="layer 'x'"):
+        L.kfac_step(m * float("nan"), g, torch.linalg.inv(a), name="x")

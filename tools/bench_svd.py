@@ -63,6 +63,7 @@ def error(student, family: str) -> float:
 RUNS = {  # name -> svd config (fisher="all", the default, weights outputs by their effect on the prediction)
     "svd uniform": dict(method="svd", ratio=0.5, multiple=4, fisher="none"),
     "whitened uniform": dict(ratio=0.5, multiple=4),
+    "whitened uniform (no compensation)": dict(ratio=0.5, multiple=4, compensate=False),
     "whitened uniform (no Fisher)": dict(ratio=0.5, multiple=4, fisher="none"),
     "whitened global (sensitivity)": dict(ratio=0.5, multiple=4, allocation="global"),
     "whitened global (no sensitivity)": dict(ratio=0.5, multiple=4, allocation="global", sensitivity=False),
@@ -96,7 +97,9 @@ def summary(family: str, rows: dict) -> list[str]:
     def r(a, b):
         return rows[a]["error"] / rows[b]["error"]
     lines = [f"{family}: whitened/svd error ratio at 50% = {r('whitened uniform', 'svd uniform'):.3f} "
-             f"(target ≤ 0.1); without the output Fisher {r('whitened uniform (no Fisher)', 'svd uniform'):.3f}",
+             f"(target ≤ 0.1); without compensation {r('whitened uniform (no compensation)', 'svd uniform'):.3f}; "
+             f"without the output Fisher (so without compensation) "
+             f"{r('whitened uniform (no Fisher)', 'svd uniform'):.3f}",
              f"{family}: whitened global/svd uniform at 50% = {r('whitened global (sensitivity)', 'svd uniform'):.3f}",
              f"{family}: global/uniform error ratio at 50% = "
              f"{r('whitened global (sensitivity)', 'whitened uniform'):.3f} (target ≤ 0.8; the loss model predicted "

@@ -6,6 +6,9 @@ a block-by-block calibration that factorizes each block's targets before the nex
 (`activations="student"`: later blocks calibrate on the compressed student's activations).
 Modulation linears read a low-dimensional conditioning vector; their Grams are taken over a dense
 timestep grid (`modulation_grid`) rather than the few calibration timesteps.
+With `compensate` (default on; whitened targets in blocks that have an output Fisher) each block's
+targets also absorb, to first order, the prediction error of the layers compressed before them
+(svd_compensate: a K-FAC Newton step, scaled by a measured line search).
 With `fisher` (default "all") each target's outputs are weighted by the output Fisher F = Σ JᵀJ of
 the final prediction (svd_fisher): the factorization minimizes tr(F E G Eᵀ), a first-order estimate
 of the prediction error, instead of the layer's own output error. On the toy teachers at 50% kept
@@ -32,6 +35,7 @@ from compress.fuse import fuse_gelu
 from compress.linalg import METHODS, factors_from, normalized_curve
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext
+from compress.passes.svd_compensate import line_search, newton_steps, prediction_error, references
 from compress.passes.svd_fisher import output_fisher, sqrt_pair
 from compress.passes.svd_layer import (compress_layer, decompose_layer, layer_math, replace_linear,
                                        swapped_weight, weighted)
@@ -60,6 +64,7 @@ class SVDConfig:
     trust_region: float | None = 2.0  # global: ranks within this factor of the uniform rank (null: any)
     multiple: int = 16  # ranks are multiples of this
     activations: str = "student"  # student (error-aware) | teacher
+    compensate: bool = True  # whitened + Fisher: absorb upstream error (svd_compensate)
     ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
     center: list = field(default_factory=lambda: ["modulation"])  # patterns: centered Gram + bias fold
     modulation_grid: int = 64  # timesteps per calibration batch for modulation Grams (0: own)
@@ -100,6 +105,10 @@ class SVDPass(Pass):
         for p in c.center:
             if not any(matches(p, i) for i in infos):
                 raise UserError(f"svd.center: pattern {p!r} matches no linear layer of the model")
+        biasless = [i.name for i in targets if self._center(i) and model.get_submodule(i.name).bias is None]
+        if biasless:
+            raise UserError(f"svd.center: {', '.join(biasless[:3])}{' …' if len(biasless) > 3 else ''} "
+                            "has no bias to take the mean error; leave it out of svd.center")
         if c.allocation == "per_role":
             _check_ratios(c.ratios, {i.role for i in targets})
         if c.allocation == "global":
@@ -148,10 +157,11 @@ class SVDPass(Pass):
         self.roots = self._output_roots(model, ctx.adapter, targets, batches)
         if c.allocation == "global":
             ranks, report["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
-        self._compress(model, ctx.adapter, targets, batches, ranks, records)
+        compensation: dict = {}
+        self._compress(model, ctx.adapter, targets, batches, ranks, records, compensation)
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         report.update(_summary(records, c), layers=records, cache_hits=list(self.cache.hits),
-                      fused_gelu=fused)
+                      fused_gelu=fused, compensation=compensation)
         return model
 
     def _output_roots(self, model, adapter, targets, batches) -> dict:
@@ -178,31 +188,65 @@ class SVDPass(Pass):
         return lambda dec: energy_rank(shape_spec(info, normalized_curve(dec.curve)),
                                        self.config.energy, self.config.multiple)
 
-    def _compress(self, model, adapter, targets, batches, ranks, records) -> None:
-        """Block-by-block calibration that factorizes each block's targets before moving on."""
+    def _compress(self, model, adapter, targets, batches, ranks, records, summary) -> None:
+        """Block-by-block calibration that factorizes each block's targets before moving on
+        (with compensation: at the measured best fraction of their Newton step, svd_compensate)."""
         c = self.config
         state: list = []  # what has been compressed so far (names the student-mode cache files)
+        inverses = self._compensation_inverses(targets)
+        refs = references(model, adapter, batches) if inverses else None
+
+        def factorize(info: LinearInfo, stats: Stats, step=None) -> dict:
+            return compress_layer(model, info, stats, method=c.method, alpha=c.alpha,
+                                  center=self._center(info), gram_is_output=uses_output_gram(info),
+                                  choose_rank=self._choose(info, ranks), out_root=self.roots.get(info.name),
+                                  step=step)
+
+        def commit(info: LinearInfo, record: dict) -> bool:
+            records[info.name] = record
+            state.append((info.name, record["rank"], _module_digest(model, info.name)))
+            return record["rank"] != "dense"
 
         def visit(info: LinearInfo, stats: Stats) -> bool:
-            records[info.name] = compress_layer(
-                model, info, stats, method=c.method, alpha=c.alpha, center=self._center(info),
-                gram_is_output=uses_output_gram(info), choose_rank=self._choose(info, ranks),
-                out_root=self.roots.get(info.name))
-            state.append((info.name, records[info.name]["rank"], _module_digest(model, info.name)))
-            return records[info.name]["rank"] != "dense"
+            return commit(info, factorize(info, stats))
+
+        def visit_block(group: str, index: int, pairs: list) -> None:
+            steps = newton_steps(model, adapter, batches, refs, pairs, inverses,
+                                 c.fisher_probes) if inverses else {}
+            if not steps:
+                for info, stats in pairs:
+                    visit(info, stats)
+                return
+            chosen, search = line_search(model, pairs, steps, factorize,
+                                         lambda: prediction_error(model, adapter, batches, refs))
+            summary[f"{group} {index}"] = search
+            for info, _ in pairs:
+                commit(info, dict(chosen[info.name], compensation_step=search["step"]
+                                  if info.name in steps else None))
 
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
                                c.progress)
-        self._walk(cal, targets, visit, state if c.activations == "student" else [])
+        self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_block)
+
+    def _compensation_inverses(self, targets: list[LinearInfo]) -> dict[str, torch.Tensor]:
+        """name -> (F + λI)⁻¹ for the block targets compensation applies to: whitened, with an
+        output Fisher and an input Gram (empty when svd.compensate is off)."""
+        c = self.config
+        if not (c.compensate and c.method == "whitened"):
+            return {}
+        return {i.name: self.roots[i.name][1] @ self.roots[i.name][1] for i in targets
+                if i.group is not None and i.name in self.roots and not uses_output_gram(i)}
 
     def _center(self, info: LinearInfo) -> bool:
         return any(matches(p, info) for p in self.config.center)
 
     # ---- the walk over a model: conditioning, top level, blocks, tail ----------------------------
     def _walk(self, cal: BlockCalibration, targets: list[LinearInfo],
-              visit: Callable[[LinearInfo, Stats], bool], state: list) -> None:
+              visit: Callable[[LinearInfo, Stats], bool], state: list,
+              visit_block: Callable[[str, int, list], None] | None = None) -> None:
         """Calls visit(info, stats) for every target, in an order where a target's stats are taken
-        after everything it depends on has been visited. visit returns True if it changed the model."""
+        after everything it depends on has been visited. visit returns True if it changed the model.
+        visit_block(group, index, [(info, stats)]), if given, takes each block's targets at once."""
         c = self.config
         shared: dict[str, Stats] = {}  # model-wide keys (caption, temb), computed once
         cond = [i for i in targets if i.role == "modulation"]
@@ -231,13 +275,19 @@ class SVDPass(Pass):
             return _digest(group, index, sorted(r.key for r in readers_for(group, index)), state)
 
         for bs in cal.blocks(readers_for, cache_name):
+            pairs = []
             for info in targets:
                 if (info.group, info.block) != (bs.group, bs.index):
                     continue
                 key = stats_key(info)
                 if key not in shared and is_model_wide(info):
                     shared[key] = bs.stats[key]
-                visit(info, shared[key] if key in shared else bs.stats[key])
+                pairs.append((info, shared[key] if key in shared else bs.stats[key]))
+            if visit_block and pairs:
+                visit_block(bs.group, bs.index, pairs)
+            else:
+                for info, stats in pairs:
+                    visit(info, stats)
         tail = cal.tail(_readers(pending))
         for info in pending:
             visit(info, tail[stats_key(info)])

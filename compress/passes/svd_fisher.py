@@ -50,6 +50,43 @@ def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[st
     return fisher
 
 
+def prediction_gradients(model: nn.Module, adapter, batches: list[dict], references: list[torch.Tensor],
+                         names: list[str]) -> dict[str, tuple[torch.Tensor, int]]:
+    """name -> (M (out, in) float64, rows): M = Σ_rows g xᵀ, the gradient of ½ Σ ||pred − ref||² over
+    the batches with respect to the linear's weight, where g = ∂/∂y at its output and x its input.
+    With `references` the predictions of the model before compression, M says how the layer can undo
+    the error that the already compressed layers left in the prediction (first order)."""
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def make_hook(name):
+        def hook(mod, args, out):
+            inputs[name] = args[0].detach()
+            z = torch.zeros_like(out, requires_grad=True)
+            outputs[name] = z
+            return out + z
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    moments: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = {}
+    try:
+        for batch, ref in zip(batches, references):
+            with torch.enable_grad():
+                pred = adapter.predict(model, batch)
+                loss = 0.5 * (pred.double() - ref.double()).square().sum()
+                grads = torch.autograd.grad(loss, [outputs[n] for n in names])
+            for n, g in zip(names, grads):
+                x = inputs[n].reshape(-1, inputs[n].shape[-1]).to(F64)  # (rows, in)
+                g = g.detach().reshape(-1, g.shape[-1]).to(F64)  # (rows, out)
+                moments[n] = moments.get(n, 0) + g.T @ x
+                rows[n] = rows.get(n, 0) + x.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (moments[n], rows[n]) for n in names}
+
+
 def sqrt_pair(fisher: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
     """L = (F + λI)^{1/2} and L⁻¹, λ = damping · mean eigenvalue (keeps L invertible)."""
     f = 0.5 * (fisher + fisher.T)

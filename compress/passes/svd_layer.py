@@ -32,7 +32,10 @@ class LayerMath:
     energy: float  # tr(W G Wᵀ), uncentered: the layer's calibration output energy
 
 
-def layer_math(module: nn.Module, stats: Stats, gram_is_output: bool, center: bool) -> LayerMath:
+def layer_math(module: nn.Module, stats: Stats, gram_is_output: bool, center: bool,
+               step: torch.Tensor | None = None) -> LayerMath:
+    """step (out, in): a weight change to factorize W + step instead of W (compensation; input
+    Gram only). The energy stays that of W: losses are normalized by the layer's own output."""
     dev = stats.gram.device
     w = module.weight.detach().to(dev, F64)  # (out, in)
     gram = stats.centered() if center else stats.gram
@@ -42,6 +45,10 @@ def layer_math(module: nn.Module, stats: Stats, gram_is_output: bool, center: bo
     else:
         energy = float(((w @ stats.gram) * w).sum())
         scale = None
+    if step is not None:
+        if gram_is_output:
+            raise ValueError("a weight step needs the input Gram (gram_is_output=True)")
+        w = w + step.to(dev, F64)
     return LayerMath(w, gram, gram_is_output, scale, stats.mean if center else None, energy)
 
 
@@ -79,13 +86,15 @@ def weighted(m: LayerMath, root: torch.Tensor) -> LayerMath:
 def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: str, alpha: float,
                    center: bool, gram_is_output: bool,
                    choose_rank: Callable[[Decomposition], int | None],
-                   out_root: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+                   out_root: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   step: torch.Tensor | None = None) -> dict:
     """Factorize one target in place (or leave it dense) and return its report record.
-    out_root: (L, L⁻¹) of an output weighting; losses are then measured in the weighted metric."""
+    out_root: (L, L⁻¹) of an output weighting; losses are then measured in the weighted metric.
+    step: factorize W + step (see layer_math); the losses are then those of W + step's factorization."""
     start = time.perf_counter()
     module = model.get_submodule(info.name)
     bias = module.bias is not None
-    m = layer_math(module, stats, gram_is_output, center)
+    m = layer_math(module, stats, gram_is_output, center, step)
     if out_root is not None:
         m = weighted(m, out_root[0])
     dec = decompose_layer(m, method, alpha, info.name)

@@ -114,6 +114,15 @@ def test_bad_config_is_user_error(cfg, message):
         SVDPass(SVDConfig(**cfg)).check(model, get_adapter(model))
 
 
+def test_centering_a_layer_without_bias_is_user_error():
+    model = tiny_pixart()
+    name = "transformer_blocks.0.attn1.to_q"
+    model.get_submodule(name).bias = None  # where would the mean error go?
+    with pytest.raises(UserError, match="to_q has no bias"):
+        SVDPass(SVDConfig(center=["attention"])).check(model, get_adapter(model))
+    SVDPass(SVDConfig(center=["mlp"])).check(model, get_adapter(model))  # other layers are fine
+
+
 def test_plan_exact_for_uniform_later_for_global():
     model = tiny_pixart()
     adapter = get_adapter(model)

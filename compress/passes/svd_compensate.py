@@ -1,0 +1,89 @@
+"""First-order compensation: a block's targets absorb the error the layers compressed before them left.
+
+Once earlier blocks are factorized, the student's prediction differs from the reference (the model
+as the svd pass found it) by e. One backward of ½||e||² gives each target of the next block its
+weight gradient M = Σ g xᵀ (svd_fisher.prediction_gradients). Under the Kronecker model of the
+prediction loss the pass already factorizes in (output Fisher F ⊗ input Gram G), the weight change
+that best cancels e is the Newton step Δ = −F̄⁻¹ M G⁻¹ (linalg.kfac_step, F̄ = F per row). The block's
+targets are then factorized at W + β·Δ for each β in STEPS, the calibration prediction error is
+measured for each, and the best β is kept: β = 0 (plain factorization) is always a candidate, so the
+calibration error never gets worse than without compensation.
+
+Why a measured β: the Kronecker model drops the coupling between the rows (tokens) of a sample,
+whose errors add coherently, so it underestimates the curvature and its full step overshoots. On the
+toy teachers at 50% kept parameters the best β was 1/256 to 1/128 of the full step in every block
+(the full step made the prediction error 30x worse), and compensation cut the held-out prediction
+error by about 5% (PixArt) and 10% (Flux).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from compress.arch.base import LinearInfo
+from compress.calib import Stats
+from compress.linalg import kfac_step
+from compress.passes.svd_fisher import prediction_gradients
+
+STEPS = (0.0,) + tuple(2.0**-k for k in range(10, 3, -1))  # fractions of the Newton step: 0, 1/1024 … 1/16
+GRAM_DAMPING = 1e-2  # ridge on G, relative to its mean eigenvalue (1e-3 … 1e-1 gave the same error)
+
+
+def references(model: nn.Module, adapter, batches: list[dict]) -> list[torch.Tensor]:
+    """The predictions compensation steers back to: the model's, before the pass changes it."""
+    with torch.no_grad():
+        return [adapter.predict(model, b).detach() for b in batches]
+
+
+def prediction_error(model: nn.Module, adapter, batches: list[dict], refs: list[torch.Tensor]) -> float:
+    """Relative error √(Σ||pred − ref||² / Σ||ref||²) over the calibration batches."""
+    with torch.no_grad():
+        num = sum(float((adapter.predict(model, b).double() - r.double()).square().sum())
+                  for b, r in zip(batches, refs))
+    den = sum(float(r.double().square().sum()) for r in refs)
+    return (num / den) ** 0.5 if den > 0 else 0.0
+
+
+def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torch.Tensor],
+                 pairs: list[tuple[LinearInfo, Stats]], inverses: dict[str, torch.Tensor],
+                 probes: int) -> dict[str, torch.Tensor]:
+    """name -> Δ (out, in) for the targets that have an output Fisher (`inverses`: name -> (F + λI)⁻¹
+    with F summed over `probes` probes and every row) and an input Gram. Empty if nothing upstream
+    has been changed yet (every gradient is zero)."""
+    eligible = [(info, stats) for info, stats in pairs if info.name in inverses]
+    if not eligible:
+        return {}
+    grads = prediction_gradients(model, adapter, batches, refs, [i.name for i, _ in eligible])
+    steps = {}
+    for info, stats in eligible:
+        moment, rows = grads[info.name]
+        if torch.count_nonzero(moment) == 0:
+            continue
+        per_row_inverse = probes * rows * inverses[info.name].to(moment)  # F̄⁻¹ = (F / (probes · rows))⁻¹
+        steps[info.name] = kfac_step(moment, stats.gram, per_row_inverse, GRAM_DAMPING, info.name)
+    return steps
+
+
+def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: dict[str, torch.Tensor],
+                factorize: Callable[[LinearInfo, Stats, torch.Tensor | None], dict],
+                measure: Callable[[], float]) -> tuple[dict[str, dict], dict]:
+    """Factorize the block's targets at W + β·Δ for every β in STEPS (one factorization and one
+    calibration measurement each) and keep the best. Returns (records by name, search summary)."""
+    originals = {info.name: model.get_submodule(info.name) for info, _ in pairs}
+    errors, best = {}, None
+    for beta in STEPS:
+        records = {info.name: factorize(info, stats, beta * steps[info.name]
+                                        if beta and info.name in steps else None)
+                   for info, stats in pairs}
+        errors[beta] = measure()
+        if best is None or errors[beta] < best[0]:
+            best = (errors[beta], beta, records, {n: model.get_submodule(n) for n in originals})
+        for name, module in originals.items():  # back to dense for the next candidate
+            model.set_submodule(name, module)
+    error, beta, records, modules = best
+    for name, module in modules.items():
+        model.set_submodule(name, module)
+    return records, {"step": beta, "calibration_error": error, "uncompensated_error": errors[0.0]}
