@@ -65,6 +65,7 @@ class SVDConfig:
     multiple: int = 16  # ranks are multiples of this
     activations: str = "student"  # student (error-aware) | teacher
     compensate: bool = True  # whitened + Fisher: absorb upstream error (svd_compensate)
+    compensate_batches: int | None = None  # calibration batches for its gradient and line search (None: all)
     ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
     center: list = field(default_factory=lambda: ["modulation"])  # patterns: centered Gram + bias fold
     modulation_grid: int = 64  # timesteps per calibration batch for modulation Grams (0: own)
@@ -95,6 +96,10 @@ class SVDPass(Pass):
             raise UserError(f"svd.ratio must be in (0, 1], got {c.ratio}")
         if not 0 < c.energy <= 1:
             raise UserError(f"svd.energy must be in (0, 1], got {c.energy}")
+        if c.compensate_batches is not None and not (isinstance(c.compensate_batches, int)
+                                                     and c.compensate_batches >= 1):
+            raise UserError(f"svd.compensate_batches must be an integer ≥ 1 (or null: all), "
+                            f"got {c.compensate_batches!r}")
         if c.trust_region is not None and not c.trust_region >= 1:
             raise UserError(f"svd.trust_region must be ≥ 1 (or null for no bound), got {c.trust_region}")
         if not isinstance(c.multiple, int) or c.multiple < 1:
@@ -194,7 +199,8 @@ class SVDPass(Pass):
         c = self.config
         state: list = []  # what has been compressed so far (names the student-mode cache files)
         inverses = self._compensation_inverses(targets)
-        refs = references(model, adapter, batches) if inverses else None
+        few = batches[: c.compensate_batches] if c.compensate_batches else batches
+        refs = references(model, adapter, few) if inverses else None
 
         def factorize(info: LinearInfo, stats: Stats, step=None) -> dict:
             return compress_layer(model, info, stats, method=c.method, alpha=c.alpha,
@@ -211,14 +217,14 @@ class SVDPass(Pass):
             return commit(info, factorize(info, stats))
 
         def visit_block(group: str, index: int, pairs: list) -> None:
-            steps = newton_steps(model, adapter, batches, refs, pairs, inverses,
-                                 c.fisher_probes) if inverses else {}
+            steps = newton_steps(model, adapter, few, refs, pairs, inverses, c.fisher_probes,
+                                 len(few) / len(batches)) if inverses else {}
             if not steps:
                 for info, stats in pairs:
                     visit(info, stats)
                 return
             chosen, search = line_search(model, pairs, steps, factorize,
-                                         lambda: prediction_error(model, adapter, batches, refs))
+                                         lambda: prediction_error(model, adapter, few, refs))
             summary[f"{group} {index}"] = search
             for info, _ in pairs:
                 commit(info, dict(chosen[info.name], compensation_step=search["step"]

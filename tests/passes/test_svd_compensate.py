@@ -88,6 +88,12 @@ def test_compensation_never_makes_a_block_worse_and_helps_overall(family, tmp_pa
     assert error < plain_error  # the calibration prediction error of the whole student
 
 
+def test_compensation_on_a_subset_of_the_batches(tmp_path):
+    report, _ = _compress("flux", tmp_path, compensate_batches=1)
+    assert report["compensation"]
+    assert all(s["calibration_error"] <= s["uncompensated_error"] for s in report["compensation"].values())
+
+
 def test_compensation_needs_the_output_fisher(tmp_path):
     report, _ = _compress("pixart", tmp_path, fisher="none")
     assert report["compensation"] == {}
