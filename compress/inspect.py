@@ -21,6 +21,7 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
         console.print(summary_table(rows, "role", "by role"))
         console.print(summary_table(rows, "block", "by block"))
         _print_optimality(rows)
+        _print_compensation(report)
     if plot_dir:
         write_plots(rows, report, Path(plot_dir))
     return rows
@@ -31,6 +32,15 @@ def _print_optimality(rows: list[dict]) -> None:
     if ratios:
         console.print(f"whitened loss / optimal loss over {len(ratios)} factorized layers: "
                       f"max {max(ratios):.6f}")
+
+
+def _print_compensation(report: dict) -> None:
+    """One line per compensated block: the calibration prediction error the block's plain
+    factorization left, what its compensated one left, and the chosen fraction of the Newton step."""
+    blocks = ((report.get("svd") or {}).get("compensation") or {})
+    for block, s in blocks.items():
+        console.print(f"compensation {block}: calibration error {s['uncompensated_error']:.4g} → "
+                      f"{s['calibration_error']:.4g} (step {s['step']:.4g} of the K-FAC Newton step)")
 
 
 def write_plots(rows: list[dict], report: dict, plot_dir: Path) -> list[Path]:

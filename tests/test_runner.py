@@ -128,6 +128,9 @@ def test_cli_run_and_inspect(setup, capsys):
     factored = [r for r in rows if r["rank"]]
     assert factored and all(r["loss_ratio"] <= 1.001 for r in factored)
     assert (plots / "ranks.png").stat().st_size > 1000
+    assert main(["inspect", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "whitened loss / optimal loss" in err and "compensation " in err and "→" in err
 
 
 def test_nan_weight_names_the_layer(tmp_path):

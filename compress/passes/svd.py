@@ -158,15 +158,22 @@ class SVDPass(Pass):
         self.cache = StatsCache(cache_dir)
         report = ctx.report.setdefault("svd", {})
         records: dict[str, dict] = {}
+        extra: dict = {}  # this pass's global allocation, if any
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
         self.roots = self._output_roots(model, ctx.adapter, targets, batches)
         if c.allocation == "global":
-            ranks, report["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
+            ranks, extra["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
         compensation: dict = {}
         self._compress(model, ctx.adapter, targets, batches, ranks, records, compensation)
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
-        report.update(_summary(records, c), layers=records, cache_hits=list(self.cache.hits),
-                      fused_gelu=fused, compensation=compensation)
+        this = dict(_summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
+                    fused_gelu=fused, compensation=compensation, **extra)
+        # a recipe may hold several svd passes: layers and compensation accumulate, the summary
+        # covers every layer factorized so far, and `passes` keeps each pass's own summary
+        layers = {**report.get("layers", {}), **records}
+        report.update(this, **_summary(layers, c), layers=layers,
+                      compensation={**report.get("compensation", {}), **compensation},
+                      passes=report.get("passes", []) + [this])
         return model
 
     def _output_roots(self, model, adapter, targets, batches) -> dict:

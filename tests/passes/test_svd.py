@@ -251,3 +251,18 @@ def test_output_fisher_is_refused_when_blocks_stream(tmp_path):
         SVDPass(SVDConfig(**cfg), Streaming()).run(model, _ctx(model, tmp_path))
     SVDPass(SVDConfig(fisher="none", **cfg), Streaming()).run(model, _ctx(model, tmp_path))
     assert any(isinstance(m, LowRankLinear) for m in model.modules())
+
+
+def test_a_second_svd_pass_adds_to_the_report(tmp_path):
+    model = tiny_pixart()
+    ctx = _ctx(model, tmp_path)
+    cfg = {"multiple": 2, "modulation_grid": 4, "progress": False}
+    SVDPass(SVDConfig(targets=["attention", "mlp"], **cfg)).run(model, ctx)
+    first = {k: v for k, v in ctx.report["svd"].items()}
+    SVDPass(SVDConfig(targets=["modulation"], ranks={"modulation": 4}, **cfg)).run(model, ctx)
+    svd = ctx.report["svd"]
+    assert set(svd["layers"]) == set(first["layers"]) | {"adaln_single.linear"}
+    assert svd["compensation"] == first["compensation"] and svd["compensation"]  # nothing new to compensate
+    assert [p["targets"] for p in svd["passes"]] == [len(first["layers"]), 1]
+    assert svd["params_before"] == first["params_before"] + svd["passes"][1]["params_before"]
+    assert svd["max_loss_ratio"] == max(r["loss_ratio"] for r in svd["layers"].values() if "loss_ratio" in r)
