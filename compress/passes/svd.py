@@ -7,8 +7,9 @@ a block-by-block calibration that factorizes each block's targets before the nex
 Modulation linears read a low-dimensional conditioning vector; their Grams are taken over a dense
 timestep grid (`modulation_grid`) rather than the few calibration timesteps.
 With `compensate` (default on; whitened targets in blocks that have an output Fisher) each block's
-targets also absorb, to first order, the prediction error of the layers compressed before them
-(svd_compensate: a K-FAC Newton step, scaled by a measured line search).
+targets also absorb, to first order, the prediction error left before them: relative to the teacher
+(`compensate_toward: teacher`, default; undoes earlier passes too) or to the model as the pass found
+it (`input`) (svd_compensate: a K-FAC Newton step, scaled by a measured line search).
 With `fisher` (default "all") each target's outputs are weighted by the output Fisher F = Σ JᵀJ of
 the final prediction (svd_fisher): the factorization minimizes tr(F E G Eᵀ), a first-order estimate
 of the prediction error, instead of the layer's own output error. On the toy teachers at 50% kept
@@ -66,6 +67,7 @@ class SVDConfig:
     activations: str = "student"  # student (error-aware) | teacher
     compensate: bool = True  # whitened + Fisher: absorb upstream error (svd_compensate)
     compensate_batches: int | None = None  # calibration batches for its gradient and line search (None: all)
+    compensate_toward: str = "teacher"  # teacher (also undo earlier passes) | input (the model as found)
     ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
     center: list = field(default_factory=lambda: ["modulation"])  # patterns: centered Gram + bias fold
     modulation_grid: int = 64  # timesteps per calibration batch for modulation Grams (0: own)
@@ -92,6 +94,7 @@ class SVDPass(Pass):
         _one_of("allocation", c.allocation, ALLOCATIONS)
         _one_of("activations", c.activations, ("student", "teacher"))
         _one_of("fisher", c.fisher, FISHER)
+        _one_of("compensate_toward", c.compensate_toward, ("teacher", "input"))
         if not 0 < c.ratio <= 1:
             raise UserError(f"svd.ratio must be in (0, 1], got {c.ratio}")
         if not 0 < c.energy <= 1:
@@ -164,7 +167,8 @@ class SVDPass(Pass):
         if c.allocation == "global":
             ranks, extra["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
         compensation: dict = {}
-        self._compress(model, ctx.adapter, targets, batches, ranks, records, compensation)
+        toward = ctx.teacher if c.compensate_toward == "teacher" and ctx.teacher is not None else model
+        self._compress(model, ctx.adapter, targets, batches, ranks, records, compensation, toward)
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         this = dict(_summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
                     fused_gelu=fused, compensation=compensation, **extra)
@@ -200,14 +204,15 @@ class SVDPass(Pass):
         return lambda dec: energy_rank(shape_spec(info, normalized_curve(dec.curve)),
                                        self.config.energy, self.config.multiple)
 
-    def _compress(self, model, adapter, targets, batches, ranks, records, summary) -> None:
+    def _compress(self, model, adapter, targets, batches, ranks, records, summary, toward=None) -> None:
         """Block-by-block calibration that factorizes each block's targets before moving on
-        (with compensation: at the measured best fraction of their Newton step, svd_compensate)."""
+        (with compensation: at the measured best fraction of their Newton step toward the
+        predictions of `toward`, by default the model itself before this pass; svd_compensate)."""
         c = self.config
         state: list = []  # what has been compressed so far (names the student-mode cache files)
         inverses = self._compensation_inverses(targets)
         few = batches[: c.compensate_batches] if c.compensate_batches else batches
-        refs = references(model, adapter, few) if inverses else None
+        refs = references(toward if toward is not None else model, adapter, few) if inverses else None
 
         def factorize(info: LinearInfo, stats: Stats, step=None) -> dict:
             return compress_layer(model, info, stats, method=c.method, alpha=c.alpha,

@@ -41,7 +41,8 @@ def test_line_search_keeps_the_best_step_and_restores_the_rest():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     pairs = [(_info("0"), None), (_info("1"), None)]
     steps = {"0": torch.ones(4, 4, dtype=torch.float64)}  # layer "1" has no step
-    errors = iter([0.5, 0.4, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9])  # one per candidate in STEPS
+    # one error per candidate: the 9 of STEPS, then the best (STEPS[2]) doubled and halved
+    errors = iter([0.5, 0.4, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95, 0.25, 0.1])
     seen = []
 
     def factorize(info, stats, step):
@@ -52,14 +53,30 @@ def test_line_search_keeps_the_best_step_and_restores_the_rest():
 
     originals = [model[0], model[1]]
     records, search = line_search(model, pairs, steps, factorize, lambda: next(errors))
-    assert len(STEPS) == 8 and STEPS[0] == 0.0
-    assert search == {"step": STEPS[2], "calibration_error": 0.2, "uncompensated_error": 0.5}
-    assert records == {"0": {"name": "0", "candidate": 5}, "1": {"name": "1", "candidate": 6}}
-    assert model[0].tag == ("0", 5) and model[1].tag == ("1", 6)  # the third candidate's modules
+    assert len(STEPS) == 9 and STEPS[0] == 0.0 and STEPS[-1] == 1 / 16
+    assert search == {"step": STEPS[2] / 2, "calibration_error": 0.1, "uncompensated_error": 0.5,
+                      "candidates": 11}
+    assert records == {"0": {"name": "0", "candidate": 21}, "1": {"name": "1", "candidate": 22}}
+    assert model[0].tag == ("0", 21) and model[1].tag == ("1", 22)  # the last candidate's modules
     assert seen[:2] == [("0", None), ("1", None)]  # β = 0 is the plain factorization
-    assert [s for n, s in seen if n == "0"][1:] == pytest.approx(list(STEPS[1:]))
+    tried = [s for n, s in seen if n == "0"][1:]
+    assert tried == pytest.approx(list(STEPS[1:]) + [STEPS[2] * 2, STEPS[2] / 2])
     assert all(s is None for n, s in seen if n == "1")
     assert originals[0] is not model[0]
+
+
+def test_line_search_without_a_better_step_keeps_the_plain_factors():
+    model = nn.Sequential(nn.Linear(4, 4))
+    errors = iter([0.1] + [0.2] * 8)
+
+    def factorize(info, stats, step):
+        model.set_submodule(info.name, nn.Identity())
+        return {"step": step}
+
+    records, search = line_search(model, [(_info("0"), None)], {"0": torch.ones(4, 4)}, factorize,
+                                  lambda: next(errors))
+    assert search["step"] == 0.0 and search["candidates"] == 9 and records["0"]["step"] is None
+    assert isinstance(model[0], nn.Identity)
 
 
 def _compress(family, tmp_path, **cfg):
@@ -79,13 +96,31 @@ def test_compensation_never_makes_a_block_worse_and_helps_overall(family, tmp_pa
     first = "blocks 0" if family == "pixart" else "double 0"
     assert blocks and first not in blocks  # nothing upstream of the first block to undo
     for name, search in blocks.items():
-        assert search["step"] in STEPS
+        assert search["step"] in set(STEPS) | {2 * b for b in STEPS} | {b / 2 for b in STEPS}
         assert search["calibration_error"] <= search["uncompensated_error"], name
     stepped = [r for r in report["layers"].values() if r.get("compensation_step")]
     assert stepped and all(r["loss_ratio"] <= 1.001 for r in report["layers"].values() if "loss_ratio" in r)
     assert plain["compensation"] == {}
     assert not any(r.get("compensation_step") for r in plain["layers"].values())
     assert error < plain_error  # the calibration prediction error of the whole student
+
+
+def test_compensation_toward_the_teacher_also_undoes_earlier_passes(tmp_path):
+    teacher = tiny_pixart()
+    adapter = get_adapter(teacher)
+    batches = [model_inputs(teacher, seed=i) for i in range(2)]
+    refs = references(teacher, adapter, batches)
+    results = {}
+    for toward in ("teacher", "input"):
+        model = tiny_pixart()
+        adapter.remove_blocks(model, {"blocks": [1]})  # an earlier pass left an error
+        ctx = _ctx(model, tmp_path / toward)
+        ctx.teacher = teacher
+        SVDPass(SVDConfig(multiple=2, progress=False, compensate_toward=toward)).run(model, ctx)
+        results[toward] = (ctx.report["svd"]["compensation"], prediction_error(model, adapter, batches, refs))
+    (toward_teacher, err_teacher), (toward_input, err_input) = results["teacher"], results["input"]
+    assert "blocks 0" in toward_teacher and "blocks 0" not in toward_input  # the removal is undone from block 0
+    assert err_teacher < err_input
 
 
 def test_compensation_on_a_subset_of_the_batches(tmp_path):
