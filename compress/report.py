@@ -89,8 +89,25 @@ def model_card(recipe, report: dict) -> str:
              "| stage | params | teacher-relative error | seconds |", "|---|---:|---:|---:|"]
     for s in report.get("stages", []):
         lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} | {s['seconds']} |")
+    lines += _svd_lines(report.get("svd") or {})
     lines += ["", "Load it with `compress.load_transformer(folder)`; see report.json for per-layer numbers.", ""]
     return "\n".join(lines)
+
+
+def _svd_lines(svd: dict) -> list[str]:
+    """How close the factorized layers are to their closed-form optimum, and what compensation did."""
+    ratios = [r["loss_ratio"] for r in (svd.get("layers") or {}).values() if "loss_ratio" in r]
+    lines = [] if not ratios else [
+        "", f"Factorized layers: {len(ratios)}; worst whitened loss / closed-form optimal loss: "
+        f"{max(ratios):.9f}."]
+    blocks = svd.get("compensation") or {}
+    if blocks:
+        first, last = next(iter(blocks.values())), list(blocks.values())[-1]
+        lines.append(f"Compensation in {len(blocks)} blocks: calibration prediction error after the last "
+                     f"one {last['calibration_error']:.4g} (plain factorization there: "
+                     f"{last['uncompensated_error']:.4g}; first block {first['uncompensated_error']:.4g} → "
+                     f"{first['calibration_error']:.4g}).")
+    return lines
 
 
 def read_report(out: Path) -> dict:
