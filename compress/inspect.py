@@ -35,8 +35,9 @@ def _print_optimality(rows: list[dict]) -> None:
 
 
 def _print_compensation(report: dict) -> None:
-    """One line per compensated block: the calibration prediction error the block's plain
-    factorization left, what its compensated one left, and the chosen fraction of the Newton step."""
+    """One line per compensated block stage (its attention-side targets, then its MLP): the
+    calibration prediction error the plain factorization left, what the compensated one left, and
+    the chosen fraction of the Newton step."""
     blocks = ((report.get("svd") or {}).get("compensation") or {})
     for block, s in blocks.items():
         console.print(f"compensation {block}: calibration error {s['uncompensated_error']:.4g} → "

@@ -228,7 +228,7 @@ class SVDPass(Pass):
         def visit(info: LinearInfo, stats: Stats) -> bool:
             return commit(info, factorize(info, stats))
 
-        def visit_block(group: str, index: int, pairs: list) -> None:
+        def visit_stage(label: str, pairs: list) -> None:
             steps = newton_steps(model, adapter, few, refs, pairs, inverses, c.fisher_probes,
                                  len(few) / len(batches)) if inverses else {}
             if not steps:
@@ -237,10 +237,19 @@ class SVDPass(Pass):
                 return
             chosen, search = line_search(model, pairs, steps, factorize,
                                          lambda: prediction_error(model, adapter, few, refs))
-            summary[f"{group} {index}"] = search
+            summary[label] = search
             for info, _ in pairs:
                 commit(info, dict(chosen[info.name], compensation_step=search["step"]
                                   if info.name in steps else None))
+
+        def visit_block(group: str, index: int, pairs: list) -> None:
+            """Two stages, in the order the block runs them: the MLP's targets then compensate for
+            the error its attention (and modulation) targets just left as well."""
+            before = [p for p in pairs if p[0].role != "mlp"]
+            mlp = [p for p in pairs if p[0].role == "mlp"]
+            for label, stage in ((f"{group} {index}", before), (f"{group} {index} mlp", mlp)):
+                if stage:
+                    visit_stage(label, stage)
 
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
                                c.progress)
