@@ -84,7 +84,7 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
                         "(or --teacher)")
     from compress.inputs import input_source
     from compress.recipe import load_recipe
-    from compress.runner import predictions, relative_error
+    from compress.passes.base import predictions, relative_error
 
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)

@@ -26,7 +26,7 @@ from compress.errors import NumericError, UserError
 from compress.inputs import input_source
 from compress.io import load_teacher, load_transformer, save_compressed
 from compress.passes import pass_class
-from compress.passes.base import RunContext
+from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 
@@ -80,23 +80,6 @@ def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe) -> str:
 
 
 @torch.no_grad()
-def predictions(model, adapter, batches: list[dict]) -> list[torch.Tensor]:
-    """The final prediction (float64) on every batch."""
-    return [adapter.predict(model, kw).double() for kw in batches]
-
-
-@torch.no_grad()
-def relative_error(student, reference: list[torch.Tensor], adapter, batches: list[dict]) -> float:
-    """||student - teacher|| / ||teacher|| of the final prediction over held-out batches, against
-    the teacher's `predictions` on them (computed once per run)."""
-    num = den = 0.0
-    for kw, t in zip(batches, reference):
-        s = adapter.predict(student, kw).double()
-        num += (s - t).pow(2).sum().item()
-        den += t.pow(2).sum().item()
-    return (num / max(den, 1e-300)) ** 0.5
-
-
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM unwinds like Ctrl-C, so passes checkpoint and the output is never half-written."""

@@ -18,6 +18,25 @@ from torch import nn
 from compress.arch.base import Adapter
 
 
+@torch.no_grad()
+def predictions(model: nn.Module, adapter: Adapter, batches: list[dict]) -> list[torch.Tensor]:
+    """The final prediction (float64) on every batch."""
+    return [adapter.predict(model, kw).double() for kw in batches]
+
+
+@torch.no_grad()
+def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: Adapter,
+                   batches: list[dict]) -> float:
+    """||student - teacher|| / ||teacher|| of the final prediction over the batches, against the
+    teacher's `predictions` on them (computed once)."""
+    num = den = 0.0
+    for kw, t in zip(batches, reference):
+        s = adapter.predict(student, kw).double()
+        num += (s - t).pow(2).sum().item()
+        den += t.pow(2).sum().item()
+    return (num / max(den, 1e-300)) ** 0.5
+
+
 @dataclass
 class RunContext:
     adapter: Adapter

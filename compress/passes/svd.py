@@ -35,8 +35,8 @@ from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.linalg import METHODS, factors_from, normalized_curve
 from compress.lowrank import LowRankLinear
-from compress.passes.base import Pass, RunContext
-from compress.passes.svd_compensate import line_search, newton_steps, prediction_error, references
+from compress.passes.base import Pass, RunContext, predictions, relative_error
+from compress.passes.svd_compensate import line_search, newton_steps
 from compress.passes.svd_fisher import output_fisher, sqrt_pair
 from compress.passes.svd_layer import (compress_layer, decompose_layer, layer_math, replace_linear,
                                        swapped_weight, weighted)
@@ -212,7 +212,7 @@ class SVDPass(Pass):
         state: list = []  # what has been compressed so far (names the student-mode cache files)
         inverses = self._compensation_inverses(targets)
         few = batches[: c.compensate_batches] if c.compensate_batches else batches
-        refs = references(toward if toward is not None else model, adapter, few) if inverses else None
+        refs = predictions(toward if toward is not None else model, adapter, few) if inverses else None
 
         def factorize(info: LinearInfo, stats: Stats, step=None) -> dict:
             return compress_layer(model, info, stats, method=c.method, alpha=c.alpha,
@@ -236,7 +236,7 @@ class SVDPass(Pass):
                     visit(info, stats)
                 return
             chosen, search = line_search(model, pairs, steps, factorize,
-                                         lambda: prediction_error(model, adapter, few, refs))
+                                         lambda: relative_error(model, refs, adapter, few))
             summary[label] = search
             for info, _ in pairs:
                 commit(info, dict(chosen[info.name], compensation_step=search["step"]

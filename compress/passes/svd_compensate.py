@@ -46,21 +46,6 @@ STEPS = (0.0,) + tuple(4.0**-k for k in range(9, 1, -1))  # fractions of the New
 GRAM_DAMPING = 1e-2  # ridge on G, relative to its mean eigenvalue (1e-3 … 1e-1 gave the same error)
 
 
-def references(model: nn.Module, adapter, batches: list[dict]) -> list[torch.Tensor]:
-    """The predictions compensation steers back to: the model's, before the pass changes it."""
-    with torch.no_grad():
-        return [adapter.predict(model, b).detach() for b in batches]
-
-
-def prediction_error(model: nn.Module, adapter, batches: list[dict], refs: list[torch.Tensor]) -> float:
-    """Relative error √(Σ||pred − ref||² / Σ||ref||²) over the calibration batches."""
-    with torch.no_grad():
-        num = sum(float((adapter.predict(model, b).double() - r.double()).square().sum())
-                  for b, r in zip(batches, refs))
-    den = sum(float(r.double().square().sum()) for r in refs)
-    return (num / den) ** 0.5 if den > 0 else 0.0
-
-
 def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torch.Tensor],
                  pairs: list[tuple[LinearInfo, Stats]], inverses: dict[str, torch.Tensor],
                  probes: int, share: float = 1.0) -> dict[str, torch.Tensor]:

@@ -7,7 +7,8 @@ from torch import nn
 from compress.arch import get_adapter
 from compress.arch.base import LinearInfo
 from compress.passes.svd import SVDConfig, SVDPass
-from compress.passes.svd_compensate import STEPS, line_search, prediction_error, references
+from compress.passes.base import predictions, relative_error
+from compress.passes.svd_compensate import STEPS, line_search
 from compress.passes.svd_fisher import prediction_gradients
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 from tests.passes.test_svd import _ctx
@@ -20,7 +21,7 @@ def test_prediction_gradient_is_the_weight_gradient_of_the_prediction_error():
     model, other = tiny_pixart(), tiny_pixart(seed=1)
     adapter = get_adapter(model)
     batches = [model_inputs(model, seed=i) for i in range(2)]
-    refs = references(other, adapter, batches)  # any reference the prediction differs from
+    refs = predictions(other, adapter, batches)  # any reference the prediction differs from
     names = ["transformer_blocks.1.ff.net.0.proj", "transformer_blocks.1.ff.net.2"]  # chained
     got = prediction_gradients(model, adapter, batches, refs, names)
     model.zero_grad()
@@ -83,9 +84,9 @@ def _compress(family, tmp_path, **cfg):
     model = MAKERS[family]()
     ctx = _ctx(model, tmp_path)
     batches = ctx.calibration_inputs()
-    refs = references(model, ctx.adapter, batches)
+    refs = predictions(model, ctx.adapter, batches)
     SVDPass(SVDConfig(multiple=2, modulation_grid=4, progress=False, **cfg)).run(model, ctx)
-    return ctx.report["svd"], prediction_error(model, ctx.adapter, batches, refs)
+    return ctx.report["svd"], relative_error(model, refs, ctx.adapter, batches)
 
 
 @pytest.mark.parametrize("family", ["pixart", "flux"])
@@ -109,7 +110,7 @@ def test_compensation_toward_the_teacher_also_undoes_earlier_passes(tmp_path):
     teacher = tiny_pixart()
     adapter = get_adapter(teacher)
     batches = [model_inputs(teacher, seed=i) for i in range(2)]
-    refs = references(teacher, adapter, batches)
+    refs = predictions(teacher, adapter, batches)
     results = {}
     for toward in ("teacher", "input"):
         model = tiny_pixart()
@@ -117,7 +118,7 @@ def test_compensation_toward_the_teacher_also_undoes_earlier_passes(tmp_path):
         ctx = _ctx(model, tmp_path / toward)
         ctx.teacher = teacher
         SVDPass(SVDConfig(multiple=2, progress=False, compensate_toward=toward)).run(model, ctx)
-        results[toward] = (ctx.report["svd"]["compensation"], prediction_error(model, adapter, batches, refs))
+        results[toward] = (ctx.report["svd"]["compensation"], relative_error(model, refs, adapter, batches))
     (toward_teacher, err_teacher), (toward_input, err_input) = results["teacher"], results["input"]
     assert "blocks 0" in toward_teacher and "blocks 0" not in toward_input  # the removal is undone from block 0
     assert err_teacher < err_input
