@@ -172,12 +172,7 @@ class SVDPass(Pass):
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         this = dict(_summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
                     fused_gelu=fused, compensation=compensation, **extra)
-        # a recipe may hold several svd passes: layers and compensation accumulate, the summary
-        # covers every layer factorized so far, and `passes` keeps each pass's own summary
-        layers = {**report.get("layers", {}), **records}
-        report.update(this, **_summary(layers, c), layers=layers,
-                      compensation={**report.get("compensation", {}), **compensation},
-                      passes=report.get("passes", []) + [this])
+        _merge_report(report, this, records, c)
         return model
 
     def _output_roots(self, model, adapter, targets, batches) -> dict:
@@ -210,15 +205,17 @@ class SVDPass(Pass):
         predictions of `toward`, by default the model itself before this pass; svd_compensate)."""
         c = self.config
         state: list = []  # what has been compressed so far (names the student-mode cache files)
-        inverses = self._compensation_inverses(targets)
+        compensated = self._compensation_roots(targets)
         few = batches[: c.compensate_batches] if c.compensate_batches else batches
-        refs = predictions(toward if toward is not None else model, adapter, few) if inverses else None
+        refs = predictions(toward if toward is not None else model, adapter, few) if compensated else None
 
-        def factorize(info: LinearInfo, stats: Stats, step=None) -> dict:
+        def factorize(info: LinearInfo, stats: Stats, step=None, rank=None) -> dict:
+            """rank: None chooses it (fixed, or by the energy rule); "dense" or an int imposes it."""
+            choose = self._choose(info, ranks) if rank is None else (
+                lambda dec: None if rank == "dense" else rank)
             return compress_layer(model, info, stats, method=c.method, alpha=c.alpha,
                                   center=self._center(info), gram_is_output=uses_output_gram(info),
-                                  choose_rank=self._choose(info, ranks), out_root=self.roots.get(info.name),
-                                  step=step)
+                                  choose_rank=choose, out_root=self.roots.get(info.name), step=step)
 
         def commit(info: LinearInfo, record: dict) -> bool:
             records[info.name] = record
@@ -229,8 +226,8 @@ class SVDPass(Pass):
             return commit(info, factorize(info, stats))
 
         def visit_stage(label: str, pairs: list) -> None:
-            steps = newton_steps(model, adapter, few, refs, pairs, inverses, c.fisher_probes,
-                                 len(few) / len(batches)) if inverses else {}
+            steps = newton_steps(model, adapter, few, refs, pairs, compensated, c.fisher_probes,
+                                 len(few) / len(batches)) if compensated else {}
             if not steps:
                 for info, stats in pairs:
                     visit(info, stats)
@@ -244,24 +241,26 @@ class SVDPass(Pass):
 
         def visit_block(group: str, index: int, pairs: list) -> None:
             """Two stages, in the order the block runs them: the MLP's targets then compensate for
-            the error its attention (and modulation) targets just left as well."""
+            the error its attention (and modulation) targets just left as well. A stage is labelled
+            by its block and roles ("double 3 attention+modulation", "double 3 mlp")."""
             before = [p for p in pairs if p[0].role != "mlp"]
             mlp = [p for p in pairs if p[0].role == "mlp"]
-            for label, stage in ((f"{group} {index}", before), (f"{group} {index} mlp", mlp)):
+            for stage in (before, mlp):
                 if stage:
-                    visit_stage(label, stage)
+                    roles = "+".join(sorted({info.role for info, _ in stage}))
+                    visit_stage(f"{group} {index} {roles}", stage)
 
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
                                c.progress)
         self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_block)
 
-    def _compensation_inverses(self, targets: list[LinearInfo]) -> dict[str, torch.Tensor]:
-        """name -> (F + λI)⁻¹ for the block targets compensation applies to: whitened, with an
-        output Fisher and an input Gram (empty when svd.compensate is off)."""
+    def _compensation_roots(self, targets: list[LinearInfo]) -> dict[str, tuple]:
+        """name -> (L, L⁻¹) of the block targets compensation applies to: whitened, with an output
+        Fisher and an input Gram (empty when svd.compensate is off)."""
         c = self.config
         if not (c.compensate and c.method == "whitened"):
             return {}
-        return {i.name: self.roots[i.name][1] @ self.roots[i.name][1] for i in targets
+        return {i.name: self.roots[i.name] for i in targets
                 if i.group is not None and i.name in self.roots and not uses_output_gram(i)}
 
     def _center(self, info: LinearInfo) -> bool:
@@ -458,6 +457,22 @@ def _check_ratios(ratios, roles: set[str]) -> None:
     missing = sorted(roles - set(ratios))
     if missing:
         raise UserError(f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}")
+
+
+def _merge_report(report: dict, this: dict, records: dict[str, dict], c: SVDConfig) -> None:
+    """A recipe may hold several svd passes: `passes` keeps each pass's own summary; layers,
+    compensation stages, cache hits and fused layers accumulate; the summary covers every layer
+    factorized so far; `global` is the last global allocation's."""
+    layers = {**report.get("layers", {}), **records}
+    compensation = dict(report.get("compensation", {}))
+    n = len(report.get("passes", [])) + 1
+    for label, search in this["compensation"].items():
+        compensation[label if label not in compensation else f"{label} (svd pass {n})"] = search
+    report.update(_summary(layers, c), layers=layers, compensation=compensation,
+                  passes=report.get("passes", []) + [this],
+                  cache_hits=report.get("cache_hits", []) + this["cache_hits"],
+                  fused_gelu=sorted(set(report.get("fused_gelu", [])) | set(this["fused_gelu"])),
+                  **({"global": this["global"]} if "global" in this else {}))
 
 
 def _summary(records: dict[str, dict], c: SVDConfig) -> dict:

@@ -47,45 +47,56 @@ GRAM_DAMPING = 1e-2  # ridge on G, relative to its mean eigenvalue (1e-3 … 1e-
 
 
 def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torch.Tensor],
-                 pairs: list[tuple[LinearInfo, Stats]], inverses: dict[str, torch.Tensor],
+                 pairs: list[tuple[LinearInfo, Stats]], roots: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  probes: int, share: float = 1.0) -> dict[str, torch.Tensor]:
-    """name -> Δ (out, in) for the targets that have an output Fisher (`inverses`: name -> (F + λI)⁻¹
-    with F summed over `probes` probes and every calibration row) and an input Gram. `batches` may be
-    a `share` of the calibration batches the Fisher and Gram summed over. Empty if nothing upstream
-    has been changed yet (every gradient is zero)."""
-    eligible = [(info, stats) for info, stats in pairs if info.name in inverses]
+    """name -> Δ (out, in) for the targets that have an output Fisher (`roots`: name -> (L, L⁻¹),
+    L² = F + λI with F summed over `probes` probes and every calibration row) and an input Gram.
+    `batches` may be a `share` of the calibration batches the Fisher summed over. Empty if nothing
+    upstream has been changed yet (every gradient is zero)."""
+    eligible = [(info, stats) for info, stats in pairs if info.name in roots]
     if not eligible:
         return {}
     grads = prediction_gradients(model, adapter, batches, refs, [i.name for i, _ in eligible])
     steps = {}
     for info, stats in eligible:
-        moment, rows = grads[info.name]
+        moment, rows = grads[info.name]  # (out, in) on the model's device
         if torch.count_nonzero(moment) == 0:
             continue
-        all_rows = rows / share
-        per_row_inverse = probes * all_rows * inverses[info.name].to(moment)  # (F / (probes · rows))⁻¹
+        all_rows = rows / share  # the rows the Fisher summed over
+        inv = roots[info.name][1].to(moment)
+        per_row_inverse = probes * all_rows * (inv @ inv)  # (F / (probes · rows))⁻¹, (out, out)
+        # the Gram must sum over the same rows: a modulation Gram is taken over a timestep grid and a
+        # caption Gram counts each prompt once, so rescale it to the gradient's row count
+        gram = stats.gram.to(moment) * (all_rows / max(stats.rows, 1))  # (in, in)
         # the gradient over a share of the rows stands for the whole sum: M / share
-        steps[info.name] = kfac_step(moment / share, stats.gram, per_row_inverse, GRAM_DAMPING, info.name)
+        steps[info.name] = kfac_step(moment / share, gram, per_row_inverse, GRAM_DAMPING, info.name)
     return steps
 
 
 def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: dict[str, torch.Tensor],
-                factorize: Callable[[LinearInfo, Stats, torch.Tensor | None], dict],
+                factorize: Callable[[LinearInfo, Stats, torch.Tensor | None, object], dict],
                 measure: Callable[[], float]) -> tuple[dict[str, dict], dict]:
-    """Factorize the block's targets at W + β·Δ for every β in STEPS, then at the best β·2 and β/2
+    """Factorize a stage's targets at W + β·Δ for every β in STEPS, then at the best β·2 and β/2
     (one factorization and one calibration measurement each), and keep the best.
-    Returns (records by name, search summary)."""
-    originals = {info.name: model.get_submodule(info.name) for info, _ in pairs}
-    errors, best = {}, None
+    factorize(info, stats, step, rank): rank None lets the pass choose (done at β = 0); every later
+    candidate keeps the rank chosen at β = 0, so candidates differ in their error only. Targets
+    without a step are factorized once, before the search. Returns (records by name, search summary)."""
+    records = {info.name: factorize(info, stats, None, None) for info, stats in pairs
+               if info.name not in steps}
+    stepped = [(info, stats) for info, stats in pairs if info.name in steps]
+    originals = {info.name: model.get_submodule(info.name) for info, _ in stepped}
+    errors, best, ranks = {}, None, {}
 
     def trial(beta: float) -> None:
         nonlocal best
-        records = {info.name: factorize(info, stats, beta * steps[info.name]
-                                        if beta and info.name in steps else None)
-                   for info, stats in pairs}
+        found = {}
+        for info, stats in stepped:
+            found[info.name] = factorize(info, stats, beta * steps[info.name] if beta else None,
+                                         ranks.get(info.name))
+            ranks.setdefault(info.name, found[info.name]["rank"])
         errors[beta] = measure()
         if best is None or errors[beta] < best[0]:
-            best = (errors[beta], beta, records, {n: model.get_submodule(n) for n in originals})
+            best = (errors[beta], beta, found, {n: model.get_submodule(n) for n in originals})
         for name, module in originals.items():  # back to dense for the next candidate
             model.set_submodule(name, module)
 
@@ -94,8 +105,8 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
     if best[1]:
         for beta in (best[1] * 2, best[1] / 2):
             trial(beta)
-    error, beta, records, modules = best
+    error, beta, found, modules = best
     for name, module in modules.items():
         model.set_submodule(name, module)
-    return records, {"step": beta, "calibration_error": error, "uncompensated_error": errors[0.0],
-                     "candidates": len(errors)}
+    return {**records, **found}, {"step": beta, "calibration_error": error,
+                                  "uncompensated_error": errors[0.0], "candidates": len(errors)}

@@ -8,8 +8,9 @@ from compress.arch import get_adapter
 from compress.arch.base import LinearInfo
 from compress.passes.svd import SVDConfig, SVDPass
 from compress.passes.base import predictions, relative_error
-from compress.passes.svd_compensate import STEPS, line_search
-from compress.passes.svd_fisher import prediction_gradients
+from compress.calib import Stats
+from compress.passes.svd_compensate import STEPS, line_search, newton_steps
+from compress.passes.svd_fisher import prediction_gradients, sqrt_pair
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 from tests.passes.test_svd import _ctx
 
@@ -34,8 +35,34 @@ def test_prediction_gradient_is_the_weight_gradient_of_the_prediction_error():
         torch.testing.assert_close(moment, weight.grad.double(), rtol=1e-4, atol=1e-6)
 
 
-def _info(name):
-    return LinearInfo(name, "mlp", "in", "blocks", 0, 4, 4, name)
+def _info(name, out_f=4, in_f=4):
+    return LinearInfo(name, "mlp", "in", "blocks", 0, in_f, out_f, name)
+
+
+class _LinearAdapter:
+    def predict(self, model, batch):
+        return model(batch["x"])
+
+
+@pytest.mark.parametrize("counted", [1, 3])  # a Gram over 3x the gradient's rows (timestep grid)
+def test_newton_step_reaches_the_target_where_kronecker_is_exact(counted):
+    """pred = W x row by row: the output Fisher is probes·rows·I and the Kronecker model is exact,
+    so the full step moves W to the reference weight (up to the Gram's ridge)."""
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3, bias=False).double())
+    target = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    batches = [{"x": torch.randn(40, 5, generator=gen, dtype=torch.float64)}] * 2  # twice the same
+    refs = [b["x"] @ target.T for b in batches]
+    x = torch.cat([b["x"] for b in batches])
+    stats = Stats(counted * x.T @ x, counted * x.sum(0), counted * x.shape[0])
+    probes = 4
+    roots = {"0": sqrt_pair(probes * x.shape[0] * torch.eye(3, dtype=torch.float64), 1e-9)}
+    steps = newton_steps(model, _LinearAdapter(), batches, refs, [(_info("0", 3, 5), stats)], roots, probes)
+    want = target - model[0].weight.detach()
+    assert float((steps["0"] - want).norm() / want.norm()) < 0.02  # the ridge shrinks it by ~1%
+    half = newton_steps(model, _LinearAdapter(), batches[:1], refs[:1], [(_info("0", 3, 5), stats)],
+                        roots, probes, share=0.5)  # half the batches stand for all of them
+    torch.testing.assert_close(half["0"], steps["0"])
 
 
 def test_line_search_keeps_the_best_step_and_restores_the_rest():
@@ -46,33 +73,36 @@ def test_line_search_keeps_the_best_step_and_restores_the_rest():
     errors = iter([0.5, 0.4, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95, 0.25, 0.1])
     seen = []
 
-    def factorize(info, stats, step):
-        seen.append((info.name, None if step is None else float(step[0, 0])))
+    def factorize(info, stats, step, rank):
+        seen.append((info.name, None if step is None else float(step[0, 0]), rank))
         model.set_submodule(info.name, nn.Identity())  # stands for a factorized layer
         model.get_submodule(info.name).tag = (info.name, len(seen))
-        return {"name": info.name, "candidate": len(seen)}
+        return {"name": info.name, "candidate": len(seen), "rank": rank or 2}
 
-    originals = [model[0], model[1]]
+    original = model[0]
     records, search = line_search(model, pairs, steps, factorize, lambda: next(errors))
     assert len(STEPS) == 9 and STEPS[0] == 0.0 and STEPS[-1] == 1 / 16
     assert search == {"step": STEPS[2] / 2, "calibration_error": 0.1, "uncompensated_error": 0.5,
                       "candidates": 11}
-    assert records == {"0": {"name": "0", "candidate": 21}, "1": {"name": "1", "candidate": 22}}
-    assert model[0].tag == ("0", 21) and model[1].tag == ("1", 22)  # the last candidate's modules
-    assert seen[:2] == [("0", None), ("1", None)]  # β = 0 is the plain factorization
-    tried = [s for n, s in seen if n == "0"][1:]
-    assert tried == pytest.approx(list(STEPS[1:]) + [STEPS[2] * 2, STEPS[2] / 2])
-    assert all(s is None for n, s in seen if n == "1")
-    assert originals[0] is not model[0]
+    assert seen[0] == ("1", None, None)  # the layer without a step: factorized once, first
+    assert [s for s in seen if s[0] == "1"] == [seen[0]] and model[1].tag == ("1", 1)
+    assert records == {"1": {"name": "1", "candidate": 1, "rank": 2},
+                       "0": {"name": "0", "candidate": 12, "rank": 2}}
+    assert model[0].tag == ("0", 12)  # the last candidate's module
+    tried = [s for n, s, _ in seen if n == "0"]
+    assert tried[0] is None  # β = 0 is the plain factorization, at a rank the pass chooses
+    assert [r for n, _, r in seen if n == "0"] == [None] + [2] * 10  # later candidates keep that rank
+    assert tried[1:] == pytest.approx(list(STEPS[1:]) + [STEPS[2] * 2, STEPS[2] / 2])
+    assert original is not model[0]
 
 
 def test_line_search_without_a_better_step_keeps_the_plain_factors():
     model = nn.Sequential(nn.Linear(4, 4))
     errors = iter([0.1] + [0.2] * 8)
 
-    def factorize(info, stats, step):
+    def factorize(info, stats, step, rank):
         model.set_submodule(info.name, nn.Identity())
-        return {"step": step}
+        return {"step": step, "rank": 2}
 
     records, search = line_search(model, [(_info("0"), None)], {"0": torch.ones(4, 4)}, factorize,
                                   lambda: next(errors))
@@ -90,20 +120,41 @@ def _compress(family, tmp_path, **cfg):
 
 
 @pytest.mark.parametrize("family", ["pixart", "flux"])
-def test_compensation_never_makes_a_block_worse_and_helps_overall(family, tmp_path):
+def test_compensation_lowers_the_prediction_error(family, tmp_path):
     report, error = _compress(family, tmp_path / "on")
     plain, plain_error = _compress(family, tmp_path / "off", compensate=False)
-    blocks = report["compensation"]
-    first = "blocks 0" if family == "pixart" else "double 0"
-    assert blocks and first not in blocks  # nothing upstream of the first block to undo
-    for name, search in blocks.items():
+    stages = report["compensation"]
+    first = "blocks 0 attention" if family == "pixart" else "double 0 attention"
+    assert stages and first not in stages  # nothing upstream of the first stage to undo
+    assert any(label.endswith(" mlp") for label in stages)  # the MLP stage follows its attention
+    for label, search in stages.items():
         assert search["step"] in set(STEPS) | {2 * b for b in STEPS} | {b / 2 for b in STEPS}
-        assert search["calibration_error"] <= search["uncompensated_error"], name
     stepped = [r for r in report["layers"].values() if r.get("compensation_step")]
     assert stepped and all(r["loss_ratio"] <= 1.001 for r in report["layers"].values() if "loss_ratio" in r)
     assert plain["compensation"] == {}
     assert not any(r.get("compensation_step") for r in plain["layers"].values())
+    assert report["params_after"] == plain["params_after"]
     assert error < plain_error  # the calibration prediction error of the whole student
+
+
+def test_compensation_keeps_the_energy_rule_ranks(tmp_path):
+    on, _ = _compress("pixart", tmp_path / "on", allocation="energy", energy=0.9)
+    off, _ = _compress("pixart", tmp_path / "off", allocation="energy", energy=0.9, compensate=False)
+    assert on["compensation"] and on["params_after"] == off["params_after"]
+    assert {n: r["rank"] for n, r in on["layers"].items()} == {n: r["rank"] for n, r in off["layers"].items()}
+
+
+def test_two_svd_passes_keep_every_compensation_stage(tmp_path):
+    model = tiny_flux()
+    ctx = _ctx(model, tmp_path)
+    cfg = {"multiple": 2, "modulation_grid": 4, "progress": False}
+    SVDPass(SVDConfig(targets=["attention", "mlp"], **cfg)).run(model, ctx)
+    SVDPass(SVDConfig(targets=["modulation"], ratio=0.25, **cfg)).run(model, ctx)
+    svd = ctx.report["svd"]
+    per_pass = [p["compensation"] for p in svd["passes"]]
+    assert per_pass[0] and per_pass[1]  # Flux modulation sits in the blocks: compensated too
+    assert len(svd["compensation"]) == len(per_pass[0]) + len(per_pass[1])
+    assert "double 0 modulation" in svd["compensation"]
 
 
 def test_compensation_toward_the_teacher_also_undoes_earlier_passes(tmp_path):
@@ -120,14 +171,15 @@ def test_compensation_toward_the_teacher_also_undoes_earlier_passes(tmp_path):
         SVDPass(SVDConfig(multiple=2, progress=False, compensate_toward=toward)).run(model, ctx)
         results[toward] = (ctx.report["svd"]["compensation"], relative_error(model, refs, adapter, batches))
     (toward_teacher, err_teacher), (toward_input, err_input) = results["teacher"], results["input"]
-    assert "blocks 0" in toward_teacher and "blocks 0" not in toward_input  # the removal is undone from block 0
+    first = "blocks 0 attention"
+    assert first in toward_teacher and first not in toward_input  # the removal is undone from block 0
     assert err_teacher < err_input
 
 
 def test_compensation_on_a_subset_of_the_batches(tmp_path):
-    report, _ = _compress("flux", tmp_path, compensate_batches=1)
-    assert report["compensation"]
-    assert all(s["calibration_error"] <= s["uncompensated_error"] for s in report["compensation"].values())
+    report, error = _compress("flux", tmp_path, compensate_batches=1)
+    _, plain_error = _compress("flux", tmp_path / "off", compensate=False)
+    assert report["compensation"] and error < plain_error
 
 
 def test_compensation_needs_the_output_fisher(tmp_path):
