@@ -225,43 +225,44 @@ class SVDPass(Pass):
         def visit(info: LinearInfo, stats: Stats) -> bool:
             return commit(info, factorize(info, stats))
 
-        def visit_stage(label: str, pairs: list) -> None:
+        def visit_stage(label: str, pairs: list) -> bool:
             steps = newton_steps(model, adapter, few, refs, pairs, compensated, c.fisher_probes,
                                  len(few) / len(batches)) if compensated else {}
             if not steps:
-                for info, stats in pairs:
-                    visit(info, stats)
-                return
+                return any([visit(info, stats) for info, stats in pairs])
             chosen, search = line_search(model, pairs, steps, factorize,
                                          lambda: relative_error(model, refs, adapter, few))
-            summary[label] = search
-            for info, _ in pairs:
-                commit(info, dict(chosen[info.name], compensation_step=search["step"]
-                                  if info.name in steps else None))
+            summary[label if label not in summary else f"{label} ({len(summary) + 1})"] = search
+            return any([commit(info, dict(chosen[info.name], compensation_step=search["step"]
+                                          if info.name in steps else None)) for info, _ in pairs])
 
-        def visit_block(group: str, index: int, pairs: list) -> None:
-            """Two stages, in the order the block runs them: the MLP's targets then compensate for
+        def visit_group(where: str, pairs: list) -> bool:
+            """Two stages, in the order a block runs them: the MLP's targets then compensate for
             the error its attention (and modulation) targets just left as well. A stage is labelled
-            by its block and roles ("double 3 attention+modulation", "double 3 mlp")."""
+            by where it is and its roles ("double 3 attention+modulation", "double 3 mlp",
+            "top level modulation"). Returns whether the model changed."""
             before = [p for p in pairs if p[0].role != "mlp"]
             mlp = [p for p in pairs if p[0].role == "mlp"]
+            changed = False
             for stage in (before, mlp):
                 if stage:
                     roles = "+".join(sorted({info.role for info, _ in stage}))
-                    visit_stage(f"{group} {index} {roles}", stage)
+                    changed = visit_stage(f"{where} {roles}", stage) or changed
+            return changed
 
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
                                c.progress)
-        self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_block)
+        self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_group)
 
     def _compensation_roots(self, targets: list[LinearInfo]) -> dict[str, tuple]:
-        """name -> (L, L⁻¹) of the block targets compensation applies to: whitened, with an output
-        Fisher and an input Gram (empty when svd.compensate is off)."""
+        """name -> (L, L⁻¹) of the targets compensation applies to: whitened, with an output Fisher
+        and an input Gram (empty when svd.compensate is off). Top-level targets that run before the
+        blocks have something to undo only when earlier passes changed the model (toward teacher)."""
         c = self.config
         if not (c.compensate and c.method == "whitened"):
             return {}
         return {i.name: self.roots[i.name] for i in targets
-                if i.group is not None and i.name in self.roots and not uses_output_gram(i)}
+                if i.name in self.roots and not uses_output_gram(i)}
 
     def _center(self, info: LinearInfo) -> bool:
         return any(matches(p, info) for p in self.config.center)
@@ -269,10 +270,17 @@ class SVDPass(Pass):
     # ---- the walk over a model: conditioning, top level, blocks, tail ----------------------------
     def _walk(self, cal: BlockCalibration, targets: list[LinearInfo],
               visit: Callable[[LinearInfo, Stats], bool], state: list,
-              visit_block: Callable[[str, int, list], None] | None = None) -> None:
+              visit_group: Callable[[str, list], bool] | None = None) -> None:
         """Calls visit(info, stats) for every target, in an order where a target's stats are taken
         after everything it depends on has been visited. visit returns True if it changed the model.
-        visit_block(group, index, [(info, stats)]), if given, takes each block's targets at once."""
+        visit_group(where, [(info, stats)]), if given, takes the targets that are visited together
+        (the top level before the blocks, each block, the tail) at once, and says if it changed any."""
+
+        def visit_all(where: str, pairs: list) -> bool:
+            if visit_group and pairs:
+                return visit_group(where, pairs)
+            return any([visit(info, stats) for info, stats in pairs])
+
         c = self.config
         shared: dict[str, Stats] = {}  # model-wide keys (caption, temb), computed once
         cond = [i for i in targets if i.role == "modulation"]
@@ -285,10 +293,11 @@ class SVDPass(Pass):
                 self.cache.save(name, stats)
             shared.update(stats)
         top = [i for i in targets if i.group is None]
-        changed = any([visit(i, shared[stats_key(i)]) for i in top if stats_key(i) in shared])
+        changed = visit_all("top level", [(i, shared[stats_key(i)]) for i in top if stats_key(i) in shared])
         pending = [i for i in top if stats_key(i) not in shared]
         stats = cal.capture(_readers(pending))
-        changed = any([visit(i, stats[stats_key(i)]) for i in pending if stats_key(i) in stats]) or changed
+        changed = visit_all("top level", [(i, stats[stats_key(i)]) for i in pending
+                                          if stats_key(i) in stats]) or changed
         if changed and cal.activations == "student":
             cal.capture()  # block inputs through the compressed top-level layers
         pending = [i for i in pending if stats_key(i) not in stats]
@@ -309,14 +318,9 @@ class SVDPass(Pass):
                 if key not in shared and is_model_wide(info):
                     shared[key] = bs.stats[key]
                 pairs.append((info, shared[key] if key in shared else bs.stats[key]))
-            if visit_block and pairs:
-                visit_block(bs.group, bs.index, pairs)
-            else:
-                for info, stats in pairs:
-                    visit(info, stats)
+            visit_all(f"{bs.group} {bs.index}", pairs)
         tail = cal.tail(_readers(pending))
-        for info in pending:
-            visit(info, tail[stats_key(info)])
+        visit_all("tail", [(info, tail[stats_key(info)]) for info in pending])
 
     # ---- global allocation -----------------------------------------------------------------------
     def _global_ranks(self, model, adapter, targets, batches, fixed) -> tuple[dict, dict]:

@@ -168,11 +168,13 @@ def test_compensation_toward_the_teacher_also_undoes_earlier_passes(tmp_path):
         adapter.remove_blocks(model, {"blocks": [1]})  # an earlier pass left an error
         ctx = _ctx(model, tmp_path / toward)
         ctx.teacher = teacher
-        SVDPass(SVDConfig(multiple=2, progress=False, compensate_toward=toward)).run(model, ctx)
+        SVDPass(SVDConfig(targets=["attention", "mlp", "modulation"], multiple=2, modulation_grid=4,
+                          progress=False, compensate_toward=toward)).run(model, ctx)
         results[toward] = (ctx.report["svd"]["compensation"], relative_error(model, refs, adapter, batches))
     (toward_teacher, err_teacher), (toward_input, err_input) = results["teacher"], results["input"]
-    first = "blocks 0 attention"
-    assert first in toward_teacher and first not in toward_input  # the removal is undone from block 0
+    # the removal is undone from the first target on; toward the input, the top level has nothing to undo
+    assert "top level modulation" in toward_teacher and "top level modulation" not in toward_input
+    assert "blocks 0 attention" in toward_teacher
     assert err_teacher < err_input
 
 
