@@ -1,14 +1,14 @@
-"""First-order compensation: a block's targets absorb the prediction error left before them.
+"""First-order compensation: a stage of targets absorbs the prediction error left before it.
 
 The reference is the teacher's prediction (`svd.compensate_toward: teacher`, so the error of earlier
 passes, such as removed blocks, is undone too) or the model's as the svd pass found it (`input`).
 Once earlier layers are changed, the student's prediction differs from the reference by e. One
-backward of ½||e||² gives each target of the next block its weight gradient M = Σ g xᵀ
+backward of ½||e||² gives each target of the next stage its weight gradient M = Σ g xᵀ
 (svd_fisher.prediction_gradients). Under the Kronecker model of the prediction loss the pass already
 factorizes in (output Fisher F ⊗ input Gram G), the weight change that best cancels e is the Newton
-step Δ = −F̄⁻¹ M G⁻¹ (linalg.kfac_step, F̄ = F per row). The block's targets are then factorized at
+step Δ = −F̄⁻¹ M G⁻¹ (linalg.kfac_step, F̄ = F per row). The stage's targets are then factorized at
 W + β·Δ for each β in STEPS and at the best β·2 and β/2, the calibration prediction error is measured
-for each, and the best β is kept: β = 0 (plain factorization) is always a candidate, so no block
+for each, and the best β is kept: β = 0 (plain factorization) is always a candidate, so no stage
 makes the calibration error worse than its plain factorization would.
 
 Why a measured β: the Kronecker model drops the coupling between the rows (tokens) of a sample,
@@ -18,11 +18,12 @@ more so the larger e is. Measured on the toy teachers:
   step made the error 30x worse); held-out prediction error −5% (PixArt), −10% (Flux).
 - the embedded-default recipes (a block removed first, compensating toward the teacher): best β
   1/4096 to 1/1024 (PixArt) and 1/8 (Flux), measured with one stage per block; with the two stages
-  the error after the svd passes fell from 0.273 to 0.169 (PixArt) and from 0.294 to 0.149 (Flux).
+  the error after the svd passes fell from 0.273 to 0.166 (PixArt) and from 0.294 to 0.147 (Flux).
 
-The svd pass runs this twice per block, in the order the block computes: its attention-side
-targets (attention, cross-attention, modulation), then its MLP, whose gradient then also sees the
-error the first stage left. On the toy teachers at 50% the two stages cut the held-out error a
+The svd pass runs this per stage: twice per block, in the order the block computes (its
+attention-side targets: attention, cross-attention, modulation; then its MLP, whose gradient then
+also sees the error the first stage left), and likewise for the targets outside the blocks (the top
+level, e.g. PixArt's adaLN-single, which toward the teacher undoes earlier passes too; the tail). On the toy teachers at 50% the two stages cut the held-out error a
 further 2.2% (PixArt) and 1.8% (Flux) against one search per block, for twice the cost.
 
 Cost per stage: one forward and backward, then len(STEPS) + 2 factorizations of its targets and
