@@ -35,7 +35,7 @@ def _print_optimality(rows: list[dict]) -> None:
 
 
 def _print_compensation(report: dict) -> None:
-    """One line per compensated block stage (its attention-side targets, then its MLP): the
+    """One line per compensated stage (a block's attention-side targets, its MLP, the top level): the
     calibration prediction error the plain factorization left, what the compensated one left, and
     the chosen fraction of the Newton step."""
     blocks = ((report.get("svd") or {}).get("compensation") or {})

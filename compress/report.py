@@ -103,7 +103,7 @@ def _svd_lines(svd: dict) -> list[str]:
     blocks = svd.get("compensation") or {}
     if blocks:
         first, last = next(iter(blocks.values())), list(blocks.values())[-1]
-        lines.append(f"Compensation in {len(blocks)} block stages: calibration prediction error after "
+        lines.append(f"Compensation in {len(blocks)} stages: calibration prediction error after "
                      f"the last one {last['calibration_error']:.4g} (plain factorization there: "
                      f"{last['uncompensated_error']:.4g}; first stage {first['uncompensated_error']:.4g} → "
                      f"{first['calibration_error']:.4g}).")
