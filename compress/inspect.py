@@ -38,9 +38,9 @@ def _print_compensation(report: dict) -> None:
     """One line per compensated stage (a block's attention-side targets, its MLP, the top level): the
     calibration prediction error the plain factorization left, what the compensated one left, and
     the chosen fraction of the Newton step."""
-    blocks = ((report.get("svd") or {}).get("compensation") or {})
-    for block, s in blocks.items():
-        console.print(f"compensation {block}: calibration error {s['uncompensated_error']:.4g} → "
+    stages = ((report.get("svd") or {}).get("compensation") or {})
+    for stage, s in stages.items():
+        console.print(f"compensation {stage}: calibration error {s['uncompensated_error']:.4g} → "
                       f"{s['calibration_error']:.4g} (step {s['step']:.4g} of the K-FAC Newton step)")
 
 

@@ -100,10 +100,10 @@ def _svd_lines(svd: dict) -> list[str]:
     lines = [] if not ratios else [
         "", f"Factorized layers: {len(ratios)}; worst whitened loss / closed-form optimal loss: "
         f"{max(ratios):.9f}."]
-    blocks = svd.get("compensation") or {}
-    if blocks:
-        first, last = next(iter(blocks.values())), list(blocks.values())[-1]
-        lines.append(f"Compensation in {len(blocks)} stages: calibration prediction error after "
+    stages = list((svd.get("compensation") or {}).values())
+    if stages:
+        first, last = stages[0], stages[-1]
+        lines.append(f"Compensation in {len(stages)} stages: calibration prediction error after "
                      f"the last one {last['calibration_error']:.4g} (plain factorization there: "
                      f"{last['uncompensated_error']:.4g}; first stage {first['uncompensated_error']:.4g} → "
                      f"{first['calibration_error']:.4g}).")

@@ -79,7 +79,6 @@ def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe) -> str:
     return h.hexdigest()[:16]
 
 
-@torch.no_grad()
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM unwinds like Ctrl-C, so passes checkpoint and the output is never half-written."""

@@ -168,7 +168,7 @@ class SVDPass(Pass):
             ranks, extra["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
         compensation: dict = {}
         toward = ctx.teacher if c.compensate_toward == "teacher" and ctx.teacher is not None else model
-        self._compress(model, ctx.adapter, targets, batches, ranks, records, compensation, toward)
+        self._compress(model, ctx.adapter, targets, batches, ranks, records, toward, compensation)
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         this = dict(_summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
                     fused_gelu=fused, compensation=compensation, **extra)
@@ -199,15 +199,16 @@ class SVDPass(Pass):
         return lambda dec: energy_rank(shape_spec(info, normalized_curve(dec.curve)),
                                        self.config.energy, self.config.multiple)
 
-    def _compress(self, model, adapter, targets, batches, ranks, records, summary, toward=None) -> None:
+    def _compress(self, model, adapter, targets, batches, ranks, records, toward, summary) -> None:
         """Block-by-block calibration that factorizes each block's targets before moving on
         (with compensation: at the measured best fraction of their Newton step toward the
-        predictions of `toward`, by default the model itself before this pass; svd_compensate)."""
+        predictions of `toward`, the teacher or the model as the pass found it; svd_compensate).
+        summary: filled with each compensated stage's search."""
         c = self.config
         state: list = []  # what has been compressed so far (names the student-mode cache files)
         compensated = self._compensation_roots(targets)
         few = batches[: c.compensate_batches] if c.compensate_batches else batches
-        refs = predictions(toward if toward is not None else model, adapter, few) if compensated else None
+        refs = predictions(toward, adapter, few) if compensated else None
 
         def factorize(info: LinearInfo, stats: Stats, step=None, rank=None) -> dict:
             """rank: None chooses it (fixed, or by the energy rule); "dense" or an int imposes it."""
@@ -377,18 +378,15 @@ def _sensitivities(model, adapter, batches, factors, progress) -> dict[str, floa
     uniform rank, per unit of its normalized loss there (alloc.sensitivity_weight)."""
     from compress.calib import _progress
 
-    with torch.no_grad():
-        ref = [adapter.predict(model, b).double() for b in batches]
-        weights = {}
-        with _progress(progress) as bar:
-            task = bar.add_task("sensitivity", total=len(factors))
-            for name, (up, down, norm_loss) in factors.items():
-                with swapped_weight(model, name, up @ down):
-                    err = sum(float((adapter.predict(model, b).double() - r).square().sum())
-                              for b, r in zip(batches, ref))
-                rel = (err / sum(float(r.square().sum()) for r in ref)) ** 0.5
-                weights[name] = sensitivity_weight(rel, norm_loss)
-                bar.advance(task)
+    ref = predictions(model, adapter, batches)
+    weights = {}
+    with _progress(progress) as bar:
+        task = bar.add_task("sensitivity", total=len(factors))
+        for name, (up, down, norm_loss) in factors.items():
+            with swapped_weight(model, name, up @ down):
+                rel = relative_error(model, ref, adapter, batches)
+            weights[name] = sensitivity_weight(rel, norm_loss)
+            bar.advance(task)
     return weights
 
 

@@ -12,50 +12,19 @@ W' = L⁻¹ V'_r (see `weighted_factors` in svd_layer).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 F64 = torch.float64
 
 
-def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[str], probes: int = 4,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
-    """name -> F (out, out) float64 = Σ over samples and probes of gᵀg, g = ∂<v, pred>/∂y."""
-    outputs: dict[str, torch.Tensor] = {}
-
-    def make_hook(name):
-        def hook(mod, args, out):
-            z = torch.zeros_like(out, requires_grad=True)  # ∂/∂z = ∂/∂y, and the graph stays whole
-            outputs[name] = z
-            return out + z
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
-    fisher: dict[str, torch.Tensor] = {}
-    gen = torch.Generator().manual_seed(seed)
-    try:
-        for batch in batches:
-            with torch.enable_grad():
-                pred = adapter.predict(model, batch)
-                ys = [outputs[n] for n in names]
-                for p in range(probes):
-                    v = torch.randn(pred.shape, generator=gen).to(pred.device, pred.dtype)
-                    grads = torch.autograd.grad((pred * v).sum(), ys, retain_graph=p < probes - 1)
-                    for n, g in zip(names, grads):
-                        rows = g.detach().reshape(-1, g.shape[-1]).to(F64)  # (samples, out)
-                        fisher[n] = fisher.get(n, 0) + rows.T @ rows
-    finally:
-        for h in handles:
-            h.remove()
-    return fisher
-
-
-def prediction_gradients(model: nn.Module, adapter, batches: list[dict], references: list[torch.Tensor],
-                         names: list[str]) -> dict[str, tuple[torch.Tensor, int]]:
-    """name -> (M (out, in) float64, rows): M = Σ_rows g xᵀ, the gradient of ½ Σ ||pred − ref||² over
-    the batches with respect to the linear's weight, where g = ∂/∂y at its output and x its input.
-    With `references` the predictions of the model before compression, M says how the layer can undo
-    the error that the already compressed layers left in the prediction (first order)."""
+@contextlib.contextmanager
+def tapped(model: nn.Module, names: list[str]):
+    """Forward hooks on the named linears for the duration: yields (inputs, outputs), name -> the
+    layer's last input (detached) and a zero tensor added to its output, whose gradient is ∂/∂y
+    (the graph stays whole, so chained linears each get their full Jacobian)."""
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
 
@@ -68,9 +37,41 @@ def prediction_gradients(model: nn.Module, adapter, batches: list[dict], referen
         return hook
 
     handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    try:
+        yield inputs, outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[str], probes: int = 4,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """name -> F (out, out) float64 = Σ over samples and probes of gᵀg, g = ∂<v, pred>/∂y."""
+    fisher: dict[str, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(seed)
+    with tapped(model, names) as (_, outputs):
+        for batch in batches:
+            with torch.enable_grad():
+                pred = adapter.predict(model, batch)
+                ys = [outputs[n] for n in names]
+                for p in range(probes):
+                    v = torch.randn(pred.shape, generator=gen).to(pred.device, pred.dtype)
+                    grads = torch.autograd.grad((pred * v).sum(), ys, retain_graph=p < probes - 1)
+                    for n, g in zip(names, grads):
+                        rows = g.detach().reshape(-1, g.shape[-1]).to(F64)  # (samples, out)
+                        fisher[n] = fisher.get(n, 0) + rows.T @ rows
+    return fisher
+
+
+def prediction_gradients(model: nn.Module, adapter, batches: list[dict], references: list[torch.Tensor],
+                         names: list[str]) -> dict[str, tuple[torch.Tensor, int]]:
+    """name -> (M (out, in) float64, rows): M = Σ_rows g xᵀ, the gradient of ½ Σ ||pred − ref||² over
+    the batches with respect to the linear's weight, where g = ∂/∂y at its output and x its input.
+    With `references` the predictions of the model before compression, M says how the layer can undo
+    the error that the already compressed layers left in the prediction (first order)."""
     moments: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
-    try:
+    with tapped(model, names) as (inputs, outputs):
         for batch, ref in zip(batches, references):
             with torch.enable_grad():
                 pred = adapter.predict(model, batch)
@@ -81,9 +82,6 @@ def prediction_gradients(model: nn.Module, adapter, batches: list[dict], referen
                 g = g.detach().reshape(-1, g.shape[-1]).to(F64)  # (rows, out)
                 moments[n] = moments.get(n, 0) + g.T @ x
                 rows[n] = rows.get(n, 0) + x.shape[0]
-    finally:
-        for h in handles:
-            h.remove()
     return {n: (moments[n], rows[n]) for n in names}
 
 
