@@ -71,7 +71,12 @@ def test_sigterm_during_calibration(setup, monkeypatch):
 def test_sigint_during_factorization(setup, monkeypatch):
     from compress.passes import svd
 
-    _interrupted_then_resumed(setup, monkeypatch, "factor", svd, "compress_layer", 4, signal.SIGINT)
+    # Ctrl-C as in a terminal: a suite started as a background job inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupted_then_resumed(setup, monkeypatch, "factor", svd, "compress_layer", 4, signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sigterm_during_distillation(setup, monkeypatch):

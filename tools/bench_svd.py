@@ -3,8 +3,9 @@
 1. every factorized layer: measured whitened loss / optimal loss (max over all layers of all runs);
 2. attention + MLP at 50% kept params: teacher-relative error of the final prediction on held-out
    inputs, whitened vs plain svd, and global (sensitivity-weighted) vs uniform allocation;
-3. modulation linears at ≥ 10x fewer params: rise of the final-prediction error, and (PixArt) the
-   PCA floor no rank-r factorization of its adaLN-single outputs can beat.
+3. modulation linears at ≥ 10x fewer params: rise of the final-prediction error, (PixArt) the
+   PCA floor no rank-r factorization of its adaLN-single outputs can beat, and how much each
+   teacher's prediction rests on the fastest sinusoids of its timestep embedding.
 
     python tools/bench_svd.py [--families pixart flux] [--threads 1]
 """
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -130,6 +132,30 @@ def modulation_floor(ranks=(8, 16, 64, 96)) -> str:
     return f"pixart: adaLN-single outputs outside their best subspace (PCA floor) {tails}; steps 500/501 differ by {step:.2%}"
 
 
+def timestep_jitter(family: str, cuts=(8, 16)) -> str:
+    """How much the teacher's own prediction rests on the fastest sinusoids of its timestep embedding
+    (frequency 10000^(-i/128) rad per step of the 1000-step scale for i < cut: periods below 11 and
+    20 steps, which neighbouring timesteps already see out of phase): the teacher-relative error of
+    the teacher with those input columns of its timestep embedder zeroed. Those features reach the
+    modulation (the only path the timestep has into the blocks), so a modulation that keeps them
+    well enough to stay within 1e-3 of the teacher must follow a curve that changes direction every
+    few steps: what no rank-8 subspace holds (see the PCA floor)."""
+    teacher = load_toy_teacher(family)
+    parts = []
+    for cut in cuts:
+        model = load_toy_teacher(family)
+        embed = model.adaln_single.emb if family == "pixart" else model.time_text_embed
+        linear = embed.timestep_embedder.linear_1  # (hidden, 256): [cos | sin] features
+        half = linear.in_features // 2
+        with torch.no_grad():
+            linear.weight[:, :cut] = 0
+            linear.weight[:, half:half + cut] = 0
+        period = 2 * math.pi / 10000 ** (-cut / half)
+        parts.append(f"the {cut} fastest (period < {period:.0f} steps) {error(model, family):.1e}")
+    return (f"{family}: the teacher's prediction with timestep sinusoids left out of its embedder: "
+            + ", ".join(parts) + " (vs the modulation goal's 1e-3)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=["pixart", "flux"])
@@ -147,6 +173,7 @@ def main() -> None:
                 lines += summary(family, rows)
     if "pixart" in args.families:
         lines.append(modulation_floor())
+    lines += [timestep_jitter(family) for family in args.families]
     print("\n".join(lines))
     print(f"max whitened loss / optimal loss over every factorized layer of every run: {worst:.9f} "
           "(target ≤ 1.001)")

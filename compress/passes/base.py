@@ -8,6 +8,7 @@ Passes declare what they need (`needs_calibration`, `needs_teacher`); the runner
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -26,12 +27,14 @@ def predictions(model: nn.Module, adapter: Adapter, batches: list[dict]) -> list
 
 @torch.no_grad()
 def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: Adapter,
-                   batches: list[dict]) -> float:
+                   batches: list[dict], prefix=None) -> float:
     """||student - teacher|| / ||teacher|| of the final prediction over the batches, against the
-    teacher's `predictions` on them (computed once)."""
+    teacher's `predictions` on them (computed once). prefix: a `replay.Prefix` over these batches
+    (the forwards then run only its blocks from `start` on)."""
     num = den = 0.0
-    for kw, t in zip(batches, reference):
-        s = adapter.predict(student, kw).double()
+    for b, (kw, t) in enumerate(zip(batches, reference)):
+        with prefix.replaying(b) if prefix else contextlib.nullcontext():
+            s = adapter.predict(student, kw).double()
         num += (s - t).pow(2).sum().item()
         den += t.pow(2).sum().item()
     return (num / max(den, 1e-300)) ** 0.5

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from compress.arch.base import Adapter
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.passes.base import Pass, RunContext
+from compress.replay import replayed
 
 BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]}
 
@@ -95,36 +95,6 @@ def scan_cost(n_blocks: int, n_batches: int, skips: bool = True) -> dict:
 
 
 # ---- forward machinery --------------------------------------------------------------------------
-class _Replay(nn.Module):
-    """Stands in for a block: returns a fixed output without compute."""
-
-    def __init__(self, output):
-        super().__init__()
-        self.output = output
-
-    def forward(self, *args, **kwargs):
-        return self.output
-
-
-def _slots(model: nn.Module, adapter: Adapter) -> list[tuple[nn.ModuleList, int]]:
-    """(module list, position) of every block in execution order."""
-    return [(adapter.blocks(model, g), i) for g, i, _ in adapter.iter_blocks(model)]
-
-
-@contextmanager
-def _replayed(model, adapter, outputs: list):
-    """Blocks 0..len(outputs)-1 replaced by stubs returning outputs[j]; restored afterwards."""
-    slots = _slots(model, adapter)
-    saved = [blocks[i] for blocks, i in slots[:len(outputs)]]
-    try:
-        for (blocks, i), out in zip(slots, outputs):
-            blocks[i] = _Replay(out)
-        yield
-    finally:
-        for (blocks, i), blk in zip(slots, saved):
-            blocks[i] = blk
-
-
 def _prediction(model, adapter, kwargs: dict) -> torch.Tensor:
     """The prediction a sampler uses (PixArt: without the learned-variance half)."""
     return adapter.sampled_prediction(model, adapter.predict(model, kwargs))
@@ -156,7 +126,7 @@ def clean_pass(model, adapter, kwargs: dict):
 
 def skip_prediction(model, adapter, kwargs: dict, i: int, inputs: list, outputs: list) -> torch.Tensor:
     """The model's prediction with block i (execution order) skipped; blocks before it replayed."""
-    with _replayed(model, adapter, outputs[:i] + [inputs[i]]):
+    with replayed(model, adapter, outputs[:i] + [inputs[i]]):
         return _prediction(model, adapter, kwargs)
 
 

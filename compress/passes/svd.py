@@ -42,6 +42,7 @@ from compress.passes.svd_layer import (compress_layer, decompose_layer, layer_ma
                                        swapped_weight, weighted)
 from compress.passes.svd_targets import (check_explicit_ranks, fixed_ranks, is_model_wide, matches,
                                          resolve_targets, shape_spec, stats_key, uses_output_gram)
+from compress.replay import Prefix
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "modulation", "none")
@@ -226,29 +227,31 @@ class SVDPass(Pass):
         def visit(info: LinearInfo, stats: Stats) -> bool:
             return commit(info, factorize(info, stats))
 
-        def visit_stage(label: str, pairs: list) -> bool:
+        def visit_stage(label: str, pairs: list, prefix: Prefix) -> bool:
             steps = newton_steps(model, adapter, few, refs, pairs, compensated, c.fisher_probes,
-                                 len(few) / len(batches)) if compensated else {}
+                                 len(few) / len(batches), prefix) if compensated else {}
             if not steps:
                 return any([visit(info, stats) for info, stats in pairs])
             chosen, search = line_search(model, pairs, steps, factorize,
-                                         lambda: relative_error(model, refs, adapter, few))
+                                         lambda: relative_error(model, refs, adapter, few, prefix))
             summary[label if label not in summary else f"{label} ({len(summary) + 1})"] = search
             return any([commit(info, dict(chosen[info.name], compensation_step=search["step"]
                                           if info.name in steps else None)) for info, _ in pairs])
 
-        def visit_group(where: str, pairs: list) -> bool:
+        def visit_group(where: str, start: int, pairs: list) -> bool:
             """Two stages, in the order a block runs them: the MLP's targets then compensate for
             the error its attention (and modulation) targets just left as well. A stage is labelled
             by where it is and its roles ("double 3 attention+modulation", "double 3 mlp",
-            "top level modulation"). Returns whether the model changed."""
+            "top level modulation"). Both stages change nothing before block `start` (execution
+            order), so their forwards replay what came before it (recorded once, `replay.Prefix`).
+            Returns whether the model changed."""
             before = [p for p in pairs if p[0].role != "mlp"]
             mlp = [p for p in pairs if p[0].role == "mlp"]
-            changed = False
+            prefix, changed = Prefix(model, adapter, few, start), False
             for stage in (before, mlp):
                 if stage:
                     roles = "+".join(sorted({info.role for info, _ in stage}))
-                    changed = visit_stage(f"{where} {roles}", stage) or changed
+                    changed = visit_stage(f"{where} {roles}", stage, prefix) or changed
             return changed
 
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
@@ -271,15 +274,17 @@ class SVDPass(Pass):
     # ---- the walk over a model: conditioning, top level, blocks, tail ----------------------------
     def _walk(self, cal: BlockCalibration, targets: list[LinearInfo],
               visit: Callable[[LinearInfo, Stats], bool], state: list,
-              visit_group: Callable[[str, list], bool] | None = None) -> None:
+              visit_group: Callable[[str, int, list], bool] | None = None) -> None:
         """Calls visit(info, stats) for every target, in an order where a target's stats are taken
         after everything it depends on has been visited. visit returns True if it changed the model.
-        visit_group(where, [(info, stats)]), if given, takes the targets that are visited together
-        (the top level before the blocks, each block, the tail) at once, and says if it changed any."""
+        visit_group(where, start, [(info, stats)]), if given, takes the targets that are visited
+        together (the top level before the blocks, each block, the tail) at once, and says if it
+        changed any; `start` is the first block (execution order) they can change: 0 for the top
+        level, the block's own position, the block count for the tail."""
 
-        def visit_all(where: str, pairs: list) -> bool:
+        def visit_all(where: str, pairs: list, start: int = 0) -> bool:
             if visit_group and pairs:
-                return visit_group(where, pairs)
+                return visit_group(where, start, pairs)
             return any([visit(info, stats) for info, stats in pairs])
 
         c = self.config
@@ -310,6 +315,7 @@ class SVDPass(Pass):
         def cache_name(group, index):
             return _digest(group, index, sorted(r.key for r in readers_for(group, index)), state)
 
+        position = 0  # of the block in execution order
         for bs in cal.blocks(readers_for, cache_name):
             pairs = []
             for info in targets:
@@ -319,9 +325,10 @@ class SVDPass(Pass):
                 if key not in shared and is_model_wide(info):
                     shared[key] = bs.stats[key]
                 pairs.append((info, shared[key] if key in shared else bs.stats[key]))
-            visit_all(f"{bs.group} {bs.index}", pairs)
+            visit_all(f"{bs.group} {bs.index}", pairs, position)
+            position += 1
         tail = cal.tail(_readers(pending))
-        visit_all("tail", [(info, tail[stats_key(info)]) for info in pending])
+        visit_all("tail", [(info, tail[stats_key(info)]) for info in pending], position)
 
     # ---- global allocation -----------------------------------------------------------------------
     def _global_ranks(self, model, adapter, targets, batches, fixed) -> tuple[dict, dict]:

@@ -28,7 +28,11 @@ further 2.2% (PixArt) and 1.8% (Flux) against one search per block, for twice th
 
 Cost per stage: one forward and backward, then len(STEPS) + 2 factorizations of its targets and
 forwards, over `svd.compensate_batches` calibration batches (all by default; on the toy PixArt 1 or 2
-of its 4 batches kept about 60% or 75% of the gain).
+of its 4 batches kept about 60% or 75% of the gain). The forwards and the backward start at the
+stage's block: the blocks before it do not change during the stage, so the input of its block is
+recorded once per block and replayed (`replay.Prefix`); on the toys at 50% this took the svd pass
+to 0.69x (PixArt) and 0.65x (Flux) of its time with whole forwards, the same error to the last digit
+(`tools/bench_replay.py`). Deep models gain more (block k of N runs N − k blocks, not N).
 """
 
 from __future__ import annotations
@@ -49,15 +53,16 @@ GRAM_DAMPING = 1e-2  # ridge on G, relative to its mean eigenvalue (1e-3 … 1e-
 
 def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torch.Tensor],
                  pairs: list[tuple[LinearInfo, Stats]], roots: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 probes: int, share: float = 1.0) -> dict[str, torch.Tensor]:
+                 probes: int, share: float = 1.0, prefix=None) -> dict[str, torch.Tensor]:
     """name -> Δ (out, in) for the targets that have an output Fisher (`roots`: name -> (L, L⁻¹),
     L² = F + λI with F summed over `probes` probes and every calibration row) and an input Gram.
-    `batches` may be a `share` of the calibration batches the Fisher summed over. Empty if nothing
+    `batches` may be a `share` of the calibration batches the Fisher summed over; `prefix` (a
+    `replay.Prefix` over them) skips the blocks before the stage. Empty if nothing
     upstream has been changed yet (every gradient is zero)."""
     eligible = [(info, stats) for info, stats in pairs if info.name in roots]
     if not eligible:
         return {}
-    grads = prediction_gradients(model, adapter, batches, refs, [i.name for i, _ in eligible])
+    grads = prediction_gradients(model, adapter, batches, refs, [i.name for i, _ in eligible], prefix)
     steps = {}
     for info, stats in eligible:
         moment, rows = grads[info.name]  # (out, in) on the model's device

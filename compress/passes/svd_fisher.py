@@ -64,16 +64,17 @@ def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[st
 
 
 def prediction_gradients(model: nn.Module, adapter, batches: list[dict], references: list[torch.Tensor],
-                         names: list[str]) -> dict[str, tuple[torch.Tensor, int]]:
+                         names: list[str], prefix=None) -> dict[str, tuple[torch.Tensor, int]]:
     """name -> (M (out, in) float64, rows): M = Σ_rows g xᵀ, the gradient of ½ Σ ||pred − ref||² over
     the batches with respect to the linear's weight, where g = ∂/∂y at its output and x its input.
     With `references` the predictions of the model before compression, M says how the layer can undo
-    the error that the already compressed layers left in the prediction (first order)."""
+    the error that the already compressed layers left in the prediction (first order).
+    prefix: a `replay.Prefix` over these batches starting at or before the named linears' block."""
     moments: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
     with tapped(model, names) as (inputs, outputs):
-        for batch, ref in zip(batches, references):
-            with torch.enable_grad():
+        for b, (batch, ref) in enumerate(zip(batches, references)):
+            with torch.enable_grad(), prefix.replaying(b) if prefix else contextlib.nullcontext():
                 pred = adapter.predict(model, batch)
                 loss = 0.5 * (pred.double() - ref.double()).square().sum()
                 grads = torch.autograd.grad(loss, [outputs[n] for n in names])
