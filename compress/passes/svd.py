@@ -356,7 +356,7 @@ class SVDPass(Pass):
         free = [i for i in targets if i.name not in fixed]
         specs = [shape_spec(i, curves[i.name]) for i in free]
         weights = _sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
-                                 c.progress) if sensitivity else {}
+                                 c.progress, targets) if sensitivity else {}
         if weights:  # layers whose uniform rank saves nothing were not measured: the median weight
             median = statistics.median(weights.values())
             weights = {s.name: weights.get(s.name, median) for s in specs}
@@ -380,21 +380,27 @@ def _predicted_vs_uniform(specs, ranks, weights, c: SVDConfig) -> float | None:
     return (weighted_loss(specs, ranks, weights) / uniform) ** 0.5 if uniform > 0 else None
 
 
-def _sensitivities(model, adapter, batches, factors, progress) -> dict[str, float]:
+def _sensitivities(model, adapter, batches, factors, progress, targets) -> dict[str, float]:
     """Per measured layer: the squared relative final-prediction error with only that layer at the
-    uniform rank, per unit of its normalized loss there (alloc.sensitivity_weight)."""
+    uniform rank, per unit of its normalized loss there (alloc.sensitivity_weight). The forwards of
+    a block's layers start at that block (its input recorded once, `replay.Prefix`)."""
     from compress.calib import _progress
 
     ref = predictions(model, adapter, batches)
-    weights = {}
+    position = {(g, i): k for k, (g, i, _) in enumerate(adapter.iter_blocks(model))}
+    start = {i.name: position.get((i.group, i.block), 0) for i in targets}  # top level: whole forwards
+    weights, prefix = {}, Prefix(model, adapter, batches, 0)
     with _progress(progress) as bar:
         task = bar.add_task("sensitivity", total=len(factors))
-        for name, (up, down, norm_loss) in factors.items():
+        for name in sorted(factors, key=start.__getitem__):  # one recording per block
+            up, down, norm_loss = factors[name]
+            if start[name] != prefix.start:
+                prefix = Prefix(model, adapter, batches, start[name])
             with swapped_weight(model, name, up @ down):
-                rel = relative_error(model, ref, adapter, batches)
+                rel = relative_error(model, ref, adapter, batches, prefix)
             weights[name] = sensitivity_weight(rel, norm_loss)
             bar.advance(task)
-    return weights
+    return {name: weights[name] for name in factors}
 
 
 def _readers(infos: list[LinearInfo], where: str = "top level") -> list[Reader]:

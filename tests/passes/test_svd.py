@@ -1,14 +1,15 @@
 import pytest
 import torch
 
-from compress.alloc import ratio_rank
+from compress.alloc import ratio_rank, sensitivity_weight
 from compress.arch import get_adapter
 from compress.calib import BlockCalibration
 from compress.errors import UserError
 from compress.lowrank import LowRankLinear
 from compress.passes import svd_targets
-from compress.passes.base import RunContext
-from compress.passes.svd import SVDConfig, SVDPass
+from compress.passes.base import RunContext, predictions, relative_error
+from compress.passes.svd import SVDConfig, SVDPass, _sensitivities
+from compress.passes.svd_layer import swapped_weight
 from compress.passes.svd_targets import shape_spec
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 
@@ -267,3 +268,27 @@ def test_a_second_svd_pass_adds_to_the_report(tmp_path):
     assert [p["targets"] for p in svd["passes"]] == [len(first["layers"]), 1]
     assert svd["params_before"] == first["params_before"] + svd["passes"][1]["params_before"]
     assert svd["max_loss_ratio"] == max(r["loss_ratio"] for r in svd["layers"].values() if "loss_ratio" in r)
+
+
+def test_sensitivities_replayed_per_block_equal_whole_forwards():
+    """Each layer's forwards start at its block (recorded once per block); the measured weights are
+    those of whole forwards: Flux, across both block groups, and a top-level target."""
+    model = tiny_flux()
+    adapter = get_adapter(model)
+    batches = [model_inputs(model, seed=i) for i in range(2)]
+    infos = adapter.linears(model)
+    names = ["transformer_blocks.1.attn.to_q", "single_transformer_blocks.2.proj_mlp",
+             "transformer_blocks.0.norm1.linear", "time_text_embed.timestep_embedder.linear_2"]
+    gen = torch.Generator().manual_seed(0)
+    factors = {}
+    for n in names:
+        w = model.get_submodule(n).weight
+        up, down = torch.randn(w.shape[0], 2, generator=gen), torch.randn(2, w.shape[1], generator=gen)
+        factors[n] = (0.1 * up, down, 0.5)
+    got = _sensitivities(model, adapter, batches, factors, False, infos)
+    ref = predictions(model, adapter, batches)
+    for n, (up, down, loss) in factors.items():
+        with swapped_weight(model, n, up @ down):
+            expected = sensitivity_weight(relative_error(model, ref, adapter, batches), loss)
+        assert got[n] == pytest.approx(expected, rel=1e-5)
+    assert list(got) == names  # the report keeps the layers' order
