@@ -118,21 +118,45 @@ def summary(family: str, rows: dict) -> list[str]:
     return lines
 
 
+def pca_tails(y: torch.Tensor, ranks) -> str:
+    """The share of the rows' norm outside their best r-dimensional affine subspace (centered PCA),
+    for each r: no rank-r factorization of the layer that produced them can do better."""
+    y = y.double()
+    energies = torch.linalg.svdvals(y - y.mean(0)) ** 2
+    total = float(y.square().sum())
+    return ", ".join(f"rank {r}: {(float(energies[r:].sum()) / total) ** 0.5:.2e}" for r in ranks)
+
+
 def modulation_floor(ranks=(8, 16, 64, 96)) -> str:
-    """Toy PixArt: the share of its adaLN-single outputs' norm, over all 1000 training steps, outside
-    their best r-dimensional subspace (centered PCA): no rank-r factorization of the modulation can do
-    better. Plus how far the outputs of neighbouring steps 500 and 501 are apart."""
+    """Toy PixArt: the PCA floor of its adaLN-single outputs over all 1000 training steps, and how far
+    the outputs of neighbouring steps 500 and 501 are apart."""
     model = load_toy_teacher("pixart")
     t = torch.arange(1000)
     with torch.no_grad():
         out, _ = model.adaln_single(t, {"resolution": None, "aspect_ratio": None}, batch_size=1000,
                                     hidden_dtype=torch.float32)  # (1000, 6 · hidden)
-    y = out.double()
-    energies = torch.linalg.svdvals(y - y.mean(0)) ** 2
-    total = float(y.square().sum())
-    tails = ", ".join(f"rank {r}: {(float(energies[r:].sum()) / total) ** 0.5:.2e}" for r in ranks)
     step = float((out[500] - out[501]).norm() / out[500].norm())
-    return f"pixart: adaLN-single outputs outside their best subspace (PCA floor) {tails}; steps 500/501 differ by {step:.2%}"
+    return (f"pixart: adaLN-single outputs outside their best subspace (PCA floor) {pca_tails(out, ranks)}; "
+            f"steps 500/501 differ by {step:.2%}")
+
+
+def flux_modulation_floor(ranks=(8, 16, 64)) -> str:
+    """Toy Flux: the PCA floor of its first double block's `norm1.linear` outputs over 1000 noise
+    levels (guidance 3), for one prompt and for the 11 it is evaluated on (pooled text feeds the
+    modulation too)."""
+    from compress.toy.data import _text_encoder, prompt_for
+
+    model = load_toy_teacher("flux")
+    pooled = _text_encoder()([prompt_for(d) for d in range(10)] + [""])["pooled"]  # (11, 64)
+    sigma = torch.linspace(1e-3, 1.0, 1000)
+    parts = []
+    for name, rows in (("one prompt", pooled[7:8]), ("11 prompts", pooled)):
+        s, p = sigma.repeat(len(rows)), rows.repeat_interleave(len(sigma), 0)
+        with torch.no_grad():  # the model scales σ and guidance by 1000 before embedding them
+            temb = model.time_text_embed(1000 * s, torch.full_like(s, 3000.0), p)
+            out = model.transformer_blocks[0].norm1.linear(torch.nn.functional.silu(temb))
+        parts.append(f"{name}: {pca_tails(out, ranks)}")
+    return "flux: double block 0 norm1.linear outputs outside their best subspace (PCA floor), " + "; ".join(parts)
 
 
 def without_fastest_sinusoids(family: str, cut: int) -> torch.nn.Module:
@@ -185,6 +209,8 @@ def main() -> None:
                 lines += summary(family, rows)
         if "pixart" in args.families:
             lines.append(modulation_floor())
+        if "flux" in args.families:
+            lines.append(flux_modulation_floor())
         lines += [modulation_vs_smoothness(family, Path(tmp)) for family in args.families]
     print("\n".join(lines))
     print(f"max whitened loss / optimal loss over every factorized layer of every run: {worst:.9f} "

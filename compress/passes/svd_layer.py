@@ -102,11 +102,8 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
     record = dict(role=info.role, shape=[info.out_features, info.in_features], method=method,
                   params_dense=params_dense(info.out_features, info.in_features, bias))
     if rank is None:
-        note = "rank would not save parameters: kept dense"
-        if step is not None:  # a dense layer takes its compensation step as it is
-            replace_linear(model, info.name, _stepped_dense(module, step))
-            note += " (with its compensation step)"
-        return dict(record, rank="dense", kept_params=record["params_dense"], note=note,
+        return dict(record, rank="dense", kept_params=record["params_dense"],
+                    note="rank would not save parameters: kept dense",
                     time_s=round(time.perf_counter() - start, 4))
     fac = factors_from(dec, m.weight, rank, name=info.name)
     optimal_curve = dec.curve if method == "whitened" else decompose_layer(
@@ -132,18 +129,6 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
                 data_rank=int(dec.energies.numel()),
                 clamped=bool(dec.energies.numel() < min(info.out_features, info.in_features)),
                 centered=center, time_s=round(time.perf_counter() - start, 4))
-
-
-def _stepped_dense(module: nn.Module, step: torch.Tensor) -> nn.Linear:
-    """A copy of dense linear `module` with weight W + step (out, in); the original stays untouched
-    (the line search puts it back between candidates)."""
-    layer = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                      device=module.weight.device, dtype=module.weight.dtype)
-    with torch.no_grad():
-        layer.weight.copy_(module.weight + step.to(module.weight))
-        if module.bias is not None:
-            layer.bias.copy_(module.bias)
-    return layer
 
 
 def _mean_shift(m: LayerMath, up, down):
