@@ -1,12 +1,15 @@
 """The embedded default end to end: run `recipes/toy-pixart.yaml` and `recipes/toy-flux.yaml`, then
 score each student with the toy evaluator (200 samples, 20 steps, guidance 3, seed 0) against its
-teacher. Prints the README's embedded-default rows.
+teacher. Prints the README's embedded-default rows. `--set` overrides both recipes' keys as
+`dit-compress run --set` does (e.g. the svd passes without compensation:
+`--set passes.2.svd.compensate=false --set passes.3.svd.compensate=false`).
 
-    python tools/bench_default.py
+    python tools/bench_default.py [--set KEY.PATH=VALUE ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +23,13 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for family in ("pixart", "flux"):
-            recipe = load_recipe(RECIPES / f"toy-{family}.yaml")
+            recipe = load_recipe(RECIPES / f"toy-{family}.yaml", args.overrides)
             start = time.perf_counter()
             out = Runner(recipe, Path(tmp) / family, Path(tmp) / f"run-{family}").run()
             seconds = time.perf_counter() - start
