@@ -232,8 +232,9 @@ class SVDPass(Pass):
                                  len(few) / len(batches), prefix) if compensated else {}
             if not steps:
                 return any([visit(info, stats) for info, stats in pairs])
+            near = next((s["step"] for s in reversed(summary.values()) if s["step"]), None)
             chosen, search = line_search(model, pairs, steps, factorize,
-                                         lambda: relative_error(model, refs, adapter, few, prefix))
+                                         lambda: relative_error(model, refs, adapter, few, prefix), near)
             summary[label if label not in summary else f"{label} ({len(summary) + 1})"] = search
             return any([commit(info, dict(chosen[info.name], compensation_step=search["step"]
                                           if info.name in steps else None)) for info, _ in pairs])

@@ -1,5 +1,7 @@
 """svd_compensate: the prediction gradient, the measured line search, and the pass with and without it."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -189,3 +191,38 @@ def test_compensation_needs_the_output_fisher(tmp_path):
     assert report["compensation"] == {}
     report, _ = _compress("pixart", tmp_path / "svd", method="svd")
     assert report["compensation"] == {}
+
+
+@pytest.mark.parametrize("near", [STEPS[1], STEPS[4], 3 * STEPS[5], STEPS[-1]])
+@pytest.mark.parametrize("best", [1, 3, 6, 8])  # index into STEPS of the lowest error
+def test_line_search_walk_from_an_earlier_step_finds_the_ladders_best(near, best):
+    """Error unimodal along the ladder: walking from the step nearest `near` ends where trying
+    every step does, with fewer candidates unless the walk crosses the whole ladder."""
+    model = nn.Sequential(nn.Linear(4, 4))
+    current = {}
+
+    def factorize(info, stats, step, rank):
+        current["beta"] = 0.0 if step is None else float(step[0, 0])
+        model.set_submodule(info.name, nn.Identity())
+        return {"rank": 2}
+
+    def measure():  # V-shaped in log β around STEPS[best]; β = 0 (plain) is worse than all
+        beta = current["beta"]
+        return 10.0 if beta == 0 else 1.0 + abs(math.log(beta / STEPS[best]))
+
+    searches = {}
+    for start in (None, near):
+        _, searches[start] = line_search(model, [(_info("0"), None)], {"0": torch.ones(4, 4)}, factorize,
+                                         measure, start)
+    whole, walked = searches[None], searches[near]
+    assert whole["step"] == walked["step"] == STEPS[best]  # the refinements (×2, /2) are worse here
+    assert whole["candidates"] == 11 and walked["candidates"] <= whole["candidates"]
+    nearest = min(range(1, len(STEPS)), key=lambda j: abs(math.log(STEPS[j] / near)))
+    if abs(nearest - best) <= 2:  # a short walk: fewer candidates than the whole ladder
+        assert walked["candidates"] < whole["candidates"]
+
+
+def test_later_stages_walk_from_the_step_before(tmp_path):
+    report, _ = _compress("pixart", tmp_path)
+    counts = [s["candidates"] for s in report["compensation"].values()]
+    assert counts[0] == 11 and min(counts[1:]) < 11
