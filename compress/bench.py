@@ -57,13 +57,26 @@ def peak_memory(model, kwargs, device) -> int | None:
     return torch.cuda.max_memory_allocated(device)
 
 
+def _device(name: str | None) -> torch.device:
+    """--device: cpu, cuda or cuda:N (default: cuda if there is one)."""
+    try:
+        dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU here (torch {torch.__version__}); use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: bench runs on cpu or cuda")
+    return dev
+
+
 def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int = 2,
           device: str | None = None) -> dict:
     report = read_report(out)
     source = teacher or report.get("teacher")
     if not source:
         raise UserError(f"{out}/report.json names no teacher; pass --teacher")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = _device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     student = load_transformer(out).to(dev, dtype)
     ref = load_teacher(source).to(dev, dtype).eval()

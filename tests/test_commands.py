@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from compress.cli import main
 from tests.conftest import tiny_flux
@@ -42,6 +43,11 @@ def test_eval_and_bench_commands(recipe, tmp_path, capsys):
     assert main(["bench", str(out), "--json", "--repeats", "2", "--device", "cpu"]) == 0
     bench = json.loads(capsys.readouterr().out)
     assert bench["params_ratio"] < 1 and bench["speedup"] > 0
+    bad = ["nonsense", "meta"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:  # a one-line error, not a traceback
+        assert main(["bench", str(out), "--repeats", "2", "--device", device]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--device" in err
 
 
 def test_plan_command(recipe, capsys):

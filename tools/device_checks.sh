@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU checks issue #6 owes, as one call of the device tool (see /work/.library/device), run from
+# the repository root there after `tools/device_wheels.sh` here:
+#     run(command="bash tools/device_checks.sh", carry=[".whl"], timeout_s=590)
+# Every step writes its log under $OUT (they come back); a failed step does not stop the next one.
+#   1. the CUDA kernel tests (bf16 included), 2. tools/bench_kernels.py --quick then the full grid
+#   (JSON), 3. `dit-compress bench` of the toy PixArt at 50% of its block linears, on CUDA and CPU.
+set -uo pipefail
+OUT=${OUT:-/tmp/device-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || { echo "carry .whl (tools/device_wheels.sh)"; exit 1; }
+# the package as installed: kernels/ is compress.kernels (pyproject's package-dir), outside the tree
+rm -rf /tmp/repo && cp -r . /tmp/repo && rm -rf /tmp/repo/.whl && cp -r kernels /tmp/repo/compress/kernels
+cd /tmp/repo || exit 1
+export PYTHONPATH=/tmp/repo:/tmp/site
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name" | tee -a "$OUT/summary.txt"
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    echo "   exit $? after ${SECONDS}s" | tee -a "$OUT/summary.txt"
+    tail -n 3 "$OUT/$name.log" | tee -a "$OUT/summary.txt"
+}
+
+step gpu 20 sh -c 'nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; python3 -c "
+import torch, triton, diffusers
+print(torch.__version__, triton.__version__, diffusers.__version__, torch.cuda.get_device_name())"'
+step cuda_tests 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/kernels
+step kernels_quick 90 python3 tools/bench_kernels.py --quick
+step kernels_full 180 python3 tools/bench_kernels.py --json "$OUT/kernels.json"
+cat > /tmp/toy50.yaml <<'YAML'
+version: 1
+model: pixart
+teacher: toy:pixart
+calibration: {num_prompts: 10, timesteps: 4, cfg_branches: true, batch_size: 40, seed: 0}
+passes:
+  - svd: {targets: [attention, cross_attention, mlp], ratio: 0.5, multiple: 8, compensate: false}
+YAML
+step toy_run 60 python3 -m compress.cli run /tmp/toy50.yaml --out /tmp/toy50 --overwrite
+step bench_cuda 40 python3 -m compress.cli bench /tmp/toy50 --device cuda --batch 8 --json
+step bench_cpu 40 python3 -m compress.cli bench /tmp/toy50 --device cpu --batch 8 --json
+echo "done in ${SECONDS}s" | tee -a "$OUT/summary.txt"
