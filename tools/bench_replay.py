@@ -1,11 +1,14 @@
-"""Cost of svd compensation with and without replaying the blocks before each stage (`replay.Prefix`).
+"""Cost of svd compensation: whole forwards and the whole β ladder (as before), the blocks before each
+stage replayed (`replay.Prefix`), and, on top, the β ladder walked from the previous stage's step
+(`svd_compensate._walk`), the pass's default.
 
-Each compensated stage runs one forward + backward and 11 line-search forwards over its calibration
-batches. Nothing before the stage's block changes during them, so the pass records that block's input
-once per block and every forward runs from there on. This script runs the same svd pass (toy teacher,
-attention + MLP at 50%, whitened, compensating) both ways, in one process, and prints the time of each,
-their ratio, and both held-out errors (which must be equal: the replay changes what is computed, not
-its result).
+Each compensated stage runs one forward + backward and up to 11 line-search forwards over its
+calibration batches. Nothing before the stage's block changes during them, so the replay records
+that block's input once per block and every forward runs from there on; the walk tries fewer β.
+This script runs the same svd pass (toy teacher, attention + MLP at 50%, whitened, compensating)
+the three ways, in one process, and prints each one's time (the fastest of --repeats), its ratio to
+the first, the line-search candidates tried, and the held-out error (equal when the shortcuts
+change what is computed, not its result).
 
     python tools/bench_replay.py [--families pixart flux] [--threads 1] [--repeats 2]
 """
@@ -24,46 +27,62 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_svd  # noqa: E402  (calibration batches, the pass on a toy teacher, held-out error)
 
 from compress.passes import svd  # noqa: E402
+from compress.passes.svd_compensate import line_search  # noqa: E402
 from compress.replay import Prefix  # noqa: E402
 
 
 class FullForwards(Prefix):
-    """The forwards as before the replay: every one runs the whole model."""
+    """Forwards as without the replay: every one runs the whole model."""
 
     def __init__(self, model, adapter, batches, start):
         super().__init__(model, adapter, batches, 0)
 
 
-def timed(family: str, prefix_cls, run_dir: Path) -> tuple[float, float]:
-    svd.Prefix = prefix_cls
+def whole_ladder(*args):
+    """The line search without a starting step: every β of the ladder is tried."""
+    return line_search(*args[:5])
+
+
+VARIANTS = {  # name -> (Prefix class, line search)
+    "whole forwards, whole ladder": (FullForwards, whole_ladder),
+    "replayed, whole ladder": (Prefix, whole_ladder),
+    "replayed, walked ladder (default)": (Prefix, line_search),
+}
+
+
+def timed(family: str, variant: str, run_dir: Path) -> tuple[float, float, int]:
+    svd.Prefix, svd.line_search = VARIANTS[variant]
     try:
         start = time.perf_counter()
-        student, _, _ = bench_svd.compress(family, run_dir, ratio=0.5, multiple=4)
+        student, report, _ = bench_svd.compress(family, run_dir, ratio=0.5, multiple=4)
         seconds = time.perf_counter() - start
     finally:
-        svd.Prefix = Prefix
-    return seconds, bench_svd.error(student, family)
+        svd.Prefix, svd.line_search = Prefix, line_search
+    candidates = sum(s["candidates"] for s in report["compensation"].values())
+    return seconds, bench_svd.error(student, family), candidates
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=["pixart", "flux"])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the fastest of each counts")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the fastest counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
-            times = {"full": [], "replay": []}
-            errors = {}
+            times = {v: [] for v in VARIANTS}
+            found = {}
             for _ in range(args.repeats):
-                for name, cls in (("full", FullForwards), ("replay", Prefix)):
-                    seconds, errors[name] = timed(family, cls, Path(tmp))
-                    times[name].append(seconds)
-            full, replay = min(times["full"]), min(times["replay"])
-            print(f"{family}: svd pass with compensation {full:.1f}s with full forwards, {replay:.1f}s replaying "
-                  f"the blocks before each stage: {replay / full:.2f}x the time; held-out error "
-                  f"{errors['full']:.6f} vs {errors['replay']:.6f}", flush=True)
+                for variant in VARIANTS:
+                    seconds, error, candidates = timed(family, variant, Path(tmp))
+                    times[variant].append(seconds)
+                    found[variant] = (error, candidates)
+            base = min(times[next(iter(VARIANTS))])
+            for variant in VARIANTS:
+                error, candidates = found[variant]
+                print(f"{family}: {variant:34s} {min(times[variant]):5.1f}s ({min(times[variant]) / base:.2f}x), "
+                      f"{candidates} candidates, held-out error {error:.6f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ prediction error is measured for each, and the best β is kept: β = 0 (plain fa
 a candidate, so no stage makes the calibration error worse than its plain factorization would. A
 pass's first stage tries the whole ladder; later stages walk it from the previous stage's best β
 (`_walk`): on the toys (50% uniform and global, the embedded default) the same errors to the last
-digit, with 0.65x the candidates.
+digit, with 0.64-0.65x the candidates (`tools/bench_replay.py`).
 
 Why a measured β: the Kronecker model drops the coupling between the rows (tokens) of a sample,
 whose errors add coherently, so it underestimates the curvature and its full step overshoots, the
@@ -34,7 +34,8 @@ and forwards, over `svd.compensate_batches` calibration batches (all by default;
 of its 4 batches kept about 60% or 75% of the gain). The forwards and the backward start at the
 stage's block: the blocks before it do not change during the stage, so the input of its block is
 recorded once per block and replayed (`replay.Prefix`); on the toys at 50% this took the svd pass
-to 0.71x (PixArt, Flux) of its time with whole forwards, the same error to the last digit
+to 0.69x (PixArt) / 0.70x (Flux) of its time with whole forwards, and with the walk to 0.51x / 0.52x,
+the same error to the last digit
 (`tools/bench_replay.py`). Deep models gain more (block k of N runs N − k blocks, not N).
 """
 
