@@ -65,6 +65,8 @@ def _device(name: str | None) -> torch.device:
         raise UserError(f"--device {name!r}: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU here (torch {torch.__version__}); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
     if dev.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name}: bench runs on cpu or cuda")
     return dev

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from compress.arch.base import Adapter
+from compress.calib import _detach
 
 
 class Replay(nn.Module):
@@ -53,12 +54,6 @@ class _Stop(Exception):
     """Ends a recording forward once the last block before the start has run."""
 
 
-def _detached(x):
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    return type(x)(_detached(v) for v in x) if isinstance(x, (tuple, list)) else x
-
-
 class Prefix:
     """Forwards over fixed `batches` that run only blocks `start`.. (execution order) and what follows
     them; the output of block start−1 on each batch is recorded at first use (one forward per batch
@@ -76,7 +71,7 @@ class Prefix:
         outputs = []
 
         def grab(mod, args, out):
-            outputs.append(_detached(out))
+            outputs.append(_detach(out))
             raise _Stop
 
         handle = blocks[i].register_forward_hook(grab)

@@ -38,9 +38,9 @@ class FullForwards(Prefix):
         super().__init__(model, adapter, batches, 0)
 
 
-def whole_ladder(*args):
+def whole_ladder(model, pairs, steps, factorize, measure, near=None):
     """The line search without a starting step: every β of the ladder is tried."""
-    return line_search(*args[:5])
+    return line_search(model, pairs, steps, factorize, measure)
 
 
 VARIANTS = {  # name -> (Prefix class, line search)
@@ -50,12 +50,13 @@ VARIANTS = {  # name -> (Prefix class, line search)
 }
 
 
-def timed(family: str, variant: str, run_dir: Path) -> tuple[float, float, int]:
+def timed(family: str, variant: str) -> tuple[float, float, int]:
     svd.Prefix, svd.line_search = VARIANTS[variant]
     try:
-        start = time.perf_counter()
-        student, report, _ = bench_svd.compress(family, run_dir, ratio=0.5, multiple=4)
-        seconds = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as run_dir:  # a cold calibration cache for every run
+            start = time.perf_counter()
+            student, report, _ = bench_svd.compress(family, Path(run_dir), ratio=0.5, multiple=4)
+            seconds = time.perf_counter() - start
     finally:
         svd.Prefix, svd.line_search = Prefix, line_search
     candidates = sum(s["candidates"] for s in report["compensation"].values())
@@ -69,20 +70,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the fastest counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        for family in args.families:
-            times = {v: [] for v in VARIANTS}
-            found = {}
-            for _ in range(args.repeats):
-                for variant in VARIANTS:
-                    seconds, error, candidates = timed(family, variant, Path(tmp))
-                    times[variant].append(seconds)
-                    found[variant] = (error, candidates)
-            base = min(times[next(iter(VARIANTS))])
+    for family in args.families:
+        times = {v: [] for v in VARIANTS}
+        found = {}
+        for _ in range(args.repeats):
             for variant in VARIANTS:
-                error, candidates = found[variant]
-                print(f"{family}: {variant:34s} {min(times[variant]):5.1f}s ({min(times[variant]) / base:.2f}x), "
-                      f"{candidates} candidates, held-out error {error:.6f}", flush=True)
+                seconds, error, candidates = timed(family, variant)
+                times[variant].append(seconds)
+                found[variant] = (error, candidates)
+        base = min(times[next(iter(VARIANTS))])
+        for variant in VARIANTS:
+            error, candidates = found[variant]
+            print(f"{family}: {variant:34s} {min(times[variant]):5.1f}s ({min(times[variant]) / base:.2f}x), "
+                  f"{candidates} candidates, held-out error {error:.6f}", flush=True)
 
 
 if __name__ == "__main__":

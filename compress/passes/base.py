@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from compress.arch.base import Adapter
+
+if TYPE_CHECKING:
+    from compress.replay import Prefix
 
 
 @torch.no_grad()
@@ -27,7 +30,7 @@ def predictions(model: nn.Module, adapter: Adapter, batches: list[dict]) -> list
 
 @torch.no_grad()
 def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: Adapter,
-                   batches: list[dict], prefix=None) -> float:
+                   batches: list[dict], prefix: Prefix | None = None) -> float:
     """||student - teacher|| / ||teacher|| of the final prediction over the batches, against the
     teacher's `predictions` on them (computed once). prefix: a `replay.Prefix` over these batches
     (the forwards then run only its blocks from `start` on)."""

@@ -69,6 +69,7 @@ class SVDConfig:
     compensate: bool = True  # whitened + Fisher: absorb upstream error (svd_compensate)
     compensate_batches: int | None = None  # calibration batches for its gradient and line search (None: all)
     compensate_toward: str = "teacher"  # teacher (also undo earlier passes) | input (the model as found)
+    compensate_search: str = "walk"  # β ladder: walk (from the previous stage's β) | ladder (every step)
     ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
     center: list = field(default_factory=lambda: ["modulation"])  # patterns: centered Gram + bias fold
     modulation_grid: int = 64  # timesteps per calibration batch for modulation Grams (0: own)
@@ -96,6 +97,7 @@ class SVDPass(Pass):
         _one_of("activations", c.activations, ("student", "teacher"))
         _one_of("fisher", c.fisher, FISHER)
         _one_of("compensate_toward", c.compensate_toward, ("teacher", "input"))
+        _one_of("compensate_search", c.compensate_search, ("walk", "ladder"))
         if not 0 < c.ratio <= 1:
             raise UserError(f"svd.ratio must be in (0, 1], got {c.ratio}")
         if not 0 < c.energy <= 1:
@@ -232,7 +234,8 @@ class SVDPass(Pass):
                                  len(few) / len(batches), prefix) if compensated else {}
             if not steps:
                 return any([visit(info, stats) for info, stats in pairs])
-            near = next((s["step"] for s in reversed(summary.values()) if s["step"]), None)
+            near = next((s["step"] for s in reversed(summary.values()) if s["step"]), None) \
+                if c.compensate_search == "walk" else None
             chosen, search = line_search(model, pairs, steps, factorize,
                                          lambda: relative_error(model, refs, adapter, few, prefix), near)
             summary[label if label not in summary else f"{label} ({len(summary) + 1})"] = search

@@ -12,7 +12,7 @@ prediction error is measured for each, and the best β is kept: β = 0 (plain fa
 a candidate, so no stage makes the calibration error worse than its plain factorization would. A
 pass's first stage tries the whole ladder; later stages walk it from the previous stage's best β
 (`_walk`): on the toys (50% uniform and global, the embedded default) the same errors to the last
-digit, with 0.64-0.65x the candidates (`tools/bench_replay.py`).
+digit, with 0.65-0.66x the candidates (`tools/bench_replay.py`).
 
 Why a measured β: the Kronecker model drops the coupling between the rows (tokens) of a sample,
 whose errors add coherently, so it underestimates the curvature and its full step overshoots, the
@@ -34,7 +34,7 @@ and forwards, over `svd.compensate_batches` calibration batches (all by default;
 of its 4 batches kept about 60% or 75% of the gain). The forwards and the backward start at the
 stage's block: the blocks before it do not change during the stage, so the input of its block is
 recorded once per block and replayed (`replay.Prefix`); on the toys at 50% this took the svd pass
-to 0.69x (PixArt) / 0.70x (Flux) of its time with whole forwards, and with the walk to 0.51x / 0.52x,
+to 0.74x (PixArt) / 0.66x (Flux) of its time with whole forwards, and with the walk to 0.56x / 0.53x,
 the same error to the last digit
 (`tools/bench_replay.py`). Deep models gain more (block k of N runs N − k blocks, not N).
 """
@@ -42,7 +42,7 @@ the same error to the last digit
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -52,13 +52,16 @@ from compress.calib import Stats
 from compress.linalg import kfac_step
 from compress.passes.svd_fisher import prediction_gradients
 
+if TYPE_CHECKING:
+    from compress.replay import Prefix
+
 STEPS = (0.0,) + tuple(4.0**-k for k in range(9, 1, -1))  # fractions of the Newton step: 0, 4⁻⁹ … 1/16
 GRAM_DAMPING = 1e-2  # ridge on G, relative to its mean eigenvalue (1e-3 … 1e-1 gave the same error)
 
 
 def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torch.Tensor],
                  pairs: list[tuple[LinearInfo, Stats]], roots: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 probes: int, share: float = 1.0, prefix=None) -> dict[str, torch.Tensor]:
+                 probes: int, share: float = 1.0, prefix: Prefix | None = None) -> dict[str, torch.Tensor]:
     """name -> Δ (out, in) for the targets that have an output Fisher (`roots`: name -> (L, L⁻¹),
     L² = F + λI with F summed over `probes` probes and every calibration row) and an input Gram.
     `batches` may be a `share` of the calibration batches the Fisher summed over; `prefix` (a
@@ -91,6 +94,8 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
     β/2 (one factorization and one calibration measurement each), and keep the best.
     near: an earlier stage's best β (> 0). The ladder STEPS[1:] is then walked from the step nearest
     to it (`_walk`) instead of tried whole; along a run the best β changes little between stages.
+    A heuristic: where the error has several dips along the ladder the walk can stop at a worse one
+    (`svd.compensate_search: ladder` tries every step).
     factorize(info, stats, step, rank): rank None lets the pass choose (done at β = 0); every later
     candidate keeps the rank chosen at β = 0, so candidates differ in their error only. Targets
     without a step are factorized once, before the search. Returns (records by name, search summary)."""
@@ -132,7 +137,9 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
 
 def _walk(ladder: tuple[float, ...], start: int, trial: Callable[[float], None], errors: dict) -> None:
     """Try ladder[start] and its neighbours, then keep stepping the way the error falls until it
-    rises or the ladder ends (the whole ladder's best when the error is unimodal along it)."""
+    rises or the ladder ends (the whole ladder's best when the error is unimodal along it); then the
+    top step, if not tried yet: on a tiny random Flux one stage's errors dipped at 4⁻⁵, rose, and
+    fell lower at 1/16 (truncating W + β·Δ can switch the kept directions between steps)."""
     around = [j for j in (start - 1, start, start + 1) if 0 <= j < len(ladder)]
     for j in around:
         trial(ladder[j])
@@ -143,3 +150,5 @@ def _walk(ladder: tuple[float, ...], start: int, trial: Callable[[float], None],
         if errors[ladder[here + way]] >= errors[ladder[here]]:
             break
         here += way
+    if ladder[-1] not in errors:
+        trial(ladder[-1])

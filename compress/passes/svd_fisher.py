@@ -13,9 +13,13 @@ W' = L⁻¹ V'_r (see `weighted_factors` in svd_layer).
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from compress.replay import Prefix
 
 F64 = torch.float64
 
@@ -64,7 +68,7 @@ def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[st
 
 
 def prediction_gradients(model: nn.Module, adapter, batches: list[dict], references: list[torch.Tensor],
-                         names: list[str], prefix=None) -> dict[str, tuple[torch.Tensor, int]]:
+                         names: list[str], prefix: Prefix | None = None) -> dict[str, tuple[torch.Tensor, int]]:
     """name -> (M (out, in) float64, rows): M = Σ_rows g xᵀ, the gradient of ½ Σ ||pred − ref||² over
     the batches with respect to the linear's weight, where g = ∂/∂y at its output and x its input.
     With `references` the predictions of the model before compression, M says how the layer can undo

@@ -109,6 +109,7 @@ def test_layer_without_saving_stays_dense(tmp_path):
     ({"allocation": "global", "ratio": 0.02, "multiple": 2}, "svd.ratio 0.02 is below what global"),
     ({"allocation": "global", "trust_region": 0.5}, "trust_region must be ≥ 1"),
     ({"compensate_batches": 0}, "compensate_batches must be an integer ≥ 1"),
+    ({"compensate_search": "bisect"}, "compensate_search must be one of walk, ladder"),
     ({"compensate_toward": "student"}, "compensate_toward must be one of teacher, input"),
     ({"compensate_batches": 1.5}, "compensate_batches must be an integer ≥ 1"),
 ])
