@@ -193,11 +193,8 @@ def test_compensation_needs_the_output_fisher(tmp_path):
     assert report["compensation"] == {}
 
 
-@pytest.mark.parametrize("near", [STEPS[1], STEPS[4], 3 * STEPS[5], STEPS[-1]])
-@pytest.mark.parametrize("best", [1, 3, 6, 8])  # index into STEPS of the lowest error
-def test_line_search_walk_from_an_earlier_step_finds_the_ladders_best(near, best):
-    """Error unimodal along the ladder: walking from the step nearest `near` ends where trying
-    every step does, with fewer candidates unless the walk crosses the whole ladder."""
+def _search(error_at, near):
+    """line_search of one layer whose calibration error at β is error_at(β) (β = 0: plain)."""
     model = nn.Sequential(nn.Linear(4, 4))
     current = {}
 
@@ -206,15 +203,20 @@ def test_line_search_walk_from_an_earlier_step_finds_the_ladders_best(near, best
         model.set_submodule(info.name, nn.Identity())
         return {"rank": 2}
 
-    def measure():  # V-shaped in log β around STEPS[best]; β = 0 (plain) is worse than all
-        beta = current["beta"]
+    _, search = line_search(model, [(_info("0"), None)], {"0": torch.ones(4, 4)}, factorize,
+                            lambda: error_at(current["beta"]), near)
+    return search
+
+
+@pytest.mark.parametrize("near", [STEPS[1], STEPS[4], 3 * STEPS[5], STEPS[-1]])
+@pytest.mark.parametrize("best", [1, 3, 6, 8])  # index into STEPS of the lowest error
+def test_line_search_walk_from_an_earlier_step_finds_the_ladders_best(near, best):
+    """Error unimodal along the ladder: walking from the step nearest `near` ends where trying
+    every step does, with fewer candidates unless the walk crosses the whole ladder."""
+    def v_shape(beta):  # V-shaped in log β around STEPS[best]; β = 0 (plain) is worse than all
         return 10.0 if beta == 0 else 1.0 + abs(math.log(beta / STEPS[best]))
 
-    searches = {}
-    for start in (None, near):
-        _, searches[start] = line_search(model, [(_info("0"), None)], {"0": torch.ones(4, 4)}, factorize,
-                                         measure, start)
-    whole, walked = searches[None], searches[near]
+    whole, walked = _search(v_shape, None), _search(v_shape, near)
     assert whole["step"] == walked["step"] == STEPS[best]  # the refinements (×2, /2) are worse here
     assert whole["candidates"] == 11 and walked["candidates"] <= whole["candidates"]
     nearest = min(range(1, len(STEPS)), key=lambda j: abs(math.log(STEPS[j] / near)))
@@ -226,21 +228,8 @@ def test_the_walk_also_tries_the_top_step():
     """Errors seen along the ladder in one stage of a tiny random Flux: a dip at 4⁻⁵, a bump, and the
     lowest error at the top step (1/16). Walking from 4⁻⁴ stops in the first dip; the top step is
     tried as well."""
-    ladder_errors = dict(zip(STEPS[1:], [0.2313, 0.2310, 0.2300, 0.2263, 0.2242, 0.2346, 0.2244, 0.2053]))
-    model = nn.Sequential(nn.Linear(4, 4))
-    current = {}
-
-    def factorize(info, stats, step, rank):
-        current["beta"] = 0.0 if step is None else float(step[0, 0])
-        model.set_submodule(info.name, nn.Identity())
-        return {"rank": 2}
-
-    def measure():
-        beta = current["beta"]
-        return ladder_errors.get(beta, 0.25 if beta else 0.24)  # refinements: worse
-
-    _, search = line_search(model, [(_info("0"), None)], {"0": torch.ones(4, 4)}, factorize, measure,
-                            STEPS[6])
+    seen = dict(zip(STEPS[1:], [0.2313, 0.2310, 0.2300, 0.2263, 0.2242, 0.2346, 0.2244, 0.2053]))
+    search = _search(lambda beta: seen.get(beta, 0.25 if beta else 0.24), STEPS[6])  # refinements worse
     assert search["step"] == STEPS[-1] and search["candidates"] < 11
 
 
