@@ -96,3 +96,8 @@ class Prefix:
             self._outputs = self._record()
         with replayed(self.model, self.adapter, [self._outputs[b]] * self.start):
             yield
+
+
+def replaying(prefix: Prefix | None, b: int):
+    """Context for a forward of batch b: `prefix.replaying(b)`, or nothing without a prefix."""
+    return prefix.replaying(b) if prefix else contextlib.nullcontext()

@@ -8,18 +8,15 @@ Passes declare what they need (`needs_calibration`, `needs_teacher`); the runner
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from compress.arch.base import Adapter
-
-if TYPE_CHECKING:
-    from compress.replay import Prefix
+from compress.replay import Prefix, replaying
 
 
 @torch.no_grad()
@@ -36,7 +33,7 @@ def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: A
     (the forwards then run only its blocks from `start` on)."""
     num = den = 0.0
     for b, (kw, t) in enumerate(zip(batches, reference)):
-        with prefix.replaying(b) if prefix else contextlib.nullcontext():
+        with replaying(prefix, b):
             s = adapter.predict(student, kw).double()
         num += (s - t).pow(2).sum().item()
         den += t.pow(2).sum().item()

@@ -42,7 +42,7 @@ the same error to the last digit
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -51,9 +51,7 @@ from compress.arch.base import LinearInfo
 from compress.calib import Stats
 from compress.linalg import kfac_step
 from compress.passes.svd_fisher import prediction_gradients
-
-if TYPE_CHECKING:
-    from compress.replay import Prefix
+from compress.replay import Prefix
 
 STEPS = (0.0,) + tuple(4.0**-k for k in range(9, 1, -1))  # fractions of the Newton step: 0, 4⁻⁹ … 1/16
 GRAM_DAMPING = 1e-2  # ridge on G, relative to its mean eigenvalue (1e-3 … 1e-1 gave the same error)

@@ -13,13 +13,11 @@ W' = L⁻¹ V'_r (see `weighted_factors` in svd_layer).
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from compress.replay import Prefix
+from compress.replay import Prefix, replaying
 
 F64 = torch.float64
 
@@ -78,7 +76,7 @@ def prediction_gradients(model: nn.Module, adapter, batches: list[dict], referen
     rows: dict[str, int] = {}
     with tapped(model, names) as (inputs, outputs):
         for b, (batch, ref) in enumerate(zip(batches, references)):
-            with torch.enable_grad(), prefix.replaying(b) if prefix else contextlib.nullcontext():
+            with torch.enable_grad(), replaying(prefix, b):
                 pred = adapter.predict(model, batch)
                 loss = 0.5 * (pred.double() - ref.double()).square().sum()
                 grads = torch.autograd.grad(loss, [outputs[n] for n in names])
