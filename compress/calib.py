@@ -14,6 +14,9 @@ Flow of one calibration (`BlockCalibration`):
    caller compresses the block in place), then computes the next block's inputs: with the compressed
    weights (`activations="student"`, error-aware) or with the teacher's outputs (`"teacher"`).
    Only one block's activations are resident; a `BlockLoader` may materialize weights just in time.
+   With `asymmetric`, each block also runs on a reference stream (the inputs the model as found
+   gives it) before the student's forward, and plain input readers pair the two row by row
+   (`Stats.cross`), so targets can be fitted to the reference's outputs (linalg.asymmetric_step).
 4. `tail(...)`: stats of linears that run after the blocks (one full forward per batch).
 """
 
@@ -44,12 +47,15 @@ class _Stop(Exception):
 @dataclass
 class Stats:
     """Streaming sums over calibration rows x (d,): gram Σ xᵀx (d, d), total Σ x (d,), rows n.
-    For an output Gram, x is the bias-free output W x and `in_sq` holds Σ x_in² per input channel."""
+    For an output Gram, x is the bias-free output W x and `in_sq` holds Σ x_in² per input channel.
+    With a reference stream (`BlockCalibration.asymmetric`), `cross` is Σ x_ref x̃ᵀ (d, d): the
+    reference input (the model as the pass found it) times the student's, row by row."""
 
     gram: torch.Tensor
     total: torch.Tensor
     rows: int = 0
     in_sq: torch.Tensor | None = None
+    cross: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, dim: int, in_dim: int | None = None, device=None) -> "Stats":
@@ -62,6 +68,12 @@ class Stats:
         self.total += x.sum(0)
         self.rows += x.shape[0]
 
+    def add_cross(self, ref: torch.Tensor, x: torch.Tensor) -> None:  # (rows, d) each, float64
+        if ref.shape != x.shape:
+            raise RuntimeError(f"reference and student inputs differ in shape: {tuple(ref.shape)} vs "
+                               f"{tuple(x.shape)}")
+        self.cross = ref.T @ x if self.cross is None else self.cross + ref.T @ x
+
     @property
     def mean(self) -> torch.Tensor:
         return self.total / max(self.rows, 1)
@@ -72,11 +84,12 @@ class Stats:
         return self.gram - self.rows * torch.outer(mu, mu)
 
     def to_dict(self) -> dict:
-        return {"gram": self.gram, "total": self.total, "rows": self.rows, "in_sq": self.in_sq}
+        return {"gram": self.gram, "total": self.total, "rows": self.rows, "in_sq": self.in_sq,
+                "cross": self.cross}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Stats":
-        return cls(d["gram"], d["total"], int(d["rows"]), d.get("in_sq"))
+        return cls(d["gram"], d["total"], int(d["rows"]), d.get("in_sq"), d.get("cross"))
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ class _Accumulator:
                  skip: Callable[[Reader], bool] | None = None):
         self.stats, self.on_fire, self.skip, self.handles = stats, on_fire, skip, []
         self.seen: dict[str, set] = {}
+        self.paused = False  # hooks do nothing (a reference forward runs)
+        self.partner: dict[str, torch.Tensor] | None = None  # key -> reference rows of this forward
         for r in readers:
             mod = root.get_submodule(r.module)
             if r.output:
@@ -136,20 +151,26 @@ class _Accumulator:
 
     def _in_hook(self, r: Reader):
         def hook(mod, args):
-            if self.skip and self.skip(r):
+            if self.paused or (self.skip and self.skip(r)):
                 return
             x = args[0]  # (..., in)
             _check_finite(x, r)
             if r.dedupe and x.ndim > 2:
                 x = self._dedupe(r, x)
-            self._stat(r.key, x).add(_rows(x))
+            rows = _rows(x)
+            self._stat(r.key, x).add(rows)
+            if self.partner is not None and pairs(r):
+                if r.key not in self.partner:
+                    raise RuntimeError(f"'{r.module}' ran in the student's forward of {r.where} more "
+                                       "often than in the reference's")
+                self.stats[r.key].add_cross(self.partner.pop(r.key), rows)
             if self.on_fire:
                 self.on_fire(r)
         return hook
 
     def _out_hook(self, r: Reader, mod: nn.Module):
         def hook(_, args, out):
-            if self.skip and self.skip(r):
+            if self.paused or (self.skip and self.skip(r)):
                 return
             x, y = args[0], out  # (..., in), (..., out)
             _check_finite(x, r)
@@ -168,6 +189,29 @@ class _Accumulator:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+def pairs(r: Reader) -> bool:
+    """Whether a reader's stats take the cross term with a reference stream: plain input readers (an
+    output Gram has no input-side cross; deduplicated inputs, the caption, have no upstream error)."""
+    return not r.output and not r.dedupe
+
+
+@contextlib.contextmanager
+def recording(root: nn.Module, readers: list[Reader], into: dict[str, torch.Tensor]):
+    """Pre-hooks storing the input rows (float64) of each pairing reader under its key."""
+    def hook(key):
+        def record(mod, args):
+            into[key] = _rows(args[0])
+        return record
+
+    handles = [root.get_submodule(r.module).register_forward_pre_hook(hook(r.key))
+               for r in readers if pairs(r)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextlib.contextmanager
@@ -285,11 +329,17 @@ class BlockCalibration:
     cache: StatsCache = field(default_factory=lambda: StatsCache(None))
     loader: BlockLoader = field(default_factory=BlockLoader)
     progress: bool = True
+    # student mode: also run each block on a reference stream (the inputs the model as found would
+    # give it, before this calibration's caller compressed anything) and accumulate Stats.cross
+    asymmetric: bool = False
     inputs: list | None = None  # [(args, kwargs)] of the next block to run
+    reference: list | None = None  # the same, on the reference stream (asymmetric)
 
     def __post_init__(self):
         if self.activations not in ("student", "teacher"):
             raise ValueError(f"activations must be 'student' or 'teacher', got {self.activations!r}")
+        if self.asymmetric and self.activations != "student":
+            raise ValueError("asymmetric calibration needs student activations")
 
     def conditioning(self, readers: list[Reader], grid: int) -> dict[str, Stats]:
         """Stats of conditioning inputs over `grid` timesteps per calibration batch (0: the batches'
@@ -340,6 +390,8 @@ class BlockCalibration:
         if len(captured) != len(self.batches):
             raise RuntimeError("the first block did not run for every calibration batch")
         self.inputs = captured
+        if self.asymmetric and self.reference is None:  # later captures see compressed top-level layers
+            self.reference = captured
         return stats
 
     def blocks(self, readers_for: Callable[[str, int], list[Reader]],
@@ -359,30 +411,52 @@ class BlockCalibration:
                 name = cache_name(group, index) if readers else None
                 stats = self.cache.load(name) if name else None
                 teacher = self.activations == "teacher"
-                cached, outputs = stats is not None, None
+                cached, outputs, ref_outputs = stats is not None, None, None
                 if stats is None:
-                    stats, outputs = self._run(block, readers, keep=teacher)
+                    stats, outputs, ref_outputs = self._run(block, readers, keep=teacher)
                     if name:
                         self.cache.save(name, stats)
                 elif teacher:  # the teacher's outputs, before the caller compresses the block
-                    _, outputs = self._run(block, [], keep=True)
+                    _, outputs, _ = self._run(block, [], keep=True)
+                if self.reference is not None and ref_outputs is None:  # before the block changes
+                    ref_outputs = self._reference_outputs(block)
                 yield BlockStats(group, index, block, stats, cached)
                 if outputs is None:
-                    _, outputs = self._run(block, [], keep=True)
-                self.inputs = [self.adapter.next_inputs(group, a, k, o)
-                               for (a, k), o in zip(self.inputs, outputs)]
+                    _, outputs, _ = self._run(block, [], keep=True)
+                self.inputs = self._advance(group, self.inputs, outputs)
+                if self.reference is not None:
+                    self.reference = self._advance(group, self.reference, ref_outputs)
                 self.loader.release(group, index, block)
                 bar.advance(task)
 
+    def _advance(self, group: str, inputs: list, outputs: list) -> list:
+        return [self.adapter.next_inputs(group, a, k, o) for (a, k), o in zip(inputs, outputs)]
+
     def _run(self, block, readers, keep):
-        """Run one block over all current inputs; stats of readers and (if keep) the outputs."""
+        """Run one block over all current inputs: stats of readers, the outputs (if keep) and, with
+        a reference stream and readers, the block's outputs on it (else None). Each batch's reference
+        forward runs first and its reader inputs pair row by row with the student's (Stats.cross)."""
         stats, outputs = {}, []
-        with accumulating(self.model, readers, stats), torch.no_grad():
-            for args, kwargs in self.inputs:
+        paired = self.reference is not None and any(pairs(r) for r in readers)
+        ref_outputs = [] if paired else None
+        with accumulating(self.model, readers, stats) as acc, torch.no_grad():
+            for b, (args, kwargs) in enumerate(self.inputs):
+                if paired:
+                    acc.paused, acc.partner = True, {}
+                    with recording(self.model, readers, acc.partner):
+                        ref_outputs.append(_detach(self.adapter.run_block(block, *self.reference[b])))
+                    acc.paused = False
                 out = _detach(self.adapter.run_block(block, args, kwargs))
+                if paired and acc.partner:
+                    raise RuntimeError(f"{', '.join(acc.partner)} ran in the reference forward but not "
+                                       "in the student's")
                 if keep:
                     outputs.append(out)
-        return stats, (outputs if keep else None)
+        return stats, (outputs if keep else None), ref_outputs
+
+    def _reference_outputs(self, block) -> list:
+        with torch.no_grad():
+            return [_detach(self.adapter.run_block(block, a, k)) for a, k in self.reference]
 
     def tail(self, readers: list[Reader]) -> dict[str, Stats]:
         """Stats of readers that run after the blocks: one full forward of the model per batch."""

@@ -15,8 +15,8 @@ def _batches(model, n=2):
     return [model_inputs(model, seed=i) for i in range(n)]
 
 
-def _direct_gram(model, module_name, batches, output=False):
-    """Σ xᵀx of a module's input (or bias-free output) over full forwards, the slow obvious way."""
+def _direct_rows(model, module_name, batches, output=False):
+    """A module's input (or bias-free output) rows over full forwards, the slow obvious way."""
     rows = []
     mod = model.get_submodule(module_name)
 
@@ -29,15 +29,19 @@ def _direct_gram(model, module_name, batches, output=False):
         for b in batches:
             model(**b)
     h.remove()
-    x = torch.cat(rows)
+    return torch.cat(rows)
+
+
+def _direct_gram(model, module_name, batches, output=False):
+    x = _direct_rows(model, module_name, batches, output)
     return x.T @ x
 
 
-def _block_stats(model, batches, readers_by_block, activations="teacher", on_block=None):
-    cal = BlockCalibration(model, get_adapter(model), batches, activations, progress=False)
+def _block_stats(model, batches, readers_by_block, activations="teacher", on_block=None, **kw):
+    cal = BlockCalibration(model, get_adapter(model), batches, activations, progress=False, **kw)
     cal.capture()
     out = {}
-    for bs in cal.blocks(lambda g, i: readers_by_block.get((g, i), [])):
+    for bs in cal.blocks(lambda g, i: readers_by_block.get((g, i), []), lambda g, i: f"{g}-{i}"):
         out.update(bs.stats)
         if on_block:
             on_block(bs)
@@ -89,20 +93,53 @@ def test_student_activations_differ_from_teacher_after_compression():
     grams = {}
     for mode in ("teacher", "student"):
         model = tiny_pixart()
-        info = next(i for i in get_adapter(model).linears(model) if i.name == name0)
-
-        def squash(bs, model=model, info=info):
-            if bs.index == 0:  # compress block 0's ff output layer hard (rank 2)
-                compress_layer(model, info, bs.stats["ff0"], method="whitened", alpha=0.5,
-                               center=False, gram_is_output=False, choose_rank=lambda d: 2)
-
-        grams[mode] = (_block_stats(model, batches, readers, mode, squash)["q1"].gram, model)
+        grams[mode] = (_block_stats(model, batches, readers, mode, _squash_block0(model, name0))["q1"].gram,
+                       model)
     teacher_direct = _direct_gram(tiny_pixart(), name1, batches)
     student_model = grams["student"][1]
     torch.testing.assert_close(grams["teacher"][0], teacher_direct, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grams["student"][0], _direct_gram(student_model, name1, batches),
                                rtol=1e-6, atol=1e-6)
     assert (grams["student"][0] - teacher_direct).norm() > 1e-3 * teacher_direct.norm()
+
+
+def _squash_block0(model, name):
+    """on_block: compress block 0's layer `name` hard (rank 2) once its stats are in."""
+    info = next(i for i in get_adapter(model).linears(model) if i.name == name)
+
+    def squash(bs):
+        if bs.index == 0:
+            compress_layer(model, info, bs.stats["ff0"], method="whitened", alpha=0.5,
+                           center=False, gram_is_output=False, choose_rank=lambda d: 2)
+    return squash
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_asymmetric_cross_pairs_reference_and_student_rows(tmp_path, cached):
+    """Stats.cross = Σ x_ref x̃ᵀ row by row: x_ref from the model as it was, x̃ from the student
+    (block 0 compressed); equal to the Gram before anything changed upstream. From the cache too."""
+    batches = _batches(tiny_pixart())
+    name0, name1 = "transformer_blocks.0.ff.net.2", "transformer_blocks.1.attn1.to_q"
+    readers = {("blocks", 0): [Reader("ff0", name0)],
+               ("blocks", 1): [Reader("q1", name1), Reader("k2", "transformer_blocks.1.attn2.to_k", dedupe=True)]}
+    runs = 2 if cached else 1
+    for _ in range(runs):  # the second run loads every block's stats from the cache
+        model, cache = tiny_pixart(), StatsCache(tmp_path)
+        stats = _block_stats(model, batches, readers, "student", _squash_block0(model, name0),
+                             asymmetric=True, cache=cache)
+    assert cache.hits == (["blocks-0", "blocks-1"] if cached else [])
+    ref, student = _direct_rows(tiny_pixart(), name1, batches), _direct_rows(model, name1, batches)
+    torch.testing.assert_close(stats["q1"].cross, ref.T @ student, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(stats["q1"].gram, student.T @ student, rtol=1e-6, atol=1e-6)
+    assert (stats["q1"].cross - stats["q1"].gram).norm() > 1e-3 * stats["q1"].gram.norm()
+    torch.testing.assert_close(stats["ff0"].cross, stats["ff0"].gram, rtol=1e-9, atol=1e-9)
+    assert stats["k2"].cross is None  # the caption has no upstream error
+
+
+def test_asymmetric_needs_student_activations():
+    model = tiny_pixart()
+    with pytest.raises(ValueError, match="student"):
+        BlockCalibration(model, get_adapter(model), [], "teacher", asymmetric=True)
 
 
 def test_nan_activation_names_layer_and_block():

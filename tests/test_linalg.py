@@ -337,3 +337,50 @@ def test_kfac_step_errors():
         L.kfac_step(m, g, torch.linalg.inv(a), gram_damping=0.0)
     with pytest.raises(NumericError, match="layer 'x'"):
         L.kfac_step(m * float("nan"), g, torch.linalg.inv(a), name="x")
+
+
+def _asymmetric_case(out_f=12, in_f=10, n=400, seed=0):
+    """Reference inputs X (n, in), student inputs X̃ = X + correlated noise, weight W (out, in)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_f, generator=gen, dtype=torch.float64) @ torch.diag(torch.logspace(0, -2, in_f, dtype=torch.float64))
+    x_s = x + 0.05 * x @ torch.randn(in_f, in_f, generator=gen, dtype=torch.float64)
+    w = torch.randn(out_f, in_f, generator=gen, dtype=torch.float64)
+    return x, x_s, w
+
+
+def test_asymmetric_step_gives_the_least_squares_map():
+    x, x_s, w = _asymmetric_case()
+    step = L.asymmetric_step(w, x_s.T @ x_s, x.T @ x_s, damping=1e-12)
+    lstsq = torch.linalg.lstsq(x_s, x @ w.T).solution.T  # argmin ‖X̃ W′ᵀ − X Wᵀ‖
+    torch.testing.assert_close(w + step, lstsq, rtol=0, atol=1e-6)
+    # no upstream change (C = G): no step
+    g = x.T @ x
+    assert float(L.asymmetric_step(w, g, g).abs().max()) < 1e-12
+
+
+def test_asymmetric_target_lowers_the_fit_to_the_reference_at_every_rank():
+    """Whitened truncation of W + Δ on the student's Gram is the rank-r optimum of ‖X̃ W′ᵀ − X Wᵀ‖
+    (the residual of the least-squares map plus the curve's tail); W's own truncation is not."""
+    x, x_s, w = _asymmetric_case()
+    g = x_s.T @ x_s
+    target = w + L.asymmetric_step(w, g, x.T @ x_s, damping=1e-12)
+    residual = float(((x_s @ target.T - x @ w.T) ** 2).sum())
+    for rank in (2, 5, 8):
+        fits = []
+        for weight in (target, w):
+            f = L.factorize(weight, g, rank)
+            fits.append(float(((x_s @ (f.up @ f.down).T - x @ w.T) ** 2).sum()))
+        optimum = residual + L.optimal_loss(target, g, rank)
+        assert fits[0] == pytest.approx(optimum, rel=1e-6)
+        assert fits[0] < fits[1]
+
+
+def test_asymmetric_step_errors():
+    x, x_s, w = _asymmetric_case()
+    g = x_s.T @ x_s
+    with pytest.raises(ValueError, match="do not fit"):
+        L.asymmetric_step(w, g, g[:-1, :-1])
+    with pytest.raises(ValueError, match="damping"):
+        L.asymmetric_step(w, g, x.T @ x_s, damping=0.0)
+    with pytest.raises(NumericError, match="layer 'x'"):
+        L.asymmetric_step(w * float("nan"), g, x.T @ x_s, name="x")

@@ -14,6 +14,10 @@ With `fisher` (default "all") each target's outputs are weighted by the output F
 the final prediction (svd_fisher): the factorization minimizes tr(F E G Eᵀ), a first-order estimate
 of the prediction error, instead of the layer's own output error. On the toy teachers at 50% kept
 parameters this cut the teacher-relative prediction error 2.1-2.6x against unweighted whitening.
+Targets in blocks without an output Fisher (`fisher: none`, as when block weights stream) are by
+default fitted asymmetrically (`asymmetric: auto`): W + Δ is the least-squares map from the inputs
+the student feeds the layer to the outputs the uncompressed model gives it (a reference stream in
+the calibration, `Stats.cross`), then truncated on the student's Gram.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache, model_digest
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
-from compress.linalg import METHODS, factors_from, normalized_curve
+from compress.linalg import METHODS, asymmetric_step, factors_from, normalized_curve
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
@@ -77,6 +81,10 @@ class SVDConfig:
     fisher_memory_gb: float = 2.0  # float64 Fishers held at once (more targets: more passes)
     fisher_probes: int = 4  # random probes per calibration batch for the output Fisher
     fisher_damping: float = 1e-3  # λ = damping · mean Fisher eigenvalue
+    # fit block targets to the outputs the uncompressed model gives them, from the inputs the student
+    # feeds them (cross term of both streams): true | false | auto (the targets without an output Fisher)
+    asymmetric: bool | str = "auto"
+    asymmetric_damping: float = 1e-2  # λ = damping · mean eigenvalue of the student's input Gram
     progress: bool = True
 
 
@@ -98,6 +106,12 @@ class SVDPass(Pass):
         _one_of("fisher", c.fisher, FISHER)
         _one_of("compensate_toward", c.compensate_toward, ("teacher", "input"))
         _one_of("compensate_search", c.compensate_search, ("walk", "ladder"))
+        if c.asymmetric not in (True, False, "auto"):
+            raise UserError(f"svd.asymmetric must be true, false or auto, got {c.asymmetric!r}")
+        if c.asymmetric is True and (c.method != "whitened" or c.activations != "student"):
+            raise UserError("svd.asymmetric: true needs method: whitened and activations: student")
+        if not c.asymmetric_damping > 0:
+            raise UserError(f"svd.asymmetric_damping must be > 0, got {c.asymmetric_damping}")
         if not 0 < c.ratio <= 1:
             raise UserError(f"svd.ratio must be in (0, 1], got {c.ratio}")
         if not 0 < c.energy <= 1:
@@ -213,15 +227,24 @@ class SVDPass(Pass):
         few = batches[: c.compensate_batches] if c.compensate_batches else batches
         refs = predictions(toward, adapter, few) if compensated else None
 
+        upstream: dict[str, torch.Tensor | None] = {}  # name -> asymmetric step (computed once)
+
         def factorize(info: LinearInfo, stats: Stats, step=None, rank=None) -> dict:
             """rank: None chooses it (fixed, or by the energy rule); "dense" or an int imposes it."""
             choose = self._choose(info, ranks) if rank is None else (
                 lambda dec: None if rank == "dense" else rank)
+            if info.name not in upstream:
+                upstream[info.name] = self._asymmetric_step(model, info, stats)
+            extra = upstream[info.name]
+            if extra is not None:
+                step = extra if step is None else step + extra
             return compress_layer(model, info, stats, method=c.method, alpha=c.alpha,
                                   center=self._center(info), gram_is_output=uses_output_gram(info),
                                   choose_rank=choose, out_root=self.roots.get(info.name), step=step)
 
         def commit(info: LinearInfo, record: dict) -> bool:
+            if upstream.get(info.name) is not None:
+                record = dict(record, asymmetric=True)
             records[info.name] = record
             state.append((info.name, record["rank"], _module_digest(model, info.name)))
             return record["rank"] != "dense"
@@ -258,9 +281,27 @@ class SVDPass(Pass):
                     changed = visit_stage(f"{where} {roles}", stage, prefix) or changed
             return changed
 
+        asymmetric = any(self._asymmetric(i) for i in targets if i.group is not None)
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
-                               c.progress)
+                               c.progress, asymmetric)
         self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_group)
+
+    def _asymmetric(self, info: LinearInfo) -> bool:
+        """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
+        input Gram, student activations; under auto only targets without an output Fisher (with one,
+        the Fisher and compensation already weigh the upstream error by its effect on the prediction,
+        and the layer-wise fit measured worse on both toys)."""
+        c = self.config
+        if c.asymmetric is False or c.method != "whitened" or c.activations != "student" \
+                or uses_output_gram(info):
+            return False
+        return c.asymmetric is True or info.name not in self.roots
+
+    def _asymmetric_step(self, model, info: LinearInfo, stats: Stats) -> torch.Tensor | None:
+        if stats.cross is None or not self._asymmetric(info):
+            return None
+        weight = model.get_submodule(info.name).weight
+        return asymmetric_step(weight, stats.gram, stats.cross, self.config.asymmetric_damping, name=info.name)
 
     def _compensation_roots(self, targets: list[LinearInfo]) -> dict[str, tuple]:
         """name -> (L, L⁻¹) of the targets compensation applies to: whitened, with an output Fisher
@@ -317,7 +358,8 @@ class SVDPass(Pass):
             return _readers([i for i in mine if stats_key(i) not in shared], where=f"{group} block {index}")
 
         def cache_name(group, index):
-            return _digest(group, index, sorted(r.key for r in readers_for(group, index)), state)
+            return _digest(group, index, sorted(r.key for r in readers_for(group, index)), state,
+                           cal.asymmetric)
 
         position = 0  # of the block in execution order
         for bs in cal.blocks(readers_for, cache_name):
@@ -503,4 +545,5 @@ def _summary(records: dict[str, dict], c: SVDConfig) -> dict:
             "kept_ratio": after / before if before else 1.0,
             "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),
             "clamped_grams": sorted(n for n, r in records.items() if r.get("clamped")),
+            "asymmetric": sorted(n for n, r in records.items() if r.get("asymmetric")),
             "max_loss_ratio": max(ratios) if ratios else None}

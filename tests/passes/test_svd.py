@@ -112,6 +112,10 @@ def test_layer_without_saving_stays_dense(tmp_path):
     ({"compensate_search": "bisect"}, "compensate_search must be one of walk, ladder"),
     ({"compensate_toward": "student"}, "compensate_toward must be one of teacher, input"),
     ({"compensate_batches": 1.5}, "compensate_batches must be an integer ≥ 1"),
+    ({"asymmetric": "yes"}, "asymmetric must be true, false or auto"),
+    ({"asymmetric": True, "method": "asvd"}, "asymmetric: true needs method: whitened"),
+    ({"asymmetric": True, "activations": "teacher"}, "activations: student"),
+    ({"asymmetric_damping": 0}, "asymmetric_damping must be > 0"),
 ])
 def test_bad_config_is_user_error(cfg, message):
     model = tiny_flux()
@@ -225,21 +229,41 @@ def test_output_fisher_of_chained_linears_matches_one_at_a_time():
 
 
 def test_fisher_weighting_lowers_the_prediction_error_of_the_toy_teacher(tmp_path):
+    errors = _toy_errors(tmp_path, {"all": dict(fisher="all"), "none": dict(fisher="none", asymmetric=False)})
+    assert errors["all"] < 0.7 * errors["none"], errors
+
+
+def _toy_errors(tmp_path, configs: dict, latents: int = 32) -> dict:
+    """Held-out teacher-relative prediction error of the toy PixArt after the svd pass at 50% with
+    each config (on `latents` training latents x both CFG branches, batches of 64 rows)."""
     from compress.toy.data import model_inputs as toy_inputs
     from compress.toy.evaluate import prediction_error
     from compress.toy.weights import load_toy_teacher
 
     teacher = load_toy_teacher("pixart")
-    batches = [toy_inputs("pixart", 32, seed=1, split="train", cfg=True)]
+    full = toy_inputs("pixart", latents, seed=1, split="train", cfg=True)
+    n = 2 * latents
+    batches = [{k: v[i:i + 64] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
+                for k, v in full.items()} for i in range(0, n, 64)]
     errors = {}
-    for fisher in ("all", "none"):
+    for name, cfg in configs.items():
         student = load_toy_teacher("pixart")
         ctx = RunContext(adapter=get_adapter(student), family="pixart", teacher=teacher,
-                         run_dir=tmp_path / fisher, calibration_inputs=lambda: batches, fingerprint="t")
-        SVDPass(SVDConfig(ratio=0.5, multiple=4, fisher=fisher, progress=False)).run(student, ctx)
+                         run_dir=tmp_path / name, calibration_inputs=lambda: batches, fingerprint="t")
+        SVDPass(SVDConfig(ratio=0.5, multiple=4, progress=False, **cfg)).run(student, ctx)
         assert ctx.report["svd"]["max_loss_ratio"] <= 1.001  # optimal in its own (weighted) metric
-        errors[fisher] = prediction_error(student, teacher, "pixart", n=64)
-    assert errors["all"] < 0.7 * errors["none"], errors
+        errors[name] = prediction_error(student, teacher, "pixart", n=64)
+        errors[name + " asymmetric"] = ctx.report["svd"]["asymmetric"]
+    return errors
+
+
+def test_asymmetric_fit_lowers_the_unweighted_prediction_error_of_the_toy_teacher(tmp_path):
+    """Without an output Fisher (as when block weights stream) the targets fit the uncompressed
+    model's outputs from the student's inputs (auto); with the Fisher, auto leaves them alone."""
+    errors = _toy_errors(tmp_path, {"auto": dict(fisher="none"), "off": dict(fisher="none", asymmetric=False),
+                                    "fisher": dict(fisher="all")}, latents=64)
+    assert len(errors["auto asymmetric"]) > 0 and errors["off asymmetric"] == errors["fisher asymmetric"] == []
+    assert errors["auto"] < 0.95 * errors["off"], errors
 
 
 def test_output_fisher_is_refused_when_blocks_stream(tmp_path):
