@@ -72,6 +72,8 @@ RUNS = {  # name -> svd config (fisher="all", the default, weights outputs by th
     "whitened uniform (no Fisher)": dict(ratio=0.5, multiple=4, fisher="none", asymmetric=False),
     # what runs when block weights stream (no Fisher): targets fit the uncompressed model's outputs
     "whitened uniform (no Fisher, asymmetric)": dict(ratio=0.5, multiple=4, fisher="none"),
+    "whitened uniform (no compensation, asymmetric)": dict(ratio=0.5, multiple=4, compensate=False,
+                                                           asymmetric=True),  # auto leaves Fisher targets alone
     "whitened global (sensitivity)": dict(ratio=0.5, multiple=4, allocation="global"),
     "whitened global (no sensitivity)": dict(ratio=0.5, multiple=4, allocation="global", sensitivity=False),
     "whitened global (no trust region)": dict(ratio=0.5, multiple=4, allocation="global", trust_region=None),
@@ -107,7 +109,9 @@ def summary(family: str, rows: dict) -> list[str]:
              f"(target ≤ 0.1); without compensation {r('whitened uniform (no compensation)', 'svd uniform'):.3f}; "
              f"without the output Fisher (so without compensation) "
              f"{r('whitened uniform (no Fisher)', 'svd uniform'):.3f}; asymmetric (no Fisher) "
-             f"{r('whitened uniform (no Fisher, asymmetric)', 'whitened uniform (no Fisher)'):.3f}x of that",
+             f"{r('whitened uniform (no Fisher, asymmetric)', 'whitened uniform (no Fisher)'):.3f}x of that "
+             f"(with the Fisher, without compensation: "
+             f"{r('whitened uniform (no compensation, asymmetric)', 'whitened uniform (no compensation)'):.3f}x)",
              f"{family}: whitened global/svd uniform at 50% = {r('whitened global (sensitivity)', 'svd uniform'):.3f}",
              f"{family}: global/uniform error ratio at 50% = "
              f"{r('whitened global (sensitivity)', 'whitened uniform'):.3f} (target ≤ 0.8; the loss model predicted "
