@@ -2,7 +2,9 @@
 
 1. every factorized layer: measured whitened loss / optimal loss (max over all layers of all runs);
 2. attention + MLP at 50% kept params: teacher-relative error of the final prediction on held-out
-   inputs, whitened vs plain svd, and global (sensitivity-weighted) vs uniform allocation;
+   inputs, whitened vs plain svd (with and without the output Fisher; with the block-local Fisher and
+   the asymmetric fit that streamed weights allow), and global (sensitivity-weighted) vs uniform
+   allocation;
 3. modulation linears at ≥ 10x fewer params: rise of the final-prediction error, (PixArt) the
    PCA floor no rank-r factorization of its adaLN-single outputs can beat, and the rise on teachers
    whose timestep embedder leaves out its fastest sinusoids.
@@ -74,6 +76,9 @@ RUNS = {  # name -> svd config (fisher="all", the default, weights outputs by th
     "whitened uniform (no Fisher, asymmetric)": dict(ratio=0.5, multiple=4, fisher="none"),
     "whitened uniform (no compensation, asymmetric)": dict(ratio=0.5, multiple=4, compensate=False,
                                                            asymmetric=True),  # auto leaves Fisher targets alone
+    # the best that streamed block weights allow: each block's own output Fisher, asymmetric fit
+    "whitened uniform (block Fisher)": dict(ratio=0.5, multiple=4, fisher="block", asymmetric=False),
+    "whitened uniform (block Fisher, asymmetric)": dict(ratio=0.5, multiple=4, fisher="block"),
     "whitened global (sensitivity)": dict(ratio=0.5, multiple=4, allocation="global"),
     "whitened global (no sensitivity)": dict(ratio=0.5, multiple=4, allocation="global", sensitivity=False),
     "whitened global (no trust region)": dict(ratio=0.5, multiple=4, allocation="global", trust_region=None),
@@ -112,6 +117,9 @@ def summary(family: str, rows: dict) -> list[str]:
              f"{r('whitened uniform (no Fisher, asymmetric)', 'whitened uniform (no Fisher)'):.3f}x of that "
              f"(with the Fisher, without compensation: "
              f"{r('whitened uniform (no compensation, asymmetric)', 'whitened uniform (no compensation)'):.3f}x)",
+             f"{family}: streamable (block Fisher) / no Fisher at 50% = "
+             f"{r('whitened uniform (block Fisher)', 'whitened uniform (no Fisher)'):.3f}; with the asymmetric fit "
+             f"{r('whitened uniform (block Fisher, asymmetric)', 'whitened uniform (no Fisher)'):.3f}",
              f"{family}: whitened global/svd uniform at 50% = {r('whitened global (sensitivity)', 'svd uniform'):.3f}",
              f"{family}: global/uniform error ratio at 50% = "
              f"{r('whitened global (sensitivity)', 'whitened uniform'):.3f} (target ≤ 0.8; the loss model predicted "

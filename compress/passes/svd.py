@@ -14,8 +14,10 @@ With `fisher` (default "all") each target's outputs are weighted by the output F
 the final prediction (svd_fisher): the factorization minimizes tr(F E G Eᵀ), a first-order estimate
 of the prediction error, instead of the layer's own output error. On the toy teachers at 50% kept
 parameters this cut the teacher-relative prediction error 2.1-2.6x against unweighted whitening.
-Targets in blocks without an output Fisher (`fisher: none`, as when block weights stream) are by
-default fitted asymmetrically (`asymmetric: auto`): W + Δ is the least-squares map from the inputs
+Where the whole model's backward is out of reach (block weights streamed), `fisher: block` weights
+each block's targets by the output Fisher of that block alone (svd_fisher.block_fisher).
+Targets in blocks without the prediction's Fisher (`fisher: block` or `none`) are by default
+fitted asymmetrically (`asymmetric: auto`): W + Δ is the least-squares map from the inputs
 the student feeds the layer to the outputs the uncompressed model gives it (a reference stream in
 the calibration, `Stats.cross`), then truncated on the student's Gram.
 """
@@ -41,7 +43,7 @@ from compress.linalg import METHODS, asymmetric_step, factors_from, normalized_c
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
-from compress.passes.svd_fisher import output_fisher, sqrt_pair
+from compress.passes.svd_fisher import block_fisher, output_fisher, sqrt_pair
 from compress.passes.svd_layer import (compress_layer, decompose_layer, layer_math, replace_linear,
                                        swapped_weight, weighted)
 from compress.passes.svd_targets import (check_explicit_ranks, fixed_ranks, is_model_wide, matches,
@@ -49,7 +51,7 @@ from compress.passes.svd_targets import (check_explicit_ranks, fixed_ranks, is_m
 from compress.replay import Prefix
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
-FISHER = ("all", "modulation", "none")
+FISHER = ("all", "block", "modulation", "none")
 LATER = "decided after calibration"
 
 
@@ -77,7 +79,9 @@ class SVDConfig:
     ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
     center: list = field(default_factory=lambda: ["modulation"])  # patterns: centered Gram + bias fold
     modulation_grid: int = 64  # timesteps per calibration batch for modulation Grams (0: own)
-    fisher: str = "all"  # weight outputs by their effect on the prediction: all | modulation | none
+    # weight outputs by their effect on the prediction: all | modulation (those only) | none; or by
+    # their effect on their block's output: block (streamable, no compensation)
+    fisher: str = "all"
     fisher_memory_gb: float = 2.0  # float64 Fishers held at once (more targets: more passes)
     fisher_probes: int = 4  # random probes per calibration batch for the output Fisher
     fisher_damping: float = 1e-3  # λ = damping · mean Fisher eigenvalue
@@ -196,11 +200,11 @@ class SVDPass(Pass):
         """name -> (L, L⁻¹) output weighting of each weighted target (empty when disabled), from the
         output Fisher of the model as the pass finds it, in chunks of at most `fisher_memory_gb`."""
         c = self.config
-        chosen = [i for i in targets
-                  if c.fisher == "all" or (c.fisher == "modulation" and i.role == "modulation")]
+        chosen = [i for i in targets if self._prediction_fisher(i)]
         if chosen and not getattr(self.loader, "resident", True):
             raise UserError("svd.fisher needs the whole model in memory (one forward and backward "
-                            "per probe); with block weights streamed set svd.fisher: none")
+                            "per probe); with block weights streamed set svd.fisher: block (each "
+                            "block's own output Fisher) or none")
         roots = {}
         for names in fisher_chunks(chosen, c.fisher_memory_gb * 2**30):
             fisher = output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0)
@@ -295,7 +299,20 @@ class SVDPass(Pass):
         if c.asymmetric is False or c.method != "whitened" or c.activations != "student" \
                 or uses_output_gram(info):
             return False
-        return c.asymmetric is True or info.name not in self.roots
+        return c.asymmetric is True or not self._prediction_fisher(info)
+
+    def _prediction_fisher(self, info: LinearInfo) -> bool:
+        """Whether a target's outputs are weighted by the output Fisher of the final prediction."""
+        c = self.config
+        return c.fisher == "all" or (c.fisher == "modulation" and info.role == "modulation")
+
+    def _block_roots(self, cal: BlockCalibration, block: nn.Module, infos: list[LinearInfo]) -> None:
+        """fisher: block: (L, L⁻¹) of each target of `block` from its block-local output Fisher on
+        the block's current calibration inputs, in chunks of at most `fisher_memory_gb`."""
+        c = self.config
+        for names in fisher_chunks(infos, c.fisher_memory_gb * 2**30):
+            fisher = block_fisher(cal.model, cal.adapter, block, cal.inputs, names, c.fisher_probes, seed=0)
+            self.roots.update({n: sqrt_pair(f, c.fisher_damping) for n, f in fisher.items()})
 
     def _asymmetric_step(self, model, info: LinearInfo, stats: Stats) -> torch.Tensor | None:
         if stats.cross is None or not self._asymmetric(info):
@@ -311,7 +328,7 @@ class SVDPass(Pass):
         if not (c.compensate and c.method == "whitened"):
             return {}
         return {i.name: self.roots[i.name] for i in targets
-                if i.name in self.roots and not uses_output_gram(i)}
+                if self._prediction_fisher(i) and i.name in self.roots and not uses_output_gram(i)}
 
     def _center(self, info: LinearInfo) -> bool:
         return any(matches(p, info) for p in self.config.center)
@@ -371,6 +388,8 @@ class SVDPass(Pass):
                 if key not in shared and is_model_wide(info):
                     shared[key] = bs.stats[key]
                 pairs.append((info, shared[key] if key in shared else bs.stats[key]))
+            if c.fisher == "block" and pairs:
+                self._block_roots(cal, bs.block, [info for info, _ in pairs])
             visit_all(f"{bs.group} {bs.index}", pairs, position)
             position += 1
         tail = cal.tail(_readers(pending))
@@ -383,6 +402,9 @@ class SVDPass(Pass):
         c = self.config
         curves, factors = {}, {}
         sensitivity = c.sensitivity if c.sensitivity is not None else True
+        if sensitivity and not getattr(self.loader, "resident", True):
+            raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
+                            "with block weights streamed set svd.sensitivity: false")
 
         def visit(info: LinearInfo, stats: Stats) -> bool:
             m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))

@@ -54,14 +54,38 @@ def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[st
     with tapped(model, names) as (_, outputs):
         for batch in batches:
             with torch.enable_grad():
-                pred = adapter.predict(model, batch)
-                ys = [outputs[n] for n in names]
-                for p in range(probes):
-                    v = torch.randn(pred.shape, generator=gen).to(pred.device, pred.dtype)
-                    grads = torch.autograd.grad((pred * v).sum(), ys, retain_graph=p < probes - 1)
-                    for n, g in zip(names, grads):
-                        rows = g.detach().reshape(-1, g.shape[-1]).to(F64)  # (samples, out)
-                        fisher[n] = fisher.get(n, 0) + rows.T @ rows
+                _probe([adapter.predict(model, batch)], names, outputs, probes, gen, fisher)
+    return fisher
+
+
+def _probe(ends: list[torch.Tensor], names: list[str], outputs: dict, probes: int, gen: torch.Generator,
+           fisher: dict[str, torch.Tensor]) -> None:
+    """Add Σ over probes v ~ N(0, I) of gᵀg, g = ∂ Σ<v, end>/∂y, to fisher[name] for each tapped y."""
+    ys = [outputs[n] for n in names]
+    for p in range(probes):
+        total = sum((e * torch.randn(e.shape, generator=gen).to(e.device, e.dtype)).sum() for e in ends)
+        grads = torch.autograd.grad(total, ys, retain_graph=p < probes - 1, allow_unused=True)
+        for n, g in zip(names, grads):
+            if g is None:
+                raise RuntimeError(f"'{n}' does not reach the probed output")
+            rows = g.detach().reshape(-1, g.shape[-1]).to(F64)  # (samples, out)
+            fisher[n] = fisher.get(n, 0) + rows.T @ rows
+
+
+def block_fisher(model: nn.Module, adapter, block: nn.Module, inputs: list, names: list[str],
+                 probes: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """name -> F (out, out) float64 = Σ over samples and probes of gᵀg, g = ∂<v, h>/∂y with h the
+    block's residual-stream outputs (`adapter.hidden_of_output`) and v ~ N(0, I): the output Fisher
+    of the block alone, for linears of `block` run on `inputs` [(args, kwargs)]. Needs only that
+    block's weights, so it works where the whole model's backward does not (streamed weights);
+    it weighs output directions by their effect on the block's output, not on the prediction."""
+    fisher: dict[str, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(seed)
+    with tapped(model, names) as (_, outputs):
+        for args, kwargs in inputs:
+            with torch.enable_grad():
+                ends = adapter.hidden_of_output(adapter.run_block(block, args, kwargs))
+                _probe(ends, names, outputs, probes, gen, fisher)
     return fisher
 
 

@@ -257,6 +257,17 @@ def _toy_errors(tmp_path, configs: dict, latents: int = 32) -> dict:
     return errors
 
 
+def test_block_fisher_and_asymmetric_fit_lower_the_streamable_prediction_error(tmp_path):
+    """What streamed weights allow (no whole-model backward): the block Fisher beats no Fisher,
+    and the asymmetric fit (auto) adds to it."""
+    errors = _toy_errors(tmp_path, {"none": dict(fisher="none", asymmetric=False),
+                                    "block": dict(fisher="block", asymmetric=False),
+                                    "block+auto": dict(fisher="block")}, latents=64)
+    assert len(errors["block+auto asymmetric"]) > 0
+    assert errors["block"] < 0.97 * errors["none"], errors
+    assert errors["block+auto"] < 0.95 * errors["block"], errors
+
+
 def test_asymmetric_fit_lowers_the_unweighted_prediction_error_of_the_toy_teacher(tmp_path):
     """Without an output Fisher (as when block weights stream) the targets fit the uncompressed
     model's outputs from the student's inputs (auto); with the Fisher, auto leaves them alone."""
@@ -266,7 +277,9 @@ def test_asymmetric_fit_lowers_the_unweighted_prediction_error_of_the_toy_teache
     assert errors["auto"] < 0.95 * errors["off"], errors
 
 
-def test_output_fisher_is_refused_when_blocks_stream(tmp_path):
+def test_whole_model_work_is_refused_when_blocks_stream(tmp_path):
+    """The prediction's Fisher and global's sensitivities need whole forwards; the block Fisher
+    does not."""
     from compress.calib import BlockLoader
 
     class Streaming(BlockLoader):
@@ -274,10 +287,40 @@ def test_output_fisher_is_refused_when_blocks_stream(tmp_path):
 
     model = tiny_pixart()
     cfg = dict(multiple=2, modulation_grid=4, progress=False)
-    with pytest.raises(UserError, match="svd.fisher: none"):
+    with pytest.raises(UserError, match="svd.fisher: block .* or none"):
         SVDPass(SVDConfig(**cfg), Streaming()).run(model, _ctx(model, tmp_path))
-    SVDPass(SVDConfig(fisher="none", **cfg), Streaming()).run(model, _ctx(model, tmp_path))
+    with pytest.raises(UserError, match="svd.sensitivity: false"):
+        SVDPass(SVDConfig(fisher="block", allocation="global", **cfg), Streaming()).run(model, _ctx(model, tmp_path))
+    SVDPass(SVDConfig(fisher="block", **cfg), Streaming()).run(model, _ctx(model, tmp_path))
     assert any(isinstance(m, LowRankLinear) for m in model.modules())
+
+
+def test_block_fisher_is_unbiased_for_the_blocks_own_jacobian():
+    """E over probes of Σ_rows gᵀg = Σ_rows J_rᵀ J_r, J_r = ∂(block output)/∂(row r of y)."""
+    from compress.passes.svd_fisher import block_fisher
+
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    cal = BlockCalibration(model, adapter, [model_inputs(model, seed=0)], "teacher", progress=False)
+    cal.capture()
+    block, name = model.transformer_blocks[0], "transformer_blocks.0.attn1.to_v"
+    (args, kwargs), = cal.inputs
+    probes = 3000
+    estimate = block_fisher(model, adapter, block, cal.inputs, [name], probes=probes)[name] / probes
+
+    def out_of(z):  # the block's output with z added to the linear's output
+        handle = model.get_submodule(name).register_forward_hook(lambda m, a, y: y + z)
+        try:
+            return adapter.run_block(block, args, kwargs)
+        finally:
+            handle.remove()
+
+    with torch.no_grad():
+        y_shape = torch.Size([*args[0].shape[:-1], model.get_submodule(name).out_features])
+    jac = torch.autograd.functional.jacobian(out_of, torch.zeros(y_shape)).double()
+    jac = jac.reshape(-1, y_shape.numel() // y_shape[-1], y_shape[-1])  # (outputs, rows, out)
+    exact = torch.einsum("krd,kre->de", jac, jac)  # Σ_r J_rᵀ J_r
+    assert float((estimate - exact).norm() / exact.norm()) < 0.1
 
 
 def test_a_second_svd_pass_adds_to_the_report(tmp_path):
