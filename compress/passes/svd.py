@@ -562,7 +562,7 @@ def _summary(records: dict[str, dict], c: SVDConfig) -> dict:
     before = sum(r["params_dense"] for r in records.values())
     after = sum(r["kept_params"] for r in records.values())
     ratios = [r["loss_ratio"] for r in records.values() if "loss_ratio" in r]
-    return {"method": c.method, "allocation": c.allocation, "activations": c.activations,
+    return {"method": c.method, "allocation": c.allocation, "activations": c.activations, "fisher": c.fisher,
             "params_before": before, "params_after": after,
             "kept_ratio": after / before if before else 1.0,
             "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),

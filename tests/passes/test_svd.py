@@ -254,6 +254,7 @@ def _toy_errors(tmp_path, configs: dict, latents: int = 32) -> dict:
         assert ctx.report["svd"]["max_loss_ratio"] <= 1.001  # optimal in its own (weighted) metric
         errors[name] = prediction_error(student, teacher, "pixart", n=64)
         errors[name + " asymmetric"] = ctx.report["svd"]["asymmetric"]
+        assert ctx.report["svd"]["fisher"] == cfg.get("fisher", "all")
     return errors
 
 
