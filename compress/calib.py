@@ -163,7 +163,7 @@ class _Accumulator:
                 if r.key not in self.partner:
                     raise RuntimeError(f"'{r.module}' ran in the student's forward of {r.where} more "
                                        "often than in the reference's")
-                self.stats[r.key].add_cross(self.partner.pop(r.key), rows)
+                self.stats[r.key].add_cross(_rows(self.partner.pop(r.key)), rows)
             if self.on_fire:
                 self.on_fire(r)
         return hook
@@ -199,10 +199,11 @@ def pairs(r: Reader) -> bool:
 
 @contextlib.contextmanager
 def recording(root: nn.Module, readers: list[Reader], into: dict[str, torch.Tensor]):
-    """Pre-hooks storing the input rows (float64) of each pairing reader under its key."""
+    """Pre-hooks storing the input of each pairing reader under its key (in its own dtype: float64
+    rows only when paired)."""
     def hook(key):
         def record(mod, args):
-            into[key] = _rows(args[0])
+            into[key] = args[0].detach()
         return record
 
     handles = [root.get_submodule(r.module).register_forward_pre_hook(hook(r.key))

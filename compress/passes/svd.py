@@ -86,7 +86,7 @@ class SVDConfig:
     fisher_probes: int = 4  # random probes per calibration batch for the output Fisher
     fisher_damping: float = 1e-3  # λ = damping · mean Fisher eigenvalue
     # fit block targets to the outputs the uncompressed model gives them, from the inputs the student
-    # feeds them (cross term of both streams): true | false | auto (the targets without an output Fisher)
+    # feeds them (cross term of both streams): true | false | auto (targets without the prediction's Fisher)
     asymmetric: bool | str = "auto"
     asymmetric_damping: float = 1e-2  # λ = damping · mean eigenvalue of the student's input Gram
     progress: bool = True
@@ -292,9 +292,9 @@ class SVDPass(Pass):
 
     def _asymmetric(self, info: LinearInfo) -> bool:
         """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
-        input Gram, student activations; under auto only targets without an output Fisher (with one,
-        the Fisher and compensation already weigh the upstream error by its effect on the prediction,
-        and the layer-wise fit measured worse on both toys)."""
+        input Gram, student activations; under auto only targets without the prediction's Fisher
+        (with it, the Fisher and compensation already weigh the upstream error by its effect on the
+        prediction, and the layer-wise fit measured worse on both toys)."""
         c = self.config
         if c.asymmetric is False or c.method != "whitened" or c.activations != "student" \
                 or uses_output_gram(info):
@@ -318,7 +318,8 @@ class SVDPass(Pass):
         if stats.cross is None or not self._asymmetric(info):
             return None
         weight = model.get_submodule(info.name).weight
-        return asymmetric_step(weight, stats.gram, stats.cross, self.config.asymmetric_damping, name=info.name)
+        return asymmetric_step(weight, stats.gram, stats.cross, self.config.asymmetric_damping,
+                               name=info.name)
 
     def _compensation_roots(self, targets: list[LinearInfo]) -> dict[str, tuple]:
         """name -> (L, L⁻¹) of the targets compensation applies to: whitened, with an output Fisher
