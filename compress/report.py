@@ -51,9 +51,10 @@ def _block_label(info) -> str:
 
 def layer_table(rows: list[dict], title: str = "layers") -> Table:
     table = Table(title=title, show_lines=False)
-    for col, just in (("layer", "left"), ("role", "left"), ("shape", "right"), ("rank", "right"),
-                      ("kept", "right"), ("energy", "right"), ("loss/opt", "right")):
-        table.add_column(col, justify=just)
+    table.add_column("layer", overflow="fold")  # a narrow terminal wraps the name, never cuts it
+    for col, just in (("role", "left"), ("shape", "right"), ("rank", "right"), ("kept", "right"),
+                      ("energy", "right"), ("loss/opt", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
     for r in rows:
         table.add_row(r["name"], r["role"], "×".join(map(str, r["shape"])),
                       str(r["rank"]) if r["rank"] else "dense", f"{r['kept']:.0%}",
