@@ -13,7 +13,7 @@ from rich.table import Table
 
 from compress.errors import UserError
 from compress.inputs import moved
-from compress.io import load_teacher, load_transformer
+from compress.io import cast, load_teacher, load_transformer
 from compress.report import console, param_count, read_report
 
 
@@ -80,8 +80,8 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         raise UserError(f"{out}/report.json names no teacher; pass --teacher")
     dev = _device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    student = load_transformer(out).to(dev, dtype)
-    ref = load_teacher(source).to(dev, dtype).eval()
+    student = cast(load_transformer(out), dev, dtype)
+    ref = cast(load_teacher(source), dev, dtype).eval()
     from compress.arch import get_adapter
 
     kwargs = moved(step_inputs(ref, get_adapter(ref).family, source, batch), dev, dtype)

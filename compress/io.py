@@ -56,6 +56,14 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | 
     return _load_hub(source, dtype)
 
 
+def cast(model: nn.Module, *args) -> nn.Module:
+    """model.to(*args) without diffusers' warning about float32-kept modules when the class keeps
+    none (PixArt and Flux declare an empty list, and diffusers 0.42 warns on any dtype cast then)."""
+    if getattr(model, "_keep_in_fp32_modules", None):
+        return model.to(*args)  # a real list: let diffusers say it
+    return nn.Module.to(model, *args)
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -160,7 +168,7 @@ def load_single_file(path: Path, dtype=torch.float32, config: str | None = None,
     if missing or unexpected:
         raise UserError(f"{path} does not match the config in {cfg_dir}: missing "
                         f"{missing[:3]}, unexpected {unexpected[:3]}")
-    return model.to(dtype).eval()
+    return cast(model, dtype).eval()
 
 
 def _config_dir(path: Path, config: str | None) -> Path:
@@ -268,7 +276,7 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         raise UserError(f"{out / WEIGHTS} does not match its config.json: {_one_line(e)}") from None
     fuse_gelu(model)  # the FFN's tanh-GELU runs inside the factorized layer (kernel epilogue)
     if dtype is not None:
-        model = model.to(dtype)
+        model = cast(model, dtype)
     return model.to(device or "cpu").eval()
 
 

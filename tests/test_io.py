@@ -171,3 +171,11 @@ def test_load_pipeline_with_toy_base(tmp_path):
     images = pipe("a handwritten 3", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                   output_type="pt").images
     assert images.shape[0] == 1 and torch.isfinite(images).all()
+
+
+def test_cast_changes_the_dtype_without_diffusers_empty_fp32_warning(capfd):
+    from compress.io import cast
+
+    model = cast(tiny_pixart(), torch.float16)
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    assert "kept in float32" not in capfd.readouterr().err

@@ -37,6 +37,7 @@ from compress.distill_utils import (TRAIN_MODES, BlockOutputs, OutputCapture, St
                                     output_loss, resolve_block_map, select_trainable, warmup_cosine,
                                     write_curves)
 from compress.errors import UserError
+from compress.io import cast
 from compress.passes.base import Pass, RunContext
 
 TERMS = ("loss", "task", "out", "feat")
@@ -334,8 +335,8 @@ def _numeric(step, task, out, feat):
 
 
 def _cast(model, dtype):
-    """model.to(dtype) only when needed (diffusers warns on every dtype cast)."""
-    return model if next(model.parameters()).dtype == dtype else model.to(dtype)
+    """model.to(dtype) only when needed."""
+    return model if next(model.parameters()).dtype == dtype else cast(model, dtype)
 
 
 def _to_device(value, device):

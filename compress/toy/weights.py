@@ -76,7 +76,9 @@ def load_toy_teacher(family: str, dtype: torch.dtype = torch.float32, weights_di
         raise UserError(f"toy config file is invalid: {folder / f'{family}.json'} ({exc})") from None
     _load_into(model, state, path)
     if dtype != torch.float32:
-        model = model.to(dtype)
+        from compress.io import cast
+
+        model = cast(model, dtype)
     return model.eval().requires_grad_(False)
 
 
