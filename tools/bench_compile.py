@@ -1,9 +1,10 @@
 """Memory does not grow with depth: compress full-width Flux-shaped checkpoints block by block.
 
 Two random-init Flux models at full width (hidden 3072 = 24 heads x 128), saved as bf16 safetensors
-(one shard per block), are compressed by the svd pass with block weights loaded just in time from
-the shards (model built on the meta device; a block is materialized with `safe_open`, calibrated,
-factorized, written out and sent back to meta). Each stage runs in a fresh process; the compress
+(one shard per block, with the `.index.json` that `save_pretrained` writes), are compressed by the
+svd pass with block weights loaded just in time from the shards by `compress.stream` (model built on
+the meta device; a block is materialized with `safe_open`, calibrated, factorized, written out and
+sent back to meta). Each stage runs in a fresh process; the compress
 process reports its peak resident memory (ru_maxrss).
 
     python tools/bench_compile.py                      # 2 double + 4 single, then 4 double + 8 single
@@ -64,10 +65,13 @@ def make(ckpt: Path, config: dict) -> None:
     """Random bf16 weights, written one shard at a time (never the whole model in memory)."""
     from safetensors.torch import save_file
 
+    from compress.stream import INDEX
+
     ckpt.mkdir(parents=True, exist_ok=True)
-    (ckpt / "config.json").write_text(json.dumps(config))
+    (ckpt / "config.json").write_text(json.dumps(dict(config, _class_name="FluxTransformer2DModel")))
     model = _empty_model(config)
     gen = torch.Generator().manual_seed(0)
+    weight_map = {}
     for shard, prefix, module in _shards(model):
         names = [n for n, _ in module.named_parameters()]
         if shard == "top":
@@ -79,42 +83,11 @@ def make(ckpt: Path, config: dict) -> None:
                 torch.ones(shape) if "norm" in name else torch.zeros(shape))
             tensors[prefix + name] = t.to(torch.bfloat16)
         save_file(tensors, str(ckpt / f"{shard}.safetensors"))
+        weight_map.update(dict.fromkeys(tensors, f"{shard}.safetensors"))
+    (ckpt / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))  # as save_pretrained
 
 
 # ----------------------------------------------------------------------------- stage: compress
-
-
-class ShardLoader:
-    """BlockLoader over per-block safetensors shards; `release` writes the compressed block."""
-
-    resident = False  # blocks stream: no whole-model forward/backward
-
-    def __init__(self, model, ckpt: Path, out: Path):
-        self.model, self.ckpt, self.out = model, ckpt, out
-
-    def _load(self, shard: str) -> None:
-        from accelerate.utils import set_module_tensor_to_device
-        from safetensors import safe_open
-
-        with safe_open(str(self.ckpt / f"{shard}.safetensors"), framework="pt") as f:
-            for key in f.keys():
-                set_module_tensor_to_device(self.model, key, "cpu", value=f.get_tensor(key))
-
-    def load_top(self) -> None:
-        self._load("top")
-
-    def materialize(self, group, index, block) -> None:
-        self._load(f"{group}-{index}")
-
-    def release(self, group, index, block) -> None:
-        from safetensors.torch import save_file
-
-        from compress.arch import get_adapter
-
-        prefix = get_adapter(self.model).block_prefix(group, index)
-        state = {prefix + k: v.detach().contiguous() for k, v in block.state_dict().items()}
-        save_file(state, str(self.out / f"{group}-{index}.safetensors"))
-        block.to("meta")  # free the block's memory
 
 
 def calibration_batches(config: dict, n_img: int = 16, n_txt: int = 8) -> list[dict]:
@@ -140,10 +113,11 @@ def compress(ckpt: Path, out: Path, targets: list[str]) -> dict:
     from compress.passes.svd import SVDConfig, SVDPass
 
     times, start = {}, time.perf_counter()
+    from compress.stream import CheckpointBlocks, empty_transformer
+
     config = json.loads((ckpt / "config.json").read_text())
-    model = _empty_model(config)
-    out.mkdir(parents=True, exist_ok=True)
-    loader = ShardLoader(model, ckpt, out)
+    model = empty_transformer(ckpt, torch.bfloat16)
+    loader = CheckpointBlocks(model, ckpt, spill=out)  # compressed blocks land in out/
     loader.load_top()
     times["setup (meta model, top-level weights)"] = time.perf_counter() - start
     adapter = get_adapter(model)
