@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.io import WEIGHTS, cast, model_class, read_json
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = WEIGHTS + ".index.json"
 
 
@@ -48,8 +48,6 @@ def weight_map(folder: Path) -> dict[str, Path]:
 def empty_transformer(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The transformer of folder/config.json on the meta device, parameters in `dtype`."""
     from accelerate import init_empty_weights
-
-    from compress.io import cast, model_class, read_json
 
     config = read_json(Path(folder) / "config.json")
     cls = model_class(config.get("_class_name", "<missing _class_name>"))

@@ -35,14 +35,6 @@ FULL_WIDTH = dict(patch_size=1, in_channels=64, attention_head_dim=128, num_atte
 DEFAULT_TARGETS = [r"x_embedder", r"re:time_text_embed\..*\.linear_1$"]
 
 
-def _empty_model(config: dict):
-    from accelerate import init_empty_weights
-    from diffusers import FluxTransformer2DModel
-
-    with init_empty_weights():
-        return FluxTransformer2DModel.from_config(config).to(torch.bfloat16)
-
-
 def _shards(model):
     """(shard name, module prefix, module): the top level, then one shard per block."""
     from compress.arch import get_adapter
@@ -65,11 +57,11 @@ def make(ckpt: Path, config: dict) -> None:
     """Random bf16 weights, written one shard at a time (never the whole model in memory)."""
     from safetensors.torch import save_file
 
-    from compress.stream import INDEX
+    from compress.stream import INDEX, empty_transformer
 
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps(dict(config, _class_name="FluxTransformer2DModel")))
-    model = _empty_model(config)
+    model = empty_transformer(ckpt, torch.bfloat16)  # shapes only
     gen = torch.Generator().manual_seed(0)
     weight_map = {}
     for shard, prefix, module in _shards(model):
