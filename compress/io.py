@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from compress.fuse import fuse_gelu
 from compress.lowrank import LowRankLinear
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+INDEX = WEIGHTS + ".index.json"  # sharded checkpoints (save_pretrained's layout)
 FORMAT = 1
 SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -201,30 +203,51 @@ def student_config(model: nn.Module, extra: dict | None = None) -> dict:
 def save_compressed(model: nn.Module, out, dtype: torch.dtype | None = None, extra: dict | None = None,
                     files: dict[str, str] | None = None, overwrite: bool = False) -> Path:
     """Write the output folder atomically (temp folder + rename). `files`: extra text files."""
+    with atomic_folder(out, overwrite) as tmp:
+        config = compressed_config(model, extra, dtype)
+        sd = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().contiguous()
+              for k, v in model.state_dict().items()}
+        save_file(sd, str(tmp / WEIGHTS), metadata=header_metadata(config))
+        canonical_header(tmp / WEIGHTS)
+        write_texts(tmp, config, files)
+    return Path(out)
+
+
+def compressed_config(model: nn.Module, extra: dict | None, dtype: torch.dtype | None) -> dict:
+    config = student_config(model, extra)
+    if dtype is not None:
+        config["compression"]["dtype"] = str(dtype).removeprefix("torch.")
+    return config
+
+
+def header_metadata(config: dict) -> dict[str, str]:
+    """The safetensors header metadata of every weight file: the compression section."""
+    return {"format": "pt", "compression": json.dumps(config["compression"], sort_keys=True)}
+
+
+def write_texts(folder: Path, config: dict, files: dict[str, str] | None) -> None:
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+
+
+@contextmanager
+def atomic_folder(out, overwrite: bool = False):
+    """Yields a temp folder beside `out` that replaces it on success and vanishes on any error or
+    interrupt, so `out` is never half-written."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        config = student_config(model, extra)
-        if dtype is not None:
-            config["compression"]["dtype"] = str(dtype).removeprefix("torch.")
-        sd = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().contiguous()
-              for k, v in model.state_dict().items()}
-        meta = {"format": "pt", "compression": json.dumps(config["compression"], sort_keys=True)}
-        save_file(sd, str(tmp / WEIGHTS), metadata=meta)
-        canonical_header(tmp / WEIGHTS)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for name, text in (files or {}).items():
-            (tmp / name).write_text(text)
+        yield tmp
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def canonical_header(path: Path) -> None:
@@ -254,26 +277,52 @@ def check_safetensors_dir(path: Path) -> None:
                             "it may be truncated or corrupted") from None
 
 
-def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None) -> nn.Module:
-    """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
-    model that was saved (same dtype unless `dtype` is given)."""
+def weight_files(out: Path) -> list[Path]:
+    """The weight files of an output folder: one file, or the shards its index lists."""
+    if (out / INDEX).is_file():
+        shards = sorted(set(read_json(out / INDEX).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (out / s).is_file()]
+        if missing or not shards:
+            raise UserError(f"{out / INDEX} lists missing shards: {', '.join(missing[:3]) or 'none listed'}")
+        return [out / s for s in shards]
+    if (out / WEIGHTS).is_file():
+        return [out / WEIGHTS]
+    raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS} "
+                    f"or {INDEX})")
+
+
+def empty_compressed(out) -> nn.Module:
+    """The model of an output folder on the meta device: the diffusers class with LowRankLinear
+    (down, up) at every rank of its compression section; no weights."""
     out = Path(out)
-    if not (out / "config.json").is_file() or not (out / WEIGHTS).is_file():
+    if not (out / "config.json").is_file():
         raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS})")
     config = read_json(out / "config.json")
     compression = config.pop("compression", {"ranks": {}})
     cls = model_class(config.get("_class_name", "<missing _class_name>"))
-    sd = read_state_dict(out / WEIGHTS)
     from accelerate import init_empty_weights
 
     with init_empty_weights():
         model = cls.from_config(config)
         for name, rank in compression.get("ranks", {}).items():
             _swap_lowrank(model, name, rank)
+    return model
+
+
+def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None) -> nn.Module:
+    """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
+    model that was saved (same dtype unless `dtype` is given). One weight file or index shards."""
+    out = Path(out)
+    files = weight_files(out)
+    model = empty_compressed(out)
+    sd = {}
+    for f in files:
+        sd.update(read_state_dict(f))
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
-        raise UserError(f"{out / WEIGHTS} does not match its config.json: {_one_line(e)}") from None
+        raise UserError(f"{files[0] if len(files) == 1 else out} does not match its config.json: "
+                        f"{_one_line(e)}") from None
     fuse_gelu(model)  # the FFN's tanh-GELU runs inside the factorized layer (kernel epilogue)
     if dtype is not None:
         model = cast(model, dtype)

@@ -65,6 +65,9 @@ class Recipe:
     version: int = 1
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    # read block weights just in time from the teacher checkpoint (one block resident: models bigger
+    # than memory); svd passes without whole-model work only
+    stream: bool = False
     path: str = "<recipe>"
     raw: dict = field(default_factory=dict)  # the resolved plain data (written to the output)
 
@@ -261,7 +264,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
             raise UserError(f"--set {item}: expected KEY.PATH=VALUE")
         set_override(root, key.strip(), value, path)
     top = {k.value: (k, v) for k, v in root.value}
-    known = ("version", "model", "teacher", "calibration", "export", "passes")
+    known = ("version", "model", "teacher", "stream", "calibration", "export", "passes")
     for key, (k, _) in top.items():
         if key not in known:
             raise _Loc(path, k).err(f"unknown key '{key}'{_did_you_mean(key, known)}")
@@ -271,7 +274,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     if not isinstance(passes_node, yaml.SequenceNode) or not passes_node.value:
         raise _Loc(path, passes_node).err("'passes' must be a non-empty list")
     specs = [_pass_spec(n, path, i) for i, n in enumerate(passes_node.value)]
-    hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str}
+    hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str, "stream": bool}
     values = {}
     for k, v in root.value:
         if k.value == "passes":
@@ -305,7 +308,7 @@ def to_plain(recipe: Recipe) -> dict:
     """The resolved recipe as plain data (every default filled in), for the output folder."""
     return {
         "version": recipe.version, "model": recipe.model, "teacher": recipe.teacher,
-        "calibration": dataclasses.asdict(recipe.calibration),
+        "stream": recipe.stream, "calibration": dataclasses.asdict(recipe.calibration),
         "passes": [{p.name: dataclasses.asdict(p.config)} for p in recipe.passes],
         "export": dataclasses.asdict(recipe.export),
     }

@@ -6,7 +6,6 @@ output folder (written last, atomically): the DESIGN.md layout.
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -24,11 +23,12 @@ import compress
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
 from compress.inputs import input_source
-from compress.io import load_teacher, load_transformer, save_compressed
+from compress.io import load_teacher
 from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
+from compress.runner_stream import check_streaming, models_for
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,9 +50,12 @@ def check_pass(p, spec, model, adapter, path: str) -> None:
         raise UserError(f"{path}:{spec.line}: {e}") from None
 
 
-def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None):
+def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None,
+                         models=None):
+    """(source, frozen teacher); `models` (runner_stream) may hold it streamed."""
     source = teacher or recipe.teacher
-    model = load_teacher(source, config=config, family=recipe.model)
+    load = functools.partial(load_teacher, source, config=config, family=recipe.model)
+    model = models.teacher(source, load) if models is not None else load()
     family = get_adapter(model).family
     if family != recipe.model:
         raise UserError(f"{recipe.path}: model is '{recipe.model}' but the teacher {source} is a "
@@ -61,21 +64,21 @@ def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str
 
 
 def check_finite(model: torch.nn.Module, what: str = "teacher") -> None:
-    """NaN/Inf in weights is an error naming the parameter (and so the layer and block)."""
+    """NaN/Inf in weights is an error naming the parameter (and so the layer and block).
+    Streamed blocks (on meta) are checked as they are read (CheckpointBlocks.read)."""
     for name, p in model.named_parameters():
+        if p.device.type == "meta":
+            continue
         if not torch.isfinite(p).all():
             bad = (~torch.isfinite(p)).sum().item()
             raise NumericError(f"{what} weight {name} has {bad} NaN/Inf values")
 
 
-def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe) -> str:
+def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe, models) -> str:
     """Teacher identity (source + a checksum of its weights) + calibration config + code version."""
     h = hashlib.sha256(f"{source}|{compress.__version__}|".encode())
     h.update(json.dumps(asdict(recipe.calibration), sort_keys=True).encode())
-    for name, p in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().flatten()[:4096].double().sum().item().hex().encode())
-        h.update(str(tuple(p.shape)).encode())
+    models.fingerprint(teacher, h)
     return h.hexdigest()[:16]
 
 
@@ -102,18 +105,21 @@ class Runner:
         self.recipe, self.out, self.run_dir = recipe, Path(out), Path(run_dir)
         self.teacher_arg, self.teacher_config = teacher, teacher_config
         self.resume, self.overwrite = resume, overwrite
+        self.models = models_for(recipe.stream, self.run_dir)  # resident or streamed weights
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
         if self.out.exists() and not self.overwrite:
             raise UserError(f"output folder {self.out} exists; pass --overwrite to replace it")
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg,
-                                                         self.teacher_config)
+                                                         self.teacher_config, self.models)
         check_finite(self.teacher)
         self.adapter = get_adapter(self.teacher)
         self.passes = build_passes(self.recipe)
         for spec, p in zip(self.recipe.passes, self.passes):  # every config error before compute
             check_pass(p, spec, self.teacher, self.adapter, self.recipe.path)
+        if self.recipe.stream:
+            check_streaming(self.passes, self.recipe.passes, self.recipe.path)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
@@ -123,10 +129,19 @@ class Runner:
             run_dir=self.run_dir, seed=self.recipe.calibration.seed,
             device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),  # distill trains there
             # computed on first use, once (pipeline calibration samples the teacher: minutes)
-            calibration_inputs=functools.cache(src.calibration), eval_inputs=functools.cache(src.heldout),
+            calibration_inputs=functools.cache(self._teacher_forwards(src.calibration)),
+            eval_inputs=functools.cache(self._teacher_forwards(src.heldout)),
             train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
             calibration=self.recipe.calibration,
-            fingerprint=fingerprint(self.source, self.teacher, self.recipe), resume=self.resume)
+            fingerprint=fingerprint(self.source, self.teacher, self.recipe, self.models),
+            resume=self.resume)
+
+    def _teacher_forwards(self, make):
+        """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""
+        def run():
+            with self.models.forwards(self.teacher):
+                return make()
+        return run
 
     # -- stages -----------------------------------------------------------------------------------
     def _stage_dir(self, i: int) -> Path:
@@ -137,7 +152,7 @@ class Runner:
         stages = self.run_dir / "stages"
         if not self.resume:
             shutil.rmtree(stages, ignore_errors=True)
-            return 0, copy.deepcopy(self.teacher)
+            return 0, self.models.fresh_student(self.teacher)
         for i in reversed(range(len(self.passes))):
             d = self._stage_dir(i)
             if (d / "state.json").is_file():
@@ -147,14 +162,14 @@ class Runner:
                                     "written; rerun without --resume")
                 self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
                 console.print(f"[bold]resuming[/] after pass {i} ({self.recipe.passes[i].name})")
-                return i + 1, load_transformer(d)
-        return 0, copy.deepcopy(self.teacher)
+                return i + 1, self.models.restore(d)
+        return 0, self.models.fresh_student(self.teacher)
 
     def _save_stage(self, i: int, student):
         if not is_main_process():
             return
         d = self._stage_dir(i)
-        save_compressed(student, d, overwrite=True)
+        self.models.save(student, d, overwrite=True)
         state = {"recipe": self.recipe.raw, "report": self.ctx.report, "block_map": self.ctx.block_map}
         tmp = d / "state.json.tmp"
         tmp.write_text(json.dumps(state, default=str))
@@ -164,15 +179,18 @@ class Runner:
     def run(self) -> Path:
         self.prepare()
         start, student = self._restore()
+        self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
         heldout = self.ctx.eval_inputs()
-        reference = predictions(self.teacher, self.adapter, heldout)
+        with self.models.forwards(self.teacher):
+            reference = predictions(self.teacher, self.adapter, heldout)
         teacher_params = param_count(self.teacher)
         with sigterm_as_interrupt():
             for i in range(start, len(self.passes)):
                 p, t0 = self.passes[i], time.perf_counter()
                 console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
                 student = p.run(student, self.ctx)
-                err = relative_error(student, reference, self.adapter, heldout)
+                with self.models.forwards(student):
+                    err = relative_error(student, reference, self.adapter, heldout)
                 self.ctx.report.setdefault("stages", []).append(
                     {"pass": p.name, "seconds": round(time.perf_counter() - t0, 3),
                      "params": param_count(student), "relative_error": err})
@@ -192,8 +210,8 @@ class Runner:
         if self.ctx.block_map is not None:
             files["block_map.json"] = json.dumps(self.ctx.block_map, indent=2) + "\n"
         extra = {"teacher": self.source, "block_map": self.ctx.block_map}
-        out = save_compressed(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
-                              extra=extra, files=files, overwrite=self.overwrite)
+        out = self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
+                               extra=extra, files=files, overwrite=self.overwrite)
         console.print(f"[bold green]wrote[/] {out}  ({report['student_params']:,} params, "
                       f"{report['student_params'] / teacher_params:.1%} of the teacher)")
         return out

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from compress.arch.base import Adapter
+from compress.errors import UserError
 from compress.replay import Prefix, replaying
 
 
@@ -62,6 +63,9 @@ class RunContext:
     report: dict = field(default_factory=dict)  # pass name -> JSON-able record
     block_map: dict[str, list[int]] | None = None  # student block -> teacher block, per group
     resume: bool = False
+    # block weights read just in time (recipe `stream: true`): passes that stream use it; None:
+    # the student is resident
+    blocks: Any = None
 
 
 class Pass:
@@ -75,6 +79,12 @@ class Pass:
 
     def check(self, model: nn.Module, adapter: Adapter) -> None:
         """Validate the config against the model before any compute; raise UserError."""
+
+    def check_streaming(self) -> None:
+        """Whether this config runs with block weights streamed (recipe `stream: true`, where
+        only one block is resident); raise UserError naming what needs the whole model."""
+        raise UserError(f"the {self.name} pass needs the whole model in memory; with stream: true "
+                        "a recipe may hold only svd passes")
 
     def plan(self, model: nn.Module, adapter: Adapter) -> dict:
         """A dry-run description (for `dit-compress plan`): what would change, without compute."""

@@ -143,6 +143,18 @@ class SVDPass(Pass):
         if c.allocation == "global":
             _check_global_budget(targets, c)
 
+    def check_streaming(self) -> None:
+        """Block weights streamed: everything but whole-model forwards (the prediction's Fisher,
+        and with it compensation; global's measured sensitivities)."""
+        c = self.config
+        if c.fisher in ("all", "modulation"):
+            raise UserError(f"svd.fisher: {c.fisher} needs the whole model in memory (one forward and "
+                            "backward per probe); with stream: true set svd.fisher: block (each "
+                            "block's own output Fisher) or none")
+        if c.allocation == "global" and c.sensitivity is not False:
+            raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
+                            "with stream: true set svd.sensitivity: false")
+
     def plan(self, model: nn.Module, adapter: Adapter) -> dict:
         c = self.config
         targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
@@ -173,6 +185,8 @@ class SVDPass(Pass):
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         c = self.config
         self.check(model, ctx.adapter)
+        if ctx.blocks is not None:  # the runner streams block weights
+            self.loader = ctx.blocks
         if ctx.calibration_inputs is None:
             raise UserError("the svd pass needs calibration inputs (a calibration section in the recipe)")
         targets = resolve_targets(ctx.adapter.linears(model), c.targets, c.ignore)

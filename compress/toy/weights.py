@@ -82,6 +82,17 @@ def load_toy_teacher(family: str, dtype: torch.dtype = torch.float32, weights_di
     return model.eval().requires_grad_(False)
 
 
+def toy_files(family: str, weights_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(config json, fp32 safetensors) of a shipped toy teacher, for streaming it block by block."""
+    _model_class(family)  # a UserError for an unknown family
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    config, weights = folder / f"{family}.json", folder / f"{family}.safetensors"
+    for path in (config, weights):
+        if not path.is_file():
+            raise UserError(f"toy file missing: {path} (reinstall dit-compress)")
+    return config, weights
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_text_encoder(path: Path) -> ToyTextEncoder:
     encoder = ToyTextEncoder()

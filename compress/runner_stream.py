@@ -1,0 +1,125 @@
+"""How the runner holds the teacher and the student: resident (the whole model in memory) or
+streamed (recipe `stream: true`: block weights read just in time from the teacher checkpoint,
+one block resident; for models bigger than memory).
+
+Both give the runner the same five things: the teacher, a fresh student, a student restored from a
+stage folder, a context for whole-model forwards (held-out predictions, pipeline sampling) and a
+writer of stage and output folders. Streamed, the student's blocks live in `run_dir/stream/` as
+the passes leave them, and folders are written as index shards, one block each (`save_streamed`).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from torch import nn
+
+from compress.errors import UserError
+from compress.io import empty_compressed, load_transformer, save_compressed
+from compress.stream import CheckpointBlocks, checkpoint_of, empty_transformer, save_streamed, weight_map
+
+
+class ResidentModels:
+    """The whole teacher and student in memory."""
+
+    blocks = None  # passes use their resident default
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def teacher(self, source: str, load) -> nn.Module:
+        return load()
+
+    def fresh_student(self, teacher: nn.Module) -> nn.Module:
+        return copy.deepcopy(teacher)
+
+    def restore(self, folder: Path) -> nn.Module:
+        return load_transformer(folder)
+
+    def forwards(self, model: nn.Module):
+        return nullcontext(model)
+
+    def save(self, student: nn.Module, folder: Path, **kw) -> Path:
+        return save_compressed(student, folder, **kw)
+
+    def fingerprint(self, teacher: nn.Module, h) -> None:
+        """Adds the teacher's weights (a checksum of each tensor's first values) to hash h."""
+        for name, p in sorted(teacher.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().flatten()[:4096].double().sum().item().hex().encode())
+            h.update(str(tuple(p.shape)).encode())
+
+
+class StreamedModels:
+    """Teacher and student on the meta device but for their top level; each block is read from
+    its checkpoint file when it runs (`CheckpointBlocks`). The student's compressed blocks are
+    spilled to run_dir/stream/."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.loaders: dict[int, CheckpointBlocks] = {}  # id(model) -> its loader
+        self.files: dict[str, Path] = {}
+
+    @property
+    def blocks(self) -> CheckpointBlocks | None:
+        return self.loaders.get(id(self.student)) if hasattr(self, "student") else None
+
+    def teacher(self, source: str, load) -> nn.Module:
+        config, self.files = checkpoint_of(source)
+        model = empty_transformer(config).requires_grad_(False).eval()
+        self._attach(model, CheckpointBlocks(model, self.files))
+        return model
+
+    def _attach(self, model: nn.Module, loader: CheckpointBlocks) -> nn.Module:
+        loader.load_top()
+        self.loaders[id(model)] = loader
+        return model
+
+    def _spill(self) -> Path:
+        return self.run_dir / "stream"
+
+    def fresh_student(self, teacher: nn.Module) -> nn.Module:
+        self.student = copy.deepcopy(teacher)  # blocks on meta: only the top level is copied
+        return self._attach(self.student, CheckpointBlocks(self.student, self.files, self._spill()))
+
+    def restore(self, folder: Path) -> nn.Module:
+        self.student = empty_compressed(folder)
+        return self._attach(self.student, CheckpointBlocks(self.student, weight_map(folder), self._spill()))
+
+    @contextmanager
+    def forwards(self, model: nn.Module):
+        from compress.stream import streamed
+
+        with streamed(model, self.loaders[id(model)]):
+            yield model
+
+    def save(self, student: nn.Module, folder: Path, **kw) -> Path:
+        return save_streamed(student, self.loaders[id(student)], folder, **kw)
+
+    def fingerprint(self, teacher: nn.Module, h) -> None:
+        """Adds the checkpoint to hash h: each file's safetensors header (names, dtypes, shapes,
+        offsets), size and first and last MiB of data, without reading the rest."""
+        for path in sorted(set(self.files.values())):
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                h.update(f.read(n))
+                h.update(f.read(2**20))
+                f.seek(max(8 + n, size - 2**20))
+                h.update(f.read())
+            h.update(str(size).encode())
+
+
+def models_for(stream: bool, run_dir: Path):
+    return StreamedModels(run_dir) if stream else ResidentModels(run_dir)
+
+
+def check_streaming(passes, specs, path: str) -> None:
+    """Every pass must run with one block resident; errors name the recipe file and pass line."""
+    for p, spec in zip(passes, specs):
+        try:
+            p.check_streaming()
+        except UserError as e:
+            raise UserError(f"{path}:{spec.line}: {e}") from None
