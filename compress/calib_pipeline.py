@@ -50,8 +50,10 @@ def _detach(value):
 
 
 def capture(pipe, transformer, prompts: list[str], steps: int, keep: int, guidance: float,
-            seed: int) -> list[dict]:
-    """Forward kwargs at `keep` evenly spread steps of each prompt's sampling run."""
+            seed: int, per_call: int = 1) -> list[dict]:
+    """Forward kwargs at `keep` evenly spread steps of each sampling run; `per_call` prompts share
+    a run (one batch; prompt i still draws its noise from seed + i). Streamed weights are read
+    once per step of each run, so batching prompts divides that reading."""
     kept = set(torch.linspace(0, steps - 1, keep).round().long().tolist())
     records: list[dict] = []
     state = {"step": 0}
@@ -64,10 +66,12 @@ def capture(pipe, transformer, prompts: list[str], steps: int, keep: int, guidan
 
     handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for i, prompt in enumerate(prompts):
+        for start in range(0, len(prompts), per_call):
             state["step"] = 0
-            g = torch.Generator().manual_seed(seed + i)
-            pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=g,
+            chunk = prompts[start:start + per_call]
+            gens = [torch.Generator().manual_seed(seed + start + j) for j in range(len(chunk))]
+            pipe(chunk[0] if per_call == 1 else chunk, num_inference_steps=steps,
+                 guidance_scale=guidance, generator=gens[0] if per_call == 1 else gens,
                  output_type="pt" if _is_toy(pipe) else "latent")
     finally:
         handle.remove()
@@ -93,7 +97,7 @@ class PipelineSource:
             self._pipe = load_pipeline_for(self.teacher, self.pipeline)
         c = self.calib
         return capture(self._pipe, self.teacher, prompts, c.sample_steps, min(c.timesteps, c.sample_steps),
-                       c.guidance_scale if c.cfg_branches else 1.0, seed)
+                       c.guidance_scale if c.cfg_branches else 1.0, seed, c.prompts_per_call)
 
     def calibration(self) -> list[dict]:
         cut = max(1, int(len(self.prompts) * 0.8)) if len(self.prompts) > 1 else 1

@@ -20,6 +20,7 @@ from compress.errors import UserError
 from compress.io import read_json, model_class
 from compress.report import console, layer_rows, param_count
 from compress.runner import build_passes, check_pass
+from compress.runner_stream import check_streaming
 
 KNOWN_CONFIGS = {
     "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": "PixArt-Sigma-XL-2-1024-MS.json",
@@ -71,6 +72,9 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
                         f"{adapter.family}")
     before_rows, before = layer_rows(model), param_count(model)
     passes = build_passes(recipe)
+    if recipe.stream:
+        check_streaming(passes, recipe.passes, recipe.path)
+    streamed = streamed_weights(model, adapter) if recipe.stream else None
     steps = []
     for spec, p in zip(recipe.passes, passes):
         check_pass(p, spec, model, adapter, recipe.path)
@@ -79,15 +83,28 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     after_rows = layer_rows(model)
     return {
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
-        "blocks_after": adapter.block_counts(model), "passes": steps,
+        "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
     }
 
 
+def streamed_weights(model, adapter) -> dict:
+    """Teacher parameters resident at once when streamed: the top level plus the largest block."""
+    blocks = [param_count(b) for _, _, b in adapter.iter_blocks(model)]
+    top = param_count(model) - sum(blocks)
+    return {"top_level_params": top, "largest_block_params": max(blocks),
+            "resident_params": top + max(blocks)}
+
+
 def print_plan(plan: dict) -> None:
     console.print(f"[bold]{plan['recipe']}[/]  teacher {plan['teacher']} ({plan['family']})")
+    if plan.get("stream"):
+        s = plan["stream"]
+        console.print(f"  streamed: the top level ({s['top_level_params']:,} params) and one block at a "
+                      f"time (at most {s['largest_block_params']:,}) resident: "
+                      f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
     for step in plan["passes"]:
         details = {k: v for k, v in step.items() if k not in ("pass", "line")}
         console.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): "

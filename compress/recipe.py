@@ -32,6 +32,8 @@ class CalibrationConfig:
     prompt_file: str | None = None  # pipeline source: one prompt per line (relative to the recipe)
     pipeline: str | None = None  # pipeline source: base pipeline (default: the teacher's)
     sample_steps: int = 20  # pipeline source: sampler steps; `timesteps` of them are kept
+    prompts_per_call: int = 1  # pipeline source: prompts sampled together (one batch; streamed
+    # weights are read once per step of each call)
     guidance_scale: float = 4.5  # pipeline source: CFG scale (both branches are captured)
     timesteps: int = 8  # how many timesteps per prompt, spread over the schedule
     cfg_branches: bool = True  # also the unconditional (empty prompt) branch
@@ -40,7 +42,7 @@ class CalibrationConfig:
     heldout: int = 64  # held-out inputs for teacher-relative errors
 
     def validate(self):
-        for name in ("num_prompts", "timesteps", "batch_size", "heldout", "sample_steps"):
+        for name in ("num_prompts", "timesteps", "batch_size", "heldout", "sample_steps", "prompts_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
@@ -68,6 +70,9 @@ class Recipe:
     # read block weights just in time from the teacher checkpoint (one block resident: models bigger
     # than memory); svd passes without whole-model work only
     stream: bool = False
+    # the dtype teacher and student are loaded and run in (calibration, passes, held-out errors);
+    # bfloat16 halves what a streamed block holds. Factorization math is float64 regardless.
+    compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     path: str = "<recipe>"
     raw: dict = field(default_factory=dict)  # the resolved plain data (written to the output)
 
@@ -264,7 +269,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
             raise UserError(f"--set {item}: expected KEY.PATH=VALUE")
         set_override(root, key.strip(), value, path)
     top = {k.value: (k, v) for k, v in root.value}
-    known = ("version", "model", "teacher", "stream", "calibration", "export", "passes")
+    known = ("version", "model", "teacher", "stream", "compute_dtype", "calibration", "export", "passes")
     for key, (k, _) in top.items():
         if key not in known:
             raise _Loc(path, k).err(f"unknown key '{key}'{_did_you_mean(key, known)}")
@@ -274,7 +279,8 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     if not isinstance(passes_node, yaml.SequenceNode) or not passes_node.value:
         raise _Loc(path, passes_node).err("'passes' must be a non-empty list")
     specs = [_pass_spec(n, path, i) for i, n in enumerate(passes_node.value)]
-    hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str, "stream": bool}
+    hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str, "stream": bool,
+             "compute_dtype": Literal["float32", "float16", "bfloat16"]}
     values = {}
     for k, v in root.value:
         if k.value == "passes":
@@ -308,7 +314,7 @@ def to_plain(recipe: Recipe) -> dict:
     """The resolved recipe as plain data (every default filled in), for the output folder."""
     return {
         "version": recipe.version, "model": recipe.model, "teacher": recipe.teacher,
-        "stream": recipe.stream, "calibration": dataclasses.asdict(recipe.calibration),
+        "stream": recipe.stream, "compute_dtype": recipe.compute_dtype, "calibration": dataclasses.asdict(recipe.calibration),
         "passes": [{p.name: dataclasses.asdict(p.config)} for p in recipe.passes],
         "export": dataclasses.asdict(recipe.export),
     }

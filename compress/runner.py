@@ -22,7 +22,7 @@ import torch
 import compress
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
-from compress.inputs import input_source
+from compress.inputs import input_source, moved
 from compress.io import load_teacher
 from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
@@ -54,7 +54,8 @@ def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str
                          models=None):
     """(source, frozen teacher); `models` (runner_stream) may hold it streamed."""
     source = teacher or recipe.teacher
-    load = functools.partial(load_teacher, source, config=config, family=recipe.model)
+    load = functools.partial(load_teacher, source, dtype=DTYPES[recipe.compute_dtype], config=config,
+                             family=recipe.model)
     model = models.teacher(source, load) if models is not None else load()
     family = get_adapter(model).family
     if family != recipe.model:
@@ -105,7 +106,8 @@ class Runner:
         self.recipe, self.out, self.run_dir = recipe, Path(out), Path(run_dir)
         self.teacher_arg, self.teacher_config = teacher, teacher_config
         self.resume, self.overwrite = resume, overwrite
-        self.models = models_for(recipe.stream, self.run_dir)  # resident or streamed weights
+        # resident or streamed weights, in the recipe's compute dtype
+        self.models = models_for(recipe.stream, self.run_dir, DTYPES[recipe.compute_dtype])
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
@@ -138,9 +140,11 @@ class Runner:
 
     def _teacher_forwards(self, make):
         """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""
+        dtype = DTYPES[self.recipe.compute_dtype]
+
         def run():
             with self.models.forwards(self.teacher):
-                return make()
+                return [moved(b, "cpu", dtype) for b in make()]  # no copy when already in dtype
         return run
 
     # -- stages -----------------------------------------------------------------------------------
@@ -170,6 +174,7 @@ class Runner:
             return
         d = self._stage_dir(i)
         self.models.save(student, d, overwrite=True)
+        self.models.adopt(student, d)  # streamed: later reads come from the stage, spill freed
         state = {"recipe": self.recipe.raw, "report": self.ctx.report, "block_map": self.ctx.block_map}
         tmp = d / "state.json.tmp"
         tmp.write_text(json.dumps(state, default=str))

@@ -11,9 +11,11 @@ the passes leave them, and folders are written as index shards, one block each (
 from __future__ import annotations
 
 import copy
+import shutil
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from compress.errors import UserError
@@ -26,7 +28,7 @@ class ResidentModels:
 
     blocks = None  # passes use their resident default
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32):
         self.run_dir = Path(run_dir)
 
     def teacher(self, source: str, load) -> nn.Module:
@@ -44,6 +46,9 @@ class ResidentModels:
     def save(self, student: nn.Module, folder: Path, **kw) -> Path:
         return save_compressed(student, folder, **kw)
 
+    def adopt(self, student: nn.Module, stage: Path) -> None:
+        pass
+
     def fingerprint(self, teacher: nn.Module, h) -> None:
         """Adds the teacher's weights (a checksum of each tensor's first values) to hash h."""
         for name, p in sorted(teacher.state_dict().items()):
@@ -57,8 +62,8 @@ class StreamedModels:
     its checkpoint file when it runs (`CheckpointBlocks`). The student's compressed blocks are
     spilled to run_dir/stream/."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32):
+        self.run_dir, self.dtype = Path(run_dir), dtype
         self.loaders: dict[int, CheckpointBlocks] = {}  # id(model) -> its loader
         self.files: dict[str, Path] = {}
 
@@ -68,7 +73,7 @@ class StreamedModels:
 
     def teacher(self, source: str, load) -> nn.Module:
         config, self.files = checkpoint_of(source)
-        model = empty_transformer(config).requires_grad_(False).eval()
+        model = empty_transformer(config, self.dtype).requires_grad_(False).eval()
         self._attach(model, CheckpointBlocks(model, self.files))
         return model
 
@@ -98,6 +103,14 @@ class StreamedModels:
     def save(self, student: nn.Module, folder: Path, **kw) -> Path:
         return save_streamed(student, self.loaders[id(student)], folder, **kw)
 
+    def adopt(self, student: nn.Module, stage: Path) -> None:
+        """The student's blocks are read from the stage folder just written (same dtype) from now
+        on, and the spilled copies are deleted: one copy of the student on disk, not two."""
+        loader = self.loaders[id(student)]
+        loader.files = weight_map(stage)
+        shutil.rmtree(self._spill(), ignore_errors=True)
+        self._spill().mkdir(parents=True)
+
     def fingerprint(self, teacher: nn.Module, h) -> None:
         """Adds the checkpoint to hash h: each file's safetensors header (names, dtypes, shapes,
         offsets), size and first and last MiB of data, without reading the rest."""
@@ -112,8 +125,8 @@ class StreamedModels:
             h.update(str(size).encode())
 
 
-def models_for(stream: bool, run_dir: Path):
-    return StreamedModels(run_dir) if stream else ResidentModels(run_dir)
+def models_for(stream: bool, run_dir: Path, dtype: torch.dtype = torch.float32):
+    return (StreamedModels if stream else ResidentModels)(run_dir, dtype)
 
 
 def check_streaming(passes, specs, path: str) -> None:

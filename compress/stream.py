@@ -5,14 +5,14 @@ weights); `CheckpointBlocks(model, folder, spill)` is the svd pass's `BlockLoade
 - `load_top()` reads every tensor outside the blocks once (embedders, modulation, output head);
 - `materialize(group, index, block)` reads one block's tensors when the calibration reaches it;
 - `release(group, index, block)` writes the block as the pass left it (factors included) to
-  `spill/<group>-<index>.safetensors`, points later reads of that block there, and sends its
+  `spill/<group>-<index>-<part>.safetensors`, points later reads of that block there, and sends its
   memory back to meta (`unload`). A loader without `spill` only unloads (a read-only teacher).
 So only the top level and one block are resident at a time. The checkpoint is one
 `diffusion_pytorch_model.safetensors` or the shards its `.index.json` lists (as `save_pretrained`
 writes them), with diffusers key names; `checkpoint_of(source)` finds them for a teacher source.
 `streamed(model, loader)` runs whole-model forwards (sampling, held-out predictions) with each
-block read just before it runs; `save_streamed` writes the output folder as index shards, one block
-per shard, never holding more than one block.
+block read just before it runs; `save_streamed` writes the output folder as index shards (no shard
+spans two blocks), never holding more than one shard.
 
     model = empty_transformer(folder, torch.bfloat16)
     loader = CheckpointBlocks(model, folder, spill)
@@ -23,8 +23,9 @@ per shard, never holding more than one block.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -114,6 +115,7 @@ class CheckpointBlocks:
         if self.spill is not None:
             self.spill.mkdir(parents=True, exist_ok=True)
         self.dtype = next(model.parameters()).dtype
+        lean_heap()
 
     def _prefix(self, group: str, index: int) -> str:
         return self.adapter.block_prefix(group, index)
@@ -123,27 +125,28 @@ class CheckpointBlocks:
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
         """Tensors by name from their files, in the loader's dtype; NaN/Inf is an error naming them."""
+        return dict(self.each(keys))
+
+    def each(self, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) one at a time. Each read opens its file afresh: safetensors maps the file,
+        and the pages a read touched count as resident until the mapping closes."""
         from safetensors import safe_open
 
-        by_file, out = defaultdict(list), {}
         for k in keys:
-            by_file[self.files[k]].append(k)
-        for path, names in by_file.items():
+            path = self.files[k]
             with safe_open(str(path), framework="pt") as f:
-                for k in names:
-                    t = f.get_tensor(k)
-                    if t.is_floating_point():
-                        if not torch.isfinite(t).all():
-                            raise NumericError(f"weight {k} in {path} has "
-                                               f"{(~torch.isfinite(t)).sum().item()} NaN/Inf values")
-                        t = t.to(self.dtype)
-                    out[k] = t
-        return out
+                t = f.get_tensor(k)
+            if t.is_floating_point():
+                if not torch.isfinite(t).all():
+                    raise NumericError(f"weight {k} in {path} has {(~torch.isfinite(t)).sum().item()} "
+                                       "NaN/Inf values")
+                t = t.to(self.dtype)
+            yield k, t
 
     def _load(self, keys: list[str]) -> None:
         from accelerate.utils import set_module_tensor_to_device
 
-        for k, t in self.read(keys).items():
+        for k, t in self.each(keys):
             set_module_tensor_to_device(self.model, k, self.device, value=t)
 
     def load_top(self) -> None:
@@ -165,21 +168,80 @@ class CheckpointBlocks:
 
     def release(self, group: str, index: int, block: nn.Module) -> None:
         if self.spill is not None:
-            from safetensors.torch import save_file
-
-            prefix, path = self._prefix(group, index), self.spilled(group, index)
-            state = {prefix + k: v.detach().contiguous() for k, v in block.state_dict().items()}
-            save_file(state, str(path))
+            prefix = self._prefix(group, index)
+            for path in self.spilled(group, index):
+                path.unlink()
+            state = {prefix + k: v for k, v in block.state_dict().items()}
             self.files = {k: f for k, f in self.files.items() if not k.startswith(prefix)}
-            self.files.update(dict.fromkeys(state, path))
+            for part, keys in enumerate(pieces(state, SHARD_BYTES)):
+                path = self.spill / f"{group}-{index}-{part}.safetensors"
+                save_pieces(path, {k: state[k] for k in keys})
+                self.files.update(dict.fromkeys(keys, path))
         self.unload(group, index, block)
 
     def unload(self, group: str, index: int, block: nn.Module) -> None:
         block.to("meta")
+        trim_heap()
 
-    def spilled(self, group: str, index: int) -> Path:
-        """Where `release` wrote the block."""
-        return self.spill / f"{group}-{index}.safetensors"
+    def spilled(self, group: str, index: int) -> list[Path]:
+        """The files `release` wrote the block to (pieces of at most SHARD_BYTES)."""
+        return sorted(self.spill.glob(f"{group}-{index}-*.safetensors"))
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def lean_heap() -> None:
+    """Allocations of 1 MiB and more are mapped and unmapped on their own (glibc's mallopt; a no-op
+    elsewhere). glibc's adaptive threshold otherwise rises to 32 MiB, a 3072² bf16 weight, and its
+    arenas keep the freed weights of every block streamed so far: on full-width Flux the resident
+    set then grew with depth (tools/bench_compile.py --via run: 2.11 -> 2.59 GiB for twice the
+    blocks). Process-wide; streaming trades some allocation speed for a flat resident set."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, 2**20)
+
+
+M_MMAP_THRESHOLD = -3  # glibc malloc.h
+
+
+@functools.cache
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+SHARD_BYTES = 256 * 2**20  # safetensors' writer copies a file's tensors into memory: bound that copy
+
+
+def pieces(state: dict[str, torch.Tensor], limit: int, itemsize: int | None = None) -> list[list[str]]:
+    """Consecutive groups of `state`'s keys of at most `limit` bytes each (a bigger tensor alone);
+    sizes at `itemsize` bytes per floating element if given (the dtype they will be written in)."""
+    groups, size = [[]], 0
+    for k, v in state.items():
+        n = v.numel() * (itemsize if itemsize and v.is_floating_point() else v.element_size())
+        if groups[-1] and size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(k)
+        size += n
+    return [g for g in groups if g]
+
+
+def save_pieces(path: Path, state: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata=metadata)
 
 
 @contextmanager
@@ -214,35 +276,29 @@ def shard_name(i: int, n: int) -> str:
 def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.dtype | None = None,
                   extra: dict | None = None, files: dict[str, str] | None = None,
                   overwrite: bool = False) -> Path:
-    """The output folder of `save_compressed` for a streamed model, atomically: the top level
-    (resident) in the first shard, then one shard per block read from `loader`, and the
-    `.index.json` that `load_transformer` and diffusers' `from_pretrained` read."""
-    from safetensors.torch import save_file
-
-    adapter = loader.adapter
-    blocks = [(g, i) for g, i, _ in adapter.iter_blocks(model)]
-    n = len(blocks) + 1
+    """The output folder of `save_compressed` for a streamed model, atomically: index shards of at
+    most SHARD_BYTES, the top level (resident) first, then each block's tensors read from `loader`
+    (a block never shares a shard with another), and the `.index.json` that `load_transformer`
+    and diffusers' `from_pretrained` read. At most one shard's tensors are in memory at a time."""
+    state = model.state_dict()  # names and shapes; block tensors are on meta
+    prefixes = loader._blocks()
+    units = [{k: v for k, v in state.items() if not k.startswith(prefixes)}]
+    units += [{k: v for k, v in state.items() if k.startswith(p)} for p in prefixes]
+    itemsize = dtype.itemsize if dtype else None
+    shards = [(unit, keys) for unit in units for keys in pieces(unit, SHARD_BYTES, itemsize)]
     config = compressed_config(model, extra, dtype)
-    meta = header_metadata(config)
-
-    def cast_all(state: dict) -> dict:
-        return {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().contiguous()
-                for k, v in state.items()}
-
     with atomic_folder(out, overwrite) as tmp:
         weight_map, total = {}, 0
-        prefixes = loader._blocks()
-        top = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
-        parts = [lambda: top] + [lambda g=g, i=i: loader.read(loader.block_keys(g, i)) for g, i in blocks]
-        for j, part in enumerate(parts, start=1):
-            state = cast_all(part())
-            if any(v.device.type == "meta" for v in state.values()):
-                raise RuntimeError("save_streamed: the top level has tensors on meta (load_top first)")
-            name = shard_name(j, n)
-            save_file(state, str(tmp / name), metadata=meta)
+        for j, (unit, keys) in enumerate(shards, start=1):
+            on_meta = [k for k in keys if unit[k].device.type == "meta"]
+            tensors = {**{k: unit[k] for k in keys}, **loader.read(on_meta)}
+            tensors = {k: v.to(dtype) if dtype and v.is_floating_point() else v for k, v in tensors.items()}
+            name = shard_name(j, len(shards))
+            save_pieces(tmp / name, tensors, header_metadata(config))
             canonical_header(tmp / name)
-            weight_map.update(dict.fromkeys(state, name))
-            total += sum(v.numel() * v.element_size() for v in state.values())
+            weight_map.update(dict.fromkeys(tensors, name))
+            total += sum(v.numel() * v.element_size() for v in tensors.values())
+            del tensors
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         write_texts(tmp, config, files)

@@ -60,3 +60,21 @@ def test_flux_modulation_plan_counts_exactly():
     plan = make_plan(load_recipe(RECIPES[0].parent / "flux-dev-modulation.yaml"))
     assert plan["params_after_planned"] == FULL_SIZE["flux"] - saved
     assert plan["by_role_after"]["modulation"] < 0.11 * plan["by_role_before"]["modulation"]
+
+
+def test_flux_stream_plan_says_what_is_resident():
+    """The streamed Flux recipe holds the top level and the largest block: a few % of the teacher."""
+    from compress.errors import UserError
+    from compress.recipe import parse_recipe
+
+    path = RECIPES[0].parent / "flux-dev-stream.yaml"
+    plan = make_plan(load_recipe(path))
+    model = _meta_flux()
+    top = _params(model) - _params(model.transformer_blocks) - _params(model.single_transformer_blocks)
+    assert plan["stream"] == {"top_level_params": top,
+                              "largest_block_params": _params(model.transformer_blocks[0]),
+                              "resident_params": top + _params(model.transformer_blocks[0])}
+    assert plan["stream"]["resident_params"] < 0.05 * FULL_SIZE["flux"]
+    text = path.read_text().replace("fisher: block\n      ratio: 0.6", "fisher: all\n      ratio: 0.6")
+    with pytest.raises(UserError, match=r"flux-dev-stream\.yaml:\d+: svd\.fisher: all needs the whole model"):
+        make_plan(parse_recipe(text, str(path)))

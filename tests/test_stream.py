@@ -3,10 +3,10 @@ import torch
 from safetensors.torch import load_file
 
 from compress.arch import get_adapter
-from compress.errors import UserError
+from compress.errors import NumericError, UserError
 from compress.passes.base import RunContext
 from compress.passes.svd import SVDConfig, SVDPass
-from compress.stream import INDEX, CheckpointBlocks, empty_transformer
+from compress.stream import INDEX, CheckpointBlocks, empty_transformer, pieces, streamed
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,7 +40,9 @@ def test_streamed_blocks_give_the_resident_result(tmp_path, make, targets, fishe
     assert all(p.device.type == "meta" for g, i, b in get_adapter(model).iter_blocks(model) for p in b.parameters())
     want = resident.state_dict()
     for group, index, _ in get_adapter(model).iter_blocks(model):
-        for key, value in load_file(str(loader.spilled(group, index))).items():
+        spilled = {k: v for path in loader.spilled(group, index) for k, v in load_file(str(path)).items()}
+        assert spilled.keys() == {k for k in want if k.startswith(loader._prefix(group, index))}
+        for key, value in spilled.items():
             torch.testing.assert_close(value, want[key], rtol=1e-5, atol=1e-6)
     top = {k: v for k, v in model.state_dict().items() if v.device.type != "meta"}
     assert top and all(torch.equal(v, want[k]) for k, v in top.items())  # top-level targets included
@@ -49,3 +51,72 @@ def test_streamed_blocks_give_the_resident_result(tmp_path, make, targets, fishe
 def test_not_a_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not a diffusers checkpoint"):
         CheckpointBlocks(tiny_pixart(), tmp_path, tmp_path / "spill")
+
+
+def _streamed_model(tmp_path, make):
+    make().save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
+    model = empty_transformer(tmp_path / "ckpt")
+    loader = CheckpointBlocks(model, tmp_path / "ckpt")
+    loader.load_top()
+    return model, loader
+
+
+@pytest.mark.parametrize("make", [tiny_flux, tiny_pixart])
+def test_streamed_forward_is_the_resident_forward(tmp_path, make):
+    model, loader = _streamed_model(tmp_path, make)
+    kw = model_inputs(make(), seed=3)
+    with torch.no_grad(), streamed(model, loader):
+        got = model(**kw, return_dict=False)[0]
+    want = make()(**kw, return_dict=False)[0]
+    assert torch.equal(got, want)
+    assert all(p.device.type == "meta" for _, _, b in get_adapter(model).iter_blocks(model) for p in b.parameters())
+
+
+def test_a_forward_stopped_midway_leaves_every_block_on_meta(tmp_path):
+    model, loader = _streamed_model(tmp_path, tiny_pixart)
+    blocks = model.transformer_blocks
+    blocks[1].register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt), torch.no_grad(), streamed(model, loader):
+        model(**model_inputs(tiny_pixart()))
+    assert all(p.device.type == "meta" for p in blocks.parameters())
+
+
+def test_a_nan_weight_is_an_error_naming_it(tmp_path):
+    bad = tiny_pixart()
+    with torch.no_grad():
+        bad.transformer_blocks[1].attn1.to_k.weight[0, 0] = float("nan")
+    bad.save_pretrained(tmp_path / "ckpt")
+    model = empty_transformer(tmp_path / "ckpt")
+    loader = CheckpointBlocks(model, tmp_path / "ckpt")
+    loader.load_top()
+    loader.materialize("blocks", 0, model.transformer_blocks[0])  # fine
+    with pytest.raises(NumericError, match=r"transformer_blocks\.1\.attn1\.to_k\.weight .* 1 NaN/Inf"):
+        loader.materialize("blocks", 1, model.transformer_blocks[1])
+
+
+def test_pieces_bound_each_file():
+    state = {"a": torch.zeros(10), "b": torch.zeros(30), "c": torch.zeros(5), "d": torch.zeros(4, dtype=torch.int64)}
+    assert pieces(state, 160) == [["a", "b"], ["c", "d"]]  # float32: 40, 120, 20 bytes; int64: 32
+    assert pieces(state, 100, itemsize=2) == [["a", "b", "c"], ["d"]]  # as bf16: 20, 60, 10; 32
+    assert pieces(state, 1) == [["a"], ["b"], ["c"], ["d"]]  # a bigger tensor goes alone
+
+
+def test_small_pieces_change_nothing(tmp_path, monkeypatch):
+    """Spill and export split into many files give the same tensors."""
+    import compress.stream as stream
+
+    monkeypatch.setattr(stream, "SHARD_BYTES", 4096)
+    model, loader = _streamed_model(tmp_path, tiny_flux)
+    loader.spill = tmp_path / "spill"
+    loader.spill.mkdir()
+    want = tiny_flux().state_dict()
+    for group, index, block in get_adapter(model).iter_blocks(model):
+        loader.materialize(group, index, block)
+        loader.release(group, index, block)
+        assert len(loader.spilled(group, index)) > 1
+    out = stream.save_streamed(model, loader, tmp_path / "out")
+    from compress.io import load_transformer
+
+    got = load_transformer(out).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert len(list(out.glob("*.safetensors"))) > len(list(get_adapter(model).iter_blocks(model))) + 1

@@ -5,10 +5,13 @@ Two random-init Flux models at full width (hidden 3072 = 24 heads x 128), saved 
 svd pass with block weights loaded just in time from the shards by `compress.stream` (model built on
 the meta device; a block is materialized with `safe_open`, calibrated, factorized, written out and
 sent back to meta). Each stage runs in a fresh process; the compress
-process reports its peak resident memory (ru_maxrss).
+process reports its peak resident memory (ru_maxrss). `--via run` measures the whole
+`dit-compress run` path instead (recipe `stream: true`, synthetic calibration inputs): teacher and
+student streamed in float32, held-out errors after the pass, stage checkpoint and sharded export.
 
     python tools/bench_compile.py                      # 2 double + 4 single, then 4 double + 8 single
     python tools/bench_compile.py --configs 2x4 --targets attention
+    python tools/bench_compile.py --via run
 """
 
 from __future__ import annotations
@@ -132,6 +135,36 @@ def compress(ckpt: Path, out: Path, targets: list[str]) -> dict:
                 params_before=report["params_before"], params_after=report["params_after"])
 
 
+RECIPE = """\
+model: flux
+teacher: {ckpt}
+stream: true
+compute_dtype: {dtype}
+calibration: {{source: synthetic, num_prompts: 1, timesteps: 2, batch_size: 1, heldout: 1}}
+passes:
+  - svd: {{targets: {targets}, ratio: 0.5, multiple: 16, fisher: none, progress: false}}
+export: {{dtype: bfloat16}}
+"""
+
+
+def run(ckpt: Path, out: Path, targets: list[str], dtype: str = "bfloat16") -> dict:
+    """The same compression through the runner (`dit-compress run` with stream: true), teacher
+    and student in `dtype` (bfloat16: the checkpoint's, as the svd-pass stage computes)."""
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+
+    start = time.perf_counter()
+    recipe = parse_recipe(RECIPE.format(ckpt=ckpt, targets=json.dumps(targets), dtype=dtype), "bench.yaml")
+    runner = Runner(recipe, out, out.parent / f"{out.name}-run")
+    runner.run()
+    report = json.loads((out / "report.json").read_text())
+    seconds = time.perf_counter() - start
+    return dict(times={"dit-compress run (load, calibrate, factorize, held-out error, export)": seconds},
+                peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                layers=len(report["svd"]["layers"]), max_loss_ratio=report["svd"]["max_loss_ratio"],
+                params_before=report["teacher_params"], params_after=report["student_params"])
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -153,7 +186,10 @@ def main() -> None:
     p.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS)
     p.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--stage", choices=["make", "compress"], help=argparse.SUPPRESS)
+    p.add_argument("--via", choices=["pass", "run"], default="pass",
+                   help="pass: the svd pass with compress.stream; run: the whole dit-compress run")
+    p.add_argument("--dtype", default="bfloat16", help="--via run: the recipe's compute_dtype")
+    p.add_argument("--stage", choices=["make", "compress", "run"], help=argparse.SUPPRESS)
     p.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--blocks", help=argparse.SUPPRESS)
@@ -165,15 +201,19 @@ def main() -> None:
         make(args.ckpt, dict(FULL_WIDTH, num_layers=double, num_single_layers=single))
         print(json.dumps({"seconds": time.perf_counter() - start}))
         return
-    if args.stage == "compress":
-        print(json.dumps(compress(args.ckpt, args.out, args.targets)))
+    if args.stage in ("compress", "run"):
+        if args.stage == "compress":
+            print(json.dumps(compress(args.ckpt, args.out, args.targets)))
+        else:
+            print(json.dumps(run(args.ckpt, args.out, args.targets, args.dtype)))
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         rows = {}
         for blocks in args.configs:
             ckpt, out = Path(tmp) / f"ckpt-{blocks}", Path(tmp) / f"out-{blocks}"
             made = _child("--stage", "make", "--ckpt", str(ckpt), "--blocks", blocks)
-            res = _child("--stage", "compress", "--ckpt", str(ckpt), "--out", str(out),
+            stage = "compress" if args.via == "pass" else "run"
+            res = _child("--stage", stage, "--ckpt", str(ckpt), "--out", str(out), "--dtype", args.dtype,
                          "--threads", str(args.threads), "--targets", *args.targets)
             res.update(make_s=made["seconds"], ckpt=_size(ckpt), out=_size(out))
             rows[blocks] = res

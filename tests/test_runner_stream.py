@@ -1,0 +1,156 @@
+"""`stream: true` end to end: the streamed run writes what the resident run writes, refuses what
+needs the whole model with file:line, resumes from its sharded stages, and samples calibration
+inputs through a pipeline one block at a time."""
+
+import json
+import re
+
+import pytest
+import torch
+from diffusers import PixArtTransformer2DModel
+
+from compress.errors import UserError
+from compress.io import INDEX, WEIGHTS, load_transformer
+from compress.recipe import parse_recipe
+from compress.runner import Runner
+from compress.runner_stream import StreamedModels
+from tests.conftest import tiny_flux, tiny_pixart
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RECIPE = """\
+model: {family}
+teacher: {teacher}
+stream: {stream}
+calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
+passes:
+  - svd: {{targets: [attention, mlp], fisher: block, ratio: 0.5, multiple: 2}}
+  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}
+"""
+
+
+def _run(tmp_path, text, name, **kw):
+    recipe = parse_recipe(text, str(tmp_path / f"{name}.yaml"))
+    return Runner(recipe, tmp_path / f"out-{name}", tmp_path / f"run-{name}", **kw).run()
+
+
+def _teacher(tmp_path, family):
+    model = tiny_pixart() if family == "pixart" else tiny_flux()
+    model.save_pretrained(tmp_path / "teacher", max_shard_size="40KB")  # sharded, as big models are
+    return RECIPE.replace("{teacher}", str(tmp_path / "teacher")).replace("{family}", family)
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_streamed_run_writes_the_resident_result(tmp_path, family):
+    text = _teacher(tmp_path, family)
+    resident = _run(tmp_path, text.format(stream="false"), "resident")
+    streamed = _run(tmp_path, text.format(stream="true"), "streamed")
+    assert (streamed / INDEX).is_file() and not (streamed / WEIGHTS).exists()
+    a, b = load_transformer(resident).state_dict(), load_transformer(streamed).state_dict()
+    assert a.keys() == b.keys() and any(k.endswith(".down.weight") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((o / "report.json").read_text()) for o in (resident, streamed))
+    assert [s["relative_error"] for s in ra["stages"]] == [s["relative_error"] for s in rb["stages"]]
+    assert ra["stages"][-1]["relative_error"] > 0
+    assert rb["student_params"] == ra["student_params"] < rb["teacher_params"]
+    assert not any((tmp_path / "run-streamed" / "stream").iterdir())  # stages hold the one copy
+    shards = json.loads((streamed / INDEX).read_text())["weight_map"]
+    blocks = {m.group(1) for k in shards if (m := re.match(r"(\w+\.\d+)\.", k))}
+    per_block = [{f for k, f in shards.items() if k.startswith(b + ".")} for b in blocks]
+    assert all(len(s) == 1 for s in per_block)  # one shard per block, the top level apart
+    assert len(set.union(*per_block)) == len(blocks) == len(set(shards.values())) - 1
+
+
+def test_uncompressed_shards_load_in_plain_diffusers(tmp_path):
+    text = _teacher(tmp_path, "pixart").replace(
+        "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n", "")
+    text = text.replace("ratio: 0.5", "ratio: 1.0").replace("[attention, mlp]", "[attention]")
+    out = _run(tmp_path, text.format(stream="true"), "dense")  # ratio 1: every layer stays dense
+    plain = PixArtTransformer2DModel.from_pretrained(out)
+    ours = load_transformer(out)
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in plain.state_dict().items())
+
+
+@pytest.mark.parametrize("edit, match", [
+    ("fisher: block", "6: svd.fisher: all needs the whole model"),
+    ("ratio: 0.5", "6: svd.sensitivity needs the whole model"),
+])
+def test_whole_model_work_is_refused_with_file_line(tmp_path, edit, match):
+    text = _teacher(tmp_path, "pixart").format(stream="true")
+    text = text.replace(edit, {"fisher: block": "fisher: all",
+                               "ratio: 0.5": "ratio: 0.5, allocation: global"}[edit])
+    with pytest.raises(UserError, match=match):
+        _run(tmp_path, text, "bad")
+
+
+def test_distill_is_refused_with_file_line(tmp_path):
+    text = _teacher(tmp_path, "pixart").format(stream="true") + "  - distill: {steps: 1}\n"
+    with pytest.raises(UserError, match=r"bad\.yaml:8: the distill pass needs the whole model"):
+        _run(tmp_path, text, "bad")
+
+
+def test_single_file_teacher_is_refused(tmp_path):
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    text = RECIPE.format(family="pixart", teacher=tmp_path / "t" / WEIGHTS, stream="true")
+    with pytest.raises(UserError, match="stream: true reads a diffusers folder"):
+        _run(tmp_path, text, "bad")
+
+
+def test_resume_from_a_streamed_stage(tmp_path):
+    text = _teacher(tmp_path, "flux").format(stream="true")
+    first = _run(tmp_path, text, "a")
+    stages = tmp_path / "run-a" / "stages"
+    assert (stages / "0-svd" / INDEX).is_file()
+    (stages / "1-svd" / "state.json").unlink()  # as if interrupted during the second pass
+    resumed = Runner(parse_recipe(text, str(tmp_path / "a.yaml")), tmp_path / "out-b",
+                     tmp_path / "run-a", resume=True).run()
+    a, b = load_transformer(first).state_dict(), load_transformer(resumed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pipeline_sampling_streams_block_by_block(tmp_path):
+    """The toy pipeline samples with a streamed teacher exactly as with the resident one, and
+    every block is back on meta afterwards."""
+    from compress.calib_pipeline import capture, load_pipeline_for
+    from compress.io import load_teacher
+
+    models = StreamedModels(tmp_path)
+    teacher = models.teacher("toy:pixart", None)
+    resident = load_teacher("toy:pixart")
+
+    def sample(model):
+        pipe = load_pipeline_for(model, "toy:pixart")
+        return capture(pipe, model, ["a photo of the digit 3"], steps=4, keep=2, guidance=3.0, seed=0)
+
+    with models.forwards(teacher):
+        got = sample(teacher)
+    want = sample(resident)
+    assert len(got) == len(want) == 2
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g["hidden_states"], w["hidden_states"], rtol=0, atol=0)
+    assert all(p.device.type == "meta" for p in teacher.transformer_blocks.parameters())
+
+
+def test_prompts_per_call_divides_the_streamed_reads(tmp_path):
+    """Three prompts in one sampling run read each block once per step (not once per step and
+    prompt), with the latents of three separate runs (same per-prompt noise)."""
+    from compress.calib_pipeline import capture, load_pipeline_for
+    from compress.io import load_teacher
+
+    models = StreamedModels(tmp_path)
+    teacher = models.teacher("toy:pixart", None)
+    loader = models.loaders[id(teacher)]
+    reads = []
+    loader.materialize = (lambda f: lambda *a: (reads.append(a[:2]), f(*a)))(loader.materialize)
+    prompts = ["a 1", "a 2", "a 3"]
+    with models.forwards(teacher):
+        batched = capture(load_pipeline_for(teacher, "toy:pixart"), teacher, prompts, steps=4, keep=2,
+                          guidance=3.0, seed=0, per_call=3)
+    assert len(reads) == 4 * len(teacher.transformer_blocks)  # steps x blocks, one call
+    resident = load_teacher("toy:pixart")
+    single = capture(load_pipeline_for(resident, "toy:pixart"), resident, prompts, steps=4, keep=2,
+                     guidance=3.0, seed=0)
+    assert len(batched) == 2 and len(single) == 6
+    for k in range(2):  # batched rows: the three prompts' latents, once per CFG branch
+        want = torch.cat([single[2 * i + k]["hidden_states"][:1] for i in range(3)])
+        torch.testing.assert_close(batched[k]["hidden_states"][:3], want, rtol=0, atol=1e-4)
