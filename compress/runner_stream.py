@@ -11,6 +11,7 @@ the passes leave them, and folders are written as index shards, one block each (
 from __future__ import annotations
 
 import copy
+import math
 import shutil
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -29,9 +30,10 @@ class ResidentModels:
     blocks = None  # passes use their resident default
 
     def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32):
-        self.run_dir = Path(run_dir)
+        self.run_dir, self.dtype = Path(run_dir), dtype
 
     def teacher(self, source: str, load) -> nn.Module:
+        warn_if_too_big(source, self.dtype)
         return load()
 
     def fresh_student(self, teacher: nn.Module) -> nn.Module:
@@ -123,6 +125,51 @@ class StreamedModels:
                 f.seek(max(8 + n, size - 2**20))
                 h.update(f.read())
             h.update(str(size).encode())
+
+
+def warn_if_too_big(source: str, dtype: torch.dtype) -> None:
+    """Before loading a local teacher whole: say so if it and its student copy would not fit in the
+    memory available now (loading would end in the kernel's OOM killer, without a message)."""
+    need, have = resident_bytes(source, dtype), available_bytes()
+    if need is None or have is None or need <= have:
+        return
+    from compress.report import console
+
+    console.print(f"[bold yellow]warning:[/] teacher and student need about {need / 2**30:.1f} GiB in "
+                  f"{str(dtype).removeprefix('torch.')}, and {have / 2**30:.1f} GiB are available; "
+                  "set stream: true in the recipe (svd passes, one block resident) or "
+                  "compute_dtype: bfloat16")
+
+
+def resident_bytes(source: str, dtype: torch.dtype) -> int | None:
+    """Bytes of a teacher and its student copy in `dtype`, from its safetensors headers (local
+    folders only; None when unknown)."""
+    path = Path(source).expanduser()
+    if source.startswith("toy:") or not path.is_dir():
+        return None
+    try:
+        _, files = checkpoint_of(str(path))
+    except UserError:
+        return None
+    from safetensors import safe_open
+
+    numel = 0
+    for f in set(files.values()):
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                numel += math.prod(h.get_slice(k).get_shape())
+    return 2 * numel * dtype.itemsize
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def models_for(stream: bool, run_dir: Path, dtype: torch.dtype = torch.float32):

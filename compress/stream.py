@@ -137,9 +137,9 @@ class CheckpointBlocks:
             with safe_open(str(path), framework="pt") as f:
                 t = f.get_tensor(k)
             if t.is_floating_point():
-                if not torch.isfinite(t).all():
-                    raise NumericError(f"weight {k} in {path} has {(~torch.isfinite(t)).sum().item()} "
-                                       "NaN/Inf values")
+                bad = nonfinite(t)
+                if bad:
+                    raise NumericError(f"weight {k} in {path} has {bad} NaN/Inf values")
                 t = t.to(self.dtype)
             yield k, t
 
@@ -186,6 +186,12 @@ class CheckpointBlocks:
     def spilled(self, group: str, index: int) -> list[Path]:
         """The files `release` wrote the block to (pieces of at most SHARD_BYTES)."""
         return sorted(self.spill.glob(f"{group}-{index}-*.safetensors"))
+
+
+def nonfinite(t: torch.Tensor, chunk: int = 2**22) -> int:
+    """How many NaN/Inf values t holds, checked in chunks: a whole-tensor isfinite of a bf16
+    weight has float temporaries several times its size (measured: +0.16 GiB peak on full-width Flux)."""
+    return sum(int((~torch.isfinite(c)).sum()) for c in t.reshape(-1).split(chunk))
 
 
 def trim_heap() -> None:

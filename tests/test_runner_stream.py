@@ -40,15 +40,17 @@ def _teacher(tmp_path, family):
     return RECIPE.replace("{teacher}", str(tmp_path / "teacher")).replace("{family}", family)
 
 
-@pytest.mark.parametrize("family", ["pixart", "flux"])
-def test_streamed_run_writes_the_resident_result(tmp_path, family):
-    text = _teacher(tmp_path, family)
+@pytest.mark.parametrize("family, dtype", [("pixart", "float32"), ("flux", "float32"), ("flux", "bfloat16")])
+def test_streamed_run_writes_the_resident_result(tmp_path, family, dtype):
+    text = _teacher(tmp_path, family).replace("stream: {stream}", f"stream: {{stream}}\ncompute_dtype: {dtype}")
     resident = _run(tmp_path, text.format(stream="false"), "resident")
     streamed = _run(tmp_path, text.format(stream="true"), "streamed")
     assert (streamed / INDEX).is_file() and not (streamed / WEIGHTS).exists()
     a, b = load_transformer(resident).state_dict(), load_transformer(streamed).state_dict()
     assert a.keys() == b.keys() and any(k.endswith(".down.weight") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    computed = getattr(torch, dtype)  # exported as float32: the compute dtype's values exactly
+    assert all(torch.equal(v, v.to(computed).float()) for v in b.values() if v.is_floating_point())
     ra, rb = (json.loads((o / "report.json").read_text()) for o in (resident, streamed))
     assert [s["relative_error"] for s in ra["stages"]] == [s["relative_error"] for s in rb["stages"]]
     assert ra["stages"][-1]["relative_error"] > 0
@@ -154,3 +156,18 @@ def test_prompts_per_call_divides_the_streamed_reads(tmp_path):
     for k in range(2):  # batched rows: the three prompts' latents, once per CFG branch
         want = torch.cat([single[2 * i + k]["hidden_states"][:1] for i in range(3)])
         torch.testing.assert_close(batched[k]["hidden_states"][:3], want, rtol=0, atol=1e-4)
+
+
+def test_a_teacher_too_big_for_memory_is_named_before_loading(tmp_path, monkeypatch, capsys):
+    import compress.runner_stream as rs
+
+    text = _teacher(tmp_path, "pixart").format(stream="false")
+    need = rs.resident_bytes(str(tmp_path / "teacher"), torch.float32)
+    assert need == 2 * 4 * sum(p.numel() for p in tiny_pixart().parameters())
+    monkeypatch.setattr(rs, "available_bytes", lambda: need - 1)
+    _run(tmp_path, text, "big")
+    err = capsys.readouterr().err
+    assert "warning: teacher and student need about" in err and "set stream: true" in err
+    monkeypatch.setattr(rs, "available_bytes", lambda: need)
+    _run(tmp_path, text, "fits")
+    assert "warning" not in capsys.readouterr().err
