@@ -120,3 +120,26 @@ def test_small_pieces_change_nothing(tmp_path, monkeypatch):
     got = load_transformer(out).state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert len(list(out.glob("*.safetensors"))) > len(list(get_adapter(model).iter_blocks(model))) + 1
+
+
+def test_checkpoint_of_each_streamable_layout(tmp_path):
+    from compress.stream import checkpoint_of
+
+    tiny_pixart().save_pretrained(tmp_path / "pipe" / "transformer", max_shard_size="40KB")
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    config, files = checkpoint_of(str(tmp_path / "pipe"))  # a pipeline folder: its transformer/
+    assert config["_class_name"] == "PixArtTransformer2DModel"
+    assert set(files) == set(tiny_pixart().state_dict()) and len(set(files.values())) > 1
+    config, files = checkpoint_of("toy:flux")
+    assert config["_class_name"] == "FluxTransformer2DModel" and len(set(files.values())) == 1
+    with pytest.raises(UserError, match="not found"):
+        checkpoint_of(str(tmp_path / "nothing-here"))
+
+
+def test_a_compressed_output_is_not_a_teacher_to_stream(tmp_path):
+    from compress.io import save_compressed
+    from compress.stream import checkpoint_of
+
+    save_compressed(tiny_pixart(), tmp_path / "out")
+    with pytest.raises(UserError, match="is a dit-compress output"):
+        checkpoint_of(str(tmp_path / "out"))
