@@ -295,7 +295,7 @@ def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.
     config = compressed_config(model, extra, dtype)
     with atomic_folder(out, overwrite) as tmp:
         weight_map, total = {}, 0
-        for j, (unit, keys) in enumerate(shards, start=1):
+        for j, (unit, keys) in enumerate(_track(shards, f"write {Path(out).name}"), start=1):
             on_meta = [k for k in keys if unit[k].device.type == "meta"]
             tensors = {**{k: unit[k] for k in keys}, **loader.read(on_meta)}
             tensors = {k: v.to(dtype) if dtype and v.is_floating_point() else v for k, v in tensors.items()}
@@ -309,3 +309,11 @@ def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         write_texts(tmp, config, files)
     return Path(out)
+
+
+def _track(items: list, what: str):
+    from rich.progress import track
+
+    from compress.report import console
+
+    return track(items, description=what, console=console, transient=True)

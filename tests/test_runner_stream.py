@@ -171,3 +171,32 @@ def test_a_teacher_too_big_for_memory_is_named_before_loading(tmp_path, monkeypa
     monkeypatch.setattr(rs, "available_bytes", lambda: need)
     _run(tmp_path, text, "fits")
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("call", [2, 7])  # during the first svd pass; during the second
+def test_sigterm_mid_streamed_pass_then_resume(tmp_path, monkeypatch, call):
+    """A real SIGTERM while a block is being released: no output folder, and --resume (from the
+    sharded stage when the first pass had finished) gives the uninterrupted run's weights."""
+    import os
+    import signal
+
+    from compress.stream import CheckpointBlocks
+
+    text = _teacher(tmp_path, "flux").format(stream="true")  # 2 + 3 blocks: 5 releases a pass
+    reference = load_transformer(_run(tmp_path, text, "ref")).state_dict()
+    real, count = CheckpointBlocks.release, {"n": 0}
+
+    def release(self, *args):
+        count["n"] += 1
+        if count["n"] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args)
+
+    monkeypatch.setattr(CheckpointBlocks, "release", release)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, text, "cut")
+    assert not (tmp_path / "out-cut").exists()
+    assert (tmp_path / "run-cut" / "stages" / "0-svd" / "state.json").is_file() == (call > 5)
+    monkeypatch.undo()
+    got = load_transformer(_run(tmp_path, text, "cut", resume=True)).state_dict()
+    assert got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in got)
