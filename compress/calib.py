@@ -283,6 +283,23 @@ class BlockLoader:
     def release(self, group: str, index: int, block: nn.Module) -> None:
         pass
 
+    def unload(self, group: str, index: int, block: nn.Module) -> None:
+        """Free a block that was not changed (a streaming loader writes nothing back)."""
+
+
+class Unchanged(BlockLoader):
+    """A calibration that changes no block (global's loss curves): blocks are freed, never
+    written back."""
+
+    def __init__(self, loader: BlockLoader):
+        self.loader, self.resident = loader, loader.resident
+
+    def materialize(self, group: str, index: int, block: nn.Module) -> None:
+        self.loader.materialize(group, index, block)
+
+    def release(self, group: str, index: int, block: nn.Module) -> None:
+        self.loader.unload(group, index, block)
+
 
 def _with_timestep(batch: dict, t: torch.Tensor) -> dict:
     b = batch["timestep"].shape[0] if batch["timestep"].ndim else 1

@@ -200,3 +200,20 @@ def test_sigterm_mid_streamed_pass_then_resume(tmp_path, monkeypatch, call):
     monkeypatch.undo()
     got = load_transformer(_run(tmp_path, text, "cut", resume=True)).state_dict()
     assert got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in got)
+
+
+def test_streamed_global_energy_and_teacher_activations_match_resident(tmp_path, monkeypatch):
+    """global (without sensitivities: it calibrates every block first), energy and teacher-mode
+    activations stream too, with the resident result; global's first walk writes nothing back."""
+    from compress.stream import CheckpointBlocks
+
+    released, real = [], CheckpointBlocks.release
+    monkeypatch.setattr(CheckpointBlocks, "release", lambda self, *a: (released.append(a[:2]), real(self, *a)))
+    text = _teacher(tmp_path, "flux").replace(
+        "fisher: block, ratio: 0.5", "fisher: block, allocation: global, sensitivity: false, ratio: 0.5").replace(
+        "fisher: none, ranks: {{modulation: 4}}", "fisher: none, allocation: energy, energy: 0.9, activations: teacher")
+    a = load_transformer(_run(tmp_path, text.format(stream="false"), "resident")).state_dict()
+    b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sum(k.endswith(".down.weight") for k in a) > 20
+    assert len(released) == 2 * 5  # two passes over 2 + 3 blocks: the curve walk only unloads

@@ -36,7 +36,8 @@ from torch import nn
 from compress.alloc import (DENSE, budget_for_ratio, energy_rank, global_greedy, min_budget, ratio_rank,
                             sensitivity_weight, trust_ranges, weighted_loss)
 from compress.arch.base import Adapter, LinearInfo
-from compress.calib import BlockCalibration, BlockLoader, Reader, Stats, StatsCache, model_digest
+from compress.calib import (BlockCalibration, BlockLoader, Reader, Stats, StatsCache, Unchanged,
+                            model_digest)
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.linalg import METHODS, asymmetric_step, factors_from, normalized_curve
@@ -434,7 +435,8 @@ class SVDPass(Pass):
                 factors[info.name] = (up.float(), fac.down.float(), float(curves[info.name][rank]))
             return False
 
-        cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, self.loader, c.progress)
+        cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),
+                               c.progress)
         self._walk(cal, targets, visit, [])
         free = [i for i in targets if i.name not in fixed]
         specs = [shape_spec(i, curves[i.name]) for i in free]
