@@ -20,7 +20,7 @@ from compress.errors import UserError
 from compress.io import read_json, model_class
 from compress.report import console, layer_rows, param_count
 from compress.runner import build_passes, check_pass
-from compress.runner_stream import check_streaming
+from compress.runner_stream import check_streaming, streamed_weights
 
 KNOWN_CONFIGS = {
     "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": "PixArt-Sigma-XL-2-1024-MS.json",
@@ -88,14 +88,6 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
     }
-
-
-def streamed_weights(model, adapter) -> dict:
-    """Teacher parameters resident at once when streamed: the top level plus the largest block."""
-    blocks = [param_count(b) for _, _, b in adapter.iter_blocks(model)]
-    top = param_count(model) - sum(blocks)
-    return {"top_level_params": top, "largest_block_params": max(blocks),
-            "resident_params": top + max(blocks)}
 
 
 def print_plan(plan: dict) -> None:

@@ -28,7 +28,7 @@ from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
-from compress.runner_stream import check_streaming, models_for
+from compress.runner_stream import check_streaming, models_for, streamed_weights
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -122,6 +122,9 @@ class Runner:
             check_pass(p, spec, self.teacher, self.adapter, self.recipe.path)
         if self.recipe.stream:
             check_streaming(self.passes, self.recipe.passes, self.recipe.path)
+            s = streamed_weights(self.teacher, self.adapter)
+            console.print(f"streaming: the top level ({s['top_level_params']:,} params) stays resident, "
+                          f"blocks (at most {s['largest_block_params']:,}) are read one at a time")
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
@@ -137,6 +140,8 @@ class Runner:
             calibration=self.recipe.calibration,
             fingerprint=fingerprint(self.source, self.teacher, self.recipe, self.models),
             resume=self.resume)
+        if self.recipe.stream:
+            self.ctx.report["stream"] = dict(s, compute_dtype=self.recipe.compute_dtype)
 
     def _teacher_forwards(self, make):
         """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""

@@ -172,6 +172,16 @@ def available_bytes() -> int | None:
     return None
 
 
+def streamed_weights(model, adapter) -> dict:
+    """Teacher parameters resident at once when streamed: the top level plus the largest block."""
+    from compress.report import param_count
+
+    blocks = [param_count(b) for _, _, b in adapter.iter_blocks(model)]
+    top = param_count(model) - sum(blocks)
+    return {"top_level_params": top, "largest_block_params": max(blocks),
+            "resident_params": top + max(blocks)}
+
+
 def models_for(stream: bool, run_dir: Path, dtype: torch.dtype = torch.float32):
     return (StreamedModels if stream else ResidentModels)(run_dir, dtype)
 

@@ -55,6 +55,8 @@ def test_streamed_run_writes_the_resident_result(tmp_path, family, dtype):
     assert [s["relative_error"] for s in ra["stages"]] == [s["relative_error"] for s in rb["stages"]]
     assert ra["stages"][-1]["relative_error"] > 0
     assert rb["student_params"] == ra["student_params"] < rb["teacher_params"]
+    assert "stream" not in ra and rb["stream"]["compute_dtype"] == dtype
+    assert rb["stream"]["resident_params"] < rb["teacher_params"]
     assert not any((tmp_path / "run-streamed" / "stream").iterdir())  # stages hold the one copy
     shards = json.loads((streamed / INDEX).read_text())["weight_map"]
     blocks = {m.group(1) for k in shards if (m := re.match(r"(\w+\.\d+)\.", k))}
