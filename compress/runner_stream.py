@@ -109,7 +109,7 @@ class StreamedModels:
         """The student's blocks are read from the stage folder just written (same dtype) from now
         on, and the spilled copies are deleted: one copy of the student on disk, not two."""
         loader = self.loaders[id(student)]
-        loader.files = weight_map(stage)
+        loader.point_to(weight_map(stage))
         shutil.rmtree(self._spill(), ignore_errors=True)
         self._spill().mkdir(parents=True)
 

@@ -110,12 +110,37 @@ class CheckpointBlocks:
         from compress.arch import get_adapter
 
         self.model, self.adapter, self.device = model, get_adapter(model), device
-        self.files = dict(files) if isinstance(files, dict) else weight_map(files)
+        self.point_to(dict(files) if isinstance(files, dict) else weight_map(files))
         self.spill = Path(spill) if spill is not None else None
         if self.spill is not None:
             self.spill.mkdir(parents=True, exist_ok=True)
         self.dtype = next(model.parameters()).dtype
         lean_heap()
+
+    def point_to(self, files: dict[str, Path]) -> None:
+        """Read every tensor from `files` (name -> file) from now on."""
+        self.files, self.stored = files, {}  # stored: name -> its name in the file, where they differ
+
+    def renumber(self, keep: dict[str, list[int]]) -> None:
+        """After `adapter.remove_blocks` on the model: block i of group g is read from where block
+        keep[g][i] was; removed blocks are forgotten."""
+        files, stored = {}, {}
+        for k, path in self.files.items():
+            new = self._renamed(k, keep)
+            if new is not None:
+                files[new], stored[new] = path, self.stored.get(k, k)
+        self.files, self.stored = files, {k: v for k, v in stored.items() if k != v}
+
+    def _renamed(self, key: str, keep: dict[str, list[int]]) -> str | None:
+        for g in self.adapter.groups:
+            head = g.attr + "."
+            if key.startswith(head):
+                index, rest = key[len(head):].split(".", 1)
+                kept = keep.get(g.name, None)
+                if kept is None:
+                    return key
+                return f"{head}{kept.index(int(index))}.{rest}" if int(index) in kept else None
+        return key  # the top level
 
     def _prefix(self, group: str, index: int) -> str:
         return self.adapter.block_prefix(group, index)
@@ -135,7 +160,7 @@ class CheckpointBlocks:
         for k in keys:
             path = self.files[k]
             with safe_open(str(path), framework="pt") as f:
-                t = f.get_tensor(k)
+                t = f.get_tensor(self.stored.get(k, k))
             if t.is_floating_point():
                 bad = nonfinite(t)
                 if bad:
@@ -173,6 +198,7 @@ class CheckpointBlocks:
                 path.unlink()
             state = {prefix + k: v for k, v in block.state_dict().items()}
             self.files = {k: f for k, f in self.files.items() if not k.startswith(prefix)}
+            self.stored = {k: v for k, v in self.stored.items() if not k.startswith(prefix)}
             for part, keys in enumerate(pieces(state, SHARD_BYTES)):
                 path = self.spill / f"{group}-{index}-{part}.safetensors"
                 save_pieces(path, {k: state[k] for k in keys})

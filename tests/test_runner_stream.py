@@ -219,3 +219,26 @@ def test_streamed_global_energy_and_teacher_activations_match_resident(tmp_path,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert sum(k.endswith(".down.weight") for k in a) > 20
     assert len(released) == 2 * 5  # two passes over 2 + 3 blocks: the curve walk only unloads
+
+
+@pytest.mark.parametrize("family, blocks", [("pixart", "{blocks: [1]}"), ("flux", "{double: [0], single: [0, 2]}")])
+def test_streamed_explicit_block_removal_matches_resident(tmp_path, family, blocks):
+    """Blocks removed by teacher index before the svd passes: the streamed student reads block i
+    from where teacher block block_map[i] was."""
+    text = _teacher(tmp_path, family)
+    text = {s: text.format(stream=s).replace("passes:\n", f"passes:\n  - remove_blocks: {{blocks: {blocks}}}\n")
+            for s in ("false", "true")}
+    resident = _run(tmp_path, text["false"], "resident")
+    streamed = _run(tmp_path, text["true"], "streamed")
+    a, b = load_transformer(resident).state_dict(), load_transformer(streamed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (streamed / "block_map.json").read_text() == (resident / "block_map.json").read_text()
+    ra, rb = (json.loads((o / "report.json").read_text()) for o in (resident, streamed))
+    assert [s["relative_error"] for s in ra["stages"]] == [s["relative_error"] for s in rb["stages"]]
+    assert ra["stages"][0]["relative_error"] > 0.01  # the removal itself changed the prediction
+
+
+def test_removal_by_importance_is_refused_when_streaming(tmp_path):
+    text = _teacher(tmp_path, "flux").replace("passes:\n", "passes:\n  - remove_blocks: {{count: 1}}\n")
+    with pytest.raises(UserError, match=r"bad\.yaml:6: remove_blocks by count or fraction ranks blocks"):
+        _run(tmp_path, text.format(stream="true"), "bad")

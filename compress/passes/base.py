@@ -84,7 +84,7 @@ class Pass:
         """Whether this config runs with block weights streamed (recipe `stream: true`, where
         only one block is resident); raise UserError naming what needs the whole model."""
         raise UserError(f"the {self.name} pass needs the whole model in memory; with stream: true "
-                        "a recipe may hold only svd passes")
+                        "a recipe may hold svd passes and remove_blocks with explicit indices")
 
     def plan(self, model: nn.Module, adapter: Adapter) -> dict:
         """A dry-run description (for `dit-compress plan`): what would change, without compute."""

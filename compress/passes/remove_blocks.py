@@ -183,6 +183,14 @@ class RemoveBlocksPass(Pass):
             raise UserError(f"remove_blocks: criterion must be one of {', '.join(CRITERIA)}, "
                             f"got {self.config.criterion!r}")
 
+    def check_streaming(self) -> None:
+        """Explicit indices stream (blocks are only renumbered); choosing by importance runs the
+        skip-one scan over the whole model."""
+        if self.config.blocks is None:
+            raise UserError("remove_blocks by count or fraction ranks blocks with the importance scan, "
+                            "which needs the whole model in memory; with stream: true give explicit "
+                            "teacher indices (remove_blocks: {blocks: {single: [3, 7]}})")
+
     def plan(self, model: nn.Module, adapter: Adapter) -> dict:
         self.check(model, adapter)
         counts = adapter.block_counts(model)
@@ -223,7 +231,7 @@ class RemoveBlocksPass(Pass):
             teacher = ctx.teacher if ctx.teacher is not None else model  # indices are teacher indices
             check_explicit(self.config.blocks, adapter, adapter.block_counts(teacher))
             drop = to_current(self.config.blocks, block_map)
-            block_map = self._remove(model, adapter, block_map, drop, record)
+            block_map = self._remove(model, adapter, block_map, drop, record, ctx.blocks)
         elif not self.config.iterative:
             budget = resolve_budget(self.config, adapter, before)
             scores = self._scores(model, ctx, block_map, reuse=True)
@@ -240,8 +248,11 @@ class RemoveBlocksPass(Pass):
         return model
 
     # ---- steps ----
-    def _remove(self, model, adapter, block_map, drop, record) -> dict[str, list[int]]:
+    def _remove(self, model, adapter, block_map, drop, record, loader=None) -> dict[str, list[int]]:
+        """loader: streamed block weights (CheckpointBlocks), renumbered like the model."""
         keep = adapter.remove_blocks(model, drop)  # {group: kept current indices}
+        if loader is not None:
+            loader.renumber(keep)
         record["order"] += [f"{g}.{block_map[g][i]}" for g, idx in drop.items() for i in idx]
         return compose(block_map, keep)
 
