@@ -91,6 +91,7 @@ class PipelineSource:
         self.family, self.calib, self.teacher, self.pipeline = family, calib, teacher, pipeline
         self.prompts = read_prompts(calib, recipe_dir)
         self._pipe = None
+        self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both
 
     def _run(self, prompts: list[str], seed: int) -> list[dict]:
         if self._pipe is None:
@@ -99,14 +100,23 @@ class PipelineSource:
         return capture(self._pipe, self.teacher, prompts, c.sample_steps, min(c.timesteps, c.sample_steps),
                        c.guidance_scale if c.cfg_branches else 1.0, seed, c.prompts_per_call)
 
+    def _done(self, what: str) -> None:
+        self._left.discard(what)
+        if not self._left:
+            self._pipe = None
+
     def calibration(self) -> list[dict]:
         cut = max(1, int(len(self.prompts) * 0.8)) if len(self.prompts) > 1 else 1
-        return self._run(self.prompts[:cut], self.calib.seed)
+        records = self._run(self.prompts[:cut], self.calib.seed)
+        self._done("calibration")
+        return records
 
     def heldout(self) -> list[dict]:
         cut = max(1, int(len(self.prompts) * 0.8))
         rest = self.prompts[cut:] or self.prompts[-1:]
-        return self._run(rest, self.calib.seed + 10_000)
+        records = self._run(rest, self.calib.seed + 10_000)
+        self._done("heldout")
+        return records
 
     def train_batch(self, batch_size: int, generator: torch.Generator):
         raise UserError("distill on a non-toy teacher needs data: set distill.data to "

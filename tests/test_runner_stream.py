@@ -242,3 +242,27 @@ def test_removal_by_importance_is_refused_when_streaming(tmp_path):
     text = _teacher(tmp_path, "flux").replace("passes:\n", "passes:\n  - remove_blocks: {{count: 1}}\n")
     with pytest.raises(UserError, match=r"bad\.yaml:6: remove_blocks by count or fraction ranks blocks"):
         _run(tmp_path, text.format(stream="true"), "bad")
+
+
+def test_streamed_run_with_pipeline_calibration(tmp_path, monkeypatch):
+    """calibration.source: pipeline samples the streamed teacher inside its pipeline, block by
+    block; the weights equal the resident run's, and the pipeline is dropped once both the
+    calibration and the held-out inputs are sampled."""
+    from compress.calib_pipeline import PipelineSource
+
+    sources, real = [], PipelineSource.__init__
+    monkeypatch.setattr(PipelineSource, "__init__",
+                        lambda self, *a, **k: (sources.append(self), real(self, *a, **k))[1])
+    text = """\
+model: pixart
+teacher: toy:pixart
+stream: {stream}
+calibration: {{source: pipeline, prompts: ["a 1", "a 2", "a 3", "a 4", "a 5"], sample_steps: 4,
+              timesteps: 2, prompts_per_call: 2, batch_size: 8, heldout: 4}}
+passes:
+  - svd: {{targets: [mlp], fisher: block, ratio: 0.5, multiple: 8, progress: false}}
+"""
+    a = load_transformer(_run(tmp_path, text.format(stream="false"), "resident")).state_dict()
+    b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(sources) == 2 and all(s._pipe is None for s in sources)
