@@ -5,7 +5,8 @@ one block resident; for models bigger than memory).
 Both give the runner the same five things: the teacher, a fresh student, a student restored from a
 stage folder, a context for whole-model forwards (held-out predictions, pipeline sampling) and a
 writer of stage and output folders. Streamed, the student's blocks live in `run_dir/stream/` as
-the passes leave them, and folders are written as index shards, one block each (`save_streamed`).
+the passes leave them, and folders are written as index shards that never span two blocks
+(`save_streamed`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch import nn
 
 from compress.errors import UserError
 from compress.io import empty_compressed, load_transformer, save_compressed
-from compress.stream import CheckpointBlocks, checkpoint_of, empty_transformer, save_streamed, weight_map
+from compress.stream import (CheckpointBlocks, checkpoint_of, empty_transformer, save_streamed, streamed,
+                             weight_map)
 
 
 class ResidentModels:
@@ -67,11 +69,13 @@ class StreamedModels:
     def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32):
         self.run_dir, self.dtype = Path(run_dir), dtype
         self.loaders: dict[int, CheckpointBlocks] = {}  # id(model) -> its loader
-        self.files: dict[str, Path] = {}
+        self.files: dict[str, Path] = {}  # the teacher checkpoint: tensor name -> file
+        self.student: nn.Module | None = None
 
     @property
     def blocks(self) -> CheckpointBlocks | None:
-        return self.loaders.get(id(self.student)) if hasattr(self, "student") else None
+        """The student's block loader (RunContext.blocks), once there is a student."""
+        return self.loaders.get(id(self.student))
 
     def teacher(self, source: str, load) -> nn.Module:
         config, self.files = checkpoint_of(source)
@@ -97,8 +101,6 @@ class StreamedModels:
 
     @contextmanager
     def forwards(self, model: nn.Module):
-        from compress.stream import streamed
-
         with streamed(model, self.loaders[id(model)]):
             yield model
 
