@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -270,6 +272,36 @@ def model_digest(model: nn.Module, extra=None) -> str:
     return h.hexdigest()[:16]
 
 
+class Spilled:
+    """A list of per-batch activations kept on disk (one torch.save file per batch, read back on
+    each access), so the calibration holds one batch's activations at a time instead of every
+    batch's. The files go with the object."""
+
+    _ids = itertools.count()
+
+    def __init__(self, folder: Path):
+        self.folder, self.id, self.paths = Path(folder), next(Spilled._ids), []
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def append(self, item) -> None:
+        path = self.folder / f"{os.getpid()}-{self.id}-{len(self.paths)}.pt"
+        torch.save(item, path)
+        self.paths.append(path)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, b: int):
+        return torch.load(self.paths[b], weights_only=True)
+
+    def __iter__(self):
+        return (self[b] for b in range(len(self)))
+
+    def __del__(self):
+        for path in getattr(self, "paths", []):
+            path.unlink(missing_ok=True)
+
+
 class BlockLoader:
     """Just-in-time weights: `materialize` before a block runs, `release` once it is done.
     The default keeps everything resident (the model is already loaded); a streaming loader sets
@@ -352,6 +384,7 @@ class BlockCalibration:
     asymmetric: bool = False
     inputs: list | None = None  # [(args, kwargs)] of the next block to run
     reference: list | None = None  # the same, on the reference stream (asymmetric)
+    spill: Path | None = None  # keep block inputs and outputs here, one file per batch (Spilled)
 
     def __post_init__(self):
         if self.activations not in ("student", "teacher"):
@@ -389,7 +422,7 @@ class BlockCalibration:
     def capture(self, readers: list[Reader] = ()) -> dict[str, Stats]:
         """Capture the first block's inputs of every batch; stats of `readers` that fire before it."""
         _, _, first = next(self.adapter.iter_blocks(self.model))
-        captured, stats = [], {}
+        captured, stats = self._store(), {}
 
         def grab(mod, args, kwargs):
             captured.append(_detach((args, kwargs)))
@@ -447,16 +480,23 @@ class BlockCalibration:
                 self.loader.release(group, index, block)
                 bar.advance(task)
 
+    def _store(self) -> list:
+        """Where one activation per batch goes: a list, or files under `spill`."""
+        return Spilled(self.spill) if self.spill is not None else []
+
     def _advance(self, group: str, inputs: list, outputs: list) -> list:
-        return [self.adapter.next_inputs(group, a, k, o) for (a, k), o in zip(inputs, outputs)]
+        advanced = self._store()
+        for (a, k), o in zip(inputs, outputs):
+            advanced.append(self.adapter.next_inputs(group, a, k, o))
+        return advanced
 
     def _run(self, block, readers, keep):
         """Run one block over all current inputs: stats of readers, the outputs (if keep) and, with
         a reference stream and readers, the block's outputs on it (else None). Each batch's reference
         forward runs first and its reader inputs pair row by row with the student's (Stats.cross)."""
-        stats, outputs = {}, []
+        stats, outputs = {}, self._store()
         paired = self.reference is not None and any(pairs(r) for r in readers)
-        ref_outputs = [] if paired else None
+        ref_outputs = self._store() if paired else None
         with accumulating(self.model, readers, stats) as acc, torch.no_grad():
             for b, (args, kwargs) in enumerate(self.inputs):
                 if paired:
@@ -473,8 +513,11 @@ class BlockCalibration:
         return stats, (outputs if keep else None), ref_outputs
 
     def _reference_outputs(self, block) -> list:
+        outputs = self._store()
         with torch.no_grad():
-            return [_detach(self.adapter.run_block(block, a, k)) for a, k in self.reference]
+            for a, k in self.reference:
+                outputs.append(_detach(self.adapter.run_block(block, a, k)))
+        return outputs
 
     def tail(self, readers: list[Reader]) -> dict[str, Stats]:
         """Stats of readers that run after the blocks: one full forward of the model per batch."""

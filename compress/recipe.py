@@ -40,6 +40,9 @@ class CalibrationConfig:
     batch_size: int = 32
     seed: int = 0
     heldout: int = 64  # held-out inputs for teacher-relative errors
+    # keep each block's calibration inputs and outputs on disk, one file per batch, instead of all
+    # batches in memory (big models at high resolution: ~28 MB per Flux 1024² sample in bf16)
+    spill_activations: bool = False
 
     def validate(self):
         for name in ("num_prompts", "timesteps", "batch_size", "heldout", "sample_steps", "prompts_per_call"):

@@ -266,3 +266,17 @@ passes:
     b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed")).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert len(sources) == 2 and all(s._pipe is None for s in sources)
+
+
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_spilled_activations_change_nothing(tmp_path, stream):
+    """calibration.spill_activations keeps block inputs on disk, batch by batch: same weights, and
+    the files are gone after the run. Asymmetric fit (two streams) and global's walk included."""
+    text = _teacher(tmp_path, "flux").format(stream=stream).replace(
+        "ratio: 0.5", "ratio: 0.5, allocation: global, sensitivity: false")
+    a = load_transformer(_run(tmp_path, text, "memory")).state_dict()
+    spilled = text.replace("heldout: 4}", "heldout: 4, spill_activations: true}")
+    b = load_transformer(_run(tmp_path, spilled, "disk")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    folder = tmp_path / "run-disk" / "activations"
+    assert folder.is_dir() and not any(folder.iterdir())

@@ -28,6 +28,7 @@ import hashlib
 import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -101,6 +102,7 @@ class SVDPass(Pass):
     def __init__(self, config: SVDConfig, loader: BlockLoader | None = None):
         super().__init__(config)
         self.loader = loader or BlockLoader()  # just-in-time block weights (big models)
+        self.spill: Path | None = None  # block activations on disk (calibration.spill_activations)
 
     # ---- before any compute ---------------------------------------------------------------------
     def check(self, model: nn.Module, adapter: Adapter) -> None:
@@ -188,6 +190,8 @@ class SVDPass(Pass):
         self.check(model, ctx.adapter)
         if ctx.blocks is not None:  # the runner streams block weights
             self.loader = ctx.blocks
+        spill = getattr(ctx.calibration, "spill_activations", False)
+        self.spill = ctx.run_dir / "activations" if spill else None  # block inputs on disk
         if ctx.calibration_inputs is None:
             raise UserError("the svd pass needs calibration inputs (a calibration section in the recipe)")
         targets = resolve_targets(ctx.adapter.linears(model), c.targets, c.ignore)
@@ -302,7 +306,7 @@ class SVDPass(Pass):
 
         asymmetric = any(self._asymmetric(i) for i in targets if i.group is not None)
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
-                               c.progress, asymmetric)
+                               c.progress, asymmetric, spill=self.spill)
         self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_group)
 
     def _asymmetric(self, info: LinearInfo) -> bool:
@@ -436,7 +440,7 @@ class SVDPass(Pass):
             return False
 
         cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),
-                               c.progress)
+                               c.progress, spill=self.spill)
         self._walk(cal, targets, visit, [])
         free = [i for i in targets if i.name not in fixed]
         specs = [shape_spec(i, curves[i.name]) for i in free]
