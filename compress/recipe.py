@@ -71,7 +71,8 @@ class Recipe:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     # read block weights just in time from the teacher checkpoint (one block resident: models bigger
-    # than memory); svd passes without whole-model work and explicit remove_blocks only
+    # than memory); svd without whole-model work, importance/remove_blocks by the cosine proxy or
+    # explicit indices (runner_stream)
     stream: bool = False
     # the dtype teacher and student are loaded and run in (calibration, passes, held-out errors);
     # bfloat16 halves what a streamed block holds. Factorization math is float64 regardless.

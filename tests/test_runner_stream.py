@@ -238,10 +238,33 @@ def test_streamed_explicit_block_removal_matches_resident(tmp_path, family, bloc
     assert ra["stages"][0]["relative_error"] > 0.01  # the removal itself changed the prediction
 
 
-def test_removal_by_importance_is_refused_when_streaming(tmp_path):
-    text = _teacher(tmp_path, "flux").replace("passes:\n", "passes:\n  - remove_blocks: {{count: 1}}\n")
-    with pytest.raises(UserError, match=r"bad\.yaml:6: remove_blocks by count or fraction ranks blocks"):
+@pytest.mark.parametrize("line, match", [
+    ("remove_blocks: {{count: 1}}", "remove_blocks by the skip scan re-runs"),
+    ("importance: {{buckets: 2}}", "the importance skip scan re-runs every later block"),
+])
+def test_the_skip_scan_is_refused_when_streaming(tmp_path, line, match):
+    text = _teacher(tmp_path, "flux").replace("passes:\n", f"passes:\n  - {line}\n")
+    with pytest.raises(UserError, match=rf"bad\.yaml:6: {match}"):
         _run(tmp_path, text.format(stream="true"), "bad")
+
+
+@pytest.mark.parametrize("passes", [
+    ["importance: {{proxy_only: true, progress: false}}", "remove_blocks: {{count: {{single: 1}}, criterion: proxy}}"],
+    ["remove_blocks: {{count: 2, criterion: proxy, iterative: true}}"],
+])
+def test_removal_by_the_proxy_streams(tmp_path, passes):
+    """The cosine proxy needs one forward per batch: streamed block by block, it picks the blocks
+    the resident run picks, and the svd passes after it write the same weights."""
+    lines = "".join(f"  - {p}\n" for p in passes)
+    text = _teacher(tmp_path, "flux").replace("passes:\n", "passes:\n" + lines)
+    resident = _run(tmp_path, text.format(stream="false"), "resident")
+    streamed = _run(tmp_path, text.format(stream="true"), "streamed")
+    a, b = load_transformer(resident).state_dict(), load_transformer(streamed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (streamed / "block_map.json").read_text() == (resident / "block_map.json").read_text()
+    ra, rb = (json.loads((o / "report.json").read_text()) for o in (resident, streamed))
+    assert ra["remove_blocks"]["removed"] == rb["remove_blocks"]["removed"]
+    assert sum(map(len, rb["remove_blocks"]["removed"].values())) == (1 if len(passes) == 2 else 2)
 
 
 def test_streamed_run_with_pipeline_calibration(tmp_path, monkeypatch):

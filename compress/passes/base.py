@@ -8,6 +8,7 @@ Passes declare what they need (`needs_calibration`, `needs_teacher`); the runner
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -39,6 +40,16 @@ def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: A
         num += (s - t).pow(2).sum().item()
         den += t.pow(2).sum().item()
     return (num / max(den, 1e-300)) ** 0.5
+
+
+def whole_forwards(model: nn.Module, ctx: "RunContext"):
+    """A context for whole-model forwards of the student: with block weights streamed
+    (ctx.blocks), each block is read just before it runs; else nothing to do."""
+    if ctx.blocks is None:
+        return nullcontext(model)
+    from compress.stream import streamed
+
+    return streamed(model, ctx.blocks)
 
 
 @dataclass
@@ -84,7 +95,8 @@ class Pass:
         """Whether this config runs with block weights streamed (recipe `stream: true`, where
         only one block is resident); raise UserError naming what needs the whole model."""
         raise UserError(f"the {self.name} pass needs the whole model in memory; with stream: true "
-                        "a recipe may hold svd passes and remove_blocks with explicit indices")
+                        "a recipe may hold svd, importance with proxy_only and remove_blocks by "
+                        "explicit indices or the proxy")
 
     def plan(self, model: nn.Module, adapter: Adapter) -> dict:
         """A dry-run description (for `dit-compress plan`): what would change, without compute."""

@@ -23,7 +23,7 @@ from torch import nn
 from compress.arch.base import Adapter
 from compress.errors import UserError
 from compress.inputs import moved
-from compress.passes.base import Pass, RunContext
+from compress.passes.base import Pass, RunContext, whole_forwards
 from compress.replay import replayed
 
 BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]}
@@ -124,6 +124,29 @@ def clean_pass(model, adapter, kwargs: dict):
     return pred, first[:1] + outputs[:-1], outputs
 
 
+def proxy_pass(model, adapter, kwargs: dict):
+    """One normal forward keeping only each block's cosine proxy (B,) per block in execution
+    order: two blocks' activations alive at a time, not every block's (streamed models)."""
+    blocks = [blk for _, _, blk in adapter.iter_blocks(model)]
+    last, cos = [], []
+
+    def grab_first(mod, args, kw):
+        last.append(adapter.skipped_output(adapter.hidden_of(args, kw)))
+
+    def each(mod, args, out):
+        cos.append(block_cosine(adapter, last.pop(), out))
+        last.append(out)
+
+    hooks = [blocks[0].register_forward_pre_hook(grab_first, with_kwargs=True)]
+    hooks += [b.register_forward_hook(each) for b in blocks]
+    try:
+        pred = _prediction(model, adapter, kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return pred, cos
+
+
 def skip_prediction(model, adapter, kwargs: dict, i: int, inputs: list, outputs: list) -> torch.Tensor:
     """The model's prediction with block i (execution order) skipped; blocks before it replayed."""
     with replayed(model, adapter, outputs[:i] + [inputs[i]]):
@@ -162,19 +185,24 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
         task = prog.add_task("skip", total=len(batches) * (1 + (n if skips else 0)))
         for batch in batches:
             kwargs = _to_model(batch, model)
-            pred, inputs, outputs = clean_pass(model, adapter, kwargs)  # pred (B, ...)
+            if skips:
+                pred, inputs, outputs = clean_pass(model, adapter, kwargs)  # pred (B, ...)
+                block_cos = [block_cosine(adapter, a, b) for a, b in zip(inputs, outputs)]
+            else:
+                pred, block_cos = proxy_pass(model, adapter, kwargs)
             bucket = bucket_of(adapter.noise_level(kwargs["timestep"]), buckets)
             bucket = bucket.expand(pred.shape[0]) if bucket.numel() == 1 else bucket  # (B,)
             ref += torch.bincount(bucket, _sq_norm(pred), buckets)
             count += torch.bincount(bucket, minlength=buckets).double()
             for i in range(n):
-                cos[i] += torch.bincount(bucket, block_cosine(adapter, inputs[i], outputs[i]), buckets)
+                cos[i] += torch.bincount(bucket, block_cos[i], buckets)
             prog.advance(task)
             for i in range(n if skips else 0):
                 skipped = skip_prediction(model, adapter, kwargs, i, inputs, outputs)
                 diff[i] += torch.bincount(bucket, _sq_norm(skipped - pred), buckets)
                 prog.advance(task)
-            del inputs, outputs
+            if skips:
+                del inputs, outputs
     return _result(adapter.family, names, diff if skips else None, ref, cos, count, cost, block_map)
 
 
@@ -340,12 +368,20 @@ class ImportancePass(Pass):
         n = sum(adapter.block_counts(model).values())
         return {"blocks": n, "per_batch": scan_cost(n, 1, not self.config.proxy_only)}
 
+    def check_streaming(self) -> None:
+        """The proxy streams (one forward per batch); the skip scan re-runs the blocks after each
+        skipped one, N(N-1)/2 block reads per batch."""
+        if not self.config.proxy_only:
+            raise UserError("the importance skip scan re-runs every later block for each skipped one; "
+                            "with stream: true set importance.proxy_only: true (one forward per batch)")
+
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         if ctx.calibration_inputs is None:
             raise UserError("importance: the run has no calibration inputs")
-        result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
-                      progress=self.config.progress, skips=not self.config.proxy_only,
-                      block_map=ctx.block_map)
+        with whole_forwards(model, ctx):
+            result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
+                          progress=self.config.progress, skips=not self.config.proxy_only,
+                          block_map=ctx.block_map)
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         save_json(result, ctx.run_dir / "importance.json")
         plot_heatmap(result, ctx.run_dir / "importance.png")

@@ -17,7 +17,7 @@ from torch import nn
 
 from compress.arch.base import Adapter
 from compress.errors import NumericError, UserError
-from compress.passes.base import Pass, RunContext
+from compress.passes.base import Pass, RunContext, whole_forwards
 from compress.passes.importance import ImportanceResult, scan
 
 CRITERIA = ("scan", "proxy")
@@ -184,12 +184,12 @@ class RemoveBlocksPass(Pass):
                             f"got {self.config.criterion!r}")
 
     def check_streaming(self) -> None:
-        """Explicit indices stream (blocks are only renumbered); choosing by importance runs the
-        skip-one scan over the whole model."""
-        if self.config.blocks is None:
-            raise UserError("remove_blocks by count or fraction ranks blocks with the importance scan, "
-                            "which needs the whole model in memory; with stream: true give explicit "
-                            "teacher indices (remove_blocks: {blocks: {single: [3, 7]}})")
+        """Explicit indices stream (blocks are only renumbered), and so does choosing by the cosine
+        proxy (one streamed forward per batch); the skip scan does not."""
+        if self.config.blocks is None and self.config.criterion != "proxy":
+            raise UserError("remove_blocks by the skip scan re-runs every later block for each skipped "
+                            "one; with stream: true set remove_blocks.criterion: proxy (one forward "
+                            "per batch) or give explicit teacher indices")
 
     def plan(self, model: nn.Module, adapter: Adapter) -> dict:
         self.check(model, adapter)
@@ -235,7 +235,8 @@ class RemoveBlocksPass(Pass):
         elif not self.config.iterative:
             budget = resolve_budget(self.config, adapter, before)
             scores = self._scores(model, ctx, block_map, reuse=True)
-            block_map = self._remove(model, adapter, block_map, _choose(scores, before, budget), record)
+            block_map = self._remove(model, adapter, block_map, _choose(scores, before, budget), record,
+                                     ctx.blocks)
         else:
             block_map = self._greedy(model, ctx, block_map, resolve_budget(self.config, adapter, before),
                                      record)
@@ -264,8 +265,9 @@ class RemoveBlocksPass(Pass):
                 return scores
         if ctx.calibration_inputs is None:
             raise UserError("remove_blocks: choosing blocks by importance needs calibration inputs")
-        result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
-                      progress=False, skips=criterion == "scan", block_map=block_map)
+        with whole_forwards(model, ctx):
+            result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
+                          progress=False, skips=criterion == "scan", block_map=block_map)
         scores = scores_from(result, criterion, block_map)
         if scores is None:
             raise NumericError(f"remove_blocks: the {criterion} scan scored a block NaN "
@@ -280,7 +282,7 @@ class RemoveBlocksPass(Pass):
             scores = self._scores(model, ctx, block_map, reuse=step == 0)
             groups = {g for g, k in left.items() if k > 0} if left is not None else None
             drop = least_important(scores, counts, 1, groups)
-            block_map = self._remove(model, ctx.adapter, block_map, drop, record)
+            block_map = self._remove(model, ctx.adapter, block_map, drop, record, ctx.blocks)
             if left is not None:
                 left[next(iter(drop))] -= 1
         return block_map

@@ -121,3 +121,16 @@ def test_heatmap_with_empty_bucket_and_bad_config(tmp_path):
         ImportancePass(ImportanceConfig(buckets=0)).check(model, get_adapter(model))
     with pytest.raises(UserError, match="no calibration inputs"):
         scan(model, get_adapter(model), [], progress=False)
+
+
+@pytest.mark.parametrize("make", [tiny_pixart, tiny_flux])
+def test_proxy_only_scan_gives_the_full_scans_proxy(make):
+    """proxy_only keeps two blocks' activations at a time (proxy_pass) and scores exactly what the
+    full scan's clean pass scores."""
+    model = make()
+    adapter = get_adapter(model)
+    batches = [model_inputs(model, seed=s) for s in range(2)]
+    full = scan(model, adapter, batches, buckets=2, progress=False)
+    light = scan(model, adapter, batches, buckets=2, progress=False, skips=False)
+    assert [b.proxy_by_bucket for b in light.blocks] == [b.proxy_by_bucket for b in full.blocks]
+    assert all(math.isnan(b.scan) for b in light.blocks)
