@@ -34,8 +34,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from compress.alloc import (DENSE, budget_for_ratio, energy_rank, global_greedy, min_budget, ratio_rank,
-                            sensitivity_weight, trust_ranges, weighted_loss)
+from compress.alloc import DENSE, budget_for_ratio, energy_rank, global_greedy, ratio_rank
 from compress.arch.base import Adapter, LinearInfo
 from compress.calib import (BlockCalibration, BlockLoader, Reader, Stats, StatsCache, Unchanged,
                             model_digest)
@@ -46,8 +45,9 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
 from compress.passes.svd_fisher import block_fisher, output_fisher, sqrt_pair
-from compress.passes.svd_layer import (compress_layer, decompose_layer, layer_math, replace_linear,
-                                       swapped_weight, weighted)
+from compress.passes.svd_global import (check_global_budget, predicted_vs_uniform, sensitivities,
+                                       trust_ranges_for)
+from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
 from compress.passes.svd_targets import (check_explicit_ranks, fixed_ranks, is_model_wide, matches,
                                          resolve_targets, shape_spec, stats_key, uses_output_gram)
 from compress.replay import Prefix
@@ -144,7 +144,7 @@ class SVDPass(Pass):
         if c.allocation == "per_role":
             _check_ratios(c.ratios, {i.role for i in targets})
         if c.allocation == "global":
-            _check_global_budget(targets, c)
+            check_global_budget(targets, c)
 
     def check_streaming(self) -> None:
         """Block weights streamed: everything but whole-model forwards (the prediction's Fisher,
@@ -444,52 +444,20 @@ class SVDPass(Pass):
         self._walk(cal, targets, visit, [])
         free = [i for i in targets if i.name not in fixed]
         specs = [shape_spec(i, curves[i.name]) for i in free]
-        weights = _sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
+        weights = sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
                                  c.progress, targets) if sensitivity else {}
         if weights:  # layers whose uniform rank saves nothing were not measured: the median weight
             median = statistics.median(weights.values())
             weights = {s.name: weights.get(s.name, median) for s in specs}
         budget = budget_for_ratio(specs, c.ratio)
-        ranges = _trust_ranges(specs, c)
+        ranges = trust_ranges_for(specs, c)
         alloc = global_greedy(specs, budget, c.multiple, weights or None, ranges)
         info = {"budget_params": budget, "spent_params": alloc.spent, "sensitivity": sensitivity,
                 "trust_region": c.trust_region, "weights": weights,
-                "predicted_error_vs_uniform": _predicted_vs_uniform(specs, alloc.ranks, weights, c)}
+                "predicted_error_vs_uniform": predicted_vs_uniform(specs, alloc.ranks, weights, c)}
         return {**alloc.ranks, **fixed}, info
 
     # -----------------------------------------------------------------------------------------------
-
-
-def _predicted_vs_uniform(specs, ranks, weights, c: SVDConfig) -> float | None:
-    """√(Σ weight·loss at the allocated ranks / the same at the uniform ranks): the final-prediction
-    error the sensitivity-weighted loss model expects, relative to uniform (None without sensitivity)."""
-    if not weights:
-        return None
-    uniform = weighted_loss(specs, {s.name: ratio_rank(s, c.ratio, c.multiple) for s in specs}, weights)
-    return (weighted_loss(specs, ranks, weights) / uniform) ** 0.5 if uniform > 0 else None
-
-
-def _sensitivities(model, adapter, batches, factors, progress, targets) -> dict[str, float]:
-    """Per measured layer: the squared relative final-prediction error with only that layer at the
-    uniform rank, per unit of its normalized loss there (alloc.sensitivity_weight). The forwards of
-    a block's layers start at that block (its input recorded once, `replay.Prefix`)."""
-    from compress.calib import _progress
-
-    ref = predictions(model, adapter, batches)
-    position = {(g, i): k for k, (g, i, _) in enumerate(adapter.iter_blocks(model))}
-    start = {i.name: position.get((i.group, i.block), 0) for i in targets}  # top level: whole forwards
-    weights, prefix = {}, Prefix(model, adapter, batches, 0)
-    with _progress(progress) as bar:
-        task = bar.add_task("sensitivity", total=len(factors))
-        for name in sorted(factors, key=start.__getitem__):  # one recording per block
-            up, down, norm_loss = factors[name]
-            if start[name] != prefix.start:
-                prefix = Prefix(model, adapter, batches, start[name])
-            with swapped_weight(model, name, up @ down):
-                rel = relative_error(model, ref, adapter, batches, prefix)
-            weights[name] = sensitivity_weight(rel, norm_loss)
-            bar.advance(task)
-    return {name: weights[name] for name in factors}
 
 
 def _readers(infos: list[LinearInfo], where: str = "top level") -> list[Reader]:
@@ -532,24 +500,6 @@ def _digest(*parts) -> str:
 def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
         raise UserError(f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _trust_ranges(specs, c: SVDConfig) -> dict | None:
-    return trust_ranges(specs, c.ratio, c.multiple, c.trust_region) if c.trust_region else None
-
-
-def _check_global_budget(targets: list[LinearInfo], c: SVDConfig) -> None:
-    """The budget must cover every free target at its lowest allowed rank (known from shapes alone)."""
-    fixed = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
-    specs = [shape_spec(i) for i in targets if i.name not in fixed]
-    budget, floor = budget_for_ratio(specs, c.ratio), min_budget(specs, c.multiple, _trust_ranges(specs, c))
-    if specs and budget < floor:
-        dense = sum(s.params(DENSE) for s in specs)
-        raise UserError(f"svd.ratio {c.ratio} is below what global allocation can keep: every target at its "
-                        f"lowest allowed rank (multiple {c.multiple}"
-                        + (f", within trust_region {c.trust_region}× of uniform" if c.trust_region else "")
-                        + f") keeps {floor / dense:.3f} of the parameters; raise svd.ratio, lower svd.multiple"
-                        + (" or widen svd.trust_region" if c.trust_region else ""))
 
 
 def _check_ratios(ratios, roles: set[str]) -> None:

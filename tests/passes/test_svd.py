@@ -8,7 +8,8 @@ from compress.errors import UserError
 from compress.lowrank import LowRankLinear
 from compress.passes import svd_targets
 from compress.passes.base import RunContext, predictions, relative_error
-from compress.passes.svd import SVDConfig, SVDPass, _sensitivities
+from compress.passes.svd import SVDConfig, SVDPass
+from compress.passes.svd_global import sensitivities
 from compress.passes.svd_layer import swapped_weight
 from compress.passes.svd_targets import shape_spec
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
@@ -354,7 +355,7 @@ def test_sensitivities_replayed_per_block_equal_whole_forwards():
         w = model.get_submodule(n).weight
         up, down = torch.randn(w.shape[0], 2, generator=gen), torch.randn(2, w.shape[1], generator=gen)
         factors[n] = (0.1 * up, down, 0.5)
-    got = _sensitivities(model, adapter, batches, factors, False, infos)
+    got = sensitivities(model, adapter, batches, factors, False, infos)
     ref = predictions(model, adapter, batches)
     for n, (up, down, loss) in factors.items():
         with swapped_weight(model, n, up @ down):
