@@ -179,11 +179,13 @@ class Runner:
             return
         d = self._stage_dir(i)
         self.models.save(student, d, overwrite=True)
-        self.models.adopt(student, d)  # streamed: later reads come from the stage, spill freed
         state = {"recipe": self.recipe.raw, "report": self.ctx.report, "block_map": self.ctx.block_map}
         tmp = d / "state.json.tmp"
         tmp.write_text(json.dumps(state, default=str))
         tmp.replace(d / "state.json")
+        # streamed: later reads come from this stage, and the spill and older stages go (only once
+        # this stage is complete, so an interruption always leaves one to resume from)
+        self.models.adopt(student, d)
 
     # -- run --------------------------------------------------------------------------------------
     def run(self) -> Path:

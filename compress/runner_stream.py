@@ -79,6 +79,7 @@ class StreamedModels:
 
     def teacher(self, source: str, load) -> nn.Module:
         config, self.files = checkpoint_of(source)
+        warn_if_short_of_disk(self.run_dir, checkpoint_numel(self.files) * self.dtype.itemsize)
         model = empty_transformer(config, self.dtype).requires_grad_(False).eval()
         self._attach(model, CheckpointBlocks(model, self.files))
         return model
@@ -109,11 +110,15 @@ class StreamedModels:
 
     def adopt(self, student: nn.Module, stage: Path) -> None:
         """The student's blocks are read from the stage folder just written (same dtype) from now
-        on, and the spilled copies are deleted: one copy of the student on disk, not two."""
+        on; the spilled copies and earlier stages (resume starts from the latest) are deleted, so
+        the run keeps one copy of the student on disk, two while the next stage is written."""
         loader = self.loaders[id(student)]
         loader.point_to(weight_map(stage))
         shutil.rmtree(self._spill(), ignore_errors=True)
         self._spill().mkdir(parents=True)
+        for old in stage.parent.iterdir():
+            if old.is_dir() and old != stage:
+                shutil.rmtree(old, ignore_errors=True)
 
     def fingerprint(self, teacher: nn.Module, h) -> None:
         """Adds the checkpoint to hash h: each file's safetensors header (names, dtypes, shapes,
@@ -153,6 +158,11 @@ def resident_bytes(source: str, dtype: torch.dtype) -> int | None:
         _, files = checkpoint_of(str(path))
     except UserError:
         return None
+    return 2 * checkpoint_numel(files) * dtype.itemsize
+
+
+def checkpoint_numel(files: dict[str, Path]) -> int:
+    """Elements of every tensor of a checkpoint, from its safetensors headers."""
     from safetensors import safe_open
 
     numel = 0
@@ -160,7 +170,32 @@ def resident_bytes(source: str, dtype: torch.dtype) -> int | None:
         with safe_open(str(f), framework="pt") as h:
             for k in h.keys():
                 numel += math.prod(h.get_slice(k).get_shape())
-    return 2 * numel * dtype.itemsize
+    return numel
+
+
+def warn_if_short_of_disk(run_dir: Path, model_bytes: int) -> None:
+    """A streamed run writes up to about three copies of the model under run_dir (spilled blocks,
+    the latest stage, the one before it) and one more to the output: say so before it starts if
+    the disk has less free."""
+    need, have = 3 * model_bytes, free_bytes(run_dir)
+    if have is None or need <= have:
+        return
+    from compress.report import console
+
+    console.print(f"[bold yellow]warning:[/] a streamed run writes up to about {need / 2**30:.1f} GiB "
+                  f"under {run_dir} (spilled blocks and stage checkpoints), and {have / 2**30:.1f} GiB "
+                  "are free there; pass --run-dir on a bigger disk")
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Free space of the disk holding `folder` (or its nearest existing parent)."""
+    folder = Path(folder).resolve()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def available_bytes() -> int | None:

@@ -101,11 +101,12 @@ def test_single_file_teacher_is_refused(tmp_path):
 
 
 def test_resume_from_a_streamed_stage(tmp_path):
+    """Only the latest stage is kept (spills and earlier stages are deleted once it is written);
+    resuming from it gives the same output."""
     text = _teacher(tmp_path, "flux").format(stream="true")
     first = _run(tmp_path, text, "a")
     stages = tmp_path / "run-a" / "stages"
-    assert (stages / "0-svd" / INDEX).is_file()
-    (stages / "1-svd" / "state.json").unlink()  # as if interrupted during the second pass
+    assert [d.name for d in stages.iterdir()] == ["1-svd"] and (stages / "1-svd" / INDEX).is_file()
     resumed = Runner(parse_recipe(text, str(tmp_path / "a.yaml")), tmp_path / "out-b",
                      tmp_path / "run-a", resume=True).run()
     a, b = load_transformer(first).state_dict(), load_transformer(resumed).state_dict()
@@ -303,3 +304,16 @@ def test_spilled_activations_change_nothing(tmp_path, stream):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     folder = tmp_path / "run-disk" / "activations"
     assert folder.is_dir() and not any(folder.iterdir())
+
+
+def test_a_disk_too_small_for_a_streamed_run_is_named(tmp_path, monkeypatch, capsys):
+    import compress.runner_stream as rs
+
+    text = _teacher(tmp_path, "pixart").format(stream="true")
+    monkeypatch.setattr(rs, "free_bytes", lambda folder: 1)
+    _run(tmp_path, text, "small")
+    err = capsys.readouterr().err
+    assert "warning: a streamed run writes up to about" in err and "--run-dir" in err
+    monkeypatch.setattr(rs, "free_bytes", lambda folder: 2**50)
+    _run(tmp_path, text, "big")
+    assert "warning" not in capsys.readouterr().err
