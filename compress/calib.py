@@ -13,7 +13,8 @@ Flow of one calibration (`BlockCalibration`):
 3. `blocks(...)`: a generator; per block it accumulates the stats its readers need, yields them (the
    caller compresses the block in place), then computes the next block's inputs: with the compressed
    weights (`activations="student"`, error-aware) or with the teacher's outputs (`"teacher"`).
-   Only one block's activations are resident; a `BlockLoader` may materialize weights just in time.
+   Only one block's activations are resident (one batch of them with `spill`, calib_store.Spilled);
+   a `BlockLoader` (calib_store) may materialize weights just in time.
    With `asymmetric`, each block also runs on a reference stream (the inputs the model as found
    gives it) before the student's forward, and plain input readers pair the two row by row
    (`Stats.cross`), so targets can be fitted to the reference's outputs (linalg.asymmetric_step).
@@ -24,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from compress.arch.base import Adapter
+from compress.calib_store import BlockLoader, Spilled
 from compress.errors import NumericError
 
 F64 = torch.float64
@@ -270,67 +270,6 @@ def model_digest(model: nn.Module, extra=None) -> str:
             flat = p.detach().reshape(-1)
             h.update(torch.cat([flat[:8], flat[-8:]]).float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-class Spilled:
-    """A list of per-batch activations kept on disk (one torch.save file per batch, read back on
-    each access), so the calibration holds one batch's activations at a time instead of every
-    batch's. The files go with the object."""
-
-    _ids = itertools.count()
-
-    def __init__(self, folder: Path):
-        self.folder, self.id, self.paths = Path(folder), next(Spilled._ids), []
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def append(self, item) -> None:
-        path = self.folder / f"{os.getpid()}-{self.id}-{len(self.paths)}.pt"
-        torch.save(item, path)
-        self.paths.append(path)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, b: int):
-        return torch.load(self.paths[b], weights_only=True)
-
-    def __iter__(self):
-        return (self[b] for b in range(len(self)))
-
-    def __del__(self):
-        for path in getattr(self, "paths", []):
-            path.unlink(missing_ok=True)
-
-
-class BlockLoader:
-    """Just-in-time weights: `materialize` before a block runs, `release` once it is done.
-    The default keeps everything resident (the model is already loaded); a streaming loader sets
-    `resident = False`, and whole-model work (the svd pass's output Fisher) is then refused."""
-
-    resident = True
-
-    def materialize(self, group: str, index: int, block: nn.Module) -> None:
-        pass
-
-    def release(self, group: str, index: int, block: nn.Module) -> None:
-        pass
-
-    def unload(self, group: str, index: int, block: nn.Module) -> None:
-        """Free a block that was not changed (a streaming loader writes nothing back)."""
-
-
-class Unchanged(BlockLoader):
-    """A calibration that changes no block (global's loss curves): blocks are freed, never
-    written back."""
-
-    def __init__(self, loader: BlockLoader):
-        self.loader, self.resident = loader, loader.resident
-
-    def materialize(self, group: str, index: int, block: nn.Module) -> None:
-        self.loader.materialize(group, index, block)
-
-    def release(self, group: str, index: int, block: nn.Module) -> None:
-        self.loader.unload(group, index, block)
 
 
 def _with_timestep(batch: dict, t: torch.Tensor) -> dict:

@@ -101,7 +101,7 @@ def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.
 
 
 class CheckpointBlocks:
-    """A `BlockLoader` (compress.calib) reading a diffusers checkpoint block by block."""
+    """A `BlockLoader` (compress.calib_store) reading a diffusers checkpoint block by block."""
 
     resident = False  # whole-model work (the prediction's Fisher, global's sensitivities) is refused
 

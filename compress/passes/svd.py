@@ -36,8 +36,8 @@ from torch import nn
 
 from compress.alloc import DENSE, budget_for_ratio, energy_rank, global_greedy, ratio_rank
 from compress.arch.base import Adapter, LinearInfo
-from compress.calib import (BlockCalibration, BlockLoader, Reader, Stats, StatsCache, Unchanged,
-                            model_digest)
+from compress.calib import BlockCalibration, Reader, Stats, StatsCache, model_digest
+from compress.calib_store import BlockLoader, Unchanged
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.linalg import METHODS, asymmetric_step, factors_from, normalized_curve

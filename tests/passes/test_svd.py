@@ -282,7 +282,7 @@ def test_asymmetric_fit_lowers_the_unweighted_prediction_error_of_the_toy_teache
 def test_whole_model_work_is_refused_when_blocks_stream(tmp_path):
     """The prediction's Fisher and global's sensitivities need whole forwards; the block Fisher
     does not."""
-    from compress.calib import BlockLoader
+    from compress.calib_store import BlockLoader
 
     class Streaming(BlockLoader):
         resident = False

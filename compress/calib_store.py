@@ -1,0 +1,77 @@
+"""Where a block calibration's weights and activations live between uses.
+
+`BlockLoader`: block weights just in time (`materialize` before a block runs, `release` after;
+resident by default, `compress.stream.CheckpointBlocks` streams them from a checkpoint), and
+`Unchanged` for a walk that changes no block. `Spilled`: per-batch activations on disk
+(`calibration.spill_activations`), so one batch is resident at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Spilled:
+    """A list of per-batch activations kept on disk (one torch.save file per batch, read back on
+    each access), so the calibration holds one batch's activations at a time instead of every
+    batch's. The files go with the object."""
+
+    _ids = itertools.count()
+
+    def __init__(self, folder: Path):
+        self.folder, self.id, self.paths = Path(folder), next(Spilled._ids), []
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def append(self, item) -> None:
+        path = self.folder / f"{os.getpid()}-{self.id}-{len(self.paths)}.pt"
+        torch.save(item, path)
+        self.paths.append(path)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, b: int):
+        return torch.load(self.paths[b], weights_only=True)
+
+    def __iter__(self):
+        return (self[b] for b in range(len(self)))
+
+    def __del__(self):
+        for path in getattr(self, "paths", []):
+            path.unlink(missing_ok=True)
+
+
+class BlockLoader:
+    """Just-in-time weights: `materialize` before a block runs, `release` once it is done.
+    The default keeps everything resident (the model is already loaded); a streaming loader sets
+    `resident = False`, and whole-model work (the svd pass's output Fisher) is then refused."""
+
+    resident = True
+
+    def materialize(self, group: str, index: int, block: nn.Module) -> None:
+        pass
+
+    def release(self, group: str, index: int, block: nn.Module) -> None:
+        pass
+
+    def unload(self, group: str, index: int, block: nn.Module) -> None:
+        """Free a block that was not changed (a streaming loader writes nothing back)."""
+
+
+class Unchanged(BlockLoader):
+    """A calibration that changes no block (global's loss curves): blocks are freed, never
+    written back."""
+
+    def __init__(self, loader: BlockLoader):
+        self.loader, self.resident = loader, loader.resident
+
+    def materialize(self, group: str, index: int, block: nn.Module) -> None:
+        self.loader.materialize(group, index, block)
+
+    def release(self, group: str, index: int, block: nn.Module) -> None:
+        self.loader.unload(group, index, block)
