@@ -175,7 +175,19 @@ class CheckpointBlocks:
             set_module_tensor_to_device(self.model, k, self.device, value=t)
 
     def load_top(self) -> None:
-        self._load(self.top_keys())
+        blocks = self._blocks()
+        want = [k for k in self.model.state_dict() if not k.startswith(blocks)]
+        self._load(self._matching(want, self.top_keys(), "the top level"))
+
+    def _matching(self, want: list[str], have: list[str], what: str) -> list[str]:
+        """`have` if it holds exactly the tensors `want` names, else a UserError naming the difference."""
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        if missing or extra:
+            files = sorted({str(self.files[k]) for k in have})[:1] or ["the checkpoint"]
+            raise UserError(f"{files[0]} does not match the model's config for {what}: "
+                            + "; ".join(f"{n} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+                                        for n, keys in (("missing", missing), ("unexpected", extra)) if keys))
+        return have
 
     def top_keys(self) -> list[str]:
         blocks = self._blocks()
@@ -189,7 +201,9 @@ class CheckpointBlocks:
         return keys
 
     def materialize(self, group: str, index: int, block: nn.Module) -> None:
-        self._load(self.block_keys(group, index))
+        prefix = self._prefix(group, index)
+        want = [prefix + k for k in block.state_dict()]
+        self._load(self._matching(want, self.block_keys(group, index), prefix[:-1]))
 
     def release(self, group: str, index: int, block: nn.Module) -> None:
         if self.spill is not None:

@@ -143,3 +143,23 @@ def test_a_compressed_output_is_not_a_teacher_to_stream(tmp_path):
     save_compressed(tiny_pixart(), tmp_path / "out")
     with pytest.raises(UserError, match="is a dit-compress output"):
         checkpoint_of(str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda sd: sd.pop("transformer_blocks.1.attn1.to_k.weight"), r"transformer_blocks\.1: missing transformer_blocks\.1\.attn1\.to_k\.weight"),
+    (lambda sd: sd.update(extra=torch.zeros(1)), r"the top level: unexpected extra"),
+])
+def test_a_checkpoint_that_does_not_match_its_config_is_named(tmp_path, edit, match):
+    from safetensors.torch import save_file
+
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "ckpt")
+    sd = dict(model.state_dict())
+    edit(sd)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "ckpt" / "diffusion_pytorch_model.safetensors"))
+    meta = empty_transformer(tmp_path / "ckpt")
+    loader = CheckpointBlocks(meta, tmp_path / "ckpt")
+    with pytest.raises(UserError, match=match):
+        loader.load_top()
+        for group, index, block in get_adapter(meta).iter_blocks(meta):
+            loader.materialize(group, index, block)
