@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from fresh import measured  # tools/fresh.py
 
 FULL_WIDTH = dict(patch_size=1, in_channels=64, attention_head_dim=128, num_attention_heads=24,
                   joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
@@ -173,11 +173,7 @@ def _size(folder: Path) -> int:
 
 
 def _child(*args: str) -> dict:
-    cmd = [sys.executable, __file__, *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"stage failed: {' '.join(args)}\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return measured(__file__, *args)
 
 
 def main() -> None:

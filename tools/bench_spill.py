@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from fresh import measured  # tools/fresh.py
 
 CONFIG = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=64,
               num_attention_heads=8, joint_attention_dim=256, pooled_projection_dim=128,
@@ -74,11 +74,7 @@ def main() -> None:
     rows = {}
     for mode in ("memory", "disk"):
         with tempfile.TemporaryDirectory() as tmp:
-            done = subprocess.run([sys.executable, __file__, "--mode", mode, "--work", tmp,
-                                   "--threads", str(args.threads)], capture_output=True, text=True)
-            if done.returncode:
-                raise SystemExit(done.stderr[-3000:])
-            rows[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            rows[mode] = measured(__file__, "--mode", mode, "--work", tmp, "--threads", str(args.threads))
         r = rows[mode]
         print(f"activations in {mode}: peak RSS {r['peak_rss'] / 2**30:.2f} GiB, svd pass {r['seconds']:.1f} s",
               flush=True)

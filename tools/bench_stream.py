@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fresh import measured  # tools/fresh.py
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "toy-pixart-stream.yaml"
 
@@ -48,11 +48,7 @@ def main() -> None:
     rows = {}
     for stream in ("false", "true"):
         with tempfile.TemporaryDirectory() as tmp:
-            done = subprocess.run([sys.executable, __file__, "--stream", stream, "--work", tmp],
-                                  capture_output=True, text=True)
-            if done.returncode:
-                raise SystemExit(done.stderr[-3000:])
-            rows[stream] = r = json.loads(done.stdout.strip().splitlines()[-1])
+            rows[stream] = r = measured(__file__, "--stream", stream, "--work", tmp)
         name = "streamed" if stream == "true" else "resident"
         print(f"{name}: {r['seconds']:.1f} s, peak RSS {r['peak_rss'] / 2**30:.2f} GiB, errors after each "
               f"pass {', '.join(f'{e:.4g}' for e in r['errors'])}", flush=True)
