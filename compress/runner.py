@@ -122,9 +122,6 @@ class Runner:
             check_pass(p, spec, self.teacher, self.adapter, self.recipe.path)
         if self.recipe.stream:
             check_streaming(self.passes, self.recipe.passes, self.recipe.path)
-            s = streamed_weights(self.teacher, self.adapter)
-            console.print(f"streaming: the top level ({s['top_level_params']:,} params) stays resident, "
-                          f"blocks (at most {s['largest_block_params']:,}) are read one at a time")
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
@@ -141,6 +138,9 @@ class Runner:
             fingerprint=fingerprint(self.source, self.teacher, self.recipe, self.models),
             resume=self.resume)
         if self.recipe.stream:
+            s = streamed_weights(self.teacher, self.adapter)
+            console.print(f"streaming: the top level ({s['top_level_params']:,} params) stays resident, "
+                          f"blocks (at most {s['largest_block_params']:,}) are read one at a time")
             self.ctx.report["stream"] = dict(s, compute_dtype=self.recipe.compute_dtype)
 
     def _teacher_forwards(self, make):

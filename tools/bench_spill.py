@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from fresh import measured  # tools/fresh.py
+from fresh import measured_in_temp  # tools/fresh.py
 
 CONFIG = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=64,
               num_attention_heads=8, joint_attention_dim=256, pooled_projection_dim=128,
@@ -73,9 +72,7 @@ def main() -> None:
         return
     rows = {}
     for mode in ("memory", "disk"):
-        with tempfile.TemporaryDirectory() as tmp:
-            rows[mode] = measured(__file__, "--mode", mode, "--work", tmp, "--threads", str(args.threads))
-        r = rows[mode]
+        rows[mode] = r = measured_in_temp(__file__, "--mode", mode, "--threads", str(args.threads))
         print(f"activations in {mode}: peak RSS {r['peak_rss'] / 2**30:.2f} GiB, svd pass {r['seconds']:.1f} s",
               flush=True)
     m, d = rows["memory"], rows["disk"]

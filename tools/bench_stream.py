@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import tempfile
 import time
 from pathlib import Path
 
-from fresh import measured  # tools/fresh.py
+from fresh import measured_in_temp  # tools/fresh.py
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "toy-pixart-stream.yaml"
 
@@ -47,8 +46,7 @@ def main() -> None:
         return
     rows = {}
     for stream in ("false", "true"):
-        with tempfile.TemporaryDirectory() as tmp:
-            rows[stream] = r = measured(__file__, "--stream", stream, "--work", tmp)
+        rows[stream] = r = measured_in_temp(__file__, "--stream", stream)
         name = "streamed" if stream == "true" else "resident"
         print(f"{name}: {r['seconds']:.1f} s, peak RSS {r['peak_rss'] / 2**30:.2f} GiB, errors after each "
               f"pass {', '.join(f'{e:.4g}' for e in r['errors'])}", flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -14,3 +15,9 @@ def measured(script: str, *args: str) -> dict:
     if done.returncode:
         raise SystemExit(f"{Path(script).name} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measured_in_temp(script: str, *args: str) -> dict:
+    """`measured` with a fresh temp folder passed as `--work` (removed afterwards)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return measured(script, *args, "--work", tmp)
