@@ -5,6 +5,7 @@ and sees exactly what inference sees: text embeddings, both CFG branches, trajec
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -41,6 +42,17 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
+def need_transformers() -> None:
+    """Real pipelines (PixArt-Σ: T5; Flux: CLIP + T5) load their text encoders with transformers,
+    an optional dependency: say so before any compute rather than fail inside diffusers."""
+    import importlib.util
+
+    missing = [m for m in ("transformers", "sentencepiece") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"calibration.source pipeline runs the teacher's own pipeline, whose text "
+                        f"encoders need {' and '.join(missing)}: pip install 'dit-compress[pipelines]'")
+
+
 def _detach(value):
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
@@ -50,17 +62,21 @@ def _detach(value):
 
 
 def capture(pipe, transformer, prompts: list[str], steps: int, keep: int, guidance: float,
-            seed: int, per_call: int = 1) -> list[dict]:
+            seed: int, per_call: int = 1, size: dict | None = None) -> list[dict]:
     """Forward kwargs at `keep` evenly spread steps of each sampling run; `per_call` prompts share
     a run (one batch; prompt i still draws its noise from seed + i). Streamed weights are read
-    once per step of each run, so batching prompts divides that reading."""
+    once per step of each run, so batching prompts divides that reading. `size`: the pipeline's
+    height / width, where the recipe sets them."""
     kept = set(torch.linspace(0, steps - 1, keep).round().long().tolist())
     records: list[dict] = []
     state = {"step": 0}
 
+    signature = inspect.signature(transformer.forward)
+
     def hook(module, args, kwargs):
-        if state["step"] in kept:
-            records.append({k: _detach(v) for k, v in kwargs.items()
+        if state["step"] in kept:  # PixArt-Σ's pipeline passes the latents positionally
+            named = signature.bind_partial(*args, **kwargs).arguments
+            records.append({k: _detach(v) for k, v in named.items()
                             if k not in ("return_dict", "joint_attention_kwargs", "attention_kwargs")})
         state["step"] += 1
 
@@ -72,7 +88,7 @@ def capture(pipe, transformer, prompts: list[str], steps: int, keep: int, guidan
             gens = [torch.Generator().manual_seed(seed + start + j) for j in range(len(chunk))]
             pipe(chunk[0] if per_call == 1 else chunk, num_inference_steps=steps,
                  guidance_scale=guidance, generator=gens[0] if per_call == 1 else gens,
-                 output_type="pt" if _is_toy(pipe) else "latent")
+                 output_type="pt" if _is_toy(pipe) else "latent", **(size or {}))
     finally:
         handle.remove()
     if not records:
@@ -90,6 +106,12 @@ class PipelineSource:
     def __init__(self, family: str, calib, teacher, pipeline: str, recipe_dir: Path | None = None):
         self.family, self.calib, self.teacher, self.pipeline = family, calib, teacher, pipeline
         self.prompts = read_prompts(calib, recipe_dir)
+        self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
+        if not pipeline.startswith("toy:"):
+            need_transformers()
+        if self.size and pipeline.startswith("toy:"):
+            raise UserError("calibration.height / width: the toy pipelines sample at their one "
+                            "resolution; leave both out")
         self._pipe = None
         self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both
 
@@ -98,7 +120,8 @@ class PipelineSource:
             self._pipe = load_pipeline_for(self.teacher, self.pipeline)
         c = self.calib
         return capture(self._pipe, self.teacher, prompts, c.sample_steps, min(c.timesteps, c.sample_steps),
-                       c.guidance_scale if c.cfg_branches else 1.0, seed, c.prompts_per_call)
+                       c.guidance_scale if c.cfg_branches else 1.0, seed, c.prompts_per_call,
+                       self.size)
 
     def _done(self, what: str) -> None:
         self._left.discard(what)

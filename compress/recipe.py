@@ -35,6 +35,8 @@ class CalibrationConfig:
     prompts_per_call: int = 1  # pipeline source: prompts sampled together (one batch; streamed
     # weights are read once per step of each call)
     guidance_scale: float = 4.5  # pipeline source: CFG scale (both branches are captured)
+    height: int | None = None  # pipeline source: image size sampled (null: the pipeline's default,
+    width: int | None = None  # 1024² for PixArt-Σ-1024 and Flux.1-dev)
     timesteps: int = 8  # how many timesteps per prompt, spread over the schedule
     cfg_branches: bool = True  # also the unconditional (empty prompt) branch
     batch_size: int = 32
@@ -48,6 +50,10 @@ class CalibrationConfig:
         for name in ("num_prompts", "timesteps", "batch_size", "heldout", "sample_steps", "prompts_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("height", "width"):
+            if getattr(self, name) is not None and getattr(self, name) < 16:
+                raise ValueError(f"{name} must be at least 16 pixels (or null: the pipeline's default), "
+                                 f"not {getattr(self, name)}")
 
 
 @dataclass

@@ -1,0 +1,103 @@
+"""Tiny real diffusers pipelines, written to folders as the Hub holds them: PixArtSigmaPipeline
+(T5 + DPM-Solver) and FluxPipeline (CLIP + T5 + flow-matching Euler), with tokenizers made here
+(no downloads): a SentencePiece model trained on a few sentences for T5, a character vocabulary
+for CLIP. Only the transformer is what the tests look at; text encoders and VAEs are the smallest
+the classes allow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tests.conftest import tiny_flux, tiny_pixart
+
+SENTENCES = ["a photo of a cat", "a red car on a street", "a handwritten digit seven",
+             "an astronaut riding a horse", "the quick brown fox jumps over the lazy dog"]
+T5_DIM = 12  # = the tiny transformers' caption_channels / joint_attention_dim
+CLIP_DIM = 10  # = the tiny Flux's pooled_projection_dim
+LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _t5(folder: Path):
+    import sentencepiece as spm
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES * 20))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=40,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0, minloglevel=2)
+    tokenizer = T5Tokenizer(vocab_file=str(folder / "spiece.model"), extra_ids=0, legacy=False)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=T5_DIM, d_ff=16, d_kv=4, num_layers=1, num_heads=2)
+    return tokenizer, T5EncoderModel(config).eval()
+
+
+def _clip(folder: Path):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {c: i for i, c in enumerate(LETTERS)}
+    vocab.update({c + "</w>": len(LETTERS) + i for i, c in enumerate(LETTERS)})
+    bos, eos = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
+                              model_max_length=77)
+    torch.manual_seed(1)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=CLIP_DIM, intermediate_size=16,
+                            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+                            projection_dim=CLIP_DIM, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    return tokenizer, CLIPTextModel(config).eval()
+
+
+def _vae(latent_channels: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(4,) * 4,
+                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=2,
+                         sample_size=32)  # 4 blocks: 8x downsampling, as the real VAEs
+
+
+def pixart_pipeline(folder: Path) -> Path:
+    """A PixArtSigmaPipeline folder. The transformer's sample size is 32 (one the pipeline's
+    resolution binning knows: 256² images, 32² latents, 16² tokens at patch size 2)."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
+
+    tokenizer, text_encoder = _t5(folder.parent)
+    pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae(4),
+                               transformer=tiny_pixart(sample_size=32, patch_size=2),
+                               scheduler=DPMSolverMultistepScheduler())
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def flux_pipeline(folder: Path) -> Path:
+    """A FluxPipeline folder (its default is 1024² images: calibrate it at a small height/width)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import T5TokenizerFast
+
+    clip_tokenizer, clip = _clip(folder.parent)
+    t5_tokenizer, t5 = _t5(folder.parent)
+    fast = T5TokenizerFast(vocab_file=str(folder.parent / "spiece.model"), extra_ids=0)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(2), text_encoder=clip,
+                        tokenizer=clip_tokenizer, text_encoder_2=t5, tokenizer_2=fast,
+                        transformer=tiny_flux())  # in_channels 8: 2 latent channels, packed 2x2
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
+    """`folder` as the Hugging Face cache holds a downloaded snapshot of `repo_id` (refs/main and
+    snapshots/<commit>/), so hub ids resolve with HF_HUB_OFFLINE=1 and HF_HUB_CACHE=cache."""
+    import shutil
+
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return cache

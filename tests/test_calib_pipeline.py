@@ -1,0 +1,134 @@
+"""Calibration through the real diffusers pipelines (tiny PixArtSigmaPipeline and FluxPipeline
+folders, tests/pipelines.py): what is captured is exactly what the transformer saw at inference,
+`dit-compress run` compresses from them resident and streamed, and hub ids resolve from a
+downloaded cache without network."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compress.calib_pipeline import capture, load_pipeline_for
+from compress.errors import UserError
+from compress.io import load_teacher, load_transformer
+from compress.recipe import parse_recipe
+from compress.runner import Runner
+from tests.pipelines import flux_pipeline, hub_cache, pixart_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE = {"pixart": "", "flux": "height: 32, width: 32, "}  # Flux's default is 1024²
+RECIPE = """\
+model: {family}
+teacher: {teacher}
+stream: {stream}
+calibration: {{source: pipeline, prompts: [a photo of a cat, a red car, a horse, a fox, a dog],
+              sample_steps: 3, timesteps: 2, {size}batch_size: 4, heldout: 4}}
+passes:
+  - svd: {{targets: [attention, mlp], fisher: block, ratio: 0.5, multiple: 2, progress: false}}
+"""
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelines")
+    (root / "pixart").mkdir(), (root / "flux").mkdir()
+    return {"pixart": pixart_pipeline(root / "pixart" / "pipe"),
+            "flux": flux_pipeline(root / "flux" / "pipe")}
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_capture_records_what_the_transformer_saw(folders, family):
+    """Every captured record, fed back to the transformer, gives the very prediction the sampler
+    got at that step (PixArt-Σ's pipeline passes the latents positionally): both CFG branches for
+    PixArt-Σ, one guidance-embedded branch for Flux (guidance distilled, as Flux.1-dev)."""
+    teacher = load_teacher(str(folders[family]))
+    pipe = load_pipeline_for(teacher, str(folders[family]))
+    seen = []
+    handle = teacher.register_forward_hook(lambda m, a, out: seen.append(out[0].detach().clone()))
+    size = {"height": 32, "width": 32} if family == "flux" else {}
+    try:
+        records = capture(pipe, teacher, ["a photo of a cat"], steps=3, keep=3, guidance=4.0, seed=0,
+                          size=size)
+    finally:
+        handle.remove()
+    assert len(records) == len(seen) == 3
+    for record, out in zip(records, seen):
+        assert record["hidden_states"].shape[0] == (2 if family == "pixart" else 1)
+        assert family == "pixart" or float(record["guidance"][0]) == 4.0
+        with torch.no_grad():
+            again = teacher(**record, return_dict=False)[0]
+        torch.testing.assert_close(again, out, rtol=0, atol=0)
+    assert not torch.equal(records[0]["hidden_states"], records[-1]["hidden_states"])  # it sampled
+
+
+def _run(tmp_path, text, name):
+    recipe = parse_recipe(text, str(tmp_path / f"{name}.yaml"))
+    return Runner(recipe, tmp_path / f"out-{name}", tmp_path / f"run-{name}").run()
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_run_compresses_a_pipeline_folder_resident_and_streamed(tmp_path, folders, family):
+    text = RECIPE.replace("{teacher}", str(folders[family])).replace("{family}", family) \
+        .replace("{size}", SIZE[family])
+    a = load_transformer(_run(tmp_path, text.format(stream="false"), "resident"))
+    b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed"))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and any(k.endswith(".down.weight") for k in sa)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    teacher = load_teacher(str(folders[family]))
+    assert sum(p.numel() for p in a.parameters()) < sum(p.numel() for p in teacher.parameters())
+
+
+def test_hub_ids_resolve_from_a_downloaded_cache(tmp_path, folders):
+    """`dit-compress run` with a hub id as the teacher, offline, from the Hugging Face cache: the
+    resident loader (hf_hub_download + from_pretrained), the pipeline (DiffusionPipeline) and the
+    streamed loader (snapshot_download of transformer/) all find it."""
+    cache = hub_cache(tmp_path / "hub", "tiny-org/tiny-flux", folders["flux"])
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    outs = {}
+    for stream in ("false", "true"):
+        text = RECIPE.format(family="flux", teacher="tiny-org/tiny-flux", stream=stream, size=SIZE["flux"])
+        (tmp_path / f"{stream}.yaml").write_text(text)
+        outs[stream] = tmp_path / f"out-{stream}"
+        done = subprocess.run([sys.executable, "-m", "compress.cli", "run", str(tmp_path / f"{stream}.yaml"),
+                               "--out", str(outs[stream]), "--run-dir", str(tmp_path / f"run-{stream}")],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (load_transformer(outs[s]).state_dict() for s in ("false", "true"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_missing_hub_id_is_one_line_offline(tmp_path):
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "empty"), HF_HUB_OFFLINE="1")
+    text = RECIPE.format(family="flux", teacher="tiny-org/not-there", stream="false", size=SIZE["flux"])
+    (tmp_path / "r.yaml").write_text(text)
+    done = subprocess.run([sys.executable, "-m", "compress.cli", "run", str(tmp_path / "r.yaml"),
+                           "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "cannot fetch 'tiny-org/not-there'" in done.stderr
+
+
+def test_without_transformers_pipeline_calibration_says_what_to_install(tmp_path, folders, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
+        .replace("{size}", "").format(stream="false")
+    with pytest.raises(UserError, match=r"need transformers: pip install 'dit-compress\[pipelines\]'"):
+        _run(tmp_path, text, "no-transformers")
+    assert not (tmp_path / "out-no-transformers").exists()
+
+
+def test_image_size_keys_are_checked(tmp_path):
+    text = RECIPE.format(family="pixart", teacher="toy:pixart", stream="false", size="height: 8, ")
+    with pytest.raises(UserError, match=r"r\.yaml:4.*height must be at least 16"):
+        parse_recipe(text, str(tmp_path / "r.yaml"))
+    text = RECIPE.format(family="pixart", teacher="toy:pixart", stream="false", size="height: 64, ")
+    with pytest.raises(UserError, match="toy pipelines sample at their one resolution"):
+        _run(tmp_path, text, "toy-size")
