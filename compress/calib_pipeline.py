@@ -120,8 +120,16 @@ class PipelineSource:
             self._pipe = load_pipeline_for(self.teacher, self.pipeline)
         c = self.calib
         return capture(self._pipe, self.teacher, prompts, c.sample_steps, min(c.timesteps, c.sample_steps),
-                       c.guidance_scale if c.cfg_branches else 1.0, seed, c.prompts_per_call,
-                       self.size)
+                       self.guidance(), seed, c.prompts_per_call, self.size)
+
+    def guidance(self) -> float:
+        """The pipeline's guidance_scale. A guidance-distilled transformer (Flux.1-dev) takes it as
+        an input and its pipeline runs one branch whatever `cfg_branches` says, so it always gets
+        the recipe's scale (at 1.0 its modulation would calibrate on a guidance it never sees);
+        elsewhere 1.0 turns classifier-free guidance, and with it the empty-prompt branch, off."""
+        embedded = not self.pipeline.startswith("toy:") and \
+            getattr(self.teacher.config, "guidance_embeds", False)
+        return self.calib.guidance_scale if self.calib.cfg_branches or embedded else 1.0
 
     def _done(self, what: str) -> None:
         self._left.discard(what)

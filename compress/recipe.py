@@ -92,10 +92,14 @@ class _Loc:
     """file:line of a YAML node, for messages."""
 
     def __init__(self, path: str, node: yaml.Node | None):
+        mark = getattr(node, "start_mark", None)
         self.path = path
-        self.line = node.start_mark.line + 1 if node is not None else 0
+        self.line = mark.line + 1 if mark is not None else 0
+        self.override = mark.name if mark is not None and mark.name.startswith("--set") else None
 
     def err(self, msg: str) -> UserError:
+        if self.override:  # a value given on the command line, not in the file
+            return UserError(f"{self.path} ({self.override}): {msg}")
         where = f"{self.path}:{self.line}" if self.line else self.path
         return UserError(f"{where}: {msg}")
 
@@ -240,9 +244,12 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
 
 # ---- entry points -----------------------------------------------------------------------------
 def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path: str) -> None:
-    """Apply `--set a.b.c=value` (list items by index: passes.1.svd.ratio=0.4) to the node tree."""
+    """Apply `--set a.b.c=value` (list items by index: passes.1.svd.ratio=0.4) to the node tree.
+    Every node it adds is marked `--set a.b.c=value`, which errors about it name."""
+    mark = yaml.Mark(f"--set {dotted}={value_text}", 0, 0, 0, None, None)
     value_node = yaml.compose(value_text, Loader=yaml.SafeLoader) or yaml.ScalarNode(
         "tag:yaml.org,2002:null", "null")
+    _remark(value_node, mark)
     node, parts = data_node, dotted.split(".")
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -259,14 +266,22 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
         match = [(k, v) for k, v in node.value if k.value == part]
         if last:
             node.value = [(k, v) for k, v in node.value if k.value != part]
-            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part), value_node))
+            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), value_node))
             return
         if not match:
-            child = yaml.MappingNode("tag:yaml.org,2002:map", [])
-            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part), child))
+            child = yaml.MappingNode("tag:yaml.org,2002:map", [], mark, mark)
+            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), child))
             node = child
         else:
             node = match[0][1]
+
+
+def _remark(node: yaml.Node, mark: yaml.Mark) -> None:
+    node.start_mark = node.end_mark = mark
+    children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else []
+    for child in children:
+        for n in child if isinstance(child, tuple) else (child,):
+            _remark(n, mark)
 
 
 def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -> Recipe:

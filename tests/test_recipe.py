@@ -107,6 +107,19 @@ def test_bad_override():
         parse_recipe(GOOD, "r.yaml", ["passes.9.svd.ratio=1"])
 
 
+def test_overrides_add_keys_and_their_errors_name_the_override():
+    """--set may add keys the file lacks, also inside a new mapping (a traceback before: the
+    added nodes had no position); a bad value names the --set that gave it, not a file line."""
+    r = parse_recipe(GOOD, "r.yaml", ["passes.1.distill.warmup_steps=2", "calibration.height=64"])
+    assert r.passes[1].config.warmup_steps == 2 and r.calibration.height == 64
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.1\.distill\.stepz=3\): unknown key 'stepz'"):
+        parse_recipe(GOOD, "r.yaml", ["passes.1.distill.stepz=3"])
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.0\.importance\.new\.deep=1\): unknown key 'new'"):
+        parse_recipe(GOOD, "r.yaml", ["passes.0.importance.new.deep=1"])
+    with pytest.raises(UserError, match=r"^r\.yaml:5: calibration: height must be at least 16"):
+        parse_recipe(GOOD, "r.yaml", ["calibration.height=8"])  # checked with its section
+
+
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(UserError, match="cannot read recipe"):
         load_recipe(tmp_path / "nope.yaml")
