@@ -7,7 +7,7 @@ from pathlib import Path
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import load_teacher, load_transformer, read_json
+from compress.io import cast, load_teacher, load_transformer, read_json
 from compress.report import console, read_report
 
 
@@ -26,6 +26,10 @@ def _teacher_and_inputs(source: str):
         teacher_source, teacher = load_checked_teacher(recipe)
         calib, recipe_dir = recipe.calibration, Path(source).parent
     else:
+        if not source.startswith("toy:"):
+            raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "
+                            "prompts a recipe gives; pass a recipe whose teacher it is "
+                            "(dit-compress importance RECIPE)")
         teacher_source, teacher = source, load_teacher(source).eval()
         calib, recipe_dir = CalibrationConfig(), None
     family = get_adapter(teacher).family
@@ -91,4 +95,5 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
     src = input_source(adapter.family, read_report(out).get("teacher", ""), recipe.calibration, teacher)
     batches = src.heldout()
     reference = predictions(teacher, adapter, batches)
+    model = cast(model, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
     return {"family": adapter.family, "pred_rel_error": relative_error(model, reference, adapter, batches)}

@@ -337,7 +337,8 @@ def _swap_lowrank(model: nn.Module, name: str, rank: int) -> None:
 
 def load_pipeline(out, base: str, dtype: torch.dtype | None = None):
     """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
-    `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id."""
+    `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id. `dtype`: of the
+    whole pipeline (default: the dtype the transformer was exported in, so all parts agree)."""
     transformer = load_transformer(out, dtype=dtype)
     if base.startswith("toy:"):
         from compress.toy import load_toy_pipeline
@@ -346,6 +347,7 @@ def load_pipeline(out, base: str, dtype: torch.dtype | None = None):
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(base, transformer=transformer, torch_dtype=dtype)
+        return DiffusionPipeline.from_pretrained(base, transformer=transformer,
+                                                 torch_dtype=dtype or transformer.dtype)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load base pipeline '{base}': {_one_line(e)}") from None

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from compress.arch import get_adapter
-from compress.calib import BlockCalibration, Reader, Stats, StatsCache
+from compress.calib import BlockCalibration
+from compress.calib_stats import Reader, Stats, StatsCache
 from compress.errors import NumericError
 from compress.passes.svd_layer import compress_layer
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart

@@ -190,3 +190,32 @@ def test_shipped_real_recipes_run_on_the_real_pipeline_classes(tmp_path, folders
     student = load_transformer(tmp_path / "out")
     teacher = load_teacher(str(folders[family]))
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+
+
+def test_eval_importance_and_load_pipeline_on_a_real_teacher(tmp_path, folders, capsys):
+    """After a bf16 export: `eval` measures the held-out error the run reported (computed in the
+    teacher's dtype), `load_pipeline` samples images with every part in the export's dtype,
+    `importance RECIPE` scans the pipeline's samples, and `importance FOLDER` says to pass one."""
+    import json
+
+    from compress import load_pipeline
+    from compress.cli import main
+
+    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
+        .replace("{size}", "").format(stream="false") + "export: {dtype: bfloat16}\n"
+    (tmp_path / "r.yaml").write_text(text)
+    out = _run(tmp_path, text, "bf16")
+    reported = json.loads((out / "report.json").read_text())["stages"][-1]["relative_error"]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    measured = json.loads(capsys.readouterr().out)["pred_rel_error"]
+    assert measured == pytest.approx(reported, rel=0.05) and measured > 0  # bf16 rounding apart
+    pipe = load_pipeline(out, base=str(folders["pixart"]))
+    assert {pipe.transformer.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.bfloat16}
+    image = pipe("a photo of a cat", num_inference_steps=2).images[0]
+    assert image.size == (256, 256)
+    assert main(["importance", str(tmp_path / "r.yaml"), "--png", str(tmp_path / "i.png"),
+                 "--json", str(tmp_path / "i.json")]) == 0
+    assert len(json.loads((tmp_path / "i.json").read_text())["blocks"]) == 3
+    assert main(["importance", str(folders["pixart"])]) == 2
+    assert "pass a recipe whose teacher it is" in capsys.readouterr().err

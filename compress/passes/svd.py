@@ -24,8 +24,6 @@ the calibration, `Stats.cross`), then truncated on the student's Gram.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,24 +34,23 @@ from torch import nn
 
 from compress.alloc import DENSE, budget_for_ratio, energy_rank, global_greedy, ratio_rank
 from compress.arch.base import Adapter, LinearInfo
-from compress.calib import BlockCalibration, Reader, Stats, StatsCache, model_digest
+from compress.calib import BlockCalibration, model_digest
+from compress.calib_stats import Stats, StatsCache
 from compress.calib_store import BlockLoader, Unchanged
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
-from compress.linalg import METHODS, asymmetric_step, factors_from, normalized_curve
+from compress.linalg import asymmetric_step, factors_from, normalized_curve
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
-from compress.passes.svd_fisher import block_fisher, output_fisher, sqrt_pair
-from compress.passes.svd_global import (check_global_budget, predicted_vs_uniform, sensitivities,
-                                       trust_ranges_for)
+from compress.passes.svd_checks import centered, check_config, check_streaming, merge_report, summary
+from compress.passes.svd_fisher import block_fisher, fisher_chunks, output_fisher, sqrt_pair
+from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
 from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
-from compress.passes.svd_targets import (check_explicit_ranks, fixed_ranks, is_model_wide, matches,
-                                         resolve_targets, shape_spec, stats_key, uses_output_gram)
+from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
+from compress.passes.svd_walk import module_digest, walk
 from compress.replay import Prefix
 
-ALLOCATIONS = ("uniform", "per_role", "energy", "global")
-FISHER = ("all", "block", "modulation", "none")
 LATER = "decided after calibration"
 
 
@@ -106,57 +103,11 @@ class SVDPass(Pass):
 
     # ---- before any compute ---------------------------------------------------------------------
     def check(self, model: nn.Module, adapter: Adapter) -> None:
-        c = self.config
-        _one_of("method", c.method, METHODS)
-        _one_of("allocation", c.allocation, ALLOCATIONS)
-        _one_of("activations", c.activations, ("student", "teacher"))
-        _one_of("fisher", c.fisher, FISHER)
-        _one_of("compensate_toward", c.compensate_toward, ("teacher", "input"))
-        _one_of("compensate_search", c.compensate_search, ("walk", "ladder"))
-        if c.asymmetric not in (True, False, "auto"):
-            raise UserError(f"svd.asymmetric must be true, false or auto, got {c.asymmetric!r}")
-        if c.asymmetric is True and (c.method != "whitened" or c.activations != "student"):
-            raise UserError("svd.asymmetric: true needs method: whitened and activations: student")
-        if not c.asymmetric_damping > 0:
-            raise UserError(f"svd.asymmetric_damping must be > 0, got {c.asymmetric_damping}")
-        if not 0 < c.ratio <= 1:
-            raise UserError(f"svd.ratio must be in (0, 1], got {c.ratio}")
-        if not 0 < c.energy <= 1:
-            raise UserError(f"svd.energy must be in (0, 1], got {c.energy}")
-        if c.compensate_batches is not None and not (isinstance(c.compensate_batches, int)
-                                                     and c.compensate_batches >= 1):
-            raise UserError(f"svd.compensate_batches must be an integer ≥ 1 (or null: all), "
-                            f"got {c.compensate_batches!r}")
-        if c.trust_region is not None and not c.trust_region >= 1:
-            raise UserError(f"svd.trust_region must be ≥ 1 (or null for no bound), got {c.trust_region}")
-        if not isinstance(c.multiple, int) or c.multiple < 1:
-            raise UserError(f"svd.multiple must be an integer ≥ 1, got {c.multiple!r}")
-        infos = adapter.linears(model)
-        targets = resolve_targets(infos, c.targets, c.ignore)
-        check_explicit_ranks(targets, c.ranks)
-        for p in c.center:
-            if not any(matches(p, i) for i in infos):
-                raise UserError(f"svd.center: pattern {p!r} matches no linear layer of the model")
-        biasless = [i.name for i in targets if self._center(i) and model.get_submodule(i.name).bias is None]
-        if biasless:
-            raise UserError(f"svd.center: {', '.join(biasless[:3])}{' …' if len(biasless) > 3 else ''} "
-                            "has no bias to take the mean error; leave it out of svd.center")
-        if c.allocation == "per_role":
-            _check_ratios(c.ratios, {i.role for i in targets})
-        if c.allocation == "global":
-            check_global_budget(targets, c)
+        check_config(self.config, model, adapter)
 
     def check_streaming(self) -> None:
-        """Block weights streamed: everything but whole-model forwards (the prediction's Fisher,
-        and with it compensation; global's measured sensitivities)."""
-        c = self.config
-        if c.fisher in ("all", "modulation"):
-            raise UserError(f"svd.fisher: {c.fisher} needs the whole model in memory (one forward and "
-                            "backward per probe); with stream: true set svd.fisher: block (each "
-                            "block's own output Fisher) or none")
-        if c.allocation == "global" and c.sensitivity is not False:
-            raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
-                            "with stream: true set svd.sensitivity: false")
+        """Block weights streamed: everything but whole-model forwards (svd_checks)."""
+        check_streaming(self.config)
 
     def plan(self, model: nn.Module, adapter: Adapter) -> dict:
         c = self.config
@@ -210,9 +161,9 @@ class SVDPass(Pass):
         toward = ctx.teacher if c.compensate_toward == "teacher" and ctx.teacher is not None else model
         self._compress(model, ctx.adapter, targets, batches, ranks, records, toward, compensation)
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
-        this = dict(_summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
+        this = dict(summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
                     fused_gelu=fused, compensation=compensation, **extra)
-        _merge_report(report, this, records, c)
+        merge_report(report, this, records, c)
         return model
 
     def _output_roots(self, model, adapter, targets, batches) -> dict:
@@ -269,7 +220,7 @@ class SVDPass(Pass):
             if upstream.get(info.name) is not None:
                 record = dict(record, asymmetric=True)
             records[info.name] = record
-            state.append((info.name, record["rank"], _module_digest(model, info.name)))
+            state.append((info.name, record["rank"], module_digest(model, info.name)))
             return record["rank"] != "dense"
 
         def visit(info: LinearInfo, stats: Stats) -> bool:
@@ -351,69 +302,17 @@ class SVDPass(Pass):
                 if self._prediction_fisher(i) and i.name in self.roots and not uses_output_gram(i)}
 
     def _center(self, info: LinearInfo) -> bool:
-        return any(matches(p, info) for p in self.config.center)
+        return centered(self.config, info)
 
-    # ---- the walk over a model: conditioning, top level, blocks, tail ----------------------------
-    def _walk(self, cal: BlockCalibration, targets: list[LinearInfo],
-              visit: Callable[[LinearInfo, Stats], bool], state: list,
-              visit_group: Callable[[str, int, list], bool] | None = None) -> None:
-        """Calls visit(info, stats) for every target, in an order where a target's stats are taken
-        after everything it depends on has been visited. visit returns True if it changed the model.
-        visit_group(where, start, [(info, stats)]), if given, takes the targets that are visited
-        together (the top level before the blocks, each block, the tail) at once, and says if it
-        changed any; `start` is the first block (execution order) they can change: 0 for the top
-        level, the block's own position, the block count for the tail."""
+    def _walk(self, cal: BlockCalibration, targets: list[LinearInfo], visit, state: list,
+              visit_group=None) -> None:
+        """svd_walk.walk over this pass's targets; with fisher: block each block's output Fisher
+        is measured before its targets are visited."""
+        def before_block(block, pairs):
+            if self.config.fisher == "block":
+                self._block_roots(cal, block, [info for info, _ in pairs])
 
-        def visit_all(where: str, pairs: list, start: int = 0) -> bool:
-            if visit_group and pairs:
-                return visit_group(where, start, pairs)
-            return any([visit(info, stats) for info, stats in pairs])
-
-        c = self.config
-        shared: dict[str, Stats] = {}  # model-wide keys (caption, temb), computed once
-        cond = [i for i in targets if i.role == "modulation"]
-        if cond:
-            readers = _readers(cond)
-            name = _digest("conditioning", c.modulation_grid, sorted(r.key for r in readers))
-            stats = self.cache.load(name)
-            if stats is None:
-                stats = cal.conditioning(readers, c.modulation_grid)
-                self.cache.save(name, stats)
-            shared.update(stats)
-        top = [i for i in targets if i.group is None]
-        changed = visit_all("top level", [(i, shared[stats_key(i)]) for i in top if stats_key(i) in shared])
-        pending = [i for i in top if stats_key(i) not in shared]
-        stats = cal.capture(_readers(pending))
-        changed = visit_all("top level", [(i, stats[stats_key(i)]) for i in pending
-                                          if stats_key(i) in stats]) or changed
-        if changed and cal.activations == "student":
-            cal.capture()  # block inputs through the compressed top-level layers
-        pending = [i for i in pending if stats_key(i) not in stats]
-
-        def readers_for(group, index):
-            mine = [i for i in targets if (i.group, i.block) == (group, index)]
-            return _readers([i for i in mine if stats_key(i) not in shared], where=f"{group} block {index}")
-
-        def cache_name(group, index):
-            return _digest(group, index, sorted(r.key for r in readers_for(group, index)), state,
-                           cal.asymmetric)
-
-        position = 0  # of the block in execution order
-        for bs in cal.blocks(readers_for, cache_name):
-            pairs = []
-            for info in targets:
-                if (info.group, info.block) != (bs.group, bs.index):
-                    continue
-                key = stats_key(info)
-                if key not in shared and is_model_wide(info):
-                    shared[key] = bs.stats[key]
-                pairs.append((info, shared[key] if key in shared else bs.stats[key]))
-            if c.fisher == "block" and pairs:
-                self._block_roots(cal, bs.block, [info for info, _ in pairs])
-            visit_all(f"{bs.group} {bs.index}", pairs, position)
-            position += 1
-        tail = cal.tail(_readers(pending))
-        visit_all("tail", [(info, tail[stats_key(info)]) for info in pending], position)
+        walk(cal, targets, visit, state, self.cache, self.config.modulation_grid, visit_group, before_block)
 
     # ---- global allocation -----------------------------------------------------------------------
     def _global_ranks(self, model, adapter, targets, batches, fixed) -> tuple[dict, dict]:
@@ -456,87 +355,3 @@ class SVDPass(Pass):
                 "trust_region": c.trust_region, "weights": weights,
                 "predicted_error_vs_uniform": predicted_vs_uniform(specs, alloc.ranks, weights, c)}
         return {**alloc.ranks, **fixed}, info
-
-    # -----------------------------------------------------------------------------------------------
-
-
-def _readers(infos: list[LinearInfo], where: str = "top level") -> list[Reader]:
-    """One reader per stats key (linears sharing an input share it)."""
-    out = {}
-    for i in infos:
-        key = stats_key(i)
-        out.setdefault(key, Reader(key, i.name, output=uses_output_gram(i),
-                                   dedupe=is_model_wide(i) and i.role != "modulation", where=where))
-    return list(out.values())
-
-
-def fisher_chunks(infos: list[LinearInfo], budget_bytes: float) -> list[list[str]]:
-    """Target names in groups whose float64 output Fishers (out² · 8 bytes each) fit the budget
-    (a layer bigger than the budget gets a group of its own)."""
-    chunks, size = [[]], 0.0
-    for info in infos:
-        need = 8.0 * info.out_features**2
-        if chunks[-1] and size + need > budget_bytes:
-            chunks, size = chunks + [[]], 0.0
-        chunks[-1].append(info.name)
-        size += need
-    return [c for c in chunks if c]
-
-
-def _module_digest(model: nn.Module, name: str) -> str:
-    """Digest of every value of a (just compressed) module: student-mode stats of later blocks
-    depend on the exact factors (method, alpha, centering, weighting), not only on the rank."""
-    h = hashlib.sha1()
-    for p in model.get_submodule(name).parameters():
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _digest(*parts) -> str:
-    text = json.dumps(parts, default=str)
-    return f"{parts[0]}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
-
-
-def _one_of(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise UserError(f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _check_ratios(ratios, roles: set[str]) -> None:
-    if not isinstance(ratios, dict) or not ratios:
-        raise UserError("svd.ratios (role -> kept-parameter ratio) is required for allocation: per_role")
-    for role, r in ratios.items():
-        if r is not None and not 0 < r <= 1:
-            raise UserError(f"svd.ratios.{role} must be in (0, 1] or null, got {r}")
-    missing = sorted(roles - set(ratios))
-    if missing:
-        raise UserError(f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}")
-
-
-def _merge_report(report: dict, this: dict, records: dict[str, dict], c: SVDConfig) -> None:
-    """A recipe may hold several svd passes: `passes` keeps each pass's own summary; layers,
-    compensation stages, cache hits and fused layers accumulate; the summary covers every layer
-    factorized so far; `global` is the last global allocation's."""
-    layers = {**report.get("layers", {}), **records}
-    compensation = dict(report.get("compensation", {}))
-    n = len(report.get("passes", [])) + 1
-    for label, search in this["compensation"].items():
-        compensation[label if label not in compensation else f"{label} (svd pass {n})"] = search
-    report.update(_summary(layers, c), layers=layers, compensation=compensation,
-                  passes=report.get("passes", []) + [this],
-                  cache_hits=report.get("cache_hits", []) + this["cache_hits"],
-                  fused_gelu=sorted(set(report.get("fused_gelu", [])) | set(this["fused_gelu"])),
-                  **({"global": this["global"]} if "global" in this else {}))
-
-
-def _summary(records: dict[str, dict], c: SVDConfig) -> dict:
-    before = sum(r["params_dense"] for r in records.values())
-    after = sum(r["kept_params"] for r in records.values())
-    ratios = [r["loss_ratio"] for r in records.values() if "loss_ratio" in r]
-    return {"method": c.method, "allocation": c.allocation, "activations": c.activations, "fisher": c.fisher,
-            "params_before": before, "params_after": after,
-            "kept_ratio": after / before if before else 1.0,
-            "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),
-            "clamped_grams": sorted(n for n, r in records.items() if r.get("clamped")),
-            "asymmetric": sorted(n for n, r in records.items() if r.get("asymmetric")),
-            "max_loss_ratio": max(ratios) if ratios else None}

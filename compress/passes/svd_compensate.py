@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from compress.arch.base import LinearInfo
-from compress.calib import Stats
+from compress.calib_stats import Stats
 from compress.linalg import kfac_step
 from compress.passes.svd_fisher import prediction_gradients
 from compress.replay import Prefix

@@ -119,3 +119,16 @@ def sqrt_pair(fisher: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch
     lam = damping * float(vals.clamp_min(0).mean()) or 1.0
     root = (vals.clamp_min(0) + lam).sqrt()
     return (vecs * root) @ vecs.T, (vecs / root) @ vecs.T
+
+
+def fisher_chunks(infos: list, budget_bytes: float) -> list[list[str]]:
+    """Target names in groups whose float64 output Fishers (out² · 8 bytes each) fit the budget
+    (a layer bigger than the budget gets a group of its own)."""
+    chunks, size = [[]], 0.0
+    for info in infos:
+        need = 8.0 * info.out_features**2
+        if chunks[-1] and size + need > budget_bytes:
+            chunks, size = chunks + [[]], 0.0
+        chunks[-1].append(info.name)
+        size += need
+    return [c for c in chunks if c]

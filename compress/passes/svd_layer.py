@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compress.arch.base import LinearInfo
-from compress.calib import Stats
+from compress.calib_stats import Stats
 from compress.linalg import Decomposition, decompose, factors_from, params_dense, params_lowrank
 from compress.lowrank import LowRankLinear
 

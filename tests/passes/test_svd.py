@@ -204,7 +204,7 @@ def test_student_mode_cache_is_keyed_by_the_factors_not_only_the_ranks(tmp_path)
 
 def test_fisher_chunks_respect_the_memory_budget():
     from compress.arch.base import LinearInfo
-    from compress.passes.svd import fisher_chunks
+    from compress.passes.svd_fisher import fisher_chunks
 
     infos = [LinearInfo(name=f"l{i}", role="mlp", part="in", in_features=4, out_features=o, group=None, block=None,
                         input_key="x") for i, o in enumerate([10, 10, 30, 5])]

@@ -10,7 +10,7 @@ from compress.arch import get_adapter
 from compress.arch.base import LinearInfo
 from compress.passes.svd import SVDConfig, SVDPass
 from compress.passes.base import predictions, relative_error
-from compress.calib import Stats
+from compress.calib_stats import Stats
 from compress.passes.svd_compensate import STEPS, line_search, newton_steps
 from compress.passes.svd_fisher import prediction_gradients, sqrt_pair
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart

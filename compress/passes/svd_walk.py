@@ -1,0 +1,117 @@
+"""The svd pass's walk over a model: each target visited with its calibration statistics, in an
+order where a target's statistics are taken after everything it depends on has been visited
+(conditioning → top level → blocks in execution order → tail), plus the names its caches use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable
+
+from torch import nn
+
+from compress.arch.base import LinearInfo
+from compress.calib import BlockCalibration
+from compress.calib_stats import Reader, Stats, StatsCache
+from compress.passes.svd_targets import is_model_wide, stats_key, uses_output_gram
+
+Visit = Callable[[LinearInfo, Stats], bool]  # (target, its stats) -> whether the model changed
+VisitGroup = Callable[[str, int, list], bool]  # (where, first block it can change, [(info, stats)])
+BeforeBlock = Callable[[nn.Module, list], None]  # (block, [(info, stats)]) before they are visited
+
+
+def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: list, cache: StatsCache,
+         modulation_grid: int, visit_group: VisitGroup | None = None,
+         before_block: BeforeBlock | None = None) -> None:
+    """Calls visit(info, stats) for every target. visit_group(where, start, pairs), if given, takes
+    the targets visited together (the top level before the blocks, each block, the tail) at once,
+    and says if it changed any; `start` is the first block (execution order) they can change: 0
+    for the top level, the block's own position, the block count for the tail. `state` (what has
+    been compressed so far) names the student-mode cache files; modulation Grams are taken over
+    `modulation_grid` timesteps per batch, once per model (cached)."""
+
+    def visit_all(where: str, pairs: list, start: int = 0) -> bool:
+        if visit_group and pairs:
+            return visit_group(where, start, pairs)
+        return any([visit(info, stats) for info, stats in pairs])
+
+    shared = _conditioning(cal, targets, cache, modulation_grid)  # model-wide keys, computed once
+    top = [i for i in targets if i.group is None]
+    changed = visit_all("top level", [(i, shared[stats_key(i)]) for i in top if stats_key(i) in shared])
+    pending = [i for i in top if stats_key(i) not in shared]
+    stats = cal.capture(readers(pending))
+    changed = visit_all("top level", [(i, stats[stats_key(i)]) for i in pending
+                                      if stats_key(i) in stats]) or changed
+    if changed and cal.activations == "student":
+        cal.capture()  # block inputs through the compressed top-level layers
+    pending = [i for i in pending if stats_key(i) not in stats]
+
+    def readers_for(group, index):
+        mine = [i for i in targets if (i.group, i.block) == (group, index)]
+        return readers([i for i in mine if stats_key(i) not in shared], where=f"{group} block {index}")
+
+    def cache_name(group, index):
+        return digest(group, index, sorted(r.key for r in readers_for(group, index)), state, cal.asymmetric)
+
+    position = 0  # of the block in execution order
+    for bs in cal.blocks(readers_for, cache_name):
+        pairs = _block_pairs(targets, bs, shared)
+        if before_block and pairs:
+            before_block(bs.block, pairs)
+        visit_all(f"{bs.group} {bs.index}", pairs, position)
+        position += 1
+    tail = cal.tail(readers(pending))
+    visit_all("tail", [(info, tail[stats_key(info)]) for info in pending], position)
+
+
+def _conditioning(cal: BlockCalibration, targets: list[LinearInfo], cache: StatsCache,
+                  grid: int) -> dict[str, Stats]:
+    """Stats of the modulation targets' conditioning inputs over a dense timestep grid (cached)."""
+    cond = [i for i in targets if i.role == "modulation"]
+    if not cond:
+        return {}
+    found = readers(cond)
+    name = digest("conditioning", grid, sorted(r.key for r in found))
+    stats = cache.load(name)
+    if stats is None:
+        stats = cal.conditioning(found, grid)
+        cache.save(name, stats)
+    return dict(stats)
+
+
+def _block_pairs(targets: list[LinearInfo], bs, shared: dict[str, Stats]) -> list:
+    """[(info, stats)] of one calibrated block's targets; model-wide keys (caption, temb) are taken
+    from the first block that reads them and shared from then on."""
+    pairs = []
+    for info in targets:
+        if (info.group, info.block) != (bs.group, bs.index):
+            continue
+        key = stats_key(info)
+        if key not in shared and is_model_wide(info):
+            shared[key] = bs.stats[key]
+        pairs.append((info, shared[key] if key in shared else bs.stats[key]))
+    return pairs
+
+
+def readers(infos: list[LinearInfo], where: str = "top level") -> list[Reader]:
+    """One reader per stats key (linears sharing an input share it)."""
+    out = {}
+    for i in infos:
+        key = stats_key(i)
+        out.setdefault(key, Reader(key, i.name, output=uses_output_gram(i),
+                                   dedupe=is_model_wide(i) and i.role != "modulation", where=where))
+    return list(out.values())
+
+
+def module_digest(model: nn.Module, name: str) -> str:
+    """Digest of every value of a (just compressed) module: student-mode stats of later blocks
+    depend on the exact factors (method, alpha, centering, weighting), not only on the rank."""
+    h = hashlib.sha1()
+    for p in model.get_submodule(name).parameters():
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def digest(*parts) -> str:
+    text = json.dumps(parts, default=str)
+    return f"{parts[0]}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
