@@ -5,7 +5,9 @@ and sees exactly what inference sees: text embeddings, both CFG branches, trajec
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from pathlib import Path
 
 import torch
@@ -114,13 +116,39 @@ class PipelineSource:
                             "resolution; leave both out")
         self._pipe = None
         self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both
+        self.cache_dir: Path | None = None  # the runner's: each sampling call's records, on disk
 
     def _run(self, prompts: list[str], seed: int) -> list[dict]:
-        if self._pipe is None:
-            self._pipe = load_pipeline_for(self.teacher, self.pipeline)
+        """Records of every sampling call (`prompts_per_call` prompts each; prompt i draws its
+        noise from seed + i). With a cache_dir each call's records are written as it finishes and
+        read back instead of sampled again: a resumed or repeated run samples nothing, and an
+        interrupted sampling keeps the calls it finished."""
+        c, records = self.calib, []
+        for start in range(0, len(prompts), c.prompts_per_call):
+            chunk = prompts[start:start + c.prompts_per_call]
+            path = self._cached(chunk, seed + start)
+            if path is not None and path.is_file():
+                records += torch.load(path, map_location="cpu", weights_only=True)
+                continue
+            if self._pipe is None:
+                self._pipe = load_pipeline_for(self.teacher, self.pipeline)
+            got = capture(self._pipe, self.teacher, chunk, c.sample_steps, min(c.timesteps, c.sample_steps),
+                          self.guidance(), seed + start, c.prompts_per_call, self.size)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(got, path.with_suffix(".tmp"))
+                path.with_suffix(".tmp").replace(path)  # atomic: never half a file
+            records += got
+        return records
+
+    def _cached(self, chunk: list[str], seed: int) -> Path | None:
+        """The cache file of one sampling call: named by everything its records depend on."""
+        if self.cache_dir is None:
+            return None
         c = self.calib
-        return capture(self._pipe, self.teacher, prompts, c.sample_steps, min(c.timesteps, c.sample_steps),
-                       self.guidance(), seed, c.prompts_per_call, self.size)
+        key = json.dumps([self.pipeline, chunk, seed, c.sample_steps, min(c.timesteps, c.sample_steps),
+                          self.guidance(), c.prompts_per_call, self.size, str(self.teacher.dtype)])
+        return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 
     def guidance(self) -> float:
         """The pipeline's guidance_scale. A guidance-distilled transformer (Flux.1-dev) takes it as

@@ -126,6 +126,9 @@ class Runner:
                            self.teacher, Path(self.recipe.path).parent)
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        teacher_id = fingerprint(self.source, self.teacher, self.recipe, self.models)
+        if hasattr(src, "cache_dir"):  # sampled inputs (pipeline calibration: minutes to hours)
+            src.cache_dir = self.run_dir / "inputs" / teacher_id
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
             run_dir=self.run_dir, seed=self.recipe.calibration.seed,
@@ -135,7 +138,7 @@ class Runner:
             eval_inputs=functools.cache(self._teacher_forwards(src.heldout)),
             train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
             calibration=self.recipe.calibration,
-            fingerprint=fingerprint(self.source, self.teacher, self.recipe, self.models),
+            fingerprint=teacher_id,
             resume=self.resume)
         if self.recipe.stream:
             s = streamed_weights(self.teacher, self.adapter)

@@ -219,3 +219,36 @@ def test_eval_importance_and_load_pipeline_on_a_real_teacher(tmp_path, folders, 
     assert len(json.loads((tmp_path / "i.json").read_text())["blocks"]) == 3
     assert main(["importance", str(folders["pixart"])]) == 2
     assert "pass a recipe whose teacher it is" in capsys.readouterr().err
+
+
+def test_sampled_inputs_survive_an_interrupt_and_a_rerun(tmp_path, folders, monkeypatch):
+    """Each sampling call's records are on disk as soon as it finishes: an interrupt during the
+    sampling keeps the calls done, the resumed run samples only the rest, and a rerun of the
+    recipe samples nothing; the weights are those of an uncached run."""
+    import compress.calib_pipeline as cp
+
+    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
+        .replace("{size}", "").format(stream="false")
+    calls, real = [], cp.capture
+
+    def counted(*a, **k):
+        calls.append(a[2])  # the prompts of this call
+        if len(calls) == 3 and interrupt:
+            raise KeyboardInterrupt("signal 15")
+        return real(*a, **k)
+
+    monkeypatch.setattr(cp, "capture", counted)
+    interrupt = True
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    with pytest.raises(KeyboardInterrupt):
+        Runner(recipe, tmp_path / "out", tmp_path / "run").run()
+    assert len(calls) == 3 and len(list((tmp_path / "run" / "inputs").rglob("*.pt"))) == 2
+    interrupt = False
+    out = Runner(recipe, tmp_path / "out", tmp_path / "run", resume=True).run()
+    assert len(calls) == 3 + 3  # 5 prompts, one per call: the 3 not on disk
+    again = Runner(recipe, tmp_path / "out2", tmp_path / "run").run()
+    assert len(calls) == 6  # nothing sampled
+    monkeypatch.setattr(cp, "capture", real)
+    fresh = _run(tmp_path, text, "fresh")  # its own run dir: sampled from scratch
+    a, b, f = (load_transformer(o).state_dict() for o in (out, again, fresh))
+    assert a.keys() == f.keys() and all(torch.equal(a[k], f[k]) and torch.equal(b[k], f[k]) for k in a)
