@@ -44,6 +44,19 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
+def check_pipeline_source(source: str, is_teacher: bool) -> None:
+    """A local pipeline must be a pipeline folder (model_index.json); a transformer folder or a
+    single file is named with what to set instead, before any compute."""
+    path = Path(source).expanduser()
+    if not path.exists() or (path / "model_index.json").is_file():
+        return  # a pipeline folder, or a hub id (its errors come when it loads)
+    what = "a single file" if path.is_file() else "a folder without model_index.json"
+    whose = "the teacher " if is_teacher else ""
+    raise UserError(f"calibration.source pipeline samples in a diffusers pipeline, and {whose}{source} "
+                    f"is {what}; set calibration.pipeline to the base pipeline (a Hugging Face id such "
+                    "as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder)")
+
+
 def need_transformers() -> None:
     """Real pipelines (PixArt-Σ: T5; Flux: CLIP + T5) load their text encoders with transformers,
     an optional dependency: say so before any compute rather than fail inside diffusers."""
@@ -111,6 +124,7 @@ class PipelineSource:
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
         if not pipeline.startswith("toy:"):
             need_transformers()
+            check_pipeline_source(pipeline, calib.pipeline is None)
         if self.size and pipeline.startswith("toy:"):
             raise UserError("calibration.height / width: the toy pipelines sample at their one "
                             "resolution; leave both out")

@@ -252,3 +252,19 @@ def test_sampled_inputs_survive_an_interrupt_and_a_rerun(tmp_path, folders, monk
     fresh = _run(tmp_path, text, "fresh")  # its own run dir: sampled from scratch
     a, b, f = (load_transformer(o).state_dict() for o in (out, again, fresh))
     assert a.keys() == f.keys() and all(torch.equal(a[k], f[k]) and torch.equal(b[k], f[k]) for k in a)
+
+
+def test_a_teacher_without_its_pipeline_names_calibration_pipeline(tmp_path, folders):
+    """A transformer folder (or single file) as the teacher has no pipeline to sample in: one line
+    before any compute naming calibration.pipeline; set, the transformer samples in that pipeline."""
+    from compress.calib_pipeline import PipelineSource
+    from compress.recipe import CalibrationConfig
+
+    transformer = str(folders["pixart"] / "transformer")
+    teacher = load_teacher(transformer)
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog"], sample_steps=2, timesteps=1)
+    with pytest.raises(UserError, match="is a folder without model_index.json; set calibration.pipeline"):
+        PipelineSource("pixart", calib, teacher, transformer)
+    calib.pipeline = str(folders["pixart"])
+    [record] = PipelineSource("pixart", calib, teacher, calib.pipeline).calibration()
+    assert record["hidden_states"].shape[0] == 2
