@@ -31,17 +31,29 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
 
 
 def load_pipeline_for(teacher: torch.nn.Module, source: str):
+    """The teacher inside its pipeline; the other parts (text encoders, VAE) on its device."""
     if source.startswith("toy:"):
         from compress.toy import load_toy_pipeline
 
-        return load_toy_pipeline(source[4:], transformer=teacher)
+        return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(source, transformer=teacher, torch_dtype=teacher.dtype)
+        pipe = DiffusionPipeline.from_pretrained(source, transformer=teacher, torch_dtype=teacher.dtype)
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
         raise UserError(f"cannot load calibration pipeline '{source}': "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return _beside(pipe, teacher)
+
+
+def _beside(pipe, teacher: torch.nn.Module):
+    """Moves the pipeline's modules but the transformer (whose blocks may be streamed, on meta) to
+    the device of the transformer's resident weights."""
+    device = next((p.device for p in teacher.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module) and component is not teacher:
+            component.to(device)
+    return pipe
 
 
 def check_pipeline_source(source: str, is_teacher: bool) -> None:

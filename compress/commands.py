@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import cast, load_teacher, load_transformer, read_json
@@ -19,11 +21,13 @@ def _teacher_and_inputs(source: str):
     """(teacher source, teacher model, input source) from a recipe or a teacher source."""
     from compress.inputs import input_source
     from compress.recipe import CalibrationConfig, load_recipe
-    from compress.runner import load_checked_teacher
+    from compress.runner import load_checked_teacher, resolve_device
 
     if _is_recipe(source):
         recipe = load_recipe(source)
+        device = resolve_device(recipe)  # the scan runs where the recipe's passes would
         teacher_source, teacher = load_checked_teacher(recipe)
+        teacher = cast(teacher, device)
         calib, recipe_dir = recipe.calibration, Path(source).parent
     else:
         if not source.startswith("toy:"):
@@ -86,14 +90,16 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
     if teacher is None or out is None:
         raise UserError("eval of a non-toy model needs a compressed output folder with its teacher "
                         "(or --teacher)")
-    from compress.inputs import input_source
+    from compress.inputs import input_source, moved
     from compress.recipe import load_recipe
     from compress.passes.base import predictions, relative_error
 
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
     src = input_source(adapter.family, read_report(out).get("teacher", ""), recipe.calibration, teacher)
-    batches = src.heldout()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = cast(teacher, device)
+    batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
     reference = predictions(teacher, adapter, batches)
-    model = cast(model, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
+    model = cast(model, device, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
     return {"family": adapter.family, "pred_rel_error": relative_error(model, reference, adapter, batches)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class Recipe:
     # the dtype teacher and student are loaded and run in (calibration, passes, held-out errors);
     # bfloat16 halves what a streamed block holds. Factorization math is float64 regardless.
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # where teacher, student and calibration run: auto (cuda when torch sees a GPU, else cpu), cpu,
+    # cuda or cuda:N (resident runs; streamed runs compute on the CPU)
+    device: str = "auto"
     path: str = "<recipe>"
     raw: dict = field(default_factory=dict)  # the resolved plain data (written to the output)
 
@@ -294,7 +298,8 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
             raise UserError(f"--set {item}: expected KEY.PATH=VALUE")
         set_override(root, key.strip(), value, path)
     top = {k.value: (k, v) for k, v in root.value}
-    known = ("version", "model", "teacher", "stream", "compute_dtype", "calibration", "export", "passes")
+    known = ("version", "model", "teacher", "stream", "compute_dtype", "device", "calibration", "export",
+             "passes")
     for key, (k, _) in top.items():
         if key not in known:
             raise _Loc(path, k).err(f"unknown key '{key}'{_did_you_mean(key, known)}")
@@ -305,13 +310,15 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
         raise _Loc(path, passes_node).err("'passes' must be a non-empty list")
     specs = [_pass_spec(n, path, i) for i, n in enumerate(passes_node.value)]
     hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str, "stream": bool,
-             "compute_dtype": Literal["float32", "float16", "bfloat16"]}
+             "compute_dtype": Literal["float32", "float16", "bfloat16"], "device": str}
     values = {}
     for k, v in root.value:
         if k.value == "passes":
             continue
         if k.value in hints:
             values[k.value] = convert(v, hints[k.value], path, k.value)
+        if k.value == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", values["device"]):
+            raise _Loc(path, v).err(f"device must be auto, cpu, cuda or cuda:N; got {values['device']!r}")
         elif k.value == "calibration":
             values["calibration"] = build_dataclass(v, CalibrationConfig, path, "calibration")
         elif k.value == "export":
@@ -339,7 +346,8 @@ def to_plain(recipe: Recipe) -> dict:
     """The resolved recipe as plain data (every default filled in), for the output folder."""
     return {
         "version": recipe.version, "model": recipe.model, "teacher": recipe.teacher,
-        "stream": recipe.stream, "compute_dtype": recipe.compute_dtype, "calibration": dataclasses.asdict(recipe.calibration),
+        "stream": recipe.stream, "compute_dtype": recipe.compute_dtype, "device": recipe.device,
+        "calibration": dataclasses.asdict(recipe.calibration),
         "passes": [{p.name: dataclasses.asdict(p.config)} for p in recipe.passes],
         "export": dataclasses.asdict(recipe.export),
     }

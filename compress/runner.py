@@ -64,6 +64,25 @@ def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str
     return source, model.requires_grad_(False).eval()
 
 
+def resolve_device(recipe: Recipe) -> torch.device:
+    """The recipe's device: auto is cuda when torch sees a GPU; a GPU asked for and not there, or
+    with streamed weights (read to the CPU), is a one-line error."""
+    name = recipe.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() and not recipe.stream else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and recipe.stream:
+        raise UserError(f"{recipe.path}: device {name} with stream: true; streamed block weights are "
+                        "read and computed on the CPU (set device: cpu, or stream: false to compute "
+                        "resident on the GPU)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{recipe.path}: device {name}, but torch sees no CUDA GPU here "
+                        f"(torch {torch.__version__}); set device: cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"{recipe.path}: device {name}, but torch sees {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
 def check_finite(model: torch.nn.Module, what: str = "teacher") -> None:
     """NaN/Inf in weights is an error naming the parameter (and so the layer and block).
     Streamed blocks (on meta) are checked as they are read (CheckpointBlocks.read)."""
@@ -106,8 +125,9 @@ class Runner:
         self.recipe, self.out, self.run_dir = recipe, Path(out), Path(run_dir)
         self.teacher_arg, self.teacher_config = teacher, teacher_config
         self.resume, self.overwrite = resume, overwrite
-        # resident or streamed weights, in the recipe's compute dtype
-        self.models = models_for(recipe.stream, self.run_dir, DTYPES[recipe.compute_dtype])
+        self.device = resolve_device(recipe)
+        # resident or streamed weights, in the recipe's compute dtype, on its device
+        self.models = models_for(recipe.stream, self.run_dir, DTYPES[recipe.compute_dtype], self.device)
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
@@ -132,7 +152,7 @@ class Runner:
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
             run_dir=self.run_dir, seed=self.recipe.calibration.seed,
-            device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),  # distill trains there
+            device=self.device,  # where passes compute (distill trains there)
             # computed on first use, once (pipeline calibration samples the teacher: minutes)
             calibration_inputs=functools.cache(self._teacher_forwards(src.calibration)),
             eval_inputs=functools.cache(self._teacher_forwards(src.heldout)),
@@ -152,7 +172,7 @@ class Runner:
 
         def run():
             with self.models.forwards(self.teacher):
-                return [moved(b, "cpu", dtype) for b in make()]  # no copy when already in dtype
+                return [moved(b, self.device, dtype) for b in make()]  # no copy when already there
         return run
 
     # -- stages -----------------------------------------------------------------------------------

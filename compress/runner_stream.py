@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.io import empty_compressed, load_transformer, save_compressed
+from compress.io import cast, empty_compressed, load_transformer, save_compressed
 from compress.stream import (CheckpointBlocks, checkpoint_of, empty_transformer, save_streamed, streamed,
                              weight_map)
 
@@ -31,18 +31,19 @@ class ResidentModels:
 
     blocks = None  # passes use their resident default
 
-    def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32):
-        self.run_dir, self.dtype = Path(run_dir), dtype
+    def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32,
+                 device: torch.device = torch.device("cpu")):
+        self.run_dir, self.dtype, self.device = Path(run_dir), dtype, device
 
     def teacher(self, source: str, load) -> nn.Module:
-        warn_if_too_big(source, self.dtype)
-        return load()
+        warn_if_too_big(source, self.dtype, self.device)
+        return cast(load(), self.device)
 
     def fresh_student(self, teacher: nn.Module) -> nn.Module:
         return copy.deepcopy(teacher)
 
     def restore(self, folder: Path) -> nn.Module:
-        return load_transformer(folder)
+        return cast(load_transformer(folder), self.device)
 
     def forwards(self, model: nn.Module):
         return nullcontext(model)
@@ -66,8 +67,9 @@ class StreamedModels:
     its checkpoint file when it runs (`CheckpointBlocks`). The student's compressed blocks are
     spilled to run_dir/stream/."""
 
-    def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32):
-        self.run_dir, self.dtype = Path(run_dir), dtype
+    def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32,
+                 device: torch.device = torch.device("cpu")):
+        self.run_dir, self.dtype = Path(run_dir), dtype  # device: always the CPU (resolve_device)
         self.loaders: dict[int, CheckpointBlocks] = {}  # id(model) -> its loader
         self.files: dict[str, Path] = {}  # the teacher checkpoint: tensor name -> file
         self.student: nn.Module | None = None
@@ -134,16 +136,19 @@ class StreamedModels:
             h.update(str(size).encode())
 
 
-def warn_if_too_big(source: str, dtype: torch.dtype) -> None:
+def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu")) -> None:
     """Before loading a local teacher whole: say so if it and its student copy would not fit in the
-    memory available now (loading would end in the kernel's OOM killer, without a message)."""
-    need, have = resident_bytes(source, dtype), available_bytes()
+    memory available now on `device` (on the CPU loading would end in the kernel's OOM killer,
+    without a message)."""
+    need = resident_bytes(source, dtype)
+    have = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_bytes()
     if need is None or have is None or need <= have:
         return
     from compress.report import console
 
+    where = f"free on {device}" if device.type == "cuda" else "available"
     console.print(f"[bold yellow]warning:[/] teacher and student need about {need / 2**30:.1f} GiB in "
-                  f"{str(dtype).removeprefix('torch.')}, and {have / 2**30:.1f} GiB are available; "
+                  f"{str(dtype).removeprefix('torch.')}, and {have / 2**30:.1f} GiB are {where}; "
                   "set stream: true in the recipe (svd passes, one block resident) or "
                   "compute_dtype: bfloat16")
 
@@ -219,8 +224,9 @@ def streamed_weights(model, adapter) -> dict:
             "resident_params": top + max(blocks)}
 
 
-def models_for(stream: bool, run_dir: Path, dtype: torch.dtype = torch.float32):
-    return (StreamedModels if stream else ResidentModels)(run_dir, dtype)
+def models_for(stream: bool, run_dir: Path, dtype: torch.dtype = torch.float32,
+               device: torch.device = torch.device("cpu")):
+    return (StreamedModels if stream else ResidentModels)(run_dir, dtype, device)
 
 
 def check_streaming(passes, specs, path: str) -> None:

@@ -201,3 +201,34 @@ def test_pipeline_prompts_are_inlined_in_the_output_recipe(tmp_path):
     saved = load_recipe(out / "recipe.yaml").calibration
     assert saved.prompt_file is None
     assert saved.prompts == ["a handwritten 3", "a handwritten 8", "a handwritten 1"]
+
+
+def test_device_key(setup):
+    """device: auto, cpu, cuda or cuda:N (file:line otherwise); a GPU that is not there, or one
+    asked for with streamed weights, is a one-line error before anything loads; cpu and auto
+    (on a machine without a GPU) write the same weights."""
+    family, _, tmp_path, text = setup
+    with pytest.raises(UserError, match=r"r\.yaml:1: device must be auto, cpu, cuda or cuda:N; got 'gpu'"):
+        parse_recipe("device: gpu\n" + text, str(tmp_path / "r.yaml"))
+    with pytest.raises(UserError, match="streamed block weights are read and computed on the CPU"):
+        _run(tmp_path, "device: cuda\nstream: true\n" + text)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="torch sees no CUDA GPU here"):
+            _run(tmp_path, "device: cuda:0\n" + text)
+        a = load_transformer(_run(tmp_path, "device: cpu\n" + text, out="cpu", run="run-cpu")).state_dict()
+        b = load_transformer(_run(tmp_path, text, out="auto", run="run-auto")).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_on_the_gpu_matches_the_cpu(setup):
+    """Teacher, student, calibration and factorization on the GPU (float64 eigendecompositions
+    there): the same ranks, and factors and held-out errors within float tolerance of the CPU's."""
+    family, _, tmp_path, text = setup
+    runs = {d: _run(tmp_path, f"device: {d}\n" + text, out=f"out-{d}", run=f"run-{d}") for d in ("cpu", "cuda")}
+    a, b = (load_transformer(runs[d]).state_dict() for d in ("cpu", "cuda"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
+    errors = [json.loads((runs[d] / "report.json").read_text())["stages"][-1]["relative_error"] for d in runs]
+    assert errors[1] == pytest.approx(errors[0], rel=1e-3)

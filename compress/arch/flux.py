@@ -57,7 +57,7 @@ class FluxAdapter(Adapter):
         return (hidden[1], hidden[0])  # (context, image), as both block kinds return
 
     def timestep_grid(self, n, like):
-        return torch.linspace(1.0 / n, 1.0, n).to(like.dtype)  # σ in (0, 1]
+        return torch.linspace(1.0 / n, 1.0, n).to(like.device, like.dtype)  # σ in (0, 1]
 
     def task_loss(self, model, latents, cond, generator=None):
         """Rectified flow: x_t = (1 - s) x0 + s eps, target velocity eps - x0. latents (B, N, C).

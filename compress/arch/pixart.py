@@ -51,7 +51,7 @@ class PixArtAdapter(Adapter):
         return super().noise_level(timestep) / 1000.0
 
     def timestep_grid(self, n, like):
-        return torch.linspace(0, 999, n).round().to(like.dtype)  # integer DDPM steps
+        return torch.linspace(0, 999, n).round().to(like.device, like.dtype)  # integer DDPM steps
 
     def sampled_prediction(self, model, pred):
         """PixArt-Σ's learned-variance half (out_channels = 2 · in_channels) is dropped."""
