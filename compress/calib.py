@@ -155,9 +155,11 @@ class BlockCalibration:
 
         handle = first.register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            with accumulating(self.model, readers, stats), torch.no_grad(), _progress(self.progress) as bar:
+            with accumulating(self.model, readers, stats) as acc, torch.no_grad(), \
+                    _progress(self.progress) as bar:
                 task = bar.add_task("calibrate: capture", total=len(self.batches))
                 for batch in self.batches:
+                    acc.caption = self.adapter.caption_rows(batch)
                     with contextlib.suppress(_Stop):
                         self.model(**batch)
                     bar.advance(task)
@@ -224,6 +226,7 @@ class BlockCalibration:
         ref_outputs = self._store() if paired else None
         with accumulating(self.model, readers, stats) as acc, torch.no_grad():
             for b, (args, kwargs) in enumerate(self.inputs):
+                acc.caption = self.adapter.caption_rows(kwargs)
                 if paired:
                     acc.paused, acc.partner = True, {}
                     with recording(self.model, readers, acc.partner):

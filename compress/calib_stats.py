@@ -17,6 +17,9 @@ from torch import nn
 from compress.errors import NumericError
 
 F64 = torch.float64
+# what the cached statistics hold; part of every run's fingerprint, so caches written by code that
+# accumulated something else are not read. 2: caption Grams keep only the tokens attention reads.
+STATS_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -103,6 +106,7 @@ class _Accumulator:
         self.stats, self.on_fire, self.skip, self.handles = stats, on_fire, skip, []
         self.seen: dict[str, set] = {}
         self.paused = False  # hooks do nothing (a reference forward runs)
+        self.caption: torch.Tensor | None = None  # (B, L) bool: caption rows read (dedupe readers)
         self.partner: dict[str, torch.Tensor] | None = None  # key -> reference rows of this forward
         for r in readers:
             mod = root.get_submodule(r.module)
@@ -117,7 +121,8 @@ class _Accumulator:
         return self.stats[key]
 
     def _dedupe(self, r: Reader, x: torch.Tensor) -> torch.Tensor:
-        """Keep the samples (leading dim) not seen before under this key."""
+        """Keep the samples (leading dim) not seen before under this key, and of those only the
+        caption rows attention reads (`caption`, where the forward has a mask of x's shape)."""
         seen = self.seen.setdefault(r.key, set())
         keep = []
         for b in range(x.shape[0]):
@@ -125,7 +130,10 @@ class _Accumulator:
             if digest not in seen:
                 seen.add(digest)
                 keep.append(b)
-        return x[keep]
+        mask = self.caption
+        if mask is None or tuple(mask.shape) != tuple(x.shape[:2]):
+            return x[keep]
+        return x[keep][mask[keep].to(x.device)]  # (rows read, d)
 
     def _in_hook(self, r: Reader):
         def hook(mod, args):

@@ -21,6 +21,7 @@ import torch
 
 import compress
 from compress.arch import get_adapter
+from compress.calib_stats import STATS_VERSION
 from compress.errors import NumericError, UserError
 from compress.inputs import input_source, moved
 from compress.io import load_teacher
@@ -96,7 +97,7 @@ def check_finite(model: torch.nn.Module, what: str = "teacher") -> None:
 
 def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe, models) -> str:
     """Teacher identity (source + a checksum of its weights) + calibration config + code version."""
-    h = hashlib.sha256(f"{source}|{compress.__version__}|".encode())
+    h = hashlib.sha256(f"{source}|{compress.__version__}|{STATS_VERSION}|".encode())
     h.update(json.dumps(asdict(recipe.calibration), sort_keys=True).encode())
     models.fingerprint(teacher, h)
     return h.hexdigest()[:16]

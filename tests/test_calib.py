@@ -87,6 +87,24 @@ def test_caption_is_counted_once_per_prompt():
     torch.testing.assert_close(stats["caption"].gram, once)
 
 
+def test_caption_gram_keeps_only_the_tokens_attention_reads():
+    """PixArt-Σ pads every prompt to 300 T5 tokens and masks the padding out of cross-attention:
+    the caption Gram sums the rows the mask lets through, from the model's 1/0 mask as the
+    transformer turns it into its blocks' additive bias (and all rows without a mask)."""
+    model = tiny_pixart()
+    b = model_inputs(model)  # 2 prompts of 5 caption tokens
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    masked = dict(b, encoder_attention_mask=mask)
+    readers = {("blocks", 0): [Reader("caption", "transformer_blocks.0.attn2.to_k", dedupe=True)]}
+    stats = _block_stats(model, [masked], readers)
+    rows = _direct_rows(model, "transformer_blocks.0.attn2.to_k", [masked]).reshape(2, 5, -1)
+    kept = rows[mask.bool()]  # (6, d)
+    assert stats["caption"].rows == 6
+    torch.testing.assert_close(stats["caption"].gram, kept.T @ kept, rtol=1e-9, atol=1e-9)
+    plain = _block_stats(model, [dict(b, encoder_attention_mask=None)], readers)
+    assert plain["caption"].rows == 10
+
+
 def test_student_activations_differ_from_teacher_after_compression():
     batches = _batches(tiny_pixart())
     name0, name1 = "transformer_blocks.0.ff.net.2", "transformer_blocks.1.attn1.to_q"

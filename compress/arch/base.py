@@ -115,6 +115,11 @@ class Adapter:
         """The residual-stream tensors among a block's inputs (for importance proxies)."""
         raise NotImplementedError
 
+    def caption_rows(self, kwargs: dict) -> torch.Tensor | None:
+        """(B, L) bool: the caption tokens attention reads, from the model's or a block's kwargs;
+        None where every token is read (Flux attends to its padding too)."""
+        return None
+
     def hidden_of_output(self, output) -> list[torch.Tensor]:
         raise NotImplementedError
 

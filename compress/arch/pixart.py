@@ -34,6 +34,15 @@ class PixArtAdapter(Adapter):
         # PixArt-Σ trains with the DDPM linear schedule of 1000 steps (diffusers' default config).
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
 
+    def caption_rows(self, kwargs):
+        """The T5 tokens cross-attention reads (the rest is padding, masked out: PixArt-Σ pads every
+        prompt to 300 tokens). Model kwargs hold the mask as 1/0 (B, L); the transformer hands its
+        blocks an additive bias (B, 1, L), 0 where read and -10000 where masked."""
+        mask = kwargs.get("encoder_attention_mask")
+        if mask is None:
+            return None
+        return mask[:, 0] > -1 if mask.ndim == 3 else mask > 0.5
+
     def next_inputs(self, group, args, kwargs, output):
         return (output,) + tuple(args[1:]), kwargs  # block(hidden_states, ...) -> hidden_states
 
