@@ -123,6 +123,37 @@ def capture(pipe, transformer, prompts: list[str], steps: int, keep: int, guidan
     return records
 
 
+def rebatch(records: list[dict], batch_size: int, seed: int) -> list[dict]:
+    """One record per transformer call (a prompt's CFG branches at one step: 1 to 2 · per_call
+    rows) into batches of about `batch_size` rows, the records shuffled with `seed` first so every
+    batch mixes prompts and noise levels: passes that look at a few batches (compensate_batches,
+    sensitivity_batches) and the output Fisher's probes per batch then see the same mix as all of
+    them. Tensors batched along their first dimension are concatenated; the rest (Flux's img_ids
+    and txt_ids) must agree across the records of a batch."""
+    if not records:
+        return records
+    per = max(1, batch_size // records[0]["hidden_states"].shape[0])
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [_concat([records[i] for i in order[k:k + per]]) for k in range(0, len(order), per)]
+
+
+def _concat(group: list[dict]) -> dict:
+    n = group[0]["hidden_states"].shape[0]
+
+    def join(values: list):
+        first = values[0]
+        if isinstance(first, dict):
+            return {k: join([v[k] for v in values]) for k in first}
+        if torch.is_tensor(first) and first.ndim and first.shape[0] == n:
+            return torch.cat(values)
+        if torch.is_tensor(first) and not all(torch.equal(first, v) for v in values[1:]):
+            raise UserError("calibration records of one pipeline differ in a shared input (a changed "
+                            "resolution?); sample them at one height / width")
+        return first
+
+    return {k: join([g[k] for g in group]) for k in group[0]}
+
+
 def _is_toy(pipe) -> bool:
     return type(pipe).__module__.startswith("compress.toy")
 
@@ -194,14 +225,14 @@ class PipelineSource:
         cut = max(1, int(len(self.prompts) * 0.8)) if len(self.prompts) > 1 else 1
         records = self._run(self.prompts[:cut], self.calib.seed)
         self._done("calibration")
-        return records
+        return rebatch(records, self.calib.batch_size, self.calib.seed)
 
     def heldout(self) -> list[dict]:
         cut = max(1, int(len(self.prompts) * 0.8))
         rest = self.prompts[cut:] or self.prompts[-1:]
         records = self._run(rest, self.calib.seed + 10_000)
         self._done("heldout")
-        return records
+        return rebatch(records, self.calib.batch_size, self.calib.seed + 10_000)
 
     def train_batch(self, batch_size: int, generator: torch.Generator):
         raise UserError("distill on a non-toy teacher needs data: set distill.data to "

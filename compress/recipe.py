@@ -40,9 +40,10 @@ class CalibrationConfig:
     width: int | None = None  # 1024² for PixArt-Σ-1024 and Flux.1-dev)
     timesteps: int = 8  # how many timesteps per prompt, spread over the schedule
     cfg_branches: bool = True  # also the unconditional (empty prompt) branch
-    batch_size: int = 32
+    batch_size: int = 32  # rows per calibration batch (pipeline records are shuffled and joined)
     seed: int = 0
-    heldout: int = 64  # held-out inputs for teacher-relative errors
+    heldout: int = 64  # held-out inputs for teacher-relative errors (a pipeline source holds out
+    # the last 20% of its prompts instead)
     # keep each block's calibration inputs and outputs on disk, one file per batch, instead of all
     # batches in memory (big models at high resolution: ~28 MB per Flux 1024² sample in bf16)
     spill_activations: bool = False

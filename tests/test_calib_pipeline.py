@@ -268,3 +268,32 @@ def test_a_teacher_without_its_pipeline_names_calibration_pipeline(tmp_path, fol
     calib.pipeline = str(folders["pixart"])
     [record] = PipelineSource("pixart", calib, teacher, calib.pipeline).calibration()
     assert record["hidden_states"].shape[0] == 2
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_pipeline_records_are_shuffled_into_batches_of_batch_size_rows(folders, family):
+    """One record per transformer call (2 rows for PixArt-Σ's CFG, 1 for Flux) joined into
+    batches of calibration.batch_size rows, shuffled so the first batches mix prompts and steps;
+    every row is kept once, and Flux's shared img_ids / txt_ids stay as they are."""
+    from compress.calib_pipeline import PipelineSource
+    from compress.recipe import CalibrationConfig
+
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog", "a fox", "a car", "a red horse"],
+                              sample_steps=3, timesteps=3, batch_size=4, guidance_scale=3.5,
+                              **({"height": 32, "width": 32} if family == "flux" else {}))
+    source = PipelineSource(family, calib, load_teacher(str(folders[family])), str(folders[family]))
+    raw = source._run(source.prompts[:4], calib.seed)  # what calibration() samples, before batching
+    batches = source.calibration()
+    assert len(raw) == 12 and [b["hidden_states"].shape[0] for b in batches] == [4] * (len(raw) * len(
+        raw[0]["hidden_states"]) // 4)
+    flat = lambda recs: sorted(tuple(x.flatten()[:6].tolist()) for r in recs for x in r["hidden_states"])  # noqa: E731
+    assert flat(batches) == flat(raw)
+    rows = [x for r in raw for x in r["hidden_states"]]
+    origin = [next(i for i, y in enumerate(rows) if torch.equal(x, y)) for b in batches for x in b["hidden_states"]]
+    per = len(raw[0]["hidden_states"])
+    prompts_first = {origin[j] // per // 3 for j in range(4)}  # 3 records (steps) per prompt
+    assert origin != sorted(origin) and len(prompts_first) > 1  # shuffled: prompts mixed from the start
+    if family == "flux":
+        assert torch.equal(batches[0]["img_ids"], raw[0]["img_ids"]) and batches[0]["guidance"].shape == (4,)
+    else:
+        assert batches[0]["encoder_attention_mask"].shape[0] == 4
