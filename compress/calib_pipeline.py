@@ -175,28 +175,37 @@ class PipelineSource:
         self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both
         self.cache_dir: Path | None = None  # the runner's: each sampling call's records, on disk
 
-    def _run(self, prompts: list[str], seed: int) -> list[dict]:
+    def _run(self, prompts: list[str], seed: int, what: str = "calibration") -> list[dict]:
         """Records of every sampling call (`prompts_per_call` prompts each; prompt i draws its
         noise from seed + i). With a cache_dir each call's records are written as it finishes and
         read back instead of sampled again: a resumed or repeated run samples nothing, and an
         interrupted sampling keeps the calls it finished."""
+        from compress.calib import _progress
+
         c, records = self.calib, []
-        for start in range(0, len(prompts), c.prompts_per_call):
-            chunk = prompts[start:start + c.prompts_per_call]
-            path = self._cached(chunk, seed + start)
-            if path is not None and path.is_file():
-                records += torch.load(path, map_location="cpu", weights_only=True)
-                continue
-            if self._pipe is None:
-                self._pipe = load_pipeline_for(self.teacher, self.pipeline)
-            got = capture(self._pipe, self.teacher, chunk, c.sample_steps, min(c.timesteps, c.sample_steps),
-                          self.guidance(), seed + start, c.prompts_per_call, self.size)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(got, path.with_suffix(".tmp"))
-                path.with_suffix(".tmp").replace(path)  # atomic: never half a file
-            records += got
+        with _progress(True) as bar:
+            task = bar.add_task(f"sample {what} prompts", total=len(prompts))
+            for start in range(0, len(prompts), c.prompts_per_call):
+                chunk = prompts[start:start + c.prompts_per_call]
+                records += self._call(chunk, seed + start)
+                bar.advance(task, len(chunk))
         return records
+
+    def _call(self, chunk: list[str], seed: int) -> list[dict]:
+        """The records of one sampling call, from the cache or sampled (and then cached)."""
+        c, path = self.calib, self._cached(chunk, seed)
+        if path is not None and path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        if self._pipe is None:
+            self._pipe = load_pipeline_for(self.teacher, self.pipeline)
+            self._pipe.set_progress_bar_config(disable=True)  # one bar over the prompts instead
+        got = capture(self._pipe, self.teacher, chunk, c.sample_steps, min(c.timesteps, c.sample_steps),
+                      self.guidance(), seed, c.prompts_per_call, self.size)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(got, path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)  # atomic: never half a file
+        return got
 
     def _cached(self, chunk: list[str], seed: int) -> Path | None:
         """The cache file of one sampling call: named by everything its records depend on."""
@@ -230,7 +239,7 @@ class PipelineSource:
     def heldout(self) -> list[dict]:
         cut = max(1, int(len(self.prompts) * 0.8))
         rest = self.prompts[cut:] or self.prompts[-1:]
-        records = self._run(rest, self.calib.seed + 10_000)
+        records = self._run(rest, self.calib.seed + 10_000, "held-out")
         self._done("heldout")
         return rebatch(records, self.calib.batch_size, self.calib.seed + 10_000)
 
