@@ -138,20 +138,22 @@ def rebatch(records: list[dict], batch_size: int, seed: int) -> list[dict]:
 
 
 def _concat(group: list[dict]) -> dict:
+    from compress.inputs import _batched
+
     n = group[0]["hidden_states"].shape[0]
 
-    def join(values: list):
+    def join(key: str, values: list):
         first = values[0]
         if isinstance(first, dict):
-            return {k: join([v[k] for v in values]) for k in first}
-        if torch.is_tensor(first) and first.ndim and first.shape[0] == n:
+            return {k: join(k, [v[k] for v in values]) for k in first}
+        if _batched(key, first, n):
             return torch.cat(values)
         if torch.is_tensor(first) and not all(torch.equal(first, v) for v in values[1:]):
             raise UserError("calibration records of one pipeline differ in a shared input (a changed "
                             "resolution?); sample them at one height / width")
         return first
 
-    return {k: join([g[k] for g in group]) for k in group[0]}
+    return {k: join(k, [g[k] for g in group]) for k in group[0]}
 
 
 def _is_toy(pipe) -> bool:

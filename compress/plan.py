@@ -13,9 +13,12 @@ from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
+import torch
 from rich.table import Table
 
 from compress.arch import get_adapter
+from compress.calib_footprint import describe, footprint, source_kind
+from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
 from compress.io import read_json, model_class
 from compress.report import console, layer_rows, param_count
@@ -81,7 +84,11 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         steps.append({"pass": spec.name, "line": spec.line, **(p.plan(model, adapter) or {})})
         p.apply_planned(model, adapter)
     after_rows = layer_rows(model)
+    kind = source_kind(recipe, source)
+    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if kind == "pipeline" else 0
+    itemsize = getattr(torch, recipe.compute_dtype).itemsize
     return {
+        "calibration": footprint(recipe, kind, model.config, prompts, itemsize),
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
@@ -97,6 +104,7 @@ def print_plan(plan: dict) -> None:
         console.print(f"  streamed: the top level ({s['top_level_params']:,} params) and one block at a "
                       f"time (at most {s['largest_block_params']:,}) resident: "
                       f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
+    console.print(f"  {describe(plan['calibration'])}")
     for step in plan["passes"]:
         details = {k: v for k, v in step.items() if k not in ("pass", "line")}
         console.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): "

@@ -21,6 +21,7 @@ import torch
 
 import compress
 from compress.arch import get_adapter
+from compress.calib_footprint import footprint, source_kind
 from compress.calib_stats import STATS_VERSION
 from compress.errors import NumericError, UserError
 from compress.inputs import input_source, moved
@@ -29,7 +30,7 @@ from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
-from compress.runner_stream import check_streaming, models_for, streamed_weights
+from compress.runner_stream import check_streaming, models_for, streamed_weights, warn_if_activations_too_big
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -146,6 +147,11 @@ class Runner:
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
+        if any(getattr(p, "needs_calibration", False) for p in self.passes):
+            kind = source_kind(self.recipe, self.source)
+            held = footprint(self.recipe, kind, self.teacher.config, len(self.prompts or ()),
+                             DTYPES[self.recipe.compute_dtype].itemsize)
+            warn_if_activations_too_big(held, self.device, self.recipe.calibration.spill_activations)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         teacher_id = fingerprint(self.source, self.teacher, self.recipe, self.models)
         if hasattr(src, "cache_dir"):  # sampled inputs (pipeline calibration: minutes to hours)

@@ -140,8 +140,7 @@ def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torc
     """Before loading a local teacher whole: say so if it and its student copy would not fit in the
     memory available now on `device` (on the CPU loading would end in the kernel's OOM killer,
     without a message)."""
-    need = resident_bytes(source, dtype)
-    have = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_bytes()
+    need, have = resident_bytes(source, dtype), free_memory(device)
     if need is None or have is None or need <= have:
         return
     from compress.report import console
@@ -151,6 +150,25 @@ def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torc
                   f"{str(dtype).removeprefix('torch.')}, and {have / 2**30:.1f} GiB are {where}; "
                   "set stream: true in the recipe (svd passes, one block resident) or "
                   "compute_dtype: bfloat16")
+
+
+def warn_if_activations_too_big(footprint: dict, device: torch.device, spilled: bool) -> None:
+    """Before a run: say so if calibration's activations (calib_footprint) would take more than
+    half the memory free on `device` while they are not spilled to disk."""
+    have = free_memory(device)
+    if spilled or have is None or footprint["bytes"] <= have / 2:
+        return
+    from compress.calib_footprint import describe
+    from compress.report import console
+
+    console.print(f"[bold yellow]warning:[/] {describe(footprint)}; {have / 2**30:.1f} GiB are free on "
+                  f"{device}: set calibration.spill_activations: true (or fewer prompts, or "
+                  "compute_dtype: bfloat16)")
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Memory free now: the GPU's for a CUDA device, else the machine's MemAvailable."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_bytes()
 
 
 def resident_bytes(source: str, dtype: torch.dtype) -> int | None:

@@ -37,6 +37,7 @@ from compress.distill_utils import (TRAIN_MODES, BlockOutputs, OutputCapture, St
                                     output_loss, resolve_block_map, select_trainable, warmup_cosine,
                                     write_curves)
 from compress.errors import UserError
+from compress.inputs import moved
 from compress.io import cast
 from compress.passes.base import Pass, RunContext
 
@@ -215,7 +216,8 @@ class _Trainer:
     def _train_step(self, pred: OutputCapture, feats, stop: StopSignals) -> dict:
         cfg, acc, adapter = self.cfg, self.acc, self.adapter
         latents, cond = self.source.batch(cfg.batch_size, self.generator)
-        latents, cond = _to_device(latents, acc.device), _to_device(cond, acc.device)
+        # the float32 master weights' inputs (data and calibration may be in the compute dtype)
+        latents, cond = moved(latents, acc.device, torch.float32), moved(cond, acc.device, torch.float32)
         zero = torch.zeros((), device=acc.device)
         with acc.autocast():
             task_loss = self.ctx.task_loss or adapter.task_loss
@@ -224,7 +226,7 @@ class _Trainer:
             out = feat = zero
             if cfg.lambda_out > 0 or cfg.lambda_feat > 0:
                 with torch.no_grad():
-                    teacher_pred = adapter.predict(self.teacher, kwargs)
+                    teacher_pred = adapter.predict(self.teacher, _inputs_for(self.teacher, kwargs))
                 if cfg.lambda_out > 0:
                     out = output_loss(student_pred, teacher_pred)
             if feats is not None:
@@ -301,9 +303,9 @@ class _Trainer:
         student.eval()
         num = den = 0.0
         for kwargs in self.ctx.eval_inputs():
-            kwargs = _to_device(kwargs, self.acc.device)
             with self.acc.autocast():
-                s, t = self.adapter.predict(student, kwargs).double(), self.adapter.predict(self.teacher, kwargs).double()
+                s = self.adapter.predict(student, _inputs_for(student, kwargs)).double()
+                t = self.adapter.predict(self.teacher, _inputs_for(self.teacher, kwargs)).double()
             num, den = num + (s - t).square().sum().item(), den + t.square().sum().item()
         student.train(was_training)
         return (num / den) ** 0.5 if den else None
@@ -339,10 +341,11 @@ def _cast(model, dtype):
     return model if next(model.parameters()).dtype == dtype else cast(model, dtype)
 
 
-def _to_device(value, device):
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value.to(device) if torch.is_tensor(value) else value
+def _inputs_for(model: torch.nn.Module, kwargs: dict) -> dict:
+    """kwargs on the model's device, floating tensors in its dtype (the teacher may compute in
+    bf16 while the student trains float32 master weights)."""
+    first = next(model.parameters())
+    return moved(kwargs, first.device, first.dtype)
 
 
 def _fmt(row: dict) -> str:

@@ -1,0 +1,92 @@
+"""How much memory calibration's activations take, from the recipe and the teacher's config alone
+(`plan` prints it; `run` warns before it starts when it will not fit).
+
+Block-by-block calibration keeps every calibration input's activations at the block it is at:
+its inputs and its outputs (`calib.BlockCalibration`), and, when an svd pass fits targets
+asymmetrically, the same again for the reference stream. Per row that is the residual stream
+(image tokens, plus Flux's text tokens) and PixArt-Σ's projected caption, each `inner_dim` wide,
+in the compute dtype. `calibration.spill_activations` keeps one batch of them instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
+FLUX_SIDE = 1024  # FluxPipeline's default image size (pixels); PixArt-Σ's is its sample_size x 8
+TOY_TEXT_TOKENS = 8  # compress.toy.text.MAX_TOKENS; SyntheticSource's text_tokens
+SYNTHETIC_TOKENS = 16  # SyntheticSource's image tokens
+
+
+def source_kind(recipe, teacher: str) -> str:
+    """The calibration source a run uses (inputs.input_source's rule for `auto`)."""
+    kind = recipe.calibration.source
+    if kind == "auto":
+        kind = "toy" if teacher.startswith("toy:") else "pipeline"
+    return kind
+
+
+def calibration_rows(recipe, kind: str, config, prompts: int) -> int:
+    """Rows (batch entries) of the calibration inputs: prompts x kept steps x CFG branches."""
+    c = recipe.calibration
+    if kind == "toy":
+        return c.num_prompts * c.timesteps * (2 if c.cfg_branches else 1)
+    if kind == "synthetic":
+        return c.num_prompts * c.timesteps
+    kept = max(1, int(prompts * 0.8)) if prompts > 1 else 1  # PipelineSource's 80/20 split
+    guidance_input = bool(getattr(config, "guidance_embeds", False))  # Flux.1-dev: one branch
+    return kept * min(c.timesteps, c.sample_steps) * (2 if c.cfg_branches and not guidance_input else 1)
+
+
+def row_tokens(recipe, kind: str, config) -> tuple[int, int]:
+    """(residual-stream tokens, caption tokens kept beside it) of one row at the blocks."""
+    c, family = recipe.calibration, recipe.model
+    if kind == "synthetic":
+        return (SYNTHETIC_TOKENS + (TOY_TEXT_TOKENS if family == "flux" else 0),
+                TOY_TEXT_TOKENS if family == "pixart" else 0)
+    if kind == "toy":
+        image = (config.sample_size // config.patch_size) ** 2 if family == "pixart" else 16
+        text = TOY_TEXT_TOKENS
+    else:
+        side = config.sample_size * 8 if family == "pixart" else FLUX_SIDE  # the pipelines' defaults
+        height, width = c.height or side, c.width or side
+        step = 8 * (config.patch_size if family == "pixart" else 2)  # VAE 8x, then patches
+        image, text = (height // step) * (width // step), PIPELINE_TEXT_TOKENS[family]
+    return (image + text, 0) if family == "flux" else (image, text)
+
+
+def asymmetric_streams(recipe) -> int:
+    """2 when some svd pass fits targets asymmetrically (a reference stream beside the student's)."""
+    for spec in recipe.passes:
+        cfg = spec.config
+        if spec.name != "svd" or cfg.method != "whitened" or cfg.activations != "student":
+            continue
+        if cfg.asymmetric is True or (cfg.asymmetric == "auto" and cfg.fisher in ("block", "none")):
+            return 2
+    return 1
+
+
+def footprint(recipe, kind: str, config, prompts: int, itemsize: int) -> dict:
+    """Bytes of calibration activations held at once, all of them and one batch's (spilled);
+    kind: source_kind's; prompts: how many a pipeline source reads."""
+    rows = calibration_rows(recipe, kind, config, prompts)
+    stream, caption = row_tokens(recipe, kind, config)
+    width = config.num_attention_heads * config.attention_head_dim
+    per_row = (2 * stream + caption) * width * itemsize  # inputs + outputs, and the caption once
+    streams = asymmetric_streams(recipe)
+    batch = min(rows, recipe.calibration.batch_size)
+    return {"rows": rows, "tokens": stream, "caption_tokens": caption, "streams": streams,
+            "bytes": rows * per_row * streams, "batch_bytes": batch * per_row * streams,
+            "batches": math.ceil(rows / recipe.calibration.batch_size)}
+
+
+def describe(f: dict) -> str:
+    what = "inputs and outputs" + (", for the reference stream too" if f["streams"] == 2 else "")
+    caption = f" + {f['caption_tokens']} caption" if f["caption_tokens"] else ""
+    return (f"calibration: {f['rows']:,} inputs of {f['tokens']:,}{caption} tokens; each block's "
+            f"activations ({what}) hold about {_size(f['bytes'])} at once, "
+            f"{_size(f['batch_bytes'])} with calibration.spill_activations (one batch)")
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

@@ -1,0 +1,95 @@
+"""calib_footprint's estimate against what calibration really holds: rows and tokens of the first
+block's inputs, from the toy, synthetic and real-pipeline sources; the warning a run prints."""
+
+import pytest
+
+from compress.arch import get_adapter
+from compress.calib import BlockCalibration
+from compress.calib_footprint import calibration_rows, describe, footprint, row_tokens, source_kind
+from compress.inputs import input_source
+from compress.io import load_teacher
+from compress.recipe import parse_recipe
+from tests.pipelines import flux_pipeline, pixart_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RECIPE = """\
+model: {family}
+teacher: {teacher}
+calibration: {{{calibration}}}
+passes:
+  - svd: {{targets: [mlp], fisher: {fisher}, ratio: 0.5, multiple: 2}}
+"""
+
+
+def _first_block_inputs(teacher, batches):
+    cal = BlockCalibration(teacher, get_adapter(teacher), batches, "teacher", progress=False)
+    cal.capture()
+    return cal.inputs  # [(args, kwargs)] per batch
+
+
+def _measured(family, teacher, batches):
+    """(rows, residual-stream tokens, caption tokens) of the first block's inputs."""
+    adapter = get_adapter(teacher)
+    inputs = [adapter.hidden_of(a, k) + [k["encoder_hidden_states"]] for a, k in _first_block_inputs(teacher, batches)]
+    rows = sum(x[0].shape[0] for x in inputs)
+    if family == "flux":  # double blocks: image and text streams side by side
+        return rows, inputs[0][0].shape[1] + inputs[0][1].shape[1], 0
+    return rows, inputs[0][0].shape[1], inputs[0][1].shape[1]
+
+
+def _check(tmp_path, family, teacher_source, calibration, fisher="all"):
+    text = RECIPE.format(family=family, teacher=teacher_source, calibration=calibration, fisher=fisher)
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    teacher = load_teacher(teacher_source)
+    src = input_source(family, teacher_source, recipe.calibration, teacher)
+    kind = source_kind(recipe, teacher_source)
+    prompts = len(getattr(src, "prompts", ()))
+    want = (calibration_rows(recipe, kind, teacher.config, prompts), *row_tokens(recipe, kind, teacher.config))
+    assert _measured(family, teacher, src.calibration()) == want
+    f = footprint(recipe, kind, teacher.config, prompts, 4)
+    width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
+    assert f["bytes"] == want[0] * (2 * want[1] + want[2]) * width * 4 * (2 if fisher == "block" else 1)
+    return f
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_toy_and_synthetic_sources(tmp_path, family):
+    _check(tmp_path, family, f"toy:{family}", "num_prompts: 3, timesteps: 2, cfg_branches: true, batch_size: 4")
+    f = _check(tmp_path, family, f"toy:{family}", "source: synthetic, num_prompts: 3, timesteps: 2", "block")
+    assert f["streams"] == 2 and "for the reference stream too" in describe(f)
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_real_pipeline_sources(tmp_path, family):
+    """The tiny real pipelines: PixArt-Σ at its default size (256² for the tiny sample size 32)
+    with 300 T5 tokens and both CFG branches; Flux at 32² with 512 T5 tokens, one branch."""
+    (tmp_path / "p").mkdir()
+    folder = (pixart_pipeline if family == "pixart" else flux_pipeline)(tmp_path / "p" / "pipe")
+    size = "height: 32, width: 32, " if family == "flux" else ""
+    f = _check(tmp_path, family, str(folder), f"source: pipeline, prompts: [a cat, a dog, a fox], {size}"
+               "sample_steps: 3, timesteps: 2, batch_size: 4")
+    assert (f["rows"], f["tokens"], f["caption_tokens"]) == ((8, 256, 300) if family == "pixart" else (4, 516, 0))
+
+
+def test_a_run_warns_when_activations_would_not_fit(tmp_path, monkeypatch, capsys):
+    import compress.runner_stream as rs
+    from compress.runner import Runner
+
+    text = RECIPE.format(family="pixart", teacher="toy:pixart", fisher="none",
+                         calibration="num_prompts: 2, timesteps: 2, batch_size: 4, heldout: 4")
+    monkeypatch.setattr(rs, "available_bytes", lambda: 1000)
+
+    def stop(self):  # right after prepare(): the warning is out, nothing is computed
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(Runner, "_restore", stop)
+    with pytest.raises(RuntimeError, match="stop"):
+        Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "o", tmp_path / "r").run()
+    err = capsys.readouterr()
+    assert "set calibration.spill_activations: true" in err.out + err.err
+    spilled = text.replace("heldout: 4", "heldout: 4, spill_activations: true")
+    with pytest.raises(RuntimeError, match="stop"):
+        Runner(parse_recipe(spilled, str(tmp_path / "r.yaml")), tmp_path / "o", tmp_path / "r").run()
+    err = capsys.readouterr()
+    assert "spill_activations" not in err.out + err.err
