@@ -37,6 +37,7 @@ from compress.arch.base import Adapter
 from compress.calib_stats import Reader, Stats, StatsCache, accumulating, pairs, recording
 from compress.calib_store import BlockLoader, Spilled
 
+
 class _Stop(Exception):
     """Raised by a capture hook to end a forward early (private; never escapes this module)."""
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
 FLUX_SIDE = 1024  # FluxPipeline's default image size (pixels); PixArt-Σ's is its sample_size x 8
 TOY_TEXT_TOKENS = 8  # compress.toy.text.MAX_TOKENS; SyntheticSource's text_tokens
@@ -66,9 +68,10 @@ def asymmetric_streams(recipe) -> int:
     return 1
 
 
-def footprint(recipe, kind: str, config, prompts: int, itemsize: int) -> dict:
-    """Bytes of calibration activations held at once, all of them and one batch's (spilled);
-    kind: source_kind's; prompts: how many a pipeline source reads."""
+def footprint(recipe, teacher: str, config, prompts: int) -> dict:
+    """Bytes of calibration activations held at once in the recipe's compute dtype, all of them and
+    one batch's (spilled); teacher: its source; prompts: how many a pipeline source reads."""
+    kind, itemsize = source_kind(recipe, teacher), getattr(torch, recipe.compute_dtype).itemsize
     rows = calibration_rows(recipe, kind, config, prompts)
     stream, caption = row_tokens(recipe, kind, config)
     width = config.num_attention_heads * config.attention_head_dim

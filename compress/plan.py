@@ -13,7 +13,6 @@ from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
-import torch
 from rich.table import Table
 
 from compress.arch import get_adapter
@@ -84,11 +83,10 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         steps.append({"pass": spec.name, "line": spec.line, **(p.plan(model, adapter) or {})})
         p.apply_planned(model, adapter)
     after_rows = layer_rows(model)
-    kind = source_kind(recipe, source)
-    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if kind == "pipeline" else 0
-    itemsize = getattr(torch, recipe.compute_dtype).itemsize
+    pipeline = source_kind(recipe, source) == "pipeline"
+    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     return {
-        "calibration": footprint(recipe, kind, model.config, prompts, itemsize),
+        "calibration": footprint(recipe, source, model.config, prompts),
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),

@@ -21,7 +21,7 @@ import torch
 
 import compress
 from compress.arch import get_adapter
-from compress.calib_footprint import footprint, source_kind
+from compress.calib_footprint import footprint
 from compress.calib_stats import STATS_VERSION
 from compress.errors import NumericError, UserError
 from compress.inputs import input_source, moved
@@ -148,9 +148,7 @@ class Runner:
                            self.teacher, Path(self.recipe.path).parent)
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
         if any(getattr(p, "needs_calibration", False) for p in self.passes):
-            kind = source_kind(self.recipe, self.source)
-            held = footprint(self.recipe, kind, self.teacher.config, len(self.prompts or ()),
-                             DTYPES[self.recipe.compute_dtype].itemsize)
+            held = footprint(self.recipe, self.source, self.teacher.config, len(self.prompts or ()))
             warn_if_activations_too_big(held, self.device, self.recipe.calibration.spill_activations)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         teacher_id = fingerprint(self.source, self.teacher, self.recipe, self.models)

@@ -47,7 +47,7 @@ def _check(tmp_path, family, teacher_source, calibration, fisher="all"):
     prompts = len(getattr(src, "prompts", ()))
     want = (calibration_rows(recipe, kind, teacher.config, prompts), *row_tokens(recipe, kind, teacher.config))
     assert _measured(family, teacher, src.calibration()) == want
-    f = footprint(recipe, kind, teacher.config, prompts, 4)
+    f = footprint(recipe, teacher_source, teacher.config, prompts)  # float32: 4 bytes
     width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
     assert f["bytes"] == want[0] * (2 * want[1] + want[2]) * width * 4 * (2 if fisher == "block" else 1)
     return f
