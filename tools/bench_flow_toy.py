@@ -41,9 +41,12 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("pixart.safetensors", "pixart.json"):
-            blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{COMMIT}:compress/toy/weights/{name}"],
-                                  capture_output=True, check=True).stdout
-            (Path(tmp) / name).write_bytes(blob)
+            got = subprocess.run(["git", "-C", str(ROOT), "show", f"{COMMIT}:compress/toy/weights/{name}"],
+                                 capture_output=True)
+            if got.returncode:
+                raise SystemExit(f"needs this repository's history (commit {COMMIT}); a shallow clone "
+                                 f"lacks it: {got.stderr.decode().strip()}")
+            (Path(tmp) / name).write_bytes(got.stdout)
         load = functools.partial(load_toy_teacher, weights_dir=tmp)
         bench_svd.load_toy_teacher = lambda family, **kw: load(family, **kw)  # error(), the floor
         bench_svd.compress.__defaults__ = (bench_svd.load_toy_teacher, "-flow")  # make=, tag=
