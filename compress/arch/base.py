@@ -173,7 +173,9 @@ class Adapter:
         raise NotImplementedError
 
     def predict(self, model: nn.Module, kwargs: dict) -> torch.Tensor:
-        return model(**kwargs, return_dict=False)[0]
+        """The prediction a sampler uses (`sampled_prediction`): what the teacher-relative errors,
+        the output Fisher, compensation and output distillation measure."""
+        return self.sampled_prediction(model, model(**kwargs, return_dict=False)[0])
 
 
 def _lowrank_children(model: nn.Module):

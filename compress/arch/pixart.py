@@ -63,8 +63,10 @@ class PixArtAdapter(Adapter):
         return torch.linspace(0, 999, n).round().to(like.device, like.dtype)  # integer DDPM steps
 
     def sampled_prediction(self, model, pred):
-        """PixArt-Σ's learned-variance half (out_channels = 2 · in_channels) is dropped."""
-        c = getattr(model.config, "in_channels", None)
+        """PixArt-Σ's learned-variance half (out_channels = 2 · in_channels) is dropped: its pipeline
+        samples with DPM-Solver on ε alone."""
+        config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model
+        c = getattr(config, "in_channels", None)
         return pred[:, :c] if c and pred.shape[1] == 2 * c else pred  # (B, C, H, W)
 
     def task_loss(self, model, latents, cond, generator=None):
@@ -77,5 +79,5 @@ class PixArtAdapter(Adapter):
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         kwargs = dict(cond, hidden_states=noisy, timestep=t)
         kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
-        pred = self.predict(model, kwargs)  # (B, C or 2C, H, W)
-        return F.mse_loss(pred[:, :c].float(), noise.float()), kwargs
+        pred = self.predict(model, kwargs)  # (B, C, H, W): ε, without the learned-variance half
+        return F.mse_loss(pred.float(), noise.float()), kwargs

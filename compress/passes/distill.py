@@ -222,7 +222,7 @@ class _Trainer:
         with acc.autocast():
             task_loss = self.ctx.task_loss or adapter.task_loss
             task, kwargs = task_loss(self.student, latents, cond, self.generator)
-            student_pred = pred.pop()
+            student_pred = adapter.sampled_prediction(self.teacher, pred.pop())  # as adapter.predict
             out = feat = zero
             if cfg.lambda_out > 0 or cfg.lambda_feat > 0:
                 with torch.no_grad():

@@ -127,3 +127,28 @@ def test_noise_level_and_sampled_prediction():
     assert pixart.sampled_prediction(model, pred).shape[1] == 4
     assert pixart.sampled_prediction(tiny_pixart(), pred[:, :4]).shape[1] == 4
     assert flux.sampled_prediction(tiny_flux(), pred) is pred
+
+
+def test_what_compression_measures_ignores_the_learned_variance_half():
+    """PixArt-Σ predicts ε and a learned variance (out_channels = 2 · in_channels) and its pipeline
+    samples on ε alone: the prediction the teacher-relative error, the output Fisher and
+    compensation measure (adapter.predict) is the ε half, so a model differing from the teacher
+    only in its variance rows has error 0 and the same output Fisher of every layer."""
+    from compress.passes.base import predictions, relative_error
+    from compress.passes.svd_fisher import output_fisher
+
+    teacher = tiny_pixart()
+    assert teacher.config.out_channels == 2 * teacher.config.in_channels and teacher.config.patch_size == 1
+    adapter, batches = get_adapter(teacher), [model_inputs(teacher, seed=s) for s in range(2)]
+    other = tiny_pixart()
+    with torch.no_grad():  # proj_out rows are (patch, patch, channel) with the channel fastest: 4.. = variance
+        other.proj_out.weight[4:] += 3.0
+        other.proj_out.bias[4:] -= 1.0
+    assert predictions(teacher, adapter, batches)[0].shape[1] == 4
+    raw = [m(**batches[0], return_dict=False)[0] for m in (teacher, other)]
+    assert not torch.allclose(raw[0], raw[1])  # the full outputs differ
+    assert relative_error(other, predictions(teacher, adapter, batches), adapter, batches) == 0.0
+    names = ["transformer_blocks.1.ff.net.2", "transformer_blocks.2.attn1.to_q"]
+    fa, fb = (output_fisher(m, adapter, batches, names, probes=2, seed=0) for m in (teacher, other))
+    for n in names:
+        torch.testing.assert_close(fa[n], fb[n], rtol=0, atol=0)
