@@ -52,9 +52,22 @@ def row_tokens(recipe, kind: str, config) -> tuple[int, int]:
     else:
         side = config.sample_size * 8 if family == "pixart" else FLUX_SIDE  # the pipelines' defaults
         height, width = c.height or side, c.width or side
+        if family == "pixart":
+            height, width = pixart_binned(config.sample_size, height, width)
         step = 8 * (config.patch_size if family == "pixart" else 2)  # VAE 8x, then patches
         image, text = (height // step) * (width // step), PIPELINE_TEXT_TOKENS[family]
     return (image + text, 0) if family == "flux" else (image, text)
+
+
+def pixart_binned(sample_size: int, height: int, width: int) -> tuple[int, int]:
+    """The size PixArt-Σ's pipeline samples at: it bins the one asked for to the closest of the
+    aspect ratios its resolution was trained on (`use_resolution_binning`, on by default)."""
+    from diffusers.image_processor import PixArtImageProcessor
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as sigma
+
+    bins = {256: sigma.ASPECT_RATIO_2048_BIN, 128: sigma.ASPECT_RATIO_1024_BIN,
+            64: sigma.ASPECT_RATIO_512_BIN, 32: sigma.ASPECT_RATIO_256_BIN}.get(sample_size)
+    return PixArtImageProcessor.classify_height_width_bin(height, width, bins) if bins else (height, width)
 
 
 def asymmetric_streams(recipe) -> int:

@@ -37,7 +37,8 @@ class CalibrationConfig:
     # weights are read once per step of each call)
     guidance_scale: float = 4.5  # pipeline source: CFG scale (both branches are captured)
     height: int | None = None  # pipeline source: image size sampled (null: the pipeline's default,
-    width: int | None = None  # 1024² for PixArt-Σ-1024 and Flux.1-dev)
+    width: int | None = None  # 1024² for PixArt-Σ-1024 and Flux.1-dev; PixArt-Σ's pipeline bins it
+    # to the nearest aspect ratio its resolution was trained on, so there it picks the aspect ratio)
     timesteps: int = 8  # how many timesteps per prompt, spread over the schedule
     cfg_branches: bool = True  # also the unconditional (empty prompt) branch
     batch_size: int = 32  # rows per calibration batch (pipeline records are shuffled and joined)

@@ -70,6 +70,10 @@ def test_real_pipeline_sources(tmp_path, family):
     f = _check(tmp_path, family, str(folder), f"source: pipeline, prompts: [a cat, a dog, a fox], {size}"
                "sample_steps: 3, timesteps: 2, batch_size: 4")
     assert (f["rows"], f["tokens"], f["caption_tokens"]) == ((8, 256, 300) if family == "pixart" else (4, 516, 0))
+    if family == "pixart":  # a size it bins to its nearest trained aspect ratio (here 176 x 352 px)
+        f = _check(tmp_path, family, str(folder), "source: pipeline, prompts: [a cat, a dog], height: 128, "
+                   "width: 256, sample_steps: 2, timesteps: 1, batch_size: 4")
+        assert f["tokens"] == (176 // 16) * (352 // 16)
 
 
 def test_a_run_warns_when_activations_would_not_fit(tmp_path, monkeypatch, capsys):
