@@ -96,7 +96,10 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
 
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
-    src = input_source(adapter.family, read_report(out).get("teacher", ""), recipe.calibration, teacher)
+    report = read_report(out)
+    src = input_source(adapter.family, report.get("teacher", ""), recipe.calibration, teacher)
+    if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
+        src.cache_dir = Path(report["inputs_cache"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = cast(teacher, device)
     batches = [moved(b, device, teacher.dtype) for b in src.heldout()]

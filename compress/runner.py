@@ -152,8 +152,9 @@ class Runner:
             warn_if_activations_too_big(held, self.device, self.recipe.calibration.spill_activations)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         teacher_id = fingerprint(self.source, self.teacher, self.recipe, self.models)
-        if hasattr(src, "cache_dir"):  # sampled inputs (pipeline calibration: minutes to hours)
-            src.cache_dir = self.run_dir / "inputs" / teacher_id
+        self.inputs_cache = None  # sampled inputs (pipeline calibration: minutes to hours)
+        if hasattr(src, "cache_dir"):
+            self.inputs_cache = src.cache_dir = (self.run_dir / "inputs" / teacher_id).resolve()
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
             run_dir=self.run_dir, seed=self.recipe.calibration.seed,
@@ -244,6 +245,8 @@ class Runner:
             return self.out
         report = dict(self.ctx.report, teacher=self.source, teacher_params=teacher_params,
                       student_params=param_count(student), version=compress.__version__)
+        if self.inputs_cache is not None:
+            report["inputs_cache"] = str(self.inputs_cache)  # eval reads the held-out inputs back
         files = {"recipe.yaml": dump_recipe(self.recipe, self.prompts),
                  "report.json": json.dumps(report, indent=2, default=str) + "\n",
                  "README.md": model_card(self.recipe, report)}

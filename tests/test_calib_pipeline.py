@@ -194,7 +194,7 @@ def test_shipped_real_recipes_run_on_the_real_pipeline_classes(tmp_path, folders
 
 def test_eval_importance_and_load_pipeline_on_a_real_teacher(tmp_path, folders, capsys):
     """After a bf16 export: `eval` measures the held-out error the run reported (computed in the
-    teacher's dtype), `load_pipeline` samples images with every part in the export's dtype,
+    teacher's dtype, on the held-out inputs the run sampled: nothing is sampled again), `load_pipeline` samples images with every part in the export's dtype,
     `importance RECIPE` scans the pipeline's samples, and `importance FOLDER` says to pass one."""
     import json
 
@@ -207,7 +207,14 @@ def test_eval_importance_and_load_pipeline_on_a_real_teacher(tmp_path, folders, 
     out = _run(tmp_path, text, "bf16")
     reported = json.loads((out / "report.json").read_text())["stages"][-1]["relative_error"]
     capsys.readouterr()
-    assert main(["eval", str(out), "--json"]) == 0
+    import compress.calib_pipeline as cp
+
+    real = cp.capture
+    cp.capture = lambda *a, **k: pytest.fail("eval sampled again instead of reading the run's inputs")
+    try:
+        assert main(["eval", str(out), "--json"]) == 0
+    finally:
+        cp.capture = real
     measured = json.loads(capsys.readouterr().out)["pred_rel_error"]
     assert measured == pytest.approx(reported, rel=0.05) and measured > 0  # bf16 rounding apart
     pipe = load_pipeline(out, base=str(folders["pixart"]))
