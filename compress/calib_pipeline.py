@@ -218,6 +218,19 @@ class PipelineSource:
                           self.guidance(), c.prompts_per_call, self.size, str(self.teacher.dtype)])
         return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 
+    def scheduler_config(self) -> dict | None:
+        """The pipeline's scheduler config (distill's teacher samples are drawn as the pipeline
+        samples); None for the toy pipelines, whose families' default sampler is theirs."""
+        if self.pipeline.startswith("toy:"):
+            return None
+        from diffusers import DDPMScheduler  # any scheduler class reads scheduler_config.json
+
+        try:
+            return dict(DDPMScheduler.load_config(self.pipeline, subfolder="scheduler"))
+        except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
+            raise UserError(f"cannot read the scheduler config of '{self.pipeline}': "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
     def guidance(self) -> float:
         """The pipeline's guidance_scale. A guidance-distilled transformer (Flux.1-dev) takes it as
         an input and its pipeline runs one branch whatever `cfg_branches` says, so it always gets

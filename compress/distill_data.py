@@ -186,32 +186,49 @@ def cond_of(kwargs: dict) -> dict:
 
 
 @torch.no_grad()
-def sample_latents(adapter, teacher, cond: dict, shape: tuple, steps: int,
-                   generator: torch.Generator, device) -> torch.Tensor:
-    """Clean latents of `shape` sampled from the teacher without CFG (Flux-dev's guidance is an input).
-    PixArt: DPM-Solver++ on its DDPM schedule (epsilon, learned-variance half dropped). Flux: Euler on
-    the rectified-flow ODE from σ = 1 to 0."""
+def sample_latents(adapter, teacher, cond: dict, shape: tuple, steps: int, generator: torch.Generator,
+                   device, scheduler_config: dict | None = None) -> torch.Tensor:
+    """Clean latents of `shape` sampled from the teacher without CFG (Flux-dev's guidance is an input),
+    as the teacher's pipeline samples when its scheduler config is given (FluxPipeline's σ schedule
+    with its resolution-dependent shift; PixArt-Σ's DPM-Solver), else PixArt: DPM-Solver++ on its
+    DDPM schedule (ε); Flux: Euler on the rectified-flow ODE from σ = 1 to 0, unshifted."""
     param = next(teacher.parameters())
     x = torch.randn(shape, generator=generator).to(device, param.dtype)
     cond = moved(cond, param.device, param.dtype)
-    if adapter.family == "flux":
-        sigmas = torch.linspace(1.0, 0.0, steps + 1)
-        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-            t = torch.full((shape[0],), float(s), device=device, dtype=param.dtype)
-            v = adapter.predict(teacher, dict(cond, hidden_states=x, timestep=t))
-            x = x + (s_next - s).item() * v
-        return x.float().cpu()
-    from diffusers import DPMSolverMultistepScheduler
-
-    scheduler = DPMSolverMultistepScheduler.from_config(adapter.noise_scheduler.config,
-                                                        algorithm_type="dpmsolver++")
-    scheduler.set_timesteps(steps, device=device)
-    cond.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
+    scheduler = _scheduler(adapter, scheduler_config, steps, shape, device)
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # DPM-Solver: 1; flow matching has none
+    if adapter.family == "pixart":
+        cond.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
     for t in scheduler.timesteps:
         timestep = t.expand(shape[0]).to(device)
-        eps = adapter.predict(teacher, dict(cond, hidden_states=x, timestep=timestep))[:, :shape[1]]
-        x = scheduler.step(eps, t, x).prev_sample
+        if adapter.family == "flux":  # the pipeline's timesteps are 1000 σ; the transformer takes σ
+            timestep = (timestep / 1000).to(param.dtype)
+        pred = adapter.predict(teacher, dict(cond, hidden_states=x, timestep=timestep))
+        x = scheduler.step(pred, t, x).prev_sample
     return x.float().cpu()
+
+
+def _scheduler(adapter, config: dict | None, steps: int, shape: tuple, device):
+    """The sampler with its timesteps set, as the family's diffusers pipeline sets them."""
+    import numpy as np
+    import diffusers
+
+    if adapter.family == "pixart":
+        if config is None:
+            config = dict(adapter.noise_scheduler.config, _class_name="DPMSolverMultistepScheduler",
+                          algorithm_type="dpmsolver++")
+        scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+        scheduler.set_timesteps(steps, device=device)
+        return scheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        config or {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False})
+    c = scheduler.config
+    mu = calculate_shift(shape[1], c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                         c.get("base_shift", 0.5), c.get("max_shift", 1.15)) if c.use_dynamic_shifting else None
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=device, mu=mu)
+    return scheduler
 
 
 def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, accelerator) -> Path:
@@ -239,7 +256,8 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
         rows = torch.randperm(len(kwargs["hidden_states"]), generator=generator)[:n]  # (n,)
         cond = _rows(cond_of(kwargs), rows)
         shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
-        latents = sample_latents(ctx.adapter, ctx.teacher, cond, shape, steps, generator, accelerator.device)
+        latents = sample_latents(ctx.adapter, ctx.teacher, cond, shape, steps, generator, accelerator.device,
+                                 ctx.scheduler_config())
         write_shard(path, latents, cond)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -164,6 +164,7 @@ class Runner:
             eval_inputs=functools.cache(self._teacher_forwards(src.heldout)),
             train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
             calibration=self.recipe.calibration,
+            scheduler_config=getattr(src, "scheduler_config", lambda: None),
             fingerprint=teacher_id,
             resume=self.resume)
         if self.recipe.stream:

@@ -83,7 +83,10 @@ def flux_pipeline(folder: Path) -> Path:
     clip_tokenizer, clip = _clip(folder.parent)
     t5_tokenizer, t5 = _t5(folder.parent)
     fast = T5TokenizerFast(vocab_file=str(folder.parent / "spiece.model"), extra_ids=0)
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(2), text_encoder=clip,
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)  # FLUX.1-dev's
+    pipe = FluxPipeline(scheduler=scheduler, vae=_vae(2), text_encoder=clip,
                         tokenizer=clip_tokenizer, text_encoder_2=t5, tokenizer_2=fast,
                         transformer=tiny_flux())  # in_channels 8: 2 latent channels, packed 2x2
     pipe.save_pretrained(folder)

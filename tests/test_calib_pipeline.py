@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from compress.arch import get_adapter
 from compress.calib_pipeline import capture, load_pipeline_for
 from compress.errors import UserError
 from compress.io import load_teacher, load_transformer
@@ -304,3 +305,38 @@ def test_pipeline_records_are_shuffled_into_batches_of_batch_size_rows(folders, 
         assert torch.equal(batches[0]["img_ids"], raw[0]["img_ids"]) and batches[0]["guidance"].shape == (4,)
     else:
         assert batches[0]["encoder_attention_mask"].shape[0] == 4
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_teacher_samples_are_the_pipelines_own(folders, family):
+    """distill's teacher samples, drawn with the pipeline's scheduler config, equal what the real
+    pipeline samples from the same noise and text embeddings (no CFG; Flux at its guidance input),
+    including FluxPipeline's resolution-dependent σ shift (FLUX.1-dev's scheduler config)."""
+    from compress.calib_pipeline import PipelineSource
+    from compress.distill_data import cond_of, sample_latents
+    from compress.recipe import CalibrationConfig
+
+    size = {"height": 32, "width": 32} if family == "flux" else {}
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog"], sample_steps=2, timesteps=1,
+                              cfg_branches=False, guidance_scale=3.5, **size)
+    teacher = load_teacher(str(folders[family]))
+    source = PipelineSource(family, calib, teacher, str(folders[family]))
+    record = source._run(["a photo of a cat"], 0)[0]  # the pipeline's own transformer inputs
+    cond, shape = cond_of(record), tuple(record["hidden_states"].shape)
+    config = source.scheduler_config()
+    assert config["_class_name"] == ("FlowMatchEulerDiscreteScheduler" if family == "flux"
+                                     else "DPMSolverMultistepScheduler")
+    ours = sample_latents(get_adapter(teacher), teacher, cond, shape, 4, torch.Generator().manual_seed(3),
+                          "cpu", config)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    pipe = load_pipeline_for(teacher, str(folders[family]))
+    if family == "flux":
+        theirs = pipe(prompt_embeds=cond["encoder_hidden_states"], pooled_prompt_embeds=cond["pooled_projections"],
+                      latents=noise, num_inference_steps=4, guidance_scale=3.5, output_type="latent", **size).images
+        linear = sample_latents(get_adapter(teacher), teacher, cond, shape, 4, torch.Generator().manual_seed(3), "cpu")
+        assert not torch.allclose(linear, theirs, atol=1e-3)  # unshifted σ would not be the pipeline's
+    else:
+        theirs = pipe(prompt_embeds=cond["encoder_hidden_states"], prompt_attention_mask=cond["encoder_attention_mask"],
+                      negative_prompt=None, latents=noise, num_inference_steps=4, guidance_scale=1.0,
+                      output_type="latent").images
+    torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-5)

@@ -70,6 +70,9 @@ class RunContext:
     # objective; None means the adapter's (the real model's) objective
     task_loss: Callable | None = None
     calibration: Any = None  # the recipe's calibration config (CalibrationConfig)
+    # () -> the teacher's pipeline's scheduler config (teacher samples are drawn as it samples), or
+    # None (toy and synthetic sources: the family's default sampler)
+    scheduler_config: Callable[[], dict | None] = lambda: None
     fingerprint: str = ""  # of teacher + calibration config + code version (calibration cache key)
     report: dict = field(default_factory=dict)  # pass name -> JSON-able record
     block_map: dict[str, list[int]] | None = None  # student block -> teacher block, per group
