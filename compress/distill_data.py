@@ -238,8 +238,9 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
     if ctx.calibration_inputs is None:
         raise UserError("distill: data: teacher_samples needs the recipe's prompts (calibration inputs); "
                         "none were given")
-    key = hashlib.sha256(json.dumps([ctx.fingerprint, ctx.seed, num_samples, steps, shard_size])
-                         .encode()).hexdigest()[:16]
+    sampler = ctx.scheduler_config()  # the teacher pipeline's (None: the family's default)
+    key = hashlib.sha256(json.dumps([ctx.fingerprint, ctx.seed, num_samples, steps, shard_size, sampler],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(ctx.run_dir) / "distill" / "teacher_samples" / key
     if (folder / "complete.json").exists():
         return folder
@@ -257,7 +258,7 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
         cond = _rows(cond_of(kwargs), rows)
         shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
         latents = sample_latents(ctx.adapter, ctx.teacher, cond, shape, steps, generator, accelerator.device,
-                                 ctx.scheduler_config())
+                                 sampler)
         write_shard(path, latents, cond)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
