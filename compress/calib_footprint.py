@@ -14,18 +14,12 @@ import math
 
 import torch
 
+from compress.inputs import source_kind
+
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
 FLUX_SIDE = 1024  # FluxPipeline's default image size (pixels); PixArt-Σ's is its sample_size x 8
 TOY_TEXT_TOKENS = 8  # compress.toy.text.MAX_TOKENS; SyntheticSource's text_tokens
 SYNTHETIC_TOKENS = 16  # SyntheticSource's image tokens
-
-
-def source_kind(recipe, teacher: str) -> str:
-    """The calibration source a run uses (inputs.input_source's rule for `auto`)."""
-    kind = recipe.calibration.source
-    if kind == "auto":
-        kind = "toy" if teacher.startswith("toy:") else "pipeline"
-    return kind
 
 
 def calibration_rows(recipe, kind: str, config, prompts: int) -> int:
@@ -84,7 +78,7 @@ def asymmetric_streams(recipe) -> int:
 def footprint(recipe, teacher: str, config, prompts: int) -> dict:
     """Bytes of calibration activations held at once in the recipe's compute dtype, all of them and
     one batch's (spilled); teacher: its source; prompts: how many a pipeline source reads."""
-    kind, itemsize = source_kind(recipe, teacher), getattr(torch, recipe.compute_dtype).itemsize
+    kind, itemsize = source_kind(recipe.calibration, teacher), getattr(torch, recipe.compute_dtype).itemsize
     rows = calibration_rows(recipe, kind, config, prompts)
     stream, caption = row_tokens(recipe, kind, config)
     width = config.num_attention_heads * config.attention_head_dim

@@ -143,11 +143,16 @@ class SyntheticSource:
         return latents, kw
 
 
+def source_kind(calib, teacher_source: str) -> str:
+    """The calibration source's kind; `auto` is `toy` for toy teachers, else `pipeline`."""
+    if calib.source == "auto":
+        return "toy" if teacher_source.startswith("toy:") else "pipeline"
+    return calib.source
+
+
 def input_source(family: str, teacher_source: str, calib, teacher, recipe_dir=None):
-    """The recipe's calibration source; `auto` is `toy` for toy teachers, else `pipeline`."""
-    kind = calib.source
-    if kind == "auto":
-        kind = "toy" if teacher_source.startswith("toy:") else "pipeline"
+    """The recipe's calibration source (`source_kind`)."""
+    kind = source_kind(calib, teacher_source)
     if kind == "toy":
         if not teacher_source.startswith("toy:"):
             raise UserError("calibration.source 'toy' needs a toy teacher (toy:pixart or toy:flux)")

@@ -16,7 +16,8 @@ from pathlib import Path
 from rich.table import Table
 
 from compress.arch import get_adapter
-from compress.calib_footprint import describe, footprint, source_kind
+from compress.calib_footprint import describe, footprint
+from compress.inputs import source_kind
 from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
 from compress.io import read_json, model_class
@@ -83,7 +84,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         steps.append({"pass": spec.name, "line": spec.line, **(p.plan(model, adapter) or {})})
         p.apply_planned(model, adapter)
     after_rows = layer_rows(model)
-    pipeline = source_kind(recipe, source) == "pipeline"
+    pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     return {
         "calibration": footprint(recipe, source, model.config, prompts),

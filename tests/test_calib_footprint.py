@@ -5,8 +5,8 @@ import pytest
 
 from compress.arch import get_adapter
 from compress.calib import BlockCalibration
-from compress.calib_footprint import calibration_rows, describe, footprint, row_tokens, source_kind
-from compress.inputs import input_source
+from compress.calib_footprint import calibration_rows, describe, footprint, row_tokens
+from compress.inputs import input_source, source_kind
 from compress.io import load_teacher
 from compress.recipe import parse_recipe
 from tests.pipelines import flux_pipeline, pixart_pipeline
@@ -43,7 +43,7 @@ def _check(tmp_path, family, teacher_source, calibration, fisher="all"):
     recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
     teacher = load_teacher(teacher_source)
     src = input_source(family, teacher_source, recipe.calibration, teacher)
-    kind = source_kind(recipe, teacher_source)
+    kind = source_kind(recipe.calibration, teacher_source)
     prompts = len(getattr(src, "prompts", ()))
     want = (calibration_rows(recipe, kind, teacher.config, prompts), *row_tokens(recipe, kind, teacher.config))
     assert _measured(family, teacher, src.calibration()) == want
