@@ -108,6 +108,11 @@ def print_plan(plan: dict) -> None:
         details = {k: v for k, v in step.items() if k not in ("pass", "line")}
         console.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): "
                       + json.dumps(details, default=str)[:400])
+        if "fisher" in step:
+            f = step["fisher"]
+            console.print(f"    output Fisher of {f['targets']} targets: {f['sweeps']} backward sweeps over the "
+                          f"calibration batches (fisher_memory_gb per sweep), {f['disk_gib']} GiB on disk "
+                          "while the pass runs")
     table = Table(title="parameters by role (linears)")
     for col in ("role", "before", "after (planned)", "ratio"):
         table.add_column(col, justify="left" if col == "role" else "right")

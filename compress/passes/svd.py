@@ -44,7 +44,7 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
 from compress.passes.svd_checks import centered, check_config, check_streaming, merge_report, summary
-from compress.passes.svd_fisher import block_fisher, fisher_chunks, output_fisher, sqrt_pair
+from compress.passes.svd_fisher import Roots, block_fisher, fisher_chunks, output_fisher
 from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
 from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
@@ -118,8 +118,13 @@ class SVDPass(Pass):
         before = sum(shape_spec(i).params(DENSE) for i in targets)
         known = all(i.name in ranks for i in targets)
         after = sum(shape_spec(i).params(ranks[i.name]) for i in targets) if known else LATER
+        weighted = [i for i in targets if self._prediction_fisher(i)]
+        fisher = {"targets": len(weighted),  # the prediction's Fisher: whole-model backward sweeps
+                  "sweeps": len(fisher_chunks(weighted, c.fisher_memory_gb * 2**30)),
+                  "disk_gib": round(sum(8 * i.out_features**2 for i in weighted) / 2**30, 2)}
         return {"targets": [i.name for i in targets], "ranks": shown, "params_before": before,
-                "params_after": after, "method": c.method, "allocation": c.allocation}
+                "params_after": after, "method": c.method, "allocation": c.allocation,
+                **({"fisher": fisher} if weighted else {})}
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
         """Fixed ranks (uniform, per_role, explicit) on plan's meta model; budgeted allocations
@@ -154,32 +159,34 @@ class SVDPass(Pass):
         records: dict[str, dict] = {}
         extra: dict = {}  # this pass's global allocation, if any
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
-        self.roots = self._output_roots(model, ctx.adapter, targets, batches)
-        if c.allocation == "global":
-            ranks, extra["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
+        self.roots = Roots(ctx.run_dir / "fisher", c.fisher_damping, c.fisher_memory_gb * 2**30)
         compensation: dict = {}
-        toward = ctx.teacher if c.compensate_toward == "teacher" and ctx.teacher is not None else model
-        self._compress(model, ctx.adapter, targets, batches, ranks, records, toward, compensation)
+        try:
+            self._measure_fishers(model, ctx.adapter, targets, batches)
+            if c.allocation == "global":
+                ranks, extra["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
+            toward = ctx.teacher if c.compensate_toward == "teacher" and ctx.teacher is not None else model
+            self._compress(model, ctx.adapter, targets, batches, ranks, records, toward, compensation)
+        finally:
+            self.roots.close()
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         this = dict(summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
                     fused_gelu=fused, compensation=compensation, **extra)
         merge_report(report, this, records, c)
         return model
 
-    def _output_roots(self, model, adapter, targets, batches) -> dict:
-        """name -> (L, L⁻¹) output weighting of each weighted target (empty when disabled), from the
-        output Fisher of the model as the pass finds it, in chunks of at most `fisher_memory_gb`."""
+    def _measure_fishers(self, model, adapter, targets, batches) -> None:
+        """The output Fisher of each weighted target (none when disabled), of the model as the pass
+        finds it, in chunks of at most `fisher_memory_gb`, into `self.roots` (on disk)."""
         c = self.config
         chosen = [i for i in targets if self._prediction_fisher(i)]
         if chosen and not getattr(self.loader, "resident", True):
             raise UserError("svd.fisher needs the whole model in memory (one forward and backward "
                             "per probe); with block weights streamed set svd.fisher: block (each "
                             "block's own output Fisher) or none")
-        roots = {}
         for names in fisher_chunks(chosen, c.fisher_memory_gb * 2**30):
-            fisher = output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0)
-            roots.update({n: sqrt_pair(f, c.fisher_damping) for n, f in fisher.items()})
-        return roots
+            for name, fisher in output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0).items():
+                self.roots.add(name, fisher)
 
     def _choose(self, info: LinearInfo, ranks: dict) -> Callable:
         """decomposition -> rank (or DENSE): fixed, or by the energy rule on the measured curve."""
@@ -282,7 +289,8 @@ class SVDPass(Pass):
         c = self.config
         for names in fisher_chunks(infos, c.fisher_memory_gb * 2**30):
             fisher = block_fisher(cal.model, cal.adapter, block, cal.inputs, names, c.fisher_probes, seed=0)
-            self.roots.update({n: sqrt_pair(f, c.fisher_damping) for n, f in fisher.items()})
+            for name, f in fisher.items():
+                self.roots.add(name, f)
 
     def _asymmetric_step(self, model, info: LinearInfo, stats: Stats) -> torch.Tensor | None:
         if stats.cross is None or not self._asymmetric(info):
@@ -291,15 +299,14 @@ class SVDPass(Pass):
         return asymmetric_step(weight, stats.gram, stats.cross, self.config.asymmetric_damping,
                                name=info.name)
 
-    def _compensation_roots(self, targets: list[LinearInfo]) -> dict[str, tuple]:
+    def _compensation_roots(self, targets: list[LinearInfo]) -> Roots:
         """name -> (L, L⁻¹) of the targets compensation applies to: whitened, with an output Fisher
         and an input Gram (empty when svd.compensate is off). Top-level targets that run before the
         blocks have something to undo only when earlier passes changed the model (toward teacher)."""
         c = self.config
-        if not (c.compensate and c.method == "whitened"):
-            return {}
-        return {i.name: self.roots[i.name] for i in targets
-                if self._prediction_fisher(i) and i.name in self.roots and not uses_output_gram(i)}
+        on = c.compensate and c.method == "whitened"
+        return self.roots.only([i.name for i in targets if on and self._prediction_fisher(i)
+                                and i.name in self.roots and not uses_output_gram(i)])
 
     def _center(self, info: LinearInfo) -> bool:
         return centered(self.config, info)

@@ -13,6 +13,8 @@ W' = L⁻¹ V'_r (see `weighted_factors` in svd_layer).
 from __future__ import annotations
 
 import contextlib
+import shutil
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -132,3 +134,68 @@ def fisher_chunks(infos: list, budget_bytes: float) -> list[list[str]]:
         chunks[-1].append(info.name)
         size += need
     return [c for c in chunks if c]
+
+
+class Roots:
+    """name -> (L, L⁻¹) of each weighted target's output Fisher (sqrt_pair), computed when asked
+    from the Fisher kept on disk under `folder` (float64, one file per target; in memory when
+    folder is None), so a pass never holds every target's out x out pair at once: Flux.1-dev's
+    modulation alone would be 2 x 77 of up to 18432² float64 (258 GB). The pairs asked for last
+    stay until they pass `keep_bytes`."""
+
+    def __init__(self, folder: Path | None, damping: float, keep_bytes: float, names=None, shared=None):
+        self.folder, self.damping, self.keep_bytes = folder, damping, keep_bytes
+        self.names = names  # a view's subset (only())
+        # name -> path (or the Fisher itself); name -> (L, L⁻¹) asked for last; shared with views
+        self.store, self.recent = shared if shared is not None else ({}, {})
+        if folder is not None and shared is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+
+    def add(self, name: str, fisher: torch.Tensor) -> None:
+        if self.folder is None:
+            self.store[name] = fisher
+            return
+        path = self.folder / f"{len(self.store):06d}.pt"
+        torch.save(fisher, path)  # read back where it was measured
+        self.store[name] = path
+
+    def only(self, names) -> "Roots":
+        """A view on the targets named (sharing the stored Fishers)."""
+        return Roots(self.folder, self.damping, self.keep_bytes, set(names) & set(self),
+                     (self.store, self.recent))
+
+    def __iter__(self):
+        return iter(n for n in self.store if self.names is None or n in self.names)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, name) -> bool:
+        return name in self.store and (self.names is None or name in self.names)
+
+    def __getitem__(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in self:
+            raise KeyError(name)
+        if name not in self.recent:
+            stored = self.store[name]
+            fisher = torch.load(stored, weights_only=True) if isinstance(stored, Path) else stored
+            self.recent[name] = sqrt_pair(fisher, self.damping)
+            self._trim(name)
+        return self.recent[name]
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+    def _trim(self, newest: str) -> None:
+        size = lambda pair: sum(t.numel() * t.element_size() for t in pair)  # noqa: E731
+        while len(self.recent) > 1 and sum(size(p) for p in self.recent.values()) > self.keep_bytes:
+            oldest = next(n for n in self.recent if n != newest)
+            del self.recent[oldest]
+
+    def close(self) -> None:
+        """Deletes the Fishers on disk."""
+        self.recent.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
