@@ -208,7 +208,7 @@ class SVDPass(Pass):
         few = batches[: c.compensate_batches] if c.compensate_batches else batches
         refs = predictions(toward, adapter, few) if compensated else None
 
-        upstream: dict[str, torch.Tensor | None] = {}  # name -> asymmetric step (computed once)
+        upstream: dict[str, torch.Tensor | None] = {}  # name -> asymmetric step, until committed
 
         def factorize(info: LinearInfo, stats: Stats, step=None, rank=None) -> dict:
             """rank: None chooses it (fixed, or by the energy rule); "dense" or an int imposes it."""
@@ -224,7 +224,7 @@ class SVDPass(Pass):
                                   choose_rank=choose, out_root=self.roots.get(info.name), step=step)
 
         def commit(info: LinearInfo, record: dict) -> bool:
-            if upstream.get(info.name) is not None:
+            if upstream.pop(info.name, None) is not None:  # (out, in) float64: not kept past its layer
                 record = dict(record, asymmetric=True)
             records[info.name] = record
             state.append((info.name, record["rank"], module_digest(model, info.name)))

@@ -362,3 +362,27 @@ def test_sensitivities_replayed_per_block_equal_whole_forwards():
             expected = sensitivity_weight(relative_error(model, ref, adapter, batches), loss)
         assert got[n] == pytest.approx(expected, rel=1e-5)
     assert list(got) == names  # the report keeps the layers' order
+
+
+def test_asymmetric_steps_are_not_kept_past_their_layer(tmp_path, monkeypatch):
+    """Each target's asymmetric step Δ (out x in, float64: the whole model's size over a pass) is
+    dropped once its layer is committed: while the pass runs, the steps alive stay within one
+    block's targets instead of growing with every layer factorized."""
+    import gc
+    import weakref
+
+    made, alive_most = [], []
+    real = SVDPass._asymmetric_step
+
+    def tracked(self, model, info, stats):
+        step = real(self, model, info, stats)
+        gc.collect()
+        alive_most.append(sum(r() is not None for r in made))
+        if step is not None:
+            made.append(weakref.ref(step))
+        return step
+
+    monkeypatch.setattr(SVDPass, "_asymmetric_step", tracked)
+    model, report, infos = _run("flux", tmp_path, fisher="none", ratio=0.5)
+    assert len(report["asymmetric"]) == len(made) > 12
+    assert max(alive_most) <= 12  # a Flux double block has 12 attention + MLP targets
