@@ -3,7 +3,8 @@
 `BlockLoader`: block weights just in time (`materialize` before a block runs, `release` after;
 resident by default, `compress.stream.CheckpointBlocks` streams them from a checkpoint), and
 `Unchanged` for a walk that changes no block. `Spilled`: per-batch activations on disk
-(`calibration.spill_activations`), so one batch is resident at a time.
+(`calibration.spill_activations`), so one batch is resident at a time; `SpilledMap`: the same by
+name, for what a pass measures per target.
 """
 
 from __future__ import annotations
@@ -44,6 +45,32 @@ class Spilled:
     def __del__(self):
         for path in getattr(self, "paths", []):
             path.unlink(missing_ok=True)
+
+
+class SpilledMap:
+    """name -> item, the items on disk (a `Spilled` list) or, with no folder, in memory: what a
+    pass measures for every target before it uses them one at a time (output Fishers, global's
+    factors at the uniform rank), which at Flux.1-dev's size would not fit in memory together."""
+
+    def __init__(self, folder: Path | None):
+        self.items = Spilled(folder) if folder is not None else []
+        self.index: dict[str, int] = {}
+
+    def __setitem__(self, name: str, item) -> None:
+        self.index[name] = len(self.items)
+        self.items.append(item)
+
+    def __getitem__(self, name: str):
+        return self.items[self.index[name]]
+
+    def __contains__(self, name) -> bool:
+        return name in self.index
+
+    def __iter__(self):
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 class BlockLoader:

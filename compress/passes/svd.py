@@ -36,7 +36,7 @@ from compress.alloc import DENSE, budget_for_ratio, energy_rank, global_greedy, 
 from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, model_digest
 from compress.calib_stats import Stats, StatsCache
-from compress.calib_store import BlockLoader, Unchanged
+from compress.calib_store import BlockLoader, SpilledMap, Unchanged
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.linalg import asymmetric_step, factors_from, normalized_curve
@@ -159,6 +159,7 @@ class SVDPass(Pass):
         records: dict[str, dict] = {}
         extra: dict = {}  # this pass's global allocation, if any
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        self.scratch = ctx.run_dir  # what the pass measures per target goes to disk here
         self.roots = Roots(ctx.run_dir / "fisher", c.fisher_damping, c.fisher_memory_gb * 2**30)
         compensation: dict = {}
         try:
@@ -326,11 +327,12 @@ class SVDPass(Pass):
         """Teacher-activation calibration of every target: normalized loss curves (+ sensitivity),
         then one greedy allocation of the kept-parameter budget."""
         c = self.config
-        curves, factors = {}, {}
         sensitivity = c.sensitivity if c.sensitivity is not None else True
         if sensitivity and not getattr(self.loader, "resident", True):
             raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
                             "with block weights streamed set svd.sensitivity: false")
+        # each target's factors at the uniform rank, on disk until its sensitivity is measured
+        curves, factors = {}, SpilledMap(self.scratch / "sensitivity")
 
         def visit(info: LinearInfo, stats: Stats) -> bool:
             m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compress.calib_store import SpilledMap
 from compress.replay import Prefix, replaying
 
 F64 = torch.float64
@@ -138,27 +139,21 @@ def fisher_chunks(infos: list, budget_bytes: float) -> list[list[str]]:
 
 class Roots:
     """name -> (L, L⁻¹) of each weighted target's output Fisher (sqrt_pair), computed when asked
-    from the Fisher kept on disk under `folder` (float64, one file per target; in memory when
-    folder is None), so a pass never holds every target's out x out pair at once: Flux.1-dev's
-    modulation alone would be 2 x 77 of up to 18432² float64 (258 GB). The pairs asked for last
-    stay until they pass `keep_bytes`."""
+    from the Fishers kept on disk under `folder` (calib_store.SpilledMap; in memory when folder is
+    None), so a pass never holds every target's out x out pair at once: Flux.1-dev's modulation
+    alone would be 2 x 77 of up to 18432² float64 (241 GiB). The pairs asked for last stay until
+    they pass `keep_bytes`."""
 
     def __init__(self, folder: Path | None, damping: float, keep_bytes: float, names=None, shared=None):
         self.folder, self.damping, self.keep_bytes = folder, damping, keep_bytes
         self.names = names  # a view's subset (only())
-        # name -> path (or the Fisher itself); name -> (L, L⁻¹) asked for last; shared with views
-        self.store, self.recent = shared if shared is not None else ({}, {})
+        # name -> Fisher (on disk); name -> (L, L⁻¹) asked for last; both shared with views
         if folder is not None and shared is None:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            shutil.rmtree(folder, ignore_errors=True)  # what an interrupted pass left
+        self.store, self.recent = shared if shared is not None else (SpilledMap(folder), {})
 
     def add(self, name: str, fisher: torch.Tensor) -> None:
-        if self.folder is None:
-            self.store[name] = fisher
-            return
-        path = self.folder / f"{len(self.store):06d}.pt"
-        torch.save(fisher, path)  # read back where it was measured
-        self.store[name] = path
+        self.store[name] = fisher  # read back on the device it was measured on
 
     def only(self, names) -> "Roots":
         """A view on the targets named (sharing the stored Fishers)."""
@@ -178,9 +173,7 @@ class Roots:
         if name not in self:
             raise KeyError(name)
         if name not in self.recent:
-            stored = self.store[name]
-            fisher = torch.load(stored, weights_only=True) if isinstance(stored, Path) else stored
-            self.recent[name] = sqrt_pair(fisher, self.damping)
+            self.recent[name] = sqrt_pair(self.store[name], self.damping)
             self._trim(name)
         return self.recent[name]
 
@@ -190,12 +183,11 @@ class Roots:
     def _trim(self, newest: str) -> None:
         size = lambda pair: sum(t.numel() * t.element_size() for t in pair)  # noqa: E731
         while len(self.recent) > 1 and sum(size(p) for p in self.recent.values()) > self.keep_bytes:
-            oldest = next(n for n in self.recent if n != newest)
-            del self.recent[oldest]
+            del self.recent[next(n for n in self.recent if n != newest)]
 
     def close(self) -> None:
         """Deletes the Fishers on disk."""
         self.recent.clear()
+        self.store = SpilledMap(None)  # the Spilled list's files go with it
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
-
