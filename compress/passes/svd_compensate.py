@@ -42,7 +42,7 @@ the same error to the last digit
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -58,10 +58,11 @@ GRAM_DAMPING = 1e-2  # ridge on G, relative to its mean eigenvalue (1e-3 … 1e-
 
 
 def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torch.Tensor],
-                 pairs: list[tuple[LinearInfo, Stats]], roots: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 pairs: list[tuple[LinearInfo, Stats]], roots: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
                  probes: int, share: float = 1.0, prefix: Prefix | None = None) -> dict[str, torch.Tensor]:
-    """name -> Δ (out, in) for the targets that have an output Fisher (`roots`: name -> (L, L⁻¹),
-    L² = F + λI with F summed over `probes` probes and every calibration row) and an input Gram.
+    """name -> Δ (out, in) for the targets that have an output Fisher (`roots`, a dict or
+    svd_fisher.Roots: name -> (L, L⁻¹), L² = F + λI with F summed over `probes` probes and every
+    calibration row) and an input Gram.
     `batches` may be a `share` of the calibration batches the Fisher summed over; `prefix` (a
     `replay.Prefix` over them) skips the blocks before the stage. Empty if nothing
     upstream has been changed yet (every gradient is zero)."""
