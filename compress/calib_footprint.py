@@ -14,12 +14,10 @@ import math
 
 import torch
 
-from compress.inputs import source_kind
+from compress.inputs import SYNTHETIC_TEXT_TOKENS, SYNTHETIC_TOKENS, source_kind
 
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
 FLUX_SIDE = 1024  # FluxPipeline's default image size (pixels); PixArt-Σ's is its sample_size x 8
-TOY_TEXT_TOKENS = 8  # compress.toy.text.MAX_TOKENS; SyntheticSource's text_tokens
-SYNTHETIC_TOKENS = 16  # SyntheticSource's image tokens
 
 
 def calibration_rows(recipe, kind: str, config, prompts: int) -> int:
@@ -38,11 +36,13 @@ def row_tokens(recipe, kind: str, config) -> tuple[int, int]:
     """(residual-stream tokens, caption tokens kept beside it) of one row at the blocks."""
     c, family = recipe.calibration, recipe.model
     if kind == "synthetic":
-        return (SYNTHETIC_TOKENS + (TOY_TEXT_TOKENS if family == "flux" else 0),
-                TOY_TEXT_TOKENS if family == "pixart" else 0)
-    if kind == "toy":
-        image = (config.sample_size // config.patch_size) ** 2 if family == "pixart" else 16
-        text = TOY_TEXT_TOKENS
+        image, text = SYNTHETIC_TOKENS, SYNTHETIC_TEXT_TOKENS
+    elif kind == "toy":  # the toys' latents (4, 8, 8): PixArt patches them, Flux packs 2 x 2
+        from compress.toy.text import MAX_TOKENS
+        from compress.toy.vae import LATENT_SIZE
+
+        image = (config.sample_size // config.patch_size) ** 2 if family == "pixart" else (LATENT_SIZE // 2) ** 2
+        text = MAX_TOKENS
     else:
         side = config.sample_size * 8 if family == "pixart" else FLUX_SIDE  # the pipelines' defaults
         height, width = c.height or side, c.width or side

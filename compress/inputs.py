@@ -96,10 +96,14 @@ class ToySource:
         return F.mse_loss(pred.float(), target.to(device).float()), kwargs
 
 
+SYNTHETIC_TOKENS, SYNTHETIC_TEXT_TOKENS = 16, 8  # image and text tokens of a synthetic input
+
+
 class SyntheticSource:
     """Random embeddings and latents shaped for the teacher's config (no text encoder needed)."""
 
-    def __init__(self, family: str, calib, config, tokens: int = 16, text_tokens: int = 8):
+    def __init__(self, family: str, calib, config, tokens: int = SYNTHETIC_TOKENS,
+                 text_tokens: int = SYNTHETIC_TEXT_TOKENS):
         self.family, self.calib, self.config = family, calib, config
         self.tokens, self.text_tokens = tokens, text_tokens
 

@@ -332,7 +332,7 @@ class SVDPass(Pass):
             raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
                             "with block weights streamed set svd.sensitivity: false")
         # each target's factors at the uniform rank, on disk until its sensitivity is measured
-        curves, factors = {}, SpilledMap(self.scratch / "sensitivity")
+        curves, factors = {}, SpilledMap(self.scratch / "sensitivity" if sensitivity else None)
 
         def visit(info: LinearInfo, stats: Stats) -> bool:
             m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))
