@@ -78,16 +78,17 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     if recipe.stream:
         check_streaming(passes, recipe.passes, recipe.path)
     streamed = streamed_weights(model, adapter) if recipe.stream else None
+    pipeline = source_kind(recipe.calibration, source) == "pipeline"
+    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
+    calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
     steps = []
     for spec, p in zip(recipe.passes, passes):
         check_pass(p, spec, model, adapter, recipe.path)
-        steps.append({"pass": spec.name, "line": spec.line, **(p.plan(model, adapter) or {})})
+        steps.append({"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})})
         p.apply_planned(model, adapter)
     after_rows = layer_rows(model)
-    pipeline = source_kind(recipe.calibration, source) == "pipeline"
-    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     return {
-        "calibration": footprint(recipe, source, model.config, prompts),
+        "calibration": calib,
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),

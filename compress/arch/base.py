@@ -50,6 +50,9 @@ class Adapter:
     # (regex on the name inside a block or at top level, role, part, input_key)
     block_rules: tuple[tuple[str, str, str, str], ...] = ()
     top_rules: tuple[tuple[str, str, str, str], ...] = ()
+    # parts of the linears that read one row per sample (the timestep / conditioning vector), not
+    # one per token
+    per_sample_parts: tuple[str, ...] = ("mod",)
 
     # ---- blocks -------------------------------------------------------------------------------
     def group(self, name: str) -> BlockGroup:
@@ -102,6 +105,10 @@ class Adapter:
             out.append(LinearInfo(name, role, part, group, block, mod.in_features,
                                   mod.out_features, key))
         return out
+
+    def per_sample(self, info: LinearInfo) -> bool:
+        """Whether the linear reads one row per sample (modulation, timestep embedders)."""
+        return info.part in self.per_sample_parts
 
     # ---- running one block on captured inputs -------------------------------------------------
     def next_inputs(self, group: str, args: tuple, kwargs: dict, output) -> tuple[tuple, dict]:

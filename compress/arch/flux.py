@@ -34,6 +34,7 @@ class FluxAdapter(Adapter):
         (r"proj_mlp", "mlp", "in", "x"),
         (r"proj_out", "mlp", "fused_out", "proj_out.in"),  # [attn out ; mlp hidden] -> hidden
     )
+    per_sample_parts = ("mod", "conditioning")
     top_rules = (
         (r"norm_out\.linear", "modulation", "mod", _MOD_INPUT[1:]),
         (r"time_text_embed\..+", "embedding", "conditioning", None),

@@ -23,6 +23,7 @@ class PixArtAdapter(Adapter):
         (r"ff\.net\.0\.proj", "mlp", "in", "ff.in"),
         (r"ff\.net\.2", "mlp", "out", "ff.out.in"),
     )
+    per_sample_parts = ("mod", "timestep")
     top_rules = (
         (r"adaln_single\.linear", "modulation", "mod", "adaln.in"),
         (r"adaln_single\.emb\..+", "embedding", "timestep", None),

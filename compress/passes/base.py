@@ -101,8 +101,9 @@ class Pass:
                         "a recipe may hold svd, importance with proxy_only and remove_blocks by "
                         "explicit indices or the proxy")
 
-    def plan(self, model: nn.Module, adapter: Adapter) -> dict:
-        """A dry-run description (for `dit-compress plan`): what would change, without compute."""
+    def plan(self, model: nn.Module, adapter: Adapter, calibration_rows: int | None = None) -> dict:
+        """A dry-run description (for `dit-compress plan`): what would change, without compute.
+        calibration_rows: the calibration inputs (samples) the recipe will draw."""
         return {}
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:

@@ -111,7 +111,7 @@ class DistillPass(Pass):
         if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
             raise UserError("distill: checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
 
-    def plan(self, model, adapter) -> dict:
+    def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         cfg = self.config
         return {"steps": cfg.steps, "batch_size_per_process": cfg.batch_size, "train": cfg.train,
                 "data": cfg.data, "lambdas": [cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat]}

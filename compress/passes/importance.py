@@ -364,7 +364,7 @@ class ImportancePass(Pass):
         if not isinstance(b, int) or isinstance(b, bool) or b < 1:
             raise UserError(f"importance: buckets must be a positive integer, got {b!r}")
 
-    def plan(self, model, adapter) -> dict:
+    def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         n = sum(adapter.block_counts(model).values())
         return {"blocks": n, "per_batch": scan_cost(n, 1, not self.config.proxy_only)}
 

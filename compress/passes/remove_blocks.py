@@ -191,7 +191,7 @@ class RemoveBlocksPass(Pass):
                             "one; with stream: true set remove_blocks.criterion: proxy (one forward "
                             "per batch) or give explicit teacher indices")
 
-    def plan(self, model: nn.Module, adapter: Adapter) -> dict:
+    def plan(self, model: nn.Module, adapter: Adapter, calibration_rows: int | None = None) -> dict:
         self.check(model, adapter)
         counts = adapter.block_counts(model)
         if self.config.blocks is not None:

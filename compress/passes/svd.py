@@ -44,7 +44,7 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
 from compress.passes.svd_checks import centered, check_config, check_streaming, merge_report, summary
-from compress.passes.svd_fisher import Roots, block_fisher, fisher_chunks, output_fisher
+from compress.passes.svd_fisher import Roots, block_fisher, fisher_bytes, fisher_chunks, output_fisher
 from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
 from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
@@ -81,7 +81,7 @@ class SVDConfig:
     # weight outputs by their effect on the prediction: all | modulation (those only) | none; or by
     # their effect on their block's output: block (streamable, no compensation)
     fisher: str = "all"
-    fisher_memory_gb: float = 2.0  # float64 Fishers held at once (more targets: more passes)
+    fisher_memory_gb: float = 2.0  # Fishers held at once, as measured (more targets: more passes)
     fisher_probes: int = 4  # random probes per calibration batch for the output Fisher
     fisher_damping: float = 1e-3  # λ = damping · mean Fisher eigenvalue
     # fit block targets to the outputs the uncompressed model gives them, from the inputs the student
@@ -109,7 +109,7 @@ class SVDPass(Pass):
         """Block weights streamed: everything but whole-model forwards (svd_checks)."""
         check_streaming(self.config)
 
-    def plan(self, model: nn.Module, adapter: Adapter) -> dict:
+    def plan(self, model: nn.Module, adapter: Adapter, calibration_rows: int | None = None) -> dict:
         c = self.config
         targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
@@ -119,9 +119,11 @@ class SVDPass(Pass):
         known = all(i.name in ranks for i in targets)
         after = sum(shape_spec(i).params(ranks[i.name]) for i in targets) if known else LATER
         weighted = [i for i in targets if self._prediction_fisher(i)]
+        rows = self._fisher_rows(adapter, weighted, calibration_rows)
         fisher = {"targets": len(weighted),  # the prediction's Fisher: whole-model backward sweeps
-                  "sweeps": len(fisher_chunks(weighted, c.fisher_memory_gb * 2**30)),
-                  "disk_gib": round(sum(8 * i.out_features**2 for i in weighted) / 2**30, 2)}
+                  "sweeps": len(fisher_chunks(weighted, c.fisher_memory_gb * 2**30, rows)),
+                  "disk_gib": round(sum(fisher_bytes(i.out_features, rows.get(i.name))
+                                        for i in weighted) / 2**30, 2)}
         return {"targets": [i.name for i in targets], "ranks": shown, "params_before": before,
                 "params_after": after, "method": c.method, "allocation": c.allocation,
                 **({"fisher": fisher} if weighted else {})}
@@ -185,9 +187,17 @@ class SVDPass(Pass):
             raise UserError("svd.fisher needs the whole model in memory (one forward and backward "
                             "per probe); with block weights streamed set svd.fisher: block (each "
                             "block's own output Fisher) or none")
-        for names in fisher_chunks(chosen, c.fisher_memory_gb * 2**30):
+        samples = sum(b["hidden_states"].shape[0] for b in batches)
+        for names in fisher_chunks(chosen, c.fisher_memory_gb * 2**30, self._fisher_rows(adapter, chosen, samples)):
             for name, fisher in output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0).items():
                 self.roots.add(name, fisher)
+
+    def _fisher_rows(self, adapter: Adapter, infos: list[LinearInfo], samples: int | None) -> dict[str, int]:
+        """name -> gradient rows one sweep gives the Fisher of each target that reads one row per
+        sample (samples x probes; the others read a row per token: too many to keep). None: unknown."""
+        if not samples:
+            return {}
+        return {i.name: samples * self.config.fisher_probes for i in infos if adapter.per_sample(i)}
 
     def _choose(self, info: LinearInfo, ranks: dict) -> Callable:
         """decomposition -> rank (or DENSE): fixed, or by the energy rule on the measured curve."""
@@ -288,7 +298,8 @@ class SVDPass(Pass):
         """fisher: block: (L, L⁻¹) of each target of `block` from its block-local output Fisher on
         the block's current calibration inputs, in chunks of at most `fisher_memory_gb`."""
         c = self.config
-        for names in fisher_chunks(infos, c.fisher_memory_gb * 2**30):
+        samples = sum(cal.adapter.hidden_of(args, kwargs)[0].shape[0] for args, kwargs in cal.inputs)
+        for names in fisher_chunks(infos, c.fisher_memory_gb * 2**30, self._fisher_rows(cal.adapter, infos, samples)):
             fisher = block_fisher(cal.model, cal.adapter, block, cal.inputs, names, c.fisher_probes, seed=0)
             for name, f in fisher.items():
                 self.roots.add(name, f)

@@ -8,6 +8,11 @@ E[(Jᵀv)(Jᵀv)ᵀ] = JᵀJ, one backward per probe for all the named linears a
 keeps the graph whole, so chained linears each get their full Jacobian).
 The weighted problem min tr(F E G Eᵀ) is the plain whitened one for V = L W, L = (F + λI)^{1/2}:
 W' = L⁻¹ V'_r (see `weighted_factors` in svd_layer).
+
+A Fisher is kept as measured (`FisherSum`): while a target has fewer gradient rows than outputs
+(a modulation linear has one row per sample and probe: about 1.4k for flux-dev-modulation against
+out = 18432) as those rows, (rows, out) float32, else as F (out, out) float64. So one backward
+sweep can probe many more of such targets at once (`fisher_chunks`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,49 @@ from compress.calib_store import SpilledMap
 from compress.replay import Prefix, replaying
 
 F64 = torch.float64
+ROW_BYTES = 4  # gradient rows kept in float32: the probes' Monte-Carlo noise is far above its rounding
+
+
+def fisher_bytes(out: int, rows: int | None) -> int:
+    """Bytes of one target's Fisher as measured: `rows` gradient rows (None: too many to count)."""
+    return ROW_BYTES * rows * out if rows is not None and rows < out else 8 * out * out
+
+
+class FisherSum:
+    """Σ gᵀg over gradient rows g (n, out), kept as the rows while there are fewer than `out`
+    of them, as F (out, out) float64 from then on."""
+
+    def __init__(self):
+        self.rows: list[torch.Tensor] = []  # (n, out) float32 blocks
+        self.fisher: torch.Tensor | None = None  # (out, out) float64
+
+    def add(self, g: torch.Tensor) -> None:
+        g = g.detach().reshape(-1, g.shape[-1])  # (n, out)
+        if self.fisher is None and sum(r.shape[0] for r in self.rows) + g.shape[0] < g.shape[1]:
+            self.rows.append(g.float())
+            return
+        if self.fisher is None:
+            self.fisher = sum((r.T.to(F64) @ r.to(F64) for r in self.rows), torch.zeros((), dtype=F64))
+            self.rows = []
+        g = g.to(F64)
+        self.fisher = self.fisher + g.T @ g
+
+    def value(self) -> torch.Tensor:
+        """F (out, out) float64, or the rows (n < out, out) float32 it sums."""
+        return self.fisher if self.fisher is not None else torch.cat(self.rows)
+
+
+def is_rows(measured: torch.Tensor) -> bool:
+    """Whether a measured Fisher (`FisherSum.value`) is kept as its gradient rows."""
+    return measured.shape[0] < measured.shape[1]
+
+
+def dense_fisher(measured: torch.Tensor) -> torch.Tensor:
+    """F (out, out) float64 of a measured Fisher."""
+    if not is_rows(measured):
+        return measured
+    rows = measured.to(F64)
+    return rows.T @ rows
 
 
 @contextlib.contextmanager
@@ -51,19 +99,20 @@ def tapped(model: nn.Module, names: list[str]):
 
 def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[str], probes: int = 4,
                   seed: int = 0) -> dict[str, torch.Tensor]:
-    """name -> F (out, out) float64 = Σ over samples and probes of gᵀg, g = ∂<v, pred>/∂y."""
-    fisher: dict[str, torch.Tensor] = {}
+    """name -> F = Σ over samples and probes of gᵀg, g = ∂<v, pred>/∂y, as measured (`FisherSum`:
+    F (out, out) float64 or its rows; `dense_fisher` gives F)."""
+    fisher: dict[str, FisherSum] = {}
     gen = torch.Generator().manual_seed(seed)
     with tapped(model, names) as (_, outputs):
         for batch in batches:
             with torch.enable_grad():
                 _probe([adapter.predict(model, batch)], names, outputs, probes, gen, fisher)
-    return fisher
+    return {n: f.value() for n, f in fisher.items()}
 
 
 def _probe(ends: list[torch.Tensor], names: list[str], outputs: dict, probes: int, gen: torch.Generator,
-           fisher: dict[str, torch.Tensor]) -> None:
-    """Add Σ over probes v ~ N(0, I) of gᵀg, g = ∂ Σ<v, end>/∂y, to fisher[name] for each tapped y."""
+           fisher: dict[str, FisherSum]) -> None:
+    """Add the rows g = ∂ Σ<v, end>/∂y of each probe v ~ N(0, I) to fisher[name] for each tapped y."""
     ys = [outputs[n] for n in names]
     for p in range(probes):
         total = sum((e * torch.randn(e.shape, generator=gen).to(e.device, e.dtype)).sum() for e in ends)
@@ -71,25 +120,25 @@ def _probe(ends: list[torch.Tensor], names: list[str], outputs: dict, probes: in
         for n, g in zip(names, grads):
             if g is None:
                 raise RuntimeError(f"'{n}' does not reach the probed output")
-            rows = g.detach().reshape(-1, g.shape[-1]).to(F64)  # (samples, out)
-            fisher[n] = fisher.get(n, 0) + rows.T @ rows
+            fisher.setdefault(n, FisherSum()).add(g)  # (samples, out) rows
 
 
 def block_fisher(model: nn.Module, adapter, block: nn.Module, inputs: list, names: list[str],
                  probes: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     """name -> F (out, out) float64 = Σ over samples and probes of gᵀg, g = ∂<v, h>/∂y with h the
-    block's residual-stream outputs (`adapter.hidden_of_output`) and v ~ N(0, I): the output Fisher
+    block's residual-stream outputs (`adapter.hidden_of_output`) and v ~ N(0, I), as measured
+    (`FisherSum`): the output Fisher
     of the block alone, for linears of `block` run on `inputs` [(args, kwargs)]. Needs only that
     block's weights, so it works where the whole model's backward does not (streamed weights);
     it weighs output directions by their effect on the block's output, not on the prediction."""
-    fisher: dict[str, torch.Tensor] = {}
+    fisher: dict[str, FisherSum] = {}
     gen = torch.Generator().manual_seed(seed)
     with tapped(model, names) as (_, outputs):
         for args, kwargs in inputs:
             with torch.enable_grad():
                 ends = adapter.hidden_of_output(adapter.run_block(block, args, kwargs))
                 _probe(ends, names, outputs, probes, gen, fisher)
-    return fisher
+    return {n: f.value() for n, f in fisher.items()}
 
 
 def prediction_gradients(model: nn.Module, adapter, batches: list[dict], references: list[torch.Tensor],
@@ -116,7 +165,10 @@ def prediction_gradients(model: nn.Module, adapter, batches: list[dict], referen
 
 
 def sqrt_pair(fisher: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """L = (F + λI)^{1/2} and L⁻¹, λ = damping · mean eigenvalue (keeps L invertible)."""
+    """L = (F + λI)^{1/2} and L⁻¹, λ = damping · mean eigenvalue (keeps L invertible), of F or of
+    a Fisher measured as its rows (`FisherSum`)."""
+    if is_rows(fisher):
+        return _sqrt_pair_of_rows(fisher, damping)
     f = 0.5 * (fisher + fisher.T)
     vals, vecs = torch.linalg.eigh(f)
     lam = damping * float(vals.clamp_min(0).mean()) or 1.0
@@ -124,12 +176,30 @@ def sqrt_pair(fisher: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch
     return (vecs * root) @ vecs.T, (vecs / root) @ vecs.T
 
 
-def fisher_chunks(infos: list, budget_bytes: float) -> list[list[str]]:
-    """Target names in groups whose float64 output Fishers (out² · 8 bytes each) fit the budget
-    (a layer bigger than the budget gets a group of its own)."""
+def _sqrt_pair_of_rows(rows: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt_pair of F = RᵀR from R (n, out), n < out, through the n x n Gram R Rᵀ = U S² Uᵀ:
+    F's eigenvectors V = Rᵀ U S⁻¹ for the nonzero S², and on the rest of the space F + λI = λI.
+    So L = √λ I + V (√(S² + λ) − √λ) Vᵀ, and L⁻¹ likewise; O(n · out²) instead of O(out³)."""
+    r = rows.to(F64)  # (n, out)
+    vals, u = torch.linalg.eigh(r @ r.T)  # (n,), (n, n)
+    vals = vals.clamp_min(0)
+    lam = damping * float(vals.sum()) / r.shape[1] or 1.0  # damping · mean eigenvalue of F
+    keep = vals > vals.max() * 1e-12
+    vals, vecs = vals[keep], (r.T @ u[:, keep]) / vals[keep].sqrt()  # (k,), (out, k)
+    eye = torch.eye(r.shape[1], dtype=F64, device=r.device)
+    root, small = (vals + lam).sqrt(), lam**0.5
+    return (small * eye + (vecs * (root - small)) @ vecs.T,
+            eye / small + (vecs * (1 / root - 1 / small)) @ vecs.T)
+
+
+def fisher_chunks(infos: list, budget_bytes: float, rows=None) -> list[list[str]]:
+    """Target names in groups whose Fishers as measured (`fisher_bytes`: F, out² · 8 bytes, or
+    rows[name] gradient rows where given and fewer than out) fit the budget (a layer bigger than
+    the budget gets a group of its own)."""
+    rows = rows or {}
     chunks, size = [[]], 0.0
     for info in infos:
-        need = 8.0 * info.out_features**2
+        need = fisher_bytes(info.out_features, rows.get(info.name))
         if chunks[-1] and size + need > budget_bytes:
             chunks, size = chunks + [[]], 0.0
         chunks[-1].append(info.name)

@@ -152,3 +152,20 @@ def test_what_compression_measures_ignores_the_learned_variance_half():
     fa, fb = (output_fisher(m, adapter, batches, names, probes=2, seed=0) for m in (teacher, other))
     for n in names:
         torch.testing.assert_close(fa[n], fb[n], rtol=0, atol=0)
+
+
+def test_per_sample_linears_are_exactly_those_with_one_output_row_per_sample(tiny_model):
+    """Adapter.per_sample (the rule the output Fisher's memory plan uses: one gradient row per
+    sample, not per token) against what each linear of the real class outputs."""
+    adapter = get_adapter(tiny_model)
+    shapes = {}
+    hooks = [tiny_model.get_submodule(i.name).register_forward_hook(
+        lambda m, a, y, name=i.name: shapes.__setitem__(name, tuple(y.shape))) for i in adapter.linears(tiny_model)]
+    with torch.no_grad():
+        tiny_model(**model_inputs(tiny_model, batch=3), return_dict=False)
+    for h in hooks:
+        h.remove()
+    infos = adapter.linears(tiny_model)
+    assert len(shapes) == len(infos) and any(adapter.per_sample(i) for i in infos)
+    for info in infos:
+        assert adapter.per_sample(info) == (shapes[info.name][:-1] == (3,)), (info.name, shapes[info.name])

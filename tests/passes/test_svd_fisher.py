@@ -1,11 +1,12 @@
 """svd_fisher.Roots: every weighted target's output Fisher on disk, its (L, L⁻¹) computed when
 asked, only a few pairs held; the svd pass leaves no Fisher files behind and writes the weights it
-wrote with every pair in memory."""
+wrote with every pair in memory. A Fisher with fewer gradient rows than outputs is kept as those
+rows (FisherSum), and gives the same (L, L⁻¹) and the same factors as F itself."""
 
 import pytest
 import torch
 
-from compress.passes.svd_fisher import Roots, sqrt_pair
+from compress.passes.svd_fisher import FisherSum, Roots, dense_fisher, fisher_chunks, is_rows, sqrt_pair
 from tests.conftest import tiny_flux
 
 
@@ -60,6 +61,93 @@ def test_the_svd_pass_keeps_no_fisher_files_and_writes_the_same_weights(tmp_path
 
     a, b = run(100.0, "all-kept"), run(1e-9, "one-kept")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fisher_with_few_rows_is_kept_as_rows_until_it_has_as_many_as_outputs():
+    g = torch.Generator().manual_seed(0)
+    blocks = [torch.randn(4, 12, generator=g) for _ in range(4)]  # 4 rows at a time, out = 12
+    acc = FisherSum()
+    for k, b in enumerate(blocks[:2]):
+        acc.add(b)
+        assert is_rows(acc.value()) and acc.value().shape == (4 * (k + 1), 12)
+    acc.add(blocks[2])  # 12 rows: as many as outputs, F from now on
+    acc.add(blocks[3])
+    want = sum(b.double().T @ b.double() for b in blocks)
+    assert not is_rows(acc.value()) and acc.value().dtype == torch.float64
+    torch.testing.assert_close(acc.value(), want, rtol=1e-12, atol=1e-12)
+    assert acc.value() is dense_fisher(acc.value())
+
+
+@pytest.mark.parametrize("n", [1, 5, 11])
+def test_roots_from_rows_equal_roots_from_their_fisher(n):
+    """L = (F + λI)^{1/2} and L⁻¹ from the n x n Gram of the rows equal those from eigh of F."""
+    g = torch.Generator().manual_seed(n)
+    rows = torch.randn(n, 12, generator=g, dtype=torch.float64) * torch.logspace(0, -3, 12, dtype=torch.float64)
+    fisher = rows.T @ rows
+    for damping in (1e-3, 1e-1):
+        root, inv = sqrt_pair(rows, damping)
+        want_root, want_inv = sqrt_pair(fisher, damping)
+        torch.testing.assert_close(root, want_root, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(inv, want_inv, rtol=1e-9, atol=1e-9)
+        lam = damping * float(torch.trace(fisher)) / 12
+        torch.testing.assert_close(root @ root, fisher + lam * torch.eye(12, dtype=torch.float64))
+        torch.testing.assert_close(root @ inv, torch.eye(12, dtype=torch.float64))
+    zero_root, zero_inv = sqrt_pair(torch.zeros(3, 12), 1e-3)  # no signal: λ = 1, L = I
+    assert torch.equal(zero_root, torch.eye(12, dtype=torch.float64)) and torch.equal(zero_inv, zero_root)
+
+
+def test_fisher_chunks_count_rows_where_they_are_fewer_than_outputs():
+    from compress.arch.base import LinearInfo
+
+    infos = [LinearInfo(name=f"l{i}", role="modulation", part="mod", in_features=4, out_features=100,
+                        group=None, block=None, input_key="t") for i in range(4)]
+    assert len(fisher_chunks(infos, budget_bytes=8 * 100 * 100)) == 4  # F: one per sweep
+    rows = {n: 20 for n in ("l0", "l1", "l2", "l3")}  # 20 float32 rows of 100: 8000 bytes each
+    assert fisher_chunks(infos, 4 * 8000 + 1, rows) == [["l0", "l1", "l2", "l3"]]
+    assert len(fisher_chunks(infos, 4 * 8000 + 1, {n: 200 for n in rows})) == 4  # more rows than out: F
+
+
+def test_the_svd_pass_keeps_modulation_fishers_as_rows_with_the_same_factors(tmp_path, monkeypatch):
+    """Tiny Flux: its modulation targets get 4 samples x 4 probes = 16 gradient rows per sweep, fewer
+    than their outputs (6, 3 or 2 x 16), so their Fishers are kept as rows; the factors equal those from
+    F within rounding, and the pass plans one sweep for all of them where F took one each."""
+    from compress.arch import get_adapter
+    from compress.lowrank import LowRankLinear
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.conftest import model_inputs
+
+    cfg = dict(targets=["modulation"], ranks={"modulation": 4}, multiple=1, progress=False,
+               modulation_grid=4, fisher="modulation")
+    stored = {}
+
+    def run(where):
+        model = tiny_flux()
+        batches = [model_inputs(model, seed=i) for i in range(2)]
+        ctx = RunContext(adapter=get_adapter(model), family="flux", teacher=tiny_flux(), run_dir=tmp_path / where,
+                         calibration_inputs=lambda: batches, fingerprint=where)
+        SVDPass(SVDConfig(**cfg)).run(model, ctx)
+        return {n: m.up.weight.double() @ m.down.weight.double() for n, m in model.named_modules()
+                if isinstance(m, LowRankLinear)}
+
+    add = Roots.add
+    monkeypatch.setattr(Roots, "add", lambda self, n, f: (stored.__setitem__(n, f.shape), add(self, n, f)))
+    thin = run("rows")
+    assert len(stored) == 8 and all(shape[0] == 16 < shape[1] for shape in stored.values()), stored
+    monkeypatch.setattr(FisherSum, "value", lambda self: dense_fisher(torch.cat(self.rows)))  # F itself
+    stored.clear()
+    dense = run("fisher")
+    assert all(shape[0] == shape[1] for shape in stored.values())
+    assert thin.keys() == dense.keys() and len(thin) == 8
+    for name in thin:
+        torch.testing.assert_close(thin[name], dense[name], rtol=1e-5, atol=1e-6)
+
+    model = tiny_flux()
+    adapter = get_adapter(model)
+    memory = 8 * 96**2 + 8 * 48**2  # bytes: the biggest two Fishers as F
+    plan = SVDPass(SVDConfig(**cfg, fisher_memory_gb=memory / 2**30)).plan(model, adapter, calibration_rows=4)
+    assert plan["fisher"]["targets"] == 8 and plan["fisher"]["sweeps"] == 1
+    assert SVDPass(SVDConfig(**cfg, fisher_memory_gb=memory / 2**30)).plan(model, adapter)["fisher"]["sweeps"] > 1
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
