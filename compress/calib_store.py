@@ -4,13 +4,14 @@
 resident by default, `compress.stream.CheckpointBlocks` streams them from a checkpoint), and
 `Unchanged` for a walk that changes no block. `Spilled`: per-batch activations on disk
 (`calibration.spill_activations`), so one batch is resident at a time; `SpilledMap`: the same by
-name, for what a pass measures per target.
+name, for what a pass measures per target; `NamedFiles`: by name too, kept for a rerun.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -71,6 +72,42 @@ class SpilledMap:
 
     def __len__(self) -> int:
         return len(self.index)
+
+
+class NamedFiles:
+    """name -> tensor, one torch.save file each under `folder`, written atomically (an interrupted
+    write leaves no half file) and kept after the object goes: what a pass measures per target
+    and can reuse when it is run again on the same model and inputs (the output Fishers).
+    `clear()` deletes them."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name}.pt"  # module names are safe file names
+
+    def __setitem__(self, name: str, item) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(name).with_suffix(".tmp")
+        torch.save(item, tmp)
+        tmp.replace(self._path(name))
+
+    def __getitem__(self, name: str):
+        if name not in self:
+            raise KeyError(name)
+        return torch.load(self._path(name), weights_only=True)
+
+    def __contains__(self, name) -> bool:
+        return self._path(name).is_file()
+
+    def __iter__(self):
+        return iter(sorted(p.name[:-3] for p in self.folder.glob("*.pt")) if self.folder.is_dir() else ())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class BlockLoader:

@@ -1,5 +1,6 @@
 """Spilled activations and block loaders (compress/calib_store.py)."""
 
+import pytest
 import torch
 
 from compress.calib_store import Spilled
@@ -18,3 +19,34 @@ def test_spilled_holds_batches_on_disk_until_dropped(tmp_path):
     assert torch.equal(store[1][0][0], items[1][0][0])
     del store
     assert not any(tmp_path.iterdir())
+
+
+def test_named_files_round_trip_and_outlive_the_object_until_cleared(tmp_path):
+    from compress.calib_store import NamedFiles
+
+    store = NamedFiles(tmp_path / "f")
+    assert list(store) == [] and "a.b" not in store and len(store) == 0
+    store["transformer_blocks.0.norm1.linear"] = torch.arange(6.0).reshape(2, 3)
+    store["norm_out.linear"] = torch.ones(3, dtype=torch.float64)
+    again = NamedFiles(tmp_path / "f")  # a later run
+    assert list(again) == ["norm_out.linear", "transformer_blocks.0.norm1.linear"] and len(again) == 2
+    assert torch.equal(again["transformer_blocks.0.norm1.linear"], torch.arange(6.0).reshape(2, 3))
+    assert again["norm_out.linear"].dtype == torch.float64
+    assert not list((tmp_path / "f").glob("*.tmp"))
+    with pytest.raises(KeyError):
+        again["missing"]
+    again.clear()
+    assert not (tmp_path / "f").exists() and list(store) == []
+
+
+def test_roots_keep_fishers_for_a_rerun_only_when_asked(tmp_path):
+    from compress.passes.svd_fisher import Roots, sqrt_pair
+
+    f = torch.eye(4, dtype=torch.float64) * 2
+    first = Roots(tmp_path / "f", 1e-3, 1e9, reuse=True)
+    first.add("l0", f)
+    first.close(keep=True)  # interrupted
+    kept = Roots(tmp_path / "f", 1e-3, 1e9, reuse=True)
+    assert list(kept) == ["l0"] and torch.equal(kept["l0"][0], sqrt_pair(f, 1e-3)[0])
+    assert list(Roots(tmp_path / "f", 1e-3, 1e9)) == []  # not reusable: cleared on open
+    assert not (tmp_path / "f").exists()

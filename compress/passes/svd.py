@@ -49,6 +49,7 @@ from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trus
 from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
 from compress.passes.svd_walk import module_digest, walk
+from compress.report import console
 from compress.replay import Prefix
 
 LATER = "decided after calibration"
@@ -162,16 +163,21 @@ class SVDPass(Pass):
         extra: dict = {}  # this pass's global allocation, if any
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
         self.scratch = ctx.run_dir  # what the pass measures per target goes to disk here
-        self.roots = Roots(ctx.run_dir / "fisher", c.fisher_damping, c.fisher_memory_gb * 2**30)
+        # output Fishers: kept beside the stats cache (keyed to the model as found and the inputs),
+        # so a pass interrupted after hours of sweeps does not measure them again
+        fishers = cache_dir / f"fisher-{c.fisher_probes}probes" if cache_dir else ctx.run_dir / "fisher"
+        self.roots = Roots(fishers, c.fisher_damping, c.fisher_memory_gb * 2**30, reuse=cache_dir is not None)
         compensation: dict = {}
+        finished = False
         try:
             self._measure_fishers(model, ctx.adapter, targets, batches)
             if c.allocation == "global":
                 ranks, extra["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
             toward = ctx.teacher if c.compensate_toward == "teacher" and ctx.teacher is not None else model
             self._compress(model, ctx.adapter, targets, batches, ranks, records, toward, compensation)
+            finished = True
         finally:
-            self.roots.close()
+            self.roots.close(keep=not finished and cache_dir is not None)
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         this = dict(summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
                     fused_gelu=fused, compensation=compensation, **extra)
@@ -180,13 +186,18 @@ class SVDPass(Pass):
 
     def _measure_fishers(self, model, adapter, targets, batches) -> None:
         """The output Fisher of each weighted target (none when disabled), of the model as the pass
-        finds it, in chunks of at most `fisher_memory_gb`, into `self.roots` (on disk)."""
+        finds it, in chunks of at most `fisher_memory_gb`, into `self.roots` (on disk; those an
+        interrupted run left there are not measured again)."""
         c = self.config
         chosen = [i for i in targets if self._prediction_fisher(i)]
         if chosen and not getattr(self.loader, "resident", True):
             raise UserError("svd.fisher needs the whole model in memory (one forward and backward "
                             "per probe); with block weights streamed set svd.fisher: block (each "
                             "block's own output Fisher) or none")
+        measured = [i for i in chosen if i.name in self.roots]  # by an interrupted run of this pass
+        if measured:
+            console.print(f"  output Fishers: {len(measured)} of {len(chosen)} read back from an earlier run")
+        chosen = [i for i in chosen if i.name not in self.roots]
         samples = sum(b["hidden_states"].shape[0] for b in batches)
         for names in fisher_chunks(chosen, c.fisher_memory_gb * 2**30, self._fisher_rows(adapter, chosen, samples)):
             for name, fisher in output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0).items():

@@ -18,13 +18,12 @@ sweep can probe many more of such targets at once (`fisher_chunks`).
 from __future__ import annotations
 
 import contextlib
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from compress.calib_store import SpilledMap
+from compress.calib_store import NamedFiles
 from compress.replay import Prefix, replaying
 
 F64 = torch.float64
@@ -209,26 +208,31 @@ def fisher_chunks(infos: list, budget_bytes: float, rows=None) -> list[list[str]
 
 class Roots:
     """name -> (L, L⁻¹) of each weighted target's output Fisher (sqrt_pair), computed when asked
-    from the Fishers kept on disk under `folder` (calib_store.SpilledMap; in memory when folder is
+    from the Fishers kept on disk under `folder` (calib_store.NamedFiles; in memory when folder is
     None), so a pass never holds every target's out x out pair at once: Flux.1-dev's modulation
     alone would be 2 x 77 of up to 18432² float64 (241 GiB). The pairs asked for last stay until
-    they pass `keep_bytes`."""
+    they pass `keep_bytes`.
+    reuse: the folder is keyed to the model and inputs the Fishers are measured on, so the ones an
+    interrupted pass left there are kept (and not measured again); else they are deleted first."""
 
-    def __init__(self, folder: Path | None, damping: float, keep_bytes: float, names=None, shared=None):
+    def __init__(self, folder: Path | None, damping: float, keep_bytes: float, reuse: bool = False,
+                 names=None, shared=None):
         self.folder, self.damping, self.keep_bytes = folder, damping, keep_bytes
         self.names = names  # a view's subset (only())
         # name -> Fisher (on disk); name -> (L, L⁻¹) asked for last; both shared with views
-        if folder is not None and shared is None:
-            shutil.rmtree(folder, ignore_errors=True)  # what an interrupted pass left
-        self.store, self.recent = shared if shared is not None else (SpilledMap(folder), {})
+        self.store, self.recent = shared if shared is not None else (
+            NamedFiles(folder) if folder is not None else {}, {})
+        if shared is None and not reuse:
+            self.store.clear()
 
     def add(self, name: str, fisher: torch.Tensor) -> None:
         self.store[name] = fisher  # read back on the device it was measured on
+        self.recent.pop(name, None)
 
     def only(self, names) -> "Roots":
         """A view on the targets named (sharing the stored Fishers)."""
-        return Roots(self.folder, self.damping, self.keep_bytes, set(names) & set(self),
-                     (self.store, self.recent))
+        return Roots(self.folder, self.damping, self.keep_bytes, names=set(names) & set(self),
+                     shared=(self.store, self.recent))
 
     def __iter__(self):
         return iter(n for n in self.store if self.names is None or n in self.names)
@@ -255,9 +259,9 @@ class Roots:
         while len(self.recent) > 1 and sum(size(p) for p in self.recent.values()) > self.keep_bytes:
             del self.recent[next(n for n in self.recent if n != newest)]
 
-    def close(self) -> None:
-        """Deletes the Fishers on disk."""
+    def close(self, keep: bool = False) -> None:
+        """Drops the pairs held; deletes the Fishers on disk unless `keep` (an interrupted pass
+        leaves them for the next run)."""
         self.recent.clear()
-        self.store = SpilledMap(None)  # the Spilled list's files go with it
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if not keep:
+            self.store.clear()
