@@ -18,7 +18,7 @@ Flow of one calibration (`BlockCalibration`):
    a `BlockLoader` (calib_store) may materialize weights just in time.
    With `asymmetric`, each block also runs on a reference stream (the inputs the model as found
    gives it) before the student's forward, and plain input readers pair the two row by row
-   (`Stats.cross`), so targets can be fitted to the reference's outputs (linalg.asymmetric_step).
+   (`Stats.cross`), so targets can be fitted to the reference's outputs (linalg_steps.asymmetric_step).
 4. `tail(...)`: stats of linears that run after the blocks (one full forward per batch).
 """
 

@@ -39,7 +39,8 @@ from compress.calib_stats import Stats, StatsCache
 from compress.calib_store import BlockLoader, SpilledMap, Unchanged
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
-from compress.linalg import asymmetric_step, factors_from, normalized_curve
+from compress.linalg import factors_from, normalized_curve
+from compress.linalg_steps import asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps

@@ -6,7 +6,7 @@ Once earlier layers are changed, the student's prediction differs from the refer
 backward of ½||e||² gives each target of the next stage its weight gradient M = Σ g xᵀ
 (svd_fisher.prediction_gradients). Under the Kronecker model of the prediction loss the pass already
 factorizes in (output Fisher F ⊗ input Gram G), the weight change that best cancels e is the Newton
-step Δ = −F̄⁻¹ M G⁻¹ (linalg.kfac_step, F̄ = F per row). The stage's targets are then factorized at
+step Δ = −F̄⁻¹ M G⁻¹ (linalg_steps.kfac_step, F̄ = F per row). The stage's targets are then factorized at
 W + β·Δ for β = 0 and the ×4 ladder STEPS[1:], then at the best β·2 and β/2, the calibration
 prediction error is measured for each, and the best β is kept: β = 0 (plain factorization) is always
 a candidate, so no stage makes the calibration error worse than its plain factorization would. A
@@ -49,7 +49,7 @@ from torch import nn
 
 from compress.arch.base import LinearInfo
 from compress.calib_stats import Stats
-from compress.linalg import kfac_step
+from compress.linalg_steps import kfac_step
 from compress.passes.svd_fisher import prediction_gradients
 from compress.replay import Prefix
 

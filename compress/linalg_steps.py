@@ -1,0 +1,71 @@
+"""Weight updates before a factorization, as pure tensor functions (the math of `svd_compensate` and
+the svd pass's asymmetric fit; notation as in `compress.linalg`).
+
+- `kfac_step`: the Newton step of a Kronecker-factored (K-FAC) quadratic model of the prediction
+  loss in a layer's weight change, which undoes to first order the error left upstream;
+- `asymmetric_step`: the change that maps the inputs the student feeds a layer to the outputs the
+  uncompressed model gives it (least squares, ridge-damped).
+
+Everything is computed in float64 on the inputs' device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from compress.errors import NumericError
+from compress.linalg import _F64, _label, _sym, _to64
+
+
+def kfac_step(moment: torch.Tensor, gram: torch.Tensor, out_inverse: torch.Tensor,
+              gram_damping: float = 1e-2, name: str | None = None) -> torch.Tensor:
+    """Δ (out, in) = −A⁻¹ M (G + λI)⁻¹: the minimizer of tr(Δᵀ A Δ G) + 2 tr(Δᵀ M), a Kronecker
+    (K-FAC) quadratic model of a loss in the weight change Δ, given the model's gradient M (out, in),
+    the inverse output curvature A⁻¹ (out, out) and the input Gram G (in, in).
+    λ = gram_damping · mean eigenvalue of G keeps directions the inputs barely excite near Δ = 0."""
+    m = _to64(moment, "gradient", name)  # (out, in)
+    g = _sym(_to64(gram, "gram", name))  # (in, in)
+    a_inv = _to64(out_inverse, "inverse curvature", name)  # (out, out)
+    if g.shape != (m.shape[1], m.shape[1]) or a_inv.shape != (m.shape[0], m.shape[0]):
+        raise ValueError(f"{_label(name)}: gradient {tuple(m.shape)}, Gram {tuple(g.shape)} and inverse "
+                         f"curvature {tuple(a_inv.shape)} do not fit together")
+    step = -(a_inv @ _damped_solve(m, g, gram_damping, "gram_damping", "K-FAC step", name))
+    if not torch.isfinite(step).all():
+        raise NumericError(f"{_label(name)}: non-finite K-FAC step")
+    return step
+
+
+def _damped_solve(m: torch.Tensor, g: torch.Tensor, damping: float, key: str, what: str,
+                  name: str | None) -> torch.Tensor:
+    """M (G + λI)⁻¹ (rows of M, G symmetric), λ = damping · mean eigenvalue of G; zeros when the
+    inputs carry no energy (no direction to move in). key: the damping's argument name, for errors."""
+    if damping <= 0:
+        raise ValueError(f"{key} must be > 0, got {damping}")
+    lam = damping * float(torch.diagonal(g).sum()) / g.shape[0]
+    if lam <= 0:
+        return torch.zeros_like(m)
+    eye = torch.eye(g.shape[0], dtype=_F64, device=g.device)
+    try:
+        return torch.linalg.solve(g + lam * eye, m.T).T
+    except RuntimeError as exc:
+        raise NumericError(f"{_label(name)}: the {what}'s solve failed ({exc})") from exc
+
+
+def asymmetric_step(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, damping: float = 1e-2,
+                    name: str | None = None) -> torch.Tensor:
+    """Δ (out, in) = W (C − G)(G + λI)⁻¹ with G = Σ x̃ x̃ᵀ the student's input Gram and C = Σ x x̃ᵀ
+    the cross term of the reference inputs x (the uncompressed model's) with the student's x̃.
+    W + Δ minimizes Σ ‖W′ x̃ − W x‖² + λ ‖W′ − W‖²_F: the map that best gives the reference's
+    outputs from the inputs the student actually feeds the layer (asymmetric calibration, as GPTAQ
+    does for quantization). Whitened truncation of W + Δ on G is then the rank-r optimum of the first
+    term (up to λ). C = G (no upstream change) gives Δ = 0."""
+    w = _to64(weight, "weight", name)  # (out, in)
+    g = _sym(_to64(gram, "gram", name))  # (in, in)
+    c = _to64(cross, "cross term", name)  # (in, in)
+    if g.shape != (w.shape[1], w.shape[1]) or c.shape != g.shape:
+        raise ValueError(f"{_label(name)}: weight {tuple(w.shape)}, Gram {tuple(g.shape)} and cross term "
+                         f"{tuple(c.shape)} do not fit together")
+    step = _damped_solve(w @ (c - g), g, damping, "damping", "asymmetric step", name)
+    if not torch.isfinite(step).all():
+        raise NumericError(f"{_label(name)}: non-finite asymmetric step")
+    return step
