@@ -45,7 +45,8 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
 from compress.passes.svd_checks import centered, check_config, check_streaming, merge_report, summary
-from compress.passes.svd_fisher import Roots, block_fisher, fisher_bytes, fisher_chunks, output_fisher
+from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_bytes, fisher_chunks,
+                                       output_fisher)
 from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
 from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
@@ -86,6 +87,9 @@ class SVDConfig:
     fisher_memory_gb: float = 2.0  # Fishers held at once, as measured (more targets: more passes)
     fisher_probes: int = 4  # random probes per calibration batch for the output Fisher
     fisher_damping: float = 1e-3  # λ = damping · mean Fisher eigenvalue
+    # whole-model backwards (the prediction's Fisher, compensation) recompute each block's activations
+    # instead of keeping them: Flux.1-dev at 1024² keeps ~24 GiB per calibration sample otherwise, 2.1 with
+    gradient_checkpointing: bool = False
     # fit block targets to the outputs the uncompressed model gives them, from the inputs the student
     # feeds them (cross term of both streams): true | false | auto (targets without the prediction's Fisher)
     asymmetric: bool | str = "auto"
@@ -171,11 +175,12 @@ class SVDPass(Pass):
         compensation: dict = {}
         finished = False
         try:
-            self._measure_fishers(model, ctx.adapter, targets, batches)
-            if c.allocation == "global":
-                ranks, extra["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
-            toward = ctx.teacher if c.compensate_toward == "teacher" and ctx.teacher is not None else model
-            self._compress(model, ctx.adapter, targets, batches, ranks, records, toward, compensation)
+            with checkpointed(model, c.gradient_checkpointing):  # whole-model backwards keep block inputs
+                self._measure_fishers(model, ctx.adapter, targets, batches)
+                if c.allocation == "global":
+                    ranks, extra["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
+                toward = ctx.teacher if c.compensate_toward == "teacher" and ctx.teacher is not None else model
+                self._compress(model, ctx.adapter, targets, batches, ranks, records, toward, compensation)
             finished = True
         finally:
             self.roots.close(keep=not finished and cache_dir is not None)
