@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from compress.calib_pipeline import calibration_prompts
 from compress.inputs import SYNTHETIC_TEXT_TOKENS, SYNTHETIC_TOKENS, source_kind
 
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
@@ -27,8 +28,8 @@ def calibration_rows(recipe, kind: str, config, prompts: int) -> int:
         return c.num_prompts * c.timesteps * (2 if c.cfg_branches else 1)
     if kind == "synthetic":
         return c.num_prompts * c.timesteps
-    kept = max(1, int(prompts * 0.8)) if prompts > 1 else 1  # PipelineSource's 80/20 split
     guidance_input = bool(getattr(config, "guidance_embeds", False))  # Flux.1-dev: one branch
+    kept = calibration_prompts(prompts, c, guidance_input)  # the prompts PipelineSource calibrates on
     return kept * min(c.timesteps, c.sample_steps) * (2 if c.cfg_branches and not guidance_input else 1)
 
 

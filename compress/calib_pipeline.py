@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -160,6 +161,18 @@ def _is_toy(pipe) -> bool:
     return type(pipe).__module__.startswith("compress.toy")
 
 
+def calibration_prompts(n: int, calib, guidance_input: bool) -> int:
+    """How many of the n prompts calibrate; the last ones are held out. calibration.heldout null:
+    20% of them; a number: enough to give that many held-out inputs (a prompt gives one per kept
+    step and CFG branch; a guidance-distilled model runs one branch). At least one calibrates."""
+    if n <= 1:
+        return 1
+    if calib.heldout is None:
+        return max(1, int(n * 0.8))
+    per_prompt = min(calib.timesteps, calib.sample_steps) * (2 if calib.cfg_branches and not guidance_input else 1)
+    return max(1, n - math.ceil(calib.heldout / per_prompt))
+
+
 class PipelineSource:
     """Calibration and held-out batches from real sampling runs (prompts split 80/20)."""
 
@@ -245,15 +258,17 @@ class PipelineSource:
         if not self._left:
             self._pipe = None
 
+    def _cut(self) -> int:
+        embedded = not self.pipeline.startswith("toy:") and getattr(self.teacher.config, "guidance_embeds", False)
+        return calibration_prompts(len(self.prompts), self.calib, embedded)
+
     def calibration(self) -> list[dict]:
-        cut = max(1, int(len(self.prompts) * 0.8)) if len(self.prompts) > 1 else 1
-        records = self._run(self.prompts[:cut], self.calib.seed)
+        records = self._run(self.prompts[:self._cut()], self.calib.seed)
         self._done("calibration")
         return rebatch(records, self.calib.batch_size, self.calib.seed)
 
     def heldout(self) -> list[dict]:
-        cut = max(1, int(len(self.prompts) * 0.8))
-        rest = self.prompts[cut:] or self.prompts[-1:]
+        rest = self.prompts[self._cut():] or self.prompts[-1:]  # one prompt: it does both
         records = self._run(rest, self.calib.seed + 10_000, "held-out")
         self._done("heldout")
         return rebatch(records, self.calib.batch_size, self.calib.seed + 10_000)

@@ -55,7 +55,7 @@ class ToySource:
     def heldout(self) -> list[dict]:
         from compress.toy.data import model_inputs
 
-        kwargs = model_inputs(self.family, self.calib.heldout, seed=self.calib.seed + 1,
+        kwargs = model_inputs(self.family, self.calib.heldout_inputs, seed=self.calib.seed + 1,
                               split="heldout", cfg=False)
         return _chunks(kwargs, self.calib.batch_size)
 
@@ -138,7 +138,7 @@ class SyntheticSource:
         return _chunks(self._make(c.num_prompts * c.timesteps, c.seed), c.batch_size)
 
     def heldout(self) -> list[dict]:
-        return _chunks(self._make(self.calib.heldout, self.calib.seed + 1), self.calib.batch_size)
+        return _chunks(self._make(self.calib.heldout_inputs, self.calib.seed + 1), self.calib.batch_size)
 
     def train_batch(self, batch_size: int, generator: torch.Generator):
         kw = self._make(batch_size, int(torch.randint(0, 2**31, (1,), generator=generator)))

@@ -23,6 +23,9 @@ FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
+
+
 @dataclass
 class CalibrationConfig:
     """Where calibration inputs come from: prompts x timesteps x classifier-free-guidance branches."""
@@ -43,15 +46,21 @@ class CalibrationConfig:
     cfg_branches: bool = True  # also the unconditional (empty prompt) branch
     batch_size: int = 32  # rows per calibration batch (pipeline records are shuffled and joined)
     seed: int = 0
-    heldout: int = 64  # held-out inputs for teacher-relative errors (a pipeline source holds out
-    # the last 20% of its prompts instead)
+    # held-out inputs for teacher-relative errors (null: 64; a pipeline source holds out its last
+    # prompts, 20% of them, or with a number enough of them to give that many inputs)
+    heldout: int | None = None
     # keep each block's calibration inputs and outputs on disk, one file per batch, instead of all
     # batches in memory (big models at high resolution: ~28 MB per Flux 1024² sample in bf16)
     spill_activations: bool = False
 
+    @property
+    def heldout_inputs(self) -> int:
+        """Held-out inputs of the toy and synthetic sources."""
+        return HELDOUT if self.heldout is None else self.heldout
+
     def validate(self):
         for name in ("num_prompts", "timesteps", "batch_size", "heldout", "sample_steps", "prompts_per_call"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("height", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 16:

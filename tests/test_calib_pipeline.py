@@ -340,3 +340,30 @@ def test_teacher_samples_are_the_pipelines_own(folders, family):
                       negative_prompt=None, latents=noise, num_inference_steps=4, guidance_scale=1.0,
                       output_type="latent").images
     torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_calibration_heldout_sets_how_many_prompts_a_pipeline_source_holds_out(folders, monkeypatch):
+    """calibration.heldout counts held-out inputs for every source: a pipeline source holds out its
+    last prompts, enough of them for that many (one input per kept step and CFG branch); null keeps
+    20% of the prompts. The plan's row count follows the same split."""
+    from compress.calib_footprint import calibration_rows
+    from compress.calib_pipeline import PipelineSource, calibration_prompts
+    from compress.recipe import CalibrationConfig
+
+    prompts = [f"prompt {i}" for i in range(10)]
+    calib = lambda **kw: CalibrationConfig(source="pipeline", prompts=prompts, sample_steps=6, timesteps=4, **kw)  # noqa: E731
+    assert calibration_prompts(10, calib(), False) == 8 and calibration_prompts(1, calib(heldout=5), False) == 1
+    assert calibration_prompts(10, calib(heldout=8), False) == 9  # 8 inputs: one prompt of 4 steps x 2 branches
+    assert calibration_prompts(10, calib(heldout=9), False) == 8
+    assert calibration_prompts(10, calib(heldout=9), True) == 7  # guidance input: one branch, 4 per prompt
+    assert calibration_prompts(10, calib(heldout=1000), False) == 1  # at least one calibrates
+    teacher = load_teacher(str(folders["pixart"]))
+    for kw, held in (({}, 2), ({"heldout": 20}, 3)):
+        source = PipelineSource("pixart", calib(**kw), teacher, str(folders["pixart"]))
+        seen = []
+        monkeypatch.setattr(source, "_run", lambda ps, seed, what="calibration": seen.append(ps) or [])
+        monkeypatch.setattr("compress.calib_pipeline.rebatch", lambda records, size, seed: records)
+        source.calibration(), source.heldout()
+        assert seen == [prompts[:10 - held], prompts[10 - held:]]
+        rows = calibration_rows(type("R", (), {"calibration": calib(**kw)}), "pipeline", teacher.config, 10)
+        assert rows == (10 - held) * 4 * 2
