@@ -74,6 +74,8 @@ def _device(name: str | None) -> torch.device:
 
 def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int = 2,
           device: str | None = None) -> dict:
+    if not Path(out).is_dir():
+        raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
     report = read_report(out)
     source = teacher or report.get("teacher")
     if not source:

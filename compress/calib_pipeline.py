@@ -189,6 +189,7 @@ class PipelineSource:
         self._pipe = None
         self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both
         self.cache_dir: Path | None = None  # the runner's: each sampling call's records, on disk
+        self._uncond: dict | None = None  # the negative prompt's row (calibration records, CFG)
 
     def _run(self, prompts: list[str], seed: int, what: str = "calibration") -> list[dict]:
         """Records of every sampling call (`prompts_per_call` prompts each; prompt i draws its
@@ -249,21 +250,38 @@ class PipelineSource:
         an input and its pipeline runs one branch whatever `cfg_branches` says, so it always gets
         the recipe's scale (at 1.0 its modulation would calibrate on a guidance it never sees);
         elsewhere 1.0 turns classifier-free guidance, and with it the empty-prompt branch, off."""
-        embedded = not self.pipeline.startswith("toy:") and \
-            getattr(self.teacher.config, "guidance_embeds", False)
-        return self.calib.guidance_scale if self.calib.cfg_branches or embedded else 1.0
+        return self.calib.guidance_scale if self.calib.cfg_branches or self._embedded() else 1.0
 
     def _done(self, what: str) -> None:
         self._left.discard(what)
         if not self._left:
             self._pipe = None
 
+    def _embedded(self) -> bool:
+        """Whether the transformer takes guidance as an input (Flux.1-dev): its pipeline runs one branch."""
+        return not self.pipeline.startswith("toy:") and bool(getattr(self.teacher.config, "guidance_embeds", False))
+
     def _cut(self) -> int:
-        embedded = not self.pipeline.startswith("toy:") and getattr(self.teacher.config, "guidance_embeds", False)
-        return calibration_prompts(len(self.prompts), self.calib, embedded)
+        return calibration_prompts(len(self.prompts), self.calib, self._embedded())
+
+    def unconditional(self) -> dict:
+        """The negative (empty) prompt's cond kwargs, one row, as the pipeline's CFG branch fed
+        them: the first row of a calibration record (they are laid out [negative; prompt])."""
+        if self._uncond is None:
+            raise UserError("teacher samples with classifier-free guidance take the empty prompt's "
+                            "embedding from the calibration inputs: set calibration.cfg_branches: true "
+                            "(a guidance-distilled model such as Flux.1-dev takes guidance as an input "
+                            "instead: leave distill.guidance_scale at 1)")
+        return self._uncond
 
     def calibration(self) -> list[dict]:
         records = self._run(self.prompts[:self._cut()], self.calib.seed)
+        if records and self.guidance() > 1 and records[0]["hidden_states"].shape[0] > 1 and not self._embedded():
+            from compress.distill_data import cond_of
+            from compress.inputs import _batched
+
+            n = records[0]["hidden_states"].shape[0]
+            self._uncond = {k: (v[:1] if _batched(k, v, n) else v) for k, v in cond_of(records[0]).items()}
         self._done("calibration")
         return rebatch(records, self.calib.batch_size, self.calib.seed)
 

@@ -56,7 +56,9 @@ def importance(args) -> int:
 
 def _load_model(model: str, teacher_arg: str | None):
     """(model, teacher source or None, output folder or None)."""
-    path = Path(model)
+    path = Path(model).expanduser()
+    if model.startswith((".", "/", "~")) and not path.exists():
+        raise UserError(f"{model}: no such model (a dit-compress output folder or a teacher)")
     if (path / "config.json").is_file() and "compression" in read_json(path / "config.json"):
         return load_transformer(path), teacher_arg or read_report(path).get("teacher"), path
     return load_teacher(model).eval(), teacher_arg, None

@@ -11,7 +11,8 @@
       shared.<kwarg>          (...)     kwargs used as they are for every batch (Flux img_ids, txt_ids)
 - `teacher_samples` (data-free): latents sampled from the teacher on the conditioning of the runner's
   calibration inputs (the recipe's prompts; random rows of each batch, so unconditional CFG-branch rows
-  are sampled too, like CFG dropout; no CFG in the sampler), cached on disk in the folder format under
+  are sampled too, like CFG dropout; with `guidance_scale` > 1 the sampler guides against the empty
+  prompt, as the pipelines do, else it does not), cached on disk in the folder format under
   `run_dir/distill/teacher_samples/<key>/`; shards already written are reused (an interrupted cache
   fills up where it stopped), so a second run or a resume samples nothing.
 Every source has `batch(batch_size, generator) -> (latents, cond)`; rows are drawn with the generator.
@@ -187,25 +188,52 @@ def cond_of(kwargs: dict) -> dict:
 
 @torch.no_grad()
 def sample_latents(adapter, teacher, cond: dict, shape: tuple, steps: int, generator: torch.Generator,
-                   device, scheduler_config: dict | None = None) -> torch.Tensor:
-    """Clean latents of `shape` sampled from the teacher without CFG (Flux-dev's guidance is an input),
-    as the teacher's pipeline samples when its scheduler config is given (FluxPipeline's σ schedule
-    with its resolution-dependent shift; PixArt-Σ's DPM-Solver), else PixArt: DPM-Solver++ on its
-    DDPM schedule (ε); Flux: Euler on the rectified-flow ODE from σ = 1 to 0, unshifted."""
+                   device, scheduler_config: dict | None = None, guidance_scale: float = 1.0,
+                   uncond: dict | None = None) -> torch.Tensor:
+    """Clean latents of `shape` sampled from the teacher, as the teacher's pipeline samples when its
+    scheduler config is given (FluxPipeline's σ schedule with its resolution-dependent shift;
+    PixArt-Σ's DPM-Solver), else PixArt: DPM-Solver++ on its DDPM schedule (ε); Flux: Euler on the
+    rectified-flow ODE from σ = 1 to 0, unshifted. guidance_scale > 1: classifier-free guidance
+    against `uncond` (the empty prompt's cond kwargs, one row), as the pipelines guide; else none
+    (Flux.1-dev's guidance is an input, in `cond`)."""
     param = next(teacher.parameters())
     x = torch.randn(shape, generator=generator).to(device, param.dtype)
-    cond = moved(cond, param.device, param.dtype)
+    guided = guidance_scale != 1.0
+    if guided and uncond is None:
+        raise ValueError("classifier-free guidance needs the unconditional cond kwargs")
+    cond = moved(_with_uncond(cond, uncond, shape[0]) if guided else cond, param.device, param.dtype)
     scheduler = _scheduler(adapter, scheduler_config, steps, shape, device)
     x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # DPM-Solver: 1; flow matching has none
     if adapter.family == "pixart":
         cond.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
     for t in scheduler.timesteps:
-        timestep = t.expand(shape[0]).to(device)
+        timestep = t.expand(shape[0] * (2 if guided else 1)).to(device)
         if adapter.family == "flux":  # the pipeline's timesteps are 1000 σ; the transformer takes σ
             timestep = (timestep / 1000).to(param.dtype)
-        pred = adapter.predict(teacher, dict(cond, hidden_states=x, timestep=timestep))
+        pred = adapter.predict(teacher, dict(cond, hidden_states=torch.cat([x, x]) if guided else x,
+                                             timestep=timestep))
+        if guided:
+            empty, text = pred.chunk(2)  # (n, ...) each
+            pred = empty + guidance_scale * (text - empty)
         x = scheduler.step(pred, t, x).prev_sample
     return x.float().cpu()
+
+
+def _with_uncond(cond: dict, uncond: dict, n: int) -> dict:
+    """[uncond repeated n times; cond] along the batch, as the pipelines lay out CFG; kwargs shared
+    by every row (Flux's img_ids / txt_ids) stay as they are."""
+    out = {}
+    for k, v in cond.items():
+        u = uncond.get(k)
+        if isinstance(v, dict):
+            out[k] = _with_uncond(v, u or {}, n)
+        elif torch.is_tensor(v) and k not in SHARED_KWARGS and v.dim() > 0 and v.shape[0] == n:
+            if u is None:
+                raise ValueError(f"the unconditional cond kwargs lack '{k}'")
+            out[k] = torch.cat([u.expand(n, *u.shape[1:]).to(v.dtype), v])
+        else:
+            out[k] = v
+    return out
 
 
 def _scheduler(adapter, config: dict | None, steps: int, shape: tuple, device):
@@ -231,21 +259,30 @@ def _scheduler(adapter, config: dict | None, steps: int, shape: tuple, device):
     return scheduler
 
 
-def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, accelerator) -> Path:
+def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, accelerator,
+                         guidance_scale: float = 1.0) -> Path:
     """Fills (or reuses) the cache folder of teacher samples and returns it. Shard i holds samples
     conditioned on calibration batch i mod len(batches), noise seeded by (seed, i), and is written by
-    process i mod num_processes: the cache is the same whatever the process count or interruptions."""
+    process i mod num_processes: the cache is the same whatever the process count or interruptions.
+    guidance_scale > 1: sampled with classifier-free guidance (`ctx.unconditional`)."""
     if ctx.calibration_inputs is None:
         raise UserError("distill: data: teacher_samples needs the recipe's prompts (calibration inputs); "
                         "none were given")
     sampler = ctx.scheduler_config()  # the teacher pipeline's (None: the family's default)
-    key = hashlib.sha256(json.dumps([ctx.fingerprint, ctx.seed, num_samples, steps, shard_size, sampler],
+    key = hashlib.sha256(json.dumps([ctx.fingerprint, ctx.seed, num_samples, steps, shard_size, sampler]
+                                    + ([guidance_scale] if guidance_scale != 1.0 else []),
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(ctx.run_dir) / "distill" / "teacher_samples" / key
     if (folder / "complete.json").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     batches = ctx.calibration_inputs()
+    uncond = None
+    if guidance_scale != 1.0:
+        if ctx.unconditional is None:
+            raise UserError("distill.guidance_scale: this calibration source has no unconditional (empty "
+                            "prompt) inputs to guide against; use a toy or pipeline source, or leave it at 1")
+        uncond = ctx.unconditional()
     n_shards = -(-num_samples // shard_size)
     for i in range(accelerator.process_index, n_shards, accelerator.num_processes):
         path = folder / f"shard-{i:05d}.safetensors"
@@ -258,7 +295,7 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
         cond = _rows(cond_of(kwargs), rows)
         shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
         latents = sample_latents(ctx.adapter, ctx.teacher, cond, shape, steps, generator, accelerator.device,
-                                 sampler)
+                                 sampler, guidance_scale, uncond)
         write_shard(path, latents, cond)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -291,6 +328,7 @@ def make_source(cfg, ctx, accelerator):
             raise UserError("distill: data: folder needs latents_dir")
         return FolderSource(cfg.latents_dir)
     if cfg.data == "teacher_samples":
-        folder = teacher_sample_cache(ctx, cfg.num_samples, cfg.sample_steps, cfg.batch_size, accelerator)
+        folder = teacher_sample_cache(ctx, cfg.num_samples, cfg.sample_steps, cfg.batch_size, accelerator,
+                                      cfg.guidance_scale)
         return FolderSource(folder)
     raise UserError(f"distill: data must be toy, folder or teacher_samples, not {cfg.data!r}")

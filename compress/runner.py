@@ -165,6 +165,7 @@ class Runner:
             train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
             calibration=self.recipe.calibration,
             scheduler_config=getattr(src, "scheduler_config", lambda: None),
+            unconditional=getattr(src, "unconditional", None),
             fingerprint=teacher_id,
             resume=self.resume)
         if self.recipe.stream:

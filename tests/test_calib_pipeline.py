@@ -342,6 +342,42 @@ def test_teacher_samples_are_the_pipelines_own(folders, family):
     torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-5)
 
 
+def test_guided_teacher_samples_are_the_pipelines_own_at_its_guidance(folders):
+    """distill.guidance_scale: PixArt-Σ teacher samples guided against the negative prompt's row
+    of the calibration records equal PixArtSigmaPipeline's own samples at that guidance (it encodes
+    the empty negative prompt itself); unguided ones differ. Without CFG branches in the calibration
+    there is no negative row, and asking for it says what to set."""
+    from compress.calib_pipeline import PipelineSource
+    from compress.distill_data import cond_of, sample_latents
+    from compress.recipe import CalibrationConfig
+
+    teacher = load_teacher(str(folders["pixart"]))
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog"], sample_steps=2, timesteps=1,
+                              guidance_scale=4.5)
+    source = PipelineSource("pixart", calib, teacher, str(folders["pixart"]))
+    source.calibration()
+    uncond = source.unconditional()
+    assert uncond["encoder_hidden_states"].shape[0] == 1
+    record = source._run(["a photo of a cat"], 0)[0]  # rows [negative; prompt]
+    cond = {k: (v[1:] if torch.is_tensor(v) and v.ndim else v) for k, v in cond_of(record).items()}
+    shape = (1,) + tuple(record["hidden_states"].shape[1:])
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    ours = sample_latents(get_adapter(teacher), teacher, cond, shape, 4, gen(), "cpu", source.scheduler_config(),
+                          4.5, uncond)
+    plain = sample_latents(get_adapter(teacher), teacher, cond, shape, 4, gen(), "cpu", source.scheduler_config())
+    pipe = load_pipeline_for(teacher, str(folders["pixart"]))
+    theirs = pipe("a photo of a cat", latents=torch.randn(shape, generator=gen()), num_inference_steps=4,
+                  guidance_scale=4.5, output_type="latent").images
+    torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain, ours, atol=1e-3)
+    unguided = PipelineSource("pixart", CalibrationConfig(source="pipeline", prompts=["a cat"], sample_steps=2,
+                                                          timesteps=1, cfg_branches=False), teacher,
+                              str(folders["pixart"]))
+    unguided.calibration()
+    with pytest.raises(UserError, match="cfg_branches: true"):
+        unguided.unconditional()
+
+
 def test_calibration_heldout_sets_how_many_prompts_a_pipeline_source_holds_out(folders, monkeypatch):
     """calibration.heldout counts held-out inputs for every source: a pipeline source holds out its
     last prompts, enough of them for that many (one input per kept step and CFG branch); null keeps

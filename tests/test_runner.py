@@ -172,6 +172,8 @@ def test_calibration_inputs_are_made_once_per_run(setup, monkeypatch):
     ("{data: pictures}", "data must be one of"),
     ("{data: folder, latents_dir: /nonexistent/latents}", "latents_dir /nonexistent/latents is not a folder"),
     ("{data: teacher_samples, sample_steps: 0}", "sample_steps must be ≥ 1"),
+    ("{data: toy, guidance_scale: 3.0}", "guidance_scale .3.0. is the teacher sampler.s: ≥ 1, and only with data: teacher_samples"),
+    ("{data: teacher_samples, guidance_scale: 0.5}", "guidance_scale"),
 ])
 def test_bad_distill_config_is_refused_before_any_pass_runs(setup, monkeypatch, bad, words):
     """The distill pass comes last; its mistakes must not wait for calibration and svd to finish."""

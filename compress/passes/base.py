@@ -73,6 +73,9 @@ class RunContext:
     # () -> the teacher's pipeline's scheduler config (teacher samples are drawn as it samples), or
     # None (toy and synthetic sources: the family's default sampler)
     scheduler_config: Callable[[], dict | None] = lambda: None
+    # () -> the empty prompt's cond kwargs, one row (classifier-free guidance in teacher samples);
+    # None where the source has none (synthetic; a pipeline calibrated without CFG branches)
+    unconditional: Callable[[], dict] | None = None
     fingerprint: str = ""  # of teacher + calibration config + code version (calibration cache key)
     report: dict = field(default_factory=dict)  # pass name -> JSON-able record
     block_map: dict[str, list[int]] | None = None  # student block -> teacher block, per group

@@ -66,6 +66,7 @@ class DistillConfig:
     latents_dir: str | None = None  # data: folder
     num_samples: int = 1024  # data: teacher_samples
     sample_steps: int = 20  # data: teacher_samples (sampler steps)
+    guidance_scale: float = 1.0  # data: teacher_samples: classifier-free guidance of the sampler (1: none)
     gradient_checkpointing: bool = False
     mixed_precision: str = "bf16"  # no | bf16 | fp16; autocast on GPU only, CPU always runs fp32
     checkpoint_every: int = 100  # steps; 0: no periodic checkpoints
@@ -108,6 +109,9 @@ class DistillPass(Pass):
             for key in ("num_samples", "sample_steps"):
                 if getattr(cfg, key) < 1:
                     raise UserError(f"distill: {key} must be ≥ 1, got {getattr(cfg, key)}")
+        if cfg.guidance_scale < 1 or (cfg.guidance_scale != 1.0 and cfg.data != "teacher_samples"):
+            raise UserError(f"distill: guidance_scale ({cfg.guidance_scale}) is the teacher sampler's: "
+                            "≥ 1, and only with data: teacher_samples")
         if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
             raise UserError("distill: checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
 

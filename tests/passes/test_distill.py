@@ -15,6 +15,7 @@ import torch
 from compress.arch import get_adapter
 from compress.distill_data import FolderSource, cond_of, write_shard
 from compress.distill_utils import factor_param_names, read_curves
+from compress.errors import UserError
 from compress.lowrank import LowRankLinear
 from compress.passes.base import RunContext
 from compress.passes.distill import DistillConfig, DistillPass, TrainingInterrupted
@@ -212,6 +213,46 @@ def test_teacher_samples_cached(tmp_path):
     ctx.calibration_inputs = lambda: pytest.fail("cached samples must not be drawn again")
     DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
     assert shards[0].stat().st_mtime_ns == stamp
+
+
+def test_guided_teacher_samples_guide_against_the_unconditional_row(tmp_path):
+    """distill.guidance_scale: the toy source's empty-prompt row; each row's sample is
+    uncond + g (cond − uncond) at every step, so a sample drawn on the empty prompt itself is the
+    unguided one, and the cache key holds the scale. Without an unconditional row: a clear error."""
+    from compress.distill_data import sample_latents
+    from compress.inputs import ToySource
+    from compress.recipe import CalibrationConfig
+    from compress.toy.weights import load_toy_teacher
+
+    teacher = load_toy_teacher("pixart")
+    source = ToySource("pixart", CalibrationConfig(num_prompts=2, timesteps=2, batch_size=8))
+    uncond = source.unconditional()
+    assert uncond["encoder_hidden_states"].shape[0] == 1 and set(uncond) >= {"encoder_attention_mask"}
+    batch = source.calibration()[0]  # rows [empty prompts; prompts]
+    cond = {k: (v[-2:] if torch.is_tensor(v) and v.ndim else v) for k, v in batch.items()
+            if k not in ("hidden_states", "timestep")}
+    shape, adapter = (2, 4, 8, 8), get_adapter(teacher)
+    guided, plain = (sample_latents(adapter, teacher, cond, shape, 3, torch.Generator().manual_seed(0), "cpu", None, g,
+                                    uncond) for g in (3.0, 1.0))
+    assert not torch.allclose(guided, plain, atol=1e-3)
+    empty = {k: (v.expand(2, *v.shape[1:]) if torch.is_tensor(v) else v) for k, v in uncond.items()}
+    on_empty = [sample_latents(adapter, teacher, empty, shape, 3, torch.Generator().manual_seed(0), "cpu", None, g,
+                               uncond) for g in (3.0, 1.0)]
+    torch.testing.assert_close(on_empty[0], on_empty[1], rtol=1e-5, atol=1e-5)
+
+    batches = source.calibration()
+    ctx = context(teacher, tmp_path, calibration_inputs=lambda: batches, train_batch=None,
+                  unconditional=source.unconditional)
+    for g in (1.0, 3.0):
+        cfg = DistillConfig(steps=1, batch_size=2, data="teacher_samples", num_samples=2, sample_steps=2,
+                            guidance_scale=g, checkpoint_every=0, progress=False, plot=False)
+        DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
+    assert len(list((tmp_path / "distill" / "teacher_samples").iterdir())) == 2  # one cache per scale
+    ctx.unconditional = None
+    cfg = DistillConfig(steps=1, batch_size=2, data="teacher_samples", num_samples=2, sample_steps=3,
+                        guidance_scale=3.0, checkpoint_every=0, progress=False, plot=False)
+    with pytest.raises(UserError, match="no unconditional"):
+        DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
 
 
 def test_signal_checkpoints_and_stops(tmp_path):
