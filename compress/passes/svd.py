@@ -168,10 +168,12 @@ class SVDPass(Pass):
         extra: dict = {}  # this pass's global allocation, if any
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
         self.scratch = ctx.run_dir  # what the pass measures per target goes to disk here
-        # output Fishers: kept beside the stats cache (keyed to the model as found and the inputs),
-        # so a pass interrupted after hours of sweeps does not measure them again
-        fishers = cache_dir / f"fisher-{c.fisher_probes}probes" if cache_dir else ctx.run_dir / "fisher"
-        self.roots = Roots(fishers, c.fisher_damping, c.fisher_memory_gb * 2**30, reuse=cache_dir is not None)
+        # the prediction's Fishers: kept beside the stats cache (keyed to the model as found and the
+        # inputs), so a pass interrupted after hours of sweeps does not measure them again; block
+        # Fishers depend on the stream the walk feeds each block, and are measured anew
+        reusable = cache_dir is not None and c.fisher in ("all", "modulation")
+        fishers = cache_dir / f"fisher-{c.fisher_probes}probes" if reusable else ctx.run_dir / "fisher"
+        self.roots = Roots(fishers, c.fisher_damping, c.fisher_memory_gb * 2**30, reuse=reusable)
         compensation: dict = {}
         finished = False
         try:
@@ -183,7 +185,7 @@ class SVDPass(Pass):
                 self._compress(model, ctx.adapter, targets, batches, ranks, records, toward, compensation)
             finished = True
         finally:
-            self.roots.close(keep=not finished and cache_dir is not None)
+            self.roots.close(keep=not finished and reusable)
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         this = dict(summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
                     fused_gelu=fused, compensation=compensation, **extra)

@@ -194,4 +194,40 @@ def test_checkpointed_backwards_give_the_same_fishers_and_gradients_and_keep_les
     assert less < 0.3 * plain, (less, plain)  # measured 0.12 (PixArt), 0.085 (Flux)
 
 
+def test_block_fishers_left_by_an_interrupted_pass_are_not_read_as_prediction_fishers(tmp_path, monkeypatch):
+    """Only the prediction's Fishers (fisher: all / modulation) are kept for a rerun: block Fishers
+    depend on the stream each block is fed, so a fisher: block pass interrupted midway leaves none
+    that a later fisher: all pass on the same model and inputs could take for its own."""
+    from compress.arch import get_adapter
+    from compress.passes import svd
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.conftest import model_inputs
+
+    batches = [model_inputs(tiny_flux(), seed=i) for i in range(2)]
+
+    def run(fisher):
+        model = tiny_flux()
+        ctx = RunContext(adapter=get_adapter(model), family="flux", teacher=tiny_flux(), run_dir=tmp_path,
+                         calibration_inputs=lambda: batches, fingerprint="same")
+        SVDPass(SVDConfig(targets=["mlp"], ratio=0.5, multiple=2, progress=False, fisher=fisher)).run(model, ctx)
+
+    real_block, calls = svd.block_fisher, []
+
+    def block_then_stop(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_block(*a, **k)
+    monkeypatch.setattr(svd, "block_fisher", block_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run("block")
+    assert not list(tmp_path.rglob("fisher*/*.pt"))
+    monkeypatch.undo()
+    measured, real = [], svd.output_fisher
+    monkeypatch.setattr(svd, "output_fisher", lambda *a, **k: (measured.extend(a[3]), real(*a, **k))[1])
+    run("all")
+    assert len(measured) == len([i for i in get_adapter(tiny_flux()).linears(tiny_flux()) if i.role == "mlp"])
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
