@@ -277,11 +277,9 @@ class PipelineSource:
     def calibration(self) -> list[dict]:
         records = self._run(self.prompts[:self._cut()], self.calib.seed)
         if records and self.guidance() > 1 and records[0]["hidden_states"].shape[0] > 1 and not self._embedded():
-            from compress.distill_data import cond_of
-            from compress.inputs import _batched
+            from compress.distill_data import cond_of, take_rows
 
-            n = records[0]["hidden_states"].shape[0]
-            self._uncond = {k: (v[:1] if _batched(k, v, n) else v) for k, v in cond_of(records[0]).items()}
+            self._uncond = take_rows(cond_of(records[0]), torch.tensor([0]))
         self._done("calibration")
         return rebatch(records, self.calib.batch_size, self.calib.seed)
 

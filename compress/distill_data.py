@@ -292,7 +292,7 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
         generator = torch.Generator().manual_seed(ctx.seed * 100_003 + i)
         n = min(shard_size, num_samples - i * shard_size, len(kwargs["hidden_states"]))
         rows = torch.randperm(len(kwargs["hidden_states"]), generator=generator)[:n]  # (n,)
-        cond = _rows(cond_of(kwargs), rows)
+        cond = take_rows(cond_of(kwargs), rows)
         shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
         latents = sample_latents(ctx.adapter, ctx.teacher, cond, shape, steps, generator, accelerator.device,
                                  sampler, guidance_scale, uncond)
@@ -304,12 +304,12 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
     return folder
 
 
-def _rows(cond: dict, rows: torch.Tensor) -> dict:
+def take_rows(cond: dict, rows: torch.Tensor) -> dict:
     """The given rows of every batched kwarg (shared ones untouched)."""
     out = {}
     for k, v in cond.items():
         if isinstance(v, dict):
-            out[k] = _rows(v, rows)
+            out[k] = take_rows(v, rows)
         elif torch.is_tensor(v) and k not in SHARED_KWARGS and v.dim() > 0:
             out[k] = v[rows]
         else:

@@ -61,11 +61,11 @@ class ToySource:
 
     def unconditional(self) -> dict:
         """The empty prompt's cond kwargs, one row (the toy text encoder's, as its pipeline's CFG)."""
-        from compress.distill_data import cond_of
+        from compress.distill_data import cond_of, take_rows
         from compress.toy.data import model_inputs
 
         both = model_inputs(self.family, 1, seed=self.calib.seed, split="train", cfg=True)  # [uncond; cond]
-        return {k: (v[:1] if _batched(k, v, 2) else v) for k, v in cond_of(both).items()}
+        return take_rows(cond_of(both), torch.tensor([0]))
 
     def train_batch(self, batch_size: int, generator: torch.Generator):
         from compress.toy import data

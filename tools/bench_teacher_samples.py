@@ -7,7 +7,7 @@ guidance the toy is evaluated at), each with the recipe's loss mix and with the 
 (200 samples at guidance 3): Fréchet distance and MMD² to real digits, PSNR of its samples against
 the teacher's from the same noise, and the teacher-relative prediction error.
 
-    python tools/bench_teacher_samples.py [--families pixart flux]
+    python tools/bench_teacher_samples.py [--families pixart flux]   (about 5 + 9 minutes)
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--families", nargs="+", default=["pixart"])
+    ap.add_argument("--families", nargs="+", default=["pixart", "flux"])
     families = ap.parse_args().families
     print(f"{'family':<7} {'distill data':<42} {'FD':>7} {'MMD²':>8} {'PSNR vs teacher':>16} {'pred. error':>12}")
     with tempfile.TemporaryDirectory() as tmp:
