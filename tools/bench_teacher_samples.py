@@ -1,13 +1,14 @@
 """Distillation data for the toy recipes: the toy digits vs teacher samples, unguided and guided.
 
-Runs `recipes/toy-pixart.yaml` (and `toy-flux.yaml`) with its distill pass on `data: teacher_samples` (1,024 samples,
-20 sampler steps) at `guidance_scale` 1 (no classifier-free guidance in the sampler) and 3 (the
-guidance the toy is evaluated at), each with the recipe's loss mix and with the task loss off
-(`lambda_task: 0`, knowledge distillation only), and scores every student like `dit-compress eval`
-(200 samples at guidance 3): Fréchet distance and MMD² to real digits, PSNR of its samples against
-the teacher's from the same noise, and the teacher-relative prediction error.
+Runs `recipes/toy-pixart.yaml` (and `toy-flux.yaml`) with its distill pass on the toy digits and on
+`data: teacher_samples` (1,024 samples, 20 sampler steps) at `guidance_scale` 1 (no classifier-free
+guidance in the sampler) and 3 (the guidance the toy is evaluated at), each with the task loss on
+(`lambda_task: 1`) and off (knowledge distillation only, what the recipes do), and scores every
+student like `dit-compress eval` (200 samples at guidance 3): Fréchet distance and MMD² to real
+digits, PSNR of its samples against the teacher's from the same noise, and the teacher-relative
+prediction error.
 
-    python tools/bench_teacher_samples.py [--families pixart flux]   (about 5 + 9 minutes)
+    python tools/bench_teacher_samples.py [--families pixart flux]   (about 6 + 11 minutes)
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "compress.cli"]
-SETTINGS = [("toy digits (the recipe)", {}),
-            *[(f"teacher samples, guidance {g}, {'task + KD' if lt is None else 'KD only'}",
-               {"data": "teacher_samples", "num_samples": 1024, "guidance_scale": g,
-                **({} if lt is None else {"lambda_task": lt})})
-              for lt in (None, 0.0) for g in (1.0, 3.0)]]
+LOSSES = {1.0: "task + KD", 0.0: "KD only"}  # lambda_task
+SETTINGS = [*[(f"toy digits, {LOSSES[lt]}", {"data": "toy", "lambda_task": lt}) for lt in LOSSES],
+            *[(f"teacher samples, guidance {g}, {LOSSES[lt]}",
+               {"data": "teacher_samples", "num_samples": 1024, "guidance_scale": g, "lambda_task": lt})
+              for lt in LOSSES for g in (1.0, 3.0)]]
 
 
 def run(family: str, label: str, distill: dict, tmp: Path) -> dict:
