@@ -30,6 +30,8 @@ def _teacher_and_inputs(source: str):
         teacher = cast(teacher, device)
         calib, recipe_dir = recipe.calibration, Path(source).parent
     else:
+        if source.startswith((".", "/", "~")) and not Path(source).expanduser().exists():
+            raise UserError(f"{source}: no such recipe or teacher")
         if not source.startswith("toy:"):
             raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "
                             "prompts a recipe gives; pass a recipe whose teacher it is "

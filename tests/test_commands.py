@@ -65,7 +65,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "config.json" in err
-    for command in ("eval", "bench"):  # a path that is not there says so, not "teacher not found"
+    for command in ("eval", "bench", "importance"):  # a path that is not there says so
         assert main([command, str(tmp_path / "missing")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "missing: no such" in err
