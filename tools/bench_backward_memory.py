@@ -9,7 +9,8 @@ the bytes autograd keeps for the backward per sample (each storage once, weights
 and rebuilds its activations, one block at a time, during the backward. Tokens are fewer than at
 1024² (4,096 image + 512 text) to fit this machine's time; the kept bytes grow linearly with the
 tokens (attention here is PyTorch's CPU kernel; GPU flash attention keeps less), and the script scales
-them to 4,608 tokens and Flux.1-dev's 19 double + 38 single blocks. Then it times one Fisher sweep
+them to 4,608 tokens and Flux.1-dev's 19 double + 38 single blocks; likewise one PixArt-Σ-1024
+block (hidden 1152) for its 28. Then it times one Fisher sweep
 (4 probes, every attention + MLP linear) on the shipped toy teachers both ways: what the
 recomputation costs.
 
@@ -47,11 +48,23 @@ def inputs(image: int, text: int) -> dict:
                 img_ids=ids, txt_ids=torch.zeros(text, 3))
 
 
+def pixart_inputs(side: int, caption: int) -> dict:
+    """PixArt-Σ inputs: a (side x side) latent (patch 2) and `caption` T5 tokens, bf16."""
+    g = torch.Generator().manual_seed(0)
+    bf = torch.bfloat16
+    return dict(hidden_states=torch.randn(1, 4, side, side, generator=g).to(bf),
+                encoder_hidden_states=torch.randn(1, caption, 4096, generator=g).to(bf),
+                encoder_attention_mask=torch.ones(1, caption), timestep=torch.tensor([500]),
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+
+
 def kept_bytes(model, kwargs: dict, checkpointing: bool) -> dict[str, int]:
-    """Bytes saved for the backward, by where they were saved: 'double', 'single', 'top' (outside
-    the blocks), and '<kind> inputs' (what a checkpointed block keeps instead of its activations)."""
+    """Bytes saved for the backward, by where they were saved: the block group ('double', 'single',
+    'blocks'), 'top' (outside the blocks), and '<group> inputs' (what a checkpointed block keeps
+    instead of its activations)."""
     adapter = get_adapter(model)
-    where, kept = ["top"], {"top": 0, "double": 0, "single": 0, "double inputs": 0, "single inputs": 0}
+    groups = [g.name for g in adapter.groups]
+    where, kept = ["top"], {"top": 0, **{g: 0 for g in groups}, **{f"{g} inputs": 0 for g in groups}}
 
     # storages already counted (q, k and v save the same input), and the weights a linear saves
     # for its input's gradient (held anyway, and not growing with the tokens)
@@ -72,11 +85,9 @@ def kept_bytes(model, kwargs: dict, checkpointing: bool) -> dict[str, int]:
                                             if torch.is_tensor(v))
         return hook
 
-    hooks = [b.register_forward_pre_hook(enter(k), with_kwargs=True)
-             for k, blocks in (("double", model.transformer_blocks), ("single", model.single_transformer_blocks))
-             for b in blocks]
-    hooks += [b.register_forward_hook(lambda *a: where.pop() and None)
-              for blocks in (model.transformer_blocks, model.single_transformer_blocks) for b in blocks]
+    blocks = list(adapter.iter_blocks(model))
+    hooks = [b.register_forward_pre_hook(enter(g), with_kwargs=True) for g, _, b in blocks]
+    hooks += [b.register_forward_hook(lambda *a: where.pop() and None) for _, _, b in blocks]
     names = [i.name for i in adapter.linears(model)]
     try:
         with checkpointed(model, checkpointing), tapped(model, names), torch.enable_grad(), \
@@ -113,8 +124,31 @@ def main() -> None:
     print(f"  with svd.gradient_checkpointing: a double block keeps {gib(ckpt['double inputs']):.3f} GiB of "
           f"inputs, a single one {gib(ckpt['single inputs']):.3f} GiB; {gib(low):.1f} GiB at the peak "
           f"({whole / low:.0f}x less)")
+    pixart_sigma()
     for family in ("pixart", "flux"):
         print(f"  one Fisher sweep on the toy {family}, checkpointed / not: {sweep_time_ratio(family):.2f}x the time")
+
+
+def pixart_sigma(side: int = 32, caption: int = 300) -> None:
+    """The same for PixArt-Σ-1024 (28 blocks, hidden 1152; one built): 4,096 image tokens at
+    1024², measured at (side / 2)², with its 300 caption tokens (their share scaled too: an
+    upper bound)."""
+    import json
+    from importlib import resources
+
+    from diffusers import PixArtTransformer2DModel
+
+    config = json.loads(resources.files("compress.configs").joinpath("PixArt-Sigma-XL-2-1024-MS.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    model = PixArtTransformer2DModel(**dict(config, num_layers=1)).to(torch.bfloat16).requires_grad_(False).eval()
+    kwargs = pixart_inputs(side, caption)
+    scale = 4096 / (side // 2) ** 2
+    plain, ckpt = kept_bytes(model, kwargs, False), kept_bytes(model, kwargs, True)
+    gib = lambda n: n * scale / 2**30  # noqa: E731
+    whole = 28 * plain["blocks"] + plain["top"]
+    low = 28 * ckpt["blocks inputs"] + ckpt["top"] + plain["blocks"]
+    print(f"  PixArt-Σ-1024 (28 blocks, 4,096 image tokens): one block {gib(plain['blocks']):.2f} GiB; "
+          f"{gib(whole):.1f} GiB without checkpointing, {gib(low):.1f} GiB with it ({whole / low:.0f}x less)")
 
 
 def sweep_time_ratio(family: str) -> float:
