@@ -88,16 +88,34 @@ def footprint(recipe, teacher: str, config, prompts: int) -> dict:
     batch = min(rows, recipe.calibration.batch_size)
     return {"rows": rows, "tokens": stream, "caption_tokens": caption, "streams": streams,
             "bytes": rows * per_row * streams, "batch_bytes": batch * per_row * streams,
-            "batches": math.ceil(rows / recipe.calibration.batch_size)}
+            "batches": math.ceil(rows / recipe.calibration.batch_size),
+            "batch_rows": recipe.calibration.batch_size, "itemsize": itemsize}
+
+
+# values per token and block, in units of the hidden width, that autograd keeps for a backward
+# through a block (tools/bench_backward_memory.py: Flux.1-dev's double blocks 18.2, single 15.2,
+# PixArt-Σ's 17)
+SAVED_PER_TOKEN = 18
+
+
+def backward_bytes(f: dict, config, blocks: int, itemsize: int) -> tuple[int, int]:
+    """(without, with gradient checkpointing) bytes a whole-model backward keeps for one calibration
+    batch (the prediction's Fisher, compensation): every block's activations, or every block's
+    inputs plus one block's activations while it is rebuilt. f: a `footprint`."""
+    width = config.num_attention_heads * config.attention_head_dim
+    rows = min(f["rows"], f["batch_rows"])
+    per_block = SAVED_PER_TOKEN * f["tokens"] * width * itemsize * rows
+    inputs = (f["tokens"] + f["caption_tokens"]) * width * itemsize * rows
+    return blocks * per_block, blocks * inputs + per_block
 
 
 def describe(f: dict) -> str:
     what = "inputs and outputs" + (", for the reference stream too" if f["streams"] == 2 else "")
     caption = f" + {f['caption_tokens']} caption" if f["caption_tokens"] else ""
     return (f"calibration: {f['rows']:,} inputs of {f['tokens']:,}{caption} tokens; each block's "
-            f"activations ({what}) hold about {_size(f['bytes'])} at once, "
-            f"{_size(f['batch_bytes'])} with calibration.spill_activations (one batch)")
+            f"activations ({what}) hold about {human_size(f['bytes'])} at once, "
+            f"{human_size(f['batch_bytes'])} with calibration.spill_activations (one batch)")
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.table import Table
 
 from compress.arch import get_adapter
-from compress.calib_footprint import describe, footprint
+from compress.calib_footprint import backward_bytes, describe, footprint, human_size
 from compress.inputs import source_kind
 from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
@@ -89,6 +89,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     after_rows = layer_rows(model)
     return {
         "calibration": calib,
+        "backward": backward_bytes(calib, model.config, sum(adapter.block_counts(model).values()), calib["itemsize"]),
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
@@ -114,6 +115,11 @@ def print_plan(plan: dict) -> None:
             console.print(f"    output Fisher of {f['targets']} targets: {f['sweeps']} backward sweeps over the "
                           f"calibration batches (fisher_memory_gb per sweep), {f['disk_gib']} GiB on disk "
                           "while the pass runs")
+            plain, checkpointed = (human_size(n) for n in plan["backward"])
+            other = (f"svd.gradient_checkpointing; {plain} without" if f["gradient_checkpointing"]
+                     else f"{checkpointed} with svd.gradient_checkpointing: true")
+            console.print(f"    its whole-model backwards keep about "
+                          f"{checkpointed if f['gradient_checkpointing'] else plain} per calibration batch ({other})")
     table = Table(title="parameters by role (linears)")
     for col in ("role", "before", "after (planned)", "ratio"):
         table.add_column(col, justify="left" if col == "role" else "right")

@@ -2,6 +2,7 @@
 block's inputs, from the toy, synthetic and real-pipeline sources; the warning a run prints."""
 
 import pytest
+import torch
 
 from compress.arch import get_adapter
 from compress.calib import BlockCalibration
@@ -97,3 +98,26 @@ def test_a_run_warns_when_activations_would_not_fit(tmp_path, monkeypatch, capsy
         Runner(parse_recipe(spilled, str(tmp_path / "r.yaml")), tmp_path / "o", tmp_path / "r").run()
     err = capsys.readouterr()
     assert "spill_activations" not in err.out + err.err
+
+
+def test_the_backward_estimate_per_token_and_block_matches_what_autograd_keeps():
+    """calib_footprint.SAVED_PER_TOKEN (values per token and block, in hidden widths, kept for a
+    whole-model backward: what `plan` estimates from) against the bytes autograd saves in real
+    diffusers blocks (narrower than the real models, bf16, weights not counted), measured with the
+    tool that set it."""
+    from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
+
+    from compress.calib_footprint import SAVED_PER_TOKEN
+    from tools.bench_backward_memory import inputs, kept_bytes, pixart_inputs
+
+    flux = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                  attention_head_dim=128, num_attention_heads=6, joint_attention_dim=4096,
+                                  pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    kept = kept_bytes(flux.to(torch.bfloat16).requires_grad_(False).eval(), inputs(256, 64), False)
+    ratios = [kept[g] / (320 * 768 * 2) for g in ("double", "single")]
+    pixart = PixArtTransformer2DModel(sample_size=32, num_layers=1, num_attention_heads=8, attention_head_dim=72,
+                                      in_channels=4, out_channels=8, cross_attention_dim=576, caption_channels=4096,
+                                      patch_size=2, norm_type="ada_norm_single", use_additional_conditions=False)
+    kept = kept_bytes(pixart.to(torch.bfloat16).requires_grad_(False).eval(), pixart_inputs(32, 64), False)
+    ratios.append(kept["blocks"] / (256 * 576 * 2))
+    assert all(0.75 * SAVED_PER_TOKEN <= r <= 1.15 * SAVED_PER_TOKEN for r in ratios), ratios

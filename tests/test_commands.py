@@ -54,6 +54,11 @@ def test_plan_command(recipe, capsys):
     assert main(["plan", str(recipe), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["params_before"] > 0 and plan["passes"][0]["pass"] == "svd"
+    plain, checkpointed = plan["backward"]  # the whole-model backward's estimate, per batch
+    assert plain > checkpointed > 0
+    assert main(["plan", str(recipe)]) == 0
+    printed = capsys.readouterr()
+    assert "whole-model backwards keep about" in " ".join((printed.out + printed.err).split())
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

@@ -127,6 +127,7 @@ class SVDPass(Pass):
         weighted = [i for i in targets if self._prediction_fisher(i)]
         rows = self._fisher_rows(adapter, weighted, calibration_rows)
         fisher = {"targets": len(weighted),  # the prediction's Fisher: whole-model backward sweeps
+                  "gradient_checkpointing": c.gradient_checkpointing,
                   "sweeps": len(fisher_chunks(weighted, c.fisher_memory_gb * 2**30, rows)),
                   "disk_gib": round(sum(fisher_bytes(i.out_features, rows.get(i.name))
                                         for i in weighted) / 2**30, 2)}
