@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from compress.calib_pipeline import calibration_prompts
+from compress.calib_pipeline import calibration_prompts, rows_per_prompt
 from compress.inputs import SYNTHETIC_TEXT_TOKENS, SYNTHETIC_TOKENS, source_kind
 
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
@@ -30,7 +30,7 @@ def calibration_rows(recipe, kind: str, config, prompts: int) -> int:
         return c.num_prompts * c.timesteps
     guidance_input = bool(getattr(config, "guidance_embeds", False))  # Flux.1-dev: one branch
     kept = calibration_prompts(prompts, c, guidance_input)  # the prompts PipelineSource calibrates on
-    return kept * min(c.timesteps, c.sample_steps) * (2 if c.cfg_branches and not guidance_input else 1)
+    return kept * rows_per_prompt(c, guidance_input)
 
 
 def row_tokens(recipe, kind: str, config) -> tuple[int, int]:
@@ -98,11 +98,11 @@ def footprint(recipe, teacher: str, config, prompts: int) -> dict:
 SAVED_PER_TOKEN = 18
 
 
-def backward_bytes(f: dict, config, blocks: int, itemsize: int) -> tuple[int, int]:
+def backward_bytes(f: dict, config, blocks: int) -> tuple[int, int]:
     """(without, with gradient checkpointing) bytes a whole-model backward keeps for one calibration
     batch (the prediction's Fisher, compensation): every block's activations, or every block's
     inputs plus one block's activations while it is rebuilt. f: a `footprint`."""
-    width = config.num_attention_heads * config.attention_head_dim
+    width, itemsize = config.num_attention_heads * config.attention_head_dim, f["itemsize"]
     rows = min(f["rows"], f["batch_rows"])
     per_block = SAVED_PER_TOKEN * f["tokens"] * width * itemsize * rows
     inputs = (f["tokens"] + f["caption_tokens"]) * width * itemsize * rows

@@ -161,6 +161,12 @@ def _is_toy(pipe) -> bool:
     return type(pipe).__module__.startswith("compress.toy")
 
 
+def rows_per_prompt(calib, guidance_input: bool) -> int:
+    """Calibration inputs one prompt gives: one per kept step and CFG branch (a guidance-distilled
+    model runs one branch)."""
+    return min(calib.timesteps, calib.sample_steps) * (2 if calib.cfg_branches and not guidance_input else 1)
+
+
 def calibration_prompts(n: int, calib, guidance_input: bool) -> int:
     """How many of the n prompts calibrate; the last ones are held out. calibration.heldout null:
     20% of them; a number: enough to give that many held-out inputs (a prompt gives one per kept
@@ -169,8 +175,7 @@ def calibration_prompts(n: int, calib, guidance_input: bool) -> int:
         return 1
     if calib.heldout is None:
         return max(1, int(n * 0.8))
-    per_prompt = min(calib.timesteps, calib.sample_steps) * (2 if calib.cfg_branches and not guidance_input else 1)
-    return max(1, n - math.ceil(calib.heldout / per_prompt))
+    return max(1, n - math.ceil(calib.heldout / rows_per_prompt(calib, guidance_input)))
 
 
 class PipelineSource:

@@ -89,7 +89,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     after_rows = layer_rows(model)
     return {
         "calibration": calib,
-        "backward": backward_bytes(calib, model.config, sum(adapter.block_counts(model).values()), calib["itemsize"]),
+        "backward": backward_bytes(calib, model.config, sum(adapter.block_counts(model).values())),
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),

@@ -41,11 +41,13 @@ class FisherSum:
 
     def __init__(self):
         self.rows: list[torch.Tensor] = []  # (n, out) float32 blocks
+        self.count = 0  # rows added
         self.fisher: torch.Tensor | None = None  # (out, out) float64
 
     def add(self, g: torch.Tensor) -> None:
         g = g.detach().reshape(-1, g.shape[-1])  # (n, out)
-        if self.fisher is None and sum(r.shape[0] for r in self.rows) + g.shape[0] < g.shape[1]:
+        self.count += g.shape[0]
+        if self.fisher is None and self.count < g.shape[1]:
             self.rows.append(g.float())
             return
         if self.fisher is None:
