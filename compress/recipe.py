@@ -96,7 +96,7 @@ class Recipe:
     # bfloat16 halves what a streamed block holds. Factorization math is float64 regardless.
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # where teacher, student and calibration run: auto (cuda when torch sees a GPU, else cpu), cpu,
-    # cuda or cuda:N (resident runs; streamed runs compute on the CPU)
+    # cuda or cuda:N (streamed runs read each block to the CPU, then compute there too)
     device: str = "auto"
     path: str = "<recipe>"
     raw: dict = field(default_factory=dict)  # the resolved plain data (written to the output)

@@ -67,16 +67,12 @@ def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str
 
 
 def resolve_device(recipe: Recipe) -> torch.device:
-    """The recipe's device: auto is cuda when torch sees a GPU; a GPU asked for and not there, or
-    with streamed weights (read to the CPU), is a one-line error."""
+    """The recipe's device: auto is cuda when torch sees a GPU; a GPU asked for and not there is a
+    one-line error. Streamed runs read each block to the CPU and compute on this device too."""
     name = recipe.device
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() and not recipe.stream else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and recipe.stream:
-        raise UserError(f"{recipe.path}: device {name} with stream: true; streamed block weights are "
-                        "read and computed on the CPU (set device: cpu, or stream: false to compute "
-                        "resident on the GPU)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{recipe.path}: device {name}, but torch sees no CUDA GPU here "
                         f"(torch {torch.__version__}); set device: cpu or auto")

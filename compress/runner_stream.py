@@ -69,7 +69,7 @@ class StreamedModels:
 
     def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32,
                  device: torch.device = torch.device("cpu")):
-        self.run_dir, self.dtype = Path(run_dir), dtype  # device: always the CPU (resolve_device)
+        self.run_dir, self.dtype, self.device = Path(run_dir), dtype, device  # where blocks compute
         self.loaders: dict[int, CheckpointBlocks] = {}  # id(model) -> its loader
         self.files: dict[str, Path] = {}  # the teacher checkpoint: tensor name -> file
         self.student: nn.Module | None = None
@@ -83,7 +83,7 @@ class StreamedModels:
         config, self.files = checkpoint_of(source)
         warn_if_short_of_disk(self.run_dir, checkpoint_numel(self.files) * self.dtype.itemsize)
         model = empty_transformer(config, self.dtype).requires_grad_(False).eval()
-        self._attach(model, CheckpointBlocks(model, self.files))
+        self._attach(model, CheckpointBlocks(model, self.files, device=self.device))
         return model
 
     def _attach(self, model: nn.Module, loader: CheckpointBlocks) -> nn.Module:
@@ -96,11 +96,13 @@ class StreamedModels:
 
     def fresh_student(self, teacher: nn.Module) -> nn.Module:
         self.student = copy.deepcopy(teacher)  # blocks on meta: only the top level is copied
-        return self._attach(self.student, CheckpointBlocks(self.student, self.files, self._spill()))
+        return self._attach(self.student, CheckpointBlocks(self.student, self.files, self._spill(),
+                                                            self.device))
 
     def restore(self, folder: Path) -> nn.Module:
         self.student = empty_compressed(folder)
-        return self._attach(self.student, CheckpointBlocks(self.student, weight_map(folder), self._spill()))
+        return self._attach(self.student, CheckpointBlocks(self.student, weight_map(folder), self._spill(),
+                                                            self.device))
 
     @contextmanager
     def forwards(self, model: nn.Module):

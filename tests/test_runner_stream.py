@@ -317,3 +317,28 @@ def test_a_disk_too_small_for_a_streamed_run_is_named(tmp_path, monkeypatch, cap
     monkeypatch.setattr(rs, "free_bytes", lambda folder: 2**50)
     _run(tmp_path, text, "big")
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family, spill", [("pixart", "false"), ("flux", "false"), ("flux", "true")])
+def test_a_streamed_run_on_the_gpu_matches_the_cpu(tmp_path, family, spill):
+    """stream: true with device: cuda reads each block to the CPU and computes on the GPU (proxy
+    removal, block Fishers, the asymmetric fit, modulation, spilled activations): the blocks
+    removed and the ranks equal the streamed CPU run's and the resident GPU run's, and the
+    weights and held-out errors agree within float tolerance; nothing is left spilled."""
+    text = _teacher(tmp_path, family).replace("stream: {stream}", "stream: {stream}\ndevice: {device}")
+    text = text.replace("passes:\n", "passes:\n  - remove_blocks: {{count: 1, criterion: proxy}}\n")
+    text = text.replace("heldout: 4}", f"heldout: 4, spill_activations: {spill}}}")
+    runs = {(s, d): _run(tmp_path, text.format(stream=s, device=d), f"{s}-{d}")
+            for s, d in (("true", "cpu"), ("true", "cuda"), ("false", "cuda"))}
+    states = {k: load_transformer(o).state_dict() for k, o in runs.items()}
+    reports = {k: json.loads((o / "report.json").read_text()) for k, o in runs.items()}
+    want, want_report = states["true", "cpu"], reports["true", "cpu"]
+    for key in (("true", "cuda"), ("false", "cuda")):
+        assert states[key].keys() == want.keys() and any(k.endswith(".down.weight") for k in want)
+        for k in want:
+            torch.testing.assert_close(states[key][k], want[k], rtol=1e-3, atol=1e-4)
+        assert reports[key]["remove_blocks"]["removed"] == want_report["remove_blocks"]["removed"]
+        errors = [[s["relative_error"] for s in r["stages"]] for r in (reports[key], want_report)]
+        assert errors[0] == pytest.approx(errors[1], rel=1e-3)
+    assert not any((tmp_path / "run-true-cuda" / "stream").iterdir())

@@ -5,7 +5,8 @@
 # Every step writes its log under $OUT (they come back); a failed step does not stop the next one.
 #   1. the CUDA kernel tests (bf16 included), 2. tools/bench_kernels.py --quick then the full grid
 #   (JSON), 3. `dit-compress bench` of the toy PixArt at 50% of its block linears, on CUDA and CPU,
-#   4. a resident `dit-compress run` on the GPU against the CPU (tests/test_runner.py -k gpu).
+#   4. a resident `dit-compress run` on the GPU against the CPU (tests/test_runner.py -k gpu), and a
+#   streamed one (tests/test_runner_stream.py -k gpu).
 set -uo pipefail
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
@@ -44,4 +45,5 @@ step toy_run 60 python3 -m compress.cli run /tmp/toy50.yaml --out /tmp/toy50 --o
 step bench_cuda 40 python3 -m compress.cli bench /tmp/toy50 --device cuda --batch 8 --json
 step bench_cpu 40 python3 -m compress.cli bench /tmp/toy50 --device cpu --batch 8 --json
 step gpu_run 120 python3 -m pytest -q -p no:cacheprovider tests/test_runner.py -k gpu
+step gpu_stream_run 90 python3 -m pytest -q -p no:cacheprovider tests/test_runner_stream.py -k gpu
 echo "done in ${SECONDS}s" | tee -a "$OUT/summary.txt"

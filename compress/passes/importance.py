@@ -101,7 +101,8 @@ def _prediction(model, adapter, kwargs: dict) -> torch.Tensor:
 
 
 def _to_model(batch: dict, model: nn.Module) -> dict:
-    p = next(model.parameters())
+    """The batch where the model's resident weights are (streamed: its top level, not a meta block)."""
+    p = next(p for p in model.parameters() if p.device.type != "meta")
     return moved(batch, p.device, p.dtype)
 
 
