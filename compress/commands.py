@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -18,16 +19,21 @@ def _is_recipe(source: str) -> bool:
 
 
 def _teacher_and_inputs(source: str):
-    """(teacher source, teacher model, input source) from a recipe or a teacher source."""
+    """(teacher source, teacher model, input source, block loader) from a recipe or a teacher
+    source; the loader (compress.stream.CheckpointBlocks) is None unless the recipe streams."""
     from compress.inputs import input_source
     from compress.recipe import CalibrationConfig, load_recipe
     from compress.runner import load_checked_teacher, resolve_device
 
+    loader = None
     if _is_recipe(source):
         recipe = load_recipe(source)
         device = resolve_device(recipe)  # the scan runs where the recipe's passes would
-        teacher_source, teacher = load_checked_teacher(recipe)
-        teacher = cast(teacher, device)
+        if recipe.stream:  # as its run would: the top level resident, blocks read as they run
+            teacher_source, teacher, loader = _streamed_teacher(recipe, device)
+        else:
+            teacher_source, teacher = load_checked_teacher(recipe)
+            teacher = cast(teacher, device)
         calib, recipe_dir = recipe.calibration, Path(source).parent
     else:
         if source.startswith((".", "/", "~")) and not Path(source).expanduser().exists():
@@ -39,15 +45,33 @@ def _teacher_and_inputs(source: str):
         teacher_source, teacher = source, load_teacher(source).eval()
         calib, recipe_dir = CalibrationConfig(), None
     family = get_adapter(teacher).family
-    return teacher_source, teacher, input_source(family, teacher_source, calib, teacher, recipe_dir)
+    return teacher_source, teacher, input_source(family, teacher_source, calib, teacher, recipe_dir), loader
+
+
+def _streamed_teacher(recipe, device):
+    """(source, teacher on meta but for its top level, its CheckpointBlocks) for a streamed recipe."""
+    from compress.runner import DTYPES
+    from compress.stream import CheckpointBlocks, checkpoint_of, empty_transformer
+
+    config, files = checkpoint_of(recipe.teacher)
+    teacher = empty_transformer(config, DTYPES[recipe.compute_dtype]).requires_grad_(False).eval()
+    if get_adapter(teacher).family != recipe.model:
+        raise UserError(f"{recipe.path}: model is '{recipe.model}' but the teacher {recipe.teacher} is a "
+                        f"{type(teacher).__name__}")
+    loader = CheckpointBlocks(teacher, files, device=device)
+    loader.load_top()
+    return recipe.teacher, teacher, loader
 
 
 def importance(args) -> int:
     from compress.passes.importance import plot_heatmap, render_table, save_json, scan
+    from compress.stream import streamed
 
-    _, teacher, inputs = _teacher_and_inputs(args.source)
+    _, teacher, inputs, loader = _teacher_and_inputs(args.source)
     adapter = get_adapter(teacher)
-    result = scan(teacher, adapter, inputs.calibration(), buckets=args.buckets)
+    with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling
+        batches = inputs.calibration()
+    result = scan(teacher, adapter, batches, buckets=args.buckets, loader=loader)
     console.print(render_table(result))
     png = Path(args.png or f"importance-{adapter.family}.png")
     console.print(f"wrote {plot_heatmap(result, png)}")

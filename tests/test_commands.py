@@ -33,6 +33,25 @@ def test_importance_command(recipe, tmp_path, capsys):
     assert data["family"] == "flux"
 
 
+def test_importance_of_a_streamed_recipe_streams(recipe, tmp_path, monkeypatch):
+    """A recipe with stream: true is scanned as its run would hold the teacher (top level resident,
+    each block read once per batch), with the scores of the resident scan."""
+    from compress.stream import CheckpointBlocks
+
+    reads, real = [], CheckpointBlocks.materialize
+    monkeypatch.setattr(CheckpointBlocks, "materialize",
+                        lambda self, g, i, blk: (reads.append((g, i)), real(self, g, i, blk))[1])
+    streamed = tmp_path / "s.yaml"
+    streamed.write_text("stream: true\n" + recipe.read_text())
+    scores = []
+    for path, name in ((recipe, "resident"), (streamed, "streamed")):
+        js = tmp_path / f"{name}.json"
+        assert main(["importance", str(path), "--png", str(tmp_path / f"{name}.png"), "--json", str(js)]) == 0
+        scores.append([(b["scan"], b["proxy"]) for b in json.loads(js.read_text())["blocks"]])
+    assert scores[0] == scores[1] and all(s > 0 for s, _ in scores[0])
+    assert len(reads) == len(scores[0])  # one calibration batch (2 prompts × 2 timesteps, batch_size 4)
+
+
 def test_eval_and_bench_commands(recipe, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run", str(recipe), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0

@@ -239,14 +239,55 @@ def test_streamed_explicit_block_removal_matches_resident(tmp_path, family, bloc
     assert ra["stages"][0]["relative_error"] > 0.01  # the removal itself changed the prediction
 
 
-@pytest.mark.parametrize("line, match", [
-    ("remove_blocks: {{count: 1}}", "remove_blocks by the skip scan re-runs"),
-    ("importance: {{buckets: 2}}", "the importance skip scan re-runs every later block"),
-])
-def test_the_skip_scan_is_refused_when_streaming(tmp_path, line, match):
-    text = _teacher(tmp_path, "flux").replace("passes:\n", f"passes:\n  - {line}\n")
-    with pytest.raises(UserError, match=rf"bad\.yaml:6: {match}"):
-        _run(tmp_path, text.format(stream="true"), "bad")
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_the_streamed_skip_scan_matches_the_resident_one(tmp_path, family):
+    """importance and remove_blocks by the skip scan stream, each block read once per batch: the
+    same scores, blocks removed and weights after, bit for bit."""
+    passes = ["importance: {{buckets: 2, progress: false}}", "remove_blocks: {{count: 1}}",
+              "remove_blocks: {{count: 1, iterative: true}}"]
+    lines = "".join(f"  - {p}\n" for p in passes)
+    text = _teacher(tmp_path, family).replace("passes:\n", "passes:\n" + lines)
+    resident = _run(tmp_path, text.format(stream="false"), "resident")
+    streamed = _run(tmp_path, text.format(stream="true"), "streamed")
+    ra, rb = (json.loads((o / "report.json").read_text()) for o in (resident, streamed))
+    assert len(ra["importance"]["blocks"]) == len(rb["importance"]["blocks"]) > 2
+    for x, y in zip(ra["importance"]["blocks"], rb["importance"]["blocks"]):
+        assert (x["group"], x["index"]) == (y["group"], y["index"]) and x["scan"] > 0
+        assert (y["scan"], y["scan_by_bucket"], y["proxy"]) == (x["scan"], x["scan_by_bucket"], x["proxy"])
+    kept = [json.loads((o / "block_map.json").read_text()) for o in (resident, streamed)]
+    assert kept[0] == kept[1] and sum(map(len, kept[1].values())) == len(rb["importance"]["blocks"]) - 2
+    a, b = load_transformer(resident).state_dict(), load_transformer(streamed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_streamed_skip_scan_reads_each_block_once_per_batch(tmp_path):
+    """wave_pass reads N blocks per batch where replaying the resident scan would read N(N+1)/2,
+    and leaves every block on meta."""
+    from compress.passes.importance import scan
+    from compress.stream import CheckpointBlocks
+
+    models = StreamedModels(tmp_path)
+    teacher = models.teacher("toy:flux", None)
+    loader = models.loaders[id(teacher)]
+    reads = []
+    real = CheckpointBlocks.materialize
+    loader.materialize = lambda g, i, blk: (reads.append((g, i)), real(loader, g, i, blk))[1]
+    batches = _toy_batches("flux", teacher, 3)
+    result = scan(teacher, loader.adapter, batches, buckets=1, progress=False, loader=loader)
+    n = len(result.blocks)
+    assert len(reads) == 3 * n and reads[:n] == [(b.group, b.index) for b in result.blocks]
+    assert all(p.device.type == "meta" for _, _, blk in loader.adapter.iter_blocks(teacher)
+               for p in blk.parameters())
+    assert all(b.scan > 0 for b in result.blocks)
+
+
+def _toy_batches(family, teacher, k):
+    from compress.inputs import input_source
+    from compress.recipe import CalibrationConfig
+
+    src = input_source(family, f"toy:{family}", CalibrationConfig(num_prompts=4, timesteps=2, batch_size=4),
+                       teacher, None)
+    return src.calibration()[:k]
 
 
 @pytest.mark.parametrize("passes", [

@@ -8,7 +8,6 @@ Passes declare what they need (`needs_calibration`, `needs_teacher`); the runner
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -40,16 +39,6 @@ def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: A
         num += (s - t).pow(2).sum().item()
         den += t.pow(2).sum().item()
     return (num / max(den, 1e-300)) ** 0.5
-
-
-def whole_forwards(model: nn.Module, ctx: "RunContext"):
-    """A context for whole-model forwards of the student: with block weights streamed
-    (ctx.blocks), each block is read just before it runs; else nothing to do."""
-    if ctx.blocks is None:
-        return nullcontext(model)
-    from compress.stream import streamed
-
-    return streamed(model, ctx.blocks)
 
 
 @dataclass
@@ -101,8 +90,7 @@ class Pass:
         """Whether this config runs with block weights streamed (recipe `stream: true`, where
         only one block is resident); raise UserError naming what needs the whole model."""
         raise UserError(f"the {self.name} pass needs the whole model in memory; with stream: true "
-                        "a recipe may hold svd, importance with proxy_only and remove_blocks by "
-                        "explicit indices or the proxy")
+                        "a recipe may hold svd, importance and remove_blocks")
 
     def plan(self, model: nn.Module, adapter: Adapter, calibration_rows: int | None = None) -> dict:
         """A dry-run description (for `dit-compress plan`): what would change, without compute.

@@ -6,6 +6,7 @@ Cost: per batch one clean forward caches every block's output; skipping block i 
 from that cache (no compute), passes block i's input through and runs only blocks i+1..: N + N(N-1)/2 block
 evaluations instead of N + N(N-1). Blocks are swapped for replay stubs inside the real diffusers forward, so
 embeddings and the output head run the model's own code (no fork). Buckets: "early" = high noise.
+With block weights streamed, the same evaluations run ordered by block (importance_stream.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from torch import nn
 from compress.arch.base import Adapter
 from compress.errors import UserError
 from compress.inputs import moved
-from compress.passes.base import Pass, RunContext, whole_forwards
+from compress.calib_store import BlockLoader
+from compress.passes.base import Pass, RunContext
+from compress.passes.importance_stream import wave_pass
 from compress.replay import replayed
 
 BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]}
@@ -168,8 +172,11 @@ def _sq_norm(x: torch.Tensor) -> torch.Tensor:
 # ---- the scan -----------------------------------------------------------------------------------
 @torch.no_grad()
 def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int = 3, progress: bool = True,
-         skips: bool = True, block_map: dict[str, list[int]] | None = None) -> ImportanceResult:
-    """Skip-one-block errors (skips=False: proxy only, one forward per batch) over forward-kwargs batches."""
+         skips: bool = True, block_map: dict[str, list[int]] | None = None,
+         loader: BlockLoader | None = None) -> ImportanceResult:
+    """Skip-one-block errors (skips=False: proxy only, one forward per batch) over forward-kwargs
+    batches. loader: block weights streamed (compress.stream.CheckpointBlocks), each block read
+    once per batch (importance_stream); None: the model is resident."""
     if not batches:
         raise UserError("importance: no calibration inputs to scan")
     if not isinstance(buckets, int) or buckets < 1:
@@ -186,25 +193,41 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
         task = prog.add_task("skip", total=len(batches) * (1 + (n if skips else 0)))
         for batch in batches:
             kwargs = _to_model(batch, model)
-            if skips:
-                pred, inputs, outputs = clean_pass(model, adapter, kwargs)  # pred (B, ...)
-                block_cos = [block_cosine(adapter, a, b) for a, b in zip(inputs, outputs)]
-            else:
-                pred, block_cos = proxy_pass(model, adapter, kwargs)
+            pred, block_cos, skipped = _one_batch(model, adapter, kwargs, skips, loader,
+                                                  lambda: prog.advance(task))  # pred (B, ...)
             bucket = bucket_of(adapter.noise_level(kwargs["timestep"]), buckets)
             bucket = bucket.expand(pred.shape[0]) if bucket.numel() == 1 else bucket  # (B,)
             ref += torch.bincount(bucket, _sq_norm(pred), buckets)
             count += torch.bincount(bucket, minlength=buckets).double()
             for i in range(n):
                 cos[i] += torch.bincount(bucket, block_cos[i], buckets)
-            prog.advance(task)
-            for i in range(n if skips else 0):
-                skipped = skip_prediction(model, adapter, kwargs, i, inputs, outputs)
-                diff[i] += torch.bincount(bucket, _sq_norm(skipped - pred), buckets)
-                prog.advance(task)
-            if skips:
-                del inputs, outputs
+            for i, s in enumerate(skipped):
+                diff[i] += torch.bincount(bucket, _sq_norm(s - pred), buckets)
     return _result(adapter.family, names, diff if skips else None, ref, cos, count, cost, block_map)
+
+
+def _one_batch(model, adapter, kwargs: dict, skips: bool, loader: BlockLoader | None, tick):
+    """(prediction, [cosine proxy (B,) per block], the predictions with block i skipped: an
+    iterable, computed as it is read). `tick` once per forward's worth of block evaluations."""
+    if not skips:
+        from compress.stream import streamed
+
+        with streamed(model, loader) if loader is not None else nullcontext():
+            pred, cosines = proxy_pass(model, adapter, kwargs)
+        tick()
+        return pred, cosines, ()
+    if loader is not None:
+        pred, cosines, skipped = wave_pass(model, adapter, kwargs, loader, block_cosine, tick)
+        tick()
+        return pred, cosines, skipped
+    pred, inputs, outputs = clean_pass(model, adapter, kwargs)
+    tick()
+
+    def each():
+        for i in range(len(inputs)):
+            yield skip_prediction(model, adapter, kwargs, i, inputs, outputs)
+            tick()
+    return pred, [block_cosine(adapter, a, b) for a, b in zip(inputs, outputs)], each()
 
 
 def _progress(enabled: bool, family: str, n: int, cost: dict, skips: bool):
@@ -370,19 +393,15 @@ class ImportancePass(Pass):
         return {"blocks": n, "per_batch": scan_cost(n, 1, not self.config.proxy_only)}
 
     def check_streaming(self) -> None:
-        """The proxy streams (one forward per batch); the skip scan re-runs the blocks after each
-        skipped one, N(N-1)/2 block reads per batch."""
-        if not self.config.proxy_only:
-            raise UserError("the importance skip scan re-runs every later block for each skipped one; "
-                            "with stream: true set importance.proxy_only: true (one forward per batch)")
+        """Streams: the proxy in one forward per batch, the skip scan reading each block once per
+        batch (importance_stream)."""
 
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         if ctx.calibration_inputs is None:
             raise UserError("importance: the run has no calibration inputs")
-        with whole_forwards(model, ctx):
-            result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
-                          progress=self.config.progress, skips=not self.config.proxy_only,
-                          block_map=ctx.block_map)
+        result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
+                      progress=self.config.progress, skips=not self.config.proxy_only,
+                      block_map=ctx.block_map, loader=ctx.blocks)
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         save_json(result, ctx.run_dir / "importance.json")
         plot_heatmap(result, ctx.run_dir / "importance.png")

@@ -17,7 +17,7 @@ from torch import nn
 
 from compress.arch.base import Adapter
 from compress.errors import NumericError, UserError
-from compress.passes.base import Pass, RunContext, whole_forwards
+from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, scan
 
 CRITERIA = ("scan", "proxy")
@@ -184,12 +184,8 @@ class RemoveBlocksPass(Pass):
                             f"got {self.config.criterion!r}")
 
     def check_streaming(self) -> None:
-        """Explicit indices stream (blocks are only renumbered), and so does choosing by the cosine
-        proxy (one streamed forward per batch); the skip scan does not."""
-        if self.config.blocks is None and self.config.criterion != "proxy":
-            raise UserError("remove_blocks by the skip scan re-runs every later block for each skipped "
-                            "one; with stream: true set remove_blocks.criterion: proxy (one forward "
-                            "per batch) or give explicit teacher indices")
+        """Streams: explicit indices (blocks are only renumbered), the cosine proxy (one streamed
+        forward per batch) and the skip scan (each block read once per batch)."""
 
     def plan(self, model: nn.Module, adapter: Adapter, calibration_rows: int | None = None) -> dict:
         self.check(model, adapter)
@@ -265,9 +261,8 @@ class RemoveBlocksPass(Pass):
                 return scores
         if ctx.calibration_inputs is None:
             raise UserError("remove_blocks: choosing blocks by importance needs calibration inputs")
-        with whole_forwards(model, ctx):
-            result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
-                          progress=False, skips=criterion == "scan", block_map=block_map)
+        result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
+                      progress=False, skips=criterion == "scan", block_map=block_map, loader=ctx.blocks)
         scores = scores_from(result, criterion, block_map)
         if scores is None:
             raise NumericError(f"remove_blocks: the {criterion} scan scored a block NaN "
