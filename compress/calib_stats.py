@@ -214,10 +214,12 @@ def accumulating(root, readers, stats, on_fire=None, skip=None):
 
 
 class StatsCache:
-    """torch.save files of float64 stats under `directory` (None disables caching)."""
+    """torch.save files of float64 stats under `directory` (None disables caching), read back
+    onto `device` (where the run computes: a resumed GPU run factorizes them there too)."""
 
-    def __init__(self, directory: Path | None):
+    def __init__(self, directory: Path | None, device: torch.device | str = "cpu"):
         self.directory = Path(directory) if directory else None
+        self.device = torch.device(device)
         self.hits: list[str] = []
 
     def _path(self, name: str) -> Path:
@@ -227,7 +229,7 @@ class StatsCache:
         if self.directory is None or not self._path(name).is_file():
             return None
         self.hits.append(name)
-        raw = torch.load(self._path(name), map_location="cpu", weights_only=True)
+        raw = torch.load(self._path(name), map_location=self.device, weights_only=True)
         return {k: Stats.from_dict(v) for k, v in raw.items()}
 
     def save(self, name: str, stats: dict[str, Stats]) -> None:

@@ -181,6 +181,18 @@ def test_stats_cache_round_trip(tmp_path):
     assert StatsCache(None).load("blk") is None
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stats_cache_reads_back_onto_the_runs_device(tmp_path):
+    """A resumed GPU run factorizes its cached Grams on the GPU, not on the CPU they were read to."""
+    st = Stats.zeros(3, device="cuda")
+    st.add(torch.randn(5, 3, dtype=torch.float64, device="cuda"))
+    StatsCache(tmp_path).save("blk", {"k": st})
+    assert StatsCache(tmp_path).load("blk")["k"].gram.device.type == "cpu"
+    back = StatsCache(tmp_path, "cuda").load("blk")["k"]
+    assert back.gram.device.type == back.mean.device.type == "cuda"
+    torch.testing.assert_close(back.gram, st.gram)
+
+
 def test_conditioning_grid_spans_timesteps():
     model = tiny_pixart()
     cal = BlockCalibration(model, get_adapter(model), _batches(model, 1), progress=False)

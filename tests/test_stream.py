@@ -163,3 +163,20 @@ def test_a_checkpoint_that_does_not_match_its_config_is_named(tmp_path, edit, ma
         loader.load_top()
         for group, index, block in get_adapter(meta).iter_blocks(meta):
             loader.materialize(group, index, block)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nonfinite_counts_exactly_and_passes_sums_that_overflow(dtype):
+    """The finite-sum shortcut never hides a NaN/Inf, and finite values whose sum overflows are
+    counted (as none), not taken for non-finite ones."""
+    from compress.stream import nonfinite
+
+    x = torch.randn(1000, 7).to(dtype)
+    assert nonfinite(x) == 0
+    for bad in ([float("nan")], [float("inf")], [float("-inf")], [float("inf"), float("-inf")],
+                [float("nan"), float("inf"), float("nan")]):
+        y = x.clone()
+        y.view(-1)[torch.arange(len(bad)) * 997] = torch.tensor(bad, dtype=dtype)
+        assert nonfinite(y, chunk=333) == len(bad)
+    big = torch.full((64,), torch.finfo(dtype).max / 2, dtype=dtype)
+    assert not torch.isfinite(big.sum()) and nonfinite(big) == 0

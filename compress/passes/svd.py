@@ -163,7 +163,7 @@ class SVDPass(Pass):
         batches = ctx.calibration_inputs()
         start = model_digest(model, ctx.block_map)  # what earlier passes left
         cache_dir = ctx.run_dir / "calib" / ctx.fingerprint / start if ctx.fingerprint else None
-        self.cache = StatsCache(cache_dir)
+        self.cache = StatsCache(cache_dir, ctx.device)
         report = ctx.report.setdefault("svd", {})
         records: dict[str, dict] = {}
         extra: dict = {}  # this pass's global allocation, if any
