@@ -112,9 +112,10 @@ def print_plan(plan: dict) -> None:
                       + json.dumps(details, default=str)[:400])
         if "fisher" in step:
             f = step["fisher"]
+            per = (f"fisher_memory_gb: auto, {f['sweep_gib']} GiB per sweep at the memory free here now"
+                   if f["memory_gb"] == "auto" else f"fisher_memory_gb: {f['memory_gb']} GiB per sweep")
             console.print(f"    output Fisher of {f['targets']} targets: {f['sweeps']} backward sweeps over the "
-                          f"calibration batches (fisher_memory_gb per sweep), {f['disk_gib']} GiB on disk "
-                          "while the pass runs")
+                          f"calibration batches ({per}), {f['disk_gib']} GiB on disk while the pass runs")
             plain, checkpointed = (human_size(n) for n in plan["backward"])
             other = (f"svd.gradient_checkpointing; {plain} without" if f["gradient_checkpointing"]
                      else f"{checkpointed} with svd.gradient_checkpointing: true")

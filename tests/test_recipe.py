@@ -81,6 +81,8 @@ BAD = [  # (recipe text, expected message fragment)
     (_replace("  - importance: {buckets: 3}\n", "  - 7\n"), "unknown pass '7'"),
     (_replace("teacher: toy:pixart", "teacher: [a, b]"), "teacher must be a string"),
     ("model: pixart\nteacher: x\npasses: {svd: 1}\n", "non-empty list"),
+    ("model: pixart\nteacher: x\npasses:\n  - svd: {fisher_memory_gb: lots}\n",
+     "r.yaml:4: passes[0].svd.fisher_memory_gb must be a number or 'auto'"),
     ("model: pixart\nteacher: !!python/name:os.system ''\npasses: [importance]\n", "teacher"),
 ]
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -45,8 +45,8 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
 from compress.passes.svd_checks import centered, check_config, check_streaming, merge_report, summary
-from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_bytes, fisher_chunks,
-                                       output_fisher)
+from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_bytes,
+                                       fisher_chunks, output_fisher)
 from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
 from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
@@ -84,7 +84,9 @@ class SVDConfig:
     # weight outputs by their effect on the prediction: all | modulation (those only) | none; or by
     # their effect on their block's output: block (streamable, no compensation)
     fisher: str = "all"
-    fisher_memory_gb: float = 2.0  # Fishers held at once, as measured (more targets: more passes)
+    # Fishers one backward sweep holds, as measured (more targets: more sweeps); auto: half the
+    # memory free on the run's device when the sweeps start (svd_fisher.fisher_budget)
+    fisher_memory_gb: float | Literal["auto"] = 2.0
     fisher_probes: int = 4  # random probes per calibration batch for the output Fisher
     fisher_damping: float = 1e-3  # λ = damping · mean Fisher eigenvalue
     # whole-model backwards (the prediction's Fisher, compensation) recompute each block's activations
@@ -126,9 +128,12 @@ class SVDPass(Pass):
         after = sum(shape_spec(i).params(ranks[i.name]) for i in targets) if known else LATER
         weighted = [i for i in targets if self._prediction_fisher(i)]
         rows = self._fisher_rows(adapter, weighted, calibration_rows)
+        # auto: at the memory free on this machine's device now (the run measures it again)
+        budget = fisher_budget(c.fisher_memory_gb, "cuda" if torch.cuda.is_available() else "cpu")
         fisher = {"targets": len(weighted),  # the prediction's Fisher: whole-model backward sweeps
                   "gradient_checkpointing": c.gradient_checkpointing,
-                  "sweeps": len(fisher_chunks(weighted, c.fisher_memory_gb * 2**30, rows)),
+                  "memory_gb": c.fisher_memory_gb, "sweep_gib": round(budget / 2**30, 1),
+                  "sweeps": len(fisher_chunks(weighted, budget, rows)),
                   "disk_gib": round(sum(fisher_bytes(i.out_features, rows.get(i.name))
                                         for i in weighted) / 2**30, 2)}
         return {"targets": [i.name for i in targets], "ranks": shown, "params_before": before,
@@ -174,7 +179,10 @@ class SVDPass(Pass):
         # Fishers depend on the stream the walk feeds each block, and are measured anew
         reusable = cache_dir is not None and c.fisher in ("all", "modulation")
         fishers = cache_dir / f"fisher-{c.fisher_probes}probes" if reusable else ctx.run_dir / "fisher"
-        self.roots = Roots(fishers, c.fisher_damping, c.fisher_memory_gb * 2**30, reuse=reusable)
+        self.budget = fisher_budget(c.fisher_memory_gb, ctx.device)  # bytes of Fishers per sweep
+        if c.fisher_memory_gb == "auto":
+            console.print(f"  fisher_memory_gb: auto, {self.budget / 2**30:.1f} GiB per sweep on {ctx.device}")
+        self.roots = Roots(fishers, c.fisher_damping, self.budget, reuse=reusable)
         compensation: dict = {}
         finished = False
         try:
@@ -208,7 +216,7 @@ class SVDPass(Pass):
             console.print(f"  output Fishers: {len(measured)} of {len(chosen)} read back from an earlier run")
         chosen = [i for i in chosen if i.name not in self.roots]
         samples = sum(b["hidden_states"].shape[0] for b in batches)
-        for names in fisher_chunks(chosen, c.fisher_memory_gb * 2**30, self._fisher_rows(adapter, chosen, samples)):
+        for names in fisher_chunks(chosen, self.budget, self._fisher_rows(adapter, chosen, samples)):
             for name, fisher in output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0).items():
                 self.roots.add(name, fisher)
 
@@ -319,7 +327,7 @@ class SVDPass(Pass):
         the block's current calibration inputs, in chunks of at most `fisher_memory_gb`."""
         c = self.config
         samples = sum(cal.adapter.hidden_of(args, kwargs)[0].shape[0] for args, kwargs in cal.inputs)
-        for names in fisher_chunks(infos, c.fisher_memory_gb * 2**30, self._fisher_rows(cal.adapter, infos, samples)):
+        for names in fisher_chunks(infos, self.budget, self._fisher_rows(cal.adapter, infos, samples)):
             fisher = block_fisher(cal.model, cal.adapter, block, cal.inputs, names, c.fisher_probes, seed=0)
             for name, f in fisher.items():
                 self.roots.add(name, f)

@@ -56,6 +56,8 @@ def _check_numbers(c) -> None:
                         f"got {c.compensate_batches!r}")
     if c.trust_region is not None and not c.trust_region >= 1:
         raise UserError(f"svd.trust_region must be ≥ 1 (or null for no bound), got {c.trust_region}")
+    if c.fisher_memory_gb != "auto" and not c.fisher_memory_gb > 0:
+        raise UserError(f"svd.fisher_memory_gb must be > 0 (GiB) or auto, got {c.fisher_memory_gb}")
     if not isinstance(c.multiple, int) or c.multiple < 1:
         raise UserError(f"svd.multiple must be an integer ≥ 1, got {c.multiple!r}")
 

@@ -212,6 +212,31 @@ def _sqrt_pair_of_rows(rows: torch.Tensor, damping: float) -> tuple[torch.Tensor
             eye / small + (vecs * (1 / root - 1 / small)) @ vecs.T)
 
 
+AUTO_SHARE = 0.5  # fisher_memory_gb: auto takes this share of the memory free when the sweeps start
+FALLBACK_GB = 2.0  # ... or this much where the free memory is unknown
+
+
+def fisher_budget(setting: float | str, device: torch.device | str) -> float:
+    """Bytes of Fishers one backward sweep may hold: `setting` GiB, or for "auto" AUTO_SHARE of the
+    memory free on `device` now (called once teacher, student and calibration inputs are there;
+    the other half is left to the sweep's backward), at least 1 GiB."""
+    if setting != "auto":
+        return float(setting) * 2**30
+    free = free_now(torch.device(device))
+    return max(AUTO_SHARE * free, 2.0**30) if free is not None else FALLBACK_GB * 2**30
+
+
+def free_now(device: torch.device) -> int | None:
+    """Memory free on `device`: on a GPU what the driver has free plus what torch's caching
+    allocator holds unused; else the machine's MemAvailable (None where unknown)."""
+    if device.type == "cuda":
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
+    from compress.runner_stream import available_bytes
+
+    return available_bytes()
+
+
 def fisher_chunks(infos: list, budget_bytes: float, rows=None) -> list[list[str]]:
     """Target names in groups whose Fishers as measured (`fisher_bytes`: F, out² · 8 bytes, or
     rows[name] gradient rows where given and fewer than out) fit the budget (a layer bigger than

@@ -117,6 +117,7 @@ def test_layer_without_saving_stays_dense(tmp_path):
     ({"asymmetric": True, "method": "asvd"}, "asymmetric: true needs method: whitened"),
     ({"asymmetric": True, "activations": "teacher"}, "activations: student"),
     ({"asymmetric_damping": 0}, "asymmetric_damping must be > 0"),
+    ({"fisher_memory_gb": 0.0}, "fisher_memory_gb must be > 0"),
 ])
 def test_bad_config_is_user_error(cfg, message):
     model = tiny_flux()

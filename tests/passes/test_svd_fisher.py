@@ -62,6 +62,8 @@ def test_the_svd_pass_keeps_no_fisher_files_and_writes_the_same_weights(tmp_path
 
     a, b = run(100.0, "all-kept"), run(1e-9, "one-kept")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    d = run("auto", "auto")  # half the memory free here: one sweep
+    assert a.keys() == d.keys() and all(torch.equal(a[k], d[k]) for k in a)
     c = run(100.0, "checkpointed", gradient_checkpointing=True)  # Fisher and compensation recompute blocks
     assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
 
@@ -231,3 +233,23 @@ def test_block_fishers_left_by_an_interrupted_pass_are_not_read_as_prediction_fi
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_fisher_memory_auto_takes_half_the_memory_free(monkeypatch):
+    """fisher_memory_gb: a number of GiB, or auto: half of what the device has free when the sweeps
+    start (at least 1 GiB; 2 GiB where that is unknown); plan shows the sweeps it gives here."""
+    import compress.passes.svd_fisher as sf
+    from compress.arch import get_adapter
+    from compress.passes.svd import SVDConfig, SVDPass
+
+    assert sf.fisher_budget(1.5, "cpu") == 1.5 * 2**30
+    for free, want in ((40 * 2**30, 20 * 2**30), (2**29, 2**30), (None, 2 * 2**30)):
+        monkeypatch.setattr(sf, "free_now", lambda device, free=free: free)
+        assert sf.fisher_budget("auto", "cpu") == want
+    model = tiny_flux()
+    cfg = dict(targets=["attention", "mlp", "modulation"], ratio=0.5, multiple=2)
+    many = SVDPass(SVDConfig(**cfg, fisher_memory_gb=1e-9)).plan(model, get_adapter(model), calibration_rows=4)
+    monkeypatch.setattr(sf, "free_now", lambda device: 2**33)
+    auto = SVDPass(SVDConfig(**cfg, fisher_memory_gb="auto")).plan(model, get_adapter(model), calibration_rows=4)
+    assert many["fisher"]["sweeps"] == many["fisher"]["targets"] > 1 and auto["fisher"]["sweeps"] == 1
+    assert auto["fisher"]["memory_gb"] == "auto" and auto["fisher"]["sweep_gib"] == 4.0
