@@ -64,7 +64,8 @@ def _streamed_teacher(recipe, device):
 
 
 def importance(args) -> int:
-    from compress.passes.importance import plot_heatmap, render_table, save_json, scan
+    from compress.passes.importance import save_json, scan
+    from compress.passes.importance_report import plot_heatmap, render_table
     from compress.stream import streamed
 
     _, teacher, inputs, loader = _teacher_and_inputs(args.source)

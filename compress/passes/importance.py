@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.arch.base import Adapter
+from compress.calib_store import BlockLoader
 from compress.errors import UserError
 from compress.inputs import moved
-from compress.calib_store import BlockLoader
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance_stream import wave_pass
 from compress.replay import replayed
@@ -273,31 +273,7 @@ def spearman(blocks: list[BlockScore]) -> float:
         return float(spearmanr(x, y).statistic)
 
 
-# ---- outputs ------------------------------------------------------------------------------------
-def render_table(result: ImportanceResult, criterion: str = "scan"):
-    """A rich Table, most important block first."""
-    from rich.table import Table
-
-    ranges = ", ".join(f"{b} {hi:.2f}-{lo:.2f}" for b, (hi, lo) in zip(result.buckets, result.bucket_ranges))
-    table = Table(title=f"Block importance ({result.family}): error when the block is skipped",
-                  caption=f"buckets by noise level (1 = pure noise): {ranges}; proxy = 1 - cos(block in, "
-                          f"block out); Spearman(proxy, scan) = {result.spearman:.3f}; "
-                          f"{result.block_evaluations} block evaluations")
-    table.add_column("rank", justify="right")
-    table.add_column("block")
-    table.add_column("scan", justify="right")
-    for name, n in zip(result.buckets, result.samples_per_bucket):
-        table.add_column(f"{name} (n={n})", justify="right")
-    table.add_column("proxy", justify="right")
-    for rank, b in enumerate(reversed(result.ranked(criterion)), 1):
-        table.add_row(str(rank), b.name, _fmt(b.scan), *map(_fmt, b.scan_by_bucket), _fmt(b.proxy))
-    return table
-
-
-def _fmt(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.4f}"
-
-
+# ---- files --------------------------------------------------------------------------------------
 def save_json(result: ImportanceResult, path) -> Path:
     path = Path(path)
     path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -306,57 +282,6 @@ def save_json(result: ImportanceResult, path) -> Path:
 
 def load_json(path) -> ImportanceResult:
     return ImportanceResult.from_dict(json.loads(Path(path).read_text()))
-
-
-def plot_heatmap(result: ImportanceResult, png_path) -> Path:
-    """Blocks (x) x timestep buckets (y) of the skip error (log colour scale, values in the cells when
-    there is room), a proxy row below, and a line plus a label for each block group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.colors import LogNorm, Normalize
-
-    grid = np.array([b.scan_by_bucket + [b.scan] for b in result.blocks], dtype=float).T  # (K+1, N)
-    proxy_row = np.array([[b.proxy for b in result.blocks]], dtype=float)  # (1, N)
-    n, rows = len(result.blocks), len(grid)
-    fig, (ax, axp) = plt.subplots(2, 1, figsize=(max(6.5, 0.42 * n + 3.5), 0.55 * rows + 2.8), sharex=True,
-                                  gridspec_kw={"height_ratios": [rows, 1]})
-    finite = grid[np.isfinite(grid) & (grid > 0)]
-    norm = (LogNorm(finite.min(), finite.max()) if finite.size and finite.max() > finite.min()
-            else Normalize(0, max(1.0, float(finite.max()) if finite.size else 1.0)))
-    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="magma_r", norm=norm)
-    fig.colorbar(im, ax=ax, label="relative error when skipped")
-    ax.set_yticks(range(rows), [f"{b} (noise {hi:.2f}-{lo:.2f})" for b, (hi, lo)
-                                in zip(result.buckets, result.bucket_ranges)] + ["all timesteps"])
-    ax.axhline(rows - 1.5, color="white", lw=3)
-    if n <= 30:
-        for (r, c), v in np.ndenumerate(grid):
-            if np.isfinite(v):
-                ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7,
-                        color="white" if norm(v) > 0.6 else "black")
-    imp = axp.imshow(proxy_row, aspect="auto", cmap="viridis")
-    fig.colorbar(imp, ax=axp, label="1 - cos")
-    axp.set_yticks([0], ["proxy"])
-    axp.set_xticks(range(n), [str(b.index) for b in result.blocks], fontsize=8 if n <= 30 else 6)
-    axp.set_xlabel("block")
-    start = 0
-    for j in range(1, n + 1):  # group separators and names
-        if j == n or result.blocks[j].group != result.blocks[j - 1].group:
-            if len(set(b.group for b in result.blocks)) > 1:
-                ax.text((start + j - 1) / 2, -0.7, result.blocks[start].group, ha="center", va="bottom",
-                        fontsize=9, fontweight="bold")
-            if j < n:
-                for a in (ax, axp):
-                    a.axvline(j - 0.5, color="tab:blue", lw=3)
-            start = j
-    fig.suptitle(f"{result.family}: error of the final prediction with one block skipped\n"
-                 f"(Spearman proxy vs scan = {result.spearman:.2f})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return Path(png_path)
 
 
 def _swap(x, old, new):
@@ -397,6 +322,8 @@ class ImportancePass(Pass):
         batch (importance_stream)."""
 
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        from compress.passes.importance_report import plot_heatmap
+
         if ctx.calibration_inputs is None:
             raise UserError("importance: the run has no calibration inputs")
         result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,

@@ -45,8 +45,8 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
 from compress.passes.svd_checks import centered, check_config, check_streaming, merge_report, summary
-from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_bytes,
-                                       fisher_chunks, output_fisher)
+from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
+                                       fisher_plan, output_fisher)
 from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
 from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
@@ -128,14 +128,7 @@ class SVDPass(Pass):
         after = sum(shape_spec(i).params(ranks[i.name]) for i in targets) if known else LATER
         weighted = [i for i in targets if self._prediction_fisher(i)]
         rows = self._fisher_rows(adapter, weighted, calibration_rows)
-        # auto: at the memory free on this machine's device now (the run measures it again)
-        budget = fisher_budget(c.fisher_memory_gb, "cuda" if torch.cuda.is_available() else "cpu")
-        fisher = {"targets": len(weighted),  # the prediction's Fisher: whole-model backward sweeps
-                  "gradient_checkpointing": c.gradient_checkpointing,
-                  "memory_gb": c.fisher_memory_gb, "sweep_gib": round(budget / 2**30, 1),
-                  "sweeps": len(fisher_chunks(weighted, budget, rows)),
-                  "disk_gib": round(sum(fisher_bytes(i.out_features, rows.get(i.name))
-                                        for i in weighted) / 2**30, 2)}
+        fisher = fisher_plan(weighted, rows, c.fisher_memory_gb, c.gradient_checkpointing)
         return {"targets": [i.name for i in targets], "ranks": shown, "params_before": before,
                 "params_after": after, "method": c.method, "allocation": c.allocation,
                 **({"fisher": fisher} if weighted else {})}

@@ -237,6 +237,17 @@ def free_now(device: torch.device) -> int | None:
     return available_bytes()
 
 
+def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: bool) -> dict:
+    """What `plan` says of the prediction's Fishers of `infos`: the whole-model backward sweeps
+    they take (fisher_memory_gb "auto": at the memory free on this machine's device now; the run
+    measures it again) and the disk they take while the pass runs."""
+    budget = fisher_budget(memory_gb, "cuda" if torch.cuda.is_available() else "cpu")
+    return {"targets": len(infos), "gradient_checkpointing": checkpointing,
+            "memory_gb": memory_gb, "sweep_gib": round(budget / 2**30, 1),
+            "sweeps": len(fisher_chunks(infos, budget, rows)),
+            "disk_gib": round(sum(fisher_bytes(i.out_features, rows.get(i.name)) for i in infos) / 2**30, 2)}
+
+
 def fisher_chunks(infos: list, budget_bytes: float, rows=None) -> list[list[str]]:
     """Target names in groups whose Fishers as measured (`fisher_bytes`: F, out² · 8 bytes, or
     rows[name] gradient rows where given and fewer than out) fit the budget (a layer bigger than

@@ -8,8 +8,9 @@ import torch
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.passes.base import RunContext
-from compress.passes.importance import (ImportanceConfig, ImportancePass, bucket_of, load_json,
-                                        plot_heatmap, render_table, scan, scan_cost)
+from compress.passes.importance import (ImportanceConfig, ImportancePass, bucket_of, load_json, scan,
+                                        scan_cost)
+from compress.passes.importance_report import plot_heatmap, render_table
 from compress.replay import Replay
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 
