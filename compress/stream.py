@@ -175,9 +175,17 @@ class CheckpointBlocks:
             set_module_tensor_to_device(self.model, k, self.device, value=t)
 
     def load_top(self) -> None:
+        """The tensors outside the blocks, onto the loader's device: those of the checkpoint, and
+        the buffers it does not hold (non-persistent: PixArt-Σ's positional embedding), which the
+        model built at init on the CPU."""
+        from accelerate.utils import set_module_tensor_to_device
+
         blocks = self._blocks()
         want = [k for k in self.model.state_dict() if not k.startswith(blocks)]
         self._load(self._matching(want, self.top_keys(), "the top level"))
+        for name, buf in list(self.model.named_buffers()):
+            if not name.startswith(blocks) and buf.device.type != "meta":
+                set_module_tensor_to_device(self.model, name, self.device, value=buf)
 
     def _matching(self, want: list[str], have: list[str], what: str) -> list[str]:
         """`have` if it holds exactly the tensors `want` names, else a UserError naming the difference."""
@@ -204,6 +212,10 @@ class CheckpointBlocks:
         prefix = self._prefix(group, index)
         want = [prefix + k for k in block.state_dict()]
         self._load(self._matching(want, self.block_keys(group, index), prefix[:-1]))
+        if torch.device(self.device).type != "meta":  # a tensor no checkpoint holds (unload lost it)
+            missing = [n for n, t in (*block.named_parameters(), *block.named_buffers()) if t.is_meta]
+            if missing:
+                raise RuntimeError(f"{prefix}{missing[0]} is not in the checkpoint and cannot be streamed")
 
     def release(self, group: str, index: int, block: nn.Module) -> None:
         if self.spill is not None:

@@ -360,6 +360,27 @@ def test_a_disk_too_small_for_a_streamed_run_is_named(tmp_path, monkeypatch, cap
     assert "warning" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_streamed_forwards_put_every_tensor_on_the_compute_device(tmp_path, family):
+    """With the meta device standing in for a GPU (a CPU tensor meeting a meta one is an error,
+    as with a CUDA one): the top level, buffers the checkpoint does not hold included (PixArt's
+    positional embedding, built on the CPU), and each block land on the loader's device, and a
+    streamed forward runs there."""
+    from compress.arch import get_adapter
+    from compress.inputs import moved
+    from tests.conftest import model_inputs
+
+    meta = torch.device("meta")
+    models = StreamedModels(tmp_path, device=meta)
+    teacher = models.teacher(f"toy:{family}", None)
+    assert all(t.is_meta for t in (*teacher.parameters(), *teacher.buffers()))
+    assert any(True for _ in teacher.buffers()) == (family == "pixart")
+    batch = moved(model_inputs(teacher, batch=2), meta, torch.float32)
+    with models.forwards(teacher):
+        out = get_adapter(teacher).predict(teacher, batch)
+    assert out.is_meta and out.shape[0] == 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("family, spill", [("pixart", "false"), ("flux", "false"), ("flux", "true")])
 def test_a_streamed_run_on_the_gpu_matches_the_cpu(tmp_path, family, spill):
