@@ -379,6 +379,12 @@ def test_streamed_forwards_put_every_tensor_on_the_compute_device(tmp_path, fami
     with models.forwards(teacher):
         out = get_adapter(teacher).predict(teacher, batch)
     assert out.is_meta and out.shape[0] == 2
+    from compress.passes.importance_stream import wave_pass  # the streamed skip scan's forwards
+
+    loader = models.loaders[id(teacher)]
+    pred, _, skipped = wave_pass(teacher, loader.adapter, batch, loader, lambda a, i, o: None)
+    assert pred.is_meta and pred.shape == out.shape and len(skipped) == 6
+    assert all(s.is_meta and s.shape == out.shape for s in skipped)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
