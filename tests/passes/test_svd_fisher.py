@@ -253,3 +253,24 @@ def test_fisher_memory_auto_takes_half_the_memory_free(monkeypatch):
     auto = SVDPass(SVDConfig(**cfg, fisher_memory_gb="auto")).plan(model, get_adapter(model), calibration_rows=4)
     assert many["fisher"]["sweeps"] == many["fisher"]["targets"] > 1 and auto["fisher"]["sweeps"] == 1
     assert auto["fisher"]["memory_gb"] == "auto" and auto["fisher"]["sweep_gib"] == 4.0
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fisher_sweeps_stay_on_the_models_device(family, checkpointing):
+    """The prediction's Fisher sweep (probes, backward, accumulation) with the model and inputs on
+    the meta device, standing in for a GPU: a tensor made on the CPU on the way would be an error."""
+    from compress.arch import get_adapter
+    from compress.inputs import moved
+    from compress.io import cast, load_teacher
+    from compress.passes.svd_fisher import checkpointed, output_fisher
+    from tests.conftest import model_inputs
+
+    meta = torch.device("meta")
+    model = cast(load_teacher(f"toy:{family}"), meta)
+    adapter = get_adapter(model)
+    batches = [moved(model_inputs(model, batch=2, seed=s), meta, torch.float32) for s in range(2)]
+    names = [i.name for i in adapter.linears(model)]
+    with checkpointed(model, checkpointing):
+        fishers = output_fisher(model, adapter, batches, names, 2, seed=0)
+    assert fishers.keys() == set(names) and all(f.is_meta for f in fishers.values())
