@@ -100,7 +100,7 @@ class StreamedModels:
                                                             self.device))
 
     def restore(self, folder: Path) -> nn.Module:
-        self.student = empty_compressed(folder)
+        self.student = cast(empty_compressed(folder), self.dtype)  # blocks are read in its dtype
         return self._attach(self.student, CheckpointBlocks(self.student, weight_map(folder), self._spill(),
                                                             self.device))
 

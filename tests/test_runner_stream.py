@@ -113,6 +113,35 @@ def test_resume_from_a_streamed_stage(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_streamed_run_stopped_between_passes_resumes_to_the_same_weights(tmp_path, monkeypatch, dtype):
+    """Stopped after the first pass, --resume rebuilds the student from that stage in the compute
+    dtype (it was rebuilt in float32, so a bfloat16 run failed on resume) and writes the weights
+    of the run that was never stopped."""
+    from compress.passes.svd import SVDPass
+
+    text = _teacher(tmp_path, "flux").replace("stream: {stream}", f"stream: {{stream}}\ncompute_dtype: {dtype}")
+    text = text.format(stream="true")
+    whole = _run(tmp_path, text, "whole")
+    calls, real = [], SVDPass.run
+
+    def stop_second(self, model, ctx):
+        calls.append(self)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, model, ctx)
+
+    monkeypatch.setattr(SVDPass, "run", stop_second)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, text, "stopped")
+    monkeypatch.setattr(SVDPass, "run", real)
+    assert [d.name for d in (tmp_path / "run-stopped" / "stages").iterdir()] == ["0-svd"]
+    resumed = Runner(parse_recipe(text, str(tmp_path / "stopped.yaml")), tmp_path / "out-stopped",
+                     tmp_path / "run-stopped", resume=True).run()
+    a, b = load_transformer(whole).state_dict(), load_transformer(resumed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_pipeline_sampling_streams_block_by_block(tmp_path):
     """The toy pipeline samples with a streamed teacher exactly as with the resident one, and
     every block is back on meta afterwards."""
