@@ -30,7 +30,8 @@ def _teacher_and_inputs(source: str):
         recipe = load_recipe(source)
         device = resolve_device(recipe)  # the scan runs where the recipe's passes would
         if recipe.stream:  # as its run would: the top level resident, blocks read as they run
-            teacher_source, teacher, loader = _streamed_teacher(recipe, device)
+            teacher_source = recipe.teacher
+            teacher, loader = _streamed_teacher(teacher_source, recipe, device)
         else:
             teacher_source, teacher = load_checked_teacher(recipe)
             teacher = cast(teacher, device)
@@ -48,19 +49,19 @@ def _teacher_and_inputs(source: str):
     return teacher_source, teacher, input_source(family, teacher_source, calib, teacher, recipe_dir), loader
 
 
-def _streamed_teacher(recipe, device):
-    """(source, teacher on meta but for its top level, its CheckpointBlocks) for a streamed recipe."""
+def _streamed_teacher(source: str, recipe, device):
+    """(teacher on meta but for its top level, its CheckpointBlocks) of a streamed recipe."""
     from compress.runner import DTYPES
     from compress.stream import CheckpointBlocks, checkpoint_of, empty_transformer
 
-    config, files = checkpoint_of(recipe.teacher)
+    config, files = checkpoint_of(source)
     teacher = empty_transformer(config, DTYPES[recipe.compute_dtype]).requires_grad_(False).eval()
     if get_adapter(teacher).family != recipe.model:
-        raise UserError(f"{recipe.path}: model is '{recipe.model}' but the teacher {recipe.teacher} is a "
+        raise UserError(f"{recipe.path}: model is '{recipe.model}' but the teacher {source} is a "
                         f"{type(teacher).__name__}")
     loader = CheckpointBlocks(teacher, files, device=device)
     loader.load_top()
-    return recipe.teacher, teacher, loader
+    return teacher, loader
 
 
 def importance(args) -> int:
@@ -92,6 +93,9 @@ def _load_model(model: str, teacher_arg: str | None):
 
 
 def evaluate(args) -> int:
+    streamed_out = _streamed_output(args.model, args.teacher)
+    if streamed_out is not None:
+        return _print(_teacher_relative_streamed(*streamed_out), args.json)
     model, teacher_source, out = _load_model(args.model, args.teacher)
     family = get_adapter(model).family
     teacher = load_teacher(teacher_source).eval() if teacher_source else None
@@ -106,12 +110,60 @@ def evaluate(args) -> int:
             save_sample_grid(model, family, args.grid, seed=args.seed)
     else:
         result = _teacher_relative(model, teacher, out)
-    if args.json:
+    return _print(result, args.json)
+
+
+def _print(result: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(result, indent=2))
     else:
         for key, value in result.items():
             console.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0
+
+
+def _streamed_output(model: str, teacher_arg: str | None) -> tuple[Path, str] | None:
+    """(output folder, teacher source) when `model` is the output of a streamed run of a real
+    teacher (its recipe.yaml says stream: true): eval then streams both models as the run did."""
+    path = Path(model).expanduser()
+    if not (path / "recipe.yaml").is_file() or not (path / "config.json").is_file() \
+            or "compression" not in read_json(path / "config.json"):
+        return None
+    from compress.recipe import load_recipe
+
+    teacher = teacher_arg or read_report(path).get("teacher")
+    if not load_recipe(path / "recipe.yaml").stream or not teacher or teacher.startswith("toy:"):
+        return None
+    return path, teacher
+
+
+def _teacher_relative_streamed(out: Path, teacher_source: str) -> dict:
+    """_teacher_relative with teacher and student streamed block by block (each on meta but for
+    its top level) on the recipe's device and in its compute dtype, as the run held them."""
+    from compress.inputs import input_source, moved
+    from compress.io import empty_compressed
+    from compress.passes.base import predictions, relative_error
+    from compress.recipe import load_recipe
+    from compress.runner import DTYPES, resolve_device
+    from compress.stream import CheckpointBlocks, streamed, weight_map
+
+    recipe = load_recipe(out / "recipe.yaml")
+    device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]
+    teacher, teacher_blocks = _streamed_teacher(teacher_source, recipe, device)
+    student = cast(empty_compressed(out), dtype).requires_grad_(False).eval()
+    student_blocks = CheckpointBlocks(student, weight_map(out), device=device)
+    student_blocks.load_top()
+    adapter = get_adapter(teacher)
+    src = input_source(adapter.family, teacher_source, recipe.calibration, teacher)
+    report = read_report(out)
+    if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
+        src.cache_dir = Path(report["inputs_cache"])
+    with streamed(teacher, teacher_blocks):
+        batches = [moved(b, device, dtype) for b in src.heldout()]
+        reference = predictions(teacher, adapter, batches)
+    with streamed(student, student_blocks):
+        error = relative_error(student, reference, adapter, batches)
+    return {"family": adapter.family, "pred_rel_error": error, "streamed": True}
 
 
 def _teacher_relative(model, teacher, out: Path | None) -> dict:

@@ -69,6 +69,27 @@ def test_eval_and_bench_commands(recipe, tmp_path, capsys):
         assert err.count("\n") == 0 and "--device" in err
 
 
+def test_eval_of_a_streamed_output_streams(recipe, tmp_path, capsys, monkeypatch):
+    """The output of a stream: true run is evaluated as the run held it: teacher and student read
+    block by block, never whole; the error is the run's own held-out error after its last pass."""
+    from compress.stream import CheckpointBlocks
+
+    streamed = tmp_path / "s.yaml"
+    streamed.write_text("stream: true\n" + recipe.read_text().replace("ratio: 0.5", "ratio: 0.5, fisher: block"))
+    out = tmp_path / "out"
+    assert main(["run", str(streamed), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    reads, real = [], CheckpointBlocks.materialize
+    monkeypatch.setattr(CheckpointBlocks, "materialize",
+                        lambda self, g, i, blk: (reads.append((g, i)), real(self, g, i, blk))[1])
+    assert main(["eval", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["streamed"] and result["family"] == "flux"
+    report = json.loads((out / "report.json").read_text())
+    assert result["pred_rel_error"] == pytest.approx(report["stages"][-1]["relative_error"], rel=1e-6)
+    assert result["pred_rel_error"] > 0 and len(reads) >= 2 * 5  # both models' 5 blocks, read as they ran
+
+
 def test_plan_command(recipe, capsys):
     assert main(["plan", str(recipe), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
