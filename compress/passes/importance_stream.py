@@ -66,19 +66,22 @@ def wave_pass(model: nn.Module, adapter: Adapter, kwargs: dict, loader: BlockLoa
     Returns (clean prediction, [cosine proxy (B,) per block], [prediction with block i skipped]),
     blocks in execution order. `tick` is called after each block."""
     clean = first_inputs(model, adapter, kwargs)  # (args, kwargs) of the next block
-    streams: list[tuple[tuple, dict]] = []  # stream i: block i skipped
-    cosines, last, clean_out = [], [], None
+    streams: list[tuple[tuple, dict]] = []  # stream i: block i skipped; its next block's inputs
+    last: list = []  # each stream's latest block output (the tensors its inputs hold: no copy)
+    cosines, clean_out = [], None
     for group, index, block in adapter.iter_blocks(model):
         loader.materialize(group, index, block)
         try:
             clean_out = adapter.run_block(block, *clean)
-            outs = [adapter.run_block(block, *s) for s in streams]
+            for i, s in enumerate(streams):  # each stream's inputs are dropped as it advances
+                last[i] = adapter.run_block(block, *s)
+                streams[i] = adapter.next_inputs(group, *s, last[i])
         finally:
             loader.unload(group, index, block)
         passed = adapter.skipped_output(adapter.hidden_of(*clean))  # this block skipped
         cosines.append(block_cosine(adapter, passed, clean_out))
-        last = outs + [passed]
-        streams = [adapter.next_inputs(group, *s, o) for s, o in zip(streams + [clean], last)]
+        streams.append(adapter.next_inputs(group, *clean, passed))
+        last.append(passed)
         clean = adapter.next_inputs(group, *clean, clean_out)
         tick()
     del streams, clean
