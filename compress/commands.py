@@ -158,10 +158,11 @@ def _teacher_relative_streamed(out: Path, teacher_source: str) -> dict:
     report = read_report(out)
     if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
         src.cache_dir = Path(report["inputs_cache"])
-    with streamed(teacher, teacher_blocks):
+    with streamed(teacher, teacher_blocks), console.status("eval: the teacher's held-out predictions, "
+                                                           "block by block"):
         batches = [moved(b, device, dtype) for b in src.heldout()]
         reference = predictions(teacher, adapter, batches)
-    with streamed(student, student_blocks):
+    with streamed(student, student_blocks), console.status("eval: the student's, block by block"):
         error = relative_error(student, reference, adapter, batches)
     return {"family": adapter.family, "pred_rel_error": error, "streamed": True}
 
