@@ -193,17 +193,19 @@ def test_shipped_real_recipes_run_on_the_real_pipeline_classes(tmp_path, folders
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
 
 
-def test_eval_importance_and_load_pipeline_on_a_real_teacher(tmp_path, folders, capsys):
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_eval_importance_and_load_pipeline_on_a_real_teacher(tmp_path, folders, capsys, stream):
     """After a bf16 export: `eval` measures the held-out error the run reported (computed in the
     teacher's dtype, on the held-out inputs the run sampled: nothing is sampled again), `load_pipeline` samples images with every part in the export's dtype,
-    `importance RECIPE` scans the pipeline's samples, and `importance FOLDER` says to pass one."""
+    `importance RECIPE` scans the pipeline's samples, and `importance FOLDER` says to pass one.
+    Streamed, eval and importance read the blocks as the run did (sampling included)."""
     import json
 
     from compress import load_pipeline
     from compress.cli import main
 
     text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
-        .replace("{size}", "").format(stream="false") + "export: {dtype: bfloat16}\n"
+        .replace("{size}", "").format(stream=stream) + "export: {dtype: bfloat16}\n"
     (tmp_path / "r.yaml").write_text(text)
     out = _run(tmp_path, text, "bf16")
     reported = json.loads((out / "report.json").read_text())["stages"][-1]["relative_error"]
@@ -216,8 +218,10 @@ def test_eval_importance_and_load_pipeline_on_a_real_teacher(tmp_path, folders, 
         assert main(["eval", str(out), "--json"]) == 0
     finally:
         cp.capture = real
-    measured = json.loads(capsys.readouterr().out)["pred_rel_error"]
+    result = json.loads(capsys.readouterr().out)
+    measured = result["pred_rel_error"]
     assert measured == pytest.approx(reported, rel=0.05) and measured > 0  # bf16 rounding apart
+    assert result.get("streamed", False) == (stream == "true")
     pipe = load_pipeline(out, base=str(folders["pixart"]))
     assert {pipe.transformer.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.bfloat16}
     image = pipe("a photo of a cat", num_inference_steps=2).images[0]
