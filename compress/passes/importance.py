@@ -203,6 +203,7 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
                 cos[i] += torch.bincount(bucket, block_cos[i], buckets)
             for i, s in enumerate(skipped):
                 diff[i] += torch.bincount(bucket, _sq_norm(s - pred), buckets)
+            del skipped  # it holds this batch's block activations: free them before the next
     return _result(adapter.family, names, diff if skips else None, ref, cos, count, cost, block_map)
 
 
