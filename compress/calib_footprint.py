@@ -109,6 +109,15 @@ def backward_bytes(f: dict, config, blocks: int) -> tuple[int, int]:
     return blocks * per_block, blocks * inputs + per_block
 
 
+def skip_scan_bytes(f: dict, config, blocks: int) -> int:
+    """Bytes the streamed skip scan (passes/importance_stream.py) holds for one calibration batch
+    at its last block: the residual stream of every skipped block's run and the clean one (N + 1),
+    the caption once. f: a `footprint`."""
+    width, itemsize = config.num_attention_heads * config.attention_head_dim, f["itemsize"]
+    rows = min(f["rows"], f["batch_rows"])
+    return ((blocks + 1) * f["tokens"] + f["caption_tokens"]) * width * itemsize * rows
+
+
 def describe(f: dict) -> str:
     what = "inputs and outputs" + (", for the reference stream too" if f["streams"] == 2 else "")
     caption = f" + {f['caption_tokens']} caption" if f["caption_tokens"] else ""

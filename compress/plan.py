@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.table import Table
 
 from compress.arch import get_adapter
-from compress.calib_footprint import backward_bytes, describe, footprint, human_size
+from compress.calib_footprint import backward_bytes, describe, footprint, human_size, skip_scan_bytes
 from compress.inputs import source_kind
 from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
@@ -81,10 +81,14 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
-    steps = []
+    steps, scanned = [], False
     for spec, p in zip(recipe.passes, passes):
         check_pass(p, spec, model, adapter, recipe.path)
-        steps.append({"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})})
+        step = {"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})}
+        if recipe.stream and step.get("skip_scan"):
+            step["streamed_scan"] = streamed_scan(step, scanned, calib, model, adapter)
+            scanned = scanned or "scans" not in step  # an importance pass's scores are reused
+        steps.append(step)
         p.apply_planned(model, adapter)
     after_rows = layer_rows(model)
     return {
@@ -96,6 +100,17 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
     }
+
+
+def streamed_scan(step: dict, scanned: bool, calib: dict, model, adapter) -> dict:
+    """What a streamed skip scan of this step reads and holds (on the model as the step finds it):
+    each block once per calibration batch, up to N + 1 residual streams of a batch. remove_blocks
+    reuses the scores of an importance scan run before it for its first (or only) choice."""
+    blocks = sum(adapter.block_counts(model).values())
+    scans = max(step.get("scans", 1) - (1 if scanned and "scans" in step else 0), 0)
+    return {"scans": scans, "checkpoint_reads": scans * calib["batches"],
+            "block_reads": scans * blocks * calib["batches"],
+            "batch_bytes": skip_scan_bytes(calib, model.config, blocks)}
 
 
 def print_plan(plan: dict) -> None:
@@ -110,6 +125,14 @@ def print_plan(plan: dict) -> None:
         details = {k: v for k, v in step.items() if k not in ("pass", "line")}
         console.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): "
                       + json.dumps(details, default=str)[:400])
+        if "streamed_scan" in step:
+            f = step["streamed_scan"]
+            console.print("    streamed skip scan: none (the scores of the importance pass before it)"
+                          if not f["scans"] else
+                          f"    streamed skip scan: {f['scans']} scan(s), each block read once per "
+                          f"calibration batch: the checkpoint read {f['checkpoint_reads']} times "
+                          f"(at most {f['block_reads']:,} block reads); up to N + 1 residual streams of "
+                          f"a batch held, about {human_size(f['batch_bytes'])}")
         if "fisher" in step:
             f = step["fisher"]
             per = (f"fisher_memory_gb: auto, {f['sweep_gib']} GiB per sweep at the memory free here now"

@@ -90,6 +90,32 @@ def test_eval_of_a_streamed_output_streams(recipe, tmp_path, capsys, monkeypatch
     assert result["pred_rel_error"] > 0 and len(reads) >= 2 * 5  # both models' 5 blocks, read as they ran
 
 
+@pytest.mark.parametrize("iterative", [False, True])
+def test_plan_states_what_a_streamed_skip_scan_reads_and_holds(recipe, tmp_path, capsys, iterative):
+    """Streamed, each skip scan reads every block once per calibration batch and holds N + 1
+    residual streams of a batch; remove_blocks reuses an importance scan before it (so iterative
+    removal of 2 blocks scans once more). Resident recipes plan no such thing."""
+    text = recipe.read_text().replace("ratio: 0.5", "ratio: 0.5, fisher: block").replace(
+        "passes:\n", f"passes:\n  - importance: {{buckets: 2}}\n"
+                     f"  - remove_blocks: {{count: 2, iterative: {str(iterative).lower()}}}\n")
+    plans = []
+    for stream in ("false", "true"):
+        path = tmp_path / f"{stream}.yaml"
+        path.write_text(f"stream: {stream}\n" + text)
+        assert main(["plan", str(path), "--json"]) == 0
+        plans.append(json.loads(capsys.readouterr().out))
+    assert not any("streamed_scan" in step for step in plans[0]["passes"])
+    calib = plans[1]["calibration"]
+    scan, remove = (step["streamed_scan"] for step in plans[1]["passes"][:2])
+    assert scan["scans"] == 1 and scan["checkpoint_reads"] == calib["batches"] == 1
+    assert scan["block_reads"] == 5 * calib["batches"]  # tiny Flux: 2 double + 3 single blocks
+    width = 2 * 8  # heads x head dim of the tiny Flux
+    assert scan["batch_bytes"] == 6 * calib["tokens"] * width * 4 * min(calib["rows"], calib["batch_rows"])
+    assert remove["scans"] == (1 if iterative else 0)
+    assert main(["plan", str(tmp_path / "true.yaml")]) == 0
+    assert "streamed skip scan: 1 scan(s)" in " ".join(capsys.readouterr().err.split())
+
+
 def test_plan_command(recipe, capsys):
     assert main(["plan", str(recipe), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)

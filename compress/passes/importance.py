@@ -316,7 +316,8 @@ class ImportancePass(Pass):
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         n = sum(adapter.block_counts(model).values())
-        return {"blocks": n, "per_batch": scan_cost(n, 1, not self.config.proxy_only)}
+        return {"blocks": n, "per_batch": scan_cost(n, 1, not self.config.proxy_only),
+                "skip_scan": not self.config.proxy_only}
 
     def check_streaming(self) -> None:
         """Streams: the proxy in one forward per batch, the skip scan reading each block once per

@@ -199,7 +199,8 @@ class RemoveBlocksPass(Pass):
                  else f"{sum(counts.values()) - budget} blocks in all")
         return {"remove": "chosen by importance at run time", "budget": budget,
                 "criterion": self.config.criterion, "iterative": self.config.iterative,
-                "blocks_before": counts, "blocks_after": after}
+                "blocks_before": counts, "blocks_after": after, "skip_scan": self.config.criterion == "scan",
+                "scans": _total(budget) if self.config.iterative else 1}  # before reusing an importance pass's
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
         """Explicit removal on plan's meta model. A per-group count or fraction removes that many
@@ -281,6 +282,10 @@ class RemoveBlocksPass(Pass):
             if left is not None:
                 left[next(iter(drop))] -= 1
         return block_map
+
+
+def _total(budget) -> int:
+    return sum(budget.values()) if isinstance(budget, dict) else budget
 
 
 def _choose(scores, counts: dict[str, int], budget) -> dict[str, list[int]]:
