@@ -96,3 +96,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def exact_gpu_float32():
+    """CUDA float32 matmuls and convolutions without TF32 (cuDNN allows it for convolutions by
+    default: PixArt's patch embedding), so a GPU run compares with the CPU's at float tolerance."""
+    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv

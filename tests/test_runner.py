@@ -222,7 +222,7 @@ def test_device_key(setup):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_run_on_the_gpu_matches_the_cpu(setup):
+def test_a_run_on_the_gpu_matches_the_cpu(setup, exact_gpu_float32):
     """Teacher, student, calibration and factorization on the GPU (float64 eigendecompositions
     there): the same ranks, and factors and held-out errors within float tolerance of the CPU's."""
     family, _, tmp_path, text = setup

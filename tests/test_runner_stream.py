@@ -418,7 +418,7 @@ def test_streamed_forwards_put_every_tensor_on_the_compute_device(tmp_path, fami
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("family, spill", [("pixart", "false"), ("flux", "false"), ("flux", "true")])
-def test_a_streamed_run_on_the_gpu_matches_the_cpu(tmp_path, family, spill):
+def test_a_streamed_run_on_the_gpu_matches_the_cpu(tmp_path, family, spill, exact_gpu_float32):
     """stream: true with device: cuda reads each block to the CPU and computes on the GPU (proxy
     removal, block Fishers, the asymmetric fit, modulation, spilled activations): the blocks
     removed and the ranks equal the streamed CPU run's and the resident GPU run's, and the
