@@ -2,9 +2,10 @@
 
 Blocks are swapped for `Replay` stubs inside the real diffusers forward, so embeddings, the glue
 between block groups and the output head still run the model's own code (no fork). Used by the
-importance scan (skip one block, replay the ones before it) and by the svd pass's compensation
-(every candidate of a stage changes only that stage's block and later ones, so the blocks before it
-are run once per stage instead of once per candidate).
+importance scan (skip one block, replay the ones before it; streamed, every block a stub for the
+head, `first_inputs` for the first block) and by the svd pass's compensation (every candidate of a
+stage changes only that stage's block and later ones, so the blocks before it are run once per
+stage instead of once per candidate).
 """
 
 from __future__ import annotations
@@ -51,7 +52,26 @@ def replayed(model: nn.Module, adapter: Adapter, outputs: list):
 
 
 class _Stop(Exception):
-    """Ends a recording forward once the last block before the start has run."""
+    """Ends a recording forward once what it records has run."""
+
+
+def first_inputs(model: nn.Module, adapter: Adapter, kwargs: dict) -> tuple[tuple, dict]:
+    """(args, kwargs) the model hands its first block for these forward kwargs; only the top level
+    runs (the first block may still be on the meta device)."""
+    _, _, first = next(adapter.iter_blocks(model))
+    got = []
+
+    def grab(mod, args, kw):
+        got.append((args, kw))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with contextlib.suppress(_Stop):
+            adapter.predict(model, kwargs)
+    finally:
+        handle.remove()
+    return got[0]
 
 
 class Prefix:

@@ -169,8 +169,12 @@ def warn_if_activations_too_big(footprint: dict, device: torch.device, spilled: 
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Memory free now: the GPU's for a CUDA device, else the machine's MemAvailable."""
-    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_bytes()
+    """Memory free now: on a GPU what the driver has free plus what torch's caching allocator holds
+    unused; else the machine's MemAvailable (None where unknown)."""
+    if device.type != "cuda":
+        return available_bytes()
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + cached
 
 
 def resident_bytes(source: str, dtype: torch.dtype) -> int | None:

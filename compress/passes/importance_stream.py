@@ -18,7 +18,6 @@ diffusers code.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
@@ -26,30 +25,7 @@ from torch import nn
 
 from compress.arch.base import Adapter
 from compress.calib_store import BlockLoader
-from compress.replay import replayed
-
-
-class _Stop(Exception):
-    """Ends the forward that records the first block's inputs."""
-
-
-def first_inputs(model: nn.Module, adapter: Adapter, kwargs: dict) -> tuple[tuple, dict]:
-    """(args, kwargs) the model hands its first block for these forward kwargs; only the top level
-    runs (the first block may still be on the meta device)."""
-    _, _, first = next(adapter.iter_blocks(model))
-    got = []
-
-    def grab(mod, args, kw):
-        got.append((args, kw))
-        raise _Stop
-
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with contextlib.suppress(_Stop):
-            adapter.predict(model, kwargs)
-    finally:
-        handle.remove()
-    return got[0]
+from compress.replay import first_inputs, replayed
 
 
 def replay_prediction(model: nn.Module, adapter: Adapter, kwargs: dict, last_output) -> torch.Tensor:

@@ -222,19 +222,10 @@ def fisher_budget(setting: float | str, device: torch.device | str) -> float:
     the other half is left to the sweep's backward), at least 1 GiB."""
     if setting != "auto":
         return float(setting) * 2**30
-    free = free_now(torch.device(device))
+    from compress.runner_stream import free_memory
+
+    free = free_memory(torch.device(device))
     return max(AUTO_SHARE * free, 2.0**30) if free is not None else FALLBACK_GB * 2**30
-
-
-def free_now(device: torch.device) -> int | None:
-    """Memory free on `device`: on a GPU what the driver has free plus what torch's caching
-    allocator holds unused; else the machine's MemAvailable (None where unknown)."""
-    if device.type == "cuda":
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return torch.cuda.mem_get_info(device)[0] + cached
-    from compress.runner_stream import available_bytes
-
-    return available_bytes()
 
 
 def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: bool) -> dict:

@@ -239,17 +239,18 @@ def test_fisher_memory_auto_takes_half_the_memory_free(monkeypatch):
     """fisher_memory_gb: a number of GiB, or auto: half of what the device has free when the sweeps
     start (at least 1 GiB; 2 GiB where that is unknown); plan shows the sweeps it gives here."""
     import compress.passes.svd_fisher as sf
+    import compress.runner_stream as rs
     from compress.arch import get_adapter
     from compress.passes.svd import SVDConfig, SVDPass
 
     assert sf.fisher_budget(1.5, "cpu") == 1.5 * 2**30
     for free, want in ((40 * 2**30, 20 * 2**30), (2**29, 2**30), (None, 2 * 2**30)):
-        monkeypatch.setattr(sf, "free_now", lambda device, free=free: free)
+        monkeypatch.setattr(rs, "free_memory", lambda device, free=free: free)
         assert sf.fisher_budget("auto", "cpu") == want
     model = tiny_flux()
     cfg = dict(targets=["attention", "mlp", "modulation"], ratio=0.5, multiple=2)
     many = SVDPass(SVDConfig(**cfg, fisher_memory_gb=1e-9)).plan(model, get_adapter(model), calibration_rows=4)
-    monkeypatch.setattr(sf, "free_now", lambda device: 2**33)
+    monkeypatch.setattr(rs, "free_memory", lambda device: 2**33)
     auto = SVDPass(SVDConfig(**cfg, fisher_memory_gb="auto")).plan(model, get_adapter(model), calibration_rows=4)
     assert many["fisher"]["sweeps"] == many["fisher"]["targets"] > 1 and auto["fisher"]["sweeps"] == 1
     assert auto["fisher"]["memory_gb"] == "auto" and auto["fisher"]["sweep_gib"] == 4.0
