@@ -289,36 +289,6 @@ def test_the_streamed_skip_scan_matches_the_resident_one(tmp_path, family):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_streamed_skip_scan_reads_each_block_once_per_batch(tmp_path):
-    """wave_pass reads N blocks per batch where replaying the resident scan would read N(N+1)/2,
-    and leaves every block on meta."""
-    from compress.passes.importance import scan
-    from compress.stream import CheckpointBlocks
-
-    models = StreamedModels(tmp_path)
-    teacher = models.teacher("toy:flux", None)
-    loader = models.loaders[id(teacher)]
-    reads = []
-    real = CheckpointBlocks.materialize
-    loader.materialize = lambda g, i, blk: (reads.append((g, i)), real(loader, g, i, blk))[1]
-    batches = _toy_batches("flux", teacher, 3)
-    result = scan(teacher, loader.adapter, batches, buckets=1, progress=False, loader=loader)
-    n = len(result.blocks)
-    assert len(reads) == 3 * n and reads[:n] == [(b.group, b.index) for b in result.blocks]
-    assert all(p.device.type == "meta" for _, _, blk in loader.adapter.iter_blocks(teacher)
-               for p in blk.parameters())
-    assert all(b.scan > 0 for b in result.blocks)
-
-
-def _toy_batches(family, teacher, k):
-    from compress.inputs import input_source
-    from compress.recipe import CalibrationConfig
-
-    src = input_source(family, f"toy:{family}", CalibrationConfig(num_prompts=4, timesteps=2, batch_size=4),
-                       teacher, None)
-    return src.calibration()[:k]
-
-
 @pytest.mark.parametrize("passes", [
     ["importance: {{proxy_only: true, progress: false}}", "remove_blocks: {{count: {{single: 1}}, criterion: proxy}}"],
     ["remove_blocks: {{count: 2, criterion: proxy, iterative: true}}"],
