@@ -89,25 +89,25 @@ def test_output_fishers_measured_before_an_interruption_are_not_measured_again(s
     """One target per backward sweep (fisher_memory_gb tiny): SIGTERM in the third sweep leaves the
     first two Fishers on disk beside the stats cache; --resume measures only the rest and writes
     the same bytes as an uninterrupted run; a finished pass deletes them."""
-    from compress.passes import svd
+    from compress.passes import svd_fisher
 
     tmp, text, _ = setup
     text = text.replace("progress: false}", "progress: false, fisher_memory_gb: 1.0e-9}", 1)
-    real, calls = svd.output_fisher, []
-    monkeypatch.setattr(svd, "output_fisher", lambda *a, **k: (calls.append(a[3]), real(*a, **k))[1])
+    real, calls = svd_fisher.output_fisher, []
+    monkeypatch.setattr(svd_fisher, "output_fisher", lambda *a, **k: (calls.append(a[3]), real(*a, **k))[1])
     reference = (_run(tmp, text, "fisher-ref") / WEIGHTS).read_bytes()
     total = len(calls)
     monkeypatch.undo()
     assert total > 3 and all(len(names) == 1 for names in calls), total
     assert not list((tmp / "run-fisher-ref").rglob("fisher*/*.pt"))
     calls.clear()
-    _signal_on_call(monkeypatch, svd, "output_fisher", 3)
+    _signal_on_call(monkeypatch, svd_fisher, "output_fisher", 3)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp, text, "fisher")
     monkeypatch.undo()
     assert len(list((tmp / "run-fisher").rglob("fisher-4probes/*.pt"))) == 2
     calls.clear()
-    monkeypatch.setattr(svd, "output_fisher", lambda *a, **k: (calls.append(a[3]), real(*a, **k))[1])
+    monkeypatch.setattr(svd_fisher, "output_fisher", lambda *a, **k: (calls.append(a[3]), real(*a, **k))[1])
     out = _run(tmp, text, "fisher", resume=True)
     assert len(calls) == total - 2
     assert (out / WEIGHTS).read_bytes() == reference

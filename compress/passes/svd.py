@@ -46,7 +46,7 @@ from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
 from compress.passes.svd_checks import centered, check_config, check_streaming, merge_report, summary
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
-                                       fisher_plan, output_fisher)
+                                       fisher_plan, sweeps)
 from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
 from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
@@ -209,9 +209,8 @@ class SVDPass(Pass):
             console.print(f"  output Fishers: {len(measured)} of {len(chosen)} read back from an earlier run")
         chosen = [i for i in chosen if i.name not in self.roots]
         samples = sum(b["hidden_states"].shape[0] for b in batches)
-        for names in fisher_chunks(chosen, self.budget, self._fisher_rows(adapter, chosen, samples)):
-            for name, fisher in output_fisher(model, adapter, batches, names, c.fisher_probes, seed=0).items():
-                self.roots.add(name, fisher)
+        chunks = fisher_chunks(chosen, self.budget, self._fisher_rows(adapter, chosen, samples))
+        sweeps(model, adapter, batches, chunks, c.fisher_probes, self.roots, c.progress)
 
     def _fisher_rows(self, adapter: Adapter, infos: list[LinearInfo], samples: int | None) -> dict[str, int]:
         """name -> gradient rows one sweep gives the Fisher of each target that reads one row per

@@ -118,16 +118,32 @@ def tapped(model: nn.Module, names: list[str]):
 
 
 def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[str], probes: int = 4,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
+                  seed: int = 0, tick=lambda: None) -> dict[str, torch.Tensor]:
     """name -> F = Σ over samples and probes of gᵀg, g = ∂<v, pred>/∂y, as measured (`FisherSum`:
-    F (out, out) float64 or its rows; `dense_fisher` gives F)."""
+    F (out, out) float64 or its rows; `dense_fisher` gives F). `tick` after each batch."""
     fisher: dict[str, FisherSum] = {}
     gen = torch.Generator().manual_seed(seed)
     with tapped(model, names) as (_, outputs):
         for batch in batches:
             with torch.enable_grad():
                 _probe([adapter.predict(model, batch)], names, outputs, probes, gen, fisher)
+            tick()
     return {n: f.value() for n, f in fisher.items()}
+
+
+def sweeps(model: nn.Module, adapter, batches: list[dict], chunks: list[list[str]], probes: int,
+           roots: "Roots", progress: bool = True) -> None:
+    """The output Fishers of each chunk of target names (`fisher_chunks`), one backward sweep over
+    the batches per chunk, into `roots`; a progress bar over the sweeps and their batches."""
+    from compress.calib import _progress
+
+    with _progress(progress and bool(chunks)) as bar:
+        task = bar.add_task("output Fishers", total=len(chunks) * len(batches))
+        for k, names in enumerate(chunks, 1):
+            bar.update(task, description=f"output Fishers: sweep {k}/{len(chunks)}")
+            tick = lambda: bar.advance(task)  # noqa: E731
+            for name, fisher in output_fisher(model, adapter, batches, names, probes, seed=0, tick=tick).items():
+                roots.add(name, fisher)
 
 
 def _probe(ends: list[torch.Tensor], names: list[str], outputs: dict, probes: int, gen: torch.Generator,

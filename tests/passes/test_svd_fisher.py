@@ -201,7 +201,7 @@ def test_block_fishers_left_by_an_interrupted_pass_are_not_read_as_prediction_fi
     depend on the stream each block is fed, so a fisher: block pass interrupted midway leaves none
     that a later fisher: all pass on the same model and inputs could take for its own."""
     from compress.arch import get_adapter
-    from compress.passes import svd
+    from compress.passes import svd, svd_fisher
     from compress.passes.base import RunContext
     from compress.passes.svd import SVDConfig, SVDPass
     from tests.conftest import model_inputs
@@ -226,8 +226,8 @@ def test_block_fishers_left_by_an_interrupted_pass_are_not_read_as_prediction_fi
         run("block")
     assert not list(tmp_path.rglob("fisher*/*.pt"))
     monkeypatch.undo()
-    measured, real = [], svd.output_fisher
-    monkeypatch.setattr(svd, "output_fisher", lambda *a, **k: (measured.extend(a[3]), real(*a, **k))[1])
+    measured, real = [], svd_fisher.output_fisher
+    monkeypatch.setattr(svd_fisher, "output_fisher", lambda *a, **k: (measured.extend(a[3]), real(*a, **k))[1])
     run("all")
     assert len(measured) == len([i for i in get_adapter(tiny_flux()).linears(tiny_flux()) if i.role == "mlp"])
 
@@ -275,3 +275,23 @@ def test_fisher_sweeps_stay_on_the_models_device(family, checkpointing):
     with checkpointed(model, checkpointing):
         fishers = output_fisher(model, adapter, batches, names, 2, seed=0)
     assert fishers.keys() == set(names) and all(f.is_meta for f in fishers.values())
+
+
+def test_sweeps_measure_every_chunk_under_one_progress_bar(tmp_path):
+    """svd_fisher.sweeps: one output_fisher sweep per chunk into the roots, the same Fishers as
+    measuring each chunk alone; output_fisher ticks once per batch (the bar's steps)."""
+    from compress.arch import get_adapter
+    from compress.passes.svd_fisher import output_fisher, sweeps
+    from tests.conftest import model_inputs
+
+    model = tiny_flux()
+    adapter = get_adapter(model)
+    batches = [model_inputs(model, seed=i) for i in range(3)]
+    names = [i.name for i in adapter.linears(model) if i.role == "mlp"][:4]
+    ticks = []
+    alone = output_fisher(model, adapter, batches, names[:2], 2, seed=0, tick=lambda: ticks.append(1))
+    assert len(ticks) == len(batches)
+    roots = Roots(tmp_path / "f", damping=1e-3, keep_bytes=2**30)
+    sweeps(model, adapter, batches, [names[:2], names[2:]], 2, roots, progress=True)
+    assert sorted(roots) == sorted(names)
+    assert all(torch.equal(roots.store[n], alone[n]) for n in names[:2])
