@@ -30,7 +30,8 @@ from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
-from compress.runner_stream import check_streaming, models_for, streamed_weights, warn_if_activations_too_big
+from compress.runner_stream import (check_streaming, models_for, streamed_weights, warn_if_activations_too_big,
+                                   warn_if_streamed_too_big)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -145,7 +146,12 @@ class Runner:
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
         if any(getattr(p, "needs_calibration", False) for p in self.passes):
             held = footprint(self.recipe, self.source, self.teacher.config, len(self.prompts or ()))
-            warn_if_activations_too_big(held, self.device, self.recipe.calibration.spill_activations)
+            spilled = self.recipe.calibration.spill_activations
+            if self.recipe.stream:  # weights and activations together, against what is free
+                warn_if_streamed_too_big(streamed_weights(self.teacher, self.adapter), held,
+                                         DTYPES[self.recipe.compute_dtype], self.device, spilled)
+            else:
+                warn_if_activations_too_big(held, self.device, spilled)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         teacher_id = fingerprint(self.source, self.teacher, self.recipe, self.models)
         self.inputs_cache = None  # sampled inputs (pipeline calibration: minutes to hours)

@@ -168,6 +168,25 @@ def warn_if_activations_too_big(footprint: dict, device: torch.device, spilled: 
                   "compute_dtype: bfloat16)")
 
 
+def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype, device: torch.device,
+                             spilled: bool) -> None:
+    """Before a streamed run: say so if what it holds at once on `device` would not fit the memory
+    free there: teacher's and student's top levels, the largest block, and the calibration
+    activations (one batch of them when spilled). weights: `streamed_weights`; footprint: a
+    calib_footprint.footprint."""
+    params = 2 * weights["top_level_params"] + weights["largest_block_params"]
+    need = params * dtype.itemsize + footprint["batch_bytes" if spilled else "bytes"]
+    have = free_memory(device)
+    if have is None or need <= have:
+        return
+    from compress.report import console
+
+    console.print(f"[bold yellow]warning:[/] a streamed run holds about {need / 2**30:.1f} GiB on {device} "
+                  f"(two top levels, one block and the calibration activations), and {have / 2**30:.1f} GiB "
+                  "are free there: set calibration.spill_activations: true, compute_dtype: bfloat16, or "
+                  "fewer prompts")
+
+
 def free_memory(device: torch.device) -> int | None:
     """Memory free now: on a GPU what the driver has free plus what torch's caching allocator holds
     unused; else the machine's MemAvailable (None where unknown)."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import PixArtTransformer2DModel
 
+from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import INDEX, WEIGHTS, load_transformer
 from compress.recipe import parse_recipe
@@ -203,6 +204,26 @@ def test_a_teacher_too_big_for_memory_is_named_before_loading(tmp_path, monkeypa
     monkeypatch.setattr(rs, "available_bytes", lambda: need)
     _run(tmp_path, text, "fits")
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_streamed_run_too_big_for_its_device_is_named_before_it_starts(tmp_path, monkeypatch, capsys):
+    """Two top levels, the largest block and the calibration activations (one batch when spilled)
+    against the memory free on the run's device."""
+    import compress.runner_stream as rs
+    from compress.runner_stream import streamed_weights, warn_if_streamed_too_big
+
+    model = tiny_flux()
+    weights = streamed_weights(model, get_adapter(model))
+    f = {"bytes": 10_000, "batch_bytes": 1_000}
+    need = (2 * weights["top_level_params"] + weights["largest_block_params"]) * 4 + 10_000
+    for free, spilled, warned in ((need, False, False), (need - 1, False, True), (need - 1, True, False)):
+        monkeypatch.setattr(rs, "available_bytes", lambda free=free: free)
+        warn_if_streamed_too_big(weights, f, torch.float32, torch.device("cpu"), spilled)
+        assert ("a streamed run holds about" in capsys.readouterr().err) == warned
+    text = _teacher(tmp_path, "flux").format(stream="true")
+    monkeypatch.setattr(rs, "available_bytes", lambda: 1000)
+    _run(tmp_path, text, "small")
+    assert "spill_activations: true" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.parametrize("call", [2, 7])  # during the first svd pass; during the second
