@@ -3,8 +3,8 @@
 # the repository root there after `tools/device_wheels.sh` here:
 #     run(command="bash tools/device_checks.sh", carry=[".whl"], timeout_s=590)
 # Every step writes its log under $OUT (they come back); a failed step does not stop the next one.
-#   1. the CUDA kernel tests (bf16 included), 2. tools/bench_kernels.py --quick then the full grid
-#   (JSON), 3. `dit-compress bench` of the toy PixArt at 50% of its block linears, on CUDA and CPU,
+#   1. the CUDA kernel tests (bf16 included), 2. tools/bench_kernels.py --quick (the full grid, as
+#   JSON, runs last), 3. `dit-compress bench` of the toy PixArt at 50% of its block linears, on CUDA and CPU,
 #   4. a resident `dit-compress run` on the GPU against the CPU (tests/test_runner.py -k gpu), and a
 #   streamed one (tests/test_runner_stream.py -k gpu).
 set -uo pipefail
@@ -32,7 +32,6 @@ import torch, triton, diffusers
 print(torch.__version__, triton.__version__, diffusers.__version__, torch.cuda.get_device_name())"'
 step cuda_tests 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/kernels
 step kernels_quick 90 python3 tools/bench_kernels.py --quick
-step kernels_full 180 python3 tools/bench_kernels.py --json "$OUT/kernels.json"
 cat > /tmp/toy50.yaml <<'YAML'
 version: 1
 model: pixart
@@ -44,6 +43,8 @@ YAML
 step toy_run 60 python3 -m compress.cli run /tmp/toy50.yaml --out /tmp/toy50 --overwrite
 step bench_cuda 40 python3 -m compress.cli bench /tmp/toy50 --device cuda --batch 8 --json
 step bench_cpu 40 python3 -m compress.cli bench /tmp/toy50 --device cpu --batch 8 --json
-step gpu_run 120 python3 -m pytest -q -p no:cacheprovider tests/test_runner.py -k gpu
+step gpu_run 120 python3 -m pytest -q -p no:cacheprovider tests/test_runner.py tests/test_calib.py -k "gpu or runs_device"
 step gpu_stream_run 90 python3 -m pytest -q -p no:cacheprovider tests/test_runner_stream.py -k gpu
+# last: the longest step; the quick grid above already gives numbers if this one is cut short
+step kernels_full 180 python3 tools/bench_kernels.py --json "$OUT/kernels.json"
 echo "done in ${SECONDS}s" | tee -a "$OUT/summary.txt"
