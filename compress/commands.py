@@ -33,6 +33,10 @@ def _teacher_and_inputs(source: str):
             teacher_source = recipe.teacher
             teacher, loader = _streamed_teacher(teacher_source, recipe, device)
         else:
+            from compress.runner import DTYPES
+            from compress.runner_stream import warn_if_too_big
+
+            warn_if_too_big(recipe.teacher, DTYPES[recipe.compute_dtype], device, student=False)
             teacher_source, teacher = load_checked_teacher(recipe)
             teacher = cast(teacher, device)
         calib, recipe_dir = recipe.calibration, Path(source).parent

@@ -138,17 +138,20 @@ class StreamedModels:
             h.update(str(size).encode())
 
 
-def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu")) -> None:
-    """Before loading a local teacher whole: say so if it and its student copy would not fit in the
-    memory available now on `device` (on the CPU loading would end in the kernel's OOM killer,
+def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
+                    student: bool = True) -> None:
+    """Before loading a local teacher whole: say so if it (and its student copy) would not fit in
+    the memory available now on `device` (on the CPU loading would end in the kernel's OOM killer,
     without a message)."""
     need, have = resident_bytes(source, dtype), free_memory(device)
+    need = need if need is None or student else need // 2
     if need is None or have is None or need <= have:
         return
     from compress.report import console
 
     where = f"free on {device}" if device.type == "cuda" else "available"
-    console.print(f"[bold yellow]warning:[/] teacher and student need about {need / 2**30:.1f} GiB in "
+    who = "teacher and student need" if student else "the teacher needs"
+    console.print(f"[bold yellow]warning:[/] {who} about {need / 2**30:.1f} GiB in "
                   f"{str(dtype).removeprefix('torch.')}, and {have / 2**30:.1f} GiB are {where}; "
                   "set stream: true in the recipe (svd passes, one block resident) or "
                   "compute_dtype: bfloat16")

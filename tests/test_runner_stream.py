@@ -204,6 +204,13 @@ def test_a_teacher_too_big_for_memory_is_named_before_loading(tmp_path, monkeypa
     monkeypatch.setattr(rs, "available_bytes", lambda: need)
     _run(tmp_path, text, "fits")
     assert "warning" not in capsys.readouterr().err
+    from compress.cli import main  # importance loads the teacher alone
+
+    (tmp_path / "r.yaml").write_text(text)
+    for free, warned in ((need // 2, False), (need // 2 - 1, True)):
+        monkeypatch.setattr(rs, "available_bytes", lambda free=free: free)
+        assert main(["importance", str(tmp_path / "r.yaml"), "--png", str(tmp_path / "i.png")]) == 0
+        assert ("warning: the teacher needs about" in capsys.readouterr().err) == warned
 
 
 def test_a_streamed_run_too_big_for_its_device_is_named_before_it_starts(tmp_path, monkeypatch, capsys):
