@@ -200,3 +200,31 @@ def test_conditioning_grid_spans_timesteps():
     assert stats["adaln.in"].rows == 8 * 2  # 8 grid timesteps x batch 2
     own = cal.conditioning([Reader("adaln.in", "adaln_single.linear")], grid=0)
     assert own["adaln.in"].rows == 2
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_the_block_walk_stays_on_the_models_device(family, monkeypatch):
+    """Capture, both streams of the asymmetric walk and every Gram, with model and inputs on the
+    meta device standing in for a GPU (a tensor made on the CPU on the way would be an error); the
+    NaN/Inf check reads values, which meta tensors do not have, so it is left out here."""
+    import compress.calib_stats as cs
+    from compress.arch import get_adapter
+    from compress.inputs import moved
+    from compress.io import cast, load_teacher
+    from compress.passes.svd_targets import resolve_targets
+    from compress.passes.svd_walk import readers
+    from tests.conftest import model_inputs
+
+    monkeypatch.setattr(cs, "_check_finite", lambda x, r: None)
+    meta = torch.device("meta")
+    model = cast(load_teacher(f"toy:{family}"), meta)
+    adapter = get_adapter(model)
+    batches = [moved(model_inputs(model, batch=2, seed=s), meta, torch.float32) for s in range(2)]
+    targets = resolve_targets(adapter.linears(model), ["attention", "mlp", "modulation"], [])
+    cal = BlockCalibration(model, adapter, batches, progress=False, asymmetric=True)
+    cal.capture()
+    walked = list(cal.blocks(lambda g, i: readers([t for t in targets if (t.group, t.block) == (g, i)])))
+    assert len(walked) == 6 and all(bs.stats for bs in walked)
+    stats = [s for bs in walked for s in bs.stats.values()]
+    assert all(s.gram.is_meta and (s.cross is None or s.cross.is_meta) for s in stats)
+    assert any(s.cross is not None for s in stats)
