@@ -30,8 +30,9 @@ def _teacher_and_inputs(source: str):
         recipe = load_recipe(source)
         device = resolve_device(recipe)  # the scan runs where the recipe's passes would
         if recipe.stream:  # as its run would: the top level resident, blocks read as they run
-            teacher_source = recipe.teacher
-            teacher, loader = _streamed_teacher(teacher_source, recipe, device)
+            models = _read_only_streams(recipe, device)
+            teacher_source, teacher = load_checked_teacher(recipe, models=models)
+            loader = models.loaders[id(teacher)]
         else:
             from compress.runner import DTYPES
             from compress.runner_stream import warn_if_too_big
@@ -53,19 +54,12 @@ def _teacher_and_inputs(source: str):
     return teacher_source, teacher, input_source(family, teacher_source, calib, teacher, recipe_dir), loader
 
 
-def _streamed_teacher(source: str, recipe, device):
-    """(teacher on meta but for its top level, its CheckpointBlocks) of a streamed recipe."""
+def _read_only_streams(recipe, device):
+    """A runner_stream.StreamedModels that writes nothing, in the recipe's compute dtype."""
     from compress.runner import DTYPES
-    from compress.stream import CheckpointBlocks, checkpoint_of, empty_transformer
+    from compress.runner_stream import StreamedModels
 
-    config, files = checkpoint_of(source)
-    teacher = empty_transformer(config, DTYPES[recipe.compute_dtype]).requires_grad_(False).eval()
-    if get_adapter(teacher).family != recipe.model:
-        raise UserError(f"{recipe.path}: model is '{recipe.model}' but the teacher {source} is a "
-                        f"{type(teacher).__name__}")
-    loader = CheckpointBlocks(teacher, files, device=device)
-    loader.load_top()
-    return teacher, loader
+    return StreamedModels(None, DTYPES[recipe.compute_dtype], device)
 
 
 def importance(args) -> int:
@@ -145,28 +139,24 @@ def _teacher_relative_streamed(out: Path, teacher_source: str) -> dict:
     """_teacher_relative with teacher and student streamed block by block (each on meta but for
     its top level) on the recipe's device and in its compute dtype, as the run held them."""
     from compress.inputs import input_source, moved
-    from compress.io import empty_compressed
     from compress.passes.base import predictions, relative_error
     from compress.recipe import load_recipe
-    from compress.runner import DTYPES, resolve_device
-    from compress.stream import CheckpointBlocks, streamed, weight_map
+    from compress.runner import DTYPES, load_checked_teacher, resolve_device
 
     recipe = load_recipe(out / "recipe.yaml")
     device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]
-    teacher, teacher_blocks = _streamed_teacher(teacher_source, recipe, device)
-    student = cast(empty_compressed(out), dtype).requires_grad_(False).eval()
-    student_blocks = CheckpointBlocks(student, weight_map(out), device=device)
-    student_blocks.load_top()
+    models = _read_only_streams(recipe, device)
+    _, teacher = load_checked_teacher(recipe, teacher_source, models=models)
+    student = models.restore(out).requires_grad_(False).eval()
     adapter = get_adapter(teacher)
     src = input_source(adapter.family, teacher_source, recipe.calibration, teacher)
     report = read_report(out)
     if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
         src.cache_dir = Path(report["inputs_cache"])
-    with streamed(teacher, teacher_blocks), console.status("eval: the teacher's held-out predictions, "
-                                                           "block by block"):
+    with models.forwards(teacher), console.status("eval: the teacher's held-out predictions, block by block"):
         batches = [moved(b, device, dtype) for b in src.heldout()]
         reference = predictions(teacher, adapter, batches)
-    with streamed(student, student_blocks), console.status("eval: the student's, block by block"):
+    with models.forwards(student), console.status("eval: the student's, block by block"):
         error = relative_error(student, reference, adapter, batches)
     return {"family": adapter.family, "pred_rel_error": error, "streamed": True}
 

@@ -144,12 +144,12 @@ class Runner:
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
+        weights = streamed_weights(self.teacher, self.adapter) if self.recipe.stream else None
         if any(getattr(p, "needs_calibration", False) for p in self.passes):
             held = footprint(self.recipe, self.source, self.teacher.config, len(self.prompts or ()))
             spilled = self.recipe.calibration.spill_activations
-            if self.recipe.stream:  # weights and activations together, against what is free
-                warn_if_streamed_too_big(streamed_weights(self.teacher, self.adapter), held,
-                                         DTYPES[self.recipe.compute_dtype], self.device, spilled)
+            if weights is not None:  # weights and activations together, against what is free
+                warn_if_streamed_too_big(weights, held, DTYPES[self.recipe.compute_dtype], self.device, spilled)
             else:
                 warn_if_activations_too_big(held, self.device, spilled)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,11 +170,10 @@ class Runner:
             unconditional=getattr(src, "unconditional", None),
             fingerprint=teacher_id,
             resume=self.resume)
-        if self.recipe.stream:
-            s = streamed_weights(self.teacher, self.adapter)
-            console.print(f"streaming: the top level ({s['top_level_params']:,} params) stays resident, "
-                          f"blocks (at most {s['largest_block_params']:,}) are read one at a time")
-            self.ctx.report["stream"] = dict(s, compute_dtype=self.recipe.compute_dtype)
+        if weights is not None:
+            console.print(f"streaming: the top level ({weights['top_level_params']:,} params) stays resident, "
+                          f"blocks (at most {weights['largest_block_params']:,}) are read one at a time")
+            self.ctx.report["stream"] = dict(weights, compute_dtype=self.recipe.compute_dtype)
 
     def _teacher_forwards(self, make):
         """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""

@@ -65,11 +65,12 @@ class ResidentModels:
 class StreamedModels:
     """Teacher and student on the meta device but for their top level; each block is read from
     its checkpoint file when it runs (`CheckpointBlocks`). The student's compressed blocks are
-    spilled to run_dir/stream/."""
+    spilled to run_dir/stream/; with run_dir None nothing is written (importance, eval)."""
 
-    def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32,
+    def __init__(self, run_dir: Path | None, dtype: torch.dtype = torch.float32,
                  device: torch.device = torch.device("cpu")):
-        self.run_dir, self.dtype, self.device = Path(run_dir), dtype, device  # where blocks compute
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.dtype, self.device = dtype, device  # where blocks compute
         self.loaders: dict[int, CheckpointBlocks] = {}  # id(model) -> its loader
         self.files: dict[str, Path] = {}  # the teacher checkpoint: tensor name -> file
         self.student: nn.Module | None = None
@@ -81,7 +82,8 @@ class StreamedModels:
 
     def teacher(self, source: str, load) -> nn.Module:
         config, self.files = checkpoint_of(source)
-        warn_if_short_of_disk(self.run_dir, checkpoint_numel(self.files) * self.dtype.itemsize)
+        if self.run_dir is not None:
+            warn_if_short_of_disk(self.run_dir, checkpoint_numel(self.files) * self.dtype.itemsize)
         model = empty_transformer(config, self.dtype).requires_grad_(False).eval()
         self._attach(model, CheckpointBlocks(model, self.files, device=self.device))
         return model
@@ -91,8 +93,8 @@ class StreamedModels:
         self.loaders[id(model)] = loader
         return model
 
-    def _spill(self) -> Path:
-        return self.run_dir / "stream"
+    def _spill(self) -> Path | None:
+        return self.run_dir / "stream" if self.run_dir is not None else None
 
     def fresh_student(self, teacher: nn.Module) -> nn.Module:
         self.student = copy.deepcopy(teacher)  # blocks on meta: only the top level is copied
