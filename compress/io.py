@@ -59,11 +59,20 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | 
 
 
 def cast(model: nn.Module, *args) -> nn.Module:
-    """model.to(*args) without diffusers' warning about float32-kept modules when the class keeps
-    none (PixArt and Flux declare an empty list, and diffusers 0.42 warns on any dtype cast then)."""
+    """model.to(*args), as diffusers' `from_pretrained(torch_dtype=...)` would have loaded it: the
+    non-persistent buffers (PixArt's sin-cos `pos_embed`, built at init and never saved) keep their
+    dtype and only move, so every loader (folder, single file, stream, output) computes alike. No
+    diffusers warning about float32-kept modules when the class keeps none (PixArt and Flux declare
+    an empty list, and diffusers 0.42 warns on any dtype cast then)."""
+    kept = [(m, name, buf) for m in model.modules() for name, buf in m._buffers.items()
+            if name in m._non_persistent_buffers_set and buf is not None and buf.is_floating_point()]
     if getattr(model, "_keep_in_fp32_modules", None):
-        return model.to(*args)  # a real list: let diffusers say it
-    return nn.Module.to(model, *args)
+        model = model.to(*args)  # a real list: let diffusers say it
+    else:
+        model = nn.Module.to(model, *args)
+    for m, name, buf in kept:
+        m._buffers[name] = buf.to(m._buffers[name].device)
+    return model
 
 
 def read_json(path: Path) -> dict:

@@ -179,3 +179,31 @@ def test_cast_changes_the_dtype_without_diffusers_empty_fp32_warning(capfd):
     model = cast(tiny_pixart(), torch.float16)
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     assert "kept in float32" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_loader_keeps_pixarts_pos_embed_as_diffusers_does(tmp_path, dtype):
+    """The sin-cos table is a non-persistent buffer: diffusers' from_pretrained(torch_dtype) keeps it
+    float32, so casts, single files, streamed models and outputs keep it too, and predict alike."""
+    from compress.io import cast
+    from compress.stream import CheckpointBlocks, empty_transformer, streamed
+
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "folder")
+    save_file(model.state_dict(), str(tmp_path / "folder" / "single.safetensors"))
+    inputs = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+              for k, v in model_inputs(model).items()}
+    ref = load_teacher(str(tmp_path / "folder"), dtype=dtype)  # diffusers' own loading
+    assert ref.pos_embed.pos_embed.dtype == torch.float32
+    expected = forward(ref, inputs)
+    meta = empty_transformer(tmp_path / "folder", dtype)
+    loader = CheckpointBlocks(meta, tmp_path / "folder")
+    loader.load_top()
+    with torch.no_grad(), streamed(meta, loader):
+        assert torch.equal(meta(**inputs, return_dict=False)[0], expected)
+    save_compressed(ref, tmp_path / "out", dtype=dtype)
+    for other in (cast(tiny_pixart(), dtype), load_teacher(str(tmp_path / "folder" / "single.safetensors"),
+                                                           dtype=dtype),
+                  load_transformer(tmp_path / "out"), load_transformer(tmp_path / "out", dtype=dtype)):
+        assert other.pos_embed.pos_embed.dtype == torch.float32
+        assert torch.equal(forward(other, inputs), expected)

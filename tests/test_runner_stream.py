@@ -41,7 +41,8 @@ def _teacher(tmp_path, family):
     return RECIPE.replace("{teacher}", str(tmp_path / "teacher")).replace("{family}", family)
 
 
-@pytest.mark.parametrize("family, dtype", [("pixart", "float32"), ("flux", "float32"), ("flux", "bfloat16")])
+@pytest.mark.parametrize("family, dtype", [("pixart", "float32"), ("flux", "float32"), ("flux", "bfloat16"),
+                                           ("pixart", "bfloat16")])  # PixArt: its float32 pos_embed
 def test_streamed_run_writes_the_resident_result(tmp_path, family, dtype):
     text = _teacher(tmp_path, family).replace("stream: {stream}", f"stream: {{stream}}\ncompute_dtype: {dtype}")
     resident = _run(tmp_path, text.format(stream="false"), "resident")
