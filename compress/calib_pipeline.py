@@ -13,22 +13,39 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import UserError
+from compress.errors import UserError, read_utf8
 
 
-def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
+def read_prompts(calib, recipe_dir: Path | None = None, say: bool = False) -> list[str]:
+    """calibration.prompts, then prompt_file's lines, cut to num_prompts; `say`: print a note when
+    num_prompts cuts the list or asks for more than there are."""
     prompts = list(calib.prompts)
     if calib.prompt_file:
         path = Path(calib.prompt_file)
         if not path.is_absolute() and recipe_dir is not None:
             path = recipe_dir / path
-        try:
-            prompts += [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-        except OSError as e:
-            raise UserError(f"calibration.prompt_file {calib.prompt_file}: {e.strerror or e}") from None
+        prompts += _prompt_lines(path, calib.prompt_file)
     if not prompts:
         raise UserError("calibration.source 'pipeline' needs calibration.prompts or prompt_file")
-    return prompts[: calib.num_prompts] if calib.num_prompts else prompts
+    n = calib.num_prompts
+    if say and n and n != len(prompts):
+        from compress.report import console
+
+        console.print(f"note: calibration.num_prompts is {n}: the first {n} of the {len(prompts)} prompts are "
+                      "used" if n < len(prompts) else
+                      f"note: calibration.num_prompts is {n} but there are only {len(prompts)} prompts")
+    return prompts[:n] if n else prompts
+
+
+def _prompt_lines(path: Path, name: str) -> list[str]:
+    """The non-blank lines of a UTF-8 prompt file, stripped; UserError if unreadable, not text or empty."""
+    text = read_utf8(path, f"calibration.prompt_file {name}", "give one prompt per line, saved as UTF-8")
+    if "\x00" in text:
+        raise UserError(f"calibration.prompt_file {name}: a binary file (NUL bytes), not one prompt per line")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise UserError(f"calibration.prompt_file {name} is empty: give one prompt per line")
+    return lines
 
 
 def load_pipeline_for(teacher: torch.nn.Module, source: str):
@@ -183,7 +200,7 @@ class PipelineSource:
 
     def __init__(self, family: str, calib, teacher, pipeline: str, recipe_dir: Path | None = None):
         self.family, self.calib, self.teacher, self.pipeline = family, calib, teacher, pipeline
-        self.prompts = read_prompts(calib, recipe_dir)
+        self.prompts = read_prompts(calib, recipe_dir, say=True)
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
         if not pipeline.startswith("toy:"):
             need_transformers()

@@ -12,3 +12,19 @@ class NumericError(RuntimeError):
     """NaN/Inf or a failed decomposition; the message names the layer and block."""
 
     exit_code = 3
+
+
+def read_utf8(path, label: str, hint: str) -> str:
+    """The text of a file a user gave; a UserError starting with `label` if it cannot be read or is
+    not UTF-8 (`label`:line, then `hint`)."""
+    from pathlib import Path
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{label}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{label}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); {hint}") from None

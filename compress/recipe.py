@@ -11,13 +11,13 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from compress.errors import UserError
+from compress.errors import UserError, read_utf8
 from compress.passes import PASSES, pass_class
+from compress.passes.base import BadValue
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -61,11 +61,11 @@ class CalibrationConfig:
     def validate(self):
         for name in ("num_prompts", "timesteps", "batch_size", "heldout", "sample_steps", "prompts_per_call"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+                raise BadValue(name, f"calibration.{name} must be at least 1, not {getattr(self, name)}")
         for name in ("height", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 16:
-                raise ValueError(f"{name} must be at least 16 pixels (or null: the pipeline's default), "
-                                 f"not {getattr(self, name)}")
+                raise BadValue(name, f"calibration.{name} must be at least 16 pixels (or null: the "
+                                     f"pipeline's default), not {getattr(self, name)}")
 
 
 @dataclass
@@ -213,16 +213,15 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
         raise loc.err(f"{what} must be a mapping of options")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("path", "raw")}
-    values = {}
-    for key_node, value_node in node.value:
+    values, key_nodes = {}, {}
+    for key_node, value_node in node.value:  # keys: unique strings (_check_keys)
         key = key_node.value
         if key not in fields:
             hint = _did_you_mean(key, fields)
             raise _Loc(path, key_node).err(f"unknown key '{key}' in {what}{hint} "
                                            f"(known: {', '.join(fields)})")
-        if key in values:
-            raise _Loc(path, key_node).err(f"duplicate key '{key}' in {what}")
         values[key] = convert(value_node, hints[key], path, f"{what}.{key}" if what else key)
+        key_nodes[key] = key_node
     missing = [n for n, f in fields.items() if n not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -235,9 +234,32 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
     if check:
         try:
             check()
+        except BadValue as e:  # names its key: point at that key's line (or its --set)
+            raise _Loc(path, key_nodes.get(e.key, node)).err(str(e)) from None
         except ValueError as e:
             raise loc.err(f"{what}: {e}") from None
     return obj
+
+
+def _check_keys(node: yaml.Node, path: str, seen: set[int] | None = None) -> None:
+    """Every mapping key is a plain scalar and appears once (YAML itself lets the last one win)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias (even a recursive one) is checked once
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_keys(item, path, seen)
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}  # key -> its line
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise _Loc(path, key).err("a key must be a plain name, not a list or mapping")
+            if key.value in first:
+                where = f" (first at line {first[key.value]})" if first[key.value] else ""
+                raise _Loc(path, key).err(f"duplicate key '{key.value}'{where}")
+            first[key.value] = 0 if _Loc(path, key).override else _Loc(path, key).line
+            _check_keys(value, path, seen)
 
 
 # ---- passes -------------------------------------------------------------------------------------
@@ -262,9 +284,14 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     """Apply `--set a.b.c=value` (list items by index: passes.1.svd.ratio=0.4) to the node tree.
     Every node it adds is marked `--set a.b.c=value`, which errors about it name."""
     mark = yaml.Mark(f"--set {dotted}={value_text}", 0, 0, 0, None, None)
-    value_node = yaml.compose(value_text, Loader=yaml.SafeLoader) or yaml.ScalarNode(
-        "tag:yaml.org,2002:null", "null")
+    try:
+        value_node = yaml.compose(value_text, Loader=yaml.SafeLoader) or yaml.ScalarNode(
+            "tag:yaml.org,2002:null", "null")
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} ({mark.name}): the value is not valid YAML "
+                        f"({getattr(e, 'problem', None) or e}); quote it if it is text") from None
     _remark(value_node, mark)
+    _check_keys(value_node, path)
     node, parts = data_node, dotted.split(".")
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -303,6 +330,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     root = _compose(text, path)
     if not isinstance(root, yaml.MappingNode):
         raise _Loc(path, root).err("a recipe must be a mapping with model, teacher and passes")
+    _check_keys(root, path)
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq:
@@ -345,11 +373,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
 
 
 def load_recipe(path, overrides: list[str] = ()) -> Recipe:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read recipe {path}: {e.strerror or e}") from None
+    text = read_utf8(path, str(path), "save the recipe as UTF-8")
     return parse_recipe(text, str(path), overrides)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from compress.arch import get_adapter
-from compress.calib_pipeline import capture, load_pipeline_for
+from compress.calib_pipeline import capture, load_pipeline_for, read_prompts
 from compress.errors import UserError
 from compress.io import load_teacher, load_transformer
 from compress.recipe import parse_recipe
@@ -146,7 +146,7 @@ def test_without_transformers_pipeline_calibration_says_what_to_install(tmp_path
 
 def test_image_size_keys_are_checked(tmp_path):
     text = RECIPE.format(family="pixart", teacher="toy:pixart", stream="false", size="height: 8, ")
-    with pytest.raises(UserError, match=r"r\.yaml:4.*height must be at least 16"):
+    with pytest.raises(UserError, match=r"r\.yaml:5: calibration\.height must be at least 16"):  # the key's line
         parse_recipe(text, str(tmp_path / "r.yaml"))
     text = RECIPE.format(family="pixart", teacher="toy:pixart", stream="false", size="height: 64, ")
     with pytest.raises(UserError, match="toy pipelines sample at their one resolution"):
@@ -407,3 +407,33 @@ def test_calibration_heldout_sets_how_many_prompts_a_pipeline_source_holds_out(f
         assert seen == [prompts[:10 - held], prompts[10 - held:]]
         rows = calibration_rows(type("R", (), {"calibration": calib(**kw)}), "pipeline", teacher.config, 10)
         assert rows == (10 - held) * 4 * 2
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "is empty"),
+    (b"  \n\t\n\n", "is empty"),
+    (b"a red fox\n\xc8\xab\xe6\xbb\x00\xff\n", "p.txt:2: not UTF-8 text (byte 0xe6)"),
+    (b"a red fox\x00\x01\x02\n", "a binary file"),
+])
+def test_prompt_file_that_is_not_prompts(tmp_path, content, words):
+    """An empty, blank, non-UTF-8 or binary prompt_file is a one-line UserError saying which (a
+    UnicodeDecodeError traceback or 'needs calibration.prompts' before)."""
+    from compress.recipe import CalibrationConfig
+
+    (tmp_path / "p.txt").write_bytes(content)
+    calib = CalibrationConfig(source="pipeline", prompt_file="p.txt")
+    with pytest.raises(UserError, match=r"^calibration\.prompt_file p\.txt") as e:
+        read_prompts(calib, tmp_path)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("num_prompts, said", [(10, "the first 10 of the 30 prompts"), (64, "only 30 prompts"),
+                                               (30, None), (None, None)])
+def test_num_prompts_that_cuts_a_prompt_file_says_so(tmp_path, capsys, num_prompts, said):
+    from compress.recipe import CalibrationConfig
+
+    (tmp_path / "p.txt").write_text("".join(f"prompt {i}\n" for i in range(30)))
+    calib = CalibrationConfig(source="pipeline", prompt_file="p.txt", num_prompts=num_prompts)
+    assert len(read_prompts(calib, tmp_path, say=True)) == min(num_prompts or 30, 30)
+    err = " ".join(capsys.readouterr().err.split())
+    assert (said in err) if said else not err

@@ -45,6 +45,7 @@ def _replace(old, new):
     return GOOD.replace(old, new)
 
 
+SVD = "model: pixart\nteacher: x\npasses:\n  - svd:\n      ratio: 0.5\n"
 BAD = [  # (recipe text, expected message fragment)
     ("", "empty"),
     ("model: [pixart\n", "malformed YAML"),
@@ -70,6 +71,12 @@ BAD = [  # (recipe text, expected message fragment)
     (_replace("      lr: 0.001", "      lr: 0.001\n      lr: 0.002"), "duplicate key 'lr'"),
     (_replace("  num_prompts: 4", "  num_prompt: 4"), "did you mean 'num_prompts'"),
     (_replace("  num_prompts: 4", "  num_prompts: 0"), "num_prompts must be at least 1"),
+    (_replace("  num_prompts: 4", "  num_prompts: 4\n  seed: 1\n  num_prompts: 5"), "r.yaml:7: duplicate key 'num_prompts'"),
+    (_replace("model: pixart\n", "model: pixart\nmodel: flux\n"), "r.yaml:3: duplicate key 'model' (first at line 2)"),
+    (GOOD + "passes:\n  - importance\n", "r.yaml:14: duplicate key 'passes' (first at line 7)"),
+    (GOOD + "? [a]\n: 1\n", "r.yaml:14: a key must be a plain name"),
+    (_replace("{buckets: 3}", "{? [buckets] : 3}"), "r.yaml:8: a key must be a plain name"),
+    (_replace("  - importance: {buckets: 3}", "  - ? {importance: 1}\n    : {}"), "r.yaml:8: a key must be a plain name"),
     (_replace("  timesteps: 2", "  timesteps: -2"), "timesteps must be at least 1"),
     (_replace("calibration:\n  num_prompts: 4\n  timesteps: 2\n", "calibration: 5\n"),
      "calibration must be a mapping"),
@@ -84,6 +91,15 @@ BAD = [  # (recipe text, expected message fragment)
     ("model: pixart\nteacher: x\npasses:\n  - svd: {fisher_memory_gb: lots}\n",
      "r.yaml:4: passes[0].svd.fisher_memory_gb must be a number or 'auto'"),
     ("model: pixart\nteacher: !!python/name:os.system ''\npasses: [importance]\n", "teacher"),
+    (SVD + "      center: ['re:[']\n", "r.yaml:6: svd.center: bad regex 're:['"),
+    (SVD + "      center: [3]\n", "r.yaml:6: svd.center: patterns must be strings"),
+    (SVD + "      allocation: per_role\n      ratios: {attention: half}\n",
+     "r.yaml:7: svd.ratios.attention must be a number in (0, 1]"),
+    (SVD + "      ratios: {attention: 0.3}\n", "r.yaml:6: svd.ratios is only read by allocation: per_role"),
+    (SVD + "      energy: 0.9\n", "r.yaml:6: svd.energy is only read by allocation: energy"),
+    (SVD + "      fisher_probes: 0\n", "r.yaml:6: svd.fisher_probes must be an integer ≥ 1"),
+    ("model: pixart\nteacher: x\npasses:\n  - remove_blocks: {count: 1, buckets: 0}\n",
+     "r.yaml:4: remove_blocks: buckets must be a positive integer"),
 ]
 
 
@@ -118,12 +134,13 @@ def test_overrides_add_keys_and_their_errors_name_the_override():
         parse_recipe(GOOD, "r.yaml", ["passes.1.distill.stepz=3"])
     with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.0\.importance\.new\.deep=1\): unknown key 'new'"):
         parse_recipe(GOOD, "r.yaml", ["passes.0.importance.new.deep=1"])
-    with pytest.raises(UserError, match=r"^r\.yaml:5: calibration: height must be at least 16"):
-        parse_recipe(GOOD, "r.yaml", ["calibration.height=8"])  # checked with its section
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set calibration\.height=8\): calibration\.height must be "
+                                        "at least 16"):
+        parse_recipe(GOOD, "r.yaml", ["calibration.height=8"])  # a range check names the --set too
 
 
 def test_missing_recipe_file(tmp_path):
-    with pytest.raises(UserError, match="cannot read recipe"):
+    with pytest.raises(UserError, match=r"nope\.yaml: No such file"):
         load_recipe(tmp_path / "nope.yaml")
 
 
@@ -154,3 +171,40 @@ def test_dumped_recipe_inlines_the_prompt_file(tmp_path, monkeypatch):
     assert again.calibration.prompt_file is None
     assert read_prompts(again.calibration) == ["a red fox", "a blue car"]
     assert dump_recipe(again) == dumped  # a dump round-trips
+
+
+@pytest.mark.parametrize("value", ["[0.3", "\t", "*a", "a\n---\nb"])
+def test_override_that_is_not_yaml(value):
+    """A --set value that YAML cannot read is a one-line error naming the --set (a traceback before)."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(GOOD, "r.yaml", [f"passes.1.distill.lr={value}"])
+    assert str(e.value).startswith(f"r.yaml (--set passes.1.distill.lr={value}): the value is not valid YAML")
+
+
+def test_override_of_a_bad_value_names_the_override():
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.1\.distill\.lr=0\): distill: lr must be > 0"):
+        parse_recipe(GOOD, "r.yaml", ["passes.1.distill.lr=0"])
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set calibration=\{seed: 1, seed: 2\}\): duplicate key 'seed'$"):
+        parse_recipe(GOOD, "r.yaml", ["calibration={seed: 1, seed: 2}"])
+
+
+def test_range_errors_name_the_key_line():
+    """A pass's value checks run at load and point at the bad key, not at the pass's first line."""
+    text = _replace("      lr: 0.001", "      lr: 0.001\n      warmup_steps: -1")
+    with pytest.raises(UserError, match=r"^r\.yaml:12: distill: warmup_steps must be ≥ 0, got -1$"):
+        parse_recipe(text, "r.yaml")
+    text = _replace("  timesteps: 2", "  timesteps: 0")
+    with pytest.raises(UserError, match=r"^r\.yaml:6: calibration\.timesteps must be at least 1"):
+        parse_recipe(text, "r.yaml")
+
+
+def test_recursive_alias_is_checked_once():
+    with pytest.raises(UserError, match="r.yaml"):
+        parse_recipe(GOOD + "export: &e {dtype: *e}\n", "r.yaml")
+
+
+def test_recipe_that_is_not_utf8(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_bytes(GOOD.replace("teacher: toy:pixart", "teacher: caf\xe9").encode("latin-1"))
+    with pytest.raises(UserError, match=r"r\.yaml:3: not UTF-8 text \(byte 0xe9\); save the recipe as UTF-8"):
+        load_recipe(p)

@@ -39,7 +39,7 @@ from compress.distill_utils import (TRAIN_MODES, BlockOutputs, OutputCapture, St
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast
-from compress.passes.base import Pass, RunContext
+from compress.passes.base import BadValue, Pass, RunContext
 
 TERMS = ("loss", "task", "out", "feat")
 # config keys that do not change the result (left out of the checkpoint fingerprint)
@@ -75,6 +75,51 @@ class DistillConfig:
     progress: bool = True  # rich progress bar (main process)
     plot: bool = True  # loss.png beside loss.csv (matplotlib)
 
+    def validate(self) -> None:
+        """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
+        for key, (ok, allowed) in _RANGES.items():
+            value = getattr(self, key)
+            if not (value is None and key in _NULLABLE) and not (_number(value) and ok(value)):
+                raise BadValue(key, f"distill: {key} must be {allowed}, got {value!r}")
+        for key, allowed in (("mixed_precision", ("no", "bf16", "fp16")), ("train", TRAIN_MODES),
+                             ("data", DATA_SOURCES)):
+            if getattr(self, key) not in allowed:
+                raise BadValue(key, f"distill: {key} must be one of {', '.join(allowed)}, "
+                                    f"not {getattr(self, key)!r}")
+        if self.lambda_task + self.lambda_out + self.lambda_feat == 0:
+            raise BadValue("lambda_task", "distill: lambda_task, lambda_out and lambda_feat must not all be 0")
+        self._validate_data()
+
+    def _validate_data(self) -> None:
+        if self.data == "folder" and not self.latents_dir:
+            raise BadValue("data", "distill: data: folder needs latents_dir")
+        if self.data == "teacher_samples":
+            for key in ("num_samples", "sample_steps"):
+                if getattr(self, key) < 1:
+                    raise BadValue(key, f"distill: {key} must be ≥ 1, got {getattr(self, key)}")
+        if self.guidance_scale < 1 or (self.guidance_scale != 1.0 and self.data != "teacher_samples"):
+            raise BadValue("guidance_scale", f"distill: guidance_scale ({self.guidance_scale}) is the "
+                                             "teacher sampler's: ≥ 1, and only with data: teacher_samples")
+
+
+_RANGES = {  # key -> (test, what it must be)
+    "steps": (lambda v: v >= 1, "an integer ≥ 1"), "batch_size": (lambda v: v >= 1, "an integer ≥ 1"),
+    "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, "≥ 0"),
+    "warmup_steps": (lambda v: v >= 0, "≥ 0"), "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "grad_clip": (lambda v: v >= 0, "≥ 0 (0: no clipping)"),
+    "lambda_task": (lambda v: v >= 0, "≥ 0"), "lambda_out": (lambda v: v >= 0, "≥ 0"),
+    "lambda_feat": (lambda v: v >= 0, "≥ 0"),
+    "mask_massive": (lambda v: v >= 0, "≥ 0 (standard deviations; 0: off) or null"),
+    "max_steps_this_run": (lambda v: v >= 1, "an integer ≥ 1 or null"),
+    "checkpoint_every": (lambda v: v >= 0, "≥ 0 (0: no periodic checkpoints)"),
+    "keep_checkpoints": (lambda v: v >= 1, "≥ 1"),
+}
+_NULLABLE = ("mask_massive", "max_steps_this_run")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 class TrainingInterrupted(UserError):
     """Stopped on request (signal or max_steps_this_run) after writing a checkpoint; resume to go on."""
@@ -89,31 +134,9 @@ class DistillPass(Pass):
 
     def check(self, model, adapter) -> None:
         cfg = self.config
-        for key in ("steps", "batch_size"):
-            if getattr(cfg, key) < 1:
-                raise UserError(f"distill: {key} must be ≥ 1, got {getattr(cfg, key)}")
-        if min(cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat) < 0 or \
-                cfg.lambda_task + cfg.lambda_out + cfg.lambda_feat == 0:
-            raise UserError("distill: lambda_task/lambda_out/lambda_feat must be ≥ 0 and not all 0")
-        if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-            raise UserError(f"distill: mixed_precision must be no, bf16 or fp16, not {cfg.mixed_precision!r}")
-        if cfg.train not in TRAIN_MODES:
-            raise UserError(f"distill: train must be one of {', '.join(TRAIN_MODES)}, not {cfg.train!r}")
-        if cfg.data not in DATA_SOURCES:
-            raise UserError(f"distill: data must be one of {', '.join(DATA_SOURCES)}, not {cfg.data!r}")
-        if cfg.data == "folder" and not cfg.latents_dir:
-            raise UserError("distill: data: folder needs latents_dir")
+        cfg.validate()
         if cfg.data == "folder":
             latents_folder(cfg.latents_dir)
-        if cfg.data == "teacher_samples":
-            for key in ("num_samples", "sample_steps"):
-                if getattr(cfg, key) < 1:
-                    raise UserError(f"distill: {key} must be ≥ 1, got {getattr(cfg, key)}")
-        if cfg.guidance_scale < 1 or (cfg.guidance_scale != 1.0 and cfg.data != "teacher_samples"):
-            raise UserError(f"distill: guidance_scale ({cfg.guidance_scale}) is the teacher sampler's: "
-                            "≥ 1, and only with data: teacher_samples")
-        if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
-            raise UserError("distill: checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         cfg = self.config

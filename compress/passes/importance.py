@@ -26,7 +26,7 @@ from compress.arch.base import Adapter
 from compress.calib_store import BlockLoader
 from compress.errors import UserError
 from compress.inputs import moved
-from compress.passes.base import Pass, RunContext
+from compress.passes.base import BadValue, Pass, RunContext
 from compress.passes.importance_stream import wave_pass
 from compress.replay import replayed
 
@@ -303,6 +303,15 @@ class ImportanceConfig:
     proxy_only: bool = False  # only the cosine proxy: one forward per batch, no skip passes
     progress: bool = True
 
+    def validate(self) -> None:
+        check_buckets(self.buckets, "importance")
+
+
+def check_buckets(buckets, what: str) -> None:
+    """A config's `buckets`: a positive integer (BadValue names the key)."""
+    if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
+        raise BadValue("buckets", f"{what}: buckets must be a positive integer, got {buckets!r}")
+
 
 class ImportancePass(Pass):
     name = "importance"
@@ -310,9 +319,7 @@ class ImportancePass(Pass):
     needs_calibration = True
 
     def check(self, model, adapter) -> None:
-        b = self.config.buckets
-        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
-            raise UserError(f"importance: buckets must be a positive integer, got {b!r}")
+        self.config.validate()
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         n = sum(adapter.block_counts(model).values())

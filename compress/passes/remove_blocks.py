@@ -17,8 +17,8 @@ from torch import nn
 
 from compress.arch.base import Adapter
 from compress.errors import NumericError, UserError
-from compress.passes.base import Pass, RunContext
-from compress.passes.importance import ImportanceResult, scan
+from compress.passes.base import BadValue, Pass, RunContext
+from compress.passes.importance import ImportanceResult, check_buckets, scan
 
 CRITERIA = ("scan", "proxy")
 PLANNED_ATTR = "_dit_compress_planned_blocks"  # on plan's meta model only: teacher counts + block map
@@ -34,6 +34,13 @@ class RemoveBlocksConfig:
     criterion: str = "scan"  # scan | proxy: how importance-chosen blocks are ranked
     iterative: bool = False  # re-score after each removal (greedy) instead of one-shot
     buckets: int = 3  # timestep buckets of the scan this pass runs when ctx has none
+
+    def validate(self) -> None:
+        """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
+        if self.criterion not in CRITERIA:
+            raise BadValue("criterion", f"remove_blocks: criterion must be one of {', '.join(CRITERIA)}, "
+                                        f"got {self.criterion!r}")
+        check_buckets(self.buckets, "remove_blocks")
 
 
 # ---- budgets ------------------------------------------------------------------------------------
@@ -170,6 +177,7 @@ class RemoveBlocksPass(Pass):
 
     def check(self, model: nn.Module, adapter: Adapter) -> None:
         """Explicit indices against the teacher's block counts; budgets against the model's."""
+        self.config.validate()
         counts = adapter.block_counts(model)
         if _one_of(self.config) == "blocks":
             teacher_counts, block_map = teacher_view(model, adapter)
@@ -179,9 +187,6 @@ class RemoveBlocksPass(Pass):
                     raise _too_many(len(idx), counts[g], g)
             return
         resolve_budget(self.config, adapter, counts)
-        if self.config.criterion not in CRITERIA:
-            raise UserError(f"remove_blocks: criterion must be one of {', '.join(CRITERIA)}, "
-                            f"got {self.config.criterion!r}")
 
     def check_streaming(self) -> None:
         """Streams: explicit indices (blocks are only renumbered), the cosine proxy (one streamed
@@ -207,9 +212,11 @@ class RemoveBlocksPass(Pass):
         blocks from the end of each group as placeholders: which blocks go is decided at run time,
         but blocks of a group have equal shapes, so the parameter counts after are exact."""
         if self.config.blocks is None:
-            budget = resolve_budget(self.config, adapter, adapter.block_counts(model))
+            counts = adapter.block_counts(model)
+            budget = resolve_budget(self.config, adapter, counts)
+            if not isinstance(budget, dict) and len(counts) == 1:  # one group: it takes the count
+                budget = {next(iter(counts)): budget}
             if isinstance(budget, dict):
-                counts = adapter.block_counts(model)
                 adapter.remove_blocks(model, {g: list(range(counts[g] - k, counts[g]))
                                               for g, k in budget.items()})
             return

@@ -44,7 +44,8 @@ from compress.linalg_steps import asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
-from compress.passes.svd_checks import centered, check_config, check_streaming, merge_report, summary
+from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, check_streaming, check_values,
+                                        merge_report, summary)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
 from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
@@ -68,7 +69,7 @@ class SVDConfig:
     allocation: str = "uniform"  # uniform | per_role | energy | global
     ratio: float = 0.5  # kept-parameter ratio (uniform; global budget)
     ratios: dict | None = None  # per_role: role -> ratio (None keeps the role dense)
-    energy: float = 0.99  # energy allocation: fraction of calibration output energy kept
+    energy: float = ENERGY_DEFAULT  # energy allocation: fraction of calibration output energy kept
     sensitivity: bool | None = None  # global: weight layers by measured final-prediction effect
     sensitivity_batches: int = 2  # calibration batches used to measure sensitivity
     trust_region: float | None = 2.0  # global: ranks within this factor of the uniform rank (null: any)
@@ -97,6 +98,9 @@ class SVDConfig:
     asymmetric: bool | str = "auto"
     asymmetric_damping: float = 1e-2  # λ = damping · mean eigenvalue of the student's input Gram
     progress: bool = True
+
+    def validate(self) -> None:
+        check_values(self)  # values alone, at recipe load (svd_checks)
 
 
 class SVDPass(Pass):

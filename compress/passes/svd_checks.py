@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+import difflib
+
 from torch import nn
 
-from compress.arch.base import Adapter
+from compress.arch.base import ROLES, Adapter
 from compress.errors import UserError
 from compress.linalg import METHODS
+from compress.passes.base import BadValue
 from compress.passes.svd_global import check_global_budget
-from compress.passes.svd_targets import check_explicit_ranks, matches, resolve_targets
+from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, matches,
+                                         resolve_targets)
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "block", "modulation", "none")
+ENERGY_DEFAULT = 0.99  # SVDConfig.energy's default: another value asks for allocation: energy
 
 
 def check_config(c, model: nn.Module, adapter: Adapter) -> None:
     """Every svd key against its allowed values and the model's linears (c: an SVDConfig)."""
+    check_values(c)
+    infos = adapter.linears(model)
+    targets = resolve_targets(infos, c.targets, c.ignore)
+    check_explicit_ranks(targets, c.ranks)
+    for p in c.center:
+        check_pattern(p, infos, "center")
+    biasless = [i.name for i in targets if centered(c, i) and model.get_submodule(i.name).bias is None]
+    if biasless:
+        raise UserError(f"svd.center: {', '.join(biasless[:3])}{' …' if len(biasless) > 3 else ''} "
+                        "has no bias to take the mean error; leave it out of svd.center")
+    if c.allocation == "per_role":
+        _check_roles(c.ratios, {i.role for i in targets})
+    if c.allocation == "global":
+        check_global_budget(targets, c)
+
+
+def check_values(c) -> None:
+    """The keys' values alone, no model (SVDConfig.validate: at recipe load, BadValue names the key)."""
     _one_of("method", c.method, METHODS)
     _one_of("allocation", c.allocation, ALLOCATIONS)
     _one_of("activations", c.activations, ("student", "teacher"))
@@ -23,43 +46,70 @@ def check_config(c, model: nn.Module, adapter: Adapter) -> None:
     _one_of("compensate_toward", c.compensate_toward, ("teacher", "input"))
     _one_of("compensate_search", c.compensate_search, ("walk", "ladder"))
     _check_numbers(c)
-    infos = adapter.linears(model)
-    targets = resolve_targets(infos, c.targets, c.ignore)
-    check_explicit_ranks(targets, c.ranks)
-    for p in c.center:
-        if not any(matches(p, i) for i in infos):
-            raise UserError(f"svd.center: pattern {p!r} matches no linear layer of the model")
-    biasless = [i.name for i in targets if centered(c, i) and model.get_submodule(i.name).bias is None]
-    if biasless:
-        raise UserError(f"svd.center: {', '.join(biasless[:3])}{' …' if len(biasless) > 3 else ''} "
-                        "has no bias to take the mean error; leave it out of svd.center")
-    if c.allocation == "per_role":
-        _check_ratios(c.ratios, {i.role for i in targets})
-    if c.allocation == "global":
-        check_global_budget(targets, c)
+    _check_counts(c)
+    _check_patterns(c)
+    _check_allocation_keys(c)
 
 
 def _check_numbers(c) -> None:
     if c.asymmetric not in (True, False, "auto"):
-        raise UserError(f"svd.asymmetric must be true, false or auto, got {c.asymmetric!r}")
+        raise BadValue("asymmetric", f"svd.asymmetric must be true, false or auto, got {c.asymmetric!r}")
     if c.asymmetric is True and (c.method != "whitened" or c.activations != "student"):
-        raise UserError("svd.asymmetric: true needs method: whitened and activations: student")
-    if not c.asymmetric_damping > 0:
-        raise UserError(f"svd.asymmetric_damping must be > 0, got {c.asymmetric_damping}")
-    if not 0 < c.ratio <= 1:
-        raise UserError(f"svd.ratio must be in (0, 1], got {c.ratio}")
-    if not 0 < c.energy <= 1:
-        raise UserError(f"svd.energy must be in (0, 1], got {c.energy}")
-    if c.compensate_batches is not None and not (isinstance(c.compensate_batches, int)
-                                                 and c.compensate_batches >= 1):
-        raise UserError(f"svd.compensate_batches must be an integer ≥ 1 (or null: all), "
-                        f"got {c.compensate_batches!r}")
+        raise BadValue("asymmetric", "svd.asymmetric: true needs method: whitened and activations: student")
+    for key in ("asymmetric_damping", "fisher_damping"):
+        if not getattr(c, key) > 0:
+            raise BadValue(key, f"svd.{key} must be > 0, got {getattr(c, key)}")
+    if not c.alpha >= 0:
+        raise BadValue("alpha", f"svd.alpha (asvd's scaling exponent) must be ≥ 0, got {c.alpha}")
+    for key in ("ratio", "energy"):
+        if not 0 < getattr(c, key) <= 1:
+            raise BadValue(key, f"svd.{key} must be in (0, 1], got {getattr(c, key)}")
     if c.trust_region is not None and not c.trust_region >= 1:
-        raise UserError(f"svd.trust_region must be ≥ 1 (or null for no bound), got {c.trust_region}")
+        raise BadValue("trust_region", f"svd.trust_region must be ≥ 1 (or null for no bound), "
+                                       f"got {c.trust_region}")
     if c.fisher_memory_gb != "auto" and not c.fisher_memory_gb > 0:
-        raise UserError(f"svd.fisher_memory_gb must be > 0 (GiB) or auto, got {c.fisher_memory_gb}")
-    if not isinstance(c.multiple, int) or c.multiple < 1:
-        raise UserError(f"svd.multiple must be an integer ≥ 1, got {c.multiple!r}")
+        raise BadValue("fisher_memory_gb", f"svd.fisher_memory_gb must be > 0 (GiB) or auto, "
+                                           f"got {c.fisher_memory_gb}")
+
+
+def _check_counts(c) -> None:
+    for key in ("multiple", "fisher_probes", "sensitivity_batches"):
+        if not _is_int(getattr(c, key)) or getattr(c, key) < 1:
+            raise BadValue(key, f"svd.{key} must be an integer ≥ 1, got {getattr(c, key)!r}")
+    if c.compensate_batches is not None and not (_is_int(c.compensate_batches) and c.compensate_batches >= 1):
+        raise BadValue("compensate_batches", f"svd.compensate_batches must be an integer ≥ 1 (or null: all), "
+                                             f"got {c.compensate_batches!r}")
+    if not _is_int(c.modulation_grid) or c.modulation_grid < 0:
+        raise BadValue("modulation_grid", "svd.modulation_grid must be an integer ≥ 0 (0: the calibration's "
+                                          f"own timesteps), got {c.modulation_grid!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_patterns(c) -> None:
+    for key in ("targets", "ignore", "center"):
+        if not isinstance(getattr(c, key), list):
+            raise BadValue(key, f"svd.{key} must be a list of patterns, got {getattr(c, key)!r}")
+        for p in getattr(c, key):
+            check_syntax(p, key)
+    for p, rank in c.ranks.items():
+        check_syntax(p, "ranks")
+        if not _is_int(rank) or rank < 1:
+            raise BadValue("ranks", f"svd.ranks: rank {rank!r} for {p!r} must be an integer ≥ 1")
+
+
+def _check_allocation_keys(c) -> None:
+    """ratios belong to per_role, a non-default energy to energy: elsewhere they would be ignored."""
+    if c.ratios is not None and c.allocation != "per_role":
+        raise BadValue("ratios", f"svd.ratios is only read by allocation: per_role (this pass has "
+                                 f"allocation: {c.allocation}); remove it or set allocation: per_role")
+    if c.energy != ENERGY_DEFAULT and c.allocation != "energy":
+        raise BadValue("energy", f"svd.energy is only read by allocation: energy (this pass has "
+                                 f"allocation: {c.allocation}); remove it or set allocation: energy")
+    if c.allocation == "per_role":
+        _check_ratios(c.ratios)
 
 
 def check_streaming(c) -> None:
@@ -82,15 +132,28 @@ def centered(c, info) -> bool:
 
 def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise UserError(f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}")
+        raise BadValue(key, f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}"
+                            f"{did_you_mean(str(value), allowed)}")
 
 
-def _check_ratios(ratios, roles: set[str]) -> None:
+def did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _check_ratios(ratios) -> None:
     if not isinstance(ratios, dict) or not ratios:
-        raise UserError("svd.ratios (role -> kept-parameter ratio) is required for allocation: per_role")
+        raise BadValue("allocation", "svd.ratios (role -> kept-parameter ratio) is required for "
+                                     "allocation: per_role")
     for role, r in ratios.items():
-        if r is not None and not 0 < r <= 1:
-            raise UserError(f"svd.ratios.{role} must be in (0, 1] or null, got {r}")
+        if role not in ROLES:
+            raise BadValue("ratios", f"svd.ratios: unknown role {role!r}{did_you_mean(str(role), ROLES)} "
+                                     f"(roles: {', '.join(ROLES)})")
+        if r is not None and (not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r <= 1):
+            raise BadValue("ratios", f"svd.ratios.{role} must be a number in (0, 1] or null (dense), got {r!r}")
+
+
+def _check_roles(ratios: dict, roles: set[str]) -> None:
     missing = sorted(roles - set(ratios))
     if missing:
         raise UserError(f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}")

@@ -12,6 +12,7 @@ from typing import Sequence
 from compress.alloc import DENSE, LayerSpec, per_role, ratio_rank
 from compress.arch.base import ROLES, LinearInfo
 from compress.errors import UserError
+from compress.passes.base import BadValue
 
 OUTPUT_GRAM_MIN_IN = 8192  # inputs wider than this (and wider than the output) use Σ yᵀy
 
@@ -24,14 +25,21 @@ def matches(pattern: str, info: LinearInfo) -> bool:
     return info.name == pattern
 
 
-def _check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str) -> None:
+def check_syntax(pattern, key: str) -> None:
+    """A pattern alone (no model): a string, and for `re:` a regex that compiles."""
     if not isinstance(pattern, str):
-        raise UserError(f"svd.{key}: patterns must be strings, got {pattern!r}")
+        raise BadValue(key, f"svd.{key}: patterns must be strings (a module name, a role or re:REGEX), "
+                            f"got {pattern!r}")
     if pattern.startswith("re:"):
         try:
             re.compile(pattern[3:])
         except re.error as err:
-            raise UserError(f"svd.{key}: bad regex {pattern!r}: {err}") from None
+            raise BadValue(key, f"svd.{key}: bad regex {pattern!r}: {err}") from None
+
+
+def check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str) -> None:
+    """A valid pattern that matches some linear of `infos`."""
+    check_syntax(pattern, key)
     if not any(matches(pattern, i) for i in infos):
         hint = f" (roles: {', '.join(ROLES)}; regexes start with 're:')"
         raise UserError(f"svd.{key}: pattern {pattern!r} matches no linear layer of the model{hint}")
@@ -43,7 +51,7 @@ def resolve_targets(infos: Sequence[LinearInfo], targets: Sequence[str],
     Every pattern must match at least one linear (UserError naming the pattern)."""
     for key, patterns in (("targets", targets), ("ignore", ignore)):
         for p in patterns:
-            _check_pattern(p, infos, key)
+            check_pattern(p, infos, key)
     chosen = [i for i in infos if any(matches(p, i) for p in targets)
               and not any(matches(p, i) for p in ignore)]
     if not chosen:
@@ -83,7 +91,7 @@ def explicit_rank(info: LinearInfo, ranks: dict[str, int]) -> int | None:
 
 def check_explicit_ranks(infos: Sequence[LinearInfo], ranks: dict[str, int]) -> None:
     for pattern, rank in ranks.items():
-        _check_pattern(pattern, infos, "ranks")
+        check_pattern(pattern, infos, "ranks")
         for info in infos:
             if not matches(pattern, info):
                 continue

@@ -4,6 +4,7 @@ curves, folder data, and a 2-process data-parallel run."""
 from __future__ import annotations
 
 import copy
+import re
 import os
 import subprocess
 import sys
@@ -74,8 +75,9 @@ def state(model):
 
 
 def probe(student, teacher, run_dir):
-    """The loss terms of one step at lr 0 on the batch/noise of seed 0 (the model is unchanged)."""
-    _, ctx = distill(student, teacher, run_dir, steps=1, lr=0.0, batch_size=8)
+    """The loss terms of one step on the batch/noise of seed 0, taken before its update, on a copy (the
+    model is unchanged; lr 0 is refused)."""
+    _, ctx = distill(copy.deepcopy(student), teacher, run_dir, steps=1, batch_size=8)
     return ctx.report["distill"]["first"]
 
 
@@ -275,3 +277,39 @@ def test_signal_checkpoints_and_stops(tmp_path):
         DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
     assert (tmp_path / "distill" / "checkpoints" / "step-00000002" / "meta.json").exists()
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"lr": -1e-4}, "lr must be > 0"),
+    ({"lr": float("nan")}, "lr must be > 0"),
+    ({"warmup_steps": -1}, "warmup_steps must be ≥ 0"),
+    ({"min_lr_ratio": 1.5}, "min_lr_ratio must be in [0, 1]"),
+    ({"min_lr_ratio": -0.1}, "min_lr_ratio must be in [0, 1]"),
+    ({"weight_decay": -0.01}, "weight_decay must be ≥ 0"),
+    ({"mask_massive": -3.0}, "mask_massive must be ≥ 0"),
+    ({"grad_clip": -1.0}, "grad_clip must be ≥ 0"),
+    ({"max_steps_this_run": 0}, "max_steps_this_run must be an integer ≥ 1 or null"),
+    ({"steps": 0}, "steps must be an integer ≥ 1"),
+    ({"lambda_out": -1.0}, "lambda_out must be ≥ 0"),
+    ({"lambda_task": 0.0, "lambda_out": 0.0, "lambda_feat": 0.0},
+     "lambda_task, lambda_out and lambda_feat must not all be 0"),
+    ({"data": "folder"}, "data: folder needs latents_dir"),
+])
+def test_bad_values_are_refused_with_their_key(bad, words):
+    """Checked at recipe load (validate: the error names the key) and again by check (Python callers)."""
+    from compress.passes.base import BadValue
+
+    with pytest.raises(BadValue, match=re.escape(f"distill: {words}")) as e:
+        DistillConfig(**bad).validate()
+    assert e.value.key in bad
+    model = tiny_pixart()
+    with pytest.raises(UserError, match=re.escape(words)):
+        DistillPass(DistillConfig(**bad)).check(model, get_adapter(model))
+
+
+def test_documented_zero_and_null_values_stay_allowed():
+    """grad_clip 0: no clipping; mask_massive 0 or null: off; warmup 0; min_lr_ratio 0 or 1; no step cap."""
+    DistillConfig(grad_clip=0.0, mask_massive=0.0, warmup_steps=0, min_lr_ratio=0.0, weight_decay=0.0,
+                  checkpoint_every=0, max_steps_this_run=None).validate()
+    DistillConfig(mask_massive=None, min_lr_ratio=1.0, max_steps_this_run=1).validate()

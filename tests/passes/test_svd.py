@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -70,7 +72,8 @@ def test_flux_output_gram_path(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("allocation", ["global", "energy"])
 def test_adaptive_allocations(allocation, tmp_path):
-    _, report, _ = _run("pixart", tmp_path, allocation=allocation, energy=0.9)
+    energy = {"energy": 0.9} if allocation == "energy" else {}  # elsewhere energy is refused
+    _, report, _ = _run("pixart", tmp_path, allocation=allocation, **energy)
     assert all(r.get("loss_ratio", 1.0) <= 1.001 for r in report["layers"].values())
     if allocation == "global":
         g = report["global"]
@@ -118,11 +121,39 @@ def test_layer_without_saving_stays_dense(tmp_path):
     ({"asymmetric": True, "activations": "teacher"}, "activations: student"),
     ({"asymmetric_damping": 0}, "asymmetric_damping must be > 0"),
     ({"fisher_memory_gb": 0.0}, "fisher_memory_gb must be > 0"),
+    ({"center": ["re:["]}, "svd.center: bad regex 're:['"),
+    ({"center": [3]}, "svd.center: patterns must be strings"),
+    ({"center": ["bogus"]}, "svd.center: pattern 'bogus' matches no linear layer"),
+    ({"targets": "attention"}, "svd.targets must be a list of patterns"),
+    ({"ranks": {"re:(": 4}}, "svd.ranks: bad regex"),
+    ({"allocation": "per_role", "ratios": {"attention": "half", "mlp": 0.5}}, "svd.ratios.attention must be a number"),
+    ({"allocation": "per_role", "ratios": {"attention": True, "mlp": 0.5}}, "svd.ratios.attention must be a number"),
+    ({"allocation": "per_role", "ratios": {"atention": 0.5, "mlp": 0.5}}, "unknown role 'atention'; did you mean 'attention'"),
+    ({"allocation": "per_role"}, "svd.ratios (role -> kept-parameter ratio) is required"),
+    ({"ratios": {"attention": 0.5}}, "svd.ratios is only read by allocation: per_role (this pass has allocation: uniform)"),
+    ({"allocation": "global", "ratios": {"attention": 0.5}}, "this pass has allocation: global"),
+    ({"energy": 0.5}, "svd.energy is only read by allocation: energy (this pass has allocation: uniform)"),
+    ({"allocation": "energy", "energy": 1.5}, "svd.energy must be in (0, 1]"),
+    ({"fisher_probes": 0}, "svd.fisher_probes must be an integer ≥ 1"),
+    ({"fisher_probes": -2}, "svd.fisher_probes must be an integer ≥ 1"),
+    ({"sensitivity_batches": 0}, "svd.sensitivity_batches must be an integer ≥ 1"),
+    ({"modulation_grid": -1}, "svd.modulation_grid must be an integer ≥ 0"),
+    ({"alpha": -0.5}, "svd.alpha (asvd's scaling exponent) must be ≥ 0"),
+    ({"fisher_damping": -1e-3}, "svd.fisher_damping must be > 0"),
+    ({"fisher_damping": 0.0}, "svd.fisher_damping must be > 0"),
+    ({"method": "asdv"}, "did you mean 'asvd'"),
 ])
 def test_bad_config_is_user_error(cfg, message):
     model = tiny_flux()
-    with pytest.raises(UserError, match=message.replace(".", r"\.")):
+    with pytest.raises(UserError, match=re.escape(message)):
         SVDPass(SVDConfig(**cfg)).check(model, get_adapter(model))
+
+
+def test_zero_modulation_grid_and_alpha_stay_allowed():
+    """0 keeps its documented meaning: modulation Grams on the calibration's own timesteps; alpha 0: plain
+    scaling-free asvd."""
+    model = tiny_flux()
+    SVDPass(SVDConfig(modulation_grid=0, alpha=0.0, method="asvd")).check(model, get_adapter(model))
 
 
 def test_centering_a_layer_without_bias_is_user_error():
