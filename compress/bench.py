@@ -13,8 +13,8 @@ from rich.table import Table
 
 from compress.errors import UserError
 from compress.inputs import moved
-from compress.io import cast, load_teacher, load_transformer
-from compress.report import console, param_count, read_report
+from compress.io import cast, load_teacher_of, load_transformer
+from compress.report import console, param_count, recorded_teacher
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
@@ -76,14 +76,16 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
           device: str | None = None) -> dict:
     if not Path(out).is_dir():
         raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
-    report = read_report(out)
-    source = teacher or report.get("teacher")
+    if repeats < 1 or batch < 1:
+        raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
+    student = load_transformer(out)  # a UserError unless `out` is an output folder
+    source, config = recorded_teacher(out, teacher)
     if not source:
         raise UserError(f"{out}/report.json names no teacher; pass --teacher")
     dev = _device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    student = cast(load_transformer(out), dev, dtype)
-    ref = cast(load_teacher(source), dev, dtype).eval()
+    student = cast(student, dev, dtype)
+    ref = cast(load_teacher_of(student, source, config), dev, dtype)
     from compress.arch import get_adapter
 
     kwargs = moved(step_inputs(ref, get_adapter(ref).family, source, batch), dev, dtype)

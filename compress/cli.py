@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: out/<recipe name>)")
     p.add_argument("--run-dir", help="run folder for caches and checkpoints (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier output of dit-compress (or an empty folder) at --out")
 
     p = sub.add_parser("plan", help="dry run: resolved targets, ranks, blocks, params before/after")
     _recipe_args(p)

@@ -10,8 +10,8 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import cast, load_teacher, load_transformer, read_json
-from compress.report import console, read_report
+from compress.io import cast, load_teacher, load_teacher_of, load_transformer, read_json
+from compress.report import console, output_file, read_report, recorded_teacher
 
 
 def _is_recipe(source: str) -> bool:
@@ -67,16 +67,18 @@ def importance(args) -> int:
     from compress.passes.importance_report import plot_heatmap, render_table
     from compress.stream import streamed
 
+    json_path = output_file(args.json, "--json") if args.json else None  # checked before the scan
+    png = output_file(args.png, "--png", figure=True) if args.png else None
     _, teacher, inputs, loader = _teacher_and_inputs(args.source)
     adapter = get_adapter(teacher)
     with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling
         batches = inputs.calibration()
     result = scan(teacher, adapter, batches, buckets=args.buckets, loader=loader)
     console.print(render_table(result))
-    png = Path(args.png or f"importance-{adapter.family}.png")
+    png = png or Path(f"importance-{adapter.family}.png")
     console.print(f"wrote {plot_heatmap(result, png)}")
-    if args.json:
-        console.print(f"wrote {save_json(result, args.json)}")
+    if json_path:
+        console.print(f"wrote {save_json(result, json_path)}")
     return 0
 
 
@@ -86,17 +88,17 @@ def _load_model(model: str, teacher_arg: str | None):
     if model.startswith((".", "/", "~")) and not path.exists():
         raise UserError(f"{model}: no such model (a dit-compress output folder or a teacher)")
     if (path / "config.json").is_file() and "compression" in read_json(path / "config.json"):
-        return load_transformer(path), teacher_arg or read_report(path).get("teacher"), path
-    return load_teacher(model).eval(), teacher_arg, None
+        return load_transformer(path), recorded_teacher(path, teacher_arg), path
+    return load_teacher(model).eval(), (teacher_arg, None), None
 
 
 def evaluate(args) -> int:
     streamed_out = _streamed_output(args.model, args.teacher)
     if streamed_out is not None:
         return _print(_teacher_relative_streamed(*streamed_out), args.json)
-    model, teacher_source, out = _load_model(args.model, args.teacher)
+    model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher)
     family = get_adapter(model).family
-    teacher = load_teacher(teacher_source).eval() if teacher_source else None
+    teacher = load_teacher_of(model, teacher_source, teacher_config) if teacher_source else None
     toy = (teacher_source or args.model).startswith("toy:")
     if toy:
         from compress.toy.evaluate import evaluate as toy_evaluate
@@ -120,8 +122,8 @@ def _print(result: dict, as_json: bool) -> int:
     return 0
 
 
-def _streamed_output(model: str, teacher_arg: str | None) -> tuple[Path, str] | None:
-    """(output folder, teacher source) when `model` is the output of a streamed run of a real
+def _streamed_output(model: str, teacher_arg: str | None) -> tuple[Path, str, str | None] | None:
+    """(output folder, teacher source, its --teacher-config) when `model` is the output of a streamed run of a real
     teacher (its recipe.yaml says stream: true): eval then streams both models as the run did."""
     path = Path(model).expanduser()
     if not (path / "recipe.yaml").is_file() or not (path / "config.json").is_file() \
@@ -129,13 +131,13 @@ def _streamed_output(model: str, teacher_arg: str | None) -> tuple[Path, str] | 
         return None
     from compress.recipe import load_recipe
 
-    teacher = teacher_arg or read_report(path).get("teacher")
+    teacher, config = recorded_teacher(path, teacher_arg)
     if not load_recipe(path / "recipe.yaml").stream or not teacher or teacher.startswith("toy:"):
         return None
-    return path, teacher
+    return path, teacher, config
 
 
-def _teacher_relative_streamed(out: Path, teacher_source: str) -> dict:
+def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: str | None) -> dict:
     """_teacher_relative with teacher and student streamed block by block (each on meta but for
     its top level) on the recipe's device and in its compute dtype, as the run held them."""
     from compress.inputs import input_source, moved
@@ -146,7 +148,7 @@ def _teacher_relative_streamed(out: Path, teacher_source: str) -> dict:
     recipe = load_recipe(out / "recipe.yaml")
     device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]
     models = _read_only_streams(recipe, device)
-    _, teacher = load_checked_teacher(recipe, teacher_source, models=models)
+    _, teacher = load_checked_teacher(recipe, teacher_source, teacher_config, models=models)
     student = models.restore(out).requires_grad_(False).eval()
     adapter = get_adapter(teacher)
     src = input_source(adapter.family, teacher_source, recipe.calibration, teacher)

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 from compress.io import load_transformer
-from compress.report import (console, layer_rows, layer_table, plot_ranks, plot_spectrum,
+from compress.report import (console, layer_rows, layer_table, output_dir, plot_ranks, plot_spectrum,
                              read_report, summary_table)
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
     model = load_transformer(out)
+    plot_dir = output_dir(plot_dir, "--plot") if plot_dir else None
     report = read_report(out)
     rows = layer_rows(model, report)
     if as_json:
@@ -23,7 +24,7 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
         _print_optimality(rows)
         _print_compensation(report)
     if plot_dir:
-        write_plots(rows, report, Path(plot_dir))
+        write_plots(rows, report, plot_dir)
     return rows
 
 
@@ -45,7 +46,6 @@ def _print_compensation(report: dict) -> None:
 
 
 def write_plots(rows: list[dict], report: dict, plot_dir: Path) -> list[Path]:
-    plot_dir.mkdir(parents=True, exist_ok=True)
     paths = [plot_ranks(rows, plot_dir / "ranks.png")]
     layers = ((report.get("svd") or {}).get("layers") or {})
     chosen = [r for r in rows if r["rank"] and layers.get(r["name"], {}).get("spectrum")]

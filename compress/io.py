@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = WEIGHTS + ".index.json"  # sharded checkpoints (save_pretrained's layout)
 FORMAT = 1
 SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+# diffusion_pytorch_model.fp16.safetensors, its shards ...-00001-of-00002.fp16.safetensors and index
+VARIANT_FILE = r"diffusion_pytorch_model(?:\.safetensors\.index)?(?:-\d+-of-\d+)?\.(\w+)\.(?:safetensors|json)"
 
 
 # ---- teachers ---------------------------------------------------------------------------------
@@ -58,6 +61,16 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | 
     return _load_hub(source, dtype)
 
 
+def load_teacher_of(student: nn.Module, source: str, config: str | None = None) -> nn.Module:
+    """The teacher to compare `student` with (eval, bench): of the student's family, or a UserError."""
+    family = get_adapter(student).family
+    teacher = load_teacher(source, config=config, family=family).eval()
+    if get_adapter(teacher).family != family:
+        raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
+                        f"it is a {type(student).__name__}")
+    return teacher
+
+
 def cast(model: nn.Module, *args) -> nn.Module:
     """model.to(*args), as diffusers' `from_pretrained(torch_dtype=...)` would have loaded it: the
     non-persistent buffers (PixArt's sin-cos `pos_embed`, built at init and never saved) keep their
@@ -82,24 +95,72 @@ def read_json(path: Path) -> dict:
         raise UserError(f"cannot read {path}: {e}") from None
 
 
-def _load_folder(path: Path, dtype) -> nn.Module:
-    if (path / "model_index.json").is_file():  # a pipeline folder
-        if not (path / "transformer" / "config.json").is_file():
-            raise UserError(f"{path} is a pipeline folder without transformer/config.json")
-        path = path / "transformer"
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
+def transformer_folder(path: Path) -> Path:
+    """The folder holding a transformer's config.json: `path`, or the `transformer/` of a pipeline
+    folder (or of a download of that subfolder alone, without model_index.json)."""
+    if (path / "model_index.json").is_file() and not (path / "transformer" / "config.json").is_file():
+        raise UserError(f"{path} is a pipeline folder without transformer/config.json")
+    if (path / "model_index.json").is_file() or not (path / "config.json").is_file():
+        if (path / "transformer" / "config.json").is_file():
+            return path / "transformer"
+    if not (path / "config.json").is_file():
         raise UserError(f"{path} has neither model_index.json nor config.json; expected a diffusers "
                         "pipeline folder, a transformer folder or a single-file checkpoint")
-    config = read_json(cfg_path)
+    return path
+
+
+def read_config(path: Path) -> dict:
+    """A diffusers config.json: a mapping, or a UserError naming the file."""
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a diffusers config (a JSON object); it holds a {type(config).__name__}")
+    return config
+
+
+def from_config(cls, config: dict, source) -> nn.Module:
+    """cls.from_config, with a config value the class rejects reported against its file."""
+    try:
+        return cls.from_config(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise UserError(f"{source}: the config does not build a {cls.__name__}: {one_line(e)}") from None
+
+
+def weights_variant(path: Path) -> str | None:
+    """None for the plain weight files, else the variant (`fp16` of
+    diffusion_pytorch_model.fp16.safetensors) of a folder that holds only one variant's files."""
+    if (path / WEIGHTS).is_file() or (path / INDEX).is_file():
+        return None
+    found = sorted({m.group(1) for f in path.iterdir()
+                    if (m := re.fullmatch(VARIANT_FILE, f.name))})
+    if len(found) > 1:
+        raise UserError(f"{path} holds the weight variants {', '.join(found)} and no plain "
+                        f"{WEIGHTS}; keep the one to compress")
+    return found[0] if found else None
+
+
+def _load_folder(path: Path, dtype) -> nn.Module:
+    path = transformer_folder(path)
+    config = read_config(path / "config.json")
     if "compression" in config:
         return load_transformer(path, dtype=dtype)
     cls = model_class(config.get("_class_name", "<missing _class_name>"))
     check_safetensors_dir(path)
     try:
-        return cls.from_pretrained(path, torch_dtype=dtype).eval()
-    except (OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot load {cls.__name__} from {path}: {_one_line(e)}") from None
+        model, info = cls.from_pretrained(path, torch_dtype=dtype, variant=weights_variant(path),
+                                          output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise UserError(f"cannot load {cls.__name__} from {path}: {one_line(e)}") from None
+    _check_loading_info(path, info)
+    return model.eval()
+
+
+def _check_loading_info(path: Path, info: dict) -> None:
+    """The weights must fill the model its config builds, exactly (diffusers only logs this)."""
+    wrong = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+    if wrong:
+        raise UserError(f"{path}: the weights do not match config.json: " + "; ".join(
+            f"{k.replace('_keys', '')} {', '.join(map(str, sorted(v)[:3]))}{' …' if len(v) > 3 else ''}"
+            for k, v in wrong.items()))
 
 
 def _load_hub(repo_id: str, dtype) -> nn.Module:
@@ -115,7 +176,14 @@ def _load_hub(repo_id: str, dtype) -> nn.Module:
     return cls.from_pretrained(repo_id, subfolder="transformer", torch_dtype=dtype).eval()
 
 
-def _one_line(e: Exception) -> str:
+def load_error(e: RuntimeError) -> str:
+    """What a load_state_dict error says under its 'Error(s) in loading state_dict' header: its
+    first 'size mismatch for <tensor>' or 'Missing key(s)' line."""
+    lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+    return lines[0].rstrip(".")[:300] if lines else one_line(e)
+
+
+def one_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
@@ -126,12 +194,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorsError, OSError, ValueError) as e:
-            raise UserError(f"{path} is not a readable safetensors file ({_one_line(e)}); "
+            raise UserError(f"{path} is not a readable safetensors file ({one_line(e)}); "
                             "it may be truncated or corrupted") from None
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors have many types
-        msg = _one_line(e)
+        msg = one_line(e)
         if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
             raise UserError(f"{path} needs arbitrary code to unpickle and was refused; checkpoints "
                             "are data, never code: convert it to safetensors") from None
@@ -144,8 +212,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # BFL checkpoints as ComfyUI saves them
+
+
 def detect_family(keys) -> str:
-    keys = list(keys)
+    keys = [k.removeprefix(p) for k in keys for p in PREFIXES if k.startswith(p)] or list(keys)
     if any(k.startswith(("single_transformer_blocks.", "single_blocks.", "double_blocks."))
            for k in keys):
         return "flux"
@@ -164,28 +235,33 @@ def load_single_file(path: Path, dtype=torch.float32, config: str | None = None,
     family = family or detect_family(sd.keys())
     adapter = get_adapter(family)
     cls = model_class(adapter.class_name)
-    cfg_dir = _config_dir(path, config)
+    cfg_dir = config_dir(path, config)
     if family == "flux":  # diffusers converts BFL checkpoints itself
         try:
             return cls.from_single_file(str(path), config=str(cfg_dir), local_files_only=True,
                                         torch_dtype=dtype).eval()
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot load Flux single file {path}: {_one_line(e)}") from None
+            raise UserError(f"cannot load Flux single file {path}: {one_line(e)}") from None
     from compress.arch.pixart_convert import convert_original_pixart
 
     sd = convert_original_pixart(sd)  # no-op for diffusers-format keys
-    model = cls.from_config(cls.load_config(str(cfg_dir)))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    model = from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise UserError(f"{path} does not match the config in {cfg_dir}: {load_error(e)}") from None
     if missing or unexpected:
         raise UserError(f"{path} does not match the config in {cfg_dir}: missing "
                         f"{missing[:3]}, unexpected {unexpected[:3]}")
     return cast(model, dtype).eval()
 
 
-def _config_dir(path: Path, config: str | None) -> Path:
+def config_dir(path: Path, config: str | None) -> Path:
     if config:
-        c = Path(config)
+        c = Path(config).expanduser()
         c = c.parent if c.name == "config.json" else c
+        if not (c / "config.json").is_file() and (c / "transformer" / "config.json").is_file():
+            c = c / "transformer"  # a pipeline folder
         if not (c / "config.json").is_file():
             raise UserError(f"--teacher-config {config}: no config.json there")
         return c
@@ -205,6 +281,7 @@ def student_config(model: nn.Module, extra: dict | None = None) -> dict:
               if not k.startswith(("_use_default", "_name_or_path"))}
     config = json.loads(json.dumps(config, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
     config["_class_name"] = type(model).__name__
+    extra = getattr(model, "compression_meta", None) if extra is None else extra  # a loaded output's
     config["compression"] = {"format": FORMAT, "ranks": ranks_of(model), **(extra or {})}
     return config
 
@@ -240,23 +317,66 @@ def write_texts(folder: Path, config: dict, files: dict[str, str] | None) -> Non
         (folder / name).write_text(text)
 
 
+def is_output(folder: Path) -> bool:
+    """Whether `folder` is an output of dit-compress: its config.json has a compression section."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "compression" in config
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """An existing `out` may be replaced (with `overwrite`) only if it is an earlier output or an
+    empty folder, and never the current folder or one above it; a UserError saying why otherwise."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise UserError(f"output folder {out} is the current folder or one above it, and the output "
+                        "replaces its folder as a whole; name a new folder")
+    if out.is_symlink() or not out.is_dir():
+        raise UserError(f"output folder {out} exists and is a {'link' if out.is_symlink() else 'file'}, "
+                        "not a folder; name a new folder")
+    try:
+        empty = not any(out.iterdir())
+    except OSError as e:
+        raise UserError(f"cannot read the output folder {out}: {e.strerror}") from None
+    if not empty and not is_output(out):
+        raise UserError(f"output folder {out} exists and is not a dit-compress output (no config.json "
+                        "with a compression section); --overwrite replaces only an earlier output or an "
+                        "empty folder: name a new folder")
+    if not overwrite:
+        raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
+
+
 @contextmanager
 def atomic_folder(out, overwrite: bool = False):
     """Yields a temp folder beside `out` that replaces it on success and vanishes on any error or
-    interrupt, so `out` is never half-written."""
+    interrupt, so `out` is never half-written. An existing `out` is replaced only with `overwrite`,
+    and only where `check_replaceable` allows it."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
+    check_replaceable(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        as_umask_allows(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def as_umask_allows(folder: Path) -> None:
+    """The permissions an ordinary mkdir / open would have given `folder` and what is in it (mkdtemp
+    makes 0700 and safetensors writes 0600, which other users of a shared machine cannot read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *folder.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def canonical_header(path: Path) -> None:
@@ -282,7 +402,7 @@ def check_safetensors_dir(path: Path) -> None:
             with safe_open(str(f), "pt") as h:
                 h.keys()
         except (SafetensorsError, OSError, ValueError) as e:
-            raise UserError(f"{f} is not a readable safetensors file ({_one_line(e)}); "
+            raise UserError(f"{f} is not a readable safetensors file ({one_line(e)}); "
                             "it may be truncated or corrupted") from None
 
 
@@ -306,21 +426,32 @@ def empty_compressed(out) -> nn.Module:
     out = Path(out)
     if not (out / "config.json").is_file():
         raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS})")
-    config = read_json(out / "config.json")
-    compression = config.pop("compression", {"ranks": {}})
+    config = read_config(out / "config.json")
+    if "compression" not in config:
+        raise UserError(f"{out} is a plain diffusers model, not a dit-compress output (its config.json "
+                        "has no compression section)")
+    compression = config.pop("compression")
+    ranks = compression.get("ranks", {}) if isinstance(compression, dict) else None
+    if not isinstance(ranks, dict):
+        raise UserError(f"{out / 'config.json'}: compression.ranks must map layer names to ranks")
     cls = model_class(config.get("_class_name", "<missing _class_name>"))
     from accelerate import init_empty_weights
 
     with init_empty_weights():
-        model = cls.from_config(config)
-        for name, rank in compression.get("ranks", {}).items():
-            _swap_lowrank(model, name, rank)
+        model = from_config(cls, config, out / "config.json")
+        for name, rank in ranks.items():
+            _swap_lowrank(model, name, rank, out)
+    model.compression_meta = {k: v for k, v in compression.items() if k not in ("format", "ranks", "dtype")}
     return model
 
 
-def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None) -> nn.Module:
+def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None,
+                     torch_dtype: torch.dtype | None = None) -> nn.Module:
     """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
-    model that was saved (same dtype unless `dtype` is given). One weight file or index shards."""
+    model that was saved (same dtype unless `dtype`, or diffusers' `torch_dtype`, is given). One
+    weight file or index shards. `model.compression_meta` keeps what the run recorded (teacher,
+    block map), so saving the model again keeps it."""
+    dtype = dtype or torch_dtype
     out = Path(out)
     files = weight_files(out)
     model = empty_compressed(out)
@@ -331,15 +462,23 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
         raise UserError(f"{files[0] if len(files) == 1 else out} does not match its config.json: "
-                        f"{_one_line(e)}") from None
+                        f"{load_error(e)}") from None
     fuse_gelu(model)  # the FFN's tanh-GELU runs inside the factorized layer (kernel epilogue)
     if dtype is not None:
         model = cast(model, dtype)
     return model.to(device or "cpu").eval()
 
 
-def _swap_lowrank(model: nn.Module, name: str, rank: int) -> None:
-    old = model.get_submodule(name)
+def _swap_lowrank(model: nn.Module, name: str, rank, out: Path) -> None:
+    try:
+        old = model.get_submodule(name)
+    except AttributeError:
+        raise UserError(f"{out / 'config.json'}: compression.ranks names '{name}', which the model "
+                        "does not have") from None
+    if not isinstance(old, nn.Linear) or type(rank) is not int or not 0 < rank <= min(old.in_features,
+                                                                                      old.out_features):
+        raise UserError(f"{out / 'config.json'}: compression.ranks gives '{name}' rank {rank!r}; "
+                        "expected a positive integer rank of a linear layer")
     model.set_submodule(name, LowRankLinear(old.in_features, old.out_features, rank,
                                             bias=old.bias is not None))
 
@@ -359,4 +498,4 @@ def load_pipeline(out, base: str, dtype: torch.dtype | None = None):
         return DiffusionPipeline.from_pretrained(base, transformer=transformer,
                                                  torch_dtype=dtype or transformer.dtype)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load base pipeline '{base}': {_one_line(e)}") from None
+        raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None

@@ -20,7 +20,7 @@ from compress.calib_footprint import backward_bytes, describe, footprint, human_
 from compress.inputs import source_kind
 from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
-from compress.io import read_json, model_class
+from compress.io import config_dir, from_config, model_class, read_config
 from compress.report import console, layer_rows, param_count
 from compress.runner import build_passes, check_pass
 from compress.runner_stream import check_streaming, streamed_weights
@@ -34,15 +34,16 @@ KNOWN_CONFIGS = {
 def teacher_config(source: str, config: str | None = None) -> dict:
     """The diffusers config of a teacher source, without loading weights."""
     if config:
-        p = Path(config)
-        return read_json(p if p.suffix == ".json" else p / "config.json")
+        return read_config(config_dir(Path(source), config) / "config.json")
     if source in KNOWN_CONFIGS:
         text = resources.files("compress.configs").joinpath(KNOWN_CONFIGS[source]).read_text()
         return json.loads(text)
     p = Path(source)
     for candidate in (p / "transformer" / "config.json", p / "config.json", p.parent / "config.json"):
         if candidate.is_file():
-            return read_json(candidate)
+            return read_config(candidate)
+    if source.startswith((".", "/", "~")) and not p.expanduser().exists():
+        raise UserError(f"teacher not found: {source}")
     raise UserError(f"cannot find a config for teacher '{source}' offline; pass --teacher-config")
 
 
@@ -56,7 +57,7 @@ def meta_model(source: str, config: str | None = None):
     cfg = teacher_config(source, config)
     cls = model_class(cfg.get("_class_name", "<missing _class_name>"))
     with init_empty_weights():
-        return cls.from_config(cfg)
+        return from_config(cls, cfg, f"the config of teacher {source}")
 
 
 def by_key(rows: list[dict], key: str) -> dict[str, int]:
@@ -79,7 +80,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         check_streaming(passes, recipe.passes, recipe.path)
     streamed = streamed_weights(model, adapter) if recipe.stream else None
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
-    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
+    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent, say=True)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
     steps, scanned = [], False
     for spec, p in zip(recipe.passes, passes):

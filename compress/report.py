@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from compress.errors import UserError
 
 console = Console(stderr=True)
 
@@ -112,8 +115,54 @@ def _svd_lines(svd: dict) -> list[str]:
 
 
 def read_report(out: Path) -> dict:
+    """An output folder's report.json ({} when there is none); a damaged one is a UserError."""
     p = Path(out) / "report.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    try:
+        report = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {p}: {e}") from None
+    if not isinstance(report, dict):
+        raise UserError(f"{p} is not a dit-compress report (a JSON object)")
+    return report
+
+
+FIGURES = (".png", ".pdf", ".svg")
+
+
+def output_file(path, what: str, figure: bool = False) -> Path:
+    """Where a command will write its `what`, checked before the work: not a folder, its folder
+    made. A figure without a suffix becomes .png (as matplotlib would write it)."""
+    p = Path(path).expanduser()
+    if figure and not p.suffix:
+        p = p.with_name(p.name + ".png")
+    elif figure and p.suffix.lower() not in FIGURES:
+        raise UserError(f"{what} {path}: a figure is written as {', '.join(FIGURES)}")
+    if p.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    return output_dir(p.parent, what) / p.name
+
+
+def output_dir(path, what: str) -> Path:
+    """A folder a command will write into, made (with its parents) before the work."""
+    p = Path(path).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{what}: cannot make the folder {p} ({e.strerror or e})") from None
+    if not os.access(p, os.W_OK):
+        raise UserError(f"{what}: the folder {p} is not writable")
+    return p
+
+
+def recorded_teacher(out: Path, teacher_arg: str | None = None) -> tuple[str | None, str | None]:
+    """(source, --teacher-config) of the teacher an output was compressed from; `teacher_arg`
+    (the command's --teacher) replaces both."""
+    if teacher_arg:
+        return teacher_arg, None
+    report = read_report(out)
+    return report.get("teacher"), report.get("teacher_config")
 
 
 def plot_ranks(rows: list[dict], path: Path) -> Path:

@@ -6,12 +6,15 @@ output folder (written last, atomically): the DESIGN.md layout.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import signal
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -25,7 +28,7 @@ from compress.calib_footprint import footprint
 from compress.calib_stats import STATS_VERSION
 from compress.errors import NumericError, UserError
 from compress.inputs import input_source, moved
-from compress.io import load_teacher
+from compress.io import check_replaceable, load_teacher
 from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
@@ -51,6 +54,73 @@ def check_pass(p, spec, model, adapter, path: str) -> None:
         p.check(model, adapter)
     except UserError as e:
         raise UserError(f"{path}:{spec.line}: {e}") from None
+
+
+def check_passes(passes, specs, model, adapter, path: str) -> None:
+    """Every pass's config checked in recipe order against a meta copy of `model` that takes each
+    pass's planned structural changes (`apply_planned`: explicit and per-group block removal, fixed
+    ranks), so a pass is checked against the model as the passes before it leave it."""
+    model, teacher, removed = meta_clone(model), adapter.block_counts(model), []
+    for p, spec in zip(passes, specs):
+        counts = adapter.block_counts(model)
+        try:
+            p.check(model, adapter)
+            p.apply_planned(model, adapter)
+        except UserError as e:
+            raise UserError(f"{path}:{spec.line}: {e}{removal_note(counts, teacher, removed)}") from None
+        if adapter.block_counts(model) != counts:
+            removed.append(spec.line)
+
+
+def removal_note(counts: dict, teacher: dict, lines: list[int]) -> str:
+    """Said after an error of a pass that sees `counts` blocks per group where the teacher has
+    `teacher`: which passes (recipe lines) removed blocks, and that the rest are renumbered."""
+    if counts == teacher:
+        return ""
+    by = (f"the pass at line {lines[0]}" if len(lines) == 1 else
+          f"the passes at lines {', '.join(map(str, lines))}" if lines else "an earlier pass")
+    now = ", ".join(f"{n} of the teacher's {teacher[g]} blocks in group '{g}'" for g, n in counts.items())
+    return f" ({by} removed blocks: this pass sees {now}, renumbered from 0)"
+
+
+def meta_clone(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with every parameter and buffer on the meta device (no weights copied)."""
+    memo = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        meta = t.detach().to("meta")
+        memo[id(t)] = torch.nn.Parameter(meta, t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def check_folders(out: Path, run_dir: Path, overwrite: bool) -> None:
+    """Before anything loads: the output may be written (and replace what is there, see
+    `check_replaceable`) and the run folder made; a UserError saying why not otherwise."""
+    check_replaceable(out, overwrite)
+    a, b = out.resolve(), run_dir.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise UserError(f"--out {out} and --run-dir {run_dir} must be separate folders, neither inside "
+                        "the other")
+    check_writable(out.parent, f"output folder {out}")
+    check_writable(run_dir, f"run folder {run_dir}")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """`folder` can be made (if missing) and written: a temp folder is made in it and removed, and so
+    are the folders made for it."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".dit-compress-check-", dir=folder))
+    except OSError as e:
+        file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{file} is a file, not a folder" if file else f"cannot write in {folder}: {e.strerror or e}"
+        raise UserError(f"{what}: {why}") from None
+    finally:
+        for p in missing:
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
 
 def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None,
@@ -101,6 +171,27 @@ def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe, models) -
     return h.hexdigest()[:16]
 
 
+def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, models) -> dict:
+    """What --resume compares besides the recipe: the teacher source (a local path made absolute),
+    --teacher-config, the model config and a checksum of the weights (`models.fingerprint`: cheap)."""
+    def where(s):
+        return str(Path(s).resolve()) if s and Path(s).exists() else s
+
+    h = hashlib.sha256(json.dumps({k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
+                                  sort_keys=True, default=str).encode())
+    models.fingerprint(teacher, h)
+    return {"source": where(source), "config": where(config), "checksum": h.hexdigest()[:16]}
+
+
+def teacher_change(before: dict, now: dict) -> str:
+    """What differs between two `teacher_identity`s, in words."""
+    if before["source"] != now["source"]:
+        return f"was {before['source']}, now {now['source']}"
+    if before["config"] != now["config"]:
+        return f"--teacher-config was {before['config']}, now {now['config']}"
+    return f"{now['source']} holds other weights or config"
+
+
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM unwinds like Ctrl-C, so passes checkpoint and the output is never half-written."""
@@ -130,15 +221,13 @@ class Runner:
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
-        if self.out.exists() and not self.overwrite:
-            raise UserError(f"output folder {self.out} exists; pass --overwrite to replace it")
+        check_folders(self.out, self.run_dir, self.overwrite)
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg,
                                                          self.teacher_config, self.models)
         check_finite(self.teacher)
         self.adapter = get_adapter(self.teacher)
-        self.passes = build_passes(self.recipe)
-        for spec, p in zip(self.recipe.passes, self.passes):  # every config error before compute
-            check_pass(p, spec, self.teacher, self.adapter, self.recipe.path)
+        self.passes = build_passes(self.recipe)  # every config error before compute
+        check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter, self.recipe.path)
         if self.recipe.stream:
             check_streaming(self.passes, self.recipe.passes, self.recipe.path)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
@@ -154,6 +243,7 @@ class Runner:
                 warn_if_activations_too_big(held, self.device, spilled)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         teacher_id = fingerprint(self.source, self.teacher, self.recipe, self.models)
+        self.identity = teacher_identity(self.source, self.teacher_config, self.teacher, self.models)
         self.inputs_cache = None  # sampled inputs (pipeline calibration: minutes to hours)
         if hasattr(src, "cache_dir"):
             self.inputs_cache = src.cache_dir = (self.run_dir / "inputs" / teacher_id).resolve()
@@ -198,20 +288,33 @@ class Runner:
             d = self._stage_dir(i)
             if (d / "state.json").is_file():
                 state = json.loads((d / "state.json").read_text())
-                if state["recipe"] != self.recipe.raw:
-                    raise UserError(f"--resume: the recipe changed since {self.run_dir} was "
-                                    "written; rerun without --resume")
+                self._check_resumable(state)
                 self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
                 console.print(f"[bold]resuming[/] after pass {i} ({self.recipe.passes[i].name})")
                 return i + 1, self.models.restore(d)
         return 0, self.models.fresh_student(self.teacher)
+
+    def _check_resumable(self, state: dict) -> None:
+        """The stage was written for this recipe and this teacher (stages written before the
+        teacher was recorded are resumed with a warning)."""
+        if state["recipe"] != self.recipe.raw:
+            raise UserError(f"--resume: the recipe changed since {self.run_dir} was "
+                            "written; rerun without --resume")
+        before = state.get("teacher")
+        if before is None:
+            console.print(f"[bold yellow]warning:[/] {self.run_dir} was written by an older dit-compress "
+                          "that does not record the teacher; --resume cannot check it is the same")
+        elif before != self.identity:
+            raise UserError(f"--resume: the teacher changed since {self.run_dir} was written "
+                            f"({teacher_change(before, self.identity)}); rerun without --resume")
 
     def _save_stage(self, i: int, student):
         if not is_main_process():
             return
         d = self._stage_dir(i)
         self.models.save(student, d, overwrite=True)
-        state = {"recipe": self.recipe.raw, "report": self.ctx.report, "block_map": self.ctx.block_map}
+        state = {"recipe": self.recipe.raw, "teacher": self.identity, "report": self.ctx.report,
+                 "block_map": self.ctx.block_map}
         tmp = d / "state.json.tmp"
         tmp.write_text(json.dumps(state, default=str))
         tmp.replace(d / "state.json")
@@ -223,6 +326,7 @@ class Runner:
     def run(self) -> Path:
         self.prepare()
         start, student = self._restore()
+        self.removed_by = []  # recipe lines of passes (this session) that removed blocks
         self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
         heldout = self.ctx.eval_inputs()
         with self.models.forwards(self.teacher):
@@ -232,7 +336,7 @@ class Runner:
             for i in range(start, len(self.passes)):
                 p, t0 = self.passes[i], time.perf_counter()
                 console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
-                student = p.run(student, self.ctx)
+                student = self._run_pass(i, student)
                 with self.models.forwards(student):
                     err = relative_error(student, reference, self.adapter, heldout)
                 self.ctx.report.setdefault("stages", []).append(
@@ -243,10 +347,30 @@ class Runner:
                 self._save_stage(i, student)
         return self.export(student, teacher_params)
 
+    def _run_pass(self, i: int, student):
+        """Pass i; a UserError it raises names its recipe line, and says so when earlier passes
+        removed blocks (the model it sees is renumbered from 0)."""
+        spec, before = self.recipe.passes[i], self.adapter.block_counts(student)
+        try:
+            student = self.passes[i].run(student, self.ctx)
+        except UserError as e:
+            if e.exit_code == UserError.exit_code:  # a mistake (not a requested stop): say where
+                path = self.recipe.path
+                where = "" if str(e).startswith(f"{path}:") else f"{path}:{spec.line}: "
+                note = removal_note(before, self.adapter.block_counts(self.teacher), self.removed_by)
+                e.args = (f"{where}{e}{note}",)
+            raise
+        if self.adapter.block_counts(student) != before:
+            self.removed_by.append(spec.line)
+        return student
+
     def export(self, student, teacher_params: int) -> Path:
         if not is_main_process():  # under `accelerate launch`, rank 0 writes the output
             return self.out
-        report = dict(self.ctx.report, teacher=self.source, teacher_params=teacher_params,
+        recorded = {"teacher": self.identity["source"]}  # local paths absolute: eval, bench find it
+        if self.identity["config"]:
+            recorded["teacher_config"] = self.identity["config"]
+        report = dict(self.ctx.report, **recorded, teacher_params=teacher_params,
                       student_params=param_count(student), version=compress.__version__)
         if self.inputs_cache is not None:
             report["inputs_cache"] = str(self.inputs_cache)  # eval reads the held-out inputs back
@@ -255,7 +379,7 @@ class Runner:
                  "README.md": model_card(self.recipe, report)}
         if self.ctx.block_map is not None:
             files["block_map.json"] = json.dumps(self.ctx.block_map, indent=2) + "\n"
-        extra = {"teacher": self.source, "block_map": self.ctx.block_map}
+        extra = {**recorded, "block_map": self.ctx.block_map}
         out = self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
                                extra=extra, files=files, overwrite=self.overwrite)
         console.print(f"[bold green]wrote[/] {out}  ({report['student_params']:,} params, "

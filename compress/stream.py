@@ -33,26 +33,37 @@ import torch
 from torch import nn
 
 from compress.errors import NumericError, UserError
-from compress.io import (INDEX, WEIGHTS, atomic_folder, canonical_header, cast, compressed_config,
-                         header_metadata, model_class, read_json, write_texts)
+from compress.io import (INDEX, WEIGHTS, SafetensorsError, one_line, atomic_folder, canonical_header,
+                         cast, compressed_config, from_config, header_metadata, model_class, read_config,
+                         read_json, transformer_folder, weights_variant, write_texts)
 
 
 def weight_map(folder: Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it."""
     folder = Path(folder)
-    if (folder / INDEX).is_file():
-        index = read_json(folder / INDEX)
-        return {k: folder / f for k, f in index["weight_map"].items()}
-    if (folder / WEIGHTS).is_file():
-        return file_map(folder / WEIGHTS)
+    variant = weights_variant(folder) if folder.is_dir() else None
+    index, weights = (INDEX, WEIGHTS) if variant is None else \
+        (INDEX.replace(".json", f".{variant}.json"), WEIGHTS.replace(".safetensors", f".{variant}.safetensors"))
+    if (folder / index).is_file():
+        data = read_json(folder / index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{folder / index} has no weight_map")
+        return {k: folder / f for k, f in weight_map.items()}
+    if (folder / weights).is_file():
+        return file_map(folder / weights)
     raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: not a diffusers checkpoint to stream")
 
 
 def file_map(path: Path) -> dict[str, Path]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict.fromkeys(f.keys(), Path(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict.fromkeys(f.keys(), Path(path))
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({one_line(e)}); "
+                        "it may be truncated or corrupted") from None
 
 
 def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
@@ -71,11 +82,11 @@ def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
         raise UserError(f"stream: true reads a diffusers folder (a pipeline's transformer/ or a "
                         f"transformer saved with save_pretrained), a toy teacher or a Hugging Face id; "
                         f"{source} is {'a single file' if path.is_file() else 'not found'}")
-    if (path / "model_index.json").is_file():
-        path = path / "transformer"
-    if (path / "config.json").is_file() and "compression" in read_json(path / "config.json"):
+    path = transformer_folder(path)
+    config = read_config(path / "config.json")
+    if "compression" in config:
         raise UserError(f"{path} is a dit-compress output; stream a teacher checkpoint")
-    return read_json(path / "config.json"), weight_map(path)
+    return config, weight_map(path)
 
 
 def _download(repo_id: str) -> Path:
@@ -93,10 +104,11 @@ def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.
     from accelerate import init_empty_weights
 
     config = folder_or_config if isinstance(folder_or_config, dict) else \
-        read_json(Path(folder_or_config) / "config.json")
+        read_config(Path(folder_or_config) / "config.json")
     cls = model_class(config.get("_class_name", "<missing _class_name>"))
     with init_empty_weights():
-        model = cls.from_config(config)
+        model = from_config(cls, config, folder_or_config if not isinstance(folder_or_config, dict)
+                            else "the teacher's config")
     return cast(model, dtype)
 
 

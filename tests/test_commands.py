@@ -67,6 +67,51 @@ def test_eval_and_bench_commands(recipe, tmp_path, capsys):
         assert main(["bench", str(out), "--repeats", "2", "--device", device]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "--device" in err
+    _one_line_errors(capsys, [
+        (["bench", str(out), "--repeats", "0"], "at least 1"),
+        (["bench", str(out), "--batch", "0"], "at least 1"),
+        (["bench", str(out), "--teacher", "toy:pixart"], "is a PixArtTransformer2DModel; the model"),
+        (["eval", str(out), "--teacher", "toy:pixart"], "is a PixArtTransformer2DModel; the model"),
+        (["bench", str(tmp_path / "teacher")], "plain diffusers model, not a dit-compress output"),
+        (["inspect", str(tmp_path / "teacher")], "plain diffusers model, not a dit-compress output"),
+        (["inspect", str(out), "--plot", str(recipe)], "cannot make the folder")])
+
+
+def _one_line_errors(capsys, cases) -> None:
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = " ".join(capsys.readouterr().err.split())
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_damaged_outputs_are_one_line(recipe, tmp_path, capsys):
+    from compress.io import save_compressed
+
+    out = save_compressed(tiny_flux(), tmp_path / "out", extra={"teacher": str(tmp_path / "teacher")})
+    config = json.loads((out / "config.json").read_text())
+    (out / "report.json").write_text("{oops")
+    _one_line_errors(capsys, [(["inspect", str(out)], "cannot read"), (["bench", str(out)], "cannot read")])
+    (out / "report.json").write_text("[1, 2]")
+    _one_line_errors(capsys, [(["inspect", str(out)], "not a dit-compress report")])
+    (out / "report.json").unlink()
+    for ranks, message in (({"transformer_blocks.9.ff.net.2": 2}, "which the model does not have"),
+                           ({"transformer_blocks.0.ff.net.2": "two"}, "rank 'two'"),
+                           ({"transformer_blocks.0.norm1": 2}, "rank 2; expected")):
+        config["compression"]["ranks"] = ranks
+        (out / "config.json").write_text(json.dumps(config))
+        _one_line_errors(capsys, [(["inspect", str(out)], message), (["eval", str(out)], message)])
+
+
+def test_importance_checks_where_it_writes_before_the_scan(recipe, tmp_path, capsys, monkeypatch):
+    import compress.passes.importance as importance
+
+    monkeypatch.setattr(importance, "scan", lambda *a, **k: pytest.fail("scanned before the check"))
+    (tmp_path / "file").write_text("")
+    _one_line_errors(capsys, [
+        (["importance", str(recipe), "--png", str(tmp_path / "imp.txt")], "a figure is written as"),
+        (["importance", str(recipe), "--png", str(tmp_path / "file" / "x.png")], "cannot make the folder"),
+        (["importance", str(recipe), "--json", str(tmp_path)], "is a folder; give a file name"),
+        (["plan", str(recipe), "--teacher", str(tmp_path / "nowhere")], "teacher not found")])
 
 
 def test_eval_of_a_streamed_output_streams(recipe, tmp_path, capsys, monkeypatch):
@@ -140,3 +185,27 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         assert main([command, str(tmp_path / "missing")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "missing: no such" in err
+
+
+def test_eval_and_bench_find_a_single_file_teacher_and_its_config(tmp_path, capsys, monkeypatch):
+    """The run records --teacher-config (and local paths absolute), so eval and bench load the
+    teacher from anywhere without it."""
+    from safetensors.torch import save_file
+
+    from tests.conftest import tiny_pixart
+
+    teacher = tiny_pixart()
+    (tmp_path / "weights").mkdir()
+    save_file(teacher.state_dict(), str(tmp_path / "weights" / "pixart.safetensors"))  # no config beside it
+    teacher.save_config(tmp_path / "cfg")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("model: flux", "model: pixart").format(teacher="unused"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(recipe), "--teacher", "weights/pixart.safetensors", "--teacher-config", "cfg",
+                 "--out", "out", "--run-dir", "run"]) == 0
+    monkeypatch.chdir(tmp_path / "weights")  # elsewhere: the relative paths given to run no longer resolve
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "out"), "--json"]) == 0
+    assert 0 < json.loads(capsys.readouterr().out)["pred_rel_error"] < 10
+    assert main(["bench", str(tmp_path / "out"), "--json", "--repeats", "1", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["params_ratio"] < 1

@@ -207,3 +207,89 @@ def test_every_loader_keeps_pixarts_pos_embed_as_diffusers_does(tmp_path, dtype)
                   load_transformer(tmp_path / "out"), load_transformer(tmp_path / "out", dtype=dtype)):
         assert other.pos_embed.pos_embed.dtype == torch.float32
         assert torch.equal(forward(other, inputs), expected)
+
+
+@pytest.mark.parametrize("make", [tiny_pixart, tiny_flux])
+def test_more_teacher_layouts(tmp_path, make):
+    """A download of transformer/ alone (no model_index.json), a folder of one weight variant
+    (diffusers' variant= files, sharded or not), and --teacher-config naming a pipeline folder."""
+    from compress.stream import checkpoint_of
+
+    model = make()
+    model.save_pretrained(tmp_path / "snapshot" / "transformer")
+    model.save_pretrained(tmp_path / "fp16", variant="fp16")
+    model.save_pretrained(tmp_path / "fp16_sharded", variant="fp16", max_shard_size="40KB")
+    _write_layouts(model, tmp_path)
+    save_file(model.state_dict(), str(tmp_path / "alone.safetensors"))
+    inputs = model_inputs(model)
+    ref = forward(model, inputs)
+    for src in ("snapshot", "fp16", "fp16_sharded"):
+        torch.testing.assert_close(forward(load_teacher(str(tmp_path / src)), inputs), ref, rtol=1e-5, atol=1e-5)
+        config, files = checkpoint_of(str(tmp_path / src))
+        assert config["_class_name"] == type(model).__name__ and set(files) == set(model.state_dict())
+    teacher = load_teacher(str(tmp_path / "alone.safetensors"), config=str(tmp_path / "pipe"))
+    torch.testing.assert_close(forward(teacher, inputs), ref, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path / "fp16", variant="bf16")
+    with pytest.raises(UserError, match="variants bf16, fp16"):
+        load_teacher(str(tmp_path / "fp16"))
+
+
+@pytest.mark.parametrize("layers", [2, 4])  # the weights hold 3 blocks
+def test_config_that_does_not_match_the_weights(tmp_path, layers):
+    """diffusers only logs missing or unexpected keys: a teacher would lose or never fill blocks."""
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    (tmp_path / "t" / "config.json").write_text(json.dumps(dict(config, num_layers=layers)))
+    with pytest.raises(UserError, match="do not match config.json: (missing|unexpected) transformer_blocks"):
+        load_teacher(str(tmp_path / "t"))
+
+
+def test_single_file_tensor_of_the_wrong_shape(tmp_path):
+    model = tiny_pixart()
+    sd = model.state_dict()
+    sd["proj_out.weight"] = sd["proj_out.weight"][:-1]
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    model.save_config(tmp_path)
+    with pytest.raises(UserError, match="does not match the config.*proj_out.weight"):
+        load_teacher(str(tmp_path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("config", [[1, 2], {"_class_name": "PixArtTransformer2DModel", "num_layers": "six"}])
+def test_config_that_builds_no_model(tmp_path, config):
+    from compress.stream import empty_transformer
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    (tmp_path / "t" / "config.json").write_text(json.dumps(config))
+    for load in (lambda: load_teacher(str(tmp_path / "t")), lambda: empty_transformer(tmp_path / "t")):
+        with pytest.raises(UserError, match="config"):
+            load()
+
+
+def test_family_of_bfl_keys_as_comfyui_saves_them():
+    from compress.io import detect_family
+
+    keys = ["model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "model.diffusion_model.img_in.weight"]
+    assert detect_family(keys) == "flux"
+    assert detect_family([k.removeprefix("model.") for k in keys]) == "flux"
+    with pytest.raises(UserError, match="cannot tell"):
+        detect_family(["model.other.weight"])
+
+
+def test_a_loaded_output_saves_again_with_what_the_run_recorded(tmp_path):
+    out = save_compressed(_factorize_some(tiny_flux()), tmp_path / "a", dtype=torch.bfloat16,
+                          extra={"teacher": "toy:flux", "block_map": {"blocks": [0, 2]}})
+    again = save_compressed(load_transformer(out, torch_dtype=torch.float16), tmp_path / "b")
+    first, second = (json.loads((o / "config.json").read_text())["compression"] for o in (out, again))
+    assert second["teacher"] == "toy:flux" and second["block_map"] == first["block_map"]
+    assert load_transformer(again).dtype == torch.float16  # diffusers' torch_dtype spelling works too
+
+
+def test_an_output_is_readable_as_the_umask_allows(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        out = save_compressed(tiny_flux(), tmp_path / "out")
+    finally:
+        os.umask(umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in (out, *out.iterdir())} == {"0o755", "0o644"}
