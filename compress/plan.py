@@ -20,7 +20,8 @@ from compress.calib_footprint import backward_bytes, describe, footprint, human_
 from compress.inputs import source_kind
 from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
-from compress.io import config_dir, from_config, model_class, read_config
+from compress.io import from_config, model_class, read_config
+from compress.io_single import config_dir
 from compress.report import console, layer_rows, param_count
 from compress.runner import build_passes, check_pass
 from compress.runner_stream import check_streaming, streamed_weights

@@ -1,0 +1,73 @@
+"""Single-file teacher checkpoints: a BFL Flux file (diffusers converts it), an original PixArt-Σ
+`.pth` (compress.arch.pixart_convert) or a file with diffusers' keys, each with the diffusers config
+of its transformer beside it or given (`--teacher-config`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.arch import SUPPORTED, get_adapter
+from compress.errors import UserError
+from compress.io import (SINGLE_FILE_SUFFIXES, cast, from_config, load_error, model_class, one_line,
+                         read_config, read_state_dict)
+
+PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # BFL checkpoints as ComfyUI saves them
+
+
+def detect_family(keys) -> str:
+    keys = [k.removeprefix(p) for k in keys for p in PREFIXES if k.startswith(p)] or list(keys)
+    if any(k.startswith(("single_transformer_blocks.", "single_blocks.", "double_blocks."))
+           for k in keys):
+        return "flux"
+    if any(k.startswith(("adaln_single.", "t_block.", "y_embedder.")) for k in keys):
+        return "pixart"
+    raise UserError(f"cannot tell the model family from the checkpoint keys (first: {keys[:3]}); "
+                    f"supported: {SUPPORTED}")
+
+
+def load_single_file(path: Path, dtype=torch.float32, config: str | None = None,
+                     family: str | None = None) -> nn.Module:
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise UserError(f"unsupported checkpoint file type '{path.suffix}' ({path}); "
+                        f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}")
+    sd = read_state_dict(path)
+    family = family or detect_family(sd.keys())
+    adapter = get_adapter(family)
+    cls = model_class(adapter.class_name)
+    cfg_dir = config_dir(path, config)
+    if family == "flux":  # diffusers converts BFL checkpoints itself
+        try:
+            return cls.from_single_file(str(path), config=str(cfg_dir), local_files_only=True,
+                                        torch_dtype=dtype).eval()
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"cannot load Flux single file {path}: {one_line(e)}") from None
+    from compress.arch.pixart_convert import convert_original_pixart
+
+    sd = convert_original_pixart(sd)  # no-op for diffusers-format keys
+    model = from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise UserError(f"{path} does not match the config in {cfg_dir}: {load_error(e)}") from None
+    if missing or unexpected:
+        raise UserError(f"{path} does not match the config in {cfg_dir}: missing "
+                        f"{missing[:3]}, unexpected {unexpected[:3]}")
+    return cast(model, dtype).eval()
+
+
+def config_dir(path: Path, config: str | None) -> Path:
+    if config:
+        c = Path(config).expanduser()
+        c = c.parent if c.name == "config.json" else c
+        if not (c / "config.json").is_file() and (c / "transformer" / "config.json").is_file():
+            c = c / "transformer"  # a pipeline folder
+        if not (c / "config.json").is_file():
+            raise UserError(f"--teacher-config {config}: no config.json there")
+        return c
+    if (path.parent / "config.json").is_file():
+        return path.parent
+    raise UserError(f"single file {path} has no config.json beside it; pass --teacher-config with "
+                    "the diffusers config of the transformer (a folder or config.json)")

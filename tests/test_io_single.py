@@ -1,0 +1,70 @@
+"""Single-file teachers: original PixArt checkpoints, wrong shapes, the family from the keys."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from compress import load_teacher
+from compress.errors import UserError
+from tests.conftest import forward, model_inputs, tiny_pixart
+
+
+def _to_original_pixart(sd):
+    """Inverse of the converter, for the test only: diffusers keys -> original PixArt keys."""
+    out = {}
+    ren = {"pos_embed.proj": "x_embedder.proj", "adaln_single.emb.timestep_embedder.linear_1":
+           "t_embedder.mlp.0", "adaln_single.emb.timestep_embedder.linear_2": "t_embedder.mlp.2",
+           "adaln_single.linear": "t_block.1", "caption_projection.linear_1": "y_embedder.y_proj.fc1",
+           "caption_projection.linear_2": "y_embedder.y_proj.fc2", "proj_out": "final_layer.linear",
+           "scale_shift_table": "final_layer.scale_shift_table"}
+    blk = {"attn1.to_out.0": "attn.proj", "attn2.to_q": "cross_attn.q_linear",
+           "attn2.to_out.0": "cross_attn.proj", "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2",
+           "scale_shift_table": "scale_shift_table"}
+    for k, v in sd.items():
+        if k.startswith("transformer_blocks."):
+            _, i, rest = k.split(".", 2)
+            for d, o in blk.items():
+                if rest.startswith(d):
+                    out[f"blocks.{i}.{o}{rest[len(d):]}"] = v
+        else:
+            for d, o in ren.items():
+                if k.startswith(d):
+                    out[o + k[len(d):]] = v
+    n = len({k.split(".")[1] for k in sd if k.startswith("transformer_blocks.")})
+    for i in range(n):
+        for suf in ("weight", "bias"):
+            p = f"transformer_blocks.{i}."
+            out[f"blocks.{i}.attn.qkv.{suf}"] = torch.cat([sd[p + f"attn1.to_{x}.{suf}"] for x in "qkv"])
+            out[f"blocks.{i}.cross_attn.kv_linear.{suf}"] = torch.cat(
+                [sd[p + f"attn2.to_{x}.{suf}"] for x in "kv"])
+    out["y_embedder.y_embedding"] = torch.zeros(5, 12)
+    return out
+
+
+def test_original_pixart_pth(tmp_path):
+    model = tiny_pixart()
+    torch.save({"state_dict": _to_original_pixart(model.state_dict())}, tmp_path / "PixArt.pth")
+    model.save_config(tmp_path / "cfg")
+    teacher = load_teacher(str(tmp_path / "PixArt.pth"), config=str(tmp_path / "cfg"))
+    inputs = model_inputs(model)
+    torch.testing.assert_close(forward(teacher, inputs), forward(model, inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_single_file_tensor_of_the_wrong_shape(tmp_path):
+    model = tiny_pixart()
+    sd = model.state_dict()
+    sd["proj_out.weight"] = sd["proj_out.weight"][:-1]
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    model.save_config(tmp_path)
+    with pytest.raises(UserError, match="does not match the config.*proj_out.weight"):
+        load_teacher(str(tmp_path / "model.safetensors"))
+
+
+def test_family_of_bfl_keys_as_comfyui_saves_them():
+    from compress.io_single import detect_family
+
+    keys = ["model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "model.diffusion_model.img_in.weight"]
+    assert detect_family(keys) == "flux"
+    assert detect_family([k.removeprefix("model.") for k in keys]) == "flux"
+    with pytest.raises(UserError, match="cannot tell"):
+        detect_family(["model.other.weight"])
