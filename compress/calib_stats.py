@@ -94,7 +94,8 @@ def _check_finite(x: torch.Tensor, reader: Reader) -> None:
     if not torch.isfinite(x).all():
         what = "output" if reader.output else "input"
         raise NumericError(f"NaN/Inf in calibration activations: {what} of layer '{reader.module}' "
-                           f"({reader.where})")
+                           f"({reader.where}; the input of a block's first layer is the output of the "
+                           "block before it; a float16 compute_dtype overflowing? try bfloat16)")
 
 
 class _Accumulator:

@@ -289,12 +289,19 @@ def factors_from(dec: Decomposition, weight: torch.Tensor, rank: int, *, balance
         basis = _complete_basis(basis, w, rank, name)
     up, down = basis, basis.T @ w  # (out, r), (r, in)
     if balance == "sqrt":
-        norms = down.norm(dim=1)  # (r,)
-        scale = torch.where(norms > 0, norms.sqrt(), torch.ones_like(norms))
-        up, down = up * scale, down / scale[:, None]
+        up, down = balanced(up, down)
     curve = dec.curve
     dtype = out_dtype or _F64
     return Factorization(up.to(dtype), down.to(dtype), float(curve[rank]), float(curve[0]))
+
+
+def balanced(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same product up @ down, each component i rescaled so that ||up[:, i]|| = ||down[i]||:
+    neither factor carries the other's scale (fp16/bf16 storage). up (out, r), down (r, in)."""
+    nu, nd = up.norm(dim=0), down.norm(dim=1)  # (r,), (r,)
+    ok = (nu > 0) & (nd > 0)
+    scale = torch.where(ok, (nd / torch.where(ok, nu, 1)).sqrt(), torch.ones_like(nu))
+    return up * scale, down / scale[:, None]
 
 
 def factorize(weight: torch.Tensor, gram: torch.Tensor, rank: int, method: str = "whitened",

@@ -28,7 +28,7 @@ from compress.calib_footprint import footprint
 from compress.calib_stats import STATS_VERSION
 from compress.errors import NumericError, UserError
 from compress.inputs import input_source, moved
-from compress.io import check_replaceable, load_teacher
+from compress.io import check_replaceable, load_teacher, nonfinite
 from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
@@ -121,6 +121,15 @@ def check_writable(folder: Path, what: str) -> None:
                 p.rmdir()
             except OSError:
                 pass
+
+
+def check_reference(reference: list[torch.Tensor], dtype: str) -> None:
+    """The teacher's held-out predictions, which every error of the run is measured against, are finite."""
+    bad = [i for i, r in enumerate(reference) if nonfinite(r)]
+    if bad:
+        raise NumericError(f"the teacher's prediction holds NaN/Inf on held-out batch {bad[0] + 1} of "
+                           f"{len(reference)} in compute_dtype {dtype}; if the checkpoint is finite it "
+                           "overflows there: try bfloat16 or float32")
 
 
 def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None,
@@ -331,6 +340,7 @@ class Runner:
         heldout = self.ctx.eval_inputs()
         with self.models.forwards(self.teacher):
             reference = predictions(self.teacher, self.adapter, heldout)
+        check_reference(reference, self.recipe.compute_dtype)
         teacher_params = param_count(self.teacher)
         with sigterm_as_interrupt():
             for i in range(start, len(self.passes)):

@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from compress.errors import NumericError, UserError
-from compress.io import (INDEX, WEIGHTS, SafetensorsError, one_line, atomic_folder, canonical_header,
-                         cast, compressed_config, from_config, header_metadata, model_class, read_config,
-                         read_json, transformer_folder, weights_variant, write_texts)
+from compress.io import (INDEX, WEIGHTS, SafetensorsError, atomic_folder, canonical_header, cast,
+                         compressed_config, export_cast, from_config, header_metadata, model_class,
+                         nonfinite, one_line, read_config, read_json, transformer_folder,
+                         weights_variant, write_texts)
 
 
 def weight_map(folder: Path) -> dict[str, Path]:
@@ -252,17 +253,6 @@ class CheckpointBlocks:
         return sorted(self.spill.glob(f"{group}-{index}-*.safetensors"))
 
 
-def nonfinite(t: torch.Tensor, chunk: int = 2**22) -> int:
-    """How many NaN/Inf values t holds. A NaN or Inf anywhere makes the sum NaN or Inf, so a finite
-    sum (one reduction, no temporaries) settles it; otherwise they are counted in chunks (a
-    whole-tensor isfinite of a bf16 weight has float temporaries several times its size: +0.16 GiB
-    peak on full-width Flux). On a full-width Flux double block the sum took 0.03 s where counting
-    took 1.8 s, most of what reading the block cost (tools/bench_stream_scan.py)."""
-    if bool(torch.isfinite(t.sum())):
-        return 0
-    return sum(int((~torch.isfinite(c)).sum()) for c in t.reshape(-1).split(chunk))
-
-
 def trim_heap() -> None:
     """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere)."""
     libc = _libc()
@@ -367,7 +357,7 @@ def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.
         for j, (unit, keys) in enumerate(_track(shards, f"write {Path(out).name}"), start=1):
             on_meta = [k for k in keys if unit[k].device.type == "meta"]
             tensors = {**{k: unit[k] for k in keys}, **loader.read(on_meta)}
-            tensors = {k: v.to(dtype) if dtype and v.is_floating_point() else v for k, v in tensors.items()}
+            tensors = {k: export_cast(k, v, dtype) for k, v in tensors.items()}
             name = shard_name(j, len(shards))
             save_pieces(tmp / name, tensors, header_metadata(config))
             canonical_header(tmp / name)

@@ -413,3 +413,15 @@ def test_a_pass_failing_mid_run_names_its_line_and_the_earlier_removal(pixart):
     with pytest.raises(UserError, match=r"r\.yaml:6: svd.targets: pattern 'transformer_blocks.2.attn1.to_q' .* "
                                         + SEEN.format(2)):
         _simple(tmp_path, passes).run()
+
+
+def test_a_teacher_prediction_that_overflows_stops_the_run():
+    """Every error of the run is measured against the teacher's held-out predictions: a NaN/Inf there
+    (a finite checkpoint overflowing in float16) is a NumericError, not 'teacher-relative error nan'."""
+    from compress.errors import NumericError
+    from compress.runner import check_reference
+
+    ok = [torch.ones(2, 3), torch.zeros(2, 3)]
+    check_reference(ok, "float16")
+    with pytest.raises(NumericError, match="held-out batch 2 of 2 in compute_dtype float16"):
+        check_reference([ok[0], torch.tensor([1.0, float("inf")])], "float16")

@@ -169,7 +169,7 @@ def test_a_checkpoint_that_does_not_match_its_config_is_named(tmp_path, edit, ma
 def test_nonfinite_counts_exactly_and_passes_sums_that_overflow(dtype):
     """The finite-sum shortcut never hides a NaN/Inf, and finite values whose sum overflows are
     counted (as none), not taken for non-finite ones."""
-    from compress.stream import nonfinite
+    from compress.io import nonfinite
 
     x = torch.randn(1000, 7).to(dtype)
     assert nonfinite(x) == 0

@@ -251,6 +251,7 @@ class _Trainer:
             task, kwargs = task_loss(self.student, latents, cond, self.generator)
             student_pred = adapter.sampled_prediction(self.teacher, pred.pop())  # as adapter.predict
             out = feat = zero
+            teacher_pred = None
             if cfg.lambda_out > 0 or cfg.lambda_feat > 0:
                 with torch.no_grad():
                     teacher_pred = adapter.predict(self.teacher, _inputs_for(self.teacher, kwargs))
@@ -258,10 +259,11 @@ class _Trainer:
                     out = output_loss(student_pred, teacher_pred)
             if feats is not None:
                 feat = feature_loss(feats[0].outputs, feats[1].outputs, self.block_map, cfg.mask_massive)
-                feats[0].clear(), feats[1].clear()
         loss = cfg.lambda_task * task + cfg.lambda_out * out + cfg.lambda_feat * feat
         if not torch.isfinite(loss):
-            raise _numeric(self.step, task, out, feat)
+            raise _numeric(self.step, task, out, feat, teacher_trouble(teacher_pred, feats[1].outputs if feats else {}))
+        for f in feats or ():
+            f.clear()
         acc.backward(loss)
         grad_norm = acc.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         lr = self.scheduler.get_last_lr()[0]
@@ -356,11 +358,24 @@ class _Trainer:
         self.ctx.report["distill"] = record
 
 
-def _numeric(step, task, out, feat):
+def teacher_trouble(pred: torch.Tensor | None, feats: dict) -> str | None:
+    """What of the teacher's is not finite, the earliest first (a block's output, in the order the
+    forward ran them, then the prediction), or None."""
+    for (group, index), outputs in feats.items():
+        if any(not bool(torch.isfinite(t).all()) for t in outputs):
+            return f"the teacher's output of block {index} of '{group}'"
+    if pred is not None and not bool(torch.isfinite(pred).all()):
+        return "the teacher's prediction"
+    return None
+
+
+def _numeric(step, task, out, feat, teacher: str | None = None):
     from compress.errors import NumericError
 
+    why = (f"{teacher} is not finite (a float16 compute_dtype overflowing? try bfloat16)" if teacher
+           else "lower lr or check the student")
     return NumericError(f"distill: non-finite loss at step {step + 1} (task {task.item():.4g}, "
-                        f"out {out.item():.4g}, feat {feat.item():.4g}); lower lr or check the student")
+                        f"out {out.item():.4g}, feat {feat.item():.4g}); {why}")
 
 
 def _cast(model, dtype):

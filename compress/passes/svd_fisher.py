@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from compress.calib_store import NamedFiles
+from compress.errors import NumericError
+from compress.io import nonfinite
 from compress.replay import Prefix, replaying
 
 F64 = torch.float64
@@ -290,6 +292,9 @@ class Roots:
             self.store.clear()
 
     def add(self, name: str, fisher: torch.Tensor) -> None:
+        if nonfinite(fisher):
+            raise NumericError(f"layer '{name}': its output Fisher (the prediction's gradients) holds "
+                               "NaN/Inf; the backward overflowed (a float16 compute_dtype? try bfloat16)")
         self.store[name] = fisher  # read back on the device it was measured on
         self.recent.pop(name, None)
 
@@ -311,7 +316,11 @@ class Roots:
         if name not in self:
             raise KeyError(name)
         if name not in self.recent:
-            self.recent[name] = sqrt_pair(self.store[name], self.damping)
+            try:
+                self.recent[name] = sqrt_pair(self.store[name], self.damping)
+            except torch.linalg.LinAlgError as e:
+                raise NumericError(f"layer '{name}': the square root of its output Fisher failed "
+                                   f"({str(e).splitlines()[0]})") from None
             self._trim(name)
         return self.recent[name]
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from compress.arch.base import LinearInfo
 from compress.calib_stats import Stats
-from compress.linalg import Decomposition, decompose, factors_from, params_dense, params_lowrank
+from compress.linalg import (Decomposition, balanced, decompose, factors_from, params_dense,
+                             params_lowrank)
 from compress.lowrank import LowRankLinear
 
 F64 = torch.float64
@@ -109,14 +110,14 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
     optimal_curve = dec.curve if method == "whitened" else decompose_layer(
         m, "whitened", alpha, info.name).curve
     loss, optimal = measured_loss(m, fac.up, fac.down), float(optimal_curve[rank])
-    up, shift = fac.up, _mean_shift(m, fac.up, fac.down)
-    if out_root is not None:  # back from V = L W to W
+    up, down, shift = fac.up, fac.down, _mean_shift(m, fac.up, fac.down)
+    if out_root is not None:  # back from V = L W to W, the Fisher's scale shared by both factors
         inv = out_root[1].to(up.device, F64)
-        up, shift = inv @ up, (inv @ shift if shift is not None else None)
+        (up, down), shift = balanced(inv @ up, down), (inv @ shift if shift is not None else None)
     new_bias = module.bias.detach().to(up.device, F64) if bias else None
     if shift is not None:
         new_bias = shift if new_bias is None else new_bias + shift
-    layer = LowRankLinear.from_factors(up, fac.down, new_bias, dtype=module.weight.dtype)
+    layer = LowRankLinear.from_factors(up, down, new_bias, dtype=module.weight.dtype)
     replace_linear(model, info.name, layer.to(module.weight.device))
     return dict(record, rank=rank, kept_params=params_lowrank(info.out_features, info.in_features,
                                                               rank, bias),

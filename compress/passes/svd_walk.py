@@ -48,7 +48,7 @@ def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: 
 
     def readers_for(group, index):
         mine = [i for i in targets if (i.group, i.block) == (group, index)]
-        return readers([i for i in mine if stats_key(i) not in shared], where=f"{group} block {index}")
+        return readers([i for i in mine if stats_key(i) not in shared], where=f"block {index} of '{group}'")
 
     def cache_name(group, index):
         return digest(group, index, sorted(r.key for r in readers_for(group, index)), state, cal.asymmetric)

@@ -313,3 +313,20 @@ def test_documented_zero_and_null_values_stay_allowed():
     DistillConfig(grad_clip=0.0, mask_massive=0.0, warmup_steps=0, min_lr_ratio=0.0, weight_decay=0.0,
                   checkpoint_every=0, max_steps_this_run=None).validate()
     DistillConfig(mask_massive=None, min_lr_ratio=1.0, max_steps_this_run=1).validate()
+
+
+@pytest.mark.parametrize("where", ["prediction", "block"])
+def test_a_teacher_that_overflows_is_blamed_not_the_student(tmp_path, where):
+    """A non-finite loss names the teacher when its prediction or a block output it feeds the
+    feature loss is not finite (a float16 overflow), and the student (lower lr) otherwise."""
+    from compress.errors import NumericError
+
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher), rank=2)
+    layer = teacher.proj_out if where == "prediction" else teacher.transformer_blocks[1].ff.net[2]
+    layer.bias.data[:] = float("inf")
+    words = "the teacher's prediction" if where == "prediction" else "the teacher's output of block 1 of 'blocks'"
+    with pytest.raises(NumericError, match=f"non-finite loss at step 1 .*; {words} is not finite"):
+        distill(student, teacher, tmp_path)
+    with pytest.raises(NumericError, match="lower lr or check the student"):
+        distill(factorize(copy.deepcopy(tiny_pixart()), rank=2), tiny_pixart(), tmp_path / "s", lr=1e30, steps=3)

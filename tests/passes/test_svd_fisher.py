@@ -295,3 +295,36 @@ def test_sweeps_measure_every_chunk_under_one_progress_bar(tmp_path):
     sweeps(model, adapter, batches, [names[:2], names[2:]], 2, roots, progress=True)
     assert sorted(roots) == sorted(names)
     assert all(torch.equal(roots.store[n], alone[n]) for n in names[:2])
+
+
+def test_output_fisher_factors_share_its_scale(tmp_path):
+    """Factors found in the Fisher's weighted space (V = L W) come back as L⁻¹ up: the Fisher's
+    scale must not land on up alone (fp16/bf16 storage), so both factors are re-balanced."""
+    from compress.arch import get_adapter
+    from compress.lowrank import LowRankLinear
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.conftest import model_inputs, tiny_pixart
+
+    model = tiny_pixart()
+    model.proj_out.weight.data *= 1e-4  # a prediction on a small scale: a small Fisher
+    teacher = tiny_pixart()
+    teacher.load_state_dict(model.state_dict())
+    batches = [model_inputs(model, seed=i) for i in range(2)]
+    ctx = RunContext(adapter=get_adapter(model), family="pixart", teacher=teacher, run_dir=tmp_path,
+                     calibration_inputs=lambda: batches, fingerprint="balance")
+    SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, progress=False,
+                      compensate=False)).run(model, ctx)
+    layers = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+    assert layers
+    for m in layers:
+        torch.testing.assert_close(m.up.weight.norm(dim=0), m.down.weight.norm(dim=1), rtol=1e-5, atol=0)
+
+
+def test_a_fisher_that_overflowed_names_its_layer():
+    from compress.errors import NumericError
+
+    f = _fishers()["l0"].clone()
+    f[0, 0] = float("inf")  # a float16 backward that overflowed
+    with pytest.raises(NumericError, match="layer 'transformer_blocks.1.attn1.to_q': its output Fisher"):
+        Roots(None, 1e-3, 1e12).add("transformer_blocks.1.attn1.to_q", f)
