@@ -10,7 +10,7 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import cast, load_teacher, load_teacher_of, load_transformer, read_json
+from compress.io import cast, load_teacher, load_teacher_of, load_transformer, looks_local, read_json
 from compress.report import console, output_file, read_report, recorded_teacher
 
 
@@ -42,7 +42,7 @@ def _teacher_and_inputs(source: str):
             teacher = cast(teacher, device)
         calib, recipe_dir = recipe.calibration, Path(source).parent
     else:
-        if source.startswith((".", "/", "~")) and not Path(source).expanduser().exists():
+        if looks_local(source) and not Path(source).expanduser().exists():
             raise UserError(f"{source}: no such recipe or teacher")
         if not source.startswith("toy:"):
             raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "
@@ -85,7 +85,7 @@ def importance(args) -> int:
 def _load_model(model: str, teacher_arg: str | None):
     """(model, teacher source or None, output folder or None)."""
     path = Path(model).expanduser()
-    if model.startswith((".", "/", "~")) and not path.exists():
+    if looks_local(model) and not path.exists():
         raise UserError(f"{model}: no such model (a dit-compress output folder or a teacher)")
     if (path / "config.json").is_file() and "compression" in read_json(path / "config.json"):
         return load_transformer(path), recorded_teacher(path, teacher_arg), path
@@ -93,24 +93,32 @@ def _load_model(model: str, teacher_arg: str | None):
 
 
 def evaluate(args) -> int:
+    grid = output_file(args.grid, "--grid", figure=True) if args.grid else None  # before any work
     streamed_out = _streamed_output(args.model, args.teacher)
     if streamed_out is not None:
+        _no_grid(grid)
         return _print(_teacher_relative_streamed(*streamed_out), args.json)
     model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher)
     family = get_adapter(model).family
-    teacher = load_teacher_of(model, teacher_source, teacher_config) if teacher_source else None
     toy = (teacher_source or args.model).startswith("toy:")
-    if toy:
-        from compress.toy.evaluate import evaluate as toy_evaluate
+    if not toy:
+        _no_grid(grid)
+    teacher = load_teacher_of(model, teacher_source, teacher_config) if teacher_source else None
+    if not toy:
+        return _print(_teacher_relative(model, teacher, out), args.json)
+    from compress.toy.evaluate import evaluate as toy_evaluate
 
-        result = toy_evaluate(model, family, teacher=teacher, seed=args.seed)
-        if args.grid:
-            from compress.toy.grid import save_sample_grid
+    result = toy_evaluate(model, family, teacher=teacher, seed=args.seed)
+    if grid:
+        from compress.toy.grid import save_sample_grid
 
-            save_sample_grid(model, family, args.grid, seed=args.seed)
-    else:
-        result = _teacher_relative(model, teacher, out)
+        save_sample_grid(model, family, grid, seed=args.seed)
     return _print(result, args.json)
+
+
+def _no_grid(grid: Path | None) -> None:
+    if grid:
+        raise UserError("--grid draws the toy pipelines' samples; sample a real model with its pipeline")
 
 
 def _print(result: dict, as_json: bool) -> int:

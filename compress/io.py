@@ -58,9 +58,15 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | 
         from compress.io_single import load_single_file
 
         return load_single_file(path, dtype, config=config, family=family)
-    if path.suffix in SINGLE_FILE_SUFFIXES or source.startswith((".", "/", "~")):
+    if path.suffix in SINGLE_FILE_SUFFIXES or looks_local(source):
         raise UserError(f"teacher not found: {source}")
     return _load_hub(source, dtype)
+
+
+def looks_local(source: str) -> bool:
+    """A path rather than a Hugging Face id (owner/name): it starts with . / ~, or its first part is a
+    folder here (`out/typo` where out/ exists)."""
+    return source.startswith((".", "/", "~")) or ("/" in source and Path(source.split("/")[0]).is_dir())
 
 
 def load_teacher_of(student: nn.Module, source: str, config: str | None = None) -> nn.Module:

@@ -20,7 +20,7 @@ from compress.calib_footprint import backward_bytes, describe, footprint, human_
 from compress.inputs import source_kind
 from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
-from compress.io import from_config, model_class, read_config
+from compress.io import from_config, looks_local, model_class, read_config
 from compress.io_single import config_dir
 from compress.report import console, layer_rows, param_count
 from compress.runner import build_passes, check_pass
@@ -43,7 +43,7 @@ def teacher_config(source: str, config: str | None = None) -> dict:
     for candidate in (p / "transformer" / "config.json", p / "config.json", p.parent / "config.json"):
         if candidate.is_file():
             return read_config(candidate)
-    if source.startswith((".", "/", "~")) and not p.expanduser().exists():
+    if looks_local(source) and not p.expanduser().exists():
         raise UserError(f"teacher not found: {source}")
     raise UserError(f"cannot find a config for teacher '{source}' offline; pass --teacher-config")
 

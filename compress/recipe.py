@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -230,6 +231,10 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
         obj = cls(**values)
     except (ValueError, TypeError) as e:
         raise loc.err(f"{what}: {e}") from None
+    for key, value in values.items():  # .nan / .inf read as floats and pass most range checks
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Loc(path, key_nodes.get(key, node)).err(f"{what + '.' if what else ''}{key} must be a "
+                                                           f"finite number, got {value}")
     check = getattr(obj, "validate", None)
     if check:
         try:

@@ -180,6 +180,30 @@ def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe, models) -
     return h.hexdigest()[:16]
 
 
+def recipe_changes(before: dict, now: dict, passes) -> list[str]:
+    """The keys (dotted paths) where two resolved recipes differ, but those a pass declares cannot
+    change its result (`Pass.result_free`: progress bars, how often distill checkpoints, how far
+    this run goes)."""
+    def view(raw: dict) -> dict:
+        specs = raw.get("passes", [])
+        if len(specs) != len(passes):
+            return _flat(raw)
+        kept = [{k: {o: v for o, v in opts.items() if o not in p.result_free} for k, opts in spec.items()}
+                for spec, p in zip(specs, passes)]
+        return _flat(dict(raw, passes=kept))
+
+    a, b = view(before), view(now)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<none>") != b.get(k, "<none>"))
+
+
+def _flat(data, prefix: str = "") -> dict:
+    """{'a.b.0.c': value} of nested mappings and lists."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
+    if items is None:
+        return {prefix: data}
+    return {k: v for key, value in items for k, v in _flat(value, f"{prefix}.{key}" if prefix else str(key)).items()}
+
+
 def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, models) -> dict:
     """What --resume compares besides the recipe: the teacher source (a local path made absolute),
     --teacher-config, the model config and a checksum of the weights (`models.fingerprint`: cheap)."""
@@ -306,9 +330,10 @@ class Runner:
     def _check_resumable(self, state: dict) -> None:
         """The stage was written for this recipe and this teacher (stages written before the
         teacher was recorded are resumed with a warning)."""
-        if state["recipe"] != self.recipe.raw:
-            raise UserError(f"--resume: the recipe changed since {self.run_dir} was "
-                            "written; rerun without --resume")
+        changed = recipe_changes(state["recipe"], self.recipe.raw, self.passes)
+        if changed:
+            raise UserError(f"--resume: the recipe changed since {self.run_dir} was written "
+                            f"({', '.join(changed[:3])}); rerun without --resume")
         before = state.get("teacher")
         if before is None:
             console.print(f"[bold yellow]warning:[/] {self.run_dir} was written by an older dit-compress "
@@ -333,29 +358,34 @@ class Runner:
 
     # -- run --------------------------------------------------------------------------------------
     def run(self) -> Path:
-        self.prepare()
-        start, student = self._restore()
-        self.removed_by = []  # recipe lines of passes (this session) that removed blocks
-        self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
-        heldout = self.ctx.eval_inputs()
-        with self.models.forwards(self.teacher):
-            reference = predictions(self.teacher, self.adapter, heldout)
-        check_reference(reference, self.recipe.compute_dtype)
-        teacher_params = param_count(self.teacher)
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt():  # from the first step to the export's rename
+            self.prepare()
+            start, student = self._restore()
+            self.removed_by = []  # recipe lines of passes (this session) that removed blocks
+            self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
+            heldout = self.ctx.eval_inputs()
+            with self.models.forwards(self.teacher):
+                reference = predictions(self.teacher, self.adapter, heldout)
+            check_reference(reference, self.recipe.compute_dtype)
+            teacher_params = param_count(self.teacher)
             for i in range(start, len(self.passes)):
-                p, t0 = self.passes[i], time.perf_counter()
-                console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
-                student = self._run_pass(i, student)
-                with self.models.forwards(student):
-                    err = relative_error(student, reference, self.adapter, heldout)
-                self.ctx.report.setdefault("stages", []).append(
-                    {"pass": p.name, "seconds": round(time.perf_counter() - t0, 3),
-                     "params": param_count(student), "relative_error": err})
-                console.print(f"  params {param_count(student):,} / {teacher_params:,}   "
-                              f"teacher-relative error {err:.4g}")
-                self._save_stage(i, student)
-        return self.export(student, teacher_params)
+                student = self._stage(i, student, reference, heldout, teacher_params)
+            return self.export(student, teacher_params)
+
+    def _stage(self, i: int, student, reference, heldout, teacher_params: int):
+        """Pass i, its held-out error (printed and reported) and its stage checkpoint."""
+        p, t0 = self.passes[i], time.perf_counter()
+        console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
+        student = self._run_pass(i, student)
+        with self.models.forwards(student):
+            err = relative_error(student, reference, self.adapter, heldout)
+        self.ctx.report.setdefault("stages", []).append(
+            {"pass": p.name, "seconds": round(time.perf_counter() - t0, 3),
+             "params": param_count(student), "relative_error": err})
+        console.print(f"  params {param_count(student):,} / {teacher_params:,}   "
+                      f"teacher-relative error {err:.4g}")
+        self._save_stage(i, student)
+        return student
 
     def _run_pass(self, i: int, student):
         """Pass i; a UserError it raises names its recipe line, and says so when earlier passes

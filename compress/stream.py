@@ -35,7 +35,7 @@ from torch import nn
 from compress.errors import NumericError, UserError
 from compress.io import (INDEX, WEIGHTS, SafetensorsError, atomic_folder, canonical_header, cast,
                          compressed_config, export_cast, from_config, header_metadata, model_class,
-                         nonfinite, one_line, read_config, read_json, transformer_folder,
+                         looks_local, nonfinite, one_line, read_config, read_json, transformer_folder,
                          weights_variant, write_texts)
 
 
@@ -77,7 +77,7 @@ def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
         config_path, weights = toy_files(source[4:])
         return read_json(config_path), file_map(weights)
     path = Path(source).expanduser()
-    if not path.exists() and not source.startswith((".", "/", "~")) and source.count("/") == 1:
+    if not path.exists() and not looks_local(source) and source.count("/") == 1:
         path = _download(source)
     if not path.is_dir():
         raise UserError(f"stream: true reads a diffusers folder (a pipeline's transformer/ or a "

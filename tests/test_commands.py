@@ -209,3 +209,18 @@ def test_eval_and_bench_find_a_single_file_teacher_and_its_config(tmp_path, caps
     assert 0 < json.loads(capsys.readouterr().out)["pred_rel_error"] < 10
     assert main(["bench", str(tmp_path / "out"), "--json", "--repeats", "1", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["params_ratio"] < 1
+
+
+def test_eval_checks_its_grid_path_first_and_that_the_model_has_toy_samples(recipe, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    _one_line_errors(capsys, [
+        (["eval", "toy:pixart", "--grid", str(tmp_path / "g.txt")], "a figure is written as"),
+        (["eval", "toy:pixart", "--grid", str(tmp_path / "file" / "g.png")], "cannot make the folder"),
+        (["eval", str(tmp_path / "teacher"), "--grid", str(tmp_path / "g.png")], "draws the toy pipelines")])
+
+
+def test_a_typo_in_a_relative_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    _one_line_errors(capsys, [(["eval", "out/typo"], "out/typo: no such model"),
+                              (["bench", "out/typo"], "no such output folder")])

@@ -51,7 +51,8 @@ def _signal_on_call(monkeypatch, owner, attr, call: int, sig=signal.SIGTERM):
 
 def _interrupted_then_resumed(setup, monkeypatch, name, owner, attr, call, sig=signal.SIGTERM):
     tmp, text, reference = setup
-    _signal_on_call(monkeypatch, owner, attr, call, sig)
+    if owner is not None:  # else the caller set its signal up
+        _signal_on_call(monkeypatch, owner, attr, call, sig)
     from compress.passes.distill import TrainingInterrupted
 
     with pytest.raises((KeyboardInterrupt, TrainingInterrupted)):
@@ -83,6 +84,22 @@ def test_sigterm_during_distillation(setup, monkeypatch):
     from compress.passes import distill
 
     _interrupted_then_resumed(setup, monkeypatch, "distill", distill._Trainer, "_train_step", 4)
+
+
+@pytest.mark.parametrize("when", ["export", "held-out inputs"])
+def test_sigterm_before_the_first_pass_or_during_the_export(setup, monkeypatch, when):
+    """The whole run unwinds on SIGTERM, not only its passes: an export stopped midway leaves no
+    hidden copy of the model beside --out."""
+    import compress.io
+    import compress.runner
+
+    tmp = setup[0]
+    if when == "export":  # the export's weights are written, its texts not yet
+        _signal_on_call(monkeypatch, compress.io, "write_texts", 3)  # 2 stages, then the export
+    else:  # the teacher's held-out predictions, before the first pass
+        _signal_on_call(monkeypatch, compress.runner, "predictions", 1)
+    _interrupted_then_resumed(setup, monkeypatch, when.replace(" ", "-"), None, None, None)
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".out-")]
 
 
 def test_output_fishers_measured_before_an_interruption_are_not_measured_again(setup, monkeypatch):

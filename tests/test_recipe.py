@@ -208,3 +208,12 @@ def test_recipe_that_is_not_utf8(tmp_path):
     p.write_bytes(GOOD.replace("teacher: toy:pixart", "teacher: caf\xe9").encode("latin-1"))
     with pytest.raises(UserError, match=r"r\.yaml:3: not UTF-8 text \(byte 0xe9\); save the recipe as UTF-8"):
         load_recipe(p)
+
+
+@pytest.mark.parametrize("override, key", [("passes.1.distill.lr=.inf", r"passes\[1\]\.distill\.lr"),
+                                           ("passes.1.distill.lambda_out=.inf", r"passes\[1\]\.distill\.lambda_out"),
+                                           ("calibration.guidance_scale=.nan", "calibration.guidance_scale")])
+def test_values_that_are_not_finite_are_refused(override, key):
+    """YAML reads .nan and .inf as floats; they pass `≥ 0` style checks and fail only mid-run."""
+    with pytest.raises(UserError, match=rf"\(--set {override.split('=')[0]}=\.\w+\): {key} must be a finite number"):
+        parse_recipe(GOOD, "r.yaml", [override])

@@ -425,3 +425,19 @@ def test_a_teacher_prediction_that_overflows_stops_the_run():
     check_reference(ok, "float16")
     with pytest.raises(NumericError, match="held-out batch 2 of 2 in compute_dtype float16"):
         check_reference([ok[0], torch.tensor([1.0, float("inf")])], "float16")
+
+
+def test_resume_allows_changes_that_cannot_change_the_result(tmp_path):
+    """How far this run goes, progress bars, checkpoint cadence, Fisher sweep sizes: --resume may
+    change them; anything else it names."""
+    from compress.runner import build_passes, recipe_changes
+
+    base = ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [mlp], ratio: 0.5}\n"
+            "  - distill: {steps: 4, max_steps_this_run: 1}\n")
+    before = parse_recipe(base, "r.yaml")
+    passes = build_passes(before)
+    for edit in ("passes.1.distill.max_steps_this_run=null", "passes.1.distill.checkpoint_every=1",
+                 "passes.0.svd.progress=false", "passes.0.svd.fisher_memory_gb=auto"):
+        assert recipe_changes(before.raw, parse_recipe(base, "r.yaml", [edit]).raw, passes) == [], edit
+    now = parse_recipe(base, "r.yaml", ["passes.1.distill.steps=5", "passes.0.svd.ratio=0.4"])
+    assert recipe_changes(before.raw, now.raw, passes) == ["passes.0.svd.ratio", "passes.1.distill.steps"]

@@ -88,6 +88,8 @@ class Pass:
     config_cls: ClassVar[type] = object
     needs_calibration: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False
+    # config keys that cannot change what the pass writes: --resume allows them to change
+    result_free: ClassVar[tuple[str, ...]] = ("progress",)
 
     def __init__(self, config):
         self.config = config

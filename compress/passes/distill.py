@@ -131,6 +131,7 @@ class DistillPass(Pass):
     name = "distill"
     config_cls = DistillConfig
     needs_teacher = True
+    result_free = _NOT_FINGERPRINTED
 
     def check(self, model, adapter) -> None:
         cfg = self.config
@@ -169,6 +170,9 @@ class _Trainer:
     def fit(self, model):
         cfg, acc = self.cfg, self.acc
         self.block_map = resolve_block_map(self.adapter, model, self.ctx.teacher, self.ctx.block_map)
+        self.incoming = checksum(model)  # checkpoints resume only the training of this student
+        if not self.ctx.resume:  # a fresh run: checkpoints left by an earlier run are not its own
+            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
         first = next(model.parameters())
         home, dtype = first.device, first.dtype
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -234,7 +238,7 @@ class _Trainer:
                         why = "a stop signal" if not limit else f"max_steps_this_run={cfg.max_steps_this_run}"
                         raise TrainingInterrupted(
                             f"distill: stopped at step {self.step}/{cfg.steps} on {why}; checkpoint in "
-                            f"{self.dir / 'checkpoints'}; run again with resume to continue")
+                            f"{self.dir / 'checkpoints'}; run again with --resume to continue")
         finally:
             pred.remove()
             for f in feats or ():
@@ -283,7 +287,8 @@ class _Trainer:
     # ---- checkpoints --------------------------------------------------------------------------
     def _fingerprint(self) -> str:
         keys = {k: v for k, v in asdict(self.cfg).items() if k not in _NOT_FINGERPRINTED}
-        keys.update(seed=self.ctx.seed, processes=self.acc.num_processes, block_map=self.block_map)
+        keys.update(seed=self.ctx.seed, processes=self.acc.num_processes, block_map=self.block_map,
+                    student=self.incoming)
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _save(self) -> None:
@@ -315,7 +320,8 @@ class _Trainer:
         meta = json.loads((path / "meta.json").read_text())
         if meta["fingerprint"] != self._fingerprint():
             raise UserError(f"distill: checkpoint {path} was written with other settings (config, seed, block "
-                            f"map or process count: {meta['processes']}); delete {self.dir} to start over")
+                            f"map, process count: {meta['processes']}, or another incoming student); delete "
+                            f"{self.dir} to start over")
         self.acc.load_state(str(path))
         state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
         self.step, self.history, self.before = state["step"], state["history"], state["before"]
@@ -356,6 +362,14 @@ class _Trainer:
             if self.cfg.plot:
                 record["files"]["loss_png"] = str(png_path)
         self.ctx.report["distill"] = record
+
+
+def checksum(model: torch.nn.Module) -> str:
+    """Names, shapes and float64 sums of every tensor: which student a training starts from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}{tuple(t.shape)}{float(t.detach().sum(dtype=torch.float64)).hex()}".encode())
+    return h.hexdigest()[:16]
 
 
 def teacher_trouble(pred: torch.Tensor | None, feats: dict) -> str | None:

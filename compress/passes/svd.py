@@ -106,6 +106,7 @@ class SVDConfig:
 class SVDPass(Pass):
     name = "svd"
     config_cls = SVDConfig
+    result_free = ("progress", "fisher_memory_gb")  # sweeps of any size write the same factors
     needs_calibration = True
 
     def __init__(self, config: SVDConfig, loader: BlockLoader | None = None):

@@ -163,6 +163,25 @@ def test_resume_is_bit_exact(tmp_path):
         read_curves(tmp_path / "full" / "distill" / "loss.csv")
 
 
+def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
+    """A fresh run clears the checkpoints an earlier run left in the same run dir (else they sort
+    after its own and outlive them), and a resume refuses checkpoints trained from another student."""
+    teacher = tiny_pixart()
+    student, other = factorize(copy.deepcopy(teacher)), factorize(copy.deepcopy(teacher), rank=2)
+    distill(copy.deepcopy(other), teacher, tmp_path, steps=6, checkpoint_every=2)  # leaves step-4, step-6
+    with pytest.raises(TrainingInterrupted, match="step 1/6"):
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=6, checkpoint_every=2, max_steps_this_run=1)
+    assert [p.name for p in (tmp_path / "distill" / "checkpoints").glob("step-*")] == ["step-00000001"]
+    resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=6, checkpoint_every=2, resume=True)
+    full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=6, checkpoint_every=2)
+    a, b = state(full), state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TrainingInterrupted):  # another student's checkpoint, then a resume of this one
+        distill(copy.deepcopy(other), teacher, tmp_path / "o", steps=6, checkpoint_every=2, max_steps_this_run=2)
+    with pytest.raises(UserError, match="another incoming student"):
+        distill(copy.deepcopy(student), teacher, tmp_path / "o", steps=6, checkpoint_every=2, resume=True)
+
+
 def test_folder_data(tmp_path):
     teacher = tiny_flux()
     kwargs = model_inputs(teacher, batch=6)
