@@ -92,6 +92,50 @@ def latents_folder(value: str | Path) -> Path:
     return folder
 
 
+def check_file(path: Path, data: dict) -> None:
+    """One file of the folder format: 'latents', and 'cond.' tensors with as many rows."""
+    if "latents" not in data:
+        raise UserError(f"distill: {path} has no 'latents' tensor (keys: {', '.join(sorted(data))})")
+    n = len(data["latents"]) if data["latents"].ndim else 0
+    for key, value in data.items():
+        if key.startswith("cond.") and (not value.ndim or len(value) != n):
+            raise UserError(f"distill: {path}: '{key}' has {len(value) if value.ndim else 0} rows, "
+                            f"'latents' has {n}")
+        if key != "latents" and not key.startswith(("cond.", "shared.")):
+            raise UserError(f"distill: {path}: key '{key}' must be 'latents' or start with "
+                            "'cond.' or 'shared.'")
+
+
+def check_folder(value: str | Path, model, adapter) -> None:
+    """Before any compute: the first file of `latents_dir` holds rows of floating latents, and one
+    of its rows runs through `model` when that is on the meta device (shapes only, no arithmetic),
+    so a wrong layout fails here and not after the passes before distill."""
+    files = sorted(p for p in latents_folder(value).iterdir() if p.suffix in SUFFIXES)
+    if not files:
+        raise UserError(f"distill: latents_dir {value} has no .safetensors or .pt files")
+    data = _read(files[0])
+    check_file(files[0], data)
+    latents = data["latents"]
+    if not latents.is_floating_point() or latents.ndim < 3 or len(latents) == 0:
+        raise UserError(f"distill: {files[0]}: 'latents' must be floating rows (B, ...) of the transformer's "
+                        f"hidden_states, got {str(latents.dtype).removeprefix('torch.')} {tuple(latents.shape)}")
+    if next(model.parameters()).device.type == "meta":
+        _dry_run(files[0], _unflatten({k: v[:1] if k.startswith("cond.") else v
+                                       for k, v in data.items() if k != "latents"}), latents[:1], model, adapter)
+
+
+def _dry_run(path: Path, cond: dict, latents: torch.Tensor, model, adapter) -> None:
+    kwargs = moved(dict(cond.get("cond", {}), **cond.get("shared", {}), hidden_states=latents,
+                        timestep=torch.ones(1)), "meta", latents.dtype)
+    if adapter.family == "pixart":  # as its task loss calls it
+        kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
+    try:
+        adapter.predict(model, kwargs)
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as e:
+        raise UserError(f"distill: a row of {path} does not run through the model: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+
+
 class FolderSource:
     """Latents + cond from a folder (format above). Files are indexed once; a folder of at most
     `IN_MEMORY_BYTES` (e.g. the teacher-sample cache) is kept in memory, a bigger one is read per
@@ -117,15 +161,7 @@ class FolderSource:
         self._cached: tuple[Path, dict] | None = None
 
     def _check(self, path: Path, data: dict) -> None:
-        if "latents" not in data:
-            raise UserError(f"distill: {path} has no 'latents' tensor (keys: {', '.join(sorted(data))})")
-        n = len(data["latents"])
-        for key, value in data.items():
-            if key.startswith("cond.") and len(value) != n:
-                raise UserError(f"distill: {path}: '{key}' has {len(value)} rows, 'latents' has {n}")
-            if key != "latents" and not key.startswith(("cond.", "shared.")):
-                raise UserError(f"distill: {path}: key '{key}' must be 'latents' or start with "
-                                "'cond.' or 'shared.'")
+        check_file(path, data)
         keys = sorted(data)
         if self.keys is None:
             self.keys = keys

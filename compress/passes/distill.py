@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from compress.distill_data import DATA_SOURCES, latents_folder, make_source
+from compress.distill_data import DATA_SOURCES, check_folder, make_source
 from compress.distill_utils import (TRAIN_MODES, BlockOutputs, OutputCapture, StopSignals, feature_loss,
                                     output_loss, resolve_block_map, select_trainable, warmup_cosine,
                                     write_curves)
@@ -137,7 +137,7 @@ class DistillPass(Pass):
         cfg = self.config
         cfg.validate()
         if cfg.data == "folder":
-            latents_folder(cfg.latents_dir)
+            check_folder(cfg.latents_dir, model, adapter)
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         cfg = self.config

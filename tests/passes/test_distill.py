@@ -206,6 +206,35 @@ def test_folder_data(tmp_path):
     assert ctx.report["distill"]["data"] == "folder"
 
 
+@pytest.mark.parametrize("make", [tiny_pixart, tiny_flux], ids=["pixart", "flux"])
+def test_a_latents_folder_that_does_not_fit_the_model_is_refused_before_any_compute(tmp_path, make):
+    """The runner checks passes on a meta copy of the teacher: one row of the folder runs through it
+    there (shapes only), so a wrong layout is a one-line error before calibration and svd."""
+    from compress.distill_data import check_folder
+    from compress.runner import meta_clone
+
+    teacher = make()
+    meta, adapter = meta_clone(teacher), get_adapter(teacher)
+    kwargs = model_inputs(teacher, batch=2)
+    cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v)}
+    good = kwargs["hidden_states"]
+    cases = {
+        "channels": (good[:, 1:], cond, "does not run through the model"),
+        "integers": (good.long(), cond, "must be floating rows"),
+        "no rows": (good[:0], {k: v if k.endswith("_ids") else v[:0] for k, v in cond.items()},
+                    "must be floating rows"),
+        "text width": (good, {**cond, "encoder_hidden_states": cond["encoder_hidden_states"][..., :-1]},
+                       "does not run through the model")}
+    for name in ("ok", *cases):
+        (tmp_path / name).mkdir()
+    write_shard(tmp_path / "ok" / "a.safetensors", good, cond)
+    check_folder(tmp_path / "ok", meta, adapter)
+    for name, (latents, c, words) in cases.items():
+        write_shard(tmp_path / name / "a.safetensors", latents, c)
+        with pytest.raises(UserError, match=words):
+            check_folder(tmp_path / name, meta, adapter)
+
+
 def test_two_processes_agree(tmp_path):
     """2 CPU processes (gloo) via torchrun: after the steps both hold the same weights."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
