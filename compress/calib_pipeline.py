@@ -26,7 +26,8 @@ def read_prompts(calib, recipe_dir: Path | None = None, say: bool = False) -> li
             path = recipe_dir / path
         prompts += _prompt_lines(path, calib.prompt_file)
     if not prompts:
-        raise UserError("calibration.source 'pipeline' needs calibration.prompts or prompt_file")
+        auto = " (source auto is pipeline for a teacher that is not toy:)" if calib.source == "auto" else ""
+        raise UserError(f"calibration.source 'pipeline'{auto} needs calibration.prompts or prompt_file")
     n = calib.num_prompts
     if say and n and n != len(prompts):
         from compress.report import console

@@ -159,6 +159,9 @@ def source_kind(calib, teacher_source: str) -> str:
     """The calibration source's kind; `auto` is `toy` for toy teachers, else `pipeline`."""
     if calib.source == "auto":
         return "toy" if teacher_source.startswith("toy:") else "pipeline"
+    if calib.source == "toy" and not teacher_source.startswith("toy:"):
+        raise UserError(f"calibration.source 'toy' needs a toy teacher (toy:pixart or toy:flux), not "
+                        f"{teacher_source}; leave it auto (pipeline for a real teacher) or use synthetic")
     return calib.source
 
 
@@ -166,8 +169,6 @@ def input_source(family: str, teacher_source: str, calib, teacher, recipe_dir=No
     """The recipe's calibration source (`source_kind`)."""
     kind = source_kind(calib, teacher_source)
     if kind == "toy":
-        if not teacher_source.startswith("toy:"):
-            raise UserError("calibration.source 'toy' needs a toy teacher (toy:pixart or toy:flux)")
         return ToySource(family, calib)
     if kind == "synthetic":
         return SyntheticSource(family, calib, teacher.config)

@@ -13,6 +13,7 @@ from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
+import torch
 from rich.table import Table
 
 from compress.arch import get_adapter
@@ -80,6 +81,9 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     if recipe.stream:
         check_streaming(passes, recipe.passes, recipe.path)
     streamed = streamed_weights(model, adapter) if recipe.stream else None
+    if recipe.device.startswith("cuda") and not torch.cuda.is_available():
+        console.print(f"[bold yellow]note:[/] {recipe.path}: device {recipe.device}, but torch sees no CUDA "
+                      "GPU here: this plan holds, its run needs a machine with one")
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent, say=True)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config

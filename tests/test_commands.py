@@ -224,3 +224,17 @@ def test_a_typo_in_a_relative_path_is_not_sent_to_the_hub(tmp_path, capsys, monk
     (tmp_path / "out").mkdir()
     _one_line_errors(capsys, [(["eval", "out/typo"], "out/typo: no such model"),
                               (["bench", "out/typo"], "no such output folder")])
+
+
+def test_plan_refuses_what_the_run_would_and_says_when_there_is_no_gpu(recipe, tmp_path, capsys):
+    toy_source = tmp_path / "t.yaml"
+    toy_source.write_text(recipe.read_text().replace("source: synthetic", "source: toy"))
+    _one_line_errors(capsys, [(["plan", str(toy_source)], "calibration.source 'toy' needs a toy teacher")])
+    auto = tmp_path / "a.yaml"
+    auto.write_text(recipe.read_text().replace("source: synthetic", "source: auto"))
+    _one_line_errors(capsys, [(["plan", str(auto)], "'pipeline' (source auto is pipeline for a teacher")])
+    if not torch.cuda.is_available():
+        cuda = tmp_path / "c.yaml"
+        cuda.write_text("device: cuda\n" + recipe.read_text())
+        assert main(["plan", str(cuda)]) == 0
+        assert "torch sees no CUDA GPU here" in " ".join(capsys.readouterr().err.split())
