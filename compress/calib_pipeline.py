@@ -16,9 +16,9 @@ import torch
 from compress.errors import UserError, read_utf8
 
 
-def read_prompts(calib, recipe_dir: Path | None = None, say: bool = False) -> list[str]:
-    """calibration.prompts, then prompt_file's lines, cut to num_prompts; `say`: print a note when
-    num_prompts cuts the list or asks for more than there are."""
+def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
+    """calibration.prompts, then prompt_file's lines, cut to num_prompts (with a note when that cuts
+    the list or asks for more than there are)."""
     prompts = list(calib.prompts)
     if calib.prompt_file:
         path = Path(calib.prompt_file)
@@ -29,7 +29,7 @@ def read_prompts(calib, recipe_dir: Path | None = None, say: bool = False) -> li
         auto = " (source auto is pipeline for a teacher that is not toy:)" if calib.source == "auto" else ""
         raise UserError(f"calibration.source 'pipeline'{auto} needs calibration.prompts or prompt_file")
     n = calib.num_prompts
-    if say and n and n != len(prompts):
+    if n and n != len(prompts):
         from compress.report import console
 
         console.print(f"note: calibration.num_prompts is {n}: the first {n} of the {len(prompts)} prompts are "
@@ -201,7 +201,7 @@ class PipelineSource:
 
     def __init__(self, family: str, calib, teacher, pipeline: str, recipe_dir: Path | None = None):
         self.family, self.calib, self.teacher, self.pipeline = family, calib, teacher, pipeline
-        self.prompts = read_prompts(calib, recipe_dir, say=True)
+        self.prompts = read_prompts(calib, recipe_dir)
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
         if not pipeline.startswith("toy:"):
             need_transformers()

@@ -10,7 +10,7 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import cast, load_teacher, load_teacher_of, load_transformer, looks_local, read_json
+from compress.io import cast, is_output, load_teacher, load_teacher_of, load_transformer, looks_local
 from compress.report import console, output_file, read_report, recorded_teacher
 
 
@@ -87,7 +87,7 @@ def _load_model(model: str, teacher_arg: str | None):
     path = Path(model).expanduser()
     if looks_local(model) and not path.exists():
         raise UserError(f"{model}: no such model (a dit-compress output folder or a teacher)")
-    if (path / "config.json").is_file() and "compression" in read_json(path / "config.json"):
+    if is_output(path):
         return load_transformer(path), recorded_teacher(path, teacher_arg), path
     return load_teacher(model).eval(), (teacher_arg, None), None
 
@@ -134,8 +134,7 @@ def _streamed_output(model: str, teacher_arg: str | None) -> tuple[Path, str, st
     """(output folder, teacher source, its --teacher-config) when `model` is the output of a streamed run of a real
     teacher (its recipe.yaml says stream: true): eval then streams both models as the run did."""
     path = Path(model).expanduser()
-    if not (path / "recipe.yaml").is_file() or not (path / "config.json").is_file() \
-            or "compression" not in read_json(path / "config.json"):
+    if not (path / "recipe.yaml").is_file() or not is_output(path):
         return None
     from compress.recipe import load_recipe
 

@@ -28,6 +28,7 @@ import torch
 
 from compress.errors import UserError
 from compress.inputs import moved
+from compress.io import one_line
 
 SHARED_KWARGS = ("img_ids", "txt_ids")  # Flux: not batched
 NOT_COND = ("hidden_states", "timestep", "return_dict")
@@ -132,8 +133,7 @@ def _dry_run(path: Path, cond: dict, latents: torch.Tensor, model, adapter) -> N
     try:
         adapter.predict(model, kwargs)
     except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as e:
-        raise UserError(f"distill: a row of {path} does not run through the model: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise UserError(f"distill: a row of {path} does not run through the model: {one_line(e)}") from None
 
 
 class FolderSource:

@@ -28,3 +28,20 @@ def read_utf8(path, label: str, hint: str) -> str:
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise UserError(f"{label}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); {hint}") from None
+
+
+class BadValue(UserError):
+    """A config value out of range, found by a config's `validate()` (values alone, no model). `key`
+    names the recipe key, so the recipe loader can point at that key's line."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def did_you_mean(word: str, options) -> str:
+    """'; did you mean 'X'?' for the closest of `options`, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""

@@ -99,7 +99,7 @@ def cast(model: nn.Module, *args) -> nn.Module:
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise UserError(f"cannot read {path}: {e}") from None
 
 
@@ -158,11 +158,11 @@ def _load_folder(path: Path, dtype) -> nn.Module:
                                           output_loading_info=True)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise UserError(f"cannot load {cls.__name__} from {path}: {one_line(e)}") from None
-    _check_loading_info(path, info)
+    check_loading_info(path, info)
     return model.eval()
 
 
-def _check_loading_info(path: Path, info: dict) -> None:
+def check_loading_info(path: Path, info: dict) -> None:
     """The weights must fill the model its config builds, exactly (diffusers only logs this)."""
     wrong = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
     if wrong:
@@ -191,6 +191,11 @@ def load_error(e: RuntimeError) -> str:
     return lines[0].rstrip(".")[:300] if lines else one_line(e)
 
 
+def unreadable(path, e: Exception) -> UserError:
+    """The error for a safetensors file that cannot be opened."""
+    return UserError(f"{path} is not a readable safetensors file ({one_line(e)}); it may be truncated or corrupted")
+
+
 def one_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -202,8 +207,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorsError, OSError, ValueError) as e:
-            raise UserError(f"{path} is not a readable safetensors file ({one_line(e)}); "
-                            "it may be truncated or corrupted") from None
+            raise unreadable(path, e) from None
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors have many types
@@ -375,8 +379,7 @@ def check_safetensors_dir(path: Path) -> None:
             with safe_open(str(f), "pt") as h:
                 h.keys()
         except (SafetensorsError, OSError, ValueError) as e:
-            raise UserError(f"{f} is not a readable safetensors file ({one_line(e)}); "
-                            "it may be truncated or corrupted") from None
+            raise unreadable(f, e) from None
 
 
 def weight_files(out: Path) -> list[Path]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from compress.arch import SUPPORTED, get_adapter
 from compress.errors import UserError
-from compress.io import (SINGLE_FILE_SUFFIXES, cast, from_config, load_error, model_class, one_line,
+from compress.io import (SINGLE_FILE_SUFFIXES, cast, check_loading_info, from_config, load_error, model_class, one_line,
                          read_config, read_state_dict)
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # BFL checkpoints as ComfyUI saves them
@@ -52,9 +52,7 @@ def load_single_file(path: Path, dtype=torch.float32, config: str | None = None,
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # a tensor of the wrong shape
         raise UserError(f"{path} does not match the config in {cfg_dir}: {load_error(e)}") from None
-    if missing or unexpected:
-        raise UserError(f"{path} does not match the config in {cfg_dir}: missing "
-                        f"{missing[:3]}, unexpected {unexpected[:3]}")
+    check_loading_info(path, {"missing_keys": missing, "unexpected_keys": unexpected})
     return cast(model, dtype).eval()
 
 

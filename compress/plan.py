@@ -85,7 +85,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         console.print(f"[bold yellow]note:[/] {recipe.path}: device {recipe.device}, but torch sees no CUDA "
                       "GPU here: this plan holds, its run needs a machine with one")
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
-    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent, say=True)) if pipeline else 0
+    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
     steps, scanned = [], False
     for spec, p in zip(recipe.passes, passes):

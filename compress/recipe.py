@@ -6,7 +6,6 @@ Pass options are validated against each pass's config dataclass: its fields are 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import types
@@ -16,9 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
-from compress.errors import UserError, read_utf8
+from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.passes import PASSES, pass_class
-from compress.passes.base import BadValue
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -192,18 +190,13 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        hint = _did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])
+        hint = did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])
         raise loc.err(f"{what} must be one of {_type_name(tp)}, not {value!r}{hint}")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise loc.err(f"{what} must be {_type_name(tp)}, not {value!r}")
-
-
-def _did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def build_dataclass(node: yaml.Node, cls, path: str, what: str):
@@ -218,7 +211,7 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
     for key_node, value_node in node.value:  # keys: unique strings (_check_keys)
         key = key_node.value
         if key not in fields:
-            hint = _did_you_mean(key, fields)
+            hint = did_you_mean(key, fields)
             raise _Loc(path, key_node).err(f"unknown key '{key}' in {what}{hint} "
                                            f"(known: {', '.join(fields)})")
         values[key] = convert(value_node, hints[key], path, f"{what}.{key}" if what else key)
@@ -278,7 +271,7 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
         raise loc.err(f"passes[{index}] must be a pass name or a one-key mapping like "
                       "'- svd: {ratio: 0.5}'")
     if name not in PASSES:
-        raise loc.err(f"unknown pass '{name}'{_did_you_mean(name, PASSES)} (passes: {', '.join(PASSES)})")
+        raise loc.err(f"unknown pass '{name}'{did_you_mean(name, PASSES)} (passes: {', '.join(PASSES)})")
     cls = pass_class(name)
     config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}")
     return PassSpec(name, config, loc.line)
@@ -346,7 +339,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
              "passes")
     for key, (k, _) in top.items():
         if key not in known:
-            raise _Loc(path, k).err(f"unknown key '{key}'{_did_you_mean(key, known)}")
+            raise _Loc(path, k).err(f"unknown key '{key}'{did_you_mean(key, known)}")
     if "passes" not in top:
         raise _Loc(path, root).err("the recipe has no 'passes' list")
     passes_node = top["passes"][1]

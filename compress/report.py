@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -116,13 +115,12 @@ def _svd_lines(svd: dict) -> list[str]:
 
 def read_report(out: Path) -> dict:
     """An output folder's report.json ({} when there is none); a damaged one is a UserError."""
+    from compress.io import read_json
+
     p = Path(out) / "report.json"
     if not p.is_file():
         return {}
-    try:
-        report = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {p}: {e}") from None
+    report = read_json(p)
     if not isinstance(report, dict):
         raise UserError(f"{p} is not a dit-compress report (a JSON object)")
     return report

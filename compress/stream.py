@@ -35,8 +35,8 @@ from torch import nn
 from compress.errors import NumericError, UserError
 from compress.io import (INDEX, WEIGHTS, SafetensorsError, atomic_folder, canonical_header, cast,
                          compressed_config, export_cast, from_config, header_metadata, model_class,
-                         looks_local, nonfinite, one_line, read_config, read_json, transformer_folder,
-                         weights_variant, write_texts)
+                         looks_local, nonfinite, read_config, read_json, transformer_folder,
+                         unreadable, weights_variant, write_texts)
 
 
 def weight_map(folder: Path) -> dict[str, Path]:
@@ -63,8 +63,7 @@ def file_map(path: Path) -> dict[str, Path]:
         with safe_open(str(path), framework="pt") as f:
             return dict.fromkeys(f.keys(), Path(path))
     except (SafetensorsError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({one_line(e)}); "
-                        "it may be truncated or corrupted") from None
+        raise unreadable(path, e) from None
 
 
 def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:

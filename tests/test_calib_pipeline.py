@@ -434,6 +434,6 @@ def test_num_prompts_that_cuts_a_prompt_file_says_so(tmp_path, capsys, num_promp
 
     (tmp_path / "p.txt").write_text("".join(f"prompt {i}\n" for i in range(30)))
     calib = CalibrationConfig(source="pipeline", prompt_file="p.txt", num_prompts=num_prompts)
-    assert len(read_prompts(calib, tmp_path, say=True)) == min(num_prompts or 30, 30)
+    assert len(read_prompts(calib, tmp_path)) == min(num_prompts or 30, 30)
     err = " ".join(capsys.readouterr().err.split())
     assert (said in err) if said else not err

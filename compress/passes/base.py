@@ -41,15 +41,6 @@ def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: A
     return (num / max(den, 1e-300)) ** 0.5
 
 
-class BadValue(UserError):
-    """A config value out of range, found by a config's `validate()` (values alone, no model). `key`
-    names the recipe key, so the recipe loader can point at that key's line."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-
-
 @dataclass
 class RunContext:
     adapter: Adapter

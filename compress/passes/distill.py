@@ -36,10 +36,10 @@ from compress.distill_data import DATA_SOURCES, check_folder, make_source
 from compress.distill_utils import (TRAIN_MODES, BlockOutputs, OutputCapture, StopSignals, feature_loss,
                                     output_loss, resolve_block_map, select_trainable, warmup_cosine,
                                     write_curves)
-from compress.errors import UserError
+from compress.errors import BadValue, UserError
 from compress.inputs import moved
 from compress.io import cast
-from compress.passes.base import BadValue, Pass, RunContext
+from compress.passes.base import Pass, RunContext
 
 TERMS = ("loss", "task", "out", "feat")
 # config keys that do not change the result (left out of the checkpoint fingerprint)

@@ -24,9 +24,9 @@ from torch import nn
 
 from compress.arch.base import Adapter
 from compress.calib_store import BlockLoader
-from compress.errors import UserError
+from compress.errors import BadValue, UserError
 from compress.inputs import moved
-from compress.passes.base import BadValue, Pass, RunContext
+from compress.passes.base import Pass, RunContext
 from compress.passes.importance_stream import wave_pass
 from compress.replay import replayed
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from compress.arch.base import Adapter
-from compress.errors import NumericError, UserError
-from compress.passes.base import BadValue, Pass, RunContext
+from compress.errors import BadValue, NumericError, UserError
+from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, check_buckets, scan
 
 CRITERIA = ("scan", "proxy")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 
 from torch import nn
 
 from compress.arch.base import ROLES, Adapter
-from compress.errors import UserError
+from compress.errors import BadValue, UserError, did_you_mean
 from compress.linalg import METHODS
-from compress.passes.base import BadValue
 from compress.passes.svd_global import check_global_budget
 from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, matches,
                                          resolve_targets)
@@ -134,11 +132,6 @@ def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
         raise BadValue(key, f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}"
                             f"{did_you_mean(str(value), allowed)}")
-
-
-def did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _check_ratios(ratios) -> None:

@@ -12,7 +12,7 @@ from typing import Sequence
 from compress.alloc import DENSE, LayerSpec, per_role, ratio_rank
 from compress.arch.base import ROLES, LinearInfo
 from compress.errors import UserError
-from compress.passes.base import BadValue
+from compress.errors import BadValue
 
 OUTPUT_GRAM_MIN_IN = 8192  # inputs wider than this (and wider than the output) use Σ yᵀy
 

@@ -346,7 +346,7 @@ def test_signal_checkpoints_and_stops(tmp_path):
 ])
 def test_bad_values_are_refused_with_their_key(bad, words):
     """Checked at recipe load (validate: the error names the key) and again by check (Python callers)."""
-    from compress.passes.base import BadValue
+    from compress.errors import BadValue
 
     with pytest.raises(BadValue, match=re.escape(f"distill: {words}")) as e:
         DistillConfig(**bad).validate()
