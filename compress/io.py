@@ -106,12 +106,13 @@ def read_json(path: Path) -> dict:
 def transformer_folder(path: Path) -> Path:
     """The folder holding a transformer's config.json: `path`, or the `transformer/` of a pipeline
     folder (or of a download of that subfolder alone, without model_index.json)."""
-    if (path / "model_index.json").is_file() and not (path / "transformer" / "config.json").is_file():
+    pipeline, inner = (path / "model_index.json").is_file(), (path / "transformer" / "config.json").is_file()
+    own = (path / "config.json").is_file()
+    if pipeline and not inner:
         raise UserError(f"{path} is a pipeline folder without transformer/config.json")
-    if (path / "model_index.json").is_file() or not (path / "config.json").is_file():
-        if (path / "transformer" / "config.json").is_file():
-            return path / "transformer"
-    if not (path / "config.json").is_file():
+    if inner and (pipeline or not own):
+        return path / "transformer"
+    if not own:
         raise UserError(f"{path} has neither model_index.json nor config.json; expected a diffusers "
                         "pipeline folder, a transformer folder or a single-file checkpoint")
     return path
