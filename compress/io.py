@@ -441,6 +441,8 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         raise UserError(f"{files[0] if len(files) == 1 else out} does not match its config.json: "
                         f"{load_error(e)}") from None
     fuse_gelu(model)  # the FFN's tanh-GELU runs inside the factorized layer (kernel epilogue)
+    # diffusers' own save_pretrained (and a pipeline's) then writes an output that loads back here
+    model.register_to_config(compression={"format": FORMAT, "ranks": ranks_of(model), **model.compression_meta})
     if dtype is not None:
         model = cast(model, dtype)
     return model.to(device or "cpu").eval()

@@ -172,11 +172,17 @@ def check_finite(model: torch.nn.Module, what: str = "teacher") -> None:
             raise NumericError(f"{what} weight {name} has {bad} NaN/Inf values")
 
 
-def fingerprint(source: str, teacher: torch.nn.Module, recipe: Recipe, models) -> str:
-    """Teacher identity (source + a checksum of its weights) + calibration config + code version."""
-    h = hashlib.sha256(f"{source}|{compress.__version__}|{STATS_VERSION}|".encode())
-    h.update(json.dumps(asdict(recipe.calibration), sort_keys=True).encode())
+def weights_checksum(teacher: torch.nn.Module, models) -> str:
+    """A checksum of the teacher's weights (`models.fingerprint`: cheap), taken once per run."""
+    h = hashlib.sha256()
     models.fingerprint(teacher, h)
+    return h.hexdigest()
+
+
+def fingerprint(source: str, weights: str, recipe: Recipe) -> str:
+    """Teacher identity (source + `weights_checksum`) + calibration config + code version."""
+    h = hashlib.sha256(f"{source}|{compress.__version__}|{STATS_VERSION}|{weights}|".encode())
+    h.update(json.dumps(asdict(recipe.calibration), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -204,15 +210,15 @@ def _flat(data, prefix: str = "") -> dict:
     return {k: v for key, value in items for k, v in _flat(value, f"{prefix}.{key}" if prefix else str(key)).items()}
 
 
-def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, models) -> dict:
+def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str) -> dict:
     """What --resume compares besides the recipe: the teacher source (a local path made absolute),
-    --teacher-config, the model config and a checksum of the weights (`models.fingerprint`: cheap)."""
+    --teacher-config, the model config and `weights_checksum`."""
     def where(s):
         return str(Path(s).resolve()) if s and Path(s).exists() else s
 
     h = hashlib.sha256(json.dumps({k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
                                   sort_keys=True, default=str).encode())
-    models.fingerprint(teacher, h)
+    h.update(weights.encode())
     return {"source": where(source), "config": where(config), "checksum": h.hexdigest()[:16]}
 
 
@@ -275,8 +281,9 @@ class Runner:
             else:
                 warn_if_activations_too_big(held, self.device, spilled)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        teacher_id = fingerprint(self.source, self.teacher, self.recipe, self.models)
-        self.identity = teacher_identity(self.source, self.teacher_config, self.teacher, self.models)
+        weights_sum = weights_checksum(self.teacher, self.models)  # read once: streamed files are large
+        teacher_id = fingerprint(self.source, weights_sum, self.recipe)
+        self.identity = teacher_identity(self.source, self.teacher_config, self.teacher, weights_sum)
         self.inputs_cache = None  # sampled inputs (pipeline calibration: minutes to hours)
         if hasattr(src, "cache_dir"):
             self.inputs_cache = src.cache_dir = (self.run_dir / "inputs" / teacher_id).resolve()

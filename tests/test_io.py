@@ -254,3 +254,18 @@ def test_an_export_beyond_float16s_range_names_the_tensor(tmp_path, streamed):
         save(torch.float16, tmp_path / "fp16")
     assert not (tmp_path / "fp16").exists()
     save(torch.bfloat16, tmp_path / "bf16")  # within bfloat16's range
+
+
+@pytest.mark.parametrize("make", [tiny_pixart, tiny_flux])
+def test_diffusers_save_pretrained_of_a_loaded_output_loads_back(tmp_path, make):
+    """`transformer.save_pretrained` (what a pipeline's save_pretrained calls) writes the factors
+    and the compression section, so the folder is again an output that loads bit-identical."""
+    out = save_compressed(_factorize_some(make()), tmp_path / "a", extra={"teacher": "toy"})
+    loaded = load_transformer(out)
+    loaded.save_pretrained(tmp_path / "b")
+    back = load_transformer(tmp_path / "b")
+    inputs = model_inputs(loaded)
+    assert torch.equal(forward(loaded, inputs), forward(back, inputs))
+    compression = json.loads((tmp_path / "b" / "config.json").read_text())["compression"]
+    assert compression["ranks"] == json.loads((out / "config.json").read_text())["compression"]["ranks"]
+    assert compression["teacher"] == "toy"

@@ -75,7 +75,9 @@ class SVDConfig:
     trust_region: float | None = 2.0  # global: ranks within this factor of the uniform rank (null: any)
     multiple: int = 16  # ranks are multiples of this
     activations: str = "student"  # student (error-aware) | teacher
-    compensate: bool = True  # whitened + Fisher: absorb upstream error (svd_compensate)
+    # absorb upstream error (svd_compensate); null: wherever it applies (method whitened, the
+    # prediction's Fisher); true insists, so a recipe where it cannot apply is an error
+    compensate: bool | None = None
     compensate_batches: int | None = None  # calibration batches for its gradient and line search (None: all)
     compensate_toward: str = "teacher"  # teacher (also undo earlier passes) | input (the model as found)
     compensate_search: str = "walk"  # β ladder: walk (from the previous stage's β) | ladder (every step)
@@ -341,7 +343,7 @@ class SVDPass(Pass):
         and an input Gram (empty when svd.compensate is off). Top-level targets that run before the
         blocks have something to undo only when earlier passes changed the model (toward teacher)."""
         c = self.config
-        on = c.compensate and c.method == "whitened"
+        on = c.compensate is not False and c.method == "whitened"
         return self.roots.only([i.name for i in targets if on and self._prediction_fisher(i)
                                 and i.name in self.roots and not uses_output_gram(i)])
 

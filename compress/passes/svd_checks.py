@@ -52,6 +52,10 @@ def check_values(c) -> None:
 def _check_numbers(c) -> None:
     if c.asymmetric not in (True, False, "auto"):
         raise BadValue("asymmetric", f"svd.asymmetric must be true, false or auto, got {c.asymmetric!r}")
+    if c.compensate is True and (c.method != "whitened" or c.fisher not in ("all", "modulation")):
+        raise BadValue("compensate", "svd.compensate: true needs method: whitened and the prediction's "
+                                     f"Fisher (fisher: all or modulation); this pass has method: {c.method}, "
+                                     f"fisher: {c.fisher}, where it would do nothing")
     if c.asymmetric is True and (c.method != "whitened" or c.activations != "student"):
         raise BadValue("asymmetric", "svd.asymmetric: true needs method: whitened and activations: student")
     for key in ("asymmetric_damping", "fisher_damping"):
