@@ -24,7 +24,8 @@ from compress.errors import UserError
 from compress.io import from_config, looks_local, model_class, read_config
 from compress.io_single import config_dir
 from compress.report import console, layer_rows, param_count
-from compress.runner import build_passes, check_pass
+from compress.runner import build_passes
+from compress.runner_checks import SpreadRemovals, check_pass
 from compress.runner_stream import check_streaming, streamed_weights
 
 KNOWN_CONFIGS = {
@@ -87,9 +88,10 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
-    steps, scanned = [], False
+    steps, scanned, spread = [], False, SpreadRemovals(recipe.path)
     for spec, p in zip(recipe.passes, passes):
         check_pass(p, spec, model, adapter, recipe.path)
+        spread.check(p, spec, model, adapter)
         step = {"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})}
         if recipe.stream and step.get("skip_scan"):
             step["streamed_scan"] = streamed_scan(step, scanned, calib, model, adapter)

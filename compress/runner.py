@@ -6,10 +6,8 @@ output folder (written last, atomically): the DESIGN.md layout.
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -33,6 +31,7 @@ from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
+from compress.runner_checks import check_passes, removal_note
 from compress.runner_stream import (check_streaming, models_for, streamed_weights, warn_if_activations_too_big,
                                    warn_if_streamed_too_big)
 
@@ -46,50 +45,6 @@ def build_passes(recipe: Recipe) -> list:
 def is_main_process() -> bool:
     """Rank 0 of a distributed launch (torchrun / accelerate launch set RANK), or a plain run."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def check_pass(p, spec, model, adapter, path: str) -> None:
-    """A pass's config checked against the model; errors name the recipe file and the pass's line."""
-    try:
-        p.check(model, adapter)
-    except UserError as e:
-        raise UserError(f"{path}:{spec.line}: {e}") from None
-
-
-def check_passes(passes, specs, model, adapter, path: str) -> None:
-    """Every pass's config checked in recipe order against a meta copy of `model` that takes each
-    pass's planned structural changes (`apply_planned`: explicit and per-group block removal, fixed
-    ranks), so a pass is checked against the model as the passes before it leave it."""
-    model, teacher, removed = meta_clone(model), adapter.block_counts(model), []
-    for p, spec in zip(passes, specs):
-        counts = adapter.block_counts(model)
-        try:
-            p.check(model, adapter)
-            p.apply_planned(model, adapter)
-        except UserError as e:
-            raise UserError(f"{path}:{spec.line}: {e}{removal_note(counts, teacher, removed)}") from None
-        if adapter.block_counts(model) != counts:
-            removed.append(spec.line)
-
-
-def removal_note(counts: dict, teacher: dict, lines: list[int]) -> str:
-    """Said after an error of a pass that sees `counts` blocks per group where the teacher has
-    `teacher`: which passes (recipe lines) removed blocks, and that the rest are renumbered."""
-    if counts == teacher:
-        return ""
-    by = (f"the pass at line {lines[0]}" if len(lines) == 1 else
-          f"the passes at lines {', '.join(map(str, lines))}" if lines else "an earlier pass")
-    now = ", ".join(f"{n} of the teacher's {teacher[g]} blocks in group '{g}'" for g, n in counts.items())
-    return f" ({by} removed blocks: this pass sees {now}, renumbered from 0)"
-
-
-def meta_clone(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` with every parameter and buffer on the meta device (no weights copied)."""
-    memo = {}
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        meta = t.detach().to("meta")
-        memo[id(t)] = torch.nn.Parameter(meta, t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool) -> None:

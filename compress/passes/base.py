@@ -103,5 +103,9 @@ class Pass:
         """Apply to a (meta-device) model the structural changes known before any compute
         (explicit block removal, fixed ranks), so `plan` counts parameters after this pass."""
 
+    def unplaced(self, model: nn.Module, adapter: Adapter) -> int:
+        """Blocks this pass removes from groups chosen only at run time (none by default)."""
+        return 0
+
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         raise NotImplementedError

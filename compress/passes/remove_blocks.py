@@ -225,6 +225,15 @@ class RemoveBlocksPass(Pass):
         setattr(model, PLANNED_ATTR, {"teacher_counts": teacher_counts,
                                       "block_map": compose(block_map, keep)})
 
+    def unplaced(self, model: nn.Module, adapter: Adapter) -> int:
+        """A count or fraction over several groups: which groups lose the blocks is decided by
+        importance at run time (`apply_planned` cannot place them)."""
+        if self.config.blocks is not None:
+            return 0
+        counts = adapter.block_counts(model)
+        budget = resolve_budget(self.config, adapter, counts)
+        return 0 if isinstance(budget, dict) or len(counts) == 1 else budget
+
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         adapter = ctx.adapter
         before = adapter.block_counts(model)

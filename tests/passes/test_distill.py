@@ -211,7 +211,7 @@ def test_a_latents_folder_that_does_not_fit_the_model_is_refused_before_any_comp
     """The runner checks passes on a meta copy of the teacher: one row of the folder runs through it
     there (shapes only), so a wrong layout is a one-line error before calibration and svd."""
     from compress.distill_data import check_folder
-    from compress.runner import meta_clone
+    from compress.runner_checks import meta_clone
 
     teacher = make()
     meta, adapter = meta_clone(teacher), get_adapter(teacher)

@@ -1,0 +1,94 @@
+"""Checks of a recipe's passes before any compute, in recipe order, on a meta copy of the teacher.
+
+Each pass is checked against the model as the passes before it leave it (`apply_planned`:
+explicit and per-group block removal, fixed ranks). A removal whose blocks are chosen by
+importance over several groups (a bare count on Flux) is placed only at run time; a later pass
+that would fail if those blocks all came from one group gets a warning (`SpreadRemovals`).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+
+from compress.errors import UserError
+from compress.report import console
+
+
+def check_pass(p, spec, model, adapter, path: str) -> None:
+    """A pass's config checked against the model; errors name the recipe file and the pass's line."""
+    try:
+        p.check(model, adapter)
+    except UserError as e:
+        raise UserError(f"{path}:{spec.line}: {e}") from None
+
+
+def check_passes(passes, specs, model, adapter, path: str) -> None:
+    """Every pass's config checked in recipe order against a meta copy of `model` (see above)."""
+    model, teacher, removed = meta_clone(model), adapter.block_counts(model), []
+    spread = SpreadRemovals(path)
+    for p, spec in zip(passes, specs):
+        counts = adapter.block_counts(model)
+        try:
+            p.check(model, adapter)
+            spread.check(p, spec, model, adapter)
+            p.apply_planned(model, adapter)
+        except UserError as e:
+            raise UserError(f"{path}:{spec.line}: {e}{removal_note(counts, teacher, removed)}") from None
+        if adapter.block_counts(model) != counts:
+            removed.append(spec.line)
+
+
+class SpreadRemovals:
+    """The removals seen so far whose groups are decided at run time (`Pass.unplaced`), and the
+    warning for a later pass that fails on the worst case: all those blocks from one group."""
+
+    def __init__(self, path: str):
+        self.path, self.lines, self.count = path, [], 0
+
+    def check(self, p, spec, model, adapter) -> None:
+        """Warns if `p` fails with the unplaced blocks all taken from one group; then records
+        `p`'s own unplaced blocks (call before `p.apply_planned`)."""
+        if self.count:
+            self._warn_worst_case(p, spec, model, adapter)
+        n = p.unplaced(model, adapter)
+        if n:
+            self.lines.append(spec.line)
+            self.count += n
+
+    def _warn_worst_case(self, p, spec, model, adapter) -> None:
+        for group, have in adapter.block_counts(model).items():
+            if have - self.count < 1:
+                continue
+            worst = meta_clone(model)
+            adapter.remove_blocks(worst, {group: list(range(have - self.count, have))})
+            try:
+                p.check(worst, adapter)
+            except UserError as e:
+                by = " and ".join(map(str, self.lines))
+                console.print(f"[bold yellow]warning:[/] {self.path}:{spec.line}: {e} — if the "
+                              f"removal at line {by} takes all {self.count} of its blocks from group "
+                              f"'{group}' (it picks them by importance at run time; a count per group "
+                              "fixes where they come from)")
+                return
+
+
+def removal_note(counts: dict, teacher: dict, lines: list[int]) -> str:
+    """Said after an error of a pass that sees `counts` blocks per group where the teacher has
+    `teacher`: which passes (recipe lines) removed blocks, and that the rest are renumbered."""
+    if counts == teacher:
+        return ""
+    by = (f"the pass at line {lines[0]}" if len(lines) == 1 else
+          f"the passes at lines {', '.join(map(str, lines))}" if lines else "an earlier pass")
+    now = ", ".join(f"{n} of the teacher's {teacher[g]} blocks in group '{g}'" for g, n in counts.items())
+    return f" ({by} removed blocks: this pass sees {now}, renumbered from 0)"
+
+
+def meta_clone(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with every parameter and buffer on the meta device (no weights copied)."""
+    memo = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        meta = t.detach().to("meta")
+        memo[id(t)] = torch.nn.Parameter(meta, t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
