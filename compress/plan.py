@@ -9,7 +9,7 @@ a description; parameters are then counted before and after, by role and by bloc
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from importlib import resources
 from pathlib import Path
 
@@ -121,6 +121,31 @@ def streamed_scan(step: dict, scanned: bool, calib: dict, model, adapter) -> dic
             "batch_bytes": skip_scan_bytes(calib, model.config, blocks)}
 
 
+def step_words(step: dict) -> str:
+    """A pass's plan on a line or two: long lists and name -> rank maps counted, not dumped
+    (`plan --json` has them whole)."""
+    shown = {k: v for k, v in step.items() if k not in ("pass", "line", "fisher", "streamed_scan")}
+    return "; ".join(f"{key}: {_brief(key, value)}" for key, value in shown.items())
+
+
+def _brief(key: str, value) -> str:
+    if key == "ranks" and isinstance(value, dict):  # layer -> rank | "dense" | LATER
+        counts = Counter(value.values())
+        if len(counts) <= 1:
+            return str(next(iter(counts), "none"))
+        return ", ".join(f"{rank} ×{n}" for rank, n in sorted(counts.items(), key=lambda kv: (
+            isinstance(kv[0], str), kv[0] if isinstance(kv[0], int) else 0, str(kv[0]))))
+    if isinstance(value, list) and len(value) > 4:
+        return f"{len(value)} ({', '.join(map(str, value[:2]))}, …, {value[-1]})"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
 def print_plan(plan: dict) -> None:
     console.print(f"[bold]{plan['recipe']}[/]  teacher {plan['teacher']} ({plan['family']})")
     if plan.get("stream"):
@@ -130,9 +155,7 @@ def print_plan(plan: dict) -> None:
                       f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
     console.print(f"  {describe(plan['calibration'])}")
     for step in plan["passes"]:
-        details = {k: v for k, v in step.items() if k not in ("pass", "line")}
-        console.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): "
-                      + json.dumps(details, default=str)[:400])
+        console.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): {step_words(step)}")
         if "streamed_scan" in step:
             f = step["streamed_scan"]
             console.print("    streamed skip scan: none (the scores of the importance pass before it)"
@@ -145,7 +168,8 @@ def print_plan(plan: dict) -> None:
             f = step["fisher"]
             per = (f"fisher_memory_gb: auto, {f['sweep_gib']} GiB per sweep at the memory free here now"
                    if f["memory_gb"] == "auto" else f"fisher_memory_gb: {f['memory_gb']} GiB per sweep")
-            console.print(f"    output Fisher of {f['targets']} targets: {f['sweeps']} backward sweeps over the "
+            sweeps = f"{f['sweeps']} backward sweep{'s' if f['sweeps'] != 1 else ''}"
+            console.print(f"    output Fisher of {f['targets']} targets: {sweeps} over the "
                           f"calibration batches ({per}), {f['disk_gib']} GiB on disk while the pass runs")
             plain, checkpointed = (human_size(n) for n in plan["backward"])
             other = (f"svd.gradient_checkpointing; {plain} without" if f["gradient_checkpointing"]
