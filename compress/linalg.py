@@ -168,14 +168,31 @@ def _whitened_output_side(w, g, gram_is_output, name):
     return vecs[:, keep], vals[keep]
 
 
+def _equilibrated(w, g):
+    """G = D C D with D = diag(dᵢ), dᵢ = √Gᵢᵢ (floored at round-off of the largest, so that noise on a
+    dead or constant channel is not blown up), and W G Wᵀ = (W D) C (W D)ᵀ. Returns W D (out, in)
+    and C (in, in), unit diagonal where Gᵢᵢ is above the floor. Channel scales over many decades
+    (cond(G) ~ 1e18 from scales alone) make eigh(G) lose the weak channels at round-off of the strong
+    ones even when W amplifies them back to O(1) output energy; eigh(C) keeps them resolved."""
+    diag = torch.diagonal(g)  # (in,)
+    top = float(diag.max()) if diag.numel() else 0.0
+    if top <= 0:
+        return w, g
+    d = diag.clamp_min(_tol(diag, g.shape[0])).sqrt()  # (in,), > 0
+    c = g / d[:, None] / d[None, :]  # divided in turn: no underflow of dᵢ·dⱼ
+    return w * d, _sym(c)
+
+
 def _whitened_input_side(w, g, name):
-    """Same optimum at O(in³): eigh of G = Q Λ Qᵀ, S = Q₊ Λ₊^{1/2} on the positive eigen-space,
-    then the left singular vectors of W S are the eigenvectors of W S Sᵀ Wᵀ = W G Wᵀ. No inverse of
-    G is formed, so singular or ill-conditioned Grams are harmless."""
-    lam, q = _eigh_desc(g, "the input Gram G", name)
-    keep = lam > _tol(lam, g.shape[0])
+    """Same optimum at O(in³): equilibrate G = D C D (`_equilibrated`), eigh of C = Q Λ Qᵀ,
+    S = D Q₊ Λ₊^{1/2} on the positive eigen-space; then the left singular vectors of W S are the
+    eigenvectors of W S Sᵀ Wᵀ = W G Wᵀ. No inverse of G is formed, so singular or ill-conditioned
+    Grams are harmless."""
+    wd, c = _equilibrated(w, g)  # (out, in), (in, in)
+    lam, q = _eigh_desc(c, "the input Gram G (equilibrated)", name)
+    keep = lam > _tol(lam, c.shape[0])
     s = q[:, keep] * lam[keep].sqrt()  # (in, k)
-    u, sig, _ = _svd(w @ s, "W S (whitened weight)", name)  # u (out, min(out, k))
+    u, sig, _ = _svd(wd @ s, "W S (whitened weight)", name)  # u (out, min(out, k))
     energy = sig.square()
     keep = energy > _tol(energy, max(w.shape))
     return u[:, keep], energy[keep]
