@@ -215,6 +215,30 @@ def test_failed_eigh_raises_numeric_error(monkeypatch):
         L.factorize(w, g, 4, name="single_blocks.0.proj_out")
 
 
+@pytest.mark.parametrize("side", ["input", "output", "gram_is_output"])
+def test_indefinite_gram_is_a_numeric_error_naming_the_layer(side):
+    """A float32 "Gram" with eigenvalues down to −0.5 of the largest is no Σ xᵀx: before, the direct
+    API clamped it silently and reported losses 2-6× off the measured tr(E G Eᵀ)."""
+    w = make_case(20, 12)[0]
+    q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((12, 12)))
+    g = torch.tensor((q * np.linspace(1.0, -0.5, 12)) @ q.T, dtype=torch.float32)  # (in, in)
+    gram, is_out = (w @ g.double() @ w.T, True) if side == "gram_is_output" else (g, False)
+    with pytest.raises(NumericError, match=r"blocks\.0\.ff.*not positive semi-definite"):
+        L.factorize(w, gram, 3, gram_is_output=is_out, side=None if is_out else side, name="blocks.0.ff")
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_float32_round_off_negative_eigenvalues_are_clamped(side):
+    """A float32 Gram of 5 rows in 12 dims has negative eigenvalues at round-off: clamped, optimal."""
+    x = torch.tensor(np.random.default_rng(2).standard_normal((5, 12)), dtype=torch.float32)
+    g = x.T @ x  # (12, 12) float32, rank 5
+    assert float(torch.linalg.eigvalsh(g.double())[0]) < 0
+    w = make_case(20, 12)[0]
+    f = L.factorize(w, g, 3, side=side, name="blocks.0.ff")
+    opt = reference_optimum(w, g.double(), 3)
+    assert measured(w, f, g.double()) / opt == pytest.approx(1.0, abs=1e-6)  # float32 round-off
+
+
 def test_bad_shapes_and_ranks():
     w, g = make_case(12, 20)
     with pytest.raises(ValueError, match="input Gram"):
