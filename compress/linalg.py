@@ -240,7 +240,9 @@ def _asvd_basis(w, g, gram_is_output, alpha, act_scale, name):
         raise ValueError(f"act_scale must have {w.shape[1]} entries, got {s.numel()}")
     s = s.abs()
     top = float(s.max())
-    s = s.clamp_min(top * 1e-6) if top > 0 else torch.ones_like(s)  # never-active channels stay finite
+    # relative to the largest (W S and W cS share their left singular vectors), so s^alpha neither
+    # overflows nor underflows; never-active channels stay finite
+    s = (s / top).clamp_min(1e-6) if top > 0 else torch.ones_like(s)
     u, _, _ = _svd(w * s.pow(alpha), "W S (activation-scaled weight)", name)  # (out, min)
     energies = _basis_energies(u, w, g, gram_is_output)
     return u, energies.clamp_min(0.0), _negative_part(energies)

@@ -168,6 +168,19 @@ def test_gram_is_output_with_svd_and_asvd():
     assert a.loss == pytest.approx(b.loss, rel=1e-9)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
+def test_asvd_is_invariant_to_the_activation_scale(alpha):
+    """S^alpha is taken relative to the largest channel: act_scale ×1e200 (alpha 2: 1e400) no longer
+    overflows into a failed SVD, and zero channels stay finite."""
+    w, g = make_case(20, 12)
+    scale = torch.diagonal(g).sqrt()  # (in,)
+    scale[5] = 0.0  # a channel the data never excites
+    ref = L.factorize(w, g, 3, "asvd", alpha=alpha, act_scale=scale)
+    big = L.factorize(w, g, 3, "asvd", alpha=alpha, act_scale=scale * 1e200, name="blocks.1.attn.to_k")
+    np.testing.assert_allclose((big.up @ big.down).numpy(), (ref.up @ ref.down).numpy(), atol=1e-10)
+    assert big.loss == pytest.approx(ref.loss, rel=1e-9)
+
+
 # ----------------------------------------------------------------------------- factor layout
 
 
