@@ -123,8 +123,26 @@ def _svd(m: torch.Tensor, what: str, name: str | None):
 
 
 def _row_energies(rows: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """dᵢᵀ G dᵢ for each row dᵢ of rows (k, d), clamped at 0 against round-off."""
-    return ((rows @ gram) * rows).sum(dim=1).clamp_min(0.0)  # (k,)
+    """dᵢᵀ G dᵢ for each row dᵢ of rows (k, d), signed (the caller checks and clamps them)."""
+    return ((rows @ gram) * rows).sum(dim=1)  # (k,)
+
+
+def _negative_part(values: torch.Tensor) -> float:
+    """−Σ of the negative entries (≥ 0)."""
+    return float(-values[values < 0].sum())
+
+
+def _check_psd(negative: float, positive: float, gram_dtype: torch.dtype, name: str | None) -> None:
+    """A Gram Σ xᵀx is positive semi-definite; the output energy its negative eigen-space would carry
+    (`negative`, against `positive`) is round-off of the dtype it was accumulated in, which `decompose`
+    clamps to zero. Beyond √eps of that dtype (1.5e-8 float64, 3.5e-4 float32) the matrix is not a
+    Gram and every loss would be meaningless: NumericError naming the layer."""
+    eps = torch.finfo(gram_dtype if gram_dtype.is_floating_point else _F64).eps
+    if negative > eps**0.5 * max(positive, 0.0):
+        raise NumericError(
+            f"{_label(name)}: the Gram is not positive semi-definite: its negative eigenvalues carry "
+            f"{negative:.3g} of output energy against {max(positive, 0.0):.3g} (more than round-off of "
+            f"{gram_dtype}); a Gram Σ xᵀx has none: accumulate it in float64 from the activations")
 
 
 def _check_shapes(weight: torch.Tensor, gram: torch.Tensor, gram_is_output: bool) -> None:
@@ -165,26 +183,46 @@ def _whitened_output_side(w, g, gram_is_output, name):
     h = g if gram_is_output else w @ g @ w.T  # (out, out)
     vals, vecs = _eigh_desc(h, "the output Gram W G Wᵀ", name)
     keep = vals > _tol(vals, h.shape[0])
-    return vecs[:, keep], vals[keep]
+    return vecs[:, keep], vals[keep], _negative_part(vals)
+
+
+def _equilibrated(w, g):
+    """G = D C D with D = diag(dᵢ), dᵢ = √Gᵢᵢ (floored at round-off of the largest, so that noise on a
+    dead or constant channel is not blown up), and W G Wᵀ = (W D) C (W D)ᵀ. Returns W D (out, in)
+    and C (in, in), unit diagonal where Gᵢᵢ is above the floor. Channel scales over many decades
+    (cond(G) ~ 1e18 from scales alone) make eigh(G) lose the weak channels at round-off of the strong
+    ones even when W amplifies them back to O(1) output energy; eigh(C) keeps them resolved."""
+    diag = torch.diagonal(g)  # (in,)
+    top = float(diag.max()) if diag.numel() else 0.0
+    if top <= 0:
+        return w, g
+    d = diag.clamp_min(_tol(diag, g.shape[0])).sqrt()  # (in,), > 0
+    c = g / d[:, None] / d[None, :]  # divided in turn: no underflow of dᵢ·dⱼ
+    return w * d, _sym(c)
 
 
 def _whitened_input_side(w, g, name):
-    """Same optimum at O(in³): eigh of G = Q Λ Qᵀ, S = Q₊ Λ₊^{1/2} on the positive eigen-space,
-    then the left singular vectors of W S are the eigenvectors of W S Sᵀ Wᵀ = W G Wᵀ. No inverse of
-    G is formed, so singular or ill-conditioned Grams are harmless."""
-    lam, q = _eigh_desc(g, "the input Gram G", name)
-    keep = lam > _tol(lam, g.shape[0])
+    """Same optimum at O(in³): equilibrate G = D C D (`_equilibrated`), eigh of C = Q Λ Qᵀ,
+    S = D Q₊ Λ₊^{1/2} on the positive eigen-space; then the left singular vectors of W S are the
+    eigenvectors of W S Sᵀ Wᵀ = W G Wᵀ. No inverse of G is formed, so singular or ill-conditioned
+    Grams are harmless."""
+    wd, c = _equilibrated(w, g)  # (out, in), (in, in)
+    lam, q = _eigh_desc(c, "the input Gram G (equilibrated)", name)
+    neg = lam < 0
+    negative = float((wd @ q[:, neg]).square().mul(-lam[neg]).sum())  # tr of H's negative part
+    keep = lam > _tol(lam, c.shape[0])
     s = q[:, keep] * lam[keep].sqrt()  # (in, k)
-    u, sig, _ = _svd(w @ s, "W S (whitened weight)", name)  # u (out, min(out, k))
+    u, sig, _ = _svd(wd @ s, "W S (whitened weight)", name)  # u (out, min(out, k))
     energy = sig.square()
     keep = energy > _tol(energy, max(w.shape))
-    return u[:, keep], energy[keep]
+    return u[:, keep], energy[keep], negative
 
 
 def _svd_basis(w, g, gram_is_output, name):
     """Left singular vectors of W; energies measured under the data (order stays by σ)."""
     u, _, _ = _svd(w, "the weight", name)  # (out, min)
-    return u, _basis_energies(u, w, g, gram_is_output)
+    energies = _basis_energies(u, w, g, gram_is_output)
+    return u, energies.clamp_min(0.0), _negative_part(energies)
 
 
 def _asvd_basis(w, g, gram_is_output, alpha, act_scale, name):
@@ -202,15 +240,18 @@ def _asvd_basis(w, g, gram_is_output, alpha, act_scale, name):
         raise ValueError(f"act_scale must have {w.shape[1]} entries, got {s.numel()}")
     s = s.abs()
     top = float(s.max())
-    s = s.clamp_min(top * 1e-6) if top > 0 else torch.ones_like(s)  # never-active channels stay finite
+    # relative to the largest (W S and W cS share their left singular vectors), so s^alpha neither
+    # overflows nor underflows; never-active channels stay finite
+    s = (s / top).clamp_min(1e-6) if top > 0 else torch.ones_like(s)
     u, _, _ = _svd(w * s.pow(alpha), "W S (activation-scaled weight)", name)  # (out, min)
-    return u, _basis_energies(u, w, g, gram_is_output)
+    energies = _basis_energies(u, w, g, gram_is_output)
+    return u, energies.clamp_min(0.0), _negative_part(energies)
 
 
 def _basis_energies(u, w, g, gram_is_output):
-    """eᵢ = uᵢᵀ W G Wᵀ uᵢ, via H when given, else via the rows of Uᵀ W."""
+    """eᵢ = uᵢᵀ W G Wᵀ uᵢ (signed), via H when given, else via the rows of Uᵀ W."""
     if gram_is_output:
-        return ((g @ u) * u).sum(dim=0).clamp_min(0.0)  # (k,)
+        return ((g @ u) * u).sum(dim=0)  # (k,)
     return _row_energies(u.T @ w, g)
 
 
@@ -232,10 +273,10 @@ def decompose(weight: torch.Tensor, gram: torch.Tensor, method: str = "whitened"
     out_f, in_f = w.shape
     max_rank = min(out_f, in_f)
     if method == "svd":
-        basis, energies = _svd_basis(w, g, gram_is_output, name)
+        basis, energies, negative = _svd_basis(w, g, gram_is_output, name)
         side = "weight"
     elif method == "asvd":
-        basis, energies = _asvd_basis(w, g, gram_is_output, alpha, act_scale, name)
+        basis, energies, negative = _asvd_basis(w, g, gram_is_output, alpha, act_scale, name)
         side = "weight"
     else:
         if side is None:
@@ -243,14 +284,15 @@ def decompose(weight: torch.Tensor, gram: torch.Tensor, method: str = "whitened"
         if side == "input" and gram_is_output:
             raise ValueError("side='input' needs the input Gram, not gram_is_output=True")
         if side == "output":
-            basis, energies = _whitened_output_side(w, g, gram_is_output, name)
+            basis, energies, negative = _whitened_output_side(w, g, gram_is_output, name)
         elif side == "input":
-            basis, energies = _whitened_input_side(w, g, name)
+            basis, energies, negative = _whitened_input_side(w, g, name)
         else:
             raise ValueError(f"side must be 'input', 'output' or None, got {side!r}")
-        basis, energies = basis[:, :max_rank], energies[:max_rank].clamp_min(0.0)
     if not torch.isfinite(energies).all():
         raise NumericError(f"{_label(name)}: non-finite energies in the {method} decomposition")
+    _check_psd(negative, float(energies.sum()), gram.dtype, name)
+    basis, energies = basis[:, :max_rank], energies[:max_rank].clamp_min(0.0)
     return Decomposition(_fix_signs(basis), energies, max_rank, method, side)
 
 

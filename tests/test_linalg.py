@@ -70,6 +70,37 @@ def test_whitened_reaches_the_optimum(shape, spectrum, side):
     assert f.up.shape == (shape[0], rank) and f.down.shape == (rank, shape[1])
 
 
+def graded_case(out_f, in_f, decades=9, seed=0):
+    """Channel scales over `decades` (cond(G) ~ 10^(2·decades)) that W undoes: G = D B D with B a
+    well-conditioned correlation-like Gram, W = A D⁻¹, so W G Wᵀ = A B Aᵀ is well conditioned.
+    Returns W, G and the exact optimum's ingredients A (out, in), B (in, in)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((out_f, in_f))
+    x = rng.standard_normal((4 * in_f, in_f))
+    b = x.T @ x / (4 * in_f)  # (in, in)
+    d = rng.permutation(np.logspace(0, -decades, in_f))  # (in,)
+    g = d[:, None] * b * d[None, :]
+    return torch.tensor(a / d[None, :]), torch.tensor(0.5 * (g + g.T)), a, b, d
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_whitened_reaches_the_optimum_on_graded_channel_scales(shape, side):
+    """cond(G) ~ 1e18 from channel scales alone: eigh(G) resolves the weak channels only to
+    round-off of the strong ones, though W amplifies them back to O(1) output energy. The input
+    side lost them (loss/optimal 1.02-2.2, reported loss 0 at rank 10 of 12) before it
+    equilibrated G."""
+    w, g, a, b, d = graded_case(*shape)
+    sig = sla.svdvals(a @ psd_sqrt(b))  # singular values of W G^{1/2} up to rotation, exactly
+    for rank in (2, 6, min(shape) - 2):
+        opt = float((sig[rank:] ** 2).sum())
+        f = L.factorize(w, g, rank, side=side)
+        e = (w.numpy() - (f.up @ f.down).numpy()) * d[None, :]  # E D (out, in): tr(E G Eᵀ) = tr(E D B D Eᵀ)
+        loss = float(((e @ b) * e).sum())
+        assert loss / opt <= 1.001, (rank, loss / opt)
+        assert f.loss / opt == pytest.approx(1.0, rel=1e-6)  # the reported loss is the true one
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_whitened_matches_the_closed_form_factors(shape):
     w, g = make_case(*shape, "anisotropic")
@@ -137,6 +168,19 @@ def test_gram_is_output_with_svd_and_asvd():
     assert a.loss == pytest.approx(b.loss, rel=1e-9)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
+def test_asvd_is_invariant_to_the_activation_scale(alpha):
+    """S^alpha is taken relative to the largest channel: act_scale ×1e200 (alpha 2: 1e400) no longer
+    overflows into a failed SVD, and zero channels stay finite."""
+    w, g = make_case(20, 12)
+    scale = torch.diagonal(g).sqrt()  # (in,)
+    scale[5] = 0.0  # a channel the data never excites
+    ref = L.factorize(w, g, 3, "asvd", alpha=alpha, act_scale=scale)
+    big = L.factorize(w, g, 3, "asvd", alpha=alpha, act_scale=scale * 1e200, name="blocks.1.attn.to_k")
+    np.testing.assert_allclose((big.up @ big.down).numpy(), (ref.up @ ref.down).numpy(), atol=1e-10)
+    assert big.loss == pytest.approx(ref.loss, rel=1e-9)
+
+
 # ----------------------------------------------------------------------------- factor layout
 
 
@@ -182,6 +226,30 @@ def test_failed_eigh_raises_numeric_error(monkeypatch):
     w, g = make_case(12, 20)
     with pytest.raises(NumericError, match="single_blocks.0.proj_out.*eigh"):
         L.factorize(w, g, 4, name="single_blocks.0.proj_out")
+
+
+@pytest.mark.parametrize("side", ["input", "output", "gram_is_output"])
+def test_indefinite_gram_is_a_numeric_error_naming_the_layer(side):
+    """A float32 "Gram" with eigenvalues down to −0.5 of the largest is no Σ xᵀx: before, the direct
+    API clamped it silently and reported losses 2-6× off the measured tr(E G Eᵀ)."""
+    w = make_case(20, 12)[0]
+    q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((12, 12)))
+    g = torch.tensor((q * np.linspace(1.0, -0.5, 12)) @ q.T, dtype=torch.float32)  # (in, in)
+    gram, is_out = (w @ g.double() @ w.T, True) if side == "gram_is_output" else (g, False)
+    with pytest.raises(NumericError, match=r"blocks\.0\.ff.*not positive semi-definite"):
+        L.factorize(w, gram, 3, gram_is_output=is_out, side=None if is_out else side, name="blocks.0.ff")
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_float32_round_off_negative_eigenvalues_are_clamped(side):
+    """A float32 Gram of 5 rows in 12 dims has negative eigenvalues at round-off: clamped, optimal."""
+    x = torch.tensor(np.random.default_rng(2).standard_normal((5, 12)), dtype=torch.float32)
+    g = x.T @ x  # (12, 12) float32, rank 5
+    assert float(torch.linalg.eigvalsh(g.double())[0]) < 0
+    w = make_case(20, 12)[0]
+    f = L.factorize(w, g, 3, side=side, name="blocks.0.ff")
+    opt = reference_optimum(w, g.double(), 3)
+    assert measured(w, f, g.double()) / opt == pytest.approx(1.0, abs=1e-6)  # float32 round-off
 
 
 def test_bad_shapes_and_ranks():

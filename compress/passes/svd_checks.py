@@ -151,9 +151,14 @@ def _check_ratios(ratios) -> None:
 
 
 def _check_roles(ratios: dict, roles: set[str]) -> None:
+    """Every targeted role has a ratio, and every ratio's role is targeted (else it is ignored)."""
     missing = sorted(roles - set(ratios))
     if missing:
         raise UserError(f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}")
+    unused = sorted(set(ratios) - roles)
+    if unused:
+        raise UserError(f"svd.ratios: role(s) {', '.join(unused)} match no target (targeted roles: "
+                        f"{', '.join(sorted(roles))}); remove them or add them to svd.targets")
 
 
 def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:

@@ -110,6 +110,8 @@ def test_layer_without_saving_stays_dense(tmp_path):
     ({"ratio": 0.0}, "ratio"),
     ({"method": "qr"}, "method"),
     ({"allocation": "per_role", "ratios": {"attention": 0.5}}, "mlp"),
+    ({"allocation": "per_role", "ratios": {"attention": 0.5, "mlp": 0.5, "modulation": 0.3}},
+     "svd.ratios: role(s) modulation match no target (targeted roles: attention, mlp)"),
     ({"allocation": "global", "ratio": 0.02, "multiple": 2}, "svd.ratio 0.02 is below what global"),
     ({"allocation": "global", "trust_region": 0.5}, "trust_region must be ≥ 1"),
     ({"compensate_batches": 0}, "compensate_batches must be an integer ≥ 1"),
