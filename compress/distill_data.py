@@ -309,24 +309,27 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
                                     + ([guidance_scale] if guidance_scale != 1.0 else []),
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(ctx.run_dir) / "distill" / "teacher_samples" / key
-    if (folder / "complete.json").exists():
+    if _complete(folder, num_samples):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     batches = ctx.calibration_inputs()
+    if not batches:
+        raise UserError("distill: data: teacher_samples needs the recipe's prompts, but the calibration "
+                        "inputs hold no batches")
+    sizes = shard_sizes(num_samples, shard_size, [len(b["hidden_states"]) for b in batches])
     uncond = None
     if guidance_scale != 1.0:
         if ctx.unconditional is None:
             raise UserError("distill.guidance_scale: this calibration source has no unconditional (empty "
                             "prompt) inputs to guide against; use a toy or pipeline source, or leave it at 1")
         uncond = ctx.unconditional()
-    n_shards = -(-num_samples // shard_size)
-    for i in range(accelerator.process_index, n_shards, accelerator.num_processes):
+    for i in range(accelerator.process_index, len(sizes), accelerator.num_processes):
         path = folder / f"shard-{i:05d}.safetensors"
-        if path.exists():
+        n = sizes[i]
+        if _rows_in(path) == n:  # written before (a cache cut short, or an earlier layout's shard)
             continue
         kwargs = batches[i % len(batches)]
         generator = torch.Generator().manual_seed(ctx.seed * 100_003 + i)
-        n = min(shard_size, num_samples - i * shard_size, len(kwargs["hidden_states"]))
         rows = torch.randperm(len(kwargs["hidden_states"]), generator=generator)[:n]  # (n,)
         cond = take_rows(cond_of(kwargs), rows)
         shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
@@ -335,9 +338,41 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
         write_shard(path, latents, cond)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (folder / "complete.json").write_text(json.dumps({"num_samples": num_samples, "steps": steps}))
+        (folder / "complete.json").write_text(json.dumps({"num_samples": num_samples, "steps": steps,
+                                                          "samples": sum(sizes)}))
     accelerator.wait_for_everyone()
     return folder
+
+
+def shard_sizes(num_samples: int, shard_size: int, rows: list[int]) -> list[int]:
+    """Samples in each shard: shard i is drawn on calibration batch i mod len(rows), at most
+    `shard_size` and at most that batch's rows, until the shards hold `num_samples` in all."""
+    if not any(rows):
+        raise UserError("distill: data: teacher_samples: the calibration batches hold no rows")
+    sizes, left = [], num_samples
+    while left > 0:
+        sizes.append(min(shard_size, left, rows[len(sizes) % len(rows)]))
+        left -= sizes[-1]
+    return sizes
+
+
+def _complete(folder: Path, num_samples: int) -> bool:
+    """The cache holds all its samples (an earlier layout drew fewer when calibration batches had
+    fewer rows than a shard; its complete.json does not count them, so its shards are checked)."""
+    try:
+        return json.loads((folder / "complete.json").read_text()).get("samples") == num_samples
+    except (OSError, ValueError):
+        return False
+
+
+def _rows_in(path: Path) -> int | None:
+    """Rows of a written shard (read from its header), None when there is none."""
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.get_slice("latents").get_shape()[0]
 
 
 def take_rows(cond: dict, rows: torch.Tensor) -> dict:
