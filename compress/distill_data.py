@@ -107,15 +107,45 @@ def check_file(path: Path, data: dict) -> None:
                             "'cond.' or 'shared.'")
 
 
+def _shapes(path: Path) -> dict[str, tuple]:
+    """Each tensor's shape, read from the file's header where it has one (safetensors)."""
+    if path.suffix != ".safetensors":
+        return {k: tuple(v.shape) for k, v in _read(path).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
+        raise UserError(f"distill: cannot read latents file {path}: {one_line(exc)}") from None
+
+
+def check_layout(path: Path, shapes: dict, first: Path, first_shapes: dict) -> None:
+    """A file holds what the folder's first file holds: the same keys, rows of the same shape
+    ('latents', 'cond.'), 'shared.' tensors of the same shape (a batch joins rows of several files)."""
+    if sorted(shapes) != sorted(first_shapes):
+        raise UserError(f"distill: {path} has keys {sorted(shapes)}, {first.name} {sorted(first_shapes)}")
+    for key, shape in shapes.items():
+        per_row = not key.startswith("shared.")
+        mine, theirs = (shape[1:], first_shapes[key][1:]) if per_row else (shape, first_shapes[key])
+        if mine != theirs:
+            raise UserError(f"distill: {path}: '{key}' has {'rows' if per_row else 'shape'} {mine}, in "
+                            f"{first.name} {theirs}; every file of latents_dir must hold the same layout")
+
+
 def check_folder(value: str | Path, model, adapter) -> None:
-    """Before any compute: the first file of `latents_dir` holds rows of floating latents, and one
-    of its rows runs through `model` when that is on the meta device (shapes only, no arithmetic),
-    so a wrong layout fails here and not after the passes before distill."""
+    """Before any compute: the first file of `latents_dir` holds rows of floating latents, the
+    others the same layout (`check_layout`, from their headers), and one of its rows runs through
+    `model` when that is on the meta device (shapes only, no arithmetic), so a wrong layout fails
+    here and not after the passes before distill."""
     files = sorted(p for p in latents_folder(value).iterdir() if p.suffix in SUFFIXES)
     if not files:
         raise UserError(f"distill: latents_dir {value} has no .safetensors or .pt files")
     data = _read(files[0])
     check_file(files[0], data)
+    first_shapes = {k: tuple(v.shape) for k, v in data.items()}
+    for path in files[1:]:
+        check_layout(path, _shapes(path), files[0], first_shapes)
     latents = data["latents"]
     if not latents.is_floating_point() or latents.ndim < 3 or len(latents) == 0:
         raise UserError(f"distill: {files[0]}: 'latents' must be floating rows (B, ...) of the transformer's "
@@ -162,11 +192,11 @@ class FolderSource:
 
     def _check(self, path: Path, data: dict) -> None:
         check_file(path, data)
-        keys = sorted(data)
+        shapes = {k: tuple(v.shape) for k, v in data.items()}
         if self.keys is None:
-            self.keys = keys
-        elif keys != self.keys:
-            raise UserError(f"distill: {path} has keys {keys}, other files {self.keys}")
+            self.keys, self._first = sorted(data), (path, shapes)
+        else:
+            check_layout(path, shapes, *self._first)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

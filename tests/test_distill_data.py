@@ -6,11 +6,14 @@ import copy
 import json
 
 import pytest
+import torch
 
-from compress.distill_data import FolderSource, shard_sizes
+from compress.arch import get_adapter
+from compress.distill_data import FolderSource, check_folder, cond_of, shard_sizes, write_shard
+from compress.errors import UserError
 from compress.passes.distill import DistillConfig, DistillPass
 from tests.conftest import model_inputs, tiny_pixart
-from tests.passes.test_distill import context
+from tests.passes.test_distill import context, distill
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,3 +47,26 @@ def test_teacher_samples_are_as_many_as_asked_when_calibration_batches_are_short
     (folder / "complete.json").write_text(json.dumps({"num_samples": 7, "steps": 2}))
     samples_run(teacher, tmp_path, batches, num_samples=7)
     assert len(FolderSource(folder)) == 7 and shards[0].stat().st_mtime_ns == stamp
+
+
+def test_a_later_file_of_another_layout_is_refused_before_any_compute(tmp_path):
+    """Only the first file ran through the meta model; a batch joining rows of a later file of
+    another shape was a torch.cat traceback mid-training. Now check_folder (from the files'
+    headers), FolderSource and the pass refuse it with a line naming the file and key."""
+    from compress.runner import meta_clone
+
+    teacher = tiny_pixart()
+    kwargs = model_inputs(teacher, batch=3)
+    cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v)}
+    latents = kwargs["hidden_states"]  # (3, C, H, W)
+    folder = tmp_path / "latents"
+    folder.mkdir()
+    write_shard(folder / "a.safetensors", latents, cond)
+    write_shard(folder / "b.safetensors", latents[:, 1:], cond)  # (3, C - 1, H, W)
+    words = r"b.safetensors: 'latents' has rows \(3, 4, 4\), in a.safetensors \(4, 4, 4\)"
+    with pytest.raises(UserError, match=words):
+        check_folder(folder, meta_clone(teacher), get_adapter(teacher))
+    with pytest.raises(UserError, match=words):
+        FolderSource(folder)
+    with pytest.raises(UserError, match=words):
+        distill(copy.deepcopy(teacher), teacher, tmp_path / "run", steps=3, data="folder", latents_dir=str(folder))
