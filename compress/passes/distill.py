@@ -100,6 +100,17 @@ class DistillConfig:
         if self.guidance_scale < 1 or (self.guidance_scale != 1.0 and self.data != "teacher_samples"):
             raise BadValue("guidance_scale", f"distill: guidance_scale ({self.guidance_scale}) is the "
                                              "teacher sampler's: ≥ 1, and only with data: teacher_samples")
+        # keys that would do nothing: refused, so a forgotten `data:` is not a run on other data
+        if self.latents_dir is not None and self.data != "folder":
+            raise BadValue("latents_dir", f"distill: latents_dir is read only with data: folder "
+                                          f"(data is {self.data!r})")
+        for key in ("num_samples", "sample_steps"):
+            if getattr(self, key) != self.__dataclass_fields__[key].default and self.data != "teacher_samples":
+                raise BadValue(key, f"distill: {key} is used only with data: teacher_samples "
+                                    f"(data is {self.data!r})")
+        if self.mask_massive and self.lambda_feat == 0:
+            raise BadValue("mask_massive", "distill: mask_massive masks the feature loss, which "
+                                           "lambda_feat: 0 leaves out")
 
 
 _RANGES = {  # key -> (test, what it must be)

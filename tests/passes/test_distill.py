@@ -343,6 +343,10 @@ def test_signal_checkpoints_and_stops(tmp_path):
     ({"lambda_task": 0.0, "lambda_out": 0.0, "lambda_feat": 0.0},
      "lambda_task, lambda_out and lambda_feat must not all be 0"),
     ({"data": "folder"}, "data: folder needs latents_dir"),
+    ({"latents_dir": "/data/latents"}, "latents_dir is read only with data: folder (data is 'toy')"),
+    ({"num_samples": 64}, "num_samples is used only with data: teacher_samples"),
+    ({"data": "folder", "latents_dir": "x", "sample_steps": 4}, "sample_steps is used only with data: teacher_samples"),
+    ({"mask_massive": 3.0, "lambda_feat": 0.0}, "mask_massive masks the feature loss"),
 ])
 def test_bad_values_are_refused_with_their_key(bad, words):
     """Checked at recipe load (validate: the error names the key) and again by check (Python callers)."""
