@@ -414,3 +414,20 @@ def test_distill_runs_on_cuda(tmp_path):
     cfg = DistillConfig(steps=2, batch_size=2, checkpoint_every=0, progress=False, plot=False)
     out = DistillPass(cfg).run(factorize(copy.deepcopy(teacher)), ctx)
     assert all(torch.isfinite(p).all() for p in out.parameters())
+
+
+def test_a_second_distill_pass_keeps_the_first_ones_curves_and_record(tmp_path):
+    """Both wrote run_dir/distill and report["distill"]: the second pass replaced the first's
+    loss curves and record (and cleared its checkpoints). Now the second has run_dir/distill-2."""
+    teacher = tiny_pixart()
+    ctx = context(teacher, tmp_path)
+    student = factorize(copy.deepcopy(teacher))
+    for steps in (2, 3):
+        cfg = DistillConfig(steps=steps, batch_size=2, checkpoint_every=1, progress=False, plot=False)
+        student = DistillPass(cfg).run(student, ctx)
+    assert len(read_curves(tmp_path / "distill" / "loss.csv")) == 2
+    assert len(read_curves(tmp_path / "distill-2" / "loss.csv")) == 3
+    assert (tmp_path / "distill" / "checkpoints" / "step-00000002").exists()
+    record = ctx.report["distill"]
+    assert record["steps"] == 3 and [r["steps"] for r in record["earlier"]] == [2]
+    assert record["earlier"][0]["files"]["loss_csv"] == str(tmp_path / "distill" / "loss.csv")
