@@ -105,6 +105,8 @@ def check_file(path: Path, data: dict) -> None:
         if key != "latents" and not key.startswith(("cond.", "shared.")):
             raise UserError(f"distill: {path}: key '{key}' must be 'latents' or start with "
                             "'cond.' or 'shared.'")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"distill: {path}: '{key}' holds non-finite values (nan or inf)")
 
 
 def _shapes(path: Path) -> dict[str, tuple]:
@@ -162,8 +164,11 @@ def _dry_run(path: Path, cond: dict, latents: torch.Tensor, model, adapter) -> N
         kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
     try:
         adapter.predict(model, kwargs)
-    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as e:
-        raise UserError(f"distill: a row of {path} does not run through the model: {one_line(e)}") from None
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+        # (a kwarg the model needs left out: AttributeError on its None)
+        held = sorted(f"{k}.{name}" for k in ("cond", "shared") for name in cond.get(k, {}))
+        raise UserError(f"distill: a row of {path} does not run through the model: {one_line(e)} "
+                        f"(the file holds latents, {', '.join(held) or 'no cond. or shared. kwargs'})") from None
 
 
 class FolderSource:

@@ -12,7 +12,7 @@ from compress.arch import get_adapter
 from compress.distill_data import FolderSource, check_folder, cond_of, shard_sizes, write_shard
 from compress.errors import UserError
 from compress.passes.distill import DistillConfig, DistillPass
-from tests.conftest import model_inputs, tiny_pixart
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 from tests.passes.test_distill import context, distill
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,3 +70,30 @@ def test_a_later_file_of_another_layout_is_refused_before_any_compute(tmp_path):
         FolderSource(folder)
     with pytest.raises(UserError, match=words):
         distill(copy.deepcopy(teacher), teacher, tmp_path / "run", steps=3, data="folder", latents_dir=str(folder))
+
+
+@pytest.mark.parametrize("drop", ["img_ids", "pooled_projections"])
+def test_a_flux_folder_without_a_kwarg_the_model_needs_is_one_line(tmp_path, drop):
+    """Flux reads img_ids / txt_ids / pooled_projections off None: an AttributeError the dry run let
+    through as a traceback. Now one line naming the file and what it holds."""
+    from compress.runner import meta_clone
+
+    teacher = tiny_flux()
+    kwargs = model_inputs(teacher, batch=2)
+    cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v) and k != drop}
+    write_shard(tmp_path / "a.safetensors", kwargs["hidden_states"], cond)
+    with pytest.raises(UserError, match=r"a.safetensors does not run through the model: .* \(the file holds "
+                                        r"latents, cond.encoder_hidden_states"):
+        check_folder(tmp_path, meta_clone(teacher), get_adapter(teacher))
+
+
+def test_non_finite_latents_are_refused_naming_the_file(tmp_path):
+    """A nan in the data was a non-finite loss at step 1 that blamed the student ("lower lr")."""
+    teacher = tiny_pixart()
+    kwargs = model_inputs(teacher, batch=2)
+    cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v)}
+    latents = kwargs["hidden_states"].clone()  # (2, C, H, W)
+    latents[1, 0, 0, 0] = float("nan")
+    write_shard(tmp_path / "a.safetensors", latents, cond)
+    with pytest.raises(UserError, match="a.safetensors: 'latents' holds non-finite values"):
+        FolderSource(tmp_path)
