@@ -105,17 +105,49 @@ def check_file(path: Path, data: dict) -> None:
         if key != "latents" and not key.startswith(("cond.", "shared.")):
             raise UserError(f"distill: {path}: key '{key}' must be 'latents' or start with "
                             "'cond.' or 'shared.'")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"distill: {path}: '{key}' holds non-finite values (nan or inf)")
+
+
+def _shapes(path: Path) -> dict[str, tuple]:
+    """Each tensor's shape, read from the file's header where it has one (safetensors)."""
+    if path.suffix != ".safetensors":
+        return {k: tuple(v.shape) for k, v in _read(path).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
+        raise UserError(f"distill: cannot read latents file {path}: {one_line(exc)}") from None
+
+
+def check_layout(path: Path, shapes: dict, first: Path, first_shapes: dict) -> None:
+    """A file holds what the folder's first file holds: the same keys, rows of the same shape
+    ('latents', 'cond.'), 'shared.' tensors of the same shape (a batch joins rows of several files)."""
+    if sorted(shapes) != sorted(first_shapes):
+        raise UserError(f"distill: {path} has keys {sorted(shapes)}, {first.name} {sorted(first_shapes)}")
+    for key, shape in shapes.items():
+        per_row = not key.startswith("shared.")
+        mine, theirs = (shape[1:], first_shapes[key][1:]) if per_row else (shape, first_shapes[key])
+        if mine != theirs:
+            raise UserError(f"distill: {path}: '{key}' has {'rows' if per_row else 'shape'} {mine}, in "
+                            f"{first.name} {theirs}; every file of latents_dir must hold the same layout")
 
 
 def check_folder(value: str | Path, model, adapter) -> None:
-    """Before any compute: the first file of `latents_dir` holds rows of floating latents, and one
-    of its rows runs through `model` when that is on the meta device (shapes only, no arithmetic),
-    so a wrong layout fails here and not after the passes before distill."""
+    """Before any compute: the first file of `latents_dir` holds rows of floating latents, the
+    others the same layout (`check_layout`, from their headers), and one of its rows runs through
+    `model` when that is on the meta device (shapes only, no arithmetic), so a wrong layout fails
+    here and not after the passes before distill."""
     files = sorted(p for p in latents_folder(value).iterdir() if p.suffix in SUFFIXES)
     if not files:
         raise UserError(f"distill: latents_dir {value} has no .safetensors or .pt files")
     data = _read(files[0])
     check_file(files[0], data)
+    first_shapes = {k: tuple(v.shape) for k, v in data.items()}
+    for path in files[1:]:
+        check_layout(path, _shapes(path), files[0], first_shapes)
     latents = data["latents"]
     if not latents.is_floating_point() or latents.ndim < 3 or len(latents) == 0:
         raise UserError(f"distill: {files[0]}: 'latents' must be floating rows (B, ...) of the transformer's "
@@ -132,8 +164,11 @@ def _dry_run(path: Path, cond: dict, latents: torch.Tensor, model, adapter) -> N
         kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
     try:
         adapter.predict(model, kwargs)
-    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as e:
-        raise UserError(f"distill: a row of {path} does not run through the model: {one_line(e)}") from None
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+        # (a kwarg the model needs left out: AttributeError on its None)
+        held = sorted(f"{k}.{name}" for k in ("cond", "shared") for name in cond.get(k, {}))
+        raise UserError(f"distill: a row of {path} does not run through the model: {one_line(e)} "
+                        f"(the file holds latents, {', '.join(held) or 'no cond. or shared. kwargs'})") from None
 
 
 class FolderSource:
@@ -162,11 +197,11 @@ class FolderSource:
 
     def _check(self, path: Path, data: dict) -> None:
         check_file(path, data)
-        keys = sorted(data)
+        shapes = {k: tuple(v.shape) for k, v in data.items()}
         if self.keys is None:
-            self.keys = keys
-        elif keys != self.keys:
-            raise UserError(f"distill: {path} has keys {keys}, other files {self.keys}")
+            self.keys, self._first = sorted(data), (path, shapes)
+        else:
+            check_layout(path, shapes, *self._first)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -309,24 +344,27 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
                                     + ([guidance_scale] if guidance_scale != 1.0 else []),
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(ctx.run_dir) / "distill" / "teacher_samples" / key
-    if (folder / "complete.json").exists():
+    if _complete(folder, num_samples):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     batches = ctx.calibration_inputs()
+    if not batches:
+        raise UserError("distill: data: teacher_samples needs the recipe's prompts, but the calibration "
+                        "inputs hold no batches")
+    sizes = shard_sizes(num_samples, shard_size, [len(b["hidden_states"]) for b in batches])
     uncond = None
     if guidance_scale != 1.0:
         if ctx.unconditional is None:
             raise UserError("distill.guidance_scale: this calibration source has no unconditional (empty "
                             "prompt) inputs to guide against; use a toy or pipeline source, or leave it at 1")
         uncond = ctx.unconditional()
-    n_shards = -(-num_samples // shard_size)
-    for i in range(accelerator.process_index, n_shards, accelerator.num_processes):
+    for i in range(accelerator.process_index, len(sizes), accelerator.num_processes):
         path = folder / f"shard-{i:05d}.safetensors"
-        if path.exists():
+        n = sizes[i]
+        if _rows_in(path) == n:  # written before (a cache cut short, or an earlier layout's shard)
             continue
         kwargs = batches[i % len(batches)]
         generator = torch.Generator().manual_seed(ctx.seed * 100_003 + i)
-        n = min(shard_size, num_samples - i * shard_size, len(kwargs["hidden_states"]))
         rows = torch.randperm(len(kwargs["hidden_states"]), generator=generator)[:n]  # (n,)
         cond = take_rows(cond_of(kwargs), rows)
         shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
@@ -335,9 +373,41 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
         write_shard(path, latents, cond)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (folder / "complete.json").write_text(json.dumps({"num_samples": num_samples, "steps": steps}))
+        (folder / "complete.json").write_text(json.dumps({"num_samples": num_samples, "steps": steps,
+                                                          "samples": sum(sizes)}))
     accelerator.wait_for_everyone()
     return folder
+
+
+def shard_sizes(num_samples: int, shard_size: int, rows: list[int]) -> list[int]:
+    """Samples in each shard: shard i is drawn on calibration batch i mod len(rows), at most
+    `shard_size` and at most that batch's rows, until the shards hold `num_samples` in all."""
+    if not any(rows):
+        raise UserError("distill: data: teacher_samples: the calibration batches hold no rows")
+    sizes, left = [], num_samples
+    while left > 0:
+        sizes.append(min(shard_size, left, rows[len(sizes) % len(rows)]))
+        left -= sizes[-1]
+    return sizes
+
+
+def _complete(folder: Path, num_samples: int) -> bool:
+    """The cache holds all its samples (an earlier layout drew fewer when calibration batches had
+    fewer rows than a shard; its complete.json does not count them, so its shards are checked)."""
+    try:
+        return json.loads((folder / "complete.json").read_text()).get("samples") == num_samples
+    except (OSError, ValueError):
+        return False
+
+
+def _rows_in(path: Path) -> int | None:
+    """Rows of a written shard (read from its header), None when there is none."""
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.get_slice("latents").get_shape()[0]
 
 
 def take_rows(cond: dict, rows: torch.Tensor) -> dict:

@@ -185,6 +185,12 @@ class Adapter:
         return self.sampled_prediction(model, model(**kwargs, return_dict=False)[0])
 
 
+def draw_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.device:
+    """Where random draws with `generator` are made (then moved to `like`'s device): a CUDA draw
+    refuses a CPU generator, and distill's generator is a CPU one, whatever the device."""
+    return generator.device if generator is not None else like.device
+
+
 def _lowrank_children(model: nn.Module):
     from compress.lowrank import LowRankLinear
 

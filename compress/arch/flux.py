@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from compress.arch.base import Adapter, BlockGroup
+from compress.arch.base import Adapter, BlockGroup, draw_device
 
 _MOD_INPUT = "/temb"  # every modulation linear reads silu(temb): one shared Gram
 
@@ -64,9 +64,10 @@ class FluxAdapter(Adapter):
         """Rectified flow: x_t = (1 - s) x0 + s eps, target velocity eps - x0. latents (B, N, C).
         s is drawn logit-normal, as SD3 / Flux train."""
         b = latents.shape[0]
-        sigma = torch.sigmoid(torch.randn((b,), generator=generator, device=latents.device))  # (B,)
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device,
-                            dtype=latents.dtype)
+        where = draw_device(generator, latents)
+        sigma = torch.sigmoid(torch.randn((b,), generator=generator, device=where)).to(latents.device)  # (B,)
+        noise = torch.randn(latents.shape, generator=generator, device=where,
+                            dtype=latents.dtype).to(latents.device)
         s = sigma.view(b, *([1] * (latents.dim() - 1))).to(latents.dtype)
         noisy = (1 - s) * latents + s * noise
         kwargs = dict(cond, hidden_states=noisy, timestep=sigma.to(latents.dtype))

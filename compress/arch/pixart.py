@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from compress.arch.base import Adapter, BlockGroup
+from compress.arch.base import Adapter, BlockGroup, draw_device
 
 
 class PixArtAdapter(Adapter):
@@ -74,9 +74,10 @@ class PixArtAdapter(Adapter):
         """Epsilon-prediction loss. latents (B, C, H, W) clean; cond: encoder_hidden_states, mask..."""
         b, c = latents.shape[:2]
         steps = self.noise_scheduler.config.num_train_timesteps
-        t = torch.randint(0, steps, (b,), generator=generator, device=latents.device)  # (B,)
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device,
-                            dtype=latents.dtype)
+        where = draw_device(generator, latents)
+        t = torch.randint(0, steps, (b,), generator=generator, device=where).to(latents.device)  # (B,)
+        noise = torch.randn(latents.shape, generator=generator, device=where,
+                            dtype=latents.dtype).to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         kwargs = dict(cond, hidden_states=noisy, timestep=t)
         kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})

@@ -14,7 +14,8 @@ same weights). For a student that does not fit one device, pick FSDP in `acceler
 TRANSFORMER_BASED_WRAP` with the block class, `fsdp_state_dict_type: SHARDED_STATE_DICT`); the loop is the
 same: `accelerator.prepare`, `backward`, `clip_grad_norm_` and `save_state` handle the sharding.
 
-Checkpoints (`checkpoint_every`) go to run_dir/distill/checkpoints/step-XXXXXXXX: accelerate's save_state
+Checkpoints (`checkpoint_every`) go to run_dir/distill/checkpoints/step-XXXXXXXX (a recipe's second distill
+pass: run_dir/distill-2/..., its record in the report with the first's under "earlier"): accelerate's save_state
 (model, optimizer, scheduler, RNG states) plus each process's generator, step and loss history. With
 `ctx.resume` the last checkpoint is loaded and the run ends with the same weights as an uninterrupted one.
 SIGINT/SIGTERM (or `max_steps_this_run`) write a checkpoint and raise `TrainingInterrupted`.
@@ -100,6 +101,17 @@ class DistillConfig:
         if self.guidance_scale < 1 or (self.guidance_scale != 1.0 and self.data != "teacher_samples"):
             raise BadValue("guidance_scale", f"distill: guidance_scale ({self.guidance_scale}) is the "
                                              "teacher sampler's: ≥ 1, and only with data: teacher_samples")
+        # keys that would do nothing: refused, so a forgotten `data:` is not a run on other data
+        if self.latents_dir is not None and self.data != "folder":
+            raise BadValue("latents_dir", f"distill: latents_dir is read only with data: folder "
+                                          f"(data is {self.data!r})")
+        for key in ("num_samples", "sample_steps"):
+            if getattr(self, key) != self.__dataclass_fields__[key].default and self.data != "teacher_samples":
+                raise BadValue(key, f"distill: {key} is used only with data: teacher_samples "
+                                    f"(data is {self.data!r})")
+        if self.mask_massive and self.lambda_feat == 0:
+            raise BadValue("mask_massive", "distill: mask_massive masks the feature loss, which "
+                                           "lambda_feat: 0 leaves out")
 
 
 _RANGES = {  # key -> (test, what it must be)
@@ -162,7 +174,8 @@ def _accelerator(cfg: DistillConfig, device: torch.device):
 class _Trainer:
     def __init__(self, cfg: DistillConfig, ctx: RunContext):
         self.cfg, self.ctx, self.adapter = cfg, ctx, ctx.adapter
-        self.dir = Path(ctx.run_dir) / "distill"
+        self.earlier = _earlier(ctx.report)  # records of the distill passes before this one
+        self.dir = Path(ctx.run_dir) / ("distill" if not self.earlier else f"distill-{len(self.earlier) + 1}")
         self.acc = _accelerator(cfg, torch.device(ctx.device))
         self.step, self.history, self.before = 0, [], None
 
@@ -361,7 +374,18 @@ class _Trainer:
             record["files"] = {"loss_csv": str(csv_path)}
             if self.cfg.plot:
                 record["files"]["loss_png"] = str(png_path)
+        if self.earlier:
+            record["earlier"] = self.earlier
         self.ctx.report["distill"] = record
+
+
+def _earlier(report: dict) -> list[dict]:
+    """The records of the recipe's earlier distill passes (the latest is report["distill"], with
+    those before it under "earlier"): each pass keeps its own folder, curves and record."""
+    last = report.get("distill")
+    if last is None:
+        return []
+    return [*last.get("earlier", []), {k: v for k, v in last.items() if k != "earlier"}]
 
 
 def checksum(model: torch.nn.Module) -> str:

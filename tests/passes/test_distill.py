@@ -343,6 +343,10 @@ def test_signal_checkpoints_and_stops(tmp_path):
     ({"lambda_task": 0.0, "lambda_out": 0.0, "lambda_feat": 0.0},
      "lambda_task, lambda_out and lambda_feat must not all be 0"),
     ({"data": "folder"}, "data: folder needs latents_dir"),
+    ({"latents_dir": "/data/latents"}, "latents_dir is read only with data: folder (data is 'toy')"),
+    ({"num_samples": 64}, "num_samples is used only with data: teacher_samples"),
+    ({"data": "folder", "latents_dir": "x", "sample_steps": 4}, "sample_steps is used only with data: teacher_samples"),
+    ({"mask_massive": 3.0, "lambda_feat": 0.0}, "mask_massive masks the feature loss"),
 ])
 def test_bad_values_are_refused_with_their_key(bad, words):
     """Checked at recipe load (validate: the error names the key) and again by check (Python callers)."""
@@ -378,3 +382,52 @@ def test_a_teacher_that_overflows_is_blamed_not_the_student(tmp_path, where):
         distill(student, teacher, tmp_path)
     with pytest.raises(NumericError, match="lower lr or check the student"):
         distill(factorize(copy.deepcopy(tiny_pixart()), rank=2), tiny_pixart(), tmp_path / "s", lr=1e30, steps=3)
+
+
+@pytest.mark.parametrize("make", [tiny_pixart, tiny_flux], ids=["pixart", "flux"])
+def test_task_noise_is_drawn_where_the_generator_is(make, monkeypatch):
+    """distill's generator is a CPU one; on a GPU the adapters' task losses drew with it on the
+    latents' device, which CUDA refuses ("Expected a 'cuda' device type for generator"). Emulated
+    on the meta device: a draw with a generator on another device raises as CUDA does."""
+    from compress.runner import meta_clone
+
+    def strict(draw):
+        def wrapped(*args, generator=None, device=None, **kw):
+            if generator is not None and device is not None and torch.device(device) != generator.device:
+                raise RuntimeError(f"Expected a '{torch.device(device).type}' device type for generator")
+            return draw(*args, generator=generator, device=device, **kw)
+        return wrapped
+
+    model = meta_clone(make())
+    kwargs = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in model_inputs(make()).items()}
+    latents, cond = kwargs["hidden_states"], cond_of(kwargs)  # (B, ...) on meta
+    for name in ("randn", "randint"):
+        monkeypatch.setattr(torch, name, strict(getattr(torch, name)))
+    loss, used = get_adapter(model).task_loss(model, latents, cond, torch.Generator().manual_seed(0))
+    assert loss.device.type == "meta" and used["hidden_states"].device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_distill_runs_on_cuda(tmp_path):
+    teacher = tiny_pixart()
+    ctx = context(teacher, tmp_path, device=torch.device("cuda"))
+    cfg = DistillConfig(steps=2, batch_size=2, checkpoint_every=0, progress=False, plot=False)
+    out = DistillPass(cfg).run(factorize(copy.deepcopy(teacher)), ctx)
+    assert all(torch.isfinite(p).all() for p in out.parameters())
+
+
+def test_a_second_distill_pass_keeps_the_first_ones_curves_and_record(tmp_path):
+    """Both wrote run_dir/distill and report["distill"]: the second pass replaced the first's
+    loss curves and record (and cleared its checkpoints). Now the second has run_dir/distill-2."""
+    teacher = tiny_pixart()
+    ctx = context(teacher, tmp_path)
+    student = factorize(copy.deepcopy(teacher))
+    for steps in (2, 3):
+        cfg = DistillConfig(steps=steps, batch_size=2, checkpoint_every=1, progress=False, plot=False)
+        student = DistillPass(cfg).run(student, ctx)
+    assert len(read_curves(tmp_path / "distill" / "loss.csv")) == 2
+    assert len(read_curves(tmp_path / "distill-2" / "loss.csv")) == 3
+    assert (tmp_path / "distill" / "checkpoints" / "step-00000002").exists()
+    record = ctx.report["distill"]
+    assert record["steps"] == 3 and [r["steps"] for r in record["earlier"]] == [2]
+    assert record["earlier"][0]["files"]["loss_csv"] == str(tmp_path / "distill" / "loss.csv")
