@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
-        print(f"dit-compress: error: {e}", file=sys.stderr)
+        print(f"dit-compress: {e.label}{e}", file=sys.stderr)
         return e.exit_code
     except NumericError as e:
         print(f"dit-compress: numeric error: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ class UserError(Exception):
     """Bad input from the user (recipe, path, checkpoint, option). Message is one line, actionable."""
 
     exit_code = 2
+    label = "error: "  # what the CLI prints before the message
 
 
 class NumericError(RuntimeError):

@@ -347,6 +347,8 @@ class Runner:
         console.print(f"  params {param_count(student):,} / {teacher_params:,}   "
                       f"teacher-relative error {err:.4g}")
         self._save_stage(i, student)
+        if is_main_process():
+            p.stage_saved()
         return student
 
     def _run_pass(self, i: int, student):

@@ -84,6 +84,15 @@ def test_sigterm_during_distillation(setup, monkeypatch):
     from compress.passes import distill
 
     _interrupted_then_resumed(setup, monkeypatch, "distill", distill._Trainer, "_train_step", 4)
+    assert not list((setup[0] / "run-distill" / "distill").rglob("step-*"))  # resumed, then cleared
+
+
+def test_a_saved_stage_replaces_the_distill_checkpoints(setup):
+    """Once the runner has saved the distill stage, its training checkpoints (model + optimizer
+    state, several times the model) go; the loss curves stay."""
+    run = setup[0] / "run-ref"
+    assert (run / "distill" / "loss.csv").is_file()
+    assert not list((run / "distill").rglob("step-*"))
 
 
 @pytest.mark.parametrize("when", ["export", "held-out inputs"])

@@ -103,6 +103,10 @@ class Pass:
         """Apply to a (meta-device) model the structural changes known before any compute
         (explicit block removal, fixed ranks), so `plan` counts parameters after this pass."""
 
+    def stage_saved(self) -> None:
+        """Called once the runner has saved this pass's stage: drop what only resuming the pass
+        itself needed (nothing by default)."""
+
     def unplaced(self, model: nn.Module, adapter: Adapter) -> int:
         """Blocks this pass removes from groups chosen only at run time (none by default)."""
         return 0

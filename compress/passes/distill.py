@@ -137,6 +137,7 @@ class TrainingInterrupted(UserError):
     """Stopped on request (signal or max_steps_this_run) after writing a checkpoint; resume to go on."""
 
     exit_code = 130
+    label = ""  # a requested stop, not an error
 
 
 class DistillPass(Pass):
@@ -158,7 +159,15 @@ class DistillPass(Pass):
 
     def run(self, model, ctx: RunContext):
         self.check(model, ctx.adapter)
-        return _Trainer(self.config, ctx).fit(model)
+        trainer = _Trainer(self.config, ctx)
+        self.dir = trainer.dir
+        return trainer.fit(model)
+
+    def stage_saved(self) -> None:
+        """The runner's stage now holds the trained student: the training checkpoints (model and
+        optimizer state, several times the model) are no longer needed to resume."""
+        if getattr(self, "dir", None) is not None:
+            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
 
 
 def _accelerator(cfg: DistillConfig, device: torch.device):
