@@ -35,6 +35,7 @@ class LinearInfo:
     in_features: int
     out_features: int
     input_key: str  # linears with the same input_key (within a block) read the same tensor
+    bias: bool = True  # whether the layer adds a bias (counted in its kept parameters)
 
 
 def is_linear(module: nn.Module) -> bool:
@@ -103,7 +104,7 @@ class Adapter:
                 continue
             role, part, group, block, key = self.classify(name)
             out.append(LinearInfo(name, role, part, group, block, mod.in_features,
-                                  mod.out_features, key))
+                                  mod.out_features, key, bias=mod.bias is not None))
         return out
 
     def per_sample(self, info: LinearInfo) -> bool:

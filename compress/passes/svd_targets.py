@@ -78,7 +78,7 @@ def is_model_wide(info: LinearInfo) -> bool:
 
 
 def shape_spec(info: LinearInfo, curve=()) -> LayerSpec:
-    return LayerSpec(info.name, info.out_features, info.in_features, curve, role=info.role)
+    return LayerSpec(info.name, info.out_features, info.in_features, curve, bias=info.bias, role=info.role)
 
 
 def explicit_rank(info: LinearInfo, ranks: dict[str, int]) -> int | None:

@@ -180,6 +180,21 @@ def test_plan_exact_for_uniform_later_for_global():
     assert plan["params_after"] == "decided after calibration"
 
 
+def test_a_layer_without_bias_is_counted_without_one():
+    """Budgets and plans count each target's own parameters: a layer without bias has none to keep."""
+    from compress.alloc import DENSE
+
+    model = tiny_pixart()
+    model.get_submodule("transformer_blocks.0.attn1.to_q").bias = None
+    adapter = get_adapter(model)
+    targets = [i for i in adapter.linears(model) if i.role == "attention"]
+    plan = SVDPass(SVDConfig(targets=["attention"], multiple=2)).plan(model, adapter)
+    assert plan["params_before"] == sum(p.numel() for i in targets
+                                        for p in model.get_submodule(i.name).parameters())
+    assert shape_spec(targets[0]).params(3) == 3 * (targets[0].in_features + targets[0].out_features)
+    assert shape_spec(targets[0]).params(DENSE) == targets[0].in_features * targets[0].out_features
+
+
 def test_calibration_cache_hit_skips_recomputation(tmp_path, monkeypatch):
     calls = {"n": 0}
     run = BlockCalibration._run
