@@ -25,15 +25,17 @@ def _fmt_int(n) -> str:
 def layer_rows(model, report: dict | None = None) -> list[dict]:
     """Per linear: name, role, shape, rank (None = dense), params kept, and the svd report fields."""
     from compress.arch import get_adapter
+    from compress.linalg import params_dense, params_lowrank
     from compress.lowrank import LowRankLinear
 
     svd = ((report or {}).get("svd") or {}).get("layers", {})
     rows = []
     for info in get_adapter(model).linears(model):
         mod = model.get_submodule(info.name)
-        dense = info.out_features * info.in_features
+        bias = mod.bias is not None  # counted as the svd report and the weight files count it
+        dense = params_dense(info.out_features, info.in_features, bias)
         rank = mod.rank if isinstance(mod, LowRankLinear) else None
-        kept = rank * (info.out_features + info.in_features) if rank else dense
+        kept = params_lowrank(info.out_features, info.in_features, rank, bias) if rank else dense
         row = {"name": info.name, "role": info.role, "block": _block_label(info),
                "shape": [info.out_features, info.in_features], "rank": rank,
                "params": kept, "dense_params": dense, "kept": kept / dense}
