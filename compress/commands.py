@@ -10,7 +10,8 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import cast, is_output, load_teacher, load_teacher_of, load_transformer, looks_local
+from compress.io import (cast, check_same_architecture, is_output, load_teacher, load_teacher_of,
+                         load_transformer, looks_local)
 from compress.report import console, output_file, read_report, recorded_teacher
 
 
@@ -157,6 +158,7 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     models = _read_only_streams(recipe, device)
     _, teacher = load_checked_teacher(recipe, teacher_source, teacher_config, models=models)
     student = models.restore(out).requires_grad_(False).eval()
+    check_same_architecture(student, teacher, teacher_source)
     adapter = get_adapter(teacher)
     src = input_source(adapter.family, teacher_source, recipe.calibration, teacher)
     report = read_report(out)

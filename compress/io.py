@@ -76,7 +76,26 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None) 
     if get_adapter(teacher).family != family:
         raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
                         f"it is a {type(student).__name__}")
+    check_same_architecture(student, teacher, source)
     return teacher
+
+
+def check_same_architecture(student: nn.Module, teacher: nn.Module, source: str) -> None:
+    """A UserError naming the config keys where `teacher` is not the architecture `student` was
+    compressed from (its widths, heads, channels ...); block counts may differ (removed blocks)."""
+    counts = {g.config_key for g in get_adapter(student).groups}
+
+    def arch(model) -> dict:
+        config = {k: v for k, v in dict(model.config).items()
+                  if not k.startswith("_") and k not in counts and k != "compression"}
+        return json.loads(json.dumps(config, default=str))  # tuples as lists, as a saved config
+
+    mine, theirs = arch(student), arch(teacher)
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        shown = ", ".join(f"{k} {theirs.get(k)!r} (the model's: {mine.get(k)!r})" for k in differ[:3])
+        raise UserError(f"teacher {source} is not the model this one was compressed from: its config "
+                        f"has {shown}{' …' if len(differ) > 3 else ''}; pass its teacher with --teacher")
 
 
 def cast(model: nn.Module, *args) -> nn.Module:

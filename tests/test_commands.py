@@ -102,6 +102,22 @@ def test_damaged_outputs_are_one_line(recipe, tmp_path, capsys):
         _one_line_errors(capsys, [(["inspect", str(out)], message), (["eval", str(out)], message)])
 
 
+def test_a_teacher_of_another_architecture_is_one_line(tmp_path, capsys):
+    """eval and bench against a teacher of the same class but other widths say so, not a matmul
+    shape error from inside the forward."""
+    from compress.io import save_compressed
+    from tests.conftest import factorize
+
+    student = factorize(tiny_flux(), ["transformer_blocks.0.ff.net.2"], rank=2)
+    out = save_compressed(student, tmp_path / "out")
+    (out / "report.json").write_text(json.dumps({"teacher": "toy:flux"}))  # the recorded one
+    tiny_flux(joint_attention_dim=6).save_pretrained(tmp_path / "other")
+    message = "is not the model this one was compressed from: its config has joint_attention_dim 6"
+    _one_line_errors(capsys, [(["eval", str(out), "--teacher", str(tmp_path / "other")], message),
+                              (["bench", str(out), "--teacher", str(tmp_path / "other")], message),
+                              (["bench", str(out)], "is not the model this one was compressed from")])
+
+
 def test_importance_checks_where_it_writes_before_the_scan(recipe, tmp_path, capsys, monkeypatch):
     import compress.passes.importance as importance
 
@@ -133,6 +149,9 @@ def test_eval_of_a_streamed_output_streams(recipe, tmp_path, capsys, monkeypatch
     report = json.loads((out / "report.json").read_text())
     assert result["pred_rel_error"] == pytest.approx(report["stages"][-1]["relative_error"], rel=1e-6)
     assert result["pred_rel_error"] > 0 and len(reads) >= 2 * 5  # both models' 5 blocks, read as they ran
+    tiny_flux(joint_attention_dim=6).save_pretrained(tmp_path / "other")
+    _one_line_errors(capsys, [(["eval", str(out), "--teacher", str(tmp_path / "other")],
+                               "is not the model this one was compressed from")])
 
 
 @pytest.mark.parametrize("iterative", [False, True])

@@ -254,3 +254,12 @@ def test_an_export_beyond_float16s_range_names_the_tensor(tmp_path, streamed):
         save(torch.float16, tmp_path / "fp16")
     assert not (tmp_path / "fp16").exists()
     save(torch.bfloat16, tmp_path / "bf16")  # within bfloat16's range
+
+
+def test_a_teacher_with_more_blocks_is_the_same_architecture():
+    """Removed blocks change only the block counts, which check_same_architecture leaves out."""
+    from compress.io import check_same_architecture
+
+    check_same_architecture(tiny_flux(num_layers=1, num_single_layers=2), tiny_flux(), "teacher")
+    with pytest.raises(UserError, match="num_attention_heads 2 .the model's: 4."):
+        check_same_architecture(tiny_flux(num_attention_heads=4), tiny_flux(), "teacher")
