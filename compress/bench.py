@@ -28,20 +28,29 @@ def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
     return SyntheticSource(family, calib, model.config).heldout()[0]
 
 
-def time_step(model, kwargs: dict, repeats: int, device: torch.device) -> float:
-    """Median seconds of one forward (after warm-up)."""
-    times = []
+def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of one forward of each model (after 3 warm-ups), the models timed in turn
+    within each repeat (order alternating), so a slowdown from other work on the machine falls on
+    all of them alike instead of on whichever ran while it lasted."""
+    times = [[] for _ in models]
     with torch.no_grad():
         for i in range(repeats + 3):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model(**kwargs)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
+            for k in order:
+                seconds = _one_forward(models[k], kwargs, device)
+                if i >= 3:
+                    times[k].append(seconds)
+    return [statistics.median(t) for t in times]
+
+
+def _one_forward(model, kwargs: dict, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    model(**kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def weight_bytes(model) -> int:
@@ -89,7 +98,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     from compress.arch import get_adapter
 
     kwargs = moved(step_inputs(ref, get_adapter(ref).family, source, batch), dev, dtype)
-    t_teacher, t_student = time_step(ref, kwargs, repeats, dev), time_step(student, kwargs, repeats, dev)
+    t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev)
     mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
@@ -102,6 +111,11 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     }
 
 
+def _faster(speedup: float) -> str:
+    """teacher time / student time in words: '1.50× faster' or '1.25× slower', never '0.80× faster'."""
+    return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
+
+
 def bench_command(args) -> int:
     result = bench(Path(args.out), args.teacher, args.repeats, args.batch, args.device)
     if args.json:
@@ -111,8 +125,7 @@ def bench_command(args) -> int:
                         f"batch {result['batch']})")
     table.add_column("metric")
     table.add_column("student / teacher", justify="right")
-    table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  "
-                  f"({result['speedup']:.2f}× faster)")
+    table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  ({_faster(result['speedup'])})")
     table.add_row("parameters", f"{result['params_ratio']:.3f}")
     table.add_row("weight memory", f"{result['weight_bytes_ratio']:.3f}")
     if result["peak_memory_ratio"] is not None:

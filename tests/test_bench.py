@@ -1,0 +1,30 @@
+"""compress.bench: how the step times are measured and worded."""
+
+import torch
+
+from compress.bench import _faster, time_steps
+
+
+class _Clocked(torch.nn.Module):
+    """A model whose forward records its name in a shared log."""
+
+    def __init__(self, name: str, log: list):
+        super().__init__()
+        self.name, self.log = name, log
+
+    def forward(self, **kwargs):
+        self.log.append(self.name)
+
+
+def test_teacher_and_student_are_timed_in_turn():
+    """Each repeat times both models, in alternating order: a slow spell on a shared machine
+    cannot fall on one model's whole measurement."""
+    log = []
+    medians = time_steps([_Clocked("t", log), _Clocked("s", log)], {}, repeats=4, device=torch.device("cpu"))
+    assert len(medians) == 2 and all(m >= 0 for m in medians)
+    assert "".join(log) == "ts" "st" "ts" "st" "ts" "st" "ts"  # 3 warm-ups + 4 repeats
+
+
+def test_a_slower_student_is_not_called_faster():
+    assert _faster(2.0) == "2.00× faster"
+    assert _faster(0.8) == "1.25× slower"
