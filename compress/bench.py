@@ -18,12 +18,16 @@ from compress.report import console, param_count, recorded_teacher
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
-    """One denoising step's transformer inputs: CFG doubles the batch as the pipelines do."""
+    """One denoising step's transformer inputs for `batch` images: 2·batch rows where the pipeline
+    runs classifier-free guidance as a doubled batch ([uncond; cond]: PixArt-Σ's and the toys'),
+    `batch` rows for Flux.1-dev (guidance-distilled: guidance is an input, one row per image)."""
     from compress.inputs import SyntheticSource, ToySource
     from compress.recipe import CalibrationConfig
 
-    calib = CalibrationConfig(heldout=batch, batch_size=2 * batch)
-    if teacher_source.startswith("toy:"):
+    toy = teacher_source.startswith("toy:")
+    rows = 2 * batch if toy or family == "pixart" else batch
+    calib = CalibrationConfig(heldout=rows, batch_size=rows)
+    if toy:
         return ToySource(family, calib).heldout()[0]
     return SyntheticSource(family, calib, model.config).heldout()[0]
 
@@ -102,7 +106,8 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "dtype": str(dtype).removeprefix("torch."), "batch": int(kwargs["hidden_states"].shape[0]),
+        "dtype": str(dtype).removeprefix("torch."), "images": batch,
+        "batch": int(kwargs["hidden_states"].shape[0]),  # rows of one forward
         "teacher_step_s": t_teacher, "student_step_s": t_student,
         "speedup": t_teacher / t_student,
         "params_ratio": param_count(student) / param_count(ref),
@@ -122,7 +127,7 @@ def bench_command(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     table = Table(title=f"bench {args.out} on {result['device']} ({result['dtype']}, "
-                        f"batch {result['batch']})")
+                        f"{result['images']} images: batch {result['batch']})")
     table.add_column("metric")
     table.add_column("student / teacher", justify="right")
     table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  ({_faster(result['speedup'])})")

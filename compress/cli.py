@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder of `dit-compress run`")
     p.add_argument("--teacher", help="teacher (default: the one recorded in the output)")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch", type=int, default=2,
+                   help="images per step (default 2); classifier-free guidance doubles the rows for "
+                        "PixArt-Σ and the toys")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--json", action="store_true")
     return parser

@@ -28,3 +28,16 @@ def test_teacher_and_student_are_timed_in_turn():
 def test_a_slower_student_is_not_called_faster():
     assert _faster(2.0) == "2.00× faster"
     assert _faster(0.8) == "1.25× slower"
+
+
+def test_a_step_holds_the_rows_its_pipeline_runs():
+    """--batch counts images: PixArt-Σ and the toys run CFG as [uncond; cond] (2 rows per image),
+    Flux.1-dev is guidance-distilled (1 row per image)."""
+    from compress.bench import step_inputs
+    from tests.conftest import tiny_flux, tiny_pixart
+
+    rows = {name: step_inputs(model, family, source, batch=3)["hidden_states"].shape[0]
+            for name, model, family, source in (("pixart", tiny_pixart(), "pixart", "some/pixart"),
+                                                ("flux", tiny_flux(), "flux", "some/flux"),
+                                                ("toy", None, "flux", "toy:flux"))}
+    assert rows == {"pixart": 6, "flux": 3, "toy": 6}
