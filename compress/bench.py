@@ -3,7 +3,6 @@ reported as ratios measured in one run (torch path on CPU, fused kernels on CUDA
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from rich.table import Table
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of, load_transformer
-from compress.report import console, param_count, recorded_teacher
+from compress.report import console, param_count, recorded_teacher, to_json
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
@@ -124,7 +123,7 @@ def _faster(speedup: float) -> str:
 def bench_command(args) -> int:
     result = bench(Path(args.out), args.teacher, args.repeats, args.batch, args.device)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(to_json(result))
         return 0
     table = Table(title=f"bench {args.out} on {result['device']} ({result['dtype']}, "
                         f"{result['images']} images: batch {result['batch']})")

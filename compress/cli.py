@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -84,11 +83,12 @@ def cmd_run(args) -> int:
 def cmd_plan(args) -> int:
     from compress.plan import make_plan, print_plan
     from compress.recipe import load_recipe
+    from compress.report import to_json
 
     recipe = load_recipe(args.recipe, args.overrides)
     plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config)
     if args.json:
-        print(json.dumps(plan, indent=2, default=str))
+        print(to_json(plan))
     else:
         print_plan(plan)
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import (cast, check_same_architecture, is_output, load_teacher, load_teacher_of,
                          load_transformer, looks_local)
-from compress.report import console, output_file, read_report, recorded_teacher
+from compress.report import console, output_file, read_report, recorded_teacher, to_json
 
 
 def _is_recipe(source: str) -> bool:
@@ -124,7 +123,7 @@ def _no_grid(grid: Path | None) -> None:
 
 def _print(result: dict, as_json: bool) -> int:
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(to_json(result))
     else:
         for key, value in result.items():
             console.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -113,6 +115,22 @@ def _svd_lines(svd: dict) -> list[str]:
                      f"{last['uncompensated_error']:.4g}; first stage {first['uncompensated_error']:.4g} → "
                      f"{first['calibration_error']:.4g}).")
     return lines
+
+
+def to_json(data) -> str:
+    """What a command's --json prints: strict JSON (RFC 8259 has no NaN or Infinity, which
+    json.dumps writes by default and jq or JavaScript cannot read), a non-finite number as null."""
+    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+
+
+def _finite(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def read_report(out: Path) -> dict:

@@ -257,3 +257,26 @@ def test_plan_refuses_what_the_run_would_and_says_when_there_is_no_gpu(recipe, t
         cuda.write_text("device: cuda\n" + recipe.read_text())
         assert main(["plan", str(cuda)]) == 0
         assert "torch sees no CUDA GPU here" in " ".join(capsys.readouterr().err.split())
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN / Infinity, as jq and JavaScript do."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_inspect_json_is_strict_json(tmp_path, capsys):
+    """A layer whose whitened loss / optimal loss is infinite (optimum at round-off, loss not)
+    prints as null, not as Python's Infinity."""
+    from compress.io import save_compressed
+    from tests.conftest import factorize
+
+    name = "transformer_blocks.0.ff.net.2"
+    out = save_compressed(factorize(tiny_flux(), [name], rank=2), tmp_path / "out")
+    (out / "report.json").write_text(json.dumps({"svd": {"layers": {name: {"loss_ratio": float("inf")}}}}))
+    assert main(["inspect", str(out), "--json"]) == 0
+    data = _strict_json(capsys.readouterr().out)
+    row = next(r for r in data["layers"] if r["name"] == name)
+    assert row["loss_ratio"] is None and data["report"]["svd"]["layers"][name]["loss_ratio"] is None

@@ -45,3 +45,14 @@ def test_layer_rows_count_parameters_as_the_saved_weights_do(tmp_path):
         assert r["params"] == on_disk, r["name"]
     r = next(r for r in rows if r["name"] == names[0])  # ff.net.2: 64 -> 16, rank 2, bias 16
     assert (r["params"], r["dense_params"]) == (2 * (16 + 64) + 16, 16 * 64 + 16)
+
+
+def test_to_json_writes_non_finite_numbers_as_null():
+    """eval's psnr_vs_teacher of a model equal to its teacher is inf: --json stays strict JSON."""
+    import json
+
+    from compress.report import to_json
+
+    text = to_json({"psnr_vs_teacher": float("inf"), "rows": [float("nan"), 1.5], "shape": (2, 3)})
+    assert json.loads(text, parse_constant=lambda c: 1 / 0) == {"psnr_vs_teacher": None,
+                                                                "rows": [None, 1.5], "shape": [2, 3]}
