@@ -108,7 +108,9 @@ def evaluate(args) -> int:
         return _print(_teacher_relative(model, teacher, out), args.json)
     from compress.toy.evaluate import evaluate as toy_evaluate
 
-    result = toy_evaluate(model, family, teacher=teacher, seed=args.seed)
+    what = "the model and its teacher" if teacher is not None else "the model"
+    with console.status(f"eval: sampling 200 toy digits with {what} (20 steps each) and scoring them"):
+        result = toy_evaluate(model, family, teacher=teacher, seed=args.seed)
     if grid:
         from compress.toy.grid import save_sample_grid
 
@@ -188,7 +190,10 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
         src.cache_dir = Path(report["inputs_cache"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = cast(teacher, device)
-    batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
-    reference = predictions(teacher, adapter, batches)
+    with console.status("eval: the teacher's held-out predictions"):
+        batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
+        reference = predictions(teacher, adapter, batches)
     model = cast(model, device, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
-    return {"family": adapter.family, "pred_rel_error": relative_error(model, reference, adapter, batches)}
+    with console.status("eval: the model's"):
+        error = relative_error(model, reference, adapter, batches)
+    return {"family": adapter.family, "pred_rel_error": error}

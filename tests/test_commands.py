@@ -280,3 +280,24 @@ def test_inspect_json_is_strict_json(tmp_path, capsys):
     data = _strict_json(capsys.readouterr().out)
     row = next(r for r in data["layers"] if r["name"] == name)
     assert row["loss_ratio"] is None and data["report"]["svd"]["layers"][name]["loss_ratio"] is None
+
+
+def test_eval_says_what_it_is_doing(monkeypatch, capsys):
+    """The toy scores take minutes on a CPU (200 samples of model and teacher): a status line
+    says so while they run."""
+    from contextlib import contextmanager
+
+    import compress.commands as commands
+    import compress.toy.evaluate as toy_evaluate
+
+    said = []
+
+    @contextmanager
+    def status(message):
+        said.append(message)
+        yield
+
+    monkeypatch.setattr(commands.console, "status", status)
+    monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: (said.append("scored"), {"adherence": 1.0})[1])
+    assert main(["eval", "toy:flux", "--json"]) == 0
+    assert said[0].startswith("eval: sampling 200 toy digits") and said[1:] == ["scored"]
