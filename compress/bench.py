@@ -61,12 +61,18 @@ def weight_bytes(model) -> int:
 
 
 def peak_memory(model, kwargs, device) -> int | None:
+    """Bytes one forward of `model` peaks at on a GPU: its weights and buffers plus what the forward
+    allocates above what was there before it. Teacher and student are both resident while bench
+    runs, so the raw allocator peak would count the other model's weights in each and pull the
+    ratio towards 1."""
     if device.type != "cuda":
         return None
+    torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
+    resident = torch.cuda.memory_allocated(device)  # both models and the inputs
     with torch.no_grad():
         model(**kwargs)
-    return torch.cuda.max_memory_allocated(device)
+    return weight_bytes(model) + torch.cuda.max_memory_allocated(device) - resident
 
 
 def _device(name: str | None) -> torch.device:

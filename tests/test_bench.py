@@ -41,3 +41,28 @@ def test_a_step_holds_the_rows_its_pipeline_runs():
                                                 ("flux", tiny_flux(), "flux", "some/flux"),
                                                 ("toy", None, "flux", "toy:flux"))}
     assert rows == {"pixart": 6, "flux": 3, "toy": 6}
+
+
+class _Linear(torch.nn.Module):
+    """A linear called with keyword inputs, as bench calls the transformers."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(5, 5000, bias=False)
+
+    def forward(self, x):  # (B, 5) -> (B, 5000)
+        return self.linear(x)
+
+
+def test_peak_memory_counts_one_model_not_both(monkeypatch):
+    """With teacher (4 MB) and student (0.1 MB) resident, the student's peak is its own weights plus
+    what its forward allocates, not the allocator's peak over both models."""
+    from compress.bench import peak_memory
+
+    student = _Linear()  # 25,000 float32 weights: 100,000 bytes
+    resident = 4_000_000 + 100_000
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: resident)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: resident + 20_000)
+    assert peak_memory(student, {"x": torch.zeros(1, 5)}, torch.device("cuda")) == 100_000 + 20_000
