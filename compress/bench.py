@@ -3,7 +3,6 @@ reported as ratios measured in one run (torch path on CPU, fused kernels on CUDA
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -14,34 +13,47 @@ from rich.table import Table
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of, load_transformer
-from compress.report import console, param_count, recorded_teacher
+from compress.report import console, param_count, recorded_teacher, to_json
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
-    """One denoising step's transformer inputs: CFG doubles the batch as the pipelines do."""
+    """One denoising step's transformer inputs for `batch` images: 2·batch rows where the pipeline
+    runs classifier-free guidance as a doubled batch ([uncond; cond]: PixArt-Σ's and the toys'),
+    `batch` rows for Flux.1-dev (guidance-distilled: guidance is an input, one row per image)."""
     from compress.inputs import SyntheticSource, ToySource
     from compress.recipe import CalibrationConfig
 
-    calib = CalibrationConfig(heldout=batch, batch_size=2 * batch)
-    if teacher_source.startswith("toy:"):
+    toy = teacher_source.startswith("toy:")
+    rows = 2 * batch if toy or family == "pixart" else batch
+    calib = CalibrationConfig(heldout=rows, batch_size=rows)
+    if toy:
         return ToySource(family, calib).heldout()[0]
     return SyntheticSource(family, calib, model.config).heldout()[0]
 
 
-def time_step(model, kwargs: dict, repeats: int, device: torch.device) -> float:
-    """Median seconds of one forward (after warm-up)."""
-    times = []
+def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of one forward of each model (after 3 warm-ups), the models timed in turn
+    within each repeat (order alternating), so a slowdown from other work on the machine falls on
+    all of them alike instead of on whichever ran while it lasted."""
+    times = [[] for _ in models]
     with torch.no_grad():
         for i in range(repeats + 3):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model(**kwargs)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
+            for k in order:
+                seconds = _one_forward(models[k], kwargs, device)
+                if i >= 3:
+                    times[k].append(seconds)
+    return [statistics.median(t) for t in times]
+
+
+def _one_forward(model, kwargs: dict, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    model(**kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def weight_bytes(model) -> int:
@@ -49,12 +61,18 @@ def weight_bytes(model) -> int:
 
 
 def peak_memory(model, kwargs, device) -> int | None:
+    """Bytes one forward of `model` peaks at on a GPU: its weights and buffers plus what the forward
+    allocates above what was there before it. Teacher and student are both resident while bench
+    runs, so the raw allocator peak would count the other model's weights in each and pull the
+    ratio towards 1."""
     if device.type != "cuda":
         return None
+    torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
+    resident = torch.cuda.memory_allocated(device)  # both models and the inputs
     with torch.no_grad():
         model(**kwargs)
-    return torch.cuda.max_memory_allocated(device)
+    return weight_bytes(model) + torch.cuda.max_memory_allocated(device) - resident
 
 
 def _device(name: str | None) -> torch.device:
@@ -89,11 +107,12 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     from compress.arch import get_adapter
 
     kwargs = moved(step_inputs(ref, get_adapter(ref).family, source, batch), dev, dtype)
-    t_teacher, t_student = time_step(ref, kwargs, repeats, dev), time_step(student, kwargs, repeats, dev)
+    t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev)
     mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "dtype": str(dtype).removeprefix("torch."), "batch": int(kwargs["hidden_states"].shape[0]),
+        "dtype": str(dtype).removeprefix("torch."), "images": batch,
+        "batch": int(kwargs["hidden_states"].shape[0]),  # rows of one forward
         "teacher_step_s": t_teacher, "student_step_s": t_student,
         "speedup": t_teacher / t_student,
         "params_ratio": param_count(student) / param_count(ref),
@@ -102,17 +121,21 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     }
 
 
+def _faster(speedup: float) -> str:
+    """teacher time / student time in words: '1.50× faster' or '1.25× slower', never '0.80× faster'."""
+    return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
+
+
 def bench_command(args) -> int:
     result = bench(Path(args.out), args.teacher, args.repeats, args.batch, args.device)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(to_json(result))
         return 0
     table = Table(title=f"bench {args.out} on {result['device']} ({result['dtype']}, "
-                        f"batch {result['batch']})")
+                        f"{result['images']} images: batch {result['batch']})")
     table.add_column("metric")
     table.add_column("student / teacher", justify="right")
-    table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  "
-                  f"({result['speedup']:.2f}× faster)")
+    table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  ({_faster(result['speedup'])})")
     table.add_row("parameters", f"{result['params_ratio']:.3f}")
     table.add_row("weight memory", f"{result['weight_bytes_ratio']:.3f}")
     if result["peak_memory_ratio"] is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -60,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder of `dit-compress run`")
     p.add_argument("--teacher", help="teacher (default: the one recorded in the output)")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch", type=int, default=2,
+                   help="images per step (default 2); classifier-free guidance doubles the rows for "
+                        "PixArt-Σ and the toys")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--json", action="store_true")
     return parser
@@ -82,11 +83,12 @@ def cmd_run(args) -> int:
 def cmd_plan(args) -> int:
     from compress.plan import make_plan, print_plan
     from compress.recipe import load_recipe
+    from compress.report import to_json
 
     recipe = load_recipe(args.recipe, args.overrides)
     plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config)
     if args.json:
-        print(json.dumps(plan, indent=2, default=str))
+        print(to_json(plan))
     else:
         print_plan(plan)
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -10,8 +9,9 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import cast, is_output, load_teacher, load_teacher_of, load_transformer, looks_local
-from compress.report import console, output_file, read_report, recorded_teacher
+from compress.io import (cast, check_same_architecture, is_output, load_teacher, load_teacher_of,
+                         load_transformer, looks_local)
+from compress.report import console, output_file, read_report, recorded_teacher, to_json
 
 
 def _is_recipe(source: str) -> bool:
@@ -108,7 +108,9 @@ def evaluate(args) -> int:
         return _print(_teacher_relative(model, teacher, out), args.json)
     from compress.toy.evaluate import evaluate as toy_evaluate
 
-    result = toy_evaluate(model, family, teacher=teacher, seed=args.seed)
+    what = "the model and its teacher" if teacher is not None else "the model"
+    with console.status(f"eval: sampling 200 toy digits with {what} (20 steps each) and scoring them"):
+        result = toy_evaluate(model, family, teacher=teacher, seed=args.seed)
     if grid:
         from compress.toy.grid import save_sample_grid
 
@@ -123,7 +125,7 @@ def _no_grid(grid: Path | None) -> None:
 
 def _print(result: dict, as_json: bool) -> int:
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(to_json(result))
     else:
         for key, value in result.items():
             console.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
@@ -157,6 +159,7 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     models = _read_only_streams(recipe, device)
     _, teacher = load_checked_teacher(recipe, teacher_source, teacher_config, models=models)
     student = models.restore(out).requires_grad_(False).eval()
+    check_same_architecture(student, teacher, teacher_source)
     adapter = get_adapter(teacher)
     src = input_source(adapter.family, teacher_source, recipe.calibration, teacher)
     report = read_report(out)
@@ -187,7 +190,10 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
         src.cache_dir = Path(report["inputs_cache"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = cast(teacher, device)
-    batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
-    reference = predictions(teacher, adapter, batches)
+    with console.status("eval: the teacher's held-out predictions"):
+        batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
+        reference = predictions(teacher, adapter, batches)
     model = cast(model, device, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
-    return {"family": adapter.family, "pred_rel_error": relative_error(model, reference, adapter, batches)}
+    with console.status("eval: the model's"):
+        error = relative_error(model, reference, adapter, batches)
+    return {"family": adapter.family, "pred_rel_error": error}

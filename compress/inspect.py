@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from compress.io import load_transformer
 from compress.report import (console, layer_rows, layer_table, output_dir, plot_ranks, plot_spectrum,
-                             read_report, summary_table)
+                             read_report, summary_table, to_json)
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
@@ -16,7 +15,7 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
     report = read_report(out)
     rows = layer_rows(model, report)
     if as_json:
-        print(json.dumps({"layers": rows, "report": report}, indent=2, default=str))
+        print(to_json({"layers": rows, "report": report}))
     else:
         console.print(layer_table(rows, title=f"{out}"))
         console.print(summary_table(rows, "role", "by role"))

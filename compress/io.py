@@ -76,7 +76,31 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None) 
     if get_adapter(teacher).family != family:
         raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
                         f"it is a {type(student).__name__}")
+    check_same_architecture(student, teacher, source)
     return teacher
+
+
+def check_same_architecture(student: nn.Module, teacher: nn.Module, source: str) -> None:
+    """A UserError naming the config keys where `teacher` is not the architecture `student` was
+    compressed from (its widths, heads, channels ...); block counts may differ (removed blocks)."""
+    check_same_config(student, dict(teacher.config), f"teacher {source}", "pass its teacher with --teacher")
+
+
+def check_same_config(student: nn.Module, config: dict, what: str, advice: str) -> None:
+    """check_same_architecture against a diffusers config (a dict)."""
+    counts = {g.config_key for g in get_adapter(student).groups}
+
+    def arch(config: dict) -> dict:
+        config = {k: v for k, v in config.items()
+                  if not k.startswith("_") and k not in counts and k != "compression"}
+        return json.loads(json.dumps(config, default=str))  # tuples as lists, as a saved config
+
+    mine, theirs = arch(dict(student.config)), arch(config)
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        shown = ", ".join(f"{k} {theirs.get(k)!r} (the model's: {mine.get(k)!r})" for k in differ[:3])
+        raise UserError(f"{what} is not the model this one was compressed from: its config "
+                        f"has {shown}{' …' if len(differ) > 3 else ''}; {advice}")
 
 
 def cast(model: nn.Module, *args) -> nn.Module:
@@ -473,8 +497,24 @@ def load_pipeline(out, base: str, dtype: torch.dtype | None = None):
         return load_toy_pipeline(base[4:], transformer=transformer)
     from diffusers import DiffusionPipeline
 
+    _check_base(transformer, base)
     try:
         return DiffusionPipeline.from_pretrained(base, transformer=transformer,
                                                  torch_dtype=dtype or transformer.dtype)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None
+
+
+def _check_base(transformer: nn.Module, base: str) -> None:
+    """The base pipeline's transformer must be the architecture `transformer` was compressed from:
+    diffusers only logs a wrong class, and a wrong width fails inside the first denoising step."""
+    try:
+        config = type(transformer).load_config(base, subfolder="transformer")
+    except (OSError, ValueError):
+        return  # no transformer config to compare: from_pretrained says what is wrong
+    name = config.get("_class_name")
+    if name and name != type(transformer).__name__:
+        raise UserError(f"base pipeline {base} holds a {name}; the compressed transformer is a "
+                        f"{type(transformer).__name__}: pass a base of its family")
+    check_same_config(transformer, config, f"the transformer of base pipeline {base}",
+                      "pass the pipeline of its teacher as base")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -25,15 +27,17 @@ def _fmt_int(n) -> str:
 def layer_rows(model, report: dict | None = None) -> list[dict]:
     """Per linear: name, role, shape, rank (None = dense), params kept, and the svd report fields."""
     from compress.arch import get_adapter
+    from compress.linalg import params_dense, params_lowrank
     from compress.lowrank import LowRankLinear
 
     svd = ((report or {}).get("svd") or {}).get("layers", {})
     rows = []
     for info in get_adapter(model).linears(model):
         mod = model.get_submodule(info.name)
-        dense = info.out_features * info.in_features
+        bias = mod.bias is not None  # counted as the svd report and the weight files count it
+        dense = params_dense(info.out_features, info.in_features, bias)
         rank = mod.rank if isinstance(mod, LowRankLinear) else None
-        kept = rank * (info.out_features + info.in_features) if rank else dense
+        kept = params_lowrank(info.out_features, info.in_features, rank, bias) if rank else dense
         row = {"name": info.name, "role": info.role, "block": _block_label(info),
                "shape": [info.out_features, info.in_features], "rank": rank,
                "params": kept, "dense_params": dense, "kept": kept / dense}
@@ -111,6 +115,22 @@ def _svd_lines(svd: dict) -> list[str]:
                      f"{last['uncompensated_error']:.4g}; first stage {first['uncompensated_error']:.4g} → "
                      f"{first['calibration_error']:.4g}).")
     return lines
+
+
+def to_json(data) -> str:
+    """What a command's --json prints: strict JSON (RFC 8259 has no NaN or Infinity, which
+    json.dumps writes by default and jq or JavaScript cannot read), a non-finite number as null."""
+    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+
+
+def _finite(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def read_report(out: Path) -> dict:

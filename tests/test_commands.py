@@ -102,6 +102,22 @@ def test_damaged_outputs_are_one_line(recipe, tmp_path, capsys):
         _one_line_errors(capsys, [(["inspect", str(out)], message), (["eval", str(out)], message)])
 
 
+def test_a_teacher_of_another_architecture_is_one_line(tmp_path, capsys):
+    """eval and bench against a teacher of the same class but other widths say so, not a matmul
+    shape error from inside the forward."""
+    from compress.io import save_compressed
+    from tests.conftest import factorize
+
+    student = factorize(tiny_flux(), ["transformer_blocks.0.ff.net.2"], rank=2)
+    out = save_compressed(student, tmp_path / "out")
+    (out / "report.json").write_text(json.dumps({"teacher": "toy:flux"}))  # the recorded one
+    tiny_flux(joint_attention_dim=6).save_pretrained(tmp_path / "other")
+    message = "is not the model this one was compressed from: its config has joint_attention_dim 6"
+    _one_line_errors(capsys, [(["eval", str(out), "--teacher", str(tmp_path / "other")], message),
+                              (["bench", str(out), "--teacher", str(tmp_path / "other")], message),
+                              (["bench", str(out)], "is not the model this one was compressed from")])
+
+
 def test_importance_checks_where_it_writes_before_the_scan(recipe, tmp_path, capsys, monkeypatch):
     import compress.passes.importance as importance
 
@@ -133,6 +149,9 @@ def test_eval_of_a_streamed_output_streams(recipe, tmp_path, capsys, monkeypatch
     report = json.loads((out / "report.json").read_text())
     assert result["pred_rel_error"] == pytest.approx(report["stages"][-1]["relative_error"], rel=1e-6)
     assert result["pred_rel_error"] > 0 and len(reads) >= 2 * 5  # both models' 5 blocks, read as they ran
+    tiny_flux(joint_attention_dim=6).save_pretrained(tmp_path / "other")
+    _one_line_errors(capsys, [(["eval", str(out), "--teacher", str(tmp_path / "other")],
+                               "is not the model this one was compressed from")])
 
 
 @pytest.mark.parametrize("iterative", [False, True])
@@ -238,3 +257,47 @@ def test_plan_refuses_what_the_run_would_and_says_when_there_is_no_gpu(recipe, t
         cuda.write_text("device: cuda\n" + recipe.read_text())
         assert main(["plan", str(cuda)]) == 0
         assert "torch sees no CUDA GPU here" in " ".join(capsys.readouterr().err.split())
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN / Infinity, as jq and JavaScript do."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_inspect_json_is_strict_json(tmp_path, capsys):
+    """A layer whose whitened loss / optimal loss is infinite (optimum at round-off, loss not)
+    prints as null, not as Python's Infinity."""
+    from compress.io import save_compressed
+    from tests.conftest import factorize
+
+    name = "transformer_blocks.0.ff.net.2"
+    out = save_compressed(factorize(tiny_flux(), [name], rank=2), tmp_path / "out")
+    (out / "report.json").write_text(json.dumps({"svd": {"layers": {name: {"loss_ratio": float("inf")}}}}))
+    assert main(["inspect", str(out), "--json"]) == 0
+    data = _strict_json(capsys.readouterr().out)
+    row = next(r for r in data["layers"] if r["name"] == name)
+    assert row["loss_ratio"] is None and data["report"]["svd"]["layers"][name]["loss_ratio"] is None
+
+
+def test_eval_says_what_it_is_doing(monkeypatch, capsys):
+    """The toy scores take minutes on a CPU (200 samples of model and teacher): a status line
+    says so while they run."""
+    from contextlib import contextmanager
+
+    import compress.commands as commands
+    import compress.toy.evaluate as toy_evaluate
+
+    said = []
+
+    @contextmanager
+    def status(message):
+        said.append(message)
+        yield
+
+    monkeypatch.setattr(commands.console, "status", status)
+    monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: (said.append("scored"), {"adherence": 1.0})[1])
+    assert main(["eval", "toy:flux", "--json"]) == 0
+    assert said[0].startswith("eval: sampling 200 toy digits") and said[1:] == ["scored"]

@@ -269,3 +269,33 @@ def test_diffusers_save_pretrained_of_a_loaded_output_loads_back(tmp_path, make)
     compression = json.loads((tmp_path / "b" / "config.json").read_text())["compression"]
     assert compression["ranks"] == json.loads((out / "config.json").read_text())["compression"]["ranks"]
     assert compression["teacher"] == "toy"
+
+
+def test_a_teacher_with_more_blocks_is_the_same_architecture():
+    """Removed blocks change only the block counts, which check_same_architecture leaves out."""
+    from compress.io import check_same_architecture
+
+    check_same_architecture(tiny_flux(num_layers=1, num_single_layers=2), tiny_flux(), "teacher")
+    with pytest.raises(UserError, match="num_attention_heads 2 .the model's: 4."):
+        check_same_architecture(tiny_flux(num_attention_heads=4), tiny_flux(), "teacher")
+
+
+def test_load_pipeline_refuses_a_base_of_another_architecture(tmp_path):
+    """A base pipeline whose transformer is not the student's teacher (another class, or other
+    widths) is a UserError at load, not a traceback inside the first denoising step."""
+    from diffusers import DiffusionPipeline
+
+    from compress import load_pipeline
+    from tests.pipelines import pixart_pipeline
+
+    (tmp_path / "p").mkdir()
+    base = pixart_pipeline(tmp_path / "p" / "pipe")
+    teacher = DiffusionPipeline.from_pretrained(base).transformer
+    out = save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.2"], rank=2), tmp_path / "ok")
+    assert isinstance(load_pipeline(out, base=str(base)).transformer.transformer_blocks[0].ff.net[2],
+                      LowRankLinear)
+    for student, message in ((tiny_pixart(), "its config has patch_size 2 .the model's: 1."),
+                             (tiny_flux(), "holds a PixArtTransformer2DModel; the compressed")):
+        out = save_compressed(student, tmp_path / type(student).__name__)
+        with pytest.raises(UserError, match=message):
+            load_pipeline(out, base=str(base))

@@ -22,3 +22,37 @@ def test_layer_table_never_cuts_a_cell():
         assert cell in narrow
     wide = _render(160)
     assert all(f"single_transformer_blocks.{i}.attn.to_q" in wide for i in range(3))
+
+
+def test_layer_rows_count_parameters_as_the_saved_weights_do(tmp_path):
+    """Each row's params are the numel of the layer's tensors in the safetensors file (bias included),
+    dense_params those of the nn.Linear it replaced."""
+    import math
+
+    from safetensors import safe_open
+
+    from compress.io import WEIGHTS, load_transformer, save_compressed
+    from compress.report import layer_rows
+    from tests.conftest import factorize, tiny_flux
+
+    names = ["transformer_blocks.0.ff.net.2", "single_transformer_blocks.0.proj_out"]
+    out = save_compressed(factorize(tiny_flux(), names, rank=2), tmp_path / "out")
+    with safe_open(str(out / WEIGHTS), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    rows = layer_rows(load_transformer(out))
+    for r in rows:
+        on_disk = sum(math.prod(s) for k, s in shapes.items() if k.startswith(r["name"] + "."))
+        assert r["params"] == on_disk, r["name"]
+    r = next(r for r in rows if r["name"] == names[0])  # ff.net.2: 64 -> 16, rank 2, bias 16
+    assert (r["params"], r["dense_params"]) == (2 * (16 + 64) + 16, 16 * 64 + 16)
+
+
+def test_to_json_writes_non_finite_numbers_as_null():
+    """eval's psnr_vs_teacher of a model equal to its teacher is inf: --json stays strict JSON."""
+    import json
+
+    from compress.report import to_json
+
+    text = to_json({"psnr_vs_teacher": float("inf"), "rows": [float("nan"), 1.5], "shape": (2, 3)})
+    assert json.loads(text, parse_constant=lambda c: 1 / 0) == {"psnr_vs_teacher": None,
+                                                                "rows": [None, 1.5], "shape": [2, 3]}

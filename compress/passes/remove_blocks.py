@@ -165,6 +165,29 @@ def compose(block_map: dict[str, list[int]], keep: dict[str, list[int]]) -> dict
     return {g: [block_map[g][i] for i in keep[g]] for g in block_map}
 
 
+def renumber_layer_records(report: dict, adapter: Adapter, before: dict[str, list[int]],
+                           after: dict[str, list[int]]) -> None:
+    """An earlier svd pass's per-layer records (report["svd"]["layers"], keyed by module name) follow
+    their blocks to the new indices; those of removed blocks go. `before` / `after`: student ->
+    teacher block maps around this pass, so `inspect` reads each layer's own numbers."""
+    layers = (report.get("svd") or {}).get("layers")
+    if not layers:
+        return
+    moved = {}
+    for name, record in layers.items():
+        for g in adapter.groups:
+            prefix = f"{g.attr}."
+            index, _, rest = name[len(prefix):].partition(".")
+            if name.startswith(prefix) and index.isdigit():
+                teacher_index = before[g.name][int(index)]
+                if teacher_index in after[g.name]:
+                    moved[f"{prefix}{after[g.name].index(teacher_index)}.{rest}"] = record
+                break
+        else:
+            moved[name] = record  # outside the blocks
+    report["svd"]["layers"] = moved
+
+
 # ---- the pass -----------------------------------------------------------------------------------
 class RemoveBlocksPass(Pass):
     name = "remove_blocks"
@@ -257,6 +280,7 @@ class RemoveBlocksPass(Pass):
             record.update(criterion=self.config.criterion, iterative=self.config.iterative)
         removed = {g: sorted(set(start[g]) - set(keep)) for g, keep in block_map.items()}
         ctx.block_map = block_map
+        renumber_layer_records(ctx.report, adapter, start, block_map)
         ctx.report["remove_blocks"] = dict(record, removed=removed, blocks_before=before,
                                            blocks_after=adapter.block_counts(model))
         return model

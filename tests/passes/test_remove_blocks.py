@@ -190,3 +190,17 @@ def test_composes_with_lowrank_blocks(tmp_path):
         torch.testing.assert_close(loaded(**inputs).sample, model(**inputs).sample, rtol=0, atol=0)
     run(model, ctx, count=1)  # importance scan through a factorized block
     assert len(ctx.block_map["blocks"]) == 1 and set(ctx.block_map["blocks"]) < {0, 2}
+
+
+def test_earlier_svd_records_follow_their_blocks(tmp_path):
+    """report["svd"]["layers"] written before a removal is renumbered with the model (what
+    `inspect` shows for single_transformer_blocks.1 is that block's record); removed blocks' go."""
+    model = tiny_flux(num_single_layers=3)
+    layers = {f"single_transformer_blocks.{i}.proj_out": {"loss": float(i)} for i in range(3)}
+    layers["proj_out"] = {"loss": 9.0}
+    ctx = context(model, tmp_path)
+    ctx.report["svd"] = {"layers": layers}
+    run(model, ctx, blocks={"single": [0]})
+    assert ctx.report["svd"]["layers"] == {"single_transformer_blocks.0.proj_out": {"loss": 1.0},
+                                           "single_transformer_blocks.1.proj_out": {"loss": 2.0},
+                                           "proj_out": {"loss": 9.0}}

@@ -1,0 +1,68 @@
+"""compress.bench: how the step times are measured and worded."""
+
+import torch
+
+from compress.bench import _faster, time_steps
+
+
+class _Clocked(torch.nn.Module):
+    """A model whose forward records its name in a shared log."""
+
+    def __init__(self, name: str, log: list):
+        super().__init__()
+        self.name, self.log = name, log
+
+    def forward(self, **kwargs):
+        self.log.append(self.name)
+
+
+def test_teacher_and_student_are_timed_in_turn():
+    """Each repeat times both models, in alternating order: a slow spell on a shared machine
+    cannot fall on one model's whole measurement."""
+    log = []
+    medians = time_steps([_Clocked("t", log), _Clocked("s", log)], {}, repeats=4, device=torch.device("cpu"))
+    assert len(medians) == 2 and all(m >= 0 for m in medians)
+    assert "".join(log) == "ts" "st" "ts" "st" "ts" "st" "ts"  # 3 warm-ups + 4 repeats
+
+
+def test_a_slower_student_is_not_called_faster():
+    assert _faster(2.0) == "2.00× faster"
+    assert _faster(0.8) == "1.25× slower"
+
+
+def test_a_step_holds_the_rows_its_pipeline_runs():
+    """--batch counts images: PixArt-Σ and the toys run CFG as [uncond; cond] (2 rows per image),
+    Flux.1-dev is guidance-distilled (1 row per image)."""
+    from compress.bench import step_inputs
+    from tests.conftest import tiny_flux, tiny_pixart
+
+    rows = {name: step_inputs(model, family, source, batch=3)["hidden_states"].shape[0]
+            for name, model, family, source in (("pixart", tiny_pixart(), "pixart", "some/pixart"),
+                                                ("flux", tiny_flux(), "flux", "some/flux"),
+                                                ("toy", None, "flux", "toy:flux"))}
+    assert rows == {"pixart": 6, "flux": 3, "toy": 6}
+
+
+class _Linear(torch.nn.Module):
+    """A linear called with keyword inputs, as bench calls the transformers."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(5, 5000, bias=False)
+
+    def forward(self, x):  # (B, 5) -> (B, 5000)
+        return self.linear(x)
+
+
+def test_peak_memory_counts_one_model_not_both(monkeypatch):
+    """With teacher (4 MB) and student (0.1 MB) resident, the student's peak is its own weights plus
+    what its forward allocates, not the allocator's peak over both models."""
+    from compress.bench import peak_memory
+
+    student = _Linear()  # 25,000 float32 weights: 100,000 bytes
+    resident = 4_000_000 + 100_000
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: resident)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: resident + 20_000)
+    assert peak_memory(student, {"x": torch.zeros(1, 5)}, torch.device("cuda")) == 100_000 + 20_000
