@@ -10,6 +10,8 @@ they are mapped through `ctx.block_map`. A bare `count` / `fraction` counts over
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 
@@ -167,25 +169,37 @@ def compose(block_map: dict[str, list[int]], keep: dict[str, list[int]]) -> dict
 
 def renumber_layer_records(report: dict, adapter: Adapter, before: dict[str, list[int]],
                            after: dict[str, list[int]]) -> None:
-    """An earlier svd pass's per-layer records (report["svd"]["layers"], keyed by module name) follow
-    their blocks to the new indices; those of removed blocks go. `before` / `after`: student ->
-    teacher block maps around this pass, so `inspect` reads each layer's own numbers."""
-    layers = (report.get("svd") or {}).get("layers")
-    if not layers:
+    """What earlier svd passes recorded per layer follows the layers' blocks to their new indices,
+    and what they recorded of removed blocks goes, so `inspect` reads each layer's own numbers: the
+    per-layer records (report["svd"]["layers"]), the lists of layer names (dense, fused_gelu, ...)
+    and the compensation stages ("double 3 mlp"). `before` / `after`: student -> teacher block
+    maps around this pass. (report["svd"]["passes"] keeps each pass's record as it ran.)"""
+    svd = report.get("svd")
+    if not svd:
         return
-    moved = {}
-    for name, record in layers.items():
-        for g in adapter.groups:
-            prefix = f"{g.attr}."
-            index, _, rest = name[len(prefix):].partition(".")
-            if name.startswith(prefix) and index.isdigit():
-                teacher_index = before[g.name][int(index)]
-                if teacher_index in after[g.name]:
-                    moved[f"{prefix}{after[g.name].index(teacher_index)}.{rest}"] = record
-                break
-        else:
-            moved[name] = record  # outside the blocks
-    report["svd"]["layers"] = moved
+    new = functools.partial(_renumbered, adapter=adapter, before=before, after=after)
+    if svd.get("layers"):
+        svd["layers"] = {new(n): r for n, r in svd["layers"].items() if new(n) is not None}
+    for key in ("dense", "fused_gelu", "clamped_grams", "asymmetric"):
+        if isinstance(svd.get(key), list):
+            svd[key] = [new(n) for n in svd[key] if new(n) is not None]
+    if svd.get("compensation"):
+        svd["compensation"] = {new(k, sep=" ", by_name=True): v for k, v in svd["compensation"].items()
+                               if new(k, sep=" ", by_name=True) is not None}
+
+
+def _renumbered(name: str, adapter: Adapter, before: dict, after: dict, sep: str = ".",
+                by_name: bool = False) -> str | None:
+    """`name` ("transformer_blocks.3.attn.to_q", or with by_name a stage label "double 3 mlp")
+    with its block's index after the removal; None if its block was removed; unchanged outside
+    the blocks."""
+    for g in adapter.groups:
+        head = f"{g.name if by_name else g.attr}{sep}"
+        index, _, rest = name[len(head):].partition(sep)
+        if name.startswith(head) and index.isdigit():
+            teacher = before[g.name][int(index)]
+            return f"{head}{after[g.name].index(teacher)}{sep}{rest}" if teacher in after[g.name] else None
+    return name
 
 
 # ---- the pass -----------------------------------------------------------------------------------

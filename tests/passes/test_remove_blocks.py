@@ -199,8 +199,14 @@ def test_earlier_svd_records_follow_their_blocks(tmp_path):
     layers = {f"single_transformer_blocks.{i}.proj_out": {"loss": float(i)} for i in range(3)}
     layers["proj_out"] = {"loss": 9.0}
     ctx = context(model, tmp_path)
-    ctx.report["svd"] = {"layers": layers}
+    ctx.report["svd"] = {"layers": layers, "dense": ["single_transformer_blocks.0.proj_out", "proj_out"],
+                         "fused_gelu": ["single_transformer_blocks.2.proj_mlp"],
+                         "compensation": {"single 0 mlp": 0, "single 2 attention": 2, "double 0 mlp": 5,
+                                          "top level modulation": 9}}
     run(model, ctx, blocks={"single": [0]})
-    assert ctx.report["svd"]["layers"] == {"single_transformer_blocks.0.proj_out": {"loss": 1.0},
-                                           "single_transformer_blocks.1.proj_out": {"loss": 2.0},
-                                           "proj_out": {"loss": 9.0}}
+    svd = ctx.report["svd"]
+    assert svd["layers"] == {"single_transformer_blocks.0.proj_out": {"loss": 1.0},
+                             "single_transformer_blocks.1.proj_out": {"loss": 2.0},
+                             "proj_out": {"loss": 9.0}}
+    assert svd["dense"] == ["proj_out"] and svd["fused_gelu"] == ["single_transformer_blocks.1.proj_mlp"]
+    assert svd["compensation"] == {"single 1 attention": 2, "double 0 mlp": 5, "top level modulation": 9}
