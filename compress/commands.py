@@ -71,11 +71,11 @@ def importance(args) -> int:
     png = output_file(args.png, "--png", figure=True) if args.png else None
     _, teacher, inputs, loader = _teacher_and_inputs(args.source)
     adapter = get_adapter(teacher)
+    png = png or output_file(f"importance-{adapter.family}.png", "--png", figure=True)  # before the scan
     with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling
         batches = inputs.calibration()
     result = scan(teacher, adapter, batches, buckets=args.buckets, loader=loader)
     console.print(render_table(result))
-    png = png or Path(f"importance-{adapter.family}.png")
     console.print(f"wrote {plot_heatmap(result, png)}")
     if json_path:
         console.print(f"wrote {save_json(result, json_path)}")

@@ -181,6 +181,7 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
         raise UserError("importance: no calibration inputs to scan")
     if not isinstance(buckets, int) or buckets < 1:
         raise UserError(f"importance: buckets must be an integer ≥ 1, got {buckets!r}")
+    _note_empty_buckets(adapter, batches, buckets)
     names = [(g, i) for g, i, _ in adapter.iter_blocks(model)]
     n = len(names)
     cost = scan_cost(n, len(batches), skips)
@@ -205,6 +206,20 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
                 diff[i] += torch.bincount(bucket, _sq_norm(s - pred), buckets)
             del skipped  # it holds this batch's block activations: free them before the next
     return _result(adapter.family, names, diff if skips else None, ref, cos, count, cost, block_map)
+
+
+def _note_empty_buckets(adapter: Adapter, batches: list[dict], buckets: int) -> None:
+    """Says before the scan how many timestep buckets no calibration input falls in (their
+    columns of the table and heatmap stay empty)."""
+    levels = torch.cat([adapter.noise_level(torch.as_tensor(b["timestep"]).float().reshape(-1))
+                        for b in batches])  # (rows,)
+    empty = buckets - len(set(bucket_of(levels, buckets).tolist()))
+    if empty:
+        from compress.report import console
+
+        console.print(f"[bold yellow]note:[/] importance: {empty} of the {buckets} timestep buckets hold no "
+                      f"calibration input ({len(set(levels.tolist()))} distinct timesteps); their columns "
+                      "stay empty (fewer buckets, or more calibration timesteps)")
 
 
 def _one_batch(model, adapter, kwargs: dict, skips: bool, loader: BlockLoader | None, tick):

@@ -77,6 +77,16 @@ def test_buckets_put_high_noise_first():
     assert one.buckets == ["all"] and one.blocks[0].scan_by_bucket[0] == pytest.approx(one.blocks[0].scan)
 
 
+def test_buckets_no_input_falls_in_are_said_before_the_scan(capsys):
+    model = tiny_pixart()  # timesteps 10, 500, 900: 3 of 10 buckets hold one
+    result = scan(model, get_adapter(model), batches_for(model, n=1), buckets=10, progress=False)
+    assert sum(c > 0 for c in result.samples_per_bucket) == 3
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "importance: 7 of the 10 timestep buckets hold no calibration input (3 distinct timesteps)" in said
+    scan(model, get_adapter(model), batches_for(model, n=1), buckets=3, progress=False)
+    assert "buckets hold no" not in "".join(capsys.readouterr())
+
+
 def test_proxy_only_needs_one_forward_per_batch():
     model = tiny_flux()
     adapter, batches = get_adapter(model), batches_for(model)
