@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher to compare against (default: the one recorded)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--grid", metavar="PNG", help="write a sample grid")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="toy models: seed of the sampled digits (default 0); a real model is measured on "
+                        "its run's held-out inputs")
 
     p = sub.add_parser("bench", help="latency / memory of teacher vs student, as ratios")
     p.add_argument("out", help="output folder of `dit-compress run`")

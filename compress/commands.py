@@ -97,12 +97,14 @@ def evaluate(args) -> int:
     streamed_out = _streamed_output(args.model, args.teacher)
     if streamed_out is not None:
         _no_grid(grid)
+        _no_seed(args.seed)
         return _print(_teacher_relative_streamed(*streamed_out), args.json)
     model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher)
     family = get_adapter(model).family
     toy = (teacher_source or args.model).startswith("toy:")
     if not toy:
         _no_grid(grid)
+        _no_seed(args.seed)
     teacher = load_teacher_of(model, teacher_source, teacher_config) if teacher_source else None
     if not toy:
         return _print(_teacher_relative(model, teacher, out), args.json)
@@ -110,17 +112,23 @@ def evaluate(args) -> int:
 
     what = "the model and its teacher" if teacher is not None else "the model"
     with console.status(f"eval: sampling 200 toy digits with {what} (20 steps each) and scoring them"):
-        result = toy_evaluate(model, family, teacher=teacher, seed=args.seed)
+        result = toy_evaluate(model, family, teacher=teacher, seed=args.seed or 0)
     if grid:
         from compress.toy.grid import save_sample_grid
 
-        save_sample_grid(model, family, grid, seed=args.seed)
+        save_sample_grid(model, family, grid, seed=args.seed or 0)
     return _print(result, args.json)
 
 
 def _no_grid(grid: Path | None) -> None:
     if grid:
         raise UserError("--grid draws the toy pipelines' samples; sample a real model with its pipeline")
+
+
+def _no_seed(seed: int | None) -> None:
+    if seed is not None:
+        raise UserError("--seed seeds the toy evaluation's samples; a real model is measured on its run's "
+                        "held-out inputs (calibration.seed of its recipe.yaml)")
 
 
 def _print(result: dict, as_json: bool) -> int:

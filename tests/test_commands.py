@@ -235,7 +235,8 @@ def test_eval_checks_its_grid_path_first_and_that_the_model_has_toy_samples(reci
     _one_line_errors(capsys, [
         (["eval", "toy:pixart", "--grid", str(tmp_path / "g.txt")], "a figure is written as"),
         (["eval", "toy:pixart", "--grid", str(tmp_path / "file" / "g.png")], "cannot make the folder"),
-        (["eval", str(tmp_path / "teacher"), "--grid", str(tmp_path / "g.png")], "draws the toy pipelines")])
+        (["eval", str(tmp_path / "teacher"), "--grid", str(tmp_path / "g.png")], "draws the toy pipelines"),
+        (["eval", str(tmp_path / "teacher"), "--seed", "3"], "--seed seeds the toy evaluation's samples")])
 
 
 def test_a_typo_in_a_relative_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatch):
