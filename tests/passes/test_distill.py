@@ -389,7 +389,7 @@ def test_task_noise_is_drawn_where_the_generator_is(make, monkeypatch):
     """distill's generator is a CPU one; on a GPU the adapters' task losses drew with it on the
     latents' device, which CUDA refuses ("Expected a 'cuda' device type for generator"). Emulated
     on the meta device: a draw with a generator on another device raises as CUDA does."""
-    from compress.runner import meta_clone
+    from compress.runner_checks import meta_clone
 
     def strict(draw):
         def wrapped(*args, generator=None, device=None, **kw):
