@@ -53,7 +53,7 @@ def test_a_later_file_of_another_layout_is_refused_before_any_compute(tmp_path):
     """Only the first file ran through the meta model; a batch joining rows of a later file of
     another shape was a torch.cat traceback mid-training. Now check_folder (from the files'
     headers), FolderSource and the pass refuse it with a line naming the file and key."""
-    from compress.runner import meta_clone
+    from compress.runner_checks import meta_clone
 
     teacher = tiny_pixart()
     kwargs = model_inputs(teacher, batch=3)
@@ -76,7 +76,7 @@ def test_a_later_file_of_another_layout_is_refused_before_any_compute(tmp_path):
 def test_a_flux_folder_without_a_kwarg_the_model_needs_is_one_line(tmp_path, drop):
     """Flux reads img_ids / txt_ids / pooled_projections off None: an AttributeError the dry run let
     through as a traceback. Now one line naming the file and what it holds."""
-    from compress.runner import meta_clone
+    from compress.runner_checks import meta_clone
 
     teacher = tiny_flux()
     kwargs = model_inputs(teacher, batch=2)
