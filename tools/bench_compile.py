@@ -7,7 +7,8 @@ the meta device; a block is materialized with `safe_open`, calibrated, factorize
 sent back to meta). Each stage runs in a fresh process; the compress
 process reports its peak resident memory (ru_maxrss). `--via run` measures the whole
 `dit-compress run` path instead (recipe `stream: true`, synthetic calibration inputs): teacher and
-student streamed in float32, held-out errors after the pass, stage checkpoint and sharded export.
+student streamed in bfloat16 (`--dtype float32`: the recipe's default compute dtype), held-out
+errors after the pass, stage checkpoint and sharded export.
 
     python tools/bench_compile.py                      # 2 double + 4 single, then 4 double + 8 single
     python tools/bench_compile.py --configs 2x4 --targets attention
