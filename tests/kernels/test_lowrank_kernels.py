@@ -74,6 +74,17 @@ def test_non_contiguous_and_empty_inputs(device, path):
     assert empty.shape == (0, 24)
 
 
+@needs_kernels
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_strided_bias_and_transposed_down(device, path):
+    x, down, up, b = make_inputs((5, 8), 32, 24, 8, torch.float32, device)
+    b_strided = torch.stack([b, -b], dim=1)[:, 0]  # (24,) with stride 2: the kernels must not read -b
+    down_t = down.t().contiguous().t()  # (8, 32) column-major
+    x_perm = x.permute(1, 0, 2).contiguous().permute(1, 0, 2)  # (5, 8, 32), rows not in memory order
+    y = lowrank_linear(x_perm, down_t, up, b_strided, "gelu_tanh", path=path)
+    assert_matches_ref(y, x, down, up, b, "gelu_tanh")
+
+
 def test_dense_weight_argument(device):
     x, down, up, b = make_inputs((9,), 20, 12, 5, torch.float32, device)
     y = lowrank_linear(x, down, up, b, path="dense", dense_weight=up @ down)
