@@ -137,6 +137,9 @@ def test_backward_formula_gradcheck():
     x_only = lambda x_: lowrank_linear(x_, down.detach(), up.detach(), None, path="dense")  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, down, up, b))
     assert torch.autograd.gradcheck(x_only, (x,))
+    # double backward (create_graph=True) through the Function's backward, GELU included
+    assert torch.autograd.gradgradcheck(fn, (x, down, up, b))
+    assert torch.autograd.gradgradcheck(lambda *a: lowrank_linear(*a, path="dense"), (x, down, up, b))
 
 
 def test_clear_errors():
