@@ -3,10 +3,12 @@
 On CPU these run in the Triton interpreter (conftest.py), fp32 and fp16 only, at small odd shapes
 (the interpreter config uses 16-wide tiles, so every shape below spans several masked tiles)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from compress.kernels import lowrank_linear, lowrank_linear_ref
+from compress.kernels import HAS_TRITON, lowrank_linear, lowrank_linear_ref
 from compress.lowrank import LowRankLinear
 from tests.kernels._env import DEVICE, KERNELS_RUN_HERE, ON_GPU, SKIP_REASON
 
@@ -181,6 +183,19 @@ def test_module_cpu_path_and_state_dict(act):
     torch.testing.assert_close(layer(x), ref)
     with pytest.raises(ValueError, match="activation"):
         LowRankLinear(12, 10, 4, activation="relu")
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_module_leaves_cuda_autocast_in_another_dtype_to_torch(monkeypatch):
+    """Under CUDA autocast the torch path computes in autocast's dtype; the kernels would keep x's dtype."""
+    layer = LowRankLinear(12, 10, 4, dtype=torch.bfloat16)
+    x = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)  # stands in for a CUDA tensor (only these are read)
+    assert layer._kernel_ok(x)
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "cuda")
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.float16)
+    assert not layer._kernel_ok(x)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    assert layer._kernel_ok(x)  # autocast to x's own dtype changes nothing
 
 
 # ---- GPU only -------------------------------------------------------------------------------------
