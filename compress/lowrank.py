@@ -52,8 +52,10 @@ class LowRankLinear(nn.Module):
 
     def _kernel_ok(self, x: torch.Tensor) -> bool:
         if not (self.use_kernel and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-                and self.down.weight.dtype == x.dtype):
+                and self.down.weight.dtype == x.dtype == self.up.weight.dtype):
             return False
+        if torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") != x.dtype:
+            return False  # autocast runs nn.Linear in its own dtype; the kernels would not: torch path
         from compress.kernels import HAS_TRITON
 
         return HAS_TRITON

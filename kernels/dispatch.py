@@ -75,6 +75,11 @@ def _measure(paths, x2, down, up, bias, activation, dense_weight) -> dict[str, f
     return {p: timed(p) for p in paths}
 
 
+def _measurable(x2: torch.Tensor) -> bool:
+    """Are paths timed (and the choice cached) for x2's device? CUDA with Triton only."""
+    return x2.is_cuda and HAS_TRITON
+
+
 def select_path(x2: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None,
                 activation: str | None, dense_weight: torch.Tensor | None = None) -> str:
     """The path for these inputs: cached measured choice on CUDA, roofline choice elsewhere."""
@@ -84,12 +89,15 @@ def select_path(x2: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: to
     m, k = x2.shape
     times = roofline.estimate_times(max(m, 1), k, n, rank, device_spec(x2.device), paths, **kwargs)
     pick = min(times, key=times.get)
-    if not (x2.is_cuda and HAS_TRITON) or torch.cuda.is_current_stream_capturing():
-        return pick  # nothing measured: CPU, interpreter, or inside CUDA-graph capture (not cached)
+    if not _measurable(x2):
+        return pick  # nothing measured: CPU or the interpreter
     key = _key(x2, rank, n, activation, bias is not None, dense_weight is not None)
-    if key not in _CHOICES:
-        measured = _measure(roofline.candidates(times), x2, down, up, bias, activation, dense_weight)
-        _CHOICES[key] = min(measured, key=measured.get)
+    if key in _CHOICES:
+        return _CHOICES[key]  # also inside CUDA-graph capture: the graph runs what eager calls ran
+    if m == 0 or torch.cuda.is_current_stream_capturing():
+        return pick  # nothing to time (an empty batch), or no timing allowed (capture); not cached
+    measured = _measure(roofline.candidates(times), x2, down, up, bias, activation, dense_weight)
+    _CHOICES[key] = min(measured, key=measured.get)
     return _CHOICES[key]
 
 

@@ -114,6 +114,7 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: t
         raise ValueError(f"fused_lowrank: rank {rank} > {FUSED_MAX_RANK} does not fit on chip; use the split path")
     x2 = x.reshape(-1, k)  # (M, K)
     m = x2.shape[0]
+    bias = bias.contiguous() if bias is not None else None  # the kernel reads bias[cols] at unit stride
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)  # (M, N)
     if m > 0:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731

@@ -34,12 +34,18 @@ class LowRankLinearFn(torch.autograd.Function):
 
 
 def _act_backward(h, up, bias, dy, activation):
-    """dL/dz for z = h @ upᵀ + bias, given dL/dy with y = act(z)."""
+    """dL/dz for z = h @ upᵀ + bias, given dL/dy with y = act(z).
+
+    A backward runs with grad mode on only under create_graph=True; then dz stays attached to h, up,
+    bias and dy, so double backward (gradient penalties, Hessian-vector products) is right too."""
     if activation is None:
         return dy
+    create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
-        z = F.linear(h, up, bias).detach().requires_grad_(True)  # (M, N)
-        (dz,) = torch.autograd.grad(F.gelu(z, approximate="tanh"), z, dy)
+        z = F.linear(h, up, bias)  # (M, N)
+        if not (create_graph and z.requires_grad):
+            z = z.detach().requires_grad_(True)  # first order only: no graph through the factors
+        (dz,) = torch.autograd.grad(F.gelu(z, approximate="tanh"), z, dy, create_graph=create_graph)
     return dz
 
 

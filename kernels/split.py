@@ -111,6 +111,7 @@ def expand(h: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None, activat
     """fp32 (M, r) -> act(h @ upᵀ + bias) (M, N) in up's dtype."""
     m, rank = h.shape
     n = up.shape[0]
+    bias = bias.contiguous() if bias is not None else None  # the kernel reads bias[cols] at unit stride
     y = torch.empty((m, n), device=h.device, dtype=up.dtype)  # (M, N)
     if m > 0:
         _expand_kernel[_grid(m, n)](

@@ -110,3 +110,32 @@ def test_fused_autotune_configs_are_pruned_by_register_estimate():
     kept = fused._prune(configs, {}, R_PAD=256)
     assert 2 <= len(kept) < len(configs)
     assert all(fused._regs(c, 256) <= fused.MAX_REGS_PER_THREAD for c in kept)
+
+
+def test_measured_choice_is_kept_inside_graph_capture_and_empty_batches_are_not_timed(monkeypatch):
+    """CUDA's measured choice, on CPU tensors: timing and capture are faked."""
+    import torch
+
+    from compress.kernels import clear_path_cache, dispatch, path_cache, select_path
+
+    timed, capturing = [], [False]
+
+    def fake_measure(paths, x2, *args):
+        timed.append(x2.shape[0])
+        return {"torch": 0.0}  # the "measured" winner
+
+    monkeypatch.setattr(dispatch, "_measurable", lambda x2: True)
+    monkeypatch.setattr(dispatch, "_measure", fake_measure)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    clear_path_cache()
+    try:
+        x, down, up = torch.randn(64, 96), torch.randn(8, 96), torch.randn(96, 8)
+        roofline_pick = select_path(x[:0], down, up, None, None)  # M = 0: the roofline pick, nothing timed
+        assert roofline_pick != "torch" and timed == [] and path_cache() == {}
+        assert select_path(x[:16], down, up, None, None) == "torch" and timed == [16]  # measured, cached
+        capturing[0] = True
+        assert select_path(x[:16], down, up, None, None) == "torch"  # capture reuses the eager choice
+        assert select_path(x, down, up, None, None) == roofline_pick and timed == [16]  # new bucket: no timing
+        assert len(path_cache()) == 1
+    finally:
+        clear_path_cache()
