@@ -66,13 +66,14 @@ def _lowrank_fused_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
     ranks = tl.arange(0, R_PAD)  # (R_PAD,)
     row_ok = rows < M
+    row_at = rows.to(tl.int64)  # offsets rows · stride pass 2³¹ (Flux proj_out: K = 15360, M ≥ 140k)
     rank_ok = ranks < R
     # phase 1: h = x @ downᵀ, the K loop into an on-chip fp32 (BM, R_PAD) intermediate
     h = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)  # (BK,)
         k_ok = ks < K
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
+        x = tl.load(x_ptr + row_at[:, None] * stride_xm + ks[None, :] * stride_xk,
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # (BM, BK)
         d = tl.load(down_ptr + ks[:, None] * stride_dk + ranks[None, :] * stride_dr,
                     mask=k_ok[:, None] & rank_ok[None, :], other=0.0)  # (BK, R_PAD) = downᵀ tile
@@ -89,7 +90,7 @@ def _lowrank_fused_kernel(
             z += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if ACT_GELU:
             z = _gelu_tanh(z)
-        tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn,
+        tl.store(y_ptr + row_at[:, None] * stride_ym + cols[None, :] * stride_yn,
                  z.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 

@@ -45,10 +45,11 @@ def _matmul_tile(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bn, stride_
     """fp32 (BM, BN) tile of A @ Bᵀ for A (M, K), B (N, K); A is cast to B's dtype when CAST_A."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
+    row_at = rows.to(tl.int64)  # offsets rows · stride pass 2³¹ (Flux proj_out: K = 15360, M ≥ 140k)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)  # (BK,)
-        a = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak,
+        a = tl.load(a_ptr + row_at[:, None] * stride_am + ks[None, :] * stride_ak,
                     mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)  # (BM, BK)
         b = tl.load(b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn,
                     mask=(ks[:, None] < K) & (cols[None, :] < N), other=0.0)  # (BK, BN) = Bᵀ tile
@@ -67,7 +68,7 @@ def _shrink_kernel(x_ptr, down_ptr, h_ptr, M, K, R, M_BUCKET,
     pid_m, pid_n = _tile_ids(M, R, BLOCK_M, BLOCK_N, GROUP_M)
     h, rows, ranks = _matmul_tile(x_ptr, down_ptr, M, R, K, stride_xm, stride_xk, stride_dr, stride_dk,
                                   pid_m, pid_n, PRECISION, False, BLOCK_M, BLOCK_N, BLOCK_K)  # (BM, BR)
-    tl.store(h_ptr + rows[:, None] * stride_hm + ranks[None, :] * stride_hr, h,
+    tl.store(h_ptr + rows[:, None].to(tl.int64) * stride_hm + ranks[None, :] * stride_hr, h,
              mask=(rows[:, None] < M) & (ranks[None, :] < R))
 
 
@@ -86,7 +87,7 @@ def _expand_kernel(h_ptr, up_ptr, bias_ptr, y_ptr, M, N, R, M_BUCKET,
         z += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if ACT_GELU:
         z = _gelu_tanh(z)
-    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn,
+    tl.store(y_ptr + rows[:, None].to(tl.int64) * stride_ym + cols[None, :] * stride_yn,
              z.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < M) & col_ok[None, :])
 
 
