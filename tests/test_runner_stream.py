@@ -438,3 +438,20 @@ def test_a_streamed_run_on_the_gpu_matches_the_cpu(tmp_path, family, spill, exac
         errors = [[s["relative_error"] for s in r["stages"]] for r in (reports[key], want_report)]
         assert errors[0] == pytest.approx(errors[1], rel=1e-3)
     assert not any((tmp_path / "run-true-cuda" / "stream").iterdir())
+
+
+def test_a_rerun_with_another_first_pass_reads_no_stale_stats(tmp_path):
+    """Pass 2's Grams depend on the values pass 1 wrote to the streamed blocks (on meta): a rerun
+    in the same run dir whose pass 1 factorizes differently (same ranks) must not read pass 2's
+    cached stats of the first run."""
+    text = _teacher(tmp_path, "pixart").replace(
+        "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n",
+        "  - svd: {{targets: [mlp], fisher: block, ratio: 0.5, multiple: 2}}\n")
+    text = text.replace("[attention, mlp]", "[attention]").format(stream="true")
+    first = _run(tmp_path, text, "a")
+    recipe = parse_recipe(text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), str(tmp_path / "b.yaml"))
+    second = Runner(recipe, tmp_path / "out-b", tmp_path / "run-a").run()  # first run's run dir
+    fresh = _run(tmp_path, text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), "c")
+    assert json.loads((second / "report.json").read_text())["svd"]["cache_hits"] == []
+    b, c = load_transformer(second).state_dict(), load_transformer(fresh).state_dict()
+    assert all(torch.equal(b[k], c[k]) for k in c) and first.exists()

@@ -180,3 +180,32 @@ def test_nonfinite_counts_exactly_and_passes_sums_that_overflow(dtype):
         assert nonfinite(y, chunk=333) == len(bad)
     big = torch.full((64,), torch.finfo(dtype).max / 2, dtype=dtype)
     assert not torch.isfinite(big.sum()) and nonfinite(big) == 0
+
+
+def test_the_digest_of_a_streamed_model_sees_its_block_weights(tmp_path):
+    """Streamed blocks are on meta: the stats cache's model digest reads a few of their stored
+    values, so a student whose blocks an earlier pass wrote differently gets other cache files."""
+    from compress.calib import model_digest
+
+    digests = []
+    for scale in (1.0, 1.0, 2.0):
+        teacher = tiny_pixart()
+        with torch.no_grad():
+            teacher.transformer_blocks[1].ff.net[2].weight.mul_(scale)  # (out, in): same shape
+        folder = tmp_path / f"ckpt-{len(digests)}"
+        teacher.save_pretrained(folder, max_shard_size="40KB")
+        model = empty_transformer(folder)
+        loader = CheckpointBlocks(model, folder)
+        loader.load_top()
+        digests.append(model_digest(model, None, loader))
+    assert digests[0] == digests[1] != digests[2]
+
+
+def test_ends_reads_the_first_and_last_values(tmp_path):
+    model, loader = _streamed_model(tmp_path, tiny_flux)
+    want = tiny_flux().state_dict()
+    names = ["transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.attn.to_q.bias"]
+    got = loader.ends(names, n=3)
+    for k in names:
+        flat = want[k].reshape(-1)
+        assert torch.equal(got[k], torch.cat([flat[:3], flat[-3:]]))
