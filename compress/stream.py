@@ -217,11 +217,35 @@ class CheckpointBlocks:
         from accelerate.utils import set_module_tensor_to_device
 
         blocks = self._blocks()
+        self.check_shapes()
         want = [k for k in self.model.state_dict() if not k.startswith(blocks)]
         self._load(self._matching(want, self.top_keys(), "the top level"))
         for name, buf in list(self.model.named_buffers()):
             if not name.startswith(blocks) and buf.device.type != "meta":
                 set_module_tensor_to_device(self.model, name, self.device, value=buf)
+
+    def check_shapes(self) -> None:
+        """Every stored tensor the model has has its shape and a floating dtype where the model's is
+        floating, from the files' headers (no data read), so a config that does not match the
+        weights is a UserError naming a tensor before any block runs, not accelerate's ValueError
+        when its block is reached (or an integer tensor silently cast to the model's dtype)."""
+        from safetensors import safe_open
+
+        model, by_file = self.model.state_dict(), {}
+        for k, path in self.files.items():
+            if k in model:
+                by_file.setdefault(path, []).append(k)
+        for path, names in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for k in names:
+                    part = f.get_slice(self.stored.get(k, k))
+                    shape, want = tuple(part.get_shape()), tuple(model[k].shape)
+                    if shape != want:
+                        raise UserError(f"{path}: {k} has shape {list(shape)}, the model's config gives "
+                                        f"it {list(want)}: the config does not match the weights")
+                    if model[k].is_floating_point() and part.get_dtype() not in FLOAT_DTYPES:
+                        raise UserError(f"{path}: {k} is stored as {part.get_dtype()}, not as floating "
+                                        "point: not a plain diffusers checkpoint (quantized?)")
 
     def _matching(self, want: list[str], have: list[str], what: str) -> list[str]:
         """`have` if it holds exactly the tensors `want` names, else a UserError naming the difference."""
@@ -309,6 +333,8 @@ def _libc():
         return None
 
 
+# safetensors' names of the floating dtypes (safe_open's get_slice(k).get_dtype())
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 SHARD_BYTES = 256 * 2**20  # safetensors' writer copies a file's tensors into memory: bound that copy
 
 

@@ -165,6 +165,30 @@ def test_a_checkpoint_that_does_not_match_its_config_is_named(tmp_path, edit, ma
             loader.materialize(group, index, block)
 
 
+K = "transformer_blocks.1.attn1.to_k.weight"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda sd: sd.update({K: sd[K][:-1]}), r"transformer_blocks\.1\.attn1\.to_k\.weight has shape \[15, 16\], "
+                                             r"the model's config gives it \[16, 16\]"),
+    (lambda sd: sd.update({K: sd[K].to(torch.int32)}), r"to_k\.weight is stored as I32, not as floating point"),
+])
+def test_a_checkpoint_whose_shapes_or_dtypes_do_not_fit_is_named_before_any_block(tmp_path, edit, match):
+    """A config that does not match the weights' shapes (or an integer tensor where the model has
+    a floating one) is a UserError when the top level loads, not accelerate's ValueError when the
+    block is reached mid-run (nor a silent cast)."""
+    from safetensors.torch import save_file
+
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "ckpt")
+    sd = dict(model.state_dict())
+    edit(sd)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "ckpt" / "diffusion_pytorch_model.safetensors"))
+    loader = CheckpointBlocks(empty_transformer(tmp_path / "ckpt"), tmp_path / "ckpt")
+    with pytest.raises(UserError, match=match):
+        loader.load_top()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_nonfinite_counts_exactly_and_passes_sums_that_overflow(dtype):
     """The finite-sum shortcut never hides a NaN/Inf, and finite values whose sum overflows are
