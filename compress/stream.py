@@ -50,7 +50,12 @@ def weight_map(folder: Path) -> dict[str, Path]:
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict):
             raise UserError(f"{folder / index} has no weight_map")
-        return {k: folder / f for k, f in weight_map.items()}
+        files = {k: folder / f for k, f in weight_map.items()}
+        missing = sorted({f.name for f in files.values() if not f.is_file()})
+        if missing:
+            raise UserError(f"{folder / index} lists {len(missing)} shard(s) not in {folder}: "
+                            f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} (an incomplete download?)")
+        return files
     if (folder / weights).is_file():
         return file_map(folder / weights)
     raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: not a diffusers checkpoint to stream")

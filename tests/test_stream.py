@@ -53,6 +53,17 @@ def test_not_a_checkpoint_is_a_user_error(tmp_path):
         CheckpointBlocks(tiny_pixart(), tmp_path, tmp_path / "spill")
 
 
+def test_an_index_naming_a_missing_shard_is_a_user_error(tmp_path):
+    """An incomplete download: one line naming the shard, not FileNotFoundError when it is read."""
+    from compress.stream import weight_map
+
+    tiny_pixart().save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
+    shard = sorted((tmp_path / "ckpt").glob("*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(UserError, match=rf"lists 1 shard\(s\) not in .*: {shard.name} \(an incomplete"):
+        weight_map(tmp_path / "ckpt")
+
+
 def _streamed_model(tmp_path, make):
     make().save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
     model = empty_transformer(tmp_path / "ckpt")
