@@ -196,6 +196,16 @@ def calibration_prompts(n: int, calib, guidance_input: bool) -> int:
     return max(1, n - math.ceil(calib.heldout / rows_per_prompt(calib, guidance_input)))
 
 
+def inputs_cache_name(source: str, weights: str) -> str:
+    """The folder of a teacher's sampled records under runs/<recipe>/inputs/: the teacher (source,
+    weights checksum) and the code version only. Each call's file is named by the rest of what its
+    records depend on (`PipelineSource._cached`), so a rerun that only batches, spills or holds out
+    differently samples nothing again."""
+    import compress
+
+    return hashlib.sha256(f"{source}|{compress.__version__}|{weights}".encode()).hexdigest()[:16]
+
+
 class PipelineSource:
     """Calibration and held-out batches from real sampling runs (prompts split 80/20)."""
 

@@ -266,6 +266,22 @@ def test_sampled_inputs_survive_an_interrupt_and_a_rerun(tmp_path, folders, monk
     assert a.keys() == f.keys() and all(torch.equal(a[k], f[k]) and torch.equal(b[k], f[k]) for k in a)
 
 
+def test_a_rerun_that_batches_the_same_records_otherwise_samples_nothing(tmp_path, folders, monkeypatch):
+    """Each call's records are named by what they depend on (teacher, prompts, seeds, sampler): a
+    rerun that changes only how they are used (batch_size, spilling, held-out count) reads them back."""
+    import compress.calib_pipeline as cp
+
+    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
+        .replace("{size}", "").format(stream="false")
+    calls, real = [], cp.capture
+    monkeypatch.setattr(cp, "capture", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "out", tmp_path / "run").run()
+    assert len(calls) == 5
+    other = text.replace("batch_size: 4", "batch_size: 2, spill_activations: true")
+    Runner(parse_recipe(other, str(tmp_path / "r.yaml")), tmp_path / "out2", tmp_path / "run").run()
+    assert len(calls) == 5  # nothing sampled again
+
+
 def test_a_teacher_without_its_pipeline_names_calibration_pipeline(tmp_path, folders):
     """A transformer folder (or single file) as the teacher has no pipeline to sample in: one line
     before any compute naming calibration.pipeline; set, the transformer samples in that pipeline."""
