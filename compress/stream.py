@@ -117,6 +117,30 @@ def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.
     return cast(model, dtype)
 
 
+def tensor_ends(files: dict[str, Path], stored: dict[str, str] | None = None,
+                n: int = 8) -> dict[str, torch.Tensor]:
+    """name -> the first and last n values (float32, flattened) of each tensor of `files` (name ->
+    file; `stored`: its name in the file where that differs), reading little more than those (a
+    tensor's first and last rows). Each file is opened once."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for k, path in files.items():
+        by_file.setdefault(path, []).append(k)
+    out = {}
+    for path, names in by_file.items():
+        with safe_open(str(path), framework="pt") as f:
+            for k in names:
+                part = f.get_slice((stored or {}).get(k, k))
+                shape = part.get_shape()
+                if not shape or 0 in shape:
+                    continue
+                first, last = (n, shape[0] - n) if len(shape) == 1 else (1, shape[0] - 1)
+                head, tail = part[:first].reshape(-1)[:n], part[max(last, 0):].reshape(-1)[-n:]
+                out[k] = torch.cat([head, tail]).float()
+    return out
+
+
 class CheckpointBlocks:
     """A `BlockLoader` (compress.calib_store) reading a diffusers checkpoint block by block."""
 
@@ -186,28 +210,10 @@ class CheckpointBlocks:
             yield k, t
 
     def ends(self, keys: list[str], n: int = 8) -> dict[str, torch.Tensor]:
-        """name -> the first and last n values (float32, flattened) of each named tensor the loader
-        reads from a file, reading little more than those (a tensor's first and last rows): what
-        `calib.model_digest` sees of streamed blocks, so an earlier pass that wrote other values
-        of the same shapes gives another digest. Each file is opened once."""
-        from safetensors import safe_open
-
-        by_file: dict[Path, list[str]] = {}
-        for k in keys:
-            if k in self.files:
-                by_file.setdefault(self.files[k], []).append(k)
-        out = {}
-        for path, names in by_file.items():
-            with safe_open(str(path), framework="pt") as f:
-                for k in names:
-                    part = f.get_slice(self.stored.get(k, k))
-                    shape = part.get_shape()
-                    if not shape or 0 in shape:
-                        continue
-                    first, last = (n, shape[0] - n) if len(shape) == 1 else (1, shape[0] - 1)
-                    head, tail = part[:first].reshape(-1)[:n], part[max(last, 0):].reshape(-1)[-n:]
-                    out[k] = torch.cat([head, tail]).float()
-        return out
+        """`tensor_ends` of the named tensors the loader reads from a file: what
+        `calib.model_digest` sees of streamed blocks, so an earlier pass that wrote other values of
+        the same shapes gives another digest."""
+        return tensor_ends({k: self.files[k] for k in keys if k in self.files}, self.stored, n)
 
     def _load(self, keys: list[str]) -> None:
         from accelerate.utils import set_module_tensor_to_device

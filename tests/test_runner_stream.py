@@ -455,3 +455,22 @@ def test_a_rerun_with_another_first_pass_reads_no_stale_stats(tmp_path):
     assert json.loads((second / "report.json").read_text())["svd"]["cache_hits"] == []
     b, c = load_transformer(second).state_dict(), load_transformer(fresh).state_dict()
     assert all(torch.equal(b[k], c[k]) for k in c) and first.exists()
+
+
+def test_the_streamed_fingerprint_sees_a_tensor_in_the_middle_of_a_big_shard(tmp_path):
+    """A fine-tune that changes only tensors between a shard's first and last MiB (a merged LoRA on
+    some layers) is another teacher: resume and the caches must not take it for the first one."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    def fingerprint(middle):  # (3 x 1.2 MiB) in one file
+        tensors = {"a": torch.zeros(300_000), "b": middle, "c": torch.zeros(300_000)}
+        save_file(tensors, str(tmp_path / "w.safetensors"))
+        models = StreamedModels(None)
+        models.files = dict.fromkeys(tensors, tmp_path / "w.safetensors")
+        h = hashlib.sha256()
+        models.fingerprint(None, h)
+        return h.hexdigest()
+
+    assert fingerprint(torch.ones(300_000)) != fingerprint(torch.full((300_000,), 2.0))
