@@ -181,8 +181,9 @@ def _is_toy(pipe) -> bool:
 
 def rows_per_prompt(calib, guidance_input: bool) -> int:
     """Calibration inputs one prompt gives: one per kept step and CFG branch (a guidance-distilled
-    model runs one branch)."""
-    return min(calib.timesteps, calib.sample_steps) * (2 if calib.cfg_branches and not guidance_input else 1)
+    model runs one branch, and so does any pipeline at guidance_scale 1 or less: CFG off)."""
+    both = calib.cfg_branches and calib.guidance_scale > 1 and not guidance_input
+    return min(calib.timesteps, calib.sample_steps) * (2 if both else 1)
 
 
 def calibration_prompts(n: int, calib, guidance_input: bool) -> int:

@@ -425,6 +425,22 @@ def test_calibration_heldout_sets_how_many_prompts_a_pipeline_source_holds_out(f
         assert rows == (10 - held) * 4 * 2
 
 
+def test_guidance_scale_1_runs_one_branch_and_counts_one(folders):
+    """At guidance_scale 1 the pipeline turns classifier-free guidance off (one branch whatever
+    cfg_branches says): rows per prompt, the held-out split and the plan's rows count one."""
+    from compress.calib_footprint import calibration_rows
+    from compress.calib_pipeline import PipelineSource, calibration_prompts, rows_per_prompt
+    from compress.recipe import CalibrationConfig
+
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog", "a fox"], sample_steps=3,
+                              timesteps=2, guidance_scale=1.0, heldout=2, batch_size=64)
+    assert rows_per_prompt(calib, False) == 2 and calibration_prompts(3, calib, False) == 2
+    teacher = load_teacher(str(folders["pixart"]))
+    batches = PipelineSource("pixart", calib, teacher, str(folders["pixart"])).calibration()
+    held = sum(b["hidden_states"].shape[0] for b in batches)  # (B, C, H, W)
+    assert held == calibration_rows(type("R", (), {"calibration": calib}), "pipeline", teacher.config, 3) == 4
+
+
 @pytest.mark.parametrize("content, words", [
     (b"", "is empty"),
     (b"  \n\t\n\n", "is empty"),
