@@ -258,7 +258,36 @@ class BlockCalibration:
         """Stats of readers that run after the blocks: one full forward of the model per batch."""
         stats: dict[str, Stats] = {}
         if readers:
-            with accumulating(self.model, readers, stats), torch.no_grad():
+            with accumulating(self.model, readers, stats), torch.no_grad(), self._just_in_time(), \
+                    _progress(self.progress) as bar:
+                task = bar.add_task("calibrate: after the blocks", total=len(self.batches))
                 for batch in self.batches:
                     self.model(**batch)
+                    bar.advance(task)
         return stats
+
+    @contextlib.contextmanager
+    def _just_in_time(self):
+        """Whole-model forwards with each block's weights materialized by the loader just before it
+        runs and unloaded when the next starts (streamed blocks are on meta); nothing for resident
+        weights."""
+        live, handles = [], []
+
+        def pre_hook(group, index):
+            def hook(block, args):
+                while live:
+                    self.loader.unload(*live.pop())
+                self.loader.materialize(group, index, block)
+                live.append((group, index, block))
+            return hook
+
+        try:
+            if not self.loader.resident:
+                for group, index, block in self.adapter.iter_blocks(self.model):
+                    handles.append(block.register_forward_pre_hook(pre_hook(group, index)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            while live:
+                self.loader.unload(*live.pop())

@@ -162,3 +162,6 @@ class Unchanged(BlockLoader):
 
     def release(self, group: str, index: int, block: nn.Module) -> None:
         self.loader.unload(group, index, block)
+
+    def unload(self, group: str, index: int, block: nn.Module) -> None:
+        self.loader.unload(group, index, block)

@@ -474,3 +474,15 @@ def test_the_streamed_fingerprint_sees_a_tensor_in_the_middle_of_a_big_shard(tmp
         return h.hexdigest()
 
     assert fingerprint(torch.ones(300_000)) != fingerprint(torch.full((300_000,), 2.0))
+
+
+def test_a_streamed_svd_of_the_output_head_matches_resident(tmp_path):
+    """proj_out's Gram is taken after the blocks, in whole-model forwards: streamed, each block is
+    read just in time for them (it ran on meta blocks: a device error)."""
+    text = _teacher(tmp_path, "pixart").replace(
+        "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n", "")
+    text = text.replace("[attention, mlp]", "[output, mlp]")
+    a = load_transformer(_run(tmp_path, text.format(stream="false"), "resident")).state_dict()
+    b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed")).state_dict()
+    assert "proj_out.down.weight" in a and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
