@@ -45,17 +45,23 @@ class _Stop(Exception):
 # ----------------------------------------------------------------------------- helpers
 
 
-def model_digest(model: nn.Module, extra=None) -> str:
+def model_digest(model: nn.Module, extra=None, loader: BlockLoader | None = None) -> str:
     """A cheap fingerprint of the model as it is now: module structure (so removed blocks and
     earlier factorizations show), a few values of every parameter (so retrained weights show)
     and `extra` (e.g. the block map). Part of every cache name: the runner's fingerprint covers
-    the teacher and calibration config, not what earlier passes did to the student."""
+    the teacher and calibration config, not what earlier passes did to the student. Parameters on
+    the meta device (streamed blocks) take their values from `loader` where it stores them (the
+    files an earlier streamed pass wrote its blocks to: `CheckpointBlocks.ends`)."""
     h = hashlib.sha1(repr(extra).encode())
+    meta = [name for name, p in model.named_parameters() if p.device.type == "meta"]
+    stored = loader.ends(meta) if meta and hasattr(loader, "ends") else {}
     for name, p in model.named_parameters():
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
         if p.device.type != "meta" and p.numel():
             flat = p.detach().reshape(-1)
             h.update(torch.cat([flat[:8], flat[-8:]]).float().cpu().numpy().tobytes())
+        elif name in stored:
+            h.update(stored[name].numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -252,7 +258,36 @@ class BlockCalibration:
         """Stats of readers that run after the blocks: one full forward of the model per batch."""
         stats: dict[str, Stats] = {}
         if readers:
-            with accumulating(self.model, readers, stats), torch.no_grad():
+            with accumulating(self.model, readers, stats), torch.no_grad(), self._just_in_time(), \
+                    _progress(self.progress) as bar:
+                task = bar.add_task("calibrate: after the blocks", total=len(self.batches))
                 for batch in self.batches:
                     self.model(**batch)
+                    bar.advance(task)
         return stats
+
+    @contextlib.contextmanager
+    def _just_in_time(self):
+        """Whole-model forwards with each block's weights materialized by the loader just before it
+        runs and unloaded when the next starts (streamed blocks are on meta); nothing for resident
+        weights."""
+        live, handles = [], []
+
+        def pre_hook(group, index):
+            def hook(block, args):
+                while live:
+                    self.loader.unload(*live.pop())
+                self.loader.materialize(group, index, block)
+                live.append((group, index, block))
+            return hook
+
+        try:
+            if not self.loader.resident:
+                for group, index, block in self.adapter.iter_blocks(self.model):
+                    handles.append(block.register_forward_pre_hook(pre_hook(group, index)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            while live:
+                self.loader.unload(*live.pop())

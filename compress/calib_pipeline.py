@@ -181,8 +181,9 @@ def _is_toy(pipe) -> bool:
 
 def rows_per_prompt(calib, guidance_input: bool) -> int:
     """Calibration inputs one prompt gives: one per kept step and CFG branch (a guidance-distilled
-    model runs one branch)."""
-    return min(calib.timesteps, calib.sample_steps) * (2 if calib.cfg_branches and not guidance_input else 1)
+    model runs one branch, and so does any pipeline at guidance_scale 1 or less: CFG off)."""
+    both = calib.cfg_branches and calib.guidance_scale > 1 and not guidance_input
+    return min(calib.timesteps, calib.sample_steps) * (2 if both else 1)
 
 
 def calibration_prompts(n: int, calib, guidance_input: bool) -> int:
@@ -194,6 +195,16 @@ def calibration_prompts(n: int, calib, guidance_input: bool) -> int:
     if calib.heldout is None:
         return max(1, int(n * 0.8))
     return max(1, n - math.ceil(calib.heldout / rows_per_prompt(calib, guidance_input)))
+
+
+def inputs_cache_name(source: str, weights: str) -> str:
+    """The folder of a teacher's sampled records under runs/<recipe>/inputs/: the teacher (source,
+    weights checksum) and the code version only. Each call's file is named by the rest of what its
+    records depend on (`PipelineSource._cached`), so a rerun that only batches, spills or holds out
+    differently samples nothing again."""
+    import compress
+
+    return hashlib.sha256(f"{source}|{compress.__version__}|{weights}".encode()).hexdigest()[:16]
 
 
 class PipelineSource:

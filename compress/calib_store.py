@@ -21,13 +21,18 @@ from torch import nn
 class Spilled:
     """A list of per-batch activations kept on disk (one torch.save file per batch, read back on
     each access), so the calibration holds one batch's activations at a time instead of every
-    batch's. The files go with the object."""
+    batch's. The files go with the object; those of a process that no longer runs (killed hard:
+    the OOM killer, SIGKILL) go when this process first spills to the folder."""
 
     _ids = itertools.count()
+    _swept: set[Path] = set()
 
     def __init__(self, folder: Path):
         self.folder, self.id, self.paths = Path(folder), next(Spilled._ids), []
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.folder.resolve() not in Spilled._swept:
+            Spilled._swept.add(self.folder.resolve())
+            _sweep(self.folder)
 
     def append(self, item) -> None:
         path = self.folder / f"{os.getpid()}-{self.id}-{len(self.paths)}.pt"
@@ -46,6 +51,24 @@ class Spilled:
     def __del__(self):
         for path in getattr(self, "paths", []):
             path.unlink(missing_ok=True)
+
+
+def _sweep(folder: Path) -> None:
+    """Delete the spill files (`<pid>-<id>-<n>.pt`) of processes that no longer run."""
+    for path in folder.glob("*-*-*.pt"):
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 class SpilledMap:
@@ -138,4 +161,7 @@ class Unchanged(BlockLoader):
         self.loader.materialize(group, index, block)
 
     def release(self, group: str, index: int, block: nn.Module) -> None:
+        self.loader.unload(group, index, block)
+
+    def unload(self, group: str, index: int, block: nn.Module) -> None:
         self.loader.unload(group, index, block)

@@ -241,7 +241,10 @@ class Runner:
         self.identity = teacher_identity(self.source, self.teacher_config, self.teacher, weights_sum)
         self.inputs_cache = None  # sampled inputs (pipeline calibration: minutes to hours)
         if hasattr(src, "cache_dir"):
-            self.inputs_cache = src.cache_dir = (self.run_dir / "inputs" / teacher_id).resolve()
+            from compress.calib_pipeline import inputs_cache_name
+
+            name = inputs_cache_name(self.source, weights_sum)  # not the batching: records are per call
+            self.inputs_cache = src.cache_dir = (self.run_dir / "inputs" / name).resolve()
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
             run_dir=self.run_dir, seed=self.recipe.calibration.seed,

@@ -23,7 +23,7 @@ from torch import nn
 from compress.errors import UserError
 from compress.io import cast, empty_compressed, load_transformer, save_compressed
 from compress.stream import (CheckpointBlocks, checkpoint_of, empty_transformer, save_streamed, streamed,
-                             weight_map)
+                             tensor_ends, weight_map)
 
 
 class ResidentModels:
@@ -128,7 +128,9 @@ class StreamedModels:
 
     def fingerprint(self, teacher: nn.Module, h) -> None:
         """Adds the checkpoint to hash h: each file's safetensors header (names, dtypes, shapes,
-        offsets), size and first and last MiB of data, without reading the rest."""
+        offsets), size and first and last MiB of data, and every tensor's first and last rows
+        (`tensor_ends`: a fine-tune that changes tensors in the middle of a big shard shows),
+        without reading the rest."""
         for path in sorted(set(self.files.values())):
             size = path.stat().st_size
             with open(path, "rb") as f:
@@ -138,6 +140,9 @@ class StreamedModels:
                 f.seek(max(8 + n, size - 2**20))
                 h.update(f.read())
             h.update(str(size).encode())
+        for name, ends in sorted(tensor_ends(self.files).items()):
+            h.update(name.encode())
+            h.update(ends.numpy().tobytes())
 
 
 def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu"),

@@ -50,7 +50,12 @@ def weight_map(folder: Path) -> dict[str, Path]:
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict):
             raise UserError(f"{folder / index} has no weight_map")
-        return {k: folder / f for k, f in weight_map.items()}
+        files = {k: folder / f for k, f in weight_map.items()}
+        missing = sorted({f.name for f in files.values() if not f.is_file()})
+        if missing:
+            raise UserError(f"{folder / index} lists {len(missing)} shard(s) not in {folder}: "
+                            f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} (an incomplete download?)")
+        return files
     if (folder / weights).is_file():
         return file_map(folder / weights)
     raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: not a diffusers checkpoint to stream")
@@ -110,6 +115,30 @@ def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.
         model = from_config(cls, config, folder_or_config if not isinstance(folder_or_config, dict)
                             else "the teacher's config")
     return cast(model, dtype)
+
+
+def tensor_ends(files: dict[str, Path], stored: dict[str, str] | None = None,
+                n: int = 8) -> dict[str, torch.Tensor]:
+    """name -> the first and last n values (float32, flattened) of each tensor of `files` (name ->
+    file; `stored`: its name in the file where that differs), reading little more than those (a
+    tensor's first and last rows). Each file is opened once."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for k, path in files.items():
+        by_file.setdefault(path, []).append(k)
+    out = {}
+    for path, names in by_file.items():
+        with safe_open(str(path), framework="pt") as f:
+            for k in names:
+                part = f.get_slice((stored or {}).get(k, k))
+                shape = part.get_shape()
+                if not shape or 0 in shape:
+                    continue
+                first, last = (n, shape[0] - n) if len(shape) == 1 else (1, shape[0] - 1)
+                head, tail = part[:first].reshape(-1)[:n], part[max(last, 0):].reshape(-1)[-n:]
+                out[k] = torch.cat([head, tail]).float()
+    return out
 
 
 class CheckpointBlocks:
@@ -180,6 +209,12 @@ class CheckpointBlocks:
                 t = t.to(self.dtype)
             yield k, t
 
+    def ends(self, keys: list[str], n: int = 8) -> dict[str, torch.Tensor]:
+        """`tensor_ends` of the named tensors the loader reads from a file: what
+        `calib.model_digest` sees of streamed blocks, so an earlier pass that wrote other values of
+        the same shapes gives another digest."""
+        return tensor_ends({k: self.files[k] for k in keys if k in self.files}, self.stored, n)
+
     def _load(self, keys: list[str]) -> None:
         from accelerate.utils import set_module_tensor_to_device
 
@@ -193,11 +228,35 @@ class CheckpointBlocks:
         from accelerate.utils import set_module_tensor_to_device
 
         blocks = self._blocks()
+        self.check_shapes()
         want = [k for k in self.model.state_dict() if not k.startswith(blocks)]
         self._load(self._matching(want, self.top_keys(), "the top level"))
         for name, buf in list(self.model.named_buffers()):
             if not name.startswith(blocks) and buf.device.type != "meta":
                 set_module_tensor_to_device(self.model, name, self.device, value=buf)
+
+    def check_shapes(self) -> None:
+        """Every stored tensor the model has has its shape and a floating dtype where the model's is
+        floating, from the files' headers (no data read), so a config that does not match the
+        weights is a UserError naming a tensor before any block runs, not accelerate's ValueError
+        when its block is reached (or an integer tensor silently cast to the model's dtype)."""
+        from safetensors import safe_open
+
+        model, by_file = self.model.state_dict(), {}
+        for k, path in self.files.items():
+            if k in model:
+                by_file.setdefault(path, []).append(k)
+        for path, names in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for k in names:
+                    part = f.get_slice(self.stored.get(k, k))
+                    shape, want = tuple(part.get_shape()), tuple(model[k].shape)
+                    if shape != want:
+                        raise UserError(f"{path}: {k} has shape {list(shape)}, the model's config gives "
+                                        f"it {list(want)}: the config does not match the weights")
+                    if model[k].is_floating_point() and part.get_dtype() not in FLOAT_DTYPES:
+                        raise UserError(f"{path}: {k} is stored as {part.get_dtype()}, not as floating "
+                                        "point: not a plain diffusers checkpoint (quantized?)")
 
     def _matching(self, want: list[str], have: list[str], what: str) -> list[str]:
         """`have` if it holds exactly the tensors `want` names, else a UserError naming the difference."""
@@ -285,6 +344,8 @@ def _libc():
         return None
 
 
+# safetensors' names of the floating dtypes (safe_open's get_slice(k).get_dtype())
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 SHARD_BYTES = 256 * 2**20  # safetensors' writer copies a file's tensors into memory: bound that copy
 
 

@@ -266,6 +266,22 @@ def test_sampled_inputs_survive_an_interrupt_and_a_rerun(tmp_path, folders, monk
     assert a.keys() == f.keys() and all(torch.equal(a[k], f[k]) and torch.equal(b[k], f[k]) for k in a)
 
 
+def test_a_rerun_that_batches_the_same_records_otherwise_samples_nothing(tmp_path, folders, monkeypatch):
+    """Each call's records are named by what they depend on (teacher, prompts, seeds, sampler): a
+    rerun that changes only how they are used (batch_size, spilling, held-out count) reads them back."""
+    import compress.calib_pipeline as cp
+
+    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
+        .replace("{size}", "").format(stream="false")
+    calls, real = [], cp.capture
+    monkeypatch.setattr(cp, "capture", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "out", tmp_path / "run").run()
+    assert len(calls) == 5
+    other = text.replace("batch_size: 4", "batch_size: 2, spill_activations: true")
+    Runner(parse_recipe(other, str(tmp_path / "r.yaml")), tmp_path / "out2", tmp_path / "run").run()
+    assert len(calls) == 5  # nothing sampled again
+
+
 def test_a_teacher_without_its_pipeline_names_calibration_pipeline(tmp_path, folders):
     """A transformer folder (or single file) as the teacher has no pipeline to sample in: one line
     before any compute naming calibration.pipeline; set, the transformer samples in that pipeline."""
@@ -407,6 +423,22 @@ def test_calibration_heldout_sets_how_many_prompts_a_pipeline_source_holds_out(f
         assert seen == [prompts[:10 - held], prompts[10 - held:]]
         rows = calibration_rows(type("R", (), {"calibration": calib(**kw)}), "pipeline", teacher.config, 10)
         assert rows == (10 - held) * 4 * 2
+
+
+def test_guidance_scale_1_runs_one_branch_and_counts_one(folders):
+    """At guidance_scale 1 the pipeline turns classifier-free guidance off (one branch whatever
+    cfg_branches says): rows per prompt, the held-out split and the plan's rows count one."""
+    from compress.calib_footprint import calibration_rows
+    from compress.calib_pipeline import PipelineSource, calibration_prompts, rows_per_prompt
+    from compress.recipe import CalibrationConfig
+
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog", "a fox"], sample_steps=3,
+                              timesteps=2, guidance_scale=1.0, heldout=2, batch_size=64)
+    assert rows_per_prompt(calib, False) == 2 and calibration_prompts(3, calib, False) == 2
+    teacher = load_teacher(str(folders["pixart"]))
+    batches = PipelineSource("pixart", calib, teacher, str(folders["pixart"])).calibration()
+    held = sum(b["hidden_states"].shape[0] for b in batches)  # (B, C, H, W)
+    assert held == calibration_rows(type("R", (), {"calibration": calib}), "pipeline", teacher.config, 3) == 4
 
 
 @pytest.mark.parametrize("content, words", [

@@ -21,6 +21,22 @@ def test_spilled_holds_batches_on_disk_until_dropped(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_spill_files_of_a_process_killed_hard_go_at_the_next_spill(tmp_path):
+    """A run killed by the OOM killer leaves its spill files (no __del__ runs): the next process to
+    spill in the folder deletes them, and never those of a process still running."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / f"{dead}-0-0.pt").write_bytes(b"stale")  # (a pid not reused in the meantime)
+    (tmp_path / f"{os.getppid()}-0-0.pt").write_bytes(b"live")  # the parent of pytest runs
+    store = Spilled(tmp_path)
+    store.append(torch.zeros(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{os.getppid()}-0-0.pt", store.paths[0].name])
+
+
 def test_named_files_round_trip_and_outlive_the_object_until_cleared(tmp_path):
     from compress.calib_store import NamedFiles
 

@@ -438,3 +438,51 @@ def test_a_streamed_run_on_the_gpu_matches_the_cpu(tmp_path, family, spill, exac
         errors = [[s["relative_error"] for s in r["stages"]] for r in (reports[key], want_report)]
         assert errors[0] == pytest.approx(errors[1], rel=1e-3)
     assert not any((tmp_path / "run-true-cuda" / "stream").iterdir())
+
+
+def test_a_rerun_with_another_first_pass_reads_no_stale_stats(tmp_path):
+    """Pass 2's Grams depend on the values pass 1 wrote to the streamed blocks (on meta): a rerun
+    in the same run dir whose pass 1 factorizes differently (same ranks) must not read pass 2's
+    cached stats of the first run."""
+    text = _teacher(tmp_path, "pixart").replace(
+        "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n",
+        "  - svd: {{targets: [mlp], fisher: block, ratio: 0.5, multiple: 2}}\n")
+    text = text.replace("[attention, mlp]", "[attention]").format(stream="true")
+    first = _run(tmp_path, text, "a")
+    recipe = parse_recipe(text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), str(tmp_path / "b.yaml"))
+    second = Runner(recipe, tmp_path / "out-b", tmp_path / "run-a").run()  # first run's run dir
+    fresh = _run(tmp_path, text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), "c")
+    assert json.loads((second / "report.json").read_text())["svd"]["cache_hits"] == []
+    b, c = load_transformer(second).state_dict(), load_transformer(fresh).state_dict()
+    assert all(torch.equal(b[k], c[k]) for k in c) and first.exists()
+
+
+def test_the_streamed_fingerprint_sees_a_tensor_in_the_middle_of_a_big_shard(tmp_path):
+    """A fine-tune that changes only tensors between a shard's first and last MiB (a merged LoRA on
+    some layers) is another teacher: resume and the caches must not take it for the first one."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    def fingerprint(middle):  # (3 x 1.2 MiB) in one file
+        tensors = {"a": torch.zeros(300_000), "b": middle, "c": torch.zeros(300_000)}
+        save_file(tensors, str(tmp_path / "w.safetensors"))
+        models = StreamedModels(None)
+        models.files = dict.fromkeys(tensors, tmp_path / "w.safetensors")
+        h = hashlib.sha256()
+        models.fingerprint(None, h)
+        return h.hexdigest()
+
+    assert fingerprint(torch.ones(300_000)) != fingerprint(torch.full((300_000,), 2.0))
+
+
+def test_a_streamed_svd_of_the_output_head_matches_resident(tmp_path):
+    """proj_out's Gram is taken after the blocks, in whole-model forwards: streamed, each block is
+    read just in time for them (it ran on meta blocks: a device error)."""
+    text = _teacher(tmp_path, "pixart").replace(
+        "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n", "")
+    text = text.replace("[attention, mlp]", "[output, mlp]")
+    a = load_transformer(_run(tmp_path, text.format(stream="false"), "resident")).state_dict()
+    b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed")).state_dict()
+    assert "proj_out.down.weight" in a and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -53,6 +53,17 @@ def test_not_a_checkpoint_is_a_user_error(tmp_path):
         CheckpointBlocks(tiny_pixart(), tmp_path, tmp_path / "spill")
 
 
+def test_an_index_naming_a_missing_shard_is_a_user_error(tmp_path):
+    """An incomplete download: one line naming the shard, not FileNotFoundError when it is read."""
+    from compress.stream import weight_map
+
+    tiny_pixart().save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
+    shard = sorted((tmp_path / "ckpt").glob("*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(UserError, match=rf"lists 1 shard\(s\) not in .*: {shard.name} \(an incomplete"):
+        weight_map(tmp_path / "ckpt")
+
+
 def _streamed_model(tmp_path, make):
     make().save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
     model = empty_transformer(tmp_path / "ckpt")
@@ -165,6 +176,30 @@ def test_a_checkpoint_that_does_not_match_its_config_is_named(tmp_path, edit, ma
             loader.materialize(group, index, block)
 
 
+K = "transformer_blocks.1.attn1.to_k.weight"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda sd: sd.update({K: sd[K][:-1]}), r"transformer_blocks\.1\.attn1\.to_k\.weight has shape \[15, 16\], "
+                                             r"the model's config gives it \[16, 16\]"),
+    (lambda sd: sd.update({K: sd[K].to(torch.int32)}), r"to_k\.weight is stored as I32, not as floating point"),
+])
+def test_a_checkpoint_whose_shapes_or_dtypes_do_not_fit_is_named_before_any_block(tmp_path, edit, match):
+    """A config that does not match the weights' shapes (or an integer tensor where the model has
+    a floating one) is a UserError when the top level loads, not accelerate's ValueError when the
+    block is reached mid-run (nor a silent cast)."""
+    from safetensors.torch import save_file
+
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "ckpt")
+    sd = dict(model.state_dict())
+    edit(sd)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "ckpt" / "diffusion_pytorch_model.safetensors"))
+    loader = CheckpointBlocks(empty_transformer(tmp_path / "ckpt"), tmp_path / "ckpt")
+    with pytest.raises(UserError, match=match):
+        loader.load_top()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_nonfinite_counts_exactly_and_passes_sums_that_overflow(dtype):
     """The finite-sum shortcut never hides a NaN/Inf, and finite values whose sum overflows are
@@ -180,3 +215,32 @@ def test_nonfinite_counts_exactly_and_passes_sums_that_overflow(dtype):
         assert nonfinite(y, chunk=333) == len(bad)
     big = torch.full((64,), torch.finfo(dtype).max / 2, dtype=dtype)
     assert not torch.isfinite(big.sum()) and nonfinite(big) == 0
+
+
+def test_the_digest_of_a_streamed_model_sees_its_block_weights(tmp_path):
+    """Streamed blocks are on meta: the stats cache's model digest reads a few of their stored
+    values, so a student whose blocks an earlier pass wrote differently gets other cache files."""
+    from compress.calib import model_digest
+
+    digests = []
+    for scale in (1.0, 1.0, 2.0):
+        teacher = tiny_pixart()
+        with torch.no_grad():
+            teacher.transformer_blocks[1].ff.net[2].weight.mul_(scale)  # (out, in): same shape
+        folder = tmp_path / f"ckpt-{len(digests)}"
+        teacher.save_pretrained(folder, max_shard_size="40KB")
+        model = empty_transformer(folder)
+        loader = CheckpointBlocks(model, folder)
+        loader.load_top()
+        digests.append(model_digest(model, None, loader))
+    assert digests[0] == digests[1] != digests[2]
+
+
+def test_ends_reads_the_first_and_last_values(tmp_path):
+    model, loader = _streamed_model(tmp_path, tiny_flux)
+    want = tiny_flux().state_dict()
+    names = ["transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.attn.to_q.bias"]
+    got = loader.ends(names, n=3)
+    for k in names:
+        flat = want[k].reshape(-1)
+        assert torch.equal(got[k], torch.cat([flat[:3], flat[-3:]]))

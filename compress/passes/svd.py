@@ -166,7 +166,7 @@ class SVDPass(Pass):
             raise UserError("the svd pass needs calibration inputs (a calibration section in the recipe)")
         targets = resolve_targets(ctx.adapter.linears(model), c.targets, c.ignore)
         batches = ctx.calibration_inputs()
-        start = model_digest(model, ctx.block_map)  # what earlier passes left
+        start = model_digest(model, ctx.block_map, self.loader)  # what earlier passes left
         cache_dir = ctx.run_dir / "calib" / ctx.fingerprint / start if ctx.fingerprint else None
         self.cache = StatsCache(cache_dir, ctx.device)
         report = ctx.report.setdefault("svd", {})
