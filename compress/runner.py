@@ -134,18 +134,27 @@ def weights_checksum(teacher: torch.nn.Module, models) -> str:
     return h.hexdigest()
 
 
+# calibration keys that change where activations are kept, not any statistic or result
+CALIBRATION_RESULT_FREE = ("spill_activations",)
+
+
 def fingerprint(source: str, weights: str, recipe: Recipe) -> str:
-    """Teacher identity (source + `weights_checksum`) + calibration config + code version."""
+    """Teacher identity (source + `weights_checksum`) + calibration config (but for
+    CALIBRATION_RESULT_FREE) + code version."""
     h = hashlib.sha256(f"{source}|{compress.__version__}|{STATS_VERSION}|{weights}|".encode())
-    h.update(json.dumps(asdict(recipe.calibration), sort_keys=True).encode())
+    calibration = {k: v for k, v in asdict(recipe.calibration).items() if k not in CALIBRATION_RESULT_FREE}
+    h.update(json.dumps(calibration, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
 def recipe_changes(before: dict, now: dict, passes) -> list[str]:
     """The keys (dotted paths) where two resolved recipes differ, but those a pass declares cannot
     change its result (`Pass.result_free`: progress bars, how often distill checkpoints, how far
-    this run goes)."""
+    this run goes) and CALIBRATION_RESULT_FREE."""
     def view(raw: dict) -> dict:
+        calibration = raw.get("calibration")
+        if isinstance(calibration, dict):
+            raw = dict(raw, calibration={k: v for k, v in calibration.items() if k not in CALIBRATION_RESULT_FREE})
         specs = raw.get("passes", [])
         if len(specs) != len(passes):
             return _flat(raw)
