@@ -39,7 +39,7 @@ from compress.calib_stats import Stats, StatsCache
 from compress.calib_store import BlockLoader, SpilledMap, Unchanged
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
-from compress.linalg import factors_from, normalized_curve
+from compress.linalg import normalized_curve
 from compress.linalg_steps import asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
@@ -49,7 +49,8 @@ from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, 
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
 from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
-from compress.passes.svd_layer import compress_layer, decompose_layer, layer_math, replace_linear, weighted
+from compress.passes.svd_layer import (approximation, compress_layer, decompose_layer, layer_math,
+                                       replace_linear, weighted)
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
 from compress.passes.svd_walk import module_digest, walk
 from compress.report import console
@@ -379,10 +380,10 @@ class SVDPass(Pass):
             dec = decompose_layer(m, c.method, c.alpha, info.name)
             curves[info.name] = normalized_curve(dec.curve)
             rank = ratio_rank(shape_spec(info), c.ratio, c.multiple)
-            if sensitivity and rank is not DENSE:
-                fac = factors_from(dec, m.weight, rank, name=info.name)
-                up = root[1].to(fac.up) @ fac.up if root else fac.up
-                factors[info.name] = (up.float(), fac.down.float(), float(curves[info.name][rank]))
+            if sensitivity and rank is not DENSE:  # the layer as compress_layer makes it (mean shift too)
+                up, down, shift = approximation(m, dec, rank, root[1] if root else None, info.name)
+                factors[info.name] = (up.float(), down.float(), float(curves[info.name][rank]),
+                                      shift.float() if shift is not None else None)
             return False
 
         cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),

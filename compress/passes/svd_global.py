@@ -25,7 +25,9 @@ def predicted_vs_uniform(specs, ranks, weights, c) -> float | None:
 
 def sensitivities(model, adapter, batches, factors, progress, targets) -> dict[str, float]:
     """Per measured layer: the squared relative final-prediction error with only that layer at the
-    uniform rank, per unit of its normalized loss there (alloc.sensitivity_weight). The forwards of
+    uniform rank, per unit of its normalized loss there (alloc.sensitivity_weight). factors: name ->
+    (up, down, normalized loss[, bias shift]), the shift a centered target's mean error
+    (svd_layer.approximation), added to its bias for the measurement as compress_layer adds it. The forwards of
     a block's layers start at that block (its input recorded once, `replay.Prefix`)."""
     from compress.calib import _progress
 
@@ -36,10 +38,10 @@ def sensitivities(model, adapter, batches, factors, progress, targets) -> dict[s
     with _progress(progress) as bar:
         task = bar.add_task("sensitivity", total=len(factors))
         for name in sorted(factors, key=start.__getitem__):  # one recording per block
-            up, down, norm_loss = factors[name]
+            up, down, norm_loss, *shift = factors[name]  # shift: a centered target's mean error
             if start[name] != prefix.start:
                 prefix = Prefix(model, adapter, batches, start[name])
-            with swapped_weight(model, name, up @ down):
+            with swapped_weight(model, name, up @ down, shift[0] if shift else None):
                 rel = relative_error(model, ref, adapter, batches, prefix)
             weights[name] = sensitivity_weight(rel, norm_loss)
             bar.advance(task)

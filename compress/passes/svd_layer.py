@@ -150,18 +150,37 @@ def _ratio(loss: float, optimal: float, energy: float) -> float:
     return loss / optimal
 
 
+def approximation(m: LayerMath, dec: Decomposition, rank: int, root: torch.Tensor | None = None,
+                  name: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(up (out, r), down (r, in), bias shift (out,) or None): the layer `compress_layer` would make
+    from `dec` (of m, seen through L⁻¹ = root when weighted) at `rank`, the centered mean error
+    included: without it a centered target's W' alone leaves (W − W')μ in every output."""
+    fac = factors_from(dec, m.weight, rank, name=name)
+    up, shift = fac.up, _mean_shift(m, fac.up, fac.down)
+    if root is not None:  # back from V = L W to W
+        inv = root.to(up.device, F64)
+        up, shift = inv @ up, (inv @ shift if shift is not None else None)
+    return up, fac.down, shift
+
+
 @torch.no_grad()
-def swapped_weight(model: nn.Module, name: str, approx: torch.Tensor):
-    """Context manager: temporarily give linear `name` the dense weight `approx` (out, in)."""
+def swapped_weight(model: nn.Module, name: str, approx: torch.Tensor, bias_shift: torch.Tensor | None = None):
+    """Context manager: temporarily give linear `name` the dense weight `approx` (out, in), and add
+    `bias_shift` (out,) to its bias (a centered factorization's mean error, `approximation`)."""
     import contextlib
 
     @contextlib.contextmanager
     def ctx():
         module = model.get_submodule(name)
-        saved = module.weight.data
+        saved, saved_bias = module.weight.data, module.bias
         module.weight.data = approx.to(saved.device, saved.dtype)
+        if bias_shift is not None:
+            shift = bias_shift.to(saved.device, saved.dtype)
+            module.bias = nn.Parameter(shift if saved_bias is None else saved_bias.data + shift,
+                                       requires_grad=False)
         try:
             yield
         finally:
             module.weight.data = saved
+            module.bias = saved_bias
     return ctx()

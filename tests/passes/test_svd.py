@@ -416,6 +416,35 @@ def test_sensitivities_replayed_per_block_equal_whole_forwards():
     assert list(got) == names  # the report keeps the layers' order
 
 
+def test_global_measures_a_centered_targets_sensitivity_with_its_mean_shift(tmp_path):
+    """A centered target (modulation) leaves its mean error (W − W')μ to its bias: the sensitivity
+    is the prediction's error with the layer as the pass would make it at the uniform rank, bias
+    included (it was measured with W' alone: weight 12.1 here instead of 2.63)."""
+    from compress.passes import svd as svd_module
+
+    name, cfg = "adaln_single.linear", dict(targets=["modulation"], ratio=0.5, compensate=False,
+                                                 modulation_grid=16)
+    captured = {}
+
+    def spy(model, adapter, batches, factors, progress, targets):
+        captured.update(batches=batches, loss=factors[name][2])
+        return real(model, adapter, batches, factors, progress, targets)
+
+    real = svd_module.sensitivities
+    svd_module.sensitivities = spy
+    try:
+        _, report, _ = _run("pixart", tmp_path / "global", allocation="global", **cfg)
+    finally:
+        svd_module.sensitivities = real
+    uniform, _, _ = _run("pixart", tmp_path / "uniform", activations="teacher", **cfg)
+    model = tiny_pixart()
+    adapter, batches = get_adapter(model), captured["batches"]
+    ref = predictions(model, adapter, batches)
+    model.set_submodule(name, uniform.get_submodule(name))  # the layer the pass makes, bias shifted
+    want = sensitivity_weight(relative_error(model, ref, adapter, batches), captured["loss"])
+    assert report["global"]["weights"][name] == pytest.approx(want, rel=1e-4)
+
+
 def test_asymmetric_steps_are_not_kept_past_their_layer(tmp_path, monkeypatch):
     """Each target's asymmetric step Δ (out x in, float64: the whole model's size over a pass) is
     dropped once its layer is committed: while the pass runs, the steps alive stay within one
