@@ -49,6 +49,7 @@ from torch import nn
 
 from compress.arch.base import LinearInfo
 from compress.calib_stats import Stats
+from compress.errors import NumericError
 from compress.linalg_steps import kfac_step
 from compress.passes.svd_fisher import prediction_gradients
 from compress.replay import Prefix
@@ -97,7 +98,9 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
     (`svd.compensate_search: ladder` tries every step).
     factorize(info, stats, step, rank): rank None lets the pass choose (done at β = 0); every later
     candidate keeps the rank chosen at β = 0, so candidates differ in their error only. Targets
-    without a step are factorized once, before the search. Returns (records by name, search summary)."""
+    without a step are factorized once, before the search. A candidate whose error is NaN is never
+    kept; a NaN/Inf error at β = 0 is a NumericError naming the layers. Returns (records by name,
+    search summary)."""
     records = {info.name: factorize(info, stats, None, None) for info, stats in pairs
                if info.name not in steps}
     stepped = [(info, stats) for info, stats in pairs if info.name in steps]
@@ -112,10 +115,14 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
                                          ranks.get(info.name))
             ranks.setdefault(info.name, found[info.name]["rank"])
         errors[beta] = measure()
-        if best is None or errors[beta] < best[0]:
+        if best is None or errors[beta] < best[0]:  # a NaN candidate is never the best
             best = (errors[beta], beta, found, {n: model.get_submodule(n) for n in originals})
         for name, module in originals.items():  # back to dense for the next candidate
             model.set_submodule(name, module)
+        if not beta and not math.isfinite(errors[beta]):  # nothing to compare the steps with
+            raise NumericError(f"layers {sorted(originals)}: the calibration prediction error with "
+                               f"their plain factors is {errors[beta]}: the forward overflowed (a "
+                               "float16 compute_dtype? try bfloat16)")
 
     trial(0.0)
     ladder = STEPS[1:]

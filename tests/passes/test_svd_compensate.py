@@ -112,6 +112,28 @@ def test_line_search_without_a_better_step_keeps_the_plain_factors():
     assert isinstance(model[0], nn.Identity)
 
 
+def test_line_search_never_keeps_a_nan_error_and_a_nan_plain_error_names_the_layers():
+    from compress.errors import NumericError
+
+    model = nn.Sequential(nn.Linear(4, 4))
+
+    def factorize(info, stats, step, rank):
+        model.set_submodule(info.name, nn.Identity())
+        return {"step": step, "rank": 2}
+
+    nan = float("nan")
+    errors = iter([0.5, nan, 0.4, nan] + [0.6] * 5 + [nan, 0.45])  # the best (STEPS[2]) doubled: NaN
+    _, search = line_search(model, [(_info("0"), None)], {"0": torch.ones(4, 4)}, factorize,
+                            lambda: next(errors))
+    assert search["step"] == STEPS[2] and search["calibration_error"] == 0.4
+    model = nn.Sequential(nn.Linear(4, 4))
+    dense = model[0]
+    errors = iter([nan] + [0.2] * 10)  # the plain factors' forward overflowed: nothing to compare with
+    with pytest.raises(NumericError, match=r"layers \['0'\]: .* is nan"):
+        line_search(model, [(_info("0"), None)], {"0": torch.ones(4, 4)}, factorize, lambda: next(errors))
+    assert model[0] is dense  # left dense
+
+
 def _compress(family, tmp_path, **cfg):
     model = MAKERS[family]()
     ctx = _ctx(model, tmp_path)
