@@ -4,10 +4,12 @@ predicts against uniform, trust ranges, and the budget check. `c` is the pass's 
 
 from __future__ import annotations
 
+import math
+
 from compress.alloc import (DENSE, budget_for_ratio, min_budget, ratio_rank, sensitivity_weight,
                             trust_ranges, weighted_loss)
 from compress.arch.base import LinearInfo
-from compress.errors import UserError
+from compress.errors import NumericError, UserError
 from compress.passes.base import predictions, relative_error
 from compress.passes.svd_layer import swapped_weight
 from compress.passes.svd_targets import fixed_ranks, shape_spec
@@ -43,6 +45,9 @@ def sensitivities(model, adapter, batches, factors, progress, targets) -> dict[s
                 prefix = Prefix(model, adapter, batches, start[name])
             with swapped_weight(model, name, up @ down, shift[0] if shift else None):
                 rel = relative_error(model, ref, adapter, batches, prefix)
+            if not math.isfinite(rel):
+                raise NumericError(f"{name}: the prediction error with this layer alone factorized at the "
+                                   f"uniform rank is {rel} (global allocation's sensitivity)")
             weights[name] = sensitivity_weight(rel, norm_loss)
             bar.advance(task)
     return {name: weights[name] for name in factors}

@@ -467,3 +467,17 @@ def test_asymmetric_steps_are_not_kept_past_their_layer(tmp_path, monkeypatch):
     model, report, infos = _run("flux", tmp_path, fisher="none", ratio=0.5)
     assert len(report["asymmetric"]) == len(made) > 12
     assert max(alive_most) <= 12  # a Flux double block has 12 attention + MLP targets
+
+
+def test_a_non_finite_sensitivity_is_a_numeric_error_naming_the_layer(monkeypatch):
+    from compress.errors import NumericError
+    from compress.passes import svd_global
+
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    info = adapter.linears(model)[0]
+    weight = model.get_submodule(info.name).weight.detach()  # (out, in)
+    factors = {info.name: (weight[:, :2], torch.eye(2, weight.shape[1]), 0.5)}  # (out, 2), (2, in)
+    monkeypatch.setattr(svd_global, "relative_error", lambda *a, **k: float("nan"))
+    with pytest.raises(NumericError, match=f"{re.escape(info.name)}: the prediction error .* is nan"):
+        svd_global.sensitivities(model, adapter, [model_inputs(model)], factors, False, [info])
