@@ -81,12 +81,24 @@ def _bandwidth() -> float:
 # ---- distances -----------------------------------------------------------------------------------
 
 
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric PSD matrix (D, D) by eigh (round-off negatives clipped to 0)."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fit to feature sets a (N, D) and b (M, D)."""
+    """Fréchet distance between Gaussians fit to feature sets a (N, D) and b (M, D):
+    ||μa − μb||² + tr(Ca) + tr(Cb) − 2 tr((Ca Cb)^½). tr((Ca Cb)^½) is taken as the sum of the square
+    roots of the eigenvalues of the symmetric PSD Ca^½ Cb Ca^½ (the same eigenvalues as Ca Cb): real,
+    symmetric in a and b, and exact for singular covariances (collapsed samples), where a general sqrtm
+    of the non-symmetric product warns and loses accuracy."""
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b).real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root_a = _psd_sqrt(cov_a)
+    cross = root_a @ cov_b @ root_a
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh((cross + cross.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
 def mmd(a: np.ndarray, b: np.ndarray, bandwidth: float | None = None) -> float:

@@ -1,12 +1,16 @@
 """Loading and saving the shipped toy teachers (package data in compress/toy/weights/).
 
 Files per family: `<family>.json` (the diffusers config), `<family>.safetensors` (fp32 weights),
-`<family>.md` (model card). Shared: `text_encoder.safetensors` (the frozen toy text encoder).
+`<family>.md` (model card). Shared: `text_encoder.safetensors` (the frozen toy text encoder) and
+`checksums.json` (SHA-256 of every .json / .safetensors above; the savers keep it up to date). Where a
+folder has `checksums.json`, each listed file is checked against it before it is read, so a damaged
+file is a UserError naming it, not a teacher with silently changed weights.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +22,50 @@ from compress.toy.text import ToyTextEncoder
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FAMILIES = ("pixart", "flux")
 TEXT_ENCODER_FILE = "text_encoder.safetensors"
+CHECKSUMS_FILE = "checksums.json"  # {file name: SHA-256 hex} of the files beside it
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file (cached per path, size and modification time)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    path = folder / CHECKSUMS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+        raise UserError(f"toy checksum file is corrupted: {path} ({exc}) (reinstall dit-compress)") from None
+
+
+def verify_checksum(path: Path) -> None:
+    """A UserError naming `path` when its folder's checksums.json lists it with another SHA-256."""
+    expected = _checksums(path.parent).get(path.name)
+    if expected is None:
+        return
+    actual = file_sha256(path)
+    if actual != expected:
+        raise UserError(f"toy weight file is corrupted: {path} (SHA-256 {actual[:16]}… but {CHECKSUMS_FILE} "
+                        f"lists {expected[:16]}…; reinstall dit-compress, or rebuild it with tools/train_toy_teacher.py)")
+
+
+def _record_checksum(path: Path) -> None:
+    """Write `path`'s SHA-256 into its folder's checksums.json (created if missing)."""
+    listed = _checksums(path.parent)
+    listed[path.name] = file_sha256(path)
+    (path.parent / CHECKSUMS_FILE).write_text(json.dumps(dict(sorted(listed.items())), indent=1) + "\n")
 
 
 def _model_class(family: str):
@@ -32,6 +80,7 @@ def _open_weights(path: Path, read):
     """read(path) for a toy weight file; missing or corrupted files are a UserError naming it."""
     if not path.is_file():
         raise UserError(f"toy weight file missing: {path} (reinstall dit-compress, or rebuild it with tools/train_toy_teacher.py)")
+    verify_checksum(path)
     try:
         return read(path)
     except Exception as exc:  # safetensors raises several types for truncated / garbled files
@@ -47,6 +96,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"toy config file missing: {path} (reinstall dit-compress)")
+    verify_checksum(path)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -90,6 +140,7 @@ def toy_files(family: str, weights_dir: str | Path | None = None) -> tuple[Path,
     for path in (config, weights):
         if not path.is_file():
             raise UserError(f"toy file missing: {path} (reinstall dit-compress)")
+        verify_checksum(path)
     return config, weights
 
 
@@ -117,6 +168,8 @@ def save_toy_teacher(model, family: str, out_dir: str | Path, objective: str = "
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / f"{family}.safetensors"),
               metadata={"family": family, "format": "dit-compress-toy", "objective": objective})
+    for name in (f"{family}.json", f"{family}.safetensors"):
+        _record_checksum(out / name)
 
 
 def toy_objective(family: str, weights_dir: str | Path | None = None) -> str:
@@ -138,6 +191,7 @@ def save_text_encoder(encoder: ToyTextEncoder, out_dir: str | Path) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out / TEXT_ENCODER_FILE))
+    _record_checksum(out / TEXT_ENCODER_FILE)
 
 
 def load_toy_pipeline(family: str, transformer=None, dtype: torch.dtype = torch.float32, weights_dir=None):

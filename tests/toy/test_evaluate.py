@@ -20,6 +20,37 @@ def test_distances_are_sane():
     assert abs(ev.mmd(a, b, bandwidth=1.0)) < 0.02 < ev.mmd(a, b + 3, bandwidth=1.0)
 
 
+def test_frechet_distance_matches_the_closed_form():
+    """||μa − μb||² + tr(Ca + Cb − 2 (Ca^½ Cb Ca^½)^½), symmetric, on covariances of any rank."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 16)) @ rng.normal(size=(16, 16))
+    b = rng.normal(size=(200, 16)) @ rng.normal(size=(16, 16)) + 0.5
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(ca)
+    root_a = (v * np.sqrt(w)) @ v.T
+    cross = np.sqrt(np.linalg.eigvalsh(root_a @ cb @ root_a)).sum()
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * cross
+    assert math.isclose(ev.frechet_distance(a, b), expected, rel_tol=1e-9)
+    assert math.isclose(ev.frechet_distance(b, a), expected, rel_tol=1e-9)
+
+
+def test_frechet_distance_of_collapsed_samples_is_exact_and_quiet():
+    """A student whose samples collapse (zero or rank-1 covariance): no singular-sqrtm warning, and
+    the exact value (with Ca = 0 the cross term vanishes)."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    b = rng.normal(size=(450, 16)) * 3
+    collapsed = np.ones((200, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fd = ev.frechet_distance(collapsed, b)
+        rank1 = ev.frechet_distance(np.outer(rng.normal(size=200), rng.normal(size=16)), b)
+    expected = ((1 - b.mean(0)) ** 2).sum() + np.trace(np.cov(b, rowvar=False))
+    assert math.isclose(fd, expected, rel_tol=1e-12)
+    assert math.isfinite(rank1) and rank1 > 0
+
+
 def test_evaluate_is_deterministic_and_flat(teachers):
     settings = dict(family="pixart", seed=1, n_per_prompt=1, num_inference_steps=2, n_pred=16)
     first = ev.evaluate(teachers["pixart"], teacher=teachers["pixart"], **settings)

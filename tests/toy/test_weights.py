@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
 
 from compress.errors import UserError
-from compress.toy.weights import WEIGHTS_DIR, load_toy_teacher
+from compress.toy.weights import WEIGHTS_DIR, load_toy_teacher, toy_files
 
 
 def test_shipped_teachers_load(teachers):
@@ -64,3 +65,61 @@ def test_corrupted_config_names_the_file(copied):
 def test_unknown_family():
     with pytest.raises(UserError, match="pixart, flux"):
         load_toy_teacher("sdxl")
+
+
+@pytest.fixture()
+def copied_with_checksums(copied):
+    shutil.copy(WEIGHTS_DIR / "checksums.json", copied / "checksums.json")
+    return copied
+
+
+def test_shipped_files_match_their_checksums():
+    from compress.toy.weights import CHECKSUMS_FILE, verify_checksum
+
+    listed = json.loads((WEIGHTS_DIR / CHECKSUMS_FILE).read_text())
+    shipped = {p.name for p in WEIGHTS_DIR.iterdir() if p.suffix in (".json", ".safetensors")} - {CHECKSUMS_FILE}
+    assert set(listed) == shipped
+    for name in listed:
+        verify_checksum(WEIGHTS_DIR / name)
+
+
+def test_flipped_bit_in_weights_is_caught(copied_with_checksums):
+    """Same size, valid header, one tensor value changed: only the checksum can tell."""
+    path = copied_with_checksums / "pixart.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"corrupted: .*pixart\.safetensors.*SHA-256") as info:
+        load_toy_teacher("pixart", weights_dir=copied_with_checksums)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"corrupted: .*pixart\.safetensors"):
+        toy_files("pixart", weights_dir=copied_with_checksums)  # what a streamed run reads
+
+
+def test_edited_config_and_text_encoder_are_caught(copied_with_checksums):
+    from compress.toy.weights import load_text_encoder
+
+    config = copied_with_checksums / "pixart.json"
+    config.write_text(config.read_text().replace('"norm_eps": 1e-06', '"norm_eps": 1e-05'))
+    with pytest.raises(UserError, match=r"corrupted: .*pixart\.json"):
+        load_toy_teacher("pixart", weights_dir=copied_with_checksums)
+    encoder = copied_with_checksums / "text_encoder.safetensors"
+    data = bytearray(encoder.read_bytes())
+    data[-4] ^= 0x40
+    encoder.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"corrupted: .*text_encoder\.safetensors"):
+        load_text_encoder(copied_with_checksums)
+
+
+def test_saving_records_checksums(tmp_path):
+    from compress.toy.pixart import new_transformer
+    from compress.toy.text import ToyTextEncoder
+    from compress.toy.weights import CHECKSUMS_FILE, save_text_encoder, save_toy_teacher
+
+    save_toy_teacher(new_transformer(seed=1), "pixart", tmp_path)
+    save_text_encoder(ToyTextEncoder.from_seed(), tmp_path)
+    listed = json.loads((tmp_path / CHECKSUMS_FILE).read_text())
+    assert set(listed) == {"pixart.json", "pixart.safetensors", "text_encoder.safetensors"}
+    load_toy_teacher("pixart", weights_dir=tmp_path)
+    save_toy_teacher(new_transformer(seed=2), "pixart", tmp_path)  # rewritten: the entry follows
+    load_toy_teacher("pixart", weights_dir=tmp_path)
