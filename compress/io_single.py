@@ -28,13 +28,27 @@ def detect_family(keys) -> str:
                     f"supported: {SUPPORTED}")
 
 
+def checked_family(path: Path, keys, family: str | None) -> str:
+    """The family of a checkpoint's keys; `family` (the one the caller needs) where the keys do not
+    tell, and a UserError where they tell another."""
+    try:
+        found = detect_family(keys)
+    except UserError:
+        if family:
+            return family
+        raise
+    if family and found != family:
+        raise UserError(f"{path} holds a {found} transformer, not the {family} one needed here")
+    return found
+
+
 def load_single_file(path: Path, dtype=torch.float32, config: str | None = None,
                      family: str | None = None) -> nn.Module:
     if path.suffix not in SINGLE_FILE_SUFFIXES:
         raise UserError(f"unsupported checkpoint file type '{path.suffix}' ({path}); "
                         f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}")
     sd = read_state_dict(path)
-    family = family or detect_family(sd.keys())
+    family = checked_family(path, sd.keys(), family)
     adapter = get_adapter(family)
     cls = model_class(adapter.class_name)
     cfg_dir = config_dir(path, config)
@@ -46,7 +60,10 @@ def load_single_file(path: Path, dtype=torch.float32, config: str | None = None,
             raise UserError(f"cannot load Flux single file {path}: {one_line(e)}") from None
     from compress.arch.pixart_convert import convert_original_pixart
 
-    sd = convert_original_pixart(sd)  # no-op for diffusers-format keys
+    try:
+        sd = convert_original_pixart(sd)  # no-op for diffusers-format keys
+    except KeyError as e:
+        raise UserError(f"{path}: {e.args[0]}") from None
     model = from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)

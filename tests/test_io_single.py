@@ -68,3 +68,44 @@ def test_family_of_bfl_keys_as_comfyui_saves_them():
     assert detect_family([k.removeprefix("model.") for k in keys]) == "flux"
     with pytest.raises(UserError, match="cannot tell"):
         detect_family(["model.other.weight"])
+
+
+def test_original_pixart_key_without_a_diffusers_counterpart_is_one_line(tmp_path):
+    """A qk-norm checkpoint (PixArt-Σ's `--qk_norm` variant): diffusers' class has no such weight."""
+    model = tiny_pixart()
+    sd = _to_original_pixart(model.state_dict())
+    sd["blocks.0.attn.q_norm.weight"] = torch.ones(8)
+    torch.save(sd, tmp_path / "PixArt.pth")
+    model.save_config(tmp_path)
+    with pytest.raises(UserError, match=r"PixArt\.pth: original PixArt key 'blocks\.0\.attn\.q_norm\.weight' has no"):
+        load_teacher(str(tmp_path / "PixArt.pth"))
+
+
+def test_converter_produces_every_diffusers_key_once():
+    from compress.arch.pixart_convert import convert_original_pixart
+
+    model = tiny_pixart(use_additional_conditions=True, num_attention_heads=3, cross_attention_dim=24)
+    sd = model.state_dict()
+    original = _to_original_pixart(sd)
+    for name in ("resolution", "aspect_ratio"):  # the micro-conditions of PixArt-α / Σ-MS checkpoints
+        for i, layer in ((0, "linear_1"), (2, "linear_2")):
+            for suf in ("weight", "bias"):
+                short = "csize" if name == "resolution" else "ar"
+                original[f"{short}_embedder.mlp.{i}.{suf}"] = sd[f"adaln_single.emb.{name}_embedder.{layer}.{suf}"]
+    original["pos_embed"] = torch.zeros(1, 16, 24)  # the fixed sin-cos table: dropped
+    converted = convert_original_pixart(original)
+    assert converted.keys() == sd.keys()  # pos_embed.pos_embed is a non-persistent buffer
+    for k, v in converted.items():
+        assert torch.equal(v, sd[k]), k
+    original["blocks.0.attn1.to_q.weight"] = original["blocks.0.attn.proj.weight"]  # not an original key
+    with pytest.raises(KeyError, match="no counterpart"):
+        convert_original_pixart(original)
+
+
+def test_single_file_of_another_family_than_needed(tmp_path):
+    """eval/bench pass the student's family: a teacher file of the other family says so, in one line."""
+    model = tiny_pixart()
+    torch.save({"state_dict": _to_original_pixart(model.state_dict())}, tmp_path / "PixArt.pth")
+    model.save_config(tmp_path)
+    with pytest.raises(UserError, match=r"PixArt\.pth holds a pixart transformer, not the flux one needed here"):
+        load_teacher(str(tmp_path / "PixArt.pth"), family="flux")
