@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from compress import load_teacher
 from compress.errors import UserError
-from tests.conftest import forward, model_inputs, tiny_pixart
+from tests.conftest import forward, model_inputs, tiny_flux, tiny_pixart
 
 
 def _to_original_pixart(sd):
@@ -109,3 +109,34 @@ def test_single_file_of_another_family_than_needed(tmp_path):
     model.save_config(tmp_path)
     with pytest.raises(UserError, match=r"PixArt\.pth holds a pixart transformer, not the flux one needed here"):
         load_teacher(str(tmp_path / "PixArt.pth"), family="flux")
+
+
+def test_flux_single_file_with_diffusers_keys_and_comfyui_prefix(tmp_path):
+    model = tiny_flux()
+    model.save_config(tmp_path)
+    sd = model.state_dict()
+    save_file(sd, str(tmp_path / "flux.safetensors"))
+    comfy = {"model.diffusion_model." + k: v for k, v in sd.items()}
+    comfy["vae.decoder.conv_in.weight"] = torch.zeros(2)  # an all-in-one file: other parts are dropped
+    save_file(comfy, str(tmp_path / "comfy.safetensors"))
+    inputs = model_inputs(model)
+    for name in ("flux", "comfy"):
+        teacher = load_teacher(str(tmp_path / f"{name}.safetensors"))
+        torch.testing.assert_close(forward(teacher, inputs), forward(model, inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("single", [2, 4])
+def test_flux_single_file_with_other_blocks_than_its_config(tmp_path, single):
+    """diffusers' from_single_file converts the blocks a file holds and only logs the others: a file
+    with more blocks than its config loaded as a shorter teacher, one with fewer failed obscurely."""
+    tiny_flux().save_config(tmp_path)  # 2 double, 3 single blocks
+    save_file(tiny_flux(num_single_layers=single).state_dict(), str(tmp_path / "flux.safetensors"))
+    with pytest.raises(UserError, match="do not match config.json: (missing|unexpected) single_transformer_blocks"):
+        load_teacher(str(tmp_path / "flux.safetensors"))
+    bfl = {f"double_blocks.{i}.img_mod.lin.weight": torch.zeros(1) for i in range(2)}
+    bfl.update({f"model.diffusion_model.single_blocks.{i}.linear1.weight": torch.zeros(1) for i in range(single)})
+    save_file({("" if k.startswith("model.") else "model.diffusion_model.") + k: v for k, v in bfl.items()},
+              str(tmp_path / "bfl.safetensors"))
+    with pytest.raises(UserError, match=f"bfl.safetensors holds 2 double and {single} single blocks; the config "
+                                        ".* says num_layers 2, num_single_layers 3"):
+        load_teacher(str(tmp_path / "bfl.safetensors"))
