@@ -140,3 +140,19 @@ def test_flux_single_file_with_other_blocks_than_its_config(tmp_path, single):
     with pytest.raises(UserError, match=f"bfl.safetensors holds 2 double and {single} single blocks; the config "
                                         ".* says num_layers 2, num_single_layers 3"):
         load_teacher(str(tmp_path / "bfl.safetensors"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_single_file_says_so(tmp_path, suffix):
+    model = tiny_pixart()
+    model.save_config(tmp_path)
+    whole = tmp_path / f"whole{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": _to_original_pixart(model.state_dict())}, whole)
+    else:
+        save_file(model.state_dict(), str(whole))
+    data = whole.read_bytes()
+    (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="; it may be truncated or corrupted") as err:
+        load_teacher(str(tmp_path / f"cut{suffix}"))
+    assert "\n" not in str(err.value)
