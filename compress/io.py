@@ -240,7 +240,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
             raise UserError(f"{path} needs arbitrary code to unpickle and was refused; checkpoints "
                             "are data, never code: convert it to safetensors") from None
-        raise UserError(f"{path} is not a readable checkpoint ({msg})") from None
+        raise UserError(f"{path} is not a readable checkpoint ({msg}); it may be truncated or corrupted") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from compress import load_teacher
 from compress.errors import UserError
-from tests.conftest import forward, model_inputs, tiny_pixart
+from tests.conftest import forward, model_inputs, tiny_flux, tiny_pixart
 
 
 def _to_original_pixart(sd):
@@ -68,3 +68,91 @@ def test_family_of_bfl_keys_as_comfyui_saves_them():
     assert detect_family([k.removeprefix("model.") for k in keys]) == "flux"
     with pytest.raises(UserError, match="cannot tell"):
         detect_family(["model.other.weight"])
+
+
+def test_original_pixart_key_without_a_diffusers_counterpart_is_one_line(tmp_path):
+    """A qk-norm checkpoint (PixArt-Σ's `--qk_norm` variant): diffusers' class has no such weight."""
+    model = tiny_pixart()
+    sd = _to_original_pixart(model.state_dict())
+    sd["blocks.0.attn.q_norm.weight"] = torch.ones(8)
+    torch.save(sd, tmp_path / "PixArt.pth")
+    model.save_config(tmp_path)
+    with pytest.raises(UserError, match=r"PixArt\.pth: original PixArt key 'blocks\.0\.attn\.q_norm\.weight' has no"):
+        load_teacher(str(tmp_path / "PixArt.pth"))
+
+
+def test_converter_produces_every_diffusers_key_once():
+    from compress.arch.pixart_convert import convert_original_pixart
+
+    model = tiny_pixart(use_additional_conditions=True, num_attention_heads=3, cross_attention_dim=24)
+    sd = model.state_dict()
+    original = _to_original_pixart(sd)
+    for name in ("resolution", "aspect_ratio"):  # the micro-conditions of PixArt-α / Σ-MS checkpoints
+        for i, layer in ((0, "linear_1"), (2, "linear_2")):
+            for suf in ("weight", "bias"):
+                short = "csize" if name == "resolution" else "ar"
+                original[f"{short}_embedder.mlp.{i}.{suf}"] = sd[f"adaln_single.emb.{name}_embedder.{layer}.{suf}"]
+    original["pos_embed"] = torch.zeros(1, 16, 24)  # the fixed sin-cos table: dropped
+    converted = convert_original_pixart(original)
+    assert converted.keys() == sd.keys()  # pos_embed.pos_embed is a non-persistent buffer
+    for k, v in converted.items():
+        assert torch.equal(v, sd[k]), k
+    original["blocks.0.attn1.to_q.weight"] = original["blocks.0.attn.proj.weight"]  # not an original key
+    with pytest.raises(KeyError, match="no counterpart"):
+        convert_original_pixart(original)
+
+
+def test_single_file_of_another_family_than_needed(tmp_path):
+    """eval/bench pass the student's family: a teacher file of the other family says so, in one line."""
+    model = tiny_pixart()
+    torch.save({"state_dict": _to_original_pixart(model.state_dict())}, tmp_path / "PixArt.pth")
+    model.save_config(tmp_path)
+    with pytest.raises(UserError, match=r"PixArt\.pth holds a pixart transformer, not the flux one needed here"):
+        load_teacher(str(tmp_path / "PixArt.pth"), family="flux")
+
+
+def test_flux_single_file_with_diffusers_keys_and_comfyui_prefix(tmp_path):
+    model = tiny_flux()
+    model.save_config(tmp_path)
+    sd = model.state_dict()
+    save_file(sd, str(tmp_path / "flux.safetensors"))
+    comfy = {"model.diffusion_model." + k: v for k, v in sd.items()}
+    comfy["vae.decoder.conv_in.weight"] = torch.zeros(2)  # an all-in-one file: other parts are dropped
+    save_file(comfy, str(tmp_path / "comfy.safetensors"))
+    inputs = model_inputs(model)
+    for name in ("flux", "comfy"):
+        teacher = load_teacher(str(tmp_path / f"{name}.safetensors"))
+        torch.testing.assert_close(forward(teacher, inputs), forward(model, inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("single", [2, 4])
+def test_flux_single_file_with_other_blocks_than_its_config(tmp_path, single):
+    """diffusers' from_single_file converts the blocks a file holds and only logs the others: a file
+    with more blocks than its config loaded as a shorter teacher, one with fewer failed obscurely."""
+    tiny_flux().save_config(tmp_path)  # 2 double, 3 single blocks
+    save_file(tiny_flux(num_single_layers=single).state_dict(), str(tmp_path / "flux.safetensors"))
+    with pytest.raises(UserError, match="do not match config.json: (missing|unexpected) single_transformer_blocks"):
+        load_teacher(str(tmp_path / "flux.safetensors"))
+    bfl = {f"double_blocks.{i}.img_mod.lin.weight": torch.zeros(1) for i in range(2)}
+    bfl.update({f"model.diffusion_model.single_blocks.{i}.linear1.weight": torch.zeros(1) for i in range(single)})
+    save_file({("" if k.startswith("model.") else "model.diffusion_model.") + k: v for k, v in bfl.items()},
+              str(tmp_path / "bfl.safetensors"))
+    with pytest.raises(UserError, match=f"bfl.safetensors holds 2 double and {single} single blocks; the config "
+                                        ".* says num_layers 2, num_single_layers 3"):
+        load_teacher(str(tmp_path / "bfl.safetensors"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_single_file_says_so(tmp_path, suffix):
+    model = tiny_pixart()
+    model.save_config(tmp_path)
+    whole = tmp_path / f"whole{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": _to_original_pixart(model.state_dict())}, whole)
+    else:
+        save_file(model.state_dict(), str(whole))
+    data = whole.read_bytes()
+    (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="; it may be truncated or corrupted") as err:
+        load_teacher(str(tmp_path / f"cut{suffix}"))
+    assert "\n" not in str(err.value)

@@ -86,9 +86,10 @@ class Adapter:
             if m:
                 idx, rest = int(m.group(1)), m.group(2)
                 for pat, role, part, key in self.block_rules:
-                    if re.fullmatch(pat, rest):  # keys starting with "/" are model-wide inputs
+                    hit = re.fullmatch(pat, rest)
+                    if hit:  # keys starting with "/" are model-wide inputs
                         full = key[1:] if key.startswith("/") else f"{g.name}.{idx}.{key}"
-                        return role, part, g.name, idx, full
+                        return role, hit.expand(part), g.name, idx, full  # part r"\1" -> "q"
                 raise KeyError(name)
         for pat, role, part, key in self.top_rules:
             if re.fullmatch(pat, name):  # key None: the module reads an input of its own

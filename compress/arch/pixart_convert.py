@@ -40,7 +40,8 @@ def is_original_pixart(keys) -> bool:
 
 
 def convert_original_pixart(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Returns diffusers-keyed tensors; a state dict already in diffusers keys passes through."""
+    """Returns diffusers-keyed tensors; a state dict already in diffusers keys passes through.
+    A KeyError names an original key without a diffusers counterpart (qk-norm, kv-compress)."""
     if not is_original_pixart(sd):
         return dict(sd)
     out = {}
@@ -48,12 +49,13 @@ def convert_original_pixart(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         if any(re.fullmatch(p, key) for p in _DROPPED):
             continue
         new = _rename(key) or _micro(key)
-        if new:
-            out[new] = value
-            continue
-        split = _split(key, value)
+        split = {new: value} if new else _split(key, value)
         if split is None:
-            raise KeyError(f"unknown original PixArt key '{key}'")
+            raise KeyError(f"original PixArt key '{key}' has no counterpart in diffusers' "
+                           "PixArtTransformer2DModel")
+        twice = sorted(split.keys() & out.keys())
+        if twice:
+            raise KeyError(f"two original PixArt keys give the diffusers key '{twice[0]}'")
         out.update(split)
     return out
 

@@ -31,6 +31,17 @@ def test_roles_of_known_modules():
         "transformer_blocks.0.attn.add_k_proj"].block) == ("double", 0)
 
 
+def test_parts_name_the_projection():
+    """A rule's part r"\\1" is filled from the module name: q, k, v (and ctx_q ... for Flux's text side)."""
+    p = {i.name: i.part for i in get_adapter("pixart").linears(tiny_pixart())}
+    assert [p[f"transformer_blocks.0.attn1.to_{x}"] for x in "qkv"] == ["q", "k", "v"]
+    assert [p[f"transformer_blocks.0.attn2.to_{x}"] for x in "qkv"] == ["q", "k", "v"]
+    f = {i.name: i.part for i in get_adapter("flux").linears(tiny_flux())}
+    assert [f[f"transformer_blocks.0.attn.add_{x}_proj"] for x in "qkv"] == ["ctx_q", "ctx_k", "ctx_v"]
+    assert [f[f"single_transformer_blocks.1.attn.to_{x}"] for x in "qkv"] == ["q", "k", "v"]
+    assert not any("\\" in part for part in [*p.values(), *f.values()])
+
+
 def test_unknown_linear_is_an_error(tiny_model):
     tiny_model.extra_head = nn.Linear(4, 4)
     try:
