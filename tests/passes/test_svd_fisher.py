@@ -328,3 +328,14 @@ def test_a_fisher_that_overflowed_names_its_layer():
     f[0, 0] = float("inf")  # a float16 backward that overflowed
     with pytest.raises(NumericError, match="layer 'transformer_blocks.1.attn1.to_q': its output Fisher"):
         Roots(None, 1e-3, 1e12).add("transformer_blocks.1.attn1.to_q", f)
+
+
+def test_a_zero_fisher_is_said_naming_its_layer(capsys):
+    """F = 0 (the prediction does not see the layer, or its gradients underflowed) leaves the fit
+    unweighted (L = I): said, not silent."""
+    roots = Roots(None, 1e-3, 1e12)
+    roots.add("blocks.0.ff", torch.zeros(4, 4, dtype=torch.float64))
+    assert "layer 'blocks.0.ff': its output Fisher is zero" in " ".join("".join(capsys.readouterr()).split())
+    torch.testing.assert_close(roots["blocks.0.ff"][0], torch.eye(4, dtype=torch.float64))
+    roots.add("blocks.1.ff", _fishers()["l0"])
+    assert "Fisher is zero" not in "".join(capsys.readouterr())
