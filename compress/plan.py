@@ -96,6 +96,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         if recipe.stream and step.get("skip_scan"):
             step["streamed_scan"] = streamed_scan(step, scanned, calib, model, adapter)
             scanned = scanned or "scans" not in step  # an importance pass's scores are reused
+        if step.get("blocks_after", step.get("blocks_before")) != step.get("blocks_before"):
+            scanned = False  # scores of the model before a removal are not reused after it
         steps.append(step)
         p.apply_planned(model, adapter)
     after_rows = layer_rows(model)
@@ -113,7 +115,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
 def streamed_scan(step: dict, scanned: bool, calib: dict, model, adapter) -> dict:
     """What a streamed skip scan of this step reads and holds (on the model as the step finds it):
     each block once per calibration batch, up to N + 1 residual streams of a batch. remove_blocks
-    reuses the scores of an importance scan run before it for its first (or only) choice."""
+    reuses the scores of an importance scan run before it (and after any earlier removal) for its
+    first (or only) choice."""
     blocks = sum(adapter.block_counts(model).values())
     scans = max(step.get("scans", 1) - (1 if scanned and "scans" in step else 0), 0)
     return {"scans": scans, "checkpoint_reads": scans * calib["batches"],

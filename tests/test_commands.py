@@ -178,6 +178,12 @@ def test_plan_states_what_a_streamed_skip_scan_reads_and_holds(recipe, tmp_path,
     assert remove["scans"] == (1 if iterative else 0)
     assert main(["plan", str(tmp_path / "true.yaml")]) == 0
     assert "streamed skip scan: 1 scan(s)" in " ".join(capsys.readouterr().err.split())
+    again = tmp_path / "again.yaml"  # a second removal: the importance scan is of another model
+    again.write_text("stream: true\n" + text.replace("  - remove_blocks:", "  - remove_blocks: {count: 1}\n"
+                                                      "  - remove_blocks:", 1))
+    assert main(["plan", str(again), "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["passes"]
+    assert [s["streamed_scan"]["scans"] for s in steps[1:3]] == [0, 2 if iterative else 1]
 
 
 def test_plan_command(recipe, capsys):

@@ -149,9 +149,12 @@ def least_important(scores: dict[tuple[str, int], float], counts: dict[str, int]
 
 
 def scores_from(result: ImportanceResult, criterion: str, block_map: dict[str, list[int]]):
-    """{(group, current index): score} from a result keyed by teacher index; None if it misses a block
-    or lacks the criterion."""
+    """{(group, current index): score} from a result keyed by teacher index; None if it lacks the
+    criterion or scanned other blocks than the current ones (a block missing, or a scan of the
+    model before an earlier removal: each block's score depends on the blocks around it)."""
     by_teacher = {(b.group, b.teacher_index): b.score(criterion) for b in result.blocks}
+    if set(by_teacher) != {(g, t) for g, teacher in block_map.items() for t in teacher}:
+        return None
     scores = {}
     for g, teacher in block_map.items():
         for i, t in enumerate(teacher):

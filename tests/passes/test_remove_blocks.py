@@ -87,6 +87,22 @@ def test_uses_importance_from_report_through_block_map(tmp_path):
     assert ctx.block_map == {"double": [0, 1], "single": [t for t in (1, 2) if t != least]}
 
 
+@pytest.mark.parametrize("iterative", [False, True])
+def test_importance_from_before_an_earlier_removal_is_not_reused(iterative, tmp_path):
+    """Each block's score depends on the blocks around it: an importance pass run before a removal
+    scored another model, so the next choice re-scans the current one."""
+    model = tiny_pixart(num_layers=5)
+    ctx = context(model, tmp_path)
+    ImportancePass(ImportanceConfig(progress=False)).run(model, ctx)  # of the teacher
+    stale = sorted(ctx.report["importance"]["blocks"], key=lambda b: b["scan"])
+    run(model, ctx, blocks={"blocks": [stale[0]["index"]]})
+    now = scan(model, ctx.adapter, ctx.calibration_inputs(), progress=False, block_map=ctx.block_map)
+    least = now.ranked()[0].teacher_index
+    assert least != stale[1]["index"]  # the case: the teacher's ranking picks another block
+    run(model, ctx, count=1, iterative=iterative)
+    assert ctx.report["remove_blocks"]["removed"] == {"blocks": [least]}
+
+
 def test_block_map_composes_with_earlier_removal(tmp_path):
     model = tiny_flux(num_single_layers=5)
     ctx = context(model, tmp_path)
