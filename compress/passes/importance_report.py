@@ -19,14 +19,20 @@ def render_table(result: ImportanceResult, criterion: str = "scan"):
                           f"block out); Spearman(proxy, scan) = {result.spearman:.3f}; "
                           f"{result.block_evaluations} block evaluations")
     table.add_column("rank", justify="right")
-    table.add_column("block")
+    table.add_column("block (teacher index)" if renumbered(result) else "block")
     table.add_column("scan", justify="right")
     for name, n in zip(result.buckets, result.samples_per_bucket):
         table.add_column(f"{name} (n={n})", justify="right")
     table.add_column("proxy", justify="right")
     for rank, b in enumerate(reversed(result.ranked(criterion)), 1):
-        table.add_row(str(rank), b.name, _fmt(b.scan), *map(_fmt, b.scan_by_bucket), _fmt(b.proxy))
+        table.add_row(str(rank), f"{b.group}.{b.teacher_index}", _fmt(b.scan), *map(_fmt, b.scan_by_bucket), _fmt(b.proxy))
     return table
+
+
+def renumbered(result: ImportanceResult) -> bool:
+    """Whether the scanned model's block indices differ from the teacher's (a scan after a removal):
+    the table and heatmap name blocks by teacher index, as remove_blocks' explicit `blocks` do."""
+    return any(b.index != b.teacher_index for b in result.blocks)
 
 
 def _fmt(x: float) -> str:
@@ -64,8 +70,8 @@ def plot_heatmap(result: ImportanceResult, png_path) -> Path:
     imp = axp.imshow(proxy_row, aspect="auto", cmap="viridis")
     fig.colorbar(imp, ax=axp, label="1 - cos")
     axp.set_yticks([0], ["proxy"])
-    axp.set_xticks(range(n), [str(b.index) for b in result.blocks], fontsize=8 if n <= 30 else 6)
-    axp.set_xlabel("block")
+    axp.set_xticks(range(n), [str(b.teacher_index) for b in result.blocks], fontsize=8 if n <= 30 else 6)
+    axp.set_xlabel("block (teacher index)" if renumbered(result) else "block")
     start = 0
     for j in range(1, n + 1):  # group separators and names
         if j == n or result.blocks[j].group != result.blocks[j - 1].group:

@@ -145,3 +145,22 @@ def test_proxy_only_scan_gives_the_full_scans_proxy(make):
     light = scan(model, adapter, batches, buckets=2, progress=False, skips=False)
     assert [b.proxy_by_bucket for b in light.blocks] == [b.proxy_by_bucket for b in full.blocks]
     assert all(math.isnan(b.scan) for b in light.blocks)
+
+
+def test_table_and_heatmap_name_blocks_by_teacher_index(tmp_path, monkeypatch):
+    """After a removal the scanned model's blocks are renumbered; the table and the heatmap name them
+    by teacher index, the numbering remove_blocks' explicit `blocks` take (and the JSON's)."""
+    import matplotlib.pyplot as plt
+
+    model = tiny_flux()
+    result = scan(model, get_adapter(model), batches_for(model, n=1), progress=False,
+                  block_map={"double": [1, 2], "single": [0, 4, 5]})
+    table = render_table(result)
+    cells = table.columns[1]._cells
+    assert sorted(cells) == ["double.1", "double.2", "single.0", "single.4", "single.5"]
+    assert "teacher" in str(table.columns[1].header)
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_heatmap(result, tmp_path / "h.png")
+    ticks = [t.get_text() for t in figures[0].axes[1].get_xticklabels()]  # the proxy row's axis
+    assert ticks == ["1", "2", "0", "4", "5"]
