@@ -127,12 +127,21 @@ def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) ->
 
 def teacher_view(model: nn.Module, adapter: Adapter) -> tuple[dict[str, int], dict[str, list[int]]]:
     """(teacher block counts, student -> teacher map) of a model; plan's meta model carries them after
-    an earlier `apply_planned`, any other model is taken as the teacher."""
+    an earlier `apply_planned`, any other model is taken as the teacher. After a removal chosen by
+    importance (decided at run time) the map lists every teacher block that may still be there."""
+    planned = _planned(model, adapter)
+    return planned["teacher_counts"], planned["block_map"]
+
+
+def _planned(model: nn.Module, adapter: Adapter) -> dict:
+    """What plan's meta model carries: teacher counts, the map, and per group how many blocks
+    removals chosen at run time take (`pending`: which ones is not known yet)."""
     planned = getattr(model, PLANNED_ATTR, None)
     if planned is not None:
-        return planned["teacher_counts"], planned["block_map"]
+        return planned
     counts = adapter.block_counts(model)
-    return counts, {g: list(range(n)) for g, n in counts.items()}
+    return {"teacher_counts": counts, "block_map": {g: list(range(n)) for g, n in counts.items()},
+            "pending": {}}
 
 
 # ---- choosing by importance ---------------------------------------------------------------------
@@ -248,22 +257,28 @@ class RemoveBlocksPass(Pass):
                 "scans": _total(budget) if self.config.iterative else 1}  # before reusing an importance pass's
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
-        """Explicit removal on plan's meta model. A per-group count or fraction removes that many
-        blocks from the end of each group as placeholders: which blocks go is decided at run time,
-        but blocks of a group have equal shapes, so the parameter counts after are exact."""
+        """Removal on plan's meta model. A per-group count or fraction removes that many blocks
+        from the end of each group as placeholders: which blocks go is decided at run time, but
+        blocks of a group have equal shapes, so the parameter counts after are exact; later
+        explicit (teacher) indices are then checked against the blocks that may still be there."""
+        planned = _planned(model, adapter)
+        counts = adapter.block_counts(model)
         if self.config.blocks is None:
-            counts = adapter.block_counts(model)
             budget = resolve_budget(self.config, adapter, counts)
             if not isinstance(budget, dict) and len(counts) == 1:  # one group: it takes the count
                 budget = {next(iter(counts)): budget}
             if isinstance(budget, dict):
                 adapter.remove_blocks(model, {g: list(range(counts[g] - k, counts[g]))
                                               for g, k in budget.items()})
+                pending = {g: planned["pending"].get(g, 0) + budget.get(g, 0) for g in counts}
+                setattr(model, PLANNED_ATTR, dict(planned, pending=pending))
             return
-        teacher_counts, block_map = teacher_view(model, adapter)
-        keep = adapter.remove_blocks(model, to_current(self.config.blocks, block_map))
-        setattr(model, PLANNED_ATTR, {"teacher_counts": teacher_counts,
-                                      "block_map": compose(block_map, keep)})
+        drop = to_current(self.config.blocks, planned["block_map"])  # positions in the map
+        adapter.remove_blocks(model, {g: list(range(counts[g] - len(idx), counts[g]))
+                                      if planned["pending"].get(g) else idx for g, idx in drop.items()})
+        block_map = {g: [t for i, t in enumerate(teacher) if i not in drop.get(g, [])]
+                     for g, teacher in planned["block_map"].items()}
+        setattr(model, PLANNED_ATTR, dict(planned, block_map=block_map))
 
     def unplaced(self, model: nn.Module, adapter: Adapter) -> int:
         """A count or fraction over several groups: which groups lose the blocks is decided by

@@ -136,6 +136,27 @@ def test_plan_applies_explicit_removal_to_the_meta_model():
     assert adapter.block_counts(model) == {"double": 1, "single": 1}
 
 
+def test_plan_takes_teacher_indices_after_a_removal_chosen_at_run_time():
+    """A count removes placeholders from the end of the meta model; a later explicit teacher index
+    may be any block the count might keep (here the last one), not only a placeholder's position."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = PixArtTransformer2DModel.from_config(tiny_pixart(num_layers=5).config)
+    adapter = get_adapter(model)
+    steps = [RemoveBlocksPass(RemoveBlocksConfig(blocks={"blocks": [0]})),
+             RemoveBlocksPass(RemoveBlocksConfig(count=1)),
+             RemoveBlocksPass(RemoveBlocksConfig(blocks={"blocks": [4]}))]
+    for step in steps:
+        step.check(model, adapter)
+        step.apply_planned(model, adapter)
+    assert adapter.block_counts(model) == {"blocks": 2} == {"blocks": model.config.num_layers}
+    with pytest.raises(UserError, match=r"block blocks\.0 .* already removed"):
+        RemoveBlocksPass(RemoveBlocksConfig(blocks={"blocks": [0]})).check(model, adapter)
+    with pytest.raises(UserError, match="removing 2 of 2 blocks would leave group 'blocks' empty"):
+        RemoveBlocksPass(RemoveBlocksConfig(blocks={"blocks": [1, 2]})).check(model, adapter)
+
+
 def test_iterative_rescans_after_each_removal(tmp_path):
     model = tiny_pixart(num_layers=4)
     ctx = context(model, tmp_path)
