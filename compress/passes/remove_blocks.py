@@ -59,7 +59,7 @@ def _k_of(key: str, value, n: int, where: str) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise UserError(f"remove_blocks: count for {where} must be a non-negative integer, got {value!r}")
         return value
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
         raise UserError(f"remove_blocks: fraction for {where} must be a number in [0, 1), got {value!r}")
     return math.floor(value * n + 1e-9)
 

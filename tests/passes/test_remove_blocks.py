@@ -180,7 +180,7 @@ def test_errors_name_the_group(tmp_path):
         (pixart, dict(blocks={"blocks": [3]}), r"block index 3 out of range for group 'blocks' \(3 blocks: 0\.\.2\)"),
         (flux, dict(blocks={"single": [0, 1, 2]}), "leave group 'single' empty"),
         (flux, dict(count={"double": 2}), "removing 2 of 2 blocks would leave group 'double' empty"),
-        (flux, dict(fraction={"single": 1.0}), "leave group 'single' empty"),
+        (flux, dict(fraction={"single": 1.0}), r"fraction for group 'single' must be a number in \[0, 1\), got 1.0"),
         (pixart, dict(count=3), "leave group 'blocks' empty"),
         (flux, dict(count=4), "leave a group empty .*'double': 2, 'single': 3"),
         (flux, dict(count={"triple": 1}), "no block group 'triple'"),
