@@ -167,21 +167,10 @@ class CheckpointBlocks:
         keep[g][i] was; removed blocks are forgotten."""
         files, stored = {}, {}
         for k, path in self.files.items():
-            new = self._renamed(k, keep)
+            new = self.adapter.renumbered(k, keep)
             if new is not None:
                 files[new], stored[new] = path, self.stored.get(k, k)
         self.files, self.stored = files, {k: v for k, v in stored.items() if k != v}
-
-    def _renamed(self, key: str, keep: dict[str, list[int]]) -> str | None:
-        for g in self.adapter.groups:
-            head = g.attr + "."
-            if key.startswith(head):
-                index, rest = key[len(head):].split(".", 1)
-                kept = keep.get(g.name, None)
-                if kept is None:
-                    return key
-                return f"{head}{kept.index(int(index))}.{rest}" if int(index) in kept else None
-        return key  # the top level
 
     def _prefix(self, group: str, index: int) -> str:
         return self.adapter.block_prefix(group, index)

@@ -175,6 +175,19 @@ class Adapter:
             block_map[g.name] = keep
         return block_map
 
+    def renumbered(self, name: str, keep: dict[str, list[int]], sep: str = ".",
+                   by_name: bool = False) -> str | None:
+        """`name` ("transformer_blocks.3.attn.to_q", or with by_name a label "double 3 mlp") after
+        `remove_blocks` kept blocks keep[g] (old indices, in order): its block's new index, None if
+        its block was removed; unchanged outside the blocks and in groups `keep` does not name."""
+        for g in self.groups:
+            head = f"{g.name if by_name else g.attr}{sep}"
+            index, _, rest = name[len(head):].partition(sep)
+            if name.startswith(head) and index.isdigit() and g.name in keep:
+                kept = keep[g.name]
+                return f"{head}{kept.index(int(index))}{sep}{rest}" if int(index) in kept else None
+        return name
+
     # ---- objective ----------------------------------------------------------------------------
     def task_loss(self, model: nn.Module, latents: torch.Tensor, cond: dict,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:

@@ -10,8 +10,6 @@ they are mapped through `ctx.block_map`. A bare `count` / `fraction` counts over
 
 from __future__ import annotations
 
-import functools
-
 import math
 from dataclasses import dataclass
 
@@ -189,29 +187,19 @@ def renumber_layer_records(report: dict, adapter: Adapter, before: dict[str, lis
     svd = report.get("svd")
     if not svd:
         return
-    new = functools.partial(_renumbered, adapter=adapter, before=before, after=after)
+    keep = {g: [before[g].index(t) for t in teacher] for g, teacher in after.items()}  # current indices
+
+    def new(name: str, **label) -> str | None:
+        return adapter.renumbered(name, keep, **label)
+
     if svd.get("layers"):
-        svd["layers"] = {new(n): r for n, r in svd["layers"].items() if new(n) is not None}
+        svd["layers"] = {n: r for old, r in svd["layers"].items() if (n := new(old)) is not None}
     for key in ("dense", "fused_gelu", "clamped_grams", "asymmetric"):
         if isinstance(svd.get(key), list):
-            svd[key] = [new(n) for n in svd[key] if new(n) is not None]
+            svd[key] = [n for old in svd[key] if (n := new(old)) is not None]
     if svd.get("compensation"):
-        svd["compensation"] = {new(k, sep=" ", by_name=True): v for k, v in svd["compensation"].items()
-                               if new(k, sep=" ", by_name=True) is not None}
-
-
-def _renumbered(name: str, adapter: Adapter, before: dict, after: dict, sep: str = ".",
-                by_name: bool = False) -> str | None:
-    """`name` ("transformer_blocks.3.attn.to_q", or with by_name a stage label "double 3 mlp")
-    with its block's index after the removal; None if its block was removed; unchanged outside
-    the blocks."""
-    for g in adapter.groups:
-        head = f"{g.name if by_name else g.attr}{sep}"
-        index, _, rest = name[len(head):].partition(sep)
-        if name.startswith(head) and index.isdigit():
-            teacher = before[g.name][int(index)]
-            return f"{head}{after[g.name].index(teacher)}{sep}{rest}" if teacher in after[g.name] else None
-    return name
+        svd["compensation"] = {n: v for old, v in svd["compensation"].items()
+                               if (n := new(old, sep=" ", by_name=True)) is not None}
 
 
 # ---- the pass -----------------------------------------------------------------------------------
