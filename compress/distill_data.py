@@ -183,7 +183,7 @@ class FolderSource:
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix in SUFFIXES)
         if not self.files:
             raise UserError(f"distill: latents_dir {self.folder} has no .safetensors or .pt files")
-        self.counts, self.keys = [], None
+        self.counts, self._first = [], None  # (path, shapes) of the first file: the layout of all
         keep = sum(p.stat().st_size for p in self.files) <= self.IN_MEMORY_BYTES
         self._resident = [] if keep else None
         for path in self.files:
@@ -198,8 +198,8 @@ class FolderSource:
     def _check(self, path: Path, data: dict) -> None:
         check_file(path, data)
         shapes = {k: tuple(v.shape) for k, v in data.items()}
-        if self.keys is None:
-            self.keys, self._first = sorted(data), (path, shapes)
+        if self._first is None:
+            self._first = (path, shapes)
         else:
             check_layout(path, shapes, *self._first)
 
@@ -402,12 +402,7 @@ def _complete(folder: Path, num_samples: int) -> bool:
 
 def _rows_in(path: Path) -> int | None:
     """Rows of a written shard (read from its header), None when there is none."""
-    if not path.exists():
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return f.get_slice("latents").get_shape()[0]
+    return _shapes(path)["latents"][0] if path.exists() else None
 
 
 def take_rows(cond: dict, rows: torch.Tensor) -> dict:
