@@ -122,11 +122,6 @@ def _svd(m: torch.Tensor, what: str, name: str | None):
     return u, s, vh
 
 
-def _row_energies(rows: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """dᵢᵀ G dᵢ for each row dᵢ of rows (k, d), signed (the caller checks and clamps them)."""
-    return ((rows @ gram) * rows).sum(dim=1)  # (k,)
-
-
 def _negative_part(values: torch.Tensor) -> float:
     """−Σ of the negative entries (≥ 0)."""
     return float(-values[values < 0].sum())
@@ -221,8 +216,7 @@ def _whitened_input_side(w, g, name):
 def _svd_basis(w, g, gram_is_output, name):
     """Left singular vectors of W; energies measured under the data (order stays by σ)."""
     u, _, _ = _svd(w, "the weight", name)  # (out, min)
-    energies = _basis_energies(u, w, g, gram_is_output)
-    return u, energies.clamp_min(0.0), _negative_part(energies)
+    return (u, *_basis_energies(u, w, g, gram_is_output))
 
 
 def _asvd_basis(w, g, gram_is_output, alpha, act_scale, name):
@@ -244,15 +238,18 @@ def _asvd_basis(w, g, gram_is_output, alpha, act_scale, name):
     # overflows nor underflows; never-active channels stay finite
     s = (s / top).clamp_min(1e-6) if top > 0 else torch.ones_like(s)
     u, _, _ = _svd(w * s.pow(alpha), "W S (activation-scaled weight)", name)  # (out, min)
-    energies = _basis_energies(u, w, g, gram_is_output)
-    return u, energies.clamp_min(0.0), _negative_part(energies)
+    return (u, *_basis_energies(u, w, g, gram_is_output))
 
 
 def _basis_energies(u, w, g, gram_is_output):
-    """eᵢ = uᵢᵀ W G Wᵀ uᵢ (signed), via H when given, else via the rows of Uᵀ W."""
+    """(eᵢ = uᵢᵀ W G Wᵀ uᵢ clamped at 0 (k,), the negative part the clamp took off, for `_check_psd`),
+    via H when given, else as dᵢᵀ G dᵢ for the rows dᵢ of Uᵀ W."""
     if gram_is_output:
-        return ((g @ u) * u).sum(dim=0)  # (k,)
-    return _row_energies(u.T @ w, g)
+        signed = ((g @ u) * u).sum(dim=0)  # (k,)
+    else:
+        rows = u.T @ w  # (k, in)
+        signed = ((rows @ g) * rows).sum(dim=1)  # (k,)
+    return signed.clamp_min(0.0), _negative_part(signed)
 
 
 def decompose(weight: torch.Tensor, gram: torch.Tensor, method: str = "whitened", *,
