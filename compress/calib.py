@@ -266,28 +266,12 @@ class BlockCalibration:
                     bar.advance(task)
         return stats
 
-    @contextlib.contextmanager
     def _just_in_time(self):
         """Whole-model forwards with each block's weights materialized by the loader just before it
-        runs and unloaded when the next starts (streamed blocks are on meta); nothing for resident
-        weights."""
-        live, handles = [], []
+        runs and unloaded when the next starts (streamed blocks are on meta: `stream.streamed`);
+        nothing for resident weights."""
+        if self.loader.resident:
+            return contextlib.nullcontext()
+        from compress.stream import streamed
 
-        def pre_hook(group, index):
-            def hook(block, args):
-                while live:
-                    self.loader.unload(*live.pop())
-                self.loader.materialize(group, index, block)
-                live.append((group, index, block))
-            return hook
-
-        try:
-            if not self.loader.resident:
-                for group, index, block in self.adapter.iter_blocks(self.model):
-                    handles.append(block.register_forward_pre_hook(pre_hook(group, index)))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-            while live:
-                self.loader.unload(*live.pop())
+        return streamed(self.model, self.loader, self.adapter)

@@ -359,10 +359,11 @@ def save_pieces(path: Path, state: dict[str, torch.Tensor], metadata: dict | Non
 
 
 @contextmanager
-def streamed(model: nn.Module, loader: CheckpointBlocks):
+def streamed(model: nn.Module, loader: CheckpointBlocks, adapter=None):
     """Whole-model forwards with each block read just before it runs and unloaded once another
-    block starts or the context ends (so a forward stopped by an exception leaks nothing)."""
-    adapter, live, handles = loader.adapter, [], []
+    block starts or the context ends (so a forward stopped by an exception leaks nothing).
+    `loader`: any `BlockLoader` (`adapter`: the model's, where the loader has none)."""
+    adapter, live, handles = adapter or loader.adapter, [], []
 
     def pre_hook(group, index):
         def hook(block, args):
