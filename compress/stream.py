@@ -117,6 +117,14 @@ def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.
     return cast(model, dtype)
 
 
+def by_file(files: dict[str, Path], names) -> dict[Path, list[str]]:
+    """`names` grouped by the file `files` says holds each (so each file is opened once)."""
+    out: dict[Path, list[str]] = {}
+    for k in names:
+        out.setdefault(files[k], []).append(k)
+    return out
+
+
 def tensor_ends(files: dict[str, Path], stored: dict[str, str] | None = None,
                 n: int = 8) -> dict[str, torch.Tensor]:
     """name -> the first and last n values (float32, flattened) of each tensor of `files` (name ->
@@ -124,11 +132,8 @@ def tensor_ends(files: dict[str, Path], stored: dict[str, str] | None = None,
     tensor's first and last rows). Each file is opened once."""
     from safetensors import safe_open
 
-    by_file: dict[Path, list[str]] = {}
-    for k, path in files.items():
-        by_file.setdefault(path, []).append(k)
     out = {}
-    for path, names in by_file.items():
+    for path, names in by_file(files, files).items():
         with safe_open(str(path), framework="pt") as f:
             for k in names:
                 part = f.get_slice((stored or {}).get(k, k))
@@ -231,11 +236,8 @@ class CheckpointBlocks:
         when its block is reached (or an integer tensor silently cast to the model's dtype)."""
         from safetensors import safe_open
 
-        model, by_file = self.model.state_dict(), {}
-        for k, path in self.files.items():
-            if k in model:
-                by_file.setdefault(path, []).append(k)
-        for path, names in by_file.items():
+        model = self.model.state_dict()
+        for path, names in by_file(self.files, [k for k in self.files if k in model]).items():
             with safe_open(str(path), framework="pt") as f:
                 for k in names:
                     part = f.get_slice(self.stored.get(k, k))
