@@ -96,36 +96,33 @@ def evaluate(args) -> int:
     grid = output_file(args.grid, "--grid", figure=True) if args.grid else None  # before any work
     streamed_out = _streamed_output(args.model, args.teacher)
     if streamed_out is not None:
-        _no_grid(grid)
-        _no_seed(args.seed)
+        _toy_options_only(grid, args.seed)
         return _print(_teacher_relative_streamed(*streamed_out), args.json)
     model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher)
     family = get_adapter(model).family
     toy = (teacher_source or args.model).startswith("toy:")
     if not toy:
-        _no_grid(grid)
-        _no_seed(args.seed)
+        _toy_options_only(grid, args.seed)
     teacher = load_teacher_of(model, teacher_source, teacher_config) if teacher_source else None
     if not toy:
         return _print(_teacher_relative(model, teacher, out), args.json)
     from compress.toy.evaluate import evaluate as toy_evaluate
 
     what = "the model and its teacher" if teacher is not None else "the model"
+    seed = 0 if args.seed is None else args.seed
     with console.status(f"eval: sampling 200 toy digits with {what} (20 steps each) and scoring them"):
-        result = toy_evaluate(model, family, teacher=teacher, seed=args.seed or 0)
+        result = toy_evaluate(model, family, teacher=teacher, seed=seed)
     if grid:
         from compress.toy.grid import save_sample_grid
 
-        save_sample_grid(model, family, grid, seed=args.seed or 0)
+        save_sample_grid(model, family, grid, seed=seed)
     return _print(result, args.json)
 
 
-def _no_grid(grid: Path | None) -> None:
+def _toy_options_only(grid: Path | None, seed: int | None) -> None:
+    """--grid and --seed are the toy evaluation's; a UserError for a real model."""
     if grid:
         raise UserError("--grid draws the toy pipelines' samples; sample a real model with its pipeline")
-
-
-def _no_seed(seed: int | None) -> None:
     if seed is not None:
         raise UserError("--seed seeds the toy evaluation's samples; a real model is measured on its run's "
                         "held-out inputs (calibration.seed of its recipe.yaml)")
