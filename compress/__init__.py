@@ -4,10 +4,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy public API: keeps `import compress` cheap
-    if name in ("load_teacher", "save_compressed", "load_transformer", "load_pipeline"):
+    if name in ("load_teacher", "save_compressed"):
         from compress import io
 
         return getattr(io, name)
+    if name in ("load_transformer", "load_pipeline"):
+        from compress import io_output
+
+        return getattr(io_output, name)
     if name == "LowRankLinear":
         from compress.lowrank import LowRankLinear
 

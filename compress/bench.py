@@ -12,7 +12,8 @@ from rich.table import Table
 
 from compress.errors import UserError
 from compress.inputs import moved
-from compress.io import cast, load_teacher_of, load_transformer
+from compress.io import cast, load_teacher_of
+from compress.io_output import load_transformer
 from compress.report import console, param_count, recorded_teacher, to_json
 
 

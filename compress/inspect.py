@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.io import load_transformer
+from compress.io_output import load_transformer
 from compress.report import (console, layer_rows, layer_table, output_dir, plot_ranks, plot_spectrum,
                              read_report, summary_table, to_json)
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.io import cast, empty_compressed, load_transformer, save_compressed
+from compress.io import cast, save_compressed
+from compress.io_output import empty_compressed, load_transformer
 from compress.stream import (CheckpointBlocks, checkpoint_of, empty_transformer, save_streamed, streamed,
                              tensor_ends, weight_map)
 

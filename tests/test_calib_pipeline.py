@@ -13,7 +13,8 @@ import torch
 from compress.arch import get_adapter
 from compress.calib_pipeline import capture, load_pipeline_for, read_prompts
 from compress.errors import UserError
-from compress.io import load_teacher, load_transformer
+from compress.io import load_teacher
+from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner
 from tests.pipelines import flux_pipeline, hub_cache, pixart_pipeline

@@ -9,7 +9,7 @@ import torch
 
 from compress.cli import main
 from compress.errors import UserError
-from compress.io import load_transformer
+from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart

@@ -11,7 +11,8 @@ from diffusers import PixArtTransformer2DModel
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import INDEX, WEIGHTS, load_transformer
+from compress.io import INDEX, WEIGHTS
+from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner
 from compress.runner_stream import StreamedModels

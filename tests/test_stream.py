@@ -126,7 +126,7 @@ def test_small_pieces_change_nothing(tmp_path, monkeypatch):
         loader.release(group, index, block)
         assert len(loader.spilled(group, index)) > 1
     out = stream.save_streamed(model, loader, tmp_path / "out")
-    from compress.io import load_transformer
+    from compress.io_output import load_transformer
 
     got = load_transformer(out).state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

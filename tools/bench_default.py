@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from compress.io import load_teacher, load_transformer
+from compress.io import load_teacher
+from compress.io_output import load_transformer
 from compress.recipe import load_recipe
 from compress.runner import Runner
 from compress.toy.evaluate import evaluate

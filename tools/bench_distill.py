@@ -74,7 +74,8 @@ def compressed_student(runner, family: str, cache: Path | None):
     """Runs the compression passes, or loads their result from `cache` (keyed by teacher + recipe)."""
     import hashlib
 
-    from compress.io import load_transformer, save_compressed
+    from compress.io import save_compressed
+    from compress.io_output import load_transformer
 
     key = hashlib.sha256(f"{runner.ctx.fingerprint}|{COMPRESS[family]}".encode()).hexdigest()[:12]
     folder = cache / f"{family}-{key}" if cache else None

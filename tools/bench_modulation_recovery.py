@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from compress.io import load_transformer
+from compress.io_output import load_transformer
 from compress.recipe import load_recipe
 from compress.runner import Runner
 from compress.toy.evaluate import prediction_error

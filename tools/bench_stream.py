@@ -22,7 +22,7 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "toy-pixart-stream
 def one(stream: bool, work: Path) -> dict:
     import torch
 
-    from compress.io import load_transformer
+    from compress.io_output import load_transformer
     from compress.recipe import load_recipe
     from compress.runner import Runner
 

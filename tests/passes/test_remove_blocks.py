@@ -6,7 +6,8 @@ from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import load_transformer, save_compressed
+from compress.io import save_compressed
+from compress.io_output import load_transformer
 from compress.lowrank import LowRankLinear
 from compress.passes.base import RunContext
 from compress.passes.importance import ImportanceConfig, ImportancePass, scan

@@ -1,0 +1,129 @@
+"""Compressed outputs back in: `load_transformer(out)` gives the ordinary diffusers class with
+LowRankLinear where factorized, bit-identical to the model that was saved; `load_pipeline` puts it
+in a diffusers pipeline. The output folder is DESIGN.md's (written by `io.save_compressed`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.errors import UserError
+from compress.fuse import fuse_gelu
+from compress.io import (FORMAT, INDEX, WEIGHTS, cast, check_same_config, from_config, load_error,
+                         model_class, one_line, ranks_of, read_config, read_json, read_state_dict)
+from compress.lowrank import LowRankLinear
+
+
+def weight_files(out: Path) -> list[Path]:
+    """The weight files of an output folder: one file, or the shards its index lists."""
+    if (out / INDEX).is_file():
+        shards = sorted(set(read_json(out / INDEX).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (out / s).is_file()]
+        if missing or not shards:
+            raise UserError(f"{out / INDEX} lists missing shards: {', '.join(missing[:3]) or 'none listed'}")
+        return [out / s for s in shards]
+    if (out / WEIGHTS).is_file():
+        return [out / WEIGHTS]
+    raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS} "
+                    f"or {INDEX})")
+
+
+def empty_compressed(out) -> nn.Module:
+    """The model of an output folder on the meta device: the diffusers class with LowRankLinear
+    (down, up) at every rank of its compression section; no weights."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS})")
+    config = read_config(out / "config.json")
+    if "compression" not in config:
+        raise UserError(f"{out} is a plain diffusers model, not a dit-compress output (its config.json "
+                        "has no compression section)")
+    compression = config.pop("compression")
+    ranks = compression.get("ranks", {}) if isinstance(compression, dict) else None
+    if not isinstance(ranks, dict):
+        raise UserError(f"{out / 'config.json'}: compression.ranks must map layer names to ranks")
+    cls = model_class(config.get("_class_name", "<missing _class_name>"))
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = from_config(cls, config, out / "config.json")
+        for name, rank in ranks.items():
+            _swap_lowrank(model, name, rank, out)
+    model.compression_meta = {k: v for k, v in compression.items() if k not in ("format", "ranks", "dtype")}
+    return model
+
+
+def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None,
+                     torch_dtype: torch.dtype | None = None) -> nn.Module:
+    """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
+    model that was saved (same dtype unless `dtype`, or diffusers' `torch_dtype`, is given). One
+    weight file or index shards. `model.compression_meta` keeps what the run recorded (teacher,
+    block map), so saving the model again keeps it."""
+    dtype = dtype or torch_dtype
+    out = Path(out)
+    files = weight_files(out)
+    model = empty_compressed(out)
+    sd = {}
+    for f in files:
+        sd.update(read_state_dict(f))
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        raise UserError(f"{files[0] if len(files) == 1 else out} does not match its config.json: "
+                        f"{load_error(e)}") from None
+    fuse_gelu(model)  # the FFN's tanh-GELU runs inside the factorized layer (kernel epilogue)
+    # diffusers' own save_pretrained (and a pipeline's) then writes an output that loads back here
+    model.register_to_config(compression={"format": FORMAT, "ranks": ranks_of(model), **model.compression_meta})
+    if dtype is not None:
+        model = cast(model, dtype)
+    return model.to(device or "cpu").eval()
+
+
+def _swap_lowrank(model: nn.Module, name: str, rank, out: Path) -> None:
+    try:
+        old = model.get_submodule(name)
+    except AttributeError:
+        raise UserError(f"{out / 'config.json'}: compression.ranks names '{name}', which the model "
+                        "does not have") from None
+    if not isinstance(old, nn.Linear) or type(rank) is not int or not 0 < rank <= min(old.in_features,
+                                                                                      old.out_features):
+        raise UserError(f"{out / 'config.json'}: compression.ranks gives '{name}' rank {rank!r}; "
+                        "expected a positive integer rank of a linear layer")
+    model.set_submodule(name, LowRankLinear(old.in_features, old.out_features, rank,
+                                            bias=old.bias is not None))
+
+
+def load_pipeline(out, base: str, dtype: torch.dtype | None = None):
+    """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
+    `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id. `dtype`: of the
+    whole pipeline (default: the dtype the transformer was exported in, so all parts agree)."""
+    transformer = load_transformer(out, dtype=dtype)
+    if base.startswith("toy:"):
+        from compress.toy import load_toy_pipeline
+
+        return load_toy_pipeline(base[4:], transformer=transformer)
+    from diffusers import DiffusionPipeline
+
+    _check_base(transformer, base)
+    try:
+        return DiffusionPipeline.from_pretrained(base, transformer=transformer,
+                                                 torch_dtype=dtype or transformer.dtype)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None
+
+
+def _check_base(transformer: nn.Module, base: str) -> None:
+    """The base pipeline's transformer must be the architecture `transformer` was compressed from:
+    diffusers only logs a wrong class, and a wrong width fails inside the first denoising step."""
+    try:
+        config = type(transformer).load_config(base, subfolder="transformer")
+    except (OSError, ValueError):
+        return  # no transformer config to compare: from_pretrained says what is wrong
+    name = config.get("_class_name")
+    if name and name != type(transformer).__name__:
+        raise UserError(f"base pipeline {base} holds a {name}; the compressed transformer is a "
+                        f"{type(transformer).__name__}: pass a base of its family")
+    check_same_config(transformer, config, f"the transformer of base pipeline {base}",
+                      "pass the pipeline of its teacher as base")
