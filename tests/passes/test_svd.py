@@ -481,3 +481,23 @@ def test_a_non_finite_sensitivity_is_a_numeric_error_naming_the_layer(monkeypatc
     monkeypatch.setattr(svd_global, "relative_error", lambda *a, **k: float("nan"))
     with pytest.raises(NumericError, match=f"{re.escape(info.name)}: the prediction error .* is nan"):
         svd_global.sensitivities(model, adapter, [model_inputs(model)], factors, False, [info])
+
+
+def test_a_second_svd_pass_over_factorized_layers_is_refused_naming_them(tmp_path):
+    """Factorizing a LowRankLinear again dropped its fused GELU (FusedGELU has none to fuse again)
+    and recorded its dense size as kept: refused, before compute where the first pass's ranks are
+    fixed (plan's meta model), else when the second pass starts."""
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    cfg = {"multiple": 2, "modulation_grid": 4, "progress": False}
+    planned = SVDPass(SVDConfig(targets=["mlp"], **cfg))
+    meta = tiny_pixart()
+    planned.apply_planned(meta, adapter)
+    with pytest.raises(UserError, match=r"transformer_blocks\.0\.ff\.net\.0\.proj, .* are already factorized"):
+        SVDPass(SVDConfig(targets=["re:ff\\.net"], **cfg)).check(meta, adapter)
+    SVDPass(SVDConfig(targets=["mlp"], **cfg)).run(model, _ctx(model, tmp_path))
+    name = "transformer_blocks.1.ff.net.2"
+    with pytest.raises(UserError, match=f"{re.escape(name)} is already factorized .* svd.ignore"):
+        SVDPass(SVDConfig(targets=[name], **cfg)).run(model, _ctx(model, tmp_path))
+    assert model.get_submodule("transformer_blocks.0.ff.net.0.proj").activation == "gelu_tanh"
+    SVDPass(SVDConfig(targets=["attention"], **cfg)).check(model, adapter)  # the others stay allowed
