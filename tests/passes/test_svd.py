@@ -501,3 +501,30 @@ def test_a_second_svd_pass_over_factorized_layers_is_refused_naming_them(tmp_pat
         SVDPass(SVDConfig(targets=[name], **cfg)).run(model, _ctx(model, tmp_path))
     assert model.get_submodule("transformer_blocks.0.ff.net.0.proj").activation == "gelu_tanh"
     SVDPass(SVDConfig(targets=["attention"], **cfg)).check(model, adapter)  # the others stay allowed
+
+
+@pytest.mark.parametrize("activations", ["student", "teacher"])
+def test_modulation_grams_follow_the_compressed_embedders_in_student_mode(activations, tmp_path, monkeypatch):
+    """Flux's modulation linears read silu(temb), which the top-level embedders make: with
+    activations: student their Grams are taken after those are compressed (they were taken from the
+    teacher's, 1.45 relative difference here, and norm_out.linear was factorized before them);
+    with teacher, on the teacher's conditioning."""
+    from compress.passes import svd as svd_module
+    from compress.passes.svd_walk import readers
+
+    seen, order, real = {}, [], svd_module.compress_layer
+
+    def spy(model, info, stats, **kw):
+        seen[info.name], _ = stats.gram.clone(), order.append(info.name)
+        return real(model, info, stats, **kw)
+
+    monkeypatch.setattr(svd_module, "compress_layer", spy)
+    model, report, infos = _run("flux", tmp_path, targets=["embedding", "modulation"], ratio=0.3,
+                                activations=activations, compensate=False)
+    assert order.index("x_embedder") < order.index("norm_out.linear")
+    reference = model if activations == "student" else tiny_flux()
+    batches = [model_inputs(model, seed=i) for i in range(2)]
+    cal = BlockCalibration(reference, get_adapter(model), batches, activations, progress=False)
+    for name in ("transformer_blocks.0.norm1.linear", "norm_out.linear"):
+        gram = next(iter(cal.conditioning(readers([infos[name]]), 4).values())).gram
+        assert torch.allclose(seen[name], gram, rtol=1e-9, atol=1e-12), name
