@@ -528,3 +528,47 @@ def test_modulation_grams_follow_the_compressed_embedders_in_student_mode(activa
     for name in ("transformer_blocks.0.norm1.linear", "norm_out.linear"):
         gram = next(iter(cal.conditioning(readers([infos[name]]), 4).values())).gram
         assert torch.allclose(seen[name], gram, rtol=1e-9, atol=1e-12), name
+
+
+@pytest.mark.parametrize("family, targets, fisher", [
+    ("pixart", ["re:transformer_blocks\\.\\d+\\.ff\\.net\\.2"], "all"),
+    ("pixart", ["re:attn1\\.to_q"], "none"),  # asymmetric: W + Δ
+    ("flux", ["re:single_transformer_blocks\\.\\d+\\.proj_out"], "all"),  # the output-Gram path
+    ("pixart", ["modulation"], "all"),  # centered: the mean error moved into the bias
+])
+def test_rel_output_error_is_the_layers_own_output_error_on_its_calibration_inputs(family, targets, fisher,
+                                                                                    tmp_path, monkeypatch):
+    """rel_output_error = ‖y' − y‖ / ‖W x‖ over the rows the layer read in calibration (here the
+    student's: each target's input comes through the earlier compressed blocks), y the layer as the
+    pass found it, y' the layer it made; not the output-Fisher-weighted loss of the compensated
+    weight, nor relative to the asymmetric fit's W + Δ. energy_kept stays the objective's."""
+    from compress.calib import _with_timestep
+
+    monkeypatch.setattr(svd_targets, "OUTPUT_GRAM_MIN_IN", 32)  # tiny single proj_out: in 48, out 16
+    ranks = {"modulation": 2} if targets == ["modulation"] else {}  # below the grid's 4 directions
+    model, report, _ = _run(family, tmp_path, targets=targets, fisher=fisher, ranks=ranks)
+    dense = MAKERS[family]()
+    seen = {name: [0.0, 0.0] for name in report["layers"]}
+
+    def hook(name):
+        def record(module, args, out):
+            ref = dense.get_submodule(name)
+            seen[name][0] += float((out - ref(args[0])).double().square().sum())
+            seen[name][1] += float((args[0] @ ref.weight.T).double().square().sum())
+        return record
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in seen]
+    batches = [model_inputs(model, seed=i) for i in range(2)]  # the calibration batches of _ctx
+    if targets == ["modulation"]:  # read over the timestep grid (modulation_grid: 4)
+        grid = get_adapter(model).timestep_grid
+        batches = [_with_timestep(b, t) for b in batches for t in grid(4, b["timestep"])]
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch, return_dict=False)
+    for h in handles:
+        h.remove()
+    for name, rec in report["layers"].items():
+        assert rec["rank"] != "dense"
+        assert rec["rel_output_error"] == pytest.approx((seen[name][0] / seen[name][1]) ** 0.5, rel=1e-4), name
+        assert 0 < rec["energy_kept"] < 1
+    assert bool(report["asymmetric"]) == (fisher == "none")  # blocks 1, 2 fit W + Δ
