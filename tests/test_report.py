@@ -1,3 +1,4 @@
+import pytest
 from rich.console import Console
 
 from compress.report import layer_table
@@ -57,3 +58,17 @@ def test_to_json_writes_non_finite_numbers_as_null():
     text = to_json({"psnr_vs_teacher": float("inf"), "rows": [float("nan"), 1.5], "shape": (2, 3)})
     assert json.loads(text, parse_constant=lambda c: 1 / 0) == {"psnr_vs_teacher": None,
                                                                 "rows": [None, 1.5], "shape": [2, 3]}
+
+
+def test_layer_rows_take_the_objectives_energy_kept_and_read_older_reports():
+    """energy_kept (inspect's "energy") is the record's own, the objective's; rel_output_error is the
+    layer's plain output error and no longer gives it, except in reports written before energy_kept."""
+    from compress.report import layer_rows
+    from tests.conftest import tiny_pixart
+
+    a, b = "transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1.to_k"
+    report = {"svd": {"layers": {a: {"rank": 4, "energy_kept": 0.99, "rel_output_error": 0.3},
+                                 b: {"rank": 4, "rel_output_error": 0.3}}}}
+    rows = {r["name"]: r for r in layer_rows(tiny_pixart(), report)}
+    assert rows[a]["energy_kept"] == 0.99 and rows[a]["rel_output_error"] == 0.3
+    assert rows[b]["energy_kept"] == pytest.approx(1 - 0.3 ** 2)

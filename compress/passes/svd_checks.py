@@ -8,6 +8,7 @@ from torch import nn
 from compress.arch.base import ROLES, Adapter
 from compress.errors import BadValue, UserError, did_you_mean
 from compress.linalg import METHODS
+from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
 from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, matches,
                                          resolve_targets)
@@ -22,6 +23,7 @@ def check_config(c, model: nn.Module, adapter: Adapter) -> None:
     check_values(c)
     infos = adapter.linears(model)
     targets = resolve_targets(infos, c.targets, c.ignore)
+    _check_not_factorized(targets, model)
     check_explicit_ranks(targets, c.ranks)
     for p in c.center:
         check_pattern(p, infos, "center")
@@ -33,6 +35,18 @@ def check_config(c, model: nn.Module, adapter: Adapter) -> None:
         _check_roles(c.ratios, {i.role for i in targets})
     if c.allocation == "global":
         check_global_budget(targets, c)
+
+
+def _check_not_factorized(targets, model: nn.Module) -> None:
+    """A target that is already a LowRankLinear (an earlier svd pass, or a compressed teacher) is
+    refused: factorizing it again would drop a fused GELU and record its dense size as kept."""
+    done = [i.name for i in targets if isinstance(model.get_submodule(i.name), LowRankLinear)]
+    if done:
+        them = "it" if len(done) == 1 else "them"
+        raise UserError(f"svd: {', '.join(done[:3])}{' …' if len(done) > 3 else ''} "
+                        f"{'is' if len(done) == 1 else 'are'} already factorized (by an earlier svd pass, "
+                        f"or in the teacher); leave {them} out with svd.ignore, or factorize once at a "
+                        "lower ratio")
 
 
 def check_values(c) -> None:

@@ -114,6 +114,7 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
     if out_root is not None:  # back from V = L W to W, the Fisher's scale shared by both factors
         inv = out_root[1].to(up.device, F64)
         (up, down), shift = balanced(inv @ up, down), (inv @ shift if shift is not None else None)
+    error = _output_error(module, stats, gram_is_output, up, down, shift, fac.up, out_root)
     new_bias = module.bias.detach().to(up.device, F64) if bias else None
     if shift is not None:
         new_bias = shift if new_bias is None else new_bias + shift
@@ -122,7 +123,9 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
     return dict(record, rank=rank, kept_params=params_lowrank(info.out_features, info.in_features,
                                                               rank, bias),
                 loss=loss, optimal_loss=optimal, loss_ratio=_ratio(loss, optimal, m.energy),
-                rel_output_error=(loss / m.energy) ** 0.5 if m.energy > 0 else 0.0,
+                # the objective's energy kept: 1 − loss / tr(W G Wᵀ), all in its (weighted) metric
+                energy_kept=1.0 - loss / m.energy if m.energy > 0 else 1.0,
+                rel_output_error=error,
                 objective="output-weighted" if out_root is not None else "calibration output",
                 spectrum=[float(e) for e in dec.energies[:512]],  # for `inspect --plot`
                 # directions the calibration data excites above round-off; the rest of the Gram's
@@ -130,6 +133,32 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
                 data_rank=int(dec.energies.numel()),
                 clamped=bool(dec.energies.numel() < min(info.out_features, info.in_features)),
                 centered=center, time_s=round(time.perf_counter() - start, 4))
+
+
+def _output_error(module: nn.Module, stats: Stats, gram_is_output: bool, up, down, shift, basis_up,
+                  out_root) -> float:
+    """‖y − y'‖ / ‖W x‖ over the calibration rows the layer read (the student's inputs with
+    activations: student): y' the layer the pass makes (its bias shift included) against the layer
+    as the pass found it, unweighted and without any compensation or asymmetric step.
+    Rows r = x (input Gram) or y = W x (output Gram), each row's error A r − s:
+    Σ‖A r − s‖² = tr(A G Aᵀ) − 2 sᵀA Σr + n‖s‖²."""
+    w = module.weight.detach().to(stats.gram.device, F64)  # (out, in)
+    gram, total = stats.gram, stats.total.to(F64)
+    if gram_is_output:  # W' = M W, M = L⁻¹ Q Qᵀ L (Q: an orthonormal basis of the weighted up)
+        q, _ = torch.linalg.qr(basis_up)  # (out, r)
+        project = q @ q.T
+        if out_root is not None:
+            root, inv = (t.to(q.device, F64) for t in out_root)
+            project = inv @ project @ root
+        a = torch.eye(w.shape[0], dtype=F64, device=q.device) - project  # (out, out)
+        energy = float(torch.diagonal(gram).sum())
+    else:
+        a = w - up @ down  # (out, in)
+        energy = float(((w @ gram) * w).sum())
+    err = float(((a @ gram) * a).sum())
+    if shift is not None:
+        err += stats.rows * float(shift @ shift) - 2 * float(shift @ (a @ total))
+    return max(err, 0.0) ** 0.5 / energy ** 0.5 if energy > 0 else 0.0
 
 
 def _mean_shift(m: LayerMath, up, down):

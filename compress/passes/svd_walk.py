@@ -23,28 +23,35 @@ BeforeBlock = Callable[[nn.Module, list], None]  # (block, [(info, stats)]) befo
 def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: list, cache: StatsCache,
          modulation_grid: int, visit_group: VisitGroup | None = None,
          before_block: BeforeBlock | None = None) -> None:
-    """Calls visit(info, stats) for every target. visit_group(where, start, pairs), if given, takes
-    the targets visited together (the top level before the blocks, each block, the tail) at once,
-    and says if it changed any; `start` is the first block (execution order) they can change: 0
-    for the top level, the block's own position, the block count for the tail. `state` (what has
-    been compressed so far) names the student-mode cache files; modulation Grams are taken over
-    `modulation_grid` timesteps per batch, once per model (cached)."""
+    """Calls visit(info, stats) for every target: the top level (embedders first, then the
+    modulation linears on the conditioning they make), the blocks, the tail. visit_group(where,
+    start, pairs), if given, takes the targets visited together (the top level's embedders, its
+    modulation linears, each block, the tail) at once, and says if it changed any; `start` is the
+    first block (execution order) they can change: 0 for the top level, the block's own position,
+    the block count for the tail. `state` (what has been compressed so far) names the student-mode
+    cache files; modulation Grams are taken over `modulation_grid` timesteps per batch (cached)."""
 
     def visit_all(where: str, pairs: list, start: int = 0) -> bool:
         if visit_group and pairs:
             return visit_group(where, start, pairs)
         return any([visit(info, stats) for info, stats in pairs])
 
-    shared = _conditioning(cal, targets, cache, modulation_grid)  # model-wide keys, computed once
+    student = cal.activations == "student"
+    conditioned = {stats_key(i) for i in targets if i.role == "modulation"}
     top = [i for i in targets if i.group is None]
-    changed = visit_all("top level", [(i, shared[stats_key(i)]) for i in top if stats_key(i) in shared])
-    pending = [i for i in top if stats_key(i) not in shared]
-    stats = cal.capture(readers(pending))
-    changed = visit_all("top level", [(i, stats[stats_key(i)]) for i in pending
-                                      if stats_key(i) in stats]) or changed
-    if changed and cal.activations == "student":
+    first = [i for i in top if stats_key(i) not in conditioned]  # embedders, ...: before the blocks
+    # the modulation linears read the conditioning the top-level embedders make: in student mode
+    # their stats are taken after those are compressed, in teacher mode before anything changes
+    shared = {} if student else _conditioning(cal, targets, cache, modulation_grid)
+    stats = cal.capture(readers(first))
+    changed = visit_all("top level", [(i, stats[stats_key(i)]) for i in first if stats_key(i) in stats])
+    if student:
+        shared = _conditioning(cal, targets, cache, modulation_grid, state)
+    changed = visit_all("top level", [(i, shared[stats_key(i)]) for i in top
+                                      if stats_key(i) in conditioned]) or changed
+    if changed and student:
         cal.capture()  # block inputs through the compressed top-level layers
-    pending = [i for i in pending if stats_key(i) not in stats]
+    pending = [i for i in first if stats_key(i) not in stats]  # they run after the blocks
 
     def readers_for(group, index):
         mine = [i for i in targets if (i.group, i.block) == (group, index)]
@@ -65,13 +72,14 @@ def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: 
 
 
 def _conditioning(cal: BlockCalibration, targets: list[LinearInfo], cache: StatsCache,
-                  grid: int) -> dict[str, Stats]:
-    """Stats of the modulation targets' conditioning inputs over a dense timestep grid (cached)."""
+                  grid: int, state: list = ()) -> dict[str, Stats]:
+    """Stats of the modulation targets' conditioning inputs over a dense timestep grid (cached;
+    `state`: what the pass has compressed before them, in student mode)."""
     cond = [i for i in targets if i.role == "modulation"]
     if not cond:
         return {}
     found = readers(cond)
-    name = digest("conditioning", grid, sorted(r.key for r in found))
+    name = digest("conditioning", grid, sorted(r.key for r in found), *([list(state)] if state else []))
     stats = cache.load(name)
     if stats is None:
         stats = cal.conditioning(found, grid)

@@ -481,3 +481,94 @@ def test_a_non_finite_sensitivity_is_a_numeric_error_naming_the_layer(monkeypatc
     monkeypatch.setattr(svd_global, "relative_error", lambda *a, **k: float("nan"))
     with pytest.raises(NumericError, match=f"{re.escape(info.name)}: the prediction error .* is nan"):
         svd_global.sensitivities(model, adapter, [model_inputs(model)], factors, False, [info])
+
+
+def test_a_second_svd_pass_over_factorized_layers_is_refused_naming_them(tmp_path):
+    """Factorizing a LowRankLinear again dropped its fused GELU (FusedGELU has none to fuse again)
+    and recorded its dense size as kept: refused, before compute where the first pass's ranks are
+    fixed (plan's meta model), else when the second pass starts."""
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    cfg = {"multiple": 2, "modulation_grid": 4, "progress": False}
+    planned = SVDPass(SVDConfig(targets=["mlp"], **cfg))
+    meta = tiny_pixart()
+    planned.apply_planned(meta, adapter)
+    with pytest.raises(UserError, match=r"transformer_blocks\.0\.ff\.net\.0\.proj, .* are already factorized"):
+        SVDPass(SVDConfig(targets=["re:ff\\.net"], **cfg)).check(meta, adapter)
+    SVDPass(SVDConfig(targets=["mlp"], **cfg)).run(model, _ctx(model, tmp_path))
+    name = "transformer_blocks.1.ff.net.2"
+    with pytest.raises(UserError, match=f"{re.escape(name)} is already factorized .* svd.ignore"):
+        SVDPass(SVDConfig(targets=[name], **cfg)).run(model, _ctx(model, tmp_path))
+    assert model.get_submodule("transformer_blocks.0.ff.net.0.proj").activation == "gelu_tanh"
+    SVDPass(SVDConfig(targets=["attention"], **cfg)).check(model, adapter)  # the others stay allowed
+
+
+@pytest.mark.parametrize("activations", ["student", "teacher"])
+def test_modulation_grams_follow_the_compressed_embedders_in_student_mode(activations, tmp_path, monkeypatch):
+    """Flux's modulation linears read silu(temb), which the top-level embedders make: with
+    activations: student their Grams are taken after those are compressed (they were taken from the
+    teacher's, 1.45 relative difference here, and norm_out.linear was factorized before them);
+    with teacher, on the teacher's conditioning."""
+    from compress.passes import svd as svd_module
+    from compress.passes.svd_walk import readers
+
+    seen, order, real = {}, [], svd_module.compress_layer
+
+    def spy(model, info, stats, **kw):
+        seen[info.name], _ = stats.gram.clone(), order.append(info.name)
+        return real(model, info, stats, **kw)
+
+    monkeypatch.setattr(svd_module, "compress_layer", spy)
+    model, report, infos = _run("flux", tmp_path, targets=["embedding", "modulation"], ratio=0.3,
+                                activations=activations, compensate=False)
+    assert order.index("x_embedder") < order.index("norm_out.linear")
+    reference = model if activations == "student" else tiny_flux()
+    batches = [model_inputs(model, seed=i) for i in range(2)]
+    cal = BlockCalibration(reference, get_adapter(model), batches, activations, progress=False)
+    for name in ("transformer_blocks.0.norm1.linear", "norm_out.linear"):
+        gram = next(iter(cal.conditioning(readers([infos[name]]), 4).values())).gram
+        assert torch.allclose(seen[name], gram, rtol=1e-9, atol=1e-12), name
+
+
+@pytest.mark.parametrize("family, targets, fisher", [
+    ("pixart", ["re:transformer_blocks\\.\\d+\\.ff\\.net\\.2"], "all"),
+    ("pixart", ["re:attn1\\.to_q"], "none"),  # asymmetric: W + Δ
+    ("flux", ["re:single_transformer_blocks\\.\\d+\\.proj_out"], "all"),  # the output-Gram path
+    ("pixart", ["modulation"], "all"),  # centered: the mean error moved into the bias
+])
+def test_rel_output_error_is_the_layers_own_output_error_on_its_calibration_inputs(family, targets, fisher,
+                                                                                    tmp_path, monkeypatch):
+    """rel_output_error = ‖y' − y‖ / ‖W x‖ over the rows the layer read in calibration (here the
+    student's: each target's input comes through the earlier compressed blocks), y the layer as the
+    pass found it, y' the layer it made; not the output-Fisher-weighted loss of the compensated
+    weight, nor relative to the asymmetric fit's W + Δ. energy_kept stays the objective's."""
+    from compress.calib import _with_timestep
+
+    monkeypatch.setattr(svd_targets, "OUTPUT_GRAM_MIN_IN", 32)  # tiny single proj_out: in 48, out 16
+    ranks = {"modulation": 2} if targets == ["modulation"] else {}  # below the grid's 4 directions
+    model, report, _ = _run(family, tmp_path, targets=targets, fisher=fisher, ranks=ranks)
+    dense = MAKERS[family]()
+    seen = {name: [0.0, 0.0] for name in report["layers"]}
+
+    def hook(name):
+        def record(module, args, out):
+            ref = dense.get_submodule(name)
+            seen[name][0] += float((out - ref(args[0])).double().square().sum())
+            seen[name][1] += float((args[0] @ ref.weight.T).double().square().sum())
+        return record
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in seen]
+    batches = [model_inputs(model, seed=i) for i in range(2)]  # the calibration batches of _ctx
+    if targets == ["modulation"]:  # read over the timestep grid (modulation_grid: 4)
+        grid = get_adapter(model).timestep_grid
+        batches = [_with_timestep(b, t) for b in batches for t in grid(4, b["timestep"])]
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch, return_dict=False)
+    for h in handles:
+        h.remove()
+    for name, rec in report["layers"].items():
+        assert rec["rank"] != "dense"
+        assert rec["rel_output_error"] == pytest.approx((seen[name][0] / seen[name][1]) ** 0.5, rel=1e-4), name
+        assert 0 < rec["energy_kept"] < 1
+    assert bool(report["asymmetric"]) == (fisher == "none")  # blocks 1, 2 fit W + Δ
