@@ -131,13 +131,17 @@ def step_words(step: dict) -> str:
     return "; ".join(f"{key}: {_brief(key, value)}" for key, value in shown.items())
 
 
+def _rank_order(rank) -> tuple:
+    """Numeric ranks first, ascending; then words ("dense", "decided after calibration")."""
+    return (1, 0, str(rank)) if isinstance(rank, str) else (0, rank, "")
+
+
 def _brief(key: str, value) -> str:
     if key == "ranks" and isinstance(value, dict):  # layer -> rank | "dense" | LATER
         counts = Counter(value.values())
         if len(counts) <= 1:
             return str(next(iter(counts), "none"))
-        return ", ".join(f"{rank} ×{n}" for rank, n in sorted(counts.items(), key=lambda kv: (
-            isinstance(kv[0], str), kv[0] if isinstance(kv[0], int) else 0, str(kv[0]))))
+        return ", ".join(f"{rank} ×{n}" for rank, n in sorted(counts.items(), key=lambda kv: _rank_order(kv[0])))
     if isinstance(value, list) and len(value) > 4:
         return f"{len(value)} ({', '.join(map(str, value[:2]))}, …, {value[-1]})"
     if isinstance(value, bool):

@@ -138,12 +138,16 @@ def weights_checksum(teacher: torch.nn.Module, models) -> str:
 CALIBRATION_RESULT_FREE = ("spill_activations",)
 
 
+def result_bearing(calibration: dict) -> dict:
+    """The calibration keys that can change a statistic or a result."""
+    return {k: v for k, v in calibration.items() if k not in CALIBRATION_RESULT_FREE}
+
+
 def fingerprint(source: str, weights: str, recipe: Recipe) -> str:
     """Teacher identity (source + `weights_checksum`) + calibration config (but for
     CALIBRATION_RESULT_FREE) + code version."""
     h = hashlib.sha256(f"{source}|{compress.__version__}|{STATS_VERSION}|{weights}|".encode())
-    calibration = {k: v for k, v in asdict(recipe.calibration).items() if k not in CALIBRATION_RESULT_FREE}
-    h.update(json.dumps(calibration, sort_keys=True).encode())
+    h.update(json.dumps(result_bearing(asdict(recipe.calibration)), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -154,7 +158,7 @@ def recipe_changes(before: dict, now: dict, passes) -> list[str]:
     def view(raw: dict) -> dict:
         calibration = raw.get("calibration")
         if isinstance(calibration, dict):
-            raw = dict(raw, calibration={k: v for k, v in calibration.items() if k not in CALIBRATION_RESULT_FREE})
+            raw = dict(raw, calibration=result_bearing(calibration))
         specs = raw.get("passes", [])
         if len(specs) != len(passes):
             return _flat(raw)
