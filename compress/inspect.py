@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress.io_output import load_transformer
-from compress.report import (console, layer_rows, layer_table, output_dir, plot_ranks, plot_spectrum,
+from compress.report import (console, layer_rows, layer_tables, output_dir, plot_ranks, plot_spectrum,
                              read_report, summary_table, to_json)
 
 
@@ -17,7 +17,8 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
     if as_json:
         print(to_json({"layers": rows, "report": report}))
     else:
-        console.print(layer_table(rows, title=f"{out}"))
+        for table in layer_tables(rows, console.width, title=f"{out}"):
+            console.print(table)
         console.print(summary_table(rows, "role", "by role"))
         console.print(summary_table(rows, "block", "by block"))
         _print_optimality(rows)

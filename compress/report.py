@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from compress.errors import UserError
@@ -42,7 +43,7 @@ def layer_rows(model, report: dict | None = None) -> list[dict]:
                "shape": [info.out_features, info.in_features], "rank": rank,
                "params": kept, "dense_params": dense, "kept": kept / dense}
         rec = svd.get(info.name, {})
-        for key in ("loss", "optimal_loss", "loss_ratio", "rel_output_error", "spectrum"):
+        for key in ("loss", "optimal_loss", "loss_ratio", "rel_output_error", "time_s", "spectrum"):
             if key in rec:
                 row[key] = rec[key]
         if isinstance(rec.get("energy_kept"), (int, float)):  # whitened energy kept
@@ -57,17 +58,67 @@ def _block_label(info) -> str:
     return f"{info.group}.{info.block}" if info.group is not None else "-"
 
 
-def layer_table(rows: list[dict], title: str = "layers") -> Table:
+# (header, justify, cell) of the per-layer table; the first group is the rank budget, the second
+# how close each factorization came to its optimum and what it cost: the objective's energy kept,
+# whitened loss, closed-form optimal loss, their ratio, the relative output error on the
+# calibration rows, seconds
+BUDGET_COLUMNS = (
+    ("role", "left", lambda r: r["role"]),
+    ("shape", "right", lambda r: "×".join(map(str, r["shape"]))),
+    ("rank", "right", lambda r: str(r["rank"]) if r["rank"] else "dense"),
+    ("params", "right", lambda r: _fmt_int(r["params"])),
+    ("kept", "right", lambda r: f"{r['kept']:.0%}"),
+)
+QUALITY_COLUMNS = (
+    ("energy", "right", lambda r: _opt(r.get("energy_kept"), "{:.4f}")),
+    ("loss", "right", lambda r: _opt(_round_off(r.get("loss")), "{:.2e}")),
+    ("optimal", "right", lambda r: _opt(r.get("optimal_loss"), "{:.2e}")),
+    ("loss/opt", "right", lambda r: _opt(r.get("loss_ratio"), "{:.6f}")),
+    ("rel err", "right", lambda r: _opt(r.get("rel_output_error"), "{:.4f}")),
+    ("time", "right", lambda r: _opt(r.get("time_s"), "{:.2f}s")),
+)
+
+
+def layer_table(rows: list[dict], title: str = "layers", columns=BUDGET_COLUMNS + QUALITY_COLUMNS) -> Table:
+    """One row per layer; a block's layers come under a row naming the block, by the rest of their
+    names (`attn1.to_q`), so the names stay short enough for a terminal."""
     table = Table(title=title, show_lines=False)
     table.add_column("layer", overflow="fold")  # a narrow terminal wraps the name, never cuts it
-    for col, just in (("role", "left"), ("shape", "right"), ("rank", "right"), ("kept", "right"),
-                      ("energy", "right"), ("loss/opt", "right")):
-        table.add_column(col, justify=just, no_wrap=True)
+    for header, just, _ in columns:
+        table.add_column(header, justify=just, no_wrap=True)
+    block = None
     for r in rows:
-        table.add_row(r["name"], r["role"], "×".join(map(str, r["shape"])),
-                      str(r["rank"]) if r["rank"] else "dense", f"{r['kept']:.0%}",
-                      _opt(r.get("energy_kept"), "{:.4f}"), _opt(r.get("loss_ratio"), "{:.6f}"))
+        prefix = _block_prefix(r["name"]) if r["block"] != "-" else ""
+        if prefix and prefix != block:
+            table.add_row(f"[bold]{prefix}[/bold]")
+        block = prefix
+        name = f"  {r['name'][len(prefix) + 1:]}" if prefix else r["name"]
+        table.add_row(name, *(cell(r) for _, _, cell in columns))
     return table
+
+
+def _block_prefix(name: str) -> str:
+    """`transformer_blocks.3` of `transformer_blocks.3.attn1.to_q` (up to the first index)."""
+    parts = name.split(".")
+    index = next((i for i, p in enumerate(parts[:-1]) if p.isdigit()), None)
+    return ".".join(parts[:index + 1]) if index is not None else ""
+
+
+def layer_tables(rows: list[dict], width: int, title: str = "layers") -> list[Table]:
+    """The per-layer table as one table when a terminal `width` columns wide shows it without
+    folding a layer name, else as two (rank budget; loss, optimum, error and time), each of which
+    folds only the names."""
+    whole = layer_table(rows, title)
+    natural = Measurement.get(console, console.options.update_width(1 << 16), whole).maximum
+    if natural <= width:
+        return [whole]
+    return [layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS),
+            layer_table(rows, f"{title}: factorization", QUALITY_COLUMNS)]
+
+
+def _round_off(loss):
+    """A loss is a sum of squares, measured as a difference: below 0 only by round-off."""
+    return max(loss, 0.0) if isinstance(loss, (int, float)) else loss
 
 
 def _opt(value, fmt: str) -> str:

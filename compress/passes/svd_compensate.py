@@ -42,6 +42,7 @@ the same error to the last digit
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, Mapping
 
 import torch
@@ -100,12 +101,14 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
     candidate keeps the rank chosen at β = 0, so candidates differ in their error only. Targets
     without a step are factorized once, before the search. A candidate whose error is NaN is never
     kept; a NaN/Inf error at β = 0 is a NumericError naming the layers. Returns (records by name,
-    search summary)."""
+    search summary); a kept record's time_s is its factorizations at every candidate, the summary's
+    seconds the whole search, the calibration measurements included."""
+    start = time.perf_counter()
     records = {info.name: factorize(info, stats, None, None) for info, stats in pairs
                if info.name not in steps}
     stepped = [(info, stats) for info, stats in pairs if info.name in steps]
     originals = {info.name: model.get_submodule(info.name) for info, _ in stepped}
-    errors, best, ranks = {}, None, {}
+    errors, best, ranks, spent = {}, None, {}, {}
 
     def trial(beta: float) -> None:
         nonlocal best
@@ -114,6 +117,7 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
             found[info.name] = factorize(info, stats, beta * steps[info.name] if beta else None,
                                          ranks.get(info.name))
             ranks.setdefault(info.name, found[info.name]["rank"])
+            spent[info.name] = spent.get(info.name, 0.0) + found[info.name].get("time_s", 0.0)
         errors[beta] = measure()
         if best is None or errors[beta] < best[0]:  # a NaN candidate is never the best
             best = (errors[beta], beta, found, {n: model.get_submodule(n) for n in originals})
@@ -137,8 +141,11 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
     error, beta, found, modules = best
     for name, module in modules.items():
         model.set_submodule(name, module)
+    found = {name: dict(rec, time_s=round(spent[name], 4)) if "time_s" in rec else rec
+             for name, rec in found.items()}
     return {**records, **found}, {"step": beta, "calibration_error": error,
-                                  "uncompensated_error": errors[0.0], "candidates": len(errors)}
+                                  "uncompensated_error": errors[0.0], "candidates": len(errors),
+                                  "seconds": round(time.perf_counter() - start, 3)}
 
 
 def _walk(ladder: tuple[float, ...], start: int, trial: Callable[[float], None], errors: dict) -> None:

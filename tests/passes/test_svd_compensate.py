@@ -79,17 +79,19 @@ def test_line_search_keeps_the_best_step_and_restores_the_rest():
         seen.append((info.name, None if step is None else float(step[0, 0]), rank))
         model.set_submodule(info.name, nn.Identity())  # stands for a factorized layer
         model.get_submodule(info.name).tag = (info.name, len(seen))
-        return {"name": info.name, "candidate": len(seen), "rank": rank or 2}
+        return {"name": info.name, "candidate": len(seen), "rank": rank or 2, "time_s": 0.25 * len(seen)}
 
     original = model[0]
     records, search = line_search(model, pairs, steps, factorize, lambda: next(errors))
     assert len(STEPS) == 9 and STEPS[0] == 0.0 and STEPS[-1] == 1 / 16
+    assert search.pop("seconds") >= 0
     assert search == {"step": STEPS[2] / 2, "calibration_error": 0.1, "uncompensated_error": 0.5,
                       "candidates": 11}
     assert seen[0] == ("1", None, None)  # the layer without a step: factorized once, first
     assert [s for s in seen if s[0] == "1"] == [seen[0]] and model[1].tag == ("1", 1)
-    assert records == {"1": {"name": "1", "candidate": 1, "rank": 2},
-                       "0": {"name": "0", "candidate": 12, "rank": 2}}
+    # a layer's time is its factorizations at all 11 candidates (calls 2 … 12), not the kept one's
+    assert records == {"1": {"name": "1", "candidate": 1, "rank": 2, "time_s": 0.25},
+                       "0": {"name": "0", "candidate": 12, "rank": 2, "time_s": 0.25 * sum(range(2, 13))}}
     assert model[0].tag == ("0", 12)  # the last candidate's module
     tried = [s for n, s, _ in seen if n == "0"]
     assert tried[0] is None  # β = 0 is the plain factorization, at a rank the pass chooses
