@@ -4,8 +4,12 @@ Stored as two plain nn.Linear children so state-dict keys are `<module>.down.wei
 `<module>.up.weight` [out, r] and `<module>.up.bias` [out] (DESIGN.md output format).
 On CUDA with fp16/bf16 inputs the forward runs `compress.kernels.lowrank_linear` (fused or split Triton
 kernel, two cuBLAS GEMMs, or the dense product: a measured choice per shape); elsewhere it is two torch
-matmuls. `activation="gelu_tanh"` folds the FFN's tanh-GELU into the layer (fused into the kernel
-epilogue on CUDA); it is not stored in the state dict.
+matmuls: on CPU, under CUDA autocast to another dtype, and for bf16 on GPUs below compute capability 8.0
+(Triton's bf16 kernels do not compile there; `compress.kernels` warns once per process). Inputs with a
+zero-sized dimension give what the two torch matmuls give (empty outputs; act(bias) rows where in = 0).
+The rank must be at least 1 (a rank-0 layer would be its bias alone; the svd pass never makes one).
+`activation="gelu_tanh"` folds the FFN's tanh-GELU into the layer (fused into the kernel epilogue on
+CUDA); it is not stored in the state dict.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ class LowRankLinear(nn.Module):
         super().__init__()
         if activation not in (None, "gelu_tanh"):
             raise ValueError(f"LowRankLinear: activation must be None or 'gelu_tanh', got {activation!r}")
+        if rank < 1:
+            raise ValueError(f"LowRankLinear({in_features} -> {out_features}): rank must be at least 1, "
+                             f"got {rank!r} (a rank-0 layer would drop the whole weight and keep only the bias)")
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.activation = activation
         self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)  # [r, in]
@@ -38,9 +45,16 @@ class LowRankLinear(nn.Module):
     @classmethod
     def from_factors(cls, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None,
                      dtype=None) -> "LowRankLinear":
-        """up [out, r], down [r, in], bias [out] or None."""
+        """up [out, r], down [r, in], bias [out] or None; r ≥ 1."""
+        if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0]:
+            raise ValueError(f"LowRankLinear.from_factors: up must be [out, r] and down [r, in], got up "
+                             f"{list(up.shape)}, down {list(down.shape)}")
         out_f, rank = up.shape
         in_f = down.shape[1]
+        if rank == 0:
+            raise ValueError(f"LowRankLinear.from_factors: rank-0 factors (up {list(up.shape)}, down "
+                             f"{list(down.shape)}) would drop the whole weight and keep only the bias; "
+                             "keep the layer dense or give a rank ≥ 1")
         dtype = dtype or (bias.dtype if bias is not None else up.dtype)
         layer = cls(in_f, out_f, rank, bias=bias is not None, device=up.device, dtype=dtype)
         with torch.no_grad():
@@ -56,9 +70,9 @@ class LowRankLinear(nn.Module):
             return False
         if torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") != x.dtype:
             return False  # autocast runs nn.Linear in its own dtype; the kernels would not: torch path
-        from compress.kernels import HAS_TRITON
+        from compress.kernels.dispatch import kernels_available
 
-        return HAS_TRITON
+        return kernels_available(x)  # Triton here, and it compiles for x's device and dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         if self._kernel_ok(x):

@@ -8,6 +8,7 @@ import torch
 from .reference import ACTIVATIONS
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+BF16_MIN_CAPABILITY = (8, 0)  # Triton compiles bf16 tl.dot (tensor-core MMA) from sm_80 (Ampere) on
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -43,6 +44,17 @@ def check_lowrank_args(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         raise ValueError(f"lowrank_linear: all tensors need one device, got {devices}")
 
 
+def cuda_capability(device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return int(major), int(minor)
+
+
+def bf16_kernels_compile(device) -> bool:
+    """Can the bf16 Triton kernels compile for this CUDA device (compute capability ≥ 8.0)?"""
+    return cuda_capability(device) >= BF16_MIN_CAPABILITY
+
+
 def check_kernel_dtype(x: torch.Tensor, interpreting: bool) -> None:
     """The Triton kernels take fp16/bf16/fp32; the CPU interpreter has no bf16 dot."""
     if x.dtype not in KERNEL_DTYPES:
@@ -52,3 +64,7 @@ def check_kernel_dtype(x: torch.Tensor, interpreting: bool) -> None:
                         "use float16/float32 on CPU or run bf16 on a GPU")
     if not interpreting and not x.is_cuda:
         raise ValueError(f"lowrank_linear kernels need CUDA tensors (or TRITON_INTERPRET=1), got {x.device}")
+    if not interpreting and x.dtype == torch.bfloat16 and not bf16_kernels_compile(x.device):
+        major, minor = cuda_capability(x.device)
+        raise TypeError(f"lowrank_linear: the bf16 Triton kernels need compute capability ≥ 8.0 (sm_80); "
+                        f"{x.device} is sm_{major}{minor}: use float16 there, or the 'torch' path")

@@ -3,21 +3,27 @@
 The choice starts from the roofline estimate (roofline.py). On CUDA the roofline pick and its close
 competitors are each timed once at first use and the fastest is cached in a process-wide dict. On CPU
 (torch or the Triton interpreter) nothing is measured: the roofline pick is returned.
+Zero-sized inputs (M, K, N or r = 0) take the torch path: nothing to multiply, launch or time.
+bf16 on a GPU below compute capability 8.0 gets no Triton path (the kernels cannot compile there):
+the torch paths run instead, with a warning once per process.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 from . import roofline
 from ._compat import HAS_TRITON, interpreting, next_pow2
-from .checks import KERNEL_DTYPES
+from .checks import KERNEL_DTYPES, bf16_kernels_compile, cuda_capability
 
 if HAS_TRITON:
     from . import fused, split  # referenced as modules so tests can re-decorate them under the interpreter
 
 _CHOICES: dict[tuple, str] = {}  # cache key -> path
+_BF16_WARNED = False  # the sm < 80 bf16 fallback is announced once per process
 
 
 def kernels_available(x: torch.Tensor) -> bool:
@@ -26,7 +32,23 @@ def kernels_available(x: torch.Tensor) -> bool:
         return False
     if interpreting():
         return x.device.type == "cpu" and x.dtype != torch.bfloat16
-    return x.is_cuda and x.dtype != torch.float32  # fp32 kernels exist for the interpreter tests only
+    if not x.is_cuda or x.dtype == torch.float32:  # fp32 kernels exist for the interpreter tests only
+        return False
+    if x.dtype == torch.bfloat16 and not bf16_kernels_compile(x.device):
+        _warn_bf16_fallback(x.device)
+        return False
+    return True
+
+
+def _warn_bf16_fallback(device: torch.device) -> None:
+    global _BF16_WARNED
+    if _BF16_WARNED:
+        return
+    _BF16_WARNED = True
+    major, minor = cuda_capability(device)
+    warnings.warn(f"compress.kernels: {device} has compute capability {major}.{minor}; the bf16 Triton "
+                  f"kernels need 8.0 (sm_80) or newer, so bf16 low-rank layers run as plain torch matmuls "
+                  f"there (unfused; float16 keeps the kernels). Shown once per process.", stacklevel=3)
 
 
 def available_paths(x: torch.Tensor, rank: int) -> tuple[str, ...]:
@@ -84,18 +106,20 @@ def select_path(x2: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: to
                 activation: str | None, dense_weight: torch.Tensor | None = None) -> str:
     """The path for these inputs: cached measured choice on CUDA, roofline choice elsewhere."""
     rank, n = down.shape[0], up.shape[0]
+    m, k = x2.shape
+    if 0 in (m, k, n, rank):
+        return "torch"  # nothing to multiply: no kernel, nothing to time or cache (inside capture too)
     paths = available_paths(x2, rank)
     kwargs = dict(elem_bytes=x2.element_size(), activation=activation, dense_weight_given=dense_weight is not None)
-    m, k = x2.shape
-    times = roofline.estimate_times(max(m, 1), k, n, rank, device_spec(x2.device), paths, **kwargs)
+    times = roofline.estimate_times(m, k, n, rank, device_spec(x2.device), paths, **kwargs)
     pick = min(times, key=times.get)
     if not _measurable(x2):
         return pick  # nothing measured: CPU or the interpreter
     key = _key(x2, rank, n, activation, bias is not None, dense_weight is not None)
     if key in _CHOICES:
         return _CHOICES[key]  # also inside CUDA-graph capture: the graph runs what eager calls ran
-    if m == 0 or torch.cuda.is_current_stream_capturing():
-        return pick  # nothing to time (an empty batch), or no timing allowed (capture); not cached
+    if torch.cuda.is_current_stream_capturing():
+        return pick  # no timing allowed (capture); not cached
     measured = _measure(roofline.candidates(times), x2, down, up, bias, activation, dense_weight)
     _CHOICES[key] = min(measured, key=measured.get)
     return _CHOICES[key]

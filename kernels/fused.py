@@ -12,6 +12,7 @@ import torch
 
 from ._compat import gate_configs, interpreting, next_pow2, tl, triton
 from .checks import check_kernel_dtype, check_lowrank_args
+from .reference import as_rows, zero_size_result
 from .roofline import FUSED_MAX_RANK  # above this R_PAD spills the on-chip intermediate: split path
 
 
@@ -113,18 +114,19 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: t
     n = up.shape[0]
     if rank > FUSED_MAX_RANK:
         raise ValueError(f"fused_lowrank: rank {rank} > {FUSED_MAX_RANK} does not fit on chip; use the split path")
-    x2 = x.reshape(-1, k)  # (M, K)
+    x2 = as_rows(x)  # (M, K)
     m = x2.shape[0]
+    if 0 in (m, k, n, rank):  # nothing to multiply (or nothing to write): no kernel launch
+        return zero_size_result(m, n, bias, activation, x.dtype, x.device).reshape(*x.shape[:-1], n)
     bias = bias.contiguous() if bias is not None else None  # the kernel reads bias[cols] at unit stride
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)  # (M, N)
-    if m > 0:
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731
-        _lowrank_fused_kernel[grid](
-            x2, down, up, bias if bias is not None else y, y,
-            m, k, n, rank, m_bucket(m),
-            x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), up.stride(0), up.stride(1),
-            y.stride(0), y.stride(1),
-            HAS_BIAS=bias is not None, ACT_GELU=activation == "gelu_tanh",
-            PRECISION=dot_precision(x.dtype), R_PAD=max(16, next_pow2(rank)),
-        )
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731
+    _lowrank_fused_kernel[grid](
+        x2, down, up, bias if bias is not None else y, y,
+        m, k, n, rank, m_bucket(m),
+        x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), up.stride(0), up.stride(1),
+        y.stride(0), y.stride(1),
+        HAS_BIAS=bias is not None, ACT_GELU=activation == "gelu_tanh",
+        PRECISION=dot_precision(x.dtype), R_PAD=max(16, next_pow2(rank)),
+    )
     return y.reshape(*x.shape[:-1], n)

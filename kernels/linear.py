@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from . import dispatch
 from .checks import check_lowrank_args
+from .reference import as_rows
 
 
 class LowRankLinearFn(torch.autograd.Function):
@@ -72,7 +73,7 @@ def lowrank_linear(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: 
     check_lowrank_args(x, down, up, bias, activation)
     if dense_weight is not None:
         _check_dense_weight(dense_weight, down, up)
-    x2 = x.reshape(-1, x.shape[-1])  # (M, K)
+    x2 = as_rows(x)  # (M, K)
     available = dispatch.available_paths(x2, down.shape[0])
     if path is None:
         path = dispatch.select_path(x2, down, up, bias, activation, dense_weight)

@@ -29,6 +29,20 @@ def apply_epilogue(z: torch.Tensor, bias: torch.Tensor | None, activation: str |
     return z
 
 
+def as_rows(x: torch.Tensor) -> torch.Tensor:
+    """(..., K) -> (M, K) with M the product of the leading dims; unlike reshape(-1, K) it also works
+    when K = 0 (then -1 could be any M)."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
+def zero_size_result(m: int, n: int, bias: torch.Tensor | None, activation: str | None,
+                     dtype: torch.dtype, device) -> torch.Tensor:
+    """(M, N) when one of M, K, N, r is 0: no product has a term, so z = 0 (+ bias) and y = act(z)
+    rounded once to dtype, as the reference computes it; empty when M or N is 0. No kernel is launched."""
+    z = torch.zeros((m, n), device=device, dtype=torch.float32)  # (M, N)
+    return apply_epilogue(z, bias, activation).to(dtype)
+
+
 def shrink_ref(x: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     """(M, K) @ (r, K)ᵀ -> fp32 (M, r)."""
     return x.float() @ down.float().t()
@@ -45,7 +59,7 @@ def expand_ref(h: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None = No
 def lowrank_linear_ref(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
                        bias: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
     """(..., K) -> (..., N): act((x @ downᵀ) @ upᵀ + bias) with the numerics above."""
-    x2 = x.reshape(-1, x.shape[-1])  # (M, K)
+    x2 = as_rows(x)  # (M, K)
     y = expand_ref(shrink_ref(x2, down), up, bias, activation, out_dtype=x.dtype)  # (M, N)
     return y.reshape(*x.shape[:-1], up.shape[0])
 
@@ -53,6 +67,6 @@ def lowrank_linear_ref(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 def dense_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
               activation: str | None = None) -> torch.Tensor:
     """(..., K) -> (..., N): act(x @ Wᵀ + bias) for a dense W (N, K), fp32 accumulation."""
-    z = x.reshape(-1, x.shape[-1]).float() @ weight.float().t()  # (M, N)
+    z = as_rows(x).float() @ weight.float().t()  # (M, N)
     y = apply_epilogue(z, bias, activation).to(x.dtype)
     return y.reshape(*x.shape[:-1], weight.shape[0])

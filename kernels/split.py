@@ -9,6 +9,7 @@ import torch
 from ._compat import gate_configs, interpreting, tl, triton
 from .checks import check_kernel_dtype, check_lowrank_args
 from .fused import _gelu_tanh, dot_precision, m_bucket
+from .reference import as_rows, zero_size_result
 
 
 
@@ -99,12 +100,13 @@ def shrink(x2: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     """(M, K) @ (r, K)ᵀ -> fp32 (M, r)."""
     m, k = x2.shape
     rank = down.shape[0]
+    if 0 in (m, k, rank):  # an empty h, or (K = 0) a sum of no terms: no kernel launch
+        return torch.zeros((m, rank), device=x2.device, dtype=torch.float32)
     h = torch.empty((m, rank), device=x2.device, dtype=torch.float32)  # (M, r)
-    if m > 0:
-        _shrink_kernel[_grid(m, rank)](
-            x2, down, h, m, k, rank, m_bucket(m),
-            x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), h.stride(0), h.stride(1),
-            PRECISION=dot_precision(x2.dtype))
+    _shrink_kernel[_grid(m, rank)](
+        x2, down, h, m, k, rank, m_bucket(m),
+        x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), h.stride(0), h.stride(1),
+        PRECISION=dot_precision(x2.dtype))
     return h
 
 
@@ -112,13 +114,14 @@ def expand(h: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None, activat
     """fp32 (M, r) -> act(h @ upᵀ + bias) (M, N) in up's dtype."""
     m, rank = h.shape
     n = up.shape[0]
+    if 0 in (m, n, rank):  # nothing to write, or (r = 0) a sum of no terms: no kernel launch
+        return zero_size_result(m, n, bias, activation, up.dtype, h.device)
     bias = bias.contiguous() if bias is not None else None  # the kernel reads bias[cols] at unit stride
     y = torch.empty((m, n), device=h.device, dtype=up.dtype)  # (M, N)
-    if m > 0:
-        _expand_kernel[_grid(m, n)](
-            h, up, bias if bias is not None else y, y, m, n, rank, m_bucket(m),
-            h.stride(0), h.stride(1), up.stride(0), up.stride(1), y.stride(0), y.stride(1),
-            HAS_BIAS=bias is not None, ACT_GELU=activation == "gelu_tanh", PRECISION=dot_precision(up.dtype))
+    _expand_kernel[_grid(m, n)](
+        h, up, bias if bias is not None else y, y, m, n, rank, m_bucket(m),
+        h.stride(0), h.stride(1), up.stride(0), up.stride(1), y.stride(0), y.stride(1),
+        HAS_BIAS=bias is not None, ACT_GELU=activation == "gelu_tanh", PRECISION=dot_precision(up.dtype))
     return y
 
 
@@ -127,6 +130,10 @@ def split_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: t
     """(..., K) -> (..., N) with shrink then expand (any rank)."""
     check_lowrank_args(x, down, up, bias, activation)
     check_kernel_dtype(x, interpreting())
-    x2 = x.reshape(-1, x.shape[-1])  # (M, K)
-    y = expand(shrink(x2, down), up, bias, activation)  # (M, N)
-    return y.reshape(*x.shape[:-1], up.shape[0])
+    x2 = as_rows(x)  # (M, K)
+    m, k, rank, n = x2.shape[0], x2.shape[1], down.shape[0], up.shape[0]
+    if 0 in (m, k, n, rank):  # nothing to multiply (or nothing to write): no kernel launch
+        y = zero_size_result(m, n, bias, activation, x.dtype, x.device)  # (M, N)
+    else:
+        y = expand(shrink(x2, down), up, bias, activation)  # (M, N)
+    return y.reshape(*x.shape[:-1], n)

@@ -185,3 +185,16 @@ def test_trust_ranges_bound_the_greedy():
     assert A.min_budget(layers, 4, ranges) == sum(s.params(24) for s in layers)
     with pytest.raises(ValueError, match="trust factor"):
         A.trust_ranges(layers, 0.5, 4, 0.5)
+
+
+@pytest.mark.parametrize("multiple", [1, 16])
+def test_no_rule_gives_rank_zero(multiple):
+    """LowRankLinear refuses rank 0 (a layer that keeps only its bias); every rule gives ≥ 1 or DENSE,
+    even for tiny layers, tiny ratios and a zero energy fraction."""
+    tiny = [spec(f"l{o}x{i}", o, i, 0.5) for o, i in [(1, 1), (1, 7), (7, 1), (2, 2), (3, 40), (40, 3), (64, 64)]]
+    allocs = [A.uniform(tiny, 1e-9, multiple), A.energy(tiny, 0.0, multiple),
+              A.per_role(tiny, {None: 1e-9}, multiple),
+              A.global_greedy(tiny, A.min_budget(tiny, multiple), multiple)]
+    ranks = [r for alloc in allocs for r in alloc.ranks.values()]
+    assert all(r is A.DENSE or r >= 1 for r in ranks)
+    assert any(r is not A.DENSE for r in ranks)  # the check saw real low ranks, not only DENSE

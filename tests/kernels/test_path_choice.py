@@ -122,7 +122,7 @@ def test_measured_choice_is_kept_inside_graph_capture_and_empty_batches_are_not_
 
     def fake_measure(paths, x2, *args):
         timed.append(x2.shape[0])
-        return {"torch": 0.0}  # the "measured" winner
+        return {"dense": 0.0}  # the "measured" winner (never the roofline pick at rank 8 of 96)
 
     monkeypatch.setattr(dispatch, "_measurable", lambda x2: True)
     monkeypatch.setattr(dispatch, "_measure", fake_measure)
@@ -130,12 +130,85 @@ def test_measured_choice_is_kept_inside_graph_capture_and_empty_batches_are_not_
     clear_path_cache()
     try:
         x, down, up = torch.randn(64, 96), torch.randn(8, 96), torch.randn(96, 8)
-        roofline_pick = select_path(x[:0], down, up, None, None)  # M = 0: the roofline pick, nothing timed
-        assert roofline_pick != "torch" and timed == [] and path_cache() == {}
-        assert select_path(x[:16], down, up, None, None) == "torch" and timed == [16]  # measured, cached
+        roofline_pick = choose_path(64, 96, 96, 8, dispatch.device_spec(x.device), dispatch.available_paths(x, 8),
+                                    elem_bytes=4)
+        assert roofline_pick != "dense"
+        assert select_path(x[:0], down, up, None, None) == "torch"  # M = 0: nothing to multiply or time
+        assert timed == [] and path_cache() == {}
+        assert select_path(x[:16], down, up, None, None) == "dense" and timed == [16]  # measured, cached
         capturing[0] = True
-        assert select_path(x[:16], down, up, None, None) == "torch"  # capture reuses the eager choice
+        assert select_path(x[:16], down, up, None, None) == "dense"  # capture reuses the eager choice
         assert select_path(x, down, up, None, None) == roofline_pick and timed == [16]  # new bucket: no timing
         assert len(path_cache()) == 1
     finally:
         clear_path_cache()
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A CUDA device of a chosen compute capability, without a GPU: (capability setter, fake tensor maker)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from compress.kernels import dispatch
+
+    capability = [(7, 5)]
+    monkeypatch.setattr(dispatch, "HAS_TRITON", True)
+    monkeypatch.setattr(dispatch, "interpreting", lambda: False)
+    monkeypatch.setattr(dispatch, "_BF16_WARNED", False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+
+    def tensor(dtype):  # only is_cuda, dtype and device are read by the selection
+        return SimpleNamespace(is_cuda=True, dtype=dtype, device=torch.device("cuda", 0))
+
+    return capability, tensor
+
+
+def test_bf16_below_sm80_gets_no_triton_path_and_warns_once(fake_cuda):
+    import warnings
+
+    import torch
+
+    from compress.kernels import available_paths
+
+    capability, tensor = fake_cuda
+    with pytest.warns(UserWarning, match=r"cuda:0 has compute capability 7\.5; the bf16 Triton kernels need 8\.0"):
+        assert available_paths(tensor(torch.bfloat16), 64) == ("torch", "dense")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would fail here: once per process
+        assert available_paths(tensor(torch.bfloat16), 64) == ("torch", "dense")
+        assert available_paths(tensor(torch.float16), 64) == ("fused", "split", "torch", "dense")
+        capability[0] = (8, 0)
+        assert available_paths(tensor(torch.bfloat16), 64) == ("fused", "split", "torch", "dense")
+        assert available_paths(tensor(torch.bfloat16), 300) == ("split", "torch", "dense")
+
+
+@pytest.mark.parametrize("capability,uses_kernels", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_module_runs_bf16_as_plain_torch_below_sm80(fake_cuda, capability, uses_kernels):
+    import warnings
+
+    import torch
+
+    from compress.lowrank import LowRankLinear
+
+    fake_cuda[0][0] = capability
+    layer = LowRankLinear(12, 10, 4, dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert layer._kernel_ok(fake_cuda[1](torch.bfloat16)) is uses_kernels
+    half = LowRankLinear(12, 10, 4, dtype=torch.float16)
+    assert half._kernel_ok(fake_cuda[1](torch.float16))  # fp16 kernels compile on sm_70+
+
+
+def test_bf16_kernel_wrappers_refuse_below_sm80_with_a_clear_error(fake_cuda):
+    import torch
+
+    from compress.kernels.checks import check_kernel_dtype
+
+    capability, tensor = fake_cuda
+    with pytest.raises(TypeError, match=r"bf16 Triton kernels need compute capability ≥ 8\.0 .*sm_75"):
+        check_kernel_dtype(tensor(torch.bfloat16), interpreting=False)
+    check_kernel_dtype(tensor(torch.float16), interpreting=False)  # fp16: fine
+    capability[0] = (8, 6)
+    check_kernel_dtype(tensor(torch.bfloat16), interpreting=False)
