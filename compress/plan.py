@@ -88,16 +88,17 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
-    steps, scanned, spread = [], False, SpreadRemovals(recipe.path)
+    steps, scores, spread = [], ScoresSoFar(), SpreadRemovals(recipe.path)
     for spec, p in zip(recipe.passes, passes):
         check_pass(p, spec, model, adapter, recipe.path)
         spread.check(p, spec, model, adapter)
         step = {"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})}
+        reused = "scans" in step and scores.reused(step)  # blocks chosen by importance
+        if "scans" in step and (words := scores.words(step)):
+            step["scores"] = words
         if recipe.stream and step.get("skip_scan"):
-            step["streamed_scan"] = streamed_scan(step, scanned, calib, model, adapter)
-            scanned = scanned or "scans" not in step  # an importance pass's scores are reused
-        if step.get("blocks_after", step.get("blocks_before")) != step.get("blocks_before"):
-            scanned = False  # scores of the model before a removal are not reused after it
+            step["streamed_scan"] = streamed_scan(step, reused, calib, model, adapter)
+        scores.see(p, spec, step)
         steps.append(step)
         p.apply_planned(model, adapter)
     after_rows = layer_rows(model)
@@ -112,13 +113,43 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     }
 
 
-def streamed_scan(step: dict, scanned: bool, calib: dict, model, adapter) -> dict:
+class ScoresSoFar:
+    """The importance scores a remove_blocks choosing by importance finds recorded, as the run
+    decides (remove_blocks.recorded): the last importance pass's, stale once a pass that changes
+    weights (`Pass.changes_weights`: svd, distill, a removal) has run after it."""
+
+    def __init__(self):
+        self.line, self.criteria, self.stale_by = None, (), None
+
+    def see(self, p, spec, step: dict) -> None:
+        """After pass `p` (recipe `spec`, plan `step`): a scan to reuse, or a change that stales it."""
+        if p.changes_weights:
+            if self.line is not None and self.stale_by is None:
+                self.stale_by = f"{spec.name} (line {spec.line})"
+        elif "criteria" in step:
+            self.line, self.criteria, self.stale_by = spec.line, step["criteria"], None
+
+    def reused(self, step: dict) -> bool:
+        return self.line is not None and self.stale_by is None and step["criterion"] in self.criteria
+
+    def words(self, step: dict) -> str | None:
+        """What a removal by importance (`step`) does with them; None with no importance pass before."""
+        if self.line is None:
+            return None
+        if self.reused(step):
+            return f"reused from the importance pass (line {self.line})"
+        if self.stale_by:
+            return (f"scanned here: the importance pass (line {self.line}) scored the model before "
+                    f"{self.stale_by} changed it")
+        return f"scanned here: the importance pass (line {self.line}) has no {step['criterion']} scores"
+
+
+def streamed_scan(step: dict, reused: bool, calib: dict, model, adapter) -> dict:
     """What a streamed skip scan of this step reads and holds (on the model as the step finds it):
-    each block once per calibration batch, up to N + 1 residual streams of a batch. remove_blocks
-    reuses the scores of an importance scan run before it (and after any earlier removal) for its
-    first (or only) choice."""
+    each block once per calibration batch, up to N + 1 residual streams of a batch. `reused`: a
+    removal's first (or only) choice takes the scores of an importance pass before it (ScoresSoFar)."""
     blocks = sum(adapter.block_counts(model).values())
-    scans = max(step.get("scans", 1) - (1 if scanned and "scans" in step else 0), 0)
+    scans = max(step.get("scans", 1) - (1 if reused else 0), 0)
     return {"scans": scans, "checkpoint_reads": scans * calib["batches"],
             "block_reads": scans * blocks * calib["batches"],
             "batch_bytes": skip_scan_bytes(calib, model.config, blocks)}

@@ -371,6 +371,8 @@ class Runner:
         """Pass i; a UserError it raises names its recipe line, and says so when earlier passes
         removed blocks (the model it sees is renumbered from 0)."""
         spec, before = self.recipe.passes[i], self.adapter.block_counts(student)
+        # from the recipe, not a counter: the same after --resume
+        self.ctx.student_version = sum(p.changes_weights for p in self.passes[:i])
         try:
             student = self.passes[i].run(student, self.ctx)
         except UserError as e:

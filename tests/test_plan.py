@@ -1,5 +1,8 @@
-from compress.plan import step_words
+import pytest
+
+from compress.plan import make_plan, step_words
 from compress.passes.svd import LATER
+from compress.recipe import parse_recipe
 
 
 def test_a_pass_plan_counts_long_lists_and_ranks_instead_of_dumping_them():
@@ -17,3 +20,41 @@ def test_a_pass_plan_counts_long_lists_and_ranks_instead_of_dumping_them():
 def test_ranks_that_are_all_alike_are_said_once():
     assert step_words({"ranks": {"a": LATER, "b": LATER}}) == f"ranks: {LATER}"
     assert step_words({"ranks": {}, "budget": {"double": 2}}) == 'ranks: none; budget: {"double": 2}'
+
+
+def _planned(passes: str, stream: bool = False) -> list[dict]:
+    text = f"model: pixart\nteacher: toy:pixart\nstream: {str(stream).lower()}\npasses:\n{passes}"
+    return make_plan(parse_recipe(text, "r.yaml"))["passes"]
+
+
+IMP, RB, SVD = "  - importance: {}\n", "  - remove_blocks: {count: 1}\n", "  - svd: {targets: [mlp], ratio: 0.5}\n"
+
+
+@pytest.mark.parametrize("passes, words", [
+    (IMP + RB, "reused from the importance pass (line 5)"),
+    (IMP + SVD + RB, "scanned here: the importance pass (line 5) scored the model before svd (line 6) changed it"),
+    (IMP + "  - distill: {steps: 1}\n" + RB,
+     "scanned here: the importance pass (line 5) scored the model before distill (line 6) changed it"),
+    (IMP + "  - remove_blocks: {blocks: {blocks: [0]}}\n" + RB,
+     "scanned here: the importance pass (line 5) scored the model before remove_blocks (line 6) changed it"),
+    (IMP + SVD + IMP + RB, "reused from the importance pass (line 7)"),
+    ("  - importance: {proxy_only: true}\n" + RB, "scanned here: the importance pass (line 5) has no scan scores"),
+    ("  - importance: {proxy_only: true}\n  - remove_blocks: {count: 1, criterion: proxy}\n",
+     "reused from the importance pass (line 5)"),
+])
+def test_plan_says_whether_a_removal_reuses_the_importance_scores(passes, words):
+    """remove_blocks reuses an importance pass's scores only while no pass that changes weights has
+    run since (Pass.changes_weights), as the run decides: the plan says which."""
+    step = _planned(passes)[-1]
+    assert step["scores"] == words
+    assert f"scores: {words}" in step_words(step)
+
+
+def test_plan_says_nothing_of_reuse_without_an_importance_pass():
+    assert "scores" not in _planned(SVD + RB)[-1]
+    assert "scores" not in _planned(IMP + "  - remove_blocks: {blocks: {blocks: [0]}}\n")[-1]
+
+
+@pytest.mark.parametrize("passes, scans", [(IMP + RB, 0), (IMP + SVD.replace("0.5", "0.5, fisher: block") + RB, 1)])
+def test_a_streamed_plan_counts_the_scan_of_stale_scores(passes, scans):
+    assert _planned(passes, stream=True)[-1]["streamed_scan"]["scans"] == scans

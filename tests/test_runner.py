@@ -453,3 +453,39 @@ def test_resume_allows_changes_that_cannot_change_the_result(tmp_path):
         assert recipe_changes(before.raw, parse_recipe(base, "r.yaml", [edit]).raw, passes) == [], edit
     now = parse_recipe(base, "r.yaml", ["passes.1.distill.steps=5", "passes.0.svd.ratio=0.4"])
     assert recipe_changes(before.raw, now.raw, passes) == ["passes.0.svd.ratio", "passes.1.distill.steps"]
+
+
+# ---- importance scores are reused only while they describe the student ------------------------
+def _removed_after(tmp_path, name: str, passes: str, **kw) -> dict:
+    recipe = parse_recipe(SIMPLE.format(teacher=tmp_path / "teacher", passes=passes), str(tmp_path / f"{name}.yaml"))
+    out = Runner(recipe, tmp_path / f"out-{name}", tmp_path / f"run-{name}", **kw).run()
+    return json.loads((out / "report.json").read_text())
+
+
+def test_an_importance_scan_before_svd_is_not_reused_after_it(tmp_path, monkeypatch):
+    """svd changes the model the scan scored: remove_blocks after importance -> svd scans the
+    student as svd left it, and removes what an importance pass placed after svd chooses (on this
+    tiny PixArt the teacher's scores pick another block), also when --resume starts at the removal
+    (what changed the weights is known from the recipe). With nothing in between, the recorded
+    scores are reused."""
+    from compress.passes.remove_blocks import RemoveBlocksPass
+
+    tiny_pixart(num_layers=5).save_pretrained(tmp_path / "teacher")
+    imp, rb = "  - importance: {progress: false}\n", "  - remove_blocks: {count: 1}\n"
+    svd = "  - svd: {targets: [attention, mlp], ratio: 0.25, multiple: 2, progress: false}\n"
+    after = _removed_after(tmp_path, "after", svd + imp + rb)
+    fresh = after["remove_blocks"]["removed"]["blocks"]
+    assert after["remove_blocks"]["reused_importance"] is True
+
+    def interrupted(self, model, ctx):
+        raise KeyboardInterrupt("simulated Ctrl-C during remove_blocks")
+
+    monkeypatch.setattr(RemoveBlocksPass, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _removed_after(tmp_path, "before", imp + svd + rb)
+    monkeypatch.undo()
+    before = _removed_after(tmp_path, "before", imp + svd + rb, resume=True)
+    stale = min(before["importance"]["blocks"], key=lambda b: b["scan"])["teacher_index"]
+    assert fresh != [stale]  # the case: the teacher's ranking picks another block than the student's
+    assert before["remove_blocks"]["removed"]["blocks"] == fresh
+    assert before["remove_blocks"]["reused_importance"] is False

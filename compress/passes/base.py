@@ -3,7 +3,8 @@
 A pass module holds a config dataclass (its fields are the recipe keys, with defaults and a docstring)
 and a `Pass` subclass. The runner builds `PassCls(config)` and calls `run(model, ctx)`, which returns
 the (possibly new) student model and records what it did into `ctx.report[<pass name>]`.
-Passes declare what they need (`needs_calibration`, `needs_teacher`); the runner never checks names.
+Passes declare what they need (`needs_calibration`, `needs_teacher`) and what they do
+(`changes_weights`); the runner never checks names.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class RunContext:
     report: dict = field(default_factory=dict)  # pass name -> JSON-able record
     block_map: dict[str, list[int]] | None = None  # student block -> teacher block, per group
     resume: bool = False
+    # passes run so far that change the student's weights (`Pass.changes_weights`), set by the
+    # runner before each pass: a measurement recorded at another version scored another model
+    student_version: int = 0
     # block weights read just in time (recipe `stream: true`): passes that stream use it; None:
     # the student is resident
     blocks: Any = None
@@ -79,6 +83,10 @@ class Pass:
     config_cls: ClassVar[type] = object
     needs_calibration: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False
+    # whether the pass changes the student's weights or blocks (factorizes, trains, removes): what
+    # was measured before it (an importance scan's scores) no longer describes the student after it.
+    # True unless a pass declares it only measures
+    changes_weights: ClassVar[bool] = True
     # config keys that cannot change what the pass writes: --resume allows them to change
     result_free: ClassVar[tuple[str, ...]] = ("progress",)
 

@@ -332,6 +332,7 @@ class ImportancePass(Pass):
     name = "importance"
     config_cls = ImportanceConfig
     needs_calibration = True
+    changes_weights = False  # measures only: remove_blocks reuses its scores until a pass that does
 
     def check(self, model, adapter) -> None:
         self.config.validate()
@@ -339,7 +340,8 @@ class ImportancePass(Pass):
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         n = sum(adapter.block_counts(model).values())
         return {"blocks": n, "per_batch": scan_cost(n, 1, not self.config.proxy_only),
-                "skip_scan": not self.config.proxy_only}
+                "skip_scan": not self.config.proxy_only,
+                "criteria": ["proxy"] if self.config.proxy_only else ["scan", "proxy"]}  # recorded scores
 
     def check_streaming(self) -> None:
         """Streams: the proxy in one forward per batch, the skip scan reading each block once per
@@ -356,5 +358,6 @@ class ImportancePass(Pass):
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         save_json(result, ctx.run_dir / "importance.json")
         plot_heatmap(result, ctx.run_dir / "importance.png")
-        ctx.report["importance"] = dict(result.to_dict(), files=["importance.json", "importance.png"])
+        ctx.report["importance"] = dict(result.to_dict(), files=["importance.json", "importance.png"],
+                                        student_version=ctx.student_version)  # the model it scored
         return model

@@ -6,6 +6,10 @@ removal). Uses `adapter.remove_blocks` (renumbers, keeps the config true) and co
 Explicit indices are teacher indices (the numbering of the importance figure); after an earlier removal
 they are mapped through `ctx.block_map`. A bare `count` / `fraction` counts over all blocks of all groups
 (least important overall, never emptying a group); a mapping gives a budget per group.
+
+The first (or only) choice by importance reuses an importance pass's scores while they describe the
+student: no pass that changes weights (`Pass.changes_weights`: svd, distill, a removal) ran since
+(`recorded`); otherwise this pass scans the student as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from compress.arch.base import Adapter
 from compress.errors import BadValue, NumericError, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, check_buckets, scan
+from compress.report import console
 
 CRITERIA = ("scan", "proxy")
 PLANNED_ATTR = "_dit_compress_planned_blocks"  # on plan's meta model only: teacher counts + block map
@@ -172,6 +177,22 @@ def scores_from(result: ImportanceResult, criterion: str, block_map: dict[str, l
     return scores
 
 
+def recorded(ctx: RunContext, criterion: str, block_map: dict[str, list[int]]):
+    """The scores an importance pass recorded in `ctx.report`, if they still describe the student:
+    no pass that changes weights (`Pass.changes_weights`: svd, distill, a removal) ran since it
+    scanned, and it scored `criterion` for exactly the current blocks; None (with a note when a
+    scan is there but stale) otherwise."""
+    record = ctx.report.get("importance")
+    if record is None:
+        return None
+    if record.get("student_version") != ctx.student_version:
+        console.print("[bold yellow]note:[/] remove_blocks: the importance pass scored the student "
+                      "before a later pass changed its weights; scanning the student as it is now "
+                      "(a scan is reused when the importance pass follows the passes that change weights)")
+        return None
+    return scores_from(ImportanceResult.from_dict(record), criterion, block_map)
+
+
 def compose(block_map: dict[str, list[int]], keep: dict[str, list[int]]) -> dict[str, list[int]]:
     """student -> teacher after removing: keep[g] are indices into the current (mapped) blocks."""
     return {g: [block_map[g][i] for i in keep[g]] for g in block_map}
@@ -290,7 +311,7 @@ class RemoveBlocksPass(Pass):
             block_map = self._remove(model, adapter, block_map, drop, record, ctx.blocks)
         elif not self.config.iterative:
             budget = resolve_budget(self.config, adapter, before)
-            scores = self._scores(model, ctx, block_map, reuse=True)
+            scores = self._scores(model, ctx, block_map, record)
             block_map = self._remove(model, adapter, block_map, _choose(scores, before, budget), record,
                                      ctx.blocks)
         else:
@@ -314,10 +335,14 @@ class RemoveBlocksPass(Pass):
         record["order"] += [f"{g}.{block_map[g][i]}" for g, idx in drop.items() for i in idx]
         return compose(block_map, keep)
 
-    def _scores(self, model, ctx: RunContext, block_map, reuse: bool) -> dict[tuple[str, int], float]:
+    def _scores(self, model, ctx: RunContext, block_map, record: dict | None = None
+                ) -> dict[tuple[str, int], float]:
+        """Scores of the current blocks: an importance pass's (`recorded`) when `record` is given
+        (the first or only choice; it notes whether they were reused), else a scan of the student."""
         criterion = self.config.criterion
-        if reuse and "importance" in ctx.report:
-            scores = scores_from(ImportanceResult.from_dict(ctx.report["importance"]), criterion, block_map)
+        if record is not None:
+            scores = recorded(ctx, criterion, block_map)
+            record["reused_importance"] = scores is not None
             if scores is not None:
                 return scores
         if ctx.calibration_inputs is None:
@@ -335,7 +360,7 @@ class RemoveBlocksPass(Pass):
         left = dict(budget) if isinstance(budget, dict) else None
         for step in range(sum(budget.values()) if left is not None else budget):
             counts = ctx.adapter.block_counts(model)
-            scores = self._scores(model, ctx, block_map, reuse=step == 0)
+            scores = self._scores(model, ctx, block_map, record if step == 0 else None)
             groups = {g for g, k in left.items() if k > 0} if left is not None else None
             drop = least_important(scores, counts, 1, groups)
             block_map = self._remove(model, ctx.adapter, block_map, drop, record, ctx.blocks)

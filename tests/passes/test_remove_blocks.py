@@ -85,6 +85,7 @@ def test_uses_importance_from_report_through_block_map(tmp_path):
     run(model, ctx, count={"single": 1})
     least = min(scores, key=scores.get)
     assert ctx.report["remove_blocks"]["removed"] == {"double": [], "single": [least]}
+    assert ctx.report["remove_blocks"]["reused_importance"] is True
     assert ctx.block_map == {"double": [0, 1], "single": [t for t in (1, 2) if t != least]}
 
 
@@ -102,6 +103,25 @@ def test_importance_from_before_an_earlier_removal_is_not_reused(iterative, tmp_
     assert least != stale[1]["index"]  # the case: the teacher's ranking picks another block
     run(model, ctx, count=1, iterative=iterative)
     assert ctx.report["remove_blocks"]["removed"] == {"blocks": [least]}
+
+
+@pytest.mark.parametrize("iterative", [False, True])
+def test_importance_from_before_a_weight_change_is_not_reused(iterative, tmp_path, capsys):
+    """A pass that changes weights (svd, distill) ran since the importance pass (the runner moved
+    ctx.student_version on): its scores are of another model, so the choice scans the student."""
+    model = tiny_pixart(num_layers=5)
+    ctx = context(model, tmp_path)
+    ImportancePass(ImportanceConfig(progress=False)).run(model, ctx)  # of the teacher
+    stale = min(ctx.report["importance"]["blocks"], key=lambda b: b["scan"])["index"]
+    with torch.no_grad():  # a weight change after which the teacher's least important block matters
+        model.transformer_blocks[stale].ff.net[2].weight.mul_(10)
+    ctx.student_version += 1
+    least = scan(model, ctx.adapter, ctx.calibration_inputs(), progress=False).ranked()[0].index
+    assert least != stale  # the case: the stale scores pick another block
+    run(model, ctx, count=1, iterative=iterative)
+    assert ctx.report["remove_blocks"]["removed"] == {"blocks": [least]}
+    assert ctx.report["remove_blocks"]["reused_importance"] is False
+    assert "scored the student before a later pass changed its weights" in " ".join(capsys.readouterr().err.split())
 
 
 def test_block_map_composes_with_earlier_removal(tmp_path):
