@@ -4,10 +4,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy public API: keeps `import compress` cheap
-    if name in ("load_teacher", "save_compressed"):
-        from compress import io
+    if name == "load_teacher":
+        from compress.io import load_teacher
 
-        return getattr(io, name)
+        return load_teacher
+    if name == "save_compressed":
+        from compress.io_export import save_compressed
+
+        return save_compressed
     if name in ("load_transformer", "load_pipeline"):
         from compress import io_output
 

@@ -9,7 +9,8 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import cast, check_same_architecture, is_output, load_teacher, load_teacher_of, looks_local
+from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local
+from compress.io_export import is_output
 from compress.io_output import load_transformer
 from compress.report import console, output_file, read_report, recorded_teacher, to_json
 

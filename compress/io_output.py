@@ -1,6 +1,6 @@
 """Compressed outputs back in: `load_transformer(out)` gives the ordinary diffusers class with
 LowRankLinear where factorized, bit-identical to the model that was saved; `load_pipeline` puts it
-in a diffusers pipeline. The output folder is DESIGN.md's (written by `io.save_compressed`)."""
+in a diffusers pipeline. The output folder is DESIGN.md's (written by `io_export.save_compressed`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from torch import nn
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.io import (FORMAT, INDEX, WEIGHTS, cast, check_same_config, from_config, load_error,
-                         model_class, one_line, ranks_of, read_config, read_json, read_state_dict)
+                         model_class, one_line, read_config, read_json, read_state_dict)
+from compress.io_export import ranks_of
 from compress.lowrank import LowRankLinear
 
 

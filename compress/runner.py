@@ -26,7 +26,8 @@ from compress.calib_footprint import footprint
 from compress.calib_stats import STATS_VERSION
 from compress.errors import NumericError, UserError
 from compress.inputs import input_source, moved
-from compress.io import check_replaceable, load_teacher, nonfinite
+from compress.io import load_teacher, nonfinite
+from compress.io_export import check_replaceable
 from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.io import cast, save_compressed
+from compress.io import cast
+from compress.io_export import save_compressed
 from compress.io_output import empty_compressed, load_transformer
-from compress.stream import (CheckpointBlocks, checkpoint_of, empty_transformer, save_streamed, streamed,
-                             tensor_ends, weight_map)
+from compress.stream import CheckpointBlocks, empty_transformer, save_streamed, streamed
+from compress.stream_files import checkpoint_of, tensor_ends, weight_map
 
 
 class ResidentModels:

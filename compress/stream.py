@@ -9,7 +9,8 @@ weights); `CheckpointBlocks(model, folder, spill)` is the svd pass's `BlockLoade
   memory back to meta (`unload`). A loader without `spill` only unloads (a read-only teacher).
 So only the top level and one block are resident at a time. The checkpoint is one
 `diffusion_pytorch_model.safetensors` or the shards its `.index.json` lists (as `save_pretrained`
-writes them), with diffusers key names; `checkpoint_of(source)` finds them for a teacher source.
+writes them), with diffusers key names; `stream_files.checkpoint_of(source)` finds them for a
+teacher source.
 `streamed(model, loader)` runs whole-model forwards (sampling, held-out predictions) with each
 block read just before it runs; `save_streamed` writes the output folder as index shards (no shard
 spans two blocks), never holding more than one shard.
@@ -33,75 +34,10 @@ import torch
 from torch import nn
 
 from compress.errors import NumericError, UserError
-from compress.io import (INDEX, WEIGHTS, SafetensorsError, atomic_folder, canonical_header, cast,
-                         compressed_config, export_cast, from_config, header_metadata, model_class,
-                         looks_local, nonfinite, read_config, read_json, transformer_folder,
-                         unreadable, weights_variant, write_texts)
-
-
-def weight_map(folder: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file holding it."""
-    folder = Path(folder)
-    variant = weights_variant(folder) if folder.is_dir() else None
-    index, weights = (INDEX, WEIGHTS) if variant is None else \
-        (INDEX.replace(".json", f".{variant}.json"), WEIGHTS.replace(".safetensors", f".{variant}.safetensors"))
-    if (folder / index).is_file():
-        data = read_json(folder / index)
-        weight_map = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(weight_map, dict):
-            raise UserError(f"{folder / index} has no weight_map")
-        files = {k: folder / f for k, f in weight_map.items()}
-        missing = sorted({f.name for f in files.values() if not f.is_file()})
-        if missing:
-            raise UserError(f"{folder / index} lists {len(missing)} shard(s) not in {folder}: "
-                            f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} (an incomplete download?)")
-        return files
-    if (folder / weights).is_file():
-        return file_map(folder / weights)
-    raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: not a diffusers checkpoint to stream")
-
-
-def file_map(path: Path) -> dict[str, Path]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict.fromkeys(f.keys(), Path(path))
-    except (SafetensorsError, OSError, ValueError) as e:
-        raise unreadable(path, e) from None
-
-
-def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
-    """(diffusers config, tensor name -> file) of a teacher source that can be streamed: a toy
-    teacher, a local transformer or pipeline folder, or a Hugging Face id (its transformer/
-    folder, downloaded once)."""
-    if source.startswith("toy:"):
-        from compress.toy.weights import toy_files
-
-        config_path, weights = toy_files(source[4:])
-        return read_json(config_path), file_map(weights)
-    path = Path(source).expanduser()
-    if not path.exists() and not looks_local(source) and source.count("/") == 1:
-        path = _download(source)
-    if not path.is_dir():
-        raise UserError(f"stream: true reads a diffusers folder (a pipeline's transformer/ or a "
-                        f"transformer saved with save_pretrained), a toy teacher or a Hugging Face id; "
-                        f"{source} is {'a single file' if path.is_file() else 'not found'}")
-    path = transformer_folder(path)
-    config = read_config(path / "config.json")
-    if "compression" in config:
-        raise UserError(f"{path} is a dit-compress output; stream a teacher checkpoint")
-    return config, weight_map(path)
-
-
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["model_index.json", "transformer/*"]))
-    except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-        raise UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({type(e).__name__}); "
-                        "pass a local folder, or check the id and your network") from None
+from compress.io import INDEX, cast, from_config, model_class, nonfinite, read_config
+from compress.io_export import (atomic_folder, canonical_header, compressed_config, export_cast, header_metadata,
+                                write_texts)
+from compress.stream_files import by_file, tensor_ends, weight_map
 
 
 def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -115,35 +51,6 @@ def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.
         model = from_config(cls, config, folder_or_config if not isinstance(folder_or_config, dict)
                             else "the teacher's config")
     return cast(model, dtype)
-
-
-def by_file(files: dict[str, Path], names) -> dict[Path, list[str]]:
-    """`names` grouped by the file `files` says holds each (so each file is opened once)."""
-    out: dict[Path, list[str]] = {}
-    for k in names:
-        out.setdefault(files[k], []).append(k)
-    return out
-
-
-def tensor_ends(files: dict[str, Path], stored: dict[str, str] | None = None,
-                n: int = 8) -> dict[str, torch.Tensor]:
-    """name -> the first and last n values (float32, flattened) of each tensor of `files` (name ->
-    file; `stored`: its name in the file where that differs), reading little more than those (a
-    tensor's first and last rows). Each file is opened once."""
-    from safetensors import safe_open
-
-    out = {}
-    for path, names in by_file(files, files).items():
-        with safe_open(str(path), framework="pt") as f:
-            for k in names:
-                part = f.get_slice((stored or {}).get(k, k))
-                shape = part.get_shape()
-                if not shape or 0 in shape:
-                    continue
-                first, last = (n, shape[0] - n) if len(shape) == 1 else (1, shape[0] - 1)
-                head, tail = part[:first].reshape(-1)[:n], part[max(last, 0):].reshape(-1)[-n:]
-                out[k] = torch.cat([head, tail]).float()
-    return out
 
 
 class CheckpointBlocks:

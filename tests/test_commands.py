@@ -85,7 +85,7 @@ def _one_line_errors(capsys, cases) -> None:
 
 
 def test_damaged_outputs_are_one_line(recipe, tmp_path, capsys):
-    from compress.io import save_compressed
+    from compress.io_export import save_compressed
 
     out = save_compressed(tiny_flux(), tmp_path / "out", extra={"teacher": str(tmp_path / "teacher")})
     config = json.loads((out / "config.json").read_text())
@@ -105,7 +105,7 @@ def test_damaged_outputs_are_one_line(recipe, tmp_path, capsys):
 def test_a_teacher_of_another_architecture_is_one_line(tmp_path, capsys):
     """eval and bench against a teacher of the same class but other widths say so, not a matmul
     shape error from inside the forward."""
-    from compress.io import save_compressed
+    from compress.io_export import save_compressed
     from tests.conftest import factorize
 
     student = factorize(tiny_flux(), ["transformer_blocks.0.ff.net.2"], rank=2)
@@ -277,7 +277,7 @@ def _strict_json(text: str):
 def test_inspect_json_is_strict_json(tmp_path, capsys):
     """A layer whose whitened loss / optimal loss is infinite (optimum at round-off, loss not)
     prints as null, not as Python's Infinity."""
-    from compress.io import save_compressed
+    from compress.io_export import save_compressed
     from tests.conftest import factorize
 
     name = "transformer_blocks.0.ff.net.2"

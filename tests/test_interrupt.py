@@ -99,12 +99,12 @@ def test_a_saved_stage_replaces_the_distill_checkpoints(setup):
 def test_sigterm_before_the_first_pass_or_during_the_export(setup, monkeypatch, when):
     """The whole run unwinds on SIGTERM, not only its passes: an export stopped midway leaves no
     hidden copy of the model beside --out."""
-    import compress.io
+    import compress.io_export
     import compress.runner
 
     tmp = setup[0]
     if when == "export":  # the export's weights are written, its texts not yet
-        _signal_on_call(monkeypatch, compress.io, "write_texts", 3)  # 2 stages, then the export
+        _signal_on_call(monkeypatch, compress.io_export, "write_texts", 3)  # 2 stages, then the export
     else:  # the teacher's held-out predictions, before the first pass
         _signal_on_call(monkeypatch, compress.runner, "predictions", 1)
     _interrupted_then_resumed(setup, monkeypatch, when.replace(" ", "-"), None, None, None)

@@ -59,7 +59,8 @@ def test_layer_rows_count_parameters_as_the_saved_weights_do(tmp_path):
 
     from safetensors import safe_open
 
-    from compress.io import WEIGHTS, save_compressed
+    from compress.io import WEIGHTS
+    from compress.io_export import save_compressed
     from compress.io_output import load_transformer
     from compress.report import layer_rows
     from tests.conftest import factorize, tiny_flux

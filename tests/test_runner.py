@@ -84,14 +84,14 @@ def test_deterministic_and_resumable(setup, monkeypatch):
 
 def test_failed_export_leaves_no_output(setup, monkeypatch):
     family, teacher, tmp_path, text = setup
-    import compress.io as io
+    import compress.io_export as io_export
 
-    real = io.save_file
+    real = io_export.save_file
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(io, "save_file", disk_full)
+    monkeypatch.setattr(io_export, "save_file", disk_full)
     recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
     runner = Runner(recipe, tmp_path / "out", tmp_path / "run")
     runner.prepare()
@@ -99,7 +99,7 @@ def test_failed_export_leaves_no_output(setup, monkeypatch):
         runner.export(runner.teacher, 1)
     assert not (tmp_path / "out").exists()
     assert not any(p.name.startswith(".out.tmp") for p in tmp_path.iterdir())
-    monkeypatch.setattr(io, "save_file", real)
+    monkeypatch.setattr(io_export, "save_file", real)
 
 
 def test_existing_output_refused_before_compute(setup):
@@ -284,7 +284,7 @@ def test_overwrite_replaces_an_earlier_output_or_an_empty_folder(pixart):
 
 
 def test_atomic_folder_refuses_to_replace_a_users_folder(tmp_path):
-    from compress.io import atomic_folder
+    from compress.io_export import atomic_folder
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")

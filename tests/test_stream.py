@@ -53,17 +53,6 @@ def test_not_a_checkpoint_is_a_user_error(tmp_path):
         CheckpointBlocks(tiny_pixart(), tmp_path, tmp_path / "spill")
 
 
-def test_an_index_naming_a_missing_shard_is_a_user_error(tmp_path):
-    """An incomplete download: one line naming the shard, not FileNotFoundError when it is read."""
-    from compress.stream import weight_map
-
-    tiny_pixart().save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
-    shard = sorted((tmp_path / "ckpt").glob("*.safetensors"))[-1]
-    shard.unlink()
-    with pytest.raises(UserError, match=rf"lists 1 shard\(s\) not in .*: {shard.name} \(an incomplete"):
-        weight_map(tmp_path / "ckpt")
-
-
 def _streamed_model(tmp_path, make):
     make().save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
     model = empty_transformer(tmp_path / "ckpt")
@@ -131,29 +120,6 @@ def test_small_pieces_change_nothing(tmp_path, monkeypatch):
     got = load_transformer(out).state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert len(list(out.glob("*.safetensors"))) > len(list(get_adapter(model).iter_blocks(model))) + 1
-
-
-def test_checkpoint_of_each_streamable_layout(tmp_path):
-    from compress.stream import checkpoint_of
-
-    tiny_pixart().save_pretrained(tmp_path / "pipe" / "transformer", max_shard_size="40KB")
-    (tmp_path / "pipe" / "model_index.json").write_text("{}")
-    config, files = checkpoint_of(str(tmp_path / "pipe"))  # a pipeline folder: its transformer/
-    assert config["_class_name"] == "PixArtTransformer2DModel"
-    assert set(files) == set(tiny_pixart().state_dict()) and len(set(files.values())) > 1
-    config, files = checkpoint_of("toy:flux")
-    assert config["_class_name"] == "FluxTransformer2DModel" and len(set(files.values())) == 1
-    with pytest.raises(UserError, match="not found"):
-        checkpoint_of(str(tmp_path / "nothing-here"))
-
-
-def test_a_compressed_output_is_not_a_teacher_to_stream(tmp_path):
-    from compress.io import save_compressed
-    from compress.stream import checkpoint_of
-
-    save_compressed(tiny_pixart(), tmp_path / "out")
-    with pytest.raises(UserError, match="is a dit-compress output"):
-        checkpoint_of(str(tmp_path / "out"))
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -74,7 +74,7 @@ def compressed_student(runner, family: str, cache: Path | None):
     """Runs the compression passes, or loads their result from `cache` (keyed by teacher + recipe)."""
     import hashlib
 
-    from compress.io import save_compressed
+    from compress.io_export import save_compressed
     from compress.io_output import load_transformer
 
     key = hashlib.sha256(f"{runner.ctx.fingerprint}|{COMPRESS[family]}".encode()).hexdigest()[:12]

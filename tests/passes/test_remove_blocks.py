@@ -6,7 +6,7 @@ from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import save_compressed
+from compress.io_export import save_compressed
 from compress.io_output import load_transformer
 from compress.lowrank import LowRankLinear
 from compress.passes.base import RunContext

@@ -1,0 +1,157 @@
+"""Compact students out: `save_compressed` writes the output folder of DESIGN.md atomically (a temp
+folder beside it, renamed on success), with its config.json (the compression section: format, ranks,
+what the run recorded) and byte-identical safetensors headers. Factorized layers are stored only as
+`<module>.down.weight` [r, in], `<module>.up.weight` [out, r], `<module>.up.bias`. The pieces
+(`atomic_folder`, `export_cast`, `canonical_header` ...) are shared with `stream.save_streamed`;
+`io_output.load_transformer` reads the folder back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from compress.errors import NumericError, UserError
+from compress.io import FORMAT, WEIGHTS, nonfinite
+from compress.lowrank import LowRankLinear
+
+
+def ranks_of(model: nn.Module) -> dict[str, int]:
+    return {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
+
+
+def student_config(model: nn.Module, extra: dict | None = None) -> dict:
+    config = {k: v for k, v in dict(model.config).items()
+              if not k.startswith(("_use_default", "_name_or_path"))}
+    config = json.loads(json.dumps(config, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    config["_class_name"] = type(model).__name__
+    extra = getattr(model, "compression_meta", None) if extra is None else extra  # a loaded output's
+    config["compression"] = {"format": FORMAT, "ranks": ranks_of(model), **(extra or {})}
+    return config
+
+
+def save_compressed(model: nn.Module, out, dtype: torch.dtype | None = None, extra: dict | None = None,
+                    files: dict[str, str] | None = None, overwrite: bool = False) -> Path:
+    """Write the output folder atomically (temp folder + rename). `files`: extra text files."""
+    with atomic_folder(out, overwrite) as tmp:
+        config = compressed_config(model, extra, dtype)
+        sd = {k: export_cast(k, v, dtype).detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(sd, str(tmp / WEIGHTS), metadata=header_metadata(config))
+        canonical_header(tmp / WEIGHTS)
+        write_texts(tmp, config, files)
+    return Path(out)
+
+
+def export_cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """`tensor` in the export dtype; a NumericError naming it where finite values leave that
+    dtype's range (float16 stops at 65504), never a file holding inf."""
+    if dtype is None or not tensor.is_floating_point():
+        return tensor
+    out = tensor.to(dtype)
+    if out.device.type != "meta" and nonfinite(out) and not nonfinite(tensor):
+        big = float(tensor.detach().abs().max())
+        raise NumericError(f"export: {name} holds values up to {big:.3g}, beyond the range of "
+                           f"{str(dtype).removeprefix('torch.')} (max {torch.finfo(dtype).max:.3g}); "
+                           "export it as bfloat16 or float32 (export.dtype)")
+    return out
+
+
+def compressed_config(model: nn.Module, extra: dict | None, dtype: torch.dtype | None) -> dict:
+    config = student_config(model, extra)
+    if dtype is not None:
+        config["compression"]["dtype"] = str(dtype).removeprefix("torch.")
+    return config
+
+
+def header_metadata(config: dict) -> dict[str, str]:
+    """The safetensors header metadata of every weight file: the compression section."""
+    return {"format": "pt", "compression": json.dumps(config["compression"], sort_keys=True)}
+
+
+def write_texts(folder: Path, config: dict, files: dict[str, str] | None) -> None:
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+
+
+def is_output(folder: Path) -> bool:
+    """Whether `folder` is an output of dit-compress: its config.json has a compression section."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "compression" in config
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """An existing `out` may be replaced (with `overwrite`) only if it is an earlier output or an
+    empty folder, and never the current folder or one above it; a UserError saying why otherwise."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise UserError(f"output folder {out} is the current folder or one above it, and the output "
+                        "replaces its folder as a whole; name a new folder")
+    if out.is_symlink() or not out.is_dir():
+        raise UserError(f"output folder {out} exists and is a {'link' if out.is_symlink() else 'file'}, "
+                        "not a folder; name a new folder")
+    try:
+        empty = not any(out.iterdir())
+    except OSError as e:
+        raise UserError(f"cannot read the output folder {out}: {e.strerror}") from None
+    if not empty and not is_output(out):
+        raise UserError(f"output folder {out} exists and is not a dit-compress output (no config.json "
+                        "with a compression section); --overwrite replaces only an earlier output or an "
+                        "empty folder: name a new folder")
+    if not overwrite:
+        raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
+
+
+@contextmanager
+def atomic_folder(out, overwrite: bool = False):
+    """Yields a temp folder beside `out` that replaces it on success and vanishes on any error or
+    interrupt, so `out` is never half-written. An existing `out` is replaced only with `overwrite`,
+    and only where `check_replaceable` allows it."""
+    out = Path(out)
+    check_replaceable(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        as_umask_allows(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def as_umask_allows(folder: Path) -> None:
+    """The permissions an ordinary mkdir / open would have given `folder` and what is in it (mkdtemp
+    makes 0700 and safetensors writes 0600, which other users of a shared machine cannot read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *folder.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys, in place (same length), so identical models
+    give byte-identical files (safetensors writes its metadata map in hash order)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(text) > n:
+            raise RuntimeError(f"cannot canonicalize the header of {path}")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))

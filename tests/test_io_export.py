@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+
+from compress import save_compressed
+from compress.errors import NumericError, UserError
+from compress.stream import CheckpointBlocks, empty_transformer, save_streamed
+from tests.conftest import tiny_flux, tiny_pixart
+
+
+def test_existing_output_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UserError, match="exists"):
+        save_compressed(tiny_pixart(), tmp_path / "out")
+
+
+def test_an_output_is_readable_as_the_umask_allows(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        out = save_compressed(tiny_flux(), tmp_path / "out")
+    finally:
+        os.umask(umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in (out, *out.iterdir())} == {"0o755", "0o644"}
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_export_beyond_float16s_range_names_the_tensor(tmp_path, streamed):
+    """float16 stops at 65504: a finite weight beyond it would be written as inf."""
+    model = tiny_flux()
+    model.transformer_blocks[0].ff.net[2].weight.data[0, 0] = 1e5
+    if streamed:
+        model.save_pretrained(tmp_path / "teacher")
+        model = empty_transformer(tmp_path / "teacher")
+        loader = CheckpointBlocks(model, tmp_path / "teacher")
+        loader.load_top()
+        save = lambda dtype, out: save_streamed(model, loader, out, dtype=dtype)  # noqa: E731
+    else:
+        save = lambda dtype, out: save_compressed(model, out, dtype=dtype)  # noqa: E731
+    with pytest.raises(NumericError, match=r"transformer_blocks\.0\.ff\.net\.2\.weight holds values up to 1e\+05"):
+        save(torch.float16, tmp_path / "fp16")
+    assert not (tmp_path / "fp16").exists()
+    save(torch.bfloat16, tmp_path / "bf16")  # within bfloat16's range
