@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from bench_compile import FULL_WIDTH, calibration_batches
+from bench_compile import calibration_batches
 from fresh import measured  # tools/fresh.py
 
 
