@@ -30,13 +30,16 @@ class Stats:
     """Streaming sums over calibration rows x (d,): gram Σ xᵀx (d, d), total Σ x (d,), rows n.
     For an output Gram, x is the bias-free output W x and `in_sq` holds Σ x_in² per input channel.
     With a reference stream (`BlockCalibration.asymmetric`), `cross` is Σ x_ref x̃ᵀ (d, d): the
-    reference input (the model as the pass found it) times the student's, row by row."""
+    reference input (the model as the pass found it) times the student's, row by row, and
+    `ref_total` Σ x_ref (d,) over the same rows (every row is paired: the reference's mean is
+    ref_total / rows), which a centered asymmetric fit needs (linalg_steps.centered_asymmetric_step)."""
 
     gram: torch.Tensor
     total: torch.Tensor
     rows: int = 0
     in_sq: torch.Tensor | None = None
     cross: torch.Tensor | None = None
+    ref_total: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, dim: int, in_dim: int | None = None, device=None) -> "Stats":
@@ -54,10 +57,16 @@ class Stats:
             raise RuntimeError(f"reference and student inputs differ in shape: {tuple(ref.shape)} vs "
                                f"{tuple(x.shape)}")
         self.cross = ref.T @ x if self.cross is None else self.cross + ref.T @ x
+        self.ref_total = ref.sum(0) if self.ref_total is None else self.ref_total + ref.sum(0)
 
     @property
     def mean(self) -> torch.Tensor:
         return self.total / max(self.rows, 1)
+
+    @property
+    def ref_mean(self) -> torch.Tensor | None:
+        """The reference stream's mean input (d,), where the rows were paired (else None)."""
+        return None if self.ref_total is None else self.ref_total / max(self.rows, 1)
 
     def centered(self) -> torch.Tensor:
         """Σ (x − μ)ᵀ(x − μ) = G − n μ μᵀ."""
@@ -66,11 +75,17 @@ class Stats:
 
     def to_dict(self) -> dict:
         return {"gram": self.gram, "total": self.total, "rows": self.rows, "in_sq": self.in_sq,
-                "cross": self.cross}
+                "cross": self.cross, "ref_total": self.ref_total}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Stats":
-        return cls(d["gram"], d["total"], int(d["rows"]), d.get("in_sq"), d.get("cross"))
+        return cls(d["gram"], d["total"], int(d["rows"]), d.get("in_sq"), d.get("cross"), d.get("ref_total"))
+
+    @staticmethod
+    def complete(d: dict) -> bool:
+        """Whether a stored dict holds all a Stats now accumulates: a cross term without the
+        reference's sum was written before `ref_total` was kept (such a cache file is not read)."""
+        return d.get("cross") is None or d.get("ref_total") is not None
 
 
 @dataclass(frozen=True)
@@ -229,8 +244,10 @@ class StatsCache:
     def load(self, name: str) -> dict[str, Stats] | None:
         if self.directory is None or not self._path(name).is_file():
             return None
-        self.hits.append(name)
         raw = torch.load(self._path(name), map_location=self.device, weights_only=True)
+        if not all(Stats.complete(v) for v in raw.values()):  # older code's file: computed again
+            return None
+        self.hits.append(name)
         return {k: Stats.from_dict(v) for k, v in raw.items()}
 
     def save(self, name: str, stats: dict[str, Stats]) -> None:

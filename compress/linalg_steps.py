@@ -4,7 +4,9 @@ the svd pass's asymmetric fit; notation as in `compress.linalg`).
 - `kfac_step`: the Newton step of a Kronecker-factored (K-FAC) quadratic model of the prediction
   loss in a layer's weight change, which undoes to first order the error left upstream;
 - `asymmetric_step`: the change that maps the inputs the student feeds a layer to the outputs the
-  uncompressed model gives it (least squares, ridge-damped).
+  uncompressed model gives it (least squares, ridge-damped);
+- `centered_asymmetric_step`: the same for a centered target (free bias: an affine fit), with the
+  output offset its bias takes.
 
 Everything is computed in float64 on the inputs' device.
 """
@@ -69,3 +71,31 @@ def asymmetric_step(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tenso
     if not torch.isfinite(step).all():
         raise NumericError(f"{_label(name)}: non-finite asymmetric step")
     return step
+
+
+def centered_asymmetric_step(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
+                             total: torch.Tensor, ref_total: torch.Tensor, rows: int,
+                             damping: float = 1e-2, name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Δ (out, in), offset (out,)): `asymmetric_step` with a free bias. From the raw sums over n
+    paired rows (G = Σ x̃ x̃ᵀ, C = Σ x x̃ᵀ, total = Σ x̃, ref_total = Σ x), the means μ̃, μ and the
+    centered G_c = G − n μ̃μ̃ᵀ, C_c = C − n μ μ̃ᵀ:
+        Δ = W (C_c − G_c)(G_c + λI)⁻¹,   offset = W μ − (W + Δ) μ̃,
+    λ = damping · mean eigenvalue of G_c. x̃ ↦ (W + Δ) x̃ + offset minimizes
+    Σ ‖A x̃ + a − W x‖² + λ ‖A − W‖²_F over A and a: the affine map that best gives the reference's
+    outputs from the student's inputs. For any A the best a is W μ − A μ̃, and what is left is
+    Σ ‖W (x − μ) − A (x̃ − μ̃)‖², so the rank-r optimum of the whole problem (up to λ) is the whitened
+    truncation W' of W + Δ on G_c, with bias shift W μ − W' μ̃ = (W + Δ − W') μ̃ + offset."""
+    g = _sym(_to64(gram, "gram", name))  # (in, in)
+    c = _to64(cross, "cross term", name)  # (in, in)
+    n = max(int(rows), 1)
+    mean = _to64(total, "input sum", name) / n  # (in,)
+    ref_mean = _to64(ref_total, "reference input sum", name) / n  # (in,)
+    if mean.shape != (g.shape[0],) or ref_mean.shape != mean.shape:
+        raise ValueError(f"{_label(name)}: Gram {tuple(g.shape)}, input sum {tuple(mean.shape)} and "
+                         f"reference sum {tuple(ref_mean.shape)} do not fit together")
+    g_c = g - n * torch.outer(mean, mean)  # Σ (x̃ − μ̃)(x̃ − μ̃)ᵀ
+    c_c = c - n * torch.outer(ref_mean, mean)  # Σ (x − μ)(x̃ − μ̃)ᵀ
+    step = asymmetric_step(weight, g_c, c_c, damping, name)  # (out, in)
+    w = _to64(weight, "weight", name)
+    offset = w @ ref_mean - (w + step) @ mean  # (out,)
+    return step, offset

@@ -151,8 +151,13 @@ def test_asymmetric_cross_pairs_reference_and_student_rows(tmp_path, cached):
     torch.testing.assert_close(stats["q1"].cross, ref.T @ student, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(stats["q1"].gram, student.T @ student, rtol=1e-6, atol=1e-6)
     assert (stats["q1"].cross - stats["q1"].gram).norm() > 1e-3 * stats["q1"].gram.norm()
+    # the reference's sum over the same rows (its mean, for a centered asymmetric fit)
+    torch.testing.assert_close(stats["q1"].ref_total, ref.sum(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(stats["q1"].ref_mean, ref.mean(0), rtol=1e-6, atol=1e-6)
+    assert (stats["q1"].ref_total - stats["q1"].total).norm() > 1e-3 * stats["q1"].total.norm()
     torch.testing.assert_close(stats["ff0"].cross, stats["ff0"].gram, rtol=1e-9, atol=1e-9)
-    assert stats["k2"].cross is None  # the caption has no upstream error
+    torch.testing.assert_close(stats["ff0"].ref_total, stats["ff0"].total, rtol=1e-9, atol=1e-9)
+    assert stats["k2"].cross is None and stats["k2"].ref_total is None  # no upstream error in the caption
 
 
 def test_asymmetric_needs_student_activations():
@@ -179,6 +184,24 @@ def test_stats_cache_round_trip(tmp_path):
     torch.testing.assert_close(back.gram, st.gram)
     assert back.rows == 5 and cache.hits == ["blk"]
     assert StatsCache(None).load("blk") is None
+
+
+def test_stats_cache_does_not_read_a_cross_term_without_the_references_sum(tmp_path):
+    """A file written before Stats kept `ref_total` has a cross term but not the reference's mean a
+    centered asymmetric fit needs: it is not read (computed again, then overwritten); files without
+    a cross term (no reference stream) still are."""
+    cache = StatsCache(tmp_path)
+    st = Stats.zeros(3)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    st.add(x)
+    st.add_cross(x + 1, x)
+    old = {k: v for k, v in st.to_dict().items() if k != "ref_total"}
+    torch.save({"k": old}, tmp_path / "old.pt")
+    assert cache.load("old") is None and cache.hits == []
+    cache.save("new", {"k": st})
+    torch.testing.assert_close(cache.load("new")["k"].ref_total, (x + 1).sum(0))
+    torch.save({"k": {k: v for k, v in Stats.zeros(3).to_dict().items() if k != "ref_total"}}, tmp_path / "plain.pt")
+    assert cache.load("plain") is not None and cache.hits == ["new", "plain"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

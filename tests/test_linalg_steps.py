@@ -102,3 +102,104 @@ def test_asymmetric_step_errors():
         S.asymmetric_step(w, g, x.T @ x_s, damping=0.0)
     with pytest.raises(NumericError, match="layer 'x'"):
         S.asymmetric_step(w * float("nan"), g, x.T @ x_s, name="x")
+
+
+# ----------------------------------------------------------------------------- centered (affine) asymmetric fit
+
+
+def _offset_case(seed=0, out_f=12, in_f=10, n=400):
+    """As `_asymmetric_case`, with means: both streams off zero, the student's mean moved from the
+    reference's (an upstream error in the mean), channel scales over two decades."""
+    gen = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    scale = torch.diag(torch.logspace(0, -2, in_f, dtype=f64))
+    x = (torch.randn(n, in_f, generator=gen, dtype=f64) + 2 * torch.randn(in_f, generator=gen, dtype=f64)) @ scale
+    x_s = x + 0.05 * x @ torch.randn(in_f, in_f, generator=gen, dtype=f64) \
+        + 0.1 * torch.randn(in_f, generator=gen, dtype=f64) @ scale
+    w = torch.randn(out_f, in_f, generator=gen, dtype=f64)
+    return x, x_s, w
+
+
+def _best_affine_fit(x, x_s, w, rank):
+    """min over rank-r A and b of Σ ‖W x − (A x̃ + b)‖², by brute force on the rows: least squares of
+    the centered reference outputs on the centered student inputs, then the best rank-r part of the
+    fitted outputs (reduced-rank regression: Eckart-Young on the fitted values)."""
+    y = x @ w.T
+    y, x_s = y - y.mean(0), x_s - x_s.mean(0)
+    fitted = x_s @ torch.linalg.lstsq(x_s, y).solution  # (n, out)
+    u, s, vh = torch.linalg.svd(fitted, full_matrices=False)
+    return float(((y - (u[:, :rank] * s[:rank]) @ vh[:rank]) ** 2).sum())
+
+
+def _centered_layer(x, x_s, w, rank, step, offset):
+    """(Σ ‖W x − (W' x̃ + shift)‖² of the layer the pass makes, the pass's loss of W + step): W' the
+    whitened truncation of W + step on the student's centered Gram, shift (W + step − W') μ̃ + offset."""
+    mean = x_s.mean(0)
+    g_c = (x_s - mean).T @ (x_s - mean)
+    f = L.factorize(w + step, g_c, rank)
+    approx = f.up @ f.down
+    shift = (w + step - approx) @ mean + offset
+    return float(((x @ w.T - x_s @ approx.T - shift) ** 2).sum()), f.loss
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_centered_asymmetric_fit_reaches_the_affine_optimum_at_every_rank(seed):
+    """Truncating W + Δ on the centered Gram with the bias shift (W + Δ − W')μ̃ + offset is the rank-r
+    optimum of the reference fit with a free bias, to round-off; the linear step (uncentered C, G)
+    under the same centered truncation, as the pass did before the reference's mean was kept, is not."""
+    x, x_s, w = _offset_case(seed)
+    n = x.shape[0]
+    g, c = x_s.T @ x_s, x.T @ x_s
+    step, offset = S.centered_asymmetric_step(w, g, c, x_s.sum(0), x.sum(0), n, damping=1e-12)
+    linear = S.asymmetric_step(w, g, c, damping=1e-12)
+    y = x @ w.T - (x @ w.T).mean(0)
+    # the residual no W' removes: the full-rank affine fit's
+    residual = float(((y - (x_s - x_s.mean(0)) @ (w + step).T) ** 2).sum())
+    worst_before = 1.0
+    for rank in (2, 4, 6, 8):
+        optimum = _best_affine_fit(x, x_s, w, rank)
+        fit, loss = _centered_layer(x, x_s, w, rank, step, offset)
+        assert fit == pytest.approx(optimum, rel=1e-9), rank
+        assert residual + loss == pytest.approx(fit, rel=1e-9), rank  # the loss the pass reports
+        assert residual + L.optimal_loss(w + step, (x_s - x_s.mean(0)).T @ (x_s - x_s.mean(0)), rank) \
+            == pytest.approx(optimum, rel=1e-9), rank
+        worst_before = max(worst_before, _centered_layer(x, x_s, w, rank, linear, 0.0)[0] / optimum)
+    assert worst_before > 1.02
+
+
+def test_centered_asymmetric_step_is_the_affine_least_squares_map():
+    x, x_s, w = _offset_case()
+    step, offset = S.centered_asymmetric_step(w, x_s.T @ x_s, x.T @ x_s, x_s.sum(0), x.sum(0), x.shape[0],
+                                              damping=1e-12)
+    ones = torch.ones(x.shape[0], 1, dtype=torch.float64)
+    solution = torch.linalg.lstsq(torch.cat([x_s, ones], 1), x @ w.T).solution.T  # (out, in + 1)
+    torch.testing.assert_close(w + step, solution[:, :-1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(offset, solution[:, -1], rtol=0, atol=1e-6)
+    # no upstream change: no step, no offset
+    g, total = x.T @ x, x.sum(0)
+    step, offset = S.centered_asymmetric_step(w, g, g, total, total, x.shape[0])
+    assert float(step.abs().max()) < 1e-12 and float(offset.abs().max()) < 1e-12
+
+
+def test_centered_asymmetric_step_damps_toward_w_on_the_centered_gram():
+    """λ = damping · mean eigenvalue of G_c: the ridge minimizer of
+    Σ ‖A(x̃ − μ̃) − W(x − μ)‖² + λ‖A − W‖² (solved here from the rows)."""
+    x, x_s, w = _offset_case()
+    xc, x_sc = x - x.mean(0), x_s - x_s.mean(0)
+    g_c = x_sc.T @ x_sc
+    lam = 0.1 * float(torch.diagonal(g_c).sum()) / g_c.shape[0]
+    step, offset = S.centered_asymmetric_step(w, x_s.T @ x_s, x.T @ x_s, x_s.sum(0), x.sum(0), x.shape[0],
+                                              damping=0.1)
+    eye = torch.eye(g_c.shape[0], dtype=torch.float64)
+    ridge = torch.linalg.solve(g_c + lam * eye, (w @ (xc.T @ x_sc) + lam * w).T).T
+    torch.testing.assert_close(w + step, ridge, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(offset, w @ x.mean(0) - ridge @ x_s.mean(0), rtol=1e-9, atol=1e-9)
+
+
+def test_centered_asymmetric_step_errors():
+    x, x_s, w = _offset_case()
+    g, c = x_s.T @ x_s, x.T @ x_s
+    with pytest.raises(ValueError, match="do not fit"):
+        S.centered_asymmetric_step(w, g, c, x_s.sum(0)[:-1], x.sum(0), x.shape[0])
+    with pytest.raises(NumericError, match="layer 'x'"):
+        S.centered_asymmetric_step(w, g, c, x_s.sum(0), x.sum(0) * float("nan"), x.shape[0], name="x")

@@ -19,7 +19,8 @@ each block's targets by the output Fisher of that block alone (svd_fisher.block_
 Targets in blocks without the prediction's Fisher (`fisher: block` or `none`) are by default
 fitted asymmetrically (`asymmetric: auto`): W + Δ is the least-squares map from the inputs
 the student feeds the layer to the outputs the uncompressed model gives it (a reference stream in
-the calibration, `Stats.cross`), then truncated on the student's Gram.
+the calibration, `Stats.cross`), then truncated on the student's Gram (centered targets: an affine
+fit on both streams' means, its offset into the bias).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from compress.calib_store import BlockLoader, SpilledMap, Unchanged
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.linalg import normalized_curve
-from compress.linalg_steps import asymmetric_step
+from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions, relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
@@ -247,7 +248,7 @@ class SVDPass(Pass):
         few = batches[: c.compensate_batches] if c.compensate_batches else batches
         refs = predictions(toward, adapter, few) if compensated else None
 
-        upstream: dict[str, torch.Tensor | None] = {}  # name -> asymmetric step, until committed
+        upstream: dict[str, tuple | None] = {}  # name -> asymmetric (step, offset), until committed
 
         def factorize(info: LinearInfo, stats: Stats, step=None, rank=None) -> dict:
             """rank: None chooses it (fixed, or by the energy rule); "dense" or an int imposes it."""
@@ -255,12 +256,13 @@ class SVDPass(Pass):
                 lambda dec: None if rank == "dense" else rank)
             if info.name not in upstream:
                 upstream[info.name] = self._asymmetric_step(model, info, stats)
-            extra = upstream[info.name]
+            extra, offset = upstream[info.name] or (None, None)
             if extra is not None:
                 step = extra if step is None else step + extra
             return compress_layer(model, info, stats, method=c.method, alpha=c.alpha,
                                   center=self._center(info), gram_is_output=uses_output_gram(info),
-                                  choose_rank=choose, out_root=self.roots.get(info.name), step=step)
+                                  choose_rank=choose, out_root=self.roots.get(info.name), step=step,
+                                  offset=offset)
 
         def commit(info: LinearInfo, record: dict) -> bool:
             if upstream.pop(info.name, None) is not None:  # (out, in) float64: not kept past its layer
@@ -332,12 +334,15 @@ class SVDPass(Pass):
             for name, f in fisher.items():
                 self.roots.add(name, f)
 
-    def _asymmetric_step(self, model, info: LinearInfo, stats: Stats) -> torch.Tensor | None:
+    def _asymmetric_step(self, model, info: LinearInfo, stats: Stats) -> tuple | None:
+        """(Δ (out, in), offset (out,): centered targets' affine fit, else None) or None."""
         if stats.cross is None or not self._asymmetric(info):
             return None
-        weight = model.get_submodule(info.name).weight
-        return asymmetric_step(weight, stats.gram, stats.cross, self.config.asymmetric_damping,
-                               name=info.name)
+        weight, damping = model.get_submodule(info.name).weight, self.config.asymmetric_damping
+        if self._center(info):
+            return centered_asymmetric_step(weight, stats.gram, stats.cross, stats.total, stats.ref_total,
+                                            stats.rows, damping, name=info.name)
+        return asymmetric_step(weight, stats.gram, stats.cross, damping, name=info.name), None
 
     def _compensation_roots(self, targets: list[LinearInfo]) -> Roots:
         """name -> (L, L⁻¹) of the targets compensation applies to: whitened, with an output Fisher

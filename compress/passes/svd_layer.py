@@ -31,12 +31,17 @@ class LayerMath:
     act_scale: torch.Tensor | None  # (in,) per-channel RMS for asvd with an output Gram
     mean_in: torch.Tensor | None  # (in,) mean input (centered), or mean output W μ (output Gram)
     energy: float  # tr(W G Wᵀ), uncentered: the layer's calibration output energy
+    # (out,) a centered target's own output offset (the centered asymmetric fit's, from the
+    # reference's mean): the bias shift is (W − W')μ + offset
+    offset: torch.Tensor | None = None
 
 
 def layer_math(module: nn.Module, stats: Stats, gram_is_output: bool, center: bool,
-               step: torch.Tensor | None = None) -> LayerMath:
+               step: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> LayerMath:
     """step (out, in): a weight change to factorize W + step instead of W (compensation; input
-    Gram only). The energy stays that of W: losses are normalized by the layer's own output."""
+    Gram only). offset (out,): the target's output offset, centered only (the target is the affine
+    map x ↦ (W + step) x + offset, linalg_steps.centered_asymmetric_step). The energy stays that of
+    W: losses are normalized by the layer's own output."""
     dev = stats.gram.device
     w = module.weight.detach().to(dev, F64)  # (out, in)
     gram = stats.centered() if center else stats.gram
@@ -50,7 +55,11 @@ def layer_math(module: nn.Module, stats: Stats, gram_is_output: bool, center: bo
         if gram_is_output:
             raise ValueError("a weight step needs the input Gram (gram_is_output=True)")
         w = w + step.to(dev, F64)
-    return LayerMath(w, gram, gram_is_output, scale, stats.mean if center else None, energy)
+    if offset is not None:
+        if not center:
+            raise ValueError("an output offset needs a centered target (its bias takes it)")
+        offset = offset.to(dev, F64)
+    return LayerMath(w, gram, gram_is_output, scale, stats.mean if center else None, energy, offset)
 
 
 def decompose_layer(m: LayerMath, method: str, alpha: float, name: str) -> Decomposition:
@@ -81,21 +90,24 @@ def weighted(m: LayerMath, root: torch.Tensor) -> LayerMath:
     mean = root @ m.mean_in if (m.mean_in is not None and m.gram_is_output) else m.mean_in
     w = root @ m.weight  # (out, in)
     energy = float(torch.diagonal(gram).sum()) if m.gram_is_output else float(((w @ gram) * w).sum())
-    return LayerMath(w, gram, m.gram_is_output, m.act_scale, mean, energy)
+    offset = root @ m.offset if m.offset is not None else None
+    return LayerMath(w, gram, m.gram_is_output, m.act_scale, mean, energy, offset)
 
 
 def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: str, alpha: float,
                    center: bool, gram_is_output: bool,
                    choose_rank: Callable[[Decomposition], int | None],
                    out_root: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   step: torch.Tensor | None = None) -> dict:
+                   step: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> dict:
     """Factorize one target in place (or leave it dense) and return its report record.
     out_root: (L, L⁻¹) of an output weighting; losses are then measured in the weighted metric.
-    step: factorize W + step (see layer_math); the losses are then those of W + step's factorization."""
+    step, offset: factorize W + step, the bias taking offset too (see layer_math); the losses are
+    then those of W + step's factorization (for an asymmetric fit without damping, its fit to the
+    reference's outputs less the part no W' can remove, the residual of the full-rank fit)."""
     start = time.perf_counter()
     module = model.get_submodule(info.name)
     bias = module.bias is not None
-    m = layer_math(module, stats, gram_is_output, center, step)
+    m = layer_math(module, stats, gram_is_output, center, step, offset)
     if out_root is not None:
         m = weighted(m, out_root[0])
     dec = decompose_layer(m, method, alpha, info.name)
@@ -162,13 +174,15 @@ def _output_error(module: nn.Module, stats: Stats, gram_is_output: bool, up, dow
 
 
 def _mean_shift(m: LayerMath, up, down):
-    """Centered factorization: the mean input's error (W − W')μ, to move into the bias (or None)."""
+    """Centered factorization: the mean input's error (W − W')μ, plus the target's own offset, to
+    move into the bias (or None)."""
     if m.mean_in is None:
         return None
     if m.gram_is_output:  # mean_in is the mean output W μ; W' μ = P W μ
         q, _ = torch.linalg.qr(up)
         return m.mean_in - q @ (q.T @ m.mean_in)
-    return (m.weight - up @ down) @ m.mean_in  # (out,)
+    shift = (m.weight - up @ down) @ m.mean_in  # (out,)
+    return shift + m.offset if m.offset is not None else shift
 
 
 def _ratio(loss: float, optimal: float, energy: float) -> float:
