@@ -46,7 +46,7 @@ def _check(tmp_path, family, teacher_source, calibration, fisher="all"):
     src = input_source(family, teacher_source, recipe.calibration, teacher)
     kind = source_kind(recipe.calibration, teacher_source)
     prompts = len(getattr(src, "prompts", ()))
-    want = (calibration_rows(recipe, kind, teacher.config, prompts), *row_tokens(recipe, kind, teacher.config))
+    want = (calibration_rows(recipe, kind, teacher.config, prompts, teacher_source), *row_tokens(recipe, kind, teacher.config))
     assert _measured(family, teacher, src.calibration()) == want
     f = footprint(recipe, teacher_source, teacher.config, prompts)  # float32: 4 bytes
     width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
