@@ -77,6 +77,16 @@ def test_real_pipeline_sources(tmp_path, family):
         assert f["tokens"] == (176 // 16) * (352 // 16)
 
 
+def test_flux_without_guidance_embeds_counts_the_one_branch_it_samples(tmp_path):
+    """FluxPipeline runs one transformer branch per step for a Flux without a guidance embedding
+    (FLUX.1-schnell) too, whatever guidance_scale and cfg_branches say: the plan counts one."""
+    (tmp_path / "p").mkdir()
+    folder = flux_pipeline(tmp_path / "p" / "pipe", guidance_embeds=False)
+    f = _check(tmp_path, "flux", str(folder), "source: pipeline, prompts: [a cat, a dog, a fox], height: 32, "
+               "width: 32, sample_steps: 3, timesteps: 2, batch_size: 4, guidance_scale: 3.5, cfg_branches: true")
+    assert f["rows"] == 2 * 2  # 2 calibrating prompts x 2 kept steps x 1 branch
+
+
 def test_a_run_warns_when_activations_would_not_fit(tmp_path, monkeypatch, capsys):
     import compress.runner_stream as rs
     from compress.runner import Runner

@@ -442,6 +442,23 @@ def test_guidance_scale_1_runs_one_branch_and_counts_one(folders):
     assert held == calibration_rows(type("R", (), {"calibration": calib, "model": "pixart"}), "pipeline", teacher.config, 3) == 4
 
 
+def test_flux_without_guidance_embeds_has_no_unconditional_row(tmp_path):
+    """FLUX.1-schnell's records (no guidance input, no CFG branch in FluxPipeline) hold only prompt
+    rows: teacher samples guided against an empty-prompt row are refused, not guided against the
+    first prompt's row."""
+    from compress.calib_pipeline import PipelineSource
+    from compress.recipe import CalibrationConfig
+
+    folder = flux_pipeline(tmp_path / "pipe", guidance_embeds=False)
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog", "a fox"], sample_steps=2,
+                              timesteps=1, guidance_scale=3.5, prompts_per_call=2, height=32, width=32)
+    source = PipelineSource("flux", calib, load_teacher(str(folder)), str(folder))
+    [batch] = source.calibration()
+    assert batch["hidden_states"].shape[0] == 2 and batch.get("guidance") is None  # 2 calibrating prompts, a row each
+    with pytest.raises(UserError, match="FluxPipeline runs no CFG branch"):
+        source.unconditional()
+
+
 @pytest.mark.parametrize("content, words", [
     (b"", "is empty"),
     (b"  \n\t\n\n", "is empty"),
