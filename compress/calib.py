@@ -117,6 +117,7 @@ class BlockCalibration:
     inputs: list | None = None  # [(args, kwargs)] of the next block to run
     reference: list | None = None  # the same, on the reference stream (asymmetric)
     spill: Path | None = None  # keep block inputs and outputs here, one file per batch (Spilled)
+    sampler: dict | None = None  # the teacher pipeline's scheduler config: where `conditioning`'s grid lies
 
     def __post_init__(self):
         if self.activations not in ("student", "teacher"):
@@ -126,7 +127,8 @@ class BlockCalibration:
 
     def conditioning(self, readers: list[Reader], grid: int) -> dict[str, Stats]:
         """Stats of conditioning inputs over `grid` timesteps per calibration batch (0: the batches'
-        own timesteps). Each forward stops once every reader key has fired."""
+        own timesteps), placed as the sampler (`self.sampler`) places `grid` steps at the batch's
+        resolution (`adapter.timestep_grid`). Each forward stops once every reader key has fired."""
         stats: dict[str, Stats] = {}
         if not readers:
             return stats
@@ -139,7 +141,7 @@ class BlockCalibration:
                 raise _Stop
 
         runs = [(b, None) for b in self.batches] if grid <= 0 else [
-            (b, t) for b in self.batches for t in self.adapter.timestep_grid(grid, b["timestep"])]
+            (b, t) for b in self.batches for t in self.adapter.timestep_grid(grid, b, self.sampler)]
         skip = fired.__contains__  # one reader per key and forward (later readers see the same)
         with accumulating(self.model, readers, stats, on_fire, lambda r: skip(r.key)), torch.no_grad(), \
                 _progress(self.progress) as bar:

@@ -14,23 +14,24 @@ import math
 
 import torch
 
-from compress.calib_pipeline import calibration_prompts, rows_per_prompt
+from compress.calib_pipeline import calibration_prompts, one_branch, rows_per_prompt
 from compress.inputs import SYNTHETIC_TEXT_TOKENS, SYNTHETIC_TOKENS, source_kind
 
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
 FLUX_SIDE = 1024  # FluxPipeline's default image size (pixels); PixArt-Σ's is its sample_size x 8
 
 
-def calibration_rows(recipe, kind: str, config, prompts: int) -> int:
-    """Rows (batch entries) of the calibration inputs: prompts x kept steps x CFG branches."""
+def calibration_rows(recipe, kind: str, config, prompts: int, teacher: str = "") -> int:
+    """Rows (batch entries) of the calibration inputs: prompts x kept steps x CFG branches;
+    teacher: its source (a pipeline source samples in `calibration.pipeline` or in it)."""
     c = recipe.calibration
     if kind == "toy":
         return c.num_prompts * c.timesteps * (2 if c.cfg_branches else 1)
     if kind == "synthetic":
         return c.num_prompts * c.timesteps
-    guidance_input = bool(getattr(config, "guidance_embeds", False))  # Flux.1-dev: one branch
-    kept = calibration_prompts(prompts, c, guidance_input)  # the prompts PipelineSource calibrates on
-    return kept * rows_per_prompt(c, guidance_input)
+    single = one_branch(recipe.model, c.pipeline or teacher)  # FluxPipeline: one branch
+    kept = calibration_prompts(prompts, c, single)  # the prompts PipelineSource calibrates on
+    return kept * rows_per_prompt(c, single)
 
 
 def row_tokens(recipe, kind: str, config) -> tuple[int, int]:
@@ -80,7 +81,7 @@ def footprint(recipe, teacher: str, config, prompts: int) -> dict:
     """Bytes of calibration activations held at once in the recipe's compute dtype, all of them and
     one batch's (spilled); teacher: its source; prompts: how many a pipeline source reads."""
     kind, itemsize = source_kind(recipe.calibration, teacher), getattr(torch, recipe.compute_dtype).itemsize
-    rows = calibration_rows(recipe, kind, config, prompts)
+    rows = calibration_rows(recipe, kind, config, prompts, teacher)
     stream, caption = row_tokens(recipe, kind, config)
     width = config.num_attention_heads * config.attention_head_dim
     per_row = (2 * stream + caption) * width * itemsize  # inputs + outputs, and the caption once

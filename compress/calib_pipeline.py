@@ -179,22 +179,30 @@ def _is_toy(pipe) -> bool:
     return type(pipe).__module__.startswith("compress.toy")
 
 
-def rows_per_prompt(calib, guidance_input: bool) -> int:
-    """Calibration inputs one prompt gives: one per kept step and CFG branch (a guidance-distilled
-    model runs one branch, and so does any pipeline at guidance_scale 1 or less: CFG off)."""
-    both = calib.cfg_branches and calib.guidance_scale > 1 and not guidance_input
+def one_branch(family: str, pipeline: str) -> bool:
+    """Whether the teacher's pipeline runs one transformer branch per step whatever guidance_scale
+    says: FluxPipeline does (FLUX.1-dev takes guidance as an input, FLUX.1-schnell none; its true
+    CFG needs a negative prompt, which calibration never passes). PixArt-Σ's and the toys' pipelines
+    run classifier-free guidance as a doubled batch."""
+    return family == "flux" and not pipeline.startswith("toy:")
+
+
+def rows_per_prompt(calib, single: bool) -> int:
+    """Calibration inputs one prompt gives: one per kept step and CFG branch (a pipeline that runs
+    one branch, `one_branch`, gives one, and so does any pipeline at guidance_scale 1 or less: CFG off)."""
+    both = calib.cfg_branches and calib.guidance_scale > 1 and not single
     return min(calib.timesteps, calib.sample_steps) * (2 if both else 1)
 
 
-def calibration_prompts(n: int, calib, guidance_input: bool) -> int:
+def calibration_prompts(n: int, calib, single: bool) -> int:
     """How many of the n prompts calibrate; the last ones are held out. calibration.heldout null:
     20% of them; a number: enough to give that many held-out inputs (a prompt gives one per kept
-    step and CFG branch; a guidance-distilled model runs one branch). At least one calibrates."""
+    step and CFG branch; `single`: the pipeline runs one branch). At least one calibrates."""
     if n <= 1:
         return 1
     if calib.heldout is None:
         return max(1, int(n * 0.8))
-    return max(1, n - math.ceil(calib.heldout / rows_per_prompt(calib, guidance_input)))
+    return max(1, n - math.ceil(calib.heldout / rows_per_prompt(calib, single)))
 
 
 def inputs_cache_name(source: str, weights: str) -> str:
@@ -295,12 +303,21 @@ class PipelineSource:
         """Whether the transformer takes guidance as an input (Flux.1-dev): its pipeline runs one branch."""
         return not self.pipeline.startswith("toy:") and bool(getattr(self.teacher.config, "guidance_embeds", False))
 
+    def _single(self) -> bool:
+        """Whether the pipeline runs one branch per step (`one_branch`: FluxPipeline)."""
+        return one_branch(self.family, self.pipeline)
+
     def _cut(self) -> int:
-        return calibration_prompts(len(self.prompts), self.calib, self._embedded())
+        return calibration_prompts(len(self.prompts), self.calib, self._single())
 
     def unconditional(self) -> dict:
         """The negative (empty) prompt's cond kwargs, one row, as the pipeline's CFG branch fed
         them: the first row of a calibration record (they are laid out [negative; prompt])."""
+        if self._uncond is None and self._single():
+            raise UserError("teacher samples with classifier-free guidance take the empty prompt's "
+                            "embedding from the calibration inputs, and FluxPipeline runs no CFG branch "
+                            "(FLUX.1-dev takes guidance as an input, FLUX.1-schnell samples unguided): "
+                            "leave distill.guidance_scale at 1")
         if self._uncond is None:
             raise UserError("teacher samples with classifier-free guidance take the empty prompt's "
                             "embedding from the calibration inputs: set calibration.cfg_branches: true "
@@ -310,7 +327,7 @@ class PipelineSource:
 
     def calibration(self) -> list[dict]:
         records = self._run(self.prompts[:self._cut()], self.calib.seed)
-        if records and self.guidance() > 1 and records[0]["hidden_states"].shape[0] > 1 and not self._embedded():
+        if records and self.guidance() > 1 and records[0]["hidden_states"].shape[0] > 1 and not self._single():
             from compress.distill_data import cond_of, take_rows
 
             self._uncond = take_rows(cond_of(records[0]), torch.tensor([0]))

@@ -75,8 +75,10 @@ def pixart_pipeline(folder: Path) -> Path:
     return folder
 
 
-def flux_pipeline(folder: Path) -> Path:
-    """A FluxPipeline folder (its default is 1024² images: calibrate it at a small height/width)."""
+def flux_pipeline(folder: Path, **transformer) -> Path:
+    """A FluxPipeline folder (its default is 1024² images: calibrate it at a small height/width);
+    `transformer`: overrides of the tiny FluxTransformer2DModel's config (guidance_embeds=False: as
+    FLUX.1-schnell)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import T5TokenizerFast
 
@@ -88,7 +90,7 @@ def flux_pipeline(folder: Path) -> Path:
                                                 max_image_seq_len=4096)  # FLUX.1-dev's
     pipe = FluxPipeline(scheduler=scheduler, vae=_vae(2), text_encoder=clip,
                         tokenizer=clip_tokenizer, text_encoder_2=t5, tokenizer_2=fast,
-                        transformer=tiny_flux())  # in_channels 8: 2 latent channels, packed 2x2
+                        transformer=tiny_flux(**transformer))  # in_channels 8: 2 latent channels, packed 2x2
     pipe.save_pretrained(folder)
     return folder
 

@@ -46,7 +46,7 @@ def _check(tmp_path, family, teacher_source, calibration, fisher="all"):
     src = input_source(family, teacher_source, recipe.calibration, teacher)
     kind = source_kind(recipe.calibration, teacher_source)
     prompts = len(getattr(src, "prompts", ()))
-    want = (calibration_rows(recipe, kind, teacher.config, prompts), *row_tokens(recipe, kind, teacher.config))
+    want = (calibration_rows(recipe, kind, teacher.config, prompts, teacher_source), *row_tokens(recipe, kind, teacher.config))
     assert _measured(family, teacher, src.calibration()) == want
     f = footprint(recipe, teacher_source, teacher.config, prompts)  # float32: 4 bytes
     width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
@@ -75,6 +75,16 @@ def test_real_pipeline_sources(tmp_path, family):
         f = _check(tmp_path, family, str(folder), "source: pipeline, prompts: [a cat, a dog], height: 128, "
                    "width: 256, sample_steps: 2, timesteps: 1, batch_size: 4")
         assert f["tokens"] == (176 // 16) * (352 // 16)
+
+
+def test_flux_without_guidance_embeds_counts_the_one_branch_it_samples(tmp_path):
+    """FluxPipeline runs one transformer branch per step for a Flux without a guidance embedding
+    (FLUX.1-schnell) too, whatever guidance_scale and cfg_branches say: the plan counts one."""
+    (tmp_path / "p").mkdir()
+    folder = flux_pipeline(tmp_path / "p" / "pipe", guidance_embeds=False)
+    f = _check(tmp_path, "flux", str(folder), "source: pipeline, prompts: [a cat, a dog, a fox], height: 32, "
+               "width: 32, sample_steps: 3, timesteps: 2, batch_size: 4, guidance_scale: 3.5, cfg_branches: true")
+    assert f["rows"] == 2 * 2  # 2 calibrating prompts x 2 kept steps x 1 branch
 
 
 def test_a_run_warns_when_activations_would_not_fit(tmp_path, monkeypatch, capsys):

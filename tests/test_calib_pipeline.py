@@ -422,7 +422,7 @@ def test_calibration_heldout_sets_how_many_prompts_a_pipeline_source_holds_out(f
         monkeypatch.setattr("compress.calib_pipeline.rebatch", lambda records, size, seed: records)
         source.calibration(), source.heldout()
         assert seen == [prompts[:10 - held], prompts[10 - held:]]
-        rows = calibration_rows(type("R", (), {"calibration": calib(**kw)}), "pipeline", teacher.config, 10)
+        rows = calibration_rows(type("R", (), {"calibration": calib(**kw), "model": "pixart"}), "pipeline", teacher.config, 10)
         assert rows == (10 - held) * 4 * 2
 
 
@@ -439,7 +439,24 @@ def test_guidance_scale_1_runs_one_branch_and_counts_one(folders):
     teacher = load_teacher(str(folders["pixart"]))
     batches = PipelineSource("pixart", calib, teacher, str(folders["pixart"])).calibration()
     held = sum(b["hidden_states"].shape[0] for b in batches)  # (B, C, H, W)
-    assert held == calibration_rows(type("R", (), {"calibration": calib}), "pipeline", teacher.config, 3) == 4
+    assert held == calibration_rows(type("R", (), {"calibration": calib, "model": "pixart"}), "pipeline", teacher.config, 3) == 4
+
+
+def test_flux_without_guidance_embeds_has_no_unconditional_row(tmp_path):
+    """FLUX.1-schnell's records (no guidance input, no CFG branch in FluxPipeline) hold only prompt
+    rows: teacher samples guided against an empty-prompt row are refused, not guided against the
+    first prompt's row."""
+    from compress.calib_pipeline import PipelineSource
+    from compress.recipe import CalibrationConfig
+
+    folder = flux_pipeline(tmp_path / "pipe", guidance_embeds=False)
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog", "a fox"], sample_steps=2,
+                              timesteps=1, guidance_scale=3.5, prompts_per_call=2, height=32, width=32)
+    source = PipelineSource("flux", calib, load_teacher(str(folder)), str(folder))
+    [batch] = source.calibration()
+    assert batch["hidden_states"].shape[0] == 2 and batch.get("guidance") is None  # 2 calibrating prompts, a row each
+    with pytest.raises(UserError, match="FluxPipeline runs no CFG branch"):
+        source.unconditional()
 
 
 @pytest.mark.parametrize("content, words", [

@@ -143,8 +143,10 @@ class Adapter:
         be that already, as Flux's σ; a family with another scale overrides)."""
         return torch.as_tensor(timestep).detach().double().cpu().flatten()
 
-    def timestep_grid(self, n: int, like: torch.Tensor) -> torch.Tensor:
-        """n timestep inputs spanning the family's training range, in the dtype of `like`."""
+    def timestep_grid(self, n: int, batch: dict, sampler: dict | None = None) -> torch.Tensor:
+        """n timestep inputs spanning the family's range as its sampler spreads them over n steps,
+        in the dtype and on the device of `batch`'s timestep; `sampler`: the teacher pipeline's
+        scheduler config (None: the family's default sampler)."""
         raise NotImplementedError
 
     def sampled_prediction(self, model: nn.Module, pred: torch.Tensor) -> torch.Tensor:
@@ -190,8 +192,10 @@ class Adapter:
 
     # ---- objective ----------------------------------------------------------------------------
     def task_loss(self, model: nn.Module, latents: torch.Tensor, cond: dict,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """The model's own training loss on clean latents; returns (loss, forward kwargs used)."""
+                  generator: torch.Generator | None = None, sampler: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """The model's own training loss on clean latents; returns (loss, forward kwargs used).
+        `sampler`: the teacher pipeline's scheduler config where its noise levels depend on it
+        (Flux's σ shift), None for the family's default."""
         raise NotImplementedError
 
     def predict(self, model: nn.Module, kwargs: dict) -> torch.Tensor:

@@ -4,12 +4,51 @@ the timestep/guidance/pooled-text vector. Rectified-flow velocity objective."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 
 from compress.arch.base import Adapter, BlockGroup, draw_device
+from compress.errors import UserError
 
 _MOD_INPUT = "/temb"  # every modulation linear reads silu(temb): one shared Gram
+# FlowMatchEulerDiscreteScheduler options that move σ in ways `shift_sigmas` does not follow
+_UNPLACED = ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas")
+
+
+def shift_sigmas(sigma: torch.Tensor, mu: float | None = None, shift: float = 1.0,
+                 time_shift: str = "exponential") -> torch.Tensor:
+    """σ (any shape, in [0, 1]) -> where FlowMatchEulerDiscreteScheduler puts it: σ' = aσ / (aσ + 1 − σ)
+    with a = e^μ (dynamic shifting, FluxPipeline's μ; `time_shift` 'linear': a = μ), else a = `shift`
+    (the static sσ / (1 + (s − 1)σ)). a = 1 (no μ, shift 1) returns `sigma` itself, untouched.
+    Computed in float64, returned in σ's dtype."""
+    if mu is None and shift == 1.0:
+        return sigma
+    a = shift if mu is None else (math.exp(mu) if time_shift == "exponential" else mu)
+    s = sigma.double()
+    return (a * s / (a * s + (1 - s))).to(sigma.dtype)
+
+
+def sampler_shift(sampler: Mapping | None, image_seq_len: int) -> dict:
+    """The `shift_sigmas` kwargs of a sampler with scheduler config `sampler` (None: the family's
+    default, unshifted: {}) at `image_seq_len` image tokens, as FluxPipeline sets its timesteps
+    (μ = calculate_shift(image_seq_len, ...) when the config shifts dynamically)."""
+    if sampler is None:
+        return {}
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    c = FlowMatchEulerDiscreteScheduler.from_config(dict(sampler)).config  # the scheduler's defaults filled in
+    odd = [k for k in _UNPLACED if c.get(k)]
+    if odd:
+        raise UserError(f"the teacher pipeline's scheduler config sets {odd[0]}={c[odd[0]]!r}, which moves σ "
+                        "in a way dit-compress does not follow (only shift / use_dynamic_shifting)")
+    if not c.use_dynamic_shifting:
+        return {"shift": float(c.shift)}
+    mu = calculate_shift(image_seq_len, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+    return {"mu": float(mu), "time_shift": c.time_shift_type}
 
 
 class FluxAdapter(Adapter):
@@ -57,15 +96,21 @@ class FluxAdapter(Adapter):
     def skipped_output(self, hidden):
         return (hidden[1], hidden[0])  # (context, image), as both block kinds return
 
-    def timestep_grid(self, n, like):
-        return torch.linspace(1.0 / n, 1.0, n).to(like.device, like.dtype)  # σ in (0, 1]
+    def timestep_grid(self, n, batch, sampler=None):
+        """The σ an n-step FluxPipeline visits at the batch's resolution: 1/n .. 1 evenly, moved by
+        the sampler's shift (`sampler_shift`; none without a config)."""
+        like = batch["timestep"]
+        shift = sampler_shift(sampler, batch["hidden_states"].shape[1])  # (B, N, C): N image tokens
+        return shift_sigmas(torch.linspace(1.0 / n, 1.0, n), **shift).to(like.device, like.dtype)  # σ in (0, 1]
 
-    def task_loss(self, model, latents, cond, generator=None):
+    def task_loss(self, model, latents, cond, generator=None, sampler=None):
         """Rectified flow: x_t = (1 - s) x0 + s eps, target velocity eps - x0. latents (B, N, C).
-        s is drawn logit-normal, as SD3 / Flux train."""
+        s is drawn logit-normal, as SD3 / Flux train, then moved by the sampler's shift at the
+        latents' N image tokens (`sampler_shift`; none without a config)."""
         b = latents.shape[0]
         where = draw_device(generator, latents)
         sigma = torch.sigmoid(torch.randn((b,), generator=generator, device=where)).to(latents.device)  # (B,)
+        sigma = shift_sigmas(sigma, **sampler_shift(sampler, latents.shape[1]))
         noise = torch.randn(latents.shape, generator=generator, device=where,
                             dtype=latents.dtype).to(latents.device)
         s = sigma.view(b, *([1] * (latents.dim() - 1))).to(latents.dtype)

@@ -60,8 +60,10 @@ class PixArtAdapter(Adapter):
         """DDPM step t in 0..999 -> t / 1000."""
         return super().noise_level(timestep) / 1000.0
 
-    def timestep_grid(self, n, like):
-        return torch.linspace(0, 999, n).round().to(like.device, like.dtype)  # integer DDPM steps
+    def timestep_grid(self, n, batch, sampler=None):
+        """Integer DDPM steps spread evenly over 0..999 (the sampler config is not read)."""
+        like = batch["timestep"]
+        return torch.linspace(0, 999, n).round().to(like.device, like.dtype)
 
     def sampled_prediction(self, model, pred):
         """PixArt-Σ's learned-variance half (out_channels = 2 · in_channels) is dropped: its pipeline
@@ -70,8 +72,9 @@ class PixArtAdapter(Adapter):
         c = getattr(config, "in_channels", None)
         return pred[:, :c] if c and pred.shape[1] == 2 * c else pred  # (B, C, H, W)
 
-    def task_loss(self, model, latents, cond, generator=None):
-        """Epsilon-prediction loss. latents (B, C, H, W) clean; cond: encoder_hidden_states, mask..."""
+    def task_loss(self, model, latents, cond, generator=None, sampler=None):
+        """Epsilon-prediction loss. latents (B, C, H, W) clean; cond: encoder_hidden_states, mask...
+        (t uniform over the DDPM training steps, whatever the sampler)."""
         b, c = latents.shape[:2]
         steps = self.noise_scheduler.config.num_train_timesteps
         where = draw_device(generator, latents)

@@ -205,6 +205,9 @@ class _Trainer:
         if cfg.gradient_checkpointing:
             student.enable_gradient_checkpointing()
         self.source = make_source(cfg, self.ctx, acc)
+        # the teacher's own objective (toy sources), else the adapter's at the noise levels the
+        # teacher's sampler visits (Flux: σ shifted as FluxPipeline shifts it at the data's resolution)
+        self.task_loss = self.ctx.task_loss or partial(self.adapter.task_loss, sampler=self.ctx.scheduler_config())
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = partial(warmup_cosine, total=cfg.steps, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -273,8 +276,7 @@ class _Trainer:
         latents, cond = moved(latents, acc.device, torch.float32), moved(cond, acc.device, torch.float32)
         zero = torch.zeros((), device=acc.device)
         with acc.autocast():
-            task_loss = self.ctx.task_loss or adapter.task_loss
-            task, kwargs = task_loss(self.student, latents, cond, self.generator)
+            task, kwargs = self.task_loss(self.student, latents, cond, self.generator)
             student_pred = adapter.sampled_prediction(self.teacher, pred.pop())  # as adapter.predict
             out = feat = zero
             teacher_pred = None

@@ -117,6 +117,7 @@ class SVDPass(Pass):
         super().__init__(config)
         self.loader = loader or BlockLoader()  # just-in-time block weights (big models)
         self.spill: Path | None = None  # block activations on disk (calibration.spill_activations)
+        self.sampler: dict | None = None  # the teacher pipeline's scheduler config (ctx.scheduler_config)
 
     # ---- before any compute ---------------------------------------------------------------------
     def check(self, model: nn.Module, adapter: Adapter) -> None:
@@ -164,6 +165,7 @@ class SVDPass(Pass):
             self.loader = ctx.blocks
         spill = getattr(ctx.calibration, "spill_activations", False)
         self.spill = ctx.run_dir / "activations" if spill else None  # block inputs on disk
+        self.sampler = ctx.scheduler_config()  # the modulation grid lies where the sampler steps
         if ctx.calibration_inputs is None:
             raise UserError("the svd pass needs calibration inputs (a calibration section in the recipe)")
         targets = resolve_targets(ctx.adapter.linears(model), c.targets, c.ignore)
@@ -305,7 +307,7 @@ class SVDPass(Pass):
 
         asymmetric = any(self._asymmetric(i) for i in targets if i.group is not None)
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
-                               c.progress, asymmetric, spill=self.spill)
+                               c.progress, asymmetric, spill=self.spill, sampler=self.sampler)
         self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_group)
 
     def _asymmetric(self, info: LinearInfo) -> bool:
@@ -392,7 +394,7 @@ class SVDPass(Pass):
             return False
 
         cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),
-                               c.progress, spill=self.spill)
+                               c.progress, spill=self.spill, sampler=self.sampler)
         self._walk(cal, targets, visit, [])
         free = [i for i in targets if i.name not in fixed]
         specs = [shape_spec(i, curves[i.name]) for i in free]

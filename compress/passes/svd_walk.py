@@ -73,13 +73,15 @@ def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: 
 
 def _conditioning(cal: BlockCalibration, targets: list[LinearInfo], cache: StatsCache,
                   grid: int, state: list = ()) -> dict[str, Stats]:
-    """Stats of the modulation targets' conditioning inputs over a dense timestep grid (cached;
-    `state`: what the pass has compressed before them, in student mode)."""
+    """Stats of the modulation targets' conditioning inputs over a dense timestep grid, placed as
+    the teacher's sampler places its steps (cached; `state`: what the pass has compressed before
+    them, in student mode)."""
     cond = [i for i in targets if i.role == "modulation"]
     if not cond:
         return {}
     found = readers(cond)
-    name = digest("conditioning", grid, sorted(r.key for r in found), *([list(state)] if state else []))
+    name = digest("conditioning", grid, sorted(r.key for r in found), *([list(state)] if state else []),
+                  *([cal.sampler] if cal.sampler else []))  # the grid's σ follow the sampler's shift
     stats = cache.load(name)
     if stats is None:
         stats = cal.conditioning(found, grid)

@@ -130,9 +130,10 @@ def test_noise_level_and_sampled_prediction():
     pixart, flux = get_adapter("pixart"), get_adapter("flux")
     assert pixart.noise_level(torch.tensor([999, 0])).tolist() == [0.999, 0.0]
     assert flux.noise_level(torch.tensor(0.25)).tolist() == [0.25]
-    grid = pixart.timestep_grid(5, torch.zeros(1, dtype=torch.long))
+    grid = pixart.timestep_grid(5, {"timestep": torch.zeros(1, dtype=torch.long)})
     assert grid.tolist() == [0, 250, 500, 749, 999] and grid.dtype == torch.long
-    assert flux.timestep_grid(4, torch.zeros(1)).tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert flux.timestep_grid(4, {"timestep": torch.zeros(1), "hidden_states": torch.zeros(1, 16, 8)}).tolist() \
+        == [0.25, 0.5, 0.75, 1.0]
     model = tiny_pixart(out_channels=8)  # learned-variance half, as PixArt-Σ
     pred = torch.randn(2, 8, 8, 8)
     assert pixart.sampled_prediction(model, pred).shape[1] == 4

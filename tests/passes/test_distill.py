@@ -431,3 +431,31 @@ def test_a_second_distill_pass_keeps_the_first_ones_curves_and_record(tmp_path):
     record = ctx.report["distill"]
     assert record["steps"] == 3 and [r["steps"] for r in record["earlier"]] == [2]
     assert record["earlier"][0]["files"]["loss_csv"] == str(tmp_path / "distill" / "loss.csv")
+
+
+@pytest.mark.parametrize("sampler", [None, {"shift": 1.0}, "flux-dev"])
+def test_flux_task_noise_follows_the_samplers_shift(tmp_path, sampler):
+    """The noise levels the task loss draws (which the KD terms share) are moved as the teacher's
+    sampler moves them (ctx.scheduler_config: FLUX.1-dev's dynamic shift at the latents' image tokens);
+    without a config, or at shift 1, they are the same draws as before."""
+    from compress.arch.flux import sampler_shift, shift_sigmas
+    from tests.arch.test_flux import FLUX_DEV
+
+    def seen_sigmas(config, where):
+        teacher = tiny_flux()
+        ctx = context(teacher, tmp_path / where, scheduler_config=lambda: config)
+        sigmas = []
+        hook = teacher.register_forward_pre_hook(lambda m, a, kw: sigmas.append(kw["timestep"].clone()),
+                                                 with_kwargs=True)  # the KD forward: the task loss's kwargs
+        DistillPass(DistillConfig(steps=2, batch_size=4, lr=1e-3, warmup_steps=1, checkpoint_every=0,
+                                  progress=False, plot=False)).run(factorize(copy.deepcopy(teacher), 2), ctx)
+        hook.remove()
+        return torch.cat(sigmas)  # (steps · B,)
+
+    plain = seen_sigmas(None, "plain")
+    ours = seen_sigmas(FLUX_DEV if sampler == "flux-dev" else sampler, "ours")
+    if sampler == "flux-dev":
+        assert torch.equal(ours, shift_sigmas(plain, **sampler_shift(FLUX_DEV, 16)))  # (B, 16, 8) latents
+        assert (ours > plain).all()
+    else:
+        assert torch.equal(ours, plain)

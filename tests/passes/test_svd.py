@@ -561,7 +561,7 @@ def test_rel_output_error_is_the_layers_own_output_error_on_its_calibration_inpu
     batches = [model_inputs(model, seed=i) for i in range(2)]  # the calibration batches of _ctx
     if targets == ["modulation"]:  # read over the timestep grid (modulation_grid: 4)
         grid = get_adapter(model).timestep_grid
-        batches = [_with_timestep(b, t) for b in batches for t in grid(4, b["timestep"])]
+        batches = [_with_timestep(b, t) for b in batches for t in grid(4, b)]
     with torch.no_grad():
         for batch in batches:
             model(**batch, return_dict=False)
