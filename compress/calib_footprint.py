@@ -57,8 +57,12 @@ def row_tokens(recipe, kind: str, config) -> tuple[int, int]:
 
 def pixart_binned(sample_size: int, height: int, width: int) -> tuple[int, int]:
     """The size PixArt-Σ's pipeline samples at: it bins the one asked for to the closest of the
-    aspect ratios its resolution was trained on (`use_resolution_binning`, on by default)."""
+    aspect ratios its resolution was trained on (`use_resolution_binning`, on by default). The bins
+    live in diffusers' pipeline module, which needs transformers (the pipelines extra)."""
+    from compress.calib_pipeline import need_transformers
     from diffusers.image_processor import PixArtImageProcessor
+
+    need_transformers()
     from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as sigma
 
     bins = {256: sigma.ASPECT_RATIO_2048_BIN, 128: sigma.ASPECT_RATIO_1024_BIN,

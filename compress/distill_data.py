@@ -319,7 +319,7 @@ def _scheduler(adapter, config: dict | None, steps: int, shape: tuple, device):
         scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
         scheduler.set_timesteps(steps, device=device)
         return scheduler
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+    from compress.arch.flux import calculate_shift
 
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
         config or {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False})

@@ -106,14 +106,15 @@ def _block_prefix(name: str) -> str:
 
 def layer_tables(rows: list[dict], width: int, title: str = "layers") -> list[Table]:
     """The per-layer table as one table when a terminal `width` columns wide shows it without
-    folding a layer name, else as two (rank budget; loss, optimum, error and time), each of which
-    folds only the names."""
+    folding a layer name, else as two, each of which folds only the names: the rank budget of every
+    layer, and the loss, optimum, error and time of the layers the svd pass considered."""
     whole = layer_table(rows, title)
     natural = Measurement.get(console, console.options.update_width(1 << 16), whole).maximum
     if natural <= width:
         return [whole]
+    measured = [r for r in rows if any(cell(r) != "-" for _, _, cell in QUALITY_COLUMNS)]
     return [layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS),
-            layer_table(rows, f"{title}: factorization", QUALITY_COLUMNS)]
+            layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS)]
 
 
 def _round_off(loss):

@@ -131,3 +131,21 @@ def test_the_backward_estimate_per_token_and_block_matches_what_autograd_keeps()
     kept = kept_bytes(pixart.to(torch.bfloat16).requires_grad_(False).eval(), pixart_inputs(32, 64), False)
     ratios.append(kept["blocks"] / (256 * 576 * 2))
     assert all(0.75 * SAVED_PER_TOKEN <= r <= 1.15 * SAVED_PER_TOKEN for r in ratios), ratios
+
+
+def test_plan_of_a_real_pixart_recipe_without_transformers_says_what_to_install(monkeypatch, capsys):
+    """PixArt-Σ's resolution bins live in diffusers' pipeline module, which imports transformers:
+    without it `plan` says what to install instead of printing a traceback."""
+    import importlib.util
+
+    from compress.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "pixart-sigma-50.yaml"
+    assert main(["plan", str(recipe)]) != 0
+    err = capsys.readouterr().err
+    assert "pip install 'dit-compress[pipelines]'" in err and "Traceback" not in err

@@ -50,6 +50,11 @@ def test_layer_tables_show_round_off_losses_as_zero_and_missing_fields_as_dashes
     assert "-3.5" not in text and "0.00e+00" in text
     dense_line = next(line for line in text.splitlines() if "proj_out" in line)
     assert "dense" in dense_line and dense_line.count(" - ") >= 6
+    narrow = Console(width=80, record=True, file=open("/dev/null", "w"))
+    for table in layer_tables(rows + [dense], 80):
+        narrow.print(table)
+    # a layer the svd pass never looked at is in the budget table, not in the factorization one
+    assert narrow.export_text().count("proj_out") == 1
 
 
 def test_layer_rows_count_parameters_as_the_saved_weights_do(tmp_path):

@@ -31,6 +31,16 @@ def shift_sigmas(sigma: torch.Tensor, mu: float | None = None, shift: float = 1.
     return (a * s / (a * s + (1 - s))).to(sigma.dtype)
 
 
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
+                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """FluxPipeline's μ at `image_seq_len` image tokens: the line through (base_seq_len, base_shift)
+    and (max_seq_len, max_shift). diffusers defines it in `pipelines.flux.pipeline_flux`, whose
+    import needs `transformers` (an optional extra here) and makes it log about torchvision, so the
+    toy Flux would need the pipelines extra to distill; a test checks this equals diffusers' own."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * slope + base_shift - slope * base_seq_len
+
+
 def sampler_shift(sampler: Mapping | None, image_seq_len: int) -> dict:
     """The `shift_sigmas` kwargs of a sampler with scheduler config `sampler` (None: the family's
     default, unshifted: {}) at `image_seq_len` image tokens, as FluxPipeline sets its timesteps
@@ -38,7 +48,6 @@ def sampler_shift(sampler: Mapping | None, image_seq_len: int) -> dict:
     if sampler is None:
         return {}
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     c = FlowMatchEulerDiscreteScheduler.from_config(dict(sampler)).config  # the scheduler's defaults filled in
     odd = [k for k in _UNPLACED if c.get(k)]

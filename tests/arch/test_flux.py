@@ -10,6 +10,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from compress.arch import get_adapter
+from compress.arch import flux as flux_arch
 from compress.arch.flux import sampler_shift, shift_sigmas
 from compress.errors import UserError
 from tests.conftest import model_inputs, tiny_flux
@@ -28,6 +29,35 @@ def _theirs(config: dict, steps: int, image_seq_len: int) -> torch.Tensor:
                          c.max_shift) if c.use_dynamic_shifting else None
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
     return scheduler.sigmas[:-1]
+
+
+@pytest.mark.parametrize("tokens", [1, 16, 256, 1024, 4096, 9000])
+def test_calculate_shift_is_flux_pipelines(tokens):
+    assert flux_arch.calculate_shift(tokens) == pytest.approx(calculate_shift(tokens), rel=1e-12)
+    assert flux_arch.calculate_shift(tokens, 64, 1024, 0.3, 0.9) == pytest.approx(
+        calculate_shift(tokens, 64, 1024, 0.3, 0.9), rel=1e-12)
+
+
+def test_flux_noise_levels_need_no_transformers():
+    """The toy Flux samples and distills on the core install: placing σ never imports diffusers'
+    FluxPipeline module (which needs transformers, an optional extra)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "import torch\n"
+            "from compress.arch import get_adapter\n"
+            "from compress.arch.flux import sampler_shift\n"
+            "from compress.distill_data import _scheduler\n"
+            f"print(sampler_shift({FLUX_DEV!r}, 4096)['mu'])\n"
+            "from compress.toy.weights import load_toy_teacher\n"
+            "adapter = get_adapter(load_toy_teacher('flux'))\n"
+            f"print(len(_scheduler(adapter, {FLUX_DEV!r}, 4, (1, 4096, 64), 'cpu').sigmas))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    mu, sigmas = out.stdout.split()
+    assert float(mu) == pytest.approx(1.15) and int(sigmas) == 5  # 4 steps and the final 0
+    assert "torchvision" not in out.stderr
 
 
 @pytest.mark.parametrize("config", [FLUX_DEV, SD3, LINEAR, {}], ids=["dynamic", "static", "linear", "none"])
