@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from compress.linalg import breakeven_rank, params_dense, params_lowrank, round_rank
+from compress.linalg_params import breakeven_rank, params_dense, params_lowrank, round_rank
 
 DENSE = None  # the rank of a layer that stays dense
 

@@ -4,7 +4,7 @@ the warm-up + cosine schedule, stop signals, and the loss-curve files (CSV + PNG
 
 Losses (all per step, on the same noisy input, timestep and prompt):
     L = λ_task · L_task + λ_out · MSE(student pred, teacher pred) + λ_feat · Σ_blocks nMSE(F_s, F_map(s))
-where nMSE is `linalg.normalized_mse` (the error divided by the teacher feature's mean square, eq. 2.89's
+where nMSE is `kd_losses.normalized_mse` (the error divided by the teacher feature's mean square, eq. 2.89's
 w_i) and F are a block's residual-stream outputs (`adapter.hidden_of_output`; Flux: image and text streams).
 """
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.linalg import massive_activation_mask, normalized_mse
+from compress.kd_losses import massive_activation_mask, normalized_mse
 from compress.lowrank import LowRankLinear
 
 TRAIN_MODES = ("all", "factors", "non_factors")

@@ -14,6 +14,7 @@ Because W' is a left projection of W, the loss at rank r is the sum of the energ
 dropped directions, so one decomposition gives the loss at every rank (`Decomposition.curve`).
 
 Everything is computed in float64 on the inputs' device; no hooks, devices or progress bars here.
+Parameter counts and rank rounding are in `compress.linalg_params`, the KD losses in `compress.kd_losses`.
 """
 
 from __future__ import annotations
@@ -378,67 +379,3 @@ def normalized_curve(curve: torch.Tensor) -> torch.Tensor:
     """curve / curve[0] (a layer with no output energy gets all zeros)."""
     total = float(curve[0])
     return curve / total if total > 0 else torch.zeros_like(curve)
-
-
-# ----------------------------------------------------------------------------- parameter counts
-
-
-def params_dense(out_features: int, in_features: int, bias: bool = True) -> int:
-    """Parameters of nn.Linear(in, out): out·in (+ out)."""
-    return out_features * in_features + (out_features if bias else 0)
-
-
-def params_lowrank(out_features: int, in_features: int, rank: int, bias: bool = True) -> int:
-    """Parameters of LowRankLinear: r·(out + in) (+ out)."""
-    return rank * (out_features + in_features) + (out_features if bias else 0)
-
-
-def breakeven_rank(out_features: int, in_features: int) -> int:
-    """Smallest rank that saves nothing: ceil(m·n / (m + n)). Ranks ≥ this stay dense."""
-    m, n = out_features, in_features
-    return -(-(m * n) // (m + n))
-
-
-def saves_params(out_features: int, in_features: int, rank: int) -> bool:
-    """True when rank r factors are strictly smaller than the dense weight (r < breakeven)."""
-    return rank < breakeven_rank(out_features, in_features)
-
-
-def round_rank(rank: float, multiple: int = 16, max_rank: int | None = None) -> int:
-    """Round to the nearest multiple (halves up), at least one multiple, at most max_rank."""
-    if multiple < 1:
-        raise ValueError(f"multiple must be ≥ 1, got {multiple}")
-    r = max(multiple, multiple * int(rank / multiple + 0.5))
-    return min(r, max_rank) if max_rank is not None else r
-
-
-# ----------------------------------------------------------------------------- distillation losses
-
-
-def normalized_mse(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-12,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-    """mean((s − t)²) / (mean(t²) + eps), over the elements where mask is True (all if None).
-    Differentiable; computed in at least float32."""
-    dtype = torch.promote_types(student.dtype, torch.float32)
-    s, t = student.to(dtype), teacher.to(dtype)
-    sq_err, sq_ref = (s - t).square(), t.square()
-    if mask is None:
-        return sq_err.mean() / (sq_ref.mean() + eps)
-    m = mask.to(dtype).expand_as(sq_err)
-    count = m.sum().clamp_min(1.0)
-    return ((sq_err * m).sum() / count) / ((sq_ref * m).sum() / count + eps)
-
-
-def massive_activation_mask(x: torch.Tensor, k: float = 10.0, dim=None) -> torch.Tensor:
-    """Bool mask, True where |x − mean| ≤ k·std (the statistics over `dim`, all elements if None).
-
-    DiT hidden states carry a few "massive activations" orders of magnitude above the rest; TinyFusion
-    (Fang et al. 2024) leaves them out of the hidden-state distillation loss so they do not dominate it.
-    Compute the mask from the teacher's activations and pass it to `normalized_mse`.
-    """
-    xf = x.detach().to(torch.promote_types(x.dtype, torch.float32))
-    if dim is None:
-        mean, std = xf.mean(), xf.std(unbiased=False)
-    else:
-        mean, std = xf.mean(dim=dim, keepdim=True), xf.std(dim=dim, keepdim=True, unbiased=False)
-    return (xf - mean).abs() <= k * std

@@ -28,7 +28,7 @@ def _fmt_int(n) -> str:
 def layer_rows(model, report: dict | None = None) -> list[dict]:
     """Per linear: name, role, shape, rank (None = dense), params kept, and the svd report fields."""
     from compress.arch import get_adapter
-    from compress.linalg import params_dense, params_lowrank
+    from compress.linalg_params import params_dense, params_lowrank
     from compress.lowrank import LowRankLinear
 
     svd = ((report or {}).get("svd") or {}).get("layers", {})

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from compress import alloc as A
 from compress import linalg as L
+from compress.linalg_params import breakeven_rank
 
 
 def spec(name, out_f, in_f, decay=0.05, weight=1.0, role=None, bias=True):
@@ -64,7 +65,7 @@ def test_breakeven_respected_everywhere():
                   A.global_greedy(LAYERS, budget)):
         for s in LAYERS:
             r = alloc.ranks[s.name]
-            assert r is A.DENSE or r < L.breakeven_rank(s.out_features, s.in_features)
+            assert r is A.DENSE or r < breakeven_rank(s.out_features, s.in_features)
     # with the whole dense budget, every layer that loses anything goes dense
     assert all(r is A.DENSE for r in A.global_greedy(LAYERS, budget).ranks.values())
 

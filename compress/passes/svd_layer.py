@@ -14,8 +14,8 @@ from torch import nn
 
 from compress.arch.base import LinearInfo
 from compress.calib_stats import Stats
-from compress.linalg import (Decomposition, balanced, decompose, factors_from, params_dense,
-                             params_lowrank)
+from compress.linalg import Decomposition, balanced, decompose, factors_from
+from compress.linalg_params import params_dense, params_lowrank
 from compress.lowrank import LowRankLinear
 
 F64 = torch.float64
