@@ -2,7 +2,7 @@ import pytest
 
 from compress import cli
 from compress.errors import UserError
-from compress.passes.distill import TrainingInterrupted
+from compress.passes.distill_trainer import TrainingInterrupted
 
 
 @pytest.mark.parametrize("raised, said, code", [

@@ -1,4 +1,4 @@
-"""Distillation data (compress.distill_data): the teacher-sample cache and latents folders."""
+"""Distillation data (compress.distill_data): the teacher-sample cache."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import copy
 import json
 
 import pytest
-import torch
 
-from compress.arch import get_adapter
-from compress.distill_data import FolderSource, check_folder, cond_of, shard_sizes, write_shard
-from compress.errors import UserError
+from compress.distill_data import shard_sizes
+from compress.distill_folder import FolderSource
 from compress.passes.distill import DistillConfig, DistillPass
-from tests.conftest import model_inputs, tiny_flux, tiny_pixart
-from tests.passes.test_distill import context, distill
+from tests.conftest import model_inputs, tiny_pixart
+from tests.passes.test_distill import context
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,53 +45,3 @@ def test_teacher_samples_are_as_many_as_asked_when_calibration_batches_are_short
     (folder / "complete.json").write_text(json.dumps({"num_samples": 7, "steps": 2}))
     samples_run(teacher, tmp_path, batches, num_samples=7)
     assert len(FolderSource(folder)) == 7 and shards[0].stat().st_mtime_ns == stamp
-
-
-def test_a_later_file_of_another_layout_is_refused_before_any_compute(tmp_path):
-    """Only the first file ran through the meta model; a batch joining rows of a later file of
-    another shape was a torch.cat traceback mid-training. Now check_folder (from the files'
-    headers), FolderSource and the pass refuse it with a line naming the file and key."""
-    from compress.runner_checks import meta_clone
-
-    teacher = tiny_pixart()
-    kwargs = model_inputs(teacher, batch=3)
-    cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v)}
-    latents = kwargs["hidden_states"]  # (3, C, H, W)
-    folder = tmp_path / "latents"
-    folder.mkdir()
-    write_shard(folder / "a.safetensors", latents, cond)
-    write_shard(folder / "b.safetensors", latents[:, 1:], cond)  # (3, C - 1, H, W)
-    words = r"b.safetensors: 'latents' has rows \(3, 4, 4\), in a.safetensors \(4, 4, 4\)"
-    with pytest.raises(UserError, match=words):
-        check_folder(folder, meta_clone(teacher), get_adapter(teacher))
-    with pytest.raises(UserError, match=words):
-        FolderSource(folder)
-    with pytest.raises(UserError, match=words):
-        distill(copy.deepcopy(teacher), teacher, tmp_path / "run", steps=3, data="folder", latents_dir=str(folder))
-
-
-@pytest.mark.parametrize("drop", ["img_ids", "pooled_projections"])
-def test_a_flux_folder_without_a_kwarg_the_model_needs_is_one_line(tmp_path, drop):
-    """Flux reads img_ids / txt_ids / pooled_projections off None: an AttributeError the dry run let
-    through as a traceback. Now one line naming the file and what it holds."""
-    from compress.runner_checks import meta_clone
-
-    teacher = tiny_flux()
-    kwargs = model_inputs(teacher, batch=2)
-    cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v) and k != drop}
-    write_shard(tmp_path / "a.safetensors", kwargs["hidden_states"], cond)
-    with pytest.raises(UserError, match=r"a.safetensors does not run through the model: .* \(the file holds "
-                                        r"latents, cond.encoder_hidden_states"):
-        check_folder(tmp_path, meta_clone(teacher), get_adapter(teacher))
-
-
-def test_non_finite_latents_are_refused_naming_the_file(tmp_path):
-    """A nan in the data was a non-finite loss at step 1 that blamed the student ("lower lr")."""
-    teacher = tiny_pixart()
-    kwargs = model_inputs(teacher, batch=2)
-    cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v)}
-    latents = kwargs["hidden_states"].clone()  # (2, C, H, W)
-    latents[1, 0, 0, 0] = float("nan")
-    write_shard(tmp_path / "a.safetensors", latents, cond)
-    with pytest.raises(UserError, match="a.safetensors: 'latents' holds non-finite values"):
-        FolderSource(tmp_path)

@@ -53,7 +53,7 @@ def _interrupted_then_resumed(setup, monkeypatch, name, owner, attr, call, sig=s
     tmp, text, reference = setup
     if owner is not None:  # else the caller set its signal up
         _signal_on_call(monkeypatch, owner, attr, call, sig)
-    from compress.passes.distill import TrainingInterrupted
+    from compress.passes.distill_trainer import TrainingInterrupted
 
     with pytest.raises((KeyboardInterrupt, TrainingInterrupted)):
         _run(tmp, text, name)
@@ -81,9 +81,9 @@ def test_sigint_during_factorization(setup, monkeypatch):
 
 
 def test_sigterm_during_distillation(setup, monkeypatch):
-    from compress.passes import distill
+    from compress.passes import distill_trainer
 
-    _interrupted_then_resumed(setup, monkeypatch, "distill", distill._Trainer, "_train_step", 4)
+    _interrupted_then_resumed(setup, monkeypatch, "distill", distill_trainer._Trainer, "_train_step", 4)
     assert not list((setup[0] / "run-distill" / "distill").rglob("step-*"))  # resumed, then cleared
 
 

@@ -14,12 +14,14 @@ import pytest
 import torch
 
 from compress.arch import get_adapter
-from compress.distill_data import FolderSource, cond_of, write_shard
+from compress.distill_data import cond_of
+from compress.distill_folder import FolderSource, write_shard
 from compress.distill_utils import factor_param_names, read_curves
 from compress.errors import UserError
 from compress.lowrank import LowRankLinear
 from compress.passes.base import RunContext
-from compress.passes.distill import DistillConfig, DistillPass, TrainingInterrupted
+from compress.passes.distill import DistillConfig, DistillPass
+from compress.passes.distill_trainer import TrainingInterrupted
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 
 HERE = Path(__file__).parent
@@ -210,7 +212,7 @@ def test_folder_data(tmp_path):
 def test_a_latents_folder_that_does_not_fit_the_model_is_refused_before_any_compute(tmp_path, make):
     """The runner checks passes on a meta copy of the teacher: one row of the folder runs through it
     there (shapes only), so a wrong layout is a one-line error before calibration and svd."""
-    from compress.distill_data import check_folder
+    from compress.distill_folder import check_folder
     from compress.runner_checks import meta_clone
 
     teacher = make()

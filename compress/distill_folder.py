@@ -1,0 +1,224 @@
+"""The folder format of distillation data (`data: folder` with `latents_dir`, and the teacher-sample
+cache of `compress.distill_data`): its checks, its reader `FolderSource` and its writer `write_shard`.
+
+A folder holds `.safetensors` / `.pt` files. Each file holds flat keys:
+    latents                 (B, ...)  clean latents, in the layout the transformer's `hidden_states` takes
+                                      (PixArt (B, C, H, W); Flux packed (B, N, C))
+    cond.<kwarg>            (B, ...)  per-sample forward kwargs, e.g. cond.encoder_hidden_states,
+                                      cond.encoder_attention_mask, cond.pooled_projections, cond.guidance;
+                                      nested dicts with dots: cond.added_cond_kwargs.resolution
+    shared.<kwarg>          (...)     kwargs used as they are for every batch (Flux img_ids, txt_ids)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from compress.errors import UserError
+from compress.inputs import moved
+from compress.io import one_line
+
+SHARED_KWARGS = ("img_ids", "txt_ids")  # Flux: not batched
+SUFFIXES = (".safetensors", ".pt")
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif torch.is_tensor(value):
+        out[prefix] = value
+
+
+def _unflatten(flat: dict[str, torch.Tensor]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
+        raise UserError(f"distill: cannot read latents file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"distill: {path} holds a {type(data).__name__}, expected a dict of tensors")
+    flat: dict = {}
+    for k, v in data.items():
+        _flatten(k, v, flat)
+    return flat
+
+
+def latents_folder(value: str | Path) -> Path:
+    """`latents_dir` as a folder path (`~` expanded), or a one-line error."""
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"distill: latents_dir {value} is not a folder")
+    return folder
+
+
+def check_file(path: Path, data: dict) -> None:
+    """One file of the folder format: 'latents', and 'cond.' tensors with as many rows."""
+    if "latents" not in data:
+        raise UserError(f"distill: {path} has no 'latents' tensor (keys: {', '.join(sorted(data))})")
+    n = len(data["latents"]) if data["latents"].ndim else 0
+    for key, value in data.items():
+        if key.startswith("cond.") and (not value.ndim or len(value) != n):
+            raise UserError(f"distill: {path}: '{key}' has {len(value) if value.ndim else 0} rows, "
+                            f"'latents' has {n}")
+        if key != "latents" and not key.startswith(("cond.", "shared.")):
+            raise UserError(f"distill: {path}: key '{key}' must be 'latents' or start with "
+                            "'cond.' or 'shared.'")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"distill: {path}: '{key}' holds non-finite values (nan or inf)")
+
+
+def _shapes(path: Path) -> dict[str, tuple]:
+    """Each tensor's shape, read from the file's header where it has one (safetensors)."""
+    if path.suffix != ".safetensors":
+        return {k: tuple(v.shape) for k, v in _read(path).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
+        raise UserError(f"distill: cannot read latents file {path}: {one_line(exc)}") from None
+
+
+def check_layout(path: Path, shapes: dict, first: Path, first_shapes: dict) -> None:
+    """A file holds what the folder's first file holds: the same keys, rows of the same shape
+    ('latents', 'cond.'), 'shared.' tensors of the same shape (a batch joins rows of several files)."""
+    if sorted(shapes) != sorted(first_shapes):
+        raise UserError(f"distill: {path} has keys {sorted(shapes)}, {first.name} {sorted(first_shapes)}")
+    for key, shape in shapes.items():
+        per_row = not key.startswith("shared.")
+        mine, theirs = (shape[1:], first_shapes[key][1:]) if per_row else (shape, first_shapes[key])
+        if mine != theirs:
+            raise UserError(f"distill: {path}: '{key}' has {'rows' if per_row else 'shape'} {mine}, in "
+                            f"{first.name} {theirs}; every file of latents_dir must hold the same layout")
+
+
+def check_folder(value: str | Path, model, adapter) -> None:
+    """Before any compute: the first file of `latents_dir` holds rows of floating latents, the
+    others the same layout (`check_layout`, from their headers), and one of its rows runs through
+    `model` when that is on the meta device (shapes only, no arithmetic), so a wrong layout fails
+    here and not after the passes before distill."""
+    files = sorted(p for p in latents_folder(value).iterdir() if p.suffix in SUFFIXES)
+    if not files:
+        raise UserError(f"distill: latents_dir {value} has no .safetensors or .pt files")
+    data = _read(files[0])
+    check_file(files[0], data)
+    first_shapes = {k: tuple(v.shape) for k, v in data.items()}
+    for path in files[1:]:
+        check_layout(path, _shapes(path), files[0], first_shapes)
+    latents = data["latents"]
+    if not latents.is_floating_point() or latents.ndim < 3 or len(latents) == 0:
+        raise UserError(f"distill: {files[0]}: 'latents' must be floating rows (B, ...) of the transformer's "
+                        f"hidden_states, got {str(latents.dtype).removeprefix('torch.')} {tuple(latents.shape)}")
+    if next(model.parameters()).device.type == "meta":
+        _dry_run(files[0], _unflatten({k: v[:1] if k.startswith("cond.") else v
+                                       for k, v in data.items() if k != "latents"}), latents[:1], model, adapter)
+
+
+def _dry_run(path: Path, cond: dict, latents: torch.Tensor, model, adapter) -> None:
+    kwargs = moved(dict(cond.get("cond", {}), **cond.get("shared", {}), hidden_states=latents,
+                        timestep=torch.ones(1)), "meta", latents.dtype)
+    if adapter.family == "pixart":  # as its task loss calls it
+        kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
+    try:
+        adapter.predict(model, kwargs)
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+        # (a kwarg the model needs left out: AttributeError on its None)
+        held = sorted(f"{k}.{name}" for k in ("cond", "shared") for name in cond.get(k, {}))
+        raise UserError(f"distill: a row of {path} does not run through the model: {one_line(e)} "
+                        f"(the file holds latents, {', '.join(held) or 'no cond. or shared. kwargs'})") from None
+
+
+class FolderSource:
+    """Latents + cond from a folder (format above). Files are indexed once; a folder of at most
+    `IN_MEMORY_BYTES` (e.g. the teacher-sample cache) is kept in memory, a bigger one is read per
+    batch, the rows it needs from each file (the last file read is kept)."""
+
+    IN_MEMORY_BYTES = 2 * 2**30
+
+    def __init__(self, folder: str | Path):
+        self.folder = latents_folder(folder)
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix in SUFFIXES)
+        if not self.files:
+            raise UserError(f"distill: latents_dir {self.folder} has no .safetensors or .pt files")
+        self.counts, self._first = [], None  # (path, shapes) of the first file: the layout of all
+        keep = sum(p.stat().st_size for p in self.files) <= self.IN_MEMORY_BYTES
+        self._resident = [] if keep else None
+        for path in self.files:
+            data = _read(path)
+            self._check(path, data)
+            self.counts.append(len(data["latents"]))
+            if keep:
+                self._resident.append(data)
+        self.offsets = torch.tensor([0] + self.counts).cumsum(0)  # (F + 1,)
+        self._cached: tuple[Path, dict] | None = None
+
+    def _check(self, path: Path, data: dict) -> None:
+        check_file(path, data)
+        shapes = {k: tuple(v.shape) for k, v in data.items()}
+        if self._first is None:
+            self._first = (path, shapes)
+        else:
+            check_layout(path, shapes, *self._first)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _file(self, i: int) -> dict:
+        if self._resident is not None:
+            return self._resident[i]
+        path = self.files[i]
+        if self._cached is None or self._cached[0] != path:
+            self._cached = (path, _read(path))
+        return self._cached[1]
+
+    def batch(self, batch_size: int, generator: torch.Generator):
+        rows = torch.randint(0, len(self), (batch_size,), generator=generator)  # (B,)
+        file_of = torch.searchsorted(self.offsets, rows, right=True) - 1  # (B,)
+        parts: dict[str, list] = {}
+        order = []
+        for f in file_of.unique().tolist():
+            pick = (file_of == f).nonzero().flatten()
+            data = self._file(f)
+            local = rows[pick] - self.offsets[f]
+            for key, value in data.items():
+                if not key.startswith("shared."):
+                    parts.setdefault(key, []).append(value[local])
+            order.append(pick)
+        inverse = torch.cat(order).argsort()  # back to draw order
+        flat = {k: torch.cat(v)[inverse] for k, v in parts.items()}
+        flat.update({k: v for k, v in data.items() if k.startswith("shared.")})
+        tree = _unflatten(flat)
+        cond = {**tree.get("cond", {}), **tree.get("shared", {})}
+        return tree["latents"], cond
+
+
+def write_shard(path: Path, latents: torch.Tensor, cond: dict) -> None:
+    """One file of the folder format (atomic: written beside, then renamed). cond: forward kwargs;
+    SHARED_KWARGS go under 'shared.', other tensors (nested dicts flattened) under 'cond.'."""
+    from safetensors.torch import save_file
+
+    flat = {"latents": latents.contiguous()}
+    for key, value in cond.items():
+        _flatten(("shared." if key in SHARED_KWARGS else "cond.") + key, value, flat)
+    flat = {k: v.detach().cpu().contiguous() for k, v in flat.items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(flat, str(tmp))
+    tmp.replace(path)

@@ -1,0 +1,318 @@
+"""The training loop of the `distill` pass (`compress.passes.distill`): setup on `accelerate`, the
+steps, checkpoints and their resume, the teacher-relative evaluation and the report record, and
+`TrainingInterrupted`, raised when a run stops on request after writing a checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from compress.distill_data import make_source
+from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, feature_loss, output_loss,
+                                    resolve_block_map, select_trainable, warmup_cosine, write_curves)
+from compress.errors import UserError
+from compress.inputs import moved
+from compress.io import cast
+from compress.passes.base import RunContext
+
+if TYPE_CHECKING:
+    from compress.passes.distill import DistillConfig
+
+TERMS = ("loss", "task", "out", "feat")
+# config keys that do not change the result (left out of the checkpoint fingerprint)
+_NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress", "plot")
+
+
+class TrainingInterrupted(UserError):
+    """Stopped on request (signal or max_steps_this_run) after writing a checkpoint; resume to go on."""
+
+    exit_code = 130
+    label = ""  # a requested stop, not an error
+
+
+def _accelerator(cfg: DistillConfig, device: torch.device):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    on_cpu = device.type == "cpu"
+    return Accelerator(cpu=on_cpu, mixed_precision="no" if on_cpu else cfg.mixed_precision,
+                       step_scheduler_with_optimizer=False,  # one schedule step per optimizer step
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+class _Trainer:
+    def __init__(self, cfg: DistillConfig, ctx: RunContext):
+        self.cfg, self.ctx, self.adapter = cfg, ctx, ctx.adapter
+        self.earlier = _earlier(ctx.report)  # records of the distill passes before this one
+        self.dir = Path(ctx.run_dir) / ("distill" if not self.earlier else f"distill-{len(self.earlier) + 1}")
+        self.acc = _accelerator(cfg, torch.device(ctx.device))
+        self.step, self.history, self.before = 0, [], None
+
+    # ---- setup --------------------------------------------------------------------------------
+    def fit(self, model):
+        cfg, acc = self.cfg, self.acc
+        self.block_map = resolve_block_map(self.adapter, model, self.ctx.teacher, self.ctx.block_map)
+        self.incoming = checksum(model)  # checkpoints resume only the training of this student
+        if not self.ctx.resume:  # a fresh run: checkpoints left by an earlier run are not its own
+            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
+        first = next(model.parameters())
+        home, dtype = first.device, first.dtype
+        requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        teacher_home = next(self.ctx.teacher.parameters()).device
+        self.teacher = self.ctx.teacher.to(acc.device).eval().requires_grad_(False)
+        student = _cast(model.to(acc.device), torch.float32)  # fp32 master weights
+        params = select_trainable(student, cfg.train)
+        if cfg.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        self.source = make_source(cfg, self.ctx, acc)
+        # the teacher's own objective (toy sources), else the adapter's at the noise levels the
+        # teacher's sampler visits (Flux: σ shifted as FluxPipeline shifts it at the data's resolution)
+        self.task_loss = self.ctx.task_loss or partial(self.adapter.task_loss, sampler=self.ctx.scheduler_config())
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = partial(warmup_cosine, total=cfg.steps, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.generator = torch.Generator().manual_seed(self.ctx.seed + acc.process_index)
+        self.student, self.optimizer, self.scheduler = acc.prepare(student, optimizer, scheduler)
+        self.params = params
+        if self.ctx.resume:
+            self._load_latest()
+        if self.before is None:
+            self.before = self._eval_error()
+        student.train()
+        t0 = time.perf_counter()
+        try:
+            self._loop()
+        finally:
+            student.eval()
+            self.ctx.teacher.to(teacher_home)  # later passes and the runner expect it where it was
+        seconds = time.perf_counter() - t0
+        if cfg.gradient_checkpointing:
+            student.disable_gradient_checkpointing()
+        model = acc.unwrap_model(self.student)
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires_grad.get(name, True))
+        self._finish(model, seconds)
+        del self.student, self.optimizer, self.scheduler  # (no acc.free_memory(): its gc.collect is slow)
+        return _cast(model.to(home), dtype)
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        cfg = self.cfg
+        inner = self.acc.unwrap_model(self.student)
+        pred = OutputCapture(inner)
+        feats = (BlockOutputs(inner, self.adapter, detach=False), BlockOutputs(self.teacher, self.adapter,
+                 detach=True)) if cfg.lambda_feat > 0 else None
+        ran = 0
+        try:
+            with StopSignals() as stop, _progress(cfg.progress and self.acc.is_main_process) as bar:
+                task = bar.add_task("distill", total=cfg.steps, completed=self.step, terms="")
+                while self.step < cfg.steps:
+                    row = self._train_step(pred, feats, stop)
+                    stop_now = row.pop("stop")
+                    self.step += 1
+                    ran += 1
+                    self.history.append(row)
+                    bar.update(task, completed=self.step, terms=_fmt(row))
+                    last = self.step == cfg.steps
+                    if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
+                        self._save()
+                    limit = cfg.max_steps_this_run is not None and ran >= cfg.max_steps_this_run
+                    if not last and (stop_now or limit):
+                        if not (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                            self._save()
+                        why = "a stop signal" if not limit else f"max_steps_this_run={cfg.max_steps_this_run}"
+                        raise TrainingInterrupted(
+                            f"distill: stopped at step {self.step}/{cfg.steps} on {why}; checkpoint in "
+                            f"{self.dir / 'checkpoints'}; run again with --resume to continue")
+        finally:
+            pred.remove()
+            for f in feats or ():
+                f.remove()
+
+    def _train_step(self, pred: OutputCapture, feats, stop: StopSignals) -> dict:
+        cfg, acc, adapter = self.cfg, self.acc, self.adapter
+        latents, cond = self.source.batch(cfg.batch_size, self.generator)
+        # the float32 master weights' inputs (data and calibration may be in the compute dtype)
+        latents, cond = moved(latents, acc.device, torch.float32), moved(cond, acc.device, torch.float32)
+        zero = torch.zeros((), device=acc.device)
+        with acc.autocast():
+            task, kwargs = self.task_loss(self.student, latents, cond, self.generator)
+            student_pred = adapter.sampled_prediction(self.teacher, pred.pop())  # as adapter.predict
+            out = feat = zero
+            teacher_pred = None
+            if cfg.lambda_out > 0 or cfg.lambda_feat > 0:
+                with torch.no_grad():
+                    teacher_pred = adapter.predict(self.teacher, _inputs_for(self.teacher, kwargs))
+                if cfg.lambda_out > 0:
+                    out = output_loss(student_pred, teacher_pred)
+            if feats is not None:
+                feat = feature_loss(feats[0].outputs, feats[1].outputs, self.block_map, cfg.mask_massive)
+        loss = cfg.lambda_task * task + cfg.lambda_out * out + cfg.lambda_feat * feat
+        if not torch.isfinite(loss):
+            raise _numeric(self.step, task, out, feat, teacher_trouble(teacher_pred, feats[1].outputs if feats else {}))
+        for f in feats or ():
+            f.clear()
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # one all-reduce for logging and for agreeing on a stop (any process signalled -> all stop)
+        stats = torch.stack([loss.detach(), task.detach(), out.detach(), feat.detach(),
+                             torch.as_tensor(grad_norm, device=acc.device).float(),
+                             torch.tensor(float(stop.requested is not None), device=acc.device)]).float()
+        stats = acc.reduce(stats, "sum") if acc.num_processes > 1 else stats
+        values = (stats[:5] / acc.num_processes).tolist()
+        row = {"step": self.step + 1, **dict(zip(TERMS, values[:4])), "lr": lr, "grad_norm": values[4]}
+        row["stop"] = bool(stats[5] > 0)
+        return row
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        keys = {k: v for k, v in asdict(self.cfg).items() if k not in _NOT_FINGERPRINTED}
+        keys.update(seed=self.ctx.seed, processes=self.acc.num_processes, block_map=self.block_map,
+                    student=self.incoming)
+        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _save(self) -> None:
+        acc, root = self.acc, self.dir / "checkpoints"
+        final, tmp = root / f"step-{self.step:08d}", root / f"tmp-step-{self.step:08d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        torch.save({"step": self.step, "generator": self.generator.get_state(), "history": self.history,
+                    "before": self.before}, tmp / f"train_state_{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,
+                                                       "processes": acc.num_processes}))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.replace(final)
+            for old in sorted(root.glob("step-*"))[:-max(1, self.cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+            write_curves(self.history, self.dir / "loss.csv")
+        acc.wait_for_everyone()
+
+    def _load_latest(self) -> None:
+        done = sorted((self.dir / "checkpoints").glob("step-*"))
+        if not done:
+            return
+        path = done[-1]
+        meta = json.loads((path / "meta.json").read_text())
+        if meta["fingerprint"] != self._fingerprint():
+            raise UserError(f"distill: checkpoint {path} was written with other settings (config, seed, block "
+                            f"map, process count: {meta['processes']}, or another incoming student); delete "
+                            f"{self.dir} to start over")
+        self.acc.load_state(str(path))
+        state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
+        self.step, self.history, self.before = state["step"], state["history"], state["before"]
+        self.generator.set_state(state["generator"])
+
+    # ---- evaluation and report ----------------------------------------------------------------
+    @torch.no_grad()
+    def _eval_error(self) -> float | None:
+        """Teacher-relative error ||s − t|| / ||t|| of the final prediction on ctx.eval_inputs (main only)."""
+        if self.ctx.eval_inputs is None or not self.acc.is_main_process:
+            return None
+        student = self.acc.unwrap_model(self.student)
+        was_training = student.training
+        student.eval()
+        num = den = 0.0
+        for kwargs in self.ctx.eval_inputs():
+            with self.acc.autocast():
+                s = self.adapter.predict(student, _inputs_for(student, kwargs)).double()
+                t = self.adapter.predict(self.teacher, _inputs_for(self.teacher, kwargs)).double()
+            num, den = num + (s - t).square().sum().item(), den + t.square().sum().item()
+        student.train(was_training)
+        return (num / den) ** 0.5 if den else None
+
+    def _finish(self, model, seconds: float) -> None:
+        after = self._eval_error()
+        record = {"steps": self.cfg.steps, "processes": self.acc.num_processes, "train": self.cfg.train,
+                  "data": self.cfg.data, "block_map": self.block_map,
+                  "objective": "context" if self.ctx.task_loss else f"{self.adapter.family} adapter", "seconds_this_run": round(seconds, 2),
+                  "mixed_precision": self.acc.mixed_precision, "pred_rel_error_before": self.before,
+                  "pred_rel_error_after": after}
+        if self.history:
+            record["first"] = {k: self.history[0][k] for k in TERMS}
+            record["last"] = {k: self.history[-1][k] for k in TERMS}
+        if self.acc.is_main_process:
+            csv_path, png_path = self.dir / "loss.csv", self.dir / "loss.png"
+            write_curves(self.history, csv_path, png_path if self.cfg.plot else None)
+            record["files"] = {"loss_csv": str(csv_path)}
+            if self.cfg.plot:
+                record["files"]["loss_png"] = str(png_path)
+        if self.earlier:
+            record["earlier"] = self.earlier
+        self.ctx.report["distill"] = record
+
+
+def _earlier(report: dict) -> list[dict]:
+    """The records of the recipe's earlier distill passes (the latest is report["distill"], with
+    those before it under "earlier"): each pass keeps its own folder, curves and record."""
+    last = report.get("distill")
+    if last is None:
+        return []
+    return [*last.get("earlier", []), {k: v for k, v in last.items() if k != "earlier"}]
+
+
+def checksum(model: torch.nn.Module) -> str:
+    """Names, shapes and float64 sums of every tensor: which student a training starts from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}{tuple(t.shape)}{float(t.detach().sum(dtype=torch.float64)).hex()}".encode())
+    return h.hexdigest()[:16]
+
+
+def teacher_trouble(pred: torch.Tensor | None, feats: dict) -> str | None:
+    """What of the teacher's is not finite, the earliest first (a block's output, in the order the
+    forward ran them, then the prediction), or None."""
+    for (group, index), outputs in feats.items():
+        if any(not bool(torch.isfinite(t).all()) for t in outputs):
+            return f"the teacher's output of block {index} of '{group}'"
+    if pred is not None and not bool(torch.isfinite(pred).all()):
+        return "the teacher's prediction"
+    return None
+
+
+def _numeric(step, task, out, feat, teacher: str | None = None):
+    from compress.errors import NumericError
+
+    why = (f"{teacher} is not finite (a float16 compute_dtype overflowing? try bfloat16)" if teacher
+           else "lower lr or check the student")
+    return NumericError(f"distill: non-finite loss at step {step + 1} (task {task.item():.4g}, "
+                        f"out {out.item():.4g}, feat {feat.item():.4g}); {why}")
+
+
+def _cast(model, dtype):
+    """model.to(dtype) only when needed."""
+    return model if next(model.parameters()).dtype == dtype else cast(model, dtype)
+
+
+def _inputs_for(model: torch.nn.Module, kwargs: dict) -> dict:
+    """kwargs on the model's device, floating tensors in its dtype (the teacher may compute in
+    bf16 while the student trains float32 master weights)."""
+    first = next(model.parameters())
+    return moved(kwargs, first.device, first.dtype)
+
+
+def _fmt(row: dict) -> str:
+    return " ".join(f"{k} {row[k]:.4g}" for k in TERMS)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[terms]}"), disable=not enabled)
