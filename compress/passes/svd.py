@@ -1,7 +1,7 @@
 """The svd pass: replace target linears by calibrated low-rank factors (LowRankLinear).
 
-Flow (`SVDPass.run`): resolve targets → (global only) a teacher-activation calibration that measures
-every target's loss curve and, with `sensitivity`, its effect on the final prediction → ranks →
+Flow (`SVDPass.run`): resolve targets → (global only, svd_global) a teacher-activation calibration that
+measures every target's loss curve and, with `sensitivity`, its effect on the final prediction → ranks →
 a block-by-block calibration that factorizes each block's targets before the next block runs
 (`activations="student"`: later blocks calibrate on the compressed student's activations).
 Modulation linears read a low-dimensional conditioning vector; their Grams are taken over a dense
@@ -25,7 +25,6 @@ fit on both streams' means, its offset into the bias).
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -33,11 +32,11 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from compress.alloc import DENSE, budget_for_ratio, energy_rank, global_greedy, ratio_rank
+from compress.alloc import DENSE, energy_rank
 from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, model_digest
 from compress.calib_stats import Stats, StatsCache
-from compress.calib_store import BlockLoader, SpilledMap, Unchanged
+from compress.calib_store import BlockLoader
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.linalg import normalized_curve
@@ -49,9 +48,8 @@ from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, 
                                         merge_report, summary)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
-from compress.passes.svd_global import predicted_vs_uniform, sensitivities, trust_ranges_for
-from compress.passes.svd_layer import (approximation, compress_layer, decompose_layer, layer_math,
-                                       replace_linear, weighted)
+from compress.passes.svd_global import GlobalAllocation
+from compress.passes.svd_layer import compress_layer, replace_linear
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
 from compress.passes.svd_walk import module_digest, walk
 from compress.report import console
@@ -107,7 +105,7 @@ class SVDConfig:
         check_values(self)  # values alone, at recipe load (svd_checks)
 
 
-class SVDPass(Pass):
+class SVDPass(GlobalAllocation, Pass):
     name = "svd"
     config_cls = SVDConfig
     result_free = ("progress", "fisher_memory_gb")  # sweeps of any size write the same factors
@@ -367,46 +365,3 @@ class SVDPass(Pass):
                 self._block_roots(cal, block, [info for info, _ in pairs])
 
         walk(cal, targets, visit, state, self.cache, self.config.modulation_grid, visit_group, before_block)
-
-    # ---- global allocation -----------------------------------------------------------------------
-    def _global_ranks(self, model, adapter, targets, batches, fixed) -> tuple[dict, dict]:
-        """Teacher-activation calibration of every target: normalized loss curves (+ sensitivity),
-        then one greedy allocation of the kept-parameter budget."""
-        c = self.config
-        sensitivity = c.sensitivity if c.sensitivity is not None else True
-        if sensitivity and not getattr(self.loader, "resident", True):
-            raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
-                            "with block weights streamed set svd.sensitivity: false")
-        # each target's factors at the uniform rank, on disk until its sensitivity is measured
-        curves, factors = {}, SpilledMap(self.scratch / "sensitivity" if sensitivity else None)
-
-        def visit(info: LinearInfo, stats: Stats) -> bool:
-            m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))
-            root = self.roots.get(info.name)
-            m = weighted(m, root[0]) if root else m
-            dec = decompose_layer(m, c.method, c.alpha, info.name)
-            curves[info.name] = normalized_curve(dec.curve)
-            rank = ratio_rank(shape_spec(info), c.ratio, c.multiple)
-            if sensitivity and rank is not DENSE:  # the layer as compress_layer makes it (mean shift too)
-                up, down, shift = approximation(m, dec, rank, root[1] if root else None, info.name)
-                factors[info.name] = (up.float(), down.float(), float(curves[info.name][rank]),
-                                      shift.float() if shift is not None else None)
-            return False
-
-        cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),
-                               c.progress, spill=self.spill, sampler=self.sampler)
-        self._walk(cal, targets, visit, [])
-        free = [i for i in targets if i.name not in fixed]
-        specs = [shape_spec(i, curves[i.name]) for i in free]
-        weights = sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
-                                 c.progress, targets) if sensitivity else {}
-        if weights:  # layers whose uniform rank saves nothing were not measured: the median weight
-            median = statistics.median(weights.values())
-            weights = {s.name: weights.get(s.name, median) for s in specs}
-        budget = budget_for_ratio(specs, c.ratio)
-        ranges = trust_ranges_for(specs, c)
-        alloc = global_greedy(specs, budget, c.multiple, weights or None, ranges)
-        info = {"budget_params": budget, "spent_params": alloc.spent, "sensitivity": sensitivity,
-                "trust_region": c.trust_region, "weights": weights,
-                "predicted_error_vs_uniform": predicted_vs_uniform(specs, alloc.ranks, weights, c)}
-        return {**alloc.ranks, **fixed}, info

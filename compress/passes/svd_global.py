@@ -1,18 +1,24 @@
-"""The svd pass's `global` allocation, apart from its wiring: measured sensitivities (the final
-prediction's error with one layer at the uniform rank), the error the sensitivity-weighted model
-predicts against uniform, trust ranges, and the budget check. `c` is the pass's SVDConfig."""
+"""The svd pass's `global` allocation: measured sensitivities (the final prediction's error with one
+layer at the uniform rank), the error the sensitivity-weighted model predicts against uniform, trust
+ranges, the budget check (`c` is the pass's SVDConfig), and `GlobalAllocation`, which SVDPass mixes
+in: its calibration of every target and the greedy allocation."""
 
 from __future__ import annotations
 
 import math
+import statistics
 
-from compress.alloc import (DENSE, budget_for_ratio, min_budget, ratio_rank, sensitivity_weight,
+from compress.alloc import (DENSE, budget_for_ratio, global_greedy, min_budget, ratio_rank, sensitivity_weight,
                             trust_ranges, weighted_loss)
 from compress.arch.base import LinearInfo
+from compress.calib import BlockCalibration
+from compress.calib_stats import Stats
+from compress.calib_store import SpilledMap, Unchanged
 from compress.errors import NumericError, UserError
+from compress.linalg import normalized_curve
 from compress.passes.base import predictions, relative_error
-from compress.passes.svd_layer import swapped_weight
-from compress.passes.svd_targets import fixed_ranks, shape_spec
+from compress.passes.svd_layer import approximation, decompose_layer, layer_math, swapped_weight, weighted
+from compress.passes.svd_targets import fixed_ranks, shape_spec, uses_output_gram
 from compress.replay import Prefix
 
 
@@ -69,3 +75,51 @@ def check_global_budget(targets: list[LinearInfo], c) -> None:
                         + (f", within trust_region {c.trust_region}× of uniform" if c.trust_region else "")
                         + f") keeps {floor / dense:.3f} of the parameters; raise svd.ratio, lower svd.multiple"
                         + (" or widen svd.trust_region" if c.trust_region else ""))
+
+
+class GlobalAllocation:
+    """SVDPass's `global` allocation, mixed into the pass: the calibration of every target on the
+    teacher's activations, then the allocation. It reads the pass's config, block loader, caches,
+    Fisher roots and scratch folder, and walks the targets with its `_walk`."""
+
+    def _global_ranks(self, model, adapter, targets, batches, fixed) -> tuple[dict, dict]:
+        """Teacher-activation calibration of every target: normalized loss curves (+ sensitivity),
+        then one greedy allocation of the kept-parameter budget."""
+        c = self.config
+        sensitivity = c.sensitivity if c.sensitivity is not None else True
+        if sensitivity and not getattr(self.loader, "resident", True):
+            raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
+                            "with block weights streamed set svd.sensitivity: false")
+        # each target's factors at the uniform rank, on disk until its sensitivity is measured
+        curves, factors = {}, SpilledMap(self.scratch / "sensitivity" if sensitivity else None)
+
+        def visit(info: LinearInfo, stats: Stats) -> bool:
+            m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))
+            root = self.roots.get(info.name)
+            m = weighted(m, root[0]) if root else m
+            dec = decompose_layer(m, c.method, c.alpha, info.name)
+            curves[info.name] = normalized_curve(dec.curve)
+            rank = ratio_rank(shape_spec(info), c.ratio, c.multiple)
+            if sensitivity and rank is not DENSE:  # the layer as compress_layer makes it (mean shift too)
+                up, down, shift = approximation(m, dec, rank, root[1] if root else None, info.name)
+                factors[info.name] = (up.float(), down.float(), float(curves[info.name][rank]),
+                                      shift.float() if shift is not None else None)
+            return False
+
+        cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),
+                               c.progress, spill=self.spill, sampler=self.sampler)
+        self._walk(cal, targets, visit, [])
+        free = [i for i in targets if i.name not in fixed]
+        specs = [shape_spec(i, curves[i.name]) for i in free]
+        weights = sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
+                                 c.progress, targets) if sensitivity else {}
+        if weights:  # layers whose uniform rank saves nothing were not measured: the median weight
+            median = statistics.median(weights.values())
+            weights = {s.name: weights.get(s.name, median) for s in specs}
+        budget = budget_for_ratio(specs, c.ratio)
+        ranges = trust_ranges_for(specs, c)
+        alloc = global_greedy(specs, budget, c.multiple, weights or None, ranges)
+        info = {"budget_params": budget, "spent_params": alloc.spent, "sensitivity": sensitivity,
+                "trust_region": c.trust_region, "weights": weights,
+                "predicted_error_vs_uniform": predicted_vs_uniform(specs, alloc.ranks, weights, c)}
+        return {**alloc.ranks, **fixed}, info

@@ -420,7 +420,7 @@ def test_global_measures_a_centered_targets_sensitivity_with_its_mean_shift(tmp_
     """A centered target (modulation) leaves its mean error (W − W')μ to its bias: the sensitivity
     is the prediction's error with the layer as the pass would make it at the uniform rank, bias
     included (it was measured with W' alone: weight 12.1 here instead of 2.63)."""
-    from compress.passes import svd as svd_module
+    from compress.passes import svd_global
 
     name, cfg = "adaln_single.linear", dict(targets=["modulation"], ratio=0.5, compensate=False,
                                                  modulation_grid=16)
@@ -430,12 +430,12 @@ def test_global_measures_a_centered_targets_sensitivity_with_its_mean_shift(tmp_
         captured.update(batches=batches, loss=factors[name][2])
         return real(model, adapter, batches, factors, progress, targets)
 
-    real = svd_module.sensitivities
-    svd_module.sensitivities = spy
+    real = svd_global.sensitivities
+    svd_global.sensitivities = spy
     try:
         _, report, _ = _run("pixart", tmp_path / "global", allocation="global", **cfg)
     finally:
-        svd_module.sensitivities = real
+        svd_global.sensitivities = real
     uniform, _, _ = _run("pixart", tmp_path / "uniform", activations="teacher", **cfg)
     model = tiny_pixart()
     adapter, batches = get_adapter(model), captured["batches"]
