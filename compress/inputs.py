@@ -165,6 +165,17 @@ def source_kind(calib, teacher_source: str) -> str:
     return calib.source
 
 
+def check_pipeline_packages(recipe, teacher_source: str | None = None) -> None:
+    """Before the teacher is loaded (a Hugging Face teacher downloads GBs first): a recipe that
+    samples in a real pipeline needs the pipelines extra. teacher_source: `--teacher`, if given."""
+    source = teacher_source or recipe.teacher
+    if source_kind(recipe.calibration, source) == "pipeline" and \
+            not (recipe.calibration.pipeline or source).startswith("toy:"):
+        from compress.calib_pipeline import need_transformers
+
+        need_transformers(recipe.model)
+
+
 def input_source(family: str, teacher_source: str, calib, teacher, recipe_dir=None):
     """The recipe's calibration source (`source_kind`)."""
     kind = source_kind(calib, teacher_source)

@@ -177,7 +177,7 @@ def test_plan_states_what_a_streamed_skip_scan_reads_and_holds(recipe, tmp_path,
     assert scan["batch_bytes"] == 6 * calib["tokens"] * width * 4 * min(calib["rows"], calib["batch_rows"])
     assert remove["scans"] == (1 if iterative else 0)
     assert main(["plan", str(tmp_path / "true.yaml")]) == 0
-    assert "streamed skip scan: 1 scan(s)" in " ".join(capsys.readouterr().err.split())
+    assert "streamed skip scan: 1 scan(s)" in " ".join(capsys.readouterr().out.split())
     again = tmp_path / "again.yaml"  # a second removal: the importance scan is of another model
     again.write_text("stream: true\n" + text.replace("  - remove_blocks:", "  - remove_blocks: {count: 1}\n"
                                                       "  - remove_blocks:", 1))
@@ -194,7 +194,28 @@ def test_plan_command(recipe, capsys):
     assert plain > checkpointed > 0
     assert main(["plan", str(recipe)]) == 0
     printed = capsys.readouterr()
-    assert "whole-model backwards keep about" in " ".join((printed.out + printed.err).split())
+    assert "whole-model backwards keep about" in " ".join(printed.out.split())
+
+
+def test_what_the_commands_show_goes_to_stdout(recipe, tmp_path, capsys):
+    """`dit-compress plan / inspect / bench / eval / importance > file` keeps their tables and
+    numbers (stdout); progress and notes go to stderr, with nothing left of progress bars there
+    when it is not a terminal."""
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0
+    run = capsys.readouterr()
+    assert run.out == "" and "\n\n" not in run.err.lstrip("\n") and run.err.startswith("pass 1/")
+    shown = {"plan": (["plan", str(recipe)], "total parameters"),
+             "inspect": (["inspect", str(out)], "by block"),
+             "bench": (["bench", str(out), "--repeats", "1", "--device", "cpu"], "time per denoising step"),
+             "eval": (["eval", str(out)], "pred_rel_error"),
+             "importance": (["importance", str(recipe), "--png", str(tmp_path / "i.png")], "error when the block")}
+    for name, (argv, what) in shown.items():
+        assert main(argv) == 0
+        printed = capsys.readouterr()
+        assert what in printed.out and what not in printed.err, name
+        if name == "inspect":  # the linears outside the blocks, by name in the table by block
+            assert "│ top level" in printed.out
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
