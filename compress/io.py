@@ -63,14 +63,18 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | 
 
         return load_single_file(path, dtype, config=config, family=family)
     if path.suffix in SINGLE_FILE_SUFFIXES or looks_local(source):
-        raise UserError(f"teacher not found: {source}")
+        hub = "" if "/" in source else " (a Hugging Face id is OWNER/NAME)"
+        raise UserError(f"teacher not found: {source}{hub}")
     return _load_hub(source, dtype)
 
 
 def looks_local(source: str) -> bool:
-    """A path rather than a Hugging Face id (owner/name): it starts with . / ~, or its first part is a
-    folder here (`out/typo` where out/ exists)."""
-    return source.startswith((".", "/", "~")) or ("/" in source and Path(source.split("/")[0]).is_dir())
+    """A path rather than a Hugging Face id (owner/name): it starts with . / ~, it names no owner
+    (`out`: diffusion models on the Hub all have one) or its first part is a folder here (`out/typo`
+    where out/ exists). toy:NAME is neither."""
+    if source.startswith("toy:"):
+        return False
+    return source.startswith((".", "/", "~")) or "/" not in source or Path(source.split("/")[0]).is_dir()
 
 
 def load_teacher_of(student: nn.Module, source: str, config: str | None = None) -> nn.Module:

@@ -181,6 +181,9 @@ def test_without_transformers_a_hub_teacher_is_not_fetched_first(tmp_path, monke
     extra = ["--out", str(tmp_path / "out")] if command == "run" else []
     assert main([command, str(recipe), *extra]) == 2
     assert fetched == [] and "pip install 'dit-compress[pipelines]'" in capsys.readouterr().err
+    if command == "run":  # a teacher that is not there is named first
+        assert main([command, str(recipe), "--teacher", str(tmp_path / "nothere"), *extra]) == 2
+        assert "teacher not found" in capsys.readouterr().err
 
 
 def test_image_size_keys_are_checked(tmp_path):

@@ -201,10 +201,13 @@ def test_what_the_commands_show_goes_to_stdout(recipe, tmp_path, capsys):
     """`dit-compress plan / inspect / bench / eval / importance > file` keeps their tables and
     numbers (stdout); progress and notes go to stderr, with nothing left of progress bars there
     when it is not a terminal."""
-    out = tmp_path / "out"
-    assert main(["run", str(recipe), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0
-    run = capsys.readouterr()
-    assert run.out == "" and "\n\n" not in run.err.lstrip("\n") and run.err.startswith("pass 1/")
+    streamed = tmp_path / "s.yaml"
+    streamed.write_text("stream: true\n" + recipe.read_text())
+    for path, args in ((streamed, ["--set", "passes.0.svd.fisher=block"]), (recipe, [])):
+        out = tmp_path / f"out-{path.stem}"
+        assert main(["run", str(path), "--out", str(out), "--run-dir", str(tmp_path / path.stem), *args]) == 0
+        run = capsys.readouterr()
+        assert run.out == "" and "\n\n" not in run.err and "pass 1/1: svd" in run.err
     shown = {"plan": (["plan", str(recipe)], "total parameters"),
              "inspect": (["inspect", str(out)], "by block"),
              "bench": (["bench", str(out), "--repeats", "1", "--device", "cpu"], "time per denoising step"),

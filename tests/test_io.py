@@ -95,6 +95,17 @@ def test_missing_teacher(tmp_path, bad):
         load_teacher(str(tmp_path / bad))
 
 
+def test_a_bare_name_is_a_missing_path_not_a_hub_id(tmp_path, monkeypatch):
+    """`nothere` (no owner/, as every Hub diffusion model has) is not fetched from the Hub: no
+    network wait, and the error says what a Hub id looks like."""
+    import compress.io
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(compress.io, "_load_hub", lambda *a: 1 / 0)
+    with pytest.raises(UserError, match=r"teacher not found: nothere \(a Hugging Face id is OWNER/NAME\)"):
+        load_teacher("nothere")
+
+
 def test_truncated_safetensors(tmp_path):
     model = tiny_pixart()
     out = save_compressed(model, tmp_path / "o")
