@@ -117,7 +117,7 @@ def evaluate(args) -> int:
     if grid:
         from compress.toy.grid import save_sample_grid
 
-        save_sample_grid(model, family, grid, seed=seed)
+        console.print(f"wrote {save_sample_grid(model, family, grid, seed=seed)}")
     return _print(result, args.json)
 
 

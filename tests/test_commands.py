@@ -332,3 +332,14 @@ def test_eval_says_what_it_is_doing(monkeypatch, capsys):
     monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: (said.append("scored"), {"adherence": 1.0})[1])
     assert main(["eval", "toy:flux", "--json"]) == 0
     assert said[0].startswith("eval: sampling 200 toy digits") and said[1:] == ["scored"]
+
+
+def test_eval_says_where_it_wrote_the_grid(tmp_path, capsys, monkeypatch):
+    import compress.toy.evaluate
+
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"adherence": 1.0})
+    grid = tmp_path / "g.png"
+    assert main(["eval", "toy:flux", "--grid", str(grid)]) == 0
+    printed = capsys.readouterr()
+    assert grid.stat().st_size > 1000 and f"wrote {grid}" in " ".join(printed.err.split())
+    assert "adherence: 1" in printed.out
