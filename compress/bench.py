@@ -14,7 +14,7 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
-from compress.report import console, param_count, recorded_teacher, to_json
+from compress.report import param_count, recorded_teacher, results, to_json
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
@@ -141,5 +141,5 @@ def bench_command(args) -> int:
     table.add_row("weight memory", f"{result['weight_bytes_ratio']:.3f}")
     if result["peak_memory_ratio"] is not None:
         table.add_row("peak memory", f"{result['peak_memory_ratio']:.3f}")
-    console.print(table)
+    results.print(table)
     return 0

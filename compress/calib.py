@@ -71,11 +71,16 @@ def _with_timestep(batch: dict, t: torch.Tensor) -> dict:
 
 
 def _progress(enabled: bool):
+    """A transient bar on the terminal the notes go to (stderr); none where that is not a terminal,
+    where rich would leave a blank line per bar in the log."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
+    from compress.report import console
+
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=True)
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                    disable=not (enabled and console.is_terminal), transient=True)
 
 
 def _detach(x):

@@ -19,6 +19,7 @@ from compress.inputs import SYNTHETIC_TEXT_TOKENS, SYNTHETIC_TOKENS, source_kind
 
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
 FLUX_SIDE = 1024  # FluxPipeline's default image size (pixels); PixArt-Σ's is its sample_size x 8
+PIXART_BINNED = (32, 64, 128, 256)  # sample sizes whose PixArt-Σ pipeline bins the size asked for
 
 
 def calibration_rows(recipe, kind: str, config, prompts: int, teacher: str = "") -> int:
@@ -58,10 +59,14 @@ def row_tokens(recipe, kind: str, config) -> tuple[int, int]:
 def pixart_binned(sample_size: int, height: int, width: int) -> tuple[int, int]:
     """The size PixArt-Σ's pipeline samples at: it bins the one asked for to the closest of the
     aspect ratios its resolution was trained on (`use_resolution_binning`, on by default). The bins
-    live in diffusers' pipeline module, which needs transformers (the pipelines extra)."""
+    live in diffusers' pipeline module, which needs transformers (the pipelines extra); a square
+    size is binned to the square bin, the resolution's own (sample_size x 8) in each, so it needs
+    neither (tested against diffusers' bins)."""
     from compress.calib_pipeline import need_transformers
     from diffusers.image_processor import PixArtImageProcessor
 
+    if height == width and sample_size in PIXART_BINNED:
+        return sample_size * 8, sample_size * 8
     need_transformers()
     from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as sigma
 

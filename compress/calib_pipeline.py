@@ -57,8 +57,11 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
         return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
     from diffusers import DiffusionPipeline
 
+    from compress.io import pipeline_dtype, quiet_hub
+
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, transformer=teacher, torch_dtype=teacher.dtype)
+        with quiet_hub():  # a Hub id: no retry warnings, the error says why
+            pipe = DiffusionPipeline.from_pretrained(source, transformer=teacher, **pipeline_dtype(teacher.dtype))
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
         raise UserError(f"cannot load calibration pipeline '{source}': "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -88,15 +91,20 @@ def check_pipeline_source(source: str, is_teacher: bool) -> None:
                     "as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder)")
 
 
-def need_transformers() -> None:
+def need_transformers(family: str | None = None,
+                      what: str = "calibration.source pipeline runs the teacher's own pipeline") -> None:
     """Real pipelines (PixArt-Σ: T5; Flux: CLIP + T5) load their text encoders with transformers,
-    an optional dependency: say so before any compute rather than fail inside diffusers."""
+    an optional dependency: say so before any compute rather than fail inside diffusers. PixArt-Σ's
+    pipeline also cleans captions with beautifulsoup4 and ftfy, and without them only logs a warning
+    and samples from uncleaned captions, which inference would not see: they are needed too."""
     import importlib.util
 
-    missing = [m for m in ("transformers", "sentencepiece") if importlib.util.find_spec(m) is None]
+    modules = {"transformers": "transformers", "sentencepiece": "sentencepiece"}
+    if family == "pixart":
+        modules.update(bs4="beautifulsoup4", ftfy="ftfy")
+    missing = [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
     if missing:
-        raise UserError(f"calibration.source pipeline runs the teacher's own pipeline, whose text "
-                        f"encoders need {' and '.join(missing)}: pip install 'dit-compress[pipelines]'")
+        raise UserError(f"{what}, which needs {', '.join(missing)}: pip install 'dit-compress[pipelines]'")
 
 
 def _detach(value):
@@ -223,7 +231,7 @@ class PipelineSource:
         self.prompts = read_prompts(calib, recipe_dir)
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
         if not pipeline.startswith("toy:"):
-            need_transformers()
+            need_transformers(family)
             check_pipeline_source(pipeline, calib.pipeline is None)
         if self.size and pipeline.startswith("toy:"):
             raise UserError("calibration.height / width: the toy pipelines sample at their one "

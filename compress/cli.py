@@ -35,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="dry run: resolved targets, ranks, blocks, params before/after")
     _recipe_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (parameters by block too)")
 
     p = sub.add_parser("inspect", help="per-layer rank budget of a compressed model")
     p.add_argument("out", help="output folder of `dit-compress run`")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print every layer's row and the run's report as JSON")
     p.add_argument("--plot", metavar="DIR", help="write rank-budget and spectrum PNGs into DIR")
 
     p = sub.add_parser("importance", help="block-importance scan: table, JSON and heatmap PNG")
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
     p.add_argument("model", help="output folder or teacher source such as toy:pixart")
     p.add_argument("--teacher", help="teacher to compare against (default: the one recorded)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.add_argument("--grid", metavar="PNG", help="write a sample grid")
     p.add_argument("--seed", type=int, default=None,
                    help="toy models: seed of the sampled digits (default 0); a real model is measured on "
@@ -60,20 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency / memory of teacher vs student, as ratios")
     p.add_argument("out", help="output folder of `dit-compress run`")
     p.add_argument("--teacher", help="teacher (default: the one recorded in the output)")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=20, help="timed denoising steps of each model, after 3 warm-ups (default 20)")
     p.add_argument("--batch", type=int, default=2,
                    help="images per step (default 2); classifier-free guidance doubles the rows for "
                         "PixArt-Σ and the toys")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the measurements as JSON")
     return parser
 
 
 def cmd_run(args) -> int:
+    from compress.inputs import check_pipeline_packages
     from compress.recipe import load_recipe
     from compress.runner import Runner
 
     recipe = load_recipe(args.recipe, args.overrides)
+    check_pipeline_packages(recipe, args.teacher)  # before a hub teacher downloads
     name = Path(args.recipe).stem
     out = Path(args.out or Path("out") / name)
     run_dir = Path(args.run_dir or Path("runs") / name)

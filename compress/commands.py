@@ -12,7 +12,7 @@ from compress.errors import UserError
 from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local
 from compress.io_export import is_output
 from compress.io_output import load_transformer
-from compress.report import console, output_file, read_report, recorded_teacher, to_json
+from compress.report import console, output_file, read_report, recorded_teacher, results, to_json
 
 
 def _is_recipe(source: str) -> bool:
@@ -22,13 +22,14 @@ def _is_recipe(source: str) -> bool:
 def _teacher_and_inputs(source: str):
     """(teacher source, teacher model, input source, block loader) from a recipe or a teacher
     source; the loader (compress.stream.CheckpointBlocks) is None unless the recipe streams."""
-    from compress.inputs import input_source
+    from compress.inputs import check_pipeline_packages, input_source
     from compress.recipe import CalibrationConfig, load_recipe
     from compress.runner import load_checked_teacher, resolve_device
 
     loader = None
     if _is_recipe(source):
         recipe = load_recipe(source)
+        check_pipeline_packages(recipe)  # before a hub teacher downloads
         device = resolve_device(recipe)  # the scan runs where the recipe's passes would
         if recipe.stream:  # as its run would: the top level resident, blocks read as they run
             models = _read_only_streams(recipe, device)
@@ -76,7 +77,7 @@ def importance(args) -> int:
     with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling
         batches = inputs.calibration()
     result = scan(teacher, adapter, batches, buckets=args.buckets, loader=loader)
-    console.print(render_table(result))
+    results.print(render_table(result))
     console.print(f"wrote {plot_heatmap(result, png)}")
     if json_path:
         console.print(f"wrote {save_json(result, json_path)}")
@@ -116,7 +117,7 @@ def evaluate(args) -> int:
     if grid:
         from compress.toy.grid import save_sample_grid
 
-        save_sample_grid(model, family, grid, seed=seed)
+        console.print(f"wrote {save_sample_grid(model, family, grid, seed=seed)}")
     return _print(result, args.json)
 
 
@@ -134,7 +135,7 @@ def _print(result: dict, as_json: bool) -> int:
         print(to_json(result))
     else:
         for key, value in result.items():
-            console.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+            results.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0
 
 

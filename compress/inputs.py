@@ -9,6 +9,7 @@ the diffusers forward kwargs of the family.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -163,6 +164,21 @@ def source_kind(calib, teacher_source: str) -> str:
         raise UserError(f"calibration.source 'toy' needs a toy teacher (toy:pixart or toy:flux), not "
                         f"{teacher_source}; leave it auto (pipeline for a real teacher) or use synthetic")
     return calib.source
+
+
+def check_pipeline_packages(recipe, teacher_source: str | None = None) -> None:
+    """Before the teacher is loaded (a Hugging Face teacher downloads GBs first): a recipe that
+    samples in a real pipeline needs the pipelines extra. teacher_source: `--teacher`, if given."""
+    from compress.io import looks_local
+
+    source = teacher_source or recipe.teacher
+    if looks_local(source) and not Path(source).expanduser().exists():
+        return  # loading it says so
+    if source_kind(recipe.calibration, source) == "pipeline" and \
+            not (recipe.calibration.pipeline or source).startswith("toy:"):
+        from compress.calib_pipeline import need_transformers
+
+        need_transformers(recipe.model)
 
 
 def input_source(family: str, teacher_source: str, calib, teacher, recipe_dir=None):

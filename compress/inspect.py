@@ -6,7 +6,7 @@ from pathlib import Path
 
 from compress.io_output import load_transformer
 from compress.report import (console, layer_rows, layer_tables, output_dir, plot_ranks, plot_spectrum,
-                             read_report, summary_table, to_json)
+                             read_report, results, summary_table, to_json)
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
@@ -17,10 +17,10 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
     if as_json:
         print(to_json({"layers": rows, "report": report}))
     else:
-        for table in layer_tables(rows, console.width, title=f"{out}"):
-            console.print(table)
-        console.print(summary_table(rows, "role", "by role"))
-        console.print(summary_table(rows, "block", "by block"))
+        for table in layer_tables(rows, results.width, title=f"{out}"):
+            results.print(table)
+        results.print(summary_table(rows, "role", "by role"))
+        results.print(summary_table(rows, "block", "by block"))
         _print_optimality(rows)
         _print_compensation(report)
     if plot_dir:
@@ -31,7 +31,7 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
 def _print_optimality(rows: list[dict]) -> None:
     ratios = [r["loss_ratio"] for r in rows if isinstance(r.get("loss_ratio"), (int, float))]
     if ratios:
-        console.print(f"whitened loss / optimal loss over {len(ratios)} factorized layers: "
+        results.print(f"whitened loss / optimal loss over {len(ratios)} factorized layers: "
                       f"max {max(ratios):.6f}")
 
 
@@ -41,7 +41,7 @@ def _print_compensation(report: dict) -> None:
     the chosen fraction of the Newton step."""
     stages = ((report.get("svd") or {}).get("compensation") or {})
     for stage, s in stages.items():
-        console.print(f"compensation {stage}: calibration error {s['uncompensated_error']:.4g} → "
+        results.print(f"compensation {stage}: calibration error {s['uncompensated_error']:.4g} → "
                       f"{s['calibration_error']:.4g} (step {s['step']:.4g} of the K-FAC Newton step)")
 
 

@@ -9,6 +9,7 @@ file names of DESIGN.md's output folder, which `io_export.save_compressed` write
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -30,6 +31,14 @@ VARIANT_FILE = r"diffusion_pytorch_model(?:\.safetensors\.index)?(?:-\d+-of-\d+)
 
 
 # ---- teachers ---------------------------------------------------------------------------------
+def pipeline_dtype(dtype: torch.dtype) -> dict:
+    """The dtype keyword of `DiffusionPipeline.from_pretrained`: `dtype` where diffusers takes it
+    (0.42 on, which warns that `torch_dtype` is deprecated), `torch_dtype` before."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
 def model_class(class_name: str):
     family_of_class(class_name)  # raises a UserError naming the supported classes
     import diffusers
@@ -54,14 +63,18 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | 
 
         return load_single_file(path, dtype, config=config, family=family)
     if path.suffix in SINGLE_FILE_SUFFIXES or looks_local(source):
-        raise UserError(f"teacher not found: {source}")
+        hub = "" if "/" in source else " (a Hugging Face id is OWNER/NAME)"
+        raise UserError(f"teacher not found: {source}{hub}")
     return _load_hub(source, dtype)
 
 
 def looks_local(source: str) -> bool:
-    """A path rather than a Hugging Face id (owner/name): it starts with . / ~, or its first part is a
-    folder here (`out/typo` where out/ exists)."""
-    return source.startswith((".", "/", "~")) or ("/" in source and Path(source.split("/")[0]).is_dir())
+    """A path rather than a Hugging Face id (owner/name): it starts with . / ~, it names no owner
+    (`out`: diffusion models on the Hub all have one) or its first part is a folder here (`out/typo`
+    where out/ exists). toy:NAME is neither."""
+    if source.startswith("toy:"):
+        return False
+    return source.startswith((".", "/", "~")) or "/" not in source or Path(source.split("/")[0]).is_dir()
 
 
 def load_teacher_of(student: nn.Module, source: str, config: str | None = None) -> nn.Module:
@@ -197,13 +210,46 @@ def _load_hub(repo_id: str, dtype) -> nn.Module:
     from huggingface_hub import hf_hub_download
 
     try:
-        index = Path(hf_hub_download(repo_id, "model_index.json"))
+        with quiet_hub():
+            index = Path(hf_hub_download(repo_id, "model_index.json"))
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-        raise UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({type(e).__name__}); "
-                        "pass a local folder or file, or check the id and your network") from None
+        raise hub_error(repo_id, e, "a local folder or file") from None
     cls_name = read_json(index).get("transformer", [None, None])[1]
     cls = model_class(cls_name or "<no transformer>")
-    return cls.from_pretrained(repo_id, subfolder="transformer", torch_dtype=dtype).eval()
+    try:
+        return cls.from_pretrained(repo_id, subfolder="transformer", torch_dtype=dtype).eval()
+    except OSError as e:  # the download broke off, the disk filled up, ...
+        raise UserError(f"cannot load the transformer of '{repo_id}': {one_line(e)}") from None
+
+
+@contextlib.contextmanager
+def quiet_hub():
+    """huggingface_hub retries a failed request 5 times over about 23 s and logs two warnings for
+    each try (12 lines where there is no network); `hub_error` says why it failed instead."""
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def hub_error(repo_id: str, e: Exception, local: str) -> UserError:
+    """A one-line error for a failed Hub fetch; local: what to pass instead."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(e, GatedRepoError):
+        return UserError(f"'{repo_id}' is gated on the Hugging Face Hub: accept its license on "
+                         f"https://huggingface.co/{repo_id} and log in (hf auth login), or pass {local}")
+    if isinstance(e, RepositoryNotFoundError):
+        return UserError(f"'{repo_id}' is not on the Hugging Face Hub (or is private: log in); check "
+                         f"the id, or pass {local}")
+    cause = e.__cause__ if e.__cause__ is not None else e  # LocalEntryNotFoundError wraps the network's
+    return UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({type(cause).__name__}: "
+                     f"{one_line(cause)}); pass {local}, or check the id and your network")
 
 
 def load_error(e: RuntimeError) -> str:

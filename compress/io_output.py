@@ -107,10 +107,16 @@ def load_pipeline(out, base: str, dtype: torch.dtype | None = None):
         return load_toy_pipeline(base[4:], transformer=transformer)
     from diffusers import DiffusionPipeline
 
-    _check_base(transformer, base)
+    from compress.arch import get_adapter
+    from compress.calib_pipeline import need_transformers
+    from compress.io import pipeline_dtype, quiet_hub
+
+    need_transformers(get_adapter(transformer).family, f"the base pipeline '{base}'")
     try:
-        return DiffusionPipeline.from_pretrained(base, transformer=transformer,
-                                                 torch_dtype=dtype or transformer.dtype)
+        with quiet_hub():  # a Hub id: no retry warnings, the error says why
+            _check_base(transformer, base)
+            return DiffusionPipeline.from_pretrained(base, transformer=transformer,
+                                                     **pipeline_dtype(dtype or transformer.dtype))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None
 

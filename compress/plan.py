@@ -23,7 +23,7 @@ from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, looks_local, model_class, read_config
 from compress.io_single import config_dir
-from compress.report import console, layer_rows, param_count
+from compress.report import console, layer_rows, param_count, results
 from compress.runner import build_passes
 from compress.runner_checks import SpreadRemovals, check_pass
 from compress.runner_stream import check_streaming, streamed_weights
@@ -185,18 +185,18 @@ def _brief(key: str, value) -> str:
 
 
 def print_plan(plan: dict) -> None:
-    console.print(f"[bold]{plan['recipe']}[/]  teacher {plan['teacher']} ({plan['family']})")
+    results.print(f"[bold]{plan['recipe']}[/]  teacher {plan['teacher']} ({plan['family']})")
     if plan.get("stream"):
         s = plan["stream"]
-        console.print(f"  streamed: the top level ({s['top_level_params']:,} params) and one block at a "
+        results.print(f"  streamed: the top level ({s['top_level_params']:,} params) and one block at a "
                       f"time (at most {s['largest_block_params']:,}) resident: "
                       f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
-    console.print(f"  {describe(plan['calibration'])}")
+    results.print(f"  {describe(plan['calibration'])}")
     for step in plan["passes"]:
-        console.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): {step_words(step)}")
+        results.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): {step_words(step)}")
         if "streamed_scan" in step:
             f = step["streamed_scan"]
-            console.print("    streamed skip scan: none (the scores of the importance pass before it)"
+            results.print("    streamed skip scan: none (the scores of the importance pass before it)"
                           if not f["scans"] else
                           f"    streamed skip scan: {f['scans']} scan(s), each block read once per "
                           f"calibration batch: the checkpoint read {f['checkpoint_reads']} times "
@@ -207,12 +207,13 @@ def print_plan(plan: dict) -> None:
             per = (f"fisher_memory_gb: auto, {f['sweep_gib']} GiB per sweep at the memory free here now"
                    if f["memory_gb"] == "auto" else f"fisher_memory_gb: {f['memory_gb']} GiB per sweep")
             sweeps = f"{f['sweeps']} backward sweep{'s' if f['sweeps'] != 1 else ''}"
-            console.print(f"    output Fisher of {f['targets']} targets: {sweeps} over the "
+            targets = f"{f['targets']} target{'s' if f['targets'] != 1 else ''}"
+            results.print(f"    output Fisher of {targets}: {sweeps} over the "
                           f"calibration batches ({per}), {f['disk_gib']} GiB on disk while the pass runs")
             plain, checkpointed = (human_size(n) for n in plan["backward"])
             other = (f"svd.gradient_checkpointing; {plain} without" if f["gradient_checkpointing"]
                      else f"{checkpointed} with svd.gradient_checkpointing: true")
-            console.print(f"    its whole-model backwards keep about "
+            results.print(f"    its whole-model backwards keep about "
                           f"{checkpointed if f['gradient_checkpointing'] else plain} per calibration batch ({other})")
     table = Table(title="parameters by role (linears)")
     for col in ("role", "before", "after (planned)", "ratio"):
@@ -220,6 +221,6 @@ def print_plan(plan: dict) -> None:
     for role, n in plan["by_role_before"].items():
         after = plan["by_role_after"].get(role, 0)
         table.add_row(role, f"{n:,}", f"{after:,}", f"{after / n:.1%}")
-    console.print(table)
-    console.print(f"total parameters: {plan['params_before']:,} -> {plan['params_after_planned']:,} "
+    results.print(table)
+    results.print(f"total parameters: {plan['params_before']:,} -> {plan['params_after_planned']:,} "
                   f"(planned; ranks decided after calibration are not counted)")

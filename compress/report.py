@@ -14,7 +14,8 @@ from rich.table import Table
 
 from compress.errors import UserError
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, notes, warnings, errors
+results = Console()  # what a command shows as its result (plan, inspect, importance, eval, bench): stdout
 
 
 def param_count(model) -> int:
@@ -137,7 +138,8 @@ def summary_table(rows: list[dict], key: str, title: str) -> Table:
     for col in (key, "factorized", "params", "of dense"):
         table.add_column(col, justify="left" if col == key else "right")
     for k, (kept, dense, n) in agg.items():
-        table.add_row(str(k), str(n), _fmt_int(kept), f"{kept / dense:.1%}")
+        label = "top level" if key == "block" and k == "-" else str(k)  # linears outside the blocks
+        table.add_row(label, str(n), _fmt_int(kept), f"{kept / dense:.1%}")
     return table
 
 

@@ -334,4 +334,6 @@ def _track(items: list, what: str):
 
     from compress.report import console
 
+    if not console.is_terminal:  # rich would leave a blank line in the log
+        return items
     return track(items, description=what, console=console, transient=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
-from compress.io import (INDEX, WEIGHTS, SafetensorsError, looks_local, read_config, read_json,
-                         transformer_folder, unreadable, weights_variant)
+from compress.io import (INDEX, WEIGHTS, SafetensorsError, hub_error, looks_local, quiet_hub, read_config,
+                         read_json, transformer_folder, unreadable, weights_variant)
 
 
 def weight_map(folder: Path) -> dict[str, Path]:
@@ -75,10 +75,10 @@ def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["model_index.json", "transformer/*"]))
+        with quiet_hub():
+            return Path(snapshot_download(repo_id, allow_patterns=["model_index.json", "transformer/*"]))
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-        raise UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({type(e).__name__}); "
-                        "pass a local folder, or check the id and your network") from None
+        raise hub_error(repo_id, e, "a local folder") from None
 
 
 def by_file(files: dict[str, Path], names) -> dict[Path, list[str]]:

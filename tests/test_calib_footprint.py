@@ -133,19 +133,52 @@ def test_the_backward_estimate_per_token_and_block_matches_what_autograd_keeps()
     assert all(0.75 * SAVED_PER_TOKEN <= r <= 1.15 * SAVED_PER_TOKEN for r in ratios), ratios
 
 
-def test_plan_of_a_real_pixart_recipe_without_transformers_says_what_to_install(monkeypatch, capsys):
-    """PixArt-Σ's resolution bins live in diffusers' pipeline module, which imports transformers:
-    without it `plan` says what to install instead of printing a traceback."""
+def _hide_transformers(monkeypatch):
     import importlib.util
-
-    from compress.cli import main
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "transformers" else real(name, *a))
+
+
+def test_plan_of_a_real_pixart_recipe_needs_no_transformers(monkeypatch, capsys):
+    """The core install plans the shipped PixArt-Σ recipe (a square size needs no resolution bins,
+    which live in diffusers' pipeline module, which imports transformers)."""
     from pathlib import Path
 
+    from compress.cli import main
+
+    _hide_transformers(monkeypatch)
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "pixart-sigma-50.yaml"
-    assert main(["plan", str(recipe)]) != 0
+    assert main(["plan", str(recipe)]) == 0
+    out = capsys.readouterr()
+    assert "816 inputs of 4,096 + 300 caption tokens" in " ".join(out.out.split())
+
+
+def test_plan_of_a_non_square_pixart_size_without_transformers_says_what_to_install(monkeypatch, capsys):
+    """A non-square size is binned with diffusers' tables: without transformers `plan` says what to
+    install instead of printing a traceback."""
+    from pathlib import Path
+
+    from compress.cli import main
+
+    _hide_transformers(monkeypatch)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "pixart-sigma-50.yaml"
+    assert main(["plan", str(recipe), "--set", "calibration.width=768"]) != 0
     err = capsys.readouterr().err
     assert "pip install 'dit-compress[pipelines]'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("sample_size", [32, 64, 128, 256, 48])
+def test_square_sizes_bin_as_the_pixart_sigma_pipeline_bins_them(sample_size):
+    """The shortcut for square sizes against diffusers' own binning (and no bins: the size asked)."""
+    from diffusers.image_processor import PixArtImageProcessor
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as sigma
+
+    from compress.calib_footprint import pixart_binned
+
+    bins = {256: sigma.ASPECT_RATIO_2048_BIN, 128: sigma.ASPECT_RATIO_1024_BIN,
+            64: sigma.ASPECT_RATIO_512_BIN, 32: sigma.ASPECT_RATIO_256_BIN}.get(sample_size)
+    for side in (256, 512, 768, 1024, 2048, 4096):
+        want = PixArtImageProcessor.classify_height_width_bin(side, side, bins) if bins else (side, side)
+        assert pixart_binned(sample_size, side, side) == want

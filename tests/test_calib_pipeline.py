@@ -140,9 +140,50 @@ def test_without_transformers_pipeline_calibration_says_what_to_install(tmp_path
                         lambda name, *a: None if name == "transformers" else real(name, *a))
     text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
         .replace("{size}", "").format(stream="false")
-    with pytest.raises(UserError, match=r"need transformers: pip install 'dit-compress\[pipelines\]'"):
+    with pytest.raises(UserError, match=r"needs transformers: pip install 'dit-compress\[pipelines\]'"):
         _run(tmp_path, text, "no-transformers")
     assert not (tmp_path / "out-no-transformers").exists()
+
+
+def test_without_caption_cleaning_pixart_calibration_says_what_to_install(tmp_path, folders, monkeypatch):
+    """Without beautifulsoup4 / ftfy PixArt-Σ's pipeline only logs a warning and samples from
+    uncleaned captions, which inference would not see: an error naming them, not a silent change."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ftfy" else real(name, *a))
+    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
+        .replace("{size}", "").format(stream="false")
+    with pytest.raises(UserError, match=r"needs ftfy: pip install 'dit-compress\[pipelines\]'"):
+        _run(tmp_path, text, "no-ftfy")
+    flux = RECIPE.format(family="flux", teacher=str(folders["flux"]), stream="false", size=SIZE["flux"])
+    from compress.inputs import check_pipeline_packages
+
+    check_pipeline_packages(parse_recipe(flux, str(tmp_path / "f.yaml")))  # Flux's pipeline cleans nothing
+
+
+@pytest.mark.parametrize("command", ["run", "importance"])
+def test_without_transformers_a_hub_teacher_is_not_fetched_first(tmp_path, monkeypatch, capsys, command):
+    """`run` / `importance` of a real recipe say what to install before they load (download) the
+    teacher: a Hub teacher is GBs."""
+    import importlib.util
+
+    import compress.io
+    from compress.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    fetched = []
+    monkeypatch.setattr(compress.io, "_load_hub", lambda *a: fetched.append(a) or 1 / 0)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(family="flux", teacher="tiny-org/tiny-flux", stream="false", size=""))
+    extra = ["--out", str(tmp_path / "out")] if command == "run" else []
+    assert main([command, str(recipe), *extra]) == 2
+    assert fetched == [] and "pip install 'dit-compress[pipelines]'" in capsys.readouterr().err
+    if command == "run":  # a teacher that is not there is named first
+        assert main([command, str(recipe), "--teacher", str(tmp_path / "nothere"), *extra]) == 2
+        assert "teacher not found" in capsys.readouterr().err
 
 
 def test_image_size_keys_are_checked(tmp_path):

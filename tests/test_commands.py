@@ -177,7 +177,7 @@ def test_plan_states_what_a_streamed_skip_scan_reads_and_holds(recipe, tmp_path,
     assert scan["batch_bytes"] == 6 * calib["tokens"] * width * 4 * min(calib["rows"], calib["batch_rows"])
     assert remove["scans"] == (1 if iterative else 0)
     assert main(["plan", str(tmp_path / "true.yaml")]) == 0
-    assert "streamed skip scan: 1 scan(s)" in " ".join(capsys.readouterr().err.split())
+    assert "streamed skip scan: 1 scan(s)" in " ".join(capsys.readouterr().out.split())
     again = tmp_path / "again.yaml"  # a second removal: the importance scan is of another model
     again.write_text("stream: true\n" + text.replace("  - remove_blocks:", "  - remove_blocks: {count: 1}\n"
                                                       "  - remove_blocks:", 1))
@@ -194,7 +194,31 @@ def test_plan_command(recipe, capsys):
     assert plain > checkpointed > 0
     assert main(["plan", str(recipe)]) == 0
     printed = capsys.readouterr()
-    assert "whole-model backwards keep about" in " ".join((printed.out + printed.err).split())
+    assert "whole-model backwards keep about" in " ".join(printed.out.split())
+
+
+def test_what_the_commands_show_goes_to_stdout(recipe, tmp_path, capsys):
+    """`dit-compress plan / inspect / bench / eval / importance > file` keeps their tables and
+    numbers (stdout); progress and notes go to stderr, with nothing left of progress bars there
+    when it is not a terminal."""
+    streamed = tmp_path / "s.yaml"
+    streamed.write_text("stream: true\n" + recipe.read_text())
+    for path, args in ((streamed, ["--set", "passes.0.svd.fisher=block"]), (recipe, [])):
+        out = tmp_path / f"out-{path.stem}"
+        assert main(["run", str(path), "--out", str(out), "--run-dir", str(tmp_path / path.stem), *args]) == 0
+        run = capsys.readouterr()
+        assert run.out == "" and "\n\n" not in run.err and "pass 1/1: svd" in run.err
+    shown = {"plan": (["plan", str(recipe)], "total parameters"),
+             "inspect": (["inspect", str(out)], "by block"),
+             "bench": (["bench", str(out), "--repeats", "1", "--device", "cpu"], "time per denoising step"),
+             "eval": (["eval", str(out)], "pred_rel_error"),
+             "importance": (["importance", str(recipe), "--png", str(tmp_path / "i.png")], "error when the block")}
+    for name, (argv, what) in shown.items():
+        assert main(argv) == 0
+        printed = capsys.readouterr()
+        assert what in printed.out and what not in printed.err, name
+        if name == "inspect":  # the linears outside the blocks, by name in the table by block
+            assert "│ top level" in printed.out
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -308,3 +332,14 @@ def test_eval_says_what_it_is_doing(monkeypatch, capsys):
     monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: (said.append("scored"), {"adherence": 1.0})[1])
     assert main(["eval", "toy:flux", "--json"]) == 0
     assert said[0].startswith("eval: sampling 200 toy digits") and said[1:] == ["scored"]
+
+
+def test_eval_says_where_it_wrote_the_grid(tmp_path, capsys, monkeypatch):
+    import compress.toy.evaluate
+
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"adherence": 1.0})
+    grid = tmp_path / "g.png"
+    assert main(["eval", "toy:flux", "--grid", str(grid)]) == 0
+    printed = capsys.readouterr()
+    assert grid.stat().st_size > 1000 and f"wrote {grid}" in " ".join(printed.err.split())
+    assert "adherence: 1" in printed.out

@@ -95,6 +95,17 @@ def test_missing_teacher(tmp_path, bad):
         load_teacher(str(tmp_path / bad))
 
 
+def test_a_bare_name_is_a_missing_path_not_a_hub_id(tmp_path, monkeypatch):
+    """`nothere` (no owner/, as every Hub diffusion model has) is not fetched from the Hub: no
+    network wait, and the error says what a Hub id looks like."""
+    import compress.io
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(compress.io, "_load_hub", lambda *a: 1 / 0)
+    with pytest.raises(UserError, match=r"teacher not found: nothere \(a Hugging Face id is OWNER/NAME\)"):
+        load_teacher("nothere")
+
+
 def test_truncated_safetensors(tmp_path):
     model = tiny_pixart()
     out = save_compressed(model, tmp_path / "o")
@@ -260,3 +271,84 @@ def test_load_pipeline_refuses_a_base_of_another_architecture(tmp_path):
         out = save_compressed(student, tmp_path / type(student).__name__)
         with pytest.raises(UserError, match=message):
             load_pipeline(out, base=str(base))
+
+
+def test_load_pipeline_of_a_real_base_warns_nothing_and_needs_the_pipelines_extra(tmp_path, monkeypatch):
+    """No FutureWarning about diffusers' deprecated `torch_dtype`; without transformers a one-line
+    error saying what to install, not diffusers' AttributeError from a dummy text encoder class."""
+    import importlib.util
+    import warnings
+
+    from compress import load_pipeline
+    from tests.pipelines import pixart_pipeline
+
+    (tmp_path / "p").mkdir()
+    base = pixart_pipeline(tmp_path / "p" / "pipe")
+    out = save_compressed(load_teacher(str(base)), tmp_path / "out")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_pipeline(out, base=str(base))
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    with pytest.raises(UserError, match=r"needs transformers: pip install 'dit-compress\[pipelines\]'"):
+        load_pipeline(out, base=str(base))
+
+
+def _hub_failure(error: Exception):
+    """A stand-in for hf_hub_download / snapshot_download: logs a retry warning as
+    huggingface_hub does for each try, then fails."""
+    import logging
+
+    def fetch(*args, **kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise error
+    return fetch
+
+
+def _offline_error():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        try:
+            raise OSError("[Errno -2] Name or service not known")
+        except OSError as cause:
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file") from cause
+    except LocalEntryNotFoundError as e:
+        return e
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_unreachable_hub_is_one_quiet_line_naming_the_cause(monkeypatch, caplog, capsys, stream):
+    """No network: huggingface_hub's retry warnings stay quiet, and the error names the network's
+    error (not only LocalEntryNotFoundError) for the resident and the streamed loader."""
+    import logging
+
+    import huggingface_hub
+
+    from compress.stream_files import checkpoint_of
+
+    level = logging.getLogger("huggingface_hub").level
+    name = "snapshot_download" if stream else "hf_hub_download"
+    monkeypatch.setattr(huggingface_hub, name, _hub_failure(_offline_error()))
+    with pytest.raises(UserError, match=r"cannot fetch 'org/model' from the Hugging Face Hub "
+                                         r"\(OSError: \[Errno -2\] Name or service not known\)"):
+        checkpoint_of("org/model") if stream else load_teacher("org/model")
+    assert "Retrying" not in caplog.text + capsys.readouterr().err
+    assert logging.getLogger("huggingface_hub").level == level  # restored
+
+
+def test_a_gated_or_missing_hub_repo_says_what_to_do(monkeypatch):
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    response = httpx2.Response(401, request=httpx2.Request("HEAD", "https://huggingface.co/org/model"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _hub_failure(GatedRepoError("401", response=response)))
+    with pytest.raises(UserError, match=r"'org/model' is gated .* https://huggingface.co/org/model and log in"):
+        load_teacher("org/model")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        _hub_failure(RepositoryNotFoundError("404", response=response)))
+    with pytest.raises(UserError, match=r"'org/model' is not on the Hugging Face Hub"):
+        load_teacher("org/model")

@@ -135,8 +135,8 @@ def test_cli_run_and_inspect(setup, capsys):
     assert factored and all(r["loss_ratio"] <= 1.001 for r in factored)
     assert (plots / "ranks.png").stat().st_size > 1000
     assert main(["inspect", str(out)]) == 0
-    err = capsys.readouterr().err
-    assert "whitened loss / optimal loss" in err and "compensation " in err and "→" in err
+    shown = capsys.readouterr().out
+    assert "whitened loss / optimal loss" in shown and "compensation " in shown and "→" in shown
 
 
 def test_nan_weight_names_the_layer(tmp_path):

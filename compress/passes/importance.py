@@ -256,7 +256,7 @@ def _progress(enabled: bool, family: str, n: int, cost: dict, skips: bool):
         what += f" (naive re-run of every block: {cost['naive_block_evaluations']})"
     console.print(f"importance scan of {n} {family} blocks: {what}")
     return Progress(TextColumn("importance"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, disable=not enabled, transient=True)
+                    console=console, disable=not (enabled and console.is_terminal), transient=True)
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
