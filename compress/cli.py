@@ -70,12 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from compress.inputs import check_pipeline_packages
     from compress.recipe import load_recipe
     from compress.runner import Runner
 
     recipe = load_recipe(args.recipe, args.overrides)
-    check_pipeline_packages(recipe, args.teacher)  # before a hub teacher downloads
     name = Path(args.recipe).stem
     out = Path(args.out or Path("out") / name)
     run_dir = Path(args.run_dir or Path("runs") / name)

@@ -22,7 +22,7 @@ import compress
 from compress.arch import get_adapter
 from compress.calib_footprint import footprint
 from compress.errors import NumericError, UserError
-from compress.inputs import input_source, moved
+from compress.inputs import check_pipeline_packages, input_source, moved
 from compress.io import load_teacher, nonfinite
 from compress.io_export import check_replaceable
 from compress.passes import pass_class
@@ -156,6 +156,7 @@ class Runner:
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
         check_folders(self.out, self.run_dir, self.overwrite)
+        check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg,
                                                          self.teacher_config, self.models)
         check_finite(self.teacher)

@@ -121,6 +121,7 @@ class _Trainer:
                     ran += 1
                     self.history.append(row)
                     bar.update(task, completed=self.step, terms=_fmt(row))
+                    _log_line(bar, self.step, cfg.steps, row)
                     last = self.step == cfg.steps
                     if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
                         self._save()
@@ -312,7 +313,20 @@ def _fmt(row: dict) -> str:
 
 
 def _progress(enabled: bool):
+    """The bar on the terminal the notes go to (stderr). Off a terminal (a log file) rich would draw
+    nothing until the end: `_log_line` writes a line per tenth of the run there instead."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[terms]}"), disable=not enabled)
+    from compress.report import console
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[terms]}"), console=console,
+                   disable=not (enabled and console.is_terminal))
+    bar.log_lines = enabled and not console.is_terminal
+    return bar
+
+
+def _log_line(bar, step: int, steps: int, row: dict) -> None:
+    """One line per tenth of the run (and the last step) where the bar is not drawn."""
+    if bar.log_lines and (step % max(1, steps // 10) == 0 or step == steps):
+        bar.console.print(f"distill {step}/{steps} {_fmt(row)}", highlight=False)

@@ -461,3 +461,16 @@ def test_flux_task_noise_follows_the_samplers_shift(tmp_path, sampler):
         assert (ours > plain).all()
     else:
         assert torch.equal(ours, plain)
+
+
+def test_progress_off_a_terminal_is_lines_on_stderr(tmp_path, capsys):
+    """stdout carries results only; where the bar is not drawn (a log) a line per tenth of the run says
+    how far it got."""
+    teacher = tiny_pixart()
+    distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path, steps=20, batch_size=2,
+            progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.startswith("distill ")]
+    assert [line.split()[1] for line in lines] == [f"{s}/20" for s in range(2, 21, 2)]
+    assert all("task " in line and "loss " in line for line in lines)
