@@ -11,7 +11,7 @@ from compress.distill_data import shard_sizes
 from compress.distill_folder import FolderSource
 from compress.passes.distill import DistillConfig, DistillPass
 from tests.conftest import model_inputs, tiny_pixart
-from tests.passes.test_distill import context
+from tests.passes.distill_helpers import context
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

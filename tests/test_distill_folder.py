@@ -12,7 +12,7 @@ from compress.distill_data import cond_of
 from compress.distill_folder import FolderSource, check_folder, write_shard
 from compress.errors import UserError
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
-from tests.passes.test_distill import distill
+from tests.passes.distill_helpers import distill
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

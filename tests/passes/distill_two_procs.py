@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from compress.passes.distill import DistillConfig, DistillPass
-from tests.passes.test_distill import context, factorize, state, toy_data
+from tests.passes.distill_helpers import context, factorize, state, toy_data
 from tests.conftest import tiny_pixart
 
 

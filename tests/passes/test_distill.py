@@ -1,14 +1,11 @@
-"""The distill pass on tiny random diffusers models (CPU): loss terms, what trains, block maps, resume,
-curves, folder data, and a 2-process data-parallel run."""
+"""The distill pass on tiny random diffusers models (CPU): loss terms, what trains, block maps,
+curves, folder and teacher-sampled data, config checks (the training loop's resume, signals, logs and
+two processes: test_distill_trainer)."""
 
 from __future__ import annotations
 
 import copy
 import re
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,62 +15,12 @@ from compress.distill_data import cond_of
 from compress.distill_folder import FolderSource, write_shard
 from compress.distill_utils import factor_param_names, read_curves
 from compress.errors import UserError
-from compress.lowrank import LowRankLinear
-from compress.passes.base import RunContext
 from compress.passes.distill import DistillConfig, DistillPass
-from compress.passes.distill_trainer import TrainingInterrupted
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
-
-HERE = Path(__file__).parent
-
-
-def factorize(model, rank: int = 4):
-    """Plain truncated SVD of every block linear -> LowRankLinear (in place)."""
-    adapter = get_adapter(model)
-    for info in adapter.linears(model):
-        if info.group is None:
-            continue
-        parent_name, _, child = info.name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = getattr(parent, child)
-        u, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
-        r = min(rank, len(s))
-        setattr(parent, child, LowRankLinear.from_factors(u[:, :r] * s[:r], vh[:r], layer.bias))
-    return model
-
-
-def toy_data(model, n: int = 16, seed: int = 0):
-    """A fixed pool of clean latents + cond; returns train_batch(batch_size, generator)."""
-    kwargs = model_inputs(model, batch=n, seed=seed)
-    latents, cond = kwargs["hidden_states"], cond_of(kwargs)
-    shared = ("img_ids", "txt_ids", "added_cond_kwargs")
-
-    def train_batch(batch_size, generator):
-        rows = torch.randint(0, n, (batch_size,), generator=generator)
-        return latents[rows], {k: v if k in shared else v[rows] for k, v in cond.items()}
-
-    return train_batch
-
-
-def context(teacher, run_dir, **kw):
-    return RunContext(adapter=get_adapter(teacher), family=get_adapter(teacher).family, teacher=teacher,
-                      run_dir=Path(run_dir), seed=0, train_batch=kw.pop("train_batch", toy_data(teacher)),
-                      **kw)
-
-
-def distill(student, teacher, run_dir, **cfg):
-    ctx = context(teacher, run_dir, block_map=cfg.pop("block_map", None), resume=cfg.pop("resume", False))
-    defaults = dict(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, checkpoint_every=0, progress=False,
-                    plot=False)
-    out = DistillPass(DistillConfig(**{**defaults, **cfg})).run(student, ctx)
-    return out, ctx
-
+from tests.passes.distill_helpers import context, distill, factorize, state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def probe(student, teacher, run_dir):
@@ -149,41 +96,6 @@ def test_block_map_with_removed_blocks(tmp_path):
         distill(copy.deepcopy(student), teacher, tmp_path / "b", steps=1)
 
 
-def test_resume_is_bit_exact(tmp_path):
-    teacher = tiny_pixart()
-    student = factorize(copy.deepcopy(teacher))
-    full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=6, checkpoint_every=2)
-    with pytest.raises(TrainingInterrupted, match="step 3/6"):
-        distill(copy.deepcopy(student), teacher, tmp_path / "cut", steps=6, checkpoint_every=2,
-                max_steps_this_run=3)
-    resumed, ctx = distill(copy.deepcopy(student), teacher, tmp_path / "cut", steps=6, checkpoint_every=2,
-                           resume=True)
-    a, b = state(full), state(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert len(read_curves(tmp_path / "cut" / "distill" / "loss.csv")) == 6
-    assert read_curves(tmp_path / "cut" / "distill" / "loss.csv") == \
-        read_curves(tmp_path / "full" / "distill" / "loss.csv")
-
-
-def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
-    """A fresh run clears the checkpoints an earlier run left in the same run dir (else they sort
-    after its own and outlive them), and a resume refuses checkpoints trained from another student."""
-    teacher = tiny_pixart()
-    student, other = factorize(copy.deepcopy(teacher)), factorize(copy.deepcopy(teacher), rank=2)
-    distill(copy.deepcopy(other), teacher, tmp_path, steps=6, checkpoint_every=2)  # leaves step-4, step-6
-    with pytest.raises(TrainingInterrupted, match="step 1/6"):
-        distill(copy.deepcopy(student), teacher, tmp_path, steps=6, checkpoint_every=2, max_steps_this_run=1)
-    assert [p.name for p in (tmp_path / "distill" / "checkpoints").glob("step-*")] == ["step-00000001"]
-    resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=6, checkpoint_every=2, resume=True)
-    full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=6, checkpoint_every=2)
-    a, b = state(full), state(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(TrainingInterrupted):  # another student's checkpoint, then a resume of this one
-        distill(copy.deepcopy(other), teacher, tmp_path / "o", steps=6, checkpoint_every=2, max_steps_this_run=2)
-    with pytest.raises(UserError, match="another incoming student"):
-        distill(copy.deepcopy(student), teacher, tmp_path / "o", steps=6, checkpoint_every=2, resume=True)
-
-
 def test_folder_data(tmp_path):
     teacher = tiny_flux()
     kwargs = model_inputs(teacher, batch=6)
@@ -235,20 +147,6 @@ def test_a_latents_folder_that_does_not_fit_the_model_is_refused_before_any_comp
         write_shard(tmp_path / name / "a.safetensors", latents, c)
         with pytest.raises(UserError, match=words):
             check_folder(tmp_path / name, meta, adapter)
-
-
-def test_two_processes_agree(tmp_path):
-    """2 CPU processes (gloo) via torchrun: after the steps both hold the same weights."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(HERE / "distill_two_procs.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    w0, w1 = (torch.load(tmp_path / f"weights_{r}.pt") for r in (0, 1))
-    start = torch.load(tmp_path / "weights_start.pt")
-    assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    assert any(not torch.equal(w0[k], start[k]) for k in w0)
-    assert (tmp_path / "distill" / "loss.csv").exists()
 
 
 def test_teacher_samples_cached(tmp_path):
@@ -307,28 +205,6 @@ def test_guided_teacher_samples_guide_against_the_unconditional_row(tmp_path):
         DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
 
 
-def test_signal_checkpoints_and_stops(tmp_path):
-    import signal
-
-    teacher = tiny_pixart()
-    data = toy_data(teacher)
-    calls = []
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs as a background job
-
-    def train_batch(batch_size, generator):  # SIGINT arrives during step 2
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return data(batch_size, generator)
-
-    ctx = context(teacher, tmp_path, train_batch=train_batch)
-    cfg = DistillConfig(steps=5, batch_size=2, checkpoint_every=0, progress=False, plot=False)
-    with pytest.raises(TrainingInterrupted, match="step 2/5 on a stop signal"):
-        DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
-    assert (tmp_path / "distill" / "checkpoints" / "step-00000002" / "meta.json").exists()
-    assert signal.getsignal(signal.SIGINT) is before  # handler restored
-
-
 @pytest.mark.parametrize("bad, words", [
     ({"lr": 0.0}, "lr must be > 0"),
     ({"lr": -1e-4}, "lr must be > 0"),
@@ -369,23 +245,6 @@ def test_documented_zero_and_null_values_stay_allowed():
     DistillConfig(mask_massive=None, min_lr_ratio=1.0, max_steps_this_run=1).validate()
 
 
-@pytest.mark.parametrize("where", ["prediction", "block"])
-def test_a_teacher_that_overflows_is_blamed_not_the_student(tmp_path, where):
-    """A non-finite loss names the teacher when its prediction or a block output it feeds the
-    feature loss is not finite (a float16 overflow), and the student (lower lr) otherwise."""
-    from compress.errors import NumericError
-
-    teacher = tiny_pixart()
-    student = factorize(copy.deepcopy(teacher), rank=2)
-    layer = teacher.proj_out if where == "prediction" else teacher.transformer_blocks[1].ff.net[2]
-    layer.bias.data[:] = float("inf")
-    words = "the teacher's prediction" if where == "prediction" else "the teacher's output of block 1 of 'blocks'"
-    with pytest.raises(NumericError, match=f"non-finite loss at step 1 .*; {words} is not finite"):
-        distill(student, teacher, tmp_path)
-    with pytest.raises(NumericError, match="lower lr or check the student"):
-        distill(factorize(copy.deepcopy(tiny_pixart()), rank=2), tiny_pixart(), tmp_path / "s", lr=1e30, steps=3)
-
-
 @pytest.mark.parametrize("make", [tiny_pixart, tiny_flux], ids=["pixart", "flux"])
 def test_task_noise_is_drawn_where_the_generator_is(make, monkeypatch):
     """distill's generator is a CPU one; on a GPU the adapters' task losses drew with it on the
@@ -407,15 +266,6 @@ def test_task_noise_is_drawn_where_the_generator_is(make, monkeypatch):
         monkeypatch.setattr(torch, name, strict(getattr(torch, name)))
     loss, used = get_adapter(model).task_loss(model, latents, cond, torch.Generator().manual_seed(0))
     assert loss.device.type == "meta" and used["hidden_states"].device.type == "meta"
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_distill_runs_on_cuda(tmp_path):
-    teacher = tiny_pixart()
-    ctx = context(teacher, tmp_path, device=torch.device("cuda"))
-    cfg = DistillConfig(steps=2, batch_size=2, checkpoint_every=0, progress=False, plot=False)
-    out = DistillPass(cfg).run(factorize(copy.deepcopy(teacher)), ctx)
-    assert all(torch.isfinite(p).all() for p in out.parameters())
 
 
 def test_a_second_distill_pass_keeps_the_first_ones_curves_and_record(tmp_path):
@@ -461,16 +311,3 @@ def test_flux_task_noise_follows_the_samplers_shift(tmp_path, sampler):
         assert (ours > plain).all()
     else:
         assert torch.equal(ours, plain)
-
-
-def test_progress_off_a_terminal_is_lines_on_stderr(tmp_path, capsys):
-    """stdout carries results only; where the bar is not drawn (a log) a line per tenth of the run says
-    how far it got."""
-    teacher = tiny_pixart()
-    distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path, steps=20, batch_size=2,
-            progress=True)
-    out, err = capsys.readouterr()
-    assert out == ""
-    lines = [line for line in err.splitlines() if line.startswith("distill ")]
-    assert [line.split()[1] for line in lines] == [f"{s}/20" for s in range(2, 21, 2)]
-    assert all("task " in line and "loss " in line for line in lines)

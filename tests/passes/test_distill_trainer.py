@@ -1,0 +1,135 @@
+"""The distill pass's training loop (passes/distill_trainer.py) on tiny random diffusers models: bit-exact
+resume, checkpoints of another run, stop signals, the non-finite loss's blame, the log off a terminal,
+CUDA, and a 2-process data-parallel run."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.distill_utils import read_curves
+from compress.errors import UserError
+from compress.passes.distill import DistillConfig, DistillPass
+from compress.passes.distill_trainer import TrainingInterrupted
+from tests.conftest import tiny_pixart
+from tests.passes.distill_helpers import context, distill, factorize, state, toy_data
+
+HERE = Path(__file__).parent
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_resume_is_bit_exact(tmp_path):
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=6, checkpoint_every=2)
+    with pytest.raises(TrainingInterrupted, match="step 3/6"):
+        distill(copy.deepcopy(student), teacher, tmp_path / "cut", steps=6, checkpoint_every=2,
+                max_steps_this_run=3)
+    resumed, ctx = distill(copy.deepcopy(student), teacher, tmp_path / "cut", steps=6, checkpoint_every=2,
+                           resume=True)
+    a, b = state(full), state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(read_curves(tmp_path / "cut" / "distill" / "loss.csv")) == 6
+    assert read_curves(tmp_path / "cut" / "distill" / "loss.csv") == \
+        read_curves(tmp_path / "full" / "distill" / "loss.csv")
+
+
+def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
+    """A fresh run clears the checkpoints an earlier run left in the same run dir (else they sort
+    after its own and outlive them), and a resume refuses checkpoints trained from another student."""
+    teacher = tiny_pixart()
+    student, other = factorize(copy.deepcopy(teacher)), factorize(copy.deepcopy(teacher), rank=2)
+    distill(copy.deepcopy(other), teacher, tmp_path, steps=6, checkpoint_every=2)  # leaves step-4, step-6
+    with pytest.raises(TrainingInterrupted, match="step 1/6"):
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=6, checkpoint_every=2, max_steps_this_run=1)
+    assert [p.name for p in (tmp_path / "distill" / "checkpoints").glob("step-*")] == ["step-00000001"]
+    resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=6, checkpoint_every=2, resume=True)
+    full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=6, checkpoint_every=2)
+    a, b = state(full), state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TrainingInterrupted):  # another student's checkpoint, then a resume of this one
+        distill(copy.deepcopy(other), teacher, tmp_path / "o", steps=6, checkpoint_every=2, max_steps_this_run=2)
+    with pytest.raises(UserError, match="another incoming student"):
+        distill(copy.deepcopy(student), teacher, tmp_path / "o", steps=6, checkpoint_every=2, resume=True)
+
+
+def test_two_processes_agree(tmp_path):
+    """2 CPU processes (gloo) via torchrun: after the steps both hold the same weights."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(HERE / "distill_two_procs.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w0, w1 = (torch.load(tmp_path / f"weights_{r}.pt") for r in (0, 1))
+    start = torch.load(tmp_path / "weights_start.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert any(not torch.equal(w0[k], start[k]) for k in w0)
+    assert (tmp_path / "distill" / "loss.csv").exists()
+
+
+def test_signal_checkpoints_and_stops(tmp_path):
+    import signal
+
+    teacher = tiny_pixart()
+    data = toy_data(teacher)
+    calls = []
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs as a background job
+
+    def train_batch(batch_size, generator):  # SIGINT arrives during step 2
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return data(batch_size, generator)
+
+    ctx = context(teacher, tmp_path, train_batch=train_batch)
+    cfg = DistillConfig(steps=5, batch_size=2, checkpoint_every=0, progress=False, plot=False)
+    with pytest.raises(TrainingInterrupted, match="step 2/5 on a stop signal"):
+        DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
+    assert (tmp_path / "distill" / "checkpoints" / "step-00000002" / "meta.json").exists()
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
+
+
+@pytest.mark.parametrize("where", ["prediction", "block"])
+def test_a_teacher_that_overflows_is_blamed_not_the_student(tmp_path, where):
+    """A non-finite loss names the teacher when its prediction or a block output it feeds the
+    feature loss is not finite (a float16 overflow), and the student (lower lr) otherwise."""
+    from compress.errors import NumericError
+
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher), rank=2)
+    layer = teacher.proj_out if where == "prediction" else teacher.transformer_blocks[1].ff.net[2]
+    layer.bias.data[:] = float("inf")
+    words = "the teacher's prediction" if where == "prediction" else "the teacher's output of block 1 of 'blocks'"
+    with pytest.raises(NumericError, match=f"non-finite loss at step 1 .*; {words} is not finite"):
+        distill(student, teacher, tmp_path)
+    with pytest.raises(NumericError, match="lower lr or check the student"):
+        distill(factorize(copy.deepcopy(tiny_pixart()), rank=2), tiny_pixart(), tmp_path / "s", lr=1e30, steps=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_distill_runs_on_cuda(tmp_path):
+    teacher = tiny_pixart()
+    ctx = context(teacher, tmp_path, device=torch.device("cuda"))
+    cfg = DistillConfig(steps=2, batch_size=2, checkpoint_every=0, progress=False, plot=False)
+    out = DistillPass(cfg).run(factorize(copy.deepcopy(teacher)), ctx)
+    assert all(torch.isfinite(p).all() for p in out.parameters())
+
+
+def test_progress_off_a_terminal_is_lines_on_stderr(tmp_path, capsys):
+    """stdout carries results only; where the bar is not drawn (a log) a line per tenth of the run says
+    how far it got."""
+    teacher = tiny_pixart()
+    distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path, steps=20, batch_size=2,
+            progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.startswith("distill ")]
+    assert [line.split()[1] for line in lines] == [f"{s}/20" for s in range(2, 21, 2)]
+    assert all("task " in line and "loss " in line for line in lines)
