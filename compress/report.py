@@ -14,8 +14,10 @@ from rich.table import Table
 
 from compress.errors import UserError
 
-console = Console(stderr=True)  # progress, notes, warnings, errors
-results = Console()  # what a command shows as its result (plan, inspect, importance, eval, bench): stdout
+# soft_wrap: a line too long for the width stays one line (the terminal folds it; a log keeps it
+# whole for grep) instead of rich breaking it at 80 columns off a terminal. Tables still fit the width.
+console = Console(stderr=True, soft_wrap=True)  # progress, notes, warnings, errors
+results = Console(soft_wrap=True)  # what a command shows as its result (plan, inspect, importance, eval, bench): stdout
 
 
 def param_count(model) -> int:

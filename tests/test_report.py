@@ -105,3 +105,16 @@ def test_layer_rows_take_the_objectives_energy_kept_and_read_older_reports():
     rows = {r["name"]: r for r in layer_rows(tiny_pixart(), report)}
     assert rows[a]["energy_kept"] == 0.99 and rows[a]["rel_output_error"] == 0.3
     assert rows[b]["energy_kept"] == pytest.approx(1 - 0.3 ** 2)
+
+
+def test_long_lines_stay_whole_off_a_terminal():
+    """A log (stderr or stdout redirected) keeps a long note or result line as one line, for grep: rich
+    would break it at 80 columns."""
+    import subprocess
+    import sys
+
+    code = ("from compress.report import console, results; "
+            "console.print('note ' * 40); results.print('result ' * 40)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert [line.rstrip() for line in proc.stderr.splitlines()] == [("note " * 40).rstrip()]
+    assert [line.rstrip() for line in proc.stdout.splitlines()] == [("result " * 40).rstrip()]

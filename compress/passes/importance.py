@@ -250,7 +250,7 @@ def _progress(enabled: bool, family: str, n: int, cost: dict, skips: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    console = Console(stderr=True, quiet=not enabled)
+    console = Console(stderr=True, quiet=not enabled, soft_wrap=True)
     what = f"{cost['forward_passes']} forward passes, {cost['block_evaluations']} block evaluations"
     if skips:
         what += f" (naive re-run of every block: {cost['naive_block_evaluations']})"
