@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "PixArt-Σ and the toys")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the measurements as JSON")
+
+    p = sub.add_parser("convert", help="a single-file checkpoint as a diffusers transformer folder (for stream: true)")
+    p.add_argument("file", help="single-file checkpoint: BFL Flux, original PixArt-Σ .pth, or diffusers keys")
+    p.add_argument("out", help="the folder to write (must not exist): config.json and safetensors shards")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of the file's transformer "
+                   "(default: the config.json beside the file)")
     return parser
 
 
@@ -115,6 +121,12 @@ def cmd_eval(args) -> int:
     return evaluate(args)
 
 
+def cmd_convert(args) -> int:
+    from compress.commands import convert
+
+    return convert(args)
+
+
 def cmd_bench(args) -> int:
     from compress.bench import bench_command
 
@@ -122,7 +134,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "inspect": cmd_inspect, "importance": cmd_importance,
-            "eval": cmd_eval, "bench": cmd_bench}
+            "eval": cmd_eval, "bench": cmd_bench, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

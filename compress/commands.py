@@ -1,4 +1,4 @@
-"""`dit-compress importance` and `dit-compress eval`: load, call the module that does the work, print."""
+"""`dit-compress importance`, `eval` and `convert`: load, call the module that does the work, print."""
 
 from __future__ import annotations
 
@@ -204,3 +204,25 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
     with console.status("eval: the model's"):
         error = relative_error(model, reference, adapter, batches)
     return {"family": adapter.family, "pred_rel_error": error}
+
+
+def convert(args) -> int:
+    """A single-file teacher as the diffusers transformer folder that `save_pretrained` writes
+    (config.json, safetensors shards), in the file's own dtypes: what `stream: true` reads. The
+    file is read whole, once."""
+    from compress.io_export import atomic_folder
+    from compress.io_single import load_single_file
+
+    source, out = Path(args.file).expanduser(), Path(args.out).expanduser()
+    if not source.is_file():
+        raise UserError(f"{args.file}: {'a folder' if source.is_dir() else 'no such file'}; convert reads "
+                        "a single-file checkpoint (a folder is already what stream: true reads)")
+    if out.exists() or out.is_symlink():
+        raise UserError(f"{args.out} exists; convert writes a new folder")
+    model = load_single_file(source, dtype=None, config=args.teacher_config)
+    with atomic_folder(out) as tmp:  # the folder appears whole or not at all
+        model.save_pretrained(tmp)
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    print(f"wrote {out}: a diffusers {type(model).__name__} folder ({', '.join(dtypes)}); "
+          f"stream it with --teacher {out}")
+    return 0

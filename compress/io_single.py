@@ -1,4 +1,4 @@
-"""Single-file teacher checkpoints: a BFL Flux file (diffusers converts it), an original PixArt-Σ
+"""Single-file teacher checkpoints: a BFL Flux file (compress.arch.flux_convert), an original PixArt-Σ
 `.pth` (compress.arch.pixart_convert) or a file with diffusers' keys, each with the diffusers config
 of its transformer beside it or given (`--teacher-config`)."""
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from compress.arch import SUPPORTED, get_adapter
 from compress.errors import UserError
-from compress.io import (SINGLE_FILE_SUFFIXES, cast, check_loading_info, from_config, load_error, model_class, one_line,
+from compress.io import (SINGLE_FILE_SUFFIXES, cast, check_loading_info, from_config, load_error, model_class,
                          read_config, read_state_dict)
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # BFL checkpoints as ComfyUI saves them
@@ -42,64 +42,49 @@ def checked_family(path: Path, keys, family: str | None) -> str:
     return found
 
 
-def load_single_file(path: Path, dtype=torch.float32, config: str | None = None,
+def load_single_file(path: Path, dtype: torch.dtype | None = torch.float32, config: str | None = None,
                      family: str | None = None) -> nn.Module:
+    """The transformer of a single file, built empty from its diffusers config and filled with the
+    file's tensors, converted to diffusers' keys (compress.arch.flux_convert / pixart_convert).
+    dtype None: the file's own dtypes."""
     if path.suffix not in SINGLE_FILE_SUFFIXES:
         raise UserError(f"unsupported checkpoint file type '{path.suffix}' ({path}); "
                         f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}")
-    sd = read_state_dict(path)
+    sd = without_prefix(read_state_dict(path))
     family = checked_family(path, sd.keys(), family)
-    adapter = get_adapter(family)
-    cls = model_class(adapter.class_name)
+    cls = model_class(get_adapter(family).class_name)
     cfg_dir = config_dir(path, config)
-    if family == "flux":
-        return load_flux_file(path, sd, cls, cfg_dir, dtype)
-    from compress.arch.pixart_convert import convert_original_pixart
+    from accelerate import init_empty_weights
 
+    with init_empty_weights():  # parameters on the meta device: the file's tensors are assigned
+        model = from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
+    sd = converted(path, sd, family, model, cfg_dir)
     try:
-        sd = convert_original_pixart(sd)  # no-op for diffusers-format keys
-    except KeyError as e:
-        raise UserError(f"{path}: {e.args[0]}") from None
-    model = from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
-    try:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     except RuntimeError as e:  # a tensor of the wrong shape
         raise UserError(f"{path} does not match the config in {cfg_dir}: {load_error(e)}") from None
     check_loading_info(path, {"missing_keys": missing, "unexpected_keys": unexpected})
-    return cast(model, dtype).eval()
+    return (model if dtype is None else cast(model, dtype)).eval()
 
 
-def load_flux_file(path: Path, sd: dict, cls, cfg_dir: Path, dtype) -> nn.Module:
-    """A BFL Flux checkpoint (diffusers' from_single_file converts it, from the tensors already
-    read) or one with diffusers' keys. diffusers converts as many blocks as the file holds and
-    only logs the rest, so the block counts are checked against the config first."""
-    sd = without_prefix(sd)
-    config = read_config(cfg_dir / "config.json")
-    from accelerate import init_empty_weights
+def converted(path: Path, sd: dict, family: str, model: nn.Module, cfg_dir: Path) -> dict:
+    """The file's tensors under diffusers' keys; a file already in diffusers' keys passes through."""
+    from compress.arch.flux_convert import convert_bfl_flux, is_bfl_flux
+    from compress.arch.pixart_convert import convert_original_pixart
 
-    with init_empty_weights():
-        empty = from_config(cls, config, cfg_dir / "config.json")
-    bfl = any(k.startswith(("double_blocks.", "single_blocks.")) for k in sd)
-    if bfl:
-        check_flux_blocks(path, sd, empty, cfg_dir)
-    else:  # diffusers' keys: they must be the model's, exactly
-        expected = empty.state_dict().keys()
-        check_loading_info(path, {"missing_keys": expected - sd.keys(), "unexpected_keys": sd.keys() - expected})
     try:
-        model = cls.from_single_file(sd, config=str(cfg_dir), local_files_only=True, torch_dtype=dtype)
-    except KeyError as e:  # diffusers' conversion pops each BFL tensor it needs
-        raise UserError(f"cannot load Flux single file {path}: it lacks the tensor {e.args[0]!r}") from None
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot load Flux single file {path}: {one_line(e)}") from None
-    unfilled = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
-    if unfilled:
-        check_loading_info(path, {"missing_keys": unfilled})
-    return model.eval()
+        if family == "pixart":
+            return convert_original_pixart(sd)
+        if is_bfl_flux(sd):
+            check_flux_blocks(path, sd, model, cfg_dir)
+        return convert_bfl_flux(sd, model.config.num_attention_heads * model.config.attention_head_dim)
+    except (KeyError, ValueError) as e:  # a key without a diffusers counterpart, a fused tensor that does not split
+        raise UserError(f"{path}: {e.args[0]}") from None
 
 
 def without_prefix(sd: dict) -> dict:
-    """The transformer's tensors of a checkpoint saved with a ComfyUI prefix, the prefix removed
-    (diffusers removes only `model.diffusion_model.`); other components (VAE, text encoders) dropped."""
+    """The transformer's tensors of a checkpoint saved with a ComfyUI prefix, the prefix removed;
+    other components (VAE, text encoders) dropped."""
     for prefix in PREFIXES:
         if any(k.startswith(prefix) for k in sd):
             return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

@@ -61,9 +61,11 @@ def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
     if not path.exists() and not looks_local(source) and source.count("/") == 1:
         path = _download(source)
     if not path.is_dir():
+        what = (f"a single file: write it once as a folder with `dit-compress convert {source} FOLDER` "
+                "(--teacher-config as for run), then stream --teacher FOLDER") if path.is_file() else "not found"
         raise UserError(f"stream: true reads a diffusers folder (a pipeline's transformer/ or a "
                         f"transformer saved with save_pretrained), a toy teacher or a Hugging Face id; "
-                        f"{source} is {'a single file' if path.is_file() else 'not found'}")
+                        f"{source} is {what}")
     path = transformer_folder(path)
     config = read_config(path / "config.json")
     if "compression" in config:

@@ -1,4 +1,4 @@
-"""`importance`, `eval`, `plan`, `bench` through the CLI on tiny models (synthetic inputs)."""
+"""`importance`, `eval`, `plan`, `bench`, `convert` through the CLI on tiny models (synthetic inputs)."""
 
 import json
 
@@ -343,3 +343,50 @@ def test_eval_says_where_it_wrote_the_grid(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr()
     assert grid.stat().st_size > 1000 and f"wrote {grid}" in " ".join(printed.err.split())
     assert "adherence: 1" in printed.out
+
+
+STREAMABLE = """\
+model: flux
+teacher: unused
+calibration: {source: synthetic, num_prompts: 2, timesteps: 2, batch_size: 4, heldout: 4}
+passes:
+  - svd: {targets: [attention, mlp], fisher: block, ratio: 0.5, multiple: 2}
+"""
+
+
+def test_a_bfl_flux_file_runs_and_its_converted_folder_streams_to_the_same_weights(tmp_path, capsys, monkeypatch):
+    """A BFL-keyed FLUX.1-schnell file as ComfyUI saves it, in bfloat16, no config beside it: `run`
+    compresses it; `stream: true` refuses it and names `dit-compress convert`, whose folder keeps the
+    file's tensors and streams to the resident run's weights."""
+    from safetensors.torch import load_file, save_file
+
+    from compress.io_output import load_transformer
+    from tests.bfl import flux_to_bfl
+
+    model = tiny_flux(guidance_embeds=False).to(torch.bfloat16)
+    model.save_config(tmp_path / "cfg")
+    (tmp_path / "weights").mkdir()
+    file = "weights/flux1-schnell.safetensors"
+    save_file(flux_to_bfl(model, "model.diffusion_model."), str(tmp_path / file))
+    (tmp_path / "r.yaml").write_text(STREAMABLE)
+    monkeypatch.chdir(tmp_path)
+    run = ["run", "r.yaml", "--teacher-config", "cfg"]
+    assert main([*run, "--teacher", file, "--out", "resident", "--run-dir", "run-r"]) == 0
+    _one_line_errors(capsys, [
+        ([*run, "--teacher", file, "--set", "stream=true", "--out", "x", "--run-dir", "run-x"],
+         f"{file} is a single file: write it once as a folder with `dit-compress convert {file} FOLDER`"),
+        (["convert", "weights", "folder"], "weights: a folder; convert reads a single-file checkpoint"),
+        (["convert", "weights/typo.safetensors", "folder"], "weights/typo.safetensors: no such file"),
+        (["convert", file, "folder"], "has no config.json beside it; pass --teacher-config"),
+        (["convert", file, "resident", "--teacher-config", "cfg"], "resident exists; convert writes a new folder")])
+    assert not (tmp_path / "folder").exists()
+    assert main(["convert", file, "folder", "--teacher-config", "cfg"]) == 0
+    assert "wrote folder: a diffusers FluxTransformer2DModel folder (bfloat16)" in capsys.readouterr().out
+    saved, want = load_file("folder/diffusion_pytorch_model.safetensors"), model.state_dict()
+    assert saved.keys() == want.keys() and all(torch.equal(saved[k], v) for k, v in want.items())
+    assert main(["run", "r.yaml", "--teacher", "folder", "--set", "stream=true", "--out", "streamed",
+                 "--run-dir", "run-s"]) == 0
+    a, b = load_transformer("resident").state_dict(), load_transformer("streamed").state_dict()
+    assert a.keys() == b.keys() and any(k.endswith(".down.weight") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(a["norm_out.linear.weight"], want["norm_out.linear.weight"].float())  # BFL's halves swapped back

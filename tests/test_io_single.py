@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 
 from compress import load_teacher
 from compress.errors import UserError
+from tests.bfl import flux_to_bfl
 from tests.conftest import forward, model_inputs, tiny_flux, tiny_pixart
 
 
@@ -127,8 +128,8 @@ def test_flux_single_file_with_diffusers_keys_and_comfyui_prefix(tmp_path):
 
 @pytest.mark.parametrize("single", [2, 4])
 def test_flux_single_file_with_other_blocks_than_its_config(tmp_path, single):
-    """diffusers' from_single_file converts the blocks a file holds and only logs the others: a file
-    with more blocks than its config loaded as a shorter teacher, one with fewer failed obscurely."""
+    """A file with more or fewer blocks than its config says so first, by count (diffusers' own
+    converter converted the blocks a file holds and only logged the others: a shorter teacher)."""
     tiny_flux().save_config(tmp_path)  # 2 double, 3 single blocks
     save_file(tiny_flux(num_single_layers=single).state_dict(), str(tmp_path / "flux.safetensors"))
     with pytest.raises(UserError, match="do not match config.json: (missing|unexpected) single_transformer_blocks"):
@@ -156,3 +157,44 @@ def test_truncated_single_file_says_so(tmp_path, suffix):
     with pytest.raises(UserError, match="; it may be truncated or corrupted") as err:
         load_teacher(str(tmp_path / f"cut{suffix}"))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("guidance", [True, False])  # FLUX.1-dev; FLUX.1-schnell has no guidance_in
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])  # as BFL ships it; as ComfyUI saves it
+def test_bfl_flux_file_loads_the_model_it_was_written_from(tmp_path, guidance, prefix):
+    model = tiny_flux(guidance_embeds=guidance)
+    model.save_config(tmp_path / "cfg")
+    bfl = flux_to_bfl(model, prefix)
+    assert ("guidance_in.in_layer.weight" in str(list(bfl))) == guidance
+    save_file({k: v.to(torch.bfloat16) for k, v in bfl.items()}, str(tmp_path / "flux1.safetensors"))
+    teacher = load_teacher(str(tmp_path / "flux1.safetensors"), config=str(tmp_path / "cfg"))
+    want = model.to(torch.bfloat16).float()  # the file's values, in the float32 the teacher loads in
+    assert teacher.state_dict().keys() == want.state_dict().keys()
+    assert all(v.dtype == torch.float32 for v in teacher.state_dict().values())
+    inputs = model_inputs(model)
+    inputs["guidance"] = inputs["guidance"] if guidance else None  # FluxPipeline passes none to schnell
+    torch.testing.assert_close(forward(teacher, inputs), forward(want, inputs), rtol=0, atol=0)
+
+
+def test_bfl_flux_file_that_does_not_fill_its_config_is_one_line(tmp_path):
+    """A tensor missing, a schnell file with dev's config and the reverse, another width: each names
+    what is wrong in one line (the block counts have their own test above)."""
+    dev, schnell = tiny_flux(), tiny_flux(guidance_embeds=False)
+    dev.save_config(tmp_path / "dev")
+    schnell.save_config(tmp_path / "schnell")
+    tiny_flux(num_attention_heads=3).save_config(tmp_path / "wide")
+    bfl = flux_to_bfl(dev)
+    del bfl["double_blocks.1.txt_attn.qkv.bias"]
+    save_file(bfl, str(tmp_path / "cut.safetensors"))
+    save_file(flux_to_bfl(dev), str(tmp_path / "dev.safetensors"))
+    save_file(flux_to_bfl(schnell), str(tmp_path / "schnell.safetensors"))
+    for name, config, said in [
+            ("cut", "dev", r"cut\.safetensors: the weights do not match config\.json: missing "
+                           r"transformer_blocks\.1\.attn\.add_k_proj\.bias, transformer_blocks\.1\.attn\.add_q_proj\.bias"),
+            ("schnell", "dev", r"missing time_text_embed\.guidance_embedder\.linear_1\.bias"),
+            ("dev", "schnell", r"unexpected time_text_embed\.guidance_embedder\.linear_1\.bias"),
+            ("dev", "wide", r"dev\.safetensors: BFL Flux tensor 'double_blocks\.0\.img_attn\.qkv\.\w+' of shape "
+                            r"\(48\b.* does not split into .* of width 24")]:
+        with pytest.raises(UserError, match=said) as err:
+            load_teacher(str(tmp_path / f"{name}.safetensors"), config=str(tmp_path / config))
+        assert "\n" not in str(err.value)
