@@ -19,6 +19,8 @@ Flow of one calibration (`BlockCalibration`):
    With `asymmetric`, each block also runs on a reference stream (the inputs the model as found
    gives it) before the student's forward, and plain input readers pair the two row by row
    (`Stats.cross`), so targets can be fitted to the reference's outputs (linalg_steps.asymmetric_step).
+   `rerun(...)`, while a block is yielded: stats of some of its readers from one more run of it,
+   after the caller has compressed some of its linears (within-block sequential calibration).
 4. `tail(...)`: stats of linears that run after the blocks (one full forward per batch).
 """
 
@@ -91,6 +93,19 @@ def _detach(x):
     if isinstance(x, dict):
         return {k: _detach(v) for k, v in x.items()}
     return x
+
+
+@contextlib.contextmanager
+def _swapped(model: nn.Module, modules: dict[str, nn.Module]):
+    """`modules` (name -> module) put in the model in place of what is there now; restored after."""
+    saved = {name: model.get_submodule(name) for name in modules}
+    try:
+        for name, module in modules.items():
+            model.set_submodule(name, module)
+        yield
+    finally:
+        for name, module in saved.items():
+            model.set_submodule(name, module)
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -231,20 +246,32 @@ class BlockCalibration:
             advanced.append(self.adapter.next_inputs(group, a, k, o))
         return advanced
 
-    def _run(self, block, readers, keep):
+    def rerun(self, block, readers: list[Reader], original: dict[str, nn.Module]) -> dict[str, Stats]:
+        """Stats of `readers` from one more run of the block `blocks` has just yielded, on the same
+        inputs, after the caller has compressed some of its linears (within-block sequential
+        calibration). With a reference stream the reference forwards run through `original` (name
+        -> the module as the block was yielded, before the caller replaced it): the pairing sees
+        the reader inputs the uncompressed block gives the reference stream."""
+        stats, _, _ = self._run(block, readers, keep=False, original=original)
+        return stats
+
+    def _run(self, block, readers, keep, original: dict[str, nn.Module] | None = None):
         """Run one block over all current inputs: stats of readers, the outputs (if keep) and, with
         a reference stream and readers, the block's outputs on it (else None). Each batch's reference
-        forward runs first and its reader inputs pair row by row with the student's (Stats.cross)."""
+        forward runs first (through the `original` modules, if given: see `rerun`) and its reader
+        inputs pair row by row with the student's (Stats.cross)."""
         stats, outputs = {}, self._store()
         paired = self.reference is not None and any(pairs(r) for r in readers)
-        ref_outputs = self._store() if paired else None
+        ref_outputs = self._store() if paired and original is None else None
         with accumulating(self.model, readers, stats) as acc, torch.no_grad():
             for b, (args, kwargs) in enumerate(self.inputs):
                 acc.caption = self.adapter.caption_rows(kwargs)
                 if paired:
                     acc.paused, acc.partner = True, {}
-                    with recording(self.model, readers, acc.partner):
-                        ref_outputs.append(_detach(self.adapter.run_block(block, *self.reference[b])))
+                    with _swapped(self.model, original or {}), recording(self.model, readers, acc.partner):
+                        out = _detach(self.adapter.run_block(block, *self.reference[b]))
+                    if ref_outputs is not None:
+                        ref_outputs.append(out)
                     acc.paused = False
                 out = _detach(self.adapter.run_block(block, args, kwargs))
                 if paired and acc.partner:

@@ -6,7 +6,7 @@ from compress.calib import BlockCalibration
 from compress.calib_stats import Reader, Stats, StatsCache
 from compress.errors import NumericError
 from compress.passes.svd_layer import compress_layer
-from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+from tests.conftest import factorize, model_inputs, tiny_flux, tiny_pixart
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -251,3 +251,30 @@ def test_the_block_walk_stays_on_the_models_device(family, monkeypatch):
     stats = [s for bs in walked for s in bs.stats.values()]
     assert all(s.gram.is_meta and (s.cross is None or s.cross.is_meta) for s in stats)
     assert any(s.cross is not None for s in stats)
+
+
+def test_rerun_takes_grams_after_the_blocks_earlier_linears_changed():
+    """Within-block sequential calibration: `rerun` gives the Gram of a later linear's inputs with an
+    earlier linear of the same block already compressed (by hand: a full forward of the changed
+    model), and its cross term pairs them with the inputs the block as yielded gives the
+    reference stream (by hand: the teacher's), not the changed block's."""
+    batches = _batches(tiny_pixart())
+    first, later = "transformer_blocks.0.ff.net.0.proj", "transformer_blocks.0.ff.net.2"
+    model = tiny_pixart()
+    cal = BlockCalibration(model, get_adapter(model), batches, progress=False, asymmetric=True)
+    cal.capture()
+    reader = Reader("ff2", later)
+    for bs in cal.blocks(lambda g, i: [reader] if i == 0 else []):
+        if bs.index == 0:
+            before = bs.stats["ff2"]
+            original = {first: model.get_submodule(first)}
+            factorize(model, [first], rank=2)
+            after = cal.rerun(bs.block, [reader], original)["ff2"]
+            assert model.get_submodule(first) is not original[first]  # the compressed one is back
+    teacher_rows, student_rows = _direct_rows(tiny_pixart(), later, batches), _direct_rows(model, later, batches)
+    torch.testing.assert_close(before.gram, teacher_rows.T @ teacher_rows, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(after.gram, student_rows.T @ student_rows, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(after.cross, teacher_rows.T @ student_rows, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(after.ref_total, teacher_rows.sum(0), rtol=1e-6, atol=1e-6)
+    assert (after.gram - before.gram).norm() > 1e-2 * before.gram.norm()
+    assert (after.cross - after.gram).norm() > 1e-2 * after.gram.norm()

@@ -57,6 +57,8 @@ def test_streamed_run_writes_the_resident_result(tmp_path, family, dtype):
     ra, rb = (json.loads((o / "report.json").read_text()) for o in (resident, streamed))
     assert [s["relative_error"] for s in ra["stages"]] == [s["relative_error"] for s in rb["stages"]]
     assert ra["stages"][-1]["relative_error"] > 0
+    # fisher: block fits block targets asymmetrically, so their stats are taken within-block sequentially
+    assert rb["svd"]["passes"][0]["sequential"] is ra["svd"]["passes"][0]["sequential"] is True
     assert rb["student_params"] == ra["student_params"] < rb["teacher_params"]
     assert "stream" not in ra and rb["stream"]["compute_dtype"] == dtype
     assert rb["stream"]["resident_params"] < rb["teacher_params"]

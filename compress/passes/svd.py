@@ -21,6 +21,10 @@ fitted asymmetrically (`asymmetric: auto`): W + Δ is the least-squares map from
 the student feeds the layer to the outputs the uncompressed model gives it (a reference stream in
 the calibration, `Stats.cross`), then truncated on the student's Gram (centered targets: an affine
 fit on both streams' means, its offset into the bias).
+With `sequential` (auto: where targets are fitted asymmetrically) a block's targets are calibrated
+in forward order, GPTQ's "true-sequential": each later stats key's Gram (and cross term) comes from
+a re-run of that block alone with its earlier targets already compressed, so e.g. attn.to_out is fitted
+on the inputs the compressed q/k/v give it (svd_walk.in_order).
 """
 
 from __future__ import annotations
@@ -99,6 +103,10 @@ class SVDConfig:
     # feeds them (cross term of both streams): true | false | auto (targets without the prediction's Fisher)
     asymmetric: bool | str = "auto"
     asymmetric_damping: float = 1e-2  # λ = damping · mean eigenvalue of the student's input Gram
+    # within a block, take each target's stats with the block's earlier targets already compressed
+    # (one re-run of the block per stats key, in forward order; svd_walk.in_order): true | false |
+    # auto (where block targets are fitted asymmetrically: there it measured 0.85-0.96x the error)
+    sequential: bool | str = "auto"
     progress: bool = True
 
     def validate(self) -> None:
@@ -193,13 +201,14 @@ class SVDPass(GlobalAllocation, Pass):
                 if c.allocation == "global":
                     ranks, extra["global"] = self._global_ranks(model, ctx.adapter, targets, batches, ranks)
                 toward = ctx.teacher if c.compensate_toward == "teacher" and ctx.teacher is not None else model
-                self._compress(model, ctx.adapter, targets, batches, ranks, records, toward, compensation)
+                sequential = self._compress(model, ctx.adapter, targets, batches, ranks, records, toward,
+                                            compensation)
             finished = True
         finally:
             self.roots.close(keep=not finished and reusable)
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         this = dict(summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
-                    fused_gelu=fused, compensation=compensation, **extra)
+                    fused_gelu=fused, compensation=compensation, sequential=sequential, **extra)
         merge_report(report, this, records, c)
         return model
 
@@ -237,11 +246,12 @@ class SVDPass(GlobalAllocation, Pass):
         return lambda dec: energy_rank(shape_spec(info, normalized_curve(dec.curve)),
                                        self.config.energy, self.config.multiple)
 
-    def _compress(self, model, adapter, targets, batches, ranks, records, toward, summary) -> None:
+    def _compress(self, model, adapter, targets, batches, ranks, records, toward, summary) -> bool:
         """Block-by-block calibration that factorizes each block's targets before moving on
         (with compensation: at the measured best fraction of their Newton step toward the
         predictions of `toward`, the teacher or the model as the pass found it; svd_compensate).
-        summary: filled with each compensated stage's search."""
+        summary: filled with each compensated stage's search. Returns whether the blocks were
+        calibrated within-block sequentially (svd.sequential)."""
         c = self.config
         state: list = []  # what has been compressed so far (names the student-mode cache files)
         compensated = self._compensation_roots(targets)
@@ -306,7 +316,9 @@ class SVDPass(GlobalAllocation, Pass):
         asymmetric = any(self._asymmetric(i) for i in targets if i.group is not None)
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
                                c.progress, asymmetric, spill=self.spill, sampler=self.sampler)
-        self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_group)
+        sequential = c.sequential is True or (c.sequential == "auto" and asymmetric)
+        self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_group, sequential)
+        return sequential
 
     def _asymmetric(self, info: LinearInfo) -> bool:
         """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
@@ -357,11 +369,12 @@ class SVDPass(GlobalAllocation, Pass):
         return centered(self.config, info)
 
     def _walk(self, cal: BlockCalibration, targets: list[LinearInfo], visit, state: list,
-              visit_group=None) -> None:
+              visit_group=None, sequential: bool = False) -> None:
         """svd_walk.walk over this pass's targets; with fisher: block each block's output Fisher
-        is measured before its targets are visited."""
+        is measured before its targets are visited; sequential: within-block stages."""
         def before_block(block, pairs):
             if self.config.fisher == "block":
                 self._block_roots(cal, block, [info for info, _ in pairs])
 
-        walk(cal, targets, visit, state, self.cache, self.config.modulation_grid, visit_group, before_block)
+        walk(cal, targets, visit, state, self.cache, self.config.modulation_grid, visit_group, before_block,
+             sequential)

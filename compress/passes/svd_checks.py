@@ -72,6 +72,11 @@ def _check_numbers(c) -> None:
                                      f"fisher: {c.fisher}, where it would do nothing")
     if c.asymmetric is True and (c.method != "whitened" or c.activations != "student"):
         raise BadValue("asymmetric", "svd.asymmetric: true needs method: whitened and activations: student")
+    if c.sequential not in (True, False, "auto"):
+        raise BadValue("sequential", f"svd.sequential must be true, false or auto, got {c.sequential!r}")
+    if c.sequential is True and c.activations != "student":
+        raise BadValue("sequential", "svd.sequential: true needs activations: student (with teacher "
+                                     "activations every target's stats come from the teacher)")
     for key in ("asymmetric_damping", "fisher_damping"):
         if not getattr(c, key) > 0:
             raise BadValue(key, f"svd.{key} must be > 0, got {getattr(c, key)}")

@@ -1,6 +1,8 @@
 """The svd pass's walk over a model: each target visited with its calibration statistics, in an
 order where a target's statistics are taken after everything it depends on has been visited
-(conditioning → top level → blocks in execution order → tail), plus the names its caches use."""
+(conditioning → top level → blocks in execution order → tail), plus the names its caches use.
+Within a block, targets are visited at once (their stats from one forward of the block as found) or,
+sequentially, in stages in the block's forward order (`in_order`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Callable
 from torch import nn
 
 from compress.arch.base import LinearInfo
-from compress.calib import BlockCalibration
+from compress.calib import BlockCalibration, BlockStats
 from compress.calib_stats import Reader, Stats, StatsCache
 from compress.passes.svd_targets import is_model_wide, stats_key, uses_output_gram
 
@@ -22,14 +24,17 @@ BeforeBlock = Callable[[nn.Module, list], None]  # (block, [(info, stats)]) befo
 
 def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: list, cache: StatsCache,
          modulation_grid: int, visit_group: VisitGroup | None = None,
-         before_block: BeforeBlock | None = None) -> None:
+         before_block: BeforeBlock | None = None, sequential: bool = False) -> None:
     """Calls visit(info, stats) for every target: the top level (embedders first, then the
     modulation linears on the conditioning they make), the blocks, the tail. visit_group(where,
     start, pairs), if given, takes the targets visited together (the top level's embedders, its
     modulation linears, each block, the tail) at once, and says if it changed any; `start` is the
     first block (execution order) they can change: 0 for the top level, the block's own position,
     the block count for the tail. `state` (what has been compressed so far) names the student-mode
-    cache files; modulation Grams are taken over `modulation_grid` timesteps per batch (cached)."""
+    cache files; modulation Grams are taken over `modulation_grid` timesteps per batch (cached).
+    sequential (student mode): a block's targets are visited in stages, one per stats key in the
+    order the keys first fire, each later stage's stats taken by running the block again with the
+    earlier stages compressed (`in_order`)."""
 
     def visit_all(where: str, pairs: list, start: int = 0) -> bool:
         if visit_group and pairs:
@@ -65,10 +70,50 @@ def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: 
         pairs = _block_pairs(targets, bs, shared)
         if before_block and pairs:
             before_block(bs.block, pairs)
-        visit_all(f"{bs.group} {bs.index}", pairs, position)
+        where = f"{bs.group} {bs.index}"
+        if sequential and student:
+            in_order(cal, bs, pairs, lambda stage: visit_all(where, stage, position), state, cache)
+        else:
+            visit_all(where, pairs, position)
         position += 1
     tail = cal.tail(readers(pending))
     visit_all("tail", [(info, tail[stats_key(info)]) for info in pending], position)
+
+
+def in_order(cal: BlockCalibration, bs: BlockStats, pairs: list, visit_stage: Callable[[list], bool], state: list,
+             cache: StatsCache) -> None:
+    """Within-block sequential calibration (GPTQ's true-sequential): visit one calibrated block's
+    targets in `stages`, each later stage's stats from a re-run of this block alone (`cal.rerun`)
+    with the earlier stages compressed; with a reference stream its forwards run through the block
+    as it was yielded. Re-runs are cached under the state so far (the block's compressed stages
+    included); none is needed while nothing in the block has changed."""
+    original = {info.name: cal.model.get_submodule(info.name) for info, _ in pairs}
+    changed = False
+    for stage in stages(pairs, list(bs.stats)):
+        fresh = [info for info, _ in stage if not is_model_wide(info)]
+        if changed and fresh:
+            found = readers(fresh, where=f"block {bs.index} of '{bs.group}'")
+            name = digest("stage", bs.group, bs.index, sorted(r.key for r in found), state, cal.asymmetric)
+            stats = cache.load(name)
+            if stats is None:
+                stats = cal.rerun(bs.block, found, original)
+                cache.save(name, stats)
+            stage = [(info, stats[stats_key(info)] if not is_model_wide(info) else s) for info, s in stage]
+        changed = visit_stage(stage) or changed
+
+
+def stages(pairs: list, order: list[str]) -> list[list]:
+    """A block's [(info, stats)] grouped by stats key, in `order` (the keys' first firing order in
+    the block's forward: the order of its BlockStats.stats, which the hooks fill as keys fire and
+    the cache keeps); model-wide keys (the caption, temb: not made by the block's linears) join
+    the first stage."""
+    position = {key: j for j, key in enumerate(order)}
+    groups: dict[int, list] = {}
+    for info, st in pairs:
+        key = stats_key(info)
+        j = 0 if is_model_wide(info) else position[key]
+        groups.setdefault(j, []).append((info, st))
+    return [groups[j] for j in sorted(groups)]
 
 
 def _conditioning(cal: BlockCalibration, targets: list[LinearInfo], cache: StatsCache,

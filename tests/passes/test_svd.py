@@ -125,6 +125,8 @@ def test_layer_without_saving_stays_dense(tmp_path):
     ({"compensate": True, "method": "svd"}, "this pass has method: svd"),
     ({"asymmetric": True, "activations": "teacher"}, "activations: student"),
     ({"asymmetric_damping": 0}, "asymmetric_damping must be > 0"),
+    ({"sequential": "yes"}, "sequential must be true, false or auto"),
+    ({"sequential": True, "activations": "teacher"}, "sequential: true needs activations: student"),
     ({"fisher_memory_gb": 0.0}, "fisher_memory_gb must be > 0"),
     ({"center": ["re:["]}, "svd.center: bad regex 're:['"),
     ({"center": [3]}, "svd.center: patterns must be strings"),
@@ -329,6 +331,14 @@ def test_asymmetric_fit_lowers_the_unweighted_prediction_error_of_the_toy_teache
                                     "fisher": dict(fisher="all")}, latents=64)
     assert len(errors["auto asymmetric"]) > 0 and errors["off asymmetric"] == errors["fisher asymmetric"] == []
     assert errors["auto"] < 0.95 * errors["off"], errors
+
+
+def test_sequential_calibration_lowers_the_asymmetric_prediction_error_of_the_toy_teacher(tmp_path):
+    """Targets fitted asymmetrically (fisher: none) with their stats taken within-block sequentially
+    (auto: each later linear fitted on the inputs the block's compressed earlier ones give it)."""
+    errors = _toy_errors(tmp_path, {"auto": dict(fisher="none"),
+                                    "block-level": dict(fisher="none", sequential=False)}, latents=64)
+    assert errors["auto"] < 0.95 * errors["block-level"], errors
 
 
 def test_whole_model_work_is_refused_when_blocks_stream(tmp_path):
