@@ -75,15 +75,28 @@ def pixart_binned(sample_size: int, height: int, width: int) -> tuple[int, int]:
     return PixArtImageProcessor.classify_height_width_bin(height, width, bins) if bins else (height, width)
 
 
+def _fits_asymmetrically(cfg) -> bool:
+    """Whether an svd pass's config fits block targets to a reference stream (svd.asymmetric; auto:
+    the targets without the prediction's Fisher, which `fisher: modulation` leaves to every target
+    but the modulation linears)."""
+    unweighted = cfg.fisher in ("block", "none") or (cfg.fisher == "modulation" and list(cfg.targets) != ["modulation"])
+    return cfg.method == "whitened" and cfg.activations == "student" and (
+        cfg.asymmetric is True or (cfg.asymmetric == "auto" and unweighted))
+
+
 def asymmetric_streams(recipe) -> int:
     """2 when some svd pass fits targets asymmetrically (a reference stream beside the student's)."""
-    for spec in recipe.passes:
-        cfg = spec.config
-        if spec.name != "svd" or cfg.method != "whitened" or cfg.activations != "student":
-            continue
-        if cfg.asymmetric is True or (cfg.asymmetric == "auto" and cfg.fisher in ("block", "none")):
-            return 2
-    return 1
+    return 2 if any(s.name == "svd" and _fits_asymmetrically(s.config) for s in recipe.passes) else 1
+
+
+def block_copies(recipe) -> int:
+    """2 when some svd pass calibrates within-block sequentially (svd.sequential): a block's dense
+    linears stay beside their factors until the block is done (the reference stream runs them)."""
+    def sequential(cfg) -> bool:
+        return cfg.activations == "student" and (
+            cfg.sequential is True or (cfg.sequential == "auto" and _fits_asymmetrically(cfg)))
+
+    return 2 if any(s.name == "svd" and sequential(s.config) for s in recipe.passes) else 1
 
 
 def footprint(recipe, teacher: str, config, prompts: int) -> dict:
@@ -99,7 +112,8 @@ def footprint(recipe, teacher: str, config, prompts: int) -> dict:
     return {"rows": rows, "tokens": stream, "caption_tokens": caption, "streams": streams,
             "bytes": rows * per_row * streams, "batch_bytes": batch * per_row * streams,
             "batches": math.ceil(rows / recipe.calibration.batch_size),
-            "batch_rows": recipe.calibration.batch_size, "itemsize": itemsize}
+            "batch_rows": recipe.calibration.batch_size, "itemsize": itemsize,
+            "block_copies": block_copies(recipe)}
 
 
 # values per token and block, in units of the hidden width, that autograd keeps for a backward

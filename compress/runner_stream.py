@@ -183,10 +183,11 @@ def warn_if_activations_too_big(footprint: dict, device: torch.device, spilled: 
 def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype, device: torch.device,
                              spilled: bool) -> None:
     """Before a streamed run: say so if what it holds at once on `device` would not fit the memory
-    free there: teacher's and student's top levels, the largest block, and the calibration
-    activations (one batch of them when spilled). weights: `streamed_weights`; footprint: a
+    free there: teacher's and student's top levels, the largest block (twice under within-block
+    sequential calibration), and the calibration activations (one batch of them when spilled). weights: `streamed_weights`; footprint: a
     calib_footprint.footprint."""
-    params = 2 * weights["top_level_params"] + weights["largest_block_params"]
+    copies = footprint.get("block_copies", 1)  # 2: within-block sequential keeps the dense block too
+    params = 2 * weights["top_level_params"] + copies * weights["largest_block_params"]
     need = params * dtype.itemsize + footprint["batch_bytes" if spilled else "bytes"]
     have = free_memory(device)
     if have is None or need <= have:
@@ -194,7 +195,8 @@ def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype,
     from compress.report import console
 
     console.print(f"[bold yellow]warning:[/] a streamed run holds about {need / 2**30:.1f} GiB on {device} "
-                  f"(two top levels, one block and the calibration activations), and {have / 2**30:.1f} GiB "
+                  f"(two top levels, {'one block' if copies == 1 else 'one block dense and factorized'} and the "
+                  f"calibration activations), and {have / 2**30:.1f} GiB "
                   "are free there: set calibration.spill_activations: true, compute_dtype: bfloat16, or "
                   "fewer prompts")
 

@@ -182,3 +182,29 @@ def test_square_sizes_bin_as_the_pixart_sigma_pipeline_bins_them(sample_size):
     for side in (256, 512, 768, 1024, 2048, 4096):
         want = PixArtImageProcessor.classify_height_width_bin(side, side, bins) if bins else (side, side)
         assert pixart_binned(sample_size, side, side) == want
+
+
+@pytest.mark.parametrize("svd, streams, copies", [
+    ("{}", 1, 1),  # fisher: all, no fit, block-level
+    ("{fisher: block}", 2, 2),  # fitted asymmetrically; sequential: auto follows
+    ("{fisher: none, sequential: false}", 2, 1),
+    ("{fisher: modulation}", 2, 2),  # attention + MLP targets without the prediction's Fisher
+    ("{fisher: modulation, targets: [modulation]}", 1, 1),
+    ("{sequential: true}", 1, 2),
+    ("{fisher: block, activations: teacher, asymmetric: false}", 1, 1),
+])
+def test_streams_and_block_copies_follow_what_the_svd_pass_does(tmp_path, svd, streams, copies):
+    """The footprint's reference stream and dense block copy are the svd pass's own decisions."""
+    from compress.arch import get_adapter
+    from compress.calib_footprint import asymmetric_streams, block_copies
+    from compress.passes.svd import SVDPass
+    from compress.passes.svd_targets import resolve_targets
+    from tests.conftest import tiny_pixart
+
+    recipe = parse_recipe(f"model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {svd}\n", str(tmp_path / "r.yaml"))
+    assert (asymmetric_streams(recipe), block_copies(recipe)) == (streams, copies)
+    cfg = recipe.passes[0].config
+    model = tiny_pixart()
+    svd_pass = SVDPass(cfg)
+    targets = resolve_targets(get_adapter(model).linears(model), cfg.targets, cfg.ignore)
+    assert (svd_pass._fits(targets), svd_pass._sequential(targets)) == (streams == 2, copies == 2)

@@ -231,6 +231,9 @@ def test_a_streamed_run_too_big_for_its_device_is_named_before_it_starts(tmp_pat
         monkeypatch.setattr(rs, "available_bytes", lambda free=free: free)
         warn_if_streamed_too_big(weights, f, torch.float32, torch.device("cpu"), spilled)
         assert ("a streamed run holds about" in capsys.readouterr().err) == warned
+    monkeypatch.setattr(rs, "available_bytes", lambda: need)  # sequential: the block dense and factorized
+    warn_if_streamed_too_big(weights, dict(f, block_copies=2), torch.float32, torch.device("cpu"), False)
+    assert "one block dense and factorized" in " ".join(capsys.readouterr().err.split())
     text = _teacher(tmp_path, "flux").format(stream="true")
     monkeypatch.setattr(rs, "available_bytes", lambda: 1000)
     _run(tmp_path, text, "small")

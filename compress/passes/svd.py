@@ -313,12 +313,21 @@ class SVDPass(GlobalAllocation, Pass):
                     changed = visit_stage(f"{where} {roles}", stage, prefix) or changed
             return changed
 
-        asymmetric = any(self._asymmetric(i) for i in targets if i.group is not None)
+        asymmetric = self._fits(targets)
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
                                c.progress, asymmetric, spill=self.spill, sampler=self.sampler)
-        sequential = c.sequential is True or (c.sequential == "auto" and asymmetric)
+        sequential = self._sequential(targets)
         self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_group, sequential)
         return sequential
+
+    def _fits(self, targets: list[LinearInfo]) -> bool:
+        """Whether some block target is fitted asymmetrically (a reference stream in the calibration)."""
+        return any(self._asymmetric(i) for i in targets if i.group is not None)
+
+    def _sequential(self, targets: list[LinearInfo]) -> bool:
+        """svd.sequential resolved: auto is on where block targets are fitted asymmetrically."""
+        c = self.config
+        return c.sequential is True or (c.sequential == "auto" and self._fits(targets))
 
     def _asymmetric(self, info: LinearInfo) -> bool:
         """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
