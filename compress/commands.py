@@ -207,11 +207,9 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
 
 
 def convert(args) -> int:
-    """A single-file teacher as the diffusers transformer folder that `save_pretrained` writes
-    (config.json, safetensors shards), in the file's own dtypes: what `stream: true` reads. The
-    file is read whole, once."""
-    from compress.io_export import atomic_folder
-    from compress.io_single import load_single_file
+    """A single-file teacher as a diffusers transformer folder (config.json, safetensors shards), in
+    the file's own dtypes, tensor by tensor (compress.io_convert): what `stream: true` reads."""
+    from compress.io_convert import convert_file
 
     source, out = Path(args.file).expanduser(), Path(args.out).expanduser()
     if not source.is_file():
@@ -219,10 +217,8 @@ def convert(args) -> int:
                         "a single-file checkpoint (a folder is already what stream: true reads)")
     if out.exists() or out.is_symlink():
         raise UserError(f"{args.out} exists; convert writes a new folder")
-    model = load_single_file(source, dtype=None, config=args.teacher_config)
-    with atomic_folder(out) as tmp:  # the folder appears whole or not at all
-        model.save_pretrained(tmp)
-    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
-    print(f"wrote {out}: a diffusers {type(model).__name__} folder ({', '.join(dtypes)}); "
-          f"stream it with --teacher {out}")
+    done = convert_file(source, out, config=args.teacher_config)
+    shards = f"{done['shards']} shard{'s' if done['shards'] != 1 else ''}"
+    results.print(f"wrote {out}: a diffusers {done['class']} folder ({done['tensors']} tensors, "
+                  f"{', '.join(done['dtypes'])}, {shards}); stream it with --teacher {out}")
     return 0

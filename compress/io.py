@@ -280,15 +280,16 @@ def nonfinite(t: torch.Tensor, chunk: int = 2**22) -> int:
 
 
 # ---- single files -----------------------------------------------------------------------------
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file. Pickles are loaded with weights_only=True: data, never code."""
+def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file. Pickles are loaded with weights_only=True: data, never code;
+    mmap: a pickle's tensors map the file, read as they are used (where its format allows it)."""
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except (SafetensorsError, OSError, ValueError) as e:
             raise unreadable(path, e) from None
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = _torch_load(path, mmap)
     except Exception as e:  # noqa: BLE001 - unpickling errors have many types
         msg = one_line(e)
         if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
@@ -303,6 +304,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _torch_load(path: Path, mmap: bool):
+    if mmap:
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # torch.save's legacy (pre-zipfile) format cannot be mapped
+                raise
+    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def check_safetensors_dir(path: Path) -> None:

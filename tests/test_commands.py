@@ -381,7 +381,8 @@ def test_a_bfl_flux_file_runs_and_its_converted_folder_streams_to_the_same_weigh
         (["convert", file, "resident", "--teacher-config", "cfg"], "resident exists; convert writes a new folder")])
     assert not (tmp_path / "folder").exists()
     assert main(["convert", file, "folder", "--teacher-config", "cfg"]) == 0
-    assert "wrote folder: a diffusers FluxTransformer2DModel folder (bfloat16)" in capsys.readouterr().out
+    assert "wrote folder: a diffusers FluxTransformer2DModel folder (122 tensors, bfloat16, 1 shard)" in \
+        capsys.readouterr().out
     saved, want = load_file("folder/diffusion_pytorch_model.safetensors"), model.state_dict()
     assert saved.keys() == want.keys() and all(torch.equal(saved[k], v) for k, v in want.items())
     assert main(["run", "r.yaml", "--teacher", "folder", "--set", "stream=true", "--out", "streamed",

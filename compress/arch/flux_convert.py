@@ -63,13 +63,17 @@ def convert_bfl_flux(sd: dict[str, torch.Tensor], inner_dim: int) -> dict[str, t
         return dict(sd)
     out = {}
     for key in list(sd):
-        value = sd.pop(key)
-        new = _rename(key)
-        parts = {new: value} if new else _split(key, value, inner_dim)
-        if parts is None:
-            raise ValueError(f"BFL Flux key '{key}' has no counterpart in diffusers' FluxTransformer2DModel")
-        out.update(parts)
+        out.update(convert_bfl_key(key, sd.pop(key), inner_dim))
     return out
+
+
+def convert_bfl_key(key: str, value: torch.Tensor, inner_dim: int) -> dict[str, torch.Tensor]:
+    """One BFL tensor as its diffusers tensors (one, or the parts of a fused projection)."""
+    new = _rename(key)
+    parts = {new: value} if new else _split(key, value, inner_dim)
+    if parts is None:
+        raise ValueError(f"BFL Flux key '{key}' has no counterpart in diffusers' FluxTransformer2DModel")
+    return parts
 
 
 def _rename(key: str) -> str | None:

@@ -46,18 +46,25 @@ def convert_original_pixart(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         return dict(sd)
     out = {}
     for key, value in sd.items():
-        if any(re.fullmatch(p, key) for p in _DROPPED):
-            continue
-        new = _rename(key) or _micro(key)
-        split = {new: value} if new else _split(key, value)
-        if split is None:
-            raise KeyError(f"original PixArt key '{key}' has no counterpart in diffusers' "
-                           "PixArtTransformer2DModel")
+        split = convert_pixart_key(key, value)
         twice = sorted(split.keys() & out.keys())
         if twice:
             raise KeyError(f"two original PixArt keys give the diffusers key '{twice[0]}'")
         out.update(split)
     return out
+
+
+def convert_pixart_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One original tensor as its diffusers tensors (none for the dropped fixed tables, the parts
+    of a fused projection); a KeyError names a key without a counterpart."""
+    if any(re.fullmatch(p, key) for p in _DROPPED):
+        return {}
+    new = _rename(key) or _micro(key)
+    split = {new: value} if new else _split(key, value)
+    if split is None:
+        raise KeyError(f"original PixArt key '{key}' has no counterpart in diffusers' "
+                       "PixArtTransformer2DModel")
+    return split
 
 
 def _rename(key: str) -> str | None:

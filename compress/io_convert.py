@@ -1,0 +1,150 @@
+"""`dit-compress convert`: a single-file teacher checkpoint written as a diffusers transformer folder
+(config.json + safetensors shards + index), what `stream: true` reads, tensor by tensor.
+
+Loading the whole file and calling `save_pretrained` would hold Flux.1-dev's 24 GB of tensors and,
+while a shard is serialized, another copy of it (diffusers' shards are 10 GB): a machine needs
+well over 32 GB for it. Here one tensor is read at a time (safetensors' `safe_open`; pickles are
+memory-mapped where their format allows it), converted to diffusers' keys (`arch.flux_convert`,
+`arch.pixart_convert`), checked against the config's empty model, and added to a shard that is
+written once it reaches `shard_bytes`. The folder appears whole or not at all (`atomic_folder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from compress.errors import UserError
+from compress.io import INDEX, WEIGHTS, SafetensorsError, from_config, model_class, read_config, read_state_dict, unreadable
+from compress.io_export import atomic_folder
+from compress.io_single import PREFIXES, check_flux_blocks, checked_family, config_dir
+
+SHARD_BYTES = 2 * 2**30  # tensors per shard before it is written (one shard is held at a time)
+SHARD = "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors"
+
+
+def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: int = SHARD_BYTES) -> dict:
+    """Writes `out`; returns {"class", "dtypes", "shards", "tensors"}."""
+    with lazy_tensors(path) as (keys, get):
+        prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
+        names = [k[len(prefix):] for k in keys if k.startswith(prefix)]  # the transformer's, prefix removed
+        family = checked_family(path, names, None)
+        cfg_dir = config_dir(path, config)
+        model = _empty(family, cfg_dir)
+        if family == "flux":
+            check_flux_blocks(path, dict.fromkeys(names), model, cfg_dir)
+        convert_key = _key_converter(family, names, model)
+        expected = {k: (tuple(v.shape)) for k, v in model.state_dict().items()}
+        with atomic_folder(out) as tmp:
+            model.save_config(tmp)
+            written = _write_shards(tmp, path, names, lambda n: get(prefix + n), convert_key, expected, shard_bytes)
+    return {"class": type(model).__name__, **written}
+
+
+@contextlib.contextmanager
+def lazy_tensors(path: Path) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
+    """(tensor names, name -> tensor) of a checkpoint file, reading each tensor when asked."""
+    if path.suffix != ".safetensors":
+        sd = read_state_dict(path, mmap=True)
+        yield list(sd), sd.__getitem__
+        return
+    from safetensors import safe_open
+
+    try:
+        f = safe_open(str(path), framework="pt")
+        keys = list(f.keys())
+    except (SafetensorsError, OSError) as e:
+        raise unreadable(path, e) from None
+    yield keys, f.get_tensor
+
+
+def _empty(family: str, cfg_dir: Path):
+    from accelerate import init_empty_weights
+
+    from compress.arch import get_adapter
+
+    cls = model_class(get_adapter(family).class_name)
+    with init_empty_weights():
+        return from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
+
+
+def _key_converter(family: str, names: list[str], model) -> Callable[[str, torch.Tensor], dict]:
+    """name, tensor -> {diffusers name: tensor}: BFL Flux and original PixArt keys converted, a file
+    already in diffusers' keys passed through."""
+    if family == "flux":
+        from compress.arch.flux_convert import convert_bfl_key, is_bfl_flux
+
+        width = model.config.num_attention_heads * model.config.attention_head_dim
+        if is_bfl_flux(names):
+            return lambda k, v: convert_bfl_key(k, v, width)
+    else:
+        from compress.arch.pixart_convert import convert_pixart_key, is_original_pixart
+
+        if is_original_pixart(names):
+            return convert_pixart_key
+    return lambda k, v: {k: v}
+
+
+def _write_shards(folder: Path, path: Path, names: list[str], get, convert_key, expected: dict,
+                  shard_bytes: int) -> dict:
+    """Converts and writes the tensors in shards of about `shard_bytes`, then names them -of-N and
+    writes the index. Every diffusers tensor must be expected (name and shape) and come once."""
+    from safetensors.torch import save_file
+
+    shards, current, size, seen, dtypes, total = [], {}, 0, set(), set(), 0
+
+    def flush():
+        nonlocal current, size
+        if current:
+            shards.append((folder / f"shard-{len(shards):05d}.tmp", list(current)))
+            save_file(current, str(shards[-1][0]), metadata={"format": "pt"})
+        current, size = {}, 0
+
+    for name in names:
+        try:
+            parts = convert_key(name, get(name))
+        except (KeyError, ValueError) as e:
+            raise UserError(f"{path}: {e.args[0]}") from None
+        for key, tensor in parts.items():
+            _check_tensor(path, key, tensor, expected, seen)
+            current[key] = tensor.contiguous()
+            size += tensor.numel() * tensor.element_size()
+            total += tensor.numel() * tensor.element_size()
+            dtypes.add(str(tensor.dtype).removeprefix("torch."))
+        if size >= shard_bytes:
+            flush()
+    flush()
+    missing = sorted(expected.keys() - seen)
+    if missing:
+        raise UserError(f"{path} lacks {len(missing)} tensor(s) of the config's model, e.g. {missing[0]}")
+    _name_shards(folder, shards, total)
+    return {"dtypes": sorted(dtypes), "shards": len(shards), "tensors": len(seen)}
+
+
+def _name_shards(folder: Path, shards: list, total: int) -> None:
+    """The shards under diffusers' names: one file alone, else -0000i-of-0000N and the index."""
+    if len(shards) == 1:
+        shards[0][0].rename(folder / WEIGHTS)
+        return
+    weight_map = {}
+    for i, (tmp_name, keys) in enumerate(shards):
+        final = SHARD.format(i + 1, len(shards))
+        tmp_name.rename(folder / final)
+        weight_map.update(dict.fromkeys(keys, final))
+    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
+                                            "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
+
+
+def _check_tensor(path: Path, key: str, tensor: torch.Tensor, expected: dict, seen: set) -> None:
+    if key not in expected:
+        raise UserError(f"{path}: tensor {key} is not in the config's model (another model or config?)")
+    if tuple(tensor.shape) != expected[key]:
+        raise UserError(f"{path}: tensor {key} has shape {tuple(tensor.shape)}, the config's model "
+                        f"{expected[key]}")
+    if key in seen:
+        raise UserError(f"{path}: two tensors give {key}")
+    seen.add(key)
