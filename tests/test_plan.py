@@ -58,3 +58,17 @@ def test_plan_says_nothing_of_reuse_without_an_importance_pass():
 @pytest.mark.parametrize("passes, scans", [(IMP + RB, 0), (IMP + SVD.replace("0.5", "0.5, fisher: block") + RB, 1)])
 def test_a_streamed_plan_counts_the_scan_of_stale_scores(passes, scans):
     assert _planned(passes, stream=True)[-1]["streamed_scan"]["scans"] == scans
+
+
+@pytest.mark.parametrize("svd, words", [
+    ("{targets: [mlp], ratio: 0.5}", None),  # the prediction's Fisher: not fitted, block-level
+    ("{targets: [mlp], ratio: 0.5, fisher: block}", "fitted_to_reference: 12; sequential: true"),
+    ("{targets: [mlp], ratio: 0.5, fisher: none, sequential: false}", "fitted_to_reference: 12; sequential: false"),
+    ("{targets: [mlp, modulation], ratio: 0.5, fisher: modulation}", "fitted_to_reference: 12; sequential: true"),
+])
+def test_plan_says_which_targets_are_fitted_to_the_reference_and_whether_sequentially(svd, words):
+    """The tiny toy PixArt has 6 blocks of 2 MLP linears."""
+    (step,) = _planned(f"  - svd: {svd}\n")
+    line = step_words(step)
+    assert ("fitted_to_reference" in line) == (words is not None)
+    assert words is None or words in line

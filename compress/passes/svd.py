@@ -145,8 +145,10 @@ class SVDPass(GlobalAllocation, Pass):
         weighted = [i for i in targets if self._prediction_fisher(i)]
         rows = self._fisher_rows(adapter, weighted, calibration_rows)
         fisher = fisher_plan(weighted, rows, c.fisher_memory_gb, c.gradient_checkpointing)
+        fitted = sum(self._asymmetric(i) for i in targets if i.group is not None)
         return {"targets": [i.name for i in targets], "ranks": shown, "params_before": before,
                 "params_after": after, "method": c.method, "allocation": c.allocation,
+                **({"fitted_to_reference": fitted, "sequential": self._sequential(targets)} if fitted else {}),
                 **({"fisher": fisher} if weighted else {})}
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
