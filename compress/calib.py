@@ -20,7 +20,8 @@ Flow of one calibration (`BlockCalibration`):
    gives it) before the student's forward, and plain input readers pair the two row by row
    (`Stats.cross`), so targets can be fitted to the reference's outputs (linalg_steps.asymmetric_step).
    `rerun(...)`, while a block is yielded: stats of some of its readers from one more run of it,
-   after the caller has compressed some of its linears (within-block sequential calibration).
+   after the caller has compressed some of its linears (within-block sequential calibration);
+   `dependencies(...)` says which of them must wait for which (calib_flow).
 4. `tail(...)`: stats of linears that run after the blocks (one full forward per batch).
 """
 
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from compress.arch.base import Adapter
+from compress.calib_flow import dependencies, first_row
 from compress.calib_stats import Reader, Stats, StatsCache, accumulating, pairs, recording
 from compress.calib_store import BlockLoader, Spilled
 
@@ -254,6 +256,14 @@ class BlockCalibration:
         the reader inputs the uncompressed block gives the reference stream."""
         stats, _, _ = self._run(block, readers, keep=False, original=original)
         return stats
+
+    def dependencies(self, block, readers: list[str], linears: list[list[str]]) -> list[set[int]] | None:
+        """Which stages of the block `blocks` has just yielded read what other stages' linears make
+        (calib_flow.dependencies), from one forward and backward of it on the first row of its first
+        calibration batch (student stream), before the caller changes it."""
+        args, kwargs = self.inputs[0]
+        rows = self.adapter.hidden_of(args, kwargs)[0].shape[0]
+        return dependencies(self.model, self.adapter, block, *first_row(rows, args, kwargs), readers, linears)
 
     def _run(self, block, readers, keep, original: dict[str, nn.Module] | None = None):
         """Run one block over all current inputs: stats of readers, the outputs (if keep) and, with

@@ -24,7 +24,8 @@ fit on both streams' means, its offset into the bias).
 With `sequential` (auto: where targets are fitted asymmetrically) a block's targets are calibrated
 in forward order, GPTQ's "true-sequential": each later stats key's Gram (and cross term) comes from
 a re-run of that block alone with its earlier targets already compressed, so e.g. attn.to_out is fitted
-on the inputs the compressed q/k/v give it (svd_walk.in_order).
+on the inputs the compressed q/k/v give it (svd_walk.in_order); keys that do not read each other's
+linears (Flux's image and text streams) share a level and one re-run (calib_flow).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class SVDConfig:
     asymmetric: bool | str = "auto"
     asymmetric_damping: float = 1e-2  # λ = damping · mean eigenvalue of the student's input Gram
     # within a block, take each target's stats with the block's earlier targets already compressed
-    # (one re-run of the block per stats key, in forward order; svd_walk.in_order): true | false |
+    # (one re-run of the block per level of stats keys, in forward order; svd_walk.in_order): true | false |
     # auto (where block targets are fitted asymmetrically: there it measured 0.85-0.96x the error)
     sequential: bool | str = "auto"
     progress: bool = True

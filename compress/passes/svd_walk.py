@@ -2,7 +2,8 @@
 order where a target's statistics are taken after everything it depends on has been visited
 (conditioning → top level → blocks in execution order → tail), plus the names its caches use.
 Within a block, targets are visited at once (their stats from one forward of the block as found) or,
-sequentially, in stages in the block's forward order (`in_order`)."""
+sequentially, in stages in the block's forward order, stages that do not depend on each other
+together (`in_order`, `levels`)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: 
     the block count for the tail. `state` (what has been compressed so far) names the student-mode
     cache files; modulation Grams are taken over `modulation_grid` timesteps per batch (cached).
     sequential (student mode): a block's targets are visited in stages, one per stats key in the
-    order the keys first fire, each later stage's stats taken by running the block again with the
-    earlier stages compressed (`in_order`)."""
+    order the keys first fire, merged in levels of stages that do not depend on each other, each
+    later level's stats taken by running the block again with the earlier levels compressed
+    (`in_order`)."""
 
     def visit_all(where: str, pairs: list, start: int = 0) -> bool:
         if visit_group and pairs:
@@ -83,14 +85,16 @@ def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: 
 def in_order(cal: BlockCalibration, bs: BlockStats, pairs: list, visit_stage: Callable[[list], bool], state: list,
              cache: StatsCache) -> None:
     """Within-block sequential calibration (GPTQ's true-sequential): visit one calibrated block's
-    targets in `stages`, each later stage's stats from a re-run of this block alone (`cal.rerun`)
-    with the earlier stages compressed; with a reference stream its forwards run through the block
-    as it was yielded. Re-runs are cached under the state so far (the block's compressed stages
+    targets in `stages`, grouped in `levels` by the block's data flow (`cal.dependencies`), level by
+    level (one `visit_stage` per level); each later level's stats from one re-run of this block alone
+    (`cal.rerun`) with the earlier levels compressed, which gives every stage the stats a re-run per
+    stage in forward order gives it. With a reference stream its forwards run through the block as
+    it was yielded. Re-runs are cached under the state so far (the block's compressed levels
     included); none is needed while nothing in the block has changed."""
     original = {info.name: cal.model.get_submodule(info.name) for info, _ in pairs}
     changed = False
-    for stage in stages(pairs, list(bs.stats)):
-        fresh = [info for info, _ in stage if not is_model_wide(info)]
+    for level in leveled(cal, bs.block, stages(pairs, list(bs.stats))):
+        fresh = [info for info, _ in level if not is_model_wide(info)]
         if changed and fresh:
             found = readers(fresh, where=f"block {bs.index} of '{bs.group}'")
             name = digest("stage", bs.group, bs.index, sorted(r.key for r in found), state, cal.asymmetric)
@@ -98,8 +102,36 @@ def in_order(cal: BlockCalibration, bs: BlockStats, pairs: list, visit_stage: Ca
             if stats is None:
                 stats = cal.rerun(bs.block, found, original)
                 cache.save(name, stats)
-            stage = [(info, stats[stats_key(info)] if not is_model_wide(info) else s) for info, s in stage]
-        changed = visit_stage(stage) or changed
+            level = [(info, stats[stats_key(info)] if not is_model_wide(info) else s) for info, s in level]
+        changed = visit_stage(level) or changed
+
+
+def leveled(cal: BlockCalibration, block: nn.Module, staged: list[list]) -> list[list]:
+    """A block's stages (`stages`) merged by `levels` of the dependencies `cal.dependencies` reads off
+    the block: [(info, stats)] per level, stages in forward order within one. A block where a stage
+    did not run in that probe keeps one level per stage (the chain: same stats, one re-run each)."""
+    if len(staged) < 2:
+        return staged
+    found = [readers([info for info, _ in stage if not is_model_wide(info)]) for stage in staged]
+    deps = cal.dependencies(block, [f[0].module if f else None for f in found],
+                            [[info.name for info, _ in stage] for stage in staged])
+    level = levels(deps) if deps is not None else list(range(len(staged)))
+    return [[p for stage, j in zip(staged, level) if j == k for p in stage] for k in sorted(set(level))]
+
+
+def levels(deps: list[set[int]]) -> list[int]:
+    """Level of each stage (forward order) from deps[s], the stages whose linears' outputs stage s
+    reads (directly or not): after every earlier stage it depends on (one level more), and not
+    before an earlier stage that depends on it (a linear called twice: a later call of an earlier
+    stage's reader reads it; the same level or later). Taken after the levels below its own are
+    compressed, a stage's stats then see exactly the earlier stages it depends on compressed: the
+    stats a re-run per stage in forward order gives it. 0 for stages that depend on none."""
+    level: list[int] = []
+    for s, ds in enumerate(deps):
+        after = [level[t] + 1 for t in ds if t < s]
+        beside = [level[k] for k in range(s) if s in deps[k]]
+        level.append(max(after + beside, default=0))
+    return level
 
 
 def stages(pairs: list, order: list[str]) -> list[list]:

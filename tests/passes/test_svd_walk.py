@@ -1,5 +1,7 @@
 """svd_walk: the modulation Grams are taken at the σ the teacher's sampler steps through (Flux: FluxPipeline's
-resolution-dependent shift, from the run's scheduler config), and cached under a name that says so."""
+resolution-dependent shift, from the run's scheduler config), and cached under a name that says so;
+within-block sequential calibration takes each stage's stats after what it reads is compressed, one
+re-run per level of stages that do not depend on each other."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from compress.arch import get_adapter
 from compress.passes.base import RunContext
 from compress.passes.svd import SVDConfig, SVDPass
+from compress.passes.svd_walk import levels
 from tests.arch.test_flux import FLUX_DEV, _theirs
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 
@@ -72,20 +75,25 @@ def _sequential_pass(tmp_path, model, monkeypatch, **cfg):
     return used, reruns, ctx.report["svd"], batches
 
 
-@pytest.mark.parametrize("family", ["pixart", "flux"])
-def test_sequential_grams_are_those_of_the_compressed_earlier_linears(tmp_path, monkeypatch, family):
+@pytest.mark.parametrize("family, missed", [("pixart", False), ("flux", False), ("flux", True)])
+def test_sequential_grams_are_those_of_the_compressed_earlier_linears(tmp_path, monkeypatch, family, missed):
     """svd.sequential: every block target is factorized on the Gram of the inputs the finished student
     gives it (nothing before it changes after its stats are taken: by hand, full forwards of the
     student), paired with the teacher's inputs (cross term); block-level calibration takes the later
-    linears' Grams with the block's earlier ones uncompressed."""
+    linears' Grams with the block's earlier ones uncompressed, and so do levels built from a data
+    flow that misses every dependency (`missed`: all of a block's stages in one level)."""
+    from compress.calib import BlockCalibration
     from tests.test_calib import _direct_rows
 
+    if missed:
+        monkeypatch.setattr(BlockCalibration, "dependencies", lambda self, block, readers, linears:
+                            [set() for _ in readers])
     teacher = tiny_pixart() if family == "pixart" else tiny_flux()
     for sequential in (True, False):
         model = tiny_pixart() if family == "pixart" else tiny_flux()
         used, reruns, report, batches = _sequential_pass(tmp_path / str(sequential), model, monkeypatch,
                                                          sequential=sequential)
-        assert report["passes"][-1]["sequential"] is sequential and bool(reruns) is sequential
+        assert report["passes"][-1]["sequential"] is sequential and bool(reruns) is (sequential and not missed)
         off = []
         for name, stats in used.items():
             student = _direct_rows(model, name, batches)
@@ -94,19 +102,23 @@ def test_sequential_grams_are_those_of_the_compressed_earlier_linears(tmp_path, 
             elif sequential:
                 ref = _direct_rows(teacher, name, batches)
                 torch.testing.assert_close(stats.cross, ref.T @ student, rtol=1e-5, atol=1e-6)
-        assert off == [] if sequential else any("to_out" in n for n in off), off
+        assert off == [] if sequential and not missed else any("to_out" in n for n in off), off
 
 
-def test_sequential_reruns_each_later_key_in_forward_order_and_caches_them(tmp_path, monkeypatch):
-    """One re-run per stats key after a block's first, in the order the keys fire (Flux: the
-    double block's context stream after the image stream; the single block's q/k/v and proj_mlp
-    share their input, so one stage); a second run reads them all from the cache, same factors."""
+DOUBLE_LEVELS = [["attn.ctx.in", "x"], ["attn.ctx_out.in", "attn.out.in"], ["ff.in", "ff_context.in"],
+                 ["ff.out.in", "ff_context.out.in"]]
+
+
+def test_sequential_reruns_each_later_level_once_and_caches_them(tmp_path, monkeypatch):
+    """One re-run per level after a block's first: a Flux double block's image and text streams share
+    each (q/k/v, attention outputs, FFN inputs, FFN outputs: 3 re-runs instead of one per stats key
+    after the first, 7); the single block's q/k/v and proj_mlp share their input, so two stages, a
+    chain. A second run reads them all from the cache, same factors."""
     model = tiny_flux()
     used, reruns, report, _ = _sequential_pass(tmp_path, model, monkeypatch, sequential=True)
-    double = ["attn.ctx.in", "attn.out.in", "attn.ctx_out.in", "ff.in", "ff.out.in", "ff_context.in",
-              "ff_context.out.in"]
-    want = [[f"double.{i}.{k}"] for i in range(2) for k in double] + [[f"single.{i}.proj_out.in"] for i in range(3)]
-    assert reruns == want
+    want = [[f"double.{i}.{k}" for k in keys] for i in range(2) for keys in DOUBLE_LEVELS[1:]] + \
+        [[f"single.{i}.proj_out.in"] for i in range(3)]
+    assert [sorted(keys) for keys in reruns] == want
     again = tiny_flux()
     _, reruns, report, _ = _sequential_pass(tmp_path, again, monkeypatch, sequential=True)
     assert reruns == [] and sum(h.startswith("stage-") for h in report["cache_hits"]) == len(want)
@@ -114,16 +126,80 @@ def test_sequential_reruns_each_later_key_in_forward_order_and_caches_them(tmp_p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sequential_with_compensation_searches_each_stage(tmp_path, monkeypatch):
-    """With the prediction's Fisher and compensation (sequential: true) every stats key of a block is
-    its own compensated stage: PixArt's q/k/v, to_out, ff.net.0, ff.net.2 (block-level: attention,
-    then MLP); the very first stage has no upstream error to compensate."""
+@pytest.mark.parametrize("fisher", ["none", "block"])
+def test_levels_give_the_weights_of_one_rerun_per_stage(tmp_path, monkeypatch, fisher):
+    """Levels change what runs, not what is computed: bit for bit the factors of one re-run per stats
+    key in forward order (svd_walk.leveled off), with 7 re-runs per double block there against 3."""
+    from compress.passes import svd_walk
+
+    model = tiny_flux()
+    _, reruns, _, _ = _sequential_pass(tmp_path / "levels", model, monkeypatch, fisher=fisher, sequential=True)
+    leveled = len(reruns)  # (the next pass's rerun wraps this one's, which would count on)
+    monkeypatch.setattr(svd_walk, "leveled", lambda cal, block, staged: staged)
+    chain = tiny_flux()
+    _, per_stage, _, _ = _sequential_pass(tmp_path / "chain", chain, monkeypatch, fisher=fisher, sequential=True)
+    assert (len(per_stage), leveled) == (2 * 7 + 3, 2 * 3 + 3)
+    a, b = model.state_dict(), chain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _levels_of(model, roles) -> dict[str, list[list[str]]]:
+    """group -> the stats keys (block-relative; model-wide targets by module name) of each level of
+    the group's first block."""
+    from compress.calib import BlockCalibration
+    from compress.passes.svd_targets import is_model_wide, resolve_targets, stats_key
+    from compress.passes.svd_walk import _block_pairs, leveled, readers, stages
+
+    adapter = get_adapter(model)
+    targets = resolve_targets(adapter.linears(model), roles, [])
+    cal = BlockCalibration(model, adapter, [model_inputs(model)], progress=False)
+    cal.capture()
+    out = {}
+    for bs in cal.blocks(lambda g, i: readers([t for t in targets if (t.group, t.block) == (g, i)])):
+        if bs.index == 0:
+            pairs = _block_pairs(targets, bs, {})
+            out[bs.group] = [sorted({info.name.split(".", 2)[2] if is_model_wide(info) else
+                                     stats_key(info).split(".", 2)[2] for info, _ in level})
+                             for level in leveled(cal, bs.block, stages(pairs, list(bs.stats)))]
+    return out
+
+
+def test_levels_of_flux_and_pixart_blocks_follow_their_data_flow():
+    """Flux double: the image and text streams side by side until each stream's FFN; single: q/k/v +
+    proj_mlp, then proj_out; with modulation targets those (on temb) come first and everything reads
+    them. PixArt: a chain, cross-attention included (its k/v read the caption, a model-wide input)."""
+    flux = _levels_of(tiny_flux(), ["attention", "mlp"])
+    assert flux == {"double": DOUBLE_LEVELS, "single": [["x"], ["proj_out.in"]]}
+    flux = _levels_of(tiny_flux(), ["attention", "mlp", "modulation"])
+    assert flux == {"double": [["norm1.linear", "norm1_context.linear"], *DOUBLE_LEVELS],
+                    "single": [["norm.linear"], ["x"], ["proj_out.in"]]}
+    pixart = _levels_of(tiny_pixart(), ["attention", "cross_attention", "mlp"])
+    assert pixart == {"blocks": [["attn1.in", "attn2.to_k", "attn2.to_v"], ["attn1.out.in"], ["attn2.q.in"],
+                                 ["attn2.out.in"], ["ff.in"], ["ff.out.in"]]}
+
+
+def test_levels_put_a_stage_after_what_it_reads_and_beside_what_reads_it_later():
+    """Pure: chain; two streams; a stage that an earlier stage's reader reads on a later call (a linear
+    called twice) never goes below that reader's level; a stage depending on nothing is level 0."""
+    assert levels([set(), {0}, {0, 1}]) == [0, 1, 2]
+    assert levels([set(), set(), {0, 1}, {0, 1}, {0, 1, 2}, {0, 1, 3}]) == [0, 0, 1, 1, 2, 2]
+    assert levels([set(), {0, 2}, set()]) == [0, 1, 1]  # without the rule: c at 0, compressed before a
+    assert levels([set(), set()]) == [0, 0] and levels([]) == []
+
+
+def test_sequential_with_compensation_searches_each_level(tmp_path, monkeypatch):
+    """With the prediction's Fisher and compensation (sequential: true) every level of a block is its
+    own compensated stage (split by role as block-level splits a block): PixArt's chain q/k/v, to_out,
+    ff.net.0, ff.net.2 (block-level: attention, then MLP); Flux's double block four levels, each of
+    one role, its single block q/k/v then proj_mlp (their shared input), then proj_out. The very
+    first stage has no upstream error to compensate."""
     counts = {}
-    for sequential in (False, True):
-        model = tiny_pixart()
-        _, reruns, report, _ = _sequential_pass(tmp_path / str(sequential), model, monkeypatch, fisher="all",
-                                                asymmetric="auto", sequential=sequential)
-        assert report["asymmetric"] == [] and len(reruns) == (9 if sequential else 0)
+    for family, sequential in (("pixart", False), ("pixart", True), ("flux", True)):
+        model = tiny_pixart() if family == "pixart" else tiny_flux()
+        _, reruns, report, _ = _sequential_pass(tmp_path / f"{family}{sequential}", model, monkeypatch,
+                                                fisher="all", asymmetric="auto", sequential=sequential)
+        assert report["asymmetric"] == [] and len(reruns) == {(False, "pixart"): 0, (True, "pixart"): 9,
+                                                               (True, "flux"): 2 * 3 + 3}[sequential, family]
         assert report["max_loss_ratio"] <= 1.001
-        counts[sequential] = len(report["compensation"])
-    assert counts == {False: 3 * 2 - 1, True: 3 * 4 - 1}
+        counts[family, sequential] = len(report["compensation"])
+    assert counts == {("pixart", False): 3 * 2 - 1, ("pixart", True): 3 * 4 - 1, ("flux", True): 2 * 4 + 3 * 3 - 1}
