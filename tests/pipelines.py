@@ -19,6 +19,18 @@ T5_DIM = 12  # = the tiny transformers' caption_channels / joint_attention_dim
 CLIP_DIM = 10  # = the tiny Flux's pooled_projection_dim
 LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
+# a recipe that calibrates in these pipelines ({teacher}: a folder or hub id; {size}: SIZE[family])
+SIZE = {"pixart": "", "flux": "height: 32, width: 32, "}  # Flux's default is 1024²
+RECIPE = """\
+model: {family}
+teacher: {teacher}
+stream: {stream}
+calibration: {{source: pipeline, prompts: [a photo of a cat, a red car, a horse, a fox, a dog],
+              sample_steps: 3, timesteps: 2, {size}batch_size: 4, heldout: 4}}
+passes:
+  - svd: {{targets: [attention, mlp], fisher: block, ratio: 0.5, multiple: 2, progress: false}}
+"""
+
 
 def _t5(folder: Path):
     import sentencepiece as spm
@@ -106,3 +118,10 @@ def hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     return cache
+
+
+def pipeline_folders(root: Path) -> dict[str, Path]:
+    """family -> a tiny pipeline folder under `root` (pixart/pipe, flux/pipe)."""
+    (root / "pixart").mkdir(), (root / "flux").mkdir()
+    return {"pixart": pixart_pipeline(root / "pixart" / "pipe"),
+            "flux": flux_pipeline(root / "flux" / "pipe")}

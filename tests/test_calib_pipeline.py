@@ -1,11 +1,7 @@
 """Calibration through the real diffusers pipelines (tiny PixArtSigmaPipeline and FluxPipeline
-folders, tests/pipelines.py): what is captured is exactly what the transformer saw at inference,
-`dit-compress run` compresses from them resident and streamed, and hub ids resolve from a
-downloaded cache without network."""
-
-import os
-import subprocess
-import sys
+folders, tests/pipelines.py): what is captured is exactly what the transformer saw at inference, how
+records are batched and held out, teacher samples as the pipelines sample, prompt files. Runs from
+them and missing packages / hub ids: test_calib_pipeline_runs.py, test_calib_pipeline_packages.py."""
 
 import pytest
 import torch
@@ -14,31 +10,16 @@ from compress.arch import get_adapter
 from compress.calib_pipeline import capture, load_pipeline_for, read_prompts
 from compress.errors import UserError
 from compress.io import load_teacher
-from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
-from compress.runner import Runner
-from tests.pipelines import flux_pipeline, hub_cache, pixart_pipeline
+from tests.pipelines import RECIPE, flux_pipeline, pipeline_folders
+from tests.runner_helpers import run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SIZE = {"pixart": "", "flux": "height: 32, width: 32, "}  # Flux's default is 1024²
-RECIPE = """\
-model: {family}
-teacher: {teacher}
-stream: {stream}
-calibration: {{source: pipeline, prompts: [a photo of a cat, a red car, a horse, a fox, a dog],
-              sample_steps: 3, timesteps: 2, {size}batch_size: 4, heldout: 4}}
-passes:
-  - svd: {{targets: [attention, mlp], fisher: block, ratio: 0.5, multiple: 2, progress: false}}
-"""
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipelines")
-    (root / "pixart").mkdir(), (root / "flux").mkdir()
-    return {"pixart": pixart_pipeline(root / "pixart" / "pipe"),
-            "flux": flux_pipeline(root / "flux" / "pipe")}
+    return pipeline_folders(tmp_path_factory.mktemp("pipelines"))
 
 
 @pytest.mark.parametrize("family", ["pixart", "flux"])
@@ -84,244 +65,13 @@ def test_flux_calibrates_at_the_recipes_embedded_guidance(folders, cfg_branches)
         assert family == "pixart" or record["guidance"].tolist() == [want[0]]
 
 
-def _run(tmp_path, text, name):
-    recipe = parse_recipe(text, str(tmp_path / f"{name}.yaml"))
-    return Runner(recipe, tmp_path / f"out-{name}", tmp_path / f"run-{name}").run()
-
-
-@pytest.mark.parametrize("family", ["pixart", "flux"])
-def test_run_compresses_a_pipeline_folder_resident_and_streamed(tmp_path, folders, family):
-    text = RECIPE.replace("{teacher}", str(folders[family])).replace("{family}", family) \
-        .replace("{size}", SIZE[family])
-    a = load_transformer(_run(tmp_path, text.format(stream="false"), "resident"))
-    b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed"))
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys() and any(k.endswith(".down.weight") for k in sa)
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    teacher = load_teacher(str(folders[family]))
-    assert sum(p.numel() for p in a.parameters()) < sum(p.numel() for p in teacher.parameters())
-
-
-def test_hub_ids_resolve_from_a_downloaded_cache(tmp_path, folders):
-    """`dit-compress run` with a hub id as the teacher, offline, from the Hugging Face cache: the
-    resident loader (hf_hub_download + from_pretrained), the pipeline (DiffusionPipeline) and the
-    streamed loader (snapshot_download of transformer/) all find it."""
-    cache = hub_cache(tmp_path / "hub", "tiny-org/tiny-flux", folders["flux"])
-    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
-    outs = {}
-    for stream in ("false", "true"):
-        text = RECIPE.format(family="flux", teacher="tiny-org/tiny-flux", stream=stream, size=SIZE["flux"])
-        (tmp_path / f"{stream}.yaml").write_text(text)
-        outs[stream] = tmp_path / f"out-{stream}"
-        done = subprocess.run([sys.executable, "-m", "compress.cli", "run", str(tmp_path / f"{stream}.yaml"),
-                               "--out", str(outs[stream]), "--run-dir", str(tmp_path / f"run-{stream}")],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-    a, b = (load_transformer(outs[s]).state_dict() for s in ("false", "true"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_a_missing_hub_id_is_one_line_offline(tmp_path):
-    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "empty"), HF_HUB_OFFLINE="1")
-    text = RECIPE.format(family="flux", teacher="tiny-org/not-there", stream="false", size=SIZE["flux"])
-    (tmp_path / "r.yaml").write_text(text)
-    done = subprocess.run([sys.executable, "-m", "compress.cli", "run", str(tmp_path / "r.yaml"),
-                           "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert "cannot fetch 'tiny-org/not-there'" in done.stderr
-
-
-def test_without_transformers_pipeline_calibration_says_what_to_install(tmp_path, folders, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "transformers" else real(name, *a))
-    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
-        .replace("{size}", "").format(stream="false")
-    with pytest.raises(UserError, match=r"needs transformers: pip install 'dit-compress\[pipelines\]'"):
-        _run(tmp_path, text, "no-transformers")
-    assert not (tmp_path / "out-no-transformers").exists()
-
-
-def test_without_caption_cleaning_pixart_calibration_says_what_to_install(tmp_path, folders, monkeypatch):
-    """Without beautifulsoup4 / ftfy PixArt-Σ's pipeline only logs a warning and samples from
-    uncleaned captions, which inference would not see: an error naming them, not a silent change."""
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ftfy" else real(name, *a))
-    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
-        .replace("{size}", "").format(stream="false")
-    with pytest.raises(UserError, match=r"needs ftfy: pip install 'dit-compress\[pipelines\]'"):
-        _run(tmp_path, text, "no-ftfy")
-    flux = RECIPE.format(family="flux", teacher=str(folders["flux"]), stream="false", size=SIZE["flux"])
-    from compress.inputs import check_pipeline_packages
-
-    check_pipeline_packages(parse_recipe(flux, str(tmp_path / "f.yaml")))  # Flux's pipeline cleans nothing
-
-
-@pytest.mark.parametrize("command", ["run", "importance"])
-def test_without_transformers_a_hub_teacher_is_not_fetched_first(tmp_path, monkeypatch, capsys, command):
-    """`run` / `importance` of a real recipe say what to install before they load (download) the
-    teacher: a Hub teacher is GBs."""
-    import importlib.util
-
-    import compress.io
-    from compress.cli import main
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "transformers" else real(name, *a))
-    fetched = []
-    monkeypatch.setattr(compress.io, "_load_hub", lambda *a: fetched.append(a) or 1 / 0)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(family="flux", teacher="tiny-org/tiny-flux", stream="false", size=""))
-    extra = ["--out", str(tmp_path / "out")] if command == "run" else []
-    assert main([command, str(recipe), *extra]) == 2
-    assert fetched == [] and "pip install 'dit-compress[pipelines]'" in capsys.readouterr().err
-    if command == "run":  # a teacher that is not there is named first
-        assert main([command, str(recipe), "--teacher", str(tmp_path / "nothere"), *extra]) == 2
-        assert "teacher not found" in capsys.readouterr().err
-
-
 def test_image_size_keys_are_checked(tmp_path):
     text = RECIPE.format(family="pixart", teacher="toy:pixart", stream="false", size="height: 8, ")
     with pytest.raises(UserError, match=r"r\.yaml:5: calibration\.height must be at least 16"):  # the key's line
         parse_recipe(text, str(tmp_path / "r.yaml"))
     text = RECIPE.format(family="pixart", teacher="toy:pixart", stream="false", size="height: 64, ")
     with pytest.raises(UserError, match="toy pipelines sample at their one resolution"):
-        _run(tmp_path, text, "toy-size")
-
-
-CALIB = ["calibration.num_prompts=5", "calibration.sample_steps=3", "calibration.timesteps=2",
-         "calibration.batch_size=4", "calibration.heldout=4"]
-DISTILL = ["num_samples=4", "sample_steps=2", "steps=2", "batch_size=2", "warmup_steps=1"]
-SHIPPED = {  # recipe -> (family, overrides shrinking it to the tiny teachers: 3 PixArt blocks; 2 + 3 Flux)
-    "pixart-sigma-50": ("pixart", ["passes.1.remove_blocks.count.blocks=1", "passes.2.svd.multiple=2",
-                                   "passes.2.svd.compensate_batches=1", "passes.3.svd.multiple=1"]
-                        + [f"passes.4.distill.{d}" for d in DISTILL]),
-    "flux-dev-lite": ("flux", ["passes.1.remove_blocks.count.double=1"]
-                      + [f"passes.2.distill.{d}" for d in DISTILL]),
-    "flux-dev-deep": ("flux", ["passes.1.remove_blocks.count.double=1", "passes.1.remove_blocks.count.single=1",
-                               "passes.2.svd.multiple=2", "passes.2.svd.compensate_batches=1",
-                               "passes.3.svd.multiple=1", "passes.3.svd.compensate_batches=1"]
-                      + [f"passes.4.distill.{d}" for d in DISTILL]),
-    "flux-dev-modulation": ("flux", ["passes.0.svd.multiple=1", "passes.0.svd.compensate_batches=1"]),
-    "flux-dev-stream": ("flux", ["passes.0.svd.multiple=1", "passes.1.svd.multiple=2"]),
-}
-
-
-@pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_shipped_real_recipes_run_on_the_real_pipeline_classes(tmp_path, folders, name):
-    """Each shipped PixArt-Σ / Flux.1-dev recipe, as written but for sizes, runs end to end with
-    `dit-compress run` on a tiny teacher of the same diffusers classes, calibrating in its real
-    pipeline, and writes a smaller model that loads back."""
-    from pathlib import Path
-
-    from compress.cli import main
-
-    family, overrides = SHIPPED[name]
-    size = ["calibration.height=32", "calibration.width=32"] if family == "flux" else []
-    recipe = Path(__file__).parent.parent / "recipes" / f"{name}.yaml"
-    args = ["run", str(recipe), "--teacher", str(folders[family]), "--out", str(tmp_path / "out"),
-            "--run-dir", str(tmp_path / "run")]
-    for item in CALIB + size + overrides:
-        args += ["--set", item]
-    assert main(args) == 0
-    student = load_transformer(tmp_path / "out")
-    teacher = load_teacher(str(folders[family]))
-    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
-
-
-@pytest.mark.parametrize("stream", ["false", "true"])
-def test_eval_importance_and_load_pipeline_on_a_real_teacher(tmp_path, folders, capsys, stream):
-    """After a bf16 export: `eval` measures the held-out error the run reported (computed in the
-    teacher's dtype, on the held-out inputs the run sampled: nothing is sampled again), `load_pipeline` samples images with every part in the export's dtype,
-    `importance RECIPE` scans the pipeline's samples, and `importance FOLDER` says to pass one.
-    Streamed, eval and importance read the blocks as the run did (sampling included)."""
-    import json
-
-    from compress import load_pipeline
-    from compress.cli import main
-
-    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
-        .replace("{size}", "").format(stream=stream) + "export: {dtype: bfloat16}\n"
-    (tmp_path / "r.yaml").write_text(text)
-    out = _run(tmp_path, text, "bf16")
-    reported = json.loads((out / "report.json").read_text())["stages"][-1]["relative_error"]
-    capsys.readouterr()
-    import compress.calib_pipeline as cp
-
-    real = cp.capture
-    cp.capture = lambda *a, **k: pytest.fail("eval sampled again instead of reading the run's inputs")
-    try:
-        assert main(["eval", str(out), "--json"]) == 0
-    finally:
-        cp.capture = real
-    result = json.loads(capsys.readouterr().out)
-    measured = result["pred_rel_error"]
-    assert measured == pytest.approx(reported, rel=0.05) and measured > 0  # bf16 rounding apart
-    assert result.get("streamed", False) == (stream == "true")
-    pipe = load_pipeline(out, base=str(folders["pixart"]))
-    assert {pipe.transformer.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.bfloat16}
-    image = pipe("a photo of a cat", num_inference_steps=2).images[0]
-    assert image.size == (256, 256)
-    assert main(["importance", str(tmp_path / "r.yaml"), "--png", str(tmp_path / "i.png"),
-                 "--json", str(tmp_path / "i.json")]) == 0
-    assert len(json.loads((tmp_path / "i.json").read_text())["blocks"]) == 3
-    assert main(["importance", str(folders["pixart"])]) == 2
-    assert "pass a recipe whose teacher it is" in capsys.readouterr().err
-
-
-def test_sampled_inputs_survive_an_interrupt_and_a_rerun(tmp_path, folders, monkeypatch):
-    """Each sampling call's records are on disk as soon as it finishes: an interrupt during the
-    sampling keeps the calls done, the resumed run samples only the rest, and a rerun of the
-    recipe samples nothing; the weights are those of an uncached run."""
-    import compress.calib_pipeline as cp
-
-    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
-        .replace("{size}", "").format(stream="false")
-    calls, real = [], cp.capture
-
-    def counted(*a, **k):
-        calls.append(a[2])  # the prompts of this call
-        if len(calls) == 3 and interrupt:
-            raise KeyboardInterrupt("signal 15")
-        return real(*a, **k)
-
-    monkeypatch.setattr(cp, "capture", counted)
-    interrupt = True
-    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
-    with pytest.raises(KeyboardInterrupt):
-        Runner(recipe, tmp_path / "out", tmp_path / "run").run()
-    assert len(calls) == 3 and len(list((tmp_path / "run" / "inputs").rglob("*.pt"))) == 2
-    interrupt = False
-    out = Runner(recipe, tmp_path / "out", tmp_path / "run", resume=True).run()
-    assert len(calls) == 3 + 3  # 5 prompts, one per call: the 3 not on disk
-    again = Runner(recipe, tmp_path / "out2", tmp_path / "run").run()
-    assert len(calls) == 6  # nothing sampled
-    monkeypatch.setattr(cp, "capture", real)
-    fresh = _run(tmp_path, text, "fresh")  # its own run dir: sampled from scratch
-    a, b, f = (load_transformer(o).state_dict() for o in (out, again, fresh))
-    assert a.keys() == f.keys() and all(torch.equal(a[k], f[k]) and torch.equal(b[k], f[k]) for k in a)
-
-
-def test_a_rerun_that_batches_the_same_records_otherwise_samples_nothing(tmp_path, folders, monkeypatch):
-    """Each call's records are named by what they depend on (teacher, prompts, seeds, sampler): a
-    rerun that changes only how they are used (batch_size, spilling, held-out count) reads them back."""
-    import compress.calib_pipeline as cp
-
-    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
-        .replace("{size}", "").format(stream="false")
-    calls, real = [], cp.capture
-    monkeypatch.setattr(cp, "capture", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
-    Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "out", tmp_path / "run").run()
-    assert len(calls) == 5
-    other = text.replace("batch_size: 4", "batch_size: 2, spill_activations: true")
-    Runner(parse_recipe(other, str(tmp_path / "r.yaml")), tmp_path / "out2", tmp_path / "run").run()
-    assert len(calls) == 5  # nothing sampled again
+        run_recipe(tmp_path, text, "toy-size")
 
 
 def test_a_teacher_without_its_pipeline_names_calibration_pipeline(tmp_path, folders):

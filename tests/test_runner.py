@@ -1,8 +1,7 @@
-"""End to end on tiny random diffusers models in temp folders (synthetic calibration inputs)."""
+"""End to end on tiny random diffusers models in temp folders (synthetic calibration inputs). Output
+and run folders, upfront pass checks and --resume have their own files (test_runner_*.py)."""
 
 import json
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +12,7 @@ from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
-
-RECIPE = """\
-model: {family}
-teacher: {teacher}
-calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
-passes:
-  - remove_blocks: {{blocks: {{{group}: [0]}}}}
-  - svd: {{targets: [attention, mlp], ratio: 0.5, multiple: 2}}
-"""
+from tests.runner_helpers import RECIPE, SIMPLE
 
 
 @pytest.fixture(params=["pixart", "flux"])
@@ -235,184 +226,6 @@ def test_a_run_on_the_gpu_matches_the_cpu(setup, exact_gpu_float32):
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
     errors = [json.loads((runs[d] / "report.json").read_text())["stages"][-1]["relative_error"] for d in runs]
     assert errors[1] == pytest.approx(errors[0], rel=1e-3)
-
-
-# ---- output and run folders: checked before anything loads --------------------------------------
-@pytest.fixture
-def pixart(tmp_path, monkeypatch):
-    """(tmp_path, recipe text, a Runner factory) for the tiny PixArt teacher; `loads` counts teacher loads."""
-    import compress.runner as runner
-
-    tiny_pixart().save_pretrained(tmp_path / "teacher")
-    text = RECIPE.format(family="pixart", teacher=tmp_path / "teacher", group="blocks")
-    (tmp_path / "r.yaml").write_text(text)
-    loads = []
-    real = runner.load_teacher
-    monkeypatch.setattr(runner, "load_teacher", lambda *a, **k: (loads.append(a), real(*a, **k))[1])
-
-    def make(out, run_dir=None, **kw):
-        recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
-        return Runner(recipe, out, run_dir or tmp_path / "run", **kw)
-    return tmp_path, make, loads
-
-
-def test_overwrite_never_replaces_the_current_folder_or_a_users_folder(pixart, monkeypatch):
-    tmp_path, make, loads = pixart
-    work = tmp_path / "work"
-    (work / "thesis").mkdir(parents=True)
-    (work / "thesis" / "ch1.tex").write_text("years of work")
-    monkeypatch.chdir(work)
-    for out in (".", "", "..", str(tmp_path), "/"):
-        with pytest.raises(UserError, match="is the current folder or one above it"):
-            make(Path(out), tmp_path / "r", overwrite=True).prepare()
-    with pytest.raises(UserError, match="thesis exists and is not a dit-compress output"):
-        make(Path("thesis"), tmp_path / "r", overwrite=True).prepare()
-    assert (work / "thesis" / "ch1.tex").read_text() == "years of work" and not loads
-
-
-def test_overwrite_replaces_an_earlier_output_or_an_empty_folder(pixart):
-    tmp_path, make, loads = pixart
-    out = tmp_path / "out"
-    out.mkdir()
-    runner = make(out, overwrite=True)
-    runner.prepare()
-    runner.export(runner.teacher, 1)  # into the empty folder
-    runner = make(out, overwrite=True)
-    runner.prepare()
-    runner.export(runner.teacher, 1)  # over the earlier output
-    assert json.loads((out / "config.json").read_text())["compression"]
-
-
-def test_atomic_folder_refuses_to_replace_a_users_folder(tmp_path):
-    from compress.io_export import atomic_folder
-
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(UserError, match="not a dit-compress output"):
-        with atomic_folder(tmp_path / "mine", overwrite=True):
-            pass
-    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
-
-
-@pytest.mark.parametrize("out, run_dir, words", [
-    ("a_file", None, "output folder .*a_file exists and is a file, not a folder"),
-    ("a_file/out", None, "output folder .*a_file/out: .*a_file is a file, not a folder"),
-    ("o", "a_file/run", "run folder .*a_file/run: .*a_file is a file, not a folder"),
-    ("o", "a_file", "run folder .*a_file: .*a_file is a file, not a folder"),
-    ("o", "o", "must be separate folders"),
-    ("o", "o/run", "must be separate folders"),
-    ("/proc/dit-compress-out", None, "output folder /proc/dit-compress-out: cannot write in /proc"),
-])
-def test_bad_out_or_run_dir_refused_before_loading(pixart, out, run_dir, words):
-    tmp_path, make, loads = pixart
-    if out.startswith("/proc") and not Path("/proc/self").exists():
-        pytest.skip("no /proc here")
-    (tmp_path / "a_file").write_text("x")
-    where = Path(out) if out.startswith("/") else tmp_path / out
-    with pytest.raises(UserError, match=words):
-        make(where, tmp_path / run_dir if run_dir else None, overwrite=True).prepare()
-    assert not loads
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "r.yaml", "teacher"]  # nothing made
-
-
-def test_cli_bad_out_is_one_line_before_compute(pixart, capsys):
-    tmp_path, make, loads = pixart
-    (tmp_path / "a_file").write_text("x")
-    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "a_file" / "o")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("dit-compress: error: output folder") and "\n" not in err and not loads
-
-
-# ---- --resume: the teacher must be the one the stages were made from --------------------------
-def _interrupted_after_first_pass(tmp_path, make, monkeypatch):
-    from compress.passes import svd
-
-    def boom(self, model, ctx):
-        raise KeyboardInterrupt("simulated Ctrl-C during svd")
-
-    monkeypatch.setattr(svd.SVDPass, "run", boom)
-    with pytest.raises(KeyboardInterrupt):
-        make(tmp_path / "out").run()
-    monkeypatch.setattr(svd.SVDPass, "run", lambda self, model, ctx: model)
-    assert (tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json").is_file()
-
-
-def test_resume_refuses_another_teacher(pixart, monkeypatch):
-    tmp_path, make, loads = pixart
-    _interrupted_after_first_pass(tmp_path, make, monkeypatch)
-    tiny_pixart(seed=1).save_pretrained(tmp_path / "other")
-    was, now = (re.escape(str(tmp_path / name)) for name in ("teacher", "other"))
-    with pytest.raises(UserError, match=rf"--resume: the teacher changed since .* \(was {was}, now {now}\); "
-                                        "rerun without --resume"):
-        make(tmp_path / "out", teacher=str(tmp_path / "other"), resume=True).run()
-    tiny_pixart(seed=1).save_pretrained(tmp_path / "teacher")  # same path, other weights
-    with pytest.raises(UserError, match=r"the teacher changed .*teacher holds other weights or config"):
-        make(tmp_path / "out", resume=True).run()
-    tiny_pixart(seed=0).save_pretrained(tmp_path / "teacher")
-    with pytest.raises(UserError, match=r"--teacher-config was None, now .*teacher/config.json"):
-        make(tmp_path / "out", teacher_config=str(tmp_path / "teacher" / "config.json"), resume=True).run()
-    assert make(tmp_path / "out", teacher=str(tmp_path / "teacher"), resume=True).run().is_dir()
-
-
-def test_resume_of_stages_that_record_no_teacher_warns(pixart, monkeypatch, capsys):
-    tmp_path, make, loads = pixart
-    _interrupted_after_first_pass(tmp_path, make, monkeypatch)
-    state = tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json"
-    old = json.loads(state.read_text())
-    del old["teacher"]
-    state.write_text(json.dumps(old))
-    runner = make(tmp_path / "out", resume=True)
-    runner.prepare()
-    assert runner._restore()[0] == 1
-    assert "does not record the teacher; --resume cannot check" in " ".join(capsys.readouterr().err.split())
-
-
-# ---- passes checked against the model as the passes before them leave it -----------------------
-SIMPLE = """\
-model: pixart
-teacher: {teacher}
-calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
-passes:
-{passes}"""
-SEEN = r"\(the pass at line 5 removed blocks: this pass sees {} of the teacher's 3 blocks in group 'blocks', "
-
-
-def _simple(tmp_path, passes):
-    recipe = parse_recipe(SIMPLE.format(teacher=tmp_path / "teacher", passes=passes), str(tmp_path / "r.yaml"))
-    return Runner(recipe, tmp_path / "out", tmp_path / "run")
-
-
-@pytest.mark.parametrize("passes, words", [
-    ("  - remove_blocks: {count: {blocks: 2}}\n  - remove_blocks: {count: {blocks: 2}}\n",
-     "remove_blocks: removing 2 of 1 blocks would leave group 'blocks' empty; keep at least one "
-     + SEEN.format(1)),
-    ("  - remove_blocks: {count: 2}\n  - remove_blocks: {count: 2}\n",  # one group: a bare count is its own
-     "remove_blocks: removing 2 of 1 blocks would leave group 'blocks' empty; keep at least one "
-     + SEEN.format(1)),
-    ("  - remove_blocks: {blocks: {blocks: [0]}}\n  - svd: {targets: [transformer_blocks.2.attn1.to_q]}\n",
-     "svd.targets: pattern 'transformer_blocks.2.attn1.to_q' matches no linear layer .* " + SEEN.format(2)),
-])
-def test_a_pass_that_fails_after_an_earlier_removal_is_refused_upfront(pixart, monkeypatch, passes, words):
-    """Upfront checks see the model as the passes before leave it (explicit or per-group removals)."""
-    from compress.passes.remove_blocks import RemoveBlocksPass
-
-    tmp_path, make, loads = pixart
-    ran = []
-    monkeypatch.setattr(RemoveBlocksPass, "run", lambda self, model, ctx: ran.append(1))
-    with pytest.raises(UserError, match=rf"r\.yaml:6: {words}"):
-        _simple(tmp_path, passes).run()
-    assert not ran
-
-
-def test_a_pass_failing_mid_run_names_its_line_and_the_earlier_removal(pixart):
-    """A removal by importance (which blocks go is known only at run time) then an svd pass naming
-    the last block: the error names the svd pass's line and the removal."""
-    tmp_path, make, loads = pixart
-    passes = ("  - remove_blocks: {count: 1, criterion: proxy}\n"
-              "  - svd: {targets: [transformer_blocks.2.attn1.to_q], ratio: 0.5, multiple: 2}\n")
-    with pytest.raises(UserError, match=r"r\.yaml:6: svd.targets: pattern 'transformer_blocks.2.attn1.to_q' .* "
-                                        + SEEN.format(2)):
-        _simple(tmp_path, passes).run()
 
 
 def test_a_teacher_prediction_that_overflows_stops_the_run():

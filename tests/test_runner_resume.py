@@ -1,8 +1,28 @@
-"""compress.runner_resume: what the calibration caches are keyed by and what --resume compares."""
+"""compress.runner_resume: what the calibration caches are keyed by and what --resume compares; --resume
+from resident and streamed stages."""
 
+import json
+import re
+
+import pytest
+import torch
+
+from compress.errors import UserError
+from compress.io import INDEX
+from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
-from compress.runner import build_passes
+from compress.runner import Runner, build_passes
 from compress.runner_resume import fingerprint, recipe_changes
+from compress.runner_stream import StreamedModels
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import pixart_runner, run_recipe, streamed_teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def pixart(tmp_path, monkeypatch):
+    return pixart_runner(tmp_path, monkeypatch)
 
 
 def test_spilling_activations_keeps_the_calibration_caches():
@@ -27,3 +47,153 @@ def test_resume_allows_changes_that_cannot_change_the_result(tmp_path):
         assert recipe_changes(before.raw, parse_recipe(base, "r.yaml", [edit]).raw, passes) == [], edit
     now = parse_recipe(base, "r.yaml", ["passes.1.distill.steps=5", "passes.0.svd.ratio=0.4"])
     assert recipe_changes(before.raw, now.raw, passes) == ["passes.0.svd.ratio", "passes.1.distill.steps"]
+
+
+def _interrupted_after_first_pass(tmp_path, make, monkeypatch):
+    from compress.passes import svd
+
+    def boom(self, model, ctx):
+        raise KeyboardInterrupt("simulated Ctrl-C during svd")
+
+    monkeypatch.setattr(svd.SVDPass, "run", boom)
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path / "out").run()
+    monkeypatch.setattr(svd.SVDPass, "run", lambda self, model, ctx: model)
+    assert (tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json").is_file()
+
+
+def test_resume_refuses_another_teacher(pixart, monkeypatch):
+    tmp_path, make, loads = pixart
+    _interrupted_after_first_pass(tmp_path, make, monkeypatch)
+    tiny_pixart(seed=1).save_pretrained(tmp_path / "other")
+    was, now = (re.escape(str(tmp_path / name)) for name in ("teacher", "other"))
+    with pytest.raises(UserError, match=rf"--resume: the teacher changed since .* \(was {was}, now {now}\); "
+                                        "rerun without --resume"):
+        make(tmp_path / "out", teacher=str(tmp_path / "other"), resume=True).run()
+    tiny_pixart(seed=1).save_pretrained(tmp_path / "teacher")  # same path, other weights
+    with pytest.raises(UserError, match=r"the teacher changed .*teacher holds other weights or config"):
+        make(tmp_path / "out", resume=True).run()
+    tiny_pixart(seed=0).save_pretrained(tmp_path / "teacher")
+    with pytest.raises(UserError, match=r"--teacher-config was None, now .*teacher/config.json"):
+        make(tmp_path / "out", teacher_config=str(tmp_path / "teacher" / "config.json"), resume=True).run()
+    assert make(tmp_path / "out", teacher=str(tmp_path / "teacher"), resume=True).run().is_dir()
+
+
+def test_resume_of_stages_that_record_no_teacher_warns(pixart, monkeypatch, capsys):
+    tmp_path, make, loads = pixart
+    _interrupted_after_first_pass(tmp_path, make, monkeypatch)
+    state = tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json"
+    old = json.loads(state.read_text())
+    del old["teacher"]
+    state.write_text(json.dumps(old))
+    runner = make(tmp_path / "out", resume=True)
+    runner.prepare()
+    assert runner._restore()[0] == 1
+    assert "does not record the teacher; --resume cannot check" in " ".join(capsys.readouterr().err.split())
+
+
+def test_resume_from_a_streamed_stage(tmp_path):
+    """Only the latest stage is kept (spills and earlier stages are deleted once it is written);
+    resuming from it gives the same output."""
+    text = streamed_teacher(tmp_path, "flux").format(stream="true")
+    first = run_recipe(tmp_path, text, "a")
+    stages = tmp_path / "run-a" / "stages"
+    assert [d.name for d in stages.iterdir()] == ["1-svd"] and (stages / "1-svd" / INDEX).is_file()
+    resumed = Runner(parse_recipe(text, str(tmp_path / "a.yaml")), tmp_path / "out-b",
+                     tmp_path / "run-a", resume=True).run()
+    a, b = load_transformer(first).state_dict(), load_transformer(resumed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_streamed_run_stopped_between_passes_resumes_to_the_same_weights(tmp_path, monkeypatch, dtype):
+    """Stopped after the first pass, --resume rebuilds the student from that stage in the compute
+    dtype (it was rebuilt in float32, so a bfloat16 run failed on resume) and writes the weights
+    of the run that was never stopped."""
+    from compress.passes.svd import SVDPass
+
+    text = streamed_teacher(tmp_path, "flux").replace("stream: {stream}", f"stream: {{stream}}\ncompute_dtype: {dtype}")
+    text = text.format(stream="true")
+    whole = run_recipe(tmp_path, text, "whole")
+    calls, real = [], SVDPass.run
+
+    def stop_second(self, model, ctx):
+        calls.append(self)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, model, ctx)
+
+    monkeypatch.setattr(SVDPass, "run", stop_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(tmp_path, text, "stopped")
+    monkeypatch.setattr(SVDPass, "run", real)
+    assert [d.name for d in (tmp_path / "run-stopped" / "stages").iterdir()] == ["0-svd"]
+    resumed = Runner(parse_recipe(text, str(tmp_path / "stopped.yaml")), tmp_path / "out-stopped",
+                     tmp_path / "run-stopped", resume=True).run()
+    a, b = load_transformer(whole).state_dict(), load_transformer(resumed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("call", [2, 7])  # during the first svd pass; during the second
+def test_sigterm_mid_streamed_pass_then_resume(tmp_path, monkeypatch, call):
+    """A real SIGTERM while a block is being released: no output folder, and --resume (from the
+    sharded stage when the first pass had finished) gives the uninterrupted run's weights."""
+    import os
+    import signal
+
+    from compress.stream import CheckpointBlocks
+
+    text = streamed_teacher(tmp_path, "flux").format(stream="true")  # 2 + 3 blocks: 5 releases a pass
+    reference = load_transformer(run_recipe(tmp_path, text, "ref")).state_dict()
+    real, count = CheckpointBlocks.release, {"n": 0}
+
+    def release(self, *args):
+        count["n"] += 1
+        if count["n"] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args)
+
+    monkeypatch.setattr(CheckpointBlocks, "release", release)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(tmp_path, text, "cut")
+    assert not (tmp_path / "out-cut").exists()
+    assert (tmp_path / "run-cut" / "stages" / "0-svd" / "state.json").is_file() == (call > 5)
+    monkeypatch.undo()
+    got = load_transformer(run_recipe(tmp_path, text, "cut", resume=True)).state_dict()
+    assert got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in got)
+
+
+def test_a_rerun_with_another_first_pass_reads_no_stale_stats(tmp_path):
+    """Pass 2's Grams depend on the values pass 1 wrote to the streamed blocks (on meta): a rerun
+    in the same run dir whose pass 1 factorizes differently (same ranks) must not read pass 2's
+    cached stats of the first run."""
+    text = streamed_teacher(tmp_path, "pixart").replace(
+        "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n",
+        "  - svd: {{targets: [mlp], fisher: block, ratio: 0.5, multiple: 2}}\n")
+    text = text.replace("[attention, mlp]", "[attention]").format(stream="true")
+    first = run_recipe(tmp_path, text, "a")
+    recipe = parse_recipe(text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), str(tmp_path / "b.yaml"))
+    second = Runner(recipe, tmp_path / "out-b", tmp_path / "run-a").run()  # first run's run dir
+    fresh = run_recipe(tmp_path, text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), "c")
+    assert json.loads((second / "report.json").read_text())["svd"]["cache_hits"] == []
+    b, c = load_transformer(second).state_dict(), load_transformer(fresh).state_dict()
+    assert all(torch.equal(b[k], c[k]) for k in c) and first.exists()
+
+
+def test_the_streamed_fingerprint_sees_a_tensor_in_the_middle_of_a_big_shard(tmp_path):
+    """A fine-tune that changes only tensors between a shard's first and last MiB (a merged LoRA on
+    some layers) is another teacher: resume and the caches must not take it for the first one."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    def fingerprint(middle):  # (3 x 1.2 MiB) in one file
+        tensors = {"a": torch.zeros(300_000), "b": middle, "c": torch.zeros(300_000)}
+        save_file(tensors, str(tmp_path / "w.safetensors"))
+        models = StreamedModels(None)
+        models.files = dict.fromkeys(tensors, tmp_path / "w.safetensors")
+        h = hashlib.sha256()
+        models.fingerprint(None, h)
+        return h.hexdigest()
+
+    assert fingerprint(torch.ones(300_000)) != fingerprint(torch.full((300_000,), 2.0))

@@ -1,6 +1,7 @@
 """`stream: true` end to end: the streamed run writes what the resident run writes, refuses what
-needs the whole model with file:line, resumes from its sharded stages, and samples calibration
-inputs through a pipeline one block at a time."""
+needs the whole model with file:line, and samples calibration inputs through a pipeline one block at a
+time. Its resume and memory warnings have their own files (test_runner_resume.py,
+test_runner_stream_memory.py)."""
 
 import json
 import re
@@ -9,45 +10,22 @@ import pytest
 import torch
 from diffusers import PixArtTransformer2DModel
 
-from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import INDEX, WEIGHTS
 from compress.io_output import load_transformer
-from compress.recipe import parse_recipe
-from compress.runner import Runner
 from compress.runner_stream import StreamedModels
-from tests.conftest import tiny_flux, tiny_pixart
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import STREAM_RECIPE, run_recipe, streamed_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-RECIPE = """\
-model: {family}
-teacher: {teacher}
-stream: {stream}
-calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
-passes:
-  - svd: {{targets: [attention, mlp], fisher: block, ratio: 0.5, multiple: 2}}
-  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}
-"""
-
-
-def _run(tmp_path, text, name, **kw):
-    recipe = parse_recipe(text, str(tmp_path / f"{name}.yaml"))
-    return Runner(recipe, tmp_path / f"out-{name}", tmp_path / f"run-{name}", **kw).run()
-
-
-def _teacher(tmp_path, family):
-    model = tiny_pixart() if family == "pixart" else tiny_flux()
-    model.save_pretrained(tmp_path / "teacher", max_shard_size="40KB")  # sharded, as big models are
-    return RECIPE.replace("{teacher}", str(tmp_path / "teacher")).replace("{family}", family)
 
 
 @pytest.mark.parametrize("family, dtype", [("pixart", "float32"), ("flux", "float32"), ("flux", "bfloat16"),
                                            ("pixart", "bfloat16")])  # PixArt: its float32 pos_embed
 def test_streamed_run_writes_the_resident_result(tmp_path, family, dtype):
-    text = _teacher(tmp_path, family).replace("stream: {stream}", f"stream: {{stream}}\ncompute_dtype: {dtype}")
-    resident = _run(tmp_path, text.format(stream="false"), "resident")
-    streamed = _run(tmp_path, text.format(stream="true"), "streamed")
+    text = streamed_teacher(tmp_path, family).replace("stream: {stream}", f"stream: {{stream}}\ncompute_dtype: {dtype}")
+    resident = run_recipe(tmp_path, text.format(stream="false"), "resident")
+    streamed = run_recipe(tmp_path, text.format(stream="true"), "streamed")
     assert (streamed / INDEX).is_file() and not (streamed / WEIGHTS).exists()
     a, b = load_transformer(resident).state_dict(), load_transformer(streamed).state_dict()
     assert a.keys() == b.keys() and any(k.endswith(".down.weight") for k in a)
@@ -71,10 +49,10 @@ def test_streamed_run_writes_the_resident_result(tmp_path, family, dtype):
 
 
 def test_uncompressed_shards_load_in_plain_diffusers(tmp_path):
-    text = _teacher(tmp_path, "pixart").replace(
+    text = streamed_teacher(tmp_path, "pixart").replace(
         "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n", "")
     text = text.replace("ratio: 0.5", "ratio: 1.0").replace("[attention, mlp]", "[attention]")
-    out = _run(tmp_path, text.format(stream="true"), "dense")  # ratio 1: every layer stays dense
+    out = run_recipe(tmp_path, text.format(stream="true"), "dense")  # ratio 1: every layer stays dense
     plain = PixArtTransformer2DModel.from_pretrained(out)
     ours = load_transformer(out)
     assert all(torch.equal(v, ours.state_dict()[k]) for k, v in plain.state_dict().items())
@@ -85,66 +63,24 @@ def test_uncompressed_shards_load_in_plain_diffusers(tmp_path):
     ("ratio: 0.5", "6: svd.sensitivity needs the whole model"),
 ])
 def test_whole_model_work_is_refused_with_file_line(tmp_path, edit, match):
-    text = _teacher(tmp_path, "pixart").format(stream="true")
+    text = streamed_teacher(tmp_path, "pixart").format(stream="true")
     text = text.replace(edit, {"fisher: block": "fisher: all",
                                "ratio: 0.5": "ratio: 0.5, allocation: global"}[edit])
     with pytest.raises(UserError, match=match):
-        _run(tmp_path, text, "bad")
+        run_recipe(tmp_path, text, "bad")
 
 
 def test_distill_is_refused_with_file_line(tmp_path):
-    text = _teacher(tmp_path, "pixart").format(stream="true") + "  - distill: {steps: 1}\n"
+    text = streamed_teacher(tmp_path, "pixart").format(stream="true") + "  - distill: {steps: 1}\n"
     with pytest.raises(UserError, match=r"bad\.yaml:8: the distill pass needs the whole model"):
-        _run(tmp_path, text, "bad")
+        run_recipe(tmp_path, text, "bad")
 
 
 def test_single_file_teacher_is_refused(tmp_path):
     tiny_pixart().save_pretrained(tmp_path / "t")
-    text = RECIPE.format(family="pixart", teacher=tmp_path / "t" / WEIGHTS, stream="true")
+    text = STREAM_RECIPE.format(family="pixart", teacher=tmp_path / "t" / WEIGHTS, stream="true")
     with pytest.raises(UserError, match="stream: true reads a diffusers folder"):
-        _run(tmp_path, text, "bad")
-
-
-def test_resume_from_a_streamed_stage(tmp_path):
-    """Only the latest stage is kept (spills and earlier stages are deleted once it is written);
-    resuming from it gives the same output."""
-    text = _teacher(tmp_path, "flux").format(stream="true")
-    first = _run(tmp_path, text, "a")
-    stages = tmp_path / "run-a" / "stages"
-    assert [d.name for d in stages.iterdir()] == ["1-svd"] and (stages / "1-svd" / INDEX).is_file()
-    resumed = Runner(parse_recipe(text, str(tmp_path / "a.yaml")), tmp_path / "out-b",
-                     tmp_path / "run-a", resume=True).run()
-    a, b = load_transformer(first).state_dict(), load_transformer(resumed).state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_a_streamed_run_stopped_between_passes_resumes_to_the_same_weights(tmp_path, monkeypatch, dtype):
-    """Stopped after the first pass, --resume rebuilds the student from that stage in the compute
-    dtype (it was rebuilt in float32, so a bfloat16 run failed on resume) and writes the weights
-    of the run that was never stopped."""
-    from compress.passes.svd import SVDPass
-
-    text = _teacher(tmp_path, "flux").replace("stream: {stream}", f"stream: {{stream}}\ncompute_dtype: {dtype}")
-    text = text.format(stream="true")
-    whole = _run(tmp_path, text, "whole")
-    calls, real = [], SVDPass.run
-
-    def stop_second(self, model, ctx):
-        calls.append(self)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, model, ctx)
-
-    monkeypatch.setattr(SVDPass, "run", stop_second)
-    with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, text, "stopped")
-    monkeypatch.setattr(SVDPass, "run", real)
-    assert [d.name for d in (tmp_path / "run-stopped" / "stages").iterdir()] == ["0-svd"]
-    resumed = Runner(parse_recipe(text, str(tmp_path / "stopped.yaml")), tmp_path / "out-stopped",
-                     tmp_path / "run-stopped", resume=True).run()
-    a, b = load_transformer(whole).state_dict(), load_transformer(resumed).state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        run_recipe(tmp_path, text, "bad")
 
 
 def test_pipeline_sampling_streams_block_by_block(tmp_path):
@@ -195,80 +131,6 @@ def test_prompts_per_call_divides_the_streamed_reads(tmp_path):
         torch.testing.assert_close(batched[k]["hidden_states"][:3], want, rtol=0, atol=1e-4)
 
 
-def test_a_teacher_too_big_for_memory_is_named_before_loading(tmp_path, monkeypatch, capsys):
-    import compress.runner_stream as rs
-
-    text = _teacher(tmp_path, "pixart").format(stream="false")
-    need = rs.resident_bytes(str(tmp_path / "teacher"), torch.float32)
-    assert need == 2 * 4 * sum(p.numel() for p in tiny_pixart().parameters())
-    monkeypatch.setattr(rs, "available_bytes", lambda: need - 1)
-    _run(tmp_path, text, "big")
-    err = capsys.readouterr().err
-    assert "warning: teacher and student need about" in err and "set stream: true" in err
-    monkeypatch.setattr(rs, "available_bytes", lambda: need)
-    _run(tmp_path, text, "fits")
-    assert "warning" not in capsys.readouterr().err
-    from compress.cli import main  # importance loads the teacher alone
-
-    (tmp_path / "r.yaml").write_text(text)
-    for free, warned in ((need // 2, False), (need // 2 - 1, True)):
-        monkeypatch.setattr(rs, "available_bytes", lambda free=free: free)
-        assert main(["importance", str(tmp_path / "r.yaml"), "--png", str(tmp_path / "i.png")]) == 0
-        assert ("warning: the teacher needs about" in capsys.readouterr().err) == warned
-
-
-def test_a_streamed_run_too_big_for_its_device_is_named_before_it_starts(tmp_path, monkeypatch, capsys):
-    """Two top levels, the largest block and the calibration activations (one batch when spilled)
-    against the memory free on the run's device."""
-    import compress.runner_stream as rs
-    from compress.runner_stream import streamed_weights, warn_if_streamed_too_big
-
-    model = tiny_flux()
-    weights = streamed_weights(model, get_adapter(model))
-    f = {"bytes": 10_000, "batch_bytes": 1_000}
-    need = (2 * weights["top_level_params"] + weights["largest_block_params"]) * 4 + 10_000
-    for free, spilled, warned in ((need, False, False), (need - 1, False, True), (need - 1, True, False)):
-        monkeypatch.setattr(rs, "available_bytes", lambda free=free: free)
-        warn_if_streamed_too_big(weights, f, torch.float32, torch.device("cpu"), spilled)
-        assert ("a streamed run holds about" in capsys.readouterr().err) == warned
-    monkeypatch.setattr(rs, "available_bytes", lambda: need)  # sequential: the block dense and factorized
-    warn_if_streamed_too_big(weights, dict(f, block_copies=2), torch.float32, torch.device("cpu"), False)
-    assert "one block dense and factorized" in " ".join(capsys.readouterr().err.split())
-    text = _teacher(tmp_path, "flux").format(stream="true")
-    monkeypatch.setattr(rs, "available_bytes", lambda: 1000)
-    _run(tmp_path, text, "small")
-    assert "spill_activations: true" in " ".join(capsys.readouterr().err.split())
-
-
-@pytest.mark.parametrize("call", [2, 7])  # during the first svd pass; during the second
-def test_sigterm_mid_streamed_pass_then_resume(tmp_path, monkeypatch, call):
-    """A real SIGTERM while a block is being released: no output folder, and --resume (from the
-    sharded stage when the first pass had finished) gives the uninterrupted run's weights."""
-    import os
-    import signal
-
-    from compress.stream import CheckpointBlocks
-
-    text = _teacher(tmp_path, "flux").format(stream="true")  # 2 + 3 blocks: 5 releases a pass
-    reference = load_transformer(_run(tmp_path, text, "ref")).state_dict()
-    real, count = CheckpointBlocks.release, {"n": 0}
-
-    def release(self, *args):
-        count["n"] += 1
-        if count["n"] == call:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(self, *args)
-
-    monkeypatch.setattr(CheckpointBlocks, "release", release)
-    with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, text, "cut")
-    assert not (tmp_path / "out-cut").exists()
-    assert (tmp_path / "run-cut" / "stages" / "0-svd" / "state.json").is_file() == (call > 5)
-    monkeypatch.undo()
-    got = load_transformer(_run(tmp_path, text, "cut", resume=True)).state_dict()
-    assert got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in got)
-
-
 def test_streamed_global_energy_and_teacher_activations_match_resident(tmp_path, monkeypatch):
     """global (without sensitivities: it calibrates every block first), energy and teacher-mode
     activations stream too, with the resident result; global's first walk writes nothing back."""
@@ -276,11 +138,11 @@ def test_streamed_global_energy_and_teacher_activations_match_resident(tmp_path,
 
     released, real = [], CheckpointBlocks.release
     monkeypatch.setattr(CheckpointBlocks, "release", lambda self, *a: (released.append(a[:2]), real(self, *a)))
-    text = _teacher(tmp_path, "flux").replace(
+    text = streamed_teacher(tmp_path, "flux").replace(
         "fisher: block, ratio: 0.5", "fisher: block, allocation: global, sensitivity: false, ratio: 0.5").replace(
         "fisher: none, ranks: {{modulation: 4}}", "fisher: none, allocation: energy, energy: 0.9, activations: teacher")
-    a = load_transformer(_run(tmp_path, text.format(stream="false"), "resident")).state_dict()
-    b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed")).state_dict()
+    a = load_transformer(run_recipe(tmp_path, text.format(stream="false"), "resident")).state_dict()
+    b = load_transformer(run_recipe(tmp_path, text.format(stream="true"), "streamed")).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert sum(k.endswith(".down.weight") for k in a) > 20
     assert len(released) == 2 * 5  # two passes over 2 + 3 blocks: the curve walk only unloads
@@ -290,11 +152,11 @@ def test_streamed_global_energy_and_teacher_activations_match_resident(tmp_path,
 def test_streamed_explicit_block_removal_matches_resident(tmp_path, family, blocks):
     """Blocks removed by teacher index before the svd passes: the streamed student reads block i
     from where teacher block block_map[i] was."""
-    text = _teacher(tmp_path, family)
+    text = streamed_teacher(tmp_path, family)
     text = {s: text.format(stream=s).replace("passes:\n", f"passes:\n  - remove_blocks: {{blocks: {blocks}}}\n")
             for s in ("false", "true")}
-    resident = _run(tmp_path, text["false"], "resident")
-    streamed = _run(tmp_path, text["true"], "streamed")
+    resident = run_recipe(tmp_path, text["false"], "resident")
+    streamed = run_recipe(tmp_path, text["true"], "streamed")
     a, b = load_transformer(resident).state_dict(), load_transformer(streamed).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (streamed / "block_map.json").read_text() == (resident / "block_map.json").read_text()
@@ -310,9 +172,9 @@ def test_the_streamed_skip_scan_matches_the_resident_one(tmp_path, family):
     passes = ["importance: {{buckets: 2, progress: false}}", "remove_blocks: {{count: 1}}",
               "remove_blocks: {{count: 1, iterative: true}}"]
     lines = "".join(f"  - {p}\n" for p in passes)
-    text = _teacher(tmp_path, family).replace("passes:\n", "passes:\n" + lines)
-    resident = _run(tmp_path, text.format(stream="false"), "resident")
-    streamed = _run(tmp_path, text.format(stream="true"), "streamed")
+    text = streamed_teacher(tmp_path, family).replace("passes:\n", "passes:\n" + lines)
+    resident = run_recipe(tmp_path, text.format(stream="false"), "resident")
+    streamed = run_recipe(tmp_path, text.format(stream="true"), "streamed")
     ra, rb = (json.loads((o / "report.json").read_text()) for o in (resident, streamed))
     assert len(ra["importance"]["blocks"]) == len(rb["importance"]["blocks"]) > 2
     for x, y in zip(ra["importance"]["blocks"], rb["importance"]["blocks"]):
@@ -332,9 +194,9 @@ def test_removal_by_the_proxy_streams(tmp_path, passes):
     """The cosine proxy needs one forward per batch: streamed block by block, it picks the blocks
     the resident run picks, and the svd passes after it write the same weights."""
     lines = "".join(f"  - {p}\n" for p in passes)
-    text = _teacher(tmp_path, "flux").replace("passes:\n", "passes:\n" + lines)
-    resident = _run(tmp_path, text.format(stream="false"), "resident")
-    streamed = _run(tmp_path, text.format(stream="true"), "streamed")
+    text = streamed_teacher(tmp_path, "flux").replace("passes:\n", "passes:\n" + lines)
+    resident = run_recipe(tmp_path, text.format(stream="false"), "resident")
+    streamed = run_recipe(tmp_path, text.format(stream="true"), "streamed")
     a, b = load_transformer(resident).state_dict(), load_transformer(streamed).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (streamed / "block_map.json").read_text() == (resident / "block_map.json").read_text()
@@ -361,8 +223,8 @@ calibration: {{source: pipeline, prompts: ["a 1", "a 2", "a 3", "a 4", "a 5"], s
 passes:
   - svd: {{targets: [mlp], fisher: block, ratio: 0.5, multiple: 8, progress: false}}
 """
-    a = load_transformer(_run(tmp_path, text.format(stream="false"), "resident")).state_dict()
-    b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed")).state_dict()
+    a = load_transformer(run_recipe(tmp_path, text.format(stream="false"), "resident")).state_dict()
+    b = load_transformer(run_recipe(tmp_path, text.format(stream="true"), "streamed")).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert len(sources) == 2 and all(s._pipe is None for s in sources)
 
@@ -371,27 +233,14 @@ passes:
 def test_spilled_activations_change_nothing(tmp_path, stream):
     """calibration.spill_activations keeps block inputs on disk, batch by batch: same weights, and
     the files are gone after the run. Asymmetric fit (two streams) and global's walk included."""
-    text = _teacher(tmp_path, "flux").format(stream=stream).replace(
+    text = streamed_teacher(tmp_path, "flux").format(stream=stream).replace(
         "ratio: 0.5", "ratio: 0.5, allocation: global, sensitivity: false")
-    a = load_transformer(_run(tmp_path, text, "memory")).state_dict()
+    a = load_transformer(run_recipe(tmp_path, text, "memory")).state_dict()
     spilled = text.replace("heldout: 4}", "heldout: 4, spill_activations: true}")
-    b = load_transformer(_run(tmp_path, spilled, "disk")).state_dict()
+    b = load_transformer(run_recipe(tmp_path, spilled, "disk")).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     folder = tmp_path / "run-disk" / "activations"
     assert folder.is_dir() and not any(folder.iterdir())
-
-
-def test_a_disk_too_small_for_a_streamed_run_is_named(tmp_path, monkeypatch, capsys):
-    import compress.runner_stream as rs
-
-    text = _teacher(tmp_path, "pixart").format(stream="true")
-    monkeypatch.setattr(rs, "free_bytes", lambda folder: 1)
-    _run(tmp_path, text, "small")
-    err = capsys.readouterr().err
-    assert "warning: a streamed run writes up to about" in err and "--run-dir" in err
-    monkeypatch.setattr(rs, "free_bytes", lambda folder: 2**50)
-    _run(tmp_path, text, "big")
-    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["pixart", "flux"])
@@ -428,10 +277,10 @@ def test_a_streamed_run_on_the_gpu_matches_the_cpu(tmp_path, family, spill, exac
     removal, block Fishers, the asymmetric fit, modulation, spilled activations): the blocks
     removed and the ranks equal the streamed CPU run's and the resident GPU run's, and the
     weights and held-out errors agree within float tolerance; nothing is left spilled."""
-    text = _teacher(tmp_path, family).replace("stream: {stream}", "stream: {stream}\ndevice: {device}")
+    text = streamed_teacher(tmp_path, family).replace("stream: {stream}", "stream: {stream}\ndevice: {device}")
     text = text.replace("passes:\n", "passes:\n  - remove_blocks: {{count: 1, criterion: proxy}}\n")
     text = text.replace("heldout: 4}", f"heldout: 4, spill_activations: {spill}}}")
-    runs = {(s, d): _run(tmp_path, text.format(stream=s, device=d), f"{s}-{d}")
+    runs = {(s, d): run_recipe(tmp_path, text.format(stream=s, device=d), f"{s}-{d}")
             for s, d in (("true", "cpu"), ("true", "cuda"), ("false", "cuda"))}
     states = {k: load_transformer(o).state_dict() for k, o in runs.items()}
     reports = {k: json.loads((o / "report.json").read_text()) for k, o in runs.items()}
@@ -446,49 +295,13 @@ def test_a_streamed_run_on_the_gpu_matches_the_cpu(tmp_path, family, spill, exac
     assert not any((tmp_path / "run-true-cuda" / "stream").iterdir())
 
 
-def test_a_rerun_with_another_first_pass_reads_no_stale_stats(tmp_path):
-    """Pass 2's Grams depend on the values pass 1 wrote to the streamed blocks (on meta): a rerun
-    in the same run dir whose pass 1 factorizes differently (same ranks) must not read pass 2's
-    cached stats of the first run."""
-    text = _teacher(tmp_path, "pixart").replace(
-        "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n",
-        "  - svd: {{targets: [mlp], fisher: block, ratio: 0.5, multiple: 2}}\n")
-    text = text.replace("[attention, mlp]", "[attention]").format(stream="true")
-    first = _run(tmp_path, text, "a")
-    recipe = parse_recipe(text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), str(tmp_path / "b.yaml"))
-    second = Runner(recipe, tmp_path / "out-b", tmp_path / "run-a").run()  # first run's run dir
-    fresh = _run(tmp_path, text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), "c")
-    assert json.loads((second / "report.json").read_text())["svd"]["cache_hits"] == []
-    b, c = load_transformer(second).state_dict(), load_transformer(fresh).state_dict()
-    assert all(torch.equal(b[k], c[k]) for k in c) and first.exists()
-
-
-def test_the_streamed_fingerprint_sees_a_tensor_in_the_middle_of_a_big_shard(tmp_path):
-    """A fine-tune that changes only tensors between a shard's first and last MiB (a merged LoRA on
-    some layers) is another teacher: resume and the caches must not take it for the first one."""
-    import hashlib
-
-    from safetensors.torch import save_file
-
-    def fingerprint(middle):  # (3 x 1.2 MiB) in one file
-        tensors = {"a": torch.zeros(300_000), "b": middle, "c": torch.zeros(300_000)}
-        save_file(tensors, str(tmp_path / "w.safetensors"))
-        models = StreamedModels(None)
-        models.files = dict.fromkeys(tensors, tmp_path / "w.safetensors")
-        h = hashlib.sha256()
-        models.fingerprint(None, h)
-        return h.hexdigest()
-
-    assert fingerprint(torch.ones(300_000)) != fingerprint(torch.full((300_000,), 2.0))
-
-
 def test_a_streamed_svd_of_the_output_head_matches_resident(tmp_path):
     """proj_out's Gram is taken after the blocks, in whole-model forwards: streamed, each block is
     read just in time for them (it ran on meta blocks: a device error)."""
-    text = _teacher(tmp_path, "pixart").replace(
+    text = streamed_teacher(tmp_path, "pixart").replace(
         "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n", "")
     text = text.replace("[attention, mlp]", "[output, mlp]")
-    a = load_transformer(_run(tmp_path, text.format(stream="false"), "resident")).state_dict()
-    b = load_transformer(_run(tmp_path, text.format(stream="true"), "streamed")).state_dict()
+    a = load_transformer(run_recipe(tmp_path, text.format(stream="false"), "resident")).state_dict()
+    b = load_transformer(run_recipe(tmp_path, text.format(stream="true"), "streamed")).state_dict()
     assert "proj_out.down.weight" in a and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

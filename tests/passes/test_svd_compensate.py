@@ -14,9 +14,8 @@ from compress.calib_stats import Stats
 from compress.passes.svd_compensate import STEPS, line_search, newton_steps
 from compress.passes.svd_fisher import prediction_gradients, sqrt_pair
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
-from tests.passes.test_svd import _ctx
+from tests.passes.svd_helpers import MAKERS, context
 
-MAKERS = {"pixart": tiny_pixart, "flux": tiny_flux}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -138,7 +137,7 @@ def test_line_search_never_keeps_a_nan_error_and_a_nan_plain_error_names_the_lay
 
 def _compress(family, tmp_path, **cfg):
     model = MAKERS[family]()
-    ctx = _ctx(model, tmp_path)
+    ctx = context(model, tmp_path)
     batches = ctx.calibration_inputs()
     refs = predictions(model, ctx.adapter, batches)
     SVDPass(SVDConfig(multiple=2, modulation_grid=4, progress=False, **cfg)).run(model, ctx)
@@ -172,7 +171,7 @@ def test_compensation_keeps_the_energy_rule_ranks(tmp_path):
 
 def test_two_svd_passes_keep_every_compensation_stage(tmp_path):
     model = tiny_flux()
-    ctx = _ctx(model, tmp_path)
+    ctx = context(model, tmp_path)
     cfg = {"multiple": 2, "modulation_grid": 4, "progress": False}
     SVDPass(SVDConfig(targets=["attention", "mlp"], **cfg)).run(model, ctx)
     SVDPass(SVDConfig(targets=["modulation"], ratio=0.25, **cfg)).run(model, ctx)
@@ -192,7 +191,7 @@ def test_compensation_toward_the_teacher_also_undoes_earlier_passes(tmp_path):
     for toward in ("teacher", "input"):
         model = tiny_pixart()
         adapter.remove_blocks(model, {"blocks": [1]})  # an earlier pass left an error
-        ctx = _ctx(model, tmp_path / toward)
+        ctx = context(model, tmp_path / toward)
         ctx.teacher = teacher
         SVDPass(SVDConfig(targets=["attention", "mlp", "modulation"], multiple=2, modulation_grid=4,
                           progress=False, compensate_toward=toward)).run(model, ctx)

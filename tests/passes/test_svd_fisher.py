@@ -101,6 +101,16 @@ def test_roots_from_rows_equal_roots_from_their_fisher(n):
     assert torch.equal(zero_root, torch.eye(12, dtype=torch.float64)) and torch.equal(zero_inv, zero_root)
 
 
+def test_fisher_chunks_respect_the_memory_budget():
+    from compress.arch.base import LinearInfo
+
+    infos = [LinearInfo(name=f"l{i}", role="mlp", part="in", in_features=4, out_features=o, group=None, block=None,
+                        input_key="x") for i, o in enumerate([10, 10, 30, 5])]
+    chunks = fisher_chunks(infos, budget_bytes=8 * 250)  # 250 float64 entries
+    assert chunks == [["l0", "l1"], ["l2"], ["l3"]]  # 100+100; 900 alone (over budget); 25
+    assert fisher_chunks(infos, 1e12) == [["l0", "l1", "l2", "l3"]]
+
+
 def test_fisher_chunks_count_rows_where_they_are_fewer_than_outputs():
     from compress.arch.base import LinearInfo
 

@@ -1,12 +1,15 @@
-"""A centered target fitted asymmetrically, through the svd pass: the layer it makes is the rank-r
-optimum of the reference fit with a free bias (brute force on the rows the layer reads), and the
-report's loss / optimal_loss are that fit's less the full-rank residual."""
+"""compress.passes.svd_layer through the svd pass. A centered target fitted asymmetrically: the layer
+it makes is the rank-r optimum of the reference fit with a free bias (brute force on the rows the
+layer reads), and the report's loss / optimal_loss are that fit's less the full-rank residual. Each
+layer's rel_output_error is its own output error on its calibration inputs."""
 
 import pytest
 import torch
 
+from compress.arch import get_adapter
+from compress.passes import svd_targets
 from tests.conftest import model_inputs, tiny_pixart
-from tests.passes.test_svd import _run
+from tests.passes.svd_helpers import MAKERS, run_svd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,7 +19,7 @@ F64 = torch.float64
 
 def _inputs(model, dense, names):
     """name -> (reference rows x, student rows x̃) (n, in) float64: what the layer reads in the
-    model as the pass found it and in the compressed model, on the calibration batches of _run."""
+    model as the pass found it and in the compressed model, on the calibration batches of run_svd."""
     rows = {n: ([], []) for n in names}
 
     def hook(n, i):
@@ -50,7 +53,7 @@ def _reference_fit(x, x_s, w, rank):
 
 @pytest.mark.parametrize("rank", [2, 4])
 def test_a_centered_asymmetric_target_is_the_affine_optimum_of_the_reference_fit(rank, tmp_path):
-    model, report, _ = _run("pixart", tmp_path, targets=[Q], center=[Q], fisher="none",
+    model, report, _ = run_svd("pixart", tmp_path, targets=[Q], center=[Q], fisher="none",
                             ranks={Q: rank}, asymmetric_damping=1e-12)
     dense = tiny_pixart()
     assert sorted(report["asymmetric"]) == sorted(report["layers"])
@@ -71,3 +74,47 @@ def test_a_centered_asymmetric_target_is_the_affine_optimum_of_the_reference_fit
         assert rec["loss_ratio"] == pytest.approx(1.0, abs=1e-6), name
         upstream += float((x - x_s).norm()) > 1e-3 * float(x.norm())
     assert upstream == 2  # blocks 1 and 2 read the compressed blocks before them
+
+
+@pytest.mark.parametrize("family, targets, fisher", [
+    ("pixart", ["re:transformer_blocks\\.\\d+\\.ff\\.net\\.2"], "all"),
+    ("pixart", ["re:attn1\\.to_q"], "none"),  # asymmetric: W + Δ
+    ("flux", ["re:single_transformer_blocks\\.\\d+\\.proj_out"], "all"),  # the output-Gram path
+    ("pixart", ["modulation"], "all"),  # centered: the mean error moved into the bias
+])
+def test_rel_output_error_is_the_layers_own_output_error_on_its_calibration_inputs(family, targets, fisher,
+                                                                                    tmp_path, monkeypatch):
+    """rel_output_error = ‖y' − y‖ / ‖W x‖ over the rows the layer read in calibration (here the
+    student's: each target's input comes through the earlier compressed blocks), y the layer as the
+    pass found it, y' the layer it made; not the output-Fisher-weighted loss of the compensated
+    weight, nor relative to the asymmetric fit's W + Δ. energy_kept stays the objective's."""
+    from compress.calib import _with_timestep
+
+    monkeypatch.setattr(svd_targets, "OUTPUT_GRAM_MIN_IN", 32)  # tiny single proj_out: in 48, out 16
+    ranks = {"modulation": 2} if targets == ["modulation"] else {}  # below the grid's 4 directions
+    model, report, _ = run_svd(family, tmp_path, targets=targets, fisher=fisher, ranks=ranks)
+    dense = MAKERS[family]()
+    seen = {name: [0.0, 0.0] for name in report["layers"]}
+
+    def hook(name):
+        def record(module, args, out):
+            ref = dense.get_submodule(name)
+            seen[name][0] += float((out - ref(args[0])).double().square().sum())
+            seen[name][1] += float((args[0] @ ref.weight.T).double().square().sum())
+        return record
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in seen]
+    batches = [model_inputs(model, seed=i) for i in range(2)]  # the calibration batches of context
+    if targets == ["modulation"]:  # read over the timestep grid (modulation_grid: 4)
+        grid = get_adapter(model).timestep_grid
+        batches = [_with_timestep(b, t) for b in batches for t in grid(4, b)]
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch, return_dict=False)
+    for h in handles:
+        h.remove()
+    for name, rec in report["layers"].items():
+        assert rec["rank"] != "dense"
+        assert rec["rel_output_error"] == pytest.approx((seen[name][0] / seen[name][1]) ** 0.5, rel=1e-4), name
+        assert 0 < rec["energy_kept"] < 1
+    assert bool(report["asymmetric"]) == (fisher == "none")  # blocks 1, 2 fit W + Δ

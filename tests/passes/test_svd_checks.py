@@ -1,0 +1,123 @@
+"""compress.passes.svd_checks: the svd pass's recipe checks, before any compute and when blocks stream."""
+
+import re
+
+import pytest
+
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.lowrank import LowRankLinear
+from compress.passes.svd import SVDConfig, SVDPass
+from tests.conftest import tiny_flux, tiny_pixart
+from tests.passes.svd_helpers import context
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"targets": ["re:no_such_layer"]}, "re:no_such_layer"),
+    ({"targets": ["attention"], "ignore": ["bogus"]}, "bogus"),
+    ({"targets": ["cross_attention"]}, "cross_attention"),  # Flux has none
+    ({"ranks": {"transformer_blocks.0.attn.to_q": 99}}, "outside 1..16"),
+    ({"ratio": 1.5}, "ratio"),
+    ({"ratio": 0.0}, "ratio"),
+    ({"method": "qr"}, "method"),
+    ({"allocation": "per_role", "ratios": {"attention": 0.5}}, "mlp"),
+    ({"allocation": "per_role", "ratios": {"attention": 0.5, "mlp": 0.5, "modulation": 0.3}},
+     "svd.ratios: role(s) modulation match no target (targeted roles: attention, mlp)"),
+    ({"allocation": "global", "ratio": 0.02, "multiple": 2}, "svd.ratio 0.02 is below what global"),
+    ({"allocation": "global", "trust_region": 0.5}, "trust_region must be ≥ 1"),
+    ({"compensate_batches": 0}, "compensate_batches must be an integer ≥ 1"),
+    ({"compensate_search": "bisect"}, "compensate_search must be one of walk, ladder"),
+    ({"compensate_toward": "student"}, "compensate_toward must be one of teacher, input"),
+    ({"compensate_batches": 1.5}, "compensate_batches must be an integer ≥ 1"),
+    ({"asymmetric": "yes"}, "asymmetric must be true, false or auto"),
+    ({"asymmetric": True, "method": "asvd"}, "asymmetric: true needs method: whitened"),
+    ({"compensate": True, "fisher": "none"}, "compensate: true needs method: whitened and the prediction's Fisher"),
+    ({"compensate": True, "fisher": "block"}, "fisher: block, where it would do nothing"),
+    ({"compensate": True, "method": "svd"}, "this pass has method: svd"),
+    ({"asymmetric": True, "activations": "teacher"}, "activations: student"),
+    ({"asymmetric_damping": 0}, "asymmetric_damping must be > 0"),
+    ({"sequential": "yes"}, "sequential must be true, false or auto"),
+    ({"sequential": True, "activations": "teacher"}, "sequential: true needs activations: student"),
+    ({"fisher_memory_gb": 0.0}, "fisher_memory_gb must be > 0"),
+    ({"center": ["re:["]}, "svd.center: bad regex 're:['"),
+    ({"center": [3]}, "svd.center: patterns must be strings"),
+    ({"center": ["bogus"]}, "svd.center: pattern 'bogus' matches no linear layer"),
+    ({"targets": "attention"}, "svd.targets must be a list of patterns"),
+    ({"ranks": {"re:(": 4}}, "svd.ranks: bad regex"),
+    ({"allocation": "per_role", "ratios": {"attention": "half", "mlp": 0.5}}, "svd.ratios.attention must be a number"),
+    ({"allocation": "per_role", "ratios": {"attention": True, "mlp": 0.5}}, "svd.ratios.attention must be a number"),
+    ({"allocation": "per_role", "ratios": {"atention": 0.5, "mlp": 0.5}}, "unknown role 'atention'; did you mean 'attention'"),
+    ({"allocation": "per_role"}, "svd.ratios (role -> kept-parameter ratio) is required"),
+    ({"ratios": {"attention": 0.5}}, "svd.ratios is only read by allocation: per_role (this pass has allocation: uniform)"),
+    ({"allocation": "global", "ratios": {"attention": 0.5}}, "this pass has allocation: global"),
+    ({"energy": 0.5}, "svd.energy is only read by allocation: energy (this pass has allocation: uniform)"),
+    ({"allocation": "energy", "energy": 1.5}, "svd.energy must be in (0, 1]"),
+    ({"fisher_probes": 0}, "svd.fisher_probes must be an integer ≥ 1"),
+    ({"fisher_probes": -2}, "svd.fisher_probes must be an integer ≥ 1"),
+    ({"sensitivity_batches": 0}, "svd.sensitivity_batches must be an integer ≥ 1"),
+    ({"modulation_grid": -1}, "svd.modulation_grid must be an integer ≥ 0"),
+    ({"alpha": -0.5}, "svd.alpha (asvd's scaling exponent) must be ≥ 0"),
+    ({"fisher_damping": -1e-3}, "svd.fisher_damping must be > 0"),
+    ({"fisher_damping": 0.0}, "svd.fisher_damping must be > 0"),
+    ({"method": "asdv"}, "did you mean 'asvd'"),
+])
+def test_bad_config_is_user_error(cfg, message):
+    model = tiny_flux()
+    with pytest.raises(UserError, match=re.escape(message)):
+        SVDPass(SVDConfig(**cfg)).check(model, get_adapter(model))
+
+
+def test_zero_modulation_grid_and_alpha_stay_allowed():
+    """0 keeps its documented meaning: modulation Grams on the calibration's own timesteps; alpha 0: plain
+    scaling-free asvd."""
+    model = tiny_flux()
+    SVDPass(SVDConfig(modulation_grid=0, alpha=0.0, method="asvd")).check(model, get_adapter(model))
+
+
+def test_centering_a_layer_without_bias_is_user_error():
+    model = tiny_pixart()
+    name = "transformer_blocks.0.attn1.to_q"
+    model.get_submodule(name).bias = None  # where would the mean error go?
+    with pytest.raises(UserError, match="to_q has no bias"):
+        SVDPass(SVDConfig(center=["attention"])).check(model, get_adapter(model))
+    SVDPass(SVDConfig(center=["mlp"])).check(model, get_adapter(model))  # other layers are fine
+
+
+def test_whole_model_work_is_refused_when_blocks_stream(tmp_path):
+    """The prediction's Fisher and global's sensitivities need whole forwards; the block Fisher
+    does not."""
+    from compress.calib_store import BlockLoader
+
+    class Streaming(BlockLoader):
+        resident = False
+
+    model = tiny_pixart()
+    cfg = dict(multiple=2, modulation_grid=4, progress=False)
+    with pytest.raises(UserError, match="svd.fisher: block .* or none"):
+        SVDPass(SVDConfig(**cfg), Streaming()).run(model, context(model, tmp_path))
+    with pytest.raises(UserError, match="svd.sensitivity: false"):
+        SVDPass(SVDConfig(fisher="block", allocation="global", **cfg), Streaming()).run(model, context(model, tmp_path))
+    SVDPass(SVDConfig(fisher="block", **cfg), Streaming()).run(model, context(model, tmp_path))
+    assert any(isinstance(m, LowRankLinear) for m in model.modules())
+
+
+def test_a_second_svd_pass_over_factorized_layers_is_refused_naming_them(tmp_path):
+    """Factorizing a LowRankLinear again dropped its fused GELU (FusedGELU has none to fuse again)
+    and recorded its dense size as kept: refused, before compute where the first pass's ranks are
+    fixed (plan's meta model), else when the second pass starts."""
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    cfg = {"multiple": 2, "modulation_grid": 4, "progress": False}
+    planned = SVDPass(SVDConfig(targets=["mlp"], **cfg))
+    meta = tiny_pixart()
+    planned.apply_planned(meta, adapter)
+    with pytest.raises(UserError, match=r"transformer_blocks\.0\.ff\.net\.0\.proj, .* are already factorized"):
+        SVDPass(SVDConfig(targets=["re:ff\\.net"], **cfg)).check(meta, adapter)
+    SVDPass(SVDConfig(targets=["mlp"], **cfg)).run(model, context(model, tmp_path))
+    name = "transformer_blocks.1.ff.net.2"
+    with pytest.raises(UserError, match=f"{re.escape(name)} is already factorized .* svd.ignore"):
+        SVDPass(SVDConfig(targets=[name], **cfg)).run(model, context(model, tmp_path))
+    assert model.get_submodule("transformer_blocks.0.ff.net.0.proj").activation == "gelu_tanh"
+    SVDPass(SVDConfig(targets=["attention"], **cfg)).check(model, adapter)  # the others stay allowed

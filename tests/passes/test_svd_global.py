@@ -1,0 +1,83 @@
+"""compress.passes.svd_global: the sensitivities global allocation weighs each layer's loss by."""
+
+import re
+
+import pytest
+import torch
+
+from compress.alloc import sensitivity_weight
+from compress.arch import get_adapter
+from compress.passes.base import predictions, relative_error
+from compress.passes.svd_global import sensitivities
+from compress.passes.svd_layer import swapped_weight
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+from tests.passes.svd_helpers import run_svd
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_sensitivities_replayed_per_block_equal_whole_forwards():
+    """Each layer's forwards start at its block (recorded once per block); the measured weights are
+    those of whole forwards: Flux, across both block groups, and a top-level target."""
+    model = tiny_flux()
+    adapter = get_adapter(model)
+    batches = [model_inputs(model, seed=i) for i in range(2)]
+    infos = adapter.linears(model)
+    names = ["transformer_blocks.1.attn.to_q", "single_transformer_blocks.2.proj_mlp",
+             "transformer_blocks.0.norm1.linear", "time_text_embed.timestep_embedder.linear_2"]
+    gen = torch.Generator().manual_seed(0)
+    factors = {}
+    for n in names:
+        w = model.get_submodule(n).weight
+        up, down = torch.randn(w.shape[0], 2, generator=gen), torch.randn(2, w.shape[1], generator=gen)
+        factors[n] = (0.1 * up, down, 0.5)
+    got = sensitivities(model, adapter, batches, factors, False, infos)
+    ref = predictions(model, adapter, batches)
+    for n, (up, down, loss) in factors.items():
+        with swapped_weight(model, n, up @ down):
+            expected = sensitivity_weight(relative_error(model, ref, adapter, batches), loss)
+        assert got[n] == pytest.approx(expected, rel=1e-5)
+    assert list(got) == names  # the report keeps the layers' order
+
+
+def test_global_measures_a_centered_targets_sensitivity_with_its_mean_shift(tmp_path):
+    """A centered target (modulation) leaves its mean error (W − W')μ to its bias: the sensitivity
+    is the prediction's error with the layer as the pass would make it at the uniform rank, bias
+    included (it was measured with W' alone: weight 12.1 here instead of 2.63)."""
+    from compress.passes import svd_global
+
+    name, cfg = "adaln_single.linear", dict(targets=["modulation"], ratio=0.5, compensate=False,
+                                                 modulation_grid=16)
+    captured = {}
+
+    def spy(model, adapter, batches, factors, progress, targets):
+        captured.update(batches=batches, loss=factors[name][2])
+        return real(model, adapter, batches, factors, progress, targets)
+
+    real = svd_global.sensitivities
+    svd_global.sensitivities = spy
+    try:
+        _, report, _ = run_svd("pixart", tmp_path / "global", allocation="global", **cfg)
+    finally:
+        svd_global.sensitivities = real
+    uniform, _, _ = run_svd("pixart", tmp_path / "uniform", activations="teacher", **cfg)
+    model = tiny_pixart()
+    adapter, batches = get_adapter(model), captured["batches"]
+    ref = predictions(model, adapter, batches)
+    model.set_submodule(name, uniform.get_submodule(name))  # the layer the pass makes, bias shifted
+    want = sensitivity_weight(relative_error(model, ref, adapter, batches), captured["loss"])
+    assert report["global"]["weights"][name] == pytest.approx(want, rel=1e-4)
+
+
+def test_a_non_finite_sensitivity_is_a_numeric_error_naming_the_layer(monkeypatch):
+    from compress.errors import NumericError
+    from compress.passes import svd_global
+
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    info = adapter.linears(model)[0]
+    weight = model.get_submodule(info.name).weight.detach()  # (out, in)
+    factors = {info.name: (weight[:, :2], torch.eye(2, weight.shape[1]), 0.5)}  # (out, 2), (2, in)
+    monkeypatch.setattr(svd_global, "relative_error", lambda *a, **k: float("nan"))
+    with pytest.raises(NumericError, match=f"{re.escape(info.name)}: the prediction error .* is nan"):
+        svd_global.sensitivities(model, adapter, [model_inputs(model)], factors, False, [info])

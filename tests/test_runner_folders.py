@@ -1,0 +1,83 @@
+"""Output and run folders: checked before anything loads, never replacing a folder that is not an
+earlier dit-compress output."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compress.cli import main
+from compress.errors import UserError
+from tests.runner_helpers import pixart_runner
+
+
+@pytest.fixture
+def pixart(tmp_path, monkeypatch):
+    return pixart_runner(tmp_path, monkeypatch)
+
+
+def test_overwrite_never_replaces_the_current_folder_or_a_users_folder(pixart, monkeypatch):
+    tmp_path, make, loads = pixart
+    work = tmp_path / "work"
+    (work / "thesis").mkdir(parents=True)
+    (work / "thesis" / "ch1.tex").write_text("years of work")
+    monkeypatch.chdir(work)
+    for out in (".", "", "..", str(tmp_path), "/"):
+        with pytest.raises(UserError, match="is the current folder or one above it"):
+            make(Path(out), tmp_path / "r", overwrite=True).prepare()
+    with pytest.raises(UserError, match="thesis exists and is not a dit-compress output"):
+        make(Path("thesis"), tmp_path / "r", overwrite=True).prepare()
+    assert (work / "thesis" / "ch1.tex").read_text() == "years of work" and not loads
+
+
+def test_overwrite_replaces_an_earlier_output_or_an_empty_folder(pixart):
+    tmp_path, make, loads = pixart
+    out = tmp_path / "out"
+    out.mkdir()
+    runner = make(out, overwrite=True)
+    runner.prepare()
+    runner.export(runner.teacher, 1)  # into the empty folder
+    runner = make(out, overwrite=True)
+    runner.prepare()
+    runner.export(runner.teacher, 1)  # over the earlier output
+    assert json.loads((out / "config.json").read_text())["compression"]
+
+
+def test_atomic_folder_refuses_to_replace_a_users_folder(tmp_path):
+    from compress.io_export import atomic_folder
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="not a dit-compress output"):
+        with atomic_folder(tmp_path / "mine", overwrite=True):
+            pass
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("out, run_dir, words", [
+    ("a_file", None, "output folder .*a_file exists and is a file, not a folder"),
+    ("a_file/out", None, "output folder .*a_file/out: .*a_file is a file, not a folder"),
+    ("o", "a_file/run", "run folder .*a_file/run: .*a_file is a file, not a folder"),
+    ("o", "a_file", "run folder .*a_file: .*a_file is a file, not a folder"),
+    ("o", "o", "must be separate folders"),
+    ("o", "o/run", "must be separate folders"),
+    ("/proc/dit-compress-out", None, "output folder /proc/dit-compress-out: cannot write in /proc"),
+])
+def test_bad_out_or_run_dir_refused_before_loading(pixart, out, run_dir, words):
+    tmp_path, make, loads = pixart
+    if out.startswith("/proc") and not Path("/proc/self").exists():
+        pytest.skip("no /proc here")
+    (tmp_path / "a_file").write_text("x")
+    where = Path(out) if out.startswith("/") else tmp_path / out
+    with pytest.raises(UserError, match=words):
+        make(where, tmp_path / run_dir if run_dir else None, overwrite=True).prepare()
+    assert not loads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "r.yaml", "teacher"]  # nothing made
+
+
+def test_cli_bad_out_is_one_line_before_compute(pixart, capsys):
+    tmp_path, make, loads = pixart
+    (tmp_path / "a_file").write_text("x")
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "a_file" / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dit-compress: error: output folder") and "\n" not in err and not loads
