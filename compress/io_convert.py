@@ -19,9 +19,10 @@ from typing import Callable, Iterator
 import torch
 
 from compress.errors import UserError
-from compress.io import INDEX, WEIGHTS, SafetensorsError, from_config, model_class, read_config, read_state_dict, unreadable
+from compress.io import INDEX, WEIGHTS, SafetensorsError, read_state_dict, unreadable
 from compress.io_export import atomic_folder
-from compress.io_single import PREFIXES, check_flux_blocks, checked_family, config_dir
+from compress.io_single import (check_flux_blocks, checked_family, config_dir, empty_model, key_converter,
+                                transformer_prefix)
 
 SHARD_BYTES = 2 * 2**30  # tensors per shard before it is written (one shard is held at a time)
 SHARD = "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors"
@@ -30,14 +31,14 @@ SHARD = "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors"
 def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: int = SHARD_BYTES) -> dict:
     """Writes `out`; returns {"class", "dtypes", "shards", "tensors"}."""
     with lazy_tensors(path) as (keys, get):
-        prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
+        prefix = transformer_prefix(keys)
         names = [k[len(prefix):] for k in keys if k.startswith(prefix)]  # the transformer's, prefix removed
         family = checked_family(path, names, None)
         cfg_dir = config_dir(path, config)
-        model = _empty(family, cfg_dir)
+        model = empty_model(family, cfg_dir)
         if family == "flux":
             check_flux_blocks(path, dict.fromkeys(names), model, cfg_dir)
-        convert_key = _key_converter(family, names, model)
+        convert_key = key_converter(family, names, model)
         expected = {k: (tuple(v.shape)) for k, v in model.state_dict().items()}
         with atomic_folder(out) as tmp:
             model.save_config(tmp)
@@ -60,33 +61,6 @@ def lazy_tensors(path: Path) -> Iterator[tuple[list[str], Callable[[str], torch.
     except (SafetensorsError, OSError) as e:
         raise unreadable(path, e) from None
     yield keys, f.get_tensor
-
-
-def _empty(family: str, cfg_dir: Path):
-    from accelerate import init_empty_weights
-
-    from compress.arch import get_adapter
-
-    cls = model_class(get_adapter(family).class_name)
-    with init_empty_weights():
-        return from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
-
-
-def _key_converter(family: str, names: list[str], model) -> Callable[[str, torch.Tensor], dict]:
-    """name, tensor -> {diffusers name: tensor}: BFL Flux and original PixArt keys converted, a file
-    already in diffusers' keys passed through."""
-    if family == "flux":
-        from compress.arch.flux_convert import convert_bfl_key, is_bfl_flux
-
-        width = model.config.num_attention_heads * model.config.attention_head_dim
-        if is_bfl_flux(names):
-            return lambda k, v: convert_bfl_key(k, v, width)
-    else:
-        from compress.arch.pixart_convert import convert_pixart_key, is_original_pixart
-
-        if is_original_pixart(names):
-            return convert_pixart_key
-    return lambda k, v: {k: v}
 
 
 def _write_shards(folder: Path, path: Path, names: list[str], get, convert_key, expected: dict,

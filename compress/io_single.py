@@ -52,12 +52,8 @@ def load_single_file(path: Path, dtype: torch.dtype | None = torch.float32, conf
                         f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}")
     sd = without_prefix(read_state_dict(path))
     family = checked_family(path, sd.keys(), family)
-    cls = model_class(get_adapter(family).class_name)
     cfg_dir = config_dir(path, config)
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():  # parameters on the meta device: the file's tensors are assigned
-        model = from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
+    model = empty_model(family, cfg_dir)  # the file's tensors are assigned
     sd = converted(path, sd, family, model, cfg_dir)
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
@@ -82,13 +78,42 @@ def converted(path: Path, sd: dict, family: str, model: nn.Module, cfg_dir: Path
         raise UserError(f"{path}: {e.args[0]}") from None
 
 
+def empty_model(family: str, cfg_dir: Path) -> nn.Module:
+    """The family's transformer built from the config in cfg_dir, parameters on the meta device."""
+    from accelerate import init_empty_weights
+
+    cls = model_class(get_adapter(family).class_name)
+    with init_empty_weights():
+        return from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
+
+
+def key_converter(family: str, names: list[str], model: nn.Module):
+    """(name, tensor) -> {diffusers name: tensor}, one tensor at a time: BFL Flux and original PixArt
+    keys (told by all the file's `names`) converted, diffusers' keys passed through."""
+    if family == "flux":
+        from compress.arch.flux_convert import convert_bfl_key, is_bfl_flux
+
+        width = model.config.num_attention_heads * model.config.attention_head_dim
+        if is_bfl_flux(names):
+            return lambda k, v: convert_bfl_key(k, v, width)
+    else:
+        from compress.arch.pixart_convert import convert_pixart_key, is_original_pixart
+
+        if is_original_pixart(names):
+            return convert_pixart_key
+    return lambda k, v: {k: v}
+
+
+def transformer_prefix(keys) -> str:
+    """The ComfyUI prefix of a checkpoint's transformer tensors ('' where none)."""
+    return next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
+
+
 def without_prefix(sd: dict) -> dict:
     """The transformer's tensors of a checkpoint saved with a ComfyUI prefix, the prefix removed;
     other components (VAE, text encoders) dropped."""
-    for prefix in PREFIXES:
-        if any(k.startswith(prefix) for k in sd):
-            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    return sd
+    prefix = transformer_prefix(sd)
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)} if prefix else sd
 
 
 def check_flux_blocks(path: Path, sd: dict, model: nn.Module, cfg_dir: Path) -> None:

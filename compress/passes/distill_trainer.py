@@ -111,8 +111,9 @@ class _Trainer:
         feats = (BlockOutputs(inner, self.adapter, detach=False), BlockOutputs(self.teacher, self.adapter,
                  detach=True)) if cfg.lambda_feat > 0 else None
         ran = 0
+        shown = cfg.progress and self.acc.is_main_process
         try:
-            with StopSignals() as stop, _progress(cfg.progress and self.acc.is_main_process) as bar:
+            with StopSignals() as stop, _progress(shown) as bar:
                 task = bar.add_task("distill", total=cfg.steps, completed=self.step, terms="")
                 while self.step < cfg.steps:
                     row = self._train_step(pred, feats, stop)
@@ -121,7 +122,7 @@ class _Trainer:
                     ran += 1
                     self.history.append(row)
                     bar.update(task, completed=self.step, terms=_fmt(row))
-                    _log_line(bar, self.step, cfg.steps, row)
+                    _log_line(shown, self.step, cfg.steps, row)
                     last = self.step == cfg.steps
                     if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
                         self._save()
@@ -319,14 +320,14 @@ def _progress(enabled: bool):
 
     from compress.report import console
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn(), TextColumn("{task.fields[terms]}"), console=console,
-                   disable=not (enabled and console.is_terminal))
-    bar.log_lines = enabled and not console.is_terminal
-    return bar
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[terms]}"), console=console,
+                    disable=not (enabled and console.is_terminal))
 
 
-def _log_line(bar, step: int, steps: int, row: dict) -> None:
+def _log_line(enabled: bool, step: int, steps: int, row: dict) -> None:
     """One line per tenth of the run (and the last step) where the bar is not drawn."""
-    if bar.log_lines and (step % max(1, steps // 10) == 0 or step == steps):
-        bar.console.print(f"distill {step}/{steps} {_fmt(row)}", highlight=False)
+    from compress.report import console
+
+    if enabled and not console.is_terminal and (step % max(1, steps // 10) == 0 or step == steps):
+        console.print(f"distill {step}/{steps} {_fmt(row)}", highlight=False)
