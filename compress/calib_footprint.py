@@ -113,7 +113,15 @@ def footprint(recipe, teacher: str, config, prompts: int) -> dict:
             "bytes": rows * per_row * streams, "batch_bytes": batch * per_row * streams,
             "batches": math.ceil(rows / recipe.calibration.batch_size),
             "batch_rows": recipe.calibration.batch_size, "itemsize": itemsize,
-            "block_copies": block_copies(recipe)}
+            "block_copies": block_copies(recipe), "probe_bytes": probe_bytes(recipe, stream, caption, width, itemsize)}
+
+
+def probe_bytes(recipe, tokens: int, caption: int, width: int, itemsize: int) -> int:
+    """Bytes of calib_flow's dependency probe under within-block sequential calibration (else 0): one
+    block's forward and backward on one calibration row, with what autograd keeps for it."""
+    if block_copies(recipe) == 1:
+        return 0
+    return (SAVED_PER_TOKEN * tokens + 2 * (tokens + caption)) * width * itemsize
 
 
 # values per token and block, in units of the hidden width, that autograd keeps for a backward

@@ -184,11 +184,11 @@ def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype,
                              spilled: bool) -> None:
     """Before a streamed run: say so if what it holds at once on `device` would not fit the memory
     free there: teacher's and student's top levels, the largest block (twice under within-block
-    sequential calibration), and the calibration activations (one batch of them when spilled). weights: `streamed_weights`; footprint: a
-    calib_footprint.footprint."""
+    sequential calibration, with its one-row dependency probe), and the calibration activations (one
+    batch of them when spilled). weights: `streamed_weights`; footprint: a calib_footprint.footprint."""
     copies = footprint.get("block_copies", 1)  # 2: within-block sequential keeps the dense block too
     params = 2 * weights["top_level_params"] + copies * weights["largest_block_params"]
-    need = params * dtype.itemsize + footprint["batch_bytes" if spilled else "bytes"]
+    need = params * dtype.itemsize + footprint["batch_bytes" if spilled else "bytes"] + footprint.get("probe_bytes", 0)
     have = free_memory(device)
     if have is None or need <= have:
         return
