@@ -291,6 +291,7 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     _remark(value_node, mark)
     _check_keys(value_node, path)
     node, parts = data_node, dotted.split(".")
+    _refuse_pass_name(data_node, parts, dotted, value_text)
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, yaml.SequenceNode):
@@ -314,6 +315,20 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
             node = child
         else:
             node = match[0][1]
+
+
+def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], dotted: str, value_text: str) -> None:
+    """`--set svd.ratio=0.4` where the recipe has no top-level `svd` but svd passes: they are set by
+    their index in `passes`, which the error spells out."""
+    top = {k.value: v for k, v in data_node.value}
+    passes = top.get("passes")
+    if parts[0] in top or not isinstance(passes, yaml.SequenceNode):
+        return
+    where = [f"passes.{i}.{'.'.join(parts)}" for i, item in enumerate(passes.value)
+             if isinstance(item, yaml.MappingNode) and any(k.value == parts[0] for k, _ in item.value)]
+    if where:
+        raise UserError(f"--set {dotted}: a pass's options are set by its index in the passes list: "
+                        f"--set {where[0]}={value_text}" + (f" (or {', '.join(where[1:])})" if where[1:] else ""))
 
 
 def _remark(node: yaml.Node, mark: yaml.Mark) -> None:

@@ -125,6 +125,18 @@ def test_bad_override():
         parse_recipe(GOOD, "r.yaml", ["passes.9.svd.ratio=1"])
 
 
+def test_an_override_by_pass_name_is_told_the_pass_index():
+    """`--set distill.steps=3` reads naturally but passes are a list: the error gives the indexed
+    key of every pass of that name; a top-level key is still set as it is written."""
+    with pytest.raises(UserError, match=r"--set passes\.1\.distill\.steps=3$"):
+        parse_recipe(GOOD, "r.yaml", ["distill.steps=3"])
+    twice = GOOD.replace("  - importance: {buckets: 3}\n", "  - distill: {steps: 1}\n")
+    with pytest.raises(UserError, match=r"--set passes\.0\.distill\.lr=1 \(or passes\.1\.distill\.lr\)$"):
+        parse_recipe(twice, "r.yaml", ["distill.lr=1"])
+    with pytest.raises(UserError, match="unknown key 'svd'"):  # no svd pass: the plain unknown-key error
+        parse_recipe(GOOD, "r.yaml", ["svd.ratio=0.5"])
+
+
 def test_overrides_add_keys_and_their_errors_name_the_override():
     """--set may add keys the file lacks, also inside a new mapping (a traceback before: the
     added nodes had no position); a bad value names the --set that gave it, not a file line."""
