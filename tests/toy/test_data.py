@@ -36,7 +36,10 @@ def test_tokenizer_and_shipped_encoder_are_deterministic():
     assert ids.shape == (3, MAX_TOKENS) and mask[1].sum() == 1  # empty prompt keeps EOS
     assert ids[2, 2] == 2  # unknown word -> <unk>
     shipped = load_text_encoder()(["a handwritten 7"])
-    assert torch.equal(shipped["prompt_embeds"], ToyTextEncoder.from_seed()(["a handwritten 7"])["prompt_embeds"])
+    # the shipped table is the seed's: torch.randn's scalar path (no AVX2, ATEN_CPU_CAPABILITY=default)
+    # differs from its vectorized one by up to 1e-6 here, another seed's table by O(1)
+    torch.testing.assert_close(shipped["prompt_embeds"], ToyTextEncoder.from_seed()(["a handwritten 7"])["prompt_embeds"],
+                               rtol=0, atol=1e-5)
     assert shipped["prompt_embeds"].shape == (1, MAX_TOKENS, TEXT_DIM) and shipped["pooled"].shape == (1, TEXT_DIM)
 
 
