@@ -47,18 +47,17 @@ from compress.fuse import fuse_gelu
 from compress.linalg import normalized_curve
 from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
-from compress.passes.base import Pass, RunContext, predictions, relative_error
-from compress.passes.svd_compensate import line_search, newton_steps
+from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, check_streaming, check_values,
                                         merge_report, summary)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
 from compress.passes.svd_global import GlobalAllocation
-from compress.passes.svd_layer import compress_layer, replace_linear
+from compress.passes.svd_layer import replace_linear
+from compress.passes.svd_stages import Stages
 from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
-from compress.passes.svd_walk import module_digest, walk
+from compress.passes.svd_walk import walk
 from compress.report import console
-from compress.replay import Prefix
 
 LATER = "decided after calibration"
 
@@ -252,75 +251,20 @@ class SVDPass(GlobalAllocation, Pass):
     def _compress(self, model, adapter, targets, batches, ranks, records, toward, summary) -> bool:
         """Block-by-block calibration that factorizes each block's targets before moving on
         (with compensation: at the measured best fraction of their Newton step toward the
-        predictions of `toward`, the teacher or the model as the pass found it; svd_compensate).
+        predictions of `toward`, the teacher or the model as the pass found it; svd_stages).
         summary: filled with each compensated stage's search. Returns whether the blocks were
         calibrated within-block sequentially (svd.sequential)."""
         c = self.config
-        state: list = []  # what has been compressed so far (names the student-mode cache files)
         compensated = self._compensation_roots(targets)
         few = batches[: c.compensate_batches] if c.compensate_batches else batches
         refs = predictions(toward, adapter, few) if compensated else None
-
-        upstream: dict[str, tuple | None] = {}  # name -> asymmetric (step, offset), until committed
-
-        def factorize(info: LinearInfo, stats: Stats, step=None, rank=None) -> dict:
-            """rank: None chooses it (fixed, or by the energy rule); "dense" or an int imposes it."""
-            choose = self._choose(info, ranks) if rank is None else (
-                lambda dec: None if rank == "dense" else rank)
-            if info.name not in upstream:
-                upstream[info.name] = self._asymmetric_step(model, info, stats)
-            extra, offset = upstream[info.name] or (None, None)
-            if extra is not None:
-                step = extra if step is None else step + extra
-            return compress_layer(model, info, stats, method=c.method, alpha=c.alpha,
-                                  center=self._center(info), gram_is_output=uses_output_gram(info),
-                                  choose_rank=choose, out_root=self.roots.get(info.name), step=step,
-                                  offset=offset)
-
-        def commit(info: LinearInfo, record: dict) -> bool:
-            if upstream.pop(info.name, None) is not None:  # (out, in) float64: not kept past its layer
-                record = dict(record, asymmetric=True)
-            records[info.name] = record
-            state.append((info.name, record["rank"], module_digest(model, info.name)))
-            return record["rank"] != "dense"
-
-        def visit(info: LinearInfo, stats: Stats) -> bool:
-            return commit(info, factorize(info, stats))
-
-        def visit_stage(label: str, pairs: list, prefix: Prefix) -> bool:
-            steps = newton_steps(model, adapter, few, refs, pairs, compensated, c.fisher_probes,
-                                 len(few) / len(batches), prefix) if compensated else {}
-            if not steps:
-                return any([visit(info, stats) for info, stats in pairs])
-            near = next((s["step"] for s in reversed(summary.values()) if s["step"]), None) \
-                if c.compensate_search == "walk" else None
-            chosen, search = line_search(model, pairs, steps, factorize,
-                                         lambda: relative_error(model, refs, adapter, few, prefix), near)
-            summary[label if label not in summary else f"{label} ({len(summary) + 1})"] = search
-            return any([commit(info, dict(chosen[info.name], compensation_step=search["step"]
-                                          if info.name in steps else None)) for info, _ in pairs])
-
-        def visit_group(where: str, start: int, pairs: list) -> bool:
-            """Two stages, in the order a block runs them: the MLP's targets then compensate for
-            the error its attention (and modulation) targets just left as well. A stage is labelled
-            by where it is and its roles ("double 3 attention+modulation", "double 3 mlp",
-            "top level modulation"). Both stages change nothing before block `start` (execution
-            order), so their forwards replay what came before it (recorded once, `replay.Prefix`).
-            Returns whether the model changed."""
-            before = [p for p in pairs if p[0].role != "mlp"]
-            mlp = [p for p in pairs if p[0].role == "mlp"]
-            prefix, changed = Prefix(model, adapter, few, start), False
-            for stage in (before, mlp):
-                if stage:
-                    roles = "+".join(sorted({info.role for info, _ in stage}))
-                    changed = visit_stage(f"{where} {roles}", stage, prefix) or changed
-            return changed
-
-        asymmetric = self._fits(targets)
+        stages = Stages(self, model, adapter, ranks, records, summary, few, refs, compensated,
+                        len(few) / len(batches))
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
-                               c.progress, asymmetric, spill=self.spill, sampler=self.sampler)
+                               c.progress, self._fits(targets), spill=self.spill, sampler=self.sampler)
         sequential = self._sequential(targets)
-        self._walk(cal, targets, visit, state if c.activations == "student" else [], visit_group, sequential)
+        self._walk(cal, targets, stages.visit, stages.state if c.activations == "student" else [],
+                   stages.visit_group, sequential)
         return sequential
 
     def _fits(self, targets: list[LinearInfo]) -> bool:

@@ -169,7 +169,7 @@ def test_modulation_grams_follow_the_compressed_embedders_in_student_mode(activa
     activations: student their Grams are taken after those are compressed (they were taken from the
     teacher's, 1.45 relative difference here, and norm_out.linear was factorized before them);
     with teacher, on the teacher's conditioning."""
-    from compress.passes import svd as svd_module
+    from compress.passes import svd_stages as svd_module
     from compress.passes.svd_walk import readers
 
     seen, order, real = {}, [], svd_module.compress_layer

@@ -50,7 +50,7 @@ def test_modulation_grid_follows_the_samplers_shift(tmp_path):
 def _sequential_pass(tmp_path, model, monkeypatch, **cfg):
     """An attention + MLP svd pass on `model` (no Fisher, fitted asymmetrically): the stats each target
     was factorized with, the stats keys re-run (in order) and the report."""
-    import compress.passes.svd as svd
+    import compress.passes.svd_stages as svd
     from compress.calib import BlockCalibration
 
     batches = [model_inputs(model, seed=i) for i in range(2)]
