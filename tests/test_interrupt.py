@@ -70,7 +70,7 @@ def test_sigterm_during_calibration(setup, monkeypatch):
 
 
 def test_sigint_during_factorization(setup, monkeypatch):
-    from compress.passes import svd
+    from compress.passes import svd_stages as svd
 
     # Ctrl-C as in a terminal: a suite started as a background job inherits SIGINT ignored
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
