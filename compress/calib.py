@@ -110,6 +110,32 @@ def _swapped(model: nn.Module, modules: dict[str, nn.Module]):
             model.set_submodule(name, module)
 
 
+@contextlib.contextmanager
+def _stopping(model: nn.Module, readers: list[Reader], calls: dict[str, int] | None):
+    """Hooks counting how often each reader's module fires (yielded: module -> count) and, with
+    `calls`, raising `_Stop` once every module has fired that often. Registered after the stats
+    hooks of the forward (hooks run in registration order), so the last reader's rows are taken
+    first: an input reader stops before its module runs, an output reader after."""
+    fired: dict[str, int] = {}
+    outputs = {r.module for r in readers if r.output}
+
+    def fire(name: str) -> None:
+        fired[name] = fired.get(name, 0) + 1
+        if calls is not None and all(fired.get(n, 0) >= k for n, k in calls.items()):
+            raise _Stop
+
+    handles = []
+    for name in dict.fromkeys(r.module for r in readers):
+        mod = model.get_submodule(name)
+        handles.append(mod.register_forward_hook(lambda m, a, o, n=name: fire(n)) if name in outputs
+                       else mod.register_forward_pre_hook(lambda m, a, n=name: fire(n)))
+    try:
+        yield fired
+    finally:
+        for h in handles:
+            h.remove()
+
+
 # ----------------------------------------------------------------------------- the driver
 
 
@@ -269,27 +295,42 @@ class BlockCalibration:
         """Run one block over all current inputs: stats of readers, the outputs (if keep) and, with
         a reference stream and readers, the block's outputs on it (else None). Each batch's reference
         forward runs first (through the `original` modules, if given: see `rerun`) and its reader
-        inputs pair row by row with the student's (Stats.cross)."""
+        inputs pair row by row with the student's (Stats.cross). Where no output is wanted (a
+        `rerun`; a student-mode block's stats, its outputs taken after it is compressed), the
+        forwards after the first end once every reader has fired as often as in the first."""
         stats, outputs = {}, self._store()
         paired = self.reference is not None and any(pairs(r) for r in readers)
         ref_outputs = self._store() if paired and original is None else None
+        early, calls = readers and not keep and ref_outputs is None, None
         with accumulating(self.model, readers, stats) as acc, torch.no_grad():
             for b, (args, kwargs) in enumerate(self.inputs):
                 acc.caption = self.adapter.caption_rows(kwargs)
                 if paired:
                     acc.paused, acc.partner = True, {}
                     with _swapped(self.model, original or {}), recording(self.model, readers, acc.partner):
-                        out = _detach(self.adapter.run_block(block, *self.reference[b]))
+                        out, _ = self._forward(block, self.reference[b], readers, calls)
                     if ref_outputs is not None:
                         ref_outputs.append(out)
                     acc.paused = False
-                out = _detach(self.adapter.run_block(block, args, kwargs))
+                out, fired = self._forward(block, (args, kwargs), readers, calls)
                 if paired and acc.partner:
                     raise RuntimeError(f"{', '.join(acc.partner)} ran in the reference forward but not "
                                        "in the student's")
                 if keep:
                     outputs.append(out)
+                if early and calls is None:
+                    calls = fired
         return stats, (outputs if keep else None), ref_outputs
+
+    def _forward(self, block, inputs: tuple, readers: list[Reader], calls: dict[str, int] | None):
+        """(the block's detached outputs on inputs (args, kwargs), or None where it ended early;
+        how often each reader module fired). calls: module -> calls after which the forward ends
+        (`_stopping`); None: it runs whole."""
+        with _stopping(self.model, readers, calls) as fired:
+            try:
+                return _detach(self.adapter.run_block(block, *inputs)), fired
+            except _Stop:
+                return None, fired
 
     def _reference_outputs(self, block) -> list:
         outputs = self._store()

@@ -278,3 +278,40 @@ def test_rerun_takes_grams_after_the_blocks_earlier_linears_changed():
     torch.testing.assert_close(after.ref_total, teacher_rows.sum(0), rtol=1e-6, atol=1e-6)
     assert (after.gram - before.gram).norm() > 1e-2 * before.gram.norm()
     assert (after.cross - after.gram).norm() > 1e-2 * after.gram.norm()
+
+
+def test_a_rerun_ends_each_forward_after_its_last_reader_with_the_same_stats(monkeypatch):
+    """A rerun wants its readers' inputs only: after the first batch (which counts how often each
+    reader fires) the student's and the reference's forwards end at the last reader's last call.
+    The stats are those of whole forwards, bit for bit; the block's later linears run only in the
+    first batch."""
+    import compress.calib as calib
+
+    batches = [model_inputs(tiny_pixart(), seed=s) for s in range(3)]
+    model = tiny_pixart()
+    cal = BlockCalibration(model, get_adapter(model), batches, progress=False, asymmetric=True)
+    cal.capture()
+    first, reader = "transformer_blocks.0.attn1.to_q", Reader("attn1", "transformer_blocks.0.attn1.to_q")
+    last = model.get_submodule("transformer_blocks.0.ff.net.2")
+    ran = []
+    handle = last.register_forward_hook(lambda m, a, o: ran.append(1))
+    whole = calib._stopping
+
+    def rerun(bs, early: bool):
+        if not early:
+            monkeypatch.setattr(calib, "_stopping", lambda model, readers, calls: whole(model, readers, None))
+        ran.clear()
+        stats = cal.rerun(bs.block, [reader], {first: original})["attn1"]
+        monkeypatch.setattr(calib, "_stopping", whole)
+        return stats, len(ran)
+
+    for bs in cal.blocks(lambda g, i: []):
+        if bs.index == 0:
+            original = model.get_submodule(first)
+            factorize(model, [first], rank=2)  # the reader's own module compressed: still read
+            (ended, ran_ended), (full, ran_full) = rerun(bs, True), rerun(bs, False)
+    handle.remove()
+    assert (ran_ended, ran_full) == (2, 6)  # 2 streams x 1 batch, against 2 x 3
+    for field_ in ("gram", "total", "cross", "ref_total"):
+        assert torch.equal(getattr(ended, field_), getattr(full, field_)), field_
+    assert ended.rows == full.rows

@@ -8,9 +8,12 @@ keeps the fastest of several). Also the seconds the calibration's block forwards
 BlockCalibration._run and _reference_outputs, re-runs included) and, sequential, those of the
 data-flow probes that merge a block's stages into levels (`probe`: BlockCalibration.dependencies).
 `--per-stage` adds a column with one re-run per stage, as before levels (svd_walk.leveled off).
+`--whole-forwards` adds a line per run with every calibration forward run whole (before re-runs and
+student-mode stats forwards ended at their last reader, `calib._stopping`), and the ratios of the
+two: the same errors, less forward time.
 
     python tools/bench_sequential.py [--families pixart flux] [--runs NAME ...] [--threads 1]
-                                     [--repeat 1] [--per-stage]
+                                     [--repeat 1] [--per-stage] [--whole-forwards]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_svd import compress, error  # noqa: E402  (the pass on a toy teacher, held-out error)
 
+import compress.calib as calib  # noqa: E402
 from compress.calib import BlockCalibration  # noqa: E402
 from compress.passes import svd_walk  # noqa: E402
 
@@ -73,6 +77,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1, help="keep the fastest of this many runs")
     parser.add_argument("--per-stage", action="store_true", help="also one re-run per stage (no levels)")
+    parser.add_argument("--whole-forwards", action="store_true",
+                        help="also with every calibration forward run whole (no early end)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     _timed(BlockCalibration, "_run", "fwd")
@@ -93,6 +99,22 @@ def main() -> None:
                          f" time x{t1 / t0:.2f} fwd x{f1 / f0:.2f}")
             svd_walk.leveled = leveled
             print(line, flush=True)
+            if args.whole_forwards:
+                print(_against_whole(family, name, args.repeat, (e0, t0, f0), (e1, t1, f1)), flush=True)
+
+
+def _against_whole(family: str, name: str, repeat: int, block_level: tuple, levels: tuple) -> str:
+    """The run block-level and sequential (levels) with every forward whole: ratios ended / whole."""
+    ending = calib._stopping
+    calib._stopping = lambda model, readers, calls: ending(model, readers, None)
+    try:
+        line = f"{family:6s} {name:32s} ended early / whole forwards:"
+        for label, sequential, (e, t, f) in (("block-level", False, block_level), ("levels", True, levels)):
+            ew, tw, fw, _ = one(family, RUNS[name], sequential, repeat)
+            line += f" | {label} error {e:.5f} / {ew:.5f}, time x{t / tw:.2f}, fwd x{f / fw:.2f}"
+    finally:
+        calib._stopping = ending
+    return line
 
 
 if __name__ == "__main__":
