@@ -143,8 +143,8 @@ def pca_tails(y: torch.Tensor, ranks) -> str:
 
 
 def modulation_floor(ranks=(8, 16, 64, 96)) -> str:
-    """Toy PixArt: the PCA floor of its adaLN-single outputs over all 1000 training steps, and how far
-    the outputs of neighbouring steps 500 and 501 are apart."""
+    """Toy PixArt: the PCA floor of its adaLN-single outputs over all 1000 training steps, how far
+    the outputs of neighbouring steps 500 and 501 are apart, and `head_floors`."""
     model = load_toy_teacher("pixart")
     t = torch.arange(1000)
     with torch.no_grad():
@@ -152,7 +152,25 @@ def modulation_floor(ranks=(8, 16, 64, 96)) -> str:
                                     hidden_dtype=torch.float32)  # (1000, 6 · hidden)
     step = float((out[500] - out[501]).norm() / out[500].norm())
     return (f"pixart: adaLN-single outputs outside their best subspace (PCA floor) {pca_tails(out, ranks)}; "
-            f"steps 500/501 differ by {step:.2%}")
+            f"steps 500/501 differ by {step:.2%}; {head_floors(model.adaln_single.linear, out)}")
+
+
+def head_floors(linear: torch.nn.Linear, out: torch.Tensor) -> str:
+    """The floor of any map whose outputs come from a linear output layer (of any inputs, after any
+    nonlinear layers) within 10× fewer parameters than `linear`: its outputs lie in an affine subspace
+    as wide as that layer, so no such map beats the PCA floor there. Per linear: a head of width m
+    costs m·out weights + out biases; shared across the output's six chunks (shift/scale/gate ×2,
+    told apart by a learned chunk embedding, as Chroma's approximator does for Flux's modulation):
+    m·hidden + hidden, the chunks' rows stacked, each chunk centered on its own mean. Generous: the
+    layers before the head are free here."""
+    budget = (linear.weight.numel() + linear.bias.numel()) / 10
+    own = int((budget - out.shape[1]) // out.shape[1])
+    chunks = out.reshape(out.shape[0], 6, -1).double()  # (steps, 6, hidden)
+    shared = int((budget - chunks.shape[2]) // chunks.shape[2])
+    energies = torch.linalg.svdvals((chunks - chunks.mean(0)).reshape(-1, chunks.shape[2])) ** 2
+    floor = float(energies[shared:].sum() / chunks.square().sum()) ** 0.5
+    return (f"any linear output layer within 10x: of its own (width <= {own}) {pca_tails(out, [own])}, "
+            f"shared by the 6 chunks (width <= {shared}) {floor:.2e}")
 
 
 def flux_modulation_floor(ranks=(8, 16, 64)) -> str:
