@@ -301,7 +301,7 @@ class BlockCalibration:
         stats, outputs = {}, self._store()
         paired = self.reference is not None and any(pairs(r) for r in readers)
         ref_outputs = self._store() if paired and original is None else None
-        early, calls = readers and not keep and ref_outputs is None, None
+        early, calls = bool(readers) and not keep and ref_outputs is None, None
         with accumulating(self.model, readers, stats) as acc, torch.no_grad():
             for b, (args, kwargs) in enumerate(self.inputs):
                 acc.caption = self.adapter.caption_rows(kwargs)
