@@ -17,6 +17,7 @@ import yaml
 
 from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.passes import PASSES, pass_class
+from compress.recipe_set import place, remark
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -288,55 +289,9 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     except yaml.YAMLError as e:
         raise UserError(f"{path} ({mark.name}): the value is not valid YAML "
                         f"({getattr(e, 'problem', None) or e}); quote it if it is text") from None
-    _remark(value_node, mark)
+    remark(value_node, mark)
     _check_keys(value_node, path)
-    node, parts = data_node, dotted.split(".")
-    _refuse_pass_name(data_node, parts, dotted, value_text)
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, yaml.SequenceNode):
-            if not part.isdigit() or int(part) >= len(node.value):
-                raise UserError(f"--set {dotted}: '{part}' is not an index of that list")
-            if last:
-                node.value[int(part)] = value_node
-                return
-            node = node.value[int(part)]
-            continue
-        if not isinstance(node, yaml.MappingNode):
-            raise UserError(f"--set {dotted}: '{'.'.join(parts[:i])}' is not a mapping")
-        match = [(k, v) for k, v in node.value if k.value == part]
-        if last:
-            node.value = [(k, v) for k, v in node.value if k.value != part]
-            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), value_node))
-            return
-        if not match:
-            child = yaml.MappingNode("tag:yaml.org,2002:map", [], mark, mark)
-            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), child))
-            node = child
-        else:
-            node = match[0][1]
-
-
-def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], dotted: str, value_text: str) -> None:
-    """`--set svd.ratio=0.4` where the recipe has no top-level `svd` but svd passes: they are set by
-    their index in `passes`, which the error spells out."""
-    top = {k.value: v for k, v in data_node.value}
-    passes = top.get("passes")
-    if parts[0] in top or not isinstance(passes, yaml.SequenceNode):
-        return
-    where = [f"passes.{i}.{'.'.join(parts)}" for i, item in enumerate(passes.value)
-             if isinstance(item, yaml.MappingNode) and any(k.value == parts[0] for k, _ in item.value)]
-    if where:
-        raise UserError(f"--set {dotted}: a pass's options are set by its index in the passes list: "
-                        f"--set {where[0]}={value_text}" + (f" (or {', '.join(where[1:])})" if where[1:] else ""))
-
-
-def _remark(node: yaml.Node, mark: yaml.Mark) -> None:
-    node.start_mark = node.end_mark = mark
-    children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else []
-    for child in children:
-        for n in child if isinstance(child, tuple) else (child,):
-            _remark(n, mark)
+    place(data_node, dotted, value_text, value_node, mark)
 
 
 def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
