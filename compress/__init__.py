@@ -16,6 +16,10 @@ def __getattr__(name):  # lazy public API: keeps `import compress` cheap
         from compress import io_output
 
         return getattr(io_output, name)
+    if name == "merge_lora":
+        from compress.lora import merge_lora
+
+        return merge_lora
     if name == "LowRankLinear":
         from compress.lowrank import LowRankLinear
 
