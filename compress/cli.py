@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the folder to write (must not exist): config.json and safetensors shards")
     p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of the file's transformer "
                    "(default: the config.json beside the file)")
+
+    p = sub.add_parser("lora", help="a LoRA trained on the teacher merged into a compressed model, as a new output")
+    p.add_argument("out", help="output folder of `dit-compress run`")
+    p.add_argument("lora", help="the LoRA: a .safetensors file or folder diffusers reads (Flux), or a peft adapter folder")
+    p.add_argument("new", help="the output folder to write (must not exist)")
+    p.add_argument("--scale", type=float, default=1.0, help="strength of the LoRA (default 1)")
     return parser
 
 
@@ -127,6 +133,12 @@ def cmd_convert(args) -> int:
     return convert(args)
 
 
+def cmd_lora(args) -> int:
+    from compress.commands import lora
+
+    return lora(args)
+
+
 def cmd_bench(args) -> int:
     from compress.bench import bench_command
 
@@ -134,7 +146,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "inspect": cmd_inspect, "importance": cmd_importance,
-            "eval": cmd_eval, "bench": cmd_bench, "convert": cmd_convert}
+            "eval": cmd_eval, "bench": cmd_bench, "convert": cmd_convert, "lora": cmd_lora}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`dit-compress importance`, `eval` and `convert`: load, call the module that does the work, print."""
+"""`dit-compress importance`, `eval`, `convert` and `lora`: load, call the module that does the work, print."""
 
 from __future__ import annotations
 
@@ -222,3 +222,29 @@ def convert(args) -> int:
     results.print(f"wrote {out}: a diffusers {done['class']} folder ({done['tensors']} tensors, "
                   f"{', '.join(done['dtypes'])}, {shards}); stream it with --teacher {out}")
     return 0
+
+
+def lora(args) -> int:
+    """A compressed output with a teacher's LoRA merged into it (compress.lora), written as a new
+    output folder beside the old one (its recipe, report, block map and model card copied)."""
+    import math
+
+    from compress.io_export import save_compressed
+    from compress.lora import merge_lora
+
+    source, new = Path(args.out).expanduser(), Path(args.new).expanduser()
+    if new.exists() or new.is_symlink():
+        raise UserError(f"{args.new} exists; lora writes a new output folder")
+    if not math.isfinite(args.scale):
+        raise UserError(f"--scale must be a finite number, got {args.scale}")
+    model = load_transformer(source)
+    done = merge_lora(model, args.lora, scale=args.scale)
+    files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
+             if (source / name).is_file()}
+    save_compressed(model, new, files=files)
+    grown = f", {len(done['rank_added'])} factorized ones by rank {sorted(set(done['rank_added'].values()))}" \
+        if done["rank_added"] else ""
+    dropped = f"; {len(done['dropped'])} of its layers were in removed blocks" if done["dropped"] else ""
+    results.print(f"wrote {new}: {done['merged']} layers took the LoRA at scale {args.scale:g}{grown}{dropped}")
+    return 0
+

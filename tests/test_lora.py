@@ -138,3 +138,23 @@ def test_without_peft_the_error_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
     with pytest.raises(UserError, match=r"pip install 'dit-compress\[lora\]'"):
         merge_lora(tiny_flux(), tmp_path / "lora.safetensors")
+
+
+def test_the_lora_command_writes_a_new_output(tmp_path, capsys):
+    """`dit-compress lora OUT LORA NEW --scale s`: NEW loads as the student merged in Python does,
+    keeps the output's files and records the merge; an existing NEW is refused."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+
+    student, teacher = _student(tmp_path)
+    _lora(teacher, tmp_path / "lora")
+    merge_lora(student, tmp_path / "lora", scale=0.5)
+    args = ["lora", str(tmp_path / "out-s"), str(tmp_path / "lora"), str(tmp_path / "new"), "--scale", "0.5"]
+    assert main(args) == 0
+    assert "layers took the LoRA at scale 0.5" in capsys.readouterr().out
+    new = load_transformer(tmp_path / "new")
+    inputs = model_inputs(student)
+    assert torch.equal(forward(new, inputs), forward(student, inputs))
+    assert (tmp_path / "new" / "block_map.json").is_file() and new.compression_meta["loras"][0]["scale"] == 0.5
+    assert main(["inspect", str(tmp_path / "new")]) == 0
+    assert main(args) == 2 and "exists" in capsys.readouterr().err
