@@ -40,11 +40,13 @@ def test_calculate_shift_is_flux_pipelines(tokens):
 
 def test_flux_noise_levels_need_no_transformers():
     """The toy Flux samples and distills on the core install: placing σ never imports diffusers'
-    FluxPipeline module (which needs transformers, an optional extra)."""
+    FluxPipeline module (which needs transformers, an optional extra). A core install has no peft
+    either (the lora extra, which brings transformers): with peft present, diffusers' model classes
+    import it, and it imports transformers."""
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['transformers'] = None\n"
+    code = ("import sys; sys.modules['transformers'] = sys.modules['peft'] = None\n"
             "import torch\n"
             "from compress.arch import get_adapter\n"
             "from compress.arch.flux import sampler_shift\n"
