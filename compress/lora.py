@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -59,8 +60,9 @@ def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> dict[str, t
     """teacher module name -> (A (r', in), B (out, r'), scaling) as diffusers / peft would apply them."""
     if importlib.util.find_spec("peft") is None:
         raise UserError("merging a LoRA needs peft: pip install 'dit-compress[lora]' (or peft)")
-    skeleton = _empty_teacher(student, adapter, block_map, lora)
-    _load_onto(skeleton, adapter, lora)
+    load, keys = _reader(adapter, lora, type(student).__name__)
+    skeleton = _empty_teacher(student, adapter, block_map, keys)
+    load(skeleton)
     from peft.tuners.lora import LoraLayer
 
     out = {}
@@ -81,14 +83,64 @@ def _label(lora) -> str:
     return "the LoRA state dict" if isinstance(lora, dict) else str(lora)
 
 
-def _empty_teacher(student: nn.Module, adapter, block_map: dict, lora) -> nn.Module:
+def _reader(adapter, lora, class_name: str) -> tuple[Callable[[nn.Module], None], list[str]]:
+    """(a function loading the LoRA onto an empty teacher as the family's loader would, its keys).
+    A peft adapter folder (adapter_config.json) through peft, any other LoRA of a Flux model
+    through diffusers' FluxLoraLoaderMixin (a file, a folder, a Hub id or a state dict)."""
+    from compress.io import looks_local
+
+    path = None if isinstance(lora, dict) else Path(str(lora)).expanduser()
+    if path is not None and looks_local(str(lora)) and not path.exists():
+        raise UserError(f"{lora}: no LoRA there (a .safetensors file, or a folder holding one)")
+    if path is not None and (path / "adapter_config.json").is_file():
+        return _peft_reader(path)
+    if adapter.family != "flux":
+        raise UserError(f"{_label(lora)}: diffusers has no LoRA loader for {class_name}; give a peft adapter "
+                        "folder (adapter_config.json + adapter_model.safetensors)")
+    from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
+
+    from compress.io import hub_error, quiet_hub
+
+    try:
+        with quiet_hub():
+            state, alphas, metadata = FluxLoraLoaderMixin.lora_state_dict(
+                lora if path is None or not path.exists() else str(path), return_alphas=True,
+                return_lora_metadata=True)
+    except Exception as e:  # noqa: BLE001 (safetensors, the Hub and diffusers' checks raise their own)
+        if path is not None and path.exists():
+            raise UserError(f"{lora}: not a LoRA diffusers reads ({type(e).__name__}: {e})") from None
+        raise hub_error(str(lora), e, "a local LoRA file") from None
+
+    def load(skeleton: nn.Module) -> None:
+        FluxLoraLoaderMixin.load_lora_into_transformer(state, alphas, transformer=skeleton, adapter_name=ADAPTER,
+                                                       metadata=metadata, low_cpu_mem_usage=True)
+    return load, list(state)
+
+
+def _peft_reader(folder: Path) -> tuple[Callable[[nn.Module], None], list[str]]:
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+        state = load_file(str(folder / "adapter_model.safetensors"))
+    except Exception as e:  # noqa: BLE001 (peft and safetensors raise their own)
+        raise UserError(f"{folder}: not a readable peft LoRA adapter ({type(e).__name__}: {e})") from None
+    state = {re.sub(r"^base_model\.model\.", "", k): v for k, v in state.items()}
+
+    def load(skeleton: nn.Module) -> None:
+        inject_adapter_in_model(config, skeleton, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+        set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+    return load, list(state)
+
+
+def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str]) -> nn.Module:
     """The student's class with the teacher's block counts (the largest of the student's, its block
     map's and, by the LoRA's keys, the LoRA's), every parameter a zero scalar expanded to its shape."""
     from accelerate import init_empty_weights
 
     config = dict(student.config)
     config.pop("compression", None)
-    keys = _lora_keys(lora)
     for g in adapter.groups:
         mentioned = [int(m.group(1)) for k in keys for m in [re.search(rf"(?:^|\.){g.attr}\.(\d+)\.", k)] if m]
         config[g.config_key] = max([len(getattr(student, g.attr))] + [i + 1 for i in block_map.get(g.name, [])]
@@ -101,49 +153,6 @@ def _empty_teacher(student: nn.Module, adapter, block_map: dict, lora) -> nn.Mod
                 module._parameters[name] = nn.Parameter(torch.zeros((), dtype=p.dtype).expand(p.shape),
                                                         requires_grad=False)
     return skeleton
-
-
-def _lora_keys(lora) -> list[str]:
-    if isinstance(lora, dict):
-        return list(lora)
-    path = Path(lora)
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
-    if not files or not all(f.is_file() for f in files):
-        raise UserError(f"{lora}: no LoRA there (a .safetensors file, or a folder holding one)")
-    from safetensors import safe_open
-
-    keys = []
-    for f in files:
-        try:
-            with safe_open(str(f), "pt") as handle:
-                keys += list(handle.keys())
-        except Exception as e:  # noqa: BLE001 (safetensors raises its own error types)
-            raise UserError(f"{f} is not a readable safetensors file ({e})") from None
-    return keys
-
-
-def _load_onto(skeleton: nn.Module, adapter, lora) -> None:
-    """Inject and load the LoRA into the meta-device teacher as the family's loader would."""
-    folder = Path(lora) if not isinstance(lora, dict) else None
-    if folder is not None and (folder / "adapter_config.json").is_file():  # a peft adapter folder
-        from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        config = LoraConfig.from_pretrained(str(folder))
-        inject_adapter_in_model(config, skeleton, adapter_name=ADAPTER, low_cpu_mem_usage=True)
-        state = load_file(str(folder / "adapter_model.safetensors"))
-        state = {re.sub(r"^base_model\.model\.", "", k): v for k, v in state.items()}
-        set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
-        return
-    if adapter.family != "flux":
-        raise UserError(f"{_label(lora)}: diffusers has no LoRA loader for {type(skeleton).__name__}; give a "
-                        "peft adapter folder (adapter_config.json + adapter_model.safetensors)")
-    from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
-
-    state, alphas, metadata = FluxLoraLoaderMixin.lora_state_dict(
-        lora, return_alphas=True, return_lora_metadata=True)
-    FluxLoraLoaderMixin.load_lora_into_transformer(state, alphas, transformer=skeleton, adapter_name=ADAPTER,
-                                                   metadata=metadata, low_cpu_mem_usage=True)
 
 
 def _index_maps(adapter, student: nn.Module, block_map: dict) -> dict[str, dict[int, int]]:

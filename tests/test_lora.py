@@ -119,16 +119,22 @@ def test_a_merged_student_saves_and_loads_back(tmp_path):
     assert torch.equal(forward(again, inputs), forward(student, inputs))
 
 
-def test_lora_mistakes_are_one_line_errors(tmp_path):
-    student = tiny_pixart()
+def test_lora_mistakes_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="no LoRA there"):
-        merge_lora(student, tmp_path / "missing.safetensors")
+        merge_lora(tiny_flux(), tmp_path / "missing.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
-    with pytest.raises(UserError, match="not a readable safetensors"):
-        merge_lora(student, tmp_path / "bad.safetensors")
+    with pytest.raises(UserError, match="not a LoRA diffusers reads"):
+        merge_lora(tiny_flux(), tmp_path / "bad.safetensors")
+    with pytest.raises(UserError, match="Hugging Face Hub"):
+        merge_lora(tiny_flux(), "nobody/no-such-lora")
+    (tmp_path / "peft").mkdir()
+    (tmp_path / "peft" / "adapter_config.json").write_text("{")
+    with pytest.raises(UserError, match="not a readable peft LoRA adapter"):
+        merge_lora(tiny_flux(), tmp_path / "peft")
     _lora(tiny_flux(), tmp_path / "flux-lora")
     with pytest.raises(UserError, match="no LoRA loader for PixArtTransformer2DModel"):
-        merge_lora(student, tmp_path / "flux-lora")
+        merge_lora(tiny_pixart(), tmp_path / "flux-lora")
 
 
 def test_without_peft_the_error_says_what_to_install(tmp_path, monkeypatch):
