@@ -75,11 +75,16 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         raise UserError(f"{files[0] if len(files) == 1 else out} does not match its config.json: "
                         f"{load_error(e)}") from None
     fuse_gelu(model)  # the FFN's tanh-GELU runs inside the factorized layer (kernel epilogue)
-    # diffusers' own save_pretrained (and a pipeline's) then writes an output that loads back here
-    model.register_to_config(compression={"format": FORMAT, "ranks": ranks_of(model), **model.compression_meta})
+    register_compression(model)
     if dtype is not None:
         model = cast(model, dtype)
     return model.to(device or "cpu").eval()
+
+
+def register_compression(model: nn.Module) -> None:
+    """The compression section (its ranks as they are now, what the run recorded) in the model's
+    diffusers config: its own save_pretrained (and a pipeline's) then writes an output that loads back."""
+    model.register_to_config(compression={"format": FORMAT, "ranks": ranks_of(model), **model.compression_meta})
 
 
 def _swap_lowrank(model: nn.Module, name: str, rank, out: Path) -> None:

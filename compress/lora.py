@@ -44,7 +44,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0) -> dict:
     to_student = _index_maps(adapter, student, block_map)
     merged, added, dropped = [], {}, []
     for name, (down, up, scaling) in layers.items():
-        target = _student_name(adapter, name, to_student)
+        target = _student_name(name, to_student)
         if target is None:
             dropped.append(name)
             continue
@@ -164,7 +164,7 @@ def _index_maps(adapter, student: nn.Module, block_map: dict) -> dict[str, dict[
     return maps
 
 
-def _student_name(adapter, name: str, to_student: dict[str, dict[int, int]]) -> str | None:
+def _student_name(name: str, to_student: dict[str, dict[int, int]]) -> str | None:
     """The student's module for the teacher's `name`; None where its block was removed."""
     for attr, indices in to_student.items():
         m = re.match(rf"{attr}\.(\d+)\.(.+)$", name)
@@ -186,8 +186,7 @@ def _merge_one(student: nn.Module, name: str, down: torch.Tensor, up: torch.Tens
             torch.cat([module.down.weight.detach().float(), down.to(module.down.weight.device)], 0),
             module.bias.detach() if module.bias is not None else None, dtype=module.up.weight.dtype)
         new.activation, new.use_kernel = module.activation, module.use_kernel
-        parent, _, child = name.rpartition(".")
-        setattr(student.get_submodule(parent) if parent else student, child, new)
+        student.set_submodule(name, new)
         return down.shape[0]
     if isinstance(module, nn.Linear):
         with torch.no_grad():
@@ -199,11 +198,10 @@ def _merge_one(student: nn.Module, name: str, down: torch.Tensor, up: torch.Tens
 
 def _record(student: nn.Module, lora, scale: float, merged: int) -> None:
     """Keep the new ranks and the merge in the student's config (what a save writes)."""
-    from compress.io import FORMAT
-    from compress.io_export import ranks_of
+    from compress.io_output import register_compression
 
     meta = getattr(student, "compression_meta", None)
     if meta is None:
         return  # a teacher: nothing recorded
     meta["loras"] = meta.get("loras", []) + [{"source": _label(lora), "scale": scale, "modules": merged}]
-    student.register_to_config(compression={"format": FORMAT, "ranks": ranks_of(student), **meta})
+    register_compression(student)
