@@ -78,13 +78,19 @@ def looks_local(source: str) -> bool:
 
 
 def load_teacher_of(student: nn.Module, source: str, config: str | None = None) -> nn.Module:
-    """The teacher to compare `student` with (eval, bench): of the student's family, or a UserError."""
+    """The teacher to compare `student` with (eval, bench): of the student's family, or a UserError;
+    with the LoRAs the student recorded merged into it."""
     family = get_adapter(student).family
     teacher = load_teacher(source, config=config, family=family).eval()
     if get_adapter(teacher).family != family:
         raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
                         f"it is a {type(student).__name__}")
     check_same_architecture(student, teacher, source)
+    loras = (getattr(student, "compression_meta", None) or {}).get("loras")
+    if loras:  # a student that took LoRAs (dit-compress lora) stands for its teacher with them
+        from compress.lora import replay
+
+        replay(teacher, loras)
     return teacher
 
 

@@ -31,6 +31,7 @@ from compress.errors import UserError
 from compress.lowrank import LowRankLinear
 
 ADAPTER = "dit_compress_merge"
+STATE_DICT = "the LoRA state dict"
 
 
 def merge_lora(student: nn.Module, lora, scale: float = 1.0) -> dict:
@@ -80,7 +81,27 @@ def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> dict[str, t
 
 
 def _label(lora) -> str:
-    return "the LoRA state dict" if isinstance(lora, dict) else str(lora)
+    return STATE_DICT if isinstance(lora, dict) else str(lora)
+
+
+def _source(lora) -> str:
+    """What the student's config records of the LoRA: an absolute path where it is local (eval finds
+    it again from any folder), else the Hub id, or that it was a state dict."""
+    from compress.io import looks_local
+
+    if isinstance(lora, dict):
+        return STATE_DICT
+    return str(Path(str(lora)).expanduser().resolve()) if looks_local(str(lora)) else str(lora)
+
+
+def replay(teacher: nn.Module, loras: list[dict]) -> None:
+    """Give the teacher the LoRAs a student recorded (its config's compression.loras), at their
+    scales, so that eval compares the student with the teacher it stands for."""
+    for record in loras:
+        if record["source"] == STATE_DICT:
+            raise UserError("this model holds a LoRA merged from a state dict, which its teacher cannot be "
+                            "given again: merge it from a file (or a Hub id) to compare with the teacher")
+        merge_lora(teacher, record["source"], scale=record["scale"])
 
 
 def _reader(adapter, lora, class_name: str) -> tuple[Callable[[nn.Module], None], list[str]]:
@@ -203,5 +224,5 @@ def _record(student: nn.Module, lora, scale: float, merged: int) -> None:
     meta = getattr(student, "compression_meta", None)
     if meta is None:
         return  # a teacher: nothing recorded
-    meta["loras"] = meta.get("loras", []) + [{"source": _label(lora), "scale": scale, "modules": merged}]
+    meta["loras"] = meta.get("loras", []) + [{"source": _source(lora), "scale": scale, "modules": merged}]
     register_compression(student)

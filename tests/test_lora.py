@@ -164,3 +164,29 @@ def test_the_lora_command_writes_a_new_output(tmp_path, capsys):
     assert (tmp_path / "new" / "block_map.json").is_file() and new.compression_meta["loras"][0]["scale"] == 0.5
     assert main(["inspect", str(tmp_path / "new")]) == 0
     assert main(args) == 2 and "exists" in capsys.readouterr().err
+
+
+def test_eval_gives_the_teacher_the_students_lora(tmp_path, monkeypatch):
+    """A LoRA output stands for its teacher with the LoRA: load_teacher_of (eval, bench) merges what
+    the student recorded (its absolute path, its scale) into the teacher, which then predicts what
+    the peft-wrapped teacher does; a LoRA merged from a state dict cannot be replayed: an error."""
+    from compress.cli import main
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+
+    student, teacher = _student(tmp_path)
+    wrapped = _lora(copy.deepcopy(teacher), tmp_path / "lora")
+    monkeypatch.chdir(tmp_path)
+    assert main(["lora", "out-s", "lora", "new", "--scale", "0.5"]) == 0  # relative paths
+    monkeypatch.chdir("/")
+    new = load_transformer(tmp_path / "new")
+    assert new.compression_meta["loras"][0]["source"] == str((tmp_path / "lora").resolve())
+    ref = load_teacher_of(new, str(tmp_path / "teacher"))
+    wrapped.set_adapters("default", 0.5)  # the LoRA at the student's scale
+    inputs = model_inputs(teacher)
+    torch.testing.assert_close(forward(ref, inputs), forward(wrapped, inputs), rtol=1e-5, atol=1e-5)
+    from safetensors.torch import load_file
+
+    merge_lora(student, load_file(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors")))
+    with pytest.raises(UserError, match="merged from a state dict"):
+        load_teacher_of(student, str(tmp_path / "teacher"))
