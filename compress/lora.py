@@ -42,10 +42,9 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0) -> dict:
     adapter = get_adapter(student)
     block_map = (getattr(student, "compression_meta", None) or {}).get("block_map") or {}
     layers = read_lora(student, adapter, lora, block_map)
-    to_student = _index_maps(adapter, student, block_map)
     merged, added, dropped = [], {}, []
     for name, (down, up, scaling) in layers.items():
-        target = _student_name(name, to_student)
+        target = adapter.renumbered(name, block_map)  # the teacher's block index -> the student's
         if target is None:
             dropped.append(name)
             continue
@@ -174,25 +173,6 @@ def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str]
                 module._parameters[name] = nn.Parameter(torch.zeros((), dtype=p.dtype).expand(p.shape),
                                                         requires_grad=False)
     return skeleton
-
-
-def _index_maps(adapter, student: nn.Module, block_map: dict) -> dict[str, dict[int, int]]:
-    """group attr -> {teacher block index: student block index}."""
-    maps = {}
-    for g in adapter.groups:
-        kept = block_map.get(g.name, list(range(len(getattr(student, g.attr)))))
-        maps[g.attr] = {teacher: i for i, teacher in enumerate(kept)}
-    return maps
-
-
-def _student_name(name: str, to_student: dict[str, dict[int, int]]) -> str | None:
-    """The student's module for the teacher's `name`; None where its block was removed."""
-    for attr, indices in to_student.items():
-        m = re.match(rf"{attr}\.(\d+)\.(.+)$", name)
-        if m:
-            i = indices.get(int(m.group(1)))
-            return None if i is None else f"{attr}.{i}.{m.group(2)}"
-    return name
 
 
 def _merge_one(student: nn.Module, name: str, down: torch.Tensor, up: torch.Tensor) -> int:

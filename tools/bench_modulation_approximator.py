@@ -14,27 +14,27 @@ prints the relative error of all outputs on held-out noise levels, beside the PC
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from compress.toy.data import _text_encoder, prompt_for
-from compress.toy.weights import load_toy_teacher
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_svd import flux_conditioning, pca_tails  # noqa: E402
+
+from compress.arch import get_adapter  # noqa: E402
+from compress.toy.data import _text_encoder, prompt_for  # noqa: E402
+from compress.toy.weights import load_toy_teacher  # noqa: E402
 
 CHUNK = 128  # the toy's hidden width: every modulation output is a stack of such chunks
 
 
-def modulation_linears(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_modules()
-            if n.endswith(("norm1.linear", "norm1_context.linear", ".norm.linear")) or n == "norm_out.linear"]
-
-
 def outputs(model: nn.Module, names: list[str], pooled: torch.Tensor, sigma: torch.Tensor):
     """(silu(temb) (N, 128), every modulation output as chunks (N, slots, 128)) for each (σ, prompt)."""
-    s, p = sigma.repeat(len(pooled)), pooled.repeat_interleave(len(sigma), 0)
-    with torch.no_grad():  # the model scales σ and guidance by 1000 before embedding them
-        x = nn.functional.silu(model.time_text_embed(1000 * s, torch.full_like(s, 3000.0), p))
+    x = flux_conditioning(model, pooled, sigma)
+    with torch.no_grad():
         y = torch.cat([model.get_submodule(n)(x) for n in names], 1)
     return x, y.reshape(len(x), -1, CHUNK)
 
@@ -65,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load_toy_teacher("flux")
-    names = modulation_linears(model)
+    names = [i.name for i in get_adapter(model).linears(model) if i.role == "modulation"]
     pooled = _text_encoder()([prompt_for(d) for d in range(10)] + [""])["pooled"]  # (11, 64)
     x, y = outputs(model, names, pooled, torch.linspace(1e-3, 1.0, 1000))
     x_test, y_test = outputs(model, names, pooled, torch.rand(300, generator=torch.Generator().manual_seed(1)) * 0.999 + 1e-3)
@@ -99,10 +99,9 @@ def main() -> None:
         if (step + 1) % (args.steps // 4) == 0:
             print(f"step {step + 1}: relative output error train {error(x[::10], y[::10]):.2e}, held-out "
                   f"{error(x_test, y_test):.2e} ({time.perf_counter() - start:.0f}s)", flush=True)
-    block0 = y[:, :6].reshape(len(y), -1).double()  # double block 0 norm1.linear
-    energies = torch.linalg.svdvals(block0 - block0.mean(0)) ** 2
-    floor = float(energies[8:].sum() / block0.square().sum()) ** 0.5
-    print(f"for scale: rank-8 PCA floor of double block 0 norm1.linear alone {floor:.2e}; goal ≤ 1e-3 rise")
+    with torch.no_grad():
+        block0 = model.transformer_blocks[0].norm1.linear(x)
+    print(f"for scale: PCA floor of double block 0 norm1.linear alone, {pca_tails(block0, [8])}; goal ≤ 1e-3 rise")
 
 
 if __name__ == "__main__":

@@ -184,12 +184,18 @@ def flux_modulation_floor(ranks=(8, 16, 64)) -> str:
     sigma = torch.linspace(1e-3, 1.0, 1000)
     parts = []
     for name, rows in (("one prompt", pooled[7:8]), ("11 prompts", pooled)):
-        s, p = sigma.repeat(len(rows)), rows.repeat_interleave(len(sigma), 0)
-        with torch.no_grad():  # the model scales σ and guidance by 1000 before embedding them
-            temb = model.time_text_embed(1000 * s, torch.full_like(s, 3000.0), p)
-            out = model.transformer_blocks[0].norm1.linear(torch.nn.functional.silu(temb))
+        with torch.no_grad():
+            out = model.transformer_blocks[0].norm1.linear(flux_conditioning(model, rows, sigma))
         parts.append(f"{name}: {pca_tails(out, ranks)}")
     return "flux: double block 0 norm1.linear outputs outside their best subspace (PCA floor), " + "; ".join(parts)
+
+
+def flux_conditioning(model: torch.nn.Module, pooled: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """silu(temb) (prompts · noise levels, hidden), what every toy Flux modulation linear reads, for
+    each pooled prompt vector and σ (guidance 3, as the toy is sampled)."""
+    s, p = sigma.repeat(len(pooled)), pooled.repeat_interleave(len(sigma), 0)
+    with torch.no_grad():  # the model scales σ and guidance by 1000 before embedding them
+        return torch.nn.functional.silu(model.time_text_embed(1000 * s, torch.full_like(s, 3000.0), p))
 
 
 def without_fastest_sinusoids(family: str, cut: int) -> torch.nn.Module:
