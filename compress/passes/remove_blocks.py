@@ -23,9 +23,11 @@ from compress.arch.base import Adapter
 from compress.errors import BadValue, NumericError, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, check_buckets, scan
+from compress.passes.remove_blocks_learned import learn_removal, pattern_count, value
 from compress.report import console
 
-CRITERIA = ("scan", "proxy")
+CRITERIA = ("scan", "proxy", "learned")
+LEARNED_KEYS = ("window", "learn_steps", "learn_lr", "logit_lr")
 PLANNED_ATTR = "_dit_compress_planned_blocks"  # on plan's meta model only: teacher counts + block map
 
 
@@ -36,9 +38,14 @@ class RemoveBlocksConfig:
     blocks: dict[str, list[int]] | None = None  # teacher indices per group: {double: [3, 5], single: [10]}
     count: dict[str, int] | int | None = None  # per group, or an int over all blocks
     fraction: dict[str, float] | float | None = None  # of each group (rounded down), or of all blocks
-    criterion: str = "scan"  # scan | proxy: how importance-chosen blocks are ranked
+    criterion: str = "scan"  # scan | proxy: how importance-chosen blocks are ranked; learned: see below
     iterative: bool = False  # re-score after each removal (greedy) instead of one-shot
     buckets: int = 3  # timestep buckets of the scan this pass runs when ctx has none
+    # criterion learned (remove_blocks_learned.py), null = its default:
+    window: int | None = None  # consecutive blocks per window, each losing as many (null: the group)
+    learn_steps: int | None = None  # optimizer steps (200)
+    learn_lr: float | None = None  # Adam lr of the weight update on a copy (1e-4); 0: logits only
+    logit_lr: float | None = None  # Adam lr of the keep-pattern logits (0.05)
 
     def validate(self) -> None:
         """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
@@ -46,6 +53,31 @@ class RemoveBlocksConfig:
             raise BadValue("criterion", f"remove_blocks: criterion must be one of {', '.join(CRITERIA)}, "
                                         f"got {self.criterion!r}")
         check_buckets(self.buckets, "remove_blocks")
+        self._validate_learned()
+
+    def _validate_learned(self) -> None:
+        given = [k for k in LEARNED_KEYS if getattr(self, k) is not None]
+        if given and self.criterion != "learned":
+            raise BadValue(given[0], f"remove_blocks: {given[0]} applies to criterion: learned "
+                                     f"(this pass ranks by {self.criterion})")
+        if self.criterion == "learned" and self.iterative:
+            raise BadValue("iterative", "remove_blocks: criterion learned chooses all blocks at once; "
+                                        "iterative applies to scan and proxy")
+        for key, ok, allowed in (("window", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
+                                 ("learn_steps", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
+                                 ("learn_lr", lambda v: _num(v) and v >= 0, "a number ≥ 0"),
+                                 ("logit_lr", lambda v: _num(v) and v > 0, "a number > 0")):
+            v = getattr(self, key)
+            if v is not None and not ok(v):
+                raise BadValue(key, f"remove_blocks: {key} must be {allowed}, got {v!r}")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # ---- budgets ------------------------------------------------------------------------------------
@@ -93,6 +125,17 @@ def resolve_budget(config: RemoveBlocksConfig, adapter: Adapter, counts: dict[st
         raise UserError(f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
                         f"(groups {per}); keep at least one per group")
     return k
+
+
+def per_group(budget, counts: dict[str, int]) -> dict[str, int]:
+    """A budget as {group: k} for criterion learned, which learns a choice within each group."""
+    if isinstance(budget, dict):
+        return budget
+    if len(counts) == 1:
+        return {next(iter(counts)): budget}
+    example = ", ".join(f"{g}: 1" for g in counts)
+    raise UserError(f"remove_blocks: criterion learned takes a budget per group (count: {{{example}}}), "
+                    "not a count or fraction over all blocks")
 
 
 def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> dict[str, list[int]]:
@@ -244,11 +287,17 @@ class RemoveBlocksPass(Pass):
                 if len(idx) >= counts[g]:
                     raise _too_many(len(idx), counts[g], g)
             return
-        resolve_budget(self.config, adapter, counts)
+        budget = resolve_budget(self.config, adapter, counts)
+        if self.config.criterion == "learned":
+            pattern_count(per_group(budget, counts), counts, self.config.window)  # windows can be made
 
     def check_streaming(self) -> None:
         """Streams: explicit indices (blocks are only renumbered), the cosine proxy (one streamed
-        forward per batch) and the skip scan (each block read once per batch)."""
+        forward per batch) and the skip scan (each block read once per batch); not criterion learned,
+        which trains through the whole model."""
+        if self.config.blocks is None and self.config.criterion == "learned":
+            raise UserError("remove_blocks: criterion learned trains through the whole model; with "
+                            "stream: true use criterion scan or proxy")
 
     def plan(self, model: nn.Module, adapter: Adapter, calibration_rows: int | None = None) -> dict:
         self.check(model, adapter)
@@ -260,6 +309,12 @@ class RemoveBlocksPass(Pass):
         budget = resolve_budget(self.config, adapter, counts)
         after = ({g: n - budget.get(g, 0) for g, n in counts.items()} if isinstance(budget, dict)
                  else f"{sum(counts.values()) - budget} blocks in all")
+        if self.config.criterion == "learned":
+            budget = per_group(budget, counts)
+            return {"remove": "learned at run time", "budget": budget, "criterion": "learned",
+                    "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
+                    "window": self.config.window or "whole group", "patterns": pattern_count(budget, counts, self.config.window),
+                    "learn_steps": value(self.config, "learn_steps")}
         return {"remove": "chosen by importance at run time", "budget": budget,
                 "criterion": self.config.criterion, "iterative": self.config.iterative,
                 "blocks_before": counts, "blocks_after": after, "skip_scan": self.config.criterion == "scan",
@@ -308,6 +363,10 @@ class RemoveBlocksPass(Pass):
             teacher = ctx.teacher if ctx.teacher is not None else model  # indices are teacher indices
             check_explicit(self.config.blocks, adapter, adapter.block_counts(teacher))
             drop = to_current(self.config.blocks, block_map)
+            block_map = self._remove(model, adapter, block_map, drop, record, ctx.blocks)
+        elif self.config.criterion == "learned":
+            budget = per_group(resolve_budget(self.config, adapter, before), before)
+            drop, record["learned"] = learn_removal(model, ctx, budget, self.config)
             block_map = self._remove(model, adapter, block_map, drop, record, ctx.blocks)
         elif not self.config.iterative:
             budget = resolve_budget(self.config, adapter, before)

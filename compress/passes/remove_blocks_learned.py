@@ -1,0 +1,166 @@
+"""`remove_blocks` with `criterion: learned`: the blocks to remove are learned (TinyFusion, see
+`compress.block_mask`) instead of ranked by what removing each alone costs.
+
+Each group's blocks are split into windows (`window` consecutive blocks; the whole group by default), each
+losing the same number of blocks; every window holds logits over its keep-patterns. Each step samples
+one hard pattern per window (straight-through Gumbel-softmax, temperature annealed from TAU[0] to
+TAU[1]), runs the model with the removed blocks passed through (forward hooks: a block's output becomes
+keep · output + (1 − keep) · input, so the model's own forward runs) and takes the normalized squared
+error of the prediction against the teacher's on a calibration batch. Adam updates the logits
+(`logit_lr`) and, when `learn_lr` > 0, the weights of a copy of the model (TinyFusion's recoverability:
+the choice then favours blocks whose removal a weight update can make up for). The copy is discarded: the
+model loses the blocks of each window's most likely pattern, its weights untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compress.block_mask import gated, gumbel_hard, patterns, temperature, windows
+from compress.errors import NumericError, UserError
+from compress.passes.base import RunContext
+
+TAU = (2.0, 0.1)  # Gumbel-softmax temperature: first step, last step
+DEFAULTS = {"learn_steps": 200, "learn_lr": 1e-4, "logit_lr": 0.05}
+
+
+@dataclass
+class Window:
+    group: str
+    start: int  # first block (current index) of the window
+    keep: torch.Tensor  # (C, size) 1 = kept, one row per pattern
+    logits: torch.Tensor  # (C,) learnable
+
+    def removed(self) -> list[int]:
+        """Current indices the most likely pattern removes."""
+        row = self.keep[int(self.logits.argmax())]
+        return [self.start + i for i in range(row.numel()) if row[i] == 0]
+
+    def probability(self) -> float:
+        return float(torch.softmax(self.logits.detach(), -1).max())
+
+
+def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | None) -> list[Window]:
+    """Windows of every group with a budget; raises UserError naming the group when they cannot be made."""
+    out = []
+    for g, k in budget.items():
+        if not k:
+            continue
+        try:
+            spans = windows(counts[g], k, window)
+        except ValueError as e:
+            raise UserError(f"remove_blocks: criterion learned, group '{g}': {e}") from None
+        for start, size, remove in spans:
+            keep = patterns(size, remove)
+            out.append(Window(g, start, keep, torch.zeros(keep.shape[0], requires_grad=True)))
+    return out
+
+
+def _drop_of(wins: list[Window]) -> dict[str, list[int]]:
+    drop: dict[str, list[int]] = {}
+    for w in wins:
+        drop.setdefault(w.group, []).extend(w.removed())
+    return {g: sorted(v) for g, v in drop.items()}
+
+
+@contextmanager
+def _gates(model: nn.Module, adapter, keep: dict[tuple[str, int], torch.Tensor]):
+    """Forward hooks that gate each block by keep[(group, index)] (a 0-d tensor, read at call time)."""
+    handles = []
+    for group, i, block in adapter.iter_blocks(model):
+        def hook(module, args, kwargs, output, key=(group, i)):
+            k = keep.get(key)
+            if k is None:
+                return output
+            ins, outs = adapter.hidden_of(args, kwargs), adapter.hidden_of_output(output)
+            return adapter.skipped_output([gated(o, x, k.to(o.dtype)) for o, x in zip(outs, ins)])
+        handles.append(block.register_forward_hook(hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _sample(wins: list[Window], tau: float, generator: torch.Generator) -> dict[tuple[str, int], torch.Tensor]:
+    keep = {}
+    for w in wins:
+        mask = gumbel_hard(w.logits, tau, generator) @ w.keep  # (size,) 0/1 forward, relaxed gradient
+        for j in range(mask.numel()):
+            keep[(w.group, w.start + j)] = mask[j]
+    return keep
+
+
+def _references(teacher: nn.Module, adapter, batches: list[dict], to_model) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [adapter.predict(teacher, to_model(b, teacher)).detach() for b in batches]
+
+
+def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], config) -> tuple[dict, dict]:
+    """-> (drop {group: current indices}, record for the report). budget: {group: blocks to remove}."""
+    from compress.passes.importance import _to_model
+
+    adapter = ctx.adapter
+    if ctx.calibration_inputs is None:
+        raise UserError("remove_blocks: criterion learned needs calibration inputs")
+    steps, lr, logit_lr = (value(config, k) for k in ("learn_steps", "learn_lr", "logit_lr"))
+    wins = make_windows(budget, adapter.block_counts(model), config.window)
+    batches = ctx.calibration_inputs()
+    refs = _references(ctx.teacher if ctx.teacher is not None else model, adapter, batches, _to_model)
+    work = copy.deepcopy(model) if lr > 0 else model
+    weights = [p for p in work.parameters() if p.requires_grad] if lr > 0 else []
+    flags = [p.requires_grad for p in work.parameters()]
+    if not weights:
+        work.requires_grad_(False)
+    groups = [{"params": [w.logits for w in wins], "lr": logit_lr}] + ([{"params": weights, "lr": lr}]
+                                                                       if weights else [])
+    opt = torch.optim.Adam(groups)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    losses = []
+    try:
+        for step in range(steps):
+            b = order[step % len(order)]
+            keep = _sample(wins, temperature(step, steps, *TAU), generator)
+            with _gates(work, adapter, keep):
+                pred = adapter.predict(work, _to_model(batches[b], work))
+            ref = refs[b]
+            loss = (pred.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-30)
+            if not torch.isfinite(loss):
+                raise NumericError(f"remove_blocks: criterion learned: non-finite loss at step {step + 1} "
+                                   "(the masked model's prediction or the teacher's)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    finally:
+        if work is model:
+            for p, f in zip(model.parameters(), flags):
+                p.requires_grad_(f)
+    return _drop_of(wins), _record(wins, losses, steps, lr, logit_lr, config.window)
+
+
+def _record(wins: list[Window], losses: list[float], steps: int, lr: float, logit_lr: float,
+            window: int | None) -> dict:
+    tail = max(1, len(losses) // 10)
+    return {"steps": steps, "learn_lr": lr, "logit_lr": logit_lr, "window": window, "tau": list(TAU),
+            "loss_first": sum(losses[:tail]) / tail, "loss_last": sum(losses[-tail:]) / tail,
+            "windows": [{"group": w.group, "start": w.start, "size": w.keep.shape[1],
+                         "patterns": w.keep.shape[0], "removed": w.removed(),
+                         "probability": round(w.probability(), 4)} for w in wins]}
+
+
+def value(config, key: str):
+    """A learned-criterion key's recipe value, or its default."""
+    v = getattr(config, key)
+    return DEFAULTS[key] if v is None else v
+
+
+def pattern_count(budget: dict[str, int], counts: dict[str, int], window: int | None) -> int:
+    """Keep-patterns over all windows (for plan)."""
+    return sum(w.keep.shape[0] for w in make_windows(budget, counts, window))

@@ -1,0 +1,124 @@
+import copy
+
+import pytest
+import torch
+
+from compress.arch import get_adapter
+from compress.errors import BadValue, UserError
+from compress.passes.remove_blocks import RemoveBlocksConfig, RemoveBlocksPass
+from compress.passes.remove_blocks_learned import _gates, make_windows
+from tests.conftest import model_inputs, tiny_flux, tiny_pixart
+from tests.passes.test_remove_blocks import context, run
+
+
+def identity_block(model, group: str, i: int) -> None:
+    """Zero the block's residual branches' output projections (and their biases): block(x) = x."""
+    block = get_adapter(model).blocks(model, group)[i]
+    names = ("attn1.to_out.0", "attn2.to_out.0", "ff.net.2") if group == "blocks" else \
+        ("proj_out",) if group == "single" else ("attn.to_out.0", "attn.to_add_out", "ff.net.2", "ff_context.net.2")
+    with torch.no_grad():
+        for n in names:
+            block.get_submodule(n).weight.zero_()
+            block.get_submodule(n).bias.zero_()
+
+
+@pytest.mark.parametrize("family, group, i", [("pixart", "blocks", 1), ("flux", "single", 2),
+                                              ("flux", "double", 0)])
+def test_gates_equal_removing_the_blocks(family, group, i):
+    """The hooks pass a removed block's input through inside the model's own forward: the same
+    prediction as the model with that block gone."""
+    model = tiny_pixart(num_layers=4) if family == "pixart" else tiny_flux()
+    adapter = get_adapter(model)
+    removed = copy.deepcopy(model)
+    adapter.remove_blocks(removed, {group: [i]})
+    keep = {(g, j): torch.tensor(float((g, j) != (group, i))) for g, j, _ in adapter.iter_blocks(model)}
+    kwargs = model_inputs(model, batch=3)
+    with torch.no_grad(), _gates(model, adapter, keep):
+        gated = adapter.predict(model, kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(gated, adapter.predict(removed, kwargs), rtol=0, atol=1e-6)
+        assert not torch.allclose(adapter.predict(model, kwargs), gated)  # hooks gone after the context
+
+
+@pytest.mark.parametrize("learn_lr", [0.0, 1e-3])
+@pytest.mark.parametrize("family, group, i", [("pixart", "blocks", 2), ("flux", "single", 1)])
+def test_learns_to_remove_a_block_that_does_nothing(family, group, i, learn_lr, tmp_path):
+    model = tiny_pixart(num_layers=4) if family == "pixart" else tiny_flux()
+    identity_block(model, group, i)
+    before = copy.deepcopy(model.state_dict())
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    ctx = context(model, tmp_path)
+    run(model, ctx, count={group: 1}, criterion="learned", learn_steps=40, learn_lr=learn_lr, logit_lr=0.1)
+    record = ctx.report["remove_blocks"]
+    assert {g: v for g, v in record["removed"].items() if v} == {group: [i]}
+    [w] = record["learned"]["windows"]
+    assert w["removed"] == [i] and w["probability"] > 0.5
+    assert record["learned"]["loss_last"] < record["learned"]["loss_first"]
+    # the weights of the blocks kept are the model's own (the weight update trained a copy)
+    ref = copy.deepcopy(ctx.teacher)
+    get_adapter(ref).remove_blocks(ref, {group: [i]})
+    for (n, p), (m, q) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert n == m and torch.equal(p, q)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == {
+        n: f for n, f in flags.items() if n in dict(model.named_parameters())}
+    assert len(before) > len(model.state_dict())
+
+
+def test_windows_each_lose_their_share(tmp_path):
+    model = tiny_pixart(num_layers=4)
+    identity_block(model, "blocks", 0)
+    identity_block(model, "blocks", 3)
+    ctx = context(model, tmp_path)
+    run(model, ctx, count={"blocks": 2}, criterion="learned", window=2, learn_steps=40, learn_lr=0.0,
+        logit_lr=0.1)
+    record = ctx.report["remove_blocks"]
+    assert record["removed"] == {"blocks": [0, 3]}
+    assert [(w["start"], w["size"], w["patterns"]) for w in record["learned"]["windows"]] == [(0, 2, 2), (2, 2, 2)]
+    assert ctx.block_map == {"blocks": [1, 2]}
+
+
+def test_same_seed_same_choice_and_curve(tmp_path):
+    records = []
+    for k in range(2):
+        model = tiny_flux()
+        ctx = context(model, tmp_path / str(k))
+        run(model, ctx, count={"double": 1, "single": 1}, criterion="learned", learn_steps=6)
+        records.append(ctx.report["remove_blocks"])
+    assert records[0] == records[1]
+    assert [w["group"] for w in records[0]["learned"]["windows"]] == ["double", "single"]
+
+
+def test_plan_counts_the_patterns():
+    model = tiny_pixart(num_layers=4)
+    step = RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned"))
+    planned = step.plan(model, get_adapter(model))
+    assert planned["remove"] == "learned at run time" and planned["patterns"] == 6
+    assert planned["budget"] == {"blocks": 2} and planned["blocks_after"] == {"blocks": 2}
+    step = RemoveBlocksPass(RemoveBlocksConfig(count={"blocks": 2}, criterion="learned", window=2))
+    assert step.plan(model, get_adapter(model))["patterns"] == 4
+
+
+@pytest.mark.parametrize("config, error, words", [
+    (dict(count=2, criterion="learned"), UserError, r"a budget per group \(count: \{double: 1, single: 1\}\)"),
+    (dict(count={"single": 2}, criterion="learned", window=2), UserError,
+     "group 'single': window 2 does not divide the group's 3 blocks"),
+    (dict(count={"single": 1}, window=3), BadValue, "window applies to criterion: learned"),
+    (dict(count={"single": 1}, criterion="learned", iterative=True), BadValue, "chooses all blocks at once"),
+    (dict(count={"single": 1}, criterion="learned", learn_steps=0), BadValue, "learn_steps must be an integer ≥ 1"),
+    (dict(count={"single": 1}, criterion="learned", logit_lr=0), BadValue, "logit_lr must be a number > 0"),
+])
+def test_mistakes_are_one_line_errors(config, error, words):
+    model = tiny_flux()
+    with pytest.raises(error, match=words):
+        RemoveBlocksPass(RemoveBlocksConfig(**config)).check(model, get_adapter(model))
+
+
+def test_streaming_is_refused():
+    with pytest.raises(UserError, match="criterion learned trains through the whole model"):
+        RemoveBlocksPass(RemoveBlocksConfig(count={"single": 1}, criterion="learned")).check_streaming()
+    RemoveBlocksPass(RemoveBlocksConfig(count={"single": 1}, criterion="proxy")).check_streaming()
+
+
+def test_make_windows_skips_groups_without_removal():
+    wins = make_windows({"double": 0, "single": 1}, {"double": 2, "single": 3}, None)
+    assert [(w.group, w.keep.shape) for w in wins] == [("single", (3, 3))]
