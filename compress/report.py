@@ -154,9 +154,22 @@ def model_card(recipe, report: dict) -> str:
              "| stage | params | teacher-relative error | seconds |", "|---|---:|---:|---:|"]
     for s in report.get("stages", []):
         lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} | {s['seconds']} |")
+    lines += _removal_lines(report.get("remove_blocks") or {})
     lines += _svd_lines(report.get("svd") or {})
     lines += ["", "Load it with `compress.load_transformer(folder)`; see report.json for per-layer numbers.", ""]
     return "\n".join(lines)
+
+
+def _removal_lines(removal: dict) -> list[str]:
+    """Which teacher blocks are gone, and how they were chosen (the last removal pass's record)."""
+    gone = {g: v for g, v in (removal.get("removed") or {}).items() if v}
+    if not gone:
+        return []
+    how = "listed in the recipe" if removal.get("criterion") is None else f"chosen by {removal['criterion']}"
+    for w in (removal.get("learned") or {}).get("windows", []):
+        how += f"; {w['group']}: probability {w['likeliest'][0]['probability']:.2f}"
+    return ["", "Blocks removed by the last remove_blocks pass (teacher indices): "
+            + ", ".join(f"{g} {v}" for g, v in gone.items()) + f" ({how})."]
 
 
 def _svd_lines(svd: dict) -> list[str]:

@@ -27,7 +27,8 @@ from compress.passes.remove_blocks_learned import learn_removal, pattern_count, 
 from compress.report import console
 
 CRITERIA = ("scan", "proxy", "learned")
-LEARNED_KEYS = ("window", "learn_steps", "learn_lr", "logit_lr")
+LEARNED_KEYS = ("window", "learn_steps", "learn_lr", "logit_lr", "estimator")
+ESTIMATORS = ("gumbel", "score")
 PLANNED_ATTR = "_dit_compress_planned_blocks"  # on plan's meta model only: teacher counts + block map
 
 
@@ -44,8 +45,9 @@ class RemoveBlocksConfig:
     # criterion learned (remove_blocks_learned.py), null = its default:
     window: int | None = None  # consecutive blocks per window, each losing as many (null: the group)
     learn_steps: int | None = None  # optimizer steps (200)
-    learn_lr: float | None = None  # Adam lr of the weight update on a copy (1e-4); 0: logits only
+    learn_lr: float | None = None  # Adam lr of the weight update on a copy (5e-4); 0: logits only
     logit_lr: float | None = None  # Adam lr of the keep-pattern logits (0.05)
+    estimator: str | None = None  # the logits' gradient: gumbel (straight-through, TinyFusion's) | score
 
     def validate(self) -> None:
         """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
@@ -66,7 +68,8 @@ class RemoveBlocksConfig:
         for key, ok, allowed in (("window", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("learn_steps", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("learn_lr", lambda v: _num(v) and v >= 0, "a number ≥ 0"),
-                                 ("logit_lr", lambda v: _num(v) and v > 0, "a number > 0")):
+                                 ("logit_lr", lambda v: _num(v) and v > 0, "a number > 0"),
+                                 ("estimator", lambda v: v in ESTIMATORS, "one of " + ", ".join(ESTIMATORS))):
             v = getattr(self, key)
             if v is not None and not ok(v):
                 raise BadValue(key, f"remove_blocks: {key} must be {allowed}, got {v!r}")

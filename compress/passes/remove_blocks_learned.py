@@ -3,11 +3,11 @@
 
 Each group's blocks are split into windows (`window` consecutive blocks; the whole group by default), each
 losing the same number of blocks; every window holds logits over its keep-patterns. Each step samples
-one hard pattern per window (straight-through Gumbel-softmax, temperature annealed from TAU[0] to
-TAU[1]), runs the model with the removed blocks passed through (forward hooks: a block's output becomes
+one hard pattern per window, runs the model with the removed blocks passed through (forward hooks: a block's output becomes
 keep · output + (1 − keep) · input, so the model's own forward runs) and takes the normalized squared
 error of the prediction against the teacher's on a calibration batch. Adam updates the logits
-(`logit_lr`) and, when `learn_lr` > 0, the weights of a copy of the model (TinyFusion's recoverability:
+(`logit_lr`; `estimator` gumbel: the straight-through gradient of a Gumbel-softmax sample, temperature
+annealed from TAU[0] to TAU[1], as TinyFusion; score: REINFORCE, unbiased for the expected loss) and, when `learn_lr` > 0, the weights of a copy of the model (TinyFusion's recoverability:
 the choice then favours blocks whose removal a weight update can make up for). The copy is discarded: the
 model loses the blocks of each window's most likely pattern, its weights untouched.
 """
@@ -21,12 +21,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from compress.calib import _progress
 from compress.block_mask import gated, gumbel_hard, patterns, temperature, windows
 from compress.errors import NumericError, UserError
 from compress.passes.base import RunContext
 
 TAU = (2.0, 0.1)  # Gumbel-softmax temperature: first step, last step
-DEFAULTS = {"learn_steps": 200, "learn_lr": 1e-4, "logit_lr": 0.05}
+# defaults measured on the toy PixArt (tools/bench_remove_blocks.py, README "Which blocks to remove"): with
+# the weight update, gumbel found the block whose removal distillation recovers from best; logits alone
+# find the blocks whose removal costs least at once (score) or, with gumbel, went astray
+DEFAULTS = {"learn_steps": 200, "learn_lr": 5e-4, "logit_lr": 0.05, "estimator": "gumbel"}
 
 
 @dataclass
@@ -36,13 +40,17 @@ class Window:
     keep: torch.Tensor  # (C, size) 1 = kept, one row per pattern
     logits: torch.Tensor  # (C,) learnable
 
-    def removed(self) -> list[int]:
-        """Current indices the most likely pattern removes."""
-        row = self.keep[int(self.logits.argmax())]
+    def removed(self, pattern: int | None = None) -> list[int]:
+        """Current indices a pattern (default: the most likely) removes."""
+        row = self.keep[int(self.logits.argmax()) if pattern is None else pattern]
         return [self.start + i for i in range(row.numel()) if row[i] == 0]
 
-    def probability(self) -> float:
-        return float(torch.softmax(self.logits.detach(), -1).max())
+    def likeliest(self, n: int = 3) -> list[dict]:
+        """The n most likely patterns: the blocks each removes and its probability."""
+        probs = torch.softmax(self.logits.detach(), -1)
+        top = probs.topk(min(n, probs.numel()))
+        return [{"removed": self.removed(int(j)), "probability": round(float(p), 4)}
+                for p, j in zip(top.values, top.indices)]
 
 
 def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | None) -> list[Window]:
@@ -78,7 +86,7 @@ def _gates(model: nn.Module, adapter, keep: dict[tuple[str, int], torch.Tensor])
             if k is None:
                 return output
             ins, outs = adapter.hidden_of(args, kwargs), adapter.hidden_of_output(output)
-            return adapter.skipped_output([gated(o, x, k.to(o.dtype)) for o, x in zip(outs, ins)])
+            return adapter.skipped_output([gated(o, x, k.to(o.device, o.dtype)) for o, x in zip(outs, ins)])
         handles.append(block.register_forward_hook(hook, with_kwargs=True))
     try:
         yield
@@ -112,37 +120,89 @@ def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], con
     wins = make_windows(budget, adapter.block_counts(model), config.window)
     batches = ctx.calibration_inputs()
     refs = _references(ctx.teacher if ctx.teacher is not None else model, adapter, batches, _to_model)
-    work = copy.deepcopy(model) if lr > 0 else model
-    weights = [p for p in work.parameters() if p.requires_grad] if lr > 0 else []
-    flags = [p.requires_grad for p in work.parameters()]
-    if not weights:
-        work.requires_grad_(False)
+    work = copy.deepcopy(model) if lr > 0 else model  # the weight update trains a copy
+    flags = [p.requires_grad for p in model.parameters()]
+    work.requires_grad_(lr > 0)  # a frozen model (the teacher's copy) trains too
+    weights = [p for p in work.parameters() if p.is_floating_point()] if lr > 0 else []
     groups = [{"params": [w.logits for w in wins], "lr": logit_lr}] + ([{"params": weights, "lr": lr}]
                                                                        if weights else [])
     opt = torch.optim.Adam(groups)
     generator = torch.Generator().manual_seed(ctx.seed)
     order = torch.randperm(len(batches), generator=generator).tolist()
-    losses = []
+    losses, state = [], {"estimator": value(config, "estimator")}
     try:
-        for step in range(steps):
-            b = order[step % len(order)]
-            keep = _sample(wins, temperature(step, steps, *TAU), generator)
-            with _gates(work, adapter, keep):
-                pred = adapter.predict(work, _to_model(batches[b], work))
-            ref = refs[b]
-            loss = (pred.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-30)
-            if not torch.isfinite(loss):
-                raise NumericError(f"remove_blocks: criterion learned: non-finite loss at step {step + 1} "
-                                   "(the masked model's prediction or the teacher's)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+        with _progress(True) as bar:
+            task = bar.add_task("remove_blocks: learning which blocks", total=steps)
+            for step in range(steps):
+                losses.append(_step(work, adapter, wins, batches, refs, order[step % len(order)],
+                                    temperature(step, steps, *TAU), generator, opt, step, state))
+                bar.advance(task)
     finally:
         if work is model:
             for p, f in zip(model.parameters(), flags):
                 p.requires_grad_(f)
-    return _drop_of(wins), _record(wins, losses, steps, lr, logit_lr, config.window)
+    _note_close_calls(wins)
+    return _drop_of(wins), dict(_record(wins, losses, steps, lr, logit_lr, config.window),
+                                estimator=state["estimator"])
+
+
+def _note_close_calls(wins: list[Window]) -> None:
+    """A note for each window whose likeliest pattern is not a clear winner (probability < 0.5)."""
+    from compress.report import console
+
+    for w in wins:
+        first, *rest = w.likeliest(2)
+        if first["probability"] < 0.5:
+            runner_up = f", next {rest[0]['removed']} at {rest[0]['probability']:.2f}" if rest else ""
+            console.print(f"[bold yellow]note:[/] remove_blocks: learned, {w.group} blocks "
+                          f"{w.start}..{w.start + w.keep.shape[1] - 1}: removing {first['removed']} won at "
+                          f"probability {first['probability']:.2f}{runner_up}; more learn_steps sharpen the choice")
+
+
+def _sample_hard(wins: list[Window], generator: torch.Generator):
+    """One pattern per window drawn from softmax(logits) -> (keep {(group, index): 0-d 0/1}, the draw's
+    log-probability, differentiable in the logits)."""
+    keep, logprob = {}, 0.0
+    for w in wins:
+        logp = torch.log_softmax(w.logits, -1)
+        j = int(torch.multinomial(logp.detach().exp(), 1, generator=generator))
+        logprob = logprob + logp[j]
+        for i in range(w.keep.shape[1]):
+            keep[(w.group, w.start + i)] = w.keep[j, i]
+    return keep, logprob
+
+
+def _step(work, adapter, wins, batches, refs, b: int, tau: float, generator, opt, step: int,
+          state: dict) -> float:
+    """One optimizer step on batch b: sample the windows' patterns, run the gated model, ||pred − ref||² /
+    ||ref||² against the teacher's prediction; the logits' gradient by state["estimator"]: gumbel (the
+    straight-through one of the relaxed sample) or score (REINFORCE, (loss − baseline) · ∇ log p of the
+    draw, baseline a running mean of the loss). -> the loss."""
+    from compress.passes.importance import _to_model
+
+    score = state["estimator"] == "score"
+    if score:
+        keep, logprob = _sample_hard(wins, generator)
+    else:
+        keep = _sample(wins, tau, generator)
+    with _gates(work, adapter, keep):
+        pred = adapter.predict(work, _to_model(batches[b], work))
+    ref = refs[b]
+    loss = (pred.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-30)
+    if not torch.isfinite(loss):
+        raise NumericError(f"remove_blocks: criterion learned: non-finite loss at step {step + 1} "
+                           "(the masked model's prediction or the teacher's)")
+    if score:
+        now = float(loss.detach())
+        base = state.get("baseline", now)
+        objective = loss + (now - base) * logprob
+        state["baseline"] = 0.9 * base + 0.1 * now
+    else:
+        objective = loss
+    opt.zero_grad(set_to_none=True)
+    objective.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def _record(wins: list[Window], losses: list[float], steps: int, lr: float, logit_lr: float,
@@ -152,7 +212,7 @@ def _record(wins: list[Window], losses: list[float], steps: int, lr: float, logi
             "loss_first": sum(losses[:tail]) / tail, "loss_last": sum(losses[-tail:]) / tail,
             "windows": [{"group": w.group, "start": w.start, "size": w.keep.shape[1],
                          "patterns": w.keep.shape[0], "removed": w.removed(),
-                         "probability": round(w.probability(), 4)} for w in wins]}
+                         "likeliest": w.likeliest()} for w in wins]}
 
 
 def value(config, key: str):
