@@ -21,22 +21,29 @@ MAX_PATTERNS = 4096  # per window: beyond this, split the group into windows
 
 
 def windows(n: int, remove: int, window: int | None) -> list[tuple[int, int, int]]:
-    """Split n blocks into consecutive windows -> [(start, size, remove)], each losing the same number of
-    blocks. window None: one window of all n. Raises ValueError (with the reason) when the windows
-    cannot share `remove` evenly, or one would hold too many patterns."""
+    """Split n blocks into consecutive windows of at most `window` blocks, as equal in size as possible
+    (window None: one window of all n) -> [(start, size, remove)]. The removal is shared in proportion to
+    the sizes, the largest remainders (then the earlier window) taking the blocks left over. Raises
+    ValueError (with the reason) when a window would lose all its blocks or hold too many patterns."""
     size = n if window is None else window
-    if size < 1 or n % size:
-        raise ValueError(f"window {size} does not divide the group's {n} blocks")
-    count = n // size
-    if remove % count:
-        raise ValueError(f"{remove} removed blocks cannot be shared evenly by {count} windows of {size}")
-    each = remove // count
-    if each >= size:
-        raise ValueError(f"each window of {size} blocks would lose all of them")
-    if math.comb(size, each) > MAX_PATTERNS:
-        raise ValueError(f"a window of {size} blocks losing {each} has {math.comb(size, each):,} keep-patterns "
-                         f"(at most {MAX_PATTERNS:,}): set a smaller window")
-    return [(start, size, each) for start in range(0, n, size)]
+    if size < 1:
+        raise ValueError(f"window must be at least 1, got {size}")
+    count = -(-n // size)
+    sizes = [n // count + (1 if i < n % count else 0) for i in range(count)]
+    quotas = [remove * s / n for s in sizes]
+    each = [int(q) for q in quotas]
+    for i in sorted(range(count), key=lambda i: (each[i] - quotas[i], i))[:remove - sum(each)]:
+        each[i] += 1
+    spans, start = [], 0
+    for s, k in zip(sizes, each):
+        if k >= s:
+            raise ValueError(f"the window of blocks {start}..{start + s - 1} would lose all {s}: set a larger window")
+        if math.comb(s, k) > MAX_PATTERNS:
+            raise ValueError(f"a window of {s} blocks losing {k} has {math.comb(s, k):,} keep-patterns "
+                             f"(at most {MAX_PATTERNS:,}): set a smaller window")
+        spans.append((start, s, k))
+        start += s
+    return spans
 
 
 def patterns(size: int, remove: int) -> torch.Tensor:

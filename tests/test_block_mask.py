@@ -12,9 +12,24 @@ def test_windows_share_the_removal_evenly():
     assert windows(8, 0, 4) == [(0, 4, 0), (4, 4, 0)]
 
 
+def test_uneven_windows_share_the_removal_by_size():
+    """Flux.1-dev's 19 double blocks, 8 removed, windows of at most 5: sizes 5 5 5 4, each loses 2
+    (quotas 2.1 2.1 2.1 1.7: the largest remainder takes the block left over)."""
+    assert windows(19, 8, 5) == [(0, 5, 2), (5, 5, 2), (10, 5, 2), (15, 4, 2)]
+    # 38 single blocks, 16 removed, at most 8: sizes 8 8 8 7 7, quotas 3.37 ×3, 2.95 ×2 -> 3 3 3 2 2 and
+    # the three left over go to the two 7s (remainder .95), then the first 8
+    assert windows(38, 16, 8) == [(0, 8, 4), (8, 8, 3), (16, 8, 3), (24, 7, 3), (31, 7, 3)]
+    assert windows(6, 1, 4) == [(0, 3, 1), (3, 3, 0)]  # a tie goes to the earlier window
+    for n, remove, window in [(19, 8, 5), (38, 16, 8), (57, 20, 6), (7, 3, 2)]:
+        spans = windows(n, remove, window)
+        assert sum(s for _, s, _ in spans) == n and sum(k for _, _, k in spans) == remove
+        assert max(s for _, s, _ in spans) <= window and max(s for _, s, _ in spans) - min(s for _, s, _ in spans) <= 1
+        assert [st for st, _, _ in spans] == [sum(s for _, s, _ in spans[:i]) for i in range(len(spans))]
+
+
 @pytest.mark.parametrize("n, remove, window, words", [
-    (6, 1, 4, "does not divide"), (8, 3, 4, "cannot be shared evenly"), (4, 4, 2, "lose all"),
-    (40, 20, None, "keep-patterns")])
+    (4, 4, 2, "blocks 0..1 would lose all 2"), (3, 2, 2, "blocks 2..2 would lose all 1"),
+    (40, 20, None, "keep-patterns"), (4, 1, 0, "at least 1")])
 def test_windows_say_why_they_cannot_be_made(n, remove, window, words):
     with pytest.raises(ValueError, match=words):
         windows(n, remove, window)

@@ -23,7 +23,7 @@ from compress.arch.base import Adapter
 from compress.errors import BadValue, NumericError, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, check_buckets, scan
-from compress.passes.remove_blocks_learned import learn_removal, pattern_count, value
+from compress.passes.remove_blocks_learned import learn_removal, learning_bytes, pattern_count, value
 from compress.report import console
 
 CRITERIA = ("scan", "proxy", "learned")
@@ -43,7 +43,7 @@ class RemoveBlocksConfig:
     iterative: bool = False  # re-score after each removal (greedy) instead of one-shot
     buckets: int = 3  # timestep buckets of the scan this pass runs when ctx has none
     # criterion learned (remove_blocks_learned.py), null = its default:
-    window: int | None = None  # consecutive blocks per window, each losing as many (null: the group)
+    window: int | None = None  # at most this many consecutive blocks per window (null: the group)
     learn_steps: int | None = None  # optimizer steps (200)
     learn_lr: float | None = None  # Adam lr of the weight update on a copy (5e-4); 0: logits only
     logit_lr: float | None = None  # Adam lr of the keep-pattern logits (0.05)
@@ -317,7 +317,8 @@ class RemoveBlocksPass(Pass):
             return {"remove": "learned at run time", "budget": budget, "criterion": "learned",
                     "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
                     "window": self.config.window or "whole group", "patterns": pattern_count(budget, counts, self.config.window),
-                    "learn_steps": value(self.config, "learn_steps")}
+                    "learn_steps": value(self.config, "learn_steps"),
+                    "learning_holds": learning_bytes(model, value(self.config, "learn_lr"))}
         return {"remove": "chosen by importance at run time", "budget": budget,
                 "criterion": self.config.criterion, "iterative": self.config.iterative,
                 "blocks_before": counts, "blocks_after": after, "skip_scan": self.config.criterion == "scan",

@@ -64,6 +64,8 @@ def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | N
         except ValueError as e:
             raise UserError(f"remove_blocks: criterion learned, group '{g}': {e}") from None
         for start, size, remove in spans:
+            if not remove:
+                continue  # nothing to choose: every block of this window stays
             keep = patterns(size, remove)
             out.append(Window(g, start, keep, torch.zeros(keep.shape[0], requires_grad=True)))
     return out
@@ -154,7 +156,7 @@ def _note_close_calls(wins: list[Window]) -> None:
         first, *rest = w.likeliest(2)
         if first["probability"] < 0.5:
             runner_up = f", next {rest[0]['removed']} at {rest[0]['probability']:.2f}" if rest else ""
-            console.print(f"[bold yellow]note:[/] remove_blocks: learned, {w.group} blocks "
+            console.print(f"[bold yellow]note:[/] remove_blocks: learned, {w.group} "
                           f"{w.start}..{w.start + w.keep.shape[1] - 1}: removing {first['removed']} won at "
                           f"probability {first['probability']:.2f}{runner_up}; more learn_steps sharpen the choice")
 
@@ -224,3 +226,12 @@ def value(config, key: str):
 def pattern_count(budget: dict[str, int], counts: dict[str, int], window: int | None) -> int:
     """Keep-patterns over all windows (for plan)."""
     return sum(w.keep.shape[0] for w in make_windows(budget, counts, window))
+
+
+def learning_bytes(model: nn.Module, lr: float) -> str:
+    """What learning holds beside the model (for plan): with the weight update, a copy of the model, its
+    gradients and Adam's two moments, each as large as the model's weights; without it, nothing of size."""
+    from compress.calib_footprint import human_size
+
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return f"{human_size(4 * size)} (a copy of the model, its gradients, Adam's moments)" if lr > 0 else "logits only"

@@ -95,6 +95,8 @@ def test_plan_counts_the_patterns():
     planned = step.plan(model, get_adapter(model))
     assert planned["remove"] == "learned at run time" and planned["patterns"] == 6
     assert planned["budget"] == {"blocks": 2} and planned["blocks_after"] == {"blocks": 2}
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert planned["learning_holds"].startswith(f"{4 * size / 2**20:.0f} MiB (a copy of the model")
     step = RemoveBlocksPass(RemoveBlocksConfig(count={"blocks": 2}, criterion="learned", window=2))
     assert step.plan(model, get_adapter(model))["patterns"] == 4
 
@@ -102,7 +104,7 @@ def test_plan_counts_the_patterns():
 @pytest.mark.parametrize("config, error, words", [
     (dict(count=2, criterion="learned"), UserError, r"a budget per group \(count: \{double: 1, single: 1\}\)"),
     (dict(count={"single": 2}, criterion="learned", window=2), UserError,
-     "group 'single': window 2 does not divide the group's 3 blocks"),
+     r"group 'single': the window of blocks 2\.\.2 would lose all 1: set a larger window"),
     (dict(count={"single": 1}, window=3), BadValue, "window applies to criterion: learned"),
     (dict(count={"single": 1}, criterion="learned", iterative=True), BadValue, "chooses all blocks at once"),
     (dict(count={"single": 1}, criterion="learned", learn_steps=0), BadValue, "learn_steps must be an integer ≥ 1"),
@@ -194,3 +196,17 @@ def test_score_estimator_finds_the_removal_that_costs_least(tmp_path):
 def test_estimator_must_be_known():
     with pytest.raises(BadValue, match="estimator must be one of gumbel, score, got 'adam'"):
         RemoveBlocksConfig(count={"single": 1}, criterion="learned", estimator="adam").validate()
+
+
+@pytest.mark.parametrize("pass_text, where", [
+    ("  - remove_blocks:\n      count: {blocks: 1}\n      window: 3\n", r"r\.yaml:10: remove_blocks: window applies"),
+    ("  - remove_blocks:\n      count: {blocks: 1}\n      criterion: learned\n      estimator: adam\n",
+     r"r\.yaml:11: remove_blocks: estimator must be one of"),
+])
+def test_recipe_mistakes_name_the_line(pass_text, where):
+    from compress.recipe import parse_recipe
+
+    text = ("version: 1\nmodel: pixart\nteacher: toy:pixart\ncalibration:\n  num_prompts: 4\n  timesteps: 2\n"
+            "passes:\n" + pass_text)
+    with pytest.raises(UserError, match=where):
+        parse_recipe(text, "r.yaml")
