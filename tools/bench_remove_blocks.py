@@ -5,7 +5,8 @@ at). Then print the block each `remove_blocks` criterion picks (scan: the skip-o
 1 − cos of the block's input and output; learned: TinyFusion-style, with and without the weight update,
 with either gradient estimator for the logits) and where its pick ranks.
 
-    python tools/bench_remove_blocks.py [--families pixart flux] [--remove 1] [--steps 150] [--seeds 0 1] [--oracle FILE]
+    python tools/bench_remove_blocks.py [--families pixart flux] [--remove 1] [--steps 150] [--seeds 0 1]
+        [--oracle FILE] [--criteria NAME ...]   # the README table: --remove 1, then --families pixart --remove 2
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ CRITERIA = {"scan": {}, "proxy": {"criterion": "proxy"},
             "learned, logits only": {"criterion": "learned", "learn_lr": 0.0},
             "learned score": {"criterion": "learned", "estimator": "score"},
             "learned score, seed 1": {"criterion": "learned", "estimator": "score", "seed": 1},
-            "learned score, logits only": {"criterion": "learned", "estimator": "score", "learn_lr": 0.0}}
+            "learned score, logits only": {"criterion": "learned", "estimator": "score", "learn_lr": 0.0},
+            "learned, rank 32": {"criterion": "learned", "learn_rank": 32},
+            "learned, rank 32, seed 1": {"criterion": "learned", "learn_rank": 32, "seed": 1}}
 
 
 def recipe(family: str, steps: int) -> str:
@@ -100,7 +103,8 @@ def cached_oracle(runner, family: str, group: str, k: int, seeds: list[int], cac
     return table
 
 
-def bench(family: str, k: int, steps: int, seeds: list[int], work: Path, cache: Path | None) -> list[str]:
+def bench(family: str, k: int, steps: int, seeds: list[int], work: Path, cache: Path | None,
+          criteria: list[str]) -> list[str]:
     runner = Runner(parse_recipe(recipe(family, steps), path=f"<bench {family}>"), out=work / "out",
                     run_dir=work / "run")
     runner.prepare()
@@ -116,11 +120,12 @@ def bench(family: str, k: int, steps: int, seeds: list[int], work: Path, cache: 
                      f"the removal's own error ranks them "
                      f"{' '.join(name(i) for i in sorted(table, key=lambda i: table[i][0]))}, "
                      f"recovery {' '.join(name(i) for i in order)}")
-        for label, options in CRITERIA.items():
+        for label in criteria:
+            options = CRITERIA[label]
             i, seconds = pick(runner, group, k, options)
             lines.append(f"  {label:<26} removes {name(i)}: rank {order.index(i) + 1} of {len(order)}, "
                          f"{table[i][1] / best:.3f}x the best after distillation ({seconds:.0f} s)")
-        print("\n".join(lines[-1 - len(CRITERIA):]), flush=True)
+        print("\n".join(lines[-1 - len(criteria):]), flush=True)
     return lines
 
 
@@ -131,11 +136,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--oracle", type=Path, help="JSON file keeping the distilled candidates' errors")
+    parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA), metavar="NAME")
     args = parser.parse_args()
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
-            lines += bench(family, args.remove, args.steps, args.seeds, Path(tmp) / family, args.oracle)
+            lines += bench(family, args.remove, args.steps, args.seeds, Path(tmp) / family, args.oracle,
+                           args.criteria)
     print("\n" + "\n".join(lines))
 
 

@@ -27,7 +27,7 @@ from compress.passes.remove_blocks_learned import learn_removal, learning_bytes,
 from compress.report import console
 
 CRITERIA = ("scan", "proxy", "learned")
-LEARNED_KEYS = ("window", "learn_steps", "learn_lr", "logit_lr", "estimator")
+LEARNED_KEYS = ("window", "learn_steps", "learn_lr", "logit_lr", "estimator", "learn_rank")
 ESTIMATORS = ("gumbel", "score")
 PLANNED_ATTR = "_dit_compress_planned_blocks"  # on plan's meta model only: teacher counts + block map
 
@@ -45,7 +45,8 @@ class RemoveBlocksConfig:
     # criterion learned (remove_blocks_learned.py), null = its default:
     window: int | None = None  # at most this many consecutive blocks per window (null: the group)
     learn_steps: int | None = None  # optimizer steps (200)
-    learn_lr: float | None = None  # Adam lr of the weight update on a copy (5e-4); 0: logits only
+    learn_lr: float | None = None  # Adam lr of the weight update (5e-4; 2e-3 with learn_rank); 0: logits only
+    learn_rank: int | None = None  # the weight update as rank-r factors on the block linears (no copy)
     logit_lr: float | None = None  # Adam lr of the keep-pattern logits (0.05)
     estimator: str | None = None  # the logits' gradient: gumbel (straight-through, TinyFusion's) | score
 
@@ -68,6 +69,7 @@ class RemoveBlocksConfig:
         for key, ok, allowed in (("window", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("learn_steps", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("learn_lr", lambda v: _num(v) and v >= 0, "a number ≥ 0"),
+                                 ("learn_rank", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("logit_lr", lambda v: _num(v) and v > 0, "a number > 0"),
                                  ("estimator", lambda v: v in ESTIMATORS, "one of " + ", ".join(ESTIMATORS))):
             v = getattr(self, key)
@@ -318,7 +320,9 @@ class RemoveBlocksPass(Pass):
                     "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
                     "window": self.config.window or "whole group", "patterns": pattern_count(budget, counts, self.config.window),
                     "learn_steps": value(self.config, "learn_steps"),
-                    "learning_holds": learning_bytes(model, value(self.config, "learn_lr"))}
+                    "learn_lr": value(self.config, "learn_lr"),
+                    "learning_holds": learning_bytes(model, adapter, value(self.config, "learn_lr"),
+                                                     self.config.learn_rank)}
         return {"remove": "chosen by importance at run time", "budget": budget,
                 "criterion": self.config.criterion, "iterative": self.config.iterative,
                 "blocks_before": counts, "blocks_after": after, "skip_scan": self.config.criterion == "scan",

@@ -1,21 +1,24 @@
 """`remove_blocks` with `criterion: learned`: the blocks to remove are learned (TinyFusion, see
 `compress.block_mask`) instead of ranked by what removing each alone costs.
 
-Each group's blocks are split into windows (`window` consecutive blocks; the whole group by default), each
-losing the same number of blocks; every window holds logits over its keep-patterns. Each step samples
-one hard pattern per window, runs the model with the removed blocks passed through (forward hooks: a block's output becomes
-keep · output + (1 − keep) · input, so the model's own forward runs) and takes the normalized squared
-error of the prediction against the teacher's on a calibration batch. Adam updates the logits
-(`logit_lr`; `estimator` gumbel: the straight-through gradient of a Gumbel-softmax sample, temperature
-annealed from TAU[0] to TAU[1], as TinyFusion; score: REINFORCE, unbiased for the expected loss) and, when `learn_lr` > 0, the weights of a copy of the model (TinyFusion's recoverability:
-the choice then favours blocks whose removal a weight update can make up for). The copy is discarded: the
-model loses the blocks of each window's most likely pattern, its weights untouched.
+Each group's blocks are split into windows of at most `window` consecutive blocks (the whole group by
+default), the removal shared by size; every window holds logits over its keep-patterns. Each step samples
+one hard pattern per window, runs the model with the removed blocks passed through (forward hooks: a
+block's output becomes keep · output + (1 − keep) · input, so the model's own forward runs) and takes the
+normalized squared error of the prediction against the teacher's on a calibration batch. Adam updates
+the logits (`logit_lr`; `estimator` gumbel: the straight-through gradient of a Gumbel-softmax sample,
+temperature annealed from TAU[0] to TAU[1], as TinyFusion; score: REINFORCE, unbiased for the expected
+loss) and, when `learn_lr` > 0, a weight update (TinyFusion's recoverability: the choice then favours
+blocks whose removal a weight update can make up for): the weights of a copy of the model, or with
+`learn_rank` r, rank-r factors added to every block linear's output through hooks (LoRA-like, no copy).
+The update is discarded: the model loses the blocks of each window's likeliest pattern, its weights
+untouched.
 """
 
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +34,8 @@ TAU = (2.0, 0.1)  # Gumbel-softmax temperature: first step, last step
 # the weight update, gumbel found the block whose removal distillation recovers from best; logits alone
 # find the blocks whose removal costs least at once (score) or, with gumbel, went astray
 DEFAULTS = {"learn_steps": 200, "learn_lr": 5e-4, "logit_lr": 0.05, "estimator": "gumbel"}
+LOW_RANK_LR = 2e-3  # learn_lr's default with learn_rank: factors starting at zero need a larger step (rank 32
+# at 2e-3 chose as the full update did on the toy PixArt; rank 8 at 5e-4 once chose the costliest pair)
 
 
 @dataclass
@@ -97,6 +102,34 @@ def _gates(model: nn.Module, adapter, keep: dict[tuple[str, int], torch.Tensor])
             h.remove()
 
 
+@contextmanager
+def _low_rank_update(model: nn.Module, adapter, rank: int, generator: torch.Generator):
+    """A LoRA-style weight update of every linear inside the blocks, through forward hooks (no copy of the
+    model): output + (x Aᵀ) Bᵀ with A (rank, in) random and B (out, rank) zero, so training starts from
+    the model itself. Yields the trainable [A, B, ...]; the hooks go on exit."""
+    from compress.arch.base import is_linear
+
+    params, handles = [], []
+    for _, _, block in adapter.iter_blocks(model):
+        for module in block.modules():
+            if not is_linear(module):
+                continue
+            w = next(module.parameters())
+            a = (torch.randn(rank, module.in_features, generator=generator) / module.in_features ** 0.5)
+            a = a.to(w.device, w.dtype).requires_grad_(True)
+            b = torch.zeros(module.out_features, rank, device=w.device, dtype=w.dtype, requires_grad=True)
+
+            def hook(mod, args, output, a=a, b=b):
+                return output + (args[0] @ a.T) @ b.T
+            handles.append(module.register_forward_hook(hook))
+            params += [a, b]
+    try:
+        yield params
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _sample(wins: list[Window], tau: float, generator: torch.Generator) -> dict[tuple[str, int], torch.Tensor]:
     keep = {}
     for w in wins:
@@ -122,30 +155,36 @@ def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], con
     wins = make_windows(budget, adapter.block_counts(model), config.window)
     batches = ctx.calibration_inputs()
     refs = _references(ctx.teacher if ctx.teacher is not None else model, adapter, batches, _to_model)
-    work = copy.deepcopy(model) if lr > 0 else model  # the weight update trains a copy
+    rank = config.learn_rank
+    full = lr > 0 and rank is None
+    work = copy.deepcopy(model) if full else model  # the full weight update trains a copy
     flags = [p.requires_grad for p in model.parameters()]
-    work.requires_grad_(lr > 0)  # a frozen model (the teacher's copy) trains too
-    weights = [p for p in work.parameters() if p.is_floating_point()] if lr > 0 else []
-    groups = [{"params": [w.logits for w in wins], "lr": logit_lr}] + ([{"params": weights, "lr": lr}]
-                                                                       if weights else [])
-    opt = torch.optim.Adam(groups)
+    work.requires_grad_(full)  # a frozen model (the teacher's copy) trains too
     generator = torch.Generator().manual_seed(ctx.seed)
-    order = torch.randperm(len(batches), generator=generator).tolist()
     losses, state = [], {"estimator": value(config, "estimator")}
     try:
-        with _progress(True) as bar:
-            task = bar.add_task("remove_blocks: learning which blocks", total=steps)
-            for step in range(steps):
-                losses.append(_step(work, adapter, wins, batches, refs, order[step % len(order)],
-                                    temperature(step, steps, *TAU), generator, opt, step, state))
-                bar.advance(task)
+        with _low_rank_update(work, adapter, rank, generator) if lr > 0 and rank else nullcontext([]) as low:
+            weights = [p for p in work.parameters() if p.is_floating_point()] if full else low
+            groups = [{"params": [w.logits for w in wins], "lr": logit_lr}] + (
+                [{"params": weights, "lr": lr}] if weights else [])
+            _learn(work, adapter, wins, batches, refs, steps, torch.optim.Adam(groups), generator, state, losses)
     finally:
         if work is model:
             for p, f in zip(model.parameters(), flags):
                 p.requires_grad_(f)
     _note_close_calls(wins)
     return _drop_of(wins), dict(_record(wins, losses, steps, lr, logit_lr, config.window),
-                                estimator=state["estimator"])
+                                estimator=state["estimator"], learn_rank=rank)
+
+
+def _learn(work, adapter, wins, batches, refs, steps: int, opt, generator, state: dict, losses: list) -> None:
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    with _progress(True) as bar:
+        task = bar.add_task("remove_blocks: learning which blocks", total=steps)
+        for step in range(steps):
+            losses.append(_step(work, adapter, wins, batches, refs, order[step % len(order)],
+                                temperature(step, steps, *TAU), generator, opt, step, state))
+            bar.advance(task)
 
 
 def _note_close_calls(wins: list[Window]) -> None:
@@ -218,8 +257,10 @@ def _record(wins: list[Window], losses: list[float], steps: int, lr: float, logi
 
 
 def value(config, key: str):
-    """A learned-criterion key's recipe value, or its default."""
+    """A learned-criterion key's recipe value, or its default (learn_lr: LOW_RANK_LR with learn_rank)."""
     v = getattr(config, key)
+    if v is None and key == "learn_lr" and config.learn_rank:
+        return LOW_RANK_LR
     return DEFAULTS[key] if v is None else v
 
 
@@ -228,10 +269,19 @@ def pattern_count(budget: dict[str, int], counts: dict[str, int], window: int | 
     return sum(w.keep.shape[0] for w in make_windows(budget, counts, window))
 
 
-def learning_bytes(model: nn.Module, lr: float) -> str:
-    """What learning holds beside the model (for plan): with the weight update, a copy of the model, its
-    gradients and Adam's two moments, each as large as the model's weights; without it, nothing of size."""
+def learning_bytes(model: nn.Module, adapter, lr: float, rank: int | None = None) -> str:
+    """What learning holds beside the model (for plan): with the full weight update, a copy of the model,
+    its gradients and Adam's two moments, each as large as the model's weights; with a low-rank one,
+    four times its factors; without one, nothing of size."""
     from compress.calib_footprint import human_size
 
+    if lr <= 0:
+        return "logits only"
+    if rank:
+        from compress.arch.base import is_linear
+
+        size = sum(rank * (m.in_features + m.out_features) * next(m.parameters()).element_size()
+                   for _, _, block in adapter.iter_blocks(model) for m in block.modules() if is_linear(m))
+        return f"{human_size(4 * size)} (rank-{rank} factors of the block linears, their gradients, Adam's moments)"
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    return f"{human_size(4 * size)} (a copy of the model, its gradients, Adam's moments)" if lr > 0 else "logits only"
+    return f"{human_size(4 * size)} (a copy of the model, its gradients, Adam's moments)"

@@ -97,6 +97,14 @@ def test_plan_counts_the_patterns():
     assert planned["budget"] == {"blocks": 2} and planned["blocks_after"] == {"blocks": 2}
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     assert planned["learning_holds"].startswith(f"{4 * size / 2**20:.0f} MiB (a copy of the model")
+    low = RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned", learn_rank=2)).plan(model, get_adapter(model))
+    factors = sum(2 * (m.in_features + m.out_features) * 4 for b in model.transformer_blocks for m in b.modules()
+                  if isinstance(m, torch.nn.Linear))
+    assert planned["learn_lr"] == 5e-4 and low["learn_lr"] == 2e-3  # factors from zero take larger steps
+    assert low["learning_holds"] == f"{4 * factors / 2**20:.0f} MiB (rank-2 factors of the block linears, " \
+                                    "their gradients, Adam's moments)"
+    assert RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned", learn_lr=0)).plan(
+        model, get_adapter(model))["learning_holds"] == "logits only"
     step = RemoveBlocksPass(RemoveBlocksConfig(count={"blocks": 2}, criterion="learned", window=2))
     assert step.plan(model, get_adapter(model))["patterns"] == 4
 
@@ -109,6 +117,7 @@ def test_plan_counts_the_patterns():
     (dict(count={"single": 1}, criterion="learned", iterative=True), BadValue, "chooses all blocks at once"),
     (dict(count={"single": 1}, criterion="learned", learn_steps=0), BadValue, "learn_steps must be an integer ≥ 1"),
     (dict(count={"single": 1}, criterion="learned", logit_lr=0), BadValue, "logit_lr must be a number > 0"),
+    (dict(count={"single": 1}, criterion="learned", learn_rank=0), BadValue, "learn_rank must be an integer ≥ 1"),
 ])
 def test_mistakes_are_one_line_errors(config, error, words):
     model = tiny_flux()
@@ -127,15 +136,19 @@ def test_make_windows_skips_groups_without_removal():
     assert [(w.group, w.keep.shape) for w in wins] == [("single", (3, 3))]
 
 
-def test_weight_update_trains_a_copy_of_a_frozen_model(tmp_path):
-    """The student may come frozen (a copy of the teacher): learn_lr > 0 still trains the copy's weights,
-    which lowers the loss below the logits-only run's; the model keeps its weights and flags."""
+@pytest.mark.parametrize("rank", [None, 4])
+def test_weight_update_trains_a_copy_of_a_frozen_model(rank, tmp_path):
+    """The student may come frozen (a copy of the teacher): learn_lr > 0 still trains the copy's weights
+    (rank None) or rank-4 factors hooked onto the block linears, which lowers the loss below the
+    logits-only run's; the model keeps its weights and flags, and no hook stays behind."""
     records = {}
     for lr in (0.0, 3e-3):
         model = tiny_pixart(num_layers=4).requires_grad_(False)
         before = copy.deepcopy(model)
         ctx = context(model, tmp_path / str(lr))
-        run(model, ctx, count={"blocks": 1}, criterion="learned", learn_steps=30, learn_lr=lr)
+        run(model, ctx, count={"blocks": 1}, criterion="learned", learn_steps=30, learn_lr=lr,
+            **({"learn_rank": rank} if rank and lr else {}))
+        assert not any(m._forward_hooks for m in model.modules())
         records[lr] = ctx.report["remove_blocks"]["learned"]
         assert not any(p.requires_grad for p in model.parameters())
         removed = ctx.report["remove_blocks"]["removed"]["blocks"]
