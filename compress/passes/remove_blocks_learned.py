@@ -102,27 +102,35 @@ def _gates(model: nn.Module, adapter, keep: dict[tuple[str, int], torch.Tensor])
             h.remove()
 
 
+def block_linears(model: nn.Module, adapter) -> list[nn.Module]:
+    """The linear layers inside the blocks: nn.Linear and LowRankLinear, not the two nn.Linear factors
+    inside a LowRankLinear."""
+    from compress.arch.base import is_linear
+    from compress.lowrank import LowRankLinear
+
+    out = []
+    for _, _, block in adapter.iter_blocks(model):
+        inner = {id(c) for m in block.modules() if isinstance(m, LowRankLinear) for c in m.children()}
+        out += [m for m in block.modules() if is_linear(m) and id(m) not in inner]
+    return out
+
+
 @contextmanager
 def _low_rank_update(model: nn.Module, adapter, rank: int, generator: torch.Generator):
     """A LoRA-style weight update of every linear inside the blocks, through forward hooks (no copy of the
     model): output + (x Aᵀ) Bᵀ with A (rank, in) random and B (out, rank) zero, so training starts from
     the model itself. Yields the trainable [A, B, ...]; the hooks go on exit."""
-    from compress.arch.base import is_linear
-
     params, handles = [], []
-    for _, _, block in adapter.iter_blocks(model):
-        for module in block.modules():
-            if not is_linear(module):
-                continue
-            w = next(module.parameters())
-            a = (torch.randn(rank, module.in_features, generator=generator) / module.in_features ** 0.5)
-            a = a.to(w.device, w.dtype).requires_grad_(True)
-            b = torch.zeros(module.out_features, rank, device=w.device, dtype=w.dtype, requires_grad=True)
+    for module in block_linears(model, adapter):
+        w = next(module.parameters())
+        a = (torch.randn(rank, module.in_features, generator=generator) / module.in_features ** 0.5)
+        a = a.to(w.device, w.dtype).requires_grad_(True)
+        b = torch.zeros(module.out_features, rank, device=w.device, dtype=w.dtype, requires_grad=True)
 
-            def hook(mod, args, output, a=a, b=b):
-                return output + (args[0] @ a.T) @ b.T
-            handles.append(module.register_forward_hook(hook))
-            params += [a, b]
+        def hook(mod, args, output, a=a, b=b):
+            return output + (args[0] @ a.T) @ b.T
+        handles.append(module.register_forward_hook(hook))
+        params += [a, b]
     try:
         yield params
     finally:
@@ -278,10 +286,8 @@ def learning_bytes(model: nn.Module, adapter, lr: float, rank: int | None = None
     if lr <= 0:
         return "logits only"
     if rank:
-        from compress.arch.base import is_linear
-
         size = sum(rank * (m.in_features + m.out_features) * next(m.parameters()).element_size()
-                   for _, _, block in adapter.iter_blocks(model) for m in block.modules() if is_linear(m))
+                   for m in block_linears(model, adapter))
         return f"{human_size(4 * size)} (rank-{rank} factors of the block linears, their gradients, Adam's moments)"
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     return f"{human_size(4 * size)} (a copy of the model, its gradients, Adam's moments)"

@@ -223,3 +223,24 @@ def test_recipe_mistakes_name_the_line(pass_text, where):
             "passes:\n" + pass_text)
     with pytest.raises(UserError, match=where):
         parse_recipe(text, "r.yaml")
+
+
+def test_low_rank_update_hooks_each_block_linear_once():
+    """A factorized layer takes one update (not one more on each of its factors); top-level linears none."""
+    from compress.passes.remove_blocks_learned import _low_rank_update, block_linears
+    from tests.conftest import factorize
+
+    model = tiny_flux()
+    adapter = get_adapter(model)
+    factorize(model, ["transformer_blocks.0.attn.to_q", "single_transformer_blocks.1.proj_mlp"], rank=3)
+    expected = [i for i in adapter.linears(model) if i.group is not None]
+    assert len(block_linears(model, adapter)) == len(expected)
+    with _low_rank_update(model, adapter, 2, torch.Generator().manual_seed(0)) as params:
+        assert len(params) == 2 * len(expected)
+        assert sum(bool(m._forward_hooks) for m in model.modules()) == len(expected)
+        kwargs = model_inputs(model)
+        with torch.no_grad():
+            hooked = adapter.predict(model, kwargs)  # B starts at zero: the model itself
+    with torch.no_grad():
+        torch.testing.assert_close(hooked, adapter.predict(model, kwargs), rtol=0, atol=0)
+    assert not any(m._forward_hooks for m in model.modules())
