@@ -34,6 +34,7 @@ TAU = (2.0, 0.1)  # Gumbel-softmax temperature: first step, last step
 # the weight update, gumbel found the block whose removal distillation recovers from best; logits alone
 # find the blocks whose removal costs least at once (score) or, with gumbel, went astray
 DEFAULTS = {"learn_steps": 200, "learn_lr": 5e-4, "logit_lr": 0.05, "estimator": "gumbel"}
+CLOSE = 0.8  # a runner-up pattern at this fraction of the winner's probability makes the choice a close call
 LOW_RANK_LR = 2e-3  # learn_lr's default with learn_rank: factors starting at zero need a larger step (rank 32
 # at 2e-3 chose as the full update did on the toy PixArt; rank 8 at 5e-4 once chose the costliest pair)
 
@@ -196,16 +197,16 @@ def _learn(work, adapter, wins, batches, refs, steps: int, opt, generator, state
 
 
 def _note_close_calls(wins: list[Window]) -> None:
-    """A note for each window whose likeliest pattern is not a clear winner (probability < 0.5)."""
+    """A note for each window whose runner-up pattern came within CLOSE of the winner's probability."""
     from compress.report import console
 
     for w in wins:
         first, *rest = w.likeliest(2)
-        if first["probability"] < 0.5:
-            runner_up = f", next {rest[0]['removed']} at {rest[0]['probability']:.2f}" if rest else ""
+        if rest and rest[0]["probability"] >= CLOSE * first["probability"]:
             console.print(f"[bold yellow]note:[/] remove_blocks: learned, {w.group} "
-                          f"{w.start}..{w.start + w.keep.shape[1] - 1}: removing {first['removed']} won at "
-                          f"probability {first['probability']:.2f}{runner_up}; more learn_steps sharpen the choice")
+                          f"{w.start}..{w.start + w.keep.shape[1] - 1}: a close call: removing {first['removed']} "
+                          f"won at probability {first['probability']:.2f}, {rest[0]['removed']} had "
+                          f"{rest[0]['probability']:.2f}; more learn_steps sharpen the choice")
 
 
 def _sample_hard(wins: list[Window], generator: torch.Generator):

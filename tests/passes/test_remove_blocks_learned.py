@@ -42,7 +42,7 @@ def test_gates_equal_removing_the_blocks(family, group, i):
 
 @pytest.mark.parametrize("learn_lr", [0.0, 1e-3])
 @pytest.mark.parametrize("family, group, i", [("pixart", "blocks", 2), ("flux", "single", 1)])
-def test_learns_to_remove_a_block_that_does_nothing(family, group, i, learn_lr, tmp_path):
+def test_learns_to_remove_a_block_that_does_nothing(family, group, i, learn_lr, tmp_path, capsys):
     model = tiny_pixart(num_layers=4) if family == "pixart" else tiny_flux()
     identity_block(model, group, i)
     before = copy.deepcopy(model.state_dict())
@@ -53,6 +53,7 @@ def test_learns_to_remove_a_block_that_does_nothing(family, group, i, learn_lr, 
     assert {g: v for g, v in record["removed"].items() if v} == {group: [i]}
     [w] = record["learned"]["windows"]
     assert w["removed"] == [i] == w["likeliest"][0]["removed"] and w["likeliest"][0]["probability"] > 0.5
+    assert "a close call" not in capsys.readouterr().err
     assert len(w["likeliest"]) == 3 and w["likeliest"][1]["probability"] <= w["likeliest"][0]["probability"]
     assert record["learned"]["loss_last"] < record["learned"]["loss_first"]
     # the weights of the blocks kept are the model's own (the weight update trained a copy)
@@ -166,8 +167,8 @@ def test_model_card_and_note_say_how_sure_the_choice_is(tmp_path, capsys):
     record = ctx.report["remove_blocks"]
     [w] = record["learned"]["windows"]
     p = w["likeliest"][0]["probability"]
-    assert p < 0.5  # three tiny steps from uniform logits: a close call, said so
-    assert "more learn_steps sharpen the choice" in capsys.readouterr().err
+    assert w["likeliest"][1]["probability"] > 0.8 * p  # three tiny steps from uniform logits: a close call
+    assert "a close call" in capsys.readouterr().err
     [_, line] = _removal_lines(record)
     assert line == (f"Blocks removed by the last remove_blocks pass (teacher indices): blocks {w['removed']} "
                     f"(chosen by learned; blocks: probability {p:.2f}).")
