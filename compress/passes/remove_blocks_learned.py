@@ -182,8 +182,11 @@ def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], con
             for p, f in zip(model.parameters(), flags):
                 p.requires_grad_(f)
     _note_close_calls(wins)
-    return _drop_of(wins), dict(_record(wins, losses, steps, lr, logit_lr, config.window),
-                                estimator=state["estimator"], learn_rank=rank)
+    record = dict(_record(wins, losses, steps, lr, logit_lr, config.window), estimator=state["estimator"],
+                  learn_rank=rank)
+    if state["estimator"] != "gumbel":
+        del record["tau"]  # the score estimator draws from the logits' own softmax
+    return _drop_of(wins), record
 
 
 def _learn(work, adapter, wins, batches, refs, steps: int, opt, generator, state: dict, losses: list) -> None:

@@ -203,7 +203,7 @@ def test_score_estimator_finds_the_removal_that_costs_least(tmp_path):
         learn_steps=150, logit_lr=0.1)
     record = ctx.report["remove_blocks"]
     assert tuple(record["removed"]["blocks"]) == best
-    assert record["learned"]["estimator"] == "score"
+    assert record["learned"]["estimator"] == "score" and "tau" not in record["learned"]
     assert record["learned"]["windows"][0]["likeliest"][0]["probability"] > 0.5
 
 
