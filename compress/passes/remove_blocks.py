@@ -315,18 +315,19 @@ class RemoveBlocksPass(Pass):
         after = ({g: n - budget.get(g, 0) for g, n in counts.items()} if isinstance(budget, dict)
                  else f"{sum(counts.values()) - budget} blocks in all")
         if self.config.criterion == "learned":
-            budget = per_group(budget, counts)
-            return {"remove": "learned at run time", "budget": budget, "criterion": "learned",
-                    "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
-                    "window": self.config.window or "whole group", "patterns": pattern_count(budget, counts, self.config.window),
-                    "learn_steps": value(self.config, "learn_steps"),
-                    "learn_lr": value(self.config, "learn_lr"),
-                    "learning_holds": learning_bytes(model, adapter, value(self.config, "learn_lr"),
-                                                     self.config.learn_rank)}
+            return self._plan_learned(model, adapter, per_group(budget, counts), counts)
         return {"remove": "chosen by importance at run time", "budget": budget,
                 "criterion": self.config.criterion, "iterative": self.config.iterative,
                 "blocks_before": counts, "blocks_after": after, "skip_scan": self.config.criterion == "scan",
                 "scans": _total(budget) if self.config.iterative else 1}  # before reusing an importance pass's
+
+    def _plan_learned(self, model, adapter, budget: dict[str, int], counts: dict[str, int]) -> dict:
+        cfg, lr = self.config, value(self.config, "learn_lr")
+        return {"remove": "learned at run time", "budget": budget, "criterion": "learned",
+                "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
+                "window": cfg.window or "whole group", "patterns": pattern_count(budget, counts, cfg.window),
+                "learn_steps": value(cfg, "learn_steps"), "learn_lr": lr,
+                "learning_holds": learning_bytes(model, adapter, lr, cfg.learn_rank)}
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
         """Removal on plan's meta model. A per-group count or fraction removes that many blocks

@@ -98,7 +98,8 @@ def test_plan_counts_the_patterns():
     assert planned["budget"] == {"blocks": 2} and planned["blocks_after"] == {"blocks": 2}
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     assert planned["learning_holds"].startswith(f"{4 * size / 2**20:.0f} MiB (a copy of the model")
-    low = RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned", learn_rank=2)).plan(model, get_adapter(model))
+    low = RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned", learn_rank=2)).plan(
+        model, get_adapter(model))
     factors = sum(2 * (m.in_features + m.out_features) * 4 for b in model.transformer_blocks for m in b.modules()
                   if isinstance(m, torch.nn.Linear))
     assert planned["learn_lr"] == 5e-4 and low["learn_lr"] == 2e-3  # factors from zero take larger steps
