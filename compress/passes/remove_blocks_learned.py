@@ -162,6 +162,8 @@ def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], con
         raise UserError("remove_blocks: criterion learned needs calibration inputs")
     steps, lr, logit_lr = (value(config, k) for k in ("learn_steps", "learn_lr", "logit_lr"))
     wins = make_windows(budget, adapter.block_counts(model), config.window)
+    if not wins:  # a budget of 0: nothing to choose
+        return {}, {"steps": 0, "windows": []}
     batches = ctx.calibration_inputs()
     refs = _references(ctx.teacher if ctx.teacher is not None else model, adapter, batches, _to_model)
     rank = config.learn_rank

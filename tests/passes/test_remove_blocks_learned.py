@@ -246,3 +246,11 @@ def test_low_rank_update_hooks_each_block_linear_once():
     with torch.no_grad():
         torch.testing.assert_close(hooked, adapter.predict(model, kwargs), rtol=0, atol=0)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_a_budget_of_nothing_learns_nothing(tmp_path):
+    model = tiny_pixart(num_layers=4)
+    ctx = context(model, tmp_path)
+    run(model, ctx, count={"blocks": 0}, criterion="learned", learn_lr=0.0)
+    assert ctx.report["remove_blocks"]["removed"] == {"blocks": []}
+    assert ctx.report["remove_blocks"]["learned"] == {"steps": 0, "windows": []}
