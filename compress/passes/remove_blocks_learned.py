@@ -28,6 +28,7 @@ from compress.calib import _progress
 from compress.block_mask import gated, gumbel_hard, patterns, temperature, windows
 from compress.errors import NumericError, UserError
 from compress.passes.base import RunContext
+from compress.passes.importance import _to_model
 
 TAU = (2.0, 0.1)  # Gumbel-softmax temperature: first step, last step
 # defaults measured on the toy PixArt (tools/bench_remove_blocks.py, README "Which blocks to remove"): with
@@ -104,16 +105,9 @@ def _gates(model: nn.Module, adapter, keep: dict[tuple[str, int], torch.Tensor])
 
 
 def block_linears(model: nn.Module, adapter) -> list[nn.Module]:
-    """The linear layers inside the blocks: nn.Linear and LowRankLinear, not the two nn.Linear factors
-    inside a LowRankLinear."""
-    from compress.arch.base import is_linear
-    from compress.lowrank import LowRankLinear
-
-    out = []
-    for _, _, block in adapter.iter_blocks(model):
-        inner = {id(c) for m in block.modules() if isinstance(m, LowRankLinear) for c in m.children()}
-        out += [m for m in block.modules() if is_linear(m) and id(m) not in inner]
-    return out
+    """The linear layers inside the blocks, as the adapter lists them (a factorized layer once, not its
+    two factors)."""
+    return [model.get_submodule(info.name) for info in adapter.linears(model) if info.group is not None]
 
 
 @contextmanager
@@ -142,21 +136,23 @@ def _low_rank_update(model: nn.Module, adapter, rank: int, generator: torch.Gene
 def _sample(wins: list[Window], tau: float, generator: torch.Generator) -> dict[tuple[str, int], torch.Tensor]:
     keep = {}
     for w in wins:
-        mask = gumbel_hard(w.logits, tau, generator) @ w.keep  # (size,) 0/1 forward, relaxed gradient
-        for j in range(mask.numel()):
-            keep[(w.group, w.start + j)] = mask[j]
+        _put(keep, w, gumbel_hard(w.logits, tau, generator) @ w.keep)  # 0/1 forward, relaxed gradient
     return keep
 
 
-def _references(teacher: nn.Module, adapter, batches: list[dict], to_model) -> list[torch.Tensor]:
+def _put(keep: dict, w: Window, mask: torch.Tensor) -> None:
+    """keep[(group, block)] = mask[j] for the window's blocks; mask (size,)."""
+    for j in range(mask.numel()):
+        keep[(w.group, w.start + j)] = mask[j]
+
+
+def _references(teacher: nn.Module, adapter, batches: list[dict]) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [adapter.predict(teacher, to_model(b, teacher)).detach() for b in batches]
+        return [adapter.predict(teacher, _to_model(b, teacher)).detach() for b in batches]
 
 
 def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], config) -> tuple[dict, dict]:
     """-> (drop {group: current indices}, record for the report). budget: {group: blocks to remove}."""
-    from compress.passes.importance import _to_model
-
     adapter = ctx.adapter
     if ctx.calibration_inputs is None:
         raise UserError("remove_blocks: criterion learned needs calibration inputs")
@@ -165,7 +161,7 @@ def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], con
     if not wins:  # a budget of 0: nothing to choose
         return {}, {"steps": 0, "windows": []}
     batches = ctx.calibration_inputs()
-    refs = _references(ctx.teacher if ctx.teacher is not None else model, adapter, batches, _to_model)
+    refs = _references(ctx.teacher if ctx.teacher is not None else model, adapter, batches)
     rank = config.learn_rank
     full = lr > 0 and rank is None
     work = copy.deepcopy(model) if full else model  # the full weight update trains a copy
@@ -222,8 +218,7 @@ def _sample_hard(wins: list[Window], generator: torch.Generator):
         logp = torch.log_softmax(w.logits, -1)
         j = int(torch.multinomial(logp.detach().exp(), 1, generator=generator))
         logprob = logprob + logp[j]
-        for i in range(w.keep.shape[1]):
-            keep[(w.group, w.start + i)] = w.keep[j, i]
+        _put(keep, w, w.keep[j])
     return keep, logprob
 
 
@@ -233,8 +228,6 @@ def _step(work, adapter, wins, batches, refs, b: int, tau: float, generator, opt
     ||ref||² against the teacher's prediction; the logits' gradient by state["estimator"]: gumbel (the
     straight-through one of the relaxed sample) or score (REINFORCE, (loss − baseline) · ∇ log p of the
     draw, baseline a running mean of the loss). -> the loss."""
-    from compress.passes.importance import _to_model
-
     score = state["estimator"] == "score"
     if score:
         keep, logprob = _sample_hard(wins, generator)
