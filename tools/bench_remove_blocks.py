@@ -30,7 +30,7 @@ GROUPS = {"pixart": ["blocks"], "flux": ["double", "single"]}
 CRITERIA = {"scan": {}, "proxy": {"criterion": "proxy"},
             "learned (defaults)": {"criterion": "learned"},
             "learned, seed 1": {"criterion": "learned", "seed": 1},
-            "learned, logits only": {"criterion": "learned", "learn_lr": 0.0},
+            "learned, logits only": {"criterion": "learned", "estimator": "gumbel", "learn_lr": 0.0},
             "learned score": {"criterion": "learned", "estimator": "score"},
             "learned score, seed 1": {"criterion": "learned", "estimator": "score", "seed": 1},
             "learned score, logits only": {"criterion": "learned", "estimator": "score", "learn_lr": 0.0},

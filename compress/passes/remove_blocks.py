@@ -77,6 +77,15 @@ class RemoveBlocksConfig:
                 raise BadValue(key, f"remove_blocks: {key} must be {allowed}, got {v!r}")
 
 
+def _warn_if_biased(config: RemoveBlocksConfig) -> None:
+    """gumbel without a weight update: its straight-through gradient, linearized at hard masks,
+    drove the toy PixArt's pair logits to the costliest pair (README, "Which blocks to remove")."""
+    if config.estimator == "gumbel" and value(config, "learn_lr") == 0:
+        console.print("[bold yellow]warning:[/] remove_blocks: estimator gumbel with learn_lr: 0 learns "
+                      "the logits alone through a biased gradient, which can settle on the costliest "
+                      "removal; use estimator: score (the default without a weight update) or learn_lr > 0")
+
+
 def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -295,6 +304,7 @@ class RemoveBlocksPass(Pass):
         budget = resolve_budget(self.config, adapter, counts)
         if self.config.criterion == "learned":
             pattern_count(per_group(budget, counts), counts, self.config.window)  # windows can be made
+            _warn_if_biased(self.config)
 
     def check_streaming(self) -> None:
         """Streams: explicit indices (blocks are only renumbered), the cosine proxy (one streamed
@@ -326,7 +336,7 @@ class RemoveBlocksPass(Pass):
         return {"remove": "learned at run time", "budget": budget, "criterion": "learned",
                 "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
                 "window": cfg.window or "whole group", "patterns": pattern_count(budget, counts, cfg.window),
-                "learn_steps": value(cfg, "learn_steps"), "learn_lr": lr,
+                "learn_steps": value(cfg, "learn_steps"), "learn_lr": lr, "estimator": value(cfg, "estimator"),
                 "learning_holds": learning_bytes(model, adapter, lr, cfg.learn_rank)}
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:

@@ -264,10 +264,14 @@ def _record(wins: list[Window], losses: list[float], steps: int, lr: float, logi
 
 
 def value(config, key: str):
-    """A learned-criterion key's recipe value, or its default (learn_lr: LOW_RANK_LR with learn_rank)."""
+    """A learned-criterion key's recipe value, or its default (learn_lr: LOW_RANK_LR with learn_rank;
+    estimator: score without a weight update, where the straight-through gradient is biased toward
+    the costliest removal)."""
     v = getattr(config, key)
     if v is None and key == "learn_lr" and config.learn_rank:
         return LOW_RANK_LR
+    if v is None and key == "estimator" and value(config, "learn_lr") == 0:
+        return "score"
     return DEFAULTS[key] if v is None else v
 
 

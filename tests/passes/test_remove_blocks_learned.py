@@ -208,6 +208,23 @@ def test_score_estimator_finds_the_removal_that_costs_least(tmp_path):
     assert record["learned"]["windows"][0]["likeliest"][0]["probability"] > 0.5
 
 
+def test_estimator_defaults_to_score_without_a_weight_update(capsys):
+    """gumbel's straight-through gradient needs the update (README, "Which blocks to remove"): the
+    default turns to score at learn_lr 0, and an explicit gumbel there is warned about, in plan too."""
+    model = tiny_pixart(num_layers=4)
+    plan = lambda **kw: RemoveBlocksPass(RemoveBlocksConfig(count=1, criterion="learned", **kw)).plan(
+        model, get_adapter(model))
+    assert plan()["estimator"] == "gumbel" and plan(learn_rank=2)["estimator"] == "gumbel"
+    assert plan(learn_lr=0)["estimator"] == "score"
+    assert plan(learn_lr=0, estimator="score")["estimator"] == "score"
+    assert "warning" not in capsys.readouterr().err
+    assert plan(learn_lr=0, estimator="gumbel")["estimator"] == "gumbel"
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: remove_blocks: estimator gumbel with learn_lr: 0" in err and "use estimator: score" in err
+    plan(learn_lr=1e-4, estimator="gumbel")
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_estimator_must_be_known():
     with pytest.raises(BadValue, match="estimator must be one of gumbel, score, got 'adam'"):
         RemoveBlocksConfig(count={"single": 1}, criterion="learned", estimator="adam").validate()
