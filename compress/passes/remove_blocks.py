@@ -63,6 +63,9 @@ class RemoveBlocksConfig:
         if given and self.criterion != "learned":
             raise BadValue(given[0], f"remove_blocks: {given[0]} applies to criterion: learned "
                                      f"(this pass ranks by {self.criterion})")
+        if self.criterion == "learned" and self.blocks is not None:
+            raise BadValue("criterion", "remove_blocks: blocks lists the blocks to remove; criterion "
+                                        "learned chooses them for a count or fraction")
         if self.criterion == "learned" and self.iterative:
             raise BadValue("iterative", "remove_blocks: criterion learned chooses all blocks at once; "
                                         "iterative applies to scan and proxy")
@@ -75,6 +78,9 @@ class RemoveBlocksConfig:
             v = getattr(self, key)
             if v is not None and not ok(v):
                 raise BadValue(key, f"remove_blocks: {key} must be {allowed}, got {v!r}")
+        if self.learn_rank is not None and self.learn_lr == 0:
+            raise BadValue("learn_rank", "remove_blocks: learn_rank shapes the weight update, and learn_lr: 0 "
+                                         "turns it off; drop one of them")
 
 
 def _warn_if_biased(config: RemoveBlocksConfig) -> None:
@@ -337,7 +343,7 @@ class RemoveBlocksPass(Pass):
                 "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
                 "window": cfg.window or "whole group", "patterns": pattern_count(budget, counts, cfg.window),
                 "learn_steps": value(cfg, "learn_steps"), "learn_lr": lr, "estimator": value(cfg, "estimator"),
-                "learning_holds": learning_bytes(model, adapter, lr, cfg.learn_rank)}
+                "learning_holds": learning_bytes(model, adapter, lr, cfg.learn_rank, value(cfg, "estimator"))}
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
         """Removal on plan's meta model. A per-group count or fraction removes that many blocks
@@ -385,7 +391,7 @@ class RemoveBlocksPass(Pass):
             block_map = self._remove(model, adapter, block_map, drop, record, ctx.blocks)
         elif self.config.criterion == "learned":
             budget = per_group(resolve_budget(self.config, adapter, before), before)
-            drop, record["learned"] = learn_removal(model, ctx, budget, self.config)
+            drop, record["learned"] = learn_removal(model, ctx, budget, self.config, block_map)
             block_map = self._remove(model, adapter, block_map, drop, record, ctx.blocks)
         elif not self.config.iterative:
             budget = resolve_budget(self.config, adapter, before)

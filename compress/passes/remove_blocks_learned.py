@@ -46,22 +46,29 @@ class Window:
     start: int  # first block (current index) of the window
     keep: torch.Tensor  # (C, size) 1 = kept, one row per pattern
     logits: torch.Tensor  # (C,) learnable
+    teacher: list[int]  # (size,) the window's blocks as teacher indices (what reports and notes say)
 
     def removed(self, pattern: int | None = None) -> list[int]:
         """Current indices a pattern (default: the most likely) removes."""
         row = self.keep[int(self.logits.argmax()) if pattern is None else pattern]
         return [self.start + i for i in range(row.numel()) if row[i] == 0]
 
+    def removed_teacher(self, pattern: int | None = None) -> list[int]:
+        """Teacher indices a pattern (default: the most likely) removes."""
+        return [self.teacher[i - self.start] for i in self.removed(pattern)]
+
     def likeliest(self, n: int = 3) -> list[dict]:
-        """The n most likely patterns: the blocks each removes and its probability."""
+        """The n most likely patterns: the blocks each removes (teacher indices) and its probability."""
         probs = torch.softmax(self.logits.detach(), -1)
         top = probs.topk(min(n, probs.numel()))
-        return [{"removed": self.removed(int(j)), "probability": round(float(p), 4)}
+        return [{"removed": self.removed_teacher(int(j)), "probability": round(float(p), 4)}
                 for p, j in zip(top.values, top.indices)]
 
 
-def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | None) -> list[Window]:
-    """Windows of every group with a budget; raises UserError naming the group when they cannot be made."""
+def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | None,
+                 block_map: dict[str, list[int]] | None = None) -> list[Window]:
+    """Windows of every group with a budget; raises UserError naming the group when they cannot be made.
+    block_map: {group: teacher index of each current block} (default: the same indices)."""
     out = []
     for g, k in budget.items():
         if not k:
@@ -74,7 +81,8 @@ def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | N
             if not remove:
                 continue  # nothing to choose: every block of this window stays
             keep = patterns(size, remove)
-            out.append(Window(g, start, keep, torch.zeros(keep.shape[0], requires_grad=True)))
+            teacher = (block_map[g] if block_map else list(range(counts[g])))[start:start + size]
+            out.append(Window(g, start, keep, torch.zeros(keep.shape[0], requires_grad=True), teacher))
     return out
 
 
@@ -114,19 +122,21 @@ def block_linears(model: nn.Module, adapter) -> list[nn.Module]:
 def _low_rank_update(model: nn.Module, adapter, rank: int, generator: torch.Generator):
     """A LoRA-style weight update of every linear inside the blocks, through forward hooks (no copy of the
     model): output + (x Aᵀ) Bᵀ with A (rank, in) random and B (out, rank) zero, so training starts from
-    the model itself. Yields the trainable [A, B, ...]; the hooks go on exit."""
+    the model itself. The factors are float32 whatever the model's dtype (Adam in float16 turns a zero
+    gradient, which A has while B is zero, into 0/0). Yields the trainable [A, B, ...]; the hooks go on
+    exit, also when making them fails partway."""
     params, handles = [], []
-    for module in block_linears(model, adapter):
-        w = next(module.parameters())
-        a = (torch.randn(rank, module.in_features, generator=generator) / module.in_features ** 0.5)
-        a = a.to(w.device, w.dtype).requires_grad_(True)
-        b = torch.zeros(module.out_features, rank, device=w.device, dtype=w.dtype, requires_grad=True)
-
-        def hook(mod, args, output, a=a, b=b):
-            return output + (args[0] @ a.T) @ b.T
-        handles.append(module.register_forward_hook(hook))
-        params += [a, b]
     try:
+        for module in block_linears(model, adapter):
+            device = next(module.parameters()).device
+            a = (torch.randn(rank, module.in_features, generator=generator) / module.in_features ** 0.5)
+            a = a.to(device).requires_grad_(True)
+            b = torch.zeros(module.out_features, rank, device=device, requires_grad=True)
+
+            def hook(mod, args, output, a=a, b=b):
+                return output + ((args[0].float() @ a.T) @ b.T).to(output.dtype)
+            handles.append(module.register_forward_hook(hook))
+            params += [a, b]
         yield params
     finally:
         for h in handles:
@@ -151,20 +161,22 @@ def _references(teacher: nn.Module, adapter, batches: list[dict]) -> list[torch.
         return [adapter.predict(teacher, _to_model(b, teacher)).detach() for b in batches]
 
 
-def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], config) -> tuple[dict, dict]:
-    """-> (drop {group: current indices}, record for the report). budget: {group: blocks to remove}."""
+def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], config,
+                  block_map: dict[str, list[int]] | None = None) -> tuple[dict, dict]:
+    """-> (drop {group: current indices}, record for the report, in teacher indices). budget: {group:
+    blocks to remove}; block_map: {group: teacher index of each current block}."""
     adapter = ctx.adapter
     if ctx.calibration_inputs is None:
         raise UserError("remove_blocks: criterion learned needs calibration inputs")
     steps, lr, logit_lr = (value(config, k) for k in ("learn_steps", "learn_lr", "logit_lr"))
-    wins = make_windows(budget, adapter.block_counts(model), config.window)
+    wins = make_windows(budget, adapter.block_counts(model), config.window, block_map)
     if not wins:  # a budget of 0: nothing to choose
         return {}, {"steps": 0, "windows": []}
     batches = ctx.calibration_inputs()
     refs = _references(ctx.teacher if ctx.teacher is not None else model, adapter, batches)
     rank = config.learn_rank
     full = lr > 0 and rank is None
-    work = copy.deepcopy(model) if full else model  # the full weight update trains a copy
+    work = _trained_copy(model) if full else model  # the full weight update trains a copy
     flags = [p.requires_grad for p in model.parameters()]
     work.requires_grad_(full)  # a frozen model (the teacher's copy) trains too
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -187,6 +199,13 @@ def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], con
     return _drop_of(wins), record
 
 
+def _trained_copy(model: nn.Module) -> nn.Module:
+    """The copy the full weight update trains: float32 where the model is float16 (Adam in float16 turns
+    the zero gradient of a block a pattern removed into 0/0)."""
+    work = copy.deepcopy(model)
+    return work.float() if any(p.dtype == torch.float16 for p in work.parameters()) else work
+
+
 def _learn(work, adapter, wins, batches, refs, steps: int, opt, generator, state: dict, losses: list) -> None:
     order = torch.randperm(len(batches), generator=generator).tolist()
     with _progress(True) as bar:
@@ -205,9 +224,16 @@ def _note_close_calls(wins: list[Window]) -> None:
         first, *rest = w.likeliest(2)
         if rest and rest[0]["probability"] >= CLOSE * first["probability"]:
             console.print(f"[bold yellow]note:[/] remove_blocks: learned, {w.group} "
-                          f"{w.start}..{w.start + w.keep.shape[1] - 1}: a close call: removing {first['removed']} "
+                          f"{_span(w.teacher)}: a close call: removing {first['removed']} "
                           f"won at probability {first['probability']:.2f}, {rest[0]['removed']} had "
                           f"{rest[0]['probability']:.2f}; more learn_steps sharpen the choice")
+
+
+def _span(blocks: list[int]) -> str:
+    """Teacher indices of a window: 3..7, or 1, 2, 5 where earlier removals left gaps."""
+    if blocks == list(range(blocks[0], blocks[-1] + 1)):
+        return f"{blocks[0]}..{blocks[-1]}"
+    return ", ".join(map(str, blocks))
 
 
 def _sample_hard(wins: list[Window], generator: torch.Generator):
@@ -258,8 +284,8 @@ def _record(wins: list[Window], losses: list[float], steps: int, lr: float, logi
     tail = max(1, len(losses) // 10)
     return {"steps": steps, "learn_lr": lr, "logit_lr": logit_lr, "window": window, "tau": list(TAU),
             "loss_first": sum(losses[:tail]) / tail, "loss_last": sum(losses[-tail:]) / tail,
-            "windows": [{"group": w.group, "start": w.start, "size": w.keep.shape[1],
-                         "patterns": w.keep.shape[0], "removed": w.removed(),
+            "windows": [{"group": w.group, "blocks": w.teacher, "size": w.keep.shape[1],
+                         "patterns": w.keep.shape[0], "removed": w.removed_teacher(),
                          "likeliest": w.likeliest()} for w in wins]}
 
 
@@ -280,17 +306,19 @@ def pattern_count(budget: dict[str, int], counts: dict[str, int], window: int | 
     return sum(w.keep.shape[0] for w in make_windows(budget, counts, window))
 
 
-def learning_bytes(model: nn.Module, adapter, lr: float, rank: int | None = None) -> str:
-    """What learning holds beside the model (for plan): with the full weight update, a copy of the model,
-    its gradients and Adam's two moments, each as large as the model's weights; with a low-rank one,
-    four times its factors; without one, nothing of size."""
+def learning_bytes(model: nn.Module, adapter, lr: float, rank: int | None = None, estimator: str = "gumbel") -> str:
+    """What learning holds beside the model (for plan): with the full weight update, a copy of the model
+    (float32 where the model is float16), its gradients and Adam's two moments, each as large as the
+    copy's weights; with a low-rank one, four times its float32 factors; and, unless only the score
+    estimator's logits learn, the activations of one calibration batch's backward through the model."""
     from compress.calib_footprint import human_size
 
+    backward = "; and one calibration batch's activations for the backward"
     if lr <= 0:
-        return "logits only"
+        return "logits only (no backward)" if estimator == "score" else "logits only" + backward
     if rank:
-        size = sum(rank * (m.in_features + m.out_features) * next(m.parameters()).element_size()
-                   for m in block_linears(model, adapter))
-        return f"{human_size(4 * size)} (rank-{rank} factors of the block linears, their gradients, Adam's moments)"
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    return f"{human_size(4 * size)} (a copy of the model, its gradients, Adam's moments)"
+        size = sum(rank * (m.in_features + m.out_features) * 4 for m in block_linears(model, adapter))
+        return (f"{human_size(4 * size)} (rank-{rank} factors of the block linears, their gradients, "
+                f"Adam's moments){backward}")
+    size = sum(p.numel() * (4 if p.dtype == torch.float16 else p.element_size()) for p in model.parameters())
+    return f"{human_size(4 * size)} (a copy of the model, its gradients, Adam's moments){backward}"

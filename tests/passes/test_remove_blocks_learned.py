@@ -75,7 +75,8 @@ def test_windows_each_lose_their_share(tmp_path):
         logit_lr=0.1)
     record = ctx.report["remove_blocks"]
     assert record["removed"] == {"blocks": [0, 3]}
-    assert [(w["start"], w["size"], w["patterns"]) for w in record["learned"]["windows"]] == [(0, 2, 2), (2, 2, 2)]
+    assert [(w["blocks"], w["size"], w["patterns"]) for w in record["learned"]["windows"]] == [([0, 1], 2, 2),
+                                                                                              ([2, 3], 2, 2)]
     assert ctx.block_map == {"blocks": [1, 2]}
 
 
@@ -98,15 +99,22 @@ def test_plan_counts_the_patterns():
     assert planned["budget"] == {"blocks": 2} and planned["blocks_after"] == {"blocks": 2}
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     assert planned["learning_holds"].startswith(f"{4 * size / 2**20:.0f} MiB (a copy of the model")
+    assert planned["learning_holds"].endswith("; and one calibration batch's activations for the backward")
     low = RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned", learn_rank=2)).plan(
         model, get_adapter(model))
     factors = sum(2 * (m.in_features + m.out_features) * 4 for b in model.transformer_blocks for m in b.modules()
                   if isinstance(m, torch.nn.Linear))
     assert planned["learn_lr"] == 5e-4 and low["learn_lr"] == 2e-3  # factors from zero take larger steps
     assert low["learning_holds"] == f"{4 * factors / 2**20:.0f} MiB (rank-2 factors of the block linears, " \
-                                    "their gradients, Adam's moments)"
+                                    "their gradients, Adam's moments); and one calibration batch's activations " \
+                                    "for the backward"
     assert RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned", learn_lr=0)).plan(
-        model, get_adapter(model))["learning_holds"] == "logits only"
+        model, get_adapter(model))["learning_holds"] == "logits only (no backward)"  # score: a forward per step
+    assert RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned", learn_lr=0, estimator="gumbel")).plan(
+        model, get_adapter(model))["learning_holds"].startswith("logits only; and one calibration batch's")
+    half = tiny_pixart(num_layers=4).half()  # the full update trains a float32 copy of a float16 model
+    assert RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned")).plan(
+        half, get_adapter(half))["learning_holds"] == planned["learning_holds"]
     step = RemoveBlocksPass(RemoveBlocksConfig(count={"blocks": 2}, criterion="learned", window=2))
     assert step.plan(model, get_adapter(model))["patterns"] == 4
 
@@ -120,6 +128,10 @@ def test_plan_counts_the_patterns():
     (dict(count={"single": 1}, criterion="learned", learn_steps=0), BadValue, "learn_steps must be an integer ≥ 1"),
     (dict(count={"single": 1}, criterion="learned", logit_lr=0), BadValue, "logit_lr must be a number > 0"),
     (dict(count={"single": 1}, criterion="learned", learn_rank=0), BadValue, "learn_rank must be an integer ≥ 1"),
+    (dict(count={"single": 1}, criterion="learned", learn_rank=4, learn_lr=0), BadValue,
+     "learn_rank shapes the weight update, and learn_lr: 0 turns it off"),
+    (dict(blocks={"single": [1]}, criterion="learned"), BadValue,
+     "blocks lists the blocks to remove; criterion learned chooses them for a count or fraction"),
 ])
 def test_mistakes_are_one_line_errors(config, error, words):
     model = tiny_flux()
@@ -271,3 +283,63 @@ def test_a_budget_of_nothing_learns_nothing(tmp_path):
     run(model, ctx, count={"blocks": 0}, criterion="learned", learn_lr=0.0)
     assert ctx.report["remove_blocks"]["removed"] == {"blocks": []}
     assert ctx.report["remove_blocks"]["learned"] == {"steps": 0, "windows": []}
+
+
+def test_reports_teacher_indices_after_an_earlier_removal(tmp_path, capsys):
+    """Windows, patterns and notes name teacher blocks, as `removed` does, not the current positions."""
+    model = tiny_pixart(num_layers=6)
+    for i in (0, 1, 3):  # removing 0 and 1 first leaves the teacher's prediction: block 3 costs nothing
+        identity_block(model, "blocks", i)
+    ctx = context(model, tmp_path)
+    run(model, ctx, blocks={"blocks": [0, 1]})
+    run(model, ctx, count={"blocks": 1}, criterion="learned", learn_steps=40, learn_lr=0.0, logit_lr=0.1)
+    record = ctx.report["remove_blocks"]
+    assert record["removed"] == {"blocks": [3]} and ctx.block_map == {"blocks": [2, 4, 5]}
+    [w] = record["learned"]["windows"]
+    assert w["blocks"] == [2, 3, 4, 5] and w["removed"] == [3] == w["likeliest"][0]["removed"]
+    assert {tuple(p["removed"]) for p in w["likeliest"]} <= {(2,), (3,), (4,), (5,)}
+
+
+def test_close_call_note_names_teacher_blocks(tmp_path, capsys):
+    model = tiny_pixart(num_layers=6)
+    ctx = context(model, tmp_path)
+    run(model, ctx, blocks={"blocks": [1]})
+    run(model, ctx, count={"blocks": 1}, criterion="learned", learn_steps=2, learn_lr=0.0, logit_lr=1e-4)
+    [w] = ctx.report["remove_blocks"]["learned"]["windows"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"blocks 0, 2, 3, 4, 5: a close call: removing {w['removed']} won" in err
+    assert w["removed"][0] in (0, 2, 3, 4, 5)
+
+
+@pytest.mark.parametrize("learn_rank", [None, 4])
+def test_float16_weight_updates_stay_finite(learn_rank, tmp_path):
+    """Adam in float16 turns a zero gradient (the low-rank A while B is zero; a block a pattern removed)
+    into 0/0: the update runs in float32 and the model keeps its float16 weights."""
+    model = tiny_pixart(num_layers=4).half()
+    identity_block(model, "blocks", 2)
+    ctx = context(model, tmp_path)  # the pass moves the float32 batches to the model's dtype
+    run(model, ctx, count={"blocks": 1}, criterion="learned", learn_steps=6, learn_rank=learn_rank)
+    record = ctx.report["remove_blocks"]
+    assert all(torch.isfinite(torch.tensor(p["probability"])) for p in record["learned"]["windows"][0]["likeliest"])
+    assert torch.isfinite(torch.tensor(record["learned"]["loss_last"]))
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+
+
+def test_low_rank_hooks_go_when_making_them_fails(monkeypatch):
+    from compress.passes import remove_blocks_learned as learned
+
+    model = tiny_flux()
+    adapter = get_adapter(model)
+    calls = {"n": 0}
+    real = torch.zeros
+
+    def failing_zeros(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, **kw)
+    monkeypatch.setattr(learned.torch, "zeros", failing_zeros)
+    with pytest.raises(torch.OutOfMemoryError):
+        with learned._low_rank_update(model, adapter, 2, torch.Generator().manual_seed(0)):
+            pass
+    assert calls["n"] == 3 and not any(m._forward_hooks for m in model.modules())
