@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--out", help="output folder (default: out/<recipe name>)")
     p.add_argument("--run-dir", help="run folder for caches and checkpoints (default: runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the passes (and distill checkpoint) it saved")
+    p.add_argument("--restart", action="store_true",
+                   help="discard an interrupted run's saved passes and checkpoints in --run-dir and start over "
+                        "(without --resume or --restart, a run refuses to discard them)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier output of dit-compress (or an empty folder) at --out")
 
@@ -90,7 +94,7 @@ def cmd_run(args) -> int:
     out = Path(args.out or Path("out") / name)
     run_dir = Path(args.run_dir or Path("runs") / name)
     Runner(recipe, out, run_dir, teacher=args.teacher, teacher_config=args.teacher_config,
-           resume=args.resume, overwrite=args.overwrite).run()
+           resume=args.resume, overwrite=args.overwrite, restart=args.restart).run()
     return 0
 
 
@@ -149,10 +153,47 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "inspect": cmd_inspect, "importanc
             "eval": cmd_eval, "bench": cmd_bench, "convert": cmd_convert, "lora": cmd_lora}
 
 
+# what lowers the memory a command other than `run` needs (run names its pass and recipe keys)
+MEMORY_HINTS = {
+    "bench": "a smaller --batch, or --device cpu",
+    "importance": "a recipe with a smaller calibration.batch_size, compute_dtype: bfloat16 or stream: true",
+    "eval": "a machine with more memory (a streamed run's output is evaluated streamed)",
+    "plan": "a machine with more memory",
+}
+
+
+def _check_teacher_options(args) -> None:
+    """An empty --teacher or a --teacher-config that is not there: a UserError before anything loads."""
+    teacher, config = getattr(args, "teacher", None), getattr(args, "teacher_config", None)
+    if teacher is not None or config is not None:
+        from compress.runner import check_teacher_options
+
+        check_teacher_options(teacher, config)
+
+
+def _out_of_memory(command: str, e: BaseException) -> UserError | None:
+    """The one-line error of a failed allocation in `command`, or None when `e` is another error."""
+    if not isinstance(e, (RuntimeError, MemoryError)):
+        return None
+    from compress.runner_stream import OutOfMemory, is_out_of_memory, memory_in_words
+
+    if isinstance(e, OutOfMemory) or not is_out_of_memory(e):
+        return None
+    hint = MEMORY_HINTS.get(command, "a machine with more memory")
+    return OutOfMemory(f"`dit-compress {command}` ran out of {memory_in_words(e)}; try {hint}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        _check_teacher_options(args)
+        try:
+            return COMMANDS[args.command](args)
+        except (RuntimeError, MemoryError) as e:
+            error = _out_of_memory(args.command, e)
+            if error is None:
+                raise
+            raise error from None
     except UserError as e:
         print(f"dit-compress: {e.label}{e}", file=sys.stderr)
         return e.exit_code
@@ -160,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dit-compress: numeric error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("dit-compress: interrupted; rerun with --resume to continue", file=sys.stderr)
+        # only `run` saves its work as it goes; the other commands start again
+        resume = "; rerun with --resume to continue" if args.command == "run" else ""
+        print(f"dit-compress: interrupted{resume}", file=sys.stderr)
         return 130
 
 

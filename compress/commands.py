@@ -12,7 +12,7 @@ from compress.errors import UserError
 from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local
 from compress.io_export import is_output
 from compress.io_output import load_transformer
-from compress.report import console, output_file, read_report, recorded_teacher, results, to_json
+from compress.report import DAMAGED, console, output_file, read_report, recorded_teacher, results, to_json
 
 
 def _is_recipe(source: str) -> bool:
@@ -46,6 +46,7 @@ def _teacher_and_inputs(source: str):
     else:
         if looks_local(source) and not Path(source).expanduser().exists():
             raise UserError(f"{source}: no such recipe or teacher")
+        _check_teacher_or_recipe(source)
         if not source.startswith("toy:"):
             raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "
                             "prompts a recipe gives; pass a recipe whose teacher it is "
@@ -54,6 +55,15 @@ def _teacher_and_inputs(source: str):
         calib, recipe_dir = CalibrationConfig(), None
     family = get_adapter(teacher).family
     return teacher_source, teacher, input_source(family, teacher_source, calib, teacher, recipe_dir), loader
+
+
+def _check_teacher_or_recipe(source: str) -> None:
+    """A source importance takes that is not a recipe is a teacher (io_source.check_source)."""
+    from compress.io_source import check_source, check_suffix
+
+    if Path(source).expanduser().is_file():
+        check_suffix(Path(source), "importance reads a recipe (.yaml) or a teacher: a folder or a checkpoint file")
+    check_source(source)
 
 
 def _read_only_streams(recipe, device):
@@ -105,9 +115,10 @@ def evaluate(args) -> int:
     toy = (teacher_source or args.model).startswith("toy:")
     if not toy:
         _toy_options_only(grid, args.seed)
+        check_measurable(out, teacher_source, args.model)  # before the teacher loads
     teacher = load_teacher_of(model, teacher_source, teacher_config) if teacher_source else None
     if not toy:
-        return _print(_teacher_relative(model, teacher, out), args.json)
+        return _print(_teacher_relative(model, teacher, teacher_source, out), args.json)
     from compress.toy.evaluate import evaluate as toy_evaluate
 
     what = "the model and its teacher" if teacher is not None else "the model"
@@ -180,11 +191,9 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     return {"family": adapter.family, "pred_rel_error": error, "streamed": True}
 
 
-def _teacher_relative(model, teacher, out: Path | None) -> dict:
-    """Real models: teacher-relative error on the run's held-out prompts and seeds."""
-    if teacher is None or out is None:
-        raise UserError("eval of a non-toy model needs a compressed output folder with its teacher "
-                        "(or --teacher)")
+def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
+    """Real models: teacher-relative error on the run's held-out prompts and seeds (check_measurable
+    first)."""
     from compress.inputs import input_source, moved
     from compress.recipe import load_recipe
     from compress.passes.base import predictions, relative_error
@@ -192,7 +201,7 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
     report = read_report(out)
-    src = input_source(adapter.family, report.get("teacher", ""), recipe.calibration, teacher)
+    src = input_source(adapter.family, report.get("teacher") or source, recipe.calibration, teacher)
     if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
         src.cache_dir = Path(report["inputs_cache"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -204,6 +213,20 @@ def _teacher_relative(model, teacher, out: Path | None) -> dict:
     with console.status("eval: the model's"):
         error = relative_error(model, reference, adapter, batches)
     return {"family": adapter.family, "pred_rel_error": error}
+
+
+def check_measurable(out: Path | None, teacher: str | None, name: str) -> None:
+    """What eval needs to measure a real model: an output folder, its teacher, and its recipe.yaml
+    (whose calibration settings give the held-out inputs); a UserError saying which is missing."""
+    if out is None:
+        raise UserError(f"{name} is not a dit-compress output: eval measures a compressed output folder "
+                        "against its teacher (dit-compress eval OUT); a real teacher has no toy scores")
+    if not teacher:
+        raise UserError(f"{out}: neither report.json nor config.json (compression.teacher) names the teacher "
+                        "it was compressed from; pass --teacher")
+    if not (out / "recipe.yaml").is_file():
+        raise UserError(f"{out} has no recipe.yaml, whose calibration settings give eval its held-out inputs; "
+                        f"{DAMAGED}")
 
 
 def convert(args) -> int:

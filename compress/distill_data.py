@@ -153,7 +153,7 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
         if _rows_in(path) == n:  # written before (a cache cut short, or an earlier layout's shard)
             continue
         kwargs = batches[i % len(batches)]
-        generator = torch.Generator().manual_seed(ctx.seed * 100_003 + i)
+        generator = torch.Generator().manual_seed((ctx.seed * 100_003 + i) % 2**63)  # any valid seed
         rows = torch.randperm(len(kwargs["hidden_states"]), generator=generator)[:n]  # (n,)
         cond = take_rows(cond_of(kwargs), rows)
         shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])

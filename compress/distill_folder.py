@@ -64,7 +64,8 @@ def latents_folder(value: str | Path) -> Path:
     """`latents_dir` as a folder path (`~` expanded), or a one-line error."""
     folder = Path(value).expanduser()
     if not folder.is_dir():
-        raise UserError(f"distill: latents_dir {value} is not a folder")
+        raise UserError(f"distill: latents_dir {value} is not a folder (there is none at {folder.absolute()}; a "
+                        "relative latents_dir is taken from the current folder)")
     return folder
 
 

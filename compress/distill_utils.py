@@ -147,6 +147,16 @@ def factor_param_names(model: nn.Module) -> set[str]:
     return names
 
 
+PLANNED_FACTORS = "_dit_compress_factors_planned"  # on plan's meta model: an svd pass whose ranks are
+# decided at run time (global, energy) leaves its targets dense there, but factorizes them in the run
+
+
+def will_have_factors(model: nn.Module) -> bool:
+    """The model has LowRankLinear layers, or an earlier svd pass will make them (plan's meta model)."""
+    return bool(getattr(model, PLANNED_FACTORS, False)) or any(isinstance(m, LowRankLinear)
+                                                               for m in model.modules())
+
+
 def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
     """Sets requires_grad by `mode` (all | factors | non_factors) and returns the trainable parameters."""
     if mode not in TRAIN_MODES:

@@ -2,7 +2,7 @@
 
 `load_teacher(source)` accepts `toy:pixart` / `toy:flux` (the shipped toy teachers), a Hugging Face id,
 a diffusers pipeline folder (its `transformer/`), a transformer folder, or a single-file checkpoint
-(io_single). Also the shared reading helpers (configs, JSON, safetensors errors, `nonfinite`) and the
+(io_single), each checked first as io_source says what a source is. Also the shared reading helpers (configs, JSON, safetensors errors, `nonfinite`) and the
 file names of DESIGN.md's output folder, which `io_export.save_compressed` writes and
 `io_output.load_transformer` reads back.
 """
@@ -50,21 +50,21 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | 
                  family: str | None = None) -> nn.Module:
     """Load a teacher transformer. `config` (folder or config.json) is needed for single files
     whose config cannot be fetched; `family` ('pixart'|'flux') overrides detection from keys."""
+    from compress.io_source import check_source
+
     source = str(source)
-    if source.startswith("toy:"):
+    kind = check_source(source)  # empty, unknown toy, not there, not a teacher: said before loading
+    if kind == "toy":
         from compress.toy import load_toy_teacher
 
         return load_toy_teacher(source[4:], dtype=dtype)
     path = Path(source).expanduser()
-    if path.is_dir():
+    if kind == "folder":
         return _load_folder(path, dtype)
-    if path.is_file():
+    if kind == "file":
         from compress.io_single import load_single_file
 
         return load_single_file(path, dtype, config=config, family=family)
-    if path.suffix in SINGLE_FILE_SUFFIXES or looks_local(source):
-        hub = "" if "/" in source else " (a Hugging Face id is OWNER/NAME)"
-        raise UserError(f"teacher not found: {source}{hub}")
     return _load_hub(source, dtype)
 
 
@@ -80,7 +80,13 @@ def looks_local(source: str) -> bool:
 def load_teacher_of(student: nn.Module, source: str, config: str | None = None) -> nn.Module:
     """The teacher to compare `student` with (eval, bench): of the student's family, or a UserError;
     with the LoRAs the student recorded merged into it."""
+    from compress.io_source import source_family
+
     family = get_adapter(student).family
+    found = source_family(source, config)  # from its config: before a Hub teacher downloads
+    if found and found[0] != family:
+        raise UserError(f"teacher {source} is a {found[1]}; the model to compare with it is a "
+                        f"{type(student).__name__}")
     teacher = load_teacher(source, config=config, family=family).eval()
     if get_adapter(teacher).family != family:
         raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
@@ -301,13 +307,26 @@ def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
         if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
             raise UserError(f"{path} needs arbitrary code to unpickle and was refused; checkpoints "
                             "are data, never code: convert it to safetensors") from None
-        raise UserError(f"{path} is not a readable checkpoint ({msg}); it may be truncated or corrupted") from None
+        raise UserError(f"{path} is not a readable checkpoint: {not_torch_save(path, e)}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError(f"{path} does not hold a dict of tensors")
     return sd
+
+
+def not_torch_save(path: Path, e: Exception) -> str:
+    """Why torch.load refused a file, in words: a file torch.save did not write (its errors then
+    are bare key and index errors, `KeyError: 101`), or a damaged one."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    expected = (f"expected a .safetensors file or one torch.save wrote ({', '.join(SINGLE_FILE_SUFFIXES[1:])}: "
+                "a zip archive or a pickle)")
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # a zip's first entry; pickle protocol 2+ starts with PROTO
+        return f"{expected}, and it is neither"
+    why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+    return f"{expected}; this one fails to load ({type(e).__name__}: {why}); it may be truncated or corrupted"
 
 
 def _torch_load(path: Path, mmap: bool):

@@ -30,6 +30,9 @@ SHARD = "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors"
 
 def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: int = SHARD_BYTES) -> dict:
     """Writes `out`; returns {"class", "dtypes", "shards", "tensors"}."""
+    from compress.io_source import check_suffix
+
+    check_suffix(path, "convert reads a single-file checkpoint")
     with lazy_tensors(path) as (keys, get):
         prefix = transformer_prefix(keys)
         names = [k[len(prefix):] for k in keys if k.startswith(prefix)]  # the transformer's, prefix removed

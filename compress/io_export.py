@@ -63,6 +63,23 @@ def export_cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> t
     return out
 
 
+def warn_if_beyond_export_range(model: nn.Module, dtype: str) -> None:
+    """Before compute, with export.dtype float16: a weight `export_cast` would refuse (beyond
+    float16's range) fails the export unless a pass changes it; a warning naming the first one.
+    Weights on meta (streamed blocks) are not read."""
+    if dtype != "float16":
+        return
+    for name, p in model.named_parameters():
+        if p.device.type != "meta" and p.is_floating_point() and nonfinite(p.detach().to(torch.float16)) \
+                and not nonfinite(p):
+            from compress.report import console
+
+            console.print(f"[bold yellow]warning:[/] export.dtype float16: the teacher's {name} holds values up "
+                          f"to {float(p.detach().abs().max()):.3g}, beyond float16's range (max 65504); the "
+                          "export fails unless a pass changes it (export.dtype: bfloat16 or float32 keeps it)")
+            return
+
+
 def compressed_config(model: nn.Module, extra: dict | None, dtype: torch.dtype | None) -> dict:
     config = student_config(model, extra)
     if dtype is not None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from compress.arch import SUPPORTED, get_adapter
 from compress.errors import UserError
-from compress.io import (SINGLE_FILE_SUFFIXES, cast, check_loading_info, from_config, load_error, model_class,
+from compress.io import (cast, check_loading_info, from_config, load_error, model_class,
                          read_config, read_state_dict)
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # BFL checkpoints as ComfyUI saves them
@@ -26,6 +26,20 @@ def detect_family(keys) -> str:
         return "pixart"
     raise UserError(f"cannot tell the model family from the checkpoint keys (first: {keys[:3]}); "
                     f"supported: {SUPPORTED}")
+
+
+def file_family(path: Path) -> str | None:
+    """The family a .safetensors file's tensor names tell, from its header alone (no tensor read);
+    None for a pickle, or a file whose names do not tell or that cannot be opened (its loader says)."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return detect_family(list(f.keys()))
+    except (UserError, SafetensorError, OSError, ValueError):
+        return None
 
 
 def checked_family(path: Path, keys, family: str | None) -> str:
@@ -47,9 +61,9 @@ def load_single_file(path: Path, dtype: torch.dtype | None = torch.float32, conf
     """The transformer of a single file, built empty from its diffusers config and filled with the
     file's tensors, converted to diffusers' keys (compress.arch.flux_convert / pixart_convert).
     dtype None: the file's own dtypes."""
-    if path.suffix not in SINGLE_FILE_SUFFIXES:
-        raise UserError(f"unsupported checkpoint file type '{path.suffix}' ({path}); "
-                        f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}")
+    from compress.io_source import check_suffix
+
+    check_suffix(path)
     sd = without_prefix(read_state_dict(path))
     family = checked_family(path, sd.keys(), family)
     cfg_dir = config_dir(path, config)

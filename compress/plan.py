@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -21,43 +20,25 @@ from compress.calib_footprint import backward_bytes, describe, footprint, human_
 from compress.inputs import source_kind
 from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
-from compress.io import from_config, looks_local, model_class, read_config
-from compress.io_single import config_dir
+from compress.io import from_config, model_class
+from compress.io_source import check_sources, recipe_where, teacher_where
+from compress.io_source import teacher_config as read_teacher_config
 from compress.report import console, layer_rows, param_count, results
 from compress.runner import build_passes
 from compress.runner_checks import SpreadRemovals, check_pass
 from compress.runner_stream import check_streaming, streamed_weights
 
-KNOWN_CONFIGS = {
-    "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": "PixArt-Sigma-XL-2-1024-MS.json",
-    "black-forest-labs/FLUX.1-dev": "FLUX.1-dev.json",
-}
 
-
-def teacher_config(source: str, config: str | None = None) -> dict:
-    """The diffusers config of a teacher source, without loading weights."""
-    if config:
-        return read_config(config_dir(Path(source), config) / "config.json")
-    if source in KNOWN_CONFIGS:
-        text = resources.files("compress.configs").joinpath(KNOWN_CONFIGS[source]).read_text()
-        return json.loads(text)
-    p = Path(source)
-    for candidate in (p / "transformer" / "config.json", p / "config.json", p.parent / "config.json"):
-        if candidate.is_file():
-            return read_config(candidate)
-    if looks_local(source) and not p.expanduser().exists():
-        raise UserError(f"teacher not found: {source}")
-    raise UserError(f"cannot find a config for teacher '{source}' offline; pass --teacher-config")
-
-
-def meta_model(source: str, config: str | None = None):
+def meta_model(source: str, config: str | None = None, where: str = ""):
+    """The teacher on the meta device, built from its config (the toys with their small weights);
+    `where`: the start of an error about the source (io_source.teacher_where)."""
     if source.startswith("toy:"):
         from compress.toy import load_toy_teacher
 
         return load_toy_teacher(source[4:])
     from accelerate import init_empty_weights
 
-    cfg = teacher_config(source, config)
+    cfg = read_teacher_config(source, config, where)
     cls = model_class(cfg.get("_class_name", "<missing _class_name>"))
     with init_empty_weights():
         return from_config(cls, cfg, f"the config of teacher {source}")
@@ -71,12 +52,12 @@ def by_key(rows: list[dict], key: str) -> dict[str, int]:
 
 
 def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = None) -> dict:
-    source = teacher or recipe.teacher
-    model = meta_model(source, teacher_config)
+    source = check_sources(recipe, teacher, teacher_config, hub=False)  # there, of the recipe's family
+    model = meta_model(source, teacher_config, teacher_where(recipe, teacher))
     adapter = get_adapter(model)
-    if adapter.family != recipe.model:
-        raise UserError(f"{recipe.path}: model is '{recipe.model}' but teacher {source} is "
-                        f"{adapter.family}")
+    if adapter.family != recipe.model:  # a pickle's family, from its config
+        raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
+                        f"teacher {source} is a {type(model).__name__} ({adapter.family})")
     before_rows, before = layer_rows(model), param_count(model)
     passes = build_passes(recipe)
     if recipe.stream:

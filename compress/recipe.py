@@ -17,13 +17,16 @@ import yaml
 
 from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.passes import PASSES, pass_class
-from compress.recipe_set import place, remark
+from compress.recipe_set import key_nodes, nearest, place, remark
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
 HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
+
+
+SEED_MAX = 2**63 - 1
 
 
 @dataclass
@@ -66,6 +69,9 @@ class CalibrationConfig:
             if getattr(self, name) is not None and getattr(self, name) < 16:
                 raise BadValue(name, f"calibration.{name} must be at least 16 pixels (or null: the "
                                      f"pipeline's default), not {getattr(self, name)}")
+        if not 0 <= self.seed <= SEED_MAX:  # torch seeds with a 64-bit integer
+            shown = repr(self.seed) if len(repr(self.seed)) <= 40 else repr(self.seed)[:37] + "..."
+            raise BadValue("seed", f"calibration.seed must be an integer from 0 to 2**63-1, not {shown}")
 
 
 @dataclass
@@ -78,6 +84,17 @@ class PassSpec:
     name: str
     config: Any
     line: int
+    loc: _Loc = field(compare=False, repr=False)  # where the pass is
+    keys: dict = field(default_factory=dict, compare=False, repr=False)  # where its options are
+
+    def where(self, error: Exception) -> str:
+        """Where an error about this pass points: the line (or --set) of the key a BadValue names
+        (svd targets.1, ranks.modulation); else the pass's line, and the --sets that changed it."""
+        found = nearest(self.keys, getattr(error, "key", None))
+        if found is not None:
+            return found.where()
+        sets = sorted({loc.override for loc in self.keys.values() if loc.override} - {self.loc.override})
+        return self.loc.where() + (f" (with {', '.join(sets)})" if sets else "")
 
 
 @dataclass
@@ -112,16 +129,34 @@ class _Loc:
         self.line = mark.line + 1 if mark is not None else 0
         self.override = mark.name if mark is not None and mark.name.startswith("--set") else None
 
-    def err(self, msg: str) -> UserError:
+    def where(self) -> str:
         if self.override:  # a value given on the command line, not in the file
-            return UserError(f"{self.path} ({self.override}): {msg}")
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return UserError(f"{where}: {msg}")
+            return f"{self.path} ({self.override})"
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+    def err(self, msg: str) -> UserError:
+        return UserError(f"{self.where()}: {msg}")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats without a dot or an exponent sign (1e-4, 5E+3,
+    -2e3, 1.0e4) as numbers; YAML 1.1 reads them as strings. Other loaders are left as they are."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _key_locs(node: yaml.Node | None, path: str) -> dict[str, _Loc]:
+    """Where each key under `node` is, by dotted path (recipe_set.key_nodes)."""
+    return {key: _Loc(path, at) for key, at in key_nodes(node).items()}
 
 
 def _compose(text: str, path: str) -> yaml.Node:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -132,22 +167,24 @@ def _compose(text: str, path: str) -> yaml.Node:
 
 
 def _construct(node: yaml.Node):
-    loader = yaml.SafeLoader("")
+    loader = RecipeLoader("")
     return loader.construct_object(node, deep=True)
 
 
 # ---- typed conversion ---------------------------------------------------------------------------
 def _type_name(tp) -> str:
+    tp = {list: list[Any], dict: dict[str, Any]}.get(tp, tp)
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        return "a list" if item is Any else f"a list of {_type_name(item)}"
     if origin is dict:
         k, v = typing.get_args(tp)
-        return f"a mapping of {_type_name(k)} to {_type_name(v)}"
+        return "a mapping" if v is Any else f"a mapping of {_type_name(k)} to {_type_name(v)}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
             type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -170,15 +207,15 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
                 return convert(node, arg, loc_path, what)
             except UserError:
                 continue
-        raise loc.err(f"{what} must be {_type_name(tp)}")
+        raise loc.err(f"{what} must be {_type_name(tp)}, not {_shown(node)}")
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
-            raise loc.err(f"{what} must be {_type_name(tp)}")
+            raise loc.err(f"{what} must be {_type_name(tp)}, not {_shown(node)}")
         (item,) = typing.get_args(tp)
         return [convert(n, item, loc_path, f"{what}[{i}]") for i, n in enumerate(node.value)]
     if origin is dict:
         if not isinstance(node, yaml.MappingNode):
-            raise loc.err(f"{what} must be {_type_name(tp)}")
+            raise loc.err(f"{what} must be {_type_name(tp)}, not {_shown(node)}")
         kt, vt = typing.get_args(tp)
         return {convert(k, kt, loc_path, f"key of {what}"): convert(v, vt, loc_path, f"{what}.{k.value}")
                 for k, v in node.value}
@@ -200,6 +237,16 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
     raise loc.err(f"{what} must be {_type_name(tp)}, not {value!r}")
 
 
+def _shown(node: yaml.Node) -> str:
+    """A value as an error quotes it: a scalar as written, else its kind."""
+    if isinstance(node, yaml.ScalarNode):
+        try:
+            return repr(_construct(node))
+        except yaml.YAMLError:
+            return repr(node.value)
+    return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+
+
 def build_dataclass(node: yaml.Node, cls, path: str, what: str):
     loc = _Loc(path, node)
     if node is None or (isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~")):
@@ -208,7 +255,7 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
         raise loc.err(f"{what} must be a mapping of options")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("path", "raw")}
-    values, key_nodes = {}, {}
+    values, key_at = {}, {}
     for key_node, value_node in node.value:  # keys: unique strings (_check_keys)
         key = key_node.value
         if key not in fields:
@@ -216,7 +263,7 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
             raise _Loc(path, key_node).err(f"unknown key '{key}' in {what}{hint} "
                                            f"(known: {', '.join(fields)})")
         values[key] = convert(value_node, hints[key], path, f"{what}.{key}" if what else key)
-        key_nodes[key] = key_node
+        key_at[key] = key_node
     missing = [n for n, f in fields.items() if n not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -227,14 +274,14 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
         raise loc.err(f"{what}: {e}") from None
     for key, value in values.items():  # .nan / .inf read as floats and pass most range checks
         if isinstance(value, float) and not math.isfinite(value):
-            raise _Loc(path, key_nodes.get(key, node)).err(f"{what + '.' if what else ''}{key} must be a "
-                                                           f"finite number, got {value}")
+            raise _Loc(path, key_at.get(key, node)).err(f"{what + '.' if what else ''}{key} must be a "
+                                                        f"finite number, got {value}")
     check = getattr(obj, "validate", None)
     if check:
         try:
             check()
         except BadValue as e:  # names its key: point at that key's line (or its --set)
-            raise _Loc(path, key_nodes.get(e.key, node)).err(str(e)) from None
+            raise (nearest(_key_locs(node, path), e.key) or loc).err(str(e)) from None
         except ValueError as e:
             raise loc.err(f"{what}: {e}") from None
     return obj
@@ -275,7 +322,7 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
         raise loc.err(f"unknown pass '{name}'{did_you_mean(name, PASSES)} (passes: {', '.join(PASSES)})")
     cls = pass_class(name)
     config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}")
-    return PassSpec(name, config, loc.line)
+    return PassSpec(name, config, loc.line, loc, _key_locs(opts, path))
 
 
 # ---- entry points -----------------------------------------------------------------------------
@@ -284,7 +331,7 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     Every node it adds is marked `--set a.b.c=value`, which errors about it name."""
     mark = yaml.Mark(f"--set {dotted}={value_text}", 0, 0, 0, None, None)
     try:
-        value_node = yaml.compose(value_text, Loader=yaml.SafeLoader) or yaml.ScalarNode(
+        value_node = yaml.compose(value_text, Loader=RecipeLoader) or yaml.ScalarNode(
             "tag:yaml.org,2002:null", "null")
     except yaml.YAMLError as e:
         raise UserError(f"{path} ({mark.name}): the value is not valid YAML "

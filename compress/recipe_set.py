@@ -1,19 +1,25 @@
 """Where a `--set a.b.c=value` goes in a recipe's YAML node tree (recipe.set_override composes and
 checks the value first): list items by index (passes.1.svd.ratio=0.4); mappings and keys the file
-lacks are added, marked with the `--set` so errors about them name it."""
+lacks are added, marked with the `--set` so errors about them name it. Under a mapping keyed by
+layer names or patterns (`ranks`), the rest of the path is one name (ranks.adaln_single.linear=16).
+Also where each key of a tree is (`key_nodes`), for errors that name a key."""
 
 from __future__ import annotations
 
 import yaml
 
 from compress.errors import UserError
+from compress.passes import PASSES
+
+NAME_KEYED = ("ranks",)  # pass options whose keys are module names or patterns, which hold dots
 
 
 def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node: yaml.Node,
           mark: yaml.Mark) -> None:
     """Put `value_node` at the dotted path of the tree under `data_node`."""
-    node, parts = data_node, dotted.split(".")
+    node, parts = data_node, _split(dotted)
     _refuse_pass_name(data_node, parts, dotted, value_text)
+    _check_pass_index(data_node, parts, dotted)
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, yaml.SequenceNode):
@@ -28,8 +34,8 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             raise UserError(f"--set {dotted}: '{'.'.join(parts[:i])}' is not a mapping")
         match = [(k, v) for k, v in node.value if k.value == part]
         if last:
-            node.value = [(k, v) for k, v in node.value if k.value != part]
-            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), value_node))
+            _set_key(node, yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), value_node,
+                     first=parts[0] == "passes" and i == 4 and parts[3] in NAME_KEYED)
             return
         if not match:
             child = yaml.MappingNode("tag:yaml.org,2002:map", [], mark, mark)
@@ -37,6 +43,57 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             node = child
         else:
             node = match[0][1]
+
+
+def _set_key(node: yaml.MappingNode, key: yaml.ScalarNode, value: yaml.Node, first: bool) -> None:
+    """Set a key of a mapping where it is; a new one goes last, or `first` (a name-keyed map: the
+    first pattern matching a layer gives its rank, so a --set one is put before the file's)."""
+    at = [n for n, (k, _) in enumerate(node.value) if k.value == key.value]
+    if at:
+        node.value[at[0]] = (key, value)
+    else:
+        node.value.insert(0 if first else len(node.value), (key, value))
+
+
+def _split(dotted: str) -> list[str]:
+    """The keys of a dotted path; after passes.N.PASS.ranks the rest is one name."""
+    parts = dotted.split(".")
+    if len(parts) > 5 and parts[0] == "passes" and parts[3] in NAME_KEYED:
+        return parts[:4] + [".".join(parts[4:])]
+    return parts
+
+
+def _pass_name(item: yaml.Node) -> str | None:
+    """The name of a `passes` item (`- svd` or `- svd: {...}`), or None if it is neither."""
+    if isinstance(item, yaml.ScalarNode):
+        return item.value
+    if isinstance(item, yaml.MappingNode) and len(item.value) == 1:
+        return item.value[0][0].value
+    return None
+
+
+def _check_pass_index(data_node: yaml.MappingNode, parts: list[str], dotted: str) -> None:
+    """`--set passes.2.distill.steps=3` where passes.2 is an svd pass: name the pass that is there
+    and the indices of the passes with that name. A bare `- svd` item is made a mapping to set into."""
+    passes = {k.value: v for k, v in data_node.value}.get("passes")
+    if (len(parts) < 3 or parts[0] != "passes" or not isinstance(passes, yaml.SequenceNode)
+            or not parts[1].isdigit() or int(parts[1]) >= len(passes.value)):
+        return
+    index, item = int(parts[1]), passes.value[int(parts[1])]
+    name = _pass_name(item)
+    if name == parts[2] and isinstance(item, yaml.ScalarNode):  # `- importance`: give it options
+        options = yaml.MappingNode("tag:yaml.org,2002:map", [], item.start_mark, item.end_mark)
+        passes.value[index] = yaml.MappingNode("tag:yaml.org,2002:map", [(item, options)],
+                                               item.start_mark, item.end_mark)
+    if name is None or name not in PASSES or name == parts[2]:
+        return
+    a = "an" if name[0] in "aeiou" or name == "svd" else "a"
+    if parts[2] not in PASSES:
+        raise UserError(f"--set {dotted}: passes.{index} is {a} {name} pass; its options are set as "
+                        f"passes.{index}.{name}.{'.'.join(parts[2:])}")
+    same = [f"passes.{i}" for i, it in enumerate(passes.value) if _pass_name(it) == parts[2]]
+    others = f"{parts[2]} passes: {', '.join(same)}" if same else f"the recipe has no {parts[2]} pass"
+    raise UserError(f"--set {dotted}: passes.{index} is {a} {name} pass ({others})")
 
 
 def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], dotted: str, value_text: str) -> None:
@@ -51,6 +108,33 @@ def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], dotted: str
     if where:
         raise UserError(f"--set {dotted}: a pass's options are set by its index in the passes list: "
                         f"--set {where[0]}={value_text}" + (f" (or {', '.join(where[1:])})" if where[1:] else ""))
+
+
+def key_nodes(node: yaml.Node | None, prefix: str = "", seen: set[int] | None = None) -> dict[str, yaml.Node]:
+    """The node that says where each key under `node` is, by dotted path (`ranks.modulation`,
+    `targets.1`): a mapping entry's key, a list's item (marked with its --set if one gave it)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias (even a recursive one) is walked once
+        return {}
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        entries = [(k.value, k, v) for k, v in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        entries = [(str(i), v, v) for i, v in enumerate(node.value)]
+    else:
+        return {}
+    out = {}
+    for name, at, child in entries:
+        out[f"{prefix}{name}"] = at
+        out.update(key_nodes(child, f"{prefix}{name}.", seen))
+    return out
+
+
+def nearest(where: dict, key: str | None):
+    """The entry of `where` for a dotted `key`, or for the nearest key above it (ranks.a.b -> ranks)."""
+    while key and key not in where:
+        key = key.rpartition(".")[0]
+    return where.get(key) if key else None
 
 
 def remark(node: yaml.Node, mark: yaml.Mark) -> None:

@@ -214,7 +214,50 @@ def read_report(out: Path) -> dict:
     report = read_json(p)
     if not isinstance(report, dict):
         raise UserError(f"{p} is not a dit-compress report (a JSON object)")
+    check_report(report, p)
     return report
+
+
+DAMAGED = "the output is damaged (rerun the recipe)"
+REPORT_TEXT = {"teacher": "a path or a Hugging Face id", "teacher_config": "a path", "inputs_cache": "a path"}
+
+
+def check_report(report: dict, path) -> None:
+    """The fields of a report.json the commands rely on have their types (a UserError naming the
+    file and the field otherwise): teacher and paths as text, svd's per-layer and per-stage records
+    as mappings, the numbers inspect prints as numbers."""
+    def bad(key: str, value, what: str) -> UserError:
+        shown = json.dumps(value, default=str)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return UserError(f"{path}: {key} is {shown}, not {what}; {DAMAGED}")
+
+    for key, what in REPORT_TEXT.items():  # what the commands read back
+        if report.get(key) is not None and not isinstance(report[key], str):
+            raise bad(key, report[key], f"text ({what})")
+    svd = report.get("svd")
+    if svd is None:
+        return
+    if not isinstance(svd, dict):
+        raise bad("svd", svd, "a mapping")
+    for part, numbers in (("layers", ()), ("compensation", ("uncompensated_error", "calibration_error", "step"))):
+        records = svd.get(part)
+        if records is None:
+            continue
+        if not isinstance(records, dict):
+            raise bad(f"svd.{part}", records, "a mapping")
+        for name, record in records.items():
+            if not isinstance(record, dict):
+                raise bad(f"svd.{part}.{name}", record, "a mapping")
+            for key in numbers:
+                if not _is_number(record.get(key)):
+                    raise bad(f"svd.{part}.{name}.{key}", record.get(key), "a number")
+            spectrum = record.get("spectrum")
+            if spectrum is not None and not (isinstance(spectrum, list) and all(map(_is_number, spectrum))):
+                raise bad(f"svd.{part}.{name}.spectrum", spectrum, "a list of numbers")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 FIGURES = (".png", ".pdf", ".svg")
@@ -246,12 +289,32 @@ def output_dir(path, what: str) -> Path:
 
 
 def recorded_teacher(out: Path, teacher_arg: str | None = None) -> tuple[str | None, str | None]:
-    """(source, --teacher-config) of the teacher an output was compressed from; `teacher_arg`
-    (the command's --teacher) replaces both."""
+    """(source, --teacher-config) of the teacher an output was compressed from, as its report.json
+    records them, or its config.json's compression section (which the run writes them into too)
+    where report.json is gone; `teacher_arg` (the command's --teacher) replaces both."""
     if teacher_arg:
         return teacher_arg, None
     report = read_report(out)
+    if not report.get("teacher"):
+        report = _compression_section(Path(out))
     return report.get("teacher"), report.get("teacher_config")
+
+
+def _compression_section(out: Path) -> dict:
+    """The teacher fields of an output's config.json `compression` section, checked as report.json's."""
+    from compress.io import read_json
+
+    p = out / "config.json"
+    config = read_json(p) if p.is_file() else {}
+    section = config.get("compression") if isinstance(config, dict) else None
+    if not isinstance(section, dict):
+        return {}
+    recorded = {k: section.get(k) for k in ("teacher", "teacher_config")}
+    for key, value in recorded.items():
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{p}: compression.{key} is {json.dumps(value, default=str)[:40]}, not text "
+                            f"({REPORT_TEXT[key]}); {DAMAGED}")
+    return recorded
 
 
 def plot_ranks(rows: list[dict], path: Path) -> Path:

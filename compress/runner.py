@@ -24,14 +24,17 @@ from compress.calib_footprint import footprint
 from compress.errors import NumericError, UserError
 from compress.inputs import check_pipeline_packages, input_source, moved
 from compress.io import load_teacher, nonfinite
-from compress.io_export import check_replaceable
+from compress.io_export import check_replaceable, warn_if_beyond_export_range
+from compress.io_source import check_sources
 from compress.passes import pass_class
 from compress.passes.base import RunContext, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
-from compress.runner_resume import fingerprint, recipe_changes, teacher_change, teacher_identity, weights_checksum
-from compress.runner_stream import (check_streaming, models_for, streamed_weights, warn_if_activations_too_big,
+from compress.runner_resume import (FINISHED, fingerprint, interrupted_run, recipe_changes, resume_note,
+                                   saved_in_words, teacher_change, teacher_identity, weights_checksum)
+from compress.runner_stream import (HELDOUT, OutOfMemory, check_streaming, is_out_of_memory, memory_hints,
+                                   memory_in_words, models_for, streamed_weights, warn_if_activations_too_big,
                                    warn_if_streamed_too_big)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -56,6 +59,17 @@ def check_folders(out: Path, run_dir: Path, overwrite: bool) -> None:
                         "the other")
     check_writable(out.parent, f"output folder {out}")
     check_writable(run_dir, f"run folder {run_dir}")
+
+
+def check_teacher_options(teacher: str | None, config: str | None) -> None:
+    """--teacher, when given, names something; --teacher-config, when given, exists (a UserError
+    otherwise, before anything loads: an empty --teacher is not the recipe's teacher)."""
+    if teacher is not None and not teacher.strip():
+        raise UserError("--teacher is empty: give a hub id, folder, file or toy:NAME, or leave --teacher out "
+                        "to use the recipe's (or the recorded) teacher")
+    if config is not None and not Path(config).expanduser().exists():
+        raise UserError(f"--teacher-config {config!r}: no such file or folder (the diffusers config of a "
+                        "single-file teacher: a folder, a pipeline folder or a config.json)")
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -89,7 +103,7 @@ def check_reference(reference: list[torch.Tensor], dtype: str) -> None:
 def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None,
                          models=None):
     """(source, frozen teacher); `models` (runner_stream) may hold it streamed."""
-    source = teacher or recipe.teacher
+    source = check_sources(recipe, teacher, config)  # there, of the recipe's family: before any weights
     load = functools.partial(load_teacher, source, dtype=DTYPES[recipe.compute_dtype], config=config,
                              family=recipe.model)
     model = models.teacher(source, load) if models is not None else load()
@@ -145,23 +159,31 @@ def sigterm_as_interrupt():
 
 class Runner:
     def __init__(self, recipe: Recipe, out: Path, run_dir: Path, teacher: str | None = None,
-                 teacher_config: str | None = None, resume: bool = False, overwrite: bool = False):
+                 teacher_config: str | None = None, resume: bool = False, overwrite: bool = False,
+                 restart: bool = False):
+        if resume and restart:
+            raise UserError("--resume continues an interrupted run and --restart discards it: pass one of them")
         self.recipe, self.out, self.run_dir = recipe, Path(out), Path(run_dir)
         self.teacher_arg, self.teacher_config = teacher, teacher_config
-        self.resume, self.overwrite = resume, overwrite
+        self.resume, self.overwrite, self.restart = resume, overwrite, restart
+        self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error
         self.device = resolve_device(recipe)
         # resident or streamed weights, in the recipe's compute dtype, on its device
         self.models = models_for(recipe.stream, self.run_dir, DTYPES[recipe.compute_dtype], self.device)
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
+        check_teacher_options(self.teacher_arg, self.teacher_config)
         check_folders(self.out, self.run_dir, self.overwrite)
+        self.passes = build_passes(self.recipe)  # every config error before compute
+        self._check_run_folder()
         check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
+        self.doing = "loading the teacher"
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg,
                                                          self.teacher_config, self.models)
         check_finite(self.teacher)
+        warn_if_beyond_export_range(self.teacher, self.recipe.export.dtype)
         self.adapter = get_adapter(self.teacher)
-        self.passes = build_passes(self.recipe)  # every config error before compute
         check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter, self.recipe.path)
         if self.recipe.stream:
             check_streaming(self.passes, self.recipe.passes, self.recipe.path)
@@ -204,6 +226,24 @@ class Runner:
                           f"blocks (at most {weights['largest_block_params']:,}) are read one at a time")
             self.ctx.report["stream"] = dict(weights, compute_dtype=self.recipe.compute_dtype)
 
+    def _check_run_folder(self) -> None:
+        """Without --resume or --restart, a run folder holding an interrupted run's saved work
+        (completed stages, a distill checkpoint) is a UserError saying what is there: a fresh start
+        would discard it. A finished run's folder (its output written) is started over."""
+        if self.resume or self.restart:
+            return
+        info = interrupted_run(self.run_dir, self.recipe.raw, self.passes)
+        if info is None:
+            return
+        saved = saved_in_words(info)
+        if info["changed"]:
+            raise UserError(f"{self.run_dir} holds an interrupted run of another recipe (it differs in "
+                            f"{', '.join(info['changed'][:3])}; {saved}): add --restart to discard it and "
+                            "start over, or choose another --run-dir")
+        of = " of this recipe" if info["changed"] == [] else ""
+        raise UserError(f"{self.run_dir} holds an interrupted run{of} ({saved}): add --resume to continue, "
+                        "or --restart to start over")
+
     def _teacher_forwards(self, make):
         """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""
         dtype = DTYPES[self.recipe.compute_dtype]
@@ -220,33 +260,44 @@ class Runner:
     def _restore(self):
         """(first pass to run, student) from the last completed stage when resuming."""
         stages = self.run_dir / "stages"
-        if not self.resume:
+        if not self.resume:  # a finished run's, or discarded with --restart (_check_run_folder)
             shutil.rmtree(stages, ignore_errors=True)
+            for checkpoints in self.run_dir.glob("distill*/checkpoints"):
+                shutil.rmtree(checkpoints, ignore_errors=True)
             return 0, self.models.fresh_student(self.teacher)
         for i in reversed(range(len(self.passes))):
             d = self._stage_dir(i)
             if (d / "state.json").is_file():
                 state = json.loads((d / "state.json").read_text())
-                self._check_resumable(state)
+                self._check_resumable(state, i + 1)
                 self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
                 console.print(f"[bold]resuming[/] after pass {i} ({self.recipe.passes[i].name})")
+                self._unfinished()
                 return i + 1, self.models.restore(d)
+        self._unfinished()
         return 0, self.models.fresh_student(self.teacher)
 
-    def _check_resumable(self, state: dict) -> None:
-        """The stage was written for this recipe and this teacher (stages written before the
+    def _unfinished(self) -> None:
+        """A resumed run is unfinished again until its export (a finished run is marked by FINISHED)."""
+        if is_main_process():
+            (self.run_dir / "stages" / FINISHED).unlink(missing_ok=True)
+
+    def _check_resumable(self, state: dict, done: int) -> None:
+        """The stage (of `done` completed passes) was written for this recipe, as far as those
+        passes go (the passes still to run may change), and this teacher (stages written before the
         teacher was recorded are resumed with a warning)."""
-        changed = recipe_changes(state["recipe"], self.recipe.raw, self.passes)
+        changed = recipe_changes(state["recipe"], self.recipe.raw, self.passes, done)
         if changed:
             raise UserError(f"--resume: the recipe changed since {self.run_dir} was written "
-                            f"({', '.join(changed[:3])}); rerun without --resume")
+                            f"({', '.join(changed[:3])}); undo the change to resume, or rerun with --restart "
+                            "to start over")
         before = state.get("teacher")
         if before is None:
             console.print(f"[bold yellow]warning:[/] {self.run_dir} was written by an older dit-compress "
                           "that does not record the teacher; --resume cannot check it is the same")
         elif before != self.identity:
             raise UserError(f"--resume: the teacher changed since {self.run_dir} was written "
-                            f"({teacher_change(before, self.identity)}); rerun without --resume")
+                            f"({teacher_change(before, self.identity)}); rerun with --restart to start over")
 
     def _save_stage(self, i: int, student):
         if not is_main_process():
@@ -265,18 +316,47 @@ class Runner:
     # -- run --------------------------------------------------------------------------------------
     def run(self) -> Path:
         with sigterm_as_interrupt():  # from the first step to the export's rename
-            self.prepare()
-            start, student = self._restore()
-            self.removed_by = []  # recipe lines of passes (this session) that removed blocks
-            self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
-            heldout = self.ctx.eval_inputs()
-            with self.models.forwards(self.teacher):
-                reference = predictions(self.teacher, self.adapter, heldout)
-            check_reference(reference, self.recipe.compute_dtype)
-            teacher_params = param_count(self.teacher)
-            for i in range(start, len(self.passes)):
-                student = self._stage(i, student, reference, heldout, teacher_params)
-            return self.export(student, teacher_params)
+            try:
+                out = self._run()
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise self._out_of_memory(e) from None
+            if is_main_process():  # a run folder from now on started over without --resume
+                (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "stages" / FINISHED).write_text(json.dumps({"out": str(out.resolve())}) + "\n")
+            return out
+
+    def _run(self) -> Path:
+        self.prepare()
+        start, student = self._restore()
+        self.removed_by = []  # recipe lines of passes (this session) that removed blocks
+        self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
+        self.doing = HELDOUT
+        heldout = self.ctx.eval_inputs()
+        with self.models.forwards(self.teacher):
+            reference = predictions(self.teacher, self.adapter, heldout)
+        check_reference(reference, self.recipe.compute_dtype)
+        teacher_params = param_count(self.teacher)
+        for i in range(start, len(self.passes)):
+            self.doing = i
+            student = self._stage(i, student, reference, heldout, teacher_params)
+        self.doing = "the export"
+        return self.export(student, teacher_params)
+
+    def _out_of_memory(self, e: BaseException) -> OutOfMemory:
+        """One line: what ran out of which memory, what to change in the recipe, and what the run
+        folder keeps for --resume."""
+        r, i = self.recipe, self.doing
+        if isinstance(i, int):
+            what = f"{r.path}:{r.passes[i].line}: pass {i + 1}/{len(r.passes)} ({r.passes[i].name})"
+        else:
+            what = f"{r.path}: {i or 'the run'}"
+        hints = memory_hints(r, getattr(self, "passes", []), i)
+        # before _restore, what the run folder holds is not this run's (unless it resumes it)
+        fresh = self.doing in (None, "loading the teacher") and not self.resume
+        kept = "" if fresh or not is_main_process() else resume_note(self.run_dir, r, getattr(self, "passes", []))
+        return OutOfMemory(f"{what} ran out of {memory_in_words(e)}; try {hints}{kept}")
 
     def _stage(self, i: int, student, reference, heldout, teacher_params: int):
         """Pass i, its held-out error (printed and reported) and its stage checkpoint."""

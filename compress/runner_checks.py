@@ -11,17 +11,19 @@ import copy
 import itertools
 
 import torch
+from rich.markup import escape
 
-from compress.errors import UserError
+from compress.errors import BadValue, UserError
 from compress.report import console
 
 
 def check_pass(p, spec, model, adapter, path: str) -> None:
-    """A pass's config checked against the model; errors name the recipe file and the pass's line."""
+    """A pass's config checked against the model; errors name the recipe file and the line (or the
+    --set) of the key they are about (`PassSpec.where`)."""
     try:
         p.check(model, adapter)
     except UserError as e:
-        raise UserError(f"{path}:{spec.line}: {e}") from None
+        raise UserError(f"{spec.where(e)}: {e}") from None
 
 
 def check_passes(passes, specs, model, adapter, path: str) -> None:
@@ -32,12 +34,20 @@ def check_passes(passes, specs, model, adapter, path: str) -> None:
         counts = adapter.block_counts(model)
         try:
             p.check(model, adapter)
+            _warn_notes(p, spec, model, adapter)
             spread.check(p, spec, model, adapter)
             p.apply_planned(model, adapter)
         except UserError as e:
-            raise UserError(f"{path}:{spec.line}: {e}{removal_note(counts, teacher, removed)}") from None
+            raise UserError(f"{spec.where(e)}: {e}{removal_note(counts, teacher, removed)}") from None
         if adapter.block_counts(model) != counts:
             removed.append(spec.line)
+
+
+def _warn_notes(p, spec, model, adapter) -> None:
+    """A warning per `Pass.notes`, at the line (or --set) of the key it names."""
+    for key, message in p.notes(model, adapter):
+        where = spec.where(BadValue(key, message))
+        console.print(f"[bold yellow]warning:[/] {escape(f'{where}: {message}')}")
 
 
 class SpreadRemovals:
@@ -67,7 +77,7 @@ class SpreadRemovals:
                 p.check(worst, adapter)
             except UserError as e:
                 by = " and ".join(map(str, self.lines))
-                console.print(f"[bold yellow]warning:[/] {self.path}:{spec.line}: {e} — if the "
+                console.print(f"[bold yellow]warning:[/] {escape(f'{spec.where(e)}: {e}')} — if the "
                               f"removal at line {by} takes all {self.count} of its blocks from group "
                               f"'{group}' (it picks them by importance at run time; a count per group "
                               "fixes where they come from)")

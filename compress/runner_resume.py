@@ -1,6 +1,7 @@
 """What a run is keyed and resumed by: the teacher's weights checksum, the fingerprint that keys the
 calibration caches, the recipe keys `--resume` compares (but those no result depends on) and the
-teacher's identity it compares, with the differences in words."""
+teacher's identity it compares, with the differences in words; and what an interrupted run left in
+its run folder (`interrupted_run`), which a run without --resume must not silently discard."""
 
 from __future__ import annotations
 
@@ -40,23 +41,40 @@ def fingerprint(source: str, weights: str, recipe: Recipe) -> str:
     return h.hexdigest()[:16]
 
 
-def recipe_changes(before: dict, now: dict, passes) -> list[str]:
-    """The keys (dotted paths) where two resolved recipes differ, but those a pass declares cannot
-    change its result (`Pass.result_free`: progress bars, how often distill checkpoints, how far
-    this run goes) and CALIBRATION_RESULT_FREE."""
+# top-level keys of what is written, not of any pass's result: the export may change on --resume
+RESULT_FREE = ("export",)
+
+
+def recipe_changes(before: dict, now: dict, passes, done: int | None = None) -> list[str]:
+    """The keys (dotted paths) where two resolved recipes differ, but RESULT_FREE, those a pass
+    declares cannot change its result (`Pass.result_free`: progress bars, how often distill
+    checkpoints, how far this run goes) and CALIBRATION_RESULT_FREE. With `done`, only the first
+    `done` passes (those a resume keeps) are compared: the passes still to run may change."""
     def view(raw: dict) -> dict:
+        raw = {k: v for k, v in raw.items() if k not in RESULT_FREE}
         calibration = raw.get("calibration")
         if isinstance(calibration, dict):
             raw = dict(raw, calibration=result_bearing(calibration))
         specs = raw.get("passes", [])
-        if len(specs) != len(passes):
+        if not isinstance(specs, list):
             return _flat(raw)
-        kept = [{k: {o: v for o, v in opts.items() if o not in p.result_free} for k, opts in spec.items()}
-                for spec, p in zip(specs, passes)]
-        return _flat(dict(raw, passes=kept))
+        if done is not None:
+            specs = specs[:done]
+        elif len(specs) != len(passes):
+            return _flat(raw)
+        return _flat(dict(raw, passes=[_kept(spec, p) for spec, p in zip(specs, passes)] + specs[len(passes):]))
 
     a, b = view(before), view(now)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<none>") != b.get(k, "<none>"))
+
+
+def _kept(spec, p):
+    """A pass's spec ({name: options}) without the options `p` declares result-free (when it is
+    that pass)."""
+    if not isinstance(spec, dict) or p.name not in spec:
+        return spec
+    return {k: {o: v for o, v in opts.items() if o not in p.result_free} if isinstance(opts, dict) else opts
+            for k, opts in spec.items()}
 
 
 def _flat(data, prefix: str = "") -> dict:
@@ -86,3 +104,70 @@ def teacher_change(before: dict, now: dict) -> str:
     if before["config"] != now["config"]:
         return f"--teacher-config was {before['config']}, now {now['config']}"
     return f"{now['source']} holds other weights or config"
+
+
+# ---- what an interrupted run left --------------------------------------------------------------
+FINISHED = "finished.json"  # in the run folder's stages/: written once the run's output is
+
+
+def stage_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """(pass index, folder) of the completed stages in `run_dir` (stages/<i>-<pass>/state.json)."""
+    found = []
+    for d in (Path(run_dir) / "stages").glob("*-*"):
+        index = d.name.split("-", 1)[0]
+        if index.isdigit() and (d / "state.json").is_file():
+            found.append((int(index), d))
+    return sorted(found)
+
+
+def distill_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete distill checkpoints in `run_dir` (distill*/checkpoints/step-N, with meta.json)."""
+    return sorted(p for p in Path(run_dir).glob("distill*/checkpoints/step-*") if (p / "meta.json").is_file())
+
+
+def interrupted_run(run_dir: Path, now: dict, passes) -> dict | None:
+    """What an unfinished run left in `run_dir` that a fresh start would discard: {"done": passes
+    completed, "total": passes of its recipe (None: unknown), "step": its latest distill checkpoint
+    step (or None), "changed": the keys where its recipe differs from `now` as --resume compares
+    them (None: unknown)}; None when there is nothing, or the run finished (its output was written)."""
+    stages, checkpoints = stage_dirs(run_dir), distill_checkpoints(run_dir)
+    if (Path(run_dir) / "stages" / FINISHED).is_file() or not (stages or checkpoints):
+        return None
+    steps = [int(p.name.removeprefix("step-")) for p in checkpoints if p.name.removeprefix("step-").isdigit()]
+    info = {"done": 0, "total": None, "step": max(steps, default=None), "changed": None}
+    if stages:
+        i, d = stages[-1]
+        info["done"] = i + 1
+        try:
+            before = json.loads((d / "state.json").read_text()).get("recipe")
+        except (OSError, ValueError, AttributeError):
+            before = None
+        if isinstance(before, dict) and isinstance(before.get("passes"), list):
+            info["total"] = len(before["passes"])
+            info["changed"] = recipe_changes(before, now, passes, i + 1)
+    return info
+
+
+def saved_in_words(info: dict) -> str:
+    """'2 of 5 passes done, a distill checkpoint at step 275' for an `interrupted_run`."""
+    total = f" of {info['total']}" if info["total"] is not None else ""
+    words = [f"{info['done']}{total} pass{'' if info['done'] == 1 and not total else 'es'} done"]
+    if info["step"] is not None:
+        words.append(f"a distill checkpoint at step {info['step']}")
+    return ", ".join(words)
+
+
+def resume_note(run_dir: Path, recipe: Recipe, passes) -> str:
+    """'; RUN_DIR keeps its work (...): --resume continues from ...' where `run_dir` holds saved work
+    of `recipe`'s unfinished run (after an error that stopped it), else ''."""
+    info = interrupted_run(run_dir, recipe.raw, passes)
+    if info is None:
+        return ""
+    done, total = info["done"], len(recipe.passes)
+    if done >= total:
+        go_on = "--resume only writes the output"
+    elif info["step"] is not None:
+        go_on = f"--resume continues from pass {done + 1}'s checkpoint (with the same keys)"
+    else:
+        go_on = f"--resume continues from pass {done + 1} (whose keys may change)"
+    return f"; {run_dir} keeps its work ({saved_in_words(info)}): {go_on}"

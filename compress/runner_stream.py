@@ -293,3 +293,71 @@ def check_streaming(passes, specs, path: str) -> None:
             p.check_streaming()
         except UserError as e:
             raise UserError(f"{path}:{spec.line}: {e}") from None
+
+
+# ---- running out of memory ----------------------------------------------------------------------
+class OutOfMemory(UserError):
+    """An allocation failed (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError):
+    one line naming what was running and what to change, never a traceback."""
+
+    exit_code = 1
+    label = "out of memory: "
+
+
+_CPU_ALLOCATOR = ("can't allocate memory", "not enough memory")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is a failed allocation on the GPU or the CPU (not another RuntimeError)."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and (any(s in text for s in _CPU_ALLOCATOR) or "out of memory" in text)
+
+
+def memory_in_words(e: BaseException) -> str:
+    """'GPU memory (tried to allocate 20.00 GiB)' / 'CPU memory (tried to allocate 2980.2 GiB)'."""
+    import re
+
+    text = str(e)
+    where = "GPU" if isinstance(e, torch.OutOfMemoryError) or "CUDA" in text else "CPU"
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", text)
+    size = asked.group(1) if asked else None
+    if size is None and (found := re.search(r"allocate (\d+) bytes", text)):
+        size = f"{int(found.group(1)) / 2**30:.1f} GiB"
+    return f"{where} memory" + (f" (tried to allocate {size})" if size else "")
+
+
+HELDOUT = "the teacher's held-out predictions"  # the runner's phase of that name
+
+
+def memory_hints(recipe, passes, doing) -> str:
+    """What in `recipe` lowers the memory of pass `doing` (an index into `passes`) or of a phase of
+    the run (its words), as 'a, b or c'."""
+    p = passes[doing] if isinstance(doing, int) and doing < len(passes) else None
+    calibrated = getattr(p, "needs_calibration", False)
+    hints = []
+    if p is not None and hasattr(p.config, "batch_size"):
+        hints.append(f"a smaller passes.{doing}.{p.name}.batch_size")
+    if calibrated or doing == HELDOUT:
+        hints.append("a smaller calibration.batch_size")
+    if p is not None and getattr(p.config, "gradient_checkpointing", None) is False:
+        hints.append(f"passes.{doing}.{p.name}.gradient_checkpointing: true")
+    if recipe.compute_dtype == "float32":
+        hints.append("compute_dtype: bfloat16")
+    if not recipe.stream and _streamable(p):
+        hints.append("stream: true")
+    if calibrated and not recipe.calibration.spill_activations:
+        hints.append("calibration.spill_activations: true")
+    if not hints:
+        return "a machine with more memory"
+    return ", ".join(hints[:-1]) + f" or {hints[-1]}" if len(hints) > 1 else hints[0]
+
+
+def _streamable(p) -> bool:
+    """Whether pass p (None: no pass) can run with stream: true."""
+    try:
+        p is None or p.check_streaming()
+    except UserError:
+        return False
+    return True

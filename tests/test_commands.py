@@ -93,6 +93,13 @@ def test_damaged_outputs_are_one_line(recipe, tmp_path, capsys):
     _one_line_errors(capsys, [(["inspect", str(out)], "cannot read"), (["bench", str(out)], "cannot read")])
     (out / "report.json").write_text("[1, 2]")
     _one_line_errors(capsys, [(["inspect", str(out)], "not a dit-compress report")])
+    damaged = f"{out}/report.json: teacher is 5, not text (a path or a Hugging Face id); the output is damaged"
+    for report, commands, message in (({"teacher": 5}, ("eval", "bench"), damaged),
+                                      ({"teacher": ["a"]}, ("eval", "bench"), 'teacher is ["a"], not text'),
+                                      ({"teacher_config": 5}, ("eval", "bench"), "teacher_config is 5, not text"),
+                                      ({"svd": "x"}, ("inspect",), 'report.json: svd is "x", not a mapping')):
+        (out / "report.json").write_text(json.dumps(report))
+        _one_line_errors(capsys, [([command, str(out)], message) for command in commands])
     (out / "report.json").unlink()
     for ranks, message in (({"transformer_blocks.9.ff.net.2": 2}, "which the model does not have"),
                            ({"transformer_blocks.0.ff.net.2": "two"}, "rank 'two'"),
@@ -111,6 +118,7 @@ def test_a_teacher_of_another_architecture_is_one_line(tmp_path, capsys):
     student = factorize(tiny_flux(), ["transformer_blocks.0.ff.net.2"], rank=2)
     out = save_compressed(student, tmp_path / "out")
     (out / "report.json").write_text(json.dumps({"teacher": "toy:flux"}))  # the recorded one
+    (out / "recipe.yaml").write_text(RECIPE.format(teacher="toy:flux"))  # eval's held-out inputs
     tiny_flux(joint_attention_dim=6).save_pretrained(tmp_path / "other")
     message = "is not the model this one was compressed from: its config has joint_attention_dim 6"
     _one_line_errors(capsys, [(["eval", str(out), "--teacher", str(tmp_path / "other")], message),
@@ -391,3 +399,36 @@ def test_a_bfl_flux_file_runs_and_its_converted_folder_streams_to_the_same_weigh
     assert a.keys() == b.keys() and any(k.endswith(".down.weight") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(a["norm_out.linear.weight"], want["norm_out.linear.weight"].float())  # BFL's halves swapped back
+
+
+def test_eval_of_an_output_without_report_json_takes_the_teacher_its_config_records(tmp_path, capsys, monkeypatch):
+    """A toy output keeps its toy scores against its teacher; a real one says what eval lacks."""
+    import compress.toy.evaluate
+    from compress.io_export import save_compressed
+    from compress.toy import load_toy_teacher
+
+    given = []
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate",
+                        lambda model, family, teacher=None, seed=0: given.append(teacher) or {"adherence": 1.0})
+    out = save_compressed(load_toy_teacher("flux"), tmp_path / "toy", extra={"teacher": "toy:flux"})
+    assert not (out / "report.json").exists()
+    assert main(["eval", str(out), "--json"]) == 0 and given[0] is not None
+    real = save_compressed(tiny_flux(), tmp_path / "real")
+    tiny_flux().save_pretrained(tmp_path / "teacher")
+    _one_line_errors(capsys, [
+        (["eval", str(real)], f"{real}: neither report.json nor config.json (compression.teacher) names the teacher"),
+        (["eval", str(real), "--teacher", str(tmp_path / "teacher")],
+         f"{real} has no recipe.yaml, whose calibration settings give eval its held-out inputs; the output is damaged"),
+        (["eval", str(tmp_path / "teacher")], "teacher is not a dit-compress output: eval measures a compressed output")])
+
+
+def test_importance_and_plan_say_when_a_source_is_not_a_teacher(recipe, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "empty").mkdir()
+    _one_line_errors(capsys, [
+        (["importance", str(tmp_path / "notes.txt")], "notes.txt is not a checkpoint: file type '.txt'; importance "
+                                                      "reads a recipe (.yaml) or a teacher"),
+        (["importance", str(tmp_path / "empty")], "empty has neither model_index.json nor config.json"),
+        (["importance", "toy:pixar"], "unknown toy teacher 'toy:pixar'; did you mean 'toy:pixart'?"),
+        (["plan", str(recipe), "--teacher", str(tmp_path / "empty")], "empty has neither model_index.json"),
+        (["plan", str(recipe), "--teacher", str(tmp_path / "notes.txt")], "notes.txt is not a checkpoint")])

@@ -138,3 +138,25 @@ def test_output_fishers_measured_before_an_interruption_are_not_measured_again(s
     assert len(calls) == total - 2
     assert (out / WEIGHTS).read_bytes() == reference
     assert not list((tmp / "run-fisher").rglob("fisher*/*.pt"))
+
+
+def test_a_rerun_without_resume_keeps_the_distill_checkpoint(setup, monkeypatch):
+    """Ctrl-C in distill says 'run again with --resume'; the same command without it used to start
+    at step 0 and delete the checkpoint and the stages. It is refused, naming what is there, and
+    --resume then gives the uninterrupted run's bytes."""
+    from compress.errors import UserError
+    from compress.passes import distill_trainer
+
+    tmp, text, reference = setup
+    _signal_on_call(monkeypatch, distill_trainer._Trainer, "_train_step", 4)
+    with pytest.raises(distill_trainer.TrainingInterrupted, match="run again with --resume"):
+        _run(tmp, text, "again")
+    monkeypatch.undo()
+    checkpoints = sorted(p.name for p in (tmp / "run-again" / "distill" / "checkpoints").iterdir())
+    with pytest.raises(UserError, match=r"run-again holds an interrupted run of this recipe \(1 of 2 passes done, "
+                                        r"a distill checkpoint at step 4\): add --resume to continue, or --restart"):
+        _run(tmp, text, "again")
+    assert sorted(p.name for p in (tmp / "run-again" / "distill" / "checkpoints").iterdir()) == checkpoints
+    assert (tmp / "run-again" / "stages" / "0-svd" / "state.json").is_file()
+    out = _run(tmp, text, "again", resume=True)
+    assert (out / WEIGHTS).read_bytes() == reference

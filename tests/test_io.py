@@ -102,7 +102,8 @@ def test_a_bare_name_is_a_missing_path_not_a_hub_id(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(compress.io, "_load_hub", lambda *a: 1 / 0)
-    with pytest.raises(UserError, match=r"teacher not found: nothere \(a Hugging Face id is OWNER/NAME\)"):
+    with pytest.raises(UserError, match=rf"^teacher not found: nothere \(there is no {tmp_path}/nothere; "
+                                        r"a Hugging Face id is OWNER/NAME\)$"):
         load_teacher("nothere")
 
 
@@ -352,3 +353,25 @@ def test_a_gated_or_missing_hub_repo_says_what_to_do(monkeypatch):
                         _hub_failure(RepositoryNotFoundError("404", response=response)))
     with pytest.raises(UserError, match=r"'org/model' is not on the Hugging Face Hub"):
         load_teacher("org/model")
+
+
+@pytest.mark.parametrize("name, data", [("notes.bin", b"hello\n"), ("w.pth", b"\x85\xec+L" * 100)])
+def test_a_file_torch_save_did_not_write_says_what_was_expected(tmp_path, name, data):
+    """torch.load's own error there is a bare `KeyError: 101` or `IndexError`."""
+    from compress.io import read_state_dict
+
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(UserError) as e:
+        read_state_dict(tmp_path / name)
+    assert str(e.value) == (f"{tmp_path / name} is not a readable checkpoint: expected a .safetensors file or one "
+                            "torch.save wrote (.pth, .pt, .bin, .ckpt: a zip archive or a pickle), and it is neither")
+
+
+def test_a_damaged_torch_save_file_says_why_it_fails(tmp_path):
+    from compress.io import read_state_dict
+
+    torch.save({"w": torch.zeros(100)}, tmp_path / "w.pth")
+    (tmp_path / "w.pth").write_bytes((tmp_path / "w.pth").read_bytes()[:300])
+    with pytest.raises(UserError, match=r"a zip archive or a pickle\); this one fails to load \(\w+: .*\); it may be "
+                                        "truncated or corrupted"):
+        read_state_dict(tmp_path / "w.pth")

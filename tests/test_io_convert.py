@@ -68,3 +68,12 @@ def test_a_file_that_does_not_fit_its_config_leaves_no_folder(tmp_path, change, 
     with pytest.raises(UserError, match=words):
         convert_file(tmp_path / "f.safetensors", tmp_path / "out", shard_bytes=1000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "f.safetensors"]  # no temp left
+
+
+def test_a_file_of_another_type_says_what_convert_reads(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(UserError) as e:
+        convert_file(tmp_path / "notes.txt", tmp_path / "out")
+    assert str(e.value) == (f"{tmp_path}/notes.txt is not a checkpoint: file type '.txt'; convert reads a single-file "
+                            "checkpoint (.safetensors, .pth, .pt, .bin, .ckpt)")
+    assert not (tmp_path / "out").exists()

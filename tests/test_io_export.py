@@ -41,3 +41,19 @@ def test_an_export_beyond_float16s_range_names_the_tensor(tmp_path, streamed):
         save(torch.float16, tmp_path / "fp16")
     assert not (tmp_path / "fp16").exists()
     save(torch.bfloat16, tmp_path / "bf16")  # within bfloat16's range
+
+
+def test_a_teacher_weight_beyond_float16s_range_is_warned_about_before_compute(capsys):
+    """export.dtype float16: the export would fail at the end of the run on a weight no pass changes."""
+    from compress.io_export import warn_if_beyond_export_range
+
+    model = tiny_flux()
+    warn_if_beyond_export_range(model, "float16")
+    assert capsys.readouterr().err == ""
+    model.transformer_blocks[0].ff.net[2].weight.data[0, 0] = 1e5
+    warn_if_beyond_export_range(model, "bfloat16")
+    assert capsys.readouterr().err == ""
+    warn_if_beyond_export_range(model, "float16")
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the teacher's transformer_blocks.0.ff.net.2.weight holds values up to 1e+05" in err
+    assert "export.dtype: bfloat16 or float32 keeps it" in err

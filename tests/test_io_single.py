@@ -198,3 +198,13 @@ def test_bfl_flux_file_that_does_not_fill_its_config_is_one_line(tmp_path):
         with pytest.raises(UserError, match=said) as err:
             load_teacher(str(tmp_path / f"{name}.safetensors"), config=str(tmp_path / config))
         assert "\n" not in str(err.value)
+
+
+def test_the_family_of_a_safetensors_file_is_read_from_its_header(tmp_path, monkeypatch):
+    import compress.io_single as io_single
+
+    save_file(tiny_pixart().state_dict(), str(tmp_path / "p.safetensors"))
+    monkeypatch.setattr(io_single, "read_state_dict", lambda *a: pytest.fail("read the tensors"))
+    assert io_single.file_family(tmp_path / "p.safetensors") == "pixart"
+    torch.save({"a": torch.zeros(1)}, tmp_path / "p.pth")
+    assert io_single.file_family(tmp_path / "p.pth") is None  # a pickle: told as it loads

@@ -1,5 +1,7 @@
 import pytest
 
+from compress import load_teacher
+from compress.errors import UserError
 from compress.plan import make_plan, step_words
 from compress.passes.svd import LATER
 from compress.recipe import parse_recipe
@@ -72,3 +74,21 @@ def test_plan_says_which_targets_are_fitted_to_the_reference_and_whether_sequent
     line = step_words(step)
     assert ("fitted_to_reference" in line) == (words is not None)
     assert words is None or words in line
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: p.mkdir(),  # empty
+    lambda p: (p.mkdir(), (p / "notes.md").write_text("x")),  # any other folder
+    lambda p: (p.mkdir(), (p / "model_index.json").write_text("{}")),  # a pipeline without transformer/
+    lambda p: p.with_suffix(".txt").write_text("hello\n"),  # not a checkpoint
+])
+def test_plan_says_what_a_local_teacher_is_as_run_does(tmp_path, make):
+    """plan and run classify a local teacher alike (io_source.check_source): not 'cannot find a
+    config offline' for everything but a single file."""
+    make(tmp_path / "t")
+    teacher = str(next(tmp_path.iterdir()))
+    with pytest.raises(UserError) as loading:
+        load_teacher(teacher)
+    with pytest.raises(UserError) as planning:
+        make_plan(parse_recipe("model: pixart\nteacher: toy:pixart\npasses: [svd]\n", "r.yaml"), teacher=teacher)
+    assert str(planning.value) == str(loading.value) and "offline" not in str(planning.value)

@@ -3,9 +3,10 @@
 import textwrap
 
 import pytest
+import yaml
 
 from compress.errors import UserError
-from compress.recipe import dump_recipe, load_recipe, parse_recipe
+from compress.recipe import RecipeLoader, dump_recipe, load_recipe, parse_recipe
 
 GOOD = """\
 version: 1
@@ -229,3 +230,68 @@ def test_values_that_are_not_finite_are_refused(override, key):
     """YAML reads .nan and .inf as floats; they pass `≥ 0` style checks and fail only mid-run."""
     with pytest.raises(UserError, match=rf"\(--set {override.split('=')[0]}=\.\w+\): {key} must be a finite number"):
         parse_recipe(GOOD, "r.yaml", [override])
+
+
+def test_numbers_with_an_exponent_are_numbers():
+    """YAML 1.1 reads 1e-4 (no dot, or no sign in the exponent) as a string, which a number key then
+    refused; recipes and --set values read it as YAML 1.2 does."""
+    text = _replace("      lr: 0.001", "      lr: 1e-4")
+    r = parse_recipe(text, "r.yaml", ["calibration.guidance_scale=5E+0", "passes.1.distill.mask_massive=2e1"])
+    assert r.passes[1].config.lr == 1e-4 and r.calibration.guidance_scale == 5.0
+    assert r.passes[1].config.mask_massive == 20.0  # a nullable number too
+    assert yaml.load("[1e-4, 5E+3, -2e3, 1.0e4, .5e1, 1e4x, e4]", Loader=RecipeLoader) == [
+        1e-4, 5e3, -2e3, 1e4, 5.0, "1e4x", "e4"]
+    assert yaml.safe_load("1e-4") == "1e-4"  # other loaders are left as they are
+
+
+def test_a_value_of_neither_type_is_quoted():
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.1\.distill\.max_steps_this_run=abc\): "
+                                        r"passes\[1\]\.distill\.max_steps_this_run must be an integer or null, "
+                                        r"not 'abc'$"):
+        parse_recipe(GOOD, "r.yaml", ["passes.1.distill.max_steps_this_run=abc"])
+    with pytest.raises(UserError, match=r"mask_massive must be a number or null, not a list$"):
+        parse_recipe(GOOD, "r.yaml", ["passes.1.distill.mask_massive=[1]"])
+    with pytest.raises(UserError, match=r"passes\[0\]\.svd\.targets must be a list, not 'attention'$"):
+        parse_recipe(SVD, "r.yaml", ["passes.0.svd.targets=attention"])  # not "a list of Any"
+    with pytest.raises(UserError, match=r"passes\[0\]\.svd\.ratios must be a mapping or null, not 8$"):
+        parse_recipe(SVD, "r.yaml", ["passes.0.svd.ratios=8"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("passes.0.distill.steps=3", "passes.0 is an importance pass (distill passes: passes.1)"),
+    ("passes.1.svd.ratio=0.5", "passes.1 is a distill pass (the recipe has no svd pass)"),
+    ("passes.1.steps=3", "passes.1 is a distill pass; its options are set as passes.1.distill.steps"),
+    ("passes.0.distill={steps: 3}", "passes.0 is an importance pass (distill passes: passes.1)"),
+])
+def test_an_override_of_another_pass_says_which_pass_is_there(override, message):
+    """A wrong pass index blamed a fine recipe line ('must be a one-key mapping')."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(GOOD, "r.yaml", [override])
+    assert str(e.value) == f"--set {override.split('=')[0]}: {message}"
+
+
+def test_an_override_sets_an_option_of_a_pass_given_by_name_alone():
+    text = _replace("  - importance: {buckets: 3}", "  - importance")
+    assert parse_recipe(text, "r.yaml", ["passes.0.importance.buckets=2"]).passes[0].config.buckets == 2
+
+
+def test_an_override_names_a_layer_with_dots():
+    """Under `ranks` the rest of the path is one layer name (a rank for 'adaln_single' of
+    {'linear': 16} before); a new pattern goes first, where it gives its layers their rank."""
+    text = SVD + "      ranks: {modulation: 8, attention: 4}\n"
+    r = parse_recipe(text, "r.yaml", ["passes.0.svd.ranks.adaln_single.linear=16",
+                                      "passes.0.svd.ranks.attention=2"])
+    assert r.passes[0].config.ranks == {"adaln_single.linear": 16, "modulation": 8, "attention": 2}
+    assert list(r.passes[0].config.ranks) == ["adaln_single.linear", "modulation", "attention"]
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.0\.svd\.ranks\.re:blocks\.1\.attn=0\): "
+                                        r"svd\.ranks: rank 0 for 're:blocks\.1\.attn' must be"):
+        parse_recipe(text, "r.yaml", ["passes.0.svd.ranks.re:blocks.1.attn=0"])
+
+
+def test_a_bad_rank_set_on_the_command_line_names_the_override():
+    """The file's `ranks` line was blamed for a rank the --set gave."""
+    text = SVD + "      ranks: {modulation: 8}\n"
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.0\.svd\.ranks\.attention=0\): svd\.ranks"):
+        parse_recipe(text, "r.yaml", ["passes.0.svd.ranks.attention=0"])
+    with pytest.raises(UserError, match=r"^r\.yaml:7: svd\.ranks: rank 0 for 'mlp'"):
+        parse_recipe(text.replace("modulation: 8}", "modulation: 8,\n              mlp: 0}"), "r.yaml")

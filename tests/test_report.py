@@ -118,3 +118,47 @@ def test_long_lines_stay_whole_off_a_terminal():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert [line.rstrip() for line in proc.stderr.splitlines()] == [("note " * 40).rstrip()]
     assert [line.rstrip() for line in proc.stdout.splitlines()] == [("result " * 40).rstrip()]
+
+
+@pytest.mark.parametrize("report, words", [
+    ({"teacher": 5}, "teacher is 5, not text (a path or a Hugging Face id)"),
+    ({"teacher": ["a"]}, 'teacher is ["a"], not text (a path or a Hugging Face id)'),
+    ({"teacher": "toy:pixart", "teacher_config": 5}, "teacher_config is 5, not text (a path)"),
+    ({"inputs_cache": {"a": 1}}, 'inputs_cache is {"a": 1}, not text (a path)'),
+    ({"svd": "x"}, 'svd is "x", not a mapping'),
+    ({"svd": {"layers": [1]}}, "svd.layers is [1], not a mapping"),
+    ({"svd": {"layers": {"proj_out": 3}}}, "svd.layers.proj_out is 3, not a mapping"),
+    ({"svd": {"layers": {"proj_out": {"spectrum": "x"}}}}, 'svd.layers.proj_out.spectrum is "x", not a list of numbers'),
+    ({"svd": {"compensation": {"block 0": {"step": 1, "calibration_error": 0.1}}}},
+     "svd.compensation.block 0.uncompensated_error is null, not a number"),
+])
+def test_a_damaged_report_names_the_field_it_cannot_use(tmp_path, report, words):
+    import json
+
+    from compress.errors import UserError
+    from compress.report import read_report
+
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    with pytest.raises(UserError) as e:
+        read_report(tmp_path)
+    assert str(e.value) == f"{tmp_path}/report.json: {words}; the output is damaged (rerun the recipe)"
+
+
+def test_the_teacher_of_an_output_without_report_json_is_its_configs(tmp_path):
+    """The run records the teacher in config.json's compression section too."""
+    import json
+
+    from compress.errors import UserError
+    from compress.report import recorded_teacher
+
+    config = {"_class_name": "PixArtTransformer2DModel", "compression": {"format": 1, "teacher": "toy:pixart"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert recorded_teacher(tmp_path) == ("toy:pixart", None)
+    assert recorded_teacher(tmp_path, "toy:flux") == ("toy:flux", None)
+    (tmp_path / "report.json").write_text(json.dumps({"teacher": "/t", "teacher_config": "/c"}))
+    assert recorded_teacher(tmp_path) == ("/t", "/c")  # report.json's first
+    (tmp_path / "report.json").unlink()
+    config["compression"]["teacher"] = 5
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"config.json: compression.teacher is 5, not text .*the output is damaged"):
+        recorded_teacher(tmp_path)

@@ -2,6 +2,7 @@
 and run folders, upfront pass checks and --resume have their own files (test_runner_*.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,3 +278,42 @@ def test_an_importance_scan_before_svd_is_not_reused_after_it(tmp_path, monkeypa
     assert fresh != [stale]  # the case: the teacher's ranking picks another block than the student's
     assert before["remove_blocks"]["removed"]["blocks"] == fresh
     assert before["remove_blocks"]["reused_importance"] is False
+
+
+# ---- what the user can fix: one line, before compute where it can be ------------------------------
+def test_running_out_of_memory_names_the_pass_and_what_to_change(tmp_path, monkeypatch, capsys):
+    """The CPU allocator's RuntimeError (or CUDA's OutOfMemoryError) in a pass was a traceback: one
+    line naming the pass, its recipe line and the keys that lower its memory, and saying what
+    --resume keeps (the completed passes: it continues from there)."""
+    from compress.passes import svd
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+
+    def too_big(self, model, ctx):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 3200000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(svd.SVDPass, "run", too_big)
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"dit-compress: out of memory: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd) ran out of CPU memory "
+                   "(tried to allocate 2980.2 GiB); try a smaller calibration.batch_size, passes.1.svd.gradient_checkpointing: "
+                   "true, compute_dtype: bfloat16 or calibration.spill_activations: true; "
+                   f"{tmp_path / 'run'} keeps its work (1 of 2 "
+                   "passes done): --resume continues from pass 2 (whose keys may change)")
+    monkeypatch.undo()
+    assert main(argv + ["--resume", "--set", "calibration.spill_activations=true"]) == 0
+    assert "resuming after pass 0 (remove_blocks)" in capsys.readouterr().err
+
+
+def test_a_seed_torch_cannot_take_is_refused_at_recipe_load(tmp_path):
+    """calibration.seed=99999999999999999999999 passed `plan` and crashed `run` with an overflow."""
+    text = (Path(__file__).parent.parent / "recipes" / "toy-pixart.yaml").read_text()
+    for seed in ("99999999999999999999999", str(2**63), "-1"):
+        with pytest.raises(UserError, match=rf"r\.yaml \(--set calibration\.seed={seed}\): calibration\.seed must be an "
+                                            r"integer from 0 to 2\*\*63-1"):
+            parse_recipe(text, "r.yaml", [f"calibration.seed={seed}"])
+    assert parse_recipe(text, "r.yaml", [f"calibration.seed={2**63 - 1}"]).calibration.seed == 2**63 - 1

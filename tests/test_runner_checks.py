@@ -21,8 +21,8 @@ passes:
 {passes}"""
 
 
-def _check(passes: str):
-    recipe = parse_recipe(FLUX.format(passes=passes), "r.yaml")
+def _check(passes: str, overrides=()):
+    recipe = parse_recipe(FLUX.format(passes=passes), "r.yaml", list(overrides))
     teacher = tiny_flux()
     check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher), "r.yaml")
     return teacher
@@ -47,8 +47,9 @@ def test_a_pass_that_fails_if_a_spread_removal_takes_its_block_is_warned(capsys)
 
 
 @pytest.mark.parametrize("passes", [
-    "  - remove_blocks: {count: 2, criterion: proxy}\n  - svd: {targets: [single_transformer_blocks.0.proj_out]}\n",
-    "  - remove_blocks: {count: {single: 2}}\n  - svd: {targets: [transformer_blocks.1.attn.to_q]}\n",
+    "  - remove_blocks: {count: 2, criterion: proxy}\n"
+    "  - svd: {targets: [single_transformer_blocks.0.proj_out], multiple: 1}\n",
+    "  - remove_blocks: {count: {single: 2}}\n  - svd: {targets: [transformer_blocks.1.attn.to_q], multiple: 1}\n",
 ])
 def test_passes_that_hold_wherever_the_blocks_go_are_not_warned(capsys, passes):
     _check(passes)
@@ -60,6 +61,88 @@ def test_a_per_group_count_is_still_checked_upfront():
     with pytest.raises(UserError, match=r"r\.yaml:6: svd\.targets: .* \(the pass at line 5 removed blocks"):
         _check(f"  - remove_blocks: {{count: {{single: 1}}}}\n"
                f"  - svd: {{targets: [single_transformer_blocks.{last}.proj_out]}}\n")
+
+
+@pytest.mark.parametrize("options, where, words", [
+    ("      fisher: none\n      targets: [attention, mlpp]\n", 7,
+     "svd.targets: pattern 'mlpp' matches no linear layer of the model; did you mean 'mlp'?"),
+    ("      fisher: none\n      targets:\n        - attention\n        - transformer_blocks.0.attn.to_qq\n", 9,
+     "svd.targets: pattern 'transformer_blocks.0.attn.to_qq' .*; did you mean 'transformer_blocks.0.attn.to_q'?"),
+    ("      fisher: none\n      targets: [attention]\n      ranks: {modulation: 8}\n", 8,
+     "svd.ranks: pattern 'modulation' names .*, which this pass does not factorize .*; add them to "
+     "svd.targets or remove the pattern from svd.ranks$"),
+    ("      fisher: none\n      targets: [attention]\n      ranks:\n        attention: 4\n"
+     "        transformer_blocks.0.attn.to_q: 999\n", 10, "svd.ranks: rank 999 for 'transformer_blocks.0.attn.to_q'"),
+])
+def test_a_model_check_names_the_line_of_its_key(options, where, words):
+    """Errors found against the model pointed at the pass's first line (5) whatever key they were about."""
+    with pytest.raises(UserError, match=rf"^r\.yaml:{where}: {words}"):
+        _check("  - svd:\n" + options)
+
+
+@pytest.mark.parametrize("options, where, words", [
+    ("      count:\n        double: 1\n        single: 9\n", 8, "remove_blocks: removing 9 of 3 blocks"),
+    ("      count:\n        single: 1\n        triple: 1\n", 8, "flux has no block group 'triple'"),
+    ("      blocks:\n        double: [0]\n        single: [1, 7]\n", 8, "remove_blocks: block index 7 out"),
+    ("      count: {single: 2}\n      criterion: learned\n      window: 2\n", 8,
+     "remove_blocks: criterion learned, group 'single': the window of blocks 2..2 would lose all 1"),
+])
+def test_a_removal_check_names_the_line_of_its_key(options, where, words):
+    """remove_blocks' errors against the model pointed at the pass's first line (5)."""
+    with pytest.raises(UserError, match=rf"^r\.yaml:{where}: {words}"):
+        _check("  - remove_blocks:\n" + options)
+
+
+DISTILL_FACTORS = "  - distill:\n      steps: 2\n      train: factors\n"
+
+
+def test_distilling_factors_without_an_svd_pass_is_found_before_compute():
+    """It passed plan and failed when the distill pass started, after the passes before it ran."""
+    with pytest.raises(UserError, match=r"^r\.yaml:8: distill: train: factors, but no svd pass before it"):
+        _check("  - remove_blocks: {count: {single: 1}}\n" + DISTILL_FACTORS)
+
+
+@pytest.mark.parametrize("svd", ["{ratio: 0.5, multiple: 1, fisher: none}",
+                                 "{allocation: global, ratio: 0.5, multiple: 1, fisher: none}",
+                                 "{allocation: energy, multiple: 1, fisher: none}"])
+def test_distilling_factors_after_an_svd_pass_is_fine(svd):
+    """Budgeted allocations leave plan's meta model dense; their factors are made at run time."""
+    _check(f"  - svd: {svd}\n" + DISTILL_FACTORS)
+
+
+def test_distilling_factors_after_an_svd_pass_that_leaves_every_target_dense_is_refused():
+    """The tiny model's linears are too narrow for ranks in multiples of 16 to save parameters."""
+    with pytest.raises(UserError, match=r"^r\.yaml:8: distill: train: factors, but no svd pass before it"):
+        _check("  - svd: {ratio: 0.5, fisher: none}\n" + DISTILL_FACTORS)
+
+
+def test_an_svd_pass_that_leaves_every_target_dense_is_warned_at_its_line(capsys):
+    """svd.multiple: 512 left every target dense: the run ended at 100% of the teacher, exit 0, no word."""
+    _check("  - svd:\n      fisher: none\n      multiple: 512\n")
+    said = _said(capsys)
+    assert re.search(r"warning: r\.yaml:7: svd: every one of its \d+ targets stays dense \(ranks rounded up to a "
+                     r"multiple of 512 save no parameters", said), said
+    _check("  - svd:\n      fisher: none\n      multiple: 1\n")
+    assert "stays dense" not in _said(capsys)
+
+
+def test_a_pattern_of_another_block_is_not_suggested():
+    with pytest.raises(UserError) as e:
+        _check("  - svd: {targets: [transformer_blocks.7.attn.to_q]}\n")
+    assert "matches no linear layer of the model (roles:" in str(e.value)
+
+
+@pytest.mark.parametrize("override, where", [
+    ("passes.0.svd.targets=[attention, foo]", r"r\.yaml \(--set passes\.0\.svd\.targets=\[attention, foo\]\): "
+                                              "svd.targets: pattern 'foo'"),
+    ("passes.1.remove_blocks.count.single=99", r"r\.yaml \(--set passes\.1\.remove_blocks\.count\.single=99\): "
+                                               "remove_blocks: removing 99"),
+])
+def test_a_model_check_of_an_override_names_the_override(override, where):
+    """A value a --set gave was blamed on a recipe line."""
+    with pytest.raises(UserError, match=f"^{where}"):
+        _check("  - svd:\n      fisher: none\n      targets: [attention]\n"
+               "  - remove_blocks: {count: {single: 1}}\n", [override])
 
 
 def test_plan_gives_the_same_warning(capsys):

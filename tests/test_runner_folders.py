@@ -81,3 +81,15 @@ def test_cli_bad_out_is_one_line_before_compute(pixart, capsys):
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "a_file" / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dit-compress: error: output folder") and "\n" not in err and not loads
+
+
+def test_teacher_options_and_resume_with_restart_are_refused_before_loading(pixart):
+    tmp_path, make, loads = pixart
+    with pytest.raises(UserError, match="--teacher is empty"):
+        make(tmp_path / "out", teacher="").prepare()
+    with pytest.raises(UserError, match="--teacher-config '/nonexistent': no such file or folder"):
+        make(tmp_path / "out", teacher_config="/nonexistent").prepare()
+    with pytest.raises(UserError, match="--resume continues an interrupted run and --restart discards it"):
+        make(tmp_path / "out", resume=True, restart=True)
+    assert main(["run", str(tmp_path / "r.yaml"), "--resume", "--restart"]) == 2
+    assert not loads

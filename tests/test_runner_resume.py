@@ -68,7 +68,7 @@ def test_resume_refuses_another_teacher(pixart, monkeypatch):
     tiny_pixart(seed=1).save_pretrained(tmp_path / "other")
     was, now = (re.escape(str(tmp_path / name)) for name in ("teacher", "other"))
     with pytest.raises(UserError, match=rf"--resume: the teacher changed since .* \(was {was}, now {now}\); "
-                                        "rerun without --resume"):
+                                        "rerun with --restart to start over"):
         make(tmp_path / "out", teacher=str(tmp_path / "other"), resume=True).run()
     tiny_pixart(seed=1).save_pretrained(tmp_path / "teacher")  # same path, other weights
     with pytest.raises(UserError, match=r"the teacher changed .*teacher holds other weights or config"):
@@ -98,7 +98,7 @@ def test_resume_from_a_streamed_stage(tmp_path):
     text = streamed_teacher(tmp_path, "flux").format(stream="true")
     first = run_recipe(tmp_path, text, "a")
     stages = tmp_path / "run-a" / "stages"
-    assert [d.name for d in stages.iterdir()] == ["1-svd"] and (stages / "1-svd" / INDEX).is_file()
+    assert [d.name for d in stages.iterdir() if d.is_dir()] == ["1-svd"] and (stages / "1-svd" / INDEX).is_file()
     resumed = Runner(parse_recipe(text, str(tmp_path / "a.yaml")), tmp_path / "out-b",
                      tmp_path / "run-a", resume=True).run()
     a, b = load_transformer(first).state_dict(), load_transformer(resumed).state_dict()
@@ -197,3 +197,77 @@ def test_the_streamed_fingerprint_sees_a_tensor_in_the_middle_of_a_big_shard(tmp
         return h.hexdigest()
 
     assert fingerprint(torch.ones(300_000)) != fingerprint(torch.full((300_000,), 2.0))
+
+
+def test_a_run_without_resume_never_discards_an_interrupted_runs_passes(pixart, monkeypatch, capsys):
+    """Rerunning the command without --resume used to start over and delete the completed stages:
+    it refuses, saying what the run folder holds (of this recipe or another); --restart starts
+    over; a finished run's folder is started over without either."""
+    from compress.cli import main
+
+    tmp_path, make, loads = pixart
+    _interrupted_after_first_pass(tmp_path, make, monkeypatch)
+    stage = tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json"
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dit-compress: error: {tmp_path / 'run'} holds an interrupted run of this recipe (1 of 2 "
+                   "passes done): add --resume to continue, or --restart to start over")
+    assert main(argv + ["--set", "passes.0.remove_blocks.blocks.blocks=[1]"]) == 2
+    assert "interrupted run of another recipe (it differs in passes.0.remove_blocks.blocks.blocks.0; 1 of 2 " \
+           "passes done): add --restart to discard it" in capsys.readouterr().err
+    assert stage.is_file() and len(loads) == 1  # refused before loading the teacher
+    assert main(argv + ["--restart"]) == 0
+    assert main(argv + ["--overwrite"]) == 0  # finished: started over
+
+
+def test_export_keys_and_the_passes_still_to_run_may_change_on_resume(pixart, monkeypatch):
+    """export.dtype changes no pass's result: after a float16 export is refused, the advice
+    (export it as bfloat16) is followed with --resume; so may the keys of passes not yet run
+    (a smaller batch after running out of memory), but not those of the passes kept."""
+    tmp_path, make, loads = pixart
+    _interrupted_after_first_pass(tmp_path, make, monkeypatch)
+    text = (tmp_path / "r.yaml").read_text()
+
+    def runner(*edits):
+        return Runner(parse_recipe(text, str(tmp_path / "r.yaml"), list(edits)), tmp_path / "out",
+                      tmp_path / "run", resume=True)
+
+    with pytest.raises(UserError, match=r"the recipe changed .*\(passes\.0\.remove_blocks\.blocks\.blocks\.0\); "
+                                        "undo the change to resume, or rerun with --restart"):
+        runner("passes.0.remove_blocks.blocks.blocks=[1]", "export.dtype=bfloat16").run()
+    out = runner("export.dtype=bfloat16", "passes.1.svd.ratio=0.4").run()
+    assert json.loads((out / "config.json").read_text())["compression"]["dtype"] == "bfloat16"
+    before = parse_recipe(text, "r.yaml")
+    passes = build_passes(before)
+    now = parse_recipe(text, "r.yaml", ["export.dtype=float16", "passes.1.svd.ratio=0.4"])
+    assert recipe_changes(before.raw, now.raw, passes) == ["passes.1.svd.ratio"]
+    assert recipe_changes(before.raw, now.raw, passes, done=1) == []
+
+
+def test_a_float16_export_refused_at_the_end_is_written_as_bfloat16_with_resume(pixart, monkeypatch, capsys):
+    """The end-of-run advice 'export it as bfloat16 (export.dtype)' followed with --resume was
+    refused as a recipe change, so all compute was redone: now the passes are not run again. The
+    weight no pass changes is warned about before compute."""
+    from compress.errors import NumericError
+    from compress.passes.remove_blocks import RemoveBlocksPass
+    from compress.passes.svd import SVDPass
+
+    tmp_path, make, loads = pixart
+    teacher = tiny_pixart()
+    teacher.proj_out.weight.data[0, 0] = 1e5  # no pass of the recipe changes proj_out
+    teacher.save_pretrained(tmp_path / "teacher")
+    text = (tmp_path / "r.yaml").read_text()
+
+    def runner(dtype, **kw):
+        recipe = parse_recipe(text, str(tmp_path / "r.yaml"), [f"export.dtype={dtype}"])
+        return Runner(recipe, tmp_path / "out", tmp_path / "run", **kw)
+
+    with pytest.raises(NumericError, match=r"export: proj_out\.weight holds values up to 1e\+05.*export it as bfloat16"):
+        runner("float16").run()
+    assert "the teacher's proj_out.weight holds values up to 1e+05" in " ".join(capsys.readouterr().err.split())
+    for cls in (RemoveBlocksPass, SVDPass):
+        monkeypatch.setattr(cls, "run", lambda self, model, ctx: pytest.fail("a pass ran again"))
+    out = runner("bfloat16", resume=True).run()
+    assert json.loads((out / "config.json").read_text())["compression"]["dtype"] == "bfloat16"

@@ -96,6 +96,11 @@ class Pass:
     def check(self, model: nn.Module, adapter: Adapter) -> None:
         """Validate the config against the model before any compute; raise UserError."""
 
+    def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
+        """(recipe key, message) of what is legal but likely not meant (the runner warns, naming the
+        key's line), after `check` passed; none by default."""
+        return []
+
     def check_streaming(self) -> None:
         """Whether this config runs with block weights streamed (recipe `stream: true`, where
         only one block is resident); raise UserError naming what needs the whole model."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from compress.distill_data import DATA_SOURCES
 from compress.distill_folder import check_folder
-from compress.distill_utils import TRAIN_MODES
+from compress.distill_utils import TRAIN_MODES, will_have_factors
 from compress.errors import BadValue
 from compress.passes.base import Pass, RunContext
 from compress.passes.distill_trainer import _NOT_FINGERPRINTED, _Trainer
@@ -132,6 +132,10 @@ class DistillPass(Pass):
         cfg.validate()
         if cfg.data == "folder":
             check_folder(cfg.latents_dir, model, adapter)
+        if cfg.train == "factors" and not will_have_factors(model):
+            raise BadValue("train", "distill: train: factors, but no svd pass before it factorizes a layer "
+                                    "and the teacher has no low-rank layers; add an svd pass first, or use "
+                                    "train: all")
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         cfg = self.config

@@ -215,7 +215,8 @@ class _Trainer:
         if meta["fingerprint"] != self._fingerprint():
             raise UserError(f"distill: checkpoint {path} was written with other settings (config, seed, block "
                             f"map, process count: {meta['processes']}, or another incoming student); delete "
-                            f"{self.dir} to start over")
+                            f"{self.dir} to train this pass from its start (--resume keeps the passes before "
+                            "it), or rerun with --restart to start the whole run over")
         self.acc.load_state(str(path))
         state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
         self.step, self.history, self.before = state["step"], state["history"], state["before"]

@@ -109,19 +109,30 @@ def _one_of(config: RemoveBlocksConfig) -> str:
     return given[0]
 
 
-def _k_of(key: str, value, n: int, where: str) -> int:
+def _k_of(key: str, value, n: int, where: str, path: str) -> int:
+    """path: the recipe key the value came from (count, count.double, ...), for the error's line."""
     if key == "count":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise UserError(f"remove_blocks: count for {where} must be a non-negative integer, got {value!r}")
+            raise BadValue(path, f"remove_blocks: count for {where} must be a non-negative integer, got {value!r}")
         return value
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise UserError(f"remove_blocks: fraction for {where} must be a number in [0, 1), got {value!r}")
+        raise BadValue(path, f"remove_blocks: fraction for {where} must be a number in [0, 1), got {value!r}")
     return math.floor(value * n + 1e-9)
 
 
-def _too_many(k: int, n: int, group: str) -> UserError:
-    return UserError(f"remove_blocks: removing {k} of {n} blocks would leave group '{group}' empty; "
-                     "keep at least one")
+def _too_many(k: int, n: int, group: str, path: str) -> BadValue:
+    return BadValue(path, f"remove_blocks: removing {k} of {n} blocks would leave group '{group}' empty; "
+                          "keep at least one")
+
+
+def _group(adapter: Adapter, group: str, path: str) -> str:
+    """The group's name; an unknown group is a BadValue on `path` naming the groups."""
+    try:
+        return adapter.group(group).name
+    except BadValue:
+        raise
+    except UserError as e:
+        raise BadValue(path, str(e)) from None
 
 
 def resolve_budget(config: RemoveBlocksConfig, adapter: Adapter, counts: dict[str, int]):
@@ -131,19 +142,19 @@ def resolve_budget(config: RemoveBlocksConfig, adapter: Adapter, counts: dict[st
     if isinstance(value, dict):
         budget = {}
         for group, v in value.items():
-            adapter.group(group)  # unknown group -> UserError naming the groups
-            budget[group] = _k_of(key, v, counts[group], f"group '{group}'")
+            _group(adapter, group, f"{key}.{group}")
+            budget[group] = _k_of(key, v, counts[group], f"group '{group}'", f"{key}.{group}")
             if budget[group] >= counts[group]:
-                raise _too_many(budget[group], counts[group], group)
+                raise _too_many(budget[group], counts[group], group, f"{key}.{group}")
         return budget
     total = sum(counts.values())
-    k = _k_of(key, value, total, "all blocks")
+    k = _k_of(key, value, total, "all blocks", key)
     if len(counts) == 1 and k >= total:
-        raise _too_many(k, total, next(iter(counts)))
+        raise _too_many(k, total, next(iter(counts)), key)
     if k > total - len(counts):
         per = ", ".join(f"'{g}': {n}" for g, n in counts.items())
-        raise UserError(f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
-                        f"(groups {per}); keep at least one per group")
+        raise BadValue(key, f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
+                            f"(groups {per}); keep at least one per group")
     return k
 
 
@@ -154,26 +165,27 @@ def per_group(budget, counts: dict[str, int]) -> dict[str, int]:
     if len(counts) == 1:
         return {next(iter(counts)): budget}
     example = ", ".join(f"{g}: 1" for g in counts)
-    raise UserError(f"remove_blocks: criterion learned takes a budget per group (count: {{{example}}}), "
-                    "not a count or fraction over all blocks")
+    raise BadValue("criterion", f"remove_blocks: criterion learned takes a budget per group (count: "
+                                f"{{{example}}}), not a count or fraction over all blocks")
 
 
 def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> dict[str, list[int]]:
     """Teacher indices per group, validated against the teacher's block counts."""
     if not isinstance(blocks, dict):
-        raise UserError(f"remove_blocks: blocks must map a group to a list of indices, got {blocks!r}")
+        raise BadValue("blocks", f"remove_blocks: blocks must map a group to a list of indices, got {blocks!r}")
     out = {}
     for group, idx in blocks.items():
-        n = counts[adapter.group(group).name]
+        path = f"blocks.{group}"
+        n = counts[_group(adapter, group, path)]
         if not isinstance(idx, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                          for i in idx):
-            raise UserError(f"remove_blocks: blocks.{group} must be a list of integers, got {idx!r}")
+            raise BadValue(path, f"remove_blocks: blocks.{group} must be a list of integers, got {idx!r}")
         bad = [i for i in idx if not 0 <= i < n]
         if bad:
-            raise UserError(f"remove_blocks: block index {bad[0]} out of range for group '{group}' "
-                            f"({n} blocks: 0..{n - 1})")
+            raise BadValue(f"{path}.{list(idx).index(bad[0])}", f"remove_blocks: block index {bad[0]} out of "
+                                                              f"range for group '{group}' ({n} blocks: 0..{n - 1})")
         if len(set(idx)) >= n:
-            raise _too_many(len(set(idx)), n, group)
+            raise _too_many(len(set(idx)), n, group, path)
         out[group] = sorted(set(idx))
     return out
 
@@ -305,11 +317,16 @@ class RemoveBlocksPass(Pass):
             drop = to_current(check_explicit(self.config.blocks, adapter, teacher_counts), block_map)
             for g, idx in drop.items():
                 if len(idx) >= counts[g]:
-                    raise _too_many(len(idx), counts[g], g)
+                    raise _too_many(len(idx), counts[g], g, f"blocks.{g}")
             return
         budget = resolve_budget(self.config, adapter, counts)
         if self.config.criterion == "learned":
-            pattern_count(per_group(budget, counts), counts, self.config.window)  # windows can be made
+            try:
+                pattern_count(per_group(budget, counts), counts, self.config.window)  # windows can be made
+            except BadValue:
+                raise
+            except UserError as e:  # a window that would lose all its blocks
+                raise BadValue("window" if self.config.window else _one_of(self.config), str(e)) from None
             _warn_if_biased(self.config)
 
     def check_streaming(self) -> None:

@@ -42,6 +42,7 @@ from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, model_digest
 from compress.calib_stats import Stats, StatsCache
 from compress.calib_store import BlockLoader
+from compress.distill_utils import PLANNED_FACTORS
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.linalg import normalized_curve
@@ -129,6 +130,18 @@ class SVDPass(GlobalAllocation, Pass):
     def check(self, model: nn.Module, adapter: Adapter) -> None:
         check_config(self.config, model, adapter)
 
+    def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
+        """A pass whose ranks, known before calibration, leave every target dense changes nothing."""
+        c = self.config
+        targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
+        ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        if not targets or len(ranks) < len(targets) or any(r is not DENSE for r in ranks.values()):
+            return []
+        key = "multiple" if c.multiple > 1 else "ratio"
+        return [(key, f"svd: every one of its {len(targets)} targets stays dense (ranks rounded up to a multiple "
+                      f"of {c.multiple} save no parameters at these widths), so this pass changes nothing; "
+                      "lower svd.multiple or svd.ratio")]
+
     def check_streaming(self) -> None:
         """Block weights streamed: everything but whole-model forwards (svd_checks)."""
         check_streaming(self.config)
@@ -157,6 +170,8 @@ class SVDPass(GlobalAllocation, Pass):
         c = self.config
         targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        if len(ranks) < len(targets):  # budgeted (global, energy): ranks decided at run time
+            setattr(model, PLANNED_FACTORS, True)
         for info in targets:
             rank = ranks.get(info.name)
             if isinstance(rank, int):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from compress.arch.base import ROLES, Adapter
-from compress.errors import BadValue, UserError, did_you_mean
+from compress.errors import BadValue, did_you_mean
 from compress.linalg import METHODS
 from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
@@ -24,13 +24,14 @@ def check_config(c, model: nn.Module, adapter: Adapter) -> None:
     infos = adapter.linears(model)
     targets = resolve_targets(infos, c.targets, c.ignore)
     _check_not_factorized(targets, model)
-    check_explicit_ranks(targets, c.ranks)
-    for p in c.center:
-        check_pattern(p, infos, "center")
+    check_explicit_ranks(infos, targets, c.ranks)
+    for n, p in enumerate(c.center):
+        check_pattern(p, infos, "center", f"center.{n}")
     biasless = [i.name for i in targets if centered(c, i) and model.get_submodule(i.name).bias is None]
     if biasless:
-        raise UserError(f"svd.center: {', '.join(biasless[:3])}{' …' if len(biasless) > 3 else ''} "
-                        "has no bias to take the mean error; leave it out of svd.center")
+        more = " …" if len(biasless) > 3 else ""
+        raise BadValue("center", f"svd.center: {', '.join(biasless[:3])}{more} has no bias to take the "
+                                 "mean error; leave it out of svd.center")
     if c.allocation == "per_role":
         _check_roles(c.ratios, {i.role for i in targets})
     if c.allocation == "global":
@@ -43,7 +44,7 @@ def _check_not_factorized(targets, model: nn.Module) -> None:
     done = [i.name for i in targets if isinstance(model.get_submodule(i.name), LowRankLinear)]
     if done:
         them = "it" if len(done) == 1 else "them"
-        raise UserError(f"svd: {', '.join(done[:3])}{' …' if len(done) > 3 else ''} "
+        raise BadValue("targets", f"svd: {', '.join(done[:3])}{' …' if len(done) > 3 else ''} "
                         f"{'is' if len(done) == 1 else 'are'} already factorized (by an earlier svd pass, "
                         f"or in the teacher); leave {them} out with svd.ignore, or factorize once at a "
                         "lower ratio")
@@ -113,12 +114,12 @@ def _check_patterns(c) -> None:
     for key in ("targets", "ignore", "center"):
         if not isinstance(getattr(c, key), list):
             raise BadValue(key, f"svd.{key} must be a list of patterns, got {getattr(c, key)!r}")
-        for p in getattr(c, key):
-            check_syntax(p, key)
+        for n, p in enumerate(getattr(c, key)):
+            check_syntax(p, key, f"{key}.{n}")
     for p, rank in c.ranks.items():
-        check_syntax(p, "ranks")
+        check_syntax(p, "ranks", f"ranks.{p}")
         if not _is_int(rank) or rank < 1:
-            raise BadValue("ranks", f"svd.ranks: rank {rank!r} for {p!r} must be an integer ≥ 1")
+            raise BadValue(f"ranks.{p}", f"svd.ranks: rank {rank!r} for {p!r} must be an integer ≥ 1")
 
 
 def _check_allocation_keys(c) -> None:
@@ -137,12 +138,12 @@ def check_streaming(c) -> None:
     """Block weights streamed: everything but whole-model forwards (the prediction's Fisher, and
     with it compensation; global's measured sensitivities)."""
     if c.fisher in ("all", "modulation"):
-        raise UserError(f"svd.fisher: {c.fisher} needs the whole model in memory (one forward and "
-                        "backward per probe); with stream: true set svd.fisher: block (each "
-                        "block's own output Fisher) or none")
+        raise BadValue("fisher", f"svd.fisher: {c.fisher} needs the whole model in memory (one forward "
+                                 "and backward per probe); with stream: true set svd.fisher: block (each "
+                                 "block's own output Fisher) or none")
     if c.allocation == "global" and c.sensitivity is not False:
-        raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
-                        "with stream: true set svd.sensitivity: false")
+        raise BadValue("sensitivity", "svd.sensitivity needs the whole model in memory (one forward per "
+                                      "layer); with stream: true set svd.sensitivity: false")
 
 
 def centered(c, info) -> bool:
@@ -163,21 +164,23 @@ def _check_ratios(ratios) -> None:
                                      "allocation: per_role")
     for role, r in ratios.items():
         if role not in ROLES:
-            raise BadValue("ratios", f"svd.ratios: unknown role {role!r}{did_you_mean(str(role), ROLES)} "
-                                     f"(roles: {', '.join(ROLES)})")
+            raise BadValue(f"ratios.{role}", f"svd.ratios: unknown role {role!r}"
+                                             f"{did_you_mean(str(role), ROLES)} (roles: {', '.join(ROLES)})")
         if r is not None and (not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r <= 1):
-            raise BadValue("ratios", f"svd.ratios.{role} must be a number in (0, 1] or null (dense), got {r!r}")
+            raise BadValue(f"ratios.{role}", f"svd.ratios.{role} must be a number in (0, 1] or null "
+                                             f"(dense), got {r!r}")
 
 
 def _check_roles(ratios: dict, roles: set[str]) -> None:
     """Every targeted role has a ratio, and every ratio's role is targeted (else it is ignored)."""
     missing = sorted(roles - set(ratios))
     if missing:
-        raise UserError(f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}")
+        raise BadValue("ratios", f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}")
     unused = sorted(set(ratios) - roles)
     if unused:
-        raise UserError(f"svd.ratios: role(s) {', '.join(unused)} match no target (targeted roles: "
-                        f"{', '.join(sorted(roles))}); remove them or add them to svd.targets")
+        raise BadValue(f"ratios.{unused[0]}", f"svd.ratios: role(s) {', '.join(unused)} match no target "
+                                              f"(targeted roles: {', '.join(sorted(roles))}); remove them or "
+                                              "add them to svd.targets")
 
 
 def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:

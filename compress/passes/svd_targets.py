@@ -11,8 +11,7 @@ from typing import Sequence
 
 from compress.alloc import DENSE, LayerSpec, per_role, ratio_rank
 from compress.arch.base import ROLES, LinearInfo
-from compress.errors import UserError
-from compress.errors import BadValue
+from compress.errors import BadValue, did_you_mean
 
 OUTPUT_GRAM_MIN_IN = 8192  # inputs wider than this (and wider than the output) use Σ yᵀy
 
@@ -25,37 +24,42 @@ def matches(pattern: str, info: LinearInfo) -> bool:
     return info.name == pattern
 
 
-def check_syntax(pattern, key: str) -> None:
-    """A pattern alone (no model): a string, and for `re:` a regex that compiles."""
+def check_syntax(pattern, key: str, at: str | None = None) -> None:
+    """A pattern alone (no model): a string, and for `re:` a regex that compiles. Errors name the
+    recipe key `at` (targets.1, ranks.modulation; default `key`)."""
     if not isinstance(pattern, str):
-        raise BadValue(key, f"svd.{key}: patterns must be strings (a module name, a role or re:REGEX), "
-                            f"got {pattern!r}")
+        raise BadValue(at or key, f"svd.{key}: patterns must be strings (a module name, a role or "
+                                  f"re:REGEX), got {pattern!r}")
     if pattern.startswith("re:"):
         try:
             re.compile(pattern[3:])
         except re.error as err:
-            raise BadValue(key, f"svd.{key}: bad regex {pattern!r}: {err}") from None
+            raise BadValue(at or key, f"svd.{key}: bad regex {pattern!r}: {err}") from None
 
 
-def check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str) -> None:
-    """A valid pattern that matches some linear of `infos`."""
-    check_syntax(pattern, key)
+def check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str, at: str | None = None) -> None:
+    """A valid pattern that matches some linear of `infos` (BadValue naming the recipe key `at`)."""
+    check_syntax(pattern, key, at)
     if not any(matches(pattern, i) for i in infos):
-        hint = f" (roles: {', '.join(ROLES)}; regexes start with 're:')"
-        raise UserError(f"svd.{key}: pattern {pattern!r} matches no linear layer of the model{hint}")
+        digits = re.findall(r"\d+", pattern)  # a name with other block numbers is not a typo of it
+        hint = did_you_mean(pattern, [n for n in (*ROLES, *(i.name for i in infos))
+                                      if re.findall(r"\d+", n) == digits])
+        raise BadValue(at or key, f"svd.{key}: pattern {pattern!r} matches no linear layer of the model"
+                                  f"{hint} (roles: {', '.join(ROLES)}; regexes start with 're:')")
 
 
 def resolve_targets(infos: Sequence[LinearInfo], targets: Sequence[str],
                     ignore: Sequence[str]) -> list[LinearInfo]:
     """The linears matched by some target pattern and by no ignore pattern, in module order.
-    Every pattern must match at least one linear (UserError naming the pattern)."""
+    Every pattern must match at least one linear (BadValue naming the pattern's key)."""
     for key, patterns in (("targets", targets), ("ignore", ignore)):
-        for p in patterns:
-            check_pattern(p, infos, key)
+        for n, p in enumerate(patterns):
+            check_pattern(p, infos, key, f"{key}.{n}")
     chosen = [i for i in infos if any(matches(p, i) for p in targets)
               and not any(matches(p, i) for p in ignore)]
     if not chosen:
-        raise UserError("svd: targets minus ignore leave no layer to compress")
+        raise BadValue("ignore" if ignore else "targets",
+                       "svd: targets minus ignore leave no layer to compress")
     return chosen
 
 
@@ -89,16 +93,26 @@ def explicit_rank(info: LinearInfo, ranks: dict[str, int]) -> int | None:
     return None
 
 
-def check_explicit_ranks(infos: Sequence[LinearInfo], ranks: dict[str, int]) -> None:
+def check_explicit_ranks(infos: Sequence[LinearInfo], targets: Sequence[LinearInfo],
+                         ranks: dict[str, int]) -> None:
+    """Every `ranks` pattern names some of the pass's `targets` (of the model's linears `infos`),
+    with a rank each of them can take."""
     for pattern, rank in ranks.items():
-        check_pattern(pattern, infos, "ranks")
-        for info in infos:
+        check_pattern(pattern, infos, "ranks", f"ranks.{pattern}")
+        if not any(matches(pattern, i) for i in targets):
+            named = [i.name for i in infos if matches(pattern, i)]
+            raise BadValue(f"ranks.{pattern}", f"svd.ranks: pattern {pattern!r} names "
+                           f"{', '.join(named[:3])}{' …' if len(named) > 3 else ''}, which this pass does "
+                           "not factorize (not in svd.targets, or left out by svd.ignore); add "
+                           f"{'it' if len(named) == 1 else 'them'} to svd.targets or remove the pattern "
+                           "from svd.ranks")
+        for info in targets:
             if not matches(pattern, info):
                 continue
             top = min(info.in_features, info.out_features)
             if not isinstance(rank, int) or not 1 <= rank <= top:
-                raise UserError(f"svd.ranks: rank {rank!r} for {pattern!r} is outside 1..{top} "
-                                f"(min(in, out) of {info.name})")
+                raise BadValue(f"ranks.{pattern}", f"svd.ranks: rank {rank!r} for {pattern!r} is outside "
+                                                   f"1..{top} (min(in, out) of {info.name})")
 
 
 def fixed_ranks(targets: Sequence[LinearInfo], allocation: str, ratio: float,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import UserError
+from compress.errors import UserError, did_you_mean
 from compress.toy.text import ToyTextEncoder
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -68,11 +68,18 @@ def _record_checksum(path: Path) -> None:
     (path.parent / CHECKSUMS_FILE).write_text(json.dumps(dict(sorted(listed.items())), indent=1) + "\n")
 
 
+def check_toy_name(family: str) -> None:
+    """A UserError for a toy teacher that is not shipped (`toy:pixar`), with the closest name."""
+    if family not in FAMILIES:
+        names = [f"toy:{f}" for f in FAMILIES]
+        close = did_you_mean(family, FAMILIES).replace("'", "'toy:", 1)  # by the name alone, not the prefix
+        raise UserError(f"unknown toy teacher 'toy:{family}'{close} (the toy teachers: {', '.join(names)})")
+
+
 def _model_class(family: str):
     from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
 
-    if family not in FAMILIES:
-        raise UserError(f"unknown toy teacher {family!r}: choose one of {', '.join(FAMILIES)}")
+    check_toy_name(family)
     return PixArtTransformer2DModel if family == "pixart" else FluxTransformer2DModel
 
 

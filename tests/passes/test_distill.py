@@ -69,7 +69,7 @@ def test_factors_needs_lowrank(tmp_path):
     from compress.errors import UserError
 
     teacher = tiny_pixart()
-    with pytest.raises(UserError, match="no LowRankLinear"):
+    with pytest.raises(UserError, match="train: factors, but no svd pass before it factorizes a layer"):
         distill(copy.deepcopy(teacher), teacher, tmp_path, train="factors")
 
 

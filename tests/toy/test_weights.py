@@ -63,8 +63,10 @@ def test_corrupted_config_names_the_file(copied):
 
 
 def test_unknown_family():
-    with pytest.raises(UserError, match="pixart, flux"):
+    with pytest.raises(UserError, match=r"^unknown toy teacher 'toy:sdxl' \(the toy teachers: toy:pixart, toy:flux\)"):
         load_toy_teacher("sdxl")
+    with pytest.raises(UserError, match=r"^unknown toy teacher 'toy:pixar'; did you mean 'toy:pixart'\? \(the"):
+        load_toy_teacher("pixar")
 
 
 @pytest.fixture()

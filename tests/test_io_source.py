@@ -1,0 +1,156 @@
+"""Teacher sources checked before anything loads: what they are, their family from the config alone,
+and errors that name the recipe's file:line and the path looked for."""
+
+import json
+import os
+
+import pytest
+
+from compress.errors import UserError
+from compress.io_source import check_sources, recipe_where, source_family
+from compress.recipe import load_recipe
+from tests.conftest import tiny_flux, tiny_pixart
+
+RECIPE = """\
+model: {model}
+teacher: {teacher!r}
+calibration: {{source: pipeline, prompt_file: {prompts}}}
+passes:
+  - svd: {{targets: [mlp], ratio: 0.5}}
+"""
+
+
+def _recipe(folder, teacher="toy:pixart", model="pixart", prompts="prompts.txt", overrides=()):
+    """A recipe in `folder` (made) with a prompt file beside it, loaded."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "prompts.txt").write_text("a cat\n")
+    path = folder / "r.yaml"
+    path.write_text(RECIPE.format(model=model, teacher=teacher, prompts=prompts))
+    return load_recipe(path, list(overrides))
+
+
+def test_a_recipe_teacher_that_is_not_there_names_its_line_the_path_and_the_rule(tmp_path, monkeypatch):
+    """A relative teacher path is taken from the current folder, not the recipe's: the error says
+    so, with the absolute path looked for, and points at the recipe's folder where it is there."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    recipe = _recipe(tmp_path / "sub", teacher="./nope/there")
+    with pytest.raises(UserError) as e:
+        check_sources(recipe)
+    assert str(e.value) == (f"{recipe.path}:2: teacher not found: ./nope/there (there is no "
+                            f"{tmp_path}/here/nope/there; a recipe's relative teacher path is taken from "
+                            "the current folder, not the recipe's)")
+    tiny_pixart().save_pretrained(tmp_path / "sub" / "t")
+    recipe = _recipe(tmp_path / "sub", teacher="t")
+    with pytest.raises(UserError, match=f"where {tmp_path}/sub/t is: give that path instead"):
+        check_sources(recipe)
+    with pytest.raises(UserError, match=rf"^teacher not found: t \(there is no {tmp_path}/here/t; a Hugging"):
+        check_sources(recipe, teacher="t")  # --teacher: no recipe line, no recipe rule
+
+
+@pytest.mark.parametrize("teacher, model, words", [
+    ("", "pixart", ":2: the teacher is empty; give toy:pixart, toy:flux, a Hugging Face id (OWNER/NAME), "
+                   "or a local folder or checkpoint file"),
+    ("toy:pixar", "pixart", ":2: unknown toy teacher 'toy:pixar'; did you mean 'toy:pixart'? (the toy "
+                            "teachers: toy:pixart, toy:flux)"),
+    ("toy:pixart", "flux", ":1: model is 'flux' but the teacher toy:pixart is a PixArtTransformer2DModel "
+                           "(pixart); set model: pixart or give a flux teacher"),
+])
+def test_a_recipe_teacher_error_names_the_recipe_line(tmp_path, teacher, model, words):
+    recipe = _recipe(tmp_path, teacher=teacher, model=model)
+    with pytest.raises(UserError) as e:
+        check_sources(recipe)
+    assert str(e.value) == f"{recipe.path}{words}"
+
+
+def test_a_teacher_set_on_the_command_line_is_named_as_such(tmp_path):
+    recipe = _recipe(tmp_path, overrides=["teacher=toy:flx"])
+    with pytest.raises(UserError, match=r"r.yaml \(--set teacher\): unknown toy teacher 'toy:flx'; did you mean"):
+        check_sources(recipe)
+
+
+def test_a_missing_prompt_file_names_its_line_and_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path / "sub", prompts="nope.txt")
+    with pytest.raises(UserError) as e:
+        check_sources(recipe)
+    assert str(e.value) == (f"{recipe.path}:3: calibration.prompt_file nope.txt not found: {tmp_path}/sub/nope.txt "
+                            "(a relative prompt_file is taken from the recipe's folder)")
+    assert check_sources(_recipe(tmp_path / "sub")) == "toy:pixart"  # prompts.txt beside the recipe
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.mkdir(), "has neither model_index.json nor config.json"),
+    (lambda p: (p.mkdir(), (p / "notes.md").write_text("x")), "has neither model_index.json nor config.json"),
+    (lambda p: (p.mkdir(), (p / "model_index.json").write_text("{}")), "is a pipeline folder without transformer/"),
+    (lambda p: p.write_text("hello\n"), "is not a checkpoint: no file type; a teacher is a folder or a checkpoint"),
+])
+def test_something_that_is_not_a_teacher_says_what_it_is(tmp_path, make, words):
+    make(tmp_path / "x")
+    recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "x"))
+    with pytest.raises(UserError, match=f"^{recipe.path}:2: {tmp_path}/x {words}"):
+        check_sources(recipe)
+
+
+def _no_hub(monkeypatch):
+    import huggingface_hub
+
+    import compress.io
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail(f"fetched {a} {k}"))
+    monkeypatch.setattr(compress.io, "_load_hub", lambda *a: pytest.fail("loaded the weights"))
+
+
+def test_a_known_hub_teacher_of_another_family_is_refused_offline(tmp_path, monkeypatch):
+    _no_hub(monkeypatch)
+    recipe = _recipe(tmp_path, model="pixart")
+    with pytest.raises(UserError, match=r"r.yaml:1: model is 'pixart' but the teacher black-forest-labs/FLUX.1-dev "
+                                        r"\(--teacher\) is a FluxTransformer2DModel \(flux\)"):
+        check_sources(recipe, teacher="black-forest-labs/FLUX.1-dev")
+
+
+def test_a_hub_teacher_is_checked_by_its_config_alone(tmp_path, monkeypatch):
+    """Run's check fetches transformer/config.json of an unknown Hub id, never its weights; plan
+    fetches nothing."""
+    import huggingface_hub
+
+    tiny_flux().save_config(tmp_path / "cfg")
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name, subfolder=None: fetched.append((repo, subfolder, name))
+                        or str(tmp_path / "cfg" / "config.json"))
+    recipe = _recipe(tmp_path / "r", teacher="org/model")
+    with pytest.raises(UserError, match="model is 'pixart' but the teacher org/model is a FluxTransformer2DModel"):
+        check_sources(recipe)
+    assert fetched == [("org/model", "transformer", "config.json")]
+    with pytest.raises(UserError, match=r"cannot find a config for teacher 'org/model' offline .*--teacher-config"):
+        check_sources(recipe, hub=False)
+    assert len(fetched) == 1
+
+
+def test_a_safetensors_file_tells_its_family_from_its_header(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(tiny_flux().state_dict(), str(tmp_path / "f.safetensors"))
+    assert source_family(str(tmp_path / "f.safetensors")) == ("flux", "FluxTransformer2DModel")
+    (tmp_path / "g.safetensors").write_bytes(b"\0" * 64)  # unreadable: its loader says so
+    assert source_family(str(tmp_path / "g.safetensors")) is None
+
+
+def test_eval_and_bench_refuse_a_hub_teacher_of_another_family_before_its_weights(monkeypatch):
+    from compress.io import load_teacher_of
+
+    _no_hub(monkeypatch)
+    with pytest.raises(UserError, match="teacher black-forest-labs/FLUX.1-dev is a FluxTransformer2DModel; the model "
+                                        "to compare with it is a PixArtTransformer2DModel"):
+        load_teacher_of(tiny_pixart(), "black-forest-labs/FLUX.1-dev")
+
+
+def test_recipe_where_finds_nested_keys_and_says_when_the_file_does_not_hold_the_value(tmp_path):
+    recipe = _recipe(tmp_path)
+    assert recipe_where(recipe, "calibration.prompt_file", "prompts.txt") == f"{recipe.path}:3"
+    assert recipe_where(recipe, "calibration.prompt_file", "other.txt") == \
+        f"{recipe.path} (--set calibration.prompt_file)"
+    os.remove(recipe.path)
+    assert recipe_where(recipe, "teacher", "toy:pixart") == recipe.path
+    assert json.dumps(recipe.teacher)  # the recipe itself is untouched
