@@ -36,8 +36,8 @@ def recipe_where(recipe, dotted: str, value) -> str:
     for key in dotted.split("."):
         items = node.value if isinstance(node, yaml.MappingNode) else []
         node = next((v for k, v in items if isinstance(k, yaml.ScalarNode) and k.value == key), None)
-    if isinstance(node, yaml.ScalarNode) and node.value == str(value):
-        return f"{recipe.path}:{node.start_mark.line + 1}"
+    if isinstance(node, yaml.ScalarNode) and node.value == str(value) or isinstance(node, yaml.CollectionNode):
+        return f"{recipe.path}:{node.start_mark.line + 1}"  # a list or mapping: the file's (not compared)
     return f"{recipe.path} (--set {dotted})"
 
 
@@ -187,7 +187,38 @@ def check_sources(recipe, teacher: str | None = None, config: str | None = None,
                         f"teacher {source}{given} is a {found[1]} ({found[0]}); set model: {found[0]} or give "
                         f"a {recipe.model} teacher")
     check_prompt_file(recipe, source)
+    warn_unused_calibration(recipe, source)
     return source
+
+
+PIPELINE_ONLY = ("prompts", "prompt_file", "pipeline", "sample_steps", "prompts_per_call", "guidance_scale",
+                 "height", "width")  # calibration keys a toy or synthetic source does not read
+
+
+def unused_calibration(calib, kind: str) -> list[tuple[str, str]]:
+    """(key, why) of calibration keys set away from their defaults that do nothing for a source of
+    `kind` (toy, synthetic, pipeline)."""
+    defaults = type(calib)()
+    if kind != "pipeline":
+        return [(k, f"only a pipeline source reads it; the {kind} source ignores it")
+                for k in PIPELINE_ONLY if getattr(calib, k) != getattr(defaults, k)]
+    if calib.timesteps > calib.sample_steps:
+        return [("timesteps", f"{calib.timesteps} timesteps of a {calib.sample_steps}-step sampler: only "
+                              f"{calib.sample_steps} are captured (raise calibration.sample_steps)")]
+    return []
+
+
+def warn_unused_calibration(recipe, source: str) -> None:
+    """A warning per calibration key that does nothing here (unused_calibration), at its line."""
+    from rich.markup import escape
+
+    from compress.inputs import source_kind
+    from compress.report import console
+
+    calib = recipe.calibration
+    for key, why in unused_calibration(calib, source_kind(calib, source)):
+        where = recipe_where(recipe, f"calibration.{key}", getattr(calib, key))
+        console.print(f"[bold yellow]warning:[/] {escape(f'{where}: calibration.{key}: {why}')}")
 
 
 def check_prompt_file(recipe, source: str) -> None:

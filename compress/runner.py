@@ -27,7 +27,7 @@ from compress.io import load_teacher, nonfinite
 from compress.io_export import check_replaceable, warn_if_beyond_export_range
 from compress.io_source import check_sources
 from compress.passes import pass_class
-from compress.passes.base import RunContext, predictions, relative_error
+from compress.passes.base import RunContext, first_nonfinite, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
@@ -91,13 +91,21 @@ def check_writable(folder: Path, what: str) -> None:
                 pass
 
 
-def check_reference(reference: list[torch.Tensor], dtype: str) -> None:
-    """The teacher's held-out predictions, which every error of the run is measured against, are finite."""
+def check_reference(reference: list[torch.Tensor], dtype: str, locate=None) -> None:
+    """The teacher's held-out predictions, which every error of the run is measured against, are
+    finite. locate(batch index) -> (module, inputs finite) | None: where the NaN/Inf first appears."""
     bad = [i for i, r in enumerate(reference) if nonfinite(r)]
-    if bad:
-        raise NumericError(f"the teacher's prediction holds NaN/Inf on held-out batch {bad[0] + 1} of "
-                           f"{len(reference)} in compute_dtype {dtype}; if the checkpoint is finite it "
-                           "overflows there: try bfloat16 or float32")
+    if not bad:
+        return
+    found = locate(bad[0]) if locate is not None else None
+    where = ""
+    if found is not None:
+        name, inputs_ok = found
+        where = f": {name}'s output is the first to hold it" + (" (its inputs were finite)" if inputs_ok else "")
+    hint = ("the checkpoint's weights overflow even in float32 there: it may be damaged, or not this model's"
+            if dtype == "float32" else "try " + ("float32" if dtype == "bfloat16" else "bfloat16 or float32"))
+    raise NumericError(f"the teacher's prediction holds NaN/Inf on held-out batch {bad[0] + 1} of "
+                       f"{len(reference)} in compute_dtype {dtype}{where}; {hint}")
 
 
 def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None,
@@ -336,7 +344,8 @@ class Runner:
         heldout = self.ctx.eval_inputs()
         with self.models.forwards(self.teacher):
             reference = predictions(self.teacher, self.adapter, heldout)
-        check_reference(reference, self.recipe.compute_dtype)
+            check_reference(reference, self.recipe.compute_dtype,
+                            lambda b: first_nonfinite(self.teacher, self.adapter, heldout[b]))
         teacher_params = param_count(self.teacher)
         for i in range(start, len(self.passes)):
             self.doing = i

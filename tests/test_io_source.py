@@ -154,3 +154,28 @@ def test_recipe_where_finds_nested_keys_and_says_when_the_file_does_not_hold_the
     os.remove(recipe.path)
     assert recipe_where(recipe, "teacher", "toy:pixart") == recipe.path
     assert json.dumps(recipe.teacher)  # the recipe itself is untouched
+
+
+@pytest.mark.parametrize("calibration, warned", [
+    ("{source: synthetic, prompt_file: p.txt, height: 512}", ["r.yaml:3: calibration.prompt_file: only a pipeline "
+                                                             "source reads it; the synthetic source ignores it",
+                                                             "calibration.height: only a pipeline"]),
+    ("\n  source: toy\n  prompts: [a, b]\n", ["r.yaml:5: calibration.prompts: only a pipeline source reads it; the "
+                                            "toy source ignores it"]),
+    ("{source: synthetic, timesteps: 4}", []),
+])
+def test_calibration_keys_a_source_does_not_read_are_warned_at_their_line(tmp_path, capsys, calibration, warned):
+    """prompt_file, height, width, ... did nothing with a toy or synthetic source, without a word."""
+    path = tmp_path / "r.yaml"
+    path.write_text(f"model: pixart\nteacher: toy:pixart\ncalibration: {calibration}\npasses:\n  - distill: {{steps: 1}}\n")
+    check_sources(load_recipe(path))
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count("warning:") == len(warned) and all(w in said for w in warned), said
+
+
+def test_more_timesteps_than_sampler_steps_are_warned(tmp_path, capsys):
+    recipe = _recipe(tmp_path, overrides=["calibration.timesteps=50", "calibration.sample_steps=4"])
+    check_sources(recipe)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "(--set calibration.timesteps): calibration.timesteps: 50 timesteps of a 4-step sampler: only 4 are " \
+           "captured" in said

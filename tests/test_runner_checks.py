@@ -84,6 +84,8 @@ def test_a_model_check_names_the_line_of_its_key(options, where, words):
     ("      count:\n        double: 1\n        single: 9\n", 8, "remove_blocks: removing 9 of 3 blocks"),
     ("      count:\n        single: 1\n        triple: 1\n", 8, "flux has no block group 'triple'"),
     ("      blocks:\n        double: [0]\n        single: [1, 7]\n", 8, "remove_blocks: block index 7 out"),
+    ("      blocks:\n        double: [0]\n        single:\n          - 1\n          - 1\n", 10,
+     "remove_blocks: blocks.single lists block 1 twice"),
     ("      count: {single: 2}\n      criterion: learned\n      window: 2\n", 8,
      "remove_blocks: criterion learned, group 'single': the window of blocks 2..2 would lose all 1"),
 ])

@@ -180,6 +180,10 @@ def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> di
         if not isinstance(idx, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                          for i in idx):
             raise BadValue(path, f"remove_blocks: blocks.{group} must be a list of integers, got {idx!r}")
+        twice = [i for j, i in enumerate(idx) if i in idx[:j]]
+        if twice:
+            raise BadValue(f"{path}.{list(idx).index(twice[0], list(idx).index(twice[0]) + 1)}",
+                           f"remove_blocks: blocks.{group} lists block {twice[0]} twice")
         bad = [i for i in idx if not 0 <= i < n]
         if bad:
             raise BadValue(f"{path}.{list(idx).index(bad[0])}", f"remove_blocks: block index {bad[0]} out of "
