@@ -56,7 +56,7 @@ from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fishe
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_stages import Stages
-from compress.passes.svd_targets import fixed_ranks, resolve_targets, shape_spec, uses_output_gram
+from compress.passes.svd_targets import fixed_ranks, resolve_targets, shadowed_ranks, shape_spec, uses_output_gram
 from compress.passes.svd_walk import walk
 from compress.report import console
 
@@ -134,13 +134,16 @@ class SVDPass(GlobalAllocation, Pass):
         """A pass whose ranks, known before calibration, leave every target dense changes nothing."""
         c = self.config
         targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
+        out = [(f"ranks.{p}", f"svd.ranks: pattern {p!r} gives no layer its rank: {e!r}, earlier, matches every "
+                              f"layer it does (the first matching pattern wins); put it before {e!r}")
+               for p, e in shadowed_ranks(targets, c.ranks or {})]
         ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
         if not targets or len(ranks) < len(targets) or any(r is not DENSE for r in ranks.values()):
-            return []
+            return out
         key = "multiple" if c.multiple > 1 else "ratio"
-        return [(key, f"svd: every one of its {len(targets)} targets stays dense (ranks rounded up to a multiple "
-                      f"of {c.multiple} save no parameters at these widths), so this pass changes nothing; "
-                      "lower svd.multiple or svd.ratio")]
+        return out + [(key, f"svd: every one of its {len(targets)} targets stays dense (ranks rounded up to a "
+                            f"multiple of {c.multiple} save no parameters at these widths), so this pass changes "
+                            "nothing; lower svd.multiple or svd.ratio")]
 
     def check_streaming(self) -> None:
         """Block weights streamed: everything but whole-model forwards (svd_checks)."""
