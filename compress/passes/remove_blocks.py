@@ -23,6 +23,8 @@ from compress.arch.base import Adapter
 from compress.errors import BadValue, NumericError, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, check_buckets, scan
+from compress.passes.remove_blocks_budget import (check_explicit, one_of, per_group, resolve_budget,
+                                                to_current, too_many)
 from compress.passes.remove_blocks_learned import learn_removal, learning_bytes, pattern_count, value
 from compress.report import console
 
@@ -98,113 +100,6 @@ def _int(v) -> bool:
 
 def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# ---- budgets ------------------------------------------------------------------------------------
-def _one_of(config: RemoveBlocksConfig) -> str:
-    given = [k for k in ("blocks", "count", "fraction") if getattr(config, k) is not None]
-    if len(given) != 1:
-        raise UserError("remove_blocks: give exactly one of blocks, count, fraction"
-                        + (f" (got {', '.join(given)})" if given else ""))
-    return given[0]
-
-
-def _k_of(key: str, value, n: int, where: str, path: str) -> int:
-    """path: the recipe key the value came from (count, count.double, ...), for the error's line."""
-    if key == "count":
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BadValue(path, f"remove_blocks: count for {where} must be a non-negative integer, got {value!r}")
-        return value
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise BadValue(path, f"remove_blocks: fraction for {where} must be a number in [0, 1), got {value!r}")
-    return math.floor(value * n + 1e-9)
-
-
-def _too_many(k: int, n: int, group: str, path: str) -> BadValue:
-    return BadValue(path, f"remove_blocks: removing {k} of {n} blocks would leave group '{group}' empty; "
-                          "keep at least one")
-
-
-def _group(adapter: Adapter, group: str, path: str) -> str:
-    """The group's name; an unknown group is a BadValue on `path` naming the groups."""
-    try:
-        return adapter.group(group).name
-    except BadValue:
-        raise
-    except UserError as e:
-        raise BadValue(path, str(e)) from None
-
-
-def resolve_budget(config: RemoveBlocksConfig, adapter: Adapter, counts: dict[str, int]):
-    """-> {group: k} (per group) or int (over all blocks). Raises UserError for impossible budgets."""
-    key = _one_of(config)
-    value = getattr(config, key)
-    if isinstance(value, dict):
-        budget = {}
-        for group, v in value.items():
-            _group(adapter, group, f"{key}.{group}")
-            budget[group] = _k_of(key, v, counts[group], f"group '{group}'", f"{key}.{group}")
-            if budget[group] >= counts[group]:
-                raise _too_many(budget[group], counts[group], group, f"{key}.{group}")
-        return budget
-    total = sum(counts.values())
-    k = _k_of(key, value, total, "all blocks", key)
-    if len(counts) == 1 and k >= total:
-        raise _too_many(k, total, next(iter(counts)), key)
-    if k > total - len(counts):
-        per = ", ".join(f"'{g}': {n}" for g, n in counts.items())
-        raise BadValue(key, f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
-                            f"(groups {per}); keep at least one per group")
-    return k
-
-
-def per_group(budget, counts: dict[str, int]) -> dict[str, int]:
-    """A budget as {group: k} for criterion learned, which learns a choice within each group."""
-    if isinstance(budget, dict):
-        return budget
-    if len(counts) == 1:
-        return {next(iter(counts)): budget}
-    example = ", ".join(f"{g}: 1" for g in counts)
-    raise BadValue("criterion", f"remove_blocks: criterion learned takes a budget per group (count: "
-                                f"{{{example}}}), not a count or fraction over all blocks")
-
-
-def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> dict[str, list[int]]:
-    """Teacher indices per group, validated against the teacher's block counts."""
-    if not isinstance(blocks, dict):
-        raise BadValue("blocks", f"remove_blocks: blocks must map a group to a list of indices, got {blocks!r}")
-    out = {}
-    for group, idx in blocks.items():
-        path = f"blocks.{group}"
-        n = counts[_group(adapter, group, path)]
-        if not isinstance(idx, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                         for i in idx):
-            raise BadValue(path, f"remove_blocks: blocks.{group} must be a list of integers, got {idx!r}")
-        twice = [i for j, i in enumerate(idx) if i in idx[:j]]
-        if twice:
-            raise BadValue(f"{path}.{list(idx).index(twice[0], list(idx).index(twice[0]) + 1)}",
-                           f"remove_blocks: blocks.{group} lists block {twice[0]} twice")
-        bad = [i for i in idx if not 0 <= i < n]
-        if bad:
-            raise BadValue(f"{path}.{list(idx).index(bad[0])}", f"remove_blocks: block index {bad[0]} out of "
-                                                              f"range for group '{group}' ({n} blocks: 0..{n - 1})")
-        if len(set(idx)) >= n:
-            raise _too_many(len(set(idx)), n, group, path)
-        out[group] = sorted(set(idx))
-    return out
-
-
-def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Teacher indices -> indices in the current model (through student -> teacher `block_map`)."""
-    drop = {}
-    for g, teacher in blocks.items():
-        where = {t: i for i, t in enumerate(block_map[g])}
-        gone = [t for t in teacher if t not in where]
-        if gone:
-            raise UserError(f"remove_blocks: block {g}.{gone[0]} (teacher index) was already removed "
-                            "by an earlier pass")
-        drop[g] = sorted(where[t] for t in set(teacher))
-    return drop
 
 
 def teacher_view(model: nn.Module, adapter: Adapter) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -316,12 +211,12 @@ class RemoveBlocksPass(Pass):
         """Explicit indices against the teacher's block counts; budgets against the model's."""
         self.config.validate()
         counts = adapter.block_counts(model)
-        if _one_of(self.config) == "blocks":
+        if one_of(self.config) == "blocks":
             teacher_counts, block_map = teacher_view(model, adapter)
             drop = to_current(check_explicit(self.config.blocks, adapter, teacher_counts), block_map)
             for g, idx in drop.items():
                 if len(idx) >= counts[g]:
-                    raise _too_many(len(idx), counts[g], g, f"blocks.{g}")
+                    raise too_many(len(idx), counts[g], g, f"blocks.{g}")
             return
         budget = resolve_budget(self.config, adapter, counts)
         if self.config.criterion == "learned":
@@ -330,7 +225,7 @@ class RemoveBlocksPass(Pass):
             except BadValue:
                 raise
             except UserError as e:  # a window that would lose all its blocks
-                raise BadValue("window" if self.config.window else _one_of(self.config), str(e)) from None
+                raise BadValue("window" if self.config.window else one_of(self.config), str(e)) from None
             _warn_if_biased(self.config)
 
     def check_streaming(self) -> None:
