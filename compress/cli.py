@@ -166,7 +166,7 @@ def _check_teacher_options(args) -> None:
     """An empty --teacher or a --teacher-config that is not there: a UserError before anything loads."""
     teacher, config = getattr(args, "teacher", None), getattr(args, "teacher_config", None)
     if teacher is not None or config is not None:
-        from compress.runner import check_teacher_options
+        from compress.io_source import check_teacher_options
 
         check_teacher_options(teacher, config)
 

@@ -47,6 +47,17 @@ def teacher_where(recipe, teacher_arg: str | None) -> str:
     return "" if teacher_arg else recipe_where(recipe, "teacher", recipe.teacher) + ": "
 
 
+def check_teacher_options(teacher: str | None, config: str | None) -> None:
+    """--teacher, when given, names something; --teacher-config, when given, exists (a UserError
+    otherwise, before anything loads: an empty --teacher is not the recipe's teacher)."""
+    if teacher is not None and not teacher.strip():
+        raise UserError("--teacher is empty: give a hub id, folder, file or toy:NAME, or leave --teacher out "
+                        "to use the recipe's (or the recorded) teacher")
+    if config is not None and not Path(config).expanduser().exists():
+        raise UserError(f"--teacher-config {config!r}: no such file or folder (the diffusers config of a "
+                        "single-file teacher: a folder, a pipeline folder or a config.json)")
+
+
 # ---- what a source is -------------------------------------------------------------------------
 def check_source(source: str, where: str = "", recipe_dir: Path | None = None) -> str:
     """The kind of a teacher source, 'toy', 'folder', 'file' or 'hub', before anything is read; a

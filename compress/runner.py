@@ -25,7 +25,7 @@ from compress.errors import NumericError, UserError
 from compress.inputs import check_pipeline_packages, input_source, moved
 from compress.io import load_teacher, nonfinite
 from compress.io_export import check_replaceable, warn_if_beyond_export_range
-from compress.io_source import check_sources
+from compress.io_source import check_sources, check_teacher_options
 from compress.passes import pass_class
 from compress.passes.base import RunContext, first_nonfinite, predictions, relative_error
 from compress.recipe import Recipe, dump_recipe
@@ -59,17 +59,6 @@ def check_folders(out: Path, run_dir: Path, overwrite: bool) -> None:
                         "the other")
     check_writable(out.parent, f"output folder {out}")
     check_writable(run_dir, f"run folder {run_dir}")
-
-
-def check_teacher_options(teacher: str | None, config: str | None) -> None:
-    """--teacher, when given, names something; --teacher-config, when given, exists (a UserError
-    otherwise, before anything loads: an empty --teacher is not the recipe's teacher)."""
-    if teacher is not None and not teacher.strip():
-        raise UserError("--teacher is empty: give a hub id, folder, file or toy:NAME, or leave --teacher out "
-                        "to use the recipe's (or the recorded) teacher")
-    if config is not None and not Path(config).expanduser().exists():
-        raise UserError(f"--teacher-config {config!r}: no such file or folder (the diffusers config of a "
-                        "single-file teacher: a folder, a pipeline folder or a config.json)")
 
 
 def check_writable(folder: Path, what: str) -> None:
