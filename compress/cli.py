@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     except NumericError as e:
         print(f"dit-compress: numeric error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `dit-compress inspect OUT --json | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 0
     except KeyboardInterrupt:
         # only `run` saves its work as it goes; the other commands start again
         resume = "; rerun with --resume to continue" if args.command == "run" else ""

@@ -36,9 +36,21 @@ def recipe_where(recipe, dotted: str, value) -> str:
     for key in dotted.split("."):
         items = node.value if isinstance(node, yaml.MappingNode) else []
         node = next((v for k, v in items if isinstance(k, yaml.ScalarNode) and k.value == key), None)
-    if isinstance(node, yaml.ScalarNode) and node.value == str(value) or isinstance(node, yaml.CollectionNode):
+    if isinstance(node, yaml.ScalarNode) and _same(node.value, value) or isinstance(node, yaml.CollectionNode):
         return f"{recipe.path}:{node.start_mark.line + 1}"  # a list or mapping: the file's (not compared)
     return f"{recipe.path} (--set {dotted})"
+
+
+def _same(text: str, value) -> bool:
+    """The recipe's scalar `text` holds `value` (7 and 1e1 hold the floats 7.0 and 10.0)."""
+    import yaml
+
+    from compress.recipe import RecipeLoader
+
+    try:
+        return text == str(value) or yaml.load(text, Loader=RecipeLoader) == value
+    except yaml.YAMLError:
+        return False
 
 
 def teacher_where(recipe, teacher_arg: str | None) -> str:

@@ -238,6 +238,11 @@ class Runner:
                             f"{', '.join(info['changed'][:3])}; {saved}): add --restart to discard it and "
                             "start over, or choose another --run-dir")
         of = " of this recipe" if info["changed"] == [] else ""
+        if info["total"] is not None and info["done"] >= info["total"]:  # an export cut short, or an older
+            # dit-compress's finished run (it wrote no FINISHED marker)
+            raise UserError(f"{self.run_dir} holds a run{of} whose {info['total']} passes are all done but whose "
+                            "output was not marked written (its export was cut short, or an older dit-compress "
+                            "wrote it): add --resume to write the output from them, or --restart to start over")
         raise UserError(f"{self.run_dir} holds an interrupted run{of} ({saved}): add --resume to continue, "
                         "or --restart to start over")
 

@@ -90,3 +90,17 @@ def test_an_empty_teacher_or_a_missing_teacher_config_is_refused(monkeypatch, ca
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dit-compress: error: ") and words in err and "\n" not in err and not ran
+
+
+def test_a_reader_that_goes_away_is_no_traceback(monkeypatch):
+    """`dit-compress inspect OUT --json | head -c 300` ended in a BrokenPipeError traceback."""
+    import os
+
+    from compress import cli
+
+    def closed_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setitem(cli.COMMANDS, "inspect", closed_pipe)
+    monkeypatch.setattr(cli.os, "dup2", lambda *a: None)  # pytest's captured stdout stays
+    monkeypatch.setattr(cli.sys, "stdout", type("Out", (), {"fileno": lambda self: 1})())
+    assert cli.main(["inspect", os.devnull]) == 0

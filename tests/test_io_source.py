@@ -179,3 +179,14 @@ def test_more_timesteps_than_sampler_steps_are_warned(tmp_path, capsys):
     said = " ".join(capsys.readouterr().err.split())
     assert "(--set calibration.timesteps): calibration.timesteps: 50 timesteps of a 4-step sampler: only 4 are " \
            "captured" in said
+
+
+def test_recipe_where_reads_numbers_as_the_recipe_does(tmp_path):
+    """guidance_scale: 7 holds the float 7.0; it was put down to a --set."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model: pixart\nteacher: toy:pixart\ncalibration:\n  guidance_scale: 7\n  sample_steps: 0x14\n"
+                    "passes:\n  - distill: {steps: 1}\n")
+    recipe = load_recipe(path)
+    assert recipe_where(recipe, "calibration.guidance_scale", 7.0) == f"{path}:4"
+    assert recipe_where(recipe, "calibration.sample_steps", 20) == f"{path}:5"
+    assert recipe_where(recipe, "calibration.guidance_scale", 3.5) == f"{path} (--set calibration.guidance_scale)"

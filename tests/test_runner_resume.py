@@ -220,6 +220,12 @@ def test_a_run_without_resume_never_discards_an_interrupted_runs_passes(pixart, 
     assert stage.is_file() and len(loads) == 1  # refused before loading the teacher
     assert main(argv + ["--restart"]) == 0
     assert main(argv + ["--overwrite"]) == 0  # finished: started over
+    (tmp_path / "run" / "stages" / "finished.json").unlink()  # as an older dit-compress left a finished run
+    assert main(argv + ["--overwrite"]) == 2
+    assert "holds a run of this recipe whose 2 passes are all done but whose output was not marked written " \
+           "(its export was cut short, or an older dit-compress wrote it): add --resume to write the output" \
+           in " ".join(capsys.readouterr().err.split())
+    assert main(argv + ["--overwrite", "--resume"]) == 0
 
 
 def test_export_keys_and_the_passes_still_to_run_may_change_on_resume(pixart, monkeypatch):
