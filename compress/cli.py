@@ -174,11 +174,9 @@ def _check_teacher_options(args) -> None:
 
 def _out_of_memory(command: str, e: BaseException) -> UserError | None:
     """The one-line error of a failed allocation in `command`, or None when `e` is another error."""
-    if not isinstance(e, (RuntimeError, MemoryError)):
-        return None
     from compress.runner_stream import OutOfMemory, is_out_of_memory, memory_in_words
 
-    if isinstance(e, OutOfMemory) or not is_out_of_memory(e):
+    if not is_out_of_memory(e):
         return None
     hint = MEMORY_HINTS.get(command, "a machine with more memory")
     return OutOfMemory(f"`dit-compress {command}` ran out of {memory_in_words(e)}; try {hint}")

@@ -331,6 +331,7 @@ class Runner:
 
     def _run(self) -> Path:
         self.prepare()
+        self.doing = "making the student (a copy of the teacher, or the last saved pass's)"
         start, student = self._restore()
         self.removed_by = []  # recipe lines of passes (this session) that removed blocks
         self.ctx.blocks = self.models.blocks  # streamed: the student's block loader

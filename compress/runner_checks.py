@@ -24,6 +24,7 @@ def check_pass(p, spec, model, adapter, path: str) -> None:
         p.check(model, adapter)
     except UserError as e:
         raise UserError(f"{spec.where(e)}: {e}") from None
+    _warn_notes(p, spec, model, adapter)
 
 
 def check_passes(passes, specs, model, adapter, path: str) -> None:

@@ -292,7 +292,7 @@ def check_streaming(passes, specs, path: str) -> None:
         try:
             p.check_streaming()
         except UserError as e:
-            raise UserError(f"{path}:{spec.line}: {e}") from None
+            raise UserError(f"{spec.where(e)}: {e}") from None
 
 
 # ---- running out of memory ----------------------------------------------------------------------

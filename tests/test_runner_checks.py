@@ -128,6 +128,15 @@ def test_an_svd_pass_that_leaves_every_target_dense_is_warned_at_its_line(capsys
     assert "stays dense" not in _said(capsys)
 
 
+def test_plan_warns_of_a_pass_that_changes_nothing(tmp_path, capsys):
+    """The notes were printed on the run's upfront check only, not by plan."""
+    from compress.plan import make_plan
+
+    (tmp_path / "r.yaml").write_text(FLUX.format(passes="  - svd:\n      fisher: none\n      multiple: 512\n"))
+    make_plan(parse_recipe((tmp_path / "r.yaml").read_text(), "r.yaml"))
+    assert "warning: r.yaml:7: svd: every one of its" in _said(capsys)
+
+
 def test_a_ranks_pattern_an_earlier_one_covers_is_warned_at_its_line(capsys):
     """The first matching pattern gives a layer its rank: a later one covering only those layers did nothing."""
     _check("  - svd:\n      fisher: none\n      multiple: 1\n      targets: [modulation]\n      ranks:\n"

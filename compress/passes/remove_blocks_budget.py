@@ -91,17 +91,16 @@ def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> di
         if not isinstance(idx, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                          for i in idx):
             raise BadValue(path, f"remove_blocks: blocks.{group} must be a list of integers, got {idx!r}")
-        twice = [i for j, i in enumerate(idx) if i in idx[:j]]
-        if twice:
-            raise BadValue(f"{path}.{list(idx).index(twice[0], list(idx).index(twice[0]) + 1)}",
-                           f"remove_blocks: blocks.{group} lists block {twice[0]} twice")
+        twice = next((j for j, i in enumerate(idx) if i in idx[:j]), None)
+        if twice is not None:
+            raise BadValue(f"{path}.{twice}", f"remove_blocks: blocks.{group} lists block {idx[twice]} twice")
         bad = [i for i in idx if not 0 <= i < n]
         if bad:
             raise BadValue(f"{path}.{list(idx).index(bad[0])}", f"remove_blocks: block index {bad[0]} out of "
                                                               f"range for group '{group}' ({n} blocks: 0..{n - 1})")
-        if len(set(idx)) >= n:
-            raise too_many(len(set(idx)), n, group, path)
-        out[group] = sorted(set(idx))
+        if len(idx) >= n:
+            raise too_many(len(idx), n, group, path)
+        out[group] = sorted(idx)
     return out
 
 
