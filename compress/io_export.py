@@ -55,12 +55,20 @@ def export_cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> t
     if dtype is None or not tensor.is_floating_point():
         return tensor
     out = tensor.to(dtype)
-    if out.device.type != "meta" and nonfinite(out) and not nonfinite(tensor):
-        big = float(tensor.detach().abs().max())
+    big = beyond_range(tensor, out)
+    if big is not None:
         raise NumericError(f"export: {name} holds values up to {big:.3g}, beyond the range of "
                            f"{str(dtype).removeprefix('torch.')} (max {torch.finfo(dtype).max:.3g}); "
                            "export it as bfloat16 or float32 (export.dtype)")
     return out
+
+
+def beyond_range(tensor: torch.Tensor, cast: torch.Tensor) -> float | None:
+    """The largest magnitude of a finite `tensor` whose `cast` to a narrower dtype overflows, else None
+    (also for tensors on meta, which hold no values)."""
+    if cast.device.type == "meta" or not nonfinite(cast) or nonfinite(tensor):
+        return None
+    return float(tensor.detach().abs().max())
 
 
 def warn_if_beyond_export_range(model: nn.Module, dtype: str) -> None:
@@ -70,12 +78,12 @@ def warn_if_beyond_export_range(model: nn.Module, dtype: str) -> None:
     if dtype != "float16":
         return
     for name, p in model.named_parameters():
-        if p.device.type != "meta" and p.is_floating_point() and nonfinite(p.detach().to(torch.float16)) \
-                and not nonfinite(p):
+        big = beyond_range(p, p.detach().to(torch.float16)) if p.is_floating_point() else None
+        if big is not None:
             from compress.report import console
 
             console.print(f"[bold yellow]warning:[/] export.dtype float16: the teacher's {name} holds values up "
-                          f"to {float(p.detach().abs().max()):.3g}, beyond float16's range (max 65504); the "
+                          f"to {big:.3g}, beyond float16's range (max 65504); the "
                           "export fails unless a pass changes it (export.dtype: bfloat16 or float32 keeps it)")
             return
 

@@ -96,10 +96,10 @@ def explicit_rank(info: LinearInfo, ranks: dict[str, int]) -> int | None:
 def shadowed_ranks(targets: Sequence[LinearInfo], ranks: dict[str, int]) -> list[tuple[str, str]]:
     """(pattern, the earlier pattern) of `ranks` patterns that give no target its rank: every target
     they match takes the rank of an earlier pattern (the first match wins)."""
-    out = []
-    for n, (pattern, _) in enumerate(ranks.items()):
+    out, patterns = [], list(ranks)
+    for n, pattern in enumerate(patterns):
         hit = [i for i in targets if matches(pattern, i)]
-        earlier = list(ranks)[:n]
+        earlier = patterns[:n]
         if hit and all(any(matches(e, i) for e in earlier) for i in hit):
             out.append((pattern, next(e for e in earlier if matches(e, hit[0]))))
     return out
