@@ -3,6 +3,7 @@ reported as ratios measured in one run (torch path on CPU, fused kernels on CUDA
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from pathlib import Path
@@ -78,16 +79,13 @@ def peak_memory(model, kwargs, device) -> int | None:
 
 def _device(name: str | None) -> torch.device:
     """--device: cpu, cuda or cuda:N (default: cuda if there is one)."""
-    try:
-        dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as exc:
-        raise UserError(f"--device {name!r}: {exc}") from None
+    if name is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UserError(f"--device {name!r}: bench runs on cpu, cuda or cuda:N (a GPU's index)")
+    dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU here (torch {torch.__version__}); use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UserError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: bench runs on cpu or cuda")
     return dev
 
 
@@ -123,8 +121,12 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
 
 
 def _faster(speedup: float) -> str:
-    """teacher time / student time in words: '1.50× faster' or '1.25× slower', never '0.80× faster'."""
-    return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
+    """teacher time / student time in words: '1.50× faster' or '1.25× slower', never '0.80× faster',
+    and 'about the same speed (1.00×)' where the ratio rounds to 1.00 (not '1.00× slower')."""
+    ratio = speedup if speedup >= 1 else 1 / speedup
+    if f"{ratio:.2f}" == "1.00":
+        return "about the same speed (1.00×)"
+    return f"{ratio:.2f}× faster" if speedup >= 1 else f"{ratio:.2f}× slower"
 
 
 def bench_command(args) -> int:

@@ -107,19 +107,20 @@ def footprint(recipe, teacher: str, config, prompts: int) -> dict:
     stream, caption = row_tokens(recipe, kind, config)
     width = config.num_attention_heads * config.attention_head_dim
     per_row = (2 * stream + caption) * width * itemsize  # inputs + outputs, and the caption once
-    streams = asymmetric_streams(recipe)
+    streams, copies = asymmetric_streams(recipe), block_copies(recipe)
     batch = min(rows, recipe.calibration.batch_size)
     return {"rows": rows, "tokens": stream, "caption_tokens": caption, "streams": streams,
             "bytes": rows * per_row * streams, "batch_bytes": batch * per_row * streams,
             "batches": math.ceil(rows / recipe.calibration.batch_size),
             "batch_rows": recipe.calibration.batch_size, "itemsize": itemsize,
-            "block_copies": block_copies(recipe), "probe_bytes": probe_bytes(recipe, stream, caption, width, itemsize)}
+            "block_copies": copies, "probe_bytes": probe_bytes(copies, stream, caption, width, itemsize)}
 
 
-def probe_bytes(recipe, tokens: int, caption: int, width: int, itemsize: int) -> int:
+def probe_bytes(copies: int, tokens: int, caption: int, width: int, itemsize: int) -> int:
     """Bytes of calib_flow's dependency probe under within-block sequential calibration (else 0): one
-    block's forward and backward on one calibration row, with what autograd keeps for it."""
-    if block_copies(recipe) == 1:
+    block's forward and backward on one calibration row, with what autograd keeps for it.
+    copies: `block_copies` (2: within-block sequential)."""
+    if copies == 1:
         return 0
     return (SAVED_PER_TOKEN * tokens + 2 * (tokens + caption)) * width * itemsize
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import compress
@@ -69,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=2,
                    help="images per step (default 2); classifier-free guidance doubles the rows for "
                         "PixArt-Σ and the toys")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the measurements as JSON")
 
     p = sub.add_parser("convert", help="a single-file checkpoint as a diffusers transformer folder (for stream: true)")
@@ -80,29 +83,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lora", help="a LoRA trained on the teacher merged into a compressed model, as a new output")
     p.add_argument("out", help="output folder of `dit-compress run`")
-    p.add_argument("lora", help="the LoRA: a .safetensors file or folder diffusers reads (Flux), or a peft adapter folder")
+    p.add_argument("lora", help="the LoRA: a .safetensors file or folder (Flux: any format diffusers reads; PixArt-Σ: diffusers- or kohya-style keys), or a peft adapter folder")
     p.add_argument("new", help="the output folder to write (must not exist)")
     p.add_argument("--scale", type=float, default=1.0, help="strength of the LoRA (default 1)")
     return parser
 
 
+@contextmanager
+def interrupts_held():
+    """A Ctrl-C (SIGINT) during the block is held until its end, then raised as KeyboardInterrupt:
+    one raised inside torch's or diffusers' imports (seconds) can abort the interpreter (SIGABRT
+    from torch's C++ start-up) or leave a module half-made. Where SIGINT is not Python's default
+    handler (ignored in a background job, or set by the caller), the block runs as it is."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C in `run`; its text says what the run folder offers a rerun (Runner.interrupt_note)."""
+
+
+def _run_dir(args) -> Path:
+    return Path(args.run_dir or Path("runs") / Path(args.recipe).stem)
+
+
 def cmd_run(args) -> int:
-    from compress.recipe import load_recipe
-    from compress.runner import Runner
+    with interrupts_held():
+        from compress.recipe import load_recipe
+        from compress.runner import Runner
 
     recipe = load_recipe(args.recipe, args.overrides)
-    name = Path(args.recipe).stem
-    out = Path(args.out or Path("out") / name)
-    run_dir = Path(args.run_dir or Path("runs") / name)
-    Runner(recipe, out, run_dir, teacher=args.teacher, teacher_config=args.teacher_config,
-           resume=args.resume, overwrite=args.overwrite, restart=args.restart).run()
+    out = Path(args.out or Path("out") / Path(args.recipe).stem)
+    runner = Runner(recipe, out, _run_dir(args), teacher=args.teacher, teacher_config=args.teacher_config,
+                    resume=args.resume, overwrite=args.overwrite, restart=args.restart)
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        raise RunInterrupted(runner.interrupt_note()) from None
     return 0
 
 
 def cmd_plan(args) -> int:
-    from compress.plan import make_plan, print_plan
-    from compress.recipe import load_recipe
-    from compress.report import to_json
+    with interrupts_held():
+        from compress.plan import make_plan, print_plan
+        from compress.recipe import load_recipe
+        from compress.report import to_json
 
     recipe = load_recipe(args.recipe, args.overrides)
     plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config)
@@ -114,38 +149,44 @@ def cmd_plan(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from compress.inspect import inspect_output
+    with interrupts_held():
+        from compress.inspect import inspect_output
 
     inspect_output(Path(args.out), as_json=args.json, plot_dir=args.plot)
     return 0
 
 
 def cmd_importance(args) -> int:
-    from compress.commands import importance
+    with interrupts_held():
+        from compress.commands import importance
 
     return importance(args)
 
 
 def cmd_eval(args) -> int:
-    from compress.commands import evaluate
+    with interrupts_held():
+        from compress.commands import evaluate
 
     return evaluate(args)
 
 
 def cmd_convert(args) -> int:
-    from compress.commands import convert
+    with interrupts_held():
+        from compress.commands import convert
 
     return convert(args)
 
 
 def cmd_lora(args) -> int:
-    from compress.commands import lora
+    with interrupts_held():
+        from compress.commands import lora
 
     return lora(args)
 
 
 def cmd_bench(args) -> int:
-    from compress.bench import bench_command
+    with interrupts_held():
+        from compress.bench import bench_command
 
     return bench_command(args)
 
@@ -164,9 +205,10 @@ MEMORY_HINTS = {
 
 
 def _check_teacher_options(args) -> None:
-    """An empty --teacher or a --teacher-config that is not there: a UserError before anything loads."""
+    """An empty --teacher or a --teacher-config that is not there: a UserError before anything loads
+    (`run`'s are checked by its Runner, for the Python API too)."""
     teacher, config = getattr(args, "teacher", None), getattr(args, "teacher_config", None)
-    if teacher is not None or config is not None:
+    if args.command != "run" and (teacher is not None or config is not None):
         from compress.io_source import check_teacher_options
 
         check_teacher_options(teacher, config)
@@ -202,11 +244,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `dit-compress inspect OUT --json | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 0
-    except KeyboardInterrupt:
-        # only `run` saves its work as it goes; the other commands start again
-        resume = "; rerun with --resume to continue" if args.command == "run" else ""
-        print(f"dit-compress: interrupted{resume}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"dit-compress: interrupted{_interrupt_note(args, e)}", file=sys.stderr)
         return 130
+
+
+def _interrupt_note(args, e: KeyboardInterrupt) -> str:
+    """Whether a rerun can continue: only `run` saves its work as it goes, the other commands start
+    again. A Ctrl-C before `run`'s Runner ran leaves the run folder as it was (--restart had not
+    discarded it yet)."""
+    if args.command != "run":
+        return ""
+    if isinstance(e, RunInterrupted):
+        return str(e)
+    from compress.runner_folders import interrupt_note  # no torch: it may not be imported yet
+
+    return interrupt_note(_run_dir(args), discarding=args.restart)
 
 
 if __name__ == "__main__":

@@ -46,14 +46,18 @@ def model_class(class_name: str):
     return getattr(diffusers, class_name)
 
 
-def load_teacher(source: str, dtype: torch.dtype = torch.float32, config: str | None = None,
+def load_teacher(source, dtype: torch.dtype = torch.float32, config: str | None = None,
                  family: str | None = None) -> nn.Module:
-    """Load a teacher transformer. `config` (folder or config.json) is needed for single files
-    whose config cannot be fetched; `family` ('pixart'|'flux') overrides detection from keys."""
-    from compress.io_source import check_source
+    """Load a teacher transformer: a source (a path or a name), or an io_source.TeacherSource
+    checked already. `config` (folder or config.json) is needed for single files whose config
+    cannot be fetched; `family` ('pixart'|'flux') overrides detection from keys."""
+    from compress.io_source import TeacherSource, check_source
 
-    source = str(source)
-    kind = check_source(source)  # empty, unknown toy, not there, not a teacher: said before loading
+    if isinstance(source, TeacherSource):
+        source, kind = source.source, source.kind
+    else:  # empty, unknown toy, not there, not a teacher: said before loading
+        source = str(source)
+        kind = check_source(source)
     if kind == "toy":
         from compress.toy import load_toy_teacher
 
@@ -80,14 +84,14 @@ def looks_local(source: str) -> bool:
 def load_teacher_of(student: nn.Module, source: str, config: str | None = None) -> nn.Module:
     """The teacher to compare `student` with (eval, bench): of the student's family, or a UserError;
     with the LoRAs the student recorded merged into it."""
-    from compress.io_source import source_family
+    from compress.io_source import checked
 
-    family = get_adapter(student).family
-    found = source_family(source, config)  # from its config: before a Hub teacher downloads
+    family, src = get_adapter(student).family, checked(source, config)  # checked once
+    found = src.family()  # from its config: before a Hub teacher downloads
     if found and found[0] != family:
         raise UserError(f"teacher {source} is a {found[1]}; the model to compare with it is a "
                         f"{type(student).__name__}")
-    teacher = load_teacher(source, config=config, family=family).eval()
+    teacher = load_teacher(src, config=config, family=family).eval()
     if get_adapter(teacher).family != family:
         raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
                         f"it is a {type(student).__name__}")
@@ -204,9 +208,28 @@ def _load_folder(path: Path, dtype) -> nn.Module:
         model, info = cls.from_pretrained(path, torch_dtype=dtype, variant=weights_variant(path),
                                           output_loading_info=True)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
-        raise UserError(f"cannot load {cls.__name__} from {path}: {one_line(e)}") from None
+        raise not_loaded(cls, path, e) from None
     check_loading_info(path, info)
     return model.eval()
+
+
+# diffusers' words for a tensor whose shape is not the one its config's model has
+SHAPE_MISMATCH = re.compile(r"because (\S+) expected shape torch\.Size\(\[([\d, ]*)\]\), "
+                            r"but got torch\.Size\(\[([\d, ]*)\]\)")
+MISMATCH_ADVICE = " If you want to instead overwrite randomly initialized weights"  # ignore_mismatched_sizes
+
+
+def not_loaded(cls, source, e: Exception) -> UserError:
+    """The error for a teacher whose weights `from_pretrained` did not load: a tensor of another
+    shape than in the model its config describes names the tensor and both shapes (not diffusers'
+    advice to load random weights in its place, ignore_mismatched_sizes)."""
+    found = SHAPE_MISMATCH.search(str(e))
+    if found is None:
+        return UserError(f"cannot load {cls.__name__} from {source}: {one_line(e).split(MISMATCH_ADVICE)[0]}")
+    name, model, weights = found.groups()
+    model, weights = (tuple(int(n) for n in shape.split(",") if n.strip()) for shape in (model, weights))
+    return UserError(f"teacher {source}: its weights do not match its config.json: {name} is {weights} in the "
+                     f"weights but {model} in the {cls.__name__} the config describes")
 
 
 def check_loading_info(path: Path, info: dict) -> None:
@@ -232,6 +255,8 @@ def _load_hub(repo_id: str, dtype) -> nn.Module:
         return cls.from_pretrained(repo_id, subfolder="transformer", torch_dtype=dtype).eval()
     except OSError as e:  # the download broke off, the disk filled up, ...
         raise UserError(f"cannot load the transformer of '{repo_id}': {one_line(e)}") from None
+    except ValueError as e:  # weights of other shapes than its config's
+        raise not_loaded(cls, repo_id, e) from None
 
 
 @contextlib.contextmanager

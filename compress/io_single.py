@@ -67,7 +67,7 @@ def load_single_file(path: Path, dtype: torch.dtype | None = torch.float32, conf
     sd = without_prefix(read_state_dict(path))
     family = checked_family(path, sd.keys(), family)
     cfg_dir = config_dir(path, config)
-    model = empty_model(family, cfg_dir)  # the file's tensors are assigned
+    model = empty_model(family, cfg_dir, path)  # the file's tensors are assigned
     sd = converted(path, sd, family, model, cfg_dir)
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
@@ -92,13 +92,31 @@ def converted(path: Path, sd: dict, family: str, model: nn.Module, cfg_dir: Path
         raise UserError(f"{path}: {e.args[0]}") from None
 
 
-def empty_model(family: str, cfg_dir: Path) -> nn.Module:
-    """The family's transformer built from the config in cfg_dir, parameters on the meta device."""
+def empty_model(family: str, cfg_dir: Path, path: Path | None = None) -> nn.Module:
+    """The family's transformer built from the config in cfg_dir, parameters on the meta device;
+    a UserError where that config describes another family's (`path`: the checkpoint, for it)."""
     from accelerate import init_empty_weights
 
+    config = read_config(cfg_dir / "config.json")
+    check_config_family(family, config, cfg_dir, path)
     cls = model_class(get_adapter(family).class_name)
     with init_empty_weights():
-        return from_config(cls, read_config(cfg_dir / "config.json"), cfg_dir / "config.json")
+        return from_config(cls, config, cfg_dir / "config.json")
+
+
+def check_config_family(family: str, config: dict, cfg_dir: Path, path: Path | None = None) -> None:
+    """The config of a checkpoint (`path`) whose tensors are a `family` transformer is that family's:
+    built into the other family's class, its numbers fail as a shape mismatch naming neither."""
+    from compress.arch import family_of_class
+
+    try:
+        described = family_of_class(str(config.get("_class_name")))
+    except UserError:
+        return  # no family's class: building it says so
+    if described != family:
+        raise UserError(f"{f'{path}: ' if path else ''}the checkpoint's weights are a {family} transformer while "
+                        f"the config in {cfg_dir} describes a {described} one; give the config of its own "
+                        "transformer (--teacher-config)")
 
 
 def key_converter(family: str, names: list[str], model: nn.Module):

@@ -8,8 +8,10 @@ a recipe's `calibration.prompt_file` from the recipe's folder.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -24,33 +26,28 @@ SOURCES = "toy:pixart, toy:flux, a Hugging Face id (OWNER/NAME), or a local fold
 
 
 # ---- where a value came from ------------------------------------------------------------------
-def recipe_where(recipe, dotted: str, value) -> str:
-    """'PATH:LINE' of the recipe key `dotted` (`calibration.prompt_file`) holding `value`, for an
-    error about that value; 'PATH (--set KEY)' where the command line set it instead."""
-    import yaml
-
-    try:
-        node = yaml.compose(Path(recipe.path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+def recipe_where(recipe, dotted: str, value=None) -> str:
+    """'PATH:LINE' of the recipe key `dotted` (`calibration.prompt_file`), for an error about its
+    value; 'PATH (--set KEY)' where the command line set it (Recipe.keys, recorded as it loaded).
+    `value`, where given, is the one the error is about: one the recipe does not hold there was
+    not given on that line. Just PATH for a key neither gave (a default)."""
+    loc = getattr(recipe, "keys", {}).get(dotted)
+    if loc is None:
         return recipe.path
+    if loc.override or (value is not None and value != _held(recipe, dotted, value)):
+        return f"{recipe.path} (--set {dotted})"
+    return loc.where()
+
+
+def _held(recipe, dotted: str, default):
+    """The recipe's value at `dotted` (calibration.guidance_scale), or `default` where that is no
+    attribute path (a list item)."""
+    value = recipe
     for key in dotted.split("."):
-        items = node.value if isinstance(node, yaml.MappingNode) else []
-        node = next((v for k, v in items if isinstance(k, yaml.ScalarNode) and k.value == key), None)
-    if isinstance(node, yaml.ScalarNode) and _same(node.value, value) or isinstance(node, yaml.CollectionNode):
-        return f"{recipe.path}:{node.start_mark.line + 1}"  # a list or mapping: the file's (not compared)
-    return f"{recipe.path} (--set {dotted})"
-
-
-def _same(text: str, value) -> bool:
-    """The recipe's scalar `text` holds `value` (7 and 1e1 hold the floats 7.0 and 10.0)."""
-    import yaml
-
-    from compress.recipe import RecipeLoader
-
-    try:
-        return text == str(value) or yaml.load(text, Loader=RecipeLoader) == value
-    except yaml.YAMLError:
-        return False
+        if not hasattr(value, key):
+            return default
+        value = getattr(value, key)
+    return value
 
 
 def teacher_where(recipe, teacher_arg: str | None) -> str:
@@ -131,31 +128,88 @@ def not_found(source: str, recipe_dir: Path | None = None) -> str:
 
 
 # ---- configs and families, without weights ------------------------------------------------------
+@dataclass
+class TeacherSource:
+    """A teacher source checked once (`kind`: check_source's), its config read once, on first use,
+    without its weights: what plan and the checks pass along instead of checking the source and
+    reading its config again. config_arg: --teacher-config; where: the start of an error about it
+    (teacher_where); hub: a Hub id's transformer/config.json may be fetched."""
+
+    source: str
+    kind: str
+    config_arg: str | None = None
+    where: str = ""
+    hub: bool = True
+
+    @functools.cached_property
+    def config(self) -> dict:
+        """Its diffusers config: a folder's (or its transformer/'s) config.json, a single file's
+        (beside it, or --teacher-config), a toy's, the shipped one of a known Hub id (KNOWN_CONFIGS),
+        or with `hub` the Hub's transformer/config.json (a Hub id otherwise needs --teacher-config)."""
+        from compress.io import read_config, read_json
+
+        if self.kind == "toy":
+            from compress.toy.weights import toy_files
+
+            return read_json(toy_files(self.source[4:])[0])
+        if (file := self.config_file()) is not None:
+            return read_config(file)
+        if self.source in KNOWN_CONFIGS:
+            return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
+        if self.hub:
+            return hub_config(self.source)
+        raise UserError(f"{self.where}cannot find a config for teacher '{self.source}' offline (plan reads the "
+                        f"configs of local teachers and of {', '.join(KNOWN_CONFIGS)}); pass --teacher-config "
+                        "with its transformer's config.json")
+
+    def config_file(self) -> Path | None:
+        """The local config.json of a folder, a single file or --teacher-config; None for the others."""
+        from compress.io import transformer_folder
+        from compress.io_single import config_dir
+
+        path = Path(self.source).expanduser()
+        if self.kind == "folder":
+            return transformer_folder(path) / "config.json"
+        if self.kind == "file" or self.config_arg:
+            return _prefixed(self.where, config_dir, path, self.config_arg) / "config.json"
+        return None
+
+    def family(self) -> tuple[str, str] | None:
+        """(family, class name) from its config (or, for a .safetensors file, its tensor names,
+        checked against its config where it has one); None for a pickle or a file whose names do
+        not tell (its loader checks it)."""
+        from compress.arch import family_of_class, get_adapter
+
+        if self.kind == "toy":
+            family = self.source[4:]
+        elif self.kind == "file":
+            family = self._file_family()
+            if family is None:
+                return None
+        else:
+            cls = self.config.get("_class_name", "<missing _class_name>")
+            family = _prefixed(self.where, family_of_class, str(cls))
+        return family, get_adapter(family).class_name
+
+    def _file_family(self) -> str | None:
+        from compress.io_single import check_config_family, file_family
+
+        path = Path(self.source).expanduser()
+        family = file_family(path)  # the header's tensor names
+        if family is not None and (self.config_arg or (path.parent / "config.json").is_file()):
+            _prefixed(self.where, check_config_family, family, self.config, self.config_file().parent, path)
+        return family
+
+
+def checked(source: str, config: str | None = None, where: str = "", hub: bool = True,
+            recipe_dir: Path | None = None) -> TeacherSource:
+    """`source` checked (check_source), as a TeacherSource; see there for the arguments."""
+    return TeacherSource(source, check_source(source, where, recipe_dir), config, where, hub)
+
+
 def teacher_config(source: str, config: str | None = None, where: str = "", hub: bool = False) -> dict:
-    """The diffusers config of a teacher source, read without its weights: a folder's (or its
-    transformer/'s) config.json, a single file's (beside it, or `config`: --teacher-config), a
-    toy's, the shipped one of a known Hub id (KNOWN_CONFIGS), or with `hub` the Hub's
-    transformer/config.json (a Hub id otherwise needs `config`)."""
-    from compress.io import read_config, read_json, transformer_folder
-    from compress.io_single import config_dir
-
-    kind = check_source(source, where)
-    if kind == "toy":
-        from compress.toy.weights import toy_files
-
-        return read_json(toy_files(source[4:])[0])
-    path = Path(source).expanduser()
-    if kind == "folder":
-        return read_config(transformer_folder(path) / "config.json")
-    if kind == "file" or config:
-        return read_config(_prefixed(where, config_dir, path, config) / "config.json")
-    if source in KNOWN_CONFIGS:
-        return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[source]).read_text())
-    if hub:
-        return hub_config(source)
-    raise UserError(f"{where}cannot find a config for teacher '{source}' offline (plan reads the configs of "
-                    f"local teachers and of {', '.join(KNOWN_CONFIGS)}); pass --teacher-config with its "
-                    "transformer's config.json")
+    """The diffusers config of a teacher source, read without its weights (TeacherSource.config)."""
+    return checked(source, config, where, hub).config
 
 
 def hub_config(repo_id: str) -> dict:
@@ -174,36 +228,25 @@ def hub_config(repo_id: str) -> dict:
 
 def source_family(source: str, config: str | None = None, where: str = "",
                   hub: bool = True) -> tuple[str, str] | None:
-    """(family, class name) of a teacher source from its config (or, for a .safetensors file, its
-    tensor names) without reading weights; None for a pickle or a file whose names do not tell
-    (its loader checks it)."""
-    from compress.arch import family_of_class, get_adapter
-
-    kind = check_source(source, where)
-    if kind == "toy":
-        family = source[4:]
-    elif kind == "file":
-        from compress.io_single import file_family
-
-        family = file_family(Path(source).expanduser())
-        if family is None:
-            return None
-    else:
-        cls = teacher_config(source, config, where, hub).get("_class_name", "<missing _class_name>")
-        family = _prefixed(where, family_of_class, str(cls))
-    return family, get_adapter(family).class_name
+    """(family, class name) of a teacher source without reading weights (TeacherSource.family)."""
+    return checked(source, config, where, hub).family()
 
 
 # ---- a recipe's sources -----------------------------------------------------------------------
 def check_sources(recipe, teacher: str | None = None, config: str | None = None, hub: bool = True) -> str:
+    """The teacher source a recipe's run uses (checked_sources)."""
+    return checked_sources(recipe, teacher, config, hub).source
+
+
+def checked_sources(recipe, teacher: str | None = None, config: str | None = None,
+                    hub: bool = True) -> TeacherSource:
     """The teacher source a recipe's run uses (`teacher`: --teacher; `config`: --teacher-config),
     checked before any weights load: it is there and is a teacher of the recipe's model family
     (from its config; with `hub`, a Hub id's is fetched, never its weights); and the prompt file
     the recipe names is there. Errors name the recipe's file:line where it gave the value."""
     source = teacher or recipe.teacher
-    where = teacher_where(recipe, teacher)
-    check_source(source, where, None if teacher else Path(recipe.path).parent)
-    found = source_family(source, config, where, hub)
+    src = checked(source, config, teacher_where(recipe, teacher), hub, None if teacher else Path(recipe.path).parent)
+    found = src.family()
     if found and found[0] != recipe.model:
         given = " (--teacher)" if teacher else ""
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
@@ -211,7 +254,7 @@ def check_sources(recipe, teacher: str | None = None, config: str | None = None,
                         f"a {recipe.model} teacher")
     check_prompt_file(recipe, source)
     warn_unused_calibration(recipe, source)
-    return source
+    return src
 
 
 PIPELINE_ONLY = ("prompts", "prompt_file", "pipeline", "sample_steps", "prompts_per_call", "guidance_scale",

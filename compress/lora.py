@@ -6,81 +6,122 @@ diffusers applies a LoRA by wrapping `nn.Linear` modules in peft layers, and pef
 - a LowRankLinear (up (out, r), down (r, in)) grows to rank r + r': down' = [down; A], up' = [up, s·B],
   so up'·down' = up·down + s·B A exactly, with no refactorization (a fused GELU stays outside the sum);
 - a dense linear: W += s·B A.
+A bias on lora_B (peft `lora_bias=True`: y += s·(B A x + b_B)) adds s·b_B to the layer's bias (peft
+itself cannot merge one into a layer without a bias, nor could a saved student hold it: an error).
 
-What the LoRA holds, and each module's scaling, is decided by diffusers and peft themselves: the LoRA
-is loaded onto an empty (meta-device) teacher of the student's family, with the teacher's block
-counts, exactly as they would load it onto the teacher (every format diffusers reads for Flux: its
-own, kohya, XLabs, BFL; any family: a peft adapter folder with adapter_config.json), and the peft
-layers' A, B and scaling are read back. Block indices are the teacher's: they are mapped to the
+DoRA (peft `use_dora=True`) computes W' = diag(m / n) (W + s·B A), n the row norms ‖W + s·B A‖ (peft's
+`get_weight_norm`, dim=1, detached, recomputed at each forward from the weight the adapter wraps), the
+bias untouched. A row scaling merges exactly: a dense W' as written, a LowRankLinear as up' = diag(m/n)
+[up, s·B], down' = [down; A]. n is taken from the TEACHER's W + s·B A, the weight the DoRA was trained
+on, so the student's layer changes exactly as the teacher's does (its compression error is scaled by
+the same m/n, ≈ 1); the student's own W_lowrank + s·B A would give other norms, so other outputs. The
+teacher's weights of the adapted layers only are read from `teacher` (a loaded model), else the teacher
+source the student recorded (a diffusers folder, a Hub id or a toy; a single-file teacher: convert it
+first). A model without a compression record is a teacher: its own weights are used.
+
+How the LoRA is read (its format, each module's scaling, text-encoder weights it also holds, which are
+reported and not merged) is compress.lora_read. Block indices are the teacher's: they are mapped to the
 student's through its block map, and a LoRA's weights for blocks the student removed are dropped
 (reported). Needs peft (the `lora` extra).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import re
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from compress.arch import get_adapter
 from compress.errors import UserError
+from compress.lora_read import STATE_DICT, LoraLayer, read_lora
 from compress.lowrank import LowRankLinear
 
-ADAPTER = "dit_compress_merge"
-STATE_DICT = "the LoRA state dict"
 
-
-def merge_lora(student: nn.Module, lora, scale: float = 1.0) -> dict:
+def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module | str | None = None) -> dict:
     """Merge `lora` (a file, a folder or a state dict; see the module docstring) into `student` (from
-    `load_transformer`, or a teacher) in place, times `scale`. Returns {"merged": modules,
-    "rank_added": {module: r'} of the low-rank ones, "dropped": teacher modules of removed blocks}.
-    The student's config records the new ranks, so saving it again keeps them."""
+    `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come
+    from (a model or a source; default: the one the student recorded). Returns {"merged": modules,
+    "rank_added": {module: r'} of the low-rank ones, "dropped": teacher modules of removed blocks,
+    "not_merged": text-encoder modules of the LoRA}. The student's config records the new ranks, so
+    saving it again keeps them."""
     adapter = get_adapter(student)
     block_map = (getattr(student, "compression_meta", None) or {}).get("block_map") or {}
-    layers = read_lora(student, adapter, lora, block_map)
-    merged, added, dropped = [], {}, []
-    for name, (down, up, scaling) in layers.items():
-        target = adapter.renumbered(name, block_map)  # the teacher's block index -> the student's
-        if target is None:
-            dropped.append(name)
-            continue
-        rank = _merge_one(student, target, down, up * (scaling * scale))
-        merged.append(target)
+    layers, text_encoder = read_lora(student, adapter, lora, block_map)
+    targets = {name: adapter.renumbered(name, block_map) for name in layers}  # the teacher's block -> the student's
+    kept = {name: target for name, target in targets.items() if target is not None}
+    dora = [name for name in kept if layers[name].magnitude is not None]
+    weights = dora_weights(student, {name: kept[name] for name in dora}, teacher) if dora else {}
+    added = {}
+    for name, target in kept.items():
+        rank = _merge_one(student, target, layers[name], scale, weights.get(name))
         if rank:
             added[target] = rank
-    _record(student, lora, scale, len(merged))
-    return {"merged": len(merged), "rank_added": added, "dropped": dropped}
+    if text_encoder:
+        from compress.report import console
+
+        console.print(f"[bold yellow]note:[/] {len(text_encoder)} text-encoder modules not merged: "
+                      "the student is the transformer only")
+    _record(student, lora, scale, len(kept))
+    return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
+            "not_merged": text_encoder}
 
 
-def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> dict[str, tuple]:
-    """teacher module name -> (A (r', in), B (out, r'), scaling) as diffusers / peft would apply them."""
-    if importlib.util.find_spec("peft") is None:
-        raise UserError("merging a LoRA needs peft: pip install 'dit-compress[lora]' (or peft)")
-    load, keys = _reader(adapter, lora, type(student).__name__)
-    skeleton = _empty_teacher(student, adapter, block_map, keys)
-    load(skeleton)
-    from peft.tuners.lora import LoraLayer
+def dora_rows(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """DoRA's row scale m / ‖W + up·down‖_row (out,): W (out, in) the weight the DoRA was trained on,
+    up (out, r') already times s, down (r', in), m (out,)."""
+    return magnitude / torch.linalg.norm(weight.float() + up @ down, dim=1)
 
+
+def grown_factors(up: torch.Tensor, down: torch.Tensor, lora_up: torch.Tensor, lora_down: torch.Tensor,
+                  rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up' (out, r + r'), down' (r + r', in)) with up'·down' = diag(rows) (up·down + lora_up·lora_down)."""
+    new_up = torch.cat([up, lora_up], 1)
+    return (new_up if rows is None else rows[:, None] * new_up), torch.cat([down, lora_down], 0)
+
+
+def dense_merged(weight: torch.Tensor, lora_up: torch.Tensor, lora_down: torch.Tensor,
+                 rows: torch.Tensor | None) -> torch.Tensor:
+    """diag(rows) (W + lora_up·lora_down) (out, in); rows None: no scaling."""
+    merged = weight + lora_up @ lora_down
+    return merged if rows is None else rows[:, None] * merged
+
+
+def dora_weights(student: nn.Module, names: dict[str, str], teacher) -> dict[str, torch.Tensor]:
+    """{teacher module name: its teacher weight (out, in)} for the DoRA layers `names` (teacher name ->
+    student name): the student's own where it is a teacher, else `teacher`'s or its recorded source's."""
+    meta = getattr(student, "compression_meta", None)
+    if meta is None and teacher is None:
+        return {name: student.get_submodule(target).weight.detach() for name, target in names.items()}
+    if isinstance(teacher, nn.Module):
+        return {name: teacher.get_submodule(name).weight.detach() for name in names}
+    source = teacher or (meta or {}).get("teacher")
+    if not source:
+        raise UserError("merging a DoRA into a compressed model needs its teacher's weights (DoRA's norms): "
+                        "pass teacher= to merge_lora")
+    if teacher is None and meta.get("loras"):
+        raise UserError("merging a DoRA after another LoRA needs the teacher with that LoRA (DoRA's norms): "
+                        "pass teacher= (compress.io.load_teacher_of gives it) to merge_lora")
+    return _read_teacher_weights(str(source), list(names))
+
+
+def _read_teacher_weights(source: str, names: list[str]) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    from compress.stream_files import by_file, checkpoint_of
+
+    try:
+        _, files = checkpoint_of(source)
+    except UserError as e:
+        raise UserError(f"a DoRA's norms need the teacher's weights, read from {source}: {e}") from None
+    missing = [n for n in names if f"{n}.weight" not in files]
+    if missing:
+        raise UserError(f"teacher {source} has no weight for '{missing[0]}', which the DoRA adapts")
     out = {}
-    for name, module in skeleton.named_modules():
-        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
-            a, b = module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight  # (r', in), (out, r')
-            if a.is_meta or b.is_meta:
-                raise UserError(f"the LoRA has no weights for '{name}'")
-            if module.lora_B[ADAPTER].bias is not None:
-                raise UserError(f"'{name}': LoRAs with a bias on lora_B are not supported")
-            out[name] = (a.detach().float(), b.detach().float(), float(module.scaling[ADAPTER]))
-    if not out:
-        raise UserError(f"{_label(lora)}: no LoRA layers for the {adapter.family} transformer in it")
+    for path, keys in by_file(files, [f"{n}.weight" for n in names]).items():
+        with safe_open(str(path), framework="pt") as f:
+            out.update({k[: -len(".weight")]: f.get_tensor(k) for k in keys})
     return out
-
-
-def _label(lora) -> str:
-    return STATE_DICT if isinstance(lora, dict) else str(lora)
 
 
 def _source(lora) -> str:
@@ -103,98 +144,36 @@ def replay(teacher: nn.Module, loras: list[dict]) -> None:
         merge_lora(teacher, record["source"], scale=record["scale"])
 
 
-def _reader(adapter, lora, class_name: str) -> tuple[Callable[[nn.Module], None], list[str]]:
-    """(a function loading the LoRA onto an empty teacher as the family's loader would, its keys).
-    A peft adapter folder (adapter_config.json) through peft, any other LoRA of a Flux model
-    through diffusers' FluxLoraLoaderMixin (a file, a folder, a Hub id or a state dict)."""
-    from compress.io import looks_local
-
-    path = None if isinstance(lora, dict) else Path(str(lora)).expanduser()
-    if path is not None and looks_local(str(lora)) and not path.exists():
-        raise UserError(f"{lora}: no LoRA there (a .safetensors file, or a folder holding one)")
-    if path is not None and (path / "adapter_config.json").is_file():
-        return _peft_reader(path)
-    if adapter.family != "flux":
-        raise UserError(f"{_label(lora)}: diffusers has no LoRA loader for {class_name}; give a peft adapter "
-                        "folder (adapter_config.json + adapter_model.safetensors)")
-    from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
-
-    from compress.io import hub_error, quiet_hub
-
-    try:
-        with quiet_hub():
-            state, alphas, metadata = FluxLoraLoaderMixin.lora_state_dict(
-                lora if path is None or not path.exists() else str(path), return_alphas=True,
-                return_lora_metadata=True)
-    except Exception as e:  # noqa: BLE001 (safetensors, the Hub and diffusers' checks raise their own)
-        if path is not None and path.exists():
-            raise UserError(f"{lora}: not a LoRA diffusers reads ({type(e).__name__}: {e})") from None
-        raise hub_error(str(lora), e, "a local LoRA file") from None
-
-    def load(skeleton: nn.Module) -> None:
-        FluxLoraLoaderMixin.load_lora_into_transformer(state, alphas, transformer=skeleton, adapter_name=ADAPTER,
-                                                       metadata=metadata, low_cpu_mem_usage=True)
-    return load, list(state)
-
-
-def _peft_reader(folder: Path) -> tuple[Callable[[nn.Module], None], list[str]]:
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    try:
-        config = LoraConfig.from_pretrained(str(folder))
-        state = load_file(str(folder / "adapter_model.safetensors"))
-    except Exception as e:  # noqa: BLE001 (peft and safetensors raise their own)
-        raise UserError(f"{folder}: not a readable peft LoRA adapter ({type(e).__name__}: {e})") from None
-    state = {re.sub(r"^base_model\.model\.", "", k): v for k, v in state.items()}
-
-    def load(skeleton: nn.Module) -> None:
-        inject_adapter_in_model(config, skeleton, adapter_name=ADAPTER, low_cpu_mem_usage=True)
-        set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
-    return load, list(state)
-
-
-def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str]) -> nn.Module:
-    """The student's class with the teacher's block counts (the largest of the student's, its block
-    map's and, by the LoRA's keys, the LoRA's), every parameter a zero scalar expanded to its shape."""
-    from accelerate import init_empty_weights
-
-    config = dict(student.config)
-    config.pop("compression", None)
-    for g in adapter.groups:
-        mentioned = [int(m.group(1)) for k in keys for m in [re.search(rf"(?:^|\.){g.attr}\.(\d+)\.", k)] if m]
-        config[g.config_key] = max([len(getattr(student, g.attr))] + [i + 1 for i in block_map.get(g.name, [])]
-                                   + [i + 1 for i in mentioned])
-    with init_empty_weights():
-        skeleton = type(student).from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    for module in skeleton.modules():  # peft puts a LoRA on its base layer's device: CPU, no memory
-        for name, p in list(module._parameters.items()):
-            if p is not None:
-                module._parameters[name] = nn.Parameter(torch.zeros((), dtype=p.dtype).expand(p.shape),
-                                                        requires_grad=False)
-    return skeleton
-
-
-def _merge_one(student: nn.Module, name: str, down: torch.Tensor, up: torch.Tensor) -> int:
-    """Add up·down (up scaled) to the student's module `name`; returns the rank it added (0: dense)."""
+def _merge_one(student: nn.Module, name: str, layer: LoraLayer, scale: float, weight: torch.Tensor | None) -> int:
+    """Merge `layer` times `scale` into the student's module `name` (`weight`: the teacher's, for a
+    DoRA's norms); returns the rank it added (0: dense)."""
     try:
         module = student.get_submodule(name)
     except AttributeError:
         raise UserError(f"the LoRA adapts '{name}', which the student does not have") from None
+    if not isinstance(module, (LowRankLinear, nn.Linear)):
+        raise UserError(f"the LoRA adapts '{name}', a {type(module).__name__}, not a linear layer")
+    s = layer.scaling * scale
+    if layer.bias is not None and module.bias is None:
+        raise UserError(f"the LoRA has a bias on lora_B for '{name}', a layer without a bias (neither peft nor "
+                        "a saved student can merge it)")
+    device = module.bias.device if module.bias is not None else next(module.parameters()).device
+    up, down = (layer.up * s).to(device), layer.down.to(device)  # (out, r'), (r', in)
+    rows = None if layer.magnitude is None else dora_rows(weight.to(device), down, up, layer.magnitude.to(device))
+    bias = None if module.bias is None else module.bias.detach().float() + \
+        (0 if layer.bias is None else s * layer.bias.to(device))
     if isinstance(module, LowRankLinear):
-        new = LowRankLinear.from_factors(
-            torch.cat([module.up.weight.detach().float(), up.to(module.up.weight.device)], 1),
-            torch.cat([module.down.weight.detach().float(), down.to(module.down.weight.device)], 0),
-            module.bias.detach() if module.bias is not None else None, dtype=module.up.weight.dtype)
+        new_up, new_down = grown_factors(module.up.weight.detach().float(), module.down.weight.detach().float(),
+                                         up, down, rows)
+        new = LowRankLinear.from_factors(new_up, new_down, bias, dtype=module.up.weight.dtype)
         new.activation, new.use_kernel = module.activation, module.use_kernel
         student.set_submodule(name, new)
         return down.shape[0]
-    if isinstance(module, nn.Linear):
-        with torch.no_grad():
-            delta = up.to(module.weight.device) @ down.to(module.weight.device)  # (out, in)
-            module.weight.copy_((module.weight.float() + delta).to(module.weight.dtype))
-        return 0
-    raise UserError(f"the LoRA adapts '{name}', a {type(module).__name__}, not a linear layer")
+    with torch.no_grad():
+        module.weight.copy_(dense_merged(module.weight.float(), up, down, rows).to(module.weight.dtype))
+        if bias is not None:
+            module.bias.copy_(bias.to(module.bias.dtype))
+    return 0
 
 
 def _record(student: nn.Module, lora, scale: float, merged: int) -> None:

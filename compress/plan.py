@@ -21,27 +21,28 @@ from compress.inputs import source_kind
 from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
-from compress.io_source import check_sources, recipe_where, teacher_where
-from compress.io_source import teacher_config as read_teacher_config
+from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory
+from compress.io_source import TeacherSource, checked, checked_sources, recipe_where
 from compress.report import console, layer_rows, param_count, results
 from compress.runner import build_passes
 from compress.runner_checks import SpreadRemovals, check_pass
 from compress.runner_stream import check_streaming, streamed_weights
 
 
-def meta_model(source: str, config: str | None = None, where: str = ""):
-    """The teacher on the meta device, built from its config (the toys with their small weights);
-    `where`: the start of an error about the source (io_source.teacher_where)."""
-    if source.startswith("toy:"):
+def meta_model(source: str | TeacherSource, config: str | None = None, where: str = ""):
+    """The teacher on the meta device, built from its config (the toys with their small weights):
+    of a source checked already (a TeacherSource), or checked here (`where`: the start of an error
+    about it, io_source.teacher_where)."""
+    src = source if isinstance(source, TeacherSource) else checked(source, config, where, hub=False)
+    if src.kind == "toy":
         from compress.toy import load_toy_teacher
 
-        return load_toy_teacher(source[4:])
+        return load_toy_teacher(src.source[4:])
     from accelerate import init_empty_weights
 
-    cfg = read_teacher_config(source, config, where)
-    cls = model_class(cfg.get("_class_name", "<missing _class_name>"))
+    cls = model_class(src.config.get("_class_name", "<missing _class_name>"))
     with init_empty_weights():
-        return from_config(cls, cfg, f"the config of teacher {source}")
+        return from_config(cls, src.config, f"the config of teacher {src.source}")
 
 
 def by_key(rows: list[dict], key: str) -> dict[str, int]:
@@ -52,8 +53,8 @@ def by_key(rows: list[dict], key: str) -> dict[str, int]:
 
 
 def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = None) -> dict:
-    source = check_sources(recipe, teacher, teacher_config, hub=False)  # there, of the recipe's family
-    model = meta_model(source, teacher_config, teacher_where(recipe, teacher))
+    src = checked_sources(recipe, teacher, teacher_config, hub=False)  # there, of the recipe's family
+    source, model = src.source, meta_model(src)  # its config, read once
     adapter = get_adapter(model)
     if adapter.family != recipe.model:  # a pickle's family, from its config
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
@@ -69,9 +70,9 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
-    steps, scores, spread = [], ScoresSoFar(), SpreadRemovals(recipe.path)
+    steps, scores, spread = [], ScoresSoFar(), SpreadRemovals()
     for spec, p in zip(recipe.passes, passes):
-        check_pass(p, spec, model, adapter, recipe.path)
+        check_pass(p, spec, model, adapter)
         spread.check(p, spec, model, adapter)
         step = {"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})}
         reused = "scans" in step and scores.reused(step)  # blocks chosen by importance
@@ -83,7 +84,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         steps.append(step)
         p.apply_planned(model, adapter)
     after_rows = layer_rows(model)
-    return {
+    plan = {
         "calibration": calib,
         "backward": backward_bytes(calib, model.config, sum(adapter.block_counts(model).values())),
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
@@ -92,6 +93,10 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
     }
+    plan["memory"] = peak_memory(recipe, plan, any(getattr(p, "needs_calibration", False) for p in passes))
+    if warning := beyond_memory(plan["memory"], device_memory(recipe.device)):  # --json too (stderr)
+        console.print(f"[bold yellow]warning:[/] {recipe.path}: {warning}")
+    return plan
 
 
 class ScoresSoFar:
@@ -173,6 +178,8 @@ def print_plan(plan: dict) -> None:
                       f"time (at most {s['largest_block_params']:,}) resident: "
                       f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
     results.print(f"  {describe(plan['calibration'])}")
+    if "memory" in plan:
+        results.print(f"  {memory_words(plan['memory'])}")
     for step in plan["passes"]:
         results.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): {step_words(step)}")
         if "streamed_scan" in step:

@@ -18,6 +18,7 @@ import yaml
 from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.passes import PASSES, pass_class
 from compress.recipe_set import key_nodes, nearest, place, remark
+from compress.recipe_yaml import NULL, RecipeDumper, RecipeLoader, type_hint
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -117,6 +118,8 @@ class Recipe:
     device: str = "auto"
     path: str = "<recipe>"
     raw: dict = field(default_factory=dict)  # the resolved plain data (written to the output)
+    # where each key was given, by dotted path (calibration.prompt_file): its file line or --set
+    keys: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 # ---- YAML with line numbers -------------------------------------------------------------------
@@ -136,17 +139,6 @@ class _Loc:
 
     def err(self, msg: str) -> UserError:
         return UserError(f"{self.where()}: {msg}")
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats without a dot or an exponent sign (1e-4, 5E+3,
-    -2e3, 1.0e4) as numbers; YAML 1.1 reads them as strings. Other loaders are left as they are."""
-
-
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
 
 
 def _key_locs(node: yaml.Node | None, path: str) -> dict[str, _Loc]:
@@ -185,7 +177,7 @@ def _type_name(tp) -> str:
     if origin is dict:
         k, v = typing.get_args(tp)
         return "a mapping" if v is Any else f"a mapping of {_type_name(k)} to {_type_name(v)}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -207,7 +199,7 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
                 return convert(node, arg, loc_path, what)
             except UserError:
                 continue
-        raise loc.err(f"{what} must be {_type_name(tp)}, not {_shown(node)}")
+        raise loc.err(f"{what} must be {_type_name(tp)}, not {_shown(node)}{type_hint(node, tp)}")
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
             raise loc.err(f"{what} must be {_type_name(tp)}, not {_shown(node)}")
@@ -234,7 +226,7 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
         return float(value)
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
-    raise loc.err(f"{what} must be {_type_name(tp)}, not {value!r}")
+    raise loc.err(f"{what} must be {_type_name(tp)}, not {value!r}{type_hint(node, tp)}")
 
 
 def _shown(node: yaml.Node) -> str:
@@ -249,7 +241,7 @@ def _shown(node: yaml.Node) -> str:
 
 def build_dataclass(node: yaml.Node, cls, path: str, what: str):
     loc = _Loc(path, node)
-    if node is None or (isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~")):
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == NULL):
         node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark if node else None)
     if not isinstance(node, yaml.MappingNode):
         raise loc.err(f"{what} must be a mapping of options")
@@ -382,7 +374,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
             raise _Loc(path, root).err(f"the recipe is missing required key '{required}'")
     if values.get("version", 1) != 1:
         raise _Loc(path, root).err(f"recipe version {values['version']} is not supported (only 1)")
-    recipe = Recipe(passes=specs, path=path, **values)
+    recipe = Recipe(passes=specs, path=path, keys=_key_locs(root, path), **values)
     recipe.raw = to_plain(recipe)
     return recipe
 
@@ -410,4 +402,4 @@ def dump_recipe(recipe: Recipe, prompts: list[str] | None = None) -> str:
     plain = to_plain(recipe)
     if prompts is not None:
         plain["calibration"]["prompts"], plain["calibration"]["prompt_file"] = list(prompts), None
-    return yaml.safe_dump(plain, sort_keys=False)
+    return yaml.dump(plain, Dumper=RecipeDumper, sort_keys=False)

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,15 +23,17 @@ from compress.calib_footprint import footprint
 from compress.errors import NumericError, UserError
 from compress.inputs import check_pipeline_packages, input_source, moved
 from compress.io import load_teacher, nonfinite
-from compress.io_export import check_replaceable, warn_if_beyond_export_range
-from compress.io_source import check_sources, check_teacher_options
+from compress.io_export import warn_if_beyond_export_range
+from compress.io_source import check_teacher_options, checked_sources
 from compress.passes import pass_class
 from compress.passes.base import RunContext, first_nonfinite, predictions, relative_error
+from compress.passes.removed_blocks import about_removal
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
-from compress.runner_resume import (FINISHED, fingerprint, interrupted_run, recipe_changes, resume_note,
-                                   saved_in_words, teacher_change, teacher_identity, weights_checksum)
+from compress.runner_folders import check_folders, check_run_folder, interrupt_note
+from compress.runner_resume import (FINISHED, fingerprint, recipe_changes, resume_note, teacher_change,
+                                   teacher_identity, weights_checksum)
 from compress.runner_stream import (HELDOUT, OutOfMemory, check_streaming, is_out_of_memory, memory_hints,
                                    memory_in_words, models_for, streamed_weights, warn_if_activations_too_big,
                                    warn_if_streamed_too_big)
@@ -47,37 +48,6 @@ def build_passes(recipe: Recipe) -> list:
 def is_main_process() -> bool:
     """Rank 0 of a distributed launch (torchrun / accelerate launch set RANK), or a plain run."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def check_folders(out: Path, run_dir: Path, overwrite: bool) -> None:
-    """Before anything loads: the output may be written (and replace what is there, see
-    `check_replaceable`) and the run folder made; a UserError saying why not otherwise."""
-    check_replaceable(out, overwrite)
-    a, b = out.resolve(), run_dir.resolve()
-    if a == b or a in b.parents or b in a.parents:
-        raise UserError(f"--out {out} and --run-dir {run_dir} must be separate folders, neither inside "
-                        "the other")
-    check_writable(out.parent, f"output folder {out}")
-    check_writable(run_dir, f"run folder {run_dir}")
-
-
-def check_writable(folder: Path, what: str) -> None:
-    """`folder` can be made (if missing) and written: a temp folder is made in it and removed, and so
-    are the folders made for it."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(prefix=".dit-compress-check-", dir=folder))
-    except OSError as e:
-        file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-        why = f"{file} is a file, not a folder" if file else f"cannot write in {folder}: {e.strerror or e}"
-        raise UserError(f"{what}: {why}") from None
-    finally:
-        for p in missing:
-            try:
-                p.rmdir()
-            except OSError:
-                pass
 
 
 def check_reference(reference: list[torch.Tensor], dtype: str, locate=None) -> None:
@@ -100,8 +70,9 @@ def check_reference(reference: list[torch.Tensor], dtype: str, locate=None) -> N
 def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None,
                          models=None):
     """(source, frozen teacher); `models` (runner_stream) may hold it streamed."""
-    source = check_sources(recipe, teacher, config)  # there, of the recipe's family: before any weights
-    load = functools.partial(load_teacher, source, dtype=DTYPES[recipe.compute_dtype], config=config,
+    src = checked_sources(recipe, teacher, config)  # there, of the recipe's family: before any weights
+    source = src.source
+    load = functools.partial(load_teacher, src, dtype=DTYPES[recipe.compute_dtype], config=config,
                              family=recipe.model)
     model = models.teacher(source, load) if models is not None else load()
     family = get_adapter(model).family
@@ -158,22 +129,24 @@ class Runner:
     def __init__(self, recipe: Recipe, out: Path, run_dir: Path, teacher: str | None = None,
                  teacher_config: str | None = None, resume: bool = False, overwrite: bool = False,
                  restart: bool = False):
+        check_teacher_options(teacher, teacher_config)  # the CLI's too: before anything loads
         if resume and restart:
             raise UserError("--resume continues an interrupted run and --restart discards it: pass one of them")
         self.recipe, self.out, self.run_dir = recipe, Path(out), Path(run_dir)
         self.teacher_arg, self.teacher_config = teacher, teacher_config
         self.resume, self.overwrite, self.restart = resume, overwrite, restart
         self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error
+        self.started_over = False  # the run folder's earlier stages and checkpoints discarded (_restore)
         self.device = resolve_device(recipe)
         # resident or streamed weights, in the recipe's compute dtype, on its device
         self.models = models_for(recipe.stream, self.run_dir, DTYPES[recipe.compute_dtype], self.device)
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
-        check_teacher_options(self.teacher_arg, self.teacher_config)
         check_folders(self.out, self.run_dir, self.overwrite)
         self.passes = build_passes(self.recipe)  # every config error before compute
-        self._check_run_folder()
+        if not (self.resume or self.restart):  # saved work a fresh start would discard: refused
+            check_run_folder(self.run_dir, self.recipe.raw, self.passes)
         check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
         self.doing = "loading the teacher"
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg,
@@ -181,7 +154,7 @@ class Runner:
         check_finite(self.teacher)
         warn_if_beyond_export_range(self.teacher, self.recipe.export.dtype)
         self.adapter = get_adapter(self.teacher)
-        check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter, self.recipe.path)
+        check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter)
         if self.recipe.stream:
             check_streaming(self.passes, self.recipe.passes, self.recipe.path)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
@@ -223,29 +196,6 @@ class Runner:
                           f"blocks (at most {weights['largest_block_params']:,}) are read one at a time")
             self.ctx.report["stream"] = dict(weights, compute_dtype=self.recipe.compute_dtype)
 
-    def _check_run_folder(self) -> None:
-        """Without --resume or --restart, a run folder holding an interrupted run's saved work
-        (completed stages, a distill checkpoint) is a UserError saying what is there: a fresh start
-        would discard it. A finished run's folder (its output written) is started over."""
-        if self.resume or self.restart:
-            return
-        info = interrupted_run(self.run_dir, self.recipe.raw, self.passes)
-        if info is None:
-            return
-        saved = saved_in_words(info)
-        if info["changed"]:
-            raise UserError(f"{self.run_dir} holds an interrupted run of another recipe (it differs in "
-                            f"{', '.join(info['changed'][:3])}; {saved}): add --restart to discard it and "
-                            "start over, or choose another --run-dir")
-        of = " of this recipe" if info["changed"] == [] else ""
-        if info["total"] is not None and info["done"] >= info["total"]:  # an export cut short, or an older
-            # dit-compress's finished run (it wrote no FINISHED marker)
-            raise UserError(f"{self.run_dir} holds a run{of} whose {info['total']} passes are all done but whose "
-                            "output was not marked written (its export was cut short, or an older dit-compress "
-                            "wrote it): add --resume to write the output from them, or --restart to start over")
-        raise UserError(f"{self.run_dir} holds an interrupted run{of} ({saved}): add --resume to continue, "
-                        "or --restart to start over")
-
     def _teacher_forwards(self, make):
         """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""
         dtype = DTYPES[self.recipe.compute_dtype]
@@ -262,10 +212,11 @@ class Runner:
     def _restore(self):
         """(first pass to run, student) from the last completed stage when resuming."""
         stages = self.run_dir / "stages"
-        if not self.resume:  # a finished run's, or discarded with --restart (_check_run_folder)
+        if not self.resume:  # a finished run's, or discarded with --restart (check_run_folder)
             shutil.rmtree(stages, ignore_errors=True)
             for checkpoints in self.run_dir.glob("distill*/checkpoints"):
                 shutil.rmtree(checkpoints, ignore_errors=True)
+            self.started_over = True
             return 0, self.models.fresh_student(self.teacher)
         for i in reversed(range(len(self.passes))):
             d = self._stage_dir(i)
@@ -348,6 +299,11 @@ class Runner:
         self.doing = "the export"
         return self.export(student, teacher_params)
 
+    def interrupt_note(self) -> str:
+        """What follows 'interrupted' after a Ctrl-C in `run` (runner_folders.interrupt_note): saved
+        work in the run folder that --restart was about to discard is not offered to --resume."""
+        return interrupt_note(self.run_dir, discarding=self.restart and not self.started_over)
+
     def _out_of_memory(self, e: BaseException) -> OutOfMemory:
         """One line: what ran out of which memory, what to change in the recipe, and what the run
         folder keeps for --resume."""
@@ -380,8 +336,8 @@ class Runner:
         return student
 
     def _run_pass(self, i: int, student):
-        """Pass i; a UserError it raises names its recipe line, and says so when earlier passes
-        removed blocks (the model it sees is renumbered from 0)."""
+        """Pass i; a UserError it raises names its recipe line, and when it is about blocks earlier
+        passes removed (`about_removal`) says so (the model it sees is renumbered from 0)."""
         spec, before = self.recipe.passes[i], self.adapter.block_counts(student)
         # from the recipe, not a counter: the same after --resume
         self.ctx.student_version = sum(p.changes_weights for p in self.passes[:i])
@@ -391,7 +347,8 @@ class Runner:
             if e.exit_code == UserError.exit_code:  # a mistake (not a requested stop): say where
                 path = self.recipe.path
                 where = "" if str(e).startswith(f"{path}:") else f"{path}:{spec.line}: "
-                note = removal_note(before, self.adapter.block_counts(self.teacher), self.removed_by)
+                note = removal_note(before, self.adapter.block_counts(self.teacher), self.removed_by) \
+                    if about_removal(e) else ""
                 e.args = (f"{where}{e}{note}",)
             raise
         if self.adapter.block_counts(student) != before:

@@ -14,10 +14,11 @@ import torch
 from rich.markup import escape
 
 from compress.errors import BadValue, UserError
+from compress.passes.removed_blocks import about_removal
 from compress.report import console
 
 
-def check_pass(p, spec, model, adapter, path: str) -> None:
+def check_pass(p, spec, model, adapter) -> None:
     """A pass's config checked against the model; errors name the recipe file and the line (or the
     --set) of the key they are about (`PassSpec.where`)."""
     try:
@@ -27,10 +28,10 @@ def check_pass(p, spec, model, adapter, path: str) -> None:
     _warn_notes(p, spec, model, adapter)
 
 
-def check_passes(passes, specs, model, adapter, path: str) -> None:
+def check_passes(passes, specs, model, adapter) -> None:
     """Every pass's config checked in recipe order against a meta copy of `model` (see above)."""
     model, teacher, removed = meta_clone(model), adapter.block_counts(model), []
-    spread = SpreadRemovals(path)
+    spread = SpreadRemovals()
     for p, spec in zip(passes, specs):
         counts = adapter.block_counts(model)
         try:
@@ -39,7 +40,8 @@ def check_passes(passes, specs, model, adapter, path: str) -> None:
             spread.check(p, spec, model, adapter)
             p.apply_planned(model, adapter)
         except UserError as e:
-            raise UserError(f"{spec.where(e)}: {e}{removal_note(counts, teacher, removed)}") from None
+            note = removal_note(counts, teacher, removed) if about_removal(e) else ""
+            raise UserError(f"{spec.where(e)}: {e}{note}") from None
         if adapter.block_counts(model) != counts:
             removed.append(spec.line)
 
@@ -55,8 +57,8 @@ class SpreadRemovals:
     """The removals seen so far whose groups are decided at run time (`Pass.unplaced`), and the
     warning for a later pass that fails on the worst case: all those blocks from one group."""
 
-    def __init__(self, path: str):
-        self.path, self.lines, self.count = path, [], 0
+    def __init__(self):
+        self.lines, self.count = [], 0
 
     def check(self, p, spec, model, adapter) -> None:
         """Warns if `p` fails with the unplaced blocks all taken from one group; then records

@@ -1,7 +1,8 @@
 """What a run is keyed and resumed by: the teacher's weights checksum, the fingerprint that keys the
 calibration caches, the recipe keys `--resume` compares (but those no result depends on) and the
 teacher's identity it compares, with the differences in words; and what an interrupted run left in
-its run folder (`interrupted_run`), which a run without --resume must not silently discard."""
+its run folder (`interrupted_run`), which a run without --resume must not silently discard.
+Imports no torch: the CLI reads the run folder after a Ctrl-C that may come before torch is in."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 import compress
-from compress.calib_stats import STATS_VERSION
 from compress.recipe import Recipe
+
+if TYPE_CHECKING:
+    import torch
 
 
 def weights_checksum(teacher: torch.nn.Module, models) -> str:
@@ -36,6 +38,8 @@ def result_bearing(calibration: dict) -> dict:
 def fingerprint(source: str, weights: str, recipe: Recipe) -> str:
     """Teacher identity (source + `weights_checksum`) + calibration config (but for
     CALIBRATION_RESULT_FREE) + code version."""
+    from compress.calib_stats import STATS_VERSION
+
     h = hashlib.sha256(f"{source}|{compress.__version__}|{STATS_VERSION}|{weights}|".encode())
     h.update(json.dumps(result_bearing(asdict(recipe.calibration)), sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -125,11 +129,12 @@ def distill_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in Path(run_dir).glob("distill*/checkpoints/step-*") if (p / "meta.json").is_file())
 
 
-def interrupted_run(run_dir: Path, now: dict, passes) -> dict | None:
+def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict | None:
     """What an unfinished run left in `run_dir` that a fresh start would discard: {"done": passes
     completed, "total": passes of its recipe (None: unknown), "step": its latest distill checkpoint
     step (or None), "changed": the keys where its recipe differs from `now` as --resume compares
-    them (None: unknown)}; None when there is nothing, or the run finished (its output was written)."""
+    them (None: unknown, or no `now`)}; None when there is nothing, or the run finished (its output
+    was written)."""
     stages, checkpoints = stage_dirs(run_dir), distill_checkpoints(run_dir)
     if (Path(run_dir) / "stages" / FINISHED).is_file() or not (stages or checkpoints):
         return None
@@ -144,7 +149,7 @@ def interrupted_run(run_dir: Path, now: dict, passes) -> dict | None:
             before = None
         if isinstance(before, dict) and isinstance(before.get("passes"), list):
             info["total"] = len(before["passes"])
-            info["changed"] = recipe_changes(before, now, passes, i + 1)
+            info["changed"] = None if now is None else recipe_changes(before, now, passes, i + 1)
     return info
 
 

@@ -1,8 +1,10 @@
 """compress.bench: how the step times are measured and worded."""
 
+import pytest
 import torch
 
 from compress.bench import _faster, time_steps
+from compress.errors import UserError
 
 
 class _Clocked(torch.nn.Module):
@@ -28,6 +30,28 @@ def test_teacher_and_student_are_timed_in_turn():
 def test_a_slower_student_is_not_called_faster():
     assert _faster(2.0) == "2.00× faster"
     assert _faster(0.8) == "1.25× slower"
+
+
+def test_a_ratio_that_rounds_to_one_is_about_the_same_speed():
+    """0.998 was printed '1.00× slower'."""
+    assert _faster(0.998) == _faster(1.004) == _faster(1.0) == "about the same speed (1.00×)"
+    assert _faster(0.99) == "1.01× slower" and _faster(1.006) == "1.01× faster"
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "mps", "meta", "CPU"])
+def test_a_device_bench_does_not_run_on_is_one_short_line(name):
+    """--device gpu listed every device type torch knows (mkldnn, opengl, privateuseone, ...)."""
+    from compress.bench import _device
+
+    with pytest.raises(UserError) as e:
+        _device(name)
+    assert str(e.value) == f"--device {name!r}: bench runs on cpu, cuda or cuda:N (a GPU's index)"
+
+
+def test_cpu_is_a_device_bench_runs_on():
+    from compress.bench import _device
+
+    assert _device("cpu") == torch.device("cpu")
 
 
 def test_a_step_holds_the_rows_its_pipeline_runs():

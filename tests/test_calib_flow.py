@@ -108,7 +108,7 @@ def test_the_probe_memory_estimate_is_what_autograd_keeps(dtype):
     calibration) against the bytes autograd saves in the probe of a double block wide enough that
     per-token activations dominate (width 256, 64 + 8 tokens), parameters not counted: within 2×
     (measured 1.19× float32, 1.42× bfloat16 above the estimate: float32 norms and rotary terms)."""
-    from compress.calib_footprint import probe_bytes
+    from compress.calib_footprint import block_copies, probe_bytes
     from compress.recipe import parse_recipe
 
     model = tiny_flux(num_layers=1, num_single_layers=1, attention_head_dim=64, num_attention_heads=4,
@@ -131,7 +131,7 @@ def test_the_probe_memory_estimate_is_what_autograd_keeps(dtype):
         cal.dependencies(bs.block, [prefix + r for r, _ in FLUX_STAGES],
                          [[prefix + n for n in names] for _, names in FLUX_STAGES])
     recipe = parse_recipe("model: flux\nteacher: toy:flux\npasses:\n  - svd: {fisher: none}\n", "r.yaml")
-    estimate = probe_bytes(recipe, 64 + 8, 0, 256, dtype.itemsize)
+    estimate = probe_bytes(block_copies(recipe), 64 + 8, 0, 256, dtype.itemsize)
     assert estimate / 2 < sum(saved.values()) < estimate * 2
-    assert probe_bytes(parse_recipe("model: flux\nteacher: toy:flux\npasses:\n  - svd: {}\n", "r.yaml"),
-                       64 + 8, 0, 256, dtype.itemsize) == 0  # block-level: no probe
+    block_level = parse_recipe("model: flux\nteacher: toy:flux\npasses:\n  - svd: {}\n", "r.yaml")
+    assert probe_bytes(block_copies(block_level), 64 + 8, 0, 256, dtype.itemsize) == 0  # no probe

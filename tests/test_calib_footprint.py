@@ -208,3 +208,21 @@ def test_streams_and_block_copies_follow_what_the_svd_pass_does(tmp_path, svd, s
     svd_pass = SVDPass(cfg)
     targets = resolve_targets(get_adapter(model).linears(model), cfg.targets, cfg.ignore)
     assert (svd_pass._fits(targets), svd_pass._sequential(targets)) == (streams == 2, copies == 2)
+
+
+@pytest.mark.parametrize("svd", ["{fisher: none}", "{}", "{sequential: true}", "{fisher: none, sequential: false}",
+                                 "{fisher: block, activations: teacher, asymmetric: false}"])
+def test_the_footprints_probe_is_probe_bytes_of_its_block_copies(tmp_path, svd):
+    """probe_bytes takes the block copies footprint already has (it recomputed them from the recipe):
+    the same bytes as before, 0 without within-block sequential calibration."""
+    from compress.calib_footprint import SAVED_PER_TOKEN, block_copies, probe_bytes
+    from compress.plan import meta_model
+
+    recipe = parse_recipe(f"model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {svd}\n", str(tmp_path / "r.yaml"))
+    config = meta_model("toy:pixart").config
+    f = footprint(recipe, "toy:pixart", config, 0)
+    width = config.num_attention_heads * config.attention_head_dim
+    before = 0 if block_copies(recipe) == 1 else (
+        (SAVED_PER_TOKEN * f["tokens"] + 2 * (f["tokens"] + f["caption_tokens"])) * width * 4)
+    assert f["probe_bytes"] == before == probe_bytes(f["block_copies"], f["tokens"], f["caption_tokens"], width, 4)
+    assert f["block_copies"] == block_copies(recipe)

@@ -160,3 +160,65 @@ def test_a_rerun_without_resume_keeps_the_distill_checkpoint(setup, monkeypatch)
     assert (tmp / "run-again" / "stages" / "0-svd" / "state.json").is_file()
     out = _run(tmp, text, "again", resume=True)
     assert (out / WEIGHTS).read_bytes() == reference
+
+
+# ---- what the CLI says after Ctrl-C ----------------------------------------------------------
+@pytest.fixture
+def pixart(tmp_path, monkeypatch):
+    from tests.runner_helpers import pixart_runner
+
+    return pixart_runner(tmp_path, monkeypatch)
+
+
+def _interrupted_cli_run(tmp_path, capsys, *flags) -> str:
+    """`dit-compress run` of tmp_path/r.yaml, which is interrupted: the last line it prints."""
+    from compress.cli import main
+
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"),
+                 "--run-dir", str(tmp_path / "run"), *flags]) == 130
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _interrupt_pass(monkeypatch, index: int):
+    real = Runner._run_pass
+
+    def run_pass(self, i, student):
+        if i == index:
+            raise KeyboardInterrupt
+        return real(self, i, student)
+    monkeypatch.setattr(Runner, "_run_pass", run_pass)
+
+
+def _interrupt_teacher_loading(monkeypatch):
+    import compress.runner
+
+    def load_teacher(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(compress.runner, "load_teacher", load_teacher)
+
+
+NOTHING_SAVED = "dit-compress: interrupted; nothing was saved yet: a rerun starts over"
+
+
+@pytest.mark.parametrize("when", ["loading the teacher", "the first pass"])
+def test_ctrl_c_before_anything_is_saved_does_not_offer_resume(pixart, monkeypatch, capsys, when):
+    """It said 'rerun with --resume to continue', with nothing in the run folder to continue from."""
+    tmp_path = pixart[0]
+    if when == "loading the teacher":
+        _interrupt_teacher_loading(monkeypatch)
+    else:
+        _interrupt_pass(monkeypatch, 0)
+    assert _interrupted_cli_run(tmp_path, capsys) == NOTHING_SAVED
+
+
+def test_ctrl_c_after_a_saved_pass_offers_resume_but_not_work_restart_discards(pixart, monkeypatch, capsys):
+    """Ctrl-C in pass 2 names the saved pass and --resume; Ctrl-C in a --restart before it has
+    discarded that pass does not offer it to --resume (the rerun with --restart starts over)."""
+    tmp_path = pixart[0]
+    _interrupt_pass(monkeypatch, 1)
+    assert _interrupted_cli_run(tmp_path, capsys) == (
+        f"dit-compress: interrupted; {tmp_path / 'run'} keeps its work (1 of 2 passes done): rerun with --resume "
+        "to continue")
+    _interrupt_teacher_loading(monkeypatch)
+    assert _interrupted_cli_run(tmp_path, capsys, "--restart") == NOTHING_SAVED
+    assert _interrupted_cli_run(tmp_path, capsys, "--resume").endswith("rerun with --resume to continue")

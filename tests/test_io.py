@@ -209,6 +209,32 @@ def test_config_that_does_not_match_the_weights(tmp_path, layers):
         load_teacher(str(tmp_path / "t"))
 
 
+@pytest.mark.parametrize("key, value", [("num_attention_heads", 4), ("cross_attention_dim", 8)])
+def test_config_of_another_width_than_the_weights_names_the_tensor_and_both_shapes(tmp_path, key, value):
+    """diffusers' own words (with advice to load random weights instead) are not passed on."""
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    (tmp_path / "t" / "config.json").write_text(json.dumps(dict(config, **{key: value})))
+    with pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / "t"))
+    name, weights, model = {"num_attention_heads": ("adaln_single.emb.timestep_embedder.linear_1.bias", "16,", "32,"),
+                            "cross_attention_dim": ("transformer_blocks.0.attn2.to_k.weight", "16, 16", "16, 8")}[key]
+    assert str(e.value) == (f"teacher {tmp_path}/t: its weights do not match its config.json: {name} is "
+                            f"({weights}) in the weights but ({model}) in the PixArtTransformer2DModel the config "
+                            "describes")
+
+
+def test_the_teacher_to_compare_with_is_checked_once(tmp_path, monkeypatch):
+    """eval and bench: the family from its config, then its weights, without checking it again."""
+    from compress.io import load_teacher_of
+    from tests.test_io_source import _counting
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    checked, _ = _counting(monkeypatch)
+    load_teacher_of(tiny_pixart(), str(tmp_path / "t"))
+    assert checked == [str(tmp_path / "t")]
+
+
 @pytest.mark.parametrize("config", [[1, 2], {"_class_name": "PixArtTransformer2DModel", "num_layers": "six"}])
 def test_config_that_builds_no_model(tmp_path, config):
     from compress.stream import empty_transformer

@@ -208,3 +208,20 @@ def test_the_family_of_a_safetensors_file_is_read_from_its_header(tmp_path, monk
     assert io_single.file_family(tmp_path / "p.safetensors") == "pixart"
     torch.save({"a": torch.zeros(1)}, tmp_path / "p.pth")
     assert io_single.file_family(tmp_path / "p.pth") is None  # a pickle: told as it loads
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("weights, config", [("flux", "pixart"), ("pixart", "flux")])
+def test_a_single_file_with_a_config_of_the_other_family_is_one_line(tmp_path, suffix, weights, config):
+    """run loads with the recipe's family: the file's keys tell one, the config another; not the
+    shape mismatch of building the config's numbers into the file's class."""
+    make = {"pixart": tiny_pixart, "flux": tiny_flux}
+    sd = make[weights]().state_dict()
+    save_file(sd, str(tmp_path / "t.safetensors")) if suffix == ".safetensors" else torch.save(sd, tmp_path / "t.pth")
+    make[config]().save_config(tmp_path / "cfg")
+    for family in (weights, None):
+        with pytest.raises(UserError) as e:
+            load_teacher(str(tmp_path / f"t{suffix}"), config=str(tmp_path / "cfg"), family=family)
+        assert str(e.value) == (f"{tmp_path}/t{suffix}: the checkpoint's weights are a {weights} transformer while "
+                                f"the config in {tmp_path}/cfg describes a {config} one; give the config of its own "
+                                "transformer (--teacher-config)")

@@ -151,8 +151,8 @@ def test_recipe_where_finds_nested_keys_and_says_when_the_file_does_not_hold_the
     assert recipe_where(recipe, "calibration.prompt_file", "prompts.txt") == f"{recipe.path}:3"
     assert recipe_where(recipe, "calibration.prompt_file", "other.txt") == \
         f"{recipe.path} (--set calibration.prompt_file)"
-    os.remove(recipe.path)
-    assert recipe_where(recipe, "teacher", "toy:pixart") == recipe.path
+    os.remove(recipe.path)  # where each key is was recorded as the recipe loaded: the file is not read again
+    assert recipe_where(recipe, "teacher", "toy:pixart") == f"{recipe.path}:2"
     assert json.dumps(recipe.teacher)  # the recipe itself is untouched
 
 
@@ -190,3 +190,61 @@ def test_recipe_where_reads_numbers_as_the_recipe_does(tmp_path):
     assert recipe_where(recipe, "calibration.guidance_scale", 7.0) == f"{path}:4"
     assert recipe_where(recipe, "calibration.sample_steps", 20) == f"{path}:5"
     assert recipe_where(recipe, "calibration.guidance_scale", 3.5) == f"{path} (--set calibration.guidance_scale)"
+
+
+@pytest.mark.parametrize("weights, config", [("flux", "pixart"), ("pixart", "flux")])
+def test_a_single_file_with_a_config_of_the_other_family_says_so_before_loading(tmp_path, monkeypatch, weights,
+                                                                                config):
+    """Flux weights with a PixArt config (or the reverse): whichever model the recipe names, the
+    check says what the file's header and the config each describe, before any tensor is read."""
+    from safetensors.torch import save_file
+
+    import compress.io
+
+    make = {"pixart": tiny_pixart, "flux": tiny_flux}
+    save_file(make[weights]().state_dict(), str(tmp_path / "t.safetensors"))
+    make[config]().save_config(tmp_path / "cfg")
+    monkeypatch.setattr(compress.io, "read_state_dict", lambda *a, **k: pytest.fail("read the tensors"))
+    for model in ("pixart", "flux"):
+        recipe = _recipe(tmp_path / model, model=model)
+        with pytest.raises(UserError) as e:
+            check_sources(recipe, teacher=str(tmp_path / "t.safetensors"), config=str(tmp_path / "cfg"))
+        assert str(e.value) == (f"{tmp_path}/t.safetensors: the checkpoint's weights are a {weights} transformer "
+                                f"while the config in {tmp_path}/cfg describes a {config} one; give the config of "
+                                f"its own transformer (--teacher-config)")
+
+
+def _counting(monkeypatch):
+    """(sources checked, configs read) from here on: lists that grow with each call."""
+    import compress.io
+    import compress.io_source
+
+    checked, read = [], []
+    check, read_config = compress.io_source.check_source, compress.io.read_config
+    monkeypatch.setattr(compress.io_source, "check_source", lambda *a, **k: checked.append(a[0]) or check(*a, **k))
+    monkeypatch.setattr(compress.io, "read_config", lambda p: read.append(p) or read_config(p))
+    return checked, read
+
+
+def test_check_sources_checks_the_teacher_and_reads_its_config_once(tmp_path, monkeypatch):
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "t"))
+    checked, read = _counting(monkeypatch)
+    assert check_sources(recipe) == str(tmp_path / "t")
+    assert checked == [str(tmp_path / "t")] and read == [tmp_path / "t" / "config.json"]
+
+
+@pytest.mark.parametrize("overrides, where", [
+    (["calibration.prompt_file=prompts.txt"], "r.yaml (--set calibration.prompt_file)"),  # the file's value
+    (["calibration={source: pipeline, prompt_file: prompts.txt}"], "r.yaml (--set calibration.prompt_file)"),
+    ([], "r.yaml:3"),
+])
+def test_recipe_where_knows_a_set_that_gives_the_files_own_value(tmp_path, overrides, where):
+    """The recipe records where each key was given as it loads: a --set of the value the file has is
+    still the --set (comparing values put it down to the file's line), and the file is not read again."""
+    recipe = _recipe(tmp_path, overrides=overrides)
+    os.remove(recipe.path)
+    assert recipe_where(recipe, "calibration.prompt_file", "prompts.txt") == f"{tmp_path}/{where}"
+    if overrides:
+        recipe = _recipe(tmp_path, overrides=["teacher=toy:pixart"])
+        assert recipe_where(recipe, "teacher", "toy:pixart") == f"{recipe.path} (--set teacher)"

@@ -92,3 +92,98 @@ def test_plan_says_what_a_local_teacher_is_as_run_does(tmp_path, make):
     with pytest.raises(UserError) as planning:
         make_plan(parse_recipe("model: pixart\nteacher: toy:pixart\npasses: [svd]\n", "r.yaml"), teacher=teacher)
     assert str(planning.value) == str(loading.value) and "offline" not in str(planning.value)
+
+
+def test_plan_checks_its_teacher_and_reads_its_config_once(tmp_path, monkeypatch):
+    from tests.conftest import tiny_pixart
+    from tests.test_io_source import _counting
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    checked, read = _counting(monkeypatch)
+    make_plan(parse_recipe(f"model: pixart\nteacher: {tmp_path / 't'}\ncalibration: {{source: synthetic}}\n"
+                           "passes: [svd]\n", "r.yaml"))
+    assert checked == [str(tmp_path / "t")] and read == [tmp_path / "t" / "config.json"]
+
+
+@pytest.mark.parametrize("weights, config", [("flux", "pixart"), ("pixart", "flux")])
+def test_plan_says_a_single_files_config_is_of_another_family(tmp_path, weights, config):
+    from safetensors.torch import save_file
+
+    from tests.conftest import tiny_flux, tiny_pixart
+
+    make = {"pixart": tiny_pixart, "flux": tiny_flux}
+    save_file(make[weights]().state_dict(), str(tmp_path / "t.safetensors"))
+    make[config]().save_config(tmp_path / "cfg")
+    for model in ("pixart", "flux"):
+        recipe = parse_recipe(f"model: {model}\nteacher: toy:{model}\npasses: [svd]\n", "r.yaml")
+        with pytest.raises(UserError, match=f"^{tmp_path}/t.safetensors: the checkpoint's weights are a {weights} "
+                                            f"transformer while the config in {tmp_path}/cfg describes a {config} one"):
+            make_plan(recipe, teacher=str(tmp_path / "t.safetensors"), teacher_config=str(tmp_path / "cfg"))
+
+
+def _plan_beyond(monkeypatch, capsys, calibration: str, svd: str = "{fisher: none}", have: int = 2**30):
+    """(plan, stderr) of a toy recipe planned where the machine has `have` bytes."""
+    import compress.plan_memory as pm
+
+    monkeypatch.setattr(pm, "machine_memory", lambda: have)
+    text = f"model: pixart\nteacher: toy:pixart\ndevice: cpu\ncalibration: {calibration}\npasses:\n  - svd: {svd}\n"
+    plan = make_plan(parse_recipe(text, "r.yaml"))
+    return plan, capsys.readouterr().err
+
+
+def test_plan_warns_when_calibration_activations_would_not_fit_and_names_their_keys(monkeypatch, capsys):
+    """num_prompts: 100000000 planned quietly; the run failed with an out-of-memory after loading."""
+    import re
+
+    plan, err = _plan_beyond(monkeypatch, capsys, "{num_prompts: 100000000}")
+    assert plan["memory"]["bytes"] > 2**30
+    line = " ".join(err.split())  # rich wraps nothing (soft_wrap), but be safe
+    assert line.startswith("warning: r.yaml: the run would hold about ") and "more than the 1.0 GiB this machine has" in line
+    assert re.search(r"calibration activations [0-9.]+ GiB \(calibration\.num_prompts, calibration\.timesteps, "
+                     r"calibration\.cfg_branches; or calibration\.spill_activations: true\)$", line)
+    _, err = _plan_beyond(monkeypatch, capsys, "{num_prompts: 10}")
+    assert "warning" not in err
+    _, err = _plan_beyond(monkeypatch, capsys, "{num_prompts: 100000000}", have=None)  # unknown: no warning
+    assert "warning" not in err
+
+
+def test_plan_warns_of_a_batch_size_whose_fisher_backward_would_not_fit(monkeypatch, capsys):
+    _, err = _plan_beyond(monkeypatch, capsys, "{num_prompts: 10000, batch_size: 100000000000}",
+                          "{fisher: all, fisher_memory_gb: 0.5}", have=8 * 2**30)
+    assert "more than the 8.0 GiB this machine has: an output Fisher's backward of one calibration batch" in err
+    assert "(calibration.batch_size, passes.0.svd.fisher_memory_gb; or passes.0.svd.gradient_checkpointing: true)" in err
+    _, err = _plan_beyond(monkeypatch, capsys, "{num_prompts: 10000, batch_size: 32}",
+                          "{fisher: all, fisher_memory_gb: 0.5}", have=8 * 2**30)
+    assert "warning" not in err
+
+
+def test_plan_shows_the_estimated_peak(monkeypatch, capsys):
+    from compress.plan import print_plan
+
+    plan, _ = _plan_beyond(monkeypatch, capsys, "{num_prompts: 10}", have=2**40)
+    parts = {p["what"]: p["bytes"] for p in plan["memory"]["parts"]}
+    assert parts["teacher and student weights"] == 2 * plan["params_before"] * 4
+    assert parts["calibration activations"] == plan["calibration"]["bytes"]
+    assert plan["memory"]["bytes"] == sum(parts.values())
+    print_plan(plan)
+    assert "  memory: about " in capsys.readouterr().out
+
+
+def test_the_memory_a_cuda_device_has_is_its_total(monkeypatch):
+    import compress.plan_memory as pm
+
+    class Props:
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(pm.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(pm.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(pm.torch.cuda, "get_device_properties", lambda i: Props)
+    assert pm.device_memory("cuda:1") == (80 * 2**30, "cuda:1")
+    assert pm.device_memory("auto") == (80 * 2**30, "cuda:0")
+    assert pm.device_memory("cuda:2") is None  # not here: make_plan says so
+    monkeypatch.setattr(pm, "machine_memory", lambda: 16 * 2**30)
+    assert pm.device_memory("cpu") == (16 * 2**30, "this machine")
+    memory = {"bytes": 90 * 2**30, "parts": [{"what": "w", "bytes": 90 * 2**30, "keys": ["teacher"], "fix": ""}]}
+    assert pm.beyond_memory(memory, (80 * 2**30, "cuda:0")) == (
+        "the run would hold about 90.0 GiB at its peak, more than the 80.0 GiB cuda:0 has: w 90.0 GiB (teacher)")
+    assert pm.beyond_memory(memory, (100 * 2**30, "cuda:0")) is None

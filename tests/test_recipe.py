@@ -295,3 +295,88 @@ def test_a_bad_rank_set_on_the_command_line_names_the_override():
         parse_recipe(text, "r.yaml", ["passes.0.svd.ranks.attention=0"])
     with pytest.raises(UserError, match=r"^r\.yaml:7: svd\.ranks: rank 0 for 'mlp'"):
         parse_recipe(text.replace("modulation: 8}", "modulation: 8,\n              mlp: 0}"), "r.yaml")
+
+
+def _both(tmp_path, key: str, value: str):
+    """The recipe GOOD with calibration.`key` = `value`, once written in the file and once by --set:
+    [(recipe or the UserError's message)] for each."""
+    out = []
+    path = tmp_path / "r.yaml"
+    path.write_text(_replace("  timesteps: 2\n", f"  timesteps: 2\n  {key}: {value}\n"))
+    for overrides in ([], [f"calibration.{key}={value}"]):
+        if overrides:
+            path.write_text(GOOD)
+        try:
+            out.append(load_recipe(path, overrides))
+        except UserError as e:
+            out.append(str(e))
+    return out
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("True", True), ("TRUE", True), ("false", False),
+                                         ("FALSE", False)])
+def test_booleans_are_yaml_1_2s(tmp_path, text, value):
+    for r in _both(tmp_path, "cfg_branches", text):
+        assert r.calibration.cfg_branches is value
+
+
+@pytest.mark.parametrize("text, spelled", [("yes", "true"), ("on", "true"), ("On", "true"), ("no", "false"),
+                                           ("off", "false"), ("y", "true")])
+def test_yaml_1_1_booleans_are_words_and_the_error_says_how_to_spell_them(tmp_path, text, spelled):
+    """YAML 1.1 read yes/on/no/off as booleans while 1e-4 was read as YAML 1.2 does: one schema now."""
+    file_error, set_error = _both(tmp_path, "cfg_branches", text)
+    message = f"calibration.cfg_branches must be true or false, not '{text}' (write {spelled}: "
+    assert file_error.startswith(f"{tmp_path}/r.yaml:7: {message}")
+    assert set_error.startswith(f"{tmp_path}/r.yaml (--set calibration.cfg_branches={text}): {message}")
+
+
+@pytest.mark.parametrize("text, value", [("0o17", 15), ("0x1F", 31), ("017", 17), ("+12", 12), ("1000", 1000)])
+def test_integers_are_yaml_1_2s(tmp_path, text, value):
+    """0o17 was refused, 017 read as YAML 1.1's octal 15."""
+    for r in _both(tmp_path, "sample_steps", text):
+        assert r.calibration.sample_steps == value
+
+
+@pytest.mark.parametrize("key, text, hint", [
+    ("sample_steps", "1_000", "(write 1000: a YAML 1.2 number has no '_' or ',')"),
+    ("sample_steps", "0b101", "(write 5: YAML 1.2 has no 0b binary numbers)"),
+    ("heldout", "1,000", "(write 1000: a YAML 1.2 number has no '_' or ',')"),
+    ("guidance_scale", "4_500.5", "(write 4500.5: a YAML 1.2 number has no '_' or ',')"),
+    ("batch_size", "1e11", "(an integer is written without a dot or exponent: 100000000000)"),
+])
+def test_yaml_1_1_numbers_are_words_and_the_error_says_how_to_spell_them(tmp_path, key, text, hint):
+    for message in _both(tmp_path, key, text):
+        assert isinstance(message, str) and message.endswith(hint) and "\n" not in message
+        assert f"calibration.{key} must be " in message
+
+
+def test_a_string_key_keeps_yaml_1_1_booleans_and_numbers_as_written(tmp_path):
+    """Prompts `yes` and `1_000` were read as True and 1000, and refused as not strings."""
+    for r in _both(tmp_path, "prompts", "[yes, off, 1_000, 0b1, 2001-12-14]"):
+        assert r.calibration.prompts == ["yes", "off", "1_000", "0b1", "2001-12-14"]
+    assert yaml.load("[on, 1_000, 0o17, 1e-4, .inf, ~, Null, '']", Loader=RecipeLoader)[:6] == [
+        "on", "1_000", 15, 1e-4, float("inf"), None]
+
+
+def test_a_null_section_in_any_yaml_1_2_spelling_is_its_defaults():
+    for text in ("Null", "NULL", "~", "null", ""):
+        r = parse_recipe(GOOD.split("calibration:")[0] + f"calibration: {text}\npasses: [importance]\n", "r.yaml")
+        assert r.calibration.num_prompts == 10
+
+
+def test_a_dumped_recipe_quotes_strings_either_yaml_reads_as_numbers_or_booleans():
+    """A prompt '1e-4' was dumped bare (YAML 1.1 reads it as text) and read back as a number."""
+    text = _replace("  timesteps: 2\n", "  timesteps: 2\n  prompts: ['1e-4', '0o17', 'yes', '1_000', .5x]\n")
+    r = parse_recipe(text, "r.yaml")
+    dumped = dump_recipe(r)
+    assert parse_recipe(dumped, "again.yaml").raw == r.raw
+    assert yaml.safe_load(dumped)["calibration"]["prompts"] == ["1e-4", "0o17", "yes", "1_000", ".5x"]
+
+
+def test_a_recipe_records_where_each_of_its_keys_was_given():
+    """The file's line, or the --set (io_source.recipe_where reads them; passes have PassSpec.keys)."""
+    recipe = parse_recipe("model: pixart\nteacher: toy:pixart\ncalibration:\n  seed: 3\npasses: [svd]\n", "r.yaml",
+                          ["calibration.timesteps=4"])
+    assert recipe.keys["teacher"].where() == "r.yaml:2" and recipe.keys["calibration.seed"].where() == "r.yaml:4"
+    assert recipe.keys["calibration.timesteps"].where() == "r.yaml (--set calibration.timesteps=4)"
+    assert "calibration.batch_size" not in recipe.keys  # a default

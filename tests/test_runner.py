@@ -339,3 +339,17 @@ def test_a_seed_torch_cannot_take_is_refused_at_recipe_load(tmp_path):
                                             r"integer from 0 to 2\*\*63-1"):
             parse_recipe(text, "r.yaml", [f"calibration.seed={seed}"])
     assert parse_recipe(text, "r.yaml", [f"calibration.seed={2**63 - 1}"]).calibration.seed == 2**63 - 1
+
+
+def test_the_runs_teacher_is_checked_once(tmp_path, monkeypatch):
+    """The run checks its source before any weights (family, prompt file) and loads it without
+    checking it again (the old code checked it twice)."""
+    from compress.runner import load_checked_teacher
+    from tests.test_io_source import _counting, _recipe
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "t"))
+    checked, _ = _counting(monkeypatch)
+    source, teacher = load_checked_teacher(recipe)
+    assert source == str(tmp_path / "t") and type(teacher).__name__ == "PixArtTransformer2DModel"
+    assert checked == [source]

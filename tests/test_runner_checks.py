@@ -24,7 +24,7 @@ passes:
 def _check(passes: str, overrides=()):
     recipe = parse_recipe(FLUX.format(passes=passes), "r.yaml", list(overrides))
     teacher = tiny_flux()
-    check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher), "r.yaml")
+    check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))
     return teacher
 
 

@@ -93,3 +93,13 @@ def test_teacher_options_and_resume_with_restart_are_refused_before_loading(pixa
         make(tmp_path / "out", resume=True, restart=True)
     assert main(["run", str(tmp_path / "r.yaml"), "--resume", "--restart"]) == 2
     assert not loads
+
+
+def test_the_run_folder_is_read_without_importing_torch():
+    """The CLI reads the run folder after a Ctrl-C that may come before torch is imported: importing
+    torch then would keep the user waiting seconds, in the import a Ctrl-C can abort."""
+    import subprocess
+    import sys
+
+    code = "import sys, compress.runner_folders; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

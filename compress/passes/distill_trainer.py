@@ -179,11 +179,16 @@ class _Trainer:
         return row
 
     # ---- checkpoints --------------------------------------------------------------------------
-    def _fingerprint(self) -> str:
+    def _settings(self) -> dict:
+        """What the training depends on: config keys (not `_NOT_FINGERPRINTED`), seed, process count,
+        block map and the incoming student's checksum."""
         keys = {k: v for k, v in asdict(self.cfg).items() if k not in _NOT_FINGERPRINTED}
         keys.update(seed=self.ctx.seed, processes=self.acc.num_processes, block_map=self.block_map,
                     student=self.incoming)
-        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return keys
+
+    def _fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self._settings(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _save(self) -> None:
         acc, root = self.acc, self.dir / "checkpoints"
@@ -198,7 +203,8 @@ class _Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,
-                                                       "processes": acc.num_processes}))
+                                                       "processes": acc.num_processes,
+                                                       "settings": self._settings()}, default=str))
             shutil.rmtree(final, ignore_errors=True)
             tmp.replace(final)
             for old in sorted(root.glob("step-*"))[:-max(1, self.cfg.keep_checkpoints)]:
@@ -213,10 +219,10 @@ class _Trainer:
         path = done[-1]
         meta = json.loads((path / "meta.json").read_text())
         if meta["fingerprint"] != self._fingerprint():
-            raise UserError(f"distill: checkpoint {path} was written with other settings (config, seed, block "
-                            f"map, process count: {meta['processes']}, or another incoming student); delete "
-                            f"{self.dir} to train this pass from its start (--resume keeps the passes before "
-                            "it), or rerun with --restart to start the whole run over")
+            raise UserError(f"distill: checkpoint {path} was trained with other settings "
+                            f"({_changes(meta, self._settings())}); delete {self.dir / 'checkpoints'} to train "
+                            "this pass from its start (--resume keeps the passes before it and the teacher "
+                            "samples), or rerun with --restart to start over")
         self.acc.load_state(str(path))
         state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
         self.step, self.history, self.before = state["step"], state["history"], state["before"]
@@ -259,6 +265,31 @@ class _Trainer:
         if self.earlier:
             record["earlier"] = self.earlier
         self.ctx.report["distill"] = record
+
+
+_SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count", "block_map": "block map"}
+
+
+def _changes(meta: dict, now: dict) -> str:
+    """The settings a checkpoint's meta.json records that differ from `now`, in words; what they may
+    be where it records none (an older dit-compress)."""
+    then = meta.get("settings")
+    if then is None:
+        return (f"config, seed, block map, process count: {meta['processes']}, or another incoming student; "
+                "this checkpoint does not record which")
+    now = json.loads(json.dumps(now, default=str))  # as meta.json holds them
+    words = []
+    for key in sorted(set(then) | set(now)):
+        if then.get(key) == now.get(key):
+            continue
+        if key == "student":
+            words.append("the incoming student (the passes before it wrote another)")
+        elif key == "block_map":
+            words.append("block map")
+        else:
+            words.append(f"{_SETTING_NAMES.get(key, f'distill.{key}')}: {then.get(key)!r} in the checkpoint, "
+                         f"{now.get(key)!r} now")
+    return "; ".join(words) or "its fingerprint differs"
 
 
 def _earlier(report: dict) -> list[dict]:

@@ -26,12 +26,12 @@ from compress.passes.importance import ImportanceResult, check_buckets, scan
 from compress.passes.remove_blocks_budget import (check_explicit, one_of, per_group, resolve_budget,
                                                 to_current, too_many)
 from compress.passes.remove_blocks_learned import learn_removal, learning_bytes, pattern_count, value
+from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, teacher_view
 from compress.report import console
 
 CRITERIA = ("scan", "proxy", "learned")
 LEARNED_KEYS = ("window", "learn_steps", "learn_lr", "logit_lr", "estimator", "learn_rank")
 ESTIMATORS = ("gumbel", "score")
-PLANNED_ATTR = "_dit_compress_planned_blocks"  # on plan's meta model only: teacher counts + block map
 
 
 @dataclass
@@ -85,13 +85,14 @@ class RemoveBlocksConfig:
                                          "turns it off; drop one of them")
 
 
-def _warn_if_biased(config: RemoveBlocksConfig) -> None:
+def _biased(config: RemoveBlocksConfig) -> list[tuple[str, str]]:
     """gumbel without a weight update: its straight-through gradient, linearized at hard masks,
     drove the toy PixArt's pair logits to the costliest pair (README, "Which blocks to remove")."""
     if config.estimator == "gumbel" and value(config, "learn_lr") == 0:
-        console.print("[bold yellow]warning:[/] remove_blocks: estimator gumbel with learn_lr: 0 learns "
-                      "the logits alone through a biased gradient, which can settle on the costliest "
-                      "removal; use estimator: score (the default without a weight update) or learn_lr > 0")
+        return [("estimator", "remove_blocks: estimator gumbel with learn_lr: 0 learns the logits alone "
+                              "through a biased gradient, which can settle on the costliest removal; use "
+                              "estimator: score (the default without a weight update) or learn_lr > 0")]
+    return []
 
 
 def _int(v) -> bool:
@@ -100,25 +101,6 @@ def _int(v) -> bool:
 
 def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def teacher_view(model: nn.Module, adapter: Adapter) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """(teacher block counts, student -> teacher map) of a model; plan's meta model carries them after
-    an earlier `apply_planned`, any other model is taken as the teacher. After a removal chosen by
-    importance (decided at run time) the map lists every teacher block that may still be there."""
-    planned = _planned(model, adapter)
-    return planned["teacher_counts"], planned["block_map"]
-
-
-def _planned(model: nn.Module, adapter: Adapter) -> dict:
-    """What plan's meta model carries: teacher counts, the map, and per group how many blocks
-    removals chosen at run time take (`pending`: which ones is not known yet)."""
-    planned = getattr(model, PLANNED_ATTR, None)
-    if planned is not None:
-        return planned
-    counts = adapter.block_counts(model)
-    return {"teacher_counts": counts, "block_map": {g: list(range(n)) for g, n in counts.items()},
-            "pending": {}}
 
 
 # ---- choosing by importance ---------------------------------------------------------------------
@@ -213,7 +195,8 @@ class RemoveBlocksPass(Pass):
         counts = adapter.block_counts(model)
         if one_of(self.config) == "blocks":
             teacher_counts, block_map = teacher_view(model, adapter)
-            drop = to_current(check_explicit(self.config.blocks, adapter, teacher_counts), block_map)
+            check_explicit(self.config.blocks, adapter, teacher_counts)
+            drop = to_current(self.config.blocks, block_map)  # errors name the index's position
             for g, idx in drop.items():
                 if len(idx) >= counts[g]:
                     raise too_many(len(idx), counts[g], g, f"blocks.{g}")
@@ -226,7 +209,10 @@ class RemoveBlocksPass(Pass):
                 raise
             except UserError as e:  # a window that would lose all its blocks
                 raise BadValue("window" if self.config.window else one_of(self.config), str(e)) from None
-            _warn_if_biased(self.config)
+
+    def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
+        """A learned removal whose estimator is likely biased (the runner warns once, at its key)."""
+        return _biased(self.config)
 
     def check_streaming(self) -> None:
         """Streams: explicit indices (blocks are only renumbered), the cosine proxy (one streamed
@@ -266,7 +252,7 @@ class RemoveBlocksPass(Pass):
         from the end of each group as placeholders: which blocks go is decided at run time, but
         blocks of a group have equal shapes, so the parameter counts after are exact; later
         explicit (teacher) indices are then checked against the blocks that may still be there."""
-        planned = _planned(model, adapter)
+        planned = planned_blocks(model, adapter)
         counts = adapter.block_counts(model)
         if self.config.blocks is None:
             budget = resolve_budget(self.config, adapter, counts)

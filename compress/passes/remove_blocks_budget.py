@@ -9,6 +9,7 @@ import math
 
 from compress.arch.base import Adapter
 from compress.errors import BadValue, UserError
+from compress.passes.removed_blocks import AfterRemoval
 
 
 def one_of(config) -> str:
@@ -31,9 +32,12 @@ def _k_of(key: str, value, n: int, where: str, path: str) -> int:
     return math.floor(value * n + 1e-9)
 
 
-def too_many(k: int, n: int, group: str, path: str) -> BadValue:
-    return BadValue(path, f"remove_blocks: removing {k} of {n} blocks would leave group '{group}' empty; "
-                          "keep at least one")
+def too_many(k: int, n: int, group: str, path: str, teacher: bool = False) -> BadValue:
+    """n: the group's blocks now, which may be what an earlier removal left (an `AfterRemoval`: the
+    runner says so), or with `teacher` the teacher's."""
+    error = BadValue if teacher else AfterRemoval
+    return error(path, f"remove_blocks: removing {k} of {n} blocks would leave group '{group}' empty; "
+                       "keep at least one")
 
 
 def _group(adapter: Adapter, group: str, path: str) -> str:
@@ -99,19 +103,20 @@ def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> di
             raise BadValue(f"{path}.{list(idx).index(bad[0])}", f"remove_blocks: block index {bad[0]} out of "
                                                               f"range for group '{group}' ({n} blocks: 0..{n - 1})")
         if len(idx) >= n:
-            raise too_many(len(idx), n, group, path)
+            raise too_many(len(idx), n, group, path, teacher=True)
         out[group] = sorted(idx)
     return out
 
 
 def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Teacher indices -> indices in the current model (through student -> teacher `block_map`)."""
+    """Teacher indices -> indices in the current model (through student -> teacher `block_map`); one
+    an earlier pass removed is an `AfterRemoval` naming its position (blocks.single.1)."""
     drop = {}
     for g, teacher in blocks.items():
         where = {t: i for i, t in enumerate(block_map[g])}
-        gone = [t for t in teacher if t not in where]
+        gone = [j for j, t in enumerate(teacher) if t not in where]
         if gone:
-            raise UserError(f"remove_blocks: block {g}.{gone[0]} (teacher index) was already removed "
-                            "by an earlier pass")
+            raise AfterRemoval(f"blocks.{g}.{gone[0]}", f"remove_blocks: block {g}.{teacher[gone[0]]} (teacher "
+                                                      "index) was already removed by an earlier pass")
         drop[g] = sorted(where[t] for t in set(teacher))
     return drop

@@ -49,6 +49,7 @@ from compress.linalg import normalized_curve
 from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
+from compress.passes.removed_blocks import MissingBlock, teacher_view
 from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, check_streaming, check_values,
                                         merge_report, summary)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
@@ -56,7 +57,8 @@ from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fishe
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_stages import Stages
-from compress.passes.svd_targets import fixed_ranks, resolve_targets, shadowed_ranks, shape_spec, uses_output_gram
+from compress.passes.svd_targets import (Resolved, fixed_ranks, resolve_targets, shadowed_ranks, shape_spec,
+                                         uses_output_gram)
 from compress.passes.svd_walk import walk
 from compress.report import console
 
@@ -125,19 +127,29 @@ class SVDPass(GlobalAllocation, Pass):
         self.loader = loader or BlockLoader()  # just-in-time block weights (big models)
         self.spill: Path | None = None  # block activations on disk (calibration.spill_activations)
         self.sampler: dict | None = None  # the teacher pipeline's scheduler config (ctx.scheduler_config)
+        self.resolved = Resolved(config)  # targets and fixed ranks, once per model state (check, notes, plan)
 
     # ---- before any compute ---------------------------------------------------------------------
     def check(self, model: nn.Module, adapter: Adapter) -> None:
-        check_config(self.config, model, adapter)
+        self._check(model, adapter, *teacher_view(model, adapter))
+
+    def _check(self, model: nn.Module, adapter: Adapter, teacher_counts: dict, block_map: dict | None) -> None:
+        """check_config; a pattern naming a block past the last of its group says what became of it
+        (`teacher_counts`, `block_map`: plan's meta model's, or the run's)."""
+        check_values(self.config)
+        try:
+            check_config(self.config, model, *self.resolved.targets(model, adapter))
+        except MissingBlock as e:
+            raise e.explained(teacher_counts, block_map) from None
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
         """A pass whose ranks, known before calibration, leave every target dense changes nothing."""
         c = self.config
-        targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
+        targets = self.resolved.targets(model, adapter)[1]
         out = [(f"ranks.{p}", f"svd.ranks: pattern {p!r} gives no layer its rank: {e!r}, earlier, matches every "
                               f"layer it does (the first matching pattern wins); put it before {e!r}")
                for p, e in shadowed_ranks(targets, c.ranks or {})]
-        ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        ranks = self.resolved.ranks(model, adapter)
         if not targets or len(ranks) < len(targets) or any(r is not DENSE for r in ranks.values()):
             return out
         key = "multiple" if c.multiple > 1 else "ratio"
@@ -151,8 +163,7 @@ class SVDPass(GlobalAllocation, Pass):
 
     def plan(self, model: nn.Module, adapter: Adapter, calibration_rows: int | None = None) -> dict:
         c = self.config
-        targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
-        ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        targets, ranks = self.resolved.targets(model, adapter)[1], self.resolved.ranks(model, adapter)
         shown = {i.name: ("dense" if ranks.get(i.name, 0) is DENSE else ranks.get(i.name, LATER))
                  for i in targets}
         before = sum(shape_spec(i).params(DENSE) for i in targets)
@@ -170,9 +181,7 @@ class SVDPass(GlobalAllocation, Pass):
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
         """Fixed ranks (uniform, per_role, explicit) on plan's meta model; budgeted allocations
         (global, energy) are decided after calibration and left dense here."""
-        c = self.config
-        targets = resolve_targets(adapter.linears(model), c.targets, c.ignore)
-        ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        targets, ranks = self.resolved.targets(model, adapter)[1], self.resolved.ranks(model, adapter)
         if len(ranks) < len(targets):  # budgeted (global, energy): ranks decided at run time
             setattr(model, PLANNED_FACTORS, True)
         for info in targets:
@@ -186,7 +195,8 @@ class SVDPass(GlobalAllocation, Pass):
     # ---- compute ---------------------------------------------------------------------------------
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         c = self.config
-        self.check(model, ctx.adapter)
+        teacher = ctx.teacher if ctx.teacher is not None else model
+        self._check(model, ctx.adapter, ctx.adapter.block_counts(teacher), ctx.block_map)
         if ctx.blocks is not None:  # the runner streams block weights
             self.loader = ctx.blocks
         spill = getattr(ctx.calibration, "spill_activations", False)

@@ -5,24 +5,21 @@ from __future__ import annotations
 
 from torch import nn
 
-from compress.arch.base import ROLES, Adapter
+from compress.arch.base import ROLES
 from compress.errors import BadValue, did_you_mean
 from compress.linalg import METHODS
 from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
-from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, matches,
-                                         resolve_targets)
+from compress.passes.svd_targets import check_explicit_ranks, check_pattern, check_syntax, matches
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "block", "modulation", "none")
 ENERGY_DEFAULT = 0.99  # SVDConfig.energy's default: another value asks for allocation: energy
 
 
-def check_config(c, model: nn.Module, adapter: Adapter) -> None:
-    """Every svd key against its allowed values and the model's linears (c: an SVDConfig)."""
-    check_values(c)
-    infos = adapter.linears(model)
-    targets = resolve_targets(infos, c.targets, c.ignore)
+def check_config(c, model: nn.Module, infos, targets) -> None:
+    """Every svd key against the model's linears `infos` (c: an SVDConfig whose values `check_values`
+    passed, `targets`: what `resolve_targets` found)."""
     _check_not_factorized(targets, model)
     check_explicit_ranks(infos, targets, c.ranks)
     for n, p in enumerate(c.center):

@@ -7,11 +7,15 @@ A pattern is an exact module name, `re:<regex>` (re.search on the module name), 
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Sequence
 
+from torch import nn
+
 from compress.alloc import DENSE, LayerSpec, per_role, ratio_rank
-from compress.arch.base import ROLES, LinearInfo
+from compress.arch.base import ROLES, Adapter, LinearInfo
 from compress.errors import BadValue, did_you_mean
+from compress.passes.removed_blocks import MissingBlock, past_the_blocks
 
 OUTPUT_GRAM_MIN_IN = 8192  # inputs wider than this (and wider than the output) use Σ yᵀy
 
@@ -38,14 +42,19 @@ def check_syntax(pattern, key: str, at: str | None = None) -> None:
 
 
 def check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str, at: str | None = None) -> None:
-    """A valid pattern that matches some linear of `infos` (BadValue naming the recipe key `at`)."""
+    """A valid pattern that matches some linear of `infos` (BadValue naming the recipe key `at`; a
+    `MissingBlock` when it names a block past the last of its group, which `explained` says more of)."""
     check_syntax(pattern, key, at)
     if not any(matches(pattern, i) for i in infos):
         digits = re.findall(r"\d+", pattern)  # a name with other block numbers is not a typo of it
         hint = did_you_mean(pattern, [n for n in (*ROLES, *(i.name for i in infos))
                                       if re.findall(r"\d+", n) == digits])
-        raise BadValue(at or key, f"svd.{key}: pattern {pattern!r} matches no linear layer of the model"
-                                  f"{hint} (roles: {', '.join(ROLES)}; regexes start with 're:')")
+        base = f"svd.{key}: pattern {pattern!r} matches no linear layer of the model"
+        message = f"{base}{hint} (roles: {', '.join(ROLES)}; regexes start with 're:')"
+        block = past_the_blocks(pattern, infos)  # a block an earlier removal may have taken
+        if block is not None:
+            raise MissingBlock(at or key, message, base, block)
+        raise BadValue(at or key, message)
 
 
 def resolve_targets(infos: Sequence[LinearInfo], targets: Sequence[str],
@@ -141,3 +150,36 @@ def fixed_ranks(targets: Sequence[LinearInfo], allocation: str, ratio: float,
         if rank is not None:
             out[info.name] = DENSE if rank >= shape_spec(info).breakeven else rank
     return out
+
+
+class Resolved:
+    """A config's targets and fixed ranks on a model, each computed once while the model's modules stay
+    as they were (`check`, `notes`, `plan` and `apply_planned` ask in turn): another model, blocks
+    removed, a layer replaced by its factors or its bias dropped start over. Holds no reference that
+    keeps the model alive; callers do not modify what it returns."""
+
+    def __init__(self, config):
+        self.config, self._model, self._structure, self._values = config, None, None, {}
+
+    def _on(self, model: nn.Module) -> dict:
+        """The values known for the model as it is now (emptied when it is another, or changed)."""
+        structure = tuple((n, id(m), type(m), getattr(m, "bias", None) is None) for n, m in model.named_modules())
+        if self._model is None or self._model() is not model or structure != self._structure:
+            self._model, self._structure, self._values = weakref.ref(model), structure, {}
+        return self._values
+
+    def targets(self, model: nn.Module, adapter: Adapter) -> tuple[list[LinearInfo], list[LinearInfo]]:
+        """(the model's linears, the targets among them), as `resolve_targets` (and its errors)."""
+        known = self._on(model)
+        if "targets" not in known:
+            infos = adapter.linears(model)
+            known["targets"] = infos, resolve_targets(infos, self.config.targets, self.config.ignore)
+        return known["targets"]
+
+    def ranks(self, model: nn.Module, adapter: Adapter) -> dict[str, int | None]:
+        """`fixed_ranks` of the targets."""
+        targets = self.targets(model, adapter)[1]
+        if "ranks" not in self._values:
+            c = self.config
+            self._values["ranks"] = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        return self._values["ranks"]

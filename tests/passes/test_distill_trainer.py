@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +57,47 @@ def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(TrainingInterrupted):  # another student's checkpoint, then a resume of this one
         distill(copy.deepcopy(other), teacher, tmp_path / "o", steps=6, checkpoint_every=2, max_steps_this_run=2)
-    with pytest.raises(UserError, match="another incoming student"):
+    with pytest.raises(UserError, match=r"other settings \(the incoming student \(the passes before it wrote "
+                                        r"another\)\); delete "):
         distill(copy.deepcopy(student), teacher, tmp_path / "o", steps=6, checkpoint_every=2, resume=True)
+
+
+def test_a_refused_checkpoint_names_the_keys_that_changed(tmp_path):
+    """A resume after `--set passes.N.distill.lr=...` listed what might differ without naming lr,
+    and advised deleting the pass's folder, which holds the teacher samples too: it names the keys
+    and the checkpoints folder, and deleting that one trains the pass from its start."""
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    with pytest.raises(TrainingInterrupted):
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=2, max_steps_this_run=1)
+    (tmp_path / "distill" / "teacher_samples").mkdir()  # where data: teacher_samples caches them
+    with pytest.raises(UserError) as refused:
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=2, resume=True, lr=2e-3,
+                weight_decay=0.1)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    assert str(refused.value) == (
+        f"distill: checkpoint {checkpoints / 'step-00000001'} was trained with other settings (distill.lr: 0.001 "
+        "in the checkpoint, 0.002 now; distill.weight_decay: 0.0 in the checkpoint, 0.1 now); delete "
+        f"{checkpoints} to train this pass from its start (--resume keeps the passes before it and the teacher "
+        "samples), or rerun with --restart to start over")
+    shutil.rmtree(checkpoints)  # as advised
+    resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=4, resume=True, lr=2e-3, weight_decay=0.1)
+    fresh, _ = distill(copy.deepcopy(student), teacher, tmp_path / "fresh", steps=4, lr=2e-3, weight_decay=0.1)
+    a, b = state(fresh), state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "distill" / "teacher_samples").is_dir()
+
+
+def test_a_checkpoint_that_records_no_settings_says_what_may_differ():
+    """An older dit-compress's meta.json has only the fingerprint and the process count."""
+    from compress.passes.distill_trainer import _changes
+
+    assert _changes({"processes": 2}, {"lr": 1e-3}) == ("config, seed, block map, process count: 2, or another "
+                                                        "incoming student; this checkpoint does not record which")
+    then = {"lr": 1e-3, "seed": 0, "processes": 1, "block_map": {"blocks": [0, 1]}, "student": "a"}
+    now = dict(then, seed=1, processes=2, block_map={"blocks": [0, 2]})
+    assert _changes({"settings": then}, now) == ("block map; process count: 1 in the checkpoint, 2 now; "
+                                                 "calibration.seed: 0 in the checkpoint, 1 now")
 
 
 def test_two_processes_agree(tmp_path):

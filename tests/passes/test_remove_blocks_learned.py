@@ -222,19 +222,35 @@ def test_score_estimator_finds_the_removal_that_costs_least(tmp_path):
 
 def test_estimator_defaults_to_score_without_a_weight_update(capsys):
     """gumbel's straight-through gradient needs the update (README, "Which blocks to remove"): the
-    default turns to score at learn_lr 0, and an explicit gumbel there is warned about, in plan too."""
+    default turns to score at learn_lr 0, and an explicit gumbel there is a note (the runner warns)."""
     model = tiny_pixart(num_layers=4)
-    plan = lambda **kw: RemoveBlocksPass(RemoveBlocksConfig(count=1, criterion="learned", **kw)).plan(
-        model, get_adapter(model))
+    step = lambda **kw: RemoveBlocksPass(RemoveBlocksConfig(count=1, criterion="learned", **kw))
+    plan = lambda **kw: step(**kw).plan(model, get_adapter(model))
+    notes = lambda **kw: step(**kw).notes(model, get_adapter(model))
     assert plan()["estimator"] == "gumbel" and plan(learn_rank=2)["estimator"] == "gumbel"
     assert plan(learn_lr=0)["estimator"] == "score"
     assert plan(learn_lr=0, estimator="score")["estimator"] == "score"
-    assert "warning" not in capsys.readouterr().err
     assert plan(learn_lr=0, estimator="gumbel")["estimator"] == "gumbel"
-    err = " ".join(capsys.readouterr().err.split())
-    assert "warning: remove_blocks: estimator gumbel with learn_lr: 0" in err and "use estimator: score" in err
-    plan(learn_lr=1e-4, estimator="gumbel")
-    assert "warning" not in capsys.readouterr().err
+    assert "warning" not in capsys.readouterr().err  # plan and check print nothing: the runner warns
+    (key, words), = notes(learn_lr=0, estimator="gumbel")
+    assert key == "estimator" and words.startswith("remove_blocks: estimator gumbel with learn_lr: 0")
+    assert "use estimator: score" in words
+    assert notes(learn_lr=0) == notes(learn_lr=1e-4, estimator="gumbel") == notes() == []
+
+
+def test_plan_warns_of_a_biased_estimator_once_at_its_line(capsys):
+    """It printed from check(), which plan runs twice (the upfront check and the pass's plan)."""
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+
+    recipe = parse_recipe("model: pixart\nteacher: toy:pixart\n"
+                          "calibration: {source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}\n"
+                          "passes:\n  - remove_blocks:\n      count: 1\n      criterion: learned\n"
+                          "      learn_lr: 0\n      estimator: gumbel\n", "r.yaml")
+    make_plan(recipe)
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count("estimator gumbel with learn_lr: 0") == 1
+    assert "warning: r.yaml:9: remove_blocks: estimator gumbel" in said
 
 
 def test_estimator_must_be_known():

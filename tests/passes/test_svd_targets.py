@@ -50,3 +50,42 @@ def test_embedding_targets_each_get_their_own_gram(tmp_path):
     model, report, _ = run_svd("flux", tmp_path, targets=["embedding"])
     assert "time_text_embed.text_embedder.linear_1" in report["layers"]
     assert all(r.get("loss_ratio", 1.0) <= 1.001 for r in report["layers"].values())
+
+
+CACHED = dict(targets=["attention", "mlp"], multiple=2,
+              ranks={"transformer_blocks.0.attn1.to_q": 2, "attention": 4, "transformer_blocks.0.attn1.to_k": 3})
+
+
+def test_notes_and_plan_reuse_the_targets_check_resolved(monkeypatch):
+    """notes (and plan) resolved the targets and ranks again right after check; the same results."""
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    expected = (SVDPass(SVDConfig(**CACHED)).notes(model, adapter), SVDPass(SVDConfig(**CACHED)).plan(model, adapter))
+    calls, linears = [], adapter.linears
+    monkeypatch.setattr(adapter, "linears", lambda m: calls.append(m) or linears(m))
+    step = SVDPass(SVDConfig(**CACHED))
+    step.check(model, adapter)
+    assert (step.notes(model, adapter), step.plan(model, adapter)) == expected
+    assert len(calls) == 1
+    assert [k for k, _ in expected[0]] == ["ranks.transformer_blocks.0.attn1.to_k"]  # shadowed by attention
+
+
+def test_what_check_resolved_is_redone_when_the_model_changes():
+    """Another model, a removed block, a dropped bias or factorized layers: the pass answers as a
+    fresh one would."""
+    from compress.errors import UserError
+
+    model, other = tiny_pixart(num_layers=3), tiny_pixart(num_layers=2)
+    adapter = get_adapter(model)
+    step = SVDPass(SVDConfig(**CACHED))
+    fresh = lambda m: SVDPass(SVDConfig(**CACHED)).plan(m, adapter)
+    step.check(model, adapter)
+    assert step.plan(other, adapter) == fresh(other) != fresh(model)
+    adapter.remove_blocks(model, {"blocks": [2]})
+    assert step.plan(model, adapter) == fresh(model)
+    assert not any(t.startswith("transformer_blocks.2.") for t in step.plan(model, adapter)["targets"])
+    model.get_submodule("transformer_blocks.1.attn1.to_q").bias = None
+    assert step.plan(model, adapter) == fresh(model)
+    step.apply_planned(model, adapter)
+    with pytest.raises(UserError, match="already factorized"):
+        step.check(model, adapter)

@@ -1,0 +1,271 @@
+"""A LoRA read as diffusers and peft would apply it to the teacher (compress.lora merges it).
+
+The LoRA is loaded onto an empty (meta-device) teacher of the student's family, with the teacher's
+block counts, and each peft layer's A, B, scaling, lora_B bias (peft `lora_bias`) and DoRA magnitude
+are read back. Readers, by what the LoRA is:
+- a peft adapter folder (adapter_config.json + adapter_model.safetensors): peft's own config;
+- any other LoRA of a Flux model: diffusers' FluxLoraLoaderMixin (its own format, kohya, XLabs, BFL);
+- a LoRA file (or a folder holding one) of another family (PixArt-Σ): diffusers-style keys
+  (`transformer.<module>.lora_A.weight`, `lora_B.weight`, `lora_B.bias`, `lora_magnitude_vector`) or
+  kohya-style ones (`lora_unet_<module with _>.lora_down.weight`, `lora_up.weight`, `alpha`); the peft
+  LoraConfig is built from the keys: each module's rank from its A, its alpha from its `alpha` key,
+  else the file's diffusers metadata, else alpha = rank (scaling 1, diffusers' convention).
+Text-encoder modules a LoRA file also holds are listed, not merged: the student is the transformer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from compress.errors import UserError
+
+ADAPTER = "dit_compress_merge"
+STATE_DICT = "the LoRA state dict"
+TEXT_ENCODER = re.compile(r"^(?:text_encoder(?:_\d)?[._]|lora_te\d?_|te\d?_)")
+LORA_PART = re.compile(r"\.(?:lora_[AB]|lora_down|lora_up|lora_magnitude_vector|dora_scale|alpha|lora\.(?:down|up))"
+                       r"(?:\..*)?$")
+KOHYA_PREFIX = re.compile(r"^lora_(?:unet|transformer)_")
+
+
+@dataclass
+class LoraLayer:
+    """One adapted linear as peft applies it: y = base(x) + s·(B A x + bias), or with DoRA
+    y = diag(magnitude / ‖W + s·B A‖_row) (W + s·B A) x + base bias."""
+    down: torch.Tensor  # A (r', in)
+    up: torch.Tensor  # B (out, r')
+    scaling: float  # s = alpha / r' (or alpha / √r' with rsLoRA)
+    bias: torch.Tensor | None = None  # lora_B's bias (out,)
+    magnitude: torch.Tensor | None = None  # DoRA's m (out,)
+
+
+def label(lora) -> str:
+    return STATE_DICT if isinstance(lora, dict) else str(lora)
+
+
+def module_of(key: str) -> str:
+    """The module a LoRA key belongs to (`x.lora_A.weight`, `x.alpha` -> `x`)."""
+    return LORA_PART.sub("", key)
+
+
+def text_encoder_modules(keys) -> list[str]:
+    """The text-encoder modules a LoRA's keys adapt (diffusers' `text_encoder.`, kohya's `lora_te_`)."""
+    return sorted({module_of(k) for k in keys if TEXT_ENCODER.match(k)})
+
+
+def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> tuple[dict[str, LoraLayer], list[str]]:
+    """({teacher module name: LoraLayer} as diffusers / peft would apply them, the text-encoder
+    modules the LoRA also holds)."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise UserError("merging a LoRA needs peft: pip install 'dit-compress[lora]' (or peft)")
+    load, keys = _reader(adapter, lora, type(student).__name__)
+    text_encoder = text_encoder_modules(keys)
+    skeleton = _empty_teacher(student, adapter, block_map, [k for k in keys if not TEXT_ENCODER.match(k)])
+    load(skeleton)
+    out = {name: _layer_of(name, module) for name, module in skeleton.named_modules() if _adapted(module)}
+    if not out:
+        raise UserError(f"{label(lora)}: no LoRA layers for the {adapter.family} transformer in it")
+    return out, text_encoder
+
+
+def _adapted(module: nn.Module) -> bool:
+    from peft.tuners.lora import LoraLayer as PeftLayer
+
+    return isinstance(module, PeftLayer) and ADAPTER in module.lora_A
+
+
+def _layer_of(name: str, module) -> LoraLayer:
+    a, b = module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight  # (r', in), (out, r')
+    bias = module.lora_B[ADAPTER].bias
+    dora = getattr(module, "lora_magnitude_vector", None) or {}
+    magnitude = dora[ADAPTER].weight if ADAPTER in dora else None
+    if any(t is not None and t.is_meta for t in (a, b, bias, magnitude)):
+        raise UserError(f"the LoRA has no weights for '{name}'")
+    return LoraLayer(a.detach().float(), b.detach().float(), float(module.scaling[ADAPTER]),
+                     None if bias is None else bias.detach().float(),
+                     None if magnitude is None else magnitude.detach().float())
+
+
+def _reader(adapter, lora, class_name: str) -> tuple[Callable[[nn.Module], None], list[str]]:
+    """(a function loading the LoRA onto an empty teacher as the family's loader would, its keys)."""
+    from compress.io import looks_local
+
+    path = None if isinstance(lora, dict) else Path(str(lora)).expanduser()
+    if path is not None and looks_local(str(lora)) and not path.exists():
+        raise UserError(f"{lora}: no LoRA there (a .safetensors file, or a folder holding one)")
+    if path is not None and (path / "adapter_config.json").is_file():
+        return _peft_reader(path)
+    if adapter.family == "flux":
+        return _flux_reader(lora, path)
+    if path is None:
+        return _state_reader(lora, {}, STATE_DICT)
+    if not path.exists():
+        raise UserError(f"{lora}: diffusers has no Hub LoRA loader for {class_name}; download it and give "
+                        "the .safetensors file (or a peft adapter folder)")
+    file = _one_file(path)
+    return _state_reader(*_read_file(file), str(file))
+
+
+def _flux_reader(lora, path: Path | None):
+    from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
+
+    from compress.io import hub_error, quiet_hub
+
+    try:
+        with quiet_hub():
+            state, alphas, metadata = FluxLoraLoaderMixin.lora_state_dict(
+                lora if path is None or not path.exists() else str(path), return_alphas=True,
+                return_lora_metadata=True)
+    except Exception as e:  # noqa: BLE001 (safetensors, the Hub and diffusers' checks raise their own)
+        if path is not None and path.exists():
+            raise UserError(f"{lora}: not a LoRA diffusers reads ({type(e).__name__}: {e})") from None
+        raise hub_error(str(lora), e, "a local LoRA file") from None
+
+    def load(skeleton: nn.Module) -> None:
+        FluxLoraLoaderMixin.load_lora_into_transformer(state, alphas, transformer=skeleton, adapter_name=ADAPTER,
+                                                       metadata=metadata, low_cpu_mem_usage=True)
+    return load, list(state)
+
+
+def _peft_reader(folder: Path) -> tuple[Callable[[nn.Module], None], list[str]]:
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+        state = load_file(str(folder / "adapter_model.safetensors"))
+    except Exception as e:  # noqa: BLE001 (peft and safetensors raise their own)
+        raise UserError(f"{folder}: not a readable peft LoRA adapter ({type(e).__name__}: {e})") from None
+    state = {re.sub(r"^base_model\.model\.", "", k): v for k, v in state.items()}
+    return _peft_load(config, state), list(state)
+
+
+def _peft_load(config, state: dict) -> Callable[[nn.Module], None]:
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    state = {k: v for k, v in state.items() if not TEXT_ENCODER.match(k)}
+
+    def load(skeleton: nn.Module) -> None:
+        inject_adapter_in_model(config, skeleton, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+        set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+    return load
+
+
+def _one_file(path: Path) -> Path:
+    """A LoRA file, or the one .safetensors file of a folder (diffusers' name first)."""
+    if path.is_file():
+        return path
+    named = path / "pytorch_lora_weights.safetensors"
+    found = [named] if named.is_file() else sorted(path.glob("*.safetensors"))
+    if len(found) != 1:
+        raise UserError(f"{path}: expected one LoRA .safetensors file there, found {len(found)}")
+    return found[0]
+
+
+def _read_file(file: Path) -> tuple[dict, dict]:
+    """(the file's tensors, its diffusers LoRA metadata: the transformer's LoraConfig, or {})."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            state, header = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own)
+        raise UserError(f"{file}: not a LoRA .safetensors file ({type(e).__name__}: {e})") from None
+    try:
+        raw = json.loads(header.get("lora_adapter_metadata", "{}"))
+    except ValueError:
+        raise UserError(f"{file}: its lora_adapter_metadata is not JSON") from None
+    prefix = "transformer."  # diffusers' save_lora_weights: the transformer's LoraConfig, keys prefixed
+    return state, {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)} if isinstance(raw, dict) else {}
+
+
+def _state_reader(state: dict, metadata: dict, where: str) -> tuple[Callable[[nn.Module], None], list[str]]:
+    """A diffusers- or kohya-style LoRA state dict of a family diffusers has no LoRA loader for."""
+    keys = list(state)
+    state = {k: v for k, v in state.items() if not TEXT_ENCODER.match(k)}
+
+    def load(skeleton: nn.Module) -> None:
+        linears = [n for n, m in skeleton.named_modules() if isinstance(m, nn.Linear)]
+        peft_state, alphas = peft_keys(state, linears, where)
+        unknown = sorted({module_of(k) for k in peft_state} - set(linears))
+        if unknown:
+            raise UserError(f"{where}: the LoRA adapts '{unknown[0]}', which {type(skeleton).__name__} does not "
+                            "have (a LoRA of another model?)")
+        _peft_load(lora_config(peft_state, alphas, metadata, where), peft_state)(skeleton)
+    return load, keys
+
+
+def peft_keys(state: dict, linears: list[str], where: str) -> tuple[dict, dict[str, float]]:
+    """(state with peft's names, `<module>.lora_A.weight` ..., its kohya alphas {module: alpha}).
+    Diffusers-style keys lose their `transformer.` (or `base_model.model.`) prefix; kohya-style
+    `lora_unet_<module with _>` keys find their module among `linears` by name."""
+    by_flat = {n.replace(".", "_"): n for n in linears}
+    out, alphas = {}, {}
+    for key, value in state.items():
+        if KOHYA_PREFIX.match(key):
+            flat, _, part = KOHYA_PREFIX.sub("", key).partition(".")
+            if flat not in by_flat:
+                raise UserError(f"{where}: '{key}' names no linear layer of the transformer")
+            if part == "alpha":
+                alphas[by_flat[flat]] = float(value)
+                continue
+            key = f"{by_flat[flat]}.{part.replace('lora_down', 'lora_A').replace('lora_up', 'lora_B')}"
+        key = re.sub(r"^(?:transformer\.|base_model\.model\.)", "", key)
+        if key.endswith(".alpha"):
+            alphas[key[: -len(".alpha")]] = float(value)
+            continue
+        out[key] = value
+    if not any(k.endswith("lora_A.weight") for k in out):
+        raise UserError(f"{where}: no LoRA weights (lora_A / lora_down) in it")
+    return out, alphas
+
+
+def lora_config(state: dict, alphas: dict[str, float], metadata: dict, where: str):
+    """The peft LoraConfig of a state dict with peft's names: each module's rank from its A; its
+    alpha from `alphas`, else the metadata's config, else its rank (scaling 1)."""
+    from peft import LoraConfig
+
+    ranks = {k[: -len(".lora_A.weight")]: v.shape[0] for k, v in state.items() if k.endswith(".lora_A.weight")}
+    use_dora = any("lora_magnitude_vector" in k for k in state)
+    lora_bias = any(k.endswith("lora_B.bias") for k in state)
+    if metadata and not alphas:
+        try:
+            config = LoraConfig(**metadata)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{where}: its LoRA metadata is not a peft LoraConfig ({e})") from None
+        config.target_modules = sorted(ranks)
+        return config
+    pattern = {f"^{re.escape(m)}$": r for m, r in ranks.items()}
+    alpha = {f"^{re.escape(m)}$": alphas.get(m, r) for m, r in ranks.items()}
+    return LoraConfig(r=max(ranks.values()), lora_alpha=max(ranks.values()), target_modules=sorted(ranks),
+                      rank_pattern=pattern, alpha_pattern=alpha, use_dora=use_dora, lora_bias=lora_bias)
+
+
+def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str]) -> nn.Module:
+    """The student's class with the teacher's block counts (the largest of the student's, its block
+    map's and, by the LoRA's keys, the LoRA's), every parameter a zero scalar expanded to its shape."""
+    from accelerate import init_empty_weights
+
+    config = dict(student.config)
+    config.pop("compression", None)
+    for g in adapter.groups:
+        block = re.compile(rf"(?:^|\.){g.attr}\.(\d+)\.|^lora_(?:unet|transformer)_{g.attr}_(\d+)_")
+        mentioned = [int(m.group(1) or m.group(2)) for k in keys for m in [block.search(k)] if m]
+        config[g.config_key] = max([len(getattr(student, g.attr))] + [i + 1 for i in block_map.get(g.name, [])]
+                                   + [i + 1 for i in mentioned])
+    with init_empty_weights():
+        skeleton = type(student).from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    for module in skeleton.modules():  # peft puts a LoRA on its base layer's device: CPU, no memory
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[name] = nn.Parameter(torch.zeros((), dtype=p.dtype).expand(p.shape),
+                                                        requires_grad=False)
+    return skeleton

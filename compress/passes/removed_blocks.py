@@ -1,0 +1,104 @@
+"""What a pass's checks know of the blocks earlier passes removed, and the errors about them.
+
+After a removal the blocks left are renumbered from 0 in teacher order (`Adapter.remove_blocks`):
+module names in svd patterns (targets, ignore, ranks, center) name the blocks as they are now,
+while `remove_blocks.blocks` lists teacher indices. A pass checked on plan's meta model finds the
+teacher's block counts and the student -> teacher map on it (`teacher_view`, left by
+`RemoveBlocksPass.apply_planned`); in a run the pass is given `ctx.block_map`.
+
+An error about a block an earlier removal took (a pattern naming a block past the ones left, a
+teacher index removed before, a count over the blocks left) is an `AfterRemoval`: the runner adds
+which passes removed blocks (runner_checks.removal_note) to those only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from torch import nn
+
+from compress.arch.base import Adapter, LinearInfo
+from compress.errors import BadValue
+
+PLANNED_ATTR = "_dit_compress_planned_blocks"  # on plan's meta model only: teacher counts + block map
+
+
+class AfterRemoval(BadValue):
+    """A BadValue about blocks that earlier removals may have taken: the runner says which passes
+    removed blocks after its message (nothing when none did)."""
+
+
+def about_removal(error: BaseException) -> bool:
+    """Whether the runner should say, after `error`, which earlier passes removed blocks."""
+    return isinstance(error, AfterRemoval)
+
+
+class MissingBlock(BadValue):
+    """A pattern naming block `index` of `group` (module prefix `attr`), which has `have` blocks
+    now. `message`: the whole error; `base`: its first clause, which `explained` continues."""
+
+    def __init__(self, key: str, message: str, base: str, block: tuple[str, str, int, int]):
+        super().__init__(key, message)
+        self.base, self.block = base, block
+
+    def explained(self, teacher_counts: dict[str, int] | None,
+                  block_map: dict[str, list[int]] | None) -> BadValue:
+        """The error said with what became of the block: an `AfterRemoval` when the teacher had it
+        and earlier passes removed blocks of its group, else this error as it was."""
+        words = removal_words(self.block, teacher_counts, block_map)
+        if words is None:
+            return BadValue(self.key, str(self))
+        return AfterRemoval(self.key, f"{self.base}: {words}")
+
+
+def planned_blocks(model: nn.Module, adapter: Adapter) -> dict:
+    """What plan's meta model carries: teacher counts, the student -> teacher map, and per group how
+    many blocks removals chosen at run time take (`pending`: which ones is not known yet); any other
+    model is taken as the teacher."""
+    found = getattr(model, PLANNED_ATTR, None)
+    if found is not None:
+        return found
+    counts = adapter.block_counts(model)
+    return {"teacher_counts": counts, "block_map": {g: list(range(n)) for g, n in counts.items()},
+            "pending": {}}
+
+
+def teacher_view(model: nn.Module, adapter: Adapter) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """(teacher block counts, student -> teacher map) of a model (see `planned_blocks`). After a removal
+    chosen by importance (decided at run time) the map lists every teacher block that may still be there."""
+    found = planned_blocks(model, adapter)
+    return found["teacher_counts"], found["block_map"]
+
+
+def past_the_blocks(pattern: str, infos: Sequence[LinearInfo]) -> tuple[str, str, int, int] | None:
+    """(group, module prefix, index, blocks the group has) when `pattern` is a module name inside a
+    block past the last of its group ("transformer_blocks.5.attn1.to_q" with 3 blocks), else None."""
+    m = re.match(r"(\w+)\.(\d+)(\.|$)", pattern)
+    if m is None:
+        return None
+    attr, index = m[1], int(m[2])
+    blocks = {(i.group, i.block) for i in infos if i.group is not None and i.name.startswith(f"{attr}.")}
+    if not blocks:
+        return None
+    group, have = next(iter(blocks))[0], len(blocks)
+    return (group, attr, index, have) if index >= have else None
+
+
+def removal_words(block: tuple[str, str, int, int], teacher_counts: dict[str, int] | None,
+                  block_map: dict[str, list[int]] | None) -> str | None:
+    """What became of teacher block `index` of the group, which has `have` blocks now; None when no
+    removal explains it (the teacher had no such block, or the group lost none)."""
+    group, attr, index, have = block
+    teacher = (teacher_counts or {}).get(group, have)
+    if index >= teacher or have >= teacher:
+        return None
+    left = f"the {have} left are {attr}.0..{have - 1}, renumbered from 0 in teacher order"
+    kept = (block_map or {}).get(group)
+    if kept is not None and index not in kept:  # lists every teacher block that may be left
+        return f"teacher block {index} of group '{group}' was removed by an earlier pass; {left}"
+    if kept is None or len(kept) != have:  # not known before the run (a removal chosen by importance)
+        return (f"an earlier pass removes blocks of group '{group}' (which ones is decided at run time); "
+                f"{left}")
+    return (f"an earlier pass removed blocks of group '{group}'; {left}, so teacher block {index} is "
+            f"{attr}.{kept.index(index)} now")

@@ -1,0 +1,118 @@
+"""How recipes and `--set` values read YAML: the YAML 1.2 core schema, one rule everywhere.
+
+PyYAML reads YAML 1.1, where yes/no/on/off are booleans, 1_000 and 0b101 are integers, 017 is
+octal, 1e-4 is a string and dates are timestamps. Recipes read plain scalars as YAML 1.2's core
+schema does instead: booleans are only true/false (True, TRUE, ...), integers are decimal, 0o
+octal or 0x hex, floats include 1e-4 and .inf/.nan, null is null/Null/NULL/~ or nothing; anything
+else is a string. `RecipeDumper` quotes a string either YAML version would read as something else.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+
+import yaml
+
+NULL, BOOL, INT, FLOAT, STR = (f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "str"))
+
+# (tag, pattern, first characters) of the core schema (YAML 1.2.2, 10.3.2); ints before floats
+CORE = [
+    (NULL, r"null|Null|NULL|~|", ["n", "N", "~", ""]),
+    (BOOL, r"true|True|TRUE|false|False|FALSE", list("tTfF")),
+    (INT, r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", list("-+0123456789")),
+    (FLOAT, r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+            r"|[-+]?(?:\.inf|\.Inf|\.INF)|\.nan|\.NaN|\.NAN", list("-+0123456789.")),
+]
+CORE_RE = [(tag, re.compile(rf"^(?:{pattern})$"), first) for tag, pattern, first in CORE]
+
+
+def core_tag(text: str) -> str:
+    """The tag YAML 1.2's core schema gives the plain scalar `text`."""
+    for tag, regexp, _ in CORE_RE:
+        if regexp.match(text):
+            return tag
+    return STR
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader reading plain scalars by YAML 1.2's core schema (module docstring)."""
+
+    yaml_implicit_resolvers: dict = {}  # not SafeLoader's YAML 1.1 ones (filled below)
+
+
+def _construct_int(loader: RecipeLoader, node: yaml.ScalarNode) -> int:
+    """A core-schema integer: 017 is seventeen (not YAML 1.1's octal 15), 0o17 fifteen, 0x1f 31."""
+    text = loader.construct_scalar(node)
+    if not re.fullmatch(CORE[2][1], text):  # an explicit !!int of something else
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 integer",
+                                                node.start_mark)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+for _tag, _regexp, _first in CORE_RE:
+    RecipeLoader.add_implicit_resolver(_tag, _regexp, _first)
+RecipeLoader.add_constructor(INT, _construct_int)
+
+
+class RecipeDumper(yaml.SafeDumper):
+    """SafeDumper that also quotes strings the core schema reads as something else (0o17, 1e-4),
+    so a dumped recipe reads back the same by RecipeLoader and by YAML 1.1 readers alike."""
+
+    def resolve(self, kind, value, implicit):
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and tag == STR:
+            return core_tag(value)
+        return tag
+
+
+def spelling_hint(text: str, expected: set) -> str:
+    """A hint for a string where `expected` (of bool, int, float) wanted a boolean or a number that
+    YAML 1.1 would have read from it: yes/on, 1_000, 0b101 (and 1,000). '' when there is none."""
+    if bool in expected and text.lower() in ("yes", "no", "on", "off", "y", "n", "true", "false"):
+        word = "true" if text.lower() in ("yes", "on", "y", "true") else "false"
+        return f" (write {word}: in YAML 1.2 only true and false are booleans)"
+    number = _number(text) if expected & {int, float} else None
+    if number is None or (float not in expected and not isinstance(number, int)):
+        return ""
+    why = "YAML 1.2 has no 0b binary numbers" if "0b" in text.lower() else "a YAML 1.2 number has no '_' or ','"
+    return f" (write {number}: {why})"
+
+
+def _number(text: str) -> int | float | None:
+    """The finite number `text` spells with digit separators ('_', or ',' between groups of three)
+    or in 0b binary; None if it is none of those."""
+    cleaned = text.replace("_", "")
+    if re.fullmatch(r"[-+]?[0-9]{1,3}(,[0-9]{3})+(\.[0-9]*)?", cleaned):
+        cleaned = cleaned.replace(",", "")
+    if cleaned == text and not re.fullmatch(r"[-+]?0[bB][01]+", text):
+        return None  # nothing to respell
+    try:
+        return int(cleaned, 0)
+    except ValueError:
+        pass
+    try:
+        value = float(cleaned)
+    except ValueError:
+        return None
+    return value if value - value == 0 else None  # not inf or nan
+
+
+def type_hint(node: yaml.Node, tp) -> str:
+    """How to spell the boolean or number that type `tp` wanted and the scalar `node` nearly is:
+    yes -> true, 1_000 -> 1000 (spelling_hint), 1e11 -> 100000000000 for an integer; else ''."""
+    if not isinstance(node, yaml.ScalarNode):
+        return ""
+    wanted = set(typing.get_args(tp)) if typing.get_origin(tp) in (typing.Union, types.UnionType) else {tp}
+    try:
+        value = RecipeLoader("").construct_object(node)
+    except yaml.YAMLError:
+        return ""
+    if isinstance(value, str):
+        return spelling_hint(value, wanted & {bool, int, float})
+    if int in wanted and isinstance(value, float) and value.is_integer():
+        return f" (an integer is written without a dot or exponent: {int(value)})"
+    return ""

@@ -1,0 +1,128 @@
+"""compress.passes.removed_blocks: a later pass naming a block an earlier remove_blocks pass took
+says what became of it, in `plan` and in a run's upfront checks; the runner's note on which pass
+removed blocks follows those errors only."""
+
+import pytest
+
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.passes.base import RunContext
+from compress.passes.removed_blocks import past_the_blocks, removal_words
+from compress.passes.remove_blocks import RemoveBlocksConfig, RemoveBlocksPass
+from compress.passes.svd import SVDConfig, SVDPass
+from compress.plan import make_plan
+from compress.recipe import parse_recipe
+from compress.runner import build_passes
+from compress.runner_checks import check_passes
+from tests.conftest import tiny_flux
+from tests.test_runner_checks import FLUX
+
+NOTE = "(the pass at line 5 removed blocks"
+
+
+def _errors(passes: str) -> tuple[str, str]:
+    """(the upfront check's error, plan's error) for a recipe on a teacher with 4 single blocks
+    (as toy:flux, which plan loads)."""
+    recipe = parse_recipe(FLUX.format(passes=passes), "r.yaml")
+    teacher = tiny_flux(num_single_layers=4)
+    with pytest.raises(UserError) as checked:
+        check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))
+    with pytest.raises(UserError) as planned:
+        make_plan(recipe)
+    return str(checked.value), str(planned.value)
+
+
+def test_a_pattern_naming_a_removed_block_says_it_was_removed():
+    checked, planned = _errors("  - remove_blocks: {blocks: {single: [3]}}\n"
+                               "  - svd: {targets: [single_transformer_blocks.3.proj_out]}\n")
+    said = ("r.yaml:6: svd.targets: pattern 'single_transformer_blocks.3.proj_out' matches no linear layer of "
+            "the model: teacher block 3 of group 'single' was removed by an earlier pass; the 3 left are "
+            "single_transformer_blocks.0..2, renumbered from 0 in teacher order")
+    assert planned == said
+    assert checked.startswith(f"{said} {NOTE}: this pass sees ")
+
+
+def test_a_pattern_naming_a_kept_block_by_its_teacher_index_says_its_new_name():
+    checked, planned = _errors("  - remove_blocks: {blocks: {single: [0]}}\n"
+                               "  - svd:\n      targets:\n        - attention\n"
+                               "        - single_transformer_blocks.3.proj_out\n")
+    said = ("r.yaml:9: svd.targets: pattern 'single_transformer_blocks.3.proj_out' matches no linear layer of "
+            "the model: an earlier pass removed blocks of group 'single'; the 3 left are "
+            "single_transformer_blocks.0..2, renumbered from 0 in teacher order, so teacher block 3 is "
+            "single_transformer_blocks.2 now")
+    assert planned == said and checked.startswith(f"{said} {NOTE}")
+
+
+def test_a_removal_chosen_at_run_time_says_so():
+    checked, planned = _errors("  - remove_blocks: {count: {single: 1}}\n"
+                               "  - svd: {targets: [attention], ignore: [single_transformer_blocks.3.proj_out]}\n")
+    assert "svd.ignore: pattern 'single_transformer_blocks.3.proj_out' matches no linear layer of the model: " \
+           "an earlier pass removes blocks of group 'single' (which ones is decided at run time); the 3 " \
+           "left are single_transformer_blocks.0..2" in planned
+    assert NOTE in checked
+
+
+def test_an_index_the_teacher_never_had_is_not_blamed_on_the_removal():
+    checked, planned = _errors("  - remove_blocks: {blocks: {single: [0]}}\n"
+                               "  - svd: {targets: [single_transformer_blocks.9.proj_out]}\n")
+    assert checked == planned
+    assert "removed" not in checked and checked.endswith("regexes start with 're:')")
+
+
+def test_an_unrelated_error_of_a_later_pass_has_no_removal_note():
+    """The note on the earlier removal followed every error of a later pass."""
+    checked, planned = _errors("  - remove_blocks: {blocks: {single: [0]}}\n"
+                               "  - svd: {targets: [attention], ranks: {modulation: 8}}\n")
+    assert checked == planned
+    assert checked.startswith("r.yaml:6: svd.ranks: pattern 'modulation' names ") and "removed" not in checked
+
+
+def test_a_second_removal_of_a_removed_block_points_at_its_index():
+    """The index's own line (it pointed at the pass's), and the note on the earlier removal."""
+    checked, planned = _errors("  - remove_blocks: {blocks: {single: [0]}}\n"
+                               "  - remove_blocks:\n      blocks:\n        single:\n          - 1\n          - 0\n")
+    said = "r.yaml:10: remove_blocks: block single.0 (teacher index) was already removed by an earlier pass"
+    assert planned == said and checked.startswith(f"{said} {NOTE}")
+
+
+def test_too_many_for_the_blocks_left_keeps_the_note():
+    checked, _ = _errors("  - remove_blocks: {count: {single: 3}}\n  - remove_blocks: {count: {single: 1}}\n")
+    assert checked.startswith("r.yaml:6: remove_blocks: removing 1 of 1 blocks would leave group 'single' "
+                              f"empty; keep at least one {NOTE}")
+
+
+def test_in_a_run_the_svd_pass_reads_the_runs_block_map(tmp_path):
+    """At run time the student carries no plan: the pass takes ctx.block_map and the teacher."""
+    teacher = tiny_flux(num_single_layers=4)
+    student = tiny_flux(num_single_layers=4)
+    adapter = get_adapter(student)
+    ctx = RunContext(adapter=adapter, family="flux", teacher=teacher, run_dir=tmp_path)
+    RemoveBlocksPass(RemoveBlocksConfig(blocks={"single": [1]})).run(student, ctx)
+    assert ctx.block_map["single"] == [0, 2, 3]
+    with pytest.raises(UserError, match=r"so teacher block 3 is single_transformer_blocks\.2 now$"):
+        SVDPass(SVDConfig(targets=["single_transformer_blocks.3.proj_out"])).run(student, ctx)
+
+
+def test_past_the_blocks_reads_exact_names_only():
+    infos = get_adapter(tiny_flux()).linears(tiny_flux())  # 2 double, 3 single blocks
+    assert past_the_blocks("single_transformer_blocks.3.proj_out", infos) == ("single", "single_transformer_blocks", 3, 3)
+    assert past_the_blocks("transformer_blocks.2", infos) == ("double", "transformer_blocks", 2, 2)
+    for pattern in ("single_transformer_blocks.2.proj_out", "re:single_transformer_blocks.3", "attention",
+                    "proj_out.3.x"):
+        assert past_the_blocks(pattern, infos) is None
+
+
+@pytest.mark.parametrize("index, teacher, block_map, words", [
+    (3, {"blocks": 3}, None, None),  # nothing removed
+    (7, {"blocks": 5}, {"blocks": [0, 1, 2]}, None),  # the teacher had no block 7
+    (3, {"blocks": 5}, {"blocks": [0, 2, 4]}, "teacher block 3 of group 'blocks' was removed by an earlier pass; "
+                                              "the 3 left are transformer_blocks.0..2, renumbered from 0 in teacher order"),
+    (3, {"blocks": 5}, {"blocks": [0, 3, 4]}, "an earlier pass removed blocks of group 'blocks'; the 3 left are "
+                                              "transformer_blocks.0..2, renumbered from 0 in teacher order, so "
+                                              "teacher block 3 is transformer_blocks.1 now"),
+    (3, {"blocks": 5}, {"blocks": [0, 1, 3, 4]}, "an earlier pass removes blocks of group 'blocks' (which ones is "
+                                                 "decided at run time); the 3 left are transformer_blocks.0..2, "
+                                                 "renumbered from 0 in teacher order"),
+])
+def test_removal_words(index, teacher, block_map, words):
+    assert removal_words(("blocks", "transformer_blocks", index, 3), teacher, block_map) == words
