@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from compress.plan_memory import beyond_memory, device_memory, memory_words, pea
 from compress.io_source import TeacherSource, checked, checked_sources, recipe_where
 from compress.report import console, layer_rows, param_count, results
 from compress.runner import build_passes
+from compress.passes.removed_blocks import stamp_line
 from compress.runner_checks import SpreadRemovals, check_pass
 from compress.runner_stream import check_streaming, streamed_weights
 
@@ -71,8 +73,10 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
     steps, scores, spread = [], ScoresSoFar(), SpreadRemovals()
+    teacher_counts, removed = adapter.block_counts(model), []  # lines of passes that removed blocks
     for spec, p in zip(recipe.passes, passes):
-        check_pass(p, spec, model, adapter)
+        counts = adapter.block_counts(model)
+        check_pass(p, spec, model, adapter, teacher_counts, removed)
         spread.check(p, spec, model, adapter)
         step = {"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})}
         reused = "scans" in step and scores.reused(step)  # blocks chosen by importance
@@ -83,6 +87,9 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         scores.see(p, spec, step)
         steps.append(step)
         p.apply_planned(model, adapter)
+        stamp_line(model, spec.line)  # for later passes' notes (removed_blocks.renumbered_notes)
+        if adapter.block_counts(model) != counts:
+            removed.append(spec.line)
     after_rows = layer_rows(model)
     plan = {
         "calibration": calib,
@@ -94,9 +101,36 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
     }
     plan["memory"] = peak_memory(recipe, plan, any(getattr(p, "needs_calibration", False) for p in passes))
-    if warning := beyond_memory(plan["memory"], device_memory(recipe.device)):  # --json too (stderr)
-        console.print(f"[bold yellow]warning:[/] {recipe.path}: {warning}")
+    _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
+
+
+def _warn_beyond_memory(recipe, memory: dict) -> None:
+    if warning := beyond_memory(memory, device_memory(recipe.device)):
+        console.print(f"[bold yellow]warning:[/] {recipe.path}: {warning}")
+
+
+def warn_if_beyond_memory(recipe, teacher: str | None = None, teacher_config: str | None = None) -> None:
+    """`plan`'s warning of a peak beyond the machine's memory, for `run` before it loads the teacher:
+    the recipe planned on a meta teacher (a fraction of a second), the plan's other notes held back
+    (the run says them as it checks). Nothing when it cannot be planned offline (a Hub id with no
+    shipped config): the run's own checks say what is wrong."""
+    try:
+        with _quiet(console):
+            plan = make_plan(recipe, teacher, teacher_config)
+    except UserError:
+        return
+    _warn_beyond_memory(recipe, plan["memory"])
+
+
+@contextmanager
+def _quiet(out):
+    """Nothing printed on the rich console `out` while inside."""
+    was, out.quiet = out.quiet, True
+    try:
+        yield
+    finally:
+        out.quiet = was
 
 
 class ScoresSoFar:

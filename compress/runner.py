@@ -148,6 +148,9 @@ class Runner:
         if not (self.resume or self.restart):  # saved work a fresh start would discard: refused
             check_run_folder(self.run_dir, self.recipe.raw, self.passes)
         check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
+        from compress.plan import warn_if_beyond_memory  # plan imports this module
+
+        warn_if_beyond_memory(self.recipe, self.teacher_arg, self.teacher_config)  # warns only: an estimate
         self.doing = "loading the teacher"
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg,
                                                          self.teacher_config, self.models)

@@ -14,17 +14,20 @@ import torch
 from rich.markup import escape
 
 from compress.errors import BadValue, UserError
-from compress.passes.removed_blocks import about_removal
+from compress.passes.removed_blocks import about_removal, stamp_line
 from compress.report import console
 
 
-def check_pass(p, spec, model, adapter) -> None:
+def check_pass(p, spec, model, adapter, teacher: dict | None = None, removed: list[int] = ()) -> None:
     """A pass's config checked against the model; errors name the recipe file and the line (or the
-    --set) of the key they are about (`PassSpec.where`)."""
+    --set) of the key they are about (`PassSpec.where`), and those about blocks earlier passes
+    removed say which (`removal_note`: `teacher`'s block counts, `removed` the passes' lines)."""
     try:
         p.check(model, adapter)
     except UserError as e:
-        raise UserError(f"{spec.where(e)}: {e}") from None
+        counts = adapter.block_counts(model)
+        note = removal_note(counts, teacher or counts, list(removed)) if about_removal(e) else ""
+        raise UserError(f"{spec.where(e)}: {e}{note}") from None
     _warn_notes(p, spec, model, adapter)
 
 
@@ -39,6 +42,7 @@ def check_passes(passes, specs, model, adapter) -> None:
             _warn_notes(p, spec, model, adapter)
             spread.check(p, spec, model, adapter)
             p.apply_planned(model, adapter)
+            stamp_line(model, spec.line)  # for later passes' notes
         except UserError as e:
             note = removal_note(counts, teacher, removed) if about_removal(e) else ""
             raise UserError(f"{spec.where(e)}: {e}{note}") from None

@@ -187,3 +187,32 @@ def test_the_memory_a_cuda_device_has_is_its_total(monkeypatch):
     assert pm.beyond_memory(memory, (80 * 2**30, "cuda:0")) == (
         "the run would hold about 90.0 GiB at its peak, more than the 80.0 GiB cuda:0 has: w 90.0 GiB (teacher)")
     assert pm.beyond_memory(memory, (100 * 2**30, "cuda:0")) is None
+
+
+def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monkeypatch, capsys, tmp_path):
+    """--set calibration.num_prompts=100000000 loaded the teacher and ended later out of memory."""
+    import compress.plan_memory as pm
+    import compress.runner as runner
+
+    class Loading(Exception):
+        pass
+
+    def load(*args, **kwargs):  # what was said before the teacher loads
+        raise Loading(capsys.readouterr().err)
+
+    monkeypatch.setattr(runner, "load_checked_teacher", load)
+    monkeypatch.setattr(pm, "machine_memory", lambda: 2**30)
+
+    def said_before_loading(calibration: str, teacher: str = "toy:pixart") -> str:
+        text = (f"model: pixart\nteacher: {teacher}\ndevice: cpu\ncalibration: {calibration}\n"
+                "passes:\n  - svd: {fisher: none}\n")
+        recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+        with pytest.raises(Loading) as e:
+            runner.Runner(recipe, tmp_path / "out", tmp_path / "run").prepare()
+        return " ".join(str(e.value).split())
+
+    said = said_before_loading("{num_prompts: 100000000}")
+    assert said.startswith(f"warning: {tmp_path}/r.yaml: the run would hold about ")
+    assert "more than the 1.0 GiB this machine has" in said and said.count("warning") == 1  # the plan's notes held back
+    assert "warning" not in said_before_loading("{num_prompts: 10}")
+    assert said_before_loading("{num_prompts: 100000000}", "someone/not-shipped") == ""  # not planned offline: the run's checks say

@@ -26,7 +26,7 @@ from compress.passes.importance import ImportanceResult, check_buckets, scan
 from compress.passes.remove_blocks_budget import (check_explicit, one_of, per_group, resolve_budget,
                                                 to_current, too_many)
 from compress.passes.remove_blocks_learned import learn_removal, learning_bytes, pattern_count, value
-from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, teacher_view
+from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, teacher_view, with_removal
 from compress.report import console
 
 CRITERIA = ("scan", "proxy", "learned")
@@ -262,14 +262,17 @@ class RemoveBlocksPass(Pass):
                 adapter.remove_blocks(model, {g: list(range(counts[g] - k, counts[g]))
                                               for g, k in budget.items()})
                 pending = {g: planned["pending"].get(g, 0) + budget.get(g, 0) for g in counts}
-                setattr(model, PLANNED_ATTR, dict(planned, pending=pending))
+                planned = dict(planned, pending=pending)
+            groups = [g for g, k in budget.items() if k] if isinstance(budget, dict) else list(counts)
+            setattr(model, PLANNED_ATTR, with_removal(planned, groups, run_time=True))
             return
         drop = to_current(self.config.blocks, planned["block_map"])  # positions in the map
         adapter.remove_blocks(model, {g: list(range(counts[g] - len(idx), counts[g]))
                                       if planned["pending"].get(g) else idx for g, idx in drop.items()})
         block_map = {g: [t for i, t in enumerate(teacher) if i not in drop.get(g, [])]
                      for g, teacher in planned["block_map"].items()}
-        setattr(model, PLANNED_ATTR, dict(planned, block_map=block_map))
+        setattr(model, PLANNED_ATTR, with_removal(dict(planned, block_map=block_map),
+                                                  [g for g, idx in drop.items() if idx], run_time=False))
 
     def unplaced(self, model: nn.Module, adapter: Adapter) -> int:
         """A count or fraction over several groups: which groups lose the blocks is decided by

@@ -8,7 +8,9 @@ teacher's block counts and the student -> teacher map on it (`teacher_view`, lef
 
 An error about a block an earlier removal took (a pattern naming a block past the ones left, a
 teacher index removed before, a count over the blocks left) is an `AfterRemoval`: the runner adds
-which passes removed blocks (runner_checks.removal_note) to those only.
+which passes removed blocks (runner_checks.removal_note) to those only. A module name that still
+exists but was renumbered (written with the teacher's index, it names another block) is a note,
+not an error (`renumbered_notes`): the meta model records each removal and its line for it.
 """
 
 from __future__ import annotations
@@ -102,3 +104,53 @@ def removal_words(block: tuple[str, str, int, int], teacher_counts: dict[str, in
                 f"{left}")
     return (f"an earlier pass removed blocks of group '{group}'; {left}, so teacher block {index} is "
             f"{attr}.{kept.index(index)} now")
+
+
+# ---- patterns that name a block by its index after a removal ------------------------------------
+def with_removal(planned: dict, groups, run_time: bool) -> dict:
+    """`planned` (planned_blocks) with one more removal of blocks of `groups`: chosen at run time
+    or not. The runner's checks add its recipe line (`stamp_line`), for later passes' notes."""
+    removal = {"groups": sorted(groups), "run_time": run_time, "line": None}
+    return dict(planned, removals=[*planned.get("removals", ()), removal])
+
+
+def stamp_line(model: nn.Module, line: int) -> None:
+    """Gives the removals a pass just planned on plan's meta model (`with_removal`) its recipe line."""
+    for removal in getattr(model, PLANNED_ATTR, {}).get("removals", ()):
+        if removal["line"] is None:
+            removal["line"] = line
+
+
+def renumbered_notes(patterns: Sequence[tuple[str, str]], infos: Sequence[LinearInfo],
+                     planned: dict) -> list[tuple[str, str]]:
+    """(key, note) per (key, pattern) naming a module of a block by its index where earlier removals
+    renumbered its group: which teacher block that is (a removal chosen at run time: one of the
+    blocks left); nothing where the index is still the teacher's."""
+    by_name = {i.name: i for i in infos}
+    out = []
+    for key, pattern in patterns:
+        info = by_name.get(pattern)
+        removals = [r for r in planned.get("removals", ()) if info is not None and info.group in r["groups"]]
+        if removals:
+            words = _renumbered_words(info, pattern, planned, removals)
+            out += [(key, f"svd.{key.split('.')[0]}: pattern {pattern!r}: {words}")] if words else []
+    return out
+
+
+def _renumbered_words(info: LinearInfo, pattern: str, planned: dict, removals: list[dict]) -> str | None:
+    """What a module name of block `info.block` names after `removals` of its group; None when it is
+    the teacher's block of the same index."""
+    block = re.match(r"(\w+)\.(\d+)\.", pattern)[0][:-1]  # transformer_blocks.1
+    attr, index = block.rsplit(".", 1)[0], info.block
+    lines = [str(r["line"]) for r in removals if r["line"] is not None]
+    by = "an earlier removal" if not lines else f"the removal{'s' if len(lines) > 1 else ''} at " \
+        f"line{'s' if len(lines) > 1 else ''} {', '.join(lines)}"
+    kept = planned["block_map"].get(info.group, [])
+    if any(r["run_time"] for r in removals) or planned["pending"].get(info.group):
+        return (f"{block} here is block {index} of those left after {by}, which picks them at run time "
+                f"(renumbered from 0 in teacher order): not necessarily teacher block {index}")
+    if kept[index] == index:
+        return None
+    now = f"is {attr}.{kept.index(index)} here" if index in kept else "was removed"
+    return (f"{block} here is teacher block {kept[index]}: blocks are renumbered from 0 after {by} "
+            f"(teacher block {index} {now})")

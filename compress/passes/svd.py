@@ -49,7 +49,7 @@ from compress.linalg import normalized_curve
 from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
-from compress.passes.removed_blocks import MissingBlock, teacher_view
+from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
 from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, check_streaming, check_values,
                                         merge_report, summary)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
@@ -143,10 +143,14 @@ class SVDPass(GlobalAllocation, Pass):
             raise e.explained(teacher_counts, block_map) from None
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
-        """A pass whose ranks, known before calibration, leave every target dense changes nothing."""
+        """A pass whose ranks, known before calibration, leave every target dense changes nothing; a
+        module name whose block index earlier removals renumbered names another teacher block."""
         c = self.config
-        targets = self.resolved.targets(model, adapter)[1]
-        out = [(f"ranks.{p}", f"svd.ranks: pattern {p!r} gives no layer its rank: {e!r}, earlier, matches every "
+        infos, targets = self.resolved.targets(model, adapter)
+        named = [(f"{key}.{n}", p) for key in ("targets", "ignore", "center") for n, p in enumerate(getattr(c, key))]
+        out = renumbered_notes(named + [(f"ranks.{p}", p) for p in c.ranks or {}], infos,
+                               planned_blocks(model, adapter))
+        out += [(f"ranks.{p}", f"svd.ranks: pattern {p!r} gives no layer its rank: {e!r}, earlier, matches every "
                               f"layer it does (the first matching pattern wins); put it before {e!r}")
                for p, e in shadowed_ranks(targets, c.ranks or {})]
         ranks = self.resolved.ranks(model, adapter)

@@ -11,6 +11,7 @@ from compress.linalg import METHODS
 from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
 from compress.passes.svd_targets import check_explicit_ranks, check_pattern, check_syntax, matches
+from compress.recipe_yaml import spelling_hint
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "block", "modulation", "none")
@@ -62,16 +63,14 @@ def check_values(c) -> None:
 
 
 def _check_numbers(c) -> None:
-    if c.asymmetric not in (True, False, "auto"):
-        raise BadValue("asymmetric", f"svd.asymmetric must be true, false or auto, got {c.asymmetric!r}")
+    _true_false_or_auto(c, "asymmetric")
     if c.compensate is True and (c.method != "whitened" or c.fisher not in ("all", "modulation")):
         raise BadValue("compensate", "svd.compensate: true needs method: whitened and the prediction's "
                                      f"Fisher (fisher: all or modulation); this pass has method: {c.method}, "
                                      f"fisher: {c.fisher}, where it would do nothing")
     if c.asymmetric is True and (c.method != "whitened" or c.activations != "student"):
         raise BadValue("asymmetric", "svd.asymmetric: true needs method: whitened and activations: student")
-    if c.sequential not in (True, False, "auto"):
-        raise BadValue("sequential", f"svd.sequential must be true, false or auto, got {c.sequential!r}")
+    _true_false_or_auto(c, "sequential")
     if c.sequential is True and c.activations != "student":
         raise BadValue("sequential", "svd.sequential: true needs activations: student (with teacher "
                                      "activations every target's stats come from the teacher)")
@@ -89,6 +88,15 @@ def _check_numbers(c) -> None:
     if c.fisher_memory_gb != "auto" and not c.fisher_memory_gb > 0:
         raise BadValue("fisher_memory_gb", f"svd.fisher_memory_gb must be > 0 (GiB) or auto, "
                                            f"got {c.fisher_memory_gb}")
+
+
+def _true_false_or_auto(c, key: str) -> None:
+    """A bool-or-auto key (read as any string by the recipe): yes or 1 refused with how to write it."""
+    value = getattr(c, key)
+    if isinstance(value, bool) or value == "auto":
+        return
+    hint = (spelling_hint(value, {bool}) or did_you_mean(value, ("auto",))) if isinstance(value, str) else ""
+    raise BadValue(key, f"svd.{key} must be true, false or auto, not {value!r}{hint}")
 
 
 def _check_counts(c) -> None:

@@ -38,7 +38,7 @@ def test_a_pattern_naming_a_removed_block_says_it_was_removed():
     said = ("r.yaml:6: svd.targets: pattern 'single_transformer_blocks.3.proj_out' matches no linear layer of "
             "the model: teacher block 3 of group 'single' was removed by an earlier pass; the 3 left are "
             "single_transformer_blocks.0..2, renumbered from 0 in teacher order")
-    assert planned == said
+    assert planned == checked  # plan said no line (test_plan_says_which_line_removed_the_block)
     assert checked.startswith(f"{said} {NOTE}: this pass sees ")
 
 
@@ -50,7 +50,7 @@ def test_a_pattern_naming_a_kept_block_by_its_teacher_index_says_its_new_name():
             "the model: an earlier pass removed blocks of group 'single'; the 3 left are "
             "single_transformer_blocks.0..2, renumbered from 0 in teacher order, so teacher block 3 is "
             "single_transformer_blocks.2 now")
-    assert planned == said and checked.startswith(f"{said} {NOTE}")
+    assert planned == checked and checked.startswith(f"{said} {NOTE}")
 
 
 def test_a_removal_chosen_at_run_time_says_so():
@@ -82,7 +82,7 @@ def test_a_second_removal_of_a_removed_block_points_at_its_index():
     checked, planned = _errors("  - remove_blocks: {blocks: {single: [0]}}\n"
                                "  - remove_blocks:\n      blocks:\n        single:\n          - 1\n          - 0\n")
     said = "r.yaml:10: remove_blocks: block single.0 (teacher index) was already removed by an earlier pass"
-    assert planned == said and checked.startswith(f"{said} {NOTE}")
+    assert planned == checked and checked.startswith(f"{said} {NOTE}")
 
 
 def test_too_many_for_the_blocks_left_keeps_the_note():
@@ -126,3 +126,59 @@ def test_past_the_blocks_reads_exact_names_only():
 ])
 def test_removal_words(index, teacher, block_map, words):
     assert removal_words(("blocks", "transformer_blocks", index, 3), teacher, block_map) == words
+
+
+def _warnings(capsys, passes: str) -> list[str]:
+    """The warnings on renumbered blocks of `plan` and of a run's upfront checks (the same) on the FLUX
+    recipe with `passes`."""
+    def said() -> list[str]:
+        return [line for line in capsys.readouterr().err.splitlines() if " here is " in line]
+
+    recipe = parse_recipe(FLUX.format(passes=passes), "r.yaml")
+    make_plan(recipe)
+    planned = said()
+    teacher = tiny_flux(num_single_layers=4)
+    check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))
+    assert said() == planned
+    return planned
+
+
+SVD_NAMING = ("  - svd:\n      targets: [attention, single_transformer_blocks.{i}.proj_out]\n"
+              "      ranks: {{single_transformer_blocks.{i}.proj_out: 8}}\n")
+
+
+def test_an_index_written_as_the_teachers_after_a_removal_says_which_teacher_block_it_is(capsys):
+    """svd ranks: {single_transformer_blocks.1...} after teacher block 0 was removed silently took teacher block 2."""
+    said = _warnings(capsys, "  - remove_blocks: {blocks: {single: [0]}}\n" + SVD_NAMING.format(i=1))
+    words = ("pattern 'single_transformer_blocks.1.proj_out': single_transformer_blocks.1 here is teacher block 2: "
+             "blocks are renumbered from 0 after the removal at line 5 (teacher block 1 is "
+             "single_transformer_blocks.0 here)")
+    assert said == [f"warning: r.yaml:7: svd.targets: {words}", f"warning: r.yaml:8: svd.ranks: {words}"]
+
+
+@pytest.mark.parametrize("passes", [
+    SVD_NAMING.format(i=1),  # nothing removed
+    "  - remove_blocks: {blocks: {single: [3]}}\n" + SVD_NAMING.format(i=1),  # block 1 is still teacher block 1
+    "  - remove_blocks: {blocks: {double: [0]}}\n" + SVD_NAMING.format(i=1),  # another group's
+    "  - remove_blocks: {blocks: {single: [0]}}\n  - svd: {targets: [attention, re:single_transformer_blocks.1]}\n",
+])
+def test_an_index_no_removal_renumbered_is_not_noted(capsys, passes):
+    assert _warnings(capsys, passes) == []
+
+
+def test_an_index_after_a_removal_chosen_at_run_time_is_of_the_blocks_left(capsys):
+    said = _warnings(capsys, "  - remove_blocks: {count: {single: 1}}\n"
+                             "  - svd: {targets: [attention], ignore: [single_transformer_blocks.1.attn.to_q]}\n")
+    assert said == ["warning: r.yaml:6: svd.ignore: pattern 'single_transformer_blocks.1.attn.to_q': "
+                    "single_transformer_blocks.1 here is block 1 of those left after the removal at line 5, which "
+                    "picks them at run time (renumbered from 0 in teacher order): not necessarily teacher block 1"]
+
+
+def test_plan_says_which_line_removed_the_block():
+    """plan's errors about a removed block did not say which pass removed it; the run's did."""
+    _, planned = _errors("  - remove_blocks: {blocks: {single: [0]}}\n  - remove_blocks: {count: {single: 1}}\n"
+                         "  - svd: {targets: [single_transformer_blocks.2.proj_out]}\n")
+    assert planned.startswith("r.yaml:7: svd.targets: pattern 'single_transformer_blocks.2.proj_out' matches no linear "
+                              "layer of the model: ")
+    assert planned.endswith(" (the passes at lines 5, 6 removed blocks: this pass sees 2 of the teacher's 2 blocks "
+                            "in group 'double', 2 of the teacher's 4 blocks in group 'single', renumbered from 0)")

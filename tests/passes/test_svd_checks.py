@@ -121,3 +121,23 @@ def test_a_second_svd_pass_over_factorized_layers_is_refused_naming_them(tmp_pat
         SVDPass(SVDConfig(targets=[name], **cfg)).run(model, context(model, tmp_path))
     assert model.get_submodule("transformer_blocks.0.ff.net.0.proj").activation == "gelu_tanh"
     SVDPass(SVDConfig(targets=["attention"], **cfg)).check(model, adapter)  # the others stay allowed
+
+
+@pytest.mark.parametrize("key, given, message", [
+    ("asymmetric", "yes", "svd.asymmetric must be true, false or auto, not 'yes' (write true: in YAML 1.2 only "
+                          "true and false are booleans)"),
+    ("sequential", "off", "svd.sequential must be true, false or auto, not 'off' (write false: "),
+    ("sequential", "Auto", "svd.sequential must be true, false or auto, not 'Auto'; did you mean 'auto'?"),
+])
+def test_a_true_false_or_auto_key_spelled_the_yaml_1_1_way_says_how_to_write_it(key, given, message):
+    """svd.asymmetric: yes was refused without a hint (other booleans have one: recipe_yaml.spelling_hint)."""
+    from compress.recipe import parse_recipe
+
+    with pytest.raises(UserError, match="^" + re.escape(f"r.yaml:4: {message}")):
+        parse_recipe(f"model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {{{key}: {given}}}\n", "r.yaml")
+
+
+def test_a_number_is_not_true_false_or_auto():
+    """1 == True: `in (True, False, "auto")` let 1 through, where it then meant auto."""
+    with pytest.raises(UserError, match=re.escape("svd.asymmetric must be true, false or auto, not 1")):
+        SVDConfig(asymmetric=1).validate()
