@@ -86,21 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lora", help="the LoRA: a .safetensors file or folder (Flux: any format diffusers reads; PixArt-Σ: diffusers- or kohya-style keys), or a peft adapter folder")
     p.add_argument("new", help="the output folder to write (must not exist)")
     p.add_argument("--scale", type=float, default=1.0, help="strength of the LoRA (default 1)")
+    p.add_argument("--teacher", help="the teacher the LoRA was trained on, read only for a DoRA's norms "
+                   "(default: the one recorded in the output)")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file --teacher")
     return parser
 
 
 @contextmanager
 def interrupts_held():
-    """A Ctrl-C (SIGINT) during the block is held until its end, then raised as KeyboardInterrupt:
+    """A first Ctrl-C (SIGINT) during the block is held until its end, then raised as KeyboardInterrupt:
     one raised inside torch's or diffusers' imports (seconds) can abort the interpreter (SIGABRT
-    from torch's C++ start-up) or leave a module half-made. Where SIGINT is not Python's default
-    handler (ignored in a background job, or set by the caller), the block runs as it is."""
+    from torch's C++ start-up) or leave a module half-made. A second one raises at once (an import
+    that hangs can still be stopped). Where SIGINT is not Python's default handler (ignored in a
+    background job, or set by the caller), the block runs as it is."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
     held = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+
+    def hold(signum, frame):
+        held.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one raises
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
@@ -259,7 +268,23 @@ def _interrupt_note(args, e: KeyboardInterrupt) -> str:
         return str(e)
     from compress.runner_folders import interrupt_note  # no torch: it may not be imported yet
 
-    return interrupt_note(_run_dir(args), discarding=args.restart)
+    return interrupt_note(_run_dir(args), args.restart, *_this_recipe(args))
+
+
+def _this_recipe(args) -> tuple[dict | None, list]:
+    """(resolved recipe, passes) of `run`'s recipe, which the run folder's saved work is compared
+    with; (None, []) (not compared) when the Ctrl-C cut `run`'s imports short (loading the recipe
+    would import torch now) or the recipe cannot be read (a rerun stops on that first)."""
+    if "compress.runner" not in sys.modules:
+        return None, []
+    from compress.recipe import load_recipe
+    from compress.runner import build_passes
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        return recipe.raw, build_passes(recipe)
+    except UserError:
+        return None, []
 
 
 if __name__ == "__main__":

@@ -261,7 +261,7 @@ def lora(args) -> int:
     if not math.isfinite(args.scale):
         raise UserError(f"--scale must be a finite number, got {args.scale}")
     model = load_transformer(source)
-    done = merge_lora(model, args.lora, scale=args.scale)
+    done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
              if (source / name).is_file()}
     save_compressed(model, new, files=files)

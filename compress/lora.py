@@ -15,9 +15,11 @@ bias untouched. A row scaling merges exactly: a dense W' as written, a LowRankLi
 [up, s·B], down' = [down; A]. n is taken from the TEACHER's W + s·B A, the weight the DoRA was trained
 on, so the student's layer changes exactly as the teacher's does (its compression error is scaled by
 the same m/n, ≈ 1); the student's own W_lowrank + s·B A would give other norms, so other outputs. The
-teacher's weights of the adapted layers only are read from `teacher` (a loaded model), else the teacher
-source the student recorded (a diffusers folder, a Hub id or a toy; a single-file teacher: convert it
-first). A model without a compression record is a teacher: its own weights are used.
+teacher's weights of the adapted layers are taken from `teacher` (a loaded model), else from a teacher
+source (`teacher`, else the one the student recorded): read alone from a diffusers folder, a toy or a
+Hub id (its transformer/ folder is downloaded: a note says so); a single-file teacher, or any teacher of
+a student that took LoRAs before (the DoRA was trained on the teacher with them), is loaded as eval loads
+it (compress.io.load_teacher_of). A model without a compression record is a teacher: its own weights.
 
 How the LoRA is read (its format, each module's scaling, text-encoder weights it also holds, which are
 reported and not merged) is compress.lora_read. Block indices are the teacher's: they are mapped to the
@@ -38,10 +40,12 @@ from compress.lora_read import STATE_DICT, LoraLayer, read_lora
 from compress.lowrank import LowRankLinear
 
 
-def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module | str | None = None) -> dict:
+def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module | str | None = None,
+               teacher_config: str | None = None) -> dict:
     """Merge `lora` (a file, a folder or a state dict; see the module docstring) into `student` (from
     `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come
-    from (a model or a source; default: the one the student recorded). Returns {"merged": modules,
+    from (a model or a source; default: the one the student recorded), read only for a DoRA;
+    `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": modules,
     "rank_added": {module: r'} of the low-rank ones, "dropped": teacher modules of removed blocks,
     "not_merged": text-encoder modules of the LoRA}. The student's config records the new ranks, so
     saving it again keeps them."""
@@ -51,7 +55,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     targets = {name: adapter.renumbered(name, block_map) for name in layers}  # the teacher's block -> the student's
     kept = {name: target for name, target in targets.items() if target is not None}
     dora = [name for name in kept if layers[name].magnitude is not None]
-    weights = dora_weights(student, {name: kept[name] for name in dora}, teacher) if dora else {}
+    weights = dora_weights(student, {name: kept[name] for name in dora}, teacher, teacher_config) if dora else {}
     added = {}
     for name, target in kept.items():
         rank = _merge_one(student, target, layers[name], scale, weights.get(name))
@@ -87,22 +91,73 @@ def dense_merged(weight: torch.Tensor, lora_up: torch.Tensor, lora_down: torch.T
     return merged if rows is None else rows[:, None] * merged
 
 
-def dora_weights(student: nn.Module, names: dict[str, str], teacher) -> dict[str, torch.Tensor]:
+NO_TEACHER = ("merging a DoRA into a compressed model needs its teacher's weights (DoRA's norms), and it records no "
+              "teacher: pass --teacher (dit-compress lora) or teacher= to merge_lora")
+
+
+def dora_weights(student: nn.Module, names: dict[str, str], teacher, config: str | None = None) -> dict[str, torch.Tensor]:
     """{teacher module name: its teacher weight (out, in)} for the DoRA layers `names` (teacher name ->
-    student name): the student's own where it is a teacher, else `teacher`'s or its recorded source's."""
+    student name): the student's own where it is a teacher, else `teacher`'s or its recorded source's
+    (`config`: a single-file teacher's, default the recorded one)."""
     meta = getattr(student, "compression_meta", None)
     if meta is None and teacher is None:
         return {name: student.get_submodule(target).weight.detach() for name, target in names.items()}
     if isinstance(teacher, nn.Module):
-        return {name: teacher.get_submodule(name).weight.detach() for name in names}
-    source = teacher or (meta or {}).get("teacher")
+        return _checked_shapes(student, names, _weights_of(teacher, list(names), "the given teacher"),
+                               "the given teacher")
+    source = str(teacher or (meta or {}).get("teacher") or "")
     if not source:
-        raise UserError("merging a DoRA into a compressed model needs its teacher's weights (DoRA's norms): "
-                        "pass teacher= to merge_lora")
-    if teacher is None and meta.get("loras"):
-        raise UserError("merging a DoRA after another LoRA needs the teacher with that LoRA (DoRA's norms): "
-                        "pass teacher= (compress.io.load_teacher_of gives it) to merge_lora")
-    return _read_teacher_weights(str(source), list(names))
+        raise UserError(NO_TEACHER)
+    config = config or (None if teacher else meta.get("teacher_config"))
+    try:
+        weights = _teacher_weights(student, source, config, list(names))
+    except UserError as e:
+        raise UserError(f"a DoRA's norms need the teacher's weights, read from {source}: {e}") from None
+    return _checked_shapes(student, names, weights, f"teacher {source}")
+
+
+def _teacher_weights(student: nn.Module, source: str, config: str | None, names: list[str]) -> dict[str, torch.Tensor]:
+    """The weights `names` of the teacher `source`: read alone from a folder, a toy or a Hub id, else
+    (a single file, or a student that took LoRAs before: the teacher with them) the loaded teacher."""
+    from compress.io import load_teacher_of
+    from compress.io_source import check_source
+
+    kind = check_source(source)
+    if kind == "hub":
+        from compress.report import console
+
+        console.print(f"[bold yellow]note:[/] a DoRA's norms need teacher {source}'s weights: downloading its "
+                      "transformer/ folder from the Hugging Face Hub (unless cached)")
+    if kind == "file" or (getattr(student, "compression_meta", None) or {}).get("loras"):
+        return _weights_of(load_teacher_of(student, source, config), names, "it")  # with the earlier LoRAs
+    return _read_teacher_weights(source, names)
+
+
+def _weights_of(teacher: nn.Module, names: list[str], who: str) -> dict[str, torch.Tensor]:
+    """{name: weight (out, in)} of the teacher's linears `names`, or a UserError naming one it lacks
+    (`who`: the teacher, in words)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = teacher.get_submodule(name).weight.detach()
+        except AttributeError:
+            raise UserError(f"{who} has no linear '{name}', which the DoRA adapts") from None
+    return out
+
+
+def _checked_shapes(student: nn.Module, names: dict[str, str], weights: dict, who: str) -> dict:
+    """`weights`, or a UserError where one is not the shape of the student's layer it is for (a
+    student without that layer: _merge_one says so)."""
+    for name, target in names.items():
+        try:
+            layer = student.get_submodule(target)
+        except AttributeError:
+            continue
+        want = (getattr(layer, "out_features", None), getattr(layer, "in_features", None))
+        if None not in want and tuple(weights[name].shape) != want:
+            raise UserError(f"{who}'s '{name}' is {tuple(weights[name].shape)}, the student's layer {want}: "
+                            "not the teacher of this model")
+    return weights
 
 
 def _read_teacher_weights(source: str, names: list[str]) -> dict[str, torch.Tensor]:
@@ -110,13 +165,10 @@ def _read_teacher_weights(source: str, names: list[str]) -> dict[str, torch.Tens
 
     from compress.stream_files import by_file, checkpoint_of
 
-    try:
-        _, files = checkpoint_of(source)
-    except UserError as e:
-        raise UserError(f"a DoRA's norms need the teacher's weights, read from {source}: {e}") from None
+    _, files = checkpoint_of(source)
     missing = [n for n in names if f"{n}.weight" not in files]
     if missing:
-        raise UserError(f"teacher {source} has no weight for '{missing[0]}', which the DoRA adapts")
+        raise UserError(f"it has no weight for '{missing[0]}', which the DoRA adapts")
     out = {}
     for path, keys in by_file(files, [f"{n}.weight" for n in names]).items():
         with safe_open(str(path), framework="pt") as f:

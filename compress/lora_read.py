@@ -32,6 +32,7 @@ TEXT_ENCODER = re.compile(r"^(?:text_encoder(?:_\d)?[._]|lora_te\d?_|te\d?_)")
 LORA_PART = re.compile(r"\.(?:lora_[AB]|lora_down|lora_up|lora_magnitude_vector|dora_scale|alpha|lora\.(?:down|up))"
                        r"(?:\..*)?$")
 KOHYA_PREFIX = re.compile(r"^lora_(?:unet|transformer)_")
+MAGNITUDE = "DoRA magnitude (lora_magnitude_vector)"
 
 
 @dataclass
@@ -87,11 +88,20 @@ def _layer_of(name: str, module) -> LoraLayer:
     bias = module.lora_B[ADAPTER].bias
     dora = getattr(module, "lora_magnitude_vector", None) or {}
     magnitude = dora[ADAPTER].weight if ADAPTER in dora else None
-    if any(t is not None and t.is_meta for t in (a, b, bias, magnitude)):
-        raise UserError(f"the LoRA has no weights for '{name}'")
+    _check_loaded(name, {"lora_A": a, "lora_B": b, "lora_B bias": bias, MAGNITUDE: magnitude})
     return LoraLayer(a.detach().float(), b.detach().float(), float(module.scaling[ADAPTER]),
                      None if bias is None else bias.detach().float(),
                      None if magnitude is None else magnitude.detach().float())
+
+
+def _check_loaded(name: str, parts: dict) -> None:
+    """A UserError naming what the LoRA lacks for module `name` (a part peft made but it did not fill)."""
+    missing = [part for part, t in parts.items() if t is not None and t.is_meta]
+    if missing == [MAGNITUDE]:
+        raise UserError(f"the LoRA has lora_A and lora_B but no {MAGNITUDE} for '{name}', though it has one for "
+                        "other modules (a DoRA has one for each module it adapts)")
+    if missing:
+        raise UserError(f"the LoRA has no {' or '.join(missing)} for '{name}'")
 
 
 def _reader(adapter, lora, class_name: str) -> tuple[Callable[[nn.Module], None], list[str]]:
@@ -119,6 +129,8 @@ def _flux_reader(lora, path: Path | None):
 
     from compress.io import hub_error, quiet_hub
 
+    if path is None or path.exists():
+        _check_no_dora_scale(lora, path)
     try:
         with quiet_hub():
             state, alphas, metadata = FluxLoraLoaderMixin.lora_state_dict(
@@ -132,7 +144,39 @@ def _flux_reader(lora, path: Path | None):
     def load(skeleton: nn.Module) -> None:
         FluxLoraLoaderMixin.load_lora_into_transformer(state, alphas, transformer=skeleton, adapter_name=ADAPTER,
                                                        metadata=metadata, low_cpu_mem_usage=True)
+        check_all_read(unread(list(state), skeleton), label(lora))
     return load, list(state)
+
+
+def _check_no_dora_scale(lora, path: Path | None) -> None:
+    """diffusers drops a LyCORIS DoRA's dora_scale keys from a Flux LoRA with a log line: refused here
+    instead, for a state dict or a local .safetensors file (a Hub LoRA's keys are not seen before)."""
+    from safetensors import safe_open
+
+    if isinstance(lora, dict):
+        shapes = {k: tuple(v.shape) for k, v in lora.items() if k.endswith(".dora_scale")}
+    else:
+        try:
+            with safe_open(str(_one_file(path)), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith(".dora_scale")}
+        except Exception:  # noqa: BLE001 (not one .safetensors file: diffusers reads it, or says why)
+            return
+    if shapes:
+        key = sorted(shapes)[0]
+        raise UserError(f"{label(lora)}: {lycoris_dora(key, shapes[key])}")
+
+
+def unread(keys: list[str], skeleton: nn.Module) -> list[str]:
+    """The keys of a diffusers-format LoRA state dict (`transformer.<module>.lora_A.weight` ...) that
+    did not fill a part of a peft layer of `skeleton` (text-encoder keys aside: reported elsewhere)."""
+    params = dict(skeleton.named_parameters())
+    part = re.compile(r"^transformer\.(.+)\.(lora_A|lora_B|lora_magnitude_vector)(?:\.(weight|bias))?$")
+
+    def read(key: str) -> bool:
+        m = part.match(key)
+        p = params.get(f"{m[1]}.{m[2]}.{ADAPTER}.{m[3] or 'weight'}") if m else None
+        return p is not None and not p.is_meta
+    return [k for k in keys if not TEXT_ENCODER.match(k) and not read(k)]
 
 
 def _peft_reader(folder: Path) -> tuple[Callable[[nn.Module], None], list[str]]:
@@ -144,19 +188,32 @@ def _peft_reader(folder: Path) -> tuple[Callable[[nn.Module], None], list[str]]:
         state = load_file(str(folder / "adapter_model.safetensors"))
     except Exception as e:  # noqa: BLE001 (peft and safetensors raise their own)
         raise UserError(f"{folder}: not a readable peft LoRA adapter ({type(e).__name__}: {e})") from None
-    state = {re.sub(r"^base_model\.model\.", "", k): v for k, v in state.items()}
-    return _peft_load(config, state), list(state)
+    origin = {re.sub(r"^base_model\.model\.", "", k): k for k in state}
+    state = {key: state[k] for key, k in origin.items()}
+    return _peft_load(config, state, str(folder), origin), list(state)
 
 
-def _peft_load(config, state: dict) -> Callable[[nn.Module], None]:
+def _peft_load(config, state: dict, where: str, origin: dict[str, str]) -> Callable[[nn.Module], None]:
+    """Loads `state` (peft's names) onto a skeleton with peft; `origin`: {peft's name: the file's key}."""
     from peft import inject_adapter_in_model, set_peft_model_state_dict
 
     state = {k: v for k, v in state.items() if not TEXT_ENCODER.match(k)}
 
     def load(skeleton: nn.Module) -> None:
         inject_adapter_in_model(config, skeleton, adapter_name=ADAPTER, low_cpu_mem_usage=True)
-        set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+        result = set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+        unused = [k.replace(f".{ADAPTER}", "") for k in result.unexpected_keys]  # peft names a known part's with it
+        check_all_read([origin.get(k, k) for k in unused], where)
     return load
+
+
+def check_all_read(unused: list[str], where: str) -> None:
+    """A UserError naming the first of the LoRA's keys that nothing read (peft ignores those it does
+    not know: the LoRA would be merged without them, silently)."""
+    if unused:
+        more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+        raise UserError(f"{where}: '{unused[0]}'{more} is not a key peft reads, so merging would drop it "
+                        "silently; a LoRA format dit-compress does not read?")
 
 
 def _one_file(path: Path) -> Path:
@@ -194,38 +251,53 @@ def _state_reader(state: dict, metadata: dict, where: str) -> tuple[Callable[[nn
 
     def load(skeleton: nn.Module) -> None:
         linears = [n for n, m in skeleton.named_modules() if isinstance(m, nn.Linear)]
-        peft_state, alphas = peft_keys(state, linears, where)
+        peft_state, alphas, origin = peft_keys(state, linears, where)
         unknown = sorted({module_of(k) for k in peft_state} - set(linears))
         if unknown:
             raise UserError(f"{where}: the LoRA adapts '{unknown[0]}', which {type(skeleton).__name__} does not "
                             "have (a LoRA of another model?)")
-        _peft_load(lora_config(peft_state, alphas, metadata, where), peft_state)(skeleton)
+        adapted = {module_of(k) for k in peft_state if k.endswith("lora_A.weight")}
+        check_all_read(sorted(origin[f"{m}.alpha"] for m in alphas if m not in adapted), where)  # no A to scale
+        _peft_load(lora_config(peft_state, alphas, metadata, where), peft_state, where, origin)(skeleton)
     return load, keys
 
 
-def peft_keys(state: dict, linears: list[str], where: str) -> tuple[dict, dict[str, float]]:
-    """(state with peft's names, `<module>.lora_A.weight` ..., its kohya alphas {module: alpha}).
-    Diffusers-style keys lose their `transformer.` (or `base_model.model.`) prefix; kohya-style
-    `lora_unet_<module with _>` keys find their module among `linears` by name."""
+def peft_keys(state: dict, linears: list[str], where: str) -> tuple[dict, dict[str, float], dict[str, str]]:
+    """(state with peft's names, `<module>.lora_A.weight` ..., its kohya alphas {module: alpha},
+    {peft's name (`<module>.alpha` for an alpha): the file's key}). Diffusers-style keys lose their
+    `transformer.` (or `base_model.model.`) prefix; kohya-style `lora_unet_<module with _>` keys find
+    their module among `linears` by name. LyCORIS's DoRA (`dora_scale`) is refused."""
     by_flat = {n.replace(".", "_"): n for n in linears}
-    out, alphas = {}, {}
-    for key, value in state.items():
+    out, alphas, origin = {}, {}, {}
+    for file_key, value in state.items():
+        key = file_key
+        if key.endswith(".dora_scale"):
+            raise UserError(f"{where}: {lycoris_dora(key, tuple(value.shape))}")
         if KOHYA_PREFIX.match(key):
             flat, _, part = KOHYA_PREFIX.sub("", key).partition(".")
             if flat not in by_flat:
                 raise UserError(f"{where}: '{key}' names no linear layer of the transformer")
-            if part == "alpha":
-                alphas[by_flat[flat]] = float(value)
-                continue
             key = f"{by_flat[flat]}.{part.replace('lora_down', 'lora_A').replace('lora_up', 'lora_B')}"
         key = re.sub(r"^(?:transformer\.|base_model\.model\.)", "", key)
+        origin[key] = file_key
         if key.endswith(".alpha"):
             alphas[key[: -len(".alpha")]] = float(value)
             continue
         out[key] = value
     if not any(k.endswith("lora_A.weight") for k in out):
         raise UserError(f"{where}: no LoRA weights (lora_A / lora_down) in it")
-    return out, alphas
+    return out, alphas, origin
+
+
+def lycoris_dora(key: str, shape: tuple[int, ...]) -> str:
+    """Why a LyCORIS DoRA magnitude `key` (dora_scale) is refused. A (1, in) one holds column norms
+    (LyCORIS's default, wd_on_out false): no row scaling of peft's DoRA is that. An (out, 1) one holds
+    row norms, but LyCORIS adds an eps to the norm and applies a strength w as w·(m/n − 1) + 1 around
+    the whole weight, where peft scales B A inside the norm: the same only at strength 1, up to eps."""
+    if len(shape) == 2 and shape[1] == 1 and shape[0] > 1:
+        return (f"'{key}' is a LyCORIS DoRA (dora_scale, row norms), which is not supported: its strength and "
+                "norms are not peft's DoRA's (lora_magnitude_vector), which dit-compress merges")
+    return f"'{key}' is a LyCORIS DoRA (dora_scale, column-wise norms), which is not supported"
 
 
 def lora_config(state: dict, alphas: dict[str, float], metadata: dict, where: str):

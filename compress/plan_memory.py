@@ -79,12 +79,13 @@ def _row_keys(recipe, teacher: str) -> list[str]:
 
 
 def _fisher(recipe, plan: dict, index: int, fisher: dict) -> dict:
-    """An svd pass's output Fisher: a whole-model backward of one calibration batch and its sweep's
-    Fishers (fisher_memory_gb; auto sizes itself to what is free, so it is not counted)."""
+    """An svd pass's output Fisher: a whole-model backward of one calibration batch and its largest
+    sweep's Fishers (fisher_plan's sweep_bytes: fisher_memory_gb is a limit per sweep, not what one
+    holds; auto sizes itself to what is free, so it is not counted)."""
     plain, checkpointed = plan["backward"]
     size = checkpointed if fisher["gradient_checkpointing"] else plain
     if fisher["memory_gb"] != "auto":
-        size += fisher["memory_gb"] * 2**30
+        size += fisher["sweep_bytes"]  # at most the limit, unless one target's Fisher alone is more
     keys = ["calibration.batch_size"] + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"])
     fix = "" if fisher["gradient_checkpointing"] else f"passes.{index}.svd.gradient_checkpointing: true"
     return _part("an output Fisher's backward of one calibration batch", size, keys, fix)

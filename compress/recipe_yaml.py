@@ -4,7 +4,9 @@ PyYAML reads YAML 1.1, where yes/no/on/off are booleans, 1_000 and 0b101 are int
 octal, 1e-4 is a string and dates are timestamps. Recipes read plain scalars as YAML 1.2's core
 schema does instead: booleans are only true/false (True, TRUE, ...), integers are decimal, 0o
 octal or 0x hex, floats include 1e-4 and .inf/.nan, null is null/Null/NULL/~ or nothing; anything
-else is a string. `RecipeDumper` quotes a string either YAML version would read as something else.
+else is a string. A decimal with a leading zero (010: YAML 1.1's octal 8) is refused, and explicit
+tags (!!bool yes, !!float abc) are held to the same rules, each a ConstructorError that the recipe
+names by file:line. `RecipeDumper` quotes a string either YAML version would read as something else.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import typing
 
 import yaml
 
-NULL, BOOL, INT, FLOAT, STR = (f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "str"))
+NULL, BOOL, INT, FLOAT, STR, TIMESTAMP = (f"tag:yaml.org,2002:{t}" for t in
+                                          ("null", "bool", "int", "float", "str", "timestamp"))
 
 # (tag, pattern, first characters) of the core schema (YAML 1.2.2, 10.3.2); ints before floats
 CORE = [
@@ -42,20 +45,74 @@ class RecipeLoader(yaml.SafeLoader):
     yaml_implicit_resolvers: dict = {}  # not SafeLoader's YAML 1.1 ones (filled below)
 
 
+def _refuse(node: yaml.ScalarNode, problem: str, hint: str = "") -> typing.NoReturn:
+    """Raise the ConstructorError a recipe error quotes ("{where}: {key}: {problem} {hint}"); the
+    hint alone is its note (type_hint shows it where a union of types was wanted)."""
+    raise yaml.constructor.ConstructorError(None, None, f"{problem}{' ' if hint else ''}{hint}", node.start_mark,
+                                            hint or None)
+
+
 def _construct_int(loader: RecipeLoader, node: yaml.ScalarNode) -> int:
-    """A core-schema integer: 017 is seventeen (not YAML 1.1's octal 15), 0o17 fifteen, 0x1f 31."""
+    """A core-schema integer: 0o17 is fifteen, 0x1f 31; 017 is refused (YAML 1.1 read it as octal 15,
+    YAML 1.2 as 17: `_leading_zero`)."""
     text = loader.construct_scalar(node)
     if not re.fullmatch(CORE[2][1], text):  # an explicit !!int of something else
-        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 integer",
-                                                node.start_mark)
+        _refuse(node, f"{text!r} is not a YAML 1.2 integer", spelling_hint(text, {int}).strip())
+    if re.fullmatch(r"[-+]?0[0-9]+", text):
+        _refuse(node, f"{text!r} has a leading zero", _leading_zero(text))
     if text.startswith(("0o", "0x")):
         return int(text[2:], 8 if text[1] == "o" else 16)
     return int(text, 10)
 
 
+def _leading_zero(text: str) -> str:
+    """How to write the decimal integer `text` (010) without its leading zero, or as octal."""
+    decimal, octal = int(text, 10), re.fullmatch(r"[-+]?0[0-7]+", text) and int(text, 8)
+    if octal is None or octal == decimal:  # 08 (a string to YAML 1.1), 00
+        return f"(write {decimal})"
+    spelled = "" if text[0] in "+-" else f", or 0o{text.lstrip('0')} for octal"  # the core schema's 0o is unsigned
+    return f"(YAML 1.1 read it as octal {octal}: write {decimal}{spelled})"
+
+
+def _construct_bool(loader: RecipeLoader, node: yaml.ScalarNode) -> bool:
+    """A core-schema boolean: an explicit !!bool yes (or maybe) is refused as a plain yes is."""
+    text = loader.construct_scalar(node)
+    if not re.fullmatch(CORE[1][1], text):
+        _refuse(node, f"{text!r} is not a YAML 1.2 boolean", spelling_hint(text, {bool}).strip())
+    return text.lower() == "true"
+
+
+def _construct_float(loader: RecipeLoader, node: yaml.ScalarNode) -> float:
+    """A core-schema float (an explicit !!float 2 is 2.0); !!float abc or 1_000 is refused."""
+    text = loader.construct_scalar(node)
+    if not re.fullmatch(CORE[3][1], text):
+        _refuse(node, f"{text!r} is not a YAML 1.2 number", spelling_hint(text, {float}).strip())
+    if text.lstrip("+-").lower() in (".inf", ".nan"):
+        return float(text.replace(".", ""))  # float("-inf"), float("nan")
+    return float(text)
+
+
+def _construct_null(loader: RecipeLoader, node: yaml.ScalarNode) -> None:
+    """null, Null, NULL, ~ or nothing: an explicit !!null of anything else is refused."""
+    text = loader.construct_scalar(node)
+    if not re.fullmatch(CORE[0][1], text):
+        _refuse(node, f"{text!r} is not a YAML 1.2 null (null, Null, NULL, ~ or nothing)")
+
+
+def _construct_timestamp(loader: RecipeLoader, node: yaml.ScalarNode):
+    """SafeLoader's !!timestamp, whose malformed text (abc, 2024-13-45) raised AttributeError or ValueError."""
+    text = loader.construct_scalar(node)
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_timestamp(loader, node)
+    except (AttributeError, ValueError):
+        _refuse(node, f"{text!r} is not a YAML timestamp (YYYY-MM-DD, or with a time)")
+
+
 for _tag, _regexp, _first in CORE_RE:
     RecipeLoader.add_implicit_resolver(_tag, _regexp, _first)
-RecipeLoader.add_constructor(INT, _construct_int)
+for _tag, _constructor in ((NULL, _construct_null), (BOOL, _construct_bool), (INT, _construct_int),
+                           (FLOAT, _construct_float), (TIMESTAMP, _construct_timestamp)):
+    RecipeLoader.add_constructor(_tag, _constructor)
 
 
 class RecipeDumper(yaml.SafeDumper):
@@ -109,8 +166,8 @@ def type_hint(node: yaml.Node, tp) -> str:
     wanted = set(typing.get_args(tp)) if typing.get_origin(tp) in (typing.Union, types.UnionType) else {tp}
     try:
         value = RecipeLoader("").construct_object(node)
-    except yaml.YAMLError:
-        return ""
+    except yaml.YAMLError as e:  # 010, !!bool yes: the constructor's hint (_refuse)
+        return f" {e.note}" if getattr(e, "note", None) else ""
     if isinstance(value, str):
         return spelling_hint(value, wanted & {bool, int, float})
     if int in wanted and isinstance(value, float) and value.is_integer():

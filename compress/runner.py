@@ -304,8 +304,10 @@ class Runner:
 
     def interrupt_note(self) -> str:
         """What follows 'interrupted' after a Ctrl-C in `run` (runner_folders.interrupt_note): saved
-        work in the run folder that --restart was about to discard is not offered to --resume."""
-        return interrupt_note(self.run_dir, discarding=self.restart and not self.started_over)
+        work in the run folder that --restart was about to discard is not offered to --resume, nor is
+        another recipe's (it would be refused)."""
+        passes = getattr(self, "passes", None) or build_passes(self.recipe)
+        return interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes)
 
     def _out_of_memory(self, e: BaseException) -> OutOfMemory:
         """One line: what ran out of which memory, what to change in the recipe, and what the run

@@ -55,9 +55,8 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
         return
     saved = saved_in_words(info)
     if info["changed"]:
-        raise UserError(f"{run_dir} holds an interrupted run of another recipe (it differs in "
-                        f"{', '.join(info['changed'][:3])}; {saved}): add --restart to discard it and "
-                        "start over, or choose another --run-dir")
+        raise UserError(f"{another_recipe(run_dir, info)}: add --restart to discard it and start over, "
+                        "or choose another --run-dir")
     of = " of this recipe" if info["changed"] == [] else ""
     if info["total"] is not None and info["done"] >= info["total"]:  # an export cut short, or an older
         # dit-compress's finished run (it wrote no FINISHED marker)
@@ -68,12 +67,23 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
                     "or --restart to start over")
 
 
-def interrupt_note(run_dir: Path, discarding: bool = False) -> str:
+def another_recipe(run_dir: Path, info: dict) -> str:
+    """'RUN_DIR holds an interrupted run of another recipe (it differs in ...; 1 of 3 passes done)'
+    for an `interrupted_run` whose recipe differs (info["changed"])."""
+    return (f"{run_dir} holds an interrupted run of another recipe (it differs in "
+            f"{', '.join(info['changed'][:3])}; {saved_in_words(info)})")
+
+
+def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = None, passes=()) -> str:
     """What follows 'interrupted' after Ctrl-C in a run: '; RUN_DIR keeps its work (...): rerun with
     --resume to continue' where `run_dir` holds an unfinished run's saved work, else that nothing
     was saved and a rerun starts over. `discarding`: what is there is an earlier run's that this
-    one (--restart) was about to discard."""
-    info = None if discarding else interrupted_run(run_dir)
+    one (--restart) was about to discard. `now`, `passes`: this run's resolved recipe and passes,
+    compared as `check_run_folder` does (no `now`: not compared); saved work of another recipe is not
+    offered to --resume, which would refuse it."""
+    info = None if discarding else interrupted_run(run_dir, now, passes)
     if info is None:
         return "; nothing was saved yet: a rerun starts over"
+    if info["changed"]:
+        return f"; {another_recipe(run_dir, info)}: a rerun needs --restart to discard it, or another --run-dir"
     return f"; {run_dir} keeps its work ({saved_in_words(info)}): rerun with --resume to continue"

@@ -70,9 +70,51 @@ def test_an_interrupt_before_the_run_offers_resume_only_for_saved_work(monkeypat
     assert capsys.readouterr().err.strip() == said
 
 
-def test_an_interrupt_while_importing_is_raised_once_the_imports_are_done():
-    """SIGINT inside torch's C++ start-up aborted the interpreter or was lost: it is held to the end
-    of the block, then raised."""
+RECIPE = """\
+model: pixart
+teacher: toy:pixart
+calibration: {{num_prompts: 4, timesteps: 2, batch_size: 8}}
+passes:
+  - svd: {{targets: [attention], ratio: {ratio}, progress: false}}
+  - svd: {{targets: [mlp], ratio: 0.5}}
+"""
+
+
+@pytest.mark.parametrize("saved_ratio, progress, said", [
+    (0.5, "true", "dit-compress: interrupted; runs/r keeps its work (1 of 2 passes done): rerun with --resume to "
+                  "continue"),
+    (0.25, "false", "dit-compress: interrupted; runs/r holds an interrupted run of another recipe (it differs in "
+                    "passes.0.svd.ratio; 1 of 2 passes done): a rerun needs --restart to discard it, or another "
+                    "--run-dir"),
+])
+def test_an_interrupt_before_the_run_offers_resume_only_for_this_recipes_work(monkeypatch, capsys, tmp_path,
+                                                                             saved_ratio, progress, said):
+    """Ctrl-C before the run checked its folder offered --resume for another recipe's saved work, which
+    --resume refuses; the recipes are compared as --resume does (progress changes no result)."""
+    import importlib
+    import json
+
+    from compress.recipe import parse_recipe
+
+    saved = parse_recipe(RECIPE.format(ratio=saved_ratio).replace("false", progress), "r.yaml").raw
+    stage = tmp_path / "runs" / "r" / "stages" / "0-svd"
+    stage.mkdir(parents=True)
+    (stage / "state.json").write_text(json.dumps({"recipe": saved}))
+    (tmp_path / "r.yaml").write_text(RECIPE.format(ratio=0.5))
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(args):
+        importlib.import_module("compress.runner")  # Ctrl-C once `run`'s imports are done
+        raise KeyboardInterrupt
+    monkeypatch.setitem(cli.COMMANDS, "run", interrupted)
+    assert cli.main(["run", "r.yaml"]) == 130
+    assert capsys.readouterr().err.strip() == said
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_an_interrupt_while_importing_is_held_to_the_end_and_a_second_raised_at_once(kills):
+    """SIGINT inside torch's C++ start-up aborted the interpreter or was lost: the first is held to
+    the end of the block, then raised; a second (an import that hangs) is raised at once."""
     import os
     import signal
 
@@ -82,8 +124,11 @@ def test_an_interrupt_while_importing_is_raised_once_the_imports_are_done():
         with pytest.raises(KeyboardInterrupt):
             with cli.interrupts_held():
                 os.kill(os.getpid(), signal.SIGINT)
+                done.append("held: the block goes on")
+                if kills == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
                 done.append("the rest of the block")
-        assert done == ["the rest of the block"]
+        assert done == ["held: the block goes on", "the rest of the block"][:3 - kills]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -229,10 +229,14 @@ def test_a_student_takes_a_biased_lora_and_a_dora_as_its_teacher_does(tmp_path, 
         merge_lora(given, tmp_path / "lora", scale=0.5, teacher=teacher)  # the teacher as a model: the same
         inputs = model_inputs(student)
         torch.testing.assert_close(forward(given, inputs), forward(student, inputs), rtol=1e-6, atol=1e-6)
-        with pytest.raises(UserError, match="DoRA after another LoRA needs the teacher"):
-            merge_lora(student, tmp_path / "lora")
+        again, with_lora = copy.deepcopy(student), copy.deepcopy(teacher)
+        merge_lora(again, tmp_path / "lora")  # after another LoRA: the recorded teacher, with that LoRA
+        merge_lora(with_lora, tmp_path / "lora", scale=0.5)
+        merge_lora(given, tmp_path / "lora", teacher=with_lora)
+        torch.testing.assert_close(forward(again, inputs), forward(given, inputs), rtol=1e-6, atol=1e-6)
         before.compression_meta.pop("teacher")
-        with pytest.raises(UserError, match="needs its teacher's weights"):
+        with pytest.raises(UserError, match=r"records no teacher: pass --teacher \(dit-compress lora\) or "
+                                            r"teacher= to merge_lora$"):
             merge_lora(before, tmp_path / "lora")
 
 
@@ -363,3 +367,95 @@ def test_eval_gives_the_teacher_the_students_lora(tmp_path, monkeypatch, options
     merge_lora(student, load_file(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors")))
     with pytest.raises(UserError, match="merged from a state dict"):
         load_teacher_of(student, str(tmp_path / "teacher"))
+
+
+def _module_lora(name: str, out_f: int, in_f: int, how: str, **extra) -> dict:
+    """A rank-2 LoRA state dict on module `name` (diffusers- or kohya-style keys) plus `extra` parts."""
+    a, b = torch.randn(2, in_f), torch.randn(out_f, 2)
+    if how == "kohya":
+        prefix = "lora_unet_" + name.replace(".", "_")
+        state = {f"{prefix}.lora_down.weight": a, f"{prefix}.lora_up.weight": b, f"{prefix}.alpha": torch.tensor(2.0)}
+    else:
+        prefix = f"transformer.{name}"
+        state = {f"{prefix}.lora_A.weight": a, f"{prefix}.lora_B.weight": b}
+    return state | {f"{prefix}.{k}": v for k, v in extra.items()}
+
+
+@pytest.mark.filterwarnings("ignore:While injecting the PEFT adapters")
+def test_keys_nothing_reads_are_refused_not_dropped(tmp_path):
+    """peft ignores keys it does not know (and diffusers drops a Flux LoRA's dora_scale): a LyCORIS DoRA's
+    dora_scale, a `lora.up` beside lora_A, an alpha of a module without weights would be merged as if absent. Each is a one-line error naming
+    the key (dora_scale: refused, LyCORIS's norms and strength are not peft's DoRA's)."""
+    from safetensors.torch import save_file
+
+    q, k = "transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1.to_k"
+    out_f, in_f = tiny_pixart().get_submodule(q).weight.shape
+    rows = _module_lora(q, out_f, in_f, "kohya", dora_scale=torch.rand(out_f, 1) + 1)  # LyCORIS wd_on_out
+    save_file(rows, str(tmp_path / "rows.safetensors"))
+    with pytest.raises(UserError, match=r"rows.safetensors: 'lora_unet_transformer_blocks_0_attn1_to_q.dora_scale' "
+                                        r"is a LyCORIS DoRA \(dora_scale, row norms\), which is not supported"):
+        merge_lora(tiny_pixart(), tmp_path / "rows.safetensors")
+    columns = _module_lora(q, out_f, in_f, "diffusers", dora_scale=torch.rand(1, in_f) + 1)  # LyCORIS's default
+    with pytest.raises(UserError, match=r"LyCORIS DoRA \(dora_scale, column-wise norms\), which is not supported$"):
+        merge_lora(tiny_pixart(), columns)
+    stray = _module_lora(q, out_f, in_f, "diffusers") | {f"transformer.{k}.lora.up.weight": torch.randn(out_f, 2)}
+    with pytest.raises(UserError, match=rf"^the LoRA state dict: 'transformer.{k}.lora.up.weight' is not a key "
+                                        "peft reads, so merging would drop it silently"):
+        merge_lora(tiny_pixart(), stray)
+    alpha = _module_lora(q, out_f, in_f, "kohya") | {"lora_unet_transformer_blocks_0_attn1_to_k.alpha": torch.tensor(4.)}
+    with pytest.raises(UserError, match="'lora_unet_transformer_blocks_0_attn1_to_k.alpha' is not a key peft reads"):
+        merge_lora(tiny_pixart(), alpha)
+    fq, fk = "transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k"  # Flux: diffusers' reader
+    out_f, in_f = tiny_flux().get_submodule(fq).weight.shape
+    flux = _module_lora(fq, out_f, in_f, "diffusers")
+    save_file(flux | {f"transformer.{fq}.dora_scale": torch.rand(1, in_f)}, str(tmp_path / "flux.safetensors"))
+    with pytest.raises(UserError, match=rf"flux.safetensors: 'transformer.{fq}.dora_scale' is a LyCORIS DoRA"):
+        merge_lora(tiny_flux(), tmp_path / "flux.safetensors")  # diffusers drops it with a log line
+    with pytest.raises(UserError, match=rf"'transformer.{fk}.lora.up.weight' is not a key peft reads"):
+        merge_lora(tiny_flux(), flux | {f"transformer.{fk}.lora.up.weight": torch.randn(out_f, 2)})
+
+
+def test_a_module_without_its_dora_magnitude_is_named(tmp_path):
+    """A DoRA file where one module has lora_A and lora_B but no lora_magnitude_vector: the error says
+    that its magnitude is missing (not that it has no weights)."""
+    q, k = "transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1.to_k"
+    out_f, in_f = tiny_pixart().get_submodule(q).weight.shape
+    state = _module_lora(q, out_f, in_f, "diffusers", lora_magnitude_vector=torch.rand(out_f) + 1) | \
+        _module_lora(k, out_f, in_f, "diffusers")
+    with pytest.raises(UserError, match=rf"^the LoRA has lora_A and lora_B but no DoRA magnitude "
+                                        rf"\(lora_magnitude_vector\) for '{k}', though"):
+        merge_lora(tiny_pixart(), state)
+
+
+@pytest.mark.filterwarnings("ignore:.*invalid shape")
+def test_the_lora_command_takes_a_doras_teacher(tmp_path, capsys, monkeypatch):
+    """`dit-compress lora ... --teacher FILE --teacher-config CONFIG` reads a DoRA's norms from a
+    single-file teacher through the teacher loader (no `stream`/convert advice), as merge_lora given the
+    teacher model does; a Hub teacher is announced on stderr before it downloads; errors say --teacher."""
+    from safetensors.torch import save_file
+
+    from compress.cli import main
+    from compress.io_output import load_transformer
+
+    student, teacher = _student(tmp_path)
+    _lora(copy.deepcopy(teacher), tmp_path / "lora", use_dora=True)
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp_path / "teacher.safetensors"))
+    base = ["lora", str(tmp_path / "out-s"), str(tmp_path / "lora")]
+    capsys.readouterr()
+    assert main(base + [str(tmp_path / "no-config"), "--teacher", str(tmp_path / "teacher.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "pass --teacher-config" in err and "stream" not in err and len(err.strip().splitlines()) == 1
+    assert main(base + [str(tmp_path / "new"), "--teacher", str(tmp_path / "teacher.safetensors"),
+                        "--teacher-config", str(tmp_path / "teacher")]) == 0
+    with pytest.raises(UserError, match=r"^the given teacher has no linear 'transformer_blocks\.1\..*', which the DoRA"):
+        merge_lora(copy.deepcopy(student), tmp_path / "lora", teacher=tiny_pixart())
+    merge_lora(student, tmp_path / "lora", teacher=teacher)
+    inputs = model_inputs(student)
+    torch.testing.assert_close(forward(load_transformer(tmp_path / "new"), inputs), forward(student, inputs),
+                               rtol=1e-6, atol=1e-6)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    capsys.readouterr()
+    assert main(base + [str(tmp_path / "hub"), "--teacher", "nobody/no-such-teacher"]) == 2
+    err = capsys.readouterr().err
+    assert "downloading its transformer/ folder from the Hugging Face Hub" in err
+    assert "a DoRA's norms need the teacher's weights, read from nobody/no-such-teacher" in err

@@ -216,3 +216,28 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
     assert "more than the 1.0 GiB this machine has" in said and said.count("warning") == 1  # the plan's notes held back
     assert "warning" not in said_before_loading("{num_prompts: 10}")
     assert said_before_loading("{num_prompts: 100000000}", "someone/not-shipped") == ""  # not planned offline: the run's checks say
+
+
+def test_the_peak_counts_the_largest_fisher_sweep_not_fisher_memory_gb(monkeypatch, capsys):
+    """fisher_memory_gb (a limit per sweep, 2 GiB) was counted as held: the toy recipe, whose Fishers
+    are ~0.02 GiB, was estimated at 2.1 GiB and warned of on a machine of 1.5 GiB."""
+    from pathlib import Path
+
+    import compress.plan_memory as pm
+    from compress.recipe import load_recipe
+
+    monkeypatch.setattr(pm, "machine_memory", lambda: int(1.5 * 2**30))
+    plan = make_plan(load_recipe(Path(__file__).parents[1] / "recipes" / "toy-pixart.yaml"))
+    assert "warning" not in capsys.readouterr().err and plan["memory"]["bytes"] < 2**30
+    sweeps = [s["fisher"]["sweep_bytes"] for s in plan["passes"] if "fisher" in s]
+    fisher = next(p for p in plan["memory"]["parts"] if "Fisher" in p["what"])
+    assert fisher["bytes"] == plan["backward"][0] + max(sweeps)
+
+
+def test_the_peak_counts_a_fisher_bigger_than_fisher_memory_gb_that_takes_its_own_sweep(monkeypatch, capsys):
+    """A target whose Fisher alone is more than the limit gets a sweep of its own and holds all of it."""
+    plan, _ = _plan_beyond(monkeypatch, capsys, "{num_prompts: 10}", "{fisher: all, fisher_memory_gb: 1e-6}", 2**40)
+    (fisher,) = [s["fisher"] for s in plan["passes"] if "fisher" in s]
+    assert fisher["sweeps"] == fisher["targets"] and fisher["sweep_bytes"] > 1e-6 * 2**30
+    part = next(p for p in plan["memory"]["parts"] if "Fisher" in p["what"])
+    assert part["bytes"] == plan["backward"][0] + fisher["sweep_bytes"]

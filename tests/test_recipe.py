@@ -330,9 +330,9 @@ def test_yaml_1_1_booleans_are_words_and_the_error_says_how_to_spell_them(tmp_pa
     assert set_error.startswith(f"{tmp_path}/r.yaml (--set calibration.cfg_branches={text}): {message}")
 
 
-@pytest.mark.parametrize("text, value", [("0o17", 15), ("0x1F", 31), ("017", 17), ("+12", 12), ("1000", 1000)])
+@pytest.mark.parametrize("text, value", [("0o17", 15), ("0x1F", 31), ("+12", 12), ("1000", 1000)])
 def test_integers_are_yaml_1_2s(tmp_path, text, value):
-    """0o17 was refused, 017 read as YAML 1.1's octal 15."""
+    """0o17 was refused, 017 read as YAML 1.1's octal 15 (now refused: test_a_leading_zero_...)."""
     for r in _both(tmp_path, "sample_steps", text):
         assert r.calibration.sample_steps == value
 
@@ -380,3 +380,59 @@ def test_a_recipe_records_where_each_of_its_keys_was_given():
     assert recipe.keys["teacher"].where() == "r.yaml:2" and recipe.keys["calibration.seed"].where() == "r.yaml:4"
     assert recipe.keys["calibration.timesteps"].where() == "r.yaml (--set calibration.timesteps=4)"
     assert "calibration.batch_size" not in recipe.keys  # a default
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("010", "'010' has a leading zero (YAML 1.1 read it as octal 8: write 10, or 0o10 for octal)"),
+    ("-017", "'-017' has a leading zero (YAML 1.1 read it as octal -15: write -17)"),
+    ("09", "'09' has a leading zero (write 9)"),
+    ("!!int 010", "'010' has a leading zero (YAML 1.1 read it as octal 8: write 10, or 0o10 for octal)"),
+])
+def test_a_leading_zero_is_refused_not_read_as_decimal(tmp_path, text, hint):
+    """seed: 010 read as 10 where YAML 1.1 (the loader before) read 8, silently."""
+    file_error, set_error = _both(tmp_path, "seed", text)
+    assert file_error == f"{tmp_path}/r.yaml:7: calibration.seed: {hint}"
+    assert set_error == f"{tmp_path}/r.yaml (--set calibration.seed={text}): calibration.seed: {hint}"
+    union = _both(tmp_path, "height", text)[0]  # int | None: the hint still says how to write it
+    assert union.startswith(f"{tmp_path}/r.yaml:7: calibration.height must be ")
+    assert union.endswith(hint[hint.index("("):])
+
+
+def test_floats_and_zero_with_a_leading_zero_are_read():
+    r = parse_recipe(_replace("  timesteps: 2\n", "  timesteps: 2\n  guidance_scale: 04.5\n  seed: 0\n"), "r.yaml")
+    assert (r.calibration.guidance_scale, r.calibration.seed) == (4.5, 0)
+    assert yaml.load("[0, -0, 0.5, 00.5, 010.5, 0o10]", Loader=RecipeLoader) == [0, 0, 0.5, 0.5, 10.5, 8]
+
+
+@pytest.mark.parametrize("key, text, message", [
+    ("cfg_branches", "!!bool maybe", "calibration.cfg_branches: 'maybe' is not a YAML 1.2 boolean"),
+    ("cfg_branches", "!!bool yes", "calibration.cfg_branches: 'yes' is not a YAML 1.2 boolean "
+                                   "(write true: in YAML 1.2 only true and false are booleans)"),
+    ("guidance_scale", "!!float abc", "calibration.guidance_scale: 'abc' is not a YAML 1.2 number"),
+    ("guidance_scale", "!!float 1_000", "calibration.guidance_scale: '1_000' is not a YAML 1.2 number "
+                                        "(write 1000: a YAML 1.2 number has no '_' or ',')"),
+    ("sample_steps", "!!int 0b11", "calibration.sample_steps: '0b11' is not a YAML 1.2 integer "
+                                   "(write 3: YAML 1.2 has no 0b binary numbers)"),
+    ("seed", "!!null abc", "calibration.seed: 'abc' is not a YAML 1.2 null (null, Null, NULL, ~ or nothing)"),
+    ("seed", "!!timestamp abc", "calibration.seed: 'abc' is not a YAML timestamp (YYYY-MM-DD, or with a time)"),
+    ("seed", "!!timestamp 2024-13-45", "calibration.seed: '2024-13-45' is not a YAML timestamp"),
+    ("seed", "!!python/object:os.system x", "calibration.seed: could not determine a constructor for the tag"),
+    ("seed", "!!binary abc", "calibration.seed: failed to decode base64 data"),
+])
+def test_explicit_tags_are_held_to_the_core_schema_in_one_line(tmp_path, key, text, message):
+    """!!bool maybe raised KeyError, !!float abc ValueError, !!timestamp abc AttributeError (tracebacks);
+    !!bool yes was True and !!null abc None, against "only true and false are booleans"."""
+    file_error, set_error = _both(tmp_path, key, text)
+    assert file_error.startswith(f"{tmp_path}/r.yaml:7: {message}") and "\n" not in file_error
+    assert set_error.startswith(f"{tmp_path}/r.yaml (--set calibration.{key}={text}): {message}")
+
+
+@pytest.mark.parametrize("key, text, value", [
+    ("cfg_branches", "!!bool FALSE", False), ("guidance_scale", "!!float 2", 2.0),
+    ("guidance_scale", "!!float 2.5e0", 2.5), ("sample_steps", "!!int 0x10", 16), ("heldout", "!!null ~", None),
+    ("heldout", "!!null", None), ("prompt_file", "!!str 010", "010"),
+])
+def test_explicit_tags_of_core_schema_values_are_read(tmp_path, key, text, value):
+    for r in _both(tmp_path, key, text):
+        assert getattr(r.calibration, key) == value
+    assert yaml.load("!!float -.Inf", Loader=RecipeLoader) == float("-inf")

@@ -25,7 +25,8 @@ from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, check_buckets, scan
 from compress.passes.remove_blocks_budget import (check_explicit, one_of, per_group, resolve_budget,
                                                 to_current, too_many)
-from compress.passes.remove_blocks_learned import learn_removal, learning_bytes, pattern_count, value
+from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
+                                                   window_key)
 from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, teacher_view, with_removal
 from compress.report import console
 
@@ -202,13 +203,8 @@ class RemoveBlocksPass(Pass):
                     raise too_many(len(idx), counts[g], g, f"blocks.{g}")
             return
         budget = resolve_budget(self.config, adapter, counts)
-        if self.config.criterion == "learned":
-            try:
-                pattern_count(per_group(budget, counts), counts, self.config.window)  # windows can be made
-            except BadValue:
-                raise
-            except UserError as e:  # a window that would lose all its blocks
-                raise BadValue("window" if self.config.window else one_of(self.config), str(e)) from None
+        if self.config.criterion == "learned":  # the windows can be made of the blocks left
+            pattern_count(per_group(budget, counts), counts, self.config.window, window_key(self.config))
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
         """A learned removal whose estimator is likely biased (the runner warns once, at its key)."""

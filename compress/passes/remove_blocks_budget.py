@@ -68,7 +68,7 @@ def resolve_budget(config, adapter: Adapter, counts: dict[str, int]):
         raise too_many(k, total, next(iter(counts)), key)
     if k > total - len(counts):
         per = ", ".join(f"'{g}': {n}" for g, n in counts.items())
-        raise BadValue(key, f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
+        raise AfterRemoval(key, f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
                             f"(groups {per}); keep at least one per group")
     return k
 

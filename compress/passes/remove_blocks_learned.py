@@ -29,6 +29,8 @@ from compress.block_mask import gated, gumbel_hard, patterns, temperature, windo
 from compress.errors import NumericError, UserError
 from compress.passes.base import RunContext
 from compress.passes.importance import _to_model
+from compress.passes.remove_blocks_budget import one_of
+from compress.passes.removed_blocks import AfterRemoval
 
 TAU = (2.0, 0.1)  # Gumbel-softmax temperature: first step, last step
 # defaults measured on the toy PixArt (tools/bench_remove_blocks.py, README "Which blocks to remove"): with
@@ -66,9 +68,11 @@ class Window:
 
 
 def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | None,
-                 block_map: dict[str, list[int]] | None = None) -> list[Window]:
-    """Windows of every group with a budget; raises UserError naming the group when they cannot be made.
-    block_map: {group: teacher index of each current block} (default: the same indices)."""
+                 block_map: dict[str, list[int]] | None = None, key: str = "window") -> list[Window]:
+    """Windows of every group with a budget; when they cannot be made, an `AfterRemoval` on recipe key
+    `key` naming the group (the windows are cut from the blocks left: the runner says which earlier
+    passes removed blocks). block_map: {group: teacher index of each current block} (default: the same
+    indices)."""
     out = []
     for g, k in budget.items():
         if not k:
@@ -76,7 +80,7 @@ def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | N
         try:
             spans = windows(counts[g], k, window)
         except ValueError as e:
-            raise UserError(f"remove_blocks: criterion learned, group '{g}': {e}") from None
+            raise AfterRemoval(key, f"remove_blocks: criterion learned, group '{g}': {e}") from None
         for start, size, remove in spans:
             if not remove:
                 continue  # nothing to choose: every block of this window stays
@@ -169,7 +173,7 @@ def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], con
     if ctx.calibration_inputs is None:
         raise UserError("remove_blocks: criterion learned needs calibration inputs")
     steps, lr, logit_lr = (value(config, k) for k in ("learn_steps", "learn_lr", "logit_lr"))
-    wins = make_windows(budget, adapter.block_counts(model), config.window, block_map)
+    wins = make_windows(budget, adapter.block_counts(model), config.window, block_map, window_key(config))
     if not wins:  # a budget of 0: nothing to choose
         return {}, {"steps": 0, "windows": []}
     batches = ctx.calibration_inputs()
@@ -301,9 +305,15 @@ def value(config, key: str):
     return DEFAULTS[key] if v is None else v
 
 
-def pattern_count(budget: dict[str, int], counts: dict[str, int], window: int | None) -> int:
-    """Keep-patterns over all windows (for plan)."""
-    return sum(w.keep.shape[0] for w in make_windows(budget, counts, window))
+def window_key(config) -> str:
+    """The recipe key an error about the windows points at: window, else the budget's key."""
+    return "window" if config.window else one_of(config)
+
+
+def pattern_count(budget: dict[str, int], counts: dict[str, int], window: int | None,
+                  key: str = "window") -> int:
+    """Keep-patterns over all windows (for plan and the checks; `key`: as `make_windows`)."""
+    return sum(w.keep.shape[0] for w in make_windows(budget, counts, window, key=key))
 
 
 def learning_bytes(model: nn.Module, adapter, lr: float, rank: int | None = None, estimator: str = "gumbel") -> str:

@@ -6,8 +6,9 @@ while `remove_blocks.blocks` lists teacher indices. A pass checked on plan's met
 teacher's block counts and the student -> teacher map on it (`teacher_view`, left by
 `RemoveBlocksPass.apply_planned`); in a run the pass is given `ctx.block_map`.
 
-An error about a block an earlier removal took (a pattern naming a block past the ones left, a
-teacher index removed before, a count over the blocks left) is an `AfterRemoval`: the runner adds
+An error about a block an earlier removal took, or computed from the blocks left (a pattern naming a
+block past the ones left, a teacher index removed before, a count over the blocks left, a learned
+removal's windows cut from them) is an `AfterRemoval`: the runner adds
 which passes removed blocks (runner_checks.removal_note) to those only. A module name that still
 exists but was renumbered (written with the teacher's index, it names another block) is a note,
 not an error (`renumbered_notes`): the meta model records each removal and its line for it.

@@ -249,12 +249,15 @@ def fisher_budget(setting: float | str, device: torch.device | str) -> float:
 def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: bool) -> dict:
     """What `plan` says of the prediction's Fishers of `infos`: the whole-model backward sweeps
     they take (fisher_memory_gb "auto": at the memory free on this machine's device now; the run
-    measures it again) and the disk they take while the pass runs."""
+    measures it again), the bytes of the largest sweep's Fishers (at most the budget, unless one
+    target's alone is more) and the disk they take while the pass runs."""
     budget = fisher_budget(memory_gb, "cuda" if torch.cuda.is_available() else "cpu")
+    size = {i.name: fisher_bytes(i.out_features, rows.get(i.name)) for i in infos}
+    chunks = fisher_chunks(infos, budget, rows)
     return {"targets": len(infos), "gradient_checkpointing": checkpointing,
-            "memory_gb": memory_gb, "sweep_gib": round(budget / 2**30, 1),
-            "sweeps": len(fisher_chunks(infos, budget, rows)),
-            "disk_gib": round(sum(fisher_bytes(i.out_features, rows.get(i.name)) for i in infos) / 2**30, 2)}
+            "memory_gb": memory_gb, "sweep_gib": round(budget / 2**30, 1), "sweeps": len(chunks),
+            "sweep_bytes": max((sum(size[n] for n in c) for c in chunks), default=0),
+            "disk_gib": round(sum(size.values()) / 2**30, 2)}
 
 
 def fisher_chunks(infos: list, budget_bytes: float, rows=None) -> list[list[str]]:

@@ -7,7 +7,7 @@ import pytest
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.passes.base import RunContext
-from compress.passes.removed_blocks import past_the_blocks, removal_words
+from compress.passes.removed_blocks import about_removal, past_the_blocks, removal_words
 from compress.passes.remove_blocks import RemoveBlocksConfig, RemoveBlocksPass
 from compress.passes.svd import SVDConfig, SVDPass
 from compress.plan import make_plan
@@ -89,6 +89,38 @@ def test_too_many_for_the_blocks_left_keeps_the_note():
     checked, _ = _errors("  - remove_blocks: {count: {single: 3}}\n  - remove_blocks: {count: {single: 1}}\n")
     assert checked.startswith("r.yaml:6: remove_blocks: removing 1 of 1 blocks would leave group 'single' "
                               f"empty; keep at least one {NOTE}")
+
+
+def test_a_learned_window_too_small_for_the_blocks_left_keeps_the_note():
+    """Windows of 2 fit the teacher's 4 single blocks but not the 3 left; the error pointed at the
+    window's line without saying an earlier pass removed blocks."""
+    checked, planned = _errors("  - remove_blocks: {blocks: {single: [0]}}\n  - remove_blocks:\n"
+                               "      count: {single: 2}\n      criterion: learned\n      window: 2\n")
+    said = ("r.yaml:9: remove_blocks: criterion learned, group 'single': the window of blocks 2..2 would lose "
+            "all 1: set a larger window")
+    assert planned == checked and checked.startswith(f"{said} {NOTE}: this pass sees 2 of the teacher's 2 blocks "
+                                                          "in group 'double', 3 of the teacher's 4")
+
+
+def test_a_count_over_all_blocks_too_many_for_the_groups_left_keeps_the_note():
+    """A bare count over several groups (Flux) that the blocks left cannot take without emptying one."""
+    checked, planned = _errors("  - remove_blocks: {blocks: {single: [0, 1]}}\n  - remove_blocks: {count: 3}\n")
+    said = ("r.yaml:6: remove_blocks: removing 3 of 4 blocks would leave a group empty (groups 'double': 2, "
+            "'single': 2); keep at least one per group")
+    assert planned == checked and checked.startswith(f"{said} {NOTE}: this pass sees 2 of the teacher's 2")
+
+
+def test_in_a_run_a_learned_window_too_small_for_the_blocks_left_is_about_the_removal(tmp_path):
+    """At run time (an earlier removal chosen by importance over several groups is placed only then)
+    the error is one the runner adds its note to, on the window's key."""
+    teacher, student = tiny_flux(num_single_layers=4), tiny_flux(num_single_layers=4)
+    ctx = RunContext(adapter=get_adapter(student), family="flux", teacher=teacher, run_dir=tmp_path,
+                     calibration_inputs=lambda: [])
+    RemoveBlocksPass(RemoveBlocksConfig(blocks={"single": [0]})).run(student, ctx)
+    learned = RemoveBlocksPass(RemoveBlocksConfig(count={"single": 2}, criterion="learned", window=2))
+    with pytest.raises(UserError, match=r"the window of blocks 2\.\.2 would lose all 1") as e:
+        learned.run(student, ctx)
+    assert about_removal(e.value) and e.value.key == "window"
 
 
 def test_in_a_run_the_svd_pass_reads_the_runs_block_map(tmp_path):

@@ -349,3 +349,17 @@ def test_a_zero_fisher_is_said_naming_its_layer(capsys):
     torch.testing.assert_close(roots["blocks.0.ff"][0], torch.eye(4, dtype=torch.float64))
     roots.add("blocks.1.ff", _fishers()["l0"])
     assert "Fisher is zero" not in "".join(capsys.readouterr())
+
+
+def test_fisher_plan_gives_the_bytes_of_its_largest_sweep():
+    """plan counted all of fisher_memory_gb as held by a sweep (plan_memory._fisher), not what it holds."""
+    from types import SimpleNamespace
+
+    from compress.passes.svd_fisher import fisher_plan
+
+    infos = [SimpleNamespace(name=f"l{i}", out_features=out) for i, out in enumerate((100, 50, 50, 300))]
+    small = 8 * (100**2 + 2 * 50**2)  # l0-l2 fit one sweep; l3's F alone is more: its own sweep
+    assert fisher_plan(infos, {}, small / 2**30, False)["sweep_bytes"] == 8 * 300**2
+    assert fisher_plan(infos, {}, 1.0, False)["sweep_bytes"] == small + 8 * 300**2
+    assert fisher_plan(infos, {"l3": 10}, 1.0, False)["sweep_bytes"] == small + 4 * 10 * 300  # as rows
+    assert fisher_plan([], {}, 1.0, False)["sweep_bytes"] == 0
