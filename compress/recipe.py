@@ -18,7 +18,7 @@ import yaml
 from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.passes import PASSES, pass_class
 from compress.recipe_set import key_nodes, nearest, place, remark
-from compress.recipe_yaml import NULL, RecipeDumper, RecipeLoader, type_hint
+from compress.recipe_yaml import MAP, NULL, RecipeDumper, RecipeLoader, collection_tag, type_hint
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -242,7 +242,9 @@ def _shown(node: yaml.Node) -> str:
 def build_dataclass(node: yaml.Node, cls, path: str, what: str):
     loc = _Loc(path, node)
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == NULL):
-        node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark if node else None)
+        if node is not None:
+            convert(node, type(None), path, what)  # !!null abc is refused, not read as null
+        node = yaml.MappingNode(MAP, [], node.start_mark if node else None)
     if not isinstance(node, yaml.MappingNode):
         raise loc.err(f"{what} must be a mapping of options")
     hints = typing.get_type_hints(cls)
@@ -279,15 +281,18 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
     return obj
 
 
-def _check_keys(node: yaml.Node, path: str, seen: set[int] | None = None) -> None:
-    """Every mapping key is a plain scalar and appears once (YAML itself lets the last one win)."""
+def _check_keys(node: yaml.Node, path: str, seen: set[int] | None = None, dotted: str = "") -> None:
+    """Every mapping key is a plain scalar and appears once (YAML itself lets the last one win);
+    no list or mapping carries a tag but the standard ones (`collection_tag`; `dotted`: the node's path)."""
     seen = set() if seen is None else seen
     if id(node) in seen:  # an alias (even a recursive one) is checked once
         return
     seen.add(id(node))
+    if problem := collection_tag(node):
+        raise _Loc(path, node).err(f"{dotted + ': ' if dotted else ''}{problem}")
     if isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_keys(item, path, seen)
+        for n, item in enumerate(node.value):
+            _check_keys(item, path, seen, f"{dotted}.{n}" if dotted else str(n))
     if isinstance(node, yaml.MappingNode):
         first: dict[str, int] = {}  # key -> its line
         for key, value in node.value:
@@ -297,7 +302,7 @@ def _check_keys(node: yaml.Node, path: str, seen: set[int] | None = None) -> Non
                 where = f" (first at line {first[key.value]})" if first[key.value] else ""
                 raise _Loc(path, key).err(f"duplicate key '{key.value}'{where}")
             first[key.value] = 0 if _Loc(path, key).override else _Loc(path, key).line
-            _check_keys(value, path, seen)
+            _check_keys(value, path, seen, f"{dotted}.{key.value}" if dotted else key.value)
 
 
 # ---- passes -------------------------------------------------------------------------------------
@@ -329,7 +334,7 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
         raise UserError(f"{path} ({mark.name}): the value is not valid YAML "
                         f"({getattr(e, 'problem', None) or e}); quote it if it is text") from None
     remark(value_node, mark)
-    _check_keys(value_node, path)
+    _check_keys(value_node, path, dotted=dotted)
     place(data_node, dotted, value_text, value_node, mark)
 
 

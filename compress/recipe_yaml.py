@@ -6,7 +6,8 @@ schema does instead: booleans are only true/false (True, TRUE, ...), integers ar
 octal or 0x hex, floats include 1e-4 and .inf/.nan, null is null/Null/NULL/~ or nothing; anything
 else is a string. A decimal with a leading zero (010: YAML 1.1's octal 8) is refused, and explicit
 tags (!!bool yes, !!float abc) are held to the same rules, each a ConstructorError that the recipe
-names by file:line. `RecipeDumper` quotes a string either YAML version would read as something else.
+names by file:line; a list or mapping takes no tag but !!seq / !!map (`collection_tag`).
+`RecipeDumper` quotes a string either YAML version would read as something else.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import typing
 
 import yaml
 
-NULL, BOOL, INT, FLOAT, STR, TIMESTAMP = (f"tag:yaml.org,2002:{t}" for t in
-                                          ("null", "bool", "int", "float", "str", "timestamp"))
+NULL, BOOL, INT, FLOAT, STR, TIMESTAMP, SEQ, MAP = (f"tag:yaml.org,2002:{t}" for t in
+                                                    ("null", "bool", "int", "float", "str", "timestamp",
+                                                     "seq", "map"))
 
 # (tag, pattern, first characters) of the core schema (YAML 1.2.2, 10.3.2); ints before floats
 CORE = [
@@ -113,6 +115,19 @@ for _tag, _regexp, _first in CORE_RE:
 for _tag, _constructor in ((NULL, _construct_null), (BOOL, _construct_bool), (INT, _construct_int),
                            (FLOAT, _construct_float), (TIMESTAMP, _construct_timestamp)):
     RecipeLoader.add_constructor(_tag, _constructor)
+
+
+def collection_tag(node: yaml.Node) -> str | None:
+    """What is wrong with a list or mapping tagged other than !!seq / !!map (!!str [a], !!set {a},
+    !!omap, !custom), which a recipe would read as a plain list or mapping, not as its tag says;
+    None for any other node."""
+    standard = {yaml.SequenceNode: SEQ, yaml.MappingNode: MAP}.get(type(node))
+    if standard is None or node.tag == standard:
+        return None
+    kind = "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    return (f"{tag} on {kind}: a recipe's lists and mappings take no tag (but the standard !!seq and "
+            f"!!map); remove {tag}")
 
 
 class RecipeDumper(yaml.SafeDumper):

@@ -436,3 +436,40 @@ def test_explicit_tags_of_core_schema_values_are_read(tmp_path, key, text, value
     for r in _both(tmp_path, key, text):
         assert getattr(r.calibration, key) == value
     assert yaml.load("!!float -.Inf", Loader=RecipeLoader) == float("-inf")
+
+
+@pytest.mark.parametrize("key, text, message", [
+    ("prompts", "!!str [a]", "calibration.prompts: !!str on a list"),
+    ("prompts", "!!set [a]", "calibration.prompts: !!set on a list"),
+    ("prompts", "!!set {a}", "calibration.prompts: !!set on a mapping"),
+    ("prompts", "!custom [a]", "calibration.prompts: !custom on a list"),
+])
+def test_a_tag_on_a_list_or_mapping_is_refused_in_one_line(tmp_path, key, text, message):
+    """prompts: !!str [a] and !!set [a] were read as the list [a], the tag ignored."""
+    file_error, set_error = _both(tmp_path, key, text)
+    assert file_error.startswith(f"{tmp_path}/r.yaml:7: {message}: ") and "\n" not in file_error
+    assert set_error.startswith(f"{tmp_path}/r.yaml (--set calibration.{key}={text}): {message}: ")
+    assert file_error.endswith(f"remove {text.split()[0]}")
+
+
+def test_the_standard_tags_of_lists_and_mappings_are_read():
+    r = parse_recipe(_replace("calibration:\n", "calibration: !!map\n  prompts: !!seq [a, b]\n"), "r.yaml")
+    assert r.calibration.prompts == ["a", "b"]
+
+
+@pytest.mark.parametrize("text", ["!!null abc", "!!null {}", "!!null [a]"])
+def test_a_section_tagged_null_is_held_to_what_null_is(tmp_path, text):
+    """calibration: !!null abc meant "the defaults", silently (build_dataclass read the tag, not the text)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(f"model: pixart\nteacher: toy:pixart\ncalibration: {text}\npasses:\n  - importance: {{}}\n")
+    with pytest.raises(UserError) as in_file:
+        load_recipe(path)
+    path.write_text("model: pixart\nteacher: toy:pixart\npasses:\n  - importance: {}\n")
+    with pytest.raises(UserError) as by_set:
+        load_recipe(path, [f"calibration={text}"])
+    problem = ("'abc' is not a YAML 1.2 null (null, Null, NULL, ~ or nothing)" if text == "!!null abc"
+               else "!!null on a ")
+    assert str(in_file.value).startswith(f"{path}:3: calibration: {problem}") and "\n" not in str(in_file.value)
+    assert str(by_set.value).startswith(f"{path} (--set calibration={text}): calibration: {problem}")
+    for null in ("", "!!null", "!!null ~", "null", "~"):  # the defaults, as before
+        assert load_recipe(path, [f"calibration={null}"]).calibration.prompts == []
