@@ -207,11 +207,6 @@ def checked(source: str, config: str | None = None, where: str = "", hub: bool =
     return TeacherSource(source, check_source(source, where, recipe_dir), config, where, hub)
 
 
-def teacher_config(source: str, config: str | None = None, where: str = "", hub: bool = False) -> dict:
-    """The diffusers config of a teacher source, read without its weights (TeacherSource.config)."""
-    return checked(source, config, where, hub).config
-
-
 def hub_config(repo_id: str) -> dict:
     """The transformer config of a Hub pipeline repo (transformer/config.json alone, a few KB)."""
     from huggingface_hub import hf_hub_download

@@ -24,7 +24,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     """{"bytes": the run's estimated peak, "parts": [{"what", "bytes", "keys"}]} of a `make_plan`
     plan (calibration, backward, stream, passes); calibrates: some pass needs calibration."""
     f = plan["calibration"]
-    held = [_weights(recipe, plan)]
+    held = [_weights(plan)]
     passing = []  # held by one step for a while: the largest counts
     if calibrates:
         held.append(_activations(recipe, plan))
@@ -34,7 +34,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
                                  " or ".join(f"{k}: false" for k in _svd_keys(recipe, "sequential"))))
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:
-            passing.append(_fisher(recipe, plan, index, step["fisher"]))
+            passing.append(_fisher(plan, index, step["fisher"]))
         if "streamed_scan" in step:
             passing.append(_part("a streamed skip scan's residual streams of one batch",
                                  step["streamed_scan"]["batch_bytes"], ["calibration.batch_size", "teacher"]))
@@ -47,7 +47,7 @@ def _part(what: str, size: int, keys: list[str], fix: str = "") -> dict:
     return {"what": what, "bytes": int(size), "keys": keys, "fix": fix}
 
 
-def _weights(recipe, plan: dict) -> dict:
+def _weights(plan: dict) -> dict:
     itemsize = plan["calibration"]["itemsize"]  # the compute dtype's
     if plan.get("stream"):
         s, copies = plan["stream"], plan["calibration"]["block_copies"]
@@ -78,7 +78,7 @@ def _row_keys(recipe, teacher: str) -> list[str]:
     return [prompts, "calibration.timesteps", "calibration.cfg_branches", "calibration.height", "calibration.width"]
 
 
-def _fisher(recipe, plan: dict, index: int, fisher: dict) -> dict:
+def _fisher(plan: dict, index: int, fisher: dict) -> dict:
     """An svd pass's output Fisher: a whole-model backward of one calibration batch and its largest
     sweep's Fishers (fisher_plan's sweep_bytes: fisher_memory_gb is a limit per sweep, not what one
     holds; auto sizes itself to what is free, so it is not counted)."""

@@ -27,7 +27,6 @@ from compress.io_export import warn_if_beyond_export_range
 from compress.io_source import check_teacher_options, checked_sources
 from compress.passes import pass_class
 from compress.passes.base import RunContext, first_nonfinite, predictions, relative_error
-from compress.passes.removed_blocks import about_removal
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
@@ -342,7 +341,7 @@ class Runner:
 
     def _run_pass(self, i: int, student):
         """Pass i; a UserError it raises names its recipe line, and when it is about blocks earlier
-        passes removed (`about_removal`) says so (the model it sees is renumbered from 0)."""
+        passes removed (`removal_note`) says so (the model it sees is renumbered from 0)."""
         spec, before = self.recipe.passes[i], self.adapter.block_counts(student)
         # from the recipe, not a counter: the same after --resume
         self.ctx.student_version = sum(p.changes_weights for p in self.passes[:i])
@@ -352,8 +351,7 @@ class Runner:
             if e.exit_code == UserError.exit_code:  # a mistake (not a requested stop): say where
                 path = self.recipe.path
                 where = "" if str(e).startswith(f"{path}:") else f"{path}:{spec.line}: "
-                note = removal_note(before, self.adapter.block_counts(self.teacher), self.removed_by) \
-                    if about_removal(e) else ""
+                note = removal_note(e, before, self.adapter.block_counts(self.teacher), self.removed_by)
                 e.args = (f"{where}{e}{note}",)
             raise
         if self.adapter.block_counts(student) != before:

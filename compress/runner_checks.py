@@ -14,19 +14,18 @@ import torch
 from rich.markup import escape
 
 from compress.errors import BadValue, UserError
-from compress.passes.removed_blocks import about_removal, stamp_line
+from compress.passes.removed_blocks import AfterRemoval, stamp_line
 from compress.report import console
 
 
-def check_pass(p, spec, model, adapter, teacher: dict | None = None, removed: list[int] = ()) -> None:
+def check_pass(p, spec, model, adapter, teacher: dict, removed: list[int]) -> None:
     """A pass's config checked against the model; errors name the recipe file and the line (or the
     --set) of the key they are about (`PassSpec.where`), and those about blocks earlier passes
     removed say which (`removal_note`: `teacher`'s block counts, `removed` the passes' lines)."""
     try:
         p.check(model, adapter)
     except UserError as e:
-        counts = adapter.block_counts(model)
-        note = removal_note(counts, teacher or counts, list(removed)) if about_removal(e) else ""
+        note = removal_note(e, adapter.block_counts(model), teacher, removed)
         raise UserError(f"{spec.where(e)}: {e}{note}") from None
     _warn_notes(p, spec, model, adapter)
 
@@ -44,7 +43,7 @@ def check_passes(passes, specs, model, adapter) -> None:
             p.apply_planned(model, adapter)
             stamp_line(model, spec.line)  # for later passes' notes
         except UserError as e:
-            note = removal_note(counts, teacher, removed) if about_removal(e) else ""
+            note = removal_note(e, counts, teacher, removed)
             raise UserError(f"{spec.where(e)}: {e}{note}") from None
         if adapter.block_counts(model) != counts:
             removed.append(spec.line)
@@ -91,10 +90,11 @@ class SpreadRemovals:
                 return
 
 
-def removal_note(counts: dict, teacher: dict, lines: list[int]) -> str:
-    """Said after an error of a pass that sees `counts` blocks per group where the teacher has
-    `teacher`: which passes (recipe lines) removed blocks, and that the rest are renumbered."""
-    if counts == teacher:
+def removal_note(error: BaseException, counts: dict, teacher: dict, lines: list[int]) -> str:
+    """Said after `error` of a pass that sees `counts` blocks per group where the teacher has
+    `teacher`, when it is about the blocks left (removed_blocks.AfterRemoval): which passes (recipe
+    lines) removed blocks, and that the rest are renumbered; "" otherwise."""
+    if not isinstance(error, AfterRemoval) or counts == teacher:
         return ""
     by = (f"the pass at line {lines[0]}" if len(lines) == 1 else
           f"the passes at lines {', '.join(map(str, lines))}" if lines else "an earlier pass")

@@ -53,7 +53,6 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
     info = interrupted_run(run_dir, now, passes)
     if info is None:
         return
-    saved = saved_in_words(info)
     if info["changed"]:
         raise UserError(f"{another_recipe(run_dir, info)}: add --restart to discard it and start over, "
                         "or choose another --run-dir")
@@ -63,7 +62,7 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
         raise UserError(f"{run_dir} holds a run{of} whose {info['total']} passes are all done but whose "
                         "output was not marked written (its export was cut short, or an older dit-compress "
                         "wrote it): add --resume to write the output from them, or --restart to start over")
-    raise UserError(f"{run_dir} holds an interrupted run{of} ({saved}): add --resume to continue, "
+    raise UserError(f"{run_dir} holds an interrupted run{of} ({saved_in_words(info)}): add --resume to continue, "
                     "or --restart to start over")
 
 

@@ -267,7 +267,7 @@ class _Trainer:
         self.ctx.report["distill"] = record
 
 
-_SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count", "block_map": "block map"}
+_SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
 
 
 def _changes(meta: dict, now: dict) -> str:

@@ -32,11 +32,6 @@ class AfterRemoval(BadValue):
     removed blocks after its message (nothing when none did)."""
 
 
-def about_removal(error: BaseException) -> bool:
-    """Whether the runner should say, after `error`, which earlier passes removed blocks."""
-    return isinstance(error, AfterRemoval)
-
-
 class MissingBlock(BadValue):
     """A pattern naming block `index` of `group` (module prefix `attr`), which has `have` blocks
     now. `message`: the whole error; `base`: its first clause, which `explained` continues."""

@@ -57,7 +57,7 @@ from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fishe
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_stages import Stages
-from compress.passes.svd_targets import (Resolved, fixed_ranks, resolve_targets, shadowed_ranks, shape_spec,
+from compress.passes.svd_targets import (Resolved, shadowed_ranks, shape_spec,
                                          uses_output_gram)
 from compress.passes.svd_walk import walk
 from compress.report import console
@@ -127,7 +127,7 @@ class SVDPass(GlobalAllocation, Pass):
         self.loader = loader or BlockLoader()  # just-in-time block weights (big models)
         self.spill: Path | None = None  # block activations on disk (calibration.spill_activations)
         self.sampler: dict | None = None  # the teacher pipeline's scheduler config (ctx.scheduler_config)
-        self.resolved = Resolved(config)  # targets and fixed ranks, once per model state (check, notes, plan)
+        self.resolved = Resolved(config)  # targets and fixed ranks, once per model state (check, notes, plan, run)
 
     # ---- before any compute ---------------------------------------------------------------------
     def check(self, model: nn.Module, adapter: Adapter) -> None:
@@ -208,7 +208,7 @@ class SVDPass(GlobalAllocation, Pass):
         self.sampler = ctx.scheduler_config()  # the modulation grid lies where the sampler steps
         if ctx.calibration_inputs is None:
             raise UserError("the svd pass needs calibration inputs (a calibration section in the recipe)")
-        targets = resolve_targets(ctx.adapter.linears(model), c.targets, c.ignore)
+        targets = list(self.resolved.targets(model, ctx.adapter)[1])  # as _check resolved them
         batches = ctx.calibration_inputs()
         start = model_digest(model, ctx.block_map, self.loader)  # what earlier passes left
         cache_dir = ctx.run_dir / "calib" / ctx.fingerprint / start if ctx.fingerprint else None
@@ -216,7 +216,7 @@ class SVDPass(GlobalAllocation, Pass):
         report = ctx.report.setdefault("svd", {})
         records: dict[str, dict] = {}
         extra: dict = {}  # this pass's global allocation, if any
-        ranks = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
+        ranks = dict(self.resolved.ranks(model, ctx.adapter))
         self.scratch = ctx.run_dir  # what the pass measures per target goes to disk here
         # the prediction's Fishers: kept beside the stats cache (keyed to the model as found and the
         # inputs), so a pass interrupted after hours of sweeps does not measure them again; block

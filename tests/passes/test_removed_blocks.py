@@ -7,7 +7,7 @@ import pytest
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.passes.base import RunContext
-from compress.passes.removed_blocks import about_removal, past_the_blocks, removal_words
+from compress.passes.removed_blocks import AfterRemoval, past_the_blocks, removal_words
 from compress.passes.remove_blocks import RemoveBlocksConfig, RemoveBlocksPass
 from compress.passes.svd import SVDConfig, SVDPass
 from compress.plan import make_plan
@@ -120,7 +120,7 @@ def test_in_a_run_a_learned_window_too_small_for_the_blocks_left_is_about_the_re
     learned = RemoveBlocksPass(RemoveBlocksConfig(count={"single": 2}, criterion="learned", window=2))
     with pytest.raises(UserError, match=r"the window of blocks 2\.\.2 would lose all 1") as e:
         learned.run(student, ctx)
-    assert about_removal(e.value) and e.value.key == "window"
+    assert isinstance(e.value, AfterRemoval) and e.value.key == "window"
 
 
 def test_in_a_run_the_svd_pass_reads_the_runs_block_map(tmp_path):
