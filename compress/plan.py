@@ -26,8 +26,7 @@ from compress.plan_memory import beyond_memory, device_memory, memory_words, pea
 from compress.io_source import TeacherSource, checked, checked_sources, recipe_where
 from compress.report import console, layer_rows, param_count, results
 from compress.runner import build_passes
-from compress.passes.removed_blocks import stamp_line
-from compress.runner_checks import SpreadRemovals, check_pass
+from compress.runner_checks import checked_in_order
 from compress.runner_stream import check_streaming, streamed_weights
 
 
@@ -72,12 +71,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
-    steps, scores, spread = [], ScoresSoFar(), SpreadRemovals()
-    teacher_counts, removed = adapter.block_counts(model), []  # lines of passes that removed blocks
-    for spec, p in zip(recipe.passes, passes):
-        counts = adapter.block_counts(model)
-        check_pass(p, spec, model, adapter, teacher_counts, removed)
-        spread.check(p, spec, model, adapter)
+    steps, scores = [], ScoresSoFar()
+    for p, spec in checked_in_order(passes, recipe.passes, model, adapter):  # each then applied
         step = {"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})}
         reused = "scans" in step and scores.reused(step)  # blocks chosen by importance
         if "scans" in step and (words := scores.words(step)):
@@ -86,10 +81,6 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
             step["streamed_scan"] = streamed_scan(step, reused, calib, model, adapter)
         scores.see(p, spec, step)
         steps.append(step)
-        p.apply_planned(model, adapter)
-        stamp_line(model, spec.line)  # for later passes' notes (removed_blocks.renumbered_notes)
-        if adapter.block_counts(model) != counts:
-            removed.append(spec.line)
     after_rows = layer_rows(model)
     plan = {
         "calibration": calib,

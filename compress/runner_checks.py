@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from contextlib import contextmanager
 
 import torch
 from rich.markup import escape
@@ -18,35 +19,40 @@ from compress.passes.removed_blocks import AfterRemoval, stamp_line
 from compress.report import console
 
 
-def check_pass(p, spec, model, adapter, teacher: dict, removed: list[int]) -> None:
-    """A pass's config checked against the model; errors name the recipe file and the line (or the
-    --set) of the key they are about (`PassSpec.where`), and those about blocks earlier passes
-    removed say which (`removal_note`: `teacher`'s block counts, `removed` the passes' lines)."""
-    try:
-        p.check(model, adapter)
-    except UserError as e:
-        note = removal_note(e, adapter.block_counts(model), teacher, removed)
-        raise UserError(f"{spec.where(e)}: {e}{note}") from None
-    _warn_notes(p, spec, model, adapter)
-
-
-def check_passes(passes, specs, model, adapter) -> None:
-    """Every pass's config checked in recipe order against a meta copy of `model` (see above)."""
-    model, teacher, removed = meta_clone(model), adapter.block_counts(model), []
-    spread = SpreadRemovals()
+def checked_in_order(passes, specs, model, adapter):
+    """Each pass's config checked in recipe order against `model`, which takes each pass's planned
+    changes (`apply_planned`) in turn; yields (pass, spec) after the pass is checked and its notes
+    said, before it is applied (what `plan` reports of it). Errors name the recipe file and the line
+    (or the --set) of the key they are about (`PassSpec.where`), and those about blocks earlier
+    passes removed say which (`removal_note`)."""
+    teacher, removed, spread = adapter.block_counts(model), [], SpreadRemovals()
     for p, spec in zip(passes, specs):
         counts = adapter.block_counts(model)
-        try:
+        with _named(spec, counts, teacher, removed):
             p.check(model, adapter)
             _warn_notes(p, spec, model, adapter)
             spread.check(p, spec, model, adapter)
+        yield p, spec
+        with _named(spec, counts, teacher, removed):
             p.apply_planned(model, adapter)
-            stamp_line(model, spec.line)  # for later passes' notes
-        except UserError as e:
-            note = removal_note(e, counts, teacher, removed)
-            raise UserError(f"{spec.where(e)}: {e}{note}") from None
+        stamp_line(model, spec.line)  # for later passes' notes
         if adapter.block_counts(model) != counts:
             removed.append(spec.line)
+
+
+@contextmanager
+def _named(spec, counts: dict, teacher: dict, removed: list[int]):
+    """A UserError inside, at its key's recipe line, with the removal note where it is about one."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(f"{spec.where(e)}: {e}{removal_note(e, counts, teacher, removed)}") from None
+
+
+def check_passes(passes, specs, model, adapter) -> None:
+    """Every pass's config checked in recipe order against a meta copy of `model` (checked_in_order)."""
+    for _ in checked_in_order(passes, specs, meta_clone(model), adapter):
+        pass
 
 
 def _warn_notes(p, spec, model, adapter) -> None:
