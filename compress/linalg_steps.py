@@ -6,7 +6,9 @@ the svd pass's asymmetric fit; notation as in `compress.linalg`).
 - `asymmetric_step`: the change that maps the inputs the student feeds a layer to the outputs the
   uncompressed model gives it (least squares, ridge-damped);
 - `centered_asymmetric_step`: the same for a centered target (free bias: an affine fit), with the
-  output offset its bias takes.
+  output offset its bias takes;
+- `asymmetric_excess`: how far a factorization is from the rank-r optimum of that fit without the
+  damping (the closed form the report compares against).
 
 Everything is computed in float64 on the inputs' device.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from compress.errors import NumericError
-from compress.linalg import _F64, _label, _sym, _to64
+from compress.linalg import _F64, _eigh_desc, _label, _sym, _to64, _tol
 
 
 def kfac_step(moment: torch.Tensor, gram: torch.Tensor, out_inverse: torch.Tensor,
@@ -85,6 +87,17 @@ def centered_asymmetric_step(weight: torch.Tensor, gram: torch.Tensor, cross: to
     outputs from the student's inputs. For any A the best a is W μ − A μ̃, and what is left is
     Σ ‖W (x − μ) − A (x̃ − μ̃)‖², so the rank-r optimum of the whole problem (up to λ) is the whitened
     truncation W' of W + Δ on G_c, with bias shift W μ − W' μ̃ = (W + Δ − W') μ̃ + offset."""
+    g_c, c_c, mean, ref_mean = centered_moments(gram, cross, total, ref_total, rows, name)
+    step = asymmetric_step(weight, g_c, c_c, damping, name)  # (out, in)
+    w = _to64(weight, "weight", name)
+    offset = w @ ref_mean - (w + step) @ mean  # (out,)
+    return step, offset
+
+
+def centered_moments(gram: torch.Tensor, cross: torch.Tensor, total: torch.Tensor, ref_total: torch.Tensor,
+                     rows: int, name: str | None = None):
+    """(G_c, C_c, μ̃, μ) from the raw sums over n paired rows (see `centered_asymmetric_step`):
+    G_c = G − n μ̃μ̃ᵀ (in, in), C_c = C − n μ μ̃ᵀ (in, in), the student's and the reference's means."""
     g = _sym(_to64(gram, "gram", name))  # (in, in)
     c = _to64(cross, "cross term", name)  # (in, in)
     n = max(int(rows), 1)
@@ -95,7 +108,35 @@ def centered_asymmetric_step(weight: torch.Tensor, gram: torch.Tensor, cross: to
                          f"reference sum {tuple(ref_mean.shape)} do not fit together")
     g_c = g - n * torch.outer(mean, mean)  # Σ (x̃ − μ̃)(x̃ − μ̃)ᵀ
     c_c = c - n * torch.outer(ref_mean, mean)  # Σ (x − μ)(x̃ − μ̃)ᵀ
-    step = asymmetric_step(weight, g_c, c_c, damping, name)  # (out, in)
-    w = _to64(weight, "weight", name)
-    offset = w @ ref_mean - (w + step) @ mean  # (out,)
-    return step, offset
+    return g_c, c_c, mean, ref_mean
+
+
+def asymmetric_excess(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, approx: torch.Tensor,
+                      rank: int, root: torch.Tensor | None = None, name: str | None = None) -> tuple[float, float]:
+    """(excess, optimal) of `approx` A (out, in) as a fit to the reference's outputs, without damping.
+    The fit's objective is J(A) = Σ ‖R (A x̃ − W x)‖² (R (out, out) an output weighting, identity
+    when None); over G = Σ x̃ x̃ᵀ = Σᵢ λᵢ qᵢqᵢᵀ and C = Σ x x̃ᵀ,
+        J(A) − min J = Σᵢ ‖R (√λᵢ A qᵢ − bᵢ)‖²,   bᵢ = W C qᵢ / √λᵢ,
+    the unconstrained minimizer being W C G⁺ (the asymmetric step's limit as its damping → 0).
+    excess: that for A; optimal: its minimum over rank-r A, Σ_{j > r} σⱼ² of [R bᵢ]ᵢ (the whitened
+    truncation of W C G⁺). Directions of G at round-off level are left out: ‖C qᵢ‖ ≤ √λᵢ ‖X‖, so
+    there bᵢ → 0 and both sides cost nothing; and bᵢ is stable as λᵢ → 0 since
+    ‖(C − G) qᵢ‖ ≤ √λᵢ ‖X − X̃‖ (Cauchy–Schwarz). Centered targets pass G_c, C_c (`centered_moments`):
+    with a free bias the best one is W μ − A μ̃, and what is left is this objective."""
+    w = _to64(weight, "weight", name)  # (out, in)
+    g = _sym(_to64(gram, "gram", name))  # (in, in)
+    c = _to64(cross, "cross term", name)  # (in, in)
+    a = _to64(approx, "approximation", name)  # (out, in)
+    if g.shape != (w.shape[1], w.shape[1]) or c.shape != g.shape or a.shape != w.shape:
+        raise ValueError(f"{_label(name)}: weight {tuple(w.shape)}, Gram {tuple(g.shape)}, cross term "
+                         f"{tuple(c.shape)} and approximation {tuple(a.shape)} do not fit together")
+    vals, vecs = _eigh_desc(g, "the student's input Gram", name)
+    keep = vals > _tol(vals, g.shape[0])
+    q, root_vals = vecs[:, keep], vals[keep].sqrt()  # (in, k), (k,)
+    b = (w @ (c @ q)) / root_vals  # (out, k): W* G^{1/2} in the basis q
+    fit = (a @ q) * root_vals  # (out, k): A G^{1/2}
+    if root is not None:
+        r = _to64(root, "output weighting", name)  # (out, out)
+        b, fit = r @ b, r @ fit
+    s = torch.linalg.svdvals(b) if b.numel() else b.new_zeros(0)  # descending
+    return float(((fit - b) ** 2).sum()), float((s[rank:] ** 2).sum())

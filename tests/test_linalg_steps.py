@@ -203,3 +203,92 @@ def test_centered_asymmetric_step_errors():
         S.centered_asymmetric_step(w, g, c, x_s.sum(0)[:-1], x.sum(0), x.shape[0])
     with pytest.raises(NumericError, match="layer 'x'"):
         S.centered_asymmetric_step(w, g, c, x_s.sum(0), x.sum(0) * float("nan"), x.shape[0], name="x")
+
+
+# ----------------------------------------------------------------------------- how close to the undamped fit
+
+
+def _fit(x, x_s, w, a, root=None):
+    """Σ ‖R (A x̃ − W x)‖² over the rows, by brute force."""
+    err = x_s @ a.T - x @ w.T  # (n, out)
+    if root is not None:
+        err = err @ root.T
+    return float((err ** 2).sum())
+
+
+def _reduced_rank_optimum(x, x_s, w, rank, root=None):
+    """min over rank-r A of Σ ‖R (A x̃ − W x)‖², by brute force on the rows: least squares of the
+    (weighted) reference outputs on the student inputs, then Eckart–Young on the fitted values."""
+    y = x @ w.T if root is None else x @ w.T @ root.T  # (n, out)
+    fitted = x_s @ torch.linalg.lstsq(x_s, y, driver="gelsd").solution  # (n, out)
+    u, s, vh = torch.linalg.svd(fitted, full_matrices=False)
+    return float(((y - (u[:, :rank] * s[:rank]) @ vh[:rank]) ** 2).sum()), float(((y - fitted) ** 2).sum())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("deficient", [False, True])
+def test_asymmetric_excess_is_the_fit_above_its_minimum_and_its_rank_r_optimum(weighted, deficient):
+    """excess = J(A) − min J for any A, and optimal = min over rank-r A of J − min J, both against
+    brute-force least squares on the rows; also when the student's inputs span only part of the
+    input space (rank-deficient G: those directions cost nothing) and with an output weighting R."""
+    x, x_s, w = _asymmetric_case()
+    if deficient:  # the student's inputs lose 4 of 10 directions (a removed channel upstream)
+        x_s = x_s @ torch.diag(torch.tensor([1.0] * 6 + [0.0] * 4, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(7)
+    root = torch.randn(w.shape[0], w.shape[0], generator=gen, dtype=torch.float64) + 4 * torch.eye(w.shape[0], dtype=torch.float64) \
+        if weighted else None
+    g, c = x_s.T @ x_s, x.T @ x_s
+    for rank in (2, 5, 8):
+        optimum, minimum = _reduced_rank_optimum(x, x_s, w, rank, root)
+        f = L.factorize(w + S.asymmetric_step(w, g, c, damping=0.3), g, rank)
+        for a in (w, f.up @ f.down):
+            excess, optimal = S.asymmetric_excess(w, g, c, a, rank, root)
+            assert excess == pytest.approx(_fit(x, x_s, w, a, root) - minimum, rel=1e-8, abs=1e-9 * minimum)
+            assert optimal == pytest.approx(optimum - minimum, rel=1e-8)
+
+
+def test_asymmetric_excess_tells_what_the_damping_costs():
+    """The pass's factorization (whitened truncation of W + Δ on G) reaches the undamped optimum as
+    the damping vanishes, and falls short of it by more the larger the damping; W's own truncation
+    (no asymmetric step) is further still."""
+    x, x_s, w = _asymmetric_case()
+    g, c = x_s.T @ x_s, x.T @ x_s
+    rank = 5
+    ratios = []
+    for damping in (1e-12, 1e-2, 1.0):
+        f = L.factorize(w + S.asymmetric_step(w, g, c, damping=damping), g, rank)
+        excess, optimal = S.asymmetric_excess(w, g, c, f.up @ f.down, rank)
+        ratios.append(excess / optimal)
+    f = L.factorize(w, g, rank)
+    plain = S.asymmetric_excess(w, g, c, f.up @ f.down, rank)
+    assert ratios[0] == pytest.approx(1.0, abs=1e-9)
+    assert 1.0 < ratios[1] < ratios[2] < plain[0] / plain[1]
+
+
+def test_asymmetric_excess_centered_is_the_affine_fit_above_its_minimum():
+    """With G_c, C_c (`centered_moments`) the excess is that of the affine layer the pass makes
+    (bias W μ − A μ̃): brute force against the rows' affine least squares."""
+    x, x_s, w = _offset_case(seed=1)
+    n = x.shape[0]
+    g, c = x_s.T @ x_s, x.T @ x_s
+    g_c, c_c, mean, ref_mean = S.centered_moments(g, c, x_s.sum(0), x.sum(0), n)
+    step = S.asymmetric_step(w, g_c, c_c, damping=1e-2)
+    rank = 4
+    f = L.factorize(w + step, g_c, rank)
+    a = f.up @ f.down
+    affine = float(((x_s @ a.T + (w @ ref_mean - a @ mean) - x @ w.T) ** 2).sum())
+    y, xc = x @ w.T - (x @ w.T).mean(0), x_s - mean
+    minimum = float(((y - xc @ torch.linalg.lstsq(xc, y).solution) ** 2).sum())
+    excess, optimal = S.asymmetric_excess(w, g_c, c_c, a, rank)
+    assert excess == pytest.approx(affine - minimum, rel=1e-8)
+    assert optimal == pytest.approx(_best_affine_fit(x, x_s, w, rank) - minimum, rel=1e-8)
+    assert excess > optimal
+
+
+def test_asymmetric_excess_errors():
+    x, x_s, w = _asymmetric_case()
+    g = x_s.T @ x_s
+    with pytest.raises(ValueError, match="do not fit"):
+        S.asymmetric_excess(w, g, x.T @ x_s, w[:, :-1], 2)
+    with pytest.raises(NumericError, match="layer 'x'"):
+        S.asymmetric_excess(w, g, x.T @ x_s, w * float("nan"), 2, name="x")

@@ -16,6 +16,7 @@ from compress.arch.base import LinearInfo
 from compress.calib_stats import Stats
 from compress.linalg import Decomposition, balanced, decompose, factors_from
 from compress.linalg_params import params_dense, params_lowrank
+from compress.linalg_steps import asymmetric_excess, centered_moments
 from compress.lowrank import LowRankLinear
 
 F64 = torch.float64
@@ -98,12 +99,15 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
                    center: bool, gram_is_output: bool,
                    choose_rank: Callable[[Decomposition], int | None],
                    out_root: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   step: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> dict:
+                   step: torch.Tensor | None = None, offset: torch.Tensor | None = None,
+                   fitted: bool = False) -> dict:
     """Factorize one target in place (or leave it dense) and return its report record.
     out_root: (L, L⁻¹) of an output weighting; losses are then measured in the weighted metric.
     step, offset: factorize W + step, the bias taking offset too (see layer_math); the losses are
     then those of W + step's factorization (for an asymmetric fit without damping, its fit to the
-    reference's outputs less the part no W' can remove, the residual of the full-rank fit)."""
+    reference's outputs less the part no W' can remove, the residual of the full-rank fit).
+    fitted: step is the asymmetric fit alone (stats hold the reference's cross term); the record then
+    also says how close the factorization comes to that fit's undamped rank-r optimum (`_fit_record`)."""
     start = time.perf_counter()
     module = model.get_submodule(info.name)
     bias = module.bias is not None
@@ -127,6 +131,7 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
         inv = out_root[1].to(up.device, F64)
         (up, down), shift = balanced(inv @ up, down), (inv @ shift if shift is not None else None)
     error = _output_error(module, stats, gram_is_output, up, down, shift, fac.up, out_root)
+    fit = _fit_record(module, stats, center, up @ down, rank, out_root, m.energy, info.name) if fitted else {}
     new_bias = module.bias.detach().to(up.device, F64) if bias else None
     if shift is not None:
         new_bias = shift if new_bias is None else new_bias + shift
@@ -144,7 +149,23 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
                 # eigenvalues were clamped to zero (singular / ill-conditioned Gram), not inverted
                 data_rank=int(dec.energies.numel()),
                 clamped=bool(dec.energies.numel() < min(info.out_features, info.in_features)),
-                centered=center, time_s=round(time.perf_counter() - start, 4))
+                centered=center, **fit, time_s=round(time.perf_counter() - start, 4))
+
+
+def _fit_record(module: nn.Module, stats: Stats, center: bool, approx: torch.Tensor, rank: int,
+                out_root, energy: float, name: str) -> dict:
+    """The report's view of an asymmetric fit: Σ ‖R (W' x̃ − W x)‖² of the factorized layer W'
+    (out, in), above the least-squares minimum, against the rank-r minimum of that excess, both
+    without the damping the step used (linalg_steps.asymmetric_excess). Their ratio is what the
+    damping costs on the calibration data (it keeps W' near W where the student's inputs are weak).
+    energy: the layer's (weighted) output energy, below whose 1e-10 both count as equal (`_ratio`)."""
+    w = module.weight.detach()
+    gram, cross = stats.gram, stats.cross
+    if center:
+        gram, cross, _, _ = centered_moments(gram, cross, stats.total, stats.ref_total, stats.rows, name)
+    root = out_root[0] if out_root is not None else None
+    excess, optimal = asymmetric_excess(w, gram, cross, approx, rank, root, name)
+    return dict(fit_excess=excess, fit_optimal=optimal, fit_ratio=_ratio(excess, optimal, energy))
 
 
 def _output_error(module: nn.Module, stats: Stats, gram_is_output: bool, up, down, shift, basis_up,

@@ -45,12 +45,13 @@ class Stages:
         if info.name not in self.upstream:
             self.upstream[info.name] = self.p._asymmetric_step(self.model, info, stats)
         extra, offset = self.upstream[info.name] or (None, None)
+        fitted = extra is not None and step is None  # the fit alone: the report compares it to its optimum
         if extra is not None:
             step = extra if step is None else step + extra
         return compress_layer(self.model, info, stats, method=c.method, alpha=c.alpha,
                               center=self.p._center(info), gram_is_output=uses_output_gram(info),
                               choose_rank=choose, out_root=self.p.roots.get(info.name), step=step,
-                              offset=offset)
+                              offset=offset, fitted=fitted)
 
     def commit(self, info: LinearInfo, record: dict) -> bool:
         """Keep `record` as the target's; returns whether the model changed (not left dense)."""

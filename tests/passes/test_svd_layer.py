@@ -72,8 +72,41 @@ def test_a_centered_asymmetric_target_is_the_affine_optimum_of_the_reference_fit
         assert rec["loss"] + residual == pytest.approx(fit, rel=1e-6), name
         assert rec["optimal_loss"] + residual == pytest.approx(best, rel=1e-7), name
         assert rec["loss_ratio"] == pytest.approx(1.0, abs=1e-6), name
+        # the fit against its undamped optimum: here (no damping to speak of) the same thing
+        assert rec["fit_excess"] + residual == pytest.approx(fit, rel=1e-6), name
+        assert rec["fit_optimal"] + residual == pytest.approx(best, rel=1e-7), name
+        assert rec["fit_ratio"] == pytest.approx(1.0, abs=1e-6), name
         upstream += float((x - x_s).norm()) > 1e-3 * float(x.norm())
     assert upstream == 2  # blocks 1 and 2 read the compressed blocks before them
+
+
+def test_a_damped_asymmetric_fit_is_reported_against_its_undamped_optimum(tmp_path):
+    """At the default damping the report's fit_excess and fit_optimal are the layer's fit to the
+    reference's outputs above the least-squares minimum, and the rank-r minimum of that, by brute
+    force on the rows the layer read; the damping's cost shows as fit_ratio > 1 (loss_ratio, against
+    the damped target, stays 1). Targets not fitted asymmetrically have no fit_ keys."""
+    model, report, _ = run_svd("pixart", tmp_path, targets=[Q], fisher="none", ranks={Q: 2})
+    dense = tiny_pixart()
+    assert sorted(report["asymmetric"]) == sorted(report["layers"])
+    ratios = []
+    for name, (x, x_s) in _inputs(model, dense, list(report["layers"])).items():
+        ref, new, rec = dense.get_submodule(name), model.get_submodule(name), report["layers"][name]
+        w = ref.weight.detach().to(F64)
+        approx = new.up.weight.detach().to(F64) @ new.down.weight.detach().to(F64)  # (out, in)
+        fit = float(((x_s @ approx.T - x @ w.T) ** 2).sum())
+        solution = torch.linalg.lstsq(x_s, x @ w.T).solution  # (in, out)
+        fitted = x_s @ solution
+        minimum = float(((x @ w.T - fitted) ** 2).sum())
+        sv = torch.linalg.svdvals(fitted)
+        assert rec["fit_excess"] == pytest.approx(fit - minimum, rel=1e-7), name
+        assert rec["fit_optimal"] == pytest.approx(float((sv[2:] ** 2).sum()), rel=1e-9), name
+        assert rec["loss_ratio"] == pytest.approx(1.0, abs=1e-6), name
+        ratios.append(rec["fit_ratio"])
+    assert max(ratios) > 1.0 + 1e-6 and min(ratios) >= 1.0  # blocks 1, 2 read compressed inputs
+    assert report["max_fit_ratio"] == max(ratios)
+    _, plain, _ = run_svd("pixart", tmp_path / "off", targets=[Q], fisher="none", ranks={Q: 2}, asymmetric=False)
+    assert not any(k.startswith("fit_") for rec in plain["layers"].values() for k in rec)
+    assert plain["max_fit_ratio"] is None
 
 
 @pytest.mark.parametrize("family, targets, fisher", [
