@@ -31,6 +31,7 @@ CORE = [
             r"|[-+]?(?:\.inf|\.Inf|\.INF)|\.nan|\.NaN|\.NAN", list("-+0123456789.")),
 ]
 CORE_RE = [(tag, re.compile(rf"^(?:{pattern})$"), first) for tag, pattern, first in CORE]
+PATTERN = {tag: pattern for tag, pattern, _ in CORE}
 
 
 def core_tag(text: str) -> str:
@@ -54,12 +55,19 @@ def _refuse(node: yaml.ScalarNode, problem: str, hint: str = "") -> typing.NoRet
                                             hint or None)
 
 
-def _construct_int(loader: RecipeLoader, node: yaml.ScalarNode) -> int:
-    """A core-schema integer: 0o17 is fifteen, 0x1f 31; 017 is refused (YAML 1.1 read it as octal 15,
-    YAML 1.2 as 17: `_leading_zero`)."""
+def _construct_checked(loader: RecipeLoader, node: yaml.ScalarNode):
+    """A core-schema null, boolean, integer or float (CHECKED, by the node's tag): an explicit tag
+    (!!bool yes, !!float abc, !!null abc) is held to the pattern a plain scalar is."""
     text = loader.construct_scalar(node)
-    if not re.fullmatch(CORE[2][1], text):  # an explicit !!int of something else
-        _refuse(node, f"{text!r} is not a YAML 1.2 integer", spelling_hint(text, {int}).strip())
+    what, hinted, value = CHECKED[node.tag]
+    if not re.fullmatch(PATTERN[node.tag], text):
+        _refuse(node, f"{text!r} is not a YAML 1.2 {what}", spelling_hint(text, hinted).strip())
+    return value(node, text)
+
+
+def _int_value(node: yaml.ScalarNode, text: str) -> int:
+    """0o17 is fifteen, 0x1f 31; 017 is refused (YAML 1.1 read it as octal 15, YAML 1.2 as 17:
+    `_leading_zero`)."""
     if re.fullmatch(r"[-+]?0[0-9]+", text):
         _refuse(node, f"{text!r} has a leading zero", _leading_zero(text))
     if text.startswith(("0o", "0x")):
@@ -76,29 +84,21 @@ def _leading_zero(text: str) -> str:
     return f"(YAML 1.1 read it as octal {octal}: write {decimal}{spelled})"
 
 
-def _construct_bool(loader: RecipeLoader, node: yaml.ScalarNode) -> bool:
-    """A core-schema boolean: an explicit !!bool yes (or maybe) is refused as a plain yes is."""
-    text = loader.construct_scalar(node)
-    if not re.fullmatch(CORE[1][1], text):
-        _refuse(node, f"{text!r} is not a YAML 1.2 boolean", spelling_hint(text, {bool}).strip())
-    return text.lower() == "true"
-
-
-def _construct_float(loader: RecipeLoader, node: yaml.ScalarNode) -> float:
-    """A core-schema float (an explicit !!float 2 is 2.0); !!float abc or 1_000 is refused."""
-    text = loader.construct_scalar(node)
-    if not re.fullmatch(CORE[3][1], text):
-        _refuse(node, f"{text!r} is not a YAML 1.2 number", spelling_hint(text, {float}).strip())
+def _float_value(node: yaml.ScalarNode, text: str) -> float:
+    """An explicit !!float 2 is 2.0; .inf, -.Inf, .NaN as Python reads inf and nan."""
     if text.lstrip("+-").lower() in (".inf", ".nan"):
         return float(text.replace(".", ""))  # float("-inf"), float("nan")
     return float(text)
 
 
-def _construct_null(loader: RecipeLoader, node: yaml.ScalarNode) -> None:
-    """null, Null, NULL, ~ or nothing: an explicit !!null of anything else is refused."""
-    text = loader.construct_scalar(node)
-    if not re.fullmatch(CORE[0][1], text):
-        _refuse(node, f"{text!r} is not a YAML 1.2 null (null, Null, NULL, ~ or nothing)")
+# tag -> (what a text not of its core-schema PATTERN is not, the type whose YAML 1.1 spelling the
+# refusal hints (spelling_hint: yes, 1_000, 0b101), the value of a text of that pattern)
+CHECKED = {
+    NULL: ("null (null, Null, NULL, ~ or nothing)", set(), lambda node, text: None),
+    BOOL: ("boolean", {bool}, lambda node, text: text.lower() == "true"),
+    INT: ("integer", {int}, _int_value),
+    FLOAT: ("number", {float}, _float_value),
+}
 
 
 def _construct_timestamp(loader: RecipeLoader, node: yaml.ScalarNode):
@@ -112,9 +112,9 @@ def _construct_timestamp(loader: RecipeLoader, node: yaml.ScalarNode):
 
 for _tag, _regexp, _first in CORE_RE:
     RecipeLoader.add_implicit_resolver(_tag, _regexp, _first)
-for _tag, _constructor in ((NULL, _construct_null), (BOOL, _construct_bool), (INT, _construct_int),
-                           (FLOAT, _construct_float), (TIMESTAMP, _construct_timestamp)):
-    RecipeLoader.add_constructor(_tag, _constructor)
+for _tag in CHECKED:
+    RecipeLoader.add_constructor(_tag, _construct_checked)
+RecipeLoader.add_constructor(TIMESTAMP, _construct_timestamp)
 
 
 def collection_tag(node: yaml.Node) -> str | None:

@@ -457,5 +457,123 @@ def test_the_lora_command_takes_a_doras_teacher(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(base + [str(tmp_path / "hub"), "--teacher", "nobody/no-such-teacher"]) == 2
     err = capsys.readouterr().err
-    assert "downloading its transformer/ folder from the Hugging Face Hub" in err
+    assert "a DoRA's norms need teacher nobody/no-such-teacher's weights: downloading from the Hugging Face Hub" in err
     assert "a DoRA's norms need the teacher's weights, read from nobody/no-such-teacher" in err
+
+
+@pytest.mark.filterwarnings("ignore:.*invalid shape")
+def test_a_compressed_output_is_no_doras_teacher(tmp_path, capsys):
+    """A dit-compress output (a folder, a pipeline folder holding one, the recorded teacher, a loaded
+    model) as a DoRA's teacher is one line saying that its norms need the uncompressed teacher (naming
+    the output and the teacher it was compressed from), never streaming advice; a student that took
+    LoRAs before (whose teacher is loaded, not read) is refused the same, not given factorized norms."""
+    import json
+    import shutil
+
+    from compress.cli import main
+    from compress.io_output import load_transformer
+
+    student, teacher = _student(tmp_path)
+    _lora(copy.deepcopy(teacher), tmp_path / "lora", use_dora=True)
+    out = tmp_path / "out-s"
+    (tmp_path / "pipe").mkdir()
+    index = {"transformer": ["diffusers", "FluxTransformer2DModel"]}
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(index))
+    shutil.copytree(out, tmp_path / "pipe" / "transformer")
+    _lora(copy.deepcopy(teacher), tmp_path / "lora-plain")
+    took_one = copy.deepcopy(student)
+    merge_lora(took_one, tmp_path / "lora-plain")  # its DoRA teacher is loaded, with this LoRA
+    recorded = copy.deepcopy(student)
+    recorded.compression_meta["teacher"] = str(out)
+    wanted = (r"is a dit-compress output, its layers factorized: a DoRA's norms need the uncompressed teacher the "
+              rf"DoRA was trained on \(it was compressed from {re.escape(str(tmp_path / 'teacher'))}\); pass that with "
+              r"--teacher \(dit-compress lora\) or teacher= to merge_lora$")
+    pipe = tmp_path / "pipe"
+    for model, given, who in [(student, str(out), f"teacher {out}"), (student, str(pipe), f"teacher {pipe}"),
+                              (took_one, str(out), f"teacher {out}"), (recorded, None, f"teacher {out}"),
+                              (student, load_transformer(out), "the given teacher")]:
+        with pytest.raises(UserError, match=f"^{re.escape(who)} {wanted}"):
+            merge_lora(copy.deepcopy(model), tmp_path / "lora", teacher=given)
+    capsys.readouterr()
+    assert main(["lora", str(out), str(tmp_path / "lora"), str(tmp_path / "new"), "--teacher", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "stream" not in err and "uncompressed teacher" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_doras_teacher_is_read_alone_from_a_toy_or_a_folder(tmp_path):
+    """The recorded or given teacher's weights of the adapted layers, read from a toy teacher, a
+    transformer folder or a pipeline folder, are the teacher's own."""
+    import json
+
+    from compress.io import load_teacher
+    from compress.lora import dora_weights
+
+    teacher = load_teacher("toy:flux")
+    names = {n: n for n in ["transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.proj_mlp"]}
+    student = copy.deepcopy(teacher)
+    student.compression_meta = {"teacher": "toy:flux"}
+    teacher.save_pretrained(tmp_path / "pipe" / "transformer", max_shard_size="40KB")
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"transformer": ["diffusers", "x"]}))
+    for given in [None, str(tmp_path / "pipe"), str(tmp_path / "pipe" / "transformer")]:
+        weights = dora_weights(student, names, given)
+        assert sorted(weights) == sorted(names)
+        for name in names:
+            assert torch.equal(weights[name], teacher.get_submodule(name).weight), (given, name)
+
+
+@pytest.mark.filterwarnings("ignore:.*invalid shape")
+@pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "one-file"])
+def test_a_hub_doras_teacher_downloads_only_the_shards_it_reads(tmp_path, monkeypatch, capsys, sharded):
+    """A Hub id as a DoRA's teacher (the hub's downloads faked from a local repo): its transformer/
+    config and index first, then only the shards holding the adapted layers (a teacher in one weight
+    file: that file); the merged student is the one the same teacher's local folder gives."""
+    import fnmatch
+    import json
+    import shutil
+
+    import huggingface_hub
+    from safetensors.torch import load_file
+
+    from compress.io import INDEX
+
+    student, teacher = _student(tmp_path)
+    _lora(copy.deepcopy(teacher), tmp_path / "lora", use_dora=True)
+    repo = tmp_path / "repo"
+    teacher.save_pretrained(repo / "transformer", **({"max_shard_size": "40KB"} if sharded else {}))
+    (repo / "model_index.json").write_text(json.dumps({"transformer": ["diffusers", "FluxTransformer2DModel"]}))
+    files, fetched = sorted(str(f.relative_to(repo)) for f in repo.rglob("*") if f.is_file()), []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kw):
+        assert repo_id == "owner/teacher"
+        for name in files:
+            if allow_patterns is None or any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                (tmp_path / "cache" / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(repo / name, tmp_path / "cache" / name)
+                fetched.append(name)
+        return str(tmp_path / "cache")
+
+    def hf_hub_download(repo_id, filename, subfolder=None, **kw):
+        fetched.append(f"{subfolder}/{filename}" if subfolder else filename)
+        return str(repo / fetched[-1])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    local = copy.deepcopy(student)
+    merge_lora(local, tmp_path / "lora")  # the teacher the student records: the local folder
+    capsys.readouterr()
+    merge_lora(student, tmp_path / "lora", teacher="owner/teacher")
+    assert "downloading from the Hugging Face Hub (unless cached) its transformer/ config and index, then the " \
+        "weight files holding the" in capsys.readouterr().err
+    inputs = model_inputs(student)
+    assert torch.equal(forward(student, inputs), forward(local, inputs))
+    weights = {name for name in fetched if name.endswith(".safetensors")}
+    if not sharded:
+        assert weights == {"transformer/diffusion_pytorch_model.safetensors"}
+        return
+    lora = load_file(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors"))
+    adapted = {k[len("transformer."):k.index(".lora_A")] for k in lora
+               if ".lora_A." in k and not k.startswith("transformer.transformer_blocks.0.")}  # block 0: removed
+    shards = json.loads((repo / "transformer" / INDEX).read_text())["weight_map"]
+    assert weights == {f"transformer/{shards[f'{name}.weight']}" for name in adapted}
+    assert len(weights) < len(set(shards.values()))  # not the whole folder
