@@ -35,7 +35,7 @@ def weight_map(folder: Path) -> dict[str, Path]:
         return files
     if (folder / weights).is_file():
         return file_map(folder / weights)
-    raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: not a diffusers checkpoint to stream")
+    raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: no diffusers weights to read there")
 
 
 def file_map(path: Path) -> dict[str, Path]:

@@ -33,3 +33,13 @@ def test_a_compressed_output_is_not_a_teacher_to_stream(tmp_path):
     save_compressed(tiny_pixart(), tmp_path / "out")
     with pytest.raises(UserError, match="is a dit-compress output"):
         checkpoint_of(str(tmp_path / "out"))
+
+
+def test_a_folder_without_weights_says_so_in_words_fit_for_every_reader(tmp_path):
+    """weight_map serves streaming and a DoRA's teacher: its error names the folder and what is
+    missing, not streaming."""
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError) as e:
+        weight_map(tmp_path)
+    assert str(e.value) == (f"{tmp_path} has neither diffusion_pytorch_model.safetensors nor "
+                            "diffusion_pytorch_model.safetensors.index.json: no diffusers weights to read there")
