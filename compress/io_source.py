@@ -88,10 +88,27 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None) -
         return "folder"
     if path.is_file():
         _prefixed(where, check_suffix, path)
+        if output_weights(path):
+            raise UserError(f"{where}{path} is a weight file of the dit-compress output {path.parent}: give that "
+                            "folder, which loads it with its ranks and block map")
         return "file"
     if path.suffix in SINGLE_FILE_SUFFIXES or looks_local(source):
         raise UserError(f"{where}{not_found(source, recipe_dir)}")
     return "hub"
+
+
+def output_weights(path: Path) -> bool:
+    """Whether `path` is a weight file save_compressed wrote: its safetensors header metadata holds
+    the compression section (io_export.header_metadata); no tensor is read."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return "compression" in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return False  # the loader says what is wrong with it
 
 
 def _prefixed(where: str, call, *args):

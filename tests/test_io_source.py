@@ -248,3 +248,24 @@ def test_recipe_where_knows_a_set_that_gives_the_files_own_value(tmp_path, overr
     if overrides:
         recipe = _recipe(tmp_path, overrides=["teacher=toy:pixart"])
         assert recipe_where(recipe, "teacher", "toy:pixart") == f"{recipe.path} (--set teacher)"
+
+
+def test_an_outputs_weight_file_is_refused_with_its_folder_named(tmp_path, capsys):
+    """Given where a teacher or a model goes, an output's weight file (its header records the
+    compression) is one line naming the folder to give instead, for plan's checks and eval alike;
+    a plain diffusers weight file beside a plain config is still a teacher."""
+    from compress.cli import main
+    from compress.io_source import check_source
+    from compress.io_export import save_compressed
+
+    out = save_compressed(tiny_pixart(), tmp_path / "out")
+    weights = out / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(UserError) as e:
+        check_source(str(weights), "r.yaml:3: ")
+    assert str(e.value) == (f"r.yaml:3: {weights} is a weight file of the dit-compress output {out}: give that "
+                            "folder, which loads it with its ranks and block map")
+    assert main(["eval", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert f"is a weight file of the dit-compress output {out}" in err and "Traceback" not in err
+    tiny_pixart().save_pretrained(tmp_path / "plain")
+    assert check_source(str(tmp_path / "plain" / "diffusion_pytorch_model.safetensors")) == "file"
