@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
 import threading
 from contextlib import contextmanager
+from importlib import import_module
 from pathlib import Path
 
 import compress
@@ -126,11 +128,23 @@ def _run_dir(args) -> Path:
     return Path(args.run_dir or Path("runs") / Path(args.recipe).stem)
 
 
-def cmd_run(args) -> int:
-    with interrupts_held():
-        from compress.recipe import load_recipe
-        from compress.runner import Runner
+def imports_held(*needs: str):
+    """A `cmd_*` handed, after args, what it imports (each "module:name"), imported with a Ctrl-C
+    held to their end (interrupts_held): torch's and diffusers' start-up (seconds) among them. The
+    command itself runs as it is (`run` ends its passes on a Ctrl-C)."""
+    def wrap(command):
+        @functools.wraps(command)
+        def imported(args) -> int:
+            with interrupts_held():
+                found = [getattr(import_module(module), name)
+                         for module, _, name in (need.partition(":") for need in needs)]
+            return command(args, *found)
+        return imported
+    return wrap
 
+
+@imports_held("compress.recipe:load_recipe", "compress.runner:Runner")
+def cmd_run(args, load_recipe, Runner) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     out = Path(args.out or Path("out") / Path(args.recipe).stem)
     runner = Runner(recipe, out, _run_dir(args), teacher=args.teacher, teacher_config=args.teacher_config,
@@ -142,12 +156,9 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_plan(args) -> int:
-    with interrupts_held():
-        from compress.plan import make_plan, print_plan
-        from compress.recipe import load_recipe
-        from compress.report import to_json
-
+@imports_held("compress.plan:make_plan", "compress.plan:print_plan", "compress.recipe:load_recipe",
+              "compress.report:to_json")
+def cmd_plan(args, make_plan, print_plan, load_recipe, to_json) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config)
     if args.json:
@@ -157,46 +168,34 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def cmd_inspect(args) -> int:
-    with interrupts_held():
-        from compress.inspect import inspect_output
-
+@imports_held("compress.inspect:inspect_output")
+def cmd_inspect(args, inspect_output) -> int:
     inspect_output(Path(args.out), as_json=args.json, plot_dir=args.plot)
     return 0
 
 
-def cmd_importance(args) -> int:
-    with interrupts_held():
-        from compress.commands import importance
-
+@imports_held("compress.commands:importance")
+def cmd_importance(args, importance) -> int:
     return importance(args)
 
 
-def cmd_eval(args) -> int:
-    with interrupts_held():
-        from compress.commands import evaluate
-
+@imports_held("compress.commands:evaluate")
+def cmd_eval(args, evaluate) -> int:
     return evaluate(args)
 
 
-def cmd_convert(args) -> int:
-    with interrupts_held():
-        from compress.commands import convert
-
+@imports_held("compress.commands:convert")
+def cmd_convert(args, convert) -> int:
     return convert(args)
 
 
-def cmd_lora(args) -> int:
-    with interrupts_held():
-        from compress.commands import lora
-
+@imports_held("compress.commands:lora")
+def cmd_lora(args, lora) -> int:
     return lora(args)
 
 
-def cmd_bench(args) -> int:
-    with interrupts_held():
-        from compress.bench import bench_command
-
+@imports_held("compress.bench:bench_command")
+def cmd_bench(args, bench_command) -> int:
     return bench_command(args)
 
 
@@ -277,8 +276,8 @@ def _this_recipe(args) -> tuple[dict | None, list]:
     would import torch now) or the recipe cannot be read (a rerun stops on that first)."""
     if "compress.runner" not in sys.modules:
         return None, []
+    from compress.passes import build_passes
     from compress.recipe import load_recipe
-    from compress.runner import build_passes
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)

@@ -23,9 +23,9 @@ from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
 from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory
-from compress.io_source import TeacherSource, checked, checked_sources, recipe_where
+from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where
+from compress.passes import build_passes
 from compress.report import console, layer_rows, param_count, results
-from compress.runner import build_passes
 from compress.runner_checks import checked_in_order
 from compress.runner_stream import check_streaming, streamed_weights
 
@@ -53,15 +53,19 @@ def by_key(rows: list[dict], key: str) -> dict[str, int]:
     return dict(out)
 
 
-def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = None) -> dict:
-    src = checked_sources(recipe, teacher, teacher_config, hub=False)  # there, of the recipe's family
+def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = None,
+              sources: TeacherSource | None = None, passes: list | None = None) -> dict:
+    """The plan of `recipe` (`teacher`, `teacher_config`: --teacher, --teacher-config). `run` hands
+    it what it checked and made already: `sources` (io_source.checked_sources of the recipe, then
+    `teacher` and `teacher_config` are not read) and `passes` (passes.build_passes of the recipe)."""
+    src = sources or checked_sources(recipe, teacher, teacher_config, hub=False)  # there, of the recipe's family
     source, model = src.source, meta_model(src)  # its config, read once
     adapter = get_adapter(model)
     if adapter.family != recipe.model:  # a pickle's family, from its config
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
                         f"teacher {source} is a {type(model).__name__} ({adapter.family})")
     before_rows, before = layer_rows(model), param_count(model)
-    passes = build_passes(recipe)
+    passes = passes if passes is not None else build_passes(recipe)
     if recipe.stream:
         check_streaming(passes, recipe.passes, recipe.path)
     streamed = streamed_weights(model, adapter) if recipe.stream else None
@@ -101,17 +105,26 @@ def _warn_beyond_memory(recipe, memory: dict) -> None:
         console.print(f"[bold yellow]warning:[/] {recipe.path}: {warning}")
 
 
-def warn_if_beyond_memory(recipe, teacher: str | None = None, teacher_config: str | None = None) -> None:
+def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list) -> None:
     """`plan`'s warning of a peak beyond the machine's memory, for `run` before it loads the teacher:
-    the recipe planned on a meta teacher (a fraction of a second), the plan's other notes held back
-    (the run says them as it checks). Nothing when it cannot be planned offline (a Hub id with no
-    shipped config): the run's own checks say what is wrong."""
+    the recipe planned on a meta teacher (a fraction of a second) from the sources and passes the run
+    checked and made already (`make_plan`), the plan's other notes held back (the run says them as
+    it checks). Nothing when it cannot be planned offline (a Hub id with no shipped config), nor
+    when planning fails: the run's own checks say what is wrong."""
+    if not offline(sources):
+        return
     try:
         with _quiet(console):
-            plan = make_plan(recipe, teacher, teacher_config)
+            plan = make_plan(recipe, sources=sources, passes=passes)
     except UserError:
         return
     _warn_beyond_memory(recipe, plan["memory"])
+
+
+def offline(src: TeacherSource) -> bool:
+    """Whether `plan` reads the source's config without the Hub: all but a Hub id with neither a
+    shipped config (KNOWN_CONFIGS) nor --teacher-config (TeacherSource.config)."""
+    return src.kind != "hub" or bool(src.config_arg) or src.source in KNOWN_CONFIGS
 
 
 @contextmanager

@@ -24,9 +24,10 @@ from compress.errors import NumericError, UserError
 from compress.inputs import check_pipeline_packages, input_source, moved
 from compress.io import load_teacher, nonfinite
 from compress.io_export import warn_if_beyond_export_range
-from compress.io_source import check_teacher_options, checked_sources
-from compress.passes import pass_class
+from compress.io_source import TeacherSource, check_teacher_options, checked_sources
+from compress.passes import build_passes
 from compress.passes.base import RunContext, first_nonfinite, predictions, relative_error
+from compress.plan import warn_if_beyond_memory
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
@@ -38,10 +39,6 @@ from compress.runner_stream import (HELDOUT, OutOfMemory, check_streaming, is_ou
                                    warn_if_streamed_too_big)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def build_passes(recipe: Recipe) -> list:
-    return [pass_class(spec.name)(spec.config) for spec in recipe.passes]
 
 
 def is_main_process() -> bool:
@@ -67,9 +64,10 @@ def check_reference(reference: list[torch.Tensor], dtype: str, locate=None) -> N
 
 
 def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None,
-                         models=None):
-    """(source, frozen teacher); `models` (runner_stream) may hold it streamed."""
-    src = checked_sources(recipe, teacher, config)  # there, of the recipe's family: before any weights
+                         models=None, sources: TeacherSource | None = None):
+    """(source, frozen teacher); `models` (runner_stream) may hold it streamed. `sources`: the
+    recipe's checked already (io_source.checked_sources), for `teacher` and `config`."""
+    src = sources or checked_sources(recipe, teacher, config)  # there, of the recipe's family: before any weights
     source = src.source
     load = functools.partial(load_teacher, src, dtype=DTYPES[recipe.compute_dtype], config=config,
                              family=recipe.model)
@@ -147,12 +145,12 @@ class Runner:
         if not (self.resume or self.restart):  # saved work a fresh start would discard: refused
             check_run_folder(self.run_dir, self.recipe.raw, self.passes)
         check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
-        from compress.plan import warn_if_beyond_memory  # plan imports this module
-
-        warn_if_beyond_memory(self.recipe, self.teacher_arg, self.teacher_config)  # warns only: an estimate
+        # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
+        src = checked_sources(self.recipe, self.teacher_arg, self.teacher_config)
+        warn_if_beyond_memory(self.recipe, src, self.passes)  # warns only: an estimate
         self.doing = "loading the teacher"
-        self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg,
-                                                         self.teacher_config, self.models)
+        self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg, self.teacher_config,
+                                                         self.models, sources=src)
         check_finite(self.teacher)
         warn_if_beyond_export_range(self.teacher, self.recipe.export.dtype)
         self.adapter = get_adapter(self.teacher)

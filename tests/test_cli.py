@@ -134,6 +134,38 @@ def test_an_interrupt_while_importing_is_held_to_the_end_and_a_second_raised_at_
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_makes_its_imports_with_a_ctrl_c_held(monkeypatch, command):
+    """Each command's imports (torch's start-up among them) go through the one place that holds a
+    Ctrl-C (cli.imports_held): all made, then the interrupt raised, before the command runs."""
+    import argparse
+    import os
+    import signal
+
+    imported = []
+
+    class Module:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: pytest.fail(f"`{command}` ran after a Ctrl-C during its imports")
+
+    def import_module(name):
+        if not imported:  # one Ctrl-C: a second would be raised at once
+            os.kill(os.getpid(), signal.SIGINT)
+        imported.append(name)
+        return Module()
+
+    monkeypatch.setattr(cli, "import_module", import_module)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli.COMMANDS[command](argparse.Namespace())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert imported and all(name.startswith("compress.") for name in imported)
+    if command == "plan":
+        assert imported == ["compress.plan", "compress.plan", "compress.recipe", "compress.report"]
+
+
 KILL_WHILE_IMPORTING = """\
 import importlib.abc, os, pathlib, signal, sys
 

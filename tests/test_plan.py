@@ -191,6 +191,7 @@ def test_the_memory_a_cuda_device_has_is_its_total(monkeypatch):
 
 def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monkeypatch, capsys, tmp_path):
     """--set calibration.num_prompts=100000000 loaded the teacher and ended later out of memory."""
+    import compress.io_source as io_source
     import compress.plan_memory as pm
     import compress.runner as runner
 
@@ -202,6 +203,10 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
 
     monkeypatch.setattr(runner, "load_checked_teacher", load)
     monkeypatch.setattr(pm, "machine_memory", lambda: 2**30)
+    # the run's source check fetches a Hub id's config before the warning (here: PixArt-Σ's, which it
+    # could plan on, and does not: the warning is of recipes planned offline)
+    shipped = io_source.checked("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", hub=False).config
+    monkeypatch.setattr(io_source, "hub_config", lambda repo_id: dict(shipped))
 
     def said_before_loading(calibration: str, teacher: str = "toy:pixart") -> str:
         text = (f"model: pixart\nteacher: {teacher}\ndevice: cpu\ncalibration: {calibration}\n"
@@ -216,6 +221,7 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
     assert "more than the 1.0 GiB this machine has" in said and said.count("warning") == 1  # the plan's notes held back
     assert "warning" not in said_before_loading("{num_prompts: 10}")
     assert said_before_loading("{num_prompts: 100000000}", "someone/not-shipped") == ""  # not planned offline: the run's checks say
+    assert said_before_loading("{source: synthetic, num_prompts: 100000000}", "someone/not-shipped") == ""
 
 
 def test_the_peak_counts_the_largest_fisher_sweep_not_fisher_memory_gb(monkeypatch, capsys):

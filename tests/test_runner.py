@@ -353,3 +353,20 @@ def test_the_runs_teacher_is_checked_once(tmp_path, monkeypatch):
     source, teacher = load_checked_teacher(recipe)
     assert source == str(tmp_path / "t") and type(teacher).__name__ == "PixArtTransformer2DModel"
     assert checked == [source]
+
+
+def test_a_run_checks_its_teacher_and_makes_its_passes_once(tmp_path, monkeypatch):
+    """The run's memory warning planned the recipe on its own: the teacher's source was checked and
+    the passes made a second time before the teacher loaded."""
+    from compress.passes.base import Pass
+    from tests.test_io_source import _counting
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    text = SIMPLE.format(teacher=tmp_path / "t", passes="  - remove_blocks: {blocks: {blocks: [0]}}\n"
+                                                      "  - svd: {targets: [attention], ratio: 0.5, multiple: 2}\n")
+    made, init = [], Pass.__init__
+    monkeypatch.setattr(Pass, "__init__", lambda self, config: made.append(type(self).__name__) or init(self, config))
+    checked, _ = _counting(monkeypatch)
+    _run(tmp_path, text)
+    assert checked == [str(tmp_path / "t")]
+    assert made == ["RemoveBlocksPass", "SVDPass"]

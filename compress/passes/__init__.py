@@ -1,4 +1,5 @@
-"""The one explicit table from recipe pass names to pass classes (imported lazily)."""
+"""The one explicit table from recipe pass names to pass classes (imported lazily), and a recipe's
+passes made from it."""
 
 from __future__ import annotations
 
@@ -15,3 +16,9 @@ PASSES = {
 def pass_class(name: str):
     module, _, cls = PASSES[name].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def build_passes(recipe) -> list:
+    """The recipe's passes in order, each made from its validated config (`PassSpec.config`); `run`
+    makes them once and hands them to its checks and its memory estimate (plan.make_plan)."""
+    return [pass_class(spec.name)(spec.config) for spec in recipe.passes]

@@ -1,0 +1,85 @@
+"""The console script of pyproject.toml: a Ctrl-C from its first call on is one line and status 130,
+never a traceback (one while `compress.cli` or argparse was imported, or the parser built, printed a
+traceback)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import compress
+
+# what pip's console script of [project.scripts] does, in a terminal (a background job inherits
+# SIGINT ignored); `plan missing.yaml` imports torch (seconds) before it would say the file is missing
+CONSOLE_SCRIPT = """\
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.argv[1:] = ["plan", "missing.yaml"]
+{before}
+import re
+from {module} import {function}
+{after}
+sys.exit({function}())
+"""
+# a SIGINT as the console script imports module `at` (before the first time it is imported)
+SIGINT_AT = """\
+import importlib.abc
+
+class SigintAt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == {at!r}:
+            os.kill(os.getpid(), signal.SIGINT)
+
+sys.meta_path.insert(0, SigintAt())"""
+READY = 'os.write(1, b"ready\\n")  # the console script calls its function now'
+
+
+def console_script(before: str = "", after: str = "") -> str:
+    """The console script of `dit-compress` as pyproject.toml names it, with code before and after its import."""
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    module, function = re.search(r'^dit-compress = "([\w.]+):(\w+)"$', text, re.M).groups()
+    return CONSOLE_SCRIPT.format(before=before, after=after, module=module, function=function)
+
+
+def _started(tmp_path, script: str) -> subprocess.Popen:
+    """`script` run in tmp_path on this `compress` (the one the tests import)."""
+    here = str(Path(compress.__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("at", ["compress.cli", "argparse", "compress.errors"])
+def test_a_ctrl_c_while_the_cli_is_imported_is_one_line(tmp_path, at):
+    done = _started(tmp_path, console_script(before=SIGINT_AT.format(at=at)))
+    out, err = done.communicate(timeout=300)
+    assert (done.returncode, err.strip()) == (130, "dit-compress: interrupted")
+
+
+@pytest.mark.parametrize("delay", [0, 0.002, 0.005, 0.01])
+def test_a_ctrl_c_soon_after_the_console_script_starts_is_one_line(tmp_path, delay):
+    """SIGINT at a few delays from the console script's call of its function (while the CLI is
+    imported, the parser built, or the command's imports made): an interrupt, whenever it lands."""
+    for _ in range(2):
+        done = _started(tmp_path, console_script(after=READY))
+        assert done.stdout.readline() == "ready\n"
+        time.sleep(delay)
+        done.send_signal(signal.SIGINT)
+        out, err = done.communicate(timeout=300)
+        assert "Traceback" not in err
+        assert (done.returncode, err.strip()) == (130, "dit-compress: interrupted")
+
+
+def test_import_compress_does_not_import_the_cli_nor_touch_sigint(tmp_path):
+    """Library users: `import compress` stays cheap and leaves Ctrl-C as it was."""
+    script = ("import signal, sys\nimport compress\n"
+              "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, "
+              "sorted(m for m in sys.modules if m.startswith('compress.') or m == 'argparse'))")
+    done = _started(tmp_path, script)
+    out, err = done.communicate(timeout=300)
+    assert (done.returncode, out.strip()) == (0, "True []"), err
