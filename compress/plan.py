@@ -31,7 +31,8 @@ from compress.runner_stream import check_streaming, streamed_weights
 
 
 def meta_model(source: str | TeacherSource, config: str | None = None, where: str = ""):
-    """The teacher on the meta device, built from its config (the toys with their small weights):
+    """The teacher on the meta device, built from its config (the toys with their small weights; a
+    dit-compress output with its low-rank layers and removed blocks, as run loads it):
     of a source checked already (a TeacherSource), or checked here (`where`: the start of an error
     about it, io_source.teacher_where)."""
     src = source if isinstance(source, TeacherSource) else checked(source, config, where, hub=False)
@@ -39,6 +40,11 @@ def meta_model(source: str | TeacherSource, config: str | None = None, where: st
         from compress.toy import load_toy_teacher
 
         return load_toy_teacher(src.source[4:])
+    if src.kind == "folder" and "compression" in src.config:  # a dit-compress output, compressed further
+        from compress.io import transformer_folder
+        from compress.io_output import empty_compressed
+
+        return empty_compressed(transformer_folder(Path(src.source).expanduser()))
     from accelerate import init_empty_weights
 
     cls = model_class(src.config.get("_class_name", "<missing _class_name>"))

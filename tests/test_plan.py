@@ -247,3 +247,33 @@ def test_the_peak_counts_a_fisher_bigger_than_fisher_memory_gb_that_takes_its_ow
     assert fisher["sweeps"] == fisher["targets"] and fisher["sweep_bytes"] > 1e-6 * 2**30
     part = next(p for p in plan["memory"]["parts"] if "Fisher" in p["what"])
     assert part["bytes"] == plan["backward"][0] + fisher["sweep_bytes"]
+
+
+def test_plan_of_a_compressed_output_as_teacher_is_what_run_loads(tmp_path):
+    """An output compressed further: plan builds it as run loads it (its removed blocks and low-rank
+    layers), not its config's dense model, so its counts and checks are the run's."""
+    import torch
+
+    from compress.arch import get_adapter
+    from compress.io_export import save_compressed
+    from compress.io_output import load_transformer
+    from compress.lowrank import LowRankLinear
+    from compress.report import param_count
+    from tests.conftest import tiny_pixart
+
+    model = tiny_pixart()
+    get_adapter(model).remove_blocks(model, {"blocks": [1]})
+    name = "transformer_blocks.0.ff.net.2"
+    old = model.get_submodule(name)
+    model.set_submodule(name, LowRankLinear.from_factors(torch.randn(old.out_features, 4),
+                                                         torch.randn(4, old.in_features), old.bias.detach()))
+    out = save_compressed(model, tmp_path / "out")
+    recipe = parse_recipe(f"model: pixart\nteacher: {out}\ncalibration: {{source: synthetic}}\n"
+                          "passes: [{remove_blocks: {count: {blocks: 1}}}]\n", "r.yaml")
+    plan = make_plan(recipe)
+    assert plan["params_before"] == param_count(load_transformer(out))
+    assert plan["passes"][0]["blocks_before"] == {"blocks": len(model.transformer_blocks)}
+    svd = parse_recipe(f"model: pixart\nteacher: {out}\ncalibration: {{source: synthetic}}\n"
+                       f"passes: [{{svd: {{targets: ['{name}'], ratio: 0.5}}}}]\n", "r.yaml")
+    with pytest.raises(UserError, match="already factorized"):
+        make_plan(svd)
