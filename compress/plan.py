@@ -28,6 +28,7 @@ from compress.passes import build_passes
 from compress.report import console, layer_rows, param_count, results
 from compress.runner_checks import checked_in_order
 from compress.runner_stream import check_streaming, streamed_weights
+from compress.stream_files import check_streamable
 
 
 def meta_model(source: str | TeacherSource, config: str | None = None, where: str = ""):
@@ -65,6 +66,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     it what it checked and made already: `sources` (io_source.checked_sources of the recipe, then
     `teacher` and `teacher_config` are not read) and `passes` (passes.build_passes of the recipe)."""
     src = sources or checked_sources(recipe, teacher, teacher_config, hub=False)  # there, of the recipe's family
+    if recipe.stream:  # a single file or an output: refused as the run's checkpoint_of refuses it
+        check_streamable(src)
     source, model = src.source, meta_model(src)  # its config, read once
     adapter = get_adapter(model)
     if adapter.family != recipe.model:  # a pickle's family, from its config

@@ -61,16 +61,34 @@ def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
     if not path.exists() and not looks_local(source) and source.count("/") == 1:
         path = _download(source)
     if not path.is_dir():
-        what = (f"a single file: write it once as a folder with `dit-compress convert {source} FOLDER` "
-                "(--teacher-config as for run), then stream --teacher FOLDER") if path.is_file() else "not found"
-        raise UserError(f"stream: true reads a diffusers folder (a pipeline's transformer/ or a "
-                        f"transformer saved with save_pretrained), a toy teacher or a Hugging Face id; "
-                        f"{source} is {what}")
+        raise not_streamable(source, path.is_file())
     path = transformer_folder(path)
     config = read_config(path / "config.json")
     if "compression" in config:
-        raise UserError(f"{path} is a dit-compress output; stream a teacher checkpoint")
+        raise streamed_output(path)
     return config, weight_map(path)
+
+
+def not_streamable(source: str, is_file: bool) -> UserError:
+    """The error for streaming a source that is a single file (or not there)."""
+    what = (f"a single file: write it once as a folder with `dit-compress convert {source} FOLDER` "
+            "(--teacher-config as for run), then stream --teacher FOLDER") if is_file else "not found"
+    return UserError(f"stream: true reads a diffusers folder (a pipeline's transformer/ or a "
+                     f"transformer saved with save_pretrained), a toy teacher or a Hugging Face id; "
+                     f"{source} is {what}")
+
+
+def streamed_output(path) -> UserError:
+    return UserError(f"{path} is a dit-compress output; stream a teacher checkpoint")
+
+
+def check_streamable(src) -> None:
+    """What checkpoint_of refuses, from a checked source (io_source.TeacherSource) alone, before
+    anything is read: `plan` says it as `run` does."""
+    if src.kind == "file":
+        raise not_streamable(src.source, True)
+    if src.kind == "folder" and "compression" in src.config:
+        raise streamed_output(transformer_folder(Path(src.source).expanduser()))
 
 
 def _download(repo_id: str) -> Path:

@@ -277,3 +277,22 @@ def test_plan_of_a_compressed_output_as_teacher_is_what_run_loads(tmp_path):
                        f"passes: [{{svd: {{targets: ['{name}'], ratio: 0.5}}}}]\n", "r.yaml")
     with pytest.raises(UserError, match="already factorized"):
         make_plan(svd)
+
+
+def test_plan_refuses_to_stream_a_single_file_or_an_output_as_run_does(tmp_path):
+    """stream: true with a single-file teacher, or a dit-compress output: plan says what run says
+    (stream_files.checkpoint_of), instead of printing a streamed plan run then refuses."""
+    from compress.io_export import save_compressed
+    from tests.conftest import tiny_pixart
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    single = tmp_path / "t" / "diffusion_pytorch_model.safetensors"
+    out = save_compressed(tiny_pixart(), tmp_path / "out")
+    for teacher, words in ((single, "stream: true reads a diffusers folder"), (out, "is a dit-compress output")):
+        recipe = parse_recipe(f"model: pixart\nteacher: {teacher}\nstream: true\ncalibration: {{source: synthetic}}\n"
+                              "passes: [{svd: {targets: [mlp], ratio: 0.5, fisher: block}}]\n", "r.yaml")
+        with pytest.raises(UserError, match=words):
+            make_plan(recipe)
+    ok = parse_recipe(f"model: pixart\nteacher: {tmp_path / 't'}\nstream: true\ncalibration: {{source: synthetic}}\n"
+                      "passes: [{svd: {targets: [mlp], ratio: 0.5, fisher: block}}]\n", "r.yaml")
+    assert make_plan(ok)["stream"]
