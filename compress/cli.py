@@ -212,6 +212,23 @@ MEMORY_HINTS = {
 }
 
 
+SEED_LIMIT = 2**32  # numpy's and torch's generators take 0 .. 2**32-1 everywhere (toy seeds are seed·100003 + j)
+POSITIVE = {"buckets": "importance: buckets must be an integer ≥ 1, got {}",  # as compress.passes.importance.scan
+            "repeats": "bench needs --repeats of at least 1 (got {})", "batch": "bench needs --batch of at least 1 (got {})"}
+
+
+def _check_numbers(args) -> None:
+    """Integer options out of range: a one-line UserError before any work (a negative --seed failed
+    in numpy after sampling, a huge one overflowed a C long; --buckets 0 after the calibration)."""
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"--seed must be an integer from 0 to {SEED_LIMIT - 1}, got {seed}")
+    for name, message in POSITIVE.items():
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UserError(message.format(value))
+
+
 def _check_teacher_options(args) -> None:
     """An empty --teacher or a --teacher-config that is not there: a UserError before anything loads
     (`run`'s are checked by its Runner, for the Python API too)."""
@@ -235,6 +252,7 @@ def _out_of_memory(command: str, e: BaseException) -> UserError | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_numbers(args)
         _check_teacher_options(args)
         try:
             return COMMANDS[args.command](args)

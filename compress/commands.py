@@ -260,6 +260,8 @@ def lora(args) -> int:
         raise UserError(f"{args.new} exists; lora writes a new output folder")
     if not math.isfinite(args.scale):
         raise UserError(f"--scale must be a finite number, got {args.scale}")
+    if args.scale == 0:
+        raise UserError("--scale 0: a scale of 0 merges nothing")
     model = load_transformer(source)
     done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")

@@ -21,7 +21,7 @@ import torch
 from compress.errors import UserError
 from compress.io import INDEX, WEIGHTS, SafetensorsError, read_state_dict, unreadable
 from compress.io_export import atomic_folder
-from compress.io_single import (check_flux_blocks, checked_family, config_dir, empty_model, key_converter,
+from compress.io_single import (check_flux_blocks, checked_family, config_file, empty_model, key_converter,
                                 transformer_prefix)
 
 SHARD_BYTES = 2 * 2**30  # tensors per shard before it is written (one shard is held at a time)
@@ -37,10 +37,10 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
         prefix = transformer_prefix(keys)
         names = [k[len(prefix):] for k in keys if k.startswith(prefix)]  # the transformer's, prefix removed
         family = checked_family(path, names, None)
-        cfg_dir = config_dir(path, config)
-        model = empty_model(family, cfg_dir)
+        cfg = config_file(path, config)
+        model = empty_model(family, cfg)
         if family == "flux":
-            check_flux_blocks(path, dict.fromkeys(names), model, cfg_dir)
+            check_flux_blocks(path, dict.fromkeys(names), model, cfg)
         convert_key = key_converter(family, names, model)
         expected = {k: (tuple(v.shape)) for k, v in model.state_dict().items()}
         with atomic_folder(out) as tmp:

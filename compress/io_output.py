@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.errors import UserError
+from compress.errors import NumericError, UserError
 from compress.fuse import fuse_gelu
 from compress.io import (FORMAT, INDEX, WEIGHTS, cast, check_same_config, from_config, load_error,
-                         model_class, one_line, read_config, read_json, read_state_dict)
+                         model_class, nonfinite, one_line, read_config, read_json, read_state_dict)
 from compress.io_export import ranks_of
 from compress.lowrank import LowRankLinear
 
@@ -57,18 +57,23 @@ def empty_compressed(out) -> nn.Module:
 
 
 def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None,
-                     torch_dtype: torch.dtype | None = None) -> nn.Module:
+                     torch_dtype: torch.dtype | None = None, nonfinite: str = "error") -> nn.Module:
     """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
     model that was saved (same dtype unless `dtype`, or diffusers' `torch_dtype`, is given). One
     weight file or index shards. `model.compression_meta` keeps what the run recorded (teacher,
-    block map), so saving the model again keeps it."""
+    block map), so saving the model again keeps it. A NaN/Inf in a weight is a NumericError naming
+    the tensor and its file (`nonfinite="warn"`: a warning, for looking at a damaged output)."""
+    if nonfinite not in ("error", "warn"):
+        raise ValueError(f"load_transformer: nonfinite must be 'error' or 'warn', got {nonfinite!r}")
     dtype = dtype or torch_dtype
     out = Path(out)
     files = weight_files(out)
     model = empty_compressed(out)
     sd = {}
     for f in files:
-        sd.update(read_state_dict(f))
+        tensors = read_state_dict(f)
+        check_finite_file(f, tensors, warn=nonfinite == "warn")
+        sd.update(tensors)
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
@@ -79,6 +84,23 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     if dtype is not None:
         model = cast(model, dtype)
     return model.to(device or "cpu").eval()
+
+
+def check_finite_file(path: Path, tensors: dict[str, torch.Tensor], warn: bool = False) -> None:
+    """NaN/Inf in a weight file of an output: a NumericError naming the first such tensor and the file
+    (eval would sample for minutes and fail inside sklearn), or with `warn` a warning. One sum per
+    tensor (io.nonfinite): a small part of reading the file."""
+    for name, t in tensors.items():
+        bad = nonfinite(t) if t.is_floating_point() else 0
+        if not bad:
+            continue
+        message = f"{path}: weight {name} has {bad} NaN/Inf values; the output is damaged (rerun the recipe)"
+        if not warn:
+            raise NumericError(message)
+        from compress.report import console
+
+        console.print(f"[bold yellow]warning:[/] {message}")
+        return
 
 
 def register_compression(model: nn.Module) -> None:

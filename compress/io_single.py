@@ -66,18 +66,18 @@ def load_single_file(path: Path, dtype: torch.dtype | None = torch.float32, conf
     check_suffix(path)
     sd = without_prefix(read_state_dict(path))
     family = checked_family(path, sd.keys(), family)
-    cfg_dir = config_dir(path, config)
-    model = empty_model(family, cfg_dir, path)  # the file's tensors are assigned
-    sd = converted(path, sd, family, model, cfg_dir)
+    cfg = config_file(path, config)
+    model = empty_model(family, cfg, path)  # the file's tensors are assigned
+    sd = converted(path, sd, family, model, cfg)
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     except RuntimeError as e:  # a tensor of the wrong shape
-        raise UserError(f"{path} does not match the config in {cfg_dir}: {load_error(e)}") from None
+        raise UserError(f"{path} does not match the config in {config_place(cfg)}: {load_error(e)}") from None
     check_loading_info(path, {"missing_keys": missing, "unexpected_keys": unexpected})
     return (model if dtype is None else cast(model, dtype)).eval()
 
 
-def converted(path: Path, sd: dict, family: str, model: nn.Module, cfg_dir: Path) -> dict:
+def converted(path: Path, sd: dict, family: str, model: nn.Module, cfg: Path) -> dict:
     """The file's tensors under diffusers' keys; a file already in diffusers' keys passes through."""
     from compress.arch.flux_convert import convert_bfl_flux, is_bfl_flux
     from compress.arch.pixart_convert import convert_original_pixart
@@ -86,25 +86,25 @@ def converted(path: Path, sd: dict, family: str, model: nn.Module, cfg_dir: Path
         if family == "pixart":
             return convert_original_pixart(sd)
         if is_bfl_flux(sd):
-            check_flux_blocks(path, sd, model, cfg_dir)
+            check_flux_blocks(path, sd, model, cfg)
         return convert_bfl_flux(sd, model.config.num_attention_heads * model.config.attention_head_dim)
     except (KeyError, ValueError) as e:  # a key without a diffusers counterpart, a fused tensor that does not split
         raise UserError(f"{path}: {e.args[0]}") from None
 
 
-def empty_model(family: str, cfg_dir: Path, path: Path | None = None) -> nn.Module:
-    """The family's transformer built from the config in cfg_dir, parameters on the meta device;
-    a UserError where that config describes another family's (`path`: the checkpoint, for it)."""
+def empty_model(family: str, cfg: Path, path: Path | None = None) -> nn.Module:
+    """The family's transformer built from the config file `cfg` (config_file), parameters on the meta
+    device; a UserError where that config describes another family's (`path`: the checkpoint, for it)."""
     from accelerate import init_empty_weights
 
-    config = read_config(cfg_dir / "config.json")
-    check_config_family(family, config, cfg_dir, path)
+    config = read_config(cfg)
+    check_config_family(family, config, cfg, path)
     cls = model_class(get_adapter(family).class_name)
     with init_empty_weights():
-        return from_config(cls, config, cfg_dir / "config.json")
+        return from_config(cls, config, cfg)
 
 
-def check_config_family(family: str, config: dict, cfg_dir: Path, path: Path | None = None) -> None:
+def check_config_family(family: str, config: dict, cfg: Path, path: Path | None = None) -> None:
     """The config of a checkpoint (`path`) whose tensors are a `family` transformer is that family's:
     built into the other family's class, its numbers fail as a shape mismatch naming neither."""
     from compress.arch import family_of_class
@@ -115,7 +115,7 @@ def check_config_family(family: str, config: dict, cfg_dir: Path, path: Path | N
         return  # no family's class: building it says so
     if described != family:
         raise UserError(f"{f'{path}: ' if path else ''}the checkpoint's weights are a {family} transformer while "
-                        f"the config in {cfg_dir} describes a {described} one; give the config of its own "
+                        f"the config in {config_place(cfg)} describes a {described} one; give the config of its own "
                         "transformer (--teacher-config)")
 
 
@@ -148,7 +148,7 @@ def without_prefix(sd: dict) -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)} if prefix else sd
 
 
-def check_flux_blocks(path: Path, sd: dict, model: nn.Module, cfg_dir: Path) -> None:
+def check_flux_blocks(path: Path, sd: dict, model: nn.Module, cfg: Path) -> None:
     """The double and single blocks of a BFL checkpoint are those its config counts."""
     def count(group: str) -> int:
         found = {int(k.split(".")[1]) for k in sd if k.startswith(group + ".") and k.split(".")[1].isdigit()}
@@ -157,20 +157,28 @@ def check_flux_blocks(path: Path, sd: dict, model: nn.Module, cfg_dir: Path) -> 
     have = (count("double_blocks"), count("single_blocks"))
     want = (model.config.num_layers, model.config.num_single_layers)
     if have != want:
-        raise UserError(f"{path} holds {have[0]} double and {have[1]} single blocks; the config in {cfg_dir} "
+        raise UserError(f"{path} holds {have[0]} double and {have[1]} single blocks; the config in {config_place(cfg)} "
                         f"says num_layers {want[0]}, num_single_layers {want[1]}")
 
 
-def config_dir(path: Path, config: str | None) -> Path:
+def config_file(path: Path, config: str | None) -> Path:
+    """The diffusers config (a JSON file) of the single file `path`: --teacher-config's (a folder's or a
+    pipeline folder's config.json, or a JSON file of any name), else the config.json beside the file."""
     if config:
         c = Path(config).expanduser()
-        c = c.parent if c.name == "config.json" else c
+        if c.is_file():
+            return c
         if not (c / "config.json").is_file() and (c / "transformer" / "config.json").is_file():
             c = c / "transformer"  # a pipeline folder
         if not (c / "config.json").is_file():
             raise UserError(f"--teacher-config {config}: no config.json there")
-        return c
+        return c / "config.json"
     if (path.parent / "config.json").is_file():
-        return path.parent
+        return path.parent / "config.json"
     raise UserError(f"single file {path} has no config.json beside it; pass --teacher-config with "
                     "the diffusers config of the transformer (a folder or config.json)")
+
+
+def config_place(cfg: Path) -> Path:
+    """How messages name a config: its folder when it is a config.json, else the file."""
+    return cfg.parent if cfg.name == "config.json" else cfg

@@ -182,13 +182,13 @@ class TeacherSource:
     def config_file(self) -> Path | None:
         """The local config.json of a folder, a single file or --teacher-config; None for the others."""
         from compress.io import transformer_folder
-        from compress.io_single import config_dir
+        from compress.io_single import config_file
 
         path = Path(self.source).expanduser()
         if self.kind == "folder":
             return transformer_folder(path) / "config.json"
         if self.kind == "file" or self.config_arg:
-            return _prefixed(self.where, config_dir, path, self.config_arg) / "config.json"
+            return _prefixed(self.where, config_file, path, self.config_arg)
         return None
 
     def family(self) -> tuple[str, str] | None:
@@ -214,7 +214,7 @@ class TeacherSource:
         path = Path(self.source).expanduser()
         family = file_family(path)  # the header's tensor names
         if family is not None and (self.config_arg or (path.parent / "config.json").is_file()):
-            _prefixed(self.where, check_config_family, family, self.config, self.config_file().parent, path)
+            _prefixed(self.where, check_config_family, family, self.config, self.config_file(), path)
         return family
 
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from compress.arch import get_adapter
-from compress.errors import UserError
+from compress.errors import NumericError, UserError
 from compress.lora_read import STATE_DICT, LoraLayer, read_lora
 from compress.lowrank import LowRankLinear
 
@@ -52,6 +52,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     "rank_added": {module: r'} of the low-rank ones, "dropped": teacher modules of removed blocks,
     "not_merged": text-encoder modules of the LoRA}. The student's config records the new ranks, so
     saving it again keeps them."""
+    check_scale(scale)
     adapter = get_adapter(student)
     block_map = (getattr(student, "compression_meta", None) or {}).get("block_map") or {}
     layers, text_encoder = read_lora(student, adapter, lora, block_map)
@@ -72,6 +73,29 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     _record(student, lora, scale, len(kept))
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
             "not_merged": text_encoder}
+
+
+def check_scale(scale) -> None:
+    """A scale that merges something: finite (NaN or Inf gives NaN/Inf weights) and not 0 (which
+    would grow every adapted low-rank layer by the LoRA's rank for nothing); a one-line UserError."""
+    import math
+
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise UserError(f"the LoRA's scale must be a finite number, got {scale!r}")
+    if scale == 0:
+        raise UserError("a scale of 0 merges nothing")
+
+
+def check_merged(name: str, tensors: dict) -> None:
+    """The merged layer `name`'s tensors ({what: tensor}) are finite, as stored; a NumericError naming
+    the layer otherwise (a large scale overflows the weights' dtype), before the student takes them."""
+    from compress.io import nonfinite
+
+    for what, t in tensors.items():
+        bad = 0 if t is None else nonfinite(t)
+        if bad:
+            raise NumericError(f"merging the LoRA into '{name}' gives its {what} {bad} NaN/Inf values "
+                               f"({t.dtype}); use a smaller scale")
 
 
 def dora_rows(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
@@ -302,13 +326,17 @@ def _merge_one(student: nn.Module, name: str, layer: LoraLayer, scale: float, we
         new_up, new_down = grown_factors(module.up.weight.detach().float(), module.down.weight.detach().float(),
                                          up, down, rows)
         new = LowRankLinear.from_factors(new_up, new_down, bias, dtype=module.up.weight.dtype)
+        check_merged(name, {"up": new.up.weight, "down": new.down.weight, "bias": new.bias})
         new.activation, new.use_kernel = module.activation, module.use_kernel
         student.set_submodule(name, new)
         return down.shape[0]
+    merged = dense_merged(module.weight.float(), up, down, rows).to(module.weight.dtype)
+    bias = None if bias is None else bias.to(module.bias.dtype)
+    check_merged(name, {"weight": merged, "bias": bias})
     with torch.no_grad():
-        module.weight.copy_(dense_merged(module.weight.float(), up, down, rows).to(module.weight.dtype))
+        module.weight.copy_(merged)
         if bias is not None:
-            module.bias.copy_(bias.to(module.bias.dtype))
+            module.bias.copy_(bias)
     return 0
 
 

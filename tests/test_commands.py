@@ -432,3 +432,54 @@ def test_importance_and_plan_say_when_a_source_is_not_a_teacher(recipe, tmp_path
         (["importance", "toy:pixar"], "unknown toy teacher 'toy:pixar'; did you mean 'toy:pixart'?"),
         (["plan", str(recipe), "--teacher", str(tmp_path / "empty")], "empty has neither model_index.json"),
         (["plan", str(recipe), "--teacher", str(tmp_path / "notes.txt")], "notes.txt is not a checkpoint")])
+
+
+def _output_with_a_nan(tmp_path, name="adaln_single.linear.down.weight"):
+    """A tiny PixArt output (adaln_single.linear factorized) whose weight `name` holds a NaN."""
+    from safetensors.torch import load_file, save_file
+
+    from compress.io_export import save_compressed
+    from tests.conftest import factorize, tiny_pixart
+
+    out = save_compressed(factorize(tiny_pixart(), ["adaln_single.linear"], rank=2), tmp_path / "out")
+    (out / "report.json").write_text(json.dumps({"teacher": "toy:pixart"}))
+    weights = next(out.glob("*.safetensors"))
+    sd = load_file(weights)
+    sd[name][0, 0] = float("nan")
+    save_file(sd, weights)
+    return out, weights
+
+
+def test_an_output_with_a_nan_is_one_line_naming_the_tensor_before_eval_or_bench(tmp_path, capsys, monkeypatch):
+    """eval sampled for minutes, then failed inside sklearn (Input X contains NaN); bench ran."""
+    import compress.toy.evaluate as toy_evaluate
+
+    monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: pytest.fail("eval sampled"))
+    out, weights = _output_with_a_nan(tmp_path)
+    for argv in (["eval", str(out)], ["bench", str(out), "--repeats", "1", "--device", "cpu"]):
+        assert main(argv) == 3
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "adaln_single.linear.down.weight has 1 NaN/Inf" in err and str(weights) in err
+
+
+def test_load_transformer_can_warn_of_a_nan(tmp_path, capsys):
+    from compress.errors import NumericError
+    from compress.io_output import load_transformer
+
+    out, _ = _output_with_a_nan(tmp_path, "proj_out.weight")
+    with pytest.raises(NumericError, match="proj_out.weight has 1 NaN/Inf"):
+        load_transformer(out)
+    model = load_transformer(out, nonfinite="warn")
+    assert torch.isnan(model.proj_out.weight).any()
+    assert "warning:" in capsys.readouterr().err
+
+
+def test_inspect_shows_an_output_with_a_nan_and_warns(tmp_path, capsys):
+    """inspect is for looking: a damaged output is shown with a warning naming the tensor, where
+    eval and bench refuse it."""
+    from compress.cli import main
+
+    out, _ = _output_with_a_nan(tmp_path, "proj_out.weight")
+    assert main(["inspect", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "proj_out.weight has 1 NaN/Inf" in captured.err and "rank budget" in captured.out

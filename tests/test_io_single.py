@@ -225,3 +225,34 @@ def test_a_single_file_with_a_config_of_the_other_family_is_one_line(tmp_path, s
         assert str(e.value) == (f"{tmp_path}/t{suffix}: the checkpoint's weights are a {weights} transformer while "
                                 f"the config in {tmp_path}/cfg describes a {config} one; give the config of its own "
                                 "transformer (--teacher-config)")
+
+
+@pytest.mark.parametrize("named", ["myconf.json", "config.json"])
+def test_a_teacher_config_json_file_of_any_name_is_the_config_itself(tmp_path, named):
+    """--teacher-config myconf.json was taken for a folder: "no config.json there"."""
+    from compress.io_single import config_file
+    from compress.io_source import checked
+
+    model = tiny_pixart()
+    (tmp_path / "w").mkdir()
+    save_file(model.state_dict(), tmp_path / "w" / "m.safetensors")
+    model.save_config(tmp_path / "c")
+    (tmp_path / "c" / "config.json").rename(tmp_path / "c" / named)
+    given = str(tmp_path / "c" / named)
+    assert config_file(tmp_path / "w" / "m.safetensors", given) == tmp_path / "c" / named
+    assert checked(str(tmp_path / "w" / "m.safetensors"), given).config_file() == tmp_path / "c" / named
+    loaded = load_teacher(str(tmp_path / "w" / "m.safetensors"), config=given)
+    inputs = model_inputs(model)
+    assert torch.equal(forward(loaded, inputs), forward(model.eval(), inputs))
+
+
+def test_the_shipped_flux_config_is_taken_as_teacher_config(tmp_path):
+    from importlib import resources
+
+    from compress.io_single import config_file, empty_model
+
+    shipped = resources.files("compress.configs") / "FLUX.1-dev.json"
+    model = empty_model("flux", config_file(tmp_path / "flux.safetensors", str(shipped)))
+    assert model.config.num_layers == 19
+    with pytest.raises(UserError, match="no config.json there"):
+        config_file(tmp_path / "flux.safetensors", str(tmp_path))

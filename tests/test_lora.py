@@ -577,3 +577,36 @@ def test_a_hub_doras_teacher_downloads_only_the_shards_it_reads(tmp_path, monkey
     shards = json.loads((repo / "transformer" / INDEX).read_text())["weight_map"]
     assert weights == {f"transformer/{shards[f'{name}.weight']}" for name in adapted}
     assert len(weights) < len(set(shards.values()))  # not the whole folder
+
+
+def test_a_scale_that_merges_nothing_or_not_a_number_is_refused(tmp_path):
+    """scale 0 grew every adapted low-rank layer by the LoRA's rank for nothing; NaN was taken."""
+    teacher = tiny_flux()
+    _lora(teacher, tmp_path / "lora")
+    for scale in (0, 0.0, float("nan"), float("inf")):
+        model = tiny_flux()
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(UserError, match="a scale of 0 merges nothing" if scale == 0 else "finite number"):
+            merge_lora(model, tmp_path / "lora", scale=scale)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("merge", ["api", "cli"])
+def test_a_scale_that_overflows_the_weights_is_refused_naming_the_layer(tmp_path, capsys, merge):
+    """--scale 1e300 reported success with NaN/Inf in 10+ tensors of the new output."""
+    from compress.cli import main
+    from compress.errors import NumericError
+
+    student, teacher = _student(tmp_path)
+    _lora(teacher, tmp_path / "lora")
+    if merge == "api":
+        with pytest.raises(NumericError, match=r"merging the LoRA into '[\w.]+' gives its \w+ \d+ NaN/Inf"):
+            merge_lora(student, tmp_path / "lora", scale=1e300)
+        return
+    argv = ["lora", str(tmp_path / "out-s"), str(tmp_path / "lora"), str(tmp_path / "new"), "--scale"]
+    capsys.readouterr()
+    assert main(argv + ["1e300"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "merging the LoRA into '" in err and not (tmp_path / "new").exists()
+    assert main(argv + ["0"]) == 2
+    assert "a scale of 0 merges nothing" in capsys.readouterr().err and not (tmp_path / "new").exists()

@@ -19,6 +19,7 @@ import torch
 from scipy import linalg
 from torch.nn import functional as F
 
+from compress.errors import UserError
 from compress.inputs import moved
 from compress.toy.data import digits, model_inputs, prompt_for
 from compress.toy.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -26,6 +27,7 @@ from compress.toy.weights import load_toy_pipeline
 
 PCA_DIM = 16
 N_PER_PROMPT = 20
+SEED_LIMIT = 2**32  # numpy's default_rng takes no negative seed, torch's none past 2**64 (seed·100003 + j)
 
 
 # ---- feature space -------------------------------------------------------------------------------
@@ -196,6 +198,7 @@ def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt
     """All scores of `transformer` (a toy-family diffusers model, compressed or not) as a flat JSON-able dict:
     family, n_samples, steps, guidance, adherence, fd, mmd, fd_floor, mmd_floor, classifier_heldout_accuracy,
     and with `teacher`: psnr_vs_teacher, pred_rel_error. Deterministic for a given seed."""
+    check_seed(seed)
     prompts, labels = prompts_and_labels(n_per_prompt)
     settings = dict(n_per_prompt=n_per_prompt, seed=seed, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale)
@@ -207,6 +210,12 @@ def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt
         result["psnr_vs_teacher"] = psnr(samples, sample(teacher, family, **settings))
         result["pred_rel_error"] = prediction_error(transformer, teacher, family, n=n_pred, seed=seed)
     return result
+
+
+def check_seed(seed) -> None:
+    """A seed every generator here takes (0 .. 2**32-1), or a one-line UserError before any sampling."""
+    if type(seed) is not int or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"seed must be an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}")
 
 
 def evaluate_real(seed: int = 0, n: int = 10 * N_PER_PROMPT) -> dict:
