@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from compress.errors import NumericError, UserError
-from compress.io import FORMAT, WEIGHTS, nonfinite
+from compress.io import FORMAT, INDEX, WEIGHTS, nonfinite
 from compress.lowrank import LowRankLinear
 
 
@@ -115,9 +116,23 @@ def is_output(folder: Path) -> bool:
     return isinstance(config, dict) and "compression" in config
 
 
+# the files an output (or a run's stage folder) consists of; shards are OUTPUT_SHARD
+OUTPUT_FILES = (WEIGHTS, INDEX, "config.json", "recipe.yaml", "report.json", "block_map.json", "README.md",
+                "state.json", "state.json.tmp")
+OUTPUT_SHARD = re.compile(r"diffusion_pytorch_model-\d{5}-of-\d{5}\.safetensors")
+
+
+def output_part(path: Path) -> bool:
+    """Whether `path`, in an output folder, is a file of what dit-compress writes there."""
+    return (path.name in OUTPUT_FILES or bool(OUTPUT_SHARD.fullmatch(path.name))) and \
+        path.is_file() and not path.is_symlink()
+
+
 def check_replaceable(out: Path, overwrite: bool) -> None:
-    """An existing `out` may be replaced (with `overwrite`) only if it is an earlier output or an
-    empty folder, and never the current folder or one above it; a UserError saying why otherwise."""
+    """An existing `out` may be replaced (with `overwrite`) only if it is an earlier output (holding
+    only the files an output consists of, `output_part`: the output replaces the folder as a whole,
+    so another file there would go with it) or an empty folder, and never the current folder or
+    one above it; a UserError saying why otherwise."""
     if not (out.exists() or out.is_symlink()):
         return
     here = Path.cwd().resolve()
@@ -128,13 +143,17 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
         raise UserError(f"output folder {out} exists and is a {'link' if out.is_symlink() else 'file'}, "
                         "not a folder; name a new folder")
     try:
-        empty = not any(out.iterdir())
+        entries = sorted(out.iterdir())
     except OSError as e:
         raise UserError(f"cannot read the output folder {out}: {e.strerror}") from None
-    if not empty and not is_output(out):
+    if entries and not is_output(out):
         raise UserError(f"output folder {out} exists and is not a dit-compress output (no config.json "
                         "with a compression section); --overwrite replaces only an earlier output or an "
                         "empty folder: name a new folder")
+    foreign = next((p for p in entries if not output_part(p)), None)
+    if foreign is not None:
+        raise UserError(f"output folder {out} holds {foreign.name}, which is not part of a dit-compress output, "
+                        "and the output replaces its folder as a whole; move it out, or name a new folder")
     if not overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
 

@@ -32,8 +32,8 @@ from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_resume import (FINISHED, fingerprint, recipe_changes, resume_note, teacher_change,
-                                   teacher_identity, weights_checksum)
+from compress.runner_resume import (FINISHED, fingerprint, recipe_changes, resume_note, resumed_in_words,
+                                   teacher_change, teacher_identity, weights_checksum)
 from compress.runner_stream import (HELDOUT, OutOfMemory, check_streaming, is_out_of_memory, memory_hints,
                                    memory_in_words, models_for, streamed_weights, warn_if_activations_too_big,
                                    warn_if_streamed_too_big)
@@ -140,7 +140,7 @@ class Runner:
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
-        check_folders(self.out, self.run_dir, self.overwrite)
+        check_folders(self.out, self.run_dir, self.overwrite, self.teacher_arg or self.recipe.teacher)
         self.passes = build_passes(self.recipe)  # every config error before compute
         if not (self.resume or self.restart):  # saved work a fresh start would discard: refused
             check_run_folder(self.run_dir, self.recipe.raw, self.passes)
@@ -224,7 +224,7 @@ class Runner:
                 state = json.loads((d / "state.json").read_text())
                 self._check_resumable(state, i + 1)
                 self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
-                console.print(f"[bold]resuming[/] after pass {i} ({self.recipe.passes[i].name})")
+                console.print(f"[bold]resuming[/] {resumed_in_words(i + 1, [s.name for s in self.recipe.passes])}")
                 self._unfinished()
                 return i + 1, self.models.restore(d)
         self._unfinished()

@@ -6,25 +6,92 @@ a Ctrl-C that may come before torch is imported."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.runner_resume import interrupted_run, saved_in_words
+from compress.runner_resume import FINISHED, interrupted_run, saved_in_words
 
 
-def check_folders(out: Path, run_dir: Path, overwrite: bool) -> None:
+def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None) -> None:
     """Before anything loads: the output may be written (and replace what is there, see
-    `check_replaceable`) and the run folder made; a UserError saying why not otherwise."""
+    `check_replaceable`) and is clear of the `teacher` source's folder (`check_clear_of_teacher`),
+    and the run folder made, holding nothing in what a run replaces that it did not write
+    (`check_own_run_folder`); a UserError saying why not otherwise."""
     from compress.io_export import check_replaceable
 
     check_replaceable(out, overwrite)
+    check_clear_of_teacher(out, teacher)
     a, b = out.resolve(), run_dir.resolve()
     if a == b or a in b.parents or b in a.parents:
         raise UserError(f"--out {out} and --run-dir {run_dir} must be separate folders, neither inside "
                         "the other")
     check_writable(out.parent, f"output folder {out}")
     check_writable(run_dir, f"run folder {run_dir}")
+    check_own_run_folder(run_dir)
+
+
+def check_clear_of_teacher(out: Path, teacher: str | None) -> None:
+    """--out is not, does not hold and does not lie inside a local teacher's folder (a teacher or
+    pipeline folder), nor holds a single-file teacher: writing the output would replace or mix
+    with the teacher. A relative path is taken from here, as the run loads it; toy: and Hub ids
+    (nothing here) are not local."""
+    if not teacher or teacher.startswith("toy:"):
+        return
+    path = Path(teacher).expanduser()
+    if not path.exists():
+        return
+    a, t = out.resolve(), path.resolve()
+    if path.is_dir() and (a == t or a in t.parents or t in a.parents):
+        where = "is" if a == t else "holds" if a in t.parents else "lies inside"
+        raise UserError(f"--out {out} {where} the teacher's folder {teacher}; name an output folder outside it")
+    if not path.is_dir() and a in t.parents:
+        raise UserError(f"--out {out} holds the teacher {teacher}; name an output folder that does not hold it")
+
+
+# what a run writes, and a fresh start or --restart replaces: stages/<i>-<pass>/ (and the temp
+# folder `atomic_folder` writes it in), stages/finished.json, distill*/checkpoints/step-N (and tmp-step-N)
+OWN = {"stages": re.compile(r"\.?\d+-\w+(\.tmp-\w+)?|" + re.escape(FINISHED)),
+       "checkpoints": re.compile(r"(tmp-)?step-\d+")}
+
+
+def check_own_run_folder(run_dir: Path) -> None:
+    """A UserError naming the first file or folder in the run folder's stages/ or
+    distill*/checkpoints/ (which a run without --resume replaces) that dit-compress did not write
+    there: a folder the user owns is never emptied silently."""
+    found = foreign_in_run_folder(run_dir)
+    if found is not None:
+        raise UserError(f"run folder {run_dir}: {found} was not written by dit-compress, and a run replaces "
+                        f"what is in its stages/ and distill*/checkpoints/; move it, or choose another --run-dir")
+
+
+def foreign_in_run_folder(run_dir: Path) -> Path | None:
+    """The first entry (sorted) of `run_dir`'s stages/ or distill*/checkpoints/ whose name is not one
+    a run writes there (OWN), or a file where those folders go; None when there is none."""
+    run_dir = Path(run_dir)
+    for folder, kind in [(run_dir / "stages", "stages"),
+                         *((d, "checkpoints") for d in sorted(run_dir.glob("distill*/checkpoints")))]:
+        if not (folder.exists() or folder.is_symlink()):
+            continue
+        if folder.is_symlink() or not folder.is_dir():
+            return folder
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            return None  # check_writable or the run says what is wrong
+        found = next((entry for entry in entries if not written_by_a_run(entry, kind)), None)
+        if found is not None:
+            return found
+    return None
+
+
+def written_by_a_run(entry: Path, kind: str) -> bool:
+    """Whether `entry` of a run folder's stages/ or checkpoints/ (`kind`) is named as a run names
+    what it writes there (OWN): a folder, or the file stages/finished.json."""
+    if entry.is_symlink() or not OWN[kind].fullmatch(entry.name):
+        return False
+    return entry.is_file() if entry.name == FINISHED else entry.is_dir()
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -79,10 +146,22 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     was saved and a rerun starts over. `discarding`: what is there is an earlier run's that this
     one (--restart) was about to discard. `now`, `passes`: this run's resolved recipe and passes,
     compared as `check_run_folder` does (no `now`: not compared); saved work of another recipe is not
-    offered to --resume, which would refuse it."""
+    offered to --resume, which would refuse it. Output Fishers an interrupted svd pass left
+    (`saved_fishers`), which a rerun reads back whether or not it resumes, are said to be kept."""
     info = None if discarding else interrupted_run(run_dir, now, passes)
     if info is None:
+        fishers = saved_fishers(run_dir)
+        if fishers:
+            return (f"; {run_dir} keeps the output Fishers measured so far ({fishers} file"
+                    f"{'' if fishers == 1 else 's'}): a rerun of this recipe and teacher reads them back "
+                    "instead of measuring them again (keep the run folder)")
         return "; nothing was saved yet: a rerun starts over"
     if info["changed"]:
         return f"; {another_recipe(run_dir, info)}: a rerun needs --restart to discard it, or another --run-dir"
     return f"; {run_dir} keeps its work ({saved_in_words(info)}): rerun with --resume to continue"
+
+
+def saved_fishers(run_dir: Path) -> int:
+    """How many output Fishers an interrupted svd pass left in the run folder
+    (calib/<fingerprint>/<model>/fisher-*/*.pt, kept beside its stats cache for the next run)."""
+    return sum(1 for _ in Path(run_dir).glob("calib/*/*/fisher-*/*.pt"))

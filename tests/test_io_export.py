@@ -57,3 +57,35 @@ def test_a_teacher_weight_beyond_float16s_range_is_warned_about_before_compute(c
     err = " ".join(capsys.readouterr().err.split())
     assert "the teacher's transformer_blocks.0.ff.net.2.weight holds values up to 1e+05" in err
     assert "export.dtype: bfloat16 or float32 keeps it" in err
+
+
+@pytest.mark.parametrize("added", ["notes.txt", "samples/a.png", "sub/config.json", "config.json.bak"])
+def test_overwrite_refuses_an_output_holding_files_it_is_not_made_of(tmp_path, added):
+    """--overwrite deleted notes.txt, samples/ and a nested output (dit-compress lora OUT LORA OUT/sub)
+    the user had put in an earlier output folder: it replaces the folder as a whole."""
+    out = save_compressed(tiny_pixart(), tmp_path / "out", files={"README.md": "card\n", "recipe.yaml": "x\n"})
+    (out / added).parent.mkdir(exist_ok=True)
+    (out / added).write_text("keep")
+    name = added.split("/")[0]
+    with pytest.raises(UserError, match=f"output folder .*out holds {name}, which is not part of a dit-compress "
+                                        "output.*move it out, or name a new folder"):
+        save_compressed(tiny_pixart(), out, overwrite=True)
+    assert (out / added).read_text() == "keep"
+
+
+def test_overwrite_replaces_an_output_made_of_what_dit_compress_writes(tmp_path):
+    """A whole output (report, block map, recipe, card), a streamed (sharded) one and a stage folder
+    (state.json) are replaced."""
+    files = {n: "x\n" for n in ("recipe.yaml", "report.json", "block_map.json", "README.md")}
+    out = save_compressed(tiny_pixart(), tmp_path / "out", files=files)
+    (out / "state.json").write_text("{}")
+    save_compressed(tiny_pixart(), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    model = tiny_flux()
+    model.save_pretrained(tmp_path / "teacher", max_shard_size="40KB")
+    model = empty_transformer(tmp_path / "teacher")
+    loader = CheckpointBlocks(model, tmp_path / "teacher")
+    loader.load_top()
+    save_streamed(model, loader, tmp_path / "sharded")
+    assert len(list((tmp_path / "sharded").glob("*-of-*.safetensors"))) > 1
+    save_streamed(model, loader, tmp_path / "sharded", overwrite=True)

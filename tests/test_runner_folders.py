@@ -103,3 +103,116 @@ def test_the_run_folder_is_read_without_importing_torch():
 
     code = "import sys, compress.runner_folders; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+# ---- the output is never the teacher's folder --------------------------------------------------
+@pytest.mark.parametrize("out, words", [
+    ("teacher", "--out teacher is the teacher's folder"),
+    ("teacher/sub", "--out teacher/sub lies inside the teacher's folder"),
+])
+def test_an_output_in_the_teachers_folder_is_refused(pixart, monkeypatch, out, words):
+    """--out naming a copy of an earlier output used as the teacher replaced the teacher: the
+    output then named itself as its teacher, and eval said error 0."""
+    import shutil
+
+    from compress.io_export import save_compressed
+    from tests.conftest import tiny_pixart
+
+    tmp_path, make, loads = pixart
+    shutil.rmtree(tmp_path / "teacher")
+    save_compressed(tiny_pixart(), tmp_path / "teacher")  # an output: --overwrite could replace it
+    before = sorted(p.name for p in (tmp_path / "teacher").iterdir())
+    monkeypatch.chdir(tmp_path)
+    for teacher in (str(tmp_path / "teacher"), "teacher", "./teacher/"):
+        with pytest.raises(UserError, match=words):
+            make(Path(out), tmp_path / "run", teacher=teacher, overwrite=True).prepare()
+    with pytest.raises(UserError, match=words):  # the recipe's teacher
+        make(Path(out), tmp_path / "run", overwrite=True).prepare()
+    assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == before and not loads
+
+
+def test_an_output_holding_the_teachers_folder_is_refused(tmp_path, monkeypatch):
+    from compress.runner_folders import check_clear_of_teacher
+
+    (tmp_path / "a" / "teacher").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="--out a holds the teacher's folder a/teacher"):
+        check_clear_of_teacher(Path("a"), "a/teacher")
+    check_clear_of_teacher(Path("a/out"), "a/teacher")  # beside it: allowed
+
+
+def test_an_output_holding_a_single_file_teacher_is_refused(pixart, monkeypatch):
+    tmp_path, make, loads = pixart
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    from compress.runner_folders import check_clear_of_teacher
+
+    for out in ("ckpt", str(tmp_path)):
+        with pytest.raises(UserError, match="holds the teacher ckpt/model.safetensors"):
+            check_clear_of_teacher(Path(out), "ckpt/model.safetensors")
+    check_clear_of_teacher(Path("ckpt/out"), "ckpt/model.safetensors")  # beside the file: allowed
+    for teacher in ("toy:pixart", "owner/name", None):  # not local
+        check_clear_of_teacher(Path("teacher"), teacher)
+
+
+def test_cli_output_over_the_recipes_teacher_is_one_line(pixart, capsys):
+    tmp_path, make, loads = pixart
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "teacher" / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lies inside the teacher's folder" in err and "\n" not in err and not loads
+
+
+# ---- a run folder the user owns ----------------------------------------------------------------
+@pytest.mark.parametrize("where", ["stages/plan.txt", "stages/notes", "distill/checkpoints/keep.txt",
+                                   "distill-2/checkpoints/step-x"])
+@pytest.mark.parametrize("flag", [{}, {"restart": True}])
+def test_a_run_folder_never_loses_files_dit_compress_did_not_write(pixart, where, flag):
+    """`--run-dir .` in a folder holding stages/plan.txt deleted it silently."""
+    tmp_path, make, loads = pixart
+    mine = tmp_path / "mine" / where
+    mine.parent.mkdir(parents=True)
+    if where.endswith(("notes", "step-x")):
+        mine.mkdir()
+    else:
+        mine.write_text("keep")
+    with pytest.raises(UserError, match=f"run folder .*mine: .*mine/{where} was not written by dit-compress"):
+        make(tmp_path / "out", tmp_path / "mine", **flag).prepare()
+    assert mine.exists() and not loads
+
+
+def test_a_run_folder_a_run_wrote_is_recognised(pixart, capsys):
+    """What runs leave (stages, their temp folders, the finished marker, distill checkpoints) is
+    theirs: a finished run's folder is started over."""
+    tmp_path, make, loads = pixart
+    run = tmp_path / "run"
+    for d in ("stages/0-remove_blocks", "stages/1-svd", "stages/.1-svd.tmp-ab_12", "distill/checkpoints/step-00000004",
+              "distill-2/checkpoints/tmp-step-00000008"):
+        (run / d).mkdir(parents=True)
+    (run / "stages" / "finished.json").write_text("{}\n")
+    (run / "distill" / "loss.csv").write_text("")
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]) == 0
+    assert (tmp_path / "out" / "config.json").is_file()
+
+
+# ---- what a rerun reuses after Ctrl-C ------------------------------------------------------------
+def test_ctrl_c_after_the_output_fishers_are_saved_says_a_rerun_reuses_them(pixart, monkeypatch, capsys):
+    """It said 'nothing was saved yet: a rerun starts over', and the rerun read 24 Fishers back."""
+    from compress.passes.svd import SVDPass
+    from tests.runner_helpers import SIMPLE
+
+    tmp_path, make, loads = pixart
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher",
+                                                   passes="  - svd: {targets: [attention, mlp], ratio: 0.5, multiple: 2}\n"))
+
+    def compress(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(SVDPass, "_compress", compress)
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(args) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{tmp_path / 'run'} keeps the output Fishers measured so far (" in last
+    assert "a rerun of this recipe and teacher reads them back" in last and "starts over" not in last
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert "read back from an earlier run" in capsys.readouterr().err
