@@ -24,10 +24,11 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
         path = Path(calib.prompt_file)
         if not path.is_absolute() and recipe_dir is not None:
             path = recipe_dir / path
-        prompts += _prompt_lines(path, calib.prompt_file)
+        prompts += _prompt_lines(path, calib.prompt_file, _where(calib, "prompt_file", calib.prompt_file))
     if not prompts:
         auto = " (source auto is pipeline for a teacher that is not toy:)" if calib.source == "auto" else ""
-        raise UserError(f"calibration.source 'pipeline'{auto} needs calibration.prompts or prompt_file")
+        raise UserError(f"{_where(calib, 'source', calib.source)}calibration.source 'pipeline'{auto} needs "
+                        "calibration.prompts or prompt_file")
     n = calib.num_prompts
     if n and n != len(prompts):
         from compress.report import console
@@ -38,14 +39,22 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
     return prompts[:n] if n else prompts
 
 
-def _prompt_lines(path: Path, name: str) -> list[str]:
-    """The non-blank lines of a UTF-8 prompt file, stripped; UserError if unreadable, not text or empty."""
-    text = read_utf8(path, f"calibration.prompt_file {name}", "give one prompt per line, saved as UTF-8")
+def _where(calib, key: str, value) -> str:
+    """'PATH:LINE: ' of the recipe key calibration.`key` (CalibrationConfig.where), or ''."""
+    where = getattr(calib, "where", None)
+    return where(key, value) if callable(where) else ""
+
+
+def _prompt_lines(path: Path, name: str, where: str = "") -> list[str]:
+    """The non-blank lines of a UTF-8 prompt file, stripped; UserError if unreadable, not text or empty
+    (`where`: 'PATH:LINE: ' of the recipe's prompt_file)."""
+    text = read_utf8(path, f"{where}calibration.prompt_file {name}", "give one prompt per line, saved as UTF-8")
     if "\x00" in text:
-        raise UserError(f"calibration.prompt_file {name}: a binary file (NUL bytes), not one prompt per line")
+        raise UserError(f"{where}calibration.prompt_file {name}: a binary file (NUL bytes), not one prompt "
+                        "per line")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
-        raise UserError(f"calibration.prompt_file {name} is empty: give one prompt per line")
+        raise UserError(f"{where}calibration.prompt_file {name} is empty: give one prompt per line")
     return lines
 
 

@@ -29,6 +29,10 @@ HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
 
 SEED_MAX = 2**63 - 1
 
+# an unknown key '<<': YAML 1.1's merge key, which YAML 1.2 (how recipes are read) does not have
+MERGE_HINT = ("; recipes are read as YAML 1.2, which has no merge key: write the keys out "
+              "(or use --set)")
+
 
 @dataclass
 class CalibrationConfig:
@@ -56,6 +60,20 @@ class CalibrationConfig:
     # keep each block's calibration inputs and outputs on disk, one file per batch, instead of all
     # batches in memory (big models at high resolution: ~28 MB per Flux 1024² sample in bf16)
     spill_activations: bool = False
+
+    def where(self, key: str, value=None) -> str:
+        """'PATH:LINE: ' of calibration.`key` (of `calibration:` where the recipe leaves the key out)
+        in the recipe `parse_recipe` read this config from (io_source.recipe_where: a --set value is
+        named as its --set; `value`: the one the error is about); '' for a config made otherwise."""
+        recipe = self.__dict__.get("_recipe")  # set by parse_recipe; not a field (asdict, ==)
+        if recipe is None:
+            return ""
+        from compress.io_source import recipe_where
+
+        dotted = f"calibration.{key}"
+        if dotted not in recipe.keys and "calibration" in recipe.keys:
+            return recipe_where(recipe, "calibration") + ": "
+        return recipe_where(recipe, dotted, value) + ": "
 
     @property
     def heldout_inputs(self) -> int:
@@ -253,7 +271,7 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
     for key_node, value_node in node.value:  # keys: unique strings (_check_keys)
         key = key_node.value
         if key not in fields:
-            hint = did_you_mean(key, fields)
+            hint = MERGE_HINT if key == "<<" else did_you_mean(key, fields)
             raise _Loc(path, key_node).err(f"unknown key '{key}' in {what}{hint} "
                                            f"(known: {', '.join(fields)})")
         values[key] = convert(value_node, hints[key], path, f"{what}.{key}" if what else key)
@@ -353,7 +371,8 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
              "passes")
     for key, (k, _) in top.items():
         if key not in known:
-            raise _Loc(path, k).err(f"unknown key '{key}'{did_you_mean(key, known)}")
+            hint = MERGE_HINT if key == "<<" else did_you_mean(key, known)
+            raise _Loc(path, k).err(f"unknown key '{key}'{hint}")
     if "passes" not in top:
         raise _Loc(path, root).err("the recipe has no 'passes' list")
     passes_node = top["passes"][1]
@@ -380,6 +399,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     if values.get("version", 1) != 1:
         raise _Loc(path, root).err(f"recipe version {values['version']} is not supported (only 1)")
     recipe = Recipe(passes=specs, path=path, keys=_key_locs(root, path), **values)
+    recipe.calibration._recipe = recipe  # its errors name the recipe's lines (CalibrationConfig.where)
     recipe.raw = to_plain(recipe)
     return recipe
 

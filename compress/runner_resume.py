@@ -176,3 +176,13 @@ def resume_note(run_dir: Path, recipe: Recipe, passes) -> str:
     else:
         go_on = f"--resume continues from pass {done + 1} (whose keys may change)"
     return f"; {run_dir} keeps its work ({saved_in_words(info)}): {go_on}"
+
+
+def resumed_in_words(done: int, names: list[str]) -> str:
+    """What --resume says it keeps, numbered from 1 as the passes are: 'after pass 1/2 (remove_blocks)'
+    for `done` completed passes of the recipe's pass `names`, or 'all 2 passes done (remove_blocks,
+    svd): only the output is written' when none is left."""
+    total = len(names)
+    if done >= total:
+        return f"all {total} pass{'' if total == 1 else 'es'} done ({', '.join(names)}): only the output is written"
+    return f"after pass {done}/{total} ({names[done - 1]})"

@@ -278,3 +278,25 @@ def test_num_prompts_that_cuts_a_prompt_file_says_so(tmp_path, capsys, num_promp
     assert len(read_prompts(calib, tmp_path)) == min(num_prompts or 30, 30)
     err = " ".join(capsys.readouterr().err.split())
     assert (said in err) if said else not err
+
+
+@pytest.mark.parametrize("calibration, sets, teacher, said", [
+    ("", ["calibration.source=pipeline"], "toy:pixart",
+     r"r\.yaml \(--set calibration\.source\): calibration\.source 'pipeline' needs calibration\.prompts"),
+    ("calibration:\n  source: pipeline\n", [], "toy:pixart",
+     r"r\.yaml:4: calibration\.source 'pipeline' needs calibration\.prompts"),
+    ("calibration:\n  seed: 1\n", [], "some/hub-model",
+     r"r\.yaml:3: calibration\.source 'pipeline' \(source auto is pipeline .*\) needs calibration\.prompts"),
+    ("calibration:\n  source: pipeline\n  prompt_file: p.txt\n", [], "toy:pixart",
+     r"r\.yaml:5: calibration\.prompt_file p\.txt is empty"),
+    ("calibration:\n  source: pipeline\n", ["calibration.prompt_file=p.txt"], "toy:pixart",
+     r"r\.yaml \(--set calibration\.prompt_file\): calibration\.prompt_file p\.txt is empty"),
+])
+def test_a_pipeline_calibration_without_prompts_names_the_recipe_line(tmp_path, calibration, sets, teacher, said):
+    """'calibration.source 'pipeline' needs calibration.prompts or prompt_file' and '... is empty'
+    named no recipe file:line (nor the --set that gave the key)."""
+    (tmp_path / "p.txt").write_text("\n  \n")
+    recipe = parse_recipe(f"model: pixart\nteacher: {teacher}\n{calibration}passes:\n  - svd: {{ratio: 0.5}}\n",
+                          "r.yaml", sets)
+    with pytest.raises(UserError, match="^" + said):
+        read_prompts(recipe.calibration, tmp_path)

@@ -1,5 +1,6 @@
 """Strict recipes: every mistake is a one-line UserError naming file:line and the key."""
 
+import re
 import textwrap
 
 import pytest
@@ -473,3 +474,17 @@ def test_a_section_tagged_null_is_held_to_what_null_is(tmp_path, text):
     assert str(by_set.value).startswith(f"{path} (--set calibration={text}): calibration: {problem}")
     for null in ("", "!!null", "!!null ~", "null", "~"):  # the defaults, as before
         assert load_recipe(path, [f"calibration={null}"]).calibration.prompts == []
+
+
+@pytest.mark.parametrize("text, where", [
+    ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: &s {ratio: 0.5}\n  - svd: {<<: *s, targets: [mlp]}\n",
+     r"r\.yaml:5: unknown key '<<' in passes\[1\]\.svd"),
+    ("<<: {model: pixart}\nteacher: toy:pixart\npasses: [svd]\n", r"r\.yaml:1: unknown key '<<'"),
+])
+def test_a_yaml_merge_key_says_recipes_are_yaml_1_2(text, where):
+    """'unknown key '<<' in passes[1].svd' said nothing of why a YAML merge key is not read."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml")
+    assert re.match(where, str(e.value)), e.value
+    assert "recipes are read as YAML 1.2, which has no merge key: write the keys out (or use --set)" in \
+        str(e.value), e.value

@@ -328,7 +328,7 @@ def test_running_out_of_memory_names_the_pass_and_what_to_change(tmp_path, monke
                    "passes done): --resume continues from pass 2 (whose keys may change)")
     monkeypatch.undo()
     assert main(argv + ["--resume", "--set", "calibration.spill_activations=true"]) == 0
-    assert "resuming after pass 0 (remove_blocks)" in capsys.readouterr().err
+    assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err
 
 
 def test_a_seed_torch_cannot_take_is_refused_at_recipe_load(tmp_path):

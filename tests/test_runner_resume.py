@@ -277,3 +277,14 @@ def test_a_float16_export_refused_at_the_end_is_written_as_bfloat16_with_resume(
         monkeypatch.setattr(cls, "run", lambda self, model, ctx: pytest.fail("a pass ran again"))
     out = runner("bfloat16", resume=True).run()
     assert json.loads((out / "config.json").read_text())["compression"]["dtype"] == "bfloat16"
+
+
+def test_resume_says_which_pass_it_continues_after_numbered_from_one():
+    """Said 'resuming after pass 0 (remove_blocks)' before 'pass 2/2: svd', and 'after pass 1 (svd)'
+    when both passes were done."""
+    from compress.runner_resume import resumed_in_words
+
+    assert resumed_in_words(1, ["remove_blocks", "svd"]) == "after pass 1/2 (remove_blocks)"
+    assert resumed_in_words(2, ["remove_blocks", "svd"]) == \
+        "all 2 passes done (remove_blocks, svd): only the output is written"
+    assert resumed_in_words(1, ["svd"]) == "all 1 pass done (svd): only the output is written"

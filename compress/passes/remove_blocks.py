@@ -23,8 +23,8 @@ from compress.arch.base import Adapter
 from compress.errors import BadValue, NumericError, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, check_buckets, scan
-from compress.passes.remove_blocks_budget import (check_explicit, one_of, per_group, resolve_budget,
-                                                to_current, too_many)
+from compress.passes.remove_blocks_budget import (check_explicit, one_of, per_group, removes_nothing,
+                                                resolve_budget, to_current, too_many)
 from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
                                                    window_key)
 from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, teacher_view, with_removal
@@ -207,8 +207,10 @@ class RemoveBlocksPass(Pass):
             pattern_count(per_group(budget, counts), counts, self.config.window, window_key(self.config))
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
-        """A learned removal whose estimator is likely biased (the runner warns once, at its key)."""
-        return _biased(self.config)
+        """A count or fraction that removes no block (a fraction rounded down: the smallest that
+        removes one), a learned removal whose estimator is likely biased (the runner warns once, at
+        its key)."""
+        return removes_nothing(self.config, adapter.block_counts(model)) + _biased(self.config)
 
     def check_streaming(self) -> None:
         """Streams: explicit indices (blocks are only renumbered), the cosine proxy (one streamed
@@ -294,14 +296,13 @@ class RemoveBlocksPass(Pass):
             budget = per_group(resolve_budget(self.config, adapter, before), before)
             drop, record["learned"] = learn_removal(model, ctx, budget, self.config, block_map)
             block_map = self._remove(model, adapter, block_map, drop, record, ctx.blocks)
-        elif not self.config.iterative:
-            budget = resolve_budget(self.config, adapter, before)
+        elif self.config.iterative:  # a budget of none scans nothing (`notes` warned of it)
+            block_map = self._greedy(model, ctx, block_map, resolve_budget(self.config, adapter, before),
+                                     record)
+        elif _total(budget := resolve_budget(self.config, adapter, before)):  # none: no scan, as above
             scores = self._scores(model, ctx, block_map, record)
             block_map = self._remove(model, adapter, block_map, _choose(scores, before, budget), record,
                                      ctx.blocks)
-        else:
-            block_map = self._greedy(model, ctx, block_map, resolve_budget(self.config, adapter, before),
-                                     record)
         if self.config.blocks is None:
             record.update(criterion=self.config.criterion, iterative=self.config.iterative)
         removed = {g: sorted(set(start[g]) - set(keep)) for g, keep in block_map.items()}

@@ -120,3 +120,38 @@ def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) ->
                                                       "index) was already removed by an earlier pass")
         drop[g] = sorted(where[t] for t in set(teacher))
     return drop
+
+
+
+def removes_nothing(config, counts: dict[str, int]) -> list[tuple[str, str]]:
+    """(recipe key, message) where a count or fraction (that `resolve_budget` passed) removes no
+    block: a fraction rounded down to none names the smallest that removes one; a pass that removes
+    no block at all says it changes nothing."""
+    key = one_of(config)
+    if key == "blocks":
+        return []
+    value = getattr(config, key)
+    items = list(value.items()) if isinstance(value, dict) else [(None, value)]
+    rounded, total = [], 0
+    for group, v in items:
+        n, path = (counts[group], f"{key}.{group}") if group else (sum(counts.values()), key)
+        k = _k_of(key, v, n, "", path)
+        total += k
+        if k == 0 and v > 0:  # a fraction, rounded down
+            spare = n - 1 if group else n - len(counts)  # blocks it may remove: each group keeps one
+            of = f"{n} blocks" + (f" of group '{group}'" if group else "")
+            rounded.append((path, f"remove_blocks: {path} {v} of {of} rounds down to no block", _smallest(n, spare)))
+    nothing = ", so this pass changes nothing"
+    if total == 0 and len(items) == 1 and rounded:
+        return [(path, head + nothing + tail) for path, head, tail in rounded]
+    out = [(path, head + tail) for path, head, tail in rounded]
+    return out if total else out + [(key, f"remove_blocks: {key} removes no block{nothing}")]
+
+
+def _smallest(n: int, spare: int) -> str:
+    """'; the smallest fraction that removes one block is 0.17' of `n` blocks, `spare` of which may
+    go; '' where none may."""
+    if spare < 1:
+        return ""
+    digits = max(2, len(str(n)))  # two decimals, more for over a hundred blocks
+    return f"; the smallest fraction that removes one block is {math.ceil(10 ** digits / n) / 10 ** digits:g}"

@@ -52,7 +52,7 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
 from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, check_streaming, check_values,
-                                        merge_report, summary)
+                                        merge_report, summary, unchanged_note)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
 from compress.passes.svd_global import GlobalAllocation
@@ -157,10 +157,7 @@ class SVDPass(GlobalAllocation, Pass):
         ranks = self.resolved.ranks(model, adapter)
         if not targets or len(ranks) < len(targets) or any(r is not DENSE for r in ranks.values()):
             return out
-        key = "multiple" if c.multiple > 1 else "ratio"
-        return out + [(key, f"svd: every one of its {len(targets)} targets stays dense (ranks rounded up to a "
-                            f"multiple of {c.multiple} save no parameters at these widths), so this pass changes "
-                            "nothing; lower svd.multiple or svd.ratio")]
+        return out + [unchanged_note(c, targets)]
 
     def check_streaming(self) -> None:
         """Block weights streamed: everything but whole-model forwards (svd_checks)."""

@@ -10,7 +10,7 @@ from compress.errors import BadValue, did_you_mean
 from compress.linalg import METHODS
 from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
-from compress.passes.svd_targets import check_explicit_ranks, check_pattern, check_syntax, matches
+from compress.passes.svd_targets import check_explicit_ranks, check_pattern, check_syntax, fixed_ranks, matches
 from compress.recipe_yaml import spelling_hint
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
@@ -219,3 +219,21 @@ def summary(records: dict[str, dict], c) -> dict:
             # asymmetric fits: the factorized layer's fit to the reference outputs against the
             # undamped rank-r optimum of that fit (what the damping costs on the calibration data)
             "max_fit_ratio": max(fits) if fits else None}
+
+
+def unchanged_note(c, targets) -> tuple[str, str]:
+    """(recipe key, message) for an svd pass whose fixed ranks leave all its `targets` dense: rounding
+    to `c.multiple` is named the cause only where unrounded ranks (multiple 1) would save parameters;
+    else the ratio (or ratios, ranks) keeps every parameter."""
+    dense = f"every one of its {len(targets)} targets stays dense"
+    unrounded = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks or {}, 1)
+    if c.multiple > 1 and any(r is not None for r in unrounded.values()):
+        return "multiple", (f"svd: {dense} (ranks rounded up to a multiple of {c.multiple} save no parameters "
+                            "at these widths), so this pass changes nothing; lower svd.multiple or svd.ratio")
+    if c.allocation == "per_role":
+        key, why = "ratios", "svd.ratios keep every parameter of their roles"
+    elif c.ranks and len(fixed_ranks(targets, "", c.ratio, None, c.ranks, 1)) == len(targets):
+        key, why = "ranks", "svd.ranks are at or above the rank where a factorization saves parameters"
+    else:
+        key, why = "ratio", f"svd.ratio {c.ratio} keeps every parameter"
+    return key, f"svd: {why}, so {dense} and this pass changes nothing; lower svd.{key}"

@@ -268,3 +268,38 @@ def test_earlier_svd_records_follow_their_blocks(tmp_path):
                              "proj_out": {"loss": 9.0}}
     assert svd["dense"] == ["proj_out"] and svd["fused_gelu"] == ["single_transformer_blocks.1.proj_mlp"]
     assert svd["compensation"] == {"single 1 attention": 2, "double 0 mlp": 5, "top level modulation": 9}
+
+
+@pytest.mark.parametrize("config, key, said", [
+    (dict(fraction=0.1), "fraction", "remove_blocks: fraction 0.1 of {n} blocks rounds down to no block, so this "
+                                     "pass changes nothing; the smallest fraction that removes one block is {f}"),
+    (dict(count=0), "count", "remove_blocks: count removes no block, so this pass changes nothing"),
+    (dict(fraction=0.0, iterative=True), "fraction", "remove_blocks: fraction removes no block, so this pass "
+                                                     "changes nothing"),
+])
+def test_a_budget_that_removes_nothing_is_warned_and_scans_nothing(tmp_path, config, key, said):
+    """fraction 0.1 of 6 blocks: plan showed budget 0, the run scanned and wrote a 100% copy, no word."""
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    n = sum(adapter.block_counts(model).values())
+    step = RemoveBlocksPass(RemoveBlocksConfig(**config))
+    step.check(model, adapter)
+    f = {2: "0.5", 3: "0.34", 4: "0.25", 5: "0.2", 6: "0.17"}.get(n)
+    assert step.notes(model, adapter) == [(key, said.format(n=n, f=f))]
+    ctx = context(model, tmp_path)
+    ctx.calibration_inputs = no_calibration
+    step.run(model, ctx)
+    assert ctx.report["remove_blocks"]["removed"] == {g: [] for g in adapter.block_counts(model)}
+
+
+def test_a_group_fraction_that_rounds_down_names_its_group_key(tmp_path):
+    model = tiny_flux()
+    counts = get_adapter(model).block_counts(model)
+    step = RemoveBlocksPass(RemoveBlocksConfig(fraction={g: 0.01 for g in counts}))
+    notes = step.notes(model, get_adapter(model))
+    assert [k for k, _ in notes] == [f"fraction.{g}" for g in counts] + ["fraction"], notes
+    g = next(iter(counts))
+    assert notes[0][1].startswith(f"remove_blocks: fraction.{g} 0.01 of {counts[g]} blocks of group '{g}' rounds "
+                                  "down to no block"), notes
+    some = RemoveBlocksPass(RemoveBlocksConfig(fraction={g: 0.01, **{h: 0.6 for h in counts if h != g}}))
+    assert [k for k, _ in some.notes(model, get_adapter(model))] == [f"fraction.{g}"]

@@ -141,3 +141,27 @@ def test_a_number_is_not_true_false_or_auto():
     """1 == True: `in (True, False, "auto")` let 1 through, where it then meant auto."""
     with pytest.raises(UserError, match=re.escape("svd.asymmetric must be true, false or auto, not 1")):
         SVDConfig(asymmetric=1).validate()
+
+
+def _unchanged(**cfg):
+    from compress.arch.base import LinearInfo
+    from compress.passes.svd_checks import unchanged_note
+
+    targets = [LinearInfo(f"blocks.0.{p}", "attention", p, "double", 0, 64, 64, "x") for p in ("q", "k")]
+    return unchanged_note(SVDConfig(**cfg), targets)
+
+
+def test_ratio_one_is_named_the_cause_of_an_svd_pass_that_changes_nothing_not_rounding():
+    """ratio 1.0, multiple 1: said 'ranks rounded up to a multiple of 1 save no parameters'."""
+    key, said = _unchanged(ratio=1.0, multiple=1)
+    assert key == "ratio" and "rounded" not in said, said
+    assert said == ("svd: svd.ratio 1.0 keeps every parameter, so every one of its 2 targets stays dense and "
+                    "this pass changes nothing; lower svd.ratio")
+    assert _unchanged(ratio=1.0, multiple=16)[0] == "ratio"  # rounding is not why either
+
+
+def test_rounding_is_named_the_cause_only_where_unrounded_ranks_would_save():
+    key, said = _unchanged(ratio=0.9, multiple=64)
+    assert key == "multiple" and "rounded up to a multiple of 64 save no parameters" in said, said
+    key, said = _unchanged(ranks={"re:.*": 40}, multiple=1)
+    assert key == "ranks" and "svd.ranks are at or above" in said, said
