@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("importance", help="block-importance scan: table, JSON and heatmap PNG")
     p.add_argument("source", help="a recipe YAML or a teacher (toy:pixart, folder, file)")
     p.add_argument("--buckets", type=int, default=3, help="timestep buckets (default 3)")
-    p.add_argument("--json", metavar="FILE", help="write the scan as JSON")
+    p.add_argument("--json", metavar="FILE", help="write the scan as JSON (- : on standard output, in place of the table)")
     p.add_argument("--png", metavar="FILE", help="heatmap path (default importance-<family>.png)")
 
     p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")

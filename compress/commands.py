@@ -79,7 +79,8 @@ def importance(args) -> int:
     from compress.passes.importance_report import plot_heatmap, render_table
     from compress.stream import streamed
 
-    json_path = output_file(args.json, "--json") if args.json else None  # checked before the scan
+    to_stdout = args.json == "-"  # the scan as JSON on standard output, in place of the table
+    json_path = output_file(args.json, "--json") if args.json and not to_stdout else None  # before the scan
     png = output_file(args.png, "--png", figure=True) if args.png else None
     _, teacher, inputs, loader = _teacher_and_inputs(args.source)
     adapter = get_adapter(teacher)
@@ -87,7 +88,10 @@ def importance(args) -> int:
     with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling
         batches = inputs.calibration()
     result = scan(teacher, adapter, batches, buckets=args.buckets, loader=loader)
-    results.print(render_table(result))
+    if to_stdout:
+        print(to_json(result.to_dict()))
+    else:
+        results.print(render_table(result))
     console.print(f"wrote {plot_heatmap(result, png)}")
     if json_path:
         console.print(f"wrote {save_json(result, json_path)}")

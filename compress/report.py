@@ -272,6 +272,8 @@ def output_file(path, what: str, figure: bool = False) -> Path:
     """Where a command will write its `what`, checked before the work: not a folder, its folder
     made. A figure without a suffix becomes .png (as matplotlib would write it)."""
     p = Path(path).expanduser()
+    if p.is_dir():  # before a figure's suffix: `--png DIR` is not DIR.png beside it
+        raise UserError(f"{what} {path} is a folder; give a file name")
     if figure and not p.suffix:
         p = p.with_name(p.name + ".png")
     elif figure and p.suffix.lower() not in FIGURES:

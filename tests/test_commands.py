@@ -483,3 +483,16 @@ def test_inspect_shows_an_output_with_a_nan_and_warns(tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     captured = capsys.readouterr()
     assert "proj_out.weight has 1 NaN/Inf" in captured.err and "rank budget" in captured.out
+
+
+def test_importance_json_dash_prints_the_scan_on_stdout(tmp_path, capsys):
+    """`--json -` wrote a file named '-'; it is the scan as JSON on standard output, in place of
+    the table (the heatmap's line goes to stderr)."""
+    import json
+    from pathlib import Path
+
+    from compress.cli import main
+
+    assert main(["importance", "toy:pixart", "--buckets", "2", "--json", "-", "--png", str(tmp_path / "h.png")]) == 0
+    scan = json.loads(capsys.readouterr().out)
+    assert len(scan["blocks"]) == 6 and (tmp_path / "h.png").is_file() and not Path("-").exists()

@@ -181,3 +181,14 @@ def test_the_model_card_and_inspect_say_how_close_the_asymmetric_fits_came_to_th
     assert "asymmetric fits' excess / undamped optimum over 3 layers: max 1.5000" in shown
     _print_optimality([dict(layers["d"], name="d")])
     assert "asymmetric" not in capsys.readouterr().out
+
+
+def test_output_file_refuses_an_existing_folder_even_for_a_figure(tmp_path):
+    """`--png DIR` wrote DIR.png beside the folder (the suffix was added first); it is a folder."""
+    from compress.errors import UserError
+    from compress.report import output_file
+
+    (tmp_path / "plots").mkdir()
+    with pytest.raises(UserError, match="is a folder; give a file name"):
+        output_file(str(tmp_path / "plots"), "--png", figure=True)
+    assert output_file(str(tmp_path / "heat"), "--png", figure=True) == tmp_path / "heat.png"
