@@ -123,11 +123,13 @@ def _swap_lowrank(model: nn.Module, name: str, rank, out: Path) -> None:
                                             bias=old.bias is not None))
 
 
-def load_pipeline(out, base: str, dtype: torch.dtype | None = None):
+def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None):
     """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
-    `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id. `dtype`: of the
-    whole pipeline (default: the dtype the transformer was exported in, so all parts agree)."""
+    `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id; by default the teacher
+    the output records, where that is one of these. `dtype`: of the whole pipeline (default: the
+    dtype the transformer was exported in, so all parts agree)."""
     transformer = load_transformer(out, dtype=dtype)
+    base = base or recorded_base(transformer, Path(out))
     if base.startswith("toy:"):
         from compress.toy import load_toy_pipeline
 
@@ -146,6 +148,24 @@ def load_pipeline(out, base: str, dtype: torch.dtype | None = None):
                                                      **pipeline_dtype(dtype or transformer.dtype))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None
+
+
+def recorded_base(transformer: nn.Module, out: Path) -> str:
+    """The teacher the output `out` records, as a base pipeline: a toy, a Hub id or a local pipeline
+    folder (model_index.json); a UserError asking for `base` otherwise."""
+    teacher = (getattr(transformer, "compression_meta", None) or {}).get("teacher")
+    ask = "pass base= (a pipeline folder, a Hugging Face id or toy:NAME)"
+    if not teacher:
+        raise UserError(f"{out} records no teacher to take the pipeline's other parts from; {ask}")
+    path = Path(str(teacher)).expanduser()
+    if teacher.startswith("toy:") or (path.is_dir() and (path / "model_index.json").is_file()):
+        return teacher
+    from compress.io import looks_local
+
+    if looks_local(teacher) or path.exists():
+        raise UserError(f"the teacher {out} records, {teacher}, is not a pipeline folder (no model_index.json "
+                        f"there); {ask}")
+    return teacher  # a Hub id
 
 
 def _check_base(transformer: nn.Module, base: str) -> None:

@@ -401,3 +401,19 @@ def test_a_damaged_torch_save_file_says_why_it_fails(tmp_path):
     with pytest.raises(UserError, match=r"a zip archive or a pickle\); this one fails to load \(\w+: .*\); it may be "
                                         "truncated or corrupted"):
         read_state_dict(tmp_path / "w.pth")
+
+
+def test_load_pipeline_takes_the_recorded_teacher_as_its_base(tmp_path):
+    """load_pipeline(out) without base raised a raw TypeError; it takes the teacher the output
+    records where that is a toy, a pipeline folder or a Hub id, and asks for base= otherwise."""
+    from compress import load_pipeline
+    from compress.toy import load_toy_teacher
+
+    out = save_compressed(_factorize_some(load_toy_teacher("pixart"), rank=8), tmp_path / "student",
+                          extra={"teacher": "toy:pixart"})
+    assert type(load_pipeline(out).transformer).__name__ == "PixArtTransformer2DModel"
+    for teacher, words in (({}, "records no teacher"), ({"teacher": str(tmp_path)}, "is not a pipeline folder")):
+        bare = save_compressed(_factorize_some(load_toy_teacher("pixart"), rank=8), tmp_path / f"s{len(teacher)}",
+                               extra=teacher)
+        with pytest.raises(UserError, match=words + ".*pass base="):
+            load_pipeline(bare)
