@@ -220,8 +220,16 @@ class TeacherSource:
 
 def checked(source: str, config: str | None = None, where: str = "", hub: bool = True,
             recipe_dir: Path | None = None) -> TeacherSource:
-    """`source` checked (check_source), as a TeacherSource; see there for the arguments."""
-    return TeacherSource(source, check_source(source, where, recipe_dir), config, where, hub)
+    """`source` checked (check_source), as a TeacherSource; see there for the arguments. A
+    --teacher-config a toy or folder teacher does not read is said, not silently dropped."""
+    kind = check_source(source, where, recipe_dir)
+    if config and kind in ("toy", "folder"):
+        from compress.report import console
+
+        what = "a toy teacher" if kind == "toy" else "a folder with its own config.json"
+        console.print(f"[bold yellow]warning:[/] --teacher-config {config} is not read: teacher {source} is {what} "
+                      "(--teacher-config is for a single file or a Hugging Face id)")
+    return TeacherSource(source, kind, config, where, hub)
 
 
 def hub_config(repo_id: str) -> dict:

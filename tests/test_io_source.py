@@ -269,3 +269,15 @@ def test_an_outputs_weight_file_is_refused_with_its_folder_named(tmp_path, capsy
     assert f"is a weight file of the dit-compress output {out}" in err and "Traceback" not in err
     tiny_pixart().save_pretrained(tmp_path / "plain")
     assert check_source(str(tmp_path / "plain" / "diffusion_pytorch_model.safetensors")) == "file"
+
+
+def test_a_teacher_config_a_toy_or_folder_does_not_read_is_said(tmp_path, capsys):
+    """--teacher-config with a toy or folder teacher was dropped without a word."""
+    from compress.io_source import checked
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    for source in ("toy:pixart", str(tmp_path / "t")):
+        checked(source, str(tmp_path / "t"))
+        assert f"--teacher-config {tmp_path / 't'} is not read: teacher {source}" in capsys.readouterr().err
+    checked("toy:pixart")
+    assert "warning" not in capsys.readouterr().err
