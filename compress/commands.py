@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -251,6 +252,29 @@ def convert(args) -> int:
     return 0
 
 
+def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float, done: dict) -> dict[str, str]:
+    """The copied report and model card of an output that took a LoRA: the report's student_params
+    are the merged model's (its grown factors included) and it lists the LoRA; the card says so."""
+    from compress.report import param_count
+
+    files, params = dict(files), param_count(model)
+    if "report.json" in files:
+        try:
+            report = json.loads(files["report.json"])
+        except ValueError:
+            report = None  # a damaged copy stays as it was (inspect says what it cannot use)
+        if isinstance(report, dict):
+            report["student_params"] = params
+            report["loras"] = report.get("loras", []) + [{"lora": str(lora_source), "scale": scale,
+                                                          "merged": done["merged"], "rank_added": done["rank_added"]}]
+            files["report.json"] = json.dumps(report, indent=2, default=str) + "\n"
+    if "README.md" in files:
+        files["README.md"] += (f"\nA LoRA was merged in afterwards (`dit-compress lora`): `{lora_source}` at scale "
+                               f"{scale:g}, {done['merged']} layers; parameters now {params:,}. The per-layer "
+                               "numbers in report.json are those of the factorization, before it.\n")
+    return files
+
+
 def lora(args) -> int:
     """A compressed output with a teacher's LoRA merged into it (compress.lora), written as a new
     output folder beside the old one (its recipe, report, block map and model card copied)."""
@@ -270,7 +294,7 @@ def lora(args) -> int:
     done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
              if (source / name).is_file()}
-    save_compressed(model, new, files=files)
+    save_compressed(model, new, files=with_lora_noted(files, model, args.lora, args.scale, done))
     grown = f", {len(done['rank_added'])} factorized ones by rank {sorted(set(done['rank_added'].values()))}" \
         if done["rank_added"] else ""
     dropped = f"; {len(done['dropped'])} of its layers were in removed blocks" if done["dropped"] else ""

@@ -4,6 +4,7 @@ peft adapter folder) merged exactly into the teacher and into a compressed stude
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import pytest
@@ -337,6 +338,19 @@ def test_the_lora_command_writes_a_new_output(tmp_path, capsys):
     inputs = model_inputs(student)
     assert torch.equal(forward(new, inputs), forward(student, inputs))
     assert (tmp_path / "new" / "block_map.json").is_file() and new.compression_meta["loras"][0]["scale"] == 0.5
+    # the copied report and card speak of the merged model: its parameters, the LoRA (they kept the old count)
+    from compress.report import param_count
+
+    report = json.loads((tmp_path / "new" / "report.json").read_text())
+    assert report["student_params"] == param_count(new) > param_count(load_transformer(tmp_path / "out-s"))
+    assert report["loras"][0]["scale"] == 0.5 and "A LoRA was merged in afterwards" in \
+        (tmp_path / "new" / "README.md").read_text()
+    assert main(["inspect", str(tmp_path / "new"), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["layers"]}
+    grown = [n for n, r in rows.items() if r["rank"] and r["rank"] != report["svd"]["layers"].get(n, {}).get("rank")]
+    kept = [n for n, r in rows.items() if r["rank"] and r["rank"] == report["svd"]["layers"].get(n, {}).get("rank")]
+    assert grown and all("loss_ratio" not in rows[n] for n in grown)  # not the grown layer's numbers
+    assert kept and all("loss_ratio" in rows[n] for n in kept)  # layers the LoRA leaves alone keep theirs
     assert main(["inspect", str(tmp_path / "new")]) == 0
     assert main(args) == 2 and "exists" in capsys.readouterr().err
 
