@@ -144,6 +144,10 @@ class Runner:
         self.passes = build_passes(self.recipe)  # every config error before compute
         if not (self.resume or self.restart):  # saved work a fresh start would discard: refused
             check_run_folder(self.run_dir, self.recipe.raw, self.passes)
+        if self.resume:  # a distill checkpoint of other settings: said now, not after the teacher loads
+            from compress.passes.distill_trainer import check_resumable_configs
+
+            check_resumable_configs(self.run_dir, [s.config for s in self.recipe.passes if s.name == "distill"])
         check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
         # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
         src = checked_sources(self.recipe, self.teacher_arg, self.teacher_config)

@@ -363,3 +363,31 @@ def _log_line(enabled: bool, step: int, steps: int, row: dict) -> None:
 
     if enabled and not console.is_terminal and (step % max(1, steps // 10) == 0 or step == steps):
         console.print(f"distill {step}/{steps} {_fmt(row)}", highlight=False)
+
+
+def check_resumable_configs(run_dir: Path, configs: list) -> None:
+    """Before a resumed run loads anything: the latest checkpoint of each distill pass (`configs`:
+    their DistillConfigs, in recipe order; checkpoints in run_dir/distill, distill-2, ...) was
+    trained with these config keys, or a UserError as _load_latest gives once the pass starts
+    (seed, block map and incoming student are compared there: they need the run)."""
+    for n, cfg in enumerate(configs):
+        folder = Path(run_dir) / ("distill" if n == 0 else f"distill-{n + 1}")
+        done = sorted((folder / "checkpoints").glob("step-*"))
+        if not done or not (done[-1] / "meta.json").is_file():
+            continue
+        try:
+            meta = json.loads((done[-1] / "meta.json").read_text())
+        except ValueError:
+            continue  # the pass says what is wrong with it
+        then = meta.get("settings") if isinstance(meta, dict) else None
+        if not isinstance(then, dict):
+            continue
+        now = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED},
+                                    default=str))  # as meta.json holds them
+        config_then = {k: then[k] for k in now if k in then}
+        if any(config_then[k] != now[k] for k in config_then):
+            raise UserError(f"distill: checkpoint {done[-1]} was trained with other settings "
+                            f"({_changes({'settings': config_then}, now)}); delete {folder / 'checkpoints'} to "
+                            "train this pass from its start (--resume keeps the passes before it and the teacher "
+                            "samples), or rerun with --restart to start over")
+

@@ -80,6 +80,15 @@ def test_a_refused_checkpoint_names_the_keys_that_changed(tmp_path):
         "in the checkpoint, 0.002 now; distill.weight_decay: 0.0 in the checkpoint, 0.1 now); delete "
         f"{checkpoints} to train this pass from its start (--resume keeps the passes before it and the teacher "
         "samples), or rerun with --restart to start over")
+    # the run says the same before it loads anything (Runner.prepare on --resume), from the configs alone
+    from compress.passes.distill import DistillConfig
+    from compress.passes.distill_trainer import check_resumable_configs
+
+    settings = dict(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2, progress=False, plot=False)
+    with pytest.raises(UserError) as early:
+        check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=2e-3, weight_decay=0.1)])
+    assert str(early.value) == str(refused.value)
+    check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=1e-3, max_steps_this_run=3)])  # not trained on
     shutil.rmtree(checkpoints)  # as advised
     resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=4, resume=True, lr=2e-3, weight_decay=0.1)
     fresh, _ = distill(copy.deepcopy(student), teacher, tmp_path / "fresh", steps=4, lr=2e-3, weight_decay=0.1)
