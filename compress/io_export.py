@@ -152,8 +152,9 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
                         "empty folder: name a new folder")
     foreign = next((p for p in entries if not output_part(p)), None)
     if foreign is not None:
-        raise UserError(f"output folder {out} holds {foreign.name}, which is not part of a dit-compress output, "
-                        "and the output replaces its folder as a whole; move it out, or name a new folder")
+        what = "a link" if foreign.is_symlink() else "not part of a dit-compress output"
+        raise UserError(f"output folder {out} holds {foreign.name}, which is {what}, and the output replaces its "
+                        "folder as a whole; move it out, or name a new folder")
     if not overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
 

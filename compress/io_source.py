@@ -64,7 +64,7 @@ def check_teacher_options(teacher: str | None, config: str | None) -> None:
                         "to use the recipe's (or the recorded) teacher")
     if config is not None and not Path(config).expanduser().exists():
         raise UserError(f"--teacher-config {config!r}: no such file or folder (the diffusers config of a "
-                        "single-file teacher: a folder, a pipeline folder or a config.json)")
+                        "single-file teacher: a folder, a pipeline folder or a JSON file such as config.json)")
 
 
 # ---- what a source is -------------------------------------------------------------------------

@@ -79,8 +79,9 @@ def check_scale(scale) -> None:
     """A scale that merges something: finite (NaN or Inf gives NaN/Inf weights) and not 0 (which
     would grow every adapted low-rank layer by the LoRA's rank for nothing); a one-line UserError."""
     import math
+    import numbers
 
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
         raise UserError(f"the LoRA's scale must be a finite number, got {scale!r}")
     if scale == 0:
         raise UserError("a scale of 0 merges nothing")

@@ -46,9 +46,9 @@ def layer_rows(model, report: dict | None = None) -> list[dict]:
                "shape": [info.out_features, info.in_features], "rank": rank,
                "params": kept, "dense_params": dense, "kept": kept / dense}
         rec = svd.get(info.name, {})
-        if isinstance(rec.get("rank"), int) and rec["rank"] != rank:  # grown since (a merged LoRA): not its numbers
+        if rank is not None and isinstance(rec.get("rank"), int) and rec["rank"] != rank:  # grown since (a LoRA)
             rec = {k: v for k, v in rec.items() if k in ("time_s", "spectrum")}
-        for key in ("loss", "optimal_loss", "loss_ratio", "fit_ratio", "rel_output_error", "time_s", "spectrum"):
+        for key in ("loss", "optimal_loss", "loss_ratio", "fit_gap", "rel_output_error", "time_s", "spectrum"):
             if key in rec:
                 row[key] = rec[key]
         if isinstance(rec.get("energy_kept"), (int, float)):  # whitened energy kept
@@ -180,11 +180,11 @@ def _svd_lines(svd: dict) -> list[str]:
     lines = [] if not ratios else [
         "", f"Factorized layers: {len(ratios)}; worst whitened loss / closed-form optimal loss: "
         f"{max(ratios):.9f}."]
-    fits = sorted(r["fit_ratio"] for r in (svd.get("layers") or {}).values() if "fit_ratio" in r)
-    if fits:
-        lines.append(f"Fitted to the uncompressed model's outputs: {len(fits)} layers; their fit's excess over "
-                     f"its undamped rank-r optimum: median {fits[len(fits) // 2]:.4g}×, worst "
-                     f"{fits[-1]:.4g}× (the asymmetric_damping's cost on the calibration data).")
+    gaps = sorted(r["fit_gap"] for r in (svd.get("layers") or {}).values() if "fit_gap" in r)
+    if gaps:
+        lines.append(f"Fitted to the uncompressed model's outputs: {len(gaps)} layers; their fit above its undamped "
+                     f"rank-r optimum: median {gaps[len(gaps) // 2]:.2e}, worst {gaps[-1]:.2e} of the layer's "
+                     "output energy (the asymmetric_damping's cost on the calibration data).")
     stages = list((svd.get("compensation") or {}).values())
     if stages:
         first, last = stages[0], stages[-1]

@@ -152,9 +152,9 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     if info is None:
         fishers = saved_fishers(run_dir)
         if fishers:
-            return (f"; {run_dir} keeps the output Fishers measured so far ({fishers} file"
-                    f"{'' if fishers == 1 else 's'}): a rerun of this recipe and teacher reads them back "
-                    "instead of measuring them again (keep the run folder)")
+            return (f"; {run_dir} keeps output Fishers measured so far ({fishers} file"
+                    f"{'' if fishers == 1 else 's'}): a rerun of this recipe and teacher reads back those it "
+                    "measured instead of measuring them again (keep the run folder)")
         return "; nothing was saved yet: a rerun starts over"
     if info["changed"]:
         return f"; {another_recipe(run_dir, info)}: a rerun needs --restart to discard it, or another --run-dir"

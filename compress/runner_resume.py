@@ -184,5 +184,5 @@ def resumed_in_words(done: int, names: list[str]) -> str:
     svd): only the output is written' when none is left."""
     total = len(names)
     if done >= total:
-        return f"all {total} pass{'' if total == 1 else 'es'} done ({', '.join(names)}): only the output is written"
+        return f"all {total} pass{'' if total == 1 else 'es'} done ({', '.join(names)}): the output is written again"
     return f"after pass {done}/{total} ({names[done - 1]})"

@@ -89,3 +89,15 @@ def test_overwrite_replaces_an_output_made_of_what_dit_compress_writes(tmp_path)
     save_streamed(model, loader, tmp_path / "sharded")
     assert len(list((tmp_path / "sharded").glob("*-of-*.safetensors"))) > 1
     save_streamed(model, loader, tmp_path / "sharded", overwrite=True)
+
+
+def test_a_link_in_an_earlier_output_is_named_as_a_link(tmp_path):
+    """A linked README.md (a Hub cache snapshot, an ln -s) was 'not part of a dit-compress output'."""
+    from compress.io_export import check_replaceable, save_compressed
+    from tests.conftest import tiny_pixart
+
+    out = save_compressed(tiny_pixart(), tmp_path / "out")
+    (tmp_path / "card.md").write_text("x")
+    (out / "README.md").symlink_to(tmp_path / "card.md")
+    with pytest.raises(UserError, match="holds README.md, which is a link"):
+        check_replaceable(out, overwrite=True)

@@ -624,3 +624,14 @@ def test_a_scale_that_overflows_the_weights_is_refused_naming_the_layer(tmp_path
     assert err.count("\n") == 1 and "merging the LoRA into '" in err and not (tmp_path / "new").exists()
     assert main(argv + ["0"]) == 2
     assert "a scale of 0 merges nothing" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_a_numpy_scale_is_a_scale():
+    """merge_lora(scale=np.float32(0.8)) was refused as not a number."""
+    import numpy as np
+
+    from compress.lora import check_scale
+
+    check_scale(np.float32(0.8))
+    with pytest.raises(UserError, match="finite number"):
+        check_scale(np.float64("nan"))

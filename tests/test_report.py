@@ -165,20 +165,20 @@ def test_the_teacher_of_an_output_without_report_json_is_its_configs(tmp_path):
 
 
 def test_the_model_card_and_inspect_say_how_close_the_asymmetric_fits_came_to_their_undamped_optimum(capsys):
-    """The card's svd lines give the median and worst fit_ratio of the layers fitted to the
+    """The card's svd lines give the median and worst fit_gap of the layers fitted to the
     uncompressed model's outputs; `inspect` the worst; neither says anything without such layers."""
     from compress.inspect import _print_optimality
     from compress.report import _svd_lines
 
-    layers = {"a": {"loss_ratio": 1.0, "fit_ratio": 1.25}, "b": {"loss_ratio": 1.0, "fit_ratio": 1.5},
-              "c": {"loss_ratio": 1.0000002, "fit_ratio": 1.0}, "d": {"loss_ratio": 1.0}}
+    layers = {"a": {"loss_ratio": 1.0, "fit_gap": 2.5e-3}, "b": {"loss_ratio": 1.0, "fit_gap": 4e-2},
+              "c": {"loss_ratio": 1.0000002, "fit_gap": 0.0}, "d": {"loss_ratio": 1.0}}
     text = "\n".join(_svd_lines({"layers": layers}))
     assert "Fitted to the uncompressed model's outputs: 3 layers" in text
-    assert "median 1.25×, worst 1.5×" in text
+    assert "median 2.50e-03, worst 4.00e-02 of the layer's output energy" in text
     assert "Fitted" not in "\n".join(_svd_lines({"layers": {"d": layers["d"]}}))
     _print_optimality([dict(v, name=k) for k, v in layers.items()])
     shown = capsys.readouterr().out
-    assert "asymmetric fits' excess / undamped optimum over 3 layers: max 1.5000" in shown
+    assert "asymmetric fits above their undamped optimum over 3 layers: max 4.00e-02" in shown
     _print_optimality([dict(layers["d"], name="d")])
     assert "asymmetric" not in capsys.readouterr().out
 

@@ -211,8 +211,8 @@ def test_ctrl_c_after_the_output_fishers_are_saved_says_a_rerun_reuses_them(pixa
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
     assert main(args) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"{tmp_path / 'run'} keeps the output Fishers measured so far (" in last
-    assert "a rerun of this recipe and teacher reads them back" in last and "starts over" not in last
+    assert f"{tmp_path / 'run'} keeps output Fishers measured so far (" in last
+    assert "a rerun of this recipe and teacher reads back those it measured" in last and "starts over" not in last
     monkeypatch.undo()
     assert main(args) == 0
     assert "read back from an earlier run" in capsys.readouterr().err

@@ -286,5 +286,5 @@ def test_resume_says_which_pass_it_continues_after_numbered_from_one():
 
     assert resumed_in_words(1, ["remove_blocks", "svd"]) == "after pass 1/2 (remove_blocks)"
     assert resumed_in_words(2, ["remove_blocks", "svd"]) == \
-        "all 2 passes done (remove_blocks, svd): only the output is written"
-    assert resumed_in_words(1, ["svd"]) == "all 1 pass done (svd): only the output is written"
+        "all 2 passes done (remove_blocks, svd): the output is written again"
+    assert resumed_in_words(1, ["svd"]) == "all 1 pass done (svd): the output is written again"

@@ -2,10 +2,11 @@
 
 Attention + MLP at 50% kept params, whitened, uniform, fitted asymmetrically (`fisher: none` and
 `fisher: block`, where `asymmetric: auto` fits every block target): for each damping, the report's
-fit_ratio over the fitted layers (each layer's fit to the uncompressed model's outputs on the
-calibration data, above the least-squares minimum, against the rank-r minimum of that without
-damping; 1 = the undamped optimum) and the held-out teacher-relative error of the final prediction,
-as a ratio to the default damping's (1e-2) in the same run.
+fit_excess / fit_optimal over the fitted layers (each layer's fit to the uncompressed model's outputs
+on the calibration data above the least-squares minimum, against the rank-r minimum of that without
+damping; 1 = the undamped optimum) and fit_gap (their difference, a share of the layer's output
+energy), and the held-out teacher-relative error of the final prediction, as a ratio to the default
+damping's (1e-2) in the same run.
 
     python tools/bench_asymmetric_damping.py [--families pixart flux] [--dampings 1e-6 1e-4 1e-2 1e-1 1]
                                              [--fishers none block] [--threads 1]
@@ -28,11 +29,12 @@ DEFAULT = 1e-2
 
 
 def one(family: str, fisher: str, damping: float) -> tuple[float, list[float]]:
-    """(held-out error, the fitted layers' fit_ratio) of one pass."""
+    """(held-out error, the fitted layers' (excess / optimum, gap)) of one pass."""
     with tempfile.TemporaryDirectory() as tmp:
         student, report, _ = compress(family, Path(tmp), ratio=0.5, multiple=4, fisher=fisher,
                                       asymmetric_damping=damping)
-    fits = [r["fit_ratio"] for r in report["layers"].values() if "fit_ratio" in r]
+    fits = [(r["fit_excess"] / r["fit_optimal"] if r["fit_optimal"] > 0 else float("inf"), r["fit_gap"])
+            for r in report["layers"].values() if "fit_gap" in r]
     return error(student, family), fits
 
 
@@ -50,8 +52,10 @@ def main() -> None:
             runs = {d: one(family, fisher, d) for d in dampings}
             base = runs[DEFAULT][0]
             for d, (err, fits) in runs.items():
-                print(f"{family:6s} fisher {fisher:5s} damping {d:7.0e}: {len(fits)} fitted layers, fit / undamped "
-                      f"optimum median {statistics.median(fits):.4f} worst {max(fits):.4f}; held-out error "
+                ratios, gaps = [f[0] for f in fits], [f[1] for f in fits]
+                print(f"{family:6s} fisher {fisher:5s} damping {d:7.0e}: {len(fits)} fitted layers, excess / undamped "
+                      f"optimum median {statistics.median(ratios):.4f} worst {max(ratios):.4f}, gap (of output "
+                      f"energy) median {statistics.median(gaps):.1e} worst {max(gaps):.1e}; held-out error "
                       f"{err:.5f} = x{err / base:.3f} of damping {DEFAULT:g}'s", flush=True)
 
 

@@ -20,8 +20,9 @@ Targets in blocks without the prediction's Fisher (`fisher: block` or `none`) ar
 fitted asymmetrically (`asymmetric: auto`): W + Δ is the least-squares map from the inputs
 the student feeds the layer to the outputs the uncompressed model gives it (a reference stream in
 the calibration, `Stats.cross`), then truncated on the student's Gram (centered targets: an affine
-fit on both streams' means, its offset into the bias). Their records add `fit_ratio`: the layer's fit
-against that fit's rank-r optimum without `asymmetric_damping` (linalg_steps.asymmetric_excess).
+fit on both streams' means, its offset into the bias). Their records add `fit_gap`: the layer's fit
+above that fit's rank-r optimum without `asymmetric_damping`, a share of its output energy
+(svd_layer._fit_record, linalg_steps.asymmetric_excess).
 With `sequential` (auto: where targets are fitted asymmetrically) a block's targets are calibrated
 in forward order, GPTQ's "true-sequential": each later stats key's Gram (and cross term) comes from
 a re-run of that block alone with its earlier targets already compressed, so e.g. attn.to_out is fitted

@@ -208,7 +208,7 @@ def summary(records: dict[str, dict], c) -> dict:
     before = sum(r["params_dense"] for r in records.values())
     after = sum(r["kept_params"] for r in records.values())
     ratios = [r["loss_ratio"] for r in records.values() if "loss_ratio" in r]
-    fits = [r["fit_ratio"] for r in records.values() if "fit_ratio" in r]
+    gaps = [r["fit_gap"] for r in records.values() if "fit_gap" in r]
     return {"method": c.method, "allocation": c.allocation, "activations": c.activations, "fisher": c.fisher,
             "params_before": before, "params_after": after,
             "kept_ratio": after / before if before else 1.0,
@@ -216,9 +216,9 @@ def summary(records: dict[str, dict], c) -> dict:
             "clamped_grams": sorted(n for n, r in records.items() if r.get("clamped")),
             "asymmetric": sorted(n for n, r in records.items() if r.get("asymmetric")),
             "max_loss_ratio": max(ratios) if ratios else None,
-            # asymmetric fits: the factorized layer's fit to the reference outputs against the
-            # undamped rank-r optimum of that fit (what the damping costs on the calibration data)
-            "max_fit_ratio": max(fits) if fits else None}
+            # asymmetric fits: the factorized layer's fit to the reference outputs above the
+            # undamped rank-r optimum of that fit, a share of its output energy (the damping's cost)
+            "max_fit_gap": max(gaps) if gaps else None}
 
 
 def unchanged_note(c, targets) -> tuple[str, str]:

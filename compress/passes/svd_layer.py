@@ -131,7 +131,7 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
         inv = out_root[1].to(up.device, F64)
         (up, down), shift = balanced(inv @ up, down), (inv @ shift if shift is not None else None)
     error = _output_error(module, stats, gram_is_output, up, down, shift, fac.up, out_root)
-    fit = _fit_record(module, stats, center, up @ down, rank, out_root, m.energy, info.name) if fitted else {}
+    fit = _fit_record(module, stats, center, up @ down, rank, out_root, info.name) if fitted else {}
     new_bias = module.bias.detach().to(up.device, F64) if bias else None
     if shift is not None:
         new_bias = shift if new_bias is None else new_bias + shift
@@ -153,19 +153,23 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
 
 
 def _fit_record(module: nn.Module, stats: Stats, center: bool, approx: torch.Tensor, rank: int,
-                out_root, energy: float, name: str) -> dict:
+                out_root, name: str) -> dict:
     """The report's view of an asymmetric fit: Σ ‖R (W' x̃ − W x)‖² of the factorized layer W'
-    (out, in), above the least-squares minimum, against the rank-r minimum of that excess, both
-    without the damping the step used (linalg_steps.asymmetric_excess). Their ratio is what the
-    damping costs on the calibration data (it keeps W' near W where the student's inputs are weak).
-    energy: the layer's (weighted) output energy, below whose 1e-10 both count as equal (`_ratio`)."""
-    w = module.weight.detach()
+    (out, in) above the least-squares minimum (fit_excess), the rank-r minimum of that excess
+    (fit_optimal), both without the damping the step used (linalg_steps.asymmetric_excess), and
+    fit_gap = (fit_excess − fit_optimal) / ‖R W X̃‖²: what the damping costs on the calibration data,
+    as a share of the layer's (weighted) output energy. A ratio of the two would not do: the
+    optimum's tail vanishes as r nears the data's rank while the damping's cost does not."""
+    w = module.weight.detach().to(F64)  # (out, in)
     gram, cross = stats.gram, stats.cross
     if center:
         gram, cross, _, _ = centered_moments(gram, cross, stats.total, stats.ref_total, stats.rows, name)
     root = out_root[0] if out_root is not None else None
     excess, optimal = asymmetric_excess(w, gram, cross, approx, rank, root, name)
-    return dict(fit_excess=excess, fit_optimal=optimal, fit_ratio=_ratio(excess, optimal, energy))
+    rw = w if root is None else root.to(w.device, F64) @ w
+    energy = float(((rw @ gram.to(F64)) * rw).sum())
+    gap = max(excess - optimal, 0.0) / energy if energy > 0 else 0.0
+    return dict(fit_excess=excess, fit_optimal=optimal, fit_gap=gap)
 
 
 def _output_error(module: nn.Module, stats: Stats, gram_is_output: bool, up, down, shift, basis_up,
