@@ -334,7 +334,8 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
         raise loc.err(f"passes[{index}] must be a pass name or a one-key mapping like "
                       "'- svd: {ratio: 0.5}'")
     if name not in PASSES:
-        raise loc.err(f"unknown pass '{name}'{did_you_mean(name, PASSES)} (passes: {', '.join(PASSES)})")
+        hint = MERGE_HINT if name == "<<" else did_you_mean(name, PASSES)
+        raise loc.err(f"unknown pass '{name}'{hint} (passes: {', '.join(PASSES)})")
     cls = pass_class(name)
     config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}")
     return PassSpec(name, config, loc.line, loc, _key_locs(opts, path))

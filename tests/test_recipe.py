@@ -480,6 +480,8 @@ def test_a_section_tagged_null_is_held_to_what_null_is(tmp_path, text):
     ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: &s {ratio: 0.5}\n  - svd: {<<: *s, targets: [mlp]}\n",
      r"r\.yaml:5: unknown key '<<' in passes\[1\]\.svd"),
     ("<<: {model: pixart}\nteacher: toy:pixart\npasses: [svd]\n", r"r\.yaml:1: unknown key '<<'"),
+    ("model: pixart\nteacher: toy:pixart\npasses:\n  - &s {svd: {ratio: 0.5}}\n  - <<: *s\n",
+     r"r\.yaml:5: unknown pass '<<'"),
 ])
 def test_a_yaml_merge_key_says_recipes_are_yaml_1_2(text, where):
     """'unknown key '<<' in passes[1].svd' said nothing of why a YAML merge key is not read."""
