@@ -212,7 +212,7 @@ MEMORY_HINTS = {
 }
 
 
-SEED_LIMIT = 2**32  # numpy's and torch's generators take 0 .. 2**32-1 everywhere (toy seeds are seed·100003 + j)
+SEED_LIMIT = 2**32  # compress.toy.evaluate.SEED_LIMIT's, here so the check imports no torch (tested equal)
 POSITIVE = {"buckets": "importance: buckets must be an integer ≥ 1, got {}",  # as compress.passes.importance.scan
             "repeats": "bench needs --repeats of at least 1 (got {})", "batch": "bench needs --batch of at least 1 (got {})"}
 

@@ -290,3 +290,11 @@ def test_integer_options_out_of_range_are_one_line_before_any_work(monkeypatch, 
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert said in err and err.count("\n") == 1
+
+
+def test_the_cli_seed_limit_is_the_toy_evaluations():
+    """cli keeps its own copy of the limit (no torch import before the check): the same number."""
+    from compress import cli
+    from compress.toy import evaluate
+
+    assert cli.SEED_LIMIT == evaluate.SEED_LIMIT

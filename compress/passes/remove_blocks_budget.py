@@ -122,7 +122,6 @@ def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) ->
     return drop
 
 
-
 def removes_nothing(config, counts: dict[str, int]) -> list[tuple[str, str]]:
     """(recipe key, message) where a count or fraction (that `resolve_budget` passed) removes no
     block: a fraction rounded down to none names the smallest that removes one; a pass that removes
