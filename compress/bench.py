@@ -15,7 +15,7 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
-from compress.report import param_count, recorded_teacher, results, to_json
+from compress.report import param_count, recorded_teacher, results, to_json, warn_if_teacher_changed
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
@@ -90,7 +90,9 @@ def _device(name: str | None) -> torch.device:
 
 
 def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int = 2,
-          device: str | None = None) -> dict:
+          device: str | None = None, loras: list[str] | None = None) -> dict:
+    """Teacher vs student step time, parameters and memory (`loras`: --lora, where the LoRAs the
+    output took are now, io.load_teacher_of)."""
     if not Path(out).is_dir():
         raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
     if repeats < 1 or batch < 1:
@@ -99,10 +101,11 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     source, config = recorded_teacher(out, teacher)
     if not source:
         raise UserError(f"{out}/report.json names no teacher; pass --teacher")
+    warn_if_teacher_changed(out, source, "bench")
     dev = _device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     student = cast(student, dev, dtype)
-    ref = cast(load_teacher_of(student, source, config), dev, dtype)
+    ref = cast(load_teacher_of(student, source, config, loras), dev, dtype)
     from compress.arch import get_adapter
 
     kwargs = moved(step_inputs(ref, get_adapter(ref).family, source, batch), dev, dtype)
@@ -130,7 +133,7 @@ def _faster(speedup: float) -> str:
 
 
 def bench_command(args) -> int:
-    result = bench(Path(args.out), args.teacher, args.repeats, args.batch, args.device)
+    result = bench(Path(args.out), args.teacher, args.repeats, args.batch, args.device, args.lora)
     if args.json:
         print(to_json(result))
         return 0

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
     p.add_argument("model", help="output folder or teacher source such as toy:pixart")
     p.add_argument("--teacher", help="teacher to compare against (default: the one recorded)")
+    p.add_argument("--lora", action="append", metavar="PATH",
+                   help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
+                        "merged (default: the place the output recorded); once per LoRA, in the order it took them")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.add_argument("--grid", metavar="PNG", help="write a sample grid")
     p.add_argument("--seed", type=int, default=None,
@@ -70,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency / memory of teacher vs student, as ratios")
     p.add_argument("out", help="output folder of `dit-compress run`")
     p.add_argument("--teacher", help="teacher (default: the one recorded in the output)")
+    p.add_argument("--lora", action="append", metavar="PATH",
+                   help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
+                        "merged (default: the place the output recorded); once per LoRA, in the order it took them")
     p.add_argument("--repeats", type=int, default=20, help="timed denoising steps of each model, after 3 warm-ups (default 20)")
     p.add_argument("--batch", type=int, default=2,
                    help="images per step (default 2); classifier-free guidance doubles the rows for "

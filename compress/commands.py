@@ -13,7 +13,8 @@ from compress.errors import UserError
 from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local
 from compress.io_export import is_output
 from compress.io_output import load_transformer
-from compress.report import DAMAGED, console, output_file, read_report, recorded_teacher, results, to_json
+from compress.report import (DAMAGED, console, output_file, read_report, recorded_teacher, results, to_json,
+                             warn_if_teacher_changed)
 
 
 def _is_recipe(source: str) -> bool:
@@ -114,14 +115,17 @@ def evaluate(args) -> int:
     streamed_out = _streamed_output(args.model, args.teacher)
     if streamed_out is not None:
         _toy_options_only(grid, args.seed)
+        warn_if_teacher_changed(streamed_out[0], streamed_out[1], "eval")
         return _print(_teacher_relative_streamed(*streamed_out), args.json)
     model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher)
+    if out is not None:
+        warn_if_teacher_changed(out, teacher_source, "eval")
     family = get_adapter(model).family
     toy = (teacher_source or args.model).startswith("toy:")
     if not toy:
         _toy_options_only(grid, args.seed)
         check_measurable(out, teacher_source, args.model)  # before the teacher loads
-    teacher = load_teacher_of(model, teacher_source, teacher_config) if teacher_source else None
+    teacher = load_teacher_of(model, teacher_source, teacher_config, args.lora) if teacher_source else None
     if not toy:
         return _print(_teacher_relative(model, teacher, teacher_source, out), args.json)
     from compress.toy.evaluate import evaluate as toy_evaluate
@@ -166,7 +170,17 @@ def _streamed_output(model: str, teacher_arg: str | None) -> tuple[Path, str, st
     teacher, config = recorded_teacher(path, teacher_arg)
     if not load_recipe(path / "recipe.yaml").stream or not teacher or teacher.startswith("toy:"):
         return None
+    if _took_loras(path):  # its teacher takes them resident (io.load_teacher_of): measured as a resident run's
+        return None
     return path, teacher, config
+
+
+def _took_loras(out: Path) -> bool:
+    """Whether the output took LoRAs (dit-compress lora), as its config's compression section records."""
+    from compress.io import read_json
+
+    section = read_json(out / "config.json").get("compression")
+    return isinstance(section, dict) and bool(section.get("loras"))
 
 
 def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: str | None) -> dict:

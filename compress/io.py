@@ -81,11 +81,20 @@ def looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or "/" not in source or Path(source.split("/")[0]).is_dir()
 
 
-def load_teacher_of(student: nn.Module, source: str, config: str | None = None) -> nn.Module:
+def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
+                    loras: list[str] | None = None) -> nn.Module:
     """The teacher to compare `student` with (eval, bench): of the student's family, or a UserError;
-    with the LoRAs the student recorded merged into it."""
+    with the LoRAs the student recorded merged into it (`loras`: where they are now, eval's and
+    bench's --lora, in place of the recorded places)."""
     from compress.io_source import checked
 
+    recorded = (getattr(student, "compression_meta", None) or {}).get("loras")
+    if loras and not recorded:
+        raise UserError("--lora: the model took no LoRA (dit-compress lora); its teacher is compared as it is")
+    if recorded:  # said before the teacher loads: a LoRA no longer where the student recorded it
+        from compress.lora import replayed_sources
+
+        replayed_sources(recorded, loras)
     family, src = get_adapter(student).family, checked(source, config)  # checked once
     found = src.family()  # from its config: before a Hub teacher downloads
     if found and found[0] != family:
@@ -96,11 +105,10 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None) 
         raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
                         f"it is a {type(student).__name__}")
     check_same_architecture(student, teacher, source)
-    loras = (getattr(student, "compression_meta", None) or {}).get("loras")
-    if loras:  # a student that took LoRAs (dit-compress lora) stands for its teacher with them
+    if recorded:  # a student that took LoRAs (dit-compress lora) stands for its teacher with them
         from compress.lora import replay
 
-        replay(teacher, loras)
+        replay(teacher, recorded, loras)
     return teacher
 
 

@@ -100,15 +100,28 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None) -
 def output_weights(path: Path) -> bool:
     """Whether `path` is a weight file save_compressed wrote: its safetensors header metadata holds
     the compression section (io_export.header_metadata); no tensor is read."""
+    return output_record(path) is not None
+
+
+def output_record(path: Path) -> dict | None:
+    """The compression section in the header metadata of a weight file save_compressed wrote ({} where
+    it cannot be read as one); None for any other file. No tensor is read."""
     if path.suffix != ".safetensors":
-        return False
+        return None
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
-            return "compression" in (f.metadata() or {})
+            text = (f.metadata() or {}).get("compression")
     except (SafetensorError, OSError, ValueError):
-        return False  # the loader says what is wrong with it
+        return None  # the loader says what is wrong with it
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _prefixed(where: str, call, *args):

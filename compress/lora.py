@@ -51,7 +51,8 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": modules,
     "rank_added": {module: r'} of the low-rank ones, "dropped": teacher modules of removed blocks,
     "not_merged": text-encoder modules of the LoRA}. The student's config records the new ranks, so
-    saving it again keeps them."""
+    saving it again keeps them. All or nothing: each layer is merged and checked before any is taken,
+    and again as it is taken (twice the merge's compute, never all merged layers held at once)."""
     check_scale(scale)
     adapter = get_adapter(student)
     block_map = (getattr(student, "compression_meta", None) or {}).get("block_map") or {}
@@ -60,9 +61,11 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     kept = {name: target for name, target in targets.items() if target is not None}
     dora = [name for name in kept if layers[name].magnitude is not None]
     weights = dora_weights(student, {name: kept[name] for name in dora}, teacher, teacher_config) if dora else {}
+    for name, target in kept.items():  # all or nothing: every layer merged and checked first, one at a
+        _merged(student, target, layers[name], scale, weights.get(name))  # time, before the student takes any
     added = {}
-    for name, target in kept.items():
-        rank = _merge_one(student, target, layers[name], scale, weights.get(name))
+    for name, target in kept.items():  # then merged again and taken: one merged layer held at a time
+        rank = _take(student, target, *_merged(student, target, layers[name], scale, weights.get(name)))
         if rank:
             added[target] = rank
     if text_encoder:
@@ -167,9 +170,12 @@ def _teacher_weights(student: nn.Module, source: str, config: str | None, names:
     """The weights `names` of the teacher `source`, classified once here (io_source.checked): read alone
     from a toy, a folder or a Hub id (_teacher_files), else (a single file, or a student that took LoRAs
     before: the teacher with them) from the teacher io.load_teacher_of loads. A dit-compress output (its
-    config's compression section) is refused before any weights are read."""
-    from compress.io_source import checked
+    config's compression section, or its weight file's header) is refused before any weights are read."""
+    from compress.io_source import checked, output_record
 
+    record = output_record(Path(source).expanduser())  # an output's weight file: said as such, once
+    if record is not None:
+        raise compressed_teacher(f"teacher {source}", record)
     src = checked(source, config)
     loaded = src.kind == "file" or bool((getattr(student, "compression_meta", None) or {}).get("loras"))
     if src.kind == "hub":
@@ -202,7 +208,7 @@ def _weights_of(teacher: nn.Module, names: list[str], who: str) -> dict[str, tor
 
 def _checked_shapes(student: nn.Module, names: dict[str, str], weights: dict, who: str) -> dict:
     """`weights`, or a UserError where one is not the shape of the student's layer it is for (a
-    student without that layer: _merge_one says so)."""
+    student without that layer: _merged says so)."""
     for name, target in names.items():
         try:
             layer = student.get_submodule(target)
@@ -295,19 +301,51 @@ def _source(lora) -> str:
     return str(Path(str(lora)).expanduser().resolve()) if looks_local(str(lora)) else str(lora)
 
 
-def replay(teacher: nn.Module, loras: list[dict]) -> None:
+def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None) -> None:
     """Give the teacher the LoRAs a student recorded (its config's compression.loras), at their
-    scales, so that eval compares the student with the teacher it stands for."""
+    scales, so that eval compares the student with the teacher it stands for (`moved`: see
+    replayed_sources)."""
+    for record, source in zip(loras, replayed_sources(loras, moved)):
+        merge_lora(teacher, source, scale=record["scale"])
+
+
+def replayed_sources(loras: list[dict], moved: list[str] | None = None) -> list[str]:
+    """Where the LoRAs a student recorded are to be read from, checked before its teacher loads:
+    the recorded places, or `moved` (eval's and bench's --lora: where they are now, in the order the
+    student took them); a UserError for a LoRA merged from a state dict or one no longer there."""
+    from compress.io import looks_local
+
+    if moved:
+        if len(moved) != len(loras):
+            raise UserError(f"--lora given {len(moved)} times, but the model took {len(loras)} LoRAs "
+                            "(dit-compress lora): give --lora once for each, in the order it took them")
+        for source in moved:
+            if looks_local(source) and not Path(source).expanduser().exists():
+                raise UserError(f"--lora {source}: no such file or folder")
+        return list(moved)
     for record in loras:
         if record["source"] == STATE_DICT:
             raise UserError("this model holds a LoRA merged from a state dict, which its teacher cannot be "
                             "given again: merge it from a file (or a Hub id) to compare with the teacher")
-        merge_lora(teacher, record["source"], scale=record["scale"])
+        check_recorded(record["source"], len(loras))
+    return [record["source"] for record in loras]
 
 
-def _merge_one(student: nn.Module, name: str, layer: LoraLayer, scale: float, weight: torch.Tensor | None) -> int:
-    """Merge `layer` times `scale` into the student's module `name` (`weight`: the teacher's, for a
-    DoRA's norms); returns the rank it added (0: dense)."""
+def check_recorded(source: str, count: int) -> None:
+    """A UserError where a LoRA a student recorded (an absolute path, `_source`) is no longer there:
+    where it was, and --lora (`count`: how many LoRAs the student took)."""
+    if not (Path(source).is_absolute() and not Path(source).exists()):
+        return
+    each = "" if count == 1 else f" (once for each of its {count} LoRAs, in the order it took them)"
+    raise UserError(f"the LoRA this model took (dit-compress lora) is no longer at {source}, where it recorded it "
+                    "(moved or deleted), and its teacher takes it to stand for the model: pass its new place to "
+                    f"eval or bench with --lora PATH{each}, or put it back there")
+
+
+def _merged(student: nn.Module, name: str, layer: LoraLayer, scale: float, weight: torch.Tensor | None):
+    """(the student's module `name`, what merging `layer` times `scale` makes of it, checked finite:
+    {"module": a grown LowRankLinear, "rank": the rank it adds} or {"weight": (out, in), "bias": (out,)
+    or None}); `weight`: the teacher's, for a DoRA's norms. The student is not changed (`_take`)."""
     try:
         module = student.get_submodule(name)
     except AttributeError:
@@ -329,15 +367,23 @@ def _merge_one(student: nn.Module, name: str, layer: LoraLayer, scale: float, we
         new = LowRankLinear.from_factors(new_up, new_down, bias, dtype=module.up.weight.dtype)
         check_merged(name, {"up": new.up.weight, "down": new.down.weight, "bias": new.bias})
         new.activation, new.use_kernel = module.activation, module.use_kernel
-        student.set_submodule(name, new)
-        return down.shape[0]
+        return module, {"module": new, "rank": down.shape[0]}
     merged = dense_merged(module.weight.float(), up, down, rows).to(module.weight.dtype)
     bias = None if bias is None else bias.to(module.bias.dtype)
     check_merged(name, {"weight": merged, "bias": bias})
+    return module, {"weight": merged, "bias": bias}
+
+
+def _take(student: nn.Module, name: str, module: nn.Module, merged: dict) -> int:
+    """The student's `module` (at `name`) replaced by, or given, what `_merged` made of it; returns the
+    rank it added (0: dense)."""
+    if "module" in merged:
+        student.set_submodule(name, merged["module"])
+        return merged["rank"]
     with torch.no_grad():
-        module.weight.copy_(merged)
-        if bias is not None:
-            module.bias.copy_(bias)
+        module.weight.copy_(merged["weight"])
+        if merged["bias"] is not None:
+            module.bias.copy_(merged["bias"])
     return 0
 
 

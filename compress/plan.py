@@ -87,10 +87,11 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     steps, scores = [], ScoresSoFar()
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter):  # each then applied
         step = {"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})}
-        reused = "scans" in step and scores.reused(step)  # blocks chosen by importance
-        if "scans" in step and (words := scores.words(step)):
+        scans = bool(step.get("scans"))  # blocks chosen by importance; none when it removes none
+        reused = scans and scores.reused(step)
+        if scans and (words := scores.words(step)):
             step["scores"] = words
-        if recipe.stream and step.get("skip_scan"):
+        if recipe.stream and step.get("skip_scan") and step.get("scans", 1):
             step["streamed_scan"] = streamed_scan(step, reused, calib, model, adapter)
         scores.see(p, spec, step)
         steps.append(step)

@@ -303,10 +303,40 @@ def recorded_teacher(out: Path, teacher_arg: str | None = None) -> tuple[str | N
     where report.json is gone; `teacher_arg` (the command's --teacher) replaces both."""
     if teacher_arg:
         return teacher_arg, None
-    report = read_report(out)
-    if not report.get("teacher"):
-        report = _compression_section(Path(out))
+    report = _recorded(out)
     return report.get("teacher"), report.get("teacher_config")
+
+
+def _recorded(out: Path) -> dict:
+    """report.json, or where it names no teacher its config.json's compression section."""
+    report = read_report(out)
+    return report if report.get("teacher") else _compression_section(Path(out))
+
+
+def warn_if_teacher_changed(out: Path, source: str | None, command: str) -> None:
+    """A warning (one line, naming the file) where the teacher `source` that `command` (eval, bench)
+    measures the output `out` against is the one the run recorded and its weight files differ from
+    what the run read (io_signature.teacher_signature: replaced since, e.g. a fine-tune saved over it).
+    Not an error: the user may mean it. Nothing for another teacher (--teacher naming another path:
+    the user's choice), a toy or Hub teacher, or an output written before runs recorded the files."""
+    from rich.markup import escape
+
+    from compress.io_signature import signature_change
+
+    recorded = _recorded(out)
+    if not source or not recorded.get("teacher") or _where(source) != _where(recorded["teacher"]):
+        return
+    change = signature_change(recorded.get("teacher_files"), _where(source))
+    if change:
+        what = escape(f"teacher {source} changed since {out} was compressed from it: {change}")
+        console.print(f"[bold yellow]warning:[/] {what}; {command} measures against it as it is now (pass the "
+                      "original with --teacher to compare with that)")
+
+
+def _where(source: str) -> str:
+    """A local source as an absolute path (as the run records it); others as they are."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
 
 
 def _compression_section(out: Path) -> dict:
@@ -323,7 +353,7 @@ def _compression_section(out: Path) -> dict:
         if value is not None and not isinstance(value, str):
             raise UserError(f"{p}: compression.{key} is {json.dumps(value, default=str)[:40]}, not text "
                             f"({REPORT_TEXT[key]}); {DAMAGED}")
-    return recorded
+    return dict(recorded, teacher_files=section.get("teacher_files"))  # read as io_signature.signature_change does
 
 
 def plot_ranks(rows: list[dict], path: Path) -> Path:

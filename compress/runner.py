@@ -32,8 +32,9 @@ from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_resume import (FINISHED, fingerprint, recipe_changes, resume_note, resumed_in_words,
-                                   teacher_change, teacher_identity, weights_checksum)
+from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, passed_over_in_words, read_state,
+                                   resume_note, resumed_in_words, reusable_stage, stage_dirs, teacher_change,
+                                   teacher_identity, weights_checksum)
 from compress.runner_stream import (HELDOUT, OutOfMemory, check_streaming, is_out_of_memory, memory_hints,
                                    memory_in_words, models_for, streamed_weights, warn_if_activations_too_big,
                                    warn_if_streamed_too_big)
@@ -140,10 +141,12 @@ class Runner:
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
-        check_folders(self.out, self.run_dir, self.overwrite, self.teacher_arg or self.recipe.teacher)
+        check_folders(self.out, self.run_dir, self.overwrite, self.teacher_arg or self.recipe.teacher,
+                      self.teacher_config)
         self.passes = build_passes(self.recipe)  # every config error before compute
         if not (self.resume or self.restart):  # saved work a fresh start would discard: refused
             check_run_folder(self.run_dir, self.recipe.raw, self.passes)
+            self._note_reusable()
         if self.resume:  # a distill checkpoint of other settings: said now, not after the teacher loads
             from compress.passes.distill_trainer import check_resumable_configs
 
@@ -176,6 +179,9 @@ class Runner:
         weights_sum = weights_checksum(self.teacher, self.models)  # read once: streamed files are large
         teacher_id = fingerprint(self.source, weights_sum, self.recipe)
         self.identity = teacher_identity(self.source, self.teacher_config, self.teacher, weights_sum)
+        from compress.io_signature import teacher_signature
+
+        self.teacher_files = teacher_signature(self.source)  # eval and bench notice the files replaced later
         self.inputs_cache = None  # sampled inputs (pipeline calibration: minutes to hours)
         if hasattr(src, "cache_dir"):
             from compress.calib_pipeline import inputs_cache_name
@@ -200,6 +206,16 @@ class Runner:
                           f"blocks (at most {weights['largest_block_params']:,}) are read one at a time")
             self.ctx.report["stream"] = dict(weights, compute_dtype=self.recipe.compute_dtype)
 
+    def _note_reusable(self) -> None:
+        """A finished run in the run folder whose first passes this recipe shares is started over (its
+        stages discarded), as documented; a note says --resume would have kept them."""
+        keeps = finished_and_reusable(self.run_dir, self.recipe.raw, self.passes)
+        if keeps:
+            shared = f"all {keeps} passes" if keeps == len(self.passes) else \
+                f"its first {keeps} pass{'' if keeps == 1 else 'es'}"
+            console.print(f"note: {self.run_dir} holds a finished run that shares {shared} with this recipe: "
+                          "starting over (Ctrl-C now and add --resume to keep them)")
+
     def _teacher_forwards(self, make):
         """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""
         dtype = DTYPES[self.recipe.compute_dtype]
@@ -214,7 +230,8 @@ class Runner:
         return self.run_dir / "stages" / f"{i}-{self.recipe.passes[i].name}"
 
     def _restore(self):
-        """(first pass to run, student) from the last completed stage when resuming."""
+        """(first pass to run, student): with --resume from the latest completed stage saved for this
+        recipe (as far as its passes go; later stages of another recipe are discarded), else fresh."""
         stages = self.run_dir / "stages"
         if not self.resume:  # a finished run's, or discarded with --restart (check_run_folder)
             shutil.rmtree(stages, ignore_errors=True)
@@ -222,32 +239,44 @@ class Runner:
                 shutil.rmtree(checkpoints, ignore_errors=True)
             self.started_over = True
             return 0, self.models.fresh_student(self.teacher)
-        for i in reversed(range(len(self.passes))):
-            d = self._stage_dir(i)
-            if (d / "state.json").is_file():
-                state = json.loads((d / "state.json").read_text())
-                self._check_resumable(state, i + 1)
-                self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
-                console.print(f"[bold]resuming[/] {resumed_in_words(i + 1, [s.name for s in self.recipe.passes])}")
-                self._unfinished()
-                return i + 1, self.models.restore(d)
+        saved = [(i, d, read_state(d)) for i, d in stage_dirs(self.run_dir)]
+        k, skipped = reusable_stage([(i, state) for i, _, state in saved], self.recipe.raw, self.passes)
+        if k is None and skipped:
+            changed = skipped[-1][1]  # the earliest stage's: the first pass that changed
+            raise UserError(f"--resume: the recipe changed since {self.run_dir} was written "
+                            f"({', '.join(changed[:3])}); undo the change to resume, or rerun with --restart "
+                            "to start over")
+        if k is None:
+            self._unfinished()
+            return 0, self.models.fresh_student(self.teacher)
+        d = self._stage_dir(k)
+        state = next(state for i, folder, state in saved if folder == d)
+        self._check_teacher(state)
         self._unfinished()
-        return 0, self.models.fresh_student(self.teacher)
+        self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
+        console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, [s.name for s in self.recipe.passes])}")
+        if skipped:
+            self._discard_passed_over([folder for i, folder, _ in saved if folder != d and i >= k], skipped)
+        return k + 1, self.models.restore(d)
+
+    def _discard_passed_over(self, stages: list[Path], skipped: list) -> None:
+        """Stages saved for another recipe after the one resumed (and any distill checkpoint, whose
+        pass now starts from another student) are deleted: what follows runs again."""
+        checkpoints = [c for c in self.run_dir.glob("distill*/checkpoints") if any(c.iterdir())]
+        also = "; its distill checkpoint is discarded too" if checkpoints else ""
+        console.print(f"  {passed_over_in_words(skipped)}{also}")
+        if is_main_process():
+            for folder in stages + checkpoints:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _unfinished(self) -> None:
         """A resumed run is unfinished again until its export (a finished run is marked by FINISHED)."""
         if is_main_process():
             (self.run_dir / "stages" / FINISHED).unlink(missing_ok=True)
 
-    def _check_resumable(self, state: dict, done: int) -> None:
-        """The stage (of `done` completed passes) was written for this recipe, as far as those
-        passes go (the passes still to run may change), and this teacher (stages written before the
-        teacher was recorded are resumed with a warning)."""
-        changed = recipe_changes(state["recipe"], self.recipe.raw, self.passes, done)
-        if changed:
-            raise UserError(f"--resume: the recipe changed since {self.run_dir} was written "
-                            f"({', '.join(changed[:3])}); undo the change to resume, or rerun with --restart "
-                            "to start over")
+    def _check_teacher(self, state: dict) -> None:
+        """The stage resumed from was written for this teacher (stages written before the teacher was
+        recorded are resumed with a warning)."""
         before = state.get("teacher")
         if before is None:
             console.print(f"[bold yellow]warning:[/] {self.run_dir} was written by an older dit-compress "
@@ -272,7 +301,11 @@ class Runner:
 
     # -- run --------------------------------------------------------------------------------------
     def run(self) -> Path:
-        with sigterm_as_interrupt():  # from the first step to the export's rename
+        from compress.runner_lock import hold_run
+
+        # the run and output folders held by this run alone (a second run refused before any check
+        # or load), from the first step to the export's rename
+        with sigterm_as_interrupt(), hold_run(self.run_dir, self.out):
             try:
                 out = self._run()
             except Exception as e:
@@ -308,7 +341,9 @@ class Runner:
         work in the run folder that --restart was about to discard is not offered to --resume, nor is
         another recipe's (it would be refused)."""
         passes = getattr(self, "passes", None) or build_passes(self.recipe)
-        return interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes)
+        fingerprint = getattr(getattr(self, "ctx", None), "fingerprint", None)  # None before prepare
+        return interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes,
+                              fingerprint)
 
     def _out_of_memory(self, e: BaseException) -> OutOfMemory:
         """One line: what ran out of which memory, what to change in the recipe, and what the run
@@ -366,6 +401,8 @@ class Runner:
         recorded = {"teacher": self.identity["source"]}  # local paths absolute: eval, bench find it
         if self.identity["config"]:
             recorded["teacher_config"] = self.identity["config"]
+        if self.teacher_files:  # a local teacher's weight files (io_signature.teacher_signature)
+            recorded["teacher_files"] = self.teacher_files
         report = dict(self.ctx.report, **recorded, teacher_params=teacher_params,
                       student_params=param_count(student), version=compress.__version__)
         if self.inputs_cache is not None:

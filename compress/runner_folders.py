@@ -14,15 +14,17 @@ from compress.errors import UserError
 from compress.runner_resume import FINISHED, interrupted_run, saved_in_words
 
 
-def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None) -> None:
+def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
+                  teacher_config: str | None = None) -> None:
     """Before anything loads: the output may be written (and replace what is there, see
-    `check_replaceable`) and is clear of the `teacher` source's folder (`check_clear_of_teacher`),
+    `check_replaceable`), the output and the run folder are clear of the `teacher` source's folder,
+    and the output of the config `teacher_config` (--teacher-config) names (`check_clear_of_teacher`),
     and the run folder made, holding nothing in what a run replaces that it did not write
     (`check_own_run_folder`); a UserError saying why not otherwise."""
     from compress.io_export import check_replaceable
 
     check_replaceable(out, overwrite)
-    check_clear_of_teacher(out, teacher)
+    check_clear_of_teacher(out, teacher, teacher_config, run_dir)
     a, b = out.resolve(), run_dir.resolve()
     if a == b or a in b.parents or b in a.parents:
         raise UserError(f"--out {out} and --run-dir {run_dir} must be separate folders, neither inside "
@@ -32,22 +34,50 @@ def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None
     check_own_run_folder(run_dir)
 
 
-def check_clear_of_teacher(out: Path, teacher: str | None) -> None:
+def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str | None = None,
+                           run_dir: Path | None = None) -> None:
     """--out is not, does not hold and does not lie inside a local teacher's folder (a teacher or
     pipeline folder), nor holds a single-file teacher: writing the output would replace or mix
-    with the teacher. A relative path is taken from here, as the run loads it; toy: and Hub ids
-    (nothing here) are not local."""
-    if not teacher or teacher.startswith("toy:"):
-        return
+    with the teacher. Nor is it the folder of, or holds, the config file --teacher-config names
+    (`teacher_config`), which the output would replace. The run folder (`run_dir`) is clear of the
+    teacher as --out is: the caches and stages a run writes there would mix with the teacher's
+    files, and --restart removes its stages/. A relative path is taken from here, as the run loads
+    it; toy: and Hub ids (nothing here) are not local."""
+    if teacher and not teacher.startswith("toy:"):
+        _check_clear("--out", out, teacher, "an output folder")
+        if run_dir is not None:
+            _check_clear("--run-dir", run_dir, teacher, "a run folder")
+    config = _config_json(teacher_config) if teacher_config else None
+    if config is not None:
+        a, c = out.resolve(), config.resolve()
+        if a in c.parents:
+            where = "is the folder of" if a == c.parent else "holds"
+            raise UserError(f"--out {out} {where} the --teacher-config {teacher_config}; name an output folder "
+                            "that does not hold it")
+
+
+def _check_clear(flag: str, folder: Path, teacher: str, name: str) -> None:
+    """A UserError where `folder` (what `flag` names) is, holds or lies inside the local teacher
+    folder `teacher`, or holds the single-file teacher `teacher`; `name`: what to name instead."""
     path = Path(teacher).expanduser()
     if not path.exists():
         return
-    a, t = out.resolve(), path.resolve()
+    a, t = folder.resolve(), path.resolve()
     if path.is_dir() and (a == t or a in t.parents or t in a.parents):
         where = "is" if a == t else "holds" if a in t.parents else "lies inside"
-        raise UserError(f"--out {out} {where} the teacher's folder {teacher}; name an output folder outside it")
+        raise UserError(f"{flag} {folder} {where} the teacher's folder {teacher}; name {name} outside it")
     if not path.is_dir() and a in t.parents:
-        raise UserError(f"--out {out} holds the teacher {teacher}; name an output folder that does not hold it")
+        raise UserError(f"{flag} {folder} holds the teacher {teacher}; name {name} that does not hold it")
+
+
+def _config_json(config: str) -> Path | None:
+    """The file --teacher-config names, as io_single.config_file finds it (a JSON file, a folder's
+    config.json or a pipeline folder's transformer/config.json); None where there is none."""
+    path = Path(config).expanduser()
+    if path.is_file():
+        return path
+    found = [path / "config.json", path / "transformer" / "config.json"]
+    return next((c for c in found if c.is_file()), None)
 
 
 # what a run writes, and a fresh start or --restart replaces: stages/<i>-<pass>/ (and the temp
@@ -121,8 +151,8 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
     if info is None:
         return
     if info["changed"]:
-        raise UserError(f"{another_recipe(run_dir, info)}: add --restart to discard it and start over, "
-                        "or choose another --run-dir")
+        raise UserError(f"{another_recipe(run_dir, info)}: {kept_by_resume(info)}add --restart to discard it "
+                        "and start over, or choose another --run-dir")
     of = " of this recipe" if info["changed"] == [] else ""
     if info["total"] is not None and info["done"] >= info["total"]:  # an export cut short, or an older
         # dit-compress's finished run (it wrote no FINISHED marker)
@@ -140,28 +170,44 @@ def another_recipe(run_dir: Path, info: dict) -> str:
             f"{', '.join(info['changed'][:3])}; {saved_in_words(info)})")
 
 
-def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = None, passes=()) -> str:
+def kept_by_resume(info: dict) -> str:
+    """'--resume keeps its first 2 passes and runs the rest; ' for an `interrupted_run` of another
+    recipe whose earlier stages this recipe can continue from, else ''."""
+    keeps = info.get("keeps") or 0
+    if not keeps:
+        return ""
+    return f"--resume keeps its first {keeps} pass{'' if keeps == 1 else 'es'} and runs the rest; "
+
+
+def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = None, passes=(),
+                   fingerprint: str | None = None) -> str:
     """What follows 'interrupted' after Ctrl-C in a run: '; RUN_DIR keeps its work (...): rerun with
     --resume to continue' where `run_dir` holds an unfinished run's saved work, else that nothing
     was saved and a rerun starts over. `discarding`: what is there is an earlier run's that this
     one (--restart) was about to discard. `now`, `passes`: this run's resolved recipe and passes,
     compared as `check_run_folder` does (no `now`: not compared); saved work of another recipe is not
-    offered to --resume, which would refuse it. Output Fishers an interrupted svd pass left
-    (`saved_fishers`), which a rerun reads back whether or not it resumes, are said to be kept."""
+    offered to --resume, which would refuse it. Output Fishers an interrupted svd pass of this
+    run left (`saved_fishers` of its teacher and calibration `fingerprint`; None: not known yet, so
+    none measured), which a rerun reads back whether or not it resumes, are said to be kept."""
     info = None if discarding else interrupted_run(run_dir, now, passes)
     if info is None:
-        fishers = saved_fishers(run_dir)
+        fishers = saved_fishers(run_dir, fingerprint)
         if fishers:
             return (f"; {run_dir} keeps output Fishers measured so far ({fishers} file"
                     f"{'' if fishers == 1 else 's'}): a rerun of this recipe and teacher reads back those it "
                     "measured instead of measuring them again (keep the run folder)")
         return "; nothing was saved yet: a rerun starts over"
     if info["changed"]:
-        return f"; {another_recipe(run_dir, info)}: a rerun needs --restart to discard it, or another --run-dir"
+        return (f"; {another_recipe(run_dir, info)}: {kept_by_resume(info)}a rerun needs --restart to discard "
+                "it, or another --run-dir")
     return f"; {run_dir} keeps its work ({saved_in_words(info)}): rerun with --resume to continue"
 
 
-def saved_fishers(run_dir: Path) -> int:
-    """How many output Fishers an interrupted svd pass left in the run folder
-    (calib/<fingerprint>/<model>/fisher-*/*.pt, kept beside its stats cache for the next run)."""
-    return sum(1 for _ in Path(run_dir).glob("calib/*/*/fisher-*/*.pt"))
+def saved_fishers(run_dir: Path, fingerprint: str | None) -> int:
+    """How many output Fishers an interrupted svd pass left in the run folder for a rerun of the
+    same teacher and calibration (`fingerprint`, runner_resume.fingerprint):
+    calib/<fingerprint>/<model>/fisher-*/*.pt, kept beside its stats cache. Those of other
+    fingerprints (an earlier teacher or calibration) are not read back; no fingerprint: none."""
+    if not fingerprint:
+        return 0
+    return sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/fisher-*/*.pt"))

@@ -124,6 +124,41 @@ def stage_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def read_state(stage: Path) -> dict | None:
+    """A stage folder's state.json (recipe, teacher, report, block map), or None when it cannot be read."""
+    try:
+        state = json.loads((Path(stage) / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def reusable_stage(stages: list[tuple[int, dict | None]], now: dict, passes) -> tuple[int | None, list]:
+    """Of a run folder's completed stages [(pass index, its state or None)]: the index of the latest
+    whose recipe agrees with `now` as far as the passes it completed (`recipe_changes` with `done`),
+    which --resume continues from (None: none does), and the later ones it passes over, latest first,
+    as [(pass index, the keys where their recipe differs)] (an unreadable state: ["state.json"])."""
+    skipped = []
+    for i, state in sorted(stages, key=lambda s: s[0], reverse=True):
+        recipe = state.get("recipe") if state else None
+        changed = (recipe_changes(recipe, now, passes, i + 1) if isinstance(recipe, dict)
+                   else ["state.json"])
+        if not changed:
+            return i, skipped
+        skipped.append((i, changed))
+    return None, skipped
+
+
+def passed_over_in_words(skipped: list) -> str:
+    """'the saved pass 3 was of another recipe (it differs in passes.2.distill.steps): not kept' for
+    the stages `reusable_stage` passed over (numbered from 1, as the passes are)."""
+    done = sorted(i + 1 for i, _ in skipped)
+    which = f"pass {done[0]} was" if len(done) == 1 else f"passes {', '.join(map(str, done))} were"
+    keys = sorted({k for _, changed in skipped for k in changed})
+    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return f"the saved {which} of another recipe (it differs in {shown}): not kept"
+
+
 def distill_checkpoints(run_dir: Path) -> list[Path]:
     """The complete distill checkpoints in `run_dir` (distill*/checkpoints/step-N, with meta.json)."""
     return sorted(p for p in Path(run_dir).glob("distill*/checkpoints/step-*") if (p / "meta.json").is_file())
@@ -133,8 +168,9 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
     """What an unfinished run left in `run_dir` that a fresh start would discard: {"done": passes
     completed, "total": passes of its recipe (None: unknown), "step": its latest distill checkpoint
     step (or None), "changed": the keys where its recipe differs from `now` as --resume compares
-    them (None: unknown, or no `now`)}; None when there is nothing, or the run finished (its output
-    was written)."""
+    them (None: unknown, or no `now`)}, and where they differ, "keeps": how many passes --resume would
+    keep (those of its latest stage saved for `now`'s recipe, `reusable_stage`); None when there is
+    nothing, or the run finished (its output was written)."""
     stages, checkpoints = stage_dirs(run_dir), distill_checkpoints(run_dir)
     if (Path(run_dir) / "stages" / FINISHED).is_file() or not (stages or checkpoints):
         return None
@@ -150,7 +186,19 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
         if isinstance(before, dict) and isinstance(before.get("passes"), list):
             info["total"] = len(before["passes"])
             info["changed"] = None if now is None else recipe_changes(before, now, passes, i + 1)
+    if info["changed"]:  # what --resume would keep: the passes of the latest stage of this recipe
+        k, _ = reusable_stage([(i, read_state(d)) for i, d in stages], now, passes)
+        info["keeps"] = 0 if k is None else k + 1
     return info
+
+
+def finished_and_reusable(run_dir: Path, now: dict, passes) -> int:
+    """How many passes of the finished run in `run_dir` (its output written) `now`'s recipe shares,
+    as --resume would keep them (`reusable_stage`); 0 when the run is not finished or shares none."""
+    if not (Path(run_dir) / "stages" / FINISHED).is_file():
+        return 0
+    k, _ = reusable_stage([(i, read_state(d)) for i, d in stage_dirs(run_dir)], now, passes)
+    return 0 if k is None else k + 1
 
 
 def saved_in_words(info: dict) -> str:

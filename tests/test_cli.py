@@ -2,12 +2,14 @@ import pytest
 
 from compress import cli
 from compress.errors import UserError
-from compress.passes.distill_trainer import TrainingInterrupted
+from compress.passes.distill_trainer import StepLimitReached, TrainingInterrupted
 
 
 @pytest.mark.parametrize("raised, said, code", [
     (TrainingInterrupted("distill: stopped at step 3/6 on a stop signal"),
      "dit-compress: distill: stopped at step 3/6 on a stop signal", 130),
+    (StepLimitReached("distill: stopped at step 3/6 on max_steps_this_run=3"),  # planned: rerun, not Ctrl-C
+     "dit-compress: distill: stopped at step 3/6 on max_steps_this_run=3", 75),
     (UserError("bad key"), "dit-compress: error: bad key", 2),
 ])
 def test_a_requested_stop_is_not_printed_as_an_error(monkeypatch, capsys, raised, said, code):

@@ -296,3 +296,20 @@ def test_plan_refuses_to_stream_a_single_file_or_an_output_as_run_does(tmp_path)
     ok = parse_recipe(f"model: pixart\nteacher: {tmp_path / 't'}\nstream: true\ncalibration: {{source: synthetic}}\n"
                       "passes: [{svd: {targets: [mlp], ratio: 0.5, fisher: block}}]\n", "r.yaml")
     assert make_plan(ok)["stream"]
+
+
+@pytest.mark.parametrize("removal", ["{fraction: 0.1}", "{count: 0}", "{fraction: 0.1, iterative: true}",
+                                     "{fraction: {blocks: 0.1}}"])
+@pytest.mark.parametrize("before", ["", IMP])
+def test_a_removal_of_no_block_plans_no_scan(removal, before):
+    """A fraction too small to remove a block (the toy PixArt has 6) removes nothing, and the run
+    then scans nothing (remove_blocks_budget.removes_nothing): the plan says no scan, no reuse."""
+    for stream in (False, True):
+        plan = make_plan(parse_recipe(f"model: pixart\nteacher: toy:pixart\nstream: {str(stream).lower()}\n"
+                                      f"passes:\n{before}  - remove_blocks: {removal}\n", "r.yaml"))
+        step = plan["passes"][-1]
+        assert step["scans"] == 0 and "scans: 0" in step_words(step)
+        assert "scores" not in step and "streamed_scan" not in step
+        if not before:  # nor holds its residual streams (the importance pass's scan would)
+            assert not any("skip scan" in part["what"] for part in plan["memory"]["parts"])
+

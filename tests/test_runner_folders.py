@@ -216,3 +216,101 @@ def test_ctrl_c_after_the_output_fishers_are_saved_says_a_rerun_reuses_them(pixa
     monkeypatch.undo()
     assert main(args) == 0
     assert "read back from an earlier run" in capsys.readouterr().err
+
+
+# ---- nor --teacher-config's, and the run folder is not the teacher's ----------------------------
+@pytest.mark.parametrize("config, out, words", [
+    ("prev", "prev", "--out prev is the folder of the --teacher-config prev; name an output folder"),
+    ("prev/config.json", "prev", "--out prev is the folder of the --teacher-config prev/config.json"),
+    ("pipe", "pipe/transformer", "--out pipe/transformer is the folder of the --teacher-config pipe"),
+])
+def test_an_output_over_the_teacher_config_is_refused(pixart, monkeypatch, config, out, words):
+    """--out naming the folder of --teacher-config (an earlier output's, which --overwrite may
+    replace) replaced the config the run reads its teacher by."""
+    from compress.io_export import save_compressed
+    from compress.runner_folders import check_clear_of_teacher
+    from tests.conftest import tiny_pixart
+
+    tmp_path, make, loads = pixart
+    save_compressed(tiny_pixart(), tmp_path / "prev")
+    save_compressed(tiny_pixart(), tmp_path / "pipe" / "transformer")  # a pipeline folder's transformer
+    before = (tmp_path / "prev" / "config.json").read_text()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=words):
+        make(Path(out), tmp_path / "run", teacher_config=config, overwrite=True).prepare()
+    assert (tmp_path / "prev" / "config.json").read_text() == before and not loads
+    for beside in ("out", "prev/out", "pipe/out"):  # allowed: nothing of the config replaced
+        check_clear_of_teacher(Path(beside), None, config)
+    with pytest.raises(UserError, match="--out . holds the --teacher-config prev; name an output folder"):
+        check_clear_of_teacher(Path("."), None, "prev")  # (check_replaceable refuses such an --out first)
+
+
+@pytest.mark.parametrize("run_dir, words", [
+    ("teacher", "--run-dir teacher is the teacher's folder teacher"),
+    ("teacher/run", "--run-dir teacher/run lies inside the teacher's folder teacher"),
+    (".", "--run-dir . holds the teacher's folder teacher"),
+])
+def test_a_run_folder_in_or_over_the_teachers_folder_is_refused(pixart, monkeypatch, run_dir, words):
+    """The run's caches and stages mixed with the teacher's files (--restart removes stages/)."""
+    tmp_path, make, loads = pixart
+    before = sorted(p.name for p in (tmp_path / "teacher").iterdir())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=words):
+        make(tmp_path / "out", Path(run_dir), teacher="teacher").prepare()
+    assert main(["run", "r.yaml", "--out", "out", "--run-dir", run_dir]) == 2  # the recipe's teacher
+    assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == before and not loads
+
+
+def test_a_run_folder_holding_a_single_file_teacher_is_refused(tmp_path, monkeypatch):
+    from compress.runner_folders import check_clear_of_teacher
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="--run-dir ckpt holds the teacher ckpt/model.safetensors; name a run"):
+        check_clear_of_teacher(Path("out"), "ckpt/model.safetensors", run_dir=Path("ckpt"))
+    check_clear_of_teacher(Path("out"), "ckpt/model.safetensors", run_dir=Path("ckpt/run"))  # beside: allowed
+    check_clear_of_teacher(Path("out"), "teacher", run_dir=Path("teacher"))  # a Hub id: not local
+
+
+def test_ctrl_c_counts_only_the_output_fishers_this_run_reads_back(pixart, monkeypatch, capsys):
+    """It counted the Fishers of every teacher and calibration the run folder had seen, though a
+    rerun reads back only those of its own fingerprint (calib/<fingerprint>/...)."""
+    from compress.passes.svd import SVDPass
+    from compress.runner import Runner
+    from tests.runner_helpers import SIMPLE
+
+    tmp_path, make, loads = pixart
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher",
+                                                   passes="  - svd: {targets: [attention, mlp], ratio: 0.5, multiple: 2}\n"))
+    other = tmp_path / "run" / "calib" / "0123456789abcdef" / "blocks" / "fisher-4probes"  # an earlier teacher's
+    other.mkdir(parents=True)
+    for i in range(50):
+        (other / f"{i}.pt").write_bytes(b"")
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Runner, "prepare", interrupt)  # before the fingerprint is known: none measured
+    assert main(args) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("nothing was saved yet: a rerun starts over")
+    monkeypatch.undo()
+    monkeypatch.setattr(SVDPass, "_compress", interrupt)
+    assert main(args) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    (fingerprint,) = [d.name for d in (tmp_path / "run" / "calib").iterdir() if d.name != "0123456789abcdef"]
+    ours = len(list((tmp_path / "run" / "calib" / fingerprint).glob("*/fisher-*/*.pt")))
+    assert ours and f"keeps output Fishers measured so far ({ours} file" in last
+
+
+def test_the_ctrl_c_note_counts_the_fishers_of_its_fingerprint(tmp_path):
+    from compress.runner_folders import interrupt_note
+
+    for fingerprint, n in (("aaaa", 2), ("bbbb", 3)):
+        fishers = tmp_path / "calib" / fingerprint / "blocks" / "fisher-4probes"
+        fishers.mkdir(parents=True)
+        for i in range(n):
+            (fishers / f"{i}.pt").write_bytes(b"")
+    assert "(3 files)" in interrupt_note(tmp_path, fingerprint="bbbb")
+    assert interrupt_note(tmp_path).endswith("nothing was saved yet: a rerun starts over")
+    assert interrupt_note(tmp_path, fingerprint="cccc").endswith("nothing was saved yet: a rerun starts over")

@@ -288,3 +288,69 @@ def test_resume_says_which_pass_it_continues_after_numbered_from_one():
     assert resumed_in_words(2, ["remove_blocks", "svd"]) == \
         "all 2 passes done (remove_blocks, svd): the output is written again"
     assert resumed_in_words(1, ["svd"]) == "all 1 pass done (svd): the output is written again"
+
+
+def test_reusable_stage_is_the_latest_saved_for_this_recipe():
+    """--resume continues from the latest stage whose recipe agrees as far as its passes go, passing
+    over later stages of another recipe (with what differs); an unreadable state is passed over."""
+    from compress.runner_resume import passed_over_in_words, reusable_stage
+
+    base = ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [mlp], ratio: 0.5}\n"
+            "  - svd: {targets: [attention], ratio: 0.5}\n  - distill: {steps: 4}\n")
+    then = parse_recipe(base, "r.yaml")
+    now = parse_recipe(base, "r.yaml", ["passes.1.svd.ratio=0.4"])
+    passes = build_passes(now)
+    stages = [(0, {"recipe": then.raw}), (1, {"recipe": then.raw}), (2, {"recipe": then.raw})]
+    assert reusable_stage(stages, then.raw, passes) == (2, [])
+    k, skipped = reusable_stage(stages, now.raw, passes)
+    assert k == 0 and [i for i, _ in skipped] == [2, 1]
+    assert skipped[-1][1] == ["passes.1.svd.ratio"]
+    assert passed_over_in_words(skipped) == ("the saved passes 2, 3 were of another recipe (it differs in "
+                                             "passes.1.svd.ratio): not kept")
+    assert reusable_stage([(0, None), (1, {"recipe": then.raw})], now.raw, passes) == \
+        (None, [(1, ["passes.1.svd.ratio"]), (0, ["state.json"])])
+    shorter = parse_recipe(base.rsplit("  - distill", 1)[0], "r.yaml")  # the last pass dropped
+    assert reusable_stage(stages, shorter.raw, build_passes(shorter))[0] == 1
+
+
+def test_resume_after_changing_the_last_pass_keeps_the_earlier_ones(pixart, monkeypatch, capsys):
+    """A finished run, then the last pass changed: --resume was refused ('the recipe changed'), so
+    every pass ran again; now it continues from the last stage saved for this recipe, discards the
+    later one, and writes what a fresh run of the changed recipe writes. Without --resume a note
+    says what it would keep; the refusal for an interrupted run of another recipe offers it."""
+    tmp_path, make, loads = pixart
+    text = (tmp_path / "r.yaml").read_text()
+
+    def runner(run_dir, out, *edits, **kw):
+        return Runner(parse_recipe(text, str(tmp_path / "r.yaml"), list(edits)), tmp_path / out,
+                      tmp_path / run_dir, **kw)
+
+    runner("run", "out-a").run()
+    capsys.readouterr()
+    calls = []
+    from compress.passes import remove_blocks
+
+    real = remove_blocks.RemoveBlocksPass.run
+    monkeypatch.setattr(remove_blocks.RemoveBlocksPass, "run", lambda *a: (calls.append(1), real(*a))[1])
+    stale = tmp_path / "run" / "distill" / "checkpoints" / "step-1"  # as a later distill pass would leave
+    stale.mkdir(parents=True)
+    (stale / "meta.json").write_text("{}")
+    resumed = runner("run", "out-b", "passes.1.svd.ratio=0.4", resume=True).run()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "resuming after pass 1/2 (remove_blocks)" in err
+    assert ("the saved pass 2 was of another recipe (it differs in passes.1.svd.ratio): not kept; its distill "
+            "checkpoint is discarded too") in err
+    assert not stale.exists()
+    assert calls == []  # the first pass was not run again
+    fresh = runner("run-fresh", "out-c", "passes.1.svd.ratio=0.4").run()
+    assert calls == [1]
+    a, b = load_transformer(resumed).state_dict(), load_transformer(fresh).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    runner("run", "out-d", "passes.1.svd.ratio=0.3").prepare()  # a fresh start of a finished run: noted
+    assert ("holds a finished run that shares its first 1 pass with this recipe: starting over (Ctrl-C now "
+            "and add --resume to keep them)") in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "run" / "stages" / "finished.json").unlink()  # as if its export were cut short
+    with pytest.raises(UserError, match=r"another recipe \(it differs in passes\.1\.svd\.ratio; 2 of 2 passes "
+                                        r"done\): --resume keeps its first 1 pass and runs the rest; add --restart"):
+        runner("run", "out-d", "passes.1.svd.ratio=0.3").prepare()

@@ -34,8 +34,16 @@ _NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoint
 class TrainingInterrupted(UserError):
     """Stopped on request (signal or max_steps_this_run) after writing a checkpoint; resume to go on."""
 
-    exit_code = 130
+    exit_code = 130  # as a Ctrl-C
     label = ""  # a requested stop, not an error
+
+
+class StepLimitReached(TrainingInterrupted):
+    """Stopped by `max_steps_this_run` after its checkpoint: the run went as far as the recipe asked
+    for this invocation. Exit status 75 (EX_TEMPFAIL, 'try again later'), not 130, so a job script
+    tells a planned stop (rerun with --resume) from an interruption."""
+
+    exit_code = 75
 
 
 def _accelerator(cfg: DistillConfig, device: torch.device):
@@ -130,8 +138,8 @@ class _Trainer:
                     if not last and (stop_now or limit):
                         if not (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                             self._save()
-                        why = "a stop signal" if not limit else f"max_steps_this_run={cfg.max_steps_this_run}"
-                        raise TrainingInterrupted(
+                        why = "a stop signal" if stop_now else f"max_steps_this_run={cfg.max_steps_this_run}"
+                        raise (TrainingInterrupted if stop_now else StepLimitReached)(
                             f"distill: stopped at step {self.step}/{cfg.steps} on {why}; checkpoint in "
                             f"{self.dir / 'checkpoints'}; run again with --resume to continue")
         finally:

@@ -232,10 +232,13 @@ class RemoveBlocksPass(Pass):
                  else f"{sum(counts.values()) - budget} blocks in all")
         if self.config.criterion == "learned":
             return self._plan_learned(model, adapter, per_group(budget, counts), counts)
+        # as `run`: one per removal (iterative) or one, none for a budget of none (`removes_nothing`);
+        # before reusing an importance pass's scores
+        scans = _total(budget) if self.config.iterative else min(_total(budget), 1)
         return {"remove": "chosen by importance at run time", "budget": budget,
                 "criterion": self.config.criterion, "iterative": self.config.iterative,
                 "blocks_before": counts, "blocks_after": after, "skip_scan": self.config.criterion == "scan",
-                "scans": _total(budget) if self.config.iterative else 1}  # before reusing an importance pass's
+                "scans": scans}
 
     def _plan_learned(self, model, adapter, budget: dict[str, int], counts: dict[str, int]) -> dict:
         cfg, lr = self.config, value(self.config, "learn_lr")

@@ -17,7 +17,7 @@ import torch
 from compress.distill_utils import read_curves
 from compress.errors import UserError
 from compress.passes.distill import DistillConfig, DistillPass
-from compress.passes.distill_trainer import TrainingInterrupted
+from compress.passes.distill_trainer import StepLimitReached, TrainingInterrupted
 from tests.conftest import tiny_pixart
 from tests.passes.distill_helpers import context, distill, factorize, state, toy_data
 
@@ -30,9 +30,10 @@ def test_resume_is_bit_exact(tmp_path):
     teacher = tiny_pixart()
     student = factorize(copy.deepcopy(teacher))
     full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=6, checkpoint_every=2)
-    with pytest.raises(TrainingInterrupted, match="step 3/6"):
+    with pytest.raises(StepLimitReached, match="step 3/6 on max_steps_this_run=3") as stopped:
         distill(copy.deepcopy(student), teacher, tmp_path / "cut", steps=6, checkpoint_every=2,
                 max_steps_this_run=3)
+    assert stopped.value.exit_code == 75  # a planned stop, told apart from a Ctrl-C's 130
     resumed, ctx = distill(copy.deepcopy(student), teacher, tmp_path / "cut", steps=6, checkpoint_every=2,
                            resume=True)
     a, b = state(full), state(resumed)

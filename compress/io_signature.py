@@ -1,0 +1,98 @@
+"""What a local teacher's weight files hold, cheaply: a content signature a run records of its
+teacher (`teacher_signature`), so that eval and bench notice files replaced since the run
+(`signature_change`), e.g. a fine-tune saved over the same folder."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from compress.errors import UserError
+
+SIGNATURE = "size, sha256 of the safetensors header and 16 evenly spaced 64 KiB chunks"  # the method's name
+CHUNKS, CHUNK = 16, 1 << 16
+WEIGHT_FILE = r"diffusion_pytorch_model(?:-\d+-of-\d+)?{variant}\.(?:safetensors|bin)"
+
+
+def weight_files(source: str) -> dict[str, Path]:
+    """{name: path} of the weight files a local teacher's loader reads, named from the source (a
+    single file: its name; a folder: `diffusion_pytorch_model*.safetensors` / `.bin` and their shards,
+    of its weights variant, under its transformer/ for a pipeline folder); {} for a toy teacher, a Hub
+    id, or a path that is not there or not a teacher (its loader says why)."""
+    from compress.io import transformer_folder, weights_variant
+
+    path = Path(source).expanduser()
+    if source.startswith("toy:") or not path.exists():
+        return {}
+    if path.is_file():
+        return {path.name: path}
+    try:
+        folder = transformer_folder(path)
+        variant = weights_variant(folder)
+    except UserError:
+        return {}
+    pattern = WEIGHT_FILE.format(variant="" if variant is None else rf"\.{re.escape(variant)}")
+    prefix = folder.relative_to(path)
+    return {(prefix / f.name).as_posix(): f for f in sorted(folder.iterdir())
+            if re.fullmatch(pattern, f.name) and f.is_file()}
+
+
+def file_signature(path: Path) -> dict:
+    """{"bytes": size, "sha256": of the safetensors header (a .safetensors file) and of CHUNKS evenly
+    spaced CHUNK-byte pieces of the rest (all of it when smaller)}: the file's content, not its mtime;
+    about 1 MiB read whatever its size. OSError where it cannot be read."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        start = 0
+        if path.suffix == ".safetensors" and size >= 8:
+            head = f.read(8)
+            start = min(size, 8 + int.from_bytes(head, "little"))  # a damaged length: the whole file
+            h.update(head + f.read(start - 8))
+        rest = size - start
+        if rest <= CHUNKS * CHUNK:
+            offsets, length = [start], rest
+        else:
+            offsets, length = [start + i * (rest - CHUNK) // (CHUNKS - 1) for i in range(CHUNKS)], CHUNK
+        for offset in offsets:
+            f.seek(offset)
+            h.update(f.read(length))
+    return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def teacher_signature(source: str) -> dict | None:
+    """What a run records of its teacher's weight files ({"method": SIGNATURE, "files": {name:
+    file_signature}}), for eval and bench to notice files replaced since; None for a toy teacher or
+    a Hub id (nothing local of its own to read)."""
+    files = weight_files(source)
+    if not files:
+        return None
+    return {"method": SIGNATURE, "files": {name: file_signature(p) for name, p in files.items()}}
+
+
+def signature_change(recorded, source: str) -> str | None:
+    """What differs between a recorded `teacher_signature` and the teacher `source`'s files now, in
+    words ('NAME holds other bytes'), naming the first file that differs; None where nothing does, and
+    where the record is missing or of another method (an output of an older or newer dit-compress) or
+    the files cannot be read now (the loader says why)."""
+    if not (isinstance(recorded, dict) and recorded.get("method") == SIGNATURE
+            and isinstance(recorded.get("files"), dict)):
+        return None
+    try:
+        now = {name: file_signature(p) for name, p in weight_files(source).items()}
+    except OSError:
+        return None
+    if not now:  # the teacher is gone, or is no teacher now: its loader says so
+        return None
+    before, differ = recorded["files"], []
+    for name in sorted(before.keys() | now.keys()):
+        was, is_ = before.get(name), now.get(name)
+        if is_ is None or not isinstance(was, dict):
+            differ.append(f"{name} is {'gone' if is_ is None else 'new'}")
+        elif was != is_:
+            size = was.get("bytes")
+            resized = isinstance(size, int) and size != is_["bytes"]
+            differ.append(f"{name} is {is_['bytes']:,} bytes, was {size:,}" if resized else f"{name} holds other bytes")
+    more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+    return differ[0] + more if differ else None

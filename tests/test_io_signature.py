@@ -1,0 +1,144 @@
+"""The teacher's weight files a run records (io_signature.teacher_signature), and eval / bench warning
+where the recorded teacher's files were replaced since (report.warn_if_teacher_changed)."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from compress.cli import main
+from compress.io_signature import CHUNK, CHUNKS, file_signature, signature_change, teacher_signature, weight_files
+from tests.conftest import tiny_flux
+from tests.test_commands import RECIPE
+
+
+def _safetensors(path, data: bytes, header: bytes = b'{"x":{}}') -> None:
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+
+
+def test_the_signature_is_of_the_content_and_reads_little():
+    """Size, header and CHUNKS evenly spaced pieces: a change in a piece read or in the header is
+    seen; the file's mtime is not part of it, and a large file costs CHUNKS reads of CHUNK bytes."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp())
+    data = bytearray(os.urandom(CHUNKS * CHUNK * 4))
+    f = folder / "t.safetensors"
+    _safetensors(f, bytes(data))
+    first = file_signature(f)
+    assert first["bytes"] == len(data) + 16
+    os.utime(f, (1, 1))  # touched: the same content
+    assert file_signature(f) == first
+    data[-1] ^= 1  # the last byte lies in the last piece read
+    _safetensors(f, bytes(data))
+    assert file_signature(f)["sha256"] != first["sha256"]
+    data[-1] ^= 1
+    _safetensors(f, bytes(data), b'{"y":{}}')  # another header, the same length and data
+    assert file_signature(f)["sha256"] != first["sha256"]
+    small = folder / "s.bin"
+    small.write_bytes(b"abc")
+    before = file_signature(small)
+    small.write_bytes(b"abd")  # smaller than the pieces: all of it is read
+    assert file_signature(small) != before and file_signature(small)["bytes"] == 3
+    shutil.rmtree(folder)
+
+
+def test_the_weight_files_are_those_the_loader_reads(tmp_path):
+    """A folder's diffusion_pytorch_model files (shards too; under transformer/ of a pipeline folder;
+    a variant's where it holds only those), a single file itself; nothing for a toy teacher, a Hub
+    id or a path not there."""
+    tiny_flux().save_pretrained(tmp_path / "pipe" / "transformer", max_shard_size="40KB")
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    (tmp_path / "pipe" / "transformer" / "notes.safetensors").write_bytes(b"")  # not a weight file diffusers reads
+    names = list(weight_files(str(tmp_path / "pipe")))
+    assert len(names) > 1 and all(n.startswith("transformer/diffusion_pytorch_model-0") for n in names)
+    tiny_flux().save_pretrained(tmp_path / "fp16", variant="fp16")
+    assert list(weight_files(str(tmp_path / "fp16"))) == ["diffusion_pytorch_model.fp16.safetensors"]
+    one = tmp_path / "pipe" / "transformer" / names[0].split("/")[1]
+    assert list(weight_files(str(one))) == [one.name]
+    assert weight_files("toy:flux") == weight_files("owner/name") == weight_files(str(tmp_path / "gone")) == {}
+    assert teacher_signature("toy:flux") is None
+
+
+def test_a_change_names_the_first_file_that_differs(tmp_path):
+    tiny_flux().save_pretrained(tmp_path / "t", max_shard_size="40KB")
+    recorded = teacher_signature(str(tmp_path / "t"))
+    assert signature_change(recorded, str(tmp_path / "t")) is None
+    shards = sorted(recorded["files"])
+    (tmp_path / "t" / shards[1]).unlink()
+    assert signature_change(recorded, str(tmp_path / "t")) == f"{shards[1]} is gone"
+    shutil.rmtree(tmp_path / "t")
+    tiny_flux(seed=1).save_pretrained(tmp_path / "t")  # one file now, other weights
+    change = signature_change(recorded, str(tmp_path / "t"))
+    assert change.startswith("diffusion_pytorch_model-00001-of-") and change.endswith("more)")
+    for other in (None, {"method": "another", "files": {}}, {"files": "x"}):  # older or newer outputs
+        assert signature_change(other, str(tmp_path / "t")) is None
+
+
+@pytest.fixture
+def output(tmp_path, capsys):
+    """(output folder, teacher folder) of a run of the tiny Flux teacher."""
+    tiny_flux().save_pretrained(tmp_path / "teacher")
+    (tmp_path / "r.yaml").write_text(RECIPE.format(teacher=tmp_path / "teacher"))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    return out, tmp_path / "teacher"
+
+
+def _eval(argv, capsys) -> str:
+    assert main(argv) == 0, argv
+    return " ".join(capsys.readouterr().err.split())
+
+
+def test_eval_and_bench_warn_when_the_recorded_teachers_files_were_replaced(output, tmp_path, capsys):
+    """A fine-tune saved over the teacher's folder: eval and bench still measure (it may be what the
+    user means) but say, in one line, which file differs; with --teacher naming another teacher
+    they do not (the user chose it), naming the recorded one they do (it is that teacher)."""
+    out, teacher = output
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["teacher_files"]["files"]) == ["diffusion_pytorch_model.safetensors"]
+    config = json.loads((out / "config.json").read_text())["compression"]
+    assert config["teacher_files"] == report["teacher_files"]  # eval finds it without report.json too
+    quiet = ["eval", str(out), "--json"]
+    assert "warning" not in _eval(quiet, capsys)
+    tiny_flux(seed=1).save_pretrained(teacher)  # saved over it
+    warned = f"warning: teacher {teacher} changed since {out} was compressed from it: " \
+             "diffusion_pytorch_model.safetensors holds other bytes; eval measures against it as it is now"
+    err = _eval(quiet, capsys)
+    assert warned in err and err.count("warning") == 1
+    assert warned.replace("eval measures", "bench measures") in \
+        _eval(["bench", str(out), "--json", "--repeats", "1", "--device", "cpu"], capsys)
+    assert warned in _eval(quiet + ["--teacher", str(teacher)], capsys)
+    shutil.copytree(teacher, tmp_path / "finetuned")
+    assert "warning" not in _eval(quiet + ["--teacher", str(tmp_path / "finetuned")], capsys)
+    (out / "report.json").unlink()  # config.json's record then
+    assert warned in _eval(quiet, capsys)
+
+
+def test_outputs_without_the_record_are_measured_without_a_warning(output, capsys):
+    """Outputs written before runs recorded the teacher's files."""
+    out, teacher = output
+    report = json.loads((out / "report.json").read_text())
+    del report["teacher_files"]
+    (out / "report.json").write_text(json.dumps(report))
+    config = json.loads((out / "config.json").read_text())
+    del config["compression"]["teacher_files"]
+    (out / "config.json").write_text(json.dumps(config))
+    tiny_flux(seed=1).save_pretrained(teacher)
+    assert "warning" not in _eval(["eval", str(out), "--json"], capsys)
+
+
+def test_eval_of_a_streamed_output_warns_too(tmp_path, capsys):
+    """A stream: true output is evaluated block by block (commands._teacher_relative_streamed): the
+    same check, naming the shard that differs."""
+    from tests.runner_helpers import run_recipe, streamed_teacher
+
+    out = run_recipe(tmp_path, streamed_teacher(tmp_path, "flux").format(stream="true"), "s")
+    capsys.readouterr()
+    assert "warning" not in _eval(["eval", str(out), "--json"], capsys)
+    tiny_flux(seed=1).save_pretrained(tmp_path / "teacher", max_shard_size="40KB")
+    assert f"changed since {out} was compressed from it: diffusion_pytorch_model-00001-of-" in \
+        _eval(["eval", str(out), "--json"], capsys)

@@ -1,0 +1,216 @@
+"""Two runs never share a run folder or an output folder: the second is refused in one line naming
+the first; a released or killed holder lets the next run in; no flock, no lock (and a warning)."""
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compress import runner_lock
+from compress.errors import UserError
+from compress.runner_lock import LOCK, hold_output, hold_run, hold_run_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLD = """\
+import sys
+from compress.runner_lock import hold_output, hold_run_folder
+with (hold_run_folder if sys.argv[1] == "run" else hold_output)(sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes it, or kills this process
+"""
+
+
+@pytest.fixture
+def holder():
+    """hold(kind, path) -> a subprocess holding the run folder ("run") or output ("out") lock of `path`."""
+    started = []
+
+    def hold(kind, path):
+        p = subprocess.Popen([sys.executable, "-c", HOLD, kind, str(path)], cwd=ROOT, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        started.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return p
+    yield hold
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def test_a_held_run_folder_refuses_a_second_run_naming_its_holder(tmp_path, holder):
+    run_dir = tmp_path / "runs" / "x"
+    p = holder("run", run_dir)
+    with pytest.raises(UserError) as e:
+        with hold_run_folder(run_dir):
+            pytest.fail("entered a held run folder")
+    said = str(e.value)
+    assert said.startswith(f"{run_dir} is in use by another dit-compress run (pid {p.pid} on "
+                           f"{socket.gethostname()}, started ") and " UTC): " in said
+    assert said.endswith("wait for it, or give this run another --run-dir") and "\n" not in said
+
+
+def test_two_opens_in_one_process_exclude_each_other(tmp_path):
+    """flock locks belong to an open file: a second open, even in the holding process, is refused."""
+    with hold_run_folder(tmp_path / "r"):
+        with pytest.raises(UserError, match=f"in use by another dit-compress run \\(pid {os.getpid()} "):
+            with hold_run_folder(tmp_path / "r"):
+                pass
+        with pytest.raises(UserError, match="give this run another --run-dir"):  # still held
+            with hold_run_folder(tmp_path / "r"):
+                pass
+
+
+def test_the_lock_file_says_who_holds_it(tmp_path):
+    import json
+
+    with hold_run_folder(tmp_path):
+        record = json.loads((tmp_path / LOCK).read_text())
+    assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+    assert record["started"].endswith(" UTC") and record["command"]
+
+
+def test_a_released_lock_lets_the_next_run_in_and_leaves_nothing_it_made(tmp_path, holder):
+    run_dir = tmp_path / "runs" / "x"
+    with hold_run_folder(run_dir):
+        assert (run_dir / LOCK).is_file()
+    assert not (tmp_path / "runs").exists()  # made for the lock alone: removed with it
+    p = holder("run", run_dir)
+    p.stdin.close()  # the holder ends its `with`
+    assert p.wait(timeout=30) == 0
+    (run_dir / "stages").mkdir(parents=True)  # what a run wrote stays
+    with hold_run_folder(run_dir):
+        pass
+    assert sorted(os.listdir(run_dir)) == ["stages"]
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path, holder):
+    p = holder("run", tmp_path)
+    with pytest.raises(UserError, match="in use"):
+        with hold_run_folder(tmp_path):
+            pass
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    assert (tmp_path / LOCK).is_file()  # its file stays; its lock went with the process
+    with hold_run_folder(tmp_path):
+        pass
+
+
+def test_a_file_system_without_flock_warns_and_goes_on(tmp_path, monkeypatch, capsys):
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(runner_lock.fcntl, "flock", flock)
+    entered = []
+    with hold_run_folder(tmp_path / "r"):
+        entered.append(1)
+    err = capsys.readouterr().err
+    assert entered and err.count("warning:") == 1
+    assert f"run folder {tmp_path / 'r'}: its file system cannot lock" in " ".join(err.split())
+    assert "going on without a lock" in " ".join(err.split())
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_lock_file_that_cannot_be_opened_warns_and_a_folder_that_cannot_be_made_is_left_to_check_folders(
+        tmp_path, monkeypatch, capsys):
+    def denied(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    (tmp_path / LOCK).write_text("another user's\n")
+    monkeypatch.setattr(runner_lock, "_open", denied)
+    with hold_run_folder(tmp_path):
+        pass
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"run folder {tmp_path}: cannot open {LOCK} (Permission denied): going on without a lock" in err
+    (tmp_path / "a_file").write_text("x")
+    with hold_run_folder(tmp_path / "a_file" / "run"):  # check_folders says "a_file is a file"
+        pass
+    assert not capsys.readouterr().err
+
+
+def test_no_fcntl_no_lock(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner_lock, "fcntl", None)  # Windows
+    with hold_run_folder(tmp_path), hold_run_folder(tmp_path):
+        pass
+    assert not capsys.readouterr().err
+
+
+def test_a_held_output_refuses_another_run_writing_it(tmp_path, holder):
+    out = tmp_path / "out" / "x"
+    p = holder("out", out)
+    assert not out.exists() and (tmp_path / "out" / f".x{LOCK}").is_file()  # beside it, not in it
+    with pytest.raises(UserError) as e:
+        with hold_output(out):
+            pass
+    said = str(e.value)
+    assert said.startswith(f"output folder {out} is to be written by another dit-compress run (pid {p.pid} on ")
+    assert said.endswith("give this run another --out") and "\n" not in said
+
+
+def test_a_run_holds_both_folders_but_not_on_other_ranks_or_for_nested_folders(tmp_path, monkeypatch):
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    with hold_run(run_dir, out):
+        with pytest.raises(UserError, match="--run-dir"):
+            with hold_run_folder(run_dir):
+                pass
+        with pytest.raises(UserError, match="--out"):
+            with hold_output(out):
+                pass
+    with hold_run(out / "run", out):  # check_folders refuses it, with its own message
+        assert not out.exists()
+    monkeypatch.setenv("RANK", "1")  # rank 0 of the launch holds them
+    with hold_run(run_dir, out), hold_run(run_dir, out):
+        pass
+
+
+def test_the_lock_file_is_not_taken_for_foreign_content(tmp_path):
+    from compress.runner_folders import check_folders, foreign_in_run_folder
+
+    run_dir = tmp_path / "run"
+    (run_dir / "stages" / "0-svd").mkdir(parents=True)
+    with hold_run(run_dir, tmp_path / "out"):
+        assert foreign_in_run_folder(run_dir) is None
+        check_folders(tmp_path / "out", run_dir, overwrite=False)
+
+
+def test_the_lock_imports_no_torch():
+    """Cheap to import (the CLI may take it before torch loads), refusal and warning included."""
+    code = ("import sys, tempfile, compress.runner_lock as m\n"
+            "with m.hold_run_folder(tempfile.mkdtemp()): m._warn('x', 'y')\n"
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+# -- a run --------------------------------------------------------------------------------------------
+@pytest.fixture
+def pixart(tmp_path, monkeypatch):
+    from tests.runner_helpers import pixart_runner
+
+    return pixart_runner(tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("held", ["run", "out"])
+def test_a_run_on_a_held_folder_is_refused_before_loading(pixart, holder, held):
+    tmp_path, make, loads = pixart
+    p = holder(held, tmp_path / held)
+    with pytest.raises(UserError, match=f"another dit-compress run \\(pid {p.pid} "):
+        make(tmp_path / "out", tmp_path / "run").run()
+    assert not loads and not (tmp_path / "stages").exists()
+
+
+def test_the_cli_says_the_run_folder_is_in_use_in_one_line(pixart, holder, capsys):
+    from compress.cli import main
+
+    tmp_path, make, loads = pixart
+    p = holder("run", tmp_path / "run")
+    assert main(["run", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "run"),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dit-compress: error: {tmp_path / 'run'} is in use by another dit-compress run "
+                          f"(pid {p.pid} ") and "\n" not in err
+    assert not loads and not (tmp_path / "out").exists()
