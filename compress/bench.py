@@ -93,7 +93,8 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
           device: str | None = None, loras: list[str] | None = None) -> dict:
     """Teacher vs student step time, parameters and memory (`loras`: --lora, where the LoRAs the
     output took are now, io.load_teacher_of)."""
-    if not Path(out).is_dir():
+    out = Path(out).expanduser()
+    if not out.is_dir():
         raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
     if repeats < 1 or batch < 1:
         raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
@@ -113,8 +114,9 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "dtype": str(dtype).removeprefix("torch."), "images": batch,
-        "batch": int(kwargs["hidden_states"].shape[0]),  # rows of one forward
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": batch,  # images per step, as --batch asked
+        "rows": int(kwargs["hidden_states"].shape[0]),  # of one forward: 2 per image where CFG doubles them
         "teacher_step_s": t_teacher, "student_step_s": t_student,
         "speedup": t_teacher / t_student,
         "params_ratio": param_count(student) / param_count(ref),
@@ -133,12 +135,12 @@ def _faster(speedup: float) -> str:
 
 
 def bench_command(args) -> int:
-    result = bench(Path(args.out), args.teacher, args.repeats, args.batch, args.device, args.lora)
+    result = bench(Path(args.out).expanduser(), args.teacher, args.repeats, args.batch, args.device, args.lora)
     if args.json:
         print(to_json(result))
         return 0
     table = Table(title=f"bench {args.out} on {result['device']} ({result['dtype']}, "
-                        f"{result['images']} images: batch {result['batch']})")
+                        f"batch {result['batch']}: {result['rows']} rows per step)")
     table.add_column("metric")
     table.add_column("student / teacher", justify="right")
     table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  ({_faster(result['speedup'])})")

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="DIR", help="write rank-budget and spectrum PNGs into DIR")
 
     p = sub.add_parser("importance", help="block-importance scan: table, JSON and heatmap PNG")
-    p.add_argument("source", help="a recipe YAML or a teacher (toy:pixart, folder, file)")
+    p.add_argument("source", help="a recipe YAML (a real teacher is scanned through a recipe naming it), or a toy "
+                   "teacher (toy:pixart, toy:flux)")
     p.add_argument("--buckets", type=int, default=3, help="timestep buckets (default 3)")
     p.add_argument("--json", metavar="FILE", help="write the scan as JSON (- : on standard output, in place of the table)")
     p.add_argument("--png", metavar="FILE", help="heatmap path (default importance-<family>.png)")
@@ -131,7 +132,7 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def _run_dir(args) -> Path:
-    return Path(args.run_dir or Path("runs") / Path(args.recipe).stem)
+    return Path(args.run_dir or Path("runs") / Path(args.recipe).stem).expanduser()  # no shell expands --run-dir=~/r
 
 
 def imports_held(*needs: str):
@@ -152,7 +153,7 @@ def imports_held(*needs: str):
 @imports_held("compress.recipe:load_recipe", "compress.runner:Runner")
 def cmd_run(args, load_recipe, Runner) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
-    out = Path(args.out or Path("out") / Path(args.recipe).stem)
+    out = Path(args.out or Path("out") / Path(args.recipe).stem).expanduser()  # nor --out=~/x
     runner = Runner(recipe, out, _run_dir(args), teacher=args.teacher, teacher_config=args.teacher_config,
                     resume=args.resume, overwrite=args.overwrite, restart=args.restart)
     try:
@@ -176,7 +177,7 @@ def cmd_plan(args, make_plan, print_plan, load_recipe, to_json) -> int:
 
 @imports_held("compress.inspect:inspect_output")
 def cmd_inspect(args, inspect_output) -> int:
-    inspect_output(Path(args.out), as_json=args.json, plot_dir=args.plot)
+    inspect_output(Path(args.out).expanduser(), as_json=args.json, plot_dir=args.plot)
     return 0
 
 

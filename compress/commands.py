@@ -60,12 +60,34 @@ def _teacher_and_inputs(source: str):
 
 
 def _check_teacher_or_recipe(source: str) -> None:
-    """A source importance takes that is not a recipe is a teacher (io_source.check_source)."""
-    from compress.io_source import check_source, check_suffix
+    """A source importance takes that is not a recipe is a teacher (io_source.check_source), not a
+    dit-compress output (its folder or its weight file): that says how to scan its teacher."""
+    from compress.io_source import check_source, check_suffix, output_weights
 
-    if Path(source).expanduser().is_file():
+    path = Path(source).expanduser()
+    if path.is_dir() and is_output(path):
+        raise UserError(_output_words(source, path, "this is a dit-compress output"))
+    if path.is_file() and output_weights(path):
+        raise UserError(_output_words(source, path.parent, f"this is a weight file of the dit-compress output "
+                                                           f"{path.parent}"))
+    if path.is_file():
         check_suffix(Path(source), "importance reads a recipe (.yaml) or a teacher: a folder or a checkpoint file")
     check_source(source)
+
+
+def _output_words(source: str, out: Path, what: str) -> str:
+    """Why importance does not take the output `out` (given as `source`, which is `what`), and what
+    it takes instead: the recipe that made it (its copy, out/recipe.yaml, where there) or its toy teacher."""
+    teacher = recorded_teacher(out)[0]
+    made = f" (compressed from {teacher})" if teacher else ""
+    recipe = out / "recipe.yaml"
+    words = (f"{source}: importance scans a teacher, and {what}{made}: pass the recipe that made it, which "
+             "names its teacher")
+    if recipe.is_file():
+        words += f" (its copy: dit-compress importance {recipe})"
+    if teacher and teacher.startswith("toy:"):
+        words += f", or the toy teacher itself (dit-compress importance {teacher})"
+    return words
 
 
 def _read_only_streams(recipe, device):
@@ -112,6 +134,7 @@ def _load_model(model: str, teacher_arg: str | None):
 
 def evaluate(args) -> int:
     grid = output_file(args.grid, "--grid", figure=True) if args.grid else None  # before any work
+    check_lora_option(args.model, args.lora)
     streamed_out = _streamed_output(args.model, args.teacher)
     if streamed_out is not None:
         _toy_options_only(grid, args.seed)
@@ -173,6 +196,19 @@ def _streamed_output(model: str, teacher_arg: str | None) -> tuple[Path, str, st
     if _took_loras(path):  # its teacher takes them resident (io.load_teacher_of): measured as a resident run's
         return None
     return path, teacher, config
+
+
+def check_lora_option(model: str, loras: list[str] | None) -> None:
+    """--lora gives the new place of a LoRA a dit-compress output took: a UserError for a model that
+    is no output, or an output that took none (a streamed output's eval would ignore it)."""
+    if not loras:
+        return
+    path = Path(model).expanduser()
+    if not is_output(path):
+        raise UserError(f"--lora gives the new place of a LoRA a dit-compress output took (dit-compress lora); "
+                        f"{model} is not a dit-compress output")
+    if not _took_loras(path):
+        raise UserError("--lora: the model took no LoRA (dit-compress lora); its teacher is compared as it is")
 
 
 def _took_loras(out: Path) -> bool:

@@ -10,6 +10,7 @@ from compress.report import (console, layer_rows, layer_tables, output_dir, plot
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
+    out = Path(out).expanduser()
     model = load_transformer(out, nonfinite="warn")  # for looking: a damaged output is shown, with a warning
     plot_dir = output_dir(plot_dir, "--plot") if plot_dir else None
     report = read_report(out)

@@ -92,7 +92,7 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
     if loras and not recorded:
         raise UserError("--lora: the model took no LoRA (dit-compress lora); its teacher is compared as it is")
     if recorded:  # said before the teacher loads: a LoRA no longer where the student recorded it
-        from compress.lora import replayed_sources
+        from compress.lora_replay import replayed_sources
 
         replayed_sources(recorded, loras)
     family, src = get_adapter(student).family, checked(source, config)  # checked once
@@ -106,7 +106,7 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
                         f"it is a {type(student).__name__}")
     check_same_architecture(student, teacher, source)
     if recorded:  # a student that took LoRAs (dit-compress lora) stands for its teacher with them
-        from compress.lora import replay
+        from compress.lora_replay import replay
 
         replay(teacher, recorded, loras)
     return teacher

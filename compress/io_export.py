@@ -41,13 +41,14 @@ def student_config(model: nn.Module, extra: dict | None = None) -> dict:
 def save_compressed(model: nn.Module, out, dtype: torch.dtype | None = None, extra: dict | None = None,
                     files: dict[str, str] | None = None, overwrite: bool = False) -> Path:
     """Write the output folder atomically (temp folder + rename). `files`: extra text files."""
+    out = Path(out).expanduser()
     with atomic_folder(out, overwrite) as tmp:
         config = compressed_config(model, extra, dtype)
         sd = {k: export_cast(k, v, dtype).detach().contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / WEIGHTS), metadata=header_metadata(config))
         canonical_header(tmp / WEIGHTS)
         write_texts(tmp, config, files)
-    return Path(out)
+    return out
 
 
 def export_cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -164,10 +165,9 @@ def atomic_folder(out, overwrite: bool = False):
     """Yields a temp folder beside `out` that replaces it on success and vanishes on any error or
     interrupt, so `out` is never half-written. An existing `out` is replaced only with `overwrite`,
     and only where `check_replaceable` allows it."""
-    out = Path(out)
+    out = Path(out).expanduser()
     check_replaceable(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _temp_beside(out)
     try:
         yield tmp
         as_umask_allows(tmp)
@@ -177,6 +177,18 @@ def atomic_folder(out, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temp_beside(out: Path) -> Path:
+    """A new temp folder in `out`'s parent (made if missing); a one-line UserError where it cannot
+    be made (a file where a folder of the path should be, no permission)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        file = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{file} is a file, not a folder" if file else e.strerror or str(e)
+        raise UserError(f"output folder {out}: cannot make the folder {out.parent} ({why})") from None
 
 
 def as_umask_allows(folder: Path) -> None:

@@ -13,12 +13,15 @@ from compress.errors import NumericError, UserError
 from compress.fuse import fuse_gelu
 from compress.io import (FORMAT, INDEX, WEIGHTS, cast, check_same_config, from_config, load_error,
                          model_class, nonfinite, one_line, read_config, read_json, read_state_dict)
-from compress.io_export import ranks_of
+from compress.io_export import OUTPUT_SHARD, ranks_of
 from compress.lowrank import LowRankLinear
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # by name, as diffusers
 
-def weight_files(out: Path) -> list[Path]:
+
+def weight_files(out) -> list[Path]:
     """The weight files of an output folder: one file, or the shards its index lists."""
+    out = Path(out).expanduser()
     if (out / INDEX).is_file():
         shards = sorted(set(read_json(out / INDEX).get("weight_map", {}).values()))
         missing = [s for s in shards if not (out / s).is_file()]
@@ -27,6 +30,10 @@ def weight_files(out: Path) -> list[Path]:
         return [out / s for s in shards]
     if (out / WEIGHTS).is_file():
         return [out / WEIGHTS]
+    shards = sorted(p.name for p in out.glob("*.safetensors") if OUTPUT_SHARD.fullmatch(p.name))
+    if shards:
+        raise UserError(f"{out / INDEX} is missing: the output's weights are in {len(shards)} shards "
+                        f"({shards[0]} …) and the index says which tensor is in which; copy the output again")
     raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS} "
                     f"or {INDEX})")
 
@@ -34,7 +41,7 @@ def weight_files(out: Path) -> list[Path]:
 def empty_compressed(out) -> nn.Module:
     """The model of an output folder on the meta device: the diffusers class with LowRankLinear
     (down, up) at every rank of its compression section; no weights."""
-    out = Path(out)
+    out = Path(out).expanduser()
     if not (out / "config.json").is_file():
         raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS})")
     config = read_config(out / "config.json")
@@ -42,6 +49,8 @@ def empty_compressed(out) -> nn.Module:
         raise UserError(f"{out} is a plain diffusers model, not a dit-compress output (its config.json "
                         "has no compression section)")
     compression = config.pop("compression")
+    if isinstance(compression, dict):
+        check_format(compression.get("format", FORMAT), out)
     ranks = compression.get("ranks", {}) if isinstance(compression, dict) else None
     if not isinstance(ranks, dict):
         raise UserError(f"{out / 'config.json'}: compression.ranks must map layer names to ranks")
@@ -56,19 +65,67 @@ def empty_compressed(out) -> nn.Module:
     return model
 
 
+def check_format(found, out: Path) -> None:
+    """The output format an output's config.json records (compression.format) must be one this
+    dit-compress reads: 1 to FORMAT (every format so far; a missing one is read as the current)."""
+    if type(found) is not int or found < 1:
+        raise UserError(f"{out / 'config.json'}: compression.format must be a format number "
+                        f"(this dit-compress reads 1 to {FORMAT}), got {found!r}")
+    if found > FORMAT:
+        raise UserError(f"{out} was written by a newer dit-compress (format {found}; this one reads up "
+                        f"to {FORMAT}): upgrade dit-compress")
+
+
+def as_dtype(dtype, what: str = "load_transformer") -> torch.dtype | None:
+    """A floating torch dtype, or one of its names as diffusers takes them ('float16'); None stays None."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    name = dtype.removeprefix("torch.") if isinstance(dtype, str) else None
+    if name in DTYPES:
+        return DTYPES[name]
+    raise UserError(f"{what}: dtype must be a floating torch dtype or one of {', '.join(map(repr, DTYPES))}, "
+                    f"got {dtype!r}")
+
+
+def available_devices() -> list[str]:
+    """The devices torch can place a model on here: cpu, then each CUDA GPU (cuda:N), then mps."""
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    mps = getattr(torch.backends, "mps", None)
+    return found + (["mps"] if mps is not None and mps.is_available() else [])
+
+
+def as_device(device, what: str = "load_transformer") -> torch.device:
+    """`device` (default cpu) as a torch.device that is here; a one-line UserError naming it and the
+    devices there are (torch lists every device type it knows, or fails with an AssertionError)."""
+    here = available_devices()
+    try:
+        dev = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError):
+        raise UserError(f"{what}: device {device!r} is not a torch device; this machine has "
+                        f"{', '.join(here)}") from None
+    name = dev.type if dev.type in ("cpu", "mps") else f"{dev.type}:{dev.index or 0}"
+    if dev.type not in ("cpu", "meta") and name not in here:
+        raise UserError(f"{what}: device {device!r} is not on this machine (torch {torch.__version__}); it has "
+                        f"{', '.join(here)}")
+    return dev
+
+
 def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None,
                      torch_dtype: torch.dtype | None = None, nonfinite: str = "error") -> nn.Module:
     """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
-    model that was saved (same dtype unless `dtype`, or diffusers' `torch_dtype`, is given). One
-    weight file or index shards. `model.compression_meta` keeps what the run recorded (teacher,
-    block map), so saving the model again keeps it. A NaN/Inf in a weight is a NumericError naming
+    model that was saved (same dtype unless `dtype`, or diffusers' `torch_dtype`, is given: a torch
+    dtype or its name, 'float16'), on `device` (default cpu; one this machine has). One weight file
+    or index shards; an output written in a newer format than FORMAT is refused.
+    `model.compression_meta` keeps what the run recorded (teacher, block map), so saving the model
+    again keeps it. A NaN/Inf in a weight is a NumericError naming
     the tensor and its file (`nonfinite="warn"`: a warning, for looking at a damaged output)."""
     if nonfinite not in ("error", "warn"):
         raise ValueError(f"load_transformer: nonfinite must be 'error' or 'warn', got {nonfinite!r}")
-    dtype = dtype or torch_dtype
-    out = Path(out)
+    dtype = as_dtype(dtype or torch_dtype)
+    device = as_device(device)
+    out = Path(out).expanduser()
+    model = empty_compressed(out)  # first: the format it was written in is checked before its files
     files = weight_files(out)
-    model = empty_compressed(out)
     sd = {}
     for f in files:
         tensors = read_state_dict(f)
@@ -83,7 +140,7 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     register_compression(model)
     if dtype is not None:
         model = cast(model, dtype)
-    return model.to(device or "cpu").eval()
+    return model.to(device).eval()
 
 
 def check_finite_file(path: Path, tensors: dict[str, torch.Tensor], warn: bool = False) -> None:
@@ -126,13 +183,16 @@ def _swap_lowrank(model: nn.Module, name: str, rank, out: Path) -> None:
 def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None):
     """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
     `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id; by default the teacher
-    the output records, where that is one of these. `dtype`: of the whole pipeline (default: the
-    dtype the transformer was exported in, so all parts agree)."""
+    the output records, where that is one of these (a toy or a pipeline whose transformer is not of
+    the output's family and widths: a UserError). `dtype` (or its name): of the whole pipeline
+    (default: the dtype the transformer was exported in, so all parts agree)."""
+    dtype = as_dtype(dtype, "load_pipeline")
     transformer = load_transformer(out, dtype=dtype)
-    base = base or recorded_base(transformer, Path(out))
+    base = base or recorded_base(transformer, Path(out).expanduser())
     if base.startswith("toy:"):
         from compress.toy import load_toy_pipeline
 
+        _check_toy_base(transformer, base)
         return load_toy_pipeline(base[4:], transformer=transformer)
     from diffusers import DiffusionPipeline
 
@@ -175,6 +235,24 @@ def _check_base(transformer: nn.Module, base: str) -> None:
         config = type(transformer).load_config(base, subfolder="transformer")
     except (OSError, ValueError):
         return  # no transformer config to compare: from_pretrained says what is wrong
+    _check_base_config(transformer, config, base)
+
+
+def _check_toy_base(transformer: nn.Module, base: str) -> None:
+    """_check_base for a toy base (`toy:flux`): a shipped toy's name, and the toy teacher of the
+    compressed transformer's family and widths (a PixArt student in the toy Flux pipeline failed
+    only at sampling)."""
+    from compress.toy.weights import check_toy_name, toy_files
+
+    try:
+        check_toy_name(base[4:])
+    except UserError as e:
+        raise UserError(f"base pipeline: {e}") from None
+    _check_base_config(transformer, read_config(toy_files(base[4:])[0]), base)
+
+
+def _check_base_config(transformer: nn.Module, config: dict, base: str) -> None:
+    """The transformer config of base pipeline `base` is of `transformer`'s class and widths."""
     name = config.get("_class_name")
     if name and name != type(transformer).__name__:
         raise UserError(f"base pipeline {base} holds a {name}; the compressed transformer is a "

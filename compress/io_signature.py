@@ -5,14 +5,25 @@ teacher (`teacher_signature`), so that eval and bench notice files replaced sinc
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
 from compress.errors import UserError
 
-SIGNATURE = "size, sha256 of the safetensors header and 16 evenly spaced 64 KiB chunks"  # the method's name
-CHUNKS, CHUNK = 16, 1 << 16
-WEIGHT_FILE = r"diffusion_pytorch_model(?:-\d+-of-\d+)?{variant}\.(?:safetensors|bin)"
+SIGNATURE = ("size, sha256 of the safetensors header, each tensor's first and last 4 KiB and 16 evenly "
+             "spaced 64 KiB chunks")  # the method's name: a record of another method is not compared
+CHUNKS, CHUNK, END = 16, 1 << 16, 1 << 12
+SHARD = r"-\d+-of-\d+"
+
+
+def is_weight_file(name: str, variant: str | None) -> bool:
+    """Whether `name` is a diffusers weight file of `variant` (None: none): diffusion_pytorch_model
+    with an optional shard number, the variant before or after it (diffusers names a variant's shards
+    `diffusion_pytorch_model.fp16-00001-of-00002.safetensors`), .safetensors or .bin."""
+    v = "" if variant is None else rf"\.{re.escape(variant)}"
+    return re.fullmatch(rf"diffusion_pytorch_model(?:(?:{SHARD})?{v}|{v}{SHARD})\.(?:safetensors|bin)",
+                        name) is not None
 
 
 def weight_files(source: str) -> dict[str, Path]:
@@ -32,24 +43,32 @@ def weight_files(source: str) -> dict[str, Path]:
         variant = weights_variant(folder)
     except UserError:
         return {}
-    pattern = WEIGHT_FILE.format(variant="" if variant is None else rf"\.{re.escape(variant)}")
+    found = [f for f in sorted(folder.iterdir()) if is_weight_file(f.name, variant) and f.is_file()]
+    if any(f.suffix == ".safetensors" for f in found):  # what the loader reads then: .bin left alone
+        found = [f for f in found if f.suffix == ".safetensors"]
     prefix = folder.relative_to(path)
-    return {(prefix / f.name).as_posix(): f for f in sorted(folder.iterdir())
-            if re.fullmatch(pattern, f.name) and f.is_file()}
+    return {(prefix / f.name).as_posix(): f for f in found}
 
 
 def file_signature(path: Path) -> dict:
-    """{"bytes": size, "sha256": of the safetensors header (a .safetensors file) and of CHUNKS evenly
-    spaced CHUNK-byte pieces of the rest (all of it when smaller)}: the file's content, not its mtime;
-    about 1 MiB read whatever its size. OSError where it cannot be read."""
+    """{"bytes": size, "sha256": of the safetensors header and each tensor's first and last END bytes
+    (a .safetensors file: a fine-tune of one tensor anywhere shows), and of CHUNKS evenly spaced
+    CHUNK-byte pieces of the data (all of it when smaller)}: the file's content, not its mtime;
+    1 MiB plus 8 KiB per tensor read whatever its size. OSError where it cannot be read."""
     size = path.stat().st_size
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        start = 0
+        start, ends = 0, []
         if path.suffix == ".safetensors" and size >= 8:
             head = f.read(8)
             start = min(size, 8 + int.from_bytes(head, "little"))  # a damaged length: the whole file
-            h.update(head + f.read(start - 8))
+            header = f.read(start - 8)
+            h.update(head + header)
+            ends = [(start + a, start + b) for a, b in tensor_spans(header)]
+        for a, b in ends:
+            for offset, length in sorted({(a, min(END, b - a)), (max(a, b - END), min(END, b - a))}):
+                f.seek(offset)
+                h.update(f.read(length))
         rest = size - start
         if rest <= CHUNKS * CHUNK:
             offsets, length = [start], rest
@@ -59,6 +78,17 @@ def file_signature(path: Path) -> dict:
             f.seek(offset)
             h.update(f.read(length))
     return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def tensor_spans(header: bytes) -> list[tuple[int, int]]:
+    """The data offsets [(begin, end)] of a safetensors header's tensors, in file order; [] where the
+    header does not parse (its bytes are hashed all the same)."""
+    try:
+        entries = json.loads(header)
+        spans = [tuple(e["data_offsets"]) for k, e in entries.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+    return sorted((int(a), int(b)) for a, b in spans if 0 <= int(a) <= int(b))
 
 
 def teacher_signature(source: str) -> dict | None:
@@ -96,3 +126,18 @@ def signature_change(recorded, source: str) -> str | None:
             differ.append(f"{name} is {is_['bytes']:,} bytes, was {size:,}" if resized else f"{name} holds other bytes")
     more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
     return differ[0] + more if differ else None
+
+
+def lora_signature(source: str) -> dict | None:
+    """{name: file_signature} of a local LoRA's safetensors (a file: "" for it; a folder: each
+    .safetensors in it), recorded when it is merged so that its new place given to eval or bench
+    (--lora) can be checked to hold the same; None for a Hub id or what cannot be read."""
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            return {"": file_signature(path)}
+        if path.is_dir():
+            return {f.name: file_signature(f) for f in sorted(path.glob("*.safetensors")) if f.is_file()} or None
+    except OSError:
+        return None
+    return None

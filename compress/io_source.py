@@ -56,6 +56,16 @@ def teacher_where(recipe, teacher_arg: str | None) -> str:
     return "" if teacher_arg else recipe_where(recipe, "teacher", recipe.teacher) + ": "
 
 
+def teacher_given(recipe, teacher_arg) -> str:
+    """' (--teacher)' or ' (--set teacher)' after the teacher an error about another key names,
+    where the command line gave it (`teacher_arg`: --teacher, or whether it gave it); '' for the
+    recipe file's `teacher:`."""
+    if teacher_arg:
+        return " (--teacher)"
+    loc = getattr(recipe, "keys", {}).get("teacher")
+    return " (--set teacher)" if loc is not None and loc.override else ""
+
+
 def check_teacher_options(teacher: str | None, config: str | None) -> None:
     """--teacher, when given, names something; --teacher-config, when given, exists (a UserError
     otherwise, before anything loads: an empty --teacher is not the recipe's teacher)."""
@@ -281,10 +291,9 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
     src = checked(source, config, teacher_where(recipe, teacher), hub, None if teacher else Path(recipe.path).parent)
     found = src.family()
     if found and found[0] != recipe.model:
-        given = " (--teacher)" if teacher else ""
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
-                        f"teacher {source}{given} is a {found[1]} ({found[0]}); set model: {found[0]} or give "
-                        f"a {recipe.model} teacher")
+                        f"teacher {source}{teacher_given(recipe, teacher)} is a {found[1]} ({found[0]}); set model: "
+                        f"{found[0]} or give a {recipe.model} teacher")
     check_prompt_file(recipe, source)
     warn_unused_calibration(recipe, source)
     return src

@@ -301,47 +301,6 @@ def _source(lora) -> str:
     return str(Path(str(lora)).expanduser().resolve()) if looks_local(str(lora)) else str(lora)
 
 
-def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None) -> None:
-    """Give the teacher the LoRAs a student recorded (its config's compression.loras), at their
-    scales, so that eval compares the student with the teacher it stands for (`moved`: see
-    replayed_sources)."""
-    for record, source in zip(loras, replayed_sources(loras, moved)):
-        merge_lora(teacher, source, scale=record["scale"])
-
-
-def replayed_sources(loras: list[dict], moved: list[str] | None = None) -> list[str]:
-    """Where the LoRAs a student recorded are to be read from, checked before its teacher loads:
-    the recorded places, or `moved` (eval's and bench's --lora: where they are now, in the order the
-    student took them); a UserError for a LoRA merged from a state dict or one no longer there."""
-    from compress.io import looks_local
-
-    if moved:
-        if len(moved) != len(loras):
-            raise UserError(f"--lora given {len(moved)} times, but the model took {len(loras)} LoRAs "
-                            "(dit-compress lora): give --lora once for each, in the order it took them")
-        for source in moved:
-            if looks_local(source) and not Path(source).expanduser().exists():
-                raise UserError(f"--lora {source}: no such file or folder")
-        return list(moved)
-    for record in loras:
-        if record["source"] == STATE_DICT:
-            raise UserError("this model holds a LoRA merged from a state dict, which its teacher cannot be "
-                            "given again: merge it from a file (or a Hub id) to compare with the teacher")
-        check_recorded(record["source"], len(loras))
-    return [record["source"] for record in loras]
-
-
-def check_recorded(source: str, count: int) -> None:
-    """A UserError where a LoRA a student recorded (an absolute path, `_source`) is no longer there:
-    where it was, and --lora (`count`: how many LoRAs the student took)."""
-    if not (Path(source).is_absolute() and not Path(source).exists()):
-        return
-    each = "" if count == 1 else f" (once for each of its {count} LoRAs, in the order it took them)"
-    raise UserError(f"the LoRA this model took (dit-compress lora) is no longer at {source}, where it recorded it "
-                    "(moved or deleted), and its teacher takes it to stand for the model: pass its new place to "
-                    f"eval or bench with --lora PATH{each}, or put it back there")
-
-
 def _merged(student: nn.Module, name: str, layer: LoraLayer, scale: float, weight: torch.Tensor | None):
     """(the student's module `name`, what merging `layer` times `scale` makes of it, checked finite:
     {"module": a grown LowRankLinear, "rank": the rank it adds} or {"weight": (out, in), "bias": (out,)
@@ -394,5 +353,10 @@ def _record(student: nn.Module, lora, scale: float, merged: int) -> None:
     meta = getattr(student, "compression_meta", None)
     if meta is None:
         return  # a teacher: nothing recorded
-    meta["loras"] = meta.get("loras", []) + [{"source": _source(lora), "scale": scale, "modules": merged}]
+    record = {"source": _source(lora), "scale": scale, "modules": merged}
+    if record["source"] != STATE_DICT:
+        from compress.io_signature import lora_signature
+
+        record["signature"] = lora_signature(str(lora))  # --lora's new place is checked against it (replay)
+    meta["loras"] = meta.get("loras", []) + [record]
     register_compression(student)

@@ -23,7 +23,8 @@ from compress.calib_pipeline import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
 from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory
-from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where
+from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
+                                teacher_given)
 from compress.passes import build_passes
 from compress.report import console, layer_rows, param_count, results
 from compress.runner_checks import checked_in_order
@@ -72,7 +73,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     adapter = get_adapter(model)
     if adapter.family != recipe.model:  # a pickle's family, from its config
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
-                        f"teacher {source} is a {type(model).__name__} ({adapter.family})")
+                        f"teacher {source}{teacher_given(recipe, teacher or source != recipe.teacher)} "
+                        f"is a {type(model).__name__} ({adapter.family})")
     before_rows, before = layer_rows(model), param_count(model)
     passes = passes if passes is not None else build_passes(recipe)
     if recipe.stream:

@@ -274,7 +274,12 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
             hint = MERGE_HINT if key == "<<" else did_you_mean(key, fields)
             raise _Loc(path, key_node).err(f"unknown key '{key}' in {what}{hint} "
                                            f"(known: {', '.join(fields)})")
-        values[key] = convert(value_node, hints[key], path, f"{what}.{key}" if what else key)
+        try:
+            values[key] = convert(value_node, hints[key], path, f"{what}.{key}" if what else key)
+        except UserError as e:  # a field's metadata may say what to write (remove_blocks.blocks)
+            if not fields[key].metadata.get("hint"):
+                raise
+            raise UserError(f"{e}; {fields[key].metadata['hint']}") from None
         key_at[key] = key_node
     missing = [n for n, f in fields.items() if n not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -338,7 +343,11 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
         raise loc.err(f"unknown pass '{name}'{hint} (passes: {', '.join(PASSES)})")
     cls = pass_class(name)
     config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}")
-    return PassSpec(name, config, loc.line, loc, _key_locs(opts, path))
+    keys = _key_locs(opts, path)
+    # the option keys (ranks.modulation) a --set gave, to that --set, for the pass's notes; not a
+    # field (asdict, ==)
+    config.__dict__["_set_keys"] = {k: at.override for k, at in keys.items() if at.override}
+    return PassSpec(name, config, loc.line, loc, keys)
 
 
 # ---- entry points -----------------------------------------------------------------------------

@@ -24,7 +24,8 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
         last = i == len(parts) - 1
         if isinstance(node, yaml.SequenceNode):
             if not part.isdigit() or int(part) >= len(node.value):
-                raise UserError(f"--set {dotted}: '{part}' is not an index of that list")
+                raise UserError(f"--set {dotted}: '{part}' is not an index of that list "
+                                f"({_items('.'.join(parts[:i]), len(node.value))})")
             if last:
                 node.value[int(part)] = value_node
                 return
@@ -43,6 +44,13 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             node = child
         else:
             node = match[0][1]
+
+
+def _items(name: str, n: int) -> str:
+    """'passes has 5 items: 0–4': the indices a --set may give a list."""
+    if not n:
+        return f"{name} is empty"
+    return f"{name} has {n} item{'s' if n > 1 else ''}: " + ("0" if n == 1 else f"0–{n - 1}")
 
 
 def _set_key(node: yaml.MappingNode, key: yaml.ScalarNode, value: yaml.Node, first: bool) -> None:

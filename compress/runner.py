@@ -130,7 +130,7 @@ class Runner:
         check_teacher_options(teacher, teacher_config)  # the CLI's too: before anything loads
         if resume and restart:
             raise UserError("--resume continues an interrupted run and --restart discards it: pass one of them")
-        self.recipe, self.out, self.run_dir = recipe, Path(out), Path(run_dir)
+        self.recipe, self.out, self.run_dir = recipe, Path(out).expanduser(), Path(run_dir).expanduser()
         self.teacher_arg, self.teacher_config = teacher, teacher_config
         self.resume, self.overwrite, self.restart = resume, overwrite, restart
         self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error
@@ -147,10 +147,13 @@ class Runner:
         if not (self.resume or self.restart):  # saved work a fresh start would discard: refused
             check_run_folder(self.run_dir, self.recipe.raw, self.passes)
             self._note_reusable()
-        if self.resume:  # a distill checkpoint of other settings: said now, not after the teacher loads
+        if self.resume:  # which stage it continues from, and a distill checkpoint of other settings (one
+            # it keeps): said now, not after the teacher loads
             from compress.passes.distill_trainer import check_resumable_configs
 
-            check_resumable_configs(self.run_dir, [s.config for s in self.recipe.passes if s.name == "distill"])
+            self.resumes_from = self._resumable()
+            if not self.resumes_from[2]:  # stages passed over: the checkpoints go with them (_discard_passed_over)
+                check_resumable_configs(self.run_dir, [s.config for s in self.recipe.passes if s.name == "distill"])
         check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
         # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
         src = checked_sources(self.recipe, self.teacher_arg, self.teacher_config)
@@ -214,7 +217,7 @@ class Runner:
             shared = f"all {keeps} passes" if keeps == len(self.passes) else \
                 f"its first {keeps} pass{'' if keeps == 1 else 'es'}"
             console.print(f"note: {self.run_dir} holds a finished run that shares {shared} with this recipe: "
-                          "starting over (Ctrl-C now and add --resume to keep them)")
+                          "starting over (Ctrl-C now and add --resume to keep them, with the same teacher)")
 
     def _teacher_forwards(self, make):
         """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""
@@ -239,13 +242,7 @@ class Runner:
                 shutil.rmtree(checkpoints, ignore_errors=True)
             self.started_over = True
             return 0, self.models.fresh_student(self.teacher)
-        saved = [(i, d, read_state(d)) for i, d in stage_dirs(self.run_dir)]
-        k, skipped = reusable_stage([(i, state) for i, _, state in saved], self.recipe.raw, self.passes)
-        if k is None and skipped:
-            changed = skipped[-1][1]  # the earliest stage's: the first pass that changed
-            raise UserError(f"--resume: the recipe changed since {self.run_dir} was written "
-                            f"({', '.join(changed[:3])}); undo the change to resume, or rerun with --restart "
-                            "to start over")
+        saved, k, skipped = getattr(self, "resumes_from", None) or self._resumable()
         if k is None:
             self._unfinished()
             return 0, self.models.fresh_student(self.teacher)
@@ -258,6 +255,27 @@ class Runner:
         if skipped:
             self._discard_passed_over([folder for i, folder, _ in saved if folder != d and i >= k], skipped)
         return k + 1, self.models.restore(d)
+
+    def _resumable(self) -> tuple[list, int | None, list]:
+        """(the saved stages [(pass index, folder, state)] whose state.json reads, the index of the one
+        --resume continues from or None, the later ones of another recipe it passes over:
+        `reusable_stage`); a UserError when there are stages but none is of this recipe. A stage
+        whose state.json cannot be read is warned about and left as it is."""
+        saved = []
+        for i, d in stage_dirs(self.run_dir):
+            state = read_state(d)
+            if state is None:
+                console.print(f"[bold yellow]warning:[/] {d / 'state.json'} cannot be read: --resume does not "
+                              "continue from that pass")
+            else:
+                saved.append((i, d, state))
+        k, skipped = reusable_stage([(i, state) for i, _, state in saved], self.recipe.raw, self.passes)
+        if k is None and skipped:
+            changed = skipped[-1][1]  # the earliest stage's: the first pass that changed
+            raise UserError(f"--resume: the recipe changed since {self.run_dir} was written "
+                            f"({', '.join(changed[:3])}); undo the change to resume, or rerun with --restart "
+                            "to start over")
+        return saved, k, skipped
 
     def _discard_passed_over(self, stages: list[Path], skipped: list) -> None:
         """Stages saved for another recipe after the one resumed (and any distill checkpoint, whose

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.runner_resume import FINISHED, interrupted_run, saved_in_words
+from compress.runner_resume import FINISHED, finished_and_reusable, interrupted_run, saved_in_words
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
@@ -46,7 +46,7 @@ def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str |
     if teacher and not teacher.startswith("toy:"):
         _check_clear("--out", out, teacher, "an output folder")
         if run_dir is not None:
-            _check_clear("--run-dir", run_dir, teacher, "a run folder")
+            _check_clear("--run-dir", run_dir, teacher, "a run folder", RUN_WRITTEN)
     config = _config_json(teacher_config) if teacher_config else None
     if config is not None:
         a, c = out.resolve(), config.resolve()
@@ -56,13 +56,22 @@ def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str |
                             "that does not hold it")
 
 
-def _check_clear(flag: str, folder: Path, teacher: str, name: str) -> None:
+# the top-level entries of a run folder a run writes in (or removes): a teacher elsewhere in a run
+# folder does not mix with them (the lock file beside them is not a folder)
+RUN_WRITTEN = re.compile(r"stages|distill(-\d+)?|calib|stream|inputs|fisher|activations")
+
+
+def _check_clear(flag: str, folder: Path, teacher: str, name: str, written: re.Pattern | None = None) -> None:
     """A UserError where `folder` (what `flag` names) is, holds or lies inside the local teacher
-    folder `teacher`, or holds the single-file teacher `teacher`; `name`: what to name instead."""
+    folder `teacher`, or holds the single-file teacher `teacher`; `name`: what to name instead.
+    `written`: the top-level entries of `folder` a run writes in, where given; a teacher elsewhere
+    in it is clear of them (a run folder holding a models/ folder)."""
     path = Path(teacher).expanduser()
     if not path.exists():
         return
     a, t = folder.resolve(), path.resolve()
+    if written is not None and a in t.parents and not written.fullmatch(t.relative_to(a).parts[0]):
+        return
     if path.is_dir() and (a == t or a in t.parents or t in a.parents):
         where = "is" if a == t else "holds" if a in t.parents else "lies inside"
         raise UserError(f"{flag} {folder} {where} the teacher's folder {teacher}; name {name} outside it")
@@ -176,7 +185,8 @@ def kept_by_resume(info: dict) -> str:
     keeps = info.get("keeps") or 0
     if not keeps:
         return ""
-    return f"--resume keeps its first {keeps} pass{'' if keeps == 1 else 'es'} and runs the rest; "
+    return (f"--resume keeps its first {keeps} pass{'' if keeps == 1 else 'es'} (with the same teacher) and runs "
+            "the rest; ")
 
 
 def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = None, passes=(),
@@ -190,6 +200,10 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     run left (`saved_fishers` of its teacher and calibration `fingerprint`; None: not known yet, so
     none measured), which a rerun reads back whether or not it resumes, are said to be kept."""
     info = None if discarding else interrupted_run(run_dir, now, passes)
+    keeps = 0 if discarding or now is None else finished_and_reusable(run_dir, now, passes)
+    if keeps:  # a finished run's stages, not yet discarded by this run's start
+        return (f"; {run_dir} still holds the finished run's stages: rerun with --resume to keep its first "
+                f"{keeps} pass{'' if keeps == 1 else 'es'} (with the same teacher)")
     if info is None:
         fishers = saved_fishers(run_dir, fingerprint)
         if fishers:

@@ -137,12 +137,14 @@ def reusable_stage(stages: list[tuple[int, dict | None]], now: dict, passes) -> 
     """Of a run folder's completed stages [(pass index, its state or None)]: the index of the latest
     whose recipe agrees with `now` as far as the passes it completed (`recipe_changes` with `done`),
     which --resume continues from (None: none does), and the later ones it passes over, latest first,
-    as [(pass index, the keys where their recipe differs)] (an unreadable state: ["state.json"])."""
+    as [(pass index, the keys where their recipe differs)]. A state that could not be read (None) or
+    records no recipe is neither."""
     skipped = []
     for i, state in sorted(stages, key=lambda s: s[0], reverse=True):
         recipe = state.get("recipe") if state else None
-        changed = (recipe_changes(recipe, now, passes, i + 1) if isinstance(recipe, dict)
-                   else ["state.json"])
+        if not isinstance(recipe, dict):
+            continue
+        changed = recipe_changes(recipe, now, passes, i + 1)
         if not changed:
             return i, skipped
         skipped.append((i, changed))

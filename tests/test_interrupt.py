@@ -224,16 +224,19 @@ def test_ctrl_c_after_a_saved_pass_offers_resume_but_not_work_restart_discards(p
     assert _interrupted_cli_run(tmp_path, capsys, "--resume").endswith("rerun with --resume to continue")
 
 
-def test_ctrl_c_in_a_resume_of_another_recipe_does_not_offer_resume(pixart, monkeypatch, capsys):
-    """Ctrl-C while a --resume loads its teacher, before it compares the recipes: work saved by
-    another recipe is not offered to --resume (which would refuse it); a change to the passes still
-    to run is (a resume takes it)."""
+def test_a_resume_of_another_recipe_is_refused_before_loading(pixart, monkeypatch, capsys):
+    """A --resume of another recipe is refused before its teacher loads (it was compared after, so a
+    Ctrl-C while loading said what the Ctrl-C note says of work saved by another recipe); Ctrl-C
+    while a --resume that changes only the passes still to run loads offers --resume again."""
+    from compress.cli import main
+
     tmp_path = pixart[0]
     _interrupt_pass(monkeypatch, 1)
     _interrupted_cli_run(tmp_path, capsys)  # pass 1 saved
     _interrupt_teacher_loading(monkeypatch)
-    other = _interrupted_cli_run(tmp_path, capsys, "--resume", "--set", "calibration.num_prompts=3")
-    assert "another recipe" in other and "calibration.num_prompts" in other and "--restart" in other
-    assert "rerun with --resume" not in other
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir",
+                 str(tmp_path / "run"), "--resume", "--set", "calibration.num_prompts=3"]) == 2
+    other = capsys.readouterr().err.strip()
+    assert "the recipe changed since" in other and "calibration.num_prompts" in other and "--restart" in other
     later = _interrupted_cli_run(tmp_path, capsys, "--resume", "--set", "passes.1.svd.ratio=0.4")
     assert later.endswith("rerun with --resume to continue")

@@ -142,3 +142,39 @@ def test_eval_of_a_streamed_output_warns_too(tmp_path, capsys):
     tiny_flux(seed=1).save_pretrained(tmp_path / "teacher", max_shard_size="40KB")
     assert f"changed since {out} was compressed from it: diffusion_pytorch_model-00001-of-" in \
         _eval(["eval", str(out), "--json"], capsys)
+
+
+def test_a_fine_tune_of_one_tensor_anywhere_is_seen(tmp_path):
+    """Evenly spaced pieces alone missed a tensor between two of them (a reviewer's 40-tensor file:
+    one block fine-tuned went unseen for 20 of the 40): each tensor's ends are read too."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {f"blocks.{i}.weight": np.random.default_rng(i).standard_normal(1 << 16, dtype=np.float32)
+               for i in range(40)}  # 256 KiB each
+    f = tmp_path / "t.safetensors"
+    save_file(tensors, f)
+    before = file_signature(f)
+    for i in range(40):
+        tuned = dict(tensors, **{f"blocks.{i}.weight": tensors[f"blocks.{i}.weight"] + 0.01})
+        save_file(tuned, f)
+        assert file_signature(f)["sha256"] != before["sha256"], i
+
+
+def test_a_variants_shards_and_not_a_bin_the_loader_skips(tmp_path):
+    """diffusers names a variant's shards diffusion_pytorch_model.fp16-00001-of-0000N.safetensors
+    (nothing was recorded for them), and reads the .safetensors where a .bin sits beside it (the
+    .bin was recorded, so removing it warned)."""
+    from compress.io_signature import is_weight_file
+
+    tiny_flux().save_pretrained(tmp_path / "v", variant="fp16", max_shard_size="40KB")
+    names = list(weight_files(str(tmp_path / "v")))
+    assert len(names) > 1 and all(n.startswith("diffusion_pytorch_model.fp16-0") for n in names)
+    assert is_weight_file("diffusion_pytorch_model-00001-of-00002.fp16.safetensors", "fp16")
+    assert not is_weight_file("diffusion_pytorch_model.fp16-00001-of-00002.safetensors", None)
+    tiny_flux().save_pretrained(tmp_path / "both")
+    (tmp_path / "both" / "diffusion_pytorch_model.bin").write_bytes(b"old")
+    assert list(weight_files(str(tmp_path / "both"))) == ["diffusion_pytorch_model.safetensors"]
+    recorded = teacher_signature(str(tmp_path / "both"))
+    (tmp_path / "both" / "diffusion_pytorch_model.bin").unlink()
+    assert signature_change(recorded, str(tmp_path / "both")) is None

@@ -281,3 +281,37 @@ def test_a_teacher_config_a_toy_or_folder_does_not_read_is_said(tmp_path, capsys
         assert f"--teacher-config {tmp_path / 't'} is not read: teacher {source}" in capsys.readouterr().err
     checked("toy:pixart")
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, teacher, given", [
+    (["teacher=toy:flux"], None, " (--set teacher)"),
+    (["teacher=toy:flux"], "toy:flux", " (--teacher)"),  # --teacher is what the run uses
+    ([], "toy:flux", " (--teacher)"),
+])
+def test_a_teacher_of_another_family_names_the_set_or_option_that_gave_it(tmp_path, overrides, teacher, given):
+    """The mismatch is said at the file's model: line, and names the --set teacher (as --teacher)
+    that gave the teacher, not the file's teacher: line alone (the file says toy:pixart)."""
+    recipe = _recipe(tmp_path, overrides=overrides)
+    with pytest.raises(UserError) as e:
+        check_sources(recipe, teacher=teacher)
+    assert str(e.value) == (f"{recipe.path}:1: model is 'pixart' but the teacher toy:flux{given} is a "
+                            "FluxTransformer2DModel (flux); set model: flux or give a pixart teacher")
+
+
+def test_a_model_set_on_the_command_line_is_named_in_the_mismatch(tmp_path):
+    recipe = _recipe(tmp_path, overrides=["model=flux"])
+    with pytest.raises(UserError, match=r"^\S*r.yaml \(--set model\): model is 'flux' but the teacher toy:pixart "
+                                        r"is a PixArtTransformer2DModel"):
+        check_sources(recipe)
+
+
+def test_a_pickle_teacher_of_another_family_names_the_set_that_gave_it(tmp_path):
+    """A pickle's family comes from its config only as plan builds it: that mismatch names the --set too."""
+    from compress.plan import make_plan
+
+    tiny_flux().save_config(tmp_path / "t")
+    (tmp_path / "t" / "model.ckpt").write_bytes(b"")  # never read: the plan builds from the config
+    recipe = _recipe(tmp_path / "r", overrides=[f"teacher={tmp_path}/t/model.ckpt"])
+    with pytest.raises(UserError, match=rf"r.yaml:1: model is 'pixart' but the teacher {tmp_path}/t/model.ckpt "
+                                        r"\(--set teacher\) is a FluxTransformer2DModel \(flux\)$"):
+        make_plan(recipe)

@@ -1,4 +1,4 @@
-"""eval and bench of a `dit-compress lora` output give its teacher the LoRA it took (lora.replay): a
+"""eval and bench of a `dit-compress lora` output give its teacher the LoRA it took (lora_replay.replay): a
 LoRA moved or deleted since is one line saying where it was and --lora PATH, which gives its new place."""
 
 import copy
@@ -76,3 +76,43 @@ def test_a_lora_output_of_a_streamed_run_is_measured_against_its_teacher_with_th
     capsys.readouterr()
     assert _eval(["eval", str(tmp_path / "new")], capsys) == pytest.approx(_eval(["eval", str(resident)], capsys),
                                                                            rel=1e-5)
+
+
+def test_lora_on_a_model_that_took_none_is_refused_streamed_or_not(tmp_path, capsys):
+    """A streamed output's eval ignored --lora (even a path not there), and so did eval of a model
+    that is no output; the resident path refused it."""
+    from tests.runner_helpers import run_recipe, streamed_teacher
+
+    out = run_recipe(tmp_path, streamed_teacher(tmp_path, "flux").format(stream="true"), "s")
+    capsys.readouterr()
+    assert main(["eval", str(out), "--lora", str(tmp_path / "nowhere")]) == 2
+    assert "--lora: the model took no LoRA (dit-compress lora)" in capsys.readouterr().err
+    assert main(["eval", "toy:pixart", "--lora", str(tmp_path / "nowhere")]) == 2
+    assert "toy:pixart is not a dit-compress output" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:.*invalid shape")
+def test_a_lora_option_holding_another_lora_warns(tmp_path, capsys):
+    """--lora was matched to the recorded LoRAs by place alone: another file, or the same LoRAs in
+    another order, measured the model against another teacher in silence. The merge records each
+    local LoRA's signature; a --lora that differs is warned about (and measured as given)."""
+    from compress.lora_replay import warn_if_other_loras
+
+    student, teacher = _student(tmp_path)
+    _lora(copy.deepcopy(teacher), tmp_path / "lora")
+    _lora(copy.deepcopy(teacher), tmp_path / "other")  # random again: another LoRA
+    new = tmp_path / "new"
+    assert main(["lora", str(tmp_path / "out-s"), str(tmp_path / "lora"), str(new)]) == 0
+    record = json.loads((new / "config.json").read_text())["compression"]["loras"][0]
+    assert record["signature"] and all(name.endswith(".safetensors") for name in record["signature"])
+    shutil.move(tmp_path / "lora", tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["eval", str(new), "--json", "--lora", str(tmp_path / "moved")]) == 0
+    assert "warning" not in capsys.readouterr().err  # the same LoRA in its new place
+    assert main(["eval", str(new), "--json", "--lora", str(tmp_path / "other")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"warning: --lora {tmp_path / 'other'} is not the LoRA the model took (recorded at {tmp_path / 'lora'}): "
+            "its teacher is given them as they are") in err
+    a, b = ({"source": str(tmp_path / n), "scale": 1.0, "signature": {"": {"sha256": n}}} for n in "ab")
+    warn_if_other_loras([a, b], [str(tmp_path / "x"), str(tmp_path / "y")])  # not readable: other
+    assert "--lora" in capsys.readouterr().err

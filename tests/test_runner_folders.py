@@ -248,7 +248,6 @@ def test_an_output_over_the_teacher_config_is_refused(pixart, monkeypatch, confi
 @pytest.mark.parametrize("run_dir, words", [
     ("teacher", "--run-dir teacher is the teacher's folder teacher"),
     ("teacher/run", "--run-dir teacher/run lies inside the teacher's folder teacher"),
-    (".", "--run-dir . holds the teacher's folder teacher"),
 ])
 def test_a_run_folder_in_or_over_the_teachers_folder_is_refused(pixart, monkeypatch, run_dir, words):
     """The run's caches and stages mixed with the teacher's files (--restart removes stages/)."""
@@ -261,14 +260,21 @@ def test_a_run_folder_in_or_over_the_teachers_folder_is_refused(pixart, monkeypa
     assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == before and not loads
 
 
-def test_a_run_folder_holding_a_single_file_teacher_is_refused(tmp_path, monkeypatch):
+def test_a_run_folder_holding_the_teacher_where_a_run_writes_is_refused(tmp_path, monkeypatch):
     from compress.runner_folders import check_clear_of_teacher
 
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match="--run-dir ckpt holds the teacher ckpt/model.safetensors; name a run"):
-        check_clear_of_teacher(Path("out"), "ckpt/model.safetensors", run_dir=Path("ckpt"))
+    (tmp_path / "ckpt" / "stages").mkdir()
+    (tmp_path / "ckpt" / "stages" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match="--run-dir ckpt holds the teacher ckpt/stages/model.safetensors; name a run"):
+        check_clear_of_teacher(Path("out"), "ckpt/stages/model.safetensors", run_dir=Path("ckpt"))
+    with pytest.raises(UserError, match="--run-dir ckpt holds the teacher's folder ckpt/stages; name a run"):
+        check_clear_of_teacher(Path("out"), "ckpt/stages", run_dir=Path("ckpt"))
+    # where a run writes nothing (a run folder of scratch space holding models/): allowed
+    check_clear_of_teacher(Path("out"), "ckpt/model.safetensors", run_dir=Path("ckpt"))
+    check_clear_of_teacher(Path("out"), "ckpt", run_dir=Path("."))
     check_clear_of_teacher(Path("out"), "ckpt/model.safetensors", run_dir=Path("ckpt/run"))  # beside: allowed
     check_clear_of_teacher(Path("out"), "teacher", run_dir=Path("teacher"))  # a Hub id: not local
 

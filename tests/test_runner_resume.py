@@ -308,7 +308,7 @@ def test_reusable_stage_is_the_latest_saved_for_this_recipe():
     assert passed_over_in_words(skipped) == ("the saved passes 2, 3 were of another recipe (it differs in "
                                              "passes.1.svd.ratio): not kept")
     assert reusable_stage([(0, None), (1, {"recipe": then.raw})], now.raw, passes) == \
-        (None, [(1, ["passes.1.svd.ratio"]), (0, ["state.json"])])
+        (None, [(1, ["passes.1.svd.ratio"])])  # an unreadable state is neither
     shorter = parse_recipe(base.rsplit("  - distill", 1)[0], "r.yaml")  # the last pass dropped
     assert reusable_stage(stages, shorter.raw, build_passes(shorter))[0] == 1
 
@@ -334,7 +334,12 @@ def test_resume_after_changing_the_last_pass_keeps_the_earlier_ones(pixart, monk
     monkeypatch.setattr(remove_blocks.RemoveBlocksPass, "run", lambda *a: (calls.append(1), real(*a))[1])
     stale = tmp_path / "run" / "distill" / "checkpoints" / "step-1"  # as a later distill pass would leave
     stale.mkdir(parents=True)
-    (stale / "meta.json").write_text("{}")
+    (stale / "meta.json").write_text(json.dumps({"settings": {"steps": 6}}))
+    with_distill = text + "  - distill: {steps: 8}\n"  # checkpoint of other settings, passed over: no refusal
+    over = Runner(parse_recipe(with_distill, str(tmp_path / "r.yaml"), ["passes.1.svd.ratio=0.4"]),
+                  tmp_path / "out-b", tmp_path / "run", resume=True)
+    over.prepare()
+    assert over.resumes_from[1:] == (0, [(1, ["passes.1.svd.ratio"])])
     resumed = runner("run", "out-b", "passes.1.svd.ratio=0.4", resume=True).run()
     err = " ".join(capsys.readouterr().err.split())
     assert "resuming after pass 1/2 (remove_blocks)" in err
@@ -349,8 +354,15 @@ def test_resume_after_changing_the_last_pass_keeps_the_earlier_ones(pixart, monk
 
     runner("run", "out-d", "passes.1.svd.ratio=0.3").prepare()  # a fresh start of a finished run: noted
     assert ("holds a finished run that shares its first 1 pass with this recipe: starting over (Ctrl-C now "
-            "and add --resume to keep them)") in " ".join(capsys.readouterr().err.split())
+            "and add --resume to keep them, with the same teacher)") in " ".join(capsys.readouterr().err.split())
+    from compress.runner_folders import interrupt_note  # Ctrl-C before its stages are discarded: still there
+
+    assert interrupt_note(tmp_path / "run", False, parse_recipe(text, "r.yaml", ["passes.1.svd.ratio=0.3"]).raw,
+                          build_passes(parse_recipe(text, "r.yaml"))) == \
+        (f"; {tmp_path / 'run'} still holds the finished run's stages: rerun with --resume to keep its first 1 "
+         "pass (with the same teacher)")
     (tmp_path / "run" / "stages" / "finished.json").unlink()  # as if its export were cut short
     with pytest.raises(UserError, match=r"another recipe \(it differs in passes\.1\.svd\.ratio; 2 of 2 passes "
-                                        r"done\): --resume keeps its first 1 pass and runs the rest; add --restart"):
+                                        r"done\): --resume keeps its first 1 pass \(with the same teacher\) and "
+                                        r"runs the rest; add --restart"):
         runner("run", "out-d", "passes.1.svd.ratio=0.3").prepare()

@@ -15,7 +15,7 @@ student: no pass that changes weights (`Pass.changes_weights`: svd, distill, a r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -33,15 +33,24 @@ from compress.report import console
 CRITERIA = ("scan", "proxy", "learned")
 LEARNED_KEYS = ("window", "learn_steps", "learn_lr", "logit_lr", "estimator", "learn_rank")
 ESTIMATORS = ("gumbel", "score")
+# what a recipe writes, said after a value of the wrong shape (recipe.build_dataclass)
+BLOCKS_HINT = ("blocks maps a block group to teacher indices: blocks: {blocks: [4]} (PixArt: one group, "
+               "blocks) or blocks: {double: [3], single: [10]} (Flux: groups double and single)")
+COUNT_HINT = ("{0} is over all blocks or per block group: {0}: {1}, {0}: {{blocks: {1}}} (PixArt) or "
+              "{0}: {{double: {1}, single: {1}}} (Flux)")
 
 
 @dataclass
 class RemoveBlocksConfig:
     """Recipe keys of `remove_blocks`. Give exactly one of `blocks`, `count`, `fraction`."""
 
-    blocks: dict[str, list[int]] | None = None  # teacher indices per group: {double: [3, 5], single: [10]}
-    count: dict[str, int] | int | None = None  # per group, or an int over all blocks
-    fraction: dict[str, float] | float | None = None  # of each group (rounded down), or of all blocks
+    # teacher indices per group: {double: [3, 5], single: [10]}
+    blocks: dict[str, list[int]] | None = field(default=None, metadata={"hint": BLOCKS_HINT})
+    # per group, or an int over all blocks
+    count: dict[str, int] | int | None = field(default=None, metadata={"hint": COUNT_HINT.format("count", 1)})
+    # of each group (rounded down), or of all blocks
+    fraction: dict[str, float] | float | None = field(default=None,
+                                                      metadata={"hint": COUNT_HINT.format("fraction", 0.25)})
     criterion: str = "scan"  # scan | proxy: how importance-chosen blocks are ranked; learned: see below
     iterative: bool = False  # re-score after each removal (greedy) instead of one-shot
     buckets: int = 3  # timestep buckets of the scan this pass runs when ctx has none

@@ -118,6 +118,27 @@ class SVDConfig:
         check_values(self)  # values alone, at recipe load (svd_checks)
 
 
+def shadow_notes(targets, ranks: dict, set_keys: dict | None = None) -> list[tuple[str, str]]:
+    """(key, note) per `ranks` pattern an earlier one shadows (shadowed_ranks). `set_keys`: the
+    option keys (ranks.P) a --set gave, to that --set. A --set pattern the recipe lacks goes before
+    the file's to give its layers their rank, so a file pattern it shadows is meant: no note. Where
+    the two came from different places, reordering is not the user's to do: the note says why."""
+    out, set_keys = [], set_keys or {}
+    for p, e in shadowed_ranks(targets, ranks):
+        p_set, e_set = set_keys.get(f"ranks.{p}"), set_keys.get(f"ranks.{e}")
+        if e_set and not p_set:
+            continue
+        words = f"svd.ranks: pattern {p!r} gives no layer its rank: {e!r}, earlier, matches every layer it does"
+        if p_set == e_set:  # both in the file, or in one --set
+            out.append((f"ranks.{p}", f"{words} (the first matching pattern wins); put it before {e!r}"))
+            continue
+        how = ("both were set on the command line: a --set pattern new to the recipe goes before the others "
+               "(the last one first), one the recipe has stays where it is" if e_set else
+               f"the --set replaced the recipe's {p!r} where the file has it, after {e!r}")
+        out.append((f"ranks.{p}", f"{words} (the first matching pattern wins; {how})"))
+    return out
+
+
 class SVDPass(GlobalAllocation, Pass):
     name = "svd"
     config_cls = SVDConfig
@@ -152,9 +173,7 @@ class SVDPass(GlobalAllocation, Pass):
         named = [(f"{key}.{n}", p) for key in ("targets", "ignore", "center") for n, p in enumerate(getattr(c, key))]
         out = renumbered_notes(named + [(f"ranks.{p}", p) for p in c.ranks or {}], infos,
                                planned_blocks(model, adapter))
-        out += [(f"ranks.{p}", f"svd.ranks: pattern {p!r} gives no layer its rank: {e!r}, earlier, matches every "
-                              f"layer it does (the first matching pattern wins); put it before {e!r}")
-               for p, e in shadowed_ranks(targets, c.ranks or {})]
+        out += shadow_notes(targets, c.ranks or {}, c.__dict__.get("_set_keys"))
         ranks = self.resolved.ranks(model, adapter)
         if not targets or len(ranks) < len(targets) or any(r is not DENSE for r in ranks.values()):
             return out

@@ -1,0 +1,81 @@
+"""Giving a teacher the LoRAs a `dit-compress lora` output took, so that eval and bench compare the
+output with the teacher it stands for (`replay`): where the LoRAs are read from (their recorded
+places, or eval's and bench's --lora), checked before the teacher loads (`replayed_sources`), and
+whether a --lora holds the LoRA recorded there (its files' signature)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from compress.errors import UserError
+from compress.lora import merge_lora
+from compress.lora_read import STATE_DICT
+
+
+def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None) -> None:
+    """Give the teacher the LoRAs a student recorded (its config's compression.loras), at their
+    scales, so that eval compares the student with the teacher it stands for (`moved`: see
+    replayed_sources)."""
+    for record, source in zip(loras, replayed_sources(loras, moved)):
+        merge_lora(teacher, source, scale=record["scale"])
+
+
+def replayed_sources(loras: list[dict], moved: list[str] | None = None) -> list[str]:
+    """Where the LoRAs a student recorded are to be read from, checked before its teacher loads:
+    the recorded places, or `moved` (eval's and bench's --lora: where they are now, in the order the
+    student took them); a UserError for a LoRA merged from a state dict or one no longer there."""
+    from compress.io import looks_local
+
+    if moved:
+        if len(moved) != len(loras):
+            raise UserError(f"--lora given {len(moved)} times, but the model took {len(loras)} LoRAs "
+                            "(dit-compress lora): give --lora once for each, in the order it took them")
+        for source in moved:
+            if looks_local(source) and not Path(source).expanduser().exists():
+                raise UserError(f"--lora {source}: no such file or folder")
+        warn_if_other_loras(loras, moved)
+        return list(moved)
+    for record in loras:
+        if record["source"] == STATE_DICT:
+            raise UserError("this model holds a LoRA merged from a state dict, which its teacher cannot be "
+                            "given again: merge it from a file (or a Hub id) to compare with the teacher")
+        check_recorded(record["source"], len(loras))
+    return [record["source"] for record in loras]
+
+
+def warn_if_other_loras(loras: list[dict], moved: list[str]) -> None:
+    """A warning naming each --lora (`moved`) whose files hold other bytes than the LoRA the student
+    took in that place (its recorded signature; a LoRA recorded without one is not compared), and
+    saying so when they are the same LoRAs in another order: the teacher would take other LoRAs."""
+    from compress.io_signature import lora_signature
+    from compress.report import console
+
+    recorded = [record.get("signature") for record in loras]
+    now = [lora_signature(source) if record.get("signature") else None for record, source in zip(loras, moved)]
+    other = [i for i, (was, is_) in enumerate(zip(recorded, now)) if was and is_ != was]
+    if not other:
+        return
+    shuffled = sorted(map(str, recorded)) == sorted(map(str, (lora_signature(s) for s in moved)))
+    why = ("the same LoRAs in another order than the model took them" if shuffled else
+           ", ".join(f"--lora {moved[i]} is not the LoRA the model took {_nth(i, len(loras))}(recorded at "
+                     f"{loras[i]['source']})" for i in other))
+    console.print(f"[bold yellow]warning:[/] {why}: its teacher is given them as they are, so the comparison is "
+                  "with another teacher than the model stands for")
+
+
+def _nth(i: int, count: int) -> str:
+    """'' for a model that took one LoRA, else 'second ' (its place among them)."""
+    return "" if count == 1 else f"{['first', 'second', 'third'][i] if i < 3 else f'{i + 1}th'} "
+
+
+def check_recorded(source: str, count: int) -> None:
+    """A UserError where a LoRA a student recorded (an absolute path, `_source`) is no longer there:
+    where it was, and --lora (`count`: how many LoRAs the student took)."""
+    if not (Path(source).is_absolute() and not Path(source).exists()):
+        return
+    each = "" if count == 1 else f" (once for each of its {count} LoRAs, in the order it took them)"
+    raise UserError(f"the LoRA this model took (dit-compress lora) is no longer at {source}, where it recorded it "
+                    "(moved or deleted), and its teacher takes it to stand for the model: pass its new place to "
+                    f"eval or bench with --lora PATH{each}, or put it back there")

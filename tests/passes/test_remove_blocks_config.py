@@ -1,0 +1,47 @@
+"""remove_blocks' keys of the wrong shape: the error, at the key's line (or its --set), says what
+to write, with the block groups of each family (PixArt: blocks; Flux: double, single)."""
+
+import pytest
+
+from compress.errors import UserError
+from compress.recipe import parse_recipe
+
+RECIPE = """\
+model: pixart
+teacher: toy:pixart
+passes:
+  - remove_blocks: {options}
+"""
+BLOCKS = ("blocks maps a block group to teacher indices: blocks: {blocks: [4]} (PixArt: one group, blocks) "
+          "or blocks: {double: [3], single: [10]} (Flux: groups double and single)")
+
+
+@pytest.mark.parametrize("options, words", [
+    ("{blocks: [4]}", f"blocks must be a mapping of a string to a list of an integer or null, not a list; {BLOCKS}"),
+    ("{blocks: 4}", f"blocks must be a mapping of a string to a list of an integer or null, not 4; {BLOCKS}"),
+    ("{count: [1]}", "count must be a mapping of a string to an integer or an integer or null, not a list; count "
+                     "is over all blocks or per block group: count: 1, count: {blocks: 1} (PixArt) or count: "
+                     "{double: 1, single: 1} (Flux)"),
+    ("{fraction: half}", "fraction must be a mapping of a string to a number or a number or null, not 'half'; "
+                         "fraction is over all blocks or per block group: fraction: 0.25, fraction: {blocks: "
+                         "0.25} (PixArt) or fraction: {double: 0.25, single: 0.25} (Flux)"),
+])
+def test_a_block_key_of_the_wrong_shape_says_what_to_write_at_its_line(options, words):
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE.format(options=options), "r.yaml")
+    assert str(e.value) == f"r.yaml:4: passes[0].remove_blocks.{words}"
+
+
+def test_a_bare_list_set_on_the_command_line_names_the_set():
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE.format(options="{count: 1}"), "r.yaml",
+                     ["passes.0.remove_blocks.count=null", "passes.0.remove_blocks.blocks=[4]"])
+    assert str(e.value).startswith("r.yaml (--set passes.0.remove_blocks.blocks=[4]): passes[0].remove_blocks."
+                                   "blocks must be a mapping")
+    assert str(e.value).endswith(BLOCKS)
+
+
+def test_the_hinted_keys_still_take_their_values():
+    recipe = parse_recipe(RECIPE.format(options="{blocks: {blocks: [4]}}"), "r.yaml")
+    assert recipe.passes[0].config.blocks == {"blocks": [4]}
+    assert parse_recipe(RECIPE.format(options="{count: 1}"), "r.yaml").passes[0].config.count == 1

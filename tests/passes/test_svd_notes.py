@@ -1,0 +1,80 @@
+"""svd's notes on `ranks` patterns an earlier one shadows, where a --set gave a pattern: a --set
+pattern the recipe lacks goes before the file's on purpose (README), so the file's it covers is
+not warned about; a warning about a --set pattern names it and does not advise a reorder a --set
+cannot make."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from compress.arch import get_adapter
+from compress.recipe import load_recipe, parse_recipe
+from compress.runner import build_passes
+from compress.runner_checks import check_passes
+from tests.conftest import tiny_flux
+
+FLUX = """\
+model: flux
+teacher: toy:flux
+calibration: {source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}
+passes:
+  - svd:
+      fisher: none
+      multiple: 1
+      targets: [modulation]
+      ranks: {ranks}
+"""
+SVD = "passes.0.svd.ranks"
+BLOCK0 = "transformer_blocks.0.norm1.linear"
+
+
+def _warnings(capsys, overrides, ranks="{modulation: 8}") -> list[str]:
+    """The warnings the passes' checks print for FLUX with the file's `ranks` and `overrides`."""
+    recipe = parse_recipe(FLUX.replace("{ranks}", ranks), "r.yaml", list(overrides))
+    teacher = tiny_flux()
+    check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))
+    said = " ".join(capsys.readouterr().err.split()) + " " + " ".join(capsys.readouterr().out.split())
+    return [w.strip() for w in re.findall(r"warning: .*?(?= warning: |$)", said.strip())]
+
+
+def test_a_set_pattern_that_overrides_the_files_on_purpose_is_not_warned_about(capsys):
+    """--set ranks.re:norm=4 goes first and covers every layer of the file's pattern: meant."""
+    assert _warnings(capsys, [f"{SVD}.re:norm=4"]) == []
+    assert _warnings(capsys, [f"{SVD}.modulation=4"]) == []  # the file's pattern, replaced where it is
+
+
+def test_the_readme_ranks_example_plans_without_a_warning(capsys):
+    from compress.plan import make_plan
+
+    recipe = Path(__file__).parents[2] / "recipes" / "toy-pixart.yaml"
+    make_plan(load_recipe(recipe, ["passes.3.svd.ranks.adaln_single.linear=16"]))
+    said = capsys.readouterr()
+    assert "gives no layer its rank" not in said.out + said.err, said
+
+
+def test_a_set_pattern_a_file_pattern_shadows_is_named_without_reorder_advice(capsys):
+    """The file has modulation before the block's layer; the --set replaces the block's pattern where it is."""
+    said = _warnings(capsys, [f"{SVD}.{BLOCK0}=4"], f"{{modulation: 8, {BLOCK0}: 16}}")
+    assert said == [f"warning: r.yaml (--set {SVD}.{BLOCK0}=4): svd.ranks: pattern '{BLOCK0}' gives no layer "
+                    f"its rank: 'modulation', earlier, matches every layer it does (the first matching pattern "
+                    f"wins; the --set replaced the recipe's '{BLOCK0}' where the file has it, after 'modulation')"]
+
+
+def test_two_set_patterns_one_shadowing_the_other_are_named_with_the_set_order(capsys):
+    said = _warnings(capsys, [f"{SVD}.{BLOCK0}=4", f"{SVD}.re:transformer_blocks.0.norm1=16"])
+    assert said == [f"warning: r.yaml (--set {SVD}.{BLOCK0}=4): svd.ranks: pattern '{BLOCK0}' gives no layer its "
+                    "rank: 're:transformer_blocks.0.norm1', earlier, matches every layer it does (the first matching "
+                    "pattern wins; both were set on the command line: a --set pattern new to the recipe goes "
+                    "before the others (the last one first), one the recipe has stays where it is)"]
+
+
+@pytest.mark.parametrize("overrides, where", [
+    ([], "r.yaml:9"),  # the file's own order
+    ([f"{SVD}={{modulation: 8, {BLOCK0}: 16}}"], f"r.yaml (--set {SVD}={{modulation: 8, {BLOCK0}: 16}})"),
+])
+def test_patterns_of_one_place_in_the_wrong_order_are_advised_to_be_reordered(capsys, overrides, where):
+    said = _warnings(capsys, overrides, f"{{modulation: 8, {BLOCK0}: 16}}")
+    assert said == [f"warning: {where}: svd.ranks: pattern '{BLOCK0}' gives no layer its rank: 'modulation', "
+                    "earlier, matches every layer it does (the first matching pattern wins); put it before "
+                    "'modulation'"]

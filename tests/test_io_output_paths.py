@@ -1,0 +1,209 @@
+"""Where outputs are read from and written to: `~` in every path a user gives, the format an output
+was written in, dtype and device names, a missing shard index, a toy base of another family, a
+file in the way of a new output, and what `bench --json` calls its batch."""
+
+import json
+
+import pytest
+import torch
+
+from compress import load_pipeline, load_transformer, save_compressed
+from compress.cli import main
+from compress.errors import UserError
+from tests.conftest import factorize, tiny_flux, tiny_pixart
+from tests.test_commands import RECIPE as FLUX_RECIPE
+
+RECIPE = FLUX_RECIPE.replace("model: flux", "model: pixart")
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def _output(tmp_path, name="out", make=tiny_pixart) -> object:
+    model = make()
+    layer = "transformer_blocks.0.ff.net.2"
+    return save_compressed(factorize(model, [layer], rank=2), tmp_path / name)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """$HOME in tmp_path/home, the current folder tmp_path/cwd (where a literal `~` folder would appear)."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    return tmp_path / "home"
+
+
+# ---- 1. ~ ---------------------------------------------------------------------------------------
+def test_run_inspect_and_bench_expand_home_in_their_paths(home, tmp_path, capsys):
+    """`--out=~/x` reaches dit-compress unexpanded (no shell expands ~ after =): run made a folder
+    named ~ in the current folder, and inspect / bench "~/x" found no output."""
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    (tmp_path / "r.yaml").write_text(RECIPE.format(teacher=tmp_path / "teacher"))
+    assert main(["run", str(tmp_path / "r.yaml"), "--out=~/x", "--run-dir=~/r"]) == 0
+    assert (home / "x" / "config.json").is_file() and (home / "r").is_dir()
+    assert not (tmp_path / "cwd" / "~").exists()
+    capsys.readouterr()
+    assert main(["inspect", "~/x", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"]
+    from compress.inspect import inspect_output
+
+    assert inspect_output("~/x", as_json=True) and json.loads(capsys.readouterr().out)["report"]["teacher"]
+    assert main(["bench", "~/x", "--json", "--repeats", "1", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["params_ratio"] < 1
+
+
+def test_the_run_folder_of_an_interrupt_note_expands_home(home):
+    from argparse import Namespace
+
+    from compress.cli import _run_dir
+
+    assert _run_dir(Namespace(run_dir="~/r", recipe="a.yaml")) == home / "r"
+
+
+def test_the_python_api_expands_home(home, tmp_path):
+    from compress.io_output import empty_compressed, weight_files
+    from compress.toy import load_toy_teacher
+
+    out = save_compressed(factorize(load_toy_teacher("pixart"), ["transformer_blocks.0.ff.net.2"], rank=8), "~/o")
+    assert out == home / "o" and not (tmp_path / "cwd" / "~").exists()
+    assert weight_files("~/o") == [out / "diffusion_pytorch_model.safetensors"]
+    assert type(empty_compressed("~/o")).__name__ == "PixArtTransformer2DModel"
+    assert load_transformer("~/o").transformer_blocks[0].ff.net[2].rank == 8
+    assert load_pipeline("~/o", base="toy:pixart").transformer.transformer_blocks[0].ff.net[2].rank == 8
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+
+    runner = Runner(parse_recipe(RECIPE.format(teacher="toy:pixart"), "r.yaml"), "~/out", "~/run")
+    assert (runner.out, runner.run_dir) == (home / "out", home / "run")
+
+
+# ---- 7. bench's batch ----------------------------------------------------------------------------
+def test_bench_reports_the_batch_it_was_asked_for_and_the_rows_apart(tmp_path, capsys):
+    """`bench --batch 1 --json` said "batch": 2 (the rows of PixArt-Σ's doubled CFG batch) beside "images": 1."""
+    teacher = tiny_pixart()
+    teacher.save_pretrained(tmp_path / "teacher")
+    out = save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.2"], rank=2), tmp_path / "out",
+                          extra={"teacher": str(tmp_path / "teacher")})
+    bench = ["bench", str(out), "--repeats", "1", "--batch", "1", "--device", "cpu"]
+    assert main([*bench, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["batch"] == 1 and result["rows"] == 2 and "images" not in result
+    assert main(bench) == 0
+    assert "(float32, batch 1: 2 rows per step)" in " ".join(capsys.readouterr().out.split())
+
+
+# ---- 2. a toy base of another family ----------------------------------------------------------
+def test_a_toy_base_of_another_family_or_name_is_a_user_error(tmp_path):
+    """load_pipeline(pixart_output, base="toy:flux") gave a ToyFluxPipeline around a PixArt
+    transformer (a TypeError at sampling); toy:bogus a raw ValueError."""
+    out = _output(tmp_path)
+    with pytest.raises(UserError, match="^base pipeline toy:flux holds a FluxTransformer2DModel; the compressed "
+                                        "transformer is a PixArtTransformer2DModel: pass a base of its family$"):
+        load_pipeline(out, base="toy:flux")
+    with pytest.raises(UserError, match="^base pipeline: unknown toy teacher 'toy:bogus'"):
+        load_pipeline(out, base="toy:bogus")
+    with pytest.raises(UserError, match="the transformer of base pipeline toy:pixart is not the model"):
+        load_pipeline(out, base="toy:pixart")  # the toy's widths are not the tiny model's
+
+
+# ---- 3. a file in the way of a new output -----------------------------------------------------
+def test_a_file_where_the_outputs_parent_should_be_is_one_line(tmp_path, capsys, monkeypatch):
+    """`convert FILE f/sub` with f a file: a FileExistsError traceback from atomic_folder's mkdir."""
+    from safetensors.torch import save_file
+
+    from tests.bfl import flux_to_bfl
+
+    model = tiny_flux()
+    model.save_config(tmp_path / "cfg")
+    save_file(flux_to_bfl(model, "model.diffusion_model."), str(tmp_path / "flux.safetensors"))
+    (tmp_path / "f").write_text("a file")
+    monkeypatch.chdir(tmp_path)
+    err = _one_line_error(capsys, ["convert", "flux.safetensors", "f/sub", "--teacher-config", "cfg"])
+    assert err == "dit-compress: error: output folder f/sub: cannot make the folder f (f is a file, not a folder)"
+    with pytest.raises(UserError, match=r"^output folder f/a/b: cannot make the folder f/a "
+                                        r"\(f is a file, not a folder\)$"):
+        save_compressed(model, "f/a/b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg", "f", "flux.safetensors"]
+
+
+# ---- 4. the output format ---------------------------------------------------------------------
+def _with_format(out, value):
+    config = json.loads((out / "config.json").read_text())
+    if value is None:
+        del config["compression"]["format"]
+    else:
+        config["compression"]["format"] = value
+    (out / "config.json").write_text(json.dumps(config))
+
+
+def test_an_output_of_a_newer_format_is_refused(tmp_path, capsys):
+    out = _output(tmp_path)
+    _with_format(out, 2)
+    message = f"{out} was written by a newer dit-compress (format 2; this one reads up to 1): upgrade dit-compress"
+    with pytest.raises(UserError) as e:
+        load_transformer(out)
+    assert str(e.value) == message
+    for command in ("inspect", "bench"):
+        assert _one_line_error(capsys, [command, str(out)]) == f"dit-compress: error: {message}"
+    _with_format(out, "2")
+    with pytest.raises(UserError, match="compression.format must be a format number .this dit-compress reads 1 "
+                                        "to 1., got '2'"):
+        load_transformer(out)
+
+
+@pytest.mark.parametrize("value", [1, None])
+def test_the_formats_read_until_now_still_load(tmp_path, value):
+    out = _output(tmp_path)
+    _with_format(out, value)
+    assert load_transformer(out).transformer_blocks[0].ff.net[2].rank == 2
+
+
+# ---- 5. dtype and device names ----------------------------------------------------------------
+@pytest.mark.parametrize("name, dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16),
+                                         ("float32", torch.float32), ("torch.float16", torch.float16)])
+def test_a_dtype_by_name_loads_as_diffusers_takes_it(tmp_path, name, dtype):
+    out = _output(tmp_path)
+    assert load_transformer(out, dtype=name).dtype == dtype
+    assert load_transformer(out, torch_dtype=name).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", ["float8", "half", torch.int8, 16])
+def test_a_dtype_that_is_no_float_dtype_is_one_line(tmp_path, dtype):
+    out = _output(tmp_path)
+    with pytest.raises(UserError, match="^load_transformer: dtype must be a floating torch dtype or one of "
+                                        "'float32', 'float16', 'bfloat16', got "):
+        load_transformer(out, dtype=dtype)
+
+
+def test_a_device_that_is_not_here_is_one_line(tmp_path, monkeypatch):
+    """device="gpu": torch's list of every device type; "cuda" without one: an AssertionError."""
+    out = _output(tmp_path)
+    with pytest.raises(UserError, match="^load_transformer: device 'gpu' is not a torch device; this machine "
+                                        "has cpu"):
+        load_transformer(out, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(UserError) as e:
+            load_transformer(out, device=device)
+        mps = ", mps" if torch.backends.mps.is_available() else ""
+        assert str(e.value) == (f"load_transformer: device {device!r} is not on this machine "
+                                f"(torch {torch.__version__}); it has cpu{mps}")
+    assert next(load_transformer(out, device=torch.device("cpu")).parameters()).device.type == "cpu"
+
+
+# ---- 6. a sharded output without its index ----------------------------------------------------
+def test_a_sharded_output_without_its_index_says_the_index_is_missing(tmp_path):
+    out = _output(tmp_path)
+    load_transformer(out).save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    index = tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json"
+    assert index.is_file() and load_transformer(tmp_path / "sharded").transformer_blocks[0].ff.net[2].rank == 2
+    index.unlink()
+    with pytest.raises(UserError, match=f"^{index} is missing: the output's weights are in [0-9]+ shards "
+                                        r"\(diffusion_pytorch_model-00001-of-000[0-9]+.safetensors …\)"):
+        load_transformer(tmp_path / "sharded")
