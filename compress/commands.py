@@ -83,11 +83,33 @@ def _output_words(source: str, out: Path, what: str) -> str:
     recipe = out / "recipe.yaml"
     words = (f"{source}: importance scans a teacher, and {what}{made}: pass the recipe that made it, which "
              "names its teacher")
-    if recipe.is_file():
+    named = _recipe_teacher(recipe)
+    if named and (not teacher or _same_teacher(named, teacher)):
         words += f" (its copy: dit-compress importance {recipe})"
+    elif named:  # run with --teacher: the copy names the recipe's own
+        words += f" (its copy, {recipe}, names {named}, not that teacher)"
     if teacher and teacher.startswith("toy:"):
         words += f", or the toy teacher itself (dit-compress importance {teacher})"
     return words
+
+
+def _recipe_teacher(recipe: Path) -> str | None:
+    """The `teacher:` an output's recipe copy names ('' where it names none), or None where there is
+    no copy or it does not read."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(recipe.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return str(data.get("teacher") or "") if isinstance(data, dict) else None
+
+
+def _same_teacher(a: str, b: str) -> bool:
+    """Two teacher sources name the same one (local paths compared resolved)."""
+    def where(s):
+        return str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s
+    return where(a) == where(b)
 
 
 def _read_only_streams(recipe, device):

@@ -95,16 +95,17 @@ def available_devices() -> list[str]:
 
 
 def as_device(device, what: str = "load_transformer") -> torch.device:
-    """`device` (default cpu) as a torch.device that is here; a one-line UserError naming it and the
-    devices there are (torch lists every device type it knows, or fails with an AssertionError)."""
+    """`device` (default cpu) as a torch.device; a one-line UserError naming it and the devices there
+    are where it is no device, or a CUDA / MPS device this machine lacks (torch lists every device
+    type it knows, or fails with an AssertionError); other accelerators are left to torch."""
     here = available_devices()
     try:
         dev = torch.device(device if device is not None else "cpu")
     except (RuntimeError, TypeError):
         raise UserError(f"{what}: device {device!r} is not a torch device; this machine has "
                         f"{', '.join(here)}") from None
-    name = dev.type if dev.type in ("cpu", "mps") else f"{dev.type}:{dev.index or 0}"
-    if dev.type not in ("cpu", "meta") and name not in here:
+    name = dev.type if dev.type == "mps" else f"cuda:{dev.index or 0}"
+    if dev.type in ("cuda", "mps") and name not in here:  # other types (xpu, hpu, ...): .to() says
         raise UserError(f"{what}: device {device!r} is not on this machine (torch {torch.__version__}); it has "
                         f"{', '.join(here)}")
     return dev

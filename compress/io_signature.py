@@ -64,7 +64,7 @@ def file_signature(path: Path) -> dict:
             start = min(size, 8 + int.from_bytes(head, "little"))  # a damaged length: the whole file
             header = f.read(start - 8)
             h.update(head + header)
-            ends = [(start + a, start + b) for a, b in tensor_spans(header)]
+            ends = [(start + a, start + b) for a, b in tensor_spans(header, size - start)]
         for a, b in ends:
             for offset, length in sorted({(a, min(END, b - a)), (max(a, b - END), min(END, b - a))}):
                 f.seek(offset)
@@ -80,15 +80,17 @@ def file_signature(path: Path) -> dict:
     return {"bytes": size, "sha256": h.hexdigest()}
 
 
-def tensor_spans(header: bytes) -> list[tuple[int, int]]:
-    """The data offsets [(begin, end)] of a safetensors header's tensors, in file order; [] where the
-    header does not parse (its bytes are hashed all the same)."""
+def tensor_spans(header: bytes, size: int | None = None) -> list[tuple[int, int]]:
+    """The data offsets [(begin, end)] of a safetensors header's tensors, in file order, those that
+    are two integers within the `size` bytes of data (where given); [] where the header does not
+    parse (its bytes are hashed all the same: a damaged header is still the file's content)."""
     try:
         entries = json.loads(header)
-        spans = [tuple(e["data_offsets"]) for k, e in entries.items() if k != "__metadata__"]
+        spans = [e["data_offsets"] for k, e in entries.items() if k != "__metadata__"]
     except (ValueError, TypeError, KeyError, AttributeError):
         return []
-    return sorted((int(a), int(b)) for a, b in spans if 0 <= int(a) <= int(b))
+    fine = [tuple(s) for s in spans if isinstance(s, list) and len(s) == 2 and all(type(v) is int for v in s)]
+    return sorted((a, b) for a, b in fine if 0 <= a <= b and (size is None or b <= size))
 
 
 def teacher_signature(source: str) -> dict | None:
@@ -98,7 +100,10 @@ def teacher_signature(source: str) -> dict | None:
     files = weight_files(source)
     if not files:
         return None
-    return {"method": SIGNATURE, "files": {name: file_signature(p) for name, p in files.items()}}
+    try:
+        return {"method": SIGNATURE, "files": {name: file_signature(p) for name, p in files.items()}}
+    except (OSError, ValueError, OverflowError):  # the run loaded them: not to fail over a record
+        return None
 
 
 def signature_change(recorded, source: str) -> str | None:
@@ -111,7 +116,7 @@ def signature_change(recorded, source: str) -> str | None:
         return None
     try:
         now = {name: file_signature(p) for name, p in weight_files(source).items()}
-    except OSError:
+    except (OSError, ValueError, OverflowError):
         return None
     if not now:  # the teacher is gone, or is no teacher now: its loader says so
         return None
@@ -138,6 +143,6 @@ def lora_signature(source: str) -> dict | None:
             return {"": file_signature(path)}
         if path.is_dir():
             return {f.name: file_signature(f) for f in sorted(path.glob("*.safetensors")) if f.is_file()} or None
-    except OSError:
+    except (OSError, ValueError, OverflowError):
         return None
     return None

@@ -18,11 +18,11 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     """Give the teacher the LoRAs a student recorded (its config's compression.loras), at their
     scales, so that eval compares the student with the teacher it stands for (`moved`: see
     replayed_sources)."""
-    for record, source in zip(loras, replayed_sources(loras, moved)):
+    for record, source in zip(loras, replayed_sources(loras, moved, warn=False)):  # warned before loading
         merge_lora(teacher, source, scale=record["scale"])
 
 
-def replayed_sources(loras: list[dict], moved: list[str] | None = None) -> list[str]:
+def replayed_sources(loras: list[dict], moved: list[str] | None = None, warn: bool = True) -> list[str]:
     """Where the LoRAs a student recorded are to be read from, checked before its teacher loads:
     the recorded places, or `moved` (eval's and bench's --lora: where they are now, in the order the
     student took them); a UserError for a LoRA merged from a state dict or one no longer there."""
@@ -35,7 +35,8 @@ def replayed_sources(loras: list[dict], moved: list[str] | None = None) -> list[
         for source in moved:
             if looks_local(source) and not Path(source).expanduser().exists():
                 raise UserError(f"--lora {source}: no such file or folder")
-        warn_if_other_loras(loras, moved)
+        if warn:
+            warn_if_other_loras(loras, moved)
         return list(moved)
     for record in loras:
         if record["source"] == STATE_DICT:
@@ -53,15 +54,20 @@ def warn_if_other_loras(loras: list[dict], moved: list[str]) -> None:
     from compress.report import console
 
     recorded = [record.get("signature") for record in loras]
-    now = [lora_signature(source) if record.get("signature") else None for record, source in zip(loras, moved)]
-    other = [i for i, (was, is_) in enumerate(zip(recorded, now)) if was and is_ != was]
+    now = [lora_signature(source) if was else None for was, source in zip(recorded, moved)]
+    unread = [i for i, (was, is_) in enumerate(zip(recorded, now)) if was and is_ is None]
+    other = [i for i, (was, is_) in enumerate(zip(recorded, now)) if was and is_ is not None and is_ != was]
+    if unread:
+        console.print(f"[bold yellow]note:[/] --lora {', '.join(moved[i] for i in unread)}: not compared with "
+                      "the LoRA the model took (no local safetensors to read)")
     if not other:
         return
-    shuffled = sorted(map(str, recorded)) == sorted(map(str, (lora_signature(s) for s in moved)))
+    shuffled = all(recorded) and sorted(map(str, recorded)) == sorted(map(str, map(lora_signature, moved)))
     why = ("the same LoRAs in another order than the model took them" if shuffled else
            ", ".join(f"--lora {moved[i]} is not the LoRA the model took {_nth(i, len(loras))}(recorded at "
                      f"{loras[i]['source']})" for i in other))
-    console.print(f"[bold yellow]warning:[/] {why}: its teacher is given them as they are, so the comparison is "
+    them = "it as it is" if len(loras) == 1 else "them as they are"
+    console.print(f"[bold yellow]warning:[/] {why}: its teacher is given {them}, so the comparison is "
                   "with another teacher than the model stands for")
 
 

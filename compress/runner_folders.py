@@ -39,9 +39,9 @@ def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str |
     """--out is not, does not hold and does not lie inside a local teacher's folder (a teacher or
     pipeline folder), nor holds a single-file teacher: writing the output would replace or mix
     with the teacher. Nor is it the folder of, or holds, the config file --teacher-config names
-    (`teacher_config`), which the output would replace. The run folder (`run_dir`) is clear of the
-    teacher as --out is: the caches and stages a run writes there would mix with the teacher's
-    files, and --restart removes its stages/. A relative path is taken from here, as the run loads
+    (`teacher_config`), which the output would replace. The run folder (`run_dir`) is not the
+    teacher's folder nor inside it, and holds no teacher in what a run writes in it (RUN_WRITTEN):
+    the caches and stages would mix with the teacher's files, and --restart removes its stages/. A relative path is taken from here, as the run loads
     it; toy: and Hub ids (nothing here) are not local."""
     if teacher and not teacher.startswith("toy:"):
         _check_clear("--out", out, teacher, "an output folder")
@@ -58,7 +58,8 @@ def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str |
 
 # the top-level entries of a run folder a run writes in (or removes): a teacher elsewhere in a run
 # folder does not mix with them (the lock file beside them is not a folder)
-RUN_WRITTEN = re.compile(r"stages|distill(-\d+)?|calib|stream|inputs|fisher|activations")
+RUN_WRITTEN = re.compile(r"stages|distill.*|calib|stream|inputs|fisher|activations|sensitivity|"
+                         r"importance\.(json|png)")
 
 
 def _check_clear(flag: str, folder: Path, teacher: str, name: str, written: re.Pattern | None = None) -> None:

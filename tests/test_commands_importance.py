@@ -11,11 +11,15 @@ from tests.conftest import tiny_pixart
 
 
 @pytest.mark.parametrize("teacher, recipe, tail", [
-    ("toy:pixart", True, " (compressed from toy:pixart): pass the recipe that made it, which names its teacher "
-                         "(its copy: dit-compress importance {out}/recipe.yaml), or the toy teacher itself "
-                         "(dit-compress importance toy:pixart)"),
-    ("org/model", False, " (compressed from org/model): pass the recipe that made it, which names its teacher"),
-    (None, False, ": pass the recipe that made it, which names its teacher"),
+    ("toy:pixart", "toy:pixart", " (compressed from toy:pixart): pass the recipe that made it, which names its "
+                                 "teacher (its copy: dit-compress importance {out}/recipe.yaml), or the toy teacher "
+                                 "itself (dit-compress importance toy:pixart)"),
+    # run with --teacher: the copy names the recipe's own teacher, not the one it was compressed from
+    ("toy:pixart", "org/other", " (compressed from toy:pixart): pass the recipe that made it, which names its "
+                                "teacher (its copy, {out}/recipe.yaml, names org/other, not that teacher), or the toy "
+                                "teacher itself (dit-compress importance toy:pixart)"),
+    ("org/model", None, " (compressed from org/model): pass the recipe that made it, which names its teacher"),
+    (None, None, ": pass the recipe that made it, which names its teacher"),
 ])
 def test_importance_of_an_output_says_it_scans_a_teacher_and_how(tmp_path, capsys, monkeypatch, teacher, recipe,
                                                                   tail):
@@ -23,7 +27,7 @@ def test_importance_of_an_output_says_it_scans_a_teacher_and_how(tmp_path, capsy
 
     monkeypatch.setattr(importance, "scan", lambda *a, **k: pytest.fail("scanned an output"))
     out = save_compressed(tiny_pixart(), tmp_path / "out", extra={"teacher": teacher} if teacher else None,
-                          files={"recipe.yaml": "model: pixart\n"} if recipe else None)
+                          files={"recipe.yaml": f"model: pixart\nteacher: {recipe}\n"} if recipe else None)
     tail = tail.format(out=out)
     assert main(["importance", str(out)]) == 2
     err = " ".join(capsys.readouterr().err.split())

@@ -178,3 +178,15 @@ def test_a_variants_shards_and_not_a_bin_the_loader_skips(tmp_path):
     recorded = teacher_signature(str(tmp_path / "both"))
     (tmp_path / "both" / "diffusion_pytorch_model.bin").unlink()
     assert signature_change(recorded, str(tmp_path / "both")) is None
+
+
+@pytest.mark.parametrize("offsets", [["a", "b"], [0, 4, 8], [0, 10 ** 30], [8, 4], None])
+def test_a_damaged_header_is_hashed_not_a_traceback(tmp_path, offsets):
+    """Offsets that are not two integers within the file made file_signature seek to them (eval's
+    traceback: ValueError); they are hashed as the header's bytes, and the rest sampled."""
+    from compress.io_signature import lora_signature
+
+    f = tmp_path / "t.safetensors"
+    _safetensors(f, b"x" * 64, json.dumps({"w": {"dtype": "F32", "shape": [16], "data_offsets": offsets}}).encode())
+    assert file_signature(f)["bytes"] == f.stat().st_size
+    assert lora_signature(str(f)) == {"": file_signature(f)}

@@ -272,6 +272,10 @@ def test_a_run_folder_holding_the_teacher_where_a_run_writes_is_refused(tmp_path
         check_clear_of_teacher(Path("out"), "ckpt/stages/model.safetensors", run_dir=Path("ckpt"))
     with pytest.raises(UserError, match="--run-dir ckpt holds the teacher's folder ckpt/stages; name a run"):
         check_clear_of_teacher(Path("out"), "ckpt/stages", run_dir=Path("ckpt"))
+    for written in ("distill_old/checkpoints/step-1", "sensitivity/t", "calib/t"):  # --restart / a run's
+        (tmp_path / "ckpt" / written).mkdir(parents=True)
+        with pytest.raises(UserError, match=f"--run-dir ckpt holds the teacher's folder ckpt/{written}"):
+            check_clear_of_teacher(Path("out"), f"ckpt/{written}", run_dir=Path("ckpt"))
     # where a run writes nothing (a run folder of scratch space holding models/): allowed
     check_clear_of_teacher(Path("out"), "ckpt/model.safetensors", run_dir=Path("ckpt"))
     check_clear_of_teacher(Path("out"), "ckpt", run_dir=Path("."))
