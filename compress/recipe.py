@@ -344,9 +344,11 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
     cls = pass_class(name)
     config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}")
     keys = _key_locs(opts, path)
-    # the option keys (ranks.modulation) a --set gave, to that --set, for the pass's notes; not a
-    # field (asdict, ==)
+    # the option keys (ranks.modulation) a --set gave, to that --set, and those it added (not a key of
+    # the file given another value, which stands where the file has it), for the pass's notes; not
+    # fields (asdict, ==)
     config.__dict__["_set_keys"] = {k: at.override for k, at in keys.items() if at.override}
+    config.__dict__["_set_added"] = {k for k, n in key_nodes(opts).items() if not getattr(n, "replaced", False)}
     return PassSpec(name, config, loc.line, loc, keys)
 
 

@@ -58,6 +58,7 @@ def _set_key(node: yaml.MappingNode, key: yaml.ScalarNode, value: yaml.Node, fir
     first pattern matching a layer gives its rank, so a --set one is put before the file's)."""
     at = [n for n, (k, _) in enumerate(node.value) if k.value == key.value]
     if at:
+        key.replaced = True  # a key the recipe has, given another value (not one the --set added)
         node.value[at[0]] = (key, value)
     else:
         node.value.insert(0 if first else len(node.value), (key, value))

@@ -118,16 +118,22 @@ class SVDConfig:
         check_values(self)  # values alone, at recipe load (svd_checks)
 
 
-def shadow_notes(targets, ranks: dict, set_keys: dict | None = None) -> list[tuple[str, str]]:
+def shadow_notes(targets, ranks: dict, set_keys: dict | None = None,
+                 added: set | None = None) -> list[tuple[str, str]]:
     """(key, note) per `ranks` pattern an earlier one shadows (shadowed_ranks). `set_keys`: the
-    option keys (ranks.P) a --set gave, to that --set. A --set pattern the recipe lacks goes before
-    the file's to give its layers their rank, so a file pattern it shadows is meant: no note. Where
-    the two came from different places, reordering is not the user's to do: the note says why."""
+    option keys (ranks.P) a --set gave, to that --set; `added`: those a --set added rather than gave
+    another value where the file has them (None: every one). A --set pattern the recipe lacks goes
+    before the file's to give its layers their rank, so a file pattern it shadows is meant: no note;
+    one the file has stands where the file has it, so the file's order is advised as without it.
+    Where the two came from different places, reordering is not the user's to do: the note says why."""
     out, set_keys = [], set_keys or {}
     for p, e in shadowed_ranks(targets, ranks):
         p_set, e_set = set_keys.get(f"ranks.{p}"), set_keys.get(f"ranks.{e}")
-        if e_set and not p_set:
+        e_added = e_set and (added is None or f"ranks.{e}" in added)
+        if e_added and not p_set:
             continue
+        if not p_set:  # e: the file's pattern, its value given by a --set: the file's order
+            e_set = None
         words = f"svd.ranks: pattern {p!r} gives no layer its rank: {e!r}, earlier, matches every layer it does"
         if p_set == e_set:  # both in the file, or in one --set
             out.append((f"ranks.{p}", f"{words} (the first matching pattern wins); put it before {e!r}"))
@@ -173,7 +179,7 @@ class SVDPass(GlobalAllocation, Pass):
         named = [(f"{key}.{n}", p) for key in ("targets", "ignore", "center") for n, p in enumerate(getattr(c, key))]
         out = renumbered_notes(named + [(f"ranks.{p}", p) for p in c.ranks or {}], infos,
                                planned_blocks(model, adapter))
-        out += shadow_notes(targets, c.ranks or {}, c.__dict__.get("_set_keys"))
+        out += shadow_notes(targets, c.ranks or {}, c.__dict__.get("_set_keys"), c.__dict__.get("_set_added"))
         ranks = self.resolved.ranks(model, adapter)
         if not targets or len(ranks) < len(targets) or any(r is not DENSE for r in ranks.values()):
             return out

@@ -78,3 +78,14 @@ def test_patterns_of_one_place_in_the_wrong_order_are_advised_to_be_reordered(ca
     assert said == [f"warning: {where}: svd.ranks: pattern '{BLOCK0}' gives no layer its rank: 'modulation', "
                     "earlier, matches every layer it does (the first matching pattern wins); put it before "
                     "'modulation'"]
+
+
+def test_a_set_that_only_changes_a_file_patterns_value_keeps_the_files_warning(capsys):
+    """--set of a pattern the file already has (its value changed where it stands) hid the file's own
+    ordering warning: the file's 're:norm' is still shadowed by its 'modulation'."""
+    ranks = "{modulation: 8, 're:norm': 4}"
+    plain = _warnings(capsys, [], ranks)
+    assert len(plain) == 1 and "put it before 'modulation'" in plain[0]
+    said = _warnings(capsys, [f"{SVD}.modulation=4"], ranks)
+    assert len(said) == 1 and "pattern 're:norm' gives no layer its rank" in said[0] \
+        and "put it before 'modulation'" in said[0]
