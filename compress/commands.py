@@ -107,9 +107,9 @@ def _recipe_teacher(recipe: Path) -> str | None:
 
 def _same_teacher(a: str, b: str) -> bool:
     """Two teacher sources name the same one (local paths compared resolved)."""
-    def where(s):
-        return str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s
-    return where(a) == where(b)
+    from compress.report import absolute_source
+
+    return absolute_source(a) == absolute_source(b)
 
 
 def _read_only_streams(recipe, device):

@@ -324,16 +324,16 @@ def warn_if_teacher_changed(out: Path, source: str | None, command: str) -> None
     from compress.io_signature import signature_change
 
     recorded = _recorded(out)
-    if not source or not recorded.get("teacher") or _where(source) != _where(recorded["teacher"]):
+    if not source or not recorded.get("teacher") or absolute_source(source) != absolute_source(recorded["teacher"]):
         return
-    change = signature_change(recorded.get("teacher_files"), _where(source))
+    change = signature_change(recorded.get("teacher_files"), absolute_source(source))
     if change:
         what = escape(f"teacher {source} changed since {out} was compressed from it: {change}")
         console.print(f"[bold yellow]warning:[/] {what}; {command} measures against it as it is now (pass the "
                       "original with --teacher to compare with that)")
 
 
-def _where(source: str) -> str:
+def absolute_source(source: str) -> str:
     """A local source as an absolute path (as the run records it); others as they are."""
     path = Path(source).expanduser()
     return str(path.resolve()) if path.exists() else source
