@@ -188,7 +188,8 @@ def _temp_beside(out: Path) -> Path:
     except OSError as e:
         file = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
         why = f"{file} is a file, not a folder" if file else e.strerror or str(e)
-        raise UserError(f"output folder {out}: cannot make the folder {out.parent} ({why})") from None
+        what = "write in" if out.parent.is_dir() else "make the folder"
+        raise UserError(f"output folder {out}: cannot {what} {out.parent} ({why})") from None
 
 
 def as_umask_allows(folder: Path) -> None:

@@ -376,7 +376,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq:
-            raise UserError(f"--set {item}: expected KEY.PATH=VALUE")
+            raise UserError(f"{path} (--set {item}): expected KEY.PATH=VALUE")
         set_override(root, key.strip(), value, path)
     top = {k.value: (k, v) for k, v in root.value}
     known = ("version", "model", "teacher", "stream", "compute_dtype", "device", "calibration", "export",
@@ -439,4 +439,22 @@ def dump_recipe(recipe: Recipe, prompts: list[str] | None = None) -> str:
     plain = to_plain(recipe)
     if prompts is not None:
         plain["calibration"]["prompts"], plain["calibration"]["prompt_file"] = list(prompts), None
-    return yaml.dump(plain, Dumper=RecipeDumper, sort_keys=False)
+    return _sets_header(recipe) + yaml.dump(plain, Dumper=RecipeDumper, sort_keys=False)
+
+
+def set_overrides(recipe: Recipe) -> list[str]:
+    """The `--set a.b=v` given on the command line, in the order their keys come in the recipe."""
+    locs = list(recipe.keys.values()) + [at for spec in recipe.passes for at in spec.keys.values()]
+    return list(dict.fromkeys(at.override for at in locs if at.override))
+
+
+def _sets_header(recipe: Recipe) -> str:
+    """YAML comments naming the --set a dumped recipe already holds: a ranks pattern one added sits
+    first, so a rerun of the dump that warns of a shadowed pattern has the reason in front of it."""
+    sets = set_overrides(recipe)
+    if not sets:
+        return ""
+    lines = ["# the recipe as run; these --set are applied below:"] + [f"#   {s}" for s in sets]
+    if any(".ranks." in s.split("=", 1)[0] for s in sets):
+        lines.append("# (a ranks pattern a --set added comes first, so it wins over the file's patterns)")
+    return "\n".join(lines) + "\n"

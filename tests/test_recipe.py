@@ -121,7 +121,7 @@ def test_error_names_the_line():
 
 
 def test_bad_override():
-    with pytest.raises(UserError, match="KEY.PATH=VALUE"):
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.0\): expected KEY\.PATH=VALUE"):
         parse_recipe(GOOD, "r.yaml", ["passes.0"])
     with pytest.raises(UserError, match="not an index"):
         parse_recipe(GOOD, "r.yaml", ["passes.9.svd.ratio=1"])
@@ -490,3 +490,15 @@ def test_a_yaml_merge_key_says_recipes_are_yaml_1_2(text, where):
     assert re.match(where, str(e.value)), e.value
     assert "recipes are read as YAML 1.2, which has no merge key: write the keys out (or use --set)" in \
         str(e.value), e.value
+
+
+def test_a_dumped_recipe_without_a_set_has_no_header_and_one_with_sets_names_each_once():
+    text = "model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {ratio: 0.5}\n"
+    assert not dump_recipe(parse_recipe(text, "r.yaml")).startswith("#")
+    sets = ["passes.0.svd.ratio=0.4", "calibration={num_prompts: 4, timesteps: 2}"]
+    dumped = dump_recipe(parse_recipe(text, "r.yaml", sets))
+    header = [line for line in dumped.splitlines() if line.startswith("#   --set ")]
+    assert sorted(header) == sorted(f"#   --set {s}" for s in sets)  # the mapping's two keys: one line
+    assert "comes first" not in dumped  # no ranks pattern was set
+    again = parse_recipe(dumped, "again.yaml")
+    assert again.passes[0].config.ratio == 0.4 and again.calibration.num_prompts == 4

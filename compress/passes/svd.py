@@ -136,7 +136,8 @@ def shadow_notes(targets, ranks: dict, set_keys: dict | None = None,
             e_set = None
         words = f"svd.ranks: pattern {p!r} gives no layer its rank: {e!r}, earlier, matches every layer it does"
         if p_set == e_set:  # both in the file, or in one --set
-            out.append((f"ranks.{p}", f"{words} (the first matching pattern wins); put it before {e!r}"))
+            out.append((f"ranks.{p}", f"{words} (the first matching pattern wins); put it before {e!r} "
+                                      f"to give those layers its rank, or remove it"))
             continue
         how = ("both were set on the command line: a --set pattern new to the recipe goes before the others "
                "(the last one first), one the recipe has stays where it is" if e_set else

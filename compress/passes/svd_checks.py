@@ -124,7 +124,16 @@ def _check_patterns(c) -> None:
     for p, rank in c.ranks.items():
         check_syntax(p, "ranks", f"ranks.{p}")
         if not _is_int(rank) or rank < 1:
-            raise BadValue(f"ranks.{p}", f"svd.ranks: rank {rank!r} for {p!r} must be an integer ≥ 1")
+            raise BadValue(f"ranks.{p}", f"svd.ranks: rank {rank!r} for {p!r} must be an integer ≥ 1"
+                                         f"{_colon_hint(p, rank)}")
+
+
+def _colon_hint(pattern: str, rank) -> str:
+    """YAML reads `{modulation:8}` (no space after the colon) as one key 'modulation:8' without a value."""
+    name, colon, value = pattern.rpartition(":")
+    if rank is not None or not colon or not value.strip().isdigit() or not name:
+        return ""
+    return f" (YAML reads '{pattern}' as one key without a value: write '{name}: {value.strip()}', with a space)"
 
 
 def _check_allocation_keys(c) -> None:

@@ -165,3 +165,14 @@ def test_rounding_is_named_the_cause_only_where_unrounded_ranks_would_save():
     assert key == "multiple" and "rounded up to a multiple of 64 save no parameters" in said, said
     key, said = _unchanged(ranks={"re:.*": 40}, multiple=1)
     assert key == "ranks" and "svd.ranks are at or above" in said, said
+
+
+@pytest.mark.parametrize("ranks, hinted", [("{modulation:8}", True), ("{'re:norm:8': 0}", False),
+                                           ("{modulation: null}", False)])
+def test_a_ranks_flow_map_without_a_space_after_the_colon_is_hinted(ranks, hinted):
+    from compress.recipe import parse_recipe
+
+    text = f"model: flux\nteacher: toy:flux\npasses:\n  - svd:\n      ranks: {ranks}\n"
+    with pytest.raises(UserError, match="must be an integer") as e:
+        parse_recipe(text, "r.yaml")
+    assert ("write 'modulation: 8', with a space" in str(e.value)) is hinted, str(e.value)

@@ -77,7 +77,7 @@ def test_patterns_of_one_place_in_the_wrong_order_are_advised_to_be_reordered(ca
     said = _warnings(capsys, overrides, f"{{modulation: 8, {BLOCK0}: 16}}")
     assert said == [f"warning: {where}: svd.ranks: pattern '{BLOCK0}' gives no layer its rank: 'modulation', "
                     "earlier, matches every layer it does (the first matching pattern wins); put it before "
-                    "'modulation'"]
+                    "'modulation' to give those layers its rank, or remove it"]
 
 
 def test_a_set_that_only_changes_a_file_patterns_value_keeps_the_files_warning(capsys):
@@ -89,3 +89,19 @@ def test_a_set_that_only_changes_a_file_patterns_value_keeps_the_files_warning(c
     said = _warnings(capsys, [f"{SVD}.modulation=4"], ranks)
     assert len(said) == 1 and "pattern 're:norm' gives no layer its rank" in said[0] \
         and "put it before 'modulation'" in said[0]
+
+
+def test_a_dumped_recipe_whose_set_pattern_went_first_says_so_and_its_rerun_advice_allows_keeping_it(capsys):
+    """An output's recipe.yaml holds a --set pattern first; rerun, the file's pattern it shadows is
+    warned about, and the advice must not only be the reorder that would change the ranks."""
+    from compress.recipe import dump_recipe
+
+    recipe = parse_recipe(FLUX.replace("{ranks}", f"{{{BLOCK0}: 16}}"), "r.yaml", [f"{SVD}.modulation=4"])
+    dumped = dump_recipe(recipe)
+    assert f"#   --set {SVD}.modulation=4" in dumped and "comes first" in dumped
+    again = parse_recipe(dumped, "out/recipe.yaml")
+    assert list(again.passes[0].config.ranks) == ["modulation", BLOCK0]  # as run: the --set pattern first
+    teacher = tiny_flux()
+    check_passes(build_passes(again), again.passes, teacher, get_adapter(teacher))
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"pattern '{BLOCK0}' gives no layer its rank" in said and "or remove it" in said
