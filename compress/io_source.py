@@ -246,6 +246,8 @@ def checked(source: str, config: str | None = None, where: str = "", hub: bool =
     """`source` checked (check_source), as a TeacherSource; see there for the arguments. A
     --teacher-config a toy or folder teacher does not read is said, not silently dropped."""
     kind = check_source(source, where, recipe_dir)
+    if kind == "hub":
+        warn_if_beside_recipe(source, where, recipe_dir)
     if config and kind in ("toy", "folder"):
         from compress.report import console
 
@@ -253,6 +255,20 @@ def checked(source: str, config: str | None = None, where: str = "", hub: bool =
         console.print(f"[bold yellow]warning:[/] --teacher-config {config} is not read: teacher {source} is {what} "
                       "(--teacher-config is for a single file or a Hugging Face id)")
     return TeacherSource(source, kind, config, where, hub)
+
+
+def warn_if_beside_recipe(source: str, where: str, recipe_dir: Path | None) -> None:
+    """A warning where a teacher read as a Hub id (OWNER/NAME, no such path here) is a path from
+    the recipe's folder: relative paths are taken from the current folder (not_found)."""
+    if recipe_dir is None or Path(source).expanduser().is_absolute():
+        return
+    there = os.path.abspath(Path(recipe_dir) / Path(source).expanduser())
+    if Path(there).exists():
+        from compress.report import console
+
+        console.print(f"[bold yellow]warning:[/] {where}teacher {source} is read as a Hugging Face id: there is no "
+                      f"{os.path.abspath(source)} (a recipe's relative teacher path is taken from the current "
+                      f"folder, not the recipe's), but there is {there}: give that path to use it")
 
 
 def hub_config(repo_id: str) -> dict:

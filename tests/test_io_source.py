@@ -48,6 +48,24 @@ def test_a_recipe_teacher_that_is_not_there_names_its_line_the_path_and_the_rule
         check_sources(recipe, teacher="t")  # --teacher: no recipe line, no recipe rule
 
 
+def test_a_recipe_teacher_read_as_a_hub_id_that_is_a_path_from_the_recipes_folder_is_warned(
+        tmp_path, monkeypatch, capsys):
+    """'models/t' is OWNER/NAME, so missing here it is a Hub id (no error before the fetch); where it
+    is a folder beside the recipe, the user meant that: a warning names it and the rule."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    tiny_pixart().save_pretrained(tmp_path / "sub" / "models" / "t")
+    config = dict(tiny_pixart().config, _class_name="PixArtTransformer2DModel")
+    monkeypatch.setattr("compress.io_source.hub_config", lambda repo: config)  # no network
+    check_sources(_recipe(tmp_path / "sub", teacher="models/t"))
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"r.yaml:2: teacher models/t is read as a Hugging Face id: there is no {tmp_path}/here/models/t" in said
+    assert f"but there is {tmp_path}/sub/models/t: give that path to use it" in said
+    check_sources(_recipe(tmp_path / "sub", teacher="models/other"))  # not there either: a Hub id, no warning
+    check_sources(_recipe(tmp_path / "sub", teacher="models/t"), teacher="models/t")  # --teacher: cwd only
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("teacher, model, words", [
     ("", "pixart", ":2: the teacher is empty; give toy:pixart, toy:flux, a Hugging Face id (OWNER/NAME), "
                    "or a local folder or checkpoint file"),
