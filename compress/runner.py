@@ -35,9 +35,9 @@ from compress.runner_folders import check_folders, check_run_folder, interrupt_n
 from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, passed_over_in_words, read_state,
                                    resume_note, resumed_in_words, reusable_stage, stage_dirs, teacher_change,
                                    teacher_identity, weights_checksum)
-from compress.runner_stream import (HELDOUT, OutOfMemory, check_streaming, is_out_of_memory, memory_hints,
-                                   memory_in_words, models_for, streamed_weights, warn_if_activations_too_big,
-                                   warn_if_streamed_too_big)
+from compress.runner_stream import (HELDOUT, DiskFull, OutOfMemory, check_streaming, disk_full_words, is_out_of_memory,
+                                   memory_hints, memory_in_words, models_for, streamed_weights,
+                                   warn_if_activations_too_big, warn_if_streamed_too_big)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -327,9 +327,11 @@ class Runner:
             try:
                 out = self._run()
             except Exception as e:
-                if not is_out_of_memory(e):
-                    raise
-                raise self._out_of_memory(e) from None
+                if is_out_of_memory(e):
+                    raise self._out_of_memory(e) from None
+                if disk_full_words(e) is not None:
+                    raise self._disk_full(e) from None
+                raise
             if is_main_process():  # a run folder from now on started over without --resume
                 (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "stages" / FINISHED).write_text(json.dumps({"out": str(out.resolve())}) + "\n")
@@ -366,16 +368,27 @@ class Runner:
     def _out_of_memory(self, e: BaseException) -> OutOfMemory:
         """One line: what ran out of which memory, what to change in the recipe, and what the run
         folder keeps for --resume."""
+        hints = memory_hints(self.recipe, getattr(self, "passes", []), self.doing)
+        return OutOfMemory(f"{self._doing_words()} ran out of {memory_in_words(e)}; try {hints}{self._kept()}")
+
+    def _disk_full(self, e: BaseException) -> DiskFull:
+        """One line: what could not write, why and where, and what the run folder keeps for --resume."""
+        return DiskFull(f"{self._doing_words()} could not write: {disk_full_words(e)}; free space there, or give "
+                        f"--run-dir / --out on another disk{self._kept()}")
+
+    def _doing_words(self) -> str:
+        """The recipe line and pass running now ('r.yaml:12: pass 2/3 (svd)'), or the phase."""
         r, i = self.recipe, self.doing
         if isinstance(i, int):
-            what = f"{r.path}:{r.passes[i].line}: pass {i + 1}/{len(r.passes)} ({r.passes[i].name})"
-        else:
-            what = f"{r.path}: {i or 'the run'}"
-        hints = memory_hints(r, getattr(self, "passes", []), i)
+            return f"{r.path}:{r.passes[i].line}: pass {i + 1}/{len(r.passes)} ({r.passes[i].name})"
+        return f"{r.path}: {i or 'the run'}"
+
+    def _kept(self) -> str:
+        """'; RUN_DIR keeps its work (...): rerun with --resume' where this run's work is there."""
         # before _restore, what the run folder holds is not this run's (unless it resumes it)
         fresh = self.doing in (None, "loading the teacher") and not self.resume
-        kept = "" if fresh or not is_main_process() else resume_note(self.run_dir, r, getattr(self, "passes", []))
-        return OutOfMemory(f"{what} ran out of {memory_in_words(e)}; try {hints}{kept}")
+        return "" if fresh or not is_main_process() else resume_note(self.run_dir, self.recipe,
+                                                                      getattr(self, "passes", []))
 
     def _stage(self, i: int, student, reference, heldout, teacher_params: int):
         """Pass i, its held-out error (printed and reported) and its stage checkpoint."""

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def weights_checksum(teacher: torch.nn.Module, models) -> str:
-    """A checksum of the teacher's weights (`models.fingerprint`: cheap), taken once per run."""
+    """A checksum of the teacher's weights (`models.fingerprint`: every byte), taken once per run."""
     h = hashlib.sha256()
     models.fingerprint(teacher, h)
     return h.hexdigest()
@@ -89,6 +89,9 @@ def _flat(data, prefix: str = "") -> dict:
     return {k: v for key, value in items for k, v in _flat(value, f"{prefix}.{key}" if prefix else str(key)).items()}
 
 
+CHECKSUM_OF = "every byte"  # what `weights_checksum` reads (older runs: a few values of each tensor)
+
+
 def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str) -> dict:
     """What --resume compares besides the recipe: the teacher source (a local path made absolute),
     --teacher-config, the model config and `weights_checksum`."""
@@ -98,7 +101,8 @@ def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, 
     h = hashlib.sha256(json.dumps({k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
                                   sort_keys=True, default=str).encode())
     h.update(weights.encode())
-    return {"source": where(source), "config": where(config), "checksum": h.hexdigest()[:16]}
+    return {"source": where(source), "config": where(config), "checksum": h.hexdigest()[:16],
+            "checksum_of": CHECKSUM_OF}
 
 
 def teacher_change(before: dict, now: dict) -> str:
@@ -107,6 +111,9 @@ def teacher_change(before: dict, now: dict) -> str:
         return f"was {before['source']}, now {now['source']}"
     if before["config"] != now["config"]:
         return f"--teacher-config was {before['config']}, now {now['config']}"
+    if before.get("checksum_of") != now.get("checksum_of"):
+        return ("the run folder was written by an older dit-compress, whose checksum of the teacher's weights "
+                "read only a few values of each tensor, so it cannot be compared")
     return f"{now['source']} holds other weights or config"
 
 

@@ -12,6 +12,7 @@ the passes leave them, and folders are written as index shards that never span t
 from __future__ import annotations
 
 import copy
+import errno
 import math
 import shutil
 from contextlib import contextmanager, nullcontext
@@ -25,7 +26,9 @@ from compress.io import cast
 from compress.io_export import save_compressed
 from compress.io_output import empty_compressed, load_transformer
 from compress.stream import CheckpointBlocks, empty_transformer, save_streamed, streamed
-from compress.stream_files import checkpoint_of, tensor_ends, weight_map
+from compress.stream_files import checkpoint_of, weight_map
+
+CHUNK = 1 << 24  # bytes read at a time for the checksum
 
 
 class ResidentModels:
@@ -57,11 +60,11 @@ class ResidentModels:
         pass
 
     def fingerprint(self, teacher: nn.Module, h) -> None:
-        """Adds the teacher's weights (a checksum of each tensor's first values) to hash h."""
+        """Adds the teacher's weights to hash h: every tensor's name, dtype, shape and every byte
+        (a fine-tune of a few rows or heads shows; sha256 runs at memory speed, seconds per GiB)."""
         for name, p in sorted(teacher.state_dict().items()):
-            h.update(name.encode())
-            h.update(p.detach().flatten()[:4096].double().sum().item().hex().encode())
-            h.update(str(tuple(p.shape)).encode())
+            h.update(f"{name}{p.dtype}{tuple(p.shape)}".encode())
+            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 class StreamedModels:
@@ -129,22 +132,13 @@ class StreamedModels:
                 shutil.rmtree(old, ignore_errors=True)
 
     def fingerprint(self, teacher: nn.Module, h) -> None:
-        """Adds the checkpoint to hash h: each file's safetensors header (names, dtypes, shapes,
-        offsets), size and first and last MiB of data, and every tensor's first and last rows
-        (`tensor_ends`: a fine-tune that changes tensors in the middle of a big shard shows),
-        without reading the rest."""
+        """Adds the checkpoint to hash h: every byte of each of its files, read once in order (a
+        fine-tune of a few rows of one tensor shows; sampled reads missed those)."""
         for path in sorted(set(self.files.values())):
-            size = path.stat().st_size
+            h.update(f"{path.stat().st_size}:".encode())  # content, not the file name
             with open(path, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                h.update(f.read(n))
-                h.update(f.read(2**20))
-                f.seek(max(8 + n, size - 2**20))
-                h.update(f.read())
-            h.update(str(size).encode())
-        for name, ends in sorted(tensor_ends(self.files).items()):
-            h.update(name.encode())
-            h.update(ends.numpy().tobytes())
+                for chunk in iter(lambda: f.read(CHUNK), b""):
+                    h.update(chunk)
 
 
 def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
@@ -326,6 +320,30 @@ def memory_in_words(e: BaseException) -> str:
     if size is None and (found := re.search(r"allocate (\d+) bytes", text)):
         size = f"{int(found.group(1)) / 2**30:.1f} GiB"
     return f"{where} memory" + (f" (tried to allocate {size})" if size else "")
+
+
+class DiskFull(UserError):
+    """A write failed for want of space (or on a read-only file system): one line naming what was
+    running, where, and what the run folder keeps, never a traceback."""
+
+    exit_code = 1
+    label = "disk full: "
+
+
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only"}
+_DISK_TEXTS = {"No space left on device": _DISK_ERRNOS[errno.ENOSPC], "os error 28": _DISK_ERRNOS[errno.ENOSPC],
+               "Disk quota exceeded": _DISK_ERRNOS[errno.EDQUOT], "Read-only file system": _DISK_ERRNOS[errno.EROFS]}
+
+
+def disk_full_words(e: BaseException) -> str | None:
+    """'no space left on the device (PATH)' where `e` is a failed write for want of space, quota or a
+    writable file system (an OSError, or safetensors' / torch's errors that only say it in words);
+    None for any other error."""
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        return _DISK_ERRNOS[e.errno] + (f" ({e.filename})" if e.filename else "")
+    text = str(e)
+    return next((words for key, words in _DISK_TEXTS.items() if key in text), None)
 
 
 HELDOUT = "the teacher's held-out predictions"  # the runner's phase of that name

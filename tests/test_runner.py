@@ -331,6 +331,40 @@ def test_running_out_of_memory_names_the_pass_and_what_to_change(tmp_path, monke
     assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where, raised, said", [
+    ("pass", OSError(28, "No space left on device", "/scratch/run/calib/x.pt"),
+     "pass 2/2 (svd) could not write: no space left on the device (/scratch/run/calib/x.pt)"),
+    ("export", Exception("Error while serializing: I/O error: No space left on device (os error 28)"),
+     "the export could not write: no space left on the device"),
+    ("pass", OSError(122, "Disk quota exceeded"), "pass 2/2 (svd) could not write: the disk quota is used up"),
+])
+def test_a_full_disk_is_one_line_saying_what_the_run_folder_keeps(tmp_path, monkeypatch, capsys, where, raised, said):
+    """ENOSPC in a pass or safetensors' write error in the export was a traceback (exit 1): one line
+    naming what was writing and why, and what --resume keeps, as for running out of memory."""
+    from compress.passes import svd
+    from compress.runner import Runner
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+
+    def full(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(*(svd.SVDPass, "run") if where == "pass" else (Runner, "export"), full)
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(argv) == 1
+    said_all = capsys.readouterr().err
+    assert "Traceback" not in said_all
+    err = said_all.strip().splitlines()[-1:]
+    line = 6 if where == "pass" else None
+    what = f"{tmp_path / 'r.yaml'}:{line}: " if line else f"{tmp_path / 'r.yaml'}: "
+    done = "1 of 2 passes done): --resume continues from pass 2 (whose keys may change)" if where == "pass" else \
+        "2 of 2 passes done): --resume only writes the output"
+    assert err[0] == (f"dit-compress: disk full: {what}{said}; free space there, or give --run-dir / --out on "
+                      f"another disk; {tmp_path / 'run'} keeps its work ({done}")
+
+
 def test_a_seed_torch_cannot_take_is_refused_at_recipe_load(tmp_path):
     """calibration.seed=99999999999999999999999 passed `plan` and crashed `run` with an overflow."""
     text = (Path(__file__).parent.parent / "recipes" / "toy-pixart.yaml").read_text()

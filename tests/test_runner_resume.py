@@ -199,6 +199,60 @@ def test_the_streamed_fingerprint_sees_a_tensor_in_the_middle_of_a_big_shard(tmp
     assert fingerprint(torch.ones(300_000)) != fingerprint(torch.full((300_000,), 2.0))
 
 
+def _middle_rows_scaled(state: dict) -> dict:
+    """A fine-tune of a few heads: the middle rows of every big matrix scaled (not its first or last 300)."""
+    out = {k: v.clone() for k, v in state.items()}
+    for v in out.values():
+        if v.ndim == 2 and v.shape[0] > 600:
+            v[300:-300] *= 1.05
+    return out
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_weights_checksum_sees_rows_in_the_middle_of_every_tensor(tmp_path, streamed):
+    """Only middle rows changed (a tester's --resume then continued silently from the old teacher's
+    work): resident and streamed checksums both differ (a 4 MiB tensor: more than the first values,
+    the first and last MiB and rows the older checksums read); the same weights give the same one."""
+    from safetensors.torch import save_file
+
+    from compress.runner_resume import weights_checksum
+    from compress.runner_stream import ResidentModels
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(1024, 1024)  # (1024, 1024) float32: 4 MiB
+    edited = _middle_rows_scaled(teacher.state_dict())
+
+    def checksum(state, name):
+        if not streamed:
+            model = torch.nn.Linear(1024, 1024)
+            model.load_state_dict(state)
+            return weights_checksum(model, ResidentModels(tmp_path))
+        (tmp_path / name).mkdir()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / name / "w.safetensors"))
+        models = StreamedModels(None)
+        models.files = dict.fromkeys(state, tmp_path / name / "w.safetensors")
+        return weights_checksum(None, models)
+
+    first = checksum(teacher.state_dict(), "a")
+    assert first == checksum(teacher.state_dict(), "b")
+    assert first != checksum(edited, "c")
+
+
+def test_a_run_folder_of_the_older_checksum_is_refused_saying_why(pixart, monkeypatch):
+    """Its checksum read a few values of each tensor: not comparable with this one's."""
+    import json
+
+    tmp_path, make, loads = pixart
+    _interrupted_after_first_pass(tmp_path, make, monkeypatch)
+    state_file = tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["teacher"]["checksum_of"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"the teacher changed .*written by an older dit-compress, whose checksum "
+                                        r"of the teacher's weights read only a few values of each tensor"):
+        make(tmp_path / "out", resume=True).run()
+
+
 def test_a_run_without_resume_never_discards_an_interrupted_runs_passes(pixart, monkeypatch, capsys):
     """Rerunning the command without --resume used to start over and delete the completed stages:
     it refuses, saying what the run folder holds (of this recipe or another); --restart starts

@@ -1,9 +1,12 @@
-"""What the teacher-file signature eval and bench compare costs (`io_signature.file_signature`).
+"""What the teacher-file signature eval and bench compare costs (`io_signature.file_signature`), and
+the weights checksum a run takes once for --resume and its caches (`runner_resume.weights_checksum`,
+every byte: resident, of the tensors in memory; streamed, of the files).
 
 Writes a safetensors file of --gib GiB in --tensors float32 tensors (780: about Flux.1-dev's
 transformer count) to a temp folder, then times its signature with the file in the page cache
-(warm) and after evicting it (cold, `posix_fadvise(DONTNEED)`), against a full sha256 of the file,
-and prints the ratios measured in this run. The file is removed at the end.
+(warm) and after evicting it (cold, `posix_fadvise(DONTNEED)`), against a full sha256 of the file;
+and the two weights checksums against loading the file into memory (cold), and prints the ratios
+measured in this run. The file is removed at the end.
 
     python tools/bench_signature.py [--gib 1] [--tensors 780]
 """
@@ -24,6 +27,8 @@ from safetensors.numpy import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compress.io_signature import file_signature  # noqa: E402
+from compress.runner_resume import weights_checksum  # noqa: E402
+from compress.runner_stream import ResidentModels, StreamedModels  # noqa: E402
 
 
 def evict(path: Path) -> None:
@@ -65,8 +70,30 @@ def main() -> None:
         cold = timed(lambda: file_signature(path))
         full = timed(lambda: full_sha256(path))  # read whole, once
         size = path.stat().st_size / (1 << 30)
+        load, resident, streamed = checksums(path, Path(folder))
     print(f"{size:.2f} GiB in {args.tensors} tensors: signature {warm * 1e3:.1f} ms warm, {cold * 1e3:.1f} ms cold; "
           f"a full sha256 {full:.2f} s ({full / warm:.0f}x the warm signature, {full / cold:.0f}x the cold one)")
+    print(f"weights checksum (every byte): resident {resident / load:.2f}x, streamed (cold) {streamed / load:.2f}x "
+          f"the time to load the file (cold: {size / load:.2f} GiB/s)")
+
+
+def checksums(path: Path, folder: Path) -> tuple[float, float, float]:
+    """Seconds to load `path` (cold), to checksum the loaded tensors (resident) and the file (streamed, cold)."""
+    import torch
+    from safetensors.torch import load_file
+
+    evict(path)
+    box = {}
+    load = timed(lambda: box.update(state=load_file(str(path))))
+    model = torch.nn.Module()
+    for name, tensor in box["state"].items():
+        model.register_buffer(name, tensor)
+    resident = timed(lambda: weights_checksum(model, ResidentModels(folder)))
+    models = StreamedModels(None)
+    models.files = dict.fromkeys(box["state"], path)
+    evict(path)
+    streamed = timed(lambda: weights_checksum(None, models))
+    return load, resident, streamed
 
 
 if __name__ == "__main__":
