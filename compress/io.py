@@ -46,13 +46,17 @@ def model_class(class_name: str):
     return getattr(diffusers, class_name)
 
 
-def load_teacher(source, dtype: torch.dtype = torch.float32, config: str | None = None,
+def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config: str | None = None,
                  family: str | None = None) -> nn.Module:
     """Load a teacher transformer: a source (a path or a name), or an io_source.TeacherSource
-    checked already. `config` (folder or config.json) is needed for single files whose config
+    checked already. `dtype`: a torch dtype or its name ('bfloat16'); None keeps the weights' own
+    dtype, as `load_transformer` does (a folder's or Hub repo's that mixes dtypes: one that holds each
+    exactly, stored_dtype). `config` (folder or config.json) is needed for single files whose config
     cannot be fetched; `family` ('pixart'|'flux') overrides detection from keys."""
+    from compress.io_output import as_dtype
     from compress.io_source import TeacherSource, check_source
 
+    dtype = as_dtype(dtype, "load_teacher")  # before any source is read
     if isinstance(source, TeacherSource):
         source, kind = source.source, source.kind
     else:  # empty, unknown toy, not there, not a teacher: said before loading
@@ -61,7 +65,7 @@ def load_teacher(source, dtype: torch.dtype = torch.float32, config: str | None 
     if kind == "toy":
         from compress.toy import load_toy_teacher
 
-        return load_toy_teacher(source[4:], dtype=dtype)
+        return load_toy_teacher(source[4:], dtype=dtype or torch.float32)  # its weights are float32
     path = Path(source).expanduser()
     if kind == "folder":
         return _load_folder(path, dtype)
@@ -193,14 +197,64 @@ def from_config(cls, config: dict, source) -> nn.Module:
 def weights_variant(path: Path) -> str | None:
     """None for the plain weight files, else the variant (`fp16` of
     diffusion_pytorch_model.fp16.safetensors) of a folder that holds only one variant's files."""
-    if (path / WEIGHTS).is_file() or (path / INDEX).is_file():
+    return variant_of([f.name for f in path.iterdir()], path)
+
+
+def variant_of(names: list[str], where) -> str | None:
+    """weights_variant of the file names in a folder (`where`, a local folder or a Hub repo's)."""
+    if WEIGHTS in names or INDEX in names:
         return None
-    found = sorted({m.group(1) for f in path.iterdir()
-                    if (m := re.fullmatch(VARIANT_FILE, f.name))})
+    found = sorted({m.group(1) for f in names if (m := re.fullmatch(VARIANT_FILE, f))})
     if len(found) > 1:
-        raise UserError(f"{path} holds the weight variants {', '.join(found)} and no plain "
+        raise UserError(f"{where} holds the weight variants {', '.join(found)} and no plain "
                         f"{WEIGHTS}; keep the one to compress")
     return found[0] if found else None
+
+
+def variant_weights(names: list[str], variant: str | None) -> list[str]:
+    """The weight files (single, or an index and its shards) of `variant` among `names`, as
+    from_pretrained picks them: safetensors, else .bin."""
+    v = re.escape(f".{variant}") if variant else ""
+    for ext in ("safetensors", "bin"):
+        shard = r"(?:-\d+-of-\d+)?"  # before the variant's name (diffusers' save_pretrained) or after it
+        pattern = rf"diffusion_pytorch_model{shard}{v}{shard}\.{ext}|diffusion_pytorch_model\.{ext}\.index{v}\.json"
+        found = sorted(n for n in names if re.fullmatch(pattern, n))
+        if found:
+            return found
+    return []
+
+
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def stored_dtype(path: Path, variant: str | None) -> torch.dtype:
+    """The dtype a transformer folder's weights are stored in (from the safetensors headers, or the
+    tensors of .bin files mapped, not read): the one of its floating tensors; where they mix dtypes,
+    one that holds each exactly (float32, float64 with float64 ones); float32 where the folder holds
+    no weights (from_pretrained says so)."""
+    files = [path / n for n in variant_weights([f.name for f in path.iterdir()], variant)]
+    found: set[torch.dtype] = set()
+    for f in files:
+        if f.name.endswith(".json"):
+            continue
+        if f.suffix == ".safetensors":
+            found |= {TORCH_DTYPES.get(t) for t in safetensors_dtypes(f) if t.startswith(("F", "BF"))}
+        else:
+            found |= {t.dtype for t in read_state_dict(f, mmap=True).values() if t.is_floating_point()}
+    if len(found) == 1 and None not in found:
+        return found.pop()
+    return torch.float64 if torch.float64 in found else torch.float32
+
+
+def safetensors_dtypes(path: Path) -> set[str]:
+    """The dtypes ('F16', 'BF16', ...) of a safetensors file's tensors, from its header alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {f.get_slice(k).get_dtype() for k in f.keys()}
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise unreadable(path, e) from None
 
 
 def _load_folder(path: Path, dtype) -> nn.Module:
@@ -212,8 +266,11 @@ def _load_folder(path: Path, dtype) -> nn.Module:
         return load_transformer(path, dtype=dtype)
     cls = model_class(config.get("_class_name", "<missing _class_name>"))
     check_safetensors_dir(path)
+    variant = weights_variant(path)
+    if dtype is None:
+        dtype = stored_dtype(path, variant)
     try:
-        model, info = cls.from_pretrained(path, torch_dtype=dtype, variant=weights_variant(path),
+        model, info = cls.from_pretrained(path, torch_dtype=dtype, variant=variant,
                                           output_loading_info=True)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise not_loaded(cls, path, e) from None
@@ -250,21 +307,82 @@ def check_loading_info(path: Path, info: dict) -> None:
 
 
 def _load_hub(repo_id: str, dtype) -> nn.Module:
-    from huggingface_hub import hf_hub_download
+    """A Hub teacher: its transformer's folder downloaded (hub_folder), then loaded as a local one."""
+    return _load_folder(hub_folder(repo_id), dtype)
 
+
+def hub_folder(repo_id: str) -> Path:
+    """The local copy of a Hub teacher's transformer folder: its config.json and the weight files
+    of the one variant from_pretrained would read of it (variant_of, as for a local folder), not
+    the other variants' nor the pipeline's other components. The class is checked before any
+    weights download."""
+    from huggingface_hub import snapshot_download
+
+    cfg, sub = hub_config_file(repo_id)
+    model_class(read_config(cfg).get("_class_name", "<missing _class_name>"))
+    where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
+    names = hub_file_names(repo_id, cfg.parent, sub)
+    wanted = variant_weights(names, variant_of(names, where))
+    if not wanted:
+        raise UserError(f"{where} holds no {WEIGHTS} (nor its shards, a variant's or .bin ones) beside its config.json")
     try:
         with quiet_hub():
-            index = Path(hf_hub_download(repo_id, "model_index.json"))
+            root = Path(snapshot_download(repo_id, allow_patterns=[sub + n for n in ["config.json", *wanted]]))
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
         raise hub_error(repo_id, e, "a local folder or file") from None
-    cls_name = read_json(index).get("transformer", [None, None])[1]
-    cls = model_class(cls_name or "<no transformer>")
-    try:
-        return cls.from_pretrained(repo_id, subfolder="transformer", torch_dtype=dtype).eval()
-    except OSError as e:  # the download broke off, the disk filled up, ...
-        raise UserError(f"cannot load the transformer of '{repo_id}': {one_line(e)}") from None
-    except ValueError as e:  # weights of other shapes than its config's
-        raise not_loaded(cls, repo_id, e) from None
+    return root / sub
+
+
+def hub_config_file(repo_id: str) -> tuple[Path, str]:
+    """(the local copy of a Hub repo's transformer config.json, the repo folder that holds it):
+    'transformer/' of a pipeline repo, '' of a transformer-only one (config.json and weights at its
+    root, as fine-tunes are shared). A few KB; the root's is fetched only where the Hub (or,
+    offline, the cache) has no transformer/config.json."""
+    from huggingface_hub import hf_hub_download
+
+    errors = []
+    for sub in ("transformer/", ""):
+        try:
+            with quiet_hub():
+                return Path(hf_hub_download(repo_id, "config.json", subfolder=sub.rstrip("/") or None)), sub
+        except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
+            errors.append(e)
+            if not not_in_repo(e):
+                break
+    if len(errors) == 2 and all(map(not_in_repo, errors)) and not offline():  # offline: the cache lacks it
+        raise UserError(f"'{repo_id}' has neither transformer/config.json nor config.json: expected a "
+                        "diffusers pipeline or transformer repo, or pass a local folder or file")
+    raise hub_error(repo_id, errors[0], "a local folder or file")
+
+
+def offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def not_in_repo(e: Exception) -> bool:
+    """A fetch that failed because the repo lacks the file (offline: its cached copy does), not
+    because of the network or access; trying another file then costs no retries."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+    return isinstance(e, RemoteEntryNotFoundError) or (isinstance(e, LocalEntryNotFoundError) and offline())
+
+
+def hub_file_names(repo_id: str, cached: Path, sub: str) -> list[str]:
+    """The names of the files in the repo folder `sub`: the Hub's list; offline, or where the Hub
+    cannot be listed after the config came from the cache, those of its cached copy `cached` (what
+    can be loaded without the Hub)."""
+    if not offline():
+        from huggingface_hub import HfApi
+
+        try:
+            with quiet_hub():
+                files = HfApi().list_repo_files(repo_id)
+            return [f[len(sub):] for f in files if f.startswith(sub) and "/" not in f[len(sub):]]
+        except Exception:  # noqa: BLE001, S110 - as hf_hub_download, the cache answers then
+            pass
+    return sorted(f.name for f in cached.iterdir() if f.is_file())
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
         names = [k[len(prefix):] for k in keys if k.startswith(prefix)]  # the transformer's, prefix removed
         family = checked_family(path, names, None)
         cfg = config_file(path, config)
-        model = empty_model(family, cfg)
+        model = empty_model(family, cfg, path)  # errors name the checkpoint, as load_teacher's
         if family == "flux":
             check_flux_blocks(path, dict.fromkeys(names), model, cfg)
         convert_key = key_converter(family, names, model)

@@ -163,9 +163,13 @@ def check_flux_blocks(path: Path, sd: dict, model: nn.Module, cfg: Path) -> None
 
 def config_file(path: Path, config: str | None) -> Path:
     """The diffusers config (a JSON file) of the single file `path`: --teacher-config's (a folder's or a
-    pipeline folder's config.json, or a JSON file of any name), else the config.json beside the file."""
+    pipeline folder's config.json, or a JSON file of any name but a pipeline's model_index.json), else the
+    config.json beside the file."""
     if config:
         c = Path(config).expanduser()
+        if c.is_file() and c.name == "model_index.json":  # its numbers would be read as a transformer's
+            raise UserError(f"--teacher-config {config} is a pipeline's index, not a transformer config: give "
+                            f"the pipeline folder {c.parent} or its transformer/config.json")
         if c.is_file():
             return c
         if not (c / "config.json").is_file() and (c / "transformer" / "config.json").is_file():

@@ -272,17 +272,11 @@ def warn_if_beside_recipe(source: str, where: str, recipe_dir: Path | None) -> N
 
 
 def hub_config(repo_id: str) -> dict:
-    """The transformer config of a Hub pipeline repo (transformer/config.json alone, a few KB)."""
-    from huggingface_hub import hf_hub_download
+    """The transformer config of a Hub repo: a pipeline's transformer/config.json, or a
+    transformer-only repo's config.json (a few KB; io.hub_config_file)."""
+    from compress.io import hub_config_file, read_config
 
-    from compress.io import hub_error, quiet_hub, read_config
-
-    try:
-        with quiet_hub():
-            path = hf_hub_download(repo_id, "config.json", subfolder="transformer")
-    except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-        raise hub_error(repo_id, e, "a local folder or file") from None
-    return read_config(Path(path))
+    return read_config(hub_config_file(repo_id)[0])
 
 
 def source_family(source: str, config: str | None = None, where: str = "",

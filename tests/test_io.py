@@ -417,3 +417,107 @@ def test_load_pipeline_takes_the_recorded_teacher_as_its_base(tmp_path):
                                extra=teacher)
         with pytest.raises(UserError, match=words + ".*pass base="):
             load_pipeline(bare)
+
+
+@pytest.mark.parametrize("source", ["folder", "file", "toy"])
+def test_load_teacher_takes_a_dtype_by_name_from_every_source_and_refuses_others_in_one_line(tmp_path, source):
+    """'bfloat16' was ignored for a folder (diffusers' float32) and a torch device string for a
+    single file or a toy teacher (a traceback); as load_transformer, names are dtypes."""
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "folder")
+    save_file(model.state_dict(), str(tmp_path / "folder" / "w.safetensors"))
+    src = {"folder": tmp_path / "folder", "file": tmp_path / "folder" / "w.safetensors", "toy": "toy:pixart"}[source]
+    assert load_teacher(src, dtype="bfloat16").dtype == torch.bfloat16
+    with pytest.raises(UserError, match=r"^load_teacher: dtype must be a floating torch dtype or one of "
+                                        r"'float32', 'float16', 'bfloat16', got 'fp17'$"):
+        load_teacher(src, dtype="fp17")
+
+
+def test_load_teacher_dtype_none_keeps_the_weights_own_dtype_for_every_source(tmp_path):
+    """None meant the file's dtype for a single file and an output, but float32 for a folder."""
+    model = tiny_pixart().half()
+    model.save_pretrained(tmp_path / "fp16")
+    model.save_pretrained(tmp_path / "variant", variant="fp16")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    save_file(model.state_dict(), str(tmp_path / "fp16" / "w.safetensors"))
+    tiny_pixart().to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    for src, dtype in [("fp16", torch.float16), ("variant", torch.float16), ("sharded", torch.float16),
+                       ("fp16/w.safetensors", torch.float16), ("bf16", torch.bfloat16)]:
+        assert load_teacher(tmp_path / src, dtype=None).dtype == dtype, src
+    assert load_teacher("toy:pixart", dtype=None).dtype == torch.float32  # its weights are float32
+    assert load_teacher(tmp_path / "fp16").dtype == torch.float32  # the default
+
+
+def _hub_cache(monkeypatch, tmp_path, repo_id: str, folder):
+    """`folder` as the cached snapshot of `repo_id` in an offline huggingface_hub."""
+    from huggingface_hub import constants
+
+    from tests.pipelines import hub_cache
+
+    cache = tmp_path / "hub"
+    hub_cache(cache, repo_id, folder)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_a_transformer_only_hub_repo_loads_as_its_local_folder_does(tmp_path, monkeypatch):
+    """config.json and weights at the repo's root (as fine-tunes are shared): 'cannot fetch
+    model_index.json' before."""
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "t")
+    _hub_cache(monkeypatch, tmp_path, "acme/tiny-transformer", tmp_path / "t")
+    teacher = load_teacher("acme/tiny-transformer")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
+
+
+def _pipeline_with(folder, save) -> None:
+    """A pipeline folder (model_index.json) whose transformer/ `save` writes."""
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps(
+        {"_class_name": "PixArtSigmaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"]}))
+    save(folder / "transformer")
+
+
+def test_a_hub_pipeline_whose_transformer_holds_one_variant_loads_it(tmp_path, monkeypatch):
+    """transformer/ with only .fp16.safetensors: 'no file named diffusion_pytorch_model.bin' before."""
+    model = tiny_pixart().half()
+    _pipeline_with(tmp_path / "pipe", lambda f: model.save_pretrained(f, variant="fp16"))
+    _hub_cache(monkeypatch, tmp_path, "acme/pipevar", tmp_path / "pipe")
+    teacher = load_teacher("acme/pipevar", dtype=None)
+    assert teacher.dtype == torch.float16
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
+
+
+def test_a_hub_teacher_downloads_the_variant_its_file_list_names_and_nothing_else(tmp_path, monkeypatch):
+    """Online, the repo's file list says which files from_pretrained would read: one variant's
+    shards and index and the transformer's config, not the pipeline's other components."""
+    import huggingface_hub
+
+    model = tiny_pixart().half()
+    _pipeline_with(tmp_path / "pipe", lambda f: model.save_pretrained(f, variant="fp16", max_shard_size="10KB"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    shards = sorted(f.name for f in (tmp_path / "pipe" / "transformer").iterdir() if f.name != "config.json")
+    assert len(shards) > 2
+    listed = ["model_index.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+              "transformer/config.json", "transformer/diffusion_pytorch_model.bin"]  # not fetched: safetensors first
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files",
+                        lambda self, repo: listed + [f"transformer/{n}" for n in shards])
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name, subfolder=None: str(tmp_path / "pipe" / subfolder / name))
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, allow_patterns: fetched.extend(allow_patterns) or str(tmp_path / "pipe"))
+    assert load_teacher("acme/pipevar", dtype=None).dtype == torch.float16
+    assert sorted(fetched) == sorted(["transformer/config.json"] + [f"transformer/{n}" for n in shards])
+
+
+def test_a_hub_repo_without_a_transformer_config_says_so(tmp_path, monkeypatch):
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    response = httpx2.Response(404, request=httpx2.Request("HEAD", "https://huggingface.co/org/unet"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _hub_failure(RemoteEntryNotFoundError("404", response=response)))
+    with pytest.raises(UserError, match=r"^'org/unet' has neither transformer/config.json nor config.json: "):
+        load_teacher("org/unet")

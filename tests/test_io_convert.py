@@ -77,3 +77,12 @@ def test_a_file_of_another_type_says_what_convert_reads(tmp_path):
     assert str(e.value) == (f"{tmp_path}/notes.txt is not a checkpoint: file type '.txt'; convert reads a single-file "
                             "checkpoint (.safetensors, .pth, .pt, .bin, .ckpt)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_of_another_family_names_the_file_as_load_teacher_does(tmp_path):
+    """convert's error lacked the '<path>: ' that load_teacher and run give."""
+    save_file(tiny_pixart().state_dict(), str(tmp_path / "p.safetensors"))
+    tiny_flux().save_config(tmp_path / "fluxcfg")
+    with pytest.raises(UserError, match=rf"^{tmp_path}/p.safetensors: the checkpoint's weights are a pixart "
+                                        rf"transformer while the config in {tmp_path}/fluxcfg describes a flux one"):
+        convert_file(tmp_path / "p.safetensors", tmp_path / "out", config=str(tmp_path / "fluxcfg"))

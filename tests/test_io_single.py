@@ -256,3 +256,17 @@ def test_the_shipped_flux_config_is_taken_as_teacher_config(tmp_path):
     assert model.config.num_layers == 19
     with pytest.raises(UserError, match="no config.json there"):
         config_file(tmp_path / "flux.safetensors", str(tmp_path))
+
+
+def test_a_pipelines_model_index_as_teacher_config_names_what_to_give(tmp_path):
+    """model_index.json was read as a transformer config: 'size mismatch for scale_shift_table'."""
+    from tests.pipelines import pixart_pipeline
+
+    model = tiny_pixart()
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    (tmp_path / "pp").mkdir()
+    pipe = pixart_pipeline(tmp_path / "pp" / "pipe")
+    with pytest.raises(UserError, match=rf"^--teacher-config {pipe}/model_index.json is a pipeline's index, not a "
+                                        rf"transformer config: give the pipeline folder {pipe} or its "
+                                        r"transformer/config.json$"):
+        load_teacher(str(tmp_path / "m.safetensors"), config=str(pipe / "model_index.json"))

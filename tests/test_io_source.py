@@ -333,3 +333,26 @@ def test_a_pickle_teacher_of_another_family_names_the_set_that_gave_it(tmp_path)
     with pytest.raises(UserError, match=rf"r.yaml:1: model is 'pixart' but the teacher {tmp_path}/t/model.ckpt "
                                         r"\(--set teacher\) is a FluxTransformer2DModel \(flux\)$"):
         make_plan(recipe)
+
+
+def test_a_transformer_only_hub_teacher_is_checked_by_its_root_config(tmp_path, monkeypatch):
+    """A Hub repo holding a transformer alone (config.json at its root, as fine-tunes are shared):
+    run's check read transformer/config.json only and said it cannot fetch it."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    tiny_flux().save_config(tmp_path / "cfg")
+    fetched = []
+
+    def fetch(repo, name, subfolder=None):
+        fetched.append((subfolder, name))
+        if subfolder:
+            response = httpx2.Response(404, request=httpx2.Request("HEAD", f"https://huggingface.co/{repo}"))
+            raise RemoteEntryNotFoundError("404", response=response)
+        return str(tmp_path / "cfg" / "config.json")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch)
+    with pytest.raises(UserError, match="model is 'pixart' but the teacher org/fine-tune is a FluxTransformer2DModel"):
+        check_sources(_recipe(tmp_path / "r", teacher="org/fine-tune"))
+    assert fetched == [("transformer", "config.json"), (None, "config.json")]
