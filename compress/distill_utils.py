@@ -179,8 +179,16 @@ def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
 # ---- schedule ------------------------------------------------------------------------------------
 
 
+def warmup_length(total: int, warmup: int) -> int:
+    """The warm-up steps `warmup_cosine` runs: `warmup`, or a tenth of `total` where `warmup` ≥ `total`
+    (a run shortened for a quick try under the default 20 would never reach lr nor decay from it)."""
+    return warmup if warmup < total else total // 10
+
+
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier: linear warm-up over `warmup` steps, then cosine from 1 to `min_ratio` at `total`."""
+    """LR multiplier: linear warm-up over `warmup` steps (`warmup_length`), then cosine from 1 to
+    `min_ratio` at `total`."""
+    warmup = warmup_length(total, warmup)
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))

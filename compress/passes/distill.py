@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from compress.distill_data import DATA_SOURCES
 from compress.distill_folder import check_folder
-from compress.distill_utils import TRAIN_MODES, will_have_factors
+from compress.distill_utils import TRAIN_MODES, warmup_length, will_have_factors
 from compress.errors import BadValue
 from compress.passes.base import Pass, RunContext
 from compress.passes.distill_trainer import _NOT_FINGERPRINTED, _Trainer
@@ -43,7 +43,7 @@ class DistillConfig:
     batch_size: int = 32  # per process
     lr: float = 1e-4
     weight_decay: float = 0.0
-    warmup_steps: int = 20
+    warmup_steps: int = 20  # ≥ steps: a tenth of steps instead (a note says so)
     min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm (0: no clipping)
     lambda_task: float = 1.0
@@ -136,6 +136,18 @@ class DistillPass(Pass):
             raise BadValue("train", "distill: train: factors, but no svd pass before it factorizes a layer "
                                     "and the teacher has no low-rank layers; add an svd pass first, or use "
                                     "train: all")
+
+    def notes(self, model, adapter) -> list[tuple[str, str]]:
+        """A warm-up as long as the run (steps shortened for a quick try, the default warmup_steps
+        kept) would end before the learning rate reached lr or decayed: `warmup_length` shortens it,
+        and the note says to what."""
+        cfg = self.config
+        if cfg.warmup_steps < cfg.steps:
+            return []
+        return [("warmup_steps", f"distill: warmup_steps ({cfg.warmup_steps}) is not below steps ({cfg.steps}): "
+                                 "the learning rate would never reach lr nor decay; the warm-up is "
+                                 f"{warmup_length(cfg.steps, cfg.warmup_steps)} steps (a tenth of steps) "
+                                 "instead; set warmup_steps below steps to choose it")]
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         cfg = self.config

@@ -235,6 +235,11 @@ class _Trainer:
         state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
         self.step, self.history, self.before = state["step"], state["history"], state["before"]
         self.generator.set_state(state["generator"])
+        if self.acc.is_main_process:  # else the log's first line (step 15/30) is all that says so
+            from compress.report import console
+
+            console.print(f"distill: continuing from its checkpoint at step {self.step}/{self.cfg.steps} "
+                          f"({path})", highlight=False, markup=False)
 
     # ---- evaluation and report ----------------------------------------------------------------
     @torch.no_grad()

@@ -313,3 +313,14 @@ def test_flux_task_noise_follows_the_samplers_shift(tmp_path, sampler):
         assert (ours > plain).all()
     else:
         assert torch.equal(ours, plain)
+
+
+def test_a_warmup_not_below_steps_is_noted():
+    """steps shortened under the default warmup_steps 20: `plan` and `run` warn, at warmup_steps, that
+    the warm-up is a tenth of steps instead; a warm-up below steps gets no note."""
+    model = tiny_pixart()
+    notes = DistillPass(DistillConfig(steps=5)).notes(model, get_adapter(model))
+    assert notes == [("warmup_steps", "distill: warmup_steps (20) is not below steps (5): the learning rate "
+                                      "would never reach lr nor decay; the warm-up is 0 steps (a tenth of steps) "
+                                      "instead; set warmup_steps below steps to choose it")]
+    assert DistillPass(DistillConfig(steps=21)).notes(model, get_adapter(model)) == []

@@ -183,3 +183,16 @@ def test_progress_off_a_terminal_is_lines_on_stderr(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.startswith("distill ")]
     assert [line.split()[1] for line in lines] == [f"{s}/20" for s in range(2, 21, 2)]
     assert all("task " in line and "loss " in line for line in lines)
+
+
+def test_a_resumed_run_says_it_continues_from_its_checkpoint(tmp_path, capsys):
+    """After the passes' 'resuming after pass ...', the log would start at a later step with nothing
+    saying why: the resume names the step and checkpoint it continues from (a fresh run says nothing)."""
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=2, max_steps_this_run=2)
+    assert "continuing" not in capsys.readouterr().err
+    distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=2, resume=True)
+    checkpoint = tmp_path / "distill" / "checkpoints" / "step-00000002"
+    assert f"distill: continuing from its checkpoint at step 2/4 ({checkpoint})\n" in capsys.readouterr().err
