@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
-from compress.io import (INDEX, WEIGHTS, SafetensorsError, hub_error, looks_local, quiet_hub, read_config,
-                         read_json, transformer_folder, unreadable, weights_variant)
+from compress.io import (INDEX, WEIGHTS, SafetensorsError, hub_folder, looks_local, read_config, read_json,
+                         transformer_folder, unreadable, weights_variant)
 
 
 def weight_map(folder: Path) -> dict[str, Path]:
@@ -50,8 +50,8 @@ def file_map(path: Path) -> dict[str, Path]:
 
 def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
     """(diffusers config, tensor name -> file) of a teacher source that can be streamed: a toy
-    teacher, a local transformer or pipeline folder, or a Hugging Face id (its transformer/
-    folder, downloaded once)."""
+    teacher, a local transformer or pipeline folder, or a Hugging Face id (its transformer folder,
+    downloaded once)."""
     if source.startswith("toy:"):
         from compress.toy.weights import toy_files
 
@@ -92,13 +92,9 @@ def check_streamable(src) -> None:
 
 
 def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        with quiet_hub():
-            return Path(snapshot_download(repo_id, allow_patterns=["model_index.json", "transformer/*"]))
-    except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-        raise hub_error(repo_id, e, "a local folder") from None
+    """The local copy of a Hub teacher's transformer folder (a pipeline repo's transformer/ or a
+    transformer-only repo's root), its config and one variant's weights, as load_teacher reads it."""
+    return hub_folder(repo_id)
 
 
 def by_file(files: dict[str, Path], names) -> dict[Path, list[str]]:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from compress.errors import UserError
@@ -43,3 +45,52 @@ def test_a_folder_without_weights_says_so_in_words_fit_for_every_reader(tmp_path
         weight_map(tmp_path)
     assert str(e.value) == (f"{tmp_path} has neither diffusion_pytorch_model.safetensors nor "
                             "diffusion_pytorch_model.safetensors.index.json: no diffusers weights to read there")
+
+
+
+@pytest.mark.parametrize("layout", ["transformer-only", "pipeline, one variant"])
+def test_a_hub_teacher_streams_from_the_transformer_folder_load_teacher_reads(tmp_path, monkeypatch, layout):
+    """stream: true of a transformer-only Hub repo fetched only model_index.json and transformer/*
+    (nothing there: 'not found'); now what load_teacher fetches: the transformer folder's config and
+    its one variant's files (the Hub, online, stood in for: only the files asked for are copied)."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    from tests.test_io import _pipeline_with
+
+    model = tiny_pixart()
+    if layout == "transformer-only":
+        model.save_pretrained(tmp_path / "repo", max_shard_size="40KB")
+    else:
+        _pipeline_with(tmp_path / "repo", lambda f: model.half().save_pretrained(f, variant="fp16"))
+        model.save_pretrained(tmp_path / "repo" / "unet")  # another component: not fetched
+    listed = sorted(p.relative_to(tmp_path / "repo").as_posix() for p in (tmp_path / "repo").rglob("*") if p.is_file())
+
+    def snapshot_download(repo, allow_patterns):
+        for name in listed:
+            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                (tmp_path / "got" / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(tmp_path / "repo" / name, tmp_path / "got" / name)
+        return str(tmp_path / "got")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo: listed)
+    def hf_hub_download(repo, name, subfolder=None):
+        import httpx2
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        name = f"{subfolder}/{name}" if subfolder else name
+        if name not in listed:
+            response = httpx2.Response(404, request=httpx2.Request("HEAD", f"https://huggingface.co/{repo}"))
+            raise RemoteEntryNotFoundError("404", response=response)
+        return str(Path(snapshot_download(repo, [name])) / name)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    config, files = checkpoint_of("acme/tiny")
+    assert config["_class_name"] == "PixArtTransformer2DModel"
+    assert set(files) == set(model.state_dict())
+    assert all(".fp16" in f.name for f in files.values()) == (layout != "transformer-only")
+    assert not (tmp_path / "got" / "unet").exists()
