@@ -15,7 +15,7 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
-from compress.report import param_count, recorded_teacher, results, to_json, warn_if_teacher_changed
+from compress.report import param_count, results, teacher_to_load, to_json, warn_if_teacher_changed
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
@@ -90,16 +90,17 @@ def _device(name: str | None) -> torch.device:
 
 
 def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int = 2,
-          device: str | None = None, loras: list[str] | None = None) -> dict:
+          device: str | None = None, loras: list[str] | None = None, teacher_config: str | None = None) -> dict:
     """Teacher vs student step time, parameters and memory (`loras`: --lora, where the LoRAs the
-    output took are now, io.load_teacher_of)."""
+    output took are now, io.load_teacher_of; `teacher`, `teacher_config`: --teacher, --teacher-config,
+    in place of the recorded ones, report.recorded_teacher)."""
     out = Path(out).expanduser()
     if not out.is_dir():
         raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
     if repeats < 1 or batch < 1:
         raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
     student = load_transformer(out)  # a UserError unless `out` is an output folder
-    source, config = recorded_teacher(out, teacher)
+    source, config = teacher_to_load(out, teacher, teacher_config)
     if not source:
         raise UserError(f"{out}/report.json names no teacher; pass --teacher")
     warn_if_teacher_changed(out, source, "bench")
@@ -135,7 +136,8 @@ def _faster(speedup: float) -> str:
 
 
 def bench_command(args) -> int:
-    result = bench(Path(args.out).expanduser(), args.teacher, args.repeats, args.batch, args.device, args.lora)
+    result = bench(Path(args.out).expanduser(), args.teacher, args.repeats, args.batch, args.device, args.lora,
+                   args.teacher_config)
     if args.json:
         print(to_json(result))
         return 0

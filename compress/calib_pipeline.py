@@ -9,6 +9,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -70,7 +71,8 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
 
     try:
         with quiet_hub():  # a Hub id: no retry warnings, the error says why
-            pipe = DiffusionPipeline.from_pretrained(source, transformer=teacher, **pipeline_dtype(teacher.dtype))
+            pipe = DiffusionPipeline.from_pretrained(os.path.expanduser(source), transformer=teacher,  # ~/pipe
+                                                     **pipeline_dtype(teacher.dtype))
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
         raise UserError(f"cannot load calibration pipeline '{source}': "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -299,7 +301,7 @@ class PipelineSource:
         from diffusers import DDPMScheduler  # any scheduler class reads scheduler_config.json
 
         try:
-            return dict(DDPMScheduler.load_config(self.pipeline, subfolder="scheduler"))
+            return dict(DDPMScheduler.load_config(os.path.expanduser(self.pipeline), subfolder="scheduler"))
         except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
             raise UserError(f"cannot read the scheduler config of '{self.pipeline}': "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
     p.add_argument("model", help="output folder or teacher source such as toy:pixart")
     p.add_argument("--teacher", help="teacher to compare against (default: the one recorded)")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher "
+                   "(default: the one recorded, also with a --teacher that is a single file without one beside it)")
     p.add_argument("--lora", action="append", metavar="PATH",
                    help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
                         "merged (default: the place the output recorded); once per LoRA, in the order it took them")
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency / memory of teacher vs student, as ratios")
     p.add_argument("out", help="output folder of `dit-compress run`")
     p.add_argument("--teacher", help="teacher (default: the one recorded in the output)")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher "
+                   "(default: the one recorded, also with a --teacher that is a single file without one beside it)")
     p.add_argument("--lora", action="append", metavar="PATH",
                    help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
                         "merged (default: the place the output recorded); once per LoRA, in the order it took them")
@@ -152,6 +156,9 @@ def imports_held(*needs: str):
 
 @imports_held("compress.recipe:load_recipe", "compress.runner:Runner")
 def cmd_run(args, load_recipe, Runner) -> int:
+    from compress.report import notes_from_rank_zero
+
+    notes_from_rank_zero()
     recipe = load_recipe(args.recipe, args.overrides)
     out = Path(args.out or Path("out") / Path(args.recipe).stem).expanduser()  # nor --out=~/x
     runner = Runner(recipe, out, _run_dir(args), teacher=args.teacher, teacher_config=args.teacher_config,

@@ -12,9 +12,9 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local
 from compress.io_export import is_output
-from compress.io_output import load_transformer
-from compress.report import (DAMAGED, console, output_file, read_report, recorded_teacher, results, to_json,
-                             warn_if_teacher_changed)
+from compress.io_output import load_transformer, output_folder
+from compress.report import (console, output_file, read_report, recorded_teacher, results, teacher_to_load,
+                             to_json, warn_if_teacher_changed)
 
 
 def _is_recipe(source: str) -> bool:
@@ -144,25 +144,29 @@ def importance(args) -> int:
     return 0
 
 
-def _load_model(model: str, teacher_arg: str | None):
-    """(model, teacher source or None, output folder or None)."""
-    path = Path(model).expanduser()
+def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = None):
+    """(model, (teacher source or None, its config or None), output folder or None); `teacher_arg`,
+    `config_arg`: --teacher, --teacher-config (report.recorded_teacher)."""
+    path = output_folder(model)  # a pipeline folder (a pipeline's save_pretrained): its transformer/
     if looks_local(model) and not path.exists():
         raise UserError(f"{model}: no such model (a dit-compress output folder or a teacher)")
     if is_output(path):
-        return load_transformer(path), recorded_teacher(path, teacher_arg), path
-    return load_teacher(model).eval(), (teacher_arg, None), None
+        return load_transformer(path), teacher_to_load(path, teacher_arg, config_arg), path
+    if config_arg and not teacher_arg:
+        raise UserError(f"--teacher-config is the config of a single-file teacher; {model} is not a dit-compress "
+                        "output, whose teacher it would be, and no --teacher names one")
+    return load_teacher(model).eval(), (teacher_arg, config_arg), None
 
 
 def evaluate(args) -> int:
     grid = output_file(args.grid, "--grid", figure=True) if args.grid else None  # before any work
     check_lora_option(args.model, args.lora)
-    streamed_out = _streamed_output(args.model, args.teacher)
+    streamed_out = _streamed_output(args.model, args.teacher, args.teacher_config)
     if streamed_out is not None:
         _toy_options_only(grid, args.seed)
         warn_if_teacher_changed(streamed_out[0], streamed_out[1], "eval")
         return _print(_teacher_relative_streamed(*streamed_out), args.json)
-    model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher)
+    model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher, args.teacher_config)
     if out is not None:
         warn_if_teacher_changed(out, teacher_source, "eval")
     family = get_adapter(model).family
@@ -204,28 +208,31 @@ def _print(result: dict, as_json: bool) -> int:
     return 0
 
 
-def _streamed_output(model: str, teacher_arg: str | None) -> tuple[Path, str, str | None] | None:
+def _streamed_output(model: str, teacher_arg: str | None,
+                     config_arg: str | None = None) -> tuple[Path, str, str | None] | None:
     """(output folder, teacher source, its --teacher-config) when `model` is the output of a streamed run of a real
-    teacher (its recipe.yaml says stream: true): eval then streams both models as the run did."""
-    path = Path(model).expanduser()
+    teacher (its recipe.yaml says stream: true): eval then streams both models as the run did. A pipeline
+    folder (a pipeline's save_pretrained): its transformer/."""
+    path = output_folder(model)
     if not (path / "recipe.yaml").is_file() or not is_output(path):
         return None
     from compress.recipe import load_recipe
 
-    teacher, config = recorded_teacher(path, teacher_arg)
+    teacher = recorded_teacher(path, teacher_arg, config_arg)[0]
     if not load_recipe(path / "recipe.yaml").stream or not teacher or teacher.startswith("toy:"):
         return None
     if _took_loras(path):  # its teacher takes them resident (io.load_teacher_of): measured as a resident run's
         return None
-    return path, teacher, config
+    return (path, *teacher_to_load(path, teacher_arg, config_arg))
 
 
 def check_lora_option(model: str, loras: list[str] | None) -> None:
     """--lora gives the new place of a LoRA a dit-compress output took: a UserError for a model that
-    is no output, or an output that took none (a streamed output's eval would ignore it)."""
+    is no output, or an output that took none (a streamed output's eval would ignore it). A pipeline
+    folder: its transformer/, as eval reads it."""
     if not loras:
         return
-    path = Path(model).expanduser()
+    path = output_folder(model)
     if not is_output(path):
         raise UserError(f"--lora gives the new place of a LoRA a dit-compress output took (dit-compress lora); "
                         f"{model} is not a dit-compress output")
@@ -293,17 +300,20 @@ def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
 
 
 def check_measurable(out: Path | None, teacher: str | None, name: str) -> None:
-    """What eval needs to measure a real model: an output folder, its teacher, and its recipe.yaml
-    (whose calibration settings give the held-out inputs); a UserError saying which is missing."""
+    """What eval needs to measure a real model: an output folder, its recipe.yaml (whose calibration
+    settings give the held-out inputs; no option stands in for it, so it is asked for first) and its
+    teacher; a UserError saying which is missing. A folder a loaded output was re-saved to (save_pretrained)
+    holds only config.json and the weights: the recipe.yaml of the run's output makes it measurable."""
     if out is None:
         raise UserError(f"{name} is not a dit-compress output: eval measures a compressed output folder "
                         "against its teacher (dit-compress eval OUT); a real teacher has no toy scores")
+    if not (out / "recipe.yaml").is_file():
+        raise UserError(f"{out} has no recipe.yaml, whose calibration settings give eval its held-out inputs (a "
+                        "folder re-saved with save_pretrained holds only config.json and the weights): copy the "
+                        "recipe.yaml of the output the run wrote into it, or rerun the recipe")
     if not teacher:
         raise UserError(f"{out}: neither report.json nor config.json (compression.teacher) names the teacher "
                         "it was compressed from; pass --teacher")
-    if not (out / "recipe.yaml").is_file():
-        raise UserError(f"{out} has no recipe.yaml, whose calibration settings give eval its held-out inputs; "
-                        f"{DAMAGED}")
 
 
 def convert(args) -> int:

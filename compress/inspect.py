@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from compress.io_output import load_transformer
+from compress.io_output import load_transformer, output_folder
 from compress.report import (console, layer_rows, layer_tables, output_dir, plot_ranks, plot_spectrum,
                              read_report, results, summary_table, to_json)
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
-    out = Path(out).expanduser()
+    out = output_folder(out)  # a pipeline folder: its transformer/, where its report.json would be
     model = load_transformer(out, nonfinite="warn")  # for looking: a damaged output is shown, with a warning
     plot_dir = output_dir(plot_dir, "--plot") if plot_dir else None
     report = read_report(out)
@@ -20,13 +21,30 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
     else:
         for table in layer_tables(rows, results.width, title=f"{out}"):
             results.print(table)
-        results.print(summary_table(rows, "role", "by role"))
-        results.print(summary_table(rows, "block", "by block"))
+        results.print(summary_table(rows, "role", "by role (linear layers)"))
+        results.print(summary_table(rows + other_params(model, rows), "block", "by block (all parameters)"))
         _print_optimality(rows)
         _print_compensation(report)
     if plot_dir:
         write_plots(rows, report, plot_dir)
     return rows
+
+
+def other_params(model, rows: list[dict]) -> list[dict]:
+    """The parameters outside the linear layers `rows` (norms, a PixArt block's scale_shift_table, the
+    patch embedding), as dense rows of no role, one per block and one for the top level (block "-"):
+    with them the table by block adds up to the model's parameter count, what the weight files hold."""
+    from compress.arch import get_adapter
+
+    linears = tuple(f"{r['name']}." for r in rows)
+    blocks = [(re.compile(rf"{re.escape(g.attr)}\.(\d+)\."), g.name) for g in get_adapter(model).groups]
+    counts: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if name.startswith(linears):
+            continue
+        block = next((f"{group}.{m.group(1)}" for pattern, group in blocks if (m := pattern.match(name))), "-")
+        counts[block] = counts.get(block, 0) + p.numel()
+    return [{"block": b, "params": n, "dense_params": n, "rank": None} for b, n in counts.items()]
 
 
 def _print_optimality(rows: list[dict]) -> None:

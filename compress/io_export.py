@@ -121,11 +121,19 @@ def is_output(folder: Path) -> bool:
 OUTPUT_FILES = (WEIGHTS, INDEX, "config.json", "recipe.yaml", "report.json", "block_map.json", "README.md",
                 "state.json", "state.json.tmp")
 OUTPUT_SHARD = re.compile(r"diffusion_pytorch_model-\d{5}-of-\d{5}\.safetensors")
+# the weights of an output re-saved by save_pretrained, which io_output.weight_files reads too: a
+# variant (variant="fp16") or .bin (safe_serialization=False), one file, an index or its shards:
+# diffusion_pytorch_model.fp16.safetensors, diffusion_pytorch_model.bin.index.fp16.json,
+# diffusion_pytorch_model.fp16-00001-of-00002.safetensors
+RESAVED_WEIGHTS = re.compile(r"diffusion_pytorch_model(?:\.\w+)?(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)"
+                             r"|diffusion_pytorch_model\.(?:safetensors|bin)\.index(?:\.\w+)?\.json")
 
 
 def output_part(path: Path) -> bool:
-    """Whether `path`, in an output folder, is a file of what dit-compress writes there."""
-    return (path.name in OUTPUT_FILES or bool(OUTPUT_SHARD.fullmatch(path.name))) and \
+    """Whether `path`, in an output folder, is a file of what dit-compress writes there, or of the
+    weights save_pretrained writes when the output is re-saved (RESAVED_WEIGHTS)."""
+    name = path.name
+    return (name in OUTPUT_FILES or bool(OUTPUT_SHARD.fullmatch(name) or RESAVED_WEIGHTS.fullmatch(name))) and \
         path.is_file() and not path.is_symlink()
 
 

@@ -4,6 +4,8 @@ in a diffusers pipeline. The output folder is DESIGN.md's (written by `io_export
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -19,29 +21,77 @@ from compress.lowrank import LowRankLinear
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # by name, as diffusers
 
 
-def weight_files(out) -> list[Path]:
-    """The weight files of an output folder: one file, or the shards its index lists."""
+# the weights save_pretrained writes beside config.json: safetensors, or .bin (safe_serialization=False),
+# plain or a variant (variant="fp16"), one file or an index of shards:
+# diffusion_pytorch_model.fp16.safetensors, diffusion_pytorch_model.safetensors.index.fp16.json
+WEIGHT_FILE = re.compile(r"diffusion_pytorch_model(?:\.(\w+))?\.(safetensors|bin)")  # (variant, format)
+INDEX_FILE = re.compile(r"diffusion_pytorch_model\.(safetensors|bin)\.index(?:\.(\w+))?\.json")  # (format, variant)
+
+
+def output_folder(out) -> Path:
+    """`out`, or the transformer/ of a pipeline folder (model_index.json): a pipeline's save_pretrained
+    writes its compressed transformer there, as load_teacher reads a teacher's."""
     out = Path(out).expanduser()
-    if (out / INDEX).is_file():
-        shards = sorted(set(read_json(out / INDEX).get("weight_map", {}).values()))
-        missing = [s for s in shards if not (out / s).is_file()]
-        if missing or not shards:
-            raise UserError(f"{out / INDEX} lists missing shards: {', '.join(missing[:3]) or 'none listed'}")
-        return [out / s for s in shards]
-    if (out / WEIGHTS).is_file():
-        return [out / WEIGHTS]
+    if (out / "model_index.json").is_file() and (out / "transformer" / "config.json").is_file():
+        return out / "transformer"
+    return out
+
+
+def weight_files(out) -> list[Path]:
+    """The weight files of an output folder: one file, or the shards its index lists. The plain weights
+    where there are any, else the one variant there is (two variants: a UserError naming them)."""
+    out = Path(out).expanduser()
+    entries = weight_entries(out) if out.is_dir() else {}
+    if None not in entries and len(entries) > 1:
+        raise UserError(f"{out} holds the weight variants {', '.join(sorted(entries))} and no plain "
+                        f"{WEIGHTS}; keep the one to load")
+    entry = entries.get(None) or next(iter(entries.values()), None)
+    if entry is None:
+        raise no_weights(out)
+    if not entry.name.endswith(".json"):
+        return [entry]
+    shards = sorted(set(read_json(entry).get("weight_map", {}).values()))
+    missing = [s for s in shards if not (out / s).is_file()]
+    if missing or not shards:
+        raise UserError(f"{entry} lists missing shards: {', '.join(missing[:3]) or 'none listed'}")
+    return [out / s for s in shards]
+
+
+def weight_entries(out: Path) -> dict[str | None, Path]:
+    """Per variant (None: the plain weights) the file its weights are read from, the first of: a
+    safetensors index, a safetensors file (as diffusers, safetensors before .bin), a .bin index, a .bin file."""
+    ranked = {}
+    for f in out.iterdir():
+        if m := INDEX_FILE.fullmatch(f.name):
+            (kind, variant), index = m.groups(), True
+        elif m := WEIGHT_FILE.fullmatch(f.name):
+            (variant, kind), index = m.groups(), False
+        else:
+            continue
+        rank = (kind != "safetensors", not index)
+        if f.is_file() and (variant not in ranked or rank < ranked[variant][0]):
+            ranked[variant] = (rank, f)
+    return {variant: f for variant, (_, f) in ranked.items()}
+
+
+def no_weights(out: Path) -> UserError:
+    """The error for an output folder without weight files: what it lacks, and what it holds instead."""
     shards = sorted(p.name for p in out.glob("*.safetensors") if OUTPUT_SHARD.fullmatch(p.name))
     if shards:
-        raise UserError(f"{out / INDEX} is missing: the output's weights are in {len(shards)} shards "
-                        f"({shards[0]} …) and the index says which tensor is in which; copy the output again")
-    raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS} "
-                    f"or {INDEX})")
+        return UserError(f"{out / INDEX} is missing: the output's weights are in {len(shards)} shards "
+                         f"({shards[0]} …) and the index says which tensor is in which; copy the output again")
+    if not (out / "config.json").is_file():
+        return UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS} or {INDEX})")
+    held = sorted(p.name for p in out.iterdir() if p.name != "config.json")
+    listed = ", ".join(held[:4]) + (" …" if len(held) > 4 else "") if held else "nothing else"
+    return UserError(f"{out} has config.json but no weights: no {WEIGHTS}, {INDEX} or a variant or .bin "
+                     f"of them (the folder holds {listed})")
 
 
 def empty_compressed(out) -> nn.Module:
     """The model of an output folder on the meta device: the diffusers class with LowRankLinear
-    (down, up) at every rank of its compression section; no weights."""
-    out = Path(out).expanduser()
+    (down, up) at every rank of its compression section; no weights. A pipeline folder: its transformer/."""
+    out = output_folder(out)
     if not (out / "config.json").is_file():
         raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS})")
     config = read_config(out / "config.json")
@@ -116,7 +166,8 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
     model that was saved (same dtype unless `dtype`, or diffusers' `torch_dtype`, is given: a torch
     dtype or its name, 'float16'), on `device` (default cpu; one this machine has). One weight file
-    or index shards; an output written in a newer format than FORMAT is refused.
+    or index shards, safetensors or .bin, plain or one variant (as save_pretrained writes them); a
+    pipeline folder's transformer/; an output written in a newer format than FORMAT is refused.
     `model.compression_meta` keeps what the run recorded (teacher, block map), so saving the model
     again keeps it. A NaN/Inf in a weight is a NumericError naming
     the tensor and its file (`nonfinite="warn"`: a warning, for looking at a damaged output)."""
@@ -124,7 +175,7 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         raise ValueError(f"load_transformer: nonfinite must be 'error' or 'warn', got {nonfinite!r}")
     dtype = as_dtype(dtype or torch_dtype)
     device = as_device(device)
-    out = Path(out).expanduser()
+    out = output_folder(out)
     model = empty_compressed(out)  # first: the format it was written in is checked before its files
     files = weight_files(out)
     sd = {}
@@ -185,16 +236,20 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
     `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id; by default the teacher
     the output records, where that is one of these (a toy or a pipeline whose transformer is not of
-    the output's family and widths: a UserError). `dtype` (or its name): of the whole pipeline
-    (default: the dtype the transformer was exported in, so all parts agree)."""
+    the output's family and widths: a UserError); a pipeline folder (a pipeline's save_pretrained)
+    is its own base. `dtype` (or its name): of the whole pipeline (default: the dtype the
+    transformer was exported in, so all parts agree)."""
     dtype = as_dtype(dtype, "load_pipeline")
     transformer = load_transformer(out, dtype=dtype)
-    base = base or recorded_base(transformer, Path(out).expanduser())
+    folder = output_folder(out)
+    if not base and folder != Path(out).expanduser():  # a pipeline folder: the parts saved with it
+        base = str(folder.parent)
+    base = str(base or recorded_base(transformer, folder))  # base: a str or a Path
     if base.startswith("toy:"):
         from compress.toy import load_toy_pipeline
 
         _check_toy_base(transformer, base)
-        return load_toy_pipeline(base[4:], transformer=transformer)
+        return _refusing_lora_loads(load_toy_pipeline(base[4:], transformer=transformer))
     from diffusers import DiffusionPipeline
 
     from compress.arch import get_adapter
@@ -205,10 +260,34 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     try:
         with quiet_hub():  # a Hub id: no retry warnings, the error says why
             _check_base(transformer, base)
-            return DiffusionPipeline.from_pretrained(base, transformer=transformer,
+            pipe = DiffusionPipeline.from_pretrained(os.path.expanduser(base), transformer=transformer,
                                                      **pipeline_dtype(dtype or transformer.dtype))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None
+    return _refusing_lora_loads(pipe)
+
+
+def _refusing_lora_loads(pipe):
+    """`pipe` with its load_lora_weights (where it has one) saying what to do when it fails on a
+    transformer holding factorized layers: diffusers fails there with a bare KeyError (Flux) or peft's
+    ValueError (PixArt), naming neither the cause nor compress.merge_lora. Other failures stay as they are."""
+    load = getattr(pipe, "load_lora_weights", None)
+    if load is None:
+        return pipe
+
+    def load_lora_weights(*args, **kwargs):
+        try:
+            return load(*args, **kwargs)
+        except (KeyError, ValueError) as e:
+            if not any(isinstance(m, LowRankLinear) for m in pipe.transformer.modules()):
+                raise
+            raise ValueError(f"load_lora_weights failed ({type(e).__name__}: {one_line(e)}): the pipeline's "
+                             "transformer is a dit-compress output with factorized layers, which diffusers' "
+                             "LoRA loading cannot adapt; merge the LoRA into it instead, with "
+                             "compress.merge_lora(pipe.transformer, LORA) or `dit-compress lora OUT LORA NEW`") from e
+
+    pipe.load_lora_weights = load_lora_weights
+    return pipe
 
 
 def recorded_base(transformer: nn.Module, out: Path) -> str:
@@ -233,7 +312,7 @@ def _check_base(transformer: nn.Module, base: str) -> None:
     """The base pipeline's transformer must be the architecture `transformer` was compressed from:
     diffusers only logs a wrong class, and a wrong width fails inside the first denoising step."""
     try:
-        config = type(transformer).load_config(base, subfolder="transformer")
+        config = type(transformer).load_config(os.path.expanduser(base), subfolder="transformer")
     except (OSError, ValueError):
         return  # no transformer config to compare: from_pretrained says what is wrong
     _check_base_config(transformer, config, base)

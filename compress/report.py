@@ -20,6 +20,12 @@ console = Console(stderr=True, soft_wrap=True)  # progress, notes, warnings, err
 results = Console(soft_wrap=True)  # what a command shows as its result (plan, inspect, importance, eval, bench): stdout
 
 
+def notes_from_rank_zero() -> None:
+    """Under torchrun / accelerate launch every process runs the command: its notes, warnings and
+    progress bars come once, from rank 0 (RANK; errors, printed apart, still come from any rank)."""
+    console.quiet = int(os.environ.get("RANK", "0") or 0) != 0
+
+
 def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -297,14 +303,52 @@ def output_dir(path, what: str) -> Path:
     return p
 
 
-def recorded_teacher(out: Path, teacher_arg: str | None = None) -> tuple[str | None, str | None]:
+def recorded_teacher(out: Path, teacher_arg: str | None = None,
+                     config_arg: str | None = None) -> tuple[str | None, str | None]:
     """(source, --teacher-config) of the teacher an output was compressed from, as its report.json
     records them, or its config.json's compression section (which the run writes them into too)
-    where report.json is gone; `teacher_arg` (the command's --teacher) replaces both."""
-    if teacher_arg:
-        return teacher_arg, None
-    report = _recorded(out)
-    return report.get("teacher"), report.get("teacher_config")
+    where report.json is gone. `teacher_arg` (the command's --teacher) replaces the source and
+    `config_arg` (its --teacher-config) the config; a --teacher alone keeps the recorded config
+    unless it brings its own (_own_config): a single file needs one, which the run was given."""
+    recorded = {} if teacher_arg and config_arg else _recorded(out)
+    source = teacher_arg or recorded.get("teacher")
+    if config_arg or (teacher_arg and _own_config(teacher_arg, recorded)):
+        return source, config_arg
+    return source, recorded.get("teacher_config")
+
+
+def _own_config(teacher_arg: str, recorded: dict) -> bool:
+    """Whether a --teacher brings its own config in place of the recorded --teacher-config: a
+    folder, a Hub id or a toy does; a single file only with a config.json beside it, and not when
+    it is the recorded file (which the run read with the recorded config, beside one or not)."""
+    path = Path(teacher_arg).expanduser()
+    if not path.is_file():
+        return True
+    same = bool(recorded.get("teacher")) and absolute_source(teacher_arg) == absolute_source(recorded["teacher"])
+    return (path.parent / "config.json").is_file() and not same
+
+
+def teacher_to_load(out: Path, teacher_arg: str | None = None,
+                    config_arg: str | None = None) -> tuple[str | None, str | None]:
+    """recorded_teacher for a command that loads the teacher (eval, bench): a recorded teacher or
+    config no longer where the run found it (moved since) is a UserError saying what to pass, not
+    the loader's, which names options the user did not give."""
+    from compress.io import looks_local
+    from compress.io_single import config_file
+
+    source, config = recorded_teacher(out, teacher_arg, config_arg)
+    if source and not teacher_arg and looks_local(source) and not Path(source).expanduser().exists():
+        raise UserError(f"{out} was compressed from the teacher {source}, which is not there now; pass --teacher "
+                        "with where it is")
+    read = source and not source.startswith("toy:") and not Path(source).expanduser().is_dir()
+    if config and read and not config_arg:  # read for a single file or a Hub id (a toy or folder has its own)
+        try:
+            config_file(Path(source).expanduser(), config)
+        except UserError:
+            raise UserError(f"{out} was compressed from {source} with the teacher config {config}, which is not "
+                            "there now (no config.json); pass --teacher-config with where it is (a folder or "
+                            "config.json)") from None
+    return source, config
 
 
 def _recorded(out: Path) -> dict:

@@ -300,3 +300,18 @@ def test_a_pipeline_calibration_without_prompts_names_the_recipe_line(tmp_path, 
                           "r.yaml", sets)
     with pytest.raises(UserError, match="^" + said):
         read_prompts(recipe.calibration, tmp_path)
+
+
+def test_a_pipeline_under_home_loads(folders, tmp_path, monkeypatch):
+    """A teacher ~/pipe passed the checks and loaded, then its pipeline failed: diffusers took the
+    unexpanded '~/pipe' for a Hub id ('Repo id must use alphanumeric chars')."""
+    from compress.calib_pipeline import PipelineSource
+    from compress.recipe import CalibrationConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "pipe").symlink_to(folders["pixart"])
+    teacher = load_teacher("~/pipe")
+    assert load_pipeline_for(teacher, "~/pipe").transformer is teacher
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat"], sample_steps=2, timesteps=1)
+    source = PipelineSource("pixart", calib, teacher, "~/pipe")
+    assert source.scheduler_config()["_class_name"] == "DPMSolverMultistepScheduler"

@@ -245,6 +245,17 @@ def test_an_empty_teacher_or_a_missing_teacher_config_is_refused(monkeypatch, ca
     assert err.startswith("dit-compress: error: ") and words in err and "\n" not in err and not ran
 
 
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_eval_and_bench_take_a_teacher_config_checked_as_runs(monkeypatch, capsys, command):
+    """--teacher-config, as `run` takes it (a single-file teacher's config), handed to the command;
+    one that is not there refused before it runs, in run's words."""
+    ran = []
+    monkeypatch.setitem(cli.COMMANDS, command, lambda args: ran.append(args) or 0)
+    assert cli.main([command, "out", "--teacher-config", "/nonexistent"]) == 2
+    assert "--teacher-config '/nonexistent': no such file or folder" in capsys.readouterr().err and not ran
+    assert cli.main([command, "out", "--teacher-config", "/"]) == 0 and ran[0].teacher_config == "/"
+
+
 @pytest.mark.parametrize("option, words", [
     (["--teacher", ""], "--teacher is empty"),
     (["--teacher-config", "/nonexistent"], "--teacher-config '/nonexistent': no such file or folder"),

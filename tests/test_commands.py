@@ -268,6 +268,58 @@ def test_eval_and_bench_find_a_single_file_teacher_and_its_config(tmp_path, caps
     assert json.loads(capsys.readouterr().out)["params_ratio"] < 1
 
 
+def test_eval_and_bench_reach_a_single_file_teacher_named_again_or_moved_and_its_moved_config(tmp_path, capsys):
+    """--teacher naming the recorded file, or the file moved (no config.json beside it), keeps the
+    recorded --teacher-config; a config moved since is said naming --teacher-config, which eval and
+    bench take as run does; a changed file's warning advises --teacher ORIGINAL, which works."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from tests.conftest import tiny_pixart
+
+    teacher, file, cfg = tiny_pixart(), tmp_path / "w" / "pixart.safetensors", tmp_path / "cfg"
+    file.parent.mkdir()
+    save_file(teacher.state_dict(), str(file))  # no config beside it
+    teacher.save_config(cfg)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("model: flux", "model: pixart").format(teacher=file))
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--teacher-config", str(cfg), "--out", str(out), "--run-dir",
+                 str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    bench = ["--repeats", "1", "--device", "cpu"]
+
+    def error(argv) -> float:
+        assert main(argv + ["--json"]) == 0, (argv, capsys.readouterr().err)
+        result = json.loads(capsys.readouterr().out)
+        return result.get("pred_rel_error", result.get("params_ratio"))
+
+    want = error(["eval", str(out)])
+    assert error(["eval", str(out), "--teacher", str(file)]) == want
+    assert error(["bench", str(out), "--teacher", str(file)] + bench) < 1
+    moved = tmp_path / "moved" / "pixart.safetensors"
+    moved.parent.mkdir()
+    shutil.move(file, moved)
+    _one_line_errors(capsys, [([command, str(out)], f"compressed from the teacher {file}, which is not there now; "
+                                                    "pass --teacher with where it is") for command in ("eval", "bench")])
+    assert error(["eval", str(out), "--teacher", str(moved)]) == want
+    assert error(["bench", str(out), "--teacher", str(moved)] + bench) < 1
+    shutil.move(moved, file)
+    shutil.move(cfg, tmp_path / "cfg2")
+    said = f"with the teacher config {cfg}, which is not there now (no config.json); pass --teacher-config with where"
+    _one_line_errors(capsys, [([command, str(out)], said) for command in ("eval", "bench")])
+    assert error(["eval", str(out), "--teacher-config", str(tmp_path / "cfg2")]) == want
+    assert error(["bench", str(out), "--teacher-config", str(tmp_path / "cfg2")] + bench) < 1
+    assert error(["eval", str(out), "--teacher", str(file), "--teacher-config", str(tmp_path / "cfg2")]) == want
+    shutil.move(tmp_path / "cfg2", cfg)
+    shutil.copy(file, tmp_path / "original.safetensors")
+    save_file(tiny_pixart(seed=1).state_dict(), str(file))  # a fine-tune saved over it
+    assert main(["eval", str(out), "--json"]) == 0
+    assert "pass the original with --teacher" in capsys.readouterr().err
+    assert error(["eval", str(out), "--teacher", str(tmp_path / "original.safetensors")]) == want
+
+
 def test_eval_checks_its_grid_path_first_and_that_the_model_has_toy_samples(recipe, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     _one_line_errors(capsys, [
@@ -415,11 +467,14 @@ def test_eval_of_an_output_without_report_json_takes_the_teacher_its_config_reco
     assert main(["eval", str(out), "--json"]) == 0 and given[0] is not None
     real = save_compressed(tiny_flux(), tmp_path / "real")
     tiny_flux().save_pretrained(tmp_path / "teacher")
+    no_recipe = f"{real} has no recipe.yaml, whose calibration settings give eval its held-out inputs"
     _one_line_errors(capsys, [
-        (["eval", str(real)], f"{real}: neither report.json nor config.json (compression.teacher) names the teacher"),
-        (["eval", str(real), "--teacher", str(tmp_path / "teacher")],
-         f"{real} has no recipe.yaml, whose calibration settings give eval its held-out inputs; the output is damaged"),
+        (["eval", str(real)], no_recipe),  # first: no --teacher stands in for it
+        (["eval", str(real), "--teacher", str(tmp_path / "teacher")], no_recipe),
         (["eval", str(tmp_path / "teacher")], "teacher is not a dit-compress output: eval measures a compressed output")])
+    (real / "recipe.yaml").write_text(STREAMABLE)
+    _one_line_errors(capsys, [
+        (["eval", str(real)], f"{real}: neither report.json nor config.json (compression.teacher) names the teacher")])
 
 
 def test_importance_and_plan_say_when_a_source_is_not_a_teacher(recipe, tmp_path, capsys):
@@ -496,3 +551,49 @@ def test_importance_json_dash_prints_the_scan_on_stdout(tmp_path, capsys):
     assert main(["importance", "toy:pixart", "--buckets", "2", "--json", "-", "--png", str(tmp_path / "h.png")]) == 0
     scan = json.loads(capsys.readouterr().out)
     assert len(scan["blocks"]) == 6 and (tmp_path / "h.png").is_file() and not Path("-").exists()
+
+
+def test_eval_of_a_re_saved_output_says_what_it_lacks_and_measures_with_the_runs_recipe(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """A loaded output re-saved with save_pretrained (config.json and weights, no recipe.yaml or
+    report.json) was called damaged; it lacks the recipe, and measures once the run's is copied in."""
+    import shutil
+
+    from compress.io_output import load_transformer
+
+    tiny_flux().save_pretrained(tmp_path / "teacher")
+    (tmp_path / "r.yaml").write_text(STREAMABLE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "r.yaml", "--teacher", "teacher", "--out", "out", "--run-dir", "run"]) == 0
+    load_transformer("out").save_pretrained("resaved")
+    assert sorted(p.name for p in (tmp_path / "resaved").iterdir()) == \
+        ["config.json", "diffusion_pytorch_model.safetensors"]
+    capsys.readouterr()
+    _one_line_errors(capsys, [(["eval", "resaved"], "resaved has no recipe.yaml, whose calibration settings give "
+                               "eval its held-out inputs (a folder re-saved with save_pretrained holds only "
+                               "config.json and the weights): copy the recipe.yaml of the output the run wrote "
+                               "into it, or rerun the recipe")])
+    shutil.copy("out/recipe.yaml", "resaved/recipe.yaml")
+    assert main(["eval", "resaved", "--json"]) == 0
+    resaved = json.loads(capsys.readouterr().out)
+    assert main(["eval", "out", "--json"]) == 0
+    assert resaved == json.loads(capsys.readouterr().out)
+
+
+def test_eval_of_a_pipeline_folder_holding_a_streamed_output_streams_it(tmp_path, capsys):
+    """_streamed_output read the pipeline folder's own recipe.yaml (none): its transformer/, a
+    streamed run's output, was measured resident, not block by block as the run held it."""
+    import shutil
+
+    from tests.runner_helpers import run_recipe, streamed_teacher
+
+    out = run_recipe(tmp_path, streamed_teacher(tmp_path, "flux").format(stream="true"), "s")
+    pipe = tmp_path / "pipe"
+    shutil.copytree(out, pipe / "transformer")
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    streamed = json.loads(capsys.readouterr().out)
+    assert streamed["streamed"] is True
+    assert main(["eval", str(pipe), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == streamed

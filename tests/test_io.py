@@ -357,8 +357,8 @@ def test_an_unreachable_hub_is_one_quiet_line_naming_the_cause(monkeypatch, capl
     from compress.stream_files import checkpoint_of
 
     level = logging.getLogger("huggingface_hub").level
-    name = "snapshot_download" if stream else "hf_hub_download"
-    monkeypatch.setattr(huggingface_hub, name, _hub_failure(_offline_error()))
+    for name in ("snapshot_download", "hf_hub_download"):  # both loaders fetch the config first (io.hub_folder)
+        monkeypatch.setattr(huggingface_hub, name, _hub_failure(_offline_error()))
     with pytest.raises(UserError, match=r"cannot fetch 'org/model' from the Hugging Face Hub "
                                          r"\(OSError: \[Errno -2\] Name or service not known\)"):
         checkpoint_of("org/model") if stream else load_teacher("org/model")

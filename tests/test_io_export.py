@@ -101,3 +101,18 @@ def test_a_link_in_an_earlier_output_is_named_as_a_link(tmp_path):
     (out / "README.md").symlink_to(tmp_path / "card.md")
     with pytest.raises(UserError, match="holds README.md, which is a link"):
         check_replaceable(out, overwrite=True)
+
+
+@pytest.mark.parametrize("how", [{"variant": "fp16"}, {"safe_serialization": False},
+                                 {"variant": "fp16", "max_shard_size": "40KB"}])
+def test_overwrite_replaces_an_output_re_saved_by_save_pretrained(tmp_path, how):
+    """A loaded output re-saved with a variant, as .bin or in shards is still an output
+    (io_output.weight_files reads it): --overwrite said its weight files were not part of one."""
+    from compress import load_transformer
+
+    out = save_compressed(tiny_pixart(), tmp_path / "out")
+    resaved = tmp_path / "resaved"
+    load_transformer(out).save_pretrained(resaved, **how)
+    assert not (resaved / "diffusion_pytorch_model.safetensors").exists()
+    save_compressed(tiny_pixart(), resaved, overwrite=True)
+    assert sorted(p.name for p in resaved.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]

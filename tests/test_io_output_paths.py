@@ -231,3 +231,87 @@ def test_an_existing_parent_that_cannot_be_written_says_so_not_that_it_cannot_be
     with pytest.raises(UserError, match=r"^output folder .*/out: cannot write in .*pytest.* "
                                         r"\(Permission denied\)$"):
         save_compressed(tiny_flux(), tmp_path / "out")
+
+
+# ---- 8. a pipeline's save_pretrained, weight variants and .bin files, ~ in a base -------------
+LAYER = "transformer_blocks.0.ff.net.2"
+
+
+@pytest.fixture(scope="module")
+def pixart_folder(tmp_path_factory):
+    """A tiny PixArtSigmaPipeline folder (tests/pipelines.py)."""
+    from tests.pipelines import pixart_pipeline
+
+    return pixart_pipeline(tmp_path_factory.mktemp("pixart") / "pipe")
+
+
+def _same(a, b) -> bool:
+    """Bit-identical state dicts."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) and sa[k].dtype == sb[k].dtype for k in sa)
+
+
+def test_a_pipeline_saved_from_load_pipeline_loads_back(pixart_folder, tmp_path, capsys):
+    """load_pipeline(out).save_pretrained(dir) writes the output to dir/transformer: load_transformer,
+    load_pipeline, inspect and eval of dir said it was no dit-compress output folder. load_pipeline
+    takes the other parts saved with it (the folder is its own base, not the teacher it records)."""
+    import shutil
+
+    from compress.io import load_teacher
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(pixart_folder, teacher)
+    student = factorize(load_teacher(str(teacher)), [LAYER], rank=2)
+    out = save_compressed(student, tmp_path / "out", extra={"teacher": str(teacher)})
+    load_pipeline(out).save_pretrained(tmp_path / "saved")
+    saved = tmp_path / "saved"
+    assert _same(load_transformer(saved), load_transformer(out))
+    shutil.rmtree(teacher)
+    pipe = load_pipeline(saved)
+    assert _same(pipe.transformer, load_transformer(out)) and pipe.transformer.transformer_blocks[0].ff.net[2].rank == 2
+    assert main(["inspect", str(saved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"]
+    error = _one_line_error(capsys, ["eval", str(saved)])  # its teacher is gone: said of the output
+    assert error.startswith(f"dit-compress: error: {saved / 'transformer'} "), error
+
+
+@pytest.mark.parametrize("how", [{"variant": "fp16"}, {"safe_serialization": False},
+                                 {"variant": "fp16", "safe_serialization": False, "max_shard_size": "20KB"},
+                                 {"variant": "bf16", "max_shard_size": "20KB"}])
+def test_an_output_saved_as_a_variant_or_bin_loads_back(tmp_path, how):
+    """save_pretrained(variant=...) or (safe_serialization=False) of a loaded output wrote a folder
+    load_transformer called 'not a dit-compress output folder' (it has the compression section)."""
+    model = load_transformer(_output(tmp_path))
+    model.save_pretrained(tmp_path / "again", **how)
+    assert _same(load_transformer(tmp_path / "again"), model)
+
+
+def test_several_variants_are_named_and_a_folder_without_weights_says_what_it_holds(tmp_path):
+    model = load_transformer(_output(tmp_path))
+    two = tmp_path / "two"
+    model.save_pretrained(two, variant="fp16")
+    model.save_pretrained(two, variant="bf16", safe_serialization=False)
+    with pytest.raises(UserError, match=f"^{two} holds the weight variants bf16, fp16 and no plain "
+                                        r"diffusion_pytorch_model.safetensors; keep the one to load$"):
+        load_transformer(two)
+    model.save_pretrained(two, safe_serialization=False)  # the plain weights are read where there are any
+    assert _same(load_transformer(two), model)
+    for f in two.glob("diffusion_pytorch_model*"):
+        f.unlink()
+    (two / "notes.txt").write_text("")
+    with pytest.raises(UserError, match=f"^{two} has config.json but no weights: no diffusion_pytorch_model"
+                                        r"\.safetensors, .*\.index\.json or a variant or \.bin of them "
+                                        r"\(the folder holds notes\.txt\)$"):
+        load_transformer(two)
+
+
+def test_a_base_pipeline_under_home_loads(pixart_folder, home, tmp_path):
+    """load_pipeline(out, base="~/pipe"), or an output recording teacher ~/pipe, passed the string to
+    diffusers unexpanded: 'Repo id must use alphanumeric chars'."""
+    from compress.io import load_teacher
+
+    (home / "pipe").symlink_to(pixart_folder)
+    out = save_compressed(factorize(load_teacher("~/pipe"), [LAYER], rank=2), tmp_path / "out",
+                          extra={"teacher": "~/pipe"})
+    assert load_pipeline(out, base="~/pipe").transformer.transformer_blocks[0].ff.net[2].rank == 2
+    assert load_pipeline(out).transformer.transformer_blocks[0].ff.net[2].rank == 2

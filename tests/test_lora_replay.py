@@ -125,3 +125,21 @@ def test_a_lora_option_holding_another_lora_warns(tmp_path, capsys):
     warn_if_other_loras([a, b], [str(tmp_path / "b.safetensors"), str(tmp_path / "a.safetensors")])
     assert "warning: the same LoRAs in another order than the model took them: its teacher is given them as they " \
            "are" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.filterwarnings("ignore:.*invalid shape")
+def test_lora_gives_a_pipeline_folders_transformer_the_new_place_of_its_lora(tmp_path, capsys):
+    """eval PIPE --lora PATH, PIPE a pipeline folder whose transformer/ took a LoRA (a pipeline's
+    save_pretrained), said PIPE is not a dit-compress output: the check read PIPE's own config.json."""
+    student, teacher = _student(tmp_path)
+    _lora(copy.deepcopy(teacher), tmp_path / "lora")
+    new = tmp_path / "new"
+    assert main(["lora", str(tmp_path / "out-s"), str(tmp_path / "lora"), str(new)]) == 0
+    capsys.readouterr()
+    before = _eval(["eval", str(new)], capsys)
+    pipe = tmp_path / "pipe"
+    shutil.copytree(new, pipe / "transformer")
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "transformer":
+                                                       ["diffusers", "FluxTransformer2DModel"]}))
+    shutil.move(tmp_path / "lora", tmp_path / "moved")
+    assert _eval(["eval", str(pipe), "--lora", str(tmp_path / "moved")], capsys) == before
