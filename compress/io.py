@@ -215,12 +215,15 @@ def variant_weights(names: list[str], variant: str | None) -> list[str]:
     """The weight files (single, or an index and its shards) of `variant` among `names`, as
     from_pretrained picks them: safetensors, else .bin."""
     v = re.escape(f".{variant}") if variant else ""
+    shard = r"-\d+-of-\d+"  # before the variant's name (diffusers' save_pretrained) or after it
     for ext in ("safetensors", "bin"):
-        shard = r"(?:-\d+-of-\d+)?"  # before the variant's name (diffusers' save_pretrained) or after it
-        pattern = rf"diffusion_pytorch_model{shard}{v}{shard}\.{ext}|diffusion_pytorch_model\.{ext}\.index{v}\.json"
-        found = sorted(n for n in names if re.fullmatch(pattern, n))
-        if found:
-            return found
+        index = [n for n in names if re.fullmatch(rf"diffusion_pytorch_model\.{ext}\.index{v}\.json", n)]
+        if index:  # from_pretrained reads the index and its shards, not a single file beside them
+            return sorted(index + [n for n in names if re.fullmatch(
+                rf"diffusion_pytorch_model(?:{shard}{v}|{v}{shard})\.{ext}", n)])
+        single = [n for n in names if n == f"diffusion_pytorch_model{'.' + variant if variant else ''}.{ext}"]
+        if single:
+            return single
     return []
 
 
@@ -324,6 +327,9 @@ def hub_folder(repo_id: str) -> Path:
     names = hub_file_names(repo_id, cfg.parent, sub)
     wanted = variant_weights(names, variant_of(names, where))
     if not wanted:
+        if offline():  # the names are the cache's: the repo may well hold them
+            raise UserError(f"the Hugging Face cache holds no weights of {where} beside its config.json (offline: "
+                            "HF_HUB_OFFLINE): fetch it once online, or pass a local folder or file")
         raise UserError(f"{where} holds no {WEIGHTS} (nor its shards, a variant's or .bin ones) beside its config.json")
     try:
         with quiet_hub():

@@ -125,8 +125,10 @@ OUTPUT_SHARD = re.compile(r"diffusion_pytorch_model-\d{5}-of-\d{5}\.safetensors"
 # variant (variant="fp16") or .bin (safe_serialization=False), one file, an index or its shards:
 # diffusion_pytorch_model.fp16.safetensors, diffusion_pytorch_model.bin.index.fp16.json,
 # diffusion_pytorch_model.fp16-00001-of-00002.safetensors
-RESAVED_WEIGHTS = re.compile(r"diffusion_pytorch_model(?:\.\w+)?(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)"
-                             r"|diffusion_pytorch_model\.(?:safetensors|bin)\.index(?:\.\w+)?\.json")
+# (only the dtype variants diffusers' own pipelines name: a backup such as .old.safetensors stays foreign)
+DTYPE_VARIANT = r"(?:\.(?:fp16|bf16|fp32))?"
+RESAVED_WEIGHTS = re.compile(rf"diffusion_pytorch_model{DTYPE_VARIANT}(?:-\d{{5}}-of-\d{{5}})?\.(?:safetensors|bin)"
+                             rf"|diffusion_pytorch_model\.(?:safetensors|bin)\.index{DTYPE_VARIANT}\.json")
 
 
 def output_part(path: Path) -> bool:

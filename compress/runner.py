@@ -32,9 +32,9 @@ from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, passed_over_in_words, read_state,
-                                   resume_note, resumed_in_words, reusable_stage, stage_dirs, teacher_change,
-                                   teacher_identity, weights_checksum)
+from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, older_checksum, passed_over_in_words,
+                                   read_state, resume_note, resumed_in_words, reusable_stage, stage_dirs,
+                                   teacher_change, teacher_identity, weights_checksum)
 from compress.runner_stream import (HELDOUT, DiskFull, OutOfMemory, check_streaming, disk_full_words, is_out_of_memory,
                                    memory_hints, memory_in_words, models_for, streamed_weights,
                                    warn_if_activations_too_big, warn_if_streamed_too_big)
@@ -299,6 +299,10 @@ class Runner:
         if before is None:
             console.print(f"[bold yellow]warning:[/] {self.run_dir} was written by an older dit-compress "
                           "that does not record the teacher; --resume cannot check it is the same")
+        elif older_checksum(before, self.identity):
+            console.print(f"[bold yellow]warning:[/] {self.run_dir} was written by an older dit-compress, whose "
+                          "checksum of the teacher's weights read only a few values of each tensor; --resume "
+                          "checks the teacher's source and --teacher-config only")
         elif before != self.identity:
             raise UserError(f"--resume: the teacher changed since {self.run_dir} was written "
                             f"({teacher_change(before, self.identity)}); rerun with --restart to start over")
@@ -373,8 +377,10 @@ class Runner:
 
     def _disk_full(self, e: BaseException) -> DiskFull:
         """One line: what could not write, why and where, and what the run folder keeps for --resume."""
-        return DiskFull(f"{self._doing_words()} could not write: {disk_full_words(e)}; free space there, or give "
-                        f"--run-dir / --out on another disk{self._kept()}")
+        words = disk_full_words(e)
+        fix = "give" if "read-only" in words else "free space there, or give"
+        return DiskFull(f"{self._doing_words()} could not write: {words}; {fix} --run-dir / --out on another "
+                        f"disk{self._kept()}")
 
     def _doing_words(self) -> str:
         """The recipe line and pass running now ('r.yaml:12: pass 2/3 (svd)'), or the phase."""

@@ -105,15 +105,19 @@ def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, 
             "checksum_of": CHECKSUM_OF}
 
 
+def older_checksum(before: dict, now: dict) -> bool:
+    """Whether `before` is an identity of the same source and --teacher-config whose checksum is of
+    an older kind (a few values of each tensor: before CHECKSUM_OF), so its weights cannot be compared."""
+    return before.get("checksum_of") != now.get("checksum_of") and \
+        (before.get("source"), before.get("config")) == (now["source"], now["config"])
+
+
 def teacher_change(before: dict, now: dict) -> str:
     """What differs between two `teacher_identity`s, in words."""
     if before["source"] != now["source"]:
         return f"was {before['source']}, now {now['source']}"
     if before["config"] != now["config"]:
         return f"--teacher-config was {before['config']}, now {now['config']}"
-    if before.get("checksum_of") != now.get("checksum_of"):
-        return ("the run folder was written by an older dit-compress, whose checksum of the teacher's weights "
-                "read only a few values of each tensor, so it cannot be compared")
     return f"{now['source']} holds other weights or config"
 
 

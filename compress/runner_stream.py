@@ -323,11 +323,11 @@ def memory_in_words(e: BaseException) -> str:
 
 
 class DiskFull(UserError):
-    """A write failed for want of space (or on a read-only file system): one line naming what was
-    running, where, and what the run folder keeps, never a traceback."""
+    """A write failed for want of space or quota, or on a read-only file system: one line naming what
+    was running, why, where, and what the run folder keeps, never a traceback."""
 
     exit_code = 1
-    label = "disk full: "
+    label = "cannot write: "
 
 
 _DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
@@ -340,6 +340,8 @@ def disk_full_words(e: BaseException) -> str | None:
     """'no space left on the device (PATH)' where `e` is a failed write for want of space, quota or a
     writable file system (an OSError, or safetensors' / torch's errors that only say it in words);
     None for any other error."""
+    if isinstance(e, UserError):  # already one line saying where (io_export._temp_beside ...)
+        return None
     if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
         return _DISK_ERRNOS[e.errno] + (f" ({e.filename})" if e.filename else "")
     text = str(e)

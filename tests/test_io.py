@@ -521,3 +521,27 @@ def test_a_hub_repo_without_a_transformer_config_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _hub_failure(RemoteEntryNotFoundError("404", response=response)))
     with pytest.raises(UserError, match=r"^'org/unet' has neither transformer/config.json nor config.json: "):
         load_teacher("org/unet")
+
+
+def test_a_folder_with_an_index_fetches_its_shards_not_the_single_file_beside_them():
+    """from_pretrained reads the index and its shards where both are there: the single file too
+    doubled a Hub download (about 24 GB more for Flux.1-dev)."""
+    from compress.io import variant_weights
+
+    names = ["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+             "diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"]
+    assert variant_weights(names, None) == sorted(names[2:])
+    assert variant_weights(names[:2], None) == ["diffusion_pytorch_model.safetensors"]
+    assert variant_weights(["diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin"], "fp16") == \
+        ["diffusion_pytorch_model.fp16.safetensors"]
+
+
+def test_an_offline_cache_holding_only_the_config_blames_the_cache_not_the_repo(tmp_path, monkeypatch):
+    """plan leaves transformer/config.json alone in the cache; offline, the repo's files are the
+    cache's: 'acme/pix holds no weights' was untrue."""
+    (tmp_path / "pipe" / "transformer").mkdir(parents=True)
+    tiny_pixart().save_config(tmp_path / "pipe" / "transformer")
+    _hub_cache(monkeypatch, tmp_path, "acme/pix", tmp_path / "pipe")
+    with pytest.raises(UserError, match=r"^the Hugging Face cache holds no weights of 'acme/pix' \(transformer/\) "
+                                        r"beside its config.json \(offline: HF_HUB_OFFLINE\): fetch it once online"):
+        load_teacher("acme/pix")

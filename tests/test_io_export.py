@@ -116,3 +116,12 @@ def test_overwrite_replaces_an_output_re_saved_by_save_pretrained(tmp_path, how)
     assert not (resaved / "diffusion_pytorch_model.safetensors").exists()
     save_compressed(tiny_pixart(), resaved, overwrite=True)
     assert sorted(p.name for p in resaved.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_a_backup_of_the_weights_beside_an_output_is_not_taken_for_a_variant(tmp_path):
+    """diffusion_pytorch_model.old.safetensors (a user's backup) matched the re-saved weights'
+    pattern: --overwrite would have deleted it with the folder."""
+    out = save_compressed(tiny_pixart(), tmp_path / "out")
+    (out / "diffusion_pytorch_model.old.safetensors").write_bytes(b"a backup")
+    with pytest.raises(UserError, match="holds diffusion_pytorch_model.old.safetensors, which is not part of"):
+        save_compressed(tiny_pixart(), out, overwrite=True)

@@ -337,6 +337,8 @@ def test_running_out_of_memory_names_the_pass_and_what_to_change(tmp_path, monke
     ("export", Exception("Error while serializing: I/O error: No space left on device (os error 28)"),
      "the export could not write: no space left on the device"),
     ("pass", OSError(122, "Disk quota exceeded"), "pass 2/2 (svd) could not write: the disk quota is used up"),
+    ("pass", OSError(30, "Read-only file system", "/ro/x"),
+     "pass 2/2 (svd) could not write: the file system is read-only (/ro/x)"),
 ])
 def test_a_full_disk_is_one_line_saying_what_the_run_folder_keeps(tmp_path, monkeypatch, capsys, where, raised, said):
     """ENOSPC in a pass or safetensors' write error in the export was a traceback (exit 1): one line
@@ -361,8 +363,17 @@ def test_a_full_disk_is_one_line_saying_what_the_run_folder_keeps(tmp_path, monk
     what = f"{tmp_path / 'r.yaml'}:{line}: " if line else f"{tmp_path / 'r.yaml'}: "
     done = "1 of 2 passes done): --resume continues from pass 2 (whose keys may change)" if where == "pass" else \
         "2 of 2 passes done): --resume only writes the output"
-    assert err[0] == (f"dit-compress: disk full: {what}{said}; free space there, or give --run-dir / --out on "
+    fix = "give" if "read-only" in said else "free space there, or give"
+    assert err[0] == (f"dit-compress: cannot write: {what}{said}; {fix} --run-dir / --out on "
                       f"another disk; {tmp_path / 'run'} keeps its work ({done}")
+
+
+def test_a_user_error_that_mentions_a_full_disk_keeps_its_own_words():
+    """_temp_beside's 'cannot make the folder P (No space left on device)' is one line already."""
+    from compress.runner_stream import disk_full_words
+
+    assert disk_full_words(UserError("output folder /o: cannot make the folder / (No space left on device)")) is None
+    assert disk_full_words(OSError(28, "No space left on device")) == "no space left on the device"
 
 
 def test_a_seed_torch_cannot_take_is_refused_at_recipe_load(tmp_path):
