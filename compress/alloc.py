@@ -177,7 +177,7 @@ def _weight(spec: LayerSpec, weights: Mapping[str, float] | None) -> float:
     return float(w)
 
 
-def _options(spec: LayerSpec, multiple: int, bounds: tuple[int, int] | None) -> tuple[np.ndarray, bool]:
+def rank_options(spec: LayerSpec, multiple: int, bounds: tuple[int, int] | None) -> tuple[np.ndarray, bool]:
     """The low-rank options that save parameters (multiples of `multiple`, within `bounds`), and
     whether going dense is allowed."""
     ranks = np.arange(multiple, spec.breakeven, multiple)
@@ -192,7 +192,7 @@ def min_budget(layers: Sequence[LayerSpec], multiple: int = 16, ranges: Mapping 
     ranges = ranges or {}
     total = 0
     for s in layers:
-        ranks, _ = _options(s, multiple, ranges.get(s.name))
+        ranks, _ = rank_options(s, multiple, ranges.get(s.name))
         total += s.params(int(ranks[0]) if ranks.size else DENSE)
     return total
 
@@ -202,7 +202,7 @@ class _Layer:
 
     def __init__(self, spec: LayerSpec, weight: float, multiple: int, bounds: tuple[int, int] | None = None):
         self.spec, self.weight, self.curve = spec, weight, _check_curve(spec)
-        self.ranks, self.dense_ok = _options(spec, multiple, bounds)
+        self.ranks, self.dense_ok = rank_options(spec, multiple, bounds)
         self.rank = int(self.ranks[0]) if self.ranks.size else DENSE
         self.version = 0
 

@@ -1,9 +1,11 @@
 """Checks of a recipe's passes before any compute, in recipe order, on a meta copy of the teacher.
 
 Each pass is checked against the model as the passes before it leave it (`apply_planned`:
-explicit and per-group block removal, fixed ranks). A removal whose blocks are chosen by
-importance over several groups (a bare count on Flux) is placed only at run time; a later pass
-that would fail if those blocks all came from one group gets a warning (`SpreadRemovals`).
+explicit and per-group block removal, fixed ranks; targets an svd pass factorizes at ranks decided
+after calibration are marked with what is known of them, `svd_checks.mark_planned`). A removal
+whose blocks are chosen by importance over several groups (a bare count on Flux) is placed only at
+run time; a later pass that would fail if those blocks all came from one group gets a warning
+(`SpreadRemovals`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from rich.markup import escape
 
 from compress.errors import BadValue, UserError
 from compress.passes.removed_blocks import AfterRemoval, stamp_line
+from compress.passes.svd_checks import stamp_planned
 from compress.report import console
 
 
@@ -36,6 +39,7 @@ def checked_in_order(passes, specs, model, adapter):
         with _named(spec, counts, teacher, removed):
             p.apply_planned(model, adapter)
         stamp_line(model, spec.line)  # for later passes' notes
+        stamp_planned(model, spec.line)  # and checks (factors an svd pass makes at run time)
         if adapter.block_counts(model) != counts:
             removed.append(spec.line)
 

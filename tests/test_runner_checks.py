@@ -224,3 +224,38 @@ def test_a_pass_failing_mid_run_names_its_line_and_the_earlier_removal(pixart):
     with pytest.raises(UserError, match=r"r\.yaml:6: svd.targets: pattern 'transformer_blocks.2.attn1.to_q' .* "
                                         + SEEN.format(2)):
         _simple(tmp_path, passes).run()
+
+
+GLOBAL_MODULATION = ("  - svd: {targets: [modulation], allocation: global, ratio: 0.5, trust_region: null, "
+                     "multiple: 1, fisher: none}\n")
+
+
+def test_a_second_svd_pass_over_a_global_pass_s_targets_is_refused_upfront():
+    """The first pass's ranks are decided after calibration, so plan's meta model kept its targets dense:
+    the second pass passed the upfront checks and the run stopped when it started."""
+    with pytest.raises(UserError, match=r"^r\.yaml:7: svd: transformer_blocks\.0\.norm1\.linear, .* are already "
+                                        r"factorized, some of them at least \(by the svd pass at line 5: its global "
+                                        r"allocation, keeping 0\.5 of its targets' parameters, cannot leave them all "
+                                        r"dense; which it factorizes, it decides after calibration\); leave them out "
+                                        r"with svd\.ignore, or factorize once at a lower ratio$"):
+        _check(GLOBAL_MODULATION + "  - svd:\n      targets: [modulation]\n      ranks: {modulation: 2}\n")
+
+
+@pytest.mark.parametrize("between, second", [
+    ("  - remove_blocks: {count: {single: 1}}\n", "[modulation]"),  # the one it factorizes may be gone
+    ("", "[transformer_blocks.0.norm1.linear]"),  # it may factorize the others
+    ("", "[modulation]\n      ignore: [transformer_blocks.0.norm1.linear]"),
+])
+def test_a_second_svd_pass_that_fails_only_if_the_global_allocation_says_so_is_warned(capsys, between, second):
+    _check(GLOBAL_MODULATION + between + f"  - svd:\n      targets: {second}\n      multiple: 1\n")
+    said = _said(capsys)
+    assert re.search(r"warning: r\.yaml:\d+: svd: .* factorized by the svd pass at line 5 if its global "
+                     r"allocation, decided after calibration, gives .* that save", said), said
+
+
+def test_a_second_svd_pass_over_targets_the_first_leaves_dense_is_fine(capsys):
+    """Ranks in multiples of 16 save nothing on the tiny model's linears: fixed or budgeted, they stay dense."""
+    for first in ("  - svd: {targets: [modulation], fisher: none}\n",
+                  "  - svd: {targets: [modulation], allocation: energy, fisher: none}\n"):
+        _check(first + "  - svd: {targets: [modulation], multiple: 1, fisher: none}\n")
+    assert "factorized" not in _said(capsys)

@@ -53,7 +53,7 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
 from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, check_streaming, check_values,
-                                        merge_report, summary, unchanged_note)
+                                        mark_planned, merge_report, planned_notes, summary, unchanged_note)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
 from compress.passes.svd_global import GlobalAllocation
@@ -181,6 +181,7 @@ class SVDPass(GlobalAllocation, Pass):
         out = renumbered_notes(named + [(f"ranks.{p}", p) for p in c.ranks or {}], infos,
                                planned_blocks(model, adapter))
         out += shadow_notes(targets, c.ranks or {}, c.__dict__.get("_set_keys"), c.__dict__.get("_set_added"))
+        out += planned_notes(targets, model)  # an earlier pass's ranks decided after calibration
         ranks = self.resolved.ranks(model, adapter)
         if not targets or len(ranks) < len(targets) or any(r is not DENSE for r in ranks.values()):
             return out
@@ -209,10 +210,12 @@ class SVDPass(GlobalAllocation, Pass):
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
         """Fixed ranks (uniform, per_role, explicit) on plan's meta model; budgeted allocations
-        (global, energy) are decided after calibration and left dense here."""
+        (global, energy) are decided after calibration and left dense here, marked with what is known
+        of them for later passes' checks (svd_checks.mark_planned)."""
         targets, ranks = self.resolved.targets(model, adapter)[1], self.resolved.ranks(model, adapter)
         if len(ranks) < len(targets):  # budgeted (global, energy): ranks decided at run time
             setattr(model, PLANNED_FACTORS, True)
+            mark_planned(model, self.config, targets, ranks)
         for info in targets:
             rank = ranks.get(info.name)
             if isinstance(rank, int):

@@ -176,3 +176,86 @@ def test_a_ranks_flow_map_without_a_space_after_the_colon_is_hinted(ranks, hinte
     with pytest.raises(UserError, match="must be an integer") as e:
         parse_recipe(text, "r.yaml")
     assert ("write 'modulation: 8', with a space" in str(e.value)) is hinted, str(e.value)
+
+
+MODULATION = {"targets": ["modulation"], "ignore": ["norm_out.linear"], "multiple": 1, "modulation_grid": 4,
+              "progress": False}  # norm_out.linear's trust range stops below its break-even rank
+
+
+def _planned_then_checked(first: dict, second: dict | None = None):
+    """A budgeted svd pass `first` planned on a meta tiny Flux (its ranks decided after calibration:
+    left dense there), then pass `second` (default: the same targets again) checked -> its notes."""
+    meta = tiny_flux()
+    adapter = get_adapter(meta)
+    SVDPass(SVDConfig(**{**MODULATION, **first})).apply_planned(meta, adapter)
+    later = SVDPass(SVDConfig(**{**MODULATION, **(second or {})}))
+    later.check(meta, adapter)
+    return later.notes(meta, adapter)
+
+
+@pytest.mark.parametrize("first, words", [
+    # the trust range (ceil(r0/1.5)..floor(1.5·r0)) stops below the break-even rank: factorized
+    ({"allocation": "global", "ratio": 0.5, "trust_region": 1.5},
+     r"are already factorized \(by an earlier svd pass: its global allocation gives them ranks that save "
+     r"parameters whatever calibration finds\); leave them out with svd\.ignore"),
+    # each may go dense, but a budget of half their parameters cannot keep them all dense
+    ({"allocation": "global", "ratio": 0.5},
+     r"are already factorized, some of them at least \(by an earlier svd pass: its global allocation, keeping "
+     r"0\.5 of its targets' parameters, cannot leave them all dense; which it factorizes, it decides after "
+     r"calibration\)"),
+    ({"allocation": "global", "ratio": 0.5, "trust_region": None}, "some of them at least"),
+])
+def test_targets_an_earlier_global_pass_surely_factorizes_are_refused_before_compute(first, words):
+    """Only the ranks of fixed allocations were placed on plan's meta model: a second pass over the
+    targets of a global one passed every check, and the run stopped when it started, after hours of
+    the first pass's calibration and Fisher sweeps on Flux."""
+    with pytest.raises(UserError, match=r"^svd: transformer_blocks\.0\.norm1\.linear, .* " + words):
+        _planned_then_checked(first)
+
+
+@pytest.mark.parametrize("first", [
+    {"allocation": "energy"},  # each target's rank follows its spectrum
+    {"allocation": "global", "ratio": 1.0},  # a budget of every parameter may keep them all dense
+])
+def test_targets_an_earlier_budgeted_pass_may_factorize_are_warned(first):
+    notes = _planned_then_checked(first)
+    assert [key for key, _ in notes] == ["targets"]
+    assert re.match(rf"svd: transformer_blocks\.0\.norm1\.linear, .* are factorized by an earlier svd pass if "
+                    rf"its {first['allocation']} allocation, decided after calibration, gives them ranks that save "
+                    r"parameters; then the run stops when this pass starts", notes[0][1]), notes
+
+
+def test_a_second_pass_over_some_of_a_global_pass_s_targets_is_warned_not_refused():
+    """The budget factorizes some of the first pass's targets, not necessarily the one named again."""
+    notes = _planned_then_checked({"allocation": "global", "ratio": 0.5},
+                                  {"targets": ["transformer_blocks.0.norm1.linear"]})
+    assert len(notes) == 1 and notes[0][1].startswith("svd: transformer_blocks.0.norm1.linear is factorized by")
+
+
+@pytest.mark.parametrize("first", [
+    {"allocation": "global", "ratio": 0.5, "multiple": 16},  # no rank in multiples of 16 saves: dense
+    {"allocation": "energy", "multiple": 16},
+    {"allocation": "global", "ratio": 0.5, "targets": ["attention"], "ignore": []},  # other targets
+])
+def test_targets_an_earlier_budgeted_pass_leaves_dense_are_allowed(first):
+    assert _planned_then_checked(first) == []
+
+
+def test_what_the_check_says_a_global_pass_surely_factorizes_it_does(tmp_path):
+    """The check's reading of the allocation against a run of it on the tiny Flux: every target
+    `sure` is factorized; of `some`, at least one."""
+    from compress.passes.svd_checks import PLANNED_BY
+
+    for first in ({"allocation": "global", "ratio": 0.5, "trust_region": 1.5},
+                  {"allocation": "global", "ratio": 0.5}):
+        meta, model = tiny_flux(), tiny_flux()
+        adapter = get_adapter(model)
+        config = SVDConfig(**{**MODULATION, **first, "fisher": "none"})
+        SVDPass(config).apply_planned(meta, adapter)
+        marks = {i.name: getattr(meta.get_submodule(i.name), PLANNED_BY) for i in adapter.linears(meta)
+                 if hasattr(meta.get_submodule(i.name), PLANNED_BY)}
+        SVDPass(config).run(model, context(model, tmp_path))
+        factorized = {n for n in marks if isinstance(model.get_submodule(n), LowRankLinear)}
+        sure = {n for n, (_, is_sure) in marks.items() if is_sure}
+        assert sure <= factorized and factorized, (first, sure, factorized)
+        assert sure or next(iter(marks.values()))[0].some
