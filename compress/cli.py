@@ -18,6 +18,11 @@ from compress.errors import NumericError, UserError
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (see recipes/)")
+    _recipe_options(p)
+
+
+def _recipe_options(p: argparse.ArgumentParser) -> None:
+    """--teacher, --teacher-config and --set: what run, plan and importance change of a recipe."""
     p.add_argument("--teacher", help="override the recipe's teacher (hub id, folder, file, toy:NAME)")
     p.add_argument("--teacher-config", help="diffusers config (folder or config.json) for a single file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -58,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buckets", type=int, default=3, help="timestep buckets (default 3)")
     p.add_argument("--json", metavar="FILE", help="write the scan as JSON (- : on standard output, in place of the table)")
     p.add_argument("--png", metavar="FILE", help="heatmap path (default importance-<family>.png)")
+    _recipe_options(p)  # of a recipe source only (commands.importance says so of a toy)
 
     p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
     p.add_argument("model", help="output folder or teacher source such as toy:pixart")

@@ -21,28 +21,31 @@ def _is_recipe(source: str) -> bool:
     return source.endswith((".yaml", ".yml"))
 
 
-def _teacher_and_inputs(source: str):
+def _teacher_and_inputs(source: str, teacher_arg: str | None = None, config_arg: str | None = None,
+                        overrides: list[str] = ()):
     """(teacher source, teacher model, input source, block loader) from a recipe or a teacher
-    source; the loader (compress.stream.CheckpointBlocks) is None unless the recipe streams."""
+    source; the loader (compress.stream.CheckpointBlocks) is None unless the recipe streams.
+    `teacher_arg`, `config_arg`, `overrides`: --teacher, --teacher-config and --set of a recipe, as
+    plan and run take them."""
     from compress.inputs import check_pipeline_packages, input_source
     from compress.recipe import CalibrationConfig, load_recipe
     from compress.runner import load_checked_teacher, resolve_device
 
     loader = None
     if _is_recipe(source):
-        recipe = load_recipe(source)
-        check_pipeline_packages(recipe)  # before a hub teacher downloads
+        recipe = load_recipe(source, overrides)
+        check_pipeline_packages(recipe, teacher_arg)  # before a hub teacher downloads
         device = resolve_device(recipe)  # the scan runs where the recipe's passes would
         if recipe.stream:  # as its run would: the top level resident, blocks read as they run
             models = _read_only_streams(recipe, device)
-            teacher_source, teacher = load_checked_teacher(recipe, models=models)
+            teacher_source, teacher = load_checked_teacher(recipe, teacher_arg, config_arg, models=models)
             loader = models.loaders[id(teacher)]
         else:
             from compress.runner import DTYPES
             from compress.runner_stream import warn_if_too_big
 
-            warn_if_too_big(recipe.teacher, DTYPES[recipe.compute_dtype], device, student=False)
-            teacher_source, teacher = load_checked_teacher(recipe)
+            warn_if_too_big(teacher_arg or recipe.teacher, DTYPES[recipe.compute_dtype], device, student=False)
+            teacher_source, teacher = load_checked_teacher(recipe, teacher_arg, config_arg)
             teacher = cast(teacher, device)
         calib, recipe_dir = recipe.calibration, Path(source).parent
     else:
@@ -53,10 +56,23 @@ def _teacher_and_inputs(source: str):
             raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "
                             "prompts a recipe gives; pass a recipe whose teacher it is "
                             "(dit-compress importance RECIPE)")
+        _check_no_recipe_options(source, teacher_arg, config_arg, overrides)
         teacher_source, teacher = source, load_teacher(source).eval()
         calib, recipe_dir = CalibrationConfig(), None
     family = get_adapter(teacher).family
     return teacher_source, teacher, input_source(family, teacher_source, calib, teacher, recipe_dir), loader
+
+
+def _check_no_recipe_options(source: str, teacher_arg: str | None, config_arg: str | None,
+                             overrides: list[str]) -> None:
+    """--teacher, --teacher-config and --set change a recipe: with a toy teacher scanned directly
+    they would change nothing, which is said rather than ignored."""
+    given = [flag for flag, value in (("--teacher", teacher_arg), ("--teacher-config", config_arg),
+                                      ("--set", overrides)) if value]
+    if given:
+        raise UserError(f"{' and '.join(given)} change{'s' if len(given) == 1 else ''} a recipe, and {source} is a "
+                        "toy teacher scanned as it is: pass a recipe (dit-compress importance RECIPE "
+                        f"{given[0]} ...), or leave {' and '.join(given)} out")
 
 
 def _check_teacher_or_recipe(source: str) -> None:
@@ -128,7 +144,8 @@ def importance(args) -> int:
     to_stdout = args.json == "-"  # the scan as JSON on standard output, in place of the table
     json_path = output_file(args.json, "--json") if args.json and not to_stdout else None  # before the scan
     png = output_file(args.png, "--png", figure=True) if args.png else None
-    _, teacher, inputs, loader = _teacher_and_inputs(args.source)
+    _, teacher, inputs, loader = _teacher_and_inputs(args.source, args.teacher, args.teacher_config,
+                                                     args.overrides)
     adapter = get_adapter(teacher)
     png = png or output_file(f"importance-{adapter.family}.png", "--png", figure=True)  # before the scan
     with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling

@@ -26,6 +26,7 @@ from compress.plan_memory import beyond_memory, device_memory, memory_words, pea
 from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
                                 teacher_given)
 from compress.passes import build_passes
+from compress.passes.svd import LATER
 from compress.report import console, layer_rows, param_count, results
 from compress.runner_checks import checked_in_order
 from compress.runner_stream import check_streaming, streamed_weights
@@ -86,9 +87,11 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
-    steps, scores = [], ScoresSoFar()
+    steps, scores, later = [], ScoresSoFar(), []
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter):  # each then applied
-        step = {"pass": spec.name, "line": spec.line, **(p.plan(model, adapter, calib["rows"]) or {})}
+        step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
+        if step.get("params_after") == LATER:  # ranks decided after calibration: counted dense here
+            later.append(decided_later(p, step, model, adapter))
         scans = bool(step.get("scans"))  # blocks chosen by importance; none when it removes none
         reused = scans and scores.reused(step)
         if scans and (words := scores.words(step)):
@@ -104,6 +107,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
+        "params_after_at_most": param_count(model) - budget_savings(later, steps, adapter.block_counts(model)),
+        "decided_later": later,
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
     }
@@ -191,10 +196,58 @@ def streamed_scan(step: dict, reused: bool, calib: dict, model, adapter) -> dict
             "batch_bytes": skip_scan_bytes(calib, model.config, blocks)}
 
 
+def pass_where(spec) -> dict:
+    """Where a pass is, for its header: {'line': N} in the recipe file; {'line': None, 'set': the
+    --set} for one a --set added (whose node's line, 1, is not the file's)."""
+    override = spec.loc.override
+    return {"line": None, "set": override} if override else {"line": spec.line}
+
+
+def where_words(step: dict) -> str:
+    return step["set"] if step.get("set") else f"line {step['line']}"
+
+
+def decided_later(p, step: dict, model, adapter) -> dict:
+    """An svd pass whose ranks are decided after calibration (allocation global or energy): its
+    undecided targets (left dense on the meta model), their roles and dense parameters, and for
+    `global` the kept-parameter budget it spends them on (at most: alloc.global_greedy never
+    exceeds it), alloc.budget_for_ratio of the same targets as the run."""
+    from compress.alloc import budget_for_ratio
+    from compress.passes.svd_targets import shape_spec
+
+    names = {name for name, rank in step["ranks"].items() if rank == LATER}
+    infos = [i for i in adapter.linears(model) if i.name in names]
+    specs = [shape_spec(i) for i in infos]
+    entry = {"pass": step["pass"], **{k: step[k] for k in ("line", "set") if k in step},
+             "allocation": step.get("allocation"), "roles": sorted({i.role for i in infos}),
+             "layers": sorted(names), "dense_params": sum(s.params(None) for s in specs),
+             "blocks": adapter.block_counts(model)}
+    if step.get("allocation") == "global":
+        entry["budget_params"] = budget_for_ratio(specs, p.config.ratio)
+    return entry
+
+
+def budget_savings(later: list[dict], steps: list[dict], blocks_after: dict) -> int:
+    """What the global passes of `later` save at least, below the meta model's count (their targets
+    dense): dense − budget, each; none (their layers counted dense, a bound still) for a pass that
+    decides without a budget (energy), or one whose targets a later pass changes (removes blocks,
+    factorizes them again)."""
+    saved = 0
+    for entry in later:
+        if "budget_params" not in entry or entry["blocks"] != blocks_after:
+            continue
+        after = steps[next(i for i, s in enumerate(steps) if s.get("line") == entry.get("line")
+                           and s.get("set") == entry.get("set") and s["pass"] == entry["pass"]) + 1:]
+        if any(set(s.get("targets", ())) & set(entry["layers"]) for s in after):
+            continue
+        saved += entry["dense_params"] - entry["budget_params"]
+    return saved
+
+
 def step_words(step: dict) -> str:
     """A pass's plan on a line or two: long lists and name -> rank maps counted, not dumped
     (`plan --json` has them whole)."""
-    shown = {k: v for k, v in step.items() if k not in ("pass", "line", "fisher", "streamed_scan")}
+    shown = {k: v for k, v in step.items() if k not in ("pass", "line", "set", "fisher", "streamed_scan")}
     return "; ".join(f"{key}: {_brief(key, value)}" for key, value in shown.items())
 
 
@@ -231,7 +284,7 @@ def print_plan(plan: dict) -> None:
     if "memory" in plan:
         results.print(f"  {memory_words(plan['memory'])}")
     for step in plan["passes"]:
-        results.print(f"  [cyan]{step['pass']}[/] (line {step['line']}): {step_words(step)}")
+        results.print(f"  [cyan]{step['pass']}[/] ({where_words(step)}): {step_words(step)}")
         if "streamed_scan" in step:
             f = step["streamed_scan"]
             results.print("    streamed skip scan: none (the scores of the importance pass before it)"
@@ -242,7 +295,8 @@ def print_plan(plan: dict) -> None:
                           f"a batch held, about {human_size(f['batch_bytes'])}")
         if "fisher" in step:
             f = step["fisher"]
-            per = (f"fisher_memory_gb: auto, {f['sweep_gib']} GiB per sweep at the memory free here now"
+            per = (f"fisher_memory_gb: auto, {f['sweep_gib']} GiB per sweep: half the memory free here now"
+                   f"{' less the ' + human_size(f['resident_bytes']) + ' the run holds by then' if f.get('resident_bytes') else ''}"
                    if f["memory_gb"] == "auto" else f"fisher_memory_gb: {f['memory_gb']} GiB per sweep")
             sweeps = f"{f['sweeps']} backward sweep{'s' if f['sweeps'] != 1 else ''}"
             targets = f"{f['targets']} target{'s' if f['targets'] != 1 else ''}"
@@ -256,9 +310,36 @@ def print_plan(plan: dict) -> None:
     table = Table(title="parameters by role (linears)")
     for col in ("role", "before", "after (planned)", "ratio"):
         table.add_column(col, justify="left" if col == "role" else "right")
+    later = plan.get("decided_later", [])
+    open_roles = {role for entry in later for role in entry["roles"]}  # ranks decided after calibration
     for role, n in plan["by_role_before"].items():
         after = plan["by_role_after"].get(role, 0)
-        table.add_row(role, f"{n:,}", f"{after:,}", f"{after / n:.1%}")
+        bound = "≤ " if role in open_roles else ""
+        table.add_row(role, f"{n:,}", f"{bound}{after:,}", f"{bound}{after / n:.1%}")
     results.print(table)
-    results.print(f"total parameters: {plan['params_before']:,} -> {plan['params_after_planned']:,} "
-                  f"(planned; ranks decided after calibration are not counted)")
+    if open_roles:
+        results.print(f"≤: {', '.join(_pass_words(e) for e in later)} decide{'s' if len(later) == 1 else ''} "
+                      "these roles' ranks after calibration; their layers are counted here as before it")
+    results.print(total_words(plan))
+
+
+def _pass_words(entry: dict) -> str:
+    return f"{entry['pass']} ({where_words(entry)}, allocation {entry['allocation']})"
+
+
+def total_words(plan: dict) -> str:
+    """The total line: exact where every rank is planned; else an upper bound, the budget of each
+    global pass taken off (decided_later, budget_savings)."""
+    before, counted, most = plan["params_before"], plan["params_after_planned"], plan["params_after_at_most"]
+    later = plan.get("decided_later", [])
+    if not later:
+        return f"total parameters: {before:,} -> {counted:,} (planned)"
+    if most < counted:
+        words = "; ".join(f"{_pass_words(e)} keeps at most its budget, {e['budget_params']:,} of its targets' "
+                          f"{e['dense_params']:,} dense" if "budget_params" in e else
+                          f"{_pass_words(e)} counted dense" for e in later)
+        return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: {words}, "
+                "ranks decided after calibration)")
+    return (f"total parameters: {before:,} -> at most {counted:,} (planned: "
+            f"{', '.join(_pass_words(e) for e in later)} decide{'s' if len(later) == 1 else ''} ranks after "
+            "calibration; their layers are counted dense)")

@@ -3,14 +3,18 @@ naming the recipe keys that drive it, when it is more than the machine (or the C
 
 The estimate adds up what `plan` already estimates (calib_footprint): the weights resident
 throughout (teacher and student, or a streamed run's top levels and one block), the calibration
-activations held while blocks are calibrated, and the largest of what a step holds for a while
-(sequential calibration's one-row probe, a Fisher's whole-model backward of one calibration batch,
-a streamed skip scan's residual streams). It compares against the device's total memory, not what is
+activations held while blocks are calibrated, the pipeline's other components (text encoders, VAE)
+while a pipeline source samples, where their weights are here to count, and the largest of what a
+step holds for a while (sequential calibration's one-row probe, a Fisher's whole-model backward of
+one calibration batch, a streamed skip scan's residual streams). A distill pass holds something
+else while it trains (the teacher, the student in float32 with its gradients and AdamW's moments):
+the peak is the larger of the two. It compares against the device's total memory, not what is
 free now: the run checks that again before it starts (runner_stream.warn_if_*).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,11 +22,15 @@ import torch
 
 from compress.calib_footprint import human_size
 from compress.inputs import source_kind
+from compress.passes.svd_fisher import settle_auto
 
 
 def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
-    """{"bytes": the run's estimated peak, "parts": [{"what", "bytes", "keys"}]} of a `make_plan`
-    plan (calibration, backward, stream, passes); calibrates: some pass needs calibration."""
+    """{"bytes": the run's estimated peak, "parts": [{"what", "bytes", "keys", "fix"}] of it,
+    "while": None, or "distill trains" when that is the peak, "other": the smaller of the two
+    phases' {"bytes", "parts", "while"} (None without distill), "beside": what is not counted, or
+    ""} of a `make_plan` plan (calibration, backward, stream, passes); calibrates: some pass needs
+    calibration. Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher.settle_auto)."""
     f = plan["calibration"]
     held = [_weights(plan)]
     passing = []  # held by one step for a while: the largest counts
@@ -32,14 +40,24 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
             passing.append(_part("within-block sequential calibration's one-row probe", f["probe_bytes"],
                                  ["teacher"],
                                  " or ".join(f"{k}: false" for k in _svd_keys(recipe, "sequential"))))
+    pipeline = _pipeline(recipe, plan) if calibrates else None
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:
+            step["fisher"] = settle_auto(step["fisher"], sum(p["bytes"] for p in held))
             passing.append(_fisher(plan, index, step["fisher"]))
         if "streamed_scan" in step:
             passing.append(_part("a streamed skip scan's residual streams of one batch",
                                  step["streamed_scan"]["batch_bytes"], ["calibration.batch_size", "teacher"]))
+    if pipeline and pipeline["bytes"]:
+        passing.append(pipeline["part"])  # moved there for sampling, with the inputs it captures
     parts = held + ([max(passing, key=lambda p: p["bytes"])] if passing else [])
-    return {"bytes": sum(p["bytes"] for p in parts), "parts": parts}
+    phases = [{"bytes": sum(p["bytes"] for p in parts), "parts": parts, "while": None}]
+    if distill := _distill(recipe, plan):
+        phases.append({"bytes": sum(p["bytes"] for p in distill), "parts": distill, "while": "distill trains"})
+    peak = max(phases, key=lambda p: p["bytes"])
+    other = next((p for p in phases if p is not peak), None)
+    beside = pipeline["note"] if pipeline and not pipeline["bytes"] else ""
+    return {**peak, "other": other, "beside": beside}
 
 
 def _part(what: str, size: int, keys: list[str], fix: str = "") -> dict:
@@ -49,10 +67,11 @@ def _part(what: str, size: int, keys: list[str], fix: str = "") -> dict:
 
 def _weights(plan: dict) -> dict:
     itemsize = plan["calibration"]["itemsize"]  # the compute dtype's
-    if plan.get("stream"):
+    if plan.get("stream"):  # the teacher's top level and the student's, and the block at hand
         s, copies = plan["stream"], plan["calibration"]["block_copies"]
         params = 2 * s["top_level_params"] + copies * s["largest_block_params"]
-        return _part("streamed weights (two top levels and a block)", params * itemsize, ["teacher", "compute_dtype"])
+        block = "a block" if copies == 1 else "up to two blocks' worth: a block's dense linears beside their factors"
+        return _part(f"streamed weights (two top levels and {block})", params * itemsize, ["teacher", "compute_dtype"])
     return _part("teacher and student weights", 2 * plan["params_before"] * itemsize, ["teacher", "compute_dtype"],
                  "stream: true (svd passes)")
 
@@ -89,6 +108,71 @@ def _fisher(plan: dict, index: int, fisher: dict) -> dict:
     keys = ["calibration.batch_size"] + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"])
     fix = "" if fisher["gradient_checkpointing"] else f"passes.{index}.svd.gradient_checkpointing: true"
     return _part("an output Fisher's backward of one calibration batch", size, keys, fix)
+
+
+# ---- distill --------------------------------------------------------------------------------------
+def _distill(recipe, plan: dict) -> list[dict] | None:
+    """What a distill pass holds per process while it trains (passes/distill_trainer.py):
+    the teacher in the compute dtype, and the student cast to float32 master weights (4 bytes a
+    parameter) with, for each trained one, its float32 gradient and AdamW's two moments (12 more).
+    bf16/fp16 autocast's weight copies (2 bytes) go before the gradients come, so the 16 bound them.
+    The student is the planned one after all passes (budgeted svd ranks left dense, and train:
+    factors or non_factors trains fewer than counted: then "at most"). Not counted: its batches'
+    activations (gradient_checkpointing keeps fewer), AdamW's foreach temporaries on a GPU (up to
+    4 bytes a trained parameter during the step). Per process of a one-process or data-parallel run;
+    FSDP shards the student's share across processes. None without distill."""
+    lines = [i for i, spec in enumerate(recipe.passes) if spec.name == "distill"]
+    if not lines:
+        return None
+    itemsize, student = plan["calibration"]["itemsize"], plan["params_after_planned"]
+    some = any(recipe.passes[i].config.train != "all" for i in lines) or any(
+        isinstance(step.get("params_after"), str) for step in plan["passes"] if step["pass"] == "svd")
+    keys = [f"passes.{i}.distill.train" for i in lines]
+    return [_part("teacher weights", plan["params_before"] * itemsize, ["teacher", "compute_dtype"]),
+            _part(f"the student's float32 weights, gradients and AdamW's moments{' (at most)' if some else ''}",
+                  16 * student, keys, "FSDP over several processes (accelerate launch)")]
+
+
+# ---- the pipeline's other components ----------------------------------------------------------------
+def _pipeline(recipe, plan: dict) -> dict | None:
+    """A pipeline source's components but the transformer (text encoders, VAE): calib_pipeline moves
+    them to the teacher's device in the compute dtype while calibration samples. Counted from their
+    safetensors headers in a local pipeline folder: {"bytes", "part"}; else {"bytes": 0, "note"}
+    (a Hub id: their configs are not here). None for other sources."""
+    if source_kind(recipe.calibration, plan["teacher"]) != "pipeline":
+        return None
+    where = recipe.calibration.pipeline or plan["teacher"]
+    params = component_params(where)
+    if params is None:
+        return {"bytes": 0, "note": f"the pipeline's text encoders and VAE ({where}) come on top while "
+                                    "calibration samples, not counted"}
+    size = params * plan["calibration"]["itemsize"]
+    return {"bytes": size, "part": _part("the pipeline's text encoders and VAE while calibration samples", size,
+                                         ["calibration.pipeline" if recipe.calibration.pipeline else "teacher"])}
+
+
+def component_params(source: str) -> int | None:
+    """Parameters of a local pipeline folder's components but the transformer, from their
+    safetensors headers (a variant's, model.fp16.safetensors, only where there is no plain one);
+    None where not a local pipeline folder or a component has no safetensors."""
+    from compress.runner_stream import checkpoint_numel
+
+    folder = Path(source).expanduser()
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    total = 0
+    for name, value in index.items():
+        if name == "transformer" or not isinstance(value, list) or None in value or not (folder / name).is_dir():
+            continue
+        files = sorted((folder / name).glob("*.safetensors"))
+        files = [f for f in files if f.name.count(".") == 1] or files  # plain over variants
+        weights = any((folder / name).glob("*.bin"))
+        if not files and weights:
+            return None
+        total += checkpoint_numel({str(f): f for f in files}) if files else 0
+    return total
 
 
 def _svd_keys(recipe, option: str) -> list[str]:
@@ -131,9 +215,21 @@ def _read_int(path: str) -> int | None:
 
 # ---- words --------------------------------------------------------------------------------------
 def memory_words(memory: dict) -> str:
-    """The peak estimate on a line: its total and what it is made of."""
-    parts = ", ".join(f"{p['what']} {human_size(p['bytes'])}" for p in memory["parts"])
-    return f"memory: about {human_size(memory['bytes'])} at the run's peak ({parts})"
+    """The peak estimate on a line: its total and what it is made of, the other phase's (distill's,
+    or the calibrating one's), and what is not counted."""
+    words = f"memory: about {human_size(memory['bytes'])} at the run's peak{_phase(memory)}"
+    if other := memory.get("other"):
+        when = f"while {other['while']}" if other["while"] else "before distill"
+        words += f"; {when}: about {human_size(other['bytes'])}{_phase(other, False)}"
+    return words + (f"; {memory['beside']}" if memory.get("beside") else "")
+
+
+def _phase(phase: dict, named: bool = True) -> str:
+    parts = ", ".join(f"{p['what']} {human_size(p['bytes'])}" for p in phase["parts"])
+    if phase.get("while"):
+        parts += "; per process, its batches' activations not counted"
+        return f"{', while ' + phase['while'] if named else ''} ({parts})"
+    return f" ({parts})"
 
 
 def beyond_memory(memory: dict, have: tuple[int, str] | None) -> str | None:

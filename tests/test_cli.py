@@ -311,3 +311,20 @@ def test_the_cli_seed_limit_is_the_toy_evaluations():
     from compress.toy import evaluate
 
     assert cli.SEED_LIMIT == evaluate.SEED_LIMIT
+
+
+def test_importance_takes_the_recipe_options_plan_and_run_take(monkeypatch, capsys):
+    """--teacher, --teacher-config and --set, with plan's help and checks (an empty --teacher, a
+    --teacher-config not there: refused before the command runs)."""
+    ran = []
+    monkeypatch.setitem(cli.COMMANDS, "importance", lambda args: ran.append(args) or 0)
+    assert cli.main(["importance", "r.yaml", "--teacher", "org/model", "--teacher-config", "/",
+                     "--set", "a=1", "--set", "b=2"]) == 0
+    assert (ran[0].teacher, ran[0].teacher_config, ran[0].overrides) == ("org/model", "/", ["a=1", "b=2"])
+    for option in (["--teacher", ""], ["--teacher-config", "/nonexistent"]):
+        assert cli.main(["importance", "r.yaml", *option]) == 2 and len(ran) == 1
+        assert capsys.readouterr().err.count("\n") == 1
+    parser = cli.build_parser()
+    helps = {sub: {a.dest: a.help for a in parser._subparsers._group_actions[0].choices[sub]._actions}
+             for sub in ("plan", "importance")}
+    assert all(helps["importance"][k] == helps["plan"][k] for k in ("teacher", "teacher_config", "overrides"))

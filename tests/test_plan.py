@@ -313,3 +313,73 @@ def test_a_removal_of_no_block_plans_no_scan(removal, before):
         if not before:  # nor holds its residual streams (the importance pass's scan would)
             assert not any("skip scan" in part["what"] for part in plan["memory"]["parts"])
 
+
+
+def test_plan_refuses_a_second_svd_pass_over_a_global_pass_s_targets_as_run_does():
+    """plan listed both passes over the same modulation linears, the second's params_before counted dense,
+    and said nothing; the run stopped when the second pass started, after the first's calibration."""
+    text = ("model: flux\nteacher: toy:flux\npasses:\n"
+            "  - svd: {targets: [modulation], allocation: global, ratio: 0.6, multiple: 8}\n"
+            "  - svd:\n      targets: [modulation]\n      ranks: {modulation: 8}\n")
+    with pytest.raises(UserError, match=r"^r\.yaml:6: svd: transformer_blocks\.0\.norm1\.linear, .* are already "
+                                        r"factorized, some of them at least \(by the svd pass at line 4: its global"):
+        make_plan(parse_recipe(text, "r.yaml"))
+
+
+GLOBAL = ("model: pixart\nteacher: toy:pixart\npasses:\n  - remove_blocks: {blocks: {blocks: [1]}}\n"
+          "  - svd: {targets: [attention, cross_attention, mlp], allocation: {allocation}, ratio: 0.6, multiple: 8}\n")
+
+
+def test_a_global_pass_s_roles_are_bounds_and_the_total_its_budget(capsys):
+    """plan counted a global pass's targets dense (ranks decided after calibration): its roles' rows and
+    total looked like the compressed result. The rows are bounds (≤), the total is at most the
+    teacher less the targets' dense parameters plus the pass's budget (alloc.budget_for_ratio;
+    global_greedy never spends more): 973,072 here, and the run of it keeps 972,304."""
+    from compress.plan import print_plan
+
+    plan = make_plan(parse_recipe(GLOBAL.replace("{allocation}", "global"), "r.yaml"))
+    step, (later,) = plan["passes"][-1], plan["decided_later"]
+    dense = step["params_before"]  # every target decided later
+    assert (later["pass"], later["line"], later["roles"]) == ("svd", 5, ["attention", "cross_attention", "mlp"])
+    assert later["dense_params"] == dense and later["budget_params"] == int(0.6 * dense)
+    assert plan["params_after_at_most"] == plan["params_after_planned"] - dense + int(0.6 * dense) == 973_072
+    print_plan(plan)
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
+    assert all(f"≤ {plan['by_role_after'][r]:,}" in rows[r] for r in later["roles"])
+    assert "≤" not in rows["modulation"]
+    assert (f"total parameters: {plan['params_before']:,} -> at most 973,072 (55.1%; planned: svd (line 5, "
+            f"allocation global) keeps at most its budget, {int(0.6 * dense):,} of its targets' {dense:,} dense"
+            in " ".join(out.split()))
+
+
+def test_an_energy_pass_s_total_is_a_bound_and_a_planned_one_exact(capsys):
+    """allocation energy has no budget: the total is at most the count with its targets dense, and
+    says so; with every rank planned it is exact."""
+    from compress.plan import print_plan
+
+    plan = make_plan(parse_recipe(GLOBAL.replace("{allocation}", "energy").replace("ratio: 0.6, ", ""), "r.yaml"))
+    assert plan["params_after_at_most"] == plan["params_after_planned"]
+    assert "budget_params" not in plan["decided_later"][0]
+    print_plan(plan)
+    assert (f"-> at most {plan['params_after_planned']:,} (planned: svd (line 5, allocation energy) decides ranks "
+            "after calibration; their layers are counted dense)") in " ".join(capsys.readouterr().out.split())
+    plan = make_plan(parse_recipe(GLOBAL.replace("{allocation}", "uniform"), "r.yaml"))
+    assert plan["decided_later"] == [] and plan["params_after_at_most"] == plan["params_after_planned"]
+    print_plan(plan)
+    assert f"-> {plan['params_after_planned']:,} (planned)\n" in capsys.readouterr().out
+
+
+def test_a_pass_a_set_added_is_shown_at_its_set_not_line_1(capsys):
+    """A pass --set put in the recipe has no line of the file: plan showed 'importance (line 1)'."""
+    from compress.plan import print_plan
+
+    recipe = parse_recipe(GLOBAL.replace("{allocation}", "uniform"), "r.yaml",
+                          ["passes.0={importance: {buckets: 3}}"])
+    plan = make_plan(recipe)
+    assert plan["passes"][0]["line"] is None and plan["passes"][0]["set"] == "--set passes.0={importance: {buckets: 3}}"
+    assert plan["passes"][1]["line"] == 5 and "set" not in plan["passes"][1]
+    print_plan(plan)
+    out = capsys.readouterr().out
+    assert "  importance (--set passes.0={importance: {buckets: 3}}): blocks: 6;" in out and "(line 1)" not in out
+    assert "  svd (line 5): " in out

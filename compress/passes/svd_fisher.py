@@ -242,22 +242,48 @@ def fisher_budget(setting: float | str, device: torch.device | str) -> float:
         return float(setting) * 2**30
     from compress.runner_stream import free_memory
 
-    free = free_memory(torch.device(device))
+    return auto_budget(free_memory(torch.device(device)))
+
+
+def auto_budget(free: float | None) -> float:
+    """fisher_memory_gb: auto's bytes per sweep when `free` bytes are free as the sweeps start."""
     return max(AUTO_SHARE * free, 2.0**30) if free is not None else FALLBACK_GB * 2**30
 
 
 def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: bool) -> dict:
     """What `plan` says of the prediction's Fishers of `infos`: the whole-model backward sweeps
-    they take (fisher_memory_gb "auto": at the memory free on this machine's device now; the run
-    measures it again), the bytes of the largest sweep's Fishers (at most the budget, unless one
-    target's alone is more) and the disk they take while the pass runs."""
-    budget = fisher_budget(memory_gb, "cuda" if torch.cuda.is_available() else "cpu")
+    they take, the bytes of the largest sweep's Fishers (at most the budget, unless one target's
+    alone is more) and the disk they take while the pass runs. fisher_memory_gb "auto": sized at
+    the memory free on this machine's device now, until `settle_auto` takes off what the run holds
+    by the time the sweeps start (plan_memory; the run measures it again); "target_bytes" (each
+    target's Fisher, in order) is kept for that."""
     size = {i.name: fisher_bytes(i.out_features, rows.get(i.name)) for i in infos}
-    chunks = fisher_chunks(infos, budget, rows)
-    return {"targets": len(infos), "gradient_checkpointing": checkpointing,
-            "memory_gb": memory_gb, "sweep_gib": round(budget / 2**30, 1), "sweeps": len(chunks),
-            "sweep_bytes": max((sum(size[n] for n in c) for c in chunks), default=0),
-            "disk_gib": round(sum(size.values()) / 2**30, 2)}
+    free = None
+    if memory_gb == "auto":
+        from compress.runner_stream import free_memory
+
+        free = free_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    out = {"targets": len(infos), "gradient_checkpointing": checkpointing, "memory_gb": memory_gb,
+           "free_bytes": free, "target_bytes": [size[i.name] for i in infos],
+           "disk_gib": round(sum(size.values()) / 2**30, 2)}
+    return sized(out, auto_budget(free) if memory_gb == "auto" else fisher_budget(memory_gb, "cpu"))
+
+
+def settle_auto(fisher: dict, resident: int) -> dict:
+    """A `fisher_plan` of fisher_memory_gb auto sized as the run sizes it: AUTO_SHARE of what is
+    free once `resident` bytes (teacher, student, calibration inputs: plan_memory's estimate) are
+    there, not of what is free now. Drops target_bytes (plan --json stays short)."""
+    if fisher["memory_gb"] == "auto" and fisher["free_bytes"] is not None:
+        fisher = sized(fisher, auto_budget(max(fisher["free_bytes"] - resident, 0)))
+        fisher["resident_bytes"] = int(resident)
+    return {k: v for k, v in fisher.items() if k != "target_bytes"}
+
+
+def sized(fisher: dict, budget: float) -> dict:
+    """`fisher` (a fisher_plan) with its sweeps, per-sweep budget and largest sweep at `budget`."""
+    groups = _groups(fisher["target_bytes"], budget)
+    return {**fisher, "sweep_gib": round(budget / 2**30, 1), "sweeps": len(groups),
+            "sweep_bytes": max((sum(g) for g in groups), default=0)}
 
 
 def fisher_chunks(infos: list, budget_bytes: float, rows=None) -> list[list[str]]:
@@ -265,14 +291,20 @@ def fisher_chunks(infos: list, budget_bytes: float, rows=None) -> list[list[str]
     rows[name] gradient rows where given and fewer than out) fit the budget (a layer bigger than
     the budget gets a group of its own)."""
     rows = rows or {}
-    chunks, size = [[]], 0.0
-    for info in infos:
-        need = fisher_bytes(info.out_features, rows.get(info.name))
-        if chunks[-1] and size + need > budget_bytes:
-            chunks, size = chunks + [[]], 0.0
-        chunks[-1].append(info.name)
-        size += need
-    return [c for c in chunks if c]
+    names = iter([i.name for i in infos])
+    return [[next(names) for _ in g]
+            for g in _groups([fisher_bytes(i.out_features, rows.get(i.name)) for i in infos], budget_bytes)]
+
+
+def _groups(sizes: list, budget_bytes: float) -> list[list]:
+    """`sizes` in order, in groups that fit the budget (one bigger than it gets a group of its own)."""
+    groups, total = [[]], 0.0
+    for need in sizes:
+        if groups[-1] and total + need > budget_bytes:
+            groups, total = groups + [[]], 0.0
+        groups[-1].append(need)
+        total += need
+    return [g for g in groups if g]
 
 
 class Roots:

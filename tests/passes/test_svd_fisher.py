@@ -363,3 +363,25 @@ def test_fisher_plan_gives_the_bytes_of_its_largest_sweep():
     assert fisher_plan(infos, {}, 1.0, False)["sweep_bytes"] == small + 8 * 300**2
     assert fisher_plan(infos, {"l3": 10}, 1.0, False)["sweep_bytes"] == small + 4 * 10 * 300  # as rows
     assert fisher_plan([], {}, 1.0, False)["sweep_bytes"] == 0
+
+
+def test_fisher_memory_gb_auto_is_planned_at_what_is_free_once_the_run_holds_its_weights(monkeypatch):
+    """plan sized fisher_memory_gb: auto at half the memory free now (11 GiB a sweep for a run that
+    holds 59 GiB on a 24 GiB machine); the run sizes it once teacher, student and inputs are there."""
+    from types import SimpleNamespace
+
+    import compress.passes.svd_fisher as sf
+    import compress.runner_stream as rs
+
+    infos = [SimpleNamespace(name=f"l{i}", out_features=2**14) for i in range(8)]  # 2 GiB each as F
+    monkeypatch.setattr(rs, "free_memory", lambda device: 40 * 2**30)
+    now = sf.fisher_plan(infos, {}, "auto", True)
+    assert now["sweep_gib"] == 20.0 and now["sweeps"] == 1  # what is free now: before the fix
+    settled = sf.settle_auto(now, 30 * 2**30)
+    assert settled["sweep_gib"] == 5.0 and settled["sweeps"] == 4 and settled["sweep_bytes"] == 4 * 2**30
+    assert settled["resident_bytes"] == 30 * 2**30 and "target_bytes" not in settled
+    assert sf.settle_auto(now, 50 * 2**30)["sweep_gib"] == 1.0  # more than is free: at least 1 GiB
+    fixed = sf.fisher_plan(infos, {}, 4.0, True)
+    assert sf.settle_auto(fixed, 30 * 2**30) == {k: v for k, v in fixed.items() if k != "target_bytes"}
+    monkeypatch.setattr(rs, "free_memory", lambda device: None)  # unknown: FALLBACK_GB, as the run
+    assert sf.settle_auto(sf.fisher_plan(infos, {}, "auto", True), 30 * 2**30)["sweep_gib"] == 2.0
