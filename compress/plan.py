@@ -98,6 +98,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
             step["scores"] = words
         if recipe.stream and step.get("skip_scan") and step.get("scans", 1):
             step["streamed_scan"] = streamed_scan(step, reused, calib, model, adapter)
+        if spec.name == "distill":  # the student it trains, as earlier passes leave it (plan_memory)
+            step["student"] = distill_student(model, later, steps, adapter, spec.config.train)
         scores.see(p, spec, step)
         steps.append(step)
     after_rows = layer_rows(model)
@@ -160,15 +162,15 @@ class ScoresSoFar:
     weights (`Pass.changes_weights`: svd, distill, a removal) has run after it."""
 
     def __init__(self):
-        self.line, self.criteria, self.stale_by = None, (), None
+        self.line, self.criteria, self.stale_by = None, (), None  # line: where the last scan's pass is
 
     def see(self, p, spec, step: dict) -> None:
         """After pass `p` (recipe `spec`, plan `step`): a scan to reuse, or a change that stales it."""
         if p.changes_weights:
             if self.line is not None and self.stale_by is None:
-                self.stale_by = f"{spec.name} (line {spec.line})"
+                self.stale_by = f"{spec.name} ({where_words(pass_where(spec))})"
         elif "criteria" in step:
-            self.line, self.criteria, self.stale_by = spec.line, step["criteria"], None
+            self.line, self.criteria, self.stale_by = where_words(pass_where(spec)), step["criteria"], None
 
     def reused(self, step: dict) -> bool:
         return self.line is not None and self.stale_by is None and step["criterion"] in self.criteria
@@ -178,11 +180,11 @@ class ScoresSoFar:
         if self.line is None:
             return None
         if self.reused(step):
-            return f"reused from the importance pass (line {self.line})"
+            return f"reused from the importance pass ({self.line})"
         if self.stale_by:
-            return (f"scanned here: the importance pass (line {self.line}) scored the model before "
+            return (f"scanned here: the importance pass ({self.line}) scored the model before "
                     f"{self.stale_by} changed it")
-        return f"scanned here: the importance pass (line {self.line}) has no {step['criterion']} scores"
+        return f"scanned here: the importance pass ({self.line}) has no {step['criterion']} scores"
 
 
 def streamed_scan(step: dict, reused: bool, calib: dict, model, adapter) -> dict:
@@ -244,10 +246,25 @@ def budget_savings(later: list[dict], steps: list[dict], blocks_after: dict) -> 
     return saved
 
 
+def distill_student(model, later: list[dict], steps: list[dict], adapter, train: str) -> dict:
+    """{"params": at most, "trained": at most}: the student a distill pass gets from the passes before
+    it (the meta model now, less what their global budgets save at least, budget_savings) and of
+    those the parameters `train` trains (all; factors: the LowRankLinear layers', plus the layers a
+    budgeted pass may still factorize; non_factors: the rest)."""
+    from compress.distill_utils import factor_param_names
+
+    params = param_count(model) - budget_savings(later, steps, adapter.block_counts(model))
+    named = dict(model.named_parameters())
+    factors = sum(named[n].numel() for n in factor_param_names(model))
+    maybe = sum(entry.get("budget_params", entry["dense_params"]) for entry in later)  # what they may factorize
+    trained = {"all": params, "factors": min(params, factors + maybe), "non_factors": params - factors}[train]
+    return {"params": params, "trained": trained}
+
+
 def step_words(step: dict) -> str:
     """A pass's plan on a line or two: long lists and name -> rank maps counted, not dumped
     (`plan --json` has them whole)."""
-    shown = {k: v for k, v in step.items() if k not in ("pass", "line", "set", "fisher", "streamed_scan")}
+    shown = {k: v for k, v in step.items() if k not in ("pass", "line", "set", "fisher", "streamed_scan", "student")}
     return "; ".join(f"{key}: {_brief(key, value)}" for key, value in shown.items())
 
 

@@ -116,21 +116,23 @@ def _distill(recipe, plan: dict) -> list[dict] | None:
     the teacher in the compute dtype, and the student cast to float32 master weights (4 bytes a
     parameter) with, for each trained one, its float32 gradient and AdamW's two moments (12 more).
     bf16/fp16 autocast's weight copies (2 bytes) go before the gradients come, so the 16 bound them.
-    The student is the planned one after all passes (budgeted svd ranks left dense, and train:
-    factors or non_factors trains fewer than counted: then "at most"). Not counted: its batches'
-    activations (gradient_checkpointing keeps fewer), AdamW's foreach temporaries on a GPU (up to
-    4 bytes a trained parameter during the step). Per process of a one-process or data-parallel run;
-    FSDP shards the student's share across processes. None without distill."""
-    lines = [i for i, spec in enumerate(recipe.passes) if spec.name == "distill"]
-    if not lines:
+    The student is the one each distill pass trains, as the passes before it leave it (plan.py
+    distill_student: at most, where a budgeted svd pass before it decides its ranks later), the
+    largest of them. Not counted: its batches' activations (gradient_checkpointing keeps fewer),
+    AdamW's foreach temporaries on a GPU (up to 4 bytes a trained parameter during the step). Per
+    process of a one-process or data-parallel run; FSDP shards the student's share across processes.
+    None without distill."""
+    found = [(i, step["student"]) for i, step in enumerate(plan["passes"]) if "student" in step]
+    if not found:
         return None
-    itemsize, student = plan["calibration"]["itemsize"], plan["params_after_planned"]
-    some = any(recipe.passes[i].config.train != "all" for i in lines) or any(
-        isinstance(step.get("params_after"), str) for step in plan["passes"] if step["pass"] == "svd")
-    keys = [f"passes.{i}.distill.train" for i in lines]
+    itemsize = plan["calibration"]["itemsize"]
+    i, student = max(found, key=lambda f: 4 * f[1]["params"] + 12 * f[1]["trained"])
+    bound = bool(plan["decided_later"]) or recipe.passes[i].config.train != "all"
+    keys = [f"passes.{i}.distill.train"]  # factors / non_factors train fewer
     return [_part("teacher weights", plan["params_before"] * itemsize, ["teacher", "compute_dtype"]),
-            _part(f"the student's float32 weights, gradients and AdamW's moments{' (at most)' if some else ''}",
-                  16 * student, keys, "FSDP over several processes (accelerate launch)")]
+            _part(f"the student's float32 weights, gradients and AdamW's moments{' (at most)' if bound else ''}",
+                  4 * student["params"] + 12 * student["trained"], keys,
+                  "FSDP over several processes (accelerate launch)")]
 
 
 # ---- the pipeline's other components ----------------------------------------------------------------
@@ -166,13 +168,28 @@ def component_params(source: str) -> int | None:
     for name, value in index.items():
         if name == "transformer" or not isinstance(value, list) or None in value or not (folder / name).is_dir():
             continue
-        files = sorted((folder / name).glob("*.safetensors"))
-        files = [f for f in files if f.name.count(".") == 1] or files  # plain over variants
-        weights = any((folder / name).glob("*.bin"))
-        if not files and weights:
+        files = component_files(folder / name)
+        if files is None or (not files and any((folder / name).glob("*.bin"))):
             return None
         total += checkpoint_numel({str(f): f for f in files}) if files else 0
     return total
+
+
+def component_files(folder: Path) -> list[Path] | None:
+    """The safetensors files a component's from_pretrained reads: the shards its index names (not a
+    single file beside them), else its plain files, else one variant's (model.fp16.safetensors);
+    None where its index cannot be read."""
+    indexes = sorted(folder.glob("*.safetensors.index*.json"))
+    index = next((i for i in indexes if i.name.count(".") == 3), indexes[0] if indexes else None)  # plain first
+    if index is not None:
+        try:
+            return [folder / n for n in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    files = sorted(folder.glob("*.safetensors"))
+    plain = [f for f in files if f.name.count(".") == 1]
+    variants = sorted({f.name.split(".")[1] for f in files if f.name.count(".") == 2})
+    return plain or [f for f in files if variants and f.name.count(".") == 2 and f.name.split(".")[1] == variants[0]]
 
 
 def _svd_keys(recipe, option: str) -> list[str]:

@@ -39,7 +39,7 @@ def checked_in_order(passes, specs, model, adapter):
         with _named(spec, counts, teacher, removed):
             p.apply_planned(model, adapter)
         stamp_line(model, spec.line)  # for later passes' notes
-        stamp_planned(model, spec.line)  # and checks (factors an svd pass makes at run time)
+        stamp_planned(model, spec.loc.override or f"line {spec.line}")  # factors an svd pass makes at run time
         if adapter.block_counts(model) != counts:
             removed.append(spec.line)
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from compress import load_teacher
@@ -383,3 +385,20 @@ def test_a_pass_a_set_added_is_shown_at_its_set_not_line_1(capsys):
     out = capsys.readouterr().out
     assert "  importance (--set passes.0={importance: {buckets: 3}}): blocks: 6;" in out and "(line 1)" not in out
     assert "  svd (line 5): " in out
+
+
+def test_a_pass_a_set_added_is_named_at_its_set_where_later_steps_refer_to_it(tmp_path, capsys):
+    """remove_blocks' 'reused from the importance pass (line 1)' and a second svd pass's 'by the svd pass at
+    line 1' named the recipe's first line for a pass a --set put there."""
+    from compress.recipe import load_recipe
+
+    toy = Path(__file__).parents[1] / "recipes" / "toy-flux.yaml"
+    plan = make_plan(load_recipe(toy, ["passes.0={importance: {buckets: 2}}"]))
+    removal = next(s for s in plan["passes"] if s["pass"] == "remove_blocks")
+    assert removal["scores"] == "reused from the importance pass (--set passes.0={importance: {buckets: 2}})"
+    text = ("model: flux\nteacher: toy:flux\ncalibration: {source: toy, num_prompts: 4, timesteps: 2}\n"
+            "passes:\n  - svd: {targets: [mlp], ratio: 0.5}\n  - svd: {targets: [mlp], ratio: 0.5}\n")
+    (tmp_path / "r.yaml").write_text(text)
+    first = "passes.0={svd: {targets: [mlp], allocation: global, ratio: 0.3, multiple: 8}}"
+    with pytest.raises(UserError, match=r"by the svd pass at --set passes\.0=\{svd: "):
+        make_plan(load_recipe(tmp_path / "r.yaml", [first]))

@@ -105,3 +105,68 @@ def test_the_streamed_weights_say_the_blocks_they_count(monkeypatch, sequential,
     (part,) = [p for p in plan["memory"]["parts"] if p["what"].startswith("streamed weights")]
     assert part["what"] == f"streamed weights ({words})"
     assert part["bytes"] == 2 * (2 * s["top_level_params"] + blocks * s["largest_block_params"])
+
+
+def _toy_plan(monkeypatch, tmp_path, passes: str, sets=()):
+    import compress.plan_memory as pm
+    from compress.recipe import parse_recipe
+
+    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    text = ("model: pixart\nteacher: toy:pixart\ncalibration: {source: toy, num_prompts: 4, timesteps: 2}\n"
+            f"passes:\n{passes}")
+    return make_plan(parse_recipe(text, str(tmp_path / "r.yaml"), list(sets)))
+
+
+def _student_part(plan) -> int:
+    memory = plan["memory"]
+    parts = memory["parts"] if memory["while"] == "distill trains" else memory["other"]["parts"]
+    return next(p["bytes"] for p in parts if p["what"].startswith("the student's float32"))
+
+
+def test_a_distill_before_the_svd_trains_the_student_as_it_is_then(monkeypatch, tmp_path):
+    """The student was always the one after every pass: a distill before an svd trains the whole
+    model (a reviewer: 9 MiB planned where it holds 27)."""
+    plan = _toy_plan(monkeypatch, tmp_path, "  - distill: {steps: 20}\n"
+                                            "  - svd: {targets: [attention, mlp], ratio: 0.2, multiple: 8}\n")
+    assert plan["params_after_planned"] < plan["params_before"]
+    assert _student_part(plan) == 16 * plan["params_before"]
+
+
+def test_the_distill_student_is_bounded_by_the_global_budget_and_trains_what_train_says(monkeypatch, tmp_path):
+    """After a global svd pass the student is at most the budget's count (it was counted dense), and
+    train: factors / non_factors train fewer (4 bytes for the untrained float32 weights, 16 trained)."""
+    svd = "  - svd: {targets: [attention, mlp], ratio: 0.3, multiple: 8, allocation: global}\n"
+    plans = {train: _toy_plan(monkeypatch, tmp_path, svd + f"  - distill: {{steps: 20, train: {train}}}\n")
+             for train in ("all", "factors", "non_factors")}
+    full = plans["all"]
+    assert full["params_after_at_most"] < full["params_after_planned"]
+    assert _student_part(full) == 16 * full["params_after_at_most"]
+    student = full["passes"][1]["student"]
+    assert student["params"] == full["params_after_at_most"]
+    budget = full["decided_later"][0]["budget_params"]
+    factors = plans["factors"]["passes"][1]["student"]["trained"]
+    assert factors == budget  # none factorized on the meta model yet: what the budget may factorize
+    assert _student_part(plans["factors"]) == 4 * student["params"] + 12 * budget < _student_part(full)
+    assert _student_part(plans["non_factors"]) == 16 * student["params"]  # no factors known: a bound
+
+
+def test_a_component_s_index_names_the_files_counted_not_the_single_file_beside_them(tmp_path):
+    from safetensors.torch import save_file
+
+    from compress.plan_memory import component_files
+    import json
+    import torch
+
+    folder = tmp_path / "text_encoder"
+    folder.mkdir()
+    save_file({"w": torch.zeros(1000)}, str(folder / "model.safetensors"))
+    save_file({"w": torch.zeros(1000)}, str(folder / "model-00001-of-00001.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+    assert component_files(folder) == [folder / "model-00001-of-00001.safetensors"]
+    (folder / "model.safetensors.index.json").unlink()
+    (folder / "model-00001-of-00001.safetensors").unlink()
+    save_file({"w": torch.zeros(10)}, str(folder / "model.fp16.safetensors"))
+    assert component_files(folder) == [folder / "model.safetensors"]  # plain over a variant
+    (folder / "model.safetensors").unlink()
+    save_file({"w": torch.zeros(10)}, str(folder / "model.bf16.safetensors"))
+    assert component_files(folder) == [folder / "model.bf16.safetensors"]  # one variant, not both

@@ -68,10 +68,10 @@ class Planned:
     ratio: float
     maybe: int
     some: bool
-    line: int | None = None
+    line: str | None = None  # 'line 12' or '--set passes.0=...' (stamp_planned)
 
     def by(self) -> str:
-        return f"the svd pass at line {self.line}" if self.line is not None else "an earlier svd pass"
+        return f"the svd pass at {self.line}" if self.line is not None else "an earlier svd pass"
 
 
 def mark_planned(model: nn.Module, c, targets, fixed: dict) -> None:
@@ -96,8 +96,9 @@ def mark_planned(model: nn.Module, c, targets, fixed: dict) -> None:
             setattr(model.get_submodule(info.name), PLANNED_BY, (planned, is_sure))
 
 
-def stamp_planned(model: nn.Module, line: int) -> None:
-    """Gives the factors a pass just marked on plan's meta model (`mark_planned`) its recipe line."""
+def stamp_planned(model: nn.Module, line: str) -> None:
+    """Gives the factors a pass just marked on plan's meta model (`mark_planned`) where the pass is
+    ('line 12', or the --set that added it)."""
     for m in model.modules():
         planned = getattr(m, PLANNED_BY, (None,))[0]
         if planned is not None and planned.line is None:
