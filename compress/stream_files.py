@@ -59,7 +59,7 @@ def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
         return read_json(config_path), file_map(weights)
     path = Path(source).expanduser()
     if not path.exists() and not looks_local(source) and source.count("/") == 1:
-        path = _download(source)
+        path = hub_folder(source)  # its transformer folder: config and one variant's weights, as load_teacher reads it
     if not path.is_dir():
         raise not_streamable(source, path.is_file())
     path = transformer_folder(path)
@@ -89,12 +89,6 @@ def check_streamable(src) -> None:
         raise not_streamable(src.source, True)
     if src.kind == "folder" and "compression" in src.config:
         raise streamed_output(transformer_folder(Path(src.source).expanduser()))
-
-
-def _download(repo_id: str) -> Path:
-    """The local copy of a Hub teacher's transformer folder (a pipeline repo's transformer/ or a
-    transformer-only repo's root), its config and one variant's weights, as load_teacher reads it."""
-    return hub_folder(repo_id)
 
 
 def by_file(files: dict[str, Path], names) -> dict[Path, list[str]]:
