@@ -282,17 +282,30 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             raise error from None
     except UserError as e:
-        print(f"dit-compress: {e.label}{e}", file=sys.stderr)
+        if e.exit_code == UserError.exit_code or not _follower():  # a requested stop: rank 0 says it
+            print(f"{_who()}: {e.label}{e}", file=sys.stderr)
         return e.exit_code
     except NumericError as e:
-        print(f"dit-compress: numeric error: {e}", file=sys.stderr)
+        print(f"{_who()}: numeric error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # `dit-compress inspect OUT --json | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 0
     except KeyboardInterrupt as e:
-        print(f"dit-compress: interrupted{_interrupt_note(args, e)}", file=sys.stderr)
+        if not _follower():  # what the run folder keeps: rank 0, which writes it, says it
+            print(f"dit-compress: interrupted{_interrupt_note(args, e)}", file=sys.stderr)
         return 130
+
+
+def _follower() -> bool:
+    """A rank other than 0 of a distributed launch (RANK, as runner_ranks.is_follower)."""
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
+def _who() -> str:
+    """'dit-compress', and the rank of a distributed launch's other processes (whose errors may
+    differ from rank 0's)."""
+    return f"dit-compress (rank {os.environ['RANK']})" if _follower() else "dit-compress"
 
 
 def _interrupt_note(args, e: KeyboardInterrupt) -> str:

@@ -32,6 +32,7 @@ from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
+from compress.runner_ranks import hand_off, is_follower, several_processes, wait_for_hand_off
 from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, older_checksum, passed_over_in_words,
                                    read_state, resume_note, resumed_in_words, reusable_stage, stage_dirs,
                                    teacher_change, teacher_identity, weights_checksum)
@@ -141,13 +142,15 @@ class Runner:
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
-        check_folders(self.out, self.run_dir, self.overwrite, self.teacher_arg or self.recipe.teacher,
-                      self.teacher_config)
+        main = not is_follower()  # rank 0 checks and owns the folders; the other ranks only read (runner_ranks)
+        if main:
+            check_folders(self.out, self.run_dir, self.overwrite, self.teacher_arg or self.recipe.teacher,
+                          self.teacher_config)
         self.passes = build_passes(self.recipe)  # every config error before compute
-        if not (self.resume or self.restart):  # saved work a fresh start would discard: refused
+        if main and not (self.resume or self.restart):  # saved work a fresh start would discard: refused
             check_run_folder(self.run_dir, self.recipe.raw, self.passes)
             self._note_reusable()
-        if self.resume:  # which stage it continues from, and a distill checkpoint of other settings (one
+        if main and self.resume:  # which stage it continues from, and a distill checkpoint of other settings (one
             # it keeps): said now, not after the teacher loads
             from compress.passes.distill_trainer import check_resumable_configs
 
@@ -236,10 +239,12 @@ class Runner:
         """(first pass to run, student): with --resume from the latest completed stage saved for this
         recipe (as far as its passes go; later stages of another recipe are discarded), else fresh."""
         stages = self.run_dir / "stages"
+        self.student_stage = None  # the saved stage folder that holds the student (hand_off)
         if not self.resume:  # a finished run's, or discarded with --restart (check_run_folder)
-            shutil.rmtree(stages, ignore_errors=True)
-            for checkpoints in self.run_dir.glob("distill*/checkpoints"):
-                shutil.rmtree(checkpoints, ignore_errors=True)
+            if is_main_process():
+                shutil.rmtree(stages, ignore_errors=True)
+                for checkpoints in self.run_dir.glob("distill*/checkpoints"):
+                    shutil.rmtree(checkpoints, ignore_errors=True)
             self.started_over = True
             return 0, self.models.fresh_student(self.teacher)
         saved, k, skipped = getattr(self, "resumes_from", None) or self._resumable()
@@ -254,6 +259,7 @@ class Runner:
         console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, [s.name for s in self.recipe.passes])}")
         if skipped:
             self._discard_passed_over([folder for i, folder, _ in saved if folder != d and i >= k], skipped)
+        self.student_stage = d
         return k + 1, self.models.restore(d)
 
     def _resumable(self) -> tuple[list, int | None, list]:
@@ -342,6 +348,8 @@ class Runner:
             return out
 
     def _run(self) -> Path:
+        if is_follower():
+            return self._follow()
         self.prepare()
         self.doing = "making the student (a copy of the teacher, or the last saved pass's)"
         start, student = self._restore()
@@ -356,9 +364,38 @@ class Runner:
         teacher_params = param_count(self.teacher)
         for i in range(start, len(self.passes)):
             self.doing = i
+            if several_processes() and self.passes[i].data_parallel:  # the other ranks join it
+                hand_off(self.run_dir, i, self.student_stage)
             student = self._stage(i, student, reference, heldout, teacher_params)
+            self.student_stage = self._stage_dir(i)
+        if several_processes():
+            hand_off(self.run_dir, None, None)  # nothing more for the other ranks
         self.doing = "the export"
         return self.export(student, teacher_params)
+
+    def _follow(self) -> Path:
+        """A rank other than 0 of a distributed launch (runner_ranks): only the data-parallel passes,
+        each from the student rank 0 hands over; nothing at all for a recipe without one."""
+        self.passes = build_passes(self.recipe)
+        if not any(p.data_parallel for p in self.passes):
+            return self.out
+        self.prepare()
+        self.removed_by, self.ctx.blocks, last = [], self.models.blocks, -1
+        while (got := wait_for_hand_off(self.run_dir, last))["pass"] is not None:
+            self.doing = last = got["pass"]
+            self._run_pass(last, self._handed_over(got["stage"]))
+        return self.out
+
+    def _handed_over(self, stage: str | None):
+        """The student rank 0 hands over: its saved stage (with the report and block map the pass
+        reads), or a fresh copy of the teacher (None)."""
+        if stage is None:
+            return self.models.fresh_student(self.teacher)
+        state = read_state(Path(stage))
+        if state is None:
+            raise UserError(f"{Path(stage) / 'state.json'}, the student rank 0 handed over, cannot be read")
+        self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
+        return self.models.restore(Path(stage))
 
     def interrupt_note(self) -> str:
         """What follows 'interrupted' after a Ctrl-C in `run` (runner_folders.interrupt_note): saved

@@ -123,6 +123,9 @@ class Pass:
     # was measured before it (an importance scan's scores) no longer describes the student after it.
     # True unless a pass declares it only measures
     changes_weights: ClassVar[bool] = True
+    # whether every process of a distributed launch runs the pass (data parallel: distill); the
+    # others run on rank 0 alone, the other ranks waiting for its student (runner_ranks)
+    data_parallel: ClassVar[bool] = False
     # config keys that cannot change what the pass writes: --resume allows them to change
     result_free: ClassVar[tuple[str, ...]] = ("progress",)
 

@@ -125,6 +125,7 @@ class DistillPass(Pass):
     name = "distill"
     config_cls = DistillConfig
     needs_teacher = True
+    data_parallel = True
     result_free = _NOT_FINGERPRINTED
 
     def check(self, model, adapter) -> None:
