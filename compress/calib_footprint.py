@@ -133,13 +133,17 @@ SAVED_PER_TOKEN = 18
 
 def backward_bytes(f: dict, config, blocks: int) -> tuple[int, int]:
     """(without, with gradient checkpointing) bytes a whole-model backward keeps for one calibration
-    batch (the prediction's Fisher, compensation): every block's activations, or every block's
-    inputs plus one block's activations while it is rebuilt. f: a `footprint`."""
+    batch (the prediction's Fisher, compensation): every block's activations, or every other block's
+    residual-stream input plus one block's activations while it is rebuilt (its input among them).
+    PixArt-Σ's projected caption is one tensor every block reads: kept once either way, and each
+    block's cross-attention keys and values of it count with its activations. (The caption counted
+    as every block's input made the checkpointed estimate the larger with a long caption and few
+    image tokens.) f: a `footprint`."""
     width, itemsize = config.num_attention_heads * config.attention_head_dim, f["itemsize"]
-    rows = min(f["rows"], f["batch_rows"])
-    per_block = SAVED_PER_TOKEN * f["tokens"] * width * itemsize * rows
-    inputs = (f["tokens"] + f["caption_tokens"]) * width * itemsize * rows
-    return blocks * per_block, blocks * inputs + per_block
+    unit = width * itemsize * min(f["rows"], f["batch_rows"])  # bytes of one token, all the batch's rows
+    per_block = (SAVED_PER_TOKEN * f["tokens"] + 2 * f["caption_tokens"]) * unit
+    caption = f["caption_tokens"] * unit
+    return blocks * per_block + caption, (blocks - 1) * f["tokens"] * unit + caption + per_block
 
 
 def skip_scan_bytes(f: dict, config, blocks: int) -> int:

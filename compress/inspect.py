@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from compress.errors import UserError
 from compress.io_output import load_transformer, output_folder
-from compress.report import (console, layer_rows, layer_tables, output_dir, plot_ranks, plot_spectrum,
-                             read_report, results, summary_table, to_json)
+from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, _block_prefix, console, layer_rows, output_dir,
+                             plot_ranks, plot_spectrum, read_report, results, summary_table, to_json)
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
@@ -15,19 +22,220 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
     model = load_transformer(out, nonfinite="warn")  # for looking: a damaged output is shown, with a warning
     plot_dir = output_dir(plot_dir, "--plot") if plot_dir else None
     report = read_report(out)
+    block_map = recorded_block_map(model, out)
     rows = layer_rows(model, report)
+    teacher = teacher_blocks(rows, block_map)
+    for r in rows:
+        if r["block"] in teacher:
+            r["teacher_block"] = teacher[r["block"]]
     if as_json:
-        print(to_json({"layers": rows, "report": report}))
+        print(to_json({"layers": rows, "report": report, "block_map": block_map,
+                       "removed_blocks": removed_blocks(block_map, report) if block_map else None}))
     else:
-        for table in layer_tables(rows, results.width, title=f"{out}"):
-            results.print(table)
-        results.print(summary_table(rows, "role", "by role (linear layers)"))
-        results.print(summary_table(rows + other_params(model, rows), "block", "by block (all parameters)"))
-        _print_optimality(rows)
-        _print_compensation(report)
+        _print_inspection(out, model, rows, report, block_map, teacher)
     if plot_dir:
         write_plots(rows, report, plot_dir)
     return rows
+
+
+def _print_inspection(out: Path, model, rows: list[dict], report: dict, block_map: dict | None,
+                      teacher: dict[str, str]) -> None:
+    """The tables and summary lines `inspect` prints: per layer, by role, by block (student blocks,
+    with their teacher index where removal renumbered them), then what removal did and how close
+    each method's factorizations came to their optimum."""
+    shown = [_displayed(r) for r in rows]
+    for table in inspect_tables(shown, results.width, f"{out}", teacher):
+        results.print(table)
+    if not any(_measured(r) for r in shown):
+        results.print("no svd pass: no per-layer factorization measurements" if not report.get("svd") else
+                      "no factorization measurements for the layers as they are now (changed since the svd pass)")
+    results.print(summary_table(shown, "role", "by role (linear layers)"))
+    by_block = [{**r, "block": _teacher_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
+    results.print(summary_table(by_block, "block", "by block (all parameters)"))
+    for line in _removal_lines(block_map, report):
+        results.print(line)
+    _print_optimality(rows, report)
+    _print_compensation(report)
+
+
+# ---- the block map: which teacher block each student block is ---------------------------------
+def recorded_block_map(model, out: Path) -> dict[str, list[int]] | None:
+    """{group: [teacher index of student block 0, 1, ...]} as the run recorded it: config.json's
+    compression.block_map (what load_transformer keeps as compression_meta), else block_map.json;
+    None for an output no remove_blocks pass touched. A malformed one is a UserError naming its file."""
+    where, found = out / "config.json", (getattr(model, "compression_meta", None) or {}).get("block_map")
+    if found is None and (out / "block_map.json").is_file():
+        from compress.io import read_json
+
+        where, found = out / "block_map.json", read_json(out / "block_map.json")
+    if found is None:
+        return None
+    if not _is_block_map(found):
+        shown = json.dumps(found, default=str)
+        raise UserError(f"{where}: block_map is {shown[:37] + '...' if len(shown) > 40 else shown}, not a mapping "
+                        "of each block group to its teacher indices; the output is damaged (rerun the recipe)")
+    return found
+
+
+def _is_block_map(found) -> bool:
+    """{group: [teacher index, ...]}, indices whole numbers ≥ 0."""
+    def index(i) -> bool:
+        return isinstance(i, int) and not isinstance(i, bool) and i >= 0
+
+    return isinstance(found, dict) and all(isinstance(v, list) and all(map(index, v)) for v in found.values())
+
+
+def teacher_blocks(rows: list[dict], block_map: dict | None) -> dict[str, str]:
+    """Student block label ("blocks.1") -> the teacher's ("blocks.2"), for every block of a group
+    the block map names (labels as the rows carry them: group.index)."""
+    teacher = {}
+    for r in rows:
+        group, _, index = r["block"].rpartition(".")
+        if block_map and index.isdigit() and int(index) < len(block_map.get(group, [])):
+            teacher[r["block"]] = f"{group}.{block_map[group][int(index)]}"
+    return teacher
+
+
+def _teacher_label(block: str, teacher: dict[str, str]) -> str:
+    """`block`, with its teacher index beside it where removal renumbered it: "blocks.1 (teacher 2)"."""
+    theirs = teacher.get(block, block)
+    return block if theirs == block else f"{block} (teacher {theirs.rpartition('.')[2]})"
+
+
+def removed_blocks(block_map: dict[str, list[int]], report: dict) -> dict[str, list[int]]:
+    """{group: teacher indices no student block maps to}. The teacher's block count is the first
+    removal pass's blocks_before (report.json); without it, the highest index kept + 1 (a removed
+    last block then goes unseen)."""
+    removal = report.get("remove_blocks")
+    runs = (removal.get("passes") or [removal]) if isinstance(removal, dict) else []
+    first = runs[0] if isinstance(runs, list) and runs else {}
+    before = first.get("blocks_before") if isinstance(first, dict) else None
+    before = before if isinstance(before, dict) else {}
+    gone = {}
+    for group, kept in block_map.items():
+        count = max([before[group] if isinstance(before.get(group), int) else 0] + [i + 1 for i in kept])
+        gone[group] = [i for i in range(count) if i not in kept]
+    return gone
+
+
+def _removal_lines(block_map: dict | None, report: dict) -> list[str]:
+    """What removal did, in teacher indices: the blocks gone, and each renumbered student block's
+    teacher block (the tables name student blocks, as the weights and a recipe's names do)."""
+    if not block_map:
+        return []
+    gone = removed_blocks(block_map, report)
+    said = "; ".join(f"{g} {', '.join(map(str, v))} ({len(v) + len(block_map[g])} → {len(block_map[g])})"
+                     for g, v in gone.items() if v)
+    moved = ", ".join(f"{g}.{i} ← {t}" for g, kept in block_map.items() for i, t in enumerate(kept) if i != t)
+    lines = [f"blocks removed from the teacher: {said or 'none'}"]
+    if moved:
+        lines.append(f"student blocks renumbered (student ← teacher index): {moved}")
+    return lines
+
+
+# ---- the per-layer tables --------------------------------------------------------------------------
+def _displayed(row: dict) -> dict:
+    """`row` as the tables show it: a loss ratio that is not a finite number (an older report's
+    Infinity where the optimum was 0) as none, never "inf"."""
+    ratio = row.get("loss_ratio")
+    return {**row, "loss_ratio": None} if isinstance(ratio, float) and not math.isfinite(ratio) else row
+
+
+def _measured(row: dict) -> bool:
+    return any(cell(row) != "-" for _, _, cell in QUALITY_COLUMNS)
+
+
+def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, str]) -> list[Table]:
+    """The per-layer table as one table when `width` columns show it whole, else as two: the rank
+    budget of every layer, and the loss, optimum, error and time of the layers the svd pass
+    measured (no second table, nor its columns, where it measured none). Names too long for the
+    width fold at a '.' (at a '_' within a longer part), so no two look alike and none breaks mid-word."""
+    measured = [r for r in rows if _measured(r)]
+    if not measured:
+        return [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher)]
+    whole = _layer_table(rows, title, BUDGET_COLUMNS + QUALITY_COLUMNS, None, teacher)
+    if _natural_width(whole) <= width:
+        return [whole]
+    return [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher),
+            _layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS, width, teacher)]
+
+
+def _layer_table(rows: list[dict], title: str, columns, width: int | None, teacher: dict[str, str]) -> Table:
+    """One row per layer; a block's layers under a row naming the block (with its teacher index where
+    removal renumbered it), by the rest of their names (`attn1.to_q`). `width`: names folded so the
+    table fits it (None: as they are)."""
+    entries = _entries(rows, teacher)
+    if width is None:
+        return _table(title, columns, [(_with_note(name, note, 1 << 16), r) for name, note, r in entries])
+    fixed = _natural_width(_table(title, columns, [("", r) for _, _, r in entries])) - len("layer")
+    room = max(width - fixed, 8)  # the layer column's share of the width
+    return _table(title, columns, [(_with_note(_fold(name, room), note, room), r) for name, note, r in entries])
+
+
+def _entries(rows: list[dict], teacher: dict[str, str]) -> list[tuple[str, str, dict | None]]:
+    """(name, note, row): a block's heading row (row None; note: its teacher index), then its layers."""
+    entries, block = [], None
+    for r in rows:
+        prefix = _block_prefix(r["name"]) if r["block"] != "-" else ""
+        if prefix and prefix != block:
+            label = _teacher_label(r["block"], teacher)
+            entries.append((prefix, label[len(r["block"]):].strip(), None))
+        block = prefix
+        entries.append((f"  {r['name'][len(prefix) + 1:]}" if prefix else r["name"], "", r))
+    return entries
+
+
+def _table(title: str, columns, entries: list[tuple[str, dict | None]]) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("layer", overflow="fold")  # names come folded at '.'; this only below 8 columns
+    for header, just, _ in columns:
+        table.add_column(header, justify=just, no_wrap=True)
+    for name, r in entries:
+        if r is None:
+            table.add_row(Text(name, style="bold"))
+        else:
+            table.add_row(name, *(cell(r) for _, _, cell in columns))
+    return table
+
+
+def _with_note(name: str, note: str, room: int) -> str:
+    """A heading's (folded) name and its note: on the name's last line where that fits `room`, else
+    on a line of its own."""
+    if not note:
+        return name
+    last = name.rsplit("\n", 1)[-1]
+    return f"{name} {note}" if len(last) + 1 + len(note) <= room else f"{name}\n{note}"
+
+
+def _natural_width(table: Table) -> int:
+    return Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+
+
+def _fold(name: str, width: int) -> str:
+    """`name` in lines of at most `width` characters, broken after a '.' (after a '_' within a part
+    longer than the width, mid-part only where that is longer still); continuation lines keep the
+    name's indent. A name that fits stays one line."""
+    if len(name) <= width:
+        return name
+    indent = name[:len(name) - len(name.lstrip())]
+    room = max(width - len(indent), 1)
+    lines, line = [], ""
+    for part in _parts(name.strip(), room):
+        if line and len(line) + len(part) > room:
+            lines.append(line)
+            line = ""
+        line += part
+    return "\n".join(indent + x for x in lines + [line])
+
+
+def _parts(name: str, room: int) -> list[str]:
+    """`name`'s pieces, each ending in a '.' (or the end); a piece wider than `room` split after its
+    '_'s, and a piece wider still in `room`-wide slices."""
+    parts = []
+    for piece in re.findall(r"[^.]+\.?|\.", name):
+        for sub in ([piece] if len(piece) <= room else re.findall(r"[^_]+_?|_", piece)):
+            parts += [sub[i:i + room] for i in range(0, len(sub), room)]
+    return parts
 
 
 def other_params(model, rows: list[dict]) -> list[dict]:
@@ -47,15 +255,41 @@ def other_params(model, rows: list[dict]) -> list[dict]:
     return [{"block": b, "params": n, "dense_params": n, "rank": None} for b, n in counts.items()]
 
 
-def _print_optimality(rows: list[dict]) -> None:
-    ratios = [r["loss_ratio"] for r in rows if isinstance(r.get("loss_ratio"), (int, float))]
-    if ratios:
-        results.print(f"whitened loss / optimal loss over {len(ratios)} factorized layers: "
-                      f"max {max(ratios):.6f}")
-    gaps = [r["fit_gap"] for r in rows if isinstance(r.get("fit_gap"), (int, float))]
+def _print_optimality(rows: list[dict], report: dict | None = None) -> None:
+    """Each method's worst loss / closed-form optimum: "whitened loss / optimal loss" over the whitened
+    layers only (the ≤ 1.001 check), another method's ("asvd loss / optimal loss", to the
+    output-weighted optimum, which it need not reach) apart. A ratio that is not a finite number (an
+    older report's Infinity or null where the optimum was 0) is counted apart, never printed as inf."""
+    for method, ratios, apart in _ratios_by_method(rows, report or {}):
+        what = (f"{method} loss / optimal loss over {len(ratios)} {method} layers" if method else
+                f"loss / optimal loss over {len(ratios)} factorized layers")  # a report of no method
+        shown = f"max {max(ratios):.6f}" if ratios else "no finite ratio"
+        results.print(f"{what}: {shown}" + (f" ({apart} more of optimal loss 0 left out)" if apart else ""))
+    gaps = [r["fit_gap"] for r in rows if isinstance(r.get("fit_gap"), (int, float)) and math.isfinite(r["fit_gap"])]
     if gaps:
         results.print(f"asymmetric fits above their undamped optimum over {len(gaps)} layers: "
                       f"max {max(gaps):.2e} of the layer's output energy")
+
+
+def _ratios_by_method(rows: list[dict], report: dict) -> list[tuple[str, list[float], int]]:
+    """(method, finite loss ratios, how many more were not finite), whitened first. A layer's method
+    is its svd record's, else the pass's (reports before per-layer methods)."""
+    svd = report.get("svd") or {}
+    layers, default = svd.get("layers") or {}, svd.get("method")
+    found: dict[str, tuple[list[float], list[int]]] = {}
+    for r in rows:
+        if "loss_ratio" not in r:
+            continue
+        method = (layers.get(r["name"]) or {}).get("method") or default
+        method = method if isinstance(method, str) else ""
+        ratios, apart = found.setdefault(method, ([], [0]))
+        ratio = r["loss_ratio"]
+        if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and math.isfinite(ratio):
+            ratios.append(ratio)
+        else:
+            apart[0] += 1
+    order = sorted(found, key=lambda m: (m != "whitened", m))
+    return [(m, found[m][0], found[m][1][0]) for m in order]
 
 
 def _print_compensation(report: dict) -> None:

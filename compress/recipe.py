@@ -212,11 +212,14 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
     if dataclasses.is_dataclass(tp):
         return build_dataclass(node, tp, loc_path, what)
     if origin in (typing.Union, types.UnionType):
+        errors = {}
         for arg in typing.get_args(tp):
             try:
                 return convert(node, arg, loc_path, what)
-            except UserError:
-                continue
+            except UserError as e:
+                errors[arg] = e
+        if (inner := _only_container(node, typing.get_args(tp))) is not None:
+            raise errors[inner]  # names the value inside that is wrong, at its line
         raise loc.err(f"{what} must be {_type_name(tp)}, not {_shown(node)}{type_hint(node, tp)}")
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
@@ -245,6 +248,19 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise loc.err(f"{what} must be {_type_name(tp)}, not {value!r}{type_hint(node, tp)}")
+
+
+def _only_container(node: yaml.Node, args) -> Any:
+    """The one type of a union that takes a list (a mapping) when `node` is one, None if none or
+    several do: its error about a value inside (blocks.blocks: '1') says more than the union's."""
+    def takes(arg) -> bool:
+        arg = {list: list[Any], dict: dict[str, Any]}.get(arg, arg)
+        if isinstance(node, yaml.SequenceNode):
+            return typing.get_origin(arg) is list
+        return isinstance(node, yaml.MappingNode) and (typing.get_origin(arg) is dict
+                                                       or dataclasses.is_dataclass(arg))
+    found = [arg for arg in args if takes(arg)]
+    return found[0] if len(found) == 1 else None
 
 
 def _shown(node: yaml.Node) -> str:

@@ -169,23 +169,42 @@ def model_card(recipe, report: dict) -> str:
 
 
 def _removal_lines(removal: dict) -> list[str]:
-    """Which teacher blocks are gone, and how they were chosen (the last removal pass's record)."""
-    gone = {g: v for g, v in (removal.get("removed") or {}).items() if v}
-    if not gone:
+    """Which teacher blocks are gone, and how each removal pass chose them: its record in
+    `passes` (a report of one removal before `passes` was kept: the record itself)."""
+    runs = removal.get("passes") or ([removal] if removal else [])
+    said = [(_gone(r), _how(r)) for r in runs]
+    if len(runs) == 1:
+        return [] if not said[0][0] else [
+            "", f"Blocks removed by the last remove_blocks pass (teacher indices): {said[0][0]} ({said[0][1]})."]
+    total = {g: v for g, v in (removal.get("removed_total") or {}).items() if v}
+    if not total:
         return []
-    how = "listed in the recipe" if removal.get("criterion") is None else f"chosen by {removal['criterion']}"
-    for w in (removal.get("learned") or {}).get("windows", []):
+    return (["", "Blocks removed (teacher indices): " + ", ".join(f"{g} {v}" for g, v in total.items())
+             + f", by {len(runs)} remove_blocks passes:", ""]
+            + [f"- remove_blocks pass {n} of {len(runs)}: {gone or 'none'} ({how})."
+               for n, (gone, how) in enumerate(said, 1)])
+
+
+def _gone(record: dict) -> str:
+    """'blocks [1, 4]': the teacher blocks one removal pass took, '' for none."""
+    return ", ".join(f"{g} {v}" for g, v in (record.get("removed") or {}).items() if v)
+
+
+def _how(record: dict) -> str:
+    """How one removal pass chose its blocks: listed, or by which criterion (one at a time when
+    iterative; a learned removal with its likeliest patterns' probabilities)."""
+    if record.get("criterion") is None:
+        return "listed in the recipe"
+    how = f"chosen by {record['criterion']}" + (", re-scored after each removal" if record.get("iterative") else "")
+    for w in (record.get("learned") or {}).get("windows", []):
         how += f"; {w['group']}: probability {w['likeliest'][0]['probability']:.2f}"
-    return ["", "Blocks removed by the last remove_blocks pass (teacher indices): "
-            + ", ".join(f"{g} {v}" for g, v in gone.items()) + f" ({how})."]
+    return how
 
 
 def _svd_lines(svd: dict) -> list[str]:
     """How close the factorized layers are to their closed-form optimum, and what compensation did."""
-    ratios = [r["loss_ratio"] for r in (svd.get("layers") or {}).values() if "loss_ratio" in r]
-    lines = [] if not ratios else [
-        "", f"Factorized layers: {len(ratios)}; worst whitened loss / closed-form optimal loss: "
-        f"{max(ratios):.9f}."]
+    factorized = {n: r for n, r in (svd.get("layers") or {}).items() if "loss_ratio" in r}
+    lines = [] if not factorized else ["", f"Factorized layers: {len(factorized)}{_ratio_words(factorized)}."]
     gaps = sorted(r["fit_gap"] for r in (svd.get("layers") or {}).values() if "fit_gap" in r)
     if gaps:
         lines.append(f"Fitted to the uncompressed model's outputs: {len(gaps)} layers; their fit above its undamped "
@@ -199,6 +218,21 @@ def _svd_lines(svd: dict) -> list[str]:
                      f"{last['uncompensated_error']:.4g}; first stage {first['uncompensated_error']:.4g} → "
                      f"{first['calibration_error']:.4g}).")
     return lines
+
+
+def _ratio_words(layers: dict) -> str:
+    """The worst loss / closed-form optimum per method: whitened's is the optimality check; asvd and
+    svd do not claim that optimum, and a layer whose optimum is 0 has no ratio."""
+    from compress.passes.svd_checks import max_ratio_by_method
+
+    words = ""
+    for method, worst in sorted(max_ratio_by_method(layers).items(), key=lambda m: m[0] != "whitened"):
+        words += (f"; worst whitened loss / closed-form optimal loss: {worst:.9f}" if method == "whitened" else
+                  f"; {method} (which does not claim the whitened optimum): worst loss / whitened optimal loss "
+                  f"{worst:.4g}")
+    none = sum(1 for r in layers.values() if not isinstance(r["loss_ratio"], (int, float))
+               or not math.isfinite(r["loss_ratio"]))
+    return words + (f"; {none} without a ratio (a whitened optimum of 0 under a loss that is not)" if none else "")
 
 
 def to_json(data) -> str:

@@ -1,6 +1,9 @@
 """`dit-compress inspect`: its table by block counts every parameter, so its rows add up to what the
 output's weight files hold."""
 
+import json
+import re
+
 import pytest
 from safetensors.torch import load_file
 
@@ -38,3 +41,133 @@ def test_the_table_by_block_adds_up_to_what_the_weight_files_hold(tmp_path, caps
     assert "by block (all parameters)" in printed
     first = next(label for label in rows if label != "top level")
     assert rows[first][0] == "1" and rows[first][2] != "100.0%"  # the factorized to_q, of the whole block
+
+
+def _removed(model, drop: dict[str, list[int]]):
+    """`model` less the blocks `drop` names, with the block map a run records (config.json)."""
+    from compress.arch import get_adapter
+
+    model.compression_meta = {"block_map": get_adapter(model).remove_blocks(model, drop)}
+    return model
+
+
+def _removal_report(before: dict[str, int], removed: dict[str, list[int]]) -> str:
+    return json.dumps({"remove_blocks": {"criterion": None, "iterative": False, "removed": removed,
+                                         "blocks_before": before}})
+
+
+@pytest.mark.parametrize("family, model, drop, before, said, mapped", [
+    ("pixart", tiny_pixart, {"blocks": [1]}, {"blocks": 3}, "blocks 1 (3 → 2)", "blocks.1 ← 2"),
+    ("flux", tiny_flux, {"double": [0], "single": [2]}, {"double": 2, "single": 3},
+     "double 0 (2 → 1); single 2 (3 → 2)", "double.0 ← 1")])
+def test_inspect_of_a_block_pruned_output_names_the_removed_teacher_blocks(tmp_path, capsys, family, model,
+                                                                          drop, before, said, mapped):
+    """The tables named student blocks only, nothing said blocks were removed (nor which teacher
+    block each student block is), an empty factorization table came though no svd pass ran, and
+    --json had no block map. A last block removed (single 2) shows only by report.json's count."""
+    student = _removed(model(), drop)
+    out = save_compressed(student, tmp_path / "out", files={"report.json": _removal_report(before, drop)})
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"blocks removed from the teacher: {said}" in printed
+    assert f"(student ← teacher index): {mapped}" in printed
+    assert f"{mapped.split(' ←')[0]} (teacher {mapped[-1]})" in _table_rows(printed, "by block")
+    assert "factorization (the svd pass" not in printed and "no svd pass" in printed
+    assert main(["inspect", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["block_map"] == student.compression_meta["block_map"] and data["removed_blocks"] == {
+        g: drop.get(g, []) for g in data["block_map"]}
+    moved = mapped.split(" ←")[0]
+    assert {r["teacher_block"] for r in data["layers"] if r["block"] == moved} == {f"{moved[:-1]}{mapped[-1]}"}
+
+
+def _layer_names(printed: str) -> dict[str, list[str]]:
+    """Title -> the full layer names of each per-layer table in `printed`, rebuilt from its layer
+    column: a name goes on to the next line only after a '.' or '_' (a heading's note "(teacher 2)"
+    may take a line of its own); a heading (a row of no other cells) names the block of the
+    indented rows under it."""
+    tables, title, lines = {}, None, printed.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("┏") and "layer" in lines[i + 1]:
+            title, entries = lines[i - 1], []
+            tables[title] = entries
+        elif title and line.startswith("└"):
+            title = None
+        elif title and line.startswith("│"):
+            first, *rest = line.strip("│").split("│")
+            text, empty = first[1:].rstrip(), not any(c.strip() for c in rest)
+            if entries and (entries[-1][0].endswith((".", "_")) or text.strip().startswith("(")):
+                sep = " " if text.strip().startswith("(") else ""
+                entries[-1] = (entries[-1][0] + sep + text.strip(), entries[-1][1])
+            else:
+                entries.append((text, empty))
+    names = {}
+    for title, entries in tables.items():
+        names[title], block = [], ""
+        for text, heading in entries:
+            if text.startswith("  "):
+                names[title].append(f"{block}.{text.strip()}")
+            elif heading:
+                block = text.split(" (teacher")[0]
+            else:
+                names[title].append(text)
+    return names
+
+
+@pytest.mark.parametrize("model, layer", [(tiny_pixart, "transformer_blocks.1.attn1.to_out.0"),
+                                          (tiny_flux, "single_transformer_blocks.1.attn.to_q")])
+def test_inspect_at_80_columns_keeps_every_layer_name_whole_and_distinct(tmp_path, capsys, monkeypatch,
+                                                                        model, layer):
+    """At 80 columns (a terminal, or a pipe) names were cut mid-word to the column: two layers
+    showed as "adaln_single.emb.timeste", a heading as "transformer_blo" / "cks.0". Now they fold
+    after a '.' (a '_'), so each table's names read back whole, as the model's, one per layer."""
+    from compress.arch import get_adapter
+    from compress.report import results
+
+    student = _removed(factorize(model(), [layer], rank=2), {"blocks": [0]} if model is tiny_pixart else
+                       {"single": [0]})
+    layer = get_adapter(student).renumbered(layer, student.compression_meta["block_map"])
+    record = {"rank": 2, "method": "whitened", "loss": 1.0, "optimal_loss": 1.0, "loss_ratio": 1.0,
+              "energy_kept": 0.9, "rel_output_error": 0.1, "time_s": 0.5}
+    out = save_compressed(student, tmp_path / "out",
+                          files={"report.json": json.dumps({"svd": {"method": "whitened", "layers": {layer: record}}})})
+    monkeypatch.setattr(results, "_width", 80)
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines() if line[:1] in "┏┃┡│└") <= 80
+    names = _layer_names(printed)
+    linears = [info.name for info in get_adapter(student).linears(student)]
+    assert len(names) == 2  # the rank budget of all, the factorization of the measured
+    budget, measured = names.values()
+    assert budget == linears and measured == [layer]
+
+
+def test_inspect_says_each_methods_loss_ratio_and_never_inf(tmp_path, capsys):
+    """An asvd run's ratios (to the output-weighted optimum; Infinity where that is 0, in a report
+    of before) came as "whitened loss / optimal loss over N factorized layers: max inf"."""
+    names = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1.to_k",
+             "transformer_blocks.1.attn1.to_q", "transformer_blocks.1.attn1.to_k"]
+    student = factorize(tiny_pixart(), names, rank=2)
+    layers = {n: {"rank": 2, "loss": 1.0, "optimal_loss": 0.0, "loss_ratio": ratio, "time_s": 0.1}
+              for n, ratio in zip(names, [1.25, float("inf"), None, 1.5])}
+    layers[names[3]]["method"] = "whitened"  # a layer's own method over the pass's
+    report = json.dumps({"svd": {"method": "asvd", "layers": layers}})  # json writes inf as Infinity
+    out = save_compressed(student, tmp_path / "out", files={"report.json": report})
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "whitened loss / optimal loss over 1 whitened layers: max 1.500000" in printed
+    assert "asvd loss / optimal loss over 1 asvd layers: max 1.250000 (2 more" in printed
+    assert not re.search(r"\binf\b", printed, re.IGNORECASE)
+
+
+def test_inspect_of_a_damaged_block_map_is_one_line_naming_the_file(tmp_path, capsys):
+    """The block map inspect now reads is checked: a block_map.json of no group mapping is the
+    output's damage, said in one line naming the file, not a traceback."""
+    out = save_compressed(tiny_pixart(), tmp_path / "out", files={"block_map.json": "[0, 2]\n"})
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "block_map.json: block_map is [0, 2], not a mapping" in err and "Traceback" not in err

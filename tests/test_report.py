@@ -264,3 +264,24 @@ def test_the_notes_of_a_distributed_run_come_from_rank_zero_only(monkeypatch, ca
     main(["run", "no-such-recipe.yaml"])
     console.print("a note")
     assert "a note" in capsys.readouterr().err
+
+
+def test_the_model_card_lists_every_removal_pass_and_reads_a_one_removal_report():
+    """Two removal passes: the card said "Blocks removed by the last remove_blocks pass" with the
+    last pass's blocks only. It gives the total and each pass's blocks and how they were chosen."""
+    from compress.report import _removal_lines
+
+    first = {"criterion": None, "iterative": False, "removed": {"blocks": [1]}}
+    second = {"criterion": "proxy", "iterative": True, "removed": {"blocks": [5]}}
+    third = {"criterion": "scan", "iterative": False, "removed": {"blocks": []}}
+    record = dict(third, passes=[first, second, third], removed_total={"blocks": [1, 5]})
+    assert _removal_lines(record) == [
+        "", "Blocks removed (teacher indices): blocks [1, 5], by 3 remove_blocks passes:", "",
+        "- remove_blocks pass 1 of 3: blocks [1] (listed in the recipe).",
+        "- remove_blocks pass 2 of 3: blocks [5] (chosen by proxy, re-scored after each removal).",
+        "- remove_blocks pass 3 of 3: none (chosen by scan)."]
+    one = "Blocks removed by the last remove_blocks pass (teacher indices): blocks [1] (listed in the recipe)."
+    assert _removal_lines(first) == ["", one]  # a report written before `passes` was kept
+    assert _removal_lines(dict(first, passes=[first], removed_total={"blocks": [1]})) == ["", one]
+    assert _removal_lines(dict(third, passes=[third, third], removed_total={"blocks": []})) == []
+    assert _removal_lines({}) == []

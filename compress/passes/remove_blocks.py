@@ -15,7 +15,7 @@ student: no pass that changes weights (`Pass.changes_weights`: svd, distill, a r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from torch import nn
 
@@ -69,6 +69,7 @@ class RemoveBlocksConfig:
                                         f"got {self.criterion!r}")
         check_buckets(self.buckets, "remove_blocks")
         self._validate_learned()
+        self._validate_explicit()
 
     def _validate_learned(self) -> None:
         given = [k for k in LEARNED_KEYS if getattr(self, k) is not None]
@@ -93,6 +94,16 @@ class RemoveBlocksConfig:
         if self.learn_rank is not None and self.learn_lr == 0:
             raise BadValue("learn_rank", "remove_blocks: learn_rank shapes the weight update, and learn_lr: 0 "
                                          "turns it off; drop one of them")
+
+    def _validate_explicit(self) -> None:
+        """Listed blocks are removed as listed: a criterion, iterative or buckets other than the
+        default would be ignored (the defaults pass, as a resolved recipe.yaml writes them)."""
+        if self.blocks is None or self.count is not None or self.fraction is not None:
+            return  # not only blocks: `one_of` says so
+        for f in fields(self):
+            if f.name in ("criterion", "iterative", "buckets") and getattr(self, f.name) != f.default:
+                raise BadValue(f.name, f"remove_blocks: {f.name} applies to a count or fraction chosen by "
+                                       "importance; blocks lists the blocks to remove")
 
 
 def _biased(config: RemoveBlocksConfig) -> list[tuple[str, str]]:
@@ -187,6 +198,17 @@ def renumber_layer_records(report: dict, adapter: Adapter, before: dict[str, lis
     if svd.get("compensation"):
         svd["compensation"] = {n: v for old, v in svd["compensation"].items()
                                if (n := new(old, sep=" ", by_name=True)) is not None}
+
+
+def merge_report(previous: dict | None, this: dict) -> dict:
+    """A recipe may hold several removal passes: `passes` keeps each pass's own record and
+    `removed_total` the teacher blocks all of them removed (each record's `removed` is its own pass's
+    only); the top level stays the last pass's record, as a report of one removal reads.
+    `previous`: the report's record so far (one written before `passes` was kept counts as one pass)."""
+    earlier = [] if not previous else previous.get("passes") or [previous]
+    runs = earlier + [this]
+    total = {g: sorted({t for r in runs for t in r["removed"].get(g, [])}) for g in this["removed"]}
+    return dict(this, passes=runs, removed_total=total)
 
 
 # ---- the pass -----------------------------------------------------------------------------------
@@ -320,8 +342,8 @@ class RemoveBlocksPass(Pass):
         removed = {g: sorted(set(start[g]) - set(keep)) for g, keep in block_map.items()}
         ctx.block_map = block_map
         renumber_layer_records(ctx.report, adapter, start, block_map)
-        ctx.report["remove_blocks"] = dict(record, removed=removed, blocks_before=before,
-                                           blocks_after=adapter.block_counts(model))
+        this = dict(record, removed=removed, blocks_before=before, blocks_after=adapter.block_counts(model))
+        ctx.report["remove_blocks"] = merge_report(ctx.report.get("remove_blocks"), this)
         return model
 
     # ---- steps ----

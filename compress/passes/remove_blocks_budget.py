@@ -125,11 +125,12 @@ def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) ->
 def removes_nothing(config, counts: dict[str, int]) -> list[tuple[str, str]]:
     """(recipe key, message) where a count or fraction (that `resolve_budget` passed) removes no
     block: a fraction rounded down to none names the smallest that removes one; a pass that removes
-    no block at all says it changes nothing."""
+    no block at all (explicit blocks too: `blocks: {}`, `blocks: {blocks: []}`) says it changes nothing."""
     key = one_of(config)
-    if key == "blocks":
-        return []
     value = getattr(config, key)
+    nothing = ", so this pass changes nothing"
+    if key == "blocks":
+        return [] if any(value.values()) else [(key, f"remove_blocks: blocks removes no block{nothing}")]
     items = list(value.items()) if isinstance(value, dict) else [(None, value)]
     rounded, total = [], 0
     for group, v in items:
@@ -140,7 +141,6 @@ def removes_nothing(config, counts: dict[str, int]) -> list[tuple[str, str]]:
             spare = n - 1 if group else n - len(counts)  # blocks it may remove: each group keeps one
             of = f"{n} blocks" + (f" of group '{group}'" if group else "")
             rounded.append((path, f"remove_blocks: {path} {v} of {of} rounds down to no block", _smallest(n, spare)))
-    nothing = ", so this pass changes nothing"
     if total == 0 and len(items) == 1 and rounded:
         return [(path, head + nothing + tail) for path, head, tail in rounded]
     out = [(path, head + tail) for path, head, tail in rounded]

@@ -53,7 +53,8 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
 from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, check_streaming, check_values,
-                                        mark_planned, merge_report, planned_notes, summary, unchanged_note)
+                                        floored_note, mark_planned, merge_report, planned_notes, summary,
+                                        unchanged_note)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
 from compress.passes.svd_global import GlobalAllocation
@@ -183,8 +184,10 @@ class SVDPass(GlobalAllocation, Pass):
         out += shadow_notes(targets, c.ranks or {}, c.__dict__.get("_set_keys"), c.__dict__.get("_set_added"))
         out += planned_notes(targets, model)  # an earlier pass's ranks decided after calibration
         ranks = self.resolved.ranks(model, adapter)
-        if not targets or len(ranks) < len(targets) or any(r is not DENSE for r in ranks.values()):
+        if not targets or len(ranks) < len(targets):
             return out
+        if any(r is not DENSE for r in ranks.values()):  # ranks floored at multiple spend more than asked
+            return out + [n for n in [floored_note(c, targets, ranks)] if n]
         return out + [unchanged_note(c, targets)]
 
     def check_streaming(self) -> None:

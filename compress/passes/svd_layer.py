@@ -5,6 +5,7 @@ Math lives in `compress.linalg`; this file picks the Gram, measures the result a
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -139,7 +140,7 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
     replace_linear(model, info.name, layer.to(module.weight.device))
     return dict(record, rank=rank, kept_params=params_lowrank(info.out_features, info.in_features,
                                                               rank, bias),
-                loss=loss, optimal_loss=optimal, loss_ratio=_ratio(loss, optimal, m.energy),
+                loss=loss, optimal_loss=optimal, **_ratio(loss, optimal, m.energy, method, rank),
                 # the objective's energy kept: 1 − loss / tr(W G Wᵀ), all in its (weighted) metric
                 energy_kept=1.0 - loss / m.energy if m.energy > 0 else 1.0,
                 rel_output_error=error,
@@ -210,12 +211,23 @@ def _mean_shift(m: LayerMath, up, down):
     return shift + m.offset if m.offset is not None else shift
 
 
-def _ratio(loss: float, optimal: float, energy: float) -> float:
-    """loss / optimal; both at round-off level (≤ 1e-10 of the layer's energy) count as equal."""
+def _ratio(loss: float, optimal: float, energy: float, method: str, rank: int) -> dict:
+    """{"loss_ratio": loss / optimal}; both at round-off level (≤ 1e-10 of the layer's energy) count
+    as equal (1.0). An optimum of 0 under a loss that is not (asvd or svd at a rank at or above the
+    calibration data's rank, where whitening is exact) has no finite ratio: None, and
+    `loss_ratio_note` says why (report.json stays strict JSON: no Infinity, no NaN)."""
     floor = 1e-10 * max(energy, 0.0)
-    if optimal <= floor:
-        return 1.0 if loss <= floor else float("inf")
-    return loss / optimal
+    if not (math.isfinite(loss) and math.isfinite(optimal)):
+        return {"loss_ratio": None, "loss_ratio_note": f"loss {loss} or optimum {optimal} is not finite"}
+    if optimal > floor:
+        return {"loss_ratio": loss / optimal}
+    if loss <= floor:
+        return {"loss_ratio": 1.0}
+    share = f" ({loss / energy:.2e} of the layer's output energy)" if energy > 0 else ""
+    return {"loss_ratio": None,
+            "loss_ratio_note": f"no ratio: the whitened optimum at rank {rank} is 0 (the calibration data, in "
+                               f"this layer's objective, spans at most {rank} directions) while this {method} "
+                               f"factorization leaves a loss of {loss:.3g}{share}"}
 
 
 def approximation(m: LayerMath, dec: Decomposition, rank: int, root: torch.Tensor | None = None,

@@ -303,3 +303,45 @@ def test_a_group_fraction_that_rounds_down_names_its_group_key(tmp_path):
                                   "down to no block"), notes
     some = RemoveBlocksPass(RemoveBlocksConfig(fraction={g: 0.01, **{h: 0.6 for h in counts if h != g}}))
     assert [k for k, _ in some.notes(model, get_adapter(model))] == [f"fraction.{g}"]
+
+
+def test_each_removal_pass_keeps_its_record_and_the_total_is_in_teacher_indices(tmp_path):
+    """Two removal passes: report["remove_blocks"] kept the last one only, so report.json and the
+    card lost the first pass's blocks. `passes` keeps each, `removed_total` all of them; the top
+    level stays the last pass's record (what one-removal readers read)."""
+    model = tiny_pixart()
+    ctx = context(model, tmp_path)
+    run(model, ctx, blocks={"blocks": [1]})
+    run(model, ctx, count=1, criterion="proxy")
+    record = ctx.report["remove_blocks"]
+    first, last = record["passes"]
+    assert first["removed"] == {"blocks": [1]} and first["criterion"] is None
+    assert last["criterion"] == "proxy" and len(last["removed"]["blocks"]) == 1
+    assert last["removed"]["blocks"][0] != 1  # teacher indices: the second pass never names block 1 again
+    assert record["removed"] == last["removed"] and record["criterion"] == "proxy"
+    assert record["removed_total"] == {"blocks": sorted([1] + last["removed"]["blocks"])}
+    n = get_adapter(model).block_counts(ctx.teacher)["blocks"]
+    assert ctx.block_map == {"blocks": [t for t in range(n) if t not in record["removed_total"]["blocks"]]}
+
+
+def test_a_record_written_before_passes_were_kept_counts_as_one_pass():
+    from compress.passes.remove_blocks import merge_report
+
+    old = {"criterion": None, "iterative": False, "order": ["blocks.1"], "removed": {"blocks": [1]}}
+    this = {"criterion": "scan", "iterative": True, "order": ["blocks.3"], "removed": {"blocks": [3]}}
+    merged = merge_report(old, this)
+    assert merged["passes"] == [old, this] and merged["removed_total"] == {"blocks": [1, 3]}
+    assert merged["removed"] == {"blocks": [3]} and merged["order"] == ["blocks.3"]
+    assert merge_report(merged, dict(this, removed={"blocks": [0]}))["removed_total"] == {"blocks": [0, 1, 3]}
+
+
+@pytest.mark.parametrize("blocks", [{}, {"blocks": []}])
+def test_explicit_blocks_that_remove_nothing_are_warned_as_a_count_of_none_is(tmp_path, blocks):
+    """blocks: {} and blocks: {blocks: []} removed nothing with no word, while count: 0 warns."""
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    step = RemoveBlocksPass(RemoveBlocksConfig(blocks=blocks))
+    step.check(model, adapter)
+    assert step.notes(model, adapter) == [("blocks", "remove_blocks: blocks removes no block, so this pass "
+                                                     "changes nothing")]
+    assert RemoveBlocksPass(RemoveBlocksConfig(blocks={"blocks": [0]})).notes(model, adapter) == []

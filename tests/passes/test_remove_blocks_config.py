@@ -45,3 +45,39 @@ def test_the_hinted_keys_still_take_their_values():
     recipe = parse_recipe(RECIPE.format(options="{blocks: {blocks: [4]}}"), "r.yaml")
     assert recipe.passes[0].config.blocks == {"blocks": [4]}
     assert parse_recipe(RECIPE.format(options="{count: 1}"), "r.yaml").passes[0].config.count == 1
+
+
+@pytest.mark.parametrize("options, key", [
+    ("{blocks: {blocks: [1]}, criterion: proxy}", "criterion"),
+    ("{blocks: {blocks: [1]},\n      iterative: true}", "iterative"),
+    ("{blocks: {blocks: [1]},\n\n      buckets: 2}", "buckets"),
+])
+def test_explicit_blocks_refuse_the_keys_that_choose_by_importance_at_their_line(options, key):
+    """{blocks: ..., criterion: proxy, iterative: true, buckets: 2} planned with exit 0 and no word:
+    the keys were ignored. Refused as learn_steps without criterion learned is."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE.format(options=options), "r.yaml")
+    line = 4 + options.count("\n")
+    assert str(e.value) == (f"r.yaml:{line}: remove_blocks: {key} applies to a count or fraction chosen by "
+                            "importance; blocks lists the blocks to remove")
+
+
+def test_explicit_blocks_take_the_defaults_a_resolved_recipe_writes():
+    recipe = parse_recipe(RECIPE.format(options="{blocks: {blocks: [1]}, criterion: scan, iterative: false, "
+                                                "buckets: 3}"), "r.yaml")
+    assert recipe.passes[0].config.blocks == {"blocks": [1]}
+
+
+@pytest.mark.parametrize("options, line, words", [
+    ("{blocks: {blocks: '1'}}", 4, f"blocks.blocks must be a list of an integer, not '1'; {BLOCKS}"),
+    ("\n      blocks:\n        blocks: [1, x]", 6, f"blocks.blocks[1] must be an integer, not 'x'; {BLOCKS}"),
+    ("{count: {blocks: one}}", 4, "count.blocks must be an integer, not 'one'; count is over all blocks or per "
+                                  "block group: count: 1, count: {blocks: 1} (PixArt) or count: {double: 1, "
+                                  "single: 1} (Flux)"),
+])
+def test_a_wrong_value_inside_a_block_mapping_is_named_at_its_line(options, line, words):
+    """{blocks: {blocks: '1'}} said blocks 'must be a mapping of a string to a list of an integer or null,
+    not a mapping': the mapping was right, the '1' inside it was not."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE.format(options=options), "r.yaml")
+    assert str(e.value) == f"r.yaml:{line}: passes[0].remove_blocks.{words}"

@@ -259,3 +259,30 @@ def test_what_the_check_says_a_global_pass_surely_factorizes_it_does(tmp_path):
         sure = {n for n, (_, is_sure) in marks.items() if is_sure}
         assert sure <= factorized and factorized, (first, sure, factorized)
         assert sure or next(iter(marks.values()))[0].some
+
+
+def test_the_optimality_summary_covers_whitened_layers_and_labels_the_others_by_method():
+    """An asvd pass's ratios (4..592 against the whitened optimum, None where that optimum is 0)
+    were summarized as `max_loss_ratio`, the whitened ≤ 1.001 check, Infinity included; the model
+    card said 'worst whitened loss / closed-form optimal loss: inf'."""
+    import json
+
+    from compress.passes.svd_checks import summary
+    from compress.report import _svd_lines
+
+    def rec(method, ratio):
+        return {"method": method, "params_dense": 10, "kept_params": 5, "rank": 2, "loss_ratio": ratio}
+
+    records = {"a": rec("whitened", 1.0000002), "b": rec("asvd", 591.7), "c": rec("asvd", None),
+               "d": {"method": "asvd", "params_dense": 10, "kept_params": 10, "rank": "dense"}}
+    said = summary(records, SVDConfig(method="asvd"))
+    assert said["max_loss_ratio"] == 1.0000002  # whitened only
+    assert said["max_loss_ratio_by_method"] == {"whitened": 1.0000002, "asvd": 591.7}
+    assert said["undefined_loss_ratios"] == ["c"]
+    json.dumps(said, allow_nan=False)
+    only_asvd = summary({k: records[k] for k in "bcd"}, SVDConfig(method="asvd"))
+    assert only_asvd["max_loss_ratio"] is None and only_asvd["max_loss_ratio_by_method"] == {"asvd": 591.7}
+    card = " ".join(_svd_lines({"layers": {**records, "e": rec("asvd", float("inf"))}}))  # an older report's inf
+    assert "Factorized layers: 4; worst whitened loss / closed-form optimal loss: 1.000000200; asvd (which does " \
+           "not claim the whitened optimum): worst loss / whitened optimal loss 591.7; 2 without a ratio" in card, card
+    assert "inf" not in card

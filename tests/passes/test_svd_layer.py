@@ -154,3 +154,30 @@ def test_rel_output_error_is_the_layers_own_output_error_on_its_calibration_inpu
         assert rec["rel_output_error"] == pytest.approx((seen[name][0] / seen[name][1]) ** 0.5, rel=1e-4), name
         assert 0 < rec["energy_kept"] < 1
     assert bool(report["asymmetric"]) == (fisher == "none")  # blocks 1, 2 fit W + Δ
+
+
+@pytest.mark.parametrize("method", ["asvd", "svd"])
+def test_a_layer_whose_optimum_is_zero_gets_no_infinite_ratio(method):
+    """Flux's ff_context at rank 64, above the text stream's data rank, with method asvd: the
+    whitened optimum is 0 while asvd's loss is not; report.json said `loss_ratio: Infinity` (not
+    strict JSON). Now: None with a note; a loss at round-off under a zero optimum is 1.0."""
+    import json
+
+    from compress.arch.base import LinearInfo
+    from compress.calib_stats import Stats
+    from compress.passes.svd_layer import _ratio, compress_layer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32))
+    x = torch.randn(64, 4, dtype=F64) @ torch.randn(4, 32, dtype=F64)  # data rank 4 < the rank 8
+    x[:, 0] += 30 * torch.randn(64, dtype=F64)  # one loud channel: asvd / svd miss the data's subspace
+    stats = Stats.zeros(32)
+    stats.add(x)
+    info = LinearInfo("0", "mlp", "in", None, None, 32, 32, "x")
+    rec = compress_layer(net, info, stats, method=method, alpha=0.5, center=False, gram_is_output=False,
+                         choose_rank=lambda dec: 8)
+    assert rec["optimal_loss"] <= 1e-10 * rec["loss"] / (1 - rec["energy_kept"])  # optimum 0
+    assert rec["loss_ratio"] is None and "whitened optimum at rank 8 is 0" in rec["loss_ratio_note"], rec
+    json.dumps(rec, allow_nan=False)  # strict JSON
+    assert _ratio(1e-12, 0.0, 100.0, method, 8) == {"loss_ratio": 1.0}  # round-off under a zero optimum
+    assert _ratio(float("nan"), 1.0, 100.0, method, 8)["loss_ratio"] is None

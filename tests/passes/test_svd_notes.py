@@ -105,3 +105,61 @@ def test_a_dumped_recipe_whose_set_pattern_went_first_says_so_and_its_rerun_advi
     check_passes(build_passes(again), again.passes, teacher, get_adapter(teacher))
     said = " ".join(capsys.readouterr().err.split())
     assert f"pattern '{BLOCK0}' gives no layer its rank" in said and "or remove it" in said
+
+
+PIXART = """\
+model: pixart
+teacher: toy:pixart
+calibration: {num_prompts: 4, timesteps: 2, batch_size: 16, heldout: 8}
+passes:
+  - svd:
+      targets: [attention, mlp]
+      ratio: 0.5
+      multiple: 8
+"""
+
+
+def _pixart_warnings(capsys, overrides, text=PIXART, **model) -> list[str]:
+    """The warnings the run's (and plan's) pass checks print for `text` with `overrides` on a tiny
+    PixArt (its config's `model` keys replaced)."""
+    from tests.conftest import tiny_pixart
+
+    recipe = parse_recipe(text, "p1.yaml", list(overrides))
+    teacher = tiny_pixart(**model)
+    check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))
+    said = " ".join(capsys.readouterr().err.split())
+    return [w.strip() for w in re.findall(r"warning: .*?(?= warning: |$)", said.strip())]
+
+
+def test_a_ratio_whose_ranks_are_floored_at_multiple_says_what_the_pass_keeps(capsys):
+    """--set ratio=0.001 kept 9.9% of the targets' parameters (every rank floored at multiple 8)
+    with no word; the warning names the --set that asked for less."""
+    said = _pixart_warnings(capsys, ["passes.0.svd.ratio=0.001"])
+    assert len(said) == 1 and said[0].startswith(
+        "warning: p1.yaml (--set passes.0.svd.ratio=0.001): svd: ranks are floored at svd.multiple (8): for all "), said
+    kept = re.search(r"keeps (\d+\.\d)% of its targets' parameters instead of the 0\.1% that svd\.ratio 0\.001 asks",
+                     said[0])
+    assert kept and float(kept.group(1)) > 1, said
+    assert _pixart_warnings(capsys, []) == []  # ratio 0.5: no rank floored
+    per_role = PIXART.replace("ratio: 0.5", "allocation: per_role\n      ratios: {attention: 0.001, mlp: 0.5}")
+    said = _pixart_warnings(capsys, [], per_role)
+    assert len(said) == 1 and said[0].startswith("warning: p1.yaml:8: svd: ranks are floored") \
+        and "that svd.ratios ask" in said[0], said
+
+
+WIDTH_28 = dict(attention_head_dim=14, cross_attention_dim=28)
+
+
+def test_a_pass_left_dense_by_a_set_ratio_is_warned_at_that_set(capsys):
+    """--set ratio=1 was warned at the file's `multiple: 8` line (rounding named the cause: at width
+    28 the MLP's unrounded ratio-1 rank, 22, saves), though the --set made every target dense; a
+    --set multiple is named as before, and so is the file's multiple without a --set."""
+    mlp = PIXART.replace("[attention, mlp]", "[mlp]")  # attention at 28 x 28: exact, dense at ratio 1 unrounded
+    said = _pixart_warnings(capsys, ["passes.0.svd.ratio=1"], mlp, **WIDTH_28)
+    assert len(said) == 1 and said[0].startswith(
+        "warning: p1.yaml (--set passes.0.svd.ratio=1): svd: every one of its 6 targets stays dense (ranks "
+        "rounded up to a multiple of 8"), said
+    said = _pixart_warnings(capsys, ["passes.0.svd.multiple=256"], mlp, **WIDTH_28)
+    assert said[0].startswith("warning: p1.yaml (--set passes.0.svd.multiple=256): svd: every one of"), said
+    said = _pixart_warnings(capsys, [], mlp.replace("ratio: 0.5", "ratio: 1.0"), **WIDTH_28)
+    assert said[0].startswith("warning: p1.yaml:8: svd: every one of its 6 targets stays dense (ranks rounded"), said
