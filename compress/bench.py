@@ -99,12 +99,12 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
     if repeats < 1 or batch < 1:
         raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
+    dev = _device(device)  # before loading: a wrong --device is refused at once, not after the models load
     student = load_transformer(out)  # a UserError unless `out` is an output folder
     source, config = teacher_to_load(out, teacher, teacher_config)
     if not source:
         raise UserError(f"{out}/report.json names no teacher; pass --teacher")
     warn_if_teacher_changed(out, source, "bench")
-    dev = _device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     student = cast(student, dev, dtype)
     ref = cast(load_teacher_of(student, source, config, loras), dev, dtype)

@@ -56,7 +56,21 @@ def _prompt_lines(path: Path, name: str, where: str = "") -> list[str]:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise UserError(f"{where}calibration.prompt_file {name} is empty: give one prompt per line")
+    _warn_if_hash_line(text, name)
     return lines
+
+
+def _warn_if_hash_line(text: str, name: str) -> None:
+    """A warning at the first line starting with '#': it is a prompt (a prompt may start with '#'),
+    which a user who meant it as a comment would otherwise never learn. Once per file, not per line."""
+    from rich.markup import escape
+
+    from compress.report import console
+
+    line = next((i for i, ln in enumerate(text.splitlines(), 1) if ln.strip().startswith("#")), None)
+    if line is not None:
+        console.print(f"[bold yellow]warning:[/] {escape(name)}:{line} starts with '#': every non-empty line "
+                      "is a prompt (this file format has no comments)")
 
 
 def load_pipeline_for(teacher: torch.nn.Module, source: str):
@@ -280,8 +294,9 @@ class PipelineSource:
                       self.guidance(), seed, c.prompts_per_call, self.size)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(got, path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").replace(path)  # atomic: never half a file
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")  # the ranks of a launch may sample the same call
+            torch.save(got, tmp)
+            tmp.replace(path)  # atomic: never half a file
         return got
 
     def _cached(self, chunk: list[str], seed: int) -> Path | None:

@@ -17,13 +17,15 @@ class NumericError(RuntimeError):
 
 def read_utf8(path, label: str, hint: str) -> str:
     """The text of a file a user gave; a UserError starting with `label` if it cannot be read or is
-    not UTF-8 (`label`:line, then `hint`)."""
+    not UTF-8 (`label`:line, then `hint`). A leading byte-order mark (Windows editors save "UTF-8 with
+    BOM") is dropped: it is no part of the text, and kept it would start the first prompt or key."""
     from pathlib import Path
 
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise UserError(f"{label}: {e.strerror or e}") from None
+    data = data.removeprefix(b"\xef\xbb\xbf")  # not utf-8-sig, whose error offsets miss the mark
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

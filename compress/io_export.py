@@ -181,12 +181,31 @@ def atomic_folder(out, overwrite: bool = False):
     try:
         yield tmp
         as_umask_allows(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """`tmp` renamed to `out`. An existing `out` is first renamed aside (a hidden sibling) and removed
+    only once the new one is in place, and put back if the rename fails or is interrupted (SIGTERM
+    comes as KeyboardInterrupt, runner.sigterm_as_interrupt): deleting it first would leave no output,
+    or half the old one, on an interrupt between the two."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    aside = _temp_beside(out)  # an empty folder, named as the temp folders are (runner_folders.OWN)
+    try:
+        os.replace(out, aside)  # onto the empty folder
+        os.replace(tmp, out)
+    except BaseException:
+        if out.exists():  # the old output never moved (aside is empty), or the new one is in place
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _temp_beside(out: Path) -> Path:

@@ -90,3 +90,35 @@ def test_peak_memory_counts_one_model_not_both(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: resident)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: resident + 20_000)
     assert peak_memory(student, {"x": torch.zeros(1, 5)}, torch.device("cuda")) == 100_000 + 20_000
+
+
+@pytest.mark.parametrize("name, cuda", [("foo", True), ("cuda", False)])
+def test_a_device_bench_cannot_use_is_refused_before_anything_loads(tmp_path, monkeypatch, name, cuda):
+    """--device foo (or cuda without a GPU) was refused only after the student loaded and the teacher
+    resolved: over a minute on a loaded machine for a typo."""
+    import compress.bench as bench
+
+    def load(*args, **kwargs):
+        raise AssertionError("loaded before the device was checked")
+
+    monkeypatch.setattr(bench, "load_transformer", load)
+    monkeypatch.setattr(bench, "teacher_to_load", load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(UserError, match=f"^--device '?{name}'?: "):
+        bench.bench(tmp_path, device=name)
+
+
+@pytest.mark.parametrize("tool", ["bench_caption_mask.py", "bench_flow_toy.py"])
+def test_a_benchmark_tool_answers_help_and_refuses_unknown_arguments(tool):
+    """`python tools/bench_caption_mask.py --help` (and bench_flow_toy.py) ignored every argument and
+    started the full benchmark."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tools" / tool
+    shown = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"usage: {tool} [-h]")
+    refused = subprocess.run([sys.executable, str(path), "--repeats", "3"], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "unrecognized arguments: --repeats 3" in refused.stderr

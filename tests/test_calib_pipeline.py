@@ -315,3 +315,34 @@ def test_a_pipeline_under_home_loads(folders, tmp_path, monkeypatch):
     calib = CalibrationConfig(source="pipeline", prompts=["a cat"], sample_steps=2, timesteps=1)
     source = PipelineSource("pixart", calib, teacher, "~/pipe")
     assert source.scheduler_config()["_class_name"] == "DPMSolverMultistepScheduler"
+
+
+def test_a_prompt_file_saved_with_a_byte_order_mark_reads_its_first_prompt_whole(tmp_path):
+    """'UTF-8 with BOM' put U+FEFF in front of the first prompt, silently."""
+    from compress.recipe import CalibrationConfig
+
+    (tmp_path / "p.txt").write_bytes(b"\xef\xbb\xbfa cat\n\nsnow\n")
+    calib = CalibrationConfig(source="pipeline", prompt_file="p.txt")
+    assert read_prompts(calib, tmp_path) == ["a cat", "snow"]
+
+
+def test_a_prompt_line_starting_with_hash_is_a_prompt_and_warned_about_once(tmp_path, capsys):
+    """A '#' line became a prompt silently (meant as a comment, it calibrated on its words). It stays
+    a prompt, with one warning naming the file and the first such line."""
+    from compress.recipe import CalibrationConfig
+
+    (tmp_path / "p.txt").write_text("a cat\n  # a [red] fox\n#snow\n")
+    calib = CalibrationConfig(source="pipeline", prompt_file="p.txt", num_prompts=None)
+    assert read_prompts(calib, tmp_path) == ["a cat", "# a [red] fox", "#snow"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert err == ("warning: p.txt:2 starts with '#': every non-empty line is a prompt (this file format has "
+                   "no comments)")
+
+
+def test_a_prompt_file_without_hash_lines_warns_nothing(tmp_path, capsys):
+    from compress.recipe import CalibrationConfig
+
+    (tmp_path / "p.txt").write_text("a cat # and a dog\nsnow\n")
+    calib = CalibrationConfig(source="pipeline", prompt_file="p.txt", num_prompts=None)
+    assert read_prompts(calib, tmp_path) == ["a cat # and a dog", "snow"]
+    assert not capsys.readouterr().err

@@ -125,3 +125,38 @@ def test_a_backup_of_the_weights_beside_an_output_is_not_taken_for_a_variant(tmp
     (out / "diffusion_pytorch_model.old.safetensors").write_bytes(b"a backup")
     with pytest.raises(UserError, match="holds diffusion_pytorch_model.old.safetensors, which is not part of"):
         save_compressed(tiny_pixart(), out, overwrite=True)
+
+
+def test_an_interrupted_overwrite_leaves_the_earlier_output_whole(tmp_path, monkeypatch):
+    """atomic_folder deleted the earlier output before renaming the new one in: an interrupt between
+    the two (SIGTERM comes as KeyboardInterrupt) left no output at all. The earlier one is put back."""
+    from compress.io_export import atomic_folder
+
+    out = tmp_path / "out"
+    save_compressed(tiny_pixart(), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = os.replace, []
+
+    def interrupted(src, dst):  # the rename of the new output onto `out`, the first time only
+        calls.append((src, dst))
+        if os.path.exists(os.path.join(src, "new.txt")) and len(calls) <= 2:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_folder(out, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or aside folder left
+
+
+def test_an_overwrite_replaces_the_output_and_leaves_nothing_beside_it(tmp_path):
+    from compress.io_export import atomic_folder
+
+    out = tmp_path / "out"
+    save_compressed(tiny_pixart(), out)
+    with atomic_folder(out, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -13,6 +13,7 @@ shows no difference: its 8-token captions pad with exact zeros.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -53,6 +54,8 @@ def error(root: Path, teacher: Path, fisher: str, masked: bool) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__,  # --help says what it measures; it takes no options
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

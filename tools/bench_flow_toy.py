@@ -10,6 +10,7 @@ history (this repository's own commit); nothing is trained.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import subprocess
 import sys
@@ -38,6 +39,8 @@ def flow_noised(latents, generator, training=True):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__,  # --help says what it measures; it takes no options
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("pixart.safetensors", "pixart.json"):
