@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             raise error from None
     except UserError as e:
-        if e.exit_code == UserError.exit_code or not _follower():  # a requested stop: rank 0 says it
+        if not (_follower() and _stop(e)):  # a requested stop: rank 0 says it
             print(f"{_who()}: {e.label}{e}", file=sys.stderr)
         return e.exit_code
     except NumericError as e:
@@ -295,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         if not _follower():  # what the run folder keeps: rank 0, which writes it, says it
             print(f"dit-compress: interrupted{_interrupt_note(args, e)}", file=sys.stderr)
         return 130
+
+
+def _stop(e: UserError) -> bool:
+    """A requested stop (a signal, max_steps_this_run: exit status 130 or 75), not an error."""
+    from compress.passes.distill_trainer import TrainingInterrupted  # imported by the run that raised it
+
+    return isinstance(e, TrainingInterrupted)
 
 
 def _follower() -> bool:

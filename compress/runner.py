@@ -32,7 +32,7 @@ from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_ranks import hand_off, is_follower, several_processes, wait_for_hand_off
+from compress.runner_ranks import announce, hand_off, is_follower, several_processes, wait_for_hand_off
 from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, older_checksum, passed_over_in_words,
                                    read_state, resume_note, resumed_in_words, reusable_stage, stage_dirs,
                                    teacher_change, teacher_identity, weights_checksum)
@@ -334,6 +334,8 @@ class Runner:
         # the run and output folders held by this run alone (a second run refused before any check
         # or load), from the first step to the export's rename
         with sigterm_as_interrupt(), hold_run(self.run_dir, self.out):
+            if several_processes() and not is_follower():
+                announce(self.run_dir)  # the other ranks wait for its hand-offs (runner_ranks)
             try:
                 out = self._run()
             except Exception as e:
@@ -470,7 +472,7 @@ class Runner:
         return student
 
     def export(self, student, teacher_params: int) -> Path:
-        if not is_main_process():  # under `accelerate launch`, rank 0 writes the output
+        if not is_main_process():  # rank 0 writes the output (the other ranks of a launch never get here)
             return self.out
         recorded = {"teacher": self.identity["source"]}  # local paths absolute: eval, bench find it
         if self.identity["config"]:

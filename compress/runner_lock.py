@@ -18,7 +18,6 @@ import shlex
 import socket
 import sys
 import time
-import uuid
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,8 +31,6 @@ except ImportError:  # Windows: no flock; runs go on without a lock
 
 LOCK = ".dit-compress.lock"  # in the run folder, beside stages/ (runner_folders.OWN looks only inside those)
 HELD = (errno.EWOULDBLOCK, errno.EAGAIN)  # another process holds it
-TOKEN = uuid.uuid4().hex  # this process's run: its hand-offs to the other ranks carry it (runner_ranks)
-STARTED = time.time()  # about when this process started (this module is imported early)
 
 
 @contextmanager
@@ -185,20 +182,10 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 def holder_record() -> dict:
-    """Who holds a lock: this process's pid, host, start time (UTC) and command line; and for the
-    other ranks of its launch (runner_ranks), the launch, the time it took the lock and its token."""
+    """Who holds a lock: this process's pid, host, start time (UTC) and command line."""
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": shlex.join(sys.argv), "launch": launch_key(), "since": time.time(), "token": TOKEN}
-
-
-def launch_key() -> str | None:
-    """The distributed launch this process is part of (torchrun and accelerate launch set these): its
-    rendezvous address, port and run id; None for a plain run."""
-    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-    if not (addr and port):
-        return None
-    return f"{addr}:{port}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+            "command": shlex.join(sys.argv)}
 
 
 def holder_in_words(record) -> str:

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from compress.errors import UserError
-from compress.runner_lock import LOCK, STARTED, TOKEN, hold_run_folder
-from compress.runner_ranks import HANDOFF, hand_off, main_of_launch, wait_for_hand_off
+from compress.runner_lock import LOCK
+from compress.runner_ranks import HANDOFF, STARTED, TOKEN, announce, hand_off, main_of_launch, wait_for_hand_off
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,35 +27,50 @@ def launch(monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29999")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "t")
-    return "127.0.0.1:29999/t"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    return "127.0.0.1:29999/t/0"
 
 
-def test_a_follower_takes_the_hand_off_of_its_launchs_rank_0_only(tmp_path, launch):
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def _record(run_dir: Path, **changes) -> None:
+    """A hand-off file as rank 0 writes it, with `changes`."""
+    hand_off(run_dir, 0, None)
+    record = dict(json.loads((run_dir / HANDOFF).read_text()), **changes)
+    (run_dir / HANDOFF).write_text(json.dumps(record))
+
+
+def test_a_follower_takes_the_hand_offs_of_its_own_launch_without_a_lock(tmp_path, launch):
+    """No lock file anywhere (a file system that cannot lock): the hand-off file says whose it is."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / HANDOFF).write_text(json.dumps({"token": "an-earlier-launch", "pass": 3, "stage": None}))
-    with hold_run_folder(run_dir):  # rank 0's lock record: this launch, this process alive
-        record = json.loads((run_dir / LOCK).read_text())
-        assert record["launch"] == launch and record["token"] == TOKEN
-        timer = threading.Timer(0.3, hand_off, (run_dir, 1, tmp_path / "stage"))
-        timer.start()
-        got = wait_for_hand_off(run_dir, -1, poll=0.05)
-        timer.join()
-        assert got == {"token": TOKEN, "pass": 1, "stage": str((tmp_path / "stage").resolve())}
-        hand_off(run_dir, None, None)
-        assert wait_for_hand_off(run_dir, 1, poll=0.05)["pass"] is None
-        hand_off(run_dir, 1, None)  # a pass it has run already: waits for a later one
-        with pytest.raises(UserError, match="rank 0 of this launch stopped before handing pass 3"):
-            threading.Timer(0.3, (run_dir / LOCK).unlink).start()  # as rank 0's release
-            wait_for_hand_off(run_dir, 1, poll=0.05)
+    _record(run_dir, launch="127.0.0.1:29999/t/1", ppid=-1, pid=_dead_pid())  # a restarted launch's earlier try
+    timer = threading.Timer(0.3, announce, (run_dir,))
+    timer.start()
+    with pytest.raises(UserError, match="has not started"):  # its announcement is no hand-off of a pass
+        wait_for_hand_off(run_dir, -1, poll=0.05, find_main_s=0.2)
+    timer.join()
+    threading.Timer(0.3, hand_off, (run_dir, 1, tmp_path / "stage")).start()
+    got = wait_for_hand_off(run_dir, -1, poll=0.05, find_main_s=0.1)
+    assert (got["pass"], got["stage"], got["token"]) == (1, str((tmp_path / "stage").resolve()), TOKEN)
+    assert not (run_dir / LOCK).exists()
+    hand_off(run_dir, None, None)
+    assert wait_for_hand_off(run_dir, 1, poll=0.05)["pass"] is None
 
 
-def test_a_follower_without_its_rank_0_stops_in_one_line(tmp_path, launch, monkeypatch):
+def test_a_follower_whose_rank_0_is_gone_stops_in_one_line(tmp_path, launch, monkeypatch):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / LOCK).write_text(json.dumps({"launch": "127.0.0.1:29999/other", "token": "x", "since": STARTED,
-                                            "pid": os.getpid(), "host": "h"}))
-    with pytest.raises(UserError, match=r"rank 0 of this launch \(127.0.0.1:29999/t\) has not taken the run folder"):
+    _record(run_dir, pid=_dead_pid(), **{"pass": 1})  # rank 0 on this host died after handing pass 1 over
+    with pytest.raises(UserError, match="rank 0 of this launch stopped before handing over"):
+        wait_for_hand_off(run_dir, 1, poll=0.01)
+    _record(run_dir, pid=_dead_pid(), **{"pass": None})  # ... or finished before this rank looked: it is done
+    assert wait_for_hand_off(run_dir, 1, poll=0.01)["pass"] is None
+    _record(run_dir, launch="127.0.0.1:29999/other/0")
+    with pytest.raises(UserError, match=r"rank 0 of this launch \(127.0.0.1:29999/t/0\) has not started in the run"):
         wait_for_hand_off(run_dir, -1, poll=0.01, find_main_s=0.1)
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name)
@@ -64,17 +79,22 @@ def test_a_follower_without_its_rank_0_stops_in_one_line(tmp_path, launch, monke
         wait_for_hand_off(run_dir, -1)
 
 
-def test_a_stale_lock_record_is_not_taken_for_rank_0(launch):
+def test_an_earlier_launchs_hand_off_is_not_taken_for_this_ones(launch):
     import socket
 
-    mine = {"launch": launch, "token": "t", "since": STARTED, "pid": os.getpid(), "host": socket.gethostname()}
+    mine = {"launch": launch, "token": "t", "since": STARTED, "pid": os.getpid(), "ppid": os.getppid(),
+            "host": socket.gethostname(), "pass": None}
     assert main_of_launch(mine, launch) == mine
-    assert main_of_launch(dict(mine, since=STARTED - 3600), launch) is None  # an earlier launch, killed
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    assert main_of_launch(dict(mine, pid=int(dead.stdout)), launch) is None
-    assert main_of_launch(dict(mine, pid=int(dead.stdout), host="elsewhere"), launch) == \
-        dict(mine, pid=int(dead.stdout), host="elsewhere")  # another host's pid: not checked here
-    assert main_of_launch(dict(mine, launch="127.0.0.1:29998/t"), launch) is None
+    assert main_of_launch(dict(mine, pid=_dead_pid()), launch) is not None  # its launcher's: rank 0 finished
+    other = dict(mine, ppid=-1)  # under another launcher on this host: a live rank 0 started about now
+    assert main_of_launch(other, launch) == other
+    assert main_of_launch(dict(other, pid=_dead_pid()), launch) is None  # killed
+    assert main_of_launch(dict(other, since=STARTED - 3600), launch) is None  # an earlier launch's
+    away = dict(other, host="elsewhere", pid=_dead_pid())  # another host's pid: not checked here
+    assert main_of_launch(away, launch) == away
+    assert main_of_launch(dict(away, since=STARTED - 3600), launch) is None
+    assert main_of_launch(dict(mine, launch="127.0.0.1:29998/t/0"), launch) is None
+    assert main_of_launch({k: v for k, v in mine.items() if k != "pass"}, launch) is None
 
 
 RECIPE = """\
@@ -121,6 +141,7 @@ def test_two_processes_make_the_svd_student_of_one_and_distill_it_together(tmp_p
 def test_the_other_ranks_print_no_stop_and_name_their_rank_on_errors(tmp_path, monkeypatch, capsys):
     from compress import cli
     from compress.passes.distill_trainer import StepLimitReached
+    from compress.runner_stream import OutOfMemory
 
     monkeypatch.setenv("RANK", "1")
 
@@ -144,3 +165,10 @@ def test_the_other_ranks_print_no_stop_and_name_their_rank_on_errors(tmp_path, m
     monkeypatch.setitem(cli.COMMANDS, "inspect", stopped)
     assert cli.main(["inspect", str(tmp_path)]) == 75
     assert capsys.readouterr().err == ""  # rank 0 says it once
+
+    def out_of_memory(args):
+        raise OutOfMemory("distill ran out of GPU memory; try batch_size")
+
+    monkeypatch.setitem(cli.COMMANDS, "inspect", out_of_memory)
+    assert cli.main(["inspect", str(tmp_path)]) == 1  # an error of its own: said, whatever its status
+    assert capsys.readouterr().err == "dit-compress (rank 1): out of memory: distill ran out of GPU memory; try batch_size\n"

@@ -98,7 +98,9 @@ def bench(family: str, run_dir: Path, runs: dict) -> dict:
         student, report, seconds = compress(family, run_dir, **cfg)
         rows[name] = dict(error=error(student, family), kept=report["kept_ratio"],
                           reduction=report["params_before"] / report["params_after"],
-                          max_loss_ratio=report["max_loss_ratio"], seconds=seconds,
+                          # each method's own worst loss / whitened optimum (summary's max_loss_ratio: whitened only)
+                          max_loss_ratio=max(report["max_loss_ratio_by_method"].values(), default=float("nan")),
+                          seconds=seconds,
                           predicted=report.get("global", {}).get("predicted_error_vs_uniform"),
                           layers=len(report["layers"]))
         print(f"  {family:6s} {name:34s} err {rows[name]['error']:.5f}  kept {rows[name]['kept']:.3f} "
