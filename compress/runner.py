@@ -329,12 +329,12 @@ class Runner:
 
     # -- run --------------------------------------------------------------------------------------
     def run(self) -> Path:
-        from compress.runner_lock import hold_run
+        from compress.runner_lock import hold_run, nested
 
         # the run and output folders held by this run alone (a second run refused before any check
         # or load), from the first step to the export's rename
         with sigterm_as_interrupt(), hold_run(self.run_dir, self.out):
-            if several_processes() and not is_follower():
+            if several_processes() and not is_follower() and not nested(self.out, self.run_dir):
                 announce(self.run_dir)  # the other ranks wait for its hand-offs (runner_ranks)
             try:
                 out = self._run()

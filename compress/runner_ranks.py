@@ -72,8 +72,12 @@ def several_processes() -> bool:
 
 
 def announce(run_dir: Path) -> None:
-    """Rank 0, once it holds the run folder: the followers know it runs (a hand-off of no pass yet)."""
-    hand_off(run_dir, -1, None)
+    """Rank 0, once it holds the run folder: the followers know it runs (a hand-off of no pass yet).
+    A run folder it cannot write is left to `check_folders`, next, to say so."""
+    try:
+        hand_off(run_dir, -1, None)
+    except OSError:
+        pass
 
 
 def hand_off(run_dir: Path, pass_index: int | None, stage: Path | None) -> None:

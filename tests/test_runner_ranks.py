@@ -172,3 +172,23 @@ def test_the_other_ranks_print_no_stop_and_name_their_rank_on_errors(tmp_path, m
     monkeypatch.setitem(cli.COMMANDS, "inspect", out_of_memory)
     assert cli.main(["inspect", str(tmp_path)]) == 1  # an error of its own: said, whatever its status
     assert capsys.readouterr().err == "dit-compress (rank 1): out of memory: distill ran out of GPU memory; try batch_size\n"
+
+
+def test_rank_0_announces_itself_only_where_the_folders_are_checked_first(tmp_path, launch, monkeypatch):
+    """Nested --out / --run-dir are refused by check_folders with its own message: rank 0 writes nothing
+    there before it (its announcement would make the folders that check looks at)."""
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+    from tests.runner_helpers import SIMPLE
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    recipe = parse_recipe(SIMPLE.format(teacher="toy:pixart", passes="  - distill: {data: toy, steps: 1}\n"),
+                          str(tmp_path / "r.yaml"))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="must be separate folders"):
+        Runner(recipe, out, out / "run").run()
+    assert not out.exists()
+    monkeypatch.setattr(Runner, "_run", lambda self: self.out)
+    Runner(recipe, out, tmp_path / "run").run()
+    assert json.loads((tmp_path / "run" / HANDOFF).read_text())["pass"] == -1
