@@ -18,8 +18,9 @@ from compress.errors import UserError, read_utf8
 
 
 def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
-    """calibration.prompts, then prompt_file's lines, cut to num_prompts (with a note when that cuts
-    the list or asks for more than there are)."""
+    """calibration.prompts, then prompt_file's lines, cut to num_prompts where the recipe sets it
+    (with a note when that cuts the list or asks for more than there are; its default, 10, is the
+    toy source's digit classes, not a cut of the user's prompts)."""
     prompts = list(calib.prompts)
     if calib.prompt_file:
         path = Path(calib.prompt_file)
@@ -30,7 +31,7 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
         auto = " (source auto is pipeline for a teacher that is not toy:)" if calib.source == "auto" else ""
         raise UserError(f"{_where(calib, 'source', calib.source)}calibration.source 'pipeline'{auto} needs "
                         "calibration.prompts or prompt_file")
-    n = calib.num_prompts
+    n = calib.num_prompts if calib.given("num_prompts") else None
     if n and n != len(prompts):
         from compress.report import console
 

@@ -298,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop(e: UserError) -> bool:
-    """A requested stop (a signal, max_steps_this_run: exit status 130 or 75), not an error."""
+    """A requested stop (a signal, max_steps_this_run: exit status 130 or 75), or rank 0's, not an
+    error of this process."""
     from compress.passes.distill_trainer import TrainingInterrupted  # imported by the run that raised it
+    from compress.runner_ranks import MainStopped
 
-    return isinstance(e, TrainingInterrupted)
+    return isinstance(e, (TrainingInterrupted, MainStopped))
 
 
 def _follower() -> bool:

@@ -39,7 +39,8 @@ class CalibrationConfig:
     """Where calibration inputs come from: prompts x timesteps x classifier-free-guidance branches."""
 
     source: Literal["auto", "toy", "pipeline", "synthetic"] = "auto"  # auto: toy for toy: teachers
-    num_prompts: int = 10  # toy: prompts drawn from the ten digit classes
+    num_prompts: int = 10  # toy, synthetic: prompts drawn (the ten digit classes); pipeline: the first
+    # num_prompts of `prompts` and prompt_file's lines where the recipe sets it, else all of them
     prompts: list[str] = field(default_factory=list)  # pipeline source: the prompts
     prompt_file: str | None = None  # pipeline source: one prompt per line (relative to the recipe)
     pipeline: str | None = None  # pipeline source: base pipeline (default: the teacher's)
@@ -74,6 +75,12 @@ class CalibrationConfig:
         if dotted not in recipe.keys and "calibration" in recipe.keys:
             return recipe_where(recipe, "calibration") + ": "
         return recipe_where(recipe, dotted, value) + ": "
+
+    def given(self, key: str) -> bool:
+        """Whether the recipe (or a --set) gave calibration.`key`; True for a config made otherwise,
+        whose every value counts as meant."""
+        recipe = self.__dict__.get("_recipe")
+        return recipe is None or f"calibration.{key}" in recipe.keys
 
     @property
     def heldout_inputs(self) -> int:
@@ -453,8 +460,9 @@ def dump_recipe(recipe: Recipe, prompts: list[str] | None = None) -> str:
     `prompt_file`), written inline so an output folder's recipe.yaml does not depend on where that
     file was."""
     plain = to_plain(recipe)
-    if prompts is not None:
+    if prompts is not None:  # these, all of them, when the dump is run again
         plain["calibration"]["prompts"], plain["calibration"]["prompt_file"] = list(prompts), None
+        plain["calibration"]["num_prompts"] = len(prompts)
     return _sets_header(recipe) + yaml.dump(plain, Dumper=RecipeDumper, sort_keys=False)
 
 

@@ -28,6 +28,14 @@ from pathlib import Path
 from compress.errors import UserError
 
 
+class MainStopped(UserError):
+    """Rank 0 of the launch stopped (its own message says why: an error, or a Ctrl-C): a follower
+    ends without an error line of its own (cli leaves requested stops to rank 0)."""
+
+    exit_code = 130
+    label = ""
+
+
 def _process_start() -> float:
     """When this process started (Linux: from /proc, so the ranks of a launch, started together,
     agree whatever their imports took); elsewhere, now."""
@@ -111,8 +119,8 @@ def wait_for_hand_off(run_dir: Path, after: int, poll: float = 0.5, find_main_s:
             if got["pass"] is None or got["pass"] > after:
                 return got
             if got.get("host") == socket.gethostname() and not _alive(got.get("pid")):
-                raise UserError("rank 0 of this launch stopped before handing over the student of its next "
-                                "distill pass: see its message")
+                raise MainStopped("rank 0 of this launch stopped before handing over the student of its next "
+                                  "distill pass: see its message")
         elif time.monotonic() - start > find_main_s:
             raise UserError(f"rank 0 of this launch ({key}) has not started in the run folder {run_dir} in "
                             f"{find_main_s / 60:.0f} min (it may have stopped: see its message)")

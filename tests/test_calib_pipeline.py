@@ -346,3 +346,22 @@ def test_a_prompt_file_without_hash_lines_warns_nothing(tmp_path, capsys):
     calib = CalibrationConfig(source="pipeline", prompt_file="p.txt", num_prompts=None)
     assert read_prompts(calib, tmp_path) == ["a cat # and a dog", "snow"]
     assert not capsys.readouterr().err
+
+
+def test_a_recipes_prompts_are_all_used_unless_it_sets_num_prompts(tmp_path, capsys):
+    """num_prompts' default (10, the toy's digit classes) cut a pipeline recipe's 14 prompts to 10,
+    with a note about a key the recipe never set."""
+    from compress.recipe import dump_recipe, parse_recipe
+
+    text = ("model: pixart\nteacher: toy:pixart\ncalibration:\n  source: pipeline\n  prompts: [{}]\n"
+            "passes:\n  - svd: {{targets: [mlp]}}\n")
+    prompts = ", ".join(f"p{i}" for i in range(14))
+    recipe = parse_recipe(text.format(prompts), str(tmp_path / "r.yaml"))
+    assert read_prompts(recipe.calibration) == [f"p{i}" for i in range(14)]
+    assert "num_prompts" not in capsys.readouterr().err
+    dumped = parse_recipe(dump_recipe(recipe, read_prompts(recipe.calibration)), str(tmp_path / "d.yaml"))
+    assert read_prompts(dumped.calibration) == [f"p{i}" for i in range(14)]  # the output's recipe.yaml too
+    cut = parse_recipe(text.format(prompts).replace("source: pipeline", "source: pipeline\n  num_prompts: 4"),
+                       str(tmp_path / "c.yaml"))
+    assert read_prompts(cut.calibration) == ["p0", "p1", "p2", "p3"]
+    assert "the first 4 of the 14 prompts" in capsys.readouterr().err

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from compress.errors import UserError
 from compress.runner_lock import LOCK
-from compress.runner_ranks import HANDOFF, STARTED, TOKEN, announce, hand_off, main_of_launch, wait_for_hand_off
+from compress.runner_ranks import (HANDOFF, STARTED, TOKEN, MainStopped, announce, hand_off, main_of_launch,
+                                   wait_for_hand_off)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +66,9 @@ def test_a_follower_whose_rank_0_is_gone_stops_in_one_line(tmp_path, launch, mon
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _record(run_dir, pid=_dead_pid(), **{"pass": 1})  # rank 0 on this host died after handing pass 1 over
-    with pytest.raises(UserError, match="rank 0 of this launch stopped before handing over"):
+    with pytest.raises(MainStopped, match="rank 0 of this launch stopped before handing over") as stopped:
         wait_for_hand_off(run_dir, 1, poll=0.01)
+    assert stopped.value.exit_code == 130  # rank 0 says why; cli prints nothing for this rank
     _record(run_dir, pid=_dead_pid(), **{"pass": None})  # ... or finished before this rank looked: it is done
     assert wait_for_hand_off(run_dir, 1, poll=0.01)["pass"] is None
     _record(run_dir, launch="127.0.0.1:29999/other/0")
