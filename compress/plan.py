@@ -87,9 +87,11 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
-    steps, scores, later = [], ScoresSoFar(), []
+    steps, scores, later, unplaced = [], ScoresSoFar(), [], []
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter):  # each then applied
         step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
+        if n := p.unplaced(model, adapter):  # blocks whose groups importance picks at run time
+            unplaced.append({"pass": spec.name, **pass_where(spec), "blocks": n})
         if step.get("params_after") == LATER:  # ranks decided after calibration: counted dense here
             later.append(decided_later(p, step, model, adapter))
         scans = bool(step.get("scans"))  # blocks chosen by importance; none when it removes none
@@ -109,8 +111,9 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
-        "params_after_at_most": param_count(model) - budget_savings(later, steps, adapter.block_counts(model)),
-        "decided_later": later,
+        "params_after_at_most": param_count(model) - budget_savings(later, steps, adapter.block_counts(model))
+        - smallest_blocks(model, adapter, sum(u["blocks"] for u in unplaced)),
+        "decided_later": later, "unplaced_removals": unplaced,
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
     }
@@ -229,6 +232,13 @@ def decided_later(p, step: dict, model, adapter) -> dict:
     return entry
 
 
+def smallest_blocks(model, adapter, n: int) -> int:
+    """The parameters of the n smallest blocks of the planned model: what removals whose groups are
+    decided at run time (`Pass.unplaced`, left on the meta model) take off at least."""
+    sizes = sorted(param_count(b) for g in adapter.block_counts(model) for b in adapter.blocks(model, g))
+    return sum(sizes[:n])
+
+
 def budget_savings(later: list[dict], steps: list[dict], blocks_after: dict) -> int:
     """What the global passes of `later` save at least, below the meta model's count (their targets
     dense): dense − budget, each; none (their layers counted dense, a bound still) for a pass that
@@ -329,9 +339,10 @@ def print_plan(plan: dict) -> None:
         table.add_column(col, justify="left" if col == "role" else "right")
     later = plan.get("decided_later", [])
     open_roles = {role for entry in later for role in entry["roles"]}  # ranks decided after calibration
+    blocks_open = bool(plan.get("unplaced_removals"))  # any block may go: every role's count a bound
     for role, n in plan["by_role_before"].items():
         after = plan["by_role_after"].get(role, 0)
-        bound = "≤ " if role in open_roles else ""
+        bound = "≤ " if role in open_roles or blocks_open else ""
         table.add_row(role, f"{n:,}", f"{bound}{after:,}", f"{bound}{after / n:.1%}")
     results.print(table)
     if open_roles:
@@ -348,7 +359,13 @@ def total_words(plan: dict) -> str:
     """The total line: exact where every rank is planned; else an upper bound, the budget of each
     global pass taken off (decided_later, budget_savings)."""
     before, counted, most = plan["params_before"], plan["params_after_planned"], plan["params_after_at_most"]
-    later = plan.get("decided_later", [])
+    later, unplaced = plan.get("decided_later", []), plan.get("unplaced_removals", [])
+    if unplaced:
+        words = " and ".join(f"{u['pass']} ({where_words(u)}) takes {u['blocks']} block{'s' if u['blocks'] > 1 else ''}"
+                             for u in unplaced)
+        return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: {words} from "
+                "groups its importance picks at run time, so every block is counted here, less the smallest as "
+                f"many{', and ranks decided after calibration' if later else ''})")
     if not later:
         return f"total parameters: {before:,} -> {counted:,} (planned)"
     if most < counted:

@@ -402,3 +402,20 @@ def test_a_pass_a_set_added_is_named_at_its_set_where_later_steps_refer_to_it(tm
     first = "passes.0={svd: {targets: [mlp], allocation: global, ratio: 0.3, multiple: 8}}"
     with pytest.raises(UserError, match=r"by the svd pass at --set passes\.0=\{svd: "):
         make_plan(load_recipe(tmp_path / "r.yaml", [first]))
+
+
+def test_a_removal_whose_groups_are_picked_at_run_time_makes_the_total_a_bound():
+    """A bare count over Flux's two groups: plan cannot place the blocks, so before it counted every
+    block and said the total was planned (2,345,744 -> 1,771,280 on the toy; the run wrote 1,366,928).
+    Now the total is at most what is left with the smallest blocks gone, and every role a bound."""
+    from compress.plan import param_count, total_words
+
+    text = ("model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 2}\n"
+            "  - svd: {targets: [modulation], ranks: {modulation: 8}}\n")
+    plan = make_plan(parse_recipe(text, "r.yaml"))
+    teacher = load_teacher("toy:flux")
+    single = param_count(teacher.single_transformer_blocks[0])  # the toy's smallest blocks, 128 wide
+    saved = 384 * 128 - 8 * (128 + 384)  # by its norm.linear (384 x 128) at rank 8
+    assert plan["unplaced_removals"] == [{"pass": "remove_blocks", "line": 4, "blocks": 2}]
+    assert plan["params_after_at_most"] == plan["params_after_planned"] - 2 * (single - saved)
+    assert "at most" in total_words(plan) and "takes 2 blocks" in total_words(plan)
