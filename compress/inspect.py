@@ -276,6 +276,7 @@ def _ratios_by_method(rows: list[dict], report: dict) -> list[tuple[str, list[fl
     is its svd record's, else the pass's (reports before per-layer methods)."""
     svd = report.get("svd") or {}
     layers, default = svd.get("layers") or {}, svd.get("method")
+    default = default if isinstance(default, str) else None  # svd passes of several methods: each layer's
     found: dict[str, tuple[list[float], list[int]]] = {}
     for r in rows:
         if "loss_ratio" not in r:

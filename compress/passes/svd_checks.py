@@ -315,17 +315,25 @@ def _check_roles(ratios: dict, roles: set[str]) -> None:
 def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:
     """A recipe may hold several svd passes: `passes` keeps each pass's own summary; layers,
     compensation stages, cache hits and fused layers accumulate; the summary covers every layer
-    factorized so far; `global` is the last global allocation's."""
+    factorized so far, so a setting (SETTINGS) the passes differ in is the list of each pass's, in
+    order; `global` is the last global allocation's."""
     layers = {**report.get("layers", {}), **records}
     compensation = dict(report.get("compensation", {}))
     n = len(report.get("passes", [])) + 1
     for label, search in this["compensation"].items():
         compensation[label if label not in compensation else f"{label} (svd pass {n})"] = search
-    report.update(summary(layers, c), layers=layers, compensation=compensation,
-                  passes=report.get("passes", []) + [this],
+    passes = report.get("passes", []) + [this]
+    report.update(summary(layers, c), layers=layers, compensation=compensation, passes=passes,
                   cache_hits=report.get("cache_hits", []) + this["cache_hits"],
                   fused_gelu=sorted(set(report.get("fused_gelu", [])) | set(this["fused_gelu"])),
                   **({"global": this["global"]} if "global" in this else {}))
+    for key in SETTINGS:  # the summary covers every pass's layers: a setting they differ in is each one's
+        said = [p.get(key) for p in passes]
+        if len(set(map(str, said))) > 1:
+            report[key] = said
+
+
+SETTINGS = ("method", "allocation", "activations", "fisher")  # an svd pass's, in its summary
 
 
 def summary(records: dict[str, dict], c) -> dict:

@@ -286,3 +286,25 @@ def test_the_optimality_summary_covers_whitened_layers_and_labels_the_others_by_
     assert "Factorized layers: 4; worst whitened loss / closed-form optimal loss: 1.000000200; asvd (which does " \
            "not claim the whitened optimum): worst loss / whitened optimal loss 591.7; 2 without a ratio" in card, card
     assert "inf" not in card
+
+
+def test_two_svd_passes_summary_names_each_passes_setting_where_they_differ():
+    """The summary's counts cover both passes' layers; its allocation said only the last pass's
+    ('uniform' for a student whose attention ranks a global pass chose)."""
+    from types import SimpleNamespace
+
+    from compress.passes.svd_checks import merge_report, summary
+
+    def layer(kept):
+        return {"params_dense": 100, "kept_params": kept, "rank": 8, "loss_ratio": 1.0, "method": "whitened"}
+
+    def config(allocation):
+        return SimpleNamespace(method="whitened", allocation=allocation, activations="student", fisher="all")
+
+    report = {}
+    for allocation, records in (("global", {"a": layer(40)}), ("uniform", {"m": layer(10)})):
+        this = dict(summary(records, config(allocation)), compensation={}, cache_hits=[], fused_gelu=[])
+        merge_report(report, this, records, config(allocation))
+    assert report["allocation"] == ["global", "uniform"]
+    assert report["method"] == "whitened" and report["fisher"] == "all"  # the same in both
+    assert (report["params_before"], report["params_after"]) == (200, 50)
