@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -398,9 +399,22 @@ def check_resumable_configs(run_dir: Path, configs: list) -> None:
         now = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED},
                                     default=str))  # as meta.json holds them
         config_then = {k: then[k] for k in now if k in then}
+        _check_process_count(then.get("processes"), done[-1], folder)
         if any(config_then[k] != now[k] for k in config_then):
             raise UserError(f"distill: checkpoint {done[-1]} was trained with other settings "
                             f"({_changes({'settings': config_then}, now)}); delete {folder / 'checkpoints'} to "
                             "train this pass from its start (--resume keeps the passes before it and the teacher "
                             "samples), or rerun with --restart to start over")
 
+
+def _check_process_count(then, checkpoint: Path, folder: Path) -> None:
+    """A checkpoint trained by another number of processes (WORLD_SIZE; 1 for a plain run) is
+    refused before anything loads, saying how to continue it: the same count again, with --resume."""
+    now = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if not isinstance(then, int) or then == now:
+        return
+    launch = f"torchrun --nproc_per_node {then} -m compress.cli run …" if then > 1 else "dit-compress run …"
+    raise UserError(f"distill: checkpoint {checkpoint} was trained by {then} process{'es' if then > 1 else ''}, "
+                    f"{now} now: relaunch with {then} ({launch} --resume) to continue it, delete "
+                    f"{folder / 'checkpoints'} to train this pass from its start, or rerun with --restart to "
+                    "start over")

@@ -90,6 +90,14 @@ def test_a_refused_checkpoint_names_the_keys_that_changed(tmp_path):
         check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=2e-3, weight_decay=0.1)])
     assert str(early.value) == str(refused.value)
     check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=1e-3, max_steps_this_run=3)])  # not trained on
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"WORLD_SIZE": "2"}), pytest.raises(UserError) as other_count:
+        check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=1e-3)])  # before, refused once it trained
+    assert str(other_count.value).startswith(
+        f"distill: checkpoint {checkpoints / 'step-00000001'} was trained by 1 process, 2 now: relaunch with 1 "
+        "(dit-compress run … --resume) to continue it")
     shutil.rmtree(checkpoints)  # as advised
     resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=4, resume=True, lr=2e-3, weight_decay=0.1)
     fresh, _ = distill(copy.deepcopy(student), teacher, tmp_path / "fresh", steps=4, lr=2e-3, weight_decay=0.1)
