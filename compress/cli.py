@@ -307,14 +307,18 @@ def _stop(e: UserError) -> bool:
 
 
 def _follower() -> bool:
-    """A rank other than 0 of a distributed launch (RANK, as runner_ranks.is_follower)."""
-    return os.environ.get("RANK", "0") not in ("", "0")
+    """A rank other than 0 of a distributed launch (runner_ranks imports no torch)."""
+    from compress.runner_ranks import is_follower
+
+    return is_follower()
 
 
 def _who() -> str:
     """'dit-compress', and the rank of a distributed launch's other processes (whose errors may
     differ from rank 0's)."""
-    return f"dit-compress (rank {os.environ['RANK']})" if _follower() else "dit-compress"
+    from compress.runner_ranks import rank
+
+    return f"dit-compress (rank {rank()})" if _follower() else "dit-compress"
 
 
 def _interrupt_note(args, e: KeyboardInterrupt) -> str:
