@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import signal
 import time
@@ -45,7 +44,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def is_main_process() -> bool:
     """Rank 0 of a distributed launch (torchrun / accelerate launch set RANK), or a plain run."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return not is_follower()
 
 
 def check_reference(reference: list[torch.Tensor], dtype: str, locate=None) -> None:

@@ -39,7 +39,9 @@ def hold_run(run_dir: Path, out: Path):
     rank 0 of a distributed launch only (RANK, as `runner.is_main_process`): its other ranks share
     the folders. Not taken for folders that nest, which `check_folders` refuses with its own message
     (making a lock's folder first would change what it finds)."""
-    if int(os.environ.get("RANK", "0")) != 0 or nested(Path(out), Path(run_dir)):
+    from compress.runner_ranks import is_follower  # no torch either
+
+    if is_follower() or nested(Path(out), Path(run_dir)):
         yield
         return
     with ExitStack() as stack:
