@@ -26,7 +26,9 @@ _GPU_CONFIGS = [
     _cfg(64, 32, 64, 8, 3), _cfg(64, 64, 64, 8, 3), _cfg(128, 32, 64, 8, 3), _cfg(128, 64, 64, 8, 3),
 ]
 _INTERP_CONFIG = _cfg(16, 16, 16, 4, 1)
-MAX_REGS_PER_THREAD = 144  # above this estimate ptxas spilled in sm_90 compiles (checked without a GPU)
+# sm_90 compiles (checked without a GPU, tests/kernels/compile_sm90.py --kept-configs) spilled at estimate 112
+# (R_PAD 128, BM 32, 4 warps) and 144 (R_PAD 256, BM 64); every config up to 104 fits in 255 registers
+MAX_REGS_PER_THREAD = 104
 
 
 def regs_per_thread(block_m: int, block_k: int, block_n: int, num_warps: int, r_pad: int) -> float:
@@ -67,16 +69,20 @@ def _lowrank_fused_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
     ranks = tl.arange(0, R_PAD)  # (R_PAD,)
     row_ok = rows < M
-    row_at = rows.to(tl.int64)  # offsets rows · stride pass 2³¹ (Flux proj_out: K = 15360, M ≥ 140k)
     rank_ok = ranks < R
+    # every index · stride in int64: rows · stride pass 2³¹ (Flux proj_out: K = 15360, M ≥ 140k), and so
+    # can k · stride of a column-strided x or any product of an oddly strided weight view
+    row_at = rows.to(tl.int64)
+    rank_at = ranks.to(tl.int64)
     # phase 1: h = x @ downᵀ, the K loop into an on-chip fp32 (BM, R_PAD) intermediate
     h = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)  # (BK,)
         k_ok = ks < K
-        x = tl.load(x_ptr + row_at[:, None] * stride_xm + ks[None, :] * stride_xk,
+        k_at = ks.to(tl.int64)
+        x = tl.load(x_ptr + row_at[:, None] * stride_xm + k_at[None, :] * stride_xk,
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # (BM, BK)
-        d = tl.load(down_ptr + ks[:, None] * stride_dk + ranks[None, :] * stride_dr,
+        d = tl.load(down_ptr + k_at[:, None] * stride_dk + rank_at[None, :] * stride_dr,
                     mask=k_ok[:, None] & rank_ok[None, :], other=0.0)  # (BK, R_PAD) = downᵀ tile
         h = tl.dot(x, d, h, input_precision=PRECISION)
     h_in = h.to(y_ptr.dtype.element_ty)  # (BM, R_PAD), rounded once to the input dtype
@@ -84,14 +90,15 @@ def _lowrank_fused_kernel(
     for n0 in range(0, N, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)  # (BN,)
         col_ok = cols < N
-        u = tl.load(up_ptr + ranks[:, None] * stride_ur + cols[None, :] * stride_un,
+        col_at = cols.to(tl.int64)
+        u = tl.load(up_ptr + rank_at[:, None] * stride_ur + col_at[None, :] * stride_un,
                     mask=rank_ok[:, None] & col_ok[None, :], other=0.0)  # (R_PAD, BN) = upᵀ tile
         z = tl.dot(h_in, u, input_precision=PRECISION)  # (BM, BN) fp32
         if HAS_BIAS:
             z += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if ACT_GELU:
             z = _gelu_tanh(z)
-        tl.store(y_ptr + row_at[:, None] * stride_ym + cols[None, :] * stride_yn,
+        tl.store(y_ptr + row_at[:, None] * stride_ym + col_at[None, :] * stride_yn,
                  z.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 

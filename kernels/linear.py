@@ -58,7 +58,28 @@ def _check_dense_weight(dense_weight, down, up) -> None:
 
 
 def _needs_grad(*tensors) -> bool:
+    """Does the call go through LowRankLinearFn? Also when only dense_weight requires grad: the
+    Function gives it no gradient, where a plain F.linear on it would."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast runs F.linear in on x's device, or None when autocast is off there."""
+    kind = x.device.type
+    if not torch.amp.is_autocast_available(kind) or not torch.is_autocast_enabled(kind):
+        return None
+    return torch.get_autocast_dtype(kind)
+
+
+def _autocast_cast(dtype: torch.dtype | None, *tensors):
+    """Cast the floating tensors to autocast's dtype, as autocast casts F.linear's inputs (float64
+    excepted), so that every path returns what the torch path returns under autocast. The casts are
+    differentiable: gradients reach the original (e.g. fp32) tensors in their own dtype."""
+    def cast(t):
+        eligible = dtype is not None and t is not None and t.is_floating_point() and t.dtype != torch.float64
+        return t.to(dtype) if eligible else t
+
+    return tuple(cast(t) for t in tensors)
 
 
 def lowrank_linear(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None = None,
@@ -69,7 +90,9 @@ def lowrank_linear(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: 
     activation: None or "gelu_tanh". path: None (measured/roofline choice) or one of
     "fused", "split", "torch", "dense". dense_weight: optional precomputed up @ down (N, K), which makes
     the dense path cheap; it must equal up @ down (gradients flow to up and down, never to it).
+    Under autocast every path computes in autocast's dtype, as F.linear would.
     """
+    x, down, up, bias, dense_weight = _autocast_cast(_autocast_dtype(x), x, down, up, bias, dense_weight)
     check_lowrank_args(x, down, up, bias, activation)
     if dense_weight is not None:
         _check_dense_weight(dense_weight, down, up)
@@ -80,7 +103,7 @@ def lowrank_linear(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: 
     elif path not in available:
         raise ValueError(f"lowrank_linear: path {path!r} is not available for {x.dtype} on {x.device} at rank "
                          f"{down.shape[0]}; available: {available}")
-    if _needs_grad(x2, down, up, bias):
+    if _needs_grad(x2, down, up, bias, dense_weight):
         y = LowRankLinearFn.apply(x2, down, up, bias, activation, path, dense_weight)
     else:
         y = dispatch.run_path(path, x2, down, up, bias, activation, dense_weight)

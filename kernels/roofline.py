@@ -32,10 +32,11 @@ class KernelCost:
         return max(self.flops / spec.peak_flops, self.bytes / spec.bandwidth)
 
 
-# (substring of torch.cuda.get_device_name, peak dense fp16 FLOP/s, bandwidth B/s); first match wins
+# (substring of torch.cuda.get_device_name, peak dense fp16 FLOP/s, bandwidth B/s); the longest matching
+# substring wins, so a name is never taken by a shorter one inside it ("GH200" contains "H200")
 _KNOWN_GPUS = [
-    ("H200", 989e12, 4.8e12), ("H100 PCIe", 756e12, 2.0e12), ("H100 NVL", 835e12, 3.9e12),
-    ("H100", 989e12, 3.35e12), ("H800", 989e12, 3.35e12), ("GH200", 989e12, 4.0e12),
+    ("GH200", 989e12, 4.0e12), ("H200", 989e12, 4.8e12), ("H100 PCIe", 756e12, 2.0e12),
+    ("H100 NVL", 835e12, 3.9e12), ("H100", 989e12, 3.35e12), ("H800", 989e12, 3.35e12),
     ("A100-SXM4-80GB", 312e12, 2.04e12), ("A100", 312e12, 1.6e12), ("L40S", 362e12, 0.864e12),
     ("L40", 181e12, 0.864e12), ("L4", 121e12, 0.3e12), ("A10", 125e12, 0.6e12),
     ("RTX 4090", 165e12, 1.0e12), ("RTX 3090", 71e12, 0.936e12),
@@ -46,10 +47,11 @@ GENERIC_CPU = DeviceSpec("cpu", 0.1e12, 20e9)
 
 def spec_for_name(name: str) -> DeviceSpec:
     """Peak numbers for a GPU name as torch reports it; GENERIC_GPU when unknown."""
-    for key, flops, bandwidth in _KNOWN_GPUS:
-        if key in name:
-            return DeviceSpec(name, flops, bandwidth)
-    return DeviceSpec(name, GENERIC_GPU.peak_flops, GENERIC_GPU.bandwidth)
+    matches = [(key, flops, bandwidth) for key, flops, bandwidth in _KNOWN_GPUS if key in name]
+    if not matches:
+        return DeviceSpec(name, GENERIC_GPU.peak_flops, GENERIC_GPU.bandwidth)
+    _, flops, bandwidth = max(matches, key=lambda row: len(row[0]))
+    return DeviceSpec(name, flops, bandwidth)
 
 
 def path_kernels(path: str, m: int, k: int, n: int, r: int, elem_bytes: int = 2,
@@ -97,7 +99,13 @@ def candidates(times: dict[str, float], slack: float = 1.5) -> list[str]:
     return sorted((p for p, t in times.items() if t <= slack * best), key=times.get)
 
 
+def kernel_path(r: int) -> str:
+    """The Triton path a rank runs on: fused while the intermediate fits on chip, split above."""
+    return "fused" if r <= FUSED_MAX_RANK else "split"
+
+
 def ideal_speedup(m: int, k: int, n: int, r: int, spec: DeviceSpec, elem_bytes: int = 2) -> float:
-    """Roofline-ideal speedup of the fused low-rank layer over the dense layer (W prebuilt)."""
+    """Roofline-ideal speedup of the low-rank kernel path (kernel_path(r): fused, or split above
+    FUSED_MAX_RANK) over the dense layer (W prebuilt)."""
     dense = estimate_time("dense", m, k, n, r, spec, elem_bytes=elem_bytes, dense_weight_given=True)
-    return dense / estimate_time("fused", m, k, n, r, spec, elem_bytes=elem_bytes)
+    return dense / estimate_time(kernel_path(r), m, k, n, r, spec, elem_bytes=elem_bytes)

@@ -77,10 +77,10 @@ def check_kernel(x, down, up, bias, path, dtype) -> float:
 
 def bench_row(m, k, n, r, dtype, spec, time_ms) -> dict:
     from compress.kernels import ideal_speedup, lowrank_linear
-    from compress.kernels.roofline import FUSED_MAX_RANK
+    from compress.kernels.roofline import kernel_path
 
     x, down, up, bias, weight = make_layer(m, k, n, r, dtype)
-    path = "fused" if r <= FUSED_MAX_RANK else "split"
+    path = kernel_path(r)  # the path ideal_speedup models
     t_dense = time_ms(lambda: F.linear(x, weight, bias))
     t_two = time_ms(lambda: F.linear(F.linear(x, down), up, bias))
     t_kernel = time_ms(lambda: lowrank_linear(x, down, up, bias, path=path))

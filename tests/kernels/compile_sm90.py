@@ -1,7 +1,8 @@
 """Compile the Triton kernels for sm_90 (H100) without a GPU and report registers/stack per kernel.
 
 Run as a script (a process where TRITON_INTERPRET is unset): `python tests/kernels/compile_sm90.py`.
-Prints one line per kernel: name, config, REG:n STACK:bytes. Used by test_compile_sm90.py; catches
+Prints one line per kernel: name, config, REG:n STACK:bytes. With --kept-configs: one line per
+autotune config a GPU may run instead (kept_config_cases). Used by test_compile_sm90.py; catches
 errors the CPU interpreter cannot (typing, layouts, register spills)."""
 
 import os
@@ -38,6 +39,31 @@ def resources(kernel) -> str:
     return " ".join(line.split()[:2])
 
 
+FUSED_PTRS = {n: "*fp16" for n in ("x_ptr", "down_ptr", "up_ptr", "bias_ptr", "y_ptr")}
+KEPT_R_PADS = (128, 256)  # where the register estimate prunes (the kept configs at 32 and 64 measured ≤ 230 regs)
+
+
+def _label(kernel: str, config) -> str:
+    return f"{kernel} {config.kwargs} warps={config.num_warps} stages={config.num_stages}"
+
+
+def kept_config_cases():
+    """(name, kernel, pointers, constexprs, warps, stages) for every config autotuning may run on a GPU:
+    the fused configs the prune keeps at the large R_PADs, and every split config (shrink and expand)."""
+    for r_pad in KEPT_R_PADS:
+        for c in fused._prune(fused._GPU_CONFIGS, {}, R_PAD=r_pad):
+            consts = dict(HAS_BIAS=True, ACT_GELU=True, PRECISION="tf32", R_PAD=r_pad, **c.kwargs)
+            yield _label(f"fused R_PAD={r_pad}", c), fused._lowrank_fused_kernel, FUSED_PTRS, consts, \
+                c.num_warps, c.num_stages
+    bf16 = "*bf16"
+    for c in split._GPU_CONFIGS:
+        yield _label("shrink", c), split._shrink_kernel, dict(x_ptr=bf16, down_ptr=bf16, h_ptr="*fp32"), \
+            dict(PRECISION="tf32", **c.kwargs), c.num_warps, c.num_stages
+        yield _label("expand", c), split._expand_kernel, \
+            dict(h_ptr="*fp32", up_ptr=bf16, bias_ptr=bf16, y_ptr=bf16), \
+            dict(HAS_BIAS=True, ACT_GELU=True, PRECISION="tf32", **c.kwargs), c.num_warps, c.num_stages
+
+
 def main() -> int:
     half, bf16 = "*fp16", "*bf16"
     cases = [
@@ -49,6 +75,8 @@ def main() -> int:
         ("expand bf16 gelu", split._expand_kernel, dict(h_ptr="*fp32", up_ptr=bf16, bias_ptr=bf16, y_ptr=bf16),
          dict(HAS_BIAS=True, ACT_GELU=True, PRECISION="tf32", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8), 8, 3),
     ]
+    if sys.argv[1:] == ["--kept-configs"]:
+        cases = list(kept_config_cases())
     for name, kernel, pointers, constexprs, warps, stages in cases:
         print(f"{name}: {resources(compile_kernel(kernel, pointers, constexprs, warps, stages))}", flush=True)
     return 0

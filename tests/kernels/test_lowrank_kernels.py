@@ -111,7 +111,38 @@ def test_dense_weight_argument(device):
         lowrank_linear(x, down, up, b, dense_weight=down)
 
 
+def test_dense_weight_gets_no_gradient_even_alone(device):
+    """gradients flow to up and down, never to dense_weight, also when it is the only tensor requiring grad"""
+    x, down, up, _ = make_inputs((4,), 8, 5, 3, torch.float32, device)
+    weight = (up @ down).requires_grad_()
+    lowrank_linear(x, down, up, path="dense", dense_weight=weight).sum().backward()
+    assert weight.grad is None
+
+
 GRAD_PATHS = ["torch", "dense", pytest.param("fused", marks=needs_kernels), pytest.param("split", marks=needs_kernels)]
+
+
+@pytest.mark.parametrize("path", GRAD_PATHS + [None])
+def test_autocast_gives_every_path_its_dtype(device, path):
+    """Under autocast every path computes in autocast's dtype, as F.linear does; fp32 leaves get fp32 grads."""
+    leaves = [t.requires_grad_() for t in make_inputs((3, 7), 24, 20, 4, torch.float32, device)]
+    with torch.autocast(device, dtype=torch.float16):
+        y = lowrank_linear(*leaves, "gelu_tanh", path=path)
+    assert_matches_ref(y, *[t.detach().half() for t in leaves], "gelu_tanh")
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in leaves)
+
+
+@pytest.mark.skipif(ON_GPU, reason="interpreter-only check")
+def test_cpu_bf16_autocast_is_bf16_or_a_clear_error():
+    """The interpreter has no bf16 dot: under bf16 autocast the auto choice takes a torch path (bf16 out,
+    as F.linear), and an explicit kernel path is refused instead of silently computing in fp32."""
+    x, down, up, b = make_inputs((5,), 24, 20, 4, torch.float32, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lowrank_linear(x, down, up, b, path=None).dtype == torch.bfloat16
+        if HAS_TRITON:
+            with pytest.raises(ValueError, match="not available for torch.bfloat16"):
+                lowrank_linear(x, down, up, b, path="fused")
 
 
 @pytest.mark.parametrize("path", GRAD_PATHS)

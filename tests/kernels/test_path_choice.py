@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from compress.kernels import HAS_TRITON, DeviceSpec, choose_path, estimate_times, ideal_speedup, spec_for_name
-from compress.kernels.roofline import FUSED_MAX_RANK, candidates, path_kernels
+from compress.kernels.roofline import _KNOWN_GPUS, FUSED_MAX_RANK, candidates, path_kernels
 
 GPU = DeviceSpec("test gpu", peak_flops=1000e12, bandwidth=2e12)
 
@@ -67,6 +67,15 @@ def test_ideal_speedup_is_dense_over_fused_and_falls_with_rank():
     assert speedups == sorted(speedups, reverse=True) and speedups[-1] < 1
 
 
+def test_ideal_speedup_models_the_split_path_above_the_fused_rank_limit():
+    m, k, n, r = 4096, 3072, 3072, FUSED_MAX_RANK * 2  # the split path runs here, not fused
+    dense = estimate_times(m, k, n, r, GPU, dense_weight_given=True)["dense"]
+    assert ideal_speedup(m, k, n, r, GPU) == pytest.approx(dense / estimate_times(m, k, n, r, GPU)["split"])
+    from compress.kernels.roofline import kernel_path  # the path tools/bench_kernels.py times
+
+    assert kernel_path(FUSED_MAX_RANK) == "fused" and kernel_path(FUSED_MAX_RANK + 1) == "split"
+
+
 def test_candidates_are_the_close_competitors_best_first():
     assert candidates({"fused": 1.0, "split": 1.4, "torch": 1.2, "dense": 3.0}) == ["fused", "torch", "split"]
 
@@ -79,6 +88,14 @@ def test_candidates_are_the_close_competitors_best_first():
 def test_spec_for_name(name, flops, bandwidth):
     spec = spec_for_name(name)
     assert (spec.name, spec.peak_flops, spec.bandwidth) == (name, flops, bandwidth)
+
+
+@pytest.mark.parametrize("key", [row[0] for row in _KNOWN_GPUS])
+def test_every_known_gpu_gets_its_own_row(key):
+    """A name holding a shorter key (GH200 ⊃ H200, A100 ⊃ A10, L40S ⊃ L40 ⊃ L4) gets the longest key's row."""
+    row = next(r for r in _KNOWN_GPUS if r[0] == key)
+    spec = spec_for_name(f"NVIDIA {key} 480GB")
+    assert (spec.peak_flops, spec.bandwidth) == row[1:]
 
 
 def test_imports_and_torch_path_without_triton():
