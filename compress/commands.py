@@ -337,23 +337,45 @@ def convert(args) -> int:
     """A single-file teacher as a diffusers transformer folder (config.json, safetensors shards), in
     the file's own dtypes, tensor by tensor (compress.io_convert): what `stream: true` reads."""
     from compress.io_convert import convert_file
+    from compress.runner import sigterm_as_interrupt
 
+    for what, given in (("checkpoint", args.file), ("output", args.out)):
+        if not given.strip():  # Path("") is ".", the current folder
+            raise UserError(f"the {what} path is empty; convert FILE OUT reads FILE and writes the new folder OUT")
     source, out = Path(args.file).expanduser(), Path(args.out).expanduser()
     if not source.is_file():
-        raise UserError(f"{args.file}: {'a folder' if source.is_dir() else 'no such file'}; convert reads "
-                        "a single-file checkpoint (a folder is already what stream: true reads)")
+        raise not_a_file(args.file, source)
     if out.exists() or out.is_symlink():
         raise UserError(f"{args.out} exists; convert writes a new folder")
-    done = convert_file(source, out, config=args.teacher_config)
+    with sigterm_as_interrupt():  # a killed convert leaves no hidden partial folder, as Ctrl-C
+        done = convert_file(source, out, config=args.teacher_config)
     shards = f"{done['shards']} shard{'s' if done['shards'] != 1 else ''}"
     results.print(f"wrote {out}: a diffusers {done['class']} folder ({done['tensors']} tensors, "
                   f"{', '.join(done['dtypes'])}, {shards}); stream it with --teacher {out}")
     return 0
 
 
+def not_a_file(given: str, source: Path) -> UserError:
+    """convert's error for a source that is no file: a folder holding one (the README's layout for a
+    single file, config.json beside it) names the file to give."""
+    from compress.stream_files import single_files_in
+
+    if not source.is_dir():
+        return UserError(f"{given}: no such file; convert reads a single-file checkpoint")
+    files = single_files_in(source)
+    if files:
+        which = f"the file in it, {files[0]}" if len(files) == 1 else \
+            f"one of the files in it ({', '.join(str(f) for f in files[:3])}{' …' if len(files) > 3 else ''})"
+        return UserError(f"{given}: a folder; convert reads a single-file checkpoint: give {which}")
+    return UserError(f"{given}: a folder; convert reads a single-file checkpoint (a folder is already what "
+                     "stream: true reads)")
+
+
 def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float, done: dict) -> dict[str, str]:
     """The copied report and model card of an output that took a LoRA: the report's student_params
-    are the merged model's (its grown factors included) and it lists the LoRA; the card says so."""
+    are the merged model's (its grown factors included) and it lists the LoRA (`lora_source`: as the
+    config records it) with the layers it left out (removed blocks, text encoder) or stored dense; the
+    card says so."""
     from compress.report import param_count
 
     files, params = dict(files), param_count(model)
@@ -364,8 +386,9 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
             report = None  # a damaged copy stays as it was (inspect says what it cannot use)
         if isinstance(report, dict):
             report["student_params"] = params
-            report["loras"] = report.get("loras", []) + [{"lora": str(lora_source), "scale": scale,
-                                                          "merged": done["merged"], "rank_added": done["rank_added"]}]
+            report["loras"] = report.get("loras", []) + [{
+                "lora": str(lora_source), "scale": scale, "merged": done["merged"], "rank_added": done["rank_added"],
+                "densified": done["densified"], "dropped": done["dropped"], "not_merged": done["not_merged"]}]
             files["report.json"] = json.dumps(report, indent=2, default=str) + "\n"
     if "README.md" in files:
         files["README.md"] += (f"\nA LoRA was merged in afterwards (`dit-compress lora`): `{lora_source}` at scale "
@@ -393,10 +416,45 @@ def lora(args) -> int:
     done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
              if (source / name).is_file()}
-    save_compressed(model, new, files=with_lora_noted(files, model, args.lora, args.scale, done))
+    check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora)
+    recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
+    save_compressed(model, new, dtype=_recorded_dtype(source),
+                    files=with_lora_noted(files, model, recorded, args.scale, done))
     grown = f", {len(done['rank_added'])} factorized ones by rank {sorted(set(done['rank_added'].values()))}" \
         if done["rank_added"] else ""
+    dense = f", {len(done['densified'])} stored dense (grown past break-even)" if done["densified"] else ""
     dropped = f"; {len(done['dropped'])} of its layers were in removed blocks" if done["dropped"] else ""
-    results.print(f"wrote {new}: {done['merged']} layers took the LoRA at scale {args.scale:g}{grown}{dropped}")
+    results.print(f"wrote {new}: {done['merged']} layers took the LoRA at scale {args.scale:g}{grown}{dense}"
+                  f"{dropped} (listed in report.json)")
     return 0
+
+
+def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lora: str) -> None:
+    """A UserError where a LoRA module merge_lora counted as in a removed block is in a block the
+    teacher never had: past the teacher's block count, which the output's report.json records (the
+    first removal pass's blocks_before) and its block map does not (a removed last block)."""
+    import re
+
+    try:
+        removal = json.loads(report_text).get("remove_blocks") if report_text else None
+    except (ValueError, AttributeError):
+        return  # a damaged report: merge_lora's own checks stand
+    runs = (removal.get("passes") or [removal]) if isinstance(removal, dict) else []
+    before = runs[0].get("blocks_before") if runs and isinstance(runs[0], dict) else None
+    for g in get_adapter(model).groups:
+        count = before.get(g.name) if isinstance(before, dict) else None
+        past = [int(m[1]) for name in dropped for m in [re.match(rf"{g.attr}\.(\d+)\.", name)] if m]
+        if isinstance(count, int) and past and max(past) >= count:
+            raise UserError(f"{lora}: the LoRA adapts {g.attr}.{max(past)}, but the teacher has {count} {g.attr} "
+                            f"(0 to {count - 1}): a LoRA of another (deeper) model?")
+
+
+def _recorded_dtype(out: Path):
+    """The dtype the output at `out` records it was exported in (compression.dtype), None where it
+    records none: `lora` writes its output in it again, as run did."""
+    from compress.io import read_config
+    from compress.io_output import as_dtype
+
+    recorded = read_config(output_folder(out) / "config.json").get("compression", {}).get("dtype")
+    return as_dtype(recorded) if recorded else None
 

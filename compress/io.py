@@ -442,7 +442,10 @@ def nonfinite(t: torch.Tensor, chunk: int = 2**22) -> int:
     sum (one reduction, no temporaries) settles it; otherwise they are counted in chunks (a
     whole-tensor isfinite of a bf16 weight has float temporaries several times its size: +0.16 GiB
     peak on full-width Flux). On a full-width Flux double block the sum took 0.03 s where counting
-    took 1.8 s, most of what reading the block cost (tools/bench_stream_scan.py)."""
+    took 1.8 s, most of what reading the block cost (tools/bench_stream_scan.py). float8 (an fp8 Flux
+    file) has neither sum nor isfinite on the CPU: it is counted in chunks upcast to float32."""
+    if t.dtype.itemsize == 1:
+        return sum(int((~torch.isfinite(c.float())).sum()) for c in t.reshape(-1).split(chunk))
     if bool(torch.isfinite(t.sum())):
         return 0
     return sum(int((~torch.isfinite(c)).sum()) for c in t.reshape(-1).split(chunk))

@@ -6,7 +6,8 @@ while a shard is serialized, another copy of it (diffusers' shards are 10 GB): a
 well over 32 GB for it. Here one tensor is read at a time (safetensors' `safe_open`; pickles are
 memory-mapped where their format allows it), converted to diffusers' keys (`arch.flux_convert`,
 `arch.pixart_convert`), checked against the config's empty model, and added to a shard that is
-written once it reaches `shard_bytes`. The folder appears whole or not at all (`atomic_folder`).
+written once it reaches `shard_bytes`. The folder appears whole or not at all (`atomic_folder`), a
+full disk is one line (runner_stream.DiskFull, as `run` says it), and a bar on stderr counts the tensors.
 """
 
 from __future__ import annotations
@@ -29,10 +30,25 @@ SHARD = "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors"
 
 
 def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: int = SHARD_BYTES) -> dict:
-    """Writes `out`; returns {"class", "dtypes", "shards", "tensors"}."""
+    """Writes `out`; returns {"class", "dtypes", "shards", "tensors"}. A write that fails for want of
+    space (or quota, or on a read-only disk) is a DiskFull naming `out`, never safetensors' traceback."""
     from compress.io_source import check_suffix
+    from compress.runner_stream import DiskFull, disk_full_words
 
     check_suffix(path, "convert reads a single-file checkpoint")
+    try:
+        return _convert(path, Path(out), config, shard_bytes)
+    except Exception as e:
+        words = disk_full_words(e)
+        if words is None:
+            raise
+        fix = "give" if "read-only" in words else "free space there, or give"
+        raise DiskFull(f"converting {path} could not write {out}: {words}; {fix} an output folder on another "
+                       "disk (nothing was left there)") from None
+
+
+def _convert(path: Path, out: Path, config: str | None, shard_bytes: int) -> dict:
+    """convert_file's work: checked against the config's empty model first, then written."""
     with lazy_tensors(path) as (keys, get):
         prefix = transformer_prefix(keys)
         names = [k[len(prefix):] for k in keys if k.startswith(prefix)]  # the transformer's, prefix removed
@@ -43,10 +59,38 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
             check_flux_blocks(path, dict.fromkeys(names), model, cfg)
         convert_key = key_converter(family, names, model)
         expected = {k: (tuple(v.shape)) for k, v in model.state_dict().items()}
-        with atomic_folder(out) as tmp:
+        warn_if_short_of_disk(path, out)
+        with atomic_folder(out) as tmp, _progress() as bar:
             model.save_config(tmp)
-            written = _write_shards(tmp, path, names, lambda n: get(prefix + n), convert_key, expected, shard_bytes)
+            task = bar.add_task(f"convert {path.name}", total=len(names))
+            written = _write_shards(tmp, path, names, lambda n: get(prefix + n), convert_key, expected, shard_bytes,
+                                    lambda: bar.advance(task))
     return {"class": type(model).__name__, **written}
+
+
+def warn_if_short_of_disk(path: Path, out: Path) -> None:
+    """The folder takes about the file's size (its own dtypes): say so before writing if the disk
+    of `out` has less free, as `run` does (runner_stream.warn_if_short_of_disk)."""
+    from compress.report import console
+    from compress.runner_stream import free_bytes
+
+    need, have = path.stat().st_size, free_bytes(out.parent)
+    if have is not None and need > have:
+        console.print(f"[bold yellow]warning:[/] the converted folder takes about {need / 2**30:.1f} GiB "
+                      f"(the size of {path.name}) and {have / 2**30:.1f} GiB are free under {out.parent}; "
+                      "give an output folder on a bigger disk")
+
+
+def _progress():
+    """A transient bar on the terminal the notes go to (stderr), one step per tensor of the file;
+    none where that is not a terminal (as calib's)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from compress.report import console
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, disable=not console.is_terminal, transient=True)
 
 
 @contextlib.contextmanager
@@ -67,9 +111,10 @@ def lazy_tensors(path: Path) -> Iterator[tuple[list[str], Callable[[str], torch.
 
 
 def _write_shards(folder: Path, path: Path, names: list[str], get, convert_key, expected: dict,
-                  shard_bytes: int) -> dict:
+                  shard_bytes: int, tick=lambda: None) -> dict:
     """Converts and writes the tensors in shards of about `shard_bytes`, then names them -of-N and
-    writes the index. Every diffusers tensor must be expected (name and shape) and come once."""
+    writes the index. Every diffusers tensor must be expected (name and shape) and come once.
+    `tick` is called once per tensor of the file (the progress bar)."""
     from safetensors.torch import save_file
 
     shards, current, size, seen, dtypes, total = [], {}, 0, set(), set(), 0
@@ -94,12 +139,26 @@ def _write_shards(folder: Path, path: Path, names: list[str], get, convert_key, 
             dtypes.add(str(tensor.dtype).removeprefix("torch."))
         if size >= shard_bytes:
             flush()
+        tick()
     flush()
     missing = sorted(expected.keys() - seen)
     if missing:
-        raise UserError(f"{path} lacks {len(missing)} tensor(s) of the config's model, e.g. {missing[0]}")
+        raise UserError(lacks(path, missing))
     _name_shards(folder, shards, total)
     return {"dtypes": sorted(dtypes), "shards": len(shards), "tensors": len(seen)}
+
+
+GUIDANCE = "time_text_embed.guidance_embedder."  # FLUX.1-dev's; schnell has none (config guidance_embeds)
+
+
+def lacks(path: Path, missing: list[str]) -> str:
+    """The error for tensors of the config's model the file lacks. The guidance embedder alone (which
+    the config's model has only with guidance_embeds: true) is a schnell file given a dev config."""
+    words = f"{path} lacks {len(missing)} tensor(s) of the config's model, e.g. {missing[0]}"
+    if all(k.startswith(GUIDANCE) for k in missing):
+        words += ("; they are the guidance embedder, which the config has (guidance_embeds: true): a file "
+                  "without one (FLUX.1-schnell) needs a config with guidance_embeds: false")
+    return words
 
 
 def _name_shards(folder: Path, shards: list, total: int) -> None:
@@ -117,6 +176,10 @@ def _name_shards(folder: Path, shards: list, total: int) -> None:
 
 
 def _check_tensor(path: Path, key: str, tensor: torch.Tensor, expected: dict, seen: set) -> None:
+    if key not in expected and key.startswith(GUIDANCE):
+        raise UserError(f"{path}: tensor {key} is not in the config's model: the file has a guidance embedder "
+                        "(FLUX.1-dev) and the config says guidance_embeds: false; give a config with "
+                        "guidance_embeds: true")
     if key not in expected:
         raise UserError(f"{path}: tensor {key} is not in the config's model (another model or config?)")
     if tuple(tensor.shape) != expected[key]:

@@ -149,7 +149,13 @@ def without_prefix(sd: dict) -> dict:
 
 
 def check_flux_blocks(path: Path, sd: dict, model: nn.Module, cfg: Path) -> None:
-    """The double and single blocks of a BFL checkpoint are those its config counts."""
+    """The double and single blocks of a BFL checkpoint are those its config counts. A file in
+    diffusers' keys has neither group: its missing or extra tensors are named where it loads."""
+    from compress.arch.flux_convert import is_bfl_flux
+
+    if not is_bfl_flux(sd):
+        return
+
     def count(group: str) -> int:
         found = {int(k.split(".")[1]) for k in sd if k.startswith(group + ".") and k.split(".")[1].isdigit()}
         return max(found) + 1 if found else 0

@@ -5,6 +5,9 @@ diffusers applies a LoRA by wrapping `nn.Linear` modules in peft layers, and pef
 ΔW = s·B A (B (out, r'), A (r', in), s its scaling) into the student instead:
 - a LowRankLinear (up (out, r), down (r, in)) grows to rank r + r': down' = [down; A], up' = [up, s·B],
   so up'·down' = up·down + s·B A exactly, with no refactorization (a fused GELU stays outside the sum);
+  where r + r' would reach the break-even rank out·in / (out + in) (more parameters than dense, and
+  past min(out, in) a rank no output may hold), the layer is stored dense instead: W = up·down + s·B A
+  (a fused GELU applied again by diffusers' own activation module; reported as "densified");
 - a dense linear: W += s·B A.
 A bias on lora_B (peft `lora_bias=True`: y += s·(B A x + b_B)) adds s·b_B to the layer's bias (peft
 itself cannot merge one into a layer without a bias, nor could a saved student hold it: an error).
@@ -39,7 +42,7 @@ from torch import nn
 
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
-from compress.lora_read import STATE_DICT, LoraLayer, read_lora
+from compress.lora_read import STATE_DICT, LoraLayer, label, read_lora
 from compress.lowrank import LowRankLinear
 
 
@@ -50,8 +53,9 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     from (a model or a source; default: the one the student recorded), read only for a DoRA;
     `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": modules,
     "rank_added": {module: r'} of the low-rank ones, "dropped": teacher modules of removed blocks,
-    "not_merged": text-encoder modules of the LoRA}. The student's config records the new ranks, so
-    saving it again keeps them. All or nothing: each layer is merged and checked before any is taken,
+    "not_merged": text-encoder modules of the LoRA, "densified": low-rank modules stored dense, their
+    grown rank past break-even}; a LoRA none of whose layers the student has is refused. The student's
+    config records the new ranks, so saving it again keeps them. All or nothing: each layer is merged and checked before any is taken,
     and again as it is taken (twice the merge's compute, never all merged layers held at once)."""
     check_scale(scale)
     adapter = get_adapter(student)
@@ -59,15 +63,22 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     layers, text_encoder = read_lora(student, adapter, lora, block_map)
     targets = {name: adapter.renumbered(name, block_map) for name in layers}  # the teacher's block -> the student's
     kept = {name: target for name, target in targets.items() if target is not None}
+    if not kept:
+        raise UserError(f"{label(lora)}: none of its {len(layers)} layers is in a block the student kept (all in "
+                        f"removed blocks, or past the teacher's last: {sorted(layers)[0]} …); merging it would "
+                        "change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
     weights = dora_weights(student, {name: kept[name] for name in dora}, teacher, teacher_config) if dora else {}
     for name, target in kept.items():  # all or nothing: every layer merged and checked first, one at a
         _merged(student, target, layers[name], scale, weights.get(name))  # time, before the student takes any
-    added = {}
+    added, densified = {}, []
     for name, target in kept.items():  # then merged again and taken: one merged layer held at a time
-        rank = _take(student, target, *_merged(student, target, layers[name], scale, weights.get(name)))
-        if rank:
-            added[target] = rank
+        module, merged = _merged(student, target, layers[name], scale, weights.get(name))
+        _take(student, target, module, merged)
+        if "rank" in merged:
+            added[target] = merged["rank"]
+        if "linear" in merged:
+            densified.append(target)
     if text_encoder:
         from compress.report import console
 
@@ -75,7 +86,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
                       "the student is the transformer only")
     _record(student, lora, scale, len(kept))
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
-            "not_merged": text_encoder}
+            "not_merged": text_encoder, "densified": densified}
 
 
 def check_scale(scale) -> None:
@@ -113,6 +124,12 @@ def grown_factors(up: torch.Tensor, down: torch.Tensor, lora_up: torch.Tensor, l
     """(up' (out, r + r'), down' (r + r', in)) with up'·down' = diag(rows) (up·down + lora_up·lora_down)."""
     new_up = torch.cat([up, lora_up], 1)
     return (new_up if rows is None else rows[:, None] * new_up), torch.cat([down, lora_down], 0)
+
+
+def past_break_even(rank: int, out_f: int, in_f: int) -> bool:
+    """Whether factors of `rank` hold at least as many weights as the dense (out, in) matrix:
+    rank·(out + in) ≥ out·in (always so from min(out, in) on, a rank no output may hold)."""
+    return rank * (out_f + in_f) >= out_f * in_f
 
 
 def dense_merged(weight: torch.Tensor, lora_up: torch.Tensor, lora_down: torch.Tensor,
@@ -320,6 +337,9 @@ def _merged(student: nn.Module, name: str, layer: LoraLayer, scale: float, weigh
     rows = None if layer.magnitude is None else dora_rows(weight.to(device), down, up, layer.magnitude.to(device))
     bias = None if module.bias is None else module.bias.detach().float() + \
         (0 if layer.bias is None else s * layer.bias.to(device))
+    if isinstance(module, LowRankLinear) and past_break_even(module.rank + down.shape[0], module.out_features,
+                                                                 module.in_features):
+        return module, {"linear": _dense_layer(name, module, up, down, rows, bias)}
     if isinstance(module, LowRankLinear):
         new_up, new_down = grown_factors(module.up.weight.detach().float(), module.down.weight.detach().float(),
                                          up, down, rows)
@@ -333,17 +353,56 @@ def _merged(student: nn.Module, name: str, layer: LoraLayer, scale: float, weigh
     return module, {"weight": merged, "bias": bias}
 
 
-def _take(student: nn.Module, name: str, module: nn.Module, merged: dict) -> int:
-    """The student's `module` (at `name`) replaced by, or given, what `_merged` made of it; returns the
-    rank it added (0: dense)."""
+def _dense_layer(name: str, module: LowRankLinear, up: torch.Tensor, down: torch.Tensor,
+                 rows: torch.Tensor | None, bias: torch.Tensor | None) -> nn.Linear:
+    """The nn.Linear holding diag(rows) (module's up·down + up·down) (out, in) and `bias` in the
+    module's dtype, checked finite: a grown LowRankLinear past break-even, stored dense."""
+    dtype = module.up.weight.dtype
+    weight = dense_merged(module.up.weight.detach().float() @ module.down.weight.detach().float(), up, down, rows)
+    with torch.device("meta"):  # its parameters are set at once: never initialized
+        layer = nn.Linear(module.in_features, module.out_features, bias=bias is not None)
+    layer.weight = nn.Parameter(weight.to(dtype))
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.to(dtype))
+    check_merged(name, {"weight": layer.weight, "bias": layer.bias})
+    return layer
+
+
+def _take(student: nn.Module, name: str, module: nn.Module, merged: dict) -> None:
+    """The student's `module` (at `name`) replaced by, or given, what `_merged` made of it."""
     if "module" in merged:
         student.set_submodule(name, merged["module"])
-        return merged["rank"]
-    with torch.no_grad():
-        module.weight.copy_(merged["weight"])
-        if merged["bias"] is not None:
-            module.bias.copy_(merged["bias"])
-    return 0
+    elif "linear" in merged:
+        _set_dense(student, name, module, merged["linear"])
+    else:
+        with torch.no_grad():
+            module.weight.copy_(merged["weight"])
+            if merged["bias"] is not None:
+                module.bias.copy_(merged["bias"])
+
+
+def _set_dense(student: nn.Module, name: str, module: LowRankLinear, linear: nn.Linear) -> None:
+    """`linear` in place of the LowRankLinear `module` at `name`; a tanh-GELU it applied itself (fused,
+    compress.fuse) is applied by diffusers' module again (a GELU with `linear` as its proj, or the Flux
+    single block's act_mlp), as a load of the saved output builds it (only low-rank layers are fused)."""
+    student.set_submodule(name, linear)
+    if module.activation is None:
+        return
+    from diffusers.models.activations import GELU
+
+    from compress.fuse import FusedGELU
+
+    parent_name, _, attr = name.rpartition(".")
+    parent = student.get_submodule(parent_name)
+    if isinstance(parent, FusedGELU):
+        with torch.device("meta"):  # its own proj, replaced at once: never allocated
+            gelu = GELU(linear.in_features, linear.out_features, approximate="tanh", bias=linear.bias is not None)
+        gelu.proj = linear
+        student.set_submodule(parent_name, gelu)
+    elif attr == "proj_mlp":
+        parent.act_mlp = nn.GELU(approximate="tanh")
+    else:
+        raise RuntimeError(f"'{name}' applies a fused GELU that no module of the model would apply once dense")
 
 
 def _record(student: nn.Module, lora, scale: float, merged: int) -> None:

@@ -15,6 +15,7 @@ Text-encoder modules a LoRA file also holds are listed, not merged: the student 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ LORA_PART = re.compile(r"\.(?:lora_[AB]|lora_down|lora_up|lora_magnitude_vector|
                        r"(?:\..*)?$")
 KOHYA_PREFIX = re.compile(r"^lora_(?:unet|transformer)_")
 MAGNITUDE = "DoRA magnitude (lora_magnitude_vector)"
+ADAPTER_NAMED = re.compile(r"\.(lora_[AB])\.(?!weight$|bias$)[^.]+\.(weight|bias)$")  # peft's `lora_A.default.weight`
+PEFT_PART = re.compile(r"^(?:transformer\.)?(.+)\.(lora_A|lora_B)\.weight$")
 
 
 @dataclass
@@ -67,14 +70,70 @@ def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> tuple[dict[
 
     if importlib.util.find_spec("peft") is None:
         raise UserError("merging a LoRA needs peft: pip install 'dit-compress[lora]' (or peft)")
-    load, keys = _reader(adapter, lora, type(student).__name__)
-    text_encoder = text_encoder_modules(keys)
-    skeleton = _empty_teacher(student, adapter, block_map, [k for k in keys if not TEXT_ENCODER.match(k)])
-    load(skeleton)
+    with quiet_loaders():  # peft's and diffusers' warnings list every key; the errors here say what matters
+        load, keys = _reader(adapter, lora, type(student).__name__)
+        text_encoder = text_encoder_modules(keys)
+        skeleton = _empty_teacher(student, adapter, block_map, [k for k in keys if not TEXT_ENCODER.match(k)],
+                                  label(lora))
+        load(skeleton)
     out = {name: _layer_of(name, module) for name, module in skeleton.named_modules() if _adapted(module)}
     if not out:
         raise UserError(f"{label(lora)}: no LoRA layers for the {adapter.family} transformer in it")
     return out, text_encoder
+
+
+@contextlib.contextmanager
+def quiet_loaders():
+    """peft's and diffusers' warnings and log lines silenced while a LoRA is read: they name every key
+    of a LoRA they cannot place (kilobytes for one mistake), where the UserErrors here quote a few."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("diffusers", "peft")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def short(e: Exception) -> str:
+    """A loader's exception in one line quoting at most 3 of the keys it lists (diffusers names them all)."""
+    head, sep, tail = " ".join(str(e).split()).partition(": ")
+    items = tail.split(", ")
+    if len(items) > 3:
+        tail = f"{', '.join(items[:3])}, … ({len(items)} in all)"
+    text = f"{type(e).__name__}: {head}{sep}{tail}"
+    return text if len(text) <= 400 else text[:400] + " …"
+
+
+def without_adapter_names(state: dict) -> dict:
+    """`state` with peft's adapter segment dropped from its keys (`x.lora_A.default.weight` ->
+    `x.lora_A.weight`: a raw get_peft_model_state_dict(..., adapter_name) as diffusers saves it)."""
+    return {ADAPTER_NAMED.sub(r".\1.\2", k): v for k, v in state.items()}
+
+
+def check_shapes(state: dict, skeleton: nn.Module, where: str) -> None:
+    """A UserError naming the first lora_A / lora_B of `state` (`[transformer.]<module>.lora_A.weight`)
+    whose shape does not fit its linear in `skeleton` (A (r', in), B (out, r')): a LoRA of a model of
+    the same family with other widths, which peft would refuse with a size mismatch for every key."""
+    modules = dict(skeleton.named_modules())
+    for key, value in state.items():
+        m = PEFT_PART.match(key)
+        layer = modules.get(m[1]) if m else None
+        if not isinstance(layer, nn.Linear) or value.dim() != 2:
+            continue
+        fits = value.shape[1] == layer.in_features if m[2] == "lora_A" else value.shape[0] == layer.out_features
+        if not fits:
+            raise UserError(f"{where}: its '{key}' is {tuple(value.shape)}, but '{m[1]}' of the "
+                            f"{type(skeleton).__name__} is a linear of {layer.in_features} -> {layer.out_features} "
+                            f"features (lora_A takes (rank, {layer.in_features}), lora_B ({layer.out_features}, rank)): "
+                            "a LoRA of another model (other widths)?")
 
 
 def _adapted(module: nn.Module) -> bool:
@@ -138,14 +197,27 @@ def _flux_reader(lora, path: Path | None):
                 return_lora_metadata=True)
     except Exception as e:  # noqa: BLE001 (safetensors, the Hub and diffusers' checks raise their own)
         if path is not None and path.exists():
-            raise UserError(f"{lora}: not a LoRA diffusers reads ({type(e).__name__}: {e})") from None
+            raise UserError(f"{lora}: not a LoRA diffusers reads for Flux ({short(e)}); a LoRA of another "
+                            "model?") from None
         raise hub_error(str(lora), e, "a local LoRA file") from None
+    state = with_transformer_prefix(without_adapter_names(state))
 
     def load(skeleton: nn.Module) -> None:
+        check_shapes(state, skeleton, label(lora))
         FluxLoraLoaderMixin.load_lora_into_transformer(state, alphas, transformer=skeleton, adapter_name=ADAPTER,
                                                        metadata=metadata, low_cpu_mem_usage=True)
-        check_all_read(unread(list(state), skeleton), label(lora))
+        check_all_read(unread(list(state), skeleton), label(lora), skeleton)
     return load, list(state)
+
+
+def with_transformer_prefix(state: dict) -> dict:
+    """A Flux LoRA state dict whose keys (text-encoder ones aside) have no `transformer.` prefix (a raw
+    get_peft_model_state_dict saved as it is, which PixArt's reader takes too) given it: diffusers'
+    loader reads only the prefixed keys, and would find none."""
+    keys = [k for k in state if not TEXT_ENCODER.match(k)]
+    if not keys or any(k.startswith("transformer.") for k in keys):
+        return state
+    return {k if TEXT_ENCODER.match(k) else f"transformer.{k}": v for k, v in state.items()}
 
 
 def _check_no_dora_scale(lora, path: Path | None) -> None:
@@ -200,20 +272,28 @@ def _peft_load(config, state: dict, where: str, origin: dict[str, str]) -> Calla
     state = {k: v for k, v in state.items() if not TEXT_ENCODER.match(k)}
 
     def load(skeleton: nn.Module) -> None:
+        check_shapes(state, skeleton, where)
         inject_adapter_in_model(config, skeleton, adapter_name=ADAPTER, low_cpu_mem_usage=True)
         result = set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
         unused = [k.replace(f".{ADAPTER}", "") for k in result.unexpected_keys]  # peft names a known part's with it
-        check_all_read([origin.get(k, k) for k in unused], where)
+        check_all_read([origin.get(k, k) for k in unused], where, skeleton)
     return load
 
 
-def check_all_read(unused: list[str], where: str) -> None:
+def check_all_read(unused: list[str], where: str, skeleton: nn.Module | None = None) -> None:
     """A UserError naming the first of the LoRA's keys that nothing read (peft ignores those it does
-    not know: the LoRA would be merged without them, silently)."""
-    if unused:
-        more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
-        raise UserError(f"{where}: '{unused[0]}'{more} is not a key peft reads, so merging would drop it "
-                        "silently; a LoRA format dit-compress does not read?")
+    not know: the LoRA would be merged without them, silently); where none of their modules is one of
+    `skeleton`'s, that it looks like a LoRA of another model."""
+    if not unused:
+        return
+    more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+    names = {name for name, _ in skeleton.named_modules()} if skeleton is not None else set()
+    modules = {re.sub(r"^(?:transformer\.|base_model\.model\.)", "", module_of(k)) for k in unused}
+    if skeleton is not None and not modules & names:
+        raise UserError(f"{where}: '{unused[0]}'{more} names a layer {type(skeleton).__name__} does not have: "
+                        "a LoRA of another model?")
+    raise UserError(f"{where}: '{unused[0]}'{more} is not a key peft reads, so merging would drop it "
+                    "silently; a LoRA format dit-compress does not read?")
 
 
 def _one_file(path: Path) -> Path:
@@ -250,16 +330,28 @@ def _state_reader(state: dict, metadata: dict, where: str) -> tuple[Callable[[nn
     state = {k: v for k, v in state.items() if not TEXT_ENCODER.match(k)}
 
     def load(skeleton: nn.Module) -> None:
-        linears = [n for n, m in skeleton.named_modules() if isinstance(m, nn.Linear)]
+        modules = dict(skeleton.named_modules())
+        linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         peft_state, alphas, origin = peft_keys(state, linears, where)
-        unknown = sorted({module_of(k) for k in peft_state} - set(linears))
-        if unknown:
-            raise UserError(f"{where}: the LoRA adapts '{unknown[0]}', which {type(skeleton).__name__} does not "
-                            "have (a LoRA of another model?)")
+        check_linear({module_of(k) for k in peft_state}, modules, where)
         adapted = {module_of(k) for k in peft_state if k.endswith("lora_A.weight")}
         check_all_read(sorted(origin[f"{m}.alpha"] for m in alphas if m not in adapted), where)  # no A to scale
         _peft_load(lora_config(peft_state, alphas, metadata, where), peft_state, where, origin)(skeleton)
     return load, keys
+
+
+def check_linear(adapted: set[str], modules: dict[str, nn.Module], where: str) -> None:
+    """A UserError for the first module the LoRA adapts that is not a linear of the skeleton
+    (`modules`): one it does not have (a LoRA of another model?), or another kind of layer (a
+    Conv2d: the patch embedding), which a merge into a linear cannot take."""
+    missing = sorted(adapted - set(modules))
+    if missing:
+        raise UserError(f"{where}: the LoRA adapts '{missing[0]}', which {type(modules['']).__name__} does not "
+                        "have (a LoRA of another model?)")
+    other = sorted(n for n in adapted if not isinstance(modules[n], nn.Linear))
+    if other:
+        raise UserError(f"{where}: the LoRA adapts '{other[0]}', a {type(modules[other[0]]).__name__}, "
+                        "not a linear layer")
 
 
 def peft_keys(state: dict, linears: list[str], where: str) -> tuple[dict, dict[str, float], dict[str, str]]:
@@ -278,7 +370,7 @@ def peft_keys(state: dict, linears: list[str], where: str) -> tuple[dict, dict[s
             if flat not in by_flat:
                 raise UserError(f"{where}: '{key}' names no linear layer of the transformer")
             key = f"{by_flat[flat]}.{part.replace('lora_down', 'lora_A').replace('lora_up', 'lora_B')}"
-        key = re.sub(r"^(?:transformer\.|base_model\.model\.)", "", key)
+        key = ADAPTER_NAMED.sub(r".\1.\2", re.sub(r"^(?:transformer\.|base_model\.model\.)", "", key))
         origin[key] = file_key
         if key.endswith(".alpha"):
             alphas[key[: -len(".alpha")]] = float(value)
@@ -321,9 +413,20 @@ def lora_config(state: dict, alphas: dict[str, float], metadata: dict, where: st
                       rank_pattern=pattern, alpha_pattern=alpha, use_dora=use_dora, lora_bias=lora_bias)
 
 
-def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str]) -> nn.Module:
+def check_blocks(attr: str, count: int, mentioned: list[int], where: str) -> None:
+    """A UserError where the LoRA adapts a block `attr`.i that the teacher (`count` blocks) never had:
+    a LoRA of a deeper model, which no block map could have removed."""
+    past = [i for i in mentioned if i >= count]
+    if past:
+        raise UserError(f"{where}: the LoRA adapts {attr}.{max(past)}, but the teacher has {count} {attr} "
+                        f"(0 to {count - 1}): a LoRA of another (deeper) model?")
+
+
+def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str], where: str) -> nn.Module:
     """The student's class with the teacher's block counts (the largest of the student's, its block
-    map's and, by the LoRA's keys, the LoRA's), every parameter a zero scalar expanded to its shape."""
+    map's and, by the LoRA's keys, the LoRA's), every parameter a zero scalar expanded to its shape.
+    A group without a block map has the teacher's count: a LoRA block past it is refused
+    (check_blocks); past a block map's last kept block, the teacher's count is not recorded."""
     from accelerate import init_empty_weights
 
     config = dict(student.config)
@@ -331,6 +434,8 @@ def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str]
     for g in adapter.groups:
         block = re.compile(rf"(?:^|\.){g.attr}\.(\d+)\.|^lora_(?:unet|transformer)_{g.attr}_(\d+)_")
         mentioned = [int(m.group(1) or m.group(2)) for k in keys for m in [block.search(k)] if m]
+        if g.name not in block_map:
+            check_blocks(g.attr, len(getattr(student, g.attr)), mentioned, where)
         config[g.config_key] = max([len(getattr(student, g.attr))] + [i + 1 for i in block_map.get(g.name, [])]
                                    + [i + 1 for i in mentioned])
     with init_empty_weights():

@@ -35,7 +35,27 @@ def weight_map(folder: Path) -> dict[str, Path]:
         return files
     if (folder / weights).is_file():
         return file_map(folder / weights)
-    raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: no diffusers weights to read there")
+    raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: no diffusers weights to read there"
+                    f"{holds_single_file(folder)}")
+
+
+def single_files_in(folder: Path) -> list[Path]:
+    """The single-file checkpoints in `folder`: the README lays one out as the file with its
+    config.json beside it, a folder users then give where a diffusers folder is read."""
+    from compress.io import SINGLE_FILE_SUFFIXES
+
+    return sorted(p for p in Path(folder).iterdir() if p.suffix in SINGLE_FILE_SUFFIXES and p.is_file())
+
+
+def holds_single_file(folder: Path) -> str:
+    """'; it holds the single file F: ...' (what to do with it), or '' where it holds none."""
+    files = single_files_in(folder)
+    if not files:
+        return ""
+    what = f"the single file {files[0]}" if len(files) == 1 else \
+        f"single files ({', '.join(str(f) for f in files[:3])}{' …' if len(files) > 3 else ''})"
+    return (f"; it holds {what}: write it once as a folder with `dit-compress convert {files[0]} FOLDER`, then "
+            "stream --teacher FOLDER")
 
 
 def file_map(path: Path) -> dict[str, Path]:

@@ -86,3 +86,145 @@ def test_a_config_of_another_family_names_the_file_as_load_teacher_does(tmp_path
     with pytest.raises(UserError, match=rf"^{tmp_path}/p.safetensors: the checkpoint's weights are a pixart "
                                         rf"transformer while the config in {tmp_path}/fluxcfg describes a flux one"):
         convert_file(tmp_path / "p.safetensors", tmp_path / "out", config=str(tmp_path / "fluxcfg"))
+
+
+# ---- a tester's findings: diffusers-key Flux files, fp8, a full disk, SIGTERM, progress, a folder, wording ----
+def _flux_file(folder, bfl=True, **config):
+    """A tiny Flux saved as one file (BFL or diffusers keys) with its config.json beside it."""
+    model = tiny_flux(**config)
+    model.save_config(folder)
+    sd = flux_to_bfl(model, "") if bfl else model.state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "f.safetensors"))
+    return model
+
+
+def test_a_flux_file_in_diffusers_keys_converts(tmp_path):
+    """convert refused every diffusers-key Flux file: it counted BFL's double/single blocks (0 of them)."""
+    model = _flux_file(tmp_path, bfl=False)
+    convert_file(tmp_path / "f.safetensors", tmp_path / "out")
+    saved, _ = _folder_tensors(tmp_path / "out")
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_fp8_flux_file_converts_and_streams(tmp_path):
+    """fp8 weights passed convert, then the streamed read's NaN check crashed (no sum on float8)."""
+    from compress.stream import CheckpointBlocks, empty_transformer
+
+    model = tiny_flux()
+    model.save_config(tmp_path)
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.dim() == 2 else v for k, v in flux_to_bfl(model, "").items()}
+    save_file(fp8, str(tmp_path / "f.safetensors"))
+    done = convert_file(tmp_path / "f.safetensors", tmp_path / "out")
+    assert "float8_e4m3fn" in done["dtypes"]
+    loader = CheckpointBlocks(empty_transformer(tmp_path / "out"), tmp_path / "out")
+    loader.load_top()
+    block = loader.read([k for k in loader.files if k.startswith("transformer_blocks.0.")])
+    assert block and all(t.dtype == torch.float32 for t in block.values())
+
+
+def _no_space(*args, **kwargs):
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """A full disk during convert was safetensors' traceback (exit 1) and no word of where."""
+    from compress.cli import main
+
+    _flux_file(tmp_path)
+    monkeypatch.setattr("safetensors.torch.save_file", _no_space)
+    assert main(["convert", str(tmp_path / "f.safetensors"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"dit-compress: cannot write: converting {tmp_path}/f.safetensors could not write {tmp_path}/out: "
+                   "no space left on the device; free space there, or give an output folder on another disk "
+                   "(nothing was left there)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "f.safetensors"]
+
+
+def test_convert_warns_first_when_the_disk_has_less_free_than_the_file(tmp_path, monkeypatch, capsys):
+    _flux_file(tmp_path)
+    monkeypatch.setattr("compress.runner_stream.free_bytes", lambda folder: 1000)
+    convert_file(tmp_path / "f.safetensors", tmp_path / "out")
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: the converted folder takes about 0.0 GiB (the size of f.safetensors) and 0.0 GiB are free " \
+           f"under {tmp_path}; give an output folder on a bigger disk" in err
+    assert (tmp_path / "out" / "config.json").is_file()  # a warning: it still converts
+
+
+def test_sigterm_during_convert_leaves_no_partial_folder(tmp_path):
+    """SIGTERM (timeout, kill, SLURM) left a hidden .out.tmp-XXXX folder of partial shards; Ctrl-C did not."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    _flux_file(tmp_path)
+    slow = textwrap.dedent(f'''
+        import sys, time, safetensors.torch as st
+        def slow(*a, **k): print("writing", flush=True); time.sleep(60)
+        st.save_file = slow
+        sys.argv = ["dit-compress", "convert", "{tmp_path}/f.safetensors", "{tmp_path}/out"]
+        from compress.cli_entry import main; sys.exit(main())''')
+    p = subprocess.Popen([sys.executable, "-c", slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "writing\n"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 130 and "interrupted" in p.stderr.read()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "f.safetensors"]
+
+
+def test_convert_shows_a_bar_of_the_tensors_on_a_terminal(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+    from safetensors import safe_open
+
+    _flux_file(tmp_path)
+    shown = io.StringIO()
+    monkeypatch.setattr("compress.report.console", Console(file=shown, force_terminal=True, width=120))
+    convert_file(tmp_path / "f.safetensors", tmp_path / "out")
+    with safe_open(str(tmp_path / "f.safetensors"), "pt") as f:
+        n = len(list(f.keys()))
+    assert "convert f.safetensors" in shown.getvalue() and f"{n}/{n}" in shown.getvalue()
+
+
+def test_a_folder_holding_a_single_file_names_it(tmp_path, monkeypatch, capsys):
+    """`convert FOLDER` said a folder is what stream reads, and streaming it said it held no diffusers
+    weights: the user went round in circles with the README's layout (the file, config.json beside)."""
+    from compress.cli import main
+    from compress.stream_files import checkpoint_of
+
+    _flux_file(tmp_path / "weights")
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "weights", "out"]) == 2
+    assert capsys.readouterr().err == ("dit-compress: error: weights: a folder; convert reads a single-file checkpoint: "
+                                       "give the file in it, weights/f.safetensors\n")
+    with pytest.raises(UserError, match=r"no diffusers weights to read there; it holds the single file "
+                                        r"weights/f.safetensors: write it once as a folder with `dit-compress "
+                                        r"convert weights/f.safetensors FOLDER`, then stream --teacher FOLDER$"):
+        checkpoint_of("weights")
+
+
+def test_an_empty_output_path_says_so(tmp_path, capsys):
+    """`convert f ""` said ' exists' (Path('') is the current folder)."""
+    from compress.cli import main
+
+    _flux_file(tmp_path)
+    assert main(["convert", str(tmp_path / "f.safetensors"), ""]) == 2
+    assert capsys.readouterr().err == ("dit-compress: error: the output path is empty; convert FILE OUT reads FILE "
+                                       "and writes the new folder OUT\n")
+
+
+def test_a_schnell_file_with_a_dev_config_names_guidance_embeds(tmp_path):
+    _flux_file(tmp_path, guidance_embeds=False)
+    tiny_flux(guidance_embeds=True).save_config(tmp_path / "dev")
+    with pytest.raises(UserError, match=r"lacks 4 tensor\(s\) .*guidance_embedder.*; they are the guidance embedder, "
+                                        r"which the config has \(guidance_embeds: true\): a file without one "
+                                        r"\(FLUX.1-schnell\) needs a config with guidance_embeds: false$"):
+        convert_file(tmp_path / "f.safetensors", tmp_path / "out", config=str(tmp_path / "dev"))
+    tiny_flux(guidance_embeds=False).save_config(tmp_path / "schnell")
+    _flux_file(tmp_path / "devfile", guidance_embeds=True)
+    with pytest.raises(UserError, match=r"guidance_embedder.* is not in the config's model: the file has a guidance "
+                                        r"embedder \(FLUX.1-dev\) and the config says guidance_embeds: false"):
+        convert_file(tmp_path / "devfile" / "f.safetensors", tmp_path / "out", config=str(tmp_path / "schnell"))

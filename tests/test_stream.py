@@ -183,6 +183,34 @@ def test_nonfinite_counts_exactly_and_passes_sums_that_overflow(dtype):
     assert not torch.isfinite(big.sum()) and nonfinite(big) == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_nonfinite_counts_float8(dtype):
+    """An fp8 Flux checkpoint crashed the streamed read's check: float8 has no sum (nor, e4m3fn,
+    isfinite) on the CPU."""
+    from compress.io import nonfinite
+
+    x = torch.randn(1000, 7).to(dtype)
+    assert nonfinite(x) == 0
+    x.view(-1)[[3, 500, 6999]] = torch.tensor([float("nan")] * 3).to(dtype)
+    assert nonfinite(x, chunk=333) == 3
+
+
+def test_a_nan_in_an_fp8_checkpoint_names_the_weight(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny_flux()
+    model.save_config(tmp_path)
+    sd = {k: v.to(torch.float8_e4m3fn) if v.dim() == 2 else v for k, v in model.state_dict().items()}
+    sd["transformer_blocks.0.attn.to_q.weight"][0, 0] = float("nan")
+    save_file(sd, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    loader = CheckpointBlocks(empty_transformer(tmp_path), tmp_path)
+    loader.load_top()
+    assert loader.read(["transformer_blocks.0.attn.to_k.weight"])["transformer_blocks.0.attn.to_k.weight"].dtype \
+        == torch.float32
+    with pytest.raises(NumericError, match=r"weight transformer_blocks.0.attn.to_q.weight in .* has 1 NaN/Inf"):
+        loader.read(["transformer_blocks.0.attn.to_q.weight"])
+
+
 def test_the_digest_of_a_streamed_model_sees_its_block_weights(tmp_path):
     """Streamed blocks are on meta: the stats cache's model digest reads a few of their stored
     values, so a student whose blocks an earlier pass wrote differently gets other cache files."""
