@@ -41,10 +41,11 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
     return prompts[:n] if n else prompts
 
 
-def _where(calib, key: str, value) -> str:
-    """'PATH:LINE: ' of the recipe key calibration.`key` (CalibrationConfig.where), or ''."""
+def _where(calib, key: str, value, because: tuple = ()) -> str:
+    """'PATH:LINE: ' of the recipe key calibration.`key` (CalibrationConfig.where; `because`: the
+    other keys the error is about), or ''."""
     where = getattr(calib, "where", None)
-    return where(key, value) if callable(where) else ""
+    return where(key, value, because) if callable(where) else ""
 
 
 def _prompt_lines(path: Path, name: str, where: str = "") -> list[str]:
@@ -228,6 +229,11 @@ def rows_per_prompt(calib, single: bool) -> int:
     return min(calib.timesteps, calib.sample_steps) * (2 if both else 1)
 
 
+# the calibration keys the held-out split reads besides heldout (rows_per_prompt, the prompts)
+SPLIT_KEYS = ("timesteps", "sample_steps", "cfg_branches", "guidance_scale", "num_prompts", "prompts",
+              "prompt_file")
+
+
 def calibration_prompts(n: int, calib, single: bool) -> int:
     """How many of the n prompts calibrate; the last ones are held out. calibration.heldout null:
     20% of them; a number: enough to give that many held-out inputs (a prompt gives one per kept
@@ -236,7 +242,23 @@ def calibration_prompts(n: int, calib, single: bool) -> int:
         return 1
     if calib.heldout is None:
         return max(1, int(n * 0.8))
-    return max(1, n - math.ceil(calib.heldout / rows_per_prompt(calib, single)))
+    rows = rows_per_prompt(calib, single)
+    held = math.ceil(calib.heldout / rows)
+    if held >= n:  # it would leave one prompt, of n, to calibrate: not what any number asked
+        raise UserError(f"{_where(calib, 'heldout', calib.heldout, SPLIT_KEYS)}calibration.heldout {calib.heldout} "
+                        f"asks for {held} of the {n} prompts ({rows} inputs each), and at least one must "
+                        f"calibrate: hold out at most {(n - 1) * rows} inputs, or give more prompts")
+    return n - held
+
+
+def check_size(calib, pipeline: str) -> None:
+    """calibration.height / width are for a real pipeline: the toy pipelines sample at their one
+    resolution (refused at the key's recipe line, by plan as by run)."""
+    given = [k for k in ("height", "width") if getattr(calib, k)]
+    if given and pipeline.startswith("toy:"):
+        at = _where(calib, given[0], getattr(calib, given[0]), (*given[1:], "source", "pipeline"))
+        raise UserError(f"{at}calibration.height / width: "
+                        "the toy pipelines sample at their one resolution; leave both out")
 
 
 def inputs_cache_name(source: str, weights: str) -> str:
@@ -259,9 +281,8 @@ class PipelineSource:
         if not pipeline.startswith("toy:"):
             need_transformers(family)
             check_pipeline_source(pipeline, calib.pipeline is None)
-        if self.size and pipeline.startswith("toy:"):
-            raise UserError("calibration.height / width: the toy pipelines sample at their one "
-                            "resolution; leave both out")
+        check_size(calib, pipeline)
+        self._cut()  # before any sampling: heldout may ask more than the prompts give
         self._pipe = None
         self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both
         self.cache_dir: Path | None = None  # the runner's: each sampling call's records, on disk

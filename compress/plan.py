@@ -19,7 +19,7 @@ from rich.table import Table
 from compress.arch import get_adapter
 from compress.calib_footprint import backward_bytes, describe, footprint, human_size, skip_scan_bytes
 from compress.inputs import source_kind
-from compress.calib_pipeline import read_prompts
+from compress.calib_pipeline import check_size, read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
 from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory
@@ -86,6 +86,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
                       "GPU here: this plan holds, its run needs a machine with one")
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
+    if pipeline:  # as the run's PipelineSource refuses it
+        check_size(recipe.calibration, recipe.calibration.pipeline or source)
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
     steps, scores, later, unplaced = [], ScoresSoFar(), [], []
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter):  # each then applied

@@ -62,10 +62,12 @@ class CalibrationConfig:
     # batches in memory (big models at high resolution: ~28 MB per Flux 1024² sample in bf16)
     spill_activations: bool = False
 
-    def where(self, key: str, value=None) -> str:
+    def where(self, key: str, value=None, because: tuple = ()) -> str:
         """'PATH:LINE: ' of calibration.`key` (of `calibration:` where the recipe leaves the key out)
         in the recipe `parse_recipe` read this config from (io_source.recipe_where: a --set value is
-        named as its --set; `value`: the one the error is about); '' for a config made otherwise."""
+        named as its --set; `value`: the one the error is about); '' for a config made otherwise.
+        `because`: other calibration keys the error's check read, whose --sets a line of the file
+        is named with (an error a --set caused names it)."""
         recipe = self.__dict__.get("_recipe")  # set by parse_recipe; not a field (asdict, ==)
         if recipe is None:
             return ""
@@ -74,7 +76,10 @@ class CalibrationConfig:
         dotted = f"calibration.{key}"
         if dotted not in recipe.keys and "calibration" in recipe.keys:
             return recipe_where(recipe, "calibration") + ": "
-        return recipe_where(recipe, dotted, value) + ": "
+        at = recipe_where(recipe, dotted, value)
+        sets = sorted({loc.override for k in because if (loc := recipe.keys.get(f"calibration.{k}"))
+                       and loc.override})
+        return at + (f" (with {', '.join(sets)})" if sets and "(--set" not in at else "") + ": "
 
     def given(self, key: str) -> bool:
         """Whether the recipe (or a --set) gave calibration.`key`; True for a config made otherwise,
@@ -113,14 +118,17 @@ class PassSpec:
     loc: _Loc = field(compare=False, repr=False)  # where the pass is
     keys: dict = field(default_factory=dict, compare=False, repr=False)  # where its options are
 
-    def where(self, error: Exception) -> str:
+    # where the recipe's own keys are (Recipe.keys; parse_recipe sets it): `where`'s `because`
+    recipe_keys: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, error: Exception, *because: str) -> str:
         """Where an error about this pass points: the line (or --set) of the key a BadValue names
-        (svd targets.1, ranks.modulation); else the pass's line, and the --sets that changed it."""
+        (svd targets.1, ranks.modulation); else the pass's line. At a line of the file, the --sets
+        that changed the pass are named too, and those of the recipe keys `because` (stream) the
+        error is about: the file's line alone would not say what made it wrong."""
         found = nearest(self.keys, getattr(error, "key", None))
-        if found is not None:
-            return found.where()
-        sets = sorted({loc.override for loc in self.keys.values() if loc.override} - {self.loc.override})
-        return self.loc.where() + (f" (with {', '.join(sets)})" if sets else "")
+        others = [self.recipe_keys[k] for k in because if k in self.recipe_keys]
+        return with_sets(found if found is not None else self.loc, [*self.keys.values(), *others])
 
 
 @dataclass
@@ -164,6 +172,15 @@ class _Loc:
 
     def err(self, msg: str) -> UserError:
         return UserError(f"{self.where()}: {msg}")
+
+
+def with_sets(at: _Loc, locs) -> str:
+    """`at`'s where, and where that is a line of the file, '(with --set ...)' naming the --sets among
+    `locs` (the keys whose values the error's check read): an error a --set caused names it."""
+    if at.override:
+        return at.where()
+    sets = sorted({loc.override for loc in locs if loc.override})
+    return at.where() + (f" (with {', '.join(sets)})" if sets else "")
 
 
 def _key_locs(node: yaml.Node | None, path: str) -> dict[str, _Loc]:
@@ -320,8 +337,9 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
     if check:
         try:
             check()
-        except BadValue as e:  # names its key: point at that key's line (or its --set)
-            raise (nearest(_key_locs(node, path), e.key) or loc).err(str(e)) from None
+        except BadValue as e:  # names its key: point at that key's line (or its --set), and other --sets
+            locs = _key_locs(node, path)
+            raise UserError(f"{with_sets(nearest(locs, e.key) or loc, locs.values())}: {e}") from None
         except ValueError as e:
             raise loc.err(f"{what}: {e}") from None
     return obj
@@ -432,8 +450,10 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
         if required not in values:
             raise _Loc(path, root).err(f"the recipe is missing required key '{required}'")
     if values.get("version", 1) != 1:
-        raise _Loc(path, root).err(f"recipe version {values['version']} is not supported (only 1)")
+        raise _Loc(path, top["version"][0]).err(f"recipe version {values['version']} is not supported (only 1)")
     recipe = Recipe(passes=specs, path=path, keys=_key_locs(root, path), **values)
+    for spec in specs:
+        spec.recipe_keys = recipe.keys
     recipe.calibration._recipe = recipe  # its errors name the recipe's lines (CalibrationConfig.where)
     recipe.raw = to_plain(recipe)
     return recipe

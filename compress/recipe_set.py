@@ -6,10 +6,13 @@ Also where each key of a tree is (`key_nodes`), for errors that name a key."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import yaml
 
 from compress.errors import UserError
-from compress.passes import PASSES
+from compress.passes import PASSES, pass_class
 
 NAME_KEYED = ("ranks",)  # pass options whose keys are module names or patterns, which hold dots
 
@@ -29,7 +32,7 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             if last:
                 node.value[int(part)] = value_node
                 return
-            node = node.value[int(part)]
+            node.value[int(part)] = node = _own(node.value[int(part)])
             continue
         if not isinstance(node, yaml.MappingNode):
             raise UserError(f"--set {dotted}: '{'.'.join(parts[:i])}' is not a mapping")
@@ -43,7 +46,21 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), child))
             node = child
         else:
-            node = match[0][1]
+            child = _own(match[0][1])
+            node.value[node.value.index(match[0])] = (match[0][0], child)
+            node = child
+
+
+def _own(node: yaml.Node) -> yaml.Node:
+    """A copy of a list or mapping on a --set's path, so that the --set changes this place alone: a
+    YAML alias (`- distill: *d`) shares its node with its anchor, and writing into it in place would
+    change every pass that shares it. One level deep (the next step of the path copies the next),
+    marks kept: errors still name the file's lines."""
+    if not isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+        return node
+    own = copy.copy(node)
+    own.value = list(node.value)
+    return own
 
 
 def _items(name: str, n: int) -> str:
@@ -98,11 +115,29 @@ def _check_pass_index(data_node: yaml.MappingNode, parts: list[str], dotted: str
         return
     a = "an" if name[0] in "aeiou" or name == "svd" else "a"
     if parts[2] not in PASSES:
-        raise UserError(f"--set {dotted}: passes.{index} is {a} {name} pass; its options are set as "
-                        f"passes.{index}.{name}.{'.'.join(parts[2:])}")
+        raise UserError(f"--set {dotted}: passes.{index} is {a} {name} pass; "
+                        + _option_hint(passes, index, name, parts[2:]))
     same = [f"passes.{i}" for i, it in enumerate(passes.value) if _pass_name(it) == parts[2]]
     others = f"{parts[2]} passes: {', '.join(same)}" if same else f"the recipe has no {parts[2]} pass"
     raise UserError(f"--set {dotted}: passes.{index} is {a} {name} pass ({others})")
+
+
+def _option_hint(passes: yaml.SequenceNode, index: int, name: str, rest: list[str]) -> str:
+    """How to spell `--set passes.N.OPTION...`, which lacks the pass name: with it, where this pass
+    has that option; else the passes that have it (`--set passes.1.ratio` on a remove_blocks pass is
+    meant for an svd pass: its remove_blocks.ratio would be an unknown key too)."""
+    if _has_option(name, rest[0]):
+        return f"its options are set as passes.{index}.{name}.{'.'.join(rest)}"
+    have = [f"passes.{i}.{_pass_name(it)}.{'.'.join(rest)}" for i, it in enumerate(passes.value)
+            if _pass_name(it) in PASSES and _has_option(_pass_name(it), rest[0])]
+    if not have:
+        return f"no pass of the recipe has an option '{rest[0]}'"
+    return f"it has no option '{rest[0]}' (set {' or '.join(have)})"
+
+
+def _has_option(name: str, key: str) -> bool:
+    """Whether pass `name`'s options (its config's fields) include `key`."""
+    return key in {f.name for f in dataclasses.fields(pass_class(name).config_cls)}
 
 
 def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], dotted: str, value_text: str) -> None:

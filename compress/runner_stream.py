@@ -286,7 +286,7 @@ def check_streaming(passes, specs, path: str) -> None:
         try:
             p.check_streaming()
         except UserError as e:
-            raise UserError(f"{spec.where(e)}: {e}") from None
+            raise UserError(f"{spec.where(e, 'stream')}: {e}") from None
 
 
 # ---- running out of memory ----------------------------------------------------------------------

@@ -70,7 +70,8 @@ def test_image_size_keys_are_checked(tmp_path):
     with pytest.raises(UserError, match=r"r\.yaml:5: calibration\.height must be at least 16"):  # the key's line
         parse_recipe(text, str(tmp_path / "r.yaml"))
     text = RECIPE.format(family="pixart", teacher="toy:pixart", stream="false", size="height: 64, ")
-    with pytest.raises(UserError, match="toy pipelines sample at their one resolution"):
+    with pytest.raises(UserError, match=r"toy-size\.yaml:5: calibration\.height / width: the toy pipelines sample at "
+                                        "their one resolution"):  # the run, as plan, at the key's line
         run_recipe(tmp_path, text, "toy-size")
 
 
@@ -204,7 +205,10 @@ def test_calibration_heldout_sets_how_many_prompts_a_pipeline_source_holds_out(f
     assert calibration_prompts(10, calib(heldout=8), False) == 9  # 8 inputs: one prompt of 4 steps x 2 branches
     assert calibration_prompts(10, calib(heldout=9), False) == 8
     assert calibration_prompts(10, calib(heldout=9), True) == 7  # guidance input: one branch, 4 per prompt
-    assert calibration_prompts(10, calib(heldout=1000), False) == 1  # at least one calibrates
+    with pytest.raises(UserError, match=r"calibration\.heldout 1000 asks for 125 of the 10 prompts \(8 inputs each\), "
+                                        r"and at least one must calibrate: hold out at most 72 inputs"):
+        calibration_prompts(10, calib(heldout=1000), False)  # it left one prompt to calibrate, unsaid
+    assert calibration_prompts(10, calib(heldout=72), False) == 1
     teacher = load_teacher(str(folders["pixart"]))
     for kw, held in (({}, 2), ({"heldout": 20}, 3)):
         source = PipelineSource("pixart", calib(**kw), teacher, str(folders["pixart"]))

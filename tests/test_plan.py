@@ -419,3 +419,34 @@ def test_a_removal_whose_groups_are_picked_at_run_time_makes_the_total_a_bound()
     assert plan["unplaced_removals"] == [{"pass": "remove_blocks", "line": 4, "blocks": 2}]
     assert plan["params_after_at_most"] == plan["params_after_planned"] - 2 * (single - saved)
     assert "at most" in total_words(plan) and "takes 2 blocks" in total_words(plan)
+
+
+TOY_PIPELINE = """\
+model: pixart
+teacher: toy:pixart
+calibration: {source: pipeline, prompts: [a cat, a dog, a fox, a car], sample_steps: 3, timesteps: 2,
+              batch_size: 4}
+passes:
+  - svd: {targets: [attention], multiple: 8}
+"""
+
+
+def test_plan_refuses_what_a_pipeline_source_would_at_the_recipes_line():
+    """calibration.height on a toy pipeline was refused only when the run sampled, without a line;
+    a heldout larger than the prompts give left one prompt to calibrate, unsaid (14 inputs of 32
+    prompts planned)."""
+    text = TOY_PIPELINE.replace("batch_size: 4}", "batch_size: 4,\n              height: 64}")
+    with pytest.raises(UserError, match=r"^r\.yaml:5: calibration\.height / width: the toy pipelines sample"):
+        make_plan(parse_recipe(text, "r.yaml"))
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set calibration\.width\): calibration\.height / width"):
+        make_plan(parse_recipe(TOY_PIPELINE, "r.yaml", ["calibration.width=64"]))
+    with pytest.raises(UserError) as e:  # 4 inputs a prompt (2 steps x 2 branches): 3 prompts of 4 at most
+        make_plan(parse_recipe(TOY_PIPELINE, "r.yaml", ["calibration.heldout=13"]))
+    assert str(e.value) == ("r.yaml (--set calibration.heldout): calibration.heldout 13 asks for 4 of the 4 prompts "
+                            "(4 inputs each), and at least one must calibrate: hold out at most 12 inputs, or give "
+                            "more prompts")
+    assert make_plan(parse_recipe(TOY_PIPELINE, "r.yaml", ["calibration.heldout=12"]))["calibration"]["rows"] == 4
+    text = TOY_PIPELINE.replace("batch_size: 4}", "batch_size: 4, heldout: 8}")  # 2 prompts of 4 held out
+    with pytest.raises(UserError, match=r"^r\.yaml:4 \(with --set calibration\.timesteps=1\): calibration\.heldout 8 "
+                                        r"asks for 4 of the 4 prompts \(2 inputs each\)"):
+        make_plan(parse_recipe(text, "r.yaml", ["calibration.timesteps=1"]))

@@ -523,3 +523,19 @@ def test_a_wrong_value_inside_the_one_container_a_union_takes_is_named(text, tp,
     with pytest.raises(UserError) as e:
         convert(node, tp, "r.yaml", "x")
     assert str(e.value) == message
+
+
+def test_an_error_a_set_caused_names_it():
+    """README: "An error a `--set` caused names it". A --set version was blamed on the recipe's first
+    line, and a key of the file that a --set of another key made wrong on its line alone."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(GOOD, "r.yaml", ["version=2"])
+    assert str(e.value) == "r.yaml (--set version=2): recipe version 2 is not supported (only 1)"
+    text = SVD + "      allocation: per_role\n      ratios: {attention: 0.3, mlp: 0.5}\n"
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml", ["passes.0.svd.allocation=uniform"])
+    assert str(e.value).startswith("r.yaml:7 (with --set passes.0.svd.allocation=uniform): svd.ratios is only "
+                                   "read by allocation: per_role")
+    with pytest.raises(UserError) as e:  # the --set's own key: named as the --set alone
+        parse_recipe(text, "r.yaml", ["passes.0.svd.ratios.mlp=2"])
+    assert str(e.value).startswith("r.yaml (--set passes.0.svd.ratios.mlp=2): svd.ratios.mlp must be")

@@ -259,3 +259,18 @@ def test_a_second_svd_pass_over_targets_the_first_leaves_dense_is_fine(capsys):
                   "  - svd: {targets: [modulation], allocation: energy, fisher: none}\n"):
         _check(first + "  - svd: {targets: [modulation], multiple: 1, fisher: none}\n")
     assert "factorized" not in _said(capsys)
+
+
+def test_a_check_a_set_made_fail_names_the_set():
+    """A ranks pattern of the file that a --set of svd.targets leaves without a layer was blamed on
+    its line alone; so was a pass that `--set stream=true` cannot stream (runner_stream.check_streaming)."""
+    from compress.runner_stream import check_streaming
+
+    passes = "  - svd: {targets: [attention, modulation], ranks: {modulation: 8}, multiple: 2}\n"
+    with pytest.raises(UserError, match=re.escape("r.yaml:5 (with --set passes.0.svd.targets=[attention]): "
+                                                  "svd.ranks: pattern 'modulation'")):
+        _check(passes, ["passes.0.svd.targets=[attention]"])
+    recipe = parse_recipe(FLUX.format(passes="  - remove_blocks: {count: 1, criterion: learned}\n"), "r.yaml",
+                          ["stream=true"])
+    with pytest.raises(UserError, match=re.escape("r.yaml:5 (with --set stream=true): remove_blocks: criterion")):
+        check_streaming(build_passes(recipe), recipe.passes, recipe.path)

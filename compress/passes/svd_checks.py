@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -251,14 +252,24 @@ def _colon_hint(pattern: str, rank) -> str:
     return f" (YAML reads '{pattern}' as one key without a value: write '{name}: {value.strip()}', with a space)"
 
 
+# key -> the allocations that read it; another allocation ignores it, so a value other than its
+# default there is refused (ratio: 0.1 under per_role planned as without it)
+READ_BY = {"ratio": ("uniform", "global"), "energy": ("energy",), "sensitivity": ("global",),
+           "sensitivity_batches": ("global",), "trust_region": ("global",)}
+
+
 def _check_allocation_keys(c) -> None:
-    """ratios belong to per_role, a non-default energy to energy: elsewhere they would be ignored."""
+    """ratios belong to per_role, and the keys of READ_BY, at other than their defaults, to their
+    allocations: elsewhere they would be ignored."""
     if c.ratios is not None and c.allocation != "per_role":
         raise BadValue("ratios", f"svd.ratios is only read by allocation: per_role (this pass has "
                                  f"allocation: {c.allocation}); remove it or set allocation: per_role")
-    if c.energy != ENERGY_DEFAULT and c.allocation != "energy":
-        raise BadValue("energy", f"svd.energy is only read by allocation: energy (this pass has "
-                                 f"allocation: {c.allocation}); remove it or set allocation: energy")
+    defaults = {f.name: f.default for f in dataclasses.fields(c)}
+    for key, allocations in READ_BY.items():
+        if getattr(c, key) != defaults[key] and c.allocation not in allocations:
+            which = " or ".join(allocations)
+            raise BadValue(key, f"svd.{key} is only read by allocation: {which} (this pass has "
+                                f"allocation: {c.allocation}); remove it or set allocation: {which}")
     if c.allocation == "per_role":
         _check_ratios(c.ratios)
 

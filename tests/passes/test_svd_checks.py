@@ -69,6 +69,34 @@ def test_bad_config_is_user_error(cfg, message):
         SVDPass(SVDConfig(**cfg)).check(model, get_adapter(model))
 
 
+@pytest.mark.parametrize("cfg, message", [
+    ({"allocation": "per_role", "ratios": {"attention": 0.5, "mlp": 0.5}, "ratio": 0.1},
+     "svd.ratio is only read by allocation: uniform or global (this pass has allocation: per_role)"),
+    ({"allocation": "energy", "ratio": 0.1}, "svd.ratio is only read by allocation: uniform or global"),
+    ({"sensitivity": True}, "svd.sensitivity is only read by allocation: global (this pass has allocation: uniform)"),
+    ({"sensitivity": False, "allocation": "energy"}, "svd.sensitivity is only read by allocation: global"),
+    ({"trust_region": 4.0}, "svd.trust_region is only read by allocation: global"),
+    ({"trust_region": None}, "svd.trust_region is only read by allocation: global"),
+    ({"sensitivity_batches": 4}, "svd.sensitivity_batches is only read by allocation: global"),
+])
+def test_a_key_its_allocation_does_not_read_is_refused(cfg, message):
+    """ratio under per_role or energy, and global's keys under another allocation, were accepted and
+    ignored (the plan as without them), as ratios and energy elsewhere are refused."""
+    model = tiny_flux()
+    with pytest.raises(UserError, match=re.escape(message)):
+        SVDPass(SVDConfig(**cfg)).check(model, get_adapter(model))
+
+
+@pytest.mark.parametrize("cfg", [
+    {"allocation": "energy", "ratio": 0.5, "sensitivity_batches": 2, "trust_region": 2.0, "energy": 0.9},
+    {"allocation": "global", "ratio": 0.6, "multiple": 2, "sensitivity": False, "trust_region": None, "sensitivity_batches": 3},
+    {"ratio": 0.3},
+])
+def test_a_key_at_its_default_or_read_by_its_allocation_stays_allowed(cfg):
+    model = tiny_flux()
+    SVDPass(SVDConfig(**cfg)).check(model, get_adapter(model))
+
+
 def test_zero_modulation_grid_and_alpha_stay_allowed():
     """0 keeps its documented meaning: modulation Grams on the calibration's own timesteps; alpha 0: plain
     scaling-free asvd."""
