@@ -62,6 +62,8 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     block_map = (getattr(student, "compression_meta", None) or {}).get("block_map") or {}
     layers, text_encoder = read_lora(student, adapter, lora, block_map)
     targets = {name: adapter.renumbered(name, block_map) for name in layers}  # the teacher's block -> the student's
+    check_teacher_count(student, adapter, block_map, [n for n, t in targets.items() if t is None], label(lora),
+                        teacher, teacher_config)
     kept = {name: target for name, target in targets.items() if target is not None}
     if not kept:
         raise UserError(f"{label(lora)}: none of its {len(layers)} layers is in a block the student kept (all in "
@@ -87,6 +89,46 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     _record(student, lora, scale, len(kept))
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
             "not_merged": text_encoder, "densified": densified}
+
+
+def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: list[str], where: str,
+                        teacher=None, teacher_config: str | None = None) -> None:
+    """A UserError (lora_read.check_blocks) where a LoRA module counted as in a removed block is past
+    the last block of a group with a block map, in a block the teacher never had: the teacher's block
+    count, which the block map does not record (a removed last block), is read from `teacher` (a model),
+    else from the config of the teacher source given or recorded, where one is read offline (a toy, a
+    folder, a single file's, a known Hub id's); without one, the CLI's report.json check stands."""
+    import re
+
+    from compress.lora_read import check_blocks
+
+    for g in adapter.groups:
+        kept = block_map.get(g.name)
+        past = [int(m[1]) for name in dropped for m in [re.match(rf"{re.escape(g.attr)}\.(\d+)\.", name)] if m]
+        if not kept or not past or max(past) <= max(kept):
+            continue
+        count = _teacher_count(student, g, teacher, teacher_config)
+        if count is not None:
+            check_blocks(g.attr, count, past, where)
+
+
+def _teacher_count(student: nn.Module, group, teacher, config: str | None) -> int | None:
+    """The teacher's number of `group` blocks (None where no teacher's config is at hand offline)."""
+    if isinstance(teacher, nn.Module):
+        blocks = getattr(teacher, group.attr, None)
+        return len(blocks) if blocks is not None else None
+    meta = getattr(student, "compression_meta", None) or {}
+    source = str(teacher or meta.get("teacher") or "")
+    if not source:
+        return None
+    from compress.io_source import TeacherSource, check_source
+
+    try:
+        found = TeacherSource(source, check_source(source), config or (None if teacher else meta.get("teacher_config")),
+                              hub=False).config.get(group.config_key)
+    except Exception:  # noqa: BLE001 (a teacher moved, a Hub id offline, a damaged config: nothing known)
+        return None
+    return found if isinstance(found, int) and not isinstance(found, bool) else None
 
 
 def check_scale(scale) -> None:
@@ -128,8 +170,11 @@ def grown_factors(up: torch.Tensor, down: torch.Tensor, lora_up: torch.Tensor, l
 
 def past_break_even(rank: int, out_f: int, in_f: int) -> bool:
     """Whether factors of `rank` hold at least as many weights as the dense (out, in) matrix:
-    rank·(out + in) ≥ out·in (always so from min(out, in) on, a rank no output may hold)."""
-    return rank * (out_f + in_f) >= out_f * in_f
+    rank·(out + in) ≥ out·in, biases aside (always so from min(out, in) on, a rank no output may
+    hold); linalg_params.saves_params's break-even, which the svd pass keeps dense at too."""
+    from compress.linalg_params import saves_params
+
+    return not saves_params(out_f, in_f, rank)
 
 
 def dense_merged(weight: torch.Tensor, lora_up: torch.Tensor, lora_down: torch.Tensor,
@@ -320,8 +365,10 @@ def _source(lora) -> str:
 
 def _merged(student: nn.Module, name: str, layer: LoraLayer, scale: float, weight: torch.Tensor | None):
     """(the student's module `name`, what merging `layer` times `scale` makes of it, checked finite:
-    {"module": a grown LowRankLinear, "rank": the rank it adds} or {"weight": (out, in), "bias": (out,)
-    or None}); `weight`: the teacher's, for a DoRA's norms. The student is not changed (`_take`)."""
+    {"module": a grown LowRankLinear, "rank": the rank it adds}, {"linear": an nn.Linear holding a
+    LowRankLinear grown past break-even dense (past_break_even, _dense_layer)} or, for a dense
+    linear, {"weight": (out, in), "bias": (out,) or None}); `weight`: the teacher's, for a DoRA's
+    norms. The student is not changed (`_take`)."""
     try:
         module = student.get_submodule(name)
     except AttributeError:

@@ -70,7 +70,7 @@ def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> tuple[dict[
 
     if importlib.util.find_spec("peft") is None:
         raise UserError("merging a LoRA needs peft: pip install 'dit-compress[lora]' (or peft)")
-    with quiet_loaders():  # peft's and diffusers' warnings list every key; the errors here say what matters
+    with quiet_loaders(label(lora)):  # their warnings list every key; the errors here say what matters
         load, keys = _reader(adapter, lora, type(student).__name__)
         text_encoder = text_encoder_modules(keys)
         skeleton = _empty_teacher(student, adapter, block_map, [k for k in keys if not TEXT_ENCODER.match(k)],
@@ -83,23 +83,53 @@ def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> tuple[dict[
 
 
 @contextlib.contextmanager
-def quiet_loaders():
-    """peft's and diffusers' warnings and log lines silenced while a LoRA is read: they name every key
-    of a LoRA they cannot place (kilobytes for one mistake), where the UserErrors here quote a few."""
+def quiet_loaders(where: str = STATE_DICT):
+    """peft's and diffusers' warnings and log lines held back while a LoRA is read: they name every key
+    of a LoRA they cannot place (kilobytes for one mistake), where the UserErrors here quote a few. A
+    log line saying the loader dropped weights (a LyCORIS DoRA's dora_scale keys, which diffusers' Flux
+    loader filters out, a Hub LoRA's too; "Unsupported keys"; unexpected or missing LoRA keys) is a
+    UserError as the block ends: the LoRA would be merged without them (`where`: the LoRA, in words)."""
     import logging
     import warnings
 
+    records: list[logging.LogRecord] = []
+
+    class Held(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    held = Held(logging.WARNING)
     loggers = [logging.getLogger(name) for name in ("diffusers", "peft")]
-    levels = [logger.level for logger in loggers]
+    saved = [(logger.level, logger.handlers[:], logger.propagate) for logger in loggers]
     try:
         for logger in loggers:
-            logger.setLevel(logging.ERROR)
+            logger.setLevel(logging.WARNING)
+            logger.handlers[:] = [held]
+            logger.propagate = False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, (level, handlers, propagate) in zip(loggers, saved):
             logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+    check_nothing_dropped([r.getMessage() for r in records], where)
+
+
+DROPPED = re.compile(r"dora_scale|Unsupported keys|unexpected keys|missing keys", re.IGNORECASE)
+
+
+def check_nothing_dropped(messages: list[str], where: str) -> None:
+    """A UserError for the first of a loader's log `messages` that says it dropped some of the LoRA's
+    weights (DROPPED): a LyCORIS DoRA's dora_scale (refused, as for a local file), or any other."""
+    for message in messages:
+        if "dora_scale" in message:
+            raise UserError(f"{where}: a LyCORIS DoRA (dora_scale keys), which is not supported: diffusers' loader "
+                            "drops its dora_scale, which would merge it as a plain LoRA")
+        if DROPPED.search(message):
+            raise UserError(f"{where}: the LoRA loader dropped some of its weights, so merging would lose them "
+                            f"silently ({short(Exception(message))[len('Exception: '):]})")
 
 
 def short(e: Exception) -> str:
@@ -112,10 +142,30 @@ def short(e: Exception) -> str:
     return text if len(text) <= 400 else text[:400] + " …"
 
 
-def without_adapter_names(state: dict) -> dict:
+def without_adapter_names(state: dict, where: str) -> dict:
     """`state` with peft's adapter segment dropped from its keys (`x.lora_A.default.weight` ->
-    `x.lora_A.weight`: a raw get_peft_model_state_dict(..., adapter_name) as diffusers saves it)."""
+    `x.lora_A.weight`: a raw get_peft_model_state_dict(..., adapter_name) as diffusers saves it); a
+    UserError where it names more than one adapter, or where two keys would become one (check_adapters)."""
+    check_adapters(list(state), where)
     return {ADAPTER_NAMED.sub(r".\1.\2", k): v for k, v in state.items()}
+
+
+def check_adapters(keys: list[str], where: str) -> None:
+    """A UserError where the LoRA's keys name more than one peft adapter (`lora_A.default.weight`,
+    `lora_A.style.weight`: two LoRAs in one file, which one merge cannot pick between) or hold a key
+    both with and without an adapter name (the same weight twice): dropping the names would keep one
+    of them silently."""
+    names = sorted({m[0].split(".")[2] for k in keys for m in [ADAPTER_NAMED.search(k)] if m})
+    if len(names) > 1:
+        raise UserError(f"{where}: its keys name {len(names)} peft adapters ({', '.join(names)}): one LoRA "
+                        "is merged at a time; save each adapter on its own")
+    seen: dict[str, str] = {}
+    for key in keys:
+        plain = ADAPTER_NAMED.sub(r".\1.\2", key)
+        if plain in seen:
+            raise UserError(f"{where}: '{seen[plain]}' and '{key}' are the same weight (with and without "
+                            "a peft adapter name): which one to merge?")
+        seen[plain] = key
 
 
 def check_shapes(state: dict, skeleton: nn.Module, where: str) -> None:
@@ -200,22 +250,32 @@ def _flux_reader(lora, path: Path | None):
             raise UserError(f"{lora}: not a LoRA diffusers reads for Flux ({short(e)}); a LoRA of another "
                             "model?") from None
         raise hub_error(str(lora), e, "a local LoRA file") from None
-    state = with_transformer_prefix(without_adapter_names(state))
+    state = without_adapter_names(state, label(lora))
 
     def load(skeleton: nn.Module) -> None:
-        check_shapes(state, skeleton, label(lora))
-        FluxLoraLoaderMixin.load_lora_into_transformer(state, alphas, transformer=skeleton, adapter_name=ADAPTER,
-                                                       metadata=metadata, low_cpu_mem_usage=True)
-        check_all_read(unread(list(state), skeleton), label(lora), skeleton)
+        prefixed = with_transformer_prefix(state, skeleton)
+        check_shapes(prefixed, skeleton, label(lora))
+        try:
+            FluxLoraLoaderMixin.load_lora_into_transformer(prefixed, alphas, transformer=skeleton,
+                                                           adapter_name=ADAPTER, metadata=metadata,
+                                                           low_cpu_mem_usage=True)
+        except Exception as e:  # noqa: BLE001 (peft and diffusers raise their own: one line, not a traceback)
+            raise UserError(f"{label(lora)}: diffusers could not load it onto the {type(skeleton).__name__} "
+                            f"({short(e)}); a LoRA of another model?") from None
+        check_all_read(unread(list(prefixed), skeleton), label(lora), skeleton)
     return load, list(state)
 
 
-def with_transformer_prefix(state: dict) -> dict:
+def with_transformer_prefix(state: dict, skeleton: nn.Module) -> dict:
     """A Flux LoRA state dict whose keys (text-encoder ones aside) have no `transformer.` prefix (a raw
     get_peft_model_state_dict saved as it is, which PixArt's reader takes too) given it: diffusers'
-    loader reads only the prefixed keys, and would find none."""
+    loader reads only the prefixed keys, and would find none. Only where each such key starts with one
+    of `skeleton`'s top-level modules (`transformer_blocks.`, `x_embedder.` ...): another format's
+    keys (`diffusion_model.`, `unet.`, `lora_transformer_`) stay as they are, and are said unread."""
     keys = [k for k in state if not TEXT_ENCODER.match(k)]
-    if not keys or any(k.startswith("transformer.") for k in keys):
+    children = {name for name, _ in skeleton.named_children()}
+    if not keys or any(k.startswith("transformer.") for k in keys) or \
+            not all(k.split(".", 1)[0] in children for k in keys):
         return state
     return {k if TEXT_ENCODER.match(k) else f"transformer.{k}": v for k, v in state.items()}
 
@@ -273,8 +333,12 @@ def _peft_load(config, state: dict, where: str, origin: dict[str, str]) -> Calla
 
     def load(skeleton: nn.Module) -> None:
         check_shapes(state, skeleton, where)
-        inject_adapter_in_model(config, skeleton, adapter_name=ADAPTER, low_cpu_mem_usage=True)
-        result = set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+        try:
+            inject_adapter_in_model(config, skeleton, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+            result = set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+        except Exception as e:  # noqa: BLE001 (peft raises its own: one line, not a traceback)
+            raise UserError(f"{where}: peft could not load it onto the {type(skeleton).__name__} ({short(e)}); "
+                            "a LoRA of another model?") from None
         unused = [k.replace(f".{ADAPTER}", "") for k in result.unexpected_keys]  # peft names a known part's with it
         check_all_read([origin.get(k, k) for k in unused], where, skeleton)
     return load
@@ -360,6 +424,7 @@ def peft_keys(state: dict, linears: list[str], where: str) -> tuple[dict, dict[s
     `transformer.` (or `base_model.model.`) prefix; kohya-style `lora_unet_<module with _>` keys find
     their module among `linears` by name. LyCORIS's DoRA (`dora_scale`) is refused."""
     by_flat = {n.replace(".", "_"): n for n in linears}
+    check_adapters(list(state), where)
     out, alphas, origin = {}, {}, {}
     for file_key, value in state.items():
         key = file_key
@@ -371,6 +436,9 @@ def peft_keys(state: dict, linears: list[str], where: str) -> tuple[dict, dict[s
                 raise UserError(f"{where}: '{key}' names no linear layer of the transformer")
             key = f"{by_flat[flat]}.{part.replace('lora_down', 'lora_A').replace('lora_up', 'lora_B')}"
         key = ADAPTER_NAMED.sub(r".\1.\2", re.sub(r"^(?:transformer\.|base_model\.model\.)", "", key))
+        if key in origin:
+            raise UserError(f"{where}: '{origin[key]}' and '{file_key}' are the same weight of '{module_of(key)}' "
+                            "(its keys in two formats?): which one to merge?")
         origin[key] = file_key
         if key.endswith(".alpha"):
             alphas[key[: -len(".alpha")]] = float(value)

@@ -52,7 +52,7 @@ def layer_rows(model, report: dict | None = None) -> list[dict]:
                "shape": [info.out_features, info.in_features], "rank": rank,
                "params": kept, "dense_params": dense, "kept": kept / dense}
         rec = svd.get(info.name, {})
-        if rank is not None and isinstance(rec.get("rank"), int) and rec["rank"] != rank:  # grown since (a LoRA)
+        if isinstance(rec.get("rank"), int) and rec["rank"] != rank:  # grown since, or densified (a LoRA)
             rec = {k: v for k, v in rec.items() if k in ("time_s", "spectrum")}
         for key in ("loss", "optimal_loss", "loss_ratio", "fit_gap", "rel_output_error", "time_s", "spectrum"):
             if key in rec:

@@ -1,6 +1,7 @@
 import pytest
 from rich.console import Console
 
+from compress.lowrank import LowRankLinear
 from compress.report import layer_tables
 
 
@@ -102,9 +103,27 @@ def test_layer_rows_take_the_objectives_energy_kept_and_read_older_reports():
     a, b = "transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1.to_k"
     report = {"svd": {"layers": {a: {"rank": 4, "energy_kept": 0.99, "rel_output_error": 0.3},
                                  b: {"rank": 4, "rel_output_error": 0.3}}}}
-    rows = {r["name"]: r for r in layer_rows(tiny_pixart(), report)}
+    model = tiny_pixart()
+    for name in (a, b):  # factorized at the records' rank
+        dense = model.get_submodule(name)
+        model.set_submodule(name, LowRankLinear(dense.in_features, dense.out_features, 4))
+    rows = {r["name"]: r for r in layer_rows(model, report)}
     assert rows[a]["energy_kept"] == 0.99 and rows[a]["rel_output_error"] == 0.3
     assert rows[b]["energy_kept"] == pytest.approx(1 - 0.3 ** 2)
+
+
+def test_layer_rows_of_a_layer_densified_since_keep_only_its_time_and_spectrum():
+    """A layer the svd pass factorized (an int rank in its record) that is dense now (a LoRA grew it
+    past break-even) shows none of that factorization's loss, ratio, energy or output error."""
+    from compress.report import layer_rows
+    from tests.conftest import tiny_pixart
+
+    a = "transformer_blocks.0.attn1.to_q"
+    record = {"rank": 4, "loss": 1.0, "optimal_loss": 1.0, "loss_ratio": 1.0, "fit_gap": 0.0, "energy_kept": 0.99,
+              "rel_output_error": 0.3, "time_s": 0.5, "spectrum": [1.0, 0.5]}
+    row = {r["name"]: r for r in layer_rows(tiny_pixart(), {"svd": {"layers": {a: record}}})}[a]
+    assert row["rank"] is None and row["time_s"] == 0.5 and row["spectrum"] == [1.0, 0.5]
+    assert not {"loss", "optimal_loss", "loss_ratio", "fit_gap", "energy_kept", "rel_output_error"} & set(row)
 
 
 def test_long_lines_stay_whole_off_a_terminal():

@@ -1,0 +1,123 @@
+"""lora's reading of keys and loader logs: another format's prefixes, loader exceptions and dropped
+weights are one line; two adapters in one file are refused; a densified layer shows no svd loss;
+a LoRA block past the teacher's count is refused by merge_lora itself."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from compress.errors import UserError
+from compress.lora import merge_lora
+from tests.conftest import tiny_flux, tiny_pixart
+from tests.test_lora import _lora, _student
+from tests.test_lora_limits import _save, _state
+
+peft = pytest.importorskip("peft")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+Q = "transformer_blocks.0.attn.to_q"
+
+
+def _pair(prefix: str, module: str = Q, out: int = 16) -> dict:
+    return {f"{prefix}{module}.lora_A.weight": torch.randn(4, 16), f"{prefix}{module}.lora_B.weight": torch.randn(out, 4)}
+
+
+@pytest.mark.parametrize("keys", [
+    _pair("diffusion_model.", "double_blocks.0.img_attn.qkv", 48),  # BFL / ComfyUI names, peft parts
+    _pair("diffusion_model."), _pair("unet."),
+    {"lora_transformer_transformer_blocks_0_attn_to_q.lora_A.weight": torch.randn(4, 16),
+     "lora_transformer_transformer_blocks_0_attn_to_q.lora_B.weight": torch.randn(16, 4)},
+    _pair("transformer.diffusion_model."),  # prefixed already: peft itself finds no module
+], ids=["bfl", "diffusion_model", "unet", "lora_transformer", "transformer.diffusion_model"])
+def test_a_flux_lora_of_another_key_format_is_one_quiet_line(tmp_path, capsys, keys):
+    """No `transformer.` added to keys naming no module of the transformer, and what peft or diffusers
+    raise while loading is one UserError line, with no ERROR log of diffusers' printed."""
+    with pytest.raises(UserError, match=r"a LoRA of another model\?$"):
+        merge_lora(tiny_flux(), _save(keys, tmp_path / "l.safetensors"))
+    assert capsys.readouterr().err == ""
+
+
+def test_a_hub_lycoris_dora_whose_dora_scale_diffusers_drops_is_refused(monkeypatch):
+    """A Hub LoRA's keys are not seen before diffusers reads them; its Flux reader drops dora_scale
+    keys with a warning: that warning is a UserError, not a silent merge as a plain LoRA."""
+    import diffusers.loaders.lora_pipeline as pipeline
+
+    state = {**_state(tiny_flux(), ["to_q"]), f"transformer.{Q}.dora_scale": torch.ones(1, 16)}
+    monkeypatch.setattr(pipeline, "_fetch_state_dict", lambda **kw: (dict(state), None))
+    with pytest.raises(UserError, match=r"someone/dora-lora: a LyCORIS DoRA \(dora_scale keys\), which is not "
+                                        r"supported"):
+        merge_lora(tiny_flux(), "someone/dora-lora")
+
+
+def test_a_loader_log_of_dropped_keys_is_an_error_and_other_logs_stay_quiet(capsys):
+    from compress.lora_read import quiet_loaders
+
+    log = logging.getLogger("diffusers.loaders.lora_conversion_utils")
+    handlers = logging.getLogger("diffusers").handlers[:]
+    with quiet_loaders("x.safetensors"):
+        log.warning("something harmless")
+    with pytest.raises(UserError, match=r"^x.safetensors: the LoRA loader dropped some of its weights.*Unsupported "
+                                        r"keys for ai-toolkit"):
+        with quiet_loaders("x.safetensors"):
+            log.warning("Unsupported keys for ai-toolkit: dict_keys(['a', 'b', 'c', 'd', 'e'])")
+    assert capsys.readouterr().err == "" and logging.getLogger("diffusers").handlers == handlers
+
+
+@pytest.mark.parametrize("make, attn", [(tiny_flux, "attn"), (tiny_pixart, "attn1")])
+def test_two_adapters_or_one_weight_twice_are_refused(make, attn):
+    """`lora_A.default.weight` and `lora_A.style.weight` would both become `lora_A.weight` (the last
+    kept, silently); so would `x.lora_A.weight` beside `x.lora_A.default.weight`."""
+    module = f"transformer.transformer_blocks.0.{attn}.to_q"
+    two = {f"{module}.lora_{p}.{name}.weight": torch.randn(*shape) for name in ("default", "style")
+           for p, shape in (("A", (4, 16)), ("B", (16, 4)))}
+    with pytest.raises(UserError, match=r"its keys name 2 peft adapters \(default, style\)"):
+        merge_lora(make(), two)
+    twice = {**_pair("transformer.", module[len("transformer."):]),
+             **{k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default."): v
+                for k, v in _pair("transformer.", module[len("transformer."):]).items()}}
+    with pytest.raises(UserError, match=r"are the same weight"):
+        merge_lora(make(), twice)
+    if make is tiny_pixart:  # its own reader: with and without `transformer.`
+        both = {**_pair("transformer.", module[len("transformer."):]), **_pair("", module[len("transformer."):])}
+        with pytest.raises(UserError, match=r"are the same weight"):
+            merge_lora(make(), both)
+
+
+@pytest.mark.filterwarnings("ignore:.*invalid shape")
+def test_inspect_shows_no_svd_loss_for_a_layer_a_lora_densified(tmp_path, capsys, monkeypatch):
+    """A layer stored dense after a LoRA no longer holds the svd pass's factorization: its loss, ratio,
+    energy and output error are not shown, nor counted in the whitened-loss line; time and spectrum stay."""
+    from compress.cli import main
+    from compress.inspect import inspect_output
+
+    _, teacher = _student(tmp_path)
+    monkeypatch.setattr("tests.test_lora.RANK", 16)
+    _lora(teacher, tmp_path / "lora", ["to_q", "proj_mlp", "ff.net.0.proj"])
+    assert main(["lora", str(tmp_path / "out-s"), str(tmp_path / "lora"), str(tmp_path / "new")]) == 0
+    capsys.readouterr()
+    rows = {r["name"]: r for r in inspect_output(tmp_path / "new", as_json=True)}
+    capsys.readouterr()
+    dense = [n for n, r in rows.items() if r["rank"] is None and "time_s" in r]
+    assert dense, "no densified layer"
+    for name in dense:
+        assert not {"loss", "optimal_loss", "loss_ratio", "energy_kept", "rel_output_error"} & set(rows[name])
+    assert main(["inspect", str(tmp_path / "new")]) == 0
+    counted = sum("loss_ratio" in r for r in rows.values())
+    assert f"loss / optimal loss over {counted} " in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:.*invalid shape")
+def test_merge_lora_refuses_a_block_past_the_teachers_count_after_the_block_map(tmp_path):
+    """Past a block map's last kept block, merge_lora reads the teacher's count from the recorded
+    teacher's config (not only the CLI from report.json): a block the teacher never had is refused,
+    not counted as removed."""
+    student, _ = _student(tmp_path)  # double block 0 of 2 removed: its block map keeps [1]
+    deeper = _state(tiny_flux(num_layers=3), ["to_q"])
+    lora = {k: v for k, v in deeper.items() 
+            if k.startswith(("transformer.transformer_blocks.1.", "transformer.transformer_blocks.2."))}
+    with pytest.raises(UserError, match=r"adapts transformer_blocks.2, but the teacher has 2 "
+                                        r"transformer_blocks \(0 to 1\)"):
+        merge_lora(student, lora)
