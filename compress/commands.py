@@ -357,12 +357,13 @@ def convert(args) -> int:
 
 def not_a_file(given: str, source: Path) -> UserError:
     """convert's error for a source that is no file: a folder holding one (the README's layout for a
-    single file, config.json beside it) names the file to give."""
-    from compress.stream_files import single_files_in
+    single file, config.json beside it) names the file to give; a diffusers folder (its weights or
+    shards, a transformer/ or model_index.json) is what stream: true reads already."""
+    from compress.stream_files import holds_diffusers_weights, single_files_in
 
     if not source.is_dir():
         return UserError(f"{given}: no such file; convert reads a single-file checkpoint")
-    files = single_files_in(source)
+    files = [] if holds_diffusers_weights(source) else single_files_in(source)
     if files:
         which = f"the file in it, {files[0]}" if len(files) == 1 else \
             f"one of the files in it ({', '.join(str(f) for f in files[:3])}{' …' if len(files) > 3 else ''})"
@@ -432,7 +433,9 @@ def lora(args) -> int:
 def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lora: str) -> None:
     """A UserError where a LoRA module merge_lora counted as in a removed block is in a block the
     teacher never had: past the teacher's block count, which the output's report.json records (the
-    first removal pass's blocks_before) and its block map does not (a removed last block)."""
+    first removal pass's blocks_before) and its block map does not (a removed last block). merge_lora
+    checks this itself where the teacher's config is at hand offline (lora.check_teacher_count); this
+    is for a teacher that is not (moved, or a Hub id of no shipped config)."""
     import re
 
     try:

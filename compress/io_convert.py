@@ -36,8 +36,14 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
     from compress.runner_stream import DiskFull, disk_full_words
 
     check_suffix(path, "convert reads a single-file checkpoint")
+    out = Path(out).expanduser()
+    made = missing_parents(out)  # atomic_folder makes them for its temp folder: removed again on a failure
     try:
-        return _convert(path, Path(out), config, shard_bytes)
+        try:
+            return _convert(path, out, config, shard_bytes)
+        except BaseException:
+            remove_empty(made)
+            raise
     except Exception as e:
         words = disk_full_words(e)
         if words is None:
@@ -68,16 +74,39 @@ def _convert(path: Path, out: Path, config: str | None, shard_bytes: int) -> dic
     return {"class": type(model).__name__, **written}
 
 
+def missing_parents(out: Path) -> list[Path]:
+    """The folders above `out` that do not exist yet, deepest first."""
+    missing = []
+    for parent in out.parents:
+        if parent.exists() or parent.is_symlink():
+            break
+        missing.append(parent)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Removes `folders` (deepest first) while they are empty: what a failed convert made, never what
+    another process put there since."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def warn_if_short_of_disk(path: Path, out: Path) -> None:
     """The folder takes about the file's size (its own dtypes): say so before writing if the disk
-    of `out` has less free, as `run` does (runner_stream.warn_if_short_of_disk)."""
+    of `out` has less free, as `run` does (runner_stream.warn_if_short_of_disk). The warning names
+    the folder measured: `out`'s parent, or the nearest one above it that exists."""
     from compress.report import console
     from compress.runner_stream import free_bytes
 
-    need, have = path.stat().st_size, free_bytes(out.parent)
+    missing = missing_parents(out)
+    measured = missing[-1].parent if missing else out.parent
+    need, have = path.stat().st_size, free_bytes(measured)
     if have is not None and need > have:
         console.print(f"[bold yellow]warning:[/] the converted folder takes about {need / 2**30:.1f} GiB "
-                      f"(the size of {path.name}) and {have / 2**30:.1f} GiB are free under {out.parent}; "
+                      f"(the size of {path.name}) and {have / 2**30:.1f} GiB are free under {measured}; "
                       "give an output folder on a bigger disk")
 
 

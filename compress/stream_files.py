@@ -7,6 +7,7 @@ blocks). `stream.CheckpointBlocks` reads the blocks through these maps."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -39,17 +40,38 @@ def weight_map(folder: Path) -> dict[str, Path]:
                     f"{holds_single_file(folder)}")
 
 
+# diffusers' own weight files: diffusion_pytorch_model[.VARIANT].safetensors, its shards
+# (...-00001-of-00003[.VARIANT].safetensors) and index; no single-file checkpoint is named so
+DIFFUSERS_WEIGHT_FILE = (r"diffusion_pytorch_model(?:\.safetensors\.index)?(?:-\d+-of-\d+)?(?:\.\w+)?"
+                         r"\.(?:safetensors|json)")
+# of these, a folder's whole weights: the one file or the shards' index
+DIFFUSERS_WEIGHTS_OR_INDEX = (r"diffusion_pytorch_model(?:\.\w+)?\.safetensors"
+                              r"|diffusion_pytorch_model\.safetensors\.index(?:\.\w+)?\.json")
+
+
+def holds_diffusers_weights(folder: Path) -> bool:
+    """Whether `folder` holds a diffusers folder's weight file or shard index (any variant's), a
+    transformer/ or a pipeline's model_index.json: what stream: true reads, whatever lies beside."""
+    folder = Path(folder)
+    if (folder / "transformer").is_dir() or (folder / "model_index.json").is_file():
+        return True
+    return any(re.fullmatch(DIFFUSERS_WEIGHTS_OR_INDEX, p.name) for p in folder.iterdir())
+
+
 def single_files_in(folder: Path) -> list[Path]:
     """The single-file checkpoints in `folder`: the README lays one out as the file with its
-    config.json beside it, a folder users then give where a diffusers folder is read."""
+    config.json beside it, a folder users then give where a diffusers folder is read. diffusers' own
+    weight files and shards are none (converting one is no way to read their folder)."""
     from compress.io import SINGLE_FILE_SUFFIXES
 
-    return sorted(p for p in Path(folder).iterdir() if p.suffix in SINGLE_FILE_SUFFIXES and p.is_file())
+    return sorted(p for p in Path(folder).iterdir() if p.suffix in SINGLE_FILE_SUFFIXES and p.is_file()
+                  and not re.fullmatch(DIFFUSERS_WEIGHT_FILE, p.name))
 
 
 def holds_single_file(folder: Path) -> str:
-    """'; it holds the single file F: ...' (what to do with it), or '' where it holds none."""
-    files = single_files_in(folder)
+    """'; it holds the single file F: ...' (what to do with it), or '' where it holds none or holds
+    diffusers' weight files (a shard or another variant's are no single file to convert)."""
+    files = [] if holds_diffusers_weights(folder) else single_files_in(folder)
     if not files:
         return ""
     what = f"the single file {files[0]}" if len(files) == 1 else \

@@ -50,9 +50,12 @@ def _act_backward(h, up, bias, dy, activation):
     return dz
 
 
-def _check_dense_weight(dense_weight, down, up) -> None:
+def _check_dense_weight(dense_weight, down, up, autocast_dtype: torch.dtype | None = None) -> None:
+    """dense_weight as up @ down would be: its shape, device and dtype (the one autocast casts it to,
+    where it is cast: `down` and `up` already are)."""
     want = (up.shape[0], down.shape[1])
-    if tuple(dense_weight.shape) != want or dense_weight.dtype != up.dtype or dense_weight.device != up.device:
+    dtype = _cast_dtype(autocast_dtype, dense_weight)
+    if tuple(dense_weight.shape) != want or dtype != up.dtype or dense_weight.device != up.device:
         raise ValueError(f"lowrank_linear: dense_weight must be up @ down, {want[0]}x{want[1]} {up.dtype} on "
                          f"{up.device}; got {tuple(dense_weight.shape)} {dense_weight.dtype} on {dense_weight.device}")
 
@@ -75,11 +78,13 @@ def _autocast_cast(dtype: torch.dtype | None, *tensors):
     """Cast the floating tensors to autocast's dtype, as autocast casts F.linear's inputs (float64
     excepted), so that every path returns what the torch path returns under autocast. The casts are
     differentiable: gradients reach the original (e.g. fp32) tensors in their own dtype."""
-    def cast(t):
-        eligible = dtype is not None and t is not None and t.is_floating_point() and t.dtype != torch.float64
-        return t.to(dtype) if eligible else t
+    return tuple(t if t is None else t.to(_cast_dtype(dtype, t)) for t in tensors)
 
-    return tuple(cast(t) for t in tensors)
+
+def _cast_dtype(dtype: torch.dtype | None, t: torch.Tensor) -> torch.dtype:
+    """The dtype _autocast_cast gives t."""
+    eligible = dtype is not None and t.is_floating_point() and t.dtype != torch.float64
+    return dtype if eligible else t.dtype
 
 
 def lowrank_linear(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None = None,
@@ -92,10 +97,11 @@ def lowrank_linear(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: 
     the dense path cheap; it must equal up @ down (gradients flow to up and down, never to it).
     Under autocast every path computes in autocast's dtype, as F.linear would.
     """
-    x, down, up, bias, dense_weight = _autocast_cast(_autocast_dtype(x), x, down, up, bias, dense_weight)
+    dtype = _autocast_dtype(x)
+    x, down, up, bias = _autocast_cast(dtype, x, down, up, bias)
     check_lowrank_args(x, down, up, bias, activation)
     if dense_weight is not None:
-        _check_dense_weight(dense_weight, down, up)
+        _check_dense_weight(dense_weight, down, up, dtype)
     x2 = as_rows(x)  # (M, K)
     available = dispatch.available_paths(x2, down.shape[0])
     if path is None:
@@ -103,6 +109,9 @@ def lowrank_linear(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: 
     elif path not in available:
         raise ValueError(f"lowrank_linear: path {path!r} is not available for {x.dtype} on {x.device} at rank "
                          f"{down.shape[0]}; available: {available}")
+    # dense_weight (N, K) is cast (a copy, every call under autocast) only for the path that reads it;
+    # select_path's timing of the dense path runs under the same autocast, which casts it there
+    dense_weight = _autocast_cast(dtype, dense_weight)[0] if path == "dense" else dense_weight
     if _needs_grad(x2, down, up, bias, dense_weight):
         y = LowRankLinearFn.apply(x2, down, up, bias, activation, path, dense_weight)
     else:

@@ -153,6 +153,30 @@ def test_convert_warns_first_when_the_disk_has_less_free_than_the_file(tmp_path,
     assert (tmp_path / "out" / "config.json").is_file()  # a warning: it still converts
 
 
+def test_a_failed_convert_removes_the_folders_it_made_and_keeps_the_others(tmp_path, monkeypatch, capsys):
+    """A full disk said '(nothing was left there)' and left the missing parents of OUT it had made."""
+    from compress.cli import main
+
+    _flux_file(tmp_path)
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setattr("safetensors.torch.save_file", _no_space)
+    assert main(["convert", str(tmp_path / "f.safetensors"), str(tmp_path / "kept" / "new" / "deeper" / "out")]) == 1
+    assert capsys.readouterr().err.endswith("(nothing was left there)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "f.safetensors", "kept"]
+    assert not any((tmp_path / "kept").iterdir())
+
+
+def test_the_disk_warning_names_the_folder_measured(tmp_path, monkeypatch, capsys):
+    """The warning named OUT's parent, which did not exist yet: the free space is its nearest existing one's."""
+    _flux_file(tmp_path)
+    measured = []
+    monkeypatch.setattr("compress.runner_stream.free_bytes", lambda folder: measured.append(folder) or 1000)
+    convert_file(tmp_path / "f.safetensors", tmp_path / "n" / "out")
+    err = " ".join(capsys.readouterr().err.split())
+    assert measured == [tmp_path] and f"0.0 GiB are free under {tmp_path}; give an output folder" in err
+    assert (tmp_path / "n" / "out" / "config.json").is_file()
+
+
 def test_sigterm_during_convert_leaves_no_partial_folder(tmp_path):
     """SIGTERM (timeout, kill, SLURM) left a hidden .out.tmp-XXXX folder of partial shards; Ctrl-C did not."""
     import signal
@@ -204,6 +228,51 @@ def test_a_folder_holding_a_single_file_names_it(tmp_path, monkeypatch, capsys):
                                         r"weights/f.safetensors: write it once as a folder with `dit-compress "
                                         r"convert weights/f.safetensors FOLDER`, then stream --teacher FOLDER$"):
         checkpoint_of("weights")
+
+
+@pytest.mark.parametrize("layout", [
+    ["diffusion_pytorch_model.safetensors"],  # save_pretrained's one file
+    ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors",
+     "diffusion_pytorch_model.safetensors.index.json"],  # and its shards
+    ["diffusion_pytorch_model.fp16.safetensors"],  # a variant's
+    ["transformer/diffusion_pytorch_model.safetensors", "model_index.json"],  # a pipeline
+    ["diffusion_pytorch_model.safetensors", "flux1-dev.safetensors"]])  # and a single file beside
+def test_a_diffusers_folder_is_what_stream_reads_not_a_file_in_it(tmp_path, capsys, layout):
+    """`convert` on a diffusers folder said 'give the file in it, .../diffusion_pytorch_model.safetensors'
+    (on a sharded one a shard): converting diffusers' own weights is no way to read their folder."""
+    from compress.cli import main
+
+    for name in layout:
+        (tmp_path / "d" / name).parent.mkdir(parents=True, exist_ok=True)
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "d" / name)) if name.endswith(".safetensors") else \
+            (tmp_path / "d" / name).write_text("{}")
+    assert main(["convert", str(tmp_path / "d"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"dit-compress: error: {tmp_path / 'd'}: a folder; convert reads a single-file "
+                                       "checkpoint (a folder is already what stream: true reads)\n")
+
+
+@pytest.mark.parametrize("shards", [
+    ["diffusion_pytorch_model-00001-of-00002.safetensors"],  # its index not downloaded
+    ["diffusion_pytorch_model-00001-of-00002.fp16.safetensors"]])  # a variant's
+def test_streaming_a_folder_of_shards_without_index_names_no_shard_to_convert(tmp_path, capsys, shards):
+    """A folder of shards whose index is missing said 'it holds the single file ...-00001-of-00002...:
+    write it once as a folder with dit-compress convert': a shard is no checkpoint. A single file
+    beside them is still named where convert is given the folder."""
+    from compress.cli import main
+    from compress.stream_files import checkpoint_of
+
+    tiny_pixart().save_config(tmp_path / "d")
+    for name in shards:
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "d" / name))
+    with pytest.raises(UserError, match=r"no diffusers weights to read there$"):
+        checkpoint_of(str(tmp_path / "d"))
+    assert main(["convert", str(tmp_path / "d"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.endswith("(a folder is already what stream: true reads)\n")
+    (tmp_path / "e").mkdir()
+    for name in shards + ["pixart.safetensors"]:
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "e" / name))
+    assert main(["convert", str(tmp_path / "e"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.endswith(f"give the file in it, {tmp_path / 'e' / 'pixart.safetensors'}\n")
 
 
 def test_an_empty_output_path_says_so(tmp_path, capsys):
