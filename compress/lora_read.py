@@ -29,9 +29,10 @@ from compress.errors import UserError
 
 ADAPTER = "dit_compress_merge"
 STATE_DICT = "the LoRA state dict"
-TEXT_ENCODER = re.compile(r"^(?:text_encoder(?:_\d)?[._]|lora_te\d?_|te\d?_)")
-LORA_PART = re.compile(r"\.(?:lora_[AB]|lora_down|lora_up|lora_magnitude_vector|dora_scale|alpha|lora\.(?:down|up))"
-                       r"(?:\..*)?$")
+TEXT_ENCODER = re.compile(r"^(?:text_encoders?(?:_\d)?[._]|lora_te\d?_|te\d?_)")  # ComfyUI's `text_encoders.t5xxl.`
+LORA_PART = re.compile(r"\.(?:lora_[AB]|lora_down|lora_up|lora_magnitude_vector|dora_scale|alpha|diff_b|diff"
+                       r"|lora(?:_linear_layer)?\.(?:down|up))(?:\..*)?$")
+KOHYA_WEIGHT = re.compile(r"\.(?:lora_down\.weight|lora_up\.weight|alpha)$")
 KOHYA_PREFIX = re.compile(r"^lora_(?:unet|transformer)_")
 MAGNITUDE = "DoRA magnitude (lora_magnitude_vector)"
 ADAPTER_NAMED = re.compile(r"\.(lora_[AB])\.(?!weight$|bias$)[^.]+\.(weight|bias)$")  # peft's `lora_A.default.weight`
@@ -59,7 +60,8 @@ def module_of(key: str) -> str:
 
 
 def text_encoder_modules(keys) -> list[str]:
-    """The text-encoder modules a LoRA's keys adapt (diffusers' `text_encoder.`, kohya's `lora_te_`)."""
+    """The text-encoder modules a LoRA's keys adapt (diffusers' `text_encoder.`, kohya's `lora_te_`,
+    `lora_te1_`, `lora_te2_`, ComfyUI's `text_encoders.`): one per module, not per weight."""
     return sorted({module_of(k) for k in keys if TEXT_ENCODER.match(k)})
 
 
@@ -70,8 +72,8 @@ def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> tuple[dict[
 
     if importlib.util.find_spec("peft") is None:
         raise UserError("merging a LoRA needs peft: pip install 'dit-compress[lora]' (or peft)")
-    with quiet_loaders(label(lora)):  # their warnings list every key; the errors here say what matters
-        load, keys = _reader(adapter, lora, type(student).__name__)
+    with quiet_loaders(label(lora)) as held:  # their warnings list every key; the errors here say what matters
+        load, keys = _reader(adapter, lora, type(student).__name__, held)
         text_encoder = text_encoder_modules(keys)
         skeleton = _empty_teacher(student, adapter, block_map, [k for k in keys if not TEXT_ENCODER.match(k)],
                                   label(lora))
@@ -84,12 +86,16 @@ def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> tuple[dict[
 
 @contextlib.contextmanager
 def quiet_loaders(where: str = STATE_DICT):
-    """peft's and diffusers' warnings and log lines held back while a LoRA is read: they name every key
-    of a LoRA they cannot place (kilobytes for one mistake), where the UserErrors here quote a few. A
-    log line saying the loader dropped weights (a LyCORIS DoRA's dora_scale keys, which diffusers' Flux
-    loader filters out, a Hub LoRA's too; "Unsupported keys"; unexpected or missing LoRA keys) is a
-    UserError as the block ends: the LoRA would be merged without them (`where`: the LoRA, in words)."""
+    """peft's and diffusers' warnings and log lines (INFO and above) held back while a LoRA is read: they
+    name every key of a LoRA they cannot place (kilobytes for one mistake), where the UserErrors here
+    quote a few. A log line saying the loader dropped weights (a LyCORIS DoRA's dora_scale keys, which
+    diffusers' Flux loader filters out, a Hub LoRA's too; "Unsupported keys"; unexpected keys; keys it
+    will filter out or ignore: a kohya LoRA's non-zero diff_b / diff) or that the LoRA lacks weights
+    (missing keys) is a UserError as the block ends (check_nothing_dropped): the LoRA would be merged
+    without them (`where`: the LoRA, in words). Yields a namespace whose `keys_seen` a reader sets
+    where it checked the LoRA's own keys for weights the loader drops (check_kohya_flux)."""
     import logging
+    import types
     import warnings
 
     records: list[logging.LogRecord] = []
@@ -98,35 +104,49 @@ def quiet_loaders(where: str = STATE_DICT):
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    held = Held(logging.WARNING)
+    held = Held(logging.INFO)
+    state = types.SimpleNamespace(keys_seen=False)
     loggers = [logging.getLogger(name) for name in ("diffusers", "peft")]
     saved = [(logger.level, logger.handlers[:], logger.propagate) for logger in loggers]
     try:
         for logger in loggers:
-            logger.setLevel(logging.WARNING)
+            logger.setLevel(logging.INFO)
             logger.handlers[:] = [held]
             logger.propagate = False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield
+            yield state
     finally:
         for logger, (level, handlers, propagate) in zip(loggers, saved):
             logger.setLevel(level)
             logger.handlers[:] = handlers
             logger.propagate = propagate
-    check_nothing_dropped([r.getMessage() for r in records], where)
+    check_nothing_dropped([r.getMessage() for r in records], where, state.keys_seen)
 
 
-DROPPED = re.compile(r"dora_scale|Unsupported keys|unexpected keys|missing keys", re.IGNORECASE)
+DROPPED = re.compile(r"unsupported|unexpected keys|filter(?:ed)? (?:them |those keys )?out|will be ignored",
+                     re.IGNORECASE)
+PURGED = re.compile(r"all zeros.*purge", re.IGNORECASE)  # diffusers drops all-zero diff_b / diff: nothing lost
+TEXT_ENCODER_ONLY = re.compile(r"T5-xxl|t5xxl|position_embedding|text_projection")  # text-encoder keys only
+DIFF_KEYS = re.compile(r"diff_b|Normalization diff")  # a kohya LoRA's, of the transformer or a text encoder
 
 
-def check_nothing_dropped(messages: list[str], where: str) -> None:
+def check_nothing_dropped(messages: list[str], where: str, keys_seen: bool = False) -> None:
     """A UserError for the first of a loader's log `messages` that says it dropped some of the LoRA's
-    weights (DROPPED): a LyCORIS DoRA's dora_scale (refused, as for a local file), or any other."""
+    weights (DROPPED): a LyCORIS DoRA's dora_scale (refused, as for a local file), or any other; or that
+    the LoRA lacks weights for modules the loader adapted (missing keys). Not for all-zero keys purged
+    (nothing lost), nor text-encoder keys only (T5, position_embedding, text_projection: the student is
+    the transformer), nor diff_b / diff keys where `keys_seen` (check_kohya_flux refused the
+    transformer's: those left are a text encoder's, or zero)."""
     for message in messages:
         if "dora_scale" in message:
             raise UserError(f"{where}: a LyCORIS DoRA (dora_scale keys), which is not supported: diffusers' loader "
                             "drops its dora_scale, which would merge it as a plain LoRA")
+        if "missing keys" in message:
+            raise UserError(f"{where}: the LoRA lacks weights for some modules the loader adapted (a lora_A without "
+                            f"its lora_B?) ({short(Exception(message))[len('Exception: '):]})")
+        if PURGED.search(message) or TEXT_ENCODER_ONLY.search(message) or (keys_seen and DIFF_KEYS.search(message)):
+            continue
         if DROPPED.search(message):
             raise UserError(f"{where}: the LoRA loader dropped some of its weights, so merging would lose them "
                             f"silently ({short(Exception(message))[len('Exception: '):]})")
@@ -213,8 +233,9 @@ def _check_loaded(name: str, parts: dict) -> None:
         raise UserError(f"the LoRA has no {' or '.join(missing)} for '{name}'")
 
 
-def _reader(adapter, lora, class_name: str) -> tuple[Callable[[nn.Module], None], list[str]]:
-    """(a function loading the LoRA onto an empty teacher as the family's loader would, its keys)."""
+def _reader(adapter, lora, class_name: str, held=None) -> tuple[Callable[[nn.Module], None], list[str]]:
+    """(a function loading the LoRA onto an empty teacher as the family's loader would, its keys);
+    `held`: quiet_loaders' namespace."""
     from compress.io import looks_local
 
     path = None if isinstance(lora, dict) else Path(str(lora)).expanduser()
@@ -223,7 +244,7 @@ def _reader(adapter, lora, class_name: str) -> tuple[Callable[[nn.Module], None]
     if path is not None and (path / "adapter_config.json").is_file():
         return _peft_reader(path)
     if adapter.family == "flux":
-        return _flux_reader(lora, path)
+        return _flux_reader(lora, path, held)
     if path is None:
         return _state_reader(lora, {}, STATE_DICT)
     if not path.exists():
@@ -233,13 +254,14 @@ def _reader(adapter, lora, class_name: str) -> tuple[Callable[[nn.Module], None]
     return _state_reader(*_read_file(file), str(file))
 
 
-def _flux_reader(lora, path: Path | None):
+def _flux_reader(lora, path: Path | None, held=None):
     from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
 
     from compress.io import hub_error, quiet_hub
 
-    if path is None or path.exists():
-        _check_no_dora_scale(lora, path)
+    own_keys = _check_flux_keys(lora, path) if path is None or path.exists() else None
+    if own_keys is not None and held is not None:
+        held.keys_seen = True
     try:
         with quiet_hub():
             state, alphas, metadata = FluxLoraLoaderMixin.lora_state_dict(
@@ -263,7 +285,10 @@ def _flux_reader(lora, path: Path | None):
             raise UserError(f"{label(lora)}: diffusers could not load it onto the {type(skeleton).__name__} "
                             f"({short(e)}); a LoRA of another model?") from None
         check_all_read(unread(list(prefixed), skeleton), label(lora), skeleton)
-    return load, list(state)
+    if own_keys is None:
+        return load, list(state)
+    # the text-encoder keys as the file names them: diffusers' loader drops some silently (lora_te2_, T5)
+    return load, [k for k in state if not TEXT_ENCODER.match(k)] + [k for k in own_keys if TEXT_ENCODER.match(k)]
 
 
 def with_transformer_prefix(state: dict, skeleton: nn.Module) -> dict:
@@ -280,22 +305,59 @@ def with_transformer_prefix(state: dict, skeleton: nn.Module) -> dict:
     return {k if TEXT_ENCODER.match(k) else f"transformer.{k}": v for k, v in state.items()}
 
 
-def _check_no_dora_scale(lora, path: Path | None) -> None:
-    """diffusers drops a LyCORIS DoRA's dora_scale keys from a Flux LoRA with a log line: refused here
-    instead, for a state dict or a local .safetensors file (a Hub LoRA's keys are not seen before)."""
+def _check_flux_keys(lora, path: Path | None) -> list[str] | None:
+    """The keys of a Flux LoRA given as a state dict or a local .safetensors file (None where they are
+    not seen before diffusers reads them: a Hub LoRA, a folder without one such file), checked first:
+    diffusers drops a LyCORIS DoRA's dora_scale keys with a log line, and some of a kohya / ComfyUI
+    LoRA's transformer keys with at most an INFO line (check_kohya_flux): refused here instead."""
     from safetensors import safe_open
 
     if isinstance(lora, dict):
-        shapes = {k: tuple(v.shape) for k, v in lora.items() if k.endswith(".dora_scale")}
-    else:
-        try:
-            with safe_open(str(_one_file(path)), framework="pt") as f:
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith(".dora_scale")}
-        except Exception:  # noqa: BLE001 (not one .safetensors file: diffusers reads it, or says why)
-            return
-    if shapes:
-        key = sorted(shapes)[0]
-        raise UserError(f"{label(lora)}: {lycoris_dora(key, shapes[key])}")
+        keys, shape, value = list(lora), (lambda k: tuple(lora[k].shape)), lora.__getitem__
+        return _checked_flux_keys(keys, shape, value, label(lora))
+    try:
+        f = safe_open(str(_one_file(path)), framework="pt")
+    except Exception:  # noqa: BLE001 (not one .safetensors file: diffusers reads it, or says why)
+        return None
+    with f:
+        return _checked_flux_keys(list(f.keys()), lambda k: tuple(f.get_slice(k).get_shape()), f.get_tensor,
+                                  label(lora))
+
+
+def _checked_flux_keys(keys: list[str], shape: Callable, value: Callable, where: str) -> list[str]:
+    dora = sorted(k for k in keys if k.endswith(".dora_scale"))
+    if dora:
+        raise UserError(f"{where}: {lycoris_dora(dora[0], shape(dora[0]))}")
+    check_kohya_flux(keys, value, where)
+    return keys
+
+
+def check_kohya_flux(keys: list[str], value: Callable[[str], torch.Tensor], where: str) -> None:
+    """A UserError naming the first of a kohya / ComfyUI Flux LoRA's transformer keys (text-encoder ones
+    aside: not merged, listed) that diffusers' Flux loader would drop, with at most an INFO log line:
+    any but a lora_unet_ (ComfyUI: diffusion_model.) module's lora_down / lora_up / alpha, such as a
+    non-zero bias delta (diff_b) or weight delta (diff), a norm's, or another prefix's (`value`: a
+    key's tensor, read for diff / diff_b keys only). LoRAs of other formats: their converted keys are
+    compared with what peft read (unread), which names any left."""
+    if not any(".lora_down.weight" in k for k in keys) or \
+            any(k.startswith("lora_transformer_") and re.search("lora_down|lora_up|alpha", k) for k in keys):
+        return  # not diffusers' kohya reader (its mixture one refuses what it does not know)
+    renamed = {k: k.replace("diffusion_model.", "lora_unet_") for k in keys if not TEXT_ENCODER.match(k)}
+    norm_diff = any(".norm" in r and ".diff" in r for r in renamed.values())
+
+    def dropped(key: str, name: str) -> bool:
+        if re.search(r"\.diff(?:_b)?$", key) and not value(key).any():
+            return False  # all zeros: changes nothing
+        return not name.startswith("lora_unet_") or not KOHYA_WEIGHT.search(name) or ".diff_b" in name or \
+            (norm_diff and (".norm" in name or ".diff" in name)) or "position_embedding" in name or \
+            "text_projection" in name
+    lost = sorted(k for k, r in renamed.items() if dropped(k, r))
+    if lost:
+        n = len(lost)
+        raise UserError(f"{where}: {n} transformer key{'s' if n > 1 else ''} ('{lost[0]}'{', …' if n > 1 else ''}) "
+                        "not a LoRA weight diffusers' Flux loader reads for a kohya LoRA (a lora_unet_ module's "
+                        "lora_down, lora_up or alpha; a bias delta diff_b, a weight delta diff?): it drops "
+                        f"{'them' if n > 1 else 'it'}, so merging would lose {'them' if n > 1 else 'it'} silently")
 
 
 def unread(keys: list[str], skeleton: nn.Module) -> list[str]:

@@ -5,6 +5,7 @@ a LoRA block past the teacher's count is refused by merge_lora itself."""
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -121,3 +122,75 @@ def test_merge_lora_refuses_a_block_past_the_teachers_count_after_the_block_map(
     with pytest.raises(UserError, match=r"adapts transformer_blocks.2, but the teacher has 2 "
                                         r"transformer_blocks \(0 to 1\)"):
         merge_lora(student, lora)
+
+
+STATE_DICT_RE = "the LoRA state dict"
+PROJ = "lora_unet_double_blocks_0_img_attn_proj"  # kohya's name of transformer_blocks.0.attn.to_out.0
+
+
+def _kohya(module: str = PROJ, width: int | None = None) -> dict:
+    d = width or tiny_flux().config.num_attention_heads * tiny_flux().config.attention_head_dim
+    return {f"{module}.lora_down.weight": torch.randn(4, d), f"{module}.lora_up.weight": torch.randn(d, 4),
+            f"{module}.alpha": torch.tensor(4.0)}
+
+
+@pytest.mark.parametrize("extra, first", [
+    ({f"{PROJ}.diff_b": "bias"}, f"{PROJ}.diff_b"),  # diffusers filters non-zero diff_b out (an INFO line)
+    ({"diffusion_model.double_blocks.0.img_attn.norm.key_norm.diff": "norm"},  # ComfyUI: dropped (INFO)
+     "diffusion_model.double_blocks.0.img_attn.norm.key_norm.diff"),
+    ({f"lora_foo_{PROJ[len('lora_unet_'):]}.{p}": p for p in ("lora_down.weight", "lora_up.weight")},  # no log
+     f"lora_foo_{PROJ[len('lora_unet_'):]}.lora_down.weight"),
+], ids=["diff_b", "comfyui_norm_diff", "other_prefix"])
+def test_a_kohya_flux_lora_whose_transformer_weights_diffusers_drops_is_refused(tmp_path, capsys, extra, first):
+    """diffusers' Flux reader of kohya / ComfyUI LoRAs drops a non-zero bias delta (diff_b), a norm's
+    delta (diff) with an INFO line, and keys of another prefix with none: each is an error naming the
+    key and the count, not a merge leaving the bias unchanged."""
+    base = _kohya()
+    d = base[f"{PROJ}.lora_up.weight"].shape[0]
+    fill = {"bias": torch.full((d,), 5.0), "norm": torch.ones(tiny_flux().config.attention_head_dim),
+            "lora_down.weight": base[f"{PROJ}.lora_down.weight"].clone(),
+            "lora_up.weight": base[f"{PROJ}.lora_up.weight"].clone()}
+    state = {**base, **{k: fill[v] for k, v in extra.items()}}
+    n = len(extra)
+    with pytest.raises(UserError, match=rf"^\S+: {n} transformer keys? \('{re.escape(first)}'.*not a LoRA weight "
+                                        r"diffusers' Flux loader reads.*merging would lose (it|them) silently$"):
+        merge_lora(tiny_flux(), _save(state, tmp_path / "l.safetensors"))
+    with pytest.raises(UserError, match=rf"^{STATE_DICT_RE}: {n} transformer key"):
+        merge_lora(tiny_flux(), state)
+    assert capsys.readouterr().err == ""
+
+
+
+def test_a_kohya_flux_lora_with_zero_diff_b_and_text_encoders_merges_listing_each_encoders_modules(tmp_path):
+    """An all-zero diff_b changes nothing (diffusers purges it): merged. Text-encoder modules of any
+    encoder (lora_te1_, and lora_te2_, which diffusers drops without a word) are listed as not merged,
+    one per module (not per down / up weight), with their alphas."""
+    d = tiny_flux().config.num_attention_heads * tiny_flux().config.attention_head_dim
+    te1, te2 = "lora_te1_text_model_encoder_layers_0_mlp_fc1", "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    state = {**_kohya(), f"{PROJ}.diff_b": torch.zeros(d), **_kohya(te1, 8), **_kohya(te2, 8)}
+    student = tiny_flux()
+    before = student.transformer_blocks[0].attn.to_out[0].weight.clone()
+    done = merge_lora(student, _save(state, tmp_path / "l.safetensors"))
+    assert done["merged"] == 1 and done["not_merged"] == [te1, te2]
+    assert not torch.equal(student.transformer_blocks[0].attn.to_out[0].weight, before)
+
+
+def test_a_loader_info_line_dropping_weights_is_an_error_but_a_purge_of_zeros_is_not(capsys):
+    """diffusers says at INFO that it filters out a kohya LoRA's non-zero diff_b (a Hub LoRA's keys are
+    not seen before): an error; all-zero keys purged drop nothing; missing keys are the LoRA's lack."""
+    from compress.lora_read import quiet_loaders
+
+    log = logging.getLogger("diffusers.loaders.lora_conversion_utils")
+    with quiet_loaders("x"):
+        log.info("The `diff_b` LoRA params are all zeros which make them ineffective. So, we will purge them out "
+                 "of the current state dict to make loading possible.")
+        log.info("something harmless")
+    with pytest.raises(UserError, match=r"^x: the LoRA loader dropped some of its weights.*`diff_b` keys found"):
+        with quiet_loaders("x"):
+            log.info("`diff_b` keys found in the state dict which are currently unsupported. So, we will filter "
+                     "out those keys.")
+    with pytest.raises(UserError, match=r"^x: the LoRA lacks weights for some modules the loader adapted"):
+        with quiet_loaders("x"):
+            logging.getLogger("diffusers.utils.peft_utils").warning(
+                "Loading adapter weights from state_dict led to missing keys in the model: a.lora_B.weight")
+    assert capsys.readouterr().err == ""
