@@ -93,6 +93,13 @@ class CalibrationConfig:
         return HELDOUT if self.heldout is None else self.heldout
 
     def validate(self):
+        try:
+            self._validate()
+        except BadValue as e:  # each check reads its key alone: an error names no other key's --set
+            e.reads = ()
+            raise
+
+    def _validate(self):
         for name in ("num_prompts", "timesteps", "batch_size", "heldout", "sample_steps", "prompts_per_call"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BadValue(name, f"calibration.{name} must be at least 1, not {getattr(self, name)}")
@@ -124,11 +131,12 @@ class PassSpec:
     def where(self, error: Exception, *because: str) -> str:
         """Where an error about this pass points: the line (or --set) of the key a BadValue names
         (svd targets.1, ranks.modulation); else the pass's line. At a line of the file, the --sets
-        that changed the pass are named too, and those of the recipe keys `because` (stream) the
-        error is about: the file's line alone would not say what made it wrong."""
+        that changed the keys the error concerns are named too (`concerned`), and those of the recipe
+        keys `because` (stream) the error is about: the file's line alone would not say what made it
+        wrong."""
         found = nearest(self.keys, getattr(error, "key", None))
         others = [self.recipe_keys[k] for k in because if k in self.recipe_keys]
-        return with_sets(found if found is not None else self.loc, [*self.keys.values(), *others])
+        return with_sets(found if found is not None else self.loc, [*concerned(self.keys, error), *others])
 
 
 @dataclass
@@ -181,6 +189,19 @@ def with_sets(at: _Loc, locs) -> str:
         return at.where()
     sets = sorted({loc.override for loc in locs if loc.override})
     return at.where() + (f" (with {', '.join(sets)})" if sets else "")
+
+
+def concerned(keys: dict, error: Exception) -> list:
+    """The places among `keys` (dotted key -> _Loc) of the keys `error` concerns: the key a BadValue
+    names and those its check says it read (`reads`, svd_checks._bad), each with the keys under and
+    above it; all of them where the error does not say (no key, or a check that does not list what it
+    read), so that a --set that may have caused it is never left out."""
+    key, reads = getattr(error, "key", None), getattr(error, "reads", None)
+    if key is None or reads is None:
+        return list(keys.values())
+    wanted = (key, *reads)
+    return [at for k, at in keys.items()
+            if any(k == w or k.startswith(f"{w}.") or w.startswith(f"{k}.") for w in wanted)]
 
 
 def _key_locs(node: yaml.Node | None, path: str) -> dict[str, _Loc]:
@@ -337,9 +358,9 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
     if check:
         try:
             check()
-        except BadValue as e:  # names its key: point at that key's line (or its --set), and other --sets
+        except BadValue as e:  # names its key: point at that key's line (or its --set), and the --sets it read
             locs = _key_locs(node, path)
-            raise UserError(f"{with_sets(nearest(locs, e.key) or loc, locs.values())}: {e}") from None
+            raise UserError(f"{with_sets(nearest(locs, e.key) or loc, concerned(locs, e))}: {e}") from None
         except ValueError as e:
             raise loc.err(f"{what}: {e}") from None
     return obj

@@ -74,11 +74,27 @@ def recipe_changes(before: dict, now: dict, passes, done: int | None = None) -> 
 
 def _kept(spec, p):
     """A pass's spec ({name: options}) without the options `p` declares result-free (when it is
-    that pass)."""
+    that pass), nor, of an svd pass, the keys its allocation never reads (`_unread`)."""
     if not isinstance(spec, dict) or p.name not in spec:
         return spec
-    return {k: {o: v for o, v in opts.items() if o not in p.result_free} if isinstance(opts, dict) else opts
+    return {k: _without(opts, {*p.result_free, *_unread(k, opts)}) if isinstance(opts, dict) else opts
             for k, opts in spec.items()}
+
+
+def _without(opts: dict, keys: set[str]) -> dict:
+    return {o: v for o, v in opts.items() if o not in keys}
+
+
+def _unread(name: str, opts: dict) -> set[str]:
+    """The keys of an svd pass's options that its allocation never reads: an older run's recipe
+    may hold one at another value (ratio: 0.4 under energy) that the recipe now refuses, and the
+    user removed, though its stages' results never depended on it. Imported here, not above: an
+    svd pass object (`p`) has imported svd_checks, and the run folder is read before torch is in."""
+    if name != "svd" or "allocation" not in opts:
+        return set()
+    from compress.passes.svd_checks import unread_keys
+
+    return unread_keys(opts["allocation"])
 
 
 def _flat(data, prefix: str = "") -> dict:

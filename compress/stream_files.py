@@ -40,13 +40,15 @@ def weight_map(folder: Path) -> dict[str, Path]:
                     f"{holds_single_file(folder)}")
 
 
-# diffusers' own weight files: diffusion_pytorch_model[.VARIANT].safetensors, its shards
-# (...-00001-of-00003[.VARIANT].safetensors) and index; no single-file checkpoint is named so
-DIFFUSERS_WEIGHT_FILE = (r"diffusion_pytorch_model(?:\.safetensors\.index)?(?:-\d+-of-\d+)?(?:\.\w+)?"
-                         r"\.(?:safetensors|json)")
-# of these, a folder's whole weights: the one file or the shards' index
-DIFFUSERS_WEIGHTS_OR_INDEX = (r"diffusion_pytorch_model(?:\.\w+)?\.safetensors"
-                              r"|diffusion_pytorch_model\.safetensors\.index(?:\.\w+)?\.json")
+# diffusers' own weight files: diffusion_pytorch_model[.VARIANT].safetensors, its shards (save_pretrained
+# writes ...[.VARIANT]-00001-of-00003.safetensors, older tools -00001-of-00003[.VARIANT]) and their
+# index (...safetensors.index[.VARIANT].json); no single-file checkpoint is named so
+_SHARDS = r"diffusion_pytorch_model(?:\.\w+)?(?:-\d+-of-\d+)?(?:\.\w+)?\.safetensors"
+_INDEX = r"diffusion_pytorch_model\.safetensors\.index(?:\.\w+)?\.json"
+DIFFUSERS_WEIGHT_FILE = rf"{_SHARDS}|{_INDEX}"
+# of these, a folder's whole weights: the one file or the shards' index (shards without their index are
+# no readable folder: a single file beside them is still named)
+DIFFUSERS_WEIGHTS_OR_INDEX = rf"diffusion_pytorch_model(?:\.\w+)?\.safetensors|{_INDEX}"
 
 
 def holds_diffusers_weights(folder: Path) -> bool:

@@ -253,7 +253,10 @@ def test_a_diffusers_folder_is_what_stream_reads_not_a_file_in_it(tmp_path, caps
 
 @pytest.mark.parametrize("shards", [
     ["diffusion_pytorch_model-00001-of-00002.safetensors"],  # its index not downloaded
-    ["diffusion_pytorch_model-00001-of-00002.fp16.safetensors"]])  # a variant's
+    ["diffusion_pytorch_model-00001-of-00002.fp16.safetensors"],  # a variant's
+    # diffusers' save_pretrained(variant="fp16") writes the variant before the shard suffix
+    ["diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+     "diffusion_pytorch_model.fp16-00002-of-00002.safetensors"]])
 def test_streaming_a_folder_of_shards_without_index_names_no_shard_to_convert(tmp_path, capsys, shards):
     """A folder of shards whose index is missing said 'it holds the single file ...-00001-of-00002...:
     write it once as a folder with dit-compress convert': a shard is no checkpoint. A single file

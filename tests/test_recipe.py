@@ -539,3 +539,20 @@ def test_an_error_a_set_caused_names_it():
     with pytest.raises(UserError) as e:  # the --set's own key: named as the --set alone
         parse_recipe(text, "r.yaml", ["passes.0.svd.ratios.mlp=2"])
     assert str(e.value).startswith("r.yaml (--set passes.0.svd.ratios.mlp=2): svd.ratios.mlp must be")
+
+
+@pytest.mark.parametrize("text, sets, said", [
+    (SVD.replace("0.5", "5"), ["passes.0.svd.multiple=8"], "r.yaml:5: svd.ratio must be in (0, 1], got 5.0"),
+    (SVD + "      allocation: per_role\n      ratios: {attention: 0.3}\n",
+     ["passes.0.svd.multiple=8", "passes.0.svd.allocation=uniform"],
+     "r.yaml:7 (with --set passes.0.svd.allocation=uniform): svd.ratios is only read by allocation: per_role"),
+    (SVD + "      compensate: true\n      fisher: all\n", ["passes.0.svd.method=svd", "passes.0.svd.multiple=8"],
+     "r.yaml:6 (with --set passes.0.svd.method=svd): svd.compensate: true needs method: whitened"),
+    (GOOD.replace("timesteps: 2", "timesteps: 0"), ["calibration.seed=3"],
+     "r.yaml:6: calibration.timesteps must be at least 1, not 0")])
+def test_an_error_names_only_the_sets_of_the_keys_its_check_read(text, sets, said):
+    """Every --set of the pass was named: the file's ratio: 5 with --set passes.0.svd.multiple=8 said
+    'r.yaml:5 (with --set passes.0.svd.multiple=8): svd.ratio must be ...', blaming an unrelated --set."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml", sets)
+    assert str(e.value).startswith(said), str(e.value)

@@ -62,6 +62,25 @@ def _interrupted_after_first_pass(tmp_path, make, monkeypatch):
     assert (tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json").is_file()
 
 
+@pytest.mark.parametrize("now, saved", [
+    ("allocation: energy, energy: 0.95", {"ratio": 0.4}),
+    ("ratio: 0.5", {"trust_region": None, "sensitivity": False}),  # uniform reads neither
+    ("allocation: per_role, ratios: {mlp: 0.3}", {"ratio": 0.2})])
+def test_resume_keeps_stages_whose_only_change_is_a_key_their_allocation_never_read(now, saved):
+    """An older run's recipe held a key its allocation ignores (ratio under energy), which the recipe
+    now refuses; once the user removed it, --resume called the saved stage 'of another recipe: not
+    kept' (passes.0.svd.ratio) though no result of it depended on that key."""
+    current = parse_recipe(f"model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {{targets: [mlp], {now}}}\n",
+                           "r.yaml")
+    older = json.loads(json.dumps(current.raw))
+    older["passes"][0]["svd"].update(saved)  # what the older run's stages saved
+    passes = build_passes(current)
+    assert recipe_changes(older, current.raw, passes) == []
+    assert recipe_changes(older, current.raw, passes, done=1) == []
+    older["passes"][0]["svd"]["multiple"] = 8  # a key it reads is still a change
+    assert recipe_changes(older, current.raw, passes, done=1) == ["passes.0.svd.multiple"]
+
+
 def test_resume_refuses_another_teacher(pixart, monkeypatch):
     tmp_path, make, loads = pixart
     _interrupted_after_first_pass(tmp_path, make, monkeypatch)

@@ -23,6 +23,15 @@ FISHER = ("all", "block", "modulation", "none")
 ENERGY_DEFAULT = 0.99  # SVDConfig.energy's default: another value asks for allocation: energy
 
 
+def _bad(key: str, message: str, *reads: str) -> BadValue:
+    """A BadValue at `key` whose check read `reads` besides it (and nothing else of the pass): at a
+    line of the file the error names the --sets of those keys alone (recipe.with_sets), not every
+    --set of the pass. A BadValue made otherwise says nothing of what it read: all are named."""
+    error = BadValue(key, message)
+    error.reads = reads
+    return error
+
+
 def check_config(c, model: nn.Module, infos, targets) -> None:
     """Every svd key against the model's linears `infos` (c: an SVDConfig whose values `check_values`
     passed, `targets`: what `resolve_targets` found)."""
@@ -34,8 +43,8 @@ def check_config(c, model: nn.Module, infos, targets) -> None:
     biasless = [i.name for i in targets if centered(c, i) and model.get_submodule(i.name).bias is None]
     if biasless:
         more = " …" if len(biasless) > 3 else ""
-        raise BadValue("center", f"svd.center: {', '.join(biasless[:3])}{more} has no bias to take the "
-                                 "mean error; leave it out of svd.center")
+        raise _bad("center", f"svd.center: {', '.join(biasless[:3])}{more} has no bias to take the "
+                                 "mean error; leave it out of svd.center", "targets", "ignore")
     if c.allocation == "per_role":
         _check_roles(c.ratios, {i.role for i in targets})
     if c.allocation == "global":
@@ -48,10 +57,10 @@ def _check_not_factorized(targets, model: nn.Module) -> None:
     done = [i.name for i in targets if isinstance(model.get_submodule(i.name), LowRankLinear)]
     if done:
         them = "it" if len(done) == 1 else "them"
-        raise BadValue("targets", f"svd: {', '.join(done[:3])}{' …' if len(done) > 3 else ''} "
+        raise _bad("targets", f"svd: {', '.join(done[:3])}{' …' if len(done) > 3 else ''} "
                         f"{'is' if len(done) == 1 else 'are'} already factorized (by an earlier svd pass, "
                         f"or in the teacher); leave {them} out with svd.ignore, or factorize once at a "
-                        "lower ratio")
+                        "lower ratio", "ignore")
 
 
 # ---- factors an earlier pass makes only at run time (plan's meta model) -----------------------------
@@ -135,15 +144,15 @@ def _check_not_planned(targets, model: nn.Module) -> None:
     where its budget cannot keep them all dense."""
     for planned, (sure, maybe, all_of_some) in _planned_overlap(targets, model).items():
         if sure:
-            raise BadValue("targets", f"svd: {_names(sure)} already factorized (by {planned.by()}: its "
+            raise _bad("targets", f"svd: {_names(sure)} already factorized (by {planned.by()}: its "
                                       f"{planned.allocation} allocation gives "
                                       f"{'it a rank that saves' if len(sure) == 1 else 'them ranks that save'} "
-                                      f"parameters whatever calibration finds); {_advice(sure)}")
+                                      f"parameters whatever calibration finds); {_advice(sure)}", "ignore")
         if all_of_some:
-            raise BadValue("targets", f"svd: {_names(maybe)} already factorized, some of them at least (by "
+            raise _bad("targets", f"svd: {_names(maybe)} already factorized, some of them at least (by "
                                       f"{planned.by()}: its {planned.allocation} allocation, keeping {planned.ratio} "
                                       "of its targets' parameters, cannot leave them all dense; which it "
-                                      f"factorizes, it decides after calibration); {_advice(maybe)}")
+                                      f"factorizes, it decides after calibration); {_advice(maybe)}", "ignore")
 
 
 def _advice(names: list[str]) -> str:
@@ -181,28 +190,29 @@ def check_values(c) -> None:
 def _check_numbers(c) -> None:
     _true_false_or_auto(c, "asymmetric")
     if c.compensate is True and (c.method != "whitened" or c.fisher not in ("all", "modulation")):
-        raise BadValue("compensate", "svd.compensate: true needs method: whitened and the prediction's "
+        raise _bad("compensate", "svd.compensate: true needs method: whitened and the prediction's "
                                      f"Fisher (fisher: all or modulation); this pass has method: {c.method}, "
-                                     f"fisher: {c.fisher}, where it would do nothing")
+                                     f"fisher: {c.fisher}, where it would do nothing", "method", "fisher")
     if c.asymmetric is True and (c.method != "whitened" or c.activations != "student"):
-        raise BadValue("asymmetric", "svd.asymmetric: true needs method: whitened and activations: student")
+        raise _bad("asymmetric", "svd.asymmetric: true needs method: whitened and activations: student",
+                       "method", "activations")
     _true_false_or_auto(c, "sequential")
     if c.sequential is True and c.activations != "student":
-        raise BadValue("sequential", "svd.sequential: true needs activations: student (with teacher "
-                                     "activations every target's stats come from the teacher)")
+        raise _bad("sequential", "svd.sequential: true needs activations: student (with teacher "
+                                     "activations every target's stats come from the teacher)", "activations")
     for key in ("asymmetric_damping", "fisher_damping"):
         if not getattr(c, key) > 0:
-            raise BadValue(key, f"svd.{key} must be > 0, got {getattr(c, key)}")
+            raise _bad(key, f"svd.{key} must be > 0, got {getattr(c, key)}")
     if not c.alpha >= 0:
-        raise BadValue("alpha", f"svd.alpha (asvd's scaling exponent) must be ≥ 0, got {c.alpha}")
+        raise _bad("alpha", f"svd.alpha (asvd's scaling exponent) must be ≥ 0, got {c.alpha}")
     for key in ("ratio", "energy"):
         if not 0 < getattr(c, key) <= 1:
-            raise BadValue(key, f"svd.{key} must be in (0, 1], got {getattr(c, key)}")
+            raise _bad(key, f"svd.{key} must be in (0, 1], got {getattr(c, key)}")
     if c.trust_region is not None and not c.trust_region >= 1:
-        raise BadValue("trust_region", f"svd.trust_region must be ≥ 1 (or null for no bound), "
+        raise _bad("trust_region", f"svd.trust_region must be ≥ 1 (or null for no bound), "
                                        f"got {c.trust_region}")
     if c.fisher_memory_gb != "auto" and not c.fisher_memory_gb > 0:
-        raise BadValue("fisher_memory_gb", f"svd.fisher_memory_gb must be > 0 (GiB) or auto, "
+        raise _bad("fisher_memory_gb", f"svd.fisher_memory_gb must be > 0 (GiB) or auto, "
                                            f"got {c.fisher_memory_gb}")
 
 
@@ -212,18 +222,18 @@ def _true_false_or_auto(c, key: str) -> None:
     if isinstance(value, bool) or value == "auto":
         return
     hint = (spelling_hint(value, {bool}) or did_you_mean(value, ("auto",))) if isinstance(value, str) else ""
-    raise BadValue(key, f"svd.{key} must be true, false or auto, not {value!r}{hint}")
+    raise _bad(key, f"svd.{key} must be true, false or auto, not {value!r}{hint}")
 
 
 def _check_counts(c) -> None:
     for key in ("multiple", "fisher_probes", "sensitivity_batches"):
         if not _is_int(getattr(c, key)) or getattr(c, key) < 1:
-            raise BadValue(key, f"svd.{key} must be an integer ≥ 1, got {getattr(c, key)!r}")
+            raise _bad(key, f"svd.{key} must be an integer ≥ 1, got {getattr(c, key)!r}")
     if c.compensate_batches is not None and not (_is_int(c.compensate_batches) and c.compensate_batches >= 1):
-        raise BadValue("compensate_batches", f"svd.compensate_batches must be an integer ≥ 1 (or null: all), "
+        raise _bad("compensate_batches", f"svd.compensate_batches must be an integer ≥ 1 (or null: all), "
                                              f"got {c.compensate_batches!r}")
     if not _is_int(c.modulation_grid) or c.modulation_grid < 0:
-        raise BadValue("modulation_grid", "svd.modulation_grid must be an integer ≥ 0 (0: the calibration's "
+        raise _bad("modulation_grid", "svd.modulation_grid must be an integer ≥ 0 (0: the calibration's "
                                           f"own timesteps), got {c.modulation_grid!r}")
 
 
@@ -234,13 +244,13 @@ def _is_int(value) -> bool:
 def _check_patterns(c) -> None:
     for key in ("targets", "ignore", "center"):
         if not isinstance(getattr(c, key), list):
-            raise BadValue(key, f"svd.{key} must be a list of patterns, got {getattr(c, key)!r}")
+            raise _bad(key, f"svd.{key} must be a list of patterns, got {getattr(c, key)!r}")
         for n, p in enumerate(getattr(c, key)):
             check_syntax(p, key, f"{key}.{n}")
     for p, rank in c.ranks.items():
         check_syntax(p, "ranks", f"ranks.{p}")
         if not _is_int(rank) or rank < 1:
-            raise BadValue(f"ranks.{p}", f"svd.ranks: rank {rank!r} for {p!r} must be an integer ≥ 1"
+            raise _bad(f"ranks.{p}", f"svd.ranks: rank {rank!r} for {p!r} must be an integer ≥ 1"
                                          f"{_colon_hint(p, rank)}")
 
 
@@ -258,18 +268,25 @@ READ_BY = {"ratio": ("uniform", "global"), "energy": ("energy",), "sensitivity":
            "sensitivity_batches": ("global",), "trust_region": ("global",)}
 
 
+def unread_keys(allocation) -> set[str]:
+    """The svd keys an `allocation` never reads (ratios but for per_role, READ_BY's of the others):
+    whatever their values, its result is the same (`--resume` compares a saved stage without them)."""
+    return {key for key, allocations in READ_BY.items() if allocation not in allocations} | \
+        ({"ratios"} if allocation != "per_role" else set())
+
+
 def _check_allocation_keys(c) -> None:
     """ratios belong to per_role, and the keys of READ_BY, at other than their defaults, to their
     allocations: elsewhere they would be ignored."""
     if c.ratios is not None and c.allocation != "per_role":
-        raise BadValue("ratios", f"svd.ratios is only read by allocation: per_role (this pass has "
-                                 f"allocation: {c.allocation}); remove it or set allocation: per_role")
+        raise _bad("ratios", f"svd.ratios is only read by allocation: per_role (this pass has "
+                                 f"allocation: {c.allocation}); remove it or set allocation: per_role", "allocation")
     defaults = {f.name: f.default for f in dataclasses.fields(c)}
     for key, allocations in READ_BY.items():
         if getattr(c, key) != defaults[key] and c.allocation not in allocations:
             which = " or ".join(allocations)
-            raise BadValue(key, f"svd.{key} is only read by allocation: {which} (this pass has "
-                                f"allocation: {c.allocation}); remove it or set allocation: {which}")
+            raise _bad(key, f"svd.{key} is only read by allocation: {which} (this pass has "
+                                f"allocation: {c.allocation}); remove it or set allocation: {which}", "allocation")
     if c.allocation == "per_role":
         _check_ratios(c.ratios)
 
@@ -278,12 +295,12 @@ def check_streaming(c) -> None:
     """Block weights streamed: everything but whole-model forwards (the prediction's Fisher, and
     with it compensation; global's measured sensitivities)."""
     if c.fisher in ("all", "modulation"):
-        raise BadValue("fisher", f"svd.fisher: {c.fisher} needs the whole model in memory (one forward "
+        raise _bad("fisher", f"svd.fisher: {c.fisher} needs the whole model in memory (one forward "
                                  "and backward per probe); with stream: true set svd.fisher: block (each "
                                  "block's own output Fisher) or none")
     if c.allocation == "global" and c.sensitivity is not False:
-        raise BadValue("sensitivity", "svd.sensitivity needs the whole model in memory (one forward per "
-                                      "layer); with stream: true set svd.sensitivity: false")
+        raise _bad("sensitivity", "svd.sensitivity needs the whole model in memory (one forward per "
+                                      "layer); with stream: true set svd.sensitivity: false", "allocation")
 
 
 def centered(c, info) -> bool:
@@ -294,20 +311,20 @@ def centered(c, info) -> bool:
 
 def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise BadValue(key, f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}"
+        raise _bad(key, f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}"
                             f"{did_you_mean(str(value), allowed)}")
 
 
 def _check_ratios(ratios) -> None:
     if not isinstance(ratios, dict) or not ratios:
-        raise BadValue("allocation", "svd.ratios (role -> kept-parameter ratio) is required for "
-                                     "allocation: per_role")
+        raise _bad("allocation", "svd.ratios (role -> kept-parameter ratio) is required for "
+                                     "allocation: per_role", "ratios")
     for role, r in ratios.items():
         if role not in ROLES:
-            raise BadValue(f"ratios.{role}", f"svd.ratios: unknown role {role!r}"
+            raise _bad(f"ratios.{role}", f"svd.ratios: unknown role {role!r}"
                                              f"{did_you_mean(str(role), ROLES)} (roles: {', '.join(ROLES)})")
         if r is not None and (not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r <= 1):
-            raise BadValue(f"ratios.{role}", f"svd.ratios.{role} must be a number in (0, 1] or null "
+            raise _bad(f"ratios.{role}", f"svd.ratios.{role} must be a number in (0, 1] or null "
                                              f"(dense), got {r!r}")
 
 
@@ -315,12 +332,13 @@ def _check_roles(ratios: dict, roles: set[str]) -> None:
     """Every targeted role has a ratio, and every ratio's role is targeted (else it is ignored)."""
     missing = sorted(roles - set(ratios))
     if missing:
-        raise BadValue("ratios", f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}")
+        raise _bad("ratios", f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}",
+                   "targets", "ignore")
     unused = sorted(set(ratios) - roles)
     if unused:
-        raise BadValue(f"ratios.{unused[0]}", f"svd.ratios: role(s) {', '.join(unused)} match no target "
+        raise _bad(f"ratios.{unused[0]}", f"svd.ratios: role(s) {', '.join(unused)} match no target "
                                               f"(targeted roles: {', '.join(sorted(roles))}); remove them or "
-                                              "add them to svd.targets")
+                                              "add them to svd.targets", "targets", "ignore")
 
 
 def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:

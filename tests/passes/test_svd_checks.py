@@ -97,6 +97,20 @@ def test_a_key_at_its_default_or_read_by_its_allocation_stays_allowed(cfg):
     SVDPass(SVDConfig(**cfg)).check(model, get_adapter(model))
 
 
+def test_a_check_against_the_model_names_only_the_sets_of_the_keys_it_read():
+    """A model check (svd.ratios for the targeted roles) named every --set of the pass at the file's
+    line, svd.multiple's too; it reads ratios, targets and ignore."""
+    from compress.recipe import parse_recipe
+
+    text = ("model: flux\nteacher: toy:flux\npasses:\n  - svd:\n      allocation: per_role\n"
+            "      ratios: {attention: 0.5, mlp: 0.5}\n")
+    recipe = parse_recipe(text, "r.yaml", ["passes.0.svd.multiple=8", "passes.0.svd.targets=[attention]"])
+    model = tiny_flux()
+    with pytest.raises(UserError) as e:
+        SVDPass(recipe.passes[0].config).check(model, get_adapter(model))
+    assert recipe.passes[0].where(e.value) == "r.yaml:6 (with --set passes.0.svd.targets=[attention])"
+
+
 def test_zero_modulation_grid_and_alpha_stay_allowed():
     """0 keeps its documented meaning: modulation Grams on the calibration's own timesteps; alpha 0: plain
     scaling-free asvd."""
