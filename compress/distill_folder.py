@@ -100,7 +100,8 @@ def _shapes(path: Path) -> dict[str, tuple]:
 
 def check_layout(path: Path, shapes: dict, first: Path, first_shapes: dict) -> None:
     """A file holds what the folder's first file holds: the same keys, rows of the same shape
-    ('latents', 'cond.'), 'shared.' tensors of the same shape (a batch joins rows of several files)."""
+    ('latents', 'cond.'), 'shared.' tensors of the same shape (a batch joins rows of several files;
+    their values: check_shared)."""
     if sorted(shapes) != sorted(first_shapes):
         raise UserError(f"distill: {path} has keys {sorted(shapes)}, {first.name} {sorted(first_shapes)}")
     for key, shape in shapes.items():
@@ -109,6 +110,32 @@ def check_layout(path: Path, shapes: dict, first: Path, first_shapes: dict) -> N
         if mine != theirs:
             raise UserError(f"distill: {path}: '{key}' has {'rows' if per_row else 'shape'} {mine}, in "
                             f"{first.name} {theirs}; every file of latents_dir must hold the same layout")
+
+
+def _shared(path: Path, data: dict | None = None) -> dict[str, torch.Tensor]:
+    """The file's 'shared.' tensors (small: Flux ids), from `data` where it is read already."""
+    if data is not None or path.suffix != ".safetensors":
+        return {k: v for k, v in (data if data is not None else _read(path)).items() if k.startswith("shared.")}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith("shared.")}
+    except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
+        raise UserError(f"distill: cannot read latents file {path}: {one_line(exc)}") from None
+
+
+def check_shared(path: Path, shared: dict, first: Path, first_shared: dict) -> None:
+    """A file's 'shared.' tensors hold the values of the first file's: a batch joins rows of several
+    files and gives them all one of each (Flux img_ids: latents of another grid, even of as many
+    tokens, would train with wrong positions). Shapes are check_layout's."""
+    for key, value in shared.items():
+        theirs = first_shared.get(key)
+        if theirs is not None and value.shape == theirs.shape and not torch.equal(value, theirs):
+            raise UserError(f"distill: {path}: '{key}' holds other values than in {first.name}; a batch joins "
+                            "rows of several files and gives them one 'shared.' tensor, so every file of "
+                            "latents_dir must hold the same (latents of another resolution or aspect go in "
+                            "another folder)")
 
 
 def check_folder(value: str | Path, model, adapter) -> None:
@@ -122,8 +149,11 @@ def check_folder(value: str | Path, model, adapter) -> None:
     data = _read(files[0])
     check_file(files[0], data)
     first_shapes = {k: tuple(v.shape) for k, v in data.items()}
+    first_shared = _shared(files[0], data)
     for path in files[1:]:
         check_layout(path, _shapes(path), files[0], first_shapes)
+        if first_shared:
+            check_shared(path, _shared(path), files[0], first_shared)
     latents = data["latents"]
     if not latents.is_floating_point() or latents.ndim < 3 or len(latents) == 0:
         raise UserError(f"distill: {files[0]}: 'latents' must be floating rows (B, ...) of the transformer's "
@@ -159,7 +189,7 @@ class FolderSource:
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix in SUFFIXES)
         if not self.files:
             raise UserError(f"distill: latents_dir {self.folder} has no .safetensors or .pt files")
-        self.counts, self._first = [], None  # (path, shapes) of the first file: the layout of all
+        self.counts, self._first, self._first_shared = [], None, {}  # (path, shapes), shared. of the first file
         keep = sum(p.stat().st_size for p in self.files) <= self.IN_MEMORY_BYTES
         self._resident = [] if keep else None
         for path in self.files:
@@ -176,8 +206,10 @@ class FolderSource:
         shapes = {k: tuple(v.shape) for k, v in data.items()}
         if self._first is None:
             self._first = (path, shapes)
+            self._first_shared = _shared(path, data)
         else:
             check_layout(path, shapes, *self._first)
+            check_shared(path, _shared(path, data), self._first[0], self._first_shared)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -205,7 +237,7 @@ class FolderSource:
             order.append(pick)
         inverse = torch.cat(order).argsort()  # back to draw order
         flat = {k: torch.cat(v)[inverse] for k, v in parts.items()}
-        flat.update({k: v for k, v in data.items() if k.startswith("shared.")})
+        flat.update(self._first_shared)  # every file holds these values (check_shared)
         tree = _unflatten(flat)
         cond = {**tree.get("cond", {}), **tree.get("shared", {})}
         return tree["latents"], cond

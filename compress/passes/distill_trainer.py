@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
 from dataclasses import asdict
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from rich.markup import escape
+from safetensors import SafetensorError
 
 from compress.distill_data import make_source
 from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, feature_loss, output_loss,
@@ -64,6 +67,8 @@ class _Trainer:
         self.dir = Path(ctx.run_dir) / ("distill" if not self.earlier else f"distill-{len(self.earlier) + 1}")
         self.acc = _accelerator(cfg, torch.device(ctx.device))
         self.step, self.history, self.before = 0, [], None
+        self.seconds_before = 0.0  # training time of earlier invocations (from the checkpoint resumed)
+        self.t0 = time.perf_counter()
 
     # ---- setup --------------------------------------------------------------------------------
     def fit(self, model):
@@ -96,7 +101,7 @@ class _Trainer:
         if self.before is None:
             self.before = self._eval_error()
         student.train()
-        t0 = time.perf_counter()
+        self.t0 = t0 = time.perf_counter()
         try:
             self._loop()
         finally:
@@ -208,7 +213,8 @@ class _Trainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         torch.save({"step": self.step, "generator": self.generator.get_state(), "history": self.history,
-                    "before": self.before}, tmp / f"train_state_{acc.process_index}.pt")
+                    "before": self.before, "seconds": self.seconds_before + time.perf_counter() - self.t0},
+                   tmp / f"train_state_{acc.process_index}.pt")
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,
@@ -222,25 +228,70 @@ class _Trainer:
         acc.wait_for_everyone()
 
     def _load_latest(self) -> None:
-        done = sorted((self.dir / "checkpoints").glob("step-*"))
-        if not done:
-            return
-        path = done[-1]
-        meta = json.loads((path / "meta.json").read_text())
-        if meta["fingerprint"] != self._fingerprint():
-            raise UserError(f"distill: checkpoint {path} was trained with other settings "
-                            f"({_changes(meta, self._settings())}); delete {self.dir / 'checkpoints'} to train "
-                            "this pass from its start (--resume keeps the passes before it and the teacher "
-                            "samples), or rerun with --restart to start over")
-        self.acc.load_state(str(path))
-        state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
-        self.step, self.history, self.before = state["step"], state["history"], state["before"]
-        self.generator.set_state(state["generator"])
-        if self.acc.is_main_process:  # else the log's first line (step 15/30) is all that says so
-            from compress.report import console
+        """Load the newest checkpoint that reads whole; a damaged one (cut short by a full disk, a kill
+        mid-write, a deleted file) is named in a warning and the one before it is used. Every process
+        tries the same checkpoint and they go back together where any of them failed to read it."""
+        done = sorted((self.dir / "checkpoints").glob("step-*"), reverse=True)
+        damaged: list[tuple[Path, str]] = []
+        for path in done:
+            why = None
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                if not isinstance(meta, dict) or "fingerprint" not in meta:
+                    raise ValueError("meta.json records no fingerprint")
+            except (OSError, ValueError) as e:
+                why, meta = _why(e), None
+            if meta is not None and meta["fingerprint"] != self._fingerprint():
+                raise UserError(f"distill: checkpoint {path} was trained with other settings "
+                                f"({_changes(meta, self._settings())}); delete {self.dir / 'checkpoints'} to "
+                                "train this pass from its start (--resume keeps the passes before it and the "
+                                "teacher samples), or rerun with --restart to start over")
+            if why is None:
+                try:
+                    self.acc.load_state(str(path))
+                    state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
+                    step, history, before, generator = (state["step"], state["history"], state["before"],
+                                                        state["generator"])
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, SafetensorError,
+                        pickle.UnpicklingError) as e:
+                    why = _why(e)
+            why = self._anyone_failed(why)
+            if why is not None:
+                damaged.append((path, why))
+                continue
+            self.step, self.history, self.before = step, history, before
+            self.seconds_before = float(state.get("seconds", 0.0))  # (none in an older dit-compress's)
+            self.generator.set_state(generator)
+            if self.acc.is_main_process:  # else the log's first line (step 15/30) is all that says so
+                from compress.report import console
 
-            console.print(f"distill: continuing from its checkpoint at step {self.step}/{self.cfg.steps} "
-                          f"({path})", highlight=False, markup=False)
+                for bad, bad_why in damaged:
+                    what = f"distill: checkpoint {bad} is damaged ({bad_why}): continuing from {path}"
+                    console.print(f"[bold yellow]warning:[/] {escape(what)}, the newest that reads whole")
+                console.print(f"distill: continuing from its checkpoint at step {self.step}/{self.cfg.steps} "
+                              f"({path})", highlight=False, markup=False)
+            return
+        if damaged:
+            bad, why = damaged[0]
+            n = len(damaged) - 1
+            older = {0: "and no older one is kept", 1: "as is the older one"}.get(n, f"as are the {n} older ones")
+            raise UserError(f"distill: checkpoint {bad} is damaged ({why}), {older}; "
+                            f"delete {self.dir / 'checkpoints'} to train this pass from its start (--resume keeps "
+                            "the passes before it and the teacher samples), or rerun with --restart to start over")
+
+    def _anyone_failed(self, why: str | None) -> str | None:
+        """`why` on one process, the same answer on all: the first failing rank's reason (with its
+        rank where there are several), or None where every process read the checkpoint."""
+        if self.acc.num_processes == 1:
+            return why
+        import torch.distributed as dist
+
+        every: list = [None] * self.acc.num_processes
+        dist.all_gather_object(every, why)
+        rank, first = next(((r, w) for r, w in enumerate(every) if w is not None), (None, None))
+        return None if first is None else f"process {rank}: {first}"
 
     # ---- evaluation and report ----------------------------------------------------------------
     @torch.no_grad()
@@ -264,14 +315,16 @@ class _Trainer:
         after = self._eval_error()
         record = {"steps": self.cfg.steps, "processes": self.acc.num_processes, "train": self.cfg.train,
                   "data": self.cfg.data, "block_map": self.block_map,
-                  "objective": "context" if self.ctx.task_loss else f"{self.adapter.family} adapter", "seconds_this_run": round(seconds, 2),
+                  "objective": "context" if self.ctx.task_loss else f"{self.adapter.family} adapter",
+                  "seconds_this_run": round(seconds, 2),  # this invocation's training; "seconds": all of it
+                  "seconds": round(self.seconds_before + seconds, 2),
                   "mixed_precision": self.acc.mixed_precision, "pred_rel_error_before": self.before,
                   "pred_rel_error_after": after}
         if self.history:
             record["first"] = {k: self.history[0][k] for k in TERMS}
             record["last"] = {k: self.history[-1][k] for k in TERMS}
         if self.acc.is_main_process:
-            csv_path, png_path = self.dir / "loss.csv", self.dir / "loss.png"
+            csv_path, png_path = self.dir.absolute() / "loss.csv", self.dir.absolute() / "loss.png"
             write_curves(self.history, csv_path, png_path if self.cfg.plot else None)
             record["files"] = {"loss_csv": str(csv_path)}
             if self.cfg.plot:
@@ -282,6 +335,12 @@ class _Trainer:
 
 
 _SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
+
+
+def _why(e: BaseException) -> str:
+    """An exception in a few words, on one line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()  # (torch adds sentences of advice: the first says what)
+    return f"{type(e).__name__}: {text[0].split('. ')[0].removesuffix('.')}" if text else type(e).__name__
 
 
 def _changes(meta: dict, now: dict) -> str:
@@ -386,22 +445,24 @@ def check_resumable_configs(run_dir: Path, configs: list) -> None:
     (seed, block map and incoming student are compared there: they need the run)."""
     for n, cfg in enumerate(configs):
         folder = Path(run_dir) / ("distill" if n == 0 else f"distill-{n + 1}")
-        done = sorted((folder / "checkpoints").glob("step-*"))
-        if not done or not (done[-1] / "meta.json").is_file():
-            continue
-        try:
-            meta = json.loads((done[-1] / "meta.json").read_text())
-        except ValueError:
-            continue  # the pass says what is wrong with it
-        then = meta.get("settings") if isinstance(meta, dict) else None
+        meta, checkpoint = None, None
+        for checkpoint in sorted((folder / "checkpoints").glob("step-*"), reverse=True):
+            try:  # the newest meta.json that reads (the pass warns of a damaged one and resumes before it)
+                meta = json.loads((checkpoint / "meta.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta, dict) and "fingerprint" in meta:
+                break
+            meta = None
+        then = meta.get("settings") if meta is not None else None
         if not isinstance(then, dict):
             continue
         now = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED},
                                     default=str))  # as meta.json holds them
         config_then = {k: then[k] for k in now if k in then}
-        _check_process_count(then.get("processes"), done[-1], folder)
+        _check_process_count(then.get("processes"), checkpoint, folder)
         if any(config_then[k] != now[k] for k in config_then):
-            raise UserError(f"distill: checkpoint {done[-1]} was trained with other settings "
+            raise UserError(f"distill: checkpoint {checkpoint} was trained with other settings "
                             f"({_changes({'settings': config_then}, now)}); delete {folder / 'checkpoints'} to "
                             "train this pass from its start (--resume keeps the passes before it and the teacher "
                             "samples), or rerun with --restart to start over")

@@ -204,3 +204,129 @@ def test_a_resumed_run_says_it_continues_from_its_checkpoint(tmp_path, capsys):
     distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=2, resume=True)
     checkpoint = tmp_path / "distill" / "checkpoints" / "step-00000002"
     assert f"distill: continuing from its checkpoint at step 2/4 ({checkpoint})\n" in capsys.readouterr().err
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(min(1000, path.stat().st_size // 2))
+
+
+_DAMAGE = {
+    "model truncated": lambda c: _truncate(c / "model.safetensors"),
+    "meta.json deleted": lambda c: (c / "meta.json").unlink(),
+    "meta.json not JSON": lambda c: (c / "meta.json").write_text("{bad"),
+    "train state truncated": lambda c: _truncate(c / "train_state_0.pt"),
+    "optimizer truncated": lambda c: _truncate(c / "optimizer.bin"),
+}
+
+
+@pytest.mark.parametrize("damage", list(_DAMAGE))
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(tmp_path, damage, capsys):
+    """A checkpoint cut short (disk full, a kill mid-write) or missing a file gave a traceback on
+    --resume and the older kept checkpoint went unused: the resume warns, naming the damaged one,
+    continues from the newest that reads whole, and ends where an uninterrupted run ends."""
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, max_steps_this_run=2)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000001", "step-00000002"]
+    _DAMAGE[damage](checkpoints / "step-00000002")
+    capsys.readouterr()
+    from compress.passes.distill_trainer import check_resumable_configs
+
+    check_resumable_configs(tmp_path, [DistillConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1)])
+    resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, resume=True)
+    err = capsys.readouterr().err
+    assert f"warning: distill: checkpoint {checkpoints / 'step-00000002'} is damaged (" in err
+    assert f"distill: continuing from its checkpoint at step 1/4 ({checkpoints / 'step-00000001'})" in err
+    assert "\n" not in err.split("warning: ")[1].split("the newest that reads whole")[0]
+    full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=4)
+    a, b = state(full), state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(read_curves(tmp_path / "distill" / "loss.csv")) == 4
+
+
+def test_no_checkpoint_that_reads_whole_is_one_line_saying_what_to_do(tmp_path):
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, max_steps_this_run=2)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    _truncate(checkpoints / "step-00000002" / "model.safetensors")
+    (checkpoints / "step-00000001" / "meta.json").write_text("{bad")
+    with pytest.raises(UserError) as refused:
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, resume=True)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"distill: checkpoint {checkpoints / 'step-00000002'} is damaged (SafetensorError: ")
+    assert message.endswith(
+        f"), as is the older one; delete {checkpoints} to train this pass from "
+        "its start (--resume keeps the passes before it and the teacher samples), or rerun with --restart to start "
+        "over")
+
+
+_TWO_PROCS_DAMAGED = '''
+import copy, os, sys
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from compress.passes.distill import DistillConfig, DistillPass
+from compress.passes.distill_trainer import StepLimitReached
+from tests.conftest import tiny_pixart
+from tests.passes.distill_helpers import context, factorize, state
+
+out = Path(sys.argv[1])
+teacher = tiny_pixart()
+student = factorize(copy.deepcopy(teacher))
+cfg = dict(steps=4, batch_size=4, lr=1e-2, warmup_steps=0, checkpoint_every=1, progress=False, plot=False)
+try:
+    DistillPass(DistillConfig(**cfg, max_steps_this_run=2)).run(copy.deepcopy(student), context(teacher, out))
+except StepLimitReached:
+    pass
+rank = int(os.environ["RANK"])
+if rank == 0:  # only process 1's own state is cut short: process 0 reads step 2 whole
+    path = out / "distill" / "checkpoints" / "step-00000002" / "train_state_1.pt"
+    path.write_bytes(path.read_bytes()[:100])
+dist.barrier()
+trained = DistillPass(DistillConfig(**cfg)).run(copy.deepcopy(student), context(teacher, out, resume=True))
+torch.save(state(trained), out / f"weights_{rank}.pt")
+'''
+
+
+def test_two_processes_fall_back_to_the_same_checkpoint(tmp_path):
+    """Where one process cannot read its part of the newest checkpoint, both continue from the one
+    before it (else they would train out of step, or one would wait for the other forever)."""
+    script = tmp_path / "two_procs_damaged.py"
+    script.write_text(_TWO_PROCS_DAMAGED)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+           str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w0, w1 = (torch.load(tmp_path / f"weights_{r}.pt") for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    assert f"checkpoint {checkpoints / 'step-00000002'} is damaged (process 1: " in proc.stderr
+    assert f"continuing from its checkpoint at step 1/4 ({checkpoints / 'step-00000001'})" in proc.stderr
+
+
+def test_the_record_counts_the_seconds_of_every_invocation_and_names_its_curves_absolute(tmp_path, monkeypatch):
+    """After a resume report.json's distill seconds covered only the last invocation, and its
+    files.loss_csv was relative to the folder the run was launched from: the checkpoint carries the
+    training time so far ('seconds' counts all of it, 'seconds_this_run' this one), and the curves'
+    path is absolute, as the report's other paths are."""
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, Path("r"), steps=4, checkpoint_every=2, max_steps_this_run=2)
+    train_state = tmp_path / "r" / "distill" / "checkpoints" / "step-00000002" / "train_state_0.pt"
+    saved = torch.load(train_state, weights_only=False)
+    assert 0 < saved["seconds"] < 1000
+    torch.save(dict(saved, seconds=1000.0), train_state)  # as if the first invocation trained 1000 s
+    _, ctx = distill(copy.deepcopy(student), teacher, Path("r"), steps=4, checkpoint_every=2, resume=True)
+    record = ctx.report["distill"]
+    assert abs(record["seconds"] - 1000.0 - record["seconds_this_run"]) < 0.02
+    assert 0 < record["seconds_this_run"] < 1000
+    assert record["files"]["loss_csv"] == str(tmp_path / "r" / "distill" / "loss.csv")
