@@ -359,14 +359,13 @@ def not_a_file(given: str, source: Path) -> UserError:
     """convert's error for a source that is no file: a folder holding one (the README's layout for a
     single file, config.json beside it) names the file to give; a diffusers folder (its weights or
     shards, a transformer/ or model_index.json) is what stream: true reads already."""
-    from compress.stream_files import holds_diffusers_weights, single_files_in
+    from compress.stream_files import convertible_files, listed
 
     if not source.is_dir():
         return UserError(f"{given}: no such file; convert reads a single-file checkpoint")
-    files = [] if holds_diffusers_weights(source) else single_files_in(source)
+    files = convertible_files(source)
     if files:
-        which = f"the file in it, {files[0]}" if len(files) == 1 else \
-            f"one of the files in it ({', '.join(str(f) for f in files[:3])}{' …' if len(files) > 3 else ''})"
+        which = f"the file in it, {files[0]}" if len(files) == 1 else f"one of the files in it ({listed(files)})"
         return UserError(f"{given}: a folder; convert reads a single-file checkpoint: give {which}")
     return UserError(f"{given}: a folder; convert reads a single-file checkpoint (a folder is already what "
                      "stream: true reads)")

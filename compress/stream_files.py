@@ -70,14 +70,24 @@ def single_files_in(folder: Path) -> list[Path]:
                   and not re.fullmatch(DIFFUSERS_WEIGHT_FILE, p.name))
 
 
+def convertible_files(folder: Path) -> list[Path]:
+    """The single files in `folder` to give `convert`: none where it holds diffusers' weight files
+    (a shard or another variant's are no single file to convert; the folder is what stream reads)."""
+    return [] if holds_diffusers_weights(folder) else single_files_in(folder)
+
+
+def listed(files: list[Path], most: int = 3) -> str:
+    """'a, b, c …': the first `most` of `files`, for a message."""
+    return ", ".join(str(f) for f in files[:most]) + (" …" if len(files) > most else "")
+
+
 def holds_single_file(folder: Path) -> str:
-    """'; it holds the single file F: ...' (what to do with it), or '' where it holds none or holds
-    diffusers' weight files (a shard or another variant's are no single file to convert)."""
-    files = [] if holds_diffusers_weights(folder) else single_files_in(folder)
+    """'; it holds the single file F: ...' (what to do with it), or '' where it holds none to convert
+    (`convertible_files`)."""
+    files = convertible_files(folder)
     if not files:
         return ""
-    what = f"the single file {files[0]}" if len(files) == 1 else \
-        f"single files ({', '.join(str(f) for f in files[:3])}{' …' if len(files) > 3 else ''})"
+    what = f"the single file {files[0]}" if len(files) == 1 else f"single files ({listed(files)})"
     return (f"; it holds {what}: write it once as a folder with `dit-compress convert {files[0]} FOLDER`, then "
             "stream --teacher FOLDER")
 
