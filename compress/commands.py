@@ -435,7 +435,7 @@ def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lor
     first removal pass's blocks_before) and its block map does not (a removed last block). merge_lora
     checks this itself where the teacher's config is at hand offline (lora.check_teacher_count); this
     is for a teacher that is not (moved, or a Hub id of no shipped config)."""
-    import re
+    from compress.lora_read import blocks_named, check_blocks
 
     try:
         removal = json.loads(report_text).get("remove_blocks") if report_text else None
@@ -445,10 +445,8 @@ def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lor
     before = runs[0].get("blocks_before") if runs and isinstance(runs[0], dict) else None
     for g in get_adapter(model).groups:
         count = before.get(g.name) if isinstance(before, dict) else None
-        past = [int(m[1]) for name in dropped for m in [re.match(rf"{g.attr}\.(\d+)\.", name)] if m]
-        if isinstance(count, int) and past and max(past) >= count:
-            raise UserError(f"{lora}: the LoRA adapts {g.attr}.{max(past)}, but the teacher has {count} {g.attr} "
-                            f"(0 to {count - 1}): a LoRA of another (deeper) model?")
+        if isinstance(count, int):
+            check_blocks(g.attr, count, blocks_named(g.attr, dropped), lora)
 
 
 def _recorded_dtype(out: Path):

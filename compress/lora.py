@@ -98,13 +98,11 @@ def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: l
     count, which the block map does not record (a removed last block), is read from `teacher` (a model),
     else from the config of the teacher source given or recorded, where one is read offline (a toy, a
     folder, a single file's, a known Hub id's); without one, the CLI's report.json check stands."""
-    import re
-
-    from compress.lora_read import check_blocks
+    from compress.lora_read import blocks_named, check_blocks
 
     for g in adapter.groups:
         kept = block_map.get(g.name)
-        past = [int(m[1]) for name in dropped for m in [re.match(rf"{re.escape(g.attr)}\.(\d+)\.", name)] if m]
+        past = blocks_named(g.attr, dropped)
         if not kept or not past or max(past) <= max(kept):
             continue
         count = _teacher_count(student, g, teacher, teacher_config)

@@ -543,6 +543,11 @@ def lora_config(state: dict, alphas: dict[str, float], metadata: dict, where: st
                       rank_pattern=pattern, alpha_pattern=alpha, use_dora=use_dora, lora_bias=lora_bias)
 
 
+def blocks_named(attr: str, names: list[str]) -> list[int]:
+    """The block indices i of the module names under `attr`.i. (e.g. the LoRA modules merge_lora dropped)."""
+    return [int(m[1]) for name in names for m in [re.match(rf"{re.escape(attr)}\.(\d+)\.", name)] if m]
+
+
 def check_blocks(attr: str, count: int, mentioned: list[int], where: str) -> None:
     """A UserError where the LoRA adapts a block `attr`.i that the teacher (`count` blocks) never had:
     a LoRA of a deeper model, which no block map could have removed."""
