@@ -435,7 +435,7 @@ def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lor
     first removal pass's blocks_before) and its block map does not (a removed last block). merge_lora
     checks this itself where the teacher's config is at hand offline (lora.check_teacher_count); this
     is for a teacher that is not (moved, or a Hub id of no shipped config)."""
-    from compress.lora_read import blocks_named, check_blocks
+    from compress.lora_keys import blocks_named, check_blocks
 
     try:
         removal = json.loads(report_text).get("remove_blocks") if report_text else None

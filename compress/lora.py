@@ -28,9 +28,9 @@ dit-compress output (a folder, a Hub id or a model with a compression record) is
 weights are factorized, not the teacher's (CompressedTeacher).
 
 How the LoRA is read (its format, each module's scaling, text-encoder weights it also holds, which are
-reported and not merged) is compress.lora_read. Block indices are the teacher's: they are mapped to the
-student's through its block map, and a LoRA's weights for blocks the student removed are dropped
-(reported). Needs peft (the `lora` extra).
+reported and not merged) is compress.lora_read; what it refuses in a LoRA's keys, compress.lora_keys.
+Block indices are the teacher's: they are mapped to the student's through its block map, and a LoRA's
+weights for blocks the student removed are dropped (reported). Needs peft (the `lora` extra).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from torch import nn
 
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
-from compress.lora_read import STATE_DICT, LoraLayer, label, read_lora
+from compress.lora_keys import STATE_DICT
+from compress.lora_read import LoraLayer, label, read_lora
 from compress.lowrank import LowRankLinear
 
 
@@ -93,12 +94,12 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
 
 def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: list[str], where: str,
                         teacher=None, teacher_config: str | None = None) -> None:
-    """A UserError (lora_read.check_blocks) where a LoRA module counted as in a removed block is past
+    """A UserError (lora_keys.check_blocks) where a LoRA module counted as in a removed block is past
     the last block of a group with a block map, in a block the teacher never had: the teacher's block
     count, which the block map does not record (a removed last block), is read from `teacher` (a model),
     else from the config of the teacher source given or recorded, where one is read offline (a toy, a
     folder, a single file's, a known Hub id's); without one, the CLI's report.json check stands."""
-    from compress.lora_read import blocks_named, check_blocks
+    from compress.lora_keys import blocks_named, check_blocks
 
     for g in adapter.groups:
         kept = block_map.get(g.name)
@@ -144,7 +145,7 @@ def check_scale(scale) -> None:
 def check_merged(name: str, tensors: dict) -> None:
     """The merged layer `name`'s tensors ({what: tensor}) are finite, as stored; a NumericError naming
     the layer otherwise (a large scale overflows the weights' dtype), before the student takes them."""
-    from compress.io import nonfinite
+    from compress.io_tensors import nonfinite
 
     for what, t in tensors.items():
         bad = 0 if t is None else nonfinite(t)
@@ -342,7 +343,7 @@ def _snapshot(repo_id: str, patterns: list[str]) -> Path:
     """The local snapshot of the Hub repo `repo_id` holding its files that match `patterns`."""
     from huggingface_hub import snapshot_download
 
-    from compress.io import hub_error, quiet_hub
+    from compress.io_hub import hub_error, quiet_hub
 
     try:
         with quiet_hub():

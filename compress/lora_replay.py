@@ -11,7 +11,7 @@ from torch import nn
 
 from compress.errors import UserError
 from compress.lora import merge_lora
-from compress.lora_read import STATE_DICT
+from compress.lora_keys import STATE_DICT
 
 
 def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None) -> None:

@@ -54,7 +54,7 @@ def test_a_hub_lycoris_dora_whose_dora_scale_diffusers_drops_is_refused(monkeypa
 
 
 def test_a_loader_log_of_dropped_keys_is_an_error_and_other_logs_stay_quiet(capsys):
-    from compress.lora_read import quiet_loaders
+    from compress.lora_keys import quiet_loaders
 
     log = logging.getLogger("diffusers.loaders.lora_conversion_utils")
     handlers = logging.getLogger("diffusers").handlers[:]
@@ -178,7 +178,7 @@ def test_a_kohya_flux_lora_with_zero_diff_b_and_text_encoders_merges_listing_eac
 def test_a_loader_info_line_dropping_weights_is_an_error_but_a_purge_of_zeros_is_not(capsys):
     """diffusers says at INFO that it filters out a kohya LoRA's non-zero diff_b (a Hub LoRA's keys are
     not seen before): an error; all-zero keys purged drop nothing; missing keys are the LoRA's lack."""
-    from compress.lora_read import quiet_loaders
+    from compress.lora_keys import quiet_loaders
 
     log = logging.getLogger("diffusers.loaders.lora_conversion_utils")
     with quiet_loaders("x"):
