@@ -15,7 +15,8 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
-from compress.report import param_count, results, teacher_to_load, to_json, warn_if_teacher_changed
+from compress.report import param_count, results, to_json
+from compress.report_teacher import teacher_to_load, warn_if_teacher_changed
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
@@ -93,7 +94,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
           device: str | None = None, loras: list[str] | None = None, teacher_config: str | None = None) -> dict:
     """Teacher vs student step time, parameters and memory (`loras`: --lora, where the LoRAs the
     output took are now, io.load_teacher_of; `teacher`, `teacher_config`: --teacher, --teacher-config,
-    in place of the recorded ones, report.recorded_teacher)."""
+    in place of the recorded ones, report_teacher.recorded_teacher)."""
     out = Path(out).expanduser()
     if not out.is_dir():
         raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")

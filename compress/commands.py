@@ -13,8 +13,8 @@ from compress.errors import UserError
 from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local
 from compress.io_export import is_output
 from compress.io_output import load_transformer, output_folder
-from compress.report import (console, output_file, read_report, recorded_teacher, results, teacher_to_load,
-                             to_json, warn_if_teacher_changed)
+from compress.report import console, output_file, read_report, results, to_json
+from compress.report_teacher import recorded_teacher, teacher_to_load, warn_if_teacher_changed
 
 
 def _is_recipe(source: str) -> bool:
@@ -123,7 +123,7 @@ def _recipe_teacher(recipe: Path) -> str | None:
 
 def _same_teacher(a: str, b: str) -> bool:
     """Two teacher sources name the same one (local paths compared resolved)."""
-    from compress.report import absolute_source
+    from compress.report_teacher import absolute_source
 
     return absolute_source(a) == absolute_source(b)
 
@@ -163,7 +163,7 @@ def importance(args) -> int:
 
 def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = None):
     """(model, (teacher source or None, its config or None), output folder or None); `teacher_arg`,
-    `config_arg`: --teacher, --teacher-config (report.recorded_teacher)."""
+    `config_arg`: --teacher, --teacher-config (report_teacher.recorded_teacher)."""
     path = output_folder(model)  # a pipeline folder (a pipeline's save_pretrained): its transformer/
     if looks_local(model) and not path.exists():
         raise UserError(f"{model}: no such model (a dit-compress output folder or a teacher)")

@@ -1,5 +1,5 @@
 """The teacher's weight files a run records (io_signature.teacher_signature), and eval / bench warning
-where the recorded teacher's files were replaced since (report.warn_if_teacher_changed)."""
+where the recorded teacher's files were replaced since (report_teacher.warn_if_teacher_changed)."""
 
 import json
 import os

@@ -1,0 +1,108 @@
+"""The teacher an output records (report.json, else its config.json's compression section): what
+eval, bench and load_pipeline measure against or build on, with --teacher / --teacher-config in its
+place, and a warning where its files changed since the run read them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compress.errors import UserError
+from compress.report import DAMAGED, REPORT_TEXT, console, read_report
+
+
+def recorded_teacher(out: Path, teacher_arg: str | None = None,
+                     config_arg: str | None = None) -> tuple[str | None, str | None]:
+    """(source, --teacher-config) of the teacher an output was compressed from, as its report.json
+    records them, or its config.json's compression section (which the run writes them into too)
+    where report.json is gone. `teacher_arg` (the command's --teacher) replaces the source and
+    `config_arg` (its --teacher-config) the config; a --teacher alone keeps the recorded config
+    unless it brings its own (_own_config): a single file needs one, which the run was given."""
+    recorded = {} if teacher_arg and config_arg else _recorded(out)
+    source = teacher_arg or recorded.get("teacher")
+    if config_arg or (teacher_arg and _own_config(teacher_arg, recorded)):
+        return source, config_arg
+    return source, recorded.get("teacher_config")
+
+
+def _own_config(teacher_arg: str, recorded: dict) -> bool:
+    """Whether a --teacher brings its own config in place of the recorded --teacher-config: a
+    folder, a Hub id or a toy does; a single file only with a config.json beside it, and not when
+    it is the recorded file (which the run read with the recorded config, beside one or not)."""
+    path = Path(teacher_arg).expanduser()
+    if not path.is_file():
+        return True
+    same = bool(recorded.get("teacher")) and absolute_source(teacher_arg) == absolute_source(recorded["teacher"])
+    return (path.parent / "config.json").is_file() and not same
+
+
+def teacher_to_load(out: Path, teacher_arg: str | None = None,
+                    config_arg: str | None = None) -> tuple[str | None, str | None]:
+    """recorded_teacher for a command that loads the teacher (eval, bench): a recorded teacher or
+    config no longer where the run found it (moved since) is a UserError saying what to pass, not
+    the loader's, which names options the user did not give."""
+    from compress.io import looks_local
+    from compress.io_single import config_file
+
+    source, config = recorded_teacher(out, teacher_arg, config_arg)
+    if source and not teacher_arg and looks_local(source) and not Path(source).expanduser().exists():
+        raise UserError(f"{out} was compressed from the teacher {source}, which is not there now; pass --teacher "
+                        "with where it is")
+    read = source and not source.startswith("toy:") and not Path(source).expanduser().is_dir()
+    if config and read and not config_arg:  # read for a single file or a Hub id (a toy or folder has its own)
+        try:
+            config_file(Path(source).expanduser(), config)
+        except UserError:
+            raise UserError(f"{out} was compressed from {source} with the teacher config {config}, which is not "
+                            "there now (no config.json); pass --teacher-config with where it is (a folder or "
+                            "config.json)") from None
+    return source, config
+
+
+def _recorded(out: Path) -> dict:
+    """report.json, or where it names no teacher its config.json's compression section."""
+    report = read_report(out)
+    return report if report.get("teacher") else _compression_section(Path(out))
+
+
+def warn_if_teacher_changed(out: Path, source: str | None, command: str) -> None:
+    """A warning (one line, naming the file) where the teacher `source` that `command` (eval, bench)
+    measures the output `out` against is the one the run recorded and its weight files differ from
+    what the run read (io_signature.teacher_signature: replaced since, e.g. a fine-tune saved over it).
+    Not an error: the user may mean it. Nothing for another teacher (--teacher naming another path:
+    the user's choice), a toy or Hub teacher, or an output written before runs recorded the files."""
+    from rich.markup import escape
+
+    from compress.io_signature import signature_change
+
+    recorded = _recorded(out)
+    if not source or not recorded.get("teacher") or absolute_source(source) != absolute_source(recorded["teacher"]):
+        return
+    change = signature_change(recorded.get("teacher_files"), absolute_source(source))
+    if change:
+        what = escape(f"teacher {source} changed since {out} was compressed from it: {change}")
+        console.print(f"[bold yellow]warning:[/] {what}; {command} measures against it as it is now (pass the "
+                      "original with --teacher to compare with that)")
+
+
+def absolute_source(source: str) -> str:
+    """A local source as an absolute path (as the run records it); others as they are."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def _compression_section(out: Path) -> dict:
+    """The teacher fields of an output's config.json `compression` section, checked as report.json's."""
+    from compress.io import read_json
+
+    p = out / "config.json"
+    config = read_json(p) if p.is_file() else {}
+    section = config.get("compression") if isinstance(config, dict) else None
+    if not isinstance(section, dict):
+        return {}
+    recorded = {k: section.get(k) for k in ("teacher", "teacher_config")}
+    for key, value in recorded.items():
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{p}: compression.{key} is {json.dumps(value, default=str)[:40]}, not text "
+                            f"({REPORT_TEXT[key]}); {DAMAGED}")
+    return dict(recorded, teacher_files=section.get("teacher_files"))  # read as io_signature.signature_change does

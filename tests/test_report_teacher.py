@@ -1,0 +1,78 @@
+"""The teacher an output records (compress.report_teacher)."""
+
+import pytest
+
+
+def test_the_teacher_of_an_output_without_report_json_is_its_configs(tmp_path):
+    """The run records the teacher in config.json's compression section too."""
+    import json
+
+    from compress.errors import UserError
+    from compress.report_teacher import recorded_teacher
+
+    config = {"_class_name": "PixArtTransformer2DModel", "compression": {"format": 1, "teacher": "toy:pixart"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert recorded_teacher(tmp_path) == ("toy:pixart", None)
+    assert recorded_teacher(tmp_path, "toy:flux") == ("toy:flux", None)
+    (tmp_path / "report.json").write_text(json.dumps({"teacher": "/t", "teacher_config": "/c"}))
+    assert recorded_teacher(tmp_path) == ("/t", "/c")  # report.json's first
+    (tmp_path / "report.json").unlink()
+    config["compression"]["teacher"] = 5
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"config.json: compression.teacher is 5, not text .*the output is damaged"):
+        recorded_teacher(tmp_path)
+
+
+def test_a_teacher_alone_keeps_the_recorded_config_where_it_is_a_single_file_that_needs_one(tmp_path):
+    """--teacher replaces the recorded source; the recorded --teacher-config stays with the
+    recorded file itself or a single file with no config.json beside it (which needs one), not
+    with a folder, Hub id or toy (each brings its own) nor a file beside its own config.json;
+    --teacher-config replaces the recorded config, with or without --teacher."""
+    import json
+
+    from compress.report_teacher import recorded_teacher
+
+    out, cfg = tmp_path / "out", tmp_path / "cfg"
+    for folder in (out, cfg, tmp_path / "moved", tmp_path / "own"):
+        folder.mkdir()
+    (cfg / "config.json").write_text("{}")
+    recorded = tmp_path / "t.safetensors"
+    (out / "report.json").write_text(json.dumps({"teacher": str(recorded), "teacher_config": str(cfg)}))
+    for file in (recorded, tmp_path / "moved" / "t.safetensors", tmp_path / "own" / "t.safetensors"):
+        file.write_bytes(b"")
+    (tmp_path / "own" / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text("{}")  # beside the recorded file: its config is still the recorded one
+    moved, own = str(tmp_path / "moved" / "t.safetensors"), str(tmp_path / "own" / "t.safetensors")
+    assert recorded_teacher(out, str(recorded)) == (str(recorded), str(cfg))
+    assert recorded_teacher(out, moved) == (moved, str(cfg))
+    assert recorded_teacher(out, own) == (own, None)
+    for other in (str(cfg), "owner/name", "toy:pixart"):
+        assert recorded_teacher(out, other) == (other, None)
+    assert recorded_teacher(out, None, "c2") == (str(recorded), "c2")
+    assert recorded_teacher(out, moved, "c2") == (moved, "c2")
+
+
+def test_a_moved_teacher_or_config_says_which_option_gives_its_new_place(tmp_path):
+    """What eval and bench load (teacher_to_load): a recorded teacher or config no longer there is
+    one line naming --teacher or --teacher-config, which they take; an option given is not checked here."""
+    import json
+
+    from compress.errors import UserError
+    from compress.report_teacher import teacher_to_load
+
+    out, cfg, file = tmp_path / "out", tmp_path / "cfg", tmp_path / "t.safetensors"
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps({"teacher": str(file), "teacher_config": str(cfg)}))
+    with pytest.raises(UserError) as e:
+        teacher_to_load(out)
+    assert str(e.value) == f"{out} was compressed from the teacher {file}, which is not there now; pass --teacher " \
+                           "with where it is"
+    file.write_bytes(b"")
+    with pytest.raises(UserError) as e:
+        teacher_to_load(out)
+    assert str(e.value) == (f"{out} was compressed from {file} with the teacher config {cfg}, which is not there "
+                            "now (no config.json); pass --teacher-config with where it is (a folder or config.json)")
+    assert teacher_to_load(out, None, "new") == (str(file), "new")
+    cfg.mkdir()
+    (cfg / "config.json").write_text("{}")
+    assert teacher_to_load(out) == (str(file), str(cfg))
