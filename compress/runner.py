@@ -151,7 +151,7 @@ class Runner:
             self._note_reusable()
         if main and self.resume:  # which stage it continues from, and a distill checkpoint of other settings (one
             # it keeps): said now, not after the teacher loads
-            from compress.passes.distill_trainer import check_resumable_configs
+            from compress.passes.distill_resume import check_resumable_configs
 
             self.resumes_from = self._resumable()
             if not self.resumes_from[2]:  # stages passed over: the checkpoints go with them (_discard_passed_over)

@@ -32,7 +32,8 @@ from compress.distill_folder import check_folder
 from compress.distill_utils import TRAIN_MODES, warmup_length, will_have_factors
 from compress.errors import BadValue
 from compress.passes.base import Pass, RunContext
-from compress.passes.distill_trainer import _NOT_FINGERPRINTED, _Trainer
+from compress.passes.distill_resume import NOT_FINGERPRINTED
+from compress.passes.distill_trainer import _Trainer
 
 
 @dataclass
@@ -126,7 +127,7 @@ class DistillPass(Pass):
     config_cls = DistillConfig
     needs_teacher = True
     data_parallel = True
-    result_free = _NOT_FINGERPRINTED
+    result_free = NOT_FINGERPRINTED
 
     def check(self, model, adapter) -> None:
         cfg = self.config

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import time
@@ -26,13 +25,12 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast
 from compress.passes.base import RunContext
+from compress.passes.distill_resume import NOT_FINGERPRINTED, setting_changes
 
 if TYPE_CHECKING:
     from compress.passes.distill import DistillConfig
 
 TERMS = ("loss", "task", "out", "feat")
-# config keys that do not change the result (left out of the checkpoint fingerprint)
-_NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress", "plot")
 
 
 class TrainingInterrupted(UserError):
@@ -194,9 +192,9 @@ class _Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def _settings(self) -> dict:
-        """What the training depends on: config keys (not `_NOT_FINGERPRINTED`), seed, process count,
+        """What the training depends on: config keys (not `NOT_FINGERPRINTED`), seed, process count,
         block map and the incoming student's checksum."""
-        keys = {k: v for k, v in asdict(self.cfg).items() if k not in _NOT_FINGERPRINTED}
+        keys = {k: v for k, v in asdict(self.cfg).items() if k not in NOT_FINGERPRINTED}
         keys.update(seed=self.ctx.seed, processes=self.acc.num_processes, block_map=self.block_map,
                     student=self.incoming)
         return keys
@@ -243,7 +241,7 @@ class _Trainer:
                 why, meta = _why(e), None
             if meta is not None and meta["fingerprint"] != self._fingerprint():
                 raise UserError(f"distill: checkpoint {path} was trained with other settings "
-                                f"({_changes(meta, self._settings())}); delete {self.dir / 'checkpoints'} to "
+                                f"({setting_changes(meta, self._settings())}); delete {self.dir / 'checkpoints'} to "
                                 "train this pass from its start (--resume keeps the passes before it and the "
                                 "teacher samples), or rerun with --restart to start over")
             if why is None:
@@ -334,35 +332,10 @@ class _Trainer:
         self.ctx.report["distill"] = record
 
 
-_SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
-
-
 def _why(e: BaseException) -> str:
     """An exception in a few words, on one line: its type and the first line of its message."""
     text = str(e).strip().splitlines()  # (torch adds sentences of advice: the first says what)
     return f"{type(e).__name__}: {text[0].split('. ')[0].removesuffix('.')}" if text else type(e).__name__
-
-
-def _changes(meta: dict, now: dict) -> str:
-    """The settings a checkpoint's meta.json records that differ from `now`, in words; what they may
-    be where it records none (an older dit-compress)."""
-    then = meta.get("settings")
-    if then is None:
-        return (f"config, seed, block map, process count: {meta['processes']}, or another incoming student; "
-                "this checkpoint does not record which")
-    now = json.loads(json.dumps(now, default=str))  # as meta.json holds them
-    words = []
-    for key in sorted(set(then) | set(now)):
-        if then.get(key) == now.get(key):
-            continue
-        if key == "student":
-            words.append("the incoming student (the passes before it wrote another)")
-        elif key == "block_map":
-            words.append("block map")
-        else:
-            words.append(f"{_SETTING_NAMES.get(key, f'distill.{key}')}: {then.get(key)!r} in the checkpoint, "
-                         f"{now.get(key)!r} now")
-    return "; ".join(words) or "its fingerprint differs"
 
 
 def _earlier(report: dict) -> list[dict]:
@@ -438,44 +411,3 @@ def _log_line(enabled: bool, step: int, steps: int, row: dict) -> None:
         console.print(f"distill {step}/{steps} {_fmt(row)}", highlight=False)
 
 
-def check_resumable_configs(run_dir: Path, configs: list) -> None:
-    """Before a resumed run loads anything: the latest checkpoint of each distill pass (`configs`:
-    their DistillConfigs, in recipe order; checkpoints in run_dir/distill, distill-2, ...) was
-    trained with these config keys, or a UserError as _load_latest gives once the pass starts
-    (seed, block map and incoming student are compared there: they need the run)."""
-    for n, cfg in enumerate(configs):
-        folder = Path(run_dir) / ("distill" if n == 0 else f"distill-{n + 1}")
-        meta, checkpoint = None, None
-        for checkpoint in sorted((folder / "checkpoints").glob("step-*"), reverse=True):
-            try:  # the newest meta.json that reads (the pass warns of a damaged one and resumes before it)
-                meta = json.loads((checkpoint / "meta.json").read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(meta, dict) and "fingerprint" in meta:
-                break
-            meta = None
-        then = meta.get("settings") if meta is not None else None
-        if not isinstance(then, dict):
-            continue
-        now = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED},
-                                    default=str))  # as meta.json holds them
-        config_then = {k: then[k] for k in now if k in then}
-        _check_process_count(then.get("processes"), checkpoint, folder)
-        if any(config_then[k] != now[k] for k in config_then):
-            raise UserError(f"distill: checkpoint {checkpoint} was trained with other settings "
-                            f"({_changes({'settings': config_then}, now)}); delete {folder / 'checkpoints'} to "
-                            "train this pass from its start (--resume keeps the passes before it and the teacher "
-                            "samples), or rerun with --restart to start over")
-
-
-def _check_process_count(then, checkpoint: Path, folder: Path) -> None:
-    """A checkpoint trained by another number of processes (WORLD_SIZE; 1 for a plain run) is
-    refused before anything loads, saying how to continue it: the same count again, with --resume."""
-    now = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if not isinstance(then, int) or then == now:
-        return
-    launch = f"torchrun --nproc_per_node {then} -m compress.cli run …" if then > 1 else "dit-compress run …"
-    raise UserError(f"distill: checkpoint {checkpoint} was trained by {then} process{'es' if then > 1 else ''}, "
-                    f"{now} now: relaunch with {then} ({launch} --resume) to continue it, delete "
-                    f"{folder / 'checkpoints'} to train this pass from its start, or rerun with --restart to "
-                    "start over")

@@ -83,7 +83,7 @@ def test_a_refused_checkpoint_names_the_keys_that_changed(tmp_path):
         "samples), or rerun with --restart to start over")
     # the run says the same before it loads anything (Runner.prepare on --resume), from the configs alone
     from compress.passes.distill import DistillConfig
-    from compress.passes.distill_trainer import check_resumable_configs
+    from compress.passes.distill_resume import check_resumable_configs
 
     settings = dict(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2, progress=False, plot=False)
     with pytest.raises(UserError) as early:
@@ -104,18 +104,6 @@ def test_a_refused_checkpoint_names_the_keys_that_changed(tmp_path):
     a, b = state(fresh), state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "distill" / "teacher_samples").is_dir()
-
-
-def test_a_checkpoint_that_records_no_settings_says_what_may_differ():
-    """An older dit-compress's meta.json has only the fingerprint and the process count."""
-    from compress.passes.distill_trainer import _changes
-
-    assert _changes({"processes": 2}, {"lr": 1e-3}) == ("config, seed, block map, process count: 2, or another "
-                                                        "incoming student; this checkpoint does not record which")
-    then = {"lr": 1e-3, "seed": 0, "processes": 1, "block_map": {"blocks": [0, 1]}, "student": "a"}
-    now = dict(then, seed=1, processes=2, block_map={"blocks": [0, 2]})
-    assert _changes({"settings": then}, now) == ("block map; process count: 1 in the checkpoint, 2 now; "
-                                                 "calibration.seed: 0 in the checkpoint, 1 now")
 
 
 def test_two_processes_agree(tmp_path):
@@ -233,7 +221,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(tmp_path, damage, cap
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000001", "step-00000002"]
     _DAMAGE[damage](checkpoints / "step-00000002")
     capsys.readouterr()
-    from compress.passes.distill_trainer import check_resumable_configs
+    from compress.passes.distill_resume import check_resumable_configs
 
     check_resumable_configs(tmp_path, [DistillConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1)])
     resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, resume=True)

@@ -1,0 +1,81 @@
+"""Whether a distill pass's checkpoints may be resumed: the settings a checkpoint's meta.json records
+against the recipe's now (in words where they differ), and the process count that trained it,
+checked before a resumed run loads anything (`check_resumable_configs`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from compress.errors import UserError
+
+# config keys that do not change the result (left out of the checkpoint fingerprint)
+NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress", "plot")
+_SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
+
+
+def setting_changes(meta: dict, now: dict) -> str:
+    """The settings a checkpoint's meta.json records that differ from `now`, in words; what they may
+    be where it records none (an older dit-compress)."""
+    then = meta.get("settings")
+    if then is None:
+        return (f"config, seed, block map, process count: {meta['processes']}, or another incoming student; "
+                "this checkpoint does not record which")
+    now = json.loads(json.dumps(now, default=str))  # as meta.json holds them
+    words = []
+    for key in sorted(set(then) | set(now)):
+        if then.get(key) == now.get(key):
+            continue
+        if key == "student":
+            words.append("the incoming student (the passes before it wrote another)")
+        elif key == "block_map":
+            words.append("block map")
+        else:
+            words.append(f"{_SETTING_NAMES.get(key, f'distill.{key}')}: {then.get(key)!r} in the checkpoint, "
+                         f"{now.get(key)!r} now")
+    return "; ".join(words) or "its fingerprint differs"
+
+
+def check_resumable_configs(run_dir: Path, configs: list) -> None:
+    """Before a resumed run loads anything: the latest checkpoint of each distill pass (`configs`:
+    their DistillConfigs, in recipe order; checkpoints in run_dir/distill, distill-2, ...) was
+    trained with these config keys, or a UserError as _load_latest gives once the pass starts
+    (seed, block map and incoming student are compared there: they need the run)."""
+    for n, cfg in enumerate(configs):
+        folder = Path(run_dir) / ("distill" if n == 0 else f"distill-{n + 1}")
+        meta, checkpoint = None, None
+        for checkpoint in sorted((folder / "checkpoints").glob("step-*"), reverse=True):
+            try:  # the newest meta.json that reads (the pass warns of a damaged one and resumes before it)
+                meta = json.loads((checkpoint / "meta.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta, dict) and "fingerprint" in meta:
+                break
+            meta = None
+        then = meta.get("settings") if meta is not None else None
+        if not isinstance(then, dict):
+            continue
+        now = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in NOT_FINGERPRINTED},
+                                    default=str))  # as meta.json holds them
+        config_then = {k: then[k] for k in now if k in then}
+        _check_process_count(then.get("processes"), checkpoint, folder)
+        if any(config_then[k] != now[k] for k in config_then):
+            raise UserError(f"distill: checkpoint {checkpoint} was trained with other settings "
+                            f"({setting_changes({'settings': config_then}, now)}); delete {folder / 'checkpoints'} to "
+                            "train this pass from its start (--resume keeps the passes before it and the teacher "
+                            "samples), or rerun with --restart to start over")
+
+
+def _check_process_count(then, checkpoint: Path, folder: Path) -> None:
+    """A checkpoint trained by another number of processes (WORLD_SIZE; 1 for a plain run) is
+    refused before anything loads, saying how to continue it: the same count again, with --resume."""
+    now = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if not isinstance(then, int) or then == now:
+        return
+    launch = f"torchrun --nproc_per_node {then} -m compress.cli run …" if then > 1 else "dit-compress run …"
+    raise UserError(f"distill: checkpoint {checkpoint} was trained by {then} process{'es' if then > 1 else ''}, "
+                    f"{now} now: relaunch with {then} ({launch} --resume) to continue it, delete "
+                    f"{folder / 'checkpoints'} to train this pass from its start, or rerun with --restart to "
+                    "start over")
