@@ -83,7 +83,8 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
         return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
     from diffusers import DiffusionPipeline
 
-    from compress.io import pipeline_dtype, quiet_hub
+    from compress.io import pipeline_dtype
+    from compress.io_hub import quiet_hub
 
     try:
         with quiet_hub():  # a Hub id: no retry warnings, the error says why

@@ -18,7 +18,7 @@ import torch
 
 from compress.errors import UserError
 from compress.inputs import moved
-from compress.io import one_line
+from compress.io_tensors import one_line
 
 SHARED_KWARGS = ("img_ids", "txt_ids")  # Flux: not batched
 SUFFIXES = (".safetensors", ".pt")

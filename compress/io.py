@@ -2,31 +2,28 @@
 
 `load_teacher(source)` accepts `toy:pixart` / `toy:flux` (the shipped toy teachers), a Hugging Face id,
 a diffusers pipeline folder (its `transformer/`), a transformer folder, or a single-file checkpoint
-(io_single), each checked first as io_source says what a source is. Also the shared reading helpers (configs, JSON, safetensors errors, `nonfinite`) and the
+(io_single), each checked first as io_source says what a source is. Also the shared reading helpers (configs, JSON, safetensors errors; tensors in io_tensors, the Hub in io_hub) and the
 file names of DESIGN.md's output folder, which `io_export.save_compressed` writes and
 `io_output.load_transformer` reads back.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import re
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError as SafetensorsError
-from safetensors.torch import load_file
 from torch import nn
 
 from compress.arch import family_of_class, get_adapter
 from compress.errors import UserError
+from compress.io_tensors import one_line, read_state_dict, unreadable
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = WEIGHTS + ".index.json"  # sharded checkpoints (save_pretrained's layout)
 FORMAT = 1
-SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 # diffusion_pytorch_model.fp16.safetensors, its shards ...-00001-of-00002.fp16.safetensors and index
 VARIANT_FILE = r"diffusion_pytorch_model(?:\.safetensors\.index)?(?:-\d+-of-\d+)?\.(\w+)\.(?:safetensors|json)"
 
@@ -312,114 +309,9 @@ def check_loading_info(path: Path, info: dict) -> None:
 
 def _load_hub(repo_id: str, dtype) -> nn.Module:
     """A Hub teacher: its transformer's folder downloaded (hub_folder), then loaded as a local one."""
+    from compress.io_hub import hub_folder
+
     return _load_folder(hub_folder(repo_id), dtype)
-
-
-def hub_folder(repo_id: str) -> Path:
-    """The local copy of a Hub teacher's transformer folder: its config.json and the weight files
-    of the one variant from_pretrained would read of it (variant_of, as for a local folder), not
-    the other variants' nor the pipeline's other components. The class is checked before any
-    weights download."""
-    from huggingface_hub import snapshot_download
-
-    cfg, sub = hub_config_file(repo_id)
-    model_class(read_config(cfg).get("_class_name", "<missing _class_name>"))
-    where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
-    names = hub_file_names(repo_id, cfg.parent, sub)
-    wanted = variant_weights(names, variant_of(names, where))
-    if not wanted:
-        if offline():  # the names are the cache's: the repo may well hold them
-            raise UserError(f"the Hugging Face cache holds no weights of {where} beside its config.json (offline: "
-                            "HF_HUB_OFFLINE): fetch it once online, or pass a local folder or file")
-        raise UserError(f"{where} holds no {WEIGHTS} (nor its shards, a variant's or .bin ones) beside its config.json")
-    try:
-        with quiet_hub():
-            root = Path(snapshot_download(repo_id, allow_patterns=[sub + n for n in ["config.json", *wanted]]))
-    except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-        raise hub_error(repo_id, e, "a local folder or file") from None
-    return root / sub
-
-
-def hub_config_file(repo_id: str) -> tuple[Path, str]:
-    """(the local copy of a Hub repo's transformer config.json, the repo folder that holds it):
-    'transformer/' of a pipeline repo, '' of a transformer-only one (config.json and weights at its
-    root, as fine-tunes are shared). A few KB; the root's is fetched only where the Hub (or,
-    offline, the cache) has no transformer/config.json."""
-    from huggingface_hub import hf_hub_download
-
-    errors = []
-    for sub in ("transformer/", ""):
-        try:
-            with quiet_hub():
-                return Path(hf_hub_download(repo_id, "config.json", subfolder=sub.rstrip("/") or None)), sub
-        except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-            errors.append(e)
-            if not not_in_repo(e):
-                break
-    if len(errors) == 2 and all(map(not_in_repo, errors)) and not offline():  # offline: the cache lacks it
-        raise UserError(f"'{repo_id}' has neither transformer/config.json nor config.json: expected a "
-                        "diffusers pipeline or transformer repo, or pass a local folder or file")
-    raise hub_error(repo_id, errors[0], "a local folder or file")
-
-
-def offline() -> bool:
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode()
-
-
-def not_in_repo(e: Exception) -> bool:
-    """A fetch that failed because the repo lacks the file (offline: its cached copy does), not
-    because of the network or access; trying another file then costs no retries."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
-
-    return isinstance(e, RemoteEntryNotFoundError) or (isinstance(e, LocalEntryNotFoundError) and offline())
-
-
-def hub_file_names(repo_id: str, cached: Path, sub: str) -> list[str]:
-    """The names of the files in the repo folder `sub`: the Hub's list; offline, or where the Hub
-    cannot be listed after the config came from the cache, those of its cached copy `cached` (what
-    can be loaded without the Hub)."""
-    if not offline():
-        from huggingface_hub import HfApi
-
-        try:
-            with quiet_hub():
-                files = HfApi().list_repo_files(repo_id)
-            return [f[len(sub):] for f in files if f.startswith(sub) and "/" not in f[len(sub):]]
-        except Exception:  # noqa: BLE001, S110 - as hf_hub_download, the cache answers then
-            pass
-    return sorted(f.name for f in cached.iterdir() if f.is_file())
-
-
-@contextlib.contextmanager
-def quiet_hub():
-    """huggingface_hub retries a failed request 5 times over about 23 s and logs two warnings for
-    each try (12 lines where there is no network); `hub_error` says why it failed instead."""
-    import logging
-
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def hub_error(repo_id: str, e: Exception, local: str) -> UserError:
-    """A one-line error for a failed Hub fetch; local: what to pass instead."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    if isinstance(e, GatedRepoError):
-        return UserError(f"'{repo_id}' is gated on the Hugging Face Hub: accept its license on "
-                         f"https://huggingface.co/{repo_id} and log in (hf auth login), or pass {local}")
-    if isinstance(e, RepositoryNotFoundError):
-        return UserError(f"'{repo_id}' is not on the Hugging Face Hub (or is private: log in); check "
-                         f"the id, or pass {local}")
-    cause = e.__cause__ if e.__cause__ is not None else e  # LocalEntryNotFoundError wraps the network's
-    return UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({type(cause).__name__}: "
-                     f"{one_line(cause)}); pass {local}, or check the id and your network")
 
 
 def load_error(e: RuntimeError) -> str:
@@ -427,95 +319,6 @@ def load_error(e: RuntimeError) -> str:
     first 'size mismatch for <tensor>' or 'Missing key(s)' line."""
     lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
     return lines[0].rstrip(".")[:300] if lines else one_line(e)
-
-
-def unreadable(path, e: Exception) -> UserError:
-    """The error for a safetensors file that cannot be opened."""
-    return UserError(f"{path} is not a readable safetensors file ({one_line(e)}); it may be truncated or corrupted")
-
-
-def one_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def nonfinite(t: torch.Tensor, chunk: int = 2**22) -> int:
-    """How many NaN/Inf values t holds (none in an integer or bool tensor). A NaN or Inf anywhere
-    makes the sum NaN or Inf, so a finite sum (one reduction, no temporaries) settles it; otherwise
-    they are counted in chunks (a whole-tensor isfinite of a bf16 weight has float temporaries
-    several times its size: +0.16 GiB peak on full-width Flux). On a full-width Flux double block the
-    sum took 0.03 s where counting took 1.8 s, most of what reading the block cost
-    (tools/bench_stream_scan.py). float8 (an fp8 Flux file) has neither sum nor isfinite on the CPU:
-    its bytes are counted (one bincount, no float copy; 0.16 s for 75M values where counting chunks
-    upcast to float32 took 2.5 s) at the codes its format spends on NaN/Inf."""
-    if not (t.is_floating_point() or t.is_complex()):
-        return 0
-    if t.dtype.itemsize == 1:
-        codes = _byte_nonfinite_codes(t.dtype)
-        if not len(codes):
-            return 0
-        return int(torch.bincount(t.view(torch.uint8).reshape(-1), minlength=256)[codes].sum())
-    if bool(torch.isfinite(t.sum())):
-        return 0
-    return sum(int((~torch.isfinite(c)).sum()) for c in t.reshape(-1).split(chunk))
-
-
-@functools.lru_cache(maxsize=None)
-def _byte_nonfinite_codes(dtype: torch.dtype) -> torch.Tensor:
-    """The byte values a one-byte float format spends on NaN/Inf, as torch converts them: 0x7F/0xFF
-    of float8_e4m3fn (no Inf), ±Inf and NaN from 0x7C of float8_e5m2, 0x80 of the fnuz formats, 0xFF
-    of float8_e8m0fnu. float4_e2m1fn_x2 (two values a byte, none of them NaN or Inf) has none."""
-    if dtype == getattr(torch, "float4_e2m1fn_x2", None):
-        return torch.zeros(0, dtype=torch.long)
-    values = torch.arange(256, dtype=torch.uint8).view(dtype).to(torch.float32)
-    return (~torch.isfinite(values)).nonzero().flatten()
-
-
-# ---- single files -----------------------------------------------------------------------------
-def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file. Pickles are loaded with weights_only=True: data, never code;
-    mmap: a pickle's tensors map the file, read as they are used (where its format allows it)."""
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as e:
-            raise unreadable(path, e) from None
-    try:
-        sd = _torch_load(path, mmap)
-    except Exception as e:  # noqa: BLE001 - unpickling errors have many types
-        msg = one_line(e)
-        if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
-            raise UserError(f"{path} needs arbitrary code to unpickle and was refused; checkpoints "
-                            "are data, never code: convert it to safetensors") from None
-        raise UserError(f"{path} is not a readable checkpoint: {not_torch_save(path, e)}") from None
-    for key in ("state_dict", "model", "module"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"{path} does not hold a dict of tensors")
-    return sd
-
-
-def not_torch_save(path: Path, e: Exception) -> str:
-    """Why torch.load refused a file, in words: a file torch.save did not write (its errors then
-    are bare key and index errors, `KeyError: 101`), or a damaged one."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    expected = (f"expected a .safetensors file or one torch.save wrote ({', '.join(SINGLE_FILE_SUFFIXES[1:])}: "
-                "a zip archive or a pickle)")
-    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # a zip's first entry; pickle protocol 2+ starts with PROTO
-        return f"{expected}, and it is neither"
-    why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
-    return f"{expected}; this one fails to load ({type(e).__name__}: {why}); it may be truncated or corrupted"
-
-
-def _torch_load(path: Path, mmap: bool):
-    if mmap:
-        try:
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):  # torch.save's legacy (pre-zipfile) format cannot be mapped
-                raise
-    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def check_safetensors_dir(path: Path) -> None:

@@ -20,10 +20,11 @@ from typing import Callable, Iterator
 import torch
 
 from compress.errors import UserError
-from compress.io import INDEX, WEIGHTS, SafetensorsError, read_state_dict, unreadable
+from compress.io import INDEX, WEIGHTS, SafetensorsError
 from compress.io_export import atomic_folder
 from compress.io_single import (check_flux_blocks, checked_family, config_file, empty_model, key_converter,
                                 transformer_prefix)
+from compress.io_tensors import read_state_dict, unreadable
 
 SHARD_BYTES = 2 * 2**30  # tensors per shard before it is written (one shard is held at a time)
 SHARD = "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors"

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from compress.errors import NumericError, UserError
-from compress.io import FORMAT, INDEX, WEIGHTS, nonfinite
+from compress.io import FORMAT, INDEX, WEIGHTS
+from compress.io_tensors import nonfinite
 from compress.lowrank import LowRankLinear
 
 

@@ -14,8 +14,9 @@ from torch import nn
 from compress.errors import NumericError, UserError
 from compress.fuse import fuse_gelu
 from compress.io import (FORMAT, INDEX, WEIGHTS, cast, check_same_config, from_config, load_error,
-                         model_class, nonfinite, one_line, read_config, read_json, read_state_dict)
+                         model_class, read_config, read_json)
 from compress.io_export import OUTPUT_SHARD, ranks_of
+from compress.io_tensors import nonfinite, one_line, read_state_dict
 from compress.lowrank import LowRankLinear
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # by name, as diffusers
@@ -198,7 +199,7 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
 def check_finite_file(path: Path, tensors: dict[str, torch.Tensor], warn: bool = False) -> None:
     """NaN/Inf in a weight file of an output: a NumericError naming the first such tensor and the file
     (eval would sample for minutes and fail inside sklearn), or with `warn` a warning. One sum per
-    tensor (io.nonfinite): a small part of reading the file."""
+    tensor (io_tensors.nonfinite): a small part of reading the file."""
     for name, t in tensors.items():
         bad = nonfinite(t) if t.is_floating_point() else 0
         if not bad:
@@ -254,7 +255,8 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
 
     from compress.arch import get_adapter
     from compress.calib_pipeline import need_transformers
-    from compress.io import pipeline_dtype, quiet_hub
+    from compress.io import pipeline_dtype
+    from compress.io_hub import quiet_hub
 
     need_transformers(get_adapter(transformer).family, f"the base pipeline '{base}'")
     try:

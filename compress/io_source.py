@@ -83,7 +83,8 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None) -
     UserError (after `where`, see teacher_where) for an empty one, an unknown toy teacher, a
     missing path, or a folder or file that is not a teacher. `recipe_dir`: the folder of the
     recipe that named it, where a path missing here may be (the message says so)."""
-    from compress.io import SINGLE_FILE_SUFFIXES, looks_local, transformer_folder
+    from compress.io import looks_local, transformer_folder
+    from compress.io_tensors import SINGLE_FILE_SUFFIXES
 
     if not source.strip():
         raise UserError(f"{where}the teacher is empty; give {SOURCES}")
@@ -144,7 +145,7 @@ def _prefixed(where: str, call, *args):
 
 def check_suffix(path: Path, expected: str = "a teacher is a folder or a checkpoint file") -> None:
     """A single-file checkpoint has a suffix the loaders read."""
-    from compress.io import SINGLE_FILE_SUFFIXES
+    from compress.io_tensors import SINGLE_FILE_SUFFIXES
 
     if path.suffix not in SINGLE_FILE_SUFFIXES:
         kind = f"file type '{path.suffix}'" if path.suffix else "no file type"
@@ -273,8 +274,9 @@ def warn_if_beside_recipe(source: str, where: str, recipe_dir: Path | None) -> N
 
 def hub_config(repo_id: str) -> dict:
     """The transformer config of a Hub repo: a pipeline's transformer/config.json, or a
-    transformer-only repo's config.json (a few KB; io.hub_config_file)."""
-    from compress.io import hub_config_file, read_config
+    transformer-only repo's config.json (a few KB; io_hub.hub_config_file)."""
+    from compress.io import read_config
+    from compress.io_hub import hub_config_file
 
     return read_config(hub_config_file(repo_id)[0])
 

@@ -21,9 +21,10 @@ from compress.arch import get_adapter
 from compress.calib_footprint import footprint
 from compress.errors import NumericError, UserError
 from compress.inputs import check_pipeline_packages, input_source, moved
-from compress.io import load_teacher, nonfinite
+from compress.io import load_teacher
 from compress.io_export import warn_if_beyond_export_range
 from compress.io_source import TeacherSource, check_teacher_options, checked_sources
+from compress.io_tensors import nonfinite
 from compress.passes import build_passes
 from compress.passes.base import RunContext, first_nonfinite, predictions, relative_error
 from compress.plan import warn_if_beyond_memory

@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from compress.errors import NumericError, UserError
-from compress.io import INDEX, cast, from_config, model_class, nonfinite, read_config
+from compress.io import INDEX, cast, from_config, model_class, read_config
 from compress.io_export import (atomic_folder, canonical_header, compressed_config, export_cast, header_metadata,
                                 write_texts)
+from compress.io_tensors import nonfinite
 from compress.stream_files import by_file, tensor_ends, weight_map
 
 

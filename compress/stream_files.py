@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
-from compress.io import (INDEX, WEIGHTS, SafetensorsError, hub_folder, looks_local, read_config, read_json,
-                         transformer_folder, unreadable, weights_variant)
+from compress.io import (INDEX, WEIGHTS, SafetensorsError, looks_local, read_config, read_json, transformer_folder,
+                         weights_variant)
+from compress.io_hub import hub_folder
+from compress.io_tensors import unreadable
 
 
 def weight_map(folder: Path) -> dict[str, Path]:
@@ -64,7 +66,7 @@ def single_files_in(folder: Path) -> list[Path]:
     """The single-file checkpoints in `folder`: the README lays one out as the file with its
     config.json beside it, a folder users then give where a diffusers folder is read. diffusers' own
     weight files and shards are none (converting one is no way to read their folder)."""
-    from compress.io import SINGLE_FILE_SUFFIXES
+    from compress.io_tensors import SINGLE_FILE_SUFFIXES
 
     return sorted(p for p in Path(folder).iterdir() if p.suffix in SINGLE_FILE_SUFFIXES and p.is_file()
                   and not re.fullmatch(DIFFUSERS_WEIGHT_FILE, p.name))

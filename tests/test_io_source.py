@@ -217,12 +217,12 @@ def test_a_single_file_with_a_config_of_the_other_family_says_so_before_loading(
     check says what the file's header and the config each describe, before any tensor is read."""
     from safetensors.torch import save_file
 
-    import compress.io
+    import compress.io_tensors
 
     make = {"pixart": tiny_pixart, "flux": tiny_flux}
     save_file(make[weights]().state_dict(), str(tmp_path / "t.safetensors"))
     make[config]().save_config(tmp_path / "cfg")
-    monkeypatch.setattr(compress.io, "read_state_dict", lambda *a, **k: pytest.fail("read the tensors"))
+    monkeypatch.setattr(compress.io_tensors, "read_state_dict", lambda *a, **k: pytest.fail("read the tensors"))
     for model in ("pixart", "flux"):
         recipe = _recipe(tmp_path / model, model=model)
         with pytest.raises(UserError) as e:

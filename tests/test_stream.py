@@ -170,7 +170,7 @@ def test_a_checkpoint_whose_shapes_or_dtypes_do_not_fit_is_named_before_any_bloc
 def test_nonfinite_counts_exactly_and_passes_sums_that_overflow(dtype):
     """The finite-sum shortcut never hides a NaN/Inf, and finite values whose sum overflows are
     counted (as none), not taken for non-finite ones."""
-    from compress.io import nonfinite
+    from compress.io_tensors import nonfinite
 
     x = torch.randn(1000, 7).to(dtype)
     assert nonfinite(x) == 0
@@ -187,7 +187,7 @@ def test_nonfinite_counts_exactly_and_passes_sums_that_overflow(dtype):
 def test_nonfinite_counts_float8(dtype):
     """An fp8 Flux checkpoint crashed the streamed read's check: float8 has no sum (nor, e4m3fn,
     isfinite) on the CPU."""
-    from compress.io import nonfinite
+    from compress.io_tensors import nonfinite
 
     x = torch.randn(1000, 7).to(dtype)
     assert nonfinite(x) == 0
@@ -205,7 +205,7 @@ def test_nonfinite_counts_each_float8_without_a_float_copy(dtype, monkeypatch):
     """fp8's check upcast each chunk to float32: 2.5 s per 75M values, ~400 s a streamed pass over
     an fp8 Flux-dev. Every code each format spends on NaN/Inf is counted, from its bytes (no float
     copy of the tensor), in any layout."""
-    from compress.io import nonfinite
+    from compress.io_tensors import nonfinite
 
     x = torch.randn(1000, 7).clamp(-4, 4).abs().to(dtype)  # e8m0fnu: powers of two, no sign
     assert nonfinite(x) == 0
@@ -219,7 +219,7 @@ def test_nonfinite_counts_each_float8_without_a_float_copy(dtype, monkeypatch):
 def test_nonfinite_of_integers_bool_and_fp4_is_none_at_once(monkeypatch):
     """An integer or bool tensor (and packed fp4, which has no NaN/Inf code and raised
     NotImplementedError) holds no NaN/Inf: 0, without summing or upcasting it."""
-    from compress.io import nonfinite
+    from compress.io_tensors import nonfinite
 
     tensors = [torch.full((64,), 255, dtype=torch.uint8), torch.full((64,), -1, dtype=torch.int8),
                torch.ones(64, dtype=torch.bool), torch.arange(64, dtype=torch.int32), torch.arange(64),

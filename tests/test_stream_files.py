@@ -58,7 +58,7 @@ def test_a_hub_teacher_streams_from_the_transformer_folder_load_teacher_reads(tm
 
     import huggingface_hub
 
-    from tests.test_io import _pipeline_with
+    from tests.test_io_hub import _pipeline_with
 
     model = tiny_pixart()
     if layout == "transformer-only":

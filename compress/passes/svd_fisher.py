@@ -25,7 +25,7 @@ from torch import nn
 
 from compress.calib_store import NamedFiles
 from compress.errors import NumericError
-from compress.io import nonfinite
+from compress.io_tensors import nonfinite
 from compress.replay import Prefix, replaying
 
 F64 = torch.float64

@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+from compress.errors import UserError
+from compress.io_tensors import read_state_dict
+
+
+@pytest.mark.parametrize("name, data", [("notes.bin", b"hello\n"), ("w.pth", b"\x85\xec+L" * 100)])
+def test_a_file_torch_save_did_not_write_says_what_was_expected(tmp_path, name, data):
+    """torch.load's own error there is a bare `KeyError: 101` or `IndexError`."""
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(UserError) as e:
+        read_state_dict(tmp_path / name)
+    assert str(e.value) == (f"{tmp_path / name} is not a readable checkpoint: expected a .safetensors file or one "
+                            "torch.save wrote (.pth, .pt, .bin, .ckpt: a zip archive or a pickle), and it is neither")
+
+
+def test_a_damaged_torch_save_file_says_why_it_fails(tmp_path):
+    torch.save({"w": torch.zeros(100)}, tmp_path / "w.pth")
+    (tmp_path / "w.pth").write_bytes((tmp_path / "w.pth").read_bytes()[:300])
+    with pytest.raises(UserError, match=r"a zip archive or a pickle\); this one fails to load \(\w+: .*\); it may be "
+                                        "truncated or corrupted"):
+        read_state_dict(tmp_path / "w.pth")
