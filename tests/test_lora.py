@@ -527,7 +527,7 @@ def test_a_doras_teacher_is_read_alone_from_a_toy_or_a_folder(tmp_path):
     import json
 
     from compress.io import load_teacher
-    from compress.lora import dora_weights
+    from compress.lora_teacher import dora_weights
 
     teacher = load_teacher("toy:flux")
     names = {n: n for n in ["transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.proj_mlp"]}

@@ -1,0 +1,181 @@
+"""The teacher weights a DoRA's norms need (compress.lora merges it): the adapted layers' weights read
+alone from a toy, a diffusers folder or a Hub id (its index first, then only the shards holding them),
+else from the teacher loaded as eval loads it; a dit-compress output given as the teacher is refused
+(its layers are factorized, not the weights the DoRA was trained on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.errors import UserError
+
+NO_TEACHER = ("merging a DoRA into a compressed model needs its teacher's weights (DoRA's norms), and it records no "
+              "teacher: pass --teacher (dit-compress lora) or teacher= to merge_lora")
+
+
+class CompressedTeacher(UserError):
+    """A DoRA teacher that is a dit-compress output: said as it is, not as a teacher whose weights
+    could not be read (dora_weights)."""
+
+
+def compressed_teacher(who: str, record) -> CompressedTeacher:
+    """The error for the DoRA teacher `who` (in words), a dit-compress output whose compression
+    `record` (its config's section, or a loaded model's compression_meta) may name its own teacher."""
+    teacher = record.get("teacher") if isinstance(record, dict) else None
+    compressed_from = f" (it was compressed from {teacher})" if teacher else ""
+    return CompressedTeacher(f"{who} is a dit-compress output, its layers factorized: a DoRA's norms need the "
+                             f"uncompressed teacher the DoRA was trained on{compressed_from}; pass that with --teacher "
+                             "(dit-compress lora) or teacher= to merge_lora")
+
+
+def dora_weights(student: nn.Module, names: dict[str, str], teacher, config: str | None = None) -> dict[str, torch.Tensor]:
+    """{teacher module name: its teacher weight (out, in)} for the DoRA layers `names` (teacher name ->
+    student name): the student's own where it is a teacher, else `teacher`'s or its recorded source's
+    (`config`: a single-file teacher's, default the recorded one)."""
+    meta = getattr(student, "compression_meta", None)
+    if meta is None and teacher is None:
+        return {name: student.get_submodule(target).weight.detach() for name, target in names.items()}
+    if isinstance(teacher, nn.Module):
+        if getattr(teacher, "compression_meta", None) is not None:
+            raise compressed_teacher("the given teacher", teacher.compression_meta)
+        return _checked_shapes(student, names, _weights_of(teacher, list(names), "the given teacher"),
+                               "the given teacher")
+    source = str(teacher or (meta or {}).get("teacher") or "")
+    if not source:
+        raise UserError(NO_TEACHER)
+    config = config or (None if teacher else meta.get("teacher_config"))
+    try:
+        weights = _teacher_weights(student, source, config, list(names))
+    except CompressedTeacher:
+        raise
+    except UserError as e:
+        raise UserError(f"a DoRA's norms need the teacher's weights, read from {source}: {e}") from None
+    return _checked_shapes(student, names, weights, f"teacher {source}")
+
+
+def _teacher_weights(student: nn.Module, source: str, config: str | None, names: list[str]) -> dict[str, torch.Tensor]:
+    """The weights `names` of the teacher `source`, classified once here (io_source.checked): read alone
+    from a toy, a folder or a Hub id (_teacher_files), else (a single file, or a student that took LoRAs
+    before: the teacher with them) from the teacher io.load_teacher_of loads. A dit-compress output (its
+    config's compression section, or its weight file's header) is refused before any weights are read."""
+    from compress.io_source import checked, output_record
+
+    record = output_record(Path(source).expanduser())  # an output's weight file: said as such, once
+    if record is not None:
+        raise compressed_teacher(f"teacher {source}", record)
+    src = checked(source, config)
+    loaded = src.kind == "file" or bool((getattr(student, "compression_meta", None) or {}).get("loras"))
+    if src.kind == "hub":
+        from compress.report import console
+
+        what = "its transformer/ folder" if loaded else \
+            f"its transformer/ config and index, then the weight files holding the {len(names)} adapted layers"
+        console.print(f"[bold yellow]note:[/] a DoRA's norms need teacher {source}'s weights: downloading from the "
+                      f"Hugging Face Hub (unless cached) {what}")
+    if src.kind in ("folder", "hub") and "compression" in src.config:  # a Hub id's config.json alone, a few KB
+        raise compressed_teacher(f"teacher {source}", src.config["compression"])
+    if loaded:
+        from compress.io import load_teacher_of
+
+        return _weights_of(load_teacher_of(student, source, config), names, "it")  # with the earlier LoRAs
+    return _read_teacher_weights(_teacher_files(src, [f"{n}.weight" for n in names]), names)
+
+
+def _weights_of(teacher: nn.Module, names: list[str], who: str) -> dict[str, torch.Tensor]:
+    """{name: weight (out, in)} of the teacher's linears `names`, or a UserError naming one it lacks
+    (`who`: the teacher, in words)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = teacher.get_submodule(name).weight.detach()
+        except AttributeError:
+            raise UserError(f"{who} has no linear '{name}', which the DoRA adapts") from None
+    return out
+
+
+def _checked_shapes(student: nn.Module, names: dict[str, str], weights: dict, who: str) -> dict:
+    """`weights`, or a UserError where one is not the shape of the student's layer it is for (a
+    student without that layer: _merged says so)."""
+    for name, target in names.items():
+        try:
+            layer = student.get_submodule(target)
+        except AttributeError:
+            continue
+        want = (getattr(layer, "out_features", None), getattr(layer, "in_features", None))
+        if None not in want and tuple(weights[name].shape) != want:
+            raise UserError(f"{who}'s '{name}' is {tuple(weights[name].shape)}, the student's layer {want}: "
+                            "not the teacher of this model")
+    return weights
+
+
+def _read_teacher_weights(files: dict[str, Path], names: list[str]) -> dict[str, torch.Tensor]:
+    """{name: weight} of the linears `names`, from `files` (tensor name -> safetensors file)."""
+    from safetensors import safe_open
+
+    from compress.stream_files import by_file
+
+    missing = [n for n in names if f"{n}.weight" not in files]
+    if missing:
+        raise UserError(f"it has no weight for '{missing[0]}', which the DoRA adapts")
+    out = {}
+    for path, keys in by_file(files, [f"{n}.weight" for n in names]).items():
+        with safe_open(str(path), framework="pt") as f:
+            out.update({k[: -len(".weight")]: f.get_tensor(k) for k in keys})
+    return out
+
+
+def _teacher_files(src, keys: list[str]) -> dict[str, Path]:
+    """Tensor name -> safetensors file of a toy, folder or Hub teacher (io_source.TeacherSource); of a
+    Hub id, those of `keys` alone where its index tells (_hub_files)."""
+    from compress.stream_files import file_map, weight_map
+
+    if src.kind == "toy":
+        from compress.toy.weights import toy_files
+
+        return file_map(toy_files(src.source[4:])[1])
+    if src.kind == "folder":
+        from compress.io import transformer_folder
+
+        return weight_map(transformer_folder(Path(src.source).expanduser()))
+    return _hub_files(src.source, keys)
+
+
+def _hub_files(repo_id: str, keys: list[str]) -> dict[str, Path]:
+    """Tensor name -> downloaded file, for `keys` of the Hub teacher `repo_id`: its transformer/ JSON
+    files first (config, safetensors index), then only the shards the index names for `keys`. Without
+    a (plain) index, one weight file holds them all: its transformer/ folder, read as a local one."""
+    from compress.io import INDEX, read_json
+    from compress.stream_files import weight_map
+
+    index = _snapshot(repo_id, ["transformer/*.json"]) / "transformer" / INDEX
+    if not index.is_file():  # one weight file, or only a variant's (fp16): as stream_files picks it
+        return weight_map(_snapshot(repo_id, ["transformer/*"]) / "transformer")
+    data = read_json(index)
+    shards = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(shards, dict):
+        raise UserError(f"{index} has no weight_map")
+    needed = {k: shards[k] for k in keys if k in shards}  # a key it lacks: _read_teacher_weights says so
+    if not needed:
+        return {}
+    folder = _snapshot(repo_id, sorted({f"transformer/{shard}" for shard in needed.values()})) / "transformer"
+    files = {k: folder / shard for k, shard in needed.items()}
+    missing = sorted({f.name for f in files.values() if not f.is_file()})
+    if missing:
+        raise UserError(f"{index} lists {', '.join(missing[:3])}, which did not download (an incomplete download?)")
+    return files
+
+
+def _snapshot(repo_id: str, patterns: list[str]) -> Path:
+    """The local snapshot of the Hub repo `repo_id` holding its files that match `patterns`."""
+    from huggingface_hub import snapshot_download
+
+    from compress.io_hub import hub_error, quiet_hub
+
+    try:
+        with quiet_hub():
+            return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
+        raise hub_error(repo_id, e, "a local folder or file") from None
