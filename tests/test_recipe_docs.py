@@ -2,8 +2,8 @@
 refuses, and each key's default as the code has it.
 
 The accepted keys come from the parser itself: a section's keys are the "(known: ...)" list that
-`recipe.build_dataclass` gives when it refuses an unknown key there (calibration, export, each pass of
-`passes.PASSES`); the top level's are the candidates (the `Recipe` dataclass's fields and the names
+`recipe_convert.build_dataclass` gives when it refuses an unknown key there (calibration, export,
+each pass of `passes.PASSES`); the top level's are the candidates (the `Recipe` dataclass's fields and the names
 `parse_recipe` holds as constants, its `known` tuple among them) that `parse_recipe` does not refuse as
 an unknown key. The document's keys are the first cells of its tables, under a `##` / `###` heading
 naming the section (`Top level`, `calibration`, `export`, `importance`, ...).

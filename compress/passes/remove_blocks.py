@@ -33,7 +33,7 @@ from compress.report import console
 CRITERIA = ("scan", "proxy", "learned")
 LEARNED_KEYS = ("window", "learn_steps", "learn_lr", "logit_lr", "estimator", "learn_rank")
 ESTIMATORS = ("gumbel", "score")
-# what a recipe writes, said after a value of the wrong shape (recipe.build_dataclass)
+# what a recipe writes, said after a value of the wrong shape (recipe_convert.build_dataclass)
 BLOCKS_HINT = ("blocks maps a block group to teacher indices: blocks: {blocks: [4]} (PixArt: one group, "
                "blocks) or blocks: {double: [3], single: [10]} (Flux: groups double and single)")
 COUNT_HINT = ("{0} is over all blocks or per block group: {0}: {1}, {0}: {{blocks: {1}}} (PixArt) or "

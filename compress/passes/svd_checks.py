@@ -25,8 +25,8 @@ ENERGY_DEFAULT = 0.99  # SVDConfig.energy's default: another value asks for allo
 
 def _bad(key: str, message: str, *reads: str) -> BadValue:
     """A BadValue at `key` whose check read `reads` besides it (and nothing else of the pass): at a
-    line of the file the error names the --sets of those keys alone (recipe.with_sets), not every
-    --set of the pass. A BadValue made otherwise says nothing of what it read: all are named."""
+    line of the file the error names the --sets of those keys alone (recipe_convert.with_sets), not
+    every --set of the pass. A BadValue made otherwise says nothing of what it read: all are named."""
     error = BadValue(key, message)
     error.reads = reads
     return error

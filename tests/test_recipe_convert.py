@@ -1,0 +1,27 @@
+"""YAML nodes to typed values: an error names the value that is wrong, at its line."""
+
+import pytest
+import yaml
+
+from compress.errors import UserError
+from compress.recipe_convert import convert
+from compress.recipe_yaml import RecipeLoader
+
+
+@pytest.mark.parametrize("text, tp, message", [
+    ("x: {a: '1'}", dict[str, list[int]] | None, "r.yaml:1: x.a must be a list of an integer, not '1'"),
+    ("x:\n  a: [1]\n  b: [2, y]", dict[str, list[int]] | None, "r.yaml:3: x.b[1] must be an integer, not 'y'"),
+    ("x: [1, two]", list[int] | int | None, "r.yaml:1: x[1] must be an integer, not 'two'"),
+    ("x: {a: 1}", dict[str, str] | int, "r.yaml:1: x.a must be a string, not 1"),
+    # a scalar, or a container two types could take: what the union takes
+    ("x: '1'", dict[str, list[int]] | None, "r.yaml:1: x must be a mapping of a string to a list of an integer "
+                                            "or null, not '1'"),
+    ("x: [[1]]", list[int] | list[str], "r.yaml:1: x must be a list of an integer or a list of a string, not a list"),
+])
+def test_a_wrong_value_inside_the_one_container_a_union_takes_is_named(text, tp, message):
+    """{blocks: {blocks: '1'}} said blocks 'must be a mapping of a string to a list of an integer or null,
+    not a mapping': the mapping was right; the value inside it is the one to name, at its line."""
+    node = yaml.compose(text, Loader=RecipeLoader).value[0][1]
+    with pytest.raises(UserError) as e:
+        convert(node, tp, "r.yaml", "x")
+    assert str(e.value) == message
