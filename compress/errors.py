@@ -35,11 +35,14 @@ def read_utf8(path, label: str, hint: str) -> str:
 
 class BadValue(UserError):
     """A config value out of range, found by a config's `validate()` (values alone, no model). `key`
-    names the recipe key, so the recipe loader can point at that key's line."""
+    names the recipe key, so the recipe loader can point at that key's line; `reads`, the other keys
+    of its pass the check read (recipe_convert.concerned names the --sets of those alone), None where
+    the check does not say (every --set of the pass is named)."""
 
-    def __init__(self, key: str, message: str):
+    def __init__(self, key: str, message: str, reads: tuple[str, ...] | None = None):
         super().__init__(message)
         self.key = key
+        self.reads = reads
 
 
 def did_you_mean(word: str, options) -> str:

@@ -55,7 +55,7 @@ def with_sets(at: _Loc, locs) -> str:
 
 def concerned(keys: dict, error: Exception) -> list:
     """The places among `keys` (dotted key -> _Loc) of the keys `error` concerns: the key a BadValue
-    names and those its check says it read (`reads`, svd_checks._bad), each with the keys under and
+    names and those its check says it read (`reads`, errors.BadValue), each with the keys under and
     above it; all of them where the error does not say (no key, or a check that does not list what it
     read), so that a --set that may have caused it is never left out."""
     key, reads = getattr(error, "key", None), getattr(error, "reads", None)

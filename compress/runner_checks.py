@@ -2,7 +2,7 @@
 
 Each pass is checked against the model as the passes before it leave it (`apply_planned`:
 explicit and per-group block removal, fixed ranks; targets an svd pass factorizes at ranks decided
-after calibration are marked with what is known of them, `svd_checks.mark_planned`). A removal
+after calibration are marked with what is known of them, `svd_planned.mark_planned`). A removal
 whose blocks are chosen by importance over several groups (a bare count on Flux) is placed only at
 run time; a later pass that would fail if those blocks all came from one group gets a warning
 (`SpreadRemovals`).
@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from compress.errors import BadValue, UserError
 from compress.passes.removed_blocks import AfterRemoval, stamp_line
-from compress.passes.svd_checks import stamp_planned
+from compress.passes.svd_planned import stamp_planned
 from compress.report import console
 
 

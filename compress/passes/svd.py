@@ -53,12 +53,12 @@ from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
 from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, check_streaming, check_values,
-                                        floored_note, mark_planned, merge_report, planned_notes, summary,
-                                        unchanged_note)
+                                        floored_note, merge_report, summary, unchanged_note)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
+from compress.passes.svd_planned import mark_planned, planned_notes
 from compress.passes.svd_stages import Stages
 from compress.passes.svd_targets import (Resolved, shadowed_ranks, shape_spec,
                                          uses_output_gram)
@@ -214,7 +214,7 @@ class SVDPass(GlobalAllocation, Pass):
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
         """Fixed ranks (uniform, per_role, explicit) on plan's meta model; budgeted allocations
         (global, energy) are decided after calibration and left dense here, marked with what is known
-        of them for later passes' checks (svd_checks.mark_planned)."""
+        of them for later passes' checks (svd_planned.mark_planned)."""
         targets, ranks = self.resolved.targets(model, adapter)[1], self.resolved.ranks(model, adapter)
         if len(ranks) < len(targets):  # budgeted (global, energy): ranks decided at run time
             setattr(model, PLANNED_FACTORS, True)

@@ -286,7 +286,7 @@ def test_targets_an_earlier_budgeted_pass_leaves_dense_are_allowed(first):
 def test_what_the_check_says_a_global_pass_surely_factorizes_it_does(tmp_path):
     """The check's reading of the allocation against a run of it on the tiny Flux: every target
     `sure` is factorized; of `some`, at least one."""
-    from compress.passes.svd_checks import PLANNED_BY
+    from compress.passes.svd_planned import PLANNED_BY
 
     for first in ({"allocation": "global", "ratio": 0.5, "trust_region": 1.5},
                   {"allocation": "global", "ratio": 0.5}):

@@ -1,0 +1,124 @@
+"""What plan knows of an earlier svd pass whose ranks are decided after calibration (allocation
+global or energy): the targets it leaves dense on plan's meta model but may, or surely will, factorize
+at run time are marked (`mark_planned`), so a later svd pass on them is refused before compute, as the
+run would refuse it when that pass starts, or noted where calibration decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from compress.alloc import DENSE, budget_for_ratio, rank_options
+from compress.errors import BadValue
+from compress.passes.svd_global import trust_ranges_for
+from compress.passes.svd_targets import shape_spec
+
+PLANNED_BY = "_dit_compress_factorized_by"  # on a target of plan's meta model: (Planned, surely factorized)
+
+
+@dataclass(eq=False)
+class Planned:
+    """An svd pass whose ranks are decided after calibration (global, energy), as plan's meta model
+    carries it on the targets it leaves dense there (`mark_planned`): its recipe line (`stamp_planned`),
+    its allocation and ratio, and how many of its targets may go either way (`maybe`), of which the
+    budget factorizes at least one (`some`: it cannot keep them all dense)."""
+
+    allocation: str
+    ratio: float
+    maybe: int
+    some: bool
+    line: str | None = None  # 'line 12' or '--set passes.0=...' (stamp_planned)
+
+    def by(self) -> str:
+        return f"the svd pass at {self.line}" if self.line is not None else "an earlier svd pass"
+
+
+def mark_planned(model: nn.Module, c, targets, fixed: dict) -> None:
+    """Marks the targets a budgeted pass (c: its SVDConfig) leaves dense on plan's meta model but may
+    factorize at run time (those of `fixed`, its explicit ranks, are placed already), each with
+    whether it surely is: `global` gives a target that has ranks saving parameters within its trust
+    range, and whose range stops below the break-even rank, one of them whatever calibration finds;
+    a target with no such rank stays dense (energy too); the rest may go either way."""
+    free = [i for i in targets if i.name not in fixed]
+    specs = [shape_spec(i) for i in free]
+    ranges = (trust_ranges_for(specs, c) if c.allocation == "global" else None) or {}
+    options = [rank_options(s, c.multiple, ranges.get(s.name)) for s in specs]  # (ranks, dense allowed)
+    sure = [c.allocation == "global" and ranks.size > 0 and not dense_ok for ranks, dense_ok in options]
+    maybe = [ranks.size > 0 and not s for (ranks, _), s in zip(options, sure)]
+    # every `maybe` target dense, the others at their lowest rank, would spend more than the budget
+    least = sum(s.params(int(ranks[0]) if is_sure else DENSE)
+                for s, (ranks, _), is_sure in zip(specs, options, sure))
+    some = c.allocation == "global" and any(maybe) and least > budget_for_ratio(specs, c.ratio)
+    planned = Planned(c.allocation, c.ratio, sum(maybe), some)
+    for info, is_sure, is_maybe in zip(free, sure, maybe):
+        if is_sure or is_maybe:
+            setattr(model.get_submodule(info.name), PLANNED_BY, (planned, is_sure))
+
+
+def stamp_planned(model: nn.Module, line: str) -> None:
+    """Gives the factors a pass just marked on plan's meta model (`mark_planned`) where the pass is
+    ('line 12', or the --set that added it)."""
+    for m in model.modules():
+        planned = getattr(m, PLANNED_BY, (None,))[0]
+        if planned is not None and planned.line is None:
+            planned.line = line
+
+
+def _planned_overlap(targets, model: nn.Module) -> dict:
+    """Planned -> (targets it surely factorizes, targets it may factorize, whether those are all of
+    its `maybe` targets still in the model), per earlier budgeted pass among `targets`' marks."""
+    found: dict = {}
+    for info in targets:
+        planned, is_sure = getattr(model.get_submodule(info.name), PLANNED_BY, (None, False))
+        if planned is not None:
+            found.setdefault(planned, ([], []))[0 if is_sure else 1].append(info.name)
+    present = {}
+    for m in model.modules():  # an earlier removal may have taken some of them: then none is sure
+        planned, is_sure = getattr(m, PLANNED_BY, (None, True))
+        if planned in found and not is_sure:
+            present[planned] = present.get(planned, 0) + 1
+    return {p: (sure, maybe, p.some and len(maybe) == present.get(p, 0) == p.maybe)
+            for p, (sure, maybe) in found.items()}
+
+
+def _names(names: list[str]) -> str:
+    return f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''} {'is' if len(names) == 1 else 'are'}"
+
+
+def check_not_planned(targets, model: nn.Module) -> None:
+    """A target an earlier budgeted pass factorizes at run time whatever calibration finds is refused
+    before compute, as the run refuses it when this pass starts (svd_checks._check_not_factorized): a target
+    whose rank there surely saves parameters, or every target of that pass that may go either way
+    where its budget cannot keep them all dense."""
+    for planned, (sure, maybe, all_of_some) in _planned_overlap(targets, model).items():
+        if sure:
+            raise BadValue("targets", f"svd: {_names(sure)} already factorized (by {planned.by()}: its "
+                                      f"{planned.allocation} allocation gives "
+                                      f"{'it a rank that saves' if len(sure) == 1 else 'them ranks that save'} "
+                                      f"parameters whatever calibration finds); {_advice(sure)}",
+                           reads=("ignore",))
+        if all_of_some:
+            raise BadValue("targets", f"svd: {_names(maybe)} already factorized, some of them at least (by "
+                                      f"{planned.by()}: its {planned.allocation} allocation, keeping {planned.ratio} "
+                                      "of its targets' parameters, cannot leave them all dense; which it "
+                                      f"factorizes, it decides after calibration); {_advice(maybe)}",
+                           reads=("ignore",))
+
+
+def _advice(names: list[str]) -> str:
+    return f"leave {'it' if len(names) == 1 else 'them'} out with svd.ignore, or factorize once at a lower ratio"
+
+
+def planned_notes(targets, model: nn.Module) -> list[tuple[str, str]]:
+    """(key, note) per earlier budgeted pass that may factorize some of `targets` at run time (ranks
+    decided after calibration): the run stops when this pass starts if it does."""
+    out = []
+    for planned, (_, maybe, _) in _planned_overlap(targets, model).items():
+        if maybe:
+            out.append(("targets", f"svd: {_names(maybe)} factorized by {planned.by()} if its "
+                                   f"{planned.allocation} allocation, decided after calibration, gives "
+                                   f"{'it a rank that saves' if len(maybe) == 1 else 'them ranks that save'} "
+                                   "parameters; then the run stops when this pass starts (a layer is factorized "
+                                   f"once): {_advice(maybe)}"))
+    return out
