@@ -34,7 +34,7 @@ class CalibrationConfig:
     """Where calibration inputs come from: prompts x timesteps x classifier-free-guidance branches."""
 
     source: Literal["auto", "toy", "pipeline", "synthetic"] = "auto"  # auto: toy for toy: teachers
-    num_prompts: int = 10  # toy, synthetic: prompts drawn (the ten digit classes); pipeline: the first
+    num_prompts: int = 10  # toy, synthetic: num_prompts × timesteps inputs drawn; pipeline: the first
     # num_prompts of `prompts` and prompt_file's lines where the recipe sets it, else all of them
     prompts: list[str] = field(default_factory=list)  # pipeline source: the prompts
     prompt_file: str | None = None  # pipeline source: one prompt per line (relative to the recipe)
@@ -46,7 +46,8 @@ class CalibrationConfig:
     height: int | None = None  # pipeline source: image size sampled (null: the pipeline's default,
     width: int | None = None  # 1024² for PixArt-Σ-1024 and Flux.1-dev; PixArt-Σ's pipeline bins it
     # to the nearest aspect ratio its resolution was trained on, so there it picks the aspect ratio)
-    timesteps: int = 8  # how many timesteps per prompt, spread over the schedule
+    timesteps: int = 8  # pipeline: sampler steps kept per prompt, spread over the schedule; toy,
+    # synthetic: each input at its own noise level, drawn uniformly
     cfg_branches: bool = True  # also the unconditional (empty prompt) branch
     batch_size: int = 32  # rows per calibration batch (pipeline records are shuffled and joined)
     seed: int = 0
