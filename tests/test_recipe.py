@@ -528,7 +528,16 @@ def test_an_error_a_set_caused_names_it():
     (SVD + "      compensate: true\n      fisher: all\n", ["passes.0.svd.method=svd", "passes.0.svd.multiple=8"],
      "r.yaml:6 (with --set passes.0.svd.method=svd): svd.compensate: true needs method: whitened"),
     (GOOD.replace("timesteps: 2", "timesteps: 0"), ["calibration.seed=3"],
-     "r.yaml:6: calibration.timesteps must be at least 1, not 0")])
+     "r.yaml:6: calibration.timesteps must be at least 1, not 0"),
+    (GOOD.replace("lr: 0.001", "lr: -1"), ["passes.1.distill.steps=5"], "r.yaml:11: distill: lr must be > 0"),
+    (GOOD.replace("lr: 0.001", "mask_massive: 2"), ["passes.1.distill.lambda_feat=0", "passes.1.distill.steps=5"],
+     "r.yaml:11 (with --set passes.1.distill.lambda_feat=0): distill: mask_massive masks the feature loss"),
+    (GOOD.replace("lr: 0.001", "latents_dir: d"), ["passes.1.distill.data=teacher_samples",
+                                                   "passes.1.distill.lr=0.01"],
+     "r.yaml:11 (with --set passes.1.distill.data=teacher_samples): distill: latents_dir is read only"),
+    (SVD.replace("svd:\n      ratio: 0.5", "remove_blocks:\n      count: 1\n      criterion: learned\n      learn_rank: 4"),
+     ["passes.0.remove_blocks.learn_lr=0", "passes.0.remove_blocks.learn_steps=3"],
+     "r.yaml:7 (with --set passes.0.remove_blocks.learn_lr=0): remove_blocks: learn_rank shapes the weight update")])
 def test_an_error_names_only_the_sets_of_the_keys_its_check_read(text, sets, said):
     """Every --set of the pass was named: the file's ratio: 5 with --set passes.0.svd.multiple=8 said
     'r.yaml:5 (with --set passes.0.svd.multiple=8): svd.ratio must be ...', blaming an unrelated --set."""

@@ -66,7 +66,7 @@ class RemoveBlocksConfig:
         """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
         if self.criterion not in CRITERIA:
             raise BadValue("criterion", f"remove_blocks: criterion must be one of {', '.join(CRITERIA)}, "
-                                        f"got {self.criterion!r}")
+                                        f"got {self.criterion!r}", reads=())
         check_buckets(self.buckets, "remove_blocks")
         self._validate_learned()
         self._validate_explicit()
@@ -75,13 +75,13 @@ class RemoveBlocksConfig:
         given = [k for k in LEARNED_KEYS if getattr(self, k) is not None]
         if given and self.criterion != "learned":
             raise BadValue(given[0], f"remove_blocks: {given[0]} applies to criterion: learned "
-                                     f"(this pass ranks by {self.criterion})")
+                                     f"(this pass ranks by {self.criterion})", reads=("criterion",))
         if self.criterion == "learned" and self.blocks is not None:
             raise BadValue("criterion", "remove_blocks: blocks lists the blocks to remove; criterion "
-                                        "learned chooses them for a count or fraction")
+                                        "learned chooses them for a count or fraction", reads=("blocks",))
         if self.criterion == "learned" and self.iterative:
             raise BadValue("iterative", "remove_blocks: criterion learned chooses all blocks at once; "
-                                        "iterative applies to scan and proxy")
+                                        "iterative applies to scan and proxy", reads=("criterion",))
         for key, ok, allowed in (("window", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("learn_steps", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("learn_lr", lambda v: _num(v) and v >= 0, "a number ≥ 0"),
@@ -90,10 +90,10 @@ class RemoveBlocksConfig:
                                  ("estimator", lambda v: v in ESTIMATORS, "one of " + ", ".join(ESTIMATORS))):
             v = getattr(self, key)
             if v is not None and not ok(v):
-                raise BadValue(key, f"remove_blocks: {key} must be {allowed}, got {v!r}")
+                raise BadValue(key, f"remove_blocks: {key} must be {allowed}, got {v!r}", reads=())
         if self.learn_rank is not None and self.learn_lr == 0:
             raise BadValue("learn_rank", "remove_blocks: learn_rank shapes the weight update, and learn_lr: 0 "
-                                         "turns it off; drop one of them")
+                                         "turns it off; drop one of them", reads=("learn_lr",))
 
     def _validate_explicit(self) -> None:
         """Listed blocks are removed as listed: a criterion, iterative or buckets other than the
@@ -103,7 +103,8 @@ class RemoveBlocksConfig:
         for f in fields(self):
             if f.name in ("criterion", "iterative", "buckets") and getattr(self, f.name) != f.default:
                 raise BadValue(f.name, f"remove_blocks: {f.name} applies to a count or fraction chosen by "
-                                       "importance; blocks lists the blocks to remove")
+                                       "importance; blocks lists the blocks to remove",
+                               reads=("blocks", "count", "fraction"))
 
 
 def _biased(config: RemoveBlocksConfig) -> list[tuple[str, str]]:
