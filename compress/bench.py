@@ -15,7 +15,7 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
-from compress.report import param_count, results, to_json
+from compress.report import console, param_count, results, to_json
 from compress.report_teacher import teacher_to_load, warn_if_teacher_changed
 
 
@@ -34,13 +34,41 @@ def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
     return SyntheticSource(family, calib, model.config).heldout()[0]
 
 
-def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device) -> list[float]:
+def input_bytes(model, family: str, teacher_source: str, batch: int, dtype: torch.dtype) -> int:
+    """Bytes of step_inputs for `batch` images with its floating tensors in `dtype`, from those of
+    1 and 2 images: each input is either rows × a fixed size or fixed (ids), so this is exact."""
+    one, two = (sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
+                    for t in step_inputs(model, family, teacher_source, n).values() if torch.is_tensor(t))
+                for n in (1, 2))
+    return one + (batch - 1) * (two - one)
+
+
+def check_batch_fits(model, family: str, teacher_source: str, batch: int, device: torch.device,
+                     dtype: torch.dtype) -> None:
+    """A --batch whose step inputs alone are more than the memory holding them is a UserError before
+    the teacher loads (it ran out of memory minutes later): built in float32 in this machine's memory,
+    then on a GPU its copy in `dtype`. Weights and activations come on top: a batch that passes may
+    still run out."""
+    from compress.plan_memory import device_memory
+
+    for where, in_dtype in {"cpu": torch.float32, str(device): dtype}.items():
+        need, have = input_bytes(model, family, teacher_source, batch, in_dtype), device_memory(where)
+        if have is not None and need > have[0]:
+            raise UserError(f"--batch {batch}: one step's inputs alone take {need / 2**30:.1f} GiB, more than the "
+                            f"{have[0] / 2**30:.1f} GiB of memory of {have[1]}; give a smaller --batch")
+
+
+def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device, status=None) -> list[float]:
     """Median seconds of one forward of each model (after 3 warm-ups), the models timed in turn
     within each repeat (order alternating), so a slowdown from other work on the machine falls on
-    all of them alike instead of on whichever ran while it lasted."""
+    all of them alike instead of on whichever ran while it lasted. `status`: a rich Status that
+    says which step runs (minutes of silence otherwise for a real model on a CPU)."""
     times = [[] for _ in models]
     with torch.no_grad():
         for i in range(repeats + 3):
+            if status is not None:
+                status.update(f"bench: warm-up step {i + 1} of 3" if i < 3 else
+                              f"bench: timed step {i - 2} of {repeats} of each model")
             order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
             for k in order:
                 seconds = _one_forward(models[k], kwargs, device)
@@ -61,6 +89,13 @@ def _one_forward(model, kwargs: dict, device: torch.device) -> float:
 
 def weight_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def stored_dtype(model) -> str:
+    """The dtype of a model's floating weights as loaded ('float16'; 'bfloat16+float32' where mixed):
+    what its weight bytes were counted in."""
+    names = {str(t.dtype).removeprefix("torch.") for t in model.parameters() if t.is_floating_point()}
+    return "+".join(sorted(names))
 
 
 def peak_memory(model, kwargs, device) -> int | None:
@@ -95,25 +130,31 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     """Teacher vs student step time, parameters and memory (`loras`: --lora, where the LoRAs the
     output took are now, io.load_teacher_of; `teacher`, `teacher_config`: --teacher, --teacher-config,
     in place of the recorded ones, report_teacher.recorded_teacher)."""
-    out = Path(out).expanduser()
-    if not out.is_dir():
-        raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
+    from compress.arch import get_adapter
+
+    out = _output_folder(Path(out).expanduser())
     if repeats < 1 or batch < 1:
         raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
     dev = _device(device)  # before loading: a wrong --device is refused at once, not after the models load
-    student = load_transformer(out)  # a UserError unless `out` is an output folder
-    source, config = teacher_to_load(out, teacher, teacher_config)
-    if not source:
-        raise UserError(f"{out}/report.json names no teacher; pass --teacher")
-    warn_if_teacher_changed(out, source, "bench")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    student = cast(student, dev, dtype)
-    ref = cast(load_teacher_of(student, source, config, loras), dev, dtype)
-    from compress.arch import get_adapter
-
-    kwargs = moved(step_inputs(ref, get_adapter(ref).family, source, batch), dev, dtype)
-    t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev)
-    mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
+    with console.status(f"bench: loading {out}") as status:
+        student = load_transformer(out)  # a UserError unless `out` is an output folder
+        source, config = teacher_to_load(out, teacher, teacher_config)
+        if not source:
+            raise UserError(f"{out}/report.json names no teacher; pass --teacher")
+        warn_if_teacher_changed(out, source, "bench")
+        family = get_adapter(student).family
+        check_batch_fits(student, family, source, batch, dev, dtype)  # before the teacher loads
+        status.update(f"bench: loading the teacher {source}")
+        stored = weight_bytes(student), stored_dtype(student)  # as exported (export.dtype), before the cast
+        ref = load_teacher_of(student, source, config, loras, dtype=None)  # as stored, likewise
+        ref_stored = weight_bytes(ref), stored_dtype(ref)
+        student, ref = cast(student, dev, dtype), cast(ref, dev, dtype)
+        kwargs = moved(step_inputs(ref, family, source, batch), dev, dtype)
+        t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev, status)
+        if dev.type == "cuda":  # peak_memory measures on a GPU only
+            status.update("bench: peak memory of one step")
+        mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
@@ -122,9 +163,24 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         "teacher_step_s": t_teacher, "student_step_s": t_student,
         "speedup": t_teacher / t_student,
         "params_ratio": param_count(student) / param_count(ref),
-        "weight_bytes_ratio": weight_bytes(student) / weight_bytes(ref),
+        "weight_bytes_ratio": stored[0] / ref_stored[0],  # as stored: the export's dtype against the teacher's
+        "student_stored_dtype": stored[1], "teacher_stored_dtype": ref_stored[1],
         "peak_memory_ratio": (mem_s / mem_t) if mem_t else None,
     }
+
+
+def _output_folder(out: Path) -> Path:
+    """`out` if it is a folder (load_transformer says whether it is an output). The weight file of
+    an output is refused in eval's words (io_source.check_source: give its folder)."""
+    from compress.io_source import check_source, output_weights
+
+    if out.is_file() and output_weights(out):
+        check_source(str(out))  # raises: "... is a weight file of the dit-compress output ...: give that folder"
+    if out.is_file():
+        raise UserError(f"{out} is a file: bench takes an output folder (dit-compress bench OUT, OUT written by run)")
+    if not out.is_dir():
+        raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
+    return out
 
 
 def _faster(speedup: float) -> str:
@@ -148,7 +204,8 @@ def bench_command(args) -> int:
     table.add_column("student / teacher", justify="right")
     table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  ({_faster(result['speedup'])})")
     table.add_row("parameters", f"{result['params_ratio']:.3f}")
-    table.add_row("weight memory", f"{result['weight_bytes_ratio']:.3f}")
+    table.add_row("weight memory, as stored", f"{result['weight_bytes_ratio']:.3f}  "
+                                              f"({result['student_stored_dtype']} / {result['teacher_stored_dtype']})")
     if result["peak_memory_ratio"] is not None:
         table.add_row("peak memory", f"{result['peak_memory_ratio']:.3f}")
     results.print(table)

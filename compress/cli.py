@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("importance", help="block-importance scan: table, JSON and heatmap PNG")
     p.add_argument("source", help="a recipe YAML (a real teacher is scanned through a recipe naming it), or a toy "
                    "teacher (toy:pixart, toy:flux)")
-    p.add_argument("--buckets", type=int, default=3, help="timestep buckets (default 3)")
+    p.add_argument("--buckets", type=int, help="timestep buckets, at most the calibration timesteps (default: the "
+                   "recipe's importance pass's buckets, else 3)")
     p.add_argument("--json", metavar="FILE", help="write the scan as JSON (- : on standard output, in place of the table)")
     p.add_argument("--png", metavar="FILE", help="heatmap path (default importance-<family>.png)")
     _recipe_options(p)  # of a recipe source only (commands.importance says so of a toy)
@@ -225,11 +226,12 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "inspect": cmd_inspect, "importanc
 
 # what lowers the memory a command other than `run` needs (run names its pass and recipe keys)
 MEMORY_HINTS = {
-    "bench": "a smaller --batch, or --device cpu",
+    "bench": "a smaller --batch",
     "importance": "a recipe with a smaller calibration.batch_size, compute_dtype: bfloat16 or stream: true",
     "eval": "a machine with more memory (a streamed run's output is evaluated streamed)",
     "plan": "a machine with more memory",
 }
+GPU_MEMORY_HINTS = {"bench": "a smaller --batch, or --device cpu"}  # where a GPU ran out: the CPU's memory may do
 
 
 SEED_LIMIT = 2**32  # compress.toy.evaluate.SEED_LIMIT's, here so the check imports no torch (tested equal)
@@ -265,8 +267,10 @@ def _out_of_memory(command: str, e: BaseException) -> UserError | None:
 
     if not is_out_of_memory(e):
         return None
-    hint = MEMORY_HINTS.get(command, "a machine with more memory")
-    return OutOfMemory(f"`dit-compress {command}` ran out of {memory_in_words(e)}; try {hint}")
+    memory = memory_in_words(e)  # 'GPU memory ...' or 'CPU memory ...'
+    hints = GPU_MEMORY_HINTS if memory.startswith("GPU") and command in GPU_MEMORY_HINTS else MEMORY_HINTS
+    hint = hints.get(command, "a machine with more memory")
+    return OutOfMemory(f"`dit-compress {command}` ran out of {memory}; try {hint}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,19 +21,36 @@ def _is_recipe(source: str) -> bool:
     return source.endswith((".yaml", ".yml"))
 
 
-def _teacher_and_inputs(source: str, teacher_arg: str | None = None, config_arg: str | None = None,
-                        overrides: list[str] = ()):
-    """(teacher source, teacher model, input source, block loader) from a recipe or a teacher
-    source; the loader (compress.stream.CheckpointBlocks) is None unless the recipe streams.
-    `teacher_arg`, `config_arg`, `overrides`: --teacher, --teacher-config and --set of a recipe, as
+def _importance_source(source: str, teacher_arg: str | None, config_arg: str | None, overrides: list[str]):
+    """The recipe `source` names (with `overrides`, --set), or None for a toy teacher scanned
+    directly; checked, nothing loaded: what the scan needs to know (its settings, the family) is
+    known before the teacher loads."""
+    from compress.recipe import load_recipe
+
+    if _is_recipe(source):
+        return load_recipe(source, overrides)
+    if looks_local(source) and not Path(source).expanduser().exists():
+        raise UserError(f"{source}: no such recipe or teacher")
+    _check_teacher_or_recipe(source)
+    if not source.startswith("toy:"):
+        raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "
+                        "prompts a recipe gives; pass a recipe whose teacher it is "
+                        "(dit-compress importance RECIPE)")
+    _check_no_recipe_options(source, teacher_arg, config_arg, overrides)
+    return None
+
+
+def _teacher_and_inputs(source: str, recipe, teacher_arg: str | None = None, config_arg: str | None = None):
+    """(teacher source, teacher model, input source, block loader) from a recipe (None: `source` is
+    a toy teacher, _importance_source); the loader (compress.stream.CheckpointBlocks) is None unless
+    the recipe streams. `teacher_arg`, `config_arg`: --teacher, --teacher-config of a recipe, as
     plan and run take them."""
     from compress.inputs import check_pipeline_packages, input_source
-    from compress.recipe import CalibrationConfig, load_recipe
+    from compress.recipe import CalibrationConfig
     from compress.runner import load_checked_teacher, resolve_device
 
     loader = None
-    if _is_recipe(source):
-        recipe = load_recipe(source, overrides)
+    if recipe is not None:
         check_pipeline_packages(recipe, teacher_arg)  # before a hub teacher downloads
         device = resolve_device(recipe)  # the scan runs where the recipe's passes would
         if recipe.stream:  # as its run would: the top level resident, blocks read as they run
@@ -49,14 +66,6 @@ def _teacher_and_inputs(source: str, teacher_arg: str | None = None, config_arg:
             teacher = cast(teacher, device)
         calib, recipe_dir = recipe.calibration, Path(source).parent
     else:
-        if looks_local(source) and not Path(source).expanduser().exists():
-            raise UserError(f"{source}: no such recipe or teacher")
-        _check_teacher_or_recipe(source)
-        if not source.startswith("toy:"):
-            raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "
-                            "prompts a recipe gives; pass a recipe whose teacher it is "
-                            "(dit-compress importance RECIPE)")
-        _check_no_recipe_options(source, teacher_arg, config_arg, overrides)
         teacher_source, teacher = source, load_teacher(source).eval()
         calib, recipe_dir = CalibrationConfig(), None
     family = get_adapter(teacher).family
@@ -144,21 +153,55 @@ def importance(args) -> int:
     to_stdout = args.json == "-"  # the scan as JSON on standard output, in place of the table
     json_path = output_file(args.json, "--json") if args.json and not to_stdout else None  # before the scan
     png = output_file(args.png, "--png", figure=True) if args.png else None
-    _, teacher, inputs, loader = _teacher_and_inputs(args.source, args.teacher, args.teacher_config,
-                                                     args.overrides)
+    recipe = _importance_source(args.source, args.teacher, args.teacher_config, args.overrides)  # None: a toy
+    config = _importance_config(recipe, args.buckets)  # before the teacher loads
+    png = png or _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])
+    _, teacher, inputs, loader = _teacher_and_inputs(args.source, recipe, args.teacher, args.teacher_config)
     adapter = get_adapter(teacher)
-    png = png or output_file(f"importance-{adapter.family}.png", "--png", figure=True)  # before the scan
     with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling
         batches = inputs.calibration()
-    result = scan(teacher, adapter, batches, buckets=args.buckets, loader=loader)
+    result = scan(teacher, adapter, batches, buckets=config.buckets, progress=config.progress,
+                  skips=not config.proxy_only, loader=loader)
     if to_stdout:
         print(to_json(result.to_dict()))
     else:
-        results.print(render_table(result))
+        results.print(render_table(result, width=results.width))
     console.print(f"wrote {plot_heatmap(result, png)}")
     if json_path:
         console.print(f"wrote {save_json(result, json_path)}")
     return 0
+
+
+def _importance_config(recipe, buckets: int | None):
+    """The settings the scan runs with: those of the recipe's first importance pass (buckets,
+    proxy_only, progress), so the scan is the one `run` records; the pass's defaults for a toy
+    teacher or a recipe without one. `buckets` (--buckets, None where not given) overrides the
+    pass's, and is at most the calibration timesteps: more leave columns no input falls in."""
+    import dataclasses
+
+    from compress.passes.importance import ImportanceConfig
+    from compress.recipe import CalibrationConfig
+
+    spec = next((p for p in recipe.passes if p.name == "importance"), None) if recipe is not None else None
+    config = dataclasses.replace(spec.config) if spec is not None else ImportanceConfig()
+    if buckets is None:
+        return config
+    timesteps = (recipe.calibration if recipe is not None else CalibrationConfig()).timesteps
+    if buckets > timesteps:
+        has, more = (("the recipe has", "more calibration.timesteps (--set calibration.timesteps=N)")
+                     if recipe is not None else
+                     ("a toy teacher scanned directly has", "a recipe with more calibration.timesteps"))
+        raise UserError(f"--buckets {buckets}: at most one bucket per calibration timestep, and {has} "
+                        f"{timesteps}; pass --buckets {timesteps} or fewer, or {more}")
+    return dataclasses.replace(config, buckets=buckets)
+
+
+def _default_png(family: str) -> Path:
+    """importance-<family>.png in the working folder, where the heatmap goes without --png; checked
+    before the teacher loads, an error naming that file and --png (the user gave no --png)."""
+    name = f"importance-{family}.png"
+    return output_file(Path.cwd() / name, f"the heatmap {name} (the default; --png PATH writes it elsewhere)",
+                       figure=True)
 
 
 def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = None):
@@ -302,7 +345,7 @@ def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
     report = read_report(out)
-    src = input_source(adapter.family, report.get("teacher") or source, recipe.calibration, teacher)
+    src = input_source(adapter.family, source, recipe.calibration, teacher)  # --teacher's pipeline, else the recorded
     if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
         src.cache_dir = Path(report["inputs_cache"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -84,10 +84,11 @@ def looks_local(source: str) -> bool:
 
 
 def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
-                    loras: list[str] | None = None) -> nn.Module:
+                    loras: list[str] | None = None, dtype: torch.dtype | None = torch.float32) -> nn.Module:
     """The teacher to compare `student` with (eval, bench): of the student's family, or a UserError;
     with the LoRAs the student recorded merged into it (`loras`: where they are now, eval's and
-    bench's --lora, in place of the recorded places)."""
+    bench's --lora, in place of the recorded places). `dtype`: load_teacher's (None: as stored,
+    whose bytes bench compares the export's with)."""
     from compress.io_source import checked
 
     recorded = (getattr(student, "compression_meta", None) or {}).get("loras")
@@ -102,7 +103,7 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
     if found and found[0] != family:
         raise UserError(f"teacher {source} is a {found[1]}; the model to compare with it is a "
                         f"{type(student).__name__}")
-    teacher = load_teacher(src, config=config, family=family).eval()
+    teacher = load_teacher(src, dtype, config=config, family=family).eval()
     if get_adapter(teacher).family != family:
         raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
                         f"it is a {type(student).__name__}")

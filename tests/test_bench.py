@@ -122,3 +122,107 @@ def test_a_benchmark_tool_answers_help_and_refuses_unknown_arguments(tool):
     refused = subprocess.run([sys.executable, str(path), "--repeats", "3"], capture_output=True, text=True,
                              timeout=120)
     assert refused.returncode == 2 and "unrecognized arguments: --repeats 3" in refused.stderr
+
+
+def _output(tmp_path, dtype=None):
+    """A tiny PixArt output (one factorized layer) of the tiny teacher saved in tmp_path/teacher."""
+    from compress import save_compressed
+    from tests.conftest import factorize, tiny_pixart
+
+    teacher = tiny_pixart()
+    teacher.save_pretrained(tmp_path / "teacher")
+    return save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.2"], rank=2), tmp_path / "out", dtype,
+                           extra={"teacher": str(tmp_path / "teacher")})
+
+
+def test_running_out_of_cpu_memory_does_not_advise_the_cpu():
+    """Out of CPU memory, bench advised '--device cpu', where it already ran; a GPU's still does."""
+    from compress.cli import _out_of_memory
+
+    cpu = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 204800000000 bytes.")
+    gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB.")
+    assert str(_out_of_memory("bench", cpu)).endswith("ran out of CPU memory (tried to allocate 190.7 GiB); "
+                                                      "try a smaller --batch")
+    assert str(_out_of_memory("bench", gpu)).endswith("try a smaller --batch, or --device cpu")
+
+
+def test_a_batch_whose_inputs_cannot_fit_is_refused_before_the_teacher_loads(tmp_path, monkeypatch):
+    """--batch 100000000 ran silently for minutes, then out of memory allocating its inputs; what they
+    take is exact (1 and 2 images' inputs), so one more than the memory is refused at once."""
+    import compress.bench as bench
+    import compress.plan_memory as plan_memory
+    from tests.conftest import tiny_pixart
+
+    out = _output(tmp_path)
+    need = bench.input_bytes(tiny_pixart(), "pixart", str(tmp_path / "teacher"), 1000, torch.float32)
+    assert need == 1000 * 2 * ((4 * 4 * 4 + 8 * 12 + 8) * 4 + 8)  # per row: latents, caption, mask (float32), timestep
+    monkeypatch.setattr(plan_memory, "device_memory", lambda device: (need - 1, "this machine"))
+    monkeypatch.setattr(bench, "load_teacher_of", lambda *a, **k: pytest.fail("the teacher loaded"))
+    with pytest.raises(UserError, match=r"^--batch 1000: one step's inputs alone take 0\.0 GiB, more than the 0\.0 "
+                                        r"GiB of memory of this machine; give a smaller --batch$"):
+        bench.bench(out, repeats=1, batch=1000, device="cpu")
+    monkeypatch.setattr(plan_memory, "device_memory", lambda device: (need, "this machine"))
+    bench.check_batch_fits(tiny_pixart(), "pixart", str(tmp_path / "teacher"), 1000, torch.device("cpu"),
+                           torch.float32)  # fits exactly: no error
+
+
+def test_weight_memory_is_the_ratio_of_the_stored_bytes(tmp_path, capsys):
+    """Both models were cast to the compute dtype before their bytes were counted: a float16 export
+    showed the parameter ratio, as a float32 one did. Now the bytes as stored, and their dtypes said."""
+    import json
+
+    from compress.cli import main
+
+    out = _output(tmp_path, torch.float16)
+    assert main(["bench", str(out), "--json", "--repeats", "1", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dtype"] == "float32"  # computed in, on a CPU
+    assert result["student_stored_dtype"] == "float16" and result["teacher_stored_dtype"] == "float32"
+    assert result["weight_bytes_ratio"] < 0.55 * result["params_ratio"]  # half the bytes (a few buffers apart)
+    assert main(["bench", str(out), "--repeats", "1", "--device", "cpu"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"weight memory, as stored │ {result['weight_bytes_ratio']:.3f} (float16 / float32)" in shown
+
+
+def test_bench_says_what_it_is_doing_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    """Loading, warm-up and the timed steps ran many silent minutes for a real model on a CPU: a
+    transient status says which step runs (compress.report.console: stderr, on a terminal only)."""
+    import contextlib
+    import json
+
+    import compress.bench as bench
+    from compress.cli import main
+
+    said = []
+
+    class Status:
+        def update(self, text):
+            said.append(text)
+
+    @contextlib.contextmanager
+    def status(text):
+        said.append(text)
+        yield Status()
+
+    out = _output(tmp_path)
+    assert main(["bench", str(out), "--json", "--repeats", "1", "--device", "cpu"]) == 0
+    json.loads(capsys.readouterr().out)  # off a terminal: the JSON alone on stdout, nothing on stderr
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(bench.console, "status", status)
+    assert main(["bench", str(out), "--json", "--repeats", "2", "--device", "cpu"]) == 0
+    assert said == [f"bench: loading {out}", f"bench: loading the teacher {tmp_path / 'teacher'}",
+                    "bench: warm-up step 1 of 3", "bench: warm-up step 2 of 3", "bench: warm-up step 3 of 3",
+                    "bench: timed step 1 of 2 of each model", "bench: timed step 2 of 2 of each model"]
+
+
+def test_an_outputs_weight_file_is_refused_in_evals_words(tmp_path, capsys):
+    """bench OUT/diffusion_pytorch_model.safetensors said 'no such output folder' of a file that is there."""
+    from compress.cli import main
+
+    out = _output(tmp_path)
+    weights = out / "diffusion_pytorch_model.safetensors"
+    for command in ("eval", "bench"):
+        assert main([command, str(weights)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"dit-compress: error: {weights} is a weight file of the dit-compress output {out}: give that folder, "
+            "which loads it with its ranks and block map")

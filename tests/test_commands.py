@@ -597,3 +597,94 @@ def test_eval_of_a_pipeline_folder_holding_a_streamed_output_streams_it(tmp_path
     assert streamed["streamed"] is True
     assert main(["eval", str(pipe), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == streamed
+
+
+def test_eval_of_a_resident_output_samples_in_the_pipeline_of_the_teacher_it_is_given(tmp_path, capsys):
+    """_teacher_relative sampled the held-out inputs in the pipeline the run recorded, not the --teacher
+    given: with the teacher moved and the run's inputs cache gone, eval failed at the old place."""
+    import shutil
+
+    from tests.pipelines import RECIPE as PIPELINE_RECIPE
+    from tests.pipelines import pixart_pipeline
+    from tests.runner_helpers import run_recipe
+
+    (tmp_path / "a").mkdir()
+    old = pixart_pipeline(tmp_path / "a" / "pipe")
+    text = PIPELINE_RECIPE.replace("{teacher}", str(old)).replace("{family}", "pixart").replace("{size}", "")
+    out = run_recipe(tmp_path, text.format(stream="false"), "p")
+    shutil.rmtree(json.loads((out / "report.json").read_text())["inputs_cache"])
+    new = tmp_path / "b"
+    shutil.move(str(tmp_path / "a"), new)  # the teacher moved: nothing is left at the recorded place
+    capsys.readouterr()
+    assert main(["eval", str(out), "--teacher", str(new / "pipe"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pred_rel_error"] > 0
+
+
+TOY_IMPORTANCE = """\
+model: pixart
+teacher: toy:pixart
+calibration: {num_prompts: 1, timesteps: 4, heldout: 4}
+passes:
+  - importance: {buckets: 2, proxy_only: true}
+"""
+
+
+def test_importance_scans_as_the_recipes_importance_pass_runs(tmp_path):
+    """The recipe's first importance pass's settings (buckets, proxy_only) make the scan, so its JSON
+    is the importance.json `run` writes; --buckets, and a --set of the pass's, change the buckets."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TOY_IMPORTANCE)
+    js, png = tmp_path / "imp.json", str(tmp_path / "imp.png")
+    assert main(["importance", str(recipe), "--png", png, "--json", str(js)]) == 0
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]) == 0
+    scanned = json.loads(js.read_text())
+    assert scanned == json.loads((tmp_path / "run" / "importance.json").read_text())
+    assert scanned["buckets"] == ["early", "late"] and all(b["scan"] is None for b in scanned["blocks"])
+    for option in (["--buckets", "1"], ["--set", "passes.0.importance.buckets=1"]):
+        assert main(["importance", str(recipe), "--png", png, "--json", str(js), *option]) == 0
+        assert json.loads(js.read_text())["buckets"] == ["all"], option
+
+
+@pytest.fixture
+def no_teacher_loads(monkeypatch):
+    import compress.commands as commands
+    import compress.runner as runner
+
+    monkeypatch.setattr(commands, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    monkeypatch.setattr(runner, "load_checked_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+
+
+def test_importance_refuses_more_buckets_than_calibration_timesteps(tmp_path, capsys, no_teacher_loads):
+    """A bucket per calibration timestep at most (--buckets 1000 of 2 timesteps drew ~1000 empty
+    columns and a 3 MB PNG), said before the teacher loads."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TOY_IMPORTANCE)
+    png = str(tmp_path / "imp.png")
+    _one_line_errors(capsys, [
+        (["importance", "toy:pixart", "--buckets", "9", "--png", png],
+         "--buckets 9: at most one bucket per calibration timestep, and a toy teacher scanned directly has 8; "
+         "pass --buckets 8 or fewer"),
+        (["importance", str(recipe), "--buckets", "1000", "--png", png],
+         "--buckets 1000: at most one bucket per calibration timestep, and the recipe has 4; pass --buckets 4 "
+         "or fewer, or more calibration.timesteps")])
+
+
+def test_importance_default_heatmap_in_a_read_only_folder_is_named_before_the_teacher_loads(
+        tmp_path, capsys, monkeypatch, no_teacher_loads):
+    """No --png: the error names the default file (importance-<family>.png) and --png PATH, not
+    '--png: the folder . ...' after the teacher and calibration loaded."""
+    import os
+    from pathlib import Path
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(teacher="toy:flux"))
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode) and not (
+        mode == os.W_OK and Path(p).resolve() == folder.resolve()))  # root writes anywhere
+    _one_line_errors(capsys, [
+        (argv, f"the heatmap importance-{family}.png (the default; --png PATH writes it elsewhere): the folder "
+                  f"{folder} is not writable") for argv, family in
+        ((["importance", "toy:pixart"], "pixart"), (["importance", str(recipe)], "flux"))])

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -291,8 +293,26 @@ def spearman(blocks: list[BlockScore]) -> float:
 
 # ---- files --------------------------------------------------------------------------------------
 def save_json(result: ImportanceResult, path) -> Path:
+    text = json.dumps(result.to_dict(), indent=2) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def write_atomically(path, write) -> Path:
+    """`write(tmp)` into a temp file beside `path` (same suffix: matplotlib picks the format by it),
+    then renamed onto `path`: an interrupt (Ctrl-C) or an error mid-write leaves the old file, or
+    none, never a cut-off one under the final name."""
     path = Path(path)
-    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary open would make it (mkstemp: 0600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -6,27 +6,57 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from compress.passes.importance import ImportanceResult
+from compress.passes.importance import ImportanceResult, write_atomically
 
 
-def render_table(result: ImportanceResult, criterion: str = "scan"):
-    """A rich Table, most important block first."""
+def render_table(result: ImportanceResult, criterion: str | None = None, width: int | None = None):
+    """A rich Table, most important block first: by the skip scan, or by the proxy where the scan
+    measured only that (proxy_only). `width`: the terminal's; where a column per bucket does not fit
+    in it those columns are left out (the caption says so), since rich would cut every block name
+    and number to fit them."""
+    criterion = criterion or ("scan" if any(not math.isnan(b.scan) for b in result.blocks) else "proxy")
+    table = _table(result, criterion, by_bucket=True)
+    if width is not None and _least_width(table) > width:
+        table = _table(result, criterion, by_bucket=False)
+    return table
+
+
+def _table(result: ImportanceResult, criterion: str, by_bucket: bool):
+    """The table, its per-bucket columns (of the criterion's score) or not; block names and numbers
+    never cut (numbers do not wrap, names fold)."""
     from rich.table import Table
 
+    scan = criterion == "scan"
     ranges = ", ".join(f"{b} {hi:.2f}-{lo:.2f}" for b, (hi, lo) in zip(result.buckets, result.bucket_ranges))
-    table = Table(title=f"Block importance ({result.family}): error when the block is skipped",
-                  caption=f"buckets by noise level (1 = pure noise): {ranges}; proxy = 1 - cos(block in, "
-                          f"block out); Spearman(proxy, scan) = {result.spearman:.3f}; "
-                          f"{result.block_evaluations} block evaluations")
-    table.add_column("rank", justify="right")
-    table.add_column("block (teacher index)" if renumbered(result) else "block")
-    table.add_column("scan", justify="right")
-    for name, n in zip(result.buckets, result.samples_per_bucket):
-        table.add_column(f"{name} (n={n})", justify="right")
-    table.add_column("proxy", justify="right")
+    what = "error when the block is skipped" if scan else "the cosine proxy (no skip scan)"
+    caption = (f"buckets by noise level (1 = pure noise): {ranges}; proxy = 1 - cos(block in, block out); "
+               + (f"Spearman(proxy, scan) = {result.spearman:.3f}; " if scan else "")
+               + f"{result.block_evaluations} block evaluations"
+               + ("" if by_bucket else "; the per-bucket columns are left out to fit the terminal "
+                                       "(the heatmap and --json hold them)"))
+    table = Table(title=f"Block importance ({result.family}): {what}", caption=caption)
+    table.add_column("rank", justify="right", no_wrap=True)
+    table.add_column("block (teacher index)" if renumbered(result) else "block", overflow="fold")
+    if scan:
+        table.add_column("scan", justify="right", no_wrap=True)
+    names = zip(result.buckets, result.samples_per_bucket) if by_bucket else []
+    for name, n in names:
+        table.add_column(f"{name} (n={n})", justify="right", no_wrap=True)
+    table.add_column("proxy", justify="right", no_wrap=True)
     for rank, b in enumerate(reversed(result.ranked(criterion)), 1):
-        table.add_row(str(rank), f"{b.group}.{b.teacher_index}", _fmt(b.scan), *map(_fmt, b.scan_by_bucket), _fmt(b.proxy))
+        buckets = (b.scan_by_bucket if scan else b.proxy_by_bucket) if by_bucket else []
+        table.add_row(str(rank), f"{b.group}.{b.teacher_index}", *([_fmt(b.scan)] if scan else []),
+                      *map(_fmt, buckets), _fmt(b.proxy))
     return table
+
+
+def _least_width(table) -> int:
+    """The fewest terminal columns `table` takes without cutting a cell (headers wrap)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, table).minimum
 
 
 def renumbered(result: ImportanceResult) -> bool:
@@ -85,6 +115,7 @@ def plot_heatmap(result: ImportanceResult, png_path) -> Path:
     fig.suptitle(f"{result.family}: error of the final prediction with one block skipped\n"
                  f"(Spearman proxy vs scan = {result.spearman:.2f})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return Path(png_path)
+    try:  # a temp file renamed into place: an interrupt never leaves a cut-off figure
+        return write_atomically(png_path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)

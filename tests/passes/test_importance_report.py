@@ -1,0 +1,105 @@
+"""The importance table on a narrow terminal, and its heatmap and JSON never cut off by an interrupt."""
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from compress.passes.importance import BlockScore, ImportanceResult, bucket_names, save_json
+from compress.passes.importance_report import plot_heatmap, render_table
+
+
+def flux_result(k: int = 3, proxy_only: bool = False) -> ImportanceResult:
+    """A scan of 2 double + 4 single blocks in `k` buckets (scores made up, distinct)."""
+    blocks = []
+    for j in range(6):
+        group, i = ("double", j) if j < 2 else ("single", j - 2)
+        scan = math.nan if proxy_only else 0.31234 + j / 97
+        by_bucket = [math.nan if proxy_only else 0.2 + j / 89 + b / 1000 for b in range(k)]
+        blocks.append(BlockScore(group, i, i, scan, by_bucket, 0.05 + j / 83, [0.04 + j / 79 + b / 1000
+                                                                              for b in range(k)]))
+    return ImportanceResult("flux", bucket_names(k), [[1 - b / k, 1 - (b + 1) / k] for b in range(k)], [12] * k,
+                            blocks, math.nan if proxy_only else 0.657, 21, 36)
+
+
+def shown(table, width: int) -> str:
+    console = Console(width=width, file=io.StringIO(), record=True)
+    console.print(table)
+    return console.export_text()
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_a_narrow_terminal_cuts_no_block_name_or_number(k):
+    """60 columns: the rank, block and score columns whole (rich cut them to 'doubl…', '0.31…' to
+    make room for a column per bucket); those columns are left out, and the caption says so."""
+    result = flux_result(k)
+    text = shown(render_table(result, width=60), 60)
+    assert "…" not in text
+    for b in result.blocks:
+        assert f"{b.group}.{b.teacher_index}" in text and f"{b.scan:.4f}" in text and f"{b.proxy:.4f}" in text
+    assert "left out to fit the terminal" in " ".join(text.split())
+    wide = shown(render_table(result, width=200), 200)
+    assert "…" not in wide and all(f"{n} (n=12)" in wide for n in result.buckets)
+    assert "left out" not in wide
+
+
+def test_a_proxy_only_scan_is_ranked_by_the_proxy():
+    """No skip scan (proxy_only): the table ranks by the proxy and shows its buckets, not a column of
+    '-' in the blocks' own order."""
+    result = flux_result(proxy_only=True)
+    table = render_table(result, width=200)
+    assert [str(c.header) for c in table.columns][2:] == ["early (n=12)", "middle (n=12)", "late (n=12)", "proxy"]
+    assert table.columns[1]._cells == ["single.3", "single.2", "single.1", "single.0", "double.1", "double.0"]
+    assert "-" not in table.columns[2]._cells
+
+
+def interrupted_midway(path: Path, write) -> None:
+    """`write(path)` cut off by a Ctrl-C after some bytes reached the file it writes."""
+    with pytest.raises(KeyboardInterrupt):
+        write(path)
+
+
+def test_an_interrupted_heatmap_leaves_the_old_file_and_no_other(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    def cut_off(self, fname, **kw):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    png = tmp_path / "importance-flux.png"
+    png.write_bytes(b"old")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", cut_off)
+    interrupted_midway(png, lambda p: plot_heatmap(flux_result(), p))
+    assert png.read_bytes() == b"old" and [f.name for f in tmp_path.iterdir()] == [png.name]
+    png.unlink()
+    interrupted_midway(png, lambda p: plot_heatmap(flux_result(), p))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert plot_heatmap(flux_result(), png) == png and png.read_bytes()[:4] == b"\x89PNG"
+    assert oct(png.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # as an ordinary open makes it
+
+
+def test_an_interrupted_json_leaves_the_old_file_and_no_other(tmp_path, monkeypatch):
+    real = Path.write_text
+
+    def cut_off(self, text, *a, **kw):
+        real(self, text[:10])
+        raise KeyboardInterrupt
+
+    js = tmp_path / "importance.json"
+    js.write_text("old")
+    monkeypatch.setattr(Path, "write_text", cut_off)
+    interrupted_midway(js, lambda p: save_json(flux_result(), p))
+    assert js.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == [js.name]
+    monkeypatch.undo()
+    assert save_json(flux_result(), js) == js and js.read_text().startswith("{")
+
+
+def _umask() -> int:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
