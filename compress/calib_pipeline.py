@@ -50,12 +50,13 @@ def _where(calib, key: str, value, because: tuple = ()) -> str:
 
 def _prompt_lines(path: Path, name: str, where: str = "") -> list[str]:
     """The non-blank lines of a UTF-8 prompt file, stripped; UserError if unreadable, not text or empty
-    (`where`: 'PATH:LINE: ' of the recipe's prompt_file)."""
+    (`where`: 'PATH:LINE: ' of the recipe's prompt_file). Lines end at \n only (a \r before it is
+    stripped): str.splitlines also breaks at U+2028, U+0085, \x0c ..., which made one line two prompts."""
     text = read_utf8(path, f"{where}calibration.prompt_file {name}", "give one prompt per line, saved as UTF-8")
     if "\x00" in text:
         raise UserError(f"{where}calibration.prompt_file {name}: a binary file (NUL bytes), not one prompt "
                         "per line")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
     if not lines:
         raise UserError(f"{where}calibration.prompt_file {name} is empty: give one prompt per line")
     _warn_if_hash_line(text, name)
@@ -69,7 +70,7 @@ def _warn_if_hash_line(text: str, name: str) -> None:
 
     from compress.report import console
 
-    line = next((i for i, ln in enumerate(text.splitlines(), 1) if ln.strip().startswith("#")), None)
+    line = next((i for i, ln in enumerate(text.split("\n"), 1) if ln.strip().startswith("#")), None)
     if line is not None:
         console.print(f"[bold yellow]warning:[/] {escape(name)}:{line} starts with '#': every non-empty line "
                       "is a prompt (this file format has no comments)")
@@ -262,14 +263,18 @@ def check_size(calib, pipeline: str) -> None:
                         "the toy pipelines sample at their one resolution; leave both out")
 
 
-def inputs_cache_name(source: str, weights: str) -> str:
+def inputs_cache_name(source: str, weights: str, parts: dict | None = None) -> str:
     """The folder of a teacher's sampled records under runs/<recipe>/inputs/: the teacher (source,
-    weights checksum) and the code version only. Each call's file is named by the rest of what its
-    records depend on (`PipelineSource._cached`), so a rerun that only batches, spills or holds out
-    differently samples nothing again."""
+    weights checksum), the pipeline's other parts (`parts`: `pipeline_signature`, its scheduler
+    config, text encoders, VAE) and the code version only. Each call's file is named by the rest of
+    what its records depend on (`PipelineSource._cached`), so a rerun that only batches, spills or
+    holds out differently samples nothing again."""
     import compress
 
-    return hashlib.sha256(f"{source}|{compress.__version__}|{weights}".encode()).hexdigest()[:16]
+    h = hashlib.sha256(f"{source}|{compress.__version__}|{weights}".encode())
+    if parts is not None:  # None (toy pipeline, Hub id): the name older runs gave
+        h.update(json.dumps(parts, sort_keys=True).encode())
+    return h.hexdigest()[:16]
 
 
 class PipelineSource:
@@ -288,6 +293,16 @@ class PipelineSource:
         self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both
         self.cache_dir: Path | None = None  # the runner's: each sampling call's records, on disk
         self._uncond: dict | None = None  # the negative prompt's row (calibration records, CFG)
+
+    def inputs_identity(self) -> dict:
+        """What the sampled inputs depend on that the recipe's keys do not hold, for the calibration
+        caches' keys and --resume to compare: {"prompts": a digest of the prompts read (a prompt_file
+        names its path, not its lines), "pipeline": `pipeline_signature` of the pipeline's parts
+        other than the transformer (None: a toy pipeline or a Hub id)}."""
+        from compress.io_signature import pipeline_signature
+
+        prompts = hashlib.sha256(json.dumps(self.prompts).encode()).hexdigest()[:16]
+        return {"prompts": prompts, "pipeline": pipeline_signature(self.pipeline)}
 
     def _run(self, prompts: list[str], seed: int, what: str = "calibration") -> list[dict]:
         """Records of every sampling call (`prompts_per_call` prompts each; prompt i draws its

@@ -237,9 +237,9 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
     `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id; by default the teacher
     the output records, where that is one of these (a toy or a pipeline whose transformer is not of
-    the output's family and widths: a UserError); a pipeline folder (a pipeline's save_pretrained)
-    is its own base. `dtype` (or its name): of the whole pipeline (default: the dtype the
-    transformer was exported in, so all parts agree)."""
+    the output's family and widths: a UserError); a pipeline folder (a pipeline's save_pretrained,
+    a toy pipeline's too: `_saved_toy_pipeline`) is its own base. `dtype` (or its name): of the
+    whole pipeline (default: the dtype the transformer was exported in, so all parts agree)."""
     dtype = as_dtype(dtype, "load_pipeline")
     transformer = load_transformer(out, dtype=dtype)
     folder = output_folder(out)
@@ -251,6 +251,10 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
 
         _check_toy_base(transformer, base)
         return _refusing_lora_loads(load_toy_pipeline(base[4:], transformer=transformer))
+    index = _model_index(base)
+    family = _toy_family(index, base) if index is not None else None
+    if family is not None:
+        return _refusing_lora_loads(_saved_toy_pipeline(transformer, base, family, index))
     from diffusers import DiffusionPipeline
 
     from compress.arch import get_adapter
@@ -266,7 +270,74 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
                                                      **pipeline_dtype(dtype or transformer.dtype))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None
+    except AttributeError as e:  # diffusers' getattr of the pipeline class model_index.json names
+        name = re.fullmatch(r"module diffusers has no attribute (\S+)", str(e))
+        if name is None:
+            raise
+        raise _unknown_pipeline_class(base, name[1]) from None
     return _refusing_lora_loads(pipe)
+
+
+def _model_index(base: str) -> dict | None:
+    """The model_index.json of a local pipeline folder `base`; None where there is none (a Hub id,
+    or no pipeline: from_pretrained says what is wrong)."""
+    path = Path(base).expanduser() / "model_index.json"
+    if not path.is_file():
+        return None
+    index = read_json(path)
+    if not isinstance(index, dict):
+        raise UserError(f"cannot load base pipeline '{base}': {path} is not a JSON object")
+    return index
+
+
+def _toy_family(index: dict, base: str) -> str | None:
+    """The toy family whose pipeline's save_pretrained wrote `base` (model_index.json names
+    ToyPixArtPipeline / ToyFluxPipeline, which diffusers cannot import), else None. A class name
+    that is no string (diffusers fails on it with a bare TypeError): a UserError naming it."""
+    from compress.toy.weights import toy_pipeline_family
+
+    name = index.get("_class_name")
+    if not isinstance(name, str):
+        raise _unknown_pipeline_class(base, name)
+    return toy_pipeline_family(name)
+
+
+def _unknown_pipeline_class(base: str, name) -> UserError:
+    """The error for a base pipeline whose model_index.json names a class diffusers cannot import
+    (diffusers raises a bare AttributeError for it)."""
+    import diffusers
+
+    names = "no pipeline class (_class_name)" if name is None else (
+        f"the pipeline class {name!r}, which diffusers {diffusers.__version__} cannot import")
+    return UserError(f"cannot load base pipeline '{base}': its model_index.json names {names}; pass base= a "
+                     "pipeline of a diffusers class (a folder or Hugging Face id) or toy:NAME")
+
+
+def _saved_toy_pipeline(transformer: nn.Module, base: str, family: str, index: dict):
+    """The toy pipeline a toy pipeline's save_pretrained wrote to `base`, around `transformer`:
+    the scheduler saved there; the text encoder and VAE are the toy's own (as for base="toy:NAME";
+    save_pretrained cannot write them). The transformer must be of the toy's family and widths."""
+    from compress.toy.weights import load_toy_pipeline, toy_files
+
+    _check_base_config(transformer, read_config(toy_files(family)[0]), base)
+    return load_toy_pipeline(family, transformer=transformer, scheduler=_saved_scheduler(base, index))
+
+
+def _saved_scheduler(base: str, index: dict):
+    """The scheduler a pipeline's save_pretrained wrote to `base`/scheduler/, of the diffusers class
+    its model_index.json names; a UserError where it names none or the folder cannot be read."""
+    import diffusers
+
+    entry = index.get("scheduler")
+    name = entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers" else None
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise UserError(f"cannot load base pipeline '{base}': its model_index.json names the scheduler "
+                        f"{entry!r}, not a diffusers scheduler class")
+    try:
+        return cls.from_pretrained(os.path.expanduser(base), subfolder="scheduler")
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load base pipeline '{base}': its scheduler: {one_line(e)}") from None
 
 
 def _refusing_lora_loads(pipe):

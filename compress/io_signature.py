@@ -146,3 +146,25 @@ def lora_signature(source: str) -> dict | None:
     except (OSError, ValueError, OverflowError):
         return None
     return None
+
+
+def pipeline_signature(source: str) -> dict | None:
+    """{name: file_signature} of the files of a local pipeline folder that shape the inputs sampled
+    in it: model_index.json and each component's folder it names (scheduler, text encoders,
+    tokenizers, VAE) but the transformer, which the run replaces by the teacher (whose weights are
+    checksummed apart). A calibration cache keyed by it is not read back for a pipeline whose
+    scheduler config or text encoder was edited since. None for a toy pipeline, a Hub id or a
+    folder without model_index.json (loading it says why); UserError where a part cannot be read."""
+    path = Path(source).expanduser()
+    index = path / "model_index.json"
+    if source.startswith("toy:") or not index.is_file():
+        return None
+    try:
+        components = json.loads(index.read_text())
+        names = sorted(k for k in components if not k.startswith("_") and k != "transformer") \
+            if isinstance(components, dict) else []
+        files = [index] + [f for name in names if (path / name).is_dir()
+                           for f in sorted((path / name).rglob("*")) if f.is_file()]
+        return {f.relative_to(path).as_posix(): file_signature(f) for f in files}
+    except (OSError, ValueError, OverflowError) as e:
+        raise UserError(f"cannot read the calibration pipeline {source}: {e}") from None

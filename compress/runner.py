@@ -33,9 +33,9 @@ from compress.report import console, model_card, param_count
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
 from compress.runner_ranks import announce, hand_off, is_follower, several_processes, wait_for_hand_off
-from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, older_checksum, passed_over_in_words,
-                                   read_state, resume_note, resumed_in_words, reusable_stage, stage_dirs,
-                                   teacher_change, teacher_identity, weights_checksum)
+from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, inputs_change, older_checksum,
+                                   passed_over_in_words, read_state, resume_note, resumed_in_words, reusable_stage,
+                                   stage_dirs, teacher_change, teacher_identity, weights_checksum)
 from compress.runner_stream import (HELDOUT, DiskFull, OutOfMemory, check_streaming, disk_full_words, is_out_of_memory,
                                    memory_hints, memory_in_words, models_for, streamed_weights,
                                    warn_if_activations_too_big, warn_if_streamed_too_big)
@@ -173,6 +173,8 @@ class Runner:
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
+        # the prompts read and the pipeline's parts but the transformer: keys of the caches, compared by --resume
+        self.inputs_id = src.inputs_identity() if hasattr(src, "inputs_identity") else None
         weights = streamed_weights(self.teacher, self.adapter) if self.recipe.stream else None
         if any(getattr(p, "needs_calibration", False) for p in self.passes):
             held = footprint(self.recipe, self.source, self.teacher.config, len(self.prompts or ()))
@@ -183,7 +185,7 @@ class Runner:
                 warn_if_activations_too_big(held, self.device, spilled)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         weights_sum = weights_checksum(self.teacher, self.models)  # read once: streamed files are large
-        teacher_id = fingerprint(self.source, weights_sum, self.recipe)
+        teacher_id = fingerprint(self.source, weights_sum, self.recipe, self.inputs_id)
         self.identity = teacher_identity(self.source, self.teacher_config, self.teacher, weights_sum)
         from compress.io_signature import teacher_signature
 
@@ -192,7 +194,8 @@ class Runner:
         if hasattr(src, "cache_dir"):
             from compress.calib_pipeline import inputs_cache_name
 
-            name = inputs_cache_name(self.source, weights_sum)  # not the batching: records are per call
+            # not the batching (records are per call), nor the prompts (each call's file is named by them)
+            name = inputs_cache_name(self.source, weights_sum, self.inputs_id["pipeline"])
             self.inputs_cache = src.cache_dir = (self.run_dir / "inputs" / name).resolve()
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
@@ -254,6 +257,7 @@ class Runner:
         d = self._stage_dir(k)
         state = next(state for i, folder, state in saved if folder == d)
         self._check_teacher(state)
+        self._check_inputs(state)
         self._unfinished()
         self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
         console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, [s.name for s in self.recipe.passes])}")
@@ -313,13 +317,25 @@ class Runner:
             raise UserError(f"--resume: the teacher changed since {self.run_dir} was written "
                             f"({teacher_change(before, self.identity)}); rerun with --restart to start over")
 
+    def _check_inputs(self, state: dict) -> None:
+        """The stage resumed from was calibrated on the prompts read now and in a pipeline whose other
+        parts are as they are now (`inputs_change`); a stage that records none (toy, synthetic, older
+        runs) is not compared."""
+        before = state.get("inputs")
+        if not isinstance(before, dict) or self.inputs_id is None:
+            return
+        changed = inputs_change(before, self.inputs_id, self.recipe.calibration.pipeline or self.source)
+        if changed:
+            raise UserError(f"--resume: {changed} since {self.run_dir} was written; undo the change to resume, "
+                            "or rerun with --restart to start over")
+
     def _save_stage(self, i: int, student):
         if not is_main_process():
             return
         d = self._stage_dir(i)
         self.models.save(student, d, overwrite=True)
-        state = {"recipe": self.recipe.raw, "teacher": self.identity, "report": self.ctx.report,
-                 "block_map": self.ctx.block_map}
+        state = {"recipe": self.recipe.raw, "teacher": self.identity, "inputs": self.inputs_id,
+                 "report": self.ctx.report, "block_map": self.ctx.block_map}
         tmp = d / "state.json.tmp"
         tmp.write_text(json.dumps(state, default=str))
         tmp.replace(d / "state.json")
@@ -406,7 +422,7 @@ class Runner:
         passes = getattr(self, "passes", None) or build_passes(self.recipe)
         fingerprint = getattr(getattr(self, "ctx", None), "fingerprint", None)  # None before prepare
         return interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes,
-                              fingerprint)
+                              fingerprint, getattr(self, "inputs_cache", None))
 
     def _out_of_memory(self, e: BaseException) -> OutOfMemory:
         """One line: what ran out of which memory, what to change in the recipe, and what the run

@@ -191,31 +191,50 @@ def kept_by_resume(info: dict) -> str:
 
 
 def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = None, passes=(),
-                   fingerprint: str | None = None) -> str:
+                   fingerprint: str | None = None, inputs: Path | None = None) -> str:
     """What follows 'interrupted' after Ctrl-C in a run: '; RUN_DIR keeps its work (...): rerun with
     --resume to continue' where `run_dir` holds an unfinished run's saved work, else that nothing
     was saved and a rerun starts over. `discarding`: what is there is an earlier run's that this
     one (--restart) was about to discard. `now`, `passes`: this run's resolved recipe and passes,
     compared as `check_run_folder` does (no `now`: not compared); saved work of another recipe is not
-    offered to --resume, which would refuse it. Output Fishers an interrupted svd pass of this
-    run left (`saved_fishers` of its teacher and calibration `fingerprint`; None: not known yet, so
-    none measured), which a rerun reads back whether or not it resumes, are said to be kept."""
+    offered to --resume, which would refuse it. What this run measured before the Ctrl-C and a rerun
+    reads back whether or not it resumes (`measured_so_far`: sampled calibration inputs in `inputs`,
+    the run's sampled-inputs folder; block statistics and output Fishers an svd pass kept under its
+    teacher and calibration `fingerprint`; None: not known yet, so none measured) is said to be kept."""
     info = None if discarding else interrupted_run(run_dir, now, passes)
     keeps = 0 if discarding or now is None else finished_and_reusable(run_dir, now, passes)
     if keeps:  # a finished run's stages, not yet discarded by this run's start
         return (f"; {run_dir} still holds the finished run's stages: rerun with --resume to keep its first "
                 f"{keeps} pass{'' if keeps == 1 else 'es'} (with the same teacher)")
     if info is None:
-        fishers = saved_fishers(run_dir, fingerprint)
-        if fishers:
-            return (f"; {run_dir} keeps output Fishers measured so far ({fishers} file"
-                    f"{'' if fishers == 1 else 's'}): a rerun of this recipe and teacher reads back those it "
-                    "measured instead of measuring them again (keep the run folder)")
+        kept = measured_so_far(run_dir, fingerprint, inputs)
+        if kept:
+            return (f"; {run_dir} keeps {kept} measured so far: a rerun of this recipe and teacher reads back "
+                    "those it measured instead of measuring them again (keep the run folder)")
         return "; nothing was saved yet: a rerun starts over"
     if info["changed"]:
         return (f"; {another_recipe(run_dir, info)}: {kept_by_resume(info)}a rerun needs --restart to discard "
                 "it, or another --run-dir")
     return f"; {run_dir} keeps its work ({saved_in_words(info)}): rerun with --resume to continue"
+
+
+def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: Path | None) -> str:
+    """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files)': what
+    an interrupted run left that a rerun of the same recipe and teacher reads back instead of
+    computing it again ('' where nothing): each finished sampling call's records in `inputs`
+    (calib_pipeline.PipelineSource._call: <hash>.pt), and under calib/<fingerprint>/<model>/ the
+    svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
+    and output Fishers (`saved_fishers`). Unfinished files (*.tmp*) are not counted."""
+    def count(n: int, unit: str) -> str:
+        return f"{n} {unit}{'' if n == 1 else 's'}"
+
+    calls = sum(1 for _ in Path(inputs).glob("*.pt")) if inputs else 0
+    stats = sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/*.pt")) if fingerprint else 0
+    fishers = saved_fishers(run_dir, fingerprint)
+    kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
+        ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
+        ("output Fishers", fishers, "file")] if n]
+    return ", ".join(kept)
 
 
 def saved_fishers(run_dir: Path, fingerprint: str | None) -> int:

@@ -35,14 +35,31 @@ def result_bearing(calibration: dict) -> dict:
     return {k: v for k, v in calibration.items() if k not in CALIBRATION_RESULT_FREE}
 
 
-def fingerprint(source: str, weights: str, recipe: Recipe) -> str:
+def fingerprint(source: str, weights: str, recipe: Recipe, inputs: dict | None = None) -> str:
     """Teacher identity (source + `weights_checksum`) + calibration config (but for
-    CALIBRATION_RESULT_FREE) + code version."""
+    CALIBRATION_RESULT_FREE) + code version, and `inputs` (a pipeline source's `inputs_identity`:
+    the prompts read and the pipeline's other parts, which the config names but does not hold)."""
     from compress.calib_stats import STATS_VERSION
 
     h = hashlib.sha256(f"{source}|{compress.__version__}|{STATS_VERSION}|{weights}|".encode())
     h.update(json.dumps(result_bearing(asdict(recipe.calibration)), sort_keys=True).encode())
+    if inputs is not None:  # None (toy, synthetic): the fingerprint older runs gave
+        h.update(json.dumps(inputs, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def inputs_change(before: dict, now: dict, pipeline: str) -> str | None:
+    """What differs between two `inputs_identity`s (of the pipeline source `pipeline`), in words
+    ('the calibration prompts changed ...'); None where nothing does."""
+    if before.get("prompts") != now.get("prompts"):
+        return "the calibration prompts changed (calibration.prompt_file holds other lines)"
+    was, is_ = before.get("pipeline") or {}, now.get("pipeline") or {}
+    differ = sorted(name for name in was.keys() | is_.keys() if was.get(name) != is_.get(name))
+    if differ:
+        more = f", and {len(differ) - 1} more file{'s' if len(differ) > 2 else ''}" if len(differ) > 1 else ""
+        how = "is gone" if differ[0] not in is_ else "is new" if differ[0] not in was else "differs"
+        return f"the calibration pipeline changed ({pipeline}/{differ[0]} {how}{more})"
+    return None
 
 
 # top-level keys of what is written, not of any pass's result: the export may change on --resume

@@ -272,6 +272,17 @@ def test_prompt_file_that_is_not_prompts(tmp_path, content, words):
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_prompt_file_is_split_at_newlines_only(tmp_path):
+    """One prompt per line: str.splitlines also broke a line at U+2028, U+2029, U+0085, \\x0b, \\x0c,
+    \\x1c-\\x1e, so one line became two prompts. CRLF line ends are stripped."""
+    from compress.recipe import CalibrationConfig
+
+    odd = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+    lines = [f"a red{c}fox" for c in odd]
+    (tmp_path / "p.txt").write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode())
+    assert read_prompts(CalibrationConfig(source="pipeline", prompt_file="p.txt"), tmp_path) == lines
+
+
 @pytest.mark.parametrize("num_prompts, said", [(10, "the first 10 of the 30 prompts"), (64, "only 30 prompts"),
                                                (30, None), (None, None)])
 def test_num_prompts_that_cuts_a_prompt_file_says_so(tmp_path, capsys, num_prompts, said):
@@ -343,6 +354,17 @@ def test_a_prompt_line_starting_with_hash_is_a_prompt_and_warned_about_once(tmp_
                    "no comments)")
 
 
+def test_the_hash_line_warning_counts_lines_as_the_prompts_are_split(tmp_path, capsys):
+    """The '#' warning's line number counted U+2028 / \x0c inside a line as line breaks (splitlines),
+    where the prompts are split at \n only: it named line 4 of a file whose '#' line is line 2."""
+    from compress.recipe import CalibrationConfig
+
+    (tmp_path / "p.txt").write_bytes("a cat\u2028on a mat\x0cby the door\r\n#snow\n".encode())
+    calib = CalibrationConfig(source="pipeline", prompt_file="p.txt", num_prompts=None)
+    assert read_prompts(calib, tmp_path) == ["a cat\u2028on a mat\x0cby the door", "#snow"]
+    assert "p.txt:2 starts with '#'" in capsys.readouterr().err
+
+
 def test_a_prompt_file_without_hash_lines_warns_nothing(tmp_path, capsys):
     from compress.recipe import CalibrationConfig
 
@@ -369,3 +391,30 @@ def test_a_recipes_prompts_are_all_used_unless_it_sets_num_prompts(tmp_path, cap
                        str(tmp_path / "c.yaml"))
     assert read_prompts(cut.calibration) == ["p0", "p1", "p2", "p3"]
     assert "the first 4 of the 14 prompts" in capsys.readouterr().err
+
+
+def test_the_inputs_identity_holds_the_prompts_read_and_the_pipelines_parts(tmp_path, folders):
+    """What the caches are keyed by besides the recipe: the lines a prompt_file holds (its path is
+    all the recipe holds) and the pipeline's parts but the transformer (the inputs cache's folder too);
+    a toy pipeline has no parts of its own to read."""
+    import json
+    import shutil
+
+    from compress.calib_pipeline import PipelineSource, inputs_cache_name
+    from compress.recipe import CalibrationConfig
+
+    (tmp_path / "p.txt").write_text("a cat\na dog\n")
+    calib = CalibrationConfig(source="pipeline", prompt_file="p.txt", heldout=None)
+    toy = PipelineSource("pixart", calib, None, "toy:pixart", tmp_path).inputs_identity()
+    (tmp_path / "p.txt").write_text("a cat\na cow\n")
+    edited = PipelineSource("pixart", calib, None, "toy:pixart", tmp_path).inputs_identity()
+    assert toy["pipeline"] is None and edited["pipeline"] is None and toy["prompts"] != edited["prompts"]
+    pipe = shutil.copytree(folders["pixart"], tmp_path / "pipe")
+    before = PipelineSource("pixart", calib, None, str(pipe), tmp_path).inputs_identity()
+    config = pipe / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps(dict(json.loads(config.read_text()), use_karras_sigmas=True)))
+    after = PipelineSource("pixart", calib, None, str(pipe), tmp_path).inputs_identity()
+    assert before["prompts"] == after["prompts"] and before["pipeline"] != after["pipeline"]
+    assert "transformer/config.json" not in before["pipeline"] and "vae/config.json" in before["pipeline"]
+    names = {inputs_cache_name(str(pipe), "w", parts) for parts in (None, before["pipeline"], after["pipeline"])}
+    assert len(names) == 3 and inputs_cache_name(str(pipe), "w") in names

@@ -164,3 +164,72 @@ def test_a_rerun_that_batches_the_same_records_otherwise_samples_nothing(tmp_pat
     other = text.replace("batch_size: 4", "batch_size: 2, spill_activations: true")
     Runner(parse_recipe(other, str(tmp_path / "r.yaml")), tmp_path / "out2", tmp_path / "run").run()
     assert len(calls) == 5  # nothing sampled again
+
+
+
+def _same(a, b) -> bool:
+    sa, sb = load_transformer(a).state_dict(), load_transformer(b).state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _prompt_file_recipe(tmp_path, folders):
+    """(a factory of RECIPE read from tmp_path/r.yaml with prompt_file: p.txt, the file)."""
+    text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \
+        .replace("{size}", "").format(stream="false") \
+        .replace("prompts: [a photo of a cat, a red car, a horse, a fox, a dog]", "prompt_file: p.txt")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a photo of a cat\na red car\na horse\na fox\na dog\n")
+
+    def recipe():  # each run reads p.txt anew
+        return parse_recipe(text, str(tmp_path / "r.yaml"))
+    return recipe, prompts
+
+
+def test_a_rerun_after_the_prompt_file_changed_calibrates_on_its_new_lines(tmp_path, folders):
+    """The calibration caches are keyed by the prompts read, not prompt_file's path: a rerun into
+    the same run folder after the file changed gives what a fresh run folder gives."""
+    recipe, prompts = _prompt_file_recipe(tmp_path, folders)
+    old = Runner(recipe(), tmp_path / "old", tmp_path / "run").run()
+    prompts.write_text("an astronaut riding a horse\nthe quick brown fox\na street\na lazy dog\na digit\n")
+    again = Runner(recipe(), tmp_path / "again", tmp_path / "run").run()
+    fresh = Runner(recipe(), tmp_path / "fresh", tmp_path / "run-fresh").run()
+    assert _same(again, fresh) and not _same(old, fresh)
+
+
+def test_resume_after_the_prompt_file_changed_says_so(tmp_path, folders):
+    """--resume of stages calibrated on other lines of the prompt file refuses, as for an edited
+    recipe, instead of keeping them (the output's recipe.yaml would inline the new lines beside
+    weights calibrated on the old: it would not round-trip)."""
+    from compress.errors import UserError
+
+    recipe, prompts = _prompt_file_recipe(tmp_path, folders)
+    Runner(recipe(), tmp_path / "old", tmp_path / "run").run()
+    prompts.write_text("a photo of a cat\na red car\na horse\na fox\na cow\n")
+    with pytest.raises(UserError, match="--resume: the calibration prompts changed .*prompt_file"):
+        Runner(recipe(), tmp_path / "resumed", tmp_path / "run", resume=True).run()
+    assert not (tmp_path / "resumed").exists()
+
+
+def test_edited_pipeline_parts_are_sampled_again_and_refused_by_resume(tmp_path, folders):
+    """The pipeline's parts but the transformer (here its scheduler config) key the sampled inputs
+    and the statistics: a rerun into the same run folder after one changed gives what a fresh run
+    folder gives, and --resume of stages sampled before a change names the file that changed."""
+    import json
+    import shutil
+
+    from compress.errors import UserError
+
+    pipe = shutil.copytree(folders["pixart"], tmp_path / "pipe")
+    text = RECIPE.replace("{teacher}", str(pipe)).replace("{family}", "pixart") \
+        .replace("{size}", "").format(stream="false")
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    old = Runner(recipe, tmp_path / "old", tmp_path / "run").run()
+    config = pipe / "scheduler" / "scheduler_config.json"
+    plain = config.read_text()
+    config.write_text(json.dumps(dict(json.loads(plain), use_karras_sigmas=True)))
+    again = Runner(recipe, tmp_path / "again", tmp_path / "run").run()
+    fresh = Runner(recipe, tmp_path / "fresh", tmp_path / "run-fresh").run()
+    assert _same(again, fresh) and not _same(old, fresh)
+    config.write_text(plain)  # the stages in run/ are of the edited scheduler now
+    with pytest.raises(UserError, match="--resume: the calibration pipeline changed .*scheduler_config.json"):
+        Runner(recipe, tmp_path / "resumed", tmp_path / "run", resume=True).run()

@@ -3,6 +3,7 @@ was written in, dtype and device names, a missing shard index, a toy base of ano
 file in the way of a new output, and what `bench --json` calls its batch."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -273,6 +274,59 @@ def test_a_pipeline_saved_from_load_pipeline_loads_back(pixart_folder, tmp_path,
     assert json.loads(capsys.readouterr().out)["layers"]
     error = _one_line_error(capsys, ["eval", str(saved)])  # its teacher is gone: said of the output
     assert error.startswith(f"dit-compress: error: {saved / 'transformer'} "), error
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_a_toy_pipeline_saved_from_load_pipeline_loads_back(tmp_path, family):
+    """load_pipeline(toy output).save_pretrained(dir) writes model_index.json naming ToyPixArtPipeline /
+    ToyFluxPipeline (its toy text encoder and VAE are not saved): load_pipeline(dir) failed with
+    diffusers' raw AttributeError. It is the toy pipeline again, with the saved transformer and
+    scheduler: the same image for the same seed."""
+    from compress.toy import load_toy_teacher
+
+    layer = "transformer_blocks.0.ff.net.2"
+    out = save_compressed(factorize(load_toy_teacher(family), [layer], rank=8), tmp_path / "out",
+                          extra={"teacher": f"toy:{family}"})
+    pipe = load_pipeline(out)
+
+    def sample(p):
+        return p("a handwritten 7", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                 output_type="pt").images
+
+    pipe.save_pretrained(tmp_path / "saved")
+    again = load_pipeline(tmp_path / "saved")
+    assert type(again) is type(pipe) and type(again.scheduler) is type(pipe.scheduler)
+    def public(config):  # a loaded config also lists the keys it took defaults for
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    assert public(again.scheduler.config) == public(pipe.scheduler.config)
+    assert _same(again.transformer, pipe.transformer)
+    assert torch.equal(sample(again), sample(pipe))
+
+
+def test_a_pipeline_class_diffusers_cannot_import_is_named_in_one_line(tmp_path):
+    """A base pipeline folder whose model_index.json names a class diffusers lacks (a custom or newer
+    pipeline, or a list) was a raw AttributeError / TypeError from diffusers."""
+    from compress.toy import load_toy_pipeline, load_toy_teacher
+
+    out = _output(tmp_path, make=lambda: load_toy_teacher("pixart"))
+    base = tmp_path / "base"
+    load_toy_pipeline("pixart").save_pretrained(base)
+    index = json.loads((base / "model_index.json").read_text())
+    for name in ["MyCustomPipeline", ["my_module", "MyCustomPipeline"]]:
+        (base / "model_index.json").write_text(json.dumps({**index, "_class_name": name}))
+        with pytest.raises(UserError, match=f"^cannot load base pipeline '{base}': its model_index.json "
+                                            rf"names the pipeline class {re.escape(repr(name))}, which "
+                                            r"diffusers \S+ cannot import; pass base="):
+            load_pipeline(out, base=str(base))
+    del index["_class_name"]
+    (base / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match=r"its model_index.json names no pipeline class \(_class_name\); pass base="):
+        load_pipeline(out, base=str(base))
+    (base / "model_index.json").write_text(json.dumps({**index, "_class_name": "ToyPixArtPipeline",
+                                                       "scheduler": ["diffusers", "NoScheduler"]}))
+    with pytest.raises(UserError, match=r"names the scheduler \['diffusers', 'NoScheduler'\], not a diffusers"):
+        load_pipeline(out, base=str(base))
 
 
 @pytest.mark.parametrize("how", [{"variant": "fp16"}, {"safe_serialization": False},

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from compress.cli import main
-from compress.io_signature import CHUNK, CHUNKS, file_signature, signature_change, teacher_signature, weight_files
+from compress.io_signature import (CHUNK, CHUNKS, file_signature, pipeline_signature, signature_change,
+                                   teacher_signature, weight_files)
 from tests.conftest import tiny_flux
 from tests.test_commands import RECIPE
 
@@ -190,3 +191,25 @@ def test_a_damaged_header_is_hashed_not_a_traceback(tmp_path, offsets):
     _safetensors(f, b"x" * 64, json.dumps({"w": {"dtype": "F32", "shape": [16], "data_offsets": offsets}}).encode())
     assert file_signature(f)["bytes"] == f.stat().st_size
     assert lora_signature(str(f)) == {"": file_signature(f)}
+
+
+def test_a_pipelines_signature_is_of_its_parts_but_the_transformer(tmp_path):
+    """model_index.json and the component folders it names, but the transformer (the teacher's
+    weights are checksummed apart): an edited scheduler config or text encoder shows; None where
+    there is no pipeline folder of its own to read (toy, Hub id, a transformer folder)."""
+    pipe = tmp_path / "pipe"
+    index = {"_class_name": "PixArtSigmaPipeline", "scheduler": ["diffusers", "X"],
+             "text_encoder": ["transformers", "T5EncoderModel"], "transformer": ["diffusers", "Y"]}
+    for part in ("scheduler", "text_encoder", "transformer", "notes"):
+        (pipe / part).mkdir(parents=True)
+        (pipe / part / "config.json").write_text("{}")
+    (pipe / "model_index.json").write_text(json.dumps(index))
+    before = pipeline_signature(str(pipe))
+    assert sorted(before) == ["model_index.json", "scheduler/config.json", "text_encoder/config.json"]
+    (pipe / "transformer" / "config.json").write_text('{"a": 1}')
+    (pipe / "notes" / "config.json").write_text('{"a": 1}')
+    assert pipeline_signature(str(pipe)) == before
+    (pipe / "scheduler" / "config.json").write_text('{"use_karras_sigmas": true}')
+    assert pipeline_signature(str(pipe)) != before
+    assert pipeline_signature("toy:pixart") is None and pipeline_signature("org/model") is None
+    assert pipeline_signature(str(pipe / "transformer")) is None

@@ -211,8 +211,9 @@ def test_ctrl_c_after_the_output_fishers_are_saved_says_a_rerun_reuses_them(pixa
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
     assert main(args) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"{tmp_path / 'run'} keeps output Fishers measured so far (" in last
-    assert "a rerun of this recipe and teacher reads back those it measured" in last and "starts over" not in last
+    assert f"{tmp_path / 'run'} keeps output Fishers (" in last
+    assert ") measured so far: a rerun of this recipe and teacher reads back those it measured" in last
+    assert "starts over" not in last
     monkeypatch.undo()
     assert main(args) == 0
     assert "read back from an earlier run" in capsys.readouterr().err
@@ -310,7 +311,7 @@ def test_ctrl_c_counts_only_the_output_fishers_this_run_reads_back(pixart, monke
     last = capsys.readouterr().err.strip().splitlines()[-1]
     (fingerprint,) = [d.name for d in (tmp_path / "run" / "calib").iterdir() if d.name != "0123456789abcdef"]
     ours = len(list((tmp_path / "run" / "calib" / fingerprint).glob("*/fisher-*/*.pt")))
-    assert ours and f"keeps output Fishers measured so far ({ours} file" in last
+    assert ours and f"output Fishers ({ours} file" in last
 
 
 def test_the_ctrl_c_note_counts_the_fishers_of_its_fingerprint(tmp_path):
@@ -324,3 +325,108 @@ def test_the_ctrl_c_note_counts_the_fishers_of_its_fingerprint(tmp_path):
     assert "(3 files)" in interrupt_note(tmp_path, fingerprint="bbbb")
     assert interrupt_note(tmp_path).endswith("nothing was saved yet: a rerun starts over")
     assert interrupt_note(tmp_path, fingerprint="cccc").endswith("nothing was saved yet: a rerun starts over")
+
+
+def _calib_files(run_dir: Path, fingerprint: str) -> Path:
+    """Block statistics as an interrupted svd pass leaves them (StatsCache names of svd_walk.digest)
+    under calib/<fingerprint>/<model>/, beside its output Fishers; an unfinished save's .tmp too."""
+    from compress.calib_stats import StatsCache
+    from compress.passes.svd_walk import digest
+
+    start = run_dir / "calib" / fingerprint / "0123456789abcdef"
+    cache = StatsCache(start)
+    for name in [digest("blocks", 0, [], [], False), digest("blocks", 1, [], [], False),
+                 digest("stage", "blocks", 1, [], [], False), digest("conditioning", 16, [])]:
+        cache.save(name, {})
+    (start / "blocks-0000000000000000.tmp").write_bytes(b"")
+    (start / "fisher-4probes").mkdir()
+    (start / "fisher-4probes" / "0.pt").write_bytes(b"")
+    return start
+
+
+def test_the_ctrl_c_note_counts_sampled_inputs_and_block_statistics_a_rerun_reads_back(tmp_path):
+    """It said 'nothing was saved yet: a rerun starts over' after the pipeline's finished sampling
+    calls (RUN_DIR/inputs/<teacher>/<call>.pt) and an svd pass's block statistics were saved, which a
+    rerun reads back; only this run's inputs folder and fingerprint are counted, no unfinished file."""
+    from compress.calib_pipeline import inputs_cache_name
+    from compress.runner_folders import interrupt_note
+
+    inputs = tmp_path / "inputs" / inputs_cache_name("toy:pixart", "0" * 16)
+    inputs.mkdir(parents=True)
+    for i in range(3):
+        (inputs / f"{i:020x}.pt").write_bytes(b"")
+    (inputs / f"{3:020x}.tmp-1234").write_bytes(b"")  # a call being written
+    (tmp_path / "inputs" / "another-teacher").mkdir()
+    (tmp_path / "inputs" / "another-teacher" / f"{0:020x}.pt").write_bytes(b"")
+    _calib_files(tmp_path, "aaaa"), _calib_files(tmp_path, "bbbb")
+    end = ("measured so far: a rerun of this recipe and teacher reads back those it measured instead of "
+           "measuring them again (keep the run folder)")
+    assert interrupt_note(tmp_path, inputs=inputs) == f"; {tmp_path} keeps sampled inputs (3 sampling calls) {end}"
+    assert interrupt_note(tmp_path, fingerprint="aaaa", inputs=inputs) == (
+        f"; {tmp_path} keeps sampled inputs (3 sampling calls), block statistics (4 files), output Fishers "
+        f"(1 file) {end}")
+    assert interrupt_note(tmp_path, fingerprint="cccc") == "; nothing was saved yet: a rerun starts over"
+
+
+PIPELINE_RECIPE = """\
+model: pixart
+teacher: toy:pixart
+calibration: {source: pipeline, prompts: [a 1, a 2, a 3, a 4, a 5], sample_steps: 2, timesteps: 1,
+              batch_size: 4, heldout: 1}
+passes:
+  - svd: {targets: [mlp], ratio: 0.5, multiple: 8}
+"""
+
+
+def test_ctrl_c_during_pipeline_sampling_says_a_rerun_reuses_the_calls_it_finished(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the third sampling call said 'nothing was saved yet: a rerun starts over'; the two
+    finished calls were on disk and the rerun sampled only the rest."""
+    import compress.calib_pipeline as cp
+
+    calls, real = [], cp.capture
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])  # the prompts of this call
+        if len(calls) == 3 and interrupt:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cp, "capture", counted)
+    interrupt = True
+    (tmp_path / "r.yaml").write_text(PIPELINE_RECIPE)
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(args) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"dit-compress: interrupted; {tmp_path / 'run'} keeps sampled inputs (2 sampling "
+                           "calls) measured so far: a rerun of this recipe and teacher reads back"), last
+    interrupt = False
+    assert main(args) == 0
+    assert len(calls) == 3 + 3  # 5 prompts, one per call: the 3 not on disk
+
+
+def test_ctrl_c_after_block_statistics_are_saved_says_a_rerun_reuses_them(pixart, monkeypatch, capsys):
+    """Ctrl-C in an svd pass after it saved the statistics of two blocks (calib/<fingerprint>/...)
+    said nothing of them, though a rerun reads them back instead of calibrating those blocks again."""
+    from compress.calib_stats import StatsCache
+    from tests.runner_helpers import SIMPLE
+
+    tmp_path, make, loads = pixart
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher",
+                                                   passes="  - svd: {targets: [mlp], fisher: none, ratio: 0.5}\n"))
+    saves, real = [], StatsCache.save
+
+    def save(self, name, stats):
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        saves.append(name)
+        return real(self, name, stats)
+
+    monkeypatch.setattr(StatsCache, "save", save)
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(args) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{tmp_path / 'run'} keeps block statistics (2 files) measured so far: a rerun" in last, last
+    monkeypatch.undo()
+    assert main(args) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(saves) <= set(report["svd"]["cache_hits"]), report["svd"]["cache_hits"]

@@ -12,7 +12,7 @@ from compress.io import INDEX
 from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner, build_passes
-from compress.runner_resume import fingerprint, recipe_changes
+from compress.runner_resume import fingerprint, inputs_change, recipe_changes
 from compress.runner_stream import StreamedModels
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import pixart_runner, run_recipe, streamed_teacher
@@ -446,3 +446,27 @@ def test_resume_after_changing_the_last_pass_keeps_the_earlier_ones(pixart, monk
                                         r"done\): --resume keeps its first 1 pass \(with the same teacher\) and "
                                         r"runs the rest; add --restart"):
         runner("run", "out-d", "passes.1.svd.ratio=0.3").prepare()
+
+
+def test_the_fingerprint_keys_the_prompts_read_and_the_pipelines_parts():
+    """A pipeline source's `inputs_identity` (the prompts a prompt_file held, the pipeline's parts but
+    the transformer) enters the fingerprint: the recipe names them, it does not hold them. Without
+    one (toy, synthetic) the fingerprint is the one older runs gave."""
+    recipe = parse_recipe("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [mlp]}\n", "r.yaml")
+    one = {"prompts": "a", "pipeline": {"scheduler/scheduler_config.json": {"bytes": 1, "sha256": "x"}}}
+    lines = dict(one, prompts="b")
+    scheduler = dict(one, pipeline={"scheduler/scheduler_config.json": {"bytes": 1, "sha256": "y"}})
+    prints = {fingerprint("toy:pixart", "w", recipe, i) for i in (None, one, lines, scheduler)}
+    assert len(prints) == 4 and fingerprint("toy:pixart", "w", recipe, dict(one)) in prints
+
+
+def test_inputs_change_names_the_prompts_or_the_pipeline_file_that_changed():
+    part = {"bytes": 1, "sha256": "x"}
+    was = {"prompts": "a", "pipeline": {"model_index.json": part, "vae/config.json": part}}
+    assert inputs_change(was, dict(was), "/p") is None
+    assert "calibration prompts changed" in inputs_change(was, dict(was, prompts="b"), "/p")
+    edited = dict(was, pipeline={"model_index.json": part, "vae/config.json": dict(part, sha256="y")})
+    assert inputs_change(was, edited, "/p") == "the calibration pipeline changed (/p/vae/config.json differs)"
+    gone = dict(was, pipeline={"vae/config.json": part})
+    assert inputs_change(was, gone, "/p") == "the calibration pipeline changed (/p/model_index.json is gone)"
+    assert inputs_change(gone, was, "/p") == "the calibration pipeline changed (/p/model_index.json is new)"

@@ -201,20 +201,33 @@ def save_text_encoder(encoder: ToyTextEncoder, out_dir: str | Path) -> None:
     _record_checksum(out / TEXT_ENCODER_FILE)
 
 
-def load_toy_pipeline(family: str, transformer=None, dtype: torch.dtype = torch.float32, weights_dir=None):
+# family -> the class of its toy pipeline, as a pipeline's save_pretrained names it in model_index.json
+PIPELINE_CLASSES = {"pixart": "ToyPixArtPipeline", "flux": "ToyFluxPipeline"}
+
+
+def toy_pipeline_family(class_name) -> str | None:
+    """The toy family whose pipeline class is `class_name` (a model_index.json's _class_name), else None."""
+    return next((family for family, name in PIPELINE_CLASSES.items() if name == class_name), None)
+
+
+def load_toy_pipeline(family: str, transformer=None, dtype: torch.dtype = torch.float32, weights_dir=None,
+                      scheduler=None):
     """A ToyPixArtPipeline / ToyFluxPipeline around the shipped teacher, or around `transformer`
-    (e.g. a compressed student) with the same scheduler, text encoder and VAE."""
+    (e.g. a compressed student) with the same scheduler, text encoder and VAE. `scheduler`: one
+    to use instead (a saved toy pipeline's: its save_pretrained wrote the scheduler and transformer
+    only, the text encoder and VAE are the toy's own)."""
     from compress.toy.data import family_module
     from compress.toy.vae import ToyVAE
 
     module = family_module(family)
     if transformer is None:
         transformer = load_toy_teacher(family, dtype=dtype, weights_dir=weights_dir)
-    pipeline_class = module.ToyPixArtPipeline if family == "pixart" else module.ToyFluxPipeline
+    pipeline_class = getattr(module, PIPELINE_CLASSES[family])
     schedulers = getattr(module, "SCHEDULERS", {})  # objective -> scheduler factory (toy PixArt)
     pipe = pipeline_class(
         transformer=transformer,
-        scheduler=schedulers.get(toy_objective(family, weights_dir), module.new_scheduler)(),
+        scheduler=scheduler if scheduler is not None else
+        schedulers.get(toy_objective(family, weights_dir), module.new_scheduler)(),
         text_encoder=load_text_encoder(weights_dir),
         vae=ToyVAE(),
     )
