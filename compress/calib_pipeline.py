@@ -50,17 +50,23 @@ def _where(calib, key: str, value, because: tuple = ()) -> str:
 
 def _prompt_lines(path: Path, name: str, where: str = "") -> list[str]:
     """The non-blank lines of a UTF-8 prompt file, stripped; UserError if unreadable, not text or empty
-    (`where`: 'PATH:LINE: ' of the recipe's prompt_file). Lines end at \n only (a \r before it is
-    stripped): str.splitlines also breaks at U+2028, U+0085, \x0c ..., which made one line two prompts."""
+    (`where`: 'PATH:LINE: ' of the recipe's prompt_file), split by `_lines`."""
     text = read_utf8(path, f"{where}calibration.prompt_file {name}", "give one prompt per line, saved as UTF-8")
     if "\x00" in text:
         raise UserError(f"{where}calibration.prompt_file {name}: a binary file (NUL bytes), not one prompt "
                         "per line")
-    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    lines = [ln.strip() for ln in _lines(text) if ln.strip()]
     if not lines:
         raise UserError(f"{where}calibration.prompt_file {name} is empty: give one prompt per line")
     _warn_if_hash_line(text, name)
     return lines
+
+
+def _lines(text: str) -> list[str]:
+    """A text file's lines: ended by \n, \r\n or \r (Python's universal newlines), not by the other
+    line separators str.splitlines also breaks at (U+2028, U+0085, \x0c ...), which a caption may hold:
+    they made one line of a prompt file two prompts."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def _warn_if_hash_line(text: str, name: str) -> None:
@@ -70,7 +76,7 @@ def _warn_if_hash_line(text: str, name: str) -> None:
 
     from compress.report import console
 
-    line = next((i for i, ln in enumerate(text.split("\n"), 1) if ln.strip().startswith("#")), None)
+    line = next((i for i, ln in enumerate(_lines(text), 1) if ln.strip().startswith("#")), None)
     if line is not None:
         console.print(f"[bold yellow]warning:[/] {escape(name)}:{line} starts with '#': every non-empty line "
                       "is a prompt (this file format has no comments)")

@@ -274,13 +274,16 @@ def test_prompt_file_that_is_not_prompts(tmp_path, content, words):
 
 def test_a_prompt_file_is_split_at_newlines_only(tmp_path):
     """One prompt per line: str.splitlines also broke a line at U+2028, U+2029, U+0085, \\x0b, \\x0c,
-    \\x1c-\\x1e, so one line became two prompts. CRLF line ends are stripped."""
+    \\x1c-\\x1e, so one line became two prompts. CRLF and CR line ends end a line."""
     from compress.recipe import CalibrationConfig
 
     odd = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
     lines = [f"a red{c}fox" for c in odd]
     (tmp_path / "p.txt").write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode())
     assert read_prompts(CalibrationConfig(source="pipeline", prompt_file="p.txt"), tmp_path) == lines
+    (tmp_path / "p.txt").write_bytes("a cat\ra dog\r\na fox\n".encode())  # \r alone ends a line too (old Mac)
+    assert read_prompts(CalibrationConfig(source="pipeline", prompt_file="p.txt"), tmp_path) == \
+        ["a cat", "a dog", "a fox"]
 
 
 @pytest.mark.parametrize("num_prompts, said", [(10, "the first 10 of the 30 prompts"), (64, "only 30 prompts"),
