@@ -154,7 +154,7 @@ def importance(args) -> int:
     json_path = output_file(args.json, "--json") if args.json and not to_stdout else None  # before the scan
     png = output_file(args.png, "--png", figure=True) if args.png else None
     recipe = _importance_source(args.source, args.teacher, args.teacher_config, args.overrides)  # None: a toy
-    config = _importance_config(recipe, args.buckets)  # before the teacher loads
+    config = _importance_config(recipe, args.buckets, args.teacher)  # before the teacher loads
     png = png or _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])
     _, teacher, inputs, loader = _teacher_and_inputs(args.source, recipe, args.teacher, args.teacher_config)
     adapter = get_adapter(teacher)
@@ -172,28 +172,42 @@ def importance(args) -> int:
     return 0
 
 
-def _importance_config(recipe, buckets: int | None):
+def _importance_config(recipe, buckets: int | None, teacher_arg: str | None = None):
     """The settings the scan runs with: those of the recipe's first importance pass (buckets,
     proxy_only, progress), so the scan is the one `run` records; the pass's defaults for a toy
     teacher or a recipe without one. `buckets` (--buckets, None where not given) overrides the
-    pass's, and is at most the calibration timesteps: more leave columns no input falls in."""
+    pass's, and is at most the noise levels the calibration inputs hold (`_noise_levels`): more
+    leave columns no input falls in."""
     import dataclasses
 
     from compress.passes.importance import ImportanceConfig
-    from compress.recipe import CalibrationConfig
 
     spec = next((p for p in recipe.passes if p.name == "importance"), None) if recipe is not None else None
     config = dataclasses.replace(spec.config) if spec is not None else ImportanceConfig()
     if buckets is None:
         return config
-    timesteps = (recipe.calibration if recipe is not None else CalibrationConfig()).timesteps
-    if buckets > timesteps:
-        has, more = (("the recipe has", "more calibration.timesteps (--set calibration.timesteps=N)")
-                     if recipe is not None else
-                     ("a toy teacher scanned directly has", "a recipe with more calibration.timesteps"))
-        raise UserError(f"--buckets {buckets}: at most one bucket per calibration timestep, and {has} "
-                        f"{timesteps}; pass --buckets {timesteps} or fewer, or {more}")
+    levels, how = _noise_levels(recipe, teacher_arg)
+    if buckets > levels:
+        more = "a recipe with more calibration inputs" if recipe is None else "more calibration inputs (--set)"
+        raise UserError(f"--buckets {buckets}: more buckets than the {levels} noise levels the calibration inputs "
+                        f"hold ({how}); pass --buckets {levels} or fewer, or {more}")
     return dataclasses.replace(config, buckets=buckets)
+
+
+def _noise_levels(recipe, teacher_arg: str | None) -> tuple[int, str]:
+    """(how many distinct noise levels the scan's calibration inputs hold at most, how, in words): a
+    pipeline source keeps min(timesteps, sample_steps) sampler steps; the toy and synthetic sources
+    draw each of their num_prompts × timesteps inputs at its own level."""
+    from compress.inputs import source_kind
+    from compress.recipe import CalibrationConfig
+
+    calib = recipe.calibration if recipe is not None else CalibrationConfig()
+    teacher = teacher_arg or (recipe.teacher if recipe is not None else "toy:")
+    if source_kind(calib, teacher) == "pipeline":
+        return (min(calib.timesteps, calib.sample_steps),
+                f"calibration.timesteps {calib.timesteps} of a {calib.sample_steps}-step sampler")
+    return calib.num_prompts * calib.timesteps, (f"calibration.num_prompts × timesteps: {calib.num_prompts} × "
+                                                 f"{calib.timesteps} inputs")
 
 
 def _default_png(family: str) -> Path:
@@ -308,6 +322,20 @@ def _took_loras(out: Path) -> bool:
     return isinstance(section, dict) and bool(section.get("loras"))
 
 
+def _heldout_pipeline(out: Path, source: str) -> str:
+    """The teacher source whose pipeline gives eval the output's held-out inputs (input_source):
+    `source` (--teacher, else the recorded teacher) where it is one (a folder with model_index.json,
+    a Hub id, a toy), so a pipeline moved since is sampled where it is now; else (a bare transformer
+    folder or a single file, in which nothing samples) the teacher the run recorded. A local path
+    absolute, as the run records it: the keys of its inputs cache hold it."""
+    from compress.report_teacher import absolute_source
+
+    path = Path(source).expanduser()
+    if path.exists() and not (path / "model_index.json").is_file():
+        source = recorded_teacher(out)[0] or source
+    return absolute_source(source)
+
+
 def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: str | None) -> dict:
     """_teacher_relative with teacher and student streamed block by block (each on meta but for
     its top level) on the recipe's device and in its compute dtype, as the run held them."""
@@ -323,7 +351,7 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     student = models.restore(out).requires_grad_(False).eval()
     check_same_architecture(student, teacher, teacher_source)
     adapter = get_adapter(teacher)
-    src = input_source(adapter.family, teacher_source, recipe.calibration, teacher)
+    src = input_source(adapter.family, _heldout_pipeline(out, teacher_source), recipe.calibration, teacher)
     report = read_report(out)
     if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
         src.cache_dir = Path(report["inputs_cache"])
@@ -345,7 +373,7 @@ def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
     report = read_report(out)
-    src = input_source(adapter.family, source, recipe.calibration, teacher)  # --teacher's pipeline, else the recorded
+    src = input_source(adapter.family, _heldout_pipeline(out, source), recipe.calibration, teacher)
     if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
         src.cache_dir = Path(report["inputs_cache"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

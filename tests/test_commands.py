@@ -620,6 +620,36 @@ def test_eval_of_a_resident_output_samples_in_the_pipeline_of_the_teacher_it_is_
     assert json.loads(capsys.readouterr().out)["pred_rel_error"] > 0
 
 
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_eval_with_a_teacher_that_is_no_pipeline_reads_the_runs_held_out_inputs(stream, tmp_path, capsys,
+                                                                               monkeypatch):
+    """A --teacher that is no pipeline (the pipeline folder's bare transformer/, no model_index.json) was
+    taken as the pipeline to sample the held-out inputs in: eval failed with check_pipeline_source's advice
+    to set calibration.pipeline, which eval cannot. The recorded pipeline gives them (the run's inputs
+    cache), and so does a relative spelling of it: neither samples again."""
+    import compress.calib_pipeline as calib_pipeline
+    from tests.pipelines import RECIPE as PIPELINE_RECIPE
+    from tests.pipelines import pixart_pipeline
+    from tests.runner_helpers import run_recipe
+
+    pipe = pixart_pipeline(tmp_path / "pipe")
+    text = PIPELINE_RECIPE.replace("{teacher}", str(pipe)).replace("{family}", "pixart").replace("{size}", "")
+    out = run_recipe(tmp_path, text.format(stream=stream), "p")
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the held-out inputs sampled again: the run's inputs cache was missed")
+
+    monkeypatch.setattr(calib_pipeline, "load_pipeline_for", no_sampling)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    recorded = json.loads(capsys.readouterr().out)
+    assert recorded["pred_rel_error"] > 0 and recorded.get("streamed", False) is (stream == "true")
+    for teacher in (str(pipe / "transformer"), "pipe/transformer", "pipe"):
+        assert main(["eval", str(out), "--teacher", teacher, "--json"]) == 0, teacher
+        assert json.loads(capsys.readouterr().out) == recorded, teacher
+
+
 TOY_IMPORTANCE = """\
 model: pixart
 teacher: toy:pixart
@@ -654,19 +684,26 @@ def no_teacher_loads(monkeypatch):
     monkeypatch.setattr(runner, "load_checked_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
 
 
-def test_importance_refuses_more_buckets_than_calibration_timesteps(tmp_path, capsys, no_teacher_loads):
-    """A bucket per calibration timestep at most (--buckets 1000 of 2 timesteps drew ~1000 empty
-    columns and a 3 MB PNG), said before the teacher loads."""
-    recipe = tmp_path / "r.yaml"
+def test_importance_refuses_more_buckets_than_the_calibration_holds_noise_levels(tmp_path, capsys, no_teacher_loads):
+    """No more buckets than the noise levels the calibration inputs hold (--buckets 1000 of 2 inputs
+    drew ~1000 empty columns and a 3 MB PNG), said before the teacher loads: the toy and synthetic
+    sources draw each input at its own level (num_prompts × timesteps of them), a pipeline source keeps
+    min(timesteps, sample_steps) sampler steps."""
+    recipe, pipeline = tmp_path / "r.yaml", tmp_path / "p.yaml"
     recipe.write_text(TOY_IMPORTANCE)
+    pipeline.write_text(TOY_IMPORTANCE.replace("{num_prompts: 1, timesteps: 4, heldout: 4}",
+                                               "{source: pipeline, prompts: [a cat], sample_steps: 2}"))
     png = str(tmp_path / "imp.png")
     _one_line_errors(capsys, [
-        (["importance", "toy:pixart", "--buckets", "9", "--png", png],
-         "--buckets 9: at most one bucket per calibration timestep, and a toy teacher scanned directly has 8; "
-         "pass --buckets 8 or fewer"),
+        (["importance", "toy:pixart", "--buckets", "81", "--png", png],
+         "--buckets 81: more buckets than the 80 noise levels the calibration inputs hold (calibration.num_prompts "
+         "× timesteps: 10 × 8 inputs); pass --buckets 80 or fewer, or a recipe with more calibration inputs"),
         (["importance", str(recipe), "--buckets", "1000", "--png", png],
-         "--buckets 1000: at most one bucket per calibration timestep, and the recipe has 4; pass --buckets 4 "
-         "or fewer, or more calibration.timesteps")])
+         "--buckets 1000: more buckets than the 4 noise levels the calibration inputs hold (calibration.num_prompts "
+         "× timesteps: 1 × 4 inputs); pass --buckets 4 or fewer, or more calibration inputs (--set)"),
+        (["importance", str(pipeline), "--buckets", "3", "--png", png],
+         "--buckets 3: more buckets than the 2 noise levels the calibration inputs hold (calibration.timesteps 8 "
+         "of a 2-step sampler); pass --buckets 2 or fewer, or more calibration inputs (--set)")])
 
 
 def test_importance_default_heatmap_in_a_read_only_folder_is_named_before_the_teacher_loads(
