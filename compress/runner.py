@@ -156,7 +156,8 @@ class Runner:
 
             self.resumes_from = self._resumable()
             if not self.resumes_from[2]:  # stages passed over: the checkpoints go with them (_discard_passed_over)
-                check_resumable_configs(self.run_dir, [s.config for s in self.recipe.passes if s.name == "distill"])
+                check_resumable_configs(self.run_dir, [s.config for s in self.recipe.passes if s.name == "distill"],
+                                        self.recipe.calibration)
         check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
         # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
         src = checked_sources(self.recipe, self.teacher_arg, self.teacher_config)

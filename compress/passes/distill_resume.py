@@ -16,6 +16,31 @@ NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints
 _SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
 
 
+def calibration_settings(calib, fingerprint: str) -> dict:
+    """What teacher samples depend on beyond the distill keys, as a checkpoint records it: the
+    recipe's calibration keys (those `result_bearing`, but the seed, recorded apart), which a
+    resumed run compares before the teacher loads, and the run `fingerprint`, which also holds the
+    prompts read, the pipeline's other parts and the teacher (compared once the run has them)."""
+    from compress.runner_resume import result_bearing
+
+    config = None
+    if calib is not None:
+        config = {k: v for k, v in result_bearing(asdict(calib)).items() if k != "seed"}
+    return {"config": config, "fingerprint": fingerprint}
+
+
+def _calibration_words(then, now) -> str:
+    """How a checkpoint's `calibration_settings` differ from now's, in words."""
+    was = (then or {}).get("config") if isinstance(then, dict) else None
+    is_ = (now or {}).get("config") if isinstance(now, dict) else None
+    if isinstance(was, dict) and isinstance(is_, dict) and was != is_:
+        return "; ".join(f"calibration.{k}: other prompts" if k == "prompts" else
+                         f"calibration.{k}: {was.get(k)!r} in the checkpoint, {is_.get(k)!r} now"
+                         for k in sorted(set(was) | set(is_)) if was.get(k) != is_.get(k))
+    return ("the calibration inputs (prompts, pipeline or teacher) changed, or the dit-compress version: "
+            "its teacher samples are of other inputs")
+
+
 def setting_changes(meta: dict, now: dict) -> str:
     """The settings a checkpoint's meta.json records that differ from `now`, in words; what they may
     be where it records none (an older dit-compress)."""
@@ -26,9 +51,11 @@ def setting_changes(meta: dict, now: dict) -> str:
     now = json.loads(json.dumps(now, default=str))  # as meta.json holds them
     words = []
     for key in sorted(set(then) | set(now)):
-        if then.get(key) == now.get(key):
+        if then.get(key) == now.get(key) or (key == "calibration" and key not in then):  # (older: compared as before)
             continue
-        if key == "student":
+        if key == "calibration":
+            words.append(_calibration_words(then[key], now.get(key)))
+        elif key == "student":
             words.append("the incoming student (the passes before it wrote another)")
         elif key == "block_map":
             words.append("block map")
@@ -38,11 +65,12 @@ def setting_changes(meta: dict, now: dict) -> str:
     return "; ".join(words) or "its fingerprint differs"
 
 
-def check_resumable_configs(run_dir: Path, configs: list) -> None:
+def check_resumable_configs(run_dir: Path, configs: list, calibration=None) -> None:
     """Before a resumed run loads anything: the latest checkpoint of each distill pass (`configs`:
     their DistillConfigs, in recipe order; checkpoints in run_dir/distill, distill-2, ...) was
-    trained with these config keys, or a UserError as _load_latest gives once the pass starts
-    (seed, block map and incoming student are compared there: they need the run)."""
+    trained with these config keys and, on teacher samples, the recipe's `calibration` keys, or a
+    UserError as _load_latest gives once the pass starts (seed, block map, incoming student and the
+    prompts a prompt_file holds are compared there: they need the run)."""
     for n, cfg in enumerate(configs):
         folder = Path(run_dir) / ("distill" if n == 0 else f"distill-{n + 1}")
         meta, checkpoint = None, None
@@ -61,6 +89,12 @@ def check_resumable_configs(run_dir: Path, configs: list) -> None:
                                     default=str))  # as meta.json holds them
         config_then = {k: then[k] for k in now if k in then}
         _check_process_count(then.get("processes"), checkpoint, folder)
+        calib_then = then.get("calibration")
+        if (calibration is not None and cfg.data == "teacher_samples" and isinstance(calib_then, dict)
+                and isinstance(calib_then.get("config"), dict)):
+            config_then["calibration"] = {"config": calib_then["config"]}
+            now["calibration"] = {"config": json.loads(json.dumps(calibration_settings(calibration, "")["config"],
+                                                                  default=str))}
         if any(config_then[k] != now[k] for k in config_then):
             raise UserError(f"distill: checkpoint {checkpoint} was trained with other settings "
                             f"({setting_changes({'settings': config_then}, now)}); delete {folder / 'checkpoints'} to "

@@ -25,7 +25,7 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast
 from compress.passes.base import RunContext
-from compress.passes.distill_resume import NOT_FINGERPRINTED, setting_changes
+from compress.passes.distill_resume import NOT_FINGERPRINTED, calibration_settings, setting_changes
 
 if TYPE_CHECKING:
     from compress.passes.distill import DistillConfig
@@ -193,14 +193,22 @@ class _Trainer:
     # ---- checkpoints --------------------------------------------------------------------------
     def _settings(self) -> dict:
         """What the training depends on: config keys (not `NOT_FINGERPRINTED`), seed, process count,
-        block map and the incoming student's checksum."""
+        block map and the incoming student's checksum; with data: teacher_samples also the samples'
+        calibration (`calibration_settings`: the run fingerprint, which keys their cache)."""
         keys = {k: v for k, v in asdict(self.cfg).items() if k not in NOT_FINGERPRINTED}
         keys.update(seed=self.ctx.seed, processes=self.acc.num_processes, block_map=self.block_map,
                     student=self.incoming)
+        if self.cfg.data == "teacher_samples":
+            keys["calibration"] = calibration_settings(self.ctx.calibration, self.ctx.fingerprint)
         return keys
 
-    def _fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self._settings(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def _fingerprint(self, meta: dict | None = None) -> str:
+        """Of `_settings`; as an older dit-compress took it for a checkpoint whose `meta` records no
+        calibration (it keeps resuming)."""
+        settings = self._settings()
+        if meta is not None and "calibration" not in (meta.get("settings") or {}):
+            settings.pop("calibration", None)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _save(self) -> None:
         acc, root = self.acc, self.dir / "checkpoints"
@@ -239,7 +247,7 @@ class _Trainer:
                     raise ValueError("meta.json records no fingerprint")
             except (OSError, ValueError) as e:
                 why, meta = _why(e), None
-            if meta is not None and meta["fingerprint"] != self._fingerprint():
+            if meta is not None and meta["fingerprint"] != self._fingerprint(meta):
                 raise UserError(f"distill: checkpoint {path} was trained with other settings "
                                 f"({setting_changes(meta, self._settings())}); delete {self.dir / 'checkpoints'} to "
                                 "train this pass from its start (--resume keeps the passes before it and the "

@@ -1,5 +1,9 @@
 """Whether a distill checkpoint may be resumed (compress.passes.distill_resume)."""
 
+import pytest
+
+from compress.errors import UserError
+
 
 def test_a_checkpoint_that_records_no_settings_says_what_may_differ():
     """An older dit-compress's meta.json has only the fingerprint and the process count."""
@@ -11,3 +15,84 @@ def test_a_checkpoint_that_records_no_settings_says_what_may_differ():
     now = dict(then, seed=1, processes=2, block_map={"blocks": [0, 2]})
     assert setting_changes({"settings": then}, now) == ("block map; process count: 1 in the checkpoint, 2 now; "
                                                         "calibration.seed: 0 in the checkpoint, 1 now")
+
+
+
+_RECIPE = """model: pixart
+teacher: toy:pixart
+calibration: {{source: pipeline, {prompts}, sample_steps: 2, timesteps: 1, batch_size: 4, heldout: 1}}
+passes:
+  - distill: {{steps: 4, warmup_steps: 0, batch_size: 2, data: teacher_samples, num_samples: 4, sample_steps: 2,
+               checkpoint_every: 1, progress: false{more}}}
+"""
+
+
+def _run(tmp_path, prompts: str, stop: bool = False, resume: bool = False):
+    """A teacher-samples distill run, the first pass (no stage saved): to step 2 of 4 (`stop`), or on."""
+    from compress.passes.distill_trainer import StepLimitReached
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+
+    text = _RECIPE.format(prompts=prompts, more=", max_steps_this_run: 2" if stop else "")
+    runner = Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "out", tmp_path / "run", resume=resume)
+    if not stop:
+        return runner.run()
+    with pytest.raises(StepLimitReached):
+        runner.run()
+
+
+def test_resume_after_the_prompt_file_changed_refuses_the_distill_checkpoint(tmp_path, capsys):
+    """A checkpoint trained on teacher samples of other prompts is refused, in words, though no stage
+    was saved for the runner to compare (the samples' cache is keyed by the prompts read: it would
+    go on training on the new prompts' samples); an unchanged file resumes."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a 1\na 2\na 3\na 4\na cow\n")
+    _run(tmp_path, "prompt_file: p.txt", stop=True)
+    prompts.write_text("b 1\nb 2\nb 3\nb 4\nb cow\n")
+    with pytest.raises(UserError, match=r"distill: checkpoint .*step-00000002 was trained with other settings "
+                                         r"\(the calibration inputs \(prompts, pipeline or teacher\) changed"):
+        _run(tmp_path, "prompt_file: p.txt", resume=True)
+    assert not (tmp_path / "out").exists()
+    prompts.write_text("a 1\na 2\na 3\na 4\na cow\n")
+    capsys.readouterr()
+    _run(tmp_path, "prompt_file: p.txt", resume=True)
+    assert "continuing from its checkpoint at step 2/4" in capsys.readouterr().err
+
+
+def test_resume_after_the_inline_prompts_changed_refuses_before_the_teacher_loads(tmp_path, monkeypatch):
+    """Edited calibration.prompts are named before the teacher loads (check_resumable_configs)."""
+    import compress.runner
+
+    _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a cow]", stop=True)
+    monkeypatch.setattr(compress.runner, "load_checked_teacher", lambda *a, **k: pytest.fail("teacher loaded"))
+    with pytest.raises(UserError, match=r"distill: checkpoint .*step-00000002 was trained with other settings "
+                                         r"\(calibration.prompts: other prompts\)"):
+        _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a dog]", resume=True)
+
+
+def test_a_checkpoint_that_records_no_calibration_keeps_resuming(tmp_path, capsys):
+    """One written before checkpoints recorded the calibration (its fingerprint without it)."""
+    import hashlib
+    import json
+
+    _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a cow]", stop=True)
+    for meta_file in (tmp_path / "run" / "distill" / "checkpoints").glob("step-*/meta.json"):
+        meta = json.loads(meta_file.read_text())
+        meta["settings"].pop("calibration", None)
+        meta["fingerprint"] = hashlib.sha256(json.dumps(meta["settings"], sort_keys=True).encode()).hexdigest()[:16]
+        meta_file.write_text(json.dumps(meta))
+    capsys.readouterr()
+    _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a cow]", resume=True)
+    assert "continuing from its checkpoint at step 2/4" in capsys.readouterr().err
+
+
+def test_changed_calibration_in_words():
+    from compress.passes.distill_resume import setting_changes
+
+    then = {"lr": 1e-3, "calibration": {"config": {"prompts": ["a"], "num_prompts": 8}, "fingerprint": "x"}}
+    assert setting_changes({"settings": then}, dict(then, calibration={"config": {"prompts": ["b"], "num_prompts": 4},
+                                                                         "fingerprint": "y"})) == \
+        "calibration.num_prompts: 8 in the checkpoint, 4 now; calibration.prompts: other prompts"
+    assert setting_changes({"settings": then}, dict(then, calibration=dict(then["calibration"], fingerprint="y"))) \
+        .startswith("the calibration inputs (prompts, pipeline or teacher) changed")
+    assert setting_changes({"settings": {"lr": 1e-3}}, then) == "its fingerprint differs"  # older: not recorded
