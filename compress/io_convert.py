@@ -37,6 +37,7 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
     from compress.runner_stream import DiskFull, disk_full_words
 
     check_suffix(path, "convert reads a single-file checkpoint")
+    check_not_output(path)
     out = Path(out).expanduser()
     made = missing_parents(out)  # atomic_folder makes them for its temp folder: removed again on a failure
     try:
@@ -73,6 +74,19 @@ def _convert(path: Path, out: Path, config: str | None, shard_bytes: int) -> dic
             written = _write_shards(tmp, path, names, lambda n: get(prefix + n), convert_key, expected, shard_bytes,
                                     lambda: bar.advance(task))
     return {"class": type(model).__name__, **written}
+
+
+def check_not_output(path: Path) -> None:
+    """A weight file save_compressed wrote (its header records the compression section,
+    io_source.output_weights) is refused in one line before diffusers reads a config: its folder is
+    already a diffusers folder with factorized keys, which no single-file converter maps (diffusers
+    printed a page of warnings about the compression config before the real error)."""
+    from compress.io_source import output_weights
+
+    if path.is_file() and output_weights(path):
+        raise UserError(f"{path} is a weight file of the dit-compress output {path.parent}, which is already a "
+                        "diffusers folder: nothing to convert (load that folder with load_transformer, or give it "
+                        "to eval / bench / lora)")
 
 
 def missing_parents(out: Path) -> list[Path]:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,9 @@ def student_config(model: nn.Module, extra: dict | None = None) -> dict:
 
 def save_compressed(model: nn.Module, out, dtype: torch.dtype | None = None, extra: dict | None = None,
                     files: dict[str, str] | None = None, overwrite: bool = False) -> Path:
-    """Write the output folder atomically (temp folder + rename). `files`: extra text files."""
+    """Write the output folder atomically (temp folder + rename). `files`: extra text files. A
+    torch.compile'd model is saved as the model it wraps (`unwrapped`)."""
+    model = unwrapped(model)
     out = Path(out).expanduser()
     with atomic_folder(out, overwrite) as tmp:
         config = compressed_config(model, extra, dtype)
@@ -50,6 +53,16 @@ def save_compressed(model: nn.Module, out, dtype: torch.dtype | None = None, ext
         canonical_header(tmp / WEIGHTS)
         write_texts(tmp, config, files)
     return out
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model a torch.compile wrapper (OptimizedModule) holds as `_orig_mod`, as diffusers'
+    save_pretrained and accelerate's extract_model_from_parallel unwrap it; else `model`. Saved as it
+    is, its class and every key would be the wrapper's (`_orig_mod.`…), which nothing loads back."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # imported by torch.compile; none: no wrapper
+    while eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        model = model._orig_mod
+    return model
 
 
 def export_cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

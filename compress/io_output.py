@@ -38,15 +38,23 @@ def output_folder(out) -> Path:
     return out
 
 
-def weight_files(out) -> list[Path]:
-    """The weight files of an output folder: one file, or the shards its index lists. The plain weights
-    where there are any, else the one variant there is (two variants: a UserError naming them)."""
+def weight_files(out, variant: str | None = None) -> list[Path]:
+    """The weight files of an output folder: one file, or the shards its index lists. `variant`
+    ('fp16', as save_pretrained's variant=): that variant's, a UserError naming those there where it
+    is missing; else the plain weights where there are any, else the one variant there is (two
+    variants: a UserError naming them and variant=)."""
     out = Path(out).expanduser()
     entries = weight_entries(out) if out.is_dir() else {}
-    if None not in entries and len(entries) > 1:
+    if variant is not None:
+        entry = entries.get(variant)
+        if entry is None and entries:
+            held = ", ".join(sorted(v or "plain" for v in entries))
+            raise UserError(f"{out} holds no weight variant {variant!r} (it holds: {held})")
+    elif None not in entries and len(entries) > 1:
         raise UserError(f"{out} holds the weight variants {', '.join(sorted(entries))} and no plain "
-                        f"{WEIGHTS}; keep the one to load")
-    entry = entries.get(None) or next(iter(entries.values()), None)
+                        f"{WEIGHTS}; pass variant= one of them")
+    else:
+        entry = entries.get(None) or next(iter(entries.values()), None)
     if entry is None:
         raise no_weights(out)
     if not entry.name.endswith(".json"):
@@ -162,8 +170,36 @@ def as_device(device, what: str = "load_transformer") -> torch.device:
     return dev
 
 
+def one_dtype(dtype, torch_dtype, what: str = "load_transformer") -> torch.dtype | None:
+    """`dtype`, or diffusers' name for it `torch_dtype`, as a torch dtype; both given and different:
+    a UserError (one of them was silently ignored)."""
+    dtype, torch_dtype = as_dtype(dtype, what), as_dtype(torch_dtype, what)
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise UserError(f"{what}: dtype={str(dtype).removeprefix('torch.')} and torch_dtype="
+                        f"{str(torch_dtype).removeprefix('torch.')} disagree; pass one of them")
+    return dtype or torch_dtype
+
+
+def one_device(device, device_map, what: str = "load_transformer"):
+    """The device to load on from `device` or diffusers' `device_map` where that names one device (a
+    device, 'cpu', 'cuda:0', an index, or {"": device}): the whole model goes there. A map that
+    spreads it ('auto', 'balanced', per module) is a UserError: an output loads whole on one device."""
+    if device_map is None:
+        return device
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        device_map = device_map[""]
+    if isinstance(device_map, (dict, bool)) or device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        raise UserError(f"{what}: device_map={device_map!r} is not supported: an output loads whole on one "
+                        "device; pass device= (or device_map=) a single device such as 'cpu' or 'cuda:0'")
+    device_map = f"cuda:{device_map}" if isinstance(device_map, int) else device_map
+    if device is not None and as_device(device, what) != as_device(device_map, what):
+        raise UserError(f"{what}: device={device!r} and device_map={device_map!r} disagree; pass one of them")
+    return device_map
+
+
 def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None,
-                     torch_dtype: torch.dtype | None = None, nonfinite: str = "error") -> nn.Module:
+                     torch_dtype: torch.dtype | None = None, nonfinite: str = "error", variant: str | None = None,
+                     device_map=None, low_cpu_mem_usage: bool | None = None) -> nn.Module:
     """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
     model that was saved (same dtype unless `dtype`, or diffusers' `torch_dtype`, is given: a torch
     dtype or its name, 'float16'), on `device` (default cpu; one this machine has). One weight file
@@ -171,19 +207,25 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     pipeline folder's transformer/; an output written in a newer format than FORMAT is refused.
     `model.compression_meta` keeps what the run recorded (teacher, block map), so saving the model
     again keeps it. A NaN/Inf in a weight is a NumericError naming
-    the tensor and its file (`nonfinite="warn"`: a warning, for looking at a damaged output)."""
+    the tensor and its file (`nonfinite="warn"`: a warning, for looking at a damaged output).
+    As diffusers' from_pretrained: `variant` picks a weight variant ('fp16'); `device_map` may name
+    one device (as `device`; 'auto' or a per-module map: a UserError); `low_cpu_mem_usage` is
+    accepted and changes nothing: the model is always built empty and takes the file's tensors."""
     if nonfinite not in ("error", "warn"):
         raise ValueError(f"load_transformer: nonfinite must be 'error' or 'warn', got {nonfinite!r}")
-    dtype = as_dtype(dtype or torch_dtype)
-    device = as_device(device)
+    if low_cpu_mem_usage not in (None, True, False):
+        raise UserError(f"load_transformer: low_cpu_mem_usage must be True or False, got {low_cpu_mem_usage!r}")
+    dtype = one_dtype(dtype, torch_dtype)
+    device = as_device(one_device(device, device_map))
     out = output_folder(out)
     model = empty_compressed(out)  # first: the format it was written in is checked before its files
-    files = weight_files(out)
+    files = weight_files(out, variant)
     sd = {}
     for f in files:
         tensors = read_state_dict(f)
         check_finite_file(f, tensors, warn=nonfinite == "warn")
         sd.update(tensors)
+    sd = without_fused_projections(model, sd, files[0] if len(files) == 1 else out)
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
@@ -194,6 +236,53 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     if dtype is not None:
         model = cast(model, dtype)
     return model.to(device).eval()
+
+
+# the layers diffusers' fuse_qkv_projections() adds beside the attention projections it concatenates
+FUSED_PROJECTIONS = {"to_qkv": ("to_q", "to_k", "to_v"), "to_kv": ("to_k", "to_v"),
+                     "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
+FUSED_KEY = re.compile(rf"(.+)\.({'|'.join(FUSED_PROJECTIONS)})\.(weight|bias)")
+
+
+def without_fused_projections(model: nn.Module, sd: dict[str, torch.Tensor], where) -> dict[str, torch.Tensor]:
+    """`sd` without the fused projections (to_qkv, to_kv, to_added_qkv) a save_pretrained after
+    fuse_qkv_projections() writes beside the to_q / to_k / to_v it copied, which are there: dropped,
+    as diffusers' from_pretrained ignores them, so the model loads unfused with the weights saved.
+    Each is checked to hold its parts (a factorized part as up @ down, which the device that fused
+    may have rounded otherwise: to 1e-2 of its norm); one that does not is a UserError, since
+    dropping it would lose weights."""
+    expected = model.state_dict().keys()
+    kept = {}
+    for key, tensor in sd.items():
+        m = FUSED_KEY.fullmatch(key)
+        parts = m and key not in expected and _fused_parts(sd, m[1], FUSED_PROJECTIONS[m[2]], m[3])
+        if not parts:
+            kept[key] = tensor
+            continue
+        want = torch.cat(parts).float()
+        if tensor.shape != want.shape or (tensor.float() - want).norm() > 1e-2 * want.norm():
+            names = "/".join(FUSED_PROJECTIONS[m[2]])
+            raise UserError(f"{where}: {key}, written by fuse_qkv_projections(), does not hold {m[1]}'s "
+                            f"{names} it fuses (changed after fusing?), and an output stores only those; call "
+                            "unfuse_qkv_projections() before save_pretrained")
+    return kept
+
+
+def _fused_parts(sd: dict[str, torch.Tensor], prefix: str, parts: tuple[str, ...], kind: str) -> list | None:
+    """The `kind` (weight or bias) of each of `prefix`'s `parts` in `sd`, dense or factorized
+    (`up.weight @ down.weight`, `up.bias`); None where one is not there (no fused layer of ours)."""
+    found = []
+    for part in parts:
+        name = f"{prefix}.{part}"
+        if f"{name}.{kind}" in sd:
+            found.append(sd[f"{name}.{kind}"])
+        elif kind == "bias" and f"{name}.up.bias" in sd:
+            found.append(sd[f"{name}.up.bias"])
+        elif kind == "weight" and f"{name}.up.weight" in sd and f"{name}.down.weight" in sd:
+            found.append(sd[f"{name}.up.weight"].float() @ sd[f"{name}.down.weight"].float())
+        else:
+            return None
+    return found
 
 
 def check_finite_file(path: Path, tensors: dict[str, torch.Tensor], warn: bool = False) -> None:
@@ -233,15 +322,18 @@ def _swap_lowrank(model: nn.Module, name: str, rank, out: Path) -> None:
                                             bias=old.bias is not None))
 
 
-def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None):
+def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None,
+                  torch_dtype: torch.dtype | None = None, variant: str | None = None):
     """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
     `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id; by default the teacher
     the output records, where that is one of these (a toy or a pipeline whose transformer is not of
     the output's family and widths: a UserError); a pipeline folder (a pipeline's save_pretrained,
     a toy pipeline's too: `_saved_toy_pipeline`) is its own base. `dtype` (or its name): of the
-    whole pipeline (default: the dtype the transformer was exported in, so all parts agree)."""
-    dtype = as_dtype(dtype, "load_pipeline")
-    transformer = load_transformer(out, dtype=dtype)
+    whole pipeline (default: the dtype the transformer was exported in, so all parts agree), or
+    diffusers' `torch_dtype` as in load_transformer; `variant`: the output's weight variant to load
+    (the base pipeline's parts are read as they are)."""
+    dtype = one_dtype(dtype, torch_dtype, "load_pipeline")
+    transformer = load_transformer(out, dtype=dtype, variant=variant)
     folder = output_folder(out)
     if not base and folder != Path(out).expanduser():  # a pipeline folder: the parts saved with it
         base = str(folder.parent)

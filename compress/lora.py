@@ -42,6 +42,7 @@ from torch import nn
 
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
+from compress.io_export import unwrapped
 from compress.lora_keys import STATE_DICT
 from compress.lora_read import LoraLayer, label, read_lora
 from compress.lora_teacher import dora_weights
@@ -60,6 +61,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     config records the new ranks, so saving it again keeps them. All or nothing: each layer is merged and checked before any is taken,
     and again as it is taken (twice the merge's compute, never all merged layers held at once)."""
     check_scale(scale)
+    student = unwrapped(student)  # a torch.compile'd student: the model it wraps, merged in place
     adapter = get_adapter(student)
     block_map = (getattr(student, "compression_meta", None) or {}).get("block_map") or {}
     layers, text_encoder = read_lora(student, adapter, lora, block_map)

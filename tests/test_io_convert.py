@@ -300,3 +300,15 @@ def test_a_schnell_file_with_a_dev_config_names_guidance_embeds(tmp_path):
     with pytest.raises(UserError, match=r"guidance_embedder.* is not in the config's model: the file has a guidance "
                                         r"embedder \(FLUX.1-dev\) and the config says guidance_embeds: false"):
         convert_file(tmp_path / "devfile" / "f.safetensors", tmp_path / "out", config=str(tmp_path / "schnell"))
+
+
+def test_an_outputs_own_weight_file_is_refused_before_its_config_is_read(tmp_path, capsys):
+    """convert of an output's weight file printed diffusers' page of warnings about the config's
+    compression section, then failed on a factorized key; one line says it is an output already."""
+    from compress import save_compressed
+    from tests.conftest import factorize
+
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], 4), tmp_path / "out")
+    with pytest.raises(UserError, match=r"is a weight file of the dit-compress output .*already a diffusers folder"):
+        convert_file(out / "diffusion_pytorch_model.safetensors", tmp_path / "new")
+    assert not (tmp_path / "new").exists() and "compression" not in capsys.readouterr().err

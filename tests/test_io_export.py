@@ -160,3 +160,19 @@ def test_an_overwrite_replaces_the_output_and_leaves_nothing_beside_it(tmp_path)
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_compiled_model_saves_as_the_model_it_wraps(tmp_path):
+    """save_compressed of a torch.compile'd model wrote the wrapper's class (OptimizedModule) and keys
+    (`_orig_mod.`…), which load_transformer refused; it saves the wrapped model, which loads back
+    bit-identical."""
+    from compress.io_output import load_transformer
+    from tests.conftest import factorize
+
+    model = factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.2"], 4)
+    save_compressed(torch.compile(model, backend="eager"), tmp_path / "out")
+    back = load_transformer(tmp_path / "out")
+    assert type(back) is type(model) and back.config.compression["ranks"] == {
+        "transformer_blocks.0.attn1.to_q": 4, "transformer_blocks.0.ff.net.2": 4}
+    want, got = model.state_dict(), back.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

@@ -2,6 +2,7 @@
 was written in, dtype and device names, a missing shard index, a toy base of another family, a
 file in the way of a new output, and what `bench --json` calls its batch."""
 
+import copy
 import json
 import re
 
@@ -346,7 +347,7 @@ def test_several_variants_are_named_and_a_folder_without_weights_says_what_it_ho
     model.save_pretrained(two, variant="fp16")
     model.save_pretrained(two, variant="bf16", safe_serialization=False)
     with pytest.raises(UserError, match=f"^{two} holds the weight variants bf16, fp16 and no plain "
-                                        r"diffusion_pytorch_model.safetensors; keep the one to load$"):
+                                        r"diffusion_pytorch_model.safetensors; pass variant= one of them$"):
         load_transformer(two)
     model.save_pretrained(two, safe_serialization=False)  # the plain weights are read where there are any
     assert _same(load_transformer(two), model)
@@ -357,6 +358,79 @@ def test_several_variants_are_named_and_a_folder_without_weights_says_what_it_ho
                                         r"\.safetensors, .*\.index\.json or a variant or \.bin of them "
                                         r"\(the folder holds notes\.txt\)$"):
         load_transformer(two)
+
+
+@pytest.mark.parametrize("make, layers", [
+    (tiny_pixart, ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn2.to_v"]),
+    (tiny_flux, ["transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.add_v_proj",
+                 "single_transformer_blocks.0.attn.to_q"])])
+def test_an_output_saved_after_fuse_qkv_projections_loads_back_unfused(tmp_path, make, layers):
+    """save_pretrained after fuse_qkv_projections() writes to_qkv / to_kv / to_added_qkv beside the
+    projections they copy, and load_transformer said the file 'does not match its config.json': the
+    copies are dropped (as diffusers' from_pretrained does) and the model loads bit-identical to the
+    one fused, with its outputs; a fused layer changed after fusing would be lost: one line."""
+    from tests.conftest import forward, model_inputs
+
+    out = save_compressed(factorize(make(), layers, rank=2), tmp_path / "out")
+    model = load_transformer(out)
+    fused = copy.deepcopy(model)
+    fused.fuse_qkv_projections()
+    assert any(k.endswith((".to_qkv.weight", ".to_kv.weight")) for k in fused.state_dict())
+    fused.save_pretrained(tmp_path / "fused")
+    back = load_transformer(tmp_path / "fused")
+    assert _same(back, model)
+    inputs = model_inputs(model)
+    torch.testing.assert_close(forward(back, inputs), forward(fused, inputs), rtol=1e-5, atol=1e-5)
+    name = next(n for n, _ in fused.named_modules() if n.endswith((".to_qkv", ".to_kv")))
+    with torch.no_grad():
+        fused.get_submodule(name).weight.add_(1.0)
+    fused.save_pretrained(tmp_path / "changed")
+    with pytest.raises(UserError, match=rf"{re.escape(name)}\.weight, written by fuse_qkv_projections\(\), does "
+                                        r"not hold .* call unfuse_qkv_projections\(\) before save_pretrained$"):
+        load_transformer(tmp_path / "changed")
+
+
+def test_variant_picks_the_weights_to_load_as_diffusers_does(tmp_path):
+    """A folder holding two variants said 'keep the one to load' and load_transformer took no
+    variant=: it picks one (each loads bit-identical); one not there names those that are."""
+    out = _output(tmp_path)
+    model = load_transformer(out)
+    two = tmp_path / "two"
+    half, bf16 = copy.deepcopy(model).to(torch.float16), model.to(torch.bfloat16)
+    half.save_pretrained(two, variant="fp16")
+    bf16.save_pretrained(two, variant="bf16", safe_serialization=False)
+    assert _same(load_transformer(two, variant="fp16"), half) and _same(load_transformer(two, variant="bf16"), bf16)
+    with pytest.raises(UserError, match=rf"^{two} holds no weight variant 'fp32' \(it holds: bf16, fp16\)$"):
+        load_transformer(two, variant="fp32")
+    with pytest.raises(UserError, match=r"holds no weight variant 'fp16' \(it holds: plain\)$"):
+        load_pipeline(out, variant="fp16")
+
+
+def test_diffusers_loading_keywords_load_or_say_what_is_supported(tmp_path):
+    """device_map, low_cpu_mem_usage and load_pipeline's torch_dtype were bare TypeErrors, and dtype
+    with another torch_dtype silently took dtype: one device in device_map loads there, the others
+    are one line; low_cpu_mem_usage changes nothing (the model is built empty); torch_dtype is the
+    pipeline's dtype; dtype and torch_dtype that disagree are one line."""
+    out = _output(tmp_path)
+    want = load_transformer(out)
+    for how in ({"device_map": "cpu"}, {"device_map": {"": "cpu"}}, {"device_map": "cpu", "device": "cpu"},
+                {"low_cpu_mem_usage": True}, {"low_cpu_mem_usage": False}):
+        assert _same(load_transformer(out, **how), want), how
+    for device_map in ("auto", "balanced", {"transformer_blocks.0": "cpu", "": "cpu"}):
+        with pytest.raises(UserError, match=rf"^load_transformer: device_map={re.escape(repr(device_map))} is not "
+                                            "supported: an output loads whole on one device; pass device="):
+            load_transformer(out, device_map=device_map)
+    with pytest.raises(UserError, match="^load_transformer: dtype=float16 and torch_dtype=bfloat16 disagree; "
+                                        "pass one of them$"):
+        load_transformer(out, dtype=torch.float16, torch_dtype=torch.bfloat16)
+    assert load_transformer(out, dtype="float16", torch_dtype=torch.float16).dtype == torch.float16
+    from compress import load_teacher
+
+    toy = save_compressed(factorize(load_teacher("toy:pixart"), ["transformer_blocks.0.ff.net.2"], 4),
+                          tmp_path / "toy", extra={"teacher": "toy:pixart"})
+    assert load_pipeline(toy, torch_dtype=torch.bfloat16).transformer.dtype == torch.bfloat16
+    with pytest.raises(UserError, match="^load_pipeline: dtype=float16 and torch_dtype=bfloat16 disagree"):
+        load_pipeline(toy, dtype=torch.float16, torch_dtype="bfloat16")
 
 
 def test_a_base_pipeline_under_home_loads(pixart_folder, home, tmp_path):

@@ -641,3 +641,16 @@ def test_a_numpy_scale_is_a_scale():
     check_scale(np.float32(0.8))
     with pytest.raises(UserError, match="finite number"):
         check_scale(np.float64("nan"))
+
+
+def test_a_compiled_student_takes_a_lora_as_the_model_it_wraps(tmp_path):
+    """merge_lora of a torch.compile'd model refused its class (OptimizedModule); it merges into the
+    model the wrapper holds, as into that model itself."""
+    teacher = tiny_pixart()
+    _lora(copy.deepcopy(teacher), tmp_path / "lora", targets=["to_q"])
+    plain, wrapped = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    want = merge_lora(plain, tmp_path / "lora")
+    assert merge_lora(torch.compile(wrapped, backend="eager"), tmp_path / "lora") == want
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), wrapped.state_dict().values()))
+    assert not torch.equal(plain.state_dict()["transformer_blocks.0.attn1.to_q.weight"],
+                           teacher.state_dict()["transformer_blocks.0.attn1.to_q.weight"])
