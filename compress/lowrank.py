@@ -5,7 +5,10 @@ Stored as two plain nn.Linear children so state-dict keys are `<module>.down.wei
 On CUDA with fp16/bf16 inputs the forward runs `compress.kernels.lowrank_linear` (fused or split Triton
 kernel, two cuBLAS GEMMs, or the dense product: a measured choice per shape); elsewhere it is two torch
 matmuls: on CPU, under CUDA autocast to another dtype, and for bf16 on GPUs below compute capability 8.0
-(Triton's bf16 kernels do not compile there; `compress.kernels` warns once per process). Inputs with a
+(Triton's bf16 kernels do not compile there; `compress.kernels` warns once per process). The kernel path
+reads the `down` / `up` weights directly, so it is taken only when both are plain nn.Linear with no
+hooks and weights on x's device; wrapped or hooked factors (peft LoRA on "x.down", accelerate offload
+hooks, forward hooks) take the torch path, which calls them. Inputs with a
 zero-sized dimension give what the two torch matmuls give (empty outputs; act(bias) rows where in = 0).
 The rank must be at least 1 (a rank-0 layer would be its bias alone; the svd pass never makes one).
 `activation="gelu_tanh"` folds the FFN's tanh-GELU into the layer (fused into the kernel epilogue on
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 
 class LowRankLinear(nn.Module):
@@ -74,8 +78,17 @@ class LowRankLinear(nn.Module):
 
         return kernels_available(x)  # Triton here, and it compiles for x's device and dtype
 
+    def _factors_plain(self, x: torch.Tensor) -> bool:
+        """True when calling `self.down` / `self.up` would do nothing but their matmuls, so the kernel
+        may read their weights directly. Anything else must go through the children's own forward
+        (the torch path): a wrapper in their place (peft LoRA on "x.down" / "x.up", a quantized
+        nn.Linear subclass), forward hooks, an instance-level forward (accelerate's `_hf_hook` offload
+        hooks, diffusers' group offloading), or weights not (yet) on x's device (`meta` until an
+        offload hook loads them). Checked every forward: attribute and dict lookups only."""
+        return _plain_linear(self.down, x) and _plain_linear(self.up, x) and self.down.bias is None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        if self._kernel_ok(x):
+        if self._factors_plain(x) and self._kernel_ok(x):
             from compress.kernels import lowrank_linear
 
             return lowrank_linear(x, self.down.weight, self.up.weight, self.up.bias, self.activation)
@@ -85,3 +98,24 @@ class LowRankLinear(nn.Module):
     def extra_repr(self) -> str:
         act = f", activation={self.activation}" if self.activation else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}{act}"
+
+
+def _plain_linear(module: nn.Module, x: torch.Tensor) -> bool:
+    """`module` is an exact nn.Linear with nothing attached (its own or process-wide hooks, a replaced
+    forward, accelerate's `_hf_hook`) whose weight already sits on x's device: its forward would be
+    F.linear on that weight and nothing else."""
+    if type(module) is not nn.Linear or _hooked(module, _MODULE_HOOKS) or _hooked(_torch_module, _GLOBAL_HOOKS):
+        return False
+    state = module.__dict__
+    if "forward" in state or "_hf_hook" in state or "_diffusers_hook" in state:
+        return False
+    return module.weight.device == x.device
+
+
+def _hooked(owner, names: tuple[str, ...]) -> bool:
+    """Any hook registered in `owner`'s hook dicts (a module's own, or torch's process-wide ones)."""
+    return any(getattr(owner, name) for name in names)
+
+
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = tuple("_global" + name for name in _MODULE_HOOKS)  # in torch.nn.modules.module

@@ -70,7 +70,7 @@ class ToyPipeline(DiffusionPipeline):
         text = self.text_encoder(prompts)
         if guidance_scale > 1:
             text = with_uncond(text, self.text_encoder([""] * len(prompts)))
-        device, dtype = self.transformer.device, self.transformer.dtype
+        device, dtype = self._execution_device, self.transformer.dtype
         return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in text.items()}
 
     @torch.no_grad()
@@ -87,7 +87,9 @@ class ToyPipeline(DiffusionPipeline):
     ):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        device, dtype = self.transformer.device, self.transformer.dtype
+        # _execution_device, not transformer.device: under model / sequential CPU offload the
+        # transformer rests on the CPU between calls while it runs on the accelerator
+        device, dtype = self._execution_device, self.transformer.dtype
         text = self.encode_prompts(prompts, guidance_scale)
         if latents is None:
             shape = (len(prompts), LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
@@ -98,6 +100,7 @@ class ToyPipeline(DiffusionPipeline):
             pred = self.predict(latents, t, text, guidance_scale)
             latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
         images = to_output(self.vae.decode(self.unpack(latents)), output_type)
+        self.maybe_free_model_hooks()  # enable_model_cpu_offload: back to the CPU, as diffusers' pipelines
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 

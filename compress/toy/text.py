@@ -53,7 +53,10 @@ class ToyTextEncoder(nn.Module):
     def forward(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Returns prompt_embeds (B, L, D_text), attention_mask (B, L), pooled (B, D_text)."""
         ids, mask = tokenize(prompts)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        # position_embedding, not self.device (token_embedding's): under sequential CPU offload this
+        # module's own hook has loaded position_embedding, token_embedding is `meta` until its call
+        device = self.position_embedding.device
+        ids, mask = ids.to(device), mask.to(device)
         embeds = self.token_embedding(ids) + self.position_embedding  # (B, L, D)
         embeds = embeds * mask[..., None]  # padding positions are exactly zero
         pooled = embeds.sum(1) / mask.sum(1, keepdim=True)  # (B, D)

@@ -17,9 +17,26 @@ FACTOR = IMAGE_SIZE // LATENT_SIZE
 
 
 class ToyVAE(nn.Module):
-    """Same calling shape as the diffusers VAEs' encode/decode, minus the distributions."""
+    """Same calling shape as the diffusers VAEs' encode/decode, minus the distributions.
+
+    Parameter-free, yet it has what DiffusionPipeline.to / .device / enable_model_cpu_offload read
+    from every component (`device`, `dtype`, as diffusers' ModelMixin): a zero-size non-persistent
+    buffer follows .to() and answers both. encode/decode do not fire accelerate's offload hook
+    (AutoencoderKL's do): CpuOffload reads a parameter's device, and there is nothing to move."""
 
     scaling_factor = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("placement", torch.empty(0), persistent=False)  # not in any state dict
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.placement.dtype
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(images, FACTOR)  # (B, 1, 16, 16) -> (B, 4, 8, 8)

@@ -9,6 +9,7 @@ file is a UserError naming it, not a teacher with silently changed weights.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -228,7 +229,7 @@ def load_toy_pipeline(family: str, transformer=None, dtype: torch.dtype = torch.
         transformer=transformer,
         scheduler=scheduler if scheduler is not None else
         schedulers.get(toy_objective(family, weights_dir), module.new_scheduler)(),
-        text_encoder=load_text_encoder(weights_dir),
+        text_encoder=copy.deepcopy(load_text_encoder(weights_dir)),  # own copy: pipe.to() moves it
         vae=ToyVAE(),
     )
     pipe.set_progress_bar_config(disable=True)
