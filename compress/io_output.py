@@ -192,9 +192,14 @@ def one_device(device, device_map, what: str = "load_transformer"):
         raise UserError(f"{what}: device_map={device_map!r} is not supported: an output loads whole on one "
                         "device; pass device= (or device_map=) a single device such as 'cpu' or 'cuda:0'")
     device_map = f"cuda:{device_map}" if isinstance(device_map, int) else device_map
-    if device is not None and as_device(device, what) != as_device(device_map, what):
+    if device is not None and _same_place(as_device(device, what)) != _same_place(as_device(device_map, what)):
         raise UserError(f"{what}: device={device!r} and device_map={device_map!r} disagree; pass one of them")
     return device_map
+
+
+def _same_place(dev: torch.device) -> tuple[str, int]:
+    """A device as where tensors go: 'cuda' is cuda:0, 'cpu:0' is cpu (torch.device compares them unequal)."""
+    return dev.type, 0 if dev.type == "cpu" else (dev.index or 0)
 
 
 def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None,
@@ -248,9 +253,8 @@ def without_fused_projections(model: nn.Module, sd: dict[str, torch.Tensor], whe
     """`sd` without the fused projections (to_qkv, to_kv, to_added_qkv) a save_pretrained after
     fuse_qkv_projections() writes beside the to_q / to_k / to_v it copied, which are there: dropped,
     as diffusers' from_pretrained ignores them, so the model loads unfused with the weights saved.
-    Each is checked to hold its parts (a factorized part as up @ down, which the device that fused
-    may have rounded otherwise: to 1e-2 of its norm); one that does not is a UserError, since
-    dropping it would lose weights."""
+    Each is checked to hold its parts, part by part (`_holds`); one that does not is a UserError, since
+    dropping it would lose weights (a fine-tune or LoRA merged after fusing)."""
     expected = model.state_dict().keys()
     kept = {}
     for key, tensor in sd.items():
@@ -259,8 +263,7 @@ def without_fused_projections(model: nn.Module, sd: dict[str, torch.Tensor], whe
         if not parts:
             kept[key] = tensor
             continue
-        want = torch.cat(parts).float()
-        if tensor.shape != want.shape or (tensor.float() - want).norm() > 1e-2 * want.norm():
+        if not _holds(tensor, parts):
             names = "/".join(FUSED_PROJECTIONS[m[2]])
             raise UserError(f"{where}: {key}, written by fuse_qkv_projections(), does not hold {m[1]}'s "
                             f"{names} it fuses (changed after fusing?), and an output stores only those; call "
@@ -268,18 +271,39 @@ def without_fused_projections(model: nn.Module, sd: dict[str, torch.Tensor], whe
     return kept
 
 
+def _holds(fused: torch.Tensor, parts: list[tuple[torch.Tensor, bool]]) -> bool:
+    """Whether `fused` is its `parts` ((tensor, stored), `_fused_parts`) stacked: a stored part
+    exactly, as fuse_projections copies it; a factorized part's up @ down (float32, computed here)
+    to the fused dtype's rounding (its eps; 1e-5 in float32, whose products another device sums in
+    another order) relative to that part's own norm, so an edit of one part after fusing shows
+    whatever the others hold."""
+    sizes = [t.shape[0] for t, _ in parts]
+    if fused.dim() == 0 or fused.shape[0] != sum(sizes):
+        return False
+    tol = max(torch.finfo(fused.dtype).eps, 1e-5) if fused.dtype.is_floating_point else 0.0
+    for chunk, (part, stored) in zip(torch.split(fused, sizes), parts):
+        if chunk.shape != part.shape:
+            return False
+        if stored and not torch.equal(chunk, part.to(chunk.dtype)):
+            return False
+        if not stored and (chunk.float() - part).norm() > tol * float(part.norm()):
+            return False
+    return True
+
+
 def _fused_parts(sd: dict[str, torch.Tensor], prefix: str, parts: tuple[str, ...], kind: str) -> list | None:
-    """The `kind` (weight or bias) of each of `prefix`'s `parts` in `sd`, dense or factorized
-    (`up.weight @ down.weight`, `up.bias`); None where one is not there (no fused layer of ours)."""
+    """(the `kind` (weight or bias) of each of `prefix`'s `parts` in `sd`, whether it is stored as it
+    is: dense, or a factorized part's `up.bias`; not a factorized weight, `up.weight @ down.weight`);
+    None where one is not there (no fused layer of ours)."""
     found = []
     for part in parts:
         name = f"{prefix}.{part}"
         if f"{name}.{kind}" in sd:
-            found.append(sd[f"{name}.{kind}"])
+            found.append((sd[f"{name}.{kind}"], True))
         elif kind == "bias" and f"{name}.up.bias" in sd:
-            found.append(sd[f"{name}.up.bias"])
+            found.append((sd[f"{name}.up.bias"], True))
         elif kind == "weight" and f"{name}.up.weight" in sd and f"{name}.down.weight" in sd:
-            found.append(sd[f"{name}.up.weight"].float() @ sd[f"{name}.down.weight"].float())
+            found.append((sd[f"{name}.up.weight"].float() @ sd[f"{name}.down.weight"].float(), False))
         else:
             return None
     return found

@@ -88,7 +88,7 @@ class LowRankLinear(nn.Module):
         return _plain_linear(self.down, x) and _plain_linear(self.up, x) and self.down.bias is None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        if self._factors_plain(x) and self._kernel_ok(x):
+        if self._kernel_ok(x) and self._factors_plain(x):  # the cheap check first: False on CPU
             from compress.kernels import lowrank_linear
 
             return lowrank_linear(x, self.down.weight, self.up.weight, self.up.bias, self.activation)

@@ -30,6 +30,7 @@ from compress.passes.base import RunContext, first_nonfinite, predictions, relat
 from compress.plan import warn_if_beyond_memory
 from compress.recipe import Recipe, dump_recipe
 from compress.report import console, model_card, param_count
+from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
 from compress.runner_ranks import announce, hand_off, is_follower, several_processes, wait_for_hand_off
@@ -186,7 +187,8 @@ class Runner:
                 warn_if_activations_too_big(held, self.device, spilled)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         weights_sum = weights_checksum(self.teacher, self.models)  # read once: streamed files are large
-        teacher_id = fingerprint(self.source, weights_sum, self.recipe, self.inputs_id)
+        # the teacher as report.json records it: `pipe`, `pipe/` and `./pipe` key the same caches and checkpoints
+        teacher_id = fingerprint(absolute_source(self.source), weights_sum, self.recipe, self.inputs_id)
         self.identity = teacher_identity(self.source, self.teacher_config, self.teacher, weights_sum)
         from compress.io_signature import teacher_signature
 
@@ -196,7 +198,7 @@ class Runner:
             from compress.calib_pipeline import inputs_cache_name
 
             # not the batching (records are per call), nor the prompts (each call's file is named by them)
-            name = inputs_cache_name(self.source, weights_sum, self.inputs_id["pipeline"])
+            name = inputs_cache_name(absolute_source(self.source), weights_sum, self.inputs_id["pipeline"])
             self.inputs_cache = src.cache_dir = (self.run_dir / "inputs" / name).resolve()
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,

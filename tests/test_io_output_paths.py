@@ -382,12 +382,16 @@ def test_an_output_saved_after_fuse_qkv_projections_loads_back_unfused(tmp_path,
     inputs = model_inputs(model)
     torch.testing.assert_close(forward(back, inputs), forward(fused, inputs), rtol=1e-5, atol=1e-5)
     name = next(n for n, _ in fused.named_modules() if n.endswith((".to_qkv", ".to_kv")))
+    edited = copy.deepcopy(fused)
     with torch.no_grad():
         fused.get_submodule(name).weight.add_(1.0)
+        edited.get_submodule(name).weight[-1].mul_(1.01)  # one row of its (dense) to_v, by 1%: a fine-tune
     fused.save_pretrained(tmp_path / "changed")
-    with pytest.raises(UserError, match=rf"{re.escape(name)}\.weight, written by fuse_qkv_projections\(\), does "
-                                        r"not hold .* call unfuse_qkv_projections\(\) before save_pretrained$"):
-        load_transformer(tmp_path / "changed")
+    edited.save_pretrained(tmp_path / "edited")
+    for folder in ("changed", "edited"):
+        with pytest.raises(UserError, match=rf"{re.escape(name)}\.weight, written by fuse_qkv_projections\(\), "
+                                            r"does not hold .* call unfuse_qkv_projections\(\) before save_pretrained$"):
+            load_transformer(tmp_path / folder)
 
 
 def test_variant_picks_the_weights_to_load_as_diffusers_does(tmp_path):
@@ -414,6 +418,7 @@ def test_diffusers_loading_keywords_load_or_say_what_is_supported(tmp_path):
     out = _output(tmp_path)
     want = load_transformer(out)
     for how in ({"device_map": "cpu"}, {"device_map": {"": "cpu"}}, {"device_map": "cpu", "device": "cpu"},
+                {"device_map": "cpu:0", "device": "cpu"},  # one place, spelt two ways
                 {"low_cpu_mem_usage": True}, {"low_cpu_mem_usage": False}):
         assert _same(load_transformer(out, **how), want), how
     for device_map in ("auto", "balanced", {"transformer_blocks.0": "cpu", "": "cpu"}):

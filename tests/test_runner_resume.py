@@ -470,3 +470,15 @@ def test_inputs_change_names_the_prompts_or_the_pipeline_file_that_changed():
     gone = dict(was, pipeline={"vae/config.json": part})
     assert inputs_change(was, gone, "/p") == "the calibration pipeline changed (/p/model_index.json is gone)"
     assert inputs_change(gone, was, "/p") == "the calibration pipeline changed (/p/model_index.json is new)"
+
+
+def test_one_teacher_spelt_two_ways_keys_the_same_caches(tmp_path):
+    """The fingerprint hashed the teacher string as typed: `teacher` and `teacher/` (tab completion)
+    named one folder, which --resume's teacher check took as the same, but the calibration caches
+    and a teacher-samples distill checkpoint were keyed apart (the checkpoint then refused)."""
+    text = streamed_teacher(tmp_path, "pixart").format(stream="false")
+    run_recipe(tmp_path, text, "a")
+    slashed = text.replace(str(tmp_path / "teacher"), str(tmp_path / "teacher") + "/")
+    assert slashed != text
+    again = Runner(parse_recipe(slashed, str(tmp_path / "b.yaml")), tmp_path / "out-b", tmp_path / "run-a").run()
+    assert json.loads((again / "report.json").read_text())["svd"]["cache_hits"]
