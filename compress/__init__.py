@@ -12,10 +12,14 @@ def __getattr__(name):  # lazy public API: keeps `import compress` cheap
         from compress.io_export import save_compressed
 
         return save_compressed
-    if name in ("load_transformer", "load_pipeline"):
-        from compress import io_output
+    if name == "load_transformer":
+        from compress.io_output import load_transformer
 
-        return getattr(io_output, name)
+        return load_transformer
+    if name == "load_pipeline":
+        from compress.io_pipeline import load_pipeline
+
+        return load_pipeline
     if name == "merge_lora":
         from compress.lora import merge_lora
 

@@ -1,10 +1,9 @@
 """Compressed outputs back in: `load_transformer(out)` gives the ordinary diffusers class with
 LowRankLinear where factorized, bit-identical to the model that was saved; `load_pipeline` puts it
-in a diffusers pipeline. The output folder is DESIGN.md's (written by `io_export.save_compressed`)."""
+in a diffusers pipeline (compress.io_pipeline). The output folder is DESIGN.md's (written by `io_export.save_compressed`)."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -13,10 +12,9 @@ from torch import nn
 
 from compress.errors import NumericError, UserError
 from compress.fuse import fuse_gelu
-from compress.io import (FORMAT, INDEX, WEIGHTS, cast, check_same_config, from_config, load_error,
-                         model_class, read_config, read_json)
+from compress.io import FORMAT, INDEX, WEIGHTS, cast, from_config, load_error, model_class, read_config, read_json
 from compress.io_export import OUTPUT_SHARD, ranks_of
-from compress.io_tensors import nonfinite, one_line, read_state_dict
+from compress.io_tensors import nonfinite, read_state_dict
 from compress.lowrank import LowRankLinear
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # by name, as diffusers
@@ -346,185 +344,3 @@ def _swap_lowrank(model: nn.Module, name: str, rank, out: Path) -> None:
                                             bias=old.bias is not None))
 
 
-def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None,
-                  torch_dtype: torch.dtype | None = None, variant: str | None = None):
-    """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
-    `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id; by default the teacher
-    the output records, where that is one of these (a toy or a pipeline whose transformer is not of
-    the output's family and widths: a UserError); a pipeline folder (a pipeline's save_pretrained,
-    a toy pipeline's too: `_saved_toy_pipeline`) is its own base. `dtype` (or its name): of the
-    whole pipeline (default: the dtype the transformer was exported in, so all parts agree), or
-    diffusers' `torch_dtype` as in load_transformer; `variant`: the output's weight variant to load
-    (the base pipeline's parts are read as they are)."""
-    dtype = one_dtype(dtype, torch_dtype, "load_pipeline")
-    transformer = load_transformer(out, dtype=dtype, variant=variant)
-    folder = output_folder(out)
-    if not base and folder != Path(out).expanduser():  # a pipeline folder: the parts saved with it
-        base = str(folder.parent)
-    base = str(base or recorded_base(transformer, folder))  # base: a str or a Path
-    if base.startswith("toy:"):
-        from compress.toy import load_toy_pipeline
-
-        _check_toy_base(transformer, base)
-        return _refusing_lora_loads(load_toy_pipeline(base[4:], transformer=transformer))
-    index = _model_index(base)
-    family = _toy_family(index, base) if index is not None else None
-    if family is not None:
-        return _refusing_lora_loads(_saved_toy_pipeline(transformer, base, family, index))
-    from diffusers import DiffusionPipeline
-
-    from compress.arch import get_adapter
-    from compress.calib_pipeline import need_transformers
-    from compress.io import pipeline_dtype
-    from compress.io_hub import quiet_hub
-
-    need_transformers(get_adapter(transformer).family, f"the base pipeline '{base}'")
-    try:
-        with quiet_hub():  # a Hub id: no retry warnings, the error says why
-            _check_base(transformer, base)
-            pipe = DiffusionPipeline.from_pretrained(os.path.expanduser(base), transformer=transformer,
-                                                     **pipeline_dtype(dtype or transformer.dtype))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None
-    except AttributeError as e:  # diffusers' getattr of the pipeline class model_index.json names
-        name = re.fullmatch(r"module diffusers has no attribute (\S+)", str(e))
-        if name is None:
-            raise
-        raise _unknown_pipeline_class(base, name[1]) from None
-    return _refusing_lora_loads(pipe)
-
-
-def _model_index(base: str) -> dict | None:
-    """The model_index.json of a local pipeline folder `base`; None where there is none (a Hub id,
-    or no pipeline: from_pretrained says what is wrong)."""
-    path = Path(base).expanduser() / "model_index.json"
-    if not path.is_file():
-        return None
-    index = read_json(path)
-    if not isinstance(index, dict):
-        raise UserError(f"cannot load base pipeline '{base}': {path} is not a JSON object")
-    return index
-
-
-def _toy_family(index: dict, base: str) -> str | None:
-    """The toy family whose pipeline's save_pretrained wrote `base` (model_index.json names
-    ToyPixArtPipeline / ToyFluxPipeline, which diffusers cannot import), else None. A class name
-    that is no string (diffusers fails on it with a bare TypeError): a UserError naming it."""
-    from compress.toy.weights import toy_pipeline_family
-
-    name = index.get("_class_name")
-    if not isinstance(name, str):
-        raise _unknown_pipeline_class(base, name)
-    return toy_pipeline_family(name)
-
-
-def _unknown_pipeline_class(base: str, name) -> UserError:
-    """The error for a base pipeline whose model_index.json names a class diffusers cannot import
-    (diffusers raises a bare AttributeError for it)."""
-    import diffusers
-
-    names = "no pipeline class (_class_name)" if name is None else (
-        f"the pipeline class {name!r}, which diffusers {diffusers.__version__} cannot import")
-    return UserError(f"cannot load base pipeline '{base}': its model_index.json names {names}; pass base= a "
-                     "pipeline of a diffusers class (a folder or Hugging Face id) or toy:NAME")
-
-
-def _saved_toy_pipeline(transformer: nn.Module, base: str, family: str, index: dict):
-    """The toy pipeline a toy pipeline's save_pretrained wrote to `base`, around `transformer`:
-    the scheduler saved there; the text encoder and VAE are the toy's own (as for base="toy:NAME";
-    save_pretrained cannot write them). The transformer must be of the toy's family and widths."""
-    from compress.toy.weights import load_toy_pipeline, toy_files
-
-    _check_base_config(transformer, read_config(toy_files(family)[0]), base)
-    return load_toy_pipeline(family, transformer=transformer, scheduler=_saved_scheduler(base, index))
-
-
-def _saved_scheduler(base: str, index: dict):
-    """The scheduler a pipeline's save_pretrained wrote to `base`/scheduler/, of the diffusers class
-    its model_index.json names; a UserError where it names none or the folder cannot be read."""
-    import diffusers
-
-    entry = index.get("scheduler")
-    name = entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers" else None
-    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise UserError(f"cannot load base pipeline '{base}': its model_index.json names the scheduler "
-                        f"{entry!r}, not a diffusers scheduler class")
-    try:
-        return cls.from_pretrained(os.path.expanduser(base), subfolder="scheduler")
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load base pipeline '{base}': its scheduler: {one_line(e)}") from None
-
-
-def _refusing_lora_loads(pipe):
-    """`pipe` with its load_lora_weights (where it has one) saying what to do when it fails on a
-    transformer holding factorized layers: diffusers fails there with a bare KeyError (Flux) or peft's
-    ValueError (PixArt), naming neither the cause nor compress.merge_lora. Other failures stay as they are."""
-    load = getattr(pipe, "load_lora_weights", None)
-    if load is None:
-        return pipe
-
-    def load_lora_weights(*args, **kwargs):
-        try:
-            return load(*args, **kwargs)
-        except (KeyError, ValueError) as e:
-            if not any(isinstance(m, LowRankLinear) for m in pipe.transformer.modules()):
-                raise
-            raise ValueError(f"load_lora_weights failed ({type(e).__name__}: {one_line(e)}): the pipeline's "
-                             "transformer is a dit-compress output with factorized layers, which diffusers' "
-                             "LoRA loading cannot adapt; merge the LoRA into it instead, with "
-                             "compress.merge_lora(pipe.transformer, LORA) or `dit-compress lora OUT LORA NEW`") from e
-
-    pipe.load_lora_weights = load_lora_weights
-    return pipe
-
-
-def recorded_base(transformer: nn.Module, out: Path) -> str:
-    """The teacher the output `out` records, as a base pipeline: a toy, a Hub id or a local pipeline
-    folder (model_index.json); a UserError asking for `base` otherwise."""
-    teacher = (getattr(transformer, "compression_meta", None) or {}).get("teacher")
-    ask = "pass base= (a pipeline folder, a Hugging Face id or toy:NAME)"
-    if not teacher:
-        raise UserError(f"{out} records no teacher to take the pipeline's other parts from; {ask}")
-    path = Path(str(teacher)).expanduser()
-    if teacher.startswith("toy:") or (path.is_dir() and (path / "model_index.json").is_file()):
-        return teacher
-    from compress.io import looks_local
-
-    if looks_local(teacher) or path.exists():
-        raise UserError(f"the teacher {out} records, {teacher}, is not a pipeline folder (no model_index.json "
-                        f"there); {ask}")
-    return teacher  # a Hub id
-
-
-def _check_base(transformer: nn.Module, base: str) -> None:
-    """The base pipeline's transformer must be the architecture `transformer` was compressed from:
-    diffusers only logs a wrong class, and a wrong width fails inside the first denoising step."""
-    try:
-        config = type(transformer).load_config(os.path.expanduser(base), subfolder="transformer")
-    except (OSError, ValueError):
-        return  # no transformer config to compare: from_pretrained says what is wrong
-    _check_base_config(transformer, config, base)
-
-
-def _check_toy_base(transformer: nn.Module, base: str) -> None:
-    """_check_base for a toy base (`toy:flux`): a shipped toy's name, and the toy teacher of the
-    compressed transformer's family and widths (a PixArt student in the toy Flux pipeline failed
-    only at sampling)."""
-    from compress.toy.weights import check_toy_name, toy_files
-
-    try:
-        check_toy_name(base[4:])
-    except UserError as e:
-        raise UserError(f"base pipeline: {e}") from None
-    _check_base_config(transformer, read_config(toy_files(base[4:])[0]), base)
-
-
-def _check_base_config(transformer: nn.Module, config: dict, base: str) -> None:
-    """The transformer config of base pipeline `base` is of `transformer`'s class and widths."""
-    name = config.get("_class_name")
-    if name and name != type(transformer).__name__:
-        raise UserError(f"base pipeline {base} holds a {name}; the compressed transformer is a "
-                        f"{type(transformer).__name__}: pass a base of its family")
-    check_same_config(transformer, config, f"the transformer of base pipeline {base}",
-                      "pass the pipeline of its teacher as base")
