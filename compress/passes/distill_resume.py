@@ -21,12 +21,15 @@ def calibration_settings(calib, fingerprint: str) -> dict:
     recipe's calibration keys (those `result_bearing`, but the seed, recorded apart), which a
     resumed run compares before the teacher loads, and the run `fingerprint`, which also holds the
     prompts read, the pipeline's other parts and the teacher (compared once the run has them)."""
+    return {"config": calibration_keys(calib), "fingerprint": fingerprint}
+
+
+def calibration_keys(calib) -> dict | None:
+    """The recipe's calibration keys teacher samples depend on (`result_bearing`, but the seed,
+    recorded apart); None without a calibration."""
     from compress.runner_resume import result_bearing
 
-    config = None
-    if calib is not None:
-        config = {k: v for k, v in result_bearing(asdict(calib)).items() if k != "seed"}
-    return {"config": config, "fingerprint": fingerprint}
+    return None if calib is None else {k: v for k, v in result_bearing(asdict(calib)).items() if k != "seed"}
 
 
 def _calibration_words(then, now) -> str:
@@ -93,8 +96,7 @@ def check_resumable_configs(run_dir: Path, configs: list, calibration=None) -> N
         if (calibration is not None and cfg.data == "teacher_samples" and isinstance(calib_then, dict)
                 and isinstance(calib_then.get("config"), dict)):
             config_then["calibration"] = {"config": calib_then["config"]}
-            now["calibration"] = {"config": json.loads(json.dumps(calibration_settings(calibration, "")["config"],
-                                                                  default=str))}
+            now["calibration"] = {"config": json.loads(json.dumps(calibration_keys(calibration), default=str))}
         if any(config_then[k] != now[k] for k in config_then):
             raise UserError(f"distill: checkpoint {checkpoint} was trained with other settings "
                             f"({setting_changes({'settings': config_then}, now)}); delete {folder / 'checkpoints'} to "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -299,19 +298,15 @@ def save_json(result: ImportanceResult, path) -> Path:
 
 def write_atomically(path, write) -> Path:
     """`write(tmp)` into a temp file beside `path` (same suffix: matplotlib picks the format by it),
-    then renamed onto `path`: an interrupt (Ctrl-C) or an error mid-write leaves the old file, or
-    none, never a cut-off one under the final name."""
+    then renamed onto `path`, as the run's other files are written: an interrupt (Ctrl-C) or an error
+    mid-write leaves the old file, or none, never a cut-off one under the final name."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary open would make it (mkstemp: 0600)
-        os.replace(tmp, path)
+        write(tmp)
+        tmp.replace(path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
