@@ -37,11 +37,11 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
         from compress.toy import load_toy_pipeline
 
         _check_toy_base(transformer, base)
-        return _refusing_lora_loads(load_toy_pipeline(base[4:], transformer=transformer))
+        return _refusing_lora_loads(_all_of(load_toy_pipeline(base[4:], transformer=transformer)))
     index = _model_index(base)
     family = _toy_family(index, base) if index is not None else None
     if family is not None:
-        return _refusing_lora_loads(_saved_toy_pipeline(transformer, base, family, index))
+        return _refusing_lora_loads(_all_of(_saved_toy_pipeline(transformer, base, family, index)))
     from diffusers import DiffusionPipeline
 
     from compress.arch import get_adapter
@@ -63,6 +63,14 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
             raise
         raise _unknown_pipeline_class(base, name[1]) from None
     return _refusing_lora_loads(pipe)
+
+
+def _all_of(pipe):
+    """A toy pipeline whose text encoder has the transformer's dtype, as from_pretrained(torch_dtype=)
+    gives every part of a diffusers pipeline one dtype (the toy's parts are built in float32; its
+    VAE has no weights)."""
+    pipe.text_encoder.to(pipe.transformer.dtype)
+    return pipe
 
 
 def _model_index(base: str) -> dict | None:

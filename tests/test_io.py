@@ -138,6 +138,25 @@ def test_load_pipeline_with_toy_base(tmp_path):
     assert images.shape[0] == 1 and torch.isfinite(images).all()
 
 
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_load_pipeline_of_a_toy_base_gives_every_part_the_dtype(tmp_path, family):
+    """load_pipeline(out, dtype=bfloat16) with a toy base cast the transformer only: the toy text
+    encoder stayed float32 (a diffusers pipeline's parts all take torch_dtype)."""
+    from compress import load_pipeline
+    from compress.toy import load_toy_teacher
+
+    out = save_compressed(_factorize_some(load_toy_teacher(family), rank=8), tmp_path / "student")
+    for pipe in (load_pipeline(out, base=f"toy:{family}", dtype=torch.bfloat16),
+                 load_pipeline(out, base=f"toy:{family}", torch_dtype="bfloat16")):
+        assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+        assert pipe.transformer.dtype == torch.bfloat16
+    pipe.save_pretrained(tmp_path / "saved")  # a saved toy pipeline is its own base
+    pipe = load_pipeline(tmp_path / "saved", dtype=torch.bfloat16)
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+    images = pipe("a 3", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert torch.isfinite(images).all()
+
+
 def test_cast_changes_the_dtype_without_diffusers_empty_fp32_warning(capfd):
     from compress.io import cast
 
