@@ -344,11 +344,14 @@ class PipelineSource:
         return got
 
     def _cached(self, chunk: list[str], seed: int) -> Path | None:
-        """The cache file of one sampling call: named by everything its records depend on."""
+        """The cache file of one sampling call: named by everything its records depend on (a local
+        pipeline by its absolute path: `pipe`, `pipe/` and `./pipe` are one pipeline)."""
+        from compress.report_teacher import absolute_source
+
         if self.cache_dir is None:
             return None
         c = self.calib
-        key = json.dumps([self.pipeline, chunk, seed, c.sample_steps, min(c.timesteps, c.sample_steps),
+        key = json.dumps([absolute_source(self.pipeline), chunk, seed, c.sample_steps, min(c.timesteps, c.sample_steps),
                           self.guidance(), c.prompts_per_call, self.size, str(self.teacher.dtype)])
         return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 

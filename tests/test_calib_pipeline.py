@@ -421,3 +421,27 @@ def test_the_inputs_identity_holds_the_prompts_read_and_the_pipelines_parts(tmp_
     assert "transformer/config.json" not in before["pipeline"] and "vae/config.json" in before["pipeline"]
     names = {inputs_cache_name(str(pipe), "w", parts) for parts in (None, before["pipeline"], after["pipeline"])}
     assert len(names) == 3 and inputs_cache_name(str(pipe), "w") in names
+
+
+def test_a_sampling_calls_cache_file_names_a_local_pipeline_by_its_absolute_path(tmp_path, folders, monkeypatch):
+    """The run folder's sampled-inputs folder keys the teacher as report.json records it (absolute),
+    but each call's file was named with the teacher as typed: `pipe` then `pipe/` (or eval's absolute
+    path) sampled every call again into the same folder."""
+    import shutil
+
+    from compress.calib_pipeline import PipelineSource
+    from compress.recipe import CalibrationConfig
+
+    shutil.copytree(folders["pixart"], tmp_path / "pipe")
+    monkeypatch.chdir(tmp_path)
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat"], heldout=None)
+    teacher = load_teacher(str(folders["pixart"] / "transformer"))
+    names = set()
+    for spelling in ("pipe", "pipe/", "./pipe", str(tmp_path / "pipe")):
+        source = PipelineSource("pixart", calib, teacher, spelling)
+        source.cache_dir = tmp_path / "inputs"
+        names.add(source._cached(["a cat"], 0))
+    assert len(names) == 1
+    source = PipelineSource("pixart", calib, teacher, str(shutil.copytree(tmp_path / "pipe", tmp_path / "other")))
+    source.cache_dir = tmp_path / "inputs"
+    assert source._cached(["a cat"], 0) not in names
