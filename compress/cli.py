@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "recipe's importance pass's buckets, else 3)")
     p.add_argument("--json", metavar="FILE", help="write the scan as JSON (- : on standard output, in place of the table)")
     p.add_argument("--png", metavar="FILE", help="heatmap path (default importance-<family>.png)")
-    _recipe_options(p)  # of a recipe source only (commands.importance says so of a toy)
+    _recipe_options(p)  # of a recipe source only (commands_importance.importance says so of a toy)
 
     p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
     p.add_argument("model", help="output folder or teacher source such as toy:pixart")
@@ -195,7 +195,7 @@ def cmd_inspect(args, inspect_output) -> int:
     return 0
 
 
-@imports_held("compress.commands:importance")
+@imports_held("compress.commands_importance:importance")
 def cmd_importance(args, importance) -> int:
     return importance(args)
 

@@ -1,9 +1,8 @@
-"""`dit-compress importance`, `eval`, `convert` and `lora`: load, call the module that does the work, print."""
+"""`dit-compress eval`, `convert` and `lora`: load, call the module that does the work, print."""
 
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -17,205 +16,12 @@ from compress.report import console, output_file, read_report, results, to_json
 from compress.report_teacher import recorded_teacher, teacher_to_load, warn_if_teacher_changed
 
 
-def _is_recipe(source: str) -> bool:
-    return source.endswith((".yaml", ".yml"))
-
-
-def _importance_source(source: str, teacher_arg: str | None, config_arg: str | None, overrides: list[str]):
-    """The recipe `source` names (with `overrides`, --set), or None for a toy teacher scanned
-    directly; checked, nothing loaded: what the scan needs to know (its settings, the family) is
-    known before the teacher loads."""
-    from compress.recipe import load_recipe
-
-    if _is_recipe(source):
-        return load_recipe(source, overrides)
-    if looks_local(source) and not Path(source).expanduser().exists():
-        raise UserError(f"{source}: no such recipe or teacher")
-    _check_teacher_or_recipe(source)
-    if not source.startswith("toy:"):
-        raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "
-                        "prompts a recipe gives; pass a recipe whose teacher it is "
-                        "(dit-compress importance RECIPE)")
-    _check_no_recipe_options(source, teacher_arg, config_arg, overrides)
-    return None
-
-
-def _teacher_and_inputs(source: str, recipe, teacher_arg: str | None = None, config_arg: str | None = None):
-    """(teacher source, teacher model, input source, block loader) from a recipe (None: `source` is
-    a toy teacher, _importance_source); the loader (compress.stream.CheckpointBlocks) is None unless
-    the recipe streams. `teacher_arg`, `config_arg`: --teacher, --teacher-config of a recipe, as
-    plan and run take them."""
-    from compress.inputs import check_pipeline_packages, input_source
-    from compress.recipe import CalibrationConfig
-    from compress.runner import load_checked_teacher, resolve_device
-
-    loader = None
-    if recipe is not None:
-        check_pipeline_packages(recipe, teacher_arg)  # before a hub teacher downloads
-        device = resolve_device(recipe)  # the scan runs where the recipe's passes would
-        if recipe.stream:  # as its run would: the top level resident, blocks read as they run
-            models = _read_only_streams(recipe, device)
-            teacher_source, teacher = load_checked_teacher(recipe, teacher_arg, config_arg, models=models)
-            loader = models.loaders[id(teacher)]
-        else:
-            from compress.runner import DTYPES
-            from compress.runner_stream import warn_if_too_big
-
-            warn_if_too_big(teacher_arg or recipe.teacher, DTYPES[recipe.compute_dtype], device, student=False)
-            teacher_source, teacher = load_checked_teacher(recipe, teacher_arg, config_arg)
-            teacher = cast(teacher, device)
-        calib, recipe_dir = recipe.calibration, Path(source).parent
-    else:
-        teacher_source, teacher = source, load_teacher(source).eval()
-        calib, recipe_dir = CalibrationConfig(), None
-    family = get_adapter(teacher).family
-    return teacher_source, teacher, input_source(family, teacher_source, calib, teacher, recipe_dir), loader
-
-
-def _check_no_recipe_options(source: str, teacher_arg: str | None, config_arg: str | None,
-                             overrides: list[str]) -> None:
-    """--teacher, --teacher-config and --set change a recipe: with a toy teacher scanned directly
-    they would change nothing, which is said rather than ignored."""
-    given = [flag for flag, value in (("--teacher", teacher_arg), ("--teacher-config", config_arg),
-                                      ("--set", overrides)) if value]
-    if given:
-        raise UserError(f"{' and '.join(given)} change{'s' if len(given) == 1 else ''} a recipe, and {source} is a "
-                        "toy teacher scanned as it is: pass a recipe (dit-compress importance RECIPE "
-                        f"{given[0]} ...), or leave {' and '.join(given)} out")
-
-
-def _check_teacher_or_recipe(source: str) -> None:
-    """A source importance takes that is not a recipe is a teacher (io_source.check_source), not a
-    dit-compress output (its folder or its weight file): that says how to scan its teacher."""
-    from compress.io_source import check_source, check_suffix, output_weights
-
-    path = Path(source).expanduser()
-    if path.is_dir() and is_output(path):
-        raise UserError(_output_words(source, path, "this is a dit-compress output"))
-    if path.is_file() and output_weights(path):
-        raise UserError(_output_words(source, path.parent, f"this is a weight file of the dit-compress output "
-                                                           f"{path.parent}"))
-    if path.is_file():
-        check_suffix(Path(source), "importance reads a recipe (.yaml) or a teacher: a folder or a checkpoint file")
-    check_source(source)
-
-
-def _output_words(source: str, out: Path, what: str) -> str:
-    """Why importance does not take the output `out` (given as `source`, which is `what`), and what
-    it takes instead: the recipe that made it (its copy, out/recipe.yaml, where there) or its toy teacher."""
-    teacher = recorded_teacher(out)[0]
-    made = f" (compressed from {teacher})" if teacher else ""
-    recipe = out / "recipe.yaml"
-    words = (f"{source}: importance scans a teacher, and {what}{made}: pass the recipe that made it, which "
-             "names its teacher")
-    named = _recipe_teacher(recipe)
-    if named and (not teacher or _same_teacher(named, teacher)):
-        words += f" (its copy: dit-compress importance {recipe})"
-    elif named:  # run with --teacher: the copy names the recipe's own
-        words += f" (its copy, {recipe}, names {named}, not that teacher)"
-    if teacher and teacher.startswith("toy:"):
-        words += f", or the toy teacher itself (dit-compress importance {teacher})"
-    return words
-
-
-def _recipe_teacher(recipe: Path) -> str | None:
-    """The `teacher:` an output's recipe copy names ('' where it names none), or None where there is
-    no copy or it does not read."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(recipe.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return None
-    return str(data.get("teacher") or "") if isinstance(data, dict) else None
-
-
-def _same_teacher(a: str, b: str) -> bool:
-    """Two teacher sources name the same one (local paths compared resolved)."""
-    from compress.report_teacher import absolute_source
-
-    return absolute_source(a) == absolute_source(b)
-
-
 def _read_only_streams(recipe, device):
     """A runner_stream.StreamedModels that writes nothing, in the recipe's compute dtype."""
     from compress.runner import DTYPES
     from compress.runner_stream import StreamedModels
 
     return StreamedModels(None, DTYPES[recipe.compute_dtype], device)
-
-
-def importance(args) -> int:
-    from compress.passes.importance import save_json, scan
-    from compress.passes.importance_report import plot_heatmap, render_table
-    from compress.stream import streamed
-
-    to_stdout = args.json == "-"  # the scan as JSON on standard output, in place of the table
-    json_path = output_file(args.json, "--json") if args.json and not to_stdout else None  # before the scan
-    png = output_file(args.png, "--png", figure=True) if args.png else None
-    recipe = _importance_source(args.source, args.teacher, args.teacher_config, args.overrides)  # None: a toy
-    config = _importance_config(recipe, args.buckets, args.teacher)  # before the teacher loads
-    png = png or _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])
-    _, teacher, inputs, loader = _teacher_and_inputs(args.source, recipe, args.teacher, args.teacher_config)
-    adapter = get_adapter(teacher)
-    with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling
-        batches = inputs.calibration()
-    result = scan(teacher, adapter, batches, buckets=config.buckets, progress=config.progress,
-                  skips=not config.proxy_only, loader=loader)
-    if to_stdout:
-        print(to_json(result.to_dict()))
-    else:
-        results.print(render_table(result, width=results.width))
-    console.print(f"wrote {plot_heatmap(result, png)}")
-    if json_path:
-        console.print(f"wrote {save_json(result, json_path)}")
-    return 0
-
-
-def _importance_config(recipe, buckets: int | None, teacher_arg: str | None = None):
-    """The settings the scan runs with: those of the recipe's first importance pass (buckets,
-    proxy_only, progress), so the scan is the one `run` records; the pass's defaults for a toy
-    teacher or a recipe without one. `buckets` (--buckets, None where not given) overrides the
-    pass's, and is at most the noise levels the calibration inputs hold (`_noise_levels`): more
-    leave columns no input falls in."""
-    import dataclasses
-
-    from compress.passes.importance import ImportanceConfig
-
-    spec = next((p for p in recipe.passes if p.name == "importance"), None) if recipe is not None else None
-    config = dataclasses.replace(spec.config) if spec is not None else ImportanceConfig()
-    if buckets is None:
-        return config
-    levels, how = _noise_levels(recipe, teacher_arg)
-    if buckets > levels:
-        more = "a recipe with more calibration inputs" if recipe is None else "more calibration inputs (--set)"
-        raise UserError(f"--buckets {buckets}: more buckets than the {levels} noise levels the calibration inputs "
-                        f"hold ({how}); pass --buckets {levels} or fewer, or {more}")
-    return dataclasses.replace(config, buckets=buckets)
-
-
-def _noise_levels(recipe, teacher_arg: str | None) -> tuple[int, str]:
-    """(how many distinct noise levels the scan's calibration inputs hold at most, how, in words): a
-    pipeline source keeps min(timesteps, sample_steps) sampler steps; the toy and synthetic sources
-    draw each of their num_prompts × timesteps inputs at its own level."""
-    from compress.inputs import source_kind
-    from compress.recipe import CalibrationConfig
-
-    calib = recipe.calibration if recipe is not None else CalibrationConfig()
-    teacher = teacher_arg or (recipe.teacher if recipe is not None else "toy:")
-    if source_kind(calib, teacher) == "pipeline":
-        return (min(calib.timesteps, calib.sample_steps),
-                f"calibration.timesteps {calib.timesteps} of a {calib.sample_steps}-step sampler")
-    return calib.num_prompts * calib.timesteps, (f"calibration.num_prompts × timesteps: {calib.num_prompts} × "
-                                                 f"{calib.timesteps} inputs")
-
-
-def _default_png(family: str) -> Path:
-    """importance-<family>.png in the working folder, where the heatmap goes without --png; checked
-    before the teacher loads, an error naming that file and --png (the user gave no --png)."""
-    name = f"importance-{family}.png"
-    return output_file(Path.cwd() / name, f"the heatmap {name} (the default; --png PATH writes it elsewhere)",
-                       figure=True)
 
 
 def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = None):

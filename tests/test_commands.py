@@ -540,19 +540,6 @@ def test_inspect_shows_an_output_with_a_nan_and_warns(tmp_path, capsys):
     assert "proj_out.weight has 1 NaN/Inf" in captured.err and "rank budget" in captured.out
 
 
-def test_importance_json_dash_prints_the_scan_on_stdout(tmp_path, capsys):
-    """`--json -` wrote a file named '-'; it is the scan as JSON on standard output, in place of
-    the table (the heatmap's line goes to stderr)."""
-    import json
-    from pathlib import Path
-
-    from compress.cli import main
-
-    assert main(["importance", "toy:pixart", "--buckets", "2", "--json", "-", "--png", str(tmp_path / "h.png")]) == 0
-    scan = json.loads(capsys.readouterr().out)
-    assert len(scan["blocks"]) == 6 and (tmp_path / "h.png").is_file() and not Path("-").exists()
-
-
 def test_eval_of_a_re_saved_output_says_what_it_lacks_and_measures_with_the_runs_recipe(tmp_path, capsys,
                                                                                          monkeypatch):
     """A loaded output re-saved with save_pretrained (config.json and weights, no recipe.yaml or
@@ -648,80 +635,3 @@ def test_eval_with_a_teacher_that_is_no_pipeline_reads_the_runs_held_out_inputs(
     for teacher in (str(pipe / "transformer"), "pipe/transformer", "pipe"):
         assert main(["eval", str(out), "--teacher", teacher, "--json"]) == 0, teacher
         assert json.loads(capsys.readouterr().out) == recorded, teacher
-
-
-TOY_IMPORTANCE = """\
-model: pixart
-teacher: toy:pixart
-calibration: {num_prompts: 1, timesteps: 4, heldout: 4}
-passes:
-  - importance: {buckets: 2, proxy_only: true}
-"""
-
-
-def test_importance_scans_as_the_recipes_importance_pass_runs(tmp_path):
-    """The recipe's first importance pass's settings (buckets, proxy_only) make the scan, so its JSON
-    is the importance.json `run` writes; --buckets, and a --set of the pass's, change the buckets."""
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(TOY_IMPORTANCE)
-    js, png = tmp_path / "imp.json", str(tmp_path / "imp.png")
-    assert main(["importance", str(recipe), "--png", png, "--json", str(js)]) == 0
-    assert main(["run", str(recipe), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]) == 0
-    scanned = json.loads(js.read_text())
-    assert scanned == json.loads((tmp_path / "run" / "importance.json").read_text())
-    assert scanned["buckets"] == ["early", "late"] and all(b["scan"] is None for b in scanned["blocks"])
-    for option in (["--buckets", "1"], ["--set", "passes.0.importance.buckets=1"]):
-        assert main(["importance", str(recipe), "--png", png, "--json", str(js), *option]) == 0
-        assert json.loads(js.read_text())["buckets"] == ["all"], option
-
-
-@pytest.fixture
-def no_teacher_loads(monkeypatch):
-    import compress.commands as commands
-    import compress.runner as runner
-
-    monkeypatch.setattr(commands, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
-    monkeypatch.setattr(runner, "load_checked_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
-
-
-def test_importance_refuses_more_buckets_than_the_calibration_holds_noise_levels(tmp_path, capsys, no_teacher_loads):
-    """No more buckets than the noise levels the calibration inputs hold (--buckets 1000 of 2 inputs
-    drew ~1000 empty columns and a 3 MB PNG), said before the teacher loads: the toy and synthetic
-    sources draw each input at its own level (num_prompts × timesteps of them), a pipeline source keeps
-    min(timesteps, sample_steps) sampler steps."""
-    recipe, pipeline = tmp_path / "r.yaml", tmp_path / "p.yaml"
-    recipe.write_text(TOY_IMPORTANCE)
-    pipeline.write_text(TOY_IMPORTANCE.replace("{num_prompts: 1, timesteps: 4, heldout: 4}",
-                                               "{source: pipeline, prompts: [a cat], sample_steps: 2}"))
-    png = str(tmp_path / "imp.png")
-    _one_line_errors(capsys, [
-        (["importance", "toy:pixart", "--buckets", "81", "--png", png],
-         "--buckets 81: more buckets than the 80 noise levels the calibration inputs hold (calibration.num_prompts "
-         "× timesteps: 10 × 8 inputs); pass --buckets 80 or fewer, or a recipe with more calibration inputs"),
-        (["importance", str(recipe), "--buckets", "1000", "--png", png],
-         "--buckets 1000: more buckets than the 4 noise levels the calibration inputs hold (calibration.num_prompts "
-         "× timesteps: 1 × 4 inputs); pass --buckets 4 or fewer, or more calibration inputs (--set)"),
-        (["importance", str(pipeline), "--buckets", "3", "--png", png],
-         "--buckets 3: more buckets than the 2 noise levels the calibration inputs hold (calibration.timesteps 8 "
-         "of a 2-step sampler); pass --buckets 2 or fewer, or more calibration inputs (--set)")])
-
-
-def test_importance_default_heatmap_in_a_read_only_folder_is_named_before_the_teacher_loads(
-        tmp_path, capsys, monkeypatch, no_teacher_loads):
-    """No --png: the error names the default file (importance-<family>.png) and --png PATH, not
-    '--png: the folder . ...' after the teacher and calibration loaded."""
-    import os
-    from pathlib import Path
-
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(teacher="toy:flux"))
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode) and not (
-        mode == os.W_OK and Path(p).resolve() == folder.resolve()))  # root writes anywhere
-    _one_line_errors(capsys, [
-        (argv, f"the heatmap importance-{family}.png (the default; --png PATH writes it elsewhere): the folder "
-                  f"{folder} is not writable") for argv, family in
-        ((["importance", "toy:pixart"], "pixart"), (["importance", str(recipe)], "flux"))])

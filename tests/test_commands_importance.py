@@ -1,6 +1,8 @@
-"""`dit-compress importance` given a dit-compress output (its folder or its weight file): one line
-saying it scans a teacher and how to scan the output's (the recipe that made it, or its toy)."""
+"""`dit-compress importance` (compress/commands_importance.py) through the CLI: the scan, its settings
+and its checks before the teacher loads; given a dit-compress output (its folder or its weight file),
+one line saying it scans a teacher and how to scan the output's (the recipe that made it, or its toy)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ import pytest
 from compress.cli import main
 from compress.io_export import save_compressed
 from tests.conftest import tiny_pixart
-from tests.test_commands import RECIPE
+from tests.test_commands import RECIPE, _one_line_errors
 
 
 @pytest.mark.parametrize("teacher, recipe, tail", [
@@ -81,3 +83,93 @@ def test_importance_checks_teacher_and_set_as_plan_does(tmp_path, capsys):
     assert capsys.readouterr().err == ("dit-compress: error: --set changes a recipe, and toy:pixart is a toy teacher "
                                        "scanned as it is: pass a recipe (dit-compress importance RECIPE --set ...), "
                                        "or leave --set out\n")
+
+
+def test_importance_json_dash_prints_the_scan_on_stdout(tmp_path, capsys):
+    """`--json -` wrote a file named '-'; it is the scan as JSON on standard output, in place of
+    the table (the heatmap's line goes to stderr)."""
+    import json
+    from pathlib import Path
+
+    from compress.cli import main
+
+    assert main(["importance", "toy:pixart", "--buckets", "2", "--json", "-", "--png", str(tmp_path / "h.png")]) == 0
+    scan = json.loads(capsys.readouterr().out)
+    assert len(scan["blocks"]) == 6 and (tmp_path / "h.png").is_file() and not Path("-").exists()
+
+
+TOY_IMPORTANCE = """\
+model: pixart
+teacher: toy:pixart
+calibration: {num_prompts: 1, timesteps: 4, heldout: 4}
+passes:
+  - importance: {buckets: 2, proxy_only: true}
+"""
+
+
+def test_importance_scans_as_the_recipes_importance_pass_runs(tmp_path):
+    """The recipe's first importance pass's settings (buckets, proxy_only) make the scan, so its JSON
+    is the importance.json `run` writes; --buckets, and a --set of the pass's, change the buckets."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TOY_IMPORTANCE)
+    js, png = tmp_path / "imp.json", str(tmp_path / "imp.png")
+    assert main(["importance", str(recipe), "--png", png, "--json", str(js)]) == 0
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]) == 0
+    scanned = json.loads(js.read_text())
+    assert scanned == json.loads((tmp_path / "run" / "importance.json").read_text())
+    assert scanned["buckets"] == ["early", "late"] and all(b["scan"] is None for b in scanned["blocks"])
+    for option in (["--buckets", "1"], ["--set", "passes.0.importance.buckets=1"]):
+        assert main(["importance", str(recipe), "--png", png, "--json", str(js), *option]) == 0
+        assert json.loads(js.read_text())["buckets"] == ["all"], option
+
+
+@pytest.fixture
+def no_teacher_loads(monkeypatch):
+    import compress.commands_importance as commands_importance
+    import compress.runner as runner
+
+    monkeypatch.setattr(commands_importance, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    monkeypatch.setattr(runner, "load_checked_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+
+
+def test_importance_refuses_more_buckets_than_the_calibration_holds_noise_levels(tmp_path, capsys, no_teacher_loads):
+    """No more buckets than the noise levels the calibration inputs hold (--buckets 1000 of 2 inputs
+    drew ~1000 empty columns and a 3 MB PNG), said before the teacher loads: the toy and synthetic
+    sources draw each input at its own level (num_prompts × timesteps of them), a pipeline source keeps
+    min(timesteps, sample_steps) sampler steps."""
+    recipe, pipeline = tmp_path / "r.yaml", tmp_path / "p.yaml"
+    recipe.write_text(TOY_IMPORTANCE)
+    pipeline.write_text(TOY_IMPORTANCE.replace("{num_prompts: 1, timesteps: 4, heldout: 4}",
+                                               "{source: pipeline, prompts: [a cat], sample_steps: 2}"))
+    png = str(tmp_path / "imp.png")
+    _one_line_errors(capsys, [
+        (["importance", "toy:pixart", "--buckets", "81", "--png", png],
+         "--buckets 81: more buckets than the 80 noise levels the calibration inputs hold (calibration.num_prompts "
+         "× timesteps: 10 × 8 inputs); pass --buckets 80 or fewer, or a recipe with more calibration inputs"),
+        (["importance", str(recipe), "--buckets", "1000", "--png", png],
+         "--buckets 1000: more buckets than the 4 noise levels the calibration inputs hold (calibration.num_prompts "
+         "× timesteps: 1 × 4 inputs); pass --buckets 4 or fewer, or more calibration inputs (--set)"),
+        (["importance", str(pipeline), "--buckets", "3", "--png", png],
+         "--buckets 3: more buckets than the 2 noise levels the calibration inputs hold (calibration.timesteps 8 "
+         "of a 2-step sampler); pass --buckets 2 or fewer, or more calibration inputs (--set)")])
+
+
+def test_importance_default_heatmap_in_a_read_only_folder_is_named_before_the_teacher_loads(
+        tmp_path, capsys, monkeypatch, no_teacher_loads):
+    """No --png: the error names the default file (importance-<family>.png) and --png PATH, not
+    '--png: the folder . ...' after the teacher and calibration loaded."""
+    import os
+    from pathlib import Path
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(teacher="toy:flux"))
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode) and not (
+        mode == os.W_OK and Path(p).resolve() == folder.resolve()))  # root writes anywhere
+    _one_line_errors(capsys, [
+        (argv, f"the heatmap importance-{family}.png (the default; --png PATH writes it elsewhere): the folder "
+                  f"{folder} is not writable") for argv, family in
+        ((["importance", "toy:pixart"], "pixart"), (["importance", str(recipe)], "flux"))])
