@@ -26,7 +26,7 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", help="override the recipe's teacher (hub id, folder, file, toy:NAME)")
     p.add_argument("--teacher-config", help="diffusers config (folder or config.json) for a single file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a recipe key, e.g. --set passes.1.svd.ratio=0.4 (repeatable)")
+                   help="override a recipe key, e.g. --set passes.2.svd.ratio=0.4 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
