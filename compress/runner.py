@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -33,20 +32,16 @@ from compress.report import console, model_card, param_count
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_ranks import announce, hand_off, is_follower, several_processes, wait_for_hand_off
-from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, inputs_change, older_checksum,
-                                   passed_over_in_words, read_state, resume_note, resumed_in_words, reusable_stage,
-                                   stage_dirs, teacher_change, teacher_identity, weights_checksum)
+from compress.runner_ranks import (announce, hand_off, is_follower, is_main_process, several_processes,
+                                   wait_for_hand_off)
+from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, resume_note, teacher_identity,
+                                   weights_checksum)
+from compress.runner_stages import handed_over, restore, resumable, save_stage, stage_dir
 from compress.runner_stream import (HELDOUT, DiskFull, OutOfMemory, check_streaming, disk_full_words, is_out_of_memory,
                                    memory_hints, memory_in_words, models_for, streamed_weights,
                                    warn_if_activations_too_big, warn_if_streamed_too_big)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a distributed launch (torchrun / accelerate launch set RANK), or a plain run."""
-    return not is_follower()
 
 
 def check_reference(reference: list[torch.Tensor], dtype: str, locate=None) -> None:
@@ -136,7 +131,7 @@ class Runner:
         self.teacher_arg, self.teacher_config = teacher, teacher_config
         self.resume, self.overwrite, self.restart = resume, overwrite, restart
         self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error
-        self.started_over = False  # the run folder's earlier stages and checkpoints discarded (_restore)
+        self.started_over = False  # the run folder's earlier stages and checkpoints discarded (runner_stages.restore)
         self.device = resolve_device(recipe)
         # resident or streamed weights, in the recipe's compute dtype, on its device
         self.models = models_for(recipe.stream, self.run_dir, DTYPES[recipe.compute_dtype], self.device)
@@ -155,8 +150,8 @@ class Runner:
             # it keeps): said now, not after the teacher loads
             from compress.passes.distill_resume import check_resumable_configs
 
-            self.resumes_from = self._resumable()
-            if not self.resumes_from[2]:  # stages passed over: the checkpoints go with them (_discard_passed_over)
+            self.resumes_from = resumable(self)
+            if not self.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_stages)
                 check_resumable_configs(self.run_dir, [s.config for s in self.recipe.passes if s.name == "distill"],
                                         self.recipe.calibration)
         check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
@@ -237,115 +232,6 @@ class Runner:
                 return [moved(b, self.device, dtype) for b in make()]  # no copy when already there
         return run
 
-    # -- stages -----------------------------------------------------------------------------------
-    def _stage_dir(self, i: int) -> Path:
-        return self.run_dir / "stages" / f"{i}-{self.recipe.passes[i].name}"
-
-    def _restore(self):
-        """(first pass to run, student): with --resume from the latest completed stage saved for this
-        recipe (as far as its passes go; later stages of another recipe are discarded), else fresh."""
-        stages = self.run_dir / "stages"
-        self.student_stage = None  # the saved stage folder that holds the student (hand_off)
-        if not self.resume:  # a finished run's, or discarded with --restart (check_run_folder)
-            if is_main_process():
-                shutil.rmtree(stages, ignore_errors=True)
-                for checkpoints in self.run_dir.glob("distill*/checkpoints"):
-                    shutil.rmtree(checkpoints, ignore_errors=True)
-            self.started_over = True
-            return 0, self.models.fresh_student(self.teacher)
-        saved, k, skipped = getattr(self, "resumes_from", None) or self._resumable()
-        if k is None:
-            self._unfinished()
-            return 0, self.models.fresh_student(self.teacher)
-        d = self._stage_dir(k)
-        state = next(state for i, folder, state in saved if folder == d)
-        self._check_teacher(state)
-        self._check_inputs(state)
-        self._unfinished()
-        self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
-        console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, [s.name for s in self.recipe.passes])}")
-        if skipped:
-            self._discard_passed_over([folder for i, folder, _ in saved if folder != d and i >= k], skipped)
-        self.student_stage = d
-        return k + 1, self.models.restore(d)
-
-    def _resumable(self) -> tuple[list, int | None, list]:
-        """(the saved stages [(pass index, folder, state)] whose state.json reads, the index of the one
-        --resume continues from or None, the later ones of another recipe it passes over:
-        `reusable_stage`); a UserError when there are stages but none is of this recipe. A stage
-        whose state.json cannot be read is warned about and left as it is."""
-        saved = []
-        for i, d in stage_dirs(self.run_dir):
-            state = read_state(d)
-            if state is None:
-                console.print(f"[bold yellow]warning:[/] {d / 'state.json'} cannot be read: --resume does not "
-                              "continue from that pass")
-            else:
-                saved.append((i, d, state))
-        k, skipped = reusable_stage([(i, state) for i, _, state in saved], self.recipe.raw, self.passes)
-        if k is None and skipped:
-            changed = skipped[-1][1]  # the earliest stage's: the first pass that changed
-            raise UserError(f"--resume: the recipe changed since {self.run_dir} was written "
-                            f"({', '.join(changed[:3])}); undo the change to resume, or rerun with --restart "
-                            "to start over")
-        return saved, k, skipped
-
-    def _discard_passed_over(self, stages: list[Path], skipped: list) -> None:
-        """Stages saved for another recipe after the one resumed (and any distill checkpoint, whose
-        pass now starts from another student) are deleted: what follows runs again."""
-        checkpoints = [c for c in self.run_dir.glob("distill*/checkpoints") if any(c.iterdir())]
-        also = "; its distill checkpoint is discarded too" if checkpoints else ""
-        console.print(f"  {passed_over_in_words(skipped)}{also}")
-        if is_main_process():
-            for folder in stages + checkpoints:
-                shutil.rmtree(folder, ignore_errors=True)
-
-    def _unfinished(self) -> None:
-        """A resumed run is unfinished again until its export (a finished run is marked by FINISHED)."""
-        if is_main_process():
-            (self.run_dir / "stages" / FINISHED).unlink(missing_ok=True)
-
-    def _check_teacher(self, state: dict) -> None:
-        """The stage resumed from was written for this teacher (stages written before the teacher was
-        recorded are resumed with a warning)."""
-        before = state.get("teacher")
-        if before is None:
-            console.print(f"[bold yellow]warning:[/] {self.run_dir} was written by an older dit-compress "
-                          "that does not record the teacher; --resume cannot check it is the same")
-        elif older_checksum(before, self.identity):
-            console.print(f"[bold yellow]warning:[/] {self.run_dir} was written by an older dit-compress, whose "
-                          "checksum of the teacher's weights read only a few values of each tensor; --resume "
-                          "checks the teacher's source and --teacher-config only")
-        elif before != self.identity:
-            raise UserError(f"--resume: the teacher changed since {self.run_dir} was written "
-                            f"({teacher_change(before, self.identity)}); rerun with --restart to start over")
-
-    def _check_inputs(self, state: dict) -> None:
-        """The stage resumed from was calibrated on the prompts read now and in a pipeline whose other
-        parts are as they are now (`inputs_change`); a stage that records none (toy, synthetic, older
-        runs) is not compared."""
-        before = state.get("inputs")
-        if not isinstance(before, dict) or self.inputs_id is None:
-            return
-        changed = inputs_change(before, self.inputs_id, self.recipe.calibration.pipeline or self.source)
-        if changed:
-            raise UserError(f"--resume: {changed} since {self.run_dir} was written; undo the change to resume, "
-                            "or rerun with --restart to start over")
-
-    def _save_stage(self, i: int, student):
-        if not is_main_process():
-            return
-        d = self._stage_dir(i)
-        self.models.save(student, d, overwrite=True)
-        state = {"recipe": self.recipe.raw, "teacher": self.identity, "inputs": self.inputs_id,
-                 "report": self.ctx.report, "block_map": self.ctx.block_map}
-        tmp = d / "state.json.tmp"
-        tmp.write_text(json.dumps(state, default=str))
-        tmp.replace(d / "state.json")
-        # streamed: later reads come from this stage, and the spill and older stages go (only once
-        # this stage is complete, so an interruption always leaves one to resume from)
-        self.models.adopt(student, d)
-
     # -- run --------------------------------------------------------------------------------------
     def run(self) -> Path:
         from compress.runner_lock import hold_run, nested
@@ -373,7 +259,7 @@ class Runner:
             return self._follow()
         self.prepare()
         self.doing = "making the student (a copy of the teacher, or the last saved pass's)"
-        start, student = self._restore()
+        start, student = restore(self)
         self.removed_by = []  # recipe lines of passes (this session) that removed blocks
         self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
         self.doing = HELDOUT
@@ -388,7 +274,7 @@ class Runner:
             if several_processes() and self.passes[i].data_parallel:  # the other ranks join it
                 hand_off(self.run_dir, i, self.student_stage)
             student = self._stage(i, student, reference, heldout, teacher_params)
-            self.student_stage = self._stage_dir(i)
+            self.student_stage = stage_dir(self, i)
         if several_processes():
             hand_off(self.run_dir, None, None)  # nothing more for the other ranks
         self.doing = "the export"
@@ -404,19 +290,8 @@ class Runner:
         self.removed_by, self.ctx.blocks, last = [], self.models.blocks, -1
         while (got := wait_for_hand_off(self.run_dir, last))["pass"] is not None:
             self.doing = last = got["pass"]
-            self._run_pass(last, self._handed_over(got["stage"]))
+            self._run_pass(last, handed_over(self, got["stage"]))
         return self.out
-
-    def _handed_over(self, stage: str | None):
-        """The student rank 0 hands over: its saved stage (with the report and block map the pass
-        reads), or a fresh copy of the teacher (None)."""
-        if stage is None:
-            return self.models.fresh_student(self.teacher)
-        state = read_state(Path(stage))
-        if state is None:
-            raise UserError(f"{Path(stage) / 'state.json'}, the student rank 0 handed over, cannot be read")
-        self.ctx.report, self.ctx.block_map = state["report"], state["block_map"]
-        return self.models.restore(Path(stage))
 
     def interrupt_note(self) -> str:
         """What follows 'interrupted' after a Ctrl-C in `run` (runner_folders.interrupt_note): saved
@@ -449,7 +324,7 @@ class Runner:
 
     def _kept(self) -> str:
         """'; RUN_DIR keeps its work (...): rerun with --resume' where this run's work is there."""
-        # before _restore, what the run folder holds is not this run's (unless it resumes it)
+        # before restore (runner_stages), what the run folder holds is not this run's (unless it resumes it)
         fresh = self.doing in (None, "loading the teacher") and not self.resume
         return "" if fresh or not is_main_process() else resume_note(self.run_dir, self.recipe,
                                                                       getattr(self, "passes", []))
@@ -466,7 +341,7 @@ class Runner:
              "params": param_count(student), "relative_error": err})
         console.print(f"  params {param_count(student):,} / {teacher_params:,}   "
                       f"teacher-relative error {err:.4g}")
-        self._save_stage(i, student)
+        save_stage(self, i, student)
         if is_main_process():
             p.stage_saved()
         return student

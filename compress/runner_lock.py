@@ -36,7 +36,7 @@ HELD = (errno.EWOULDBLOCK, errno.EAGAIN)  # another process holds it
 @contextmanager
 def hold_run(run_dir: Path, out: Path):
     """A run's locks: its run folder's (`hold_run_folder`), then its output's (`hold_output`). Taken by
-    rank 0 of a distributed launch only (RANK, as `runner.is_main_process`): its other ranks share
+    rank 0 of a distributed launch only (RANK, as `runner_ranks.is_main_process`): its other ranks share
     the folders. Not taken for folders that nest, which `check_folders` refuses with its own message
     (making a lock's folder first would change what it finds)."""
     from compress.runner_ranks import is_follower  # no torch either

@@ -75,6 +75,11 @@ def is_follower() -> bool:
     return rank() != 0
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a distributed launch (torchrun / accelerate launch set RANK), or a plain run."""
+    return not is_follower()
+
+
 def several_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 

@@ -88,6 +88,7 @@ def test_flux_without_guidance_embeds_counts_the_one_branch_it_samples(tmp_path)
 
 
 def test_a_run_warns_when_activations_would_not_fit(tmp_path, monkeypatch, capsys):
+    import compress.runner
     import compress.runner_stream as rs
     from compress.runner import Runner
 
@@ -95,10 +96,10 @@ def test_a_run_warns_when_activations_would_not_fit(tmp_path, monkeypatch, capsy
                          calibration="num_prompts: 2, timesteps: 2, batch_size: 4, heldout: 4")
     monkeypatch.setattr(rs, "available_bytes", lambda: 1000)
 
-    def stop(self):  # right after prepare(): the warning is out, nothing is computed
+    def stop(runner):  # right after prepare(): the warning is out, nothing is computed
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(Runner, "_restore", stop)
+    monkeypatch.setattr(compress.runner, "restore", stop)
     with pytest.raises(RuntimeError, match="stop"):
         Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "o", tmp_path / "r").run()
     err = capsys.readouterr()

@@ -13,6 +13,7 @@ from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner, build_passes
 from compress.runner_resume import fingerprint, inputs_change, recipe_changes
+from compress.runner_stages import restore
 from compress.runner_stream import StreamedModels
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import pixart_runner, run_recipe, streamed_teacher
@@ -107,7 +108,7 @@ def test_resume_of_stages_that_record_no_teacher_warns(pixart, monkeypatch, caps
     state.write_text(json.dumps(old))
     runner = make(tmp_path / "out", resume=True)
     runner.prepare()
-    assert runner._restore()[0] == 1
+    assert restore(runner)[0] == 1
     assert "does not record the teacher; --resume cannot check" in " ".join(capsys.readouterr().err.split())
 
 

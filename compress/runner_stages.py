@@ -1,0 +1,146 @@
+"""A run's stage checkpoints, as plain functions of its Runner: the student saved after each pass
+(run folder `stages/<i>-<pass>/`, with state.json: the recipe, teacher, inputs, report and block map)
+and read back: with --resume from the latest stage of this recipe, once the teacher and inputs it was
+written for are checked against this run's (stages of another recipe it passes over are discarded),
+and by a follower from the stage rank 0 hands over (runner_ranks). What is compared, and in which
+words, is runner_resume's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from compress.errors import UserError
+from compress.report import console
+from compress.runner_ranks import is_main_process
+from compress.runner_resume import (FINISHED, inputs_change, older_checksum, passed_over_in_words, read_state,
+                                   resumed_in_words, reusable_stage, stage_dirs, teacher_change)
+
+
+def stage_dir(runner, i: int) -> Path:
+    return runner.run_dir / "stages" / f"{i}-{runner.recipe.passes[i].name}"
+
+
+def restore(runner):
+    """(first pass to run, student): with --resume from the latest completed stage saved for this
+    recipe (as far as its passes go; later stages of another recipe are discarded), else fresh."""
+    stages = runner.run_dir / "stages"
+    runner.student_stage = None  # the saved stage folder that holds the student (hand_off)
+    if not runner.resume:  # a finished run's, or discarded with --restart (check_run_folder)
+        if is_main_process():
+            shutil.rmtree(stages, ignore_errors=True)
+            for checkpoints in runner.run_dir.glob("distill*/checkpoints"):
+                shutil.rmtree(checkpoints, ignore_errors=True)
+        runner.started_over = True
+        return 0, runner.models.fresh_student(runner.teacher)
+    saved, k, skipped = getattr(runner, "resumes_from", None) or resumable(runner)
+    if k is None:
+        _unfinished(runner)
+        return 0, runner.models.fresh_student(runner.teacher)
+    d = stage_dir(runner, k)
+    state = next(state for i, folder, state in saved if folder == d)
+    _check_teacher(runner, state)
+    _check_inputs(runner, state)
+    _unfinished(runner)
+    runner.ctx.report, runner.ctx.block_map = state["report"], state["block_map"]
+    console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, [s.name for s in runner.recipe.passes])}")
+    if skipped:
+        _discard_passed_over(runner, [folder for i, folder, _ in saved if folder != d and i >= k], skipped)
+    runner.student_stage = d
+    return k + 1, runner.models.restore(d)
+
+
+def resumable(runner) -> tuple[list, int | None, list]:
+    """(the saved stages [(pass index, folder, state)] whose state.json reads, the index of the one
+    --resume continues from or None, the later ones of another recipe it passes over:
+    `reusable_stage`); a UserError when there are stages but none is of this recipe. A stage
+    whose state.json cannot be read is warned about and left as it is."""
+    saved = []
+    for i, d in stage_dirs(runner.run_dir):
+        state = read_state(d)
+        if state is None:
+            console.print(f"[bold yellow]warning:[/] {d / 'state.json'} cannot be read: --resume does not "
+                          "continue from that pass")
+        else:
+            saved.append((i, d, state))
+    k, skipped = reusable_stage([(i, state) for i, _, state in saved], runner.recipe.raw, runner.passes)
+    if k is None and skipped:
+        changed = skipped[-1][1]  # the earliest stage's: the first pass that changed
+        raise UserError(f"--resume: the recipe changed since {runner.run_dir} was written "
+                        f"({', '.join(changed[:3])}); undo the change to resume, or rerun with --restart "
+                        "to start over")
+    return saved, k, skipped
+
+
+def _discard_passed_over(runner, stages: list[Path], skipped: list) -> None:
+    """Stages saved for another recipe after the one resumed (and any distill checkpoint, whose
+    pass now starts from another student) are deleted: what follows runs again."""
+    checkpoints = [c for c in runner.run_dir.glob("distill*/checkpoints") if any(c.iterdir())]
+    also = "; its distill checkpoint is discarded too" if checkpoints else ""
+    console.print(f"  {passed_over_in_words(skipped)}{also}")
+    if is_main_process():
+        for folder in stages + checkpoints:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _unfinished(runner) -> None:
+    """A resumed run is unfinished again until its export (a finished run is marked by FINISHED)."""
+    if is_main_process():
+        (runner.run_dir / "stages" / FINISHED).unlink(missing_ok=True)
+
+
+def _check_teacher(runner, state: dict) -> None:
+    """The stage resumed from was written for this teacher (stages written before the teacher was
+    recorded are resumed with a warning)."""
+    before = state.get("teacher")
+    if before is None:
+        console.print(f"[bold yellow]warning:[/] {runner.run_dir} was written by an older dit-compress "
+                      "that does not record the teacher; --resume cannot check it is the same")
+    elif older_checksum(before, runner.identity):
+        console.print(f"[bold yellow]warning:[/] {runner.run_dir} was written by an older dit-compress, whose "
+                      "checksum of the teacher's weights read only a few values of each tensor; --resume "
+                      "checks the teacher's source and --teacher-config only")
+    elif before != runner.identity:
+        raise UserError(f"--resume: the teacher changed since {runner.run_dir} was written "
+                        f"({teacher_change(before, runner.identity)}); rerun with --restart to start over")
+
+
+def _check_inputs(runner, state: dict) -> None:
+    """The stage resumed from was calibrated on the prompts read now and in a pipeline whose other
+    parts are as they are now (`inputs_change`); a stage that records none (toy, synthetic, older
+    runs) is not compared."""
+    before = state.get("inputs")
+    if not isinstance(before, dict) or runner.inputs_id is None:
+        return
+    changed = inputs_change(before, runner.inputs_id, runner.recipe.calibration.pipeline or runner.source)
+    if changed:
+        raise UserError(f"--resume: {changed} since {runner.run_dir} was written; undo the change to resume, "
+                        "or rerun with --restart to start over")
+
+
+def save_stage(runner, i: int, student):
+    if not is_main_process():
+        return
+    d = stage_dir(runner, i)
+    runner.models.save(student, d, overwrite=True)
+    state = {"recipe": runner.recipe.raw, "teacher": runner.identity, "inputs": runner.inputs_id,
+             "report": runner.ctx.report, "block_map": runner.ctx.block_map}
+    tmp = d / "state.json.tmp"
+    tmp.write_text(json.dumps(state, default=str))
+    tmp.replace(d / "state.json")
+    # streamed: later reads come from this stage, and the spill and older stages go (only once
+    # this stage is complete, so an interruption always leaves one to resume from)
+    runner.models.adopt(student, d)
+
+
+def handed_over(runner, stage: str | None):
+    """The student rank 0 hands over: its saved stage (with the report and block map the pass
+    reads), or a fresh copy of the teacher (None)."""
+    if stage is None:
+        return runner.models.fresh_student(runner.teacher)
+    state = read_state(Path(stage))
+    if state is None:
+        raise UserError(f"{Path(stage) / 'state.json'}, the student rank 0 handed over, cannot be read")
+    runner.ctx.report, runner.ctx.block_map = state["report"], state["block_map"]
+    return runner.models.restore(Path(stage))
