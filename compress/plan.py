@@ -90,12 +90,16 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         check_size(recipe.calibration, recipe.calibration.pipeline or source)
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
     steps, scores, later, unplaced = [], ScoresSoFar(), [], []
+    budgeted = []  # per entry of `later`: its dense targets on the meta model (budgeted_layers)
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter):  # each then applied
+        named = dict(model.named_modules())  # as the pass finds the model: the names its targets use
         step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
         if n := p.unplaced(model, adapter):  # blocks whose groups importance picks at run time
             unplaced.append({"pass": spec.name, **pass_where(spec), "blocks": n})
+        budgeted = retargeted(budgeted, step, named)
         if step.get("params_after") == LATER:  # ranks decided after calibration: counted dense here
             later.append(decided_later(p, step, model, adapter))
+            budgeted.append(budgeted_layers(later[-1], model, adapter))
         scans = bool(step.get("scans"))  # blocks chosen by importance; none when it removes none
         reused = scans and scores.reused(step)
         if scans and (words := scores.words(step)):
@@ -103,7 +107,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         if recipe.stream and step.get("skip_scan") and step.get("scans", 1):
             step["streamed_scan"] = streamed_scan(step, reused, calib, model, adapter)
         if spec.name == "distill":  # the student it trains, as earlier passes leave it (plan_memory)
-            step["student"] = distill_student(model, later, steps, adapter, spec.config.train)
+            step["student"] = distill_student(model, later, budgeted, spec.config.train)
         scores.see(p, spec, step)
         steps.append(step)
     after_rows = layer_rows(model)
@@ -113,8 +117,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
-        "params_after_at_most": param_count(model) - budget_savings(later, steps, adapter.block_counts(model))
-        - smallest_blocks(model, adapter, sum(u["blocks"] for u in unplaced)),
+        "params_after_at_most": param_count(model) - budget_savings(later, budgeted, model)
+        - smallest_blocks(model, adapter, sum(u["blocks"] for u in unplaced), budgeted),
         "decided_later": later, "unplaced_removals": unplaced,
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
@@ -234,38 +238,59 @@ def decided_later(p, step: dict, model, adapter) -> dict:
     return entry
 
 
-def smallest_blocks(model, adapter, n: int) -> int:
-    """The parameters of the n smallest blocks of the planned model: what removals whose groups are
-    decided at run time (`Pass.unplaced`, left on the meta model) take off at least."""
-    sizes = sorted(param_count(b) for g in adapter.block_counts(model) for b in adapter.blocks(model, g))
+def budgeted_layers(entry: dict, model, adapter) -> dict | None:
+    """{module: dense parameters} of a global pass's targets (`entry`, decided_later) as it leaves
+    them dense on the meta model: the modules themselves (held, so no other takes their id), so a
+    later removal, which renumbers the blocks, takes those of the blocks it removes and leaves the
+    rest counted. None for a pass without a budget."""
+    from compress.passes.svd_targets import shape_spec
+
+    if "budget_params" not in entry:
+        return None
+    infos = {i.name: i for i in adapter.linears(model)}
+    return {model.get_submodule(n): shape_spec(infos[n]).params(None) for n in entry["layers"]}
+
+
+def retargeted(budgeted: list, step: dict, named: dict) -> list:
+    """`budgeted` less (None) the layers of a pass that `step` targets again (`named`: the model's
+    modules as the step found it): what that pass keeps is no longer its budget's to bound."""
+    hit = {named[n] for n in step.get("targets", ()) if n in named}
+    return [None if layers is None or hit & set(layers) else layers for layers in budgeted]
+
+
+def smallest_blocks(model, adapter, n: int, budgeted: list) -> int:
+    """The parameters the n smallest blocks of the planned model hold for certain: what removals
+    whose groups are decided at run time (`Pass.unplaced`, left on the meta model) take off at least.
+    A global pass's targets in them (`budgeted`) are not counted: the budget bounds them already
+    (budget_savings), and what it keeps of a block may be little."""
+    bounded = {k: v for layers in budgeted if layers for k, v in layers.items()}
+    sizes = sorted(param_count(b) - sum(bounded.get(m, 0) for m in b.modules())
+                   for g in adapter.block_counts(model) for b in adapter.blocks(model, g))
     return sum(sizes[:n])
 
 
-def budget_savings(later: list[dict], steps: list[dict], blocks_after: dict) -> int:
+def budget_savings(later: list[dict], budgeted: list, model) -> int:
     """What the global passes of `later` save at least, below the meta model's count (their targets
-    dense): dense − budget, each; none (their layers counted dense, a bound still) for a pass that
-    decides without a budget (energy), or one whose targets a later pass changes (removes blocks,
-    factorizes them again)."""
+    dense): what is left of each one's targets (`budgeted`; a later removal may take some) dense,
+    less its budget, which bounds what it keeps of all of them (alloc.global_greedy never exceeds
+    it). None (their layers counted dense, a bound still) for a pass that decides without a budget
+    (energy), or one whose targets a later pass factorizes again (`retargeted`)."""
+    present = set(model.modules())
     saved = 0
-    for entry in later:
-        if "budget_params" not in entry or entry["blocks"] != blocks_after:
-            continue
-        after = steps[next(i for i, s in enumerate(steps) if s.get("line") == entry.get("line")
-                           and s.get("set") == entry.get("set") and s["pass"] == entry["pass"]) + 1:]
-        if any(set(s.get("targets", ())) & set(entry["layers"]) for s in after):
-            continue
-        saved += entry["dense_params"] - entry["budget_params"]
+    for entry, layers in zip(later, budgeted):
+        if layers is not None:
+            saved += max(sum(n for m, n in layers.items() if m in present) - entry["budget_params"], 0)
     return saved
 
 
-def distill_student(model, later: list[dict], steps: list[dict], adapter, train: str) -> dict:
+def distill_student(model, later: list[dict], budgeted: list, train: str) -> dict:
     """{"params": at most, "trained": at most}: the student a distill pass gets from the passes before
     it (the meta model now, less what their global budgets save at least, budget_savings) and of
     those the parameters `train` trains (all; factors: the LowRankLinear layers', plus the layers a
     budgeted pass may still factorize; non_factors: the rest)."""
     from compress.distill_utils import factor_param_names
 
-    params = param_count(model) - budget_savings(later, steps, adapter.block_counts(model))
+    params = param_count(model) - budget_savings(later, budgeted, model)
     named = dict(model.named_parameters())
     factors = sum(named[n].numel() for n in factor_param_names(model))
     maybe = sum(entry.get("budget_params", entry["dense_params"]) for entry in later)  # what they may factorize

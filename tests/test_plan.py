@@ -404,6 +404,37 @@ def test_a_pass_a_set_added_is_named_at_its_set_where_later_steps_refer_to_it(tm
         make_plan(load_recipe(tmp_path / "r.yaml", [first]))
 
 
+GLOBAL_THEN_REMOVAL = ("model: pixart\nteacher: toy:pixart\npasses:\n"
+                       "  - svd: {targets: [attention, mlp], allocation: global, ratio: 0.4, multiple: 8}\n"
+                       "  - remove_blocks: {removal}\n")
+
+
+@pytest.mark.parametrize("removal", ["{count: 1, criterion: proxy}", "{blocks: {blocks: [2]}}",
+                                     "{count: 0, criterion: proxy}"])
+def test_a_removal_after_a_global_pass_keeps_its_budget_in_the_bound(removal):
+    """A removal after a global svd pass dropped its budget from the bound: 'at most 1,500,688' (the
+    targets counted dense) for a recipe whose run wrote 911,888, 'at most 1,053,328' with count 0.
+    The budget still bounds what the pass keeps of the targets left: 986,512 with a block gone."""
+    plan = make_plan(parse_recipe(GLOBAL_THEN_REMOVAL.replace("{removal}", removal), "r.yaml"))
+    (later,) = plan["decided_later"]
+    left = later["dense_params"] * sum(plan["blocks_after"].values()) // 6  # the targets of the blocks left
+    assert plan["params_after_at_most"] == plan["params_after_planned"] - left + later["budget_params"]
+    assert plan["params_after_at_most"] == (1_053_328 if "count: 0" in removal else 986_512)
+
+
+def test_a_removal_of_groups_picked_at_run_time_after_a_global_pass_is_bounded_above_its_run():
+    """Flux, a global svd pass then a bare count: plan took the budget off and the smallest block dense,
+    'at most 833,257', but the block removed is a factorized one: the run wrote 978,256. A block
+    counts only what the budget does not bound (its other parameters)."""
+    text = ("model: flux\nteacher: toy:flux\npasses:\n"
+            "  - svd: {targets: [attention, mlp], allocation: global, ratio: 0.2, multiple: 8}\n"
+            "  - remove_blocks: {count: 1, criterion: proxy}\n")
+    plan = make_plan(parse_recipe(text, "r.yaml"))
+    assert plan["params_after_at_most"] >= 978_256
+    assert plan["params_after_at_most"] < plan["params_after_planned"] - plan["decided_later"][0]["dense_params"] \
+        + plan["decided_later"][0]["budget_params"]
+
+
 def test_a_removal_whose_groups_are_picked_at_run_time_makes_the_total_a_bound():
     """A bare count over Flux's two groups: plan cannot place the blocks, so before it counted every
     block and said the total was planned (2,345,744 -> 1,771,280 on the toy; the run wrote 1,366,928).

@@ -37,7 +37,7 @@ BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]
 @dataclass
 class BlockScore:
     group: str
-    index: int  # block index in the scanned model
+    index: int  # block index in the scanned model (report.json: in the output, null once removed)
     teacher_index: int  # through the block map at scan time
     scan: float  # ||pred_skip - pred|| / ||pred|| over all inputs (NaN when not scanned)
     scan_by_bucket: list[float]
@@ -174,15 +174,18 @@ def _sq_norm(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int = 3, progress: bool = True,
          skips: bool = True, block_map: dict[str, list[int]] | None = None,
-         loader: BlockLoader | None = None) -> ImportanceResult:
+         loader: BlockLoader | None = None, columns: bool = True) -> ImportanceResult:
     """Skip-one-block errors (skips=False: proxy only, one forward per batch) over forward-kwargs
     batches. loader: block weights streamed (compress.stream.CheckpointBlocks), each block read
-    once per batch (importance_stream); None: the model is resident."""
+    once per batch (importance_stream); None: the model is resident. columns: the per-bucket
+    scores are shown (an importance pass's table and heatmap), so empty buckets are noted; False
+    for remove_blocks' choice, which reads the scores over all inputs alone."""
     if not batches:
         raise UserError("importance: no calibration inputs to scan")
     if not isinstance(buckets, int) or buckets < 1:
         raise UserError(f"importance: buckets must be an integer ≥ 1, got {buckets!r}")
-    _note_empty_buckets(adapter, batches, buckets)
+    if columns:
+        _note_empty_buckets(adapter, batches, buckets)
     names = [(g, i) for g, i, _ in adapter.iter_blocks(model)]
     n = len(names)
     cost = scan_cost(n, len(batches), skips)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from torch import nn
 
 from compress.arch.base import Adapter
-from compress.errors import BadValue, NumericError, UserError
+from compress.errors import BadValue, NumericError, UserError, did_you_mean
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, check_buckets, scan
 from compress.passes.remove_blocks_budget import (check_explicit, one_of, per_group, removes_nothing,
@@ -66,7 +66,8 @@ class RemoveBlocksConfig:
         """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
         if self.criterion not in CRITERIA:
             raise BadValue("criterion", f"remove_blocks: criterion must be one of {', '.join(CRITERIA)}, "
-                                        f"got {self.criterion!r}", reads=())
+                                        f"got {self.criterion!r}{did_you_mean(str(self.criterion), CRITERIA)}",
+                           reads=())
         check_buckets(self.buckets, "remove_blocks")
         self._validate_learned()
         self._validate_explicit()
@@ -181,8 +182,9 @@ def renumber_layer_records(report: dict, adapter: Adapter, before: dict[str, lis
     """What earlier svd passes recorded per layer follows the layers' blocks to their new indices,
     and what they recorded of removed blocks goes, so `inspect` reads each layer's own numbers: the
     per-layer records (report["svd"]["layers"]), the lists of layer names (dense, fused_gelu, ...)
-    and the compensation stages ("double 3 mlp"). `before` / `after`: student -> teacher block
-    maps around this pass. (report["svd"]["passes"] keeps each pass's record as it ran.)"""
+    and the compensation stages ("double 3 mlp"); the totals over them (params_before, params_after,
+    kept_ratio, ...) are those of the layers left (svd_totals). `before` / `after`: student -> teacher
+    block maps around this pass. (report["svd"]["passes"] keeps each pass's record as it ran.)"""
     svd = report.get("svd")
     if not svd:
         return
@@ -199,6 +201,34 @@ def renumber_layer_records(report: dict, adapter: Adapter, before: dict[str, lis
     if svd.get("compensation"):
         svd["compensation"] = {n: v for old, v in svd["compensation"].items()
                                if (n := new(old, sep=" ", by_name=True)) is not None}
+    if "params_before" in svd:  # the summary over the layers (svd_checks.merge_report)
+        svd.update(svd_totals(svd.get("layers", {})))
+
+
+def svd_totals(layers: dict[str, dict]) -> dict:
+    """What the svd summary (svd_checks.summary) derives from the per-layer records: parameter
+    totals, kept_ratio, dense and clamped layers, the worst loss ratios and fit gap, of `layers`; its
+    settings (method, allocation, ...) are each pass's and stay."""
+    from types import SimpleNamespace
+
+    from compress.passes.svd_checks import SETTINGS, summary
+
+    derived = summary(layers, SimpleNamespace(**dict.fromkeys(SETTINGS)))
+    return {k: v for k, v in derived.items() if k not in SETTINGS}
+
+
+def renumber_block_scores(report: dict, before: dict[str, list[int]], after: dict[str, list[int]]) -> None:
+    """An importance pass's block scores (report["importance"]["blocks"]) follow their blocks to their
+    indices in the student this pass leaves: `index` is the block's new index, None (null) for a block
+    it removed, whose scores stay (they are why a removal by importance took it); `teacher_index`
+    stays. `before` / `after`: student -> teacher block maps around this pass."""
+    record = report.get("importance")
+    if not record:
+        return
+    new = {g: {before[g].index(t): i for i, t in enumerate(teacher)} for g, teacher in after.items()}
+    for block in record.get("blocks", []):
+        if block["index"] is not None and block["group"] in new:
+            block["index"] = new[block["group"]].get(block["index"])
 
 
 def merge_report(previous: dict | None, this: dict) -> dict:
@@ -343,6 +373,7 @@ class RemoveBlocksPass(Pass):
         removed = {g: sorted(set(start[g]) - set(keep)) for g, keep in block_map.items()}
         ctx.block_map = block_map
         renumber_layer_records(ctx.report, adapter, start, block_map)
+        renumber_block_scores(ctx.report, start, block_map)
         this = dict(record, removed=removed, blocks_before=before, blocks_after=adapter.block_counts(model))
         ctx.report["remove_blocks"] = merge_report(ctx.report.get("remove_blocks"), this)
         return model
@@ -369,7 +400,8 @@ class RemoveBlocksPass(Pass):
         if ctx.calibration_inputs is None:
             raise UserError("remove_blocks: choosing blocks by importance needs calibration inputs")
         result = scan(model, ctx.adapter, ctx.calibration_inputs(), self.config.buckets,
-                      progress=False, skips=criterion == "scan", block_map=block_map, loader=ctx.blocks)
+                      progress=False, skips=criterion == "scan", block_map=block_map, loader=ctx.blocks,
+                      columns=False)  # the choice reads scores over all inputs: no bucket is shown
         scores = scores_from(result, criterion, block_map)
         if scores is None:
             raise NumericError(f"remove_blocks: the {criterion} scan scored a block NaN "

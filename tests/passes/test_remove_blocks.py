@@ -270,6 +270,55 @@ def test_earlier_svd_records_follow_their_blocks(tmp_path):
     assert svd["compensation"] == {"single 1 attention": 2, "double 0 mlp": 5, "top level modulation": 9}
 
 
+def _record(rank, dense, kept, loss_ratio):
+    return {"rank": rank, "params_dense": dense, "kept_params": kept, "loss_ratio": loss_ratio, "method": "whitened"}
+
+
+def test_earlier_svd_totals_are_those_of_the_layers_left(tmp_path):
+    """report["svd"]'s params_before / params_after / kept_ratio stayed those of every layer the svd
+    pass factorized after a removal took some (1,186,560 -> 472,832 for 30 layers left keeping 400,000
+    of 988,800): the totals, dense list and worst loss ratio are the remaining layers'."""
+    model = tiny_pixart(num_layers=3)
+    layers = {"transformer_blocks.0.ff.net.2": _record(8, 1000, 300, 1.0),
+              "transformer_blocks.1.ff.net.2": _record("dense", 1000, 1000, 5.0),
+              "transformer_blocks.2.ff.net.2": _record(16, 1000, 500, 1.0005)}
+    ctx = context(model, tmp_path)
+    ctx.report["svd"] = {"layers": layers, "params_before": 3000, "params_after": 1800, "kept_ratio": 0.6,
+                         "dense": ["transformer_blocks.1.ff.net.2"], "max_loss_ratio": 5.0,
+                         "method": "whitened", "allocation": ["global", "uniform"], "passes": [{"params_after": 1800}]}
+    run(model, ctx, blocks={"blocks": [1]})
+    svd = ctx.report["svd"]
+    assert (svd["params_before"], svd["params_after"], svd["kept_ratio"]) == (2000, 800, 0.4)
+    assert svd["dense"] == [] and svd["max_loss_ratio"] == 1.0005
+    assert svd["allocation"] == ["global", "uniform"] and svd["passes"] == [{"params_after": 1800}]  # as they ran
+
+
+def test_importance_scores_follow_their_blocks_through_a_later_removal(tmp_path):
+    """report["importance"]["blocks"][*]["index"] kept the numbering of the model it scanned after a
+    later removal (index 4 for the block the output has as 3): it is the block's index in the output,
+    null for a block removed (its scores stay); teacher_index is unchanged."""
+    model = tiny_pixart(num_layers=4)
+    ctx = context(model, tmp_path)
+    run(model, ctx, blocks={"blocks": [0]})  # teacher 1, 2, 3 are student 0, 1, 2
+    ImportancePass(ImportanceConfig(progress=False, proxy_only=True)).run(model, ctx)
+    run(model, ctx, blocks={"blocks": [2]})  # student 1 goes: teacher 3 is now student 1
+    blocks = ctx.report["importance"]["blocks"]
+    assert [(b["index"], b["teacher_index"]) for b in blocks] == [(0, 1), (None, 2), (1, 3)]
+    assert all(b["proxy"] is not None for b in blocks)
+
+
+@pytest.mark.parametrize("criterion", ["proxy", "scan"])
+def test_a_removal_s_scan_says_nothing_of_empty_timestep_buckets(criterion, tmp_path, capsys):
+    """A removal's scan noted 'importance: 1 of the 3 timestep buckets hold no calibration input ...;
+    their columns stay empty' in a recipe with no importance pass: its choice reads the scores over
+    all inputs, and no column of it is shown, so there is nothing to say."""
+    model = tiny_pixart()
+    ctx = context(model, tmp_path)
+    run(model, ctx, count=1, criterion=criterion, buckets=10)  # most of 10 buckets hold no input
+    assert "buckets hold no" not in "".join(capsys.readouterr())
+    assert len(ctx.report["remove_blocks"]["removed"]["blocks"]) == 1
+
+
 @pytest.mark.parametrize("config, key, said", [
     (dict(fraction=0.1), "fraction", "remove_blocks: fraction 0.1 of {n} blocks rounds down to no block, so this "
                                      "pass changes nothing; the smallest fraction that removes one block is {f}"),

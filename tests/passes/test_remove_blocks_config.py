@@ -81,3 +81,12 @@ def test_a_wrong_value_inside_a_block_mapping_is_named_at_its_line(options, line
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE.format(options=options), "r.yaml")
     assert str(e.value) == f"r.yaml:{line}: passes[0].remove_blocks.{words}"
+
+
+def test_a_misspelt_criterion_gets_the_closest_one():
+    """criterion: learnd listed the criteria but, unlike a misspelt svd.allocation, suggested none."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE.format(options="{count: 1, criterion: learnd}"), "r.yaml")
+    assert str(e.value).endswith("remove_blocks: criterion must be one of scan, proxy, learned, got 'learnd'; "
+                                 "did you mean 'learned'?")
+    assert str(e.value).startswith("r.yaml:4: ")
