@@ -66,10 +66,11 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
 
 
 def _all_of(pipe):
-    """A toy pipeline whose text encoder has the transformer's dtype, as from_pretrained(torch_dtype=)
-    gives every part of a diffusers pipeline one dtype (the toy's parts are built in float32; its
-    VAE has no weights)."""
-    pipe.text_encoder.to(pipe.transformer.dtype)
+    """A toy pipeline whose parts all have the transformer's dtype, as from_pretrained(torch_dtype=)
+    gives every part of a diffusers pipeline one dtype (the toy's text encoder and VAE are built in
+    float32; the VAE, without weights, answers .dtype from a buffer)."""
+    for part in (pipe.text_encoder, pipe.vae):
+        part.to(pipe.transformer.dtype)
     return pipe
 
 

@@ -149,10 +149,10 @@ def test_load_pipeline_of_a_toy_base_gives_every_part_the_dtype(tmp_path, family
     for pipe in (load_pipeline(out, base=f"toy:{family}", dtype=torch.bfloat16),
                  load_pipeline(out, base=f"toy:{family}", torch_dtype="bfloat16")):
         assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
-        assert pipe.transformer.dtype == torch.bfloat16
+        assert pipe.transformer.dtype == pipe.vae.dtype == torch.bfloat16
     pipe.save_pretrained(tmp_path / "saved")  # a saved toy pipeline is its own base
     pipe = load_pipeline(tmp_path / "saved", dtype=torch.bfloat16)
-    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16} and pipe.vae.dtype == torch.bfloat16
     images = pipe("a 3", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert torch.isfinite(images).all()
 
