@@ -18,6 +18,7 @@ from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, _block_prefix, con
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
+    out = _existing_folder(Path(out).expanduser())
     out = output_folder(out)  # a pipeline folder: its transformer/, where its report.json would be
     model = load_transformer(out, nonfinite="warn")  # for looking: a damaged output is shown, with a warning
     plot_dir = output_dir(plot_dir, "--plot") if plot_dir else None
@@ -36,6 +37,17 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
     if plot_dir:
         write_plots(rows, report, plot_dir)
     return rows
+
+
+def _existing_folder(out: Path) -> Path:
+    """`out` if it is a folder (load_transformer says whether it is an output): a missing path was
+    called "not a dit-compress output folder", where eval and bench say there is no such thing."""
+    if out.is_file():
+        raise UserError(f"{out} is a file: inspect takes an output folder (dit-compress inspect OUT, "
+                        "OUT written by run)")
+    if not out.is_dir():
+        raise UserError(f"{out}: no such output folder (dit-compress inspect OUT, OUT written by run)")
+    return out
 
 
 def _print_inspection(out: Path, model, rows: list[dict], report: dict, block_map: dict | None,

@@ -100,7 +100,7 @@ def empty_compressed(out) -> nn.Module:
     (down, up) at every rank of its compression section; no weights. A pipeline folder: its transformer/."""
     out = output_folder(out)
     if not (out / "config.json").is_file():
-        raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS})")
+        raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS} or {INDEX})")
     config = read_config(out / "config.json")
     if "compression" not in config:
         raise UserError(f"{out} is a plain diffusers model, not a dit-compress output (its config.json "

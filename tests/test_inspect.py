@@ -171,3 +171,50 @@ def test_inspect_of_a_damaged_block_map_is_one_line_naming_the_file(tmp_path, ca
     assert main(["inspect", str(out)]) == 2
     err = capsys.readouterr().err
     assert "block_map.json: block_map is [0, 2], not a mapping" in err and "Traceback" not in err
+
+
+def _sharded(out):
+    """`out`'s single weight file split into two shards and their index, as a streamed run writes them."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from compress.io import INDEX, WEIGHTS
+    from compress.stream import shard_name
+
+    with safe_open(str(out / WEIGHTS), "pt") as f:
+        metadata, names = f.metadata(), sorted(f.keys())
+    tensors = load_file(out / WEIGHTS)
+    weight_map = {}
+    for j, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), start=1):
+        save_file({k: tensors[k] for k in part}, str(out / shard_name(j, 2)), metadata=metadata)
+        weight_map.update(dict.fromkeys(part, shard_name(j, 2)))
+    (out / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (out / WEIGHTS).unlink()
+    return out
+
+
+def test_inspect_of_a_missing_path_or_a_file_says_so_and_of_another_folder_names_both_layouts(tmp_path, capsys):
+    """`inspect nonexist` said "is not a dit-compress output folder (needs config.json and
+    diffusion_pytorch_model.safetensors)", untrue of a sharded (streamed) output; eval and bench say
+    there is no such thing."""
+    assert main(["inspect", str(tmp_path / "nonexist")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'nonexist'}: no such output folder "
+                                                    "(dit-compress inspect OUT, OUT written by run)")
+    (tmp_path / "f").write_text("")
+    assert main(["inspect", str(tmp_path / "f")]) == 2
+    assert "f is a file: inspect takes an output folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["inspect", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert ("is not a dit-compress output folder (needs config.json and diffusion_pytorch_model.safetensors or "
+            "diffusion_pytorch_model.safetensors.index.json)") in err and "Traceback" not in err
+
+
+def test_inspect_reads_a_sharded_output(tmp_path, capsys):
+    names = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
+    one = save_compressed(factorize(tiny_pixart(), names, rank=2), tmp_path / "one")
+    assert main(["inspect", str(one), "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)["layers"]
+    sharded = _sharded(save_compressed(factorize(tiny_pixart(), names, rank=2), tmp_path / "sharded"))
+    assert main(["inspect", str(sharded), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"] == whole

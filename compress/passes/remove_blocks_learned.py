@@ -218,6 +218,16 @@ def _learn(work, adapter, wins, batches, refs, steps: int, opt, generator, state
             losses.append(_step(work, adapter, wins, batches, refs, order[step % len(order)],
                                 temperature(step, steps, *TAU), generator, opt, step, state))
             bar.advance(task)
+            _log_line(step + 1, steps, losses[-1])
+
+
+def _log_line(step: int, steps: int, loss: float) -> None:
+    """One line per tenth of the learning (and the last step) where the bar is not drawn: off a terminal
+    (a job's log) the pass said nothing for its hundreds of steps, and looked hung (as distill's log)."""
+    from compress.report import console
+
+    if not console.is_terminal and (step % max(1, steps // 10) == 0 or step == steps):
+        console.print(f"remove_blocks learned {step}/{steps} loss {loss:.4g}", highlight=False)
 
 
 def _note_close_calls(wins: list[Window]) -> None:

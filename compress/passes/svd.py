@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
+from rich.markup import escape
 from torch import nn
 
 from compress.alloc import DENSE, energy_rank
@@ -52,8 +53,9 @@ from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
-from compress.passes.svd_checks import (ENERGY_DEFAULT, centered, check_config, check_streaming, check_values,
-                                        floored_note, merge_report, summary, unchanged_note)
+from compress.passes.svd_checks import (CENTER_DEFAULT, ENERGY_DEFAULT, allocated_note, centered, check_config,
+                                        check_streaming, check_values, floored_note, merge_report,
+                                        no_saving_rank_note, summary, unchanged_note)
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
 from compress.passes.svd_global import GlobalAllocation
@@ -92,7 +94,7 @@ class SVDConfig:
     compensate_toward: str = "teacher"  # teacher (also undo earlier passes) | input (the model as found)
     compensate_search: str = "walk"  # β ladder: walk (from the previous stage's β) | ladder (every step)
     ranks: dict = field(default_factory=dict)  # pattern -> explicit rank (overrides allocation)
-    center: list = field(default_factory=lambda: ["modulation"])  # patterns: centered Gram + bias fold
+    center: list = field(default_factory=lambda: list(CENTER_DEFAULT))  # patterns: centered Gram + bias fold
     modulation_grid: int = 64  # timesteps per calibration batch for modulation Grams (0: own)
     # weight outputs by their effect on the prediction: all | modulation (those only) | none; or by
     # their effect on their block's output: block (streamable, no compensation)
@@ -174,7 +176,8 @@ class SVDPass(GlobalAllocation, Pass):
             raise e.explained(teacher_counts, block_map) from None
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
-        """A pass whose ranks, known before calibration, leave every target dense changes nothing; a
+        """A pass whose ranks, known before calibration, leave every target dense changes nothing (ranks
+        decided after calibration: where no rank at svd.multiple saves; the run warns of the rest); a
         module name whose block index earlier removals renumbered names another teacher block."""
         c = self.config
         infos, targets = self.resolved.targets(model, adapter)
@@ -184,8 +187,10 @@ class SVDPass(GlobalAllocation, Pass):
         out += shadow_notes(targets, c.ranks or {}, c.__dict__.get("_set_keys"), c.__dict__.get("_set_added"))
         out += planned_notes(targets, model)  # an earlier pass's ranks decided after calibration
         ranks = self.resolved.ranks(model, adapter)
-        if not targets or len(ranks) < len(targets):
+        if not targets:
             return out
+        if len(ranks) < len(targets):  # budgeted (energy, global)
+            return out + [n for n in [no_saving_rank_note(c, targets, ranks)] if n]
         if any(r is not DENSE for r in ranks.values()):  # ranks floored at multiple spend more than asked
             return out + [n for n in [floored_note(c, targets, ranks)] if n]
         return out + [unchanged_note(c, targets)]
@@ -248,6 +253,7 @@ class SVDPass(GlobalAllocation, Pass):
         records: dict[str, dict] = {}
         extra: dict = {}  # this pass's global allocation, if any
         ranks = dict(self.resolved.ranks(model, ctx.adapter))
+        fixed = dict(ranks)  # those known before calibration
         self.scratch = ctx.run_dir  # what the pass measures per target goes to disk here
         # the prediction's Fishers: kept beside the stats cache (keyed to the model as found and the
         # inputs), so a pass interrupted after hours of sweeps does not measure them again; block
@@ -271,11 +277,22 @@ class SVDPass(GlobalAllocation, Pass):
             finished = True
         finally:
             self.roots.close(keep=not finished and reusable)
+        self._warn_if_unchanged(targets, fixed, records)
         fused = fuse_gelu(model)  # FFN input layers apply their GELU (kernel epilogue on CUDA)
         this = dict(summary(records, c), targets=len(records), cache_hits=list(self.cache.hits),
                     fused_gelu=fused, compensation=compensation, sequential=sequential, **extra)
         merge_report(report, this, records, c)
         return model
+
+    def _warn_if_unchanged(self, targets: list[LinearInfo], fixed: dict, records: dict) -> None:
+        """A budgeted allocation (energy, global) that left every target dense: the run would write the
+        model as it found it and say nothing (`notes` warned before compute where the ranks known before
+        calibration, `fixed`, told it)."""
+        if len(fixed) == len(targets) or no_saving_rank_note(self.config, targets, fixed):
+            return
+        note = allocated_note(self.config, records)
+        if note:
+            console.print(f"[bold yellow]warning:[/] {escape(note)}")
 
     def _measure_fishers(self, model, adapter, targets, batches) -> None:
         """The output Fisher of each weighted target (none when disabled), of the model as the pass

@@ -7,7 +7,7 @@ import math
 
 from torch import nn
 
-from compress.alloc import DENSE
+from compress.alloc import DENSE, rank_options
 from compress.arch.base import ROLES
 from compress.errors import BadValue, did_you_mean
 from compress.linalg import METHODS
@@ -21,6 +21,7 @@ from compress.recipe_yaml import spelling_hint
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "block", "modulation", "none")
 ENERGY_DEFAULT = 0.99  # SVDConfig.energy's default: another value asks for allocation: energy
+CENTER_DEFAULT = ["modulation"]  # SVDConfig.center's default: left alone where no modulation is targeted
 
 
 def _bad(key: str, message: str, *reads: str) -> BadValue:
@@ -36,8 +37,7 @@ def check_config(c, model: nn.Module, infos, targets) -> None:
     _check_not_factorized(targets, model)
     check_not_planned(targets, model)
     check_explicit_ranks(infos, targets, c.ranks)
-    for n, p in enumerate(c.center):
-        check_pattern(p, infos, "center", f"center.{n}")
+    _check_center(c, infos, targets)
     biasless = [i.name for i in targets if centered(c, i) and model.get_submodule(i.name).bias is None]
     if biasless:
         more = " …" if len(biasless) > 3 else ""
@@ -47,6 +47,24 @@ def check_config(c, model: nn.Module, infos, targets) -> None:
         _check_roles(c.ratios, {i.role for i in targets})
     if c.allocation == "global":
         check_global_budget(targets, c)
+
+
+def _check_center(c, infos, targets) -> None:
+    """Every svd.center pattern names a linear, and one of the pass's `targets`: else it centres nothing
+    and the plan said nothing of it. The default ([modulation]) stays allowed on a pass without
+    modulation targets, where it is not the recipe's."""
+    for n, p in enumerate(c.center):
+        check_pattern(p, infos, "center", f"center.{n}")
+    if c.center == CENTER_DEFAULT:
+        return
+    for n, p in enumerate(c.center):
+        if not any(matches(p, i) for i in targets):
+            named = [i.name for i in infos if matches(p, i)]
+            raise _bad(f"center.{n}", f"svd.center: pattern {p!r} names {', '.join(named[:3])}"
+                                      f"{' …' if len(named) > 3 else ''}, which this pass does not factorize (not "
+                                      "in svd.targets, or left out by svd.ignore); add "
+                                      f"{'it' if len(named) == 1 else 'them'} to svd.targets or remove the "
+                                      "pattern from svd.center", "targets", "ignore")
 
 
 def _check_not_factorized(targets, model: nn.Module) -> None:
@@ -305,6 +323,38 @@ def unchanged_note(c, targets) -> tuple[str, str]:
     else:
         key, why = "ratio", f"svd.ratio {c.ratio} keeps every parameter"
     return key, f"svd: {why}, so {dense} and this pass changes nothing; lower svd.{key}"
+
+
+def no_saving_rank_note(c, targets, ranks: dict) -> tuple[str, str] | None:
+    """(key, note) for a budgeted pass (energy, global: ranks decided after calibration) that leaves
+    every target dense whatever calibration finds: no rank in multiples of `c.multiple` saves
+    parameters at its targets' widths, and its explicit ranks (`ranks`, fixed) are dense too. None otherwise."""
+    free = [i for i in targets if i.name not in ranks]
+    if any(r is not DENSE for r in ranks.values()) or any(rank_options(shape_spec(i), c.multiple, None)[0].size
+                                                          for i in free):
+        return None
+    return cause_key(c, ["multiple"]), (
+        f"svd: every one of its {len(targets)} targets stays dense (ranks in multiples of {c.multiple} save no "
+        f"parameters at these widths, whatever the {c.allocation} allocation finds), so this pass changes "
+        "nothing; lower svd.multiple")
+
+
+def allocated_note(c, records: dict[str, dict]) -> str | None:
+    """The warning for a budgeted pass (energy, global) whose allocation, made after calibration, left
+    every one of its targets (`records`, this pass's) dense: the run writes them as they were, which
+    said nothing (plan cannot know it; `no_saving_rank_note` is what it can). None otherwise."""
+    if not records or any(r["rank"] != "dense" for r in records.values()):
+        return None
+    dense = f"every one of its {len(records)} targets"
+    rounded = f", rounded up to a multiple of {c.multiple}," if c.multiple > 1 else ""
+    if c.allocation == "energy":
+        why = (f"keeping svd.energy {c.energy} of each one's calibration output energy takes a rank{rounded} at or "
+               "above the rank where a factorization saves parameters")
+        lower = "svd.energy" + (" or svd.multiple" if c.multiple > 1 else "")
+    else:
+        why = f"svd.ratio {c.ratio} gives it a budget of every parameter"
+        lower = "svd.ratio"
+    return f"svd: the {c.allocation} allocation left {dense} dense ({why}), so this pass changes nothing; lower {lower}"
 
 
 def _ratio_key(c) -> str:

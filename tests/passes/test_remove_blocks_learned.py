@@ -359,3 +359,15 @@ def test_low_rank_hooks_go_when_making_them_fails(monkeypatch):
         with learned._low_rank_update(model, adapter, 2, torch.Generator().manual_seed(0)):
             pass
     assert calls["n"] == 3 and not any(m._forward_hooks for m in model.modules())
+
+
+def test_learning_off_a_terminal_is_lines_on_stderr(tmp_path, capsys):
+    """The bar is not drawn off a terminal (a job's log): the default recipe's learned removal said nothing
+    after 'pass 2/5: remove_blocks' for minutes, and looked hung. A line per tenth of the steps, as distill's."""
+    model = tiny_pixart(num_layers=4)
+    run(model, context(model, tmp_path), count={"blocks": 1}, criterion="learned", learn_steps=20, learn_lr=0.0)
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = [line.split() for line in err.splitlines() if line.startswith("remove_blocks learned ")]
+    assert [words[2] for words in lines] == [f"{s}/20" for s in range(2, 21, 2)]
+    assert all(words[3] == "loss" and float(words[4]) >= 0 for words in lines)

@@ -188,3 +188,32 @@ def test_modulation_grams_follow_the_compressed_embedders_in_student_mode(activa
     for name in ("transformer_blocks.0.norm1.linear", "norm_out.linear"):
         gram = next(iter(cal.conditioning(readers([infos[name]]), 4).values())).gram
         assert torch.allclose(seen[name], gram, rtol=1e-9, atol=1e-12), name
+
+
+def _warned(capsys) -> list[str]:
+    said = " ".join(capsys.readouterr().err.split())
+    return [w.strip() for w in said.split("warning: ")[1:]]
+
+
+@pytest.mark.parametrize("cfg, said", [
+    (dict(allocation="energy", energy=1.0),
+     "svd: the energy allocation left every one of its 12 targets dense (keeping svd.energy 1.0 of each one's "
+     "calibration output energy takes a rank, rounded up to a multiple of 2, at or above the rank where a "
+     "factorization saves parameters), so this pass changes nothing; lower svd.energy or svd.multiple"),
+    (dict(allocation="global", ratio=1.0, sensitivity=False),
+     "svd: the global allocation left every one of its 12 targets dense (svd.ratio 1.0 gives it a budget of "
+     "every parameter), so this pass changes nothing; lower svd.ratio"),
+])
+def test_a_budgeted_allocation_that_leaves_every_target_dense_is_warned(tmp_path, capsys, cfg, said):
+    """energy 1 kept every target dense and the run wrote a copy of the teacher, saying nothing (fixed ranks
+    that do are warned of before compute; these are decided after calibration)."""
+    model, report, _ = run_svd("pixart", tmp_path, targets=["attention"], fisher="none", **cfg)
+    assert report["params_after"] == report["params_before"]
+    assert _warned(capsys) == [said]
+
+
+def test_a_budgeted_allocation_that_factorizes_says_nothing(tmp_path, capsys):
+    model, report, _ = run_svd("pixart", tmp_path, targets=["attention"], fisher="none", allocation="energy",
+                               energy=0.5)
+    assert report["params_after"] < report["params_before"]
+    assert _warned(capsys) == []

@@ -350,3 +350,49 @@ def test_two_svd_passes_summary_names_each_passes_setting_where_they_differ():
     assert report["allocation"] == ["global", "uniform"]
     assert report["method"] == "whitened" and report["fisher"] == "all"  # the same in both
     assert (report["params_before"], report["params_after"]) == (200, 50)
+
+
+@pytest.mark.parametrize("center, pattern", [("[mlp]", "mlp"), ("[attention, 're:ff\\.net\\.2']", "re:ff\\.net\\.2")])
+def test_a_center_pattern_naming_no_target_is_refused_at_its_line(center, pattern):
+    """svd.center: [mlp] on a pass over attention centred nothing and planned as if it did."""
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+
+    text = f"model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {{targets: [attention], center: {center}}}\n"
+    with pytest.raises(UserError) as e:
+        make_plan(parse_recipe(text, "r.yaml"))
+    said = str(e.value)
+    assert said.startswith(f"r.yaml:4: svd.center: pattern {pattern!r} names transformer_blocks.0.ff.net."), said
+    assert said.endswith(", which this pass does not factorize (not in svd.targets, or left out by svd.ignore); "
+                         "add them to svd.targets or remove the pattern from svd.center"), said
+
+
+def test_a_center_pattern_of_ignored_targets_is_refused_and_the_default_stays_allowed():
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    with pytest.raises(UserError, match="svd.center: pattern 'transformer_blocks.0.ff.net.2' names "
+                                        "transformer_blocks.0.ff.net.2, which this pass does not factorize .* add it"):
+        SVDPass(SVDConfig(targets=["mlp"], ignore=["transformer_blocks.0.ff.net.2"],
+                          center=["transformer_blocks.0.ff.net.2"])).check(model, adapter)
+    SVDPass(SVDConfig(targets=["attention"])).check(model, adapter)  # [modulation], the default: not the recipe's
+    SVDPass(SVDConfig(targets=["attention", "mlp"], center=["mlp"])).check(model, adapter)
+
+
+@pytest.mark.parametrize("allocation", ["energy", "global"])  # global below ratio 1: refused (too small a budget)
+def test_a_budgeted_pass_no_rank_of_whose_multiple_saves_is_warned_before_compute(allocation, tmp_path, capsys):
+    """No rank in multiples of 16 saves parameters on the tiny Flux's modulation linears: whatever the
+    allocation finds, the pass changes nothing, which plan can say (and the run says once)."""
+    cfg = {**MODULATION, "allocation": allocation, "multiple": 16, "fisher": "none",
+           **({"ratio": 1.0, "sensitivity": False} if allocation == "global" else {})}
+    meta = tiny_flux()
+    svd = SVDPass(SVDConfig(**cfg))
+    svd.check(meta, get_adapter(meta))
+    notes = svd.notes(meta, get_adapter(meta))
+    assert notes == [("multiple", f"svd: every one of its {len(svd.resolved.targets(meta, get_adapter(meta))[1])} "
+                                  "targets stays dense (ranks in multiples of 16 save no parameters at these widths, "
+                                  f"whatever the {allocation} allocation finds), so this pass changes nothing; lower "
+                                  "svd.multiple")]
+    model = tiny_flux()
+    SVDPass(SVDConfig(**cfg)).run(model, context(model, tmp_path))
+    assert "warning" not in capsys.readouterr().err  # the plan's note said it
+    assert SVDPass(SVDConfig(**{**cfg, "multiple": 1})).notes(meta, get_adapter(meta)) == []
