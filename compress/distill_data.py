@@ -182,11 +182,15 @@ def shard_sizes(num_samples: int, shard_size: int, rows: list[int]) -> list[int]
 
 def _complete(folder: Path, num_samples: int) -> bool:
     """The cache holds all its samples (an earlier layout drew fewer when calibration batches had
-    fewer rows than a shard; its complete.json does not count them, so its shards are checked)."""
+    fewer rows than a shard; its complete.json does not count them, so its shards are checked), in
+    shards that are there: a complete.json whose shards went missing (written elsewhere by a process
+    of a launch that read the recipe otherwise) is not complete, and its cache fills up again."""
     try:
-        return json.loads((folder / "complete.json").read_text()).get("samples") == num_samples
+        if json.loads((folder / "complete.json").read_text()).get("samples") != num_samples:
+            return False
     except (OSError, ValueError):
         return False
+    return sum(_rows_in(path) for path in folder.glob("shard-*.safetensors")) == num_samples
 
 
 def _rows_in(path: Path) -> int | None:

@@ -10,7 +10,7 @@ import functools
 import json
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ from compress.report import console, model_card, param_count
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_ranks import (announce, hand_off, is_follower, is_main_process, several_processes,
+from compress.runner_ranks import (PREPARED, announce, check_followers, check_same_run, following, hand_off,
+                                   is_follower, is_main_process, leading, several_processes, wait_for_followers,
                                    wait_for_hand_off)
 from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, resume_note, teacher_identity,
                                    weights_checksum)
@@ -135,6 +136,10 @@ class Runner:
         self.device = resolve_device(recipe)
         # resident or streamed weights, in the recipe's compute dtype, on its device
         self.models = models_for(recipe.stream, self.run_dir, DTYPES[recipe.compute_dtype], self.device)
+        # what every process of a launch must share (runner_ranks.check_same_run): the recipe as
+        # resolved (--set; the export aside: rank 0 alone writes it) and the options that change a result
+        self.about = {"recipe": {k: v for k, v in recipe.raw.items() if k != "export"}, "--teacher": teacher,
+                      "--teacher-config": teacher_config, "--resume": resume, "version": compress.__version__}
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
@@ -238,9 +243,7 @@ class Runner:
 
         # the run and output folders held by this run alone (a second run refused before any check
         # or load), from the first step to the export's rename
-        with sigterm_as_interrupt(), hold_run(self.run_dir, self.out):
-            if several_processes() and not is_follower() and not nested(self.out, self.run_dir):
-                announce(self.run_dir)  # the other ranks wait for its hand-offs (runner_ranks)
+        with sigterm_as_interrupt(), hold_run(self.run_dir, self.out), self._leading(nested):
             try:
                 out = self._run()
             except Exception as e:
@@ -254,10 +257,26 @@ class Runner:
                 (self.run_dir / "stages" / FINISHED).write_text(json.dumps({"out": str(out.resolve())}) + "\n")
             return out
 
+    def _leading(self, nested):
+        """Rank 0 of a launch: its hand-off file says it runs, and what (runner_ranks.leading); where
+        --out and --run-dir nest, nothing is written before check_folders refuses them."""
+        if several_processes() and not is_follower() and not nested(self.out, self.run_dir):
+            return leading(self.run_dir, self.about)  # the other ranks wait for its hand-offs
+        return nullcontext()
+
+    def _prepared_about(self) -> dict:
+        """What the processes of a launch must share once prepared: the teacher and calibration
+        inputs read (the same recipe on another node may read other files) and the fingerprint that
+        keys the calibration and teacher-sample caches."""
+        return {"teacher": self.identity, "inputs": self.inputs_id, "fingerprint": self.ctx.fingerprint}
+
     def _run(self) -> Path:
         if is_follower():
             return self._follow()
         self.prepare()
+        if several_processes():  # the followers compare theirs before they compute
+            self.about.update(self._prepared_about())
+            announce(self.run_dir, self.about)
         self.doing = "making the student (a copy of the teacher, or the last saved pass's)"
         start, student = restore(self)
         self.removed_by = []  # recipe lines of passes (this session) that removed blocks
@@ -271,27 +290,34 @@ class Runner:
         teacher_params = param_count(self.teacher)
         for i in range(start, len(self.passes)):
             self.doing = i
+            if several_processes():  # a follower that refused: said before this pass computes
+                check_followers(self.run_dir)
             if several_processes() and self.passes[i].data_parallel:  # the other ranks join it
-                hand_off(self.run_dir, i, self.student_stage)
+                wait_for_followers(self.run_dir)  # all ready: none refused (one that did would leave it waiting)
+                hand_off(self.run_dir, i, self.student_stage, self.about)
             student = self._stage(i, student, reference, heldout, teacher_params)
             self.student_stage = stage_dir(self, i)
         if several_processes():
-            hand_off(self.run_dir, None, None)  # nothing more for the other ranks
+            hand_off(self.run_dir, None, None, self.about)  # nothing more for the other ranks
         self.doing = "the export"
         return self.export(student, teacher_params)
 
     def _follow(self) -> Path:
         """A rank other than 0 of a distributed launch (runner_ranks): only the data-parallel passes,
-        each from the student rank 0 hands over; nothing at all for a recipe without one."""
-        self.passes = build_passes(self.recipe)
-        if not any(p.data_parallel for p in self.passes):
+        each from the student rank 0 hands over; nothing at all for a recipe without one. Refused
+        before it computes when it would not run what rank 0 runs (runner_ranks.check_same_run)."""
+        with following(self.run_dir):  # rank 0 hears when it stops
+            check_same_run(self.run_dir, self.about, "recipe")
+            self.passes = build_passes(self.recipe)
+            if not any(p.data_parallel for p in self.passes):
+                return self.out
+            self.prepare()
+            check_same_run(self.run_dir, self._prepared_about(), PREPARED)
+            self.removed_by, self.ctx.blocks, last = [], self.models.blocks, -1
+            while (got := wait_for_hand_off(self.run_dir, last))["pass"] is not None:
+                self.doing = last = got["pass"]
+                self._run_pass(last, handed_over(self, got["stage"]))
             return self.out
-        self.prepare()
-        self.removed_by, self.ctx.blocks, last = [], self.models.blocks, -1
-        while (got := wait_for_hand_off(self.run_dir, last))["pass"] is not None:
-            self.doing = last = got["pass"]
-            self._run_pass(last, handed_over(self, got["stage"]))
-        return self.out
 
     def interrupt_note(self) -> str:
         """What follows 'interrupted' after a Ctrl-C in `run` (runner_folders.interrupt_note): saved

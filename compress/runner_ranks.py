@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from compress.errors import UserError
@@ -53,6 +55,10 @@ STARTED = _process_start()
 HANDOFF = ".dit-compress.handoff"  # in the run folder, beside the lock
 FIND_MAIN_S = 600.0  # how long a follower waits for rank 0 to announce itself
 SAME_START_S = 600.0  # a launch's ranks start within this of each other (an older hand-off is stale)
+HEARTBEAT_S = 5.0  # rank 0 touches its hand-off file this often while it runs
+# a follower gives up on a rank 0 whose hand-off file it has seen unchanged this long (generous: a shared
+# file system may show another host's changes a minute late, and a call that holds the GIL delays a beat)
+STALE_S = 600.0
 
 
 def launch_key() -> str | None:
@@ -84,52 +90,242 @@ def several_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def announce(run_dir: Path) -> None:
-    """Rank 0, once it holds the run folder: the followers know it runs (a hand-off of no pass yet).
-    A run folder it cannot write is left to `check_folders`, next, to say so."""
+def announce(run_dir: Path, about: dict | None = None) -> None:
+    """Rank 0, once it holds the run folder (and again once it is prepared, with more `about`): the
+    followers know it runs (a hand-off of no pass yet) and what it runs. A run folder it cannot write
+    is left to `check_folders`, next, to say so."""
     try:
-        hand_off(run_dir, -1, None)
+        hand_off(run_dir, -1, None, about)
     except OSError:
         pass
 
 
-def hand_off(run_dir: Path, pass_index: int | None, stage: Path | None) -> None:
+def hand_off(run_dir: Path, pass_index: int | None, stage: Path | None, about: dict | None = None) -> None:
     """Rank 0: the followers may run pass `pass_index` from the student saved in `stage` (None: a
     fresh copy of the teacher); `pass_index` None: no pass is left for them. Written atomically,
-    with who wrote it (`main_of_launch` reads that)."""
+    with who wrote it (`main_of_launch` reads that) and `about` (`check_same_run` compares it)."""
     record = {"launch": launch_key(), "host": socket.gethostname(), "pid": os.getpid(), "ppid": os.getppid(),
               "since": STARTED, "token": TOKEN,
-              "pass": pass_index, "stage": None if stage is None else str(Path(stage).resolve())}
-    path = Path(run_dir) / HANDOFF
+              "pass": pass_index, "stage": None if stage is None else str(Path(stage).resolve()), **(about or {})}
+    _write(Path(run_dir) / HANDOFF, record)
+
+
+def _write(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{HANDOFF}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record) + "\n")
+    tmp.write_text(json.dumps(record, default=str) + "\n")
     tmp.replace(path)
+
+
+@contextmanager
+def leading(run_dir: Path, about: dict):
+    """Rank 0 of a launch, while it runs: announces itself, touches its hand-off file every
+    HEARTBEAT_S (a follower on another host gives up on one it sees unchanged STALE_S: rank 0 was
+    killed, or its host went down), and when it ends on an exception (an error, a Ctrl-C) marks the
+    file stopped, so the followers end at once instead of waiting for a hand-off that never comes."""
+    announce(run_dir, about)
+    done = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(Path(run_dir) / HANDOFF, done), daemon=True)
+    beat.start()
+    try:
+        yield
+    except BaseException:
+        _mark_stopped(Path(run_dir) / HANDOFF)
+        raise
+    finally:
+        done.set()
+        beat.join()
+
+
+def _heartbeat(path: Path, done: threading.Event) -> None:
+    while not done.wait(HEARTBEAT_S):
+        try:
+            os.utime(path)
+        except OSError:  # gone or unwritable for a moment (a hand-off replacing it): the next beat
+            pass
+
+
+def _mark_stopped(path: Path) -> None:
+    """This process's hand-off file, marked stopped (a file of another process is left alone)."""
+    record = _read_json(path)
+    if record is None or record.get("token") != TOKEN:
+        return
+    try:
+        _write(path, dict(record, stopped=True))
+    except OSError:  # the followers see it stale instead
+        pass
 
 
 def wait_for_hand_off(run_dir: Path, after: int, poll: float = 0.5, find_main_s: float = FIND_MAIN_S) -> dict:
     """A follower: rank 0's next hand-off ({"pass": index or None, "stage": folder or None}) for a
-    pass after `after`. A UserError when this process is not part of a launch, when rank 0 of its
-    launch has not announced itself in the run folder within `find_main_s`, or (on this host) has
-    stopped before the hand-off."""
+    pass after `after` (`wait_for_main`)."""
+    return wait_for_main(run_dir, lambda got: got["pass"] is None or got["pass"] > after, poll, find_main_s)
+
+
+def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = FIND_MAIN_S) -> dict:
+    """A follower: the first record rank 0 of its launch writes for which ready(record) holds. A
+    UserError when this process is not part of a launch, when rank 0 has not announced itself in
+    the run folder within `find_main_s`, or when its file stays unchanged STALE_S (rank 0 killed, on
+    another host); MainStopped when rank 0 marked it stopped or (on this host) has stopped."""
     run_dir = Path(run_dir)
     key = launch_key()
     if key is None:
         raise UserError(f"RANK is {rank()} but MASTER_ADDR / MASTER_PORT are not set: start several processes "
                         "with torchrun (or accelerate launch), whose rank 0 runs the passes")
     start = time.monotonic()
+    seen = (None, start)  # (the hand-off file's stat, when this process saw it change)
     while True:
         got = main_of_launch(_read_json(run_dir / HANDOFF), key)
         if got is not None:
-            if got["pass"] is None or got["pass"] > after:
+            if got.get("stopped"):  # it ended on an error or a Ctrl-C (`leading`)
+                raise MainStopped("rank 0 of this launch stopped: see its message")
+            if ready(got):
                 return got
             if got.get("host") == socket.gethostname() and not _alive(got.get("pid")):
                 raise MainStopped("rank 0 of this launch stopped before handing over the student of its next "
                                   "distill pass: see its message")
+            seen = _changed(run_dir / HANDOFF, seen)
+            if time.monotonic() - seen[1] > STALE_S:
+                raise UserError(f"rank 0 of this launch ({key}) has not touched {run_dir / HANDOFF} in "
+                                f"{STALE_S / 60:.0f} min: it stopped (see its message on its host) or "
+                                "cannot write the run folder")
         elif time.monotonic() - start > find_main_s:
             raise UserError(f"rank 0 of this launch ({key}) has not started in the run folder {run_dir} in "
                             f"{find_main_s / 60:.0f} min (it may have stopped: see its message)")
         time.sleep(poll)
+
+
+def _changed(path: Path, seen: tuple) -> tuple:
+    """(stat of `path`, when it last changed) after looking again: measured on this host's clock,
+    never against the file's time, which another host's clock wrote."""
+    try:
+        st = path.stat()
+        now = (st.st_mtime_ns, st.st_ino, st.st_size)
+    except OSError:
+        now = None
+    return seen if now == seen[0] else (now, time.monotonic())
+
+
+def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5) -> None:
+    """A follower, before it computes: waits for a record of rank 0 that carries every key of
+    `about` and refuses, in one line naming the first difference, when rank 0's differs. Either way
+    it answers rank 0 (`answer`: ready for `step`, or stopped and why): rank 0 waits for that before
+    a data-parallel pass, since it could not tell a refusing follower from a slow one there."""
+    got = wait_for_main(run_dir, lambda record: all(k in record for k in about), poll)
+    for k, mine in about.items():
+        theirs, mine = got[k], json.loads(json.dumps(mine, default=str))  # as rank 0's went through the file
+        if theirs != mine:
+            said = WORDS[k](theirs, mine) if k in WORDS else f"{k} is {_short(theirs)} on rank 0, {_short(mine)} here"
+            refusal = (f"rank {rank()} does not run what rank 0 runs ({said}): every process of a launch must "
+                       "run the same recipe with the same --set, --teacher, --teacher-config and --resume, and "
+                       "see the same teacher and calibration files")
+            answer(run_dir, got["token"], stopped=refusal)
+            raise UserError(refusal)
+    answer(run_dir, got["token"], ready=step)
+
+
+ANSWER = ".dit-compress.rank"  # + "-N": in the run folder, follower N's answer to rank 0
+PREPARED = "prepared"  # the step of a follower ready to run the data-parallel passes
+FIND_FOLLOWERS_S = 1800.0  # how long rank 0 waits for the followers' answers (a process group's own wait)
+
+
+def answer(run_dir: Path, main: str, **how) -> None:
+    """A follower to rank 0 (whose token is `main`: never an earlier launch's rank 0): `ready` (the
+    step it reached) or `stopped` (why, in one line). A run folder it cannot write leaves rank 0 to
+    wait FIND_FOLLOWERS_S, and say so."""
+    record = {"main": main, "token": TOKEN, "rank": rank(), **how}
+    path = Path(run_dir) / f"{ANSWER}-{rank()}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+@contextmanager
+def following(run_dir: Path):
+    """A follower while it runs: when it ends on an exception after answering rank 0, its answer
+    says it stopped and why, so rank 0 stops instead of waiting for it."""
+    try:
+        yield
+    except BaseException as e:
+        record = _read_json(Path(run_dir) / f"{ANSWER}-{rank()}")
+        if record is not None and record.get("token") == TOKEN and not record.get("stopped"):
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            answer(run_dir, record["main"], stopped=why)
+        raise
+
+
+def wait_for_followers(run_dir: Path, poll: float = 0.5, limit_s: float | None = None) -> None:
+    """Rank 0, before it hands off a data-parallel pass: every follower answered that it is ready
+    (`PREPARED`); a one-line UserError when one stopped (`check_followers`) or when some have not
+    answered within `limit_s` (default FIND_FOLLOWERS_S: a node whose --run-dir is another folder)."""
+    limit_s = FIND_FOLLOWERS_S if limit_s is None else limit_s
+    start = time.monotonic()
+    while True:
+        got = check_followers(run_dir)
+        waiting = [r for r in _followers() if got.get(r, {}).get("ready") != PREPARED]
+        if not waiting:
+            return
+        if time.monotonic() - start > limit_s:
+            raise UserError(f"rank {', '.join(map(str, waiting))} of this launch did not answer in {run_dir} in "
+                            f"{limit_s / 60:.0f} min: every node must see the same --run-dir (see their messages)")
+        time.sleep(poll)
+
+
+def check_followers(run_dir: Path) -> dict:
+    """Rank 0, without waiting: the followers' answers to it so far {rank: answer}; a one-line
+    UserError when one stopped (a refusal says why), so rank 0 stops before it computes more."""
+    got = {r: _read_json(Path(run_dir) / f"{ANSWER}-{r}") for r in _followers()}
+    got = {r: a for r, a in got.items() if a is not None and a.get("main") == TOKEN}  # to this process
+    for r, a in sorted(got.items()):
+        if a.get("stopped"):
+            raise UserError(f"rank {r} of this launch stopped before the distill pass: {a['stopped']}")
+    return got
+
+
+def _followers() -> range:
+    return range(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+
+def _recipe_words(theirs: dict, mine: dict) -> str:
+    """The first recipe key (dotted, as --set names it) where two resolved recipes differ."""
+    from compress.runner_resume import _flat
+
+    a, b = _flat(theirs), _flat(mine)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<none>") != b.get(k, "<none>"))
+    if not keys:  # an empty mapping or list on one side only
+        return "the recipe differs"
+    more = f", and {len(keys) - 1} more key{'s' if len(keys) > 2 else ''}" if len(keys) > 1 else ""
+    return f"{keys[0]} is {_short(a.get(keys[0], '<none>'))} on rank 0, {_short(b.get(keys[0], '<none>'))} here{more}"
+
+
+def _teacher_words(theirs: dict, mine: dict) -> str:
+    """What differs between two `runner_resume.teacher_identity`s."""
+    for k, what in (("source", "the teacher"), ("config", "--teacher-config")):
+        if theirs.get(k) != mine.get(k):
+            return f"{what} is {theirs.get(k)} on rank 0, {mine.get(k)} here"
+    return f"the teacher {mine.get('source')} holds other weights or config here than on rank 0"
+
+
+def _inputs_words(theirs: dict, mine: dict) -> str:
+    """What differs between two pipeline sources' `inputs_identity`s."""
+    if theirs.get("prompts") != mine.get("prompts"):
+        return "the calibration prompts read here differ from rank 0's (calibration.prompt_file holds other lines)"
+    a, b = theirs.get("pipeline") or {}, mine.get("pipeline") or {}
+    differ = sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
+    return f"the calibration pipeline's {', '.join(differ[:3]) or 'files'} differ here from rank 0's"
+
+
+def _short(value) -> str:
+    said = repr(value)
+    return said if len(said) <= 40 else said[:37] + "..."
+
+
+WORDS = {"recipe": _recipe_words, "teacher": _teacher_words, "inputs": _inputs_words,
+         "fingerprint": lambda theirs, mine: "the calibration inputs' fingerprint differs"}
 
 
 def main_of_launch(record: dict | None, key: str) -> dict | None:
@@ -146,6 +342,8 @@ def main_of_launch(record: dict | None, key: str) -> dict | None:
     if record.get("ppid") == os.getppid() or (near and _alive(record.get("pid"))):
         return record
     return None  # an earlier launch's, killed before it handed off its last pass
+
+
 def _alive(pid) -> bool:
     if not isinstance(pid, int):
         return False

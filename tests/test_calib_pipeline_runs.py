@@ -152,7 +152,10 @@ def test_sampled_inputs_survive_an_interrupt_and_a_rerun(tmp_path, folders, monk
 
 def test_a_rerun_that_batches_the_same_records_otherwise_samples_nothing(tmp_path, folders, monkeypatch):
     """Each call's records are named by what they depend on (teacher, prompts, seeds, sampler): a
-    rerun that changes only how they are used (batch_size, spilling, held-out count) reads them back."""
+    rerun that changes only how they are used (batch_size, spilling) reads them back. A held-out
+    count that moves the cut between calibration and held-out prompts is not such a change: a
+    prompt moved across it is sampled again (calibration prompt i draws its noise from seed + i,
+    held-out prompt i from seed + 10000 + i)."""
     import compress.calib_pipeline as cp
 
     text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \

@@ -45,3 +45,16 @@ def test_teacher_samples_are_as_many_as_asked_when_calibration_batches_are_short
     (folder / "complete.json").write_text(json.dumps({"num_samples": 7, "steps": 2}))
     samples_run(teacher, tmp_path, batches, num_samples=7)
     assert len(FolderSource(folder)) == 7 and shards[0].stat().st_mtime_ns == stamp
+
+
+def test_a_complete_json_whose_shards_are_missing_is_filled_up_again(tmp_path):
+    """Before, complete.json's count was trusted: a cache whose shard another process of a launch had
+    written elsewhere (it read the recipe otherwise) trained this run and every rerun on part of it."""
+    teacher = tiny_pixart()
+    batches = [model_inputs(teacher, batch=2, seed=s) for s in (1, 2)]
+    folder = samples_run(teacher, tmp_path, batches, num_samples=4)
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    assert len(shards) == 2 and json.loads((folder / "complete.json").read_text())["samples"] == 4
+    shards[-1].unlink()
+    samples_run(teacher, tmp_path, batches, num_samples=4)
+    assert shards[-1].is_file() and len(FolderSource(folder)) == 4

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from compress.errors import UserError
 from compress.runner_lock import LOCK
-from compress.runner_ranks import (HANDOFF, STARTED, TOKEN, MainStopped, announce, hand_off, main_of_launch,
+from compress.runner_ranks import (ANSWER, HANDOFF, PREPARED, STARTED, TOKEN, MainStopped, announce, answer,
+                                   check_same_run, following, hand_off, leading, main_of_launch, wait_for_followers,
                                    wait_for_hand_off)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +195,96 @@ def test_rank_0_announces_itself_only_where_the_folders_are_checked_first(tmp_pa
     monkeypatch.setattr(Runner, "_run", lambda self: self.out)
     Runner(recipe, out, tmp_path / "run").run()
     assert json.loads((tmp_path / "run" / HANDOFF).read_text())["pass"] == -1
+
+
+def _runners(tmp_path, monkeypatch, follower_sets: list[str], main_sets: list[str] = ()):
+    """(rank 0's Runner, a follower's Runner: RANK 1) of RECIPE with each its --set; the follower's
+    prepare (its teacher load, then its compute) fails the test."""
+    from compress.recipe import load_recipe
+    from compress.runner import Runner
+
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    main = Runner(load_recipe(tmp_path / "r.yaml", list(main_sets)), tmp_path / "out", tmp_path / "run")
+    monkeypatch.setenv("RANK", "1")
+    follower = Runner(load_recipe(tmp_path / "r.yaml", follower_sets), tmp_path / "out", tmp_path / "run")
+    monkeypatch.setattr(Runner, "prepare", lambda self: pytest.fail("the follower went on to load and compute"))
+    return main, follower
+
+
+@pytest.mark.parametrize("sets, said", [
+    (["calibration.seed=7"], "calibration.seed is 0 on rank 0, 7 here"),
+    (["passes.1.distill.lr=0.002"], "passes.1.distill.lr is 0.0005 on rank 0, 0.002 here"),
+    (["passes.1.distill.steps=6"], "passes.1.distill.steps is 2 on rank 0, 6 here"),
+])
+def test_a_follower_that_reads_the_recipe_otherwise_refuses_before_it_computes_and_rank_0_stops(
+        tmp_path, launch, monkeypatch, sets, said):
+    """Before, a follower run with another --set (seed, lr, steps) joined rank 0 silently: its teacher
+    samples went under another cache key (rank 0 trained on half of them), or it trained another
+    student (the output's recipe.yaml said rank 0's lr), or rank 0 hung after its last step."""
+    from compress import runner_ranks
+
+    main, follower = _runners(tmp_path, monkeypatch, sets)
+    announce(tmp_path / "run", main.about)  # rank 0, as Runner.run starts (runner_ranks.leading)
+    with pytest.raises(UserError, match=f"rank 1 does not run what rank 0 runs \\({said}\\): every process"):
+        follower.run()
+    monkeypatch.setattr(runner_ranks, "rank", lambda: 0)
+    with pytest.raises(UserError, match=f"rank 1 of this launch stopped before the distill pass: rank 1 does "
+                                        f"not run what rank 0 runs \\({said}\\)"):
+        wait_for_followers(tmp_path / "run", poll=0.01, limit_s=5)  # not waiting for a process group
+
+
+def test_a_follower_that_reads_other_teacher_or_prompt_files_refuses(tmp_path, launch):
+    """The same recipe on another node may read another prompt file or teacher: compared once both
+    are prepared (the fingerprint keys the caches)."""
+    prepared = {"teacher": {"source": "/p", "config": None, "checksum": "a"},
+                "inputs": {"prompts": "p1", "pipeline": {"vae/x": "1"}}, "fingerprint": "f1"}
+    announce(tmp_path, prepared)
+    check_same_run(tmp_path, prepared, PREPARED, poll=0.01)
+    assert json.loads((tmp_path / f"{ANSWER}-0").read_text())["ready"] == PREPARED
+    for change, said in ((dict(inputs={"prompts": "p2", "pipeline": {"vae/x": "1"}}), "calibration prompts read"),
+                         (dict(inputs={"prompts": "p1", "pipeline": {"vae/x": "2"}}), "pipeline's vae/x differ"),
+                         (dict(teacher={"source": "/q", "config": None, "checksum": "a"}), "teacher is /p on rank 0"),
+                         (dict(fingerprint="f2"), "fingerprint differs")):
+        with pytest.raises(UserError, match=said):
+            check_same_run(tmp_path, dict(prepared, **change), PREPARED, poll=0.01)
+
+
+def test_rank_0_waits_for_its_followers_answers_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    answer(tmp_path, TOKEN, ready=PREPARED)
+    monkeypatch.setenv("RANK", "2")
+    answer(tmp_path, "an earlier rank 0", ready=PREPARED)  # not to this rank 0
+    with pytest.raises(UserError, match=r"rank 2 of this launch did not answer in .* in 0 min: every node must"):
+        wait_for_followers(tmp_path, poll=0.01, limit_s=0.1)
+    answer(tmp_path, TOKEN, ready="recipe")
+    threading.Timer(0.2, answer, (tmp_path, TOKEN), {"ready": PREPARED}).start()
+    wait_for_followers(tmp_path, poll=0.01, limit_s=5)
+    with pytest.raises(RuntimeError):
+        with following(tmp_path):
+            raise RuntimeError("no space left")
+    with pytest.raises(UserError, match="rank 2 of this launch stopped before the distill pass: no space left"):
+        wait_for_followers(tmp_path, poll=0.01, limit_s=5)
+
+
+def test_a_follower_ends_when_rank_0_stops_or_goes_silent_on_another_host(tmp_path, launch, monkeypatch):
+    """Before, a follower on another host polled for minutes after rank 0 was interrupted: only a
+    rank 0 on its own host was seen to stop. Rank 0 marks its file stopped when it ends on an
+    exception, and touches it while it runs: a file unchanged STALE_S is a rank 0 gone."""
+    from compress import runner_ranks
+
+    monkeypatch.setattr(runner_ranks, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(runner_ranks, "STALE_S", 0.5)
+    with leading(tmp_path, {"recipe": {}}):  # alive: a follower waits past STALE_S for the hand-off
+        threading.Timer(1.0, hand_off, (tmp_path, 0, None)).start()
+        assert wait_for_hand_off(tmp_path, -1, poll=0.05)["pass"] == 0
+    with pytest.raises(KeyboardInterrupt):
+        with leading(tmp_path, {"recipe": {}}):
+            raise KeyboardInterrupt  # rank 0 Ctrl-C'd while sampling, before its first hand-off
+    with pytest.raises(MainStopped, match="rank 0 of this launch stopped"):
+        wait_for_hand_off(tmp_path, -1, poll=0.01)
+    _record(tmp_path, host="elsewhere", **{"pass": -1})  # rank 0 on another host, killed: no one touches it
+    with pytest.raises(UserError, match=r"rank 0 of this launch \(127.0.0.1:29999/t/0\) has not touched .* in "
+                                        r"0 min: it stopped"):
+        wait_for_hand_off(tmp_path, -1, poll=0.05)
