@@ -406,8 +406,26 @@ class PipelineSource:
                             "instead: leave distill.guidance_scale at 1)")
         return self._uncond
 
+    def _prompt_sets(self) -> dict[str, tuple[list[str], int]]:
+        """{"calibration" / "heldout": (prompts, seed)}: the prompts of each set and the seed its
+        first prompt draws its noise from (prompt i: seed + i)."""
+        cut = self._cut()
+        rest = self.prompts[cut:] or self.prompts[-1:]  # one prompt: it does both
+        return {"calibration": (self.prompts[:cut], self.calib.seed), "heldout": (rest, self.calib.seed + 10_000)}
+
+    def call_files(self) -> list[Path]:
+        """The cache files of every sampling call this source makes (calibration, then held out),
+        whether written yet or not: what a rerun reads back of the calls an interrupted run finished
+        (the inputs folder may also hold calls of other prompts, which it does not read)."""
+        if self.cache_dir is None:
+            return []
+        step = self.calib.prompts_per_call
+        return [self._cached(prompts[start:start + step], seed + start)
+                for prompts, seed in self._prompt_sets().values() for start in range(0, len(prompts), step)]
+
     def calibration(self) -> list[dict]:
-        records = self._run(self.prompts[:self._cut()], self.calib.seed)
+        prompts, seed = self._prompt_sets()["calibration"]
+        records = self._run(prompts, seed)
         if records and self.guidance() > 1 and records[0]["hidden_states"].shape[0] > 1 and not self._single():
             from compress.distill_data import cond_of, take_rows
 
@@ -416,8 +434,8 @@ class PipelineSource:
         return rebatch(records, self.calib.batch_size, self.calib.seed)
 
     def heldout(self) -> list[dict]:
-        rest = self.prompts[self._cut():] or self.prompts[-1:]  # one prompt: it does both
-        records = self._run(rest, self.calib.seed + 10_000, "held-out")
+        rest, seed = self._prompt_sets()["heldout"]
+        records = self._run(rest, seed, "held-out")
         self._done("heldout")
         return rebatch(records, self.calib.batch_size, self.calib.seed + 10_000)
 

@@ -200,6 +200,7 @@ class Runner:
             # not the batching (records are per call), nor the prompts (each call's file is named by them)
             name = inputs_cache_name(absolute_source(self.source), weights_sum, self.inputs_id["pipeline"])
             self.inputs_cache = src.cache_dir = (self.run_dir / "inputs" / name).resolve()
+            self.sampled_calls = src.call_files  # this run's calls among those cached (interrupt_note)
         self.ctx = RunContext(
             adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
             run_dir=self.run_dir, seed=self.recipe.calibration.seed,
@@ -325,8 +326,9 @@ class Runner:
         another recipe's (it would be refused)."""
         passes = getattr(self, "passes", None) or build_passes(self.recipe)
         fingerprint = getattr(getattr(self, "ctx", None), "fingerprint", None)  # None before prepare
+        calls = getattr(self, "sampled_calls", None)  # None before prepare, or without sampling
         return interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes,
-                              fingerprint, getattr(self, "inputs_cache", None))
+                              fingerprint, calls() if calls else None)
 
     def _out_of_memory(self, e: BaseException) -> OutOfMemory:
         """One line: what ran out of which memory, what to change in the recipe, and what the run

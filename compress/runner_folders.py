@@ -191,15 +191,15 @@ def kept_by_resume(info: dict) -> str:
 
 
 def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = None, passes=(),
-                   fingerprint: str | None = None, inputs: Path | None = None) -> str:
+                   fingerprint: str | None = None, inputs: list[Path] | None = None) -> str:
     """What follows 'interrupted' after Ctrl-C in a run: '; RUN_DIR keeps its work (...): rerun with
     --resume to continue' where `run_dir` holds an unfinished run's saved work, else that nothing
     was saved and a rerun starts over. `discarding`: what is there is an earlier run's that this
     one (--restart) was about to discard. `now`, `passes`: this run's resolved recipe and passes,
     compared as `check_run_folder` does (no `now`: not compared); saved work of another recipe is not
     offered to --resume, which would refuse it. What this run measured before the Ctrl-C and a rerun
-    reads back whether or not it resumes (`measured_so_far`: sampled calibration inputs in `inputs`,
-    the run's sampled-inputs folder; block statistics and output Fishers an svd pass kept under its
+    reads back whether or not it resumes (`measured_so_far`: sampled calibration inputs among `inputs`,
+    the cache files of this run's sampling calls; block statistics and output Fishers an svd pass kept under its
     teacher and calibration `fingerprint`; None: not known yet, so none measured) is said to be kept."""
     info = None if discarding else interrupted_run(run_dir, now, passes)
     keeps = 0 if discarding or now is None else finished_and_reusable(run_dir, now, passes)
@@ -218,17 +218,18 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     return f"; {run_dir} keeps its work ({saved_in_words(info)}): rerun with --resume to continue"
 
 
-def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: Path | None) -> str:
+def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None) -> str:
     """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files)': what
     an interrupted run left that a rerun of the same recipe and teacher reads back instead of
-    computing it again ('' where nothing): each finished sampling call's records in `inputs`
-    (calib_pipeline.PipelineSource._call: <hash>.pt), and under calib/<fingerprint>/<model>/ the
+    computing it again ('' where nothing): each finished sampling call's records among `inputs`
+    (calib_pipeline.PipelineSource.call_files: the files of this run's calls, <hash>.pt; the folder
+    may also hold those of other prompts, which a rerun does not read), and under calib/<fingerprint>/<model>/ the
     svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
     and output Fishers (`saved_fishers`). Unfinished files (*.tmp*) are not counted."""
     def count(n: int, unit: str) -> str:
         return f"{n} {unit}{'' if n == 1 else 's'}"
 
-    calls = sum(1 for _ in Path(inputs).glob("*.pt")) if inputs else 0
+    calls = sum(1 for p in inputs if p.is_file()) if inputs else 0
     stats = sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/*.pt")) if fingerprint else 0
     fishers = saved_fishers(run_dir, fingerprint)
     kept = [f"{what} ({count(n, unit)})" for what, n, unit in [

@@ -445,3 +445,28 @@ def test_a_sampling_calls_cache_file_names_a_local_pipeline_by_its_absolute_path
     source = PipelineSource("pixart", calib, teacher, str(shutil.copytree(tmp_path / "pipe", tmp_path / "other")))
     source.cache_dir = tmp_path / "inputs"
     assert source._cached(["a cat"], 0) not in names
+
+
+def test_the_call_files_are_those_sampling_writes_and_those_of_other_prompts_are_not(tmp_path, folders):
+    """The Ctrl-C note counted every call file in the inputs folder as kept for a rerun, also those of
+    prompts an earlier run read, which the rerun does not read: call_files names this source's calls."""
+    from compress.calib_pipeline import PipelineSource
+    from compress.recipe import CalibrationConfig
+
+    teacher = load_teacher(str(folders["pixart"] / "transformer"))
+
+    def source(prompts):
+        calib = CalibrationConfig(source="pipeline", prompts=prompts, heldout=1, prompts_per_call=2,
+                                  sample_steps=2, timesteps=2)
+        s = PipelineSource("pixart", calib, teacher, str(folders["pixart"]))
+        s.cache_dir = tmp_path / "inputs"
+        return s
+
+    first = source(["a cat", "a dog", "a cow", "a fox"])
+    assert not any(p.is_file() for p in first.call_files())
+    first.calibration(), first.heldout()
+    written = set((tmp_path / "inputs").glob("*.pt"))
+    assert set(first.call_files()) == written and len(written) == 3  # 3 calibration prompts in 2 calls, 1 held out
+    edited = source(["a cat", "a dog", "a hen", "a fox"])
+    kept = first.call_files()  # [a cat, a dog], [a cow], held out [a fox]
+    assert set(edited.call_files()) & written == {kept[0], kept[2]}  # [a cow] became [a hen]: sampled anew

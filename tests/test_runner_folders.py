@@ -347,15 +347,17 @@ def _calib_files(run_dir: Path, fingerprint: str) -> Path:
 def test_the_ctrl_c_note_counts_sampled_inputs_and_block_statistics_a_rerun_reads_back(tmp_path):
     """It said 'nothing was saved yet: a rerun starts over' after the pipeline's finished sampling
     calls (RUN_DIR/inputs/<teacher>/<call>.pt) and an svd pass's block statistics were saved, which a
-    rerun reads back; only this run's inputs folder and fingerprint are counted, no unfinished file."""
+    rerun reads back; only this run's sampling calls (of its inputs folder, whose files of other
+    prompts it would not read) and fingerprint are counted, no unfinished file."""
     from compress.calib_pipeline import inputs_cache_name
     from compress.runner_folders import interrupt_note
 
-    inputs = tmp_path / "inputs" / inputs_cache_name("toy:pixart", "0" * 16)
-    inputs.mkdir(parents=True)
-    for i in range(3):
-        (inputs / f"{i:020x}.pt").write_bytes(b"")
-    (inputs / f"{3:020x}.tmp-1234").write_bytes(b"")  # a call being written
+    folder = tmp_path / "inputs" / inputs_cache_name("toy:pixart", "0" * 16)
+    folder.mkdir(parents=True)
+    for i in range(5):  # calls 3 and 4: of prompts an earlier run read
+        (folder / f"{i:020x}.pt").write_bytes(b"")
+    (folder / f"{5:020x}.tmp-1234").write_bytes(b"")  # a call being written
+    inputs = [folder / f"{i:020x}.pt" for i in (0, 1, 2, 5, 6)]  # this run's calls: 5 and 6 not finished
     (tmp_path / "inputs" / "another-teacher").mkdir()
     (tmp_path / "inputs" / "another-teacher" / f"{0:020x}.pt").write_bytes(b"")
     _calib_files(tmp_path, "aaaa"), _calib_files(tmp_path, "bbbb")
