@@ -65,14 +65,29 @@ def test_a_ctrl_c_while_the_cli_is_imported_is_one_line(tmp_path, at):
 def test_a_ctrl_c_soon_after_the_console_script_starts_is_one_line(tmp_path, delay):
     """SIGINT at a few delays from the console script's call of its function (while the CLI is
     imported, the parser built, or the command's imports made): an interrupt, whenever it lands."""
-    for _ in range(2):
+    landed, tries = 0, 0
+    while landed < 2 and tries < 10:
+        tries += 1
         done = _started(tmp_path, console_script(after=READY))
         assert done.stdout.readline() == "ready\n"
         time.sleep(delay)
         done.send_signal(signal.SIGINT)
         out, err = done.communicate(timeout=300)
+        if _in_the_script_itself(err):  # a loaded machine: it landed before the function was called
+            continue
         assert "Traceback" not in err
         assert (done.returncode, err.strip()) == (130, "dit-compress: interrupted")
+        landed += 1
+    assert landed == 2, f"every SIGINT of {tries} landed in the stand-in console script before its call"
+
+
+def _in_the_script_itself(err: str) -> bool:
+    """A SIGINT that interrupted the stand-in console script at its READY line, between writing
+    'ready' and calling the function (its traceback's one frame is that line): pip's script has no
+    such line, and no code of dit-compress ran yet to handle it."""
+    ready = console_script(after=READY).splitlines().index(READY) + 1
+    frames = re.findall(r'File "([^"]+)", line (\d+)', err)
+    return frames == [("<string>", str(ready))] and err.rstrip().endswith("KeyboardInterrupt")
 
 
 def test_import_compress_does_not_import_the_cli_nor_touch_sigint(tmp_path):
