@@ -133,7 +133,9 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
                                     + ([guidance_scale] if guidance_scale != 1.0 else []),
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(ctx.run_dir) / "distill" / "teacher_samples" / key
-    if _complete(folder, num_samples):
+    done = _complete(folder, num_samples)
+    accelerator.wait_for_everyone()  # every process decided on the same files, before any writes one
+    if done:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     batches = ctx.calibration_inputs()

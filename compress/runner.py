@@ -327,8 +327,20 @@ class Runner:
         passes = getattr(self, "passes", None) or build_passes(self.recipe)
         fingerprint = getattr(getattr(self, "ctx", None), "fingerprint", None)  # None before prepare
         calls = getattr(self, "sampled_calls", None)  # None before prepare, or without sampling
-        return interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes,
+        return self._follower_stopped() + interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes,
                               fingerprint, calls() if calls else None)
+
+    def _follower_stopped(self) -> str:
+        """'; rank 1 of this launch stopped: why' where rank 0 was interrupted because a follower
+        stopped (torchrun ends the launch's other processes when one exits): its refusal says what to
+        change, the bare interrupted note would not."""
+        if not several_processes() or is_follower():
+            return ""
+        try:
+            check_followers(self.run_dir)
+        except UserError as e:
+            return f"; {e}"
+        return ""
 
     def _out_of_memory(self, e: BaseException) -> OutOfMemory:
         """One line: what ran out of which memory, what to change in the recipe, and what the run

@@ -12,8 +12,10 @@ sums: another student than a single process makes).
 
 The hand-off file says whose it is: a follower takes only its own launch's (MASTER_ADDR:MASTER_PORT,
 run id and restart count), from its own launcher on this host (the same parent process) or, on
-another host, from a rank 0 that started about when it did; an earlier launch's file left by a
-killed run is never taken for this one's. No lock is needed to read it (a file system that cannot
+another host, from a rank 0 that started about when it did and that it has seen alive (its file
+changed while it watched: a static rendezvous gives a relaunch the same key, and the file an earlier
+launch left, stopped, finished or killed, never changes); an earlier launch's file is never taken
+for this one's. No lock is needed to read it (a file system that cannot
 lock still runs several processes). Imports no torch."""
 
 from __future__ import annotations
@@ -167,15 +169,22 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
     UserError when this process is not part of a launch, when rank 0 has not announced itself in
     the run folder within `find_main_s`, or when its file stays unchanged STALE_S (rank 0 killed, on
     another host); MainStopped when rank 0 marked it stopped or (on this host) has stopped."""
-    run_dir = Path(run_dir)
+    run_dir, path = Path(run_dir), Path(run_dir) / HANDOFF
     key = launch_key()
     if key is None:
         raise UserError(f"RANK is {rank()} but MASTER_ADDR / MASTER_PORT are not set: start several processes "
                         "with torchrun (or accelerate launch), whose rank 0 runs the passes")
     start = time.monotonic()
     seen = (None, start)  # (the hand-off file's stat, when this process saw it change)
+    first, live = {}, set()  # token -> the file's stat when first read; tokens seen to change since
     while True:
-        got = main_of_launch(_read_json(run_dir / HANDOFF), key)
+        before, record, after = _stat(path), _read_json(path), _stat(path)
+        if before != after:  # replaced while read: look again
+            continue
+        token = record.get("token") if record else None
+        if first.setdefault(token, after) != after:
+            live.add(token)
+        got = main_of_launch(record, key, live=token in live)
         if got is not None:
             if got.get("stopped"):  # it ended on an error or a Ctrl-C (`leading`)
                 raise MainStopped("rank 0 of this launch stopped: see its message")
@@ -184,7 +193,7 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
             if got.get("host") == socket.gethostname() and not _alive(got.get("pid")):
                 raise MainStopped("rank 0 of this launch stopped before handing over the student of its next "
                                   "distill pass: see its message")
-            seen = _changed(run_dir / HANDOFF, seen)
+            seen = _changed(path, seen)
             if time.monotonic() - seen[1] > STALE_S:
                 raise UserError(f"rank 0 of this launch ({key}) has not touched {run_dir / HANDOFF} in "
                                 f"{STALE_S / 60:.0f} min: it stopped (see its message on its host) or "
@@ -198,12 +207,17 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
 def _changed(path: Path, seen: tuple) -> tuple:
     """(stat of `path`, when it last changed) after looking again: measured on this host's clock,
     never against the file's time, which another host's clock wrote."""
+    now = _stat(path)
+    return seen if now == seen[0] else (now, time.monotonic())
+
+
+def _stat(path: Path) -> tuple | None:
+    """What changes when a file is touched or replaced (None: not there)."""
     try:
         st = path.stat()
-        now = (st.st_mtime_ns, st.st_ino, st.st_size)
     except OSError:
-        now = None
-    return seen if now == seen[0] else (now, time.monotonic())
+        return None
+    return st.st_mtime_ns, st.st_ino, st.st_size
 
 
 def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5) -> None:
@@ -211,7 +225,13 @@ def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5) -> 
     `about` and refuses, in one line naming the first difference, when rank 0's differs. Either way
     it answers rank 0 (`answer`: ready for `step`, or stopped and why): rank 0 waits for that before
     a data-parallel pass, since it could not tell a refusing follower from a slow one there."""
-    got = wait_for_main(run_dir, lambda record: all(k in record for k in about), poll)
+    # a rank 0 of an older dit-compress writes no `version`: said at once, not after STALE_S
+    got = wait_for_main(run_dir, lambda record: all(k in record for k in about) or "version" not in record, poll)
+    if "version" not in got:
+        refusal = (f"rank {rank()} runs dit-compress {about.get('version', '')} and rank 0 an older one: every "
+                   "process of a launch must run the same version").replace("  ", " ")
+        answer(run_dir, got["token"], stopped=refusal)
+        raise UserError(refusal)
     for k, mine in about.items():
         theirs, mine = got[k], json.loads(json.dumps(mine, default=str))  # as rank 0's went through the file
         if theirs != mine:
@@ -253,7 +273,7 @@ def following(run_dir: Path):
     except BaseException as e:
         record = _read_json(Path(run_dir) / f"{ANSWER}-{rank()}")
         if record is not None and record.get("token") == TOKEN and not record.get("stopped"):
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            why = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             answer(run_dir, record["main"], stopped=why)
         raise
 
@@ -282,7 +302,7 @@ def check_followers(run_dir: Path) -> dict:
     got = {r: a for r, a in got.items() if a is not None and a.get("main") == TOKEN}  # to this process
     for r, a in sorted(got.items()):
         if a.get("stopped"):
-            raise UserError(f"rank {r} of this launch stopped before the distill pass: {a['stopped']}")
+            raise UserError(f"rank {r} of this launch stopped: {a['stopped']}")
     return got
 
 
@@ -311,7 +331,11 @@ def _teacher_words(theirs: dict, mine: dict) -> str:
 
 
 def _inputs_words(theirs: dict, mine: dict) -> str:
-    """What differs between two pipeline sources' `inputs_identity`s."""
+    """What differs between two pipeline sources' `inputs_identity`s (None: a source that samples
+    no pipeline)."""
+    if (theirs is None) != (mine is None):
+        where = "here, not on rank 0" if theirs is None else "on rank 0, not here"
+        return f"the calibration samples a pipeline {where} (the teacher folder holds other files)"
     if theirs.get("prompts") != mine.get("prompts"):
         return "the calibration prompts read here differ from rank 0's (calibration.prompt_file holds other lines)"
     a, b = theirs.get("pipeline") or {}, mine.get("pipeline") or {}
@@ -328,17 +352,19 @@ WORDS = {"recipe": _recipe_words, "teacher": _teacher_words, "inputs": _inputs_w
          "fingerprint": lambda theirs, mine: "the calibration inputs' fingerprint differs"}
 
 
-def main_of_launch(record: dict | None, key: str) -> dict | None:
+def main_of_launch(record: dict | None, key: str, live: bool = True) -> dict | None:
     """The hand-off `record` when rank 0 of the launch `key` wrote it, else None: on this host from
     this process's own launcher (its parent; or, under another launcher, a live rank 0 that started
-    about when this process did); on another host, one that started about when this process did."""
+    about when this process did); on another host, one that started about when this process did
+    and that this process saw alive (`live`: its file changed while it watched; a relaunch of a
+    static rendezvous has the same key, and an earlier launch's file is stopped or still)."""
     if not isinstance(record, dict) or record.get("launch") != key or not record.get("token") \
             or "pass" not in record:
         return None
     since = record.get("since")
     near = isinstance(since, (int, float)) and abs(since - STARTED) <= SAME_START_S
     if record.get("host") != socket.gethostname():
-        return record if near else None
+        return record if near and live else None
     if record.get("ppid") == os.getppid() or (near and _alive(record.get("pid"))):
         return record
     return None  # an earlier launch's, killed before it handed off its last pass

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -229,7 +230,7 @@ def test_a_follower_that_reads_the_recipe_otherwise_refuses_before_it_computes_a
     with pytest.raises(UserError, match=f"rank 1 does not run what rank 0 runs \\({said}\\): every process"):
         follower.run()
     monkeypatch.setattr(runner_ranks, "rank", lambda: 0)
-    with pytest.raises(UserError, match=f"rank 1 of this launch stopped before the distill pass: rank 1 does "
+    with pytest.raises(UserError, match=f"rank 1 of this launch stopped: rank 1 does "
                                         f"not run what rank 0 runs \\({said}\\)"):
         wait_for_followers(tmp_path / "run", poll=0.01, limit_s=5)  # not waiting for a process group
 
@@ -239,7 +240,7 @@ def test_a_follower_that_reads_other_teacher_or_prompt_files_refuses(tmp_path, l
     are prepared (the fingerprint keys the caches)."""
     prepared = {"teacher": {"source": "/p", "config": None, "checksum": "a"},
                 "inputs": {"prompts": "p1", "pipeline": {"vae/x": "1"}}, "fingerprint": "f1"}
-    announce(tmp_path, prepared)
+    announce(tmp_path, dict(prepared, version="1"))  # rank 0's records carry its version from the first on
     check_same_run(tmp_path, prepared, PREPARED, poll=0.01)
     assert json.loads((tmp_path / f"{ANSWER}-0").read_text())["ready"] == PREPARED
     for change, said in ((dict(inputs={"prompts": "p2", "pipeline": {"vae/x": "1"}}), "calibration prompts read"),
@@ -264,7 +265,7 @@ def test_rank_0_waits_for_its_followers_answers_only(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         with following(tmp_path):
             raise RuntimeError("no space left")
-    with pytest.raises(UserError, match="rank 2 of this launch stopped before the distill pass: no space left"):
+    with pytest.raises(UserError, match="rank 2 of this launch stopped: no space left"):
         wait_for_followers(tmp_path, poll=0.01, limit_s=5)
 
 
@@ -284,7 +285,51 @@ def test_a_follower_ends_when_rank_0_stops_or_goes_silent_on_another_host(tmp_pa
             raise KeyboardInterrupt  # rank 0 Ctrl-C'd while sampling, before its first hand-off
     with pytest.raises(MainStopped, match="rank 0 of this launch stopped"):
         wait_for_hand_off(tmp_path, -1, poll=0.01)
-    _record(tmp_path, host="elsewhere", **{"pass": -1})  # rank 0 on another host, killed: no one touches it
+    _record(tmp_path, host="elsewhere", **{"pass": -1})  # rank 0 on another host, alive a while, then killed
+    threading.Timer(0.2, _record, (tmp_path,), dict(host="elsewhere", **{"pass": -1})).start()  # its last beat
     with pytest.raises(UserError, match=r"rank 0 of this launch \(127.0.0.1:29999/t/0\) has not touched .* in "
                                         r"0 min: it stopped"):
         wait_for_hand_off(tmp_path, -1, poll=0.05)
+
+
+@pytest.mark.parametrize("left", [{"pass": -1, "stopped": True}, {"pass": None}, {"pass": 3}])
+def test_an_earlier_launchs_file_on_another_host_is_not_taken_until_this_launchs_rank_0_writes(
+        tmp_path, launch, monkeypatch, left):
+    """A static rendezvous (accelerate multi-node, torchrun --master-addr/--master-port) gives a relaunch
+    the launch key of the last: a follower on another host took the file the last launch left minutes
+    before (stopped: it ended silently and rank 0 waited 30 min for it; finished: it compared the new
+    recipe with the old; killed in distill: it took the old pass's hand-off). A file it has not seen
+    change is not taken; this launch's rank 0 announcing, then beating, is."""
+    from compress import runner_ranks
+
+    monkeypatch.setattr(runner_ranks, "HEARTBEAT_S", 0.05)
+    _record(tmp_path, host="elsewhere", token="old", **left)
+    with pytest.raises(UserError, match="has not started in the run folder"):
+        wait_for_hand_off(tmp_path, -1, poll=0.02, find_main_s=0.3)
+
+    def rank_0_starts():  # on host "there": announces, beats, hands off pass 0
+        _record(tmp_path, host="there", token="new", **{"pass": -1})
+        for _ in range(4):
+            time.sleep(0.05)
+            os.utime(tmp_path / HANDOFF)
+        _record(tmp_path, host="there", token="new", **{"pass": 0})
+    threading.Timer(0.2, rank_0_starts).start()
+    got = wait_for_hand_off(tmp_path, -1, poll=0.02)
+    assert (got["pass"], got["token"], got["host"]) == (0, "new", "there")
+
+
+def test_a_follower_says_in_one_line_where_only_one_side_samples_a_pipeline():
+    from compress.runner_ranks import WORDS
+
+    assert WORDS["inputs"](None, {"prompts": "a", "pipeline": {}}) == (
+        "the calibration samples a pipeline here, not on rank 0 (the teacher folder holds other files)")
+    assert "on rank 0, not here" in WORDS["inputs"]({"prompts": "a"}, None)
+
+
+def test_a_follower_of_a_rank_0_of_an_older_version_refuses_at_once(tmp_path, launch):
+    """A rank 0 of an older dit-compress writes no `version` (nor a recipe): the follower waited for a
+    record that never came and said, after STALE_S, that rank 0 had stopped."""
+    _record(tmp_path, **{"pass": -1})
+    with pytest.raises(UserError, match="runs dit-compress 9 and rank 0 an older one"):
+        check_same_run(tmp_path, {"recipe": {}, "version": "9"}, "recipe", poll=0.01)
+    assert "older one" in json.loads((tmp_path / f"{ANSWER}-0").read_text())["stopped"]
