@@ -171,10 +171,12 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
 
 def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
     """Real models: teacher-relative error on the run's held-out prompts and seeds (check_measurable
-    first)."""
+    first), both models in the recipe's compute dtype, as the run measured them (and as
+    _teacher_relative_streamed does: a bfloat16 run's error was measured again in float32)."""
     from compress.inputs import input_source, moved
     from compress.recipe import load_recipe
     from compress.passes.base import predictions, relative_error
+    from compress.runner import DTYPES
 
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
@@ -183,7 +185,7 @@ def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
     if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
         src.cache_dir = Path(report["inputs_cache"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = cast(teacher, device)
+    teacher = cast(teacher, device, DTYPES[recipe.compute_dtype])
     with console.status("eval: the teacher's held-out predictions"):
         batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
         reference = predictions(teacher, adapter, batches)

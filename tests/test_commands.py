@@ -126,6 +126,22 @@ def test_a_teacher_of_another_architecture_is_one_line(tmp_path, capsys):
                               (["bench", str(out)], "is not the model this one was compressed from")])
 
 
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_eval_of_a_resident_output_measures_in_the_recipes_compute_dtype(recipe, tmp_path, capsys, compute):
+    """eval of a resident output loaded the teacher in float32 whatever the recipe's compute_dtype,
+    so a bfloat16 run's error came out otherwise than the run's own (a streamed output was measured
+    in the compute dtype): the error is the run's held-out error after its last pass."""
+    run = tmp_path / "c.yaml"
+    run.write_text(f"compute_dtype: {compute}\n" + recipe.read_text())
+    out = tmp_path / "out"
+    assert main(["run", str(run), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    assert result["pred_rel_error"] == pytest.approx(report["stages"][-1]["relative_error"], rel=1e-6)
+
+
 def test_importance_checks_where_it_writes_before_the_scan(recipe, tmp_path, capsys, monkeypatch):
     import compress.passes.importance as importance
 
