@@ -37,7 +37,7 @@ BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]
 @dataclass
 class BlockScore:
     group: str
-    index: int  # block index in the scanned model (report.json: in the output, null once removed)
+    index: int | None  # in the scanned model (importance.json); report.json: in the output, None once removed
     teacher_index: int  # through the block map at scan time
     scan: float  # ||pred_skip - pred|| / ||pred|| over all inputs (NaN when not scanned)
     scan_by_bucket: list[float]
@@ -46,6 +46,8 @@ class BlockScore:
 
     @property
     def name(self) -> str:
+        if not isinstance(self.index, int):  # a later removal took it (report.json's null, read as NaN)
+            return f"{self.group} (teacher {self.teacher_index}, removed)"
         return f"{self.group}.{self.index}"
 
     def score(self, criterion: str) -> float:

@@ -184,7 +184,8 @@ def renumber_layer_records(report: dict, adapter: Adapter, before: dict[str, lis
     per-layer records (report["svd"]["layers"]), the lists of layer names (dense, fused_gelu, ...)
     and the compensation stages ("double 3 mlp"); the totals over them (params_before, params_after,
     kept_ratio, ...) are those of the layers left (svd_totals). `before` / `after`: student -> teacher
-    block maps around this pass. (report["svd"]["passes"] keeps each pass's record as it ran.)"""
+    block maps around this pass. (report["svd"]["passes"] keeps each pass's record as it ran, and
+    report["svd"]["global"] its allocation: budget, spend and the weights of the layers it weighed.)"""
     svd = report.get("svd")
     if not svd:
         return

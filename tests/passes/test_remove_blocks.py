@@ -305,6 +305,10 @@ def test_importance_scores_follow_their_blocks_through_a_later_removal(tmp_path)
     blocks = ctx.report["importance"]["blocks"]
     assert [(b["index"], b["teacher_index"]) for b in blocks] == [(0, 1), (None, 2), (1, 3)]
     assert all(b["proxy"] is not None for b in blocks)
+    from compress.passes.importance import ImportanceResult
+
+    names = [b.name for b in ImportanceResult.from_dict(ctx.report["importance"]).blocks]
+    assert names == ["blocks.0", "blocks (teacher 2, removed)", "blocks.1"]  # was "blocks.None"
 
 
 @pytest.mark.parametrize("criterion", ["proxy", "scan"])
