@@ -15,7 +15,7 @@ from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
 from compress.passes.svd_planned import check_not_planned
 from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, explicit_rank,
-                                         fixed_ranks, matches, shape_spec)
+                                         fixed_ranks, matches, shape_spec, untargeted)
 from compress.recipe_yaml import spelling_hint
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
@@ -58,13 +58,8 @@ def _check_center(c, infos, targets) -> None:
     if c.center == CENTER_DEFAULT:
         return
     for n, p in enumerate(c.center):
-        if not any(matches(p, i) for i in targets):
-            named = [i.name for i in infos if matches(p, i)]
-            raise _bad(f"center.{n}", f"svd.center: pattern {p!r} names {', '.join(named[:3])}"
-                                      f"{' …' if len(named) > 3 else ''}, which this pass does not factorize (not "
-                                      "in svd.targets, or left out by svd.ignore); add "
-                                      f"{'it' if len(named) == 1 else 'them'} to svd.targets or remove the "
-                                      "pattern from svd.center", "targets", "ignore")
+        if said := untargeted(p, infos, targets, "center"):
+            raise _bad(f"center.{n}", said, "targets", "ignore")
 
 
 def _check_not_factorized(targets, model: nn.Module) -> None:

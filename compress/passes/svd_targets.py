@@ -114,19 +114,25 @@ def shadowed_ranks(targets: Sequence[LinearInfo], ranks: dict[str, int]) -> list
     return out
 
 
+def untargeted(pattern: str, infos: Sequence[LinearInfo], targets: Sequence[LinearInfo], key: str) -> str | None:
+    """Why svd.`key`'s `pattern`, which names some of the model's linears `infos`, names none of the
+    pass's `targets` (None where it names some): it would silently do nothing."""
+    if any(matches(pattern, i) for i in targets):
+        return None
+    named = [i.name for i in infos if matches(pattern, i)]
+    return (f"svd.{key}: pattern {pattern!r} names {', '.join(named[:3])}{' …' if len(named) > 3 else ''}, "
+            "which this pass does not factorize (not in svd.targets, or left out by svd.ignore); add "
+            f"{'it' if len(named) == 1 else 'them'} to svd.targets or remove the pattern from svd.{key}")
+
+
 def check_explicit_ranks(infos: Sequence[LinearInfo], targets: Sequence[LinearInfo],
                          ranks: dict[str, int]) -> None:
     """Every `ranks` pattern names some of the pass's `targets` (of the model's linears `infos`),
     with a rank each of them can take."""
     for pattern, rank in ranks.items():
         check_pattern(pattern, infos, "ranks", f"ranks.{pattern}")
-        if not any(matches(pattern, i) for i in targets):
-            named = [i.name for i in infos if matches(pattern, i)]
-            raise BadValue(f"ranks.{pattern}", f"svd.ranks: pattern {pattern!r} names "
-                           f"{', '.join(named[:3])}{' …' if len(named) > 3 else ''}, which this pass does "
-                           "not factorize (not in svd.targets, or left out by svd.ignore); add "
-                           f"{'it' if len(named) == 1 else 'them'} to svd.targets or remove the pattern "
-                           "from svd.ranks")
+        if said := untargeted(pattern, infos, targets, "ranks"):
+            raise BadValue(f"ranks.{pattern}", said)
         for info in targets:
             if not matches(pattern, info):
                 continue
