@@ -175,7 +175,8 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
         raise UserError(f"RANK is {rank()} but MASTER_ADDR / MASTER_PORT are not set: start several processes "
                         "with torchrun (or accelerate launch), whose rank 0 runs the passes")
     start = time.monotonic()
-    seen = (None, start)  # (the hand-off file's stat, when this process saw it change)
+    # (the hand-off file's stat, when this process saw it change: never the file's time, another host's clock)
+    seen = (None, start)
     first, live = {}, set()  # token -> the file's stat when first read; tokens seen to change since
     while True:
         before, record, after = _stat(path), _read_json(path), _stat(path)
@@ -193,7 +194,7 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
             if got.get("host") == socket.gethostname() and not _alive(got.get("pid")):
                 raise MainStopped("rank 0 of this launch stopped before handing over the student of its next "
                                   "distill pass: see its message")
-            seen = _changed(path, seen)
+            seen = seen if after == seen[0] else (after, time.monotonic())  # on this host's clock
             if time.monotonic() - seen[1] > STALE_S:
                 raise UserError(f"rank 0 of this launch ({key}) has not touched {run_dir / HANDOFF} in "
                                 f"{STALE_S / 60:.0f} min: it stopped (see its message on its host) or "
@@ -202,13 +203,6 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
             raise UserError(f"rank 0 of this launch ({key}) has not started in the run folder {run_dir} in "
                             f"{find_main_s / 60:.0f} min (it may have stopped: see its message)")
         time.sleep(poll)
-
-
-def _changed(path: Path, seen: tuple) -> tuple:
-    """(stat of `path`, when it last changed) after looking again: measured on this host's clock,
-    never against the file's time, which another host's clock wrote."""
-    now = _stat(path)
-    return seen if now == seen[0] else (now, time.monotonic())
 
 
 def _stat(path: Path) -> tuple | None:
