@@ -80,7 +80,11 @@ class _Trainer:
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         teacher_home = next(self.ctx.teacher.parameters()).device
         self.teacher = self.ctx.teacher.to(acc.device).eval().requires_grad_(False)
-        student = _cast(model.to(acc.device), torch.float32)  # fp32 master weights
+        student = model.to(acc.device)
+        # the student as it comes, in its dtype (as the runner's stage errors measure it), unless a
+        # checkpoint it resumes recorded this error already
+        incoming = None if self._resumes() else self._eval_error(student)
+        student = _cast(student, torch.float32)  # fp32 master weights
         params = select_trainable(student, cfg.train)
         if cfg.gradient_checkpointing:
             student.enable_gradient_checkpointing()
@@ -97,7 +101,7 @@ class _Trainer:
         if self.ctx.resume:
             self._load_latest()
         if self.before is None:
-            self.before = self._eval_error()
+            self.before = incoming
         student.train()
         self.t0 = t0 = time.perf_counter()
         try:
@@ -111,9 +115,10 @@ class _Trainer:
         model = acc.unwrap_model(self.student)
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(name, True))
+        model = _cast(model, dtype)
         self._finish(model, seconds)
         del self.student, self.optimizer, self.scheduler  # (no acc.free_memory(): its gc.collect is slow)
-        return _cast(model.to(home), dtype)
+        return model.to(home)
 
     # ---- loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -301,24 +306,28 @@ class _Trainer:
 
     # ---- evaluation and report ----------------------------------------------------------------
     @torch.no_grad()
-    def _eval_error(self) -> float | None:
-        """Teacher-relative error ||s − t|| / ||t|| of the final prediction on ctx.eval_inputs (main only)."""
+    def _eval_error(self, student) -> float | None:
+        """Teacher-relative error ||s − t|| / ||t|| of the final prediction on ctx.eval_inputs (main only),
+        of `student` in its own dtype: the student the pass took or returns, not the float32 master
+        weights it trains (in bfloat16 those differ by more than training moves them on a short run)."""
         if self.ctx.eval_inputs is None or not self.acc.is_main_process:
             return None
-        student = self.acc.unwrap_model(self.student)
         was_training = student.training
         student.eval()
         num = den = 0.0
         for kwargs in self.ctx.eval_inputs():
-            with self.acc.autocast():
-                s = self.adapter.predict(student, _inputs_for(student, kwargs)).double()
-                t = self.adapter.predict(self.teacher, _inputs_for(self.teacher, kwargs)).double()
+            s = self.adapter.predict(student, _inputs_for(student, kwargs)).double()
+            t = self.adapter.predict(self.teacher, _inputs_for(self.teacher, kwargs)).double()
             num, den = num + (s - t).square().sum().item(), den + t.square().sum().item()
         student.train(was_training)
         return (num / den) ** 0.5 if den else None
 
+    def _resumes(self) -> bool:
+        """Whether this run resumes from a checkpoint of this pass (one is there to read)."""
+        return bool(self.ctx.resume) and any((self.dir / "checkpoints").glob("step-*"))
+
     def _finish(self, model, seconds: float) -> None:
-        after = self._eval_error()
+        after = self._eval_error(model)
         record = {"steps": self.cfg.steps, "processes": self.acc.num_processes, "train": self.cfg.train,
                   "data": self.cfg.data, "block_map": self.block_map,
                   "objective": "context" if self.ctx.task_loss else f"{self.adapter.family} adapter",

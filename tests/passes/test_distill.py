@@ -15,6 +15,9 @@ from compress.distill_data import cond_of
 from compress.distill_folder import FolderSource, write_shard
 from compress.distill_utils import factor_param_names, read_curves
 from compress.errors import UserError
+from compress.inputs import moved
+from compress.io import cast
+from compress.passes.base import predictions, relative_error
 from compress.passes.distill import DistillConfig, DistillPass
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 from tests.passes.distill_helpers import context, distill, factorize, state
@@ -285,6 +288,30 @@ def test_a_second_distill_pass_keeps_the_first_ones_curves_and_record(tmp_path):
     record = ctx.report["distill"]
     assert record["steps"] == 3 and [r["steps"] for r in record["earlier"]] == [2]
     assert record["earlier"][0]["files"]["loss_csv"] == str(tmp_path / "distill" / "loss.csv")
+
+
+@pytest.mark.parametrize("make", [tiny_pixart, tiny_flux], ids=["pixart", "flux"])
+def test_errors_before_and_after_are_of_the_student_in_its_own_dtype(make, tmp_path):
+    """pred_rel_error_before/after measure the bfloat16 student the pass took and returns (what the
+    runner's stage errors measure), not the float32 master weights it trains in between."""
+    teacher = make()
+    student = cast(factorize(copy.deepcopy(teacher), rank=2), torch.bfloat16)
+    teacher = cast(teacher, torch.bfloat16)
+    batches = [moved(model_inputs(teacher, batch=2, seed=s), torch.device("cpu"), torch.bfloat16) for s in (1, 2)]
+    adapter = get_adapter(teacher)
+    reference = predictions(teacher, adapter, batches)
+    with torch.no_grad():
+        before = relative_error(student, reference, adapter, batches)
+    ctx = context(teacher, tmp_path, eval_inputs=lambda: batches)
+    cfg = DistillConfig(steps=2, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=0, progress=False,
+                        plot=False)
+    out = DistillPass(cfg).run(student, ctx)
+    assert next(out.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        after = relative_error(out, reference, adapter, batches)
+    record = ctx.report["distill"]
+    assert record["pred_rel_error_before"] == pytest.approx(before, rel=1e-9)
+    assert record["pred_rel_error_after"] == pytest.approx(after, rel=1e-9)
 
 
 @pytest.mark.parametrize("sampler", [None, {"shift": 1.0}, "flux-dev"])
