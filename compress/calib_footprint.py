@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from compress.calib_pipeline import calibration_prompts, one_branch, rows_per_prompt
+from compress.calib_prompts import calibration_prompts, one_branch, rows_per_prompt
 from compress.inputs import SYNTHETIC_TEXT_TOKENS, SYNTHETIC_TOKENS, source_kind
 
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults

@@ -19,7 +19,8 @@ from rich.table import Table
 from compress.arch import get_adapter
 from compress.calib_footprint import backward_bytes, describe, footprint, human_size, skip_scan_bytes
 from compress.inputs import source_kind
-from compress.calib_pipeline import check_size, read_prompts
+from compress.calib_pipeline import check_size
+from compress.calib_prompts import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
 from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory

@@ -225,7 +225,8 @@ def test_guidance_scale_1_runs_one_branch_and_counts_one(folders):
     """At guidance_scale 1 the pipeline turns classifier-free guidance off (one branch whatever
     cfg_branches says): rows per prompt, the held-out split and the plan's rows count one."""
     from compress.calib_footprint import calibration_rows
-    from compress.calib_pipeline import PipelineSource, calibration_prompts, rows_per_prompt
+    from compress.calib_pipeline import PipelineSource, calibration_prompts
+    from compress.calib_prompts import rows_per_prompt
     from compress.recipe import CalibrationConfig
 
     calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog", "a fox"], sample_steps=3,

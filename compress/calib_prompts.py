@@ -1,0 +1,111 @@
+"""Calibration prompts: calibration.prompts and prompt_file read (a prompt file's lines, one prompt
+each), and how many of them calibrate and how many are held out (the inputs one prompt gives)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from compress.errors import UserError, read_utf8
+
+
+def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
+    """calibration.prompts, then prompt_file's lines, cut to num_prompts where the recipe sets it
+    (with a note when that cuts the list or asks for more than there are; its default, 10, is the
+    toy source's digit classes, not a cut of the user's prompts)."""
+    prompts = list(calib.prompts)
+    if calib.prompt_file:
+        path = Path(calib.prompt_file)
+        if not path.is_absolute() and recipe_dir is not None:
+            path = recipe_dir / path
+        prompts += _prompt_lines(path, calib.prompt_file, _where(calib, "prompt_file", calib.prompt_file))
+    if not prompts:
+        auto = " (source auto is pipeline for a teacher that is not toy:)" if calib.source == "auto" else ""
+        raise UserError(f"{_where(calib, 'source', calib.source)}calibration.source 'pipeline'{auto} needs "
+                        "calibration.prompts or prompt_file")
+    n = calib.num_prompts if calib.given("num_prompts") else None
+    if n and n != len(prompts):
+        from compress.report import console
+
+        console.print(f"note: calibration.num_prompts is {n}: the first {n} of the {len(prompts)} prompts are "
+                      "used" if n < len(prompts) else
+                      f"note: calibration.num_prompts is {n} but there are only {len(prompts)} prompts")
+    return prompts[:n] if n else prompts
+
+
+def _where(calib, key: str, value, because: tuple = ()) -> str:
+    """'PATH:LINE: ' of the recipe key calibration.`key` (CalibrationConfig.where; `because`: the
+    other keys the error is about), or ''."""
+    where = getattr(calib, "where", None)
+    return where(key, value, because) if callable(where) else ""
+
+
+def _prompt_lines(path: Path, name: str, where: str = "") -> list[str]:
+    """The non-blank lines of a UTF-8 prompt file, stripped; UserError if unreadable, not text or empty
+    (`where`: 'PATH:LINE: ' of the recipe's prompt_file), split by `_lines`."""
+    text = read_utf8(path, f"{where}calibration.prompt_file {name}", "give one prompt per line, saved as UTF-8")
+    if "\x00" in text:
+        raise UserError(f"{where}calibration.prompt_file {name}: a binary file (NUL bytes), not one prompt "
+                        "per line")
+    lines = [ln.strip() for ln in _lines(text) if ln.strip()]
+    if not lines:
+        raise UserError(f"{where}calibration.prompt_file {name} is empty: give one prompt per line")
+    _warn_if_hash_line(text, name)
+    return lines
+
+
+def _lines(text: str) -> list[str]:
+    """A text file's lines: ended by \n, \r\n or \r (Python's universal newlines), not by the other
+    line separators str.splitlines also breaks at (U+2028, U+0085, \x0c ...), which a caption may hold:
+    they made one line of a prompt file two prompts."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _warn_if_hash_line(text: str, name: str) -> None:
+    """A warning at the first line starting with '#': it is a prompt (a prompt may start with '#'),
+    which a user who meant it as a comment would otherwise never learn. Once per file, not per line."""
+    from rich.markup import escape
+
+    from compress.report import console
+
+    line = next((i for i, ln in enumerate(_lines(text), 1) if ln.strip().startswith("#")), None)
+    if line is not None:
+        console.print(f"[bold yellow]warning:[/] {escape(name)}:{line} starts with '#': every non-empty line "
+                      "is a prompt (this file format has no comments)")
+
+
+def one_branch(family: str, pipeline: str) -> bool:
+    """Whether the teacher's pipeline runs one transformer branch per step whatever guidance_scale
+    says: FluxPipeline does (FLUX.1-dev takes guidance as an input, FLUX.1-schnell none; its true
+    CFG needs a negative prompt, which calibration never passes). PixArt-Σ's and the toys' pipelines
+    run classifier-free guidance as a doubled batch."""
+    return family == "flux" and not pipeline.startswith("toy:")
+
+
+def rows_per_prompt(calib, single: bool) -> int:
+    """Calibration inputs one prompt gives: one per kept step and CFG branch (a pipeline that runs
+    one branch, `one_branch`, gives one, and so does any pipeline at guidance_scale 1 or less: CFG off)."""
+    both = calib.cfg_branches and calib.guidance_scale > 1 and not single
+    return min(calib.timesteps, calib.sample_steps) * (2 if both else 1)
+
+
+# the calibration keys the held-out split reads besides heldout (rows_per_prompt, the prompts)
+SPLIT_KEYS = ("timesteps", "sample_steps", "cfg_branches", "guidance_scale", "num_prompts", "prompts",
+              "prompt_file")
+
+
+def calibration_prompts(n: int, calib, single: bool) -> int:
+    """How many of the n prompts calibrate; the last ones are held out. calibration.heldout null:
+    20% of them; a number: enough to give that many held-out inputs (a prompt gives one per kept
+    step and CFG branch; `single`: the pipeline runs one branch). At least one calibrates."""
+    if n <= 1:
+        return 1
+    if calib.heldout is None:
+        return max(1, int(n * 0.8))
+    rows = rows_per_prompt(calib, single)
+    held = math.ceil(calib.heldout / rows)
+    if held >= n:  # it would leave one prompt, of n, to calibrate: not what any number asked
+        raise UserError(f"{_where(calib, 'heldout', calib.heldout, SPLIT_KEYS)}calibration.heldout {calib.heldout} "
+                        f"asks for {held} of the {n} prompts ({rows} inputs each), and at least one must "
+                        f"calibrate: hold out at most {(n - 1) * rows} inputs, or give more prompts")
+    return n - held
