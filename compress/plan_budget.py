@@ -1,0 +1,88 @@
+"""`plan`'s bounds where a recipe decides at run time: svd passes whose ranks are decided after
+calibration (allocation global or energy), their budgets, and removals whose blocks importance picks,
+so the planned totals and distill's student are upper bounds that hold."""
+
+from __future__ import annotations
+
+from compress.passes.svd import LATER
+from compress.report import param_count
+
+
+def decided_later(p, step: dict, model, adapter) -> dict:
+    """An svd pass whose ranks are decided after calibration (allocation global or energy): its
+    undecided targets (left dense on the meta model), their roles and dense parameters, and for
+    `global` the kept-parameter budget it spends them on (at most: alloc.global_greedy never
+    exceeds it), alloc.budget_for_ratio of the same targets as the run."""
+    from compress.alloc import budget_for_ratio
+    from compress.passes.svd_targets import shape_spec
+
+    names = {name for name, rank in step["ranks"].items() if rank == LATER}
+    infos = [i for i in adapter.linears(model) if i.name in names]
+    specs = [shape_spec(i) for i in infos]
+    entry = {"pass": step["pass"], **{k: step[k] for k in ("line", "set") if k in step},
+             "allocation": step.get("allocation"), "roles": sorted({i.role for i in infos}),
+             "layers": sorted(names), "dense_params": sum(s.params(None) for s in specs),
+             "blocks": adapter.block_counts(model)}
+    if step.get("allocation") == "global":
+        entry["budget_params"] = budget_for_ratio(specs, p.config.ratio)
+    return entry
+
+
+def budgeted_layers(entry: dict, model, adapter) -> dict | None:
+    """{module: dense parameters} of a global pass's targets (`entry`, decided_later) as it leaves
+    them dense on the meta model: the modules themselves (held, so no other takes their id), so a
+    later removal, which renumbers the blocks, takes those of the blocks it removes and leaves the
+    rest counted. None for a pass without a budget."""
+    from compress.passes.svd_targets import shape_spec
+
+    if "budget_params" not in entry:
+        return None
+    infos = {i.name: i for i in adapter.linears(model)}
+    return {model.get_submodule(n): shape_spec(infos[n]).params(None) for n in entry["layers"]}
+
+
+def retargeted(budgeted: list, step: dict, named: dict) -> list:
+    """`budgeted` less (None) the layers of a pass that `step` targets again (`named`: the model's
+    modules as the step found it): what that pass keeps is no longer its budget's to bound."""
+    hit = {named[n] for n in step.get("targets", ()) if n in named}
+    return [None if layers is None or hit & set(layers) else layers for layers in budgeted]
+
+
+def smallest_blocks(model, adapter, n: int, budgeted: list) -> int:
+    """The parameters the n smallest blocks of the planned model hold for certain: what removals
+    whose groups are decided at run time (`Pass.unplaced`, left on the meta model) take off at least.
+    A global pass's targets in them (`budgeted`) are not counted: the budget bounds them already
+    (budget_savings), and what it keeps of a block may be little."""
+    bounded = {k: v for layers in budgeted if layers for k, v in layers.items()}
+    sizes = sorted(param_count(b) - sum(bounded.get(m, 0) for m in b.modules())
+                   for g in adapter.block_counts(model) for b in adapter.blocks(model, g))
+    return sum(sizes[:n])
+
+
+def budget_savings(later: list[dict], budgeted: list, model) -> int:
+    """What the global passes of `later` save at least, below the meta model's count (their targets
+    dense): what is left of each one's targets (`budgeted`; a later removal may take some) dense,
+    less its budget, which bounds what it keeps of all of them (alloc.global_greedy never exceeds
+    it). None (their layers counted dense, a bound still) for a pass that decides without a budget
+    (energy), or one whose targets a later pass factorizes again (`retargeted`)."""
+    present = set(model.modules())
+    saved = 0
+    for entry, layers in zip(later, budgeted):
+        if layers is not None:
+            saved += max(sum(n for m, n in layers.items() if m in present) - entry["budget_params"], 0)
+    return saved
+
+
+def distill_student(model, later: list[dict], budgeted: list, train: str) -> dict:
+    """{"params": at most, "trained": at most}: the student a distill pass gets from the passes before
+    it (the meta model now, less what their global budgets save at least, budget_savings) and of
+    those the parameters `train` trains (all; factors: the LowRankLinear layers', plus the layers a
+    budgeted pass may still factorize; non_factors: the rest)."""
+    from compress.distill_utils import factor_param_names
+
+    params = param_count(model) - budget_savings(later, budgeted, model)
+    named = dict(model.named_parameters())
+    factors = sum(named[n].numel() for n in factor_param_names(model))
+    maybe = sum(entry.get("budget_params", entry["dense_params"]) for entry in later)  # what they may factorize
+    trained = {"all": params, "factors": min(params, factors + maybe), "non_factors": params - factors}[train]
+    return {"params": params, "trained": trained}
