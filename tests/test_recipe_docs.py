@@ -190,7 +190,7 @@ def test_documented_choices_are_the_codes():
     from compress.distill_data import DATA_SOURCES
     from compress.distill_utils import TRAIN_MODES
     from compress.linalg import METHODS
-    from compress.passes.remove_blocks import CRITERIA, ESTIMATORS
+    from compress.passes.remove_blocks_config import CRITERIA, ESTIMATORS
     from compress.passes.svd_checks import ALLOCATIONS, FISHER
 
     classes = config_classes()
