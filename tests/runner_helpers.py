@@ -48,14 +48,14 @@ def streamed_teacher(tmp_path, family):
 def pixart_runner(tmp_path, monkeypatch):
     """(tmp_path, a Runner factory, teacher loads) for the tiny PixArt teacher saved in tmp_path/teacher
     with RECIPE in tmp_path/r.yaml; `loads` counts teacher loads."""
-    import compress.runner as runner
+    import compress.runner_setup as runner_setup
 
     tiny_pixart().save_pretrained(tmp_path / "teacher")
     text = RECIPE.format(family="pixart", teacher=tmp_path / "teacher", group="blocks")
     (tmp_path / "r.yaml").write_text(text)
     loads = []
-    real = runner.load_teacher
-    monkeypatch.setattr(runner, "load_teacher", lambda *a, **k: (loads.append(a), real(*a, **k))[1])
+    real = runner_setup.load_teacher
+    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: (loads.append(a), real(*a, **k))[1])
 
     def make(out, run_dir=None, **kw):
         recipe = parse_recipe(text, str(tmp_path / "r.yaml"))

@@ -190,11 +190,11 @@ def _interrupt_pass(monkeypatch, index: int):
 
 
 def _interrupt_teacher_loading(monkeypatch):
-    import compress.runner
+    import compress.runner_setup
 
     def load_teacher(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(compress.runner, "load_teacher", load_teacher)
+    monkeypatch.setattr(compress.runner_setup, "load_teacher", load_teacher)
 
 
 NOTHING_SAVED = "dit-compress: interrupted; nothing was saved yet: a rerun starts over"
