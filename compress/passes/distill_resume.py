@@ -4,10 +4,13 @@ checked before a resumed run loads anything (`check_resumable_configs`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from compress.errors import UserError
 
@@ -115,3 +118,11 @@ def _check_process_count(then, checkpoint: Path, folder: Path) -> None:
                     f"{now} now: relaunch with {then} ({launch} --resume) to continue it, delete "
                     f"{folder / 'checkpoints'} to train this pass from its start, or rerun with --restart to "
                     "start over")
+
+
+def checksum(model: torch.nn.Module) -> str:
+    """Names, shapes and float64 sums of every tensor: which student a training starts from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}{tuple(t.shape)}{float(t.detach().sum(dtype=torch.float64)).hex()}".encode())
+    return h.hexdigest()[:16]

@@ -25,12 +25,11 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast
 from compress.passes.base import RunContext
-from compress.passes.distill_resume import NOT_FINGERPRINTED, calibration_settings, setting_changes
+from compress.passes.distill_progress import TERMS, fmt_terms, log_line, progress_bar
+from compress.passes.distill_resume import NOT_FINGERPRINTED, calibration_settings, checksum, setting_changes
 
 if TYPE_CHECKING:
     from compress.passes.distill import DistillConfig
-
-TERMS = ("loss", "task", "out", "feat")
 
 
 class TrainingInterrupted(UserError):
@@ -130,7 +129,7 @@ class _Trainer:
         ran = 0
         shown = cfg.progress and self.acc.is_main_process
         try:
-            with StopSignals() as stop, _progress(shown) as bar:
+            with StopSignals() as stop, progress_bar(shown) as bar:
                 task = bar.add_task("distill", total=cfg.steps, completed=self.step, terms="")
                 while self.step < cfg.steps:
                     row = self._train_step(pred, feats, stop)
@@ -138,8 +137,8 @@ class _Trainer:
                     self.step += 1
                     ran += 1
                     self.history.append(row)
-                    bar.update(task, completed=self.step, terms=_fmt(row))
-                    _log_line(shown, self.step, cfg.steps, row)
+                    bar.update(task, completed=self.step, terms=fmt_terms(row))
+                    log_line(shown, self.step, cfg.steps, row)
                     last = self.step == cfg.steps
                     if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
                         self._save()
@@ -364,14 +363,6 @@ def _earlier(report: dict) -> list[dict]:
     return [*last.get("earlier", []), {k: v for k, v in last.items() if k != "earlier"}]
 
 
-def checksum(model: torch.nn.Module) -> str:
-    """Names, shapes and float64 sums of every tensor: which student a training starts from."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}{tuple(t.shape)}{float(t.detach().sum(dtype=torch.float64)).hex()}".encode())
-    return h.hexdigest()[:16]
-
-
 def teacher_trouble(pred: torch.Tensor | None, feats: dict) -> str | None:
     """What of the teacher's is not finite, the earliest first (a block's output, in the order the
     forward ran them, then the prediction), or None."""
@@ -402,29 +393,3 @@ def _inputs_for(model: torch.nn.Module, kwargs: dict) -> dict:
     bf16 while the student trains float32 master weights)."""
     first = next(model.parameters())
     return moved(kwargs, first.device, first.dtype)
-
-
-def _fmt(row: dict) -> str:
-    return " ".join(f"{k} {row[k]:.4g}" for k in TERMS)
-
-
-def _progress(enabled: bool):
-    """The bar on the terminal the notes go to (stderr). Off a terminal (a log file) rich would draw
-    nothing until the end: `_log_line` writes a line per tenth of the run there instead."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from compress.report import console
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[terms]}"), console=console,
-                    disable=not (enabled and console.is_terminal))
-
-
-def _log_line(enabled: bool, step: int, steps: int, row: dict) -> None:
-    """One line per tenth of the run (and the last step) where the bar is not drawn."""
-    from compress.report import console
-
-    if enabled and not console.is_terminal and (step % max(1, steps // 10) == 0 or step == steps):
-        console.print(f"distill {step}/{steps} {_fmt(row)}", highlight=False)
-
-
