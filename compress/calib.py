@@ -74,17 +74,12 @@ def _with_timestep(batch: dict, t: torch.Tensor) -> dict:
     return dict(batch, timestep=t.expand(b).clone())
 
 
-def _progress(enabled: bool):
-    """A transient bar on the terminal the notes go to (stderr); none where that is not a terminal,
-    where rich would leave a blank line per bar in the log."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+def _progress(enabled: bool, log: bool = True):
+    """A transient bar on the terminal the notes go to (stderr); off a terminal, a line per tenth of
+    each task in the log (`compress.progress.bar`)."""
+    from compress.progress import bar
 
-    from compress.report import console
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                    disable=not (enabled and console.is_terminal), transient=True)
+    return bar(enabled, log=log)
 
 
 def _detach(x):

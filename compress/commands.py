@@ -12,6 +12,7 @@ from compress.errors import UserError
 from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local
 from compress.io_export import is_output
 from compress.io_output import load_transformer, output_folder
+from compress.progress import status
 from compress.report import console, output_file, read_report, results, to_json
 from compress.report_teacher import recorded_teacher, teacher_to_load, warn_if_teacher_changed
 
@@ -61,7 +62,7 @@ def evaluate(args) -> int:
 
     what = "the model and its teacher" if teacher is not None else "the model"
     seed = 0 if args.seed is None else args.seed
-    with console.status(f"eval: sampling 200 toy digits with {what} (20 steps each) and scoring them"):
+    with status(f"eval: sampling 200 toy digits with {what} (20 steps each) and scoring them"):
         result = toy_evaluate(model, family, teacher=teacher, seed=seed)
     if grid:
         from compress.toy.grid import save_sample_grid
@@ -161,10 +162,10 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     report = read_report(out)
     if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
         src.cache_dir = Path(report["inputs_cache"])
-    with models.forwards(teacher), console.status("eval: the teacher's held-out predictions, block by block"):
+    with models.forwards(teacher), status("eval: the teacher's held-out predictions, block by block"):
         batches = [moved(b, device, dtype) for b in src.heldout()]
         reference = predictions(teacher, adapter, batches)
-    with models.forwards(student), console.status("eval: the student's, block by block"):
+    with models.forwards(student), status("eval: the student's, block by block"):
         error = relative_error(student, reference, adapter, batches)
     return {"family": adapter.family, "pred_rel_error": error, "streamed": True}
 
@@ -186,11 +187,11 @@ def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
         src.cache_dir = Path(report["inputs_cache"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = cast(teacher, device, DTYPES[recipe.compute_dtype])
-    with console.status("eval: the teacher's held-out predictions"):
+    with status("eval: the teacher's held-out predictions"):
         batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
         reference = predictions(teacher, adapter, batches)
     model = cast(model, device, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
-    with console.status("eval: the model's"):
+    with status("eval: the model's"):
         error = relative_error(model, reference, adapter, batches)
     return {"family": adapter.family, "pred_rel_error": error}
 

@@ -126,15 +126,11 @@ def warn_if_short_of_disk(path: Path, out: Path) -> None:
 
 
 def _progress():
-    """A transient bar on the terminal the notes go to (stderr), one step per tensor of the file;
-    none where that is not a terminal (as calib's)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    """A transient bar on the terminal the notes go to (stderr), one step per tensor of the file; off a
+    terminal, a line per tenth of the tensors (as calib's)."""
+    from compress.progress import bar
 
-    from compress.report import console
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, disable=not console.is_terminal, transient=True)
+    return bar(True)
 
 
 @contextlib.contextmanager

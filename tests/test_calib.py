@@ -225,6 +225,21 @@ def test_conditioning_grid_spans_timesteps():
     assert own["adaln.in"].rows == 2
 
 
+def test_the_block_walk_says_how_far_it_got_off_a_terminal(capsys):
+    """Off a terminal (a job's log) calibration, and the svd stages run between its blocks, said
+    nothing until the pass ended: hours on a real model. Now a line per tenth of the blocks, naming
+    the block."""
+    model = tiny_pixart()
+    cal = BlockCalibration(model, get_adapter(model), _batches(model, 1), progress=True)
+    cal.capture()
+    for _ in cal.blocks(lambda group, index: []):
+        pass
+    n = sum(get_adapter(model).block_counts(model).values())
+    lines = [line.split() for line in capsys.readouterr().err.splitlines() if line.startswith("calibrate: ")]
+    assert [words[-2] for words in lines if words[1] != "capture"] == [f"{k}/{n}" for k in range(1, n + 1)]
+    assert lines[-1][1:4] == ["blocks", "block", str(n - 1)]
+
+
 @pytest.mark.parametrize("family", ["pixart", "flux"])
 def test_the_block_walk_stays_on_the_models_device(family, monkeypatch):
     """Capture, both streams of the asymmetric walk and every Gram, with model and inputs on the

@@ -404,7 +404,7 @@ def test_eval_says_what_it_is_doing(monkeypatch, capsys):
         said.append(message)
         yield
 
-    monkeypatch.setattr(commands.console, "status", status)
+    monkeypatch.setattr(commands, "status", status)
     monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: (said.append("scored"), {"adherence": 1.0})[1])
     assert main(["eval", "toy:flux", "--json"]) == 0
     assert said[0].startswith("eval: sampling 200 toy digits") and said[1:] == ["scored"]

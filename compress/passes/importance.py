@@ -197,7 +197,7 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
     count = torch.zeros(buckets, dtype=torch.float64)
     bar = _progress(progress, adapter.family, n, cost, skips)
     with bar as prog:
-        task = prog.add_task("skip", total=len(batches) * (1 + (n if skips else 0)))
+        task = prog.add_task("importance", total=len(batches) * (1 + (n if skips else 0)))
         for batch in batches:
             kwargs = _to_model(batch, model)
             pred, block_cos, skipped = _one_batch(model, adapter, kwargs, skips, loader,
@@ -254,15 +254,18 @@ def _one_batch(model, adapter, kwargs: dict, skips: bool, loader: BlockLoader | 
 
 def _progress(enabled: bool, family: str, n: int, cost: dict, skips: bool):
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from compress.progress import LoggedProgress
 
     console = Console(stderr=True, quiet=not enabled, soft_wrap=True)
     what = f"{cost['forward_passes']} forward passes, {cost['block_evaluations']} block evaluations"
     if skips:
         what += f" (naive re-run of every block: {cost['naive_block_evaluations']})"
     console.print(f"importance scan of {n} {family} blocks: {what}")
-    return Progress(TextColumn("importance"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, disable=not (enabled and console.is_terminal), transient=True)
+    return LoggedProgress(TextColumn("importance"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console, disable=not (enabled and console.is_terminal), transient=True,
+                          log=enabled and not console.is_terminal)  # off a terminal: a line per tenth
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:

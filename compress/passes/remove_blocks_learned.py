@@ -212,7 +212,7 @@ def _trained_copy(model: nn.Module) -> nn.Module:
 
 def _learn(work, adapter, wins, batches, refs, steps: int, opt, generator, state: dict, losses: list) -> None:
     order = torch.randperm(len(batches), generator=generator).tolist()
-    with _progress(True) as bar:
+    with _progress(True, log=False) as bar:  # (its own log lines carry the loss)
         task = bar.add_task("remove_blocks: learning which blocks", total=steps)
         for step in range(steps):
             losses.append(_step(work, adapter, wins, batches, refs, order[step % len(order)],

@@ -1,0 +1,87 @@
+"""Progress of long work. On a terminal, rich's bar; off one (a job's log file), where the bar is not
+drawn, a line per tenth of each task and at least one every `LOG_EVERY_S` while it advances, so a pass
+that runs for hours (calibration and svd of a real model) does not look hung in the log."""
+
+from __future__ import annotations
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
+
+LOG_EVERY_S = 300.0  # the longest silence between two lines off a terminal, while a task advances
+
+
+class LoggedProgress(Progress):
+    """A rich `Progress` that, where `log` is set, also prints '<description> <done>/<total> (<elapsed>)'
+    to its console as each task crosses a tenth of its total (or LOG_EVERY_S after its last line)."""
+
+    def __init__(self, *columns, log: bool = False, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self.log = log
+        self._logged: dict[TaskID, tuple[int, float]] = {}  # task -> (tenths logged, when)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log_line(task_id)
+
+    def update(self, task_id: TaskID, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        if "advance" in kwargs or "completed" in kwargs:
+            self._log_line(task_id)
+
+    def _log_line(self, task_id: TaskID) -> None:
+        task = self._tasks[task_id]
+        if not self.log or not task.total:
+            return
+        now = self.get_time()  # rich's clock, as task.start_time
+        tenths, last = self._logged.get(task_id, (0, now if task.start_time is None else task.start_time))
+        reached = int(10 * task.completed / task.total)
+        if reached > tenths or now - last >= LOG_EVERY_S:
+            self._logged[task_id] = (max(reached, tenths), now)
+            what = Text.from_markup(str(task.description)).plain
+            self.console.print(f"{what} {task.completed:g}/{task.total:g} ({_clock(task.elapsed or 0.0)})",
+                               highlight=False, markup=False)
+
+
+def bar(enabled: bool, *, log: bool = True, transient: bool = True) -> LoggedProgress:
+    """A bar with its count, elapsed and remaining time on the terminal the notes go to (stderr), or
+    nothing where that is not a terminal (rich would leave a blank line per bar in the log) but, with
+    `log`, a line per tenth there. enabled=False: neither (a recipe's `progress: false`)."""
+    from compress.report import console
+
+    shown = enabled and console.is_terminal
+    return LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not shown,
+                          transient=transient, log=enabled and log and not console.is_terminal)
+
+
+def _clock(seconds: float) -> str:
+    """'0:42', '12:05', '3:02:17': the elapsed time as rich's bar shows it."""
+    s = int(seconds)
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+class _Said:
+    """Off a terminal, where rich's spinner prints nothing: each status text as a line."""
+
+    def __init__(self, console, text: str):
+        self.console = console
+        self.update(text)
+
+    def update(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
+def status(text: str):
+    """rich's spinner with `text` on the terminal the notes go to (stderr); off a terminal (a job's log)
+    the text as a line, and each `update` another, so a step of minutes is not a silent log."""
+    from compress.report import console
+
+    return console.status(text) if console.is_terminal else _Said(console, text)

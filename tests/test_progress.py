@@ -1,0 +1,68 @@
+"""Progress off a terminal (a job's log): a line per tenth of each task, and one at least every
+LOG_EVERY_S while it advances; nothing where progress is off; the bar alone on a terminal."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from compress.progress import LOG_EVERY_S, LoggedProgress, bar
+
+
+def _lines(err: str, what: str) -> list[str]:
+    return [line.split()[-2] for line in err.splitlines() if line.startswith(what)]
+
+
+def test_off_a_terminal_a_line_per_tenth_of_each_task(capsys):
+    with bar(True) as b:
+        blocks, small = b.add_task("calibrate: blocks", total=20), b.add_task("sample prompts", total=3)
+        for i in range(20):
+            b.update(blocks, description=f"calibrate: block {i}")
+            b.advance(blocks)
+        for _ in range(3):
+            b.advance(small, 1)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert _lines(err, "calibrate: block") == [f"{s}/20" for s in range(2, 21, 2)]
+    assert "calibrate: block 19 20/20 (0:00)" in err.splitlines()  # the description as it is then
+    assert _lines(err, "sample prompts") == ["1/3", "2/3", "3/3"]
+
+
+def test_a_slow_task_logs_at_least_every_few_minutes():
+    """A tenth of a pass over a real model can be an hour: its lines come every LOG_EVERY_S too."""
+    clock = [0.0]
+    console = Console(record=True, width=200, force_terminal=False)
+    prog = LoggedProgress(console=console, get_time=lambda: clock[0], disable=True, log=True)
+    task = prog.add_task("calibrate: blocks", total=1000)
+    for _ in range(9):  # 9 steps of a 1000: no tenth crossed
+        clock[0] += LOG_EVERY_S / 3
+        prog.advance(task)
+    lines = console.export_text().splitlines()
+    assert [line.split()[2] for line in lines] == ["3/1000", "6/1000", "9/1000"]
+    assert lines[0].endswith("(5:00)") and lines[2].endswith("(15:00)")
+
+
+def test_nothing_where_progress_is_off_or_a_caller_logs_itself(capsys):
+    for b in (bar(False), bar(True, log=False)):
+        with b:
+            task = b.add_task("calibrate: blocks", total=4)
+            for _ in range(4):
+                b.advance(task)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_on_a_terminal_the_bar_alone():
+    console = Console(record=True, width=120, force_terminal=True)
+    prog = LoggedProgress(console=console, disable=True, log=False)  # as `bar` makes it there
+    task = prog.add_task("calibrate: blocks", total=10)
+    for _ in range(10):
+        prog.advance(task)
+    assert console.export_text() == ""
+
+
+def test_a_status_off_a_terminal_is_its_lines(capsys):
+    """rich's spinner prints nothing in a log: eval's minutes of sampling said nothing there."""
+    from compress.progress import status
+
+    with status("eval: the teacher's held-out predictions") as said:
+        said.update("eval: the model's")
+    assert capsys.readouterr() == ("", "eval: the teacher's held-out predictions\neval: the model's\n")
