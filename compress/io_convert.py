@@ -37,7 +37,7 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
     from compress.runner_stream import DiskFull, disk_full_words
 
     check_suffix(path, "convert reads a single-file checkpoint")
-    check_not_output(path)
+    check_not_output(path, config)
     out = Path(out).expanduser()
     made = missing_parents(out)  # atomic_folder makes them for its temp folder: removed again on a failure
     try:
@@ -76,17 +76,23 @@ def _convert(path: Path, out: Path, config: str | None, shard_bytes: int) -> dic
     return {"class": type(model).__name__, **written}
 
 
-def check_not_output(path: Path) -> None:
-    """A weight file save_compressed wrote (its header records the compression section,
-    io_source.output_weights) is refused in one line before diffusers reads a config: its folder is
-    already a diffusers folder with factorized keys, which no single-file converter maps (diffusers
-    printed a page of warnings about the compression config before the real error)."""
-    from compress.io_source import output_weights
+def check_not_output(path: Path, config: str | None = None) -> None:
+    """A weight file of a dit-compress output (its header, or the config.json beside it, records the
+    compression section: io_source.output_weights), or a --teacher-config of one, is refused in one
+    line before diffusers reads the config: an output's folder is already a diffusers folder with
+    factorized keys, which no single-file converter maps (diffusers printed a page of warnings about
+    the compression config before the real error)."""
+    from compress.io_single import config_file
+    from compress.io_source import config_record, output_weights
 
     if path.is_file() and output_weights(path):
         raise UserError(f"{path} is a weight file of the dit-compress output {path.parent}, which is already a "
                         "diffusers folder: nothing to convert (load that folder with load_transformer, or give it "
                         "to eval / bench / lora)")
+    if config and path.is_file() and config_record(cfg := config_file(path, config)) is not None:
+        raise UserError(f"--teacher-config {config}: {cfg} is the config of a dit-compress output (its compression "
+                        "section): an output's folder is already a diffusers folder, nothing to convert (load it with "
+                        "load_transformer); a teacher's file converts with the teacher's config")
 
 
 def missing_parents(out: Path) -> list[Path]:

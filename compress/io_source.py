@@ -109,14 +109,15 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None) -
 
 
 def output_weights(path: Path) -> bool:
-    """Whether `path` is a weight file save_compressed wrote: its safetensors header metadata holds
-    the compression section (io_export.header_metadata); no tensor is read."""
+    """Whether `path` is a weight file of a dit-compress output (output_record); no tensor is read."""
     return output_record(path) is not None
 
 
 def output_record(path: Path) -> dict | None:
-    """The compression section in the header metadata of a weight file save_compressed wrote ({} where
-    it cannot be read as one); None for any other file. No tensor is read."""
+    """The compression section of the output whose weight file `path` is ({} where it cannot be read as
+    one): the header metadata save_compressed writes (io_export.header_metadata), else the config.json
+    beside it, which an output saved again with save_pretrained keeps (its header is plain); None for
+    any other file. No tensor is read."""
     if path.suffix != ".safetensors":
         return None
     from safetensors import SafetensorError, safe_open
@@ -127,12 +128,22 @@ def output_record(path: Path) -> dict | None:
     except (SafetensorError, OSError, ValueError):
         return None  # the loader says what is wrong with it
     if text is None:
-        return None
+        return config_record(path.parent / "config.json")
     try:
         record = json.loads(text)
     except ValueError:
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def config_record(config: Path) -> dict | None:
+    """The compression section of the diffusers config `config` ({} where it is not a mapping); None
+    where it has none, or cannot be read (its loader says why)."""
+    try:
+        record = json.loads(config.read_text()).get("compression")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if record is None else record if isinstance(record, dict) else {}
 
 
 def _prefixed(where: str, call, *args):

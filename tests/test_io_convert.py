@@ -311,7 +311,7 @@ def test_a_schnell_file_with_a_dev_config_names_guidance_embeds(tmp_path):
         convert_file(tmp_path / "devfile" / "f.safetensors", tmp_path / "out", config=str(tmp_path / "schnell"))
 
 
-def test_an_outputs_own_weight_file_is_refused_before_its_config_is_read(tmp_path, capsys):
+def test_an_outputs_own_weight_file_is_refused_before_its_config_is_read(tmp_path, caplog):
     """convert of an output's weight file printed diffusers' page of warnings about the config's
     compression section, then failed on a factorized key; one line says it is an output already."""
     from compress import save_compressed
@@ -320,4 +320,25 @@ def test_an_outputs_own_weight_file_is_refused_before_its_config_is_read(tmp_pat
     out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], 4), tmp_path / "out")
     with pytest.raises(UserError, match=r"is a weight file of the dit-compress output .*already a diffusers folder"):
         convert_file(out / "diffusion_pytorch_model.safetensors", tmp_path / "new")
-    assert not (tmp_path / "new").exists() and "compression" not in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and "compression" not in caplog.text  # diffusers logs its page
+
+
+def test_an_output_saved_again_with_save_pretrained_is_refused_before_its_config_is_read(tmp_path, caplog):
+    """save_pretrained writes a plain header: convert printed diffusers' page about the config's
+    compression section, then blamed a factorized key on 'another model or config'. The config.json
+    beside the file (or a --teacher-config) with a compression section is an output's, said in one line."""
+    from compress import load_transformer, save_compressed
+    from tests.conftest import factorize
+
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], 4), tmp_path / "out")
+    load_transformer(out).save_pretrained(tmp_path / "saved")
+    weights = tmp_path / "saved" / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(UserError, match=r"saved/diffusion_pytorch_model.safetensors is a weight file of the "
+                                        r"dit-compress output .*saved, which is already a diffusers folder"):
+        convert_file(weights, tmp_path / "new")
+    (tmp_path / "alone").mkdir()
+    weights.rename(tmp_path / "alone" / weights.name)
+    with pytest.raises(UserError, match=r"^--teacher-config .*saved: .*config.json is the config of a dit-compress "
+                                        r"output .*already a diffusers folder"):
+        convert_file(tmp_path / "alone" / weights.name, tmp_path / "new", config=str(tmp_path / "saved"))
+    assert not (tmp_path / "new").exists() and "config attributes" not in caplog.text  # diffusers logs its page

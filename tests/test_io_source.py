@@ -289,6 +289,25 @@ def test_an_outputs_weight_file_is_refused_with_its_folder_named(tmp_path, capsy
     assert check_source(str(tmp_path / "plain" / "diffusion_pytorch_model.safetensors")) == "file"
 
 
+def test_an_output_saved_again_is_still_an_outputs_weight_file(tmp_path):
+    """save_pretrained of a loaded output writes a plain header; the config.json beside the file
+    keeps the compression section, which says whose weight file it is (convert, bench, importance
+    and a teacher source read this); a file whose config has none, or no config, is no output's."""
+    from compress import load_transformer
+    from compress.io_export import save_compressed
+    from compress.io_source import output_record
+    from tests.conftest import factorize
+
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], 4), tmp_path / "out")
+    load_transformer(out).save_pretrained(tmp_path / "saved")
+    weights = tmp_path / "saved" / "diffusion_pytorch_model.safetensors"
+    assert output_record(weights)["ranks"] == {"transformer_blocks.0.attn1.to_q": 4}
+    (tmp_path / "saved" / "config.json").write_text("[1, 2]")
+    assert output_record(weights) is None
+    (tmp_path / "saved" / "config.json").unlink()
+    assert output_record(weights) is None
+
+
 def test_a_teacher_config_a_toy_or_folder_does_not_read_is_said(tmp_path, capsys):
     """--teacher-config with a toy or folder teacher was dropped without a word."""
     from compress.io_source import checked
