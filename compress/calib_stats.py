@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from compress import calib_store
 from compress.errors import NumericError
 
 F64 = torch.float64
@@ -254,6 +255,4 @@ class StatsCache:
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(name).with_suffix(".tmp")
-        torch.save({k: v.to_dict() for k, v in stats.items()}, tmp)
-        tmp.replace(self._path(name))  # atomic: an interrupted save leaves no half file
+        calib_store.save({k: v.to_dict() for k, v in stats.items()}, self._path(name))  # atomic: never a half file

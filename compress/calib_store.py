@@ -4,11 +4,13 @@
 resident by default, `compress.stream.CheckpointBlocks` streams them from a checkpoint), and
 `Unchanged` for a walk that changes no block. `Spilled`: per-batch activations on disk
 (`calibration.spill_activations`), so one batch is resident at a time; `SpilledMap`: the same by
-name, for what a pass measures per target; `NamedFiles`: by name too, kept for a rerun.
+name, for what a pass measures per target; `NamedFiles`: by name too, kept for a rerun. `save`:
+torch.save that leaves no partial file and says a full disk as an OSError.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import shutil
@@ -16,6 +18,35 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+
+FULL = 1 << 20  # bytes free under which a failed write is taken for a full disk
+
+
+def save(item, path: Path, atomic: bool = True) -> None:
+    """torch.save `item` to `path`, through PATH.tmp renamed on success where `atomic` (an interrupted
+    write leaves no half file). A failed write removes what it wrote; where the disk is full after it,
+    the error is an OSError(ENOSPC) naming `path`: torch's zip writer says only "unexpected pos" or
+    "iostream error", which would otherwise be a traceback (runner_stream.disk_full_words)."""
+    written = path.with_suffix(".tmp") if atomic else path
+    try:
+        torch.save(item, written)
+    except BaseException as e:
+        full = isinstance(e, RuntimeError) and disk_is_full(written.parent)  # before the unlink frees it
+        written.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
+    if atomic:
+        written.replace(path)
+
+
+def disk_is_full(folder: Path) -> bool:
+    """Whether the disk holding `folder` has less than FULL bytes free (False where unknown)."""
+    try:
+        return shutil.disk_usage(folder).free < FULL
+    except OSError:
+        return False
 
 
 class Spilled:
@@ -36,7 +67,7 @@ class Spilled:
 
     def append(self, item) -> None:
         path = self.folder / f"{os.getpid()}-{self.id}-{len(self.paths)}.pt"
-        torch.save(item, path)
+        save(item, path, atomic=False)  # a killed process's half file goes with _sweep
         self.paths.append(path)
 
     def __len__(self) -> int:
@@ -111,9 +142,7 @@ class NamedFiles:
 
     def __setitem__(self, name: str, item) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(name).with_suffix(".tmp")
-        torch.save(item, tmp)
-        tmp.replace(self._path(name))
+        save(item, self._path(name))
 
     def __getitem__(self, name: str):
         if name not in self:

@@ -35,8 +35,8 @@ from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint
 from compress.runner_setup import (DTYPES, check_finite, check_reference, load_checked_teacher, resolve_device,
                                    sigterm_as_interrupt)
 from compress.runner_stages import handed_over, restore, resumable, save_stage, stage_dir
-from compress.runner_stream import (HELDOUT, DiskFull, OutOfMemory, check_streaming, disk_full_words, is_out_of_memory,
-                                   memory_hints, memory_in_words, models_for, streamed_weights,
+from compress.runner_stream import (HELDOUT, DiskFull, OutOfMemory, check_streaming, disk_full_line, disk_full_words,
+                                   is_out_of_memory, memory_hints, memory_in_words, models_for, streamed_weights,
                                    warn_if_activations_too_big, warn_if_streamed_too_big)
 
 
@@ -268,11 +268,11 @@ class Runner:
         return OutOfMemory(f"{self._doing_words()} ran out of {memory_in_words(e)}; try {hints}{self._kept()}")
 
     def _disk_full(self, e: BaseException) -> DiskFull:
-        """One line: what could not write, why and where, and what the run folder keeps for --resume."""
-        words = disk_full_words(e)
-        fix = "give" if "read-only" in words else "free space there, or give"
-        return DiskFull(f"{self._doing_words()} could not write: {words}; {fix} --run-dir / --out on another "
-                        f"disk{self._kept()}")
+        """One line: where a write failed (the file, else the output or run folder) and why, during
+        what, and what the run folder keeps for --resume."""
+        export = self.doing == "the export"
+        folder, flag = (Path(self.out).absolute(), "--out") if export else (self.run_dir, "--run-dir")
+        return DiskFull(disk_full_line(e, self._doing_words(), folder, flag) + self._kept())
 
     def _doing_words(self) -> str:
         """The recipe line and pass running now ('r.yaml:12: pass 2/3 (svd)'), or the phase."""

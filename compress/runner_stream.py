@@ -340,12 +340,27 @@ def disk_full_words(e: BaseException) -> str | None:
     """'no space left on the device (PATH)' where `e` is a failed write for want of space, quota or a
     writable file system (an OSError, or safetensors' / torch's errors that only say it in words);
     None for any other error."""
+    said = _disk_full(e)
+    return None if said is None else said[0] + (f" ({said[1]})" if said[1] else "")
+
+
+def _disk_full(e: BaseException) -> tuple[str, str | None] | None:
+    """(why in words, the file named or None) where `e` is a failed write (`disk_full_words`), else None."""
     if isinstance(e, UserError):  # already one line saying where (io_export._temp_beside ...)
         return None
     if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-        return _DISK_ERRNOS[e.errno] + (f" ({e.filename})" if e.filename else "")
+        return _DISK_ERRNOS[e.errno], e.filename
     text = str(e)
-    return next((words for key, words in _DISK_TEXTS.items() if key in text), None)
+    return next(((words, None) for key, words in _DISK_TEXTS.items() if key in text), None)
+
+
+def disk_full_line(e: BaseException, doing: str, folder: Path, flag: str) -> str:
+    """'PATH: no space left on the device, during DOING; free space there, or give FLAG on another
+    disk' for a failed write `e` (`disk_full_words`): PATH is the file `e` names, else `folder`, where
+    the run was writing (safetensors' "os error 28" names no file); FLAG, the option that moves it."""
+    why, path = _disk_full(e)
+    fix = "give" if "read-only" in why else "free space there, or give"
+    return f"{path or folder}: {why}, during {doing}; {fix} {flag} on another disk"
 
 
 HELDOUT = "the teacher's held-out predictions"  # the runner's phase of that name

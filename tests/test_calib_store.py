@@ -66,3 +66,46 @@ def test_roots_keep_fishers_for_a_rerun_only_when_asked(tmp_path):
     assert list(kept) == ["l0"] and torch.equal(kept["l0"][0], sqrt_pair(f, 1e-3)[0])
     assert list(Roots(tmp_path / "f", 1e-3, 1e9)) == []  # not reusable: cleared on open
     assert not (tmp_path / "f").exists()
+
+
+def _half_written(monkeypatch, free: int):
+    """torch.save writes some bytes, then fails as torch's zip writer does on a full disk; the disk
+    has `free` bytes left."""
+    import collections
+    import shutil
+
+    from compress import calib_store
+
+    def full(item, path):
+        path.write_bytes(b"x" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 0")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(calib_store.torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(1 << 30, (1 << 30) - free, free))
+
+
+def test_a_save_on_a_full_disk_is_an_enospc_naming_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    """torch's zip writer says only 'unexpected pos' on a full disk: that was a traceback, and its
+    .tmp file (partly written) stayed; now an OSError(ENOSPC) naming the file, the .tmp gone."""
+    import errno
+
+    from compress.calib_store import save
+
+    _half_written(monkeypatch, free=4096)
+    with pytest.raises(OSError) as e:
+        save({"a": torch.ones(3)}, tmp_path / "blocks-x.pt")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "blocks-x.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_save_with_room_on_the_disk_keeps_its_own_error(tmp_path, monkeypatch):
+    """Another failure of torch.save (the disk not full) is not said to be a full disk."""
+    from compress.calib_store import Spilled, save
+
+    _half_written(monkeypatch, free=1 << 30)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save({"a": torch.ones(3)}, tmp_path / "blocks-x.pt")
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        Spilled(tmp_path / "spill").append(torch.ones(3))  # not atomic: its half file goes too
+    assert [p.name for p in tmp_path.rglob("*")] == ["spill"]

@@ -333,16 +333,17 @@ def test_running_out_of_memory_names_the_pass_and_what_to_change(tmp_path, monke
 
 @pytest.mark.parametrize("where, raised, said", [
     ("pass", OSError(28, "No space left on device", "/scratch/run/calib/x.pt"),
-     "pass 2/2 (svd) could not write: no space left on the device (/scratch/run/calib/x.pt)"),
+     "/scratch/run/calib/x.pt: no space left on the device, during {doing}pass 2/2 (svd)"),
     ("export", Exception("Error while serializing: I/O error: No space left on device (os error 28)"),
-     "the export could not write: no space left on the device"),
-    ("pass", OSError(122, "Disk quota exceeded"), "pass 2/2 (svd) could not write: the disk quota is used up"),
+     "{out}: no space left on the device, during {doing}the export"),
+    ("pass", OSError(122, "Disk quota exceeded"), "{run}: the disk quota is used up, during {doing}pass 2/2 (svd)"),
     ("pass", OSError(30, "Read-only file system", "/ro/x"),
-     "pass 2/2 (svd) could not write: the file system is read-only (/ro/x)"),
+     "/ro/x: the file system is read-only, during {doing}pass 2/2 (svd)"),
 ])
 def test_a_full_disk_is_one_line_saying_what_the_run_folder_keeps(tmp_path, monkeypatch, capsys, where, raised, said):
     """ENOSPC in a pass or safetensors' write error in the export was a traceback (exit 1): one line
-    naming what was writing and why, and what --resume keeps, as for running out of memory."""
+    naming where it could not write (the file, else the output or run folder: it named the recipe as
+    if that were unwritable), why, during what, and what --resume keeps, as for running out of memory."""
     from compress.passes import svd
     from compress.runner import Runner
     from tests.runner_helpers import pixart_runner
@@ -359,13 +360,14 @@ def test_a_full_disk_is_one_line_saying_what_the_run_folder_keeps(tmp_path, monk
     said_all = capsys.readouterr().err
     assert "Traceback" not in said_all
     err = said_all.strip().splitlines()[-1:]
-    line = 6 if where == "pass" else None
-    what = f"{tmp_path / 'r.yaml'}:{line}: " if line else f"{tmp_path / 'r.yaml'}: "
+    doing = f"{tmp_path / 'r.yaml'}:6: " if where == "pass" else f"{tmp_path / 'r.yaml'}: "
     done = "1 of 2 passes done): --resume continues from pass 2 (whose keys may change)" if where == "pass" else \
         "2 of 2 passes done): --resume only writes the output"
     fix = "give" if "read-only" in said else "free space there, or give"
-    assert err[0] == (f"dit-compress: cannot write: {what}{said}; {fix} --run-dir / --out on "
-                      f"another disk; {tmp_path / 'run'} keeps its work ({done}")
+    flag = "--out" if where == "export" else "--run-dir"
+    said = said.format(doing=doing, out=tmp_path / "out", run=tmp_path / "run")
+    assert err[0] == (f"dit-compress: cannot write: {said}; {fix} {flag} on another disk; {tmp_path / 'run'} "
+                      f"keeps its work ({done}")
 
 
 def test_a_user_error_that_mentions_a_full_disk_keeps_its_own_words():
