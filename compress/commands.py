@@ -298,15 +298,30 @@ def lora(args) -> int:
              if (source / name).is_file()}
     check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora)
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
-    save_compressed(model, new, dtype=_recorded_dtype(source),
-                    files=with_lora_noted(files, model, recorded, args.scale, done))
+    noted = with_lora_noted(files, model, recorded, args.scale, done)
+    save_compressed(model, new, dtype=_recorded_dtype(source), files=noted)
     grown = f", {len(done['rank_added'])} factorized ones by rank {sorted(set(done['rank_added'].values()))}" \
         if done["rank_added"] else ""
     dense = f", {len(done['densified'])} stored dense (grown past break-even)" if done["densified"] else ""
-    dropped = f"; {len(done['dropped'])} of its layers were in removed blocks" if done["dropped"] else ""
+    listed = noted.get("report.json") != files.get("report.json")  # the report took the LoRA's entry
     results.print(f"wrote {new}: {done['merged']} layers took the LoRA at scale {args.scale:g}{grown}{dense}"
-                  f"{dropped} (listed in report.json)")
+                  f"{dropped_words(model, done['dropped'], listed, args.out)}")
     return 0
+
+
+def dropped_words(model, dropped: list[str], listed: bool, source: str) -> str:
+    """The end of lora's line: the LoRA layers in removed blocks, and where they are listed (`listed`:
+    the copied report.json took the LoRA's entry); where the output `source` has no report (an output
+    saved again with save_pretrained), the teacher's blocks they were in are named here instead."""
+    from compress.lora_keys import blocks_named
+
+    where = " (listed in report.json)" if listed else ""
+    if not dropped:
+        return where
+    if not listed:
+        blocks = [f"{g.attr}.{i}" for g in get_adapter(model).groups for i in sorted(set(blocks_named(g.attr, dropped)))]
+        where = f" (the teacher's {', '.join(blocks)}; {source} has no report.json to list them in)"
+    return f"; {len(dropped)} of its layers were in removed blocks{where}"
 
 
 def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lora: str) -> None:

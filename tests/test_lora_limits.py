@@ -91,6 +91,28 @@ def test_the_report_names_the_layers_left_out_and_records_the_lora_as_config_doe
     assert f"`{entry['lora']}`" in (tmp_path / "new" / "README.md").read_text()
 
 
+@pytest.mark.filterwarnings("ignore:.*invalid shape")
+def test_an_output_without_report_names_the_removed_blocks_its_lora_layers_were_in(tmp_path, capsys):
+    """lora of an output saved again with save_pretrained (no report.json) said the layers in removed
+    blocks were "listed in report.json" and wrote none: it names the teacher's blocks they were in."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+
+    student, teacher = _student(tmp_path)  # the teacher's double block 0 removed
+    _lora(teacher, tmp_path / "lora")
+    dropped = len(merge_lora(student, tmp_path / "lora")["dropped"])
+    load_transformer(tmp_path / "out-s").save_pretrained(tmp_path / "saved")
+    assert main(["lora", str(tmp_path / "saved"), str(tmp_path / "lora"), str(tmp_path / "new")]) == 0
+    out = capsys.readouterr().out
+    assert f"; {dropped} of its layers were in removed blocks (the teacher's transformer_blocks.0; " \
+           f"{tmp_path / 'saved'} has no report.json to list them in)" in " ".join(out.split())
+    assert not (tmp_path / "new" / "report.json").exists()
+    assert main(["lora", str(tmp_path / "out-s"), str(tmp_path / "lora"), str(tmp_path / "new2")]) == 0
+    assert f"{dropped} of its layers were in removed blocks (listed in report.json)" in \
+        " ".join(capsys.readouterr().out.split())
+    assert len(json.loads((tmp_path / "new2" / "report.json").read_text())["loras"][0]["dropped"]) == dropped
+
+
 def test_the_lora_output_keeps_the_dtype_the_output_records(tmp_path, capsys):
     """config.json's compression.dtype (the export dtype run wrote) is kept in lora's output."""
     from compress.cli import main
