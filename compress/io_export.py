@@ -7,6 +7,7 @@ what the run recorded) and byte-identical safetensors headers. Factorized layers
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -202,14 +203,19 @@ def atomic_folder(out, overwrite: bool = False):
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
-    """`tmp` renamed to `out`. An existing `out` is first renamed aside (a hidden sibling) and removed
-    only once the new one is in place, and put back if the rename fails or is interrupted (SIGTERM
-    comes as KeyboardInterrupt, runner.sigterm_as_interrupt): deleting it first would leave no output,
-    or half the old one, on an interrupt between the two."""
+    """`tmp` renamed to `out`. An existing `out` is swapped with `tmp` in one step where the system
+    can (`exchange`), then removed, so a kill at any moment leaves the old output or the new one.
+    Elsewhere it is first renamed aside (`.NAME.old-*`) and removed only once the new one is in place,
+    and put back if the rename fails or is interrupted (SIGTERM comes as KeyboardInterrupt,
+    runner.sigterm_as_interrupt); a kill between the two renames leaves it aside, where the next run
+    on `out` puts it back (runner_folders.clear_leftovers)."""
     if not out.exists():
         os.replace(tmp, out)
         return
-    aside = _temp_beside(out)  # an empty folder, named as the temp folders are (runner_folders.OWN)
+    if exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # the old output now
+        return
+    aside = _temp_beside(out, "old")  # an empty folder, named as runner_folders.LEFTOVER knows
     try:
         os.replace(out, aside)  # onto the empty folder
         os.replace(tmp, out)
@@ -222,12 +228,35 @@ def _swap_in(tmp: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _temp_beside(out: Path) -> Path:
-    """A new temp folder in `out`'s parent (made if missing); a one-line UserError where it cannot
-    be made (a file where a folder of the path should be, no permission)."""
+RENAME_EXCHANGE, AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swaps what the paths `a` and `b` name, atomically (Linux's renameat2 with RENAME_EXCHANGE);
+    False, having changed nothing, where the system or the file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28 and later
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # an old kernel, a file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _temp_beside(out: Path, kind: str = "tmp") -> Path:
+    """A new temp folder `.NAME.<kind>-XXXXXXXX` in `out`'s parent (made if missing); a one-line
+    UserError where it cannot be made (a file where a folder of the path should be, no permission)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-", dir=out.parent))
     except OSError as e:
         file = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
         why = f"{file} is a file, not a folder" if file else e.strerror or str(e)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -91,8 +92,9 @@ def _config_json(config: str) -> Path | None:
 
 
 # what a run writes, and a fresh start or --restart replaces: stages/<i>-<pass>/ (and the temp
-# folder `atomic_folder` writes it in), stages/finished.json, distill*/checkpoints/step-N (and tmp-step-N)
-OWN = {"stages": re.compile(r"\.?\d+-\w+(\.tmp-\w+)?|" + re.escape(FINISHED)),
+# folders `atomic_folder` writes it in, and sets the one it replaces aside in), stages/finished.json,
+# distill*/checkpoints/step-N (and tmp-step-N)
+OWN = {"stages": re.compile(r"\.?\d+-\w+(\.(tmp|old)-\w+)?|" + re.escape(FINISHED)),
        "checkpoints": re.compile(r"(tmp-)?step-\d+")}
 
 
@@ -246,3 +248,55 @@ def saved_fishers(run_dir: Path, fingerprint: str | None) -> int:
     if not fingerprint:
         return 0
     return sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/fisher-*/*.pt"))
+
+
+# io_export._temp_beside's folders: .NAME.tmp-XXXXXXXX (an output being written) and .NAME.old-XXXXXXXX
+# (the output it replaces, set aside), tempfile's 8 characters
+LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[a-z0-9_]{8}")
+
+
+def clear_leftovers(folder: Path, names: str, keep_complete: bool = False) -> None:
+    """The temp folders a killed process left in `folder` while it wrote an output whose name fully
+    matches `names` (io_export.atomic_folder: a copy of the model each), removed. Where the output is
+    missing, the old one set aside for it (.NAME.old-*) goes back; `keep_complete`: a complete output
+    in a temp folder (an older dit-compress's swap, killed between its renames) is kept, with a
+    warning naming it. Only for folders no live process writes: the run's, under its locks."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        found = LEFTOVER.fullmatch(p.name)
+        if found is None or not re.fullmatch(names, found["name"]) or p.is_symlink() or not p.is_dir():
+            continue
+        out = folder / found["name"]
+        missing = not (out.exists() or out.is_symlink())
+        if missing and found["kind"] == "old":
+            os.replace(p, out)
+        elif missing and keep_complete and _complete(p):
+            from rich.markup import escape
+
+            from compress.report import console
+
+            console.print("[bold yellow]warning:[/] " + escape(f"{out} is missing, and {p} holds a complete output "
+                                                              f"an interrupted write left: kept; move it to {out} "
+                                                              "if it is the one to keep"))
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _complete(folder: Path) -> bool:
+    """Whether `folder` holds a written output: a config.json with a compression section (written last)."""
+    from compress.io_export import is_output
+
+    return is_output(folder)
+
+
+def clear_run_leftovers(run_dir: Path | None, out: Path | None) -> None:
+    """At the start of a run that holds its locks (runner_lock.hold_run; None: a folder it does not
+    hold), what killed runs left: temp folders of stage saves in `run_dir`/stages and of exports
+    beside `out` (`clear_leftovers`). An interrupted run removes its own; a killed one could not."""
+    if run_dir is not None:
+        clear_leftovers(Path(run_dir) / "stages", r"\d+-\w+")
+    if out is not None:
+        clear_leftovers(Path(out).parent, re.escape(Path(out).name), keep_complete=True)

@@ -38,15 +38,19 @@ def hold_run(run_dir: Path, out: Path):
     """A run's locks: its run folder's (`hold_run_folder`), then its output's (`hold_output`). Taken by
     rank 0 of a distributed launch only (RANK, as `runner_ranks.is_main_process`): its other ranks share
     the folders. Not taken for folders that nest, which `check_folders` refuses with its own message
-    (making a lock's folder first would change what it finds)."""
+    (making a lock's folder first would change what it finds). Once held, what killed runs left in
+    them (temp folders of stage saves and exports, a copy of the model each) is cleared
+    (`runner_folders.clear_run_leftovers`): no live run writes them now."""
+    from compress.runner_folders import clear_run_leftovers
     from compress.runner_ranks import is_follower  # no torch either
 
     if is_follower() or nested(Path(out), Path(run_dir)):
         yield
         return
     with ExitStack() as stack:
-        stack.enter_context(hold_run_folder(run_dir))
-        stack.enter_context(hold_output(out))
+        ran = stack.enter_context(hold_run_folder(run_dir))
+        wrote = stack.enter_context(hold_output(out))
+        clear_run_leftovers(run_dir if ran else None, out if wrote else None)
         yield
 
 
@@ -59,32 +63,33 @@ def nested(a: Path, b: Path) -> bool:
 @contextmanager
 def hold_run_folder(run_dir: Path):
     """Holds `run_dir` (made if missing) for this process, or a one-line UserError naming the run that
-    holds it."""
+    holds it; yields whether it holds a lock (`_hold`)."""
     run_dir = Path(run_dir)
     with _hold(run_dir / LOCK, f"run folder {run_dir}",
                lambda who: f"{run_dir} is in use by another dit-compress run ({who}): wait for it, or give "
-                           "this run another --run-dir"):
-        yield
+                           "this run another --run-dir") as held:
+        yield held
 
 
 @contextmanager
 def hold_output(out: Path):
     """Holds the output folder `out` (its lock beside it, in its parent, made if missing) for this
-    process, or a one-line UserError naming the run that is to write it."""
+    process, or a one-line UserError naming the run that is to write it; yields whether it holds a lock."""
     out = Path(out)
     with _hold(out.parent / f".{out.name}{LOCK}", f"output folder {out}",
                lambda who: f"output folder {out} is to be written by another dit-compress run ({who}): wait "
-                           "for it, or give this run another --out"):
-        yield
+                           "for it, or give this run another --out") as held:
+        yield held
 
 
 @contextmanager
 def _hold(path: Path, what: str, refusal):
     """An exclusive flock on `path` for the block; a UserError refusal(holder in words) when another
     process holds it. No fcntl (Windows): no lock. A file system without flock: a warning, no lock.
-    The folder not made or the file not opened: no lock, and `check_folders` (next) says why."""
+    The folder not made or the file not opened: no lock, and `check_folders` (next) says why. Yields
+    whether it holds the lock."""
     if fcntl is None:
-        yield
+        yield False
         return
     missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
     try:
@@ -94,10 +99,10 @@ def _hold(path: Path, what: str, refusal):
         raise
     if fd is None:
         _remove_empty(missing)
-        yield
+        yield False
         return
     try:
-        yield
+        yield True
     finally:
         _release(fd, path, missing)
 

@@ -129,11 +129,14 @@ def test_a_backup_of_the_weights_beside_an_output_is_not_taken_for_a_variant(tmp
 
 def test_an_interrupted_overwrite_leaves_the_earlier_output_whole(tmp_path, monkeypatch):
     """atomic_folder deleted the earlier output before renaming the new one in: an interrupt between
-    the two (SIGTERM comes as KeyboardInterrupt) left no output at all. The earlier one is put back."""
+    the two (SIGTERM comes as KeyboardInterrupt) left no output at all. The earlier one is put back.
+    (Where the system has no atomic exchange: the two renames.)"""
+    from compress import io_export
     from compress.io_export import atomic_folder
 
     out = tmp_path / "out"
     save_compressed(tiny_pixart(), out)
+    monkeypatch.setattr(io_export, "exchange", lambda a, b: False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     real, calls = os.replace, []
 
@@ -160,6 +163,70 @@ def test_an_overwrite_replaces_the_output_and_leaves_nothing_beside_it(tmp_path)
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _killed_at_second_rename(out, exchange: bool) -> bool:
+    """In a child process: save_compressed(overwrite=True) onto `out`, SIGKILLed at its second
+    os.replace (between moving the old output aside and the new one in); `exchange`: whether the
+    system's atomic exchange is used. Whether the child was killed."""
+    import signal
+
+    from compress import io_export
+
+    model = tiny_pixart()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            calls, real = [], os.replace
+
+            def kill_at_second(src, dst):
+                calls.append(src)
+                if len(calls) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(src, dst)
+
+            os.replace = kill_at_second
+            if not exchange:
+                io_export.exchange = lambda a, b: False
+            save_compressed(model, out, overwrite=True)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status)
+
+
+def test_a_kill_during_an_overwrite_leaves_an_output(tmp_path):
+    """A SIGKILL between the old output's rename aside and the new one's rename in left no `out` at
+    all (and both, whole, in hidden temp folders): the two are swapped in one step (renameat2)."""
+    out = tmp_path / "out"
+    save_compressed(tiny_pixart(), out)
+    killed = _killed_at_second_rename(out, exchange=True)
+    assert (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not killed  # the exchange makes no second rename
+
+
+def test_where_there_is_no_exchange_a_killed_overwrite_leaves_the_old_output_aside_by_its_name(tmp_path):
+    """Without renameat2, the kill leaves the old output in .out.old-* (runner_folders.clear_leftovers
+    puts it back), the new one in .out.tmp-*."""
+    out = tmp_path / "out"
+    save_compressed(tiny_pixart(), out)
+    before = (out / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert _killed_at_second_rename(out, exchange=False)
+    assert not out.exists()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".out.old-")]
+    assert len(aside) == 1 and (aside[0] / "diffusion_pytorch_model.safetensors").read_bytes() == before
+
+
+def test_exchange_swaps_two_folders(tmp_path):
+    from compress.io_export import exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    (tmp_path / "b").mkdir()
+    if not exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("no renameat2 with RENAME_EXCHANGE here")
+    assert (tmp_path / "b" / "x").read_text() == "a" and not any((tmp_path / "a").iterdir())
 
 
 def test_a_compiled_model_saves_as_the_model_it_wraps(tmp_path):

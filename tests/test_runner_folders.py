@@ -432,3 +432,76 @@ def test_ctrl_c_after_block_statistics_are_saved_says_a_rerun_reuses_them(pixart
     assert main(args) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(saves) <= set(report["svd"]["cache_hits"]), report["svd"]["cache_hits"]
+
+
+def _leftover(folder: Path, name: str, output: bool = True) -> Path:
+    """A temp folder as io_export._temp_beside names them, holding (part of) an output."""
+    d = folder / name
+    d.mkdir(parents=True)
+    (d / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    if output:
+        (d / "config.json").write_text(json.dumps({"compression": {}}))
+    return d
+
+
+def test_leftovers_of_killed_writes_go_and_an_output_set_aside_comes_back(tmp_path, capsys):
+    """A kill during a stage save or an export left .NAME.tmp-* folders (a model copy each) that no
+    rerun removed; a kill between the two renames of a swap (no renameat2) left no output at all."""
+    from compress.runner_folders import clear_run_leftovers
+
+    run, out = tmp_path / "run", tmp_path / "o" / "out"
+    _leftover(run / "stages", ".1-svd.tmp-_wpatwcm", output=False)
+    _leftover(run / "stages", ".0-remove_blocks.old-abcd1234")  # its stage is in place: the old one goes
+    (run / "stages" / "0-remove_blocks").mkdir()
+    old = _leftover(tmp_path / "o", ".out.old-05jgdgvp")
+    _leftover(tmp_path / "o", ".out.tmp-1a2b3c4d")  # the new one, never renamed in
+    kept = [_leftover(tmp_path / "o", name) for name in (".out.tmp-short", ".other.tmp-1a2b3c4d", ".out.tmp-1a2b3c4d.x")]
+    clear_run_leftovers(run, out)
+    assert sorted(p.name for p in (run / "stages").iterdir()) == ["0-remove_blocks"]
+    assert (out / "config.json").is_file() and not old.exists()
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted(["out", *(p.name for p in kept)])
+    assert capsys.readouterr().err == ""
+
+
+def test_a_complete_output_left_by_an_older_swap_is_kept_and_named(tmp_path, capsys):
+    """An older dit-compress's swap, killed between its renames, left both outputs in .out.tmp-*: with
+    no `out`, a complete one is kept (it may be the only copy of the earlier output) and named."""
+    from compress.runner_folders import clear_run_leftovers
+
+    whole = _leftover(tmp_path, ".out.tmp-aaaaaaaa")
+    half = _leftover(tmp_path, ".out.tmp-bbbbbbbb", output=False)
+    clear_run_leftovers(None, tmp_path / "out")
+    assert whole.is_dir() and not half.exists() and not (tmp_path / "out").exists()
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{tmp_path / 'out'} is missing, and {whole} holds a complete output an interrupted write left: kept" in said
+
+
+KILLED_IN_A_STAGE_SAVE = """\
+import os, signal, sys
+import compress.io_export as io_export
+real = io_export.save_file
+def killed(tensors, path, *args, **kwargs):
+    real(tensors, path, *args, **kwargs)
+    if "1-svd" in path:  # the stage written whole in its temp folder, never renamed in
+        os.kill(os.getpid(), signal.SIGKILL)
+io_export.save_file = killed
+from compress.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_resumed_run_leaves_nothing_of_a_stage_save_killed_hard(pixart):
+    """kill -9 in a stage save left stages/.1-svd.tmp-* (a model copy) through every resume and the
+    finished run."""
+    import subprocess
+    import sys
+
+    tmp_path, _, _ = pixart
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    child = subprocess.run([sys.executable, "-c", KILLED_IN_A_STAGE_SAVE, *argv], cwd=Path(__file__).parents[1],
+                           capture_output=True)
+    assert child.returncode == -9, child.stderr.decode()[-2000:]
+    assert [p.name[:11] for p in (tmp_path / "run" / "stages").glob(".*")] == [".1-svd.tmp-"]
+    assert main(argv + ["--resume"]) == 0
+    assert [p.name for p in (tmp_path / "run" / "stages").glob(".*")] == []
+    assert sorted(p.name for p in tmp_path.glob(".out*")) == []

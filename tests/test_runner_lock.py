@@ -216,3 +216,21 @@ def test_the_cli_says_the_run_folder_is_in_use_in_one_line(pixart, holder, capsy
     assert err.startswith(f"dit-compress: error: {tmp_path / 'run'} is in use by another dit-compress run "
                           f"(pid {p.pid} ") and "\n" not in err
     assert not loads and not (tmp_path / "out").exists()
+
+
+def test_a_run_clears_what_killed_runs_left_only_in_folders_it_holds(tmp_path, holder):
+    """Temp folders of a killed stage save or export (a model copy each) stayed forever; hold_run
+    removes them once it holds the locks, and never while another run holds them (it may be writing)."""
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    stage, export = run_dir / "stages" / ".1-svd.tmp-_wpatwcm", tmp_path / ".out.tmp-05jgdgvp"
+    for d in (stage, export):
+        d.mkdir(parents=True)
+    p = holder("out", out)
+    with pytest.raises(UserError, match="is to be written by another dit-compress run"):
+        with hold_run(run_dir, out):
+            pass
+    assert stage.is_dir() and export.is_dir()  # the held output's; and the run folder's, refused with it
+    p.kill()
+    p.wait()
+    with hold_run(run_dir, out):
+        assert not stage.exists() and not export.exists()
