@@ -14,6 +14,7 @@ import csv
 import math
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -200,19 +201,25 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) ->
 
 class StopSignals:
     """Within the `with`, SIGINT/SIGTERM set `requested` (checked once per step) instead of killing the
-    process, so the loop can write a checkpoint and exit cleanly. A second signal stops at once.
-    Outside the main thread signals cannot be caught: the flag then never sets."""
+    process, so the loop can write a checkpoint and exit cleanly. A second signal stops at once,
+    unless it is the first one passed on (within SAME_STOP_S of it, or the same signal under a
+    launcher): a terminal's Ctrl-C reaches torchrun's agent with its workers, and the agent sends them
+    its own signal at once (then SIGKILL, 30 s later: a user still gets out). Outside the main thread
+    signals cannot be caught: the flag then never sets."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SAME_STOP_S = 2.0
 
     def __init__(self):
         self.requested: int | None = None
         self._previous = {}
+        self._at = 0.0  # when the first signal came (time.monotonic)
 
     def _handler(self, signum, frame):
-        if self.requested is not None:  # second signal: give up the clean exit
-            raise KeyboardInterrupt
-        self.requested = signum
+        if self.requested is None:
+            self.requested, self._at = signum, time.monotonic()
+        elif not same_stop(time.monotonic() - self._at, signum == self.requested, launched()):
+            raise KeyboardInterrupt  # a second one: give up the clean exit
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -225,6 +232,19 @@ class StopSignals:
             signal.signal(sig, previous)
         self._previous = {}
         return False
+
+
+def same_stop(since_first: float, same_signal: bool, under_launcher: bool) -> bool:
+    """Whether a signal `since_first` seconds after the first of a `StopSignals` is that stop passed on
+    (a launcher's), not a user's second one."""
+    return since_first < StopSignals.SAME_STOP_S or (same_signal and under_launcher)
+
+
+def launched() -> bool:
+    """Whether this process runs under a launcher (torchrun, accelerate launch: runner_ranks)."""
+    from compress.runner_ranks import launch_key
+
+    return launch_key() is not None
 
 
 # ---- loss curves ---------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from compress.report import console, model_card, param_count
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_ranks import (PREPARED, announce, check_followers, check_same_run, following, hand_off,
-                                   is_follower, is_main_process, leading, several_processes, wait_for_followers,
-                                   wait_for_hand_off)
+from compress.runner_ranks import (PREPARED, PeerLost, announce, check_followers, check_same_run, ended, following,
+                                   hand_off, is_follower, is_main_process, leading, peer_lost, several_processes,
+                                   wait_for_followers, wait_for_hand_off)
 from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, resume_note, teacher_identity,
                                    weights_checksum)
 from compress.runner_setup import (DTYPES, check_finite, check_reference, load_checked_teacher, resolve_device,
@@ -171,6 +171,8 @@ class Runner:
                     raise self._out_of_memory(e) from None
                 if disk_full_words(e) is not None:
                     raise self._disk_full(e) from None
+                if several_processes() and peer_lost(e):
+                    raise self._peer_lost() from None
                 raise
             if is_main_process():  # a run folder from now on started over without --resume
                 (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
@@ -227,14 +229,14 @@ class Runner:
         each from the student rank 0 hands over; nothing at all for a recipe without one. Refused
         before it computes when it would not run what rank 0 runs (runner_ranks.check_same_run)."""
         with following(self.run_dir):  # rank 0 hears when it stops
-            check_same_run(self.run_dir, self.about, "recipe")
+            main = check_same_run(self.run_dir, self.about, "recipe")  # the rank 0 it follows from now on
             self.passes = build_passes(self.recipe)
             if not any(p.data_parallel for p in self.passes):
                 return self.out
             self.prepare()
-            check_same_run(self.run_dir, self._prepared_about(), PREPARED)
+            check_same_run(self.run_dir, self._prepared_about(), PREPARED, main=main)
             self.removed_by, self.ctx.blocks, last = [], self.models.blocks, -1
-            while (got := wait_for_hand_off(self.run_dir, last))["pass"] is not None:
+            while (got := wait_for_hand_off(self.run_dir, last, main=main))["pass"] is not None:
                 self.doing = last = got["pass"]
                 self._run_pass(last, handed_over(self, got["stage"]))
             return self.out
@@ -273,6 +275,15 @@ class Runner:
         export = self.doing == "the export"
         folder, flag = (Path(self.out).absolute(), "--out") if export else (self.run_dir, "--run-dir")
         return DiskFull(disk_full_line(e, self._doing_words(), folder, flag) + self._kept())
+
+    def _peer_lost(self) -> PeerLost:
+        """One line where a collective failed because another process of the launch ended: who (a
+        follower that said why, or was killed), and what the run folder keeps for --resume."""
+        try:
+            who = f"{ended(self.run_dir)} without a word (killed?)"
+        except UserError as e:  # a follower that stopped on an error: its reason
+            who = str(e)
+        return PeerLost(f"{self._doing_words()}: {who}{self._kept() or '; start the launch again with --resume'}")
 
     def _doing_words(self) -> str:
         """The recipe line and pass running now ('r.yaml:12: pass 2/3 (svd)'), or the phase."""

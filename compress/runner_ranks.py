@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.runner_ranks_words import WORDS, short as _short
 
 
 class MainStopped(UserError):
@@ -38,6 +39,23 @@ class MainStopped(UserError):
 
     exit_code = 130
     label = ""
+
+
+class PeerLost(UserError):
+    """Another process of the launch ended without a word (killed, or its host went down) while this
+    one needed it: one line naming it, never a collective's traceback."""
+
+    exit_code = 1
+
+
+# what a collective (gloo, NCCL) says when another process of its group ended under it
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crash",
+              "NCCL communicator was aborted")
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether `e` is a collective that failed because another process of the launch ended."""
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in _PEER_LOST)
 
 
 def _process_start() -> float:
@@ -158,17 +176,21 @@ def _mark_stopped(path: Path) -> None:
         pass
 
 
-def wait_for_hand_off(run_dir: Path, after: int, poll: float = 0.5, find_main_s: float = FIND_MAIN_S) -> dict:
+def wait_for_hand_off(run_dir: Path, after: int, poll: float = 0.5, find_main_s: float = FIND_MAIN_S,
+                      main: str | None = None) -> dict:
     """A follower: rank 0's next hand-off ({"pass": index or None, "stage": folder or None}) for a
     pass after `after` (`wait_for_main`)."""
-    return wait_for_main(run_dir, lambda got: got["pass"] is None or got["pass"] > after, poll, find_main_s)
+    return wait_for_main(run_dir, lambda got: got["pass"] is None or got["pass"] > after, poll, find_main_s, main)
 
 
-def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = FIND_MAIN_S) -> dict:
-    """A follower: the first record rank 0 of its launch writes for which ready(record) holds. A
+def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = FIND_MAIN_S,
+                  main: str | None = None) -> dict:
+    """A follower: the first record rank 0 of its launch writes for which ready(record) holds; once
+    one was taken (or `main`, the token of the rank 0 it follows, given), only that rank 0's. A
     UserError when this process is not part of a launch, when rank 0 has not announced itself in
     the run folder within `find_main_s`, or when its file stays unchanged STALE_S (rank 0 killed, on
-    another host); MainStopped when rank 0 marked it stopped or (on this host) has stopped."""
+    another host); MainStopped when rank 0 marked it stopped or (on this host) has stopped; PeerLost
+    when the rank 0 it follows, on this host, ended without a word (killed) or its file is another's."""
     run_dir, path = Path(run_dir), Path(run_dir) / HANDOFF
     key = launch_key()
     if key is None:
@@ -186,7 +208,10 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
         if first.setdefault(token, after) != after:
             live.add(token)
         got = main_of_launch(record, key, live=token in live)
-        if got is not None:
+        if main is not None and record is not None and record.get("launch") == key:
+            _check_followed(record, main, key)
+        if got is not None and main in (None, token):
+            main = token
             if got.get("stopped"):  # it ended on an error or a Ctrl-C (`leading`)
                 raise MainStopped("rank 0 of this launch stopped: see its message")
             if ready(got):
@@ -200,9 +225,26 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
                                 f"{STALE_S / 60:.0f} min: it stopped (see its message on its host) or "
                                 "cannot write the run folder")
         elif time.monotonic() - start > find_main_s:
-            raise UserError(f"rank 0 of this launch ({key}) has not started in the run folder {run_dir} in "
+            did = "stopped answering" if main else "has not started"  # `main`: it had answered
+            raise UserError(f"rank 0 of this launch ({key}) {did} in the run folder {run_dir} in "
                             f"{find_main_s / 60:.0f} min (it may have stopped: see its message)")
         time.sleep(poll)
+
+
+def _check_followed(record: dict, main: str, key: str) -> None:
+    """A follower, reading a hand-off of its launch's key: MainStopped when the rank 0 it follows
+    (token `main`) marked it stopped; PeerLost when that rank 0 ended without a word (killed: its pid
+    gone on this host, where `main_of_launch` takes no record of another launcher's dead process), or
+    when the file is now another process's (a relaunch on the same static port: not its rank 0)."""
+    if record.get("token") != main:
+        raise PeerLost(f"rank 0 of this launch ({key}) ended: another process (pid {record.get('pid')}) now "
+                       "writes its hand-off file, a relaunch with the same rendezvous; stop this process and "
+                       "start every node of the launch again")
+    if record.get("stopped"):  # (taken or not: a stopped rank 0 of another launcher is gone a moment later)
+        raise MainStopped("rank 0 of this launch stopped: see its message")
+    if record.get("host") == socket.gethostname() and not _alive(record.get("pid")) and record.get("pass", -1) is not None:
+        raise PeerLost(f"rank 0 of this launch (pid {record.get('pid')}) ended without a word (killed?): start the "
+                       "launch again with --resume to continue from what its run folder keeps")
 
 
 def _stat(path: Path) -> tuple | None:
@@ -214,13 +256,15 @@ def _stat(path: Path) -> tuple | None:
     return st.st_mtime_ns, st.st_ino, st.st_size
 
 
-def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5) -> None:
+def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5, main: str | None = None) -> str:
     """A follower, before it computes: waits for a record of rank 0 that carries every key of
     `about` and refuses, in one line naming the first difference, when rank 0's differs. Either way
     it answers rank 0 (`answer`: ready for `step`, or stopped and why): rank 0 waits for that before
-    a data-parallel pass, since it could not tell a refusing follower from a slow one there."""
+    a data-parallel pass, since it could not tell a refusing follower from a slow one there. The
+    token of that rank 0 (the one to follow: `main`, once known)."""
     # a rank 0 of an older dit-compress writes no `version`: said at once, not after STALE_S
-    got = wait_for_main(run_dir, lambda record: all(k in record for k in about) or "version" not in record, poll)
+    got = wait_for_main(run_dir, lambda record: all(k in record for k in about) or "version" not in record, poll,
+                        main=main)
     if "version" not in got:
         refusal = (f"rank {rank()} runs dit-compress {about.get('version', '')} and rank 0 an older one: every "
                    "process of a launch must run the same version").replace("  ", " ")
@@ -236,6 +280,7 @@ def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5) -> 
             answer(run_dir, got["token"], stopped=refusal)
             raise UserError(refusal)
     answer(run_dir, got["token"], ready=step)
+    return got["token"]
 
 
 ANSWER = ".dit-compress.rank"  # + "-N": in the run folder, follower N's answer to rank 0
@@ -247,7 +292,7 @@ def answer(run_dir: Path, main: str, **how) -> None:
     """A follower to rank 0 (whose token is `main`: never an earlier launch's rank 0): `ready` (the
     step it reached) or `stopped` (why, in one line). A run folder it cannot write leaves rank 0 to
     wait FIND_FOLLOWERS_S, and say so."""
-    record = {"main": main, "token": TOKEN, "rank": rank(), **how}
+    record = {"main": main, "token": TOKEN, "rank": rank(), "host": socket.gethostname(), "pid": os.getpid(), **how}
     path = Path(run_dir) / f"{ANSWER}-{rank()}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,15 +306,27 @@ def answer(run_dir: Path, main: str, **how) -> None:
 @contextmanager
 def following(run_dir: Path):
     """A follower while it runs: when it ends on an exception after answering rank 0, its answer
-    says it stopped and why, so rank 0 stops instead of waiting for it."""
+    says it stopped and why, so rank 0 stops instead of waiting for it; on a requested stop (a Ctrl-C,
+    a stop signal: the whole launch gets it; rank 0's stop) that it was interrupted, which is no
+    failure of this rank to report; nothing where a collective lost another process (`ended` names it)."""
     try:
         yield
     except BaseException as e:
         record = _read_json(Path(run_dir) / f"{ANSWER}-{rank()}")
-        if record is not None and record.get("token") == TOKEN and not record.get("stopped"):
-            why = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            answer(run_dir, record["main"], stopped=why)
+        # (a collective that lost another process: that one's end, not this one's)
+        if record is not None and record.get("token") == TOKEN and not record.get("stopped") and not peer_lost(e):
+            if _requested(e):
+                answer(run_dir, record["main"], interrupted=True)
+            else:
+                answer(run_dir, record["main"], stopped=next((line for line in str(e).splitlines() if line.strip()),
+                                                             type(e).__name__))
         raise
+
+
+def _requested(e: BaseException) -> bool:
+    """A stop asked for (a Ctrl-C, a stop signal, max_steps_this_run, rank 0's stop: UserErrors
+    without a label), not an error."""
+    return isinstance(e, KeyboardInterrupt) or (isinstance(e, UserError) and e.label == "")
 
 
 def wait_for_followers(run_dir: Path, poll: float = 0.5, limit_s: float | None = None) -> None:
@@ -280,6 +337,10 @@ def wait_for_followers(run_dir: Path, poll: float = 0.5, limit_s: float | None =
     start = time.monotonic()
     while True:
         got = check_followers(run_dir)
+        gone = [r for r, a in sorted(got.items()) if a.get("interrupted")]
+        if gone:
+            raise UserError(f"rank {gone[0]} of this launch was interrupted (a Ctrl-C or a stop signal) before a "
+                            "data-parallel pass: start the launch again with --resume")
         waiting = [r for r in _followers() if got.get(r, {}).get("ready") != PREPARED]
         if not waiting:
             return
@@ -300,50 +361,22 @@ def check_followers(run_dir: Path) -> dict:
     return got
 
 
+def ended(run_dir: Path) -> str:
+    """Who of the launch ended, in words, where a collective failed (`peer_lost`): rank 0 names a
+    follower whose process is gone on this host (one that said why it stopped: `check_followers`'
+    UserError); a follower, rank 0 gone on this host; else 'a follower' / 'another process'."""
+    here = socket.gethostname()
+    if is_follower():
+        main = _read_json(Path(run_dir) / HANDOFF) or {}
+        gone = main.get("launch") == launch_key() and main.get("host") == here and not _alive(main.get("pid"))
+        return f"rank 0 of this launch (pid {main.get('pid')}) ended" if gone else "another process of this launch ended"
+    answers = check_followers(run_dir)  # one that said why: a UserError naming it
+    dead = [r for r, a in sorted(answers.items()) if a.get("host") == here and not _alive(a.get("pid"))]
+    return f"rank {dead[0]} of this launch ended" if dead else "a follower of this launch ended"
+
+
 def _followers() -> range:
     return range(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-
-
-def _recipe_words(theirs: dict, mine: dict) -> str:
-    """The first recipe key (dotted, as --set names it) where two resolved recipes differ."""
-    from compress.runner_resume import _flat
-
-    a, b = _flat(theirs), _flat(mine)
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<none>") != b.get(k, "<none>"))
-    if not keys:  # an empty mapping or list on one side only
-        return "the recipe differs"
-    more = f", and {len(keys) - 1} more key{'s' if len(keys) > 2 else ''}" if len(keys) > 1 else ""
-    return f"{keys[0]} is {_short(a.get(keys[0], '<none>'))} on rank 0, {_short(b.get(keys[0], '<none>'))} here{more}"
-
-
-def _teacher_words(theirs: dict, mine: dict) -> str:
-    """What differs between two `runner_resume.teacher_identity`s."""
-    for k, what in (("source", "the teacher"), ("config", "--teacher-config")):
-        if theirs.get(k) != mine.get(k):
-            return f"{what} is {theirs.get(k)} on rank 0, {mine.get(k)} here"
-    return f"the teacher {mine.get('source')} holds other weights or config here than on rank 0"
-
-
-def _inputs_words(theirs: dict, mine: dict) -> str:
-    """What differs between two pipeline sources' `inputs_identity`s (None: a source that samples
-    no pipeline)."""
-    if (theirs is None) != (mine is None):
-        where = "here, not on rank 0" if theirs is None else "on rank 0, not here"
-        return f"the calibration samples a pipeline {where} (the teacher folder holds other files)"
-    if theirs.get("prompts") != mine.get("prompts"):
-        return "the calibration prompts read here differ from rank 0's (calibration.prompt_file holds other lines)"
-    a, b = theirs.get("pipeline") or {}, mine.get("pipeline") or {}
-    differ = sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
-    return f"the calibration pipeline's {', '.join(differ[:3]) or 'files'} differ here from rank 0's"
-
-
-def _short(value) -> str:
-    said = repr(value)
-    return said if len(said) <= 40 else said[:37] + "..."
-
-
-WORDS = {"recipe": _recipe_words, "teacher": _teacher_words, "inputs": _inputs_words,
-         "fingerprint": lambda theirs, mine: "the calibration inputs' fingerprint differs"}
 
 
 def main_of_launch(record: dict | None, key: str, live: bool = True) -> dict | None:

@@ -1,5 +1,5 @@
 """The distill pass's learning-rate schedule (distill_utils.warmup_cosine): a warm-up as long as the run is
-shortened, and the shipped recipes keep the one they write."""
+shortened, and the shipped recipes keep the one they write; its stop signals (StopSignals)."""
 
 from __future__ import annotations
 
@@ -41,3 +41,37 @@ def test_shipped_recipes_warm_up_as_written():
     configs = [p.config for path in RECIPES for p in load_recipe(path).passes if p.name == "distill"]
     assert configs
     assert all(warmup_length(c.steps, c.warmup_steps) == c.warmup_steps for c in configs)
+
+
+def test_a_signal_passed_on_by_a_launcher_keeps_the_clean_stop(monkeypatch):
+    """A terminal's Ctrl-C reaches every torchrun worker and its agent, which sends the workers its
+    own SIGINT at once: the second signal raised KeyboardInterrupt, so no stop was agreed and no
+    checkpoint written. One within SAME_STOP_S of the first (or the same one under a launcher) is
+    that stop; a user's second, later, still gets out of a plain run."""
+    import signal
+
+    from compress import distill_utils
+    from compress.distill_utils import StopSignals, same_stop
+
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    stop = StopSignals()
+    stop._handler(signal.SIGINT, None)
+    stop._handler(signal.SIGINT, None)  # at once: the launcher's
+    assert stop.requested == signal.SIGINT
+    clock = [1000.0]
+    monkeypatch.setattr(distill_utils.time, "monotonic", lambda: clock[0])
+    stop = StopSignals()
+    stop._handler(signal.SIGINT, None)
+    clock[0] += 5  # the user's second Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        stop._handler(signal.SIGINT, None)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    stop = StopSignals()
+    stop._handler(signal.SIGINT, None)
+    clock[0] += 5  # a loaded launcher's, late: its SIGKILL follows 30 s on
+    stop._handler(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        stop._handler(signal.SIGTERM, None)  # another signal, later: not the same stop
+    assert (same_stop(0.5, False, False), same_stop(3.0, False, True), same_stop(3.0, True, True)) == (True, False, True)
