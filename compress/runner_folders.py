@@ -202,7 +202,8 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     offered to --resume, which would refuse it. What this run measured before the Ctrl-C and a rerun
     reads back whether or not it resumes (`measured_so_far`: sampled calibration inputs among `inputs`,
     the cache files of this run's sampling calls; block statistics and output Fishers an svd pass kept under its
-    teacher and calibration `fingerprint`; None: not known yet, so none measured) is said to be kept."""
+    teacher and calibration `fingerprint`; None: not known yet, so none measured) is said to be kept, beside
+    the passes saved where there are any."""
     info = None if discarding else interrupted_run(run_dir, now, passes)
     keeps = 0 if discarding or now is None else finished_and_reusable(run_dir, now, passes)
     if keeps:  # a finished run's stages, not yet discarded by this run's start
@@ -217,7 +218,9 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     if info["changed"]:
         return (f"; {another_recipe(run_dir, info)}: {kept_by_resume(info)}a rerun needs --restart to discard "
                 "it, or another --run-dir")
-    return f"; {run_dir} keeps its work ({saved_in_words(info)}): rerun with --resume to continue"
+    kept = measured_so_far(run_dir, fingerprint, inputs)  # the unfinished pass's, which --resume reads back
+    kept = f", {kept} measured so far" if kept else ""
+    return f"; {run_dir} keeps its work ({saved_in_words(info)}{kept}): rerun with --resume to continue"
 
 
 def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None) -> str:

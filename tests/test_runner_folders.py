@@ -406,30 +406,54 @@ def test_ctrl_c_during_pipeline_sampling_says_a_rerun_reuses_the_calls_it_finish
     assert len(calls) == 3 + 3  # 5 prompts, one per call: the 3 not on disk
 
 
-def test_ctrl_c_after_block_statistics_are_saved_says_a_rerun_reuses_them(pixart, monkeypatch, capsys):
-    """Ctrl-C in an svd pass after it saved the statistics of two blocks (calib/<fingerprint>/...)
-    said nothing of them, though a rerun reads them back instead of calibrating those blocks again."""
+def _ctrl_c_at_save(monkeypatch, saved: int) -> list[str]:
+    """A Ctrl-C when an svd pass saves block statistics after `saved` saves; -> the names saved."""
     from compress.calib_stats import StatsCache
-    from tests.runner_helpers import SIMPLE
 
-    tmp_path, make, loads = pixart
-    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher",
-                                                   passes="  - svd: {targets: [mlp], fisher: none, ratio: 0.5}\n"))
     saves, real = [], StatsCache.save
 
     def save(self, name, stats):
-        if len(saves) == 2:
+        if len(saves) == saved:
             raise KeyboardInterrupt
         saves.append(name)
         return real(self, name, stats)
 
     monkeypatch.setattr(StatsCache, "save", save)
+    return saves
+
+
+def test_ctrl_c_after_block_statistics_are_saved_says_a_rerun_reuses_them(pixart, monkeypatch, capsys):
+    """Ctrl-C in an svd pass after it saved the statistics of two blocks (calib/<fingerprint>/...)
+    said nothing of them, though a rerun reads them back instead of calibrating those blocks again."""
+    from tests.runner_helpers import SIMPLE
+
+    tmp_path, make, loads = pixart
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher",
+                                                   passes="  - svd: {targets: [mlp], fisher: none, ratio: 0.5}\n"))
+    saves = _ctrl_c_at_save(monkeypatch, 2)
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
     assert main(args) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{tmp_path / 'run'} keeps block statistics (2 files) measured so far: a rerun" in last, last
     monkeypatch.undo()
     assert main(args) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(saves) <= set(report["svd"]["cache_hits"]), report["svd"]["cache_hits"]
+
+
+def test_ctrl_c_in_an_svd_pass_after_a_saved_pass_names_its_block_statistics(pixart, monkeypatch, capsys):
+    """Ctrl-C in the svd pass after remove_blocks was saved said only '1 of 2 passes done', though the
+    run folder kept the block statistics and output Fishers the svd pass had saved, which --resume reads back."""
+    tmp_path, make, loads = pixart  # r.yaml: remove_blocks, then svd
+    saves = _ctrl_c_at_save(monkeypatch, 1)  # of its 2 blocks
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(args) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"dit-compress: interrupted; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block "
+                    "statistics (1 file), output Fishers (12 files) measured so far): rerun with --resume to "
+                    "continue"), last
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(saves) <= set(report["svd"]["cache_hits"]), report["svd"]["cache_hits"]
 
