@@ -160,7 +160,7 @@ def check_merged(name: str, tensors: dict) -> None:
 def dora_rows(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """DoRA's row scale m / ‖W + up·down‖_row (out,): W (out, in) the weight the DoRA was trained on,
     up (out, r') already times s, down (r', in), m (out,)."""
-    return magnitude / torch.linalg.norm(weight.float() + up @ down, dim=1)
+    return magnitude / torch.linalg.norm(weight.to(up.dtype) + up @ down, dim=1)
 
 
 def grown_factors(up: torch.Tensor, down: torch.Tensor, lora_up: torch.Tensor, lora_down: torch.Tensor,
@@ -213,21 +213,23 @@ def _merged(student: nn.Module, name: str, layer: LoraLayer, scale: float, weigh
         raise UserError(f"the LoRA has a bias on lora_B for '{name}', a layer without a bias (neither peft nor "
                         "a saved student can merge it)")
     device = module.bias.device if module.bias is not None else next(module.parameters()).device
-    up, down = (layer.up * s).to(device), layer.down.to(device)  # (out, r'), (r', in)
-    rows = None if layer.magnitude is None else dora_rows(weight.to(device), down, up, layer.magnitude.to(device))
-    bias = None if module.bias is None else module.bias.detach().float() + \
-        (0 if layer.bias is None else s * layer.bias.to(device))
+    work = torch.promote_types(next(module.parameters()).dtype, torch.float32)  # a float64 model's in float64
+    up, down = (layer.up.to(work) * s).to(device), layer.down.to(device, work)  # (out, r'), (r', in)
+    rows = None if layer.magnitude is None else dora_rows(weight.to(device), down, up,
+                                                          layer.magnitude.to(device, work))
+    bias = None if module.bias is None else module.bias.detach().to(work) + \
+        (0 if layer.bias is None else s * layer.bias.to(device, work))
     if isinstance(module, LowRankLinear) and past_break_even(module.rank + down.shape[0], module.out_features,
                                                                  module.in_features):
         return module, {"linear": _dense_layer(name, module, up, down, rows, bias)}
     if isinstance(module, LowRankLinear):
-        new_up, new_down = grown_factors(module.up.weight.detach().float(), module.down.weight.detach().float(),
+        new_up, new_down = grown_factors(module.up.weight.detach().to(work), module.down.weight.detach().to(work),
                                          up, down, rows)
         new = LowRankLinear.from_factors(new_up, new_down, bias, dtype=module.up.weight.dtype)
         check_merged(name, {"up": new.up.weight, "down": new.down.weight, "bias": new.bias})
         new.activation, new.use_kernel = module.activation, module.use_kernel
         return module, {"module": new, "rank": down.shape[0]}
-    merged = dense_merged(module.weight.float(), up, down, rows).to(module.weight.dtype)
+    merged = dense_merged(module.weight.to(work), up, down, rows).to(module.weight.dtype)
     bias = None if bias is None else bias.to(module.bias.dtype)
     check_merged(name, {"weight": merged, "bias": bias})
     return module, {"weight": merged, "bias": bias}
@@ -238,7 +240,8 @@ def _dense_layer(name: str, module: LowRankLinear, up: torch.Tensor, down: torch
     """The nn.Linear holding diag(rows) (module's up·down + up·down) (out, in) and `bias` in the
     module's dtype, checked finite: a grown LowRankLinear past break-even, stored dense."""
     dtype = module.up.weight.dtype
-    weight = dense_merged(module.up.weight.detach().float() @ module.down.weight.detach().float(), up, down, rows)
+    weight = dense_merged(module.up.weight.detach().to(up.dtype) @ module.down.weight.detach().to(up.dtype), up, down,
+                          rows)
     with torch.device("meta"):  # its parameters are set at once: never initialized
         layer = nn.Linear(module.in_features, module.out_features, bias=bias is not None)
     layer.weight = nn.Parameter(weight.to(dtype))
