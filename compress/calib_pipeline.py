@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from compress.calib_prompts import _where, calibration_prompts, one_branch, read_prompts
+from compress.calib_store import save
 from compress.errors import UserError
 
 
@@ -237,7 +238,7 @@ class PipelineSource:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp-{os.getpid()}")  # the ranks of a launch may sample the same call
-            torch.save(got, tmp)
+            save(got, tmp, atomic=False)  # (a full disk: ENOSPC naming it, no half file)
             tmp.replace(path)  # atomic: never half a file
         return got
 

@@ -448,6 +448,33 @@ def test_a_sampling_calls_cache_file_names_a_local_pipeline_by_its_absolute_path
     assert source._cached(["a cat"], 0) not in names
 
 
+def test_a_sampling_call_on_a_full_disk_is_enospc_naming_its_file_and_leaves_no_half_file(tmp_path, folders,
+                                                                                          monkeypatch):
+    """torch's zip writer says 'unexpected pos' when the disk fills: a traceback, where the run's one-line
+    disk-full error reads ENOSPC; the half-written .tmp file stayed in the inputs folder."""
+    import errno
+
+    import compress.calib_store as store
+    from compress.calib_pipeline import PipelineSource
+    from compress.recipe import CalibrationConfig
+
+    def cut_short(obj, f, *args, **kwargs):
+        open(f, "wb").write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 0")
+
+    teacher = load_teacher(str(folders["pixart"] / "transformer"))
+    calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog"], heldout=1, prompts_per_call=2,
+                              sample_steps=2, timesteps=2)
+    source = PipelineSource("pixart", calib, teacher, str(folders["pixart"]))
+    source.cache_dir = tmp_path / "inputs"
+    monkeypatch.setattr(store.torch, "save", cut_short)
+    monkeypatch.setattr(store, "disk_is_full", lambda folder: True)
+    with pytest.raises(OSError) as caught:
+        source.calibration()
+    assert caught.value.errno == errno.ENOSPC and ".tmp-" in caught.value.filename
+    assert list((tmp_path / "inputs").iterdir()) == []
+
+
 def test_the_call_files_are_those_sampling_writes_and_those_of_other_prompts_are_not(tmp_path, folders):
     """The Ctrl-C note counted every call file in the inputs folder as kept for a rerun, also those of
     prompts an earlier run read, which the rerun does not read: call_files names this source's calls."""

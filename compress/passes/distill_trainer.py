@@ -4,8 +4,10 @@ steps, checkpoints and their resume, the teacher-relative evaluation and the rep
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import pickle
 import shutil
 import time
@@ -18,6 +20,7 @@ import torch
 from rich.markup import escape
 from safetensors import SafetensorError
 
+from compress.calib_store import disk_is_full
 from compress.distill_data import make_source
 from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, feature_loss, output_loss,
                                     resolve_block_map, select_trainable, warmup_cosine, write_curves)
@@ -221,10 +224,16 @@ class _Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        torch.save({"step": self.step, "generator": self.generator.get_state(), "history": self.history,
-                    "before": self.before, "seconds": self.seconds_before + time.perf_counter() - self.t0},
-                   tmp / f"train_state_{acc.process_index}.pt")
+        try:
+            acc.save_state(str(tmp))
+            torch.save({"step": self.step, "generator": self.generator.get_state(), "history": self.history,
+                        "before": self.before, "seconds": self.seconds_before + time.perf_counter() - self.t0},
+                       tmp / f"train_state_{acc.process_index}.pt")
+        except RuntimeError as e:  # torch's zip writer on a full disk: "unexpected pos", not ENOSPC
+            if not disk_is_full(tmp):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,

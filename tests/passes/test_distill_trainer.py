@@ -194,6 +194,33 @@ def test_a_resumed_run_says_it_continues_from_its_checkpoint(tmp_path, capsys):
     assert f"distill: continuing from its checkpoint at step 2/4 ({checkpoint})\n" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("full", [True, False], ids=["disk full", "room left"])
+def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it_and_leaves_no_half_checkpoint(tmp_path, monkeypatch, full):
+    """torch's zip writer says 'unexpected pos' when the disk fills: a traceback, where the run's one-line
+    disk-full error reads ENOSPC. With room left the error is not called a full disk."""
+    import errno
+
+    import compress.passes.distill_trainer as trainer
+
+    def cut_short(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 0")
+
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    monkeypatch.setattr(torch, "save", cut_short)
+    monkeypatch.setattr(trainer, "disk_is_full", lambda folder: full)
+    with pytest.raises(OSError if full else RuntimeError) as caught:
+        distill(student, teacher, tmp_path, steps=2, checkpoint_every=1)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    if full:
+        assert caught.value.errno == errno.ENOSPC
+        assert caught.value.filename == str(checkpoints / "tmp-step-00000001")
+        assert list(checkpoints.iterdir()) == []
+    else:
+        assert "unexpected pos" in str(caught.value)
+
+
 def _truncate(path: Path) -> None:
     with open(path, "r+b") as f:
         f.truncate(min(1000, path.stat().st_size // 2))
