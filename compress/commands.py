@@ -284,6 +284,7 @@ def lora(args) -> int:
 
     from compress.io_export import save_compressed
     from compress.lora import merge_lora
+    from compress.runner_lock import hold_output
 
     source, new = Path(args.out).expanduser(), Path(args.new).expanduser()
     if new.exists() or new.is_symlink():
@@ -299,7 +300,8 @@ def lora(args) -> int:
     check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora)
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
     noted = with_lora_noted(files, model, recorded, args.scale, done)
-    save_compressed(model, new, dtype=_recorded_dtype(source), files=noted)
+    with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
+        save_compressed(model, new, dtype=_recorded_dtype(source), files=noted)
     grown = f", {len(done['rank_added'])} factorized ones by rank {sorted(set(done['rank_added'].values()))}" \
         if done["rank_added"] else ""
     dense = f", {len(done['densified'])} stored dense (grown past break-even)" if done["densified"] else ""

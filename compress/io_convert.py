@@ -22,6 +22,7 @@ import torch
 from compress.errors import UserError
 from compress.io import INDEX, WEIGHTS, SafetensorsError
 from compress.io_export import atomic_folder
+from compress.runner_lock import hold_output
 from compress.io_single import (check_flux_blocks, checked_family, config_file, empty_model, key_converter,
                                 transformer_prefix)
 from compress.io_tensors import read_state_dict, unreadable
@@ -68,7 +69,8 @@ def _convert(path: Path, out: Path, config: str | None, shard_bytes: int) -> dic
         convert_key = key_converter(family, names, model)
         expected = {k: (tuple(v.shape)) for k, v in model.state_dict().items()}
         warn_if_short_of_disk(path, out)
-        with atomic_folder(out) as tmp, _progress() as bar:
+        # the output's lock, as a run's: a run's start clears temp folders beside an output no one holds
+        with hold_output(out), atomic_folder(out) as tmp, _progress() as bar:
             model.save_config(tmp)
             task = bar.add_task(f"convert {path.name}", total=len(names))
             written = _write_shards(tmp, path, names, lambda n: get(prefix + n), convert_key, expected, shard_bytes,

@@ -152,6 +152,20 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "f.safetensors"]
 
 
+def test_convert_takes_the_output_lock_a_run_takes(tmp_path):
+    """A run's start removes the temp folders beside its free --out that killed writers left: convert
+    wrote one unlocked, which a run starting on the same folder would have removed mid-write."""
+    from compress.runner_lock import hold_output
+
+    _flux_file(tmp_path)
+    with hold_output(tmp_path / "out"):
+        with pytest.raises(UserError, match="is to be written by another dit-compress run"):
+            convert_file(tmp_path / "f.safetensors", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "f.safetensors"]
+    convert_file(tmp_path / "f.safetensors", tmp_path / "out")  # free again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "f.safetensors", "out"]
+
+
 def test_convert_warns_first_when_the_disk_has_less_free_than_the_file(tmp_path, monkeypatch, capsys):
     _flux_file(tmp_path)
     monkeypatch.setattr("compress.runner_stream.free_bytes", lambda folder: 1000)

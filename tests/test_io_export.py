@@ -166,14 +166,17 @@ def test_an_overwrite_replaces_the_output_and_leaves_nothing_beside_it(tmp_path)
 
 
 def _killed_at_second_rename(out, exchange: bool) -> bool:
-    """In a child process: save_compressed(overwrite=True) onto `out`, SIGKILLed at its second
-    os.replace (between moving the old output aside and the new one in); `exchange`: whether the
-    system's atomic exchange is used. Whether the child was killed."""
+    """In a child process: save_compressed(overwrite=True) of another model (its first weight + 1) onto
+    `out`, SIGKILLed at its second os.replace (between moving the old output aside and the new one in);
+    `exchange`: whether the system's atomic exchange is used. Whether the child was killed (else it
+    must have saved without an error: exit status 0, 3 on any exception)."""
     import signal
 
     from compress import io_export
 
     model = tiny_pixart()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
     pid = os.fork()
     if pid == 0:
         try:
@@ -189,21 +192,30 @@ def _killed_at_second_rename(out, exchange: bool) -> bool:
             if not exchange:
                 io_export.exchange = lambda a, b: False
             save_compressed(model, out, overwrite=True)
+        except BaseException:
+            os._exit(3)
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, "the child's save raised"
     return os.WIFSIGNALED(status)
 
 
 def test_a_kill_during_an_overwrite_leaves_an_output(tmp_path):
     """A SIGKILL between the old output's rename aside and the new one's rename in left no `out` at
     all (and both, whole, in hidden temp folders): the two are swapped in one step (renameat2)."""
+    from compress.io_export import exchange
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    if not exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("no renameat2 with RENAME_EXCHANGE here")
     out = tmp_path / "out"
     save_compressed(tiny_pixart(), out)
+    before = (out / "diffusion_pytorch_model.safetensors").read_bytes()
     killed = _killed_at_second_rename(out, exchange=True)
-    assert (out / "config.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]
     assert not killed  # the exchange makes no second rename
+    assert (out / "diffusion_pytorch_model.safetensors").read_bytes() != before  # the new output is in
 
 
 def test_where_there_is_no_exchange_a_killed_overwrite_leaves_the_old_output_aside_by_its_name(tmp_path):
