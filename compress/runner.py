@@ -27,9 +27,9 @@ from compress.report import console, model_card, param_count
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_ranks import (PREPARED, PeerLost, announce, check_followers, check_same_run, ended, following,
-                                   hand_off, is_follower, is_main_process, leading, peer_lost, several_processes,
-                                   wait_for_followers, wait_for_hand_off)
+from compress.runner_answers import PREPARED, check_followers, check_same_run, ended, following, wait_for_followers
+from compress.runner_ranks import (MainStopped, PeerLost, announce, hand_off, is_follower, is_main_process, leading,
+                                   peer_lost, several_processes, wait_for_hand_off)
 from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, resume_note, teacher_identity,
                                    weights_checksum)
 from compress.runner_setup import (DTYPES, check_finite, check_reference, load_checked_teacher, resolve_device,
@@ -38,6 +38,8 @@ from compress.runner_stages import handed_over, restore, resumable, save_stage, 
 from compress.runner_stream import (HELDOUT, DiskFull, OutOfMemory, check_streaming, disk_full_line, disk_full_words,
                                    is_out_of_memory, memory_hints, memory_in_words, models_for, streamed_weights,
                                    warn_if_activations_too_big, warn_if_streamed_too_big)
+
+EXPORT = "the export"  # `Runner.doing` while rank 0 writes the output (a full disk there names --out)
 
 
 class Runner:
@@ -51,11 +53,12 @@ class Runner:
         self.teacher_arg, self.teacher_config = teacher, teacher_config
         self.resume, self.overwrite, self.restart = resume, overwrite, restart
         self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error
+        self.followed = None  # a follower: the token of the rank 0 it follows (runner_ranks.wait_for_main)
         self.started_over = False  # the run folder's earlier stages and checkpoints discarded (runner_stages.restore)
         self.device = resolve_device(recipe)
         # resident or streamed weights, in the recipe's compute dtype, on its device
         self.models = models_for(recipe.stream, self.run_dir, DTYPES[recipe.compute_dtype], self.device)
-        # what every process of a launch must share (runner_ranks.check_same_run): the recipe as
+        # what every process of a launch must share (runner_answers.check_same_run): the recipe as
         # resolved (--set; the export aside: rank 0 alone writes it) and the options that change a result
         self.about = {"recipe": {k: v for k, v in recipe.raw.items() if k != "export"}, "--teacher": teacher,
                       "--teacher-config": teacher_config, "--resume": resume, "version": compress.__version__}
@@ -221,15 +224,15 @@ class Runner:
             self.student_stage = stage_dir(self, i)
         if several_processes():
             hand_off(self.run_dir, None, None, self.about)  # nothing more for the other ranks
-        self.doing = "the export"
+        self.doing = EXPORT
         return self.export(student, teacher_params)
 
     def _follow(self) -> Path:
         """A rank other than 0 of a distributed launch (runner_ranks): only the data-parallel passes,
         each from the student rank 0 hands over; nothing at all for a recipe without one. Refused
-        before it computes when it would not run what rank 0 runs (runner_ranks.check_same_run)."""
+        before it computes when it would not run what rank 0 runs (runner_answers.check_same_run)."""
         with following(self.run_dir):  # rank 0 hears when it stops
-            main = check_same_run(self.run_dir, self.about, "recipe")  # the rank 0 it follows from now on
+            self.followed = main = check_same_run(self.run_dir, self.about, "recipe")  # its rank 0 from now on
             self.passes = build_passes(self.recipe)
             if not any(p.data_parallel for p in self.passes):
                 return self.out
@@ -272,18 +275,20 @@ class Runner:
     def _disk_full(self, e: BaseException) -> DiskFull:
         """One line: where a write failed (the file, else the output or run folder) and why, during
         what, and what the run folder keeps for --resume."""
-        export = self.doing == "the export"
+        export = self.doing == EXPORT
         folder, flag = (Path(self.out).absolute(), "--out") if export else (self.run_dir, "--run-dir")
         return DiskFull(disk_full_line(e, self._doing_words(), folder, flag) + self._kept())
 
-    def _peer_lost(self) -> PeerLost:
+    def _peer_lost(self) -> UserError:
         """One line where a collective failed because another process of the launch ended: who (a
-        follower that said why, or was killed), and what the run folder keeps for --resume."""
-        try:
-            who = f"{ended(self.run_dir)} without a word (killed?)"
-        except UserError as e:  # a follower that stopped on an error: its reason
-            who = str(e)
-        return PeerLost(f"{self._doing_words()}: {who}{self._kept() or '; start the launch again with --resume'}")
+        follower that said why, was interrupted or killed; a follower's rank 0, `runner_answers.ended`)
+        and what the run folder keeps for --resume; MainStopped where rank 0 stopped (it says why)."""
+        lost = ended(self.run_dir, self.followed)
+        if isinstance(lost, MainStopped):  # this rank says nothing (cli)
+            return lost
+        # a follower's words say what to do; rank 0's run folder says what it keeps
+        again = "" if is_follower() else self._kept() or "; start the launch again with --resume"
+        return PeerLost(f"{self._doing_words()}: {lost}{again}")
 
     def _doing_words(self) -> str:
         """The recipe line and pass running now ('r.yaml:12: pass 2/3 (svd)'), or the phase."""

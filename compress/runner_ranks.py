@@ -4,7 +4,7 @@ distill). Rank 0 says it runs (`announce`, once it holds the run folder), then b
 pass hands off (`hand_off`): it names the pass and the saved stage folder that holds its student
 (None: a fresh copy of the teacher); a follower waits for that hand-off (`wait_for_hand_off`), loads
 the student from it and runs the pass beside rank 0. After its last pass rank 0 hands off None: the
-followers are done.
+followers are done. The followers' answers to rank 0 (ready, refused, stopped) are runner_answers'.
 
 Before, every rank ran every pass in the same run folder: calibration caches and output Fishers
 were written by both at once (a crash on a rename, or one rank reading the other's half-made
@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.runner_ranks_words import WORDS, short as _short
 
 
 class MainStopped(UserError):
@@ -39,6 +38,9 @@ class MainStopped(UserError):
 
     exit_code = 130
     label = ""
+
+
+MAIN_STOPPED = "rank 0 of this launch stopped: see its message"
 
 
 class PeerLost(UserError):
@@ -167,7 +169,7 @@ def _heartbeat(path: Path, done: threading.Event) -> None:
 
 def _mark_stopped(path: Path) -> None:
     """This process's hand-off file, marked stopped (a file of another process is left alone)."""
-    record = _read_json(path)
+    record = read_json(path)
     if record is None or record.get("token") != TOKEN:
         return
     try:
@@ -189,8 +191,8 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
     one was taken (or `main`, the token of the rank 0 it follows, given), only that rank 0's. A
     UserError when this process is not part of a launch, when rank 0 has not announced itself in
     the run folder within `find_main_s`, or when its file stays unchanged STALE_S (rank 0 killed, on
-    another host); MainStopped when rank 0 marked it stopped or (on this host) has stopped; PeerLost
-    when the rank 0 it follows, on this host, ended without a word (killed) or its file is another's."""
+    another host); what `main_gone` raises once it follows one (stopped, killed here, or its file
+    another's)."""
     run_dir, path = Path(run_dir), Path(run_dir) / HANDOFF
     key = launch_key()
     if key is None:
@@ -201,24 +203,21 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
     seen = (None, start)
     first, live = {}, set()  # token -> the file's stat when first read; tokens seen to change since
     while True:
-        before, record, after = _stat(path), _read_json(path), _stat(path)
+        before, record, after = _stat(path), read_json(path), _stat(path)
         if before != after:  # replaced while read: look again
             continue
         token = record.get("token") if record else None
         if first.setdefault(token, after) != after:
             live.add(token)
         got = main_of_launch(record, key, live=token in live)
+        main = token if main is None and got is not None else main  # the rank 0 it follows from now on
         if main is not None and record is not None and record.get("launch") == key:
-            _check_followed(record, main, key)
-        if got is not None and main in (None, token):
-            main = token
-            if got.get("stopped"):  # it ended on an error or a Ctrl-C (`leading`)
-                raise MainStopped("rank 0 of this launch stopped: see its message")
+            lost = main_gone(record, main)  # stopped, killed, or another's file now: said one way, here alone
+            if lost is not None:
+                raise lost
+        if got is not None and token == main:
             if ready(got):
                 return got
-            if got.get("host") == socket.gethostname() and not _alive(got.get("pid")):
-                raise MainStopped("rank 0 of this launch stopped before handing over the student of its next "
-                                  "distill pass: see its message")
             seen = seen if after == seen[0] else (after, time.monotonic())  # on this host's clock
             if time.monotonic() - seen[1] > STALE_S:
                 raise UserError(f"rank 0 of this launch ({key}) has not touched {run_dir / HANDOFF} in "
@@ -231,20 +230,24 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
         time.sleep(poll)
 
 
-def _check_followed(record: dict, main: str, key: str) -> None:
-    """A follower, reading a hand-off of its launch's key: MainStopped when the rank 0 it follows
-    (token `main`) marked it stopped; PeerLost when that rank 0 ended without a word (killed: its pid
-    gone on this host, where `main_of_launch` takes no record of another launcher's dead process), or
-    when the file is now another process's (a relaunch on the same static port: not its rank 0)."""
+def main_gone(record: dict, main: str) -> UserError | None:
+    """What a hand-off `record` of its launch's key says of the rank 0 a follower follows (token
+    `main`), as the error to raise (`wait_for_main`; `runner_answers.ended` where a collective failed),
+    or None while that rank 0 runs (or, on another host, none can tell): MainStopped when it marked it
+    stopped (an error or a Ctrl-C: its own message says which); PeerLost when the file is now another
+    process's (a relaunch on the same static port: not its rank 0) or when it ended without a word
+    (killed: its pid gone on this host before it handed off its last pass)."""
+    pid = record.get("pid")
     if record.get("token") != main:
-        raise PeerLost(f"rank 0 of this launch ({key}) ended: another process (pid {record.get('pid')}) now "
-                       "writes its hand-off file, a relaunch with the same rendezvous; stop this process and "
-                       "start every node of the launch again")
+        return PeerLost(f"rank 0 of this launch ({launch_key()}) ended: another process (pid {pid}) now writes "
+                        "its hand-off file, a relaunch with the same rendezvous; stop this process and start every "
+                        "node of the launch again")
     if record.get("stopped"):  # (taken or not: a stopped rank 0 of another launcher is gone a moment later)
-        raise MainStopped("rank 0 of this launch stopped: see its message")
-    if record.get("host") == socket.gethostname() and not _alive(record.get("pid")) and record.get("pass", -1) is not None:
-        raise PeerLost(f"rank 0 of this launch (pid {record.get('pid')}) ended without a word (killed?): start the "
-                       "launch again with --resume to continue from what its run folder keeps")
+        return MainStopped(MAIN_STOPPED)
+    if record.get("host") == socket.gethostname() and not alive(pid) and record.get("pass", -1) is not None:
+        return PeerLost(f"rank 0 of this launch (pid {pid}) ended without a word (killed?): start the launch "
+                        "again with --resume to continue from what its run folder keeps")
+    return None
 
 
 def _stat(path: Path) -> tuple | None:
@@ -254,129 +257,6 @@ def _stat(path: Path) -> tuple | None:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_ino, st.st_size
-
-
-def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5, main: str | None = None) -> str:
-    """A follower, before it computes: waits for a record of rank 0 that carries every key of
-    `about` and refuses, in one line naming the first difference, when rank 0's differs. Either way
-    it answers rank 0 (`answer`: ready for `step`, or stopped and why): rank 0 waits for that before
-    a data-parallel pass, since it could not tell a refusing follower from a slow one there. The
-    token of that rank 0 (the one to follow: `main`, once known)."""
-    # a rank 0 of an older dit-compress writes no `version`: said at once, not after STALE_S
-    got = wait_for_main(run_dir, lambda record: all(k in record for k in about) or "version" not in record, poll,
-                        main=main)
-    if "version" not in got:
-        refusal = (f"rank {rank()} runs dit-compress {about.get('version', '')} and rank 0 an older one: every "
-                   "process of a launch must run the same version").replace("  ", " ")
-        answer(run_dir, got["token"], stopped=refusal)
-        raise UserError(refusal)
-    for k, mine in about.items():
-        theirs, mine = got[k], json.loads(json.dumps(mine, default=str))  # as rank 0's went through the file
-        if theirs != mine:
-            said = WORDS[k](theirs, mine) if k in WORDS else f"{k} is {_short(theirs)} on rank 0, {_short(mine)} here"
-            refusal = (f"rank {rank()} does not run what rank 0 runs ({said}): every process of a launch must "
-                       "run the same recipe with the same --set, --teacher, --teacher-config and --resume, and "
-                       "see the same teacher and calibration files")
-            answer(run_dir, got["token"], stopped=refusal)
-            raise UserError(refusal)
-    answer(run_dir, got["token"], ready=step)
-    return got["token"]
-
-
-ANSWER = ".dit-compress.rank"  # + "-N": in the run folder, follower N's answer to rank 0
-PREPARED = "prepared"  # the step of a follower ready to run the data-parallel passes
-FIND_FOLLOWERS_S = 1800.0  # how long rank 0 waits for the followers' answers (a process group's own wait)
-
-
-def answer(run_dir: Path, main: str, **how) -> None:
-    """A follower to rank 0 (whose token is `main`: never an earlier launch's rank 0): `ready` (the
-    step it reached) or `stopped` (why, in one line). A run folder it cannot write leaves rank 0 to
-    wait FIND_FOLLOWERS_S, and say so."""
-    record = {"main": main, "token": TOKEN, "rank": rank(), "host": socket.gethostname(), "pid": os.getpid(), **how}
-    path = Path(run_dir) / f"{ANSWER}-{rank()}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record) + "\n")
-        tmp.replace(path)
-    except OSError:
-        pass
-
-
-@contextmanager
-def following(run_dir: Path):
-    """A follower while it runs: when it ends on an exception after answering rank 0, its answer
-    says it stopped and why, so rank 0 stops instead of waiting for it; on a requested stop (a Ctrl-C,
-    a stop signal: the whole launch gets it; rank 0's stop) that it was interrupted, which is no
-    failure of this rank to report; nothing where a collective lost another process (`ended` names it)."""
-    try:
-        yield
-    except BaseException as e:
-        record = _read_json(Path(run_dir) / f"{ANSWER}-{rank()}")
-        # (a collective that lost another process: that one's end, not this one's)
-        if record is not None and record.get("token") == TOKEN and not record.get("stopped") and not peer_lost(e):
-            if _requested(e):
-                answer(run_dir, record["main"], interrupted=True)
-            else:
-                answer(run_dir, record["main"], stopped=next((line for line in str(e).splitlines() if line.strip()),
-                                                             type(e).__name__))
-        raise
-
-
-def _requested(e: BaseException) -> bool:
-    """A stop asked for (a Ctrl-C, a stop signal, max_steps_this_run, rank 0's stop: UserErrors
-    without a label), not an error."""
-    return isinstance(e, KeyboardInterrupt) or (isinstance(e, UserError) and e.label == "")
-
-
-def wait_for_followers(run_dir: Path, poll: float = 0.5, limit_s: float | None = None) -> None:
-    """Rank 0, before it hands off a data-parallel pass: every follower answered that it is ready
-    (`PREPARED`); a one-line UserError when one stopped (`check_followers`) or when some have not
-    answered within `limit_s` (default FIND_FOLLOWERS_S: a node whose --run-dir is another folder)."""
-    limit_s = FIND_FOLLOWERS_S if limit_s is None else limit_s
-    start = time.monotonic()
-    while True:
-        got = check_followers(run_dir)
-        gone = [r for r, a in sorted(got.items()) if a.get("interrupted")]
-        if gone:
-            raise UserError(f"rank {gone[0]} of this launch was interrupted (a Ctrl-C or a stop signal) before a "
-                            "data-parallel pass: start the launch again with --resume")
-        waiting = [r for r in _followers() if got.get(r, {}).get("ready") != PREPARED]
-        if not waiting:
-            return
-        if time.monotonic() - start > limit_s:
-            raise UserError(f"rank {', '.join(map(str, waiting))} of this launch did not answer in {run_dir} in "
-                            f"{limit_s / 60:.0f} min: every node must see the same --run-dir (see their messages)")
-        time.sleep(poll)
-
-
-def check_followers(run_dir: Path) -> dict:
-    """Rank 0, without waiting: the followers' answers to it so far {rank: answer}; a one-line
-    UserError when one stopped (a refusal says why), so rank 0 stops before it computes more."""
-    got = {r: _read_json(Path(run_dir) / f"{ANSWER}-{r}") for r in _followers()}
-    got = {r: a for r, a in got.items() if a is not None and a.get("main") == TOKEN}  # to this process
-    for r, a in sorted(got.items()):
-        if a.get("stopped"):
-            raise UserError(f"rank {r} of this launch stopped: {a['stopped']}")
-    return got
-
-
-def ended(run_dir: Path) -> str:
-    """Who of the launch ended, in words, where a collective failed (`peer_lost`): rank 0 names a
-    follower whose process is gone on this host (one that said why it stopped: `check_followers`'
-    UserError); a follower, rank 0 gone on this host; else 'a follower' / 'another process'."""
-    here = socket.gethostname()
-    if is_follower():
-        main = _read_json(Path(run_dir) / HANDOFF) or {}
-        gone = main.get("launch") == launch_key() and main.get("host") == here and not _alive(main.get("pid"))
-        return f"rank 0 of this launch (pid {main.get('pid')}) ended" if gone else "another process of this launch ended"
-    answers = check_followers(run_dir)  # one that said why: a UserError naming it
-    dead = [r for r, a in sorted(answers.items()) if a.get("host") == here and not _alive(a.get("pid"))]
-    return f"rank {dead[0]} of this launch ended" if dead else "a follower of this launch ended"
-
-
-def _followers() -> range:
-    return range(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
 
 
 def main_of_launch(record: dict | None, key: str, live: bool = True) -> dict | None:
@@ -392,12 +272,12 @@ def main_of_launch(record: dict | None, key: str, live: bool = True) -> dict | N
     near = isinstance(since, (int, float)) and abs(since - STARTED) <= SAME_START_S
     if record.get("host") != socket.gethostname():
         return record if near and live else None
-    if record.get("ppid") == os.getppid() or (near and _alive(record.get("pid"))):
+    if record.get("ppid") == os.getppid() or (near and alive(record.get("pid"))):
         return record
     return None  # an earlier launch's, killed before it handed off its last pass
 
 
-def _alive(pid) -> bool:
+def alive(pid) -> bool:
     if not isinstance(pid, int):
         return False
     try:
@@ -409,7 +289,7 @@ def _alive(pid) -> bool:
     return True
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         got = json.loads(path.read_text())
     except (OSError, ValueError):

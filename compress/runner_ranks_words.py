@@ -1,5 +1,5 @@
 """What differs, in words, between what rank 0 of a launch runs and what a follower would run
-(`runner_ranks.check_same_run` refuses in one line naming it). Imports no torch."""
+(`runner_answers.check_same_run` refuses in one line naming it). Imports no torch."""
 
 from __future__ import annotations
 

@@ -1,0 +1,157 @@
+"""The followers' answers to rank 0 in a run of several processes (runner_ranks: rank 0 runs the
+passes and hands the data-parallel ones over): each follower says in its own file of the run folder
+(`ANSWER`-N) to the rank 0 it follows whether it runs what rank 0 runs (`check_same_run`), the step
+it is ready for, or that it stopped (why) or was interrupted; rank 0 reads them before each pass and
+waits for them before a data-parallel one, and names the follower a failed collective lost (`ended`).
+Imports no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from compress.errors import UserError
+from compress.runner_ranks import (HANDOFF, TOKEN, PeerLost, alive, is_follower, launch_key, main_gone, peer_lost,
+                                   rank, read_json, wait_for_main)
+from compress.runner_ranks_words import WORDS, short as _short
+
+ANSWER = ".dit-compress.rank"  # + "-N": in the run folder, follower N's answer to rank 0
+PREPARED = "prepared"  # the step of a follower ready to run the data-parallel passes
+FIND_FOLLOWERS_S = 1800.0  # how long rank 0 waits for the followers' answers (a process group's own wait)
+
+
+
+def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5, main: str | None = None) -> str:
+    """A follower, before it computes: waits for a record of rank 0 that carries every key of
+    `about` and refuses, in one line naming the first difference, when rank 0's differs. Either way
+    it answers rank 0 (`answer`: ready for `step`, or stopped and why): rank 0 waits for that before
+    a data-parallel pass, since it could not tell a refusing follower from a slow one there. The
+    token of that rank 0 (the one to follow: `main`, once known)."""
+    # a rank 0 of an older dit-compress writes no `version`: said at once, not after STALE_S
+    got = wait_for_main(run_dir, lambda record: all(k in record for k in about) or "version" not in record, poll,
+                        main=main)
+    if "version" not in got:
+        refusal = (f"rank {rank()} runs dit-compress {about.get('version', '')} and rank 0 an older one: every "
+                   "process of a launch must run the same version").replace("  ", " ")
+        answer(run_dir, got["token"], stopped=refusal)
+        raise UserError(refusal)
+    for k, mine in about.items():
+        theirs, mine = got[k], json.loads(json.dumps(mine, default=str))  # as rank 0's went through the file
+        if theirs != mine:
+            said = WORDS[k](theirs, mine) if k in WORDS else f"{k} is {_short(theirs)} on rank 0, {_short(mine)} here"
+            refusal = (f"rank {rank()} does not run what rank 0 runs ({said}): every process of a launch must "
+                       "run the same recipe with the same --set, --teacher, --teacher-config and --resume, and "
+                       "see the same teacher and calibration files")
+            answer(run_dir, got["token"], stopped=refusal)
+            raise UserError(refusal)
+    answer(run_dir, got["token"], ready=step)
+    return got["token"]
+
+
+def answer(run_dir: Path, main: str, **how) -> None:
+    """A follower to rank 0 (whose token is `main`: never an earlier launch's rank 0): `ready` (the
+    step it reached) or `stopped` (why, in one line). A run folder it cannot write leaves rank 0 to
+    wait FIND_FOLLOWERS_S, and say so."""
+    record = {"main": main, "token": TOKEN, "rank": rank(), "host": socket.gethostname(), "pid": os.getpid(), **how}
+    path = Path(run_dir) / f"{ANSWER}-{rank()}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+@contextmanager
+def following(run_dir: Path):
+    """A follower while it runs: when it ends on an exception after answering rank 0, its answer
+    says it stopped and why, so rank 0 stops instead of waiting for it; on a requested stop (a Ctrl-C,
+    a stop signal: the whole launch gets it; rank 0's stop) that it was interrupted, which is no
+    failure of this rank to report; nothing where a collective lost another process (`ended` names it)."""
+    try:
+        yield
+    except BaseException as e:
+        record = read_json(Path(run_dir) / f"{ANSWER}-{rank()}")
+        # (a collective that lost another process: that one's end, not this one's)
+        if record is not None and record.get("token") == TOKEN and not record.get("stopped") and not peer_lost(e):
+            if _requested(e):
+                answer(run_dir, record["main"], interrupted=True)
+            else:
+                answer(run_dir, record["main"], stopped=next((line for line in str(e).splitlines() if line.strip()),
+                                                             type(e).__name__))
+        raise
+
+
+def _requested(e: BaseException) -> bool:
+    """A stop asked for (a Ctrl-C, a stop signal, max_steps_this_run, rank 0's stop: UserErrors
+    without a label), not an error."""
+    return isinstance(e, KeyboardInterrupt) or (isinstance(e, UserError) and e.label == "")
+
+
+def wait_for_followers(run_dir: Path, poll: float = 0.5, limit_s: float | None = None) -> None:
+    """Rank 0, before it hands off a data-parallel pass: every follower answered that it is ready
+    (`PREPARED`); a one-line UserError when one stopped (`check_followers`) or when some have not
+    answered within `limit_s` (default FIND_FOLLOWERS_S: a node whose --run-dir is another folder)."""
+    limit_s = FIND_FOLLOWERS_S if limit_s is None else limit_s
+    start = time.monotonic()
+    while True:
+        got = check_followers(run_dir)
+        if said := _interrupted(got):
+            raise UserError(f"{said} before a data-parallel pass: start the launch again with --resume")
+        waiting = [r for r in _followers() if got.get(r, {}).get("ready") != PREPARED]
+        if not waiting:
+            return
+        if time.monotonic() - start > limit_s:
+            raise UserError(f"rank {', '.join(map(str, waiting))} of this launch did not answer in {run_dir} in "
+                            f"{limit_s / 60:.0f} min: every node must see the same --run-dir (see their messages)")
+        time.sleep(poll)
+
+
+def check_followers(run_dir: Path) -> dict:
+    """Rank 0, without waiting: the followers' answers to it so far {rank: answer}; a one-line
+    UserError when one stopped (a refusal says why), so rank 0 stops before it computes more."""
+    got = {r: read_json(Path(run_dir) / f"{ANSWER}-{r}") for r in _followers()}
+    got = {r: a for r, a in got.items() if a is not None and a.get("main") == TOKEN}  # to this process
+    for r, a in sorted(got.items()):
+        if a.get("stopped"):
+            raise UserError(f"rank {r} of this launch stopped: {a['stopped']}")
+    return got
+
+
+def _interrupted(answers: dict) -> str | None:
+    """'rank N of this launch was interrupted (...)' for the first follower whose answer says so
+    (`following`: a Ctrl-C or a stop signal, no failure of its own), else None."""
+    gone = [r for r, a in sorted(answers.items()) if a.get("interrupted")]
+    return f"rank {gone[0]} of this launch was interrupted (a Ctrl-C or a stop signal)" if gone else None
+
+
+def ended(run_dir: Path, main: str | None = None) -> UserError:
+    """Who of the launch ended, as the error to raise where a collective failed (`peer_lost`). A
+    follower: what rank 0's hand-off file says of the rank 0 it follows (token `main`; `main_gone`,
+    the words `wait_for_main` raises for the same file), else that another process ended. Rank 0: a
+    follower that said why it stopped (`check_followers`), that was interrupted, or whose process is
+    gone on this host, else 'a follower'; its words leave out what to do (its run folder says that)."""
+    if is_follower():
+        record = read_json(Path(run_dir) / HANDOFF)
+        ours = record is not None and record.get("launch") == launch_key()
+        lost = main_gone(record, main or record.get("token")) if ours else None
+        return lost or PeerLost("another process of this launch ended without a word (killed?); start the launch "
+                                "again with --resume")
+    try:
+        answers = check_followers(run_dir)
+    except UserError as e:  # one that said why it stopped
+        return e
+    if said := _interrupted(answers):  # (its answer: on any host)
+        return PeerLost(said)
+    here = socket.gethostname()
+    dead = [f"rank {r}" for r, a in sorted(answers.items()) if a.get("host") == here and not alive(a.get("pid"))]
+    return PeerLost(f"{(dead or ['a follower'])[0]} of this launch ended without a word (killed?)")
+
+
+def _followers() -> range:
+    return range(1, int(os.environ.get("WORLD_SIZE", "1") or 1))

@@ -1,0 +1,198 @@
+"""The followers' answers to rank 0 in a run of several processes: whether a follower runs what rank
+0 runs, that it is ready, stopped or was interrupted, and who a failed collective lost
+(compress/runner_answers.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from compress.errors import UserError
+from compress.runner_answers import (ANSWER, PREPARED, answer, check_followers, check_same_run, ended, following,
+                                     wait_for_followers)
+from compress.runner_ranks import TOKEN, MainStopped, PeerLost, announce, peer_lost, wait_for_hand_off
+from tests.ranks_helpers import dead_pid, handed, launch_env, runners
+
+
+@pytest.fixture
+def launch(monkeypatch):
+    return launch_env(monkeypatch)
+
+
+@pytest.mark.parametrize("sets, said", [
+    (["calibration.seed=7"], "calibration.seed is 0 on rank 0, 7 here"),
+    (["passes.1.distill.lr=0.002"], "passes.1.distill.lr is 0.0005 on rank 0, 0.002 here"),
+    (["passes.1.distill.steps=6"], "passes.1.distill.steps is 2 on rank 0, 6 here"),
+])
+def test_a_follower_that_reads_the_recipe_otherwise_refuses_before_it_computes_and_rank_0_stops(
+        tmp_path, launch, monkeypatch, sets, said):
+    """Before, a follower run with another --set (seed, lr, steps) joined rank 0 silently: its teacher
+    samples went under another cache key (rank 0 trained on half of them), or it trained another
+    student (the output's recipe.yaml said rank 0's lr), or rank 0 hung after its last step."""
+    main, follower = runners(tmp_path, monkeypatch, sets)
+    announce(tmp_path / "run", main.about)  # rank 0, as Runner.run starts (runner_ranks.leading)
+    with pytest.raises(UserError, match=f"rank 1 does not run what rank 0 runs \\({said}\\): every process"):
+        follower.run()
+    monkeypatch.setenv("RANK", "0")  # rank 0 reads the answer
+    with pytest.raises(UserError, match=f"rank 1 of this launch stopped: rank 1 does "
+                                        f"not run what rank 0 runs \\({said}\\)"):
+        wait_for_followers(tmp_path / "run", poll=0.01, limit_s=5)  # not waiting for a process group
+
+
+def test_a_follower_that_reads_other_teacher_or_prompt_files_refuses(tmp_path, launch):
+    """The same recipe on another node may read another prompt file or teacher: compared once both
+    are prepared (the fingerprint keys the caches)."""
+    prepared = {"teacher": {"source": "/p", "config": None, "checksum": "a"},
+                "inputs": {"prompts": "p1", "pipeline": {"vae/x": "1"}}, "fingerprint": "f1"}
+    announce(tmp_path, dict(prepared, version="1"))  # rank 0's records carry its version from the first on
+    check_same_run(tmp_path, prepared, PREPARED, poll=0.01)
+    assert json.loads((tmp_path / f"{ANSWER}-0").read_text())["ready"] == PREPARED
+    for change, said in ((dict(inputs={"prompts": "p2", "pipeline": {"vae/x": "1"}}), "calibration prompts read"),
+                         (dict(inputs={"prompts": "p1", "pipeline": {"vae/x": "2"}}), "pipeline's vae/x differ"),
+                         (dict(teacher={"source": "/q", "config": None, "checksum": "a"}), "teacher is /p on rank 0"),
+                         (dict(fingerprint="f2"), "fingerprint differs")):
+        with pytest.raises(UserError, match=said):
+            check_same_run(tmp_path, dict(prepared, **change), PREPARED, poll=0.01)
+
+
+def test_rank_0_waits_for_its_followers_answers_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    answer(tmp_path, TOKEN, ready=PREPARED)
+    monkeypatch.setenv("RANK", "2")
+    answer(tmp_path, "an earlier rank 0", ready=PREPARED)  # not to this rank 0
+    with pytest.raises(UserError, match=r"rank 2 of this launch did not answer in .* in 0 min: every node must"):
+        wait_for_followers(tmp_path, poll=0.01, limit_s=0.1)
+    answer(tmp_path, TOKEN, ready="recipe")
+    threading.Timer(0.2, answer, (tmp_path, TOKEN), {"ready": PREPARED}).start()
+    wait_for_followers(tmp_path, poll=0.01, limit_s=5)
+    with pytest.raises(RuntimeError):
+        with following(tmp_path):
+            raise RuntimeError("no space left")
+    with pytest.raises(UserError, match="rank 2 of this launch stopped: no space left"):
+        wait_for_followers(tmp_path, poll=0.01, limit_s=5)
+
+
+def test_a_follower_says_in_one_line_where_only_one_side_samples_a_pipeline():
+    from compress.runner_ranks_words import WORDS
+
+    assert WORDS["inputs"](None, {"prompts": "a", "pipeline": {}}) == (
+        "the calibration samples a pipeline here, not on rank 0 (the teacher folder holds other files)")
+    assert "on rank 0, not here" in WORDS["inputs"]({"prompts": "a"}, None)
+
+
+def test_a_follower_of_a_rank_0_of_an_older_version_refuses_at_once(tmp_path, launch):
+    """A rank 0 of an older dit-compress writes no `version` (nor a recipe): the follower waited for a
+    record that never came and said, after STALE_S, that rank 0 had stopped."""
+    handed(tmp_path, **{"pass": -1})
+    with pytest.raises(UserError, match="runs dit-compress 9 and rank 0 an older one"):
+        check_same_run(tmp_path, {"recipe": {}, "version": "9"}, "recipe", poll=0.01)
+    assert "older one" in json.loads((tmp_path / f"{ANSWER}-0").read_text())["stopped"]
+
+
+@pytest.mark.parametrize("follower, who", [
+    ("killed here", "rank 1 of this launch ended without a word (killed?)"),
+    ("unknown", "a follower of this launch ended without a word (killed?)"),
+    ("interrupted", "rank 1 of this launch was interrupted (a Ctrl-C or a stop signal)"),
+])
+def test_rank_0_says_in_one_line_which_follower_a_failed_collective_lost(tmp_path, monkeypatch, capsys, follower,
+                                                                          who):
+    """A follower killed (kill -9) in distill gave rank 0 forty lines of gloo's 'Connection closed by
+    peer' traceback: one line naming the rank (its answer's pid is gone on this host; 'a follower'
+    when it cannot tell) and what the run folder keeps for --resume. One Ctrl-C'd (or sent a stop
+    signal alone: its answer says interrupted) was said to have 'ended without a word (killed?)'."""
+    from compress.cli import main
+    from compress.passes import svd
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run_dir = tmp_path / "run"
+
+    def peer_gone(self, model, ctx):
+        if follower != "unknown":
+            monkeypatch.setenv("RANK", "1")
+            answer(run_dir, TOKEN, **({"interrupted": True} if follower == "interrupted" else {"ready": PREPARED}))
+            monkeypatch.setenv("RANK", "0")
+            record = json.loads((run_dir / f"{ANSWER}-1").read_text())
+            (run_dir / f"{ANSWER}-1").write_text(json.dumps(dict(record, pid=dead_pid())))
+        raise RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                           "[127.0.0.1]:21182. This is typically caused by a remote worker crashing.")
+
+    monkeypatch.setattr(svd.SVDPass, "run", peer_gone)
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"dit-compress: error: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd): {who}; "
+        f"{run_dir} keeps its work (1 of 2 passes done): --resume continues from pass 2 (whose keys may change)")
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), MainStopped("rank 0 of this launch stopped: see its message")])
+def test_a_follower_stopped_on_request_is_not_named_as_the_launchs_failure(tmp_path, monkeypatch, stop):
+    """A Ctrl-C of the whole torchrun: rank 0 said 'interrupted; rank 1 of this launch stopped:
+    KeyboardInterrupt', as if rank 1 had failed. A requested stop is answered as one: rank 0 names
+    no follower for it, but does not wait before a data-parallel pass for one that will not come."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    answer(tmp_path, TOKEN, ready=PREPARED)
+    with pytest.raises(type(stop)):
+        with following(tmp_path):
+            raise stop
+    monkeypatch.setenv("RANK", "0")
+    assert "stopped" not in json.loads((tmp_path / f"{ANSWER}-1").read_text())
+    assert check_followers(tmp_path)[1]["interrupted"] is True
+    with pytest.raises(UserError, match="rank 1 of this launch was interrupted .* with --resume"):
+        wait_for_followers(tmp_path, poll=0.01, limit_s=5)
+
+
+def test_a_follower_names_rank_0_where_a_collective_lost_it_here(tmp_path, launch, monkeypatch):
+    """A follower whose collective failed says rank 0 ended where its pid is gone on this host, and
+    does not answer the failure as its own reason (rank 0 would name the wrong rank)."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    handed(tmp_path, pid=dead_pid())
+    assert str(ended(tmp_path)).startswith("rank 0 of this launch (pid ")
+    handed(tmp_path)  # rank 0 alive: another follower ended
+    assert str(ended(tmp_path)) == ("another process of this launch ended without a word (killed?); start the launch "
+                                   "again with --resume")
+    answer(tmp_path, TOKEN, ready=PREPARED)
+    lost = RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:21182")
+    assert peer_lost(lost) and not peer_lost(RuntimeError("CUDA error: an illegal memory access"))
+    with pytest.raises(RuntimeError):
+        with following(tmp_path):
+            raise lost
+    assert json.loads((tmp_path / f"{ANSWER}-2").read_text())["ready"] == PREPARED
+
+
+@pytest.mark.parametrize("left, error, said", [
+    (dict(stopped=True), MainStopped, "rank 0 of this launch stopped: see its message"),
+    (dict(token="relaunched"), PeerLost, r"rank 0 of this launch \(.*\) ended: another process \(pid \d+\) now writes"),
+    ("killed", PeerLost, r"rank 0 of this launch \(pid \d+\) ended without a word \(killed\?\): start the launch"),
+])
+def test_a_follower_whose_collective_failed_says_of_its_rank_0_what_its_wait_says(tmp_path, launch, monkeypatch,
+                                                                                    left, error, said):
+    """A follower whose collective failed read only whether rank 0's pid was gone on this host: a
+    rank 0 that stopped on its error (its file marked stopped; it says why) was 'rank 0 ... ended
+    without a word (killed?)', and a relaunch's rank 0 now writing the file 'another process of this
+    launch ended'. It says what its wait for a hand-off says of the same file (`main_gone`)."""
+    from compress.runner import Runner
+
+    main, follower = runners(tmp_path, monkeypatch, [])
+    run_dir = tmp_path / "run"
+    announce(run_dir, main.about)  # rank 0 (this process, as in the other tests), as Runner.run starts
+
+    def collective_fails(self):  # the follower, on its way: rank 0's file changes, then a collective fails
+        handed(run_dir, **(dict(pid=dead_pid()) if left == "killed" else left))
+        raise RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:21182")
+
+    monkeypatch.setattr(Runner, "prepare", collective_fails)
+    with pytest.raises(error, match=said) as lost:
+        follower.run()
+    with pytest.raises(error) as waited:
+        wait_for_hand_off(run_dir, -1, poll=0.01, find_main_s=5, main=TOKEN)
+    assert str(lost.value).endswith(str(waited.value))  # (the runner's line names what it was doing first)
+    assert json.loads((run_dir / f"{ANSWER}-1").read_text())["ready"] == "recipe"  # no failure of its own
