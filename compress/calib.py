@@ -40,6 +40,7 @@ from compress.arch.base import Adapter
 from compress.calib_flow import dependencies, first_row
 from compress.calib_stats import Reader, Stats, StatsCache, accumulating, pairs, recording
 from compress.calib_store import BlockLoader, Spilled
+from compress.progress import bar as _progress  # (calib_pipeline, svd_global and svd_fisher import it from here)
 
 
 class _Stop(Exception):
@@ -72,14 +73,6 @@ def model_digest(model: nn.Module, extra=None, loader: BlockLoader | None = None
 def _with_timestep(batch: dict, t: torch.Tensor) -> dict:
     b = batch["timestep"].shape[0] if batch["timestep"].ndim else 1
     return dict(batch, timestep=t.expand(b).clone())
-
-
-def _progress(enabled: bool, log: bool = True):
-    """A transient bar on the terminal the notes go to (stderr); off a terminal, a line per tenth of
-    each task in the log (`compress.progress.bar`)."""
-    from compress.progress import bar
-
-    return bar(enabled, log=log)
 
 
 def _detach(x):

@@ -26,6 +26,7 @@ from compress.runner_lock import hold_output
 from compress.io_single import (check_flux_blocks, checked_family, config_file, empty_model, key_converter,
                                 transformer_prefix)
 from compress.io_tensors import read_state_dict, unreadable
+from compress.progress import bar as progress_bar
 
 SHARD_BYTES = 2 * 2**30  # tensors per shard before it is written (one shard is held at a time)
 SHARD = "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors"
@@ -35,7 +36,7 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
     """Writes `out`; returns {"class", "dtypes", "shards", "tensors"}. A write that fails for want of
     space (or quota, or on a read-only disk) is a DiskFull naming `out`, never safetensors' traceback."""
     from compress.io_source import check_suffix
-    from compress.runner_stream import DiskFull, disk_full_words
+    from compress.runner_stream import DiskFull, disk_full_line, disk_full_words
 
     check_suffix(path, "convert reads a single-file checkpoint")
     check_not_output(path, config)
@@ -48,12 +49,11 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
             remove_empty(made)
             raise
     except Exception as e:
-        words = disk_full_words(e)
-        if words is None:
+        if disk_full_words(e) is None:
             raise
-        fix = "give" if "read-only" in words else "free space there, or give"
-        raise DiskFull(f"converting {path} could not write {out}: {words}; {fix} an output folder on another "
-                       "disk (nothing was left there)") from None
+        # the run's line (runner_stream.disk_full_line): convert takes OUT as an argument, not a flag
+        line = disk_full_line(e, f"the conversion of {path}", out, "an output folder")
+        raise DiskFull(f"{line} (nothing was left there)") from None
 
 
 def _convert(path: Path, out: Path, config: str | None, shard_bytes: int) -> dict:
@@ -70,7 +70,7 @@ def _convert(path: Path, out: Path, config: str | None, shard_bytes: int) -> dic
         expected = {k: (tuple(v.shape)) for k, v in model.state_dict().items()}
         warn_if_short_of_disk(path, out)
         # the output's lock, as a run's: a run's start clears temp folders beside an output no one holds
-        with hold_output(out), atomic_folder(out) as tmp, _progress() as bar:
+        with hold_output(out), atomic_folder(out) as tmp, progress_bar(True) as bar:
             model.save_config(tmp)
             task = bar.add_task(f"convert {path.name}", total=len(names))
             written = _write_shards(tmp, path, names, lambda n: get(prefix + n), convert_key, expected, shard_bytes,
@@ -131,14 +131,6 @@ def warn_if_short_of_disk(path: Path, out: Path) -> None:
         console.print(f"[bold yellow]warning:[/] the converted folder takes about {need / 2**30:.1f} GiB "
                       f"(the size of {path.name}) and {have / 2**30:.1f} GiB are free under {measured}; "
                       "give an output folder on a bigger disk")
-
-
-def _progress():
-    """A transient bar on the terminal the notes go to (stderr), one step per tensor of the file; off a
-    terminal, a line per tenth of the tensors (as calib's)."""
-    from compress.progress import bar
-
-    return bar(True)
 
 
 @contextlib.contextmanager

@@ -4,21 +4,30 @@ that runs for hours (calibration and svd of a real model) does not look hung in 
 
 from __future__ import annotations
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
 LOG_EVERY_S = 300.0  # the longest silence between two lines off a terminal, while a task advances
+WORDS = "words"  # a task's field of a few words shown after its bar and in its lines (distill's loss terms)
 
 
 class LoggedProgress(Progress):
-    """A rich `Progress` that, where `log` is set, also prints '<description> <done>/<total> (<elapsed>)'
-    to its console as each task crosses a tenth of its total (or LOG_EVERY_S after its last line)."""
+    """A rich `Progress` that, where `log` is set, also prints '<description> <done>/<total> [<words>]
+    (<elapsed>)' to its console as each task crosses a tenth of its total (or LOG_EVERY_S after its
+    last line); <words>, the task's WORDS field where it has one. A task added part done (a resumed
+    run's) logs from the next tenth on."""
 
     def __init__(self, *columns, log: bool = False, **kwargs):
         super().__init__(*columns, **kwargs)
         self.log = log
         self._logged: dict[TaskID, tuple[int, float]] = {}  # task -> (tenths logged, when)
+
+    def add_task(self, description: str, *args, **kwargs) -> TaskID:
+        task_id = super().add_task(description, *args, **kwargs)
+        task = self._tasks[task_id]
+        self._logged[task_id] = (_tenths(task.completed, task.total), self.get_time())
+        return task_id
 
     def advance(self, task_id: TaskID, advance: float = 1) -> None:
         super().advance(task_id, advance)
@@ -34,25 +43,39 @@ class LoggedProgress(Progress):
         if not self.log or not task.total:
             return
         now = self.get_time()  # rich's clock, as task.start_time
-        tenths, last = self._logged.get(task_id, (0, now if task.start_time is None else task.start_time))
-        reached = int(10 * task.completed / task.total)
+        tenths, last = self._logged[task_id]
+        reached = _tenths(task.completed, task.total)
         if reached > tenths or now - last >= LOG_EVERY_S:
             self._logged[task_id] = (max(reached, tenths), now)
             what = Text.from_markup(str(task.description)).plain
-            self.console.print(f"{what} {task.completed:g}/{task.total:g} ({_clock(task.elapsed or 0.0)})",
-                               highlight=False, markup=False)
+            words = task.fields.get(WORDS)
+            self.console.print(f"{what} {task.completed:g}/{task.total:g}{f' {words}' if words else ''} "
+                               f"({_clock(task.elapsed or 0.0)})", highlight=False, markup=False)
+
+
+class _Words(ProgressColumn):
+    """A task's WORDS field ('' where it has none)."""
+
+    def render(self, task) -> Text:
+        return Text(str(task.fields.get(WORDS, "")))
 
 
 def bar(enabled: bool, *, log: bool = True, transient: bool = True) -> LoggedProgress:
-    """A bar with its count, elapsed and remaining time on the terminal the notes go to (stderr), or
-    nothing where that is not a terminal (rich would leave a blank line per bar in the log) but, with
-    `log`, a line per tenth there. enabled=False: neither (a recipe's `progress: false`)."""
+    """A bar with its count, elapsed and remaining time (and a task's WORDS) on the terminal the notes
+    go to (stderr), or nothing where that is not a terminal (rich would leave a blank line per bar in
+    the log) but, with `log`, a line per tenth there. enabled=False: neither (a recipe's `progress:
+    false`, or a process of a launch other than rank 0)."""
     from compress.report import console
 
     shown = enabled and console.is_terminal
     return LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not shown,
-                          transient=transient, log=enabled and log and not console.is_terminal)
+                          TimeElapsedColumn(), TimeRemainingColumn(), _Words(), console=console,
+                          disable=not shown, transient=transient, log=enabled and log and not console.is_terminal)
+
+
+def _tenths(done: float, total: float | None) -> int:
+    """How many tenths of `total` are done (0 where there is no total yet)."""
+    return int(10 * done / total) if total else 0
 
 
 def _clock(seconds: float) -> str:

@@ -138,7 +138,8 @@ def _progress_lines(err: str) -> tuple[list[str], str]:
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
-    """A full disk during convert was safetensors' traceback (exit 1) and no word of where."""
+    """A full disk during convert was safetensors' traceback (exit 1) and no word of where. Its line has
+    the run's shape (runner_stream.disk_full_line): where, why, during what, what to do."""
     from compress.cli import main
 
     _flux_file(tmp_path)
@@ -146,8 +147,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     assert main(["convert", str(tmp_path / "f.safetensors"), str(tmp_path / "out")]) == 1
     progress, err = _progress_lines(capsys.readouterr().err)
     assert progress and progress[-1].startswith("convert f.safetensors ")  # (off a terminal) how far it got
-    assert err == (f"dit-compress: cannot write: converting {tmp_path}/f.safetensors could not write {tmp_path}/out: "
-                   "no space left on the device; free space there, or give an output folder on another disk "
+    assert err == (f"dit-compress: cannot write: {tmp_path}/out: no space left on the device, during the conversion "
+                   f"of {tmp_path}/f.safetensors; free space there, or give an output folder on another disk "
                    "(nothing was left there)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "f.safetensors"]
 

@@ -66,3 +66,23 @@ def test_a_status_off_a_terminal_is_its_lines(capsys):
     with status("eval: the teacher's held-out predictions") as said:
         said.update("eval: the model's")
     assert capsys.readouterr() == ("", "eval: the teacher's held-out predictions\neval: the model's\n")
+
+
+def test_a_tasks_words_follow_its_count_in_its_lines(capsys):
+    """distill's loss terms and remove_blocks' loss were two loggers of their own: a task's WORDS field."""
+    from compress.progress import WORDS
+
+    with bar(True) as b:
+        task = b.add_task("distill", total=4)
+        for step in range(1, 5):
+            b.update(task, completed=step, **{WORDS: f"loss {step / 10:g}"})
+    assert capsys.readouterr().err.splitlines() == [f"distill {s}/4 loss {s / 10:g} (0:00)" for s in range(1, 5)]
+
+
+def test_a_task_added_part_done_logs_from_its_next_tenth(capsys):
+    """A resumed run's task starts part done: its first line is at the next tenth, not its first step."""
+    with bar(True) as b:
+        task = b.add_task("distill", total=20, completed=10)
+        for step in range(11, 21):
+            b.update(task, completed=step)
+    assert _lines(capsys.readouterr().err, "distill") == [f"{s}/20" for s in range(12, 21, 2)]

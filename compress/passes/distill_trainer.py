@@ -28,8 +28,9 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast
 from compress.passes.base import RunContext
-from compress.passes.distill_progress import TERMS, fmt_terms, log_line, progress_bar
+from compress.passes.distill_progress import TERMS, fmt_terms
 from compress.passes.distill_resume import NOT_FINGERPRINTED, calibration_settings, checksum, setting_changes
+from compress.progress import WORDS, bar as progress_bar
 
 if TYPE_CHECKING:
     from compress.passes.distill import DistillConfig
@@ -132,16 +133,15 @@ class _Trainer:
         ran = 0
         shown = cfg.progress and self.acc.is_main_process
         try:
-            with StopSignals() as stop, progress_bar(shown) as bar:
-                task = bar.add_task("distill", total=cfg.steps, completed=self.step, terms="")
+            with StopSignals() as stop, progress_bar(shown, transient=False) as bar:
+                task = bar.add_task("distill", total=cfg.steps, completed=self.step)
                 while self.step < cfg.steps:
                     row = self._train_step(pred, feats, stop)
                     stop_now = row.pop("stop")
                     self.step += 1
                     ran += 1
                     self.history.append(row)
-                    bar.update(task, completed=self.step, terms=fmt_terms(row))
-                    log_line(shown, self.step, cfg.steps, row)
+                    bar.update(task, completed=self.step, **{WORDS: fmt_terms(row)})
                     last = self.step == cfg.steps
                     if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
                         self._save()

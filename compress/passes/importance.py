@@ -29,6 +29,7 @@ from compress.errors import BadValue, UserError
 from compress.inputs import moved
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance_stream import wave_pass
+from compress.progress import bar
 from compress.replay import replayed
 
 BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]}
@@ -195,8 +196,9 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
     ref = torch.zeros(buckets, dtype=torch.float64)  # sum ||pred||^2
     cos = torch.zeros(n, buckets, dtype=torch.float64)
     count = torch.zeros(buckets, dtype=torch.float64)
-    bar = _progress(progress, adapter.family, n, cost, skips)
-    with bar as prog:
+    if progress:
+        _say_cost(adapter.family, n, cost, skips)
+    with bar(progress) as prog:  # off a terminal (a job's log): a line per tenth of the scan
         task = prog.add_task("importance", total=len(batches) * (1 + (n if skips else 0)))
         for batch in batches:
             kwargs = _to_model(batch, model)
@@ -252,20 +254,14 @@ def _one_batch(model, adapter, kwargs: dict, skips: bool, loader: BlockLoader | 
     return pred, [block_cosine(adapter, a, b) for a, b in zip(inputs, outputs)], each()
 
 
-def _progress(enabled: bool, family: str, n: int, cost: dict, skips: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+def _say_cost(family: str, n: int, cost: dict, skips: bool) -> None:
+    """What the scan will run, before it starts (on the notes' console: rank 0's alone in a launch)."""
+    from compress.report import console
 
-    from compress.progress import LoggedProgress
-
-    console = Console(stderr=True, quiet=not enabled, soft_wrap=True)
     what = f"{cost['forward_passes']} forward passes, {cost['block_evaluations']} block evaluations"
     if skips:
         what += f" (naive re-run of every block: {cost['naive_block_evaluations']})"
     console.print(f"importance scan of {n} {family} blocks: {what}")
-    return LoggedProgress(TextColumn("importance"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=console, disable=not (enabled and console.is_terminal), transient=True,
-                          log=enabled and not console.is_terminal)  # off a terminal: a line per tenth
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.calib import _progress
 from compress.block_mask import gated, gumbel_hard, patterns, temperature, windows
 from compress.errors import NumericError, UserError
 from compress.passes.base import RunContext
 from compress.passes.importance import _to_model
 from compress.passes.remove_blocks_budget import one_of
 from compress.passes.removed_blocks import AfterRemoval
+from compress.progress import WORDS, bar
 
 TAU = (2.0, 0.1)  # Gumbel-softmax temperature: first step, last step
 # defaults measured on the toy PixArt (tools/bench_remove_blocks.py, README "Which blocks to remove"): with
@@ -212,22 +212,14 @@ def _trained_copy(model: nn.Module) -> nn.Module:
 
 def _learn(work, adapter, wins, batches, refs, steps: int, opt, generator, state: dict, losses: list) -> None:
     order = torch.randperm(len(batches), generator=generator).tolist()
-    with _progress(True, log=False) as bar:  # (its own log lines carry the loss)
-        task = bar.add_task("remove_blocks: learning which blocks", total=steps)
+    # off a terminal (a job's log) a line per tenth of the steps with the loss: the pass said nothing for
+    # its hundreds of steps there, and looked hung
+    with bar(True) as shown:
+        task = shown.add_task("remove_blocks learned", total=steps)  # (the pass and its criterion)
         for step in range(steps):
             losses.append(_step(work, adapter, wins, batches, refs, order[step % len(order)],
                                 temperature(step, steps, *TAU), generator, opt, step, state))
-            bar.advance(task)
-            _log_line(step + 1, steps, losses[-1])
-
-
-def _log_line(step: int, steps: int, loss: float) -> None:
-    """One line per tenth of the learning (and the last step) where the bar is not drawn: off a terminal
-    (a job's log) the pass said nothing for its hundreds of steps, and looked hung (as distill's log)."""
-    from compress.report import console
-
-    if not console.is_terminal and (step % max(1, steps // 10) == 0 or step == steps):
-        console.print(f"remove_blocks learned {step}/{steps} loss {loss:.4g}", highlight=False)
+            shown.update(task, advance=1, **{WORDS: f"loss {losses[-1]:.4g}"})
 
 
 def _note_close_calls(wins: list[Window]) -> None:

@@ -345,3 +345,15 @@ def test_the_record_counts_the_seconds_of_every_invocation_and_names_its_curves_
     assert abs(record["seconds"] - 1000.0 - record["seconds_this_run"]) < 0.02
     assert 0 < record["seconds_this_run"] < 1000
     assert record["files"]["loss_csv"] == str(tmp_path / "r" / "distill" / "loss.csv")
+
+
+def test_off_a_terminal_a_line_per_tenth_whatever_the_steps(tmp_path, capsys):
+    """Its own logger logged every steps // 10 steps: 13 steps were 13 lines. Now compress.progress's
+    tenths (and elapsed time), the loss terms after the count."""
+    import re
+
+    teacher = tiny_pixart()
+    distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path, steps=13, batch_size=2, progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill ")]
+    assert [line.split()[1] for line in lines] == [f"{s}/13" for s in (2, 3, 4, 6, 7, 8, 10, 11, 12, 13)]
+    assert all(re.fullmatch(r"distill \d+/13 loss \S+ task \S+ out \S+ feat \S+ \(\d+:\d\d\)", line) for line in lines)

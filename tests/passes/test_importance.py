@@ -164,3 +164,28 @@ def test_table_and_heatmap_name_blocks_by_teacher_index(tmp_path, monkeypatch):
     plot_heatmap(result, tmp_path / "h.png")
     ticks = [t.get_text() for t in figures[0].axes[1].get_xticklabels()]  # the proxy row's axis
     assert ticks == ["1", "2", "0", "4", "5"]
+
+
+def test_off_a_terminal_the_scan_says_its_cost_then_a_line_per_tenth(capsys):
+    model = tiny_pixart()
+    scan(model, get_adapter(model), batches_for(model, n=2), progress=True)
+    out, err = capsys.readouterr()
+    n = len(list(get_adapter(model).iter_blocks(model)))
+    lines = err.splitlines()
+    assert out == "" and lines[0].startswith(f"importance scan of {n} pixart blocks: ")
+    total = 2 * (1 + n)  # a clean pass and a pass per skipped block, per batch
+    assert [line.split()[1] for line in lines[1:]][-1] == f"{total}/{total}"
+    assert all(line.startswith("importance ") and line.endswith(")") for line in lines[1:])
+
+
+def test_a_follower_of_a_launch_says_nothing_of_the_scan(capsys, monkeypatch):
+    """The scan printed through a console of its own: every process of a torchrun launch said its cost and
+    logged its lines, where the notes come from rank 0 alone (report.notes_from_rank_zero)."""
+    from compress.report import console, notes_from_rank_zero
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(console, "quiet", console.quiet)  # restored after the test
+    notes_from_rank_zero()
+    model = tiny_pixart()
+    scan(model, get_adapter(model), batches_for(model, n=1), progress=True)
+    assert capsys.readouterr() == ("", "")

@@ -371,3 +371,14 @@ def test_learning_off_a_terminal_is_lines_on_stderr(tmp_path, capsys):
     lines = [line.split() for line in err.splitlines() if line.startswith("remove_blocks learned ")]
     assert [words[2] for words in lines] == [f"{s}/20" for s in range(2, 21, 2)]
     assert all(words[3] == "loss" and float(words[4]) >= 0 for words in lines)
+
+
+def test_learning_off_a_terminal_logs_every_few_minutes_too(tmp_path, capsys, monkeypatch):
+    """Its lines were its own logger's, a tenth apart alone: a slow step of a real model left the log silent
+    for a tenth of the learning. Now compress.progress decides, with a line every LOG_EVERY_S (here each step)."""
+    monkeypatch.setattr("compress.progress.LOG_EVERY_S", 0.0)
+    model = tiny_pixart(num_layers=4)
+    run(model, context(model, tmp_path), count={"blocks": 1}, criterion="learned", learn_steps=20, learn_lr=0.0)
+    err = capsys.readouterr().err
+    lines = [line.split() for line in err.splitlines() if line.startswith("remove_blocks learned ")]
+    assert [words[2] for words in lines] == [f"{s}/20" for s in range(1, 21)]  # (a tenth apart: 10 of them)
