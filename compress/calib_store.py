@@ -52,8 +52,10 @@ def disk_is_full(folder: Path) -> bool:
 class Spilled:
     """A list of per-batch activations kept on disk (one torch.save file per batch, read back on
     each access), so the calibration holds one batch's activations at a time instead of every
-    batch's. The files go with the object; those of a process that no longer runs (killed hard:
-    the OOM killer, SIGKILL) go when this process first spills to the folder."""
+    batch's. The files go with `discard` (its holder's `with` or finally: an exception's traceback
+    keeps the object, and the files, alive past a Ctrl-C), else with the object; those of a process
+    that no longer runs (killed hard: the OOM killer, SIGKILL) go when this process first spills to
+    the folder. Only this object's own files are ever removed by it."""
 
     _ids = itertools.count()
     _swept: set[Path] = set()
@@ -79,9 +81,19 @@ class Spilled:
     def __iter__(self):
         return (self[b] for b in range(len(self)))
 
-    def __del__(self):
+    def discard(self) -> None:
+        """Delete this object's files (it is empty after)."""
         for path in getattr(self, "paths", []):
             path.unlink(missing_ok=True)
+        self.paths = []
+
+    def __enter__(self) -> "Spilled":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+    __del__ = discard
 
 
 def _sweep(folder: Path) -> None:
@@ -126,6 +138,20 @@ class SpilledMap:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def discard(self) -> None:
+        """Drop every item: the files of those on disk deleted (`Spilled.discard`)."""
+        if isinstance(self.items, Spilled):
+            self.items.discard()
+        else:
+            self.items.clear()
+        self.index.clear()
+
+    def __enter__(self) -> "SpilledMap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
 
 
 class NamedFiles:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.runner_resume import FINISHED, finished_and_reusable, interrupted_run, saved_in_words
+from compress.runner_resume import FINISHED, finished_and_reusable, interrupted_run, saved_in_words, work_kept
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
@@ -200,57 +200,20 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     one (--restart) was about to discard. `now`, `passes`: this run's resolved recipe and passes,
     compared as `check_run_folder` does (no `now`: not compared); saved work of another recipe is not
     offered to --resume, which would refuse it. What this run measured before the Ctrl-C and a rerun
-    reads back whether or not it resumes (`measured_so_far`: sampled calibration inputs among `inputs`,
-    the cache files of this run's sampling calls; block statistics and output Fishers an svd pass kept under its
+    reads back whether or not it resumes (runner_resume.measured_so_far: sampled calibration inputs among
+    `inputs`, the cache files of this run's sampling calls; block statistics and output Fishers an svd pass kept under its
     teacher and calibration `fingerprint`; None: not known yet, so none measured) is said to be kept, beside
-    the passes saved where there are any."""
+    the passes saved where there are any, in the words of an error's stop (`work_kept`)."""
     info = None if discarding else interrupted_run(run_dir, now, passes)
     keeps = 0 if discarding or now is None else finished_and_reusable(run_dir, now, passes)
     if keeps:  # a finished run's stages, not yet discarded by this run's start
         return (f"; {run_dir} still holds the finished run's stages: rerun with --resume to keep its first "
                 f"{keeps} pass{'' if keeps == 1 else 'es'} (with the same teacher)")
-    if info is None:
-        kept = measured_so_far(run_dir, fingerprint, inputs)
-        if kept:
-            return (f"; {run_dir} keeps {kept} measured so far: a rerun of this recipe and teacher reads back "
-                    "those it measured instead of measuring them again (keep the run folder)")
-        return "; nothing was saved yet: a rerun starts over"
-    if info["changed"]:
+    if info is not None and info["changed"]:
         return (f"; {another_recipe(run_dir, info)}: {kept_by_resume(info)}a rerun needs --restart to discard "
                 "it, or another --run-dir")
-    kept = measured_so_far(run_dir, fingerprint, inputs)  # the unfinished pass's, which --resume reads back
-    kept = f", {kept} measured so far" if kept else ""
-    return f"; {run_dir} keeps its work ({saved_in_words(info)}{kept}): rerun with --resume to continue"
-
-
-def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None) -> str:
-    """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files)': what
-    an interrupted run left that a rerun of the same recipe and teacher reads back instead of
-    computing it again ('' where nothing): each finished sampling call's records among `inputs`
-    (calib_pipeline.PipelineSource.call_files: the files of this run's calls, <hash>.pt; the folder
-    may also hold those of other prompts, which a rerun does not read), and under calib/<fingerprint>/<model>/ the
-    svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
-    and output Fishers (`saved_fishers`). Unfinished files (*.tmp*) are not counted."""
-    def count(n: int, unit: str) -> str:
-        return f"{n} {unit}{'' if n == 1 else 's'}"
-
-    calls = sum(1 for p in inputs if p.is_file()) if inputs else 0
-    stats = sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/*.pt")) if fingerprint else 0
-    fishers = saved_fishers(run_dir, fingerprint)
-    kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
-        ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
-        ("output Fishers", fishers, "file")] if n]
-    return ", ".join(kept)
-
-
-def saved_fishers(run_dir: Path, fingerprint: str | None) -> int:
-    """How many output Fishers an interrupted svd pass left in the run folder for a rerun of the
-    same teacher and calibration (`fingerprint`, runner_resume.fingerprint):
-    calib/<fingerprint>/<model>/fisher-*/*.pt, kept beside its stats cache. Those of other
-    fingerprints (an earlier teacher or calibration) are not read back; no fingerprint: none."""
-    if not fingerprint:
-        return 0
-    return sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/fisher-*/*.pt"))
+    note = work_kept(run_dir, info, "rerun with --resume to continue", fingerprint, inputs)
+    return note or "; nothing was saved yet: a rerun starts over"
 
 
 # io_export._temp_beside's folders: .NAME.tmp-XXXXXXXX (an output being written) and .NAME.old-XXXXXXXX
@@ -261,31 +224,94 @@ LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[a-z0-9_]{8}")
 def clear_leftovers(folder: Path, names: str, keep_complete: bool = False) -> None:
     """The temp folders a killed process left in `folder` while it wrote an output whose name fully
     matches `names` (io_export.atomic_folder: a copy of the model each), removed. Where the output is
-    missing, the old one set aside for it (.NAME.old-*) goes back; `keep_complete`: a complete output
-    in a temp folder (an older dit-compress's swap, killed between its renames) is kept, with a
-    warning naming it. Only for folders no live process writes: the run's, under its locks."""
+    missing, the old one set aside for it (.NAME.old-*) goes back (`_put_back_newest`). `keep_complete`:
+    a complete output in a temp folder is kept, with a warning naming it: beside an old one set aside,
+    the newer of the two goes in place (a swap killed between its renames); alone, it stays where it
+    is (an older dit-compress's swap named both outputs .tmp-*). Only for folders no live process
+    writes: the run's, under its locks."""
     try:
         entries = sorted(folder.iterdir())
     except OSError:
         return
+    found: dict[str, list[tuple[Path, str]]] = {}  # output name -> [(temp folder, "tmp" | "old")]
     for p in entries:
-        found = LEFTOVER.fullmatch(p.name)
-        if found is None or not re.fullmatch(names, found["name"]) or p.is_symlink() or not p.is_dir():
-            continue
-        out = folder / found["name"]
-        missing = not (out.exists() or out.is_symlink())
-        if missing and found["kind"] == "old":
-            os.replace(p, out)
-        elif missing and keep_complete and _complete(p):
-            from rich.markup import escape
+        m = LEFTOVER.fullmatch(p.name)
+        if m is not None and re.fullmatch(names, m["name"]) and not p.is_symlink() and p.is_dir():
+            found.setdefault(m["name"], []).append((p, m["kind"]))
+    for name, leftovers in found.items():
+        _clear_leftovers_of(folder / name, leftovers, keep_complete)
 
-            from compress.report import console
 
-            console.print("[bold yellow]warning:[/] " + escape(f"{out} is missing, and {p} holds a complete output "
-                                                              f"an interrupted write left: kept; move it to {out} "
-                                                              "if it is the one to keep"))
-        else:
+def _clear_leftovers_of(out: Path, leftovers: list[tuple[Path, str]], keep_complete: bool) -> None:
+    """`clear_leftovers` for the one output `out`: its temp folders [(folder, "tmp" | "old")]."""
+    missing = not (out.exists() or out.is_symlink())
+    olds = [(p, kind) for p, kind in leftovers if kind == "old"] if missing else []
+    whole = [(p, kind) for p, kind in leftovers if kind == "tmp" and missing and keep_complete and _complete(p)]
+    if olds:
+        kept = _put_back_newest(out, olds + whole)
+    else:
+        kept = [p for p, _ in whole]
+        for p in kept:
+            _warn(f"{out} is missing, and {p} holds a complete output an interrupted write left: kept; move it "
+                  f"to {out} if it is the one to keep")
+    for p, _ in leftovers:
+        if p.exists() and p not in kept:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _put_back_newest(out: Path, found: list[tuple[Path, str]]) -> list[Path]:
+    """Of the outputs interrupted writes left for the missing `out` [(folder, "old": set aside | "tmp":
+    written, not swapped in)], the newest (`_written`) goes in place; a warning names it and the others,
+    which are kept where they are (returned), where there are any."""
+    newest, kind = max(found, key=_written)
+    _put_back(out, newest, kind)
+    others = [p for p, _ in found if p != newest]
+    if others:
+        what = "set aside by" if kind == "old" else "finished, not swapped in, by"
+        where, it = ("where it is", "it") if len(others) == 1 else ("where they are", "them")
+        _warn(f"{out} was missing: {newest}, the newest output (one {what} an interrupted write), is put in "
+              f"its place; the older {_listed(others)} {where.split()[-1]} kept {where}: move {it} elsewhere "
+              f"to keep {it} (the next run on {out} removes {it})")
+    return others
+
+
+def _put_back(out: Path, leftover: Path, kind: str) -> None:
+    """`leftover` renamed to the missing `out` (a finished write's folder with the permissions the
+    write would have given it); a one-line UserError naming both where it cannot be."""
+    try:
+        if kind == "tmp":
+            from compress.io_export import as_umask_allows
+
+            as_umask_allows(leftover)  # a write killed before it could
+        os.replace(leftover, out)
+    except OSError as e:
+        why = f"{out} appeared meanwhile" if out.exists() else e.strerror or str(e)
+        raise UserError(f"{out} is missing, and putting back {leftover} (the output an interrupted write left) "
+                        f"failed ({why}): move {leftover} to {out} yourself, or remove it, and run again") from None
+
+
+def _written(found: tuple[Path, str]) -> tuple[int, bool]:
+    """When a leftover output (folder, kind) was written: its config.json's time, or the folder's
+    (a stage); a write's finished folder is taken for the newer where they tie (it was written last)."""
+    folder, kind = found
+    config = folder / "config.json"
+    try:
+        return (config if config.is_file() else folder).stat().st_mtime_ns, kind == "tmp"
+    except OSError:
+        return 0, kind == "tmp"
+
+
+def _listed(paths: list[Path]) -> str:
+    """'a, b and c'."""
+    return ", ".join(map(str, paths[:-1])) + (" and " if len(paths) > 1 else "") + str(paths[-1])
+
+
+def _warn(text: str) -> None:
+    from rich.markup import escape
+
+    from compress.report import console
+
+    console.print("[bold yellow]warning:[/] " + escape(text))
 
 
 def _complete(folder: Path) -> bool:

@@ -256,20 +256,67 @@ def saved_in_words(info: dict) -> str:
     return ", ".join(words)
 
 
-def resume_note(run_dir: Path, recipe: Recipe, passes) -> str:
+def resume_note(run_dir: Path, recipe: Recipe, passes, fingerprint: str | None = None,
+                inputs: list[Path] | None = None) -> str:
     """'; RUN_DIR keeps its work (...): --resume continues from ...' where `run_dir` holds saved work
-    of `recipe`'s unfinished run (after an error that stopped it), else ''."""
+    of `recipe`'s unfinished run (after an error that stopped it), or what its svd pass or sampling
+    calls measured that a rerun reads back (`fingerprint`, `inputs`: as `work_kept`), else ''."""
     info = interrupted_run(run_dir, recipe.raw, passes)
+    go_on = ""
+    if info is not None:
+        done, total = info["done"], len(recipe.passes)
+        if done >= total:
+            go_on = "--resume only writes the output"
+        elif info["step"] is not None:
+            go_on = f"--resume continues from pass {done + 1}'s checkpoint (with the same keys)"
+        else:
+            go_on = f"--resume continues from pass {done + 1} (whose keys may change)"
+    return work_kept(run_dir, info, go_on, fingerprint, inputs)
+
+
+def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | None = None,
+              inputs: list[Path] | None = None) -> str:
+    """What a stopped run (Ctrl-C, out of memory, a full disk, a lost peer) leaves a rerun, one
+    clause: '; RUN_DIR keeps its work (2 of 5 passes done, block statistics (9 files) measured so
+    far): GO_ON' for an `interrupted_run`'s `info`; with none (no pass saved), '; RUN_DIR keeps block
+    statistics (9 files) measured so far: a rerun ... reads back ...' where something was measured
+    (`measured_so_far` of `fingerprint` and `inputs`), else ''."""
+    measured = measured_so_far(run_dir, fingerprint, inputs)
     if info is None:
-        return ""
-    done, total = info["done"], len(recipe.passes)
-    if done >= total:
-        go_on = "--resume only writes the output"
-    elif info["step"] is not None:
-        go_on = f"--resume continues from pass {done + 1}'s checkpoint (with the same keys)"
-    else:
-        go_on = f"--resume continues from pass {done + 1} (whose keys may change)"
-    return f"; {run_dir} keeps its work ({saved_in_words(info)}): {go_on}"
+        return (f"; {run_dir} keeps {measured} measured so far: a rerun of this recipe and teacher reads back "
+                "those it measured instead of measuring them again (keep the run folder)") if measured else ""
+    measured = f", {measured} measured so far" if measured else ""  # the unfinished pass's: --resume reads it
+    return f"; {run_dir} keeps its work ({saved_in_words(info)}{measured}): {go_on}"
+
+
+def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None) -> str:
+    """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files)': what
+    an interrupted run left that a rerun of the same recipe and teacher reads back instead of
+    computing it again ('' where nothing): each finished sampling call's records among `inputs`
+    (calib_pipeline.PipelineSource.call_files: the files of this run's calls, <hash>.pt; the folder
+    may also hold those of other prompts, which a rerun does not read), and under calib/<fingerprint>/<model>/ the
+    svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
+    and output Fishers (`saved_fishers`). Unfinished files (*.tmp*) are not counted."""
+    def count(n: int, unit: str) -> str:
+        return f"{n} {unit}{'' if n == 1 else 's'}"
+
+    calls = sum(1 for p in inputs if p.is_file()) if inputs else 0
+    stats = sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/*.pt")) if fingerprint else 0
+    fishers = saved_fishers(run_dir, fingerprint)
+    kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
+        ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
+        ("output Fishers", fishers, "file")] if n]
+    return ", ".join(kept)
+
+
+def saved_fishers(run_dir: Path, fingerprint: str | None) -> int:
+    """How many output Fishers an interrupted svd pass left in the run folder for a rerun of the
+    same teacher and calibration (`fingerprint`, runner_resume.fingerprint):
+    calib/<fingerprint>/<model>/fisher-*/*.pt, kept beside its stats cache. Those of other
+    fingerprints (an earlier teacher or calibration) are not read back; no fingerprint: none."""
+    if not fingerprint:
+        return 0
+    return sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/fisher-*/*.pt"))
 
 
 def resumed_in_words(done: int, names: list[str]) -> str:

@@ -109,3 +109,27 @@ def test_a_failed_save_with_room_on_the_disk_keeps_its_own_error(tmp_path, monke
     with pytest.raises(RuntimeError, match="unexpected pos"):
         Spilled(tmp_path / "spill").append(torch.ones(3))  # not atomic: its half file goes too
     assert [p.name for p in tmp_path.rglob("*")] == ["spill"]
+
+
+@pytest.mark.parametrize("holder", ["Spilled", "SpilledMap"])
+def test_a_ctrl_c_leaves_no_spill_files_while_its_traceback_lives(tmp_path, holder):
+    """The files went only with the object, which a Ctrl-C's traceback (kept by the CLI's note and
+    exit) keeps alive: an interrupted svd pass left sensitivity/<pid>-*.pt behind. In a `with` they
+    go at once; a live process's files in the folder are not touched."""
+    import os
+
+    from compress import calib_store
+
+    live = tmp_path / f"{os.getppid()}-0-0.pt"  # the parent of pytest runs
+    live.write_bytes(b"live")
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with getattr(calib_store, holder)(tmp_path) as store:
+            for i in range(3):
+                if holder == "Spilled":
+                    store.append(torch.full((2,), float(i)))
+                else:
+                    store[f"layer{i}"] = torch.full((2,), float(i))
+            assert len(list(tmp_path.glob(f"{os.getpid()}-*.pt"))) == 3
+            raise KeyboardInterrupt
+    assert caught.value.__traceback__ is not None and len(store) == 0  # still referenced, yet empty
+    assert sorted(tmp_path.iterdir()) == [live] and live.read_bytes() == b"live"

@@ -458,48 +458,6 @@ def test_ctrl_c_in_an_svd_pass_after_a_saved_pass_names_its_block_statistics(pix
     assert set(saves) <= set(report["svd"]["cache_hits"]), report["svd"]["cache_hits"]
 
 
-def _leftover(folder: Path, name: str, output: bool = True) -> Path:
-    """A temp folder as io_export._temp_beside names them, holding (part of) an output."""
-    d = folder / name
-    d.mkdir(parents=True)
-    (d / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
-    if output:
-        (d / "config.json").write_text(json.dumps({"compression": {}}))
-    return d
-
-
-def test_leftovers_of_killed_writes_go_and_an_output_set_aside_comes_back(tmp_path, capsys):
-    """A kill during a stage save or an export left .NAME.tmp-* folders (a model copy each) that no
-    rerun removed; a kill between the two renames of a swap (no renameat2) left no output at all."""
-    from compress.runner_folders import clear_run_leftovers
-
-    run, out = tmp_path / "run", tmp_path / "o" / "out"
-    _leftover(run / "stages", ".1-svd.tmp-_wpatwcm", output=False)
-    _leftover(run / "stages", ".0-remove_blocks.old-abcd1234")  # its stage is in place: the old one goes
-    (run / "stages" / "0-remove_blocks").mkdir()
-    old = _leftover(tmp_path / "o", ".out.old-05jgdgvp")
-    _leftover(tmp_path / "o", ".out.tmp-1a2b3c4d")  # the new one, never renamed in
-    kept = [_leftover(tmp_path / "o", name) for name in (".out.tmp-short", ".other.tmp-1a2b3c4d", ".out.tmp-1a2b3c4d.x")]
-    clear_run_leftovers(run, out)
-    assert sorted(p.name for p in (run / "stages").iterdir()) == ["0-remove_blocks"]
-    assert (out / "config.json").is_file() and not old.exists()
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted(["out", *(p.name for p in kept)])
-    assert capsys.readouterr().err == ""
-
-
-def test_a_complete_output_left_by_an_older_swap_is_kept_and_named(tmp_path, capsys):
-    """An older dit-compress's swap, killed between its renames, left both outputs in .out.tmp-*: with
-    no `out`, a complete one is kept (it may be the only copy of the earlier output) and named."""
-    from compress.runner_folders import clear_run_leftovers
-
-    whole = _leftover(tmp_path, ".out.tmp-aaaaaaaa")
-    half = _leftover(tmp_path, ".out.tmp-bbbbbbbb", output=False)
-    clear_run_leftovers(None, tmp_path / "out")
-    assert whole.is_dir() and not half.exists() and not (tmp_path / "out").exists()
-    said = " ".join(capsys.readouterr().err.split())
-    assert f"{tmp_path / 'out'} is missing, and {whole} holds a complete output an interrupted write left: kept" in said
-
-
 KILLED_IN_A_STAGE_SAVE = """\
 import os, signal, sys
 import compress.io_export as io_export

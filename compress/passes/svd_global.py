@@ -90,29 +90,9 @@ class GlobalAllocation:
         if sensitivity and not getattr(self.loader, "resident", True):
             raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
                             "with block weights streamed set svd.sensitivity: false")
-        # each target's factors at the uniform rank, on disk until its sensitivity is measured
-        curves, factors = {}, SpilledMap(self.scratch / "sensitivity" if sensitivity else None)
-
-        def visit(info: LinearInfo, stats: Stats) -> bool:
-            m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))
-            root = self.roots.get(info.name)
-            m = weighted(m, root[0]) if root else m
-            dec = decompose_layer(m, c.method, c.alpha, info.name)
-            curves[info.name] = normalized_curve(dec.curve)
-            rank = ratio_rank(shape_spec(info), c.ratio, c.multiple)
-            if sensitivity and rank is not DENSE:  # the layer as compress_layer makes it (mean shift too)
-                up, down, shift = approximation(m, dec, rank, root[1] if root else None, info.name)
-                factors[info.name] = (up.float(), down.float(), float(curves[info.name][rank]),
-                                      shift.float() if shift is not None else None)
-            return False
-
-        cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),
-                               c.progress, spill=self.spill, sampler=self.sampler)
-        self._walk(cal, targets, visit, [])
+        curves, weights = self._measured(model, adapter, targets, batches, sensitivity)
         free = [i for i in targets if i.name not in fixed]
         specs = [shape_spec(i, curves[i.name]) for i in free]
-        weights = sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
-                                 c.progress, targets) if sensitivity else {}
         if weights:  # layers whose uniform rank saves nothing were not measured: the median weight
             median = statistics.median(weights.values())
             weights = {s.name: weights.get(s.name, median) for s in specs}
@@ -123,3 +103,29 @@ class GlobalAllocation:
                 "trust_region": c.trust_region, "weights": weights,
                 "predicted_error_vs_uniform": predicted_vs_uniform(specs, alloc.ranks, weights, c)}
         return {**alloc.ranks, **fixed}, info
+
+    def _measured(self, model, adapter, targets, batches, sensitivity: bool) -> tuple[dict, dict]:
+        """Every target's normalized loss curve and, with `sensitivity`, its measured weight. Each
+        target's factors at the uniform rank wait on disk (sensitivity/<pid>-*.pt in the scratch
+        folder) until its sensitivity is measured, and go once it is, or at a Ctrl-C or an error."""
+        c, curves = self.config, {}
+        with SpilledMap(self.scratch / "sensitivity" if sensitivity else None) as factors:
+            def visit(info: LinearInfo, stats: Stats) -> bool:
+                m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))
+                root = self.roots.get(info.name)
+                m = weighted(m, root[0]) if root else m
+                dec = decompose_layer(m, c.method, c.alpha, info.name)
+                curves[info.name] = normalized_curve(dec.curve)
+                rank = ratio_rank(shape_spec(info), c.ratio, c.multiple)
+                if sensitivity and rank is not DENSE:  # the layer as compress_layer makes it (mean shift too)
+                    up, down, shift = approximation(m, dec, rank, root[1] if root else None, info.name)
+                    factors[info.name] = (up.float(), down.float(), float(curves[info.name][rank]),
+                                          shift.float() if shift is not None else None)
+                return False
+
+            cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),
+                                   c.progress, spill=self.spill, sampler=self.sampler)
+            self._walk(cal, targets, visit, [])
+            weights = sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
+                                    c.progress, targets) if sensitivity else {}
+        return curves, weights

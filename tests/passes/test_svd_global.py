@@ -81,3 +81,27 @@ def test_a_non_finite_sensitivity_is_a_numeric_error_naming_the_layer(monkeypatc
     monkeypatch.setattr(svd_global, "relative_error", lambda *a, **k: float("nan"))
     with pytest.raises(NumericError, match=f"{re.escape(info.name)}: the prediction error .* is nan"):
         svd_global.sensitivities(model, adapter, [model_inputs(model)], factors, False, [info])
+
+
+def test_a_ctrl_c_in_global_allocation_leaves_no_sensitivity_scratch(tmp_path, monkeypatch):
+    """Ctrl-C while sensitivities were measured left each target's factors (sensitivity/<pid>-*.pt in
+    the run folder, a layer's weight each) behind, kept alive by the KeyboardInterrupt's traceback;
+    they go now, and a live process's file there stays."""
+    import os
+
+    from compress.passes import svd_global
+
+    scratch = tmp_path / "sensitivity"
+    scratch.mkdir()
+    live = scratch / f"{os.getppid()}-0-0.pt"  # the parent of pytest runs
+    live.write_bytes(b"live")
+    spilled = []
+
+    def interrupted(model, adapter, batches, factors, progress, targets):
+        spilled.extend(scratch.glob(f"{os.getpid()}-*.pt"))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(svd_global, "sensitivities", interrupted)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run_svd("pixart", tmp_path, allocation="global", targets=["mlp"], ratio=0.5)
+    assert caught.value.__traceback__ is not None and len(spilled) >= 2  # the factors were on disk
+    assert sorted(scratch.iterdir()) == [live]
