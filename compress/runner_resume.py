@@ -280,8 +280,10 @@ def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | N
     clause: '; RUN_DIR keeps its work (2 of 5 passes done, block statistics (9 files) measured so
     far): GO_ON' for an `interrupted_run`'s `info`; with none (no pass saved), '; RUN_DIR keeps block
     statistics (9 files) measured so far: a rerun ... reads back ...' where something was measured
-    (`measured_so_far` of `fingerprint` and `inputs`), else ''."""
-    measured = measured_so_far(run_dir, fingerprint, inputs)
+    (`measured_so_far` of `fingerprint` and `inputs`), else ''. With every pass done, what was measured
+    is not named: --resume only writes the output, reading none of it."""
+    done = info is not None and info["total"] is not None and info["done"] >= info["total"]
+    measured = "" if done else measured_so_far(run_dir, fingerprint, inputs)
     if info is None:
         return (f"; {run_dir} keeps {measured} measured so far: a rerun of this recipe and teacher reads back "
                 "those it measured instead of measuring them again (keep the run folder)") if measured else ""

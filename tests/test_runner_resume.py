@@ -515,3 +515,7 @@ def test_an_errors_stop_names_the_block_statistics_and_fishers_kept_as_a_ctrl_c_
     go_on = "--resume continues from pass 2 (whose keys may change)"
     assert resume_note(tmp_path, recipe, passes, "aaaa") == kept + go_on
     assert interrupt_note(tmp_path, False, recipe.raw, passes, "aaaa") == kept + "rerun with --resume to continue"
+    (tmp_path / "stages" / "1-svd").mkdir()  # every pass done: --resume only writes the output, reading none
+    (tmp_path / "stages" / "1-svd" / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
+    assert resume_note(tmp_path, recipe, passes, "aaaa") == (f"; {tmp_path} keeps its work (2 of 2 passes done): "
+                                                             "--resume only writes the output")
