@@ -223,9 +223,26 @@ def _swap_in(tmp: Path, out: Path) -> None:
         if out.exists():  # the old output never moved (aside is empty), or the new one is in place
             shutil.rmtree(aside, ignore_errors=True)
         else:
-            os.replace(aside, out)
+            _put_back_aside(aside, out)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def _put_back_aside(aside: Path, out: Path) -> None:
+    """The earlier output, set aside in `aside` by a swap that failed or was interrupted, renamed back
+    to `out`. Where that fails too, a warning naming both: the error that stopped the swap is the one
+    raised (not this one's traceback), and the next run on `out` puts it back
+    (runner_folders.clear_leftovers)."""
+    try:
+        os.replace(aside, out)
+    except OSError as e:
+        from rich.markup import escape
+
+        from compress.report import console
+
+        console.print("[bold yellow]warning:[/] " + escape(
+            f"{out}: the earlier output is set aside in {aside} and could not be put back "
+            f"({e.strerror or e}): the next run on {out} puts it back, or move it there yourself"))
 
 
 RENAME_EXCHANGE, AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h

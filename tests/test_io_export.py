@@ -1,3 +1,4 @@
+import errno
 import os
 
 import pytest
@@ -255,3 +256,36 @@ def test_a_compiled_model_saves_as_the_model_it_wraps(tmp_path):
         "transformer_blocks.0.attn1.to_q": 4, "transformer_blocks.0.ff.net.2": 4}
     want, got = model.state_dict(), back.state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_an_overwrite_whose_old_output_cannot_be_put_back_raises_its_own_error_and_names_it(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """Where the new output's rename failed (or was interrupted) and putting the set-aside old one back
+    failed too, that second OSError's traceback replaced the first error (a Ctrl-C became an OSError)
+    and said nothing of where the old output was. The first error is raised, and a warning names the
+    folder the old output is in, which the next run puts back."""
+    from compress import io_export
+    from compress.io_export import atomic_folder
+
+    out = tmp_path / "out"
+    save_compressed(tiny_pixart(), out)
+    monkeypatch.setattr(io_export, "exchange", lambda a, b: False)
+    real = os.replace
+
+    def refused(src, dst):  # the old output moves aside; the new one's rename and the way back fail
+        if os.path.exists(os.path.join(src, "new.txt")):
+            raise KeyboardInterrupt
+        if ".out.old-" in str(src):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(src), None, str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_folder(out, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+    monkeypatch.undo()
+    (aside,) = tmp_path.glob(".out.old-*")
+    assert not out.exists() and (aside / "config.json").is_file()
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"{out}: the earlier output is set aside in {aside} and could not be put back (Permission denied): "
+            f"the next run on {out} puts it back") in said, said
