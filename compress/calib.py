@@ -40,7 +40,7 @@ from compress.arch.base import Adapter
 from compress.calib_flow import dependencies, first_row
 from compress.calib_stats import Reader, Stats, StatsCache, accumulating, pairs, recording
 from compress.calib_store import BlockLoader, Spilled
-from compress.progress import bar as _progress  # (calib_pipeline, svd_global and svd_fisher import it from here)
+from compress.progress import bar as progress_bar
 
 
 class _Stop(Exception):
@@ -180,7 +180,7 @@ class BlockCalibration:
             (b, t) for b in self.batches for t in self.adapter.timestep_grid(grid, b, self.sampler)]
         skip = fired.__contains__  # one reader per key and forward (later readers see the same)
         with accumulating(self.model, readers, stats, on_fire, lambda r: skip(r.key)), torch.no_grad(), \
-                _progress(self.progress) as bar:
+                progress_bar(self.progress) as bar:
             task = bar.add_task("calibrate: conditioning", total=len(runs))
             for batch, t in runs:
                 fired.clear()
@@ -201,7 +201,7 @@ class BlockCalibration:
         handle = first.register_forward_pre_hook(grab, with_kwargs=True)
         try:
             with accumulating(self.model, readers, stats) as acc, torch.no_grad(), \
-                    _progress(self.progress) as bar:
+                    progress_bar(self.progress) as bar:
                 task = bar.add_task("calibrate: capture", total=len(self.batches))
                 for batch in self.batches:
                     acc.caption = self.adapter.caption_rows(batch)
@@ -225,7 +225,7 @@ class BlockCalibration:
         if self.inputs is None:
             raise RuntimeError("call capture() before blocks()")
         n_blocks = sum(self.adapter.block_counts(self.model).values())
-        with _progress(self.progress) as bar:
+        with progress_bar(self.progress) as bar:
             task = bar.add_task("calibrate: blocks", total=n_blocks)
             for group, index, block in self.adapter.iter_blocks(self.model):
                 bar.update(task, description=f"calibrate: {group} block {index}")
@@ -332,7 +332,7 @@ class BlockCalibration:
         stats: dict[str, Stats] = {}
         if readers:
             with accumulating(self.model, readers, stats), torch.no_grad(), self._just_in_time(), \
-                    _progress(self.progress) as bar:
+                    progress_bar(self.progress) as bar:
                 task = bar.add_task("calibrate: after the blocks", total=len(self.batches))
                 for batch in self.batches:
                     self.model(**batch)

@@ -214,10 +214,10 @@ class PipelineSource:
         noise from seed + i). With a cache_dir each call's records are written as it finishes and
         read back instead of sampled again: a resumed or repeated run samples nothing, and an
         interrupted sampling keeps the calls it finished."""
-        from compress.calib import _progress
+        from compress.progress import bar as progress_bar
 
         c, records = self.calib, []
-        with _progress(True) as bar:
+        with progress_bar(True) as bar:
             task = bar.add_task(f"sample {what} prompts", total=len(prompts))
             for start in range(0, len(prompts), c.prompts_per_call):
                 chunk = prompts[start:start + c.prompts_per_call]

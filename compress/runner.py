@@ -301,8 +301,11 @@ class Runner:
         """'; RUN_DIR keeps its work (...): rerun with --resume' where this run's work is there."""
         # before restore (runner_stages), what the run folder holds is not this run's (unless it resumes it)
         fresh = self.doing in (None, "loading the teacher") and not self.resume
-        return "" if fresh or not is_main_process() else resume_note(self.run_dir, self.recipe,
-                                                                      getattr(self, "passes", []))
+        if fresh or not is_main_process():
+            return ""
+        calls = getattr(self, "sampled_calls", None)  # as interrupt_note: what a rerun reads back
+        return resume_note(self.run_dir, self.recipe, getattr(self, "passes", []),
+                           getattr(getattr(self, "ctx", None), "fingerprint", None), calls() if calls else None)
 
     def _stage(self, i: int, student, reference, heldout, teacher_params: int):
         """Pass i, its held-out error (printed and reported) and its stage checkpoint."""

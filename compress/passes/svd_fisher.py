@@ -137,9 +137,9 @@ def sweeps(model: nn.Module, adapter, batches: list[dict], chunks: list[list[str
            roots: "Roots", progress: bool = True) -> None:
     """The output Fishers of each chunk of target names (`fisher_chunks`), one backward sweep over
     the batches per chunk, into `roots`; a progress bar over the sweeps and their batches."""
-    from compress.calib import _progress
+    from compress.progress import bar as progress_bar
 
-    with _progress(progress and bool(chunks)) as bar:
+    with progress_bar(progress and bool(chunks)) as bar:
         task = bar.add_task("output Fishers", total=len(chunks) * len(batches))
         for k, names in enumerate(chunks, 1):
             bar.update(task, description=f"output Fishers: sweep {k}/{len(chunks)}")

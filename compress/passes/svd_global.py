@@ -37,13 +37,13 @@ def sensitivities(model, adapter, batches, factors, progress, targets) -> dict[s
     (up, down, normalized loss[, bias shift]), the shift a centered target's mean error
     (svd_layer.approximation), added to its bias for the measurement as compress_layer adds it. The forwards of
     a block's layers start at that block (its input recorded once, `replay.Prefix`)."""
-    from compress.calib import _progress
+    from compress.progress import bar as progress_bar
 
     ref = predictions(model, adapter, batches)
     position = {(g, i): k for k, (g, i, _) in enumerate(adapter.iter_blocks(model))}
     start = {i.name: position.get((i.group, i.block), 0) for i in targets}  # top level: whole forwards
     weights, prefix = {}, Prefix(model, adapter, batches, 0)
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("sensitivity", total=len(factors))
         for name in sorted(factors, key=start.__getitem__):  # one recording per block
             up, down, norm_loss, *shift = factors[name]  # shift: a centered target's mean error
