@@ -3,6 +3,7 @@ reported as ratios measured in one run (torch path on CPU, fused kernels on CUDA
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import time
@@ -58,10 +59,11 @@ def check_batch_fits(model, family: str, teacher_source: str, batch: int, device
                             f"{have[0] / 2**30:.1f} GiB of memory of {have[1]}; give a smaller --batch")
 
 
-def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device, status=None) -> list[float]:
-    """Median seconds of one forward of each model (after 3 warm-ups), the models timed in turn
-    within each repeat (order alternating), so a slowdown from other work on the machine falls on
-    all of them alike instead of on whichever ran while it lasted. `status`: a rich Status that
+def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device, status=None) -> list[list[float]]:
+    """Seconds of each of `repeats` timed forwards of each model (after 3 warm-ups), the models
+    timed in turn within each repeat (order alternating), so a slowdown from other work on the
+    machine falls on all of them alike instead of on whichever ran while it lasted: the i-th times
+    of two models ran side by side (step_ratios compares them so). `status`: a rich Status that
     says which step runs (minutes of silence otherwise for a real model on a CPU)."""
     times = [[] for _ in models]
     with torch.no_grad():
@@ -74,7 +76,28 @@ def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device, s
                 seconds = _one_forward(models[k], kwargs, device)
                 if i >= 3:
                     times[k].append(seconds)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+WIDE = 0.2  # an interquartile range of the per-step ratios above this fraction of their median: uncertain
+
+
+def step_ratios(teacher: list[float], student: list[float]) -> dict:
+    """The speedup (teacher time / student time) of each pair of steps timed side by side: its
+    median, quartiles and range, the interquartile range as a fraction of the median (`spread`),
+    and a note where that spread is wide (other work on the machine slowed some steps)."""
+    ratios = sorted(t / s if s > 0 else math.inf for t, s in zip(teacher, student))  # (repeats,)
+    median = statistics.median(ratios)
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    measured = len(ratios) > 1 and math.isfinite(q3) and median > 0  # one step has no spread
+    spread = (q3 - q1) / median if measured else None
+    note = None
+    if spread is not None and spread > WIDE:
+        note = (f"the per-step speedups spread widely (middle half {q1:.2f}× to {q3:.2f}×, {spread:.0%} of the "
+                f"median {median:.2f}×; all {ratios[0]:.2f}× to {ratios[-1]:.2f}×): other work slowed some steps, "
+                "so the ratio is uncertain; rerun on an idle machine")
+    return {"median": median, "quartiles": [q1, q3], "range": [ratios[0], ratios[-1]], "spread": spread,
+            "note": note}
 
 
 def _one_forward(model, kwargs: dict, device: torch.device) -> float:
@@ -151,7 +174,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         ref_stored = weight_bytes(ref), stored_dtype(ref)
         student, ref = cast(student, dev, dtype), cast(ref, dev, dtype)
         kwargs = moved(step_inputs(ref, family, source, batch), dev, dtype)
-        t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev, status)
+        t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev, status)  # (repeats,) each
         if dev.type == "cuda":  # peak_memory measures on a GPU only
             status.update("bench: peak memory of one step")
         mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
@@ -160,13 +183,20 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         "dtype": str(dtype).removeprefix("torch."),
         "batch": batch,  # images per step, as --batch asked
         "rows": int(kwargs["hidden_states"].shape[0]),  # of one forward: 2 per image where CFG doubles them
-        "teacher_step_s": t_teacher, "student_step_s": t_student,
-        "speedup": t_teacher / t_student,
+        "teacher_step_s": statistics.median(t_teacher), "student_step_s": statistics.median(t_student),
+        **_speedup(step_ratios(t_teacher, t_student)),
         "params_ratio": param_count(student) / param_count(ref),
         "weight_bytes_ratio": stored[0] / ref_stored[0],  # as stored: the export's dtype against the teacher's
         "student_stored_dtype": stored[1], "teacher_stored_dtype": ref_stored[1],
         "peak_memory_ratio": (mem_s / mem_t) if mem_t else None,
     }
+
+
+def _speedup(ratios: dict) -> dict:
+    """bench's keys for step_ratios: speedup (the median of the per-step ratios, which can differ from
+    teacher_step_s / student_step_s, the ratio of the medians) and its spread."""
+    return {"speedup": ratios["median"], "speedup_quartiles": ratios["quartiles"],
+            "speedup_range": ratios["range"], "speedup_spread": ratios["spread"], "timing_note": ratios["note"]}
 
 
 def _output_folder(out: Path) -> Path:
@@ -192,9 +222,18 @@ def _faster(speedup: float) -> str:
     return f"{ratio:.2f}× faster" if speedup >= 1 else f"{ratio:.2f}× slower"
 
 
+def _middle_half(result: dict) -> str:
+    """The per-step speedups' quartiles as student / teacher times: '0.480–0.520' (one number where
+    they round alike)."""
+    low, high = (f"{1 / q:.3f}" for q in reversed(result["speedup_quartiles"]))
+    return low if low == high else f"{low}–{high}"
+
+
 def bench_command(args) -> int:
     result = bench(Path(args.out).expanduser(), args.teacher, args.repeats, args.batch, args.device, args.lora,
                    args.teacher_config)
+    if result["timing_note"]:  # on stderr, as every note: --json keeps it too
+        console.print(f"[bold yellow]note:[/] {result['timing_note']}")
     if args.json:
         print(to_json(result))
         return 0
@@ -203,6 +242,8 @@ def bench_command(args) -> int:
     table.add_column("metric")
     table.add_column("student / teacher", justify="right")
     table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  ({_faster(result['speedup'])})")
+    if result["speedup_spread"] is not None:  # of two steps or more
+        table.add_row("  middle half of the steps", _middle_half(result))
     table.add_row("parameters", f"{result['params_ratio']:.3f}")
     table.add_row("weight memory, as stored", f"{result['weight_bytes_ratio']:.3f}  "
                                               f"({result['student_stored_dtype']} / {result['teacher_stored_dtype']})")

@@ -153,19 +153,37 @@ def summary_table(rows: list[dict], key: str, title: str) -> Table:
     return table
 
 
-def model_card(recipe, report: dict) -> str:
-    """README.md of an output folder: what was done, with the numbers."""
+def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
+    """README.md of an output folder: what was done, with the numbers. `ranks`: the factorized layers
+    the output holds (config.json's compression ranks, io_export.ranks_of), those a factorized teacher
+    brought included; without them the card counts only what this recipe's svd passes factorized."""
     lines = [f"# {recipe.model} student compressed by dit-compress", "",
              f"Teacher: `{report.get('teacher')}`. Recipe: `recipe.yaml` (resolved).", "",
              f"Parameters: {report['student_params']:,} of {report['teacher_params']:,} "
              f"({report['student_params'] / report['teacher_params']:.1%}).", "",
              "| stage | params | teacher-relative error | seconds |", "|---|---:|---:|---:|"]
-    for s in report.get("stages", []):
-        lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} | {s['seconds']} |")
+    stages = report.get("stages", [])
+    for s, seconds in zip(stages, _stage_seconds(stages, report.get("distill") or {})):
+        lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} | {seconds} |")
     lines += _removal_lines(report.get("remove_blocks") or {})
-    lines += _svd_lines(report.get("svd") or {})
+    lines += _svd_lines(report.get("svd") or {}, ranks)
     lines += ["", "Load it with `compress.load_transformer(folder)`; see report.json for per-layer numbers.", ""]
     return "\n".join(lines)
+
+
+def _stage_seconds(stages: list[dict], distill: dict) -> list[str]:
+    """Each stage's seconds; a distill pass resumed from its checkpoint trained in earlier invocations
+    too (its record's seconds less seconds_this_run) that its stage (this invocation) leaves out: the
+    total, this run's beside it. Its records in recipe order: report["distill"]'s `earlier`, itself."""
+    records = iter([*distill.get("earlier", []), distill] if distill else [])
+    cells = []
+    for s in stages:
+        record = next(records, {}) if s["pass"] == "distill" else {}
+        total, this_run = record.get("seconds"), record.get("seconds_this_run")
+        before = total - this_run if _is_number(total) and _is_number(this_run) else 0
+        total = round(s["seconds"] + before, 3)
+        cells.append(f"{total} ({s['seconds']} this run)" if before > 0 else str(s["seconds"]))
+    return cells
 
 
 def _removal_lines(removal: dict) -> list[str]:
@@ -201,10 +219,12 @@ def _how(record: dict) -> str:
     return how
 
 
-def _svd_lines(svd: dict) -> list[str]:
-    """How close the factorized layers are to their closed-form optimum, and what compensation did."""
+def _svd_lines(svd: dict, ranks: dict | None = None) -> list[str]:
+    """How many layers are factorized, how close those of this recipe's svd passes are to their
+    closed-form optimum, and what compensation did."""
     factorized = {n: r for n, r in (svd.get("layers") or {}).items() if "loss_ratio" in r}
-    lines = [] if not factorized else ["", f"Factorized layers: {len(factorized)}{_ratio_words(factorized)}."]
+    passes = len(svd.get("passes") or [svd] if svd else [])  # a report before `passes` was kept: one
+    lines = [] if not (factorized or ranks) else ["", _factorized_words(factorized, ranks, passes)]
     gaps = sorted(r["fit_gap"] for r in (svd.get("layers") or {}).values() if "fit_gap" in r)
     if gaps:
         lines.append(f"Fitted to the uncompressed model's outputs: {len(gaps)} layers; their fit above its undamped "
@@ -218,6 +238,22 @@ def _svd_lines(svd: dict) -> list[str]:
                      f"{last['uncompensated_error']:.4g}; first stage {first['uncompensated_error']:.4g} → "
                      f"{first['calibration_error']:.4g}).")
     return lines
+
+
+def _factorized_words(factorized: dict, ranks: dict | None, passes: int) -> str:
+    """'Factorized layers: 36 (34 came factorized in the teacher); by this recipe's svd pass: 2; worst
+    ...': what the output holds (`ranks`) and what this recipe's svd passes made (`factorized`, their
+    records, with their ratio words); without `ranks`, the count of the latter."""
+    if ranks is None:
+        return f"Factorized layers: {len(factorized)}{_ratio_words(factorized)}."
+    ours = {n: r for n, r in factorized.items() if n in ranks}  # a layer densified since is not held
+    held = f"Factorized layers: {len(ranks)}"
+    if len(ours) == len(ranks):
+        return f"{held}{_ratio_words(ours)}."
+    if not (ours or passes):
+        return f"{held} (all came factorized in the teacher)."
+    by = f"by this recipe's svd pass{'es' if passes > 1 else ''}"
+    return f"{held} ({len(ranks) - len(ours)} came factorized in the teacher); {by}: {len(ours)}{_ratio_words(ours)}."
 
 
 def _ratio_words(layers: dict) -> str:
@@ -354,8 +390,10 @@ def plot_ranks(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("kept parameters (fraction of dense)")
     ax.set_xlabel("layers in model order (lines separate blocks)")
     ax.set_ylim(0, 1.05)
+    # above the axes: a dense layer's bar (1.0) reaches the top, where a legend inside would cover it
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()],
-              labels=list(colors), fontsize=8, ncol=len(colors))
+              labels=list(colors), fontsize=8, ncol=len(colors), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -22,8 +22,8 @@ def test_teacher_and_student_are_timed_in_turn():
     """Each repeat times both models, in alternating order: a slow spell on a shared machine
     cannot fall on one model's whole measurement."""
     log = []
-    medians = time_steps([_Clocked("t", log), _Clocked("s", log)], {}, repeats=4, device=torch.device("cpu"))
-    assert len(medians) == 2 and all(m >= 0 for m in medians)
+    times = time_steps([_Clocked("t", log), _Clocked("s", log)], {}, repeats=4, device=torch.device("cpu"))
+    assert len(times) == 2 and all(len(t) == 4 and min(t) >= 0 for t in times)
     assert "".join(log) == "ts" "st" "ts" "st" "ts" "st" "ts"  # 3 warm-ups + 4 repeats
 
 
@@ -226,3 +226,80 @@ def test_an_outputs_weight_file_is_refused_in_evals_words(tmp_path, capsys):
         assert capsys.readouterr().err.strip() == (
             f"dit-compress: error: {weights} is a weight file of the dit-compress output {out}: give that folder, "
             "which loads it with its ranks and block map")
+
+
+def test_each_models_step_times_come_back_side_by_side(monkeypatch):
+    """time_steps gave each model's median alone: a ratio with no spread. Now every timed step's
+    seconds, the i-th of each model timed in the same repeat (order alternating)."""
+    import compress.bench as bench
+
+    seconds = iter(range(1, 100))
+    calls = []
+
+    def clock(model, kwargs, device):
+        calls.append(model.name)
+        return float(next(seconds))
+
+    monkeypatch.setattr(bench, "_one_forward", clock)
+    times = bench.time_steps([_Clocked("t", []), _Clocked("s", [])], {}, repeats=3, device=torch.device("cpu"))
+    assert "".join(calls) == "ts" "st" "ts" "st" "ts" "st"  # 3 warm-ups (seconds 1-6), then 3 repeats
+    assert times == [[8.0, 9.0, 12.0], [7.0, 10.0, 11.0]]
+
+
+def test_the_speedup_is_the_median_per_step_ratio_with_its_spread():
+    from compress.bench import step_ratios
+
+    steady = step_ratios([2.0, 4.0, 2.2, 3.0, 2.0], [1.0, 2.0, 1.0, 1.5, 1.0])  # ratios 2, 2, 2.2, 2, 2
+    assert steady["median"] == 2.0 and steady["quartiles"] == [2.0, 2.0] and steady["range"] == [2.0, 2.2]
+    assert steady["spread"] == 0.0 and steady["note"] is None
+    busy = step_ratios([3.79, 1.19, 1.13, 1.2, 3.0], [1.0] * 5)  # a busy CPU: 3.79×, 1.19×, 1.13× seen
+    assert busy["median"] == 1.2 and busy["quartiles"] == [1.19, 3.0] and busy["range"] == [1.13, 3.79]
+    assert busy["spread"] == pytest.approx((3.0 - 1.19) / 1.2)
+    assert busy["note"] == ("the per-step speedups spread widely (middle half 1.19× to 3.00×, 151% of the median "
+                            "1.20×; all 1.13× to 3.79×): other work slowed some steps, so the ratio is uncertain; "
+                            "rerun on an idle machine")
+    just = step_ratios([1.0, 1.2, 1.1, 1.0, 1.0], [1.0] * 5)  # quartiles 1.0 and 1.1: 10% of the median
+    assert just["note"] is None
+    one = step_ratios([2.0], [1.0])
+    assert one["median"] == 2.0 and one["spread"] is None and one["note"] is None
+
+
+def test_bench_reports_the_spread_of_its_step_ratios_and_says_when_it_is_wide(tmp_path, capsys, monkeypatch):
+    """bench printed one ratio (3.79×, 1.19×, 1.13× on reruns of one output on a busy CPU) with no
+    spread. Now the quartiles and range of the per-step ratios in --json (its earlier keys kept) and
+    the table, and a note where the middle half spans more than 20% of the median."""
+    import json
+
+    import compress.bench as bench
+    from compress.cli import main
+    from compress.lowrank import LowRankLinear
+
+    student_seconds = iter([1.0] * 3 + [1.0, 0.5, 0.5, 1.0, 0.25])  # 3 warm-ups, then ratios 1, 2, 2, 1, 4
+
+    def clock(model, kwargs, device):
+        factorized = any(isinstance(m, LowRankLinear) for m in model.modules())
+        return next(student_seconds) if factorized else 1.0
+
+    monkeypatch.setattr(bench, "_one_forward", clock)
+    out = _output(tmp_path)
+    assert main(["bench", str(out), "--json", "--repeats", "5", "--device", "cpu"]) == 0
+    shown = capsys.readouterr()
+    result = json.loads(shown.out)
+    assert {"teacher_step_s", "student_step_s", "speedup", "params_ratio", "weight_bytes_ratio",
+            "peak_memory_ratio"} <= set(result)
+    assert result["teacher_step_s"] == 1.0 and result["student_step_s"] == 0.5 and result["speedup"] == 2.0
+    assert result["speedup_quartiles"] == [1.0, 2.0] and result["speedup_range"] == [1.0, 4.0]
+    assert result["speedup_spread"] == 0.5
+    assert result["timing_note"].startswith("the per-step speedups spread widely (middle half 1.00× to 2.00×, "
+                                            "50% of the median 2.00×; all 1.00× to 4.00×)")
+    assert " ".join(shown.err.split()) == f"note: {result['timing_note']}"
+    student_seconds = iter([1.0] * 3 + [1.0, 0.5, 0.5, 1.0, 0.25])
+    assert main(["bench", str(out), "--repeats", "5", "--device", "cpu"]) == 0
+    table = " ".join(capsys.readouterr().out.split())
+    step = "time per denoising step │ 0.500 (2.00× faster) │ │ middle half of the steps │"
+    assert f"{step} 0.500–1.000 │" in table
+    student_seconds = iter([1.0] * 3 + [0.5] * 5)
+    assert main(["bench", str(out), "--repeats", "5", "--device", "cpu"]) == 0
+    shown = capsys.readouterr()
+    assert f"{step} 0.500 │" in " ".join(shown.out.split())
+    assert shown.err == ""  # a steady machine: no note

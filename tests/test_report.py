@@ -229,3 +229,71 @@ def test_the_model_card_lists_every_removal_pass_and_reads_a_one_removal_report(
     assert _removal_lines(dict(first, passes=[first], removed_total={"blocks": [1]})) == ["", one]
     assert _removal_lines(dict(third, passes=[third, third], removed_total={"blocks": []})) == []
     assert _removal_lines({}) == []
+
+
+def _card(report: dict, ranks=None) -> str:
+    from types import SimpleNamespace
+
+    from compress.report import model_card
+
+    return model_card(SimpleNamespace(model="flux"), dict(report, teacher="t", teacher_params=100, student_params=50),
+                      ranks)
+
+
+def test_the_model_card_counts_the_factorized_layers_the_output_holds():
+    """An svd run on an output (34 factorized layers) that factorized 2 more said 'Factorized layers: 2'
+    where inspect showed 36. Given the output's ranks the card counts what it holds, and says how many
+    this recipe's svd passes made (without them, as before, only those)."""
+    ours = {f"single_transformer_blocks.{i}.attn.to_k": {"rank": 8, "loss_ratio": 1.0} for i in range(2)}
+    ranks = {**{f"transformer_blocks.{i}.ff.net.2": 16 for i in range(34)}, **{n: 8 for n in ours}}
+    report = {"svd": {"layers": ours, "passes": [{}]}}
+    worst = "worst whitened loss / closed-form optimal loss: 1.000000000"
+    assert (f"Factorized layers: 36 (34 came factorized in the teacher); by this recipe's svd pass: 2; {worst}."
+            in _card(report, ranks).splitlines())
+    assert f"Factorized layers: 2; {worst}." in _card(report).splitlines()
+    dense = {f"transformer_blocks.{i}.attn.to_q": {"rank": "dense"} for i in range(3)}
+    both = {"svd": {"layers": {**ours, **dense}, "passes": [{}, {}]}}  # two svd passes made all it holds
+    ranks_of_ours = {n: 8 for n in ours}
+    assert f"Factorized layers: 2; {worst}." in _card(both, ranks_of_ours).splitlines()
+    assert (f"Factorized layers: 3 (1 came factorized in the teacher); by this recipe's svd passes: 2; {worst}."
+            in _card(both, {**ranks_of_ours, "x.to_v": 4}).splitlines())
+    assert "Factorized layers: 36 (all came factorized in the teacher)." in _card({}, ranks).splitlines()
+    assert "actorized" not in _card({}, {}) and "actorized" not in _card({})
+
+
+def test_the_model_card_gives_a_resumed_distill_pass_its_total_seconds():
+    """After a resumed distill the card gave the last invocation's 9.8 s where report.json's
+    distill.seconds said 45.7 (9.2 this run): the card now adds the earlier invocations' 36.5 s."""
+    stages = [{"pass": "svd", "params": 60, "relative_error": 0.1, "seconds": 3.7},
+              {"pass": "distill", "params": 60, "relative_error": 0.05, "seconds": 9.8},
+              {"pass": "distill", "params": 60, "relative_error": 0.04, "seconds": 2.5}]
+    first = {"seconds": 45.7, "seconds_this_run": 9.2}  # resumed
+    second = {"seconds": 2.1, "seconds_this_run": 2.1}  # run whole in this invocation
+    rows = _card({"stages": stages, "distill": dict(second, earlier=[first])}).splitlines()
+    assert "| svd | 60 | 0.1 | 3.7 |" in rows
+    assert "| distill | 60 | 0.05 | 46.3 (9.8 this run) |" in rows
+    assert "| distill | 60 | 0.04 | 2.5 |" in rows
+    one = _card({"stages": stages[:2], "distill": {"seconds": 12.0}}).splitlines()  # before seconds_this_run
+    assert "| distill | 60 | 0.05 | 9.8 |" in one
+
+
+def test_the_rank_plots_legend_covers_no_bar(tmp_path, monkeypatch):
+    """The legend of inspect --plot's ranks.png sat inside the axes, over the bars of dense layers
+    (kept 1.0) at the top: it lies outside the axes, inside the figure."""
+    import matplotlib.pyplot as plt
+
+    from compress.report import plot_ranks
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig: kept.append(fig))
+    rows = [{"role": role, "block": f"single.{i}", "kept": 1.0 if i % 2 else 0.3}
+            for i in range(12) for role in ("attention", "mlp", "modulation")]
+    plot_ranks(rows, tmp_path / "ranks.png")
+    fig = kept[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert not legend.overlaps(axes)
+    whole = fig.bbox
+    assert whole.x0 <= legend.x0 and legend.x1 <= whole.x1 and whole.y0 <= legend.y0 and legend.y1 <= whole.y1
+    assert (tmp_path / "ranks.png").is_file()
