@@ -49,17 +49,27 @@ def _beside(pipe, teacher: torch.nn.Module):
     return pipe
 
 
-def check_pipeline_source(source: str, is_teacher: bool) -> None:
-    """A local pipeline must be a pipeline folder (model_index.json); a transformer folder or a
-    single file is named with what to set instead, before any compute."""
+EXAMPLE_PIPELINES = {"pixart": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "flux": "black-forest-labs/FLUX.1-dev"}
+
+
+def check_pipeline_source(source: str, is_teacher: bool, family: str) -> None:
+    """A local pipeline must be a pipeline folder (model_index.json); a transformer folder, a single
+    file or an output is named with what to set instead (the base pipeline an output records, where
+    it records one: report_teacher.teacher_chain), before any compute."""
+    from compress.report_teacher import chain_base, teacher_chain
+
     path = Path(source).expanduser()
     if not path.exists() or (path / "model_index.json").is_file():
         return  # a pipeline folder, or a hub id (its errors come when it loads)
     what = "a single file" if path.is_file() else "a folder without model_index.json"
     whose = "the teacher " if is_teacher else ""
+    chain = teacher_chain(source)
+    base = chain_base(chain) if len(chain) > 1 else None
+    recorded = f"{base}, the base pipeline {source} records; or " if base else ""
+    example = EXAMPLE_PIPELINES.get(family, EXAMPLE_PIPELINES["pixart"])
     raise UserError(f"calibration.source pipeline samples in a diffusers pipeline, and {whose}{source} "
-                    f"is {what}; set calibration.pipeline to the base pipeline (a Hugging Face id such "
-                    "as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder)")
+                    f"is {what}; set calibration.pipeline to the base pipeline ({recorded}a Hugging Face id "
+                    f"such as {example}, or a pipeline folder)")
 
 
 def need_transformers(family: str | None = None,
@@ -190,8 +200,8 @@ class PipelineSource:
         self.prompts = read_prompts(calib, recipe_dir)
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
         if not pipeline.startswith("toy:"):
+            check_pipeline_source(pipeline, calib.pipeline is None, family)
             need_transformers(family)
-            check_pipeline_source(pipeline, calib.pipeline is None)
         check_size(calib, pipeline)
         self._cut()  # before any sampling: heldout may ask more than the prompts give
         self._pipe = None

@@ -1,6 +1,7 @@
 """Model inputs for a run: calibration batches, held-out batches, training batches.
 
-Sources: `toy` (the shipped toy teachers' real digits and prompts; chosen for `toy:` teachers) and
+Sources: `toy` (the shipped toy teachers' real digits and prompts; chosen for `toy:` teachers and
+outputs compressed from them) and
 `synthetic` (random text embeddings and Gaussian latents with the teacher's shapes: smoke tests and
 memory benchmarks of full-size models, where no text encoder is at hand). Every batch is a dict of
 the diffusers forward kwargs of the family.
@@ -157,12 +158,18 @@ class SyntheticSource:
 
 
 def source_kind(calib, teacher_source: str) -> str:
-    """The calibration source's kind; `auto` is `toy` for toy teachers, else `pipeline`."""
+    """The calibration source's kind; `auto` is `toy` for toy teachers, else `pipeline`. A toy
+    teacher is toy:NAME or a dit-compress output compressed from one (through outputs compressed
+    from outputs: report_teacher.toy_base), whose inputs are that toy's."""
+    from compress.report_teacher import toy_base
+
+    toy = toy_base(teacher_source) is not None
     if calib.source == "auto":
-        return "toy" if teacher_source.startswith("toy:") else "pipeline"
-    if calib.source == "toy" and not teacher_source.startswith("toy:"):
-        raise UserError(f"calibration.source 'toy' needs a toy teacher (toy:pixart or toy:flux), not "
-                        f"{teacher_source}; leave it auto (pipeline for a real teacher) or use synthetic")
+        return "toy" if toy else "pipeline"
+    if calib.source == "toy" and not toy:
+        raise UserError(f"calibration.source 'toy' needs a toy teacher (toy:pixart or toy:flux, or an output "
+                        f"compressed from one), not {teacher_source}; leave it auto (pipeline for a real "
+                        "teacher) or use synthetic")
     return calib.source
 
 

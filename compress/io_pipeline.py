@@ -1,6 +1,7 @@
 """`load_pipeline(out)`: a compressed output (io_output.load_transformer) in a diffusers pipeline,
-whose other parts come from a base: the teacher the output records, a toy, a folder (a saved
-pipeline's own, a saved toy pipeline's scheduler) or a Hub id, checked to fit the transformer."""
+whose other parts come from a base: the teacher the output records (through outputs compressed
+from outputs), a toy, a folder (a saved pipeline's own, a saved toy pipeline's scheduler) or a Hub
+id, checked to fit the transformer."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     """A diffusers pipeline with the compressed transformer and the base pipeline's other parts.
     `base`: `toy:pixart` / `toy:flux`, a pipeline folder or a Hugging Face id; by default the teacher
     the output records, where that is one of these (a toy or a pipeline whose transformer is not of
-    the output's family and widths: a UserError); a pipeline folder (a pipeline's save_pretrained,
+    the output's family and widths: a UserError), or the one the output it names records, and so on
+    (an output compressed from an output: recorded_base); a pipeline folder (a pipeline's save_pretrained,
     a toy pipeline's too: `_saved_toy_pipeline`) is its own base. `dtype` (or its name): of the
     whole pipeline (default: the dtype the transformer was exported in, so all parts agree), or
     diffusers' `torch_dtype` as in load_transformer; `variant`: the output's weight variant to load
@@ -161,20 +163,19 @@ def _refusing_lora_loads(pipe):
 
 def recorded_base(transformer: nn.Module, out: Path) -> str:
     """The teacher the output `out` records, as a base pipeline: a toy, a Hub id or a local pipeline
-    folder (model_index.json); a UserError asking for `base` otherwise."""
+    folder (model_index.json), or where it is an output itself the one that output records, and so
+    on (report_teacher.teacher_chain); a UserError asking for `base` otherwise, naming the chain."""
+    from compress.report_teacher import broken_chain, chain_base, teacher_chain
+
     teacher = (getattr(transformer, "compression_meta", None) or {}).get("teacher")
     ask = "pass base= (a pipeline folder, a Hugging Face id or toy:NAME)"
     if not teacher:
         raise UserError(f"{out} records no teacher to take the pipeline's other parts from; {ask}")
-    path = Path(str(teacher)).expanduser()
-    if teacher.startswith("toy:") or (path.is_dir() and (path / "model_index.json").is_file()):
-        return teacher
-    from compress.io import looks_local
-
-    if looks_local(teacher) or path.exists():
-        raise UserError(f"the teacher {out} records, {teacher}, is not a pipeline folder (no model_index.json "
-                        f"there); {ask}")
-    return teacher  # a Hub id
+    chain = teacher_chain(str(teacher))
+    base = chain_base(chain)
+    if base is None:
+        raise UserError(f"{broken_chain(out, chain)}; {ask}")
+    return base
 
 
 def _check_base(transformer: nn.Module, base: str) -> None:

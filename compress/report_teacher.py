@@ -1,6 +1,7 @@
 """The teacher an output records (report.json, else its config.json's compression section): what
 eval, bench and load_pipeline measure against or build on, with --teacher / --teacher-config in its
-place, and a warning where its files changed since the run read them."""
+place, a warning where its files changed since the run read them, and the chain of teachers an
+output compressed from an output leads to (teacher_chain: its toy or base pipeline)."""
 
 from __future__ import annotations
 
@@ -106,3 +107,65 @@ def _compression_section(out: Path) -> dict:
             raise UserError(f"{p}: compression.{key} is {json.dumps(value, default=str)[:40]}, not text "
                             f"({REPORT_TEXT[key]}); {DAMAGED}")
     return dict(recorded, teacher_files=section.get("teacher_files"))  # read as io_signature.signature_change does
+
+
+def teacher_chain(source: str) -> list[str]:
+    """`source`, then while the last is a dit-compress output folder (not a pipeline folder: that is
+    its own base) the teacher it records: an output compressed from an output leads to the teacher
+    the first run read (a toy, a Hub id, a pipeline or transformer folder, a file). It stops early
+    at an output recording no teacher, and at one recorded twice (a loop: `chain_loops`)."""
+    from compress.io_export import is_output
+
+    chain = [str(source)]
+    while not chain[-1].startswith("toy:"):
+        path = Path(chain[-1]).expanduser()
+        if not path.is_dir() or (path / "model_index.json").is_file() or not is_output(path):
+            break
+        teacher = _recorded(path).get("teacher")
+        if not teacher or chain_loops(chain):
+            break
+        chain.append(teacher)
+    return chain
+
+
+def chain_loops(chain: list[str]) -> bool:
+    """Whether the last teacher of `chain` is one it named before."""
+    return absolute_source(chain[-1]) in {absolute_source(s) for s in chain[:-1]}
+
+
+def toy_base(source: str) -> str | None:
+    """The toy teacher (toy:NAME) `source` is, or that the outputs it leads to record first
+    (teacher_chain): such an output is calibrated like that toy; None for any other."""
+    base = teacher_chain(source)[-1]
+    return base if base.startswith("toy:") else None
+
+
+def chain_base(chain: list[str]) -> str | None:
+    """The last teacher of `chain` where it is a pipeline to sample in or build on: a toy, a pipeline
+    folder (model_index.json) or a Hub id; None for a loop, a path not there, a transformer folder,
+    a file, or an output recording no teacher."""
+    from compress.io import looks_local
+
+    base, path = chain[-1], Path(chain[-1]).expanduser()
+    if chain_loops(chain):
+        return None
+    if base.startswith("toy:") or (path / "model_index.json").is_file():
+        return base
+    return None if looks_local(base) or path.exists() else base
+
+
+def broken_chain(out, chain: list[str]) -> str:
+    """'OUT records the teacher A, which records B, which is not there': why the chain of teachers
+    the output `out` records (its teacher's teacher_chain) ends in no pipeline (chain_base)."""
+    from compress.io_export import is_output
+
+    path = Path(chain[-1]).expanduser()
+    if chain_loops(chain):
+        why = "which it named before (a loop)"
+    elif not path.exists():
+        why = "which is not there"
+    elif path.is_dir() and is_output(path):
+        why = "which records no teacher"
+    else:
+        why = "which is not a pipeline folder (no model_index.json there)"
+    return f"{out} records the teacher {', which records '.join(chain)}, {why}"

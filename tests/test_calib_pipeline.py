@@ -498,3 +498,24 @@ def test_the_call_files_are_those_sampling_writes_and_those_of_other_prompts_are
     edited = source(["a cat", "a dog", "a hen", "a fox"])
     kept = first.call_files()  # [a cat, a dog], [a cow], held out [a fox]
     assert set(edited.call_files()) & written == {kept[0], kept[2]}  # [a cow] became [a hen]: sampled anew
+
+
+def test_an_output_as_the_teacher_names_the_base_pipeline_it_records(tmp_path):
+    """The pipeline source with an output as the teacher (no model_index.json) asked for a PixArt
+    Hub id whatever the family: the example is of the teacher's family, and the base the output
+    records (through outputs made from outputs) comes first."""
+    from compress.calib_pipeline import PipelineSource
+    from compress.recipe import CalibrationConfig
+    from tests.teacher_chain_helpers import chained_outputs, output_config
+
+    _, d = chained_outputs(tmp_path, "toy:flux")
+    calib = CalibrationConfig(source="pipeline", prompts=["a 3", "a 7"])
+    with pytest.raises(UserError) as e:
+        PipelineSource("flux", calib, None, str(d))
+    assert str(e.value) == (f"calibration.source pipeline samples in a diffusers pipeline, and the teacher {d} is a "
+                            "folder without model_index.json; set calibration.pipeline to the base pipeline "
+                            f"(toy:flux, the base pipeline {d} records; or a Hugging Face id such as "
+                            "black-forest-labs/FLUX.1-dev, or a pipeline folder)")
+    output_config(tmp_path / "bare", None)
+    with pytest.raises(UserError, match=r"base pipeline \(a Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL"):
+        PipelineSource("pixart", calib, None, str(tmp_path / "bare"))

@@ -76,3 +76,30 @@ def test_a_moved_teacher_or_config_says_which_option_gives_its_new_place(tmp_pat
     cfg.mkdir()
     (cfg / "config.json").write_text("{}")
     assert teacher_to_load(out) == (str(file), str(cfg))
+
+
+def test_the_chain_of_recorded_teachers_leads_from_an_output_to_the_first_teacher(tmp_path):
+    """An output compressed from an output records that output: teacher_chain follows them to the
+    teacher the first run read, and stops at a loop, a missing link or an output recording none."""
+    from compress.report_teacher import broken_chain, chain_base, teacher_chain, toy_base
+    from tests.teacher_chain_helpers import chained_outputs, output_config
+
+    a, d = chained_outputs(tmp_path, "toy:flux")
+    assert teacher_chain(str(d)) == [str(d), str(a.resolve()), "toy:flux"]
+    assert toy_base(str(d)) == toy_base(str(a)) == toy_base("toy:flux") == "toy:flux"
+    assert chain_base(teacher_chain(str(d))) == "toy:flux"
+    assert toy_base("owner/name") is None and chain_base(["owner/name"]) == "owner/name"
+
+    output_config(a, str(d.resolve()))  # a loop: a records d, d records a
+    chain = teacher_chain(str(d))
+    assert chain == [str(d), str(a.resolve()), str(d.resolve())] and toy_base(str(d)) is None
+    assert chain_base(chain) is None
+    assert broken_chain("out", chain) == f"out records the teacher {d}, which records {a.resolve()}, which " \
+                                         f"records {d.resolve()}, which it named before (a loop)"
+    gone = str(tmp_path / "gone")
+    output_config(a, gone)
+    assert teacher_chain(str(d)) == [str(d), str(a.resolve()), gone] and chain_base(teacher_chain(str(d))) is None
+    assert broken_chain("out", teacher_chain(str(d))).endswith(f"{gone}, which is not there")
+    output_config(a, None)
+    assert teacher_chain(str(d)) == [str(d), str(a.resolve())]
+    assert broken_chain("out", teacher_chain(str(d))).endswith(f"{a.resolve()}, which records no teacher")
