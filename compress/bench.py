@@ -17,7 +17,7 @@ from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
 from compress.report import console, param_count, results, to_json
-from compress.report_teacher import teacher_to_load, warn_if_teacher_changed
+from compress.report_teacher import teacher_to_load, toy_base, warn_if_teacher_changed
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
@@ -27,7 +27,7 @@ def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
     from compress.inputs import SyntheticSource, ToySource
     from compress.recipe import CalibrationConfig
 
-    toy = teacher_source.startswith("toy:")
+    toy = toy_base(teacher_source) is not None  # a toy, or an output whose chain of teachers starts at one
     rows = 2 * batch if toy or family == "pixart" else batch
     calib = CalibrationConfig(heldout=rows, batch_size=rows)
     if toy:

@@ -14,7 +14,7 @@ from compress.io_export import is_output
 from compress.io_output import load_transformer, output_folder
 from compress.progress import status
 from compress.report import console, output_file, read_report, results, to_json
-from compress.report_teacher import recorded_teacher, teacher_to_load, warn_if_teacher_changed
+from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
 
 
 def _read_only_streams(recipe, device):
@@ -51,7 +51,7 @@ def evaluate(args) -> int:
     if out is not None:
         warn_if_teacher_changed(out, teacher_source, "eval")
     family = get_adapter(model).family
-    toy = (teacher_source or args.model).startswith("toy:")
+    toy = toy_base(teacher_source or args.model) is not None  # a toy, or an output of a toy's output
     if not toy:
         _toy_options_only(grid, args.seed)
         check_measurable(out, teacher_source, args.model)  # before the teacher loads

@@ -67,6 +67,18 @@ def test_a_step_holds_the_rows_its_pipeline_runs():
     assert rows == {"pixart": 6, "flux": 3, "toy": 6}
 
 
+def test_an_output_of_a_toys_output_steps_on_the_toys_inputs(tmp_path):
+    """bench of an output whose teacher is an output of toy:flux: the toy's step (CFG rows, its
+    token count), as for the toy itself, not a synthetic Flux.1-dev step."""
+    from compress.bench import step_inputs
+    from tests.teacher_chain_helpers import chained_outputs
+
+    _, d = chained_outputs(tmp_path, "toy:flux")
+    toy, chained = (step_inputs(None, "flux", source, batch=2) for source in ("toy:flux", str(d)))
+    assert chained.keys() == toy.keys()
+    assert all(torch.equal(chained[k], toy[k]) for k in toy if torch.is_tensor(toy[k]))
+
+
 class _Linear(torch.nn.Module):
     """A linear called with keyword inputs, as bench calls the transformers."""
 

@@ -493,6 +493,21 @@ def test_eval_of_an_output_without_report_json_takes_the_teacher_its_config_reco
         (["eval", str(real)], f"{real}: neither report.json nor config.json (compression.teacher) names the teacher")])
 
 
+def test_eval_of_an_output_compressed_from_a_toys_output_scores_it_as_a_toy(tmp_path, monkeypatch):
+    """An output whose recorded teacher is an output of toy:flux gets the toy scores against that
+    teacher (the chain of teachers starts at a toy), not a real model's 'no recipe.yaml' refusal."""
+    import compress.toy.evaluate
+    from compress.io_export import save_compressed
+    from compress.toy import load_toy_teacher
+
+    given = []
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate",
+                        lambda model, family, teacher=None, seed=0: given.append(teacher) or {"adherence": 1.0})
+    a = save_compressed(load_toy_teacher("flux"), tmp_path / "a", extra={"teacher": "toy:flux"})
+    d = save_compressed(load_toy_teacher("flux"), tmp_path / "d", extra={"teacher": str(a.resolve())})
+    assert main(["eval", str(d), "--json"]) == 0 and given and given[0] is not None
+
+
 def test_importance_and_plan_say_when_a_source_is_not_a_teacher(recipe, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hello\n")
     (tmp_path / "empty").mkdir()
