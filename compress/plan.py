@@ -23,8 +23,8 @@ from compress.calib_pipeline import check_size
 from compress.calib_prompts import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
-from compress.plan_budget import (budget_savings, budgeted_layers, decided_later, distill_student, retargeted,
-                                 smallest_blocks)
+from compress.plan_budget import (budget_savings, budgeted_layers, decided_later, distill_student, removal_shares,
+                                 retargeted, smallest_blocks)
 from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory
 from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
                                 teacher_given)
@@ -94,6 +94,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
     steps, scores, later, unplaced = [], ScoresSoFar(), [], []
     budgeted = []  # per entry of `later`: its dense targets on the meta model (budgeted_layers)
+    removals_before = []  # per entry of `later`: the unplaced removals before its pass
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter):  # each then applied
         named = dict(model.named_modules())  # as the pass finds the model: the names its targets use
         step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
@@ -103,6 +104,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         if step.get("params_after") == LATER:  # ranks decided after calibration: counted dense here
             later.append(decided_later(p, step, model, adapter))
             budgeted.append(budgeted_layers(later[-1], model, adapter))
+            removals_before.append(len(unplaced))
         scans = bool(step.get("scans"))  # blocks chosen by importance; none when it removes none
         reused = scans and scores.reused(step)
         if scans and (words := scores.words(step)):
@@ -121,7 +123,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
         "params_after_at_most": param_count(model) - budget_savings(later, budgeted, model)
-        - smallest_blocks(model, adapter, sum(u["blocks"] for u in unplaced), budgeted),
+        - smallest_blocks(model, adapter, sum(u["blocks"] for u in unplaced), budgeted,
+                          removal_shares(later, removals_before, len(unplaced))),
         "decided_later": later, "unplaced_removals": unplaced,
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),

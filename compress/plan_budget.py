@@ -25,6 +25,7 @@ def decided_later(p, step: dict, model, adapter) -> dict:
              "blocks": adapter.block_counts(model)}
     if step.get("allocation") == "global":
         entry["budget_params"] = budget_for_ratio(specs, p.config.ratio)
+        entry["ratio"] = p.config.ratio
     return entry
 
 
@@ -48,15 +49,34 @@ def retargeted(budgeted: list, step: dict, named: dict) -> list:
     return [None if layers is None or hit & set(layers) else layers for layers in budgeted]
 
 
-def smallest_blocks(model, adapter, n: int, budgeted: list) -> int:
+def smallest_blocks(model, adapter, n: int, budgeted: list, shares: list | None = None) -> int:
     """The parameters the n smallest blocks of the planned model hold for certain: what removals
     whose groups are decided at run time (`Pass.unplaced`, left on the meta model) take off at least.
-    A global pass's targets in them (`budgeted`) are not counted: the budget bounds them already
-    (budget_savings), and what it keeps of a block may be little."""
-    bounded = {k: v for layers in budgeted if layers for k, v in layers.items()}
-    sizes = sorted(param_count(b) - sum(bounded.get(m, 0) for m in b.modules())
+    A global pass's targets in them (`budgeted`) count only its `shares` of them (per entry: its
+    ratio where every such removal comes before it, whose budget is then of the targets left, so a
+    block removed takes that share of the budget with it; else 0: the budget bounds them already,
+    budget_savings, and what it keeps of a block may be little)."""
+    shares = shares or [0.0] * len(budgeted)
+    sizes = sorted(param_count(b) - sum(_bounded_in(b, layers, share) for layers, share in zip(budgeted, shares))
                    for g in adapter.block_counts(model) for b in adapter.blocks(model, g))
     return sum(sizes[:n])
+
+
+def _bounded_in(block, layers: dict | None, share: float) -> int:
+    """What a block's count leaves out of one global pass's targets in it (`layers`, budgeted_layers):
+    their dense parameters, less the `share` of them its budget loses with the block (floored, as
+    alloc.budget_for_ratio floors: the budget of the targets left is at most the full one less it)."""
+    if not layers:
+        return 0
+    dense = sum(layers.get(m, 0) for m in block.modules())  # (its targets in this block)
+    return dense - int(share * dense)
+
+
+def removal_shares(later: list[dict], removals_before: list[int], removals: int) -> list[float]:
+    """Per entry of `later`: its ratio where all `removals` (unplaced removals) came before the pass
+    (`removals_before`: how many did), so its run's budget is of the targets they leave; else 0."""
+    return [e.get("ratio", 0.0) if removals and before == removals else 0.0
+            for e, before in zip(later, removals_before)]
 
 
 def budget_savings(later: list[dict], budgeted: list, model) -> int:

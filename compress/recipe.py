@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,8 +17,8 @@ from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.passes import PASSES, pass_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
                                      with_sets)
-from compress.recipe_set import key_nodes, nearest, place, remark
-from compress.recipe_yaml import RecipeDumper, RecipeLoader
+from compress.recipe_set import drop, key_nodes, nearest, place, remark, takes_null
+from compress.recipe_yaml import NULL, RecipeDumper, RecipeLoader, core_tag
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -27,6 +28,8 @@ HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
 
 
 SEED_MAX = 2**63 - 1
+
+TOP_KEYS = ("version", "model", "teacher", "stream", "compute_dtype", "device", "calibration", "export", "passes")
 
 
 @dataclass
@@ -173,7 +176,10 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
         hint = MERGE_HINT if name == "<<" else did_you_mean(name, PASSES)
         raise loc.err(f"unknown pass '{name}'{hint} (passes: {', '.join(PASSES)})")
     cls = pass_class(name)
-    config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}")
+    try:
+        config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}")
+    except UserError as e:
+        raise UserError(f"{e}{_drop_hint(e, opts, f'passes.{index}.{name}')}") from None
     keys = _key_locs(opts, path)
     # the option keys (ranks.modulation) a --set gave, to that --set, and those it added (not a key of
     # the file given another value, which stands where the file has it), for the pass's notes; not
@@ -181,6 +187,15 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
     config.__dict__["_set_keys"] = {k: at.override for k, at in keys.items() if at.override}
     config.__dict__["_set_added"] = {k for k, n in key_nodes(opts).items() if not getattr(n, "replaced", False)}
     return PassSpec(name, config, loc.line, loc, keys)
+
+
+def _drop_hint(error: UserError, opts: yaml.Node | None, dotted: str) -> str:
+    """' (--set passes.2.svd.ratio=null removes it)': how to remove, from the command line, the key
+    of the file a pass's check (a BadValue, the error's context) says to remove."""
+    bad = error.__context__
+    if not isinstance(bad, BadValue) or "remove it" not in str(bad) or bad.key not in key_nodes(opts):
+        return ""
+    return f" (--set {dotted}.{bad.key}=null removes it)"
 
 
 # ---- entry points -----------------------------------------------------------------------------
@@ -206,9 +221,23 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     except yaml.YAMLError as e:
         raise UserError(f"{path} ({mark.name}): the value is not valid YAML "
                         f"({getattr(e, 'problem', None) or e}); quote it if it is text") from None
+    if _is_null(value_node) and not takes_null(dotted, _top_types()):  # a key null is no value of
+        drop(data_node, dotted, value_text)  # (ratio=null): out of the recipe, its default holds
+        return
     remark(value_node, mark)
     _check_keys(value_node, path, dotted=dotted)
     place(data_node, dotted, value_text, value_node, mark)
+
+
+def _is_null(node: yaml.Node) -> bool:
+    """Whether a --set's value is null (null, ~, nothing; not 'null' quoted, nor !!null abc)."""
+    return isinstance(node, yaml.ScalarNode) and node.tag == NULL and core_tag(node.value) == NULL
+
+
+def _top_types() -> dict:
+    """The type of each top-level recipe key (takes_null)."""
+    hints = typing.get_type_hints(Recipe)
+    return {key: hints[key] for key in TOP_KEYS}
 
 
 def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
@@ -222,11 +251,9 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
             raise UserError(f"{path} (--set {item}): expected KEY.PATH=VALUE")
         set_override(root, key.strip(), value, path)
     top = {k.value: (k, v) for k, v in root.value}
-    known = ("version", "model", "teacher", "stream", "compute_dtype", "device", "calibration", "export",
-             "passes")
     for key, (k, _) in top.items():
-        if key not in known:
-            hint = MERGE_HINT if key == "<<" else did_you_mean(key, known)
+        if key not in TOP_KEYS:
+            hint = MERGE_HINT if key == "<<" else did_you_mean(key, TOP_KEYS)
             raise _Loc(path, k).err(f"unknown key '{key}'{hint}")
     if "passes" not in top:
         raise _Loc(path, root).err("the recipe has no 'passes' list")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
+import typing
+from typing import Any
 
 import yaml
 
@@ -49,6 +52,69 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             child = _own(match[0][1])
             node.value[node.value.index(match[0])] = (match[0][0], child)
             node = child
+
+
+def drop(data_node: yaml.MappingNode, dotted: str, value_text: str) -> None:
+    """`--set KEY=null` for a key that takes no null (`takes_null`): take the key out of the tree,
+    so its default holds (a list's items are not dropped: the indices after them would move). A key
+    the recipe lacks leaves the tree as it is."""
+    node, parts = data_node, _split(dotted)
+    _refuse_pass_name(data_node, parts, dotted, value_text)
+    _check_pass_index(data_node, parts, dotted)
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, yaml.SequenceNode):
+            if not part.isdigit() or int(part) >= len(node.value):
+                raise UserError(f"--set {dotted}: '{part}' is not an index of that list "
+                                f"({_items('.'.join(parts[:i]), len(node.value))})")
+            node.value[int(part)] = node = _own(node.value[int(part)])
+            continue
+        at = [n for n, (k, _) in enumerate(node.value) if k.value == part] if isinstance(node, yaml.MappingNode) else []
+        if not at:
+            return  # nothing there to drop
+        node.value[at[0]] = (node.value[at[0]][0], _own(node.value[at[0]][1]))
+        node = node.value[at[0]][1]
+    if isinstance(node, yaml.MappingNode):
+        node.value = [(k, v) for k, v in node.value if k.value != parts[-1]]
+
+
+def takes_null(dotted: str, top: dict) -> bool:
+    """Whether the recipe key at `dotted` takes null as a value (trust_region: null, count: null, a
+    pass's options or calibration: null, their defaults); False for one that does not (ratio, seed,
+    a ranks pattern's rank), which `--set KEY=null` then drops (`drop`), and for list items. True
+    where the key is not known: the --set is placed, and the recipe's check names what is wrong.
+    `top`: the type of each top-level key."""
+    parts = _split(dotted)
+    if parts[0] == "passes":
+        if len(parts) < 4 or parts[2] not in PASSES:
+            return len(parts) != 2  # passes.N is an item of the list; passes.N.PASS its options
+        if len(parts) == 5 and parts[3] in NAME_KEYED:
+            return False  # a rank
+        tp, rest = pass_class(parts[2]).config_cls, parts[3:]
+    else:
+        tp, rest = top.get(parts[0]), parts[1:]
+    for part in rest:
+        tp = _inner(tp, part)
+    if tp is None:
+        return True
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return any(a is Any or a is type(None) or dataclasses.is_dataclass(a) for a in args)
+
+
+def _inner(tp, part: str):
+    """The type of key `part` of a value of type `tp` (a dataclass's field, a mapping's values; of
+    a union, of its arms that have it), None where none has."""
+    if tp is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        return typing.get_type_hints(tp).get(part)
+    if tp is dict:
+        return Any
+    if typing.get_origin(tp) is dict:
+        return typing.get_args(tp)[1]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        found = [t for t in (_inner(a, part) for a in typing.get_args(tp)) if t is not None]
+        return typing.Union[tuple(found)] if found else None
+    return None
 
 
 def _own(node: yaml.Node) -> yaml.Node:

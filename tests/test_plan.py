@@ -481,3 +481,30 @@ def test_plan_refuses_what_a_pipeline_source_would_at_the_recipes_line():
     with pytest.raises(UserError, match=r"^r\.yaml:4 \(with --set calibration\.timesteps=1\): calibration\.heldout 8 "
                                         r"asks for 4 of the 4 prompts \(2 inputs each\)"):
         make_plan(parse_recipe(text, "r.yaml", ["calibration.timesteps=1"]))
+
+
+def test_a_global_pass_after_a_removal_of_groups_picked_at_run_time_is_bounded_by_the_blocks_left():
+    """A bare count, then a global svd pass: its run's budget is its ratio of the targets the removal
+    leaves, but plan took it of all the teacher's targets: 'at most 1,020,265' on the toy Flux, whose
+    run kept 919,888. The bound is now the largest student the removal can leave: ratio x the targets
+    of the other blocks, plus what is not a target, over the block whose removal costs least."""
+    from compress.arch import get_adapter
+    from compress.plan import param_count
+
+    text = ("model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 1}\n"
+            "  - svd: {targets: [attention, mlp, modulation], allocation: global, ratio: 0.4}\n")
+    plan = make_plan(parse_recipe(text, "r.yaml"))
+    teacher = load_teacher("toy:flux")
+    adapter = get_adapter(teacher)
+    roles = {"attention", "mlp", "modulation"}
+    targets = {teacher.get_submodule(i.name) for i in adapter.linears(teacher) if i.role in roles}
+    dense = sum(param_count(m) for m in targets)  # (weights and biases of every target)
+    others = param_count(teacher) - dense  # what no svd pass factorizes
+    largest = 0
+    for group in adapter.block_counts(teacher):
+        for block in adapter.blocks(teacher, group):
+            in_block = sum(param_count(m) for m in block.modules() if m in targets)
+            kept = others - (param_count(block) - in_block) + int(0.4 * (dense - in_block))
+            largest = max(largest, kept)
+    assert largest <= plan["params_after_at_most"] <= largest + 1  # (the budget's floor)
+    assert plan["params_after_at_most"] < 1_020_265 and largest >= 919_888

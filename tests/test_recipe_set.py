@@ -1,9 +1,11 @@
 """compress.recipe_set: where a --set goes in a recipe's tree, and what it says where it cannot go."""
 
+from pathlib import Path
+
 import pytest
 
 from compress.errors import UserError
-from compress.recipe import parse_recipe
+from compress.recipe import load_recipe, parse_recipe
 
 RECIPE = """\
 model: pixart
@@ -65,3 +67,64 @@ def test_an_option_set_without_its_pass_name_points_at_the_passes_that_have_it()
     with pytest.raises(UserError) as e:
         parse_recipe(text, "r.yaml", ["passes.1.ratio=0.4"])
     assert str(e.value) == "--set passes.1.ratio: passes.1 is an svd pass; its options are set as passes.1.svd.ratio"
+
+
+TOY_FLUX = Path(__file__).parents[1] / "recipes" / "toy-flux.yaml"
+PER_ROLE = ["passes.2.svd.allocation=per_role", "passes.2.svd.ratios.attention=0.5", "passes.2.svd.ratios.mlp=0.3"]
+
+
+def test_a_set_null_drops_the_files_key_so_the_shipped_recipe_can_go_per_role():
+    """No --set removed a key of the file: the shipped toy-flux's `ratio: 0.6` refused allocation
+    per_role ('remove it'), and `ratio=null` was 'must be a number, not None'. A null for a key that
+    takes none drops the key (its default holds); the refusal says so."""
+    from compress.plan import make_plan
+
+    with pytest.raises(UserError) as e:
+        load_recipe(TOY_FLUX, PER_ROLE)
+    assert str(e.value).endswith("remove it or set allocation: uniform or global "
+                                 "(--set passes.2.svd.ratio=null removes it)")
+    recipe = load_recipe(TOY_FLUX, [*PER_ROLE, "passes.2.svd.ratio=null"])
+    svd = recipe.passes[2].config
+    assert (svd.allocation, svd.ratio, svd.ratios) == ("per_role", 0.5, {"attention": 0.5, "mlp": 0.3})
+    assert "ratio" not in recipe.passes[2].keys and "ratio" not in svd._set_keys
+    plan = make_plan(recipe)
+    assert plan["decided_later"] == [] and plan["params_after_planned"] < plan["params_before"]
+    default = make_plan(load_recipe(TOY_FLUX, ["passes.2.svd.ratio=null"]))  # global at the default 0.5
+    assert default["decided_later"][0]["budget_params"] < make_plan(load_recipe(TOY_FLUX))["decided_later"][0]["budget_params"]
+
+
+@pytest.mark.parametrize("override, read, value", [
+    ("passes.0.svd.multiple=null", lambda r: r.passes[0].config.multiple, 16),  # an int: dropped, default
+    ("passes.0.svd.multiple=~", lambda r: r.passes[0].config.multiple, 16),
+    ("passes.0.svd.multiple=", lambda r: r.passes[0].config.multiple, 16),
+    ("passes.0.svd.trust_region=null", lambda r: r.passes[0].config.trust_region, None),  # null: any
+    ("passes.1.svd.ranks.modulation=null", lambda r: r.passes[1].config.ranks, {"re:.*": 4}),  # the pattern
+    ("passes.2.remove_blocks.count=null", None, None),
+    ("calibration.seed=null", lambda r: (r.calibration.seed, r.calibration.given("seed")), (0, False)),
+    ("passes.2.distill.steps=null", lambda r: r.passes[2].config.steps, 500),
+    ("passes.2.distill.steps=null", lambda r: r.passes[2].config.batch_size, 4),  # the rest stays
+])
+def test_a_set_null_drops_a_key_that_takes_no_null_and_sets_one_that_does(override, read, value):
+    text = ("model: pixart\nteacher: toy:pixart\ncalibration: {seed: 3}\npasses:\n"
+            "  - svd: {targets: [mlp], allocation: global, multiple: 8, trust_region: 3.0}\n"
+            "  - svd: {targets: [modulation], ranks: {modulation: 8, 're:.*': 4}}\n"
+            "  - distill: {steps: 2, batch_size: 4}\n")
+    if read is None:  # remove_blocks' count takes null: set, as before
+        text = text.replace("  - distill", "  - remove_blocks: {count: 1}\n  - distill")
+        assert parse_recipe(text, "r.yaml", [override]).passes[2].config.count is None
+        return
+    assert read(parse_recipe(text, "r.yaml", [override])) == value
+
+
+def test_a_set_null_refuses_what_it_did_where_it_drops_nothing_it_knows():
+    """An unknown key, a list item, a quoted 'null' are placed as before: the recipe's checks name them;
+    a key the recipe lacks leaves it as it is; a dropped key of an aliased node goes from that place alone."""
+    with pytest.raises(UserError, match=r"unknown key 'multple' in passes\[0\]\.svd; did you mean 'multiple'"):
+        parse_recipe(RECIPE, "r.yaml", ["passes.0.svd.multple=null"])
+    with pytest.raises(UserError, match=r"targets\.0=null\): svd\.targets: patterns must be strings .*, got None"):
+        parse_recipe(RECIPE, "r.yaml", ["passes.0.svd.targets.0=null"])
+    with pytest.raises(UserError, match=r"passes\[2\]\.distill\.steps must be an integer, not 'null'"):
+        parse_recipe(RECIPE, "r.yaml", ["passes.2.distill.steps='null'"])
+    assert parse_recipe(RECIPE, "r.yaml", ["passes.1.svd.ratio=null"]) == parse_recipe(RECIPE, "r.yaml")
+    r = parse_recipe(ALIASED, "r.yaml", ["passes.1.distill.batch_size=null"])
+    assert [p.config.batch_size for p in r.passes[1::2]] == [32, 4]
