@@ -163,9 +163,12 @@ def imports_held(*needs: str):
 
 @imports_held("compress.recipe:load_recipe", "compress.runner:Runner")
 def cmd_run(args, load_recipe, Runner) -> int:
-    from compress.report import notes_from_rank_zero
+    from compress.report import console, notes_from_rank_zero
+    from compress.runner_ranks import one_process_note
 
     notes_from_rank_zero()
+    if note := one_process_note():  # accelerate launch asked for several processes, started one
+        console.print(note, markup=False, highlight=False)
     recipe = load_recipe(args.recipe, args.overrides)
     out = Path(args.out or Path("out") / Path(args.recipe).stem).expanduser()  # nor --out=~/x
     runner = Runner(recipe, out, _run_dir(args), teacher=args.teacher, teacher_config=args.teacher_config,

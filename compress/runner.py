@@ -27,7 +27,8 @@ from compress.report import console, model_card, param_count
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_answers import PREPARED, check_followers, check_same_run, ended, following, wait_for_followers
+from compress.runner_answers import (PREPARED, check_followers, check_same_run, ended, follower_ended, following,
+                                     wait_for_followers)
 from compress.runner_ranks import (MainStopped, PeerLost, announce, hand_off, is_follower, is_main_process, leading,
                                    peer_lost, several_processes, wait_for_hand_off)
 from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, resume_note, teacher_identity,
@@ -177,6 +178,11 @@ class Runner:
                 if several_processes() and peer_lost(e):
                     raise self._peer_lost() from None
                 raise
+            except KeyboardInterrupt:  # a stop signal: the launcher's, where a follower ended first?
+                lost = self._follower_ended()
+                if lost is not None:
+                    raise lost from None
+                raise
             if is_main_process():  # a run folder from now on started over without --resume
                 (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "stages" / FINISHED).write_text(json.dumps({"out": str(out.resolve())}) + "\n")
@@ -251,20 +257,19 @@ class Runner:
         passes = getattr(self, "passes", None) or build_passes(self.recipe)
         fingerprint = getattr(getattr(self, "ctx", None), "fingerprint", None)  # None before prepare
         calls = getattr(self, "sampled_calls", None)  # None before prepare, or without sampling
-        return self._follower_stopped() + interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes,
+        return interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes,
                               fingerprint, calls() if calls else None)
 
-    def _follower_stopped(self) -> str:
-        """'; rank 1 of this launch stopped: why' where rank 0 was interrupted because a follower
-        stopped (torchrun ends the launch's other processes when one exits): its refusal says what to
-        change, the bare interrupted note would not."""
+    def _follower_ended(self) -> UserError | None:
+        """Rank 0 of a launch stopped by a signal: where a follower stopped on its error or was killed
+        first (the launcher then stops the others), that follower, what ran and what the run folder
+        keeps, in place of 'interrupted' (`runner_answers.follower_ended`); None otherwise (a Ctrl-C)."""
         if not several_processes() or is_follower():
-            return ""
-        try:
-            check_followers(self.run_dir)
-        except UserError as e:
-            return f"; {e}"
-        return ""
+            return None
+        lost = follower_ended(self.run_dir)
+        if lost is None:
+            return None
+        return PeerLost(f"{self._doing_words()}: {lost}{self.interrupt_note()}")
 
     def _out_of_memory(self, e: BaseException) -> OutOfMemory:
         """One line: what ran out of which memory, what to change in the recipe, and what the run

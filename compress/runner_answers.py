@@ -142,15 +142,29 @@ def ended(run_dir: Path, main: str | None = None) -> UserError:
         lost = main_gone(record, main or record.get("token")) if ours else None
         return lost or PeerLost("another process of this launch ended without a word (killed?); start the launch "
                                 "again with --resume")
+    answers, lost = _gone(run_dir)  # (an interrupted one's answer, next: on any host)
+    return lost or PeerLost(_interrupted(answers) or "a follower of this launch ended without a word (killed?)")
+
+
+def follower_ended(run_dir: Path) -> UserError | None:
+    """Rank 0, where a stop signal reached it (a launcher stops the other processes when one ends): the
+    follower that stopped on its error (its answer says why) or whose process is gone on this host
+    without a word (killed), as the error to say in place of 'interrupted'; None where none did (a
+    Ctrl-C of the whole launch: the followers answer interrupted)."""
+    return _gone(run_dir)[1]
+
+
+def _gone(run_dir: Path) -> tuple[dict, UserError | None]:
+    """(the followers' answers to this rank 0, the first that stopped or whose process is gone here
+    without an answer saying interrupted, as an error; None where none)."""
     try:
         answers = check_followers(run_dir)
     except UserError as e:  # one that said why it stopped
-        return e
-    if said := _interrupted(answers):  # (its answer: on any host)
-        return PeerLost(said)
+        return {}, e
     here = socket.gethostname()
-    dead = [f"rank {r}" for r, a in sorted(answers.items()) if a.get("host") == here and not alive(a.get("pid"))]
-    return PeerLost(f"{(dead or ['a follower'])[0]} of this launch ended without a word (killed?)")
+    dead = [r for r, a in sorted(answers.items())
+            if a.get("host") == here and not a.get("interrupted") and not alive(a.get("pid"))]
+    return answers, PeerLost(f"rank {dead[0]} of this launch ended without a word (killed?)") if dead else None
 
 
 def _followers() -> range:

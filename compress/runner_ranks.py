@@ -94,6 +94,26 @@ def launch_key() -> str | None:
     return f"{addr}:{port}/{env('TORCHELASTIC_RUN_ID', '')}/{env('TORCHELASTIC_RESTART_COUNT', '')}"
 
 
+# what accelerate launch sets in every process it starts; an MPI launcher, the size of its world
+ACCELERATE_ENV = ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_CPU")
+MPI_SIZE_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def one_process_note(env=None) -> str | None:
+    """A note where `accelerate launch` started this run as its one process though asked for several:
+    its simple launcher (which it uses without a GPU, or with --cpu, whatever --num_processes says)
+    sets MASTER_ADDR and MASTER_PORT for more than one process but starts one, without RANK or
+    WORLD_SIZE (nor says so); None otherwise. `env`: os.environ."""
+    env = os.environ if env is None else env
+    if not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")) or "RANK" in env or "WORLD_SIZE" in env \
+            or not any(k in env for k in ACCELERATE_ENV) or any(k in env for k in MPI_SIZE_ENV):
+        return None
+    return ("note: accelerate launch started this run as one process (MASTER_ADDR and MASTER_PORT are set, RANK "
+            "and WORLD_SIZE are not: its simple launcher, which it uses without a GPU or with --cpu whatever "
+            "--num_processes says); for several processes on CPUs, start them with `accelerate launch --multi_gpu "
+            "--num_processes N` or `torchrun --nproc_per_node N`")
+
+
 def rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
@@ -226,8 +246,18 @@ def wait_for_main(run_dir: Path, ready, poll: float = 0.5, find_main_s: float = 
         elif time.monotonic() - start > find_main_s:
             did = "stopped answering" if main else "has not started"  # `main`: it had answered
             raise UserError(f"rank 0 of this launch ({key}) {did} in the run folder {run_dir} in "
-                            f"{find_main_s / 60:.0f} min (it may have stopped: see its message)")
+                            f"{find_main_s / 60:.0f} min (it may have stopped: see its message){_left_running(record)}")
         time.sleep(poll)
+
+
+def _left_running(record: dict | None) -> str:
+    """'; workers of an earlier launch still run here (its rank 0: pid N) ...' where the hand-off file
+    is theirs (`orphaned`: their launcher was killed), else ''."""
+    if not record or record.get("host") != socket.gethostname() or not alive(record.get("pid")) \
+            or not orphaned(record):
+        return ""
+    return (f"; workers of an earlier launch still run here (its rank 0: pid {record['pid']}, whose launcher "
+            "ended): stop them before starting the launch again")
 
 
 def main_gone(record: dict, main: str) -> UserError | None:
@@ -272,14 +302,39 @@ def main_of_launch(record: dict | None, key: str, live: bool = True) -> dict | N
     near = isinstance(since, (int, float)) and abs(since - STARTED) <= SAME_START_S
     if record.get("host") != socket.gethostname():
         return record if near and live else None
-    if record.get("ppid") == os.getppid() or (near and alive(record.get("pid"))):
+    if record.get("ppid") == os.getppid() or (near and alive(record.get("pid")) and not orphaned(record)):
         return record
-    return None  # an earlier launch's, killed before it handed off its last pass
+    return None  # an earlier launch's: killed before it handed off its last pass, or its launcher was
+
+
+def orphaned(record: dict) -> bool:
+    """A hand-off `record` written on this host whose rank 0 runs on without the launcher that started
+    it (its launcher was killed: the workers of an earlier launch, reparented, still run)."""
+    pid, launcher = record.get("pid"), record.get("ppid")
+    parent = _stat_fields(pid)
+    if parent is not None:  # (Linux) its parent now: another process than its launcher once that ended
+        return len(parent) > 1 and parent[1] != str(launcher)
+    return isinstance(launcher, int) and not alive(launcher)
+
+
+def _stat_fields(pid) -> list[str] | None:
+    """/proc/PID/stat's fields after the command's name (state, ppid, ...), None where not readable."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def alive(pid) -> bool:
-    if not isinstance(pid, int):
+    """Whether process `pid` runs on this host: a zombie (ended, not yet reaped by its launcher) or a
+    dying one ('Z', 'X' in /proc/PID/stat) does not; os.kill(pid, 0) where /proc cannot tell."""
+    if not isinstance(pid, int) or pid <= 0:
         return False
+    fields = _stat_fields(pid)
+    if fields:
+        return fields[0] not in ("Z", "X", "x")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,37 @@ def launch_env(monkeypatch) -> str:
 def dead_pid() -> int:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(done.stdout)
+
+
+@contextmanager
+def running():
+    """The pid of a running child of this process: a rank 0 whose launcher (this process) runs."""
+    child = subprocess.Popen(["sleep", "100"])
+    try:
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait()
+
+
+@contextmanager
+def zombie():
+    """The pid of a child killed (kill -9) and not yet reaped: a zombie, as a worker its launcher has
+    not reaped yet."""
+    child = subprocess.Popen(["sleep", "100"])
+    try:
+        child.kill()  # (not waited)
+        deadline = time.monotonic() + 10
+        while _state(child.pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _state(child.pid) == "Z"
+        yield child.pid
+    finally:
+        child.wait()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def handed(run_dir: Path, **changes) -> None:

@@ -328,3 +328,27 @@ def test_importance_takes_the_recipe_options_plan_and_run_take(monkeypatch, caps
     helps = {sub: {a.dest: a.help for a in parser._subparsers._group_actions[0].choices[sub]._actions}
              for sub in ("plan", "importance")}
     assert all(helps["importance"][k] == helps["plan"][k] for k in ("teacher", "teacher_config", "overrides"))
+
+
+SIMPLE_LAUNCHER = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "ACCELERATE_USE_CPU": "True",
+                   "ACCELERATE_MIXED_PRECISION": "no"}  # what accelerate launch --num_processes 2 sets, no GPU
+
+
+def test_run_says_when_accelerate_launch_started_one_process_of_several(tmp_path, monkeypatch, capsys):
+    """`accelerate launch --num_processes 2` (or with --cpu) on a machine without a GPU starts one
+    process (its simple launcher), and nothing said so but report.json's "processes": 1. What it
+    leaves: MASTER_ADDR and MASTER_PORT, without RANK or WORLD_SIZE (torchrun and --multi_gpu set them)."""
+    for name in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in SIMPLE_LAUNCHER.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["run", str(tmp_path / "missing.yaml")]) == 2  # (the note comes first)
+    err = capsys.readouterr().err
+    assert err.startswith("note: accelerate launch started this run as one process")
+    assert "`accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`" in err
+    from compress.runner_ranks import one_process_note
+
+    assert one_process_note(dict(SIMPLE_LAUNCHER, RANK="0", WORLD_SIZE="2")) is None  # --multi_gpu, torchrun
+    assert one_process_note({k: v for k, v in SIMPLE_LAUNCHER.items() if k != "MASTER_PORT"}) is None  # one asked for
+    assert one_process_note({"MASTER_ADDR": "h", "MASTER_PORT": "1"}) is None  # no accelerate launch
+    assert one_process_note(dict(SIMPLE_LAUNCHER, OMPI_COMM_WORLD_SIZE="2")) is None  # its mpirun: several

@@ -196,3 +196,49 @@ def test_a_follower_whose_collective_failed_says_of_its_rank_0_what_its_wait_say
         wait_for_hand_off(run_dir, -1, poll=0.01, find_main_s=5, main=TOKEN)
     assert str(lost.value).endswith(str(waited.value))  # (the runner's line names what it was doing first)
     assert json.loads((run_dir / f"{ANSWER}-1").read_text())["ready"] == "recipe"  # no failure of its own
+
+
+@pytest.mark.parametrize("follower", ["killed", "not reaped", "refused", "interrupted", "unknown"])
+def test_rank_0_stopped_by_the_launcher_after_a_follower_ended_names_it_not_an_interrupt(
+        tmp_path, monkeypatch, capsys, follower):
+    """A follower killed (or refusing another --set) while rank 0 ran svd: the launcher SIGTERMed rank
+    0, which said 'interrupted; ...' (exit 130), or 'interrupted; rank 1 of this launch stopped: ...',
+    as if the launch had been Ctrl-C'd. It names the follower and what the run folder keeps; a Ctrl-C
+    of the whole launch (the followers answer interrupted), or one it cannot tell, stays 'interrupted'."""
+    from compress.cli import main
+    from compress.passes import svd
+    from tests.ranks_helpers import zombie
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run_dir = tmp_path / "run"
+    refusal = "rank 1 does not run what rank 0 runs (calibration.seed is 0 on rank 0, 7 here): every process"
+    how = {"killed": {"ready": PREPARED}, "not reaped": {"ready": PREPARED}, "refused": {"stopped": refusal},
+           "interrupted": {"interrupted": True}}
+
+    def signalled(self, model, ctx):
+        if follower in how:
+            monkeypatch.setenv("RANK", "1")
+            answer(run_dir, TOKEN, **how[follower])
+            monkeypatch.setenv("RANK", "0")
+        if follower in ("killed", "not reaped"):  # its process gone, or killed and not reaped by its launcher yet
+            record = json.loads((run_dir / f"{ANSWER}-1").read_text())
+            (run_dir / f"{ANSWER}-1").write_text(json.dumps(dict(record, pid=gone)))
+        raise KeyboardInterrupt("signal 15")  # runner_setup.sigterm_as_interrupt: the launcher's SIGTERM
+
+    monkeypatch.setattr(svd.SVDPass, "run", signalled)
+    capsys.readouterr()
+    with zombie() as pid:
+        gone = pid if follower == "not reaped" else dead_pid()
+        status = main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    kept = f"; {run_dir} keeps its work (1 of 2 passes done): rerun with --resume to continue"
+    said = {"killed": "rank 1 of this launch ended without a word (killed?)",
+            "not reaped": "rank 1 of this launch ended without a word (killed?)",
+            "refused": f"rank 1 of this launch stopped: {refusal}"}
+    if follower in said:
+        assert (status, err) == (1, f"dit-compress: error: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd): "
+                                    f"{said[follower]}{kept}")
+    else:
+        assert (status, err) == (130, f"dit-compress: interrupted{kept}")

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from compress.errors import UserError
 from compress.runner_lock import LOCK
-from compress.runner_ranks import (HANDOFF, STARTED, TOKEN, MainStopped, PeerLost, announce, hand_off, leading,
+from compress.runner_ranks import (HANDOFF, STARTED, TOKEN, MainStopped, PeerLost, alive, announce, hand_off, leading,
                                    main_of_launch, wait_for_hand_off, wait_for_main)
-from tests.ranks_helpers import RECIPE, dead_pid, handed, launch_env
+from tests.ranks_helpers import RECIPE, dead_pid, handed, launch_env, running, zombie
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,8 +76,9 @@ def test_an_earlier_launchs_hand_off_is_not_taken_for_this_ones(launch):
             "host": socket.gethostname(), "pass": None}
     assert main_of_launch(mine, launch) == mine
     assert main_of_launch(dict(mine, pid=dead_pid()), launch) is not None  # its launcher's: rank 0 finished
-    other = dict(mine, ppid=-1)  # under another launcher on this host: a live rank 0 started about now
-    assert main_of_launch(other, launch) == other
+    with running() as pid:  # under another launcher on this host (this process): a live rank 0 started about now
+        other = dict(mine, pid=pid, ppid=os.getpid())
+        assert main_of_launch(other, launch) == other
     assert main_of_launch(dict(other, pid=dead_pid()), launch) is None  # killed
     assert main_of_launch(dict(other, since=STARTED - 3600), launch) is None  # an earlier launch's
     away = dict(other, host="elsewhere", pid=dead_pid())  # another host's pid: not checked here
@@ -244,8 +245,9 @@ def test_a_follower_under_another_launcher_here_says_at_once_that_its_rank_0_was
     nothing marked); it waited 10 minutes and said rank 0 'has not started' (main_of_launch takes no
     dead rank 0 of another launcher). The rank 0 it follows, gone on this host: one line at once.
     A relaunch on the same static port (same key, started near, alive) is not taken for it either."""
-    handed(tmp_path, ppid=-1, **{"pass": -1})  # a live rank 0 under another launcher (this process)
-    main = wait_for_main(tmp_path, lambda got: True, poll=0.01)["token"]
+    with running() as pid:  # a live rank 0 under another launcher (this process)
+        handed(tmp_path, pid=pid, ppid=os.getpid(), **{"pass": -1})
+        main = wait_for_main(tmp_path, lambda got: True, poll=0.01)["token"]
     handed(tmp_path, ppid=-1, pid=dead_pid(), **{"pass": -1})  # then killed
     with pytest.raises(PeerLost, match=r"rank 0 of this launch \(pid \d+\) ended without a word \(killed\?\): "
                                        "start the launch again with --resume"):
@@ -259,3 +261,36 @@ def test_a_follower_under_another_launcher_here_says_at_once_that_its_rank_0_was
     (tmp_path / HANDOFF).unlink()  # gone: not 'has not started' once it had answered
     with pytest.raises(UserError, match="stopped answering in the run folder"):
         wait_for_hand_off(tmp_path, -1, poll=0.01, find_main_s=0.1, main=main)
+
+
+def test_the_workers_of_a_killed_launcher_are_not_taken_for_a_relaunchs_rank_0(tmp_path, launch):
+    """kill -9 of torchrun (or accelerate launch) orphans its workers, which run on. A relaunch on the
+    same rendezvous (127.0.0.1:29500/none/0) with --resume: its rank 1 took the orphaned rank 0's
+    hand-off file (same host, started near, alive) for its own rank 0's and refused in a false line
+    ('--resume is False on rank 0, True here'). A rank 0 whose launcher is gone is an earlier
+    launch's: not taken, and named where the follower gives up."""
+    import socket
+
+    orphan = {"launch": launch, "token": "old", "since": STARTED, "pid": os.getpid(), "ppid": dead_pid(),
+              "host": socket.gethostname(), "pass": -1}  # alive (this process), its launcher gone
+    assert main_of_launch(orphan, launch) is None
+    handed(tmp_path, pid=os.getpid(), ppid=dead_pid(), **{"pass": -1, "--resume": False})
+    with pytest.raises(UserError, match=r"has not started in the run folder .*; workers of an earlier launch still "
+                                        rf"run here \(its rank 0: pid {os.getpid()}, whose launcher ended\)"):
+        wait_for_main(tmp_path, lambda got: True, poll=0.01, find_main_s=0.3)
+
+
+def test_a_killed_process_its_launcher_has_not_reaped_is_not_alive(tmp_path, launch, monkeypatch):
+    """A worker killed (kill -9) stays a zombie until its launcher reaps it: os.kill(pid, 0) found it
+    alive, so a follower whose rank 0 was killed said 'another process of this launch ended' without
+    naming rank 0 (and rank 0, 'a follower' for 'rank 1')."""
+    from compress import runner_ranks
+
+    monkeypatch.setattr(runner_ranks, "STALE_S", 1.0)  # (a rank 0 taken for alive: given up on at once)
+    with running() as pid:
+        assert alive(pid)
+    with zombie() as pid:
+        assert not alive(pid)
+        handed(tmp_path, pid=pid, **{"pass": 0})  # rank 0 of this launcher, killed before its next hand-off
+        with pytest.raises(PeerLost, match=rf"rank 0 of this launch \(pid {pid}\) ended without a word"):
+            wait_for_hand_off(tmp_path, 0, poll=0.01, find_main_s=5)
