@@ -17,13 +17,14 @@ from compress.arch import get_adapter
 from compress.calib_footprint import footprint
 from compress.errors import UserError
 from compress.inputs import check_pipeline_packages, input_source, moved
-from compress.io_export import warn_if_beyond_export_range
+from compress.io_export import ranks_of, warn_if_beyond_export_range
 from compress.io_source import check_teacher_options, checked_sources
 from compress.passes import build_passes
 from compress.passes.base import RunContext, first_nonfinite, predictions, relative_error
 from compress.plan import warn_if_beyond_memory
 from compress.recipe import Recipe, dump_recipe
-from compress.report import console, model_card, param_count
+from compress.report import console, param_count
+from compress.report_card import model_card
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
@@ -362,7 +363,7 @@ class Runner:
             report["inputs_cache"] = str(self.inputs_cache)  # eval reads the held-out inputs back
         files = {"recipe.yaml": dump_recipe(self.recipe, self.prompts),
                  "report.json": json.dumps(report, indent=2, default=str) + "\n",
-                 "README.md": model_card(self.recipe, report)}
+                 "README.md": model_card(self.recipe, report, ranks_of(student))}  # what the output holds
         if self.ctx.block_map is not None:
             files["block_map.json"] = json.dumps(self.ctx.block_map, indent=2) + "\n"
         extra = {**recorded, "block_map": self.ctx.block_map}

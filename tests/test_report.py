@@ -163,25 +163,6 @@ def test_a_damaged_report_names_the_field_it_cannot_use(tmp_path, report, words)
     assert str(e.value) == f"{tmp_path}/report.json: {words}; the output is damaged (rerun the recipe)"
 
 
-def test_the_model_card_and_inspect_say_how_close_the_asymmetric_fits_came_to_their_undamped_optimum(capsys):
-    """The card's svd lines give the median and worst fit_gap of the layers fitted to the
-    uncompressed model's outputs; `inspect` the worst; neither says anything without such layers."""
-    from compress.inspect import _print_optimality
-    from compress.report import _svd_lines
-
-    layers = {"a": {"loss_ratio": 1.0, "fit_gap": 2.5e-3}, "b": {"loss_ratio": 1.0, "fit_gap": 4e-2},
-              "c": {"loss_ratio": 1.0000002, "fit_gap": 0.0}, "d": {"loss_ratio": 1.0}}
-    text = "\n".join(_svd_lines({"layers": layers}))
-    assert "Fitted to the uncompressed model's outputs: 3 layers" in text
-    assert "median 2.50e-03, worst 4.00e-02 of the layer's output energy" in text
-    assert "Fitted" not in "\n".join(_svd_lines({"layers": {"d": layers["d"]}}))
-    _print_optimality([dict(v, name=k) for k, v in layers.items()])
-    shown = capsys.readouterr().out
-    assert "asymmetric fits above their undamped optimum over 3 layers: max 4.00e-02" in shown
-    _print_optimality([dict(layers["d"], name="d")])
-    assert "asymmetric" not in capsys.readouterr().out
-
-
 def test_output_file_refuses_an_existing_folder_even_for_a_figure(tmp_path):
     """`--png DIR` wrote DIR.png beside the folder (the suffix was added first); it is a folder."""
     from compress.errors import UserError
@@ -208,73 +189,6 @@ def test_the_notes_of_a_distributed_run_come_from_rank_zero_only(monkeypatch, ca
     main(["run", "no-such-recipe.yaml"])
     console.print("a note")
     assert "a note" in capsys.readouterr().err
-
-
-def test_the_model_card_lists_every_removal_pass_and_reads_a_one_removal_report():
-    """Two removal passes: the card said "Blocks removed by the last remove_blocks pass" with the
-    last pass's blocks only. It gives the total and each pass's blocks and how they were chosen."""
-    from compress.report import _removal_lines
-
-    first = {"criterion": None, "iterative": False, "removed": {"blocks": [1]}}
-    second = {"criterion": "proxy", "iterative": True, "removed": {"blocks": [5]}}
-    third = {"criterion": "scan", "iterative": False, "removed": {"blocks": []}}
-    record = dict(third, passes=[first, second, third], removed_total={"blocks": [1, 5]})
-    assert _removal_lines(record) == [
-        "", "Blocks removed (teacher indices): blocks [1, 5], by 3 remove_blocks passes:", "",
-        "- remove_blocks pass 1 of 3: blocks [1] (listed in the recipe).",
-        "- remove_blocks pass 2 of 3: blocks [5] (chosen by proxy, re-scored after each removal).",
-        "- remove_blocks pass 3 of 3: none (chosen by scan)."]
-    one = "Blocks removed by the last remove_blocks pass (teacher indices): blocks [1] (listed in the recipe)."
-    assert _removal_lines(first) == ["", one]  # a report written before `passes` was kept
-    assert _removal_lines(dict(first, passes=[first], removed_total={"blocks": [1]})) == ["", one]
-    assert _removal_lines(dict(third, passes=[third, third], removed_total={"blocks": []})) == []
-    assert _removal_lines({}) == []
-
-
-def _card(report: dict, ranks=None) -> str:
-    from types import SimpleNamespace
-
-    from compress.report import model_card
-
-    return model_card(SimpleNamespace(model="flux"), dict(report, teacher="t", teacher_params=100, student_params=50),
-                      ranks)
-
-
-def test_the_model_card_counts_the_factorized_layers_the_output_holds():
-    """An svd run on an output (34 factorized layers) that factorized 2 more said 'Factorized layers: 2'
-    where inspect showed 36. Given the output's ranks the card counts what it holds, and says how many
-    this recipe's svd passes made (without them, as before, only those)."""
-    ours = {f"single_transformer_blocks.{i}.attn.to_k": {"rank": 8, "loss_ratio": 1.0} for i in range(2)}
-    ranks = {**{f"transformer_blocks.{i}.ff.net.2": 16 for i in range(34)}, **{n: 8 for n in ours}}
-    report = {"svd": {"layers": ours, "passes": [{}]}}
-    worst = "worst whitened loss / closed-form optimal loss: 1.000000000"
-    assert (f"Factorized layers: 36 (34 came factorized in the teacher); by this recipe's svd pass: 2; {worst}."
-            in _card(report, ranks).splitlines())
-    assert f"Factorized layers: 2; {worst}." in _card(report).splitlines()
-    dense = {f"transformer_blocks.{i}.attn.to_q": {"rank": "dense"} for i in range(3)}
-    both = {"svd": {"layers": {**ours, **dense}, "passes": [{}, {}]}}  # two svd passes made all it holds
-    ranks_of_ours = {n: 8 for n in ours}
-    assert f"Factorized layers: 2; {worst}." in _card(both, ranks_of_ours).splitlines()
-    assert (f"Factorized layers: 3 (1 came factorized in the teacher); by this recipe's svd passes: 2; {worst}."
-            in _card(both, {**ranks_of_ours, "x.to_v": 4}).splitlines())
-    assert "Factorized layers: 36 (all came factorized in the teacher)." in _card({}, ranks).splitlines()
-    assert "actorized" not in _card({}, {}) and "actorized" not in _card({})
-
-
-def test_the_model_card_gives_a_resumed_distill_pass_its_total_seconds():
-    """After a resumed distill the card gave the last invocation's 9.8 s where report.json's
-    distill.seconds said 45.7 (9.2 this run): the card now adds the earlier invocations' 36.5 s."""
-    stages = [{"pass": "svd", "params": 60, "relative_error": 0.1, "seconds": 3.7},
-              {"pass": "distill", "params": 60, "relative_error": 0.05, "seconds": 9.8},
-              {"pass": "distill", "params": 60, "relative_error": 0.04, "seconds": 2.5}]
-    first = {"seconds": 45.7, "seconds_this_run": 9.2}  # resumed
-    second = {"seconds": 2.1, "seconds_this_run": 2.1}  # run whole in this invocation
-    rows = _card({"stages": stages, "distill": dict(second, earlier=[first])}).splitlines()
-    assert "| svd | 60 | 0.1 | 3.7 |" in rows
-    assert "| distill | 60 | 0.05 | 46.3 (9.8 this run) |" in rows
-    assert "| distill | 60 | 0.04 | 2.5 |" in rows
-    one = _card({"stages": stages[:2], "distill": {"seconds": 12.0}}).splitlines()  # before seconds_this_run
-    assert "| distill | 60 | 0.05 | 9.8 |" in one
 
 
 def test_the_rank_plots_legend_covers_no_bar(tmp_path, monkeypatch):

@@ -310,7 +310,7 @@ def test_the_optimality_summary_covers_whitened_layers_and_labels_the_others_by_
     import json
 
     from compress.passes.svd_checks import summary
-    from compress.report import _svd_lines
+    from compress.report_card import _svd_lines
 
     def rec(method, ratio):
         return {"method": method, "params_dense": 10, "kept_params": 5, "rank": 2, "loss_ratio": ratio}

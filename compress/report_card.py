@@ -1,0 +1,125 @@
+"""The model card: README.md of an output folder, what was done with the numbers."""
+
+from __future__ import annotations
+
+import math
+
+from compress.report import _is_number
+
+
+def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
+    """README.md of an output folder: what was done, with the numbers. `ranks`: the factorized layers
+    the output holds (config.json's compression ranks, io_export.ranks_of), those a factorized teacher
+    brought included; without them the card counts only what this recipe's svd passes factorized."""
+    lines = [f"# {recipe.model} student compressed by dit-compress", "",
+             f"Teacher: `{report.get('teacher')}`. Recipe: `recipe.yaml` (resolved).", "",
+             f"Parameters: {report['student_params']:,} of {report['teacher_params']:,} "
+             f"({report['student_params'] / report['teacher_params']:.1%}).", "",
+             "| stage | params | teacher-relative error | seconds |", "|---|---:|---:|---:|"]
+    stages = report.get("stages", [])
+    for s, seconds in zip(stages, _stage_seconds(stages, report.get("distill") or {})):
+        lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} | {seconds} |")
+    lines += _removal_lines(report.get("remove_blocks") or {})
+    lines += _svd_lines(report.get("svd") or {}, ranks)
+    lines += ["", "Load it with `compress.load_transformer(folder)`; see report.json for per-layer numbers.", ""]
+    return "\n".join(lines)
+
+
+def _stage_seconds(stages: list[dict], distill: dict) -> list[str]:
+    """Each stage's seconds; a distill pass resumed from its checkpoint trained in earlier invocations
+    too (its record's seconds less seconds_this_run) that its stage (this invocation) leaves out: the
+    total, this run's beside it. Its records in recipe order: report["distill"]'s `earlier`, itself."""
+    records = iter([*distill.get("earlier", []), distill] if distill else [])
+    cells = []
+    for s in stages:
+        record = next(records, {}) if s["pass"] == "distill" else {}
+        total, this_run = record.get("seconds"), record.get("seconds_this_run")
+        before = total - this_run if _is_number(total) and _is_number(this_run) else 0
+        total = round(s["seconds"] + before, 3)
+        cells.append(f"{total} ({s['seconds']} this run)" if before > 0 else str(s["seconds"]))
+    return cells
+
+
+def _removal_lines(removal: dict) -> list[str]:
+    """Which teacher blocks are gone, and how each removal pass chose them: its record in
+    `passes` (a report of one removal before `passes` was kept: the record itself)."""
+    runs = removal.get("passes") or ([removal] if removal else [])
+    said = [(_gone(r), _how(r)) for r in runs]
+    if len(runs) == 1:
+        return [] if not said[0][0] else [
+            "", f"Blocks removed by the last remove_blocks pass (teacher indices): {said[0][0]} ({said[0][1]})."]
+    total = {g: v for g, v in (removal.get("removed_total") or {}).items() if v}
+    if not total:
+        return []
+    return (["", "Blocks removed (teacher indices): " + ", ".join(f"{g} {v}" for g, v in total.items())
+             + f", by {len(runs)} remove_blocks passes:", ""]
+            + [f"- remove_blocks pass {n} of {len(runs)}: {gone or 'none'} ({how})."
+               for n, (gone, how) in enumerate(said, 1)])
+
+
+def _gone(record: dict) -> str:
+    """'blocks [1, 4]': the teacher blocks one removal pass took, '' for none."""
+    return ", ".join(f"{g} {v}" for g, v in (record.get("removed") or {}).items() if v)
+
+
+def _how(record: dict) -> str:
+    """How one removal pass chose its blocks: listed, or by which criterion (one at a time when
+    iterative; a learned removal with its likeliest patterns' probabilities)."""
+    if record.get("criterion") is None:
+        return "listed in the recipe"
+    how = f"chosen by {record['criterion']}" + (", re-scored after each removal" if record.get("iterative") else "")
+    for w in (record.get("learned") or {}).get("windows", []):
+        how += f"; {w['group']}: probability {w['likeliest'][0]['probability']:.2f}"
+    return how
+
+
+def _svd_lines(svd: dict, ranks: dict | None = None) -> list[str]:
+    """How many layers are factorized, how close those of this recipe's svd passes are to their
+    closed-form optimum, and what compensation did."""
+    factorized = {n: r for n, r in (svd.get("layers") or {}).items() if "loss_ratio" in r}
+    passes = len(svd.get("passes") or [svd] if svd else [])  # a report before `passes` was kept: one
+    lines = [] if not (factorized or ranks) else ["", _factorized_words(factorized, ranks, passes)]
+    gaps = sorted(r["fit_gap"] for r in (svd.get("layers") or {}).values() if "fit_gap" in r)
+    if gaps:
+        lines.append(f"Fitted to the uncompressed model's outputs: {len(gaps)} layers; their fit above its undamped "
+                     f"rank-r optimum: median {gaps[len(gaps) // 2]:.2e}, worst {gaps[-1]:.2e} of the layer's "
+                     "output energy (the asymmetric_damping's cost on the calibration data).")
+    stages = list((svd.get("compensation") or {}).values())
+    if stages:
+        first, last = stages[0], stages[-1]
+        lines.append(f"Compensation in {len(stages)} stages: calibration prediction error after "
+                     f"the last one {last['calibration_error']:.4g} (plain factorization there: "
+                     f"{last['uncompensated_error']:.4g}; first stage {first['uncompensated_error']:.4g} → "
+                     f"{first['calibration_error']:.4g}).")
+    return lines
+
+
+def _factorized_words(factorized: dict, ranks: dict | None, passes: int) -> str:
+    """'Factorized layers: 36 (34 came factorized in the teacher); by this recipe's svd pass: 2; worst
+    ...': what the output holds (`ranks`) and what this recipe's svd passes made (`factorized`, their
+    records, with their ratio words); without `ranks`, the count of the latter."""
+    if ranks is None:
+        return f"Factorized layers: {len(factorized)}{_ratio_words(factorized)}."
+    ours = {n: r for n, r in factorized.items() if n in ranks}  # a layer densified since is not held
+    held = f"Factorized layers: {len(ranks)}"
+    if len(ours) == len(ranks):
+        return f"{held}{_ratio_words(ours)}."
+    if not (ours or passes):
+        return f"{held} (all came factorized in the teacher)."
+    by = f"by this recipe's svd pass{'es' if passes > 1 else ''}"
+    return f"{held} ({len(ranks) - len(ours)} came factorized in the teacher); {by}: {len(ours)}{_ratio_words(ours)}."
+
+
+def _ratio_words(layers: dict) -> str:
+    """The worst loss / closed-form optimum per method: whitened's is the optimality check; asvd and
+    svd do not claim that optimum, and a layer whose optimum is 0 has no ratio."""
+    from compress.passes.svd_checks import max_ratio_by_method
+
+    words = ""
+    for method, worst in sorted(max_ratio_by_method(layers).items(), key=lambda m: m[0] != "whitened"):
+        words += (f"; worst whitened loss / closed-form optimal loss: {worst:.9f}" if method == "whitened" else
+                  f"; {method} (which does not claim the whitened optimum): worst loss / whitened optimal loss "
+                  f"{worst:.4g}")
+    none = sum(1 for r in layers.values() if not isinstance(r["loss_ratio"], (int, float))
+               or not math.isfinite(r["loss_ratio"]))
+    return words + (f"; {none} without a ratio (a whitened optimum of 0 under a loss that is not)" if none else "")
