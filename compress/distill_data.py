@@ -7,8 +7,10 @@
   calibration inputs (the recipe's prompts; random rows of each batch, so unconditional CFG-branch rows
   are sampled too, like CFG dropout; with `guidance_scale` > 1 the sampler guides against the empty
   prompt, as the pipelines do, else it does not), cached on disk in the folder format under
-  `run_dir/distill/teacher_samples/<key>/`; shards already written are reused (an interrupted cache
-  fills up where it stopped), so a second run or a resume samples nothing.
+  `run_dir/distill/teacher_samples/<key>/` (with `about.json`: the settings of its key and its shard
+  count, which the note of an interrupted run reads, runner_resume.teacher_samples_kept); shards already
+  written are reused (an interrupted cache fills up where it stopped), so a second run or a resume
+  samples nothing. While it samples, a bar "distill: teacher samples" (off a terminal, a line per tenth).
 Every source has `batch(batch_size, generator) -> (latents, cond)`; rows are drawn with the generator.
 """
 
@@ -23,6 +25,8 @@ import torch
 from compress.distill_folder import SHARED_KWARGS, FolderSource, _shapes, write_shard
 from compress.errors import UserError
 from compress.inputs import moved
+from compress.progress import bar as progress_bar
+from compress.runner_resume import SAMPLES_ABOUT
 
 NOT_COND = ("hidden_states", "timestep", "return_dict")
 
@@ -120,11 +124,12 @@ def _scheduler(adapter, config: dict | None, steps: int, shape: tuple, device):
 
 
 def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, accelerator,
-                         guidance_scale: float = 1.0) -> Path:
+                         guidance_scale: float = 1.0, progress: bool = True) -> Path:
     """Fills (or reuses) the cache folder of teacher samples and returns it. Shard i holds samples
     conditioned on calibration batch i mod len(batches), noise seeded by (seed, i), and is written by
     process i mod num_processes: the cache is the same whatever the process count or interruptions.
-    guidance_scale > 1: sampled with classifier-free guidance (`ctx.unconditional`)."""
+    guidance_scale > 1: sampled with classifier-free guidance (`ctx.unconditional`). `progress`: a bar
+    over the samples (rank 0's own, in a launch; the other processes show none)."""
     if ctx.calibration_inputs is None:
         raise UserError("distill: data: teacher_samples needs the recipe's prompts (calibration inputs); "
                         "none were given")
@@ -149,25 +154,54 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
             raise UserError("distill.guidance_scale: this calibration source has no unconditional (empty "
                             "prompt) inputs to guide against; use a toy or pipeline source, or leave it at 1")
         uncond = ctx.unconditional()
-    for i in range(accelerator.process_index, len(sizes), accelerator.num_processes):
-        path = folder / f"shard-{i:05d}.safetensors"
-        n = sizes[i]
-        if _rows_in(path) == n:  # written before (a cache cut short, or an earlier layout's shard)
-            continue
-        kwargs = batches[i % len(batches)]
-        generator = torch.Generator().manual_seed((ctx.seed * 100_003 + i) % 2**63)  # any valid seed
-        rows = torch.randperm(len(kwargs["hidden_states"]), generator=generator)[:n]  # (n,)
-        cond = take_rows(cond_of(kwargs), rows)
-        shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
-        latents = sample_latents(ctx.adapter, ctx.teacher, cond, shape, steps, generator, accelerator.device,
-                                 sampler, guidance_scale, uncond)
-        write_shard(path, latents, cond)
+    if accelerator.is_main_process:
+        _write_about(folder, ctx.fingerprint, num_samples, steps, shard_size, guidance_scale, len(sizes))
+    mine = range(accelerator.process_index, len(sizes), accelerator.num_processes)
+    with progress_bar(progress and accelerator.is_main_process) as bar:
+        written = sum(sizes[i] for i in mine if _rows_in(_shard(folder, i)) == sizes[i])
+        task = bar.add_task("distill: teacher samples", total=sum(sizes[i] for i in mine), completed=written)
+        for i in mine:
+            if _rows_in(_shard(folder, i)) != sizes[i]:  # else written before (a cache cut short)
+                _sample_shard(ctx, _shard(folder, i), i, sizes[i], batches, steps, accelerator.device, sampler,
+                              guidance_scale, uncond)
+                bar.advance(task, sizes[i])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (folder / "complete.json").write_text(json.dumps({"num_samples": num_samples, "steps": steps,
                                                           "samples": sum(sizes)}))
     accelerator.wait_for_everyone()
     return folder
+
+
+def _shard(folder: Path, i: int) -> Path:
+    """Shard i's file in the cache `folder`."""
+    return folder / f"shard-{i:05d}.safetensors"
+
+
+def _sample_shard(ctx, path: Path, i: int, n: int, batches: list, steps: int, device, sampler,
+                  guidance_scale: float, uncond: dict | None) -> None:
+    """Shard i: `n` teacher samples on random rows of calibration batch i mod len(batches), its noise
+    and rows drawn with a generator seeded by (ctx.seed, i), written to `path`."""
+    kwargs = batches[i % len(batches)]
+    generator = torch.Generator().manual_seed((ctx.seed * 100_003 + i) % 2**63)  # any valid seed
+    rows = torch.randperm(len(kwargs["hidden_states"]), generator=generator)[:n]  # (n,)
+    cond = take_rows(cond_of(kwargs), rows)
+    shape = (n,) + tuple(kwargs["hidden_states"].shape[1:])
+    latents = sample_latents(ctx.adapter, ctx.teacher, cond, shape, steps, generator, device, sampler,
+                             guidance_scale, uncond)
+    write_shard(path, latents, cond)
+
+
+def _write_about(folder: Path, fingerprint: str, num_samples: int, steps: int, shard_size: int,
+                 guidance_scale: float, shards: int) -> None:
+    """The cache's about.json: the fingerprint and distill keys its folder's key is made of (the seed is
+    the fingerprint's, the sampler the teacher's) and how many shards it fills, so an interrupted run
+    can say which caches --resume reads back and how far they got (runner_resume.teacher_samples_kept)."""
+    about = {"fingerprint": fingerprint, "num_samples": num_samples, "sample_steps": steps,
+             "batch_size": shard_size, "guidance_scale": guidance_scale, "shards": shards}
+    tmp = folder / (SAMPLES_ABOUT + ".tmp")
+    tmp.write_text(json.dumps(about, sort_keys=True))
+    tmp.replace(folder / SAMPLES_ABOUT)
 
 
 def shard_sizes(num_samples: int, shard_size: int, rows: list[int]) -> list[int]:
@@ -225,6 +259,6 @@ def make_source(cfg, ctx, accelerator):
         return FolderSource(cfg.latents_dir)
     if cfg.data == "teacher_samples":
         folder = teacher_sample_cache(ctx, cfg.num_samples, cfg.sample_steps, cfg.batch_size, accelerator,
-                                      cfg.guidance_scale)
+                                      cfg.guidance_scale, cfg.progress)
         return FolderSource(folder)
     raise UserError(f"distill: data must be toy, folder or teacher_samples, not {cfg.data!r}")

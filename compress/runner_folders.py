@@ -202,7 +202,8 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     offered to --resume, which would refuse it. What this run measured before the Ctrl-C and a rerun
     reads back whether or not it resumes (runner_resume.measured_so_far: sampled calibration inputs among
     `inputs`, the cache files of this run's sampling calls; block statistics and output Fishers an svd pass kept under its
-    teacher and calibration `fingerprint`; None: not known yet, so none measured) is said to be kept, beside
+    teacher and calibration `fingerprint`, and the teacher samples a distill pass of `passes` still to run reads back;
+    None: not known yet, so none measured) is said to be kept, beside
     the passes saved where there are any, in the words of an error's stop (`work_kept`)."""
     info = None if discarding else interrupted_run(run_dir, now, passes)
     keeps = 0 if discarding or now is None else finished_and_reusable(run_dir, now, passes)
@@ -212,7 +213,7 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     if info is not None and info["changed"]:
         return (f"; {another_recipe(run_dir, info)}: {kept_by_resume(info)}a rerun needs --restart to discard "
                 "it, or another --run-dir")
-    note = work_kept(run_dir, info, "rerun with --resume to continue", fingerprint, inputs)
+    note = work_kept(run_dir, info, "rerun with --resume to continue", fingerprint, inputs, passes)
     return note or "; nothing was saved yet: a rerun starts over"
 
 

@@ -259,8 +259,9 @@ def saved_in_words(info: dict) -> str:
 def resume_note(run_dir: Path, recipe: Recipe, passes, fingerprint: str | None = None,
                 inputs: list[Path] | None = None) -> str:
     """'; RUN_DIR keeps its work (...): --resume continues from ...' where `run_dir` holds saved work
-    of `recipe`'s unfinished run (after an error that stopped it), or what its svd pass or sampling
-    calls measured that a rerun reads back (`fingerprint`, `inputs`: as `work_kept`), else ''."""
+    of `recipe`'s unfinished run (after an error that stopped it), or what its svd pass, sampling
+    calls or teacher sampling measured that a rerun reads back (`passes`, `fingerprint`, `inputs`: as
+    `work_kept`), else ''."""
     info = interrupted_run(run_dir, recipe.raw, passes)
     go_on = ""
     if info is not None:
@@ -271,19 +272,21 @@ def resume_note(run_dir: Path, recipe: Recipe, passes, fingerprint: str | None =
             go_on = f"--resume continues from pass {done + 1}'s checkpoint (with the same keys)"
         else:
             go_on = f"--resume continues from pass {done + 1} (whose keys may change)"
-    return work_kept(run_dir, info, go_on, fingerprint, inputs)
+    return work_kept(run_dir, info, go_on, fingerprint, inputs, passes)
 
 
 def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | None = None,
-              inputs: list[Path] | None = None) -> str:
+              inputs: list[Path] | None = None, passes=()) -> str:
     """What a stopped run (Ctrl-C, out of memory, a full disk, a lost peer) leaves a rerun, one
     clause: '; RUN_DIR keeps its work (2 of 5 passes done, block statistics (9 files) measured so
     far): GO_ON' for an `interrupted_run`'s `info`; with none (no pass saved), '; RUN_DIR keeps block
     statistics (9 files) measured so far: a rerun ... reads back ...' where something was measured
-    (`measured_so_far` of `fingerprint` and `inputs`), else ''. With every pass done, what was measured
-    is not named: --resume only writes the output, reading none of it."""
+    (`measured_so_far` of `fingerprint` and `inputs`, and the teacher samples of the `passes` not
+    yet saved), else ''. With every pass done, what was measured is not named: --resume only writes the
+    output, reading none of it."""
     done = info is not None and info["total"] is not None and info["done"] >= info["total"]
-    measured = "" if done else measured_so_far(run_dir, fingerprint, inputs)
+    to_run = list(passes)[info["done"] if info is not None else 0:]
+    measured = "" if done else measured_so_far(run_dir, fingerprint, inputs, to_run)
     if info is None:
         return (f"; {run_dir} keeps {measured} measured so far: a rerun of this recipe and teacher reads back "
                 "those it measured instead of measuring them again (keep the run folder)") if measured else ""
@@ -291,14 +294,16 @@ def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | N
     return f"; {run_dir} keeps its work ({saved_in_words(info)}{measured}): {go_on}"
 
 
-def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None) -> str:
-    """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files)': what
+def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=()) -> str:
+    """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files),
+    teacher samples (6 of 16 shards)': what
     an interrupted run left that a rerun of the same recipe and teacher reads back instead of
     computing it again ('' where nothing): each finished sampling call's records among `inputs`
     (calib_pipeline.PipelineSource.call_files: the files of this run's calls, <hash>.pt; the folder
     may also hold those of other prompts, which a rerun does not read), and under calib/<fingerprint>/<model>/ the
     svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
-    and output Fishers (`saved_fishers`). Unfinished files (*.tmp*) are not counted."""
+    and output Fishers (`saved_fishers`), and the teacher samples a distill pass among `to_run` reads
+    back (`teacher_samples_kept`). Unfinished files (*.tmp*) are not counted."""
     def count(n: int, unit: str) -> str:
         return f"{n} {unit}{'' if n == 1 else 's'}"
 
@@ -308,6 +313,9 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
         ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
         ("output Fishers", fishers, "file")] if n]
+    written, shards = teacher_samples_kept(run_dir, fingerprint, to_run)
+    if written:
+        kept.append(f"teacher samples ({written} of {count(shards, 'shard')})")
     return ", ".join(kept)
 
 
@@ -319,6 +327,36 @@ def saved_fishers(run_dir: Path, fingerprint: str | None) -> int:
     if not fingerprint:
         return 0
     return sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/fisher-*/*.pt"))
+
+
+TEACHER_SAMPLES = Path("distill") / "teacher_samples"  # distill_data's caches: <key>/shard-*.safetensors
+SAMPLES_ABOUT = "about.json"  # in each: the fingerprint and distill keys of its key, its shard count
+
+
+def teacher_samples_kept(run_dir: Path, fingerprint: str | None, to_run) -> tuple[int, int]:
+    """(shards written, shards in all) of the teacher-sample caches in `run_dir` that a distill pass
+    among `to_run` (the passes a rerun still runs) reads back: those whose about.json
+    (distill_data._write_about) holds this `fingerprint` (teacher, calibration and seed) and that pass's
+    num_samples, sample_steps, batch_size and guidance_scale, as the cache's key does. Caches of other
+    settings, or of an older dit-compress (no about.json), are not read back; no fingerprint: none."""
+    wanted = [_samples_keys(p.config) for p in to_run
+              if getattr(p, "name", None) == "distill" and getattr(p.config, "data", None) == "teacher_samples"]
+    written = shards = 0
+    for about in (Path(run_dir) / TEACHER_SAMPLES).glob(f"*/{SAMPLES_ABOUT}") if fingerprint and wanted else ():
+        try:
+            got = json.loads(about.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(got, dict) and got.get("fingerprint") == fingerprint and _samples_keys(got) in wanted:
+            written += sum(1 for _ in about.parent.glob("shard-*.safetensors"))
+            shards += got.get("shards") or 0
+    return written, shards
+
+
+def _samples_keys(config) -> tuple:
+    """(num_samples, sample_steps, batch_size, guidance_scale) of a DistillConfig or an about.json."""
+    keys = ("num_samples", "sample_steps", "batch_size", "guidance_scale")
+    return tuple(config.get(k) if isinstance(config, dict) else getattr(config, k, None) for k in keys)
 
 
 def resumed_in_words(done: int, names: list[str]) -> str:

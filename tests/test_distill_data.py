@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 
-from compress.distill_data import shard_sizes
+import compress.distill_data as distill_data
+from compress.distill_data import shard_sizes, teacher_sample_cache
 from compress.distill_folder import FolderSource
 from compress.passes.distill import DistillConfig, DistillPass
 from tests.conftest import model_inputs, tiny_pixart
@@ -22,10 +24,10 @@ def test_shard_sizes_add_up_to_num_samples_whatever_the_batch_rows():
     assert sum(shard_sizes(2048, 16, [8] * 64)) == 2048  # pixart-sigma-50.yaml's sizes
 
 
-def samples_run(teacher, run_dir, batches, num_samples):
+def samples_run(teacher, run_dir, batches, num_samples, progress=False):
     ctx = context(teacher, run_dir, calibration_inputs=lambda: batches, train_batch=None)
     cfg = DistillConfig(steps=1, batch_size=4, data="teacher_samples", num_samples=num_samples, sample_steps=2,
-                        checkpoint_every=0, progress=False, plot=False)
+                        checkpoint_every=0, progress=progress, plot=False)
     DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
     (folder,) = (run_dir / "distill" / "teacher_samples").iterdir()
     return folder
@@ -58,3 +60,73 @@ def test_a_complete_json_whose_shards_are_missing_is_filled_up_again(tmp_path):
     shards[-1].unlink()
     samples_run(teacher, tmp_path, batches, num_samples=4)
     assert shards[-1].is_file() and len(FolderSource(folder)) == 4
+
+
+def _sample_lines(err: str) -> list[str]:
+    """The counts of the teacher sampling's log lines ('distill: teacher samples 2/8 (0:00)')."""
+    return [line.split()[-2] for line in err.splitlines() if line.startswith("distill: teacher samples")]
+
+
+def test_teacher_sampling_logs_its_progress_off_a_terminal(tmp_path, capsys):
+    """Sampling the teacher (num_samples x sample_steps forwards: hours on a real Flux) printed nothing,
+    on a terminal or in a log: it logs a line per tenth of the samples, as other long steps do; a cache
+    cut short and filled up again counts from what was there."""
+    teacher = tiny_pixart()
+    batches = [model_inputs(teacher, batch=2, seed=s) for s in (1, 2)]
+    folder = samples_run(teacher, tmp_path, batches, num_samples=8, progress=True)
+    assert _sample_lines(capsys.readouterr().err) == ["2/8", "4/8", "6/8", "8/8"]  # shards of 2 rows
+    (folder / "complete.json").unlink()
+    sorted(folder.glob("shard-*.safetensors"))[-1].unlink()
+    samples_run(teacher, tmp_path, batches, num_samples=8, progress=True)
+    assert _sample_lines(capsys.readouterr().err) == ["8/8"]
+    samples_run(teacher, tmp_path, batches, num_samples=8)  # progress: false
+    assert _sample_lines(capsys.readouterr().err) == []
+
+
+def test_a_followers_teacher_sampling_shows_no_progress(tmp_path, capsys):
+    """Process 1 of a launch samples its shards (1, 3, ...) without a bar or lines: rank 0 shows them."""
+    teacher = tiny_pixart()
+    batches = [model_inputs(teacher, batch=2, seed=s) for s in (1, 2)]
+    ctx = context(teacher, tmp_path, calibration_inputs=lambda: batches, train_batch=None)
+    follower = SimpleNamespace(process_index=1, num_processes=2, is_main_process=False, device="cpu",
+                               wait_for_everyone=lambda: None)
+    folder = teacher_sample_cache(ctx, 8, 2, 4, follower, progress=True)
+    assert sorted(p.name for p in folder.glob("shard-*")) == ["shard-00001.safetensors", "shard-00003.safetensors"]
+    assert capsys.readouterr().err == ""
+
+
+def test_an_interrupted_teacher_sampling_names_the_shards_it_keeps(tmp_path, monkeypatch):
+    """A Ctrl-C while distill sampled the teacher said 'nothing was saved yet' (or named only the
+    passes and block statistics kept), though the shards written are read back by --resume: the
+    note names them, and the resume note of an error's stop too; those of other settings are not."""
+    from compress.recipe import parse_recipe
+    from compress.runner import build_passes
+    from compress.runner_folders import interrupt_note
+    from compress.runner_resume import resume_note
+
+    teacher = tiny_pixart()
+    batches = [model_inputs(teacher, batch=2, seed=s) for s in (1, 2)]
+    ctx = context(teacher, tmp_path, calibration_inputs=lambda: batches, train_batch=None, fingerprint="aaaa")
+    one = SimpleNamespace(process_index=0, num_processes=1, is_main_process=True, device="cpu",
+                          wait_for_everyone=lambda: None)
+    write, calls = distill_data.write_shard, []
+
+    def cut_short(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write(*args)
+
+    monkeypatch.setattr(distill_data, "write_shard", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_sample_cache(ctx, 8, 2, 4, one)
+    text = ("model: pixart\nteacher: toy:pixart\npasses:\n  - distill: {{data: teacher_samples, num_samples: {n}, "
+            "sample_steps: 2, batch_size: 4}}\n")
+    recipe = parse_recipe(text.format(n=8), "r.yaml")
+    passes = build_passes(recipe)
+    kept = f"; {tmp_path} keeps teacher samples (2 of 4 shards) measured so far: a rerun"
+    assert interrupt_note(tmp_path, False, recipe.raw, passes, "aaaa").startswith(kept)
+    assert resume_note(tmp_path, recipe, passes, "aaaa").startswith(kept)
+    other = parse_recipe(text.format(n=16), "r.yaml")  # another cache: this one is not read back
+    assert interrupt_note(tmp_path, False, other.raw, build_passes(other), "aaaa").endswith("a rerun starts over")
+    assert interrupt_note(tmp_path, False, recipe.raw, passes, "bbbb").endswith("a rerun starts over")

@@ -1,0 +1,43 @@
+"""What a stopped run's note says of the teacher samples its distill pass kept (runner_resume.teacher_samples_kept,
+through work_kept: the Ctrl-C note and an error's resume_note)."""
+
+import json
+
+from compress.recipe import parse_recipe
+from compress.runner import build_passes
+from compress.runner_folders import interrupt_note
+from compress.runner_resume import resume_note
+
+
+def test_the_teacher_samples_kept_are_named_where_a_distill_pass_still_to_run_reads_them(tmp_path):
+    """The stop notes named no teacher-sample shards, though --resume reads them back: they name
+    those of a cache of this fingerprint and of a distill pass still to run's settings (its
+    about.json), not another fingerprint's or another num_samples', nor any once that pass is saved."""
+    text = ("model: pixart\nteacher: toy:pixart\npasses:\n  - remove_blocks: {blocks: {blocks: [1]}}\n"
+            "  - distill: {data: teacher_samples, num_samples: 64, sample_steps: 4, batch_size: 4}\n"
+            "  - svd: {targets: [mlp], ratio: 0.5}\n")
+    recipe = parse_recipe(text, "r.yaml")
+    passes = build_passes(recipe)
+    about = {"fingerprint": "aaaa", "num_samples": 64, "sample_steps": 4, "batch_size": 4, "guidance_scale": 1.0,
+             "shards": 16}
+    for key, shards, edit in (("k1", 3, {}), ("k2", 5, {"fingerprint": "bbbb"}), ("k3", 7, {"num_samples": 32}),
+                              ("k4", 9, None)):
+        cache = tmp_path / "distill" / "teacher_samples" / key
+        cache.mkdir(parents=True)
+        for i in range(shards):
+            (cache / f"shard-{i:05d}.safetensors").write_bytes(b"")
+        (cache / "shard-00099.tmp").write_bytes(b"")  # one being written: not counted
+        if edit is not None:  # k4: an older dit-compress's cache, with no about.json
+            (cache / "about.json").write_text(json.dumps({**about, **edit}))
+    kept = "teacher samples (3 of 16 shards) measured so far"
+    assert resume_note(tmp_path, recipe, passes, "aaaa").startswith(f"; {tmp_path} keeps {kept}: a rerun")
+    assert resume_note(tmp_path, recipe, passes, "cccc") == ""
+    stage = tmp_path / "stages" / "0-remove_blocks"
+    stage.mkdir(parents=True)
+    (stage / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
+    assert interrupt_note(tmp_path, False, recipe.raw, passes, "aaaa") == (
+        f"; {tmp_path} keeps its work (1 of 3 passes done, {kept}): rerun with --resume to continue")
+    (tmp_path / "stages" / "1-distill").mkdir()  # the distill pass saved: --resume samples nothing more
+    (tmp_path / "stages" / "1-distill" / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
+    assert resume_note(tmp_path, recipe, passes, "aaaa") == (
+        f"; {tmp_path} keeps its work (2 of 3 passes done): --resume continues from pass 3 (whose keys may change)")
