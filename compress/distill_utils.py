@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from torch import nn
 from compress.errors import UserError
 from compress.kd_losses import massive_activation_mask, normalized_mse
 from compress.lowrank import LowRankLinear
+
+if TYPE_CHECKING:
+    from compress.passes.distill import DistillConfig
 
 TRAIN_MODES = ("all", "factors", "non_factors")
 CURVE_COLUMNS = ("step", "loss", "task", "out", "feat", "lr", "grad_norm")
@@ -292,3 +296,16 @@ def read_curves(csv_path: Path) -> list[dict]:
     with open(csv_path, newline="") as f:
         return [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
                 for row in csv.DictReader(f)]
+
+
+def accelerator_for(cfg: DistillConfig, device: torch.device):
+    """Its DDP looks for parameters a step's loss left out only where the feature loss alone trains (the
+    layers after the last mapped block): the task or output loss reaches each through the output."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    on_cpu = device.type == "cpu"
+    unused = cfg.lambda_task == 0 and cfg.lambda_out == 0  # (True: DDP searched each step, warned on each rank)
+    return Accelerator(cpu=on_cpu, mixed_precision="no" if on_cpu else cfg.mixed_precision,
+                       step_scheduler_with_optimizer=False,  # one schedule step per optimizer step
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])

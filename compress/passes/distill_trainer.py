@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 
 from compress.calib_store import disk_is_full
 from compress.distill_data import make_source
-from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, feature_loss, output_loss,
-                                    resolve_block_map, select_trainable, warmup_cosine, write_curves)
+from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, accelerator_for, feature_loss,
+                                    output_loss, resolve_block_map, select_trainable, warmup_cosine, write_curves)
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast
@@ -51,25 +51,12 @@ class StepLimitReached(TrainingInterrupted):
     exit_code = 75
 
 
-def _accelerator(cfg: DistillConfig, device: torch.device):
-    """Its DDP looks for parameters a step's loss left out only where the feature loss alone trains (the
-    layers after the last mapped block): the task or output loss reaches each through the output."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    on_cpu = device.type == "cpu"
-    unused = cfg.lambda_task == 0 and cfg.lambda_out == 0  # (True: DDP searched each step, warned on each rank)
-    return Accelerator(cpu=on_cpu, mixed_precision="no" if on_cpu else cfg.mixed_precision,
-                       step_scheduler_with_optimizer=False,  # one schedule step per optimizer step
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
-
-
 class _Trainer:
     def __init__(self, cfg: DistillConfig, ctx: RunContext):
         self.cfg, self.ctx, self.adapter = cfg, ctx, ctx.adapter
         self.earlier = _earlier(ctx.report)  # records of the distill passes before this one
         self.dir = Path(ctx.run_dir) / ("distill" if not self.earlier else f"distill-{len(self.earlier) + 1}")
-        self.acc = _accelerator(cfg, torch.device(ctx.device))
+        self.acc = accelerator_for(cfg, torch.device(ctx.device))
         self.step, self.history, self.before = 0, [], None
         self.seconds_before = 0.0  # training time of earlier invocations (from the checkpoint resumed)
         self.t0 = time.perf_counter()

@@ -1,5 +1,5 @@
-"""The distill pass's DDP settings under several processes (compress/passes/distill_trainer.py
-`_accelerator`): it looks for trainable parameters a step's loss left out only where some can be."""
+"""The distill pass's DDP settings under several processes (compress/distill_utils.py
+`accelerator_for`, which distill_trainer uses): it looks for trainable parameters a step's loss left out only where some can be."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from compress.distill_utils import select_trainable
 from compress.passes.distill import DistillConfig
-from compress.passes.distill_trainer import _accelerator
+from compress.distill_utils import accelerator_for
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 from tests.passes.distill_helpers import factorize
 
@@ -30,8 +30,8 @@ def test_ddp_looks_for_unused_parameters_only_where_the_feature_loss_alone_train
     out.float().pow(2).mean().backward()  # a loss on the output, as the task and output losses
     assert params and all(p.grad is not None for p in params)
     cpu = torch.device("cpu")
-    assert _accelerator(DistillConfig(), cpu).ddp_handler.find_unused_parameters is False
-    assert _accelerator(DistillConfig(lambda_task=0, lambda_feat=0), cpu).ddp_handler.find_unused_parameters is False
+    assert accelerator_for(DistillConfig(), cpu).ddp_handler.find_unused_parameters is False
+    assert accelerator_for(DistillConfig(lambda_task=0, lambda_feat=0), cpu).ddp_handler.find_unused_parameters is False
 
     student.zero_grad(set_to_none=True)
     seen = []
@@ -41,4 +41,4 @@ def test_ddp_looks_for_unused_parameters_only_where_the_feature_loss_alone_train
     seen[0].float().pow(2).mean().backward()  # a loss on a block's output alone, as the feature loss
     assert any(p.grad is None for p in params)  # (the output's projection, at least)
     features_only = DistillConfig(lambda_task=0, lambda_out=0, lambda_feat=0.1)
-    assert _accelerator(features_only, cpu).ddp_handler.find_unused_parameters is True
+    assert accelerator_for(features_only, cpu).ddp_handler.find_unused_parameters is True
