@@ -285,7 +285,7 @@ def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | N
     yet saved), else ''. With every pass done, what was measured is not named: --resume only writes the
     output, reading none of it."""
     done = info is not None and info["total"] is not None and info["done"] >= info["total"]
-    to_run = list(passes)[info["done"] if info is not None else 0:]
+    to_run = list(passes)[info["done"] if info is not None else 0:] if passes else None  # None: not known
     measured = "" if done else measured_so_far(run_dir, fingerprint, inputs, to_run)
     if info is None:
         return (f"; {run_dir} keeps {measured} measured so far: a rerun of this recipe and teacher reads back "
@@ -294,7 +294,7 @@ def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | N
     return f"; {run_dir} keeps its work ({saved_in_words(info)}{measured}): {go_on}"
 
 
-def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=()) -> str:
+def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=None) -> str:
     """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files),
     teacher samples (6 of 16 shards)': what
     an interrupted run left that a rerun of the same recipe and teacher reads back instead of
@@ -303,17 +303,20 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     may also hold those of other prompts, which a rerun does not read), and under calib/<fingerprint>/<model>/ the
     svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
     and output Fishers (`saved_fishers`), and the teacher samples a distill pass among `to_run` reads
-    back (`teacher_samples_kept`). Unfinished files (*.tmp*) are not counted."""
+    back (`teacher_samples_kept`); the statistics and Fishers only where an svd pass is among `to_run`
+    (None: the passes are not known), as no other pass reads them. Unfinished files (*.tmp*) are not counted."""
     def count(n: int, unit: str) -> str:
         return f"{n} {unit}{'' if n == 1 else 's'}"
 
     calls = sum(1 for p in inputs if p.is_file()) if inputs else 0
-    stats = sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/*.pt")) if fingerprint else 0
-    fishers = saved_fishers(run_dir, fingerprint)
+    svd_ahead = to_run is None or any(getattr(p, "name", None) == "svd" for p in to_run)
+    fingerprint_read = fingerprint if svd_ahead else None  # (after the last svd pass: read by none)
+    stats = sum(1 for _ in (Path(run_dir) / "calib" / fingerprint_read).glob("*/*.pt")) if fingerprint_read else 0
+    fishers = saved_fishers(run_dir, fingerprint_read)
     kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
         ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
         ("output Fishers", fishers, "file")] if n]
-    written, shards = teacher_samples_kept(run_dir, fingerprint, to_run)
+    written, shards = teacher_samples_kept(run_dir, fingerprint, to_run or ())
     if written:
         kept.append(f"teacher samples ({written} of {count(shards, 'shard')})")
     return ", ".join(kept)

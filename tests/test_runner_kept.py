@@ -33,3 +33,23 @@ def test_a_stop_on_an_error_in_an_svd_pass_names_the_block_statistics_kept(tmp_p
     assert last.startswith(f"dit-compress: {said}") and last.endswith(
         f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block statistics (1 file), output Fishers "
         "(12 files) measured so far): --resume continues from pass 2 (whose keys may change)"), last
+
+
+def test_block_statistics_are_named_only_where_an_svd_pass_still_runs(tmp_path):
+    """Only an svd pass reads the block statistics and Fishers back: a run stopped in a distill pass
+    after its last svd pass said '2 of 3 passes done, block statistics (5 files) measured so far',
+    which --resume never reads. They are named while an svd pass is to run, or the passes are not known."""
+    from types import SimpleNamespace
+
+    from compress.runner_resume import measured_so_far
+
+    for name in ("blocks-0.pt", "blocks-1.pt", "fisher-x/0.pt"):
+        path = tmp_path / "calib" / "fp" / "start" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    svd, distill = SimpleNamespace(name="svd", config=None), SimpleNamespace(name="distill", config=None)
+    named = "block statistics (2 files), output Fishers (1 file)"
+    assert measured_so_far(tmp_path, "fp", None, [svd, distill]) == named
+    assert measured_so_far(tmp_path, "fp", None) == named
+    assert measured_so_far(tmp_path, "fp", None, [distill]) == ""
+    assert measured_so_far(tmp_path, "fp", None, []) == ""
