@@ -299,13 +299,13 @@ def read_curves(csv_path: Path) -> list[dict]:
 
 
 def accelerator_for(cfg: DistillConfig, device: torch.device):
-    """Its DDP looks for parameters a step's loss left out only where the feature loss alone trains (the
-    layers after the last mapped block): the task or output loss reaches each through the output."""
+    """Its DDP does not look for parameters a step's loss left out: the trainer's loss always holds the
+    task term (times lambda_task, 0 included), which reaches every trainable parameter through the
+    student's output (find_unused_parameters=True made DDP search the graph each step and warn on each rank)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     on_cpu = device.type == "cpu"
-    unused = cfg.lambda_task == 0 and cfg.lambda_out == 0  # (True: DDP searched each step, warned on each rank)
     return Accelerator(cpu=on_cpu, mixed_precision="no" if on_cpu else cfg.mixed_precision,
                        step_scheduler_with_optimizer=False,  # one schedule step per optimizer step
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])

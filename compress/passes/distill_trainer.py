@@ -166,6 +166,7 @@ class _Trainer:
                     out = output_loss(student_pred, teacher_pred)
             if feats is not None:
                 feat = feature_loss(feats[0].outputs, feats[1].outputs, self.block_map, cfg.mask_massive)
+        # (the task term stays at lambda_task 0: it reaches every parameter, as DDP's settings assume)
         loss = cfg.lambda_task * task + cfg.lambda_out * out + cfg.lambda_feat * feat
         if not torch.isfinite(loss):
             raise _numeric(self.step, task, out, feat, teacher_trouble(teacher_pred, feats[1].outputs if feats else {}))
