@@ -225,7 +225,7 @@ def _faster(speedup: float) -> str:
 def _middle_half(result: dict) -> str:
     """The per-step speedups' quartiles as student / teacher times: '0.480–0.520' (one number where
     they round alike)."""
-    low, high = (f"{1 / q:.3f}" for q in reversed(result["speedup_quartiles"]))
+    low, high = (f"{1 / q:.3f}" if q else "inf" for q in reversed(result["speedup_quartiles"]))  # (a 0 s teacher step)
     return low if low == high else f"{low}–{high}"
 
 

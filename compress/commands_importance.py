@@ -12,7 +12,7 @@ from compress.errors import UserError
 from compress.io import cast, load_teacher, looks_local
 from compress.io_export import is_output
 from compress.report import console, output_file, results, to_json
-from compress.report_teacher import recorded_teacher
+from compress.report_teacher import recorded_teacher, toy_base
 
 
 def _is_recipe(source: str) -> bool:
@@ -111,8 +111,9 @@ def _output_words(source: str, out: Path, what: str) -> str:
         words += f" (its copy: dit-compress importance {recipe})"
     elif named:  # run with --teacher: the copy names the recipe's own
         words += f" (its copy, {recipe}, names {named}, not that teacher)"
-    if teacher and teacher.startswith("toy:"):
-        words += f", or the toy teacher itself (dit-compress importance {teacher})"
+    toy = toy_base(teacher) if teacher else None  # its teacher, or the first of an output's chain of them
+    if toy:
+        words += f", or the toy teacher itself (dit-compress importance {toy})"
     return words
 
 

@@ -42,6 +42,17 @@ def test_importance_of_an_output_says_it_scans_a_teacher_and_how(tmp_path, capsy
                    f"dit-compress output {out}{tail}")
 
 
+def test_importance_of_an_output_of_a_toys_output_points_at_the_toy(tmp_path, capsys):
+    """An output compressed from an output of toy:pixart: the line offers the toy at the start of its
+    chain of teachers (it offered it only where the output's own teacher was a toy)."""
+    first = save_compressed(tiny_pixart(), tmp_path / "a", extra={"teacher": "toy:pixart"})
+    out = save_compressed(tiny_pixart(), tmp_path / "d", extra={"teacher": str(first)})
+    assert main(["importance", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.endswith(f"(compressed from {first}): pass the recipe that made it, which names its teacher, or the "
+                        "toy teacher itself (dit-compress importance toy:pixart)"), err
+
+
 def test_the_readme_says_which_teachers_importance_takes_directly():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     line = next(ln for ln in readme.splitlines() if ln.startswith("| `dit-compress importance"))
