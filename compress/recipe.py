@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -221,7 +220,7 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     except yaml.YAMLError as e:
         raise UserError(f"{path} ({mark.name}): the value is not valid YAML "
                         f"({getattr(e, 'problem', None) or e}); quote it if it is text") from None
-    if _is_null(value_node) and not takes_null(dotted, _top_types()):  # a key null is no value of
+    if _is_null(value_node) and not takes_null(dotted, Recipe, TOP_KEYS):  # a key null is no value of
         drop(data_node, dotted, value_text)  # (ratio=null): out of the recipe, its default holds
         return
     remark(value_node, mark)
@@ -232,12 +231,6 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
 def _is_null(node: yaml.Node) -> bool:
     """Whether a --set's value is null (null, ~, nothing; not 'null' quoted, nor !!null abc)."""
     return isinstance(node, yaml.ScalarNode) and node.tag == NULL and core_tag(node.value) == NULL
-
-
-def _top_types() -> dict:
-    """The type of each top-level recipe key (takes_null)."""
-    hints = typing.get_type_hints(Recipe)
-    return {key: hints[key] for key in TOP_KEYS}
 
 
 def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -> Recipe:

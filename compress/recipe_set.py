@@ -77,27 +77,40 @@ def drop(data_node: yaml.MappingNode, dotted: str, value_text: str) -> None:
         node.value = [(k, v) for k, v in node.value if k.value != parts[-1]]
 
 
-def takes_null(dotted: str, top: dict) -> bool:
-    """Whether the recipe key at `dotted` takes null as a value (trust_region: null, count: null, a
-    pass's options or calibration: null, their defaults); False for one that does not (ratio, seed,
-    a ranks pattern's rank), which `--set KEY=null` then drops (`drop`), and for list items. True
-    where the key is not known: the --set is placed, and the recipe's check names what is wrong.
-    `top`: the type of each top-level key."""
+def takes_null(dotted: str, top: type, keys: tuple[str, ...]) -> bool:
+    """Whether `--set KEY=null` places null at `dotted`: True for a key that takes null as a value
+    (trust_region: null, count: null, a pass's options or calibration: null, their defaults), a
+    required key (model, teacher: its check names the --set), a list's item (passes.2, targets.0: a
+    list's items are not dropped, the indices after them would move) and a key not known (the
+    recipe's check names what is wrong); False for a key with a default that takes no null (ratio,
+    seed, a ranks pattern's rank), which the --set then drops (`drop`) so its default holds.
+    `top`: the recipe's dataclass; `keys`: its fields that are recipe keys."""
     parts = _split(dotted)
     if parts[0] == "passes":
         if len(parts) < 4 or parts[2] not in PASSES:
-            return len(parts) != 2  # passes.N is an item of the list; passes.N.PASS its options
+            return True  # passes, passes.N (an item of the list), passes.N.PASS (its options)
         if len(parts) == 5 and parts[3] in NAME_KEYED:
             return False  # a rank
-        tp, rest = pass_class(parts[2]).config_cls, parts[3:]
+        parent, rest = pass_class(parts[2]).config_cls, parts[3:]
+    elif parts[0] in keys:
+        parent, rest = top, parts
     else:
-        tp, rest = top.get(parts[0]), parts[1:]
-    for part in rest:
-        tp = _inner(tp, part)
-    if tp is None:
+        return True
+    for part in rest[:-1]:
+        parent = _inner(parent, part)
+    tp = _inner(parent, rest[-1])
+    if tp is None or _required(parent, rest[-1]):
         return True
     args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     return any(a is Any or a is type(None) or dataclasses.is_dataclass(a) for a in args)
+
+
+def _required(tp, name: str) -> bool:
+    """Whether `name` is a field of dataclass `tp` without a default (Recipe's model, teacher)."""
+    if not dataclasses.is_dataclass(tp):
+        return False
+    found = [f for f in dataclasses.fields(tp) if f.name == name]
+    return bool(found) and found[0].default is dataclasses.MISSING and found[0].default_factory is dataclasses.MISSING
 
 
 def _inner(tp, part: str):

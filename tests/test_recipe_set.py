@@ -123,8 +123,23 @@ def test_a_set_null_refuses_what_it_did_where_it_drops_nothing_it_knows():
         parse_recipe(RECIPE, "r.yaml", ["passes.0.svd.multple=null"])
     with pytest.raises(UserError, match=r"targets\.0=null\): svd\.targets: patterns must be strings .*, got None"):
         parse_recipe(RECIPE, "r.yaml", ["passes.0.svd.targets.0=null"])
+    with pytest.raises(UserError) as e:  # was kept, silently: a list's item is never dropped
+        parse_recipe(RECIPE, "r.yaml", ["passes.2=null"])
+    assert str(e.value) == "r.yaml (--set passes.2=null): unknown pass 'null' (passes: importance, remove_blocks, svd, distill)"
     with pytest.raises(UserError, match=r"passes\[2\]\.distill\.steps must be an integer, not 'null'"):
         parse_recipe(RECIPE, "r.yaml", ["passes.2.distill.steps='null'"])
     assert parse_recipe(RECIPE, "r.yaml", ["passes.1.svd.ratio=null"]) == parse_recipe(RECIPE, "r.yaml")
     r = parse_recipe(ALIASED, "r.yaml", ["passes.1.distill.batch_size=null"])
     assert [p.config.batch_size for p in r.passes[1::2]] == [32, 4]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("teacher=null", "teacher must be a string, not None"),
+    ("model=null", "model must be one of 'pixart' | 'flux', not None"),
+])
+def test_a_set_null_on_a_required_key_names_the_set(override, words):
+    """A required key has no default to fall back to: it was dropped, and the error said the recipe
+    lacks it at the file's first line (version: 1), naming no --set. Null is placed and refused."""
+    with pytest.raises(UserError) as e:
+        load_recipe(TOY_FLUX, [override])
+    assert str(e.value) == f"{TOY_FLUX} (--set {override}): {words}"
