@@ -28,8 +28,8 @@ from compress.report_card import model_card
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note
-from compress.runner_answers import (PREPARED, check_followers, check_same_run, ended, follower_ended, following,
-                                     wait_for_followers)
+from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
+                                     following, wait_for_followers)
 from compress.runner_ranks import (MainStopped, PeerLost, announce, hand_off, is_follower, is_main_process, leading,
                                    peer_lost, several_processes, wait_for_hand_off)
 from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, resume_note, teacher_identity,
@@ -241,15 +241,21 @@ class Runner:
         with following(self.run_dir):  # rank 0 hears when it stops
             self.followed = main = check_same_run(self.run_dir, self.about, "recipe")  # its rank 0 from now on
             self.passes = build_passes(self.recipe)
-            if not any(p.data_parallel for p in self.passes):
-                return self.out
-            self.prepare()
-            check_same_run(self.run_dir, self._prepared_about(), PREPARED, main=main)
-            self.removed_by, self.ctx.blocks, last = [], self.models.blocks, -1
-            while (got := wait_for_hand_off(self.run_dir, last, main=main))["pass"] is not None:
-                self.doing = last = got["pass"]
-                self._run_pass(last, handed_over(self, got["stage"]))
+            if any(p.data_parallel for p in self.passes):
+                self._follow_passes(main)
+            # its part done: its process gone from now on is no follower killed to rank 0 (runner_answers._gone)
+            answer(self.run_dir, main, done=True)
             return self.out
+
+    def _follow_passes(self, main: str) -> None:
+        """A follower of the rank 0 whose token is `main`: prepared as it is, each data-parallel pass
+        it hands over, until it hands over none."""
+        self.prepare()
+        check_same_run(self.run_dir, self._prepared_about(), PREPARED, main=main)
+        self.removed_by, self.ctx.blocks, last = [], self.models.blocks, -1
+        while (got := wait_for_hand_off(self.run_dir, last, main=main))["pass"] is not None:
+            self.doing = last = got["pass"]
+            self._run_pass(last, handed_over(self, got["stage"]))
 
     def interrupt_note(self) -> str:
         """What follows 'interrupted' after a Ctrl-C in `run` (runner_folders.interrupt_note): saved

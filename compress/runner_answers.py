@@ -1,7 +1,8 @@
 """The followers' answers to rank 0 in a run of several processes (runner_ranks: rank 0 runs the
 passes and hands the data-parallel ones over): each follower says in its own file of the run folder
 (`ANSWER`-N) to the rank 0 it follows whether it runs what rank 0 runs (`check_same_run`), the step
-it is ready for, or that it stopped (why) or was interrupted; rank 0 reads them before each pass and
+it is ready for, that it stopped (why) or was interrupted, or that it finished its part (`done`: its
+process may be gone from then on); rank 0 reads them before each pass and
 waits for them before a data-parallel one, and names the follower a failed collective lost (`ended`).
 Imports no torch."""
 
@@ -54,8 +55,9 @@ def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5, mai
 
 def answer(run_dir: Path, main: str, **how) -> None:
     """A follower to rank 0 (whose token is `main`: never an earlier launch's rank 0): `ready` (the
-    step it reached) or `stopped` (why, in one line). A run folder it cannot write leaves rank 0 to
-    wait FIND_FOLLOWERS_S, and say so."""
+    step it reached), `stopped` (why, in one line), `interrupted`, or `done` (its part finished, as it
+    ends: Runner._follow). A run folder it cannot write leaves rank 0 to wait FIND_FOLLOWERS_S, and
+    say so."""
     record = {"main": main, "token": TOKEN, "rank": rank(), "host": socket.gethostname(), "pid": os.getpid(), **how}
     path = Path(run_dir) / f"{ANSWER}-{rank()}"
     try:
@@ -150,20 +152,20 @@ def follower_ended(run_dir: Path) -> UserError | None:
     """Rank 0, where a stop signal reached it (a launcher stops the other processes when one ends): the
     follower that stopped on its error (its answer says why) or whose process is gone on this host
     without a word (killed), as the error to say in place of 'interrupted'; None where none did (a
-    Ctrl-C of the whole launch: the followers answer interrupted)."""
+    Ctrl-C of the whole launch: the followers answer interrupted, or done where they had finished)."""
     return _gone(run_dir)[1]
 
 
 def _gone(run_dir: Path) -> tuple[dict, UserError | None]:
     """(the followers' answers to this rank 0, the first that stopped or whose process is gone here
-    without an answer saying interrupted, as an error; None where none)."""
+    without an answer saying interrupted or done, as an error; None where none)."""
     try:
         answers = check_followers(run_dir)
     except UserError as e:  # one that said why it stopped
         return {}, e
     here = socket.gethostname()
     dead = [r for r, a in sorted(answers.items())
-            if a.get("host") == here and not a.get("interrupted") and not alive(a.get("pid"))]
+            if a.get("host") == here and not (a.get("interrupted") or a.get("done")) and not alive(a.get("pid"))]
     return answers, PeerLost(f"rank {dead[0]} of this launch ended without a word (killed?)") if dead else None
 
 

@@ -80,15 +80,16 @@ passes:
   - svd: {targets: [mlp], ratio: 0.5, compensate: false}
   - distill: {data: toy, steps: 2, batch_size: 4, lr: 0.0005, warmup_steps: 0, progress: false}
 """
+SVD_ONLY = RECIPE.split("  - distill")[0]  # no data-parallel pass: the followers have nothing to run
 
 
-def runners(tmp_path, monkeypatch, follower_sets: list[str], main_sets: list[str] = ()):
-    """(rank 0's Runner, a follower's Runner: RANK 1) of RECIPE with each its --set; the follower's
+def runners(tmp_path, monkeypatch, follower_sets: list[str], main_sets: list[str] = (), recipe: str = RECIPE):
+    """(rank 0's Runner, a follower's Runner: RANK 1) of `recipe` with each its --set; the follower's
     prepare (its teacher load, then its compute) fails the test."""
     from compress.recipe import load_recipe
     from compress.runner import Runner
 
-    (tmp_path / "r.yaml").write_text(RECIPE)
+    (tmp_path / "r.yaml").write_text(recipe)
     monkeypatch.setenv("WORLD_SIZE", "2")
     main = Runner(load_recipe(tmp_path / "r.yaml", list(main_sets)), tmp_path / "out", tmp_path / "run")
     monkeypatch.setenv("RANK", "1")

@@ -10,10 +10,11 @@ import threading
 import pytest
 
 from compress.errors import UserError
-from compress.runner_answers import (ANSWER, PREPARED, answer, check_followers, check_same_run, ended, following,
-                                     wait_for_followers)
-from compress.runner_ranks import TOKEN, MainStopped, PeerLost, announce, peer_lost, wait_for_hand_off
-from tests.ranks_helpers import dead_pid, handed, launch_env, runners
+from compress.runner_answers import (ANSWER, PREPARED, answer, check_followers, check_same_run, ended,
+                                     follower_ended, following, wait_for_followers)
+from compress.runner_ranks import (TOKEN, MainStopped, PeerLost, announce, hand_off, peer_lost,
+                                   wait_for_hand_off)
+from tests.ranks_helpers import RECIPE, SVD_ONLY, dead_pid, handed, launch_env, runners
 
 
 @pytest.fixture
@@ -198,13 +199,15 @@ def test_a_follower_whose_collective_failed_says_of_its_rank_0_what_its_wait_say
     assert json.loads((run_dir / f"{ANSWER}-1").read_text())["ready"] == "recipe"  # no failure of its own
 
 
-@pytest.mark.parametrize("follower", ["killed", "not reaped", "refused", "interrupted", "unknown"])
+@pytest.mark.parametrize("follower", ["killed", "not reaped", "refused", "interrupted", "finished", "unknown"])
 def test_rank_0_stopped_by_the_launcher_after_a_follower_ended_names_it_not_an_interrupt(
         tmp_path, monkeypatch, capsys, follower):
     """A follower killed (or refusing another --set) while rank 0 ran svd: the launcher SIGTERMed rank
     0, which said 'interrupted; ...' (exit 130), or 'interrupted; rank 1 of this launch stopped: ...',
     as if the launch had been Ctrl-C'd. It names the follower and what the run folder keeps; a Ctrl-C
-    of the whole launch (the followers answer interrupted), or one it cannot tell, stays 'interrupted'."""
+    of the whole launch (the followers answer interrupted), or one it cannot tell, stays 'interrupted'.
+    So does one after a follower finished its part and exited (an svd-only recipe; rank 0's export):
+    it was said to have 'ended without a word (killed?)', exit 1."""
     from compress.cli import main
     from compress.passes import svd
     from tests.ranks_helpers import zombie
@@ -215,14 +218,14 @@ def test_rank_0_stopped_by_the_launcher_after_a_follower_ended_names_it_not_an_i
     run_dir = tmp_path / "run"
     refusal = "rank 1 does not run what rank 0 runs (calibration.seed is 0 on rank 0, 7 here): every process"
     how = {"killed": {"ready": PREPARED}, "not reaped": {"ready": PREPARED}, "refused": {"stopped": refusal},
-           "interrupted": {"interrupted": True}}
+           "interrupted": {"interrupted": True}, "finished": {"done": True}}
 
     def signalled(self, model, ctx):
         if follower in how:
             monkeypatch.setenv("RANK", "1")
             answer(run_dir, TOKEN, **how[follower])
             monkeypatch.setenv("RANK", "0")
-        if follower in ("killed", "not reaped"):  # its process gone, or killed and not reaped by its launcher yet
+        if follower in ("killed", "not reaped", "finished"):  # its process gone, or not reaped by its launcher yet
             record = json.loads((run_dir / f"{ANSWER}-1").read_text())
             (run_dir / f"{ANSWER}-1").write_text(json.dumps(dict(record, pid=gone)))
         raise KeyboardInterrupt("signal 15")  # runner_setup.sigterm_as_interrupt: the launcher's SIGTERM
@@ -242,3 +245,32 @@ def test_rank_0_stopped_by_the_launcher_after_a_follower_ended_names_it_not_an_i
                                     f"{said[follower]}{kept}")
     else:
         assert (status, err) == (130, f"dit-compress: interrupted{kept}")
+
+
+@pytest.mark.parametrize("recipe", [SVD_ONLY, RECIPE], ids=["no data-parallel pass", "after the last hand-off"])
+def test_a_follower_that_finished_its_part_answers_done_and_rank_0_names_no_one_for_its_end(
+        tmp_path, launch, monkeypatch, recipe):
+    """A follower ends as soon as its part is done (no data-parallel pass: once it checked the run;
+    else once rank 0 handed over none, before rank 0's export). Its last answer said 'ready' and its
+    process was gone: a Ctrl-C of the launch then had rank 0 name it 'ended without a word (killed?)'
+    and exit 1. It answers done as it ends, and rank 0 names no follower for that."""
+    from types import SimpleNamespace
+
+    from compress.runner import Runner
+
+    main, follower = runners(tmp_path, monkeypatch, [], recipe=recipe)
+    run_dir = tmp_path / "run"
+    if recipe == RECIPE:  # prepared as rank 0 (not loaded: the test is about its end), which hands over no pass
+        prepared = {"teacher": {"source": "/p", "config": None, "checksum": "a"}, "inputs": None, "fingerprint": "f"}
+        monkeypatch.setattr(Runner, "prepare", lambda self: setattr(self, "ctx", SimpleNamespace()))
+        monkeypatch.setattr(Runner, "_prepared_about", lambda self: prepared)
+        hand_off(run_dir, None, None, dict(main.about, **prepared))
+    else:
+        announce(run_dir, main.about)  # rank 0, as Runner.run starts (the follower never loads: runners)
+    assert follower.run() == tmp_path / "out"
+    record = json.loads((run_dir / f"{ANSWER}-1").read_text())
+    assert (record["done"], record["main"], record["rank"]) == (True, TOKEN, 1)
+    monkeypatch.setenv("RANK", "0")
+    (run_dir / f"{ANSWER}-1").write_text(json.dumps(dict(record, pid=dead_pid())))  # its process gone since
+    assert follower_ended(run_dir) is None
+    assert str(ended(run_dir)) == "a follower of this launch ended without a word (killed?)"  # not rank 1

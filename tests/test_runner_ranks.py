@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from compress.errors import UserError
+from compress.runner_answers import ANSWER
 from compress.runner_lock import LOCK
 from compress.runner_ranks import (HANDOFF, STARTED, TOKEN, MainStopped, PeerLost, alive, announce, hand_off, leading,
                                    main_of_launch, wait_for_hand_off, wait_for_main)
@@ -115,6 +116,8 @@ def test_two_processes_make_the_svd_student_of_one_and_distill_it_together(tmp_p
     assert report["distill"]["processes"] == 2  # the other rank joined the distill pass
     handed = json.loads((tmp_path / "run-two" / HANDOFF).read_text())
     assert handed["pass"] is None  # rank 0 said no pass was left for the other rank
+    # ... and the other rank said, as it ended, that it finished its part (not killed: runner_answers._gone)
+    assert json.loads((tmp_path / "run-two" / f"{ANSWER}-1").read_text())["done"] is True
     assert (tmp_path / "out-two" / "diffusion_pytorch_model.safetensors").is_file()
 
 
