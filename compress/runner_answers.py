@@ -25,7 +25,6 @@ PREPARED = "prepared"  # the step of a follower ready to run the data-parallel p
 FIND_FOLLOWERS_S = 1800.0  # how long rank 0 waits for the followers' answers (a process group's own wait)
 
 
-
 def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5, main: str | None = None) -> str:
     """A follower, before it computes: waits for a record of rank 0 that carries every key of
     `about` and refuses, in one line naming the first difference, when rank 0's differs. Either way

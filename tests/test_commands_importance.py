@@ -60,8 +60,6 @@ def test_the_readme_says_which_teachers_importance_takes_directly():
     assert "`toy:pixart`, `toy:flux`" in line and "a real teacher" in line and "through a recipe" in line
 
 
-
-
 def test_importance_takes_teacher_and_set_as_plan_and_run(tmp_path):
     """--teacher replaces the recipe's teacher (here not there) and --set changes its keys (a cheaper
     scan: fewer prompts), as plan and run take them, with no copy of the recipe to edit."""

@@ -52,8 +52,6 @@ def test_a_complete_output_left_by_an_older_swap_is_kept_and_named(tmp_path, cap
     assert f"{tmp_path / 'out'} is missing, and {whole} holds a complete output an interrupted write left: kept" in said
 
 
-
-
 def _written_at(folder: Path, seconds_ago: float, which: str) -> Path:
     """`folder` marked `which`, its config.json written `seconds_ago`."""
     (folder / "which").write_text(which)
