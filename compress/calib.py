@@ -75,6 +75,12 @@ def _with_timestep(batch: dict, t: torch.Tensor) -> dict:
     return dict(batch, timestep=t.expand(b).clone())
 
 
+def block_words(adapter, group: str, index: int) -> str:
+    """'block 0' in a family of one block group (PixArt's `blocks`), else 'double block 0': the words
+    of the calibration progress (the group's name `blocks` before 'block' said it twice)."""
+    return f"block {index}" if len(adapter.groups) == 1 else f"{group} block {index}"
+
+
 def _detach(x):
     if isinstance(x, torch.Tensor):
         return x.detach()
@@ -228,7 +234,7 @@ class BlockCalibration:
         with progress_bar(self.progress) as bar:
             task = bar.add_task("calibrate: blocks", total=n_blocks)
             for group, index, block in self.adapter.iter_blocks(self.model):
-                bar.update(task, description=f"calibrate: {group} block {index}")
+                bar.update(task, description=f"calibrate: {block_words(self.adapter, group, index)}")
                 self.loader.materialize(group, index, block)
                 readers = readers_for(group, index)
                 name = cache_name(group, index) if readers else None

@@ -225,19 +225,22 @@ def test_conditioning_grid_spans_timesteps():
     assert own["adaln.in"].rows == 2
 
 
-def test_the_block_walk_says_how_far_it_got_off_a_terminal(capsys):
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_the_block_walk_says_how_far_it_got_off_a_terminal(family, capsys):
     """Off a terminal (a job's log) calibration, and the svd stages run between its blocks, said
     nothing until the pass ended: hours on a real model. Now a line per tenth of the blocks, naming
-    the block."""
-    model = tiny_pixart()
+    the block: 'block 3' in PixArt's one group (it read 'blocks block 3'), 'single block 3' in Flux."""
+    model = tiny_pixart() if family == "pixart" else tiny_flux()
     cal = BlockCalibration(model, get_adapter(model), _batches(model, 1), progress=True)
     cal.capture()
     for _ in cal.blocks(lambda group, index: []):
         pass
-    n = sum(get_adapter(model).block_counts(model).values())
+    counts = get_adapter(model).block_counts(model)
+    n = sum(counts.values())
     lines = [line.split() for line in capsys.readouterr().err.splitlines() if line.startswith("calibrate: ")]
-    assert [words[-2] for words in lines if words[1] != "capture"] == [f"{k}/{n}" for k in range(1, n + 1)]
-    assert lines[-1][1:4] == ["blocks", "block", str(n - 1)]
+    walk = [words[1:-1] for words in lines if words[1] != "capture"]  # less 'calibrate:' and the clock
+    named = [f"block {i}" if family == "pixart" else f"{g} block {i}" for g, k in counts.items() for i in range(k)]
+    assert [" ".join(words) for words in walk] == [f"{name} {k}/{n}" for k, name in enumerate(named, 1)]
 
 
 @pytest.mark.parametrize("family", ["pixart", "flux"])

@@ -29,6 +29,7 @@ from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes
                                                    window_key)
 from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, teacher_view, with_removal
 from compress.report import console
+from compress.report_card import _gone, _how
 
 
 # ---- choosing by importance ---------------------------------------------------------------------
@@ -146,6 +147,16 @@ def merge_report(previous: dict | None, this: dict) -> dict:
     runs = earlier + [this]
     total = {g: sorted({t for r in runs for t in r["removed"].get(g, [])}) for g in this["removed"]}
     return dict(this, passes=runs, removed_total=total)
+
+
+def removal_line(record: dict) -> str:
+    """What a job's log says as a removal pass ends: its blocks in teacher indices and how they were
+    chosen, in the model card's words (report_card `_gone`, `_how`): 'remove_blocks: removed single
+    [3] (teacher indices; chosen by learned; ...)', or that it removed none. `record`: this pass's own."""
+    gone = _gone(record)
+    if not gone:
+        return "remove_blocks: removed no blocks"
+    return f"remove_blocks: removed {gone} (teacher indices; {_how(record)})"
 
 
 # ---- the pass -----------------------------------------------------------------------------------
@@ -282,6 +293,7 @@ class RemoveBlocksPass(Pass):
         renumber_block_scores(ctx.report, start, block_map)
         this = dict(record, removed=removed, blocks_before=before, blocks_after=adapter.block_counts(model))
         ctx.report["remove_blocks"] = merge_report(ctx.report.get("remove_blocks"), this)
+        console.print(removal_line(this), highlight=False, markup=False)
         return model
 
     # ---- steps ----

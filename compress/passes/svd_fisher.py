@@ -142,7 +142,7 @@ def sweeps(model: nn.Module, adapter, batches: list[dict], chunks: list[list[str
     with progress_bar(progress and bool(chunks)) as bar:
         task = bar.add_task("output Fishers", total=len(chunks) * len(batches))
         for k, names in enumerate(chunks, 1):
-            bar.update(task, description=f"output Fishers: sweep {k}/{len(chunks)}")
+            bar.update(task, description=f"output Fishers (sweep {k} of {len(chunks)}):")
             tick = lambda: bar.advance(task)  # noqa: E731
             for name, fisher in output_fisher(model, adapter, batches, names, probes, seed=0, tick=tick).items():
                 roots.add(name, fisher)

@@ -398,3 +398,28 @@ def test_explicit_blocks_that_remove_nothing_are_warned_as_a_count_of_none_is(tm
     assert step.notes(model, adapter) == [("blocks", "remove_blocks: blocks removes no block, so this pass "
                                                      "changes nothing")]
     assert RemoveBlocksPass(RemoveBlocksConfig(blocks={"blocks": [0]})).notes(model, adapter) == []
+
+
+def _removal_said(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("remove_blocks: removed")]
+
+
+@pytest.mark.parametrize("config, said", [
+    (dict(blocks={"double": [1], "single": [2]}),
+     "remove_blocks: removed double [1], single [2] (teacher indices; listed in the recipe)"),
+    (dict(count={"single": 1}, criterion="proxy", iterative=True),
+     "remove_blocks: removed single [{chosen}] (teacher indices; chosen by proxy, re-scored after each removal)"),
+    (dict(count=0), "remove_blocks: removed no blocks"),
+])
+def test_the_log_names_the_blocks_a_removal_took(config, said, tmp_path, capsys):
+    """A job's log said nothing of which blocks a removal took (only block_map.json and `inspect`
+    did), though a choice by importance or learning can differ between runs: the pass now ends with
+    a line naming them in teacher indices, and how they were chosen, in the model card's words."""
+    model = tiny_flux()
+    ctx = context(model, tmp_path)
+    run(model, ctx, blocks={"single": [0]})  # teacher single 1, 2 are now student single 0, 1
+    assert _removal_said(capsys) == ["remove_blocks: removed single [0] (teacher indices; listed in the recipe)"]
+    run(model, ctx, **config)
+    chosen = ctx.report["remove_blocks"]["removed"]["single"]
+    assert chosen in ([], [1], [2])  # teacher indices (student ones would be 0 or 1)
+    assert _removal_said(capsys) == [said.format(chosen=chosen[0] if chosen else None)]

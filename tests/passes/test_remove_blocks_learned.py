@@ -172,7 +172,7 @@ def test_weight_update_trains_a_copy_of_a_frozen_model(rank, tmp_path):
 
 
 def test_model_card_and_note_say_how_sure_the_choice_is(tmp_path, capsys):
-    from compress.report import _removal_lines
+    from compress.report_card import _removal_lines
 
     model = tiny_pixart(num_layers=4)
     ctx = context(model, tmp_path)
@@ -181,10 +181,14 @@ def test_model_card_and_note_say_how_sure_the_choice_is(tmp_path, capsys):
     [w] = record["learned"]["windows"]
     p = w["likeliest"][0]["probability"]
     assert w["likeliest"][1]["probability"] > 0.8 * p  # three tiny steps from uniform logits: a close call
-    assert "a close call" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a close call" in err
     [_, line] = _removal_lines(record)
     assert line == (f"Blocks removed by the last remove_blocks pass (teacher indices): blocks {w['removed']} "
                     f"(chosen by learned; blocks: probability {p:.2f}).")
+    # the log names the blocks too (it did not: learn_steps 10 and 20 can take different ones)
+    assert err.splitlines()[-1] == (f"remove_blocks: removed blocks {w['removed']} (teacher indices; chosen by "
+                                    f"learned; blocks: probability {p:.2f})")
 
 
 def _pattern_losses(model, ctx, remove: int) -> dict[tuple, float]:

@@ -307,6 +307,24 @@ def test_sweeps_measure_every_chunk_under_one_progress_bar(tmp_path):
     assert all(torch.equal(roots.store[n], alone[n]) for n in names[:2])
 
 
+def test_the_sweeps_log_says_which_sweep_apart_from_the_count(tmp_path, capsys):
+    """Off a terminal the sweeps' lines read 'output Fishers: sweep 1/2 2/6': two fractions in a row,
+    the second of batches over all sweeps. Now the sweep is in words before the count."""
+    from compress.arch import get_adapter
+    from compress.passes.svd_fisher import sweeps
+    from tests.conftest import model_inputs
+
+    model = tiny_flux()
+    adapter = get_adapter(model)
+    batches = [model_inputs(model, seed=i) for i in range(2)]
+    names = [i.name for i in adapter.linears(model) if i.role == "mlp"][:2]
+    sweeps(model, adapter, batches, [names[:1], names[1:]], 1, Roots(tmp_path / "f", damping=1e-3,
+                                                                     keep_bytes=2**30), progress=True)
+    lines = [line.rsplit(" ", 1)[0] for line in capsys.readouterr().err.splitlines() if "Fishers" in line]
+    assert lines == ["output Fishers (sweep 1 of 2): 1/4", "output Fishers (sweep 1 of 2): 2/4",
+                     "output Fishers (sweep 2 of 2): 3/4", "output Fishers (sweep 2 of 2): 4/4"]
+
+
 def test_output_fisher_factors_share_its_scale(tmp_path):
     """Factors found in the Fisher's weighted space (V = L W) come back as L⁻¹ up: the Fisher's
     scale must not land on up alone (fp16/bf16 storage), so both factors are re-balanced."""
