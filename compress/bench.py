@@ -16,6 +16,7 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
+from compress.progress import LOG_EVERY_S, status
 from compress.report import console, param_count, results, to_json
 from compress.report_teacher import teacher_to_load, toy_base, warn_if_teacher_changed
 
@@ -63,12 +64,15 @@ def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device, s
     """Seconds of each of `repeats` timed forwards of each model (after 3 warm-ups), the models
     timed in turn within each repeat (order alternating), so a slowdown from other work on the
     machine falls on all of them alike instead of on whichever ran while it lasted: the i-th times
-    of two models ran side by side (step_ratios compares them so). `status`: a rich Status that
-    says which step runs (minutes of silence otherwise for a real model on a CPU)."""
+    of two models ran side by side (step_ratios compares them so). `status`: a progress.status that
+    says which step runs (minutes of silence otherwise for a real model on a CPU): each warm-up, then
+    the first timed step of each tenth or LOG_EVERY_S after the last said (a line each in a log)."""
     times = [[] for _ in models]
+    said = -math.inf
     with torch.no_grad():
         for i in range(repeats + 3):
-            if status is not None:
+            if status is not None and (_a_tenth(i - 2, repeats) or time.monotonic() - said >= LOG_EVERY_S):
+                said = time.monotonic()
                 status.update(f"bench: warm-up step {i + 1} of 3" if i < 3 else
                               f"bench: timed step {i - 2} of {repeats} of each model")
             order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
@@ -77,6 +81,12 @@ def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device, s
                 if i >= 3:
                     times[k].append(seconds)
     return times
+
+
+def _a_tenth(step: int, repeats: int) -> bool:
+    """Whether timed step `step` (1-based; warm-ups 0 and below) is a warm-up, the first, or the first
+    of a further tenth of `repeats` (20: steps 1, 2, 4, .., 20; 1000: 1, 100, .., 1000)."""
+    return step <= 1 or 10 * step // repeats > 10 * (step - 1) // repeats
 
 
 WIDE = 0.2  # an interquartile range of the per-step ratios above this fraction of their median: uncertain
@@ -160,7 +170,8 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
     dev = _device(device)  # before loading: a wrong --device is refused at once, not after the models load
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    with console.status(f"bench: loading {out}") as status:
+    # the loading's status on a terminal only: its UserErrors (a damaged output, a moved LoRA) are one line
+    with status(f"bench: loading {out}", log=False) as loading:
         student = load_transformer(out)  # a UserError unless `out` is an output folder
         source, config = teacher_to_load(out, teacher, teacher_config)
         if not source:
@@ -168,15 +179,16 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         warn_if_teacher_changed(out, source, "bench")
         family = get_adapter(student).family
         check_batch_fits(student, family, source, batch, dev, dtype)  # before the teacher loads
-        status.update(f"bench: loading the teacher {source}")
+        loading.update(f"bench: loading the teacher {source}")
         stored = weight_bytes(student), stored_dtype(student)  # as exported (export.dtype), before the cast
         ref = load_teacher_of(student, source, config, loras, dtype=None)  # as stored, likewise
         ref_stored = weight_bytes(ref), stored_dtype(ref)
         student, ref = cast(student, dev, dtype), cast(ref, dev, dtype)
         kwargs = moved(step_inputs(ref, family, source, batch), dev, dtype)
-        t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev, status)  # (repeats,) each
+    with status(f"bench: timing {out} against its teacher") as said:  # a line each off a terminal (a job's log)
+        t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev, said)  # (repeats,) each
         if dev.type == "cuda":  # peak_memory measures on a GPU only
-            status.update("bench: peak memory of one step")
+            said.update("bench: peak memory of one step")
         mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",

@@ -62,8 +62,10 @@ def evaluate(args) -> int:
 
     what = "the model and its teacher" if teacher is not None else "the model"
     seed = 0 if args.seed is None else args.seed
-    with status(f"eval: sampling 200 toy digits with {what} (20 steps each) and scoring them"):
-        result = toy_evaluate(model, family, teacher=teacher, seed=seed)
+    # a line, not a status: rich before 14.1 refuses the sampling's bars inside a spinner
+    console.print(f"eval: sampling 200 toy digits with {what} (20 steps each) and scoring them",
+                  highlight=False, markup=False)
+    result = toy_evaluate(model, family, teacher=teacher, seed=seed, progress=True)  # a bar per model's sampling
     if grid:
         from compress.toy.grid import save_sample_grid
 

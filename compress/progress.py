@@ -1,14 +1,17 @@
 """Progress of long work. On a terminal, rich's bar; off one (a job's log file), where the bar is not
-drawn, a line per tenth of each task and at least one every `LOG_EVERY_S` while it advances, so a pass
-that runs for hours (calibration and svd of a real model) does not look hung in the log."""
+drawn, a line per tenth of each task and at least one every `LOG_EVERY_S` while it is unfinished (a timer's
+where one unit of work outlasts that), so a pass that runs for hours (calibration and svd of a real model)
+does not look hung in the log."""
 
 from __future__ import annotations
+
+import threading
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
-LOG_EVERY_S = 300.0  # the longest silence between two lines off a terminal, while a task advances
+LOG_EVERY_S = 300.0  # the longest silence between two lines off a terminal, while a task is unfinished
 WORDS = "words"  # a task's field of a few words shown after its bar and in its lines (distill's loss terms)
 
 
@@ -16,12 +19,41 @@ class LoggedProgress(Progress):
     """A rich `Progress` that, where `log` is set, also prints '<description> <done>/<total> [<words>]
     (<elapsed>)' to its console as each task crosses a tenth of its total (or LOG_EVERY_S after its
     last line); <words>, the task's WORDS field where it has one. A task added part done (a resumed
-    run's) logs from the next tenth on."""
+    run's) logs from the next tenth on. While it runs (start to stop, `with`), a timer thread logs
+    each unfinished task's line LOG_EVERY_S after its last one even where it does not advance (one
+    unit of work of more than LOG_EVERY_S: a real Flux block's calibration); never after stop."""
 
     def __init__(self, *columns, log: bool = False, **kwargs):
         super().__init__(*columns, **kwargs)
         self.log = log
         self._logged: dict[TaskID, tuple[int, float]] = {}  # task -> (tenths logged, when)
+        self._saying = threading.Lock()  # one line at a time, from advance/update or the timer
+        self._ticker: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        super().start()
+        if self.log and self._ticker is None:
+            self._stopped.clear()
+            self._ticker = threading.Thread(target=self._tick, name="progress-log", daemon=True)
+            self._ticker.start()
+
+    def stop(self) -> None:
+        if self._ticker is not None:
+            with self._saying:  # a line being printed ends first; none after this
+                self._stopped.set()
+            self._ticker.join()
+            self._ticker = None
+        super().stop()
+
+    def _tick(self) -> None:
+        """The timer: every tenth of LOG_EVERY_S, each unfinished task's line where LOG_EVERY_S passed
+        since its last."""
+        while not self._stopped.wait(LOG_EVERY_S / 10):
+            with self._lock:
+                ids = [i for i, task in self._tasks.items() if task.total and not task.finished]
+            for task_id in ids:
+                self._log_line(task_id, timer=True)
 
     def add_task(self, description: str, *args, **kwargs) -> TaskID:
         task_id = super().add_task(description, *args, **kwargs)
@@ -38,19 +70,20 @@ class LoggedProgress(Progress):
         if "advance" in kwargs or "completed" in kwargs:
             self._log_line(task_id)
 
-    def _log_line(self, task_id: TaskID) -> None:
-        task = self._tasks[task_id]
-        if not self.log or not task.total:
-            return
-        now = self.get_time()  # rich's clock, as task.start_time
-        tenths, last = self._logged[task_id]
-        reached = _tenths(task.completed, task.total)
-        if reached > tenths or now - last >= LOG_EVERY_S:
-            self._logged[task_id] = (max(reached, tenths), now)
-            what = Text.from_markup(str(task.description)).plain
-            words = task.fields.get(WORDS)
-            self.console.print(f"{what} {task.completed:g}/{task.total:g}{f' {words}' if words else ''} "
-                               f"({_clock(task.elapsed or 0.0)})", highlight=False, markup=False)
+    def _log_line(self, task_id: TaskID, timer: bool = False) -> None:
+        with self._saying:
+            task = self._tasks.get(task_id)
+            if not self.log or task is None or not task.total or timer and self._stopped.is_set():
+                return
+            now = self.get_time()  # rich's clock, as task.start_time
+            tenths, last = self._logged[task_id]
+            reached = _tenths(task.completed, task.total)
+            if reached > tenths or now - last >= LOG_EVERY_S:
+                self._logged[task_id] = (max(reached, tenths), now)
+                what = Text.from_markup(str(task.description)).plain
+                words = task.fields.get(WORDS)
+                self.console.print(f"{what} {task.completed:g}/{task.total:g}{f' {words}' if words else ''} "
+                                   f"({_clock(task.elapsed or 0.0)})", highlight=False, markup=False)
 
 
 class _Words(ProgressColumn):
@@ -102,9 +135,25 @@ class _Said:
         return False
 
 
-def status(text: str):
+class _Quiet:
+    """Off a terminal, a status that says nothing (status(log=False))."""
+
+    def update(self, text: str) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
+def status(text: str, log: bool = True):
     """rich's spinner with `text` on the terminal the notes go to (stderr); off a terminal (a job's log)
-    the text as a line, and each `update` another, so a step of minutes is not a silent log."""
+    the text as a line, and each `update` another, so a step of minutes is not a silent log. log=False:
+    nothing off a terminal (where a UserError the step may raise must be stderr's one line)."""
     from compress.report import console
 
-    return console.status(text) if console.is_terminal else _Said(console, text)
+    if console.is_terminal:
+        return console.status(text)
+    return _Said(console, text) if log else _Quiet()

@@ -196,11 +196,10 @@ def test_weight_memory_is_the_ratio_of_the_stored_bytes(tmp_path, capsys):
     assert f"weight memory, as stored │ {result['weight_bytes_ratio']:.3f} (float16 / float32)" in shown
 
 
-def test_bench_says_what_it_is_doing_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+def test_bench_says_what_it_is_doing(tmp_path, capsys, monkeypatch):
     """Loading, warm-up and the timed steps ran many silent minutes for a real model on a CPU: a
-    transient status says which step runs (compress.report.console: stderr, on a terminal only)."""
+    status says which step runs (compress.progress.status: stderr; a spinner on a terminal)."""
     import contextlib
-    import json
 
     import compress.bench as bench
     from compress.cli import main
@@ -212,19 +211,34 @@ def test_bench_says_what_it_is_doing_on_a_terminal_only(tmp_path, capsys, monkey
             said.append(text)
 
     @contextlib.contextmanager
-    def status(text):
-        said.append(text)
+    def status(text, log=True):
+        said.append(text if log else f"(on a terminal) {text}")
         yield Status()
 
     out = _output(tmp_path)
-    assert main(["bench", str(out), "--json", "--repeats", "1", "--device", "cpu"]) == 0
-    json.loads(capsys.readouterr().out)  # off a terminal: the JSON alone on stdout, nothing on stderr
-    assert capsys.readouterr().err == ""
-    monkeypatch.setattr(bench.console, "status", status)
+    monkeypatch.setattr(bench, "status", status)
     assert main(["bench", str(out), "--json", "--repeats", "2", "--device", "cpu"]) == 0
-    assert said == [f"bench: loading {out}", f"bench: loading the teacher {tmp_path / 'teacher'}",
-                    "bench: warm-up step 1 of 3", "bench: warm-up step 2 of 3", "bench: warm-up step 3 of 3",
+    assert said == [f"(on a terminal) bench: loading {out}", f"bench: loading the teacher {tmp_path / 'teacher'}",
+                    f"bench: timing {out} against its teacher", "bench: warm-up step 1 of 3", "bench: warm-up step 2 of 3", "bench: warm-up step 3 of 3",
                     "bench: timed step 1 of 2 of each model", "bench: timed step 2 of 2 of each model"]
+
+
+def test_bench_in_a_log_says_its_steps_as_lines_a_tenth_at_a_time(tmp_path, capsys):
+    """`bench OUT > log 2>&1` wrote nothing until its result (bench alone called rich's console.status,
+    which prints nothing off a terminal): now the timing's status is a line each on stderr, the timed
+    steps' at a tenth of them at most, and --json's stdout is the JSON alone. (The loading's stays on
+    a terminal only: its UserErrors are stderr's one line.)"""
+    import json
+
+    from compress.cli import main
+
+    out = _output(tmp_path)
+    assert main(["bench", str(out), "--json", "--repeats", "20", "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["params_ratio"] < 1
+    timed = [f"bench: timed step {j} of 20 of each model" for j in (1, *range(2, 21, 2))]
+    assert [line for line in printed.err.splitlines() if not line.startswith("note:")] == [
+        f"bench: timing {out} against its teacher", *(f"bench: warm-up step {i} of 3" for i in (1, 2, 3)), *timed]
 
 
 def test_an_outputs_weight_file_is_refused_in_evals_words(tmp_path, capsys):
@@ -304,7 +318,8 @@ def test_bench_reports_the_spread_of_its_step_ratios_and_says_when_it_is_wide(tm
     assert result["speedup_spread"] == 0.5
     assert result["timing_note"].startswith("the per-step speedups spread widely (middle half 1.00× to 2.00×, "
                                             "50% of the median 2.00×; all 1.00× to 4.00×)")
-    assert " ".join(shown.err.split()) == f"note: {result['timing_note']}"
+    notes = [line for line in shown.err.splitlines() if not line.startswith("bench: ")]  # not its status lines
+    assert " ".join(" ".join(notes).split()) == f"note: {result['timing_note']}"
     student_seconds = iter([1.0] * 3 + [1.0, 0.5, 0.5, 1.0, 0.25])
     assert main(["bench", str(out), "--repeats", "5", "--device", "cpu"]) == 0
     table = " ".join(capsys.readouterr().out.split())
@@ -314,4 +329,4 @@ def test_bench_reports_the_spread_of_its_step_ratios_and_says_when_it_is_wide(tm
     assert main(["bench", str(out), "--repeats", "5", "--device", "cpu"]) == 0
     shown = capsys.readouterr()
     assert f"{step} 0.500 │" in " ".join(shown.out.split())
-    assert shown.err == ""  # a steady machine: no note
+    assert all(line.startswith("bench: ") for line in shown.err.splitlines())  # a steady machine: no note

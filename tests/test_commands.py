@@ -390,24 +390,16 @@ def test_inspect_json_is_strict_json(tmp_path, capsys):
 
 
 def test_eval_says_what_it_is_doing(monkeypatch, capsys):
-    """The toy scores take minutes on a CPU (200 samples of model and teacher): a status line
-    says so while they run."""
-    from contextlib import contextmanager
-
-    import compress.commands as commands
+    """The toy scores take minutes on a CPU (200 samples of model and teacher): a line says so, and
+    the evaluation shows its sampling's progress (a bar; a line per tenth in a log)."""
     import compress.toy.evaluate as toy_evaluate
 
-    said = []
-
-    @contextmanager
-    def status(message):
-        said.append(message)
-        yield
-
-    monkeypatch.setattr(commands, "status", status)
-    monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: (said.append("scored"), {"adherence": 1.0})[1])
+    asked = []
+    monkeypatch.setattr(toy_evaluate, "evaluate", lambda *a, **k: (asked.append(k), {"adherence": 1.0})[1])
     assert main(["eval", "toy:flux", "--json"]) == 0
-    assert said[0].startswith("eval: sampling 200 toy digits") and said[1:] == ["scored"]
+    printed = capsys.readouterr()
+    assert printed.err == "eval: sampling 200 toy digits with the model (20 steps each) and scoring them\n"
+    assert json.loads(printed.out) == {"adherence": 1.0} and asked[0]["progress"] is True
 
 
 def test_eval_says_where_it_wrote_the_grid(tmp_path, capsys, monkeypatch):
@@ -477,7 +469,8 @@ def test_eval_of_an_output_without_report_json_takes_the_teacher_its_config_reco
 
     given = []
     monkeypatch.setattr(compress.toy.evaluate, "evaluate",
-                        lambda model, family, teacher=None, seed=0: given.append(teacher) or {"adherence": 1.0})
+                        lambda model, family, teacher=None, seed=0, progress=False:
+                        given.append(teacher) or {"adherence": 1.0})
     out = save_compressed(load_toy_teacher("flux"), tmp_path / "toy", extra={"teacher": "toy:flux"})
     assert not (out / "report.json").exists()
     assert main(["eval", str(out), "--json"]) == 0 and given[0] is not None
@@ -502,7 +495,8 @@ def test_eval_of_an_output_compressed_from_a_toys_output_scores_it_as_a_toy(tmp_
 
     given = []
     monkeypatch.setattr(compress.toy.evaluate, "evaluate",
-                        lambda model, family, teacher=None, seed=0: given.append(teacher) or {"adherence": 1.0})
+                        lambda model, family, teacher=None, seed=0, progress=False:
+                        given.append(teacher) or {"adherence": 1.0})
     a = save_compressed(load_toy_teacher("flux"), tmp_path / "a", extra={"teacher": "toy:flux"})
     d = save_compressed(load_toy_teacher("flux"), tmp_path / "d", extra={"teacher": str(a.resolve())})
     assert main(["eval", str(d), "--json"]) == 0 and given and given[0] is not None

@@ -86,3 +86,59 @@ def test_a_task_added_part_done_logs_from_its_next_tenth(capsys):
         for step in range(11, 21):
             b.update(task, completed=step)
     assert _lines(capsys.readouterr().err, "distill") == [f"{s}/20" for s in range(12, 21, 2)]
+
+
+def _wait_for(condition, seconds: float = 5.0) -> bool:
+    import time
+
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_unit_of_work_longer_than_the_silence_still_gets_its_line(monkeypatch):
+    """One block's calibration of a real Flux can outlast LOG_EVERY_S: the check ran only in advance(),
+    so the log stayed silent until that block was done. A timer says each unfinished task's line."""
+    import time
+
+    import compress.progress as progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.05)
+    clock = [0.0]
+    console = Console(record=True, width=200, force_terminal=False)
+    prog = LoggedProgress(console=console, get_time=lambda: clock[0], disable=True, log=True)
+    with prog:
+        prog.add_task("calibrate: blocks", total=20)
+        done = prog.add_task("sample prompts", total=1)
+        prog.advance(done)
+        clock[0] = 400.0  # no advance of `slow` for 6:40
+        assert _wait_for(lambda: "calibrate: blocks 0/20 (6:40)" in console.export_text(clear=False))
+    clock[0] = 800.0
+    time.sleep(0.2)  # the bar closed: no more lines
+    lines = console.export_text().splitlines()
+    assert lines == ["sample prompts 1/1 (0:00)", "calibrate: blocks 0/20 (6:40)"]
+
+
+def test_no_timer_lines_on_a_terminal_or_where_progress_is_off(monkeypatch):
+    import time
+
+    import compress.progress as progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.02)
+    clock = [0.0]
+    console = Console(record=True, width=120, force_terminal=True)
+    with LoggedProgress(console=console, get_time=lambda: clock[0], disable=True, log=False) as prog:
+        prog.add_task("calibrate: blocks", total=10)
+        clock[0] = 400.0
+        time.sleep(0.2)
+    assert console.export_text() == ""
+
+
+def test_a_status_that_is_not_logged_says_nothing_off_a_terminal(capsys):
+    """bench's loading: its UserErrors (a damaged output, a moved LoRA) stay stderr's one line."""
+    from compress.progress import status
+
+    with status("bench: loading out", log=False) as said:
+        said.update("bench: loading the teacher")
+    assert capsys.readouterr() == ("", "")

@@ -145,19 +145,33 @@ def prompts_and_labels(n_per_prompt: int) -> tuple[list[str], np.ndarray]:
 
 def sample(transformer, family: str, n_per_prompt: int = N_PER_PROMPT, seed: int = 0,
            num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
-           batch_size: int = 200) -> torch.Tensor:
+           batch_size: int = 200, progress: str | None = None) -> torch.Tensor:
     """Samples (10·n, 1, 16, 16) in [0, 1], digit-major. Sample j of every digit uses the noise seed
-    seed·100003 + j, so two transformers are compared on identical noise."""
+    seed·100003 + j, so two transformers are compared on identical noise. `progress`: the name of a
+    progress.bar task over the denoising steps of all batches (off a terminal, a line per tenth)."""
+    from compress.progress import bar
+
     pipe = load_toy_pipeline(family, transformer=transformer)
     prompts, _ = prompts_and_labels(n_per_prompt)
     seeds = [seed * 100003 + j for _ in range(10) for j in range(n_per_prompt)]
+    starts = range(0, len(prompts), batch_size)
     out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = slice(start, start + batch_size)
-        generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
-        out.append(pipe(prompts[chunk], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                        generator=generators, output_type="pt").images.cpu())
+    with bar(progress is not None) as shown:
+        task = shown.add_task(progress or "sampling", total=len(starts) * num_inference_steps)
+        pipe.progress_bar = functools.partial(_stepping, shown, task)  # the pipeline's loop over its timesteps
+        for start in starts:
+            chunk = slice(start, start + batch_size)
+            generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
+            out.append(pipe(prompts[chunk], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                            generator=generators, output_type="pt").images.cpu())
     return torch.cat(out)
+
+
+def _stepping(shown, task, iterable=None, total=None):
+    """The pipeline's progress_bar: its timesteps, `task` of the bar `shown` advanced after each step."""
+    for t in iterable:
+        yield t
+        shown.advance(task)
 
 
 # ---- scores --------------------------------------------------------------------------------------
@@ -205,20 +219,22 @@ def prediction_error(student, teacher, family: str, n: int = 256, seed: int = 0,
 
 def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt: int = N_PER_PROMPT,
              num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
-             n_pred: int = 256) -> dict:
+             n_pred: int = 256, progress: bool = False) -> dict:
     """All scores of `transformer` (a toy-family diffusers model, compressed or not) as a flat JSON-able dict:
     family, n_samples, steps, guidance, adherence, fd, mmd, fd_floor, mmd_floor, classifier_heldout_accuracy,
-    and with `teacher`: psnr_vs_teacher, pred_rel_error. Deterministic for a given seed."""
+    and with `teacher`: psnr_vs_teacher, pred_rel_error. Deterministic for a given seed. `progress`: a bar
+    over each model's sampling steps ('eval: sampling (model)', '(teacher)'; a line per tenth in a log)."""
     check_seed(seed)
     prompts, labels = prompts_and_labels(n_per_prompt)
     settings = dict(n_per_prompt=n_per_prompt, seed=seed, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale)
-    samples = sample(transformer, family, **settings)
+    samples = sample(transformer, family, **settings, progress="eval: sampling (model)" if progress else None)
     result = {"family": family, "n_samples": len(prompts), "steps": num_inference_steps,
               "guidance": guidance_scale, "seed": seed}
     result.update(quality_scores(samples, labels, seed))
     if teacher is not None:
-        result["psnr_vs_teacher"] = psnr(samples, sample(teacher, family, **settings))
+        teacher_samples = sample(teacher, family, **settings, progress="eval: sampling (teacher)" if progress else None)
+        result["psnr_vs_teacher"] = psnr(samples, teacher_samples)
         result["pred_rel_error"] = prediction_error(transformer, teacher, family, n=n_pred, seed=seed)
     return result
 

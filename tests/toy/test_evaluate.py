@@ -100,3 +100,15 @@ def test_shipped_teachers_follow_prompts(family, teachers):
     images = ev.sample(teachers[family], family, n_per_prompt=2, seed=5)
     labels = np.repeat(np.arange(10), 2)
     assert ev.quality_scores(images, labels)["adherence"] >= 0.9
+
+
+def test_sampling_shows_its_steps_a_line_per_tenth_in_a_log(teachers, capsys):
+    """Toy `eval OUT > log` said it was sampling, then nothing for minutes: each model's sampling is a
+    bar over its denoising steps (of all batches), a line per tenth off a terminal; none unless asked."""
+    quiet = ev.sample(teachers["flux"], "flux", n_per_prompt=1, num_inference_steps=5, batch_size=5)
+    assert capsys.readouterr().err == ""
+    shown = ev.sample(teachers["flux"], "flux", n_per_prompt=1, num_inference_steps=5, batch_size=5,
+                      progress="eval: sampling (model)")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in lines] == [f"eval: sampling (model) {s}/10" for s in range(1, 11)]
+    assert torch.equal(quiet, shown)
