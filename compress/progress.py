@@ -49,7 +49,7 @@ class LoggedProgress(Progress):
     def _tick(self) -> None:
         """The timer: every tenth of LOG_EVERY_S, each unfinished task's line where LOG_EVERY_S passed
         since its last."""
-        while not self._stopped.wait(LOG_EVERY_S / 10):
+        while not self._stopped.wait(max(LOG_EVERY_S / 10, 0.01)):  # (a floor: no spin where it is 0)
             with self._lock:
                 ids = [i for i, task in self._tasks.items() if task.total and not task.finished]
             for task_id in ids:
