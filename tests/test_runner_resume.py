@@ -1,5 +1,5 @@
-"""compress.runner_resume: what the calibration caches are keyed by and what --resume compares; --resume
-from resident and streamed stages."""
+"""compress.runner_resume: --resume from resident and streamed stages; what the caches are keyed by and what
+--resume compares: test_runner_resume_keys.py."""
 
 import json
 import re
@@ -12,9 +12,8 @@ from compress.io import INDEX
 from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner, build_passes
-from compress.runner_resume import fingerprint, inputs_change, recipe_changes
+from compress.runner_resume import recipe_changes
 from compress.runner_stages import restore
-from compress.runner_stream import StreamedModels
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import pixart_runner, run_recipe, streamed_teacher
 
@@ -24,30 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def pixart(tmp_path, monkeypatch):
     return pixart_runner(tmp_path, monkeypatch)
-
-
-def test_spilling_activations_keeps_the_calibration_caches():
-    """Where activations are kept changes no statistic: the caches' fingerprint leaves it out."""
-    base = "model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [mlp]}\n"
-    spilled = parse_recipe(base, "r.yaml", ["calibration.spill_activations=true"])
-    other = parse_recipe(base, "r.yaml", ["calibration.batch_size=7"])
-    assert fingerprint("toy:pixart", "w", spilled) == fingerprint("toy:pixart", "w", parse_recipe(base, "r.yaml"))
-    assert fingerprint("toy:pixart", "w", other) != fingerprint("toy:pixart", "w", spilled)
-
-
-def test_resume_allows_changes_that_cannot_change_the_result(tmp_path):
-    """How far this run goes, progress bars, checkpoint cadence, Fisher sweep sizes: --resume may
-    change them; anything else it names."""
-    base = ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [mlp], ratio: 0.5}\n"
-            "  - distill: {steps: 4, max_steps_this_run: 1}\n")
-    before = parse_recipe(base, "r.yaml")
-    passes = build_passes(before)
-    for edit in ("passes.1.distill.max_steps_this_run=null", "passes.1.distill.checkpoint_every=1",
-                 "passes.0.svd.progress=false", "passes.0.svd.fisher_memory_gb=auto",
-                 "calibration.spill_activations=true"):
-        assert recipe_changes(before.raw, parse_recipe(base, "r.yaml", [edit]).raw, passes) == [], edit
-    now = parse_recipe(base, "r.yaml", ["passes.1.distill.steps=5", "passes.0.svd.ratio=0.4"])
-    assert recipe_changes(before.raw, now.raw, passes) == ["passes.0.svd.ratio", "passes.1.distill.steps"]
 
 
 def _interrupted_after_first_pass(tmp_path, make, monkeypatch):
@@ -61,25 +36,6 @@ def _interrupted_after_first_pass(tmp_path, make, monkeypatch):
         make(tmp_path / "out").run()
     monkeypatch.setattr(svd.SVDPass, "run", lambda self, model, ctx: model)
     assert (tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json").is_file()
-
-
-@pytest.mark.parametrize("now, saved", [
-    ("allocation: energy, energy: 0.95", {"ratio": 0.4}),
-    ("ratio: 0.5", {"trust_region": None, "sensitivity": False}),  # uniform reads neither
-    ("allocation: per_role, ratios: {mlp: 0.3}", {"ratio": 0.2})])
-def test_resume_keeps_stages_whose_only_change_is_a_key_their_allocation_never_read(now, saved):
-    """An older run's recipe held a key its allocation ignores (ratio under energy), which the recipe
-    now refuses; once the user removed it, --resume called the saved stage 'of another recipe: not
-    kept' (passes.0.svd.ratio) though no result of it depended on that key."""
-    current = parse_recipe(f"model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {{targets: [mlp], {now}}}\n",
-                           "r.yaml")
-    older = json.loads(json.dumps(current.raw))
-    older["passes"][0]["svd"].update(saved)  # what the older run's stages saved
-    passes = build_passes(current)
-    assert recipe_changes(older, current.raw, passes) == []
-    assert recipe_changes(older, current.raw, passes, done=1) == []
-    older["passes"][0]["svd"]["multiple"] = 8  # a key it reads is still a change
-    assert recipe_changes(older, current.raw, passes, done=1) == ["passes.0.svd.multiple"]
 
 
 def test_resume_refuses_another_teacher(pixart, monkeypatch):
@@ -181,81 +137,6 @@ def test_sigterm_mid_streamed_pass_then_resume(tmp_path, monkeypatch, call):
     monkeypatch.undo()
     got = load_transformer(run_recipe(tmp_path, text, "cut", resume=True)).state_dict()
     assert got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in got)
-
-
-def test_a_rerun_with_another_first_pass_reads_no_stale_stats(tmp_path):
-    """Pass 2's Grams depend on the values pass 1 wrote to the streamed blocks (on meta): a rerun
-    in the same run dir whose pass 1 factorizes differently (same ranks) must not read pass 2's
-    cached stats of the first run."""
-    text = streamed_teacher(tmp_path, "pixart").replace(
-        "  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}\n",
-        "  - svd: {{targets: [mlp], fisher: block, ratio: 0.5, multiple: 2}}\n")
-    text = text.replace("[attention, mlp]", "[attention]").format(stream="true")
-    first = run_recipe(tmp_path, text, "a")
-    recipe = parse_recipe(text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), str(tmp_path / "b.yaml"))
-    second = Runner(recipe, tmp_path / "out-b", tmp_path / "run-a").run()  # first run's run dir
-    fresh = run_recipe(tmp_path, text.replace("multiple: 2}", "multiple: 2, method: svd}", 1), "c")
-    assert json.loads((second / "report.json").read_text())["svd"]["cache_hits"] == []
-    b, c = load_transformer(second).state_dict(), load_transformer(fresh).state_dict()
-    assert all(torch.equal(b[k], c[k]) for k in c) and first.exists()
-
-
-def test_the_streamed_fingerprint_sees_a_tensor_in_the_middle_of_a_big_shard(tmp_path):
-    """A fine-tune that changes only tensors between a shard's first and last MiB (a merged LoRA on
-    some layers) is another teacher: resume and the caches must not take it for the first one."""
-    import hashlib
-
-    from safetensors.torch import save_file
-
-    def fingerprint(middle):  # (3 x 1.2 MiB) in one file
-        tensors = {"a": torch.zeros(300_000), "b": middle, "c": torch.zeros(300_000)}
-        save_file(tensors, str(tmp_path / "w.safetensors"))
-        models = StreamedModels(None)
-        models.files = dict.fromkeys(tensors, tmp_path / "w.safetensors")
-        h = hashlib.sha256()
-        models.fingerprint(None, h)
-        return h.hexdigest()
-
-    assert fingerprint(torch.ones(300_000)) != fingerprint(torch.full((300_000,), 2.0))
-
-
-def _middle_rows_scaled(state: dict) -> dict:
-    """A fine-tune of a few heads: the middle rows of every big matrix scaled (not its first or last 300)."""
-    out = {k: v.clone() for k, v in state.items()}
-    for v in out.values():
-        if v.ndim == 2 and v.shape[0] > 600:
-            v[300:-300] *= 1.05
-    return out
-
-
-@pytest.mark.parametrize("streamed", [False, True])
-def test_the_weights_checksum_sees_rows_in_the_middle_of_every_tensor(tmp_path, streamed):
-    """Only middle rows changed (a tester's --resume then continued silently from the old teacher's
-    work): resident and streamed checksums both differ (a 4 MiB tensor: more than the first values,
-    the first and last MiB and rows the older checksums read); the same weights give the same one."""
-    from safetensors.torch import save_file
-
-    from compress.runner_resume import weights_checksum
-    from compress.runner_stream import ResidentModels
-
-    torch.manual_seed(0)
-    teacher = torch.nn.Linear(1024, 1024)  # (1024, 1024) float32: 4 MiB
-    edited = _middle_rows_scaled(teacher.state_dict())
-
-    def checksum(state, name):
-        if not streamed:
-            model = torch.nn.Linear(1024, 1024)
-            model.load_state_dict(state)
-            return weights_checksum(model, ResidentModels(tmp_path))
-        (tmp_path / name).mkdir()
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / name / "w.safetensors"))
-        models = StreamedModels(None)
-        models.files = dict.fromkeys(state, tmp_path / name / "w.safetensors")
-        return weights_checksum(None, models)
-
-    first = checksum(teacher.state_dict(), "a")
-    assert first == checksum(teacher.state_dict(), "b")
-    assert first != checksum(edited, "c")
 
 
 def test_a_run_folder_of_the_older_checksum_resumes_with_a_warning(pixart, monkeypatch, capsys):
@@ -447,42 +328,6 @@ def test_resume_after_changing_the_last_pass_keeps_the_earlier_ones(pixart, monk
                                         r"done\): --resume keeps its first 1 pass \(with the same teacher\) and "
                                         r"runs the rest; add --restart"):
         runner("run", "out-d", "passes.1.svd.ratio=0.3").prepare()
-
-
-def test_the_fingerprint_keys_the_prompts_read_and_the_pipelines_parts():
-    """A pipeline source's `inputs_identity` (the prompts a prompt_file held, the pipeline's parts but
-    the transformer) enters the fingerprint: the recipe names them, it does not hold them. Without
-    one (toy, synthetic) the fingerprint is the one older runs gave."""
-    recipe = parse_recipe("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [mlp]}\n", "r.yaml")
-    one = {"prompts": "a", "pipeline": {"scheduler/scheduler_config.json": {"bytes": 1, "sha256": "x"}}}
-    lines = dict(one, prompts="b")
-    scheduler = dict(one, pipeline={"scheduler/scheduler_config.json": {"bytes": 1, "sha256": "y"}})
-    prints = {fingerprint("toy:pixart", "w", recipe, i) for i in (None, one, lines, scheduler)}
-    assert len(prints) == 4 and fingerprint("toy:pixart", "w", recipe, dict(one)) in prints
-
-
-def test_inputs_change_names_the_prompts_or_the_pipeline_file_that_changed():
-    part = {"bytes": 1, "sha256": "x"}
-    was = {"prompts": "a", "pipeline": {"model_index.json": part, "vae/config.json": part}}
-    assert inputs_change(was, dict(was), "/p") is None
-    assert "calibration prompts changed" in inputs_change(was, dict(was, prompts="b"), "/p")
-    edited = dict(was, pipeline={"model_index.json": part, "vae/config.json": dict(part, sha256="y")})
-    assert inputs_change(was, edited, "/p") == "the calibration pipeline changed (/p/vae/config.json differs)"
-    gone = dict(was, pipeline={"vae/config.json": part})
-    assert inputs_change(was, gone, "/p") == "the calibration pipeline changed (/p/model_index.json is gone)"
-    assert inputs_change(gone, was, "/p") == "the calibration pipeline changed (/p/model_index.json is new)"
-
-
-def test_one_teacher_spelt_two_ways_keys_the_same_caches(tmp_path):
-    """The fingerprint hashed the teacher string as typed: `teacher` and `teacher/` (tab completion)
-    named one folder, which --resume's teacher check took as the same, but the calibration caches
-    and a teacher-samples distill checkpoint were keyed apart (the checkpoint then refused)."""
-    text = streamed_teacher(tmp_path, "pixart").format(stream="false")
-    run_recipe(tmp_path, text, "a")
-    slashed = text.replace(str(tmp_path / "teacher"), str(tmp_path / "teacher") + "/")
-    assert slashed != text
-    again = Runner(parse_recipe(slashed, str(tmp_path / "b.yaml")), tmp_path / "out-b", tmp_path / "run-a").run()
-    assert json.loads((again / "report.json").read_text())["svd"]["cache_hits"]
 
 
 def test_an_errors_stop_names_the_block_statistics_and_fishers_kept_as_a_ctrl_c_does(tmp_path):
