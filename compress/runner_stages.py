@@ -45,10 +45,21 @@ def restore(runner):
     _unfinished(runner)
     runner.ctx.report, runner.ctx.block_map = state["report"], state["block_map"]
     console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, [s.name for s in runner.recipe.passes])}")
+    _say_removals(state["report"])
     if skipped:
         _discard_passed_over(runner, [folder for i, folder, _ in saved if folder != d and i >= k], skipped)
     runner.student_stage = d
     return k + 1, runner.models.restore(d)
+
+
+def _say_removals(report: dict) -> None:
+    """The log line of each removal pass the restored stage holds (remove_blocks.removal_line), as
+    the run that made it said: a resumed run's log names its removed blocks too."""
+    from compress.passes.remove_blocks import removal_line
+
+    removal = report.get("remove_blocks") or {}
+    for record in removal.get("passes") or ([removal] if removal else []):  # (one record: an older report)
+        console.print(removal_line(record), highlight=False, markup=False)
 
 
 def resumable(runner) -> tuple[list, int | None, list]:
