@@ -16,7 +16,7 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
-from compress.progress import LOG_EVERY_S, status
+from compress.progress import LOG_EVERY_S, status, tenths
 from compress.report import console, param_count, results, to_json
 from compress.report_teacher import teacher_to_load, toy_base, warn_if_teacher_changed
 
@@ -86,7 +86,7 @@ def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device, s
 def _a_tenth(step: int, repeats: int) -> bool:
     """Whether timed step `step` (1-based; warm-ups 0 and below) is a warm-up, the first, or the first
     of a further tenth of `repeats` (20: steps 1, 2, 4, .., 20; 1000: 1, 100, .., 1000)."""
-    return step <= 1 or 10 * step // repeats > 10 * (step - 1) // repeats
+    return step <= 1 or tenths(step, repeats) > tenths(step - 1, repeats)
 
 
 WIDE = 0.2  # an interquartile range of the per-step ratios above this fraction of their median: uncertain

@@ -26,7 +26,7 @@ from compress.distill_folder import SHARED_KWARGS, FolderSource, _shapes, write_
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.progress import bar as progress_bar
-from compress.runner_resume import SAMPLES_ABOUT
+from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES
 
 NOT_COND = ("hidden_states", "timestep", "return_dict")
 
@@ -137,7 +137,7 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
     key = hashlib.sha256(json.dumps([ctx.fingerprint, ctx.seed, num_samples, steps, shard_size, sampler]
                                     + ([guidance_scale] if guidance_scale != 1.0 else []),
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
-    folder = Path(ctx.run_dir) / "distill" / "teacher_samples" / key
+    folder = Path(ctx.run_dir) / TEACHER_SAMPLES / key
     done = _complete(folder, num_samples)
     accelerator.wait_for_everyone()  # every process decided on the same files, before any writes one
     if done:

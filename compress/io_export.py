@@ -236,13 +236,10 @@ def _put_back_aside(aside: Path, out: Path) -> None:
     try:
         os.replace(aside, out)
     except OSError as e:
-        from rich.markup import escape
+        from compress.report import warn
 
-        from compress.report import console
-
-        console.print("[bold yellow]warning:[/] " + escape(
-            f"{out}: the earlier output is set aside in {aside} and could not be put back "
-            f"({e.strerror or e}): the next run on {out} puts it back, or move it there yourself"))
+        warn(f"{out}: the earlier output is set aside in {aside} and could not be put back "
+             f"({e.strerror or e}): the next run on {out} puts it back, or move it there yourself")
 
 
 RENAME_EXCHANGE, AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h

@@ -58,7 +58,7 @@ class LoggedProgress(Progress):
     def add_task(self, description: str, *args, **kwargs) -> TaskID:
         task_id = super().add_task(description, *args, **kwargs)
         task = self._tasks[task_id]
-        self._logged[task_id] = (_tenths(task.completed, task.total), self.get_time())
+        self._logged[task_id] = (tenths(task.completed, task.total), self.get_time())
         return task_id
 
     def advance(self, task_id: TaskID, advance: float = 1) -> None:
@@ -76,10 +76,10 @@ class LoggedProgress(Progress):
             if not self.log or task is None or not task.total or timer and self._stopped.is_set():
                 return
             now = self.get_time()  # rich's clock, as task.start_time
-            tenths, last = self._logged[task_id]
-            reached = _tenths(task.completed, task.total)
-            if reached > tenths or now - last >= LOG_EVERY_S:
-                self._logged[task_id] = (max(reached, tenths), now)
+            logged, last = self._logged[task_id]
+            reached = tenths(task.completed, task.total)
+            if reached > logged or now - last >= LOG_EVERY_S:
+                self._logged[task_id] = (max(reached, logged), now)
                 what = Text.from_markup(str(task.description)).plain
                 words = task.fields.get(WORDS)
                 self.console.print(f"{what} {task.completed:g}/{task.total:g}{f' {words}' if words else ''} "
@@ -106,7 +106,7 @@ def bar(enabled: bool, *, log: bool = True, transient: bool = True) -> LoggedPro
                           disable=not shown, transient=transient, log=enabled and log and not console.is_terminal)
 
 
-def _tenths(done: float, total: float | None) -> int:
+def tenths(done: float, total: float | None) -> int:
     """How many tenths of `total` are done (0 where there is no total yet)."""
     return int(10 * done / total) if total else 0
 

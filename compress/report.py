@@ -20,6 +20,13 @@ console = Console(stderr=True, soft_wrap=True)  # progress, notes, warnings, err
 results = Console(soft_wrap=True)  # what a command shows as its result (plan, inspect, importance, eval, bench): stdout
 
 
+def warn(text: str) -> None:
+    """'warning: TEXT' on the notes' console (stderr), TEXT shown as it is (no rich markup read in it)."""
+    from rich.markup import escape
+
+    console.print("[bold yellow]warning:[/] " + escape(text))
+
+
 def notes_from_rank_zero() -> None:
     """Under torchrun / accelerate launch every process runs the command: its notes, warnings and
     progress bars come once, from rank 0 (RANK; errors, printed apart, still come from any rank)."""

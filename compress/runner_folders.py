@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.report import warn
 from compress.runner_resume import FINISHED, finished_and_reusable, interrupted_run, saved_in_words, work_kept
 
 
@@ -253,7 +254,7 @@ def _clear_leftovers_of(out: Path, leftovers: list[tuple[Path, str]], keep_compl
     else:
         kept = [p for p, _ in whole]
         for p in kept:
-            _warn(f"{out} is missing, and {p} holds a complete output an interrupted write left: kept; move it "
+            warn(f"{out} is missing, and {p} holds a complete output an interrupted write left: kept; move it "
                   f"to {out} if it is the one to keep")
     for p, _ in leftovers:
         if p.exists() and p not in kept:
@@ -270,7 +271,7 @@ def _put_back_newest(out: Path, found: list[tuple[Path, str]]) -> list[Path]:
     if others:
         what = "set aside by" if kind == "old" else "finished, not swapped in, by"
         where, it = ("where it is", "it") if len(others) == 1 else ("where they are", "them")
-        _warn(f"{out} was missing: {newest}, the newest output (one {what} an interrupted write), is put in "
+        warn(f"{out} was missing: {newest}, the newest output (one {what} an interrupted write), is put in "
               f"its place; the older {_listed(others)} {where.split()[-1]} kept {where}: move {it} elsewhere "
               f"to keep {it} (the next run on {out} removes {it})")
     return others
@@ -305,14 +306,6 @@ def _written(found: tuple[Path, str]) -> tuple[int, bool]:
 def _listed(paths: list[Path]) -> str:
     """'a, b and c'."""
     return ", ".join(map(str, paths[:-1])) + (" and " if len(paths) > 1 else "") + str(paths[-1])
-
-
-def _warn(text: str) -> None:
-    from rich.markup import escape
-
-    from compress.report import console
-
-    console.print("[bold yellow]warning:[/] " + escape(text))
 
 
 def _complete(folder: Path) -> bool:
