@@ -45,6 +45,7 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
                      first=parts[0] == "passes" and i == 4 and parts[3] in NAME_KEYED)
             return
         if not match:
+            _refuse_new_list(parts, i, dotted)
             child = yaml.MappingNode("tag:yaml.org,2002:map", [], mark, mark)
             node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), child))
             node = child
@@ -52,6 +53,15 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             child = _own(match[0][1])
             node.value[node.value.index(match[0])] = (match[0][0], child)
             node = child
+
+
+def _refuse_new_list(parts: list[str], i: int, dotted: str) -> None:
+    """`--set calibration.prompts.0=...` where the recipe has no calibration.prompts: an index into
+    a list the recipe lacks (it would be made a mapping keyed '0'): name the list to give whole."""
+    if parts[i + 1].isdigit():
+        there = ".".join(parts[:i + 1])
+        raise UserError(f"--set {dotted}: the recipe has no {there} to take item {parts[i + 1]} of; "
+                        f"give the whole list, e.g. --set '{there}=[...]'")
 
 
 def drop(data_node: yaml.MappingNode, dotted: str, value_text: str) -> None:

@@ -30,6 +30,21 @@ def test_an_index_past_a_list_says_the_indices_it_has(override, words):
     assert str(e.value) == f"--set {override.partition('=')[0]}: {words}"
 
 
+
+@pytest.mark.parametrize("override, there", [
+    ("calibration.prompts.0=null", "calibration.prompts"),
+    ("calibration.prompts.0=a cat", "calibration.prompts"),
+    ("passes.2.distill.prompts.1=x", "passes.2.distill.prompts"),
+])
+def test_an_index_into_a_list_the_recipe_lacks_asks_for_the_whole_list(override, there):
+    """The recipe has no calibration.prompts: `--set calibration.prompts.0=...` made a mapping keyed
+    '0' and the recipe's check then said 'must be a list of a string, not a mapping'."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE, "r.yaml", [override])
+    index = override.partition("=")[0].rpartition(".")[2]
+    assert str(e.value) == (f"--set {override.partition('=')[0]}: the recipe has no {there} to take item "
+                            f"{index} of; give the whole list, e.g. --set '{there}=[...]'")
+
 ALIASED = """\
 model: pixart
 teacher: toy:pixart
