@@ -17,7 +17,7 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.runner_ranks import (HANDOFF, TOKEN, PeerLost, alive, is_follower, launch_key, main_gone, peer_lost,
-                                   rank, read_json, wait_for_main)
+                                   rank, read_json, wait_for_main, world_size)
 from compress.runner_ranks_words import WORDS, short as _short
 
 ANSWER = ".dit-compress.rank"  # + "-N": in the run folder, follower N's answer to rank 0
@@ -169,4 +169,4 @@ def _gone(run_dir: Path) -> tuple[dict, UserError | None]:
 
 
 def _followers() -> range:
-    return range(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    return range(1, world_size())

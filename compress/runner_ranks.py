@@ -114,8 +114,27 @@ def one_process_note(env=None) -> str | None:
             "--num_processes N` or `torchrun --nproc_per_node N`")
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
+# where a launcher gives this process's rank and the number of processes: torchrun and accelerate
+# launch set RANK / WORLD_SIZE; an MPI launcher (mpirun, accelerate launch --mpirun) sets only its
+# own, which accelerate reads in this order (accelerate.utils.environment)
+RANK_ENV = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def _from_env(keys: tuple[str, ...], default: int, env=None) -> int:
+    """The first of `keys` set (non-empty) in `env` (os.environ), as an int; `default` if none is."""
+    env = os.environ if env is None else env
+    return next((int(env[k]) for k in keys if env.get(k)), default)
+
+
+def rank(env=None) -> int:
+    """This process's rank in its launch (0 for a plain run)."""
+    return _from_env(RANK_ENV, 0, env)
+
+
+def world_size(env=None) -> int:
+    """The number of processes of this launch (1 for a plain run)."""
+    return _from_env(SIZE_ENV, 1, env)
 
 
 def is_follower() -> bool:
@@ -129,7 +148,7 @@ def is_main_process() -> bool:
 
 
 def several_processes() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    return world_size() > 1
 
 
 def announce(run_dir: Path, about: dict | None = None) -> None:

@@ -297,3 +297,28 @@ def test_a_killed_process_its_launcher_has_not_reaped_is_not_alive(tmp_path, lau
         handed(tmp_path, pid=pid, **{"pass": 0})  # rank 0 of this launcher, killed before its next hand-off
         with pytest.raises(PeerLost, match=rf"rank 0 of this launch \(pid {pid}\) ended without a word"):
             wait_for_hand_off(tmp_path, 0, poll=0.01, find_main_s=5)
+
+
+@pytest.mark.parametrize("env, rank_, size", [
+    ({}, 0, 1),
+    ({"RANK": "1", "WORLD_SIZE": "2"}, 1, 2),
+    ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "3"}, 1, 3),  # mpirun (Open MPI)
+    ({"PMI_RANK": "2", "PMI_SIZE": "4"}, 2, 4),  # Intel MPI / MPICH
+    ({"MV2_COMM_WORLD_RANK": "1", "MV2_COMM_WORLD_SIZE": "2"}, 1, 2),  # MVAPICH
+    ({"RANK": "0", "WORLD_SIZE": "2", "PMI_RANK": "1", "PMI_SIZE": "2"}, 0, 2),  # torchrun's own first
+])
+def test_rank_and_world_size_read_an_mpi_launchers_variables_as_accelerate_does(env, rank_, size):
+    """Under an MPI launcher (no RANK / WORLD_SIZE) every process took itself for rank 0 of one."""
+    from compress.runner_ranks import rank, world_size
+
+    assert (rank(env), world_size(env)) == (rank_, size)
+
+
+def test_a_process_mpirun_started_second_is_a_follower(monkeypatch):
+    from compress.runner_ranks import is_follower, several_processes
+
+    for k in ("RANK", "WORLD_SIZE", "PMI_RANK", "PMI_SIZE", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    assert is_follower() and several_processes()

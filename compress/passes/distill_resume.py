@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -108,9 +107,11 @@ def check_resumable_configs(run_dir: Path, configs: list, calibration=None) -> N
 
 
 def _check_process_count(then, checkpoint: Path, folder: Path) -> None:
-    """A checkpoint trained by another number of processes (WORLD_SIZE; 1 for a plain run) is
+    """A checkpoint trained by another number of processes (runner_ranks.world_size; 1 for a plain run) is
     refused before anything loads, saying how to continue it: the same count again, with --resume."""
-    now = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    from compress.runner_ranks import world_size
+
+    now = world_size()
     if not isinstance(then, int) or then == now:
         return
     launch = f"torchrun --nproc_per_node {then} -m compress.cli run …" if then > 1 else "dit-compress run …"
