@@ -195,8 +195,9 @@ class BlockCalibration:
                 bar.advance(task)
         return stats
 
-    def capture(self, readers: list[Reader] = ()) -> dict[str, Stats]:
-        """Capture the first block's inputs of every batch; stats of `readers` that fire before it."""
+    def capture(self, readers: list[Reader] = (), label: str = "calibrate: capture") -> dict[str, Stats]:
+        """Capture the first block's inputs of every batch; stats of `readers` that fire before it.
+        `label`: its progress bar's (a second capture says why it runs)."""
         _, _, first = next(self.adapter.iter_blocks(self.model))
         captured, stats = self._store(), {}
 
@@ -208,7 +209,7 @@ class BlockCalibration:
         try:
             with accumulating(self.model, readers, stats) as acc, torch.no_grad(), \
                     progress_bar(self.progress) as bar:
-                task = bar.add_task("calibrate: capture", total=len(self.batches))
+                task = bar.add_task(label, total=len(self.batches))
                 for batch in self.batches:
                     acc.caption = self.adapter.caption_rows(batch)
                     with contextlib.suppress(_Stop):

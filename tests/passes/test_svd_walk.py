@@ -203,3 +203,25 @@ def test_sequential_with_compensation_searches_each_level(tmp_path, monkeypatch)
         assert report["max_loss_ratio"] <= 1.001
         counts[family, sequential] = len(report["compensation"])
     assert counts == {("pixart", False): 3 * 2 - 1, ("pixart", True): 3 * 4 - 1, ("flux", True): 2 * 4 + 3 * 3 - 1}
+
+
+def test_the_capture_after_compressing_top_level_layers_says_why_it_runs(tmp_path, monkeypatch):
+    """Student mode captures the block inputs again once top-level layers are compressed: its bar
+    was a second 'calibrate: capture 1/1' line in a log, as if the first had repeated."""
+    from compress.calib import BlockCalibration
+
+    labels = []
+    real = BlockCalibration.capture
+
+    def capture(self, readers=(), label="calibrate: capture"):
+        labels.append(label)
+        return real(self, readers, label)
+
+    monkeypatch.setattr(BlockCalibration, "capture", capture)
+    model = tiny_flux()
+    batches = [model_inputs(model)]
+    ctx = RunContext(adapter=get_adapter(model), family="flux", teacher=model, run_dir=tmp_path,
+                     calibration_inputs=lambda: batches, fingerprint="fp")
+    config = SVDConfig(targets=["embedding", "attention"], ratio=0.5, fisher="none", multiple=2, progress=False)
+    SVDPass(config).run(model, ctx)
+    assert labels == ["calibrate: capture", "calibrate: capture again, through the compressed top-level layers"]
