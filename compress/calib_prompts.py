@@ -64,14 +64,11 @@ def _lines(text: str) -> list[str]:
 def _warn_if_hash_line(text: str, name: str) -> None:
     """A warning at the first line starting with '#': it is a prompt (a prompt may start with '#'),
     which a user who meant it as a comment would otherwise never learn. Once per file, not per line."""
-    from rich.markup import escape
-
-    from compress.report import console
+    from compress.report import warn
 
     line = next((i for i, ln in enumerate(_lines(text), 1) if ln.strip().startswith("#")), None)
     if line is not None:
-        console.print(f"[bold yellow]warning:[/] {escape(name)}:{line} starts with '#': every non-empty line "
-                      "is a prompt (this file format has no comments)")
+        warn(f"{name}:{line} starts with '#': every non-empty line is a prompt (this file format has no comments)")
 
 
 def one_branch(family: str, pipeline: str) -> bool:

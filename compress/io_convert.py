@@ -121,16 +121,15 @@ def warn_if_short_of_disk(path: Path, out: Path) -> None:
     """The folder takes about the file's size (its own dtypes): say so before writing if the disk
     of `out` has less free, as `run` does (runner_stream.warn_if_short_of_disk). The warning names
     the folder measured: `out`'s parent, or the nearest one above it that exists."""
-    from compress.report import console
+    from compress.report import warn
     from compress.runner_stream import free_bytes
 
     missing = missing_parents(out)
     measured = missing[-1].parent if missing else out.parent
     need, have = path.stat().st_size, free_bytes(measured)
     if have is not None and need > have:
-        console.print(f"[bold yellow]warning:[/] the converted folder takes about {need / 2**30:.1f} GiB "
-                      f"(the size of {path.name}) and {have / 2**30:.1f} GiB are free under {measured}; "
-                      "give an output folder on a bigger disk")
+        warn(f"the converted folder takes about {need / 2**30:.1f} GiB (the size of {path.name}) and "
+             f"{have / 2**30:.1f} GiB are free under {measured}; give an output folder on a bigger disk")
 
 
 @contextlib.contextmanager

@@ -97,11 +97,11 @@ def warn_if_beyond_export_range(model: nn.Module, dtype: str) -> None:
     for name, p in model.named_parameters():
         big = beyond_range(p, p.detach().to(torch.float16)) if p.is_floating_point() else None
         if big is not None:
-            from compress.report import console
+            from compress.report import warn
 
-            console.print(f"[bold yellow]warning:[/] export.dtype float16: the teacher's {name} holds values up "
-                          f"to {big:.3g}, beyond float16's range (max 65504); the "
-                          "export fails unless a pass changes it (export.dtype: bfloat16 or float32 keeps it)")
+            warn(f"export.dtype float16: the teacher's {name} holds values up to {big:.3g}, beyond float16's "
+                 "range (max 65504); the export fails unless a pass changes it (export.dtype: bfloat16 or "
+                 "float32 keeps it)")
             return
 
 

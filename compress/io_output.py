@@ -318,9 +318,9 @@ def check_finite_file(path: Path, tensors: dict[str, torch.Tensor], warn: bool =
         message = f"{path}: weight {name} has {bad} NaN/Inf values; the output is damaged (rerun the recipe)"
         if not warn:
             raise NumericError(message)
-        from compress.report import console
+        from compress import report
 
-        console.print(f"[bold yellow]warning:[/] {message}")
+        report.warn(message)
         return
 
 

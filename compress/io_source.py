@@ -261,11 +261,11 @@ def checked(source: str, config: str | None = None, where: str = "", hub: bool =
     if kind == "hub":
         warn_if_beside_recipe(source, where, recipe_dir)
     if config and kind in ("toy", "folder"):
-        from compress.report import console
+        from compress.report import warn
 
         what = "a toy teacher" if kind == "toy" else "a folder with its own config.json"
-        console.print(f"[bold yellow]warning:[/] --teacher-config {config} is not read: teacher {source} is {what} "
-                      "(--teacher-config is for a single file or a Hugging Face id)")
+        warn(f"--teacher-config {config} is not read: teacher {source} is {what} "
+             "(--teacher-config is for a single file or a Hugging Face id)")
     return TeacherSource(source, kind, config, where, hub)
 
 
@@ -276,11 +276,11 @@ def warn_if_beside_recipe(source: str, where: str, recipe_dir: Path | None) -> N
         return
     there = os.path.abspath(Path(recipe_dir) / Path(source).expanduser())
     if Path(there).exists():
-        from compress.report import console
+        from compress.report import warn
 
-        console.print(f"[bold yellow]warning:[/] {where}teacher {source} is read as a Hugging Face id: there is no "
-                      f"{os.path.abspath(source)} (a recipe's relative teacher path is taken from the current "
-                      f"folder, not the recipe's), but there is {there}: give that path to use it")
+        warn(f"{where}teacher {source} is read as a Hugging Face id: there is no {os.path.abspath(source)} (a "
+             "recipe's relative teacher path is taken from the current folder, not the recipe's), but there is "
+             f"{there}: give that path to use it")
 
 
 def hub_config(repo_id: str) -> dict:
@@ -341,15 +341,13 @@ def unused_calibration(calib, kind: str) -> list[tuple[str, str]]:
 
 def warn_unused_calibration(recipe, source: str) -> None:
     """A warning per calibration key that does nothing here (unused_calibration), at its line."""
-    from rich.markup import escape
-
     from compress.inputs import source_kind
-    from compress.report import console
+    from compress.report import warn
 
     calib = recipe.calibration
     for key, why in unused_calibration(calib, source_kind(calib, source)):
         where = recipe_where(recipe, f"calibration.{key}", getattr(calib, key))
-        console.print(f"[bold yellow]warning:[/] {escape(f'{where}: calibration.{key}: {why}')}")
+        warn(f"{where}: calibration.{key}: {why}")
 
 
 def check_prompt_file(recipe, source: str) -> None:

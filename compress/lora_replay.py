@@ -51,7 +51,7 @@ def warn_if_other_loras(loras: list[dict], moved: list[str]) -> None:
     took in that place (its recorded signature; a LoRA recorded without one is not compared), and
     saying so when they are the same LoRAs in another order: the teacher would take other LoRAs."""
     from compress.io_signature import lora_signature
-    from compress.report import console
+    from compress.report import console, warn
 
     recorded = [record.get("signature") for record in loras]
     now = [lora_signature(source) if was else None for was, source in zip(recorded, moved)]
@@ -67,8 +67,7 @@ def warn_if_other_loras(loras: list[dict], moved: list[str]) -> None:
            ", ".join(f"--lora {moved[i]} is not the LoRA the model took {_nth(i, len(loras))}(recorded at "
                      f"{loras[i]['source']})" for i in other))
     them = "it as it is" if len(loras) == 1 else "them as they are"
-    console.print(f"[bold yellow]warning:[/] {why}: its teacher is given {them}, so the comparison is "
-                  "with another teacher than the model stands for")
+    warn(f"{why}: its teacher is given {them}, so the comparison is with another teacher than the model stands for")
 
 
 def _nth(i: int, count: int) -> str:

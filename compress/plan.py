@@ -30,7 +30,7 @@ from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_s
                                 teacher_given)
 from compress.passes import build_passes
 from compress.passes.svd import LATER
-from compress.report import console, layer_rows, param_count, results
+from compress.report import console, layer_rows, param_count, results, warn
 from compress.runner_checks import checked_in_order
 from compress.runner_stream import check_streaming, streamed_weights
 from compress.stream_files import check_streamable
@@ -136,7 +136,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
 
 def _warn_beyond_memory(recipe, memory: dict) -> None:
     if warning := beyond_memory(memory, device_memory(recipe.device)):
-        console.print(f"[bold yellow]warning:[/] {recipe.path}: {warning}")
+        warn(f"{recipe.path}: {warning}")
 
 
 def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list) -> None:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.report import DAMAGED, REPORT_TEXT, console, read_report
+from compress.report import DAMAGED, REPORT_TEXT, read_report, warn
 
 
 def recorded_teacher(out: Path, teacher_arg: str | None = None,
@@ -72,8 +72,6 @@ def warn_if_teacher_changed(out: Path, source: str | None, command: str) -> None
     what the run read (io_signature.teacher_signature: replaced since, e.g. a fine-tune saved over it).
     Not an error: the user may mean it. Nothing for another teacher (--teacher naming another path:
     the user's choice), a toy or Hub teacher, or an output written before runs recorded the files."""
-    from rich.markup import escape
-
     from compress.io_signature import signature_change
 
     recorded = _recorded(out)
@@ -81,9 +79,8 @@ def warn_if_teacher_changed(out: Path, source: str | None, command: str) -> None
         return
     change = signature_change(recorded.get("teacher_files"), absolute_source(source))
     if change:
-        what = escape(f"teacher {source} changed since {out} was compressed from it: {change}")
-        console.print(f"[bold yellow]warning:[/] {what}; {command} measures against it as it is now (pass the "
-                      "original with --teacher to compare with that)")
+        warn(f"teacher {source} changed since {out} was compressed from it: {change}; {command} measures "
+             "against it as it is now (pass the original with --teacher to compare with that)")
 
 
 def absolute_source(source: str) -> str:

@@ -14,12 +14,11 @@ import itertools
 from contextlib import contextmanager
 
 import torch
-from rich.markup import escape
 
 from compress.errors import BadValue, UserError
 from compress.passes.removed_blocks import AfterRemoval, stamp_line
 from compress.passes.svd_planned import stamp_planned
-from compress.report import console
+from compress.report import warn
 
 
 def checked_in_order(passes, specs, model, adapter):
@@ -63,7 +62,7 @@ def _warn_notes(p, spec, model, adapter) -> None:
     """A warning per `Pass.notes`, at the line (or --set) of the key it names."""
     for key, message in p.notes(model, adapter):
         where = spec.where(BadValue(key, message))
-        console.print(f"[bold yellow]warning:[/] {escape(f'{where}: {message}')}")
+        warn(f"{where}: {message}")
 
 
 class SpreadRemovals:
@@ -93,10 +92,9 @@ class SpreadRemovals:
                 p.check(worst, adapter)
             except UserError as e:
                 by = " and ".join(map(str, self.lines))
-                console.print(f"[bold yellow]warning:[/] {escape(f'{spec.where(e)}: {e}')} — if the "
-                              f"removal at line {by} takes all {self.count} of its blocks from group "
-                              f"'{group}' (it picks them by importance at run time; a count per group "
-                              "fixes where they come from)")
+                warn(f"{spec.where(e)}: {e} — if the removal at line {by} takes all {self.count} of its blocks "
+                     f"from group '{group}' (it picks them by importance at run time; a count per group fixes "
+                     "where they come from)")
                 return
 
 

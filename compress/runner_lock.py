@@ -138,12 +138,9 @@ def _locked(path: Path, what: str, refusal) -> int | None:
 
 def _warn(what: str, why: str) -> None:
     """The warning for a lock that cannot be had: the run goes on without it."""
-    from rich.markup import escape
+    from compress.report import warn
 
-    from compress.report import console
-
-    console.print(f"[bold yellow]warning:[/] {escape(f'{what}: {why}')}: going on without a lock, so nothing "
-                  "keeps another dit-compress run out of it")
+    warn(f"{what}: {why}: going on without a lock, so nothing keeps another dit-compress run out of it")
 
 
 def _open(path: Path) -> int:

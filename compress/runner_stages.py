@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.report import console
+from compress.report import console, warn
 from compress.runner_ranks import is_main_process
 from compress.runner_resume import (FINISHED, inputs_change, older_checksum, passed_over_in_words, read_state,
                                    resumed_in_words, reusable_stage, stage_dirs, teacher_change)
@@ -71,8 +71,7 @@ def resumable(runner) -> tuple[list, int | None, list]:
     for i, d in stage_dirs(runner.run_dir):
         state = read_state(d)
         if state is None:
-            console.print(f"[bold yellow]warning:[/] {d / 'state.json'} cannot be read: --resume does not "
-                          "continue from that pass")
+            warn(f"{d / 'state.json'} cannot be read: --resume does not continue from that pass")
         else:
             saved.append((i, d, state))
     k, skipped = reusable_stage([(i, state) for i, _, state in saved], runner.recipe.raw, runner.passes)
@@ -106,12 +105,11 @@ def _check_teacher(runner, state: dict) -> None:
     recorded are resumed with a warning)."""
     before = state.get("teacher")
     if before is None:
-        console.print(f"[bold yellow]warning:[/] {runner.run_dir} was written by an older dit-compress "
-                      "that does not record the teacher; --resume cannot check it is the same")
+        warn(f"{runner.run_dir} was written by an older dit-compress that does not record the teacher; "
+             "--resume cannot check it is the same")
     elif older_checksum(before, runner.identity):
-        console.print(f"[bold yellow]warning:[/] {runner.run_dir} was written by an older dit-compress, whose "
-                      "checksum of the teacher's weights read only a few values of each tensor; --resume "
-                      "checks the teacher's source and --teacher-config only")
+        warn(f"{runner.run_dir} was written by an older dit-compress, whose checksum of the teacher's weights "
+             "read only a few values of each tensor; --resume checks the teacher's source and --teacher-config only")
     elif before != runner.identity:
         raise UserError(f"--resume: the teacher changed since {runner.run_dir} was written "
                         f"({teacher_change(before, runner.identity)}); rerun with --restart to start over")

@@ -150,14 +150,13 @@ def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torc
     need = need if need is None or student else need // 2
     if need is None or have is None or need <= have:
         return
-    from compress.report import console
+    from compress.report import warn
 
     where = f"free on {device}" if device.type == "cuda" else "available"
     who = "teacher and student need" if student else "the teacher needs"
-    console.print(f"[bold yellow]warning:[/] {who} about {need / 2**30:.1f} GiB in "
-                  f"{str(dtype).removeprefix('torch.')}, and {have / 2**30:.1f} GiB are {where}; "
-                  "set stream: true in the recipe (svd passes, one block resident) or "
-                  "compute_dtype: bfloat16")
+    warn(f"{who} about {need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')}, and "
+         f"{have / 2**30:.1f} GiB are {where}; set stream: true in the recipe (svd passes, one block resident) "
+         "or compute_dtype: bfloat16")
 
 
 def warn_if_activations_too_big(footprint: dict, device: torch.device, spilled: bool) -> None:
@@ -167,11 +166,10 @@ def warn_if_activations_too_big(footprint: dict, device: torch.device, spilled: 
     if spilled or have is None or footprint["bytes"] <= have / 2:
         return
     from compress.calib_footprint import describe
-    from compress.report import console
+    from compress.report import warn
 
-    console.print(f"[bold yellow]warning:[/] {describe(footprint)}; {have / 2**30:.1f} GiB are free on "
-                  f"{device}: set calibration.spill_activations: true (or fewer prompts, or "
-                  "compute_dtype: bfloat16)")
+    warn(f"{describe(footprint)}; {have / 2**30:.1f} GiB are free on {device}: set "
+         "calibration.spill_activations: true (or fewer prompts, or compute_dtype: bfloat16)")
 
 
 def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype, device: torch.device,
@@ -186,13 +184,12 @@ def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype,
     have = free_memory(device)
     if have is None or need <= have:
         return
-    from compress.report import console
+    from compress.report import warn
 
-    console.print(f"[bold yellow]warning:[/] a streamed run holds about {need / 2**30:.1f} GiB on {device} "
-                  f"(two top levels, {'one block' if copies == 1 else 'one block dense and factorized'} and the "
-                  f"calibration activations), and {have / 2**30:.1f} GiB "
-                  "are free there: set calibration.spill_activations: true, compute_dtype: bfloat16, or "
-                  "fewer prompts")
+    warn(f"a streamed run holds about {need / 2**30:.1f} GiB on {device} (two top levels, "
+         f"{'one block' if copies == 1 else 'one block dense and factorized'} and the calibration activations), "
+         f"and {have / 2**30:.1f} GiB are free there: set calibration.spill_activations: true, compute_dtype: "
+         "bfloat16, or fewer prompts")
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -236,11 +233,10 @@ def warn_if_short_of_disk(run_dir: Path, model_bytes: int) -> None:
     need, have = 3 * model_bytes, free_bytes(run_dir)
     if have is None or need <= have:
         return
-    from compress.report import console
+    from compress.report import warn
 
-    console.print(f"[bold yellow]warning:[/] a streamed run writes up to about {need / 2**30:.1f} GiB "
-                  f"under {run_dir} (spilled blocks and stage checkpoints), and {have / 2**30:.1f} GiB "
-                  "are free there; pass --run-dir on a bigger disk")
+    warn(f"a streamed run writes up to about {need / 2**30:.1f} GiB under {run_dir} (spilled blocks and stage "
+         f"checkpoints), and {have / 2**30:.1f} GiB are free there; pass --run-dir on a bigger disk")
 
 
 def free_bytes(folder: Path) -> int | None:

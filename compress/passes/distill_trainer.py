@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from rich.markup import escape
 from safetensors import SafetensorError
 
 from compress.calib_store import disk_is_full
@@ -275,11 +274,11 @@ class _Trainer:
             self.seconds_before = float(state.get("seconds", 0.0))  # (none in an older dit-compress's)
             self.generator.set_state(generator)
             if self.acc.is_main_process:  # else the log's first line (step 15/30) is all that says so
-                from compress.report import console
+                from compress.report import console, warn
 
                 for bad, bad_why in damaged:
-                    what = f"distill: checkpoint {bad} is damaged ({bad_why}): continuing from {path}"
-                    console.print(f"[bold yellow]warning:[/] {escape(what)}, the newest that reads whole")
+                    warn(f"distill: checkpoint {bad} is damaged ({bad_why}): continuing from {path}, the newest "
+                         "that reads whole")
                 console.print(f"distill: continuing from its checkpoint at step {self.step}/{self.cfg.steps} "
                               f"({path})", highlight=False, markup=False)
             return

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from rich.markup import escape
 from torch import nn
 
 from compress.alloc import DENSE, energy_rank
@@ -63,7 +62,7 @@ from compress.passes.svd_planned import mark_planned, planned_notes
 from compress.passes.svd_stages import Stages
 from compress.passes.svd_targets import Resolved, shape_spec, uses_output_gram
 from compress.passes.svd_walk import walk
-from compress.report import console
+from compress.report import console, warn
 
 LATER = "decided after calibration"
 
@@ -211,7 +210,7 @@ class SVDPass(GlobalAllocation, Pass):
             return
         note = allocated_note(self.config, records)
         if note:
-            console.print(f"[bold yellow]warning:[/] {escape(note)}")
+            warn(note)
 
     def _measure_fishers(self, model, adapter, targets, batches) -> None:
         """The output Fisher of each weighted target (none when disabled), of the model as the pass

@@ -331,11 +331,10 @@ class Roots:
             raise NumericError(f"layer '{name}': its output Fisher (the prediction's gradients) holds "
                                "NaN/Inf; the backward overflowed (a float16 compute_dtype? try bfloat16)")
         if not bool(fisher.detach().abs().amax() > 0):
-            from compress.report import console
+            from compress.report import warn
 
-            console.print(f"[bold yellow]warning:[/] layer '{name}': its output Fisher is zero (the prediction "
-                          "does not change with its output on the calibration inputs, or the gradients "
-                          "underflowed); it is fitted without output weighting")
+            warn(f"layer '{name}': its output Fisher is zero (the prediction does not change with its output on "
+                 "the calibration inputs, or the gradients underflowed); it is fitted without output weighting")
         self.store[name] = fisher  # read back on the device it was measured on
         self.recent.pop(name, None)
 
