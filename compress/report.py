@@ -29,8 +29,10 @@ def warn(text: str) -> None:
 
 def notes_from_rank_zero() -> None:
     """Under torchrun / accelerate launch every process runs the command: its notes, warnings and
-    progress bars come once, from rank 0 (RANK; errors, printed apart, still come from any rank)."""
-    console.quiet = int(os.environ.get("RANK", "0") or 0) != 0
+    progress bars come once, from rank 0 (runner_ranks.rank; errors, printed apart, still come from any rank)."""
+    from compress.runner_ranks import rank
+
+    console.quiet = rank() != 0
 
 
 def param_count(model) -> int:

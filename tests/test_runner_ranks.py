@@ -322,3 +322,8 @@ def test_a_process_mpirun_started_second_is_a_follower(monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
     assert is_follower() and several_processes()
+    from compress.report import console, notes_from_rank_zero
+
+    monkeypatch.setattr(console, "quiet", False)
+    notes_from_rank_zero()
+    assert console.quiet  # its notes and bars come from rank 0 alone
