@@ -17,7 +17,7 @@ from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
 from compress.progress import LOG_EVERY_S, status, tenths
-from compress.report import console, param_count, results, to_json
+from compress.report import note, param_count, results, to_json
 from compress.report_teacher import teacher_to_load, toy_base, warn_if_teacher_changed
 
 
@@ -245,7 +245,7 @@ def bench_command(args) -> int:
     result = bench(Path(args.out).expanduser(), args.teacher, args.repeats, args.batch, args.device, args.lora,
                    args.teacher_config)
     if result["timing_note"]:  # on stderr, as every note: --json keeps it too
-        console.print(f"[bold yellow]note:[/] {result['timing_note']}")
+        note(result["timing_note"])
     if args.json:
         print(to_json(result))
         return 0

@@ -86,10 +86,10 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
         if "linear" in merged:
             densified.append(target)
     if text_encoder:
-        from compress.report import console
+        from compress.report import note
 
         modules = f"{len(text_encoder)} text-encoder module{'s' if len(text_encoder) != 1 else ''}"
-        console.print(f"[bold yellow]note:[/] {modules} not merged: the student is the transformer only")
+        note(f"{modules} not merged: the student is the transformer only")
     _record(student, lora, scale, len(kept))
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
             "not_merged": text_encoder, "densified": densified}

@@ -51,15 +51,15 @@ def warn_if_other_loras(loras: list[dict], moved: list[str]) -> None:
     took in that place (its recorded signature; a LoRA recorded without one is not compared), and
     saying so when they are the same LoRAs in another order: the teacher would take other LoRAs."""
     from compress.io_signature import lora_signature
-    from compress.report import console, warn
+    from compress.report import note, warn
 
     recorded = [record.get("signature") for record in loras]
     now = [lora_signature(source) if was else None for was, source in zip(recorded, moved)]
     unread = [i for i, (was, is_) in enumerate(zip(recorded, now)) if was and is_ is None]
     other = [i for i, (was, is_) in enumerate(zip(recorded, now)) if was and is_ is not None and is_ != was]
     if unread:
-        console.print(f"[bold yellow]note:[/] --lora {', '.join(moved[i] for i in unread)}: not compared with "
-                      "the LoRA the model took (no local safetensors to read)")
+        note(f"--lora {', '.join(moved[i] for i in unread)}: not compared with "
+             "the LoRA the model took (no local safetensors to read)")
     if not other:
         return
     shuffled = all(recorded) and sorted(map(str, recorded)) == sorted(map(str, map(lora_signature, moved)))

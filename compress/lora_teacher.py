@@ -69,12 +69,12 @@ def _teacher_weights(student: nn.Module, source: str, config: str | None, names:
     src = checked(source, config)
     loaded = src.kind == "file" or bool((getattr(student, "compression_meta", None) or {}).get("loras"))
     if src.kind == "hub":
-        from compress.report import console
+        from compress.report import note
 
         what = "its transformer/ folder" if loaded else \
             f"its transformer/ config and index, then the weight files holding the {len(names)} adapted layers"
-        console.print(f"[bold yellow]note:[/] a DoRA's norms need teacher {source}'s weights: downloading from the "
-                      f"Hugging Face Hub (unless cached) {what}")
+        note(f"a DoRA's norms need teacher {source}'s weights: downloading from the "
+             f"Hugging Face Hub (unless cached) {what}")
     if src.kind in ("folder", "hub") and "compression" in src.config:  # a Hub id's config.json alone, a few KB
         raise compressed_teacher(f"teacher {source}", src.config["compression"])
     if loaded:

@@ -30,7 +30,7 @@ from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_s
                                 teacher_given)
 from compress.passes import build_passes
 from compress.passes.svd import LATER
-from compress.report import console, layer_rows, param_count, results, warn
+from compress.report import console, layer_rows, note, param_count, results, warn
 from compress.runner_checks import checked_in_order
 from compress.runner_stream import check_streaming, streamed_weights
 from compress.stream_files import check_streamable
@@ -85,8 +85,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         check_streaming(passes, recipe.passes, recipe.path)
     streamed = streamed_weights(model, adapter) if recipe.stream else None
     if recipe.device.startswith("cuda") and not torch.cuda.is_available():
-        console.print(f"[bold yellow]note:[/] {recipe.path}: device {recipe.device}, but torch sees no CUDA "
-                      "GPU here: this plan holds, its run needs a machine with one")
+        note(f"{recipe.path}: device {recipe.device}, but torch sees no CUDA "
+             "GPU here: this plan holds, its run needs a machine with one")
     pipeline = source_kind(recipe.calibration, source) == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     if pipeline:  # as the run's PipelineSource refuses it

@@ -27,6 +27,13 @@ def warn(text: str) -> None:
     console.print("[bold yellow]warning:[/] " + escape(text))
 
 
+def note(text: str) -> None:
+    """'note: TEXT' on the notes' console (stderr), TEXT shown as it is (as `warn`)."""
+    from rich.markup import escape
+
+    console.print("[bold yellow]note:[/] " + escape(text))
+
+
 def notes_from_rank_zero() -> None:
     """Under torchrun / accelerate launch every process runs the command: its notes, warnings and
     progress bars come once, from rank 0 (runner_ranks.rank; errors, printed apart, still come from any rank)."""

@@ -216,10 +216,11 @@ def test_plan_refuses_what_the_run_would_and_says_when_there_is_no_gpu(recipe, t
     auto.write_text(recipe.read_text().replace("source: synthetic", "source: auto"))
     _one_line_errors(capsys, [(["plan", str(auto)], "'pipeline' (source auto is pipeline for a teacher")])
     if not torch.cuda.is_available():
-        cuda = tmp_path / "c.yaml"
+        cuda = tmp_path / "c[red]x.yaml"  # a note shows the path as it is (not read as rich markup)
         cuda.write_text("device: cuda\n" + recipe.read_text())
         assert main(["plan", str(cuda)]) == 0
-        assert "torch sees no CUDA GPU here" in " ".join(capsys.readouterr().err.split())
+        err = " ".join(capsys.readouterr().err.split())
+        assert "torch sees no CUDA GPU here" in err and f"note: {cuda}: device cuda" in err
 
 
 def _strict_json(text: str):

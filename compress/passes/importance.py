@@ -223,11 +223,11 @@ def _note_empty_buckets(adapter: Adapter, batches: list[dict], buckets: int) -> 
                         for b in batches])  # (rows,)
     empty = buckets - len(set(bucket_of(levels, buckets).tolist()))
     if empty:
-        from compress.report import console
+        from compress.report import note
 
-        console.print(f"[bold yellow]note:[/] importance: {empty} of the {buckets} timestep buckets hold no "
-                      f"calibration input ({len(set(levels.tolist()))} distinct timesteps); their columns "
-                      "stay empty (fewer buckets, or more calibration timesteps)")
+        note(f"importance: {empty} of the {buckets} timestep buckets hold no "
+             f"calibration input ({len(set(levels.tolist()))} distinct timesteps); their columns "
+             "stay empty (fewer buckets, or more calibration timesteps)")
 
 
 def _one_batch(model, adapter, kwargs: dict, skips: bool, loader: BlockLoader | None, tick):

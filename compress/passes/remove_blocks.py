@@ -28,7 +28,7 @@ from compress.passes.remove_blocks_config import RemoveBlocksConfig, _biased
 from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
                                                    window_key)
 from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, teacher_view, with_removal
-from compress.report import console
+from compress.report import console, note
 from compress.report_card import _gone, _how
 
 
@@ -71,9 +71,9 @@ def recorded(ctx: RunContext, criterion: str, block_map: dict[str, list[int]]):
     if record is None:
         return None
     if record.get("student_version") != ctx.student_version:
-        console.print("[bold yellow]note:[/] remove_blocks: the importance pass scored the student "
-                      "before a later pass changed its weights; scanning the student as it is now "
-                      "(a scan is reused when the importance pass follows the passes that change weights)")
+        note("remove_blocks: the importance pass scored the student "
+             "before a later pass changed its weights; scanning the student as it is now "
+             "(a scan is reused when the importance pass follows the passes that change weights)")
         return None
     return scores_from(ImportanceResult.from_dict(record), criterion, block_map)
 

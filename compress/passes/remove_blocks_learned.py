@@ -224,15 +224,15 @@ def _learn(work, adapter, wins, batches, refs, steps: int, opt, generator, state
 
 def _note_close_calls(wins: list[Window]) -> None:
     """A note for each window whose runner-up pattern came within CLOSE of the winner's probability."""
-    from compress.report import console
+    from compress.report import note
 
     for w in wins:
         first, *rest = w.likeliest(2)
         if rest and rest[0]["probability"] >= CLOSE * first["probability"]:
-            console.print(f"[bold yellow]note:[/] remove_blocks: learned, {w.group} "
-                          f"{_span(w.teacher)}: a close call: removing {first['removed']} "
-                          f"won at probability {first['probability']:.2f}, {rest[0]['removed']} had "
-                          f"{rest[0]['probability']:.2f}; more learn_steps sharpen the choice")
+            note(f"remove_blocks: learned, {w.group} "
+                 f"{_span(w.teacher)}: a close call: removing {first['removed']} "
+                 f"won at probability {first['probability']:.2f}, {rest[0]['removed']} had "
+                 f"{rest[0]['probability']:.2f}; more learn_steps sharpen the choice")
 
 
 def _span(blocks: list[int]) -> str:
