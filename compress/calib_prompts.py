@@ -29,7 +29,8 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
 
         console.print(f"note: calibration.num_prompts is {n}: the first {n} of the {len(prompts)} prompts are "
                       "used" if n < len(prompts) else
-                      f"note: calibration.num_prompts is {n} but there are only {len(prompts)} prompts")
+                      f"note: calibration.num_prompts is {n} but there {'is' if len(prompts) == 1 else 'are'} only "
+                      f"{len(prompts)} prompt{'' if len(prompts) == 1 else 's'}")
     return prompts[:n] if n else prompts
 
 

@@ -44,6 +44,24 @@ class _Loc:
         return UserError(f"{self.where()}: {msg}")
 
 
+
+# short or other names of the dtypes a recipe offers (compute_dtype, export.dtype)
+_DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "fp16": "float16", "f16": "float16", "half": "float16",
+                  "bf16": "bfloat16"}
+
+
+def _dtype_hint(value: str, allowed: tuple) -> str:
+    """For a dtype choice: '; did you mean 'float16'?' for fp16 and the like, and for float64 (which
+    the string distance would match to float16) that float32 is the most precise offered."""
+    if "float32" not in allowed:
+        return ""
+    if value.lower() in _DTYPE_ALIASES and _DTYPE_ALIASES[value.lower()] in allowed:
+        return f"; did you mean '{_DTYPE_ALIASES[value.lower()]}'?"
+    if value.lower() in ("float64", "double", "fp64"):
+        return "; float32 is the most precise offered (the factorizations compute in float64 whatever it is)"
+    return ""
+
+
 def with_sets(at: _Loc, locs) -> str:
     """`at`'s where, and where that is a line of the file, '(with --set ...)' naming the --sets among
     `locs` (the keys whose values the error's check read): an error a --set caused names it."""
@@ -135,7 +153,7 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        hint = did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])
+        hint = _dtype_hint(str(value), typing.get_args(tp)) or did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])
         raise loc.err(f"{what} must be one of {_type_name(tp)}, not {value!r}{hint}")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

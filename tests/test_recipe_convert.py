@@ -25,3 +25,20 @@ def test_a_wrong_value_inside_the_one_container_a_union_takes_is_named(text, tp,
     with pytest.raises(UserError) as e:
         convert(node, tp, "r.yaml", "x")
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize("value, hint", [
+    ("float64", "; float32 is the most precise offered (the factorizations compute in float64 whatever it is)"),
+    ("fp16", "; did you mean 'float16'?"),
+    ("bf16", "; did you mean 'bfloat16'?"),
+    ("floatt32", "; did you mean 'float32'?"),
+])
+def test_a_dtype_spelled_another_way_gets_the_name_it_meant(value, hint):
+    """compute_dtype: float64 was asked 'did you mean float16?' (the closest string: the least precise)
+    and export.dtype: fp16 got no hint."""
+    from compress.recipe import parse_recipe
+
+    for key in ("compute_dtype", "export.dtype"):
+        with pytest.raises(UserError) as e:
+            parse_recipe("model: pixart\nteacher: toy:pixart\npasses: [svd]\n", "r.yaml", [f"{key}={value}"])
+        assert str(e.value).endswith(f"not {value!r}{hint}")

@@ -149,9 +149,8 @@ class DistillPass(Pass):
         if cfg.warmup_steps < cfg.steps:
             return []
         return [("warmup_steps", f"distill: warmup_steps ({cfg.warmup_steps}) is not below steps ({cfg.steps}): "
-                                 "the learning rate would never reach lr nor decay; the warm-up is "
-                                 f"{warmup_length(cfg.steps, cfg.warmup_steps)} steps (a tenth of steps) "
-                                 "instead; set warmup_steps below steps to choose it")]
+                                 "the learning rate would never reach lr nor decay; "
+                                 f"{_shortened(cfg.steps, cfg.warmup_steps)}; set warmup_steps below steps to choose it")]
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         cfg = self.config
@@ -169,3 +168,11 @@ class DistillPass(Pass):
         optimizer state, several times the model) are no longer needed to resume."""
         if getattr(self, "dir", None) is not None:
             shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
+
+
+def _shortened(steps: int, warmup: int) -> str:
+    """What `warmup_length` makes of a warm-up not below steps, in words: a tenth of steps, or none."""
+    n = warmup_length(steps, warmup)
+    if n == 0:
+        return f"the run has no warm-up instead (a tenth of {steps} step{'s' if steps > 1 else ''} rounds to 0)"
+    return f"the warm-up is {n} step{'s' if n > 1 else ''} (a tenth of steps) instead"

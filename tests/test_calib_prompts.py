@@ -1,0 +1,18 @@
+"""compress.calib_prompts: its notes' words (prompt files and num_prompts: test_calib_pipeline_prompts)."""
+
+import pytest
+
+from compress.calib_prompts import read_prompts
+from compress.recipe import parse_recipe
+
+
+@pytest.mark.parametrize("prompts, words", [
+    ('["a 3"]', "there is only 1 prompt"),
+    ('["a 3", "a 4"]', "there are only 2 prompts"),
+])
+def test_num_prompts_beyond_the_prompts_counts_them_in_words(prompts, words, capsys):
+    """'there are only 1 prompts'."""
+    recipe = parse_recipe(f"model: pixart\nteacher: x\ncalibration: {{prompts: {prompts}, num_prompts: 5}}\n"
+                          "passes: [svd]\n", "r.yaml")
+    read_prompts(recipe.calibration)
+    assert f"note: calibration.num_prompts is 5 but {words}\n" in " ".join(capsys.readouterr().err.split(" "))
