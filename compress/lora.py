@@ -29,8 +29,11 @@ weights are factorized, not the teacher's (compress.lora_teacher reads the teach
 
 How the LoRA is read (its format, each module's scaling, text-encoder weights it also holds, which are
 reported and not merged) is compress.lora_read; what it refuses in a LoRA's keys, compress.lora_keys.
-Block indices are the teacher's: they are mapped to the student's through its block map, and a LoRA's
-weights for blocks the student removed are dropped (reported). Needs peft (the `lora` extra).
+Block indices are the base's, the model the LoRA was trained on: the student's teacher, or where that is
+itself an output the first teacher of the chain it leads to (report_teacher.teacher_chain); they are mapped
+to the student's through the block map of every link (compress.lora_teacher.lora_base: a chain that
+cannot be followed is refused), and a LoRA's weights for blocks removed anywhere along it are dropped
+(reported). Needs peft (the `lora` extra).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from compress.errors import NumericError, UserError
 from compress.io_export import unwrapped
 from compress.lora_keys import STATE_DICT
 from compress.lora_read import LoraLayer, label, read_lora
-from compress.lora_teacher import dora_weights
+from compress.lora_teacher import dora_weights, lora_base
 from compress.lowrank import LowRankLinear
 
 
@@ -53,20 +56,24 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
                teacher_config: str | None = None) -> dict:
     """Merge `lora` (a file, a folder or a state dict; see the module docstring) into `student` (from
     `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come
-    from (a model or a source; default: the one the student recorded), read only for a DoRA;
-    `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": modules,
-    "rank_added": {module: r'} of the low-rank ones, "dropped": teacher modules of removed blocks,
-    "not_merged": text-encoder modules of the LoRA, "densified": low-rank modules stored dense, their
-    grown rank past break-even}; a LoRA none of whose layers the student has is refused. The student's
-    config records the new ranks, so saving it again keeps them. All or nothing: each layer is merged and checked before any is taken,
-    and again as it is taken (twice the merge's compute, never all merged layers held at once)."""
+    from (a model or a source; default: the base the student's chain of teachers leads to,
+    lora_teacher.lora_base), read only for a DoRA; `teacher_config`: a single-file teacher's config
+    (as --teacher-config). Returns {"merged": modules, "rank_added": {module: r'} of the low-rank ones,
+    "dropped": base modules of removed blocks, "not_merged": text-encoder modules of the LoRA,
+    "densified": low-rank modules stored dense, their grown rank past break-even, "blocks_of": the
+    base whose blocks the LoRA's were read as (None for a teacher, or a student recording none)}; a
+    LoRA none of whose layers the student has is refused. The student's config records the new ranks,
+    so saving it again keeps them. All or nothing: each layer is merged and checked before any is
+    taken, and again as it is taken (twice the merge's compute, never all merged layers held at once)."""
     check_scale(scale)
     student = unwrapped(student)  # a torch.compile'd student: the model it wraps, merged in place
     adapter = get_adapter(student)
-    block_map = (getattr(student, "compression_meta", None) or {}).get("block_map") or {}
-    layers, text_encoder = read_lora(student, adapter, lora, block_map)
-    targets = {name: adapter.renumbered(name, block_map) for name in layers}  # the teacher's block -> the student's
-    check_teacher_count(student, adapter, block_map, [n for n, t in targets.items() if t is None], label(lora),
+    base = lora_base(student)  # the LoRA's blocks are the base's: the chain's first teacher
+    if teacher is None:  # the base (its config as recorded) for a DoRA's norms and the base's block counts
+        teacher, teacher_config = base.source, teacher_config or base.config
+    layers, text_encoder = read_lora(student, adapter, lora, base.block_map)
+    targets = {name: adapter.renumbered(name, base.block_map) for name in layers}  # the base's block -> the student's
+    check_teacher_count(student, adapter, base.block_map, [n for n, t in targets.items() if t is None], label(lora),
                         teacher, teacher_config)
     kept = {name: target for name, target in targets.items() if target is not None}
     if not kept:
@@ -85,14 +92,23 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
             added[target] = merged["rank"]
         if "linear" in merged:
             densified.append(target)
-    if text_encoder:
-        from compress.report import note
+    _say(text_encoder, base.chain)
+    _record(student, lora, scale, len(kept), base.source)
+    return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
+            "not_merged": text_encoder, "densified": densified, "blocks_of": base.source}
 
+
+def _say(text_encoder: list[str], chain: list[str]) -> None:
+    """Notes: the LoRA's text-encoder modules, not merged; the base its blocks were read as, where the
+    student's teacher is itself an output (`chain`: lora_teacher.LoraBase.chain)."""
+    from compress.report import note
+
+    if text_encoder:
         modules = f"{len(text_encoder)} text-encoder module{'s' if len(text_encoder) != 1 else ''}"
         note(f"{modules} not merged: the student is the transformer only")
-    _record(student, lora, scale, len(kept))
-    return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
-            "not_merged": text_encoder, "densified": densified}
+    if len(chain) > 1:
+        note(f"the LoRA's blocks read as those of {chain[-1]}: {chain[0]} was compressed from "
+             f"{', compressed from '.join(chain[1:])}")
 
 
 def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: list[str], where: str,
@@ -100,8 +116,9 @@ def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: l
     """A UserError (lora_keys.check_blocks) where a LoRA module counted as in a removed block is past
     the last block of a group with a block map, in a block the teacher never had: the teacher's block
     count, which the block map does not record (a removed last block), is read from `teacher` (a model),
-    else from the config of the teacher source given or recorded, where one is read offline (a toy, a
-    folder, a single file's, a known Hub id's); without one, the CLI's report.json check stands."""
+    else from the config of the teacher source given (merge_lora's: the base, lora_teacher.lora_base) or
+    recorded, where one is read offline (a toy, a folder, a single file's, a known Hub id's); without
+    one, the CLI's report.json check stands."""
     from compress.lora_keys import blocks_named, check_blocks
 
     for g in adapter.groups:
@@ -288,14 +305,17 @@ def _set_dense(student: nn.Module, name: str, module: LowRankLinear, linear: nn.
         raise RuntimeError(f"'{name}' applies a fused GELU that no module of the model would apply once dense")
 
 
-def _record(student: nn.Module, lora, scale: float, merged: int) -> None:
-    """Keep the new ranks and the merge in the student's config (what a save writes)."""
+def _record(student: nn.Module, lora, scale: float, merged: int, blocks_of: str | None) -> None:
+    """Keep the new ranks and the merge in the student's config (what a save writes); `blocks_of`: the
+    teacher whose blocks the LoRA's were read as (lora_teacher.lora_base)."""
     from compress.io_output import register_compression
 
     meta = getattr(student, "compression_meta", None)
     if meta is None:
         return  # a teacher: nothing recorded
     record = {"source": _source(lora), "scale": scale, "modules": merged}
+    if blocks_of:
+        record["blocks_of"] = blocks_of
     if record["source"] != STATE_DICT:
         from compress.io_signature import lora_signature
 

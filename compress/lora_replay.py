@@ -17,7 +17,9 @@ from compress.lora_keys import STATE_DICT
 def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None) -> None:
     """Give the teacher the LoRAs a student recorded (its config's compression.loras), at their
     scales, so that eval compares the student with the teacher it stands for (`moved`: see
-    replayed_sources)."""
+    replayed_sources). A teacher that is itself an output takes them as the student did: each of its
+    blocks the LoRA of the base block it descends from, through its own chain of block maps
+    (merge_lora, lora_teacher.lora_base)."""
     for record, source in zip(loras, replayed_sources(loras, moved, warn=False)):  # warned before loading
         merge_lora(teacher, source, scale=record["scale"])
 

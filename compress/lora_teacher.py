@@ -1,11 +1,14 @@
-"""The teacher weights a DoRA's norms need (compress.lora merges it): the adapted layers' weights read
-alone from a toy, a diffusers folder or a Hub id (its index first, then only the shards holding them),
-else from the teacher loaded as eval loads it; a dit-compress output given as the teacher is refused
-(its layers are factorized, not the weights the DoRA was trained on)."""
+"""The teacher a LoRA was trained on (compress.lora merges it): the base a student's chain of teachers
+leads to, its blocks mapped to the student's through every link's block map (lora_base); and the
+teacher weights a DoRA's norms need: the adapted layers' weights read alone from a toy, a diffusers
+folder or a Hub id (its index first, then only the shards holding them), else from the teacher loaded
+as eval loads it; a dit-compress output given as the teacher is refused (its layers are factorized,
+not the weights the DoRA was trained on)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -29,6 +32,84 @@ def compressed_teacher(who: str, record) -> CompressedTeacher:
     return CompressedTeacher(f"{who} is a dit-compress output, its layers factorized: a DoRA's norms need the "
                              f"uncompressed teacher the DoRA was trained on{compressed_from}; pass that with --teacher "
                              "(dit-compress lora) or teacher= to merge_lora")
+
+
+class LoraBase(NamedTuple):
+    """The teacher a student's LoRA is read as: the first teacher of its chain (report_teacher.teacher_chain),
+    the published model a LoRA is trained on."""
+    block_map: dict[str, list[int]]  # {group: [base index of the student's block 0, 1, ...]}; a group absent: all kept
+    source: str | None  # the base; None for a teacher (no compression record) or a student recording no teacher
+    config: str | None  # its --teacher-config, as the output that read it records it
+    chain: list[str]  # the student's teacher, its teacher's ... to the base; [] where source is None
+
+
+def lora_base(student: nn.Module) -> LoraBase:
+    """The base a LoRA of `student` is read as, and the student's blocks' indices there: its own block
+    map composed with that of every output along its chain of teachers. A student whose teacher is not
+    there now is read as that teacher's (it may be the base: nothing says it was an output); a chain
+    that leaves an output whose teacher is gone, that records none, or that loops is a UserError."""
+    from compress.report_teacher import broken_chain, recorded_teacher, teacher_chain
+
+    meta = getattr(student, "compression_meta", None)
+    own = (meta or {}).get("block_map") or {}
+    if not (meta or {}).get("teacher"):
+        return LoraBase(own, None, None, [])
+    chain = teacher_chain(str(meta["teacher"]))
+    if not _followed(chain):
+        raise UserError(f"{broken_chain('the model', chain)}: a LoRA's blocks are those of the first teacher of "
+                        "that chain (the model it was trained on), and mapping them to the model's takes the block "
+                        "map of every output along it")
+    maps, config = [own], meta.get("teacher_config")
+    for link in chain[:-1]:  # each an output, recording the next
+        maps.append(_link_block_map(Path(link).expanduser()))
+        config = recorded_teacher(Path(link).expanduser())[1]
+    return LoraBase(composed_block_map(maps, ["the model", *chain[:-1]]), chain[-1], config, chain)
+
+
+def _followed(chain: list[str]) -> bool:
+    """Whether `chain` (teacher_chain) ends at a base: not in a loop, not at an output (one recording
+    no teacher), and past its first link not at a local path that is gone."""
+    from compress.io import looks_local
+    from compress.io_export import is_output
+    from compress.report_teacher import chain_loops
+
+    last = Path(chain[-1]).expanduser()
+    if chain_loops(chain) or (last.is_dir() and not (last / "model_index.json").is_file() and is_output(last)):
+        return False
+    return len(chain) == 1 or not looks_local(chain[-1]) or last.exists()
+
+
+def _link_block_map(folder: Path) -> dict[str, list[int]] | None:
+    """The block map the output `folder` records (inspect.recorded_block_map: its config.json's, else
+    block_map.json; a malformed one a UserError naming the file), None where it removed no block."""
+    from types import SimpleNamespace
+
+    from compress.inspect import recorded_block_map
+    from compress.io import read_json
+
+    config = read_json(folder / "config.json")
+    section = config.get("compression") if isinstance(config, dict) else None
+    return recorded_block_map(SimpleNamespace(compression_meta=section if isinstance(section, dict) else {}), folder)
+
+
+def composed_block_map(maps: list[dict | None], owners: list[str]) -> dict[str, list[int]]:
+    """{group: [base index of the student's block 0, 1, ...]} from `maps`, the block maps from the
+    student outward ({group: [its teacher's index of its block 0, 1, ...]}; None, or a group left out:
+    no block removed there), `owners[i]` whose is maps[i]. A map naming a block its teacher's map does
+    not have (the teacher replaced since) is a UserError."""
+    out: dict[str, list[int]] = {}
+    for i, block_map in enumerate(maps):
+        for group, kept in (block_map or {}).items():
+            if group not in out:  # every block kept so far: the student's i-th is this teacher's i-th
+                out[group] = list(kept)
+                continue
+            past = [j for j in out[group] if j >= len(kept)]
+            if past:
+                raise UserError(f"{owners[i - 1]} has {group} block {max(past)} of its teacher {owners[i]}, whose "
+                                f"block map has {len(kept)} blocks: it is not the output the model was compressed "
+                                "from (replaced since?)")
+            out[group] = [kept[j] for j in out[group]]
+    return out
 
 
 def dora_weights(student: nn.Module, names: dict[str, str], teacher, config: str | None = None) -> dict[str, torch.Tensor]:

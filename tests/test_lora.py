@@ -486,10 +486,12 @@ def test_the_lora_command_takes_a_doras_teacher(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:.*invalid shape")
 def test_a_compressed_output_is_no_doras_teacher(tmp_path, capsys):
-    """A dit-compress output (a folder, a pipeline folder holding one, the recorded teacher, a loaded
-    model) as a DoRA's teacher is one line saying that its norms need the uncompressed teacher (naming
-    the output and the teacher it was compressed from), never streaming advice; a student that took
-    LoRAs before (whose teacher is loaded, not read) is refused the same, not given factorized norms."""
+    """A dit-compress output (a folder, a pipeline folder holding one, a loaded model) given as a DoRA's
+    teacher is one line saying that its norms need the uncompressed teacher (naming the output and the
+    teacher it was compressed from), never streaming advice; a student that took LoRAs before (whose
+    teacher is loaded, not read) is refused the same, not given factorized norms. A recorded teacher
+    that is an output leads to the teacher that output records, whose weights the norms are then
+    (lora_teacher.lora_base): the same merge as from the student recording that teacher itself."""
     import json
     import shutil
 
@@ -506,17 +508,20 @@ def test_a_compressed_output_is_no_doras_teacher(tmp_path, capsys):
     _lora(copy.deepcopy(teacher), tmp_path / "lora-plain")
     took_one = copy.deepcopy(student)
     merge_lora(took_one, tmp_path / "lora-plain")  # its DoRA teacher is loaded, with this LoRA
-    recorded = copy.deepcopy(student)
-    recorded.compression_meta["teacher"] = str(out)
+    recorded = copy.deepcopy(student)  # compressed from out, removing no block more
+    recorded.compression_meta.update(teacher=str(out.resolve()), block_map=None)
     wanted = (r"is a dit-compress output, its layers factorized: a DoRA's norms need the uncompressed teacher the "
               rf"DoRA was trained on \(it was compressed from {re.escape(str(tmp_path / 'teacher'))}\); pass that with "
               r"--teacher \(dit-compress lora\) or teacher= to merge_lora$")
     pipe = tmp_path / "pipe"
     for model, given, who in [(student, str(out), f"teacher {out}"), (student, str(pipe), f"teacher {pipe}"),
-                              (took_one, str(out), f"teacher {out}"), (recorded, None, f"teacher {out}"),
+                              (took_one, str(out), f"teacher {out}"),
                               (student, load_transformer(out), "the given teacher")]:
         with pytest.raises(UserError, match=f"^{re.escape(who)} {wanted}"):
             merge_lora(copy.deepcopy(model), tmp_path / "lora", teacher=given)
+    direct = copy.deepcopy(student)
+    assert merge_lora(recorded, tmp_path / "lora")["blocks_of"] == merge_lora(direct, tmp_path / "lora")["blocks_of"]
+    assert all(torch.equal(v, direct.state_dict()[k]) for k, v in recorded.state_dict().items())
     capsys.readouterr()
     assert main(["lora", str(out), str(tmp_path / "lora"), str(tmp_path / "new"), "--teacher", str(out)]) == 2
     err = capsys.readouterr().err

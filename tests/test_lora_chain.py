@@ -1,0 +1,213 @@
+"""lora on an output of an output: the LoRA's blocks are the chain's first teacher's (the base it was
+trained on), mapped through every link's block map (report_teacher.teacher_chain); blocks removed
+anywhere along the chain are dropped; a chain that cannot be followed is refused in one line. eval /
+bench give the output's teacher (itself an output) the LoRA through its own chain (lora_replay)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+import torch
+
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.lora import merge_lora
+from compress.lowrank import LowRankLinear
+from tests.conftest import factorize, tiny_flux, tiny_pixart
+from tests.test_lora_limits import _save, _state
+
+peft = pytest.importorskip("peft")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:.*invalid shape")]
+
+# per family: the base's block counts, the blocks a removes (of the base), then b (of a), and what
+# b's blocks are of the base, worked out by hand
+CHAINS = {
+    "pixart": (dict(num_layers=6), {"blocks": [3]}, {"blocks": [3]}, {"blocks": [0, 1, 2, 5]}),
+    "flux": (dict(num_layers=3, num_single_layers=4), {"double": [0], "single": [3]}, {"single": [0]},
+             {"double": [1, 2], "single": [1, 2]}),
+}
+
+
+def _save_output(model, folder, teacher, block_map):
+    """`model` saved as a run saves its output: its teacher (absolute) and block map recorded."""
+    from compress.io_export import save_compressed
+
+    files = {"block_map.json": json.dumps(block_map)} if block_map is not None else None
+    return save_compressed(model, folder, extra={"teacher": str(teacher.resolve()), "block_map": block_map},
+                           files=files)
+
+
+def _chain(tmp_path, family):
+    """(base model, c's folder): base (saved) -> a (blocks removed) -> b (more removed) -> c (b's
+    to_q layers factorized, no block removed: no block map)."""
+    from compress.io_output import load_transformer
+
+    counts, drop_a, drop_b, _ = CHAINS[family]
+    base = (tiny_pixart if family == "pixart" else tiny_flux)(**counts)
+    base.save_pretrained(tmp_path / "base")
+    adapter = get_adapter(base)
+    a = copy.deepcopy(base)
+    _save_output(a, tmp_path / "a", tmp_path / "base", adapter.remove_blocks(a, drop_a))
+    b = load_transformer(tmp_path / "a")
+    _save_output(b, tmp_path / "b", tmp_path / "a", adapter.remove_blocks(b, drop_b))
+    b = load_transformer(tmp_path / "b")
+    c = factorize(b, [n for n, m in b.named_modules() if n.endswith("to_q") and isinstance(m, torch.nn.Linear)], 4)
+    return base, _save_output(c, tmp_path / "c", tmp_path / "b", None)
+
+
+def _block(name: str, attrs: list[str]) -> tuple[str, int, str] | None:
+    """(group attr, block index, the rest) of a module name inside a block."""
+    for attr in attrs:
+        m = re.match(rf"^{attr}\.(\d+)\.(.+)$", name)
+        if m:
+            return attr, int(m.group(1)), m.group(2)
+    return None
+
+
+def _check_deltas(before, after, weights: dict, kept: dict[str, list[int]], adapter) -> int:
+    """Each adapted layer of `after` adds to `before`'s output exactly the LoRA (`weights`: its file,
+    alpha = rank: scaling 1) of the base block its block descends from (kept[group][i]); how many."""
+    attrs = {g.attr: g.name for g in adapter.groups}
+    checked = 0
+    for name, module in after.named_modules():
+        place = _block(name, list(attrs))
+        if place is None or not isinstance(module, (torch.nn.Linear, LowRankLinear)) or not name.endswith("to_q"):
+            continue
+        attr, i, rest = place
+        base_name = f"transformer.{attr}.{kept[attrs[attr]][i]}.{rest}"
+        x = torch.randn(3, module.in_features, generator=torch.Generator().manual_seed(checked))
+        a, b = weights.get(f"{base_name}.lora_A.weight"), weights.get(f"{base_name}.lora_B.weight")
+        want = torch.zeros(3, module.out_features) if a is None else x @ a.T @ b.T  # no LoRA on that base block
+        with torch.no_grad():
+            got = module(x) - before.get_submodule(name)(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+        checked += 1
+    return checked
+
+
+def _removed(weights: dict, kept: dict[str, list[int]], adapter) -> list[str]:
+    """The base modules the LoRA (`weights`) adapts in blocks the chain removed."""
+    groups = {g.attr: g.name for g in adapter.groups}
+    names = [k[len("transformer."):-len(".lora_A.weight")] for k in weights if k.endswith(".lora_A.weight")]
+    return sorted(n for n in names for attr, i, _ in [_block(n, list(groups))] if i not in kept[groups[attr]])
+
+
+def _without_last_kept(weights: dict, kept: dict[str, list[int]], adapter) -> dict:
+    """The LoRA `weights` without its layers in base blocks from each group's last kept one on."""
+    groups = {g.attr: g.name for g in adapter.groups}
+    return {k: v for k, v in weights.items() for attr, i, _ in [_block(k[len("transformer."):], list(groups))]
+            if i < max(kept[groups[attr]])}
+
+
+def _base_lora(base, tmp_path):
+    """A LoRA of the base's to_q layers (random: each block's its own), saved; (its file, its weights)."""
+    weights = _state(copy.deepcopy(base), ["to_q"])
+    return _save(weights, tmp_path / "base-lora.safetensors"), weights
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+@pytest.mark.parametrize("which", ["b", "c"])
+@pytest.mark.parametrize("last", [True, False], ids=["whole", "without-the-last-kept-blocks"])
+def test_an_output_of_an_output_takes_each_base_blocks_lora_in_the_block_descending_from_it(tmp_path, family,
+                                                                                             which, last):
+    """b (blocks of a) took the LoRA through its own block map only: base block 4's LoRA in its block 3
+    (base block 5) without a word, or base block 5's refused; c (no block map of its own) refused a
+    LoRA of the whole base. Each output block now takes the LoRA of the base block it descends from
+    through every link (`last`: the LoRA has the base's last kept block of each group, or not); those
+    of blocks removed anywhere along the chain are dropped (listed), and the result says whose blocks
+    they were read as."""
+    from compress.io_output import load_transformer
+
+    base, _ = _chain(tmp_path, family)
+    lora, weights = _base_lora(base, tmp_path)
+    if not last:
+        weights = _without_last_kept(weights, CHAINS[family][3], get_adapter(base))
+        lora = _save(weights, lora)
+    student = load_transformer(tmp_path / which)
+    before = copy.deepcopy(student)
+    report = merge_lora(student, lora)
+    kept = CHAINS[family][3]
+    adapter = get_adapter(base)
+    assert _check_deltas(before, student, weights, kept, adapter) == sum(map(len, kept.values())) * \
+        (2 if family == "pixart" else 1)  # PixArt: attn1 and attn2
+    removed = _removed(weights, kept, adapter)
+    assert removed and sorted(report["dropped"]) == removed
+    assert report["blocks_of"] == str((tmp_path / "base").resolve())
+    assert student.compression_meta["loras"][-1]["blocks_of"] == report["blocks_of"]
+
+
+def test_the_lora_command_on_a_chained_output_writes_the_base_blocks_lora(tmp_path, capsys):
+    """`dit-compress lora c LORA NEW`: the new output's layers hold the base blocks' LoRA as
+    merge_lora gives them, and it names the base the LoRA's blocks were read as."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+
+    base, c = _chain(tmp_path, "pixart")
+    lora, weights = _base_lora(base, tmp_path)
+    assert main(["lora", str(c), str(lora), str(tmp_path / "new")]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"the LoRA's blocks read as those of {(tmp_path / 'base').resolve()}" in said
+    assert _check_deltas(load_transformer(c), load_transformer(tmp_path / "new"), weights,
+                         CHAINS["pixart"][3], get_adapter(base)) == 8
+
+
+def test_a_chain_that_cannot_be_followed_is_refused_saying_why(tmp_path):
+    """A link moved (a) or recording no teacher: the LoRA's blocks cannot be mapped to the output's,
+    one line naming the chain and why, nothing merged."""
+    from compress.io_output import load_transformer
+
+    base, c = _chain(tmp_path, "pixart")
+    lora, _ = _base_lora(base, tmp_path)
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    student = load_transformer(c)
+    before = copy.deepcopy(student.state_dict())
+    with pytest.raises(UserError) as e:
+        merge_lora(student, lora)
+    b, a = (tmp_path / "b").resolve(), (tmp_path / "a").resolve()
+    assert str(e.value).startswith(f"the model records the teacher {b}, which records {a}, which is not there: ")
+    assert "\n" not in str(e.value)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+    config = json.loads((tmp_path / "a-moved" / "config.json").read_text())
+    del config["compression"]["teacher"]
+    (tmp_path / "a-moved" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "a-moved").rename(tmp_path / "a")
+    with pytest.raises(UserError, match=f"^the model records the teacher {b}, which records {a}, which records "
+                                        "no teacher: "):
+        merge_lora(student, lora)
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+@pytest.mark.parametrize("last", [True, False], ids=["whole", "without-the-last-kept-blocks"])
+def test_eval_gives_a_chained_outputs_teacher_the_base_blocks_lora_through_its_own_chain(tmp_path, family, last):
+    """c took a LoRA of the base; eval and bench load c's teacher b (an output of a) and give it the
+    LoRA (io.load_teacher_of -> lora_replay.replay): each of b's blocks takes its base block's LoRA
+    through b's and a's block maps, not b's alone (which gave it other blocks' LoRAs, or refused)."""
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+
+    base, c = _chain(tmp_path, family)
+    lora, weights = _base_lora(base, tmp_path)
+    if not last:
+        weights = _without_last_kept(weights, CHAINS[family][3], get_adapter(base))
+        lora = _save(weights, lora)
+    took = load_transformer(c)  # as `lora` records what it took (the replay reads only the record)
+    took.compression_meta["loras"] = [{"source": str(lora.resolve()), "scale": 1.0, "modules": 1}]
+    teacher = load_teacher_of(took, str(tmp_path / "b"))
+    assert _check_deltas(load_transformer(tmp_path / "b"), teacher, weights, CHAINS[family][3],
+                         get_adapter(base)) > 0
+
+
+def test_block_maps_compose_from_the_student_out_and_a_map_past_its_teachers_is_named():
+    """composed_block_map: each link's map read through the next one's; a link without a map, or
+    without a group, keeps all its blocks; a map naming a block its teacher's map does not have (the
+    teacher replaced since) is one line naming both."""
+    from compress.lora_teacher import composed_block_map
+
+    maps = [{"double": [0, 2]}, None, {"double": [0, 1, 3], "single": [1, 2]}, {"single": [0, 2, 3]}]
+    assert composed_block_map(maps, ["the model", "/c", "/b", "/a"]) == {"double": [0, 3], "single": [2, 3]}
+    with pytest.raises(UserError, match=r"^/c has double block 2 of its teacher /b, whose block map has 2 blocks: "
+                                        r"it is not the output the model was compressed from \(replaced since\?\)$"):
+        composed_block_map([{"double": [0, 2]}, {"double": [0, 1]}], ["/c", "/b"])
