@@ -12,7 +12,8 @@ from compress.errors import UserError, read_utf8
 def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
     """calibration.prompts, then prompt_file's lines, cut to num_prompts where the recipe sets it
     (with a note when that cuts the list or asks for more than there are; its default, 10, is the
-    toy source's digit classes, not a cut of the user's prompts)."""
+    toy source's digit classes, not a cut of the user's prompts), and a note when one prompt is left:
+    it is held out too (calib_pipeline's split)."""
     prompts = list(calib.prompts)
     if calib.prompt_file:
         path = Path(calib.prompt_file)
@@ -31,7 +32,13 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
                       "used" if n < len(prompts) else
                       f"note: calibration.num_prompts is {n} but there {'is' if len(prompts) == 1 else 'are'} only "
                       f"{len(prompts)} prompt{'' if len(prompts) == 1 else 's'}")
-    return prompts[:n] if n else prompts
+    prompts = prompts[:n] if n else prompts
+    if len(prompts) == 1:
+        from compress.report import note
+
+        note("calibration has one prompt: it also gives the held-out inputs (with other noise), so the "
+             "held-out error is not measured on an unseen prompt; give two or more prompts to hold some out")
+    return prompts
 
 
 def _where(calib, key: str, value, because: tuple = ()) -> str:

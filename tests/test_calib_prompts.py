@@ -16,3 +16,13 @@ def test_num_prompts_beyond_the_prompts_counts_them_in_words(prompts, words, cap
                           "passes: [svd]\n", "r.yaml")
     read_prompts(recipe.calibration)
     assert f"note: calibration.num_prompts is 5 but {words}\n" in " ".join(capsys.readouterr().err.split(" "))
+
+
+@pytest.mark.parametrize("prompts, noted", [('["a 3"]', True), ('["a 3", "a 4"]', False)])
+def test_one_prompt_says_it_is_held_out_too(prompts, noted, capsys):
+    """One prompt calibrates and gives the held-out inputs (calib_pipeline's split): the held-out error
+    was reported as if on unseen prompts without a word."""
+    recipe = parse_recipe(f"model: pixart\nteacher: x\ncalibration: {{prompts: {prompts}}}\npasses: [svd]\n", "r.yaml")
+    read_prompts(recipe.calibration)
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("note: calibration has one prompt: it also gives the held-out inputs (with other noise)" in err) == noted
