@@ -1,15 +1,16 @@
 """The svd pass's `global` allocation: measured sensitivities (the final prediction's error with one
-layer at the uniform rank), the error the sensitivity-weighted model predicts against uniform, trust
-ranges, the budget check (`c` is the pass's SVDConfig), and `GlobalAllocation`, which SVDPass mixes
-in: its calibration of every target and the greedy allocation."""
+layer factorized, at its uniform rank or, where that loses only round-off, at a lower one within its
+trust range), the error the sensitivity-weighted model predicts against uniform (also at uniform's
+parameter count), trust ranges, the budget check (`c` is the pass's SVDConfig), and `GlobalAllocation`,
+which SVDPass mixes in: its calibration of every target and the greedy allocation."""
 
 from __future__ import annotations
 
 import math
 import statistics
 
-from compress.alloc import (DENSE, budget_for_ratio, global_greedy, min_budget, ratio_rank, sensitivity_weight,
-                            trust_ranges, weighted_loss)
+from compress.alloc import (DENSE, budget_for_ratio, error_vs_uniform, global_greedy, measurement_rank, min_budget,
+                            ratio_rank, sensitivity_weight, trust_ranges)
 from compress.arch.base import LinearInfo
 from compress.calib import BlockCalibration
 from compress.calib_stats import Stats
@@ -22,19 +23,24 @@ from compress.passes.svd_targets import fixed_ranks, shape_spec, uses_output_gra
 from compress.replay import Prefix
 
 
-def predicted_vs_uniform(specs, ranks, weights, c) -> float | None:
-    """√(Σ weight·loss at the allocated ranks / the same at the uniform ranks): the final-prediction
-    error the sensitivity-weighted loss model expects, relative to uniform (None without sensitivity)."""
-    if not weights:
-        return None
-    uniform = weighted_loss(specs, {s.name: ratio_rank(s, c.ratio, c.multiple) for s in specs}, weights)
-    return (weighted_loss(specs, ranks, weights) / uniform) ** 0.5 if uniform > 0 else None
+def predicted_vs_uniform(specs, ranks, weights, c, ranges) -> dict:
+    """Report keys: the final-prediction error the sensitivity-weighted loss model expects of the
+    allocation relative to uniform (√ of the weighted losses' ratio; None without sensitivity), the
+    same for a global allocation of uniform's own parameter count (`alloc.error_vs_uniform`), and that
+    count, beside the allocation's `spent_params`."""
+    if weights:
+        spent, equal, params = error_vs_uniform(specs, ranks, weights, c.ratio, c.multiple, ranges)
+    else:
+        spent = equal = None
+        params = sum(s.params(ratio_rank(s, c.ratio, c.multiple)) for s in specs)
+    return {"predicted_error_vs_uniform": spent, "uniform_params": params,
+            "predicted_error_vs_uniform_equal_params": equal}
 
 
 def sensitivities(model, adapter, batches, factors, progress, targets) -> dict[str, float]:
-    """Per measured layer: the squared relative final-prediction error with only that layer at the
-    uniform rank, per unit of its normalized loss there (alloc.sensitivity_weight). factors: name ->
-    (up, down, normalized loss[, bias shift]), the shift a centered target's mean error
+    """Per measured layer: the squared relative final-prediction error with only that layer factorized
+    (at its `alloc.measurement_rank`), per unit of its normalized loss there (alloc.sensitivity_weight).
+    factors: name -> (up, down, normalized loss[, bias shift]), the shift a centered target's mean error
     (svd_layer.approximation), added to its bias for the measurement as compress_layer adds it. The forwards of
     a block's layers start at that block (its input recorded once, `replay.Prefix`)."""
     from compress.progress import bar as progress_bar
@@ -52,8 +58,8 @@ def sensitivities(model, adapter, batches, factors, progress, targets) -> dict[s
             with swapped_weight(model, name, up @ down, shift[0] if shift else None):
                 rel = relative_error(model, ref, adapter, batches, prefix)
             if not math.isfinite(rel):
-                raise NumericError(f"{name}: the prediction error with this layer alone factorized at the "
-                                   f"uniform rank is {rel} (global allocation's sensitivity)")
+                raise NumericError(f"{name}: the prediction error with this layer alone factorized "
+                                   f"is {rel} (global allocation's sensitivity)")
             weights[name] = sensitivity_weight(rel, norm_loss)
             bar.advance(task)
     return {name: weights[name] for name in factors}
@@ -90,10 +96,10 @@ class GlobalAllocation:
         if sensitivity and not getattr(self.loader, "resident", True):
             raise UserError("svd.sensitivity needs the whole model in memory (one forward per layer); "
                             "with block weights streamed set svd.sensitivity: false")
-        curves, weights = self._measured(model, adapter, targets, batches, sensitivity)
+        curves, weights, lower = self._measured(model, adapter, targets, batches, sensitivity)
         free = [i for i in targets if i.name not in fixed]
         specs = [shape_spec(i, curves[i.name]) for i in free]
-        if weights:  # layers whose uniform rank saves nothing were not measured: the median weight
+        if weights:  # layers not measured (no saving, or no measurable loss in range): the median weight
             median = statistics.median(weights.values())
             weights = {s.name: weights.get(s.name, median) for s in specs}
         budget = budget_for_ratio(specs, c.ratio)
@@ -101,14 +107,16 @@ class GlobalAllocation:
         alloc = global_greedy(specs, budget, c.multiple, weights or None, ranges)
         info = {"budget_params": budget, "spent_params": alloc.spent, "sensitivity": sensitivity,
                 "trust_region": c.trust_region, "weights": weights,
-                "predicted_error_vs_uniform": predicted_vs_uniform(specs, alloc.ranks, weights, c)}
+                "weights_measured_below_uniform": {n: r for n, r in lower.items() if n in weights},
+                **predicted_vs_uniform(specs, alloc.ranks, weights, c, ranges)}
         return {**alloc.ranks, **fixed}, info
 
-    def _measured(self, model, adapter, targets, batches, sensitivity: bool) -> tuple[dict, dict]:
-        """Every target's normalized loss curve and, with `sensitivity`, its measured weight. Each
-        target's factors at the uniform rank wait on disk (sensitivity/<pid>-*.pt in the scratch
-        folder) until its sensitivity is measured, and go once it is, or at a Ctrl-C or an error."""
-        c, curves = self.config, {}
+    def _measured(self, model, adapter, targets, batches, sensitivity: bool) -> tuple[dict, dict, dict]:
+        """Every target's normalized loss curve and, with `sensitivity`, its measured weight and the
+        layers measured below their uniform rank (name -> rank). Each target's factors at its
+        measurement rank wait on disk (sensitivity/<pid>-*.pt in the scratch folder) until its
+        sensitivity is measured, and go once it is, or at a Ctrl-C or an error."""
+        c, curves, lower = self.config, {}, {}
         with SpilledMap(self.scratch / "sensitivity" if sensitivity else None) as factors:
             def visit(info: LinearInfo, stats: Stats) -> bool:
                 m = layer_math(model.get_submodule(info.name), stats, uses_output_gram(info), self._center(info))
@@ -116,8 +124,11 @@ class GlobalAllocation:
                 m = weighted(m, root[0]) if root else m
                 dec = decompose_layer(m, c.method, c.alpha, info.name)
                 curves[info.name] = normalized_curve(dec.curve)
-                rank = ratio_rank(shape_spec(info), c.ratio, c.multiple)
-                if sensitivity and rank is not DENSE:  # the layer as compress_layer makes it (mean shift too)
+                spec = shape_spec(info, curves[info.name])
+                rank = measurement_rank(spec, c.ratio, c.multiple, (trust_ranges_for([spec], c) or {}).get(info.name))
+                if rank is not None and rank != ratio_rank(spec, c.ratio, c.multiple):
+                    lower[info.name] = rank
+                if sensitivity and rank is not None:  # the layer as compress_layer makes it (mean shift too)
                     up, down, shift = approximation(m, dec, rank, root[1] if root else None, info.name)
                     factors[info.name] = (up.float(), down.float(), float(curves[info.name][rank]),
                                           shift.float() if shift is not None else None)
@@ -128,4 +139,4 @@ class GlobalAllocation:
             self._walk(cal, targets, visit, [])
             weights = sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
                                     c.progress, targets) if sensitivity else {}
-        return curves, weights
+        return curves, weights, lower

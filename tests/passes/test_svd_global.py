@@ -105,3 +105,76 @@ def test_a_ctrl_c_in_global_allocation_leaves_no_sensitivity_scratch(tmp_path, m
         run_svd("pixart", tmp_path, allocation="global", targets=["mlp"], ratio=0.5)
     assert caught.value.__traceback__ is not None and len(spilled) >= 2  # the factors were on disk
     assert sorted(scratch.iterdir()) == [live]
+
+
+def one_token_captions(model, n=2):
+    """Calibration batches whose caption mask lets one token per row through: cross-attention's
+    v and out read 4 dimensions (2 rows × 2 batches), below their uniform rank 4..."""
+    out = []
+    for i in range(n):
+        b = model_inputs(model, seed=i)
+        b["encoder_attention_mask"] = torch.zeros(2, 5)  # (B, tokens)
+        b["encoder_attention_mask"][:, 0] = 1
+        out.append(b)
+    return out
+
+
+def test_a_layer_that_loses_only_round_off_at_uniform_is_weighed_where_it_loses_something(tmp_path):
+    """...so at rank 4 they lose round-off, and their weight was the float32 prediction error over a
+    1e-12 floor (to_v 0.025 here, 6.5x what rank 2 measures; the toy PixArt's caption v at ratio 0.3:
+    0.013-0.053, up to 15x what rank 8 measures). It is now measured at rank 2 (the trust range's
+    bottom): the weight equals the error of the layer factorized there, as a uniform pass makes it,
+    over its loss there."""
+    from compress.passes import svd_global
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+
+    name, cfg = "transformer_blocks.0.attn2.to_v", dict(targets=["cross_attention"], multiple=2, ratio=0.5,
+                                                      compensate=False, progress=False)
+    captured = {}
+
+    def spy(model, adapter, batches, factors, progress, targets):
+        captured.update(batches=batches, rank=factors[name][0].shape[1])  # up: (out, rank)
+        return real(model, adapter, batches, factors, progress, targets)
+
+    def run(folder, **more):
+        model = tiny_pixart()
+        batches = one_token_captions(model)
+        ctx = RunContext(adapter=get_adapter(model), family="pixart", teacher=model, run_dir=tmp_path / folder,
+                         calibration_inputs=lambda: batches, fingerprint="fp")
+        SVDPass(SVDConfig(**cfg, **more)).run(model, ctx)
+        return model, ctx.report["svd"]
+
+    real = svd_global.sensitivities
+    svd_global.sensitivities = spy
+    try:
+        _, report = run("global", allocation="global")
+    finally:
+        svd_global.sensitivities = real
+    uniform, record = run("uniform", activations="teacher", ranks={name: 2})
+    loss = 1.0 - record["layers"][name]["energy_kept"]  # normalized loss at rank 2
+    assert loss > 1e-3  # 0.014: a loss the prediction's float32 error resolves
+    model = tiny_pixart()
+    adapter, batches = get_adapter(model), captured["batches"]
+    ref = predictions(model, adapter, batches)
+    model.set_submodule(name, uniform.get_submodule(name))
+    want = sensitivity_weight(relative_error(model, ref, adapter, batches), loss)
+    assert report["global"]["weights"][name] == pytest.approx(want, rel=1e-4)  # 0.0039 (was 0.025)
+    assert captured["rank"] == 2 and report["global"]["weights_measured_below_uniform"][name] == 2
+
+
+def test_global_reports_uniforms_parameter_count_and_the_error_at_it(tmp_path):
+    """Uniform's per-layer rounding keeps another count than the global budget (toy PixArt at 0.6:
+    827,520 against 790,656; at 0.3: 376,960 against 395,392), and predicted_error_vs_uniform
+    compared the two unequal counts; the report now gives uniform's count beside `spent_params`, and
+    the model's prediction for a global allocation of that count."""
+    from compress.alloc import ratio_rank
+    from compress.passes.svd_targets import shape_spec
+
+    _, report, infos = run_svd("pixart", tmp_path, allocation="global", targets=["mlp"], ratio=0.4,
+                               multiple=4, compensate=False)
+    g = report["global"]
+    uniform = sum(shape_spec(infos[n]).params(ratio_rank(shape_spec(infos[n]), 0.4, 4)) for n in report["layers"])
+    assert g["uniform_params"] == uniform < g["spent_params"]  # 2,160 < 2,480
+    # at 2,160 every layer sits at its lowest allowed rank, uniform's: the model predicts 1.0, not 0.79
+    assert 0 < g["predicted_error_vs_uniform"] < g["predicted_error_vs_uniform_equal_params"] == pytest.approx(1.0)
