@@ -24,11 +24,12 @@ from compress.calib_prompts import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
 from compress.plan_budget import (budget_savings, budgeted_layers, decided_later, distill_student, removal_shares,
-                                 retargeted, smallest_blocks)
+                                 retargeted, smallest_blocks, spare_bound)
 from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory
 from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
                                 teacher_given)
 from compress.passes import build_passes
+from compress.passes.removed_blocks import planned_blocks
 from compress.passes.svd import LATER
 from compress.report import console, layer_rows, note, param_count, results, warn
 from compress.runner_checks import checked_in_order
@@ -87,19 +88,22 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     if recipe.device.startswith("cuda") and not torch.cuda.is_available():
         note(f"{recipe.path}: device {recipe.device}, but torch sees no CUDA "
              "GPU here: this plan holds, its run needs a machine with one")
-    pipeline = source_kind(recipe.calibration, source) == "pipeline"
+    inputs = source_kind(recipe.calibration, source)
+    pipeline = inputs == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     if pipeline:  # as the run's PipelineSource refuses it
         check_size(recipe.calibration, recipe.calibration.pipeline or source)
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
-    steps, scores, later, unplaced = [], ScoresSoFar(), [], []
+    steps, scores, later, unplaced, uneven = [], ScoresSoFar(), [], [], []
     budgeted = []  # per entry of `later`: its dense targets on the meta model (budgeted_layers)
     removals_before = []  # per entry of `later`: the unplaced removals before its pass
-    for p, spec in checked_in_order(passes, recipe.passes, model, adapter):  # each then applied
+    for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs):  # each then applied
         named = dict(model.named_modules())  # as the pass finds the model: the names its targets use
         step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
         if n := p.unplaced(model, adapter):  # blocks whose groups importance picks at run time
             unplaced.append({"pass": spec.name, **pass_where(spec), "blocks": n})
+        if step.get("blocks_differ_in_size"):  # placed, but which blocks go changes the count
+            uneven.append({"pass": spec.name, **pass_where(spec), "groups": step["blocks_differ_in_size"]})
         budgeted = retargeted(budgeted, step, named)
         if step.get("params_after") == LATER:  # ranks decided after calibration: counted dense here
             later.append(decided_later(p, step, model, adapter))
@@ -112,21 +116,24 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         if recipe.stream and step.get("skip_scan") and step.get("scans", 1):
             step["streamed_scan"] = streamed_scan(step, reused, calib, model, adapter)
         if spec.name == "distill":  # the student it trains, as earlier passes leave it (plan_memory)
-            step["student"] = distill_student(model, later, budgeted, spec.config.train)
+            spare = spare_bound(model, adapter, planned_blocks(model, adapter))[0]
+            step["student"] = distill_student(model, later, budgeted, spec.config.train, spare)
         scores.see(p, spec, step)
         steps.append(step)
     after_rows = layer_rows(model)
+    spare, spare_roles = spare_bound(model, adapter, planned_blocks(model, adapter))
     plan = {
         "calibration": calib,
         "backward": backward_bytes(calib, model.config, sum(adapter.block_counts(model).values())),
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
-        "params_after_at_most": param_count(model) - budget_savings(later, budgeted, model)
+        "params_after_at_most": param_count(model) - budget_savings(later, budgeted, model) + spare
         - smallest_blocks(model, adapter, sum(u["blocks"] for u in unplaced), budgeted,
                           removal_shares(later, removals_before, len(unplaced))),
-        "decided_later": later, "unplaced_removals": unplaced,
+        "decided_later": later, "unplaced_removals": unplaced, "uneven_removals": uneven, "params_spare": spare,
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
+        "by_role_after_at_most": {r: n + spare_roles.get(r, 0) for r, n in by_key(after_rows, "role").items()},
         "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
     }
     plan["memory"] = peak_memory(recipe, plan, any(getattr(p, "needs_calibration", False) for p in passes))
@@ -292,15 +299,20 @@ def print_plan(plan: dict) -> None:
         table.add_column(col, justify="left" if col == "role" else "right")
     later = plan.get("decided_later", [])
     open_roles = {role for entry in later for role in entry["roles"]}  # ranks decided after calibration
-    blocks_open = bool(plan.get("unplaced_removals"))  # any block may go: every role's count a bound
+    # any block may go, or which go changes the count: every role's count a bound
+    blocks_open = bool(plan.get("unplaced_removals") or plan.get("uneven_removals"))
+    most = plan.get("by_role_after_at_most", plan["by_role_after"])
     for role, n in plan["by_role_before"].items():
-        after = plan["by_role_after"].get(role, 0)
+        after = most.get(role, 0)
         bound = "≤ " if role in open_roles or blocks_open else ""
         table.add_row(role, f"{n:,}", f"{bound}{after:,}", f"{bound}{after / n:.1%}")
     results.print(table)
     if open_roles:
         results.print(f"≤: {', '.join(_pass_words(e) for e in later)} decide{'s' if len(later) == 1 else ''} "
                       "these roles' ranks after calibration; their layers are counted here as before it")
+    if plan.get("uneven_removals"):
+        results.print(f"≤: {_uneven_words(plan['uneven_removals'])}; each role counted as if the blocks "
+                      "with least of it go")
     results.print(total_words(plan))
 
 
@@ -308,9 +320,28 @@ def _pass_words(entry: dict) -> str:
     return f"{entry['pass']} ({where_words(entry)}, allocation {entry['allocation']})"
 
 
+def _uneven_words(uneven: list[dict]) -> str:
+    """'remove_blocks (line 4) picks blocks of group 'blocks', whose blocks differ in size, at run time'."""
+    return " and ".join(f"{u['pass']} ({where_words(u)}) picks blocks of group"
+                        f"{'s' if len(u['groups']) > 1 else ''} {', '.join(repr(g) for g in u['groups'])}, "
+                        "whose blocks differ in size, at run time" for u in uneven)
+
+
 def total_words(plan: dict) -> str:
-    """The total line: exact where every rank is planned; else an upper bound, the budget of each
-    global pass taken off (decided_later, budget_savings)."""
+    """The total line: exact where every rank and block is planned; else an upper bound, the budget of
+    each global pass taken off (decided_later, budget_savings), as if the smallest blocks go of
+    removals placed at run time (smallest_blocks; spare_bound: of groups whose blocks differ)."""
+    words, uneven = _bound_words(plan), plan.get("uneven_removals")
+    if not uneven:
+        return words
+    most, before = plan["params_after_at_most"], plan["params_before"]
+    said = f"{_uneven_words(uneven)}: counted as if the smallest go"
+    if words.endswith("(planned)"):
+        return f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: {said})"
+    return f"{words[:-1]}; {said})"
+
+
+def _bound_words(plan: dict) -> str:
     before, counted, most = plan["params_before"], plan["params_after_planned"], plan["params_after_at_most"]
     later, unplaced = plan.get("decided_later", []), plan.get("unplaced_removals", [])
     if unplaced:
@@ -321,12 +352,12 @@ def total_words(plan: dict) -> str:
                 f"many{', and ranks decided after calibration' if later else ''})")
     if not later:
         return f"total parameters: {before:,} -> {counted:,} (planned)"
-    if most < counted:
+    if most - plan.get("params_spare", 0) < counted:  # a budget saves some
         words = "; ".join(f"{_pass_words(e)} keeps at most its budget, {e['budget_params']:,} of its targets' "
                           f"{e['dense_params']:,} dense" if "budget_params" in e else
                           f"{_pass_words(e)} counted dense" for e in later)
         return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: {words}, "
                 "ranks decided after calibration)")
-    return (f"total parameters: {before:,} -> at most {counted:,} (planned: "
+    return (f"total parameters: {before:,} -> at most {most:,} (planned: "
             f"{', '.join(_pass_words(e) for e in later)} decide{'s' if len(later) == 1 else ''} ranks after "
             "calibration; their layers are counted dense)")

@@ -93,16 +93,40 @@ def budget_savings(later: list[dict], budgeted: list, model) -> int:
     return saved
 
 
-def distill_student(model, later: list[dict], budgeted: list, train: str) -> dict:
+def distill_student(model, later: list[dict], budgeted: list, train: str, spare: int = 0) -> dict:
     """{"params": at most, "trained": at most}: the student a distill pass gets from the passes before
     it (the meta model now, less what their global budgets save at least, budget_savings) and of
     those the parameters `train` trains (all; factors: the LowRankLinear layers', plus the layers a
-    budgeted pass may still factorize; non_factors: the rest)."""
+    budgeted pass may still factorize; non_factors: the rest). `spare`: what removals of blocks
+    that differ in size may leave above the meta model (spare_bound)."""
     from compress.distill_utils import factor_param_names
 
-    params = param_count(model) - budget_savings(later, budgeted, model)
+    params = param_count(model) - budget_savings(later, budgeted, model) + spare
     named = dict(model.named_parameters())
     factors = sum(named[n].numel() for n in factor_param_names(model))
     maybe = sum(entry.get("budget_params", entry["dense_params"]) for entry in later)  # what they may factorize
     trained = {"all": params, "factors": min(params, factors + maybe), "non_factors": params - factors}[train]
     return {"params": params, "trained": trained}
+
+
+def spare_bound(model, adapter, planned: dict) -> tuple[int, dict[str, int]]:
+    """(parameters, {role: linears' parameters}) that removals picked at run time from groups whose
+    blocks differ in size may leave above plan's meta model, which dropped the smallest in their
+    place (`planned["spare"]`: per group the sizes of the blocks dropped, remove_blocks_budget.
+    block_sizes): per group, the largest as many blocks as are left among those left and those
+    dropped, less those left. A block never grows after it is dropped, so what it held then bounds it."""
+    from compress.passes.remove_blocks_budget import block_sizes
+
+    extra, roles = 0, {}
+    for group, dropped in planned.get("spare", {}).items():
+        left = block_sizes(model, adapter, group)
+        pool = left + dropped
+        extra += _above([b["params"] for b in pool], len(left))
+        for role in {r for b in pool for r in b["roles"]}:
+            roles[role] = roles.get(role, 0) + _above([b["roles"].get(role, 0) for b in pool], len(left))
+    return extra, roles
+
+
+def _above(sizes: list[int], n: int) -> int:
+    """The largest n of `sizes` less its first n (the blocks left, the dropped after them)."""
+    return sum(sorted(sizes, reverse=True)[:n]) - sum(sizes[:n])

@@ -5,7 +5,8 @@ explicit and per-group block removal, fixed ranks; targets an svd pass factorize
 after calibration are marked with what is known of them, `svd_planned.mark_planned`). A removal
 whose blocks are chosen by importance over several groups (a bare count on Flux) is placed only at
 run time; a later pass that would fail if those blocks all came from one group gets a warning
-(`SpreadRemovals`).
+(`SpreadRemovals`). A pass that trains on the toy data (`data: toy`) is checked against the
+calibration source, which gives its batches (`check_data`).
 """
 from __future__ import annotations
 
@@ -21,17 +22,19 @@ from compress.passes.svd_planned import stamp_planned
 from compress.report import warn
 
 
-def checked_in_order(passes, specs, model, adapter):
+def checked_in_order(passes, specs, model, adapter, inputs: str | None = None):
     """Each pass's config checked in recipe order against `model`, which takes each pass's planned
     changes (`apply_planned`) in turn; yields (pass, spec) after the pass is checked and its notes
     said, before it is applied (what `plan` reports of it). Errors name the recipe file and the line
     (or the --set) of the key they are about (`PassSpec.where`), and those about blocks earlier
-    passes removed say which (`removal_note`)."""
+    passes removed say which (`removal_note`). `inputs`: the calibration source's kind
+    (inputs.source_kind: toy, pipeline, synthetic), for `check_data`; None: not checked."""
     teacher, removed, spread = adapter.block_counts(model), [], SpreadRemovals()
     for p, spec in zip(passes, specs):
         counts = adapter.block_counts(model)
         with _named(spec, counts, teacher, removed):
             p.check(model, adapter)
+            check_data(p, spec, inputs)
             _warn_notes(p, spec, model, adapter)
             spread.check(p, spec, model, adapter)
         yield p, spec
@@ -52,10 +55,28 @@ def _named(spec, counts: dict, teacher: dict, removed: list[int]):
         raise UserError(f"{spec.where(e)}: {e}{removal_note(e, counts, teacher, removed)}") from None
 
 
-def check_passes(passes, specs, model, adapter) -> None:
-    """Every pass's config checked in recipe order against a meta copy of `model` (checked_in_order)."""
-    for _ in checked_in_order(passes, specs, meta_clone(model), adapter):
+def check_passes(passes, specs, model, adapter, inputs: str | None = None) -> None:
+    """Every pass's config checked in recipe order against a meta copy of `model` (checked_in_order;
+    `inputs`: the calibration source's kind, for `check_data`)."""
+    for _ in checked_in_order(passes, specs, meta_clone(model), adapter, inputs):
         pass
+
+
+def check_data(p, spec, inputs: str | None) -> None:
+    """A pass that trains on the toy data (its config's `data: toy`: distill's default) takes its
+    batches from the calibration source (the runner's `train_batch`): the toy's digits from source
+    toy; none from a pipeline source, refused here, before any pass runs, rather than when the pass
+    starts; from source synthetic, that source's random latents and text embeddings, as the rest of
+    such a smoke-test run, said in a warning. `inputs`: the source's kind (inputs.source_kind)."""
+    if getattr(p.config, "data", None) != "toy" or inputs in (None, "toy"):
+        return
+    if inputs == "pipeline":
+        raise BadValue("data", f"{spec.name}: data: toy trains on the toy data, and this run calibrates "
+                               f"through a pipeline: set {spec.name}.data to 'teacher_samples' or 'folder'")
+    message = (f"{spec.name}: data: toy with calibration.source {inputs} trains on that source's random "
+               "latents and text embeddings, not on the toy's digits nor on images (a smoke test): set "
+               f"{spec.name}.data to 'teacher_samples' or 'folder' to train on samples")
+    warn(f"{spec.where(BadValue('data', message))}: {message}")
 
 
 def _warn_notes(p, spec, model, adapter) -> None:

@@ -22,8 +22,9 @@ from compress.arch.base import Adapter
 from compress.errors import NumericError, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, scan
-from compress.passes.remove_blocks_budget import (check_explicit, one_of, per_group, removes_nothing,
-                                                resolve_budget, to_current, too_many)
+from compress.passes.remove_blocks_budget import (block_sizes, check_explicit, drop_placeholders, one_of,
+                                                per_group, removes_nothing, resolve_budget, to_current, too_many,
+                                                uneven)
 from compress.passes.remove_blocks_config import RemoveBlocksConfig, _biased
 from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
                                                    window_key)
@@ -211,13 +212,14 @@ class RemoveBlocksPass(Pass):
                  else f"{sum(counts.values()) - budget} blocks in all")
         if self.config.criterion == "learned":
             return self._plan_learned(model, adapter, per_group(budget, counts), counts)
+        differ = self.uneven_groups(model, adapter)  # plan's count after it is a bound
         # as `run`: one per removal (iterative) or one, none for a budget of none (`removes_nothing`);
         # before reusing an importance pass's scores
         scans = _total(budget) if self.config.iterative else min(_total(budget), 1)
         return {"remove": "chosen by importance at run time", "budget": budget,
                 "criterion": self.config.criterion, "iterative": self.config.iterative,
                 "blocks_before": counts, "blocks_after": after, "skip_scan": self.config.criterion == "scan",
-                "scans": scans}
+                "scans": scans, **({"blocks_differ_in_size": differ} if differ else {})}
 
     def _plan_learned(self, model, adapter, budget: dict[str, int], counts: dict[str, int]) -> dict:
         cfg, lr = self.config, value(self.config, "learn_lr")
@@ -225,43 +227,61 @@ class RemoveBlocksPass(Pass):
                 "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
                 "window": cfg.window or "whole group", "patterns": pattern_count(budget, counts, cfg.window),
                 "learn_steps": value(cfg, "learn_steps"), "learn_lr": lr, "estimator": value(cfg, "estimator"),
-                "learning_holds": learning_bytes(model, adapter, lr, cfg.learn_rank, value(cfg, "estimator"))}
+                "learning_holds": learning_bytes(model, adapter, lr, cfg.learn_rank, value(cfg, "estimator")),
+                **({"blocks_differ_in_size": differ} if (differ := self.uneven_groups(model, adapter)) else {})}
 
     def apply_planned(self, model: nn.Module, adapter: Adapter) -> None:
-        """Removal on plan's meta model. A per-group count or fraction removes that many blocks
-        from the end of each group as placeholders: which blocks go is decided at run time, but
-        blocks of a group have equal shapes, so the parameter counts after are exact; later
-        explicit (teacher) indices are then checked against the blocks that may still be there."""
+        """Removal on plan's meta model. A per-group count or fraction removes that many blocks of
+        each group as placeholders (`placeholders`): which blocks go is decided at run time; where
+        the group's blocks are equal the count after is exact, else the smallest go and the blocks
+        dropped are kept in `spare` (block_sizes) for plan's bound (plan_budget.spare_bound).
+        Later explicit (teacher) indices are then checked against the blocks that may still be there."""
         planned = planned_blocks(model, adapter)
         counts = adapter.block_counts(model)
         if self.config.blocks is None:
-            budget = resolve_budget(self.config, adapter, counts)
-            if not isinstance(budget, dict) and len(counts) == 1:  # one group: it takes the count
-                budget = {next(iter(counts)): budget}
+            budget = self._placed_budget(adapter, counts)
             if isinstance(budget, dict):
-                adapter.remove_blocks(model, {g: list(range(counts[g] - k, counts[g]))
-                                              for g, k in budget.items()})
+                planned = drop_placeholders(model, adapter, planned, budget)
                 pending = {g: planned["pending"].get(g, 0) + budget.get(g, 0) for g in counts}
                 planned = dict(planned, pending=pending)
             groups = [g for g, k in budget.items() if k] if isinstance(budget, dict) else list(counts)
             setattr(model, PLANNED_ATTR, with_removal(planned, groups, run_time=True))
             return
         drop = to_current(self.config.blocks, planned["block_map"])  # positions in the map
-        adapter.remove_blocks(model, {g: list(range(counts[g] - len(idx), counts[g]))
-                                      if planned["pending"].get(g) else idx for g, idx in drop.items()})
+        unknown = {g: len(idx) for g, idx in drop.items() if planned["pending"].get(g)}  # placed at run time
+        known = {g: idx for g, idx in drop.items() if g not in unknown}
+        planned = drop_placeholders(model, adapter, planned, unknown, known)
         block_map = {g: [t for i, t in enumerate(teacher) if i not in drop.get(g, [])]
                      for g, teacher in planned["block_map"].items()}
         setattr(model, PLANNED_ATTR, with_removal(dict(planned, block_map=block_map),
                                                   [g for g, idx in drop.items() if idx], run_time=False))
+
+    def _placed_budget(self, adapter: Adapter, counts: dict[str, int]):
+        """The budget as {group: k} where plan can place it (per group, or one group takes the
+        count); an int over several groups (`unplaced`)."""
+        budget = resolve_budget(self.config, adapter, counts)
+        if not isinstance(budget, dict) and len(counts) == 1:
+            return {next(iter(counts)): budget}
+        return budget
+
+    def uneven_groups(self, model: nn.Module, adapter: Adapter) -> list[str]:
+        """The groups plan places a count or fraction in whose blocks differ in size (or an earlier
+        such removal made plan's count of them a bound): its total after is a bound, not a count."""
+        if self.config.blocks is not None:
+            return []
+        budget, spare = self._placed_budget(adapter, adapter.block_counts(model)), planned_blocks(model, adapter)
+        if not isinstance(budget, dict):
+            return []
+        return [g for g, k in budget.items()
+                if k and (g in spare.get("spare", {}) or uneven(block_sizes(model, adapter, g)))]
 
     def unplaced(self, model: nn.Module, adapter: Adapter) -> int:
         """A count or fraction over several groups: which groups lose the blocks is decided by
         importance at run time (`apply_planned` cannot place them)."""
         if self.config.blocks is not None:
             return 0
-        counts = adapter.block_counts(model)
-        budget = resolve_budget(self.config, adapter, counts)
-        return 0 if isinstance(budget, dict) or len(counts) == 1 else budget
+        budget = self._placed_budget(adapter, adapter.block_counts(model))
+        return 0 if isinstance(budget, dict) else budget
 
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         adapter = ctx.adapter

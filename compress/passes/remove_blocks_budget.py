@@ -1,7 +1,8 @@
 """`remove_blocks` budgets and explicit indices, checked against the model's block counts: a
 count or fraction per group or over all blocks (`resolve_budget`), teacher indices per group
 (`check_explicit`) and their current positions after earlier removals (`to_current`). Errors are
-BadValues naming the recipe key (count.single, blocks.double.1), so they point at its line."""
+BadValues naming the recipe key (count.single, blocks.double.1), so they point at its line. On plan's
+meta model, the blocks a budget removes at run time are dropped as placeholders (`drop_placeholders`)."""
 
 from __future__ import annotations
 
@@ -154,3 +155,49 @@ def _smallest(n: int, spare: int) -> str:
         return ""
     digits = max(2, len(str(n)))  # two decimals, more for over a hundred blocks
     return f"; the smallest fraction that removes one block is {math.ceil(10 ** digits / n) / 10 ** digits:g}"
+
+
+# ---- plan's placeholders for blocks chosen at run time -------------------------------------------
+def block_sizes(model, adapter: Adapter, group: str) -> list[dict]:
+    """Per block of `group`, in order: {"params": all its parameters, "roles": {role: its linears'
+    parameters}}, as plan counts them (report.param_count, report.layer_rows)."""
+    from compress.report import layer_rows, param_count
+
+    kept = {row["name"]: row["params"] for row in layer_rows(model)}
+    sizes = [{"params": param_count(block), "roles": {}} for block in adapter.blocks(model, group)]
+    for info in adapter.linears(model):
+        if info.group == group:
+            roles = sizes[info.block]["roles"]
+            roles[info.role] = roles.get(info.role, 0) + kept[info.name]
+    return sizes
+
+
+def uneven(sizes: list[dict]) -> bool:
+    """Whether blocks (`block_sizes`) differ in size: then which of them a removal takes changes
+    the parameters left (an output's blocks factorized at different ranks, or some dense)."""
+    return any(s != sizes[0] for s in sizes)
+
+
+def placeholders(sizes: list[dict], k: int) -> list[int]:
+    """The k blocks plan's meta model drops for k a removal picks at run time: the last k where the
+    blocks are equal (any k leave the same count); else the k smallest (the last of equal ones
+    first), so what is left is the most any choice can leave (`uneven`)."""
+    if not uneven(sizes):
+        return list(range(len(sizes) - k, len(sizes)))
+    by_size = sorted(range(len(sizes)), key=lambda i: (sizes[i]["params"], -i))
+    return sorted(by_size[:k])
+
+
+def drop_placeholders(model, adapter: Adapter, planned: dict, counts: dict[str, int],
+                      known: dict[str, list[int]] | None = None) -> dict:
+    """Drops on plan's meta model `counts[g]` placeholder blocks of each group (`placeholders`) and
+    the `known` current indices; returns `planned` with the placeholders of groups whose blocks
+    differ in size (or that hold spare blocks already) added to its `spare` (block_sizes)."""
+    spare, drop = {g: list(v) for g, v in planned.get("spare", {}).items()}, dict(known or {})
+    for g, k in counts.items():
+        sizes = block_sizes(model, adapter, g)
+        drop[g] = placeholders(sizes, k)
+        if k and (g in spare or uneven(sizes)):
+            spare[g] = spare.get(g, []) + [sizes[i] for i in drop[g]]
+    adapter.remove_blocks(model, drop)
+    return dict(planned, spare=spare)

@@ -1,0 +1,109 @@
+"""plan's totals for a removal by count or fraction whose group's blocks differ in size (a teacher that
+is a compressed output: some blocks factorized): which blocks go is decided at run time, so the total
+is the most any choice can leave (the smallest blocks gone), marked as a bound; equal blocks stay exact."""
+
+import pytest
+import torch
+
+from compress.io_export import save_compressed
+from compress.lowrank import LowRankLinear
+from compress.plan import make_plan, print_plan, total_words
+from compress.recipe import parse_recipe
+from tests.conftest import FLUX_TINY, PIXART_TINY, tiny_flux, tiny_pixart
+
+
+def _factorized(model, name: str, rank: int = 2):
+    old = model.get_submodule(name)
+    model.set_submodule(name, LowRankLinear.from_factors(torch.randn(old.out_features, rank),
+                                                         torch.randn(rank, old.in_features), old.bias.detach()))
+    return model
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """{family: (an output whose blocks differ in size, the group that differs)}: PixArt's block 1
+    and Flux's single block 1 have a layer factorized (the smallest of their group); PixArt's block 2
+    a smaller one, in another role."""
+    tmp = tmp_path_factory.mktemp("uneven")
+    pixart = _factorized(tiny_pixart(), "transformer_blocks.1.ff.net.2")
+    pixart = _factorized(pixart, "transformer_blocks.2.attn1.to_q")
+    flux = _factorized(tiny_flux(), "single_transformer_blocks.1.proj_out")
+    return {"pixart": (save_compressed(pixart, tmp / "pixart"), "blocks"),
+            "flux": (save_compressed(flux, tmp / "flux"), "single")}
+
+
+def _plan(family: str, teacher, passes: str) -> dict:
+    return make_plan(parse_recipe(f"model: {family}\nteacher: {teacher}\ncalibration: {{source: synthetic}}\n"
+                                  f"passes:\n{passes}", "r.yaml"))
+
+
+def _each_choice(family: str, teacher, group: str, n: int, after: str = "") -> list[int]:
+    """The planned totals of the same removal with each block of `group` named (exact)."""
+    return [_plan(family, teacher, f"  - remove_blocks: {{blocks: {{{group}: [{i}]}}}}\n{after}")
+            ["params_after_planned"] for i in range(n)]
+
+
+@pytest.mark.parametrize("family, removal", [("pixart", "{count: 1, criterion: proxy}"),
+                                             ("pixart", "{fraction: 0.4, criterion: scan}"),
+                                             ("pixart", "{count: {blocks: 1}, criterion: learned}"),
+                                             ("flux", "{count: {single: 1}, criterion: proxy}")])
+def test_a_count_over_blocks_that_differ_is_the_most_any_choice_leaves(outputs, family, removal, capsys):
+    """plan removed the group's last block as a placeholder, taking blocks of a group to be equal, and
+    said the total exactly ('881,168 -> 734,352 (planned)' of an output whose run removed a larger
+    block and left 710,800). Now: at most what removing the smallest leaves, said as a bound."""
+    teacher, group = outputs[family]
+    n = PIXART_TINY["num_layers"] if family == "pixart" else FLUX_TINY["num_single_layers"]
+    plan = _plan(family, teacher, f"  - remove_blocks: {removal}\n")
+    choices = _each_choice(family, teacher, group, n)
+    assert len(set(choices)) > 1  # the blocks differ
+    assert plan["params_after_at_most"] == max(choices)
+    assert plan["uneven_removals"] == [{"pass": "remove_blocks", "line": 5, "groups": [group]}]
+    assert plan["passes"][0]["blocks_differ_in_size"] == [group]
+    words = total_words(plan)
+    assert words.startswith(f"total parameters: {plan['params_before']:,} -> at most {max(choices):,} (")
+    assert (f"remove_blocks (line 5) picks blocks of group '{group}', whose blocks differ in size, at run time: "
+            "counted as if the smallest go)") in words
+    print_plan(plan)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert rows and all("≤" in row for row in rows)
+
+
+def test_each_role_s_bound_is_the_most_any_choice_leaves_of_it(outputs):
+    """Removing the smallest block (block 1: its mlp factorized) leaves block 2's attention
+    factorized: the attention row's bound is what removing block 2 leaves."""
+    teacher, group = outputs["pixart"]
+    plan = _plan("pixart", teacher, "  - remove_blocks: {count: 1, criterion: proxy}\n")
+    exact = [_plan("pixart", teacher, f"  - remove_blocks: {{blocks: {{blocks: [{i}]}}}}\n")["by_role_after"]
+             for i in range(3)]
+    assert plan["by_role_after_at_most"] == {r: max(e[r] for e in exact) for r in exact[0]}
+    assert plan["by_role_after_at_most"]["attention"] > plan["by_role_after"]["attention"]
+
+
+def test_equal_blocks_stay_exact(tmp_path):
+    """An output whose blocks are all equal: any choice leaves the same count, said exactly."""
+    out = save_compressed(tiny_pixart(), tmp_path / "out")
+    plan = _plan("pixart", out, "  - remove_blocks: {count: 1, criterion: proxy}\n")
+    assert plan["uneven_removals"] == [] and "blocks_differ_in_size" not in plan["passes"][0]
+    assert plan["params_after_at_most"] == plan["params_after_planned"] == _each_choice("pixart", out, "blocks", 3)[0]
+    assert total_words(plan).endswith(f"-> {plan['params_after_planned']:,} (planned)")
+
+
+@pytest.mark.parametrize("after", ["  - svd: {targets: [cross_attention], ranks: {cross_attention: 2}}\n",
+                                   "  - remove_blocks: {blocks: {blocks: [0]}}\n"])
+def test_the_bound_holds_through_later_passes(outputs, after):
+    """A later svd pass shrinks the blocks left, a later explicit removal takes one of the blocks
+    that may be left: the bound still holds for every choice the first removal may make."""
+    teacher, _ = outputs["pixart"]
+    plan = _plan("pixart", teacher, "  - remove_blocks: {count: 1, criterion: proxy}\n" + after)
+    choices = [_plan("pixart", teacher, f"  - remove_blocks: {{blocks: {{blocks: [{i}]}}}}\n{after}")
+               ["params_after_planned"] for i in (range(3) if "svd" in after else (1, 2))]
+    assert plan["params_after_at_most"] >= max(choices)
+    assert "at most" in total_words(plan)
+
+
+def test_a_distill_student_is_bounded_likewise(outputs):
+    teacher, _ = outputs["pixart"]
+    plan = _plan("pixart", teacher, "  - remove_blocks: {count: 1, criterion: proxy}\n"
+                                    "  - distill: {steps: 40, data: teacher_samples, num_samples: 4}\n")
+    assert plan["passes"][1]["student"]["params"] == plan["params_after_at_most"] == \
+        max(_each_choice("pixart", teacher, "blocks", 3))
