@@ -270,7 +270,8 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
             report["student_params"] = params
             report["loras"] = report.get("loras", []) + [{
                 "lora": str(lora_source), "scale": scale, "merged": done["merged"], "rank_added": done["rank_added"],
-                "densified": done["densified"], "dropped": done["dropped"], "not_merged": done["not_merged"]}]
+                "densified": done["densified"], "dropped": done["dropped"], "not_merged": done["not_merged"],
+                "blocks_of": done.get("blocks_of")}]
             files["report.json"] = json.dumps(report, indent=2, default=str) + "\n"
     if "README.md" in files:
         files["README.md"] += (f"\nA LoRA was merged in afterwards (`dit-compress lora`): `{lora_source}` at scale "
@@ -299,7 +300,9 @@ def lora(args) -> int:
     done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
              if (source / name).is_file()}
-    check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora)
+    base = done.get("blocks_of")
+    if not base or base == model.compression_meta.get("teacher"):  # a chain's base: merge_lora checked its count
+        check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora)
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
     noted = with_lora_noted(files, model, recorded, args.scale, done)
     with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
@@ -308,15 +311,18 @@ def lora(args) -> int:
         if done["rank_added"] else ""
     dense = f", {len(done['densified'])} stored dense (grown past break-even)" if done["densified"] else ""
     listed = noted.get("report.json") != files.get("report.json")  # the report took the LoRA's entry
+    chained = base and base != model.compression_meta.get("teacher")
+    read_as = f"; its blocks read as {base}'s" if chained else ""
     results.print(f"wrote {new}: {done['merged']} layers took the LoRA at scale {args.scale:g}{grown}{dense}"
-                  f"{dropped_words(model, done['dropped'], listed, args.out)}")
+                  f"{read_as}{dropped_words(model, done['dropped'], listed, args.out, base if chained else None)}")
     return 0
 
 
-def dropped_words(model, dropped: list[str], listed: bool, source: str) -> str:
+def dropped_words(model, dropped: list[str], listed: bool, source: str, base: str | None = None) -> str:
     """The end of lora's line: the LoRA layers in removed blocks, and where they are listed (`listed`:
     the copied report.json took the LoRA's entry); where the output `source` has no report (an output
-    saved again with save_pretrained), the teacher's blocks they were in are named here instead."""
+    saved again with save_pretrained), the teacher's blocks they were in are named here instead (`base`:
+    the first teacher of a chain, whose blocks the LoRA's are)."""
     from compress.lora_keys import blocks_named
 
     where = " (listed in report.json)" if listed else ""
@@ -324,7 +330,8 @@ def dropped_words(model, dropped: list[str], listed: bool, source: str) -> str:
         return where
     if not listed:
         blocks = [f"{g.attr}.{i}" for g in get_adapter(model).groups for i in sorted(set(blocks_named(g.attr, dropped)))]
-        where = f" (the teacher's {', '.join(blocks)}; {source} has no report.json to list them in)"
+        whose = f"{base}'s" if base else "the teacher's"
+        where = f" ({whose} {', '.join(blocks)}; {source} has no report.json to list them in)"
     return f"; {len(dropped)} of its layers were in removed blocks{where}"
 
 

@@ -154,6 +154,31 @@ def test_the_lora_command_on_a_chained_output_writes_the_base_blocks_lora(tmp_pa
                          CHAINS["pixart"][3], get_adapter(base)) == 8
 
 
+def test_the_lora_command_checks_a_chains_block_count_against_its_base_and_records_it(tmp_path, capsys):
+    """a removes the base's last block, b another, and b's report.json records a's 5 blocks before its
+    removal: `lora b` compared the base block 5 the LoRA adapts with a's 5 blocks and refused it ("the
+    teacher has 5"). It now merges, the line says whose blocks the LoRA's were read as, and the
+    report's LoRA entry records it (blocks_of)."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+
+    base = tiny_pixart(num_layers=6)
+    base.save_pretrained(tmp_path / "base")
+    adapter = get_adapter(base)
+    a = copy.deepcopy(base)
+    _save_output(a, tmp_path / "a", tmp_path / "base", adapter.remove_blocks(a, {"blocks": [5]}))
+    b = load_transformer(tmp_path / "a")
+    _save_output(b, tmp_path / "b", tmp_path / "a", adapter.remove_blocks(b, {"blocks": [3]}))
+    (tmp_path / "b" / "report.json").write_text(json.dumps({"teacher": str((tmp_path / "a").resolve()),
+                                                             "remove_blocks": {"blocks_before": {"blocks": 5}}}))
+    lora, _ = _base_lora(base, tmp_path)
+    assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    base_path = str((tmp_path / "base").resolve())
+    assert f"; its blocks read as {base_path}'s; 4 of its layers were in removed blocks" in out
+    entry = json.loads((tmp_path / "new" / "report.json").read_text())["loras"][-1]
+    assert entry["blocks_of"] == base_path and len(entry["dropped"]) == 4
+
 def test_a_chain_that_cannot_be_followed_is_refused_saying_why(tmp_path):
     """A link moved (a) or recording no teacher: the LoRA's blocks cannot be mapped to the output's,
     one line naming the chain and why, nothing merged."""
