@@ -52,24 +52,58 @@ def _beside(pipe, teacher: torch.nn.Module):
 EXAMPLE_PIPELINES = {"pixart": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "flux": "black-forest-labs/FLUX.1-dev"}
 
 
-def check_pipeline_source(source: str, is_teacher: bool, family: str) -> None:
+def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str = "") -> None:
     """A local pipeline must be a pipeline folder (model_index.json); a transformer folder, a single
     file or an output is named with what to set instead (the base pipeline an output records, where
-    it records one: report_teacher.teacher_chain), before any compute."""
-    from compress.report_teacher import chain_base, teacher_chain
-
+    it records one: report_teacher.teacher_chain, else the pipeline its recipe calibrated in), before
+    any compute. `where`: 'PATH:LINE: ' of the recipe key that gave `source`."""
     path = Path(source).expanduser()
     if not path.exists() or (path / "model_index.json").is_file():
         return  # a pipeline folder, or a hub id (its errors come when it loads)
     what = "a single file" if path.is_file() else "a folder without model_index.json"
     whose = "the teacher " if is_teacher else ""
+    raise UserError(f"{where}calibration.source pipeline samples in a diffusers pipeline, and {whose}{source} "
+                    f"is {what}; set calibration.pipeline to {_base_words(source, family)}")
+
+
+def _base_words(source: str, family: str) -> str:
+    """What to set calibration.pipeline to for the output (or other local teacher) `source`: the toy
+    its chain of teachers starts at, or the base pipeline it records (else the pipeline the recipe of
+    an output of that chain calibrated in), or a Hugging Face id or pipeline folder."""
+    from compress.report_teacher import chain_base, recorded_pipeline, teacher_chain
+
     chain = teacher_chain(source)
     base = chain_base(chain) if len(chain) > 1 else None
-    recorded = f"{base}, the base pipeline {source} records; or " if base else ""
+    recorded = f"{base}, the base pipeline {source} records" if base else ""
+    if base is None and (found := recorded_pipeline(chain)):
+        base, recorded = found[0], f"{found[0]}, the pipeline the recipe.yaml of {found[1]} calibrated in"
+    if base and base.startswith("toy:"):
+        return recorded
     example = EXAMPLE_PIPELINES.get(family, EXAMPLE_PIPELINES["pixart"])
-    raise UserError(f"calibration.source pipeline samples in a diffusers pipeline, and {whose}{source} "
-                    f"is {what}; set calibration.pipeline to the base pipeline ({recorded}a Hugging Face id "
-                    f"such as {example}, or a pipeline folder)")
+    return (f"the base pipeline ({recorded + '; or ' if recorded else ''}a Hugging Face id such as {example}, or a "
+            "pipeline folder)")
+
+
+TOY_PIPELINES = {"ToyPixArtPipeline": "toy:pixart", "ToyFluxPipeline": "toy:flux"}
+
+
+def check_not_saved_toy(pipeline: str, where: str = "") -> None:
+    """A folder a toy pipeline was saved into (save_pretrained: model_index.json names ToyPixArtPipeline
+    or ToyFluxPipeline, and its text encoder and VAE, no diffusers classes, are not saved) is no
+    pipeline diffusers loads: a UserError naming the toy to sample in instead. `where`: 'PATH:LINE: '
+    of the recipe key that gave it."""
+    from compress.io import read_json
+
+    index = Path(pipeline).expanduser() / "model_index.json"
+    try:
+        name = read_json(index).get("_class_name") if index.is_file() else None
+    except (UserError, AttributeError):
+        return  # loading it says what is wrong
+    if name in TOY_PIPELINES:
+        raise UserError(f"{where}{pipeline} is a saved toy pipeline ({name} in its model_index.json), which "
+                        f"diffusers cannot load (its toy text encoder and VAE are not saved); set "
+                        f"calibration.pipeline: {TOY_PIPELINES[name]} to sample in the toy pipeline, with this "
+                        "teacher's transformer in it")
 
 
 def need_transformers(family: str | None = None,
@@ -200,7 +234,9 @@ class PipelineSource:
         self.prompts = read_prompts(calib, recipe_dir)
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
         if not pipeline.startswith("toy:"):
-            check_pipeline_source(pipeline, calib.pipeline is None, family)
+            from compress.inputs import pipeline_at
+
+            check_pipeline_source(pipeline, calib.pipeline is None, family, pipeline_at(calib, pipeline))
             need_transformers(family)
         check_size(calib, pipeline)
         self._cut()  # before any sampling: heldout may ask more than the prompts give
@@ -349,5 +385,5 @@ class PipelineSource:
         return rebatch(records, self.calib.batch_size, self.calib.seed + 10_000)
 
     def train_batch(self, batch_size: int, generator: torch.Generator):
-        raise UserError("distill on a non-toy teacher needs data: set distill.data to "
-                        "'teacher_samples' or 'folder'")
+        raise UserError("distill: data: toy trains on the toy data, and this run calibrates through a pipeline: "
+                        "set distill.data to 'teacher_samples' or 'folder'")

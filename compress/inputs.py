@@ -160,17 +160,61 @@ class SyntheticSource:
 def source_kind(calib, teacher_source: str) -> str:
     """The calibration source's kind; `auto` is `toy` for toy teachers, else `pipeline`. A toy
     teacher is toy:NAME or a dit-compress output compressed from one (through outputs compressed
-    from outputs: report_teacher.toy_base), whose inputs are that toy's."""
+    from outputs: report_teacher.toy_base), whose inputs are that toy's. Where that chain of teachers
+    breaks off (a teacher moved away: report_teacher.chain_break) neither can be told, and `auto`
+    (with no calibration.pipeline to sample in) or `toy` is a UserError saying so, at the recipe's
+    `teacher:`; so is a pipeline to sample in that is a saved toy pipeline (check_not_saved_toy)."""
     from compress.report_teacher import toy_base
 
     toy = toy_base(teacher_source) is not None
-    if calib.source == "auto":
-        return "toy" if toy else "pipeline"
+    if not toy and (calib.source == "toy" or (calib.source == "auto" and not calib.pipeline)):
+        _check_chain(calib, teacher_source)
     if calib.source == "toy" and not toy:
-        raise UserError(f"calibration.source 'toy' needs a toy teacher (toy:pixart or toy:flux, or an output "
-                        f"compressed from one), not {teacher_source}; leave it auto (pipeline for a real "
-                        "teacher) or use synthetic")
-    return calib.source
+        raise UserError(f"{calib.where('source', calib.source)}calibration.source 'toy' needs a toy teacher "
+                        f"(toy:pixart or toy:flux, or an output compressed from one), not {teacher_source}; leave "
+                        "it auto (pipeline for a real teacher) or use synthetic")
+    kind = calib.source if calib.source != "auto" else "toy" if toy else "pipeline"
+    if kind == "pipeline":
+        from compress.calib_pipeline import check_not_saved_toy
+
+        check_not_saved_toy(calib.pipeline or teacher_source, pipeline_at(calib, teacher_source))
+    return kind
+
+
+def _check_chain(calib, teacher_source: str) -> None:
+    """A UserError where the chain of teachers `teacher_source` leads to breaks off (chain_break):
+    whether it starts at a toy, the calibration source's kind, cannot be told."""
+    from compress.report_teacher import NOT_THERE, broken_chain, chain_break, teacher_chain
+
+    chain = teacher_chain(teacher_source)
+    why = chain_break(chain) if len(chain) > 1 else None
+    if why is None:
+        return
+    which = ("calibration.source auto takes a toy's inputs for an output compressed from a toy and samples in a "
+             "pipeline otherwise" if calib.source == "auto" else "calibration.source 'toy' needs a toy teacher")
+    back = "put it back where it was, or " if why == NOT_THERE else ""
+    raise UserError(f"{teacher_at(calib, teacher_source)}{broken_chain(None, chain)}: {which}, and whether the "
+                    f"chain of teachers starts at a toy cannot be told; {back}set calibration.pipeline (and "
+                    "prompts) to the pipeline to sample in")
+
+
+def pipeline_at(calib, teacher_source: str) -> str:
+    """'PATH:LINE: ' of the recipe key that names the pipeline a pipeline source samples in:
+    calibration.pipeline where set, else the teacher's (teacher_at)."""
+    return calib.where("pipeline", calib.pipeline) if calib.pipeline else teacher_at(calib, teacher_source)
+
+
+def teacher_at(calib, teacher_source: str) -> str:
+    """'PATH:LINE: ' of the `teacher:` of the recipe `calib` was read from (CalibrationConfig.where),
+    where `teacher_source` is that teacher ('PATH (--set teacher): ' for a --set one); '' for one
+    --teacher gave, or a config made otherwise."""
+    from compress.io_source import recipe_where
+    from compress.report_teacher import absolute_source
+
+    recipe = calib.__dict__.get("_recipe")
+    if recipe is None or not recipe.teacher or absolute_source(recipe.teacher) != absolute_source(str(teacher_source)):
+        return ""
+    return recipe_where(recipe, "teacher", recipe.teacher) + ": "
 
 
 def check_pipeline_packages(recipe, teacher_source: str | None = None) -> None:

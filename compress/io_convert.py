@@ -88,13 +88,27 @@ def check_not_output(path: Path, config: str | None = None) -> None:
     from compress.io_source import config_record, output_weights
 
     if path.is_file() and output_weights(path):
-        raise UserError(f"{path} is a weight file of the dit-compress output {path.parent}, which is already a "
-                        "diffusers folder: nothing to convert (load that folder with load_transformer, or give it "
-                        "to eval / bench / lora)")
+        folder = _output_folder(path)
+        if folder is not None:
+            raise UserError(f"{path} is a weight file of the dit-compress output {folder}, which is already a "
+                            "diffusers folder: nothing to convert (load that folder with load_transformer, or give "
+                            "it to eval / bench / lora)")
+        raise UserError(f"{path} is the weight file of a dit-compress output, copied out of its folder: an output "
+                        "is already a diffusers folder, nothing to convert; use the output folder it came from (load "
+                        "it with load_transformer, or give it to eval / bench / lora)")
     if config and path.is_file() and config_record(cfg := config_file(path, config)) is not None:
         raise UserError(f"--teacher-config {config}: {cfg} is the config of a dit-compress output (its compression "
                         "section): an output's folder is already a diffusers folder, nothing to convert (load it with "
                         "load_transformer); a teacher's file converts with the teacher's config")
+
+
+def _output_folder(path: Path) -> Path | None:
+    """The output folder whose weight file `path` is (through a link to one, the linked file's), not a
+    copy of one elsewhere (in a folder that is no output, or beside another output's own files)."""
+    from compress.io_export import is_output, output_part
+
+    real = path.resolve() if path.is_symlink() else path
+    return real.parent if is_output(real.parent) and output_part(real) else None
 
 
 def missing_parents(out: Path) -> list[Path]:

@@ -151,18 +151,52 @@ def chain_base(chain: list[str]) -> str | None:
     return None if looks_local(base) or path.exists() else base
 
 
-def broken_chain(out, chain: list[str]) -> str:
-    """'OUT records the teacher A, which records B, which is not there': why the chain of teachers
-    the output `out` records (its teacher's teacher_chain) ends in no pipeline (chain_base)."""
+def recorded_pipeline(chain: list[str]) -> tuple[str, str] | None:
+    """(pipeline, output): the calibration.pipeline the recipe.yaml of an output of `chain` ran with,
+    the first that sets one that is a pipeline still (chain_base: a toy, a Hub id, a pipeline folder
+    there now), and that output; None where none does."""
+    import yaml
+
+    from compress.io_export import is_output
+
+    for link in chain:
+        path = Path(link).expanduser()
+        if link.startswith("toy:") or not (path / "recipe.yaml").is_file() or not is_output(path):
+            continue
+        try:
+            calibration = (yaml.safe_load((path / "recipe.yaml").read_text()) or {}).get("calibration") or {}
+            pipeline = calibration.get("pipeline")
+        except (OSError, ValueError, yaml.YAMLError, AttributeError):
+            continue  # a damaged recipe.yaml says nothing
+        if isinstance(pipeline, str) and pipeline and chain_base([pipeline]) is not None:
+            return pipeline, link
+    return None
+
+
+NOT_THERE = "which is not there"  # chain_break of a teacher moved away
+
+
+def chain_break(chain: list[str]) -> str | None:
+    """Why `chain` (teacher_chain) stops short of the teacher the first run read: 'which it named
+    before (a loop)', NOT_THERE (a local path), 'which records no teacher' (an output); None where
+    its last is that teacher (a toy, a Hub id, a pipeline or transformer folder, a file)."""
+    from compress.io import looks_local
     from compress.io_export import is_output
 
     path = Path(chain[-1]).expanduser()
     if chain_loops(chain):
-        why = "which it named before (a loop)"
-    elif not path.exists():
-        why = "which is not there"
-    elif path.is_dir() and is_output(path):
-        why = "which records no teacher"
-    else:
-        why = "which is not a pipeline folder (no model_index.json there)"
-    return f"{out} records the teacher {', which records '.join(chain)}, {why}"
+        return "which it named before (a loop)"
+    if chain[-1].startswith("toy:") or (path / "model_index.json").is_file():
+        return None
+    if not path.exists():
+        return NOT_THERE if looks_local(chain[-1]) else None
+    return "which records no teacher" if path.is_dir() and is_output(path) else None
+
+
+def broken_chain(out, chain: list[str]) -> str:
+    """'OUT records the teacher A, which records B, which is not there': why the chain of teachers
+    the output `out` records (its teacher's teacher_chain) ends in no pipeline (chain_base). With
+    `out` None, `chain` is the output's own ('the teacher A records the teacher B, ...')."""
+    head, links = (f"{out} records", chain) if out is not None else (f"the teacher {chain[0]} records", chain[1:])
+    why = chain_break(chain) or "which is not a pipeline folder (no model_index.json there)"
+    return f"{head} the teacher {', which records '.join(links)}, {why}"

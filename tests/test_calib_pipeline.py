@@ -387,9 +387,10 @@ def test_an_output_as_the_teacher_names_the_base_pipeline_it_records(tmp_path):
     with pytest.raises(UserError) as e:
         PipelineSource("flux", calib, None, str(d))
     assert str(e.value) == (f"calibration.source pipeline samples in a diffusers pipeline, and the teacher {d} is a "
-                            "folder without model_index.json; set calibration.pipeline to the base pipeline "
-                            f"(toy:flux, the base pipeline {d} records; or a Hugging Face id such as "
-                            "black-forest-labs/FLUX.1-dev, or a pipeline folder)")
+                            f"folder without model_index.json; set calibration.pipeline to toy:flux, the base "
+                            f"pipeline {d} records")  # a toy's chain: no Hugging Face id samples it
     output_config(tmp_path / "bare", None)
     with pytest.raises(UserError, match=r"base pipeline \(a Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL"):
         PipelineSource("pixart", calib, None, str(tmp_path / "bare"))
+    with pytest.raises(UserError, match=r"base pipeline \(a Hugging Face id such as black-forest-labs/FLUX.1-dev,"):
+        PipelineSource("flux", calib, None, str(tmp_path / "bare"))

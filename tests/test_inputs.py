@@ -29,3 +29,50 @@ def test_an_output_compressed_from_a_toy_is_calibrated_on_that_toys_inputs(tmp_p
     with pytest.raises(UserError, match=r"calibration.source 'toy' needs a toy teacher .*or an output compressed "
                                         r"from one\), not .*real"):
         source_kind(CalibrationConfig(source="toy"), str(real))
+
+
+def _recipe(tmp_path, teacher: str, calibration: str = "", overrides=()):
+    from compress.recipe import parse_recipe
+
+    text = f"model: flux\nteacher: {teacher}\n{calibration}passes:\n  - svd: {{}}\n"
+    return parse_recipe(text, str(tmp_path / "c.yaml"), overrides)
+
+
+def test_a_chain_of_teachers_broken_by_a_teacher_moved_away_says_so_at_the_recipes_teacher(tmp_path):
+    """With out/a moved away, a recipe whose teacher out/b records out/a said calibration.source
+    'pipeline' (auto: pipeline for a teacher that is not toy:) needed prompts: the broken chain was
+    taken for a real teacher. Under auto (and under toy) it says the chain is broken, at the
+    recipe's `teacher:` line, as load_pipeline does; a calibration.pipeline to sample in is taken."""
+    from compress.io_source import check_sources
+
+    a, d = chained_outputs(tmp_path, "toy:flux")
+    a.rename(tmp_path / "moved")
+    recipe = _recipe(tmp_path, str(d))
+    want = (f"{tmp_path / 'c.yaml'}:2: the teacher {d} records the teacher {a.resolve()}, which is not there: "
+            "calibration.source auto takes a toy's inputs for an output compressed from a toy and samples in a "
+            "pipeline otherwise, and whether the chain of teachers starts at a toy cannot be told; put it back "
+            "where it was, or set calibration.pipeline (and prompts) to the pipeline to sample in")
+    with pytest.raises(UserError) as e:
+        source_kind(recipe.calibration, str(d))
+    assert str(e.value) == want
+    with pytest.raises(UserError) as e:
+        check_sources(recipe)  # what run and plan check first
+    assert str(e.value) == want
+    toy = _recipe(tmp_path, str(d), "calibration: {source: toy}\n")
+    with pytest.raises(UserError, match=r"c.yaml:2: the teacher .*, which is not there: calibration.source 'toy' "
+                                        r"needs a toy teacher, and whether"):
+        source_kind(toy.calibration, str(d))
+    with pytest.raises(UserError, match=r"^the teacher .*d records"):  # --teacher: no line of the recipe's
+        source_kind(_recipe(tmp_path, "toy:flux").calibration, str(d))
+    sampled = _recipe(tmp_path, str(d), "calibration: {pipeline: toy:flux, prompts: [a 3]}\n")
+    assert source_kind(sampled.calibration, str(d)) == "pipeline"
+    (tmp_path / "moved").rename(a)
+    assert source_kind(recipe.calibration, str(d)) == "toy"
+
+
+def test_calibration_source_toy_for_a_real_teacher_names_its_line(tmp_path):
+    """calibration.source 'toy' for a teacher that is no toy named no line of the recipe."""
+    (tmp_path / "bare").mkdir()  # a transformer folder
+    recipe = _recipe(tmp_path, str(tmp_path / "bare"), "calibration:\n  seed: 1\n  source: toy\n")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'c.yaml'}:5: calibration.source 'toy' needs a toy teacher"):
+        source_kind(recipe.calibration, str(tmp_path / "bare"))

@@ -103,3 +103,27 @@ def test_the_chain_of_recorded_teachers_leads_from_an_output_to_the_first_teache
     output_config(a, None)
     assert teacher_chain(str(d)) == [str(d), str(a.resolve())]
     assert broken_chain("out", teacher_chain(str(d))).endswith(f"{a.resolve()}, which records no teacher")
+
+
+def test_a_chain_breaks_off_only_at_a_loop_a_teacher_not_there_or_an_output_recording_none(tmp_path):
+    """chain_break: why a chain of teachers stops short of the teacher the first run read (what
+    calibration.source auto cannot see past); None where it ends at that teacher, whatever it is.
+    broken_chain(None, chain) says it of the chain's own first output."""
+    from compress.report_teacher import broken_chain, chain_break, teacher_chain
+    from tests.teacher_chain_helpers import chained_outputs, output_config
+
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    (tmp_path / "f.safetensors").write_bytes(b"")
+    for base in ("toy:flux", "owner/name", tmp_path / "bare", tmp_path / "pipe", tmp_path / "f.safetensors"):
+        _, d = chained_outputs(tmp_path / "ok", str(base))
+        assert chain_break(teacher_chain(str(d))) is None, base
+    a, d = chained_outputs(tmp_path, str(tmp_path / "gone"))
+    assert chain_break(teacher_chain(str(d))) == "which is not there"
+    assert broken_chain(None, teacher_chain(str(d))) == (f"the teacher {d} records the teacher {a.resolve()}, which "
+                                                         f"records {tmp_path / 'gone'}, which is not there")
+    output_config(a, None)
+    assert chain_break(teacher_chain(str(d))) == "which records no teacher"
+    output_config(a, str(d.resolve()))
+    assert chain_break(teacher_chain(str(d))) == "which it named before (a loop)"

@@ -1,0 +1,99 @@
+"""What calibration samples in (compress/calib_pipeline.py): saved toy pipelines, outputs and broken
+chains of teachers named as what they are, at the recipe line that gave them."""
+
+import json
+
+import pytest
+
+from compress.calib_pipeline import PipelineSource
+from compress.errors import UserError
+from compress.inputs import source_kind
+from compress.recipe import CalibrationConfig, parse_recipe
+from tests.teacher_chain_helpers import chained_outputs, output_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _recipe(tmp_path, teacher: str, calibration: str, model: str = "pixart"):
+    text = f"model: {model}\nteacher: {teacher}\ncalibration:\n{calibration}passes:\n  - svd: {{}}\n"
+    return parse_recipe(text, str(tmp_path / "r.yaml"))
+
+
+def test_a_saved_toy_pipeline_names_the_toy_to_sample_in(tmp_path):
+    """load_pipeline(toy output).save_pretrained(FOLDER), then teacher: FOLDER failed as calibration
+    loaded it: 'module diffusers has no attribute ToyPixArtPipeline'. Before any compute, at the line
+    that gave it, it says the folder is a saved toy pipeline and to set calibration.pipeline to the
+    toy its model_index.json names; that setting samples, with the folder's transformer."""
+    from compress.io import load_teacher
+    from compress.toy import load_toy_pipeline
+
+    load_toy_pipeline("pixart").save_pretrained(tmp_path / "pipe")
+    prompts = "  prompts: [a 3, a 7, a 1]\n  sample_steps: 2\n  timesteps: 2\n"
+    recipe = _recipe(tmp_path, str(tmp_path / "pipe"), prompts)
+    with pytest.raises(UserError) as e:
+        source_kind(recipe.calibration, recipe.teacher)
+    assert str(e.value) == (f"{tmp_path / 'r.yaml'}:2: {tmp_path / 'pipe'} is a saved toy pipeline (ToyPixArtPipeline "
+                            "in its model_index.json), which diffusers cannot load (its toy text encoder and VAE are "
+                            "not saved); set calibration.pipeline: toy:pixart to sample in the toy pipeline, with this "
+                            "teacher's transformer in it")
+    given = _recipe(tmp_path, "toy:pixart", f"  source: pipeline\n  pipeline: {tmp_path / 'pipe'}\n{prompts}")
+    with pytest.raises(UserError, match=r"r.yaml:5: .*pipe is a saved toy pipeline"):
+        source_kind(given.calibration, given.teacher)
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(dict(index, _class_name="ToyFluxPipeline")))
+    with pytest.raises(UserError, match=r"set calibration.pipeline: toy:flux "):
+        source_kind(recipe.calibration, recipe.teacher)
+
+    advised = _recipe(tmp_path, str(tmp_path / "pipe"), f"  pipeline: toy:pixart\n{prompts}")
+    assert source_kind(advised.calibration, advised.teacher) == "pipeline"
+    teacher = load_teacher(str(tmp_path / "pipe"))
+    batches = PipelineSource("pixart", advised.calibration, teacher, "toy:pixart").calibration()
+    assert sum(b["hidden_states"].shape[0] for b in batches) == 2 * 2 * 2  # 2 prompts × 2 steps × 2 CFG rows
+
+
+def test_an_output_as_the_pipeline_is_named_at_its_recipe_line_with_the_toy_its_chain_starts_at(tmp_path):
+    """'calibration.source pipeline samples in a diffusers pipeline, and the teacher OUT is a folder
+    without model_index.json' named no line of the recipe, and for a chain of teachers starting at a
+    toy offered a Hugging Face id too: it names the line of `teacher:` (or of calibration.pipeline)
+    and the toy alone."""
+    _, d = chained_outputs(tmp_path, "toy:flux")
+    recipe = _recipe(tmp_path, str(d), "  source: pipeline\n  prompts: [a 3, a 7]\n", "flux")
+    with pytest.raises(UserError) as e:
+        PipelineSource("flux", recipe.calibration, None, str(d))
+    assert str(e.value) == (f"{tmp_path / 'r.yaml'}:2: calibration.source pipeline samples in a diffusers pipeline, "
+                            f"and the teacher {d} is a folder without model_index.json; set calibration.pipeline to "
+                            f"toy:flux, the base pipeline {d} records")
+    given = _recipe(tmp_path, "toy:flux", f"  source: pipeline\n  pipeline: {d}\n  prompts: [a 3, a 7]\n", "flux")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'r.yaml'}:5: calibration.source pipeline samples in a "
+                                        rf"diffusers pipeline, and {d} is a folder"):
+        PipelineSource("flux", given.calibration, None, str(d))
+
+
+def test_an_output_calibrated_in_a_toy_pipeline_names_it_where_its_chain_ends_in_no_pipeline(tmp_path):
+    """An output of a transformer folder calibrated with calibration.pipeline: toy:pixart: the next
+    link, with that output as its teacher, was told 'a Hugging Face id ... or a pipeline folder'; the
+    toy pipeline the output's recipe.yaml calibrated in is named."""
+    (tmp_path / "bare").mkdir()  # a transformer folder: the chain's end, no pipeline
+    a = output_config(tmp_path / "a", str(tmp_path / "bare"))
+    (a / "recipe.yaml").write_text("model: pixart\nteacher: bare\ncalibration:\n  pipeline: toy:pixart\n")
+    calib = CalibrationConfig(prompts=["a 3", "a 7"])
+    with pytest.raises(UserError) as e:
+        PipelineSource("pixart", calib, None, str(a))
+    assert str(e.value).endswith(f"set calibration.pipeline to toy:pixart, the pipeline the recipe.yaml of {a} "
+                                 "calibrated in")
+    gone = tmp_path / "gone" / "pipe"
+    (a / "recipe.yaml").write_text(f"model: pixart\nteacher: bare\ncalibration:\n  pipeline: {gone}\n")
+    with pytest.raises(UserError, match=r"base pipeline \(a Hugging Face id such as PixArt-alpha/"):
+        PipelineSource("pixart", calib, None, str(a))  # a local pipeline not there now: not offered
+
+
+def test_distill_data_toy_through_a_pipeline_says_what_is_true(tmp_path):
+    """'distill on a non-toy teacher needs data' was said also for a toy chain calibrated through a
+    pipeline (calibration.pipeline: toy:pixart)."""
+    import torch
+
+    calib = CalibrationConfig(prompts=["a 3", "a 7"])
+    with pytest.raises(UserError) as e:
+        PipelineSource("pixart", calib, None, "toy:pixart").train_batch(2, torch.Generator())
+    assert str(e.value) == ("distill: data: toy trains on the toy data, and this run calibrates through a pipeline: "
+                            "set distill.data to 'teacher_samples' or 'folder'")
