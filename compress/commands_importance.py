@@ -3,12 +3,13 @@ checked before the teacher loads, the teacher and its calibration inputs, the sc
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
 from compress.arch import get_adapter
 from compress.commands import _read_only_streams
-from compress.errors import UserError
+from compress.errors import NumericError, UserError
 from compress.io import cast, load_teacher, looks_local
 from compress.io_export import is_output
 from compress.report import console, output_file, results, to_json
@@ -153,6 +154,9 @@ def importance(args) -> int:
         batches = inputs.calibration()
     result = scan(teacher, adapter, batches, buckets=config.buckets, progress=config.progress,
                   skips=not config.proxy_only, loader=loader)
+    if not config.proxy_only:
+        dtype = recipe.compute_dtype if recipe is not None else "float32"  # a toy teacher loads in float32
+        _check_scan(result, teacher, adapter, batches, dtype, loader)
     if to_stdout:
         print(to_json(result.to_dict()))
     else:
@@ -161,6 +165,32 @@ def importance(args) -> int:
     if json_path:
         console.print(f"wrote {save_json(result, json_path)}")
     return 0
+
+
+def _check_scan(result, teacher, adapter, batches: list[dict], dtype: str, loader) -> None:
+    """Skip errors that came out NaN/Inf are a NumericError saying why, as `run` says it: the teacher's
+    own prediction holds NaN/Inf (the layer where it first appears, and what to try) or skipping a block
+    makes it (that block), never a table of '-' under the proxy's heading. Only then is anything rerun."""
+    bad = [b for b in result.blocks if not math.isfinite(b.scan)]
+    if not bad:
+        return
+    from compress.inputs import moved
+    from compress.passes.base import first_nonfinite, predictions
+    from compress.runner_setup import check_reference
+    from compress.stream import streamed
+
+    resident = next(p for p in teacher.parameters() if p.device.type != "meta")
+    batches = [moved(b, resident.device, resident.dtype) for b in batches]
+    with streamed(teacher, loader) if loader is not None else nullcontext():
+        reference = predictions(teacher, adapter, batches)
+        check_reference(reference, dtype, lambda b: first_nonfinite(teacher, adapter, batches[b]), "calibration")
+    if not any(bool(r.any()) for r in reference):  # 0/0: not NaN/Inf, and no error relative to it
+        raise NumericError("importance: the teacher predicts 0 on every calibration input, so no skip error "
+                           "can be measured relative to it (an untrained checkpoint?)")
+    names = ", ".join(adapter.block_prefix(b.group, b.index)[:-1] for b in bad[:3]) + (" …" if len(bad) > 3 else "")
+    raise NumericError(f"importance: skipping {names} makes the teacher's prediction hold NaN/Inf in compute_dtype "
+                       f"{dtype} (with every block it is finite), so its skip error cannot be measured"
+                       + ("; try bfloat16 or float32" if dtype == "float16" else ""))
 
 
 def _importance_config(recipe, buckets: int | None, teacher_arg: str | None = None):

@@ -210,7 +210,8 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     pipeline folder's transformer/; an output written in a newer format than FORMAT is refused.
     `model.compression_meta` keeps what the run recorded (teacher, block map), so saving the model
     again keeps it. A NaN/Inf in a weight is a NumericError naming
-    the tensor and its file (`nonfinite="warn"`: a warning, for looking at a damaged output).
+    the tensor and its file (`nonfinite="warn"`: a warning, for looking at a damaged output); a
+    finite one `dtype` cannot hold (float16 stops at 65504), a UserError naming it: never Inf from the cast.
     As diffusers' from_pretrained: `variant` picks a weight variant ('fp16'); `device_map` may name
     one device (as `device`; 'auto' or a per-module map: a UserError); `low_cpu_mem_usage` is
     accepted and changes nothing: the model is always built empty and takes the file's tensors."""
@@ -227,6 +228,8 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     for f in files:
         tensors = read_state_dict(f)
         check_finite_file(f, tensors, warn=nonfinite == "warn")
+        if dtype is not None:  # before the cast, which would make them Inf
+            check_castable(f, tensors, dtype)
         sd.update(tensors)
     sd = without_fused_projections(model, sd, files[0] if len(files) == 1 else out)
     try:
@@ -322,6 +325,40 @@ def check_finite_file(path: Path, tensors: dict[str, torch.Tensor], warn: bool =
 
         report.warn(message)
         return
+
+
+def check_castable(path: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """A finite tensor of the file `path` that `dtype` cannot hold (float16 stops at 65504; cast, it
+    would be Inf): a UserError naming it, its largest value and the dtypes that hold it."""
+    for name, t in tensors.items():
+        big = largest_beyond(t, dtype)
+        if big is not None:
+            raise UserError(beyond_words(f"{path}: {name}", big, dtype, "load it as", " (dtype=)"))
+
+
+def largest_beyond(t: torch.Tensor, dtype: torch.dtype) -> float | None:
+    """The largest magnitude of `t` where casting `t` to `dtype` makes a finite value Inf, else None.
+    Rounding is monotone, so the extremes overflow first: one aminmax, no copy of `t`."""
+    if not t.is_floating_point() or not t.numel() or t.device.type == "meta" or \
+            torch.finfo(t.dtype).max <= torch.finfo(dtype).max:
+        return None
+    lo, hi = torch.aminmax(t.detach())
+    big = max(-float(lo), float(hi))
+    return big if big == big and big != float("inf") and not held(big, dtype) else None  # NaN/Inf: its own
+
+
+def held(value: float, dtype: torch.dtype) -> bool:
+    """Whether `value` casts to `dtype` finitely (65519 does to float16, rounded to 65504)."""
+    return bool(torch.isfinite(torch.tensor(value, dtype=torch.float64).to(dtype)))
+
+
+def beyond_words(what: str, big: float, dtype: torch.dtype, use: str, where: str = "") -> str:
+    """'`what` holds values up to `big`, beyond `dtype`'s range (max ...): `use` the dtypes that hold
+    it `where`', narrowest first; where none does, that it may be damaged."""
+    fits = sorted((n for n, d in DTYPES.items() if d != dtype and held(big, d)), key=lambda n: DTYPES[n].itemsize)
+    advice = f"{use} {' or '.join(fits)}{where}" if fits else "no dtype holds them: the checkpoint may be damaged"
+    return (f"{what} holds values up to {big:.3g}, beyond {str(dtype).removeprefix('torch.')}'s range "
+            f"(max {torch.finfo(dtype).max:.6g}): {advice}")
 
 
 def register_compression(model: nn.Module) -> None:

@@ -34,7 +34,7 @@ from compress.runner_ranks import (MainStopped, PeerLost, announce, hand_off, is
                                    peer_lost, several_processes, wait_for_hand_off)
 from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, resume_note, teacher_identity,
                                    weights_checksum)
-from compress.runner_setup import (DTYPES, check_finite, check_reference, load_checked_teacher, resolve_device,
+from compress.runner_setup import (DTYPES, check_reference, load_checked_teacher, resolve_device,
                                    sigterm_as_interrupt)
 from compress.runner_stages import handed_over, restore, resumable, save_stage, stage_dir
 from compress.runner_stream import (HELDOUT, DiskFull, OutOfMemory, check_streaming, disk_full_line, disk_full_words,
@@ -89,8 +89,7 @@ class Runner:
         warn_if_beyond_memory(self.recipe, src, self.passes)  # warns only: an estimate
         self.doing = "loading the teacher"
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg, self.teacher_config,
-                                                         self.models, sources=src)
-        check_finite(self.teacher)
+                                                         self.models, sources=src)  # finite, checked
         warn_if_beyond_export_range(self.teacher, self.recipe.export.dtype)
         self.adapter = get_adapter(self.teacher)
         check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter)
