@@ -16,7 +16,7 @@ import compress
 from compress.arch import get_adapter
 from compress.calib_footprint import footprint
 from compress.errors import UserError
-from compress.inputs import check_pipeline_packages, input_source, moved
+from compress.inputs import check_pipeline_packages, input_source, moved, source_kind
 from compress.io_export import ranks_of, warn_if_beyond_export_range
 from compress.io_source import check_teacher_options, checked_sources
 from compress.passes import build_passes
@@ -92,7 +92,8 @@ class Runner:
                                                          self.models, sources=src)  # finite, checked
         warn_if_beyond_export_range(self.teacher, self.recipe.export.dtype)
         self.adapter = get_adapter(self.teacher)
-        check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter)
+        check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter,
+                     source_kind(self.recipe.calibration, self.source))  # distill's data: toy
         if self.recipe.stream:
             check_streaming(self.passes, self.recipe.passes, self.recipe.path)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,

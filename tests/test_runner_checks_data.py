@@ -83,3 +83,15 @@ def test_toy_data_with_synthetic_inputs_is_said(folders, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert ("rec/j.yaml:6: distill: data: toy with calibration.source synthetic trains on that source's "
             "random latents and text embeddings, not on the toy's digits nor on images") in err
+
+
+def test_a_run_refuses_it_before_its_first_pass(folders, tmp_path, monkeypatch):
+    """The run's own checks (runner.py, before any pass) are given the calibration source: the svd or
+    removal before distill no longer runs first (hours on a real model) to be refused after."""
+    from compress.passes.remove_blocks import RemoveBlocksPass
+    from compress.runner import Runner
+
+    monkeypatch.setattr(RemoveBlocksPass, "run", lambda *a, **k: pytest.fail("a pass ran before the refusal"))
+    recipe = _recipe(folders[0], "{pipeline: 'toy:pixart', prompts: [a, b]}")
+    with pytest.raises(UserError, match=r"^rec/j\.yaml:6: distill: data: toy trains on the toy data"):
+        Runner(recipe, tmp_path / "out", tmp_path / "run").run()
