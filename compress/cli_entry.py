@@ -3,16 +3,44 @@ ends it with one line and status 130, never a traceback.
 
 The console script imports this module and calls `main`; the CLI (argparse, the parser, cli.main's
 own handling) is imported and built inside main's `try`, so a Ctrl-C while it loads is caught too.
+Once the command has ended, a Ctrl-C while the process exits ends it at once with the command's
+status, saying nothing more: `timeout -s INT` signals the command and then its process group, so a
+second SIGINT can land as the first one's one line is printed or the interpreter shuts down (a
+traceback from threading's shutdown, or death by the signal, in place of status 130).
 Nothing else is imported here, and `import compress` does not import this module."""
 
+import os
+import signal
 import sys
+import threading
 
 
 def main() -> int:
     try:
         from compress.cli import main as cli_main
 
-        return cli_main()
+        code = cli_main()
     except KeyboardInterrupt:  # before cli.main handles it (imports, argument parsing), or in its handling
         print("dit-compress: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    _exit_quietly_on_interrupt(code)
+    return code
+
+
+def _exit_quietly_on_interrupt(code: int) -> None:
+    """From now on (the command ended with status `code`), a SIGINT flushes what was printed and
+    ends the process with `code`; where SIGINT is not Python's default handler (ignored in a
+    background job, or set by the caller) it stays as it is."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        return
+
+    def exit_now(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader gone, a stream closed
+                pass
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, exit_now)

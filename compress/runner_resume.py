@@ -205,6 +205,23 @@ def passed_over_in_words(skipped: list) -> str:
     return f"the saved {which} of another recipe (it differs in {shown}): not kept"
 
 
+def not_kept_in_words(earliest: int, changed: list[str], streamed: bool) -> str:
+    """Where --resume keeps nothing (the earliest saved stage, of pass index `earliest`, differs in
+    `changed`) though the first pass that changed comes after passes whose stages would be kept, had
+    they been saved: ': a streamed run keeps only its latest stage (pass 4), so passes 1-3, before the
+    changed one, cannot be resumed from' (`streamed`: the stage's recipe streamed), else ''."""
+    changed_passes = [k.split(".")[1] for k in changed if k.startswith("passes.")]
+    if len(changed_passes) != len(changed) or not all(n.isdigit() for n in changed_passes):
+        return ""  # a key outside the passes (calibration, model ...): no stage would be kept
+    first = min(int(n) for n in changed_passes)  # the first pass that changed, from 0
+    if first == 0 or earliest < first:
+        return ""
+    before = "pass 1" if first == 1 else f"passes 1-{first}"
+    why = (f"a streamed run keeps only its latest stage (pass {earliest + 1})" if streamed
+           else f"the earliest stage it keeps is of pass {earliest + 1}")
+    return f": {why}, so {before}, before the changed one, cannot be resumed from"
+
+
 def distill_checkpoints(run_dir: Path) -> list[Path]:
     """The complete distill checkpoints in `run_dir` (distill*/checkpoints/step-N, with meta.json)."""
     return sorted(p for p in Path(run_dir).glob("distill*/checkpoints/step-*") if (p / "meta.json").is_file())
@@ -330,6 +347,16 @@ def saved_fishers(run_dir: Path, fingerprint: str | None) -> int:
     if not fingerprint:
         return 0
     return sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/fisher-*/*.pt"))
+
+
+def read_back_in_words(cache: Path) -> str:
+    """'block statistics (35 files), output Fishers (8 files)': what an svd pass's stats cache
+    folder `cache` (calib/<fingerprint>/<model digest>/) holds for it to read back, '' where nothing.
+    Unfinished files (*.tmp*) are not counted."""
+    stats = sum(1 for _ in Path(cache).glob("*.pt"))
+    fishers = sum(1 for _ in Path(cache).glob("fisher-*/*.pt"))
+    return ", ".join(f"{what} ({n} file{'' if n == 1 else 's'})"
+                     for what, n in (("block statistics", stats), ("output Fishers", fishers)) if n)
 
 
 TEACHER_SAMPLES = Path("distill") / "teacher_samples"  # distill_data's caches: <key>/shard-*.safetensors

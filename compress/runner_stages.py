@@ -14,8 +14,9 @@ from pathlib import Path
 from compress.errors import UserError
 from compress.report import console, warn
 from compress.runner_ranks import is_main_process
-from compress.runner_resume import (FINISHED, inputs_change, older_checksum, passed_over_in_words, read_state,
-                                   resumed_in_words, reusable_stage, stage_dirs, teacher_change)
+from compress.runner_resume import (FINISHED, inputs_change, not_kept_in_words, older_checksum, passed_over_in_words, read_state,
+                                   read_back_in_words, resumed_in_words, reusable_stage, stage_dirs,
+                                   teacher_change)
 
 
 def stage_dir(runner, i: int) -> Path:
@@ -44,22 +45,48 @@ def restore(runner):
     _check_inputs(runner, state)
     _unfinished(runner)
     runner.ctx.report, runner.ctx.block_map = state["report"], state["block_map"]
-    console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, [s.name for s in runner.recipe.passes])}")
-    _say_removals(state["report"])
+    names = [s.name for s in runner.recipe.passes]
+    console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, names)}")
+    _say_removals(state["report"], names[:k + 1])
     if skipped:
         _discard_passed_over(runner, [folder for i, folder, _ in saved if folder != d and i >= k], skipped)
     runner.student_stage = d
-    return k + 1, runner.models.restore(d)
+    student = runner.models.restore(d)
+    _say_read_back(runner, k + 1, student)
+    return k + 1, student
 
 
-def _say_removals(report: dict) -> None:
+def _say_removals(report: dict, done: list[str]) -> None:
     """The log line of each removal pass the restored stage holds (remove_blocks.removal_line), as
-    the run that made it said: a resumed run's log names its removed blocks too."""
+    the run that made it said but named as kept ('remove_blocks (pass 2, kept): removed ...'), so a
+    resumed run's log names its removed blocks too and does not read as if the pass ran again.
+    `done`: the names of the passes the stage holds, in order (its removal records follow theirs)."""
     from compress.passes.remove_blocks import removal_line
 
     removal = report.get("remove_blocks") or {}
-    for record in removal.get("passes") or ([removal] if removal else []):  # (one record: an older report)
-        console.print(removal_line(record), highlight=False, markup=False)
+    records = removal.get("passes") or ([removal] if removal else [])  # (one record: an older report)
+    numbers = [i + 1 for i, name in enumerate(done) if name == "remove_blocks"]
+    for j, record in enumerate(records):
+        kept = f" (pass {numbers[j]}, kept)" if len(numbers) == len(records) else " (kept)"
+        line = removal_line(record)
+        line = f"remove_blocks{kept}{line.removeprefix('remove_blocks')}" if line.startswith("remove_blocks:") else line
+        console.print(line, highlight=False, markup=False)
+
+
+def _say_read_back(runner, start: int, student) -> None:
+    """Where the first pass a resumed run runs is an svd pass, how many of the block statistics
+    and output Fishers it reads back, once: those an interrupted run of it measured for this teacher,
+    calibration (fingerprint) and restored student (its `model_digest`, as the pass keys its cache)."""
+    fingerprint = getattr(runner.ctx, "fingerprint", None)
+    if start >= len(runner.passes) or runner.passes[start].name != "svd" or not fingerprint:
+        return
+    from compress.calib import model_digest
+
+    digest = model_digest(student, runner.ctx.block_map, runner.models.blocks)  # blocks: None when resident
+    kept = read_back_in_words(runner.run_dir / "calib" / fingerprint / digest)
+    if kept:
+        console.print(f"  pass {start + 1} (svd) reads back {kept} that the interrupted run measured",
+                      highlight=False, markup=False)
 
 
 def resumable(runner) -> tuple[list, int | None, list]:
@@ -77,9 +104,11 @@ def resumable(runner) -> tuple[list, int | None, list]:
     k, skipped = reusable_stage([(i, state) for i, _, state in saved], runner.recipe.raw, runner.passes)
     if k is None and skipped:
         changed = skipped[-1][1]  # the earliest stage's: the first pass that changed
+        earliest = min(i for i, _, state in saved if isinstance(state.get("recipe"), dict))
+        streamed = next(state["recipe"].get("stream") for i, _, state in saved if i == earliest)
         raise UserError(f"--resume: the recipe changed since {runner.run_dir} was written "
-                        f"({', '.join(changed[:3])}); undo the change to resume, or rerun with --restart "
-                        "to start over")
+                        f"({', '.join(changed[:3])}){not_kept_in_words(earliest, changed, streamed)}; "
+                        "undo the change to resume, or rerun with --restart to start over")
     return saved, k, skipped
 
 

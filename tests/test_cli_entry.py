@@ -98,3 +98,26 @@ def test_import_compress_does_not_import_the_cli_nor_touch_sigint(tmp_path):
     done = _started(tmp_path, script)
     out, err = done.communicate(timeout=300)
     assert (done.returncode, out.strip()) == (0, "True []"), err
+
+
+# a command that ended (its one line said), then a second SIGINT as the process exits: `timeout -s INT`
+# signals the command and then its process group
+SECOND_SIGINT = """\
+import os, signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)
+import compress.cli
+compress.cli.main = lambda: {code}
+threading.Thread(target=lambda: __import__("time").sleep(1)).start()  # joined at shutdown
+from compress.cli_entry import main
+code = main()
+print("done", flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("code", [130, 0, 2])
+def test_a_second_ctrl_c_as_the_process_exits_says_nothing_more(tmp_path, code):
+    done = _started(tmp_path, SECOND_SIGINT.format(code=code))
+    out, err = done.communicate(timeout=300)
+    assert (done.returncode, out, err) == (code, "done\n", "")

@@ -21,5 +21,34 @@ def test_a_resumed_run_names_the_blocks_its_restored_removal_took(tmp_path, monk
     assert first == ["remove_blocks: removed blocks [0] (teacher indices; listed in the recipe)"]
     assert main(argv + ["--resume"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert [line for line in err if line.startswith("remove_blocks: removed")] == first
-    assert err.index(first[0]) == next(i for i, line in enumerate(err) if line.startswith("resuming")) + 1
+    kept = ["remove_blocks (pass 1, kept): removed blocks [0] (teacher indices; listed in the recipe)"]
+    assert [line for line in err if line.startswith("remove_blocks")] == kept  # not as if it ran again
+    assert err.index(kept[0]) == next(i for i, line in enumerate(err) if line.startswith("resuming")) + 1
+
+
+def test_a_resumed_svd_pass_says_once_how_many_statistics_it_reads_back(tmp_path, monkeypatch, capsys):
+    """An svd pass interrupted after measuring some blocks: its resumed run says how many of the
+    block statistics it kept the pass reads back, as many as the pass then finds in its cache."""
+    import json
+
+    from compress.calib_stats import StatsCache
+
+    pixart_runner(tmp_path, monkeypatch)  # r.yaml: remove_blocks (blocks [0]), then svd
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    real, saved = StatsCache.save, []
+
+    def save_then_stop(self, name, stats):
+        real(self, name, stats)
+        saved.append(name)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(StatsCache, "save", save_then_stop)
+        assert main(argv) == 130
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "reads back" in line]
+    hits = json.loads((tmp_path / "out" / "report.json").read_text())["svd"]["cache_hits"]
+    assert len(hits) == 2
+    assert said == ["  pass 2 (svd) reads back block statistics (2 files), output Fishers (12 files) that the "
+                    "interrupted run measured"]
