@@ -56,7 +56,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
         phases.append({"bytes": sum(p["bytes"] for p in distill), "parts": distill, "while": "distill trains"})
     peak = max(phases, key=lambda p: p["bytes"])
     other = next((p for p in phases if p is not peak), None)
-    beside = pipeline["note"] if pipeline and not pipeline["bytes"] else ""
+    beside = pipeline.get("note", "") if pipeline and not pipeline["bytes"] else ""  # a folder of 0-parameter parts: none
     return {**peak, "other": other, "beside": beside}
 
 

@@ -77,6 +77,11 @@ def test_the_pipeline_components_are_said_or_counted_where_their_weights_are_her
     part = {p["what"]: p["bytes"] for p in plan["memory"]["parts"]}
     assert part["the pipeline's text encoders and VAE while calibration samples"] == 4500 * 2  # bfloat16
     assert "not counted" not in memory_words(plan["memory"])
+    for name in ("text_encoder", "text_encoder_2", "vae"):  # components of no parameters: plan crashed (KeyError)
+        for file in (folder / name).iterdir():
+            save_file({"w": torch.zeros(0)}, str(file))
+    plan = _plan(monkeypatch, "flux-dev-stream.yaml", sequential=False, pipeline=str(folder))
+    assert "the pipeline's text encoders" not in memory_words(plan["memory"])
 
 
 def test_fisher_memory_gb_auto_is_sized_at_what_is_free_once_the_run_holds_its_weights(monkeypatch):
