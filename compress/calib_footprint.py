@@ -3,9 +3,9 @@
 
 Block-by-block calibration keeps every calibration input's activations at the block it is at:
 its inputs and its outputs (`calib.BlockCalibration`), and, when an svd pass fits targets
-asymmetrically, the same again for the reference stream. Per row that is the residual stream
-(image tokens, plus Flux's text tokens) and PixArt-Σ's projected caption, each `inner_dim` wide,
-in the compute dtype. `calibration.spill_activations` keeps one batch of them instead.
+asymmetrically (as the pass decides it, `svd_streams`), the same again for the reference stream.
+Per row that is the residual stream (image tokens, plus Flux's text tokens) and PixArt-Σ's projected
+caption, each `inner_dim` wide, in the compute dtype. `calibration.spill_activations` keeps one batch of them instead.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import torch
 
 from compress.calib_prompts import calibration_prompts, one_branch, rows_per_prompt
+from compress.errors import UserError
 from compress.inputs import SYNTHETIC_TEXT_TOKENS, SYNTHETIC_TOKENS, source_kind
 
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
@@ -35,12 +36,14 @@ def calibration_rows(recipe, kind: str, config, prompts: int, teacher: str = "")
     return kept * rows_per_prompt(c, single)
 
 
-def row_tokens(recipe, kind: str, config) -> tuple[int, int]:
-    """(residual-stream tokens, caption tokens kept beside it) of one row at the blocks."""
+def row_tokens(recipe, kind: str, config, teacher: str = "") -> tuple[int, int]:
+    """(residual-stream tokens, caption tokens kept beside it) of one row at the blocks; teacher: its
+    source (a pipeline source samples in `calibration.pipeline` or in it)."""
     c, family = recipe.calibration, recipe.model
     if kind == "synthetic":
         image, text = SYNTHETIC_TOKENS, SYNTHETIC_TEXT_TOKENS
-    elif kind == "toy":  # the toys' latents (4, 8, 8): PixArt patches them, Flux packs 2 x 2
+    elif kind == "toy" or (c.pipeline or teacher).startswith("toy:"):  # the toy data or a toy pipeline
+        # the toys' latents (4, 8, 8): PixArt patches them, Flux packs 2 x 2; the toy text encoder's length
         from compress.toy.text import MAX_TOKENS
         from compress.toy.vae import LATENT_SIZE
 
@@ -75,28 +78,54 @@ def pixart_binned(sample_size: int, height: int, width: int) -> tuple[int, int]:
     return PixArtImageProcessor.classify_height_width_bin(height, width, bins) if bins else (height, width)
 
 
-def _fits_asymmetrically(cfg) -> bool:
-    """Whether an svd pass's config fits block targets to a reference stream (svd.asymmetric; auto:
-    the targets without the prediction's Fisher, which `fisher: modulation` leaves to every target
-    but the modulation linears)."""
-    unweighted = cfg.fisher in ("block", "none") or (cfg.fisher == "modulation" and list(cfg.targets) != ["modulation"])
-    return cfg.method == "whitened" and cfg.activations == "student" and (
-        cfg.asymmetric is True or (cfg.asymmetric == "auto" and unweighted))
+def svd_streams(recipe, config=None) -> tuple[bool, bool]:
+    """(whether some svd pass fits targets asymmetrically: a reference stream calibrates beside the
+    student's; whether some calibrates within-block sequentially: a block's dense linears stay beside
+    their factors until it is done). Each pass's own decisions (SVDPass._fits, _sequential) on its
+    targets among the teacher's linears (a meta model of `config`, the teacher's diffusers config;
+    None: recipe.teacher's), so that the estimate counts what the run does."""
+    from compress.arch import get_adapter
+    from compress.passes.svd import SVDPass
+    from compress.passes.svd_targets import resolve_targets
+
+    fits = sequential = False
+    svds = [s.config for s in recipe.passes if s.name == "svd"]
+    if not svds:
+        return fits, sequential
+    model = _meta_teacher(recipe, config)
+    infos = get_adapter(model).linears(model)
+    for cfg in svds:
+        try:
+            targets = resolve_targets(infos, cfg.targets, cfg.ignore)
+        except UserError:  # the pass's own check says what is wrong with them
+            continue
+        fits = fits or SVDPass(cfg)._fits(targets)
+        sequential = sequential or SVDPass(cfg)._sequential(targets)
+    return fits, sequential
 
 
-def asymmetric_streams(recipe) -> int:
+def _meta_teacher(recipe, config):
+    """The teacher on the meta device, from its diffusers `config` (None: recipe.teacher's)."""
+    if config is None:
+        from compress.plan import meta_model
+
+        return meta_model(recipe.teacher)
+    from compress.arch import ADAPTERS
+    from compress.stream import empty_transformer
+
+    dense = {k: v for k, v in dict(config).items() if k != "compression"}  # an output's: its linears' roles
+    return empty_transformer({"_class_name": ADAPTERS[recipe.model].class_name, **dense})
+
+
+def asymmetric_streams(recipe, config=None) -> int:
     """2 when some svd pass fits targets asymmetrically (a reference stream beside the student's)."""
-    return 2 if any(s.name == "svd" and _fits_asymmetrically(s.config) for s in recipe.passes) else 1
+    return 2 if svd_streams(recipe, config)[0] else 1
 
 
-def block_copies(recipe) -> int:
+def block_copies(recipe, config=None) -> int:
     """2 when some svd pass calibrates within-block sequentially (svd.sequential): a block's dense
     linears stay beside their factors until the block is done (the reference stream runs them)."""
-    def sequential(cfg) -> bool:
-        return cfg.activations == "student" and (
-            cfg.sequential is True or (cfg.sequential == "auto" and _fits_asymmetrically(cfg)))
-
-    return 2 if any(s.name == "svd" and sequential(s.config) for s in recipe.passes) else 1
+    return 2 if svd_streams(recipe, config)[1] else 1
 
 
 def footprint(recipe, teacher: str, config, prompts: int) -> dict:
@@ -104,10 +133,11 @@ def footprint(recipe, teacher: str, config, prompts: int) -> dict:
     one batch's (spilled); teacher: its source; prompts: how many a pipeline source reads."""
     kind, itemsize = source_kind(recipe.calibration, teacher), getattr(torch, recipe.compute_dtype).itemsize
     rows = calibration_rows(recipe, kind, config, prompts, teacher)
-    stream, caption = row_tokens(recipe, kind, config)
+    stream, caption = row_tokens(recipe, kind, config, teacher)
     width = config.num_attention_heads * config.attention_head_dim
     per_row = (2 * stream + caption) * width * itemsize  # inputs + outputs, and the caption once
-    streams, copies = asymmetric_streams(recipe), block_copies(recipe)
+    fits, sequential = svd_streams(recipe, config)
+    streams, copies = (2 if fits else 1), (2 if sequential else 1)
     batch = min(rows, recipe.calibration.batch_size)
     return {"rows": rows, "tokens": stream, "caption_tokens": caption, "streams": streams,
             "bytes": rows * per_row * streams, "batch_bytes": batch * per_row * streams,

@@ -27,6 +27,7 @@ from compress.io_export import save_compressed
 from compress.io_output import empty_compressed, load_transformer
 from compress.stream import CheckpointBlocks, empty_transformer, save_streamed, streamed
 from compress.stream_files import checkpoint_of, weight_map
+from compress.stream_refusals import NotStreamable
 
 CHUNK = 1 << 24  # bytes read at a time for the checksum
 
@@ -277,12 +278,21 @@ def models_for(stream: bool, run_dir: Path, dtype: torch.dtype = torch.float32,
 
 
 def check_streaming(passes, specs, path: str) -> None:
-    """Every pass must run with one block resident; errors name the recipe file and pass line."""
-    for p, spec in zip(passes, specs):
+    """Every pass must run with one block resident: one UserError naming what every pass asks for that
+    needs the whole model, one a line, each at its recipe line (its key's, else the pass's)."""
+    lines = []
+    for index, (p, spec) in enumerate(zip(passes, specs)):
         try:
             p.check_streaming()
+        except NotStreamable as e:
+            lines += e.lines(spec, index)
         except UserError as e:
-            raise UserError(f"{spec.where(e, 'stream')}: {e}") from None
+            lines.append(f"{spec.where(e, 'stream')}: {e}")
+    if len(lines) > 1:
+        raise UserError(f"{len(lines)} things in {path} need the whole model in memory, which stream: true "
+                        "does not hold:\n  " + "\n  ".join(lines))
+    if lines:
+        raise UserError(lines[0])
 
 
 # ---- running out of memory ----------------------------------------------------------------------

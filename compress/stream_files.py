@@ -135,7 +135,11 @@ def not_streamable(source: str, is_file: bool) -> UserError:
 
 
 def streamed_output(path) -> UserError:
-    return UserError(f"{path} is a dit-compress output; stream a teacher checkpoint")
+    """The error for streaming a dit-compress output: stream: true reads a dense checkpoint's
+    tensors a block at a time, and the output's factorized layers are not those tensors."""
+    return UserError(f"{path} is a dit-compress output: its factorized layers (down and up factors) are "
+                     "not the dense per-block tensors stream: true reads a block at a time; compress it "
+                     "further resident (stream: false in the recipe, or --set stream=false)")
 
 
 def check_streamable(src) -> None:

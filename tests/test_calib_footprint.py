@@ -46,7 +46,7 @@ def _check(tmp_path, family, teacher_source, calibration, fisher="all"):
     src = input_source(family, teacher_source, recipe.calibration, teacher)
     kind = source_kind(recipe.calibration, teacher_source)
     prompts = len(getattr(src, "prompts", ()))
-    want = (calibration_rows(recipe, kind, teacher.config, prompts, teacher_source), *row_tokens(recipe, kind, teacher.config))
+    want = (calibration_rows(recipe, kind, teacher.config, prompts, teacher_source), *row_tokens(recipe, kind, teacher.config, teacher_source))
     assert _measured(family, teacher, src.calibration()) == want
     f = footprint(recipe, teacher_source, teacher.config, prompts)  # float32: 4 bytes
     width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
@@ -75,6 +75,23 @@ def test_real_pipeline_sources(tmp_path, family):
         f = _check(tmp_path, family, str(folder), "source: pipeline, prompts: [a cat, a dog], height: 128, "
                    "width: 256, sample_steps: 2, timesteps: 1, batch_size: 4")
         assert f["tokens"] == (176 // 16) * (352 // 16)
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_a_toy_pipeline_source_counts_the_toy_pipelines_tokens(tmp_path, family):
+    """calibration.pipeline: toy:NAME samples at the toys' one resolution with the toy text encoder,
+    which pads every prompt to its 8 tokens: plan counted the real pipelines' 300 (PixArt-Σ) or 512
+    (Flux) T5 tokens, and Flux's 1024² image. The footprint is what the first block receives."""
+    from compress.toy.text import MAX_TOKENS
+
+    text = RECIPE.format(family=family, teacher=f"toy:{family}", fisher="all", calibration=(
+        f"source: pipeline, pipeline: toy:{family}, prompts: [a 1, a 2, a 3], sample_steps: 3, timesteps: 2, batch_size: 4"))
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    teacher = load_teacher(f"toy:{family}")
+    src = input_source(family, f"toy:{family}", recipe.calibration, teacher)
+    f = footprint(recipe, f"toy:{family}", teacher.config, len(src.prompts))
+    assert _measured(family, teacher, src.calibration()) == (f["rows"], f["tokens"], f["caption_tokens"])
+    assert (f["tokens"], f["caption_tokens"]) == ((16, MAX_TOKENS) if family == "pixart" else (16 + MAX_TOKENS, 0))
 
 
 def test_flux_without_guidance_embeds_counts_the_one_branch_it_samples(tmp_path):
@@ -191,6 +208,7 @@ def test_square_sizes_bin_as_the_pixart_sigma_pipeline_bins_them(sample_size):
     ("{fisher: none, sequential: false}", 2, 1),
     ("{fisher: modulation}", 2, 2),  # attention + MLP targets without the prediction's Fisher
     ("{fisher: modulation, targets: [modulation]}", 1, 1),
+    ("{fisher: block, targets: [modulation]}", 1, 1),  # the conditioning has no reference stream
     ("{sequential: true}", 1, 2),
     ("{fisher: block, activations: teacher, asymmetric: false}", 1, 1),
 ])

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,21 @@ def test_checkpoint_of_each_streamable_layout(tmp_path):
 
 
 def test_a_compressed_output_is_not_a_teacher_to_stream(tmp_path):
+    """Refused, saying what to do instead (it said 'stream a teacher checkpoint', which the user had
+    not got) and why: plan as run."""
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+
     save_compressed(tiny_pixart(), tmp_path / "out")
-    with pytest.raises(UserError, match="is a dit-compress output"):
+    said = (f"{tmp_path / 'out'} is a dit-compress output: its factorized layers (down and up factors) are not the "
+            "dense per-block tensors stream: true reads a block at a time; compress it further resident (stream: "
+            "false in the recipe, or --set stream=false)")
+    with pytest.raises(UserError, match=f"^{re.escape(said)}$"):
         checkpoint_of(str(tmp_path / "out"))
+    recipe = parse_recipe(f"model: pixart\nteacher: {tmp_path / 'out'}\nstream: true\ncalibration: {{source: synthetic}}\n"
+                          "passes: [{svd: {targets: [mlp], ratio: 0.5, fisher: block}}]\n", str(tmp_path / "r.yaml"))
+    with pytest.raises(UserError, match=re.escape(said)):
+        make_plan(recipe)
 
 
 def test_a_folder_without_weights_says_so_in_words_fit_for_every_reader(tmp_path):

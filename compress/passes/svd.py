@@ -17,9 +17,10 @@ parameters this cut the teacher-relative prediction error 2.1-2.6x against unwei
 Where the whole model's backward is out of reach (block weights streamed), `fisher: block` weights
 each block's targets by the output Fisher of that block alone (svd_fisher.block_fisher).
 Targets in blocks without the prediction's Fisher (`fisher: block` or `none`) are by default
-fitted asymmetrically (`asymmetric: auto`): W + Δ is the least-squares map from the inputs
-the student feeds the layer to the outputs the uncompressed model gives it (a reference stream in
-the calibration, `Stats.cross`), then truncated on the student's Gram (centered targets: an affine
+fitted asymmetrically (`asymmetric: auto`; not the modulation linears, whose stats are the
+conditioning's, on the student's stream alone: svd_walk.from_conditioning): W + Δ is the
+least-squares map from the inputs the student feeds the layer to the outputs the uncompressed model
+gives it (a reference stream in the calibration, `Stats.cross`), then truncated on the student's Gram (centered targets: an affine
 fit on both streams' means, its offset into the bias). Their records add `fit_gap`: the layer's fit
 above that fit's rank-r optimum without `asymmetric_damping`, a share of its output energy
 (svd_layer._fit_record, linalg_steps.asymmetric_excess).
@@ -44,14 +45,14 @@ from compress.calib import BlockCalibration, model_digest
 from compress.calib_stats import Stats, StatsCache
 from compress.calib_store import BlockLoader
 from compress.distill_utils import PLANNED_FACTORS
-from compress.errors import UserError
+from compress.errors import BadValue, UserError
 from compress.fuse import fuse_gelu
 from compress.linalg import normalized_curve
 from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
-from compress.passes.svd_checks import (allocated_note, centered, check_config, check_streaming, check_values,
+from compress.passes.svd_checks import (allocated_note, centered, check_config, check_values,
                                         floored_note, merge_report, no_saving_rank_note, summary, unchanged_note)
 from compress.passes.svd_config import SVDConfig, shadow_notes
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
@@ -61,8 +62,9 @@ from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_planned import mark_planned, planned_notes
 from compress.passes.svd_stages import Stages
 from compress.passes.svd_targets import Resolved, shape_spec, uses_output_gram
-from compress.passes.svd_walk import walk
+from compress.passes.svd_walk import from_conditioning, walk
 from compress.report import console, warn
+from compress.stream_refusals import NotStreamable, Refusal
 
 LATER = "decided after calibration"
 
@@ -92,6 +94,18 @@ class SVDPass(GlobalAllocation, Pass):
             check_config(self.config, model, *self.resolved.targets(model, adapter))
         except MissingBlock as e:
             raise e.explained(teacher_counts, block_map) from None
+        self._check_fits(self.resolved.targets(model, adapter)[1])
+
+    def _check_fits(self, targets: list[LinearInfo]) -> None:
+        """svd.asymmetric: true on a pass none of whose targets can be fitted to the reference is
+        refused, as compensate: true where it cannot apply: the run would fit nothing, and say so
+        only in its report's empty `asymmetric`."""
+        if self.config.asymmetric is not True or self._fits(targets):
+            return
+        why = "; ".join(sorted({_not_fitted(i) for i in targets}))
+        raise BadValue("asymmetric", f"svd.asymmetric: true, but none of this pass's {len(targets)} targets can be "
+                                     f"fitted to the reference: {why}; leave svd.asymmetric out (auto), or target "
+                                     "block linears (attention, mlp)", reads=("targets", "ignore"))
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
         """A pass whose ranks, known before calibration, leave every target dense changes nothing (ranks
@@ -114,8 +128,10 @@ class SVDPass(GlobalAllocation, Pass):
         return out + [unchanged_note(c, targets)]
 
     def check_streaming(self) -> None:
-        """Block weights streamed: everything but whole-model forwards (svd_checks)."""
-        check_streaming(self.config)
+        """Block weights streamed: everything but whole-model forwards; what needs them, all at once."""
+        refusals = streaming_refusals(self.config)
+        if refusals:
+            raise NotStreamable(self.name, refusals)
 
     def plan(self, model: nn.Module, adapter: Adapter, calibration_rows: int | None = None) -> dict:
         c = self.config
@@ -276,12 +292,13 @@ class SVDPass(GlobalAllocation, Pass):
 
     def _asymmetric(self, info: LinearInfo) -> bool:
         """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
-        input Gram, student activations; under auto only targets without the prediction's Fisher
+        input Gram, student activations, stats from the blocks' streams (not the conditioning's,
+        svd_walk.from_conditioning); under auto only targets without the prediction's Fisher
         (with it, the Fisher and compensation already weigh the upstream error by its effect on the
         prediction, and the layer-wise fit measured worse on both toys)."""
         c = self.config
         if c.asymmetric is False or c.method != "whitened" or c.activations != "student" \
-                or uses_output_gram(info):
+                or uses_output_gram(info) or from_conditioning(info):
             return False
         return c.asymmetric is True or not self._prediction_fisher(info)
 
@@ -332,3 +349,27 @@ class SVDPass(GlobalAllocation, Pass):
 
         walk(cal, targets, visit, state, self.cache, self.config.modulation_grid, visit_group, before_block,
              sequential)
+
+
+def _not_fitted(info: LinearInfo) -> str:
+    """Why a target (of a whitened, student-activation pass) is never fitted to the reference."""
+    if from_conditioning(info):
+        return ("the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
+                "too), whose stats are taken on the student's stream alone")
+    if info.group is None:
+        return "top-level layers are calibrated before the blocks, on the student's stream alone"
+    return "a layer factorized on its output Gram (Flux's single-block proj_out) has no input to fit"
+
+
+def streaming_refusals(c) -> list[Refusal]:
+    """What of an svd config needs whole-model forwards, which block weights streamed cannot run: the
+    prediction's Fisher (and with it compensation), global allocation's measured sensitivities."""
+    out = []
+    if c.fisher in ("all", "modulation"):
+        out.append(Refusal("fisher", c.fisher, "needs the whole model in memory (one forward and backward per "
+                           "probe)", "block (each block's own output Fisher) or none"))
+    if c.allocation == "global" and c.sensitivity is not False:
+        shown = "true" if c.sensitivity else "on with allocation: global"
+        out.append(Refusal("sensitivity", shown, "needs the whole model in memory (one forward per layer)",
+                           "false", reads=("allocation",)))
+    return out

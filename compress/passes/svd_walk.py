@@ -44,7 +44,7 @@ def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: 
         return any([visit(info, stats) for info, stats in pairs])
 
     student = cal.activations == "student"
-    conditioned = {stats_key(i) for i in targets if i.role == "modulation"}
+    conditioned = {stats_key(i) for i in targets if from_conditioning(i)}
     top = [i for i in targets if i.group is None]
     first = [i for i in top if stats_key(i) not in conditioned]  # embedders, ...: before the blocks
     # the modulation linears read the conditioning the top-level embedders make: in student mode
@@ -153,7 +153,7 @@ def _conditioning(cal: BlockCalibration, targets: list[LinearInfo], cache: Stats
     """Stats of the modulation targets' conditioning inputs over a dense timestep grid, placed as
     the teacher's sampler places its steps (cached; `state`: what the pass has compressed before
     them, in student mode)."""
-    cond = [i for i in targets if i.role == "modulation"]
+    cond = [i for i in targets if from_conditioning(i)]
     if not cond:
         return {}
     found = readers(cond)
@@ -164,6 +164,14 @@ def _conditioning(cal: BlockCalibration, targets: list[LinearInfo], cache: Stats
         stats = cal.conditioning(found, grid)
         cache.save(name, stats)
     return dict(stats)
+
+
+def from_conditioning(info: LinearInfo) -> bool:
+    """Whether a target's stats are the conditioning's (`_conditioning`): the modulation linears, top
+    level and per block, read the timestep (and pooled text) embedding, whose stats are taken over a
+    timestep grid on one stream, the student's: no reference stream, no `Stats.cross`, so they are
+    never fitted to the reference (svd.asymmetric) nor re-run within their block."""
+    return info.role == "modulation"
 
 
 def _block_pairs(targets: list[LinearInfo], bs, shared: dict[str, Stats]) -> list:
