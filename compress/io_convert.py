@@ -88,7 +88,7 @@ def check_not_output(path: Path, config: str | None = None) -> None:
     from compress.io_source import config_record, output_weights
 
     if path.is_file() and output_weights(path):
-        folder = _output_folder(path)
+        folder = weights_folder(path)
         if folder is not None:
             raise UserError(f"{path} is a weight file of the dit-compress output {folder}, which is already a "
                             "diffusers folder: nothing to convert (load that folder with load_transformer, or give "
@@ -102,7 +102,7 @@ def check_not_output(path: Path, config: str | None = None) -> None:
                         "load_transformer); a teacher's file converts with the teacher's config")
 
 
-def _output_folder(path: Path) -> Path | None:
+def weights_folder(path: Path) -> Path | None:
     """The output folder whose weight file `path` is (through a link to one, the linked file's), not a
     copy of one elsewhere (in a folder that is no output, or beside another output's own files)."""
     from compress.io_export import is_output, output_part

@@ -100,7 +100,14 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None) -
     if path.is_file():
         _prefixed(where, check_suffix, path)
         if output_weights(path):
-            raise UserError(f"{where}{path} is a weight file of the dit-compress output {path.parent}: give that "
+            from compress.io_convert import weights_folder
+
+            folder = weights_folder(path)
+            if folder is None:  # a copy out of its folder: no folder to name
+                raise UserError(f"{where}{path} is the weight file of a dit-compress output, copied out of its "
+                                "folder: give the output folder it came from, which loads it with its ranks and "
+                                "block map")
+            raise UserError(f"{where}{path} is a weight file of the dit-compress output {folder}: give that "
                             "folder, which loads it with its ranks and block map")
         return "file"
     if path.suffix in SINGLE_FILE_SUFFIXES or looks_local(source):

@@ -287,6 +287,12 @@ def test_an_outputs_weight_file_is_refused_with_its_folder_named(tmp_path, capsy
     assert f"is a weight file of the dit-compress output {out}" in err and "Traceback" not in err
     tiny_pixart().save_pretrained(tmp_path / "plain")
     assert check_source(str(tmp_path / "plain" / "diffusion_pytorch_model.safetensors")) == "file"
+    copied = tmp_path / "copied.safetensors"  # out of its folder: '… of the dit-compress output {tmp_path}' was false
+    copied.write_bytes(weights.read_bytes())
+    with pytest.raises(UserError) as e:
+        check_source(str(copied), "r.yaml:3: ")
+    assert str(e.value) == (f"r.yaml:3: {copied} is the weight file of a dit-compress output, copied out of its "
+                            "folder: give the output folder it came from, which loads it with its ranks and block map")
 
 
 def test_an_output_saved_again_is_still_an_outputs_weight_file(tmp_path):
