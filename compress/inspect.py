@@ -58,7 +58,10 @@ def _print_inspection(out: Path, model, rows: list[dict], report: dict, block_ma
     shown = [_displayed(r) for r in rows]
     for table in inspect_tables(shown, results.width, f"{out}", teacher):
         results.print(table)
-    if not any(_measured(r) for r in shown):
+    if any(_measured(r) for r in shown):
+        for line in _column_words(report):
+            results.print(line)
+    else:
         results.print("no svd pass: no per-layer factorization measurements" if not report.get("svd") else
                       "no factorization measurements for the layers as they are now (changed since the svd pass)")
     results.print(summary_table(shown, "role", "by role (linear layers)"))
@@ -272,11 +275,15 @@ def _print_optimality(rows: list[dict], report: dict | None = None) -> None:
     layers only (the ≤ 1.001 check), another method's ("asvd loss / optimal loss", to the
     output-weighted optimum, which it need not reach) apart. A ratio that is not a finite number (an
     older report's Infinity or null where the optimum was 0) is counted apart, never printed as inf."""
+    from compress.report_card import optimum_words
+
+    optimum = optimum_words((report or {}).get("svd") or {})
     for method, ratios, apart in _ratios_by_method(rows, report or {}):
         what = (f"{method} loss / optimal loss over {len(ratios)} {method} layers" if method else
                 f"loss / optimal loss over {len(ratios)} factorized layers")  # a report of no method
         shown = f"max {max(ratios):.6f}" if ratios else "no finite ratio"
-        results.print(f"{what}: {shown}" + (f" ({apart} more of optimal loss 0 left out)" if apart else ""))
+        results.print(f"{what}: {shown}" + (f" ({apart} more of optimal loss 0 left out)" if apart else "")
+                      + (f"; optimal: {optimum}" if optimum else ""))
     gaps = [r["fit_gap"] for r in rows if isinstance(r.get("fit_gap"), (int, float)) and math.isfinite(r["fit_gap"])]
     if gaps:
         results.print(f"asymmetric fits above their undamped optimum over {len(gaps)} layers: "
@@ -303,6 +310,15 @@ def _ratios_by_method(rows: list[dict], report: dict) -> list[tuple[str, list[fl
             apart[0] += 1
     order = sorted(found, key=lambda m: (m != "whitened", m))
     return [(m, found[m][0], found[m][1][0]) for m in order]
+
+
+def _column_words(report: dict) -> list[str]:
+    """Which metric the factorization columns are in (report_card.metric_words): energy, loss, optimal
+    and loss/opt in each layer's objective (Fisher-weighted, of W + βΔ under compensation), rel err
+    the plain output error against the weight the pass found."""
+    from compress.report_card import metric_words
+
+    return metric_words(report.get("svd") or {}, ("columns energy, loss, optimal, loss/opt are", "column rel err is"))
 
 
 def _print_compensation(report: dict) -> None:

@@ -79,6 +79,8 @@ def _svd_lines(svd: dict, ranks: dict | None = None) -> list[str]:
     factorized = {n: r for n, r in (svd.get("layers") or {}).items() if "loss_ratio" in r}
     passes = len(svd.get("passes") or [svd] if svd else [])  # a report before `passes` was kept: one
     lines = [] if not (factorized or ranks) else ["", _factorized_words(factorized, ranks, passes)]
+    if factorized and _recorded(svd):
+        lines.append(" ".join(metric_words(svd)) + f" The closed-form optimum is {optimum_words(svd)}.")
     gaps = sorted(r["fit_gap"] for r in (svd.get("layers") or {}).values() if "fit_gap" in r)
     if gaps:
         lines.append(f"Fitted to the uncompressed model's outputs: {len(gaps)} layers; their fit above its undamped "
@@ -123,3 +125,73 @@ def _ratio_words(layers: dict) -> str:
     none = sum(1 for r in layers.values() if not isinstance(r["loss_ratio"], (int, float))
                or not math.isfinite(r["loss_ratio"]))
     return words + (f"; {none} without a ratio (a whitened optimum of 0 under a loss that is not)" if none else "")
+
+
+# ---- what the per-layer numbers are measured in ----------------------------------------------------
+FISHER_OF = {"all": "the final prediction's", "modulation": "the final prediction's", "block": "its block's own"}
+
+
+def _setting(svd: dict, key: str) -> list:
+    """An svd summary's setting as a list (several passes that differ in it record each one's)."""
+    said = svd.get(key)
+    return [x for x in (said if isinstance(said, list) else [said]) if x is not None]
+
+
+def _probes(svd: dict) -> str:
+    """'4 random probes (svd.fisher_probes)' (the record's; several passes that differ: each one's),
+    no count in a report that does not record it."""
+    probes = _setting(svd, "fisher_probes")
+    if len(set(probes)) > 1:
+        return f"{', '.join(map(str, probes))} random probes (svd.fisher_probes of each svd pass)"
+    return f"{probes[0]} random probes (svd.fisher_probes)" if probes else "random probes (svd.fisher_probes)"
+
+
+def _weighted(svd: dict) -> int:
+    return sum(1 for r in (svd.get("layers") or {}).values() if r.get("objective") == "output-weighted")
+
+
+def _recorded(svd: dict) -> bool:
+    """Whether the layers record their objective (reports before it did: no words on it)."""
+    return any("objective" in r for r in (svd.get("layers") or {}).values())
+
+
+def optimum_words(svd: dict) -> str:
+    """What a whitened layer's closed-form optimum is the optimum of: with output-weighted layers, the
+    objective with the Fisher as estimated (its probe count where the report has it), not the exact one.
+    '' for a report whose layers do not record their objective."""
+    if not _recorded(svd):
+        return ""
+    if not _weighted(svd):
+        return "the exact optimum of each layer's calibration output error"
+    return (f"the optimum of each layer's objective with its output Fisher estimated from {_probes(svd)} "
+            "and damped (svd.fisher_damping), not of the exact Fisher")
+
+
+CARD_NAMES = ("Energy kept, loss and optimal loss are", "The relative output error is")
+
+
+def metric_words(svd: dict, names: tuple[str, str] = CARD_NAMES) -> list[str]:
+    """Which metric the per-layer columns are in: energy, loss and optimal in each layer's objective
+    (the Fisher-weighted error of W + βΔ under compensation), rel err the plain output error against W.
+    names: what the two sentences call the columns. [] for a report whose layers do not record their objective."""
+    if not _recorded(svd):
+        return []
+    layers = [r for r in (svd.get("layers") or {}).values() if "objective" in r]  # factorized, not dense
+    weighted, stepped = _weighted(svd), sum(1 for r in layers if r.get("compensation_step"))
+    fitted = sum(1 for r in layers if r.get("asymmetric"))
+    kinds = " or ".join(dict.fromkeys(FISHER_OF[f] for f in _setting(svd, "fisher") if f in FISHER_OF))
+    parts = []
+    if weighted:
+        parts.append(f"weighted, for {weighted} layers, by {kinds or 'an'} output Fisher F, estimated from "
+                     f"{_probes(svd)} and damped to F + λI (svd.fisher_damping)")
+    if stepped:
+        parts.append(f"of W + βΔ, for {stepped} compensated layers (their weight plus its compensation step), "
+                     "not of the weight the pass found")
+    if fitted:
+        parts.append(f"of W + Δ, for {fitted} layers fitted asymmetrically (their fit to the uncompressed "
+                     "model's outputs)")
+    how = ": " + "; ".join(parts) if parts else ""
+    return [f"{names[0]} in each layer's factorization objective, its output error on its calibration "
+            f"inputs{how}.",
+            f"{names[1]} each layer's plain output error ‖(W − W')x‖ / ‖Wx‖ on its calibration "
+            "inputs against the weight the pass found (no Fisher, no step): it can be far above √(1 − energy kept)."]

@@ -218,3 +218,27 @@ def test_inspect_reads_a_sharded_output(tmp_path, capsys):
     sharded = _sharded(save_compressed(factorize(tiny_pixart(), names, rank=2), tmp_path / "sharded"))
     assert main(["inspect", str(sharded), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"] == whole
+
+
+def test_inspect_says_which_metric_each_column_is_in_and_whose_optimum_the_ratio_is_against(tmp_path, capsys):
+    """energy, loss and optimal are in the Fisher-weighted metric of W + βΔ under the defaults while rel err
+    is the plain error against W (energy 1.0000, loss 0 and rel err 0.0557 on one layer read as a
+    contradiction), and 'max 1.000000' read as the exact Fisher's optimum: lines under the table now say
+    which metric each column is in and that the optimum is of the Fisher estimated from 4 probes."""
+    name = "transformer_blocks.0.attn1.to_q"
+    record = {"rank": 2, "method": "whitened", "loss": 0.0, "optimal_loss": 0.0, "loss_ratio": 1.0,
+              "energy_kept": 1.0, "rel_output_error": 0.0557, "time_s": 0.5, "objective": "output-weighted",
+              "compensation_step": 0.25}
+    report = {"svd": {"method": "whitened", "fisher": "all", "fisher_probes": 4, "layers": {name: record}}}
+    out = save_compressed(factorize(tiny_pixart(), [name], rank=2), tmp_path / "out",
+                          files={"report.json": json.dumps(report)})
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert ("columns energy, loss, optimal, loss/opt are in each layer's factorization objective, its output error "
+            "on its calibration inputs: weighted, for 1 layers, by the final prediction's output Fisher F, estimated "
+            "from 4 random probes (svd.fisher_probes) and damped to F + λI (svd.fisher_damping); of W + βΔ, for 1 "
+            "compensated layers") in printed, printed
+    assert "column rel err is each layer's plain output error ‖(W − W')x‖ / ‖Wx‖" in printed
+    assert ("whitened loss / optimal loss over 1 whitened layers: max 1.000000; optimal: the optimum of each "
+            "layer's objective with its output Fisher estimated from 4 random probes") in printed

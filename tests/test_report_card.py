@@ -106,3 +106,28 @@ def test_a_runs_card_counts_the_layers_its_output_holds_with_a_factorized_teache
     line = next(x for x in card if x.startswith("Factorized layers:"))
     assert line.startswith(f"Factorized layers: {len(held)} ({len(brought)} came factorized in the teacher); "
                            f"by this recipe's svd pass: {len(held) - len(brought)}; "), line
+
+
+def test_the_model_card_says_which_metric_each_number_is_in_and_whose_optimum_it_is():
+    """Under the defaults (fisher: all, compensation on) the card's 'worst whitened loss / closed-form
+    optimal loss: 1.000000000' read as the optimum under the exact Fisher (it is the optimum under the
+    Fisher estimated from fisher_probes probes), and nothing said that loss and energy are those of the
+    Fisher-weighted W + βΔ while the relative output error is the plain one against W. A line now says it."""
+    from compress.report_card import _svd_lines
+
+    rec = {"rank": 4, "loss_ratio": 1.0, "objective": "output-weighted"}
+    layers = {"a": dict(rec, compensation_step=0.5), "b": dict(rec, compensation_step=0.0),
+              "c": {"rank": "dense", "compensation_step": 0.5}}
+    text = " ".join(_svd_lines({"fisher": "all", "fisher_probes": 4, "layers": layers}))
+    assert ("Energy kept, loss and optimal loss are in each layer's factorization objective, its output error on "
+            "its calibration inputs: weighted, for 2 layers, by the final prediction's output Fisher F, estimated "
+            "from 4 random probes (svd.fisher_probes) and damped to F + λI (svd.fisher_damping); of W + βΔ, for 1 "
+            "compensated layers") in text, text
+    assert "The relative output error is each layer's plain output error" in text
+    assert ("The closed-form optimum is the optimum of each layer's objective with its output Fisher estimated "
+            "from 4 random probes (svd.fisher_probes) and damped (svd.fisher_damping), not of the exact Fisher.") in text
+    plain = {"a": {"rank": 4, "loss_ratio": 1.0, "objective": "calibration output", "asymmetric": True}}
+    text = " ".join(_svd_lines({"fisher": "none", "layers": plain}))
+    assert "Fisher F" not in text and "inputs: of W + Δ, for 1 layers fitted asymmetrically" in text, text
+    assert "The closed-form optimum is the exact optimum of each layer's calibration output error." in text
+    assert "objective" not in " ".join(_svd_lines({"layers": {"a": {"rank": 4, "loss_ratio": 1.0}}}))  # older reports

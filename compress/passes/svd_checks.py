@@ -261,9 +261,12 @@ def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:
         said = [p.get(key) for p in passes]
         if len(set(map(str, said))) > 1:
             report[key] = said
+    from compress.report_card import optimum_words
+
+    report["max_loss_ratio_of"] = optimum_words(report)  # what the ratios are against
 
 
-SETTINGS = ("method", "allocation", "activations", "fisher")  # an svd pass's, in its summary
+SETTINGS = ("method", "allocation", "activations", "fisher", "fisher_probes", "fisher_damping")  # in its summary
 
 
 def summary(records: dict[str, dict], c) -> dict:
@@ -271,7 +274,9 @@ def summary(records: dict[str, dict], c) -> dict:
     after = sum(r["kept_params"] for r in records.values())
     by_method = max_ratio_by_method(records)
     gaps = [r["fit_gap"] for r in records.values() if "fit_gap" in r]
+    weighted = c.fisher != "none"  # the Fisher's estimate: probes and damping (None where none is read)
     return {"method": c.method, "allocation": c.allocation, "activations": c.activations, "fisher": c.fisher,
+            **{k: getattr(c, k) if weighted else None for k in ("fisher_probes", "fisher_damping")},
             "params_before": before, "params_after": after,
             "kept_ratio": after / before if before else 1.0,
             "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),
@@ -343,7 +348,8 @@ def allocated_note(c, records: dict[str, dict]) -> str | None:
     dense = f"every one of its {len(records)} targets"
     rounded = f", rounded up to a multiple of {c.multiple}," if c.multiple > 1 else ""
     if c.allocation == "energy":
-        why = (f"keeping svd.energy {c.energy} of each one's calibration output energy takes a rank{rounded} at or "
+        of = "calibration output energy" if c.fisher == "none" else "output energy in its objective (Fisher-weighted)"
+        why = (f"keeping svd.energy {c.energy} of each one's {of} takes a rank{rounded} at or "
                "above the rank where a factorization saves parameters")
         lower = "svd.energy" + (" or svd.multiple" if c.multiple > 1 else "")
     else:

@@ -124,9 +124,9 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
                     note="rank would not save parameters: kept dense",
                     time_s=round(time.perf_counter() - start, 4))
     fac = factors_from(dec, m.weight, rank, name=info.name)
-    optimal_curve = dec.curve if method == "whitened" else decompose_layer(
-        m, "whitened", alpha, info.name).curve
-    loss, optimal = measured_loss(m, fac.up, fac.down), float(optimal_curve[rank])
+    whitened = dec if method == "whitened" else decompose_layer(m, "whitened", alpha, info.name)
+    loss, optimal = _clamped(measured_loss(m, fac.up, fac.down), m.energy), float(whitened.curve[rank])
+    target = float(whitened.curve[0])  # the objective's energy of the weight factorized (W + step)
     up, down, shift = fac.up, fac.down, _mean_shift(m, fac.up, fac.down)
     if out_root is not None:  # back from V = L W to W, the Fisher's scale shared by both factors
         inv = out_root[1].to(up.device, F64)
@@ -140,16 +140,19 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
     replace_linear(model, info.name, layer.to(module.weight.device))
     return dict(record, rank=rank, kept_params=params_lowrank(info.out_features, info.in_features,
                                                               rank, bias),
-                loss=loss, optimal_loss=optimal, **_ratio(loss, optimal, m.energy, method, rank),
-                # the objective's energy kept: 1 − loss / tr(W G Wᵀ), all in its (weighted) metric
-                energy_kept=1.0 - loss / m.energy if m.energy > 0 else 1.0,
+                loss=loss, optimal_loss=optimal, **_ratio(loss, optimal, m.energy, method, rank,
+                                                          int(whitened.energies.numel())),
+                # the objective's energy kept: 1 − loss / its energy of the weight factorized (W + step:
+                # what the energy allocation reads, curve[0]), all in its (weighted) metric
+                energy_kept=1.0 - loss / target if target > 0 else 1.0,
                 rel_output_error=error,
                 objective="output-weighted" if out_root is not None else "calibration output",
                 spectrum=[float(e) for e in dec.energies[:512]],  # for `inspect --plot`
                 # directions the calibration data excites above round-off; the rest of the Gram's
                 # eigenvalues were clamped to zero (singular / ill-conditioned Gram), not inverted
-                data_rank=int(dec.energies.numel()),
-                clamped=bool(dec.energies.numel() < min(info.out_features, info.in_features)),
+                # (asvd and svd keep every direction of their own basis: the whitened one counts)
+                data_rank=int(whitened.energies.numel()),
+                clamped=bool(whitened.energies.numel() < min(info.out_features, info.in_features)),
                 centered=center, **fit, time_s=round(time.perf_counter() - start, 4))
 
 
@@ -211,11 +214,19 @@ def _mean_shift(m: LayerMath, up, down):
     return shift + m.offset if m.offset is not None else shift
 
 
-def _ratio(loss: float, optimal: float, energy: float, method: str, rank: int) -> dict:
+def _clamped(loss: float, energy: float) -> float:
+    """A measured loss, a round-off negative (≥ −1e-10 of the layer's energy: −6e-15 on an exact
+    layer) as 0; a larger negative is kept, to be seen."""
+    return 0.0 if -1e-10 * max(energy, 0.0) <= loss < 0 else loss
+
+
+def _ratio(loss: float, optimal: float, energy: float, method: str, rank: int,
+           data_rank: int | None = None) -> dict:
     """{"loss_ratio": loss / optimal}; both at round-off level (≤ 1e-10 of the layer's energy) count
     as equal (1.0). An optimum of 0 under a loss that is not (asvd or svd at a rank at or above the
     calibration data's rank, where whitening is exact) has no finite ratio: None, and
-    `loss_ratio_note` says why (report.json stays strict JSON: no Infinity, no NaN)."""
+    `loss_ratio_note` says why, naming the data's rank (the whitened directions above round-off)
+    where known (report.json stays strict JSON: no Infinity, no NaN)."""
     floor = 1e-10 * max(energy, 0.0)
     if not (math.isfinite(loss) and math.isfinite(optimal)):
         return {"loss_ratio": None, "loss_ratio_note": f"loss {loss} or optimum {optimal} is not finite"}
@@ -224,9 +235,10 @@ def _ratio(loss: float, optimal: float, energy: float, method: str, rank: int) -
     if loss <= floor:
         return {"loss_ratio": 1.0}
     share = f" ({loss / energy:.2e} of the layer's output energy)" if energy > 0 else ""
+    spans = f"{data_rank} directions" if data_rank is not None and data_rank <= rank else f"at most {rank} directions"
     return {"loss_ratio": None,
             "loss_ratio_note": f"no ratio: the whitened optimum at rank {rank} is 0 (the calibration data, in "
-                               f"this layer's objective, spans at most {rank} directions) while this {method} "
+                               f"this layer's objective, spans {spans}) while this {method} "
                                f"factorization leaves a loss of {loss:.3g}{share}"}
 
 

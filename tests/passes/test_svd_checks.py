@@ -341,7 +341,8 @@ def test_two_svd_passes_summary_names_each_passes_setting_where_they_differ():
         return {"params_dense": 100, "kept_params": kept, "rank": 8, "loss_ratio": 1.0, "method": "whitened"}
 
     def config(allocation):
-        return SimpleNamespace(method="whitened", allocation=allocation, activations="student", fisher="all")
+        return SimpleNamespace(method="whitened", allocation=allocation, activations="student", fisher="all",
+                               fisher_probes=4, fisher_damping=1e-3)
 
     report = {}
     for allocation, records in (("global", {"a": layer(40)}), ("uniform", {"m": layer(10)})):

@@ -181,3 +181,73 @@ def test_a_layer_whose_optimum_is_zero_gets_no_infinite_ratio(method):
     json.dumps(rec, allow_nan=False)  # strict JSON
     assert _ratio(1e-12, 0.0, 100.0, method, 8) == {"loss_ratio": 1.0}  # round-off under a zero optimum
     assert _ratio(float("nan"), 1.0, 100.0, method, 8)["loss_ratio"] is None
+
+
+def _rank_deficient(seed: int, rank: int = 4):
+    """A 32 → 32 linear and the stats of 64 rows spanning `rank` directions."""
+    from compress.calib_stats import Stats
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32))
+    x = torch.randn(64, rank, dtype=F64) @ torch.randn(rank, 32, dtype=F64)
+    stats = Stats.zeros(32)
+    stats.add(x)
+    return net, stats, x
+
+
+def test_an_exact_layers_loss_is_never_a_round_off_negative():
+    """At a rank above the data's rank the whitened factors are exact: report.json printed
+    loss = -6e-15 for such layers. A round-off negative is now 0."""
+    from compress.arch.base import LinearInfo
+    from compress.passes.svd_layer import compress_layer
+
+    info = LinearInfo("0", "mlp", "in", None, None, 32, 32, "x")
+    for seed in range(6):
+        net, stats, _ = _rank_deficient(seed)
+        rec = compress_layer(net, info, stats, method="whitened", alpha=0.5, center=False, gram_is_output=False,
+                             choose_rank=lambda dec: 8)
+        assert 0 <= rec["loss"] < 1e-10 and rec["loss_ratio"] == 1.0, (seed, rec["loss"])
+
+
+def test_an_asvd_layers_note_and_data_rank_name_the_datas_rank():
+    """asvd at rank 8 on data of rank 4: the note said the data 'spans at most 8 directions' and
+    data_rank was 32 (asvd's own basis keeps every direction); both now say 4, the whitened count."""
+    from compress.arch.base import LinearInfo
+    from compress.passes.svd_layer import compress_layer
+
+    net, stats, x = _rank_deficient(0)
+    x[:, 0] += 30 * torch.randn(64, dtype=F64)  # one loud channel: asvd misses the data's subspace
+    stats = type(stats).zeros(32)
+    stats.add(x)
+    info = LinearInfo("0", "mlp", "in", None, None, 32, 32, "x")
+    rec = compress_layer(net, info, stats, method="asvd", alpha=0.5, center=False, gram_is_output=False,
+                         choose_rank=lambda dec: 8)
+    assert rec["data_rank"] == 5 and rec["clamped"]
+    assert "spans 5 directions)" in rec["loss_ratio_note"], rec["loss_ratio_note"]
+
+
+def test_energy_kept_is_of_the_weight_factorized_as_the_energy_allocation_reads_it():
+    """With a step (compensation, an asymmetric fit) the layer factorizes W + Δ and the energy
+    allocation keeps `energy` of W + Δ's energy (its curve); energy_kept was 1 − loss / tr(W G Wᵀ),
+    W's alone, so it could not check the allocation. Here Δ = W: W + Δ has 4x W's energy."""
+    from compress.alloc import LayerSpec, energy_rank
+    from compress.arch.base import LinearInfo
+    from compress.linalg import normalized_curve
+    from compress.passes.svd_layer import compress_layer
+
+    net, stats, _ = _rank_deficient(1, rank=12)
+    info = LinearInfo("0", "mlp", "in", None, None, 32, 32, "x")
+    chosen = {}
+
+    def choose(dec):
+        spec = LayerSpec("0", 32, 32, normalized_curve(dec.curve))
+        chosen["rank"] = energy_rank(spec, 0.9, 1)
+        return chosen["rank"]
+
+    step = net[0].weight.detach().to(F64).clone()
+    rec = compress_layer(net, info, stats, method="whitened", alpha=0.5, center=False, gram_is_output=False,
+                         choose_rank=choose, step=step)
+    assert rec["rank"] == chosen["rank"] < 12
+    target = 4 * float(((step @ stats.gram) * step).sum())  # tr((W + Δ) G (W + Δ)ᵀ)
+    assert rec["energy_kept"] == pytest.approx(1 - rec["loss"] / target, rel=1e-9)
+    assert rec["energy_kept"] >= 0.9
