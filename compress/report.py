@@ -73,7 +73,7 @@ def layer_rows(model, report: dict | None = None) -> list[dict]:
         for key in ("loss", "optimal_loss", "loss_ratio", "fit_gap", "rel_output_error", "time_s", "spectrum"):
             if key in rec:
                 row[key] = rec[key]
-        if isinstance(rec.get("energy_kept"), (int, float)):  # whitened energy kept
+        if isinstance(rec.get("energy_kept"), (int, float)):  # the objective's energy kept (Fisher-weighted where weighted)
             row["energy_kept"] = rec["energy_kept"]
         elif isinstance(rec.get("rel_output_error"), (int, float)):  # reports before energy_kept
             row["energy_kept"] = 1.0 - rec["rel_output_error"] ** 2
