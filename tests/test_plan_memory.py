@@ -177,20 +177,14 @@ def test_a_component_s_index_names_the_files_counted_not_the_single_file_beside_
     assert component_files(folder) == [folder / "model.bf16.safetensors"]  # one variant, not both
 
 
-def test_the_checkpointed_backward_never_exceeds_the_plain_one(monkeypatch, tmp_path):
-    """toy:pixart calibrated in its pipeline on three prompts (16 image tokens beside 300 caption
-    tokens) planned 'about 3 MiB per calibration batch (4 MiB with svd.gradient_checkpointing: true)':
-    the caption was counted as every block's input when checkpointed, not at all without."""
+def test_the_checkpointed_backward_never_exceeds_the_plain_one():
+    """A long caption beside few image tokens (16 beside 300; toy:pixart in its pipeline was counted so)
+    planned 'about 3 MiB per calibration batch (4 MiB with svd.gradient_checkpointing: true)': the
+    caption was counted as every block's input when checkpointed, not at all without."""
     from types import SimpleNamespace
 
     from compress.calib_footprint import backward_bytes
 
-    (tmp_path / "pr4.txt").write_text("a red cat\na blue dog\na green tree\n")
-    plan = _toy_plan(monkeypatch, tmp_path, "  - svd: {targets: [attention, mlp], ratio: 0.5, multiple: 8}\n",
-                     ["calibration.source=pipeline", "calibration.prompt_file=pr4.txt"])
-    assert plan["calibration"]["caption_tokens"] > 10 * plan["calibration"]["tokens"]  # the case at hand
-    plain, checkpointed = plan["backward"]
-    assert checkpointed < plain
     config = SimpleNamespace(num_attention_heads=2, attention_head_dim=8)
     for tokens, caption, blocks in ((16, 300, 1), (16, 300, 2), (4096, 300, 28), (4608, 0, 57), (1, 512, 1)):
         f = {"itemsize": 2, "rows": 8, "batch_rows": 4, "tokens": tokens, "caption_tokens": caption}
