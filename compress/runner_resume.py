@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import compress
 from compress.recipe import Recipe
+from compress.runner_pending import read_record
 
 if TYPE_CHECKING:
     import torch
@@ -235,17 +236,17 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
     keep (those of its latest stage saved for `now`'s recipe, `reusable_stage`); None when there is
     nothing, or the run finished (its output was written)."""
     stages, checkpoints = stage_dirs(run_dir), distill_checkpoints(run_dir)
-    if (Path(run_dir) / "stages" / FINISHED).is_file() or not (stages or checkpoints):
+    pending = read_record(run_dir)  # a streamed stage being written when the run stopped: --resume writes it
+    if (Path(run_dir) / "stages" / FINISHED).is_file() or not (stages or checkpoints or pending):
         return None
     steps = [int(p.name.removeprefix("step-")) for p in checkpoints if p.name.removeprefix("step-").isdigit()]
     info = {"done": 0, "total": None, "step": max(steps, default=None), "changed": None}
-    if stages:
-        i, d = stages[-1]
+    latest = [(i, (read_state(d) or {}).get("recipe")) for i, d in stages[-1:]]
+    if pending and pending[0] > max((i for i, _ in stages), default=-1):
+        latest.append((pending[0], pending[1].get("recipe")))
+    if latest:
+        i, before = latest[-1]
         info["done"] = i + 1
-        try:
-            before = json.loads((d / "state.json").read_text()).get("recipe")
-        except (OSError, ValueError, AttributeError):
-            before = None
         if isinstance(before, dict) and isinstance(before.get("passes"), list):
             info["total"] = len(before["passes"])
             info["changed"] = None if now is None else recipe_changes(before, now, passes, i + 1)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.report import console, warn
+from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
-from compress.runner_resume import (FINISHED, inputs_change, not_kept_in_words, older_checksum, passed_over_in_words, read_state,
-                                   read_back_in_words, resumed_in_words, reusable_stage, stage_dirs,
-                                   teacher_change)
+from compress.runner_resume import (FINISHED, inputs_change, not_kept_in_words, older_checksum,
+                                   passed_over_in_words, read_back_in_words, read_state, recipe_changes,
+                                   resumed_in_words, reusable_stage, stage_dirs, teacher_change)
 
 
 def stage_dir(runner, i: int) -> Path:
@@ -33,9 +34,15 @@ def restore(runner):
             shutil.rmtree(stages, ignore_errors=True)
             for checkpoints in runner.run_dir.glob("distill*/checkpoints"):
                 shutil.rmtree(checkpoints, ignore_errors=True)
+            discard(runner.run_dir)
         runner.started_over = True
         return 0, runner.models.fresh_student(runner.teacher)
     saved, k, skipped = getattr(runner, "resumes_from", None) or resumable(runner)
+    pending = _finishable(runner, saved)
+    if pending is not None:
+        return _finish(runner, *pending)
+    if is_main_process():  # the files it names may be spilled over from now on
+        discard(runner.run_dir)
     if k is None:
         _unfinished(runner)
         return 0, runner.models.fresh_student(runner.teacher)
@@ -54,6 +61,39 @@ def restore(runner):
     student = runner.models.restore(d)
     _say_read_back(runner, k + 1, student)
     return k + 1, student
+
+
+def _finishable(runner, saved: list) -> tuple[int, dict] | None:
+    """(pass index, state) of a streamed stage whose writing was interrupted (runner_pending), where
+    it is later than every saved stage and of this recipe as far as its pass; else None."""
+    got = read_record(runner.run_dir) if runner.recipe.stream and is_main_process() else None
+    if got is None:
+        return None
+    j, state = got
+    recipe = state.get("recipe")
+    if j <= max((i for i, _, _ in saved), default=-1) or j >= len(runner.passes) or not isinstance(recipe, dict):
+        return None
+    return None if recipe_changes(recipe, runner.recipe.raw, runner.passes, j + 1) else (j, state)
+
+
+def _finish(runner, j: int, state: dict):
+    """(first pass to run, student) after pass j, whose stage was being written when the run stopped:
+    the student read back from its record (runner_pending), its stage written from it (the pass does
+    not run again), then as `restore` from a saved stage."""
+    _check_teacher(runner, state)
+    _check_inputs(runner, state)
+    _unfinished(runner)
+    runner.ctx.report, runner.ctx.block_map = state["report"], state["block_map"]
+    names = [s.name for s in runner.recipe.passes]
+    console.print(f"[bold]resuming[/] {resumed_in_words(j + 1, names)}: its stage, interrupted while "
+                  f"it was written, is written from what the pass left in {runner.run_dir / 'stream'}",
+                  highlight=False)
+    _say_removals(state["report"], names[:j + 1])
+    student = restore_student(runner.run_dir, runner.models)
+    save_stage(runner, j, student, record=False)  # the record stays until the stage is complete
+    runner.student_stage = stage_dir(runner, j)
+    _say_read_back(runner, j + 1, student)
+    return j + 1, student
 
 
 def _say_removals(report: dict, done: list[str]) -> None:
@@ -157,13 +197,17 @@ def _check_inputs(runner, state: dict) -> None:
                         "or rerun with --restart to start over")
 
 
-def save_stage(runner, i: int, student):
+def save_stage(runner, i: int, student, record: bool = True):
+    """Pass i's stage folder and its state.json; streamed, first the record that lets --resume
+    finish writing it after an interrupt (runner_pending; `record` False: it is there already)."""
     if not is_main_process():
         return
     d = stage_dir(runner, i)
-    runner.models.save(student, d, overwrite=True)
     state = {"recipe": runner.recipe.raw, "teacher": runner.identity, "inputs": runner.inputs_id,
              "report": runner.ctx.report, "block_map": runner.ctx.block_map}
+    if record and runner.recipe.stream and runner.models.blocks is not None:
+        write_record(runner.run_dir, i, state, student, runner.models.blocks)
+    runner.models.save(student, d, overwrite=True)
     tmp = d / "state.json.tmp"
     tmp.write_text(json.dumps(state, default=str))
     tmp.replace(d / "state.json")

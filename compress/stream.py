@@ -60,11 +60,13 @@ class CheckpointBlocks:
     resident = False  # whole-model work (the prediction's Fisher, global's sensitivities) is refused
 
     def __init__(self, model: nn.Module, files: Path | dict[str, Path], spill: Path | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", stored: dict[str, str] | None = None):
+        """`stored`: the names in their files of tensors stored under other names (`renumber`)."""
         from compress.arch import get_adapter
 
         self.model, self.adapter, self.device = model, get_adapter(model), device
         self.point_to(dict(files) if isinstance(files, dict) else weight_map(files))
+        self.stored = dict(stored or {})
         self.spill = Path(spill) if spill is not None else None
         if self.spill is not None:
             self.spill.mkdir(parents=True, exist_ok=True)

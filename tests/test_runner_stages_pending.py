@@ -1,0 +1,101 @@
+"""A streamed stage interrupted while it is written (compress/runner_pending.py): --resume writes it
+from what its pass left in run_dir/stream/, without running the pass again, and the output is the
+uninterrupted run's."""
+
+import json
+
+import pytest
+import torch
+
+from compress.io_output import load_transformer
+from compress.runner_resume import interrupted_run, saved_in_words
+from tests.runner_helpers import run_recipe, streamed_teacher
+
+
+def _stop_in_stage(monkeypatch, stage: str):
+    """save_pieces raises KeyboardInterrupt at the second shard it writes into `stage`'s temp folder."""
+    from compress import stream
+
+    real, written = stream.save_pieces, []
+
+    def save_then_stop(path, state, metadata=None):
+        if path.parent.name.startswith(f".{stage}.tmp-"):
+            written.append(path)
+            if len(written) == 2:
+                raise KeyboardInterrupt
+        real(path, state, metadata)
+    monkeypatch.setattr(stream, "save_pieces", save_then_stop)
+    return written
+
+
+def _runs_of_svd(monkeypatch):
+    from compress.passes import svd
+
+    real, ran = svd.SVDPass.run, []
+    monkeypatch.setattr(svd.SVDPass, "run", lambda self, model, ctx: (ran.append(1), real(self, model, ctx))[1])
+    return ran
+
+
+def _without_times(report: dict) -> dict:
+    """`report` without its timings, nor the fused_gelu list of an svd pass after the first, which
+    any resumed run fills from the restored student (the uninterrupted one's is empty: it fused none)."""
+    svd = report["svd"]
+    layers = {name: {k: v for k, v in r.items() if k != "time_s"} for name, r in svd["layers"].items()}
+    passes = [{k: v for k, v in r.items() if k != "fused_gelu" or i == 0} for i, r in enumerate(svd["passes"])]
+    return dict(report, stages=[{k: v for k, v in s.items() if k != "seconds"} for s in report["stages"]],
+                svd=dict(svd, layers=layers, passes=passes))
+
+
+REMOVAL = "  - remove_blocks: {blocks: {blocks: [1]}}\n"  # blocks renumbered: read under their old names
+
+
+@pytest.mark.parametrize("first, stage", [("", "0-svd"), (REMOVAL, "1-svd"), (REMOVAL, "0-remove_blocks")])
+def test_an_interrupt_while_a_streamed_stage_is_written_is_finished_not_redone(tmp_path, monkeypatch, capsys,
+                                                                             first, stage):
+    text = streamed_teacher(tmp_path, "pixart").format(stream="true").replace("passes:\n", "passes:\n" + first)
+    whole = run_recipe(tmp_path, text, "whole")
+    total, done = 3 if first else 2, int(stage[0]) + 1  # passes in all, and done when the stage was written
+    with monkeypatch.context() as m:
+        written = _stop_in_stage(m, stage)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(tmp_path, text, "cut")
+    assert len(written) == 2
+    run_dir = tmp_path / "run-cut"
+    assert not (run_dir / "stages" / stage).exists()  # the stage was not written
+    info = interrupted_run(run_dir, None)
+    assert saved_in_words(info) == f"{done} of {total} passes done"  # the pass's work is kept
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        ran = _runs_of_svd(m)
+        out = run_recipe(tmp_path, text, "cut", resume=True)
+    assert len(ran) == total - done  # the svd passes after it alone: it did not run again
+    said = capsys.readouterr().err
+    assert f"resuming after pass {done}/{total} ({stage[2:]}): its stage, interrupted while it was written, is written from what " \
+           f"the pass left in {run_dir / 'stream'}" in said.replace("\n", " ")
+    a, b = load_transformer(whole).state_dict(), load_transformer(out).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((o / "report.json").read_text()) for o in (whole, out))
+    assert _without_times(ra) == _without_times(rb)
+    assert not (run_dir / "stream" / "pending-stage").exists()
+
+
+def test_a_run_that_starts_over_discards_the_record(tmp_path, monkeypatch):
+    """--restart (and a resume that does not finish it) leaves no record whose files its passes
+    may spill over: an interrupt later offers no stage it did not write."""
+    text = streamed_teacher(tmp_path, "pixart").format(stream="true")
+    with monkeypatch.context() as m:
+        _stop_in_stage(m, "0-svd")
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(tmp_path, text, "r")
+    run_dir = tmp_path / "run-r"
+    assert (run_dir / "stream" / "pending-stage" / "state.json").is_file()
+    from compress.passes import svd
+
+    def stop(self, model, ctx):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(svd.SVDPass, "run", stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(tmp_path, text, "r", restart=True)
+    assert not (run_dir / "stream" / "pending-stage").exists()
+    assert interrupted_run(run_dir, None) is None
