@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+from rich.markup import escape
+
 from compress.errors import UserError
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
@@ -85,9 +87,9 @@ def _finish(runner, j: int, state: dict):
     _unfinished(runner)
     runner.ctx.report, runner.ctx.block_map = state["report"], state["block_map"]
     names = [s.name for s in runner.recipe.passes]
-    console.print(f"[bold]resuming[/] {resumed_in_words(j + 1, names)}: its stage, interrupted while "
-                  f"it was written, is written from what the pass left in {runner.run_dir / 'stream'}",
-                  highlight=False)
+    console.print(f"[bold]resuming[/] after pass {j + 1}/{len(names)} ({names[j]}), whose stage was being "
+                  f"written when the run stopped: it is written from what the pass left in "
+                  f"{escape(str(runner.run_dir / 'stream'))}, without running the pass again", highlight=False)
     _say_removals(state["report"], names[:j + 1])
     student = restore_student(runner.run_dir, runner.models)
     save_stage(runner, j, student, record=False)  # the record stays until the stage is complete

@@ -70,8 +70,9 @@ def test_an_interrupt_while_a_streamed_stage_is_written_is_finished_not_redone(t
         out = run_recipe(tmp_path, text, "cut", resume=True)
     assert len(ran) == total - done  # the svd passes after it alone: it did not run again
     said = capsys.readouterr().err
-    assert f"resuming after pass {done}/{total} ({stage[2:]}): its stage, interrupted while it was written, is written from what " \
-           f"the pass left in {run_dir / 'stream'}" in said.replace("\n", " ")
+    assert f"resuming after pass {done}/{total} ({stage[2:]}), whose stage was being written when the run stopped: " \
+           f"it is written from what the pass left in {run_dir / 'stream'}, without running the pass again" \
+           in said.replace("\n", " ")
     a, b = load_transformer(whole).state_dict(), load_transformer(out).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = (json.loads((o / "report.json").read_text()) for o in (whole, out))
