@@ -226,6 +226,14 @@ def inputs_cache_name(source: str, weights: str, parts: dict | None = None) -> s
     return h.hexdigest()[:16]
 
 
+def run_label(what: str, read_back: int, calls: int) -> str:
+    """The progress label of `calls` sampling calls, `read_back` of them cached before: 'held-out prompts
+    (read back)' where all are, 'sample held-out prompts (1 of 2 calls read back)' where some are."""
+    if calls and read_back == calls:
+        return f"{what} prompts (read back)"
+    return f"sample {what} prompts" + (f" ({read_back} of {calls} calls read back)" if read_back else "")
+
+
 class PipelineSource:
     """Calibration and held-out batches from real sampling runs (prompts split 80/20)."""
 
@@ -263,9 +271,12 @@ class PipelineSource:
         from compress.progress import bar as progress_bar
 
         c, records = self.calib, []
+        starts = range(0, len(prompts), c.prompts_per_call)
+        kept = [self._cached(prompts[s:s + c.prompts_per_call], seed + s) for s in starts]
         with progress_bar(True) as bar:
-            task = bar.add_task(f"sample {what} prompts", total=len(prompts))
-            for start in range(0, len(prompts), c.prompts_per_call):
+            task = bar.add_task(run_label(what, sum(p is not None and p.is_file() for p in kept), len(kept)),
+                                total=len(prompts))
+            for start in starts:
                 chunk = prompts[start:start + c.prompts_per_call]
                 records += self._call(chunk, seed + start)
                 bar.advance(task, len(chunk))

@@ -1,0 +1,46 @@
+"""The progress lines of a pipeline source (compress/calib_pipeline.py) say whether its records are
+sampled or read back from the inputs folder a run wrote before (a resumed or repeated run)."""
+
+import pytest
+
+from compress.calib_pipeline import PipelineSource
+from compress.io import load_teacher
+from compress.recipe import CalibrationConfig
+from tests.pipelines import pixart_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_run_label_tells_sampled_from_read_back():
+    from compress.calib_pipeline import run_label
+
+    assert run_label("held-out", 0, 2) == "sample held-out prompts"
+    assert run_label("held-out", 2, 2) == "held-out prompts (read back)"
+    assert run_label("calibration", 1, 3) == "sample calibration prompts (1 of 3 calls read back)"
+    assert run_label("calibration", 0, 0) == "sample calibration prompts"
+
+
+def test_held_out_records_read_back_say_so_in_their_progress_lines(tmp_path, capsys):
+    """A resumed run read its held-out records back from runs/.../inputs/ (their files unchanged)
+    and its progress lines said 'sample held-out prompts 1/2 ... 2/2', as if it sampled them."""
+    pipe = pixart_pipeline(tmp_path / "pipe")
+    teacher = load_teacher(str(pipe / "transformer"))
+    calib = CalibrationConfig(source="pipeline", prompts=[f"a {i}" for i in range(10)], heldout=None,  # 2 held out
+                              prompts_per_call=1, sample_steps=2, timesteps=1)
+
+    def heldout_lines() -> list[str]:
+        source = PipelineSource("pixart", calib, teacher, str(pipe))
+        source.cache_dir = tmp_path / "inputs"
+        capsys.readouterr()
+        source.heldout()
+        lines = capsys.readouterr().err.splitlines()  # also the pipeline's loading bars
+        return [line.rsplit(" (", 1)[0] for line in lines if "held-out prompts" in line]  # less the elapsed time
+
+    assert heldout_lines() == ["sample held-out prompts 1/2", "sample held-out prompts 2/2"]
+    files = sorted((tmp_path / "inputs").glob("*.pt"))
+    written = {p: p.stat().st_mtime_ns for p in files}
+    assert heldout_lines() == ["held-out prompts (read back) 1/2", "held-out prompts (read back) 2/2"]
+    assert {p: p.stat().st_mtime_ns for p in files} == written  # read, not written again
+    files[0].unlink()
+    assert heldout_lines() == ["sample held-out prompts (1 of 2 calls read back) 1/2",
+                               "sample held-out prompts (1 of 2 calls read back) 2/2"]
