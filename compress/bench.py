@@ -16,6 +16,7 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
+from compress.measured_against import against, teacher_fields
 from compress.progress import LOG_EVERY_S, status, tenths
 from compress.report import note, param_count, results, to_json
 from compress.report_teacher import teacher_to_load, toy_base, warn_if_teacher_changed
@@ -185,12 +186,13 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         ref_stored = weight_bytes(ref), stored_dtype(ref)
         student, ref = cast(student, dev, dtype), cast(ref, dev, dtype)
         kwargs = moved(step_inputs(ref, family, source, batch), dev, dtype)
-    with status(f"bench: timing {out} against its teacher") as said:  # a line each off a terminal (a job's log)
+    with status(f"bench: timing {out} against the teacher {source}") as said:  # a line each off a terminal (a log)
         t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev, said)  # (repeats,) each
         if dev.type == "cuda":  # peak_memory measures on a GPU only
             said.update("bench: peak memory of one step")
         mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
     return {
+        **teacher_fields(source, teacher),  # which teacher, and whether --teacher or the output's record named it
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "batch": batch,  # images per step, as --batch asked
@@ -249,6 +251,7 @@ def bench_command(args) -> int:
     if args.json:
         print(to_json(result))
         return 0
+    results.print(f"{args.out}: timed {against(result, args.out)}", markup=False, highlight=False)
     table = Table(title=f"bench {args.out} on {result['device']} ({result['dtype']}, "
                         f"batch {result['batch']}: {result['rows']} rows per step)")
     table.add_column("metric")

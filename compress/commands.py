@@ -12,6 +12,7 @@ from compress.errors import UserError
 from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local
 from compress.io_export import is_output
 from compress.io_output import load_transformer, output_folder
+from compress.measured_against import against, teacher_fields
 from compress.progress import status
 from compress.report import console, output_file, read_report, results, to_json
 from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
@@ -46,7 +47,8 @@ def evaluate(args) -> int:
     if streamed_out is not None:
         _toy_options_only(grid, args.seed)
         warn_if_teacher_changed(streamed_out[0], streamed_out[1], "eval")
-        return _print(_teacher_relative_streamed(*streamed_out), args.json)
+        named = teacher_fields(streamed_out[1], args.teacher)
+        return _print(_teacher_relative_streamed(*streamed_out), args.json, named, streamed_out[0])
     model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher, args.teacher_config)
     if out is not None:
         warn_if_teacher_changed(out, teacher_source, "eval")
@@ -56,8 +58,9 @@ def evaluate(args) -> int:
         _toy_options_only(grid, args.seed)
         check_measurable(out, teacher_source, args.model)  # before the teacher loads
     teacher = load_teacher_of(model, teacher_source, teacher_config, args.lora) if teacher_source else None
+    named = teacher_fields(teacher_source, args.teacher) if teacher_source else None
     if not toy:
-        return _print(_teacher_relative(model, teacher, teacher_source, out), args.json)
+        return _print(_teacher_relative(model, teacher, teacher_source, out), args.json, named, out)
     from compress.toy.evaluate import evaluate as toy_evaluate
 
     what = "the model and its teacher" if teacher is not None else "the model"
@@ -70,7 +73,7 @@ def evaluate(args) -> int:
         from compress.toy.grid import save_sample_grid
 
         console.print(f"wrote {save_sample_grid(model, family, grid, seed=seed)}")
-    return _print(result, args.json)
+    return _print(result, args.json, named, out)
 
 
 def _toy_options_only(grid: Path | None, seed: int | None) -> None:
@@ -82,12 +85,16 @@ def _toy_options_only(grid: Path | None, seed: int | None) -> None:
                         "held-out inputs (calibration.seed of its recipe.yaml)")
 
 
-def _print(result: dict, as_json: bool) -> int:
+def _print(result: dict, as_json: bool, named: dict | None = None, out: Path | None = None) -> int:
+    """eval's result, as --json or a line per key; `named` (measured_against.teacher_fields): the
+    teacher it was measured against, keys in --json and a line above the others ('OUT' records it)."""
     if as_json:
-        print(to_json(result))
-    else:
-        for key, value in result.items():
-            results.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+        print(to_json({**(named or {}), **result}))
+        return 0
+    if named:
+        results.print(f"measured {against(named, out)}", markup=False, highlight=False)
+    for key, value in result.items():
+        results.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0
 
 

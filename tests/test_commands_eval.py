@@ -72,6 +72,7 @@ def test_eval_of_a_streamed_output_streams(recipe, tmp_path, capsys, monkeypatch
     assert main(["eval", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["streamed"] and result["family"] == "flux"
+    assert result["teacher"] == str(tmp_path / "teacher") and result["teacher_from"] == "recorded"
     report = json.loads((out / "report.json").read_text())
     assert result["pred_rel_error"] == pytest.approx(report["stages"][-1]["relative_error"], rel=1e-6)
     assert result["pred_rel_error"] > 0 and len(reads) >= 2 * 5  # both models' 5 blocks, read as they ran
@@ -322,6 +323,8 @@ def test_eval_with_a_teacher_that_is_no_pipeline_reads_the_runs_held_out_inputs(
     assert main(["eval", str(out), "--json"]) == 0
     recorded = json.loads(capsys.readouterr().out)
     assert recorded["pred_rel_error"] > 0 and recorded.get("streamed", False) is (stream == "true")
+    assert recorded["teacher"] == str(pipe) and recorded["teacher_from"] == "recorded"
     for teacher in (str(pipe / "transformer"), "pipe/transformer", "pipe"):
         assert main(["eval", str(out), "--teacher", teacher, "--json"]) == 0, teacher
-        assert json.loads(capsys.readouterr().out) == recorded, teacher
+        given = {**recorded, "teacher": teacher, "teacher_from": "--teacher"}  # named as given
+        assert json.loads(capsys.readouterr().out) == given, teacher

@@ -1,0 +1,82 @@
+"""`eval` and `bench` (compress/commands.py, compress/bench.py) name the teacher they measured against:
+in a chain of outputs (each compressed from the one before) the link before, which the output records,
+or the one --teacher gives; a line above the table and the --json keys teacher and teacher_from."""
+
+import json
+
+import pytest
+
+from compress.cli import main
+from tests.test_commands import write_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def chain(tmp_path, capsys):
+    """(teacher, a, b): a tiny Flux teacher, a compressed from it (its mlp), b from a (its attention)."""
+    recipe = write_recipe(tmp_path)
+    teacher, a, b = tmp_path / "teacher", tmp_path / "a", tmp_path / "b"
+    assert main(["run", str(recipe), "--out", str(a), "--run-dir", str(tmp_path / "run-a")]) == 0
+    (tmp_path / "b.yaml").write_text(recipe.read_text().replace("[mlp]", "[attention]"))  # a's mlp is factorized
+    assert main(["run", str(tmp_path / "b.yaml"), "--teacher", str(a), "--out", str(b),
+                 "--run-dir", str(tmp_path / "run-b")]) == 0
+    capsys.readouterr()
+    return teacher, a, b
+
+
+def _said(capsys, argv: list[str]) -> str:
+    assert main(argv) == 0, argv
+    return capsys.readouterr().out
+
+
+def test_eval_names_the_teacher_it_measured_against(chain, capsys):
+    """eval's table and --json named no teacher: in a chain it measured against the link before (the
+    output's record), and --teacher measured against another, the user unable to tell which."""
+    teacher, a, b = chain
+    recorded = json.loads((b / "report.json").read_text())["teacher"]
+    assert recorded == str(a.resolve())
+    own = json.loads(_said(capsys, ["eval", str(b), "--json"]))
+    assert own["teacher"] == recorded and own["teacher_from"] == "recorded" and own["pred_rel_error"] > 0
+    assert _said(capsys, ["eval", str(b)]).splitlines()[0] == \
+        f"measured against the teacher {recorded}, which {b} records"
+    other = json.loads(_said(capsys, ["eval", str(b), "--teacher", str(teacher), "--json"]))
+    assert other["teacher"] == str(teacher) and other["teacher_from"] == "--teacher"
+    assert other["pred_rel_error"] != own["pred_rel_error"]  # another measurement, and it says so
+    assert _said(capsys, ["eval", str(b), "--teacher", str(teacher)]).splitlines()[0] == \
+        f"measured against the teacher {teacher}, given by --teacher"
+
+
+def test_bench_names_the_teacher_it_timed_against(chain, capsys):
+    """bench said 'against its teacher' alone, and nothing in --json."""
+    teacher, a, b = chain
+    recorded = str(a.resolve())
+    timing = ["--repeats", "1", "--batch", "1", "--device", "cpu"]
+    own = json.loads(_said(capsys, ["bench", str(b), "--json", *timing]))
+    assert own["teacher"] == recorded and own["teacher_from"] == "recorded" and own["params_ratio"] > 0
+    assert _said(capsys, ["bench", str(b), *timing]).splitlines()[0] == \
+        f"{b}: timed against the teacher {recorded}, which {b} records"
+    other = json.loads(_said(capsys, ["bench", str(b), "--teacher", str(teacher), "--json", *timing]))
+    assert other["teacher"] == str(teacher) and other["teacher_from"] == "--teacher"
+    assert other["params_ratio"] < own["params_ratio"]  # against the uncompressed teacher: fewer of its parameters
+    assert _said(capsys, ["bench", str(b), "--teacher", str(teacher), *timing]).splitlines()[0] == \
+        f"{b}: timed against the teacher {teacher}, given by --teacher"
+
+
+def test_eval_of_a_toys_chain_names_the_link_before(tmp_path, capsys, monkeypatch):
+    """The toy scores of an output compressed from an output of toy:flux are against that output (its
+    record), or the toy itself where --teacher names it; a model that is no output names none."""
+    import compress.toy.evaluate
+    from compress.io_export import save_compressed
+    from compress.toy import load_toy_teacher
+
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"adherence": 1.0})
+    a = save_compressed(load_toy_teacher("flux"), tmp_path / "a", extra={"teacher": "toy:flux"})
+    d = save_compressed(load_toy_teacher("flux"), tmp_path / "d", extra={"teacher": str(a.resolve())})
+    assert json.loads(_said(capsys, ["eval", str(d), "--json"])) == \
+        {"teacher": str(a.resolve()), "teacher_from": "recorded", "adherence": 1.0}
+    assert json.loads(_said(capsys, ["eval", str(d), "--teacher", "toy:flux", "--json"])) == \
+        {"teacher": "toy:flux", "teacher_from": "--teacher", "adherence": 1.0}
+    assert _said(capsys, ["eval", str(d), "--teacher", "toy:flux"]).splitlines()[0] == \
+        "measured against the teacher toy:flux, given by --teacher"
+    assert json.loads(_said(capsys, ["eval", "toy:flux", "--json"])) == {"adherence": 1.0}  # no teacher: none named
