@@ -282,30 +282,16 @@ class SVDPass(GlobalAllocation, Pass):
         return sequential
 
     def _fits(self, targets: list[LinearInfo]) -> bool:
-        """Whether some block target is fitted asymmetrically (a reference stream in the calibration)."""
-        return any(self._asymmetric(i) for i in targets if i.group is not None)
+        return fits_asymmetrically(self.config, targets)
 
     def _sequential(self, targets: list[LinearInfo]) -> bool:
-        """svd.sequential resolved: auto is on where block targets are fitted asymmetrically."""
-        c = self.config
-        return c.sequential is True or (c.sequential == "auto" and self._fits(targets))
+        return calibrates_sequentially(self.config, targets)
 
     def _asymmetric(self, info: LinearInfo) -> bool:
-        """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
-        input Gram, student activations, stats from the blocks' streams (not the conditioning's,
-        svd_walk.from_conditioning); under auto only targets without the prediction's Fisher
-        (with it, the Fisher and compensation already weigh the upstream error by its effect on the
-        prediction, and the layer-wise fit measured worse on both toys)."""
-        c = self.config
-        if c.asymmetric is False or c.method != "whitened" or c.activations != "student" \
-                or uses_output_gram(info) or from_conditioning(info):
-            return False
-        return c.asymmetric is True or not self._prediction_fisher(info)
+        return fitted_to_reference(self.config, info)
 
     def _prediction_fisher(self, info: LinearInfo) -> bool:
-        """Whether a target's outputs are weighted by the output Fisher of the final prediction."""
-        c = self.config
-        return c.fisher == "all" or (c.fisher == "modulation" and info.role == "modulation")
+        return prediction_fisher(self.config, info)
 
     def _block_roots(self, cal: BlockCalibration, block: nn.Module, infos: list[LinearInfo]) -> None:
         """fisher: block: (L, L⁻¹) of each target of `block` from its block-local output Fisher on
@@ -373,3 +359,31 @@ def streaming_refusals(c) -> list[Refusal]:
         out.append(Refusal("sensitivity", shown, "needs the whole model in memory (one forward per layer)",
                            "false", reads=("allocation",)))
     return out
+
+
+# ---- what a pass's config decides for its targets (also read by calib_footprint, without a pass) ----
+def fits_asymmetrically(c: SVDConfig, targets: list[LinearInfo]) -> bool:
+    """Whether some block target is fitted asymmetrically (a reference stream in the calibration)."""
+    return any(fitted_to_reference(c, i) for i in targets if i.group is not None)
+
+
+def calibrates_sequentially(c: SVDConfig, targets: list[LinearInfo]) -> bool:
+    """svd.sequential resolved: auto is on where block targets are fitted asymmetrically."""
+    return c.sequential is True or (c.sequential == "auto" and fits_asymmetrically(c, targets))
+
+
+def fitted_to_reference(c: SVDConfig, info: LinearInfo) -> bool:
+    """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
+    input Gram, student activations, stats from the blocks' streams (not the conditioning's,
+    svd_walk.from_conditioning); under auto only targets without the prediction's Fisher
+    (with it, the Fisher and compensation already weigh the upstream error by its effect on the
+    prediction, and the layer-wise fit measured worse on both toys)."""
+    if c.asymmetric is False or c.method != "whitened" or c.activations != "student" \
+            or uses_output_gram(info) or from_conditioning(info):
+        return False
+    return c.asymmetric is True or not prediction_fisher(c, info)
+
+
+def prediction_fisher(c: SVDConfig, info: LinearInfo) -> bool:
+    """Whether a target's outputs are weighted by the output Fisher of the final prediction."""
+    return c.fisher == "all" or (c.fisher == "modulation" and info.role == "modulation")
