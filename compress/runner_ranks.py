@@ -94,9 +94,8 @@ def launch_key() -> str | None:
     return f"{addr}:{port}/{env('TORCHELASTIC_RUN_ID', '')}/{env('TORCHELASTIC_RESTART_COUNT', '')}"
 
 
-# what accelerate launch sets in every process it starts; an MPI launcher, the size of its world
+# what accelerate launch sets in every process it starts
 ACCELERATE_ENV = ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_CPU")
-MPI_SIZE_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 def one_process_note(env=None) -> str | None:
@@ -106,7 +105,7 @@ def one_process_note(env=None) -> str | None:
     WORLD_SIZE (nor says so); None otherwise. `env`: os.environ."""
     env = os.environ if env is None else env
     if not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")) or "RANK" in env or "WORLD_SIZE" in env \
-            or not any(k in env for k in ACCELERATE_ENV) or any(k in env for k in MPI_SIZE_ENV):
+            or not any(k in env for k in ACCELERATE_ENV) or any(k in env for k in SIZE_ENV[1:]):  # an MPI launcher's
         return None
     return ("note: accelerate launch started this run as one process (MASTER_ADDR and MASTER_PORT are set, RANK "
             "and WORLD_SIZE are not: its simple launcher, which it uses without a GPU or with --cpu whatever "
