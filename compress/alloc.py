@@ -300,6 +300,24 @@ def global_greedy(layers: Sequence[LayerSpec], budget_params: int, multiple: int
     return Allocation(ranks, spent, budget_params)
 
 
+def idle_budget(layers: Sequence[LayerSpec], alloc: Allocation, multiple: int = 16,
+                ranges: Mapping[str, tuple[int, int]] | None = None) -> int:
+    """The part of a `global_greedy` budget left unspent although some move still fits in it: the
+    greedy stopped because no affordable move lowers the weighted loss (curves flat past the rank
+    the calibration spans), not for want of budget. 0 where every move left costs more than remains."""
+    remaining = (alloc.budget or 0) - alloc.spent
+    for s in layers:
+        rank = alloc.ranks[s.name]
+        if rank is DENSE:
+            continue
+        ranks, dense_ok = rank_options(s, multiple, (ranges or {}).get(s.name))
+        costs = [s.params(int(r)) - s.params(rank) for r in ranks if r > rank]
+        costs += [s.params(DENSE) - s.params(rank)] if dense_ok else []
+        if costs and min(costs) <= remaining:
+            return remaining
+    return 0
+
+
 def error_vs_uniform(layers: Sequence[LayerSpec], ranks: Mapping[str, int | None], weights: Mapping[str, float],
                      ratio: float, multiple: int = 16,
                      ranges: Mapping[str, tuple[int, int]] | None = None) -> tuple[float | None, float | None, int]:

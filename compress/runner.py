@@ -23,7 +23,7 @@ from compress.passes import build_passes
 from compress.passes.base import RunContext, first_nonfinite, predictions, relative_error
 from compress.plan import warn_if_beyond_memory
 from compress.recipe import Recipe, dump_recipe
-from compress.report import console, param_count
+from compress.report import console, param_count, warn
 from compress.report_card import model_card
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
@@ -331,6 +331,9 @@ class Runner:
              "params": param_count(student), "relative_error": err})
         console.print(f"  params {param_count(student):,} / {teacher_params:,}   "
                       f"teacher-relative error {err:.4g}")
+        if err > 1:  # NaN is not: the reference check and the passes' own checks name that
+            warn(f"{self._doing_words()}: the student's teacher-relative error {err:.4g} is above 1: a model "
+                 "predicting zeros would be closer to the teacher; check this pass's settings")
         save_stage(self, i, student)
         if is_main_process():
             p.stage_saved()

@@ -242,3 +242,20 @@ def test_no_rule_gives_rank_zero(multiple):
     ranks = [r for alloc in allocs for r in alloc.ranks.values()]
     assert all(r is A.DENSE or r >= 1 for r in ranks)
     assert any(r is not A.DENSE for r in ranks)  # the check saw real low ranks, not only DENSE
+
+
+def test_idle_budget_is_what_a_stalled_greedy_left_though_moves_fit():
+    """The greedy stops when no move lowers the loss: curves flat past the directions the calibration
+    spans (toy PixArt on 1 prompt x 1 timestep spent 0.365 of its targets where 0.5 was asked).
+    idle_budget says how much was left so; a budget too small for any further move leaves none idle."""
+    from compress.alloc import LayerSpec, budget_for_ratio, global_greedy, idle_budget
+
+    flat = [1.0, 0.5] + [0.0] * 63  # 64 x 64: rank 1 keeps all the loss there is to keep
+    specs = [LayerSpec(f"l{i}", 64, 64, flat, bias=False) for i in range(3)]
+    budget = budget_for_ratio(specs, 0.5)
+    alloc = global_greedy(specs, budget, multiple=4)
+    assert set(alloc.ranks.values()) == {4}  # every layer stays at its first rank: nothing gains more
+    assert idle_budget(specs, alloc, 4) == budget - alloc.spent
+    decaying = [LayerSpec(f"l{i}", 64, 64, torch.linspace(1, 0, 65), bias=False) for i in range(3)]
+    full = global_greedy(decaying, budget, multiple=4)
+    assert idle_budget(decaying, full, 4) == 0  # what is left buys no move

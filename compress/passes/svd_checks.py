@@ -17,6 +17,7 @@ from compress.passes.svd_planned import check_not_planned
 from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, explicit_rank,
                                          fixed_ranks, matches, shape_spec, untargeted)
 from compress.recipe_yaml import spelling_hint
+from compress.report import warn
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "block", "modulation", "none")
@@ -151,8 +152,28 @@ def _check_patterns(c) -> None:
     for p, rank in c.ranks.items():
         check_syntax(p, "ranks", f"ranks.{p}")
         if not _is_int(rank) or rank < 1:
-            raise _bad(f"ranks.{p}", f"svd.ranks: rank {rank!r} for {p!r} must be an integer ≥ 1"
-                                         f"{_colon_hint(p, rank)}")
+            raise _bad(f"ranks.{p}", f"svd.ranks: rank {as_yaml(rank)} for {p!r} must be an integer ≥ 1"
+                                         f"{_colon_hint(p, rank) or _rank_hint(rank)}")
+
+
+def as_yaml(value) -> str:
+    """A value as YAML writes it (null, true, 8, 1.5, 'text'), not as Python's repr (None, True)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "a mapping"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _rank_hint(rank) -> str:
+    """How to write the integer a rank nearly is: '1_000' -> 1000, 8.0 -> 8; else ''."""
+    if isinstance(rank, str):
+        return spelling_hint(rank, {int})
+    if isinstance(rank, float) and rank.is_integer() and rank >= 1:
+        return f" (an integer is written without a dot or exponent: {int(rank)})"
+    return ""
 
 
 def _colon_hint(pattern: str, rank) -> str:
@@ -264,6 +285,28 @@ def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:
     from compress.report_card import optimum_words
 
     report["max_loss_ratio_of"] = optimum_words(report)  # what the ratios are against
+    said = clamped_words(records)
+    if said:
+        warn(said)
+
+
+def clamped_words(records: dict[str, dict]) -> str | None:
+    """The warning for a pass most of whose targets (`records`, this pass's) had calibration Grams
+    clamped: data spanning fewer directions than the layer is wide (toy PixArt on 1 prompt x 1
+    timestep: all 60, unsaid), so each is fitted to the few directions the calibration excites.
+    Names the widest such layer and the directions its data spans. None where at most half are.
+    Modulation targets are left out: their rows are svd.modulation_grid's timesteps, whose embeddings
+    span fewer directions than their width however many prompts calibrate (toy PixArt: 63 of 128)."""
+    records = {n: r for n, r in records.items() if r.get("role") != "modulation"}
+    clamped = {n: r for n, r in records.items() if r.get("clamped")}
+    if not records or len(clamped) * 2 <= len(records):
+        return None
+    name, r = max(clamped.items(), key=lambda kv: (min(kv[1]["shape"]), max(kv[1]["shape"])))
+    out, inp = r["shape"]
+    return (f"svd: {len(clamped)} of this pass's {len(records)} targets had calibration data spanning fewer "
+            f"directions than the layer is wide (the widest, {name} {out}×{inp}, {r.get('data_rank', '?')} of "
+            f"{min(out, inp)}): too few calibration rows for these widths, so their factors fit only the directions "
+            "the calibration excites; raise calibration.num_prompts or calibration.timesteps for more rows")
 
 
 SETTINGS = ("method", "allocation", "activations", "fisher", "fisher_probes", "fisher_damping")  # in its summary
@@ -375,6 +418,43 @@ def cause_key(c, keys: list[str]) -> str:
 
 
 def floored_note(c, targets, ranks: dict) -> tuple[str, str] | None:
+    """(key, note) for a pass whose fixed ranks factorize some target: ranks floored at svd.multiple
+    (`_floored_note`) and explicit ranks that leave targets dense (`dense_ranks_note`), one line
+    at the first one's key. None where neither."""
+    said = [n for n in (_floored_note(c, targets, ranks), dense_ranks_note(c, targets)) if n]
+    return (said[0][0], "; ".join(m for _, m in said)) if said else None
+
+
+def dense_ranks_note(c, targets) -> tuple[str, str] | None:
+    """(key, note) for svd.ranks patterns whose rank is at or above the break-even rank m·n/(m+n) of
+    some of the targets they give it: a factorization there saves nothing, so those stay dense (a
+    rank up to the layer's width passes the check, and ratio: 1 is warned of; this was not).
+    None where every explicit rank factorizes."""
+    dense: dict[str, list] = {}
+    for info in targets:
+        pattern = next((p for p in c.ranks or {} if matches(p, info)), None)
+        if pattern is not None and c.ranks[pattern] >= shape_spec(info).breakeven:
+            dense.setdefault(pattern, []).append(info)
+    if not dense:
+        return None
+    said = [_dense_rank_words(c, p, infos, targets) for p, infos in dense.items()]
+    return f"ranks.{next(iter(dense))}", "; ".join(said)
+
+
+def _dense_rank_words(c, pattern: str, infos, targets) -> str:
+    matched = sum(matches(pattern, i) for i in targets)  # the targets the pattern reaches
+    shapes = sorted({(i.out_features, i.in_features) for i in infos}, reverse=True)
+    even = "; ".join(f"{m}×{n}: {m * n / (m + n):.4g}" for m, n in shapes)
+    one = len(infos) == 1
+    which = ("its target" if one else f"its {len(infos)} targets") if len(infos) == matched else \
+        f"{len(infos)} of its {matched} targets"
+    below = min(shape_spec(i).breakeven for i in infos)
+    return (f"svd.ranks: rank {c.ranks[pattern]} for {pattern!r} is at or above the break-even rank m·n/(m+n) "
+            f"of {which} ({even}), where the factors hold as many parameters as the weight, so "
+            f"{'it stays' if one else 'they stay'} dense; give a rank below {below} to factorize {'it' if one else 'them'}")
+
+
+def _floored_note(c, targets, ranks: dict) -> tuple[str, str] | None:
     """(key, note) for a uniform or per_role pass whose ratio asks some target for a rank that
     rounds to 0 (below multiple / 2): its rank is floored at `multiple`, so the pass keeps more than
     the ratio asks (ratio 0.001 at multiple 8 kept 9.9% unsaid). None where no rank is floored.

@@ -178,3 +178,27 @@ def test_global_reports_uniforms_parameter_count_and_the_error_at_it(tmp_path):
     assert g["uniform_params"] == uniform < g["spent_params"]  # 2,160 < 2,480
     # at 2,160 every layer sits at its lowest allowed rank, uniform's: the model predicts 1.0, not 0.79
     assert 0 < g["predicted_error_vs_uniform"] < g["predicted_error_vs_uniform_equal_params"] == pytest.approx(1.0)
+
+
+def test_a_global_allocation_that_leaves_its_budget_unspent_says_so(tmp_path, capsys):
+    """Calibration rows fewer than the layers' widths make every curve flat past a few ranks: the
+    greedy stopped with 27% of its budget left and nothing said it (toy PixArt, 1 prompt x 1 timestep).
+    On a tiny PixArt whose blocks see 8 rows (2 samples x 4 tokens) of 32-wide inputs."""
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.passes.svd_helpers import context
+
+    model = tiny_pixart(sample_size=2, attention_head_dim=16, cross_attention_dim=32)
+    ctx = context(model, tmp_path, n=1)
+    cfg = SVDConfig(targets=["attention", "mlp"], allocation="global", ratio=0.9, multiple=2, progress=False,
+                    sensitivity=False, fisher="none", trust_region=None)
+    SVDPass(cfg).run(model, ctx)
+    g = ctx.report["svd"]["global"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert g["spent_params"] < 0.99 * g["budget_params"]
+    assert (f"svd: the global allocation spent {g['spent_params']:,} of its {g['budget_params']:,}-parameter "
+            "budget") in err, err
+    assert "calibration.num_prompts, calibration.timesteps" in err
+    n = len(ctx.report["svd"]["clamped_grams"])  # and most Grams clamped: said once, naming the widest layer
+    assert n == len(ctx.report["svd"]["layers"]) and err.count("had calibration data spanning fewer") == 1
+    assert f"svd: {n} of this pass's {n} targets had calibration data spanning fewer directions than the " \
+           "layer is wide (the widest, transformer_blocks.0.ff.net.0.proj 128×32, 8 of 32)" in err, err
