@@ -52,7 +52,7 @@ from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
-from compress.passes.svd_checks import (allocated_note, centered, check_config, check_values,
+from compress.passes.svd_checks import (allocated_note, centered, check_config, check_values, dense_ranks_note,
                                         floored_note, merge_report, no_saving_rank_note, summary, unchanged_note)
 from compress.passes.svd_config import SVDConfig, shadow_notes
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
@@ -122,7 +122,7 @@ class SVDPass(GlobalAllocation, Pass):
         if not targets:
             return out
         if len(ranks) < len(targets):  # budgeted (energy, global)
-            return out + [n for n in [no_saving_rank_note(c, targets, ranks)] if n]
+            return out + [n for n in [no_saving_rank_note(c, targets, ranks), dense_ranks_note(c, targets)] if n]
         if any(r is not DENSE for r in ranks.values()):  # ranks floored at multiple spend more than asked
             return out + [n for n in [floored_note(c, targets, ranks)] if n]
         return out + [unchanged_note(c, targets)]

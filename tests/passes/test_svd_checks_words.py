@@ -96,6 +96,11 @@ def test_explicit_ranks_at_the_break_even_rank_are_warned_to_leave_layers_dense(
     quiet = SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, ranks={"attention": 7}))
     quiet.check(model, adapter)
     assert quiet.notes(model, adapter) == []
+    for allocation in ("global", "energy"):  # a budgeted pass takes its explicit ranks as written too
+        p = SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, allocation=allocation,
+                              ranks={"attention": 8}))
+        p.check(model, adapter)
+        assert [k for k, _ in p.notes(model, adapter)] == ["ranks.attention"], allocation
 
 
 def test_a_pass_whose_grams_are_mostly_clamped_is_warned_once():
