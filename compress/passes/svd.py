@@ -52,13 +52,14 @@ from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
-from compress.passes.svd_checks import (allocated_note, centered, check_config, check_values, dense_ranks_note,
-                                        floored_note, merge_report, no_saving_rank_note, summary, unchanged_note)
+from compress.passes.svd_checks import centered, check_config, check_values, merge_report, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
+from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored_note, no_saving_rank_note,
+                                       unchanged_note)
 from compress.passes.svd_planned import mark_planned, planned_notes
 from compress.passes.svd_stages import Stages
 from compress.passes.svd_targets import Resolved, shape_spec, uses_output_gram

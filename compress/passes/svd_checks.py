@@ -7,15 +7,13 @@ import math
 
 from torch import nn
 
-from compress.alloc import DENSE, rank_options
 from compress.arch.base import ROLES
 from compress.errors import BadValue, did_you_mean
 from compress.linalg import METHODS
 from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
 from compress.passes.svd_planned import check_not_planned
-from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, explicit_rank,
-                                         fixed_ranks, matches, shape_spec, untargeted)
+from compress.passes.svd_targets import check_explicit_ranks, check_pattern, check_syntax, matches, untargeted
 from compress.recipe_yaml import spelling_hint
 from compress.report import warn
 
@@ -213,18 +211,6 @@ def _check_allocation_keys(c) -> None:
         _check_ratios(c.ratios)
 
 
-def check_streaming(c) -> None:
-    """Block weights streamed: everything but whole-model forwards (the prediction's Fisher, and
-    with it compensation; global's measured sensitivities)."""
-    if c.fisher in ("all", "modulation"):
-        raise _bad("fisher", f"svd.fisher: {c.fisher} needs the whole model in memory (one forward "
-                                 "and backward per probe); with stream: true set svd.fisher: block (each "
-                                 "block's own output Fisher) or none")
-    if c.allocation == "global" and c.sensitivity is not False:
-        raise _bad("sensitivity", "svd.sensitivity needs the whole model in memory (one forward per "
-                                      "layer); with stream: true set svd.sensitivity: false", "allocation")
-
-
 def centered(c, info) -> bool:
     """Whether a target is factorized on its centered Gram with the mean error folded into its
     bias (svd.center)."""
@@ -347,137 +333,3 @@ def max_ratio_by_method(records: dict[str, dict]) -> dict[str, float]:
             method = r.get("method", "whitened")
             out[method] = max(out.get(method, ratio), ratio)
     return out
-
-
-def unchanged_note(c, targets) -> tuple[str, str]:
-    """(recipe key, message) for an svd pass whose fixed ranks leave all its `targets` dense: rounding
-    to `c.multiple` is named the cause only where unrounded ranks (multiple 1) would save parameters;
-    else the ratio (or ratios, ranks) keeps every parameter."""
-    dense = f"every one of its {len(targets)} targets stays dense"
-    unrounded = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks or {}, 1)
-    if c.multiple > 1 and any(r is not None for r in unrounded.values()):
-        return cause_key(c, ["multiple", _ratio_key(c)]), (
-            f"svd: {dense} (ranks rounded up to a multiple of {c.multiple} save no parameters at these widths), "
-            "so this pass changes nothing; lower svd.multiple or svd.ratio")
-    if c.allocation == "per_role":
-        key, why = cause_key(c, ["ratios"]), "svd.ratios keep every parameter of their roles"
-    elif c.ranks and len(fixed_ranks(targets, "", c.ratio, None, c.ranks, 1)) == len(targets):
-        key, why = "ranks", "svd.ranks are at or above the rank where a factorization saves parameters"
-    else:
-        key, why = "ratio", f"svd.ratio {c.ratio} keeps every parameter"
-    return key, f"svd: {why}, so {dense} and this pass changes nothing; lower svd.{key}"
-
-
-def no_saving_rank_note(c, targets, ranks: dict) -> tuple[str, str] | None:
-    """(key, note) for a budgeted pass (energy, global: ranks decided after calibration) that leaves
-    every target dense whatever calibration finds: no rank in multiples of `c.multiple` saves
-    parameters at its targets' widths, and its explicit ranks (`ranks`, fixed) are dense too. None otherwise."""
-    free = [i for i in targets if i.name not in ranks]
-    if any(r is not DENSE for r in ranks.values()) or any(rank_options(shape_spec(i), c.multiple, None)[0].size
-                                                          for i in free):
-        return None
-    return cause_key(c, ["multiple"]), (
-        f"svd: every one of its {len(targets)} targets stays dense (ranks in multiples of {c.multiple} save no "
-        f"parameters at these widths, whatever the {c.allocation} allocation finds), so this pass changes "
-        "nothing; lower svd.multiple")
-
-
-def allocated_note(c, records: dict[str, dict]) -> str | None:
-    """The warning for a budgeted pass (energy, global) whose allocation, made after calibration, left
-    every one of its targets (`records`, this pass's) dense: the run writes them as they were, which
-    said nothing (plan cannot know it; `no_saving_rank_note` is what it can). None otherwise."""
-    if not records or any(r["rank"] != "dense" for r in records.values()):
-        return None
-    dense = f"every one of its {len(records)} targets"
-    rounded = f", rounded up to a multiple of {c.multiple}," if c.multiple > 1 else ""
-    if c.allocation == "energy":
-        of = "calibration output energy" if c.fisher == "none" else "output energy in its objective (Fisher-weighted)"
-        why = (f"keeping svd.energy {c.energy} of each one's {of} takes a rank{rounded} at or "
-               "above the rank where a factorization saves parameters")
-        lower = "svd.energy" + (" or svd.multiple" if c.multiple > 1 else "")
-    else:
-        why = f"svd.ratio {c.ratio} gives it a budget of every parameter"
-        lower = "svd.ratio"
-    return f"svd: the {c.allocation} allocation left {dense} dense ({why}), so this pass changes nothing; lower {lower}"
-
-
-def _ratio_key(c) -> str:
-    return "ratios" if c.allocation == "per_role" else "ratio"
-
-
-def cause_key(c, keys: list[str]) -> str:
-    """The key a note about `keys` (svd options that together cause it, the likeliest first) is
-    warned at: the first of them, or one under it, that a --set gave (c's `_set_keys`), so that a
-    warning a --set caused names that --set, not another line of the file; else the first."""
-    given = c.__dict__.get("_set_keys") or {}
-    for key in keys:
-        found = next((k for k in given if k == key or k.startswith(f"{key}.")), None)
-        if found is not None:
-            return found
-    return keys[0]
-
-
-def floored_note(c, targets, ranks: dict) -> tuple[str, str] | None:
-    """(key, note) for a pass whose fixed ranks factorize some target: ranks floored at svd.multiple
-    (`_floored_note`) and explicit ranks that leave targets dense (`dense_ranks_note`), one line
-    at the first one's key. None where neither."""
-    said = [n for n in (_floored_note(c, targets, ranks), dense_ranks_note(c, targets)) if n]
-    return (said[0][0], "; ".join(m for _, m in said)) if said else None
-
-
-def dense_ranks_note(c, targets) -> tuple[str, str] | None:
-    """(key, note) for svd.ranks patterns whose rank is at or above the break-even rank m·n/(m+n) of
-    some of the targets they give it: a factorization there saves nothing, so those stay dense (a
-    rank up to the layer's width passes the check, and ratio: 1 is warned of; this was not).
-    None where every explicit rank factorizes."""
-    dense: dict[str, list] = {}
-    for info in targets:
-        pattern = next((p for p in c.ranks or {} if matches(p, info)), None)
-        if pattern is not None and c.ranks[pattern] >= shape_spec(info).breakeven:
-            dense.setdefault(pattern, []).append(info)
-    if not dense:
-        return None
-    said = [_dense_rank_words(c, p, infos, targets) for p, infos in dense.items()]
-    return f"ranks.{next(iter(dense))}", "; ".join(said)
-
-
-def _dense_rank_words(c, pattern: str, infos, targets) -> str:
-    matched = sum(matches(pattern, i) for i in targets)  # the targets the pattern reaches
-    shapes = sorted({(i.out_features, i.in_features) for i in infos}, reverse=True)
-    even = "; ".join(f"{m}×{n}: {m * n / (m + n):.4g}" for m, n in shapes)
-    one = len(infos) == 1
-    which = ("its target" if one else f"its {len(infos)} targets") if len(infos) == matched else \
-        f"{len(infos)} of its {matched} targets"
-    below = min(shape_spec(i).breakeven for i in infos)
-    return (f"svd.ranks: rank {c.ranks[pattern]} for {pattern!r} is at or above the break-even rank m·n/(m+n) "
-            f"of {which} ({even}), where the factors hold as many parameters as the weight, so "
-            f"{'it stays' if one else 'they stay'} dense; give a rank below {below} to factorize {'it' if one else 'them'}")
-
-
-def _floored_note(c, targets, ranks: dict) -> tuple[str, str] | None:
-    """(key, note) for a uniform or per_role pass whose ratio asks some target for a rank that
-    rounds to 0 (below multiple / 2): its rank is floored at `multiple`, so the pass keeps more than
-    the ratio asks (ratio 0.001 at multiple 8 kept 9.9% unsaid). None where no rank is floored.
-    ranks: the fixed ranks (svd_targets.fixed_ranks), explicit ranks among them."""
-    if c.allocation not in ("uniform", "per_role"):
-        return None
-    floored, asked, kept, total = 0, 0.0, 0, 0
-    for info in targets:
-        spec, explicit = shape_spec(info), explicit_rank(info, c.ranks or {})
-        ratio = c.ratio if c.allocation == "uniform" else (c.ratios or {}).get(info.role)
-        dense, rank = spec.params(DENSE), ranks.get(info.name)
-        total, kept = total + dense, kept + spec.params(rank)
-        if explicit is not None or ratio is None:  # its rank (or dense) is what was asked
-            asked += spec.params(rank)
-            continue
-        asked += ratio * dense
-        m, n = info.out_features, info.in_features
-        floored += ratio * m * n / (m + n) < c.multiple / 2
-    if not floored or kept <= asked:
-        return None
-    which = f"all {floored} of its" if floored == len(targets) else f"{floored} of its {len(targets)}"
-    said = "svd.ratios ask" if c.allocation == "per_role" else f"svd.ratio {c.ratio} asks"
-    return cause_key(c, [_ratio_key(c), "multiple"]), (
-        f"svd: ranks are floored at svd.multiple ({c.multiple}): for {which} targets the ratio asks a rank "
-        f"below {c.multiple / 2:g}, so this pass keeps {kept / total:.1%} of its targets' parameters instead "
-        f"of the {asked / total:.1%} that {said}; lower svd.multiple for smaller ranks")

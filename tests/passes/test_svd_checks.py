@@ -187,7 +187,7 @@ def test_a_number_is_not_true_false_or_auto():
 
 def _unchanged(**cfg):
     from compress.arch.base import LinearInfo
-    from compress.passes.svd_checks import unchanged_note
+    from compress.passes.svd_notes import unchanged_note
 
     targets = [LinearInfo(f"blocks.0.{p}", "attention", p, "double", 0, 64, 64, "x") for p in ("q", "k")]
     return unchanged_note(SVDConfig(**cfg), targets)

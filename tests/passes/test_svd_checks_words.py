@@ -36,7 +36,7 @@ def test_the_summary_records_the_fishers_estimate_and_what_max_loss_ratio_is_aga
 def test_an_energy_allocation_left_dense_names_the_energy_it_measured():
     """'keeping svd.energy 1.0 of each one's calibration output energy' was said under fisher: all too,
     where the energy is the Fisher-weighted one of the objective."""
-    from compress.passes.svd_checks import allocated_note
+    from compress.passes.svd_notes import allocated_note
 
     dense = {"a": {"rank": "dense"}}
     note = allocated_note(SVDConfig(allocation="energy", energy=1.0), dense)
