@@ -308,7 +308,7 @@ def lora(args) -> int:
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
              if (source / name).is_file()}
     base = done.get("blocks_of")
-    if not base or base == model.compression_meta.get("teacher"):  # a chain's base: merge_lora checked its count
+    if not base or base == model.compression_meta.get("teacher"):  # a chain: merge_lora checked its base's count
         check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora)
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
     noted = with_lora_noted(files, model, recorded, args.scale, done)
@@ -346,19 +346,19 @@ def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lor
     """A UserError where a LoRA module merge_lora counted as in a removed block is in a block the
     teacher never had: past the teacher's block count, which the output's report.json records (the
     first removal pass's blocks_before) and its block map does not (a removed last block). merge_lora
-    checks this itself where the teacher's config is at hand offline (lora.check_teacher_count); this
-    is for a teacher that is not (moved, or a Hub id of no shipped config)."""
+    checks this itself where the teacher's config is at hand offline, and for an output of an output
+    against its base's count that the chain records (lora.check_teacher_count); this is for the
+    output's own teacher where its config is not at hand (moved, or a Hub id of no shipped config)."""
     from compress.lora_keys import blocks_named, check_blocks
+    from compress.report_teacher import blocks_before
 
     try:
-        removal = json.loads(report_text).get("remove_blocks") if report_text else None
-    except (ValueError, AttributeError):
+        before = blocks_before(json.loads(report_text)) if report_text else {}
+    except ValueError:
         return  # a damaged report: merge_lora's own checks stand
-    runs = (removal.get("passes") or [removal]) if isinstance(removal, dict) else []
-    before = runs[0].get("blocks_before") if runs and isinstance(runs[0], dict) else None
     for g in get_adapter(model).groups:
-        count = before.get(g.name) if isinstance(before, dict) else None
-        if isinstance(count, int):
+        count = before.get(g.name)
+        if isinstance(count, int) and not isinstance(count, bool):
             check_blocks(g.attr, count, blocks_named(g.attr, dropped), lora)
 
 

@@ -48,12 +48,12 @@ from compress.errors import NumericError, UserError
 from compress.io_export import unwrapped
 from compress.lora_keys import STATE_DICT
 from compress.lora_read import LoraLayer, label, read_lora
-from compress.lora_teacher import dora_weights, lora_base
+from compress.lora_teacher import LoraBase, dora_weights, lora_base
 from compress.lowrank import LowRankLinear
 
 
 def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module | str | None = None,
-               teacher_config: str | None = None) -> dict:
+               teacher_config: str | None = None, *, own_blocks: bool = False) -> dict:
     """Merge `lora` (a file, a folder or a state dict; see the module docstring) into `student` (from
     `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come
     from (a model or a source; default: the base the student's chain of teachers leads to,
@@ -64,17 +64,19 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     base whose blocks the LoRA's were read as (None for a teacher, or a student recording none)}; a
     LoRA none of whose layers the student has is refused. The student's config records the new ranks,
     so saving it again keeps them. All or nothing: each layer is merged and checked before any is
-    taken, and again as it is taken (twice the merge's compute, never all merged layers held at once)."""
+    taken, and again as it is taken (twice the merge's compute, never all merged layers held at once).
+    `own_blocks`: the LoRA's block i is the model's own block i, with no block map (lora_replay: a LoRA
+    recorded before records named the base, read then as the recording output's teacher's)."""
     check_scale(scale)
     student = unwrapped(student)  # a torch.compile'd student: the model it wraps, merged in place
     adapter = get_adapter(student)
-    base = lora_base(student)  # the LoRA's blocks are the base's: the chain's first teacher
+    base = LoraBase({}, None, None, []) if own_blocks else lora_base(student)  # the chain's first teacher's blocks
     if teacher is None:  # the base (its config as recorded) for a DoRA's norms and the base's block counts
         teacher, teacher_config = base.source, teacher_config or base.config
     layers, text_encoder = read_lora(student, adapter, lora, base.block_map)
     targets = {name: adapter.renumbered(name, base.block_map) for name in layers}  # the base's block -> the student's
     check_teacher_count(student, adapter, base.block_map, [n for n, t in targets.items() if t is None], label(lora),
-                        teacher, teacher_config)
+                        teacher, teacher_config, base.chain)
     kept = {name: target for name, target in targets.items() if target is not None}
     if not kept:
         raise UserError(f"{label(lora)}: none of its {len(layers)} layers is in a block the student kept (all in "
@@ -112,21 +114,26 @@ def _say(text_encoder: list[str], chain: list[str]) -> None:
 
 
 def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: list[str], where: str,
-                        teacher=None, teacher_config: str | None = None) -> None:
+                        teacher=None, teacher_config: str | None = None, chain: list[str] | None = None) -> None:
     """A UserError (lora_keys.check_blocks) where a LoRA module counted as in a removed block is past
     the last block of a group with a block map, in a block the teacher never had: the teacher's block
-    count, which the block map does not record (a removed last block), is read from `teacher` (a model),
-    else from the config of the teacher source given (merge_lora's: the base, lora_teacher.lora_base) or
-    recorded, where one is read offline (a toy, a folder, a single file's, a known Hub id's); without
-    one, the CLI's report.json check stands."""
+    count, which the block map does not record (a removed last block). For an output of an output
+    (`chain`: lora_teacher.LoraBase.chain), the base's count as the chain records it
+    (lora_teacher.base_block_count); else, or where it records none, read from `teacher` (a model), or
+    from the config of the teacher source given (merge_lora's: the base) or recorded, where one is read
+    offline (a toy, a folder, a single file's, a known Hub id's). A student compressed from the base
+    itself whose teacher's config is not at hand: the CLI's check of its report.json stands."""
     from compress.lora_keys import blocks_named, check_blocks
+    from compress.lora_teacher import base_block_count
 
     for g in adapter.groups:
         kept = block_map.get(g.name)
         past = blocks_named(g.attr, dropped)
         if not kept or not past or max(past) <= max(kept):
             continue
-        count = _teacher_count(student, g, teacher, teacher_config)
+        count = base_block_count(chain or [], g)
+        if count is None:
+            count = _teacher_count(student, g, teacher, teacher_config)
         if count is not None:
             check_blocks(g.attr, count, past, where)
 

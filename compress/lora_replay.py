@@ -19,9 +19,13 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     scales, so that eval compares the student with the teacher it stands for (`moved`: see
     replayed_sources). A teacher that is itself an output takes them as the student did: each of its
     blocks the LoRA of the base block it descends from, through its own chain of block maps
-    (merge_lora, lora_teacher.lora_base)."""
+    (merge_lora, lora_teacher.lora_base), where the record names that base (blocks_of). A record
+    without it (merged before chains were followed, or by a student recording no teacher) read the
+    LoRA's blocks as the student's teacher's own: the teacher takes it so, its block i the LoRA's
+    block i (what the student's block descending from it took), not through its chain (which would
+    give its blocks other blocks' LoRAs)."""
     for record, source in zip(loras, replayed_sources(loras, moved, warn=False)):  # warned before loading
-        merge_lora(teacher, source, scale=record["scale"])
+        merge_lora(teacher, source, scale=record["scale"], own_blocks="blocks_of" not in record)
 
 
 def replayed_sources(loras: list[dict], moved: list[str] | None = None, warn: bool = True) -> list[str]:

@@ -67,16 +67,32 @@ def lora_base(student: nn.Module) -> LoraBase:
 
 
 def _followed(chain: list[str]) -> bool:
-    """Whether `chain` (teacher_chain) ends at a base: not in a loop, not at an output (one recording
-    no teacher), and past its first link not at a local path that is gone."""
-    from compress.io import looks_local
-    from compress.io_export import is_output
-    from compress.report_teacher import chain_loops
+    """Whether `chain` (teacher_chain) ends at a base (report_teacher.chain_break): a student's own
+    teacher not there now is read as one (nothing says it was an output)."""
+    from compress.report_teacher import NOT_THERE, chain_break
 
-    last = Path(chain[-1]).expanduser()
-    if chain_loops(chain) or (last.is_dir() and not (last / "model_index.json").is_file() and is_output(last)):
-        return False
-    return len(chain) == 1 or not looks_local(chain[-1]) or last.exists()
+    why = chain_break(chain)
+    return why is None or (len(chain) == 1 and why == NOT_THERE)
+
+
+def base_block_count(chain: list[str], group) -> int | None:
+    """The base's number of `group` (an adapter's block group) blocks before any removal, as the
+    chain of teachers (LoraBase.chain) records it, not read from the base: the report.json of the
+    output compressed straight from it (chain[-2]: its first removal's blocks_before), or where that
+    removed none of the group (no block map for it), its own config's count. None for a student
+    compressed from the base itself (its own report: the CLI's check), or where neither says."""
+    from compress.io import read_json
+    from compress.report import read_report
+    from compress.report_teacher import blocks_before
+
+    if len(chain) < 2:
+        return None
+    folder = Path(chain[-2]).expanduser()
+    count = blocks_before(read_report(folder)).get(group.name)
+    if count is None and group.name not in (_link_block_map(folder) or {}):
+        config = read_json(folder / "config.json")
+        count = config.get(group.config_key) if isinstance(config, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def _link_block_map(folder: Path) -> dict[str, list[int]] | None:

@@ -106,6 +106,17 @@ def _compression_section(out: Path) -> dict:
     return dict(recorded, teacher_files=section.get("teacher_files"))  # read as io_signature.signature_change does
 
 
+def blocks_before(report) -> dict:
+    """{group: block count} of the teacher before any removal, as an output's report.json (a dict)
+    records it (its first removal pass's blocks_before); {} where it records none (no removal, an
+    older or damaged report): a check that needs it then has nothing to check against."""
+    removal = report.get("remove_blocks") if isinstance(report, dict) else None
+    runs = (removal.get("passes") or [removal]) if isinstance(removal, dict) else []
+    first = runs[0] if isinstance(runs, list) and runs else None
+    before = first.get("blocks_before") if isinstance(first, dict) else None
+    return before if isinstance(before, dict) else {}
+
+
 def teacher_chain(source: str) -> list[str]:
     """`source`, then while the last is a dit-compress output folder (not a pipeline folder: that is
     its own base) the teacher it records: an output compressed from an output leads to the teacher

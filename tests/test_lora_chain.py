@@ -179,6 +179,47 @@ def test_the_lora_command_checks_a_chains_block_count_against_its_base_and_recor
     entry = json.loads((tmp_path / "new" / "report.json").read_text())["loras"][-1]
     assert entry["blocks_of"] == base_path and len(entry["dropped"]) == 4
 
+
+@pytest.mark.parametrize("recorded_by", ["report", "config"])
+def test_a_lora_past_a_chains_base_count_is_refused_where_the_base_config_cannot_be_read(tmp_path, capsys,
+                                                                                         monkeypatch, recorded_by):
+    """b (4 blocks) <- a <- a Hub base of 6 blocks whose config is not at hand offline (no shipped
+    one): merge_lora's count check read nothing and the CLI skipped its report.json check for a chain,
+    so a LoRA of a 7-block model had its block 6 listed as dropped (in a removed block). The base's
+    count is now read from what the chain records: the report.json of a, compressed straight from the
+    base (its removal's blocks_before: 'report'), or where a removed no block, a's own config
+    ('config'); the LoRA is refused, the whole base's LoRA still merges."""
+    from compress.cli import main
+    from compress.io_export import save_compressed
+    from compress.io_output import load_transformer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = "dit-compress-tests/no-such-base"
+    base = tiny_pixart(num_layers=6)
+    a, adapter = copy.deepcopy(base), get_adapter(base)
+    if recorded_by == "report":  # a removes the base's last block, b a's block 3
+        a_map, drop_b = adapter.remove_blocks(a, {"blocks": [5]}), [3]
+        report = json.dumps({"teacher": hub, "remove_blocks": {"blocks_before": {"blocks": 6}}})
+    else:  # a removes none, b a's (the base's) blocks 3 and 5
+        a_map, drop_b, report = None, [3, 5], json.dumps({"teacher": hub})
+    save_compressed(a, tmp_path / "a", extra={"teacher": hub, "block_map": a_map}, files={"report.json": report})
+    b = load_transformer(tmp_path / "a")
+    _save_output(b, tmp_path / "b", tmp_path / "a", adapter.remove_blocks(b, {"blocks": drop_b}))
+    deeper = _save(_state(tiny_pixart(num_layers=7), ["to_q"]), tmp_path / "deeper.safetensors")
+    student = load_transformer(tmp_path / "b")
+    before = copy.deepcopy(student.state_dict())
+    with pytest.raises(UserError, match=r"the LoRA adapts transformer_blocks\.6, but the teacher has 6 "):
+        merge_lora(student, deeper)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+    assert main(["lora", str(tmp_path / "b"), str(deeper), str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "transformer_blocks.6, but the teacher has 6" in err
+    assert not (tmp_path / "new").exists()
+    lora, _ = _base_lora(base, tmp_path)
+    assert sorted(merge_lora(student, lora)["dropped"]) == [f"transformer_blocks.{i}.{attn}.to_q"
+                                                             for i in (3, 5) for attn in ("attn1", "attn2")]
+
+
 def test_a_chain_that_cannot_be_followed_is_refused_saying_why(tmp_path):
     """A link moved (a) or recording no teacher: the LoRA's blocks cannot be mapped to the output's,
     one line naming the chain and why, nothing merged."""
@@ -219,10 +260,31 @@ def test_eval_gives_a_chained_outputs_teacher_the_base_blocks_lora_through_its_o
         weights = _without_last_kept(weights, CHAINS[family][3], get_adapter(base))
         lora = _save(weights, lora)
     took = load_transformer(c)  # as `lora` records what it took (the replay reads only the record)
-    took.compression_meta["loras"] = [{"source": str(lora.resolve()), "scale": 1.0, "modules": 1}]
+    took.compression_meta["loras"] = [{"source": str(lora.resolve()), "scale": 1.0, "modules": 1,
+                                       "blocks_of": str((tmp_path / "base").resolve())}]
     teacher = load_teacher_of(took, str(tmp_path / "b"))
     assert _check_deltas(load_transformer(tmp_path / "b"), teacher, weights, CHAINS[family][3],
                          get_adapter(base)) > 0
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_a_lora_recorded_before_blocks_of_is_replayed_in_the_teachers_own_blocks(tmp_path, family):
+    """c took a LoRA before records named the base (no blocks_of): it was read as c's teacher b's, b's
+    block i's LoRA going to c's block descending from it. eval gave b that LoRA through b's chain, as
+    the base's (b's block 3, base block 5, took the LoRA's block 5, or nothing): b now takes it in its
+    own blocks, block i the LoRA's block i, what c took."""
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+
+    _, c = _chain(tmp_path, family)
+    b = load_transformer(tmp_path / "b")
+    weights = _state(copy.deepcopy(b), ["to_q"])  # a LoRA in b's blocks
+    lora = _save(weights, tmp_path / "b-lora.safetensors")
+    took = load_transformer(c)
+    took.compression_meta["loras"] = [{"source": str(lora.resolve()), "scale": 1.0, "modules": 1}]
+    own = {g.name: list(range(len(getattr(b, g.attr)))) for g in get_adapter(b).groups}
+    assert _check_deltas(b, load_teacher_of(took, str(tmp_path / "b")), weights, own, get_adapter(b)) == \
+        sum(map(len, own.values())) * (2 if family == "pixart" else 1)
 
 
 def test_block_maps_compose_from_the_student_out_and_a_map_past_its_teachers_is_named():

@@ -127,3 +127,16 @@ def test_a_chain_breaks_off_only_at_a_loop_a_teacher_not_there_or_an_output_reco
     assert chain_break(teacher_chain(str(d))) == "which records no teacher"
     output_config(a, str(d.resolve()))
     assert chain_break(teacher_chain(str(d))) == "which it named before (a loop)"
+
+
+def test_the_teachers_block_counts_before_removal_are_its_reports_first_removal_or_none():
+    """blocks_before: the first removal pass's blocks_before (a report of one removal, or of several
+    under passes), {} for a report recording none or a damaged one (never a traceback)."""
+    from compress.report_teacher import blocks_before
+
+    assert blocks_before({"remove_blocks": {"blocks_before": {"blocks": 6}}}) == {"blocks": 6}
+    assert blocks_before({"remove_blocks": {"passes": [{"blocks_before": {"double": 3}},
+                                                       {"blocks_before": {"double": 2}}]}}) == {"double": 3}
+    for damaged in ({}, [], None, {"remove_blocks": []}, {"remove_blocks": {"passes": {"x": 1}}},
+                    {"remove_blocks": {"passes": [3]}}, {"remove_blocks": {"blocks_before": [6]}}):
+        assert blocks_before(damaged) == {}, damaged
