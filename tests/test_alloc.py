@@ -123,7 +123,8 @@ def test_sensitivity_is_measured_where_the_layer_loses_something():
     assert A.ratio_rank(s, 0.25, 8) == 16 and s.loss(16) < 1e-12 < A.MEASURABLE_LOSS < s.loss(8)
     assert A.measurement_rank(s, 0.25, 8, A.trust_ranges([s], 0.25, 8, 2.0)["caption.to_k"]) == 8
     assert A.measurement_rank(s, 0.25, 8, None) == 8  # no trust region: any multiple that saves
-    assert A.measurement_rank(s, 0.25, 4, (12, 32)) == 12  # the highest one below, not the lowest
+    assert A.measurement_rank(s, 0.25, 4, (12, 32)) == 12  # the lowest the trust region allows
+    assert A.measurement_rank(s, 0.25, 4, None) == 12  # of 4, 8 and 12: the highest one below, not the lowest
     assert A.measurement_rank(full, 0.25, 8, (8, 32)) == 16  # loses something at uniform: there
     # nothing measurable within its range (its weighted losses are ~0 whatever the weight); no saving
     assert A.measurement_rank(deficient("tiny", 128, 128, 4), 0.25, 8, (8, 32)) is None
