@@ -5,6 +5,7 @@ is the most any choice can leave (the smallest blocks gone), marked as a bound; 
 import pytest
 import torch
 
+from compress.errors import UserError
 from compress.io_export import save_compressed
 from compress.lowrank import LowRankLinear
 from compress.plan import make_plan, print_plan, total_words
@@ -107,3 +108,37 @@ def test_a_distill_student_is_bounded_likewise(outputs):
                                     "  - distill: {steps: 40, data: teacher_samples, num_samples: 4}\n")
     assert plan["passes"][1]["student"]["params"] == plan["params_after_at_most"] == \
         max(_each_choice("pixart", teacher, "blocks", 3))
+
+
+def test_a_factorized_layer_of_a_block_counted_as_gone_is_still_refused_by_a_later_svd(outputs):
+    """The smallest blocks plan dropped in the removal's place are often the factorized ones: plan
+    then let an svd pass target transformer_blocks.1.ff.net.2 (factorized, block 1 dropped), and the run,
+    whose removal kept block 1, stopped after pass 1 ('svd: transformer_blocks.1.ff.net.2 is already
+    factorized'). Now plan refuses it at the svd pass's line, where the run may keep the block."""
+    teacher, _ = outputs["pixart"]
+    with pytest.raises(UserError) as e:
+        _plan("pixart", teacher, "  - remove_blocks: {count: 1, criterion: proxy}\n"
+                                 "  - svd: {ratio: 0.5, targets: [mlp], multiple: 2}\n")
+    assert str(e.value).startswith("r.yaml:6: svd: transformer_blocks.1.ff.net.2 (teacher block 1, which the "
+                                   "removal at line 5 may keep: it picks blocks at run time")
+    assert "already factorized" in str(e.value) and "svd.ignore" in str(e.value)
+
+
+@pytest.mark.parametrize("svd", ["{ratio: 0.5, targets: [mlp], multiple: 2, ignore: ['re:ff\\.net\\.2']}",
+                                 "{ratio: 0.5, targets: [cross_attention], multiple: 2}"])
+def test_a_later_svd_that_leaves_the_factorized_layer_out_plans_with_the_same_bound(outputs, svd):
+    teacher, _ = outputs["pixart"]
+    plan = _plan("pixart", teacher, f"  - remove_blocks: {{count: 1, criterion: proxy}}\n  - svd: {svd}\n")
+    choices = [_plan("pixart", teacher, f"  - remove_blocks: {{blocks: {{blocks: [{i}]}}}}\n  - svd: {svd}\n")
+               ["params_after_planned"] for i in range(3)]
+    assert plan["params_after_at_most"] >= max(choices)
+
+
+def test_an_explicit_removal_of_the_factorized_block_lets_a_later_svd_target_its_role(outputs):
+    """Teacher block 1 (its mlp factorized), dropped as a placeholder, is removed by index after: the
+    run never has it when the svd pass starts."""
+    teacher, _ = outputs["pixart"]
+    plan = _plan("pixart", teacher, "  - remove_blocks: {count: 1, criterion: proxy}\n"
+                                    "  - remove_blocks: {blocks: {blocks: [1]}}\n"
+                                    "  - svd: {ratio: 0.5, targets: [mlp], multiple: 2}\n")
+    assert plan["blocks_after"] == {"blocks": 1}

@@ -24,7 +24,7 @@ from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, scan
 from compress.passes.remove_blocks_budget import (block_sizes, check_explicit, drop_placeholders, one_of,
                                                 per_group, removes_nothing, resolve_budget, to_current, too_many,
-                                                uneven)
+                                                uneven, without_hidden)
 from compress.passes.remove_blocks_config import RemoveBlocksConfig, _biased
 from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
                                                    window_key)
@@ -250,7 +250,7 @@ class RemoveBlocksPass(Pass):
         drop = to_current(self.config.blocks, planned["block_map"])  # positions in the map
         unknown = {g: len(idx) for g, idx in drop.items() if planned["pending"].get(g)}  # placed at run time
         known = {g: idx for g, idx in drop.items() if g not in unknown}
-        planned = drop_placeholders(model, adapter, planned, unknown, known)
+        planned = drop_placeholders(model, adapter, without_hidden(planned, self.config.blocks), unknown, known)
         block_map = {g: [t for i, t in enumerate(teacher) if i not in drop.get(g, [])]
                      for g, teacher in planned["block_map"].items()}
         setattr(model, PLANNED_ATTR, with_removal(dict(planned, block_map=block_map),

@@ -7,6 +7,7 @@ meta model, the blocks a budget removes at run time are dropped as placeholders 
 from __future__ import annotations
 
 import math
+import re
 
 from compress.arch.base import Adapter
 from compress.errors import BadValue, UserError
@@ -192,12 +193,50 @@ def drop_placeholders(model, adapter: Adapter, planned: dict, counts: dict[str, 
                       known: dict[str, list[int]] | None = None) -> dict:
     """Drops on plan's meta model `counts[g]` placeholder blocks of each group (`placeholders`) and
     the `known` current indices; returns `planned` with the placeholders of groups whose blocks
-    differ in size (or that hold spare blocks already) added to its `spare` (block_sizes)."""
+    differ in size (or that hold spare blocks already) added to its `spare` (block_sizes), and the
+    factorized linears of placeholders, which the run may keep, in its `hidden` (`factorized_in`)."""
     spare, drop = {g: list(v) for g, v in planned.get("spare", {}).items()}, dict(known or {})
+    n = adapter.block_counts(model)
+    hidden = {g: [_narrowed(h, counts.get(g, 0), n[g]) for h in hs] for g, hs in planned.get("hidden", {}).items()}
     for g, k in counts.items():
         sizes = block_sizes(model, adapter, g)
         drop[g] = placeholders(sizes, k)
         if k and (g in spare or uneven(sizes)):
             spare[g] = spare.get(g, []) + [sizes[i] for i in drop[g]]
+        hidden[g] = hidden.get(g, []) + factorized_in(model, adapter, g, drop[g], k, planned["block_map"][g])
     adapter.remove_blocks(model, drop)
-    return dict(planned, spare=spare)
+    return dict(planned, spare=spare, hidden={g: h for g, h in hidden.items() if h})
+
+
+def factorized_in(model, adapter: Adapter, group: str, blocks: list[int], k: int, teacher: list[int]) -> list[dict]:
+    """The factorized linears (LowRankLinear) of placeholder `blocks` of `group`, which plan's meta model
+    drops for `k` blocks a removal picks at run time, though the run may keep them: {"attr", "suffix",
+    "name" (as now), "teacher" (its block's teacher index, None where an earlier run-time removal made it
+    unknown: `teacher`, the group's student -> teacher map, then lists more), "lo", "hi" (the positions
+    its block may have after the removal)}, so a later svd pass's check still sees them
+    (svd_planned.check_not_hidden)."""
+    from compress.lowrank import LowRankLinear
+
+    n = adapter.block_counts(model)[group]
+    out = []
+    for info in adapter.linears(model):
+        if info.group == group and info.block in blocks and isinstance(model.get_submodule(info.name), LowRankLinear):
+            attr, suffix = re.match(rf"(.+?)\.{info.block}\.(.+)", info.name).groups()
+            known = teacher[info.block] if len(teacher) == n else None
+            out.append(_narrowed({"attr": attr, "suffix": suffix, "name": info.name, "teacher": known,
+                                  "lo": info.block, "hi": info.block}, k, n))
+    return out
+
+
+def _narrowed(hidden: dict, k: int, n: int) -> dict:
+    """A hidden layer's positions (`factorized_in`) after k more of the group's n blocks go: each block
+    before it may go, and n - k are left."""
+    return dict(hidden, lo=max(0, hidden["lo"] - k), hi=min(hidden["hi"], n - k - 1))
+
+
+def without_hidden(planned: dict, blocks: dict[str, list[int]]) -> dict:
+    """`planned` less the hidden layers (`factorized_in`) of the teacher `blocks` an explicit removal
+    takes: the run removes them whichever blocks the earlier removal kept."""
+    hidden = {g: [h for h in hs if h["teacher"] not in blocks.get(g, ())]
+              for g, hs in planned.get("hidden", {}).items()}
+    return dict(planned, hidden=hidden)

@@ -11,6 +11,7 @@ from torch import nn
 
 from compress.alloc import DENSE, budget_for_ratio, rank_options
 from compress.errors import BadValue
+from compress.passes.removed_blocks import PLANNED_ATTR
 from compress.passes.svd_global import trust_ranges_for
 from compress.passes.svd_targets import shape_spec
 
@@ -90,7 +91,9 @@ def check_not_planned(targets, model: nn.Module) -> None:
     """A target an earlier budgeted pass factorizes at run time whatever calibration finds is refused
     before compute, as the run refuses it when this pass starts (svd_checks._check_not_factorized): a target
     whose rank there surely saves parameters, or every target of that pass that may go either way
-    where its budget cannot keep them all dense."""
+    where its budget cannot keep them all dense. Also a factorized layer of a block plan's meta model
+    dropped for a removal that picks at run time (`check_not_hidden`)."""
+    check_not_hidden(targets, model)
     for planned, (sure, maybe, all_of_some) in _planned_overlap(targets, model).items():
         if sure:
             raise BadValue("targets", f"svd: {_names(sure)} already factorized (by {planned.by()}: its "
@@ -104,6 +107,37 @@ def check_not_planned(targets, model: nn.Module) -> None:
                                       "of its targets' parameters, cannot leave them all dense; which it "
                                       f"factorizes, it decides after calibration); {_advice(maybe)}",
                            reads=("ignore",))
+
+
+def check_not_hidden(targets, model: nn.Module) -> None:
+    """A factorized layer of a block that plan's meta model dropped as a placeholder for a removal
+    picking its blocks at run time (remove_blocks_budget.factorized_in: the smallest blocks are dropped,
+    often those factorized) is refused where the run may keep its block and this pass would then
+    target it: at some position it may have, the layer there is one of `targets` (same name, same
+    role), so the run would stop when this pass starts (svd_checks._check_not_factorized)."""
+    names = {i.name for i in targets}
+    planned = getattr(model, PLANNED_ATTR, {})
+    for group, hidden in planned.get("hidden", {}).items():
+        for h in hidden:
+            places = [f"{h['attr']}.{q}.{h['suffix']}" for q in range(h["lo"], h["hi"] + 1)]
+            if hit := [n for n in places if n in names]:
+                raise BadValue("targets", f"svd: {_hidden_words(h, group, planned)} is already factorized, and "
+                                          f"this pass targets it if its block is kept ({' or '.join(hit)} then); "
+                                          f"leave it out with svd.ignore (at each of those), or remove its "
+                                          "block by index, or factorize once at a lower ratio",
+                               reads=("ignore",))
+
+
+def _hidden_words(hidden: dict, group: str, planned: dict) -> str:
+    """'transformer_blocks.1.ff.net.2 (teacher block 1, which the removal at line 4 may keep: it picks
+    blocks at run time, and plan counts the smallest as gone)'."""
+    lines = [str(r["line"]) for r in planned.get("removals", ()) if group in r["groups"] and r["run_time"]
+             and r["line"] is not None]
+    by = (f"the removal{'s' if len(lines) > 1 else ''} at line{'s' if len(lines) > 1 else ''} {', '.join(lines)}"
+          if lines else "an earlier removal")
+    block = f"teacher block {hidden['teacher']}" if hidden["teacher"] is not None else "its block"
+    return (f"{hidden['name']} ({block}, which {by} may keep: it picks blocks at run time, and plan "
+            "counts the smallest as gone)")
 
 
 def _advice(names: list[str]) -> str:
