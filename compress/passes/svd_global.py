@@ -10,7 +10,7 @@ import math
 import statistics
 
 from compress.alloc import (DENSE, budget_for_ratio, error_vs_uniform, global_greedy, idle_budget, measurement_rank,
-                            min_budget, ratio_rank, sensitivity_weight, trust_ranges)
+                            min_budget, ratio_rank, sensitivity_weight, trust_ranges, uniform)
 from compress.arch.base import LinearInfo
 from compress.calib import BlockCalibration
 from compress.calib_stats import Stats
@@ -35,7 +35,7 @@ def predicted_vs_uniform(specs, ranks, weights, c, ranges) -> dict:
         spent, equal, params = error_vs_uniform(specs, ranks, weights, c.ratio, c.multiple, ranges)
     else:
         spent = equal = None
-        params = sum(s.params(ratio_rank(s, c.ratio, c.multiple)) for s in specs)
+        params = uniform(specs, c.ratio, c.multiple).spent
     return {"predicted_error_vs_uniform": spent, "uniform_params": params,
             "predicted_error_vs_uniform_equal_params": equal}
 
