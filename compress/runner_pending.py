@@ -33,7 +33,7 @@ def write_record(run_dir: Path, i: int, state: dict, student, loader) -> None:
     for old in (tmp, folder):
         shutil.rmtree(old, ignore_errors=True)
     tmp.mkdir(parents=True)
-    blocks = loader._blocks()
+    blocks = loader.block_prefixes()
     top = {k: v for k, v in student.state_dict().items() if not k.startswith(blocks)}  # resident
     save_pieces(tmp / TOP, top)
     where = {k: str(Path(p).resolve()) for k, p in loader.files.items() if k.startswith(blocks)}
@@ -74,7 +74,7 @@ def restore_student(run_dir: Path, models):
     stored = json.loads((folder / INDEX).read_text()).get("stored") or {}
     models.student = cast(empty_compressed(folder), models.dtype)  # blocks are read in its dtype
     loader = CheckpointBlocks(models.student, weight_map(folder), models.run_dir / "stream", models.device,
-                              stored=stored)
+                              stored=stored, what="student")
     models.loaders[id(models.student)] = loader
     loader.load_top()
     return models.student

@@ -6,13 +6,13 @@ Both give the runner the same five things: the teacher, a fresh student, a stude
 stage folder, a context for whole-model forwards (held-out predictions, pipeline sampling) and a
 writer of stage and output folders. Streamed, the student's blocks live in `run_dir/stream/` as
 the passes leave them, and folders are written as index shards that never span two blocks
-(`save_streamed`).
+(`save_streamed`). What a run says when memory or disk runs short is runner_failures' (its names
+are imported from here too).
 """
 
 from __future__ import annotations
 
 import copy
-import errno
 import math
 import shutil
 from contextlib import contextmanager, nullcontext
@@ -25,11 +25,19 @@ from compress.errors import UserError
 from compress.io import cast
 from compress.io_export import save_compressed
 from compress.io_output import empty_compressed, load_transformer
+from compress.runner_failures import (HELDOUT, DiskFull, OutOfMemory, disk_full_line, disk_full_words, is_out_of_memory,
+                                      memory_hints, memory_in_words)
 from compress.stream import CheckpointBlocks, empty_transformer, save_streamed, streamed
 from compress.stream_files import checkpoint_of, weight_map
 from compress.stream_refusals import NotStreamable
 
 CHUNK = 1 << 24  # bytes read at a time for the checksum
+__all__ = ["CHUNK", "ResidentModels", "StreamedModels", "available_bytes", "check_streaming", "checkpoint_numel",
+           "free_bytes", "free_memory", "models_for", "resident_bytes", "streamed_weights",
+           "warn_if_activations_too_big", "warn_if_short_of_disk", "warn_if_streamed_too_big", "warn_if_too_big",
+           # runner_failures' names, imported from here by runner, cli and io_convert
+           "HELDOUT", "DiskFull", "OutOfMemory", "disk_full_line", "disk_full_words", "is_out_of_memory",
+           "memory_hints", "memory_in_words"]
 
 
 class ResidentModels:
@@ -91,7 +99,7 @@ class StreamedModels:
         if self.run_dir is not None:
             warn_if_short_of_disk(self.run_dir, checkpoint_numel(self.files) * self.dtype.itemsize)
         model = empty_transformer(config, self.dtype).requires_grad_(False).eval()
-        self._attach(model, CheckpointBlocks(model, self.files, device=self.device))
+        self._attach(model, CheckpointBlocks(model, self.files, device=self.device, what="teacher"))
         return model
 
     def _attach(self, model: nn.Module, loader: CheckpointBlocks) -> nn.Module:
@@ -105,12 +113,12 @@ class StreamedModels:
     def fresh_student(self, teacher: nn.Module) -> nn.Module:
         self.student = copy.deepcopy(teacher)  # blocks on meta: only the top level is copied
         return self._attach(self.student, CheckpointBlocks(self.student, self.files, self._spill(),
-                                                            self.device))
+                                                            self.device, what="teacher"))
 
     def restore(self, folder: Path) -> nn.Module:
         self.student = cast(empty_compressed(folder), self.dtype)  # blocks are read in its dtype
         return self._attach(self.student, CheckpointBlocks(self.student, weight_map(folder), self._spill(),
-                                                            self.device))
+                                                            self.device, what="student"))
 
     @contextmanager
     def forwards(self, model: nn.Module):
@@ -293,112 +301,3 @@ def check_streaming(passes, specs, path: str) -> None:
                         "does not hold:\n  " + "\n  ".join(lines))
     if lines:
         raise UserError(lines[0])
-
-
-# ---- running out of memory ----------------------------------------------------------------------
-class OutOfMemory(UserError):
-    """An allocation failed (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError):
-    one line naming what was running and what to change, never a traceback."""
-
-    exit_code = 1
-    label = "out of memory: "
-
-
-_CPU_ALLOCATOR = ("can't allocate memory", "not enough memory")
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """Whether `e` is a failed allocation on the GPU or the CPU (not another RuntimeError)."""
-    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and (any(s in text for s in _CPU_ALLOCATOR) or "out of memory" in text)
-
-
-def memory_in_words(e: BaseException) -> str:
-    """'GPU memory (tried to allocate 20.00 GiB)' / 'CPU memory (tried to allocate 2980.2 GiB)'."""
-    import re
-
-    text = str(e)
-    where = "GPU" if isinstance(e, torch.OutOfMemoryError) or "CUDA" in text else "CPU"
-    asked = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", text)
-    size = asked.group(1) if asked else None
-    if size is None and (found := re.search(r"allocate (\d+) bytes", text)):
-        size = f"{int(found.group(1)) / 2**30:.1f} GiB"
-    return f"{where} memory" + (f" (tried to allocate {size})" if size else "")
-
-
-class DiskFull(UserError):
-    """A write failed for want of space or quota, or on a read-only file system: one line naming what
-    was running, why, where, and what the run folder keeps, never a traceback."""
-
-    exit_code = 1
-    label = "cannot write: "
-
-
-_DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
-                errno.EROFS: "the file system is read-only"}
-_DISK_TEXTS = {"No space left on device": _DISK_ERRNOS[errno.ENOSPC], "os error 28": _DISK_ERRNOS[errno.ENOSPC],
-               "Disk quota exceeded": _DISK_ERRNOS[errno.EDQUOT], "Read-only file system": _DISK_ERRNOS[errno.EROFS]}
-
-
-def disk_full_words(e: BaseException) -> str | None:
-    """'no space left on the device (PATH)' where `e` is a failed write for want of space, quota or a
-    writable file system (an OSError, or safetensors' / torch's errors that only say it in words);
-    None for any other error."""
-    said = _disk_full(e)
-    return None if said is None else said[0] + (f" ({said[1]})" if said[1] else "")
-
-
-def _disk_full(e: BaseException) -> tuple[str, str | None] | None:
-    """(why in words, the file named or None) where `e` is a failed write (`disk_full_words`), else None."""
-    if isinstance(e, UserError):  # already one line saying where (io_export._temp_beside ...)
-        return None
-    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-        return _DISK_ERRNOS[e.errno], e.filename
-    text = str(e)
-    return next(((words, None) for key, words in _DISK_TEXTS.items() if key in text), None)
-
-
-def disk_full_line(e: BaseException, doing: str, folder: Path, flag: str) -> str:
-    """'PATH: no space left on the device, during DOING; free space there, or give FLAG on another
-    disk' for a failed write `e` (`disk_full_words`): PATH is the file `e` names, else `folder`, where
-    the run was writing (safetensors' "os error 28" names no file); FLAG, the option that moves it."""
-    why, path = _disk_full(e)
-    fix = "give" if "read-only" in why else "free space there, or give"
-    return f"{path or folder}: {why}, during {doing}; {fix} {flag} on another disk"
-
-
-HELDOUT = "the teacher's held-out predictions"  # the runner's phase of that name
-
-
-def memory_hints(recipe, passes, doing) -> str:
-    """What in `recipe` lowers the memory of pass `doing` (an index into `passes`) or of a phase of
-    the run (its words), as 'a, b or c'."""
-    p = passes[doing] if isinstance(doing, int) and doing < len(passes) else None
-    calibrated = getattr(p, "needs_calibration", False)
-    hints = []
-    if p is not None and hasattr(p.config, "batch_size"):
-        hints.append(f"a smaller passes.{doing}.{p.name}.batch_size")
-    if calibrated or doing == HELDOUT:
-        hints.append("a smaller calibration.batch_size")
-    if p is not None and getattr(p.config, "gradient_checkpointing", None) is False:
-        hints.append(f"passes.{doing}.{p.name}.gradient_checkpointing: true")
-    if recipe.compute_dtype == "float32":
-        hints.append("compute_dtype: bfloat16")
-    if not recipe.stream and _streamable(p):
-        hints.append("stream: true")
-    if calibrated and not recipe.calibration.spill_activations:
-        hints.append("calibration.spill_activations: true")
-    if not hints:
-        return "a machine with more memory"
-    return ", ".join(hints[:-1]) + f" or {hints[-1]}" if len(hints) > 1 else hints[0]
-
-
-def _streamable(p) -> bool:
-    """Whether pass p (None: no pass) can run with stream: true."""
-    try:
-        p is None or p.check_streaming()
-    except UserError:
-        return False
-    return True

@@ -37,6 +37,7 @@ from compress.errors import NumericError, UserError
 from compress.io import INDEX, cast, from_config, model_class, read_config
 from compress.io_export import (atomic_folder, canonical_header, compressed_config, export_cast, header_metadata,
                                 write_texts)
+from compress.io_output import beyond_words, largest_beyond
 from compress.io_tensors import nonfinite
 from compress.stream_files import by_file, tensor_ends, weight_map
 
@@ -60,11 +61,13 @@ class CheckpointBlocks:
     resident = False  # whole-model work (the prediction's Fisher, global's sensitivities) is refused
 
     def __init__(self, model: nn.Module, files: Path | dict[str, Path], spill: Path | None = None,
-                 device: str | torch.device = "cpu", stored: dict[str, str] | None = None):
-        """`stored`: the names in their files of tensors stored under other names (`renumber`)."""
+                 device: str | torch.device = "cpu", stored: dict[str, str] | None = None,
+                 what: str = "checkpoint"):
+        """`stored`: the names in their files of tensors stored under other names (`renumber`);
+        `what`: whose weights the files hold, for errors ("the teacher's weight ...")."""
         from compress.arch import get_adapter
 
-        self.model, self.adapter, self.device = model, get_adapter(model), device
+        self.model, self.adapter, self.device, self.what = model, get_adapter(model), device, what
         self.point_to(dict(files) if isinstance(files, dict) else weight_map(files))
         self.stored = dict(stored or {})
         self.spill = Path(spill) if spill is not None else None
@@ -90,11 +93,13 @@ class CheckpointBlocks:
     def _prefix(self, group: str, index: int) -> str:
         return self.adapter.block_prefix(group, index)
 
-    def _blocks(self) -> tuple[str, ...]:
+    def block_prefixes(self) -> tuple[str, ...]:
+        """The name prefix of every block of the model ('transformer_blocks.0.', ...)."""
         return tuple(self._prefix(g, i) for g, i, _ in self.adapter.iter_blocks(self.model))
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
-        """Tensors by name from their files, in the loader's dtype; NaN/Inf is an error naming them."""
+        """Tensors by name from their files, in the loader's dtype; NaN/Inf, or a finite value the
+        dtype cannot hold (float16 stops at 65504), is an error naming the tensor and its file."""
         return dict(self.each(keys))
 
     def each(self, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -107,11 +112,20 @@ class CheckpointBlocks:
             with safe_open(str(path), framework="pt") as f:
                 t = f.get_tensor(self.stored.get(k, k))
             if t.is_floating_point():
-                bad = nonfinite(t)
-                if bad:
-                    raise NumericError(f"weight {k} in {path} has {bad} NaN/Inf values")
+                self._check_castable(k, path, t)
                 t = t.to(self.dtype)
             yield k, t
+
+    def _check_castable(self, name: str, path: Path, t: torch.Tensor) -> None:
+        """`t` (the stored `name` of `path`) finite, and held by the loader's dtype: else a
+        NumericError, in runner_setup.check_finite's words for a resident teacher."""
+        bad = nonfinite(t)
+        if bad:
+            raise NumericError(f"weight {name} in {path} has {bad} NaN/Inf values")
+        big = largest_beyond(t, self.dtype)
+        if big is not None:
+            raise NumericError(beyond_words(f"the {self.what}'s weight {name} (in {path})", big, self.dtype,
+                                            "use compute_dtype"))
 
     def ends(self, keys: list[str], n: int = 8) -> dict[str, torch.Tensor]:
         """`tensor_ends` of the named tensors the loader reads from a file: what
@@ -131,7 +145,7 @@ class CheckpointBlocks:
         model built at init on the CPU."""
         from accelerate.utils import set_module_tensor_to_device
 
-        blocks = self._blocks()
+        blocks = self.block_prefixes()
         self.check_shapes()
         want = [k for k in self.model.state_dict() if not k.startswith(blocks)]
         self._load(self._matching(want, self.top_keys(), "the top level"))
@@ -170,7 +184,7 @@ class CheckpointBlocks:
         return have
 
     def top_keys(self) -> list[str]:
-        blocks = self._blocks()
+        blocks = self.block_prefixes()
         return [k for k in self.files if not k.startswith(blocks)]
 
     def block_keys(self, group: str, index: int) -> list[str]:
@@ -308,7 +322,7 @@ def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.
     (a block never shares a shard with another), and the `.index.json` that `load_transformer`
     and diffusers' `from_pretrained` read. At most one shard's tensors are in memory at a time."""
     state = model.state_dict()  # names and shapes; block tensors are on meta
-    prefixes = loader._blocks()
+    prefixes = loader.block_prefixes()
     units = [{k: v for k, v in state.items() if not k.startswith(prefixes)}]
     units += [{k: v for k, v in state.items() if k.startswith(p)} for p in prefixes]
     itemsize = dtype.itemsize if dtype else None

@@ -273,3 +273,47 @@ def test_ends_reads_the_first_and_last_values(tmp_path):
     for k in names:
         flat = want[k].reshape(-1)
         assert torch.equal(got[k], torch.cat([flat[:3], flat[-3:]]))
+
+
+def test_a_streamed_block_weight_beyond_float16_is_said_to_overflow_it_before_the_cast(tmp_path):
+    """compute_dtype float16, stream: true, a teacher block holding 1.6e5: the read checked NaN/Inf
+    before the cast and never the range, so the cast made Inf and the run said much later that the
+    teacher's prediction holds NaN/Inf (ff.net.2's output the first). Now the read says what the
+    resident check says: the weight, its file, its largest value, the dtypes that hold it."""
+    from tests.runner_helpers import SIMPLE, run_recipe
+
+    name = "transformer_blocks.0.ff.net.2.weight"
+    teacher = tiny_pixart()
+    with torch.no_grad():
+        teacher.get_parameter(name).view(-1)[3] = 1.6e5
+    teacher.save_pretrained(tmp_path / "teacher")
+    svd = "  - svd: {targets: [mlp], fisher: block, ratio: 0.5, multiple: 2}\n"
+    text = SIMPLE.format(teacher=tmp_path / "teacher", passes=svd) + "stream: true\ncompute_dtype: float16\n"
+    with pytest.raises(NumericError) as e:
+        run_recipe(tmp_path, text, "half")
+    stored = tmp_path / "teacher" / "diffusion_pytorch_model.safetensors"
+    assert str(e.value) == (f"the teacher's weight {name} (in {stored}) holds values up to 1.6e+05, beyond "
+                            "float16's range (max 65504): use compute_dtype bfloat16 or float32")
+
+
+def test_block_prefixes_name_every_block_in_order(tmp_path):
+    """What runner_pending.write_record reads to tell blocks from the top level (it called the
+    private _blocks)."""
+    model, loader = _streamed_model(tmp_path, tiny_pixart)
+    n = model.config.num_layers
+    assert loader.block_prefixes() == tuple(f"transformer_blocks.{i}." for i in range(n))
+
+
+def test_a_loader_in_float16_names_whose_weight_is_beyond_its_range(tmp_path):
+    """A loader reading a float32 checkpoint in float16 refuses a finite value beyond 65504 before
+    the cast, naming whose weight it is (eval's streamed output: the student's), not an Inf later."""
+    model = tiny_pixart()
+    with torch.no_grad():
+        model.proj_out.weight[0, 0] = -7e4
+    model.save_pretrained(tmp_path / "ckpt")
+    loader = CheckpointBlocks(empty_transformer(tmp_path / "ckpt", torch.float16), tmp_path / "ckpt", what="student")
+    with pytest.raises(NumericError, match=r"^the student's weight proj_out\.weight \(in .*diffusion_pytorch_model"
+                                           r"\.safetensors\) holds values up to 7e\+04, beyond float16's range"):
+        loader.load_top()
+    assert loader.read(["transformer_blocks.0.ff.net.2.weight"])["transformer_blocks.0.ff.net.2.weight"].dtype \
+        == torch.float16  # in range: read and cast
