@@ -27,7 +27,7 @@ def save(item, path: Path, atomic: bool = True) -> None:
     """torch.save `item` to `path`, through PATH.tmp renamed on success where `atomic` (an interrupted
     write leaves no half file). A failed write removes what it wrote; where the disk is full after it,
     the error is an OSError(ENOSPC) naming `path`: torch's zip writer says only "unexpected pos" or
-    "iostream error", which would otherwise be a traceback (runner_stream.disk_full_words)."""
+    "iostream error", which would otherwise be a traceback (runner_failures.disk_full_words)."""
     written = path.with_suffix(".tmp") if atomic else path
     try:
         torch.save(item, written)

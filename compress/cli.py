@@ -266,7 +266,7 @@ def _check_teacher_options(args) -> None:
 
 def _out_of_memory(command: str, e: BaseException) -> UserError | None:
     """The one-line error of a failed allocation in `command`, or None when `e` is another error."""
-    from compress.runner_stream import OutOfMemory, is_out_of_memory, memory_in_words
+    from compress.runner_failures import OutOfMemory, is_out_of_memory, memory_in_words
 
     if not is_out_of_memory(e):
         return None

@@ -7,7 +7,7 @@ well over 32 GB for it. Here one tensor is read at a time (safetensors' `safe_op
 memory-mapped where their format allows it), converted to diffusers' keys (`arch.flux_convert`,
 `arch.pixart_convert`), checked against the config's empty model, and added to a shard that is
 written once it reaches `shard_bytes`. The folder appears whole or not at all (`atomic_folder`), a
-full disk is one line (runner_stream.DiskFull, as `run` says it), and a bar on stderr counts the tensors.
+full disk is one line (runner_failures.DiskFull, as `run` says it), and a bar on stderr counts the tensors.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
     """Writes `out`; returns {"class", "dtypes", "shards", "tensors"}. A write that fails for want of
     space (or quota, or on a read-only disk) is a DiskFull naming `out`, never safetensors' traceback."""
     from compress.io_source import check_suffix
-    from compress.runner_stream import DiskFull, disk_full_line, disk_full_words
+    from compress.runner_failures import DiskFull, disk_full_line, disk_full_words
 
     check_suffix(path, "convert reads a single-file checkpoint")
     check_not_output(path, config)
@@ -51,7 +51,7 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
     except Exception as e:
         if disk_full_words(e) is None:
             raise
-        # the run's line (runner_stream.disk_full_line): convert takes OUT as an argument, not a flag
+        # the run's line (runner_failures.disk_full_line): convert takes OUT as an argument, not a flag
         line = disk_full_line(e, f"the conversion of {path}", out, "an output folder")
         raise DiskFull(f"{line} (nothing was left there)") from None
 

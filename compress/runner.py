@@ -37,9 +37,10 @@ from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint
 from compress.runner_setup import (DTYPES, check_reference, load_checked_teacher, resolve_device,
                                    sigterm_as_interrupt)
 from compress.runner_stages import handed_over, restore, resumable, save_stage, stage_dir
-from compress.runner_stream import (HELDOUT, DiskFull, OutOfMemory, check_streaming, disk_full_line, disk_full_words,
-                                   is_out_of_memory, memory_hints, memory_in_words, models_for, streamed_weights,
-                                   warn_if_activations_too_big, warn_if_streamed_too_big)
+from compress.runner_failures import (HELDOUT, DiskFull, OutOfMemory, disk_full_line, disk_full_words, is_out_of_memory,
+                                      memory_hints, memory_in_words)
+from compress.runner_stream import (check_streaming, models_for, streamed_weights, warn_if_activations_too_big,
+                                    warn_if_streamed_too_big)
 
 EXPORT = "the export"  # `Runner.doing` while rank 0 writes the output (a full disk there names --out)
 

@@ -25,19 +25,11 @@ from compress.errors import UserError
 from compress.io import cast
 from compress.io_export import save_compressed
 from compress.io_output import empty_compressed, load_transformer
-from compress.runner_failures import (HELDOUT, DiskFull, OutOfMemory, disk_full_line, disk_full_words, is_out_of_memory,
-                                      memory_hints, memory_in_words)
 from compress.stream import CheckpointBlocks, empty_transformer, save_streamed, streamed
 from compress.stream_files import checkpoint_of, weight_map
 from compress.stream_refusals import NotStreamable
 
 CHUNK = 1 << 24  # bytes read at a time for the checksum
-__all__ = ["CHUNK", "ResidentModels", "StreamedModels", "available_bytes", "check_streaming", "checkpoint_numel",
-           "free_bytes", "free_memory", "models_for", "resident_bytes", "streamed_weights",
-           "warn_if_activations_too_big", "warn_if_short_of_disk", "warn_if_streamed_too_big", "warn_if_too_big",
-           # runner_failures' names, imported from here by runner, cli and io_convert
-           "HELDOUT", "DiskFull", "OutOfMemory", "disk_full_line", "disk_full_words", "is_out_of_memory",
-           "memory_hints", "memory_in_words"]
 
 
 class ResidentModels:

@@ -139,7 +139,7 @@ def _progress_lines(err: str) -> tuple[list[str], str]:
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
     """A full disk during convert was safetensors' traceback (exit 1) and no word of where. Its line has
-    the run's shape (runner_stream.disk_full_line): where, why, during what, what to do."""
+    the run's shape (runner_failures.disk_full_line): where, why, during what, what to do."""
     from compress.cli import main
 
     _flux_file(tmp_path)

@@ -372,7 +372,7 @@ def test_a_full_disk_is_one_line_saying_what_the_run_folder_keeps(tmp_path, monk
 
 def test_a_user_error_that_mentions_a_full_disk_keeps_its_own_words():
     """_temp_beside's 'cannot make the folder P (No space left on device)' is one line already."""
-    from compress.runner_stream import disk_full_words
+    from compress.runner_failures import disk_full_words
 
     assert disk_full_words(UserError("output folder /o: cannot make the folder / (No space left on device)")) is None
     assert disk_full_words(OSError(28, "No space left on device")) == "no space left on the device"

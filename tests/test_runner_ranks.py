@@ -124,7 +124,7 @@ def test_two_processes_make_the_svd_student_of_one_and_distill_it_together(tmp_p
 def test_the_other_ranks_print_no_stop_and_name_their_rank_on_errors(tmp_path, monkeypatch, capsys):
     from compress import cli
     from compress.passes.distill_trainer import StepLimitReached
-    from compress.runner_stream import OutOfMemory
+    from compress.runner_failures import OutOfMemory
 
     monkeypatch.setenv("RANK", "1")
 
