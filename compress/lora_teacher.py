@@ -59,11 +59,24 @@ def lora_base(student: nn.Module) -> LoraBase:
         raise UserError(f"{broken_chain('the model', chain)}: a LoRA's blocks are those of the first teacher of "
                         "that chain (the model it was trained on), and mapping them to the model's takes the block "
                         "map of every output along it")
+    if len(chain) == 1 and _missing(chain[0]):  # read as a base: nothing says it was an output
+        from compress.report import note
+
+        note(f"the teacher {chain[0]} the model records is not there now: the LoRA's blocks are read as its "
+             "blocks; if it was itself a dit-compress output, put it back, so that they are read as those of "
+             "the first teacher of its chain")
     maps, config = [own], meta.get("teacher_config")
     for link in chain[:-1]:  # each an output, recording the next
         maps.append(_link_block_map(Path(link).expanduser()))
         config = recorded_teacher(Path(link).expanduser())[1]
     return LoraBase(composed_block_map(maps, ["the model", *chain[:-1]]), chain[-1], config, chain)
+
+
+def _missing(source: str) -> bool:
+    """Whether `source` names a local path that is not there (report_teacher.chain_break's NOT_THERE)."""
+    from compress.report_teacher import NOT_THERE, chain_break
+
+    return chain_break([source]) == NOT_THERE
 
 
 def _followed(chain: list[str]) -> bool:

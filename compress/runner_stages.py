@@ -127,7 +127,7 @@ def _say_read_back(runner, start: int, student) -> None:
     digest = model_digest(student, runner.ctx.block_map, runner.models.blocks)  # blocks: None when resident
     kept = read_back_in_words(runner.run_dir / "calib" / fingerprint / digest)
     if kept:
-        console.print(f"  pass {start + 1} (svd) reads back {kept} that the interrupted run measured",
+        console.print(f"  pass {start + 1} (svd) reads back {kept} that an earlier run measured",
                       highlight=False, markup=False)
 
 

@@ -298,3 +298,22 @@ def test_block_maps_compose_from_the_student_out_and_a_map_past_its_teachers_is_
     with pytest.raises(UserError, match=r"^/c has double block 2 of its teacher /b, whose block map has 2 blocks: "
                                         r"it is not the output the model was compressed from \(replaced since\?\)$"):
         composed_block_map([{"double": [0, 2]}, {"double": [0, 1]}], ["/c", "/b"])
+
+
+def test_a_student_whose_own_teacher_moved_says_its_blocks_are_read_as_that_teachers(tmp_path, capsys):
+    """b's teacher a (itself an output) moved away: nothing left says a was an output, so the LoRA's
+    blocks are read as a's, which was silent (blocks_of a, a LoRA of the base mapped one link short);
+    a note now says so and how to have them read as the base's."""
+    from compress.io_output import load_transformer
+
+    base, _ = _chain(tmp_path, "pixart")
+    lora, _ = _base_lora(base, tmp_path)
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    student = load_transformer(tmp_path / "b")
+    try:
+        merge_lora(student, lora)
+    except UserError:
+        pass  # the base's blocks past a's count: refused or merged, the note comes first
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"note: the teacher {(tmp_path / 'a').resolve()} the model records is not there now: the LoRA's " \
+           "blocks are read as its blocks; if it was itself a dit-compress output, put it back" in said

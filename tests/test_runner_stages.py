@@ -50,5 +50,5 @@ def test_a_resumed_svd_pass_says_once_how_many_statistics_it_reads_back(tmp_path
     said = [line for line in capsys.readouterr().err.splitlines() if "reads back" in line]
     hits = json.loads((tmp_path / "out" / "report.json").read_text())["svd"]["cache_hits"]
     assert len(hits) == 2
-    assert said == ["  pass 2 (svd) reads back block statistics (2 files), output Fishers (12 files) that the "
-                    "interrupted run measured"]
+    assert said == ["  pass 2 (svd) reads back block statistics (2 files), output Fishers (12 files) that an "
+                    "earlier run measured"]  # interrupted, or finished and resumed after a recipe change
