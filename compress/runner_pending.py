@@ -62,22 +62,11 @@ def read_record(run_dir: Path) -> tuple[int, dict] | None:
 
 def restore_student(run_dir: Path, models):
     """The student of the record in `run_dir`, held by `models` (runner_stream.StreamedModels) as its
-    `restore` holds a stage's, but with the record's names of the tensors stored under other names
-    in their files (CheckpointBlocks.stored: blocks a removal renumbered) known before its loader
-    reads the top level and checks the shapes."""
-    from compress.io import cast
-    from compress.io_output import empty_compressed
-    from compress.stream import CheckpointBlocks
-    from compress.stream_files import weight_map
-
+    `restore` holds a stage's, with the record's names of the tensors stored under other names in
+    their files (CheckpointBlocks.stored: blocks a removal renumbered)."""
     folder = Path(run_dir) / PENDING
     stored = json.loads((folder / INDEX).read_text()).get("stored") or {}
-    models.student = cast(empty_compressed(folder), models.dtype)  # blocks are read in its dtype
-    loader = CheckpointBlocks(models.student, weight_map(folder), models.run_dir / "stream", models.device,
-                              stored=stored, what="student")
-    models.loaders[id(models.student)] = loader
-    loader.load_top()
-    return models.student
+    return models.restore(folder, stored=stored)
 
 
 def discard(run_dir: Path) -> None:

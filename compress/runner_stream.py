@@ -107,10 +107,12 @@ class StreamedModels:
         return self._attach(self.student, CheckpointBlocks(self.student, self.files, self._spill(),
                                                             self.device, what="teacher"))
 
-    def restore(self, folder: Path) -> nn.Module:
+    def restore(self, folder: Path, stored: dict | None = None) -> nn.Module:
+        """The student of a stage (or a pending stage's record) in `folder`; `stored`: the names its
+        blocks' tensors have in their files where a removal renumbered them (CheckpointBlocks.stored)."""
         self.student = cast(empty_compressed(folder), self.dtype)  # blocks are read in its dtype
         return self._attach(self.student, CheckpointBlocks(self.student, weight_map(folder), self._spill(),
-                                                            self.device, what="student"))
+                                                            self.device, stored=stored or {}, what="student"))
 
     @contextmanager
     def forwards(self, model: nn.Module):
