@@ -361,6 +361,12 @@ def beyond_words(what: str, big: float, dtype: torch.dtype, use: str, where: str
             f"(max {torch.finfo(dtype).max:.6g}): {advice}")
 
 
+def compute_beyond_words(what: str, name: str, path, big: float, dtype: torch.dtype) -> str:
+    """beyond_words for `what`'s ('teacher', 'student') weight `name` of file `path`, cast to the
+    compute dtype: a resident run's check (runner_setup) and a streamed block's read (stream) alike."""
+    return beyond_words(f"the {what}'s weight {name} (in {path})", big, dtype, "use compute_dtype")
+
+
 def register_compression(model: nn.Module) -> None:
     """The compression section (its ranks as they are now, what the run recorded) in the model's
     diffusers config: its own save_pretrained (and a pipeline's) then writes an output that loads back."""

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
 from compress.io import load_teacher
-from compress.io_output import beyond_words, held
+from compress.io_output import compute_beyond_words, held
 from compress.io_source import TeacherSource, checked_sources
 from compress.io_tensors import nonfinite
 from compress.recipe import Recipe
@@ -106,7 +106,7 @@ def _nonfinite_words(name: str, p: torch.Tensor, what: str, stored: tuple[Path, 
     big = float(t.to(torch.float64).abs().max())
     if held(big, p.dtype):  # finite there and in range: not the cast's doing
         return f"{what} weight {name} has {nonfinite(p)} NaN/Inf values as loaded (none in {path})"
-    return beyond_words(f"the {what}'s weight {name} (in {path})", big, p.dtype, "use compute_dtype")
+    return compute_beyond_words(what, name, path, big, p.dtype)
 
 
 def _stored(source: TeacherSource | None, name: str) -> tuple[Path, torch.Tensor] | None:

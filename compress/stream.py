@@ -37,7 +37,7 @@ from compress.errors import NumericError, UserError
 from compress.io import INDEX, cast, from_config, model_class, read_config
 from compress.io_export import (atomic_folder, canonical_header, compressed_config, export_cast, header_metadata,
                                 write_texts)
-from compress.io_output import beyond_words, largest_beyond
+from compress.io_output import compute_beyond_words, largest_beyond
 from compress.io_tensors import nonfinite
 from compress.stream_files import by_file, tensor_ends, weight_map
 
@@ -124,8 +124,7 @@ class CheckpointBlocks:
             raise NumericError(f"weight {name} in {path} has {bad} NaN/Inf values")
         big = largest_beyond(t, self.dtype)
         if big is not None:
-            raise NumericError(beyond_words(f"the {self.what}'s weight {name} (in {path})", big, self.dtype,
-                                            "use compute_dtype"))
+            raise NumericError(compute_beyond_words(self.what, name, path, big, self.dtype))
 
     def ends(self, keys: list[str], n: int = 8) -> dict[str, torch.Tensor]:
         """`tensor_ends` of the named tensors the loader reads from a file: what
