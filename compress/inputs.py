@@ -37,6 +37,16 @@ def _chunks(kwargs: dict, batch_size: int) -> list[dict]:
     return out
 
 
+def interleave_branches(kwargs: dict) -> dict:
+    """Rows [uncond 0..n; cond 0..n] (model_inputs' cfg=True) reordered to uncond 0, cond 0, uncond 1, …:
+    every batch cut from it then holds both branches, as a pipeline's calls record them, so a pass that
+    reads only the first batches (global's sensitivity, compensation's subset) sees the prompt rows too."""
+    rows = kwargs["hidden_states"].shape[0]  # 2n
+    n = rows // 2
+    order = torch.stack([torch.arange(n), torch.arange(n, rows)], dim=1).flatten()  # (2n,)
+    return {k: (v[order] if _batched(k, v, rows) else v) for k, v in kwargs.items()}
+
+
 def _batched(key: str, value, n: int) -> bool:
     return (isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
             and key not in ("img_ids", "txt_ids"))
@@ -52,7 +62,7 @@ class ToySource:
         c = self.calib
         n = c.num_prompts * c.timesteps
         kwargs = model_inputs(self.family, n, seed=c.seed, split="train", cfg=c.cfg_branches)
-        return _chunks(kwargs, c.batch_size)
+        return _chunks(interleave_branches(kwargs) if c.cfg_branches else kwargs, c.batch_size)
 
     def heldout(self) -> list[dict]:
         from compress.toy.data import model_inputs

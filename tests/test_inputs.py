@@ -76,3 +76,30 @@ def test_calibration_source_toy_for_a_real_teacher_names_its_line(tmp_path):
     recipe = _recipe(tmp_path, str(tmp_path / "bare"), "calibration:\n  seed: 1\n  source: toy\n")
     with pytest.raises(UserError, match=rf"^{tmp_path / 'c.yaml'}:5: calibration.source 'toy' needs a toy teacher"):
         source_kind(recipe.calibration, str(tmp_path / "bare"))
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_toy_calibration_batches_hold_both_cfg_branches(family):
+    """The toy source's rows were [every empty-prompt row; every prompt row], so the first batches,
+    all that global's sensitivity (sensitivity_batches: 2) and compensation's subset read, held no
+    prompt at all; each batch now holds both branches of its latents, as a pipeline's calls do, and
+    the rows are the same rows."""
+    from compress.toy.data import model_inputs
+
+    calib = CalibrationConfig(num_prompts=4, timesteps=2, batch_size=4, seed=3)
+    batches = ToySource(family, calib).calibration()
+    empty = model_inputs(family, 1, seed=0, cfg=True)["encoder_hidden_states"][0]  # (L, D) the empty prompt
+    for batch in batches:
+        text = batch["encoder_hidden_states"]  # (4, L, D)
+        assert [torch.equal(row, empty) for row in text] == [True, False, True, False]
+        assert torch.equal(batch["hidden_states"][0], batch["hidden_states"][1])  # one latent, two branches
+        assert torch.equal(batch["timestep"][0::2], batch["timestep"][1::2])
+    whole = model_inputs(family, 8, seed=3, split="train", cfg=True)
+    got = torch.cat([b["hidden_states"] for b in batches])
+    assert torch.equal(got[0::2], whole["hidden_states"][:8]) and torch.equal(got[1::2], whole["hidden_states"][8:])
+    assert torch.equal(torch.cat([b["encoder_hidden_states"] for b in batches])[1::2],
+                       whole["encoder_hidden_states"][8:])
+    one_branch = ToySource(family, CalibrationConfig(num_prompts=4, timesteps=2, batch_size=4, seed=3,
+                                                     cfg_branches=False)).calibration()
+    assert torch.equal(torch.cat([b["hidden_states"] for b in one_branch]),
+                       model_inputs(family, 8, seed=3, split="train")["hidden_states"])

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from compress.arch import get_adapter
+from compress.inputs import interleave_branches
 from compress.passes.base import RunContext
 from compress.passes.svd import SVDConfig, SVDPass
 from compress.toy.data import model_inputs
@@ -34,7 +35,7 @@ CALIB_LATENTS, CALIB_BATCH = 64, 32  # 64 train latents x 2 CFG branches, batche
 
 def calibration_batches(family: str) -> list[dict]:
     """Train-split (latent, timestep, prompt) triples with both CFG branches, in batches."""
-    full = model_inputs(family, CALIB_LATENTS, seed=1, split="train", cfg=True)
+    full = interleave_branches(model_inputs(family, CALIB_LATENTS, seed=1, split="train", cfg=True))
     n = full["hidden_states"].shape[0]
     return [_rows(full, slice(i, i + CALIB_BATCH), n) for i in range(0, n, CALIB_BATCH)]
 
