@@ -303,12 +303,15 @@ def save_json(result: ImportanceResult, path) -> Path:
 def write_atomically(path, write) -> Path:
     """`write(tmp)` into a temp file beside `path` (same suffix: matplotlib picks the format by it),
     then renamed onto `path`, as the run's other files are written: an interrupt (Ctrl-C) or an error
-    mid-write leaves the old file, or none, never a cut-off one under the final name."""
+    mid-write leaves the old file, or none, never a cut-off one under the final name. A `path` that
+    is a symlink is written at its target (the temp file beside the target, one filesystem for the
+    rename), so the link stays a link."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    target = path.resolve()  # a link's file, wherever it is; `path` itself when no link
+    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     try:
         write(tmp)
-        tmp.replace(path)
+        tmp.replace(target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -9,7 +9,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.passes.base import RunContext
 from compress.passes.importance import (ImportanceConfig, ImportancePass, bucket_of, load_json, scan,
-                                        scan_cost)
+                                        scan_cost, write_atomically)
 from compress.passes.importance_report import plot_heatmap, render_table
 from compress.replay import Replay
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
@@ -132,6 +132,20 @@ def test_heatmap_with_empty_bucket_and_bad_config(tmp_path):
         ImportancePass(ImportanceConfig(buckets=0)).check(model, get_adapter(model))
     with pytest.raises(UserError, match="no calibration inputs"):
         scan(model, get_adapter(model), [], progress=False)
+
+
+def test_a_write_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
+    """`--json FILE` / `--png FILE` naming a symlink: the file it points to (in another folder, by a
+    relative link) gets the new content; the link is not replaced by a regular file."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    target, link = tmp_path / "real" / "scan.json", tmp_path / "links" / "scan.json"
+    target.write_text("old\n")
+    link.symlink_to("../real/scan.json")
+    assert write_atomically(link, lambda tmp: tmp.write_text("new\n")) == link
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["scan.json"]  # no temp file left
+    assert sorted(p.name for p in (tmp_path / "links").iterdir()) == ["scan.json"]
 
 
 @pytest.mark.parametrize("make", [tiny_pixart, tiny_flux])
