@@ -299,10 +299,13 @@ def blocks_named(attr: str, names: list[str]) -> list[int]:
     return [int(m[1]) for name in names for m in [re.match(rf"{re.escape(attr)}\.(\d+)\.", name)] if m]
 
 
-def check_blocks(attr: str, count: int, mentioned: list[int], where: str) -> None:
-    """A UserError where the LoRA adapts a block `attr`.i that the teacher (`count` blocks) never had:
-    a LoRA of a deeper model, which no block map could have removed."""
+def check_blocks(attr: str, count: int, mentioned: list[int], where: str, base: str | None = None) -> None:
+    """A UserError where the LoRA adapts a block `attr`.i that its base model (`count` blocks) never had:
+    a LoRA of a deeper model, which no block map could have removed. The base is the model the LoRA's
+    blocks are read as (lora_teacher.lora_base): the teacher, or for an output of an output the first
+    teacher of its chain, not the output's own teacher; `base` names it where the caller knows it."""
     past = [i for i in mentioned if i >= count]
     if past:
-        raise UserError(f"{where}: the LoRA adapts {attr}.{max(past)}, but the teacher has {count} {attr} "
+        model = f"the base model {base}" if base else "the base model"
+        raise UserError(f"{where}: the LoRA adapts {attr}.{max(past)}, but {model} has {count} {attr} "
                         f"(0 to {count - 1}): a LoRA of another (deeper) model?")

@@ -119,9 +119,22 @@ def test_merge_lora_refuses_a_block_past_the_teachers_count_after_the_block_map(
     deeper = _state(tiny_flux(num_layers=3), ["to_q"])
     lora = {k: v for k, v in deeper.items() 
             if k.startswith(("transformer.transformer_blocks.1.", "transformer.transformer_blocks.2."))}
-    with pytest.raises(UserError, match=r"adapts transformer_blocks.2, but the teacher has 2 "
+    with pytest.raises(UserError, match=r"adapts transformer_blocks.2, but the base model has 2 "
                                         r"transformer_blocks \(0 to 1\)"):
         merge_lora(student, lora)
+
+
+def test_a_block_past_the_count_names_the_base_model_whose_count_it_is():
+    """The count is the base model's (the teacher, or for an output of an output the first teacher of
+    its chain), not the output's own teacher's: the message says the base model, by name where known."""
+    from compress.lora_keys import check_blocks
+
+    check_blocks("transformer_blocks", 6, [0, 5], "l.safetensors", base="org/base")  # all within: no error
+    with pytest.raises(UserError, match=r"^l\.safetensors: the LoRA adapts transformer_blocks\.6, but the base "
+                                        r"model org/base has 6 transformer_blocks \(0 to 5\): a LoRA of another"):
+        check_blocks("transformer_blocks", 6, [2, 6], "l.safetensors", base="org/base")
+    with pytest.raises(UserError, match=r"adapts transformer_blocks\.7, but the base model has 6 transformer_blocks"):
+        check_blocks("transformer_blocks", 6, [7], "l.safetensors")
 
 
 STATE_DICT_RE = "the LoRA state dict"

@@ -142,7 +142,7 @@ def test_lora_blocks_the_teacher_never_had_and_a_lora_that_merges_nothing_are_re
     from compress.cli import main
 
     deeper = _save(_state(tiny_pixart(num_layers=5), ["to_q"]), tmp_path / "deeper.safetensors")
-    with pytest.raises(UserError, match=r"adapts transformer_blocks.4, but the teacher has 3 transformer_blocks"):
+    with pytest.raises(UserError, match=r"adapts transformer_blocks.4, but the base model has 3 transformer_blocks"):
         merge_lora(tiny_pixart(), deeper)
     student, _ = _student(tmp_path)  # double block 0 of 2 removed; its 3 single blocks kept
     removed = {k: v for k, v in _state(tiny_flux(), ["to_q"]).items() if ".transformer_blocks.0." in k}
@@ -152,7 +152,7 @@ def test_lora_blocks_the_teacher_never_had_and_a_lora_that_merges_nothing_are_re
     singles = _state(tiny_flux(num_single_layers=5), ["to_q"])
     _save({k: v for k, v in singles.items() if ".3." in k or ".0." in k}, tmp_path / "singles.safetensors")
     assert main(["lora", str(tmp_path / "out-s"), str(tmp_path / "singles.safetensors"), str(tmp_path / "new")]) == 2
-    assert "adapts single_transformer_blocks.3, but the teacher has 3 single_transformer_blocks (0 to 2)" in \
+    assert "adapts single_transformer_blocks.3, but the base model has 3 single_transformer_blocks (0 to 2)" in \
         capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
