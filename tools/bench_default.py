@@ -10,6 +10,7 @@ teacher. Prints the README's embedded-default rows. `--set` overrides both recip
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -38,12 +39,16 @@ def main() -> None:
             student = load_transformer(out)
             n_t = sum(p.numel() for p in teacher.parameters())
             n_s = sum(p.numel() for p in student.parameters())
-            rows.append((family, seconds, n_s, n_s / n_t, evaluate(student, family, teacher=teacher)))
+            rows.append((family, seconds, n_s, n_s / n_t, evaluate(student, family, teacher=teacher),
+                         json.loads((out / "report.json").read_text())["stages"]))
     print(f"\n{'recipe':<18}{'run s':>7}{'params':>12}{'kept':>8}{'adher.':>8}{'FD':>8}"
           f"{'MMD2':>9}{'PSNR dB':>9}{'pred err':>10}")
-    for family, seconds, n_s, kept, r in rows:
+    for family, seconds, n_s, kept, r, _ in rows:
         print(f"{'toy-' + family + '.yaml':<18}{seconds:>7.0f}{n_s:>12,}{kept:>8.1%}{r['adherence']:>8.3f}"
               f"{r['fd']:>8.1f}{r['mmd']:>9.4f}{r['psnr_vs_teacher']:>9.1f}{r['pred_rel_error']:>10.3f}")
+    for family, *_, stages in rows:  # the run's own held-out teacher-relative error after each pass
+        print(f"toy-{family}.yaml after each pass: "
+              + " -> ".join(f"{s['pass']} {s['relative_error']:.4f} ({s['seconds']:.0f} s)" for s in stages))
 
 
 if __name__ == "__main__":
