@@ -13,7 +13,8 @@ from compress.linalg import METHODS
 from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
 from compress.passes.svd_planned import check_not_planned
-from compress.passes.svd_targets import check_explicit_ranks, check_pattern, check_syntax, matches, untargeted
+from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, is_model_wide, matches,
+                                         untargeted)
 from compress.recipe_yaml import spelling_hint
 from compress.report import warn
 
@@ -34,6 +35,7 @@ def check_config(c, model: nn.Module, infos, targets) -> None:
     """Every svd key against the model's linears `infos` (c: an SVDConfig whose values `check_values`
     passed, `targets`: what `resolve_targets` found)."""
     _check_not_factorized(targets, model)
+    _check_sequenced(c, targets)
     check_not_planned(targets, model)
     check_explicit_ranks(infos, targets, c.ranks)
     _check_center(c, infos, targets)
@@ -59,6 +61,32 @@ def _check_center(c, infos, targets) -> None:
     for n, p in enumerate(c.center):
         if said := untargeted(p, infos, targets, "center"):
             raise _bad(f"center.{n}", said, "targets", "ignore")
+
+
+def _check_sequenced(c, targets) -> None:
+    """svd.sequential: true on a pass none of whose targets is ever re-run within its block (all read
+    a model-wide input: the modulation linears, the caption's keys and values, the top level) is
+    refused, as asymmetric: true on targets it cannot fit is (SVDPass._check_fits): the run would
+    sequence nothing, and the memory estimate counted a dense block copy and a probe it never holds."""
+    if c.sequential is not True or not targets or not all(map(is_model_wide, targets)):
+        return
+    why = "; ".join(sorted({_not_sequenced(i) for i in targets}))
+    raise _bad("sequential", f"svd.sequential: true, but none of this pass's {len(targets)} targets is calibrated "
+                             f"within its block, where sequential calibration re-runs it: {why}; leave "
+                             "svd.sequential out (auto), or target block linears (attention, mlp)",
+               "targets", "ignore")
+
+
+def _not_sequenced(info) -> str:
+    """Why a target (is_model_wide) is never re-run within a block (svd_walk.in_order)."""
+    from compress.passes.svd_walk import from_conditioning
+
+    if from_conditioning(info):
+        return ("the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
+                "too), whose stats are taken once over a timestep grid")
+    if info.group is None:
+        return "top-level layers are calibrated before or after the blocks, not within one"
+    return "the cross-attention keys and values read the caption, which no layer of their block makes"
 
 
 def _check_not_factorized(targets, model: nn.Module) -> None:

@@ -397,3 +397,39 @@ def test_a_budgeted_pass_no_rank_of_whose_multiple_saves_is_warned_before_comput
     SVDPass(SVDConfig(**cfg)).run(model, context(model, tmp_path))
     assert "warning" not in capsys.readouterr().err  # the plan's note said it
     assert SVDPass(SVDConfig(**{**cfg, "multiple": 1})).notes(meta, get_adapter(meta)) == []
+
+
+
+@pytest.mark.parametrize("model, targets, words", [
+    ("flux", "[modulation]", "the modulation linears read the conditioning"),
+    ("pixart", "[modulation]", "the modulation linears read the conditioning"),  # adaln_single.linear: top level
+    ("pixart", "[transformer_blocks.0.attn2.to_k, transformer_blocks.0.attn2.to_v]", "read the caption"),
+    ("pixart", "[output]", "top-level layers are calibrated before or after the blocks"),
+])
+def test_sequential_true_on_targets_never_rerun_within_a_block_is_refused_at_its_line(tmp_path, model, targets,
+                                                                                     words):
+    """`sequential: true` on a pass of modulation linears alone (or other targets reading a model-wide
+    input) sequenced nothing, yet the plan's memory estimate counted a dense block copy and a one-row
+    probe: refused at its line, as `asymmetric: true` on targets it cannot fit is."""
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+
+    text = (f"model: {model}\nteacher: toy:{model}\ncalibration: {{num_prompts: 2, timesteps: 1}}\npasses:\n"
+            f"  - svd:\n      targets: {targets}\n      fisher: block\n      sequential: true\n")
+    with pytest.raises(UserError, match=rf"r\.yaml:8: svd\.sequential: true, but none of this pass's \d+ targets "
+                                        rf"is calibrated within its block, .*{words}.*; leave svd\.sequential out"):
+        make_plan(parse_recipe(text, str(tmp_path / "r.yaml")))
+
+
+def test_sequential_auto_on_modulation_targets_and_true_beside_a_block_linear_stay_allowed(tmp_path):
+    """What the refusal leaves: `auto` on the modulation linears alone (no block copy, no probe counted)
+    and `true` with a block linear's role beside them."""
+    from compress.calib_footprint import footprint
+    from compress.recipe import parse_recipe
+
+    model = tiny_flux()
+    for targets, sequential in ((["modulation"], "auto"), (["modulation", "mlp"], True)):
+        SVDPass(SVDConfig(targets=targets, fisher="block", sequential=sequential)).check(model, get_adapter(model))
+    text = "model: flux\nteacher: toy:flux\npasses:\n  - svd: {targets: [modulation], fisher: block}\n"
+    f = footprint(parse_recipe(text, str(tmp_path / "r.yaml")), "toy:flux", model.config, 0)
+    assert (f["block_copies"], f["probe_bytes"]) == (1, 0)
