@@ -205,17 +205,28 @@ def save_stage(runner, i: int, student, record: bool = True):
     if not is_main_process():
         return
     d = stage_dir(runner, i)
-    state = {"recipe": runner.recipe.raw, "teacher": runner.identity, "inputs": runner.inputs_id,
-             "report": runner.ctx.report, "block_map": runner.ctx.block_map}
     if record and runner.recipe.stream and runner.models.blocks is not None:
-        write_record(runner.run_dir, i, state, student, runner.models.blocks)
+        write_record(runner.run_dir, i, _state(runner), student, runner.models.blocks)
     runner.models.save(student, d, overwrite=True)
-    tmp = d / "state.json.tmp"
-    tmp.write_text(json.dumps(state, default=str))
-    tmp.replace(d / "state.json")
+    save_state(runner, i)
     # streamed: later reads come from this stage, and the spill and older stages go (only once
     # this stage is complete, so an interruption always leaves one to resume from)
     runner.models.adopt(student, d)
+
+
+def _state(runner) -> dict:
+    return {"recipe": runner.recipe.raw, "teacher": runner.identity, "inputs": runner.inputs_id,
+            "report": runner.ctx.report, "block_map": runner.ctx.block_map}
+
+
+def save_state(runner, i: int) -> None:
+    """Pass i's stage's state.json, as the run's report and block map are now (rank 0 alone)."""
+    if not is_main_process():
+        return
+    d = stage_dir(runner, i)
+    tmp = d / "state.json.tmp"
+    tmp.write_text(json.dumps(_state(runner), default=str))
+    tmp.replace(d / "state.json")
 
 
 def handed_over(runner, stage: str | None):

@@ -52,3 +52,45 @@ def test_a_resumed_svd_pass_says_once_how_many_statistics_it_reads_back(tmp_path
     assert len(hits) == 2
     assert said == ["  pass 2 (svd) reads back block statistics (2 files), output Fishers (12 files) that an "
                     "earlier run measured"]  # interrupted, or finished and resumed after a recipe change
+
+
+def test_a_run_stopped_during_a_held_out_check_keeps_its_pass(tmp_path, monkeypatch, capsys):
+    """SIGTERM during the held-out check that follows the svd pass (whole-model forwards: minutes on a
+    big model): the pass's stage is kept, --resume does not run the pass again but measures its error,
+    and the output and report are an uninterrupted run's."""
+    import json
+    import os
+    import signal
+
+    import compress.runner
+    from compress.passes import svd
+
+    pixart_runner(tmp_path, monkeypatch)  # r.yaml: remove_blocks (blocks [0]), then svd
+
+    def argv(name):
+        return ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / f"out-{name}"),
+                "--run-dir", str(tmp_path / f"run-{name}")]
+    assert main(argv("ref")) == 0
+    real_run, real_error, runs, checks = svd.SVDPass.run, compress.runner.relative_error, [], []
+    monkeypatch.setattr(svd.SVDPass, "run", lambda self, model, ctx: (runs.append(1), real_run(self, model, ctx))[1])
+
+    def check_then_stop(*args, **kwargs):
+        checks.append(1)
+        if len(checks) == 2:  # pass 2's
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_error(*args, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(compress.runner, "relative_error", check_then_stop)
+        assert main(argv("cut")) == 130
+    capsys.readouterr()
+    assert main(argv("cut") + ["--resume"]) == 0
+    assert len(runs) == 1  # the svd pass ran once, before the stop
+    err = capsys.readouterr().err.splitlines()
+    assert "  pass 2/2 (svd, kept) was stopped during its held-out check: measuring it now" in err
+    weights = "diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "out-cut" / weights).read_bytes() == (tmp_path / "out-ref" / weights).read_bytes()
+
+    def stages(name):
+        report = json.loads((tmp_path / f"out-{name}" / "report.json").read_text())
+        return [{k: v for k, v in s.items() if k != "seconds"} for s in report["stages"]]
+    assert stages("cut") == stages("ref")
