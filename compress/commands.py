@@ -309,7 +309,7 @@ def lora(args) -> int:
              if (source / name).is_file()}
     base = done.get("blocks_of")
     if not base or base == model.compression_meta.get("teacher"):  # a chain: merge_lora checked its base's count
-        check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora)
+        check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora, base)
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
     noted = with_lora_noted(files, model, recorded, args.scale, done)
     with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
@@ -342,7 +342,8 @@ def dropped_words(model, dropped: list[str], listed: bool, source: str, base: st
     return f"; {len(dropped)} of its layers were in removed blocks{where}"
 
 
-def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lora: str) -> None:
+def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lora: str,
+                         base: str | None = None) -> None:
     """A UserError where a LoRA module merge_lora counted as in a removed block is in a block the
     teacher never had: past the teacher's block count, which the output's report.json records (the
     first removal pass's blocks_before) and its block map does not (a removed last block). merge_lora
@@ -359,7 +360,7 @@ def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lor
     for g in get_adapter(model).groups:
         count = before.get(g.name)
         if isinstance(count, int) and not isinstance(count, bool):
-            check_blocks(g.attr, count, blocks_named(g.attr, dropped), lora)
+            check_blocks(g.attr, count, blocks_named(g.attr, dropped), lora, base)
 
 
 def _recorded_dtype(out: Path):

@@ -73,7 +73,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     base = LoraBase({}, None, None, []) if own_blocks else lora_base(student)  # the chain's first teacher's blocks
     if teacher is None:  # the base (its config as recorded) for a DoRA's norms and the base's block counts
         teacher, teacher_config = base.source, teacher_config or base.config
-    layers, text_encoder = read_lora(student, adapter, lora, base.block_map)
+    layers, text_encoder = read_lora(student, adapter, lora, base.block_map, base.source)
     targets = {name: adapter.renumbered(name, base.block_map) for name in layers}  # the base's block -> the student's
     check_teacher_count(student, adapter, base.block_map, [n for n, t in targets.items() if t is None], label(lora),
                         teacher, teacher_config, base.chain)
@@ -126,6 +126,7 @@ def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: l
     from compress.lora_keys import blocks_named, check_blocks
     from compress.lora_teacher import base_block_count
 
+    base = chain[-1] if chain else teacher if isinstance(teacher, str) else None  # named in the error
     for g in adapter.groups:
         kept = block_map.get(g.name)
         past = blocks_named(g.attr, dropped)
@@ -135,7 +136,7 @@ def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: l
         if count is None:
             count = _teacher_count(student, g, teacher, teacher_config)
         if count is not None:
-            check_blocks(g.attr, count, past, where)
+            check_blocks(g.attr, count, past, where, base)
 
 
 def _teacher_count(student: nn.Module, group, teacher, config: str | None) -> int | None:

@@ -50,9 +50,11 @@ def label(lora) -> str:
     return STATE_DICT if isinstance(lora, dict) else str(lora)
 
 
-def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> tuple[dict[str, LoraLayer], list[str]]:
+def read_lora(student: nn.Module, adapter, lora, block_map: dict,
+              base: str | None = None) -> tuple[dict[str, LoraLayer], list[str]]:
     """({teacher module name: LoraLayer} as diffusers / peft would apply them, the text-encoder
-    modules the LoRA also holds)."""
+    modules the LoRA also holds). `base`: the model its blocks are read as (lora_teacher.LoraBase.source),
+    named where a block is past its count."""
     import importlib.util
 
     if importlib.util.find_spec("peft") is None:
@@ -61,7 +63,7 @@ def read_lora(student: nn.Module, adapter, lora, block_map: dict) -> tuple[dict[
         load, keys = _reader(adapter, lora, type(student).__name__, held)
         text_encoder = text_encoder_modules(keys)
         skeleton = _empty_teacher(student, adapter, block_map, [k for k in keys if not TEXT_ENCODER.match(k)],
-                                  label(lora))
+                                  label(lora), base)
         load(skeleton)
     out = {name: _layer_of(name, module) for name, module in skeleton.named_modules() if _adapted(module)}
     if not out:
@@ -271,7 +273,8 @@ def _state_reader(state: dict, metadata: dict, where: str) -> tuple[Callable[[nn
     return load, keys
 
 
-def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str], where: str) -> nn.Module:
+def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str], where: str,
+                   base: str | None = None) -> nn.Module:
     """The student's class with the teacher's block counts (the largest of the student's, its block
     map's and, by the LoRA's keys, the LoRA's), every parameter a zero scalar expanded to its shape.
     A group without a block map has the teacher's count: a LoRA block past it is refused
@@ -284,7 +287,7 @@ def _empty_teacher(student: nn.Module, adapter, block_map: dict, keys: list[str]
         block = re.compile(rf"(?:^|\.){g.attr}\.(\d+)\.|^lora_(?:unet|transformer)_{g.attr}_(\d+)_")
         mentioned = [int(m.group(1) or m.group(2)) for k in keys for m in [block.search(k)] if m]
         if g.name not in block_map:
-            check_blocks(g.attr, len(getattr(student, g.attr)), mentioned, where)
+            check_blocks(g.attr, len(getattr(student, g.attr)), mentioned, where, base)
         config[g.config_key] = max([len(getattr(student, g.attr))] + [i + 1 for i in block_map.get(g.name, [])]
                                    + [i + 1 for i in mentioned])
     with init_empty_weights():

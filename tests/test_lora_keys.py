@@ -119,7 +119,8 @@ def test_merge_lora_refuses_a_block_past_the_teachers_count_after_the_block_map(
     deeper = _state(tiny_flux(num_layers=3), ["to_q"])
     lora = {k: v for k, v in deeper.items() 
             if k.startswith(("transformer.transformer_blocks.1.", "transformer.transformer_blocks.2."))}
-    with pytest.raises(UserError, match=r"adapts transformer_blocks.2, but the base model has 2 "
+    base = re.escape(str(tmp_path / "teacher"))  # the recorded teacher: the base, named
+    with pytest.raises(UserError, match=rf"adapts transformer_blocks.2, but the base model {base} has 2 "
                                         r"transformer_blocks \(0 to 1\)"):
         merge_lora(student, lora)
 

@@ -152,7 +152,8 @@ def test_lora_blocks_the_teacher_never_had_and_a_lora_that_merges_nothing_are_re
     singles = _state(tiny_flux(num_single_layers=5), ["to_q"])
     _save({k: v for k, v in singles.items() if ".3." in k or ".0." in k}, tmp_path / "singles.safetensors")
     assert main(["lora", str(tmp_path / "out-s"), str(tmp_path / "singles.safetensors"), str(tmp_path / "new")]) == 2
-    assert "adapts single_transformer_blocks.3, but the base model has 3 single_transformer_blocks (0 to 2)" in \
+    assert (f"adapts single_transformer_blocks.3, but the base model {tmp_path / 'teacher'} has 3 "
+            "single_transformer_blocks (0 to 2)") in \
         capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
