@@ -21,7 +21,7 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
     out = _existing_folder(Path(out).expanduser())
     out = output_folder(out)  # a pipeline folder: its transformer/, where its report.json would be
     model = load_transformer(out, nonfinite="warn")  # for looking: a damaged output is shown, with a warning
-    plot_dir = output_dir(plot_dir, "--plot") if plot_dir else None
+    plot_dir = _plot_folder(plot_dir)
     report = read_report(out)
     block_map = recorded_block_map(model, out)
     rows = layer_rows(model, report)
@@ -37,6 +37,17 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
     if plot_dir:
         write_plots(rows, report, plot_dir)
     return rows
+
+
+def _plot_folder(plot_dir: str | None) -> Path | None:
+    """--plot's folder, made; None without --plot. An empty --plot is refused (it wrote nothing and
+    said nothing), as an empty --teacher is."""
+    if plot_dir is None:
+        return None
+    if not str(plot_dir).strip():
+        raise UserError("--plot is empty: give the folder to write the PNGs into (. for the current one), "
+                        "or leave --plot out")
+    return output_dir(plot_dir, "--plot")
 
 
 def _existing_folder(out: Path) -> Path:
@@ -332,14 +343,21 @@ def _print_compensation(report: dict) -> None:
 
 
 def write_plots(rows: list[dict], report: dict, plot_dir: Path) -> list[Path]:
-    paths = [plot_ranks(rows, plot_dir / "ranks.png")]
+    """ranks.png and the spectra of the most and the least compressed layers into `plot_dir`, each
+    said as written; a PNG that cannot be written (a folder of its name, no permission, a full disk)
+    is a one-line UserError naming it."""
     layers = ((report.get("svd") or {}).get("layers") or {})
     chosen = [r for r in rows if r["rank"] and layers.get(r["name"], {}).get("spectrum")]
     chosen.sort(key=lambda r: r["kept"])
+    plots = [(plot_dir / "ranks.png", lambda p: plot_ranks(rows, p))]
     for r in chosen[:2] + chosen[-2:]:  # the most and the least compressed layers
-        spectrum = layers[r["name"]]["spectrum"]
-        paths.append(plot_spectrum(r["name"], spectrum, r["rank"],
-                                   plot_dir / f"spectrum-{r['name'].replace('.', '_')}.png"))
-    for p in paths:
-        console.print(f"wrote {p}")
+        plots.append((plot_dir / f"spectrum-{r['name'].replace('.', '_')}.png",
+                      lambda p, r=r: plot_spectrum(r["name"], layers[r["name"]]["spectrum"], r["rank"], p)))
+    paths = []
+    for path, plot in plots:
+        try:
+            paths.append(plot(path))
+        except OSError as e:
+            raise UserError(f"--plot: cannot write {path} ({e.strerror or e})") from None
+        console.print(f"wrote {path}")
     return paths

@@ -271,6 +271,19 @@ def output_dir(path, what: str) -> Path:
     return p
 
 
+def _save_figure(fig, path: Path) -> Path:
+    """`fig` written to `path` through a temp file renamed into place (never a cut-off PNG under
+    its name), then closed."""
+    import matplotlib.pyplot as plt
+
+    from compress.passes.importance import write_atomically
+
+    try:
+        return write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
+
+
 def plot_ranks(rows: list[dict], path: Path) -> Path:
     """Rank budget per layer grouped by block and role (kept fraction as bars)."""
     import matplotlib
@@ -293,9 +306,7 @@ def plot_ranks(rows: list[dict], path: Path) -> Path:
               labels=list(colors), fontsize=8, ncol=len(colors), loc="lower center", bbox_to_anchor=(0.5, 1.0),
               frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_spectrum(name: str, energies, rank: int | None, path: Path) -> Path:
@@ -314,6 +325,4 @@ def plot_spectrum(name: str, energies, rank: int | None, path: Path) -> Path:
     ax.set_xlabel("index")
     ax.set_ylabel("whitened eigenvalue")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)

@@ -3,6 +3,7 @@ output's weight files hold."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -242,3 +243,36 @@ def test_inspect_says_which_metric_each_column_is_in_and_whose_optimum_the_ratio
     assert "column rel err is each layer's plain output error ‖(W − W')x‖ / ‖Wx‖" in printed
     assert ("whitened loss / optimal loss over 1 whitened layers: max 1.000000; optimal: the optimum of each "
             "layer's objective with its output Fisher estimated from 4 random probes") in printed
+
+
+def test_inspect_plot_into_a_folder_it_cannot_write_or_empty_is_one_line(tmp_path, capsys, monkeypatch):
+    """A PNG --plot could not write (a folder of its name, a full disk) came as a traceback after the
+    tables, and a half-written one could stay under its name; an empty --plot wrote nothing, said
+    nothing and exited 0."""
+    import matplotlib.figure
+
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], rank=2), tmp_path / "out")
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--plot", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--plot is empty: give the folder to write the PNGs into (. for the current one), "
+                        "or leave --plot out") and err.count("\n") == 0
+    (tmp_path / "d" / "ranks.png").mkdir(parents=True)
+    assert main(["inspect", str(out), "--plot", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--plot: cannot write {tmp_path / 'd' / 'ranks.png'} (Is a directory)")
+    assert err.count("\n") == 0 and sorted(p.name for p in (tmp_path / "d").iterdir()) == ["ranks.png"]
+
+    def cut_off(fig, path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", cut_off)
+    assert main(["inspect", str(out), "--plot", str(tmp_path / "full")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--plot: cannot write {tmp_path / 'full' / 'ranks.png'} (No space left on device)")
+    assert list((tmp_path / "full").iterdir()) == []  # no cut-off ranks.png, nor its temp file
+    monkeypatch.undo()
+    assert main(["inspect", str(out), "--plot", str(tmp_path / "full")]) == 0
+    assert f"wrote {tmp_path / 'full' / 'ranks.png'}" in capsys.readouterr().err  # the console's, beside the tables
+    assert (tmp_path / "full" / "ranks.png").read_bytes()[:4] == b"\x89PNG"
