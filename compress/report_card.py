@@ -13,8 +13,7 @@ def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
     brought included; without them the card counts only what this recipe's svd passes factorized."""
     lines = [f"# {recipe.model} student compressed by dit-compress", "",
              f"Teacher: `{report.get('teacher')}`. Recipe: `recipe.yaml` (resolved).", "",
-             f"Parameters: {report['student_params']:,} of {report['teacher_params']:,} "
-             f"({report['student_params'] / report['teacher_params']:.1%}).", "",
+             _params_line(report), "",
              "| stage | params | teacher-relative error | seconds |", "|---|---:|---:|---:|"]
     stages = report.get("stages", [])
     for s, seconds in zip(stages, _stage_seconds(stages, report.get("distill") or {})):
@@ -23,6 +22,34 @@ def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
     lines += _svd_lines(report.get("svd") or {}, ranks)
     lines += ["", "Load it with `compress.load_transformer(folder)`; see report.json for per-layer numbers.", ""]
     return "\n".join(lines)
+
+
+def _params_line(report: dict) -> str:
+    """'Parameters: S of T (69.3%).'; where the teacher is itself an output (report's `base`), the
+    share of the chain's base too."""
+    student, teacher, base = report["student_params"], report["teacher_params"], chain_base_of(report)
+    if base is None:
+        return f"Parameters: {student:,} of {teacher:,} ({student / teacher:.1%})."
+    return (f"Parameters: {student:,} of {teacher:,} ({student / teacher:.1%} of the teacher); "
+            f"{student / base['params']:.1%} of the {base['params']:,} of the chain's base `{base['source']}`, "
+            "which the teacher was compressed from.")
+
+
+def chain_base_of(report: dict) -> dict | None:
+    """The report's `base` ({source, params}: report_teacher.chain_base_record), None where it has
+    none or a damaged one (it is only words then)."""
+    base = report.get("base")
+    ok = isinstance(base, dict) and isinstance(base.get("source"), str) and _is_number(base.get("params"))
+    return base if ok and base["params"] > 0 else None
+
+
+def wrote_words(report: dict, teacher: str) -> str:
+    """'703,056 params, 69.3% of the teacher' of the `wrote` line; where the teacher is itself an
+    output, naming it and giving the share of the chain's base: '..., 69.3% of the teacher out/A,
+    30.0% of the base toy:flux'."""
+    student, base = report["student_params"], chain_base_of(report)
+    words = f"{student:,} params, {student / report['teacher_params']:.1%} of the teacher"
+    return words if base is None else f"{words} {teacher}, {student / base['params']:.1%} of the base {base['source']}"
 
 
 def _stage_seconds(stages: list[dict], distill: dict) -> list[str]:

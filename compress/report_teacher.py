@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.report import DAMAGED, REPORT_TEXT, read_report, warn
+from compress.report import DAMAGED, REPORT_TEXT, _is_number, read_report, warn
 
 
 def recorded_teacher(out: Path, teacher_arg: str | None = None,
@@ -182,6 +182,22 @@ def recorded_pipeline(chain: list[str]) -> tuple[str, str] | None:
         if isinstance(pipeline, str) and pipeline and chain_base([pipeline]) is not None:
             return pipeline, link
     return None
+
+
+def chain_base_record(source: str) -> dict | None:
+    """{source, params}: the teacher the first run of the chain of outputs `source` leads to read
+    (teacher_chain's last) and its parameter count as the output that read it records (report.json's
+    teacher_params). None where `source` is no output (it is its own base), where the chain breaks
+    off (chain_break: a link moved away, a loop, an output recording no teacher: no guess) or where
+    that output has no such record (no report.json, a damaged one)."""
+    try:
+        chain = teacher_chain(source)
+        if len(chain) < 2 or chain_break(chain) is not None:
+            return None
+        params = read_report(Path(chain[-2]).expanduser()).get("teacher_params")
+    except (UserError, OSError):
+        return None
+    return {"source": chain[-1], "params": params} if _is_number(params) and params > 0 else None
 
 
 NOT_THERE = "which is not there"  # chain_break of a teacher moved away

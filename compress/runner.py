@@ -381,6 +381,9 @@ class Runner:
         return student
 
     def export(self, student, teacher_params: int) -> Path:
+        from compress.report_card import wrote_words
+        from compress.report_teacher import chain_base_record
+
         if not is_main_process():  # rank 0 writes the output (the other ranks of a launch never get here)
             return self.out
         recorded = {"teacher": self.identity["source"]}  # local paths absolute: eval, bench find it
@@ -390,6 +393,9 @@ class Runner:
             recorded["teacher_files"] = self.teacher_files
         report = dict(self.ctx.report, **recorded, teacher_params=teacher_params,
                       student_params=param_count(student), version=compress.__version__)
+        base = chain_base_record(self.source)  # a teacher that is an output: the chain's first teacher
+        if base is not None:
+            report["base"] = base
         if self.inputs_cache is not None:
             report["inputs_cache"] = str(self.inputs_cache)  # eval reads the held-out inputs back
         files = {"recipe.yaml": dump_recipe(self.recipe, self.prompts),
@@ -400,6 +406,5 @@ class Runner:
         extra = {**recorded, "block_map": self.ctx.block_map}
         out = self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
                                extra=extra, files=files, overwrite=self.overwrite)
-        console.print(f"[bold green]wrote[/] {out}  ({report['student_params']:,} params, "
-                      f"{report['student_params'] / teacher_params:.1%} of the teacher)")
+        console.print(f"[bold green]wrote[/] {out}  ({wrote_words(report, self.source)})")
         return out

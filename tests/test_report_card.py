@@ -106,6 +106,37 @@ def test_a_runs_card_counts_the_layers_its_output_holds_with_a_factorized_teache
     line = next(x for x in card if x.startswith("Factorized layers:"))
     assert line.startswith(f"Factorized layers: {len(held)} ({len(brought)} came factorized in the teacher); "
                            f"by this recipe's svd pass: {len(held) - len(brought)}; "), line
+    report, first_params = (json.loads((f / "report.json").read_text()) for f in (second, first))
+    assert report["base"] == {"source": str(tmp_path / "teacher"), "params": first_params["teacher_params"]}
+    assert "base" not in first_params  # a plain teacher is its own base
+    share = f"{report['student_params'] / report['base']['params']:.1%}"
+    assert (f"Parameters: {report['student_params']:,} of {report['teacher_params']:,} ("
+            f"{report['student_params'] / report['teacher_params']:.1%} of the teacher); {share} of the "
+            f"{report['base']['params']:,} of the chain's base `{tmp_path / 'teacher'}`, which the teacher was "
+            "compressed from.") in card
+
+
+def test_the_wrote_line_and_the_card_give_a_chained_outputs_share_of_the_base_and_a_plain_ones_as_before():
+    """B's teacher is out/A, an output of toy:flux: the run said '69.3% of the teacher' and the card
+    '(69.3%)', both of A. They now name A and give B's share of toy:flux too; a plain teacher's are as before."""
+    from compress.report_card import wrote_words
+
+    chained = {"student_params": 703056, "teacher_params": 1014096, "base": {"source": "toy:flux", "params": 2345744}}
+    assert wrote_words(chained, "out/A") == "703,056 params, 69.3% of the teacher out/A, 30.0% of the base toy:flux"
+    assert ("Parameters: 703,056 of 1,014,096 (69.3% of the teacher); 30.0% of the 2,345,744 of the chain's base "
+            "`toy:flux`, which the teacher was compressed from.") in _card_of(chained).splitlines()
+    plain = {"student_params": 703056, "teacher_params": 1014096}
+    assert wrote_words(plain, "toy:flux") == "703,056 params, 69.3% of the teacher"
+    assert "Parameters: 703,056 of 1,014,096 (69.3%)." in _card_of(plain).splitlines()
+    assert "Parameters: 50 of 100 (50.0%)." in _card({"base": {"source": "x", "params": "?"}}).splitlines()
+
+
+def _card_of(report: dict) -> str:
+    from types import SimpleNamespace
+
+    from compress.report_card import model_card
+
+    return model_card(SimpleNamespace(model="flux"), dict(report, teacher="t"))
 
 
 def test_the_model_card_says_which_metric_each_number_is_in_and_whose_optimum_it_is():

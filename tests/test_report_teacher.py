@@ -140,3 +140,22 @@ def test_the_teachers_block_counts_before_removal_are_its_reports_first_removal_
     for damaged in ({}, [], None, {"remove_blocks": []}, {"remove_blocks": {"passes": {"x": 1}}},
                     {"remove_blocks": {"passes": [3]}}, {"remove_blocks": {"blocks_before": [6]}}):
         assert blocks_before(damaged) == {}, damaged
+
+
+def test_the_base_of_a_chain_of_outputs_is_its_first_teacher_with_the_params_its_first_output_records(tmp_path):
+    """B compressed from A, an output of toy:flux: the run said only its share of A's parameters.
+    chain_base_record gives the chain's base and its parameter count as A's report.json records it;
+    nothing for a teacher that is no output, a chain with a link moved away, or A without report.json."""
+    import json
+
+    from compress.report_teacher import chain_base_record
+    from tests.teacher_chain_helpers import chained_outputs, output_config
+
+    a, d = chained_outputs(tmp_path, "toy:flux")
+    assert chain_base_record(str(d)) is None  # a records no teacher_params (config.json alone)
+    (a / "report.json").write_text(json.dumps({"teacher": "toy:flux", "teacher_params": 2345744}))
+    assert chain_base_record(str(a)) == chain_base_record(str(d)) == {"source": "toy:flux", "params": 2345744}
+    assert chain_base_record("toy:flux") is None and chain_base_record("owner/name") is None
+    (a / "report.json").unlink()
+    output_config(a, str(tmp_path / "gone"))
+    assert chain_base_record(str(d)) is None
