@@ -46,9 +46,9 @@ from torch import nn
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
 from compress.io_export import unwrapped
-from compress.lora_keys import STATE_DICT
+from compress.lora_keys import STATE_DICT, BlocksPast
 from compress.lora_read import LoraLayer, label, read_lora
-from compress.lora_teacher import LoraBase, dora_weights, lora_base
+from compress.lora_teacher import LoraBase, dora_weights, lora_base, moved_teacher
 from compress.lowrank import LowRankLinear
 
 
@@ -73,10 +73,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     base = LoraBase({}, None, None, []) if own_blocks else lora_base(student)  # the chain's first teacher's blocks
     if teacher is None:  # the base (its config as recorded) for a DoRA's norms and the base's block counts
         teacher, teacher_config = base.source, teacher_config or base.config
-    layers, text_encoder = read_lora(student, adapter, lora, base.block_map, base.source)
-    targets = {name: adapter.renumbered(name, base.block_map) for name in layers}  # the base's block -> the student's
-    check_teacher_count(student, adapter, base.block_map, [n for n, t in targets.items() if t is None], label(lora),
-                        teacher, teacher_config, base.chain)
+    layers, text_encoder, targets = _read_against(student, adapter, lora, base, teacher, teacher_config)
     kept = {name: target for name, target in targets.items() if target is not None}
     if not kept:
         raise UserError(f"{label(lora)}: none of its {len(layers)} layers is in a block the student kept (all in "
@@ -98,6 +95,22 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     _record(student, lora, scale, len(kept), base.source)
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
             "not_merged": text_encoder, "densified": densified, "blocks_of": base.source}
+
+
+def _read_against(student: nn.Module, adapter, lora, base: LoraBase, teacher, teacher_config: str | None):
+    """(the LoRA's layers, its text-encoder modules, {layer: the student's module, None in a removed
+    block}) read against `base`'s blocks, its blocks checked against the base's counts; where those
+    are a moved teacher's (LoraBase.moved), a block past them says so (moved_teacher)."""
+    try:
+        layers, text_encoder = read_lora(student, adapter, lora, base.block_map, base.source)
+        targets = {name: adapter.renumbered(name, base.block_map) for name in layers}  # the base's -> the student's
+        check_teacher_count(student, adapter, base.block_map, [n for n, t in targets.items() if t is None],
+                            label(lora), teacher, teacher_config, base.chain)
+    except BlocksPast as e:  # read against a moved teacher's blocks: that, more likely than a deeper model
+        if not base.moved:
+            raise
+        raise BlocksPast(f"{e} Or {moved_teacher(base.moved)}") from None
+    return layers, text_encoder, targets
 
 
 def _say(text_encoder: list[str], chain: list[str]) -> None:

@@ -299,6 +299,11 @@ def blocks_named(attr: str, names: list[str]) -> list[int]:
     return [int(m[1]) for name in names for m in [re.match(rf"{re.escape(attr)}\.(\d+)\.", name)] if m]
 
 
+class BlocksPast(UserError):
+    """check_blocks' error: a LoRA block past its base's count (merge_lora adds why, where the base is
+    a moved teacher read in its place)."""
+
+
 def check_blocks(attr: str, count: int, mentioned: list[int], where: str, base: str | None = None) -> None:
     """A UserError where the LoRA adapts a block `attr`.i that its base model (`count` blocks) never had:
     a LoRA of a deeper model, which no block map could have removed. The base is the model the LoRA's
@@ -307,5 +312,5 @@ def check_blocks(attr: str, count: int, mentioned: list[int], where: str, base: 
     past = [i for i in mentioned if i >= count]
     if past:
         model = f"the base model {base}" if base else "the base model"
-        raise UserError(f"{where}: the LoRA adapts {attr}.{max(past)}, but {model} has {count} {attr} "
+        raise BlocksPast(f"{where}: the LoRA adapts {attr}.{max(past)}, but {model} has {count} {attr} "
                         f"(0 to {count - 1}): a LoRA of another (deeper) model?")

@@ -41,12 +41,22 @@ class LoraBase(NamedTuple):
     source: str | None  # the base; None for a teacher (no compression record) or a student recording no teacher
     config: str | None  # its --teacher-config, as the output that read it records it
     chain: list[str]  # the student's teacher, its teacher's ... to the base; [] where source is None
+    moved: str | None = None  # the student's own teacher, not there now, read as the base (moved_teacher)
+
+
+def moved_teacher(teacher: str) -> str:
+    """What reading the LoRA's blocks as the moved teacher `teacher`'s means, and the way out (the
+    note lora_base gives, and the end of a block-count error merge_lora gives then)."""
+    return (f"the teacher {teacher} the model records is not there now: the LoRA's blocks are read as its "
+            "blocks; if it was itself a dit-compress output, put it back, so that they are read as those of "
+            "the first teacher of its chain")
 
 
 def lora_base(student: nn.Module) -> LoraBase:
     """The base a LoRA of `student` is read as, and the student's blocks' indices there: its own block
     map composed with that of every output along its chain of teachers. A student whose teacher is not
-    there now is read as that teacher's (it may be the base: nothing says it was an output); a chain
+    there now is read as that teacher's (it may be the base: nothing says it was an output; noted, and
+    named in LoraBase.moved); a chain
     that leaves an output whose teacher is gone, that records none, or that loops is a UserError."""
     from compress.report_teacher import broken_chain, recorded_teacher, teacher_chain
 
@@ -59,17 +69,16 @@ def lora_base(student: nn.Module) -> LoraBase:
         raise UserError(f"{broken_chain('the model', chain)}: a LoRA's blocks are those of the first teacher of "
                         "that chain (the model it was trained on), and mapping them to the model's takes the block "
                         "map of every output along it")
-    if len(chain) == 1 and _missing(chain[0]):  # read as a base: nothing says it was an output
+    moved = chain[0] if len(chain) == 1 and _missing(chain[0]) else None
+    if moved:  # read as a base: nothing says it was an output
         from compress.report import note
 
-        note(f"the teacher {chain[0]} the model records is not there now: the LoRA's blocks are read as its "
-             "blocks; if it was itself a dit-compress output, put it back, so that they are read as those of "
-             "the first teacher of its chain")
+        note(moved_teacher(moved))
     maps, config = [own], meta.get("teacher_config")
     for link in chain[:-1]:  # each an output, recording the next
         maps.append(_link_block_map(Path(link).expanduser()))
         config = recorded_teacher(Path(link).expanduser())[1]
-    return LoraBase(composed_block_map(maps, ["the model", *chain[:-1]]), chain[-1], config, chain)
+    return LoraBase(composed_block_map(maps, ["the model", *chain[:-1]]), chain[-1], config, chain, moved)
 
 
 def _missing(source: str) -> bool:

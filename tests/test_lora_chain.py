@@ -317,3 +317,29 @@ def test_a_student_whose_own_teacher_moved_says_its_blocks_are_read_as_that_teac
     said = " ".join(capsys.readouterr().err.split())
     assert f"note: the teacher {(tmp_path / 'a').resolve()} the model records is not there now: the LoRA's " \
            "blocks are read as its blocks; if it was itself a dit-compress output, put it back" in said
+
+
+def test_a_lora_past_a_moved_teachers_blocks_names_the_moved_teacher_in_the_error(tmp_path, capsys):
+    """a removes the base's single block 3, b (no block removed) records a; a moved away: the base's
+    LoRA is read against b's 3 single blocks, and its block 3 was refused as a LoRA of a deeper model
+    alone. The one-line error now also names the moved teacher and says to put it back."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+
+    base = tiny_flux(num_layers=1, num_single_layers=4)
+    base.save_pretrained(tmp_path / "base")
+    a = copy.deepcopy(base)
+    _save_output(a, tmp_path / "a", tmp_path / "base", get_adapter(a).remove_blocks(a, {"single": [3]}))
+    _save_output(load_transformer(tmp_path / "a"), tmp_path / "b", tmp_path / "a", None)
+    lora, _ = _base_lora(base, tmp_path)
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    moved = (tmp_path / "a").resolve()
+    with pytest.raises(UserError, match=rf"single_transformer_blocks\.3, but the base model {re.escape(str(moved))} "
+                                        r"has 3 .*\(deeper\) model\? Or the teacher "
+                                        f"{re.escape(str(moved))} the model records is not there now: .*put it back"):
+        merge_lora(load_transformer(tmp_path / "b"), lora)
+    capsys.readouterr()
+    assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"Or the teacher {moved} the model records is not there now" in err[-1]
+    assert len([line for line in err if line.startswith("dit-compress: error")]) == 1
