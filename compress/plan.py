@@ -66,6 +66,14 @@ def by_key(rows: list[dict], key: str) -> dict[str, int]:
     return dict(out)
 
 
+def block_params(model, rows: list[dict]) -> dict[str, int]:
+    """{block: all its parameters} (norms and other non-linears too, as inspect's table by block
+    counts them, inspect.other_params), the top level as "-": they add up to the model's count."""
+    from compress.inspect import other_params
+
+    return by_key(rows + other_params(model, rows), "block")
+
+
 def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = None,
               sources: TeacherSource | None = None, passes: list | None = None) -> dict:
     """The plan of `recipe` (`teacher`, `teacher_config`: --teacher, --teacher-config). `run` hands
@@ -81,6 +89,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
                         f"teacher {source}{teacher_given(recipe, teacher or source != recipe.teacher)} "
                         f"is a {type(model).__name__} ({adapter.family})")
     before_rows, before = layer_rows(model), param_count(model)
+    before_blocks = block_params(model, before_rows)
     passes = passes if passes is not None else build_passes(recipe)
     if recipe.stream:
         check_streaming(passes, recipe.passes, recipe.path)
@@ -100,6 +109,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs):  # each then applied
         named = dict(model.named_modules())  # as the pass finds the model: the names its targets use
         step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
+        if unplaced and "params_before" in step:  # counted over every block: some go before it at run time
+            step["at_most"] = list(unplaced)
         if n := p.unplaced(model, adapter):  # blocks whose groups importance picks at run time
             unplaced.append({"pass": spec.name, **pass_where(spec), "blocks": n})
         if step.get("blocks_differ_in_size"):  # placed, but which blocks go changes the count
@@ -134,7 +145,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "decided_later": later, "unplaced_removals": unplaced, "uneven_removals": uneven, "params_spare": spare,
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_role_after_at_most": {r: n + spare_roles.get(r, 0) for r, n in by_key(after_rows, "role").items()},
-        "by_block_before": by_key(before_rows, "block"), "by_block_after": by_key(after_rows, "block"),
+        "by_block_before": before_blocks, "by_block_after": block_params(model, after_rows),
     }
     plan["memory"] = peak_memory(recipe, plan, any(getattr(p, "needs_calibration", False) for p in passes))
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
@@ -234,8 +245,23 @@ def where_words(step: dict) -> str:
 def step_words(step: dict) -> str:
     """A pass's plan on a line or two: long lists and name -> rank maps counted, not dumped
     (`plan --json` has them whole)."""
-    shown = {k: v for k, v in step.items() if k not in ("pass", "line", "set", "fisher", "streamed_scan", "student")}
-    return "; ".join(f"{key}: {_brief(key, value)}" for key, value in shown.items())
+    hidden = ("pass", "line", "set", "fisher", "streamed_scan", "student", "at_most")
+    shown = {k: v for k, v in step.items() if k not in hidden}
+    bound = {"targets", "params_before", "params_after"} if step.get("at_most") else set()
+    words = "; ".join(f"{key}: {'≤ ' if key in bound and value != LATER else ''}{_brief(key, value)}"
+                      for key, value in shown.items())
+    return f"{words}; ≤: {_at_most_words(step['at_most'])}" if bound else words
+
+
+def _at_most_words(unplaced: list[dict]) -> str:
+    """Why a step's counts are bounds: the removals before it whose blocks are picked at run time."""
+    return f"counted over every block, but {_takes_words(unplaced)} before it at run time"
+
+
+def _takes_words(unplaced: list[dict]) -> str:
+    """'remove_blocks (line 4) takes 2 blocks' for each removal whose blocks are picked at run time."""
+    return " and ".join(f"{u['pass']} ({where_words(u)}) takes {u['blocks']} block{'s' if u['blocks'] > 1 else ''}"
+                        for u in unplaced)
 
 
 def _rank_order(rank) -> tuple:
@@ -345,8 +371,7 @@ def _bound_words(plan: dict) -> str:
     before, counted, most = plan["params_before"], plan["params_after_planned"], plan["params_after_at_most"]
     later, unplaced = plan.get("decided_later", []), plan.get("unplaced_removals", [])
     if unplaced:
-        words = " and ".join(f"{u['pass']} ({where_words(u)}) takes {u['blocks']} block{'s' if u['blocks'] > 1 else ''}"
-                             for u in unplaced)
+        words = _takes_words(unplaced)
         return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: {words} from "
                 "groups its importance picks at run time, so every block is counted here, less the smallest as "
                 f"many{', and ranks decided after calibration' if later else ''})")

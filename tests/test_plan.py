@@ -392,3 +392,23 @@ def test_plan_refuses_what_a_pipeline_source_would_at_the_recipes_line():
     with pytest.raises(UserError, match=r"^r\.yaml:4 \(with --set calibration\.timesteps=1\): calibration\.heldout 8 "
                                         r"asks for 4 of the 4 prompts \(2 inputs each\)"):
         make_plan(parse_recipe(text, "r.yaml", ["calibration.timesteps=1"]))
+
+
+@pytest.mark.parametrize("passes", ["  - svd: {targets: [attention, mlp], ratio: 0.5}\n",
+                                    "  - remove_blocks: {blocks: {double: [1], single: [0, 2]}}\n"
+                                    "  - svd: {targets: [mlp], ratio: 0.5}\n"])
+def test_plan_s_parameters_by_block_add_up_to_its_totals_as_inspect_s_do(passes):
+    """by_block_before/after summed the blocks' linears only: a Flux block's q/k RMSNorm weights, its
+    norms, and the top level's embeddings and norms were missing, so they did not add up to
+    params_before (53,776,912 against 53,775,376 on a hidden-512 Flux). Every parameter of each block
+    now counts, and the top level as "-", as inspect's table by block (inspect.other_params)."""
+    from compress.report import param_count
+
+    plan = make_plan(parse_recipe(f"model: flux\nteacher: toy:flux\npasses:\n{passes}", "r.yaml"))
+    teacher = load_teacher("toy:flux")
+    double = teacher.transformer_blocks[0]
+    assert plan["by_block_before"]["double.0"] == param_count(double)  # its q/k norms too
+    assert sum(plan["by_block_before"].values()) == plan["params_before"] == param_count(teacher)
+    assert sum(plan["by_block_after"].values()) == plan["params_after_planned"]
+    assert plan["by_block_after"]["-"] == plan["by_block_before"]["-"]  # the top level untouched
+    assert len(plan["by_block_after"]) - 1 == sum(plan["blocks_after"].values())  # removed blocks gone

@@ -121,3 +121,24 @@ def test_a_global_pass_after_a_removal_of_groups_picked_at_run_time_is_bounded_b
             largest = max(largest, kept)
     assert largest <= plan["params_after_at_most"] <= largest + 1  # (the budget's floor)
     assert plan["params_after_at_most"] < 1_020_265 and largest >= 919_888
+
+
+def test_an_svd_pass_after_a_removal_picked_at_run_time_says_its_counts_are_bounds(capsys):
+    """After remove_blocks {count: 2} (blocks picked at run time) an svd pass's line printed
+    'targets: 44 …; params_before: 1,581,568; params_after: 754,176' as if exact, though its run
+    factorizes only the blocks left; the role table and the total said ≤ already. Its counts are
+    bounds now, and the line says why; without the removal they stay exact."""
+    from compress.plan import print_plan, step_words
+
+    svd = "  - svd: {targets: [attention, mlp], ratio: 0.5}\n"
+    text = "model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 2}\n" + svd
+    plan = make_plan(parse_recipe(text, "r.yaml"))
+    step = plan["passes"][-1]
+    words = step_words(step)
+    assert f"targets: ≤ {len(step['targets'])} (" in words
+    assert f"params_before: ≤ {step['params_before']:,}; params_after: ≤ {step['params_after']:,};" in words
+    assert words.endswith("≤: counted over every block, but remove_blocks (line 4) takes 2 blocks before it at run time")
+    print_plan(plan)
+    assert f"params_after: ≤ {step['params_after']:,}" in " ".join(capsys.readouterr().out.split())
+    plain = make_plan(parse_recipe("model: flux\nteacher: toy:flux\npasses:\n" + svd, "r.yaml"))["passes"][-1]
+    assert "≤" not in step_words(plain) and "at_most" not in plain
