@@ -294,6 +294,7 @@ def lora(args) -> int:
 
     from compress.io_export import save_compressed
     from compress.lora import merge_lora
+    from compress.lora_teacher import naming_moved
     from compress.runner_lock import hold_output
 
     source, new = Path(args.out).expanduser(), Path(args.new).expanduser()
@@ -309,7 +310,8 @@ def lora(args) -> int:
              if (source / name).is_file()}
     base = done.get("blocks_of")
     if not base or base == model.compression_meta.get("teacher"):  # a chain: merge_lora checked its base's count
-        check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora, base)
+        with naming_moved(done.get("moved")):  # read as a moved teacher's blocks: said as merge_lora says it
+            check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora, base)
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
     noted = with_lora_noted(files, model, recorded, args.scale, done)
     with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
@@ -349,7 +351,8 @@ def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lor
     first removal pass's blocks_before) and its block map does not (a removed last block). merge_lora
     checks this itself where the teacher's config is at hand offline, and for an output of an output
     against its base's count that the chain records (lora.check_teacher_count); this is for the
-    output's own teacher where its config is not at hand (moved, or a Hub id of no shipped config)."""
+    output's own teacher where its config is not at hand (moved: lora's error then names it, as
+    merge_lora's does, lora_teacher.naming_moved; or a Hub id of no shipped config)."""
     from compress.lora_keys import blocks_named, check_blocks
     from compress.report_teacher import blocks_before
 

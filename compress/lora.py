@@ -46,9 +46,9 @@ from torch import nn
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
 from compress.io_export import unwrapped
-from compress.lora_keys import STATE_DICT, BlocksPast
+from compress.lora_keys import STATE_DICT
 from compress.lora_read import LoraLayer, label, read_lora
-from compress.lora_teacher import LoraBase, dora_weights, lora_base, moved_teacher
+from compress.lora_teacher import LoraBase, dora_weights, lora_base, naming_moved
 from compress.lowrank import LowRankLinear
 
 
@@ -61,8 +61,9 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     (as --teacher-config). Returns {"merged": modules, "rank_added": {module: r'} of the low-rank ones,
     "dropped": base modules of removed blocks, "not_merged": text-encoder modules of the LoRA,
     "densified": low-rank modules stored dense, their grown rank past break-even, "blocks_of": the
-    base whose blocks the LoRA's were read as (None for a teacher, or a student recording none)}; a
-    LoRA none of whose layers the student has is refused. The student's config records the new ranks,
+    base whose blocks the LoRA's were read as (None for a teacher, or a student recording none),
+    "moved": the student's own teacher, not there now, read as the base (LoraBase.moved; else None)};
+    a LoRA none of whose layers the student has is refused. The student's config records the new ranks,
     so saving it again keeps them. All or nothing: each layer is merged and checked before any is
     taken, and again as it is taken (twice the merge's compute, never all merged layers held at once).
     `own_blocks`: the LoRA's block i is the model's own block i, with no block map (lora_replay: a LoRA
@@ -94,22 +95,18 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     _say(text_encoder, base.chain)
     _record(student, lora, scale, len(kept), base.source)
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
-            "not_merged": text_encoder, "densified": densified, "blocks_of": base.source}
+            "not_merged": text_encoder, "densified": densified, "blocks_of": base.source, "moved": base.moved}
 
 
 def _read_against(student: nn.Module, adapter, lora, base: LoraBase, teacher, teacher_config: str | None):
     """(the LoRA's layers, its text-encoder modules, {layer: the student's module, None in a removed
     block}) read against `base`'s blocks, its blocks checked against the base's counts; where those
-    are a moved teacher's (LoraBase.moved), a block past them says so (moved_teacher)."""
-    try:
+    are a moved teacher's (LoraBase.moved), a block past them says so (lora_teacher.naming_moved)."""
+    with naming_moved(base.moved):
         layers, text_encoder = read_lora(student, adapter, lora, base.block_map, base.source)
         targets = {name: adapter.renumbered(name, base.block_map) for name in layers}  # the base's -> the student's
         check_teacher_count(student, adapter, base.block_map, [n for n, t in targets.items() if t is None],
                             label(lora), teacher, teacher_config, base.chain)
-    except BlocksPast as e:  # read against a moved teacher's blocks: that, more likely than a deeper model
-        if not base.moved:
-            raise
-        raise BlocksPast(f"{e} Or {moved_teacher(base.moved)}") from None
     return layers, text_encoder, targets
 
 

@@ -7,6 +7,7 @@ not the weights the DoRA was trained on)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,10 +47,26 @@ class LoraBase(NamedTuple):
 
 def moved_teacher(teacher: str) -> str:
     """What reading the LoRA's blocks as the moved teacher `teacher`'s means, and the way out (the
-    note lora_base gives, and the end of a block-count error merge_lora gives then)."""
+    note lora_base gives, and the end of a block-count error then: naming_moved)."""
     return (f"the teacher {teacher} the model records is not there now: the LoRA's blocks are read as its "
             "blocks; if it was itself a dit-compress output, put it back, so that they are read as those of "
             "the first teacher of its chain")
+
+
+@contextlib.contextmanager
+def naming_moved(moved: str | None):
+    """A block-count error (lora_keys.BlocksPast) raised inside, where the LoRA's blocks were read as
+    those of the moved teacher `moved` (LoraBase.moved; None: none moved), ends naming it and the way
+    out (moved_teacher): that, more likely than a LoRA of a deeper model. merge_lora's check and the
+    CLI's of the output's report.json both say it so."""
+    from compress.lora_keys import BlocksPast
+
+    try:
+        yield
+    except BlocksPast as e:
+        if not moved:
+            raise
+        raise BlocksPast(f"{e} Or {moved_teacher(moved)}") from None
 
 
 def lora_base(student: nn.Module) -> LoraBase:

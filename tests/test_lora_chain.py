@@ -108,6 +108,23 @@ def _base_lora(base, tmp_path):
     return _save(weights, tmp_path / "base-lora.safetensors"), weights
 
 
+def _reported_chain(tmp_path, b_removes: int):
+    """The base (PixArt, 6 blocks, saved): a removes its last block 5, b a's block `b_removes`, and b's
+    report.json records a's 5 blocks before its removal (as a run's does)."""
+    from compress.io_output import load_transformer
+
+    base = tiny_pixart(num_layers=6)
+    base.save_pretrained(tmp_path / "base")
+    adapter = get_adapter(base)
+    a = copy.deepcopy(base)
+    _save_output(a, tmp_path / "a", tmp_path / "base", adapter.remove_blocks(a, {"blocks": [5]}))
+    b = load_transformer(tmp_path / "a")
+    _save_output(b, tmp_path / "b", tmp_path / "a", adapter.remove_blocks(b, {"blocks": [b_removes]}))
+    (tmp_path / "b" / "report.json").write_text(json.dumps({"teacher": str((tmp_path / "a").resolve()),
+                                                             "remove_blocks": {"blocks_before": {"blocks": 5}}}))
+    return base
+
+
 @pytest.mark.parametrize("family", ["pixart", "flux"])
 @pytest.mark.parametrize("which", ["b", "c"])
 @pytest.mark.parametrize("last", [True, False], ids=["whole", "without-the-last-kept-blocks"])
@@ -160,17 +177,8 @@ def test_the_lora_command_checks_a_chains_block_count_against_its_base_and_recor
     teacher has 5"). It now merges, the line says whose blocks the LoRA's were read as, and the
     report's LoRA entry records it (blocks_of)."""
     from compress.cli import main
-    from compress.io_output import load_transformer
 
-    base = tiny_pixart(num_layers=6)
-    base.save_pretrained(tmp_path / "base")
-    adapter = get_adapter(base)
-    a = copy.deepcopy(base)
-    _save_output(a, tmp_path / "a", tmp_path / "base", adapter.remove_blocks(a, {"blocks": [5]}))
-    b = load_transformer(tmp_path / "a")
-    _save_output(b, tmp_path / "b", tmp_path / "a", adapter.remove_blocks(b, {"blocks": [3]}))
-    (tmp_path / "b" / "report.json").write_text(json.dumps({"teacher": str((tmp_path / "a").resolve()),
-                                                             "remove_blocks": {"blocks_before": {"blocks": 5}}}))
+    base = _reported_chain(tmp_path, 3)
     lora, _ = _base_lora(base, tmp_path)
     assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 0
     out = " ".join(capsys.readouterr().out.split())
@@ -343,3 +351,24 @@ def test_a_lora_past_a_moved_teachers_blocks_names_the_moved_teacher_in_the_erro
     err = capsys.readouterr().err.strip().splitlines()
     assert f"Or the teacher {moved} the model records is not there now" in err[-1]
     assert len([line for line in err if line.startswith("dit-compress: error")]) == 1
+
+
+def test_a_lora_past_a_moved_teachers_count_in_its_report_names_the_moved_teacher_in_the_error(tmp_path, capsys):
+    """a removes the base's block 5, b a's last block 4 (its report.json: a had 5); a moved away. The
+    base's LoRA, read against a's blocks, has block 4 (removed: dropped) and block 5, past a's count
+    in b's report: refused as a LoRA of a deeper model alone (the CLI's report check), where the other
+    path (merge_lora's) also named the moved teacher. It now does too, and says to put it back."""
+    from compress.cli import main
+
+    base, moved = _reported_chain(tmp_path, 4), (tmp_path / "a").resolve()
+    lora, _ = _base_lora(base, tmp_path)
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    capsys.readouterr()
+    assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("dit-compress: error")]
+    assert len(errors) == 1 and not (tmp_path / "new").exists()
+    assert re.search(rf"transformer_blocks\.5, but the base model {re.escape(str(moved))} has 5 .*\(deeper\) "
+                     rf"model\? Or the teacher {re.escape(str(moved))} the model records is not there now: "
+                     r".*put it back", errors[0]), errors[0]
+
