@@ -77,8 +77,9 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     layers, text_encoder, targets = _read_against(student, adapter, lora, base, teacher, teacher_config)
     kept = {name: target for name, target in targets.items() if target is not None}
     if not kept:
+        whose = f"the base model {base.source}'s" if base.source else "the base model's"  # as check_blocks says
         raise UserError(f"{label(lora)}: none of its {len(layers)} layers is in a block the student kept (all in "
-                        f"removed blocks, or past the teacher's last: {sorted(layers)[0]} …); merging it would "
+                        f"removed blocks, or past {whose} last: {sorted(layers)[0]} …); merging it would "
                         "change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
     weights = dora_weights(student, {name: kept[name] for name in dora}, teacher, teacher_config) if dora else {}

@@ -372,3 +372,17 @@ def test_a_lora_past_a_moved_teachers_count_in_its_report_names_the_moved_teache
                      rf"model\? Or the teacher {re.escape(str(moved))} the model records is not there now: "
                      r".*put it back", errors[0]), errors[0]
 
+
+def test_a_lora_of_only_blocks_the_chain_removed_names_the_base_not_the_teacher(tmp_path):
+    """c <- b <- a <- base, the LoRA's layers all in the base's block 3 (a removed it): refused, as
+    'past the teacher's last', though its blocks are read as the chain's base's, not c's teacher b's.
+    It now names the base model whose blocks they are."""
+    from compress.io_output import load_transformer
+
+    base, c = _chain(tmp_path, "pixart")
+    _, weights = _base_lora(base, tmp_path)
+    lora = _save({k: v for k, v in weights.items() if ".transformer_blocks.3." in k}, tmp_path / "l.safetensors")
+    base_path = re.escape(str((tmp_path / "base").resolve()))
+    with pytest.raises(UserError, match=r"none of its 2 layers is in a block the student kept \(all in removed "
+                                        rf"blocks, or past the base model {base_path}'s last: transformer_blocks\.3\."):
+        merge_lora(load_transformer(c), lora)
