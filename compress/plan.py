@@ -25,7 +25,7 @@ from compress.errors import UserError
 from compress.io import from_config, model_class
 from compress.plan_budget import (budget_savings, budgeted_layers, decided_later, distill_student, removal_shares,
                                  retargeted, smallest_blocks, spare_bound)
-from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory
+from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory, svd_statistics
 from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
                                 teacher_given)
 from compress.passes import build_passes
@@ -126,6 +126,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
             step["scores"] = words
         if recipe.stream and step.get("skip_scan") and step.get("scans", 1):
             step["streamed_scan"] = streamed_scan(step, reused, calib, model, adapter)
+        if spec.name == "svd":  # the float64 statistics its calibration holds (plan_memory)
+            step["statistics"] = svd_statistics(*_svd_targets(p, spec, model, adapter))
         if spec.name == "distill":  # the student it trains, as earlier passes leave it (plan_memory)
             spare = spare_bound(model, adapter, planned_blocks(model, adapter))[0]
             step["student"] = distill_student(model, later, budgeted, spec.config.train, spare)
@@ -150,6 +152,15 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     plan["memory"] = peak_memory(recipe, plan, any(getattr(p, "needs_calibration", False) for p in passes))
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
+
+
+def _svd_targets(p, spec, model, adapter) -> tuple[list, bool, bool]:
+    """(an svd pass's targets on the model as it finds it, whether a reference stream pairs with its
+    calibration, whether it calibrates within-block sequentially)."""
+    from compress.passes.svd import calibrates_sequentially, fits_asymmetrically
+
+    targets = p.resolved.targets(model, adapter)[1]
+    return targets, fits_asymmetrically(spec.config, targets), calibrates_sequentially(spec.config, targets)
 
 
 def _warn_beyond_memory(recipe, memory: dict) -> None:
@@ -245,7 +256,7 @@ def where_words(step: dict) -> str:
 def step_words(step: dict) -> str:
     """A pass's plan on a line or two: long lists and name -> rank maps counted, not dumped
     (`plan --json` has them whole)."""
-    hidden = ("pass", "line", "set", "fisher", "streamed_scan", "student", "at_most")
+    hidden = ("pass", "line", "set", "fisher", "streamed_scan", "student", "at_most", "statistics")
     shown = {k: v for k, v in step.items() if k not in hidden}
     bound = {"targets", "params_before", "params_after"} if step.get("at_most") else set()
     words = "; ".join(f"{key}: {'≤ ' if key in bound and value != LATER else ''}{_brief(key, value)}"

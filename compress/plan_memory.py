@@ -8,8 +8,12 @@ while a pipeline source samples, where their weights are here to count, and the 
 step holds for a while (sequential calibration's one-row probe, a Fisher's whole-model backward of
 one calibration batch, a streamed skip scan's residual streams). A distill pass holds something
 else while it trains (the teacher, the student in float32 with its gradients and AdamW's moments):
-the peak is the larger of the two. It compares against the device's total memory, not what is
-free now: the run checks that again before it starts (runner_stream.warn_if_*).
+the peak is the larger of the two. Both add this process itself where it runs on the CPU (python,
+torch and diffusers imported: PROCESS_BYTES), and the calibrating phase an svd pass's float64
+statistics (`svd_statistics`) and the float64 temporaries of factorizing its widest target.
+It compares against the device's total memory, not what is free now: the run checks that again
+before it starts (runner_stream.warn_if_*). Not counted: CUDA's own context on a GPU, and on a GPU
+what the process holds on the host.
 """
 
 from __future__ import annotations
@@ -23,46 +27,143 @@ import torch
 from compress.calib_footprint import human_size
 from compress.inputs import source_kind
 from compress.passes.svd_fisher import settle_auto
+from compress.passes.svd_targets import is_model_wide, stats_key, uses_output_gram
+from compress.passes.svd_walk import from_conditioning
+
+# Resident memory of `dit-compress run` before it loads the teacher: python with torch, diffusers and
+# compress imported, the recipe checked (torch 2.13 CPU, diffusers 0.42, a toy Flux recipe: 501 MiB of
+# /proc/self/statm's resident pages, read as the CLI ran; 385 MiB right after the imports).
+PROCESS_BYTES = 500 * 2**20
+# Factorizing one target holds float64 temporaries (its weight, the Gram's eigenvectors, whitening and
+# its inverse, the asymmetric fit's solve, the factors, the fitted record) beside its statistics: at
+# most this many float64 (g, g + o) matrices, g the side of its Gram and o the other (peak RSS over
+# compress_layer with the asymmetric centered step, one thread: 10.0-13.0 of them for input Grams,
+# shapes 384-2048 x 256-2048; 4.9-5.8 for output Grams of 9000-wide inputs).
+FACTORIZE_COPIES = {"input": 13, "output": 6}
 
 
 def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     """{"bytes": the run's estimated peak, "parts": [{"what", "bytes", "keys", "fix"}] of it,
     "while": None, or "distill trains" when that is the peak, "other": the smaller of the two
     phases' {"bytes", "parts", "while"} (None without distill), "beside": what is not counted, or
-    ""} of a `make_plan` plan (calibration, backward, stream, passes); calibrates: some pass needs
-    calibration. Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher.settle_auto)."""
+    "", "steps_smaller": the parts of what steps hold for a while at other times, less than the one
+    counted (an svd pass's statistics and factorizing at a block, a Fisher's backward, ...)} of a
+    `make_plan` plan (calibration, backward, stream, passes); calibrates: some pass needs calibration.
+    Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher.settle_auto)."""
     f = plan["calibration"]
     held = [_weights(plan)]
-    passing = []  # held by one step for a while: the largest counts
+    passing = []  # what a step holds for a while, a list of parts each: the largest counts
     if calibrates:
         held.append(_activations(recipe, plan))
+        block = _factorizing(plan)  # or the probe, at a block whose statistics are held
         if f["probe_bytes"]:
-            passing.append(_part("within-block sequential calibration's one-row probe", f["probe_bytes"],
-                                 ["teacher"],
-                                 " or ".join(f"{k}: false" for k in _svd_keys(recipe, "sequential"))))
+            block.append(_part("within-block sequential calibration's one-row probe", f["probe_bytes"],
+                               ["teacher"],
+                               " or ".join(f"{k}: false" for k in _svd_keys(recipe, "sequential"))))
+        passing.append(_statistics(plan) + ([max(block, key=lambda p: p["bytes"])] if block else []))
     pipeline = _pipeline(recipe, plan) if calibrates else None
     for index, step in enumerate(plan["passes"]):
-        if "fisher" in step:
+        if "fisher" in step:  # sized at what is free once the weights and activations are there
             step["fisher"] = settle_auto(step["fisher"], sum(p["bytes"] for p in held))
-            passing.append(_fisher(plan, index, step["fisher"]))
+            passing.append([_fisher(plan, index, step["fisher"])])
         if "streamed_scan" in step:
-            passing.append(_part("a streamed skip scan's residual streams of one batch",
-                                 step["streamed_scan"]["batch_bytes"], ["calibration.batch_size", "teacher"]))
+            passing.append([_part("a streamed skip scan's residual streams of one batch",
+                                  step["streamed_scan"]["batch_bytes"], ["calibration.batch_size", "teacher"])])
     if pipeline and pipeline["bytes"]:
-        passing.append(pipeline["part"])  # moved there for sampling, with the inputs it captures
-    parts = held + ([max(passing, key=lambda p: p["bytes"])] if passing else [])
+        passing.append([pipeline["part"]])  # moved there for sampling, with the inputs it captures
+    passing = sorted([p for p in passing if p], key=lambda ps: -sum(p["bytes"] for p in ps))
+    process = _process(recipe)
+    parts = held + process + (passing[0] if passing else [])
     phases = [{"bytes": sum(p["bytes"] for p in parts), "parts": parts, "while": None}]
     if distill := _distill(recipe, plan):
+        distill = distill + process
         phases.append({"bytes": sum(p["bytes"] for p in distill), "parts": distill, "while": "distill trains"})
     peak = max(phases, key=lambda p: p["bytes"])
     other = next((p for p in phases if p is not peak), None)
     beside = pipeline.get("note", "") if pipeline and not pipeline["bytes"] else ""  # a folder of 0-parameter parts: none
-    return {**peak, "other": other, "beside": beside}
+    return {**peak, "other": other, "beside": beside, "steps_smaller": [p for ps in passing[1:] for p in ps]}
 
 
 def _part(what: str, size: int, keys: list[str], fix: str = "") -> dict:
     """What holds `size` bytes, the recipe keys that set how many, and a setting that holds fewer."""
     return {"what": what, "bytes": int(size), "keys": keys, "fix": fix}
+
+
+def _process(recipe) -> list[dict]:
+    """This process itself where the run computes on the CPU (PROCESS_BYTES); none on a GPU, whose
+    memory it is compared with."""
+    device = recipe.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return [] if device.startswith("cuda") else [_part("this process (python, torch, diffusers)", PROCESS_BYTES, [])]
+
+
+# ---- an svd pass's statistics ---------------------------------------------------------------------
+def svd_statistics(targets: list, paired: bool, sequential: bool) -> dict:
+    """The float64 statistics an svd pass's calibration holds (calib_stats.Stats; svd_walk.walk) of its
+    `targets` (LinearInfo, the model as the pass finds it): per stats key a Gram (d, d) and a sum (d,),
+    with a reference stream (`paired`: svd.fits_asymmetrically) a block input's cross term (d, d) and
+    the reference's sum (d,) too; an output Gram (out, out) its sum (out,) and Σ x² (in,).
+    {"held": bytes kept from the walk's start to its end (the conditioning's, the top level's, inputs
+    shared by every block), "block": the largest of a block's own, "where": that block ("group index"),
+    "bytes": the peak, held and that block's, twice over with within-block `sequential` calibration
+    (a level's statistics of one more run of the block beside the block's and the level's before:
+    a bound), "sequential", "factorize": bytes of the float64 temporaries factorizing its widest target
+    (FACTORIZE_COPIES), "widest": that target}."""
+    held, blocks = {}, {}
+    for info in targets:
+        key = stats_key(info)
+        if from_conditioning(info) or info.group is None or is_model_wide(info):
+            held[key] = _key_bytes(info, False)  # no reference stream: conditioning, captures, captions
+        else:
+            blocks.setdefault(f"{info.group} {info.block}", {})[key] = _key_bytes(info, paired)
+    own = {where: sum(keys.values()) for where, keys in blocks.items()}
+    where = max(own, key=own.get, default=None)
+    block = own.get(where, 0)
+    widest = max(targets, key=_factorize_bytes, default=None)
+    return {"held": sum(held.values()), "block": block, "where": where, "sequential": sequential,
+            "bytes": sum(held.values()) + block * (2 if sequential else 1),
+            "factorize": _factorize_bytes(widest) if widest else 0, "widest": widest.name if widest else None}
+
+
+def _key_bytes(info, paired: bool) -> int:
+    """Bytes of one stats key's float64 Stats (see svd_statistics)."""
+    if uses_output_gram(info):
+        d = info.out_features
+        return 8 * (d * d + d + info.in_features)
+    d = info.in_features
+    return 8 * (d * d + d) * (2 if paired else 1)
+
+
+def _factorize_bytes(info) -> int:
+    side = "output" if uses_output_gram(info) else "input"
+    g, o = (info.out_features, info.in_features) if side == "output" else (info.in_features, info.out_features)
+    return FACTORIZE_COPIES[side] * 8 * g * (g + o)
+
+
+def _largest(plan: dict, key: str) -> tuple[int, dict] | None:
+    """(index, statistics) of the svd pass whose svd_statistics' `key` is largest (the passes calibrate
+    one after another: one at a time), or None without an svd pass."""
+    found = [(i, s["statistics"]) for i, s in enumerate(plan["passes"]) if s.get("statistics")]
+    return max(found, key=lambda f: f[1][key]) if found else None
+
+
+def _statistics(plan: dict) -> list[dict]:
+    """The largest svd pass's statistics at its peak."""
+    if not (largest := _largest(plan, "bytes")):
+        return []
+    i, s = largest
+    what = f"svd statistics (float64; {s['where']} holds most{', up to twice with sequential' if s['sequential'] else ''})"
+    return [_part(what, s["bytes"], [f"passes.{i}.svd.targets"],
+                  f"passes.{i}.svd.sequential: false" if s["sequential"] else "")]
+
+
+def _factorizing(plan: dict) -> list[dict]:
+    if not (largest := _largest(plan, "factorize")):
+        return []
+    i, s = largest
+    return [_part(f"factorizing the widest target ({s['widest']}, float64)", s["factorize"],
+                  [f"passes.{i}.svd.targets"])]
 
 
 def _weights(plan: dict) -> dict:
@@ -249,6 +350,12 @@ def _phase(phase: dict, named: bool = True) -> str:
     return f" ({parts})"
 
 
+def _drives(part: dict) -> str:
+    """' (the keys that drive a part; or the setting that holds less)', or '' for neither."""
+    words = "; or ".join(w for w in (", ".join(part["keys"]), part["fix"]) if w)
+    return f" ({words})" if words else ""
+
+
 def beyond_memory(memory: dict, have: tuple[int, str] | None) -> str | None:
     """A one-line warning when the estimated peak is more than `have` (device_memory): the parts
     that make most of it, each with the keys that drive it; None when it fits or is unknown."""
@@ -256,7 +363,6 @@ def beyond_memory(memory: dict, have: tuple[int, str] | None) -> str | None:
         return None
     big = sorted(memory["parts"], key=lambda p: -p["bytes"])
     big = [p for p in big if p["bytes"] >= memory["bytes"] / 10] or big[:1]
-    drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])} ({', '.join(p['keys'])}"
-                        f"{'; or ' + p['fix'] if p['fix'] else ''})" for p in big)
+    drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])}{_drives(p)}" for p in big)
     return (f"the run would hold about {human_size(memory['bytes'])} at its peak, more than the "
             f"{human_size(have[0])} {have[1]} has: {drivers}")

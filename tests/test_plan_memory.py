@@ -21,6 +21,7 @@ def _plan(monkeypatch, name: str, free: int | None = None, sequential=None, **se
     if free is not None:
         monkeypatch.setattr(rs, "free_memory", lambda device: free)
     recipe = load_recipe(RECIPES / name)
+    recipe.device = "cpu"  # this process counted (plan_memory.PROCESS_BYTES) on a machine with a GPU too
     for key, value in sets.items():
         setattr(recipe.calibration, key, value)
     for spec in recipe.passes if sequential is not None else ():
@@ -42,8 +43,8 @@ def test_the_peak_counts_distill_training_the_student_in_float32_with_adamw(monk
     assert memory["bytes"] == sum(parts.values()) > 139 * 2**30  # more than an H200 holds
     assert memory["other"]["bytes"] < memory["bytes"] and memory["other"]["while"] is None  # calibrating
     words = memory_words(memory)
-    assert words.startswith("memory: about 159.0 GiB at the run's peak, while distill trains (teacher weights 22.2 GiB")
-    assert "per process, its batches' activations not counted); before distill: about 54.9 GiB" in words
+    assert words.startswith("memory: about 159.5 GiB at the run's peak, while distill trains (teacher weights 22.2 GiB")
+    assert "per process, its batches' activations not counted); before distill: about 55.4 GiB" in words
     warning = beyond_memory(memory, (139 * 2**30, "cuda:0"))
     assert "AdamW's moments 136.8 GiB (passes.2.distill.train; or FSDP over several processes" in warning
 
@@ -74,7 +75,8 @@ def test_the_pipeline_components_are_said_or_counted_where_their_weights_are_her
     assert component_params(str(tmp_path)) is None  # not a pipeline folder
     # the largest of what a step holds for a while: no sequential probe, no Fisher's backward here
     plan = _plan(monkeypatch, "flux-dev-stream.yaml", sequential=False, pipeline=str(folder))
-    part = {p["what"]: p["bytes"] for p in plan["memory"]["parts"]}
+    memory = plan["memory"]  # less than the svd statistics and factorizing at a block: beside them
+    part = {p["what"]: p["bytes"] for p in memory["parts"] + memory["steps_smaller"]}
     assert part["the pipeline's text encoders and VAE while calibration samples"] == 4500 * 2  # bfloat16
     assert "not counted" not in memory_words(plan["memory"])
     for name in ("text_encoder", "text_encoder_2", "vae"):  # components of no parameters: plan crashed (KeyError)
@@ -190,3 +192,66 @@ def test_the_checkpointed_backward_never_exceeds_the_plain_one():
         f = {"itemsize": 2, "rows": 8, "batch_rows": 4, "tokens": tokens, "caption_tokens": caption}
         plain, checkpointed = backward_bytes(f, config, blocks)
         assert checkpointed <= plain, (tokens, caption, blocks)
+
+
+def _calib_bytes(run_dir) -> dict[str, list[int]]:
+    """Tensor bytes of each calibration cache file a run wrote, by what it holds: a block group's
+    statistics ('double', 'single'), a within-block re-run's ('stage'), the conditioning's."""
+    import torch
+
+    found: dict[str, list[int]] = {}
+    for file in sorted(run_dir.glob("calib/*/*/*.pt")):
+        stats = torch.load(file, weights_only=True)
+        size = sum(t.nbytes for st in stats.values() for t in st.values() if isinstance(t, torch.Tensor))
+        found.setdefault(file.name.split("-")[0], []).append(size)
+    return found
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_the_svd_statistics_are_what_its_calibration_holds(monkeypatch, tmp_path, sequential):
+    """plan's peak left out the svd pass's float64 statistics (a Gram per block input, with the
+    reference stream's cross term; the conditioning's throughout): a toy Flux at hidden 384 planned
+    159 MiB where the run peaked at 1.0-1.2 GiB. The planned terms are the bytes of the tensors
+    calibration holds, as its cache files keep them."""
+    import compress.plan_memory as pm
+    from compress.recipe import parse_recipe
+    from tests.conftest import tiny_flux
+    from tests.runner_helpers import run_recipe
+
+    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    tiny_flux().save_pretrained(tmp_path / "teacher")
+    text = (f"model: flux\nteacher: {tmp_path / 'teacher'}\ndevice: cpu\n"
+            "calibration: {source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}\n"
+            "passes:\n  - svd: {targets: [attention, mlp, modulation], ratio: 0.5, multiple: 2, "
+            f"fisher: none, sequential: {str(sequential).lower()}, progress: false}}\n")
+    plan = make_plan(parse_recipe(text, str(tmp_path / "plan.yaml")))
+    stats = plan["passes"][0]["statistics"]
+    run_recipe(tmp_path, text, "run")
+    held = _calib_bytes(tmp_path / "run-run")
+    blocks = held["double"] + held["single"]
+    assert stats["block"] == max(blocks) > 0 and stats["where"] == "double 0"
+    assert stats["held"] == sum(held["conditioning"]) > 0  # every modulation linear's conditioning
+    assert stats["sequential"] is sequential
+    assert stats["bytes"] == stats["held"] + (2 if sequential else 1) * max(blocks)
+    assert ("stage" in held) is sequential and max(held.get("stage", [0])) <= stats["block"]  # re-runs: a bound
+    parts = {p["what"]: p["bytes"] for p in plan["memory"]["parts"]}
+    assert parts[next(w for w in parts if w.startswith("svd statistics (float64; double 0 holds most"))] == stats["bytes"]
+    widest = stats["widest"]
+    assert parts[f"factorizing the widest target ({widest}, float64)"] == stats["factorize"] > 0
+    assert parts["this process (python, torch, diffusers)"] == pm.PROCESS_BYTES
+    assert plan["memory"]["bytes"] == sum(parts.values())
+
+
+def test_this_process_is_counted_where_the_run_computes_on_the_cpu(monkeypatch):
+    """Python with torch and diffusers imported holds about 0.5 GiB (plan_memory.PROCESS_BYTES): on
+    the CPU that is the machine's memory the estimate is compared with; a GPU's is not."""
+    from compress.plan_memory import PROCESS_BYTES, beyond_memory
+
+    memory = _plan(monkeypatch, "flux-dev-stream.yaml")["memory"]
+    (part,) = [p for p in memory["parts"] if p["what"] == "this process (python, torch, diffusers)"]
+    assert part["bytes"] == PROCESS_BYTES == 500 * 2**20
+    warning = beyond_memory({**memory, "parts": [part], "bytes": part["bytes"]}, (2**20, "this machine"))
+    assert warning.endswith("this machine has: this process (python, torch, diffusers) 500 MiB")  # no empty ()
+    recipe = load_recipe(RECIPES / "flux-dev-stream.yaml")
+    recipe.device = "cuda"
+    assert not any(p["what"].startswith("this process") for p in make_plan(recipe)["memory"]["parts"])
