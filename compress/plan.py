@@ -148,10 +148,21 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_role_after_at_most": {r: n + spare_roles.get(r, 0) for r, n in by_key(after_rows, "role").items()},
         "by_block_before": before_blocks, "by_block_after": block_params(model, after_rows),
+        "by_block_after_is": by_block_after_is(unplaced, uneven, later),
     }
     plan["memory"] = peak_memory(recipe, plan, any(getattr(p, "needs_calibration", False) for p in passes))
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
+
+
+def by_block_after_is(unplaced: list, uneven: list, later: list) -> str:
+    """What plan's by_block_after is: "placeholders" after a removal whose blocks are picked at run
+    time (over several groups: every block counted; or in a group whose blocks differ in size: the
+    smallest counted as gone), so neither which blocks are there nor their counts are the run's;
+    "at most" where only ranks are decided after calibration (those layers counted dense); else "exact"."""
+    if unplaced or uneven:
+        return "placeholders"
+    return "at most" if later else "exact"
 
 
 def _svd_targets(p, spec, model, adapter) -> tuple[list, bool, bool]:

@@ -142,3 +142,28 @@ def test_an_explicit_removal_of_the_factorized_block_lets_a_later_svd_target_its
                                     "  - remove_blocks: {blocks: {blocks: [1]}}\n"
                                     "  - svd: {ratio: 0.5, targets: [mlp], multiple: 2}\n")
     assert plan["blocks_after"] == {"blocks": 1}
+
+
+def test_by_block_after_says_its_blocks_are_placeholders_after_a_removal_picked_at_run_time(outputs):
+    """plan --json's by_block_after after a removal picked at run time listed blocks and their counts
+    as if known: of a count over blocks that differ in size, single.0 4,032 where the run that removes
+    single block 0 leaves 2,944 there; of a count over several groups, every block. by_block_after_is
+    says so ("placeholders"; "exact" where the removal is placed, "at most" where only ranks wait for
+    calibration). The svd line after such a removal stays exact: its counts come from its targets'
+    shapes, the same in each block of a group, and a factorized one that may stay is refused."""
+    from tests.test_plan import GLOBAL
+
+    teacher, group = outputs["flux"]
+    svd = "  - svd: {targets: [attention], ratio: 0.5, fisher: none}\n"
+    plan = _plan("flux", teacher, "  - remove_blocks: {count: {single: 1}, criterion: proxy}\n" + svd)
+    choices = [_plan("flux", teacher, f"  - remove_blocks: {{blocks: {{single: [{i}]}}}}\n" + svd)
+               for i in range(FLUX_TINY["num_single_layers"])]
+    assert plan["by_block_after_is"] == "placeholders" and {c["by_block_after_is"] for c in choices} == {"exact"}
+    assert any(c["by_block_after"] != plan["by_block_after"] for c in choices)  # which blocks go changes them
+    counts = ("targets", "params_before", "params_after")
+    assert all({k: c["passes"][1][k] for k in counts} == {k: plan["passes"][1][k] for k in counts} for c in choices)
+    assert "at_most" not in plan["passes"][1]
+    over = _plan("flux", teacher, "  - remove_blocks: {count: 1, criterion: proxy}\n" + svd)  # importance picks the group
+    assert over["by_block_after_is"] == "placeholders"
+    assert len(over["by_block_after"]) - 1 > sum(choices[0]["blocks_after"].values())  # every block counted
+    assert make_plan(parse_recipe(GLOBAL.replace("{allocation}", "global"), "r.yaml"))["by_block_after_is"] == "at most"
