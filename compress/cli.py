@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", help="the output folder to write (must not exist)")
     p.add_argument("--scale", type=float, default=1.0, help="strength of the LoRA (default 1)")
     p.add_argument("--teacher", help="the teacher the LoRA was trained on, read only for a DoRA's norms "
-                   "(default: the one recorded in the output)")
+                   "(default: the one recorded in the output, or where that is itself an output, the first teacher of its chain)")
     p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file --teacher")
     return parser
 
