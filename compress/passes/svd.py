@@ -62,7 +62,7 @@ from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored
                                        unchanged_note)
 from compress.passes.svd_planned import mark_planned, planned_notes
 from compress.passes.svd_stages import Stages
-from compress.passes.svd_targets import Resolved, shape_spec, uses_output_gram
+from compress.passes.svd_targets import Resolved, is_model_wide, shape_spec, uses_output_gram
 from compress.passes.svd_walk import from_conditioning, walk
 from compress.report import console, warn
 from compress.stream_refusals import NotStreamable, Refusal
@@ -369,8 +369,10 @@ def fits_asymmetrically(c: SVDConfig, targets: list[LinearInfo]) -> bool:
 
 
 def calibrates_sequentially(c: SVDConfig, targets: list[LinearInfo]) -> bool:
-    """svd.sequential resolved: auto is on where block targets are fitted asymmetrically."""
-    return c.sequential is True or (c.sequential == "auto" and fits_asymmetrically(c, targets))
+    """svd.sequential resolved: auto is on where block targets re-run within their block (not
+    svd_targets.is_model_wide: the caption's keys and values are not) are fitted asymmetrically."""
+    rerun = [i for i in targets if not is_model_wide(i)]
+    return c.sequential is True or (c.sequential == "auto" and fits_asymmetrically(c, rerun))
 
 
 def fitted_to_reference(c: SVDConfig, info: LinearInfo) -> bool:

@@ -433,3 +433,17 @@ def test_sequential_auto_on_modulation_targets_and_true_beside_a_block_linear_st
     text = "model: flux\nteacher: toy:flux\npasses:\n  - svd: {targets: [modulation], fisher: block}\n"
     f = footprint(parse_recipe(text, str(tmp_path / "r.yaml")), "toy:flux", model.config, 0)
     assert (f["block_copies"], f["probe_bytes"]) == (1, 0)
+
+
+def test_sequential_auto_on_the_captions_keys_and_values_alone_sequences_nothing(tmp_path):
+    """`auto` (the way out the refusal above names) on caption keys/values alone: they read the caption,
+    never re-run within a block, so auto resolves to off and the footprint counts no block copy beside
+    the block's own and no probe (it counted both, as `true` did before it was refused)."""
+    from compress.calib_footprint import footprint
+    from compress.recipe import parse_recipe
+
+    text = ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [transformer_blocks.0.attn2.to_k, "
+            "transformer_blocks.0.attn2.to_v], fisher: block}\n")
+    model = tiny_pixart()
+    f = footprint(parse_recipe(text, str(tmp_path / "r.yaml")), "toy:pixart", model.config, 0)
+    assert (f["block_copies"], f["probe_bytes"]) == (1, 0)
