@@ -23,9 +23,25 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     without it (merged before chains were followed, or by a student recording no teacher) read the
     LoRA's blocks as the student's teacher's own: the teacher takes it so, its block i the LoRA's
     block i (what the student's block descending from it took), not through its chain (which would
-    give its blocks other blocks' LoRAs)."""
+    give its blocks other blocks' LoRAs); so does a record naming the student's teacher itself
+    (read_as_own_blocks)."""
     for record, source in zip(loras, replayed_sources(loras, moved, warn=False)):  # warned before loading
-        merge_lora(teacher, source, scale=record["scale"], own_blocks="blocks_of" not in record)
+        merge_lora(teacher, source, scale=record["scale"], own_blocks=read_as_own_blocks(teacher, record))
+
+
+def read_as_own_blocks(teacher: nn.Module, record: dict) -> bool:
+    """Whether the student read the LoRA's blocks as its teacher's own: a record without `blocks_of`,
+    or one naming another model than the first of the teacher's own chain (the student's teacher,
+    moved away when it took the LoRA, read as a base: lora_teacher.lora_base). Through its chain, the
+    teacher would give its block i the LoRA of the base block it descends from, not the LoRA's block i."""
+    from compress.lora_teacher import followed
+    from compress.report_teacher import teacher_chain
+
+    recorded = (getattr(teacher, "compression_meta", None) or {}).get("teacher")
+    if "blocks_of" not in record or not recorded:
+        return "blocks_of" not in record
+    chain = teacher_chain(str(recorded))
+    return followed(chain) and record["blocks_of"] != chain[-1]  # a broken chain: merge_lora says why
 
 
 def replayed_sources(loras: list[dict], moved: list[str] | None = None, warn: bool = True) -> list[str]:

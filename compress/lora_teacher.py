@@ -82,7 +82,7 @@ def lora_base(student: nn.Module) -> LoraBase:
     if not (meta or {}).get("teacher"):
         return LoraBase(own, None, None, [])
     chain = teacher_chain(str(meta["teacher"]))
-    if not _followed(chain):
+    if not followed(chain):
         raise UserError(f"{broken_chain('the model', chain)}: a LoRA's blocks are those of the first teacher of "
                         "that chain (the model it was trained on), and mapping them to the model's takes the block "
                         "map of every output along it")
@@ -105,7 +105,7 @@ def _missing(source: str) -> bool:
     return chain_break([source]) == NOT_THERE
 
 
-def _followed(chain: list[str]) -> bool:
+def followed(chain: list[str]) -> bool:
     """Whether `chain` (teacher_chain) ends at a base (report_teacher.chain_break): a student's own
     teacher not there now is read as one (nothing says it was an output)."""
     from compress.report_teacher import NOT_THERE, chain_break

@@ -143,3 +143,31 @@ def test_lora_gives_a_pipeline_folders_transformer_the_new_place_of_its_lora(tmp
                                                        ["diffusers", "FluxTransformer2DModel"]}))
     shutil.move(tmp_path / "lora", tmp_path / "moved")
     assert _eval(["eval", str(pipe), "--lora", str(tmp_path / "moved")], capsys) == before
+
+
+def test_a_lora_read_against_a_moved_teacher_is_replayed_on_that_teacher_as_its_own_blocks(tmp_path):
+    """c took a LoRA while its teacher b (itself an output: base -> a -> b, blocks removed) was moved
+    away: its blocks were read as b's own (blocks_of b). Replayed on b (back in place) for eval, b's
+    block i takes the LoRA's block i, as c's did, not (through b's chain) the base block b's block i
+    descends from: the teacher compared with then took other blocks' LoRAs."""
+    import torch
+
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from compress.lora_replay import replay
+    from tests.test_lora_chain import _chain
+    from tests.test_lora_limits import _save, _state
+
+    _, c_folder = _chain(tmp_path, "pixart")
+    lora = _save(_state(load_transformer(tmp_path / "b"), ["to_q"]), tmp_path / "b-lora.safetensors")
+    (tmp_path / "b").rename(tmp_path / "b-moved")
+    c = load_transformer(c_folder)
+    merge_lora(c, lora)
+    (tmp_path / "b-moved").rename(tmp_path / "b")
+    assert c.compression_meta["loras"][0]["blocks_of"] == str((tmp_path / "b").resolve())
+    teacher, expected = load_transformer(tmp_path / "b"), load_transformer(tmp_path / "b")
+    merge_lora(expected, lora, own_blocks=True)
+    replay(teacher, c.compression_meta["loras"])
+    got, want = teacher.state_dict(), expected.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
