@@ -41,7 +41,7 @@ def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = No
 
 
 def evaluate(args) -> int:
-    grid = output_file(args.grid, "--grid", figure=True) if args.grid else None  # before any work
+    grid = output_file(args.grid, "--grid", figure=True) if args.grid is not None else None  # before any work
     check_lora_option(args.model, args.lora)
     streamed_out = _streamed_output(args.model, args.teacher, args.teacher_config)
     if streamed_out is not None:

@@ -143,8 +143,8 @@ def importance(args) -> int:
     from compress.stream import streamed
 
     to_stdout = args.json == "-"  # the scan as JSON on standard output, in place of the table
-    json_path = output_file(args.json, "--json") if args.json and not to_stdout else None  # before the scan
-    png = output_file(args.png, "--png", figure=True) if args.png else None
+    json_path = output_file(args.json, "--json") if args.json is not None and not to_stdout else None  # before the scan
+    png = output_file(args.png, "--png", figure=True) if args.png is not None else None
     recipe = _importance_source(args.source, args.teacher, args.teacher_config, args.overrides)  # None: a toy
     config = _importance_config(recipe, args.buckets, args.teacher)  # before the teacher loads
     png = png or _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])

@@ -246,8 +246,11 @@ FIGURES = (".png", ".pdf", ".svg")
 
 def output_file(path, what: str, figure: bool = False) -> Path:
     """Where a command will write its `what`, checked before the work: not a folder, its folder
-    made. A figure without a suffix becomes .png (as matplotlib would write it)."""
-    p = Path(path).expanduser()
+    made. A figure without a suffix becomes .png (as matplotlib would write it). An empty path is
+    refused; a link is the file it points to (write_atomically writes through it)."""
+    if not str(path).strip():
+        raise UserError(f"{what} is empty: give a file name, or leave {what} out")
+    p = _followed_link(Path(path).expanduser(), path, what)
     if p.is_dir():  # before a figure's suffix: `--png DIR` is not DIR.png beside it
         raise UserError(f"{what} {path} is a folder; give a file name")
     if figure and not p.suffix:
@@ -257,6 +260,16 @@ def output_file(path, what: str, figure: bool = False) -> Path:
     if p.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file name")
     return output_dir(p.parent, what) / p.name
+
+
+def _followed_link(p: Path, path, what: str) -> Path:
+    """`p`, or where it is a link the path it points to (its folder is the one written into)."""
+    if not p.is_symlink():
+        return p
+    try:
+        return p.resolve()
+    except (RuntimeError, OSError) as e:  # a loop: RuntimeError before Python 3.13
+        raise UserError(f"{what} {path}: a link that cannot be followed ({e})") from None
 
 
 def output_dir(path, what: str) -> Path:

@@ -182,3 +182,14 @@ def test_importance_default_heatmap_in_a_read_only_folder_is_named_before_the_te
         (argv, f"the heatmap importance-{family}.png (the default; --png PATH writes it elsewhere): the folder "
                   f"{folder} is not writable") for argv, family in
         ((["importance", "toy:pixart"], "pixart"), (["importance", str(recipe)], "flux"))])
+
+
+def test_importance_refuses_an_empty_json_or_png_before_the_teacher_loads(tmp_path, capsys, monkeypatch,
+                                                                          no_teacher_loads):
+    """`--json ''` wrote no JSON and said nothing (exit 0), `--png ''` wrote the default heatmap: both
+    refused before the scan, as an empty --plot is."""
+    monkeypatch.chdir(tmp_path)
+    _one_line_errors(capsys, [
+        (["importance", "toy:pixart", "--json", ""], "--json is empty: give a file name, or leave --json out"),
+        (["importance", "toy:pixart", "--png", " "], "--png is empty: give a file name, or leave --png out")])
+    assert not list(tmp_path.iterdir())

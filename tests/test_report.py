@@ -211,3 +211,17 @@ def test_the_rank_plots_legend_covers_no_bar(tmp_path, monkeypatch):
     whole = fig.bbox
     assert whole.x0 <= legend.x0 and legend.x1 <= whole.x1 and whole.y0 <= legend.y0 and legend.y1 <= whole.y1
     assert (tmp_path / "ranks.png").is_file()
+
+
+def test_output_file_makes_the_folder_a_link_points_into_and_names_a_link_loop(tmp_path):
+    """write_atomically writes through a link, so the folder made and checked before the work is
+    that of the link's target: a link into a missing folder failed after the whole scan (traceback)."""
+    from compress.errors import UserError
+    from compress.report import output_file
+
+    (tmp_path / "out.json").symlink_to(tmp_path / "missing" / "x.json")
+    assert output_file(str(tmp_path / "out.json"), "--json") == tmp_path / "missing" / "x.json"
+    assert (tmp_path / "missing").is_dir()
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    with pytest.raises(UserError, match=r"--json .*loop\.json: a link that cannot be followed"):
+        output_file(str(tmp_path / "loop.json"), "--json")
