@@ -38,8 +38,10 @@ def read_as_own_blocks(teacher: nn.Module, record: dict) -> bool:
     from compress.report_teacher import teacher_chain
 
     recorded = (getattr(teacher, "compression_meta", None) or {}).get("teacher")
-    if "blocks_of" not in record or not recorded:
-        return "blocks_of" not in record
+    if "blocks_of" not in record:
+        return True
+    if not recorded:  # the teacher is the base itself: its blocks are the LoRA's either way
+        return False
     chain = teacher_chain(str(recorded))
     return followed(chain) and record["blocks_of"] != chain[-1]  # a broken chain: merge_lora says why
 

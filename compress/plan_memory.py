@@ -92,10 +92,7 @@ def _part(what: str, size: int, keys: list[str], fix: str = "") -> dict:
 def _process(recipe) -> list[dict]:
     """This process itself where the run computes on the CPU (PROCESS_BYTES); none on a GPU, whose
     memory it is compared with."""
-    device = recipe.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return [] if device.startswith("cuda") else [_part("this process (python, torch, diffusers)", PROCESS_BYTES, [])]
+    return [] if _device_name(recipe.device).startswith("cuda") else [_part("this process (python, torch, diffusers)", PROCESS_BYTES, [])]
 
 
 # ---- an svd pass's statistics ---------------------------------------------------------------------
@@ -301,8 +298,7 @@ def _svd_keys(recipe, option: str) -> list[str]:
 def device_memory(device: str) -> tuple[int, str] | None:
     """(bytes, name) of the memory of a recipe's `device` here: a CUDA device's total, else this
     machine's physical memory (within its cgroup's limit); None where unknown or not here."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device_name(device)
     if not device.startswith("cuda"):
         total = machine_memory()
         return (total, "this machine") if total else None
@@ -310,6 +306,11 @@ def device_memory(device: str) -> tuple[int, str] | None:
     if not torch.cuda.is_available() or index >= torch.cuda.device_count():
         return None  # make_plan notes it
     return torch.cuda.get_device_properties(index).total_memory, f"cuda:{index}"
+
+
+def _device_name(device: str) -> str:
+    """A recipe's `device` with auto resolved as the run resolves it (runner_setup.resolve_device)."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def machine_memory() -> int | None:
