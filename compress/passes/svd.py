@@ -45,14 +45,14 @@ from compress.calib import BlockCalibration, model_digest
 from compress.calib_stats import Stats, StatsCache
 from compress.calib_store import BlockLoader
 from compress.distill_utils import PLANNED_FACTORS
-from compress.errors import BadValue, UserError
+from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.linalg import normalized_curve
 from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
-from compress.passes.svd_checks import centered, check_config, check_values, merge_report, summary
+from compress.passes.svd_checks import centered, check_config, check_values, merge_report, refused_on_all, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
                                        fisher_plan, sweeps)
@@ -103,10 +103,7 @@ class SVDPass(GlobalAllocation, Pass):
         only in its report's empty `asymmetric`."""
         if self.config.asymmetric is not True or self._fits(targets):
             return
-        why = "; ".join(sorted({_not_fitted(i) for i in targets}))
-        raise BadValue("asymmetric", f"svd.asymmetric: true, but none of this pass's {len(targets)} targets can be "
-                                     f"fitted to the reference: {why}; leave svd.asymmetric out (auto), or target "
-                                     "block linears (attention, mlp)", reads=("targets", "ignore"))
+        raise refused_on_all("asymmetric", targets, "can be fitted to the reference", _NOT_FITTED)
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
         """A pass whose ranks, known before calibration, leave every target dense changes nothing (ranks
@@ -338,14 +335,12 @@ class SVDPass(GlobalAllocation, Pass):
              sequential)
 
 
-def _not_fitted(info: LinearInfo) -> str:
-    """Why a target (of a whitened, student-activation pass) is never fitted to the reference."""
-    if from_conditioning(info):
-        return ("the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
-                "too), whose stats are taken on the student's stream alone")
-    if info.group is None:
-        return "top-level layers are calibrated before the blocks, on the student's stream alone"
-    return "a layer factorized on its output Gram (Flux's single-block proj_out) has no input to fit"
+# why a target (of a whitened, student-activation pass) is never fitted to the reference, by target_kind
+_NOT_FITTED = {
+    "conditioning": "the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
+                    "too), whose stats are taken on the student's stream alone",
+    "top level": "top-level layers are calibrated before the blocks, on the student's stream alone",
+    "block": "a layer factorized on its output Gram (Flux's single-block proj_out) has no input to fit"}
 
 
 def streaming_refusals(c) -> list[Refusal]:

@@ -70,23 +70,36 @@ def _check_sequenced(c, targets) -> None:
     sequence nothing, and the memory estimate counted a dense block copy and a probe it never holds."""
     if c.sequential is not True or not targets or not all(map(is_model_wide, targets)):
         return
-    why = "; ".join(sorted({_not_sequenced(i) for i in targets}))
-    raise _bad("sequential", f"svd.sequential: true, but none of this pass's {len(targets)} targets is calibrated "
-                             f"within its block, where sequential calibration re-runs it: {why}; leave "
-                             "svd.sequential out (auto), or target block linears (attention, mlp)",
-               "targets", "ignore")
+    raise refused_on_all("sequential", targets, "is calibrated within its block, where sequential calibration "
+                         "re-runs it", _NOT_SEQUENCED)
 
 
-def _not_sequenced(info) -> str:
-    """Why a target (is_model_wide) is never re-run within a block (svd_walk.in_order)."""
+# why a target (is_model_wide) is never re-run within a block (svd_walk.in_order), by target_kind
+_NOT_SEQUENCED = {
+    "conditioning": "the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
+                    "too), whose stats are taken once over a timestep grid",
+    "top level": "top-level layers are calibrated before or after the blocks, not within one",
+    "block": "the cross-attention keys and values read the caption, which no layer of their block makes"}
+
+
+def refused_on_all(key: str, targets, can: str, reasons: dict[str, str]) -> BadValue:
+    """svd.KEY: true on a pass none of whose `targets` `can` (a phrase: 'can be fitted to the
+    reference'): a BadValue that gives, once each, the reasons (`reasons`, by target_kind) of its
+    targets' kinds."""
+    why = "; ".join(sorted({reasons[target_kind(i)] for i in targets}))
+    return _bad(key, f"svd.{key}: true, but none of this pass's {len(targets)} targets {can}: {why}; leave "
+                     f"svd.{key} out (auto), or target block linears (attention, mlp)", "targets", "ignore")
+
+
+def target_kind(info) -> str:
+    """Which of three kinds a target is, as the reasons of `refused_on_all` tell them apart:
+    'conditioning' (its stats are the conditioning's: svd_walk.from_conditioning), 'top level'
+    (outside the blocks), else 'block'."""
     from compress.passes.svd_walk import from_conditioning
 
     if from_conditioning(info):
-        return ("the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
-                "too), whose stats are taken once over a timestep grid")
-    if info.group is None:
-        return "top-level layers are calibrated before or after the blocks, not within one"
-    return "the cross-attention keys and values read the caption, which no layer of their block makes"
+        return "conditioning"
+    return "top level" if info.group is None else "block"
 
 
 def _check_not_factorized(targets, model: nn.Module) -> None:

@@ -115,3 +115,23 @@ def test_a_pass_whose_grams_are_mostly_clamped_is_warned_once():
     said = clamped_words({"a": rec(True), "b": rec(True, (64, 16), 5), "c": rec(False)})
     assert said.startswith("svd: 2 of this pass's 3 targets had calibration data spanning fewer directions than "
                            "the layer is wide (the widest, b 64×16, 5 of 16): too few calibration rows"), said
+
+
+def test_the_sequential_and_asymmetric_refusals_share_one_wording_by_target_kind():
+    """svd_checks' sequential refusal and svd.py's asymmetric one were two copies of a three-way reason
+    (conditioning, top level, other) and of the message around it; one helper, refused_on_all, words
+    both: each kind's reason once, sorted, at the key, reading the pass's targets and ignore."""
+    from compress.arch.base import LinearInfo
+    from compress.passes.svd_checks import refused_on_all, target_kind
+
+    def info(name, role, group):
+        return LinearInfo(name, role, "x", group, None if group is None else 0, 4, 4, name)
+
+    mod, top, kv = (info("norm.linear", "modulation", "blocks"), info("proj_out", "output", None),
+                    info("blocks.0.attn2.to_k", "attention", "blocks"))
+    assert [target_kind(i) for i in (mod, top, kv)] == ["conditioning", "top level", "block"]
+    reasons = {"conditioning": "c", "top level": "a", "block": "b"}
+    e = refused_on_all("sequential", [kv, mod, top, kv], "can X", reasons)
+    assert (e.key, e.reads) == ("sequential", ("targets", "ignore"))
+    assert str(e) == ("svd.sequential: true, but none of this pass's 4 targets can X: a; b; c; leave "
+                      "svd.sequential out (auto), or target block linears (attention, mlp)")
