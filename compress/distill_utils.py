@@ -24,6 +24,7 @@ from torch import nn
 from compress.errors import UserError
 from compress.kd_losses import massive_activation_mask, normalized_mse
 from compress.lowrank import LowRankLinear
+from compress.report import save_figure
 
 if TYPE_CHECKING:
     from compress.passes.distill import DistillConfig
@@ -288,8 +289,7 @@ def _plot(history: list[dict], png_path: Path) -> None:
     ax.set_ylabel("loss term (unweighted)")
     ax.set_title("distill: loss curves")
     ax.legend()
-    fig.savefig(png_path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, png_path, dpi=80)  # a temp file renamed into place: never a cut-off PNG
 
 
 def read_curves(csv_path: Path) -> list[dict]:

@@ -284,15 +284,15 @@ def output_dir(path, what: str) -> Path:
     return p
 
 
-def _save_figure(fig, path: Path) -> Path:
-    """`fig` written to `path` through a temp file renamed into place (never a cut-off PNG under
-    its name), then closed."""
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """`fig` written to `path` through a temp file renamed into place (an interrupt or an error
+    mid-write never leaves a cut-off PNG under its name: importance.write_atomically), then closed."""
     import matplotlib.pyplot as plt
 
     from compress.passes.importance import write_atomically
 
     try:
-        return write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
+        return write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
     finally:
         plt.close(fig)
 
@@ -319,7 +319,7 @@ def plot_ranks(rows: list[dict], path: Path) -> Path:
               labels=list(colors), fontsize=8, ncol=len(colors), loc="lower center", bbox_to_anchor=(0.5, 1.0),
               frameon=False)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_spectrum(name: str, energies, rank: int | None, path: Path) -> Path:
@@ -338,4 +338,4 @@ def plot_spectrum(name: str, energies, rank: int | None, path: Path) -> Path:
     ax.set_xlabel("index")
     ax.set_ylabel("whitened eigenvalue")
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

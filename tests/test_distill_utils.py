@@ -75,3 +75,27 @@ def test_a_signal_passed_on_by_a_launcher_keeps_the_clean_stop(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         stop._handler(signal.SIGTERM, None)  # another signal, later: not the same stop
     assert (same_stop(0.5, False, False), same_stop(3.0, False, True), same_stop(3.0, True, True)) == (True, False, True)
+
+
+def test_an_interrupted_loss_curve_png_leaves_the_old_file_and_no_other(tmp_path, monkeypatch):
+    """write_curves saved its PNG straight under its name: a Ctrl-C mid-write left a cut-off PNG
+    there. It is written as inspect's and importance's figures are (report.save_figure): a temp file
+    renamed into place, the old one (or none) left where the write stops."""
+    import matplotlib.figure
+
+    from compress.distill_utils import write_curves
+
+    def cut_off(self, fname, **kw):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    history = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+    csv, png = tmp_path / "curves.csv", tmp_path / "curves.png"
+    png.write_bytes(b"old")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        write_curves(history, csv, png)
+    assert png.read_bytes() == b"old" and sorted(f.name for f in tmp_path.iterdir()) == [csv.name, png.name]
+    monkeypatch.undo()
+    write_curves(history, csv, png)
+    assert png.read_bytes()[:4] == b"\x89PNG" and sorted(f.name for f in tmp_path.iterdir()) == [csv.name, png.name]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from compress.passes.importance import ImportanceResult, write_atomically
+from compress.passes.importance import ImportanceResult
+from compress.report import save_figure
 
 
 def render_table(result: ImportanceResult, criterion: str | None = None, width: int | None = None):
@@ -115,7 +116,4 @@ def plot_heatmap(result: ImportanceResult, png_path) -> Path:
     fig.suptitle(f"{result.family}: error of the final prediction with one block skipped\n"
                  f"(Spearman proxy vs scan = {result.spearman:.2f})", fontsize=10)
     fig.tight_layout()
-    try:  # a temp file renamed into place: an interrupt never leaves a cut-off figure
-        return write_atomically(png_path, lambda tmp: fig.savefig(tmp, dpi=110))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, png_path)
