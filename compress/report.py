@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -83,6 +84,23 @@ def layer_rows(model, report: dict | None = None) -> list[dict]:
 
 def _block_label(info) -> str:
     return f"{info.group}.{info.block}" if info.group is not None else "-"
+
+
+def other_params(model, rows: list[dict]) -> list[dict]:
+    """The parameters outside the linear layers `rows` (norms, a PixArt block's scale_shift_table, the
+    patch embedding), as dense rows of no role, one per block and one for the top level (block "-"):
+    with them the table by block adds up to the model's parameter count, what the weight files hold."""
+    from compress.arch import get_adapter
+
+    linears = tuple(f"{r['name']}." for r in rows)
+    blocks = [(re.compile(rf"{re.escape(g.attr)}\.(\d+)\."), g.name) for g in get_adapter(model).groups]
+    counts: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if name.startswith(linears):
+            continue
+        block = next((f"{group}.{m.group(1)}" for pattern, group in blocks if (m := pattern.match(name))), "-")
+        counts[block] = counts.get(block, 0) + p.numel()
+    return [{"block": b, "params": n, "dense_params": n, "rank": None} for b, n in counts.items()]
 
 
 # (header, justify, cell) of the per-layer table; the first group is the rank budget, the second
@@ -230,14 +248,15 @@ def check_report(report: dict, path) -> None:
             if not isinstance(record, dict):
                 raise bad(f"svd.{part}.{name}", record, "a mapping")
             for key in numbers:
-                if not _is_number(record.get(key)):
+                if not is_number(record.get(key)):
                     raise bad(f"svd.{part}.{name}.{key}", record.get(key), "a number")
             spectrum = record.get("spectrum")
-            if spectrum is not None and not (isinstance(spectrum, list) and all(map(_is_number, spectrum))):
+            if spectrum is not None and not (isinstance(spectrum, list) and all(map(is_number, spectrum))):
                 raise bad(f"svd.{part}.{name}.spectrum", spectrum, "a list of numbers")
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A JSON number: an int or a float, not a bool (report.json's values as read back)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

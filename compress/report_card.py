@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from compress.report import _is_number
+from compress.report import is_number
 
 
 def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
@@ -39,7 +39,7 @@ def chain_base_of(report: dict) -> dict | None:
     """The report's `base` ({source, params}: report_teacher.chain_base_record), None where it has
     none or a damaged one (it is only words then)."""
     base = report.get("base")
-    ok = isinstance(base, dict) and isinstance(base.get("source"), str) and _is_number(base.get("params"))
+    ok = isinstance(base, dict) and isinstance(base.get("source"), str) and is_number(base.get("params"))
     return base if ok and base["params"] > 0 else None
 
 
@@ -61,7 +61,7 @@ def _stage_seconds(stages: list[dict], distill: dict) -> list[str]:
     for s in stages:
         record = next(records, {}) if s["pass"] == "distill" else {}
         total, this_run = record.get("seconds"), record.get("seconds_this_run")
-        before = total - this_run if _is_number(total) and _is_number(this_run) else 0
+        before = total - this_run if is_number(total) and is_number(this_run) else 0
         total = round(s["seconds"] + before, 3)
         cells.append(f"{total} ({s['seconds']} this run)" if before > 0 else str(s["seconds"]))
     return cells

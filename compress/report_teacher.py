@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.report import DAMAGED, REPORT_TEXT, _is_number, read_report, warn
+from compress.report import DAMAGED, REPORT_TEXT, is_number, read_report, warn
 
 
 def recorded_teacher(out: Path, teacher_arg: str | None = None,
@@ -197,7 +197,7 @@ def chain_base_record(source: str) -> dict | None:
         params = read_report(Path(chain[-2]).expanduser()).get("teacher_params")
     except (UserError, OSError):
         return None
-    return {"source": chain[-1], "params": params} if _is_number(params) and params > 0 else None
+    return {"source": chain[-1], "params": params} if is_number(params) and params > 0 else None
 
 
 NOT_THERE = "which is not there"  # chain_break of a teacher moved away

@@ -225,3 +225,20 @@ def test_output_file_makes_the_folder_a_link_points_into_and_names_a_link_loop(t
     (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
     with pytest.raises(UserError, match=r"--json .*loop\.json: a link that cannot be followed"):
         output_file(str(tmp_path / "loop.json"), "--json")
+
+
+def test_is_number_and_other_params_are_reports_own():
+    """report_teacher and report_card imported report's private _is_number; plan's table by block
+    imported other_params from inspect, a command. Both are report's public helpers now: a JSON number
+    is an int or float but no bool; the rows outside the linears (one per block, the top level as "-")
+    add up, with the linears', to the model's parameter count."""
+    from compress.report import is_number, layer_rows, other_params, param_count
+    from tests.conftest import tiny_pixart
+
+    assert [is_number(v) for v in (1, 0.5, float("nan"), True, "1", None)] == [True, True, True, False, False, False]
+    model = tiny_pixart()
+    rows = layer_rows(model)
+    others = other_params(model, rows)
+    assert sum(r["params"] for r in rows + others) == param_count(model)
+    assert {r["block"] for r in others} == {"-"} | {r["block"] for r in rows if r["block"] != "-"}
+    assert all(r["rank"] is None and r["params"] == r["dense_params"] for r in others)
