@@ -26,13 +26,13 @@ def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
 
 def _params_line(report: dict) -> str:
     """'Parameters: S of T (69.3%).'; where the teacher is itself an output (report's `base`), the
-    share of the chain's base too."""
+    share of the chain's base (the first teacher of the chain, not the teacher's own on a longer one) too."""
     student, teacher, base = report["student_params"], report["teacher_params"], chain_base_of(report)
     if base is None:
         return f"Parameters: {student:,} of {teacher:,} ({student / teacher:.1%})."
     return (f"Parameters: {student:,} of {teacher:,} ({student / teacher:.1%} of the teacher); "
-            f"{student / base['params']:.1%} of the {base['params']:,} of the chain's base `{base['source']}`, "
-            "which the teacher was compressed from.")
+            f"{student / base['params']:.1%} of the {base['params']:,} of `{base['source']}`, where its chain of "
+            "teachers starts.")  # the teacher's own teacher only on a chain of two
 
 
 def chain_base_of(report: dict) -> dict | None:

@@ -112,8 +112,7 @@ def test_a_runs_card_counts_the_layers_its_output_holds_with_a_factorized_teache
     share = f"{report['student_params'] / report['base']['params']:.1%}"
     assert (f"Parameters: {report['student_params']:,} of {report['teacher_params']:,} ("
             f"{report['student_params'] / report['teacher_params']:.1%} of the teacher); {share} of the "
-            f"{report['base']['params']:,} of the chain's base `{tmp_path / 'teacher'}`, which the teacher was "
-            "compressed from.") in card
+            f"{report['base']['params']:,} of `{tmp_path / 'teacher'}`, where its chain of teachers starts.") in card
 
 
 def test_the_wrote_line_and_the_card_give_a_chained_outputs_share_of_the_base_and_a_plain_ones_as_before():
@@ -123,12 +122,31 @@ def test_the_wrote_line_and_the_card_give_a_chained_outputs_share_of_the_base_an
 
     chained = {"student_params": 703056, "teacher_params": 1014096, "base": {"source": "toy:flux", "params": 2345744}}
     assert wrote_words(chained, "out/A") == "703,056 params, 69.3% of the teacher out/A, 30.0% of the base toy:flux"
-    assert ("Parameters: 703,056 of 1,014,096 (69.3% of the teacher); 30.0% of the 2,345,744 of the chain's base "
-            "`toy:flux`, which the teacher was compressed from.") in _card_of(chained).splitlines()
+    assert ("Parameters: 703,056 of 1,014,096 (69.3% of the teacher); 30.0% of the 2,345,744 of `toy:flux`, where "
+            "its chain of teachers starts.") in _card_of(chained).splitlines()
     plain = {"student_params": 703056, "teacher_params": 1014096}
     assert wrote_words(plain, "toy:flux") == "703,056 params, 69.3% of the teacher"
     assert "Parameters: 703,056 of 1,014,096 (69.3%)." in _card_of(plain).splitlines()
     assert "Parameters: 50 of 100 (50.0%)." in _card({"base": {"source": "x", "params": "?"}}).splitlines()
+
+
+def test_the_card_of_a_three_link_chain_names_where_the_chain_starts_not_what_the_teacher_came_from(tmp_path):
+    """c's teacher b was compressed from a, itself from toy:flux: the card said b was "compressed from"
+    toy:flux, its chain's base. It now says where the chain of teachers starts."""
+    import json
+
+    from compress.report_teacher import chain_base_record
+    from tests.teacher_chain_helpers import chained_outputs, output_config
+
+    a, _ = chained_outputs(tmp_path, "toy:flux")
+    (a / "report.json").write_text(json.dumps({"teacher": "toy:flux", "teacher_params": 2345744}))
+    b = output_config(tmp_path / "b", str(a.resolve()))
+    report = {"student_params": 703056, "teacher_params": 1014096, "base": chain_base_record(str(b))}
+    assert report["base"] == {"source": "toy:flux", "params": 2345744}
+    card = _card_of(report)
+    assert ("Parameters: 703,056 of 1,014,096 (69.3% of the teacher); 30.0% of the 2,345,744 of `toy:flux`, where "
+            "its chain of teachers starts.") in card.splitlines()
+    assert "compressed from" not in card
 
 
 def _card_of(report: dict) -> str:
