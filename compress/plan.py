@@ -135,24 +135,38 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         steps.append(step)
     after_rows = layer_rows(model)
     spare, spare_roles = spare_bound(model, adapter, planned_blocks(model, adapter))
+    counts, taken = adapter.block_counts(model), sum(u["blocks"] for u in unplaced)  # taken: placed at run time
     plan = {
         "calibration": calib,
-        "backward": backward_bytes(calib, model.config, sum(adapter.block_counts(model).values())),
+        "backward": backward_bytes(calib, model.config, sum(counts.values())),
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
-        "blocks_after": adapter.block_counts(model), "passes": steps, "stream": streamed,
+        "blocks_after": counts, "blocks_after_is": "at most" if unplaced else "exact",
+        "blocks_after_total": sum(counts.values()) - taken, "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
+        "params_after_is": "at most" if later or unplaced or uneven else "exact",
         "params_after_at_most": param_count(model) - budget_savings(later, budgeted, model) + spare
         - smallest_blocks(model, adapter, sum(u["blocks"] for u in unplaced), budgeted,
                           removal_shares(later, removals_before, len(unplaced))),
         "decided_later": later, "unplaced_removals": unplaced, "uneven_removals": uneven, "params_spare": spare,
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
         "by_role_after_at_most": {r: n + spare_roles.get(r, 0) for r, n in by_key(after_rows, "role").items()},
+        "by_role_after_is": by_role_after_is(before_rows + after_rows, later, bool(unplaced or uneven)),
         "by_block_before": before_blocks, "by_block_after": block_params(model, after_rows),
         "by_block_after_is": by_block_after_is(unplaced, uneven, later),
     }
     plan["memory"] = peak_memory(recipe, plan, any(getattr(p, "needs_calibration", False) for p in passes))
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
+
+
+def by_role_after_is(rows: list[dict], later: list, blocks_open: bool) -> dict[str, str]:
+    """{role: "exact" | "at most"} of plan's by_role_after_at_most (`rows`: the linears before and
+    after, layer_rows): "at most" for a role whose ranks an svd pass decides after calibration
+    (`later`, counted dense) and, where which blocks go is picked at run time (`blocks_open`), for a
+    role with linears in blocks; a role only at the top level keeps its count, which no removal changes."""
+    open_roles = {role for entry in later for role in entry["roles"]}
+    in_blocks = {r["role"] for r in rows if r["block"] != "-"} if blocks_open else set()
+    return {r["role"]: "at most" if r["role"] in open_roles | in_blocks else "exact" for r in rows}
 
 
 def by_block_after_is(unplaced: list, uneven: list, later: list) -> str:
@@ -347,21 +361,32 @@ def print_plan(plan: dict) -> None:
         table.add_column(col, justify="left" if col == "role" else "right")
     later = plan.get("decided_later", [])
     open_roles = {role for entry in later for role in entry["roles"]}  # ranks decided after calibration
-    # any block may go, or which go changes the count: every role's count a bound
-    blocks_open = bool(plan.get("unplaced_removals") or plan.get("uneven_removals"))
-    most = plan.get("by_role_after_at_most", plan["by_role_after"])
+    most, marks = plan["by_role_after_at_most"], plan["by_role_after_is"]
     for role, n in plan["by_role_before"].items():
         after = most.get(role, 0)
-        bound = "≤ " if role in open_roles or blocks_open else ""
+        bound = "≤ " if marks.get(role) == "at most" else ""
         table.add_row(role, f"{n:,}", f"{bound}{after:,}", f"{bound}{after / n:.1%}")
     results.print(table)
-    if open_roles:
-        results.print(f"≤: {', '.join(_pass_words(e) for e in later)} decide{'s' if len(later) == 1 else ''} "
-                      "these roles' ranks after calibration; their layers are counted here as before it")
-    if plan.get("uneven_removals"):
-        results.print(f"≤: {_uneven_words(plan['uneven_removals'])}; each role counted as if the blocks "
-                      "with least of it go")
+    for line in _role_notes(plan, open_roles):
+        results.print(line)
     results.print(total_words(plan))
+
+
+def _role_notes(plan: dict, open_roles: set) -> list[str]:
+    """The footnotes of the role table's bounds (≤), one per cause."""
+    later, unplaced, uneven = plan["decided_later"], plan["unplaced_removals"], plan["uneven_removals"]
+    notes = []
+    if open_roles:
+        notes.append(f"≤: {', '.join(_pass_words(e) for e in later)} decide{'s' if len(later) == 1 else ''} "
+                     f"the ranks of {', '.join(sorted(open_roles))} after calibration; their layers are "
+                     "counted here as before it")
+    if unplaced:
+        notes.append(f"≤: {_takes_words(unplaced)}, picked by importance at run time from any group: the roles "
+                     "with layers in blocks are counted here with every block (those only outside the blocks "
+                     "are exact)")
+    if uneven:
+        notes.append(f"≤: {_uneven_words(uneven)}; each role counted as if the blocks with least of it go")
+    return notes
 
 
 def _pass_words(entry: dict) -> str:
@@ -393,18 +418,25 @@ def _bound_words(plan: dict) -> str:
     before, counted, most = plan["params_before"], plan["params_after_planned"], plan["params_after_at_most"]
     later, unplaced = plan.get("decided_later", []), plan.get("unplaced_removals", [])
     if unplaced:
-        words = _takes_words(unplaced)
-        return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: {words} from "
-                "groups its importance picks at run time, so every block is counted here, less the smallest as "
-                f"many{', and ranks decided after calibration' if later else ''})")
+        n = sum(u["blocks"] for u in unplaced)
+        smallest = "smallest block goes" if n == 1 else f"{n} smallest blocks go"
+        ranks = f"; {_later_words(later)}, ranks decided after calibration" if later else ""
+        return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: "
+                f"{_takes_words(unplaced)}, picked by importance at run time from any group: counted as if "
+                f"the {smallest}{ranks})")
     if not later:
         return f"total parameters: {before:,} -> {counted:,} (planned)"
     if most - plan.get("params_spare", 0) < counted:  # a budget saves some
-        words = "; ".join(f"{_pass_words(e)} keeps at most its budget, {e['budget_params']:,} of its targets' "
-                          f"{e['dense_params']:,} dense" if "budget_params" in e else
-                          f"{_pass_words(e)} counted dense" for e in later)
-        return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: {words}, "
-                "ranks decided after calibration)")
-    return (f"total parameters: {before:,} -> at most {most:,} (planned: "
+        return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: "
+                f"{_later_words(later)}, ranks decided after calibration)")
+    return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: "
             f"{', '.join(_pass_words(e) for e in later)} decide{'s' if len(later) == 1 else ''} ranks after "
             "calibration; their layers are counted dense)")
+
+
+def _later_words(later: list[dict]) -> str:
+    """How the total counts each svd pass whose ranks are decided after calibration: at its budget
+    (allocation global) or dense."""
+    return "; ".join(f"{_pass_words(e)} keeps at most its budget, {e['budget_params']:,} of its targets' "
+                     f"{e['dense_params']:,} dense" if "budget_params" in e else
+                     f"{_pass_words(e)} counted dense" for e in later)

@@ -413,3 +413,43 @@ def test_plan_s_parameters_by_block_add_up_to_its_totals_as_inspect_s_do(passes)
     assert sum(plan["by_block_after"].values()) == plan["params_after_planned"]
     assert plan["by_block_after"]["-"] == plan["by_block_before"]["-"]  # the top level untouched
     assert len(plan["by_block_after"]) - 1 == sum(plan["blocks_after"].values())  # removed blocks gone
+
+
+def _doc_tables() -> dict[str, set[str]]:
+    """{section heading: the keys its table lists} of docs/PLAN_JSON.md."""
+    import re
+
+    tables, heading = {}, None
+    for line in (Path(__file__).parents[1] / "docs" / "PLAN_JSON.md").read_text().splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+            tables[heading] = set()
+        elif heading and (m := re.match(r"^\| `([^`]+)` \|", line)):
+            tables[heading].add(m.group(1))
+    return tables
+
+
+def _plan_json(capsys, *argv: str) -> dict:
+    import json
+
+    from compress.cli import main
+
+    recipes = Path(__file__).parents[1] / "recipes"
+    assert main(["plan", str(recipes / argv[0]), "--json", *argv[1:]]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_json_doc_lists_every_key_plan_emits(capsys):
+    """No document listed the keys plan --json emits: docs/PLAN_JSON.md does, and its tables are those
+    of real plans of the toy recipes (a global svd pass; a fraction over Flux's two groups, --set)."""
+    tables = _doc_tables()
+    flux = _plan_json(capsys, "toy-flux.yaml", "--set", "passes.1.remove_blocks={fraction: 0.3}")
+    pixart = _plan_json(capsys, "toy-pixart.yaml")
+    for plan in (flux, pixart):
+        assert set(plan) == tables["Top level"]
+        assert set(plan["calibration"]) == tables["`calibration`"]
+        assert set(plan["memory"]) == tables["`memory`"]
+        assert set(plan["decided_later"][0]) == tables["`decided_later` entries"] - {"set"}
+    (unplaced,) = flux["unplaced_removals"]
+    assert set(unplaced) == tables["`unplaced_removals` entries"] - {"set"}  # (set: of a pass --set added)
+    assert set(flux["passes"][1]) & tables["`passes` entries"] == {"pass", "line", "scores"}

@@ -26,6 +26,8 @@ def test_a_global_pass_s_roles_are_bounds_and_the_total_its_budget(capsys):
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
     assert all(f"≤ {plan['by_role_after'][r]:,}" in rows[r] for r in later["roles"])
     assert "≤" not in rows["modulation"]
+    assert ("≤: svd (line 5, allocation global) decides the ranks of attention, cross_attention, mlp after "
+            "calibration") in out  # which roles, as a removal's footnote may follow
     assert (f"total parameters: {plan['params_before']:,} -> at most 973,072 (55.1%; planned: svd (line 5, "
             f"allocation global) keeps at most its budget, {int(0.6 * dense):,} of its targets' {dense:,} dense"
             in " ".join(out.split()))
@@ -33,15 +35,17 @@ def test_a_global_pass_s_roles_are_bounds_and_the_total_its_budget(capsys):
 
 def test_an_energy_pass_s_total_is_a_bound_and_a_planned_one_exact(capsys):
     """allocation energy has no budget: the total is at most the count with its targets dense, and
-    says so; with every rank planned it is exact."""
+    says so, with its share of the teacher as every other bound (it had none); with every rank
+    planned it is exact."""
     from compress.plan import print_plan
 
     plan = make_plan(parse_recipe(GLOBAL.replace("{allocation}", "energy").replace("ratio: 0.6, ", ""), "r.yaml"))
     assert plan["params_after_at_most"] == plan["params_after_planned"]
     assert "budget_params" not in plan["decided_later"][0]
     print_plan(plan)
-    assert (f"-> at most {plan['params_after_planned']:,} (planned: svd (line 5, allocation energy) decides ranks "
-            "after calibration; their layers are counted dense)") in " ".join(capsys.readouterr().out.split())
+    share = plan["params_after_planned"] / plan["params_before"]
+    assert (f"-> at most {plan['params_after_planned']:,} ({share:.1%}; planned: svd (line 5, allocation energy) "
+            "decides ranks after calibration; their layers are counted dense)") in " ".join(capsys.readouterr().out.split())
     plan = make_plan(parse_recipe(GLOBAL.replace("{allocation}", "uniform"), "r.yaml"))
     assert plan["decided_later"] == [] and plan["params_after_at_most"] == plan["params_after_planned"]
     print_plan(plan)
@@ -142,3 +146,67 @@ def test_an_svd_pass_after_a_removal_picked_at_run_time_says_its_counts_are_boun
     assert f"params_after: ≤ {step['params_after']:,}" in " ".join(capsys.readouterr().out.split())
     plain = make_plan(parse_recipe("model: flux\nteacher: toy:flux\npasses:\n" + svd, "r.yaml"))["passes"][-1]
     assert "≤" not in step_words(plain) and "at_most" not in plain
+
+
+FRACTION = "model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {fraction: 0.3}\n"
+
+
+def test_a_removal_of_groups_picked_at_run_time_marks_the_counts_after_that_are_bounds():
+    """remove_blocks {fraction: 0.3} over toy Flux's groups (double 2, single 4): plan --json said
+    blocks_after {double: 2, single: 4} and params_after_planned the teacher's count with nothing to
+    say they were not the run's (it kept {2, 3}). Now blocks_after_is and params_after_is say 'at
+    most', blocks_after_total is the count left (known though its groups are not), and by_role_after_is
+    marks the roles with linears in blocks; each placement the run may pick is within every bound."""
+    plan = make_plan(parse_recipe(FRACTION, "r.yaml"))
+    assert plan["blocks_after"] == {"double": 2, "single": 4} and plan["blocks_after_is"] == "at most"
+    assert plan["blocks_after_total"] == 5
+    assert plan["params_after_planned"] == plan["params_before"] and plan["params_after_is"] == "at most"
+    assert plan["by_role_after_is"] == {"embedding": "exact", "modulation": "at most", "attention": "at most",
+                                        "mlp": "at most", "output": "exact"}
+    for group in ("double", "single"):
+        placed = make_plan(parse_recipe(FRACTION.replace("{fraction: 0.3}", f"{{blocks: {{{group}: [0]}}}}"),
+                                        "r.yaml"))
+        assert {placed[k] for k in ("blocks_after_is", "params_after_is", "by_block_after_is")} == {"exact"}
+        assert set(placed["by_role_after_is"].values()) == {"exact"}
+        assert placed["blocks_after_total"] == sum(placed["blocks_after"].values()) == 5
+        assert all(placed["blocks_after"][g] <= n for g, n in plan["blocks_after"].items())
+        assert placed["params_after_planned"] == placed["params_after_at_most"] <= plan["params_after_at_most"]
+        assert all(n <= plan["by_role_after_at_most"][r] for r, n in placed["by_role_after"].items())
+        assert all(n == plan["by_role_after_at_most"][r] for r, n in placed["by_role_after"].items()
+                   if plan["by_role_after_is"][r] == "exact")
+
+
+def test_a_global_pass_marks_its_roles_and_the_total_as_bounds_and_the_blocks_exact():
+    """Ranks decided after calibration: the total and those roles are bounds, the blocks exact; the
+    planned count (targets dense) is above params_after_at_most, as PLAN_JSON.md says."""
+    plan = make_plan(parse_recipe(GLOBAL.replace("{allocation}", "global"), "r.yaml"))
+    assert (plan["params_after_is"], plan["blocks_after_is"], plan["blocks_after_total"]) == ("at most", "exact", 5)
+    assert plan["params_after_planned"] > plan["params_after_at_most"]
+    marks = plan["by_role_after_is"]
+    assert {r for r, m in marks.items() if m == "at most"} == set(plan["decided_later"][0]["roles"])
+    plain = make_plan(parse_recipe(GLOBAL.replace("{allocation}", "uniform"), "r.yaml"))
+    assert plain["params_after_is"] == plain["blocks_after_is"] == "exact"
+    assert set(plain["by_role_after_is"].values()) == {"exact"}
+
+
+@pytest.mark.parametrize("removal, smallest", [("{fraction: 0.3}", "the smallest block goes"),
+                                               ("{count: 2}", "the 2 smallest blocks go")])
+def test_plan_text_says_plainly_why_roles_and_the_total_are_bounds_after_a_run_time_removal(removal, smallest,
+                                                                                           capsys):
+    """After a removal whose groups are picked at run time every role said '≤', the top level's
+    (embedding, output) too, which no removal changes, with no footnote saying why; the total said
+    'every block is counted here, less the smallest as many'. Now the roles outside the blocks are
+    exact, a footnote names the removal, and the total says which blocks it counts as gone."""
+    from compress.plan import print_plan
+
+    plan = make_plan(parse_recipe(FRACTION.replace("{fraction: 0.3}", removal), "r.yaml"))
+    print_plan(plan)
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
+    assert "≤" not in rows["embedding"] + rows["output"] and "≤" in rows["attention"]
+    n = plan["unplaced_removals"][0]["blocks"]
+    assert (f"≤: remove_blocks (line 4) takes {n} block{'s' if n > 1 else ''}, picked by importance at run "
+            "time from any group: the roles with layers in blocks are counted here with every block") in out
+    words = " ".join(out.split())
+    assert f"picked by importance at run time from any group: counted as if {smallest})" in words
+    assert "as many" not in words

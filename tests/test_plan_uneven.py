@@ -65,8 +65,10 @@ def test_a_count_over_blocks_that_differ_is_the_most_any_choice_leaves(outputs, 
     assert (f"remove_blocks (line 5) picks blocks of group '{group}', whose blocks differ in size, at run time: "
             "counted as if the smallest go)") in words
     print_plan(plan)
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
-    assert rows and all("≤" in row for row in rows)
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("│")}
+    marks = plan["by_role_after_is"]  # the roles in blocks bounds; the top level's (embedding) untouched
+    assert rows and all(("≤" in row) == (marks[role] == "at most") for role, row in rows.items())
+    assert marks["attention"] == "at most" and marks["embedding"] == "exact"
 
 
 def test_each_role_s_bound_is_the_most_any_choice_leaves_of_it(outputs):
