@@ -20,10 +20,10 @@ from compress.inputs import check_pipeline_packages, input_source, moved, source
 from compress.io_export import ranks_of, warn_if_beyond_export_range
 from compress.io_source import check_teacher_options, checked_sources
 from compress.passes import build_passes
-from compress.passes.base import RunContext, first_nonfinite, predictions, relative_error
+from compress.passes.base import RunContext, first_nonfinite, predictions
 from compress.plan import warn_if_beyond_memory
 from compress.recipe import Recipe, dump_recipe
-from compress.report import console, param_count, warn
+from compress.report import console, param_count
 from compress.report_card import model_card
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
@@ -36,7 +36,7 @@ from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint
                                    weights_checksum)
 from compress.runner_setup import (DTYPES, check_reference, load_checked_teacher, resolve_device,
                                    sigterm_as_interrupt)
-from compress.runner_stages import handed_over, restore, resumable, save_stage, save_state, stage_dir
+from compress.runner_stages import check_kept, check_stage, handed_over, restore, resumable, save_stage, stage_dir
 from compress.runner_failures import (HELDOUT, DiskFull, OutOfMemory, disk_full_line, disk_full_words, is_out_of_memory,
                                       memory_hints, memory_in_words)
 from compress.runner_stream import (check_streaming, models_for, streamed_weights, warn_if_activations_too_big,
@@ -221,7 +221,7 @@ class Runner:
             check_reference(reference, self.recipe.compute_dtype,
                             lambda b: first_nonfinite(self.teacher, self.adapter, heldout[b]))
         teacher_params = param_count(self.teacher)
-        self._check_kept(start, student, reference, heldout, teacher_params)
+        check_kept(self, start, student, reference, heldout, teacher_params)
         for i in range(start, len(self.passes)):
             self.doing = i
             if several_processes():  # a follower that refused: said before this pass computes
@@ -324,7 +324,7 @@ class Runner:
     def _stage(self, i: int, student, reference, heldout, teacher_params: int):
         """Pass i, its stage checkpoint, then its held-out error (printed and reported, and written to
         the stage): a run stopped during that check (minutes on a big model) keeps the pass, and
-        --resume measures the error (`_check_kept`)."""
+        --resume measures the error (runner_stages.check_kept)."""
         p, t0 = self.passes[i], time.perf_counter()
         console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
         student = self._run_pass(i, student)
@@ -334,32 +334,8 @@ class Runner:
         save_stage(self, i, student)
         if is_main_process():
             p.stage_saved()
-        self._check(student, record, reference, heldout, teacher_params)
+        check_stage(self, student, record, reference, heldout, teacher_params)
         return student
-
-    def _check(self, student, record: dict, reference, heldout, teacher_params: int) -> None:
-        """The held-out error of the student of pass `self.doing`, printed and added to its stage
-        `record` (its seconds too) and to the stage's state.json."""
-        t0 = time.perf_counter()
-        with self.models.forwards(student):
-            err = relative_error(student, reference, self.adapter, heldout)
-        record.update(seconds=round(record["seconds"] + time.perf_counter() - t0, 3), relative_error=err)
-        save_state(self, self.doing)
-        console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}")
-        if err > 1:  # NaN is not: the reference check and the passes' own checks name that
-            warn(f"{self._doing_words()}: the student's teacher-relative error {err:.4g} is above 1: a model "
-                 "predicting zeros would be closer to the teacher; check this pass's settings")
-
-    def _check_kept(self, start: int, student, reference, heldout, teacher_params: int) -> None:
-        """A resumed run whose last kept pass was stopped during its held-out check (`_stage`): its
-        error measured now, on the restored student."""
-        record = (self.ctx.report.get("stages") or [{}])[-1]
-        if start == 0 or "relative_error" not in record or record["relative_error"] is not None:
-            return
-        self.doing = start - 1
-        console.print(f"  pass {start}/{len(self.passes)} ({record['pass']}, kept) was stopped during its "
-                      "held-out check: measuring it now", highlight=False)
-        self._check(student, record, reference, heldout, teacher_params)
 
     def _run_pass(self, i: int, student):
         """Pass i; a UserError it raises names its recipe line, and when it is about blocks earlier

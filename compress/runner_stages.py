@@ -3,17 +3,20 @@
 and read back: with --resume from the latest stage of this recipe, once the teacher and inputs it was
 written for are checked against this run's (stages of another recipe it passes over are discarded),
 and by a follower from the stage rank 0 hands over (runner_ranks). What is compared, and in which
-words, is runner_resume's."""
+words, is runner_resume's. Each stage's held-out error (check_stage), measured once the stage is
+saved, and on --resume for a kept stage stopped before it was (check_kept)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from rich.markup import escape
 
 from compress.errors import UserError
+from compress.passes.base import relative_error
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
@@ -227,6 +230,32 @@ def save_state(runner, i: int) -> None:
     tmp = d / "state.json.tmp"
     tmp.write_text(json.dumps(_state(runner), default=str))
     tmp.replace(d / "state.json")
+
+
+def check_stage(runner, student, record: dict, reference, heldout, teacher_params: int) -> None:
+    """The held-out error of the student of pass `runner.doing`, printed and added to its stage
+    `record` (its seconds too) and to the stage's state.json."""
+    t0 = time.perf_counter()
+    with runner.models.forwards(student):
+        err = relative_error(student, reference, runner.adapter, heldout)
+    record.update(seconds=round(record["seconds"] + time.perf_counter() - t0, 3), relative_error=err)
+    save_state(runner, runner.doing)
+    console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}")
+    if err > 1:  # NaN is not: the reference check and the passes' own checks name that
+        warn(f"{runner._doing_words()}: the student's teacher-relative error {err:.4g} is above 1: a model "
+             "predicting zeros would be closer to the teacher; check this pass's settings")
+
+
+def check_kept(runner, start: int, student, reference, heldout, teacher_params: int) -> None:
+    """A resumed run whose last kept pass was stopped during its held-out check (Runner._stage): its
+    error measured now, on the restored student."""
+    record = (runner.ctx.report.get("stages") or [{}])[-1]
+    if start == 0 or "relative_error" not in record or record["relative_error"] is not None:
+        return
+    runner.doing = start - 1
+    console.print(f"  pass {start}/{len(runner.passes)} ({record['pass']}, kept) was stopped during its "
+                  "held-out check: measuring it now", highlight=False)
+    check_stage(runner, student, record, reference, heldout, teacher_params)
 
 
 def handed_over(runner, stage: str | None):
