@@ -4,14 +4,15 @@ Each pass is checked against the model as the passes before it leave it (`apply_
 explicit and per-group block removal, fixed ranks; targets an svd pass factorizes at ranks decided
 after calibration are marked with what is known of them, `svd_planned.mark_planned`). A removal
 whose blocks are chosen by importance over several groups (a bare count on Flux) is placed only at
-run time; a later pass that would fail if those blocks all came from one group gets a warning
-(`SpreadRemovals`). A pass that trains on the toy data (`data: toy`) is checked against the
-calibration source, which gives its batches (`check_data`).
+run time; a later pass that fails for some ways of spreading those blocks over the groups gets a
+warning, one that fails for every way an error (`SpreadRemovals`). A pass that trains on the toy
+data (`data: toy`) is checked against the calibration source, which gives its batches (`check_data`).
 """
 from __future__ import annotations
 
 import copy
 import itertools
+import re
 from contextlib import contextmanager
 
 import torch
@@ -87,36 +88,115 @@ def _warn_notes(p, spec, model, adapter) -> None:
 
 
 class SpreadRemovals:
-    """The removals seen so far whose groups are decided at run time (`Pass.unplaced`), and the
-    warning for a later pass that fails on the worst case: all those blocks from one group."""
+    """The removals seen so far whose groups are decided at run time (`Pass.unplaced`), and what a
+    later pass does under them. Their blocks may be spread over the groups in any way that leaves
+    each group one block (`spreads`, as `least_important` picks); a later pass is checked where each
+    group loses the most it can (`worst_spreads`): failing there it is warned, failing for every
+    spread it is refused, as the run would refuse it whichever blocks the removal picks."""
 
     def __init__(self):
-        self.lines, self.count = [], 0
+        # exact: the meta model's block counts are the run's, less the unplaced blocks; not after a
+        # fraction per group while blocks are unplaced (plan takes it of the blocks before them)
+        self.lines, self.count, self.exact = [], 0, True
 
     def check(self, p, spec, model, adapter) -> None:
-        """Warns if `p` fails with the unplaced blocks all taken from one group; then records
-        `p`'s own unplaced blocks (call before `p.apply_planned`)."""
-        if self.count:
-            self._warn_worst_case(p, spec, model, adapter)
-        n = p.unplaced(model, adapter)
+        """Refuses or warns if `p` fails for some spread of the unplaced blocks; then records `p`'s
+        own unplaced blocks, a fraction of the blocks left (call before `p.apply_planned`)."""
+        left = self._check_spreads(p, spec, model, adapter) if self.count else model
+        n = p.unplaced(left, adapter)
+        if self.count and isinstance(getattr(p.config, "fraction", None), dict):
+            self.exact = False
         if n:
             self.lines.append(spec.line)
             self.count += n
 
-    def _warn_worst_case(self, p, spec, model, adapter) -> None:
-        for group, have in adapter.block_counts(model).items():
-            if have - self.count < 1:
-                continue
-            worst = meta_clone(model)
-            adapter.remove_blocks(worst, {group: list(range(have - self.count, have))})
-            try:
-                p.check(worst, adapter)
-            except UserError as e:
-                by = " and ".join(map(str, self.lines))
-                warn(f"{spec.where(e)}: {e} — if the removal at line {by} takes all {self.count} of its blocks "
-                     f"from group '{group}' (it picks them by importance at run time; a count per group fixes "
-                     "where they come from)")
-                return
+    def _check_spreads(self, p, spec, model, adapter) -> torch.nn.Module:
+        """Warns (the first group whose worst case fails `p`) or refuses (every spread fails it;
+        a BadValue of the error's key, which `_named` places); returns a meta copy with the blocks of
+        a spread `p` passes on removed (the blocks left in all, which every spread leaves), else `model`."""
+        have = adapter.block_counts(model)
+        every, tried = spreads(have, self.count), {}
+        if not every:  # only where plan's counts are not the run's (`exact`): nothing to check them on
+            return model
+        failed = [(s, e) for s in worst_spreads(have, self.count)
+                  if (e := _failure(p, model, adapter, s, tried)) is not None]
+        if failed and self.exact and all(_failure(p, model, adapter, s, tried) is not None for s in every):
+            spread, e = _tightest(every, tried, failed[0])
+            words = (f"{e} — where {_by(self.lines, spread, self.count)}; {_it(self.lines)} by importance at "
+                     "run time, and this pass fails however they are spread over the groups (each keeps one)")
+            raise BadValue(e.key, words, e.reads) if isinstance(e, BadValue) else UserError(words)
+        if failed:
+            spread, e = failed[0]
+            warn(f"{spec.where(e)}: {e} — if {_by(self.lines, spread, self.count)} ({_it(self.lines)} by "
+                 "importance at run time; a count per group fixes where they come from)")
+        return next((left for left, e in tried.values() if e is None), model)
+
+
+def spreads(have: dict[str, int], count: int) -> list[dict[str, int]]:
+    """Every way `count` blocks removed by importance over the groups (`have` blocks each) may be
+    spread, {group: blocks it loses}: each group keeps at least one (remove_blocks.least_important);
+    none when the groups cannot give `count`."""
+    groups, out = list(have), []
+    for losses in itertools.product(*(range(min(count, have[g] - 1) + 1) for g in groups[:-1])):
+        last = count - sum(losses)
+        if 0 <= last < have[groups[-1]]:
+            out.append(dict(zip(groups, (*losses, last))))
+    return out
+
+
+def worst_spreads(have: dict[str, int], count: int) -> list[dict[str, int]]:
+    """Per group, the first spread (`spreads`) where it loses the most: min(count, its blocks - 1),
+    the rest from the others; each spread once, in group order."""
+    every, out = spreads(have, count), []
+    for g in have:
+        worst = max(every, key=lambda s: s[g])
+        if worst not in out:
+            out.append(worst)
+    return out
+
+
+def _failure(p, model, adapter, spread: dict[str, int], tried: dict) -> UserError | None:
+    """The error `p.check` raises on a meta copy of `model` less the last `spread[g]` blocks of each
+    group, None if it passes; `tried` keeps each spread's (copy, error)."""
+    key = tuple(spread.items())
+    if key not in tried:
+        left = meta_clone(model)
+        adapter.remove_blocks(left, {g: list(range(n - k, n)) for g, n in adapter.block_counts(left).items()
+                                     if (k := spread[g])})
+        try:
+            p.check(left, adapter)
+            tried[key] = (left, None)
+        except UserError as e:
+            tried[key] = (left, e)
+    return tried[key][1]
+
+
+def _tightest(every: list[dict[str, int]], tried: dict, first: tuple) -> tuple:
+    """For a pass every spread fails, the (spread, error) to say: where the group `first`'s error
+    names loses the least it can (what it loses however the blocks are spread), else `first`."""
+    named = re.search(r"group '([^']+)'", str(first[1]))
+    if named is None or named[1] not in every[0]:
+        return first
+    spread = min(every, key=lambda s: s[named[1]])
+    return spread, tried[tuple(spread.items())][1]
+
+
+def _by(lines: list[int], spread: dict[str, int], count: int) -> str:
+    """'the removal at line 5 takes all 2 of its blocks from group 'single'' (its block, of one), or
+    '... takes 1 of its 4 blocks from group 'double' and 3 from group 'single''."""
+    many = len(lines) > 1
+    who = (f"the removals at lines {' and '.join(map(str, lines))} take" if many else
+           f"the removal at line {lines[0]} takes")
+    its = "their" if many else "its"
+    parts = [(g, k) for g, k in spread.items() if k]
+    if len(parts) == 1:
+        return f"{who} {f'all {count} of {its} blocks' if count > 1 else f'{its} block'} from group '{parts[0][0]}'"
+    rest = " and ".join(f"{k} from group '{g}'" for g, k in parts[1:])
+    return f"{who} {parts[0][1]} of {its} {count} blocks from group '{parts[0][0]}' and {rest}"
+
+
+def _it(lines: list[int]) -> str:
+    return "they pick them" if len(lines) > 1 else "it picks them"
 
 
 def removal_note(error: BaseException, counts: dict, teacher: dict, lines: list[int]) -> str:

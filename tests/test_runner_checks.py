@@ -21,9 +21,10 @@ passes:
 {passes}"""
 
 
-def _check(passes: str, overrides=()):
+def _check(passes: str, overrides=(), **model):
+    """`model`: tiny_flux's overrides (its groups: double 2, single 3 blocks)."""
     recipe = parse_recipe(FLUX.format(passes=passes), "r.yaml", list(overrides))
-    teacher = tiny_flux()
+    teacher = tiny_flux(**model)
     check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))
     return teacher
 
@@ -34,13 +35,14 @@ def _said(capsys) -> str:
 
 def test_a_pass_that_fails_if_a_spread_removal_takes_its_block_is_warned(capsys):
     """A bare count over Flux's two groups is placed by importance at run time: an svd pass naming
-    the last single block fails if both removed blocks come from the single group. That is said
-    before compute, naming both lines; the recipe may still be right, so it is not an error."""
+    the single block before the last fails if both removed blocks come from the single group (the
+    double group can give one at most, so the last single block is gone either way: refused below).
+    That is said before compute, naming both lines; the recipe may still be right, so it is not an error."""
     last = len(tiny_flux().single_transformer_blocks) - 1
     teacher = _check("  - remove_blocks: {count: 2, criterion: proxy}\n"
-                     f"  - svd: {{targets: [single_transformer_blocks.{last}.proj_out], ratio: 0.5}}\n")
+                     f"  - svd: {{targets: [single_transformer_blocks.{last - 1}.proj_out], ratio: 0.5}}\n")
     said = _said(capsys)
-    assert re.search(rf"warning: r\.yaml:6: svd\.targets: pattern 'single_transformer_blocks\.{last}\.proj_out' "
+    assert re.search(rf"warning: r\.yaml:6: svd\.targets: pattern 'single_transformer_blocks\.{last - 1}\.proj_out' "
                      r"matches no linear layer.* if the removal at line 5 takes all 2 of its blocks from group "
                      r"'single'", said), said
     assert len(teacher.single_transformer_blocks) == last + 1  # the teacher is left as it was
@@ -54,6 +56,88 @@ def test_a_pass_that_fails_if_a_spread_removal_takes_its_block_is_warned(capsys)
 def test_passes_that_hold_wherever_the_blocks_go_are_not_warned(capsys, passes):
     _check(passes)
     assert "if the removal at line" not in _said(capsys)  # an index renumbered is noted (test_removed_blocks)
+
+
+# The tester's recipe on the toy Flux teacher (double 2, single 4 blocks): the bare count at line 6 is
+# placed by importance at run time, keeping a block of each group.
+SPREAD = """\
+  - svd: {{allocation: global, targets: [mlp], ratio: 0.4}}
+  - remove_blocks: {{count: {count}}}
+  - svd: {{allocation: global, targets: [attention], ratio: 0.5}}
+  - remove_blocks: {{count: {{double: 1}}}}
+"""
+
+
+def _plan(passes: str):
+    from compress.plan import make_plan
+
+    return make_plan(parse_recipe(FLUX.format(passes=passes), "r.yaml"))
+
+
+def test_a_removal_that_fails_wherever_a_spread_removal_takes_its_blocks_is_refused(capsys):
+    """4 of the 6 blocks leave 'single' 1 block at least, so 'double' loses 1 at least (it skipped the
+    check: 'double' cannot lose all 4): plan said nothing, exit 0, and the run refused line 8 after
+    three passes."""
+    with pytest.raises(UserError, match=r"^r\.yaml:8: remove_blocks: removing 1 of 1 blocks would leave group "
+                                        r"'double' empty; keep at least one — where the removal at line 6 takes "
+                                        r"1 of its 4 blocks from group 'double' and 3 from group 'single'; it picks "
+                                        r"them by importance at run time, and this pass fails however they are "
+                                        r"spread over the groups \(each keeps one\)$"):
+        _plan(SPREAD.format(count=4))
+    assert "warning" not in _said(capsys)
+
+
+def test_a_removal_that_fails_for_some_spreads_of_a_spread_removal_is_warned(capsys):
+    """2 blocks may take 1 of 'double' (then line 8 fails) or none: a warning, as for a svd pattern."""
+    _plan(SPREAD.format(count=2))
+    assert ("warning: r.yaml:8: remove_blocks: removing 1 of 1 blocks would leave group 'double' empty; keep at "
+            "least one — if the removal at line 6 takes 1 of its 2 blocks from group 'double' and 1 from group "
+            "'single' (it picks them by importance at run time; a count per group fixes where they come from)"
+            ) in _said(capsys)
+
+
+def test_a_removal_that_holds_wherever_a_spread_removal_takes_its_blocks_is_fine(capsys):
+    _plan(SPREAD.format(count=4).replace("{double: 1}", "{single: 0}"))
+    _plan(SPREAD.format(count=2).replace("{double: 1}", "{single: 1}"))
+    assert "the removal at line" not in _said(capsys)
+
+
+@pytest.mark.parametrize("passes, words", [
+    # the double group gives 1 block at most: the single group loses its last block (2) either way
+    ("  - remove_blocks: {count: 2}\n  - svd: {targets: [single_transformer_blocks.2.proj_out]}\n",
+     r"r\.yaml:6: svd\.targets: pattern 'single_transformer_blocks\.2\.proj_out' matches no linear layer.* — "
+     r"where the removal at line 5 takes 1 of its 2 blocks from group 'double' and 1 from group 'single'"),
+    # 3 blocks are left in all, whichever go: a count over all blocks must leave each group one (it warned)
+    ("  - remove_blocks: {count: 2}\n  - remove_blocks: {count: 2}\n",
+     r"r\.yaml:6: remove_blocks: removing 2 of 3 blocks would leave a group empty \(groups 'double': \d, "
+     r"'single': \d\); keep at least one per group — where the removal at line 5 takes"),
+    # two removals are spread as one; a count per group fails wherever both go
+    ("  - remove_blocks: {count: 1}\n  - remove_blocks: {count: 1}\n  - remove_blocks: {count: {single: 2}}\n",
+     r"r\.yaml:7: remove_blocks: removing 2 of [12] blocks .* — where the removals at lines 5 and 6 take 1 of "
+     r"their 2 blocks from group 'double' and 1 from group 'single'; they pick them"),
+])
+def test_a_pass_that_fails_wherever_spread_removals_take_their_blocks_is_refused(passes, words):
+    with pytest.raises(UserError, match=rf"^{words}"):
+        _check(passes)
+
+
+def test_a_fraction_over_all_blocks_after_a_spread_removal_counts_the_blocks_left(capsys):
+    """0.5 of the 4 blocks line 5 leaves is 2 (it was taken of all 6 blocks: 3, so 5 in all, more than
+    the groups can give, and line 7 went unchecked): 4 in all leave 'double' 1 block at least."""
+    with pytest.raises(UserError, match=r"^r\.yaml:7: remove_blocks: removing 1 of 1 blocks would leave group "
+                                        r"'double' empty; .* where the removals at lines 5 and 6 take 1 of their 4 "
+                                        r"blocks from group 'double' and 3 from group 'single'"):
+        _check("  - remove_blocks: {count: 2}\n  - remove_blocks: {fraction: 0.5}\n"
+               "  - remove_blocks: {count: {double: 1}}\n", num_single_layers=4)
+
+
+def test_a_fraction_per_group_after_a_spread_removal_is_warned_not_refused(capsys):
+    """0.5 of 'single' is of the blocks line 5 leaves it (3: 1 goes, or 2: 1 goes), where plan takes it
+    of all 4 (2 go): its count after is not the run's, so a pass that fails on it is warned of only."""
+    _check("  - remove_blocks: {count: 2}\n  - remove_blocks: {fraction: {single: 0.5}}\n"
+           "  - svd: {targets: [single_transformer_blocks.1.proj_out]}\n", num_single_layers=4)
+    assert re.search(r"warning: r\.yaml:7: svd\.targets: pattern 'single_transformer_blocks\.1\.proj_out' .* if "
+                     r"the removal at line 5 takes", _said(capsys))
 
 
 def test_a_per_group_count_is_still_checked_upfront():
@@ -173,7 +257,7 @@ def test_plan_gives_the_same_warning(capsys):
 
     last = len(meta_model("toy:flux").single_transformer_blocks) - 1
     recipe = parse_recipe(FLUX.format(passes="  - remove_blocks: {count: 2, criterion: proxy}\n"
-                                      f"  - svd: {{targets: [single_transformer_blocks.{last}.proj_out]}}\n"),
+                                      f"  - svd: {{targets: [single_transformer_blocks.{last - 1}.proj_out]}}\n"),
                           "r.yaml")
     make_plan(recipe)
     assert "warning: r.yaml:6: svd.targets" in _said(capsys)
