@@ -16,6 +16,7 @@ from compress.measured_against import against, teacher_fields
 from compress.progress import status
 from compress.report import console, output_file, read_report, results, to_json
 from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
+from compress.words import counted
 
 
 def _read_only_streams(recipe, device):
@@ -282,8 +283,8 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
             files["report.json"] = json.dumps(report, indent=2, default=str) + "\n"
     if "README.md" in files:
         files["README.md"] += (f"\nA LoRA was merged in afterwards (`dit-compress lora`): `{lora_source}` at scale "
-                               f"{scale:g}, {done['merged']} layers; parameters now {params:,}. The per-layer "
-                               "numbers in report.json are those of the factorization, before it.\n")
+                               f"{scale:g}, {counted(done['merged'], 'layer')}; parameters now {params:,}. The "
+                               "per-layer numbers in report.json are those of the factorization, before it.\n")
     return files
 
 
@@ -316,14 +317,15 @@ def lora(args) -> int:
     noted = with_lora_noted(files, model, recorded, args.scale, done)
     with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
         save_compressed(model, new, dtype=_recorded_dtype(source), files=noted)
-    grown = f", {len(done['rank_added'])} factorized ones by rank {sorted(set(done['rank_added'].values()))}" \
-        if done["rank_added"] else ""
+    added = done["rank_added"]
+    grown = f", {counted(len(added), 'factorized one')} by rank {sorted(set(added.values()))}" if added else ""
     dense = f", {len(done['densified'])} stored dense (grown past break-even)" if done["densified"] else ""
     listed = noted.get("report.json") != files.get("report.json")  # the report took the LoRA's entry
     chained = base and base != model.compression_meta.get("teacher")
     read_as = f"; its blocks read as {base}'s" if chained else ""
-    results.print(f"wrote {new}: {done['merged']} layers took the LoRA at scale {args.scale:g}{grown}{dense}"
-                  f"{read_as}{dropped_words(model, done['dropped'], listed, args.out, base if chained else None)}")
+    dropped = dropped_words(model, done["dropped"], listed, args.out, base if chained else None)
+    results.print(f"wrote {new}: {counted(done['merged'], 'layer')} took the LoRA at scale {args.scale:g}{grown}"
+                  f"{dense}{read_as}{dropped}")
     return 0
 
 
@@ -341,7 +343,7 @@ def dropped_words(model, dropped: list[str], listed: bool, source: str, base: st
         blocks = [f"{g.attr}.{i}" for g in get_adapter(model).groups for i in sorted(set(blocks_named(g.attr, dropped)))]
         whose = f"{base}'s" if base else "the teacher's"
         where = f" ({whose} {', '.join(blocks)}; {source} has no report.json to list them in)"
-    return f"; {len(dropped)} of its layers were in removed blocks{where}"
+    return f"; {len(dropped)} of its layers {'was' if len(dropped) == 1 else 'were'} in removed blocks{where}"
 
 
 def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lora: str,

@@ -13,8 +13,9 @@ from rich.text import Text
 
 from compress.errors import UserError
 from compress.io_output import load_transformer, output_folder
-from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, _block_prefix, console, layer_rows, output_dir,
-                             plot_ranks, plot_spectrum, read_report, results, summary_table, to_json)
+from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, _block_prefix, console, layer_rows, other_params,
+                             output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table, to_json)
+from compress.words import counted
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
@@ -75,6 +76,9 @@ def _print_inspection(out: Path, model, rows: list[dict], report: dict, block_ma
     else:
         results.print("no svd pass: no per-layer factorization measurements" if not report.get("svd") else
                       "no factorization measurements for the layers as they are now (changed since the svd pass)")
+    took = lora_line(model, rows, report)
+    if took:
+        results.print(took)
     results.print(summary_table(shown, "role", "by role (linear layers)"))
     by_block = [{**r, "block": _teacher_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
     results.print(summary_table(by_block, "block", "by block (all parameters)"))
@@ -82,6 +86,39 @@ def _print_inspection(out: Path, model, rows: list[dict], report: dict, block_ma
         results.print(line)
     _print_optimality(rows, report)
     _print_compensation(report)
+
+
+def lora_line(model, rows: list[dict], report: dict) -> str | None:
+    """The LoRAs the output took after its run (dit-compress lora), as its config's compression
+    section records them, and what they did to the table (compress.lora): each factorized layer they
+    adapt grew by their rank, or past break-even was stored dense, so its factorization numbers are
+    gone ('-'), its time the svd pass's; layers whose rank differs from the svd pass's record, counted
+    where report.json has it. None for an output that took none."""
+    loras = [r for r in (getattr(model, "compression_meta", None) or {}).get("loras") or [] if isinstance(r, dict)]
+    if not loras:
+        return None
+    took = ", ".join(f"{r.get('source')} at scale {_scale(r.get('scale'))}"
+                     + (f" ({counted(r['modules'], 'layer')})" if isinstance(r.get("modules"), int) else "")
+                     for r in loras)
+    they, its = ("it adapts", "its rank") if len(loras) == 1 else ("they adapt", "their ranks")
+    svd = (report.get("svd") or {}).get("layers") or {}
+    was = {r["name"]: (svd.get(r["name"]) or {}).get("rank") for r in rows}
+    changed = [r for r in rows if isinstance(was[r["name"]], int) and was[r["name"]] != r["rank"]]
+    dense = sum(r["rank"] is None for r in changed)
+    if not svd:
+        what = f"the factorized layers {they} grew by {its} (stored dense where that passed break-even)"
+    elif not changed:
+        what = "no factorized layer's rank changed"
+    else:
+        what = (f"{counted(len(changed) - dense, 'factorized layer')} grew by {its}"
+                + (f" and {dense} {'was' if dense == 1 else 'were'} stored dense (past break-even)" if dense else "")
+                + ": the factorization columns show - for them, their time is the svd pass's")
+    return f"{counted(len(loras), 'LoRA')} merged after the run (dit-compress lora): {took}; {what}"
+
+
+def _scale(scale) -> str:
+    """A recorded LoRA scale as `lora` printed it (0.5, 1), anything else as it is."""
+    return f"{scale:g}" if isinstance(scale, (int, float)) and not isinstance(scale, bool) else str(scale)
 
 
 # ---- the block map: which teacher block each student block is ---------------------------------
@@ -264,23 +301,6 @@ def _parts(name: str, room: int) -> list[str]:
     return parts
 
 
-def other_params(model, rows: list[dict]) -> list[dict]:
-    """The parameters outside the linear layers `rows` (norms, a PixArt block's scale_shift_table, the
-    patch embedding), as dense rows of no role, one per block and one for the top level (block "-"):
-    with them the table by block adds up to the model's parameter count, what the weight files hold."""
-    from compress.arch import get_adapter
-
-    linears = tuple(f"{r['name']}." for r in rows)
-    blocks = [(re.compile(rf"{re.escape(g.attr)}\.(\d+)\."), g.name) for g in get_adapter(model).groups]
-    counts: dict[str, int] = {}
-    for name, p in model.named_parameters():
-        if name.startswith(linears):
-            continue
-        block = next((f"{group}.{m.group(1)}" for pattern, group in blocks if (m := pattern.match(name))), "-")
-        counts[block] = counts.get(block, 0) + p.numel()
-    return [{"block": b, "params": n, "dense_params": n, "rank": None} for b, n in counts.items()]
-
-
 def _print_optimality(rows: list[dict], report: dict | None = None) -> None:
     """Each method's worst loss / closed-form optimum: "whitened loss / optimal loss" over the whitened
     layers only (the ≤ 1.001 check), another method's ("asvd loss / optimal loss", to the
@@ -290,14 +310,14 @@ def _print_optimality(rows: list[dict], report: dict | None = None) -> None:
 
     optimum = optimum_words((report or {}).get("svd") or {})
     for method, ratios, apart in _ratios_by_method(rows, report or {}):
-        what = (f"{method} loss / optimal loss over {len(ratios)} {method} layers" if method else
-                f"loss / optimal loss over {len(ratios)} factorized layers")  # a report of no method
+        what = (f"{method} loss / optimal loss over {counted(len(ratios), f'{method} layer')}" if method else
+                f"loss / optimal loss over {counted(len(ratios), 'factorized layer')}")  # a report of no method
         shown = f"max {max(ratios):.6f}" if ratios else "no finite ratio"
         results.print(f"{what}: {shown}" + (f" ({apart} more of optimal loss 0 left out)" if apart else "")
                       + (f"; optimal: {optimum}" if optimum else ""))
     gaps = [r["fit_gap"] for r in rows if isinstance(r.get("fit_gap"), (int, float)) and math.isfinite(r["fit_gap"])]
     if gaps:
-        results.print(f"asymmetric fits above their undamped optimum over {len(gaps)} layers: "
+        results.print(f"asymmetric fits above their undamped optimum over {counted(len(gaps), 'layer')}: "
                       f"max {max(gaps):.2e} of the layer's output energy")
 
 

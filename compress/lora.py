@@ -48,7 +48,7 @@ from compress.errors import NumericError, UserError
 from compress.io_export import unwrapped
 from compress.lora_keys import STATE_DICT
 from compress.lora_read import LoraLayer, label, read_lora
-from compress.lora_teacher import LoraBase, dora_weights, lora_base, naming_moved
+from compress.lora_teacher import LoraBase, dora_weights, lora_base, naming_moved, noted_moved
 from compress.lowrank import LowRankLinear
 
 
@@ -62,7 +62,8 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     "dropped": base modules of removed blocks, "not_merged": text-encoder modules of the LoRA,
     "densified": low-rank modules stored dense, their grown rank past break-even, "blocks_of": the
     base whose blocks the LoRA's were read as (None for a teacher, or a student recording none),
-    "moved": the student's own teacher, not there now, read as the base (LoraBase.moved; else None)};
+    "moved": the student's own teacher, not there now, read as the base (LoraBase.moved), where it was
+    noted (lora_teacher.noted_moved: not where `teacher` is given and is no output; else None)};
     a LoRA none of whose layers the student has is refused. The student's config records the new ranks,
     so saving it again keeps them. All or nothing: each layer is merged and checked before any is
     taken, and again as it is taken (twice the merge's compute, never all merged layers held at once).
@@ -72,15 +73,17 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     student = unwrapped(student)  # a torch.compile'd student: the model it wraps, merged in place
     adapter = get_adapter(student)
     base = LoraBase({}, None, None, []) if own_blocks else lora_base(student)  # the chain's first teacher's blocks
+    base = base._replace(moved=noted_moved(base.moved, teacher))  # said once, where putting it back would help
     if teacher is None:  # the base (its config as recorded) for a DoRA's norms and the base's block counts
         teacher, teacher_config = base.source, teacher_config or base.config
     layers, text_encoder, targets = _read_against(student, adapter, lora, base, teacher, teacher_config)
     kept = {name: target for name, target in targets.items() if target is not None}
     if not kept:
         whose = f"the base model {base.source}'s" if base.source else "the base model's"  # as check_blocks says
-        raise UserError(f"{label(lora)}: none of its {len(layers)} layers is in a block the student kept (all in "
-                        f"removed blocks, or past {whose} last: {sorted(layers)[0]} …); merging it would "
-                        "change nothing")
+        none, where, more = ("its 1 layer is not", "in a removed block", "") if len(layers) == 1 else \
+            (f"none of its {len(layers)} layers is", "all in removed blocks", " …")
+        raise UserError(f"{label(lora)}: {none} in a block the student kept ({where}, or past {whose} last: "
+                        f"{sorted(layers)[0]}{more}); merging it would change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
     weights = dora_weights(student, {name: kept[name] for name in dora}, teacher, teacher_config) if dora else {}
     for name, target in kept.items():  # all or nothing: every layer merged and checked first, one at a
@@ -102,7 +105,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
 def _read_against(student: nn.Module, adapter, lora, base: LoraBase, teacher, teacher_config: str | None):
     """(the LoRA's layers, its text-encoder modules, {layer: the student's module, None in a removed
     block}) read against `base`'s blocks, its blocks checked against the base's counts; where those
-    are a moved teacher's (LoraBase.moved), a block past them says so (lora_teacher.naming_moved)."""
+    are a moved teacher's, noted (LoraBase.moved), a block past them says so (lora_teacher.naming_moved)."""
     with naming_moved(base.moved):
         layers, text_encoder = read_lora(student, adapter, lora, base.block_map, base.source)
         targets = {name: adapter.renumbered(name, base.block_map) for name in layers}  # the base's -> the student's
@@ -131,23 +134,24 @@ def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: l
     count, which the block map does not record (a removed last block). For an output of an output
     (`chain`: lora_teacher.LoraBase.chain), the base's count as the chain records it
     (lora_teacher.base_block_count); else, or where it records none, read from `teacher` (a model), or
-    from the config of the teacher source given (merge_lora's: the base) or recorded, where one is read
-    offline (a toy, a folder, a single file's, a known Hub id's). A student compressed from the base
-    itself whose teacher's config is not at hand: the CLI's check of its report.json stands."""
+    from the config of the teacher source given (merge_lora's: the base, or --teacher) or recorded, where
+    one is read offline (a toy, a folder, a single file's, a known Hub id's). The error names the model
+    the count is of. A student compressed from the base itself whose teacher's config is not at hand:
+    the CLI's check of its report.json stands."""
     from compress.lora_keys import blocks_named, check_blocks
     from compress.lora_teacher import base_block_count
 
-    base = chain[-1] if chain else teacher if isinstance(teacher, str) else None  # named in the error
     for g in adapter.groups:
         kept = block_map.get(g.name)
         past = blocks_named(g.attr, dropped)
         if not kept or not past or max(past) <= max(kept):
             continue
-        count = base_block_count(chain or [], g)
-        if count is None:
+        count, of = base_block_count(chain or [], g), chain[-1] if chain else None
+        if count is None:  # the teacher's own: named where it is a source (a model: "the base model")
             count = _teacher_count(student, g, teacher, teacher_config)
+            of = teacher if isinstance(teacher, str) else None
         if count is not None:
-            check_blocks(g.attr, count, past, where, base)
+            check_blocks(g.attr, count, past, where, of)
 
 
 def _teacher_count(student: nn.Module, group, teacher, config: str | None) -> int | None:

@@ -12,6 +12,7 @@ from torch import nn
 from compress.errors import UserError
 from compress.lora import merge_lora
 from compress.lora_keys import STATE_DICT
+from compress.words import counted
 
 
 def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None) -> None:
@@ -54,8 +55,9 @@ def replayed_sources(loras: list[dict], moved: list[str] | None = None, warn: bo
 
     if moved:
         if len(moved) != len(loras):
-            raise UserError(f"--lora given {len(moved)} times, but the model took {len(loras)} LoRAs "
-                            "(dit-compress lora): give --lora once for each, in the order it took them")
+            each = "once" if len(loras) == 1 else "once for each, in the order it took them"
+            raise UserError(f"--lora given {counted(len(moved), 'time')}, but the model took "
+                            f"{counted(len(loras), 'LoRA')} (dit-compress lora): give --lora {each}")
         for source in moved:
             if looks_local(source) and not Path(source).expanduser().exists():
                 raise UserError(f"--lora {source}: no such file or folder")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.words import counted
 
 NO_TEACHER = ("merging a DoRA into a compressed model needs its teacher's weights (DoRA's norms), and it records no "
               "teacher: pass --teacher (dit-compress lora) or teacher= to merge_lora")
@@ -47,18 +48,46 @@ class LoraBase(NamedTuple):
 
 def moved_teacher(teacher: str) -> str:
     """What reading the LoRA's blocks as the moved teacher `teacher`'s means, and the way out (the
-    note lora_base gives, and the end of a block-count error then: naming_moved)."""
+    note noted_moved gives; a block-count error then points back to it: naming_moved)."""
     return (f"the teacher {teacher} the model records is not there now: the LoRA's blocks are read as its "
             "blocks; if it was itself a dit-compress output, put it back, so that they are read as those of "
             "the first teacher of its chain")
 
 
+def noted_moved(moved: str | None, teacher=None) -> str | None:
+    """The moved teacher `moved` (LoraBase.moved) as merge_lora says it: noted (moved_teacher) and
+    returned, for a block-count error to point back to (naming_moved); None, and no note, where none
+    moved or the user gave the teacher (`teacher`: merge_lora's own, None where not given) and it is
+    no dit-compress output: a base where the user says it is now, whose blocks are the LoRA's, which
+    putting the recorded one back would not change. A given output still has the note (its chain is
+    not followed: the recorded teacher's is, where it is there)."""
+    if not moved or (teacher is not None and not _an_output(teacher)):
+        return None
+    from compress.report import note
+
+    note(moved_teacher(moved))
+    return moved
+
+
+def _an_output(teacher) -> bool:
+    """Whether the given teacher (a model, or a source) is a dit-compress output: a model with a
+    compression record, a folder (a pipeline's: its transformer/) or weight file of one."""
+    if isinstance(teacher, nn.Module):
+        return getattr(teacher, "compression_meta", None) is not None
+    from compress.io_export import is_output
+    from compress.io_output import output_folder
+    from compress.io_source import output_record
+
+    path = Path(str(teacher)).expanduser()
+    return is_output(output_folder(path)) if path.is_dir() else output_record(path) is not None
+
+
 @contextlib.contextmanager
 def naming_moved(moved: str | None):
     """A block-count error (lora_keys.BlocksPast) raised inside, where the LoRA's blocks were read as
-    those of the moved teacher `moved` (LoraBase.moved; None: none moved), ends naming it and the way
-    out (moved_teacher): that, more likely than a LoRA of a deeper model. merge_lora's check and the
-    CLI's of the output's report.json both say it so."""
+    those of the moved teacher `moved` (noted_moved's; None: none, or none said), ends pointing back to
+    the note that named it and the way out: that, more likely than a LoRA of a deeper model, said once.
+    merge_lora's check and the CLI's of the output's report.json both say it so."""
     from compress.lora_keys import BlocksPast
 
     try:
@@ -66,14 +95,15 @@ def naming_moved(moved: str | None):
     except BlocksPast as e:
         if not moved:
             raise
-        raise BlocksPast(f"{e} Or {moved_teacher(moved)}") from None
+        raise BlocksPast(f"{e} Or the teacher {moved}, not there now, was itself a dit-compress output: put "
+                         "it back (the note above)") from None
 
 
 def lora_base(student: nn.Module) -> LoraBase:
     """The base a LoRA of `student` is read as, and the student's blocks' indices there: its own block
     map composed with that of every output along its chain of teachers. A student whose teacher is not
-    there now is read as that teacher's (it may be the base: nothing says it was an output; noted, and
-    named in LoraBase.moved); a chain
+    there now is read as that teacher's (it may be the base: nothing says it was an output; named in
+    LoraBase.moved, which merge_lora notes: noted_moved); a chain
     that leaves an output whose teacher is gone, that records none, or that loops is a UserError."""
     from compress.report_teacher import broken_chain, recorded_teacher, teacher_chain
 
@@ -86,11 +116,7 @@ def lora_base(student: nn.Module) -> LoraBase:
         raise UserError(f"{broken_chain('the model', chain)}: a LoRA's blocks are those of the first teacher of "
                         "that chain (the model it was trained on), and mapping them to the model's takes the block "
                         "map of every output along it")
-    moved = chain[0] if len(chain) == 1 and _missing(chain[0]) else None
-    if moved:  # read as a base: nothing says it was an output
-        from compress.report import note
-
-        note(moved_teacher(moved))
+    moved = chain[0] if len(chain) == 1 and _missing(chain[0]) else None  # read as a base (noted_moved)
     maps, config = [own], meta.get("teacher_config")
     for link in chain[:-1]:  # each an output, recording the next
         maps.append(_link_block_map(Path(link).expanduser()))
@@ -161,8 +187,8 @@ def composed_block_map(maps: list[dict | None], owners: list[str]) -> dict[str, 
             past = [j for j in out[group] if j >= len(kept)]
             if past:
                 raise UserError(f"{owners[i - 1]} has {group} block {max(past)} of its teacher {owners[i]}, whose "
-                                f"block map has {len(kept)} blocks: it is not the output the model was compressed "
-                                "from (replaced since?)")
+                                f"block map has {counted(len(kept), 'block')}: it is not the output the model was "
+                                "compressed from (replaced since?)")
             out[group] = [kept[j] for j in out[group]]
     return out
 
@@ -208,7 +234,8 @@ def _teacher_weights(student: nn.Module, source: str, config: str | None, names:
         from compress.report import note
 
         what = "its transformer/ folder" if loaded else \
-            f"its transformer/ config and index, then the weight files holding the {len(names)} adapted layers"
+            "its transformer/ config and index, then the weight files holding the " \
+            f"{counted(len(names), 'adapted layer')}"
         note(f"a DoRA's norms need teacher {source}'s weights: downloading from the "
              f"Hugging Face Hub (unless cached) {what}")
     if src.kind in ("folder", "hub") and "compression" in src.config:  # a Hub id's config.json alone, a few KB

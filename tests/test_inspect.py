@@ -159,8 +159,8 @@ def test_inspect_says_each_methods_loss_ratio_and_never_inf(tmp_path, capsys):
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "whitened loss / optimal loss over 1 whitened layers: max 1.500000" in printed
-    assert "asvd loss / optimal loss over 1 asvd layers: max 1.250000 (2 more" in printed
+    assert "whitened loss / optimal loss over 1 whitened layer: max 1.500000" in printed  # it said "1 whitened layers"
+    assert "asvd loss / optimal loss over 1 asvd layer: max 1.250000 (2 more" in printed
     assert not re.search(r"\binf\b", printed, re.IGNORECASE)
 
 
@@ -241,7 +241,7 @@ def test_inspect_says_which_metric_each_column_is_in_and_whose_optimum_the_ratio
             "from 4 random probes (svd.fisher_probes) and damped to F + λI (svd.fisher_damping); of W + βΔ, for 1 "
             "compensated layers") in printed, printed
     assert "column rel err is each layer's plain output error ‖(W − W')x‖ / ‖Wx‖" in printed
-    assert ("whitened loss / optimal loss over 1 whitened layers: max 1.000000; optimal: the optimum of each "
+    assert ("whitened loss / optimal loss over 1 whitened layer: max 1.000000; optimal: the optimum of each "
             "layer's objective with its output Fisher estimated from 4 random probes") in printed
 
 
@@ -276,3 +276,31 @@ def test_inspect_plot_into_a_folder_it_cannot_write_or_empty_is_one_line(tmp_pat
     assert main(["inspect", str(out), "--plot", str(tmp_path / "full")]) == 0
     assert f"wrote {tmp_path / 'full' / 'ranks.png'}" in capsys.readouterr().err  # the console's, beside the tables
     assert (tmp_path / "full" / "ranks.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_inspect_of_an_output_that_took_loras_says_so_and_what_they_did_to_its_layers(tmp_path, capsys):
+    """An output that took a LoRA (dit-compress lora) showed its grown layers' new ranks, '-' for their
+    factorization numbers and the svd pass's time, and said nothing of the LoRA. A line now names the
+    LoRAs, as config.json records them, and how many factorized layers grew or were stored dense."""
+    pytest.importorskip("peft")
+    from tests.test_lora_limits import _one_layer_lora_output
+
+    out, lora = _one_layer_lora_output(tmp_path, dense=True)
+    assert main(["lora", str(out), str(lora), str(tmp_path / "new"), "--scale", "0.5"]) == 0
+    assert main(["lora", str(tmp_path / "new"), str(lora), str(tmp_path / "new2")]) == 0
+    capsys.readouterr()
+    said = {}
+    for folder in (out, tmp_path / "new", tmp_path / "new2"):
+        assert main(["inspect", str(folder)]) == 0
+        said[folder.name] = " ".join(capsys.readouterr().out.split())
+    assert "dit-compress lora" not in said["out"]
+    grown = "1 factorized layer grew by {} and 1 was stored dense (past break-even): the factorization columns " \
+            "show - for them, their time is the svd pass's"
+    assert f"1 LoRA merged after the run (dit-compress lora): {lora.resolve()} at scale 0.5 (2 layers); " \
+           f"{grown.format('its rank')} by role" in said["new"], said["new"]
+    assert f"2 LoRAs merged after the run (dit-compress lora): {lora.resolve()} at scale 0.5 (2 layers), " \
+           f"{lora.resolve()} at scale 1 (2 layers); {grown.format('their ranks')}" in said["new2"]
+    (tmp_path / "new" / "report.json").unlink()  # no svd ranks to compare with: what merging does, said
+    assert main(["inspect", str(tmp_path / "new")]) == 0
+    assert "(2 layers); the factorized layers it adapts grew by its rank (stored dense where that passed " \
+           "break-even) by role" in " ".join(capsys.readouterr().out.split())

@@ -330,7 +330,8 @@ def test_a_student_whose_own_teacher_moved_says_its_blocks_are_read_as_that_teac
 def test_a_lora_past_a_moved_teachers_blocks_names_the_moved_teacher_in_the_error(tmp_path, capsys):
     """a removes the base's single block 3, b (no block removed) records a; a moved away: the base's
     LoRA is read against b's 3 single blocks, and its block 3 was refused as a LoRA of a deeper model
-    alone. The one-line error now also names the moved teacher and says to put it back."""
+    alone. The one-line error now also names the moved teacher and says to put it back, pointing to
+    the note just above it (it repeated the note word for word)."""
     from compress.cli import main
     from compress.io_output import load_transformer
 
@@ -344,20 +345,30 @@ def test_a_lora_past_a_moved_teachers_blocks_names_the_moved_teacher_in_the_erro
     moved = (tmp_path / "a").resolve()
     with pytest.raises(UserError, match=rf"single_transformer_blocks\.3, but the base model {re.escape(str(moved))} "
                                         r"has 3 .*\(deeper\) model\? Or the teacher "
-                                        f"{re.escape(str(moved))} the model records is not there now: .*put it back"):
+                                        rf"{re.escape(str(moved))}, not there now, was itself a dit-compress output: "
+                                        r"put it back \(the note above\)$"):
         merge_lora(load_transformer(tmp_path / "b"), lora)
     capsys.readouterr()
     assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert f"Or the teacher {moved} the model records is not there now" in err[-1]
+    assert f"Or the teacher {moved}, not there now, was itself" in err[-1]
     assert len([line for line in err if line.startswith("dit-compress: error")]) == 1
+    _said_once(err, moved)
+
+
+def _said_once(err: list[str], moved) -> None:
+    """The moved teacher's words (lora_teacher.moved_teacher) come once in `err`, in the note."""
+    said = " ".join(" ".join(err).split())
+    assert said.count("the model records is not there now") == 1, said
+    assert f"note: the teacher {moved} the model records is not there now" in said
 
 
 def test_a_lora_past_a_moved_teachers_count_in_its_report_names_the_moved_teacher_in_the_error(tmp_path, capsys):
     """a removes the base's block 5, b a's last block 4 (its report.json: a had 5); a moved away. The
     base's LoRA, read against a's blocks, has block 4 (removed: dropped) and block 5, past a's count
     in b's report: refused as a LoRA of a deeper model alone (the CLI's report check), where the other
-    path (merge_lora's) also named the moved teacher. It now does too, and says to put it back."""
+    path (merge_lora's) also named the moved teacher. It now does too, and says to put it back (the
+    note above it says why: said once)."""
     from compress.cli import main
 
     base, moved = _reported_chain(tmp_path, 4), (tmp_path / "a").resolve()
@@ -369,8 +380,9 @@ def test_a_lora_past_a_moved_teachers_count_in_its_report_names_the_moved_teache
     errors = [line for line in err if line.startswith("dit-compress: error")]
     assert len(errors) == 1 and not (tmp_path / "new").exists()
     assert re.search(rf"transformer_blocks\.5, but the base model {re.escape(str(moved))} has 5 .*\(deeper\) "
-                     rf"model\? Or the teacher {re.escape(str(moved))} the model records is not there now: "
-                     r".*put it back", errors[0]), errors[0]
+                     rf"model\? Or the teacher {re.escape(str(moved))}, not there now, was itself a dit-compress "
+                     r"output: put it back \(the note above\)$", errors[0]), errors[0]
+    _said_once(err, moved)
 
 
 def test_a_lora_of_only_blocks_the_chain_removed_names_the_base_not_the_teacher(tmp_path):

@@ -146,8 +146,9 @@ def test_lora_blocks_the_teacher_never_had_and_a_lora_that_merges_nothing_are_re
         merge_lora(tiny_pixart(), deeper)
     student, _ = _student(tmp_path)  # double block 0 of 2 removed; its 3 single blocks kept
     removed = {k: v for k, v in _state(tiny_flux(), ["to_q"]).items() if ".transformer_blocks.0." in k}
-    with pytest.raises(UserError, match=r"none of its 1 layers is in a block the student kept"):
-        merge_lora(student, removed)
+    with pytest.raises(UserError, match=r": its 1 layer is not in a block the student kept \(in a removed block, or "
+                                        r"past the base model .*'s last: transformer_blocks\.0\.attn\.to_q\); merging"):
+        merge_lora(student, removed)  # it said "none of its 1 layers is" and "(all in removed blocks ... to_q …)"
     # past the block map's last kept block, the teacher's count is report.json's (lora reads it)
     singles = _state(tiny_flux(num_single_layers=5), ["to_q"])
     _save({k: v for k, v in singles.items() if ".3." in k or ".0." in k}, tmp_path / "singles.safetensors")
@@ -195,3 +196,42 @@ def test_raw_peft_state_dicts_are_read_without_prefix_or_with_adapter_names(tmp_
             got = make()
             merge_lora(got, lora)
             assert torch.equal(forward(got, inputs), forward(want, inputs))
+
+
+def _one_layer_lora_output(tmp_path, dense: bool = False):
+    """(a PixArt output, a LoRA file): the output of base (saved) less its block 1 of 3, its block 0's
+    attn1.to_q at rank 2 and attn2.to_q at 6 (as report.json's svd layers record); the rank-2 LoRA
+    of base's attn1.to_q in blocks 0 (kept: grown) and 1 (removed: dropped), and where `dense` its
+    block 0's attn2.to_q (6 + 2 reaches 16 x 16's break-even 8: stored dense)."""
+    from compress.arch import get_adapter
+    from compress.io_export import save_compressed
+    from tests.conftest import factorize
+
+    base = tiny_pixart()
+    base.save_pretrained(tmp_path / "base")
+    s = copy.deepcopy(base)
+    block_map = get_adapter(s).remove_blocks(s, {"blocks": [1]})
+    layers = {"transformer_blocks.0.attn1.to_q": 2, "transformer_blocks.0.attn2.to_q": 6}
+    for name, rank in layers.items():
+        factorize(s, [name], rank)
+    svd = {n: {"rank": r, "loss": 1.0, "optimal_loss": 1.0, "loss_ratio": 1.0, "time_s": 0.25} for n, r in layers.items()}
+    out = save_compressed(s, tmp_path / "out", extra={"teacher": str((tmp_path / "base").resolve()),
+                                                      "block_map": block_map},
+                          files={"report.json": json.dumps({"svd": {"layers": svd}}), "README.md": "# a card\n"})
+    wanted = [".transformer_blocks.0.attn1.to_q.", ".transformer_blocks.1.attn1.to_q."] + \
+        ([".transformer_blocks.0.attn2.to_q."] if dense else [])
+    state = _state(copy.deepcopy(base), ["attn1.to_q", "attn2.to_q"], rank=2)
+    return out, _save({k: v for k, v in state.items() if any(w in k for w in wanted)}, tmp_path / "l.safetensors")
+
+
+def test_the_lora_line_and_card_count_one_layer_in_the_singular(tmp_path, capsys):
+    """One layer merged (factorized: grown) and one in a removed block: lora said "1 layers took the
+    LoRA", "1 factorized ones", "1 of its layers were in removed blocks", and the card "1 layers"."""
+    from compress.cli import main
+
+    out, lora = _one_layer_lora_output(tmp_path)
+    assert main(["lora", str(out), str(lora), str(tmp_path / "new")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"wrote {tmp_path / 'new'}: 1 layer took the LoRA at scale 1, 1 factorized one by rank [2]; 1 of its " \
+           "layers was in removed blocks (listed in report.json)" in said, said
+    assert "at scale 1, 1 layer; parameters now" in (tmp_path / "new" / "README.md").read_text()

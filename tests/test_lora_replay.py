@@ -50,8 +50,7 @@ def test_a_lora_moved_since_it_was_merged_is_one_line_and_lora_gives_its_new_pla
     assert json.loads(capsys.readouterr().out)["params_ratio"] > 0
     moved = ["--lora", str(tmp_path / "moved")]
     assert _err(["eval", str(new)] + moved * 2, capsys).endswith(
-        "--lora given 2 times, but the model took 1 LoRAs (dit-compress lora): give --lora once for each, "
-        "in the order it took them")
+        "--lora given 2 times, but the model took 1 LoRA (dit-compress lora): give --lora once")
     assert _err(["eval", str(new), "--lora", str(tmp_path / "nowhere")], capsys).endswith(
         f"--lora {tmp_path / 'nowhere'}: no such file or folder")
     assert _err(["eval", str(tmp_path / "out-s")] + moved, capsys).endswith(
@@ -171,3 +170,18 @@ def test_a_lora_read_against_a_moved_teacher_is_replayed_on_that_teacher_as_its_
     got, want = teacher.state_dict(), expected.state_dict()
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_count_of_lora_flags_other_than_the_loras_taken_says_each_count_in_words(tmp_path):
+    """--lora given against the LoRAs an output took: "took 1 LoRAs", "given 1 times" and "once for
+    each, in the order it took them" for a single LoRA; each count now agrees with its noun."""
+    from compress.errors import UserError
+    from compress.lora_replay import replayed_sources
+
+    one, two = [{"source": str(tmp_path / "a")}], [{"source": str(tmp_path / "a")}, {"source": str(tmp_path / "b")}]
+    with pytest.raises(UserError, match=r"^--lora given 2 times, but the model took 1 LoRA \(dit-compress lora\): "
+                                        r"give --lora once$"):
+        replayed_sources(one, [str(tmp_path)] * 2)
+    with pytest.raises(UserError, match=r"^--lora given 1 time, but the model took 2 LoRAs \(dit-compress lora\): "
+                                        r"give --lora once for each, in the order it took them$"):
+        replayed_sources(two, [str(tmp_path)])

@@ -1,0 +1,88 @@
+"""lora_teacher: the teacher a LoRA's blocks are read as where the one the model records moved away,
+and the teacher the user gives instead (--teacher, teacher=): what is noted, and which model a
+block-count error names."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+import torch
+
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.lora import merge_lora
+from tests.conftest import tiny_pixart
+from tests.test_lora_chain import _base_lora, _reported_chain, _save_output
+from tests.test_lora_limits import _save, _state
+
+peft = pytest.importorskip("peft")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:.*invalid shape")]
+
+
+def test_a_lora_past_a_given_teachers_count_names_it_not_the_moved_recorded_one(tmp_path, capsys):
+    """s removes its base's last block 5 of 6 (its report.json: 6 before); the base moved, and the
+    user gives its new place (--teacher). A LoRA of a 7-block model: its block 6, past the given
+    teacher's 6, was refused naming the recorded base (gone) as having 6, though the count was read
+    from the given one, and saying to put the recorded one back (a note too), though the user said
+    where it is. It now names the given teacher, with no word on the moved one."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+
+    base = tiny_pixart(num_layers=6)
+    base.save_pretrained(tmp_path / "base")
+    s = copy.deepcopy(base)
+    _save_output(s, tmp_path / "s", tmp_path / "base", get_adapter(s).remove_blocks(s, {"blocks": [5]}))
+    (tmp_path / "s" / "report.json").write_text(json.dumps({"teacher": str((tmp_path / "base").resolve()),
+                                                             "remove_blocks": {"blocks_before": {"blocks": 6}}}))
+    lora = _save(_state(tiny_pixart(num_layers=7), ["to_q"]), tmp_path / "deep.safetensors")
+    (tmp_path / "base").rename(tmp_path / "base-moved")
+    given = str(tmp_path / "base-moved")
+    capsys.readouterr()
+    with pytest.raises(UserError, match=rf"adapts transformer_blocks\.6, but the base model {re.escape(given)} "
+                                        r"has 6 transformer_blocks \(0 to 5\): a LoRA of another \(deeper\) model\?$"):
+        merge_lora(load_transformer(tmp_path / "s"), lora, teacher=given)
+    assert main(["lora", str(tmp_path / "s"), str(lora), str(tmp_path / "new"), "--teacher", given]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the base model {given} has 6 transformer_blocks" in err and not (tmp_path / "new").exists()
+    assert "not there now" not in err and "put it back" not in err and "note:" not in err, err
+
+
+def test_a_given_teacher_that_is_an_output_keeps_the_moved_teachers_note(tmp_path, capsys):
+    """b <- a (an output, moved) <- base: given a's new place, the LoRA's blocks are still read as
+    a's (its chain is not followed from the given teacher), so the note and the error's pointer to
+    it stay: putting a back is what has them read as the base's."""
+    from compress.io_output import load_transformer
+
+    base, moved = _reported_chain(tmp_path, 3), (tmp_path / "a").resolve()
+    lora, _ = _base_lora(base, tmp_path)
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    given = str(tmp_path / "a-moved")
+    capsys.readouterr()
+    with pytest.raises(UserError, match=rf"adapts transformer_blocks\.5, but the base model {re.escape(given)} has "
+                                        rf"5 .* Or the teacher {re.escape(str(moved))}, not there now, was itself a "
+                                        r"dit-compress output: put it back \(the note above\)$"):
+        merge_lora(load_transformer(tmp_path / "b"), lora, teacher=given)
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count(f"note: the teacher {moved} the model records is not there now") == 1
+
+
+def test_a_block_map_of_one_block_and_a_dora_teacher_of_one_layer_say_it_in_the_singular(monkeypatch, capsys):
+    """"whose block map has 1 blocks" and "the weight files holding the 1 adapted layers" (the note
+    on a Hub teacher's download) now agree with their count."""
+    from types import SimpleNamespace
+
+    from compress import lora_teacher
+    from compress.lora_teacher import composed_block_map
+
+    with pytest.raises(UserError, match=r"whose block map has 1 block: it is not"):
+        composed_block_map([{"double": [0, 2]}, {"double": [0]}], ["/c", "/b"])
+    monkeypatch.setattr("compress.io_source.checked",
+                        lambda source, config: SimpleNamespace(kind="hub", source=source, config={}))
+    monkeypatch.setattr(lora_teacher, "_teacher_files", lambda src, keys: {})  # then: no weight for it
+    with pytest.raises(UserError, match=r"no weight for 'x'"):
+        lora_teacher._teacher_weights(torch.nn.Linear(1, 1), "owner/teacher", None, ["x"])
+    said = " ".join(capsys.readouterr().err.split())
+    assert re.search(r"then the weight files holding the 1 adapted layer\b(?!s)", said), said
