@@ -68,8 +68,8 @@ def by_key(rows: list[dict], key: str) -> dict[str, int]:
 
 def block_params(model, rows: list[dict]) -> dict[str, int]:
     """{block: all its parameters} (norms and other non-linears too, as inspect's table by block
-    counts them, inspect.other_params), the top level as "-": they add up to the model's count."""
-    from compress.inspect import other_params
+    counts them, report.other_params), the top level as "-": they add up to the model's count."""
+    from compress.report import other_params
 
     return by_key(rows + other_params(model, rows), "block")
 
