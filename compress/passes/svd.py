@@ -340,7 +340,9 @@ _NOT_FITTED = {
     "conditioning": "the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
                     "too), whose stats are taken on the student's stream alone",
     "top level": "top-level layers are calibrated before the blocks, on the student's stream alone",
-    "block": "a layer factorized on its output Gram (Flux's single-block proj_out) has no input to fit"}
+    "block": "a layer factorized on its output Gram (Flux's single-block proj_out) has no input to fit",
+    "caption": "the cross-attention keys and values read the caption, which the student's stream leaves as the "
+               "teacher's"}
 
 
 def streaming_refusals(c) -> list[Refusal]:
@@ -373,11 +375,11 @@ def calibrates_sequentially(c: SVDConfig, targets: list[LinearInfo]) -> bool:
 def fitted_to_reference(c: SVDConfig, info: LinearInfo) -> bool:
     """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
     input Gram, student activations, stats from the blocks' streams (not the conditioning's,
-    svd_walk.from_conditioning); under auto only targets without the prediction's Fisher
+    svd_walk.from_conditioning, nor the caption's: svd_targets.is_model_wide); under auto only targets without the prediction's Fisher
     (with it, the Fisher and compensation already weigh the upstream error by its effect on the
     prediction, and the layer-wise fit measured worse on both toys)."""
     if c.asymmetric is False or c.method != "whitened" or c.activations != "student" \
-            or uses_output_gram(info) or from_conditioning(info):
+            or uses_output_gram(info) or from_conditioning(info) or is_model_wide(info):
         return False
     return c.asymmetric is True or not prediction_fisher(c, info)
 

@@ -79,7 +79,7 @@ _NOT_SEQUENCED = {
     "conditioning": "the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
                     "too), whose stats are taken once over a timestep grid",
     "top level": "top-level layers are calibrated before or after the blocks, not within one",
-    "block": "the cross-attention keys and values read the caption, which no layer of their block makes"}
+    "caption": "the cross-attention keys and values read the caption, which no layer of their block makes"}
 
 
 def refused_on_all(key: str, targets, can: str, reasons: dict[str, str]) -> BadValue:
@@ -94,12 +94,16 @@ def refused_on_all(key: str, targets, can: str, reasons: dict[str, str]) -> BadV
 def target_kind(info) -> str:
     """Which of three kinds a target is, as the reasons of `refused_on_all` tell them apart:
     'conditioning' (its stats are the conditioning's: svd_walk.from_conditioning), 'top level'
-    (outside the blocks), else 'block'."""
+    (outside the blocks), 'caption' (a block's layer reading an input shared by all blocks,
+    svd_targets.is_model_wide: PixArt's cross-attention keys and values), else 'block'."""
+    from compress.passes.svd_targets import is_model_wide
     from compress.passes.svd_walk import from_conditioning
 
     if from_conditioning(info):
         return "conditioning"
-    return "top level" if info.group is None else "block"
+    if info.group is None:
+        return "top level"
+    return "caption" if is_model_wide(info) else "block"
 
 
 def _check_not_factorized(targets, model: nn.Module) -> None:

@@ -130,6 +130,8 @@ def test_the_sequential_and_asymmetric_refusals_share_one_wording_by_target_kind
     mod, top, kv = (info("norm.linear", "modulation", "blocks"), info("proj_out", "output", None),
                     info("blocks.0.attn2.to_k", "attention", "blocks"))
     assert [target_kind(i) for i in (mod, top, kv)] == ["conditioning", "top level", "block"]
+    caption = LinearInfo("blocks.0.attn2.to_k", "attention", "x", "blocks", 0, 4, 4, "encoder_hidden_states")
+    assert target_kind(caption) == "caption"  # an input shared by all blocks
     reasons = {"conditioning": "c", "top level": "a", "block": "b"}
     e = refused_on_all("sequential", [kv, mod, top, kv], "can X", reasons)
     assert (e.key, e.reads) == ("sequential", ("targets", "ignore"))

@@ -10,7 +10,7 @@ from compress.calib_footprint import asymmetric_streams, block_copies, describe,
 from compress.errors import UserError
 from compress.passes.svd import SVDConfig, SVDPass
 from compress.recipe import parse_recipe
-from tests.conftest import tiny_flux
+from tests.conftest import tiny_flux, tiny_pixart
 from tests.passes.svd_helpers import context
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -18,10 +18,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 BASE = dict(multiple=2, modulation_grid=4, progress=False)
 
 
-def _planned_and_run(tmp_path, monkeypatch, **cfg):
+def _planned_and_run(tmp_path, monkeypatch, model=None, **cfg):
     """(plan's dict, the run's pass report, whether its calibration ran a reference stream) of one
-    svd pass on a tiny Flux."""
-    model = tiny_flux()
+    svd pass on a tiny Flux (or `model`)."""
+    model = model if model is not None else tiny_flux()
     adapter = get_adapter(model)
     planned = SVDPass(SVDConfig(**BASE, **cfg)).plan(model, adapter)
     streams = []
@@ -88,3 +88,25 @@ def test_the_refusal_names_the_asymmetric_key_line(tmp_path):
             "  - svd:\n      targets: [modulation]\n      fisher: block\n      asymmetric: true\n")
     with pytest.raises(UserError, match=r"r\.yaml:8: svd\.asymmetric: true, but none"):
         make_plan(parse_recipe(text, str(tmp_path / "r.yaml")))
+
+
+@pytest.mark.parametrize("targets", [[r"re:attn2\.to_[kv]$"], [r"re:attn2\."]])
+def test_plan_and_run_agree_that_the_caption_keys_and_values_are_not_fitted(tmp_path, monkeypatch, targets):
+    """PixArt's cross-attention keys and values read the caption, the same on both streams: plan
+    counted them fitted to the reference (16 for attn2 where the run fitted 8), and `asymmetric:
+    true` on them alone ran, fitting none."""
+    cfg = dict(targets=targets, fisher="none", ratio=0.5)
+    planned, report, reference = _planned_and_run(tmp_path, monkeypatch, model=tiny_pixart(), **cfg)
+    fitted = report["asymmetric"]
+    assert planned.get("fitted_to_reference", 0) == len(fitted)
+    assert not any(".to_k" in n or ".to_v" in n for n in fitted)
+    assert reference is bool(fitted)
+
+
+def test_asymmetric_true_on_the_caption_keys_and_values_alone_is_refused():
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    asked = SVDPass(SVDConfig(**BASE, targets=[r"re:attn2\.to_[kv]$"], fisher="none", asymmetric=True))
+    with pytest.raises(UserError, match=r"svd\.asymmetric: true, but none of this pass's \d+ targets can be "
+                                        r"fitted to the reference: the cross-attention keys and values read"):
+        asked.check(model, adapter)
