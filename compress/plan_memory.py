@@ -150,7 +150,8 @@ def _statistics(plan: dict) -> list[dict]:
     if not (largest := _largest(plan, "bytes")):
         return []
     i, s = largest
-    what = f"svd statistics (float64; {s['where']} holds most{', up to twice with sequential' if s['sequential'] else ''})"
+    where = f"{s['where']} holds most" if s["where"] else "held over the whole walk, no block's own"
+    what = f"svd statistics (float64; {where}{', up to twice with sequential' if s['sequential'] else ''})"
     return [_part(what, s["bytes"], [f"passes.{i}.svd.targets"],
                   f"passes.{i}.svd.sequential: false" if s["sequential"] else "")]
 

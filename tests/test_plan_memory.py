@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from compress.plan import make_plan
-from compress.recipe import load_recipe
+from compress.recipe import load_recipe, parse_recipe
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 
@@ -255,3 +255,14 @@ def test_this_process_is_counted_where_the_run_computes_on_the_cpu(monkeypatch):
     recipe = load_recipe(RECIPES / "flux-dev-stream.yaml")
     recipe.device = "cuda"
     assert not any(p["what"].startswith("this process") for p in make_plan(recipe)["memory"]["parts"])
+
+
+def test_statistics_of_targets_no_block_holds_are_named_without_a_block(tmp_path):
+    """A pass whose targets' statistics are all kept over the walk (the modulation linears' conditioning)
+    printed "svd statistics (float64; None holds most)"."""
+    text = ("model: flux\nteacher: toy:flux\ndevice: cpu\npasses:\n"
+            "  - svd: {targets: [modulation], ranks: {modulation: 8}, fisher: none}\n")
+    plan = make_plan(parse_recipe(text, str(tmp_path / "plan.yaml")))
+    assert plan["passes"][0]["statistics"]["where"] is None
+    words = [p["what"] for p in plan["memory"]["parts"] if p["what"].startswith("svd statistics")]
+    assert words == ["svd statistics (float64; held over the whole walk, no block's own)"]
