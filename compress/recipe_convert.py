@@ -154,12 +154,12 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
         if value in typing.get_args(tp):
             return value
         hint = _dtype_hint(str(value), typing.get_args(tp)) or did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])
-        raise loc.err(f"{what} must be one of {_type_name(tp)}, not {value!r}{hint}")
+        raise loc.err(f"{what} must be one of {_type_name(tp)}, not {_as_yaml(value)}{hint}")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
-    raise loc.err(f"{what} must be {_type_name(tp)}, not {value!r}{type_hint(node, tp)}")
+    raise loc.err(f"{what} must be {_type_name(tp)}, not {_as_yaml(value)}{type_hint(node, tp)}")
 
 
 def _only_container(node: yaml.Node, args) -> Any:
@@ -175,11 +175,16 @@ def _only_container(node: yaml.Node, args) -> Any:
     return found[0] if len(found) == 1 else None
 
 
+def _as_yaml(value) -> str:
+    """A read scalar as a recipe spells it: null, true, false; others as Python quotes them."""
+    return {type(None): "null", bool: str(value).lower()}.get(type(value)) or repr(value)
+
+
 def _shown(node: yaml.Node) -> str:
     """A value as an error quotes it: a scalar as written, else its kind."""
     if isinstance(node, yaml.ScalarNode):
         try:
-            return repr(_construct(node))
+            return _as_yaml(_construct(node))
         except yaml.YAMLError:
             return repr(node.value)
     return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from compress.errors import UserError
+from compress.recipe import parse_recipe
 from compress.recipe_convert import convert
 from compress.recipe_yaml import RecipeLoader
 
@@ -42,3 +43,13 @@ def test_a_dtype_spelled_another_way_gets_the_name_it_meant(value, hint):
         with pytest.raises(UserError) as e:
             parse_recipe("model: pixart\nteacher: toy:pixart\npasses: [svd]\n", "r.yaml", [f"{key}={value}"])
         assert str(e.value).endswith(f"not {value!r}{hint}")
+
+
+def test_a_null_or_boolean_value_is_quoted_as_yaml_spells_it():
+    """`model: null` was refused with "not None" (Python's spelling, not the recipe's)."""
+    rest = "passes:\n  - svd: {targets: [mlp]}\n"
+    for text, words in (("model: null\n" + rest, "not null"), ("model: true\n" + rest, "not true"),
+                        ("model: pixart\nteacher: null\n" + rest, "not null")):
+        with pytest.raises(UserError) as e:
+            parse_recipe(text, "r.yaml")
+        assert words in str(e.value) and "None" not in str(e.value) and "True" not in str(e.value), str(e.value)

@@ -149,8 +149,8 @@ def test_a_set_null_refuses_what_it_did_where_it_drops_nothing_it_knows():
 
 
 @pytest.mark.parametrize("override, words", [
-    ("teacher=null", "teacher must be a string, not None"),
-    ("model=null", "model must be one of 'pixart' | 'flux', not None"),
+    ("teacher=null", "teacher must be a string, not null"),
+    ("model=null", "model must be one of 'pixart' | 'flux', not null"),
 ])
 def test_a_set_null_on_a_required_key_names_the_set(override, words):
     """A required key has no default to fall back to: it was dropped, and the error said the recipe
