@@ -164,6 +164,9 @@ class Recipe:
 # ---- passes -------------------------------------------------------------------------------------
 def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
     loc = _Loc(path, node)
+    if _is_null(node):  # "- " or a --set passes.N=null
+        raise loc.err(f"passes[{index}] is null: a pass is a name or a one-key mapping like '- svd: {{ratio: 0.5}}' "
+                      "(to leave a pass out, delete its item from the recipe)")
     if isinstance(node, yaml.ScalarNode):  # "- svd" with all defaults
         name, opts = node.value, None
     elif isinstance(node, yaml.MappingNode) and len(node.value) == 1:

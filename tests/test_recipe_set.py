@@ -140,7 +140,8 @@ def test_a_set_null_refuses_what_it_did_where_it_drops_nothing_it_knows():
         parse_recipe(RECIPE, "r.yaml", ["passes.0.svd.targets.0=null"])
     with pytest.raises(UserError) as e:  # was kept, silently: a list's item is never dropped
         parse_recipe(RECIPE, "r.yaml", ["passes.2=null"])
-    assert str(e.value) == "r.yaml (--set passes.2=null): unknown pass 'null' (passes: importance, remove_blocks, svd, distill)"
+    assert str(e.value) == ("r.yaml (--set passes.2=null): passes[2] is null: a pass is a name or a one-key mapping "
+                            "like '- svd: {ratio: 0.5}' (to leave a pass out, delete its item from the recipe)")
     with pytest.raises(UserError, match=r"passes\[2\]\.distill\.steps must be an integer, not 'null'"):
         parse_recipe(RECIPE, "r.yaml", ["passes.2.distill.steps='null'"])
     assert parse_recipe(RECIPE, "r.yaml", ["passes.1.svd.ratio=null"]) == parse_recipe(RECIPE, "r.yaml")
@@ -158,3 +159,13 @@ def test_a_set_null_on_a_required_key_names_the_set(override, words):
     with pytest.raises(UserError) as e:
         load_recipe(TOY_FLUX, [override])
     assert str(e.value) == f"{TOY_FLUX} (--set {override}): {words}"
+
+
+def test_a_pass_item_set_to_null_is_refused_as_null(tmp_path):
+    """`--set passes.1=null` said "unknown pass 'null'" (the README says a list's item given null is
+    refused; the words now say it is null and how to leave a pass out)."""
+    text = "model: pixart\npasses:\n  - svd: {targets: [mlp]}\n  - svd\n"
+    with pytest.raises(UserError, match=r"\(--set passes\.1=null\): passes\[1\] is null: a pass is a name"):
+        parse_recipe(text, str(tmp_path / "r.yaml"), ["passes.1=null"])
+    with pytest.raises(UserError, match=r"r\.yaml:4: passes\[1\] is null"):
+        parse_recipe("model: pixart\npasses:\n  - svd\n  -\n", str(tmp_path / "r.yaml"))
