@@ -42,6 +42,7 @@ def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = No
 
 
 def evaluate(args) -> int:
+    _not_a_recipe(args.model)
     grid = output_file(args.grid, "--grid", figure=True) if args.grid is not None else None  # before any work
     check_lora_option(args.model, args.lora)
     streamed_out = _streamed_output(args.model, args.teacher, args.teacher_config)
@@ -97,6 +98,13 @@ def _print(result: dict, as_json: bool, named: dict | None = None, out: Path | N
     for key, value in result.items():
         results.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0
+
+
+def _not_a_recipe(model: str) -> None:
+    """eval given a recipe (a file the loaders would call 'not a checkpoint: a teacher is ...')."""
+    if Path(model).suffix in (".yaml", ".yml") and Path(model).is_file():
+        raise UserError(f"{model} is a recipe: eval takes an output folder (dit-compress eval OUT, OUT written "
+                        f"by run: dit-compress run {model}) or a teacher source")
 
 
 def _streamed_output(model: str, teacher_arg: str | None,

@@ -328,3 +328,9 @@ def test_eval_with_a_teacher_that_is_no_pipeline_reads_the_runs_held_out_inputs(
         assert main(["eval", str(out), "--teacher", teacher, "--json"]) == 0, teacher
         given = {**recorded, "teacher": teacher, "teacher_from": "--teacher"}  # named as given
         assert json.loads(capsys.readouterr().out) == given, teacher
+
+
+def test_eval_of_a_recipe_says_it_takes_an_output_folder(recipe, capsys):
+    """`eval RECIPE.yaml` said "is not a checkpoint: file type '.yaml'; a teacher is a folder or a
+    checkpoint file", as if a teacher were wanted."""
+    _one_line_errors(capsys, [(["eval", str(recipe)], f"{recipe} is a recipe: eval takes an output folder")])
