@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 
 from compress.errors import BadValue, UserError
-from compress.passes.removed_blocks import AfterRemoval, stamp_line
+from compress.passes.removed_blocks import AfterRemoval, forget_taken, stamp_line
 from compress.passes.svd_planned import stamp_planned
 from compress.report import warn
 
@@ -163,6 +163,7 @@ def _failure(p, model, adapter, spread: dict[str, int], tried: dict) -> UserErro
         left = meta_clone(model)
         adapter.remove_blocks(left, {g: list(range(n - k, n)) for g, n in adapter.block_counts(left).items()
                                      if (k := spread[g])})
+        forget_taken(left)
         try:
             p.check(left, adapter)
             tried[key] = (left, None)

@@ -210,3 +210,21 @@ def test_plan_text_says_plainly_why_roles_and_the_total_are_bounds_after_a_run_t
     words = " ".join(out.split())
     assert f"picked by importance at run time from any group: counted as if {smallest})" in words
     assert "as many" not in words
+
+
+def test_a_fraction_over_all_blocks_after_a_spread_count_is_of_the_blocks_left():
+    """toy:flux (6 blocks) `count: 2` then `fraction: 0.5`: the run takes 2 of the 4 left; plan took
+    0.5 of all 6 (3), said 3 blocks after, and counted the total as if 5 blocks went (more than the
+    4 the groups can give: a bound below what the run keeps)."""
+    text = ("model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 2}\n"
+            "  - remove_blocks: {fraction: 0.5}\n")
+    plan = make_plan(parse_recipe(text, "r.yaml"))
+    second = plan["passes"][1]
+    assert (second["budget"], second["blocks_after"]) == (2, "2 blocks in all")
+    assert [u["blocks"] for u in plan["unplaced_removals"]] == [2, 2]
+    assert plan["blocks_after_total"] == 2
+    teacher = load_teacher("toy:flux")
+    blocks = [teacher.transformer_blocks[0], teacher.single_transformer_blocks[0]]
+    kept_at_least = sum(p.numel() for p in teacher.parameters()) - sum(
+        sum(p.numel() for p in b.parameters()) * n for b, n in zip(blocks, (1, 3)))
+    assert plan["params_after_at_most"] >= kept_at_least  # the run keeps a double and a single block

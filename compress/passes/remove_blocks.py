@@ -28,7 +28,7 @@ from compress.passes.remove_blocks_budget import (block_sizes, check_explicit, d
 from compress.passes.remove_blocks_config import RemoveBlocksConfig, _biased
 from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
                                                    window_key)
-from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, teacher_view, with_removal
+from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, taken_unplaced, teacher_view, with_removal
 from compress.report import console, note
 from compress.report_card import _gone, _how
 
@@ -182,7 +182,7 @@ class RemoveBlocksPass(Pass):
                 if len(idx) >= counts[g]:
                     raise too_many(len(idx), counts[g], g, f"blocks.{g}")
             return
-        budget = resolve_budget(self.config, adapter, counts)
+        budget = resolve_budget(self.config, adapter, counts, taken_unplaced(model))
         if self.config.criterion == "learned":  # the windows can be made of the blocks left
             pattern_count(per_group(budget, counts), counts, self.config.window, window_key(self.config))
 
@@ -207,9 +207,10 @@ class RemoveBlocksPass(Pass):
             drop = check_explicit(self.config.blocks, adapter, teacher_view(model, adapter)[0])
             after = {g: n - len(drop.get(g, [])) for g, n in counts.items()}
             return {"remove": drop, "blocks_before": counts, "blocks_after": after}
-        budget = resolve_budget(self.config, adapter, counts)
+        taken = taken_unplaced(model)
+        budget = resolve_budget(self.config, adapter, counts, taken)
         after = ({g: n - budget.get(g, 0) for g, n in counts.items()} if isinstance(budget, dict)
-                 else f"{sum(counts.values()) - budget} blocks in all")
+                 else f"{sum(counts.values()) - taken - budget} blocks in all")
         if self.config.criterion == "learned":
             return self._plan_learned(model, adapter, per_group(budget, counts), counts)
         differ = self.uneven_groups(model, adapter)  # plan's count after it is a bound
@@ -239,12 +240,14 @@ class RemoveBlocksPass(Pass):
         planned = planned_blocks(model, adapter)
         counts = adapter.block_counts(model)
         if self.config.blocks is None:
-            budget = self._placed_budget(adapter, counts)
+            budget = self._placed_budget(model, adapter, counts)
             if isinstance(budget, dict):
                 planned = drop_placeholders(model, adapter, planned, budget)
                 pending = {g: planned["pending"].get(g, 0) + budget.get(g, 0) for g in counts}
                 planned = dict(planned, pending=pending)
             groups = [g for g, k in budget.items() if k] if isinstance(budget, dict) else list(counts)
+            if not isinstance(budget, dict):
+                planned = dict(planned, taken=planned.get("taken", 0) + budget)
             setattr(model, PLANNED_ATTR, with_removal(planned, groups, run_time=True))
             return
         drop = to_current(self.config.blocks, planned["block_map"])  # positions in the map
@@ -256,10 +259,10 @@ class RemoveBlocksPass(Pass):
         setattr(model, PLANNED_ATTR, with_removal(dict(planned, block_map=block_map),
                                                   [g for g, idx in drop.items() if idx], run_time=False))
 
-    def _placed_budget(self, adapter: Adapter, counts: dict[str, int]):
+    def _placed_budget(self, model: nn.Module, adapter: Adapter, counts: dict[str, int]):
         """The budget as {group: k} where plan can place it (per group, or one group takes the
         count); an int over several groups (`unplaced`)."""
-        budget = resolve_budget(self.config, adapter, counts)
+        budget = resolve_budget(self.config, adapter, counts, taken_unplaced(model))
         if not isinstance(budget, dict) and len(counts) == 1:
             return {next(iter(counts)): budget}
         return budget
@@ -269,7 +272,7 @@ class RemoveBlocksPass(Pass):
         such removal made plan's count of them a bound): its total after is a bound, not a count."""
         if self.config.blocks is not None:
             return []
-        budget, spare = self._placed_budget(adapter, adapter.block_counts(model)), planned_blocks(model, adapter)
+        budget, spare = self._placed_budget(model, adapter, adapter.block_counts(model)), planned_blocks(model, adapter)
         if not isinstance(budget, dict):
             return []
         return [g for g, k in budget.items()
@@ -280,7 +283,7 @@ class RemoveBlocksPass(Pass):
         importance at run time (`apply_planned` cannot place them)."""
         if self.config.blocks is not None:
             return 0
-        budget = self._placed_budget(adapter, adapter.block_counts(model))
+        budget = self._placed_budget(model, adapter, adapter.block_counts(model))
         return 0 if isinstance(budget, dict) else budget
 
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:

@@ -52,8 +52,10 @@ def _group(adapter: Adapter, group: str, path: str) -> str:
         raise BadValue(path, str(e)) from None
 
 
-def resolve_budget(config, adapter: Adapter, counts: dict[str, int]):
-    """-> {group: k} (per group) or int (over all blocks). Raises UserError for impossible budgets."""
+def resolve_budget(config, adapter: Adapter, counts: dict[str, int], taken: int = 0):
+    """-> {group: k} (per group) or int (over all blocks). Raises UserError for impossible budgets.
+    `taken`: blocks of `counts` earlier removals take at run time from groups not known yet
+    (removed_blocks.taken_unplaced): a count or fraction over all blocks is of the rest."""
     key = one_of(config)
     value = getattr(config, key)
     if isinstance(value, dict):
@@ -64,11 +66,11 @@ def resolve_budget(config, adapter: Adapter, counts: dict[str, int]):
             if budget[group] >= counts[group]:
                 raise too_many(budget[group], counts[group], group, f"{key}.{group}")
         return budget
-    total = sum(counts.values())
+    total = sum(counts.values()) - taken
     k = _k_of(key, value, total, "all blocks", key)
     if len(counts) == 1 and k >= total:
         raise too_many(k, total, next(iter(counts)), key)
-    if k > total - len(counts):
+    if k > total - len(counts) and not taken:  # else runner_checks.SpreadRemovals tries each spread
         per = ", ".join(f"'{g}': {n}" for g, n in counts.items())
         raise AfterRemoval(key, f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
                             f"(groups {per}); keep at least one per group")

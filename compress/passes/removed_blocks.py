@@ -103,6 +103,18 @@ def removal_words(block: tuple[str, str, int, int], teacher_counts: dict[str, in
 
 
 # ---- patterns that name a block by its index after a removal ------------------------------------
+def taken_unplaced(model: nn.Module) -> int:
+    """Blocks earlier removals over several groups take at run time, which plan's meta model still
+    holds (which groups lose them is not known): a later fraction over all blocks is of the rest."""
+    return getattr(model, PLANNED_ATTR, {}).get("taken", 0)
+
+
+def forget_taken(model: nn.Module) -> None:
+    """A meta copy whose blocks a spread of the unplaced removals really removed holds none of them."""
+    if (planned := getattr(model, PLANNED_ATTR, None)) is not None:
+        setattr(model, PLANNED_ATTR, dict(planned, taken=0))
+
+
 def with_removal(planned: dict, groups, run_time: bool) -> dict:
     """`planned` (planned_blocks) with one more removal of blocks of `groups`: chosen at run time
     or not. The runner's checks add its recipe line (`stamp_line`), for later passes' notes."""
