@@ -145,7 +145,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "params_before": before, "params_after_planned": param_count(model),
         "params_after_is": "at most" if later or unplaced or uneven else "exact",
         "params_after_at_most": param_count(model) - budget_savings(later, budgeted, model) + spare
-        - smallest_blocks(model, adapter, sum(u["blocks"] for u in unplaced), budgeted,
+        - smallest_blocks(model, adapter, taken, budgeted,
                           removal_shares(later, removals_before, len(unplaced))),
         "decided_later": later, "unplaced_removals": unplaced, "uneven_removals": uneven, "params_spare": spare,
         "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),

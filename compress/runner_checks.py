@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 
 from compress.errors import BadValue, UserError
-from compress.passes.removed_blocks import AfterRemoval, forget_taken, stamp_line
+from compress.passes.removed_blocks import AfterRemoval, forget_taken, stamp_line, taken_unplaced
 from compress.passes.svd_planned import stamp_planned
 from compress.report import warn
 
@@ -97,39 +97,37 @@ class SpreadRemovals:
     def __init__(self):
         # exact: the meta model's block counts are the run's, less the unplaced blocks; not after a
         # fraction per group while blocks are unplaced (plan takes it of the blocks before them)
-        self.lines, self.count, self.exact = [], 0, True
+        # (how many blocks they take: plan's meta model records it, removed_blocks.taken_unplaced)
+        self.lines, self.exact = [], True
 
     def check(self, p, spec, model, adapter) -> None:
         """Refuses or warns if `p` fails for some spread of the unplaced blocks; then records `p`'s
-        own unplaced blocks, a fraction of the blocks left (call before `p.apply_planned`)."""
-        left = self._check_spreads(p, spec, model, adapter) if self.count else model
-        n = p.unplaced(left, adapter)
-        if self.count and isinstance(getattr(p.config, "fraction", None), dict):
-            self.exact = False
-        if n:
+        line if it places blocks at run time itself (call before `p.apply_planned`)."""
+        count = taken_unplaced(model)
+        if count:
+            self._check_spreads(p, spec, model, adapter, count)
+            self.exact = self.exact and not isinstance(getattr(p.config, "fraction", None), dict)
+        if p.unplaced(model, adapter):
             self.lines.append(spec.line)
-            self.count += n
 
-    def _check_spreads(self, p, spec, model, adapter) -> torch.nn.Module:
+    def _check_spreads(self, p, spec, model, adapter, count: int) -> None:
         """Warns (the first group whose worst case fails `p`) or refuses (every spread fails it;
-        a BadValue of the error's key, which `_named` places); returns a meta copy with the blocks of
-        a spread `p` passes on removed (the blocks left in all, which every spread leaves), else `model`."""
+        a BadValue of the error's key, which `_named` places) over the spreads of `count` blocks."""
         have = adapter.block_counts(model)
-        every, tried = spreads(have, self.count), {}
+        every, tried = spreads(have, count), {}
         if not every:  # only where plan's counts are not the run's (`exact`): nothing to check them on
-            return model
-        failed = [(s, e) for s in worst_spreads(have, self.count)
+            return
+        failed = [(s, e) for s in worst_spreads(have, count)
                   if (e := _failure(p, model, adapter, s, tried)) is not None]
         if failed and self.exact and all(_failure(p, model, adapter, s, tried) is not None for s in every):
             spread, e = _tightest(every, tried, failed[0])
-            words = (f"{e} — where {_by(self.lines, spread, self.count)}; {_it(self.lines)} by importance at "
+            words = (f"{e} — where {_by(self.lines, spread, count)}; {_it(self.lines)} by importance at "
                      "run time, and this pass fails however they are spread over the groups (each keeps one)")
             raise BadValue(e.key, words, e.reads) if isinstance(e, BadValue) else UserError(words)
         if failed:
             spread, e = failed[0]
-            warn(f"{spec.where(e)}: {e} — if {_by(self.lines, spread, self.count)} ({_it(self.lines)} by "
+            warn(f"{spec.where(e)}: {e} — if {_by(self.lines, spread, count)} ({_it(self.lines)} by "
                  "importance at run time; a count per group fixes where they come from)")
-        return next((left for left, e in tried.values() if e is None), model)
 
 
 def spreads(have: dict[str, int], count: int) -> list[dict[str, int]]:
@@ -157,7 +155,7 @@ def worst_spreads(have: dict[str, int], count: int) -> list[dict[str, int]]:
 
 def _failure(p, model, adapter, spread: dict[str, int], tried: dict) -> UserError | None:
     """The error `p.check` raises on a meta copy of `model` less the last `spread[g]` blocks of each
-    group, None if it passes; `tried` keeps each spread's (copy, error)."""
+    group, None if it passes; `tried` keeps each spread's error."""
     key = tuple(spread.items())
     if key not in tried:
         left = meta_clone(model)
@@ -166,10 +164,10 @@ def _failure(p, model, adapter, spread: dict[str, int], tried: dict) -> UserErro
         forget_taken(left)
         try:
             p.check(left, adapter)
-            tried[key] = (left, None)
+            tried[key] = None
         except UserError as e:
-            tried[key] = (left, e)
-    return tried[key][1]
+            tried[key] = e
+    return tried[key]
 
 
 def _tightest(every: list[dict[str, int]], tried: dict, first: tuple) -> tuple:
@@ -179,7 +177,7 @@ def _tightest(every: list[dict[str, int]], tried: dict, first: tuple) -> tuple:
     if named is None or named[1] not in every[0]:
         return first
     spread = min(every, key=lambda s: s[named[1]])
-    return spread, tried[tuple(spread.items())][1]
+    return spread, tried[tuple(spread.items())]
 
 
 def _by(lines: list[int], spread: dict[str, int], count: int) -> str:

@@ -361,21 +361,21 @@ def streaming_refusals(c) -> list[Refusal]:
 
 # ---- what a pass's config decides for its targets (also read by calib_footprint, without a pass) ----
 def fits_asymmetrically(c: SVDConfig, targets: list[LinearInfo]) -> bool:
-    """Whether some block target is fitted asymmetrically (a reference stream in the calibration)."""
-    return any(fitted_to_reference(c, i) for i in targets if i.group is not None)
+    """Whether some target is fitted asymmetrically (a reference stream in the calibration): only
+    block targets re-run within their block are (fitted_to_reference)."""
+    return any(fitted_to_reference(c, i) for i in targets)
 
 
 def calibrates_sequentially(c: SVDConfig, targets: list[LinearInfo]) -> bool:
-    """svd.sequential resolved: auto is on where block targets re-run within their block (not
-    svd_targets.is_model_wide: the caption's keys and values are not) are fitted asymmetrically."""
-    rerun = [i for i in targets if not is_model_wide(i)]
-    return c.sequential is True or (c.sequential == "auto" and fits_asymmetrically(c, rerun))
+    """svd.sequential resolved: auto is on where targets are fitted asymmetrically."""
+    return c.sequential is True or (c.sequential == "auto" and fits_asymmetrically(c, targets))
 
 
 def fitted_to_reference(c: SVDConfig, info: LinearInfo) -> bool:
     """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
     input Gram, student activations, stats from the blocks' streams (not the conditioning's,
-    svd_walk.from_conditioning, nor the caption's: svd_targets.is_model_wide); under auto only targets without the prediction's Fisher
+    svd_walk.from_conditioning, nor the caption's: svd_targets.is_model_wide); under auto only
+    targets without the prediction's Fisher
     (with it, the Fisher and compensation already weigh the upstream error by its effect on the
     prediction, and the layer-wise fit measured worse on both toys)."""
     if c.asymmetric is False or c.method != "whitened" or c.activations != "student" \

@@ -92,7 +92,7 @@ def refused_on_all(key: str, targets, can: str, reasons: dict[str, str]) -> BadV
 
 
 def target_kind(info) -> str:
-    """Which of three kinds a target is, as the reasons of `refused_on_all` tell them apart:
+    """Which of four kinds a target is, as the reasons of `refused_on_all` tell them apart:
     'conditioning' (its stats are the conditioning's: svd_walk.from_conditioning), 'top level'
     (outside the blocks), 'caption' (a block's layer reading an input shared by all blocks,
     svd_targets.is_model_wide: PixArt's cross-attention keys and values), else 'block'."""
