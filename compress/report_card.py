@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from compress.report import is_number
+from compress.words import counted
 
 
 def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
@@ -79,7 +80,7 @@ def _removal_lines(removal: dict) -> list[str]:
     if not total:
         return []
     return (["", "Blocks removed (teacher indices): " + ", ".join(f"{g} {v}" for g, v in total.items())
-             + f", by {len(runs)} remove_blocks passes:", ""]
+             + f", by {counted(len(runs), 'remove_blocks pass', 'remove_blocks passes')}:", ""]
             + [f"- remove_blocks pass {n} of {len(runs)}: {gone or 'none'} ({how})."
                for n, (gone, how) in enumerate(said, 1)])
 
@@ -110,13 +111,13 @@ def _svd_lines(svd: dict, ranks: dict | None = None) -> list[str]:
         lines.append(" ".join(metric_words(svd)) + f" The closed-form optimum is {optimum_words(svd)}.")
     gaps = sorted(r["fit_gap"] for r in (svd.get("layers") or {}).values() if "fit_gap" in r)
     if gaps:
-        lines.append(f"Fitted to the uncompressed model's outputs: {len(gaps)} layers; their fit above its undamped "
-                     f"rank-r optimum: median {gaps[len(gaps) // 2]:.2e}, worst {gaps[-1]:.2e} of the layer's "
+        lines.append(f"Fitted to the uncompressed model's outputs: {counted(len(gaps), 'layer')}; their fit above its "
+                     f"undamped rank-r optimum: median {gaps[len(gaps) // 2]:.2e}, worst {gaps[-1]:.2e} of the layer's "
                      "output energy (the asymmetric_damping's cost on the calibration data).")
     stages = list((svd.get("compensation") or {}).values())
     if stages:
         first, last = stages[0], stages[-1]
-        lines.append(f"Compensation in {len(stages)} stages: calibration prediction error after "
+        lines.append(f"Compensation in {counted(len(stages), 'stage')}: calibration prediction error after "
                      f"the last one {last['calibration_error']:.4g} (plain factorization there: "
                      f"{last['uncompensated_error']:.4g}; first stage {first['uncompensated_error']:.4g} → "
                      f"{first['calibration_error']:.4g}).")
@@ -170,7 +171,8 @@ def _probes(svd: dict) -> str:
     probes = _setting(svd, "fisher_probes")
     if len(set(probes)) > 1:
         return f"{', '.join(map(str, probes))} random probes (svd.fisher_probes of each svd pass)"
-    return f"{probes[0]} random probes (svd.fisher_probes)" if probes else "random probes (svd.fisher_probes)"
+    return f"{counted(probes[0], 'random probe')} (svd.fisher_probes)" if probes else \
+        "random probes (svd.fisher_probes)"
 
 
 def _weighted(svd: dict) -> int:
@@ -209,14 +211,15 @@ def metric_words(svd: dict, names: tuple[str, str] = CARD_NAMES) -> list[str]:
     kinds = " or ".join(dict.fromkeys(FISHER_OF[f] for f in _setting(svd, "fisher") if f in FISHER_OF))
     parts = []
     if weighted:
-        parts.append(f"weighted, for {weighted} layers, by {kinds or 'an'} output Fisher F, estimated from "
-                     f"{_probes(svd)} and damped to F + λI (svd.fisher_damping)")
+        parts.append(f"weighted, for {counted(weighted, 'layer')}, by {kinds or 'an'} output Fisher F, estimated "
+                     f"from {_probes(svd)} and damped to F + λI (svd.fisher_damping)")
     if stepped:
-        parts.append(f"of W + βΔ, for {stepped} compensated layers (their weight plus its compensation step), "
-                     "not of the weight the pass found")
+        parts.append(f"of W + βΔ, for {counted(stepped, 'compensated layer')} ({'its' if stepped == 1 else 'their'} "
+                     "weight plus its compensation step), not of the weight the pass found")
     if fitted:
-        parts.append(f"of W + Δ, for {fitted} layers fitted asymmetrically (their fit to the uncompressed "
-                     "model's outputs)")
+        their = "its" if fitted == 1 else "their"
+        parts.append(f"of W + Δ, for {counted(fitted, 'layer')} fitted asymmetrically ({their} fit to the "
+                     "uncompressed model's outputs)")
     how = ": " + "; ".join(parts) if parts else ""
     return [f"{names[0]} in each layer's factorization objective, its output error on its calibration "
             f"inputs{how}.",

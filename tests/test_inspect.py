@@ -237,9 +237,9 @@ def test_inspect_says_which_metric_each_column_is_in_and_whose_optimum_the_ratio
     assert main(["inspect", str(out)]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert ("columns energy, loss, optimal, loss/opt are in each layer's factorization objective, its output error "
-            "on its calibration inputs: weighted, for 1 layers, by the final prediction's output Fisher F, estimated "
+            "on its calibration inputs: weighted, for 1 layer, by the final prediction's output Fisher F, estimated "
             "from 4 random probes (svd.fisher_probes) and damped to F + λI (svd.fisher_damping); of W + βΔ, for 1 "
-            "compensated layers") in printed, printed
+            "compensated layer (its weight plus its compensation step)") in printed, printed
     assert "column rel err is each layer's plain output error ‖(W − W')x‖ / ‖Wx‖" in printed
     assert ("whitened loss / optimal loss over 1 whitened layer: max 1.000000; optimal: the optimum of each "
             "layer's objective with its output Fisher estimated from 4 random probes") in printed

@@ -171,12 +171,41 @@ def test_the_model_card_says_which_metric_each_number_is_in_and_whose_optimum_it
     assert ("Energy kept, loss and optimal loss are in each layer's factorization objective, its output error on "
             "its calibration inputs: weighted, for 2 layers, by the final prediction's output Fisher F, estimated "
             "from 4 random probes (svd.fisher_probes) and damped to F + λI (svd.fisher_damping); of W + βΔ, for 1 "
-            "compensated layers") in text, text
+            "compensated layer (its weight plus its compensation step)") in text, text
     assert "The relative output error is each layer's plain output error" in text
     assert ("The closed-form optimum is the optimum of each layer's objective with its output Fisher estimated "
             "from 4 random probes (svd.fisher_probes) and damped (svd.fisher_damping), not of the exact Fisher.") in text
     plain = {"a": {"rank": 4, "loss_ratio": 1.0, "objective": "calibration output", "asymmetric": True}}
     text = " ".join(_svd_lines({"fisher": "none", "layers": plain}))
-    assert "Fisher F" not in text and "inputs: of W + Δ, for 1 layers fitted asymmetrically" in text, text
+    assert "Fisher F" not in text and "inputs: of W + Δ, for 1 layer fitted asymmetrically (its fit" in text, text
     assert "The closed-form optimum is the exact optimum of each layer's calibration output error." in text
     assert "objective" not in " ".join(_svd_lines({"layers": {"a": {"rank": 4, "loss_ratio": 1.0}}}))  # older reports
+
+
+def test_the_cards_counts_take_the_singular_for_one_and_the_plural_otherwise():
+    """'for 1 layers', 'for 1 compensated layers', '1 stages', '1 random probes' read wrong: each count in
+    the card's svd and removal lines agrees with its noun (compress.words.counted)."""
+    from compress.report_card import _removal_lines, _svd_lines
+
+    def card(n: int, probes: int) -> str:
+        rec = {"rank": 4, "loss_ratio": 1.0, "objective": "output-weighted", "compensation_step": 0.5,
+               "asymmetric": True, "fit_gap": 1e-3}
+        stage = {"calibration_error": 0.1, "uncompensated_error": 0.2}
+        svd = {"fisher": "all", "fisher_probes": probes, "layers": {f"l{i}": dict(rec) for i in range(n)},
+               "compensation": {f"double {i} mlp": stage for i in range(n)}}
+        return " ".join(_svd_lines(svd))
+
+    one, two = card(1, 1), card(2, 4)
+    for words in ("weighted, for 1 layer, by", "from 1 random probe (svd.fisher_probes)",
+                  "of W + βΔ, for 1 compensated layer (its weight plus its compensation step)",
+                  "of W + Δ, for 1 layer fitted asymmetrically (its fit", "outputs: 1 layer; their fit",
+                  "Compensation in 1 stage:"):
+        assert words in one, (words, one)
+    for words in ("weighted, for 2 layers, by", "from 4 random probes (svd.fisher_probes)",
+                  "of W + βΔ, for 2 compensated layers (their weight plus its compensation step)",
+                  "of W + Δ, for 2 layers fitted asymmetrically (their fit", "outputs: 2 layers; their fit",
+                  "Compensation in 2 stages:"):
+        assert words in two, (words, two)
+    passes = [{"criterion": None, "removed": {"blocks": [1]}}, {"criterion": "scan", "removed": {"blocks": [2]}}]
+    assert "by 2 remove_blocks passes:" in _removal_lines(dict(passes[1], passes=passes,
+                                                                removed_total={"blocks": [1, 2]}))[1]
