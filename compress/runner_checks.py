@@ -120,7 +120,7 @@ class SpreadRemovals:
         failed = [(s, e) for s in worst_spreads(have, count)
                   if (e := _failure(p, model, adapter, s, tried)) is not None]
         if failed and self.exact and all(_failure(p, model, adapter, s, tried) is not None for s in every):
-            spread, e = _tightest(every, tried, failed[0])
+            spread, e = _tightest(every, tried, failed[0], _group_of(failed[0][1], p.config, adapter))
             words = (f"{e} — where {_by(self.lines, spread, count)}; {_it(self.lines)} by importance at "
                      "run time, and this pass fails however they are spread over the groups (each keeps one)")
             raise BadValue(e.key, words, e.reads) if isinstance(e, BadValue) else UserError(words)
@@ -170,14 +170,37 @@ def _failure(p, model, adapter, spread: dict[str, int], tried: dict) -> UserErro
     return tried[key]
 
 
-def _tightest(every: list[dict[str, int]], tried: dict, first: tuple) -> tuple:
-    """For a pass every spread fails, the (spread, error) to say: where the group `first`'s error
-    names loses the least it can (what it loses however the blocks are spread), else `first`."""
-    named = re.search(r"group '([^']+)'", str(first[1]))
-    if named is None or named[1] not in every[0]:
+def _tightest(every: list[dict[str, int]], tried: dict, first: tuple, group: str | None) -> tuple:
+    """For a pass every spread fails, the (spread, error) to say: where `group`, the group `first`'s
+    error is about (`_group_of`), loses the least it can (what it loses however the blocks are
+    spread), else `first`."""
+    if group is None or group not in every[0]:
         return first
-    spread = min(every, key=lambda s: s[named[1]])
+    spread = min(every, key=lambda s: s[group])
     return spread, tried[tuple(spread.items())]
+
+
+def _group_of(error: UserError, config, adapter) -> str | None:
+    """The block group a pass's error is about, read from the recipe key it is on (BadValue.key), not
+    from its words: the group a per-group key names (count.double, fraction.single, blocks.double.1),
+    or the group of the blocks a module pattern at the key names (targets.0, ignore.1, center.0:
+    'single_transformer_blocks.2.proj_out'; ranks.PATTERN), or the one group of the pass's budget
+    (a learned removal's window errors: window, count); None where it names none."""
+    head, _, rest = getattr(error, "key", "").partition(".")
+    groups = {g.name for g in adapter.groups}
+    if rest.split(".")[0] in groups:
+        return rest.split(".")[0]
+    value = getattr(config, head, None)
+    if isinstance(value, list) and rest.isdigit() and int(rest) < len(value):
+        value = value[int(rest)]
+    elif head == "ranks":
+        value = rest
+    elif head == "window":
+        value = getattr(config, "count", None) or getattr(config, "fraction", None)
+    if isinstance(value, str):
+        return next((g.name for g in adapter.groups if re.match(rf"{re.escape(g.attr)}\.\d+(\.|$)", value)), None)
+    budget = [g for g, k in value.items() if k and g in groups] if isinstance(value, dict) else []
+    return budget[0] if len(budget) == 1 else None
 
 
 def _by(lines: list[int], spread: dict[str, int], count: int) -> str:

@@ -121,6 +121,33 @@ def test_a_pass_that_fails_wherever_spread_removals_take_their_blocks_is_refused
         _check(passes)
 
 
+@pytest.mark.parametrize("second, module, reworded, words", [
+    ("  - remove_blocks: {count: {double: 2}}\n", "compress.passes.remove_blocks_budget", "too_many",
+     "remove_blocks: 2 of the 2 blocks would go, none left — "),
+    ("  - svd: {targets: [transformer_blocks.2.attn.to_q]}\n", "compress.passes.removed_blocks", "removal_words",
+     "svd.targets: pattern 'transformer_blocks.2.attn.to_q' matches no linear layer of the model: 2 left — "),
+])
+def test_a_refused_pass_is_said_where_the_group_its_error_is_about_loses_least(monkeypatch, second, module,
+                                                                               reworded, words):
+    """double 3, single 3, a bare count of 3: 'double' loses 1 or 2. A pass that fails however they go
+    is said where 'double', the group its error is about, loses 1 (it fails even then), read from its
+    recipe key (count.double; targets.0: the pattern's blocks), not its words: said without "group
+    'double'" the group was missed, and it was said where 'double' loses 2."""
+    import importlib
+
+    from compress.passes.removed_blocks import AfterRemoval
+
+    errors = importlib.import_module(module)
+    if reworded == "too_many":
+        monkeypatch.setattr(errors, "too_many", lambda k, n, group, path, teacher=False: AfterRemoval(
+            path, f"remove_blocks: {k} of the {n} blocks would go, none left"))
+    else:
+        monkeypatch.setattr(errors, "removal_words", lambda block, counts, kept: f"{block[3]} left")
+    with pytest.raises(UserError, match=rf"^r\.yaml:6: {re.escape(words)}where the removal at line 5 takes 1 of its "
+                                        r"3 blocks from group 'double' and 2 from group 'single'; it picks them"):
+        _check("  - remove_blocks: {count: 3}\n" + second, num_layers=3, num_single_layers=3)
+
+
 def test_a_fraction_over_all_blocks_after_a_spread_removal_counts_the_blocks_left(capsys):
     """0.5 of the 4 blocks line 5 leaves is 2 (it was taken of all 6 blocks: 3, so 5 in all, more than
     the groups can give, and line 7 went unchecked): 4 in all leave 'double' 1 block at least."""
