@@ -165,6 +165,7 @@ class RemoveBlocksPass(Pass):
     name = "remove_blocks"
     config_cls = RemoveBlocksConfig
     needs_calibration = True  # per instance: False for explicit indices
+    result_free = ("progress", "buckets")  # `idle_buckets`: no choice reads them
 
     def __init__(self, config):
         super().__init__(config)
@@ -188,9 +189,10 @@ class RemoveBlocksPass(Pass):
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
         """A count or fraction that removes no block (a fraction rounded down: the smallest that
-        removes one), a learned removal whose estimator is likely biased (the runner warns once, at
-        its key)."""
-        return removes_nothing(self.config, adapter.block_counts(model)) + _biased(self.config)
+        removes one), a learned removal whose estimator is likely biased, buckets other than the
+        default (`idle_buckets`) (the runner warns once, at its key)."""
+        return (removes_nothing(self.config, adapter.block_counts(model)) + _biased(self.config)
+                + idle_buckets(self.config))
 
     def check_streaming(self) -> None:
         """Streams: explicit indices (blocks are only renumbered), the cosine proxy (one streamed
@@ -361,6 +363,17 @@ class RemoveBlocksPass(Pass):
             if left is not None:
                 left[next(iter(drop))] -= 1
         return block_map
+
+
+def idle_buckets(config: RemoveBlocksConfig) -> list[tuple[str, str]]:
+    """`buckets` other than its default changes nothing: the choice reads each block's score over all
+    inputs (importance `_result` sums the buckets), learned scans nothing, and the pass records no
+    bucket; a recipe that sets it is warned (the key stays: a run's recipe.yaml writes it)."""
+    if config.buckets == RemoveBlocksConfig.buckets:
+        return []
+    return [("buckets", f"remove_blocks: buckets {config.buckets} changes nothing: the blocks are chosen by "
+                        "each block's score over all calibration inputs, whatever the buckets (an importance "
+                        "pass's buckets split the scores it shows by timestep); leave it out")]
 
 
 def _total(budget) -> int:

@@ -423,3 +423,37 @@ def test_the_log_names_the_blocks_a_removal_took(config, said, tmp_path, capsys)
     chosen = ctx.report["remove_blocks"]["removed"]["single"]
     assert chosen in ([], [1], [2])  # teacher indices (student ones would be 0 or 1)
     assert _removal_said(capsys) == [said.format(chosen=chosen[0] if chosen else None)]
+
+
+def test_buckets_change_no_choice_and_are_warned_at_their_line(tmp_path, capsys):
+    """remove_blocks' buckets were read only to split the scan's scores by timestep, and the choice reads
+    each block's score over all inputs: 1 or 7 buckets removed the same blocks and wrote the same record,
+    without a word. A value other than the default is warned at its line (plan and run: `notes`), and
+    --resume lets it change (`result_free`), as nothing the pass writes depends on it."""
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+    from compress.runner_resume import recipe_changes
+
+    records = []
+    for buckets in (1, 7):
+        model = tiny_pixart()
+        ctx = context(model, tmp_path)
+        run(model, ctx, count=2, criterion="scan", iterative=True, buckets=buckets)
+        records.append(ctx.report["remove_blocks"])
+    assert records[0] == records[1]
+    model, adapter = tiny_pixart(), get_adapter(tiny_pixart())
+    said = dict(RemoveBlocksPass(RemoveBlocksConfig(count=1, buckets=7)).notes(model, adapter))
+    assert said["buckets"].startswith("remove_blocks: buckets 7 changes nothing: the blocks are chosen by each "
+                                      "block's score over all calibration inputs")
+    for quiet in (dict(count=1), dict(count=1, buckets=3), dict(blocks={"blocks": [1]})):
+        assert "buckets" not in dict(RemoveBlocksPass(RemoveBlocksConfig(**quiet)).notes(model, adapter))
+    text = ("model: pixart\nteacher: toy:pixart\ncalibration: {source: synthetic, num_prompts: 4, timesteps: 2, "
+            "batch_size: 4, heldout: 4}\npasses:\n  - remove_blocks:\n      count: 1\n      buckets: B\n")
+    capsys.readouterr()
+    make_plan(parse_recipe(text.replace("B", "7"), "r.yaml"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("warning: r.yaml:7: remove_blocks: buckets 7 changes nothing") == 1, err
+    make_plan(parse_recipe(text.replace("B", "3"), "r.yaml"))
+    assert "buckets" not in capsys.readouterr().err
+    before, now = (parse_recipe(text.replace("B", b), "r.yaml") for b in "73")
+    assert recipe_changes(before.raw, now.raw, [RemoveBlocksPass(now.passes[0].config)]) == []
