@@ -109,8 +109,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs):  # each then applied
         named = dict(model.named_modules())  # as the pass finds the model: the names its targets use
         step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
-        if unplaced and "params_before" in step:  # counted over every block: some go before it at run time
-            step["at_most"] = list(unplaced)
+        if unplaced and bounded_keys(step | {"at_most": True}):  # counted over every block: some go before it
+            step["at_most"] = list(unplaced)                    # at run time
         if n := p.unplaced(model, adapter):  # blocks whose groups importance picks at run time
             unplaced.append({"pass": spec.name, **pass_where(spec), "blocks": n})
         if step.get("blocks_differ_in_size"):  # placed, but which blocks go changes the count
@@ -283,10 +283,20 @@ def step_words(step: dict) -> str:
     (`plan --json` has them whole)."""
     hidden = ("pass", "line", "set", "fisher", "streamed_scan", "student", "at_most", "statistics")
     shown = {k: v for k, v in step.items() if k not in hidden}
-    bound = {"targets", "params_before", "params_after"} if step.get("at_most") else set()
+    bound = bounded_keys(step)
     words = "; ".join(f"{key}: {'≤ ' if key in bound and value != LATER else ''}{_brief(key, value)}"
                       for key, value in shown.items())
     return f"{words}; ≤: {_at_most_words(step['at_most'])}" if bound else words
+
+
+def bounded_keys(step: dict) -> set[str]:
+    """The keys of a step with `at_most` (after removals whose blocks are picked at run time) that
+    are counted over every block, upper bounds: an svd pass's targets and parameters, a removal's
+    blocks per group before and after it."""
+    if not step.get("at_most"):
+        return set()
+    return {k for k in ("targets", "params_before", "params_after") if k in step} | {
+        k for k in ("blocks_before", "blocks_after") if isinstance(step.get(k), dict)}
 
 
 def _at_most_words(unplaced: list[dict]) -> str:

@@ -228,3 +228,31 @@ def test_a_fraction_over_all_blocks_after_a_spread_count_is_of_the_blocks_left()
     kept_at_least = sum(p.numel() for p in teacher.parameters()) - sum(
         sum(p.numel() for p in b.parameters()) * n for b, n in zip(blocks, (1, 3)))
     assert plan["params_after_at_most"] >= kept_at_least  # the run keeps a double and a single block
+
+
+@pytest.mark.parametrize("second", ["{count: {single: 1}}", "{fraction: {double: 0.5}}", "{blocks: {single: [3]}}",
+                                    "{count: 1}"])
+def test_a_removal_after_one_picked_at_run_time_says_its_counts_per_group_are_bounds(capsys, second):
+    """After remove_blocks {count: 2} (groups picked at run time) a second removal's line printed
+    'blocks_before: {"double": 2, "single": 4}; blocks_after: {"double": 2, "single": 3}' as if exact,
+    though 2 of those blocks are gone by then from groups not known before the run. Both are bounds
+    now (its `at_most`, as an svd pass's counts), the line says why, and the counts of each placement
+    the run may pick are within them; without the first removal they stay exact."""
+    from compress.plan import print_plan, step_words
+
+    head = "model: flux\nteacher: toy:flux\npasses:\n"
+    plan = make_plan(parse_recipe(f"{head}  - remove_blocks: {{count: 2}}\n  - remove_blocks: {second}\n", "r.yaml"))
+    step = plan["passes"][-1]
+    assert step["at_most"] == [{"pass": "remove_blocks", "line": 4, "blocks": 2}]
+    per_group = [k for k in ("blocks_before", "blocks_after") if isinstance(step[k], dict)]
+    words = step_words(step)
+    assert [k for k in ("blocks_before", "blocks_after") if f"{k}: ≤ {{" in words] == per_group  # not '3 blocks in all'
+    assert words.endswith("≤: counted over every block, but remove_blocks (line 4) takes 2 blocks before it at run time")
+    print_plan(plan)
+    assert "blocks_before: ≤ {" in capsys.readouterr().out
+    for placed in ("{double: [0], single: [0]}", "{single: [0, 1]}"):  # every way the run may pick them
+        run = make_plan(parse_recipe(f"{head}  - remove_blocks: {{blocks: {placed}}}\n  - remove_blocks: {second}\n",
+                                     "r.yaml"))["passes"][-1]
+        assert "at_most" not in run and "≤" not in step_words(run)
+        for k in per_group:
+            assert all(run[k][g] <= n for g, n in step[k].items()), (k, run[k], step[k])
