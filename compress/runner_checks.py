@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import torch
 
 from compress.errors import BadValue, UserError
+from compress.passes.remove_blocks_budget import resolve_budget
 from compress.passes.removed_blocks import AfterRemoval, forget_taken, stamp_line, taken_unplaced
 from compress.passes.svd_planned import stamp_planned
 from compress.report import warn
@@ -96,8 +97,9 @@ class SpreadRemovals:
 
     def __init__(self):
         # exact: the meta model's block counts are the run's, less the unplaced blocks; not after a
-        # fraction per group while blocks are unplaced (plan takes it of the blocks before them)
-        # (how many blocks they take: plan's meta model records it, removed_blocks.taken_unplaced)
+        # fraction per group while blocks are unplaced that takes other than the run would for some
+        # spread of them (`takes_as_run`) (how many blocks they take: plan's meta model records it,
+        # removed_blocks.taken_unplaced)
         self.lines, self.exact = [], True
 
     def check(self, p, spec, model, adapter) -> None:
@@ -106,7 +108,7 @@ class SpreadRemovals:
         count = taken_unplaced(model)
         if count:
             self._check_spreads(p, spec, model, adapter, count)
-            self.exact = self.exact and not isinstance(getattr(p.config, "fraction", None), dict)
+            self.exact = self.exact and takes_as_run(p.config, adapter, adapter.block_counts(model), count)
         if p.unplaced(model, adapter):
             self.lines.append(spec.line)
 
@@ -128,6 +130,28 @@ class SpreadRemovals:
             spread, e = failed[0]
             warn(f"{spec.where(e)}: {e} — if {_by(self.lines, spread, count)} ({_it(self.lines)} by "
                  "importance at run time; a count per group fixes where they come from)")
+
+
+def takes_as_run(config, adapter, have: dict[str, int], count: int) -> bool:
+    """Whether a pass's fraction per group (remove_blocks `fraction: {single: 0.5}`), which plan's
+    meta model (`have` blocks per group, `count` of them removed at run time from groups not known
+    yet) takes as resolve_budget does with them, takes what the run takes however they are spread:
+    the run's count per group is of the blocks left. True for any other pass; a spread the pass
+    fails at is left out (the run stops there)."""
+    fraction = getattr(config, "fraction", None)
+    if not isinstance(fraction, dict):
+        return True
+    runs = []
+    for spread in spreads(have, count):
+        try:
+            runs.append(resolve_budget(config, adapter, {g: n - spread[g] for g, n in have.items()}))
+        except UserError:
+            pass
+    try:
+        planned = resolve_budget(config, adapter, have, count)
+    except UserError:
+        return False
+    return bool(runs) and all(run == planned for run in runs)
 
 
 def spreads(have: dict[str, int], count: int) -> list[dict[str, int]]:

@@ -167,6 +167,16 @@ def test_a_fraction_per_group_after_a_spread_removal_is_warned_not_refused(capsy
                      r"the removal at line 5 takes", _said(capsys))
 
 
+def test_a_fraction_per_group_that_takes_as_the_run_after_a_spread_removal_keeps_the_checks_exact():
+    """0.4 of 'single' takes 1 of its 4 blocks, as of the 3 or 4 line 5 leaves it: plan's count after
+    it is the run's, so line 7, which fails however line 5's block goes (2 of the 4 blocks left, 3 of
+    them taken), is refused, as without line 6; it was only warned of after any fraction per group."""
+    with pytest.raises(UserError, match=r"^r\.yaml:7: remove_blocks: removing 3 of 4 blocks would leave a group "
+                                        r"empty .* where the removal at line 5 takes"):
+        _check("  - remove_blocks: {count: 1}\n  - remove_blocks: {fraction: {single: 0.4}}\n"
+               "  - remove_blocks: {count: 3}\n", num_single_layers=4)
+
+
 def test_a_per_group_count_is_still_checked_upfront():
     last = len(tiny_flux().single_transformer_blocks) - 1
     with pytest.raises(UserError, match=r"r\.yaml:6: svd\.targets: .* \(the pass at line 5 removed blocks"):
