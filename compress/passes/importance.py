@@ -344,6 +344,18 @@ class ImportanceConfig:
         check_buckets(self.buckets, "importance")
 
 
+def noise_levels(calib, kind: str) -> tuple[int, str]:
+    """(the most distinct noise levels the calibration inputs hold, how, in words) of a recipe's
+    `calibration` (CalibrationConfig) and its source's kind (inputs.source_kind): a pipeline source keeps
+    min(timesteps, sample_steps) sampler steps; the toy and synthetic sources draw each of their
+    num_prompts × timesteps inputs at its own level."""
+    if kind == "pipeline":
+        return (min(calib.timesteps, calib.sample_steps),
+                f"calibration.timesteps {calib.timesteps} of a {calib.sample_steps}-step sampler")
+    return calib.num_prompts * calib.timesteps, (f"calibration.num_prompts × timesteps: {calib.num_prompts} × "
+                                                 f"{calib.timesteps} inputs")
+
+
 def check_buckets(buckets, what: str) -> None:
     """A config's `buckets`: a positive integer (BadValue names the key)."""
     if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
@@ -358,6 +370,20 @@ class ImportancePass(Pass):
 
     def check(self, model, adapter) -> None:
         self.config.validate()
+
+    def calibration_notes(self, calib, kind: str) -> list[tuple[str, str]]:
+        """More buckets than the noise levels the calibration inputs hold (`noise_levels`; calib: the
+        recipe's CalibrationConfig, kind: its source's, inputs.source_kind): some buckets hold no input
+        whatever is drawn, their columns of the table and heatmap stay empty. Legal (the scores over all
+        inputs are the same), so a warning at the key, where `dit-compress importance --buckets` refuses."""
+        buckets = self.config.buckets
+        levels, how = noise_levels(calib, kind)
+        if buckets <= levels:
+            return []
+        return [("buckets", f"importance: buckets {buckets} is more than the {levels} noise levels the "
+                            f"calibration inputs hold ({how}): at least {buckets - levels} of its buckets hold "
+                            f"no input, their columns of the table and heatmap empty; set buckets to {levels} "
+                            "or fewer, or draw more calibration inputs")]
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         n = sum(adapter.block_counts(model).values())

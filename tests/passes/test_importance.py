@@ -203,3 +203,23 @@ def test_a_follower_of_a_launch_says_nothing_of_the_scan(capsys, monkeypatch):
     model = tiny_pixart()
     scan(model, get_adapter(model), batches_for(model, n=1), progress=True)
     assert capsys.readouterr() == ("", "")
+
+
+def test_more_buckets_than_the_calibration_holds_noise_levels_is_said_at_the_key():
+    """`dit-compress importance --buckets 40` refuses more buckets than the noise levels the calibration
+    inputs hold; the same importance.buckets in a recipe was planned silently, and the run only noted
+    the empty buckets as the scan began. A pass's `calibration_notes` say it, for plan and run to warn."""
+    from compress.recipe import CalibrationConfig
+
+    def said(buckets, kind="toy", **calib):
+        return ImportancePass(ImportanceConfig(buckets=buckets)).calibration_notes(CalibrationConfig(**calib), kind)
+
+    assert said(40, num_prompts=2, timesteps=4) == [("buckets", (
+        "importance: buckets 40 is more than the 8 noise levels the calibration inputs hold (calibration.num_prompts"
+        " × timesteps: 2 × 4 inputs): at least 32 of its buckets hold no input, their columns of the table and "
+        "heatmap empty; set buckets to 8 or fewer, or draw more calibration inputs"))]
+    assert said(8, num_prompts=2, timesteps=4) == said(8, "synthetic", num_prompts=8, timesteps=1) == []
+    (key, words), = said(3, "pipeline", num_prompts=50, timesteps=8, sample_steps=2)
+    assert key == "buckets" and words.startswith("importance: buckets 3 is more than the 2 noise levels the "
+                                                 "calibration inputs hold (calibration.timesteps 8 of a 2-step sampler)")
+    assert said(2, "pipeline", timesteps=8, sample_steps=2) == []
