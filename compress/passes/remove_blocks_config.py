@@ -33,7 +33,7 @@ class RemoveBlocksConfig:
                                                       metadata={"hint": COUNT_HINT.format("fraction", 0.25)})
     criterion: str = "scan"  # scan | proxy: how importance-chosen blocks are ranked; learned: see below
     iterative: bool = False  # re-score after each removal (greedy) instead of one-shot
-    buckets: int = 3  # timestep buckets of the scan this pass runs when ctx has none
+    buckets: int = 3  # changes nothing (the choice reads scores over all inputs); a value other than 3 is warned of
     # criterion learned (remove_blocks_learned.py), null = its default:
     window: int | None = None  # at most this many consecutive blocks per window (null: the group)
     learn_steps: int | None = None  # optimizer steps (200)
