@@ -227,10 +227,15 @@ def _colon_hint(pattern: str, rank) -> str:
     return f" (YAML reads '{pattern}' as one key without a value: write '{name}: {value.strip()}', with a space)"
 
 
-# key -> the allocations that read it; another allocation ignores it, so a value other than its
-# default there is refused (ratio: 0.1 under per_role planned as without it)
+# key -> the allocations that read it; another allocation ignores it, so the recipe writing it there is
+# refused, whatever its value (ratio: 0.5 under energy planned as without it)
 READ_BY = {"ratio": ("uniform", "global"), "energy": ("energy",), "sensitivity": ("global",),
            "sensitivity_batches": ("global",), "trust_region": ("global",)}
+
+# keys every saved recipe of an svd pass writes (recipe.to_plain: every key, defaults filled in), since
+# the pass's first version: a pass writing them all is an output's recipe.yaml, whose defaults were
+# filled in rather than meant
+SAVED_KEYS = frozenset({"ratio", "ratios", "energy", "sensitivity", "sensitivity_batches", "progress"})
 
 
 def unread_keys(allocation) -> set[str]:
@@ -240,15 +245,35 @@ def unread_keys(allocation) -> set[str]:
         ({"ratios"} if allocation != "per_role" else set())
 
 
+def written_keys(c) -> set[str] | None:
+    """The keys of the pass the recipe wrote (the file or a --set; the loader records them as the
+    config's `_given`), None where only the values tell: a config made otherwise, or a saved recipe
+    (SAVED_KEYS), which writes every key. A null written where null is the default (ratios,
+    sensitivity) counts as left out: `--set KEY=null` sets such a key, it cannot remove it."""
+    given = c.__dict__.get("_given")
+    if given is None or SAVED_KEYS <= set(given):
+        return None
+    defaults = {f.name: f.default for f in dataclasses.fields(c)}
+    return {k for k in given if not (getattr(c, k, None) is None and defaults.get(k) is None)}
+
+
+def _said(c, key: str, written: set[str] | None, default) -> bool:
+    """Whether the recipe gives `key`: it wrote it (`written`), or, where that is not known, its value
+    is not the default."""
+    return key in written if written is not None else getattr(c, key) != default
+
+
 def _check_allocation_keys(c) -> None:
-    """ratios belong to per_role, and the keys of READ_BY, at other than their defaults, to their
-    allocations: elsewhere they would be ignored."""
-    if c.ratios is not None and c.allocation != "per_role":
+    """ratios belong to per_role, and the keys of READ_BY to their allocations: a key the recipe
+    writes (`written_keys`; where not known, one at other than its default) under another allocation
+    would be ignored."""
+    written = written_keys(c)
+    if _said(c, "ratios", written, None) and c.allocation != "per_role":
         raise _bad("ratios", f"svd.ratios is only read by allocation: per_role (this pass has "
                                  f"allocation: {c.allocation}); remove it or set allocation: per_role", "allocation")
     defaults = {f.name: f.default for f in dataclasses.fields(c)}
     for key, allocations in READ_BY.items():
-        if getattr(c, key) != defaults[key] and c.allocation not in allocations:
+        if _said(c, key, written, defaults[key]) and c.allocation not in allocations:
             which = " or ".join(allocations)
             raise _bad(key, f"svd.{key} is only read by allocation: {which} (this pass has "
                                 f"allocation: {c.allocation}); remove it or set allocation: {which}", "allocation")

@@ -8,6 +8,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.lowrank import LowRankLinear
 from compress.passes.svd import SVDConfig, SVDPass
+from compress.passes.svd_checks import check_values
 from tests.conftest import tiny_flux, tiny_pixart
 from tests.passes.svd_helpers import context
 
@@ -95,6 +96,59 @@ def test_a_key_its_allocation_does_not_read_is_refused(cfg, message):
 def test_a_key_at_its_default_or_read_by_its_allocation_stays_allowed(cfg):
     model = tiny_flux()
     SVDPass(SVDConfig(**cfg)).check(model, get_adapter(model))
+
+
+def _written(keys, **cfg) -> SVDConfig:
+    """An SVDConfig as the recipe loader makes it: `_given` holds the keys the recipe wrote."""
+    c = SVDConfig(**cfg)
+    c.__dict__["_given"] = set(keys) | set(cfg)
+    return c
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"allocation": "energy", "ratio": 0.5}, "svd.ratio is only read by allocation: uniform or global (this pass has "
+                                             "allocation: energy); remove it or set allocation: uniform or global"),
+    ({"allocation": "energy", "trust_region": 2.0}, "svd.trust_region is only read by allocation: global"),
+    ({"allocation": "uniform", "sensitivity_batches": 2}, "svd.sensitivity_batches is only read by allocation: global"),
+    ({"allocation": "global", "energy": 0.99}, "svd.energy is only read by allocation: energy"),
+    ({"allocation": "per_role", "ratios": {"attention": 0.5, "mlp": 0.5}, "ratio": 0.5}, "svd.ratio is only read"),
+])
+def test_a_key_the_recipe_writes_that_its_allocation_does_not_read_is_refused_at_its_default(cfg, message):
+    """allocation: energy with ratio: 0.5 written (the default) was accepted and ignored: only a value
+    other than the default was refused."""
+    with pytest.raises(UserError, match=re.escape(message)) as e:
+        check_values(_written((), **cfg))
+    assert e.value.key == next(k for k in cfg if k not in ("allocation", "ratios"))
+
+
+def test_the_same_values_left_to_their_defaults_stay_allowed():
+    check_values(_written((), allocation="energy"))
+    check_values(_written((), allocation="energy", sensitivity=None, ratios=None))  # null: as left out (--set K=null)
+    check_values(SVDConfig(allocation="energy", ratio=0.5, trust_region=2.0))  # made otherwise: values tell
+
+
+def test_a_saved_recipe_writing_every_key_is_read_by_its_values():
+    """An output's recipe.yaml writes every key, defaults filled in (recipe.to_plain): its ratio: 0.5
+    under energy is no key the user wrote, so it is refused only at another value."""
+    import dataclasses
+
+    every = [f.name for f in dataclasses.fields(SVDConfig)]
+    check_values(_written(every, allocation="energy", energy=0.9))
+    with pytest.raises(UserError, match="svd.ratio is only read by allocation: uniform or global"):
+        check_values(_written(every, allocation="energy", ratio=0.4))
+
+
+def test_a_saved_recipe_loads_again():
+    """The dump of a resolved energy recipe (an output's recipe.yaml: every key, ratio: 0.5 among them)
+    loads again, with a --set too, and its svd pass checks."""
+    from compress.recipe import dump_recipe, parse_recipe
+
+    text = "model: flux\nteacher: toy:flux\npasses:\n  - svd: {allocation: energy, energy: 0.9}\n"
+    saved = dump_recipe(parse_recipe(text, "r.yaml"))
+    assert "ratio: 0.5" in saved and "trust_region: 2.0" in saved
+    recipe = parse_recipe(saved, "out/recipe.yaml", ["passes.0.svd.multiple=8"])
+    model = tiny_flux()
+    SVDPass(recipe.passes[0].config).check(model, get_adapter(model))
 
 
 def test_a_check_against_the_model_names_only_the_sets_of_the_keys_it_read():
