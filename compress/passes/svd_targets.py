@@ -15,7 +15,8 @@ from torch import nn
 from compress.alloc import DENSE, LayerSpec, per_role, ratio_rank
 from compress.arch.base import ROLES, Adapter, LinearInfo
 from compress.errors import BadValue, did_you_mean
-from compress.passes.removed_blocks import MissingBlock, past_the_blocks
+from compress.passes.removed_blocks import (MissingBlock, _renumbered_words, past_the_blocks, removal_words,
+                                            renumbered_notes)
 
 OUTPUT_GRAM_MIN_IN = 8192  # inputs wider than this (and wider than the output) use Σ yᵀy
 
@@ -51,10 +52,85 @@ def check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str, at: str |
                                       if re.findall(r"\d+", n) == digits])
         base = f"svd.{key}: pattern {pattern!r} matches no linear layer of the model"
         message = f"{base}{hint} (roles: {', '.join(ROLES)}; regexes start with 're:')"
-        block = past_the_blocks(pattern, infos)  # a block an earlier removal may have taken
+        block = past_the_blocks(pattern, infos) or regex_past_the_blocks(pattern, infos)  # an earlier removal's?
         if block is not None:
             raise MissingBlock(at or key, message, base, block)
         raise BadValue(at or key, message)
+
+
+def _block_suffixes(infos: Sequence[LinearInfo]) -> dict[str, tuple[str, int, set[str]]]:
+    """group -> (module prefix, blocks it has, names of its linears inside a block) of the block groups
+    of `infos` ('blocks': ('transformer_blocks', 6, {'attn1.to_q', ...}))."""
+    out: dict[str, tuple[str, int, set[str]]] = {}
+    for i in infos:
+        if i.group is None:
+            continue
+        attr, suffix = re.match(rf"(.+?)\.{i.block}\.(.+)", i.name).groups()
+        _, have, suffixes = out.get(i.group, (attr, 0, set()))
+        out[i.group] = attr, max(have, i.block + 1), suffixes | {suffix}
+    return out
+
+
+def _indexed(regex: str, attr: str, suffixes: set[str], indices: range) -> list[int]:
+    """The block indices among `indices` whose linears (`attr`.N.suffix) `regex` names by their
+    index: for some suffix it matches at some indices and not at others (a regex matching a suffix
+    at every index, as re:attn1, names no block by its index)."""
+    named: set[int] = set()
+    for suffix in suffixes:
+        hit = {n for n in indices if re.search(regex, f"{attr}.{n}.{suffix}")}
+        if hit and len(hit) < len(indices):
+            named |= hit
+    return sorted(named)
+
+
+def regex_past_the_blocks(pattern: str, infos: Sequence[LinearInfo]) -> tuple[str, str, int, int] | None:
+    """As `past_the_blocks` for a `re:` pattern matching no linear: (group, module prefix, the first
+    index past the blocks of the group it names, blocks the group has), else None. Indices up to the
+    largest number the regex writes are tried ('re:transformer_blocks\\.5\\.' with 5 blocks: 5)."""
+    if not pattern.startswith("re:"):
+        return None
+    regex = pattern[3:]
+    upto = min(max(map(int, re.findall(r"\d+", regex)), default=-1) + 1, 10_000)
+    for group, (attr, have, suffixes) in _block_suffixes(infos).items():
+        past = [n for n in range(have, upto) if any(re.search(regex, f"{attr}.{n}.{s}") for s in suffixes)]
+        if past:
+            return group, attr, past[0], have
+    return None
+
+
+def renumbered_pattern_notes(patterns: Sequence[tuple[str, str]], infos: Sequence[LinearInfo],
+                             planned: dict) -> list[tuple[str, str]]:
+    """(key, note) per (key, pattern) naming blocks by their index where earlier removals renumbered
+    them (removed_blocks.renumbered_notes; `planned`: removed_blocks.planned_blocks): module names
+    as there, and `re:` patterns by the blocks whose index they name (`_indexed`)."""
+    out = []
+    for key, pattern in patterns:
+        if not pattern.startswith("re:"):
+            out += renumbered_notes([(key, pattern)], infos, planned)
+        elif words := _regex_renumbered_words(pattern[3:], infos, planned):
+            out.append((key, f"svd.{key.split('.')[0]}: pattern {pattern!r}: {words}"))
+    return out
+
+
+def _regex_renumbered_words(regex: str, infos: Sequence[LinearInfo], planned: dict) -> str | None:
+    """What a regex naming blocks by their index names after removals of their group: each block it
+    names that is not the teacher's of the same index, as a module name is told (`_renumbered_words`),
+    and each it names past the blocks left (`removal_words`); None where every block it names is."""
+    said = []  # (block, words)
+    for group, (attr, have, suffixes) in _block_suffixes(infos).items():
+        removals = [r for r in planned.get("removals", ()) if group in r["groups"]]
+        if not removals:
+            continue
+        for n in _indexed(regex, attr, suffixes, range(max(planned["teacher_counts"].get(group, have), have))):
+            hit = next((i for i in infos if i.group == group and i.block == n and re.search(regex, i.name)), None)
+            words = (_renumbered_words(hit, hit.name, planned, removals) if hit is not None else
+                     removal_words((group, attr, n, have), planned["teacher_counts"], planned["block_map"]))
+            said += [(f"{attr}.{n}", words)] if words else []
+    if not said:
+        return None
+    more = [block for block, _ in said[1:]]
+    return said[0][1] + (f"; it names {len(more)} more block{'s' if len(more) > 1 else ''} by an index a "
+                         f"removal changed: {', '.join(more)}" if more else "")
 
 
 def resolve_targets(infos: Sequence[LinearInfo], targets: Sequence[str],

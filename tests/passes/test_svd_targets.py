@@ -9,6 +9,7 @@ from compress.passes.svd import SVDConfig, SVDPass
 from compress.passes.svd_targets import shape_spec
 from tests.conftest import tiny_pixart
 from tests.passes.svd_helpers import run_svd
+from tests.passes.test_removed_blocks import _errors  # (the upfront check's error, plan's) on toy:flux's teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,3 +90,102 @@ def test_what_check_resolved_is_redone_when_the_model_changes():
     step.apply_planned(model, adapter)
     with pytest.raises(UserError, match="already factorized"):
         step.check(model, adapter)
+
+
+# ---- re: patterns naming blocks by an index an earlier removal changed ---------------------------
+@pytest.mark.parametrize("key", ["targets", "ignore"])
+def test_a_regex_naming_a_block_past_those_left_says_what_became_of_it(key):
+    """A regex naming teacher block 3 after a removal said only 'matches no linear layer'; a module
+    name said which block that is now, as the regex now does (plan and a run's upfront check)."""
+    pattern = r"re:single_transformer_blocks\.3\.proj_out"
+    svd = (f"{{targets: ['{pattern}']}}" if key == "targets" else
+           f"{{targets: [attention], ignore: ['{pattern}']}}")
+    checked, planned = _errors(f"  - remove_blocks: {{blocks: {{single: [0]}}}}\n  - svd: {svd}\n")
+    said = (f"r.yaml:6: svd.{key}: pattern {pattern!r} matches no linear layer of the model: an earlier pass "
+            "removed blocks of group 'single'; the 3 left are single_transformer_blocks.0..2, renumbered from 0 "
+            "in teacher order, so teacher block 3 is single_transformer_blocks.2 now (the pass at line 5 removed "
+            "blocks")
+    assert planned == checked and checked.startswith(said)
+
+
+def test_a_regex_naming_a_removed_block_past_those_left_says_it_was_removed():
+    checked, _ = _errors("  - remove_blocks: {blocks: {single: [3]}}\n"
+                         "  - svd: {targets: ['re:single_transformer_blocks\\.[3]\\.']}\n")
+    assert ("matches no linear layer of the model: teacher block 3 of group 'single' was removed by an earlier "
+            "pass; the 3 left are single_transformer_blocks.0..2") in checked
+
+
+def test_a_regex_naming_no_block_the_teacher_had_is_not_blamed_on_the_removal():
+    checked, planned = _errors("  - remove_blocks: {blocks: {single: [0]}}\n"
+                               "  - svd: {targets: ['re:single_transformer_blocks\\.9\\.']}\n")
+    assert checked == planned and "removed" not in checked and checked.endswith("regexes start with 're:')")
+
+
+def test_in_a_run_a_regex_past_the_blocks_left_reads_the_runs_block_map(tmp_path):
+    from compress.errors import UserError
+    from compress.passes.base import RunContext
+    from compress.passes.remove_blocks import RemoveBlocksConfig, RemoveBlocksPass
+    from tests.conftest import tiny_flux
+
+    teacher, student = tiny_flux(num_single_layers=4), tiny_flux(num_single_layers=4)
+    ctx = RunContext(adapter=get_adapter(student), family="flux", teacher=teacher, run_dir=tmp_path)
+    RemoveBlocksPass(RemoveBlocksConfig(blocks={"single": [1]})).run(student, ctx)
+    with pytest.raises(UserError, match=r"pattern 're:single_transformer_blocks\\\\.3\\\\.' matches no linear layer "
+                                        r"of the model: .* so teacher block 3 is single_transformer_blocks\.2 now$"):
+        SVDPass(SVDConfig(targets=[r"re:single_transformer_blocks\.3\."])).run(student, ctx)
+
+
+def _regex_notes(removal: str, patterns: list[str]) -> list[tuple[str, str]]:
+    """renumbered_pattern_notes of svd.targets `patterns` on plan's meta model after `removal` (of
+    the single blocks of a Flux teacher with 4), as the svd pass's notes give them."""
+    from compress.passes.removed_blocks import planned_blocks
+    from compress.recipe import parse_recipe
+    from compress.runner import build_passes
+    from compress.runner_checks import checked_in_order
+    from tests.conftest import tiny_flux
+    from tests.test_runner_checks import FLUX
+
+    recipe = parse_recipe(FLUX.format(passes=f"  - remove_blocks: {removal}\n  - svd: {{targets: [attention]}}\n"),
+                          "r.yaml")
+    teacher = tiny_flux(num_single_layers=4)
+    adapter = get_adapter(teacher)
+    for p, _ in checked_in_order(build_passes(recipe), recipe.passes, teacher, adapter):
+        if isinstance(p, SVDPass):
+            return svd_targets.renumbered_pattern_notes([(f"targets.{n}", t) for n, t in enumerate(patterns)],
+                                                        adapter.linears(teacher), planned_blocks(teacher, adapter))
+
+
+def test_a_regex_naming_a_renumbered_block_is_noted_as_a_module_name_is():
+    """re:single_transformer_blocks\\.1\\. after teacher block 0 was removed silently took teacher
+    block 2; the module name single_transformer_blocks.1.proj_out was noted."""
+    regex, name = r"re:single_transformer_blocks\.1\.", "single_transformer_blocks.1.proj_out"
+    notes = _regex_notes("{blocks: {single: [0]}}", [name, regex])
+    words = ("single_transformer_blocks.1 here is teacher block 2: blocks are renumbered from 0 after the removal at "
+             "line 5 (teacher block 1 is single_transformer_blocks.0 here)")
+    assert notes == [("targets.0", f"svd.targets: pattern {name!r}: {words}"),
+                     ("targets.1", f"svd.targets: pattern {regex!r}: {words}")]
+
+
+def test_a_regex_naming_several_renumbered_blocks_names_the_others():
+    notes = _regex_notes("{blocks: {single: [1]}}", [r"re:single_transformer_blocks\.[1-3]\.attn"])
+    assert notes[0][1].endswith("(teacher block 1 was removed); it names 2 more blocks by an index a removal "
+                                "changed: single_transformer_blocks.2, single_transformer_blocks.3")
+
+
+def test_a_regex_after_a_removal_chosen_at_run_time_is_of_the_blocks_left():
+    notes = _regex_notes("{count: {single: 1}}", [r"re:single_transformer_blocks\.1\.attn\.to_q"])
+    assert notes == [("targets.0", r"svd.targets: pattern 're:single_transformer_blocks\\.1\\.attn\\.to_q': "
+                      "single_transformer_blocks.1 here is block 1 of those left after the removal at line 5, which "
+                      "picks them at run time (renumbered from 0 in teacher order): not necessarily teacher block 1")]
+
+
+@pytest.mark.parametrize("removal, pattern", [
+    ("{blocks: {single: [3]}}", r"re:single_transformer_blocks\.1\."),  # block 1 is still teacher block 1
+    ("{blocks: {double: [0]}}", r"re:single_transformer_blocks\.1\."),  # another group's
+    ("{blocks: {single: [0]}}", r"re:single_transformer_blocks\.\d+\.attn"),  # every block: none by index
+    ("{blocks: {single: [0]}}", r"re:single_transformer_blocks\.[0-3]\.proj_out"),  # every teacher block
+    ("{blocks: {single: [0]}}", "re:to_q"),
+    ("{blocks: {single: [0]}}", "attention"),
+])
+def test_a_regex_naming_no_block_by_a_changed_index_is_not_noted(removal, pattern):
+    assert _regex_notes(removal, [pattern]) == []
