@@ -5,6 +5,7 @@ a Ctrl-C that may come before torch is imported."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.report import warn
-from compress.runner_resume import FINISHED, finished_and_reusable, interrupted_run, saved_in_words, work_kept
+from compress.runner_resume import (FINISHED, SAMPLES_ABOUT, TEACHER_SAMPLES, finished_and_reusable, interrupted_run,
+                                    kept_in_words, saved_in_words, work_kept)
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
@@ -172,8 +174,36 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
         raise UserError(f"{run_dir} holds a run{of} whose {info['total']} passes are all done but whose "
                         "output was not marked written (its export was cut short, or an older dit-compress "
                         "wrote it): add --resume to write the output from them, or --restart to start over")
-    raise UserError(f"{run_dir} holds an interrupted run{of} ({saved_in_words(info)}): add --resume to continue, "
+    # what its unfinished pass measured, as its stop said (the teacher, not loaded yet, gives no fingerprint)
+    saved = kept_in_words(run_dir, info, latest_fingerprint(run_dir), None, passes)
+    raise UserError(f"{run_dir} holds an interrupted run{of} ({saved}): add --resume to continue, "
                     "or --restart to start over")
+
+
+def latest_fingerprint(run_dir: Path) -> str | None:
+    """The teacher and calibration fingerprint (runner_resume.fingerprint) of what was measured last in
+    `run_dir`: of the newest file in its svd caches (calib/<fingerprint>/) and teacher-sample caches
+    (their about.json's), which the interrupted run wrote; None where there is none. For a refusal
+    before the teacher loads, when this run's fingerprint is not known yet."""
+    run_dir, newest = Path(run_dir), {}
+    for cache in (run_dir / "calib").glob("*"):
+        newest[cache.name] = max(map(_written_ns, cache.rglob("*.pt")), default=0)
+    for about in (run_dir / TEACHER_SAMPLES).glob(f"*/{SAMPLES_ABOUT}"):
+        try:
+            fp = json.loads(about.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(fp, str):
+            written = max(map(_written_ns, [about, *about.parent.glob("shard-*.safetensors")]))
+            newest[fp] = max(newest.get(fp, 0), written)
+    return max(newest, key=newest.get, default=None)
+
+
+def _written_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:  # removed meanwhile
+        return 0
 
 
 def another_recipe(run_dir: Path, info: dict) -> str:

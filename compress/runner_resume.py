@@ -302,14 +302,23 @@ def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | N
     (`measured_so_far` of `fingerprint` and `inputs`, and the teacher samples of the `passes` not
     yet saved), else ''. With every pass done, what was measured is not named: --resume only writes the
     output, reading none of it."""
-    done = info is not None and info["total"] is not None and info["done"] >= info["total"]
-    to_run = list(passes)[info["done"] if info is not None else 0:] if passes else None  # None: not known
-    measured = "" if done else measured_so_far(run_dir, fingerprint, inputs, to_run)
     if info is None:
+        measured = measured_so_far(run_dir, fingerprint, inputs, list(passes) if passes else None)
         return (f"; {run_dir} keeps {measured} measured so far: a rerun of this recipe and teacher reads back "
                 "those it measured instead of measuring them again (keep the run folder)") if measured else ""
-    measured = f", {measured} measured so far" if measured else ""  # the unfinished pass's: --resume reads it
-    return f"; {run_dir} keeps its work ({saved_in_words(info)}{measured}): {go_on}"
+    return f"; {run_dir} keeps its work ({kept_in_words(run_dir, info, fingerprint, inputs, passes)}): {go_on}"
+
+
+def kept_in_words(run_dir: Path, info: dict, fingerprint: str | None, inputs: list[Path] | None = None,
+                  passes=()) -> str:
+    """'2 of 5 passes done, block statistics (9 files) measured so far' for an `interrupted_run`'s
+    `info`: its saved passes and distill checkpoint (`saved_in_words`) and what its unfinished pass
+    measured, which --resume reads back (`measured_so_far` of `fingerprint`, `inputs` and the `passes`
+    not yet saved; none known: every pass's); with every pass done, only the passes."""
+    done = info["total"] is not None and info["done"] >= info["total"]
+    to_run = list(passes)[info["done"]:] if passes else None  # None: not known
+    measured = "" if done else measured_so_far(run_dir, fingerprint, inputs, to_run)
+    return saved_in_words(info) + (f", {measured} measured so far" if measured else "")
 
 
 def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=None) -> str:

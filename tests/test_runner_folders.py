@@ -487,3 +487,48 @@ def test_a_resumed_run_leaves_nothing_of_a_stage_save_killed_hard(pixart):
     assert main(argv + ["--resume"]) == 0
     assert [p.name for p in (tmp_path / "run" / "stages").glob(".*")] == []
     assert sorted(p.name for p in tmp_path.glob(".out*")) == []
+
+
+def test_a_rerun_refused_after_ctrl_c_in_teacher_sampling_names_the_samples_kept(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while distill sampled the teacher said the run folder kept '1 of 2 passes done, teacher
+    samples (2 of 4 shards)'; a rerun without --resume was refused with only '(1 of 2 passes done)',
+    though --resume reads those samples back: it names them as the stop did."""
+    import compress.distill_data as distill_data
+
+    (tmp_path / "r.yaml").write_text(
+        "model: pixart\nteacher: toy:pixart\ncalibration: {num_prompts: 2, timesteps: 2, batch_size: 4}\n"
+        "passes:\n  - remove_blocks: {blocks: {blocks: [1]}}\n"
+        "  - distill: {data: teacher_samples, num_samples: 8, sample_steps: 1, batch_size: 2, steps: 1}\n")
+    sampled, real = [], distill_data._sample_shard
+
+    def sample(*args, **kwargs):
+        if len(sampled) == 2:
+            raise KeyboardInterrupt
+        sampled.append(real(*args, **kwargs))
+
+    monkeypatch.setattr(distill_data, "_sample_shard", sample)
+    run = tmp_path / "run"
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
+    assert main(args) == 130
+    kept = "1 of 2 passes done, teacher samples (2 of 4 shards) measured so far"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dit-compress: interrupted; {run} keeps its work ({kept}): rerun with --resume to continue")
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dit-compress: error: {run} holds an interrupted run of this recipe ({kept}): add --resume to continue, "
+        "or --restart to start over")
+
+
+def test_a_rerun_refused_after_ctrl_c_in_an_svd_pass_names_its_block_statistics(pixart, monkeypatch, capsys):
+    """Ctrl-C in the svd pass after remove_blocks was saved kept its block statistics and output
+    Fishers for --resume, and said so; a rerun without --resume, refused, said only '1 of 2 passes done'."""
+    tmp_path, make, loads = pixart  # r.yaml: remove_blocks, then svd
+    _ctrl_c_at_save(monkeypatch, 1)
+    run = tmp_path / "run"
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
+    assert main(args) == 130
+    capsys.readouterr()
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 2 passes done, block statistics "
+        "(1 file), output Fishers (12 files) measured so far): add --resume to continue, or --restart to start over")

@@ -2,10 +2,14 @@
 through work_kept: the Ctrl-C note and an error's resume_note)."""
 
 import json
+import os
 
+import pytest
+
+from compress.errors import UserError
 from compress.recipe import parse_recipe
 from compress.runner import build_passes
-from compress.runner_folders import interrupt_note
+from compress.runner_folders import check_run_folder, interrupt_note
 from compress.runner_resume import resume_note
 
 
@@ -41,3 +45,32 @@ def test_the_teacher_samples_kept_are_named_where_a_distill_pass_still_to_run_re
     (tmp_path / "stages" / "1-distill" / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
     assert resume_note(tmp_path, recipe, passes, "aaaa") == (
         f"; {tmp_path} keeps its work (2 of 3 passes done): --resume continues from pass 3 (whose keys may change)")
+
+
+def test_a_refused_rerun_names_the_samples_of_the_fingerprint_written_last(tmp_path):
+    """A rerun without --resume, refused before the teacher loads (no fingerprint of its own), names
+    the teacher samples of the cache the interrupted run wrote last (the newest file's fingerprint,
+    here an svd cache's: calib/<fingerprint>/), not an older teacher's cache of the same settings."""
+    text = ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [mlp], ratio: 0.5}\n"
+            "  - distill: {data: teacher_samples, num_samples: 64, sample_steps: 4, batch_size: 4}\n")
+    recipe = parse_recipe(text, "r.yaml")
+    about = {"num_samples": 64, "sample_steps": 4, "batch_size": 4, "guidance_scale": 1.0, "shards": 16}
+    for key, fp, shards, when in (("k1", "aaaa", 3, 1000), ("k2", "bbbb", 5, 2000)):
+        cache = tmp_path / "distill" / "teacher_samples" / key
+        cache.mkdir(parents=True)
+        (cache / "about.json").write_text(json.dumps({**about, "fingerprint": fp}))
+        for i in range(shards):
+            (cache / f"shard-{i:05d}.safetensors").write_bytes(b"")
+        for f in cache.iterdir():
+            os.utime(f, (when, when))
+    stats = tmp_path / "calib" / "aaaa" / "digest" / "blocks-0.pt"
+    stats.parent.mkdir(parents=True)
+    stats.write_bytes(b"")
+    os.utime(stats, (3000, 3000))  # the svd pass of the teacher whose samples are "aaaa" ran last
+    stage = tmp_path / "stages" / "0-svd"
+    stage.mkdir(parents=True)
+    (stage / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
+    with pytest.raises(UserError) as e:
+        check_run_folder(tmp_path, recipe.raw, build_passes(recipe))
+    assert str(e.value) == (f"{tmp_path} holds an interrupted run of this recipe (1 of 2 passes done, teacher samples "
+                            "(3 of 16 shards) measured so far): add --resume to continue, or --restart to start over")
