@@ -226,6 +226,7 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
         if isinstance(value, float) and not math.isfinite(value):
             raise _Loc(path, key_at.get(key, node)).err(f"{what + '.' if what else ''}{key} must be a "
                                                         f"finite number, got {value}")
+    obj.__dict__["_given"] = set(values)  # the keys the mapping wrote, for its checks; not a field (asdict, ==)
     check = getattr(obj, "validate", None)
     if check:
         try:

@@ -48,6 +48,7 @@ def _replace(old, new):
 
 
 SVD = "model: pixart\nteacher: x\npasses:\n  - svd:\n      ratio: 0.5\n"
+PER_ROLE = SVD.replace("ratio: 0.5", "allocation: per_role")  # ratio is read by uniform / global only
 BAD = [  # (recipe text, expected message fragment)
     ("", "empty"),
     ("model: [pixart\n", "malformed YAML"),
@@ -95,8 +96,7 @@ BAD = [  # (recipe text, expected message fragment)
     ("model: pixart\nteacher: !!python/name:os.system ''\npasses: [importance]\n", "teacher"),
     (SVD + "      center: ['re:[']\n", "r.yaml:6: svd.center: bad regex 're:['"),
     (SVD + "      center: [3]\n", "r.yaml:6: svd.center: patterns must be strings"),
-    (SVD + "      allocation: per_role\n      ratios: {attention: half}\n",
-     "r.yaml:7: svd.ratios.attention must be a number in (0, 1]"),
+    (PER_ROLE + "      ratios: {attention: half}\n", "r.yaml:6: svd.ratios.attention must be a number in (0, 1]"),
     (SVD + "      ratios: {attention: 0.3}\n", "r.yaml:6: svd.ratios is only read by allocation: per_role"),
     (SVD + "      energy: 0.9\n", "r.yaml:6: svd.energy is only read by allocation: energy"),
     (SVD + "      fisher_probes: 0\n", "r.yaml:6: svd.fisher_probes must be an integer ≥ 1"),
@@ -510,10 +510,10 @@ def test_an_error_a_set_caused_names_it():
     with pytest.raises(UserError) as e:
         parse_recipe(GOOD, "r.yaml", ["version=2"])
     assert str(e.value) == "r.yaml (--set version=2): recipe version 2 is not supported (only 1)"
-    text = SVD + "      allocation: per_role\n      ratios: {attention: 0.3, mlp: 0.5}\n"
+    text = PER_ROLE + "      ratios: {attention: 0.3, mlp: 0.5}\n"
     with pytest.raises(UserError) as e:
         parse_recipe(text, "r.yaml", ["passes.0.svd.allocation=uniform"])
-    assert str(e.value).startswith("r.yaml:7 (with --set passes.0.svd.allocation=uniform): svd.ratios is only "
+    assert str(e.value).startswith("r.yaml:6 (with --set passes.0.svd.allocation=uniform): svd.ratios is only "
                                    "read by allocation: per_role")
     with pytest.raises(UserError) as e:  # the --set's own key: named as the --set alone
         parse_recipe(text, "r.yaml", ["passes.0.svd.ratios.mlp=2"])
@@ -522,9 +522,9 @@ def test_an_error_a_set_caused_names_it():
 
 @pytest.mark.parametrize("text, sets, said", [
     (SVD.replace("0.5", "5"), ["passes.0.svd.multiple=8"], "r.yaml:5: svd.ratio must be in (0, 1], got 5.0"),
-    (SVD + "      allocation: per_role\n      ratios: {attention: 0.3}\n",
+    (PER_ROLE + "      ratios: {attention: 0.3}\n",
      ["passes.0.svd.multiple=8", "passes.0.svd.allocation=uniform"],
-     "r.yaml:7 (with --set passes.0.svd.allocation=uniform): svd.ratios is only read by allocation: per_role"),
+     "r.yaml:6 (with --set passes.0.svd.allocation=uniform): svd.ratios is only read by allocation: per_role"),
     (SVD + "      compensate: true\n      fisher: all\n", ["passes.0.svd.method=svd", "passes.0.svd.multiple=8"],
      "r.yaml:6 (with --set passes.0.svd.method=svd): svd.compensate: true needs method: whitened"),
     (GOOD.replace("timesteps: 2", "timesteps: 0"), ["calibration.seed=3"],

@@ -51,7 +51,7 @@ from compress.linalg import normalized_curve
 from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
-from compress.passes.removed_blocks import MissingBlock, planned_blocks, renumbered_notes, teacher_view
+from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher_view
 from compress.passes.svd_checks import centered, check_config, check_values, merge_report, refused_on_all, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
@@ -62,7 +62,7 @@ from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored
                                        unchanged_note)
 from compress.passes.svd_planned import mark_planned, planned_notes
 from compress.passes.svd_stages import Stages
-from compress.passes.svd_targets import Resolved, is_model_wide, shape_spec, uses_output_gram
+from compress.passes.svd_targets import Resolved, is_model_wide, renumbered_pattern_notes, shape_spec, uses_output_gram
 from compress.passes.svd_walk import from_conditioning, walk
 from compress.report import console, warn
 from compress.stream_refusals import NotStreamable, Refusal
@@ -112,7 +112,7 @@ class SVDPass(GlobalAllocation, Pass):
         c = self.config
         infos, targets = self.resolved.targets(model, adapter)
         named = [(f"{key}.{n}", p) for key in ("targets", "ignore", "center") for n, p in enumerate(getattr(c, key))]
-        out = renumbered_notes(named + [(f"ranks.{p}", p) for p in c.ranks or {}], infos,
+        out = renumbered_pattern_notes(named + [(f"ranks.{p}", p) for p in c.ranks or {}], infos,
                                planned_blocks(model, adapter))
         out += shadow_notes(targets, c.ranks or {}, c.__dict__.get("_set_keys"), c.__dict__.get("_set_added"))
         out += planned_notes(targets, model)  # an earlier pass's ranks decided after calibration
