@@ -193,9 +193,12 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
 
 def _drop_hint(error: UserError, opts: yaml.Node | None, dotted: str) -> str:
     """' (--set passes.2.svd.ratio=null removes it)': how to remove, from the command line, the key
-    of the file a pass's check (a BadValue, the error's context) says to remove."""
+    of the file a pass's check (a BadValue, the error's context) says to remove; none for a key that
+    takes null (trust_region), which such a --set writes rather than removes."""
     bad = error.__context__
     if not isinstance(bad, BadValue) or "remove it" not in str(bad) or bad.key not in key_nodes(opts):
+        return ""
+    if takes_null(f"{dotted}.{bad.key}", Recipe, TOP_KEYS):
         return ""
     return f" (--set {dotted}.{bad.key}=null removes it)"
 

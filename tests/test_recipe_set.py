@@ -169,3 +169,16 @@ def test_a_pass_item_set_to_null_is_refused_as_null(tmp_path):
         parse_recipe(text, str(tmp_path / "r.yaml"), ["passes.1=null"])
     with pytest.raises(UserError, match=r"r\.yaml:4: passes\[1\] is null"):
         parse_recipe("model: pixart\npasses:\n  - svd\n  -\n", str(tmp_path / "r.yaml"))
+
+
+def test_the_refusal_of_a_key_that_takes_null_offers_no_set_to_remove_it():
+    """`trust_region: 3` under allocation energy is refused ('remove it'); `--set ...trust_region=null`
+    writes null there (trust_region takes null: no bound), which is refused as well, so the refusal
+    must not offer it as the way to remove the key (it did)."""
+    text = "model: pixart\nteacher: x\npasses:\n  - svd:\n      allocation: energy\n      trust_region: 3\n"
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml")
+    assert str(e.value).endswith("remove it or set allocation: global"), str(e.value)
+    with pytest.raises(UserError) as e:  # what the old hint offered: still refused
+        parse_recipe(text, "r.yaml", ["passes.0.svd.trust_region=null"])
+    assert "svd.trust_region is only read by allocation: global" in str(e.value)
