@@ -216,19 +216,15 @@ def _importance_config(recipe, buckets: int | None, teacher_arg: str | None = No
 
 
 def _noise_levels(recipe, teacher_arg: str | None) -> tuple[int, str]:
-    """(how many distinct noise levels the scan's calibration inputs hold at most, how, in words): a
-    pipeline source keeps min(timesteps, sample_steps) sampler steps; the toy and synthetic sources
-    draw each of their num_prompts × timesteps inputs at its own level."""
+    """(how many distinct noise levels the scan's calibration inputs hold at most, how, in words):
+    importance.noise_levels of the recipe's calibration (a toy teacher: the defaults)."""
     from compress.inputs import source_kind
+    from compress.passes.importance import noise_levels
     from compress.recipe import CalibrationConfig
 
     calib = recipe.calibration if recipe is not None else CalibrationConfig()
     teacher = teacher_arg or (recipe.teacher if recipe is not None else "toy:")
-    if source_kind(calib, teacher) == "pipeline":
-        return (min(calib.timesteps, calib.sample_steps),
-                f"calibration.timesteps {calib.timesteps} of a {calib.sample_steps}-step sampler")
-    return calib.num_prompts * calib.timesteps, (f"calibration.num_prompts × timesteps: {calib.num_prompts} × "
-                                                 f"{calib.timesteps} inputs")
+    return noise_levels(calib, source_kind(calib, teacher))
 
 
 def _default_png(family: str) -> Path:

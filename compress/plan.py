@@ -106,7 +106,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     steps, scores, later, unplaced, uneven = [], ScoresSoFar(), [], [], []
     budgeted = []  # per entry of `later`: its dense targets on the meta model (budgeted_layers)
     removals_before = []  # per entry of `later`: the unplaced removals before its pass
-    for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs):  # each then applied
+    for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs, recipe.calibration):  # then applied
         named = dict(model.named_modules())  # as the pass finds the model: the names its targets use
         step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
         if unplaced and bounded_keys(step | {"at_most": True}):  # counted over every block: some go before it

@@ -93,8 +93,8 @@ class Runner:
                                                          self.models, sources=src)  # finite, checked
         warn_if_beyond_export_range(self.teacher, self.recipe.export.dtype)
         self.adapter = get_adapter(self.teacher)
-        check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter,
-                     source_kind(self.recipe.calibration, self.source))  # distill's data: toy
+        check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter,  # distill's data: toy,
+                     source_kind(self.recipe.calibration, self.source), self.recipe.calibration)  # buckets
         if self.recipe.stream:
             check_streaming(self.passes, self.recipe.passes, self.recipe.path)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,

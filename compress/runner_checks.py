@@ -24,20 +24,21 @@ from compress.passes.svd_planned import stamp_planned
 from compress.report import warn
 
 
-def checked_in_order(passes, specs, model, adapter, inputs: str | None = None):
+def checked_in_order(passes, specs, model, adapter, inputs: str | None = None, calibration=None):
     """Each pass's config checked in recipe order against `model`, which takes each pass's planned
     changes (`apply_planned`) in turn; yields (pass, spec) after the pass is checked and its notes
     said, before it is applied (what `plan` reports of it). Errors name the recipe file and the line
     (or the --set) of the key they are about (`PassSpec.where`), and those about blocks earlier
     passes removed say which (`removal_note`). `inputs`: the calibration source's kind
-    (inputs.source_kind: toy, pipeline, synthetic), for `check_data`; None: not checked."""
+    (inputs.source_kind: toy, pipeline, synthetic), for `check_data`; None: not checked. `calibration`:
+    the recipe's CalibrationConfig, for `Pass.calibration_notes` (with `inputs`); None: not said."""
     teacher, removed, spread = adapter.block_counts(model), [], SpreadRemovals()
     for p, spec in zip(passes, specs):
         counts = adapter.block_counts(model)
         with _named(spec, counts, teacher, removed):
             p.check(model, adapter)
             check_data(p, spec, inputs)
-            _warn_notes(p, spec, model, adapter)
+            _warn_notes(p, spec, model, adapter, calibration, inputs)
             spread.check(p, spec, model, adapter)
         yield p, spec
         with _named(spec, counts, teacher, removed):
@@ -57,10 +58,11 @@ def _named(spec, counts: dict, teacher: dict, removed: list[int]):
         raise UserError(f"{spec.where(e)}: {e}{removal_note(e, counts, teacher, removed)}") from None
 
 
-def check_passes(passes, specs, model, adapter, inputs: str | None = None) -> None:
+def check_passes(passes, specs, model, adapter, inputs: str | None = None, calibration=None) -> None:
     """Every pass's config checked in recipe order against a meta copy of `model` (checked_in_order;
-    `inputs`: the calibration source's kind, for `check_data`)."""
-    for _ in checked_in_order(passes, specs, meta_clone(model), adapter, inputs):
+    `inputs`: the calibration source's kind, for `check_data`; `calibration`: the recipe's, for
+    `Pass.calibration_notes`)."""
+    for _ in checked_in_order(passes, specs, meta_clone(model), adapter, inputs, calibration):
         pass
 
 
@@ -81,9 +83,11 @@ def check_data(p, spec, inputs: str | None) -> None:
     warn(f"{spec.where(BadValue('data', message))}: {message}")
 
 
-def _warn_notes(p, spec, model, adapter) -> None:
-    """A warning per `Pass.notes`, at the line (or --set) of the key it names."""
-    for key, message in p.notes(model, adapter):
+def _warn_notes(p, spec, model, adapter, calibration=None, inputs: str | None = None) -> None:
+    """A warning per `Pass.notes` and, given the recipe's calibration and its source's kind,
+    `Pass.calibration_notes`, at the line (or --set) of the key it names."""
+    said = p.calibration_notes(calibration, inputs) if calibration is not None and inputs is not None else []
+    for key, message in p.notes(model, adapter) + said:
         where = spec.where(BadValue(key, message))
         warn(f"{where}: {message}")
 

@@ -140,6 +140,12 @@ class Pass:
         key's line), after `check` passed; none by default."""
         return []
 
+    def calibration_notes(self, calib, kind: str) -> list[tuple[str, str]]:
+        """(recipe key, message) of what is legal but likely not meant with the calibration inputs the
+        recipe draws (calib: its CalibrationConfig, kind: its source's, inputs.source_kind), warned as
+        `notes` are; none by default."""
+        return []
+
     def check_streaming(self) -> None:
         """Whether this config runs with block weights streamed (recipe `stream: true`, where
         only one block is resident); raise UserError naming what needs the whole model."""

@@ -223,3 +223,24 @@ def test_more_buckets_than_the_calibration_holds_noise_levels_is_said_at_the_key
     assert key == "buckets" and words.startswith("importance: buckets 3 is more than the 2 noise levels the "
                                                  "calibration inputs hold (calibration.timesteps 8 of a 2-step sampler)")
     assert said(2, "pipeline", timesteps=8, sample_steps=2) == []
+
+
+def test_plan_and_run_warn_of_more_buckets_than_noise_levels_once_at_the_key(tmp_path, capsys):
+    """importance.buckets 40 of 2 × 4 toy inputs: plan said nothing and the run only noted '33 of the 40
+    timestep buckets hold no calibration input' as the scan began. Both warn at the key's line first, as
+    the importance command refuses --buckets 40; buckets the inputs can fill say nothing."""
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+
+    text = ("model: pixart\nteacher: toy:pixart\ncalibration: {num_prompts: 2, timesteps: 4, heldout: 4}\n"
+            "passes:\n  - importance:\n      buckets: B\n")
+    recipe = parse_recipe(text.replace("B", "40"), str(tmp_path / "r.yaml"))
+    capsys.readouterr()
+    make_plan(recipe)
+    warning = f"warning: {tmp_path / 'r.yaml'}:6: importance: buckets 40 is more than the 8 noise levels"
+    assert " ".join(capsys.readouterr().err.split()).count(warning) == 1
+    Runner(recipe, tmp_path / "out", tmp_path / "run").run()
+    assert " ".join(capsys.readouterr().err.split()).count(warning) == 1
+    make_plan(parse_recipe(text.replace("B", "8"), str(tmp_path / "r.yaml")))
+    assert "buckets" not in capsys.readouterr().err
