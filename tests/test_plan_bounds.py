@@ -256,3 +256,26 @@ def test_a_removal_after_one_picked_at_run_time_says_its_counts_per_group_are_bo
         assert "at_most" not in run and "≤" not in step_words(run)
         for k in per_group:
             assert all(run[k][g] <= n for g, n in step[k].items()), (k, run[k], step[k])
+
+
+@pytest.mark.parametrize("fraction, taken, total_is", [(0.5, {1}, "exact"), (0.7, {1, 2}, "at most")])
+def test_a_fraction_per_group_after_a_removal_picked_at_run_time_is_of_the_blocks_it_may_leave(fraction, taken,
+                                                                                                total_is):
+    """toy Flux (double 2, single 4): remove_blocks {count: 2}, then {fraction: {single: F}}. 'single'
+    has 2 or 3 blocks by then (it loses 1 or 2: 'double' keeps one), and the run takes F of those;
+    plan took F of all 4: with 0.5, 2 (the run takes 1 either way), so blocks_after_total 2 'exact'
+    (the run keeps 3) and at most 1,356,816 parameters (the run keeps 1,604,048). Now the fraction is
+    of the fewest blocks the group may have, so every count after is a bound, the total the run's
+    where the fraction takes as many blocks whichever way (0.5: 1), else marked 'at most' (0.7: 1 or 2)."""
+    text = ("model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 2}\n"
+            f"  - remove_blocks: {{fraction: {{single: {fraction}}}}}\n")
+    plan = make_plan(parse_recipe(text, "r.yaml"))
+    assert plan["passes"][-1]["budget"] == {"single": min(taken)}
+    assert (plan["blocks_after_total"], plan["blocks_after_total_is"]) == (6 - 2 - min(taken), total_is)
+    runs = [make_plan(parse_recipe(text.replace("{count: 2}", f"{{blocks: {placed}}}"), "r.yaml"))
+            for placed in ("{double: [1], single: [3]}", "{single: [2, 3]}")]  # the ways the run may pick them
+    assert {run["passes"][-1]["budget"]["single"] for run in runs} == taken
+    for run in runs:
+        assert run["params_after_is"] == run["blocks_after_total_is"] == "exact"
+        assert run["blocks_after_total"] <= plan["blocks_after_total"]
+        assert run["params_after_planned"] <= plan["params_after_at_most"]

@@ -62,7 +62,8 @@ def resolve_budget(config, adapter: Adapter, counts: dict[str, int], taken: int 
         budget = {}
         for group, v in value.items():
             _group(adapter, group, f"{key}.{group}")
-            budget[group] = _k_of(key, v, counts[group], f"group '{group}'", f"{key}.{group}")
+            least = counts[group] - (most_taken(counts, taken, group) if key == "fraction" else 0)
+            budget[group] = _k_of(key, v, least, f"group '{group}'", f"{key}.{group}")
             if budget[group] >= counts[group]:
                 raise too_many(budget[group], counts[group], group, f"{key}.{group}")
         return budget
@@ -75,6 +76,12 @@ def resolve_budget(config, adapter: Adapter, counts: dict[str, int], taken: int 
         raise AfterRemoval(key, f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
                             f"(groups {per}); keep at least one per group")
     return k
+
+
+def most_taken(counts: dict[str, int], taken: int, group: str) -> int:
+    """The most of `taken` blocks (removed at run time from groups not known yet) that `group` may
+    lose, each group keeping one: a fraction of it is of the blocks they leave, at least this few."""
+    return min(taken, counts[group] - 1)
 
 
 def per_group(budget, counts: dict[str, int]) -> dict[str, int]:
