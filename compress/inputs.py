@@ -191,6 +191,18 @@ def source_kind(calib, teacher_source: str) -> str:
     return kind
 
 
+def noise_levels(calib, kind: str) -> tuple[int, str]:
+    """(the most distinct noise levels the calibration inputs hold, how, in words) of a recipe's
+    `calibration` (CalibrationConfig) and its source's kind (inputs.source_kind): a pipeline source keeps
+    min(timesteps, sample_steps) sampler steps; the toy and synthetic sources draw each of their
+    num_prompts × timesteps inputs at its own level."""
+    if kind == "pipeline":
+        return (min(calib.timesteps, calib.sample_steps),
+                f"calibration.timesteps {calib.timesteps} of a {calib.sample_steps}-step sampler")
+    return calib.num_prompts * calib.timesteps, (f"calibration.num_prompts × timesteps: {calib.num_prompts} × "
+                                                 f"{calib.timesteps} inputs")
+
+
 def _check_chain(calib, teacher_source: str) -> None:
     """A UserError where the chain of teachers `teacher_source` leads to breaks off (chain_break):
     whether it starts at a toy, the calibration source's kind, cannot be told."""

@@ -26,7 +26,7 @@ from torch import nn
 from compress.arch.base import Adapter
 from compress.calib_store import BlockLoader
 from compress.errors import BadValue, UserError
-from compress.inputs import moved
+from compress.inputs import moved, noise_levels
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance_stream import wave_pass
 from compress.progress import bar
@@ -342,18 +342,6 @@ class ImportanceConfig:
 
     def validate(self) -> None:
         check_buckets(self.buckets, "importance")
-
-
-def noise_levels(calib, kind: str) -> tuple[int, str]:
-    """(the most distinct noise levels the calibration inputs hold, how, in words) of a recipe's
-    `calibration` (CalibrationConfig) and its source's kind (inputs.source_kind): a pipeline source keeps
-    min(timesteps, sample_steps) sampler steps; the toy and synthetic sources draw each of their
-    num_prompts × timesteps inputs at its own level."""
-    if kind == "pipeline":
-        return (min(calib.timesteps, calib.sample_steps),
-                f"calibration.timesteps {calib.timesteps} of a {calib.sample_steps}-step sampler")
-    return calib.num_prompts * calib.timesteps, (f"calibration.num_prompts × timesteps: {calib.num_prompts} × "
-                                                 f"{calib.timesteps} inputs")
 
 
 def check_buckets(buckets, what: str) -> None:
