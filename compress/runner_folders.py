@@ -14,8 +14,8 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.report import warn
-from compress.runner_resume import (FINISHED, SAMPLES_ABOUT, TEACHER_SAMPLES, finished_and_reusable, interrupted_run,
-                                    kept_in_words, saved_in_words, work_kept)
+from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, finished_and_reusable,
+                                    interrupted_run, kept_in_words, recorded_fingerprint, saved_in_words, work_kept)
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
@@ -95,9 +95,9 @@ def _config_json(config: str) -> Path | None:
 
 
 # what a run writes, and a fresh start or --restart replaces: stages/<i>-<pass>/ (and the temp
-# folders `atomic_folder` writes it in, and sets the one it replaces aside in), stages/finished.json,
-# distill*/checkpoints/step-N (and tmp-step-N)
-OWN = {"stages": re.compile(r"\.?\d+-\w+(\.(tmp|old)-\w+)?|" + re.escape(FINISHED)),
+# folders `atomic_folder` writes it in, and sets the one it replaces aside in), stages/finished.json and
+# stages/run.json, distill*/checkpoints/step-N (and tmp-step-N)
+OWN = {"stages": re.compile(r"\.?\d+-\w+(\.(tmp|old)-\w+)?|" + re.escape(FINISHED) + "|" + re.escape(RUN_RECORD)),
        "checkpoints": re.compile(r"(tmp-)?step-\d+")}
 
 
@@ -133,10 +133,10 @@ def foreign_in_run_folder(run_dir: Path) -> Path | None:
 
 def written_by_a_run(entry: Path, kind: str) -> bool:
     """Whether `entry` of a run folder's stages/ or checkpoints/ (`kind`) is named as a run names
-    what it writes there (OWN): a folder, or the file stages/finished.json."""
+    what it writes there (OWN): a folder, or the file stages/finished.json or stages/run.json."""
     if entry.is_symlink() or not OWN[kind].fullmatch(entry.name):
         return False
-    return entry.is_file() if entry.name == FINISHED else entry.is_dir()
+    return entry.is_file() if entry.name in (FINISHED, RUN_RECORD) else entry.is_dir()
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -174,17 +174,27 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
         raise UserError(f"{run_dir} holds a run{of} whose {info['total']} passes are all done but whose "
                         "output was not marked written (its export was cut short, or an older dit-compress "
                         "wrote it): add --resume to write the output from them, or --restart to start over")
-    # what its unfinished pass measured, as its stop said (the teacher, not loaded yet, gives no fingerprint)
-    saved = kept_in_words(run_dir, info, latest_fingerprint(run_dir), None, passes)
+    # what its unfinished pass measured, as its stop said (under the fingerprint it recorded: the teacher,
+    # not loaded yet, gives none)
+    saved = kept_in_words(run_dir, info, run_fingerprint(run_dir), None, passes)
     raise UserError(f"{run_dir} holds an interrupted run{of} ({saved}): add --resume to continue, "
                     "or --restart to start over")
 
 
+def run_fingerprint(run_dir: Path) -> str | None:
+    """The teacher and calibration fingerprint (runner_resume.fingerprint) of the run that last started
+    its passes in `run_dir`, keying the caches it wrote: the one it recorded (runner_stages.record_run),
+    else, in a run folder of an older dit-compress that recorded none, `latest_fingerprint`'s guess.
+    For a refusal before the teacher loads, when this run's fingerprint is not known yet."""
+    recorded = recorded_fingerprint(run_dir)
+    return recorded if recorded is not None else latest_fingerprint(run_dir)
+
+
 def latest_fingerprint(run_dir: Path) -> str | None:
-    """The teacher and calibration fingerprint (runner_resume.fingerprint) of what was measured last in
-    `run_dir`: of the newest file in its svd caches (calib/<fingerprint>/) and teacher-sample caches
-    (their about.json's), which the interrupted run wrote; None where there is none. For a refusal
-    before the teacher loads, when this run's fingerprint is not known yet."""
+    """The fingerprint of what was measured last in `run_dir`: of the newest file in its svd caches
+    (calib/<fingerprint>/) and teacher-sample caches (their about.json's), which the interrupted run
+    wrote; None where there is none. A guess (a cache another teacher's run wrote may be newer), for
+    run folders that record no fingerprint (`run_fingerprint`)."""
     run_dir, newest = Path(run_dir), {}
     for cache in (run_dir / "calib").glob("*"):
         newest[cache.name] = max(map(_written_ns, cache.rglob("*.pt")), default=0)

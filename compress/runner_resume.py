@@ -157,6 +157,9 @@ def teacher_change(before: dict, now: dict) -> str:
 
 # ---- what an interrupted run left --------------------------------------------------------------
 FINISHED = "finished.json"  # in the run folder's stages/: written once the run's output is
+# in the run folder's stages/, written by each run once it starts its passes: {"fingerprint": the one
+# (`fingerprint`) that keys its calib/<fingerprint>/ and teacher-sample caches}
+RUN_RECORD = "run.json"
 
 
 def stage_dirs(run_dir: Path) -> list[tuple[int, Path]]:
@@ -176,6 +179,16 @@ def read_state(stage: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
+
+
+def recorded_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint the run that last started its passes in `run_dir` recorded (RUN_RECORD); None
+    where there is none (a run folder of an older dit-compress) or it cannot be read."""
+    try:
+        fp = json.loads((Path(run_dir) / "stages" / RUN_RECORD).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return fp if isinstance(fp, str) else None
 
 
 def reusable_stage(stages: list[tuple[int, dict | None]], now: dict, passes) -> tuple[int | None, list]:

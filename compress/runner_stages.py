@@ -20,7 +20,7 @@ from compress.passes.base import relative_error
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
-from compress.runner_resume import (FINISHED, inputs_change, not_kept_in_words, older_checksum,
+from compress.runner_resume import (FINISHED, RUN_RECORD, inputs_change, not_kept_in_words, older_checksum,
                                    passed_over_in_words, read_back_in_words, read_state, recipe_changes,
                                    resumed_in_words, reusable_stage, stage_dirs, teacher_change)
 
@@ -31,7 +31,28 @@ def stage_dir(runner, i: int) -> Path:
 
 def restore(runner):
     """(first pass to run, student): with --resume from the latest completed stage saved for this
-    recipe (as far as its passes go; later stages of another recipe are discarded), else fresh."""
+    recipe (as far as its passes go; later stages of another recipe are discarded), else fresh. The
+    run's fingerprint is recorded then (`record_run`): what its passes measure is kept under it."""
+    start, student = _restored(runner)
+    record_run(runner)
+    return start, student
+
+
+def record_run(runner) -> None:
+    """The run folder's stages/RUN_RECORD: the fingerprint of the run whose passes start now, which
+    keys the caches they write (calib/<fingerprint>/, the teacher samples), so a rerun refused before
+    its teacher loads names what this run measured, not a cache of another teacher (runner_folders).
+    Written only once restored: a --resume refused (another teacher) leaves the earlier run's."""
+    fingerprint = getattr(getattr(runner, "ctx", None), "fingerprint", None)
+    if not fingerprint or not is_main_process():
+        return
+    stages = runner.run_dir / "stages"
+    stages.mkdir(parents=True, exist_ok=True)
+    (stages / RUN_RECORD).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+
+
+def _restored(runner):
+    """`restore`'s (first pass to run, student)."""
     stages = runner.run_dir / "stages"
     runner.student_stage = None  # the saved stage folder that holds the student (hand_off)
     if not runner.resume:  # a finished run's, or discarded with --restart (check_run_folder)

@@ -521,14 +521,29 @@ def test_a_rerun_refused_after_ctrl_c_in_teacher_sampling_names_the_samples_kept
 
 def test_a_rerun_refused_after_ctrl_c_in_an_svd_pass_names_its_block_statistics(pixart, monkeypatch, capsys):
     """Ctrl-C in the svd pass after remove_blocks was saved kept its block statistics and output
-    Fishers for --resume, and said so; a rerun without --resume, refused, said only '1 of 2 passes done'."""
+    Fishers for --resume, and said so; a rerun without --resume, refused, said only '1 of 2 passes done'.
+    They are those of the fingerprint the run recorded: a cache of another teacher's run written later
+    (a copy, a touch) is not named, as it was when the newest file's cache was taken for the run's."""
+    import os
+    import time
+
     tmp_path, make, loads = pixart  # r.yaml: remove_blocks, then svd
     _ctrl_c_at_save(monkeypatch, 1)
     run = tmp_path / "run"
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
     assert main(args) == 130
     capsys.readouterr()
+    refused = (f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 2 passes done, block "
+               "statistics (1 file), output Fishers (12 files) measured so far): add --resume to continue, or "
+               "--restart to start over")
     assert main(args) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 2 passes done, block statistics "
-        "(1 file), output Fishers (12 files) measured so far): add --resume to continue, or --restart to start over")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == refused
+    other = run / "calib" / "0123456789abcdef" / "fedcba9876543210"  # another teacher's cache, newer
+    other.mkdir(parents=True)
+    later = time.time() + 60
+    for name in ("blocks-0.pt", "blocks-1.pt", "stage-0.pt"):
+        (other / name).write_bytes(b"")
+        os.utime(other / name, (later, later))
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == refused
+
