@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
-from compress.inputs import moved
+from compress.inputs import example_row, moved
 from compress.io_tensors import one_line
 
 SHARED_KWARGS = ("img_ids", "txt_ids")  # Flux: not batched
@@ -64,9 +64,23 @@ def latents_folder(value: str | Path) -> Path:
     """`latents_dir` as a folder path (`~` expanded), or a one-line error."""
     folder = Path(value).expanduser()
     if not folder.is_dir():
-        raise UserError(f"distill: latents_dir {value} is not a folder (there is none at {folder.absolute()}; a "
-                        "relative latents_dir is taken from the current folder)")
+        there = "a file" if folder.exists() else "none"
+        raise UserError(f"distill: latents_dir {value} is not a folder (there is {there} at {folder.absolute()}; "
+                        "a relative latents_dir is taken from the current folder)")
     return folder
+
+
+def latents_files(value: str | Path) -> list[Path]:
+    """The .safetensors / .pt files of `latents_dir`, sorted, or a one-line error (none, or a folder
+    that cannot be listed)."""
+    folder = latents_folder(value)
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and not p.is_dir())
+    except OSError as e:
+        raise UserError(f"distill: cannot list latents_dir {value}: {e.strerror or e}") from None
+    if not files:
+        raise UserError(f"distill: latents_dir {value} has no .safetensors or .pt files")
+    return files
 
 
 def check_file(path: Path, data: dict) -> None:
@@ -141,11 +155,9 @@ def check_shared(path: Path, shared: dict, first: Path, first_shared: dict) -> N
 def check_folder(value: str | Path, model, adapter) -> None:
     """Before any compute: the first file of `latents_dir` holds rows of floating latents, the
     others the same layout (`check_layout`, from their headers), and one of its rows runs through
-    `model` when that is on the meta device (shapes only, no arithmetic), so a wrong layout fails
-    here and not after the passes before distill."""
-    files = sorted(p for p in latents_folder(value).iterdir() if p.suffix in SUFFIXES)
-    if not files:
-        raise UserError(f"distill: latents_dir {value} has no .safetensors or .pt files")
+    `model` on the meta device (`_on_meta`: shapes only, no arithmetic), so a wrong layout fails
+    here (plan, the run's checks) and not after the passes before distill."""
+    files = latents_files(value)
     data = _read(files[0])
     check_file(files[0], data)
     first_shapes = {k: tuple(v.shape) for k, v in data.items()}
@@ -158,9 +170,18 @@ def check_folder(value: str | Path, model, adapter) -> None:
     if not latents.is_floating_point() or latents.ndim < 3 or len(latents) == 0:
         raise UserError(f"distill: {files[0]}: 'latents' must be floating rows (B, ...) of the transformer's "
                         f"hidden_states, got {str(latents.dtype).removeprefix('torch.')} {tuple(latents.shape)}")
+    _dry_run(files[0], _unflatten({k: v[:1] if k.startswith("cond.") else v
+                                   for k, v in data.items() if k != "latents"}), latents[:1], _on_meta(model), adapter)
+
+
+def _on_meta(model):
+    """`model`, or a copy of it on the meta device (plan's toy teachers hold their weights; the pass
+    checks the student it trains): the dry run does no arithmetic and leaves the model as it was."""
     if next(model.parameters()).device.type == "meta":
-        _dry_run(files[0], _unflatten({k: v[:1] if k.startswith("cond.") else v
-                                       for k, v in data.items() if k != "latents"}), latents[:1], model, adapter)
+        return model
+    from compress.runner_checks import meta_clone
+
+    return meta_clone(model)
 
 
 def _dry_run(path: Path, cond: dict, latents: torch.Tensor, model, adapter) -> None:
@@ -174,7 +195,29 @@ def _dry_run(path: Path, cond: dict, latents: torch.Tensor, model, adapter) -> N
         # (a kwarg the model needs left out: AttributeError on its None)
         held = sorted(f"{k}.{name}" for k in ("cond", "shared") for name in cond.get(k, {}))
         raise UserError(f"distill: a row of {path} does not run through the model: {one_line(e)} "
-                        f"(the file holds latents, {', '.join(held) or 'no cond. or shared. kwargs'})") from None
+                        f"(the file holds latents, {', '.join(held) or 'no cond. or shared. kwargs'}"
+                        f"{_expected(cond, latents, model, adapter)})") from None
+
+
+def _expected(cond: dict, latents: torch.Tensor, model, adapter) -> str:
+    """What of the teacher's inputs (inputs.example_row of its family and config) a file's row does
+    not fit: its latents' layout or channels, and the forward kwargs it holds under neither 'cond.'
+    nor 'shared.'; '' where it fits both (or the model has no config)."""
+    if getattr(model, "config", None) is None:
+        return ""
+    example, said = example_row(adapter.family, model.config), []
+    want = example["hidden_states"]  # (1, C, p, p) PixArt, (1, 1, C) Flux (packed)
+    axis = 1 if adapter.family == "pixart" else -1
+    if latents.ndim != want.ndim or latents.shape[axis] != want.shape[axis]:
+        layout = "(C, H, W)" if adapter.family == "pixart" else "(N, C)"
+        said.append(f"the teacher takes latents rows {layout} of C = {want.shape[axis]} channels, the file's "
+                    f"are {tuple(latents.shape[1:])}")
+    held = {name for k in ("cond", "shared") for name in cond.get(k, {})}
+    missing = set(example) - held - {"hidden_states", "timestep", "added_cond_kwargs"}
+    if missing:
+        named = sorted(f"{'shared' if k in SHARED_KWARGS else 'cond'}.{k}" for k in missing)
+        said.append(f"it lacks {', '.join(named)}, which the teacher takes")
+    return "".join(f"; {words}" for words in said)
 
 
 class FolderSource:
@@ -186,9 +229,7 @@ class FolderSource:
 
     def __init__(self, folder: str | Path):
         self.folder = latents_folder(folder)
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix in SUFFIXES)
-        if not self.files:
-            raise UserError(f"distill: latents_dir {self.folder} has no .safetensors or .pt files")
+        self.files = latents_files(self.folder)
         self.counts, self._first, self._first_shared = [], None, {}  # (path, shapes), shared. of the first file
         keep = sum(p.stat().st_size for p in self.files) <= self.IN_MEMORY_BYTES
         self._resident = [] if keep else None

@@ -167,6 +167,12 @@ class SyntheticSource:
         return latents, kw
 
 
+def example_row(family: str, config) -> dict:
+    """One row of the forward kwargs a teacher of `family` with `config` takes (SyntheticSource's,
+    random; one latent token, one text token): what they are and their layout, not their sizes."""
+    return SyntheticSource(family, None, config, tokens=1, text_tokens=1)._make(1, 0)
+
+
 def source_kind(calib, teacher_source: str) -> str:
     """The calibration source's kind; `auto` is `toy` for toy teachers, else `pipeline`. A toy
     teacher is toy:NAME or a dit-compress output compressed from one (through outputs compressed

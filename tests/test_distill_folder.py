@@ -114,3 +114,87 @@ def test_files_whose_shared_ids_differ_are_refused_naming_both(tmp_path):
     with pytest.raises(UserError, match=r"b.pt: 'shared.img_ids' holds other values than in a.safetensors"):
         check_folder(folder, meta_clone(teacher), get_adapter(teacher))
 
+
+
+def _toy_folders(root):
+    """Latents folders for the toy PixArt teacher: one it takes, and ones plan must refuse."""
+    from compress.io import load_teacher
+
+    teacher = load_teacher("toy:pixart")
+    kwargs = model_inputs(teacher, batch=2)
+    cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v)}
+    latents = kwargs["hidden_states"]  # (2, 4, 8, 8)
+    shards = {"ok": (latents, cond), "channels": (latents[:, 1:], cond),
+              "no text": (latents, {k: v for k, v in cond.items() if k != "encoder_hidden_states"})}
+    for name, (rows, c) in shards.items():
+        (root / name).mkdir()
+        write_shard(root / name / "a.safetensors", rows, c)
+    (root / "empty").mkdir()
+    (root / "unreadable").mkdir()
+    (root / "unreadable" / "a.safetensors").write_bytes(b"not a safetensors file")
+    (root / "a file").write_text("")
+
+
+def _recipe(path, folder) -> str:
+    path.write_text(f"version: 1\nmodel: pixart\nteacher: toy:pixart\npasses:\n  - distill:\n"
+                    f"      data: folder\n      latents_dir: '{folder}'\n      steps: 1\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("ok", None),
+    ("missing", r"is not a folder \(there is none at"),
+    ("a file", r"is not a folder \(there is a file at"),
+    ("empty", "has no .safetensors or .pt files"),
+    ("unreadable", "cannot read latents file"),
+    ("channels", "does not run through the model: .*; the teacher takes latents rows \\(C, H, W\\) of C = 4 "
+                 "channels, the file's are \\(3, 8, 8\\)\\)$"),
+    ("no text", "does not run through the model: .*; it lacks cond.encoder_hidden_states, which the teacher "
+                "takes\\)$")])
+def test_plan_refuses_a_latents_folder_the_distill_pass_would_at_the_latents_dir_line(tmp_path, capsys, name, words):
+    """plan ran one row of the folder through the teacher only on the meta device, which a toy
+    teacher is not: latents of other channels, or without the text embeddings, planned fine and were
+    refused by the run (a traceback-like torch message, at the pass's line). Now plan refuses what the
+    run would, in one line at the recipe's latents_dir line, naming what the teacher takes."""
+    import re
+
+    from compress.cli import main
+
+    _toy_folders(tmp_path)
+    recipe = _recipe(tmp_path / "r.yaml", tmp_path / name)
+    code = main(["plan", recipe])
+    err = capsys.readouterr().err.strip()
+    if words is None:
+        assert code == 0 and "error" not in err
+        return
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert re.search(f"^dit-compress: error: {re.escape(recipe)}:7: distill: .*{words}", err), err
+
+
+def test_the_run_refuses_a_folder_without_text_embeddings_before_any_compute(tmp_path, capsys):
+    """The run's up-front checks (on a meta copy of the teacher) say what plan says: the latents_dir
+    line, and the kwarg the folder lacks; nothing is calibrated or trained."""
+    from compress.cli import main
+
+    _toy_folders(tmp_path)
+    recipe = _recipe(tmp_path / "r.yaml", tmp_path / "no text")
+    assert main(["run", recipe, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe}:7: distill: a row of" in err
+    assert err.rstrip().endswith("it lacks cond.encoder_hidden_states, which the teacher takes)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_folder_runs_a_row_through_a_model_that_holds_weights_on_a_meta_copy(tmp_path):
+    """The dry run was skipped for a model with weights (plan's toy teachers, the student the pass
+    trains). Now it runs on a meta copy, the model left as it was, and names the kwargs the teacher
+    takes that the folder lacks (Flux: pooled_projections, the ids under 'shared.')."""
+    teacher = tiny_flux()
+    kwargs = model_inputs(teacher, batch=2)
+    cond = {k: v for k, v in cond_of(kwargs).items()
+            if torch.is_tensor(v) and k not in ("pooled_projections", "img_ids")}
+    write_shard(tmp_path / "a.safetensors", kwargs["hidden_states"], cond)
+    with pytest.raises(UserError, match=r"does not run through the model: .*; it lacks cond.pooled_projections, "
+                                        r"shared.img_ids, which the teacher takes\)$"):
+        check_folder(tmp_path, teacher, get_adapter(teacher))
+    assert next(teacher.parameters()).device.type == "cpu"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from compress.distill_data import DATA_SOURCES
 from compress.distill_folder import check_folder
 from compress.distill_utils import TRAIN_MODES, warmup_length, will_have_factors
-from compress.errors import BadValue
+from compress.errors import BadValue, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.distill_resume import NOT_FINGERPRINTED
 from compress.passes.distill_trainer import _Trainer
@@ -135,7 +135,10 @@ class DistillPass(Pass):
         cfg = self.config
         cfg.validate()
         if cfg.data == "folder":
-            check_folder(cfg.latents_dir, model, adapter)
+            try:
+                check_folder(cfg.latents_dir, model, adapter)
+            except UserError as e:  # at the latents_dir line of the recipe
+                raise BadValue("latents_dir", str(e), reads=()) from None
         if cfg.train == "factors" and not will_have_factors(model):
             raise BadValue("train", "distill: train: factors, but no svd pass before it factorizes a layer "
                                     "and the teacher has no low-rank layers; add an svd pass first, or use "
