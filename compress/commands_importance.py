@@ -217,7 +217,7 @@ def _importance_config(recipe, buckets: int | None, teacher_arg: str | None = No
 
 def _noise_levels(recipe, teacher_arg: str | None) -> tuple[int, str]:
     """(how many distinct noise levels the scan's calibration inputs hold at most, how, in words):
-    importance.noise_levels of the recipe's calibration (a toy teacher: the defaults)."""
+    inputs.noise_levels of the recipe's calibration (a toy teacher: the defaults)."""
     from compress.inputs import noise_levels, source_kind
     from compress.recipe import CalibrationConfig
 
