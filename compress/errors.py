@@ -37,12 +37,15 @@ class BadValue(UserError):
     """A config value out of range, found by a config's `validate()` (values alone, no model). `key`
     names the recipe key, so the recipe loader can point at that key's line; `reads`, the other keys
     of its pass the check read (recipe_convert.concerned names the --sets of those alone), None where
-    the check does not say (every --set of the pass is named)."""
+    the check does not say (every --set of the pass is named); `group`, the block group the value
+    is about where the check knows it (too many blocks of group 'single', a window of its blocks,
+    a pattern naming one of its blocks), else None."""
 
-    def __init__(self, key: str, message: str, reads: tuple[str, ...] | None = None):
+    def __init__(self, key: str, message: str, reads: tuple[str, ...] | None = None, group: str | None = None):
         super().__init__(message)
         self.key = key
         self.reads = reads
+        self.group = group
 
 
 def did_you_mean(word: str, options) -> str:

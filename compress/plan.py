@@ -23,13 +23,14 @@ from compress.calib_pipeline import check_size
 from compress.calib_prompts import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
-from compress.plan_budget import (budget_savings, budgeted_layers, decided_later, distill_student, removal_shares,
-                                 retargeted, smallest_blocks, spare_bound)
+from compress.plan_budget import (budget_savings, budgeted_layers, count_ranges, decided_later, distill_student,
+                                 range_words, ranged_keys, removal_shares, retargeted, smallest_blocks, spare_bound)
 from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory, svd_statistics
 from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
                                 teacher_given)
 from compress.passes import build_passes
-from compress.passes.removed_blocks import planned_blocks, taken_unplaced
+from compress.passes.remove_blocks_budget import counts_after
+from compress.passes.removed_blocks import planned_blocks, possible_counts, taken_unplaced
 from compress.passes.svd import LATER
 from compress.report import console, layer_rows, note, param_count, results, warn
 from compress.runner_checks import checked_in_order, takes_as_run
@@ -112,8 +113,11 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         total_open = total_open or not takes_as_run(p.config, adapter, adapter.block_counts(model),
                                                     taken_unplaced(model))
         step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
-        if unplaced and bounded_keys(step | {"at_most": True}):  # counted over every block: some go before it
-            step["at_most"] = list(unplaced)                    # at run time
+        if isinstance(step.get("blocks_before"), dict):  # a removal: its counts as the run may find them
+            possible = possible_counts(model, adapter)
+            step = count_ranges(step, possible, counts_after(p.config, adapter, possible))
+        if unplaced and (bounded_keys(step | {"at_most": True}) or ranged_keys(step)):  # some blocks go
+            step["at_most"] = list(unplaced)                    # before it from groups picked at run time
         if n := p.unplaced(model, adapter):  # blocks whose groups importance picks at run time
             unplaced.append({"pass": spec.name, **pass_where(spec), "blocks": n})
         if step.get("blocks_differ_in_size"):  # placed, but which blocks go changes the count
@@ -286,21 +290,26 @@ def step_words(step: dict) -> str:
     """A pass's plan on a line or two: long lists and name -> rank maps counted, not dumped
     (`plan --json` has them whole)."""
     hidden = ("pass", "line", "set", "fisher", "streamed_scan", "student", "at_most", "statistics")
-    shown = {k: v for k, v in step.items() if k not in hidden}
+    ranges = ranged_keys(step)  # a removal's counts per group, fewest–most (in the key's own place)
+    shown = {k: v for k, v in step.items() if k not in hidden and k not in {f"{r}_min" for r in ranges}}
     bound = bounded_keys(step)
-    words = "; ".join(f"{key}: {'≤ ' if key in bound and value != LATER else ''}{_brief(key, value)}"
+    words = "; ".join(f"{key}: {'≤ ' if key in bound and value != LATER else ''}"
+                      f"{range_words(step[f'{key}_min'], value) if key in ranges else _brief(key, value)}"
                       for key, value in shown.items())
-    return f"{words}; ≤: {_at_most_words(step['at_most'])}" if bound else words
+    if bound:
+        return f"{words}; ≤: {_at_most_words(step['at_most'])}"
+    if ranges:
+        return f"{words}; ranges: {_takes_words(step['at_most'])} before it, from groups picked at run time"
+    return words
 
 
 def bounded_keys(step: dict) -> set[str]:
     """The keys of a step with `at_most` (after removals whose blocks are picked at run time) that
-    are counted over every block, upper bounds: an svd pass's targets and parameters, a removal's
-    blocks per group before and after it."""
+    are counted over every block, upper bounds: an svd pass's targets and parameters (a removal's
+    blocks per group are ranges: plan_budget.count_ranges)."""
     if not step.get("at_most"):
         return set()
-    return {k for k in ("targets", "params_before", "params_after") if k in step} | {
-        k for k in ("blocks_before", "blocks_after") if isinstance(step.get(k), dict)}
+    return {k for k in ("targets", "params_before", "params_after") if k in step}
 
 
 def _at_most_words(unplaced: list[dict]) -> str:

@@ -130,3 +130,40 @@ def spare_bound(model, adapter, planned: dict) -> tuple[int, dict[str, int]]:
 def _above(sizes: list[int], n: int) -> int:
     """The largest n of `sizes` less its first n (the blocks left, the dropped after them)."""
     return sum(sorted(sizes, reverse=True)[:n]) - sum(sizes[:n])
+
+
+# ---- a removal's blocks per group where earlier removals pick their groups at run time -----------
+RANGED = ("blocks_before", "blocks_after")  # a removal's counts per group; each with `_min` where they vary
+
+
+def count_ranges(step: dict, before: list[dict[str, int]], after: list[dict[str, int]]) -> dict:
+    """A removal's plan (`step`) with its blocks per group before and after it as the run may find
+    them (`before`: removed_blocks.possible_counts; `after`: remove_blocks_budget.counts_after; several
+    after removals that pick their groups at run time): blocks_before and blocks_after the most each
+    group may have, blocks_before_min and blocks_after_min the fewest (only where some differ); a
+    count over all blocks keeps "N blocks in all" ("N–M blocks in all" where the total varies)."""
+    out = dict(step, **_most_least("blocks_before", before))
+    if not after:  # refused for every count it may find (runner_checks.SpreadRemovals said so)
+        return out
+    if isinstance(step.get("blocks_after"), dict):
+        return dict(out, **_most_least("blocks_after", after))
+    totals = sorted({sum(n.values()) for n in after})
+    span = f"{totals[0]}" if len(totals) == 1 else f"{totals[0]}–{totals[-1]}"
+    return dict(out, blocks_after=f"{span} blocks in all")
+
+
+def _most_least(key: str, possible: list[dict[str, int]]) -> dict:
+    """{key: the most each group may have} and, where some group may have fewer, {key_min: the fewest}."""
+    most = {g: max(n[g] for n in possible) for g in possible[0]}
+    least = {g: min(n[g] for n in possible) for g in possible[0]}
+    return {key: most} if least == most else {key: most, f"{key}_min": least}
+
+
+def ranged_keys(step: dict) -> set[str]:
+    """The keys of `RANGED` a step gives as ranges (with a `_min`: `count_ranges`)."""
+    return {k for k in RANGED if f"{k}_min" in step}
+
+
+def range_words(least: dict[str, int], most: dict[str, int]) -> str:
+    """'{"double": 1–2, "single": 2}': each group's fewest–most blocks, one number where they agree."""
+    return "{" + ", ".join(f'"{g}": {least[g]}' + (f"–{n}" if n != least[g] else "") for g, n in most.items()) + "}"

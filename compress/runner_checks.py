@@ -18,8 +18,9 @@ from contextlib import contextmanager
 import torch
 
 from compress.errors import BadValue, UserError
-from compress.passes.remove_blocks_budget import resolve_budget
-from compress.passes.removed_blocks import AfterRemoval, forget_taken, stamp_line, taken_unplaced
+from compress.passes.remove_blocks_budget import counts_after, resolve_budget, spreads
+from compress.passes.removed_blocks import (AfterRemoval, forget_taken, possible_counts, stamp_counts, stamp_line,
+                                            taken_unplaced)
 from compress.passes.svd_planned import stamp_planned
 from compress.report import warn
 
@@ -41,10 +42,13 @@ def checked_in_order(passes, specs, model, adapter, inputs: str | None = None, c
             _warn_notes(p, spec, model, adapter, calibration, inputs)
             spread.check(p, spec, model, adapter)
         yield p, spec
+        possible, taken = possible_counts(model, adapter), taken_unplaced(model)
         with _named(spec, counts, teacher, removed):
             p.apply_planned(model, adapter)
         stamp_line(model, spec.line)  # for later passes' notes
         stamp_planned(model, spec.loc.override or f"line {spec.line}")  # factors an svd pass makes at run time
+        if adapter.block_counts(model) != counts or taken_unplaced(model) != taken:  # a removal
+            stamp_counts(model, counts_after(p.config, adapter, possible))
         if adapter.block_counts(model) != counts:
             removed.append(spec.line)
 
@@ -129,7 +133,7 @@ class SpreadRemovals:
             spread, e = _tightest(every, tried, failed[0], _group_of(failed[0][1], p.config, adapter))
             words = (f"{e} — where {_by(self.lines, spread, count)}; {_it(self.lines)} by importance at "
                      "run time, and this pass fails however they are spread over the groups (each keeps one)")
-            raise BadValue(e.key, words, e.reads) if isinstance(e, BadValue) else UserError(words)
+            raise BadValue(e.key, words, e.reads, e.group) if isinstance(e, BadValue) else UserError(words)
         if failed:
             spread, e = failed[0]
             warn(f"{spec.where(e)}: {e} — if {_by(self.lines, spread, count)} ({_it(self.lines)} by "
@@ -156,18 +160,6 @@ def takes_as_run(config, adapter, have: dict[str, int], count: int) -> bool:
     except UserError:
         return False
     return bool(runs) and all(run == planned for run in runs)
-
-
-def spreads(have: dict[str, int], count: int) -> list[dict[str, int]]:
-    """Every way `count` blocks removed by importance over the groups (`have` blocks each) may be
-    spread, {group: blocks it loses}: each group keeps at least one (remove_blocks.least_important);
-    none when the groups cannot give `count`."""
-    groups, out = list(have), []
-    for losses in itertools.product(*(range(min(count, have[g] - 1) + 1) for g in groups[:-1])):
-        last = count - sum(losses)
-        if 0 <= last < have[groups[-1]]:
-            out.append(dict(zip(groups, (*losses, last))))
-    return out
 
 
 def worst_spreads(have: dict[str, int], count: int) -> list[dict[str, int]]:
@@ -209,26 +201,20 @@ def _tightest(every: list[dict[str, int]], tried: dict, first: tuple, group: str
 
 
 def _group_of(error: UserError, config, adapter) -> str | None:
-    """The block group a pass's error is about, read from the recipe key it is on (BadValue.key), not
-    from its words: the group a per-group key names (count.double, fraction.single, blocks.double.1),
-    or the group of the blocks a module pattern at the key names (targets.0, ignore.1, center.0:
-    'single_transformer_blocks.2.proj_out'; ranks.PATTERN), or the one group of the pass's budget
-    (a learned removal's window errors: window, count); None where it names none."""
+    """The block group a pass's error is about: the one its check gave it (BadValue.group: too many
+    blocks of a group, a learned removal's windows of one, an index or a pattern naming a block past
+    a group's last); else, for svd checks that do not say, the group of the blocks a module pattern at
+    its recipe key names (targets.0, ignore.1, center.0: 'single_transformer_blocks.2.proj_out';
+    ranks.PATTERN), read from the key, not from its words; None where it names none."""
+    if getattr(error, "group", None) in {g.name for g in adapter.groups}:
+        return error.group
     head, _, rest = getattr(error, "key", "").partition(".")
-    groups = {g.name for g in adapter.groups}
-    if rest.split(".")[0] in groups:
-        return rest.split(".")[0]
-    value = getattr(config, head, None)
+    value = rest if head == "ranks" else getattr(config, head, None)
     if isinstance(value, list) and rest.isdigit() and int(rest) < len(value):
         value = value[int(rest)]
-    elif head == "ranks":
-        value = rest
-    elif head == "window":
-        value = getattr(config, "count", None) or getattr(config, "fraction", None)
-    if isinstance(value, str):
-        return next((g.name for g in adapter.groups if re.match(rf"{re.escape(g.attr)}\.\d+(\.|$)", value)), None)
-    budget = [g for g, k in value.items() if k and g in groups] if isinstance(value, dict) else []
-    return budget[0] if len(budget) == 1 else None
+    if not isinstance(value, str):
+        return None
+    return next((g.name for g in adapter.groups if re.match(rf"{re.escape(g.attr)}\.\d+(\.|$)", value)), None)
 
 
 def _by(lines: list[int], spread: dict[str, int], count: int) -> str:

@@ -232,12 +232,13 @@ def test_a_fraction_over_all_blocks_after_a_spread_count_is_of_the_blocks_left()
 
 @pytest.mark.parametrize("second", ["{count: {single: 1}}", "{fraction: {double: 0.5}}", "{blocks: {single: [3]}}",
                                     "{count: 1}"])
-def test_a_removal_after_one_picked_at_run_time_says_its_counts_per_group_are_bounds(capsys, second):
-    """After remove_blocks {count: 2} (groups picked at run time) a second removal's line printed
-    'blocks_before: {"double": 2, "single": 4}; blocks_after: {"double": 2, "single": 3}' as if exact,
-    though 2 of those blocks are gone by then from groups not known before the run. Both are bounds
-    now (its `at_most`, as an svd pass's counts), the line says why, and the counts of each placement
-    the run may pick are within them; without the first removal they stay exact."""
+def test_a_removal_after_one_picked_at_run_time_states_its_counts_per_group_as_ranges(capsys, second):
+    """After remove_blocks {count: 2} (groups picked at run time: 'double' loses 0 or 1, 'single' 2 or
+    1) a second removal's line said 'blocks_before: ≤ {"double": 2, "single": 4}', loose bounds ('single'
+    has 2 or 3 by then). Its counts per group are now the ranges the run may find over the ways the
+    first may pick ('{"double": 1–2, "single": 2–3}'; --json: blocks_before the most, blocks_before_min
+    the fewest), each end met by one of those ways; the line says why; without the first removal
+    they stay single numbers."""
     from compress.plan import print_plan, step_words
 
     head = "model: flux\nteacher: toy:flux\npasses:\n"
@@ -245,17 +246,23 @@ def test_a_removal_after_one_picked_at_run_time_says_its_counts_per_group_are_bo
     step = plan["passes"][-1]
     assert step["at_most"] == [{"pass": "remove_blocks", "line": 4, "blocks": 2}]
     per_group = [k for k in ("blocks_before", "blocks_after") if isinstance(step[k], dict)]
+    assert step["blocks_before"] == {"double": 2, "single": 3} and step["blocks_before_min"] == {"double": 1, "single": 2}
     words = step_words(step)
-    assert [k for k in ("blocks_before", "blocks_after") if f"{k}: ≤ {{" in words] == per_group  # not '3 blocks in all'
-    assert words.endswith("≤: counted over every block, but remove_blocks (line 4) takes 2 blocks before it at run time")
+    assert 'blocks_before: {"double": 1–2, "single": 2–3}' in words and "≤" not in words
+    assert [k for k in ("blocks_before", "blocks_after") if f"{k}: {{" in words] == per_group  # not '3 blocks in all'
+    assert words.endswith("ranges: remove_blocks (line 4) takes 2 blocks before it, from groups picked at run time")
     print_plan(plan)
-    assert "blocks_before: ≤ {" in capsys.readouterr().out
-    for placed in ("{double: [0], single: [0]}", "{single: [0, 1]}"):  # every way the run may pick them
-        run = make_plan(parse_recipe(f"{head}  - remove_blocks: {{blocks: {placed}}}\n  - remove_blocks: {second}\n",
-                                     "r.yaml"))["passes"][-1]
-        assert "at_most" not in run and "≤" not in step_words(run)
-        for k in per_group:
-            assert all(run[k][g] <= n for g, n in step[k].items()), (k, run[k], step[k])
+    assert 'blocks_before: {"double": 1–2, "single": 2–3}' in capsys.readouterr().out
+    runs = [make_plan(parse_recipe(f"{head}  - remove_blocks: {{blocks: {placed}}}\n  - remove_blocks: {second}\n",
+                                   "r.yaml"))["passes"][-1]
+            for placed in ("{double: [0], single: [0]}", "{single: [0, 1]}")]  # every way the run may pick them
+    for run in runs:
+        assert "at_most" not in run and "blocks_before_min" not in run and "–" not in step_words(run)
+    for k in per_group:
+        for g in step[k]:
+            assert {run[k][g] for run in runs} == {step.get(f"{k}_min", step[k])[g], step[k][g]}, (k, g)
+    if not per_group[1:]:  # a count over all blocks: its total
+        assert {run["blocks_after"] for run in runs} == {step["blocks_after"]}
 
 
 @pytest.mark.parametrize("fraction, taken, total_is", [(0.5, {1}, "exact"), (0.7, {1, 2}, "at most")])
@@ -279,3 +286,21 @@ def test_a_fraction_per_group_after_a_removal_picked_at_run_time_is_of_the_block
         assert run["params_after_is"] == run["blocks_after_total_is"] == "exact"
         assert run["blocks_after_total"] <= plan["blocks_after_total"]
         assert run["params_after_planned"] <= plan["params_after_at_most"]
+
+
+def test_a_count_over_all_blocks_after_counts_that_differ_in_total_says_the_range():
+    """A bare count of 1 where the run may find 3 or 4 blocks in all (a fraction per group before it
+    took more for some ways an earlier removal went) leaves 2 or 3: '2–3 blocks in all'; each group's
+    counts after it are the ways it may spread its block (each group keeps one)."""
+    from compress.arch import get_adapter
+    from compress.passes.remove_blocks_budget import counts_after
+    from compress.passes.remove_blocks_config import RemoveBlocksConfig
+    from compress.plan_budget import count_ranges
+    from tests.conftest import tiny_flux
+
+    before = [{"double": 2, "single": 1}, {"double": 2, "single": 2}]
+    after = counts_after(RemoveBlocksConfig(count=1), get_adapter(tiny_flux()), before)
+    assert after == [{"double": 1, "single": 1}, {"double": 2, "single": 1}, {"double": 1, "single": 2}]
+    step = count_ranges({"blocks_before": {}, "blocks_after": "3 blocks in all"}, before, after)
+    assert step == {"blocks_before": {"double": 2, "single": 2}, "blocks_before_min": {"double": 2, "single": 1},
+                    "blocks_after": "2–3 blocks in all"}

@@ -130,9 +130,9 @@ def test_a_pass_that_fails_wherever_spread_removals_take_their_blocks_is_refused
 def test_a_refused_pass_is_said_where_the_group_its_error_is_about_loses_least(monkeypatch, second, module,
                                                                                reworded, words):
     """double 3, single 3, a bare count of 3: 'double' loses 1 or 2. A pass that fails however they go
-    is said where 'double', the group its error is about, loses 1 (it fails even then), read from its
-    recipe key (count.double; targets.0: the pattern's blocks), not its words: said without "group
-    'double'" the group was missed, and it was said where 'double' loses 2."""
+    is said where 'double', the group its error is about, loses 1 (it fails even then), which its
+    check gives it (BadValue.group: too_many's group, the pattern's block), not read from its words:
+    said without "group 'double'" the group was missed, and it was said where 'double' loses 2."""
     import importlib
 
     from compress.passes.removed_blocks import AfterRemoval
@@ -140,12 +140,27 @@ def test_a_refused_pass_is_said_where_the_group_its_error_is_about_loses_least(m
     errors = importlib.import_module(module)
     if reworded == "too_many":
         monkeypatch.setattr(errors, "too_many", lambda k, n, group, path, teacher=False: AfterRemoval(
-            path, f"remove_blocks: {k} of the {n} blocks would go, none left"))
+            path, f"remove_blocks: {k} of the {n} blocks would go, none left", group=group))
     else:
         monkeypatch.setattr(errors, "removal_words", lambda block, counts, kept: f"{block[3]} left")
     with pytest.raises(UserError, match=rf"^r\.yaml:6: {re.escape(words)}where the removal at line 5 takes 1 of its "
                                         r"3 blocks from group 'double' and 2 from group 'single'; it picks them"):
         _check("  - remove_blocks: {count: 3}\n" + second, num_layers=3, num_single_layers=3)
+
+
+def test_a_learned_removal_of_both_groups_refused_for_every_spread_is_said_where_its_group_loses_least():
+    """double 4, single 4, a bare count of 1, then a learned removal of 2 blocks of each group in
+    windows of 2: the group that loses line 5's block has 3 left, whose windows (2 and 1 blocks)
+    cannot lose 2 without emptying one, so every spread fails, 'double' (its error's group, which its
+    check gives it) where it loses the block. Said where 'double' loses least, none (it fails even
+    then, at 'single'); the group read from its recipe key (window: a budget of both groups) was none,
+    and it was said where 'double' loses the block, as the first spread tried."""
+    with pytest.raises(UserError, match=r"^r\.yaml:6: remove_blocks: criterion learned, group 'single': the window "
+                                        r"of blocks 2\.\.2 would lose all 1.* — where the removal at line 5 takes its "
+                                        r"block from group 'single'; it picks them"):
+        _check("  - remove_blocks: {count: 1}\n"
+               "  - remove_blocks: {count: {double: 2, single: 2}, criterion: learned, window: 2}\n",
+               num_layers=4, num_single_layers=4)
 
 
 def test_a_fraction_over_all_blocks_after_a_spread_removal_counts_the_blocks_left(capsys):

@@ -6,6 +6,7 @@ meta model, the blocks a budget removes at run time are dropped as placeholders 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -23,14 +24,17 @@ def one_of(config) -> str:
     return given[0]
 
 
-def _k_of(key: str, value, n: int, where: str, path: str) -> int:
-    """path: the recipe key the value came from (count, count.double, ...), for the error's line."""
+def _k_of(key: str, value, n: int, where: str, path: str, group: str | None = None) -> int:
+    """path: the recipe key the value came from (count, count.double, ...), for the error's line;
+    group: the group it is of (None: over all blocks)."""
     if key == "count":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BadValue(path, f"remove_blocks: count for {where} must be a non-negative integer, got {value!r}")
+            raise BadValue(path, f"remove_blocks: count for {where} must be a non-negative integer, got {value!r}",
+                           group=group)
         return value
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise BadValue(path, f"remove_blocks: fraction for {where} must be a number in [0, 1), got {value!r}")
+        raise BadValue(path, f"remove_blocks: fraction for {where} must be a number in [0, 1), got {value!r}",
+                       group=group)
     return math.floor(value * n + 1e-9)
 
 
@@ -39,7 +43,7 @@ def too_many(k: int, n: int, group: str, path: str, teacher: bool = False) -> Ba
     runner says so), or with `teacher` the teacher's."""
     error = BadValue if teacher else AfterRemoval
     return error(path, f"remove_blocks: removing {k} of {n} blocks would leave group '{group}' empty; "
-                       "keep at least one")
+                       "keep at least one", group=group)
 
 
 def _group(adapter: Adapter, group: str, path: str) -> str:
@@ -63,7 +67,7 @@ def resolve_budget(config, adapter: Adapter, counts: dict[str, int], taken: int 
         for group, v in value.items():
             _group(adapter, group, f"{key}.{group}")
             least = counts[group] - (most_taken(counts, taken, group) if key == "fraction" else 0)
-            budget[group] = _k_of(key, v, least, f"group '{group}'", f"{key}.{group}")
+            budget[group] = _k_of(key, v, least, f"group '{group}'", f"{key}.{group}", group)
             if budget[group] >= counts[group]:
                 raise too_many(budget[group], counts[group], group, f"{key}.{group}")
         return budget
@@ -76,6 +80,37 @@ def resolve_budget(config, adapter: Adapter, counts: dict[str, int], taken: int 
         raise AfterRemoval(key, f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
                             f"(groups {per}); keep at least one per group")
     return k
+
+
+def spreads(have: dict[str, int], count: int) -> list[dict[str, int]]:
+    """Every way `count` blocks removed by importance over the groups (`have` blocks each) may be
+    spread, {group: blocks it loses}: each group keeps at least one (remove_blocks.least_important);
+    none when the groups cannot give `count`."""
+    groups, out = list(have), []
+    for losses in itertools.product(*(range(min(count, have[g] - 1) + 1) for g in groups[:-1])):
+        last = count - sum(losses)
+        if 0 <= last < have[groups[-1]]:
+            out.append(dict(zip(groups, (*losses, last))))
+    return out
+
+
+def counts_after(config, adapter: Adapter, possible: list[dict[str, int]]) -> list[dict[str, int]]:
+    """The block counts per group the run may have after a removal (`config`), from each it may have
+    before it (`possible`): a budget per group or explicit blocks take theirs; a count or fraction
+    over all blocks of several groups is spread as importance picks (`spreads`); counts the removal
+    is refused at are left out (the run stops there). Each once, in order."""
+    out = []
+    for have in possible:
+        try:
+            budget = (resolve_budget(config, adapter, have) if config.blocks is None else
+                      {_group(adapter, g, f"blocks.{g}"): len(set(idx)) for g, idx in config.blocks.items()})
+        except UserError:
+            continue
+        for spread in [budget] if isinstance(budget, dict) else spreads(have, budget):
+            after = {g: n - spread.get(g, 0) for g, n in have.items()}
+            if after not in out:
+                out.append(after)
+    return out
 
 
 def most_taken(counts: dict[str, int], taken: int, group: str) -> int:
@@ -112,7 +147,8 @@ def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> di
         bad = [i for i in idx if not 0 <= i < n]
         if bad:
             raise BadValue(f"{path}.{list(idx).index(bad[0])}", f"remove_blocks: block index {bad[0]} out of "
-                                                              f"range for group '{group}' ({n} blocks: 0..{n - 1})")
+                                                              f"range for group '{group}' ({n} blocks: 0..{n - 1})",
+                           group=group)
         if len(idx) >= n:
             raise too_many(len(idx), n, group, path, teacher=True)
         out[group] = sorted(idx)
@@ -128,34 +164,53 @@ def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) ->
         gone = [j for j, t in enumerate(teacher) if t not in where]
         if gone:
             raise AfterRemoval(f"blocks.{g}.{gone[0]}", f"remove_blocks: block {g}.{teacher[gone[0]]} (teacher "
-                                                      "index) was already removed by an earlier pass")
+                                                      "index) was already removed by an earlier pass", group=g)
         drop[g] = sorted(where[t] for t in set(teacher))
     return drop
 
 
-def removes_nothing(config, counts: dict[str, int]) -> list[tuple[str, str]]:
+def removes_nothing(config, counts: dict[str, int],
+                    possible: list[dict[str, int]] | None = None) -> list[tuple[str, str]]:
     """(recipe key, message) where a count or fraction (that `resolve_budget` passed) removes no
     block: a fraction rounded down to none names the smallest that removes one; a pass that removes
-    no block at all (explicit blocks too: `blocks: {}`, `blocks: {blocks: []}`) says it changes nothing."""
+    no block at all (explicit blocks too: `blocks: {}`, `blocks: {blocks: []}`) says it changes nothing.
+    `possible`: the counts per group the run may have by then (removed_blocks.possible_counts; default
+    `counts`): a fraction that rounds down to none for some of them says for which."""
     key = one_of(config)
     value = getattr(config, key)
     nothing = ", so this pass changes nothing"
     if key == "blocks":
         return [] if any(value.values()) else [(key, f"remove_blocks: blocks removes no block{nothing}")]
+    possible = possible or [counts]
     items = list(value.items()) if isinstance(value, dict) else [(None, value)]
-    rounded, total = [], 0
+    rounded, totals = [], [0] * len(possible)
     for group, v in items:
-        n, path = (counts[group], f"{key}.{group}") if group else (sum(counts.values()), key)
-        k = _k_of(key, v, n, "", path)
-        total += k
-        if k == 0 and v > 0:  # a fraction, rounded down
-            spare = n - 1 if group else n - len(counts)  # blocks it may remove: each group keeps one
-            of = f"{n} blocks" + (f" of group '{group}'" if group else "")
-            rounded.append((path, f"remove_blocks: {path} {v} of {of} rounds down to no block", _smallest(n, spare)))
-    if total == 0 and len(items) == 1 and rounded:
+        path = f"{key}.{group}" if group else key
+        ns = [have[group] if group else sum(have.values()) for have in possible]
+        ks = [_k_of(key, v, n, "", path) for n in ns]
+        totals = [t + k for t, k in zip(totals, ks)]
+        if none := sorted({n for n, k in zip(ns, ks) if k == 0 and v > 0}):  # a fraction, rounded down
+            spare = min(ns) - (1 if group else len(counts))  # blocks it may remove: each group keeps one
+            rounded.append((path, _rounded_words(path, v, group, ns, none), _smallest(min(ns), spare)))
+    if not any(totals) and len(items) == 1 and rounded:
         return [(path, head + nothing + tail) for path, head, tail in rounded]
     out = [(path, head + tail) for path, head, tail in rounded]
-    return out if total else out + [(key, f"remove_blocks: {key} removes no block{nothing}")]
+    return out if any(totals) else out + [(key, f"remove_blocks: {key} removes no block{nothing}")]
+
+
+def _rounded_words(path: str, v: float, group: str | None, ns: list[int], none: list[int]) -> str:
+    """'remove_blocks: fraction.single 0.4 of 2 blocks of group 'single' rounds down to no block', of
+    `ns` blocks the run may find (several after removals that pick their groups at run time: 'of the
+    2–3 blocks ... rounds down to no block where it has 2'), `none` of which it rounds down for."""
+    lo, hi = min(ns), max(ns)
+    of = f" of group '{group}'" if group else ""
+    if lo == hi:
+        return f"remove_blocks: {path} {v} of {lo} blocks{of} rounds down to no block"
+    head = (f"remove_blocks: {path} {v} of the {lo}–{hi} blocks{of} that earlier removals may leave (they "
+            "pick theirs at run time) rounds down to no block")
+    if len(none) == len(set(ns)):
+        return f"{head} however they go"
+    return f"{head} where {'it has' if group else 'they are'} {none[-1]}{' or fewer' if len(none) > 1 else ''}"
 
 
 def _smallest(n: int, spare: int) -> str:

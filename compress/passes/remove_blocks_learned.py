@@ -70,7 +70,7 @@ class Window:
 def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | None,
                  block_map: dict[str, list[int]] | None = None, key: str = "window") -> list[Window]:
     """Windows of every group with a budget; when they cannot be made, an `AfterRemoval` on recipe key
-    `key` naming the group (the windows are cut from the blocks left: the runner says which earlier
+    `key` naming the group (its `group`, too; the windows are cut from the blocks left: the runner says which earlier
     passes removed blocks). block_map: {group: teacher index of each current block} (default: the same
     indices)."""
     out = []
@@ -80,7 +80,7 @@ def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | N
         try:
             spans = windows(counts[g], k, window)
         except ValueError as e:
-            raise AfterRemoval(key, f"remove_blocks: criterion learned, group '{g}': {e}") from None
+            raise AfterRemoval(key, f"remove_blocks: criterion learned, group '{g}': {e}", group=g) from None
         for start, size, remove in spans:
             if not remove:
                 continue  # nothing to choose: every block of this window stays

@@ -11,7 +11,9 @@ block past the ones left, a teacher index removed before, a count over the block
 removal's windows cut from them) is an `AfterRemoval`: the runner adds
 which passes removed blocks (runner_checks.removal_note) to those only. A module name that still
 exists but was renumbered (written with the teacher's index, it names another block) is a note,
-not an error (`renumbered_notes`): the meta model records each removal and its line for it.
+not an error (`renumbered_notes`): the meta model records each removal and its line for it, and the block
+counts per group the run may have (`possible_counts`: several where removals pick their groups at
+run time).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class MissingBlock(BadValue):
     now. `message`: the whole error; `base`: its first clause, which `explained` continues."""
 
     def __init__(self, key: str, message: str, base: str, block: tuple[str, str, int, int]):
-        super().__init__(key, message)
+        super().__init__(key, message, group=block[0])
         self.base, self.block = base, block
 
     def explained(self, teacher_counts: dict[str, int] | None,
@@ -46,8 +48,8 @@ class MissingBlock(BadValue):
         and earlier passes removed blocks of its group, else this error as it was."""
         words = removal_words(self.block, teacher_counts, block_map)
         if words is None:
-            return BadValue(self.key, str(self))
-        return AfterRemoval(self.key, f"{self.base}: {words}")
+            return BadValue(self.key, str(self), group=self.group)
+        return AfterRemoval(self.key, f"{self.base}: {words}", group=self.group)
 
 
 def planned_blocks(model: nn.Module, adapter: Adapter) -> dict:
@@ -110,9 +112,24 @@ def taken_unplaced(model: nn.Module) -> int:
 
 
 def forget_taken(model: nn.Module) -> None:
-    """A meta copy whose blocks a spread of the unplaced removals really removed holds none of them."""
+    """A meta copy whose blocks a spread of the unplaced removals really removed holds none of them,
+    and its block counts are the run's (`possible_counts`)."""
     if (planned := getattr(model, PLANNED_ATTR, None)) is not None:
-        setattr(model, PLANNED_ATTR, dict(planned, taken=0))
+        setattr(model, PLANNED_ATTR, {k: v for k, v in dict(planned, taken=0).items() if k != "possible"})
+
+
+def possible_counts(model: nn.Module, adapter: Adapter) -> list[dict[str, int]]:
+    """Every block count per group the run may find where plan's meta model is now: several after
+    removals that pick their groups at run time (one per way they may spread their blocks, as
+    `stamp_counts` recorded them), else the model's own."""
+    return getattr(model, PLANNED_ATTR, {}).get("possible") or [adapter.block_counts(model)]
+
+
+def stamp_counts(model: nn.Module, possible: list[dict[str, int]]) -> None:
+    """Records on plan's meta model the block counts the run may have after a removal (`possible_counts`;
+    remove_blocks_budget.counts_after)."""
+    if (planned := getattr(model, PLANNED_ATTR, None)) is not None:
+        setattr(model, PLANNED_ATTR, dict(planned, possible=possible))
 
 
 def with_removal(planned: dict, groups, run_time: bool) -> dict:
@@ -140,12 +157,12 @@ def renumbered_notes(patterns: Sequence[tuple[str, str]], infos: Sequence[Linear
         info = by_name.get(pattern)
         removals = [r for r in planned.get("removals", ()) if info is not None and info.group in r["groups"]]
         if removals:
-            words = _renumbered_words(info, pattern, planned, removals)
+            words = renumbered_words(info, pattern, planned, removals)
             out += [(key, f"svd.{key.split('.')[0]}: pattern {pattern!r}: {words}")] if words else []
     return out
 
 
-def _renumbered_words(info: LinearInfo, pattern: str, planned: dict, removals: list[dict]) -> str | None:
+def renumbered_words(info: LinearInfo, pattern: str, planned: dict, removals: list[dict]) -> str | None:
     """What a module name of block `info.block` names after `removals` of its group; None when it is
     the teacher's block of the same index."""
     block = re.match(r"(\w+)\.(\d+)\.", pattern)[0][:-1]  # transformer_blocks.1
@@ -162,3 +179,6 @@ def _renumbered_words(info: LinearInfo, pattern: str, planned: dict, removals: l
     now = f"is {attr}.{kept.index(index)} here" if index in kept else "was removed"
     return (f"{block} here is teacher block {kept[index]}: blocks are renumbered from 0 after {by} "
             f"(teacher block {index} {now})")
+
+
+_renumbered_words = renumbered_words  # svd_targets' import, until it names renumbered_words

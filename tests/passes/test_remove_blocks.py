@@ -358,6 +358,32 @@ def test_a_group_fraction_that_rounds_down_names_its_group_key(tmp_path):
     assert [k for k, _ in some.notes(model, get_adapter(model))] == [f"fraction.{g}"]
 
 
+SPREAD_2 = [{"double": 2, "single": 2}, {"double": 1, "single": 3}]  # after a bare count of 2 (double 2, single 4)
+
+
+@pytest.mark.parametrize("fraction, possible, said", [
+    ({"double": 0.4}, SPREAD_2, "fraction.double 0.4 of the 1–2 blocks of group 'double' that earlier removals may "
+                                "leave (they pick theirs at run time) rounds down to no block however they go, so "
+                                "this pass changes nothing"),
+    ({"single": 0.4}, SPREAD_2, "fraction.single 0.4 of the 2–3 blocks of group 'single' that earlier removals may "
+                                "leave (they pick theirs at run time) rounds down to no block where it has 2; the "
+                                "smallest fraction that removes one block is 0.5"),
+    (0.2, [{"double": 2, "single": 2}, {"double": 2, "single": 3}],
+     "fraction 0.2 of the 4–5 blocks that earlier removals may leave (they pick theirs at run time) rounds down to "
+     "no block where they are 4; the smallest fraction that removes one block is 0.25"),
+])
+def test_a_fraction_that_rounds_down_for_some_counts_the_run_may_find_says_which(fraction, possible, said):
+    """toy Flux (double 2, single 4) less a bare count of 2, groups picked at run time: 'double' has 1
+    or 2 blocks by then, 'single' 2 or 3. The warning took the fraction of every block (0.4 of 4
+    'single' blocks is 1: no word, though the run takes none of 2); now of each count the run may
+    find (`possible`: removed_blocks.possible_counts), saying for which it rounds down to none."""
+    from compress.passes.remove_blocks_budget import removes_nothing
+
+    config = RemoveBlocksConfig(fraction=fraction)
+    assert [m for _, m in removes_nothing(config, {"double": 2, "single": 4}, possible)] == [f"remove_blocks: {said}"]
+    assert removes_nothing(config, possible[0], possible[:1]) == removes_nothing(config, possible[0])  # as before
+
+
 def test_each_removal_pass_keeps_its_record_and_the_total_is_in_teacher_indices(tmp_path):
     """Two removal passes: report["remove_blocks"] kept the last one only, so report.json and the
     card lost the first pass's blocks. `passes` keeps each, `removed_total` all of them; the top
