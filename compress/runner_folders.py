@@ -14,8 +14,9 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.report import warn
+from compress.runner_kept import kept_in_words, saved_in_words, work_kept
 from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, finished_and_reusable,
-                                    interrupted_run, kept_in_words, recorded_fingerprint, saved_in_words, work_kept)
+                                    interrupted_run, recorded_fingerprint)
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
@@ -241,7 +242,7 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     one (--restart) was about to discard. `now`, `passes`: this run's resolved recipe and passes,
     compared as `check_run_folder` does (no `now`: not compared); saved work of another recipe is not
     offered to --resume, which would refuse it. What this run measured before the Ctrl-C and a rerun
-    reads back whether or not it resumes (runner_resume.measured_so_far: sampled calibration inputs among
+    reads back whether or not it resumes (runner_kept.measured_so_far: sampled calibration inputs among
     `inputs`, the cache files of this run's sampling calls; block statistics and output Fishers an svd pass kept under its
     teacher and calibration `fingerprint`, and the teacher samples a distill pass of `passes` still to run reads back;
     None: not known yet, so none measured) is said to be kept, beside

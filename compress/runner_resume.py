@@ -1,7 +1,8 @@
 """What a run is keyed and resumed by: the teacher's weights checksum, the fingerprint that keys the
 calibration caches, the recipe keys `--resume` compares (but those no result depends on) and the
 teacher's identity it compares, with the differences in words; and what an interrupted run left in
-its run folder (`interrupted_run`), which a run without --resume must not silently discard.
+its run folder (`interrupted_run`), which a run without --resume must not silently discard
+(runner_kept says it in words).
 Imports no torch: the CLI reads the run folder after a Ctrl-C that may come before torch is in."""
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ FINISHED = "finished.json"  # in the run folder's stages/: written once the run'
 # in the run folder's stages/, written by each run once it starts its passes: {"fingerprint": the one
 # (`fingerprint`) that keys its calib/<fingerprint>/ and teacher-sample caches}
 RUN_RECORD = "run.json"
+TEACHER_SAMPLES = Path("distill") / "teacher_samples"  # distill_data's caches: <key>/shard-*.safetensors
+SAMPLES_ABOUT = "about.json"  # in each: the fingerprint and distill keys of its key, its shard count
 
 
 def stage_dirs(run_dir: Path) -> list[tuple[int, Path]]:
@@ -278,21 +281,14 @@ def finished_and_reusable(run_dir: Path, now: dict, passes) -> int:
     return 0 if k is None else k + 1
 
 
-def saved_in_words(info: dict) -> str:
-    """'2 of 5 passes done, a distill checkpoint at step 275' for an `interrupted_run`."""
-    total = f" of {info['total']}" if info["total"] is not None else ""
-    words = [f"{info['done']}{total} pass{'' if info['done'] == 1 and not total else 'es'} done"]
-    if info["step"] is not None:
-        words.append(f"a distill checkpoint at step {info['step']}")
-    return ", ".join(words)
-
-
 def resume_note(run_dir: Path, recipe: Recipe, passes, fingerprint: str | None = None,
                 inputs: list[Path] | None = None) -> str:
     """'; RUN_DIR keeps its work (...): --resume continues from ...' where `run_dir` holds saved work
     of `recipe`'s unfinished run (after an error that stopped it), or what its svd pass, sampling
     calls or teacher sampling measured that a rerun reads back (`passes`, `fingerprint`, `inputs`: as
     `work_kept`), else ''."""
+    from compress.runner_kept import work_kept  # (it reads this module's names: imported here, not above)
+
     info = interrupted_run(run_dir, recipe.raw, passes)
     go_on = ""
     if info is not None:
@@ -304,112 +300,6 @@ def resume_note(run_dir: Path, recipe: Recipe, passes, fingerprint: str | None =
         else:
             go_on = f"--resume continues from pass {done + 1} (whose keys may change)"
     return work_kept(run_dir, info, go_on, fingerprint, inputs, passes)
-
-
-def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | None = None,
-              inputs: list[Path] | None = None, passes=()) -> str:
-    """What a stopped run (Ctrl-C, out of memory, a full disk, a lost peer) leaves a rerun, one
-    clause: '; RUN_DIR keeps its work (2 of 5 passes done, block statistics (9 files) measured so
-    far): GO_ON' for an `interrupted_run`'s `info`; with none (no pass saved), '; RUN_DIR keeps block
-    statistics (9 files) measured so far: a rerun ... reads back ...' where something was measured
-    (`measured_so_far` of `fingerprint` and `inputs`, and the teacher samples of the `passes` not
-    yet saved), else ''. With every pass done, what was measured is not named: --resume only writes the
-    output, reading none of it."""
-    if info is None:
-        measured = measured_so_far(run_dir, fingerprint, inputs, list(passes) if passes else None)
-        return (f"; {run_dir} keeps {measured} measured so far: a rerun of this recipe and teacher reads back "
-                "those it measured instead of measuring them again (keep the run folder)") if measured else ""
-    return f"; {run_dir} keeps its work ({kept_in_words(run_dir, info, fingerprint, inputs, passes)}): {go_on}"
-
-
-def kept_in_words(run_dir: Path, info: dict, fingerprint: str | None, inputs: list[Path] | None = None,
-                  passes=()) -> str:
-    """'2 of 5 passes done, block statistics (9 files) measured so far' for an `interrupted_run`'s
-    `info`: its saved passes and distill checkpoint (`saved_in_words`) and what its unfinished pass
-    measured, which --resume reads back (`measured_so_far` of `fingerprint`, `inputs` and the `passes`
-    not yet saved; none known: every pass's); with every pass done, only the passes."""
-    done = info["total"] is not None and info["done"] >= info["total"]
-    to_run = list(passes)[info["done"]:] if passes else None  # None: not known
-    measured = "" if done else measured_so_far(run_dir, fingerprint, inputs, to_run)
-    return saved_in_words(info) + (f", {measured} measured so far" if measured else "")
-
-
-def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=None) -> str:
-    """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files),
-    teacher samples (6 of 16 shards)': what
-    an interrupted run left that a rerun of the same recipe and teacher reads back instead of
-    computing it again ('' where nothing): each finished sampling call's records among `inputs`
-    (calib_pipeline.PipelineSource.call_files: the files of this run's calls, <hash>.pt; the folder
-    may also hold those of other prompts, which a rerun does not read), and under calib/<fingerprint>/<model>/ the
-    svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
-    and output Fishers (`saved_fishers`), and the teacher samples a distill pass among `to_run` reads
-    back (`teacher_samples_kept`); the statistics and Fishers only where an svd pass is among `to_run`
-    (None: the passes are not known), as no other pass reads them. Unfinished files (*.tmp*) are not counted."""
-    def count(n: int, unit: str) -> str:
-        return f"{n} {unit}{'' if n == 1 else 's'}"
-
-    calls = sum(1 for p in inputs if p.is_file()) if inputs else 0
-    svd_ahead = to_run is None or any(getattr(p, "name", None) == "svd" for p in to_run)
-    fingerprint_read = fingerprint if svd_ahead else None  # (after the last svd pass: read by none)
-    stats = sum(1 for _ in (Path(run_dir) / "calib" / fingerprint_read).glob("*/*.pt")) if fingerprint_read else 0
-    fishers = saved_fishers(run_dir, fingerprint_read)
-    kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
-        ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
-        ("output Fishers", fishers, "file")] if n]
-    written, shards = teacher_samples_kept(run_dir, fingerprint, to_run or ())
-    if written:
-        kept.append(f"teacher samples ({written} of {count(shards, 'shard')})")
-    return ", ".join(kept)
-
-
-def saved_fishers(run_dir: Path, fingerprint: str | None) -> int:
-    """How many output Fishers an interrupted svd pass left in the run folder for a rerun of the
-    same teacher and calibration (`fingerprint`, runner_resume.fingerprint):
-    calib/<fingerprint>/<model>/fisher-*/*.pt, kept beside its stats cache. Those of other
-    fingerprints (an earlier teacher or calibration) are not read back; no fingerprint: none."""
-    if not fingerprint:
-        return 0
-    return sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/fisher-*/*.pt"))
-
-
-def read_back_in_words(cache: Path) -> str:
-    """'block statistics (35 files), output Fishers (8 files)': what an svd pass's stats cache
-    folder `cache` (calib/<fingerprint>/<model digest>/) holds for it to read back, '' where nothing.
-    Unfinished files (*.tmp*) are not counted."""
-    stats = sum(1 for _ in Path(cache).glob("*.pt"))
-    fishers = sum(1 for _ in Path(cache).glob("fisher-*/*.pt"))
-    return ", ".join(f"{what} ({n} file{'' if n == 1 else 's'})"
-                     for what, n in (("block statistics", stats), ("output Fishers", fishers)) if n)
-
-
-TEACHER_SAMPLES = Path("distill") / "teacher_samples"  # distill_data's caches: <key>/shard-*.safetensors
-SAMPLES_ABOUT = "about.json"  # in each: the fingerprint and distill keys of its key, its shard count
-
-
-def teacher_samples_kept(run_dir: Path, fingerprint: str | None, to_run) -> tuple[int, int]:
-    """(shards written, shards in all) of the teacher-sample caches in `run_dir` that a distill pass
-    among `to_run` (the passes a rerun still runs) reads back: those whose about.json
-    (distill_data._write_about) holds this `fingerprint` (teacher, calibration and seed) and that pass's
-    num_samples, sample_steps, batch_size and guidance_scale, as the cache's key does. Caches of other
-    settings, or of an older dit-compress (no about.json), are not read back; no fingerprint: none."""
-    wanted = [_samples_keys(p.config) for p in to_run
-              if getattr(p, "name", None) == "distill" and getattr(p.config, "data", None) == "teacher_samples"]
-    written = shards = 0
-    for about in (Path(run_dir) / TEACHER_SAMPLES).glob(f"*/{SAMPLES_ABOUT}") if fingerprint and wanted else ():
-        try:
-            got = json.loads(about.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(got, dict) and got.get("fingerprint") == fingerprint and _samples_keys(got) in wanted:
-            written += sum(1 for _ in about.parent.glob("shard-*.safetensors"))
-            shards += got.get("shards") or 0
-    return written, shards
-
-
-def _samples_keys(config) -> tuple:
-    """(num_samples, sample_steps, batch_size, guidance_scale) of a DistillConfig or an about.json."""
-    keys = ("num_samples", "sample_steps", "batch_size", "guidance_scale")
-    return tuple(config.get(k) if isinstance(config, dict) else getattr(config, k, None) for k in keys)
 
 
 def resumed_in_words(done: int, names: list[str]) -> str:

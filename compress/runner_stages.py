@@ -20,9 +20,10 @@ from compress.passes.base import relative_error
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
+from compress.runner_kept import read_back_in_words
 from compress.runner_resume import (FINISHED, RUN_RECORD, inputs_change, not_kept_in_words, older_checksum,
-                                   passed_over_in_words, read_back_in_words, read_state, recipe_changes,
-                                   resumed_in_words, reusable_stage, stage_dirs, teacher_change)
+                                   passed_over_in_words, read_state, recipe_changes, resumed_in_words,
+                                   reusable_stage, stage_dirs, teacher_change)
 
 
 def stage_dir(runner, i: int) -> Path:

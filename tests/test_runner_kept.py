@@ -1,4 +1,6 @@
-"""A run that stops on an error (out of memory, a full disk) says what its run folder keeps, as a Ctrl-C does (runner.Runner._kept -> runner_resume.resume_note)."""
+"""A run that stops on an error (out of memory, a full disk) says what its run folder keeps, as a Ctrl-C does (runner.Runner._kept -> runner_resume.resume_note -> runner_kept.work_kept)."""
+import json
+
 import pytest
 
 from compress.cli import main
@@ -41,7 +43,7 @@ def test_block_statistics_are_named_only_where_an_svd_pass_still_runs(tmp_path):
     which --resume never reads. They are named while an svd pass is to run, or the passes are not known."""
     from types import SimpleNamespace
 
-    from compress.runner_resume import measured_so_far
+    from compress.runner_kept import measured_so_far
 
     for name in ("blocks-0.pt", "blocks-1.pt", "fisher-x/0.pt"):
         path = tmp_path / "calib" / "fp" / "start" / name
@@ -53,3 +55,41 @@ def test_block_statistics_are_named_only_where_an_svd_pass_still_runs(tmp_path):
     assert measured_so_far(tmp_path, "fp", None) == named
     assert measured_so_far(tmp_path, "fp", None, [distill]) == ""
     assert measured_so_far(tmp_path, "fp", None, []) == ""
+
+
+def test_an_errors_stop_names_the_block_statistics_and_fishers_kept_as_a_ctrl_c_does(tmp_path):
+    """After an out-of-memory, full-disk or lost-peer stop, resume_note said '1 of 2 passes done' (or
+    nothing, before the first pass was saved), though the svd pass's block statistics and output
+    Fishers under the run's fingerprint were kept and are read back; it names them as the Ctrl-C note
+    (runner_folders.interrupt_note) does, in the same words."""
+    from compress.recipe import parse_recipe
+    from compress.runner import build_passes
+    from compress.runner_folders import interrupt_note
+    from compress.runner_resume import resume_note
+
+    text = ("model: pixart\nteacher: toy:pixart\npasses:\n  - remove_blocks: {blocks: {blocks: [1]}}\n"
+            "  - svd: {targets: [mlp], ratio: 0.5}\n")
+    recipe = parse_recipe(text, "r.yaml")
+    passes = build_passes(recipe)
+    model = tmp_path / "calib" / "aaaa" / "0123456789abcdef"
+    (model / "fisher-4probes").mkdir(parents=True)
+    for name in ("blocks-0.pt", "blocks-1.pt", "fisher-4probes/0.pt"):
+        (model / name).write_bytes(b"")
+    (tmp_path / "calib" / "bbbb" / "x").mkdir(parents=True)
+    (tmp_path / "calib" / "bbbb" / "x" / "blocks-0.pt").write_bytes(b"")  # another fingerprint's: not read
+    measured = "block statistics (2 files), output Fishers (1 file) measured so far"
+    rerun = ("a rerun of this recipe and teacher reads back those it measured instead of measuring them again "
+             "(keep the run folder)")
+    assert resume_note(tmp_path, recipe, passes, "aaaa") == f"; {tmp_path} keeps {measured}: {rerun}"
+    assert resume_note(tmp_path, recipe, passes) == "" == resume_note(tmp_path, recipe, passes, "cccc")
+    stage = tmp_path / "stages" / "0-remove_blocks"
+    stage.mkdir(parents=True)
+    (stage / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
+    kept = f"; {tmp_path} keeps its work (1 of 2 passes done, {measured}): "
+    go_on = "--resume continues from pass 2 (whose keys may change)"
+    assert resume_note(tmp_path, recipe, passes, "aaaa") == kept + go_on
+    assert interrupt_note(tmp_path, False, recipe.raw, passes, "aaaa") == kept + "rerun with --resume to continue"
+    (tmp_path / "stages" / "1-svd").mkdir()  # every pass done: --resume only writes the output, reading none
+    (tmp_path / "stages" / "1-svd" / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
+    assert resume_note(tmp_path, recipe, passes, "aaaa") == (f"; {tmp_path} keeps its work (2 of 2 passes done): "
+                                                             "--resume only writes the output")

@@ -1,4 +1,4 @@
-"""What a stopped run's note says of the teacher samples its distill pass kept (runner_resume.teacher_samples_kept,
+"""What a stopped run's note says of the teacher samples its distill pass kept (runner_kept.teacher_samples_kept,
 through work_kept: the Ctrl-C note and an error's resume_note)."""
 
 import json

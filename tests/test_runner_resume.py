@@ -328,39 +328,3 @@ def test_resume_after_changing_the_last_pass_keeps_the_earlier_ones(pixart, monk
                                         r"done\): --resume keeps its first 1 pass \(with the same teacher\) and "
                                         r"runs the rest; add --restart"):
         runner("run", "out-d", "passes.1.svd.ratio=0.3").prepare()
-
-
-def test_an_errors_stop_names_the_block_statistics_and_fishers_kept_as_a_ctrl_c_does(tmp_path):
-    """After an out-of-memory, full-disk or lost-peer stop, resume_note said '1 of 2 passes done' (or
-    nothing, before the first pass was saved), though the svd pass's block statistics and output
-    Fishers under the run's fingerprint were kept and are read back; it names them as the Ctrl-C note
-    (runner_folders.interrupt_note) does, in the same words."""
-    from compress.runner_folders import interrupt_note
-    from compress.runner_resume import resume_note
-
-    text = ("model: pixart\nteacher: toy:pixart\npasses:\n  - remove_blocks: {blocks: {blocks: [1]}}\n"
-            "  - svd: {targets: [mlp], ratio: 0.5}\n")
-    recipe = parse_recipe(text, "r.yaml")
-    passes = build_passes(recipe)
-    model = tmp_path / "calib" / "aaaa" / "0123456789abcdef"
-    (model / "fisher-4probes").mkdir(parents=True)
-    for name in ("blocks-0.pt", "blocks-1.pt", "fisher-4probes/0.pt"):
-        (model / name).write_bytes(b"")
-    (tmp_path / "calib" / "bbbb" / "x").mkdir(parents=True)
-    (tmp_path / "calib" / "bbbb" / "x" / "blocks-0.pt").write_bytes(b"")  # another fingerprint's: not read
-    measured = "block statistics (2 files), output Fishers (1 file) measured so far"
-    rerun = ("a rerun of this recipe and teacher reads back those it measured instead of measuring them again "
-             "(keep the run folder)")
-    assert resume_note(tmp_path, recipe, passes, "aaaa") == f"; {tmp_path} keeps {measured}: {rerun}"
-    assert resume_note(tmp_path, recipe, passes) == "" == resume_note(tmp_path, recipe, passes, "cccc")
-    stage = tmp_path / "stages" / "0-remove_blocks"
-    stage.mkdir(parents=True)
-    (stage / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
-    kept = f"; {tmp_path} keeps its work (1 of 2 passes done, {measured}): "
-    go_on = "--resume continues from pass 2 (whose keys may change)"
-    assert resume_note(tmp_path, recipe, passes, "aaaa") == kept + go_on
-    assert interrupt_note(tmp_path, False, recipe.raw, passes, "aaaa") == kept + "rerun with --resume to continue"
-    (tmp_path / "stages" / "1-svd").mkdir()  # every pass done: --resume only writes the output, reading none
-    (tmp_path / "stages" / "1-svd" / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
-    assert resume_note(tmp_path, recipe, passes, "aaaa") == (f"; {tmp_path} keeps its work (2 of 2 passes done): "
-                                                             "--resume only writes the output")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from compress.io_output import load_transformer
-from compress.runner_resume import interrupted_run, saved_in_words
+from compress.runner_kept import saved_in_words
+from compress.runner_resume import interrupted_run
 from tests.runner_helpers import run_recipe, streamed_teacher
 
 
