@@ -8,7 +8,7 @@
   are sampled too, like CFG dropout; with `guidance_scale` > 1 the sampler guides against the empty
   prompt, as the pipelines do, else it does not), cached on disk in the folder format under
   `run_dir/distill/teacher_samples/<key>/` (with `about.json`: the settings of its key and its shard
-  count, which the note of an interrupted run reads, runner_resume.teacher_samples_kept); shards already
+  count, which the note of an interrupted run reads, runner_kept.teacher_samples_kept); shards already
   written are reused (an interrupted cache fills up where it stopped), so a second run or a resume
   samples nothing. While it samples, a bar "distill: teacher samples" (off a terminal, a line per tenth).
 Every source has `batch(batch_size, generator) -> (latents, cond)`; rows are drawn with the generator.
@@ -196,7 +196,7 @@ def _write_about(folder: Path, fingerprint: str, num_samples: int, steps: int, s
                  guidance_scale: float, shards: int) -> None:
     """The cache's about.json: the fingerprint and distill keys its folder's key is made of (the seed is
     the fingerprint's, the sampler the teacher's) and how many shards it fills, so an interrupted run
-    can say which caches --resume reads back and how far they got (runner_resume.teacher_samples_kept)."""
+    can say which caches --resume reads back and how far they got (runner_kept.teacher_samples_kept)."""
     about = {"fingerprint": fingerprint, "num_samples": num_samples, "sample_steps": steps,
              "batch_size": shard_size, "guidance_scale": guidance_scale, "shards": shards}
     tmp = folder / (SAMPLES_ABOUT + ".tmp")
