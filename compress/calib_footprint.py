@@ -39,24 +39,39 @@ def calibration_rows(recipe, kind: str, config, prompts: int, teacher: str = "")
 def row_tokens(recipe, kind: str, config, teacher: str = "") -> tuple[int, int]:
     """(residual-stream tokens, caption tokens kept beside it) of one row at the blocks; teacher: its
     source (a pipeline source samples in `calibration.pipeline` or in it)."""
+    image, text = image_tokens(recipe, kind, config, teacher), text_tokens(recipe, kind, teacher)
+    return (image + text, 0) if recipe.model == "flux" else (image, text)
+
+
+def image_tokens(recipe, kind: str, config, teacher: str = "") -> int:
+    """Image tokens of one row at the blocks (see row_tokens)."""
     c, family = recipe.calibration, recipe.model
     if kind == "synthetic":
-        image, text = SYNTHETIC_TOKENS, SYNTHETIC_TEXT_TOKENS
-    elif kind == "toy" or (c.pipeline or teacher).startswith("toy:"):  # the toy data or a toy pipeline
-        # the toys' latents (4, 8, 8): PixArt patches them, Flux packs 2 x 2; the toy text encoder's length
-        from compress.toy.text import MAX_TOKENS
+        return SYNTHETIC_TOKENS
+    if kind == "toy" or (c.pipeline or teacher).startswith("toy:"):  # the toy data or a toy pipeline
+        # the toys' latents (4, 8, 8): PixArt patches them, Flux packs 2 x 2
         from compress.toy.vae import LATENT_SIZE
 
-        image = (config.sample_size // config.patch_size) ** 2 if family == "pixart" else (LATENT_SIZE // 2) ** 2
-        text = MAX_TOKENS
-    else:
-        side = config.sample_size * 8 if family == "pixart" else FLUX_SIDE  # the pipelines' defaults
-        height, width = c.height or side, c.width or side
-        if family == "pixart":
-            height, width = pixart_binned(config.sample_size, height, width)
-        step = 8 * (config.patch_size if family == "pixart" else 2)  # VAE 8x, then patches
-        image, text = (height // step) * (width // step), PIPELINE_TEXT_TOKENS[family]
-    return (image + text, 0) if family == "flux" else (image, text)
+        return (config.sample_size // config.patch_size) ** 2 if family == "pixart" else (LATENT_SIZE // 2) ** 2
+    side = config.sample_size * 8 if family == "pixart" else FLUX_SIDE  # the pipelines' defaults
+    height, width = c.height or side, c.width or side
+    if family == "pixart":
+        height, width = pixart_binned(config.sample_size, height, width)
+    step = 8 * (config.patch_size if family == "pixart" else 2)  # VAE 8x, then patches
+    return (height // step) * (width // step)
+
+
+def text_tokens(recipe, kind: str, teacher: str = "") -> int:
+    """Text tokens of one row at the blocks: Flux's residual stream holds them beside the image's,
+    PixArt-Σ's blocks read them as the caption (see row_tokens); the teacher's config says nothing of them."""
+    c = recipe.calibration
+    if kind == "synthetic":
+        return SYNTHETIC_TEXT_TOKENS
+    if kind == "toy" or (c.pipeline or teacher).startswith("toy:"):  # the toy text encoder's length
+        from compress.toy.text import MAX_TOKENS
+
+        return MAX_TOKENS
+    return PIPELINE_TEXT_TOKENS[recipe.model]
 
 
 def pixart_binned(sample_size: int, height: int, width: int) -> tuple[int, int]:
@@ -174,6 +189,63 @@ def backward_bytes(f: dict, config, blocks: int) -> tuple[int, int]:
     per_block = (SAVED_PER_TOKEN * f["tokens"] + 2 * f["caption_tokens"]) * unit
     caption = f["caption_tokens"] * unit
     return blocks * per_block + caption, (blocks - 1) * f["tokens"] * unit + caption + per_block
+
+
+# An output Fisher's backward sweep (svd_fisher.output_fisher, _probe) over one calibration batch holds,
+# per tapped target, beside what autograd keeps: the zero tensor added to its output (its tap), the
+# gradients of the probe at hand and of the one before it (`grads` is still held while the next probe's
+# backward runs): three of its outputs, in the compute dtype (toy Flux, 44 targets, a batch of 64:
+# 37.5 MiB each, measured as the tensors' storages).
+TAP_COPIES = 3
+
+
+def tap_tokens(family: str, tap: dict, f: dict, text: int) -> int:
+    """Rows per calibration row of a tapped target's output: 1 for a linear reading one per sample
+    (modulation, timestep embedders: tap["per_sample"]), the caption's tokens for PixArt-Σ's
+    cross-attention keys and values (an input every block shares) and its caption projection, Flux's
+    text tokens for a double block's text-side linears (parts ctx_*) and its context embedder, the
+    image tokens for a double block's image side and its top level's, else the residual stream's.
+    tap: svd_statistics' (plan_memory); f: a `footprint`; text: `text_tokens`."""
+    if tap["per_sample"]:
+        return 1
+    if family == "pixart":
+        caption = tap["shared"] or tap["part"] == "caption"
+        return f["caption_tokens"] if caption else f["tokens"]
+    reads_text = tap["part"].startswith("ctx") or tap["part"] == "context"
+    if reads_text or tap["group"] in ("double", None):
+        return text if reads_text else f["tokens"] - text
+    return f["tokens"]
+
+
+def sweep_held_bytes(targets: list[dict], chunks: list[list[str]], itemsize: int, checkpointing: bool) -> int:
+    """Bytes an output Fisher's sweep holds for one calibration batch beside the backward's saved
+    activations and the Fishers, at the largest of its `chunks` (target names, svd_fisher.fisher_chunks:
+    one sweep taps only its chunk's targets). Per target {name, in, out, rows: of its output in one
+    batch, input: what it reads (one tensor for those of one key), dense: its Fisher kept as F}:
+    TAP_COPIES of its output (its tap, two probes' gradients), its input (svd_fisher.tapped keeps each
+    target's last input), and the float64 copy of the widest dense target's gradient rows with its gᵀg
+    and the new sum while they are added (FisherSum.add). With gradient checkpointing each probe's
+    backward reruns the blocks' forwards, whose hooks tap every target again: one output more each
+    (the rerun's tap, beside the one the backward differentiates). A target's "fisher" bytes, where
+    given, count with its chunk's (a block's Fishers, which no other part counts)."""
+    by_name = {t["name"]: t for t in targets}
+    copies = TAP_COPIES + (1 if checkpointing else 0)
+    held = 0
+    for chunk in chunks:
+        ts = [by_name[n] for n in chunk]
+        outputs = sum(t["out"] * t["rows"] for t in ts) * itemsize * copies
+        inputs = sum({t["input"]: t["in"] * t["rows"] for t in ts}.values()) * itemsize
+        adding = max((8 * (t["rows"] * t["out"] + 2 * t["out"] ** 2) for t in ts if t["dense"]), default=0)
+        fishers = sum(t.get("fisher", 0) for t in ts)
+        held = max(held, outputs + inputs + adding + fishers)
+    return held
+
+
+def block_backward_bytes(f: dict, plain: int, blocks: int) -> int:
+    """Bytes one block's backward keeps for one calibration batch (its share of `backward_bytes`:
+    `plain` is that of `blocks` blocks, PixArt-Σ's caption once beside them). f: a `footprint`."""
+    per_block = SAVED_PER_TOKEN * f["tokens"] + 2 * f["caption_tokens"]  # in units of one token's width
+    return plain * per_block // (blocks * per_block + f["caption_tokens"]) if blocks else 0
 
 
 def skip_scan_bytes(f: dict, config, blocks: int) -> int:

@@ -245,3 +245,20 @@ def test_the_footprints_probe_is_probe_bytes_of_its_block_copies(tmp_path, svd):
         (SAVED_PER_TOKEN * f["tokens"] + 2 * (f["tokens"] + f["caption_tokens"])) * width * 4)
     assert f["probe_bytes"] == before == probe_bytes(f["block_copies"], f["tokens"], f["caption_tokens"], width, 4)
     assert f["block_copies"] == block_copies(recipe)
+
+
+def test_a_fisher_sweep_holds_the_taps_of_its_own_chunk_only():
+    """fisher_memory_gb splits the targets into sweeps that each tap only their chunk: the sweep that
+    holds most counts, not every target at once; targets of one input hold it once."""
+    from compress.calib_footprint import TAP_COPIES, sweep_held_bytes
+
+    def target(name, rows, key, out=10, dense=False):
+        return {"name": name, "in": 4, "out": out, "rows": rows, "input": key, "dense": dense}
+
+    targets = [target("q", 6, "x"), target("k", 6, "x"), target("o", 2, "o.in")]
+    one = sweep_held_bytes(targets, [["q", "k", "o"]], 2, False)
+    assert one == 2 * (TAP_COPIES * 10 * (6 + 6 + 2) + 4 * (6 + 2))
+    assert sweep_held_bytes(targets, [["q"], ["k"], ["o"]], 2, False) == 2 * (TAP_COPIES * 60 + 24)
+    assert sweep_held_bytes(targets, [["q", "k", "o"]], 2, True) == one + 2 * 10 * 14  # the rerun's taps
+    dense = [target("q", 6, "x", out=3, dense=True)]
+    assert sweep_held_bytes(dense, [["q"]], 2, False) == 2 * (TAP_COPIES * 18 + 24) + 8 * (18 + 2 * 9)

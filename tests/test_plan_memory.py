@@ -93,7 +93,9 @@ def test_fisher_memory_gb_auto_is_sized_at_what_is_free_once_the_run_holds_its_w
 
     plan = _plan(monkeypatch, "flux-dev-deep.yaml", free=139 * 2**30)
     fisher = plan["passes"][2]["fisher"]
-    resident = sum(p["bytes"] for p in plan["memory"]["other"]["parts"][:2])  # weights, activations
+    memory = plan["memory"]
+    calibrating = next(m for m in (memory, memory["other"]) if m["while"] is None)
+    resident = sum(p["bytes"] for p in calibrating["parts"][:2])  # weights, activations
     assert fisher["resident_bytes"] == resident and "target_bytes" not in fisher
     assert fisher["sweep_gib"] == round((139 * 2**30 - resident) / 2 / 2**30, 1) == 42.1
     small = _plan(monkeypatch, "flux-dev-deep.yaml", free=24 * 2**30)["passes"][2]["fisher"]
@@ -266,3 +268,77 @@ def test_statistics_of_targets_no_block_holds_are_named_without_a_block(tmp_path
     assert plan["passes"][0]["statistics"]["where"] is None
     words = [p["what"] for p in plan["memory"]["parts"] if p["what"].startswith("svd statistics")]
     assert words == ["svd statistics (float64; held over the whole walk, no block's own)"]
+
+
+def _tapped_bytes(model, family: str, recipe, names: list[str]) -> tuple[int, int, int]:
+    """(its targets' outputs, their distinct inputs, the widest float64 Fisher update) in bytes, as an
+    output Fisher sweep taps them on the run's first calibration batch (svd_fisher.tapped)."""
+    import torch
+
+    from compress.arch import get_adapter
+    from compress.inputs import SyntheticSource
+    from compress.passes.svd_fisher import tapped
+
+    batch = SyntheticSource(family, recipe.calibration, model.config).calibration()[0]
+    with tapped(model, names) as (inputs, outputs), torch.enable_grad():
+        get_adapter(model).predict(model, batch)
+    taps = sum(z.numel() * z.element_size() for z in outputs.values())
+    storages = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes() for x in inputs.values()}
+    adding = max(8 * (z.numel() + 2 * z.shape[-1] ** 2) for z in outputs.values())  # (rows, out) and gᵀg
+    return taps, sum(storages.values()), adding
+
+
+@pytest.mark.parametrize("family, targets", [("flux", "[attention, mlp]"),
+                                             ("pixart", "[attention, cross_attention, mlp]")])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_an_output_fisher_sweep_counts_its_taps_gradients_and_inputs(monkeypatch, tmp_path, family, targets,
+                                                                      checkpointing):
+    """plan left out what an output Fisher's sweep taps: per target a zero tap on its output and the
+    gradients of two probes (the one before is held while the next runs), and its input, which the tap
+    keeps; with gradient checkpointing each probe's backward reruns the blocks and taps them again.
+    The toy recipes' runs peaked about 0.25 GiB above the plan (0.68-0.70x): the toy Flux's 44 targets tap
+    37.5 MiB of outputs a batch. Counted as the tensors a tapped forward makes (Flux's double blocks read
+    the image tokens on one side, the text tokens on the other; PixArt-Σ's cross-attention keys and values
+    the caption), doubling with the batch."""
+    import compress.plan_memory as pm
+    from tests.conftest import tiny_flux, tiny_pixart
+
+    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    make = tiny_flux if family == "flux" else tiny_pixart
+    make().save_pretrained(tmp_path / "teacher")
+    sizes = {}
+    for batch in (4, 8):
+        text = (f"model: {family}\nteacher: {tmp_path / 'teacher'}\ndevice: cpu\n"
+                f"calibration: {{source: synthetic, num_prompts: 8, timesteps: 1, batch_size: {batch}}}\n"
+                f"passes:\n  - svd: {{targets: {targets}, ratio: 0.5, multiple: 2, fisher: all, "
+                f"gradient_checkpointing: {str(checkpointing).lower()}, progress: false}}\n")
+        recipe = parse_recipe(text, str(tmp_path / "plan.yaml"))
+        plan = make_plan(recipe)
+        memory = plan["memory"]
+        (part,) = [p for p in memory["parts"] + memory["steps_smaller"] if "taps" in p["what"]]
+        assert part["what"] == ("an output Fisher's backward of one calibration batch: its targets' taps, two "
+                                "probes' gradients and their inputs")
+        assert part["keys"] == ["calibration.batch_size", "passes.0.svd.targets", "passes.0.svd.fisher_memory_gb"]
+        assert "taps" not in plan["passes"][0]["statistics"]  # read, then left out of plan --json
+        taps, inputs, adding = _tapped_bytes(make(), family, recipe, plan["passes"][0]["targets"])
+        assert part["bytes"] == (4 if checkpointing else 3) * taps + inputs + adding
+        sizes[batch] = part["bytes"] - adding
+    assert sizes[8] == 2 * sizes[4]
+
+
+def test_fisher_block_and_the_fishers_square_roots_are_counted_while_the_walk_holds_its_statistics():
+    """toy-pixart-stream (fisher: block) planned 0.55 GiB where its run peaked at 0.65 GiB: nothing
+    counted a block's own output Fisher (its backward, taps and Fishers) nor the square roots L, L⁻¹
+    that the pass keeps of every target factorized so far, up to fisher_memory_gb (svd_fisher.Roots)."""
+    from compress.recipe import load_recipe
+
+    plan = make_plan(load_recipe(RECIPES / "toy-pixart-stream.yaml"))
+    memory = plan["memory"]
+    parts = {p["what"]: p for p in memory["parts"] + memory["steps_smaller"]}
+    roots = parts["the output Fishers' square roots kept for the targets factorized (L and L⁻¹, float64)"]
+    outs = [4 * 128 if t.endswith("ff.net.0.proj") else 128 for t in plan["passes"][0]["targets"]]  # hidden 128
+    assert roots["bytes"] == sum(16 * out**2 for out in outs)  # all of them: less than fisher_memory_gb
+    block = next(p for w, p in parts.items() if w.startswith("a block's output Fisher (fisher: block)"))
+    assert block["bytes"] > plan["backward"][0] // 6 + 8 * 512**2  # one block's backward of a batch, its Fishers
+    resident = make_plan(load_recipe(RECIPES / "toy-pixart.yaml"))["memory"]  # fisher: all, no block's own
+    assert not any(p["what"].startswith("a block's output Fisher") for p in resident["parts"] + resident["steps_smaller"])
