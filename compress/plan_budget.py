@@ -1,6 +1,7 @@
 """`plan`'s bounds where a recipe decides at run time: svd passes whose ranks are decided after
 calibration (allocation global or energy), their budgets, and removals whose blocks importance picks,
-so the planned totals and distill's student are upper bounds that hold."""
+so the planned totals and distill's student are upper bounds that hold; and a removal's blocks per
+group after such removals, as the ranges the run may find (`count_ranges`)."""
 
 from __future__ import annotations
 

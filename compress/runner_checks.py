@@ -27,8 +27,9 @@ from compress.report import warn
 
 def checked_in_order(passes, specs, model, adapter, inputs: str | None = None, calibration=None):
     """Each pass's config checked in recipe order against `model`, which takes each pass's planned
-    changes (`apply_planned`) in turn; yields (pass, spec) after the pass is checked and its notes
-    said, before it is applied (what `plan` reports of it). Errors name the recipe file and the line
+    changes (`apply_planned`) in turn, and records on it the block counts per group the run may have
+    after each removal (removed_blocks.possible_counts); yields (pass, spec) after the pass is checked
+    and its notes said, before it is applied (what `plan` reports of it). Errors name the recipe file and the line
     (or the --set) of the key they are about (`PassSpec.where`), and those about blocks earlier
     passes removed say which (`removal_note`). `inputs`: the calibration source's kind
     (inputs.source_kind: toy, pipeline, synthetic), for `check_data`; None: not checked. `calibration`:
