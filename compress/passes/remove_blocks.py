@@ -28,7 +28,8 @@ from compress.passes.remove_blocks_budget import (block_sizes, check_explicit, d
 from compress.passes.remove_blocks_config import RemoveBlocksConfig, _biased
 from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
                                                    window_key)
-from compress.passes.removed_blocks import PLANNED_ATTR, planned_blocks, taken_unplaced, teacher_view, with_removal
+from compress.passes.removed_blocks import (PLANNED_ATTR, planned_blocks, possible_counts, taken_unplaced,
+                                            teacher_view, with_removal)
 from compress.report import console, note
 from compress.report_card import _gone, _how
 
@@ -191,7 +192,8 @@ class RemoveBlocksPass(Pass):
         """A count or fraction that removes no block (a fraction rounded down: the smallest that
         removes one), a learned removal whose estimator is likely biased, buckets other than the
         default (`idle_buckets`) (the runner warns once, at its key)."""
-        return (removes_nothing(self.config, adapter.block_counts(model)) + _biased(self.config)
+        possible = possible_counts(model, adapter)  # several where earlier removals pick groups at run time
+        return (removes_nothing(self.config, adapter.block_counts(model), possible) + _biased(self.config)
                 + idle_buckets(self.config))
 
     def check_streaming(self) -> None:

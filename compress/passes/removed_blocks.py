@@ -181,4 +181,3 @@ def renumbered_words(info: LinearInfo, pattern: str, planned: dict, removals: li
             f"(teacher block {index} {now})")
 
 
-_renumbered_words = renumbered_words  # svd_targets' import, until it names renumbered_words

@@ -15,8 +15,8 @@ from torch import nn
 from compress.alloc import DENSE, LayerSpec, per_role, ratio_rank
 from compress.arch.base import ROLES, Adapter, LinearInfo
 from compress.errors import BadValue, did_you_mean
-from compress.passes.removed_blocks import (MissingBlock, _renumbered_words, past_the_blocks, removal_words,
-                                            renumbered_notes)
+from compress.passes.removed_blocks import (MissingBlock, past_the_blocks, removal_words, renumbered_notes,
+                                            renumbered_words)
 
 OUTPUT_GRAM_MIN_IN = 8192  # inputs wider than this (and wider than the output) use Σ yᵀy
 
@@ -114,7 +114,7 @@ def renumbered_pattern_notes(patterns: Sequence[tuple[str, str]], infos: Sequenc
 
 def _regex_renumbered_words(regex: str, infos: Sequence[LinearInfo], planned: dict) -> str | None:
     """What a regex naming blocks by their index names after removals of their group: each block it
-    names that is not the teacher's of the same index, as a module name is told (`_renumbered_words`),
+    names that is not the teacher's of the same index, as a module name is told (`renumbered_words`),
     and each it names past the blocks left (`removal_words`); None where every block it names is."""
     said = []  # (block, words)
     for group, (attr, have, suffixes) in _block_suffixes(infos).items():
@@ -123,7 +123,7 @@ def _regex_renumbered_words(regex: str, infos: Sequence[LinearInfo], planned: di
             continue
         for n in _indexed(regex, attr, suffixes, range(max(planned["teacher_counts"].get(group, have), have))):
             hit = next((i for i in infos if i.group == group and i.block == n and re.search(regex, i.name)), None)
-            words = (_renumbered_words(hit, hit.name, planned, removals) if hit is not None else
+            words = (renumbered_words(hit, hit.name, planned, removals) if hit is not None else
                      removal_words((group, attr, n, have), planned["teacher_counts"], planned["block_map"]))
             said += [(f"{attr}.{n}", words)] if words else []
     if not said:

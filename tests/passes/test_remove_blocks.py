@@ -483,3 +483,18 @@ def test_buckets_change_no_choice_and_are_warned_at_their_line(tmp_path, capsys)
     assert "buckets" not in capsys.readouterr().err
     before, now = (parse_recipe(text.replace("B", b), "r.yaml") for b in "73")
     assert recipe_changes(before.raw, now.raw, [RemoveBlocksPass(now.passes[0].config)]) == []
+
+
+def test_a_fraction_per_group_after_a_spread_removal_is_warned_of_the_blocks_the_run_may_find(capsys):
+    """toy Flux (double 2, single 4): remove_blocks {count: 2} leaves 'double' 1 or 2 blocks and
+    'single' 2 or 3. {fraction: {single: 0.4}} was taken of all 4 'single' blocks (1: no warning),
+    though the run takes none where 'single' has 2; 0.4 of 'double' was said to round down 'of 2'."""
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+
+    head = "model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 2}\n"
+    make_plan(parse_recipe(head + "  - remove_blocks: {fraction: {single: 0.4, double: 0.4}}\n", "r.yaml"))
+    said = " ".join(capsys.readouterr().err.split())
+    assert ("warning: r.yaml:5: remove_blocks: fraction.single 0.4 of the 2–3 blocks of group 'single' that earlier "
+            "removals may leave (they pick theirs at run time) rounds down to no block where it has 2") in said, said
+    assert "fraction.double 0.4 of the 1–2 blocks of group 'double'" in said and "of 2 blocks" not in said, said
