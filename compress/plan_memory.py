@@ -64,8 +64,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
             block.append(_part("within-block sequential calibration's one-row probe", f["probe_bytes"],
                                ["teacher"],
                                " or ".join(f"{k}: false" for k in _svd_keys(recipe, "sequential"))))
-        roots = _fisher_roots(recipe, plan, taps)
-        passing.append(_statistics(plan) + ([max(block, key=lambda p: p["bytes"])] if block else []) + roots)
+        passing.append(_statistics(plan) + ([max(block, key=lambda p: p["bytes"])] if block else []))
     pipeline = _pipeline(recipe, plan) if calibrates else None
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:  # sized at what is free once the weights and activations are there
@@ -75,6 +74,8 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
         if "streamed_scan" in step:
             passing.append([_part("a streamed skip scan's residual streams of one batch",
                                   step["streamed_scan"]["batch_bytes"], ["calibration.batch_size", "teacher"])])
+    if calibrates:  # beside the walk's statistics, once fisher_memory_gb auto is settled
+        passing[0] += _fisher_roots(recipe, plan, taps)
     if pipeline and pipeline["bytes"]:
         passing.append([pipeline["part"]])  # moved there for sampling, with the inputs it captures
     passing = sorted([p for p in passing if p], key=lambda ps: -sum(p["bytes"] for p in ps))

@@ -98,6 +98,9 @@ def test_fisher_memory_gb_auto_is_sized_at_what_is_free_once_the_run_holds_its_w
     resident = sum(p["bytes"] for p in calibrating["parts"][:2])  # weights, activations
     assert fisher["resident_bytes"] == resident and "target_bytes" not in fisher
     assert fisher["sweep_gib"] == round((139 * 2**30 - resident) / 2 / 2**30, 1) == 42.1
+    # the square roots of the Fishers the pass keeps: up to that share (svd_fisher.Roots), and the newest
+    roots = next(p for p in calibrating["parts"] + memory["steps_smaller"] if p["what"].startswith("the output Fishers'"))
+    assert roots["bytes"] == int(42.1 * 2**30 + 16 * 12288**2)  # Flux.1-dev's widest output: its MLP's
     small = _plan(monkeypatch, "flux-dev-deep.yaml", free=24 * 2**30)["passes"][2]["fisher"]
     assert small["sweep_gib"] == 1.0 and small["sweeps"] > fisher["sweeps"]  # less than it holds: at least 1 GiB
     print_plan(plan)
