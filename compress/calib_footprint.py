@@ -217,7 +217,8 @@ def tap_tokens(family: str, tap: dict, f: dict, text: int) -> int:
     return f["tokens"]
 
 
-def sweep_held_bytes(targets: list[dict], chunks: list[list[str]], itemsize: int, checkpointing: bool) -> int:
+def sweep_held_bytes(targets: list[dict], chunks: list[list[str]], itemsize: int, checkpointing: bool,
+                     probes: int = 2) -> int:
     """Bytes an output Fisher's sweep holds for one calibration batch beside the backward's saved
     activations and the Fishers, at the largest of its `chunks` (target names, svd_fisher.fisher_chunks:
     one sweep taps only its chunk's targets). Per target {name, in, out, rows: of its output in one
@@ -226,10 +227,11 @@ def sweep_held_bytes(targets: list[dict], chunks: list[list[str]], itemsize: int
     target's last input), and the float64 copy of the widest dense target's gradient rows with its gᵀg
     and the new sum while they are added (FisherSum.add). With gradient checkpointing each probe's
     backward reruns the blocks' forwards, whose hooks tap every target again: one output more each
-    (the rerun's tap, beside the one the backward differentiates). A target's "fisher" bytes, where
+    (the rerun's tap, beside the one the backward differentiates). One probe (svd.fisher_probes: 1)
+    holds one gradient fewer. A target's "fisher" bytes, where
     given, count with its chunk's (a block's Fishers, which no other part counts)."""
     by_name = {t["name"]: t for t in targets}
-    copies = TAP_COPIES + (1 if checkpointing else 0)
+    copies = TAP_COPIES - (1 if probes < 2 else 0) + (1 if checkpointing else 0)
     held = 0
     for chunk in chunks:
         ts = [by_name[n] for n in chunk]

@@ -237,7 +237,8 @@ def _fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict]
     targets = _tapped(recipe, plan, index, [t for t in taps if prediction_fisher(c, SimpleNamespace(role=t["role"]))])
     budget = fisher["sweep_gib"] * 2**30 if fisher["memory_gb"] == "auto" else float(fisher["memory_gb"]) * 2**30
     chunks = fisher_chunks(_infos(targets), budget, {t["name"]: t["fisher_rows"] for t in targets if t["fisher_rows"]})
-    size = sweep_held_bytes(targets, chunks, plan["calibration"]["itemsize"], fisher["gradient_checkpointing"])
+    size = sweep_held_bytes(targets, chunks, plan["calibration"]["itemsize"], fisher["gradient_checkpointing"],
+                            c.fisher_probes)
     keys = ["calibration.batch_size", f"passes.{index}.svd.targets"]
     return _part("an output Fisher's backward of one calibration batch: its targets' taps, two probes' gradients "
                  "and their inputs", size, keys + ([] if fisher["memory_gb"] == "auto" else
@@ -265,7 +266,7 @@ def _block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict
             blocks.setdefault((t["group"], t["block"]), []).append({**t, "fisher": fisher_bytes(t["out"], t["fisher_rows"])})
         for ts in blocks.values():
             chunks = fisher_chunks(_infos(ts), budget, {t["name"]: t["fisher_rows"] for t in ts if t["fisher_rows"]})
-            found.append((backward + sweep_held_bytes(ts, chunks, f["itemsize"], False), index))
+            found.append((backward + sweep_held_bytes(ts, chunks, f["itemsize"], False, c.fisher_probes), index))
     if not found:
         return []
     size, index = max(found)

@@ -260,5 +260,6 @@ def test_a_fisher_sweep_holds_the_taps_of_its_own_chunk_only():
     assert one == 2 * (TAP_COPIES * 10 * (6 + 6 + 2) + 4 * (6 + 2))
     assert sweep_held_bytes(targets, [["q"], ["k"], ["o"]], 2, False) == 2 * (TAP_COPIES * 60 + 24)
     assert sweep_held_bytes(targets, [["q", "k", "o"]], 2, True) == one + 2 * 10 * 14  # the rerun's taps
+    assert sweep_held_bytes(targets, [["q", "k", "o"]], 2, False, probes=1) == one - 2 * 10 * 14  # no gradient before
     dense = [target("q", 6, "x", out=3, dense=True)]
     assert sweep_held_bytes(dense, [["q"]], 2, False) == 2 * (TAP_COPIES * 18 + 24) + 8 * (18 + 2 * 9)
