@@ -23,17 +23,18 @@ from compress.calib_pipeline import check_size
 from compress.calib_prompts import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
-from compress.plan_budget import (budget_savings, budgeted_layers, count_ranges, decided_later, distill_student,
-                                 range_words, ranged_keys, removal_shares, retargeted, smallest_blocks, spare_bound)
+from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, count_ranges, decided_later,
+                                 distill_student, range_words, ranged_keys, removal_shares, retargeted, smallest_blocks,
+                                 spare_bound)
 from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory, svd_statistics
 from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
                                 teacher_given)
 from compress.passes import build_passes
 from compress.passes.remove_blocks_budget import counts_after
-from compress.passes.removed_blocks import planned_blocks, possible_counts, taken_unplaced
+from compress.passes.removed_blocks import planned_blocks, possible_counts
 from compress.passes.svd import LATER
 from compress.report import console, layer_rows, note, param_count, results, warn
-from compress.runner_checks import checked_in_order, takes_as_run
+from compress.runner_checks import checked_in_order
 from compress.runner_stream import check_streaming, streamed_weights
 from compress.stream_files import check_streamable
 
@@ -107,11 +108,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     steps, scores, later, unplaced, uneven = [], ScoresSoFar(), [], [], []
     budgeted = []  # per entry of `later`: its dense targets on the meta model (budgeted_layers)
     removals_before = []  # per entry of `later`: the unplaced removals before its pass
-    total_open = False  # a fraction per group after unplaced removals that may take more than plan's
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs, recipe.calibration):  # then applied
         named = dict(model.named_modules())  # as the pass finds the model: the names its targets use
-        total_open = total_open or not takes_as_run(p.config, adapter, adapter.block_counts(model),
-                                                    taken_unplaced(model))
         step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
         if isinstance(step.get("blocks_before"), dict):  # a removal: its counts as the run may find them
             possible = possible_counts(model, adapter)
@@ -147,8 +145,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "calibration": calib,
         "backward": backward_bytes(calib, model.config, sum(counts.values())),
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
-        "blocks_after": counts, "blocks_after_is": "at most" if unplaced else "exact",
-        "blocks_after_total": sum(counts.values()) - taken, "blocks_after_total_is": "at most" if total_open else "exact",
+        **blocks_left(possible_counts(model, adapter)),
         "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": param_count(model),
         "params_after_is": "at most" if later or unplaced or uneven else "exact",

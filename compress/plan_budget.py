@@ -168,3 +168,16 @@ def ranged_keys(step: dict) -> set[str]:
 def range_words(least: dict[str, int], most: dict[str, int]) -> str:
     """'{"double": 1–2, "single": 2}': each group's fewest–most blocks, one number where they agree."""
     return "{" + ", ".join(f'"{g}": {least[g]}' + (f"–{n}" if n != least[g] else "") for g, n in most.items()) + "}"
+
+
+def blocks_left(possible: list[dict[str, int]]) -> dict:
+    """Plan's blocks after every pass from the block counts per group the run may have then
+    (removed_blocks.possible_counts: several after removals that pick their groups at run time):
+    blocks_after the most each group may have, blocks_after_min the fewest; blocks_after_total the
+    most in all, blocks_after_total_min the fewest; each `_is` "exact" where they agree, else "at most"."""
+    most = {g: max(n[g] for n in possible) for g in possible[0]}
+    least = {g: min(n[g] for n in possible) for g in possible[0]}
+    totals = [sum(n.values()) for n in possible]
+    return {"blocks_after": most, "blocks_after_min": least, "blocks_after_is": "exact" if least == most else "at most",
+            "blocks_after_total": max(totals), "blocks_after_total_min": min(totals),
+            "blocks_after_total_is": "exact" if min(totals) == max(totals) else "at most"}

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 
 from compress.errors import BadValue, UserError
-from compress.passes.remove_blocks_budget import counts_after, resolve_budget, spreads
+from compress.passes.remove_blocks_budget import counts_after, spreads
 from compress.passes.removed_blocks import (AfterRemoval, forget_taken, possible_counts, stamp_counts, stamp_line,
                                             taken_unplaced)
 from compress.passes.svd_planned import stamp_planned
@@ -99,17 +99,15 @@ def _warn_notes(p, spec, model, adapter, calibration=None, inputs: str | None = 
 
 class SpreadRemovals:
     """The removals seen so far whose groups are decided at run time (`Pass.unplaced`), and what a
-    later pass does under them. Their blocks may be spread over the groups in any way that leaves
-    each group one block (`spreads`, as `least_important` picks); a later pass is checked where each
-    group loses the most it can (`worst_spreads`): failing there it is warned, failing for every
-    spread it is refused, as the run would refuse it whichever blocks the removal picks."""
+    later pass does under them. The run may find any of the block counts per group plan's meta model
+    recorded (removed_blocks.possible_counts: their blocks spread over the groups in any way that
+    leaves each group one, `spreads`, as `least_important` picks, and what later removals take of the
+    blocks left); a later pass is checked where each group loses the most it can (`worst_spreads`):
+    failing there it is warned, failing for every count it is refused, as the run would refuse it
+    whichever blocks the removal picks."""
 
     def __init__(self):
-        # exact: the meta model's block counts are the run's, less the unplaced blocks; not after a
-        # fraction per group while blocks are unplaced that takes other than the run would for some
-        # spread of them (`takes_as_run`) (how many blocks they take: plan's meta model records it,
-        # removed_blocks.taken_unplaced)
-        self.lines, self.exact = [], True
+        self.lines = []
 
     def check(self, p, spec, model, adapter) -> None:
         """Refuses or warns if `p` fails for some spread of the unplaced blocks; then records `p`'s
@@ -117,57 +115,47 @@ class SpreadRemovals:
         count = taken_unplaced(model)
         if count:
             self._check_spreads(p, spec, model, adapter, count)
-            self.exact = self.exact and takes_as_run(p.config, adapter, adapter.block_counts(model), count)
         if p.unplaced(model, adapter):
             self.lines.append(spec.line)
 
     def _check_spreads(self, p, spec, model, adapter, count: int) -> None:
-        """Warns (the first group whose worst case fails `p`) or refuses (every spread fails it;
-        a BadValue of the error's key, which `_named` places) over the spreads of `count` blocks."""
+        """Warns (the first group whose worst case fails `p`) or refuses (every case fails it; a
+        BadValue of the error's key, which `_named` places) over what the run may find: the blocks
+        each group has lost of the meta model's (`losses`), `count` of them unplaced."""
         have = adapter.block_counts(model)
-        every, tried = spreads(have, count), {}
-        if not every:  # only where plan's counts are not the run's (`exact`): nothing to check them on
+        every, tried = losses(have, possible_counts(model, adapter), count), {}
+        if not every:  # no count the run may find is recorded (the removals before refused every one)
             return
-        failed = [(s, e) for s in worst_spreads(have, count)
-                  if (e := _failure(p, model, adapter, s, tried)) is not None]
-        if failed and self.exact and all(_failure(p, model, adapter, s, tried) is not None for s in every):
+        failed = [(s, e) for s in worst_spreads(every) if (e := _failure(p, model, adapter, s, tried)) is not None]
+        if failed and all(_failure(p, model, adapter, s, tried) is not None for s in every):
             spread, e = _tightest(every, tried, failed[0], _group_of(failed[0][1], p.config, adapter))
-            words = (f"{e} — where {_by(self.lines, spread, count)}; {_it(self.lines)} by importance at "
-                     "run time, and this pass fails however they are spread over the groups (each keeps one)")
+            how = "are spread over the groups (each keeps one)" if sum(spread.values()) == count else "go"
+            words = (f"{e} — where {_by(self.lines, spread, count, have)}; {_it(self.lines)} by importance at "
+                     f"run time, and this pass fails however they {how}")
             raise BadValue(e.key, words, e.reads, e.group) if isinstance(e, BadValue) else UserError(words)
         if failed:
             spread, e = failed[0]
-            warn(f"{spec.where(e)}: {e} — if {_by(self.lines, spread, count)} ({_it(self.lines)} by "
+            warn(f"{spec.where(e)}: {e} — if {_by(self.lines, spread, count, have)} ({_it(self.lines)} by "
                  "importance at run time; a count per group fixes where they come from)")
 
 
-def takes_as_run(config, adapter, have: dict[str, int], count: int) -> bool:
-    """Whether a pass's fraction per group (remove_blocks `fraction: {single: 0.5}`), which plan's
-    meta model (`have` blocks per group, `count` of them removed at run time from groups not known
-    yet) takes as resolve_budget does with them, takes what the run takes however they are spread:
-    the run's count per group is of the blocks left. True for any other pass; a spread the pass
-    fails at is left out (the run stops there)."""
-    fraction = getattr(config, "fraction", None)
-    if not isinstance(fraction, dict):
-        return True
-    runs = []
-    for spread in spreads(have, count):
-        try:
-            runs.append(resolve_budget(config, adapter, {g: n - spread[g] for g, n in have.items()}))
-        except UserError:
-            pass
-    try:
-        planned = resolve_budget(config, adapter, have, count)
-    except UserError:
-        return False
-    return bool(runs) and all(run == planned for run in runs)
+def losses(have: dict[str, int], possible: list[dict[str, int]], count: int) -> list[dict[str, int]]:
+    """{group: blocks it has lost of the meta model's `have`} for each block count per group the run
+    may find (`possible`: removed_blocks.possible_counts, the meta model's own where none is recorded:
+    then every spread of the `count` unplaced blocks, `spreads`). A fraction per group after unplaced
+    removals takes of the blocks they leave, so some may lose more than `count` in all; a count the
+    meta model cannot hold is left out."""
+    if possible == [have]:
+        return spreads(have, count)
+    out = [{g: n - found[g] for g, n in have.items()} for found in possible]
+    return [lost for lost in out if min(lost.values()) >= 0]
 
 
-def worst_spreads(have: dict[str, int], count: int) -> list[dict[str, int]]:
-    """Per group, the first spread (`spreads`) where it loses the most: min(count, its blocks - 1),
-    the rest from the others; each spread once, in group order."""
-    every, out = spreads(have, count), []
-    for g in have:
+def worst_spreads(every: list[dict[str, int]]) -> list[dict[str, int]]:
+    """Per group, the first of `every` (the losses per group the run may find, `losses`) where it
+    loses the most; each once, in group order."""
+    out = []
+    for g in every[0]:
         worst = max(every, key=lambda s: s[g])
         if worst not in out:
             out.append(worst)
@@ -218,13 +206,21 @@ def _group_of(error: UserError, config, adapter) -> str | None:
     return next((g.name for g in adapter.groups if re.match(rf"{re.escape(g.attr)}\.\d+(\.|$)", value)), None)
 
 
-def _by(lines: list[int], spread: dict[str, int], count: int) -> str:
+def _by(lines: list[int], spread: dict[str, int], count: int, have: dict[str, int]) -> str:
     """'the removal at line 5 takes all 2 of its blocks from group 'single'' (its block, of one), or
-    '... takes 1 of its 4 blocks from group 'double' and 3 from group 'single''."""
+    '... takes 1 of its 4 blocks from group 'double' and 3 from group 'single''; where the groups lose
+    other than the `count` unplaced blocks (a fraction per group after them took of those left), the
+    counts the run then has of the meta model's `have`: 'the run has 1 block of group 'double' and 1
+    of group 'single' here, as it may after the removal at line 5 takes its 2 blocks'."""
     many = len(lines) > 1
     who = (f"the removals at lines {' and '.join(map(str, lines))} take" if many else
            f"the removal at line {lines[0]} takes")
     its = "their" if many else "its"
+    if sum(spread.values()) != count:
+        left = [(g, have[g] - k) for g, k in spread.items()]
+        first = f"{left[0][1]} block{'s' if left[0][1] != 1 else ''} of group '{left[0][0]}'"
+        words = " and ".join([first] + [f"{n} of group '{g}'" for g, n in left[1:]])
+        return f"the run has {words} here, as it may after {who} {f'{its} {count} blocks' if count > 1 else f'{its} block'}"
     parts = [(g, k) for g, k in spread.items() if k]
     if len(parts) == 1:
         return f"{who} {f'all {count} of {its} blocks' if count > 1 else f'{its} block'} from group '{parts[0][0]}'"

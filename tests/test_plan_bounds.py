@@ -304,3 +304,28 @@ def test_a_count_over_all_blocks_after_counts_that_differ_in_total_says_the_rang
     step = count_ranges({"blocks_before": {}, "blocks_after": "3 blocks in all"}, before, after)
     assert step == {"blocks_before": {"double": 2, "single": 2}, "blocks_before_min": {"double": 2, "single": 1},
                     "blocks_after": "2–3 blocks in all"}
+
+
+@pytest.mark.parametrize("second", ["", "  - remove_blocks: {fraction: {single: 0.7}}\n"])
+def test_the_blocks_after_every_pass_are_the_counts_the_run_may_have(second):
+    """toy Flux (double 2, single 4): remove_blocks {count: 2} leaves {double: 2, single: 2} or
+    {double: 1, single: 3}; {fraction: {single: 0.7}} after it takes 1 or 2 of 'single', leaving
+    {double: 2, single: 1} or {double: 1, single: 1}. plan --json said blocks_after {double: 2,
+    single: 4} (then {double: 2, single: 3}, which no run has) and blocks_after_total 4 (then 3 'at
+    most'). Now blocks_after is the most each group may have and blocks_after_min the fewest, each end
+    met by a way the run may pick; blocks_after_total and blocks_after_total_min likewise."""
+    text = f"model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {{count: 2}}\n{second}"
+    plan = make_plan(parse_recipe(text, "r.yaml"))
+    runs = [make_plan(parse_recipe(text.replace("{count: 2}", f"{{blocks: {placed}}}"), "r.yaml"))
+            for placed in ("{double: [1], single: [3]}", "{single: [2, 3]}")]  # the ways the run may pick them
+    for g in ("double", "single"):
+        assert {run["blocks_after"][g] for run in runs} == {plan["blocks_after_min"][g], plan["blocks_after"][g]}
+    totals = {run["blocks_after_total"] for run in runs}
+    assert totals == {plan["blocks_after_total_min"], plan["blocks_after_total"]}
+    assert plan["blocks_after_is"] == "at most"
+    assert plan["blocks_after_total_is"] == ("at most" if len(totals) > 1 else "exact")
+    for run in runs:
+        assert run["blocks_after_min"] == run["blocks_after"] and run["blocks_after_is"] == "exact"
+        assert run["blocks_after_total_min"] == run["blocks_after_total"] and run["blocks_after_total_is"] == "exact"
+    if second:
+        assert (plan["blocks_after"], plan["blocks_after_total"]) == ({"double": 2, "single": 1}, 3)

@@ -174,8 +174,8 @@ def test_a_fraction_over_all_blocks_after_a_spread_removal_counts_the_blocks_lef
 
 
 def test_a_fraction_per_group_after_a_spread_removal_is_warned_not_refused(capsys):
-    """0.5 of 'single' is of the blocks line 5 leaves it (3: 1 goes, or 2: 1 goes), where plan takes it
-    of all 4 (2 go): its count after is not the run's, so a pass that fails on it is warned of only."""
+    """0.5 of 'single' is of the blocks line 5 leaves it (3: 1 goes, or 2: 1 goes): the run has 1 or 2
+    of them after it, so a pass that fails where it has 1 (but not 2) is warned of only."""
     _check("  - remove_blocks: {count: 2}\n  - remove_blocks: {fraction: {single: 0.5}}\n"
            "  - svd: {targets: [single_transformer_blocks.1.proj_out]}\n", num_single_layers=4)
     assert re.search(r"warning: r\.yaml:7: svd\.targets: pattern 'single_transformer_blocks\.1\.proj_out' .* if "
@@ -190,6 +190,34 @@ def test_a_fraction_per_group_that_takes_as_the_run_after_a_spread_removal_keeps
                                         r"empty .* where the removal at line 5 takes"):
         _check("  - remove_blocks: {count: 1}\n  - remove_blocks: {fraction: {single: 0.4}}\n"
                "  - remove_blocks: {count: 3}\n", num_single_layers=4)
+
+
+# double 2, single 4: line 5's 2 blocks leave {double: 2, single: 2} or {double: 1, single: 3}; 0.7 of
+# 'single' then takes 1 or 2, so the run has {double: 2, single: 1} or {double: 1, single: 1} at line 7
+SEVENTY = "  - remove_blocks: {count: 2}\n  - remove_blocks: {fraction: {single: 0.7}}\n  - remove_blocks: "
+
+
+def test_a_pass_that_fails_for_some_counts_a_fraction_per_group_leaves_after_a_spread_removal_is_warned(capsys):
+    """A bare count of 1 fails where the run has {double: 1, single: 1} (line 5 took a double block):
+    plan said nothing (its spreads of line 5's 2 blocks over the meta model's {double: 2, single: 3}
+    found {double: 1, single: 2}, which the run never has), and the run failed at line 7 after two
+    passes of compute. It is warned of, naming the counts the run has then."""
+    _check(SEVENTY + "{count: 1}\n", num_single_layers=4)
+    assert ("warning: r.yaml:7: remove_blocks: removing 1 of 2 blocks would leave a group empty (groups 'double': 1, "
+            "'single': 1); keep at least one per group — if the run has 1 block of group 'double' and 1 of group "
+            "'single' here, as it may after the removal at line 5 takes its 2 blocks (it picks them by importance "
+            "at run time; a count per group fixes where they come from)") in _said(capsys)
+
+
+def test_a_pass_that_fails_for_every_count_a_fraction_per_group_leaves_after_a_spread_removal_is_refused(capsys):
+    """count {single: 1} fails for both counts the run may have ('single' keeps 1 either way): it was
+    only warned of (plan found 'single' 2 where line 5 takes a double block); now refused."""
+    with pytest.raises(UserError, match=r"^r\.yaml:7: remove_blocks: removing 1 of 1 blocks would leave group "
+                                        r"'single' empty; keep at least one — where the removal at line 5 takes all "
+                                        r"2 of its blocks from group 'single'; .* fails however they"):
+        _check(SEVENTY + "{count: {single: 1}}\n", num_single_layers=4)
+    _check(SEVENTY + "{count: {double: 1}}\n", num_single_layers=4)  # fails where 'double' has 1: warned
+    assert "removing 1 of 1 blocks would leave group 'double' empty" in _said(capsys)
 
 
 def test_a_per_group_count_is_still_checked_upfront():
