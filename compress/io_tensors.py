@@ -6,6 +6,7 @@ single-file checkpoints, and the one-line errors for what cannot be read (`unrea
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import torch
@@ -22,8 +23,20 @@ def unreadable(path, e: Exception) -> UserError:
     return UserError(f"{path} is not a readable safetensors file ({one_line(e)}); it may be truncated or corrupted")
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch's bold in "Weights only load failed ..."
+
+
 def one_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    """The first line of an error's words, without terminal escapes; its type's name when it has none."""
+    text = ANSI.sub("", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def needs_code(e: Exception) -> bool:
+    """torch.load(weights_only=True) refused what the pickle holds (a class or function it names, an
+    opcode of pickles torch.save does not write): all of its message is searched, whose first line
+    (torch 2.6 on) is "Weights only load failed ..." without the words that say why."""
+    return any(w in str(e) for w in ("Weights only load failed", "weights_only", "Unsupported global", "GLOBAL"))
 
 
 def nonfinite(t: torch.Tensor, chunk: int = 2**22) -> int:
@@ -70,8 +83,7 @@ def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     try:
         sd = _torch_load(path, mmap)
     except Exception as e:  # noqa: BLE001 - unpickling errors have many types
-        msg = one_line(e)
-        if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+        if needs_code(e):
             raise UserError(f"{path} needs arbitrary code to unpickle and was refused; checkpoints "
                             "are data, never code: convert it to safetensors") from None
         raise UserError(f"{path} is not a readable checkpoint: {not_torch_save(path, e)}") from None

@@ -1,3 +1,6 @@
+import argparse
+import pickle
+
 import pytest
 import torch
 
@@ -21,3 +24,25 @@ def test_a_damaged_torch_save_file_says_why_it_fails(tmp_path):
     with pytest.raises(UserError, match=r"a zip archive or a pickle\); this one fails to load \(\w+: .*\); it may be "
                                         "truncated or corrupted"):
         read_state_dict(tmp_path / "w.pth")
+
+
+class _Hparams:
+    lr = 1
+
+
+@pytest.mark.parametrize("extra", [argparse.Namespace(lr=1), _Hparams()], ids=["namespace", "own class"])
+def test_a_checkpoint_holding_an_object_is_refused_as_code_not_as_damaged(tmp_path, extra):
+    """torch 2.6 on words it "Weights only load failed ..." on its first line (with terminal escapes):
+    the file was read as truncated or corrupted."""
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hparams": extra}, tmp_path / "m.ckpt")
+    with pytest.raises(UserError) as e:
+        read_state_dict(tmp_path / "m.ckpt")
+    assert str(e.value) == (f"{tmp_path / 'm.ckpt'} needs arbitrary code to unpickle and was refused; checkpoints are "
+                            "data, never code: convert it to safetensors")
+
+
+def test_torch_errors_are_quoted_without_terminal_escapes():
+    from compress.io_tensors import one_line
+
+    e = pickle.UnpicklingError("Weights only load failed. \x1b[1mdo those steps\x1b[0m.\n\t(1) advice")
+    assert one_line(e) == "Weights only load failed. do those steps."
