@@ -1,5 +1,7 @@
 """Single-file teachers: original PixArt checkpoints, wrong shapes, the family from the keys."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -270,3 +272,20 @@ def test_a_pipelines_model_index_as_teacher_config_names_what_to_give(tmp_path):
                                         rf"transformer config: give the pipeline folder {pipe} or its "
                                         r"transformer/config.json$"):
         load_teacher(str(tmp_path / "m.safetensors"), config=str(pipe / "model_index.json"))
+
+
+@pytest.mark.parametrize("config, what", [({"_class_name": "AutoencoderKL", "in_channels": 3}, "describes AutoencoderKL"),
+                                          ({}, "has no _class_name"),
+                                          ({"svd": {"dense": ["x"] * 500}}, "has no _class_name")])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_teacher_config_of_no_transformer_is_one_line(tmp_path, capfd, config, what, suffix):
+    """A VAE's config, {} or a report.json was read as the default PixArt config: a shape mismatch
+    (after diffusers printed the JSON it did not expect)."""
+    sd = tiny_pixart().state_dict()
+    save_file(sd, str(tmp_path / "t.safetensors")) if suffix == ".safetensors" else torch.save(sd, tmp_path / "t.pth")
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / f"t{suffix}"), config=str(tmp_path / "c.json"))
+    assert str(e.value) == (f"{tmp_path}/t{suffix}: the config in {tmp_path}/c.json {what}, not a PixArt/Flux "
+                            "transformer config; give the config of its own transformer (--teacher-config)")
+    assert capfd.readouterr().err == ""
