@@ -106,21 +106,26 @@ def empty_model(family: str, cfg: Path, path: Path | None = None) -> nn.Module:
 
 def check_config_family(family: str, config: dict, cfg: Path, path: Path | None = None) -> None:
     """The config of a checkpoint (`path`) whose tensors are a `family` transformer is that family's:
-    built into the other family's class, its numbers fail as a shape mismatch naming neither; a
-    config of no transformer's (a VAE's, `{}`, a report.json) would be read as the class's defaults."""
-    from compress.arch import family_of_class
-
-    name = config.get("_class_name")
-    try:
-        described = family_of_class(str(name))
-    except UserError:
-        what = f"describes {name}" if isinstance(name, str) and name else "has no _class_name"
-        raise UserError(f"{f'{path}: ' if path else ''}the config in {config_place(cfg)} {what}, not a PixArt/Flux "
-                        "transformer config; give the config of its own transformer (--teacher-config)") from None
+    built into the other family's class, its numbers fail as a shape mismatch naming neither."""
+    described = config_family(config, cfg, path)
     if described != family:
         raise UserError(f"{f'{path}: ' if path else ''}the checkpoint's weights are a {family} transformer while "
                         f"the config in {config_place(cfg)} describes a {described} one; give the config of its own "
                         "transformer (--teacher-config)")
+
+
+def config_family(config: dict, cfg: Path, path: Path | None = None) -> str:
+    """The family of the transformer a checkpoint's (`path`) config describes; a UserError for a config of
+    no transformer's (a VAE's, `{}`, a report.json), which would be read as the class's defaults."""
+    from compress.arch import family_of_class
+
+    name = config.get("_class_name")
+    try:
+        return family_of_class(str(name))
+    except UserError:
+        what = f"describes {name}" if isinstance(name, str) and name else "has no _class_name"
+        raise UserError(f"{f'{path}: ' if path else ''}the config in {config_place(cfg)} {what}, not a PixArt/Flux "
+                        "transformer config; give the config of its own transformer (--teacher-config)") from None
 
 
 def key_converter(family: str, names: list[str], model: nn.Module):

@@ -212,7 +212,7 @@ class TeacherSource:
 
             return read_json(toy_files(self.source[4:])[0])
         if (file := self.config_file()) is not None:
-            return read_config(file)
+            return self._transformer_config(read_config(file), file)
         if self.source in KNOWN_CONFIGS:
             return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
         if self.hub:
@@ -220,6 +220,15 @@ class TeacherSource:
         raise UserError(f"{self.where}cannot find a config for teacher '{self.source}' offline (plan reads the "
                         f"configs of local teachers and of {', '.join(KNOWN_CONFIGS)}); pass --teacher-config "
                         "with its transformer's config.json")
+
+    def _transformer_config(self, config: dict, file: Path) -> dict:
+        """A single file's config (beside it, or --teacher-config) names a transformer's class: one of
+        no transformer's would be read as the class's defaults (a folder's says its class as it loads)."""
+        if self.kind != "folder":  # a file's, or a Hub id's --teacher-config
+            from compress.io_single import config_family
+
+            _prefixed(self.where, config_family, config, file, Path(self.source).expanduser())
+        return config
 
     def config_file(self) -> Path | None:
         """The local config.json of a folder, a single file or --teacher-config; None for the others."""
@@ -254,9 +263,11 @@ class TeacherSource:
         from compress.io_single import check_config_family, file_family
 
         path = Path(self.source).expanduser()
+        has_config = self.config_arg or (path.parent / "config.json").is_file()
+        config = self.config if has_config else None  # one of no transformer's is refused, a pickle's too
         family = file_family(path)  # the header's tensor names
-        if family is not None and (self.config_arg or (path.parent / "config.json").is_file()):
-            _prefixed(self.where, check_config_family, family, self.config, self.config_file(), path)
+        if family is not None and has_config:
+            _prefixed(self.where, check_config_family, family, config, self.config_file(), path)
         return family
 
 

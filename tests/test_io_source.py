@@ -381,3 +381,22 @@ def test_a_transformer_only_hub_teacher_is_checked_by_its_root_config(tmp_path, 
     with pytest.raises(UserError, match="model is 'pixart' but the teacher org/fine-tune is a FluxTransformer2DModel"):
         check_sources(_recipe(tmp_path / "r", teacher="org/fine-tune"))
     assert fetched == [("transformer", "config.json"), (None, "config.json")]
+
+
+@pytest.mark.parametrize("config, what", [({"_class_name": "AutoencoderKL"}, "describes AutoencoderKL"),
+                                          ({"svd": {"method": "whitened"}}, "has no _class_name")])
+def test_a_pickle_teachers_config_of_no_transformer_is_said_before_loading(tmp_path, config, what):
+    """plan read a report.json given as --teacher-config as a class named '<missing _class_name>'."""
+    import torch
+
+    from compress.plan import make_plan
+
+    torch.save(tiny_pixart().state_dict(), tmp_path / "t.pth")
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    recipe = _recipe(tmp_path / "r")
+    for check in (lambda: check_sources(recipe, teacher=str(tmp_path / "t.pth"), config=str(tmp_path / "c.json")),
+                  lambda: make_plan(recipe, teacher=str(tmp_path / "t.pth"), teacher_config=str(tmp_path / "c.json"))):
+        with pytest.raises(UserError) as e:
+            check()
+        assert str(e.value) == (f"{tmp_path}/t.pth: the config in {tmp_path}/c.json {what}, not a PixArt/Flux "
+                                "transformer config; give the config of its own transformer (--teacher-config)")
