@@ -9,9 +9,10 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local
+from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local, read_config
 from compress.io_export import is_output
 from compress.io_output import load_transformer, output_folder
+from compress.io_source import check_source, output_weights
 from compress.measured_against import against, teacher_fields
 from compress.progress import status
 from compress.report import console, output_file, read_report, results, to_json
@@ -27,9 +28,13 @@ def _read_only_streams(recipe, device):
     return StreamedModels(None, DTYPES[recipe.compute_dtype], device)
 
 
-def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = None):
+def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = None,
+                grid: Path | None = None, seed: int | None = None):
     """(model, (teacher source or None, its config or None), output folder or None); `teacher_arg`,
-    `config_arg`: --teacher, --teacher-config (report_teacher.recorded_teacher)."""
+    `config_arg`: --teacher, --teacher-config (report_teacher.recorded_teacher). A model that is no
+    output is loaded only where it is scored as a toy (a toy teacher, or --teacher one): any other is
+    refused from its files alone (check_measurable; --grid and --seed, the toy's, first), not after
+    loading it."""
     path = output_folder(model)  # a pipeline folder (a pipeline's save_pretrained): its transformer/
     if looks_local(model) and not path.exists():
         raise UserError(f"{model}: no such model (a dit-compress output folder or a teacher)")
@@ -38,6 +43,13 @@ def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = No
     if config_arg and not teacher_arg:
         raise UserError(f"--teacher-config is the config of a single-file teacher; {model} is not a dit-compress "
                         "output, whose teacher it would be, and no --teacher names one")
+    if toy_base(teacher_arg or model) is None:  # a real teacher, refused before it loads (FLUX.1-dev: ~24 GB)
+        _toy_options_only(grid, seed)
+        if path.is_file() and output_weights(path):
+            check_source(model)  # an output's weight file: the folder to give is named
+        if (path / "config.json").is_file():
+            read_config(path / "config.json")  # a damaged one is named (an output's, maybe), not called no output
+        check_measurable(None, None, model)
     return load_teacher(model).eval(), (teacher_arg, config_arg), None
 
 
@@ -51,7 +63,8 @@ def evaluate(args) -> int:
         warn_if_teacher_changed(streamed_out[0], streamed_out[1], "eval")
         named = teacher_fields(streamed_out[1], args.teacher)
         return _print(_teacher_relative_streamed(*streamed_out), args.json, named, streamed_out[0])
-    model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher, args.teacher_config)
+    model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher, args.teacher_config,
+                                                                  grid, args.seed)
     if out is not None:
         warn_if_teacher_changed(out, teacher_source, "eval")
     family = get_adapter(model).family
@@ -379,7 +392,6 @@ def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lor
 def _recorded_dtype(out: Path):
     """The dtype the output at `out` records it was exported in (compression.dtype), None where it
     records none: `lora` writes its output in it again, as run did."""
-    from compress.io import read_config
     from compress.io_output import as_dtype
 
     recorded = read_config(output_folder(out) / "config.json").get("compression", {}).get("dtype")

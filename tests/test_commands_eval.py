@@ -334,3 +334,25 @@ def test_eval_of_a_recipe_says_it_takes_an_output_folder(recipe, capsys):
     """`eval RECIPE.yaml` said "is not a checkpoint: file type '.yaml'; a teacher is a folder or a
     checkpoint file", as if a teacher were wanted."""
     _one_line_errors(capsys, [(["eval", str(recipe)], f"{recipe} is a recipe: eval takes an output folder")])
+
+
+def test_eval_refuses_a_real_teacher_before_loading_it(tmp_path, capsys, monkeypatch):
+    """eval of a teacher folder loaded all of it (FLUX.1-dev: ~24 GB) before saying it is no output;
+    a single file said 'pass --teacher-config', a folder of damaged weights 'not a readable
+    safetensors': each is now refused from its files, unloaded. A toy teacher is still scored."""
+    import compress.commands
+    import compress.toy.evaluate
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(compress.commands, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    tiny_flux().save_pretrained(tmp_path / "teacher")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.json").write_text((tmp_path / "teacher" / "config.json").read_text())
+    (tmp_path / "damaged" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x08")
+    save_file({"x": torch.zeros(2)}, tmp_path / "file.safetensors")
+    _one_line_errors(capsys, [
+        (["eval", str(tmp_path / name)], f"{tmp_path / name} is not a dit-compress output: eval measures a compressed")
+        for name in ("teacher", "damaged", "file.safetensors")])
+    monkeypatch.undo()
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"adherence": 1.0})
+    assert main(["eval", "toy:flux", "--json"]) == 0
