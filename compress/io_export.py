@@ -299,3 +299,49 @@ def canonical_header(path: Path) -> None:
             raise RuntimeError(f"cannot canonicalize the header of {path}")
         f.seek(8)
         f.write(text + b" " * (n - len(text)))
+
+
+def wider_export_words(export: torch.dtype, stored: torch.dtype | None) -> str | None:
+    """Why an export in `export` is larger than the parameter ratio says: the teacher's weights are
+    `stored` in a narrower dtype (bfloat16 exported as float32: twice the bytes per parameter); None
+    where it is not wider, or the stored dtype is unknown."""
+    if stored is None or not stored.is_floating_point or export.itemsize <= stored.itemsize:
+        return None
+    name, theirs = str(export).removeprefix("torch."), str(stored).removeprefix("torch.")
+    return (f"export.dtype is {name}, but the teacher stores its weights in {theirs}: the output's file takes "
+            f"{export.itemsize // stored.itemsize}x the bytes per parameter of the teacher's, larger than the "
+            f"parameter ratio says (it can exceed the teacher's); set export.dtype: {theirs} (or --set "
+            f"export.dtype={theirs}) to store it as the teacher does")
+
+
+def teacher_stored_dtype(src) -> torch.dtype | None:
+    """The dtype a teacher's weights are stored in, from its files' headers alone (io.stored_dtype),
+    for `src` (io_source.TeacherSource) a folder or a single safetensors file; None for the others
+    (a toy, a Hub id, a pickle) and where the files cannot say (mixed dtypes, unreadable: the run's
+    own checks say what is wrong)."""
+    from compress.io import TORCH_DTYPES, safetensors_dtypes, stored_dtype, transformer_folder, weights_variant
+
+    path = Path(src.source).expanduser()
+    try:
+        if src.kind == "folder":
+            folder = transformer_folder(path)
+            return stored_dtype(folder, weights_variant(folder))
+        if src.kind == "file" and path.suffix == ".safetensors":
+            found = {TORCH_DTYPES.get(t) for t in safetensors_dtypes(path) if t.startswith(("F", "BF"))}
+            return found.pop() if len(found) == 1 and None not in found else None
+    except (UserError, OSError):
+        return None
+    return None
+
+
+def warn_if_export_wider(recipe, src) -> None:
+    """plan's and run's warning, before any compute, of an export.dtype wider than the dtype the
+    teacher `src` (io_source.TeacherSource) stores its weights in, at the recipe's export.dtype key
+    (the recipe, where the default float32 stands)."""
+    from compress.io_source import recipe_where
+    from compress.io_output import DTYPES
+    from compress.report import warn
+
+    words = wider_export_words(DTYPES[recipe.export.dtype], teacher_stored_dtype(src))
+    if words:
+        warn(f"{recipe_where(recipe, 'export.dtype', recipe.export.dtype)}: {words}")

@@ -289,3 +289,42 @@ def test_an_overwrite_whose_old_output_cannot_be_put_back_raises_its_own_error_a
     said = " ".join(capsys.readouterr().err.split())
     assert (f"{out}: the earlier output is set aside in {aside} and could not be put back (Permission denied): "
             f"the next run on {out} puts it back") in said, said
+
+
+def test_an_export_dtype_wider_than_the_teachers_stored_one_is_warned_about(tmp_path, capsys):
+    """A bfloat16 teacher exported in the default float32 wrote a file larger than the teacher's
+    (73% of its parameters, 1.46x its bytes) without a word: plan and run warn at export.dtype (the
+    recipe where the default stands), naming the dtype to set; not for a teacher as wide or a dtype
+    its files do not give (a toy)."""
+    from safetensors.torch import save_file
+
+    from compress.io_export import warn_if_export_wider, wider_export_words
+    from compress.io_source import checked_sources
+    from compress.recipe import load_recipe
+    from tests.test_commands import RECIPE
+
+    assert wider_export_words(torch.float32, torch.bfloat16).startswith("export.dtype is float32, but the teacher "
+                                                                       "stores its weights in bfloat16: the output's")
+    assert "2x the bytes" in wider_export_words(torch.float32, torch.float16)
+    for export, stored in ((torch.bfloat16, torch.bfloat16), (torch.float16, torch.bfloat16),
+                           (torch.float32, torch.float32), (torch.float32, torch.float64), (torch.float32, None)):
+        assert wider_export_words(export, stored) is None, (export, stored)
+    tiny_flux().to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    tiny_flux().save_pretrained(tmp_path / "f32")
+    save_file({"x": torch.zeros(2, dtype=torch.bfloat16)}, tmp_path / "t.safetensors")
+    (tmp_path / "t.json").write_text((tmp_path / "bf16" / "config.json").read_text())
+    cases = [("bf16", "", "r.yaml: export.dtype is float32, but the teacher stores its weights in bfloat16"),
+             ("bf16", "export:\n  dtype: float32\n", "r.yaml:2: export.dtype is float32"),
+             ("bf16", "export:\n  dtype: bfloat16\n", None), ("f32", "", None), ("t.safetensors", "", "bfloat16")]
+    for teacher, export, warned in cases:
+        (tmp_path / "r.yaml").write_text(export + RECIPE.format(teacher=tmp_path / teacher))
+        recipe = load_recipe(tmp_path / "r.yaml")
+        config = str(tmp_path / "t.json") if teacher.endswith(".safetensors") else None
+        capsys.readouterr()
+        warn_if_export_wider(recipe, checked_sources(recipe, None, config))
+        err = " ".join(capsys.readouterr().err.split())
+        assert (warned in err and err.count("warning:") == 1) if warned else not err, (teacher, export, err)
+    (tmp_path / "r.yaml").write_text(RECIPE.format(teacher="toy:flux"))
+    recipe = load_recipe(tmp_path / "r.yaml")
+    warn_if_export_wider(recipe, checked_sources(recipe))
+    assert not capsys.readouterr().err
