@@ -27,6 +27,7 @@ from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, 
                                  distill_student, range_words, ranged_keys, removal_shares, retargeted, smallest_blocks,
                                  spare_bound)
 from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory, svd_statistics
+from compress.io_export import warn_if_export_wider
 from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
                                 teacher_given)
 from compress.passes import build_passes
@@ -90,6 +91,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
                         f"teacher {source}{teacher_given(recipe, teacher or source != recipe.teacher)} "
                         f"is a {type(model).__name__} ({adapter.family})")
+    warn_if_export_wider(recipe, src)  # its files' headers: a bfloat16 teacher exported in float32
     before_rows, before = layer_rows(model), param_count(model)
     before_blocks = block_params(model, before_rows)
     passes = passes if passes is not None else build_passes(recipe)

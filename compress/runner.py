@@ -17,7 +17,7 @@ from compress.arch import get_adapter
 from compress.calib_footprint import footprint
 from compress.errors import UserError
 from compress.inputs import check_pipeline_packages, input_source, moved, source_kind
-from compress.io_export import ranks_of, warn_if_beyond_export_range
+from compress.io_export import ranks_of, warn_if_beyond_export_range, warn_if_export_wider
 from compress.io_source import check_teacher_options, checked_sources
 from compress.passes import build_passes
 from compress.passes.base import RunContext, first_nonfinite, predictions
@@ -88,6 +88,7 @@ class Runner:
         # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
         src = checked_sources(self.recipe, self.teacher_arg, self.teacher_config)
         warn_if_beyond_memory(self.recipe, src, self.passes)  # warns only: an estimate
+        warn_if_export_wider(self.recipe, src)  # plan's warning (its make_plan above is quiet)
         self.doing = "loading the teacher"
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg, self.teacher_config,
                                                          self.models, sources=src)  # finite, checked

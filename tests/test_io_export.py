@@ -328,3 +328,22 @@ def test_an_export_dtype_wider_than_the_teachers_stored_one_is_warned_about(tmp_
     recipe = load_recipe(tmp_path / "r.yaml")
     warn_if_export_wider(recipe, checked_sources(recipe))
     assert not capsys.readouterr().err
+
+
+def test_plan_and_run_warn_once_of_an_export_wider_than_the_teacher(tmp_path, capsys):
+    """A bfloat16 teacher exported in the default float32: plan and run each warn once, before compute."""
+    from compress.cli import main
+    from tests.test_commands import RECIPE
+
+    tiny_flux().to(torch.bfloat16).save_pretrained(tmp_path / "teacher")
+    (tmp_path / "r.yaml").write_text(RECIPE.format(teacher=tmp_path / "teacher"))
+    words = "r.yaml: export.dtype is float32, but the teacher stores its weights in bfloat16"
+    for argv in (["plan", str(tmp_path / "r.yaml")],
+                 ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]):
+        capsys.readouterr()
+        assert main(argv) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.count(words) == 1, (argv, err)
+    capsys.readouterr()
+    assert main(["plan", str(tmp_path / "r.yaml"), "--set", "export.dtype=bfloat16"]) == 0
+    assert "export.dtype is" not in capsys.readouterr().err
