@@ -9,6 +9,7 @@ file names of DESIGN.md's output folder, which `io_export.save_compressed` write
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch import nn
 
 from compress.arch import family_of_class, get_adapter
 from compress.errors import UserError
-from compress.io_tensors import one_line, read_state_dict, unreadable
+from compress.io_tensors import needs_code, one_line, read_state_dict, unreadable
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = WEIGHTS + ".index.json"  # sharded checkpoints (save_pretrained's layout)
@@ -269,15 +270,49 @@ def _load_folder(path: Path, dtype) -> nn.Module:
     cls = model_class(config.get("_class_name", "<missing _class_name>"))
     check_safetensors_dir(path)
     variant = weights_variant(path)
+    files = variant_weights([f.name for f in path.iterdir()], variant)
+    if not files:  # diffusers: 'An error occurred while trying to fetch', 'Defaulting to unsafe serialization', then its error
+        raise no_weights(path, variant)
     if dtype is None:
         dtype = stored_dtype(path, variant)
     try:
-        model, info = cls.from_pretrained(path, torch_dtype=dtype, variant=variant,
-                                          output_loading_info=True)
+        with quiet_diffusers():  # the weights that do not fill the model: check_loading_info's one line
+            model, info = cls.from_pretrained(path, torch_dtype=dtype, variant=variant, output_loading_info=True,
+                                              use_safetensors=not files[0].endswith(".bin"))
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise not_loaded(cls, path, e) from None
     check_loading_info(path, info)
     return model.eval()
+
+
+def no_weights(path: Path, variant: str | None) -> UserError:
+    """The error for a transformer folder without the weight files from_pretrained reads: shards
+    without their index, or no weights at all (io_output.no_weights, which says what the folder holds)."""
+    from compress.io_output import no_weights as nothing_there
+
+    v = f".{variant}" if variant else ""
+    for ext in ("safetensors", "bin"):
+        shards = sorted(f.name for f in path.iterdir() if re.fullmatch(
+            rf"diffusion_pytorch_model(?:-\d+-of-\d+{re.escape(v)}|{re.escape(v)}-\d+-of-\d+)\.{ext}", f.name))
+        if shards:
+            return UserError(f"{path / f'diffusion_pytorch_model.{ext}.index{v}.json'} is missing: the teacher's "
+                             f"weights are in {len(shards)} shards ({shards[0]} …) and the index says which tensor "
+                             "is in which; copy the folder again")
+    return nothing_there(path)
+
+
+@contextlib.contextmanager
+def quiet_diffusers():
+    """diffusers' log held to its errors: missing or unexpected weights are 2 KB of names and 'You
+    should probably TRAIN this model', where check_loading_info says them in one line."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 # diffusers' words for a tensor whose shape is not the one its config's model has
@@ -291,12 +326,24 @@ def not_loaded(cls, source, e: Exception) -> UserError:
     shape than in the model its config describes names the tensor and both shapes (not diffusers'
     advice to load random weights in its place, ignore_mismatched_sizes)."""
     found = SHAPE_MISMATCH.search(str(e))
+    if any(map(needs_code, causes(e))):  # a .bin whose pickle names a class: diffusers' "Unable to load weights"
+        return UserError(f"{source}: its weights need arbitrary code to unpickle and were refused; checkpoints "
+                         "are data, never code: convert them to safetensors")
     if found is None:
         return UserError(f"cannot load {cls.__name__} from {source}: {one_line(e).split(MISMATCH_ADVICE)[0]}")
     name, model, weights = found.groups()
     model, weights = (tuple(int(n) for n in shape.split(",") if n.strip()) for shape in (model, weights))
     return UserError(f"teacher {source}: its weights do not match its config.json: {name} is {weights} in the "
                      f"weights but {model} in the {cls.__name__} the config describes")
+
+
+def causes(e: BaseException | None):
+    """e and the exceptions it was raised while handling, innermost last."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def check_loading_info(path: Path, info: dict) -> None:

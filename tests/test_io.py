@@ -1,3 +1,4 @@
+import contextlib
 import json
 import pickle
 
@@ -398,3 +399,73 @@ def test_a_folder_with_an_index_fetches_its_shards_not_the_single_file_beside_th
     assert variant_weights(names[:2], None) == ["diffusion_pytorch_model.safetensors"]
     assert variant_weights(["diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin"], "fp16") == \
         ["diffusion_pytorch_model.fp16.safetensors"]
+
+
+@pytest.mark.parametrize("layers", [2, 4])  # the weights hold 3 blocks
+def test_weights_that_do_not_fill_the_config_are_one_line_without_diffusers_log(tmp_path, layers):
+    """diffusers printed ~2 KB of tensor names and 'You should probably TRAIN this model' first."""
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    (tmp_path / "t" / "config.json").write_text(json.dumps(dict(config, num_layers=layers)))
+    with diffusers_log() as logged, pytest.raises(UserError, match="do not match config.json"):
+        load_teacher(str(tmp_path / "t"))
+    assert logged == []
+
+
+@contextlib.contextmanager
+def diffusers_log():
+    """What diffusers logs (at its verbosity) while in the block: its handler writes to the sys.stderr
+    of its import, which capfd does not see under pytest."""
+    import logging
+
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    try:
+        yield logged
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_teacher_folder_without_its_weights_is_one_line(tmp_path):
+    """diffusers said 'An error occurred while trying to fetch', 'Defaulting to unsafe serialization'
+    and then that it found no .bin."""
+    model = tiny_pixart()
+    model.save_config(tmp_path / "t")
+    with diffusers_log() as logged, pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / "t"))
+    assert logged == []
+    assert str(e.value) == (f"{tmp_path}/t has config.json but no weights: no diffusion_pytorch_model.safetensors, "
+                            "diffusion_pytorch_model.safetensors.index.json or a variant or .bin of them (the folder "
+                            "holds nothing else)")
+    model.save_pretrained(tmp_path / "s", max_shard_size="20KB")
+    (tmp_path / "s" / "diffusion_pytorch_model.safetensors.index.json").unlink()
+    n = len(list((tmp_path / "s").glob("*.safetensors")))
+    with diffusers_log() as logged, pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / "s"))
+    assert logged == []
+    assert str(e.value) == (f"{tmp_path}/s/diffusion_pytorch_model.safetensors.index.json is missing: the teacher's "
+                            f"weights are in {n} shards (diffusion_pytorch_model-00001-of-0000{n}.safetensors …) and "
+                            "the index says which tensor is in which; copy the folder again")
+
+
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_a_teacher_folder_of_bin_weights_loads_as_data_without_diffusers_warning(tmp_path, shard):
+    """It printed 'Defaulting to unsafe serialization'; diffusers' .bin shards did not load at all.
+    The pickle is read with weights_only=True: one naming a class is refused, in one line."""
+    import argparse
+
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "t", safe_serialization=False, **({"max_shard_size": shard} if shard else {}))
+    inputs = model_inputs(model)
+    with diffusers_log() as logged:
+        assert torch.equal(forward(load_teacher(str(tmp_path / "t")), inputs), forward(model.eval(), inputs))
+    assert logged == []
+    first = sorted((tmp_path / "t").glob("*.bin"))[0]
+    torch.save({**torch.load(first, weights_only=True), "hparams": argparse.Namespace(lr=1)}, first)
+    with pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / "t"))
+    assert str(e.value) == (f"{tmp_path}/t: its weights need arbitrary code to unpickle and were refused; checkpoints "
+                            "are data, never code: convert them to safetensors")
