@@ -191,14 +191,6 @@ def backward_bytes(f: dict, config, blocks: int) -> tuple[int, int]:
     return blocks * per_block + caption, (blocks - 1) * f["tokens"] * unit + caption + per_block
 
 
-# An output Fisher's backward sweep (svd_fisher.output_fisher, _probe) over one calibration batch holds,
-# per tapped target, beside what autograd keeps: the zero tensor added to its output (its tap), the
-# gradients of the probe at hand and of the one before it (`grads` is still held while the next probe's
-# backward runs): three of its outputs, in the compute dtype (toy Flux, 44 targets, a batch of 64:
-# 37.5 MiB each, measured as the tensors' storages).
-TAP_COPIES = 3
-
-
 def tap_tokens(family: str, tap: dict, f: dict, text: int) -> int:
     """Rows per calibration row of a tapped target's output: 1 for a linear reading one per sample
     (modulation, timestep embedders: tap["per_sample"]), the caption's tokens for PixArt-Σ's
@@ -217,29 +209,25 @@ def tap_tokens(family: str, tap: dict, f: dict, text: int) -> int:
     return f["tokens"]
 
 
-def sweep_held_bytes(targets: list[dict], chunks: list[list[str]], itemsize: int, checkpointing: bool,
-                     probes: int = 2) -> int:
+def sweep_held_bytes(targets: list[dict], chunks: list[list[str]], itemsize: int) -> int:
     """Bytes an output Fisher's sweep holds for one calibration batch beside the backward's saved
     activations and the Fishers, at the largest of its `chunks` (target names, svd_fisher.fisher_chunks:
-    one sweep taps only its chunk's targets). Per target {name, in, out, rows: of its output in one
-    batch, input: what it reads (one tensor for those of one key), dense: its Fisher kept as F}:
-    TAP_COPIES of its output (its tap, two probes' gradients), its input (svd_fisher.tapped keeps each
-    target's last input), and the float64 copy of the widest dense target's gradient rows with its gᵀg
-    and the new sum while they are added (FisherSum.add). With gradient checkpointing each probe's
-    backward reruns the blocks' forwards, whose hooks tap every target again: one output more each
-    (the rerun's tap, beside the one the backward differentiates). One probe (svd.fisher_probes: 1)
-    holds one gradient fewer. A target's "fisher" bytes, where
-    given, count with its chunk's (a block's Fishers, which no other part counts)."""
+    one sweep taps only its chunk's targets). Per target {name, out, rows: of its output in one batch,
+    dense: its Fisher kept as F}: svd_fisher.TAP_COPIES of its output (its tap, the probe's gradient;
+    a checkpointed backward's rerun of a block does not tap it again, svd_fisher.tapped), and the
+    float64 copy of the widest dense target's gradient rows with its gᵀg and the new sum while they
+    are added (FisherSum.add). A target's "fisher" bytes, where given, count with its chunk's (a
+    block's Fishers, which no other part counts)."""
+    from compress.passes.svd_fisher import TAP_COPIES
+
     by_name = {t["name"]: t for t in targets}
-    copies = TAP_COPIES - (1 if probes < 2 else 0) + (1 if checkpointing else 0)
     held = 0
     for chunk in chunks:
         ts = [by_name[n] for n in chunk]
-        outputs = sum(t["out"] * t["rows"] for t in ts) * itemsize * copies
-        inputs = sum({t["input"]: t["in"] * t["rows"] for t in ts}.values()) * itemsize
+        outputs = sum(t["out"] * t["rows"] for t in ts) * itemsize * TAP_COPIES
         adding = max((8 * (t["rows"] * t["out"] + 2 * t["out"] ** 2) for t in ts if t["dense"]), default=0)
         fishers = sum(t.get("fisher", 0) for t in ts)
-        held = max(held, outputs + inputs + adding + fishers)
+        held = max(held, outputs + adding + fishers)
     return held
 
 

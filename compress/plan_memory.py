@@ -6,8 +6,8 @@ throughout (teacher and student, or a streamed run's top levels and one block), 
 activations held while blocks are calibrated, the pipeline's other components (text encoders, VAE)
 while a pipeline source samples, where their weights are here to count, and the largest of what a
 step holds for a while (sequential calibration's one-row probe, a Fisher's whole-model backward of
-one calibration batch with what its taps hold: each target's zero tap, two probes' gradients and its
-input, a streamed skip scan's residual streams). A distill pass holds something
+one calibration batch with what its taps hold: each target's zero tap and a probe's gradient,
+a streamed skip scan's residual streams). A distill pass holds something
 else while it trains (the teacher, the student in float32 with its gradients and AdamW's moments):
 the peak is the larger of the two. Both add this process itself where it runs on the CPU (python,
 torch and diffusers imported: PROCESS_BYTES), and the calibrating phase an svd pass's float64
@@ -69,8 +69,8 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:  # sized at what is free once the weights and activations are there
             step["fisher"] = settle_auto(step["fisher"], sum(p["bytes"] for p in held))
-            passing.append([_fisher(plan, index, step["fisher"]),
-                            _fisher_sweep(recipe, plan, index, step["fisher"], taps.get(index, []))])
+            sweep, step["fisher"] = _fisher_sweep(recipe, plan, index, step["fisher"], taps.get(index, []))
+            passing.append([_fisher(plan, index, step["fisher"]), sweep])
         if "streamed_scan" in step:
             passing.append([_part("a streamed skip scan's residual streams of one batch",
                                   step["streamed_scan"]["batch_bytes"], ["calibration.batch_size", "teacher"])])
@@ -135,8 +135,7 @@ def _tap(info) -> dict:
     """What an output Fisher's sweep needs of a target to count what tapping it holds (_fisher_sweep;
     peak_memory drops these from the plan)."""
     return {"name": info.name, "role": info.role, "part": info.part, "group": info.group, "block": info.block,
-            "shared": info.group is not None and is_model_wide(info), "in": info.in_features,
-            "out": info.out_features, "input": stats_key(info)}
+            "shared": info.group is not None and is_model_wide(info), "out": info.out_features}
 
 
 def _key_bytes(info, paired: bool) -> int:
@@ -225,30 +224,35 @@ def _fisher(plan: dict, index: int, fisher: dict) -> dict:
     return _part("an output Fisher's backward of one calibration batch", size, keys, fix)
 
 
-def _fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict]) -> dict:
+def _fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict]) -> tuple[dict, dict]:
     """What an svd pass's output Fisher sweep holds for one calibration batch beside the backward and
-    the Fishers: its targets' taps, two probes' gradients and inputs (calib_footprint.sweep_held_bytes),
-    at the sweep that holds most. taps: svd_statistics' of the pass's targets."""
+    the Fishers: its targets' taps and a probe's gradients (calib_footprint.sweep_held_bytes), at the
+    sweep that holds most; and `fisher` (a settled fisher_plan) with the sweeps and the largest sweep's
+    Fishers as the pass chunks them, taps counted (svd_fisher.fisher_chunks, sweep_chunks).
+    taps: svd_statistics' of the pass's targets."""
     from compress.calib_footprint import sweep_held_bytes
     from compress.passes.svd import prediction_fisher
-    from compress.passes.svd_fisher import fisher_chunks
+    from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
 
-    c = recipe.passes[index].config
+    c, itemsize = recipe.passes[index].config, plan["calibration"]["itemsize"]
     targets = _tapped(recipe, plan, index, [t for t in taps if prediction_fisher(c, SimpleNamespace(role=t["role"]))])
     budget = fisher["sweep_gib"] * 2**30 if fisher["memory_gb"] == "auto" else float(fisher["memory_gb"]) * 2**30
-    chunks = fisher_chunks(_infos(targets), budget, {t["name"]: t["fisher_rows"] for t in targets if t["fisher_rows"]})
-    size = sweep_held_bytes(targets, chunks, plan["calibration"]["itemsize"], fisher["gradient_checkpointing"],
-                            c.fisher_probes)
+    rows = {t["name"]: t["fisher_rows"] for t in targets if t["fisher_rows"]}
+    chunks = fisher_chunks(_infos(targets), budget, rows, {t["name"]: t["out"] * t["rows"] * itemsize for t in targets})
+    size = {t["name"]: fisher_bytes(t["out"], t["fisher_rows"]) for t in targets}
+    if targets:
+        fisher = {**fisher, "sweeps": len(chunks), "sweep_bytes": max(sum(size[n] for n in ch) for ch in chunks)}
     keys = ["calibration.batch_size", f"passes.{index}.svd.targets"]
-    return _part("an output Fisher's backward of one calibration batch: its targets' taps, two probes' gradients "
-                 "and their inputs", size, keys + ([] if fisher["memory_gb"] == "auto" else
-                                                   [f"passes.{index}.svd.fisher_memory_gb"]))
+    part = _part("an output Fisher's backward of one calibration batch: its targets' taps and a probe's gradients",
+                 sweep_held_bytes(targets, chunks, itemsize),
+                 keys + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"]))
+    return part, fisher
 
 
 def _block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
     """An svd pass with fisher: block measures each block's targets' output Fishers at that block
     (svd_fisher.block_fisher, in chunks of at most fisher_memory_gb): one block's backward of one
-    calibration batch, the chunk's taps, two probes' gradients and inputs, and its Fishers; the part
+    calibration batch, the chunk's taps, a probe's gradients and its Fishers; the part
     of the block that holds most (none without such a pass; auto counted in chunks of FALLBACK_GB).
     taps: svd_statistics' by pass index."""
     from compress.calib_footprint import block_backward_bytes, sweep_held_bytes
@@ -266,12 +270,12 @@ def _block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict
             blocks.setdefault((t["group"], t["block"]), []).append({**t, "fisher": fisher_bytes(t["out"], t["fisher_rows"])})
         for ts in blocks.values():
             chunks = fisher_chunks(_infos(ts), budget, {t["name"]: t["fisher_rows"] for t in ts if t["fisher_rows"]})
-            found.append((backward + sweep_held_bytes(ts, chunks, f["itemsize"], False, c.fisher_probes), index))
+            found.append((backward + sweep_held_bytes(ts, chunks, f["itemsize"]), index))
     if not found:
         return []
     size, index = max(found)
     return [_part("a block's output Fisher (fisher: block): the block's backward of one calibration batch, its "
-                  "targets' taps, two probes' gradients, inputs and Fishers", size,
+                  "targets' taps, a probe's gradients and Fishers", size,
                   ["calibration.batch_size", f"passes.{index}.svd.targets", f"passes.{index}.svd.fisher_memory_gb"])]
 
 

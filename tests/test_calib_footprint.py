@@ -249,17 +249,17 @@ def test_the_footprints_probe_is_probe_bytes_of_its_block_copies(tmp_path, svd):
 
 def test_a_fisher_sweep_holds_the_taps_of_its_own_chunk_only():
     """fisher_memory_gb splits the targets into sweeps that each tap only their chunk: the sweep that
-    holds most counts, not every target at once; targets of one input hold it once."""
-    from compress.calib_footprint import TAP_COPIES, sweep_held_bytes
+    holds most counts, not every target at once. Per target a tap and one probe's gradient (the one
+    before is dropped first; gradient checkpointing's rerun taps nothing); no input (nothing reads it)."""
+    from compress.calib_footprint import sweep_held_bytes
+    from compress.passes.svd_fisher import TAP_COPIES
 
-    def target(name, rows, key, out=10, dense=False):
-        return {"name": name, "in": 4, "out": out, "rows": rows, "input": key, "dense": dense}
+    def target(name, rows, out=10, dense=False):
+        return {"name": name, "out": out, "rows": rows, "dense": dense}
 
-    targets = [target("q", 6, "x"), target("k", 6, "x"), target("o", 2, "o.in")]
-    one = sweep_held_bytes(targets, [["q", "k", "o"]], 2, False)
-    assert one == 2 * (TAP_COPIES * 10 * (6 + 6 + 2) + 4 * (6 + 2))
-    assert sweep_held_bytes(targets, [["q"], ["k"], ["o"]], 2, False) == 2 * (TAP_COPIES * 60 + 24)
-    assert sweep_held_bytes(targets, [["q", "k", "o"]], 2, True) == one + 2 * 10 * 14  # the rerun's taps
-    assert sweep_held_bytes(targets, [["q", "k", "o"]], 2, False, probes=1) == one - 2 * 10 * 14  # no gradient before
-    dense = [target("q", 6, "x", out=3, dense=True)]
-    assert sweep_held_bytes(dense, [["q"]], 2, False) == 2 * (TAP_COPIES * 18 + 24) + 8 * (18 + 2 * 9)
+    assert TAP_COPIES == 2
+    targets = [target("q", 6), target("k", 6), target("o", 2)]
+    assert sweep_held_bytes(targets, [["q", "k", "o"]], 2) == 2 * 2 * 10 * (6 + 6 + 2)
+    assert sweep_held_bytes(targets, [["q"], ["k"], ["o"]], 2) == 2 * 2 * 60
+    dense = [target("q", 6, out=3, dense=True)]
+    assert sweep_held_bytes(dense, [["q"]], 2) == 2 * 2 * 18 + 8 * (18 + 2 * 9)

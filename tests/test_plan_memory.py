@@ -273,9 +273,9 @@ def test_statistics_of_targets_no_block_holds_are_named_without_a_block(tmp_path
     assert words == ["svd statistics (float64; held over the whole walk, no block's own)"]
 
 
-def _tapped_bytes(model, family: str, recipe, names: list[str]) -> tuple[int, int, int]:
-    """(its targets' outputs, their distinct inputs, the widest float64 Fisher update) in bytes, as an
-    output Fisher sweep taps them on the run's first calibration batch (svd_fisher.tapped)."""
+def _tapped_bytes(model, family: str, recipe, names: list[str]) -> tuple[int, int]:
+    """(its targets' outputs, the widest float64 Fisher update) in bytes, as an output Fisher sweep
+    taps them on the run's first calibration batch (svd_fisher.tapped)."""
     import torch
 
     from compress.arch import get_adapter
@@ -285,24 +285,23 @@ def _tapped_bytes(model, family: str, recipe, names: list[str]) -> tuple[int, in
     batch = SyntheticSource(family, recipe.calibration, model.config).calibration()[0]
     with tapped(model, names) as (inputs, outputs), torch.enable_grad():
         get_adapter(model).predict(model, batch)
+    assert not inputs  # kept only for prediction_gradients, which reads them
     taps = sum(z.numel() * z.element_size() for z in outputs.values())
-    storages = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes() for x in inputs.values()}
     adding = max(8 * (z.numel() + 2 * z.shape[-1] ** 2) for z in outputs.values())  # (rows, out) and gᵀg
-    return taps, sum(storages.values()), adding
+    return taps, adding
 
 
 @pytest.mark.parametrize("family, targets", [("flux", "[attention, mlp]"),
                                              ("pixart", "[attention, cross_attention, mlp]")])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_an_output_fisher_sweep_counts_its_taps_gradients_and_inputs(monkeypatch, tmp_path, family, targets,
-                                                                      checkpointing):
+def test_an_output_fisher_sweep_counts_its_taps_and_gradients(monkeypatch, tmp_path, family, targets, checkpointing):
     """plan left out what an output Fisher's sweep taps: per target a zero tap on its output and the
-    gradients of two probes (the one before is held while the next runs), and its input, which the tap
-    keeps; with gradient checkpointing each probe's backward reruns the blocks and taps them again.
-    The toy recipes' runs peaked about 0.25 GiB above the plan (0.68-0.70x): the toy Flux's 44 targets tap
-    37.5 MiB of outputs a batch. Counted as the tensors a tapped forward makes (Flux's double blocks read
-    the image tokens on one side, the text tokens on the other; PixArt-Σ's cross-attention keys and values
-    the caption), doubling with the batch."""
+    gradient of the probe at hand (the one before is dropped first; gradient checkpointing's rerun of
+    the blocks does not tap them again; no target's input is kept). The toy recipes' runs peaked about
+    0.25 GiB above the plan (0.68-0.70x): the toy Flux's 44 targets tap 37.5 MiB of outputs a batch.
+    Counted as the tensors a tapped forward makes (Flux's double blocks read the image tokens on one
+    side, the text tokens on the other; PixArt-Σ's cross-attention keys and values the caption),
+    doubling with the batch."""
     import compress.plan_memory as pm
     from tests.conftest import tiny_flux, tiny_pixart
 
@@ -319,29 +318,69 @@ def test_an_output_fisher_sweep_counts_its_taps_gradients_and_inputs(monkeypatch
         plan = make_plan(recipe)
         memory = plan["memory"]
         (part,) = [p for p in memory["parts"] + memory["steps_smaller"] if "taps" in p["what"]]
-        assert part["what"] == ("an output Fisher's backward of one calibration batch: its targets' taps, two "
-                                "probes' gradients and their inputs")
+        assert part["what"] == "an output Fisher's backward of one calibration batch: its targets' taps and a probe's gradients"
         assert part["keys"] == ["calibration.batch_size", "passes.0.svd.targets", "passes.0.svd.fisher_memory_gb"]
         assert "taps" not in plan["passes"][0]["statistics"]  # read, then left out of plan --json
-        taps, inputs, adding = _tapped_bytes(make(), family, recipe, plan["passes"][0]["targets"])
-        assert part["bytes"] == (4 if checkpointing else 3) * taps + inputs + adding
+        taps, adding = _tapped_bytes(make(), family, recipe, plan["passes"][0]["targets"])
+        assert part["bytes"] == 2 * taps + adding
         sizes[batch] = part["bytes"] - adding
     assert sizes[8] == 2 * sizes[4]
 
 
-def test_fisher_block_and_the_fishers_square_roots_are_counted_while_the_walk_holds_its_statistics():
+@pytest.mark.parametrize("family", ["flux", "pixart"])
+def test_plan_and_the_pass_chunk_an_output_fishers_targets_alike_counting_their_taps(monkeypatch, tmp_path, family):
+    """fisher_memory_gb chunked the targets by their Fishers alone: PixArt-Σ at 1024² (float32, a batch of
+    8) put all 260 targets in one sweep whose taps were ~197 GiB beside a 139 GiB GPU. Each target's
+    taps (its output twice, svd_fisher.TAP_COPIES) now count against the budget, in the plan as in the
+    pass (svd_fisher.sweep_chunks, on the outputs a forward of the first batch makes)."""
+    import compress.plan_memory as pm
+    from compress.arch import get_adapter
+    from compress.inputs import SyntheticSource
+    from compress.passes.svd import prediction_fisher
+    from compress.passes.svd_fisher import fisher_bytes, sweep_chunks
+    from tests.conftest import tiny_flux, tiny_pixart
+
+    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    make = tiny_flux if family == "flux" else tiny_pixart
+    model = make()
+    model.save_pretrained(tmp_path / "teacher")
+    adapter = get_adapter(model)
+    text = (f"model: {family}\nteacher: {tmp_path / 'teacher'}\ndevice: cpu\n"
+            "calibration: {source: synthetic, num_prompts: 8, timesteps: 1, batch_size: 4}\n"
+            "passes:\n  - svd: {targets: [attention, mlp], ratio: 0.5, multiple: 2, fisher: all, "
+            "fisher_memory_gb: GB, progress: false}\n")
+    names = set(make_plan(parse_recipe(text.replace("GB", "1.0"), str(tmp_path / "p.yaml")))["passes"][0]["targets"])
+    recipe = parse_recipe(text.replace("GB", "1.0"), str(tmp_path / "p.yaml"))
+    infos = [i for i in adapter.linears(model) if i.name in names and prediction_fisher(recipe.passes[0].config, i)]
+    fishers = sum(fisher_bytes(i.out_features, None) for i in infos)
+    budget = 1.01 * fishers  # their Fishers alone fit one sweep
+    recipe = parse_recipe(text.replace("GB", repr(budget / 2**30)), str(tmp_path / "p.yaml"))
+    plan = make_plan(recipe)["passes"][0]["fisher"]
+    batches = SyntheticSource(family, recipe.calibration, model.config).calibration()
+    chunks = sweep_chunks(model, adapter, batches, infos, float(recipe.passes[0].config.fisher_memory_gb) * 2**30)
+    assert len(chunks) > 1 and plan["sweeps"] == len(chunks)
+    size = {i.name: fisher_bytes(i.out_features, None) for i in infos}
+    assert plan["sweep_bytes"] == max(sum(size[n] for n in ch) for ch in chunks)
+
+
+def test_fisher_block_and_the_fishers_square_roots_are_counted_while_the_walk_holds_its_statistics(monkeypatch):
     """toy-pixart-stream (fisher: block) planned 0.55 GiB where its run peaked at 0.65 GiB: nothing
     counted a block's own output Fisher (its backward, taps and Fishers) nor the square roots L, L⁻¹
     that the pass keeps of every target factorized so far, up to fisher_memory_gb (svd_fisher.Roots)."""
+    import compress.plan_memory as pm
     from compress.recipe import load_recipe
 
+    counted, block_fishers = [], pm._block_fishers
+    monkeypatch.setattr(pm, "_block_fishers", lambda *a: counted.extend(block_fishers(*a)) or counted)
     plan = make_plan(load_recipe(RECIPES / "toy-pixart-stream.yaml"))
     memory = plan["memory"]
     parts = {p["what"]: p for p in memory["parts"] + memory["steps_smaller"]}
     roots = parts["the output Fishers' square roots kept for the targets factorized (L and L⁻¹, float64)"]
     outs = [4 * 128 if t.endswith("ff.net.0.proj") else 128 for t in plan["passes"][0]["targets"]]  # hidden 128
     assert roots["bytes"] == sum(16 * out**2 for out in outs)  # all of them: less than fisher_memory_gb
-    block = next(p for w, p in parts.items() if w.startswith("a block's output Fisher (fisher: block)"))
+    (block,) = counted  # beside factorizing its widest target, the larger of the two counts
+    assert block["what"].startswith("a block's output Fisher (fisher: block)")
     assert block["bytes"] > plan["backward"][0] // 6 + 8 * 512**2  # one block's backward of a batch, its Fishers
+    assert any(p["bytes"] >= block["bytes"] and p["what"].startswith(("a block's", "factorizing")) for p in parts.values())
     resident = make_plan(load_recipe(RECIPES / "toy-pixart.yaml"))["memory"]  # fisher: all, no block's own
     assert not any(p["what"].startswith("a block's output Fisher") for p in resident["parts"] + resident["steps_smaller"])

@@ -96,16 +96,22 @@ def checkpointed(model: nn.Module, on: bool = True):
 
 
 @contextlib.contextmanager
-def tapped(model: nn.Module, names: list[str]):
+def tapped(model: nn.Module, names: list[str], keep_inputs: bool = False):
     """Forward hooks on the named linears for the duration: yields (inputs, outputs), name -> the
-    layer's last input (detached) and a zero tensor added to its output, whose gradient is ∂/∂y
-    (the graph stays whole, so chained linears each get their full Jacobian)."""
+    layer's last input (detached; only with `keep_inputs`, else inputs stays empty) and a zero tensor
+    added to its output, whose gradient is ∂/∂y (the graph stays whole, so chained linears each get
+    their full Jacobian). The hooks do nothing while a backward runs: gradient checkpointing's rerun
+    of a block's forward would tap it again (a zero tensor no gradient reaches, each target's output
+    more held) and its value is the same either way (the tap adds zeros)."""
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
 
     def make_hook(name):
         def hook(mod, args, out):
-            inputs[name] = args[0].detach()
+            if in_backward():
+                return None
+            if keep_inputs:
+                inputs[name] = args[0].detach()
             z = torch.zeros_like(out, requires_grad=True)
             outputs[name] = z
             return out + z
@@ -117,6 +123,31 @@ def tapped(model: nn.Module, names: list[str]):
     finally:
         for h in handles:
             h.remove()
+
+
+def in_backward() -> bool:
+    """Whether autograd is running a backward in this thread (gradient checkpointing's rerun of a forward)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def output_sizes(model: nn.Module, adapter, batch: dict, names: list[str]) -> dict[str, int]:
+    """name -> bytes of the named linear's output on `batch` (one forward without autograd): what a
+    sweep's tap of it and a probe's gradient each hold (`fisher_chunks`' outputs)."""
+    sizes: dict[str, int] = {}
+
+    def make_hook(name):
+        def hook(mod, args, out):
+            sizes[name] = out.numel() * out.element_size()
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            adapter.predict(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes
 
 
 def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[str], probes: int = 4,
@@ -159,6 +190,7 @@ def _probe(ends: list[torch.Tensor], names: list[str], outputs: dict, probes: in
             if g is None:
                 raise RuntimeError(f"'{n}' does not reach the probed output")
             fisher.setdefault(n, FisherSum()).add(g)  # (samples, out) rows
+        grads = g = None  # not held while the next probe's backward runs
 
 
 def block_fisher(model: nn.Module, adapter, block: nn.Module, inputs: list, names: list[str],
@@ -188,7 +220,7 @@ def prediction_gradients(model: nn.Module, adapter, batches: list[dict], referen
     prefix: a `replay.Prefix` over these batches starting at or before the named linears' block."""
     moments: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
-    with tapped(model, names) as (inputs, outputs):
+    with tapped(model, names, keep_inputs=True) as (inputs, outputs):
         for b, (batch, ref) in enumerate(zip(batches, references)):
             with torch.enable_grad(), replaying(prefix, b):
                 pred = adapter.predict(model, batch)
@@ -286,14 +318,37 @@ def sized(fisher: dict, budget: float) -> dict:
             "sweep_bytes": max((sum(g) for g in groups), default=0)}
 
 
-def fisher_chunks(infos: list, budget_bytes: float, rows=None) -> list[list[str]]:
+# A sweep holds per tapped target, beside its Fisher and what autograd keeps: the zero tensor added to
+# its output (its tap) and the gradient of the probe at hand (_probe drops the one before it first):
+# two of its outputs.
+TAP_COPIES = 2
+
+
+def sweep_share(out: int, rows: int | None, output: int) -> int:
+    """Bytes one target takes of a sweep's budget: its Fisher as measured (`fisher_bytes`) and
+    TAP_COPIES of its `output` (bytes of its output on one calibration batch)."""
+    return fisher_bytes(out, rows) + TAP_COPIES * output
+
+
+def fisher_chunks(infos: list, budget_bytes: float, rows=None, outputs=None) -> list[list[str]]:
     """Target names in groups whose Fishers as measured (`fisher_bytes`: F, out² · 8 bytes, or
-    rows[name] gradient rows where given and fewer than out) fit the budget (a layer bigger than
+    rows[name] gradient rows where given and fewer than out) and taps (outputs[name]: bytes of its
+    output on one calibration batch, where given; `sweep_share`) fit the budget (a layer bigger than
     the budget gets a group of its own)."""
-    rows = rows or {}
+    rows, outputs = rows or {}, outputs or {}
     names = iter([i.name for i in infos])
-    return [[next(names) for _ in g]
-            for g in _groups([fisher_bytes(i.out_features, rows.get(i.name)) for i in infos], budget_bytes)]
+    sizes = [sweep_share(i.out_features, rows.get(i.name), outputs.get(i.name, 0)) for i in infos]
+    return [[next(names) for _ in g] for g in _groups(sizes, budget_bytes)]
+
+
+def sweep_chunks(model: nn.Module, adapter, batches: list[dict], infos: list, budget_bytes: float,
+                 rows=None) -> list[list[str]]:
+    """`fisher_chunks` of the output Fisher's targets `infos`, their taps counted at their outputs'
+    sizes on the first (largest) calibration batch (`output_sizes`: one forward without autograd)."""
+    if not infos or not batches:
+        return []
+    outputs = output_sizes(model, adapter, batches[0], [i.name for i in infos])
+    return fisher_chunks(infos, budget_bytes, rows, outputs)
 
 
 def _groups(sizes: list, budget_bytes: float) -> list[list]:

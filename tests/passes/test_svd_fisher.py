@@ -403,3 +403,70 @@ def test_fisher_memory_gb_auto_is_planned_at_what_is_free_once_the_run_holds_its
     assert sf.settle_auto(fixed, 30 * 2**30) == {k: v for k, v in fixed.items() if k != "target_bytes"}
     monkeypatch.setattr(rs, "free_memory", lambda device: None)  # unknown: FALLBACK_GB, as the run
     assert sf.settle_auto(sf.fisher_plan(infos, {}, "auto", True), 30 * 2**30)["sweep_gib"] == 2.0
+
+
+def test_fisher_chunks_count_each_targets_taps_against_the_budget():
+    """A sweep holds each target's Fisher and TAP_COPIES of its output on one batch (its zero tap, a
+    probe's gradient): the budget holds both (PixArt-Σ at 1024² put 260 targets' ~197 GiB of taps in one
+    sweep of a 69 GiB budget)."""
+    from compress.arch.base import LinearInfo
+    from compress.passes.svd_fisher import TAP_COPIES, sweep_share
+
+    infos = [LinearInfo(name=f"l{i}", role="mlp", part="in", in_features=4, out_features=10, group=None, block=None,
+                        input_key="x") for i in range(4)]
+    assert fisher_chunks(infos, 8 * 400) == [["l0", "l1", "l2", "l3"]]  # Fishers alone: 4 x 800 bytes
+    outputs = {f"l{i}": 200 for i in range(4)}  # each output 200 bytes on a batch: 400 of taps
+    assert sweep_share(10, None, 200) == 8 * 100 + TAP_COPIES * 200 == 1200
+    assert fisher_chunks(infos, 8 * 400, outputs=outputs) == [["l0", "l1"], ["l2", "l3"]]
+
+
+def _tiny_fisher_setup():
+    from compress.arch import get_adapter
+    from tests.conftest import model_inputs
+
+    model = tiny_flux()
+    adapter = get_adapter(model)
+    names = [i.name for i in adapter.linears(model) if i.group is not None][:6]
+    return model, adapter, [model_inputs(model, seed=s) for s in range(2)], names
+
+
+def test_a_sweep_keeps_no_inputs_and_no_earlier_probes_gradients(monkeypatch):
+    """An output Fisher's sweep kept every target's input (nothing reads it) and held the previous
+    probe's gradients while the next probe's backward ran: one copy of every target's output more."""
+    import weakref
+
+    from compress.passes import svd_fisher
+    from compress.passes.svd_fisher import output_fisher, tapped
+
+    model, adapter, batches, names = _tiny_fisher_setup()
+    with tapped(model, names) as (inputs, outputs), torch.enable_grad():
+        adapter.predict(model, batches[0])
+    assert inputs == {} and set(outputs) == set(names)
+    alive, returned = [], []
+    grad = torch.autograd.grad
+
+    def counting(*args, **kwargs):
+        alive.append(sum(r() is not None for r in returned))
+        grads = grad(*args, **kwargs)
+        returned.extend(weakref.ref(g) for g in grads)
+        return grads
+
+    monkeypatch.setattr(svd_fisher.torch.autograd, "grad", counting)
+    output_fisher(model, adapter, batches, names, probes=3)
+    assert len(alive) == 6 and alive == [0] * 6  # 3 probes a batch: none of the earlier gradients held
+
+
+def test_a_checkpointed_backward_does_not_tap_the_rebuilt_blocks_again():
+    """diffusers' gradient checkpointing reruns each block's forward during the backward; its hooks
+    tapped every target again (a zero tensor of its output no gradient reaches, held until the next
+    batch). The tap the backward differentiates stays; the Fisher is the same bit for bit
+    (test_checkpointed_backwards_give_the_same_fishers_and_gradients_and_keep_less)."""
+    from compress.passes.svd_fisher import checkpointed, tapped
+
+    model, adapter, batches, names = _tiny_fisher_setup()
+    with checkpointed(model), tapped(model, names) as (_, outputs), torch.enable_grad():
+        assert model.gradient_checkpointing
+        pred = adapter.predict(model, batches[0])
+        taps = dict(outputs)
+        torch.autograd.grad(pred.square().sum(), [taps[n] for n in names])
+        assert all(outputs[n] is taps[n] for n in names)
