@@ -23,15 +23,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from compress.calib_footprint import human_size
 from compress.inputs import source_kind
-from compress.passes.svd_fisher import FALLBACK_GB, settle_auto
+from compress.passes.svd_fisher import settle_auto
 from compress.passes.svd_targets import is_model_wide, stats_key, uses_output_gram
 from compress.passes.svd_walk import from_conditioning
+from compress.plan_fisher import block_fishers, fisher_backward, fisher_roots, fisher_sweep, tap
+from compress.plan_fisher import part as _part
 
 # Resident memory of `dit-compress run` before it loads the teacher: python with torch, diffusers and
 # compress imported, the recipe checked (torch 2.13 CPU, diffusers 0.42, a toy Flux recipe: 501 MiB of
@@ -59,7 +60,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     taps = {i: s["statistics"].pop("taps") for i, s in enumerate(plan["passes"]) if "taps" in s.get("statistics", {})}
     if calibrates:
         held.append(_activations(recipe, plan))
-        block = _factorizing(plan) + _block_fishers(recipe, plan, taps)  # or the probe, at a block whose statistics are held
+        block = _factorizing(plan) + block_fishers(recipe, plan, taps)  # or the probe, at a block whose statistics are held
         if f["probe_bytes"]:
             block.append(_part("within-block sequential calibration's one-row probe", f["probe_bytes"],
                                ["teacher"],
@@ -69,13 +70,13 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:  # sized at what is free once the weights and activations are there
             step["fisher"] = settle_auto(step["fisher"], sum(p["bytes"] for p in held))
-            sweep, step["fisher"] = _fisher_sweep(recipe, plan, index, step["fisher"], taps.get(index, []))
-            passing.append([_fisher(plan, index, step["fisher"]), sweep])
+            sweep, step["fisher"] = fisher_sweep(recipe, plan, index, step["fisher"], taps.get(index, []))
+            passing.append([fisher_backward(plan, index, step["fisher"]), sweep])
         if "streamed_scan" in step:
             passing.append([_part("a streamed skip scan's residual streams of one batch",
                                   step["streamed_scan"]["batch_bytes"], ["calibration.batch_size", "teacher"])])
     if calibrates:  # beside the walk's statistics, once fisher_memory_gb auto is settled
-        passing[0] += _fisher_roots(recipe, plan, taps)
+        passing[0] += fisher_roots(recipe, plan, taps)
     if pipeline and pipeline["bytes"]:
         passing.append([pipeline["part"]])  # moved there for sampling, with the inputs it captures
     passing = sorted([p for p in passing if p], key=lambda ps: -sum(p["bytes"] for p in ps))
@@ -89,11 +90,6 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     other = next((p for p in phases if p is not peak), None)
     beside = pipeline.get("note", "") if pipeline and not pipeline["bytes"] else ""  # a folder of 0-parameter parts: none
     return {**peak, "other": other, "beside": beside, "steps_smaller": [p for ps in passing[1:] for p in ps]}
-
-
-def _part(what: str, size: int, keys: list[str], fix: str = "") -> dict:
-    """What holds `size` bytes, the recipe keys that set how many, and a setting that holds fewer."""
-    return {"what": what, "bytes": int(size), "keys": keys, "fix": fix}
 
 
 def _process(recipe) -> list[dict]:
@@ -113,7 +109,7 @@ def svd_statistics(targets: list, paired: bool, sequential: bool) -> dict:
     "bytes": the peak, held and that block's, twice over with within-block `sequential` calibration
     (a level's statistics of one more run of the block beside the block's and the level's before:
     a bound), "sequential", "factorize": bytes of the float64 temporaries factorizing its widest target
-    (FACTORIZE_COPIES), "widest": that target, "taps": per target what _fisher_sweep reads}."""
+    (FACTORIZE_COPIES), "widest": that target, "taps": per target what plan_fisher.fisher_sweep reads}."""
     held, blocks = {}, {}
     for info in targets:
         key = stats_key(info)
@@ -128,14 +124,7 @@ def svd_statistics(targets: list, paired: bool, sequential: bool) -> dict:
     return {"held": sum(held.values()), "block": block, "where": where, "sequential": sequential,
             "bytes": sum(held.values()) + block * (2 if sequential else 1),
             "factorize": _factorize_bytes(widest) if widest else 0, "widest": widest.name if widest else None,
-            "taps": [_tap(info) for info in targets]}
-
-
-def _tap(info) -> dict:
-    """What an output Fisher's sweep needs of a target to count what tapping it holds (_fisher_sweep;
-    peak_memory drops these from the plan)."""
-    return {"name": info.name, "role": info.role, "part": info.part, "group": info.group, "block": info.block,
-            "shared": info.group is not None and is_model_wide(info), "out": info.out_features}
+            "taps": [tap(info) for info in targets]}
 
 
 def _key_bytes(info, paired: bool) -> int:
@@ -209,125 +198,6 @@ def _row_keys(recipe, teacher: str) -> list[str]:
         return ["calibration.num_prompts", "calibration.timesteps"]
     prompts = "calibration.prompt_file" if c.prompt_file else "calibration.prompts"
     return [prompts, "calibration.timesteps", "calibration.cfg_branches", "calibration.height", "calibration.width"]
-
-
-def _fisher(plan: dict, index: int, fisher: dict) -> dict:
-    """An svd pass's output Fisher: a whole-model backward of one calibration batch and its largest
-    sweep's Fishers (fisher_plan's sweep_bytes: fisher_memory_gb is a limit per sweep, not what one
-    holds; auto sizes itself to what is free, so it is not counted)."""
-    plain, checkpointed = plan["backward"]
-    size = checkpointed if fisher["gradient_checkpointing"] else plain
-    if fisher["memory_gb"] != "auto":
-        size += fisher["sweep_bytes"]  # at most the limit, unless one target's Fisher alone is more
-    keys = ["calibration.batch_size"] + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"])
-    fix = "" if fisher["gradient_checkpointing"] else f"passes.{index}.svd.gradient_checkpointing: true"
-    return _part("an output Fisher's backward of one calibration batch", size, keys, fix)
-
-
-def _fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict]) -> tuple[dict, dict]:
-    """What an svd pass's output Fisher sweep holds for one calibration batch beside the backward and
-    the Fishers: its targets' taps and a probe's gradients (calib_footprint.sweep_held_bytes), at the
-    sweep that holds most; and `fisher` (a settled fisher_plan) with the sweeps and the largest sweep's
-    Fishers as the pass chunks them, taps counted (svd_fisher.fisher_chunks, sweep_chunks).
-    taps: svd_statistics' of the pass's targets."""
-    from compress.calib_footprint import sweep_held_bytes
-    from compress.passes.svd import prediction_fisher
-    from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
-
-    c, itemsize = recipe.passes[index].config, plan["calibration"]["itemsize"]
-    targets = _tapped(recipe, plan, index, [t for t in taps if prediction_fisher(c, SimpleNamespace(role=t["role"]))])
-    budget = fisher["sweep_gib"] * 2**30 if fisher["memory_gb"] == "auto" else float(fisher["memory_gb"]) * 2**30
-    rows = {t["name"]: t["fisher_rows"] for t in targets if t["fisher_rows"]}
-    chunks = fisher_chunks(_infos(targets), budget, rows, {t["name"]: t["out"] * t["rows"] * itemsize for t in targets})
-    size = {t["name"]: fisher_bytes(t["out"], t["fisher_rows"]) for t in targets}
-    if targets:
-        fisher = {**fisher, "sweeps": len(chunks), "sweep_bytes": max(sum(size[n] for n in ch) for ch in chunks)}
-    keys = ["calibration.batch_size", f"passes.{index}.svd.targets"]
-    part = _part("an output Fisher's backward of one calibration batch: its targets' taps and a probe's gradients",
-                 sweep_held_bytes(targets, chunks, itemsize),
-                 keys + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"]))
-    return part, fisher
-
-
-def _block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
-    """An svd pass with fisher: block measures each block's targets' output Fishers at that block
-    (svd_fisher.block_fisher, in chunks of at most fisher_memory_gb): one block's backward of one
-    calibration batch, the chunk's taps, a probe's gradients and its Fishers; the part
-    of the block that holds most (none without such a pass; auto counted in chunks of FALLBACK_GB).
-    taps: svd_statistics' by pass index."""
-    from compress.calib_footprint import block_backward_bytes, sweep_held_bytes
-    from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
-
-    f, found = plan["calibration"], []
-    backward = block_backward_bytes(f, plan["backward"][0], sum(plan["blocks_after"].values()))
-    for index, block_taps in taps.items():
-        c = recipe.passes[index].config
-        if c.fisher != "block":
-            continue
-        budget = (FALLBACK_GB if c.fisher_memory_gb == "auto" else float(c.fisher_memory_gb)) * 2**30
-        blocks = {}
-        for t in _tapped(recipe, plan, index, [t for t in block_taps if t["group"] is not None]):
-            blocks.setdefault((t["group"], t["block"]), []).append({**t, "fisher": fisher_bytes(t["out"], t["fisher_rows"])})
-        for ts in blocks.values():
-            chunks = fisher_chunks(_infos(ts), budget, {t["name"]: t["fisher_rows"] for t in ts if t["fisher_rows"]})
-            found.append((backward + sweep_held_bytes(ts, chunks, f["itemsize"]), index))
-    if not found:
-        return []
-    size, index = max(found)
-    return [_part("a block's output Fisher (fisher: block): the block's backward of one calibration batch, its "
-                  "targets' taps, a probe's gradients and Fishers", size,
-                  ["calibration.batch_size", f"passes.{index}.svd.targets", f"passes.{index}.svd.fisher_memory_gb"])]
-
-
-def _fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
-    """An svd pass keeps the square roots of its targets' output Fishers, L and L⁻¹ (out x out float64
-    each, svd_fisher.Roots), of every target factorized so far until they pass fisher_memory_gb (the
-    oldest then go; auto: the sweeps' share; the newest is kept beside the limit); the pass that keeps
-    most, while its walk holds its statistics (none without an output Fisher). taps: by pass index."""
-    from compress.passes.svd import prediction_fisher
-
-    found = []
-    for index, pass_taps in taps.items():
-        c, step = recipe.passes[index].config, plan["passes"][index]
-        weighted = [t for t in pass_taps if (c.fisher == "block" and t["group"] is not None)
-                    or prediction_fisher(c, SimpleNamespace(role=t["role"]))]
-        pairs = [16 * t["out"] ** 2 for t in weighted]
-        if not pairs:
-            continue
-        gb = step["fisher"]["sweep_gib"] if c.fisher_memory_gb == "auto" and "fisher" in step else c.fisher_memory_gb
-        keep = (FALLBACK_GB if gb == "auto" else float(gb)) * 2**30
-        found.append((int(min(sum(pairs), keep + max(pairs))), index))
-    if not found:
-        return []
-    size, index = max(found)
-    return [_part("the output Fishers' square roots kept for the targets factorized (L and L⁻¹, float64)", size,
-                  [f"passes.{index}.svd.targets", f"passes.{index}.svd.fisher_memory_gb"])]
-
-
-def _tapped(recipe, plan: dict, index: int, taps: list[dict]) -> list[dict]:
-    """svd_statistics' taps of pass `index` with what calib_footprint.sweep_held_bytes reads: the rows of
-    each one's output in one calibration batch, the rows its Fisher is measured as (fisher_rows: one a
-    sample and probe where it reads one a sample, as the pass counts them; else None), whether that
-    Fisher is dense (out x out float64)."""
-    from compress.arch import get_adapter
-    from compress.calib_footprint import tap_tokens, text_tokens
-    from compress.passes.svd_fisher import fisher_bytes
-
-    c, f, adapter = recipe.passes[index].config, plan["calibration"], get_adapter(plan["family"])
-    batch = min(f["rows"], f["batch_rows"])
-    text = text_tokens(recipe, source_kind(recipe.calibration, plan["teacher"]), plan["teacher"])
-    out = []
-    for tap in taps:
-        per_sample = adapter.per_sample(SimpleNamespace(part=tap["part"]))
-        rows = f["rows"] * c.fisher_probes if per_sample else None
-        out.append({**tap, "rows": batch * tap_tokens(plan["family"], {**tap, "per_sample": per_sample}, f, text),
-                    "fisher_rows": rows, "dense": fisher_bytes(tap["out"], rows) == 8 * tap["out"] ** 2})
-    return out
-
-
-def _infos(targets: list[dict]) -> list:
-    """Stand-ins of LinearInfo for svd_fisher.fisher_chunks."""
-    return [SimpleNamespace(name=t["name"], out_features=t["out"]) for t in targets]
 
 
 # ---- distill --------------------------------------------------------------------------------------

@@ -370,8 +370,8 @@ def test_fisher_block_and_the_fishers_square_roots_are_counted_while_the_walk_ho
     import compress.plan_memory as pm
     from compress.recipe import load_recipe
 
-    counted, block_fishers = [], pm._block_fishers
-    monkeypatch.setattr(pm, "_block_fishers", lambda *a: counted.extend(block_fishers(*a)) or counted)
+    counted, block_fishers = [], pm.block_fishers
+    monkeypatch.setattr(pm, "block_fishers", lambda *a: counted.extend(block_fishers(*a)) or counted)
     plan = make_plan(load_recipe(RECIPES / "toy-pixart-stream.yaml"))
     memory = plan["memory"]
     parts = {p["what"]: p for p in memory["parts"] + memory["steps_smaller"]}

@@ -370,7 +370,7 @@ def test_a_zero_fisher_is_said_naming_its_layer(capsys):
 
 
 def test_fisher_plan_gives_the_bytes_of_its_largest_sweep():
-    """plan counted all of fisher_memory_gb as held by a sweep (plan_memory._fisher), not what it holds."""
+    """plan counted all of fisher_memory_gb as held by a sweep (plan_fisher.fisher_backward), not what it holds."""
     from types import SimpleNamespace
 
     from compress.passes.svd_fisher import fisher_plan

@@ -1,0 +1,144 @@
+"""What an svd pass's output Fishers hold, for plan's peak memory (plan_memory.peak_memory): the
+whole-model backward of one calibration batch with its largest sweep's Fishers, what a sweep taps (each
+target's zero tap and a probe's gradient, chunked as the pass chunks them: svd_fisher.fisher_chunks), a
+block's own output Fisher (fisher: block) and the Fishers' square roots the pass keeps (svd_fisher.Roots).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from compress.inputs import source_kind
+from compress.passes.svd_fisher import FALLBACK_GB
+from compress.passes.svd_targets import is_model_wide
+
+
+def part(what: str, size: int, keys: list[str], fix: str = "") -> dict:
+    """What holds `size` bytes, the recipe keys that set how many, and a setting that holds fewer."""
+    return {"what": what, "bytes": int(size), "keys": keys, "fix": fix}
+
+
+def tap(info) -> dict:
+    """What an output Fisher's sweep needs of a target to count what tapping it holds (fisher_sweep;
+    peak_memory drops these from the plan)."""
+    return {"name": info.name, "role": info.role, "part": info.part, "group": info.group, "block": info.block,
+            "shared": info.group is not None and is_model_wide(info), "out": info.out_features}
+
+
+def fisher_backward(plan: dict, index: int, fisher: dict) -> dict:
+    """An svd pass's output Fisher: a whole-model backward of one calibration batch and its largest
+    sweep's Fishers (fisher_plan's sweep_bytes: fisher_memory_gb is a limit per sweep, not what one
+    holds; auto sizes itself to what is free, so it is not counted)."""
+    plain, checkpointed = plan["backward"]
+    size = checkpointed if fisher["gradient_checkpointing"] else plain
+    if fisher["memory_gb"] != "auto":
+        size += fisher["sweep_bytes"]  # at most the limit, unless one target's Fisher alone is more
+    keys = ["calibration.batch_size"] + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"])
+    fix = "" if fisher["gradient_checkpointing"] else f"passes.{index}.svd.gradient_checkpointing: true"
+    return part("an output Fisher's backward of one calibration batch", size, keys, fix)
+
+
+def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict]) -> tuple[dict, dict]:
+    """What an svd pass's output Fisher sweep holds for one calibration batch beside the backward and
+    the Fishers: its targets' taps and a probe's gradients (calib_footprint.sweep_held_bytes), at the
+    sweep that holds most; and `fisher` (a settled fisher_plan) with the sweeps and the largest sweep's
+    Fishers as the pass chunks them, taps counted (svd_fisher.fisher_chunks, sweep_chunks).
+    taps: svd_statistics' of the pass's targets."""
+    from compress.calib_footprint import sweep_held_bytes
+    from compress.passes.svd import prediction_fisher
+    from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
+
+    c, itemsize = recipe.passes[index].config, plan["calibration"]["itemsize"]
+    targets = _tapped(recipe, plan, index, [t for t in taps if prediction_fisher(c, SimpleNamespace(role=t["role"]))])
+    budget = fisher["sweep_gib"] * 2**30 if fisher["memory_gb"] == "auto" else float(fisher["memory_gb"]) * 2**30
+    rows = {t["name"]: t["fisher_rows"] for t in targets if t["fisher_rows"]}
+    chunks = fisher_chunks(_infos(targets), budget, rows, {t["name"]: t["out"] * t["rows"] * itemsize for t in targets})
+    size = {t["name"]: fisher_bytes(t["out"], t["fisher_rows"]) for t in targets}
+    if targets:
+        fisher = {**fisher, "sweeps": len(chunks), "sweep_bytes": max(sum(size[n] for n in ch) for ch in chunks)}
+    keys = ["calibration.batch_size", f"passes.{index}.svd.targets"]
+    held = part("an output Fisher's backward of one calibration batch: its targets' taps and a probe's gradients",
+                sweep_held_bytes(targets, chunks, itemsize),
+                keys + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"]))
+    return held, fisher
+
+
+def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
+    """An svd pass with fisher: block measures each block's targets' output Fishers at that block
+    (svd_fisher.block_fisher, in chunks of at most fisher_memory_gb): one block's backward of one
+    calibration batch, the chunk's taps, a probe's gradients and its Fishers; the part
+    of the block that holds most (none without such a pass; auto counted in chunks of FALLBACK_GB).
+    taps: svd_statistics' by pass index."""
+    from compress.calib_footprint import block_backward_bytes, sweep_held_bytes
+    from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
+
+    f, found = plan["calibration"], []
+    backward = block_backward_bytes(f, plan["backward"][0], sum(plan["blocks_after"].values()))
+    for index, block_taps in taps.items():
+        c = recipe.passes[index].config
+        if c.fisher != "block":
+            continue
+        budget = (FALLBACK_GB if c.fisher_memory_gb == "auto" else float(c.fisher_memory_gb)) * 2**30
+        blocks = {}
+        for t in _tapped(recipe, plan, index, [t for t in block_taps if t["group"] is not None]):
+            blocks.setdefault((t["group"], t["block"]), []).append({**t, "fisher": fisher_bytes(t["out"], t["fisher_rows"])})
+        for ts in blocks.values():
+            chunks = fisher_chunks(_infos(ts), budget, {t["name"]: t["fisher_rows"] for t in ts if t["fisher_rows"]})
+            found.append((backward + sweep_held_bytes(ts, chunks, f["itemsize"]), index))
+    if not found:
+        return []
+    size, index = max(found)
+    return [part("a block's output Fisher (fisher: block): the block's backward of one calibration batch, its "
+                  "targets' taps, a probe's gradients and Fishers", size,
+                  ["calibration.batch_size", f"passes.{index}.svd.targets", f"passes.{index}.svd.fisher_memory_gb"])]
+
+
+def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
+    """An svd pass keeps the square roots of its targets' output Fishers, L and L⁻¹ (out x out float64
+    each, svd_fisher.Roots), of every target factorized so far until they pass fisher_memory_gb (the
+    oldest then go; auto: the sweeps' share; the newest is kept beside the limit); the pass that keeps
+    most, while its walk holds its statistics (none without an output Fisher). taps: by pass index."""
+    from compress.passes.svd import prediction_fisher
+
+    found = []
+    for index, pass_taps in taps.items():
+        c, step = recipe.passes[index].config, plan["passes"][index]
+        weighted = [t for t in pass_taps if (c.fisher == "block" and t["group"] is not None)
+                    or prediction_fisher(c, SimpleNamespace(role=t["role"]))]
+        pairs = [16 * t["out"] ** 2 for t in weighted]
+        if not pairs:
+            continue
+        gb = step["fisher"]["sweep_gib"] if c.fisher_memory_gb == "auto" and "fisher" in step else c.fisher_memory_gb
+        keep = (FALLBACK_GB if gb == "auto" else float(gb)) * 2**30
+        found.append((int(min(sum(pairs), keep + max(pairs))), index))
+    if not found:
+        return []
+    size, index = max(found)
+    return [part("the output Fishers' square roots kept for the targets factorized (L and L⁻¹, float64)", size,
+                  [f"passes.{index}.svd.targets", f"passes.{index}.svd.fisher_memory_gb"])]
+
+
+def _tapped(recipe, plan: dict, index: int, taps: list[dict]) -> list[dict]:
+    """svd_statistics' taps of pass `index` with what calib_footprint.sweep_held_bytes reads: the rows of
+    each one's output in one calibration batch, the rows its Fisher is measured as (fisher_rows: one a
+    sample and probe where it reads one a sample, as the pass counts them; else None), whether that
+    Fisher is dense (out x out float64)."""
+    from compress.arch import get_adapter
+    from compress.calib_footprint import tap_tokens, text_tokens
+    from compress.passes.svd_fisher import fisher_bytes
+
+    c, f, adapter = recipe.passes[index].config, plan["calibration"], get_adapter(plan["family"])
+    batch = min(f["rows"], f["batch_rows"])
+    text = text_tokens(recipe, source_kind(recipe.calibration, plan["teacher"]), plan["teacher"])
+    out = []
+    for tap in taps:
+        per_sample = adapter.per_sample(SimpleNamespace(part=tap["part"]))
+        rows = f["rows"] * c.fisher_probes if per_sample else None
+        out.append({**tap, "rows": batch * tap_tokens(plan["family"], {**tap, "per_sample": per_sample}, f, text),
+                    "fisher_rows": rows, "dense": fisher_bytes(tap["out"], rows) == 8 * tap["out"] ** 2})
+    return out
+
+
+def _infos(targets: list[dict]) -> list:
+    """Stand-ins of LinearInfo for svd_fisher.fisher_chunks."""
+    return [SimpleNamespace(name=t["name"], out_features=t["out"]) for t in targets]
