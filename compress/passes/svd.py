@@ -55,7 +55,7 @@ from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher
 from compress.passes.svd_checks import centered, check_config, check_values, merge_report, refused_on_all, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
 from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
-                                       fisher_plan, sweeps)
+                                       fisher_plan, sweep_chunks, sweeps)
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored_note, no_saving_rank_note,
@@ -241,7 +241,8 @@ class SVDPass(GlobalAllocation, Pass):
             console.print(f"  output Fishers: {len(measured)} of {len(chosen)} read back from an earlier run")
         chosen = [i for i in chosen if i.name not in self.roots]
         samples = sum(b["hidden_states"].shape[0] for b in batches)
-        chunks = fisher_chunks(chosen, self.budget, self._fisher_rows(adapter, chosen, samples))
+        rows = self._fisher_rows(adapter, chosen, samples)
+        chunks = sweep_chunks(model, adapter, batches, chosen, self.budget, rows)  # taps counted too
         sweeps(model, adapter, batches, chunks, c.fisher_probes, self.roots, c.progress)
 
     def _fisher_rows(self, adapter: Adapter, infos: list[LinearInfo], samples: int | None) -> dict[str, int]:
