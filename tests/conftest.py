@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
@@ -82,6 +85,22 @@ def forward(model, inputs: dict) -> torch.Tensor:
     """The model's prediction on `inputs`, without autograd."""
     with torch.no_grad():
         return model(**inputs, return_dict=False)[0]
+
+
+@contextlib.contextmanager
+def diffusers_log():
+    """What diffusers logs (at its verbosity) while in the block. Its handler writes to the sys.stderr
+    of its import, which capsys and capfd do not see under pytest: a test of no diffusers warning
+    through them passes whatever diffusers says (caplog sees it, attached to non-propagating loggers)."""
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    try:
+        yield logged
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture(params=["pixart", "flux"])

@@ -1,4 +1,3 @@
-import contextlib
 import json
 import pickle
 
@@ -10,7 +9,7 @@ from compress import load_teacher, load_transformer, save_compressed
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.lowrank import LowRankLinear
-from tests.conftest import factorize, forward, model_inputs, tiny_flux, tiny_pixart
+from tests.conftest import diffusers_log, factorize, forward, model_inputs, tiny_flux, tiny_pixart
 
 
 def _factorize_some(model, rank=3):
@@ -158,12 +157,13 @@ def test_load_pipeline_of_a_toy_base_gives_every_part_the_dtype(tmp_path, family
     assert torch.isfinite(images).all()
 
 
-def test_cast_changes_the_dtype_without_diffusers_empty_fp32_warning(capfd):
+def test_cast_changes_the_dtype_without_diffusers_empty_fp32_warning():
     from compress.io import cast
 
-    model = cast(tiny_pixart(), torch.float16)
+    with diffusers_log() as logged:
+        model = cast(tiny_pixart(), torch.float16)
     assert {p.dtype for p in model.parameters()} == {torch.float16}
-    assert "kept in float32" not in capfd.readouterr().err
+    assert logged == []
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -410,23 +410,6 @@ def test_weights_that_do_not_fill_the_config_are_one_line_without_diffusers_log(
     with diffusers_log() as logged, pytest.raises(UserError, match="do not match config.json"):
         load_teacher(str(tmp_path / "t"))
     assert logged == []
-
-
-@contextlib.contextmanager
-def diffusers_log():
-    """What diffusers logs (at its verbosity) while in the block: its handler writes to the sys.stderr
-    of its import, which capfd does not see under pytest."""
-    import logging
-
-    logged = []
-    handler = logging.Handler()
-    handler.emit = lambda record: logged.append(record.getMessage())
-    logger = logging.getLogger("diffusers")
-    logger.addHandler(handler)
-    try:
-        yield logged
-    finally:
-        logger.removeHandler(handler)
 
 
 def test_a_teacher_folder_without_its_weights_is_one_line(tmp_path):

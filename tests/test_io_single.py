@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from compress import load_teacher
 from compress.errors import UserError
 from tests.bfl import flux_to_bfl
-from tests.conftest import forward, model_inputs, tiny_flux, tiny_pixart
+from tests.conftest import diffusers_log, forward, model_inputs, tiny_flux, tiny_pixart
 
 
 def _to_original_pixart(sd):
@@ -284,8 +284,8 @@ def test_a_teacher_config_of_no_transformer_is_one_line(tmp_path, capfd, config,
     sd = tiny_pixart().state_dict()
     save_file(sd, str(tmp_path / "t.safetensors")) if suffix == ".safetensors" else torch.save(sd, tmp_path / "t.pth")
     (tmp_path / "c.json").write_text(json.dumps(config))
-    with pytest.raises(UserError) as e:
+    with diffusers_log() as logged, pytest.raises(UserError) as e:
         load_teacher(str(tmp_path / f"t{suffix}"), config=str(tmp_path / "c.json"))
     assert str(e.value) == (f"{tmp_path}/t{suffix}: the config in {tmp_path}/c.json {what}, not a PixArt/Flux "
                             "transformer config; give the config of its own transformer (--teacher-config)")
-    assert capfd.readouterr().err == ""
+    assert capfd.readouterr().err == "" and logged == []

@@ -12,7 +12,7 @@ import torch
 
 from compress.errors import UserError
 from compress.lora import merge_lora
-from tests.conftest import tiny_flux, tiny_pixart
+from tests.conftest import diffusers_log, tiny_flux, tiny_pixart
 from tests.test_lora import _lora, _student
 from tests.test_lora_limits import _save, _state
 
@@ -36,9 +36,9 @@ def _pair(prefix: str, module: str = Q, out: int = 16) -> dict:
 def test_a_flux_lora_of_another_key_format_is_one_quiet_line(tmp_path, capsys, keys):
     """No `transformer.` added to keys naming no module of the transformer, and what peft or diffusers
     raise while loading is one UserError line, with no ERROR log of diffusers' printed."""
-    with pytest.raises(UserError, match=r"a LoRA of another model\?$"):
+    with diffusers_log() as logged, pytest.raises(UserError, match=r"a LoRA of another model\?$"):
         merge_lora(tiny_flux(), _save(keys, tmp_path / "l.safetensors"))
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == "" and logged == []
 
 
 def test_a_hub_lycoris_dora_whose_dora_scale_diffusers_drops_is_refused(monkeypatch):
@@ -58,13 +58,14 @@ def test_a_loader_log_of_dropped_keys_is_an_error_and_other_logs_stay_quiet(caps
 
     log = logging.getLogger("diffusers.loaders.lora_conversion_utils")
     handlers = logging.getLogger("diffusers").handlers[:]
-    with quiet_loaders("x.safetensors"):
-        log.warning("something harmless")
-    with pytest.raises(UserError, match=r"^x.safetensors: the LoRA loader dropped some of its weights.*Unsupported "
-                                        r"keys for ai-toolkit"):
+    with diffusers_log() as logged:
         with quiet_loaders("x.safetensors"):
-            log.warning("Unsupported keys for ai-toolkit: dict_keys(['a', 'b', 'c', 'd', 'e'])")
-    assert capsys.readouterr().err == "" and logging.getLogger("diffusers").handlers == handlers
+            log.warning("something harmless")
+        with pytest.raises(UserError, match=r"^x.safetensors: the LoRA loader dropped some of its weights.*"
+                                            r"Unsupported keys for ai-toolkit"):
+            with quiet_loaders("x.safetensors"):
+                log.warning("Unsupported keys for ai-toolkit: dict_keys(['a', 'b', 'c', 'd', 'e'])")
+    assert capsys.readouterr().err == "" and logged == [] and logging.getLogger("diffusers").handlers == handlers
 
 
 @pytest.mark.parametrize("make, attn", [(tiny_flux, "attn"), (tiny_pixart, "attn1")])
@@ -195,16 +196,17 @@ def test_a_loader_info_line_dropping_weights_is_an_error_but_a_purge_of_zeros_is
     from compress.lora_keys import quiet_loaders
 
     log = logging.getLogger("diffusers.loaders.lora_conversion_utils")
-    with quiet_loaders("x"):
-        log.info("The `diff_b` LoRA params are all zeros which make them ineffective. So, we will purge them out "
-                 "of the current state dict to make loading possible.")
-        log.info("something harmless")
-    with pytest.raises(UserError, match=r"^x: the LoRA loader dropped some of its weights.*`diff_b` keys found"):
+    with diffusers_log() as logged:
         with quiet_loaders("x"):
-            log.info("`diff_b` keys found in the state dict which are currently unsupported. So, we will filter "
-                     "out those keys.")
-    with pytest.raises(UserError, match=r"^x: the LoRA lacks weights for some modules the loader adapted"):
-        with quiet_loaders("x"):
-            logging.getLogger("diffusers.utils.peft_utils").warning(
-                "Loading adapter weights from state_dict led to missing keys in the model: a.lora_B.weight")
-    assert capsys.readouterr().err == ""
+            log.info("The `diff_b` LoRA params are all zeros which make them ineffective. So, we will purge them "
+                     "out of the current state dict to make loading possible.")
+            log.info("something harmless")
+        with pytest.raises(UserError, match=r"^x: the LoRA loader dropped some of its weights.*`diff_b` keys found"):
+            with quiet_loaders("x"):
+                log.info("`diff_b` keys found in the state dict which are currently unsupported. So, we will filter "
+                         "out those keys.")
+        with pytest.raises(UserError, match=r"^x: the LoRA lacks weights for some modules the loader adapted"):
+            with quiet_loaders("x"):
+                logging.getLogger("diffusers.utils.peft_utils").warning(
+                    "Loading adapter weights from state_dict led to missing keys in the model: a.lora_B.weight")
+    assert capsys.readouterr().err == "" and logged == []

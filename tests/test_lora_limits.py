@@ -13,7 +13,7 @@ import torch
 
 from compress.errors import UserError
 from compress.lora import merge_lora
-from tests.conftest import forward, model_inputs, tiny_flux, tiny_pixart
+from tests.conftest import diffusers_log, forward, model_inputs, tiny_flux, tiny_pixart
 from tests.test_lora import _lora, _student, _with_text_encoder
 
 peft = pytest.importorskip("peft")
@@ -162,18 +162,18 @@ def test_a_lora_of_another_family_is_one_quiet_line(tmp_path, capsys):
     """A PixArt LoRA on Flux: no peft warning nor diffusers log listing every key, one short error
     saying it names layers the model does not have; kohya keys diffusers cannot convert: at most three."""
     pixart = _save(_state(tiny_pixart(num_layers=2), ["to_q", "to_k", "ff.net.0.proj"]), tmp_path / "p.safetensors")
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, diffusers_log() as logged:
         warnings.simplefilter("always")
         with pytest.raises(UserError, match=r"names a layer FluxTransformer2DModel does not have: a LoRA of another "
                                             r"model\?$"):
             merge_lora(tiny_flux(), pixart)
-    assert not caught and capsys.readouterr().err == ""
+    assert not caught and capsys.readouterr().err == "" and logged == []
     kohya = {f"lora_unet_transformer_blocks_{i}_attn1_to_{x}.{p}": torch.ones(4, 16)
              for i in range(3) for x in "qkv" for p in ("lora_down.weight", "lora_up.weight")}
-    with pytest.raises(UserError) as e:
+    with diffusers_log() as logged, pytest.raises(UserError) as e:
         merge_lora(tiny_flux(), _save(kohya, tmp_path / "k.safetensors"))
     assert len(str(e.value)) < 400 and "(18 in all)" in str(e.value) and "a LoRA of another model?" in str(e.value)
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == "" and logged == []
 
 
 def test_a_lora_on_the_patch_embedding_says_it_is_no_linear(tmp_path):
