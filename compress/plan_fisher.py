@@ -95,9 +95,10 @@ def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]
 
 def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
     """An svd pass keeps the square roots of its targets' output Fishers, L and L⁻¹ (out x out float64
-    each, svd_fisher.Roots), of every target factorized so far until they pass fisher_memory_gb (the
-    oldest then go; auto: the sweeps' share; the newest is kept beside the limit); the pass that keeps
-    most, while its walk holds its statistics (none without an output Fisher). taps: by pass index."""
+    each, svd_fisher.Roots), of the targets of the block (or the top level) it visits, until they pass
+    fisher_memory_gb (the oldest then go; auto: the sweeps' share; the newest is kept beside the limit);
+    the block of the pass that keeps most, while its walk holds its statistics (none without an output
+    Fisher). taps: by pass index."""
     from compress.passes.svd import prediction_fisher
 
     found = []
@@ -105,16 +106,18 @@ def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
         c, step = recipe.passes[index].config, plan["passes"][index]
         weighted = [t for t in pass_taps if (c.fisher == "block" and t["group"] is not None)
                     or prediction_fisher(c, SimpleNamespace(role=t["role"]))]
-        pairs = [16 * t["out"] ** 2 for t in weighted]
-        if not pairs:
+        if not weighted:
             continue
+        blocks: dict[tuple, list[int]] = {}
+        for t in weighted:  # as svd_fisher.Roots' groups: the targets the walk visits together
+            blocks.setdefault((t["group"], t["block"]), []).append(16 * t["out"] ** 2)
         gb = step["fisher"]["sweep_gib"] if c.fisher_memory_gb == "auto" and "fisher" in step else c.fisher_memory_gb
         keep = (FALLBACK_GB if gb == "auto" else float(gb)) * 2**30
-        found.append((int(min(sum(pairs), keep + max(pairs))), index))
+        found.append((int(max(min(sum(pairs), keep + max(pairs)) for pairs in blocks.values())), index))
     if not found:
         return []
     size, index = max(found)
-    return [part("the output Fishers' square roots kept for the targets factorized (L and L⁻¹, float64)", size,
+    return [part("the output Fishers' square roots kept for the block visited (L and L⁻¹, float64)", size,
                   [f"passes.{index}.svd.targets", f"passes.{index}.svd.fisher_memory_gb"])]
 
 

@@ -367,13 +367,17 @@ class Roots:
     from the Fishers kept on disk under `folder` (calib_store.NamedFiles; in memory when folder is
     None), so a pass never holds every target's out x out pair at once: Flux.1-dev's modulation
     alone would be 2 x 77 of up to 18432² float64 (241 GiB). The pairs asked for last stay until
-    they pass `keep_bytes`.
+    they pass `keep_bytes`; with `groups` (name -> the key of the targets the walk visits together:
+    (group, block) of a LinearInfo) only those of the group asked for last: asking for a pair of
+    another group drops them first (the walk visits a block's targets together and comes back to
+    none; compensation's line search asks for each pair of a stage many times).
     reuse: the folder is keyed to the model and inputs the Fishers are measured on, so the ones an
     interrupted pass left there are kept (and not measured again); else they are deleted first."""
 
     def __init__(self, folder: Path | None, damping: float, keep_bytes: float, reuse: bool = False,
-                 names=None, shared=None):
+                 names=None, shared=None, groups: dict | None = None):
         self.folder, self.damping, self.keep_bytes = folder, damping, keep_bytes
+        self.groups = groups or {}  # name -> the key of the targets visited together (None: one group)
         self.names = names  # a view's subset (only())
         # name -> Fisher (on disk); name -> (L, L⁻¹) asked for last; both shared with views
         self.store, self.recent = shared if shared is not None else (
@@ -396,7 +400,7 @@ class Roots:
     def only(self, names) -> "Roots":
         """A view on the targets named (sharing the stored Fishers)."""
         return Roots(self.folder, self.damping, self.keep_bytes, names=set(names) & set(self),
-                     shared=(self.store, self.recent))
+                     shared=(self.store, self.recent), groups=self.groups)
 
     def __iter__(self):
         return iter(n for n in self.store if self.names is None or n in self.names)
@@ -411,6 +415,7 @@ class Roots:
         if name not in self:
             raise KeyError(name)
         if name not in self.recent:
+            self._leave_others(name)
             try:
                 self.recent[name] = sqrt_pair(self.store[name], self.damping)
             except torch.linalg.LinAlgError as e:
@@ -421,6 +426,12 @@ class Roots:
 
     def get(self, name: str, default=None):
         return self[name] if name in self else default
+
+    def _leave_others(self, name: str) -> None:
+        """Drops the pairs held of targets outside `name`'s group (`groups`)."""
+        group = self.groups.get(name)
+        for other in [n for n in self.recent if self.groups.get(n) != group]:
+            del self.recent[other]
 
     def _trim(self, newest: str) -> None:
         size = lambda pair: sum(t.numel() * t.element_size() for t in pair)  # noqa: E731

@@ -470,3 +470,70 @@ def test_a_checkpointed_backward_does_not_tap_the_rebuilt_blocks_again():
         taps = dict(outputs)
         torch.autograd.grad(pred.square().sum(), [taps[n] for n in names])
         assert all(outputs[n] is taps[n] for n in names)
+
+
+def test_roots_with_groups_hold_the_pairs_of_the_group_asked_for_last_only():
+    fishers = _fishers(4)
+    groups = {"l0": ("a", 0), "l1": ("a", 0), "l2": ("b", 1), "l3": ("b", 1)}
+    roots, plain = Roots(None, 1e-3, 1e12, groups=groups), Roots(None, 1e-3, 1e12)
+    for name, f in fishers.items():
+        roots.add(name, f)
+        plain.add(name, f)
+    for name in ["l0", "l1", "l0"]:
+        assert all(torch.equal(a, b) for a, b in zip(roots[name], plain[name]))
+    assert set(roots.recent) == {"l0", "l1"}
+    view = roots.only(["l2", "l3"])
+    view["l2"]  # another group: the first one's pairs go
+    assert set(roots.recent) == {"l2"} and set(plain.recent) == {"l0", "l1"}
+
+
+def test_the_svd_pass_holds_one_blocks_roots_computing_each_once_with_the_same_factors(tmp_path, monkeypatch):
+    """Tiny Flux with compensation (its line search asks for each pair of a stage many times): with
+    `groups` (svd.py passes each target's (group, block)) the pass holds the square roots of one
+    visited block's targets at a time, computes each once as with every pair kept, and writes the
+    same weights bit for bit."""
+    from collections import Counter
+
+    import compress.passes.svd as svd_module
+    import compress.passes.svd_fisher as svd_fisher
+    from compress.arch import get_adapter
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.conftest import model_inputs
+
+    calls, held, added = Counter(), [], Counter()
+    real_sqrt, real_trim, real_add = svd_fisher.sqrt_pair, Roots._trim, Roots.add
+    monkeypatch.setattr(Roots, "add", lambda self, n, f: (added.update([n]), real_add(self, n, f)))
+    monkeypatch.setattr(svd_fisher, "sqrt_pair", lambda f, d: (calls.update([f.shape]), real_sqrt(f, d))[1])
+
+    def trim(self, newest):
+        real_trim(self, newest)
+        held.append(({self.groups.get(n) for n in self.recent}, len(self.recent)))
+    monkeypatch.setattr(Roots, "_trim", trim)
+
+    def run(where, grouped):
+        model = tiny_flux()
+        adapter = get_adapter(model)
+        groups = {i.name: (i.group, i.block) for i in adapter.linears(model)} if grouped else None
+
+        class Grouped(Roots):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **{**kwargs, "groups": kwargs.get("groups") or groups})
+        monkeypatch.setattr(svd_module, "Roots", Grouped)
+        batches = [model_inputs(model, seed=i) for i in range(2)]
+        ctx = RunContext(adapter=adapter, family="flux", teacher=tiny_flux(), run_dir=tmp_path / where,
+                         calibration_inputs=lambda: batches, fingerprint=where)
+        cfg = SVDConfig(targets=["attention", "mlp", "modulation"], ratio=0.5, multiple=2, progress=False,
+                        modulation_grid=4, fisher="all", fisher_memory_gb=100.0)
+        SVDPass(cfg).run(model, ctx)
+        return model.state_dict()
+
+    calls.clear(), held.clear()
+    a = run("kept", grouped=False)
+    kept_calls, kept_held = sum(calls.values()), max(n for _, n in held)
+    assert kept_calls == len(added) > 8 and kept_held == kept_calls  # every pair computed once, all kept
+    calls.clear(), held.clear()
+    b = run("grouped", grouped=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sum(calls.values()) == kept_calls and len(held) == kept_calls
+    assert all(len(g) == 1 for g, _ in held) and max(n for _, n in held) < kept_held / 2
