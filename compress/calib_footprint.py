@@ -231,11 +231,12 @@ def sweep_held_bytes(targets: list[dict], chunks: list[list[str]], itemsize: int
     return held
 
 
-def block_backward_bytes(f: dict, plain: int, blocks: int) -> int:
-    """Bytes one block's backward keeps for one calibration batch (its share of `backward_bytes`:
-    `plain` is that of `blocks` blocks, PixArt-Σ's caption once beside them). f: a `footprint`."""
-    per_block = SAVED_PER_TOKEN * f["tokens"] + 2 * f["caption_tokens"]  # in units of one token's width
-    return plain * per_block // (blocks * per_block + f["caption_tokens"]) if blocks else 0
+def block_backward_bytes(f: dict) -> int:
+    """Bytes one block's backward keeps for one calibration batch: a block's share of `backward_bytes`
+    (whatever the block count it was taken over), a token's bytes (all the batch's rows) read off
+    `batch_bytes`. f: a `footprint`."""
+    per_row = f["streams"] * (2 * f["tokens"] + f["caption_tokens"])  # tokens of a batch_bytes row
+    return (SAVED_PER_TOKEN * f["tokens"] + 2 * f["caption_tokens"]) * (f["batch_bytes"] // per_row)
 
 
 def skip_scan_bytes(f: dict, config, blocks: int) -> int:

@@ -73,7 +73,7 @@ def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]
     from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
 
     f, found = plan["calibration"], []
-    backward = block_backward_bytes(f, plan["backward"][0], sum(plan["blocks_after"].values()))
+    backward = block_backward_bytes(f)
     for index, block_taps in taps.items():
         c = recipe.passes[index].config
         if c.fisher != "block":

@@ -388,3 +388,26 @@ def test_fisher_block_and_the_fishers_square_roots_are_counted_while_the_walk_ho
     assert any(p["bytes"] >= block["bytes"] and p["what"].startswith(("a block's", "factorizing")) for p in parts.values())
     resident = make_plan(load_recipe(RECIPES / "toy-pixart.yaml"))["memory"]  # fisher: all, no block's own
     assert not any(p["what"].startswith("a block's output Fisher") for p in resident["parts"] + resident["steps_smaller"])
+
+
+def test_a_blocks_output_fisher_takes_one_blocks_backward_whatever_the_blocks_left(monkeypatch):
+    """plan_fisher.block_fishers took a block's backward as plan["backward"] (taken over the planned
+    model's blocks) over blocks_after (per group the most the run may leave, which a removal placed at
+    run time makes differ): one block's backward is its own (calib_footprint.block_backward_bytes)."""
+    import copy
+
+    import compress.plan_memory as pm
+    from compress.calib_footprint import block_backward_bytes
+    from compress.recipe import load_recipe
+
+    seen, block_fishers = [], pm.block_fishers
+    monkeypatch.setattr(pm, "block_fishers", lambda *a: seen.append(copy.deepcopy(a)) or block_fishers(*a))
+    plan = make_plan(load_recipe(RECIPES / "toy-pixart-stream.yaml"))
+    recipe, planned, taps = seen[0]
+    (held,) = block_fishers(recipe, planned, taps)
+    more = {**planned, "blocks_after": {g: 2 * n for g, n in planned["blocks_after"].items()}}
+    assert block_fishers(recipe, more, taps) == [held]
+    blocks, f = sum(planned["blocks_after"].values()), planned["calibration"]  # here as many as planned
+    token = 128 * f["itemsize"] * min(f["rows"], f["batch_rows"])  # hidden 128
+    assert planned["backward"][0] == blocks * block_backward_bytes(f) + f["caption_tokens"] * token
+    assert held["bytes"] > block_backward_bytes(f) > 0 and "width" not in plan["calibration"]
