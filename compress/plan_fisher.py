@@ -65,7 +65,7 @@ def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict])
 
 def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
     """An svd pass with fisher: block measures each block's targets' output Fishers at that block
-    (svd_fisher.block_fisher, in chunks of at most fisher_memory_gb): one block's backward of one
+    (svd_fisher.block_fisher, in chunks of at most fisher_memory_gb, taps counted: block_chunks): one block's backward of one
     calibration batch, the chunk's taps, a probe's gradients and its Fishers; the part
     of the block that holds most (none without such a pass; auto counted in chunks of FALLBACK_GB).
     taps: svd_statistics' by pass index."""
@@ -83,7 +83,8 @@ def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]
         for t in _tapped(recipe, plan, index, [t for t in block_taps if t["group"] is not None]):
             blocks.setdefault((t["group"], t["block"]), []).append({**t, "fisher": fisher_bytes(t["out"], t["fisher_rows"])})
         for ts in blocks.values():
-            chunks = fisher_chunks(_infos(ts), budget, {t["name"]: t["fisher_rows"] for t in ts if t["fisher_rows"]})
+            chunks = fisher_chunks(_infos(ts), budget, {t["name"]: t["fisher_rows"] for t in ts if t["fisher_rows"]},
+                                   {t["name"]: t["out"] * t["rows"] * f["itemsize"] for t in ts})  # as block_chunks
             found.append((backward + sweep_held_bytes(ts, chunks, f["itemsize"]), index))
     if not found:
         return []

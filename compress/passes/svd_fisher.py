@@ -133,6 +133,11 @@ def in_backward() -> bool:
 def output_sizes(model: nn.Module, adapter, batch: dict, names: list[str]) -> dict[str, int]:
     """name -> bytes of the named linear's output on `batch` (one forward without autograd): what a
     sweep's tap of it and a probe's gradient each hold (`fisher_chunks`' outputs)."""
+    return _sizes(model, names, lambda: adapter.predict(model, batch))
+
+
+def _sizes(model: nn.Module, names: list[str], run) -> dict[str, int]:
+    """name -> bytes of the named linear's output in `run()` (called without autograd)."""
     sizes: dict[str, int] = {}
 
     def make_hook(name):
@@ -143,7 +148,7 @@ def output_sizes(model: nn.Module, adapter, batch: dict, names: list[str]) -> di
     handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
     try:
         with torch.no_grad():
-            adapter.predict(model, batch)
+            run()
     finally:
         for h in handles:
             h.remove()
@@ -348,6 +353,18 @@ def sweep_chunks(model: nn.Module, adapter, batches: list[dict], infos: list, bu
     if not infos or not batches:
         return []
     outputs = output_sizes(model, adapter, batches[0], [i.name for i in infos])
+    return fisher_chunks(infos, budget_bytes, rows, outputs)
+
+
+def block_chunks(model: nn.Module, adapter, block: nn.Module, inputs: list, infos: list, budget_bytes: float,
+                 rows=None) -> list[list[str]]:
+    """`fisher_chunks` of fisher: block's targets `infos` of `block` (block_fisher), their taps counted
+    at their outputs' sizes on its first (largest) calibration input [(args, kwargs)] (one run of the
+    block without autograd), as `sweep_chunks` counts the output Fisher's."""
+    if not infos or not inputs:
+        return []
+    args, kwargs = inputs[0]
+    outputs = _sizes(model, [i.name for i in infos], lambda: adapter.run_block(block, args, kwargs))
     return fisher_chunks(infos, budget_bytes, rows, outputs)
 
 

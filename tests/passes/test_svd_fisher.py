@@ -537,3 +537,41 @@ def test_the_svd_pass_holds_one_blocks_roots_computing_each_once_with_the_same_f
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert sum(calls.values()) == kept_calls and len(held) == kept_calls
     assert all(len(g) == 1 for g, _ in held) and max(n for _, n in held) < kept_held / 2
+
+
+def test_block_fisher_chunks_count_each_targets_taps_as_the_plan_does(monkeypatch):
+    """fisher: block chunked a block's targets counting their Fishers only (svd.py's fisher_chunks
+    call): a chunk's taps and a probe's gradients came on top of fisher_memory_gb. block_chunks counts
+    them at their outputs on the block's first input, as sweep_chunks does; plan_fisher.block_fishers
+    counts them alike (out x rows x itemsize)."""
+    from pathlib import Path
+
+    import compress.passes.svd_fisher as svd_fisher
+    from compress.arch import get_adapter
+    from compress.passes.svd_fisher import block_chunks, fisher_bytes
+    from compress.plan import make_plan
+    from compress.recipe import load_recipe
+    from tests.conftest import model_inputs
+
+    model = tiny_flux()
+    adapter = get_adapter(model)
+    group, index, block = next(adapter.iter_blocks(model))
+    captured, sizes = {}, {}
+    h = block.register_forward_pre_hook(lambda m, a, k: captured.setdefault("in", (a, k)) and None, with_kwargs=True)
+    infos = [i for i in adapter.linears(model) if (i.group, i.block) == (group, index)]
+    hooks = [model.get_submodule(i.name).register_forward_hook(
+        lambda m, a, o, n=i.name: sizes.setdefault(n, o.numel() * o.element_size()) and None) for i in infos]
+    with torch.no_grad():
+        model(**model_inputs(model))
+    for handle in [h, *hooks]:
+        handle.remove()
+    budget = sum(fisher_bytes(i.out_features, None) for i in infos)  # every Fisher fits, without the taps
+    assert len(fisher_chunks(infos, budget)) == 1
+    chunks = block_chunks(model, adapter, block, [captured["in"]], infos, budget)
+    assert len(chunks) > 1 and chunks == fisher_chunks(infos, budget, None, sizes)
+    assert block_chunks(model, adapter, block, [], infos, budget) == []
+
+    seen, real = [], svd_fisher.fisher_chunks
+    monkeypatch.setattr(svd_fisher, "fisher_chunks", lambda *a: seen.append(a) or real(*a))
+    make_plan(load_recipe(Path(__file__).parents[2] / "recipes" / "toy-pixart-stream.yaml"))  # fisher: block
+    assert seen and all(len(a) == 4 and set(a[3]) == {i.name for i in a[0]} and all(a[3].values()) for a in seen)
