@@ -518,7 +518,7 @@ def test_the_svd_pass_holds_one_blocks_roots_computing_each_once_with_the_same_f
 
         class Grouped(Roots):
             def __init__(self, *args, **kwargs):
-                super().__init__(*args, **{**kwargs, "groups": kwargs.get("groups") or groups})
+                super().__init__(*args, **{**kwargs, "groups": groups})  # the pass's own groups or none
         monkeypatch.setattr(svd_module, "Roots", Grouped)
         batches = [model_inputs(model, seed=i) for i in range(2)]
         ctx = RunContext(adapter=adapter, family="flux", teacher=tiny_flux(), run_dir=tmp_path / where,
