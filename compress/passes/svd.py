@@ -54,7 +54,7 @@ from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher_view
 from compress.passes.svd_checks import centered, check_config, check_values, merge_report, refused_on_all, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
-from compress.passes.svd_fisher import (Roots, block_fisher, checkpointed, fisher_budget, fisher_chunks,
+from compress.passes.svd_fisher import (Roots, block_chunks, block_fisher, checkpointed, fisher_budget,
                                        fisher_plan, sweep_chunks, sweeps)
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
@@ -195,7 +195,8 @@ class SVDPass(GlobalAllocation, Pass):
         self.budget = fisher_budget(c.fisher_memory_gb, ctx.device)  # bytes of Fishers per sweep
         if c.fisher_memory_gb == "auto":
             console.print(f"  fisher_memory_gb: auto, {self.budget / 2**30:.1f} GiB per sweep on {ctx.device}")
-        self.roots = Roots(fishers, c.fisher_damping, self.budget, reuse=reusable)
+        self.roots = Roots(fishers, c.fisher_damping, self.budget, reuse=reusable,
+                           groups={i.name: (i.group, i.block) for i in targets})  # one block's pairs held
         compensation: dict = {}
         finished = False
         try:
@@ -297,7 +298,8 @@ class SVDPass(GlobalAllocation, Pass):
         the block's current calibration inputs, in chunks of at most `fisher_memory_gb`."""
         c = self.config
         samples = sum(cal.adapter.hidden_of(args, kwargs)[0].shape[0] for args, kwargs in cal.inputs)
-        for names in fisher_chunks(infos, self.budget, self._fisher_rows(cal.adapter, infos, samples)):
+        rows = self._fisher_rows(cal.adapter, infos, samples)
+        for names in block_chunks(cal.model, cal.adapter, block, cal.inputs, infos, self.budget, rows):
             fisher = block_fisher(cal.model, cal.adapter, block, cal.inputs, names, c.fisher_probes, seed=0)
             for name, f in fisher.items():
                 self.roots.add(name, f)
