@@ -322,6 +322,8 @@ def lora(args) -> int:
     source, new = Path(args.out).expanduser(), Path(args.new).expanduser()
     if new.exists() or new.is_symlink():
         raise UserError(f"{args.new} exists; lora writes a new output folder")
+    if not isinstance(args.scale, (int, float)):  # `--scale=--`: argparse hands over []
+        raise UserError("--scale needs a number (the LoRA's strength, e.g. --scale 0.8)")
     if not math.isfinite(args.scale):
         raise UserError(f"--scale must be a finite number, got {args.scale}")
     if args.scale == 0:
