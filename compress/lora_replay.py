@@ -5,6 +5,7 @@ whether a --lora holds the LoRA recorded there (its files' signature)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from torch import nn
@@ -89,11 +90,48 @@ def warn_if_other_loras(loras: list[dict], moved: list[str]) -> None:
     if not other:
         return
     shuffled = all(recorded) and sorted(map(str, recorded)) == sorted(map(str, map(lora_signature, moved)))
-    why = ("the same LoRAs in another order than the model took them" if shuffled else
+    if shuffled and not order_matters(loras, moved):
+        note("--lora: the same LoRAs in another order than the model took them, at the same scales: plain LoRAs "
+             "add up alike, so its teacher is the same (up to float round-off)")
+        return
+    why = ("the same LoRAs in another order than the model took them (each takes the scale of the one in its place; "
+           "a DoRA's norms, the LoRAs before it)" if shuffled else
            ", ".join(f"--lora {moved[i]} is not the LoRA the model took {_nth(i, len(loras))}(recorded at "
                      f"{loras[i]['source']})" for i in other))
     them = "it as it is" if len(loras) == 1 else "them as they are"
     warn(f"{why}: its teacher is given {them}, so the comparison is with another teacher than the model stands for")
+
+
+def order_matters(loras: list[dict], moved: list[str]) -> bool:
+    """Whether the student's LoRAs given in another order (`moved`: the same files) make another
+    teacher: each --lora takes the scale and base (blocks_of) of the record in its place, and a DoRA's
+    norms are taken from the weight with the LoRAs before it; plain LoRAs at their own settings add
+    up alike (W + s1·B1A1 + s2·B2A2). A LoRA whose files cannot be read counts as a DoRA."""
+    from compress.io_signature import lora_signature
+
+    def taken(signature, record: dict) -> str:
+        return json.dumps([signature, record["scale"], record.get("blocks_of", "(own blocks)")], sort_keys=True)
+
+    given = sorted(taken(lora_signature(source), record) for source, record in zip(moved, loras))
+    if given != sorted(taken(record["signature"], record) for record in loras):
+        return True
+    return any(holds_dora(source) for source in moved)
+
+
+def holds_dora(source: str) -> bool:
+    """Whether a local LoRA's safetensors (a file, or those of a folder) hold a DoRA's magnitudes
+    (peft's lora_magnitude_vector); True where they cannot be read."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(source).expanduser()
+    try:
+        for file in [path] if path.is_file() else sorted(path.glob("*.safetensors")):
+            with safe_open(str(file), "pt") as weights:
+                if any("lora_magnitude_vector" in key for key in weights.keys()):
+                    return True
+    except (SafetensorError, OSError, ValueError):
+        return True
+    return False
 
 
 def _nth(i: int, count: int) -> str:

@@ -122,8 +122,9 @@ def test_a_lora_option_holding_another_lora_warns(tmp_path, capsys):
 
     a, b = ({"source": n, "scale": 1.0, "signature": lora_signature(str(tmp_path / f"{n}.safetensors"))} for n in "ab")
     warn_if_other_loras([a, b], [str(tmp_path / "b.safetensors"), str(tmp_path / "a.safetensors")])
-    assert "warning: the same LoRAs in another order than the model took them: its teacher is given them as they " \
-           "are" in " ".join(capsys.readouterr().err.split())
+    assert "warning: the same LoRAs in another order than the model took them (each takes the scale of the one in " \
+           "its place; a DoRA's norms, the LoRAs before it): its teacher is given them as they are" \
+           in " ".join(capsys.readouterr().err.split())  # files that cannot be read: they may be DoRAs
 
 
 @pytest.mark.filterwarnings("ignore:.*invalid shape")
@@ -185,3 +186,34 @@ def test_a_count_of_lora_flags_other_than_the_loras_taken_says_each_count_in_wor
     with pytest.raises(UserError, match=r"^--lora given 1 time, but the model took 2 LoRAs \(dit-compress lora\): "
                                         r"give --lora once for each, in the order it took them$"):
         replayed_sources(two, [str(tmp_path)])
+
+
+def test_plain_loras_in_another_order_at_their_scales_are_the_same_teacher(tmp_path, capsys):
+    """eval --lora B --lora A of a model that took A then B warned of another teacher, though plain
+    LoRAs add up alike (W + s1·B1A1 + s2·B2A2): kept where the order matters, a DoRA among them (its
+    norms are taken with the LoRAs before it) or scales that differ (each --lora takes its place's)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from compress.io_signature import lora_signature
+    from compress.lora_replay import warn_if_other_loras
+
+    def saved(name: str, dora: bool = False) -> str:
+        weights = {f"transformer.{name}.lora_A.weight": torch.ones(2, 4), f"transformer.{name}.lora_B.weight": torch.ones(4, 2)}
+        if dora:
+            weights[f"transformer.{name}.lora_magnitude_vector"] = torch.ones(4)
+        save_file(weights, str(tmp_path / f"{name}.safetensors"))
+        return str(tmp_path / f"{name}.safetensors")
+
+    def warned(sources, scales) -> str:
+        records = [{"source": s, "scale": k, "blocks_of": "toy:pixart", "signature": lora_signature(s)}
+                   for s, k in zip(sources, scales)]
+        capsys.readouterr()
+        warn_if_other_loras(records, sources[::-1])
+        return " ".join(capsys.readouterr().err.split())
+
+    plain = [saved("a"), saved("b")]
+    err = warned(plain, [0.5, 0.5])
+    assert "warning" not in err and "another order than the model took them, at the same scales" in err
+    assert "warning: the same LoRAs in another order" in warned(plain, [0.7, 2.0])  # each takes its place's scale
+    assert "warning: the same LoRAs in another order" in warned([saved("c", dora=True), plain[0]], [0.5, 0.5])
