@@ -304,3 +304,23 @@ def test_inspect_of_an_output_that_took_loras_says_so_and_what_they_did_to_its_l
     assert main(["inspect", str(tmp_path / "new")]) == 0
     assert "(2 layers); the factorized layers it adapts grew by its rank (stored dense where that passed " \
            "break-even) by role" in " ".join(capsys.readouterr().out.split())
+
+
+def test_inspect_plot_marks_the_svds_cut_of_a_layer_a_lora_grew(tmp_path, monkeypatch):
+    """--plot marked 'rank 12' on the svd's spectrum of a layer the svd cut at rank 8 and a LoRA grew
+    by 4, and chose the most and least compressed layers by the grown ranks: the svd's cut is marked,
+    the title says '+ LoRA 4', and the layers are chosen by the svd's ranks."""
+    import compress.inspect as inspect
+
+    def row(name, rank):
+        return {"name": name, "rank": rank, "shape": [64, 64], "dense_params": 64 * 64 + 64,
+                "kept": (rank * 128 + 64) / (64 * 64 + 64)}
+
+    rows = [row("grown", 12), row("a", 10), row("b", 11), row("c", 20), row("d", 30)]
+    svd_ranks = {"grown": 8, "a": 10, "b": 11, "c": 20, "d": 30}
+    report = {"svd": {"layers": {n: {"rank": k, "spectrum": [3.0, 2.0, 1.0]} for n, k in svd_ranks.items()}}}
+    drawn = {}
+    monkeypatch.setattr(inspect, "plot_ranks", lambda rows, path: path)
+    monkeypatch.setattr(inspect, "plot_spectrum", lambda name, energies, rank, path: drawn.setdefault(name, rank) and path)
+    inspect.write_plots(rows, report, tmp_path)
+    assert drawn == {"grown (svd's cut; + LoRA 4: rank 12 now)": 8, "a": 10, "c": 20, "d": 30}
