@@ -2,9 +2,10 @@
 
 The loaders drop what they do not know with a log line or silently (kohya diff / diff_b, LyCORIS's
 dora_scale, keys of another model, a second adapter): each such case is a one-line UserError here
-naming a key, never a merge that lost weights. Also: the peft names of diffusers- and kohya-style keys
-(`peft_keys`) and the LoraConfig they imply (`lora_config`), the text-encoder modules listed rather
-than merged, and the teacher block counts a LoRA's keys may not pass.
+naming a key, never a merge that lost weights. So is a damaged file (NaN/Inf in a tensor, a lora_A
+and lora_B of other ranks) and one of text-encoder modules only. Also: the peft names of diffusers-
+and kohya-style keys (`peft_keys`) and the LoraConfig they imply (`lora_config`), the text-encoder
+modules listed rather than merged, and the teacher block counts a LoRA's keys may not pass.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ DIFF_KEYS = re.compile(r"diff_b|Normalization diff")  # a kohya LoRA's, of the t
 def module_of(key: str) -> str:
     """The module a LoRA key belongs to (`x.lora_A.weight`, `x.alpha` -> `x`)."""
     return LORA_PART.sub("", key)
+
+
+def check_not_text_encoder_only(keys: list[str], where: str) -> None:
+    """A UserError where all of the LoRA's keys are a text encoder's: nothing to merge into the transformer."""
+    if keys and all(TEXT_ENCODER.match(k) for k in keys):
+        raise UserError(f"{where}: only text-encoder modules ({len(text_encoder_modules(keys))}), nothing for "
+                        "the transformer")
 
 
 def text_encoder_modules(keys) -> list[str]:
@@ -139,6 +147,30 @@ def check_adapters(keys: list[str], where: str) -> None:
             raise UserError(f"{where}: '{seen[plain]}' and '{key}' are the same weight (with and without "
                             "a peft adapter name): which one to merge?")
         seen[plain] = key
+
+
+def check_finite(state: dict, where: str, origin: dict[str, str] | None = None) -> None:
+    """A UserError naming the first of the LoRA's tensors holding NaN or Inf (a damaged file: merged,
+    it would make the student's layer NaN whatever the scale); `origin`: {key: the file's key}."""
+    from compress.io_tensors import nonfinite
+
+    for key, value in state.items():
+        bad = nonfinite(value) if isinstance(value, torch.Tensor) else 0
+        if bad:
+            raise UserError(f"{where}: holds {bad} NaN/Inf values in '{(origin or {}).get(key, key)}': "
+                            "the file is damaged")
+
+
+def check_ranks(state: dict, where: str) -> None:
+    """A UserError naming the first module whose lora_A (r, in) and lora_B (out, r') of `state`
+    (`[transformer.]<module>.lora_A.weight` ...) disagree on the rank: a damaged file, which peft
+    would refuse with a size mismatch of its own parameter names."""
+    parts = {(m[1], m[2]): v for k, v in state.items() for m in [PEFT_PART.match(k)] if m and v.dim() == 2}
+    for (module, part), a in parts.items():
+        b = parts.get((module, "lora_B")) if part == "lora_A" else None
+        if b is not None and a.shape[0] != b.shape[1]:
+            raise UserError(f"{where}: lora_A rank {a.shape[0]} vs lora_B rank {b.shape[1]} for '{module}': "
+                            "the file is damaged")
 
 
 def check_shapes(state: dict, skeleton: nn.Module, where: str) -> None:

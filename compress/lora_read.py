@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.lora_keys import (STATE_DICT, TEXT_ENCODER, check_all_read, check_blocks, check_kohya_flux,
-                                check_linear, check_shapes, lora_config, lycoris_dora, module_of, peft_keys,
-                                quiet_loaders, short, text_encoder_modules, with_transformer_prefix,
-                                without_adapter_names)
+from compress.lora_keys import (STATE_DICT, TEXT_ENCODER, check_all_read, check_blocks, check_finite,
+                                check_kohya_flux, check_linear, check_not_text_encoder_only, check_ranks,
+                                check_shapes, lora_config, lycoris_dora, module_of, peft_keys, quiet_loaders,
+                                short, text_encoder_modules, with_transformer_prefix, without_adapter_names)
 
 ADAPTER = "dit_compress_merge"
 MAGNITUDE = "DoRA magnitude (lora_magnitude_vector)"
@@ -61,6 +61,7 @@ def read_lora(student: nn.Module, adapter, lora, block_map: dict,
         raise UserError("merging a LoRA needs peft: pip install 'dit-compress[lora]' (or peft)")
     with quiet_loaders(label(lora)) as held:  # their warnings list every key; the errors here say what matters
         load, keys = _reader(adapter, lora, type(student).__name__, held)
+        check_not_text_encoder_only(keys, label(lora))
         text_encoder = text_encoder_modules(keys)
         skeleton = _empty_teacher(student, adapter, block_map, [k for k in keys if not TEXT_ENCODER.match(k)],
                                   label(lora), base)
@@ -138,10 +139,12 @@ def _flux_reader(lora, path: Path | None, held=None):
                             "model?") from None
         raise hub_error(str(lora), e, "a local LoRA file") from None
     state = without_adapter_names(state, label(lora))
+    check_finite({k: v for k, v in state.items() if not TEXT_ENCODER.match(k)}, label(lora))
 
     def load(skeleton: nn.Module) -> None:
         prefixed = with_transformer_prefix(state, skeleton)
         check_shapes(prefixed, skeleton, label(lora))
+        check_ranks(prefixed, label(lora))
         try:
             FluxLoraLoaderMixin.load_lora_into_transformer(prefixed, alphas, transformer=skeleton,
                                                            adapter_name=ADAPTER, metadata=metadata,
@@ -207,6 +210,7 @@ def _peft_reader(folder: Path) -> tuple[Callable[[nn.Module], None], list[str]]:
         raise UserError(f"{folder}: not a readable peft LoRA adapter ({type(e).__name__}: {e})") from None
     origin = {re.sub(r"^base_model\.model\.", "", k): k for k in state}
     state = {key: state[k] for key, k in origin.items()}
+    check_finite({k: v for k, v in state.items() if not TEXT_ENCODER.match(k)}, str(folder), origin)
     return _peft_load(config, state, str(folder), origin), list(state)
 
 
@@ -218,6 +222,7 @@ def _peft_load(config, state: dict, where: str, origin: dict[str, str]) -> Calla
 
     def load(skeleton: nn.Module) -> None:
         check_shapes(state, skeleton, where)
+        check_ranks(state, where)
         try:
             inject_adapter_in_model(config, skeleton, adapter_name=ADAPTER, low_cpu_mem_usage=True)
             result = set_peft_model_state_dict(skeleton, state, adapter_name=ADAPTER, low_cpu_mem_usage=True)
@@ -261,6 +266,7 @@ def _state_reader(state: dict, metadata: dict, where: str) -> tuple[Callable[[nn
     """A diffusers- or kohya-style LoRA state dict of a family diffusers has no LoRA loader for."""
     keys = list(state)
     state = {k: v for k, v in state.items() if not TEXT_ENCODER.match(k)}
+    check_finite(state, where)  # alphas too, which peft_keys takes out
 
     def load(skeleton: nn.Module) -> None:
         modules = dict(skeleton.named_modules())

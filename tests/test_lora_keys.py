@@ -210,3 +210,46 @@ def test_a_loader_info_line_dropping_weights_is_an_error_but_a_purge_of_zeros_is
                 logging.getLogger("diffusers.utils.peft_utils").warning(
                     "Loading adapter weights from state_dict led to missing keys in the model: a.lora_B.weight")
     assert capsys.readouterr().err == "" and logged == []
+
+
+def _model_and_pair(family: str) -> tuple:
+    """A tiny model of `family` and a rank-2 diffusers-style LoRA state dict on one of its linears."""
+    model, module = (tiny_pixart(), "transformer_blocks.0.attn1.to_q") if family == "pixart" else (tiny_flux(), Q)
+    out_f, in_f = model.get_submodule(module).weight.shape
+    return model, {f"transformer.{module}.lora_A.weight": torch.randn(2, in_f),
+                   f"transformer.{module}.lora_B.weight": torch.randn(out_f, 2)}
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_a_lora_of_text_encoder_modules_only_says_so(tmp_path, family):
+    te = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    state = {f"{te}.lora_down.weight": torch.randn(2, 8), f"{te}.lora_up.weight": torch.randn(8, 2),
+             f"{te}.alpha": torch.tensor(2.0)}
+    model = _model_and_pair(family)[0]
+    with pytest.raises(UserError, match=r"l.safetensors: only text-encoder modules \(1\), nothing for the "
+                                        r"transformer$"):
+        merge_lora(model, _save(state, tmp_path / "l.safetensors"))
+
+
+def _with_nan(state: dict) -> str:
+    key = next(iter(state))
+    state[key][0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    return rf"holds 3 NaN/Inf values in '{re.escape(key)}'"
+
+
+def _with_other_rank(state: dict) -> str:
+    a, b = state
+    state[b] = torch.randn(state[b].shape[0], 3)
+    return rf"lora_A rank 2 vs lora_B rank 3 for '{a[len('transformer.'):-len('.lora_A.weight')]}'"
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+@pytest.mark.parametrize("damage", [_with_nan, _with_other_rank], ids=["nan", "ranks"])
+def test_a_damaged_lora_file_is_said_damaged_naming_the_key(tmp_path, family, damage):
+    """NaN/Inf in the LoRA's own tensors, or a lora_B whose rank is not its lora_A's, is a one-line
+    UserError naming the file and the key or module as read, not a scale to lower once merged nor
+    peft's size mismatch of its own parameter names."""
+    model, state = _model_and_pair(family)
+    said = damage(state)
+    with pytest.raises(UserError, match=rf"l.safetensors: {said}: the file is damaged$"):
+        merge_lora(model, _save(state, tmp_path / "l.safetensors"))
