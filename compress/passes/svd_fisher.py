@@ -100,16 +100,16 @@ def tapped(model: nn.Module, names: list[str], keep_inputs: bool = False):
     """Forward hooks on the named linears for the duration: yields (inputs, outputs), name -> the
     layer's last input (detached; only with `keep_inputs`, else inputs stays empty) and a zero tensor
     added to its output, whose gradient is ∂/∂y (the graph stays whole, so chained linears each get
-    their full Jacobian). The hooks do nothing while a backward runs: gradient checkpointing's rerun
-    of a block's forward would tap it again (a zero tensor no gradient reaches, each target's output
-    more held) and its value is the same either way (the tap adds zeros)."""
+    their full Jacobian). While a backward runs (gradient checkpointing's rerun of a block's forward)
+    the hooks add a zero of their own and keep it nowhere: the rerun must save the tensors the
+    forward saved (the same ops needing grad), but its zeros get no gradient and are not taps."""
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
 
     def make_hook(name):
         def hook(mod, args, out):
-            if in_backward():
-                return None
+            if in_backward():  # the rerun builds the forward's graph again: untapped, its own zero
+                return out + torch.zeros_like(out, requires_grad=True)
             if keep_inputs:
                 inputs[name] = args[0].detach()
             z = torch.zeros_like(out, requires_grad=True)
