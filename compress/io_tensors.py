@@ -6,7 +6,9 @@ single-file checkpoints, and the one-line errors for what cannot be read (`unrea
 from __future__ import annotations
 
 import functools
+import pickletools
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -83,7 +85,7 @@ def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     try:
         sd = _torch_load(path, mmap)
     except Exception as e:  # noqa: BLE001 - unpickling errors have many types
-        if needs_code(e):
+        if needs_code(e) and not cut_short(path):
             raise UserError(f"{path} needs arbitrary code to unpickle and was refused; checkpoints "
                             "are data, never code: convert it to safetensors") from None
         raise UserError(f"{path} is not a readable checkpoint: {not_torch_save(path, e)}") from None
@@ -102,10 +104,40 @@ def not_torch_save(path: Path, e: Exception) -> str:
         head = f.read(4)
     expected = (f"expected a .safetensors file or one torch.save wrote ({', '.join(SINGLE_FILE_SUFFIXES[1:])}: "
                 "a zip archive or a pickle)")
-    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # a zip's first entry; pickle protocol 2+ starts with PROTO
+    zip_start = head and b"PK\x03\x04".startswith(head)  # a zip's first entry (a zip cut to 1-3 bytes: its start)
+    if not zip_start and head[:1] != b"\x80":  # pickle protocol 2+ starts with PROTO
         return f"{expected}, and it is neither"
-    why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
-    return f"{expected}; this one fails to load ({type(e).__name__}: {why}); it may be truncated or corrupted"
+    if needs_code(e):  # cut_short: torch's words would be about a class, one whose name the cut ended
+        why = "it ends early"
+    else:
+        why = f"{type(e).__name__}: {e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)}"
+    return f"{expected}; this one fails to load ({why}); it may be truncated or corrupted"
+
+
+def cut_short(path: Path, pickles: int = 5) -> bool:
+    """Whether a file torch.load refused as naming a class (needs_code) ends early instead: a zip
+    without the central directory at its end (a zip cut to 1-3 bytes is no zip), or a pickle that
+    ends before its STOP, where a class name cut in the middle ("torch._uti") reads as a class to
+    refuse. torch.save's legacy format is 5 pickles (magic, protocol, sys info, the object, storage
+    keys) then the tensors' bytes; a plain pickle is one. Only opcodes are read: no tensor, no code."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            try:
+                zipfile.ZipFile(f).close()  # reads the central directory only
+            except (zipfile.BadZipFile, OSError, ValueError):
+                return True
+            return False
+        f.seek(0)
+        for _ in range(pickles):
+            if not f.read(1):  # the file ends where a pickle does
+                return False
+            f.seek(-1, 1)
+            try:
+                for _ in pickletools.genops(f):
+                    pass
+            except ValueError:  # no STOP before the end, or a byte no pickle opcode is
+                return True
+    return False
 
 
 def _torch_load(path: Path, mmap: bool):

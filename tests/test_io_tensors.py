@@ -46,3 +46,45 @@ def test_torch_errors_are_quoted_without_terminal_escapes():
 
     e = pickle.UnpicklingError("Weights only load failed. \x1b[1mdo those steps\x1b[0m.\n\t(1) advice")
     assert one_line(e) == "Weights only load failed. do those steps."
+
+
+def _cut_in_a_class_name(path):
+    """torch.save's legacy format cut inside the name of torch's tensor rebuilder: the weights-only
+    unpickler refuses 'GLOBAL torch._u' as a class, as it refuses a Namespace."""
+    torch.save({"w": torch.zeros(3)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"torch._utils") + 8])
+
+
+def _zip_cut_to_two_bytes(path):
+    torch.save({"w": torch.zeros(3)}, path)
+    path.write_bytes(path.read_bytes()[:2])
+
+
+@pytest.mark.parametrize("cut", [_cut_in_a_class_name, _zip_cut_to_two_bytes], ids=["legacy", "zip"])
+def test_a_cut_torch_save_file_is_said_truncated_not_refused_as_code(tmp_path, cut):
+    cut(tmp_path / "m.pt")
+    with pytest.raises(UserError) as e:
+        read_state_dict(tmp_path / "m.pt")
+    assert str(e.value) == (f"{tmp_path / 'm.pt'} is not a readable checkpoint: expected a .safetensors file or one "
+                            "torch.save wrote (.pth, .pt, .bin, .ckpt: a zip archive or a pickle); this one fails to "
+                            "load (it ends early); it may be truncated or corrupted")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_torch_save_file_cut_anywhere_in_its_first_bytes_is_said_truncated(tmp_path, legacy):
+    """Where its pickles are (a legacy file's are at its start), and at a few points further on."""
+    torch.save({"state_dict": {f"b{i}.w": torch.zeros(8) for i in range(4)}}, tmp_path / "m.ckpt",
+               _use_new_zipfile_serialization=not legacy)
+    data = (tmp_path / "m.ckpt").read_bytes()
+    for n in [*range(1, 600), *(len(data) * k // 10 for k in range(6, 10))]:
+        (tmp_path / "m.ckpt").write_bytes(data[:n])
+        with pytest.raises(UserError, match="; it may be truncated or corrupted$"):
+            read_state_dict(tmp_path / "m.ckpt")
+
+
+def test_a_whole_legacy_torch_save_file_holding_an_object_is_still_refused_as_code(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hparams": argparse.Namespace(lr=1)}, tmp_path / "m.ckpt",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(UserError, match="needs arbitrary code to unpickle"):
+        read_state_dict(tmp_path / "m.ckpt")
