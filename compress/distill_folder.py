@@ -84,19 +84,53 @@ def latents_files(value: str | Path) -> list[Path]:
 
 
 def check_file(path: Path, data: dict) -> None:
-    """One file of the folder format: 'latents', and 'cond.' tensors with as many rows."""
-    if "latents" not in data:
-        raise UserError(f"distill: {path} has no 'latents' tensor (keys: {', '.join(sorted(data))})")
-    n = len(data["latents"]) if data["latents"].ndim else 0
-    for key, value in data.items():
-        if key.startswith("cond.") and (not value.ndim or len(value) != n):
-            raise UserError(f"distill: {path}: '{key}' has {len(value) if value.ndim else 0} rows, "
-                            f"'latents' has {n}")
+    """One file of the folder format: 'latents', and 'cond.' tensors with as many rows (check_keys),
+    every value finite."""
+    check_keys(path, {k: tuple(v.shape) for k, v in data.items()})
+    check_finite(path, data)
+
+
+def check_keys(path: Path, shapes: dict[str, tuple]) -> None:
+    """A file's keys and their shapes: 'latents', 'cond.' tensors with as many rows, 'shared.' ones."""
+    if "latents" not in shapes:
+        raise UserError(f"distill: {path} has no 'latents' tensor (keys: {', '.join(sorted(shapes))})")
+    n = shapes["latents"][0] if shapes["latents"] else 0
+    for key, shape in shapes.items():
+        if key.startswith("cond.") and (not shape or shape[0] != n):
+            raise UserError(f"distill: {path}: '{key}' has {shape[0] if shape else 0} rows, 'latents' has {n}")
         if key != "latents" and not key.startswith(("cond.", "shared.")):
             raise UserError(f"distill: {path}: key '{key}' must be 'latents' or start with "
                             "'cond.' or 'shared.'")
+
+
+def check_finite(path: Path, data: dict) -> None:
+    for key, value in data.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise UserError(f"distill: {path}: '{key}' holds non-finite values (nan or inf)")
+
+
+def _first_rows(path: Path) -> tuple[dict[str, tuple], dict[str, torch.Tensor]]:
+    """Each tensor's shape, and the file's first row of 'latents' and 'cond.' tensors ('shared.'
+    ones whole: small, Flux ids): a safetensors file's header and those bytes only, a pickle's
+    tensors mapped (_read), nothing else of them read. A folder's first file can be GBs."""
+    if path.suffix != ".safetensors":
+        data = _read(path)
+        return {k: tuple(v.shape) for k, v in data.items()}, {k: _row(k, v) for k, v in data.items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+            rows = {k: f.get_tensor(k) if k.startswith("shared.") or not shapes[k] else s[:1]
+                    for k, s in slices.items()}
+    except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
+        raise UserError(f"distill: cannot read latents file {path}: {one_line(exc)}") from None
+    return shapes, rows
+
+
+def _row(key: str, value: torch.Tensor) -> torch.Tensor:
+    return value if key.startswith("shared.") or not value.ndim else value[:1]
 
 
 def _shapes(path: Path) -> dict[str, tuple]:
@@ -156,22 +190,24 @@ def check_folder(value: str | Path, model, adapter) -> None:
     """Before any compute: the first file of `latents_dir` holds rows of floating latents, the
     others the same layout (`check_layout`, from their headers), and one of its rows runs through
     `model` on the meta device (`_on_meta`: shapes only, no arithmetic), so a wrong layout fails
-    here (plan, the run's checks) and not after the passes before distill."""
+    here (plan, the run's checks) and not after the passes before distill. Of the first file, its
+    header and first row are read (_first_rows): the rest of its values are checked finite when
+    the pass reads the folder (FolderSource)."""
     files = latents_files(value)
-    data = _read(files[0])
-    check_file(files[0], data)
-    first_shapes = {k: tuple(v.shape) for k, v in data.items()}
-    first_shared = _shared(files[0], data)
+    first_shapes, rows = _first_rows(files[0])
+    check_keys(files[0], first_shapes)
+    check_finite(files[0], rows)
+    first_shared = {k: v for k, v in rows.items() if k.startswith("shared.")}
     for path in files[1:]:
         check_layout(path, _shapes(path), files[0], first_shapes)
         if first_shared:
             check_shared(path, _shared(path), files[0], first_shared)
-    latents = data["latents"]
-    if not latents.is_floating_point() or latents.ndim < 3 or len(latents) == 0:
+    latents, shape = rows["latents"], first_shapes["latents"]  # (1, ...) of (B, ...)
+    if not latents.is_floating_point() or len(shape) < 3 or shape[0] == 0:
         raise UserError(f"distill: {files[0]}: 'latents' must be floating rows (B, ...) of the transformer's "
-                        f"hidden_states, got {str(latents.dtype).removeprefix('torch.')} {tuple(latents.shape)}")
-    _dry_run(files[0], _unflatten({k: v[:1] if k.startswith("cond.") else v
-                                   for k, v in data.items() if k != "latents"}), latents[:1], _on_meta(model), adapter)
+                        f"hidden_states, got {str(latents.dtype).removeprefix('torch.')} {shape}")
+    _dry_run(files[0], _unflatten({k: v for k, v in rows.items() if k != "latents"}), latents, _on_meta(model),
+             adapter)
 
 
 def _on_meta(model):

@@ -198,3 +198,38 @@ def test_check_folder_runs_a_row_through_a_model_that_holds_weights_on_a_meta_co
                                         r"shared.img_ids, which the teacher takes\)$"):
         check_folder(tmp_path, teacher, get_adapter(teacher))
     assert next(teacher.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_check_folder_reads_only_the_first_files_header_and_first_row(tmp_path, monkeypatch, suffix):
+    """plan read the folder's first file whole (GBs for a real one: safetensors' load_file) and
+    checked all its values finite. Now a safetensors file's header and first row are read, a
+    pickle's tensors are mapped (mmap) and one row of each is used; FolderSource, which the pass
+    reads the folder with, still checks every value."""
+    import safetensors.torch
+
+    from compress.distill_folder import _flatten
+
+    teacher = tiny_pixart()
+    kwargs = model_inputs(teacher, batch=32)
+    cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v)}
+    latents = kwargs["hidden_states"].clone()  # (32, C, H, W)
+    latents[-1, 0, 0, 0] = float("nan")  # past the first row: FolderSource's to find
+    write_shard(tmp_path / "a.safetensors", latents, cond)
+    if suffix == ".pt":
+        flat = {"latents": latents}
+        for k, v in cond.items():
+            _flatten(f"cond.{k}", v, flat)
+        torch.save(flat, tmp_path / "a.pt")
+        (tmp_path / "a.safetensors").unlink()
+    checked, loads, real_isfinite, real_load = [], [], torch.isfinite, torch.load
+    monkeypatch.setattr(torch, "isfinite", lambda t: checked.append(t.numel()) or real_isfinite(t))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("mmap")) or real_load(*a, **k))
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: pytest.fail("the whole file was read"))
+    check_folder(tmp_path, teacher, get_adapter(teacher))
+    row = latents[0].numel()
+    assert checked and max(checked) <= max(row, *(v[0].numel() for v in cond.values()))
+    assert all(loads)  # mapped, not read
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="'latents' holds non-finite values"):
+        FolderSource(tmp_path)
