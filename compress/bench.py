@@ -16,7 +16,7 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer
-from compress.measured_against import against, teacher_fields
+from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import LOG_EVERY_S, status, tenths
 from compress.report import note, param_count, results, to_json
 from compress.report_teacher import teacher_to_load, toy_base, warn_if_teacher_changed
@@ -183,6 +183,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         loading.update(f"bench: loading the teacher {source}")
         stored = weight_bytes(student), stored_dtype(student)  # as exported (export.dtype), before the cast
         ref = load_teacher_of(student, source, config, loras, dtype=None)  # as stored, likewise
+        named = teacher_fields(source, teacher, teacher_loras(student, loras))  # with the LoRAs it took
         ref_stored = weight_bytes(ref), stored_dtype(ref)
         student, ref = cast(student, dev, dtype), cast(ref, dev, dtype)
         kwargs = moved(step_inputs(ref, family, source, batch), dev, dtype)
@@ -192,7 +193,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
             said.update("bench: peak memory of one step")
         mem_t, mem_s = peak_memory(ref, kwargs, dev), peak_memory(student, kwargs, dev)
     return {
-        **teacher_fields(source, teacher),  # which teacher, and whether --teacher or the output's record named it
+        **named,  # which teacher (and LoRAs), and whether --teacher or the output's record named it
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "batch": batch,  # images per step, as --batch asked

@@ -13,7 +13,7 @@ from compress.io import cast, check_same_architecture, load_teacher, load_teache
 from compress.io_export import is_output
 from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, output_weights
-from compress.measured_against import against, teacher_fields
+from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import status
 from compress.report import console, output_file, read_report, results, to_json
 from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
@@ -73,7 +73,7 @@ def evaluate(args) -> int:
         _toy_options_only(grid, args.seed)
         check_measurable(out, teacher_source, args.model)  # before the teacher loads
     teacher = load_teacher_of(model, teacher_source, teacher_config, args.lora) if teacher_source else None
-    named = teacher_fields(teacher_source, args.teacher) if teacher_source else None
+    named = teacher_fields(teacher_source, args.teacher, teacher_loras(model, args.lora)) if teacher_source else None
     if not toy:
         return _print(_teacher_relative(model, teacher, teacher_source, out), args.json, named, out)
     from compress.toy.evaluate import evaluate as toy_evaluate
