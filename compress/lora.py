@@ -48,7 +48,7 @@ from compress.errors import NumericError, UserError
 from compress.io_export import unwrapped
 from compress.lora_keys import STATE_DICT
 from compress.lora_read import LoraLayer, label, read_lora
-from compress.lora_teacher import LoraBase, dora_weights, lora_base, naming_moved, noted_moved
+from compress.lora_teacher import LoraBase, check_given, dora_weights, lora_base, naming_moved, note_unread, noted_moved
 from compress.lowrank import LowRankLinear
 
 
@@ -57,7 +57,8 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     """Merge `lora` (a file, a folder or a state dict; see the module docstring) into `student` (from
     `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come
     from (a model or a source; default: the base the student's chain of teachers leads to,
-    lora_teacher.lora_base), read only for a DoRA; `teacher_config`: a single-file teacher's config
+    lora_teacher.lora_base), read only for a DoRA (given for a plain LoRA: a note says so; a local one
+    not there: a UserError whatever the LoRA); `teacher_config`: a single-file teacher's config
     (as --teacher-config). Returns {"merged": modules, "rank_added": {module: r'} of the low-rank ones,
     "dropped": base modules of removed blocks, "not_merged": text-encoder modules of the LoRA,
     "densified": low-rank modules stored dense, their grown rank past break-even, "blocks_of": the
@@ -70,6 +71,8 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     `own_blocks`: the LoRA's block i is the model's own block i, with no block map (lora_replay: a LoRA
     recorded before records named the base, read then as the recording output's teacher's)."""
     check_scale(scale)
+    check_given(teacher)  # a --teacher that is not there: an error, whether or not the LoRA reads it
+    given = teacher
     student = unwrapped(student)  # a torch.compile'd student: the model it wraps, merged in place
     adapter = get_adapter(student)
     base = LoraBase({}, None, None, []) if own_blocks else lora_base(student)  # the chain's first teacher's blocks
@@ -86,6 +89,8 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
                         f"{sorted(layers)[0]}{more}); merging it would change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
     weights = dora_weights(student, {name: kept[name] for name in dora}, teacher, teacher_config) if dora else {}
+    if given is not None and not dora:
+        note_unread(given)
     for name, target in kept.items():  # all or nothing: every layer merged and checked first, one at a
         _merged(student, target, layers[name], scale, weights.get(name))  # time, before the student takes any
     added, densified = {}, []

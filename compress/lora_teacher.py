@@ -82,6 +82,26 @@ def _an_output(teacher) -> bool:
     return is_output(output_folder(path)) if path.is_dir() else output_record(path) is not None
 
 
+def check_given(teacher) -> None:
+    """A UserError where the teacher given to merge_lora (--teacher of dit-compress lora) is a local
+    path that is not there, whatever the LoRA: a plain LoRA reads no teacher weights, but a teacher
+    given is a teacher meant (a typo), not one to drop silently."""
+    from compress.io import looks_local
+    from compress.io_source import not_found
+
+    if isinstance(teacher, (str, Path)) and looks_local(str(teacher)) and not Path(teacher).expanduser().exists():
+        raise UserError(not_found(str(teacher)))
+
+
+def note_unread(teacher) -> None:
+    """The note that the teacher given to merge_lora (a source or a model) is not read for its weights:
+    the LoRA holds no DoRA magnitudes, and only a DoRA's norms need them."""
+    from compress.report import note
+
+    who = f"the given teacher {teacher}" if isinstance(teacher, (str, Path)) else "the given teacher"
+    note(f"{who}: its weights are not read, as the LoRA is no DoRA (only a DoRA's norms need the teacher's weights)")
+
+
 @contextlib.contextmanager
 def naming_moved(moved: str | None):
     """A block-count error (lora_keys.BlocksPast) raised inside, where the LoRA's blocks were read as

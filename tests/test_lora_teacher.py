@@ -86,3 +86,46 @@ def test_a_block_map_of_one_block_and_a_dora_teacher_of_one_layer_say_it_in_the_
         lora_teacher._teacher_weights(torch.nn.Linear(1, 1), "owner/teacher", None, ["x"])
     said = " ".join(capsys.readouterr().err.split())
     assert re.search(r"then the weight files holding the 1 adapted layer\b(?!s)", said), said
+
+
+@pytest.mark.parametrize("options", [{}, {"use_dora": True}], ids=["lora", "dora"])
+def test_a_given_teacher_that_is_not_there_is_one_line_whatever_the_lora(tmp_path, capsys, options):
+    """`dit-compress lora OUT LORA NEW --teacher /nope` wrote NEW for a plain LoRA, --teacher silently
+    dropped (a DoRA said the teacher was not found); now both refuse it in one line, writing nothing."""
+    from compress.cli import main
+    from compress.io_export import save_compressed
+    from compress.toy import load_toy_teacher
+    from tests.test_lora import _lora
+
+    out = save_compressed(load_toy_teacher("flux"), tmp_path / "out", extra={"teacher": "toy:flux"})
+    _lora(load_toy_teacher("flux"), tmp_path / "lora", **options)
+    capsys.readouterr()
+    nope = str(tmp_path / "nope")
+    assert main(["lora", str(out), str(tmp_path / "lora"), str(tmp_path / "new"), "--teacher", nope]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dit-compress: error: teacher not found: {nope} (there is no {nope})\n", err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_given_teacher_a_plain_lora_does_not_read_is_noted(tmp_path, capsys):
+    """A --teacher given with a LoRA holding no DoRA magnitudes was dropped without a word: a note now
+    says its weights are not read (only a DoRA's norms need them); the merge is the one without it."""
+    from compress.cli import main
+    from compress.io_export import save_compressed
+    from compress.io_output import load_transformer
+    from compress.toy import load_toy_teacher
+    from tests.test_lora import _lora
+
+    out = save_compressed(load_toy_teacher("flux"), tmp_path / "out", extra={"teacher": "toy:flux"})
+    _lora(load_toy_teacher("flux"), tmp_path / "lora")
+    load_toy_teacher("flux").save_pretrained(tmp_path / "teacher")
+    capsys.readouterr()
+    given = str(tmp_path / "teacher")
+    assert main(["lora", str(out), str(tmp_path / "lora"), str(tmp_path / "new"), "--teacher", given]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"note: the given teacher {given}: its weights are not read, as the LoRA is no DoRA (only a DoRA's "
+            "norms need the teacher's weights)") in err, err
+    assert main(["lora", str(out), str(tmp_path / "lora"), str(tmp_path / "plain")]) == 0
+    assert "not read" not in capsys.readouterr().err  # no teacher given: nothing to say
+    with_teacher, without = load_transformer(tmp_path / "new"), load_transformer(tmp_path / "plain")
+    assert all(torch.equal(v, without.state_dict()[k]) for k, v in with_teacher.state_dict().items())
