@@ -374,7 +374,7 @@ def write_plots(rows: list[dict], report: dict, plot_dir: Path) -> list[Path]:
     for r in chosen[:2] + chosen[-2:]:  # the most and the least compressed layers, as the svd cut them
         plots.append((plot_dir / f"spectrum-{r['name'].replace('.', '_')}.png",
                       lambda p, r=r: plot_spectrum(spectrum_title(r, cuts[r["name"]]), layers[r["name"]]["spectrum"],
-                                                   cuts[r["name"]], p)))
+                                                   cuts[r["name"]], p, label=cut_label(r, cuts[r["name"]]))))
     paths = []
     for path, plot in plots:
         try:
@@ -398,6 +398,14 @@ def svd_kept(row: dict, rank: int) -> float:
     out_features, in_features = row["shape"]
     bias = row["dense_params"] > out_features * in_features
     return params_lowrank(out_features, in_features, rank, bias) / row["dense_params"]
+
+
+def cut_label(row: dict, rank: int) -> str:
+    """A spectrum plot's legend for the svd's cut at `rank`: 'rank 8', and where a LoRA grew the layer
+    since, by how much ('rank 8 + LoRA 4') or that it is stored dense now, as spectrum_title says."""
+    if row["rank"] == rank:
+        return f"rank {rank}"
+    return f"rank {rank} + LoRA {row['rank'] - rank}" if row["rank"] else f"rank {rank} + LoRA (stored dense now)"
 
 
 def spectrum_title(row: dict, rank: int) -> str:

@@ -341,8 +341,9 @@ def plot_ranks(rows: list[dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_spectrum(name: str, energies, rank: int | None, path: Path) -> Path:
-    """Whitened spectrum (eigenvalues of W G Wᵀ, descending) of one layer with the cut marked."""
+def plot_spectrum(name: str, energies, rank: int | None, path: Path, label: str | None = None) -> Path:
+    """Whitened spectrum (eigenvalues of W G Wᵀ, descending) of one layer with the cut at `rank`
+    marked, its legend `label` (default 'rank R'; inspect: 'rank 8 + LoRA 4' for a layer a LoRA grew)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,7 +352,7 @@ def plot_spectrum(name: str, energies, rank: int | None, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.semilogy(range(1, len(energies) + 1), energies)
     if rank:
-        ax.axvline(rank, color="red", ls="--", label=f"rank {rank}")
+        ax.axvline(rank, color="red", ls="--", label=label or f"rank {rank}")
         ax.legend()
     ax.set_title(name, fontsize=9)
     ax.set_xlabel("index")

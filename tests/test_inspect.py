@@ -321,6 +321,37 @@ def test_inspect_plot_marks_the_svds_cut_of_a_layer_a_lora_grew(tmp_path, monkey
     report = {"svd": {"layers": {n: {"rank": k, "spectrum": [3.0, 2.0, 1.0]} for n, k in svd_ranks.items()}}}
     drawn = {}
     monkeypatch.setattr(inspect, "plot_ranks", lambda rows, path: path)
-    monkeypatch.setattr(inspect, "plot_spectrum", lambda name, energies, rank, path: drawn.setdefault(name, rank) and path)
+    monkeypatch.setattr(inspect, "plot_spectrum", lambda name, energies, rank, path, **kw: drawn.setdefault(name, rank) and path)
     inspect.write_plots(rows, report, tmp_path)
     assert drawn == {"grown (svd's cut; + LoRA 4: rank 12 now)": 8, "a": 10, "c": 20, "d": 30}
+
+
+def test_inspect_plot_legend_of_a_layer_a_lora_grew_says_the_lora_as_its_title_does(tmp_path, monkeypatch):
+    """The spectrum's legend said 'rank 8' where its title said '+ LoRA 4: rank 12 now' (plot_spectrum's
+    label was fixed): it now says 'rank 8 + LoRA 4' (a layer stored dense: '+ LoRA (stored dense now)'),
+    and 'rank R' alone for a layer no LoRA grew; read off each figure's legend as it is saved."""
+    import compress.inspect as inspect
+    import compress.report as report
+
+    def row(name, rank):
+        return {"name": name, "rank": rank, "shape": [64, 64], "dense_params": 64 * 64 + 64}
+
+    rows = [row("grown", 12), row("dense", None), row("kept", 20)]
+    svd = {"svd": {"layers": {n: {"rank": k, "spectrum": [3.0, 2.0, 1.0]} for n, k in
+                              {"grown": 8, "dense": 10, "kept": 20}.items()}}}
+    legends = {}
+
+    def saved(fig, path, dpi=110):
+        import matplotlib.pyplot as plt
+
+        ax = fig.axes[0]
+        legends[ax.get_title()] = [t.get_text() for t in ax.get_legend().get_texts()]
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(inspect, "plot_ranks", lambda rows, path: path)
+    monkeypatch.setattr(report, "save_figure", saved)
+    inspect.write_plots(rows, svd, tmp_path)
+    assert legends == {"grown (svd's cut; + LoRA 4: rank 12 now)": ["rank 8 + LoRA 4"],
+                       "dense (svd's cut; + LoRA: stored dense now)": ["rank 10 + LoRA (stored dense now)"],
+                       "kept": ["rank 20"]}
