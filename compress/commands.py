@@ -316,7 +316,7 @@ def lora(args) -> int:
 
     from compress.io_export import save_compressed
     from compress.lora import merge_lora
-    from compress.lora_teacher import naming_moved
+    from compress.lora_teacher import check_given, naming_moved
     from compress.runner_lock import hold_output
 
     source, new = Path(args.out).expanduser(), Path(args.new).expanduser()
@@ -328,6 +328,7 @@ def lora(args) -> int:
         raise UserError(f"--scale must be a finite number, got {args.scale}")
     if args.scale == 0:
         raise UserError("--scale 0: a scale of 0 merges nothing")
+    check_given(args.teacher)  # a mistyped --teacher before the output loads
     model = load_transformer(source)
     done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")

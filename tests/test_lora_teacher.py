@@ -129,3 +129,17 @@ def test_a_given_teacher_a_plain_lora_does_not_read_is_noted(tmp_path, capsys):
     assert "not read" not in capsys.readouterr().err  # no teacher given: nothing to say
     with_teacher, without = load_transformer(tmp_path / "new"), load_transformer(tmp_path / "plain")
     assert all(torch.equal(v, without.state_dict()[k]) for k, v in with_teacher.state_dict().items())
+
+
+def test_a_mistyped_teacher_is_refused_before_the_output_loads(tmp_path, monkeypatch):
+    """`dit-compress lora OUT LORA NEW --teacher /nope` loaded OUT (GBs for a real model) before saying
+    the teacher is not there: the check comes first now."""
+    from compress import commands
+    from compress.cli import main
+
+    def loaded(*_, **__):
+        raise AssertionError("the output loaded before --teacher was checked")
+
+    monkeypatch.setattr(commands, "load_transformer", loaded)
+    nope = str(tmp_path / "nope")
+    assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(tmp_path / "new"), "--teacher", nope]) == 2
