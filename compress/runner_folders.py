@@ -14,7 +14,7 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.report import warn
-from compress.runner_kept import kept_in_words, saved_in_words, work_kept
+from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
 from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, finished_and_reusable,
                                     interrupted_run, recorded_fingerprint)
 
@@ -167,7 +167,7 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
     if info is None:
         return
     if info["changed"]:
-        raise UserError(f"{another_recipe(run_dir, info)}: {kept_by_resume(info)}add --restart to discard it "
+        raise UserError(f"{another_recipe(run_dir, info, passes)}: {kept_by_resume(info)}add --restart to discard it "
                         "and start over, or choose another --run-dir")
     of = " of this recipe" if info["changed"] == [] else ""
     if info["total"] is not None and info["done"] >= info["total"]:  # an export cut short, or an older
@@ -217,11 +217,18 @@ def _written_ns(path: Path) -> int:
         return 0
 
 
-def another_recipe(run_dir: Path, info: dict) -> str:
-    """'RUN_DIR holds an interrupted run of another recipe (it differs in ...; 1 of 3 passes done)'
-    for an `interrupted_run` whose recipe differs (info["changed"])."""
+def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
+    """'RUN_DIR holds an interrupted run of another recipe (it differs in ...; 1 of 3 passes done,
+    block statistics (9 files) measured so far)' for an `interrupted_run` whose recipe differs
+    (info["changed"]): its saved passes and distill checkpoint, and what it measured (as the refusal
+    of this recipe's says it, `kept_in_words`) that this recipe's `passes` after those --resume
+    keeps read back (`measured_so_far`, under the fingerprint the run recorded; passes not known:
+    its svd caches'). --restart discards its passes, not what it measured."""
+    to_run = list(passes)[info.get("keeps") or 0:] if passes else None
+    measured = measured_so_far(run_dir, run_fingerprint(run_dir), None, to_run)
     return (f"{run_dir} holds an interrupted run of another recipe (it differs in "
-            f"{', '.join(info['changed'][:3])}; {saved_in_words(info)})")
+            f"{', '.join(info['changed'][:3])}; {saved_in_words(info)}"
+            f"{f', {measured} measured so far' if measured else ''})")
 
 
 def kept_by_resume(info: dict) -> str:
@@ -253,7 +260,7 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
         return (f"; {run_dir} still holds the finished run's stages: rerun with --resume to keep its first "
                 f"{keeps} pass{'' if keeps == 1 else 'es'} (with the same teacher)")
     if info is not None and info["changed"]:
-        return (f"; {another_recipe(run_dir, info)}: {kept_by_resume(info)}a rerun needs --restart to discard "
+        return (f"; {another_recipe(run_dir, info, passes)}: {kept_by_resume(info)}a rerun needs --restart to discard "
                 "it, or another --run-dir")
     note = work_kept(run_dir, info, "rerun with --resume to continue", fingerprint, inputs, passes)
     return note or "; nothing was saved yet: a rerun starts over"

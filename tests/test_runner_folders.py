@@ -547,3 +547,40 @@ def test_a_rerun_refused_after_ctrl_c_in_an_svd_pass_names_its_block_statistics(
     assert main(args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == refused
 
+
+
+def test_a_rerun_of_another_recipe_refused_names_what_the_interrupted_run_measured(tmp_path):
+    """The refusal of a plain rerun of another recipe named only the passes saved ('1 of 3 passes
+    done'), where that of the same recipe names the block statistics, output Fishers and teacher
+    samples kept too: it names them as that one does (those under the fingerprint the run recorded,
+    which the passes after those --resume keeps read back), and how to go on; so does Ctrl-C's note."""
+    from compress.recipe import parse_recipe
+    from compress.runner import build_passes
+    from compress.runner_folders import check_run_folder, interrupt_note
+
+    text = ("model: pixart\nteacher: toy:pixart\npasses:\n  - remove_blocks: {blocks: {blocks: [1]}}\n"
+            "  - svd: {targets: [mlp], ratio: 0.5}\n"
+            "  - distill: {data: teacher_samples, num_samples: 64, sample_steps: 4, batch_size: 4}\n")
+    before, now = parse_recipe(text, "r.yaml"), parse_recipe(text, "r.yaml", ["passes.1.svd.ratio=0.25"])
+    for stage in ("0-remove_blocks", "1-svd"):  # interrupted in its distill pass
+        (tmp_path / "stages" / stage).mkdir(parents=True)
+        (tmp_path / "stages" / stage / "state.json").write_text(json.dumps({"recipe": before.raw}))
+    (tmp_path / "stages" / "run.json").write_text(json.dumps({"fingerprint": "aaaa"}))
+    model = tmp_path / "calib" / "aaaa" / "0123456789abcdef"
+    (model / "fisher-4probes").mkdir(parents=True)
+    for name in ("blocks-0.pt", "blocks-1.pt", "fisher-4probes/0.pt"):
+        (model / name).write_bytes(b"")
+    cache = tmp_path / "distill" / "teacher_samples" / "k1"
+    cache.mkdir(parents=True)
+    (cache / "about.json").write_text(json.dumps({"fingerprint": "aaaa", "num_samples": 64, "sample_steps": 4,
+                                                  "batch_size": 4, "guidance_scale": 1.0, "shards": 16}))
+    for i in range(3):
+        (cache / f"shard-{i:05d}.safetensors").write_bytes(b"")
+    held = (f"{tmp_path} holds an interrupted run of another recipe (it differs in passes.1.svd.ratio; 2 of 3 passes "
+            "done, block statistics (2 files), output Fishers (1 file), teacher samples (3 of 16 shards) measured so "
+            "far): --resume keeps its first 1 pass (with the same teacher) and runs the rest; ")
+    with pytest.raises(UserError) as e:
+        check_run_folder(tmp_path, now.raw, build_passes(now))
+    assert str(e.value) == held + "add --restart to discard it and start over, or choose another --run-dir"
+    assert interrupt_note(tmp_path, False, now.raw, build_passes(now)) == (
+        f"; {held}a rerun needs --restart to discard it, or another --run-dir")
