@@ -100,6 +100,7 @@ def _config_json(config: str) -> Path | None:
 # stages/run.json, distill*/checkpoints/step-N (and tmp-step-N)
 OWN = {"stages": re.compile(r"\.?\d+-\w+(\.(tmp|old)-\w+)?|" + re.escape(FINISHED) + "|" + re.escape(RUN_RECORD)),
        "checkpoints": re.compile(r"(tmp-)?step-\d+")}
+NEWER = re.compile(r"[a-z0-9_]+\.json")  # stages/ files a newer dit-compress may add, as run.json was added
 
 
 def check_own_run_folder(run_dir: Path) -> None:
@@ -126,7 +127,8 @@ def foreign_in_run_folder(run_dir: Path) -> Path | None:
             entries = sorted(folder.iterdir())
         except OSError:
             return None  # check_writable or the run says what is wrong
-        found = next((entry for entry in entries if not written_by_a_run(entry, kind)), None)
+        found = next((entry for entry in entries if not written_by_a_run(entry, kind)
+                      and not (kind == "stages" and a_newer_runs(entry, entries))), None)
         if found is not None:
             return found
     return None
@@ -138,6 +140,20 @@ def written_by_a_run(entry: Path, kind: str) -> bool:
     if entry.is_symlink() or not OWN[kind].fullmatch(entry.name):
         return False
     return entry.is_file() if entry.name in (FINISHED, RUN_RECORD) else entry.is_dir()
+
+
+def a_newer_runs(entry: Path, entries: list[Path]) -> bool:
+    """Whether `entry` of stages/ is a file a newer dit-compress wrote there: a JSON file (NEWER)
+    beside what a run surely wrote (`marks_a_run`). dit-compress before stages/run.json refused it
+    as a user's file, so a run folder a newer version used could be neither rerun nor resumed; a
+    notes.json in a stages/ folder of the user's own (no run's marks) is still refused."""
+    return (not entry.is_symlink() and entry.is_file() and NEWER.fullmatch(entry.name) is not None
+            and any(map(marks_a_run, entries)))
+
+
+def marks_a_run(entry: Path) -> bool:
+    """An entry of stages/ only a run writes: finished.json, run.json, or a stage folder with its state.json."""
+    return written_by_a_run(entry, "stages") and (entry.is_file() or (entry / "state.json").is_file())
 
 
 def check_writable(folder: Path, what: str) -> None:

@@ -584,3 +584,47 @@ def test_a_rerun_of_another_recipe_refused_names_what_the_interrupted_run_measur
     assert str(e.value) == held + "add --restart to discard it and start over, or choose another --run-dir"
     assert interrupt_note(tmp_path, False, now.raw, build_passes(now)) == (
         f"; {held}a rerun needs --restart to discard it, or another --run-dir")
+
+
+@pytest.mark.parametrize("stages, newer, foreign", [
+    (["0-svd/state.json"], "env.json", False),  # beside a stage a run saved
+    (["run.json"], "lock_v2.json", False),
+    (["finished.json", "1-distill/state.json"], "env.json", False),
+    ([], "notes.json", True),  # a stages/ of the user's own: no run's marks
+    (["0-svd/"], "notes.json", True),  # a folder named as a stage, holding no state.json
+    (["0-svd/state.json"], "plan.txt", True),  # not a JSON file
+    (["0-svd/state.json"], "Notes.JSON", True)])
+def test_a_json_file_a_newer_dit_compress_adds_in_stages_is_not_foreign(pixart, stages, newer, foreign):
+    """dit-compress before stages/run.json refused a run folder holding it ('was not written by
+    dit-compress'), even with --resume. A JSON file in stages/ beside what only a run writes there
+    (a stage with its state.json, run.json, finished.json) is taken as a newer version's; in a
+    stages/ without them, or of another kind, it is still the user's, refused."""
+    from compress.runner_folders import foreign_in_run_folder
+
+    tmp_path, make, loads = pixart
+    run = tmp_path / "run"
+    (run / "stages").mkdir(parents=True)
+    for name in stages:
+        path = run / "stages" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("/"):
+            path.mkdir()
+        else:
+            path.write_text("{}\n")
+    (run / "stages" / newer).write_text("{}\n")
+    assert foreign_in_run_folder(run) == (run / "stages" / newer if foreign else None)
+    if foreign:
+        with pytest.raises(UserError, match=f"{newer} was not written by dit-compress"):
+            make(tmp_path / "out", run, restart=True).prepare()
+    else:
+        make(tmp_path / "out", run, restart=True).prepare()
+
+
+def test_a_symlinked_json_file_in_stages_is_foreign(tmp_path):
+    from compress.runner_folders import foreign_in_run_folder
+
+    (tmp_path / "stages" / "0-svd").mkdir(parents=True)
+    (tmp_path / "stages" / "0-svd" / "state.json").write_text("{}\n")
+    (tmp_path / "mine.json").write_text("{}\n")
+    (tmp_path / "stages" / "env.json").symlink_to(tmp_path / "mine.json")
+    assert foreign_in_run_folder(tmp_path) == tmp_path / "stages" / "env.json"
