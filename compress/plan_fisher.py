@@ -9,7 +9,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from compress.inputs import source_kind
-from compress.passes.svd_fisher import FALLBACK_GB
 from compress.passes.svd_targets import is_model_wide
 
 
@@ -38,21 +37,33 @@ def fisher_backward(plan: dict, index: int, fisher: dict) -> dict:
     return part("an output Fisher's backward of one calibration batch", size, keys, fix)
 
 
-def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict]) -> tuple[dict, dict]:
+def budget(c, step: dict, resident: float) -> float:
+    """Bytes of Fishers per sweep (or block chunk) and of square roots kept, as the svd pass with config
+    `c` sizes them (svd_fisher.fisher_budget) once the run holds `resident` bytes (plan_memory's
+    estimate): auto at the memory free that fisher_plan measured (step["fisher"], a prediction's
+    Fisher), else at what is free now."""
+    from compress.passes.svd_fisher import auto_budget, fisher_budget, plan_device
+
+    if c.fisher_memory_gb == "auto" and "fisher" in step:
+        return auto_budget(step["fisher"]["free_bytes"], resident)
+    return fisher_budget(c.fisher_memory_gb, plan_device(), resident)
+
+
+def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict], resident: float) -> tuple[dict, dict]:
     """What an svd pass's output Fisher sweep holds for one calibration batch beside the backward and
     the Fishers: its targets' taps and a probe's gradients (calib_footprint.sweep_held_bytes), at the
     sweep that holds most; and `fisher` (a settled fisher_plan) with the sweeps and the largest sweep's
     Fishers as the pass chunks them, taps counted (svd_fisher.fisher_chunks, sweep_chunks).
-    taps: svd_statistics' of the pass's targets."""
+    taps: svd_statistics' of the pass's targets; resident: what the run holds as the sweeps start."""
     from compress.calib_footprint import sweep_held_bytes
     from compress.passes.svd import prediction_fisher
     from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
 
     c, itemsize = recipe.passes[index].config, plan["calibration"]["itemsize"]
     targets = _tapped(recipe, plan, index, [t for t in taps if prediction_fisher(c, SimpleNamespace(role=t["role"]))])
-    budget = fisher["sweep_gib"] * 2**30 if fisher["memory_gb"] == "auto" else float(fisher["memory_gb"]) * 2**30
     rows = {t["name"]: t["fisher_rows"] for t in targets if t["fisher_rows"]}
-    chunks = fisher_chunks(_infos(targets), budget, rows, {t["name"]: t["out"] * t["rows"] * itemsize for t in targets})
+    outputs = {t["name"]: t["out"] * t["rows"] * itemsize for t in targets}
+    chunks = fisher_chunks(_infos(targets), budget(c, {"fisher": fisher}, resident), rows, outputs)
     size = {t["name"]: fisher_bytes(t["out"], t["fisher_rows"]) for t in targets}
     if targets:
         fisher = {**fisher, "sweeps": len(chunks), "sweep_bytes": max(sum(size[n] for n in ch) for ch in chunks)}
@@ -63,12 +74,12 @@ def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict])
     return held, fisher
 
 
-def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
+def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]], resident: float) -> list[dict]:
     """An svd pass with fisher: block measures each block's targets' output Fishers at that block
     (svd_fisher.block_fisher, in chunks of at most fisher_memory_gb, taps counted: block_chunks): one block's backward of one
     calibration batch, the chunk's taps, a probe's gradients and its Fishers; the part
-    of the block that holds most (none without such a pass; auto counted in chunks of FALLBACK_GB).
-    taps: svd_statistics' by pass index."""
+    of the block that holds most (none without such a pass; auto sized as the pass sizes it, `budget`).
+    taps: svd_statistics' by pass index; resident: what the run holds as its walk starts."""
     from compress.calib_footprint import block_backward_bytes, sweep_held_bytes
     from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
 
@@ -78,12 +89,12 @@ def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]
         c = recipe.passes[index].config
         if c.fisher != "block":
             continue
-        budget = (FALLBACK_GB if c.fisher_memory_gb == "auto" else float(c.fisher_memory_gb)) * 2**30
+        chunk = budget(c, plan["passes"][index], resident)
         blocks = {}
         for t in _tapped(recipe, plan, index, [t for t in block_taps if t["group"] is not None]):
             blocks.setdefault((t["group"], t["block"]), []).append({**t, "fisher": fisher_bytes(t["out"], t["fisher_rows"])})
         for ts in blocks.values():
-            chunks = fisher_chunks(_infos(ts), budget, {t["name"]: t["fisher_rows"] for t in ts if t["fisher_rows"]},
+            chunks = fisher_chunks(_infos(ts), chunk, {t["name"]: t["fisher_rows"] for t in ts if t["fisher_rows"]},
                                    {t["name"]: t["out"] * t["rows"] * f["itemsize"] for t in ts})  # as block_chunks
             found.append((backward + sweep_held_bytes(ts, chunks, f["itemsize"]), index))
     if not found:
@@ -94,12 +105,12 @@ def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]
                   ["calibration.batch_size", f"passes.{index}.svd.targets", f"passes.{index}.svd.fisher_memory_gb"])]
 
 
-def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
+def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]], resident: float) -> list[dict]:
     """An svd pass keeps the square roots of its targets' output Fishers, L and L⁻¹ (out x out float64
     each, svd_fisher.Roots), of the targets of the block (or the top level) it visits, until they pass
-    fisher_memory_gb (the oldest then go; auto: the sweeps' share; the newest is kept beside the limit);
+    fisher_memory_gb (the oldest then go; auto: `budget`; the newest is kept beside the limit);
     the block of the pass that keeps most, while its walk holds its statistics (none without an output
-    Fisher). taps: by pass index."""
+    Fisher). taps: by pass index; resident: what the run holds as its walk starts."""
     from compress.passes.svd import prediction_fisher
 
     found = []
@@ -112,8 +123,7 @@ def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]]) -> list[dict]:
         blocks: dict[tuple, list[int]] = {}
         for t in weighted:  # as svd_fisher.Roots' groups: the targets the walk visits together
             blocks.setdefault((t["group"], t["block"]), []).append(16 * t["out"] ** 2)
-        gb = step["fisher"]["sweep_gib"] if c.fisher_memory_gb == "auto" and "fisher" in step else c.fisher_memory_gb
-        keep = (FALLBACK_GB if gb == "auto" else float(gb)) * 2**30
+        keep = budget(c, step, resident)
         found.append((int(max(min(sum(pairs), keep + max(pairs)) for pairs in blocks.values())), index))
     if not found:
         return []

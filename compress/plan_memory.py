@@ -58,9 +58,11 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     held = [_weights(plan)]
     passing = []  # what a step holds for a while, a list of parts each: the largest counts
     taps = {i: s["statistics"].pop("taps") for i, s in enumerate(plan["passes"]) if "taps" in s.get("statistics", {})}
+    held += [_activations(recipe, plan)] if calibrates else []
+    resident = sum(p["bytes"] for p in held)  # as an svd pass's walk and Fisher sweeps start (fisher_memory_gb: auto)
     if calibrates:
-        held.append(_activations(recipe, plan))
-        block = _factorizing(plan) + block_fishers(recipe, plan, taps)  # or the probe, at a block whose statistics are held
+        # or the probe, at a block whose statistics are held
+        block = _factorizing(plan) + block_fishers(recipe, plan, taps, resident)
         if f["probe_bytes"]:
             block.append(_part("within-block sequential calibration's one-row probe", f["probe_bytes"],
                                ["teacher"],
@@ -69,14 +71,14 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     pipeline = _pipeline(recipe, plan) if calibrates else None
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:  # sized at what is free once the weights and activations are there
-            step["fisher"] = settle_auto(step["fisher"], sum(p["bytes"] for p in held))
-            sweep, step["fisher"] = fisher_sweep(recipe, plan, index, step["fisher"], taps.get(index, []))
+            step["fisher"] = settle_auto(step["fisher"], resident)
+            sweep, step["fisher"] = fisher_sweep(recipe, plan, index, step["fisher"], taps.get(index, []), resident)
             passing.append([fisher_backward(plan, index, step["fisher"]), sweep])
         if "streamed_scan" in step:
             passing.append([_part("a streamed skip scan's residual streams of one batch",
                                   step["streamed_scan"]["batch_bytes"], ["calibration.batch_size", "teacher"])])
     if calibrates:  # beside the walk's statistics, once fisher_memory_gb auto is settled
-        passing[0] += fisher_roots(recipe, plan, taps)
+        passing[0] += fisher_roots(recipe, plan, taps, resident)
     if pipeline and pipeline["bytes"]:
         passing.append([pipeline["part"]])  # moved there for sampling, with the inputs it captures
     passing = sorted([p for p in passing if p], key=lambda ps: -sum(p["bytes"] for p in ps))

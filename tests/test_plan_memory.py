@@ -403,10 +403,10 @@ def test_a_blocks_output_fisher_takes_one_blocks_backward_whatever_the_blocks_le
     seen, block_fishers = [], pm.block_fishers
     monkeypatch.setattr(pm, "block_fishers", lambda *a: seen.append(copy.deepcopy(a)) or block_fishers(*a))
     plan = make_plan(load_recipe(RECIPES / "toy-pixart-stream.yaml"))
-    recipe, planned, taps = seen[0]
-    (held,) = block_fishers(recipe, planned, taps)
+    recipe, planned, taps, resident = seen[0]
+    (held,) = block_fishers(recipe, planned, taps, resident)
     more = {**planned, "blocks_after": {g: 2 * n for g, n in planned["blocks_after"].items()}}
-    assert block_fishers(recipe, more, taps) == [held]
+    assert block_fishers(recipe, more, taps, resident) == [held]
     blocks, f = sum(planned["blocks_after"].values()), planned["calibration"]  # here as many as planned
     token = 128 * f["itemsize"] * min(f["rows"], f["batch_rows"])  # hidden 128
     assert planned["backward"][0] == blocks * block_backward_bytes(f) + f["caption_tokens"] * token

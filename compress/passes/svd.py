@@ -195,8 +195,9 @@ class SVDPass(GlobalAllocation, Pass):
         self.budget = fisher_budget(c.fisher_memory_gb, ctx.device)  # bytes of Fishers per sweep
         if c.fisher_memory_gb == "auto":
             console.print(f"  fisher_memory_gb: auto, {self.budget / 2**30:.1f} GiB per sweep on {ctx.device}")
-        self.roots = Roots(fishers, c.fisher_damping, self.budget, reuse=reusable,
-                           groups={i.name: (i.group, i.block) for i in targets})  # one block's pairs held
+        self.roots = Roots(fishers, c.fisher_damping, self.budget, reuse=reusable,  # one block's pairs held
+                           groups={i.name: (i.group, i.block) for i in targets},
+                           revisit=c.allocation == "global" and c.fisher != "block")  # global walks twice
         compensation: dict = {}
         finished = False
         try:

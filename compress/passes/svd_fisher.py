@@ -239,13 +239,25 @@ def prediction_gradients(model: nn.Module, adapter, batches: list[dict], referen
     return {n: (moments[n], rows[n]) for n in names}
 
 
-def sqrt_pair(fisher: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """L = (F + λI)^{1/2} and L⁻¹, λ = damping · mean eigenvalue (keeps L invertible), of F or of
-    a Fisher measured as its rows (`FisherSum`)."""
+def sqrt_pair(fisher, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """L = (F + λI)^{1/2} and L⁻¹, λ = damping · mean eigenvalue (keeps L invertible), of F, of
+    a Fisher measured as its rows (`FisherSum`) or of F's eigendecomposition (`eigen`)."""
+    if isinstance(fisher, tuple):
+        return _sqrt_pair_of_eigen(*fisher, damping)
     if is_rows(fisher):
         return _sqrt_pair_of_rows(fisher, damping)
-    f = 0.5 * (fisher + fisher.T)
-    vals, vecs = torch.linalg.eigh(f)
+    return _sqrt_pair_of_eigen(*eigen(fisher), damping)
+
+
+def eigen(fisher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eigenvalues (out,), eigenvectors (out, out)) of F's symmetric part: sqrt_pair's O(out³) part,
+    whatever the damping; as many bytes as F."""
+    vals, vecs = torch.linalg.eigh(0.5 * (fisher + fisher.T))
+    return vals, vecs
+
+
+def _sqrt_pair_of_eigen(vals: torch.Tensor, vecs: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt_pair of F = V diag(vals) Vᵀ: two products V diag(√(vals + λ))^{±1} Vᵀ."""
     lam = damping * float(vals.clamp_min(0).mean()) or 1.0
     root = (vals.clamp_min(0) + lam).sqrt()
     return (vecs * root) @ vecs.T, (vecs / root) @ vecs.T
@@ -268,23 +280,34 @@ def _sqrt_pair_of_rows(rows: torch.Tensor, damping: float) -> tuple[torch.Tensor
 
 
 AUTO_SHARE = 0.5  # fisher_memory_gb: auto takes this share of the memory free when the sweeps start
+AUTO_MIN_GB = 1.0  # ... at least this much
 FALLBACK_GB = 2.0  # ... or this much where the free memory is unknown
 
 
-def fisher_budget(setting: float | str, device: torch.device | str) -> float:
-    """Bytes of Fishers one backward sweep may hold: `setting` GiB, or for "auto" AUTO_SHARE of the
-    memory free on `device` now (called once teacher, student and calibration inputs are there;
-    the other half is left to the sweep's backward), at least 1 GiB."""
+def fisher_budget(setting: float | str, device: torch.device | str, resident: float = 0) -> float:
+    """Bytes of Fishers one backward sweep (or fisher: block's chunk of a block's targets) may hold,
+    and of square roots `Roots` keeps: `setting` GiB, or for "auto" `auto_budget` of the memory free
+    on `device` now. The run calls it once teacher, student and calibration inputs are there; plan
+    (plan_fisher, on `plan_device`) with `resident`, its estimate of what they will hold."""
     if setting != "auto":
         return float(setting) * 2**30
     from compress.runner_stream import free_memory
 
-    return auto_budget(free_memory(torch.device(device)))
+    return auto_budget(free_memory(torch.device(device)), resident)
 
 
-def auto_budget(free: float | None) -> float:
-    """fisher_memory_gb: auto's bytes per sweep when `free` bytes are free as the sweeps start."""
-    return max(AUTO_SHARE * free, 2.0**30) if free is not None else FALLBACK_GB * 2**30
+def auto_budget(free: float | None, resident: float = 0) -> float:
+    """fisher_memory_gb: auto's bytes per sweep: AUTO_SHARE of the `free` bytes less `resident` ones
+    (the other share is left to the sweep's backward), at least AUTO_MIN_GB; FALLBACK_GB where `free`
+    is unknown."""
+    if free is None:
+        return FALLBACK_GB * 2**30
+    return max(AUTO_SHARE * max(free - resident, 0), AUTO_MIN_GB * 2**30)
+
+
+def plan_device() -> torch.device:
+    """Where plan measures the memory free for fisher_memory_gb: auto: this machine's GPU, else its CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: bool) -> dict:
@@ -299,7 +322,7 @@ def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: 
     if memory_gb == "auto":
         from compress.runner_stream import free_memory
 
-        free = free_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        free = free_memory(plan_device())
     out = {"targets": len(infos), "gradient_checkpointing": checkpointing, "memory_gb": memory_gb,
            "free_bytes": free, "target_bytes": [size[i.name] for i in infos],
            "disk_gib": round(sum(size.values()) / 2**30, 2)}
@@ -311,7 +334,7 @@ def settle_auto(fisher: dict, resident: int) -> dict:
     free once `resident` bytes (teacher, student, calibration inputs: plan_memory's estimate) are
     there, not of what is free now. Drops target_bytes (plan --json stays short)."""
     if fisher["memory_gb"] == "auto" and fisher["free_bytes"] is not None:
-        fisher = sized(fisher, auto_budget(max(fisher["free_bytes"] - resident, 0)))
+        fisher = sized(fisher, auto_budget(fisher["free_bytes"], resident))
         fisher["resident_bytes"] = int(resident)
     return {k: v for k, v in fisher.items() if k != "target_bytes"}
 
@@ -389,11 +412,14 @@ class Roots:
     another group drops them first (the walk visits a block's targets together and comes back to
     none; compensation's line search asks for each pair of a stage many times).
     reuse: the folder is keyed to the model and inputs the Fishers are measured on, so the ones an
-    interrupted pass left there are kept (and not measured again); else they are deleted first."""
+    interrupted pass left there are kept (and not measured again); else they are deleted first.
+    revisit: a later walk asks for the pairs again (allocation: global's two walks), so a Fisher kept
+    as F is replaced where it is kept by its eigendecomposition (`eigen`, as many bytes) when its pair
+    is first asked for: each F is decomposed once, a pair asked for again costs two products."""
 
     def __init__(self, folder: Path | None, damping: float, keep_bytes: float, reuse: bool = False,
-                 names=None, shared=None, groups: dict | None = None):
-        self.folder, self.damping, self.keep_bytes = folder, damping, keep_bytes
+                 names=None, shared=None, groups: dict | None = None, revisit: bool = False):
+        self.folder, self.damping, self.keep_bytes, self.revisit = folder, damping, keep_bytes, revisit
         self.groups = groups or {}  # name -> the key of the targets visited together (None: one group)
         self.names = names  # a view's subset (only())
         # name -> Fisher (on disk); name -> (L, L⁻¹) asked for last; both shared with views
@@ -417,7 +443,7 @@ class Roots:
     def only(self, names) -> "Roots":
         """A view on the targets named (sharing the stored Fishers)."""
         return Roots(self.folder, self.damping, self.keep_bytes, names=set(names) & set(self),
-                     shared=(self.store, self.recent), groups=self.groups)
+                     shared=(self.store, self.recent), groups=self.groups, revisit=self.revisit)
 
     def __iter__(self):
         return iter(n for n in self.store if self.names is None or n in self.names)
@@ -434,7 +460,7 @@ class Roots:
         if name not in self.recent:
             self._leave_others(name)
             try:
-                self.recent[name] = sqrt_pair(self.store[name], self.damping)
+                self.recent[name] = sqrt_pair(self._kept(name), self.damping)
             except torch.linalg.LinAlgError as e:
                 raise NumericError(f"layer '{name}': the square root of its output Fisher failed "
                                    f"({str(e).splitlines()[0]})") from None
@@ -443,6 +469,15 @@ class Roots:
 
     def get(self, name: str, default=None):
         return self[name] if name in self else default
+
+    def _kept(self, name: str):
+        """name's Fisher as kept (F, its rows or its eigendecomposition); with `revisit` F is replaced
+        by its eigendecomposition first."""
+        kept = self.store[name]
+        if self.revisit and torch.is_tensor(kept) and not is_rows(kept):
+            kept = eigen(kept)  # F goes before its pair is made
+            self.store[name] = kept
+        return kept
 
     def _leave_others(self, name: str) -> None:
         """Drops the pairs held of targets outside `name`'s group (`groups`)."""

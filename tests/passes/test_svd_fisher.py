@@ -575,3 +575,55 @@ def test_block_fisher_chunks_count_each_targets_taps_as_the_plan_does(monkeypatc
     monkeypatch.setattr(svd_fisher, "fisher_chunks", lambda *a: seen.append(a) or real(*a))
     make_plan(load_recipe(Path(__file__).parents[2] / "recipes" / "toy-pixart-stream.yaml"))  # fisher: block
     assert seen and all(len(a) == 4 and set(a[3]) == {i.name for i in a[0]} and all(a[3].values()) for a in seen)
+
+
+def test_a_global_allocation_decomposes_each_targets_fisher_once_with_the_same_factors(tmp_path, monkeypatch):
+    """allocation: global walks the targets twice (loss curves and sensitivities, then the factors), and
+    with one block's pairs held (Roots' groups) each pair was computed from its Fisher in both walks:
+    F's eigendecomposition, sqrt_pair's O(out³) part, twice per target. The first walk now keeps the
+    eigendecomposition in F's place (as many bytes), the second only multiplies it out: each target's F
+    is decomposed once, the Fishers and the weights are the same bit for bit as with F decomposed twice."""
+    import sys
+
+    import compress.passes.svd as svd_module
+    from compress.arch import get_adapter
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.conftest import model_inputs
+
+    decomposed, pairs, added = [], [], {}
+    real_eigh, real_getitem, real_add = torch.linalg.eigh, Roots.__getitem__, Roots.add
+
+    def eigh(a, *args, **kwargs):  # F's eigendecomposition, in svd_fisher (the Grams' are svd_layer's)
+        if sys._getframe(1).f_globals["__name__"] == "compress.passes.svd_fisher":
+            decomposed.append(a.shape)
+        return real_eigh(a, *args, **kwargs)
+    monkeypatch.setattr(torch.linalg, "eigh", eigh)
+    monkeypatch.setattr(Roots, "__getitem__", lambda self, n: (pairs.append(n), real_getitem(self, n))[1])
+    monkeypatch.setattr(Roots, "add", lambda self, n, f: (added.__setitem__(n, f.clone()), real_add(self, n, f)))
+
+    def run(where, revisit):
+        class Once(Roots):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **(kwargs if revisit else {**kwargs, "revisit": False}))  # the pass's, or off
+        monkeypatch.setattr(svd_module, "Roots", Once)
+        model = tiny_flux()
+        batches = [model_inputs(model, seed=i) for i in range(2)]
+        ctx = RunContext(adapter=get_adapter(model), family="flux", teacher=tiny_flux(), run_dir=tmp_path / where,
+                         calibration_inputs=lambda: batches, fingerprint=where)
+        cfg = SVDConfig(targets=["attention", "mlp"], allocation="global", ratio=0.5, multiple=2, progress=False,
+                        fisher_memory_gb=100.0)
+        SVDPass(cfg).run(model, ctx)
+        assert not list((tmp_path / where).rglob("fisher*/*.pt"))
+        return model.state_dict(), dict(added)
+
+    weights, fishers = run("once", revisit=True)
+    dense = [f.shape for f in fishers.values() if not is_rows(f)]
+    grams = [(f.shape[0], f.shape[0]) for f in fishers.values() if is_rows(f)]  # kept as rows: their small Gram's
+    assert len(dense) > 8 and set(pairs) == set(fishers) and len(pairs) >= 2 * len(fishers)  # asked in both walks
+    assert sorted(decomposed) == sorted(dense + 2 * grams)  # each F once (rows: from the rows in each walk)
+    decomposed.clear(), added.clear()
+    twice_weights, twice_fishers = run("twice", revisit=False)  # F decomposed in both walks, as before
+    assert sorted(decomposed) == sorted(2 * dense + 2 * grams)
+    assert fishers.keys() == twice_fishers.keys() and all(torch.equal(fishers[n], twice_fishers[n]) for n in fishers)
+    assert weights.keys() == twice_weights.keys() and all(torch.equal(weights[k], twice_weights[k]) for k in weights)

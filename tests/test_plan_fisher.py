@@ -1,0 +1,82 @@
+"""plan_fisher: what an svd pass's output Fishers hold, sized as the pass sizes them."""
+
+import pytest
+
+from compress.plan import make_plan
+from compress.recipe import parse_recipe
+
+RECIPE = """\
+model: {family}
+teacher: {teacher}
+device: cpu
+calibration: {{source: synthetic, num_prompts: 4, timesteps: 1, batch_size: 4}}
+passes:
+  - svd: {{targets: [attention, mlp], ratio: 0.5, multiple: 2, fisher: block, fisher_memory_gb: auto, progress: false}}
+"""
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_fisher_block_auto_is_chunked_in_plan_as_the_pass_chunks_it(monkeypatch, tmp_path, family):
+    """fisher: block with fisher_memory_gb: auto: plan chunked each block's targets (and kept their square
+    roots) at 2 GiB (svd_fisher.FALLBACK_GB), the pass at half the memory free as its walk starts, so the
+    two disagreed. Both now size it with svd_fisher.fisher_budget, plan at what is free here less what it
+    estimates the run holds by then (teacher, student, calibration activations): with the run finding that
+    free, each block's chunks are the pass's (svd_fisher.block_chunks): one a block at 32 GiB, several
+    with auto's 1 GiB floor taken off and a few KiB free."""
+    import compress.passes.svd as svd_module
+    import compress.passes.svd_fisher as sf
+    import compress.plan_memory as pm
+    import compress.runner_stream as rs
+    from compress.arch import get_adapter
+    from compress.inputs import SyntheticSource
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDPass
+    from tests.conftest import tiny_flux, tiny_pixart
+
+    make = tiny_flux if family == "flux" else tiny_pixart
+    make().save_pretrained(tmp_path / "teacher")
+    recipe = parse_recipe(RECIPE.format(family=family, teacher=tmp_path / "teacher"), str(tmp_path / "r.yaml"))
+    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    real_chunks, real_block_chunks = sf.fisher_chunks, svd_module.block_chunks
+
+    def planned(free):  # (budget, chunks) of each block as plan chunks it, what plan takes the run to hold
+        seen = []
+        monkeypatch.setattr(sf, "fisher_chunks", lambda *a: seen.append((a[1], real_chunks(*a))) or seen[-1][1])
+        monkeypatch.setattr(rs, "free_memory", lambda device: free)
+        memory = make_plan(recipe)["memory"]
+        monkeypatch.setattr(sf, "fisher_chunks", real_chunks)
+        held = [p["bytes"] for p in memory["parts"] if p["what"].startswith(("teacher and student weights",
+                                                                             "calibration activations"))]
+        assert len(held) == 2
+        return seen, sum(held)
+
+    def run(free):  # (budget, chunks) of each block as the pass chunks it, `free` bytes free as it starts
+        seen = []
+        chunked = lambda *a: seen.append((a[5], real_block_chunks(*a))) or seen[-1][1]  # noqa: E731
+        monkeypatch.setattr(svd_module, "block_chunks", chunked)
+        monkeypatch.setattr(rs, "free_memory", lambda device: free)
+        model = make()
+        batches = SyntheticSource(family, recipe.calibration, model.config).calibration()
+        ctx = RunContext(adapter=get_adapter(model), family=family, teacher=make(), run_dir=tmp_path / f"run-{free}",
+                         calibration_inputs=lambda: batches, fingerprint=None)
+        SVDPass(recipe.passes[0].config).run(model, ctx)
+        return seen
+
+    spare = 64 * 2**30  # free beyond what the run holds: 32 GiB a chunk, every block's targets in one
+    _, resident = planned(None)
+    plan, _ = planned(resident + spare)
+    ran = run(spare)
+    assert len(ran) == len(plan) > 1 and all(budget == spare / 2 for budget, _ in plan)  # 2 GiB before
+    assert [budget for budget, _ in plan] == [budget for budget, _ in ran]
+    assert [chunks for _, chunks in plan] == [chunks for _, chunks in ran] and all(len(c) == 1 for _, c in ran)
+
+    monkeypatch.setattr(sf, "AUTO_MIN_GB", 0.0)  # no 1 GiB floor: a few KiB a chunk, several a block
+    model = make()
+    (first,) = ran[0][1]  # the first block's targets
+    spare = 2 * sum(sf.fisher_bytes(model.get_submodule(n).out_features, None) for n in first) // 3
+    plan, _ = planned(resident + spare)
+    ran = run(spare)
+    assert [budget for budget, _ in plan] == [budget for budget, _ in ran] == [spare / 2] * len(ran)
+    assert [chunks for _, chunks in plan] == [chunks for _, chunks in ran] and len(ran[0][1]) > 1
