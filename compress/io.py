@@ -326,6 +326,10 @@ def not_loaded(cls, source, e: Exception) -> UserError:
     shape than in the model its config describes names the tensor and both shapes (not diffusers'
     advice to load random weights in its place, ignore_mismatched_sizes)."""
     found = SHAPE_MISMATCH.search(str(e))
+    cut = cut_bin(source)
+    if cut is not None:  # torch's words would be "Unable to load weights", or about a class the cut named
+        return UserError(f"{cut}: its weights fail to load (the file ends early); it may be truncated or corrupted: "
+                         "copy it again")
     if any(map(needs_code, causes(e))):  # a .bin whose pickle names a class: diffusers' "Unable to load weights"
         return UserError(f"{source}: its weights need arbitrary code to unpickle and were refused; checkpoints "
                          "are data, never code: convert them to safetensors")
@@ -335,6 +339,17 @@ def not_loaded(cls, source, e: Exception) -> UserError:
     model, weights = (tuple(int(n) for n in shape.split(",") if n.strip()) for shape in (model, weights))
     return UserError(f"teacher {source}: its weights do not match its config.json: {name} is {weights} in the "
                      f"weights but {model} in the {cls.__name__} the config describes")
+
+
+def cut_bin(source) -> Path | None:
+    """The first .bin weight file of a teacher folder that ends early (io_tensors.cut_short: a zip
+    without its central directory, a pickle without its STOP), None where all are whole."""
+    from compress.io_tensors import cut_short
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    return next((f for f in sorted(folder.glob("*.bin")) if f.is_file() and cut_short(f)), None)
 
 
 def causes(e: BaseException | None):

@@ -452,3 +452,20 @@ def test_a_teacher_folder_of_bin_weights_loads_as_data_without_diffusers_warning
         load_teacher(str(tmp_path / "t"))
     assert str(e.value) == (f"{tmp_path}/t: its weights need arbitrary code to unpickle and were refused; checkpoints "
                             "are data, never code: convert them to safetensors")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_teacher_folder_whose_bin_weights_are_cut_says_so(tmp_path, legacy):
+    """A .bin cut short in a teacher folder said "its weights need arbitrary code to unpickle" (a legacy
+    file cut inside a class name) or only diffusers' "Unable to load weights" (a zip cut in half)."""
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "t", safe_serialization=False)
+    weights = tmp_path / "t" / "diffusion_pytorch_model.bin"
+    sd = torch.load(weights, weights_only=True)
+    torch.save(sd, weights, _use_new_zipfile_serialization=not legacy)
+    data = weights.read_bytes()
+    weights.write_bytes(data[: data.index(b"torch._utils") + 8] if legacy else data[: len(data) // 2])
+    with pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / "t"))
+    assert str(e.value) == (f"{weights}: its weights fail to load (the file ends early); it may be truncated or "
+                            "corrupted: copy it again")
