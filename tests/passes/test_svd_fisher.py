@@ -627,3 +627,21 @@ def test_a_global_allocation_decomposes_each_targets_fisher_once_with_the_same_f
     assert sorted(decomposed) == sorted(2 * dense + 2 * grams)
     assert fishers.keys() == twice_fishers.keys() and all(torch.equal(fishers[n], twice_fishers[n]) for n in fishers)
     assert weights.keys() == twice_weights.keys() and all(torch.equal(weights[k], twice_weights[k]) for k in weights)
+
+
+def test_roots_that_are_revisited_keep_each_fs_eigendecomposition_in_its_place(tmp_path):
+    """Roots(revisit=True) (allocation: global) replaces a Fisher kept as F, on disk, by its
+    eigendecomposition when its pair is first asked for (rows stay rows): the pairs are sqrt_pair's bit
+    for bit, asked for again or read back by a rerun (an interrupted pass's folder), at any damping."""
+    fishers = {**_fishers(3), "rows": torch.randn(3, 8, generator=torch.Generator().manual_seed(1))}
+    roots = Roots(tmp_path / "f", 1e-3, keep_bytes=0, revisit=True)  # only the newest pair held
+    for name, f in fishers.items():
+        roots.add(name, f)
+    for _ in range(2):
+        for name, f in fishers.items():
+            assert all(torch.equal(a, b) for a, b in zip(roots[name], sqrt_pair(f, 1e-3)))
+    kept = {name: roots.store[name] for name in fishers}
+    assert torch.equal(kept.pop("rows"), fishers["rows"]) and all(isinstance(k, tuple) for k in kept.values())
+    assert len(list((tmp_path / "f").iterdir())) == len(fishers)
+    rerun = Roots(tmp_path / "f", 1e-1, keep_bytes=0, reuse=True)  # another damping: the same decomposition
+    assert all(torch.equal(a, b) for name, f in fishers.items() for a, b in zip(rerun[name], sqrt_pair(f, 1e-1)))
