@@ -80,3 +80,33 @@ def test_fisher_block_auto_is_chunked_in_plan_as_the_pass_chunks_it(monkeypatch,
     ran = run(spare)
     assert [budget for budget, _ in plan] == [budget for budget, _ in ran] == [spare / 2] * len(ran)
     assert [chunks for _, chunks in plan] == [chunks for _, chunks in ran] and len(ran[0][1]) > 1
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_plan_counts_each_targets_output_as_the_pass_measures_it(monkeypatch, tmp_path, family):
+    """What plan takes each target's output on one calibration batch to be (plan_fisher._tapped: out x its
+    rows x itemsize, calib_footprint.tap_tokens) and what the pass chunks the sweeps by (svd_fisher.output_sizes,
+    a forward of the first batch) are two counts of one thing: equal for every linear of both toys."""
+    import compress.plan_fisher as pf
+    import compress.plan_memory as pm
+    from compress.arch import get_adapter
+    from compress.inputs import SyntheticSource
+    from compress.passes.svd_fisher import output_sizes
+    from tests.conftest import tiny_flux, tiny_pixart
+
+    make = tiny_flux if family == "flux" else tiny_pixart
+    model = make()
+    model.save_pretrained(tmp_path / "teacher")
+    roles = "attention, mlp, modulation, embedding, output" + (", cross_attention" if family == "pixart" else "")
+    text = RECIPE.format(family=family, teacher=tmp_path / "teacher").replace(
+        "[attention, mlp]", f"[{roles}]").replace("fisher: block", "fisher: all")
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    planned, real = [], pf._tapped
+    monkeypatch.setattr(pf, "_tapped", lambda *a: planned.extend(real(*a)) or planned[-len(a[3]):])
+    itemsize = make_plan(recipe)["calibration"]["itemsize"]
+    adapter = get_adapter(model)
+    batch = SyntheticSource(family, recipe.calibration, model.config).calibration()[0]
+    measured = output_sizes(model, adapter, batch, [t["name"] for t in planned])
+    assert len(planned) > 20 and {t["part"] for t in planned} > {"mod"}
+    assert {t["name"]: t["out"] * t["rows"] * itemsize for t in planned} == measured
