@@ -15,9 +15,9 @@ import yaml
 from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.passes import PASSES, pass_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
-                                     with_sets)
+                                     field_default, with_sets)
 from compress.recipe_set import drop, key_nodes, nearest, place, remark, takes_null
-from compress.recipe_yaml import NULL, RecipeDumper, RecipeLoader, core_tag
+from compress.recipe_yaml import MARKS_HEADER, NULL, RecipeDumper, RecipeLoader, core_tag, read_marks, with_marks
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -80,10 +80,10 @@ class CalibrationConfig:
         return at + (f" (with {', '.join(sets)})" if sets and "(--set" not in at else "") + ": "
 
     def given(self, key: str) -> bool:
-        """Whether the recipe (or a --set) gave calibration.`key`; True for a config made otherwise,
-        whose every value counts as meant."""
+        """Whether the recipe (or a --set) gave calibration.`key`, not a saved recipe's default filled
+        in (marked '# default'); True for a config made otherwise, whose every value counts as meant."""
         recipe = self.__dict__.get("_recipe")
-        return recipe is None or f"calibration.{key}" in recipe.keys
+        return recipe is None or (f"calibration.{key}" in recipe.keys and key in self.__dict__.get("_given", {key}))
 
     @property
     def heldout_inputs(self) -> int:
@@ -244,6 +244,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     if not isinstance(root, yaml.MappingNode):
         raise _Loc(path, root).err("a recipe must be a mapping with model, teacher and passes")
     _check_keys(root, path)
+    read_marks(root, text)  # a saved recipe's '# default' marks: keys the defaults filled in, not written
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq:
@@ -280,6 +281,8 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     if values.get("version", 1) != 1:
         raise _Loc(path, top["version"][0]).err(f"recipe version {values['version']} is not supported (only 1)")
     recipe = Recipe(passes=specs, path=path, keys=_key_locs(root, path), **values)
+    # the top-level keys written (not marked filled in), for a dump's marks; not a field (asdict, ==)
+    recipe.__dict__["_given"] = {k for k, (node, _) in top.items() if not getattr(node, "filled", False)}
     for spec in specs:
         spec.recipe_keys = recipe.keys
     recipe.calibration._recipe = recipe  # its errors name the recipe's lines (CalibrationConfig.where)
@@ -311,7 +314,29 @@ def dump_recipe(recipe: Recipe, prompts: list[str] | None = None) -> str:
     if prompts is not None:  # these, all of them, when the dump is run again
         plain["calibration"]["prompts"], plain["calibration"]["prompt_file"] = list(prompts), None
         plain["calibration"]["num_prompts"] = len(prompts)
-    return _sets_header(recipe) + yaml.dump(plain, Dumper=RecipeDumper, sort_keys=False)
+    filled = filled_keys(recipe) - ({f"calibration.{k}" for k in ("prompts", "prompt_file", "num_prompts")}
+                                    if prompts is not None else set())  # those the dump wrote
+    text = with_marks(yaml.dump(plain, Dumper=RecipeDumper, sort_keys=False), filled)
+    return f"{MARKS_HEADER}\n{_sets_header(recipe)}{text}"
+
+
+def filled_keys(recipe: Recipe) -> set[str]:
+    """The dotted keys of `recipe` the defaults filled in: at their default and not written by the
+    recipe (nor marked so in the saved recipe it was read from: `_given`); in a config made otherwise,
+    every key at its default."""
+    top = {f.name: f for f in dataclasses.fields(Recipe) if f.name in ("version", "stream", "compute_dtype", "device")}
+    filled = _filled(recipe, top, "")
+    for prefix, config in (("calibration.", recipe.calibration), ("export.", recipe.export),
+                           *((f"passes.{i}.{p.name}.", p.config) for i, p in enumerate(recipe.passes))):
+        filled |= _filled(config, {f.name: f for f in dataclasses.fields(config)}, prefix)
+    return filled
+
+
+def _filled(obj, fields: dict, prefix: str) -> set[str]:
+    """`filled_keys` among `fields` of `obj` (a Recipe or a config dataclass)."""
+    given = obj.__dict__.get("_given", ())
+    return {prefix + name for name, f in fields.items()
+            if name not in given and getattr(obj, name) == field_default(f)}
 
 
 def set_overrides(recipe: Recipe) -> list[str]:

@@ -226,7 +226,12 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
         if isinstance(value, float) and not math.isfinite(value):
             raise _Loc(path, key_at.get(key, node)).err(f"{what + '.' if what else ''}{key} must be a "
                                                         f"finite number, got {value}")
-    obj.__dict__["_given"] = set(values)  # the keys the mapping wrote, for its checks; not a field (asdict, ==)
+    # the keys the mapping wrote, for its checks; not a field (asdict, ==). In a saved recipe with marks
+    # (recipe_yaml.read_marks), `_filled` holds those its marks say the defaults filled in, left out of `_given`
+    filled = {k for k, n in key_at.items() if getattr(n, "filled", False) and values[k] == field_default(fields[k])}
+    obj.__dict__["_given"] = set(values) - filled
+    if any(hasattr(n, "filled") for n in key_at.values()):
+        obj.__dict__["_filled"] = filled
     check = getattr(obj, "validate", None)
     if check:
         try:
@@ -237,6 +242,11 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
         except ValueError as e:
             raise loc.err(f"{what}: {e}") from None
     return obj
+
+
+def field_default(f: dataclasses.Field):
+    """A dataclass field's default value (a new one of a default_factory); MISSING where it has none."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _check_keys(node: yaml.Node, path: str, seen: set[int] | None = None, dotted: str = "") -> None:

@@ -188,3 +188,70 @@ def type_hint(node: yaml.Node, tp) -> str:
     if int in wanted and isinstance(value, float) and value.is_integer():
         return f" (an integer is written without a dot or exponent: {int(value)})"
     return ""
+
+
+# ---- a saved recipe's default marks -------------------------------------------------------------
+# An output's recipe.yaml writes every key; its first line says that a key ending in DEFAULT_MARK was
+# left out of the recipe and holds its default (recipe.dump_recipe). Only a file with that line is
+# read for marks: a comment '# default' in a recipe written by hand means nothing.
+MARKS_HEADER = "# every key is written out; '# default' marks one the recipe left out (it holds its default)"
+DEFAULT_MARK = "# default"
+_MARKED = re.compile(r":?[ \t]*#[ \t]*default[ \t]*")  # what follows a marked key's value on its line
+
+
+def entries(node: yaml.Node, prefix: str = "", seen: set[int] | None = None):
+    """(dotted path, key node, value node) of every mapping entry under `node`, by the paths --set
+    names them with (calibration.seed, passes.2.svd.ratio); an alias's node is walked once."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from entries(item, f"{prefix}{i}.", seen)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                yield f"{prefix}{key.value}", key, value
+                yield from entries(value, f"{prefix}{key.value}.", seen)
+
+
+def _mark_at(key: yaml.Node, value: yaml.Node) -> int:
+    """Where an entry's line takes its mark: after a value that ends on its key's line (a scalar, a
+    flow list or mapping), else after the key (a block list or mapping starts on the next line)."""
+    block = isinstance(value, (yaml.SequenceNode, yaml.MappingNode)) and not value.flow_style
+    return (key if block else value).end_mark.index
+
+
+def _rest_of_line(text: str, at: int) -> str:
+    return re.match(r"[^\r\n\x85\u2028\u2029]*", text[at:]).group()
+
+
+def with_marks(text: str, paths: set[str]) -> str:
+    """The dumped recipe `text` with DEFAULT_MARK at the end of the lines of the keys `paths`."""
+    ends = sorted((_mark_at(k, v) + len(_rest_of_line(text, _mark_at(k, v)))
+                   for dotted, k, v in entries(yaml.compose(text, Loader=RecipeLoader)) if dotted in paths),
+                  reverse=True)
+    for end in ends:  # from the last, so that the earlier ends stay where they are
+        text = f"{text[:end]}  {DEFAULT_MARK}{text[end:]}"
+    return text
+
+
+def is_marked(text: str) -> bool:
+    """Whether `text` is a recipe saved with default marks: MARKS_HEADER among its first comments."""
+    for line in text.lstrip("\ufeff").splitlines():
+        if not line.startswith("#"):
+            return False
+        if line.strip() == MARKS_HEADER:
+            return True
+    return False
+
+
+def read_marks(root: yaml.Node, text: str) -> None:
+    """In a recipe saved with marks (`is_marked`), set `filled` on every mapping key node of `root`:
+    True where its line ends in DEFAULT_MARK (build_dataclass reads it). Another recipe's nodes are
+    left without it."""
+    if not is_marked(text):
+        return
+    for _, key, value in entries(root):
+        key.filled = bool(_MARKED.fullmatch(_rest_of_line(text, _mark_at(key, value))))

@@ -8,6 +8,7 @@ import yaml
 
 from compress.errors import UserError
 from compress.recipe import RecipeLoader, dump_recipe, load_recipe, parse_recipe
+from compress.recipe_yaml import MARKS_HEADER
 
 GOOD = """\
 version: 1
@@ -492,9 +493,10 @@ def test_a_yaml_merge_key_says_recipes_are_yaml_1_2(text, where):
         str(e.value), e.value
 
 
-def test_a_dumped_recipe_without_a_set_has_no_header_and_one_with_sets_names_each_once():
+def test_a_dumped_recipe_without_a_set_has_no_sets_header_and_one_with_sets_names_each_once():
     text = "model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {ratio: 0.5}\n"
-    assert not dump_recipe(parse_recipe(text, "r.yaml")).startswith("#")
+    first, second = dump_recipe(parse_recipe(text, "r.yaml")).splitlines()[:2]
+    assert first == MARKS_HEADER and not second.startswith("#")  # the marks' line alone
     sets = ["passes.0.svd.ratio=0.4", "calibration={num_prompts: 4, timesteps: 2}"]
     dumped = dump_recipe(parse_recipe(text, "r.yaml", sets))
     header = [line for line in dumped.splitlines() if line.startswith("#   --set ")]
@@ -544,3 +546,46 @@ def test_an_error_names_only_the_sets_of_the_keys_its_check_read(text, sets, sai
     with pytest.raises(UserError) as e:
         parse_recipe(text, "r.yaml", sets)
     assert str(e.value).startswith(said), str(e.value)
+
+
+def test_a_dumped_recipe_marks_the_keys_the_defaults_filled_in_and_reads_them_back():
+    """An output's recipe.yaml writes every key: '# default' ends the line of each the recipe left out,
+    under a first line saying so; read back, those are not written keys (the config's `_given`), the
+    resolved recipe (what --resume compares) is the same, and a dump of it is the same file."""
+    text = ("model: pixart\nteacher: toy:pixart\nstream: false\ncalibration: {seed: 3}\n"
+            "passes:\n  - svd: {ratio: 0.5, targets: [attention]}\n  - importance\n")
+    recipe = parse_recipe(text, "r.yaml")
+    dumped = dump_recipe(recipe)
+    lines = dumped.splitlines()
+    assert lines[0] == MARKS_HEADER
+    for line in ("version: 1  # default", "stream: false", "device: auto  # default", "  seed: 3",
+                 "  timesteps: 8  # default", "    ratio: 0.5", "    targets:", "    center:  # default",
+                 "    ranks: {}  # default", "    buckets: 3  # default", "  dtype: float32  # default"):
+        assert line in lines, line
+    again = parse_recipe(dumped, "out/recipe.yaml")
+    assert again.raw == recipe.raw and dump_recipe(again) == dumped
+    svd = again.passes[0].config
+    assert svd._given == {"ratio", "targets"} and "energy" in svd._filled
+    assert again.calibration._given == {"seed"} and again.passes[1].config._given == set()
+    assert yaml.safe_load(dumped) == recipe.raw  # a plain YAML reader sees no marks
+
+
+def test_a_saved_recipes_calibration_keys_marked_default_are_not_given():
+    """calibration.num_prompts filled in by its default (marked) is not the recipe's: a pipeline source
+    of an edited saved recipe reads all its prompts, as the recipe that left it out did."""
+    saved = parse_recipe(dump_recipe(parse_recipe(GOOD.replace("  num_prompts: 4\n", ""), "r.yaml")), "o.yaml")
+    assert not saved.calibration.given("num_prompts") and saved.calibration.given("timesteps")
+    assert parse_recipe(dump_recipe(parse_recipe(GOOD, "r.yaml")), "o.yaml").calibration.given("num_prompts")
+
+
+def test_the_prompts_a_dump_inlines_are_not_marked_default(tmp_path):
+    """The pipeline source's prompts a dump writes inline (and its num_prompts, prompt_file: null) are
+    the dump's, not defaults: read back, num_prompts is given (all of them, as run)."""
+    from compress.calib_pipeline import read_prompts
+
+    (tmp_path / "p.txt").write_text("a red fox\na blue car\n")
+    text = GOOD.replace("  num_prompts: 4\n", "  prompt_file: p.txt\n")
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    dumped = dump_recipe(recipe, read_prompts(recipe.calibration, tmp_path))
+    assert "  num_prompts: 2\n" in dumped and "  prompt_file: null\n" in dumped
+    assert parse_recipe(dumped, "o.yaml").calibration.given("num_prompts")

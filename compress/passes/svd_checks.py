@@ -233,8 +233,8 @@ READ_BY = {"ratio": ("uniform", "global"), "energy": ("energy",), "sensitivity":
            "sensitivity_batches": ("global",), "trust_region": ("global",)}
 
 # keys every saved recipe of an svd pass writes (recipe.to_plain: every key, defaults filled in), since
-# the pass's first version: a pass writing them all is an output's recipe.yaml, whose defaults were
-# filled in rather than meant
+# the pass's first version: a pass writing them all, in a recipe without default marks, is taken for
+# an older output's recipe.yaml (saved before the marks), whose defaults were filled in rather than meant
 SAVED_KEYS = frozenset({"ratio", "ratios", "energy", "sensitivity", "sensitivity_batches", "progress"})
 
 
@@ -247,11 +247,12 @@ def unread_keys(allocation) -> set[str]:
 
 def written_keys(c) -> set[str] | None:
     """The keys of the pass the recipe wrote (the file or a --set; the loader records them as the
-    config's `_given`), None where only the values tell: a config made otherwise, or a saved recipe
-    (SAVED_KEYS), which writes every key. A null written where null is the default (ratios,
-    sensitivity) counts as left out: `--set KEY=null` sets such a key, it cannot remove it."""
+    config's `_given`, less those a saved recipe marks '# default': `_filled`), None where only the
+    values tell: a config made otherwise, or an older saved recipe, without marks, that writes every
+    key (SAVED_KEYS). A null written where null is the default (ratios, sensitivity) counts as left
+    out: `--set KEY=null` sets such a key, it cannot remove it."""
     given = c.__dict__.get("_given")
-    if given is None or SAVED_KEYS <= set(given):
+    if given is None or ("_filled" not in c.__dict__ and SAVED_KEYS <= set(given)):
         return None
     defaults = {f.name: f.default for f in dataclasses.fields(c)}
     return {k for k in given if not (getattr(c, k, None) is None and defaults.get(k) is None)}

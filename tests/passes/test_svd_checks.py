@@ -501,3 +501,75 @@ def test_sequential_auto_on_the_captions_keys_and_values_alone_sequences_nothing
     model = tiny_pixart()
     f = footprint(parse_recipe(text, str(tmp_path / "r.yaml")), "toy:pixart", model.config, 0)
     assert (f["block_copies"], f["probe_bytes"]) == (1, 0)
+
+
+ENERGY_EDIT = ("model: flux\nteacher: toy:flux\npasses:\n  - svd: {allocation: uniform, %s}\n")
+
+
+def _saved_then_energy(written: str, marks: bool = True) -> str:
+    """An output's recipe.yaml of a uniform svd pass writing `written`, edited to allocation: energy;
+    without `marks`, as an output saved before the default marks (no header, no '# default')."""
+    from compress.recipe import dump_recipe, parse_recipe
+
+    saved = dump_recipe(parse_recipe(ENERGY_EDIT % written, "r.yaml"))
+    if not marks:
+        saved = re.sub(r"  # default$", "", saved.split("\n", 1)[1], flags=re.M)
+    return saved.replace("allocation: uniform", "allocation: energy")
+
+
+def test_an_older_saved_recipe_without_marks_is_read_by_its_values():
+    """Outputs saved before the marks load as they did: every key written, so ratio: 0.5 under energy is
+    taken for a default filled in, and only another value is refused."""
+    from compress.recipe import parse_recipe
+
+    edited = _saved_then_energy("ratio: 0.5", marks=False)
+    assert "# default" not in edited and "ratio: 0.5" in edited
+    parse_recipe(edited, "out/recipe.yaml")
+    with pytest.raises(UserError, match=r"out/recipe.yaml:\d+: svd.ratio is only read by allocation: uniform"):
+        parse_recipe(edited.replace("ratio: 0.5", "ratio: 0.4"), "out/recipe.yaml")
+
+
+def test_a_saved_recipe_edited_to_energy_is_refused_only_the_ratio_its_recipe_wrote():
+    """A saved recipe marks the keys the defaults filled in: its ratio: 0.5 left to the default is
+    no key the user wrote (no refusal under energy); one the recipe wrote, at the default value, was
+    judged by its value (accepted and ignored) and is refused."""
+    from compress.recipe import parse_recipe
+
+    filled = _saved_then_energy("targets: [attention]")
+    assert "ratio: 0.5  # default" in filled
+    assert parse_recipe(filled, "out/recipe.yaml").passes[0].config.allocation == "energy"
+    written = _saved_then_energy("ratio: 0.5")
+    assert "ratio: 0.5\n" in written
+    with pytest.raises(UserError, match=r"out/recipe.yaml:\d+: svd.ratio is only read by allocation: uniform"):
+        parse_recipe(written, "out/recipe.yaml")
+
+
+def test_a_saved_recipe_whose_recipe_wrote_every_saved_key_is_judged_by_what_it_wrote():
+    """A recipe that wrote ratio, ratios, energy, sensitivity, sensitivity_batches and progress itself
+    was, saved, taken for an older saved recipe and judged by value: its ratio was ignored under energy."""
+    from compress.recipe import parse_recipe
+
+    every = "ratio: 0.5, ratios: null, energy: 0.99, sensitivity: null, sensitivity_batches: 2, progress: true"
+    with pytest.raises(UserError, match="svd.ratio is only read by allocation: uniform or global"):
+        parse_recipe(_saved_then_energy(every), "out/recipe.yaml")
+
+
+def test_an_edited_mark_counts_as_the_users_where_its_value_or_a_set_changed_it():
+    """A key still marked '# default' but at another value, or given by a --set, is the user's."""
+    from compress.recipe import parse_recipe
+
+    filled = _saved_then_energy("targets: [attention]")
+    with pytest.raises(UserError, match=r"out/recipe.yaml:\d+: svd.ratio is only read by"):
+        parse_recipe(filled.replace("ratio: 0.5  # default", "ratio: 0.4  # default"), "out/recipe.yaml")
+    with pytest.raises(UserError, match=re.escape("out/recipe.yaml (--set passes.0.svd.ratio=0.5): svd.ratio is")):
+        parse_recipe(filled, "out/recipe.yaml", ["passes.0.svd.ratio=0.5"])
+    parse_recipe(filled.replace("    ratio: 0.5  # default\n", ""), "out/recipe.yaml")  # removed: as left out
+
+
+def test_a_default_comment_in_a_recipe_without_the_saved_header_means_nothing():
+    """Only a file whose first comments hold the saved recipe's line is read for marks."""
+    from compress.recipe import parse_recipe
+
+    text = "model: flux\nteacher: toy:flux\npasses:\n  - svd:\n      allocation: energy\n      ratio: 0.5  # default\n"
+    with pytest.raises(UserError, match="r.yaml:6: svd.ratio is only read by allocation: uniform or global"):
+        parse_recipe(text, "r.yaml")
