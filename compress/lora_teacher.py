@@ -253,8 +253,8 @@ def _teacher_weights(student: nn.Module, source: str, config: str | None, names:
     if src.kind == "hub":
         from compress.report import note
 
-        what = "its transformer/ folder" if loaded else \
-            "its transformer/ config and index, then the weight files holding the " \
+        what = "its transformer folder" if loaded else \
+            "its transformer's config and index, then the weight files holding the " \
             f"{counted(len(names), 'adapted layer')}"
         note(f"a DoRA's norms need teacher {source}'s weights: downloading from the "
              f"Hugging Face Hub (unless cached) {what}")
@@ -327,15 +327,19 @@ def _teacher_files(src, keys: list[str]) -> dict[str, Path]:
 
 
 def _hub_files(repo_id: str, keys: list[str]) -> dict[str, Path]:
-    """Tensor name -> downloaded file, for `keys` of the Hub teacher `repo_id`: its transformer/ JSON
-    files first (config, safetensors index), then only the shards the index names for `keys`. Without
-    a (plain) index, one weight file holds them all: its transformer/ folder, read as a local one."""
+    """Tensor name -> downloaded file, for `keys` of the Hub teacher `repo_id`: its transformer
+    folder's JSON files first (config, safetensors index), then only the shards the index names for
+    `keys`. The folder is the repo's transformer/ or, of a transformer-only repo, its root, as
+    io_hub.hub_config_file finds it. Without a (plain) index, one weight file holds them all: its
+    diffusers weight files, read as a local folder."""
     from compress.io import INDEX, read_json
+    from compress.io_hub import hub_config_file
     from compress.stream_files import weight_map
 
-    index = _snapshot(repo_id, ["transformer/*.json"]) / "transformer" / INDEX
+    sub = hub_config_file(repo_id)[1]  # 'transformer/' or ''
+    index = _snapshot(repo_id, [f"{sub}config.json", f"{sub}diffusion_pytorch_model*.json"]) / sub / INDEX
     if not index.is_file():  # one weight file, or only a variant's (fp16): as stream_files picks it
-        return weight_map(_snapshot(repo_id, ["transformer/*"]) / "transformer")
+        return weight_map(_snapshot(repo_id, [f"{sub}config.json", f"{sub}diffusion_pytorch_model*"]) / sub)
     data = read_json(index)
     shards = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(shards, dict):
@@ -343,7 +347,7 @@ def _hub_files(repo_id: str, keys: list[str]) -> dict[str, Path]:
     needed = {k: shards[k] for k in keys if k in shards}  # a key it lacks: _read_teacher_weights says so
     if not needed:
         return {}
-    folder = _snapshot(repo_id, sorted({f"transformer/{shard}" for shard in needed.values()})) / "transformer"
+    folder = _snapshot(repo_id, sorted({f"{sub}{shard}" for shard in needed.values()})) / sub
     files = {k: folder / shard for k, shard in needed.items()}
     missing = sorted({f.name for f in files.values() if not f.is_file()})
     if missing:

@@ -591,7 +591,7 @@ def test_a_hub_doras_teacher_downloads_only_the_shards_it_reads(tmp_path, monkey
     merge_lora(local, tmp_path / "lora")  # the teacher the student records: the local folder
     capsys.readouterr()
     merge_lora(student, tmp_path / "lora", teacher="owner/teacher")
-    assert "downloading from the Hugging Face Hub (unless cached) its transformer/ config and index, then the " \
+    assert "downloading from the Hugging Face Hub (unless cached) its transformer's config and index, then the " \
         "weight files holding the" in capsys.readouterr().err
     inputs = model_inputs(student)
     assert torch.equal(forward(student, inputs), forward(local, inputs))

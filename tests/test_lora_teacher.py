@@ -143,3 +143,37 @@ def test_a_mistyped_teacher_is_refused_before_the_output_loads(tmp_path, monkeyp
     monkeypatch.setattr(commands, "load_transformer", loaded)
     nope = str(tmp_path / "nope")
     assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(tmp_path / "new"), "--teacher", nope]) == 2
+
+
+def _offline_hub(monkeypatch, tmp_path, repos: dict):
+    """{repo id: folder} as the cached snapshots of an offline huggingface_hub (HF_HUB_OFFLINE, HF_HUB_CACHE)."""
+    from huggingface_hub import constants
+
+    from tests.pipelines import hub_cache
+
+    for repo_id, folder in repos.items():
+        hub_cache(tmp_path / "hub", repo_id, folder)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "one-file"])
+def test_a_doras_transformer_only_hub_teacher_is_read_from_its_root(tmp_path, monkeypatch, sharded):
+    """A Hub DoRA teacher whose config.json and weights are at the repo's root (a transformer-only
+    repo, as fine-tunes are shared), cached, offline: its weights are read from the root, as
+    io_hub.hub_config_file finds the config there (was: FileNotFoundError '<snapshot>/transformer'),
+    and the merged student is the one the same teacher's local folder gives."""
+    from tests.conftest import forward, model_inputs
+    from tests.test_lora import _lora, _student
+
+    student, teacher = _student(tmp_path)
+    _lora(copy.deepcopy(teacher), tmp_path / "lora", use_dora=True)
+    teacher.save_pretrained(tmp_path / "repo", **({"max_shard_size": "40KB"} if sharded else {}))
+    _offline_hub(monkeypatch, tmp_path, {"acme/tonly": tmp_path / "repo"})
+    local = copy.deepcopy(student)
+    merge_lora(local, tmp_path / "lora")  # the teacher the student records: the local folder
+    merge_lora(student, tmp_path / "lora", teacher="acme/tonly")
+    inputs = model_inputs(student)
+    assert torch.equal(forward(student, inputs), forward(local, inputs))
