@@ -10,6 +10,9 @@ are read back. Readers, by what the LoRA is:
   kohya-style ones (`lora_unet_<module with _>.lora_down.weight`, `lora_up.weight`, `alpha`); the peft
   LoraConfig is built from the keys: each module's rank from its A, its alpha from its `alpha` key,
   else the file's diffusers metadata, else alpha = rank (scaling 1, diffusers' convention).
+A Hub id (ORG/NAME, or ORG/NAME/FILE.safetensors naming its file) is read as its local file: the named
+one, or the one LoRA file the Hugging Face cache holds of it, fetched by name (hub_lora: offline, or
+without network, at once); else (Flux, nothing cached) diffusers guesses the name online.
 Text-encoder modules a LoRA file also holds are listed, not merged: the student is the transformer.
 The checks of the keys (weights a loader would drop, a second adapter, other widths) are compress.lora_keys.
 """
@@ -107,6 +110,8 @@ def _reader(adapter, lora, class_name: str, held=None) -> tuple[Callable[[nn.Mod
     path = None if isinstance(lora, dict) else Path(str(lora)).expanduser()
     if path is not None and looks_local(str(lora)) and not path.exists():
         raise UserError(f"{lora}: no LoRA there (a .safetensors file, or a folder holding one)")
+    if path is not None and not looks_local(str(lora)):  # a Hub id: its file, where known, read as a local one
+        path = hub_lora(str(lora)) or path
     if path is not None and (path / "adapter_config.json").is_file():
         return _peft_reader(path)
     if adapter.family == "flux":
@@ -114,10 +119,73 @@ def _reader(adapter, lora, class_name: str, held=None) -> tuple[Callable[[nn.Mod
     if path is None:
         return _state_reader(lora, {}, STATE_DICT)
     if not path.exists():
-        raise UserError(f"{lora}: diffusers has no Hub LoRA loader for {class_name}; download it and give "
-                        "the .safetensors file (or a peft adapter folder)")
+        raise UserError(f"{lora}: diffusers has no Hub LoRA loader for {class_name}, and the Hugging Face cache "
+                        "holds no LoRA file of it: name the file, as ORG/NAME/FILE.safetensors, or download it and "
+                        "give the .safetensors file (or a peft adapter folder)")
     file = _one_file(path)
     return _state_reader(*_read_file(file), str(file))
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights
+
+
+def hub_lora(lora: str) -> Path | None:
+    """The local copy of the Hub LoRA `lora` (ORG/NAME, or ORG/NAME/FILE.safetensors naming its file):
+    the named file, else the one LoRA file (or peft adapter) the Hugging Face cache holds of the repo,
+    fetched by name (hf_hub_download: online, the Hub's newer copy; without network, the cached one at
+    once, where diffusers' guess of the name lists the repo first, retrying ~17 s). None where the name
+    is not known (nothing cached: diffusers guesses it online); offline, that is a UserError."""
+    from huggingface_hub import hf_hub_download
+
+    from compress.io_hub import hub_error, offline, quiet_hub
+
+    parts = lora.split("/")
+    named = len(parts) > 2 and lora.endswith(".safetensors")
+    repo_id, name = ("/".join(parts[:2]), "/".join(parts[2:])) if named else (lora, None)
+    if name is None and len(parts) == 2:
+        cached = cached_lora(repo_id)
+        if isinstance(cached, Path):
+            return cached
+        name = cached
+    if name is None:
+        if offline() and len(parts) == 2:
+            raise UserError(f"{lora}: cannot fetch it from the Hugging Face Hub offline (HF_HUB_OFFLINE), and the "
+                            f"Hugging Face cache ({_cache_dir()}) holds no LoRA file of it: fetch it once online, "
+                            "or give a local .safetensors file")
+        return None
+    try:
+        with quiet_hub():
+            return Path(hf_hub_download(repo_id, name))
+    except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
+        raise hub_error(repo_id, e, "a local LoRA file") from None
+
+
+def cached_lora(repo_id: str) -> str | Path | None:
+    """What the Hugging Face cache holds of the Hub LoRA `repo_id`: the name of its one LoRA file (as
+    diffusers guesses it: diffusers' own name first; no scheduler, optimizer or checkpoint file), the
+    cached snapshot folder of a peft adapter, or None (not cached). Several files: a UserError."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or not a valid id: diffusers says so)
+        return None
+    if (snapshot / "adapter_config.json").is_file() and (snapshot / "adapter_model.safetensors").is_file():
+        return snapshot
+    found = sorted(str(f.relative_to(snapshot)) for f in snapshot.rglob("*.safetensors"))
+    found = [f for f in found if not any(word in f for word in ("scheduler", "optimizer", "checkpoint"))]
+    found = [f for f in found if f.endswith(LORA_FILE)] or found
+    if len(found) > 1:
+        raise UserError(f"{repo_id}: the Hugging Face cache holds {len(found)} .safetensors files of it "
+                        f"({', '.join(found[:4])}{' …' if len(found) > 4 else ''}): name the LoRA's, as "
+                        f"{repo_id}/{found[0]}")
+    return found[0] if found else None
+
+
+def _cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
 
 
 def _flux_reader(lora, path: Path | None, held=None):
