@@ -13,7 +13,7 @@ from torch import nn
 from compress.errors import NumericError, UserError
 from compress.fuse import fuse_gelu
 from compress.io import FORMAT, INDEX, WEIGHTS, cast, from_config, load_error, model_class, read_config, read_json
-from compress.io_export import OUTPUT_SHARD, ranks_of
+from compress.io_export import OUTPUT_SHARD, is_output, ranks_of
 from compress.io_tensors import nonfinite, read_state_dict
 from compress.lowrank import LowRankLinear
 
@@ -34,6 +34,27 @@ def output_folder(out) -> Path:
     if (out / "model_index.json").is_file() and (out / "transformer" / "config.json").is_file():
         return out / "transformer"
     return out
+
+
+def hub_output(source, what: str) -> UserError | None:
+    """The error for a Hub id (ORG/NAME, not there as a path) given to `what` (load_transformer, eval),
+    which take a local output folder: where the Hugging Face cache holds it, the folder to pass (its
+    snapshot's, or that it is no output); else how to download it. None for a path."""
+    from compress.io import looks_local
+
+    if not isinstance(source, str) or looks_local(source) or source.startswith("toy:"):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        cached = output_folder(snapshot_download(source, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or no valid id
+        return UserError(f"{source}: {what} takes a local dit-compress output folder, not a Hub id; download it "
+                         f"first (hf download {source} --local-dir DIR) and give DIR")
+    held = f"give {cached}" if is_output(cached) else f"at {cached}, which is no dit-compress output (its " \
+        "config.json has no compression section)"
+    return UserError(f"{source}: {what} takes a local dit-compress output folder, not a Hub id; the Hugging Face "
+                     f"cache holds it: {held}")
 
 
 def weight_files(out, variant: str | None = None) -> list[Path]:
@@ -221,6 +242,9 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         raise UserError(f"load_transformer: low_cpu_mem_usage must be True or False, got {low_cpu_mem_usage!r}")
     dtype = one_dtype(dtype, torch_dtype)
     device = as_device(one_device(device, device_map))
+    hub = hub_output(out, "load_transformer")
+    if hub is not None:
+        raise hub
     out = output_folder(out)
     model = empty_compressed(out)  # first: the format it was written in is checked before its files
     files = weight_files(out, variant)

@@ -462,3 +462,33 @@ def test_a_damaged_output_under_a_path_with_brackets_is_named_as_it_is(folder, c
     check_finite_file(path, {"w": torch.tensor([1.0, float("nan")])}, warn=True)
     assert capsys.readouterr().err == (f"warning: {path}: weight w has 1 NaN/Inf values; the output is damaged "
                                        "(rerun the recipe)\n")
+
+
+def test_a_hub_id_given_to_load_transformer_says_it_takes_a_local_folder(tmp_path, monkeypatch):
+    """load_transformer('ORG/NAME') said "ORG/NAME is not a dit-compress output folder (needs config.json
+    ...)", though ORG/NAME may be one on the Hub: it takes a local folder, and says which snapshot folder
+    of the Hugging Face cache to give (it loads), that a cached plain model is no output, or how to
+    download one the cache lacks."""
+    from huggingface_hub import constants
+
+    from tests.pipelines import hub_cache
+
+    out, plain = _output(tmp_path), tmp_path / "plain"
+    tiny_pixart().save_pretrained(plain)
+    for repo_id, folder in {"acme/out": out, "acme/plain": plain}.items():
+        hub_cache(tmp_path / "hub", repo_id, folder)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    snapshots = {name: tmp_path / "hub" / f"models--acme--{name}" / "snapshots" / ("0" * 40)
+                 for name in ("out", "plain")}
+    said = "takes a local dit-compress output folder, not a Hub id; "
+    with pytest.raises(UserError, match=rf"^acme/out: load_transformer {said}the Hugging Face cache holds it: give "
+                                        rf"{re.escape(str(snapshots['out']))}$"):
+        load_transformer("acme/out")
+    assert load_transformer(snapshots["out"]).transformer_blocks[0].ff.net[2].rank == 2
+    with pytest.raises(UserError, match=rf"^acme/plain: load_transformer {said}the Hugging Face cache holds it: at "
+                                        rf"{re.escape(str(snapshots['plain']))}, which is no dit-compress output"):
+        load_transformer("acme/plain")
+    with pytest.raises(UserError, match=rf"^acme/none: load_transformer {said}download it first \(hf download "
+                                        r"acme/none --local-dir DIR\) and give DIR$"):
+        load_transformer("acme/none")
