@@ -233,6 +233,11 @@ def check_measurable(out: Path | None, teacher: str | None, name: str) -> None:
     teacher; a UserError saying which is missing. A folder a loaded output was re-saved to (save_pretrained)
     holds only config.json and the weights: the recipe.yaml of the run's output makes it measurable."""
     if out is None:
+        from compress.io_output import hub_output
+
+        hub = hub_output(name, "eval")  # a Hub id: where the cache holds it, or how to download it
+        if hub is not None:
+            raise hub
         raise UserError(f"{name} is not a dit-compress output: eval measures a compressed output folder "
                         "against its teacher (dit-compress eval OUT); a real teacher has no toy scores")
     if not (out / "recipe.yaml").is_file():

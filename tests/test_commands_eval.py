@@ -356,3 +356,27 @@ def test_eval_refuses_a_real_teacher_before_loading_it(tmp_path, capsys, monkeyp
     monkeypatch.undo()
     monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"adherence": 1.0})
     assert main(["eval", "toy:flux", "--json"]) == 0
+
+
+def test_eval_of_a_hub_id_says_it_takes_a_local_output_folder(tmp_path, monkeypatch, capsys):
+    """`dit-compress eval ORG/NAME` said "ORG/NAME is not a dit-compress output", though it may be one
+    on the Hub: eval takes a local folder; the snapshot folder of the cache to give, or how to download."""
+    from huggingface_hub import constants
+
+    from compress.io_export import save_compressed
+    from tests.conftest import tiny_pixart
+    from tests.pipelines import hub_cache
+
+    out = save_compressed(tiny_pixart(), tmp_path / "out", extra={"teacher": "toy:pixart"})
+    hub_cache(tmp_path / "hub", "acme/out", out)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    snapshot = tmp_path / "hub" / "models--acme--out" / "snapshots" / ("0" * 40)
+    assert main(["eval", "acme/out"]) == 2
+    assert capsys.readouterr().err == ("dit-compress: error: acme/out: eval takes a local dit-compress output folder, "
+                                       f"not a Hub id; the Hugging Face cache holds it: give {snapshot}\n")
+    assert main(["eval", "acme/none"]) == 2
+    assert "acme/none: eval takes a local dit-compress output folder, not a Hub id; download it first (hf download " \
+        "acme/none --local-dir DIR) and give DIR" in capsys.readouterr().err
