@@ -326,6 +326,8 @@ def not_loaded(cls, source, e: Exception) -> UserError:
     shape than in the model its config describes names the tensor and both shapes (not diffusers'
     advice to load random weights in its place, ignore_mismatched_sizes)."""
     found = SHAPE_MISMATCH.search(str(e))
+    if (missing := missing_shards(source)) is not None:  # diffusers: 'does not appear to have a file named …'
+        return UserError(missing)
     cut = cut_bin(source)
     if cut is not None:  # torch's words would be "Unable to load weights", or about a class the cut named
         return UserError(f"{cut}: its weights fail to load (the file ends early); it may be truncated or corrupted: "
@@ -339,6 +341,26 @@ def not_loaded(cls, source, e: Exception) -> UserError:
     model, weights = (tuple(int(n) for n in shape.split(",") if n.strip()) for shape in (model, weights))
     return UserError(f"teacher {source}: its weights do not match its config.json: {name} is {weights} in the "
                      f"weights but {model} in the {cls.__name__} the config describes")
+
+
+def missing_shards(source) -> str | None:
+    """What a teacher folder's weight index lists and the folder lacks (an incomplete download, a
+    shard's blob gone from the Hugging Face cache), in the words stream_files.weight_map says it;
+    None where every shard is there."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    read = variant_weights([f.name for f in folder.iterdir()], weights_variant(folder))  # as from_pretrained
+    for index in (folder / name for name in read if name.endswith(".json")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # from_pretrained's error says it
+        missing = sorted(f for f in shards if isinstance(f, str) and not (folder / f).is_file())
+        if missing:
+            return (f"{index} lists {len(missing)} shard(s) not in {folder}: {', '.join(missing[:3])}"
+                    f"{' …' if len(missing) > 3 else ''} (an incomplete download?)")
+    return None
 
 
 def cut_bin(source) -> Path | None:

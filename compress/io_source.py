@@ -112,6 +112,10 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None) -
         return "file"
     if path.suffix in SINGLE_FILE_SUFFIXES or looks_local(source):
         raise UserError(f"{where}{not_found(source, recipe_dir)}")
+    from compress.io_hub import id_problem
+
+    if (problem := id_problem(source)) is not None:  # acme/pix@v2, acme/pix/x: neither a path nor an id
+        raise UserError(f"{where}{not_found(source, recipe_dir, problem)}")
     return "hub"
 
 
@@ -171,14 +175,23 @@ def check_suffix(path: Path, expected: str = "a teacher is a folder or a checkpo
                         f"({', '.join(SINGLE_FILE_SUFFIXES)})")
 
 
-def not_found(source: str, recipe_dir: Path | None = None) -> str:
+def not_found(source: str, recipe_dir: Path | None = None, problem: str | None = None) -> str:
     """'teacher not found: SOURCE (...)': the absolute path looked for and, for a recipe's relative
-    path, the rule (from the current folder) and the path from the recipe's folder where that is it."""
+    path, the rule (from the current folder) and the path from the recipe's folder where that is it;
+    an OWNER/NAME read as a path because OWNER is a folder here, said so; `problem`: why SOURCE is no
+    Hugging Face id either (io_hub.id_problem)."""
     path = Path(source).expanduser()
     words = f"teacher not found: {source} (there is no {os.path.abspath(path)}"
-    if not path.is_absolute() and recipe_dir is not None:
+    if problem is not None:
+        return words + f", and it is not a Hugging Face id: {problem})"
+    there = None if path.is_absolute() or recipe_dir is None else os.path.abspath(Path(recipe_dir) / path)
+    owner = source.split("/")[0]
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")) and Path(owner).is_dir() and \
+            not (there and Path(there).exists()):
+        return words + (f"; it is read as a path, not as the Hugging Face id {source}, because {os.path.abspath(owner)}/ "
+                        "is a folder here: to mean the Hub id, run from another folder or rename that one)")
+    if there is not None:
         words += "; a recipe's relative teacher path is taken from the current folder, not the recipe's"
-        there = os.path.abspath(Path(recipe_dir) / path)
         if Path(there).exists():
             words += f", where {there} is: give that path instead"
     if "/" not in source:
@@ -204,7 +217,8 @@ class TeacherSource:
     def config(self) -> dict:
         """Its diffusers config: a folder's (or its transformer/'s) config.json, a single file's
         (beside it, or --teacher-config), a toy's, the shipped one of a known Hub id (KNOWN_CONFIGS),
-        or with `hub` the Hub's transformer/config.json (a Hub id otherwise needs --teacher-config)."""
+        with `hub` the Hub's transformer/config.json, else the Hugging Face cache's (a Hub id neither
+        holds needs --teacher-config)."""
         from compress.io import read_config, read_json
 
         if self.kind == "toy":
@@ -217,9 +231,13 @@ class TeacherSource:
             return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
         if self.hub:
             return hub_config(self.source)
+        from compress.io_hub import cached_config, hub_cache
+
+        if (cached := cached_config(self.source)) is not None:  # downloaded before: no request is made
+            return read_config(cached[0])
         raise UserError(f"{self.where}cannot find a config for teacher '{self.source}' offline (plan reads the "
-                        f"configs of local teachers and of {', '.join(KNOWN_CONFIGS)}); pass --teacher-config "
-                        "with its transformer's config.json")
+                        f"configs of local teachers, of Hub ids in the Hugging Face cache {hub_cache()} and of "
+                        f"{', '.join(KNOWN_CONFIGS)}); pass --teacher-config with its transformer's config.json")
 
     def _transformer_config(self, config: dict, file: Path) -> dict:
         """A single file's config (beside it, or --teacher-config) names a transformer's class: one of

@@ -1,4 +1,6 @@
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -6,6 +8,16 @@ import torch
 from compress import load_teacher
 from compress.errors import UserError
 from tests.conftest import tiny_pixart
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of the test's own and HF_HUB_OFFLINE unset, whatever the machine's:
+    a test that wants a cached repo or offline sets it."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
 def _hub_failure(error: Exception):
@@ -150,3 +162,122 @@ def test_an_offline_cache_holding_only_the_config_blames_the_cache_not_the_repo(
     with pytest.raises(UserError, match=r"^the Hugging Face cache holds no weights of 'acme/pix' \(transformer/\) "
                                         r"beside its config.json \(offline: HF_HUB_OFFLINE\): fetch it once online"):
         load_teacher("acme/pix")
+
+
+def _no_network(monkeypatch, tmp_path, repo_id: str, folder):
+    """`folder` cached as `repo_id`, HF_HUB_OFFLINE unset, and no network: the one request io_hub
+    makes to find that out fails at once; any other Hub call fails the test (huggingface_hub would
+    retry it for about 23 s)."""
+    import httpx2
+    import huggingface_hub
+
+    _hub_cache(monkeypatch, tmp_path, repo_id, folder)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    def unreachable(url, *args, **kwargs):
+        asked.append(url)
+        raise httpx2.ConnectError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    for name in ("hf_hub_download", "snapshot_download"):
+        monkeypatch.setattr(huggingface_hub, name, lambda *a, name=name, **k: pytest.fail(f"{name} {a} {k}"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda *a, **k: pytest.fail("listed the repo"))
+    return asked
+
+
+@pytest.mark.parametrize("layout", ["transformer-only", "pipeline"])
+def test_a_cached_hub_teacher_loads_without_network_and_without_retries(tmp_path, monkeypatch, capsys, layout):
+    """No network, HF_HUB_OFFLINE unset: a transformer-only repo failed 'cannot fetch' after 27 s
+    (its root config.json, cached, was never tried), a pipeline repo loaded after 35 s of silent
+    retries (the file list). Now one quick request, a note, and the cache."""
+    model = tiny_pixart()
+    if layout == "pipeline":
+        _pipeline_with(tmp_path / "repo", model.save_pretrained)
+    else:
+        model.save_pretrained(tmp_path / "repo")
+    asked = _no_network(monkeypatch, tmp_path, "acme/cached", tmp_path / "repo")
+    teacher = load_teacher("acme/cached")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
+    assert len(asked) == 1
+    assert (f"note: 'acme/cached' is read from the Hugging Face cache {tmp_path / 'hub'} (the Hugging Face Hub "
+            "cannot be reached: ConnectError: [Errno -3] Temporary failure in name resolution); set "
+            "HF_HUB_OFFLINE=1 to skip the Hub") in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_cache_holding_only_the_config_without_network_blames_the_cache(tmp_path, monkeypatch):
+    """'acme/pix (transformer/) holds no diffusion_pytorch_model.safetensors' was untrue: the repo
+    was not listed, the cache was."""
+    (tmp_path / "pipe" / "transformer").mkdir(parents=True)
+    tiny_pixart().save_config(tmp_path / "pipe" / "transformer")
+    _no_network(monkeypatch, tmp_path, "acme/pix", tmp_path / "pipe")
+    with pytest.raises(UserError, match=r"^the Hugging Face cache holds no weights of 'acme/pix' \(transformer/\) "
+                                        r"beside its config.json \(the Hugging Face Hub cannot be reached: "
+                                        r"ConnectError: .*\): fetch it once online"):
+        load_teacher("acme/pix")
+
+
+@pytest.mark.parametrize("source, words", [
+    ("acme/pix@v2", r"a revision is not given with @: pin one by giving its snapshot folder as a local teacher "
+                    r"\(\S+/models--acme--pix/snapshots/COMMIT, once downloaded\)"),
+    ("acme/pix/x", r"a Hugging Face id is OWNER/NAME, with one '/'"),
+    ("acme/pix/", r"a Hugging Face id is OWNER/NAME, with one '/'"),
+])
+def test_a_source_that_is_no_hub_id_says_so_not_your_network(tmp_path, monkeypatch, source, words):
+    """'cannot fetch … (HFValidationError …); check the id and your network': nothing was fetched."""
+    import huggingface_hub
+    from huggingface_hub.errors import HFValidationError
+
+    from compress.io_hub import hub_error
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("asked the Hub"))
+    with pytest.raises(UserError, match=rf"^teacher not found: {source} \(there is no {os.path.abspath(source)}, and it "
+                                        rf"is not a Hugging Face id: {words}\)$"):
+        load_teacher(source)
+    error = str(hub_error(source, HFValidationError("Repo id must be …"), "a local LoRA file"))
+    assert "network" not in error and re.match(rf"'{source}' is not a Hugging Face id: {words}; pass a local", error)
+
+
+def test_an_uncached_hub_id_offline_names_the_cache_looked_in(tmp_path, monkeypatch):
+    """Offline, a mistyped or never downloaded id said 'OfflineModeIsEnabled: Cannot reach https://…'."""
+    _hub_cache(monkeypatch, tmp_path, "acme/pix", tmp_path)  # another repo
+    with pytest.raises(UserError, match=rf"^cannot fetch 'acme/pxi' offline \(HF_HUB_OFFLINE\), and the Hugging Face "
+                                        rf"cache {tmp_path}/hub \(HF_HUB_CACHE, else HF_HOME/hub\) holds no copy of it: "
+                                        "check the id, fetch it once online"):
+        load_teacher("acme/pxi")
+
+
+def test_a_shard_missing_from_the_cache_is_named_as_stream_names_it(tmp_path, monkeypatch):
+    """The resident loader said diffusers' '<snapshot>/transformer/ does not appear to have a file
+    named <full path>'; stream says which shard the index lists and the folder lacks."""
+    model = tiny_pixart()
+    _pipeline_with(tmp_path / "pipe", lambda f: model.save_pretrained(f, max_shard_size="40KB"))
+    shards = sorted((tmp_path / "pipe" / "transformer").glob("*-of-*.safetensors"))
+    shards[1].unlink()
+    _hub_cache(monkeypatch, tmp_path, "acme/cut", tmp_path / "pipe")
+    folder = tmp_path / "hub" / "models--acme--cut" / "snapshots" / ("0" * 40) / "transformer"
+    with pytest.raises(UserError) as e:
+        load_teacher("acme/cut")
+    assert str(e.value) == (f"{folder}/diffusion_pytorch_model.safetensors.index.json lists 1 shard(s) not in "
+                            f"{folder}: {shards[1].name} (an incomplete download?)")
+
+
+def test_a_cached_hub_teacher_is_fetched_from_the_hub_where_it_answers(tmp_path, monkeypatch):
+    """The cache answers alone only where the Hub cannot be reached: online, a cached repo is asked
+    for its files as before (a newer revision is downloaded)."""
+    import huggingface_hub
+
+    model = tiny_pixart()
+    _pipeline_with(tmp_path / "pipe", model.save_pretrained)
+    _hub_cache(monkeypatch, tmp_path, "acme/pix", tmp_path / "pipe")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, *a, **k: object())
+    listed = ["model_index.json"] + [f"transformer/{f.name}" for f in (tmp_path / "pipe" / "transformer").iterdir()]
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo: listed)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name, subfolder=None: str(tmp_path / "pipe" / subfolder / name))
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, allow_patterns: fetched.extend(allow_patterns) or str(tmp_path / "pipe"))
+    load_teacher("acme/pix")
+    assert sorted(fetched) == ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"]

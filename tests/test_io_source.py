@@ -134,6 +134,8 @@ def test_a_hub_teacher_is_checked_by_its_config_alone(tmp_path, monkeypatch):
 
     tiny_flux().save_config(tmp_path / "cfg")
     fetched = []
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # empty
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
                         lambda repo, name, subfolder=None: fetched.append((repo, subfolder, name))
                         or str(tmp_path / "cfg" / "config.json"))
@@ -376,6 +378,7 @@ def test_a_transformer_only_hub_teacher_is_checked_by_its_root_config(tmp_path, 
             response = httpx2.Response(404, request=httpx2.Request("HEAD", f"https://huggingface.co/{repo}"))
             raise RemoteEntryNotFoundError("404", response=response)
         return str(tmp_path / "cfg" / "config.json")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # empty
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch)
     with pytest.raises(UserError, match="model is 'pixart' but the teacher org/fine-tune is a FluxTransformer2DModel"):
@@ -400,3 +403,38 @@ def test_a_pickle_teachers_config_of_no_transformer_is_said_before_loading(tmp_p
             check()
         assert str(e.value) == (f"{tmp_path}/t.pth: the config in {tmp_path}/c.json {what}, not a PixArt/Flux "
                                 "transformer config; give the config of its own transformer (--teacher-config)")
+
+
+def test_plan_reads_a_hub_teachers_config_from_the_cache(tmp_path, monkeypatch):
+    """plan (hub=False) said 'cannot find a config for teacher … offline' of a repo the Hugging
+    Face cache holds; it reads the cached config.json (transformer/'s, or a transformer-only
+    repo's root one), and asks the Hub nothing."""
+    import huggingface_hub
+
+    from tests.pipelines import hub_cache
+
+    tiny_flux().save_config(tmp_path / "only")
+    (tmp_path / "pipe" / "transformer").mkdir(parents=True)
+    tiny_flux().save_config(tmp_path / "pipe" / "transformer")
+    for repo, folder in (("acme/only", "only"), ("acme/pipe", "pipe")):
+        hub_cache(tmp_path / "hub", repo, tmp_path / folder)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _no_hub(monkeypatch)
+    for repo in ("acme/only", "acme/pipe"):
+        with pytest.raises(UserError, match=f"model is 'pixart' but the teacher {repo} is a FluxTransformer2DModel"):
+            check_sources(_recipe(tmp_path / "r", teacher=repo), hub=False)
+    with pytest.raises(UserError, match=rf"offline \(plan reads the configs of local teachers, of Hub ids in the "
+                                        rf"Hugging Face cache {tmp_path}/hub and of "):
+        check_sources(_recipe(tmp_path / "r", teacher="acme/other"), hub=False)
+
+
+def test_an_owner_name_read_as_a_path_because_the_owner_is_a_folder_here_says_so(tmp_path, monkeypatch):
+    """With ./acme/ in the current folder, acme/pix is a path: 'teacher not found' said only the
+    path looked for, not why the Hub id was not used nor how to mean it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acme").mkdir()
+    with pytest.raises(UserError) as e:
+        check_sources(_recipe(tmp_path / "r", teacher="acme/pix"), teacher="acme/pix")
+    assert str(e.value) == (f"teacher not found: acme/pix (there is no {tmp_path}/acme/pix; it is read as a path, "
+                            f"not as the Hugging Face id acme/pix, because {tmp_path}/acme/ is a folder here: to "
+                            "mean the Hub id, run from another folder or rename that one)")
