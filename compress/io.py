@@ -358,9 +358,14 @@ def missing_shards(source) -> str | None:
             continue  # from_pretrained's error says it
         missing = sorted(f for f in shards if isinstance(f, str) and not (folder / f).is_file())
         if missing:
-            return (f"{index} lists {len(missing)} shard(s) not in {folder}: {', '.join(missing[:3])}"
-                    f"{' …' if len(missing) > 3 else ''} (an incomplete download?)")
+            return shards_not_there(index, folder, missing)
     return None
+
+
+def shards_not_there(index: Path, folder: Path, missing: list[str]) -> str:
+    """The words for the shards a weight index lists and its folder lacks (resident and streamed loads)."""
+    return (f"{index} lists {len(missing)} shard(s) not in {folder}: {', '.join(missing[:3])}"
+            f"{' …' if len(missing) > 3 else ''} (an incomplete download?)")
 
 
 def cut_bin(source) -> Path | None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
-from compress.io import (INDEX, WEIGHTS, SafetensorsError, looks_local, read_config, read_json, transformer_folder,
-                         weights_variant)
+from compress.io import (INDEX, WEIGHTS, SafetensorsError, looks_local, read_config, read_json, shards_not_there,
+                         transformer_folder, weights_variant)
 from compress.io_hub import hub_folder
 from compress.io_tensors import unreadable
 
@@ -33,8 +33,7 @@ def weight_map(folder: Path) -> dict[str, Path]:
         files = {k: folder / f for k, f in weight_map.items()}
         missing = sorted({f.name for f in files.values() if not f.is_file()})
         if missing:
-            raise UserError(f"{folder / index} lists {len(missing)} shard(s) not in {folder}: "
-                            f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} (an incomplete download?)")
+            raise UserError(shards_not_there(folder / index, folder, missing))
         return files
     if (folder / weights).is_file():
         return file_map(folder / weights)
