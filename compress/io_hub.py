@@ -81,6 +81,10 @@ def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
         note_once(f"'{repo_id}' is read from the Hugging Face cache {hub_cache()} ({why}); "
                   "set HF_HUB_OFFLINE=1 to skip the Hub")
         return (*found, why)
+    if found is None and (cause := hub_unreachable(repo_id, "config.json")) is not None:
+        raise UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({cause}), and the Hugging Face cache "
+                        f"{hub_cache()} (HF_HUB_CACHE, else HF_HOME/hub) does not hold it; pass a local folder or file, "
+                        "or check your network")  # at once, not after huggingface_hub's ~23 s of retries
     return (*fetch_config(repo_id), None)
 
 

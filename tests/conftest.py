@@ -17,6 +17,16 @@ FLUX_TINY = dict(patch_size=1, in_channels=8, num_layers=2, num_single_layers=3,
                  pooled_projection_dim=10, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
 
 
+@pytest.fixture(autouse=True)
+def _the_hub_answers(monkeypatch):
+    """Tests fake the Hub's downloads; its reachability check (io_hub.hub_unreachable, one request
+    before a Hub id the cache lacks is fetched) answers too, as on a machine with a network; a test
+    of no network replaces it. No test reaches the real Hub."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, **k: object())
+
+
 def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """diffusers zero-inits some layers (adaLN, proj_out); fill everything so outputs are non-trivial."""
     g = torch.Generator().manual_seed(seed)

@@ -281,3 +281,20 @@ def test_a_cached_hub_teacher_is_fetched_from_the_hub_where_it_answers(tmp_path,
                         lambda repo, allow_patterns: fetched.extend(allow_patterns) or str(tmp_path / "pipe"))
     load_teacher("acme/pix")
     assert sorted(fetched) == ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"]
+
+
+def test_a_hub_id_the_cache_lacks_fails_at_once_when_the_hub_cannot_be_reached(tmp_path, monkeypatch):
+    """No network, HF_HUB_OFFLINE unset, an id not in the cache (a typo): the error came after
+    huggingface_hub's ~23 s of retries; one quick request tells now, and the cache folder is named."""
+    asked = _no_network(monkeypatch, tmp_path, "acme/cached", tiny_pixart_folder(tmp_path))
+    with pytest.raises(UserError) as e:
+        load_teacher("acme/cahced")
+    assert len(asked) == 1
+    assert str(e.value) == ("cannot fetch 'acme/cahced' from the Hugging Face Hub (ConnectError: [Errno -3] Temporary "
+                            f"failure in name resolution), and the Hugging Face cache {tmp_path / 'hub'} (HF_HUB_CACHE, "
+                            "else HF_HOME/hub) does not hold it; pass a local folder or file, or check your network")
+
+
+def tiny_pixart_folder(tmp_path):
+    tiny_pixart().save_pretrained(tmp_path / "repo")
+    return tmp_path / "repo"
