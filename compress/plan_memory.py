@@ -107,26 +107,36 @@ def svd_statistics(targets: list, paired: bool, sequential: bool) -> dict:
     with a reference stream (`paired`: svd.fits_asymmetrically) a block input's cross term (d, d) and
     the reference's sum (d,) too; an output Gram (out, out) its sum (out,) and Σ x² (in,).
     {"held": bytes kept from the walk's start to its end (the conditioning's, the top level's, inputs
-    shared by every block), "block": the largest of a block's own, "where": that block ("group index"),
+    shared by every block), "block": the largest of a block's own, "where": that block ("group index"), "module": its module name,
     "bytes": the peak, held and that block's, twice over with within-block `sequential` calibration
     (a level's statistics of one more run of the block beside the block's and the level's before:
     a bound), "sequential", "factorize": bytes of the float64 temporaries factorizing its widest target
     (FACTORIZE_COPIES), "widest": that target, "taps": per target what plan_fisher.fisher_sweep reads}."""
-    held, blocks = {}, {}
+    held, blocks, modules = {}, {}, {}
     for info in targets:
         key = stats_key(info)
         if from_conditioning(info) or info.group is None or is_model_wide(info):
             held[key] = _key_bytes(info, False)  # no reference stream: conditioning, captures, captions
         else:
             blocks.setdefault(f"{info.group} {info.block}", {})[key] = _key_bytes(info, paired)
+            modules.setdefault(f"{info.group} {info.block}", block_module(info.name))
     own = {where: sum(keys.values()) for where, keys in blocks.items()}
     where = max(own, key=own.get, default=None)
     block = own.get(where, 0)
     widest = max(targets, key=_factorize_bytes, default=None)
-    return {"held": sum(held.values()), "block": block, "where": where, "sequential": sequential,
+    return {"held": sum(held.values()), "block": block, "where": where, "module": modules.get(where),
+            "sequential": sequential,
             "bytes": sum(held.values()) + block * (2 if sequential else 1),
             "factorize": _factorize_bytes(widest) if widest else 0, "widest": widest.name if widest else None,
             "taps": [tap(info) for info in targets]}
+
+
+def block_module(name: str) -> str:
+    """The block a layer's module name is in: 'transformer_blocks.0' of
+    'transformer_blocks.0.attn1.to_q' (up to its first index)."""
+    parts = name.split(".")
+    cut = next((i for i, part in enumerate(parts) if part.isdigit()), len(parts) - 1)
+    return ".".join(parts[: cut + 1])
 
 
 def _key_bytes(info, paired: bool) -> int:
@@ -156,7 +166,7 @@ def _statistics(plan: dict) -> list[dict]:
     if not (largest := _largest(plan, "bytes")):
         return []
     i, s = largest
-    where = f"{s['where']} holds most" if s["where"] else "held over the whole walk, no block's own"
+    where = f"{s['module'] or s['where']} holds most" if s["where"] else "held over the whole walk, no block's own"
     what = f"svd statistics (float64; {where}{', up to twice with sequential' if s['sequential'] else ''})"
     return [_part(what, s["bytes"], [f"passes.{i}.svd.targets"],
                   f"passes.{i}.svd.sequential: false" if s["sequential"] else "")]

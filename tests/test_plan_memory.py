@@ -237,12 +237,13 @@ def test_the_svd_statistics_are_what_its_calibration_holds(monkeypatch, tmp_path
     held = _calib_bytes(tmp_path / "run-run")
     blocks = held["double"] + held["single"]
     assert stats["block"] == max(blocks) > 0 and stats["where"] == "double 0"
+    assert stats["module"] == "transformer_blocks.0"  # said by its module name, not "blocks 0" (PixArt's group)
     assert stats["held"] == sum(held["conditioning"]) > 0  # every modulation linear's conditioning
     assert stats["sequential"] is sequential
     assert stats["bytes"] == stats["held"] + (2 if sequential else 1) * max(blocks)
     assert ("stage" in held) is sequential and max(held.get("stage", [0])) <= stats["block"]  # re-runs: a bound
     parts = {p["what"]: p["bytes"] for p in plan["memory"]["parts"]}
-    assert parts[next(w for w in parts if w.startswith("svd statistics (float64; double 0 holds most"))] == stats["bytes"]
+    assert parts[next(w for w in parts if w.startswith("svd statistics (float64; transformer_blocks.0 holds most"))] == stats["bytes"]
     widest = stats["widest"]
     assert parts[f"factorizing the widest target ({widest}, float64)"] == stats["factorize"] > 0
     assert parts["this process (python, torch, diffusers)"] == pm.PROCESS_BYTES
