@@ -78,11 +78,18 @@ def check_teacher_options(teacher: str | None, config: str | None) -> None:
 
 
 # ---- what a source is -------------------------------------------------------------------------
-def check_source(source: str, where: str = "", recipe_dir: Path | None = None) -> str:
+# where a streamed run's teacher is an output's weight file: the folder given instead is refused too
+# (stream_files.streamed_output), so the hint says what that refusal would
+STREAMED_OUTPUT = (", and compress it further resident (stream: false in the recipe, or --set stream=false): "
+                   "its factorized layers are not the dense per-block tensors stream: true reads a block at a time")
+
+
+def check_source(source: str, where: str = "", recipe_dir: Path | None = None, stream: bool = False) -> str:
     """The kind of a teacher source, 'toy', 'folder', 'file' or 'hub', before anything is read; a
     UserError (after `where`, see teacher_where) for an empty one, an unknown toy teacher, a
     missing path, or a folder or file that is not a teacher. `recipe_dir`: the folder of the
-    recipe that named it, where a path missing here may be (the message says so)."""
+    recipe that named it, where a path missing here may be (the message says so); `stream`: the
+    recipe streams (an output's weight file: the folder to give cannot be streamed either)."""
     from compress.io import looks_local, transformer_folder
     from compress.io_tensors import SINGLE_FILE_SUFFIXES
 
@@ -103,12 +110,13 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None) -
             from compress.io_convert import weights_folder
 
             folder = weights_folder(path)
+            resident = STREAMED_OUTPUT if stream else ""  # the folder is refused too: both said at once
             if folder is None:  # a copy out of its folder: no folder to name
                 raise UserError(f"{where}{path} is the weight file of a dit-compress output, copied out of its "
                                 "folder: give the output folder it came from, which loads it with its ranks and "
-                                "block map")
+                                f"block map{resident}")
             raise UserError(f"{where}{path} is a weight file of the dit-compress output {folder}: give that "
-                            "folder, which loads it with its ranks and block map")
+                            f"folder, which loads it with its ranks and block map{resident}")
         return "file"
     if path.suffix in SINGLE_FILE_SUFFIXES or looks_local(source):
         raise UserError(f"{where}{not_found(source, recipe_dir)}")
@@ -290,10 +298,10 @@ class TeacherSource:
 
 
 def checked(source: str, config: str | None = None, where: str = "", hub: bool = True,
-            recipe_dir: Path | None = None) -> TeacherSource:
+            recipe_dir: Path | None = None, stream: bool = False) -> TeacherSource:
     """`source` checked (check_source), as a TeacherSource; see there for the arguments. A
     --teacher-config a toy or folder teacher does not read is said, not silently dropped."""
-    kind = check_source(source, where, recipe_dir)
+    kind = check_source(source, where, recipe_dir, stream)
     if kind == "hub":
         warn_if_beside_recipe(source, where, recipe_dir)
     if config and kind in ("toy", "folder"):
@@ -347,7 +355,8 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
     (from its config; with `hub`, a Hub id's is fetched, never its weights); and the prompt file
     the recipe names is there. Errors name the recipe's file:line where it gave the value."""
     source = teacher or recipe.teacher
-    src = checked(source, config, teacher_where(recipe, teacher), hub, None if teacher else Path(recipe.path).parent)
+    src = checked(source, config, teacher_where(recipe, teacher), hub, None if teacher else Path(recipe.path).parent,
+                  bool(getattr(recipe, "stream", False)))
     found = src.family()
     if found and found[0] != recipe.model:
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "

@@ -297,6 +297,33 @@ def test_an_outputs_weight_file_is_refused_with_its_folder_named(tmp_path, capsy
                             "folder: give the output folder it came from, which loads it with its ranks and block map")
 
 
+def test_a_streamed_runs_output_weight_file_says_the_folder_does_not_stream_either(tmp_path):
+    """A streamed run given an output's weight file (a shard) was told to give the folder, which was
+    then refused as not streamable: one message says both, for the folder and for a copy out of it;
+    a resident run's says only the folder."""
+    from compress.io_export import save_compressed
+    from compress.io_source import checked_sources
+
+    out = save_compressed(tiny_pixart(), tmp_path / "out")
+    weights = out / "diffusion_pytorch_model.safetensors"
+    copied = tmp_path / "copied.safetensors"
+    copied.write_bytes(weights.read_bytes())
+    resident = (", and compress it further resident (stream: false in the recipe, or --set stream=false): its "
+                "factorized layers are not the dense per-block tensors stream: true reads a block at a time")
+    recipe = load_recipe(_recipe(tmp_path / "r").path, ["stream=true", "calibration.source=synthetic"])
+    with pytest.raises(UserError) as e:
+        checked_sources(recipe, str(weights))
+    assert str(e.value) == (f"{weights} is a weight file of the dit-compress output {out}: give that "
+                            f"folder, which loads it with its ranks and block map{resident}")
+    with pytest.raises(UserError) as e:
+        checked_sources(recipe, str(copied))
+    assert str(e.value).endswith(f"give the output folder it came from, which loads it with its ranks and block "
+                                 f"map{resident}")
+    with pytest.raises(UserError) as e:
+        checked_sources(load_recipe(recipe.path, ["calibration.source=synthetic"]), str(weights))
+    assert str(e.value).endswith("which loads it with its ranks and block map")
+
+
 def test_an_output_saved_again_is_still_an_outputs_weight_file(tmp_path):
     """save_pretrained of a loaded output writes a plain header; the config.json beside the file
     keeps the compression section, which says whose weight file it is (convert, bench, importance
