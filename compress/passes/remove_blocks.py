@@ -32,6 +32,7 @@ from compress.passes.removed_blocks import (PLANNED_ATTR, planned_blocks, possib
                                             teacher_view, with_removal)
 from compress.report import console, note
 from compress.report_card import _gone, _how
+from compress.stream_refusals import NotStreamable, Refusal
 
 
 # ---- choosing by importance ---------------------------------------------------------------------
@@ -200,9 +201,9 @@ class RemoveBlocksPass(Pass):
         """Streams: explicit indices (blocks are only renumbered), the cosine proxy (one streamed
         forward per batch) and the skip scan (each block read once per batch); not criterion learned,
         which trains through the whole model."""
-        if self.config.blocks is None and self.config.criterion == "learned":
-            raise UserError("remove_blocks: criterion learned trains through the whole model; with "
-                            "stream: true use criterion scan or proxy")
+        if self.config.blocks is None and self.config.criterion == "learned":  # named by its key, as svd's
+            raise NotStreamable(self.name, [Refusal("criterion", "learned", "trains through the whole model",
+                                                    "scan or proxy")])
 
     def plan(self, model: nn.Module, adapter: Adapter, calibration_rows: int | None = None) -> dict:
         self.check(model, adapter)

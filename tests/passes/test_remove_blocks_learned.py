@@ -139,10 +139,24 @@ def test_mistakes_are_one_line_errors(config, error, words):
         RemoveBlocksPass(RemoveBlocksConfig(**config)).check(model, get_adapter(model))
 
 
-def test_streaming_is_refused():
-    with pytest.raises(UserError, match="criterion learned trains through the whole model"):
+def test_streaming_is_refused_naming_the_key_to_change(tmp_path):
+    """With stream: true, criterion learned is refused at its line and by the key --set takes, as svd's
+    refusals are ('use criterion scan or proxy' named no key); proxy, scan and listed blocks stream."""
+    from compress.recipe import parse_recipe
+    from compress.runner import build_passes
+    from compress.runner_stream import check_streaming
+
+    with pytest.raises(UserError, match="remove_blocks.criterion: learned trains through the whole model"):
         RemoveBlocksPass(RemoveBlocksConfig(count={"single": 1}, criterion="learned")).check_streaming()
     RemoveBlocksPass(RemoveBlocksConfig(count={"single": 1}, criterion="proxy")).check_streaming()
+    text = ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {ranks: {modulation: 8}, fisher: block}\n"
+            "  - remove_blocks:\n      count: 1\n      criterion: learned\n")
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"), ["stream=true"])
+    with pytest.raises(UserError) as e:
+        check_streaming(build_passes(recipe), recipe.passes, recipe.path)
+    assert str(e.value) == (f"{tmp_path / 'r.yaml'}:7 (with --set stream=true): remove_blocks.criterion: learned "
+                            "trains through the whole model; with stream: true set passes.1.remove_blocks.criterion "
+                            "to scan or proxy")
 
 
 def test_make_windows_skips_groups_without_removal():
