@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.fuse import fuse_gelu
 from compress.io import cast
 from compress.io_export import save_compressed
 from compress.io_output import empty_compressed, load_transformer
 from compress.stream import CheckpointBlocks, empty_transformer, save_streamed, streamed
-from compress.stream_files import checkpoint_of, weight_map
+from compress.stream_files import changed, checkpoint_of, opened, weight_map
 from compress.stream_refusals import NotStreamable
 
 CHUNK = 1 << 24  # bytes read at a time for the checksum
@@ -109,8 +110,11 @@ class StreamedModels:
 
     def restore(self, folder: Path, stored: dict | None = None) -> nn.Module:
         """The student of a stage (or a pending stage's record) in `folder`; `stored`: the names its
-        blocks' tensors have in their files where a removal renumbered them (CheckpointBlocks.stored)."""
+        blocks' tensors have in their files where a removal renumbered them (CheckpointBlocks.stored).
+        Its FFN GELU fused as the stage's pass left it (load_transformer fuses a resident one), so a
+        later svd pass fuses, and reports, only what it factorized itself."""
         self.student = cast(empty_compressed(folder), self.dtype)  # blocks are read in its dtype
+        fuse_gelu(self.student)  # names and state dict unchanged: the blocks stream as saved
         return self._attach(self.student, CheckpointBlocks(self.student, weight_map(folder), self._spill(),
                                                             self.device, stored=stored or {}, what="student"))
 
@@ -138,10 +142,13 @@ class StreamedModels:
         """Adds the checkpoint to hash h: every byte of each of its files, read once in order (a
         fine-tune of a few rows of one tensor shows; sampled reads missed those)."""
         for path in sorted(set(self.files.values())):
-            h.update(f"{path.stat().st_size}:".encode())  # content, not the file name
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(CHUNK), b""):
-                    h.update(chunk)
+            try:
+                h.update(f"{path.stat().st_size}:".encode())  # content, not the file name
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(CHUNK), b""):
+                        h.update(chunk)
+            except OSError as e:  # removed since checkpoint_of opened it
+                raise changed(path, e, "teacher") from None
 
 
 def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
@@ -218,12 +225,11 @@ def resident_bytes(source: str, dtype: torch.dtype) -> int | None:
 
 
 def checkpoint_numel(files: dict[str, Path]) -> int:
-    """Elements of every tensor of a checkpoint, from its safetensors headers."""
-    from safetensors import safe_open
-
+    """Elements of every tensor of a checkpoint, from its safetensors headers (a file that cannot be
+    read: a UserError naming it)."""
     numel = 0
     for f in set(files.values()):
-        with safe_open(str(f), framework="pt") as h:
+        with opened(f) as h:
             for k in h.keys():
                 numel += math.prod(h.get_slice(k).get_shape())
     return numel

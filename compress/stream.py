@@ -39,7 +39,7 @@ from compress.io_export import (atomic_folder, canonical_header, compressed_conf
                                 write_texts)
 from compress.io_output import compute_beyond_words, largest_beyond
 from compress.io_tensors import nonfinite
-from compress.stream_files import by_file, tensor_ends, weight_map
+from compress.stream_files import by_file, opened, tensor_ends, weight_map
 
 
 def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -104,12 +104,11 @@ class CheckpointBlocks:
 
     def each(self, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) one at a time. Each read opens its file afresh: safetensors maps the file,
-        and the pages a read touched count as resident until the mapping closes."""
-        from safetensors import safe_open
-
+        and the pages a read touched count as resident until the mapping closes. A file removed or
+        damaged since it was mapped is a UserError naming it (`opened`)."""
         for k in keys:
             path = self.files[k]
-            with safe_open(str(path), framework="pt") as f:
+            with opened(path, self.what) as f:
                 t = f.get_tensor(self.stored.get(k, k))
             if t.is_floating_point():
                 self._check_castable(k, path, t)
@@ -130,7 +129,7 @@ class CheckpointBlocks:
         """`tensor_ends` of the named tensors the loader reads from a file: what
         `calib.model_digest` sees of streamed blocks, so an earlier pass that wrote other values of
         the same shapes gives another digest."""
-        return tensor_ends({k: self.files[k] for k in keys if k in self.files}, self.stored, n)
+        return tensor_ends({k: self.files[k] for k in keys if k in self.files}, self.stored, n, self.what)
 
     def _load(self, keys: list[str]) -> None:
         from accelerate.utils import set_module_tensor_to_device
@@ -157,11 +156,9 @@ class CheckpointBlocks:
         floating, from the files' headers (no data read), so a config that does not match the
         weights is a UserError naming a tensor before any block runs, not accelerate's ValueError
         when its block is reached (or an integer tensor silently cast to the model's dtype)."""
-        from safetensors import safe_open
-
         model = self.model.state_dict()
         for path, names in by_file(self.files, [k for k in self.files if k in model]).items():
-            with safe_open(str(path), framework="pt") as f:
+            with opened(path, self.what) as f:
                 for k in names:
                     part = f.get_slice(self.stored.get(k, k))
                     shape, want = tuple(part.get_shape()), tuple(model[k].shape)

@@ -8,6 +8,8 @@ blocks). `stream.CheckpointBlocks` reads the blocks through these maps."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,7 +18,7 @@ from compress.errors import UserError
 from compress.io import (INDEX, WEIGHTS, SafetensorsError, looks_local, read_config, read_json, shards_not_there,
                          transformer_folder, weights_variant)
 from compress.io_hub import hub_folder
-from compress.io_tensors import unreadable
+from compress.io_tensors import one_line, unreadable
 
 
 def weight_map(folder: Path) -> dict[str, Path]:
@@ -34,6 +36,7 @@ def weight_map(folder: Path) -> dict[str, Path]:
         missing = sorted({f.name for f in files.values() if not f.is_file()})
         if missing:
             raise UserError(shards_not_there(folder / index, folder, missing))
+        check_readable(files)
         return files
     if (folder / weights).is_file():
         return file_map(folder / weights)
@@ -103,6 +106,37 @@ def file_map(path: Path) -> dict[str, Path]:
         raise unreadable(path, e) from None
 
 
+def check_readable(files: dict[str, Path]) -> None:
+    """Every file of a weight map opens (safe_open reads only its header, and checks the file holds
+    all the bytes the header lists), so a truncated or corrupted shard is refused, named, before
+    anything is computed rather than when its block is reached."""
+    for path in sorted(set(files.values())):
+        with opened(path):
+            pass
+
+
+@contextmanager
+def opened(path: Path, what: str | None = None) -> Iterator:
+    """safe_open(path) for reading tensors; a file that cannot be opened or read (truncated,
+    corrupted, gone) is one UserError naming it: `unreadable`, or, with `what` (whose weights it
+    holds: a file checked when they were first mapped), `changed`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            yield f
+    except (SafetensorsError, OSError) as e:
+        raise (unreadable(path, e) if what is None else changed(path, e, what)) from None
+
+
+def changed(path: Path, e: Exception, what: str) -> UserError:
+    """The error for a weight file that read when it was mapped and does not now (removed, truncated
+    or rewritten meanwhile): streamed weights are read from their files block by block as work goes."""
+    now = "is gone" if not Path(path).exists() else f"can no longer be read ({one_line(e)})"
+    return UserError(f"{path} {now}; it was read when the {what}'s weights were mapped, and they are read "
+                     "from it block by block: leave it in place, unchanged, while dit-compress runs")
+
+
 def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
     """(diffusers config, tensor name -> file) of a teacher source that can be streamed: a toy
     teacher, a local transformer or pipeline folder, or a Hugging Face id (its transformer folder,
@@ -159,15 +193,13 @@ def by_file(files: dict[str, Path], names) -> dict[Path, list[str]]:
 
 
 def tensor_ends(files: dict[str, Path], stored: dict[str, str] | None = None,
-                n: int = 8) -> dict[str, torch.Tensor]:
+                n: int = 8, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """name -> the first and last n values (float32, flattened) of each tensor of `files` (name ->
     file; `stored`: its name in the file where that differs), reading little more than those (a
-    tensor's first and last rows). Each file is opened once."""
-    from safetensors import safe_open
-
+    tensor's first and last rows). Each file is opened once (`what`: whose weights, as `opened`)."""
     out = {}
     for path, names in by_file(files, files).items():
-        with safe_open(str(path), framework="pt") as f:
+        with opened(path, what) as f:
             for k in names:
                 part = f.get_slice((stored or {}).get(k, k))
                 shape = part.get_shape()

@@ -366,3 +366,65 @@ def test_a_full_output_disk_names_the_output_not_the_recipe(tmp_path, monkeypatc
     assert err.startswith(f"dit-compress: cannot write: {tmp_path / 'small' / 'out'}: no space left on the device, "
                           f"during {tmp_path / 'r.yaml'}: the export; free space there, or give --out on another disk; ")
     assert not (tmp_path / "small").exists()  # no output, no temp folder: the folder made for them goes too
+
+
+def test_a_resumed_streamed_run_reports_the_fusion_of_the_uninterrupted_one(tmp_path, monkeypatch):
+    """The student restored from a streamed stage has its FFN GELU fused as the stage's pass left it
+    (as a resident restore does), so the next svd pass fuses nothing more: report.json credits
+    each pass with its own fusion, as a run never stopped does."""
+    from compress.fuse import FusedGELU
+    from compress.passes.svd import SVDPass
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+
+    text = streamed_teacher(tmp_path, "pixart").format(stream="true")
+    whole = run_recipe(tmp_path, text, "whole")
+    real, runs = SVDPass.run, iter(range(2))  # the second svd pass is stopped as it starts
+    monkeypatch.setattr(SVDPass, "run", lambda self, *a: real(self, *a) if next(runs) == 0 else
+                        (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(tmp_path, text, "stopped")
+    monkeypatch.setattr(SVDPass, "run", real)
+    stage = tmp_path / "run-stopped" / "stages" / "0-svd"
+    restored = StreamedModels(tmp_path / "run-check").restore(stage)
+    assert any(isinstance(m, FusedGELU) for m in restored.modules())
+    resumed = Runner(parse_recipe(text, str(tmp_path / "stopped.yaml")), tmp_path / "out-stopped",
+                     tmp_path / "run-stopped", resume=True).run()
+    fused = [[p["fused_gelu"] for p in json.loads((o / "report.json").read_text())["svd"]["passes"]]
+             for o in (whole, resumed)]
+    assert fused[0][0] and fused[0][1] == []
+    assert fused[1] == fused[0]
+
+
+@pytest.mark.parametrize("stream", ["true", "false"])
+def test_a_truncated_teacher_shard_is_one_line_naming_it_before_any_compute(tmp_path, stream):
+    """Streamed (its shards opened up front) or resident (whose memory check reads the shards'
+    headers first): one UserError naming the shard, not SafetensorError from the headers (the
+    resident load then says it in its own words)."""
+    import os
+
+    from compress.runner_stream import checkpoint_numel
+    from compress.stream_files import file_map
+
+    text = streamed_teacher(tmp_path, "pixart").format(stream=stream)
+    shard = sorted((tmp_path / "teacher").glob("*.safetensors"))[-1]
+    files = file_map(shard)
+    os.truncate(shard, shard.stat().st_size - 10)
+    words = rf"{re.escape(str(shard))} is not a readable safetensors file \(.*\); it may be truncated or corrupted"
+    with pytest.raises(UserError, match=words):
+        checkpoint_numel(files)
+    with pytest.raises(UserError, match=words if stream == "true" else re.escape(str(shard))):
+        run_recipe(tmp_path, text, "cut")
+    assert not (tmp_path / "run-cut" / "calib").exists()
+
+
+def test_a_teacher_shard_removed_before_the_checksum_is_one_line(tmp_path):
+    import hashlib
+
+    streamed_teacher(tmp_path, "pixart")
+    models = StreamedModels(None)
+    teacher = models.teacher(str(tmp_path / "teacher"), None)
+    shard = sorted((tmp_path / "teacher").glob("*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(UserError, match=rf"^{re.escape(str(shard))} is gone; it was read when the teacher's"):
+        models.fingerprint(teacher, hashlib.sha256())

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -317,3 +319,26 @@ def test_a_loader_in_float16_names_whose_weight_is_beyond_its_range(tmp_path):
         loader.load_top()
     assert loader.read(["transformer_blocks.0.ff.net.2.weight"])["transformer_blocks.0.ff.net.2.weight"].dtype \
         == torch.float16  # in range: read and cast
+
+
+@pytest.mark.parametrize("damage", ["truncate", "remove"])
+def test_a_shard_damaged_after_it_was_mapped_is_one_line_naming_it(tmp_path, damage):
+    """A shard that read when the loader mapped the checkpoint and is cut short or removed before its
+    block is read: a UserError naming the file (not SafetensorError or FileNotFoundError), when
+    the block is read, its shapes checked, or its ends digested."""
+    import os
+
+    model, loader = _streamed_model(tmp_path, tiny_pixart)
+    path = loader.files[loader.block_keys("blocks", 1)[0]]
+    if damage == "truncate":
+        os.truncate(path, path.stat().st_size - 10)
+    else:
+        path.unlink()
+    now = "is gone" if damage == "remove" else r"can no longer be read \(.*\)"
+    match = rf"^{re.escape(str(path))} {now}; it was read when the checkpoint's weights were mapped"
+    with pytest.raises(UserError, match=match):
+        loader.materialize("blocks", 1, model.transformer_blocks[1])
+    with pytest.raises(UserError, match=match):
+        loader.check_shapes()
+    with pytest.raises(UserError, match=match):
+        loader.ends(loader.block_keys("blocks", 1))

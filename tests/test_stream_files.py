@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 
@@ -18,6 +19,20 @@ def test_an_index_naming_a_missing_shard_is_a_user_error(tmp_path):
     shard.unlink()
     with pytest.raises(UserError, match=rf"lists 1 shard\(s\) not in .*: {shard.name} \(an incomplete"):
         weight_map(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("size", [5, 200, -10])  # header cut, header cut at its end, data cut short
+def test_a_truncated_shard_is_refused_when_the_index_is_read(tmp_path, size):
+    """Every shard opens when the index is read (headers only), so a damaged one is one line naming
+    it before any block is computed, not a SafetensorError when its block is reached."""
+    tiny_pixart().save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
+    shard = sorted((tmp_path / "ckpt").glob("*.safetensors"))[-1]
+    os.truncate(shard, size if size > 0 else shard.stat().st_size + size)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(shard))} is not a readable safetensors file \(.*\); "
+                                        "it may be truncated or corrupted$"):
+        weight_map(tmp_path / "ckpt")
+    with pytest.raises(UserError, match=re.escape(str(shard))):
+        checkpoint_of(str(tmp_path / "ckpt"))
 
 
 def test_checkpoint_of_each_streamable_layout(tmp_path):
