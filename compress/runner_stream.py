@@ -61,6 +61,9 @@ class ResidentModels:
     def adopt(self, student: nn.Module, stage: Path) -> None:
         pass
 
+    def warn_if_short_of_disk(self, passes: list, specs: list, model: nn.Module, adapter) -> None:
+        pass  # only a streamed run estimates its disk (its copies of a model bigger than memory)
+
     def fingerprint(self, teacher: nn.Module, h) -> None:
         """Adds the teacher's weights to hash h: every tensor's name, dtype, shape and every byte
         (a fine-tune of a few rows or heads shows; sha256 runs at memory speed, seconds per GiB)."""
@@ -81,6 +84,7 @@ class StreamedModels:
         self.loaders: dict[int, CheckpointBlocks] = {}  # id(model) -> its loader
         self.files: dict[str, Path] = {}  # the teacher checkpoint: tensor name -> file
         self.student: nn.Module | None = None
+        self.model_bytes, self.short_of_disk = 0, False  # the teacher's bytes in `dtype`; said so
 
     @property
     def blocks(self) -> CheckpointBlocks | None:
@@ -89,11 +93,24 @@ class StreamedModels:
 
     def teacher(self, source: str, load) -> nn.Module:
         config, self.files = checkpoint_of(source)
-        if self.run_dir is not None:
-            warn_if_short_of_disk(self.run_dir, checkpoint_numel(self.files) * self.dtype.itemsize)
+        self.model_bytes = checkpoint_numel(self.files) * self.dtype.itemsize
+        if self.run_dir is not None:  # the model copies alone, before anything loads
+            self.short_of_disk = warn_if_short_of_disk(self.run_dir, self.model_bytes)
         model = empty_transformer(config, self.dtype).requires_grad_(False).eval()
         self._attach(model, CheckpointBlocks(model, self.files, device=self.device, what="teacher"))
         return model
+
+    def warn_if_short_of_disk(self, passes: list, specs: list, model: nn.Module, adapter) -> None:
+        """Once the passes are built and the teacher loaded (Runner.prepare): the disk warning again
+        with the svd passes' statistics counted (statistics_on_disk of their targets on `model`, as
+        plan resolves them), unless `teacher` said it already for the model copies alone."""
+        if self.run_dir is None or self.short_of_disk:
+            return
+        from compress.plan import _svd_targets
+
+        stats = sum(statistics_on_disk(*_svd_targets(p, spec, model, adapter))
+                    for p, spec in zip(passes, specs) if spec.name == "svd")
+        self.short_of_disk = warn_if_short_of_disk(self.run_dir, self.model_bytes, stats)
 
     def _attach(self, model: nn.Module, loader: CheckpointBlocks) -> nn.Module:
         loader.load_top()
@@ -235,17 +252,36 @@ def checkpoint_numel(files: dict[str, Path]) -> int:
     return numel
 
 
-def warn_if_short_of_disk(run_dir: Path, model_bytes: int) -> None:
+def warn_if_short_of_disk(run_dir: Path, model_bytes: int, statistics_bytes: int = 0) -> bool:
     """A streamed run writes up to about three copies of the model under run_dir (spilled blocks,
-    the latest stage, the one before it) and one more to the output: say so before it starts if
-    the disk has less free."""
-    need, have = 3 * model_bytes, free_bytes(run_dir)
+    the latest stage, the one before it), its svd passes' calibration statistics (`statistics_bytes`:
+    statistics_on_disk, kept in run_dir/calib for --resume) and one more copy to the output: say so
+    before it starts if the disk has less free (and return whether it did)."""
+    from compress.calib_footprint import human_size
+
+    need, have = 3 * model_bytes + statistics_bytes, free_bytes(run_dir)
     if have is None or need <= have:
-        return
+        return False
     from compress.report import warn
 
-    warn(f"a streamed run writes up to about {need / 2**30:.1f} GiB under {run_dir} (spilled blocks and stage "
-         f"checkpoints), and {have / 2**30:.1f} GiB are free there; pass --run-dir on a bigger disk")
+    stats = f", {human_size(statistics_bytes)} of float64 calibration statistics" if statistics_bytes else ""
+    warn(f"a streamed run writes up to about {human_size(need)} under {run_dir} (spilled blocks and stage "
+         f"checkpoints{stats}), and {human_size(have)} are free there; pass --run-dir on a bigger disk")
+    return True
+
+
+def statistics_on_disk(targets: list, paired: bool, sequential: bool) -> int:
+    """Bytes an svd pass's statistics cache writes (calib_stats.StatsCache: every block's, kept for
+    --resume) for `targets` (as plan_memory.svd_statistics takes them): the statistics held over the
+    walk and each block's own, as `plan` estimates them, each block's twice with within-block
+    sequential calibration (its levels' are cached too)."""
+    from compress.plan_memory import svd_statistics
+
+    blocks: dict[tuple, list] = {}
+    for info in targets:
+        blocks.setdefault((info.group, info.block), []).append(info)
+    own = sum(svd_statistics(b, paired, sequential)["block"] for b in blocks.values())
+    return svd_statistics(targets, paired, sequential)["held"] + own * (2 if sequential else 1)
 
 
 def free_bytes(folder: Path) -> int | None:

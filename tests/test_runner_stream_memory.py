@@ -67,3 +67,51 @@ def test_a_disk_too_small_for_a_streamed_run_is_named(tmp_path, monkeypatch, cap
     monkeypatch.setattr(rs, "free_bytes", lambda folder: 2**50)
     run_recipe(tmp_path, text, "big")
     assert "warning" not in capsys.readouterr().err
+
+
+def test_the_disk_warning_counts_the_statistics_and_says_mib(tmp_path, monkeypatch, capsys):
+    """Statistics count toward what a streamed run writes, and sizes under 1 GiB are said in MiB (a
+    3 MiB disk read '0.0 GiB')."""
+    import compress.runner_stream as rs
+
+    monkeypatch.setattr(rs, "free_bytes", lambda folder: 3 * 2**20)
+    rs.warn_if_short_of_disk(tmp_path, 2**20)  # three copies fit
+    assert "warning" not in capsys.readouterr().err
+    rs.warn_if_short_of_disk(tmp_path, 2**20, 5 * 2**20)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "up to about 8 MiB" in err and "5 MiB of float64 calibration statistics" in err and "3 MiB are free" in err
+
+
+def test_statistics_on_disk_is_what_the_svd_passes_cache(tmp_path):
+    """The estimate (plan's per-block statistics) against the calib/ folder a streamed run leaves."""
+    from compress.passes import build_passes
+    from compress.plan import _svd_targets
+    from compress.recipe import parse_recipe
+    from compress.runner_stream import statistics_on_disk
+
+    text = streamed_teacher(tmp_path, "pixart").format(stream="true")
+    run_recipe(tmp_path, text, "s")
+    written = sum(p.stat().st_size for p in (tmp_path / "run-s" / "calib").rglob("*.pt"))
+    recipe, model = parse_recipe(text, str(tmp_path / "s.yaml")), tiny_pixart()
+    estimate = sum(statistics_on_disk(*_svd_targets(p, spec, model, get_adapter(model)))
+                   for p, spec in zip(build_passes(recipe), recipe.passes))
+    assert 0.9 * written < estimate < 1.1 * written
+
+
+def test_the_disk_warning_counts_the_statistics_once_the_passes_are_known(tmp_path, monkeypatch, capsys):
+    """Room for the model copies but not the statistics: warned once the passes' targets are known
+    (Runner.prepare); not twice where the copies alone were too much."""
+    import compress.runner_stream as rs
+    from compress.passes import build_passes
+    from compress.recipe import parse_recipe
+
+    text = streamed_teacher(tmp_path, "pixart").format(stream="true")
+    recipe = parse_recipe(text, str(tmp_path / "s.yaml"))
+    for free, first in ((1, True), (None, False)):
+        models = rs.StreamedModels(tmp_path / "run")
+        monkeypatch.setattr(rs, "free_bytes", lambda folder: free or 3 * models.model_bytes + 1)
+        teacher = models.teacher(str(tmp_path / "teacher"), None)
+        assert ("warning" in capsys.readouterr().err) is first
+        models.warn_if_short_of_disk(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))
+        err = " ".join(capsys.readouterr().err.split())
+        assert ("calibration statistics" in err) is not first and ("warning" in err) is not first
