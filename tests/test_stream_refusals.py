@@ -32,7 +32,8 @@ def test_every_pass_that_cannot_stream_is_named_in_one_error():
     at = [re.match(rf"  {re.escape(str(path))}:(\d+) \(with --set stream=true\): (.*)", line) for line in lines[1:]]
     assert all(at) and [int(m.group(1)) for m in at] == [17, 18, 18, 23, 26]  # passes 1, 2, 2, 3, 4
     words = [m.group(2) for m in at]
-    assert words[0].startswith("remove_blocks: criterion learned")
+    assert words[0].startswith("remove_blocks.criterion: learned trains through the whole model") and \
+        words[0].endswith("set passes.1.remove_blocks.criterion to scan or proxy")
     assert words[1].startswith("svd: fisher (default all) needs the whole model") and \
         words[1].endswith("set passes.2.svd.fisher to block (each block's own output Fisher) or none")
     assert words[2].startswith("svd: sensitivity (default on with allocation: global) needs the whole model") and \
