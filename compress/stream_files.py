@@ -129,11 +129,16 @@ def opened(path: Path, what: str | None = None) -> Iterator:
         raise (unreadable(path, e) if what is None else changed(path, e, what)) from None
 
 
-def changed(path: Path, e: Exception, what: str) -> UserError:
+class WeightsChanged(UserError):
+    """A weight file read when it was mapped that cannot be read now: no mistake of the recipe's (the
+    runner names no recipe line for it), and the run folder keeps what was done."""
+
+
+def changed(path: Path, e: Exception, what: str) -> WeightsChanged:
     """The error for a weight file that read when it was mapped and does not now (removed, truncated
     or rewritten meanwhile): streamed weights are read from their files block by block as work goes."""
     now = "is gone" if not Path(path).exists() else f"can no longer be read ({one_line(e)})"
-    return UserError(f"{path} {now}; it was read when the {what}'s weights were mapped, and they are read "
+    return WeightsChanged(f"{path} {now}; it was read when the {what}'s weights were mapped, and they are read "
                      "from it block by block: leave it in place, unchanged, while dit-compress runs")
 
 
