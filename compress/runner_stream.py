@@ -165,7 +165,7 @@ class StreamedModels:
                     for chunk in iter(lambda: f.read(CHUNK), b""):
                         h.update(chunk)
             except OSError as e:  # removed since checkpoint_of opened it
-                raise changed(path, e, "teacher") from None
+                raise changed(path, e) from None
 
 
 def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu"),

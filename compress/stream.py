@@ -108,7 +108,7 @@ class CheckpointBlocks:
         damaged since it was mapped is a UserError naming it (`opened`)."""
         for k in keys:
             path = self.files[k]
-            with opened(path, self.what) as f:
+            with opened(path, mapped=True) as f:
                 t = f.get_tensor(self.stored.get(k, k))
             if t.is_floating_point():
                 self._check_castable(k, path, t)
@@ -129,7 +129,7 @@ class CheckpointBlocks:
         """`tensor_ends` of the named tensors the loader reads from a file: what
         `calib.model_digest` sees of streamed blocks, so an earlier pass that wrote other values of
         the same shapes gives another digest."""
-        return tensor_ends({k: self.files[k] for k in keys if k in self.files}, self.stored, n, self.what)
+        return tensor_ends({k: self.files[k] for k in keys if k in self.files}, self.stored, n)
 
     def _load(self, keys: list[str]) -> None:
         from accelerate.utils import set_module_tensor_to_device
@@ -158,7 +158,7 @@ class CheckpointBlocks:
         when its block is reached (or an integer tensor silently cast to the model's dtype)."""
         model = self.model.state_dict()
         for path, names in by_file(self.files, [k for k in self.files if k in model]).items():
-            with opened(path, self.what) as f:
+            with opened(path, mapped=True) as f:
                 for k in names:
                     part = f.get_slice(self.stored.get(k, k))
                     shape, want = tuple(part.get_shape()), tuple(model[k].shape)

@@ -116,17 +116,17 @@ def check_readable(files: dict[str, Path]) -> None:
 
 
 @contextmanager
-def opened(path: Path, what: str | None = None) -> Iterator:
+def opened(path: Path, mapped: bool = False) -> Iterator:
     """safe_open(path) for reading tensors; a file that cannot be opened or read (truncated,
-    corrupted, gone) is one UserError naming it: `unreadable`, or, with `what` (whose weights it
-    holds: a file checked when they were first mapped), `changed`."""
+    corrupted, gone) is one UserError naming it: `unreadable`, or, where the file was `mapped` (read
+    when its weights were mapped, as weight_map does), `changed`."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             yield f
     except (SafetensorsError, OSError) as e:
-        raise (unreadable(path, e) if what is None else changed(path, e, what)) from None
+        raise (changed(path, e) if mapped else unreadable(path, e)) from None
 
 
 class WeightsChanged(UserError):
@@ -134,12 +134,12 @@ class WeightsChanged(UserError):
     runner names no recipe line for it), and the run folder keeps what was done."""
 
 
-def changed(path: Path, e: Exception, what: str) -> WeightsChanged:
+def changed(path: Path, e: Exception) -> WeightsChanged:
     """The error for a weight file that read when it was mapped and does not now (removed, truncated
     or rewritten meanwhile): streamed weights are read from their files block by block as work goes."""
     now = "is gone" if not Path(path).exists() else f"can no longer be read ({one_line(e)})"
-    return WeightsChanged(f"{path} {now}; it was read when the {what}'s weights were mapped, and they are read "
-                     "from it block by block: leave it in place, unchanged, while dit-compress runs")
+    return WeightsChanged(f"{path} {now}: it changed while dit-compress read streamed weights from it block by "
+                          "block; leave it in place, unchanged, until dit-compress ends")
 
 
 def checkpoint_of(source: str) -> tuple[dict, dict[str, Path]]:
@@ -198,13 +198,13 @@ def by_file(files: dict[str, Path], names) -> dict[Path, list[str]]:
 
 
 def tensor_ends(files: dict[str, Path], stored: dict[str, str] | None = None,
-                n: int = 8, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+                n: int = 8) -> dict[str, torch.Tensor]:
     """name -> the first and last n values (float32, flattened) of each tensor of `files` (name ->
     file; `stored`: its name in the file where that differs), reading little more than those (a
-    tensor's first and last rows). Each file is opened once (`what`: whose weights, as `opened`)."""
+    tensor's first and last rows). Each file is opened once (a `mapped` one: `opened`)."""
     out = {}
     for path, names in by_file(files, files).items():
-        with opened(path, what) as f:
+        with opened(path, mapped=True) as f:
             for k in names:
                 part = f.get_slice((stored or {}).get(k, k))
                 shape = part.get_shape()
