@@ -36,7 +36,8 @@ from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint
                                    weights_checksum)
 from compress.runner_setup import (DTYPES, check_reference, load_checked_teacher, resolve_device,
                                    sigterm_as_interrupt)
-from compress.runner_stages import check_kept, check_stage, handed_over, restore, resumable, save_stage, stage_dir
+from compress.runner_stages import (check_kept, check_stage, handed_over, restore, resumable, save_stage,
+                                   say_read_back, stage_dir)
 from compress.runner_failures import (HELDOUT, DiskFull, OutOfMemory, disk_full_line, disk_full_words, is_out_of_memory,
                                       memory_hints, memory_in_words)
 from compress.runner_stream import (check_streaming, models_for, streamed_weights, warn_if_activations_too_big,
@@ -58,6 +59,7 @@ class Runner:
         self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error
         self.followed = None  # a follower: the token of the rank 0 it follows (runner_ranks.wait_for_main)
         self.started_over = False  # the run folder's earlier stages and checkpoints discarded (runner_stages.restore)
+        self.written = None  # the output folder, once complete (export): a Ctrl-C after it stops nothing
         self.device = resolve_device(recipe)
         # resident or streamed weights, in the recipe's compute dtype, on its device
         self.models = models_for(recipe.stream, self.run_dir, DTYPES[recipe.compute_dtype], self.device)
@@ -166,6 +168,32 @@ class Runner:
 
     # -- run --------------------------------------------------------------------------------------
     def run(self) -> Path:
+        """The passes, then the output (its folder returned); a Ctrl-C once the output is complete
+        stops nothing (`_interrupted_after_output`)."""
+        try:
+            return self._held_run()
+        except KeyboardInterrupt:
+            if self.written is None:
+                raise
+            return self._interrupted_after_output()
+
+    def _interrupted_after_output(self) -> Path:
+        """A Ctrl-C (or SIGTERM) once the output was complete: only the run's last steps were left (its
+        finished mark, releasing its locks), so it ends as a finished run, marked so (a rerun is not
+        told to --resume it) and said in one line; `run` returns (status 0): the output is there."""
+        from compress.report import note
+
+        self._mark_finished(self.written)
+        note(f"interrupted after the output was written: {self.written} is complete")
+        return self.written
+
+    def _mark_finished(self, out: Path) -> None:
+        """stages/FINISHED: a run folder from now on started over without --resume."""
+        if is_main_process():
+            (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "stages" / FINISHED).write_text(json.dumps({"out": str(out.resolve())}) + "\n")
+
+    def _held_run(self) -> Path:
         from compress.runner_lock import hold_run, nested
 
         # the run and output folders held by this run alone (a second run refused before any check
@@ -186,9 +214,7 @@ class Runner:
                 if lost is not None:
                     raise lost from None
                 raise
-            if is_main_process():  # a run folder from now on started over without --resume
-                (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
-                (self.run_dir / "stages" / FINISHED).write_text(json.dumps({"out": str(out.resolve())}) + "\n")
+            self._mark_finished(out)
             return out
 
     def _leading(self, nested):
@@ -328,6 +354,7 @@ class Runner:
         --resume measures the error (runner_stages.check_kept)."""
         p, t0 = self.passes[i], time.perf_counter()
         console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
+        say_read_back(self, i, student)  # an svd pass: what an earlier run measured for it, read back
         student = self._run_pass(i, student)
         record = {"pass": p.name, "seconds": round(time.perf_counter() - t0, 3), "params": param_count(student),
                   "relative_error": None}  # None in the stage until measured
@@ -383,5 +410,6 @@ class Runner:
         extra = {**recorded, "block_map": self.ctx.block_map}
         out = self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
                                extra=extra, files=files, overwrite=self.overwrite)
+        self.written = out  # complete, in place
         console.print(f"[bold green]wrote[/] {out}  ({wrote_words(report, self.source)})")
         return out

@@ -85,9 +85,7 @@ def _restored(runner):
     if skipped:
         _discard_passed_over(runner, [folder for i, folder, _ in saved if folder != d and i >= k], skipped)
     runner.student_stage = d
-    student = runner.models.restore(d)
-    _say_read_back(runner, k + 1, student)
-    return k + 1, student
+    return k + 1, runner.models.restore(d)
 
 
 def _finishable(runner, saved: list) -> tuple[int, dict] | None:
@@ -119,7 +117,6 @@ def _finish(runner, j: int, state: dict):
     student = restore_student(runner.run_dir, runner.models)
     save_stage(runner, j, student, record=False)  # the record stays until the stage is complete
     runner.student_stage = stage_dir(runner, j)
-    _say_read_back(runner, j + 1, student)
     return j + 1, student
 
 
@@ -140,10 +137,11 @@ def _say_removals(report: dict, done: list[str]) -> None:
         console.print(line, highlight=False, markup=False)
 
 
-def _say_read_back(runner, start: int, student) -> None:
-    """Where the first pass a resumed run runs is an svd pass, how many of the block statistics
-    and output Fishers it reads back, once: those an interrupted run of it measured for this teacher,
-    calibration (fingerprint) and restored student (its `model_digest`, as the pass keys its cache)."""
+def say_read_back(runner, start: int, student) -> None:
+    """Where pass `start` is an svd pass, how many of the block statistics and output Fishers it reads
+    back, once, as it starts: those an earlier run (interrupted, or finished) measured for this teacher,
+    calibration (fingerprint) and student (its `model_digest`, as the pass keys its cache), which a
+    --resume, a --restart and a plain rerun alike read back."""
     fingerprint = getattr(runner.ctx, "fingerprint", None)
     if start >= len(runner.passes) or runner.passes[start].name != "svd" or not fingerprint:
         return

@@ -121,3 +121,32 @@ def test_a_second_ctrl_c_as_the_process_exits_says_nothing_more(tmp_path, code):
     done = _started(tmp_path, SECOND_SIGINT.format(code=code))
     out, err = done.communicate(timeout=300)
     assert (done.returncode, out, err) == (code, "done\n", "")
+
+
+# a command that ended (a run whose output was written), then a SIGINT as the interpreter frees its
+# modules after its exit handlers (seconds with torch loaded): Python has put SIGINT's default action
+# back by then, and the process died of the signal (status 130, nothing said) though its work was done
+LATE_SIGINT = """\
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+import compress.cli
+compress.cli.main = lambda: {code}
+
+
+class FreedLate:
+    def __del__(self):  # as __main__ is freed: after the exit handlers
+        os.kill(os.getpid(), signal.SIGINT)
+        os.write(1, b"freed\\n")
+
+
+freed_late = FreedLate()
+from compress.cli_entry import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("code", [0, 2])
+def test_a_ctrl_c_as_the_interpreter_frees_its_modules_keeps_the_commands_status(tmp_path, code):
+    done = _started(tmp_path, LATE_SIGINT.format(code=code))
+    out, err = done.communicate(timeout=300)
+    assert (done.returncode, out, err) == (code, "freed\n", "")

@@ -417,3 +417,29 @@ def test_a_run_checks_its_teacher_and_makes_its_passes_once(tmp_path, monkeypatc
     _run(tmp_path, text)
     assert checked == [str(tmp_path / "t")]
     assert made == ["RemoveBlocksPass", "SVDPass"]
+
+
+def test_a_ctrl_c_once_the_output_is_written_stops_nothing(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C as the run releases its locks, its output complete and said ('wrote OUT'): status 0 and
+    one line saying the output is complete (it was 'interrupted; RUN keeps its work (2 of 2 passes
+    done): rerun with --resume', status 130, which scripts read as a failure); the run is marked
+    finished, so a rerun starts over without asking for --resume."""
+    import compress.runner_lock as runner_lock
+    from compress.runner_resume import FINISHED
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(out), "--run-dir", str(tmp_path / "run")]
+    real = runner_lock._release
+
+    def release_then_stop(*args):
+        real(*args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner_lock, "_release", release_then_stop)
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2].startswith(f"wrote {out}")
+    assert err[-1] == f"note: interrupted after the output was written: {out} is complete"
+    assert load_transformer(out) is not None and (tmp_path / "run" / "stages" / FINISHED).is_file()
+    assert not (tmp_path / "run" / runner_lock.LOCK).exists() and not (tmp_path / f".out{runner_lock.LOCK}").exists()

@@ -26,15 +26,11 @@ def test_a_resumed_run_names_the_blocks_its_restored_removal_took(tmp_path, monk
     assert err.index(kept[0]) == next(i for i, line in enumerate(err) if line.startswith("resuming")) + 1
 
 
-def test_a_resumed_svd_pass_says_once_how_many_statistics_it_reads_back(tmp_path, monkeypatch, capsys):
-    """An svd pass interrupted after measuring some blocks: its resumed run says how many of the
-    block statistics it kept the pass reads back, as many as the pass then finds in its cache."""
-    import json
-
+def _stopped_after_two_statistics(argv: list[str], monkeypatch, capsys) -> None:
+    """`dit-compress ARGV` stopped by a Ctrl-C once its svd pass saved two block statistics; its output
+    read away."""
     from compress.calib_stats import StatsCache
 
-    pixart_runner(tmp_path, monkeypatch)  # r.yaml: remove_blocks (blocks [0]), then svd
-    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
     real, saved = StatsCache.save, []
 
     def save_then_stop(self, name, stats):
@@ -46,12 +42,50 @@ def test_a_resumed_svd_pass_says_once_how_many_statistics_it_reads_back(tmp_path
         m.setattr(StatsCache, "save", save_then_stop)
         assert main(argv) == 130
     capsys.readouterr()
+
+
+def test_a_resumed_svd_pass_says_once_how_many_statistics_it_reads_back(tmp_path, monkeypatch, capsys):
+    """An svd pass interrupted after measuring some blocks: its resumed run says how many of the
+    block statistics it kept the pass reads back, as many as the pass then finds in its cache."""
+    import json
+
+    pixart_runner(tmp_path, monkeypatch)  # r.yaml: remove_blocks (blocks [0]), then svd
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    _stopped_after_two_statistics(argv, monkeypatch, capsys)
     assert main(argv + ["--resume"]) == 0
     said = [line for line in capsys.readouterr().err.splitlines() if "reads back" in line]
     hits = json.loads((tmp_path / "out" / "report.json").read_text())["svd"]["cache_hits"]
     assert len(hits) == 2
     assert said == ["  pass 2 (svd) reads back block statistics (2 files), output Fishers (12 files) that an "
                     "earlier run measured"]  # interrupted, or finished and resumed after a recipe change
+
+
+def test_every_rerun_says_what_each_svd_pass_reads_back(tmp_path, monkeypatch, capsys):
+    """A --restart after an interrupted (streamed) svd pass, and a plain rerun of the finished run, read
+    back the statistics the earlier run measured, as --resume does: each said, one line per svd pass
+    that reads back (they were said on --resume alone), as many as the passes then find in their caches."""
+    import json
+    import re
+
+    from tests.runner_helpers import streamed_teacher
+
+    (tmp_path / "r.yaml").write_text(streamed_teacher(tmp_path, "pixart").format(stream="true"))
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    _stopped_after_two_statistics(argv, monkeypatch, capsys)
+
+    def said_and_hits(extra: list[str]) -> tuple[list[str], list[int]]:
+        assert main(argv + extra) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "reads back" in line]
+        passes = json.loads((tmp_path / "out" / "report.json").read_text())["svd"]["passes"]
+        return said, [len(p["cache_hits"]) for p in passes]
+    said, hits = said_and_hits(["--restart"])
+    assert hits[0] == 2 and hits[1] == 0
+    assert said == ["  pass 1 (svd) reads back block statistics (2 files) that an earlier run measured"]
+    said, hits = said_and_hits(["--overwrite"])  # a plain rerun of the finished run: it starts over
+    assert hits[0] > 2 and hits[1] > 0
+    found = [re.fullmatch(r"  pass (\d) \(svd\) reads back block statistics \((\d+) files?\) that an earlier run "
+                          r"measured", line) for line in said]
+    assert all(found) and [(int(m[1]), int(m[2])) for m in found] == [(1, hits[0]), (2, hits[1])], said
 
 
 def test_a_run_stopped_during_a_held_out_check_keeps_its_pass(tmp_path, monkeypatch, capsys):
