@@ -42,6 +42,7 @@ from compress.runner_failures import (HELDOUT, DiskFull, OutOfMemory, disk_full_
                                       memory_hints, memory_in_words)
 from compress.runner_stream import (check_streaming, models_for, streamed_weights, warn_if_activations_too_big,
                                     warn_if_streamed_too_big)
+from compress.stream_files import WeightsChanged
 
 EXPORT = "the export"  # `Runner.doing` while rank 0 writes the output (a full disk there names --out)
 
@@ -100,6 +101,7 @@ class Runner:
                      source_kind(self.recipe.calibration, self.source), self.recipe.calibration)  # buckets
         if self.recipe.stream:
             check_streaming(self.passes, self.recipe.passes, self.recipe.path)
+        self.models.warn_if_short_of_disk(self.passes, self.recipe.passes, self.teacher, self.adapter)
         src = input_source(self.recipe.model, self.source, self.recipe.calibration,
                            self.teacher, Path(self.recipe.path).parent)
         self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
@@ -202,6 +204,8 @@ class Runner:
             try:
                 out = self._run()
             except Exception as e:
+                if isinstance(e, WeightsChanged):  # the work so far is kept: say so, as for a full disk
+                    raise WeightsChanged(f"{self._doing_words()}: {e}{self._kept()}") from None
                 if is_out_of_memory(e):
                     raise self._out_of_memory(e) from None
                 if disk_full_words(e) is not None:
@@ -374,7 +378,7 @@ class Runner:
         try:
             student = self.passes[i].run(student, self.ctx)
         except UserError as e:
-            if e.exit_code == UserError.exit_code:  # a mistake (not a requested stop): say where
+            if e.exit_code == UserError.exit_code and not isinstance(e, WeightsChanged):  # a mistake: say where
                 path = self.recipe.path
                 where = "" if str(e).startswith(f"{path}:") else f"{path}:{spec.line}: "
                 note = removal_note(e, before, self.adapter.block_counts(self.teacher), self.removed_by)

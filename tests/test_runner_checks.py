@@ -436,5 +436,6 @@ def test_a_check_a_set_made_fail_names_the_set():
         _check(passes, ["passes.0.svd.targets=[attention]"])
     recipe = parse_recipe(FLUX.format(passes="  - remove_blocks: {count: 1, criterion: learned}\n"), "r.yaml",
                           ["stream=true"])
-    with pytest.raises(UserError, match=re.escape("r.yaml:5 (with --set stream=true): remove_blocks: criterion")):
+    with pytest.raises(UserError, match=re.escape("r.yaml:5 (with --set stream=true): "
+                                                     "remove_blocks.criterion: learned")):
         check_streaming(build_passes(recipe), recipe.passes, recipe.path)

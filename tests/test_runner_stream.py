@@ -428,3 +428,22 @@ def test_a_teacher_shard_removed_before_the_checksum_is_one_line(tmp_path):
     shard.unlink()
     with pytest.raises(UserError, match=rf"^{re.escape(str(shard))} is gone: it changed while dit-compress"):
         models.fingerprint(teacher, hashlib.sha256())
+
+
+def test_a_weight_file_removed_mid_run_is_one_line_with_what_the_run_folder_keeps(tmp_path, monkeypatch):
+    """No recipe mistake: named by the pass running (not as its key's error), with --resume's note."""
+    from compress.passes.svd import SVDPass
+    from compress.stream_files import WeightsChanged
+
+    text = streamed_teacher(tmp_path, "pixart").format(stream="true")
+    real, runs = SVDPass.run, iter(range(2))
+
+    def remove_then_run(self, model, ctx):
+        if next(runs) == 1:  # the second pass: a shard of the stage its blocks are read from goes
+            ctx.blocks.files[ctx.blocks.block_keys("blocks", 1)[0]].unlink()
+        return real(self, model, ctx)
+
+    monkeypatch.setattr(SVDPass, "run", remove_then_run)
+    with pytest.raises(WeightsChanged, match=r"cut.yaml:7: pass 2/2 \(svd\): .* is gone: it changed while .*; "
+                                             r".*run-cut keeps its work .*--resume continues from pass 2"):
+        run_recipe(tmp_path, text, "cut")
