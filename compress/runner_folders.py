@@ -101,6 +101,9 @@ def _config_json(config: str) -> Path | None:
 OWN = {"stages": re.compile(r"\.?\d+-\w+(\.(tmp|old)-\w+)?|" + re.escape(FINISHED) + "|" + re.escape(RUN_RECORD)),
        "checkpoints": re.compile(r"(tmp-)?step-\d+")}
 NEWER = re.compile(r"[a-z0-9_]+\.json")  # stages/ files a newer dit-compress may add, as run.json was added
+# what a JSON file dit-compress writes in a run folder's stages/ holds, saying who wrote it: a file a newer
+# version adds there is told from a user's own by it (`a_newer_runs`); {**WRITTEN_BY, ...} in its writers
+WRITTEN_BY = {"written_by": "dit-compress"}
 
 
 def check_own_run_folder(run_dir: Path) -> None:
@@ -144,11 +147,25 @@ def written_by_a_run(entry: Path, kind: str) -> bool:
 
 def a_newer_runs(entry: Path, entries: list[Path]) -> bool:
     """Whether `entry` of stages/ is a file a newer dit-compress wrote there: a JSON file (NEWER)
-    beside what a run surely wrote (`marks_a_run`). dit-compress before stages/run.json refused it
-    as a user's file, so a run folder a newer version used could be neither rerun nor resumed; a
-    notes.json in a stages/ folder of the user's own (no run's marks) is still refused."""
+    that says so (`says_written_by_us`) beside what a run surely wrote (`marks_a_run`). dit-compress
+    before stages/run.json refused it as a user's file, so a run folder a newer version used could be
+    neither rerun nor resumed. A user's notes.json (it says nothing of who wrote it) is refused, even
+    beside a run's stages: a rerun would delete it with them."""
     return (not entry.is_symlink() and entry.is_file() and NEWER.fullmatch(entry.name) is not None
-            and any(map(marks_a_run, entries)))
+            and says_written_by_us(entry) and any(map(marks_a_run, entries)))
+
+
+def says_written_by_us(path: Path, limit: int = 1 << 20) -> bool:
+    """Whether the file `path` is a JSON object holding WRITTEN_BY's key and value (read where it is
+    under `limit` bytes: a run's records are small)."""
+    try:
+        if path.stat().st_size > limit:
+            return False
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    key, value = next(iter(WRITTEN_BY.items()))
+    return isinstance(data, dict) and data.get(key) == value
 
 
 def marks_a_run(entry: Path) -> bool:

@@ -596,9 +596,10 @@ def test_a_rerun_of_another_recipe_refused_names_what_the_interrupted_run_measur
     (["0-svd/state.json"], "Notes.JSON", True)])
 def test_a_json_file_a_newer_dit_compress_adds_in_stages_is_not_foreign(pixart, stages, newer, foreign):
     """dit-compress before stages/run.json refused a run folder holding it ('was not written by
-    dit-compress'), even with --resume. A JSON file in stages/ beside what only a run writes there
-    (a stage with its state.json, run.json, finished.json) is taken as a newer version's; in a
-    stages/ without them, or of another kind, it is still the user's, refused."""
+    dit-compress'), even with --resume. A JSON file in stages/ that says dit-compress wrote it, beside
+    what only a run writes there (a stage with its state.json, run.json, finished.json), is taken as a
+    newer version's; in a stages/ without them, or of another kind, it is still the user's, refused."""
+    from compress.runner_folders import WRITTEN_BY
     from compress.runner_folders import foreign_in_run_folder
 
     tmp_path, make, loads = pixart
@@ -611,7 +612,7 @@ def test_a_json_file_a_newer_dit_compress_adds_in_stages_is_not_foreign(pixart, 
             path.mkdir()
         else:
             path.write_text("{}\n")
-    (run / "stages" / newer).write_text("{}\n")
+    (run / "stages" / newer).write_text(json.dumps(WRITTEN_BY) + "\n")
     assert foreign_in_run_folder(run) == (run / "stages" / newer if foreign else None)
     if foreign:
         with pytest.raises(UserError, match=f"{newer} was not written by dit-compress"):
