@@ -83,14 +83,19 @@ def _an_output(teacher) -> bool:
 
 
 def check_given(teacher) -> None:
-    """A UserError where the teacher given to merge_lora (--teacher of dit-compress lora) is a local
-    path that is not there, whatever the LoRA: a plain LoRA reads no teacher weights, but a teacher
-    given is a teacher meant (a typo), not one to drop silently."""
-    from compress.io import looks_local
-    from compress.io_source import not_found
+    """A UserError where the teacher given to merge_lora (--teacher of dit-compress lora) is no teacher,
+    whatever the LoRA: a plain LoRA reads no teacher weights, but a teacher given is a teacher meant (a
+    typo), not one to drop silently. Checked as a run checks its teacher (io_source.check_source), reading
+    no weights and going to no network: a known toy, a local teacher folder or checkpoint file that is
+    there, or a valid Hugging Face id. A dit-compress output's weight file is left to what follows
+    (a DoRA refuses it as compressed_teacher says; a plain LoRA notes it unread)."""
+    from compress.io_source import check_source, output_weights
 
-    if isinstance(teacher, (str, Path)) and looks_local(str(teacher)) and not Path(teacher).expanduser().exists():
-        raise UserError(not_found(str(teacher)))
+    if not isinstance(teacher, (str, Path)):
+        return
+    if output_weights(Path(str(teacher)).expanduser()):
+        return
+    check_source(str(teacher))
 
 
 def note_unread(teacher) -> None:

@@ -177,3 +177,57 @@ def test_a_doras_transformer_only_hub_teacher_is_read_from_its_root(tmp_path, mo
     merge_lora(student, tmp_path / "lora", teacher="acme/tonly")
     inputs = model_inputs(student)
     assert torch.equal(forward(student, inputs), forward(local, inputs))
+
+
+@pytest.fixture
+def flux_output(tmp_path, capsys):
+    """(output folder, plain LoRA folder) of the toy Flux teacher."""
+    from compress.io_export import save_compressed
+    from compress.toy import load_toy_teacher
+    from tests.test_lora import _lora
+
+    out = save_compressed(load_toy_teacher("flux"), tmp_path / "out", extra={"teacher": "toy:flux"})
+    _lora(load_toy_teacher("flux"), tmp_path / "lora")
+    capsys.readouterr()
+    return out, tmp_path / "lora"
+
+
+@pytest.mark.parametrize("given, words", [
+    ("toy:nope", "unknown toy teacher 'toy:nope' (the toy teachers: toy:pixart, toy:flux)"),
+    ("acme/pix@v2", "teacher not found: acme/pix@v2 (there is no "),
+    ("{tmp}/empty", "{tmp}/empty has neither model_index.json nor config.json"),
+    ("{tmp}/recipe.yaml", "{tmp}/recipe.yaml is not a checkpoint: file type '.yaml'")])
+def test_a_given_teacher_that_is_no_teacher_is_refused_whatever_the_lora(tmp_path, capsys, flux_output, given,
+                                                                         words):
+    """`dit-compress lora OUT LORA NEW --teacher toy:nope` (or a folder or file that is no teacher, or no
+    Hugging Face id) wrote NEW for a plain LoRA, with only a note that the teacher's weights are not read."""
+    from compress.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "recipe.yaml").write_text("passes: []\n")
+    out, lora = flux_output
+    given, words = given.format(tmp=tmp_path), words.format(tmp=tmp_path)
+    assert main(["lora", str(out), str(lora), str(tmp_path / "new"), "--teacher", given]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dit-compress: error: {words}") and err.count("\n") == 1, err
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match=re.escape(words)):
+        merge_lora(torch.nn.Linear(1, 1), {}, teacher=given)  # before anything of the model or LoRA is read
+
+
+def test_a_given_hub_teacher_of_a_plain_lora_is_not_fetched(tmp_path, capsys, monkeypatch, flux_output):
+    """A valid Hugging Face id is taken as given (a plain LoRA reads no teacher weights: no request is
+    made to tell whether it exists); the note says its weights are not read."""
+    import huggingface_hub
+
+    from compress.cli import main
+
+    def fetched(*_, **__):
+        raise AssertionError("the Hub was asked")
+
+    for name in ("snapshot_download", "hf_hub_download"):
+        monkeypatch.setattr(huggingface_hub, name, fetched)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out, lora = flux_output
+    assert main(["lora", str(out), str(lora), str(tmp_path / "new"), "--teacher", "acme/nothing-here"]) == 0
+    assert "the given teacher acme/nothing-here: its weights are not read" in " ".join(capsys.readouterr().err.split())
