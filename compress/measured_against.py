@@ -20,10 +20,21 @@ def teacher_fields(source: str, teacher_arg: str | None, loras: list[dict] | Non
 def teacher_loras(model, moved: list[str] | None = None) -> list[dict]:
     """[{"file": where a LoRA was read from, "scale": its scale}] for each LoRA the output `model` took
     (its compression record's loras, in order), which its teacher takes too (io.load_teacher_of):
-    their recorded places, or `moved` (--lora: where they are now); [] for a model that took none."""
+    their recorded places, or `moved` (--lora: where they are now, absolute where local, as the places
+    are recorded); [] for a model that took none."""
     recorded = (getattr(model, "compression_meta", None) or {}).get("loras") or []
-    places = moved or [record["source"] for record in recorded]
-    return [{"file": str(place), "scale": record["scale"]} for place, record in zip(places, recorded)]
+    places = [_as_recorded(str(place)) for place in moved] if moved else [record["source"] for record in recorded]
+    return [{"file": place, "scale": record["scale"]} for place, record in zip(places, recorded)]
+
+
+def _as_recorded(place: str) -> str:
+    """A LoRA's place as dit-compress lora records it (lora._source): an absolute path where it is
+    local, else the Hub id as given."""
+    from pathlib import Path
+
+    from compress.io import looks_local
+
+    return str(Path(place).expanduser().resolve()) if looks_local(place) else place
 
 
 def against(fields: dict, out) -> str:

@@ -70,3 +70,16 @@ def test_a_teacher_without_loras_is_said_as_before_and_several_are_counted():
     two = teacher_fields("toy:pixart", "toy:pixart", [{"file": "a", "scale": 0.5}, {"file": "b", "scale": 1}])
     assert against(two, "out") == ("against the teacher toy:pixart, given by --teacher, with the 2 LoRAs out took "
                                    "merged in (dit-compress lora): a at scale 0.5, b at scale 1")
+
+
+@pytest.mark.parametrize("command", [["eval"], ["bench", "--repeats", "1", "--batch", "1", "--device", "cpu"]])
+def test_a_relative_lora_given_is_named_absolute_as_recorded(took, tmp_path, capsys, monkeypatch, command):
+    """`bench OUT --lora moved.safetensors --json` named teacher_loras[0].file relative, as typed, where
+    the place recorded (no --lora) is absolute: both are absolute now, in --json and in the line."""
+    new, _ = took
+    (tmp_path / "lora").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    moved = str((tmp_path / "moved").resolve())
+    argv = [command[0], str(new), *command[1:], "--lora", "moved"]
+    assert json.loads(_said(capsys, [*argv, "--json"]))["teacher_loras"] == [{"file": moved, "scale": 0.8}]
+    assert f"(dit-compress lora): {moved} at scale 0.8" in _said(capsys, argv).splitlines()[0]
