@@ -323,18 +323,22 @@ def dump_recipe(recipe: Recipe, prompts: list[str] | None = None) -> str:
 def filled_keys(recipe: Recipe) -> set[str]:
     """The dotted keys of `recipe` the defaults filled in: at their default and not written by the
     recipe (nor marked so in the saved recipe it was read from: `_given`); in a config made otherwise,
-    every key at its default."""
+    and in a pass whose checks judge it by its values (an older saved recipe's svd pass, without marks:
+    svd_checks.judged_by_value), every key at its default, so that the dump read back is judged alike."""
+    from compress.passes.svd_checks import judged_by_value
+
     top = {f.name: f for f in dataclasses.fields(Recipe) if f.name in ("version", "stream", "compute_dtype", "device")}
-    filled = _filled(recipe, top, "")
+    filled = _filled(recipe, top, "", recipe.__dict__.get("_given", ()))
     for prefix, config in (("calibration.", recipe.calibration), ("export.", recipe.export),
                            *((f"passes.{i}.{p.name}.", p.config) for i, p in enumerate(recipe.passes))):
-        filled |= _filled(config, {f.name: f for f in dataclasses.fields(config)}, prefix)
+        given = () if judged_by_value(config) else config.__dict__["_given"]
+        filled |= _filled(config, {f.name: f for f in dataclasses.fields(config)}, prefix, given)
     return filled
 
 
-def _filled(obj, fields: dict, prefix: str) -> set[str]:
-    """`filled_keys` among `fields` of `obj` (a Recipe or a config dataclass)."""
-    given = obj.__dict__.get("_given", ())
+def _filled(obj, fields: dict, prefix: str, given) -> set[str]:
+    """`filled_keys` among `fields` of `obj` (a Recipe or a config dataclass): those at their default
+    and not among the keys `given`."""
     return {prefix + name for name, f in fields.items()
             if name not in given and getattr(obj, name) == field_default(f)}
 

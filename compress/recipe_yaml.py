@@ -192,8 +192,8 @@ def type_hint(node: yaml.Node, tp) -> str:
 
 # ---- a saved recipe's default marks -------------------------------------------------------------
 # An output's recipe.yaml writes every key; its first line says that a key ending in DEFAULT_MARK was
-# left out of the recipe and holds its default (recipe.dump_recipe). Only a file with that line is
-# read for marks: a comment '# default' in a recipe written by hand means nothing.
+# left out of the recipe and holds its default (recipe.dump_recipe). Only a file with that line above
+# its first key is read for marks: a comment '# default' in a recipe written by hand means nothing.
 MARKS_HEADER = "# every key is written out; '# default' marks one the recipe left out (it holds its default)"
 DEFAULT_MARK = "# default"
 _MARKED = re.compile(r":?[ \t]*#[ \t]*default[ \t]*")  # what follows a marked key's value on its line
@@ -237,13 +237,17 @@ def with_marks(text: str, paths: set[str]) -> str:
     return text
 
 
+_OPENING = re.compile(r"(#.*|%.*|---([ \t]+#.*)?|)")  # a comment, a directive, a document start, a blank
+
+
 def is_marked(text: str) -> bool:
-    """Whether `text` is a recipe saved with default marks: MARKS_HEADER among its first comments."""
+    """Whether `text` is a recipe saved with default marks: MARKS_HEADER among the lines above its
+    first key (comments, blank lines, a '---' or a %YAML directive: an edit may have put them there)."""
     for line in text.lstrip("\ufeff").splitlines():
-        if not line.startswith("#"):
-            return False
         if line.strip() == MARKS_HEADER:
             return True
+        if not _OPENING.fullmatch(line.strip()):
+            return False
     return False
 
 

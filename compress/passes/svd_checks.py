@@ -245,15 +245,23 @@ def unread_keys(allocation) -> set[str]:
         ({"ratios"} if allocation != "per_role" else set())
 
 
+def judged_by_value(c) -> bool:
+    """Whether only the values of config `c` tell which keys its recipe gave: a config made otherwise
+    (no `_given`), or an older saved recipe's pass, without marks, that writes every key (SAVED_KEYS),
+    where a key at its default counts as filled in. A dump marks those '# default' (recipe.filled_keys),
+    so that read back it is judged as it was."""
+    given = c.__dict__.get("_given")
+    return given is None or ("_filled" not in c.__dict__ and SAVED_KEYS <= set(given))
+
+
 def written_keys(c) -> set[str] | None:
     """The keys of the pass the recipe wrote (the file or a --set; the loader records them as the
     config's `_given`, less those a saved recipe marks '# default': `_filled`), None where only the
-    values tell: a config made otherwise, or an older saved recipe, without marks, that writes every
-    key (SAVED_KEYS). A null written where null is the default (ratios, sensitivity) counts as left
-    out: `--set KEY=null` sets such a key, it cannot remove it."""
-    given = c.__dict__.get("_given")
-    if given is None or ("_filled" not in c.__dict__ and SAVED_KEYS <= set(given)):
+    values tell (`judged_by_value`). A null written where null is the default (ratios, sensitivity)
+    counts as left out: `--set KEY=null` sets such a key, it cannot remove it."""
+    if judged_by_value(c):
         return None
+    given = c.__dict__["_given"]
     defaults = {f.name: f.default for f in dataclasses.fields(c)}
     return {k for k in given if not (getattr(c, k, None) is None and defaults.get(k) is None)}
 

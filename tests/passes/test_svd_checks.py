@@ -544,14 +544,72 @@ def test_a_saved_recipe_edited_to_energy_is_refused_only_the_ratio_its_recipe_wr
         parse_recipe(written, "out/recipe.yaml")
 
 
-def test_a_saved_recipe_whose_recipe_wrote_every_saved_key_is_judged_by_what_it_wrote():
-    """A recipe that wrote ratio, ratios, energy, sensitivity, sensitivity_batches and progress itself
-    was, saved, taken for an older saved recipe and judged by value: its ratio was ignored under energy."""
+EVERY_SAVED = "ratio: 0.5, ratios: null, energy: 0.99, sensitivity: null, sensitivity_batches: 2, progress: true"
+
+
+def test_a_marked_saved_recipe_writing_every_saved_key_is_judged_by_what_it_wrote():
+    """In a file under the marks' header, an svd pass writing ratio, ratios, energy, sensitivity,
+    sensitivity_batches and progress without marks wrote them: it is no older saved recipe judged by
+    value, so its ratio under energy is refused."""
     from compress.recipe import parse_recipe
 
-    every = "ratio: 0.5, ratios: null, energy: 0.99, sensitivity: null, sensitivity_batches: 2, progress: true"
+    saved = _saved_then_energy("targets: [attention]")
+    unmarked = re.sub(r"^(    (?:ratio|ratios|energy|sensitivity|sensitivity_batches|progress): .*)  # default$",
+                      r"\1", saved, flags=re.M)
+    assert "ratio: 0.5\n" in unmarked and "progress: true\n" in unmarked
     with pytest.raises(UserError, match="svd.ratio is only read by allocation: uniform or global"):
-        parse_recipe(_saved_then_energy(every), "out/recipe.yaml")
+        parse_recipe(unmarked, "out/recipe.yaml")
+
+
+def test_a_recipe_writing_every_saved_key_is_saved_as_it_was_judged():
+    """A recipe writing every saved key itself is judged by value (energy: 0.99 under uniform passes);
+    its output's recipe.yaml wrote them unmarked, and read back refused that energy. The dump marks
+    each at its default, so it loads, and edited to energy its ratio: 0.5 passes as in the recipe."""
+    from compress.recipe import dump_recipe, parse_recipe
+
+    dumped = dump_recipe(parse_recipe(ENERGY_EDIT % EVERY_SAVED, "r.yaml"))
+    assert "    energy: 0.99  # default\n" in dumped
+    parse_recipe(dumped, "out/recipe.yaml")
+    parse_recipe(_saved_then_energy(EVERY_SAVED), "out/recipe.yaml")
+
+
+def _accepted(text: str, sets: list[str]) -> bool:
+    from compress.recipe import parse_recipe
+
+    try:
+        parse_recipe(text, "r.yaml", sets)
+    except UserError:
+        return False
+    return True
+
+
+SOURCES = [ENERGY_EDIT % "ratio: 0.5", ENERGY_EDIT % EVERY_SAVED, ENERGY_EDIT % "targets: [attention]",
+           "model: flux\nteacher: toy:flux\npasses:\n  - svd: {allocation: energy, energy: 0.9}\n",
+           "model: flux\nteacher: toy:flux\npasses:\n  - svd: {allocation: global, ratio: 0.3, trust_region: 2.0}\n"]
+
+
+def _variants(source: str) -> list[str]:
+    """`source`, its output's recipe.yaml (marked), that with a blank first line, with its header
+    deleted, and as one saved before the marks (no header, no marks)."""
+    from compress.recipe import dump_recipe, parse_recipe
+
+    dumped = dump_recipe(parse_recipe(source, "r.yaml"))
+    body = dumped.split("\n", 1)[1]
+    return [source, dumped, "\n" + dumped, body, re.sub(r"  # default$", "", body, flags=re.M)]
+
+
+@pytest.mark.parametrize("source", SOURCES,
+                         ids=["uniform-ratio", "every-saved-key", "uniform-targets", "energy", "global"])
+def test_a_dump_is_accepted_under_each_allocation_exactly_where_the_recipe_it_came_from_is(source):
+    """Whatever a recipe is (written by hand, a saved one, marked or not), the svd checks judge its
+    dump as they judge it: under every allocation a --set gives it, one is refused exactly where the
+    other is (an older saved recipe's dump was refused as loaded: its every key counted as written)."""
+    from compress.recipe import dump_recipe, parse_recipe
+
+    for text in _variants(source):
+        dumped = dump_recipe(parse_recipe(text, "r.yaml"))
+        for sets in ([], *([f"passes.0.svd.allocation={a}"] for a in ("uniform", "global", "energy", "per_role"))):
+            assert _accepted(dumped, sets) == _accepted(text, sets), (text, sets)
 
 
 def test_an_edited_mark_counts_as_the_users_where_its_value_or_a_set_changed_it():
