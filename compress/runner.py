@@ -27,7 +27,7 @@ from compress.report import console, param_count
 from compress.report_card import model_card
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
-from compress.runner_folders import check_folders, check_run_folder, interrupt_note
+from compress.runner_folders import WRITTEN_BY, check_folders, check_run_folder, interrupt_note
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
 from compress.runner_ranks import (MainStopped, PeerLost, announce, hand_off, is_follower, is_main_process, leading,
@@ -193,7 +193,7 @@ class Runner:
         """stages/FINISHED: a run folder from now on started over without --resume."""
         if is_main_process():
             (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "stages" / FINISHED).write_text(json.dumps({"out": str(out.resolve())}) + "\n")
+            (self.run_dir / "stages" / FINISHED).write_text(json.dumps({**WRITTEN_BY, "out": str(out.resolve())}) + "\n")
 
     def _held_run(self) -> Path:
         from compress.runner_lock import hold_run, nested

@@ -21,6 +21,7 @@ from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
 from compress.runner_kept import read_back_in_words
+from compress.runner_folders import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RUN_RECORD, inputs_change, not_kept_in_words, older_checksum,
                                    passed_over_in_words, read_state, recipe_changes, resumed_in_words,
                                    reusable_stage, stage_dirs, teacher_change)
@@ -49,7 +50,7 @@ def record_run(runner) -> None:
         return
     stages = runner.run_dir / "stages"
     stages.mkdir(parents=True, exist_ok=True)
-    (stages / RUN_RECORD).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    (stages / RUN_RECORD).write_text(json.dumps({**WRITTEN_BY, "fingerprint": fingerprint}) + "\n")
 
 
 def _restored(runner):
@@ -238,7 +239,7 @@ def save_stage(runner, i: int, student, record: bool = True):
 
 
 def _state(runner) -> dict:
-    return {"recipe": runner.recipe.raw, "teacher": runner.identity, "inputs": runner.inputs_id,
+    return {**WRITTEN_BY, "recipe": runner.recipe.raw, "teacher": runner.identity, "inputs": runner.inputs_id,
             "report": runner.ctx.report, "block_map": runner.ctx.block_map}
 
 

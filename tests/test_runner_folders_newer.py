@@ -71,3 +71,18 @@ def test_a_large_json_file_is_not_read(tmp_path):
     (tmp_path / "f.json").write_text('{"written_by": "dit-compress", "pad": "' + "x" * 2048 + '"}')
     assert says_written_by_us(tmp_path / "f.json")
     assert not says_written_by_us(tmp_path / "f.json", limit=1024)
+
+
+def test_this_version_marks_the_json_it_writes_in_stages_and_reads_unmarked_ones(finished):
+    """run.json, finished.json and each stage's state.json say dit-compress wrote them, so a later
+    version can tell them from a user's file; a run folder written before the mark still resumes."""
+    from compress.runner_folders import WRITTEN_BY
+
+    tmp_path, argv, run = finished
+    written = sorted([*(run / "stages").glob("*.json"), *(run / "stages").glob("*/state.json")])
+    assert {p.name for p in written} >= {"run.json", "finished.json", "state.json"}
+    for path in written:
+        data = json.loads(path.read_text())
+        assert data.get("written_by") == WRITTEN_BY["written_by"], path
+        path.write_text(json.dumps({k: v for k, v in data.items() if k != "written_by"}) + "\n")  # as before
+    assert main([*argv, "--overwrite", "--resume"]) == 0
