@@ -332,6 +332,8 @@ def not_loaded(cls, source, e: Exception) -> UserError:
     if cut is not None:  # torch's words would be "Unable to load weights", or about a class the cut named
         return UserError(f"{cut}: its weights fail to load (the file ends early); it may be truncated or corrupted: "
                          "copy it again")
+    if (damaged := damaged_safetensors(source)) is not None:  # diffusers: "Unable to load weights from checkpoint"
+        return damaged
     if any(map(needs_code, causes(e))):  # a .bin whose pickle names a class: diffusers' "Unable to load weights"
         return UserError(f"{source}: its weights need arbitrary code to unpickle and were refused; checkpoints "
                          "are data, never code: convert them to safetensors")
@@ -366,6 +368,26 @@ def shards_not_there(index: Path, folder: Path, missing: list[str]) -> str:
     """The words for the shards a weight index lists and its folder lacks (resident and streamed loads)."""
     return (f"{index} lists {len(missing)} shard(s) not in {folder}: {', '.join(missing[:3])}"
             f"{' …' if len(missing) > 3 else ''} (an incomplete download?)")
+
+
+def damaged_safetensors(source) -> UserError | None:
+    """io_tensors.unreadable's error for the first .safetensors file of a teacher folder that does
+    not open (safe_open reads the header and checks the file is as long as it says: a cut shard),
+    None where all open."""
+    from safetensors import safe_open
+
+    from compress.io_tensors import unreadable
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError
+            return unreadable(path, e)
+    return None
 
 
 def cut_bin(source) -> Path | None:

@@ -469,3 +469,15 @@ def test_a_teacher_folder_whose_bin_weights_are_cut_says_so(tmp_path, legacy):
         load_teacher(str(tmp_path / "t"))
     assert str(e.value) == (f"{weights}: its weights fail to load (the file ends early); it may be truncated or "
                             "corrupted: copy it again")
+
+
+def test_a_teacher_folder_with_a_cut_safetensors_shard_names_it_as_truncated(tmp_path):
+    """Loaded resident, a shard cut short said diffusers' "Unable to load weights from checkpoint file";
+    now the words a streamed load and a single file use."""
+    tiny_pixart().save_pretrained(tmp_path / "t", max_shard_size="20KB")
+    shard = sorted((tmp_path / "t").glob("*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / "t"))
+    assert str(e.value).startswith(f"{shard} is not a readable safetensors file (")
+    assert str(e.value).endswith("); it may be truncated or corrupted")
