@@ -85,7 +85,7 @@ def test_the_disk_warning_counts_the_statistics_and_says_mib(tmp_path, monkeypat
 def test_statistics_on_disk_is_what_the_svd_passes_cache(tmp_path):
     """The estimate (plan's per-block statistics) against the calib/ folder a streamed run leaves."""
     from compress.passes import build_passes
-    from compress.plan import _svd_targets
+    from compress.plan import svd_targets
     from compress.recipe import parse_recipe
     from compress.runner_stream import statistics_on_disk
 
@@ -93,7 +93,7 @@ def test_statistics_on_disk_is_what_the_svd_passes_cache(tmp_path):
     run_recipe(tmp_path, text, "s")
     written = sum(p.stat().st_size for p in (tmp_path / "run-s" / "calib").rglob("*.pt"))
     recipe, model = parse_recipe(text, str(tmp_path / "s.yaml")), tiny_pixart()
-    estimate = sum(statistics_on_disk(*_svd_targets(p, spec, model, get_adapter(model)))
+    estimate = sum(statistics_on_disk(*svd_targets(p, spec, model, get_adapter(model)))
                    for p, spec in zip(build_passes(recipe), recipe.passes))
     assert 0.9 * written < estimate < 1.1 * written
 
