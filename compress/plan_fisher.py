@@ -37,16 +37,28 @@ def fisher_backward(plan: dict, index: int, fisher: dict) -> dict:
     return part("an output Fisher's backward of one calibration batch", size, keys, fix)
 
 
-def budget(c, step: dict, resident: float) -> float:
+def on_device(fisher: dict, device: str) -> dict:
+    """A fisher_plan (measured on svd_fisher.plan_device()'s free memory, the pass's plan knowing no
+    recipe) with fisher_memory_gb auto's free memory that of the recipe's `device` where that is
+    another (device: cpu on a machine with a GPU)."""
+    from compress.passes.svd_fisher import plan_device
+    from compress.runner_stream import free_memory
+
+    if fisher["memory_gb"] != "auto" or plan_device(device) == plan_device():
+        return fisher
+    return {**fisher, "free_bytes": free_memory(plan_device(device))}
+
+
+def budget(c, step: dict, resident: float, device: str = "auto") -> float:
     """Bytes of Fishers per sweep (or block chunk) and of square roots kept, as the svd pass with config
     `c` sizes them (svd_fisher.fisher_budget) once the run holds `resident` bytes (plan_memory's
     estimate): auto at the memory free that fisher_plan measured (step["fisher"], a prediction's
-    Fisher), else at what is free now."""
+    Fisher), else at what is free now on `device` (the recipe's)."""
     from compress.passes.svd_fisher import auto_budget, fisher_budget, plan_device
 
     if c.fisher_memory_gb == "auto" and "fisher" in step:
         return auto_budget(step["fisher"]["free_bytes"], resident)
-    return fisher_budget(c.fisher_memory_gb, plan_device(), resident)
+    return fisher_budget(c.fisher_memory_gb, plan_device(device), resident)
 
 
 def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict], resident: float) -> tuple[dict, dict]:
@@ -63,7 +75,7 @@ def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict],
     targets = _tapped(recipe, plan, index, [t for t in taps if prediction_fisher(c, SimpleNamespace(role=t["role"]))])
     rows = {t["name"]: t["fisher_rows"] for t in targets if t["fisher_rows"]}
     outputs = {t["name"]: t["out"] * t["rows"] * itemsize for t in targets}
-    chunks = fisher_chunks(_infos(targets), budget(c, {"fisher": fisher}, resident), rows, outputs)
+    chunks = fisher_chunks(_infos(targets), budget(c, {"fisher": fisher}, resident, recipe.device), rows, outputs)
     size = {t["name"]: fisher_bytes(t["out"], t["fisher_rows"]) for t in targets}
     if targets:
         fisher = {**fisher, "sweeps": len(chunks), "sweep_bytes": max(sum(size[n] for n in ch) for ch in chunks)}
@@ -89,7 +101,7 @@ def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]], resident: flo
         c = recipe.passes[index].config
         if c.fisher != "block":
             continue
-        chunk = budget(c, plan["passes"][index], resident)
+        chunk = budget(c, plan["passes"][index], resident, recipe.device)
         blocks = {}
         for t in _tapped(recipe, plan, index, [t for t in block_taps if t["group"] is not None]):
             blocks.setdefault((t["group"], t["block"]), []).append({**t, "fisher": fisher_bytes(t["out"], t["fisher_rows"])})
@@ -123,7 +135,7 @@ def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]], resident: floa
         blocks: dict[tuple, list[int]] = {}
         for t in weighted:  # as svd_fisher.Roots' groups: the targets the walk visits together
             blocks.setdefault((t["group"], t["block"]), []).append(16 * t["out"] ** 2)
-        keep = budget(c, step, resident)
+        keep = budget(c, step, resident, recipe.device)
         found.append((int(max(min(sum(pairs), keep + max(pairs)) for pairs in blocks.values())), index))
     if not found:
         return []

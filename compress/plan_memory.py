@@ -31,7 +31,7 @@ from compress.inputs import source_kind
 from compress.passes.svd_fisher import settle_auto
 from compress.passes.svd_targets import is_model_wide, stats_key, uses_output_gram
 from compress.passes.svd_walk import from_conditioning
-from compress.plan_fisher import block_fishers, fisher_backward, fisher_roots, fisher_sweep, tap
+from compress.plan_fisher import block_fishers, fisher_backward, fisher_roots, fisher_sweep, on_device, tap
 from compress.plan_fisher import part as _part
 
 # Resident memory of `dit-compress run` before it loads the teacher: python with torch, diffusers and
@@ -71,7 +71,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     pipeline = _pipeline(recipe, plan) if calibrates else None
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:  # sized at what is free once the weights and activations are there
-            step["fisher"] = settle_auto(step["fisher"], resident)
+            step["fisher"] = settle_auto(on_device(step["fisher"], recipe.device), resident)
             sweep, step["fisher"] = fisher_sweep(recipe, plan, index, step["fisher"], taps.get(index, []), resident)
             passing.append([fisher_backward(plan, index, step["fisher"]), sweep])
         if "streamed_scan" in step:

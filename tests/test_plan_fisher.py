@@ -110,3 +110,34 @@ def test_plan_counts_each_targets_output_as_the_pass_measures_it(monkeypatch, tm
     measured = output_sizes(model, adapter, batch, [t["name"] for t in planned])
     assert len(planned) > 20 and {t["part"] for t in planned} > {"mod"}
     assert {t["name"]: t["out"] * t["rows"] * itemsize for t in planned} == measured
+
+
+@pytest.mark.parametrize("fisher", ["all", "block"])
+def test_auto_is_planned_at_the_free_memory_of_the_recipes_device(monkeypatch, tmp_path, fisher):
+    """fisher_memory_gb auto with device: cpu on a machine with a GPU was planned at the GPU's free
+    memory (svd_fisher.plan_device took no recipe), the run sizing it at the CPU's."""
+    import torch
+
+    import compress.plan_memory as pm
+    import compress.runner_stream as rs
+    from tests.conftest import tiny_pixart
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    text = RECIPE.format(family="pixart", teacher=tmp_path / "teacher").replace("fisher: block", f"fisher: {fisher}")
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    asked = []
+    monkeypatch.setattr(rs, "free_memory", lambda device: asked.append(device.type) or
+                        (100 if device.type == "cuda" else 8) * 2**30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    plan = make_plan(recipe)
+    assert "cpu" in asked
+    if fisher == "all":
+        assert plan["passes"][0]["fisher"]["free_bytes"] == 8 * 2**30
+    budgets = []
+    import compress.passes.svd_fisher as sf
+
+    real = sf.fisher_budget
+    monkeypatch.setattr(sf, "fisher_budget", lambda s, device, r: budgets.append(device.type) or real(s, device, r))
+    make_plan(recipe)
+    assert set(budgets) == ({"cpu"} if fisher == "block" else set())  # all: from free_bytes, checked above

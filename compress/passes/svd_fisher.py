@@ -305,9 +305,10 @@ def auto_budget(free: float | None, resident: float = 0) -> float:
     return max(AUTO_SHARE * max(free - resident, 0), AUTO_MIN_GB * 2**30)
 
 
-def plan_device() -> torch.device:
-    """Where plan measures the memory free for fisher_memory_gb: auto: this machine's GPU, else its CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def plan_device(setting: str = "auto") -> torch.device:
+    """Where plan measures the memory free for fisher_memory_gb: auto: the recipe's `device` as the run
+    resolves it (runner_setup.resolve_device): auto is this machine's GPU, else its CPU."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if setting == "auto" else setting)
 
 
 def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: bool) -> dict:
