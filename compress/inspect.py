@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
-from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from compress.errors import UserError
+from compress.inspect_fold import fold, natural_width, with_note
 from compress.io_output import load_transformer, output_folder
 from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, _block_prefix, console, layer_rows, other_params,
                              output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table, to_json)
@@ -217,7 +216,7 @@ def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, 
     if not measured:
         return [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher)]
     whole = _layer_table(rows, title, BUDGET_COLUMNS + QUALITY_COLUMNS, None, teacher)
-    if _natural_width(whole) <= width:
+    if natural_width(whole) <= width:
         return [whole]
     return [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher),
             _layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS, width, teacher)]
@@ -229,10 +228,10 @@ def _layer_table(rows: list[dict], title: str, columns, width: int | None, teach
     table fits it (None: as they are)."""
     entries = _entries(rows, teacher)
     if width is None:
-        return _table(title, columns, [(_with_note(name, note, 1 << 16), r) for name, note, r in entries])
-    fixed = _natural_width(_table(title, columns, [("", r) for _, _, r in entries])) - len("layer")
+        return _table(title, columns, [(with_note(name, note, 1 << 16), r) for name, note, r in entries])
+    fixed = natural_width(_table(title, columns, [("", r) for _, _, r in entries])) - len("layer")
     room = max(width - fixed, 8)  # the layer column's share of the width
-    return _table(title, columns, [(_with_note(_fold(name, room), note, room), r) for name, note, r in entries])
+    return _table(title, columns, [(with_note(fold(name, room), note, room), r) for name, note, r in entries])
 
 
 def _entries(rows: list[dict], teacher: dict[str, str]) -> list[tuple[str, str, dict | None]]:
@@ -259,46 +258,6 @@ def _table(title: str, columns, entries: list[tuple[str, dict | None]]) -> Table
         else:
             table.add_row(name, *(cell(r) for _, _, cell in columns))
     return table
-
-
-def _with_note(name: str, note: str, room: int) -> str:
-    """A heading's (folded) name and its note: on the name's last line where that fits `room`, else
-    on a line of its own."""
-    if not note:
-        return name
-    last = name.rsplit("\n", 1)[-1]
-    return f"{name} {note}" if len(last) + 1 + len(note) <= room else f"{name}\n{note}"
-
-
-def _natural_width(table: Table) -> int:
-    return Measurement.get(console, console.options.update_width(1 << 16), table).maximum
-
-
-def _fold(name: str, width: int) -> str:
-    """`name` in lines of at most `width` characters, broken after a '.' (after a '_' within a part
-    longer than the width, mid-part only where that is longer still); continuation lines keep the
-    name's indent. A name that fits stays one line."""
-    if len(name) <= width:
-        return name
-    indent = name[:len(name) - len(name.lstrip())]
-    room = max(width - len(indent), 1)
-    lines, line = [], ""
-    for part in _parts(name.strip(), room):
-        if line and len(line) + len(part) > room:
-            lines.append(line)
-            line = ""
-        line += part
-    return "\n".join(indent + x for x in lines + [line])
-
-
-def _parts(name: str, room: int) -> list[str]:
-    """`name`'s pieces, each ending in a '.' (or the end); a piece wider than `room` split after its
-    '_'s, and a piece wider still in `room`-wide slices."""
-    parts = []
-    for piece in re.findall(r"[^.]+\.?|\.", name):
-        for sub in ([piece] if len(piece) <= room else re.findall(r"[^_]+_?|_", piece)):
-            parts += [sub[i:i + room] for i in range(0, len(sub), room)]
-    return parts
 
 
 def _print_optimality(rows: list[dict], report: dict | None = None) -> None:

@@ -354,6 +354,8 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
     checked before any weights load: it is there and is a teacher of the recipe's model family
     (from its config; with `hub`, a Hub id's is fetched, never its weights); and the prompt file
     the recipe names is there. Errors name the recipe's file:line where it gave the value."""
+    from compress.io_source_calib import check_prompt_file, warn_unused_calibration
+
     source = teacher or recipe.teacher
     src = checked(source, config, teacher_where(recipe, teacher), hub, None if teacher else Path(recipe.path).parent,
                   bool(getattr(recipe, "stream", False)))
@@ -365,49 +367,3 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
     check_prompt_file(recipe, source)
     warn_unused_calibration(recipe, source)
     return src
-
-
-PIPELINE_ONLY = ("prompts", "prompt_file", "pipeline", "sample_steps", "prompts_per_call", "guidance_scale",
-                 "height", "width")  # calibration keys a toy or synthetic source does not read
-
-
-def unused_calibration(calib, kind: str) -> list[tuple[str, str]]:
-    """(key, why) of calibration keys set away from their defaults that do nothing for a source of
-    `kind` (toy, synthetic, pipeline)."""
-    defaults = type(calib)()
-    if kind != "pipeline":
-        return [(k, f"only a pipeline source reads it; the {kind} source ignores it")
-                for k in PIPELINE_ONLY if getattr(calib, k) != getattr(defaults, k)]
-    if calib.timesteps > calib.sample_steps:
-        return [("timesteps", f"{calib.timesteps} timesteps of a {calib.sample_steps}-step sampler: only "
-                              f"{calib.sample_steps} are captured (raise calibration.sample_steps)")]
-    return []
-
-
-def warn_unused_calibration(recipe, source: str) -> None:
-    """A warning per calibration key that does nothing here (unused_calibration), at its line."""
-    from compress.inputs import source_kind
-    from compress.report import warn
-
-    calib = recipe.calibration
-    for key, why in unused_calibration(calib, source_kind(calib, source)):
-        where = recipe_where(recipe, f"calibration.{key}", getattr(calib, key))
-        warn(f"{where}: calibration.{key}: {why}")
-
-
-def check_prompt_file(recipe, source: str) -> None:
-    """A pipeline calibration's `prompt_file` is a file (taken from the recipe's folder); the
-    message names its line, the path looked for and that rule."""
-    from compress.inputs import source_kind
-
-    name = recipe.calibration.prompt_file
-    if not name or source_kind(recipe.calibration, source) != "pipeline":
-        return
-    path = Path(name).expanduser()
-    looked = Path(os.path.abspath(Path(recipe.path).parent / path))
-    if looked.is_file():
-        return
-    rule = "" if path.is_absolute() else " (a relative prompt_file is taken from the recipe's folder)"
-    what = "is a folder, not a file of prompts" if looked.is_dir() else "not found"
-    raise UserError(f"{recipe_where(recipe, 'calibration.prompt_file', name)}: calibration.prompt_file {name} "
-                    f"{what}: {looked}{rule}")

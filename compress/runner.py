@@ -7,7 +7,6 @@ output folder (written last, atomically): the DESIGN.md layout.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,22 +16,22 @@ from compress.arch import get_adapter
 from compress.calib_footprint import footprint
 from compress.errors import UserError
 from compress.inputs import check_pipeline_packages, input_source, moved, source_kind
-from compress.io_export import ranks_of, warn_if_beyond_export_range, warn_if_export_wider
+from compress.io_export import warn_if_beyond_export_range, warn_if_export_wider
 from compress.io_source import check_teacher_options, checked_sources
 from compress.passes import build_passes
 from compress.passes.base import RunContext, first_nonfinite, predictions
 from compress.plan import warn_if_beyond_memory
-from compress.recipe import Recipe, dump_recipe
+from compress.recipe import Recipe
 from compress.report import console, param_count
-from compress.report_card import model_card
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
-from compress.runner_folders import WRITTEN_BY, check_folders, check_run_folder, interrupt_note
+from compress.runner_folders import check_folders, check_run_folder, interrupt_note
+from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
 from compress.runner_ranks import (MainStopped, PeerLost, announce, hand_off, is_follower, is_main_process, leading,
                                    peer_lost, several_processes, wait_for_hand_off)
-from compress.runner_resume import (FINISHED, finished_and_reusable, fingerprint, resume_note, teacher_identity,
+from compress.runner_resume import (finished_and_reusable, fingerprint, resume_note, teacher_identity,
                                    weights_checksum)
 from compress.runner_setup import (DTYPES, check_reference, load_checked_teacher, resolve_device,
                                    sigterm_as_interrupt)
@@ -185,15 +184,9 @@ class Runner:
         told to --resume it) and said in one line; `run` returns (status 0): the output is there."""
         from compress.report import note
 
-        self._mark_finished(self.written)
+        mark_finished(self.run_dir, self.written)
         note(f"interrupted after the output was written: {self.written} is complete")
         return self.written
-
-    def _mark_finished(self, out: Path) -> None:
-        """stages/FINISHED: a run folder from now on started over without --resume."""
-        if is_main_process():
-            (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "stages" / FINISHED).write_text(json.dumps({**WRITTEN_BY, "out": str(out.resolve())}) + "\n")
 
     def _held_run(self) -> Path:
         from compress.runner_lock import hold_run, nested
@@ -218,7 +211,7 @@ class Runner:
                 if lost is not None:
                     raise lost from None
                 raise
-            self._mark_finished(out)
+            mark_finished(self.run_dir, out)
             return out
 
     def _leading(self, nested):
@@ -390,30 +383,14 @@ class Runner:
 
     def export(self, student, teacher_params: int) -> Path:
         from compress.report_card import wrote_words
-        from compress.report_teacher import chain_base_record
 
         if not is_main_process():  # rank 0 writes the output (the other ranks of a launch never get here)
             return self.out
-        recorded = {"teacher": self.identity["source"]}  # local paths absolute: eval, bench find it
-        if self.identity["config"]:
-            recorded["teacher_config"] = self.identity["config"]
-        if self.teacher_files:  # a local teacher's weight files (io_signature.teacher_signature)
-            recorded["teacher_files"] = self.teacher_files
-        report = dict(self.ctx.report, **recorded, teacher_params=teacher_params,
-                      student_params=param_count(student), version=compress.__version__)
-        base = chain_base_record(self.source)  # a teacher that is an output: the chain's first teacher
-        if base is not None:
-            report["base"] = base
-        if self.inputs_cache is not None:
-            report["inputs_cache"] = str(self.inputs_cache)  # eval reads the held-out inputs back
-        files = {"recipe.yaml": dump_recipe(self.recipe, self.prompts),
-                 "report.json": json.dumps(report, indent=2, default=str) + "\n",
-                 "README.md": model_card(self.recipe, report, ranks_of(student))}  # what the output holds
-        if self.ctx.block_map is not None:
-            files["block_map.json"] = json.dumps(self.ctx.block_map, indent=2) + "\n"
+        recorded = recorded_teacher(self)
+        report = output_report(self, student, teacher_params, recorded)
         extra = {**recorded, "block_map": self.ctx.block_map}
         out = self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
-                               extra=extra, files=files, overwrite=self.overwrite)
+                               extra=extra, files=output_files(self, student, report), overwrite=self.overwrite)
         self.written = out  # complete, in place
         console.print(f"[bold green]wrote[/] {out}  ({wrote_words(report, self.source)})")
         return out

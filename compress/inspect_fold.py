@@ -1,0 +1,51 @@
+"""Layer names folded to a table's width for `inspect`: broken after a '.' (after a '_' within a
+longer part), so no two look alike and none breaks mid-word; a block heading's note beside it."""
+
+from __future__ import annotations
+
+import re
+
+from rich.measure import Measurement
+from rich.table import Table
+
+from compress.report import console
+
+
+def with_note(name: str, note: str, room: int) -> str:
+    """A heading's (folded) name and its note: on the name's last line where that fits `room`, else
+    on a line of its own."""
+    if not note:
+        return name
+    last = name.rsplit("\n", 1)[-1]
+    return f"{name} {note}" if len(last) + 1 + len(note) <= room else f"{name}\n{note}"
+
+
+def natural_width(table: Table) -> int:
+    return Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+
+
+def fold(name: str, width: int) -> str:
+    """`name` in lines of at most `width` characters, broken after a '.' (after a '_' within a part
+    longer than the width, mid-part only where that is longer still); continuation lines keep the
+    name's indent. A name that fits stays one line."""
+    if len(name) <= width:
+        return name
+    indent = name[:len(name) - len(name.lstrip())]
+    room = max(width - len(indent), 1)
+    lines, line = [], ""
+    for part in _parts(name.strip(), room):
+        if line and len(line) + len(part) > room:
+            lines.append(line)
+            line = ""
+        line += part
+    return "\n".join(indent + x for x in lines + [line])
+
+
+def _parts(name: str, room: int) -> list[str]:
+    """`name`'s pieces, each ending in a '.' (or the end); a piece wider than `room` split after its
+    '_'s, and a piece wider still in `room`-wide slices."""
+    parts = []
+    for piece in re.findall(r"[^.]+\.?|\.", name):
+        for sub in ([piece] if len(piece) <= room else re.findall(r"[^_]+_?|_", piece)):
+            parts += [sub[i:i + room] for i in range(0, len(sub), room)]
+    return parts

@@ -1,0 +1,55 @@
+"""A recipe's calibration keys against its teacher source, before anything loads: the prompt file a
+pipeline calibration names is there; a warning per key the source does not read (io_source.checked_sources)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from compress.errors import UserError
+from compress.io_source import recipe_where
+
+PIPELINE_ONLY = ("prompts", "prompt_file", "pipeline", "sample_steps", "prompts_per_call", "guidance_scale",
+                 "height", "width")  # calibration keys a toy or synthetic source does not read
+
+
+def unused_calibration(calib, kind: str) -> list[tuple[str, str]]:
+    """(key, why) of calibration keys set away from their defaults that do nothing for a source of
+    `kind` (toy, synthetic, pipeline)."""
+    defaults = type(calib)()
+    if kind != "pipeline":
+        return [(k, f"only a pipeline source reads it; the {kind} source ignores it")
+                for k in PIPELINE_ONLY if getattr(calib, k) != getattr(defaults, k)]
+    if calib.timesteps > calib.sample_steps:
+        return [("timesteps", f"{calib.timesteps} timesteps of a {calib.sample_steps}-step sampler: only "
+                              f"{calib.sample_steps} are captured (raise calibration.sample_steps)")]
+    return []
+
+
+def warn_unused_calibration(recipe, source: str) -> None:
+    """A warning per calibration key that does nothing here (unused_calibration), at its line."""
+    from compress.inputs import source_kind
+    from compress.report import warn
+
+    calib = recipe.calibration
+    for key, why in unused_calibration(calib, source_kind(calib, source)):
+        where = recipe_where(recipe, f"calibration.{key}", getattr(calib, key))
+        warn(f"{where}: calibration.{key}: {why}")
+
+
+def check_prompt_file(recipe, source: str) -> None:
+    """A pipeline calibration's `prompt_file` is a file (taken from the recipe's folder); the
+    message names its line, the path looked for and that rule."""
+    from compress.inputs import source_kind
+
+    name = recipe.calibration.prompt_file
+    if not name or source_kind(recipe.calibration, source) != "pipeline":
+        return
+    path = Path(name).expanduser()
+    looked = Path(os.path.abspath(Path(recipe.path).parent / path))
+    if looked.is_file():
+        return
+    rule = "" if path.is_absolute() else " (a relative prompt_file is taken from the recipe's folder)"
+    what = "is a folder, not a file of prompts" if looked.is_dir() else "not found"
+    raise UserError(f"{recipe_where(recipe, 'calibration.prompt_file', name)}: calibration.prompt_file {name} "
+                    f"{what}: {looked}{rule}")

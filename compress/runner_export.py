@@ -1,0 +1,60 @@
+"""What rank 0 writes at the end of a run, as plain functions of its Runner: the output's files
+(report.json with the teacher it recorded, recipe.yaml, the model card, block_map.json) and the run
+folder's stages/FINISHED mark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import compress
+from compress.io_export import ranks_of
+from compress.recipe import dump_recipe
+from compress.report import param_count
+from compress.report_card import model_card
+from compress.runner_folders import WRITTEN_BY
+from compress.runner_ranks import is_main_process
+from compress.runner_resume import FINISHED
+
+
+def recorded_teacher(runner) -> dict:
+    """The teacher as the output records it (config.json and report.json): local paths absolute, so
+    eval and bench find it; its config and weight files where known."""
+    recorded = {"teacher": runner.identity["source"]}
+    if runner.identity["config"]:
+        recorded["teacher_config"] = runner.identity["config"]
+    if runner.teacher_files:  # a local teacher's weight files (io_signature.teacher_signature)
+        recorded["teacher_files"] = runner.teacher_files
+    return recorded
+
+
+def output_report(runner, student, teacher_params: int, recorded: dict) -> dict:
+    """report.json: the passes' records, the teacher, parameter counts, the chain's first teacher and
+    the sampled inputs' cache where there are."""
+    from compress.report_teacher import chain_base_record
+
+    report = dict(runner.ctx.report, **recorded, teacher_params=teacher_params,
+                  student_params=param_count(student), version=compress.__version__)
+    base = chain_base_record(runner.source)  # a teacher that is an output: the chain's first teacher
+    if base is not None:
+        report["base"] = base
+    if runner.inputs_cache is not None:
+        report["inputs_cache"] = str(runner.inputs_cache)  # eval reads the held-out inputs back
+    return report
+
+
+def output_files(runner, student, report: dict) -> dict[str, str]:
+    """The output's files beside its weights, by name: what the output holds."""
+    files = {"recipe.yaml": dump_recipe(runner.recipe, runner.prompts),
+             "report.json": json.dumps(report, indent=2, default=str) + "\n",
+             "README.md": model_card(runner.recipe, report, ranks_of(student))}
+    if runner.ctx.block_map is not None:
+        files["block_map.json"] = json.dumps(runner.ctx.block_map, indent=2) + "\n"
+    return files
+
+
+def mark_finished(run_dir: Path, out: Path) -> None:
+    """stages/FINISHED: a run folder from now on started over without --resume."""
+    if is_main_process():
+        (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+        (run_dir / "stages" / FINISHED).write_text(json.dumps({**WRITTEN_BY, "out": str(out.resolve())}) + "\n")
