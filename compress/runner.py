@@ -29,21 +29,19 @@ from compress.runner_folders import check_folders, check_run_folder, interrupt_n
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
-from compress.runner_ranks import (MainStopped, PeerLost, announce, hand_off, is_follower, is_main_process, leading,
-                                   peer_lost, several_processes, wait_for_hand_off)
-from compress.runner_resume import (finished_and_reusable, fingerprint, resume_note, teacher_identity,
-                                   weights_checksum)
+from compress.runner_stop_words import EXPORT, LOADING, disk_full, doing_words, kept_note, out_of_memory, peer_lost
+from compress.runner_ranks import (PeerLost, announce, hand_off, is_follower, is_main_process, leading,
+                                   several_processes, wait_for_hand_off)
+from compress.runner_ranks import peer_lost as peer_lost_in
+from compress.runner_resume import finished_and_reusable, fingerprint, teacher_identity, weights_checksum
 from compress.runner_setup import (DTYPES, check_reference, load_checked_teacher, resolve_device,
                                    sigterm_as_interrupt)
 from compress.runner_stages import (check_kept, check_stage, handed_over, restore, resumable, save_stage,
                                    say_read_back, stage_dir)
-from compress.runner_failures import (HELDOUT, DiskFull, OutOfMemory, disk_full_line, disk_full_words, is_out_of_memory,
-                                      memory_hints, memory_in_words)
+from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
 from compress.runner_stream import (check_streaming, models_for, streamed_weights, warn_if_activations_too_big,
                                     warn_if_streamed_too_big)
 from compress.stream_files import WeightsChanged
-
-EXPORT = "the export"  # `Runner.doing` while rank 0 writes the output (a full disk there names --out)
 
 
 class Runner:
@@ -91,7 +89,7 @@ class Runner:
         src = checked_sources(self.recipe, self.teacher_arg, self.teacher_config)
         warn_if_beyond_memory(self.recipe, src, self.passes)  # warns only: an estimate
         warn_if_export_wider(self.recipe, src)  # plan's warning (its make_plan above is quiet)
-        self.doing = "loading the teacher"
+        self.doing = LOADING
         self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg, self.teacher_config,
                                                          self.models, sources=src)  # finite, checked
         warn_if_beyond_export_range(self.teacher, self.recipe.export.dtype)
@@ -200,11 +198,12 @@ class Runner:
                 if isinstance(e, WeightsChanged):  # the work so far is kept: say so, as for a full disk
                     raise WeightsChanged(f"{self._doing_words()}: {e}{self._kept()}") from None
                 if is_out_of_memory(e):
-                    raise self._out_of_memory(e) from None
+                    raise out_of_memory(e, self.recipe, getattr(self, "passes", []), self.doing, self._kept()) from None
                 if disk_full_words(e) is not None:
-                    raise self._disk_full(e) from None
-                if several_processes() and peer_lost(e):
-                    raise self._peer_lost() from None
+                    raise disk_full(e, self.recipe, self.doing, self.out, self.run_dir, self._kept()) from None
+                if several_processes() and peer_lost_in(e):
+                    lost = ended(self.run_dir, self.followed)
+                    raise peer_lost(lost, self.recipe, self.doing, is_follower(), self._kept()) from None
                 raise
             except KeyboardInterrupt:  # a stop signal: the launcher's, where a follower ended first?
                 lost = self._follower_ended()
@@ -304,46 +303,15 @@ class Runner:
             return None
         return PeerLost(f"{self._doing_words()}: {lost}{self.interrupt_note()}")
 
-    def _out_of_memory(self, e: BaseException) -> OutOfMemory:
-        """One line: what ran out of which memory, what to change in the recipe, and what the run
-        folder keeps for --resume."""
-        hints = memory_hints(self.recipe, getattr(self, "passes", []), self.doing)
-        return OutOfMemory(f"{self._doing_words()} ran out of {memory_in_words(e)}; try {hints}{self._kept()}")
-
-    def _disk_full(self, e: BaseException) -> DiskFull:
-        """One line: where a write failed (the file, else the output or run folder) and why, during
-        what, and what the run folder keeps for --resume."""
-        export = self.doing == EXPORT
-        folder, flag = (Path(self.out).absolute(), "--out") if export else (self.run_dir, "--run-dir")
-        return DiskFull(disk_full_line(e, self._doing_words(), folder, flag) + self._kept())
-
-    def _peer_lost(self) -> UserError:
-        """One line where a collective failed because another process of the launch ended: who (a
-        follower that said why, was interrupted or killed; a follower's rank 0, `runner_answers.ended`)
-        and what the run folder keeps for --resume; MainStopped where rank 0 stopped (it says why)."""
-        lost = ended(self.run_dir, self.followed)
-        if isinstance(lost, MainStopped):  # this rank says nothing (cli)
-            return lost
-        # a follower's words say what to do; rank 0's run folder says what it keeps
-        again = "" if is_follower() else self._kept() or "; start the launch again with --resume"
-        return PeerLost(f"{self._doing_words()}: {lost}{again}")
-
     def _doing_words(self) -> str:
         """The recipe line and pass running now ('r.yaml:12: pass 2/3 (svd)'), or the phase."""
-        r, i = self.recipe, self.doing
-        if isinstance(i, int):
-            return f"{r.path}:{r.passes[i].line}: pass {i + 1}/{len(r.passes)} ({r.passes[i].name})"
-        return f"{r.path}: {i or 'the run'}"
+        return doing_words(self.recipe, self.doing)
 
     def _kept(self) -> str:
         """'; RUN_DIR keeps its work (...): rerun with --resume' where this run's work is there."""
-        # before restore (runner_stages), what the run folder holds is not this run's (unless it resumes it)
-        fresh = self.doing in (None, "loading the teacher") and not self.resume
-        if fresh or not is_main_process():
-            return ""
-        calls = getattr(self, "sampled_calls", None)  # as interrupt_note: what a rerun reads back
-        return resume_note(self.run_dir, self.recipe, getattr(self, "passes", []),
-                           getattr(getattr(self, "ctx", None), "fingerprint", None), calls() if calls else None)
+        return kept_note(self.run_dir, self.recipe, getattr(self, "passes", []), self.doing, self.resume,
+                         is_main_process(), getattr(getattr(self, "ctx", None), "fingerprint", None),
+                         getattr(self, "sampled_calls", None))  # as interrupt_note: what a rerun reads back
 
     def _stage(self, i: int, student, reference, heldout, teacher_params: int):
         """Pass i, its stage checkpoint, then its held-out error (printed and reported, and written to
