@@ -1,13 +1,16 @@
 """Hub access for teachers: a Hub id's transformer folder fetched (`hub_folder`: its config first,
 then the weight files of the one variant from_pretrained would read), its config.json alone
 (`hub_config_file`, for checks before any download; `cached_config` from the cache alone), the
-repo's file list, and one-line errors for failed fetches with huggingface_hub's retry warnings kept
+repo's file list, the cache's copy of a repo (`cached_snapshot`, the one rule outputs and LoRAs
+use too; `uncached` says what it holds otherwise), and one-line errors for failed fetches with huggingface_hub's retry warnings kept
 quiet (`quiet_hub`, `hub_error`). io's `load_teacher` loads the folder `hub_folder` returns as a
 local one.
 
 The Hugging Face cache answers offline (HF_HUB_OFFLINE) and, for a repo it holds, where one
-request without retries finds the Hub unreachable (`hub_unreachable`): then no other Hub call is
-made in that load (huggingface_hub retries a file list for about 23 s without network).
+request without retries finds the Hub unreachable (`hub_head`): then no other Hub call is made in
+that load (huggingface_hub retries a file list for about 23 s without network). Where the Hub
+answers, that request's commit pins the load: a config or weights the cache holds of it are not
+asked for again.
 """
 
 from __future__ import annotations
@@ -29,16 +32,18 @@ def hub_folder(repo_id: str) -> Path:
     of the one variant from_pretrained would read of it (variant_of, as for a local folder), not
     the other variants' nor the pipeline's other components. The class is checked before any
     weights download. From the cache (the cached snapshot's folder, nothing fetched) where
-    hub_config says why the Hub is not asked, or where the Hub's file list fails."""
+    hub_config says why the Hub is not asked, or where the Hub's file list fails; online, the files
+    of the commit the config came from (pinned), and nothing fetched where its cached snapshot holds them."""
     from huggingface_hub import snapshot_download
 
     cfg, sub, why = hub_config(repo_id)
     model_class(read_config(cfg).get("_class_name", "<missing _class_name>"))
     where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
+    pin = pinned(cfg)
     names = None
     if why is None:
         try:
-            names = repo_names(repo_id, sub)
+            names = repo_names(repo_id, sub, **pin)
         except Exception as e:  # noqa: BLE001 - as hf_hub_download, the cache answers then
             why = f"the Hub's file list failed: {cause_line(e)}"
     if names is None:
@@ -49,11 +54,11 @@ def hub_folder(repo_id: str) -> Path:
             raise UserError(f"the Hugging Face cache holds no weights of {where} beside its config.json ({why}): "
                             "fetch it once online, or pass a local folder or file")
         raise UserError(f"{where} holds no {WEIGHTS} (nor its shards, a variant's or .bin ones) beside its config.json")
-    if why is not None:
+    if why is not None or (pin and all((cfg.parent / n).is_file() for n in wanted)):
         return cfg.parent  # the cached snapshot: a missing shard is said as it loads (io.not_loaded)
     try:
         with quiet_hub():
-            root = Path(snapshot_download(repo_id, allow_patterns=[sub + n for n in ["config.json", *wanted]]))
+            root = Path(snapshot_download(repo_id, allow_patterns=[sub + n for n in ["config.json", *wanted]], **pin))
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
         raise hub_error(repo_id, e, "a local folder or file") from None
     return root / sub
@@ -69,27 +74,33 @@ def hub_config_file(repo_id: str) -> tuple[Path, str]:
 
 def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
     """hub_config_file, and why it came from the cache without asking the Hub (None where the Hub
-    answered): offline, or the Hub unreachable for a repo the cache holds (noted once)."""
+    answered): offline, or the Hub unreachable for a repo the cache holds (noted once). Online, one
+    request (hub_head) says both whether the Hub answers and the commit main is at: where the
+    cache's main is that commit, its config.json is used as it is, else fetched."""
     check_hub_id(repo_id)
     found = cached_config(repo_id)
     if offline():
         if found is None:
             raise not_cached(repo_id)
         return (*found, OFFLINE)
-    if found is not None and (cause := hub_unreachable(repo_id, found[1] + "config.json")) is not None:
+    cause, commit = hub_head(repo_id, (found[1] if found else "") + "config.json")
+    if found is not None and cause is not None:
         why = f"the Hugging Face Hub cannot be reached: {cause}"
         note_once(f"'{repo_id}' is read from the Hugging Face cache {hub_cache()} ({why}); "
                   "set HF_HUB_OFFLINE=1 to skip the Hub")
         return (*found, why)
-    if found is None and (cause := hub_unreachable(repo_id, "config.json")) is not None:
+    if found is None and cause is not None:
         raise UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({cause}), and the Hugging Face cache "
-                        f"{hub_cache()} (HF_HUB_CACHE, else HF_HOME/hub) does not hold it; pass a local folder or file, "
-                        "or check your network")  # at once, not after huggingface_hub's ~23 s of retries
+                        f"{hub_cache()} (HF_HUB_CACHE, else HF_HOME/hub) holds {uncached(repo_id)}; pass a local "
+                        "folder or file, or check your network")  # at once, not after huggingface_hub's ~23 s of retries
+    if found is not None and commit is not None and pinned(found[0]) == {"revision": commit}:
+        return (*found, None)  # the cache's main is the Hub's: its config is not asked for again
     return (*fetch_config(repo_id), None)
 
 
 def fetch_config(repo_id: str) -> tuple[Path, str]:
-    """hub_config_file from the Hub (hf_hub_download, which falls back to the cache on its own)."""
+    """hub_config_file from the Hub (hf_hub_download, which falls back to the cache on its own and
+    moves the cache's refs/main to the commit it fetched)."""
     from huggingface_hub import hf_hub_download
 
     errors = []
@@ -107,31 +118,43 @@ def fetch_config(repo_id: str) -> tuple[Path, str]:
     raise hub_error(repo_id, next((e for e in errors if not not_in_repo(e)), errors[0]), "a local folder or file")
 
 
-def cached_config(repo_id: str) -> tuple[Path, str] | None:
+def cached_config(repo_id: str, revision: str | None = None) -> tuple[Path, str] | None:
     """(the cached transformer config.json of a Hub repo, its folder in the repo), as
-    hub_config_file finds it (transformer/ first), from the Hugging Face cache alone; None where
-    the cache holds neither (no request is made)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for sub in SUBS:
-        found = try_to_load_from_cache(repo_id, sub + "config.json")
-        if isinstance(found, str):  # not None, nor the cache's note that the repo lacks it
-            return Path(found), sub
+    hub_config_file finds it (transformer/ first), in its cached_snapshot; None where the cache
+    holds neither (no request is made)."""
+    snapshot = cached_snapshot(repo_id, revision)
+    for sub in SUBS if snapshot is not None else ():
+        if (snapshot / sub / "config.json").is_file():
+            return snapshot / sub / "config.json", sub
     return None
 
 
-def hub_unreachable(repo_id: str, name: str) -> str | None:
-    """Why the Hub cannot be reached ('ConnectError: …'), from one request for the repo's file
-    `name` without huggingface_hub's retries; None where the Hub answers (with an error too: the
-    fetch says it then)."""
+def hub_head(repo_id: str, name: str) -> tuple[str | None, str | None]:
+    """One request for the repo's file `name` without huggingface_hub's retries: (why the Hub cannot
+    be reached ('ConnectError: …'), None) where it cannot; else (None, the commit of main where the
+    answer names it: a repo without `name` answers 404 with it too; an error of the repo or the
+    user's access is said by the fetch that follows)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     try:
         with quiet_hub():
-            get_hf_file_metadata(hf_hub_url(repo_id, name))
+            answer = get_hf_file_metadata(hf_hub_url(repo_id, name))
     except Exception as e:  # noqa: BLE001 - the transport's errors vary with huggingface_hub's version
-        return cause_line(e) if unreachable(e) else None
-    return None
+        if unreachable(e):
+            return cause_line(e), None
+        headers = getattr(getattr(e, "response", None), "headers", None) or {}
+        return None, headers.get("X-Repo-Commit")
+    return None, getattr(answer, "commit_hash", None)
+
+
+def pinned(config: Path) -> dict:
+    """{'revision': COMMIT} where `config` (hub_config's) is in the cache's snapshot of COMMIT, so the
+    repo's list and files come from the commit its config did; else {} (main, as the Hub has it then)."""
+    try:
+        parts = config.relative_to(hub_cache()).parts  # models--ORG--NAME, snapshots, COMMIT, …
+    except ValueError:
+        return {}
+    return {"revision": parts[2]} if len(parts) > 3 and parts[1] == "snapshots" else {}
 
 
 def unreachable(e: Exception) -> bool:
@@ -166,12 +189,12 @@ def not_in_repo(e: Exception) -> bool:
     return isinstance(e, RemoteEntryNotFoundError) or (isinstance(e, LocalEntryNotFoundError) and offline())
 
 
-def repo_names(repo_id: str, sub: str) -> list[str]:
-    """The names of the files in the repo folder `sub`, from the Hub's list."""
+def repo_names(repo_id: str, sub: str, **revision) -> list[str]:
+    """The names of the files in the repo folder `sub`, from the Hub's list (of `revision`, where given)."""
     from huggingface_hub import HfApi
 
     with quiet_hub():
-        files = HfApi().list_repo_files(repo_id)
+        files = HfApi().list_repo_files(repo_id, **revision)
     return [f[len(sub):] for f in files if f.startswith(sub) and "/" not in f[len(sub):]]
 
 
@@ -213,11 +236,62 @@ def check_hub_id(repo_id: str) -> None:
 def not_cached(repo_id: str) -> UserError:
     """The error for a Hub id the cache lacks offline: the cache folder looked in, and what of the
     repo it holds."""
-    held = (Path(hub_cache()) / f"models--{repo_id.replace('/', '--')}").is_dir()
-    what = "a copy of it without transformer/config.json or config.json" if held else "no copy of it"
+    held = "a copy of it without transformer/config.json or config.json" if cached_snapshot(repo_id) else \
+        uncached(repo_id)
     return UserError(f"cannot fetch '{repo_id}' offline (HF_HUB_OFFLINE), and the Hugging Face cache {hub_cache()} "
-                     f"(HF_HUB_CACHE, else HF_HOME/hub) holds {what}: check the id, fetch it once online, or pass "
+                     f"(HF_HUB_CACHE, else HF_HOME/hub) holds {held}: check the id, fetch it once online, or pass "
                      "a local folder or file")
+
+
+def pipeline_keywords(source: str, what: str) -> dict:
+    """diffusers' from_pretrained keywords for the pipeline `source` (`what`: 'base pipeline'): a Hub
+    id offline is read from its cached_snapshot with local_files_only (diffusers otherwise says it
+    "couldn't connect to the Hub" though offline was asked for); one the cache lacks is a UserError
+    naming the cache (was diffusers' many-line 'not fully cached locally'). {} otherwise."""
+    from compress.io import looks_local
+
+    if not offline() or looks_local(source) or id_problem(source) is not None:
+        return {}
+    if cached_snapshot(source) is None:
+        raise UserError(f"cannot load {what} '{source}' offline (HF_HUB_OFFLINE): the Hugging Face cache {hub_cache()} "
+                        f"(HF_HUB_CACHE, else HF_HOME/hub) holds {uncached(source)}; check the id, fetch it once "
+                        "online, or pass a local pipeline folder")
+    return {"local_files_only": True}
+
+
+# ---- the Hugging Face cache: one rule for teachers, outputs and LoRAs ---------------------------
+def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The folder of a Hub repo's copy in the Hugging Face cache, as huggingface_hub finds it offline:
+    the snapshot of the commit refs/<revision> names (default main; a commit names itself); None
+    where the cache holds none, or `repo_id` is no Hub id. Nothing is asked of the Hub."""
+    if id_problem(repo_id) is not None:
+        return None
+    repo = cache_folder(repo_id)
+    ref = repo / "refs" / (revision or "main")
+    snapshot = repo / "snapshots" / (ref.read_text().strip() if ref.is_file() else revision or "main")
+    return snapshot if snapshot.is_dir() else None
+
+
+def cache_folder(repo_id: str) -> Path:
+    """Where the Hugging Face cache keeps a model repo (models--ORG--NAME)."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(hub_cache()) / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def uncached(repo_id: str) -> str:
+    """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: 'no copy of
+    it', or the snapshots of other revisions it holds (`hf download --revision` writes no refs/main),
+    which load as local folders."""
+    repo = cache_folder(repo_id) if id_problem(repo_id) is None else None
+    snapshots = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()) if repo is not None else []
+    if not snapshots:
+        return "no copy of it"
+    refs = {f.read_text().strip(): f.relative_to(repo / "refs").as_posix()
+            for f in (repo / "refs").rglob("*") if f.is_file()}
+    named = [f"{p} ({refs[p.name]})" if p.name in refs else str(p) for p in snapshots]
+    return (f"no copy of its main revision, only {'the snapshot' if len(named) == 1 else 'the snapshots'} "
+            f"{', '.join(named[:2])}{' …' if len(named) > 2 else ''} (pass a snapshot folder as a local one)")
 
 
 @contextlib.contextmanager

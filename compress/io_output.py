@@ -39,23 +39,24 @@ def output_folder(out) -> Path:
 
 def hub_output(source, what: str) -> UserError | None:
     """The error for a Hub id (ORG/NAME, not there as a path) given to `what` (load_transformer, eval),
-    which take a local output folder: where the Hugging Face cache holds it, the folder to pass (its
-    snapshot's, or that it is no output); else how to download it. None for a path."""
+    which take a local output folder: where the Hugging Face cache holds it (io_hub.cached_snapshot,
+    as for a teacher), the folder to pass (its snapshot's, or that it is no output); else what the
+    cache holds of it and how to download it. None for a path."""
     from compress.io import looks_local
+    from compress.io_hub import cached_snapshot, uncached
 
     if not isinstance(source, str) or looks_local(source) or source.startswith("toy:"):
         return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        cached = output_folder(snapshot_download(source, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached, or no valid id
-        return UserError(f"{source}: {what} takes a local dit-compress output folder, not a Hub id; download it "
-                         f"first (hf download {source} --local-dir DIR) and give DIR")
+    said = f"{source}: {what} takes a local dit-compress output folder, not a Hub id"
+    snapshot = cached_snapshot(source)
+    if snapshot is None:
+        held = uncached(source)
+        held = "" if held == "no copy of it" else f"; the Hugging Face cache holds {held}"
+        return UserError(f"{said}{held}; download it first (hf download {source} --local-dir DIR) and give DIR")
+    cached = output_folder(snapshot)
     held = f"give {cached}" if is_output(cached) else f"at {cached}, which is no dit-compress output (its " \
         "config.json has no compression section)"
-    return UserError(f"{source}: {what} takes a local dit-compress output folder, not a Hub id; the Hugging Face "
-                     f"cache holds it: {held}")
+    return UserError(f"{said}; the Hugging Face cache holds it: {held}")
 
 
 def weight_files(out, variant: str | None = None) -> list[Path]:

@@ -137,7 +137,7 @@ def hub_lora(lora: str) -> Path | None:
     is not known (nothing cached: diffusers guesses it online); offline, that is a UserError."""
     from huggingface_hub import hf_hub_download
 
-    from compress.io_hub import hub_error, offline, quiet_hub
+    from compress.io_hub import cached_snapshot, hub_cache, hub_error, offline, quiet_hub, uncached
 
     parts = lora.split("/")
     named = len(parts) > 2 and lora.endswith(".safetensors")
@@ -149,8 +149,10 @@ def hub_lora(lora: str) -> Path | None:
         name = cached
     if name is None:
         if offline() and len(parts) == 2:
+            held = uncached(repo_id)  # other revisions' snapshots are named
+            held = "no LoRA file of it" if cached_snapshot(repo_id) or held == "no copy of it" else held
             raise UserError(f"{lora}: cannot fetch it from the Hugging Face Hub offline (HF_HUB_OFFLINE), and the "
-                            f"Hugging Face cache ({_cache_dir()}) holds no LoRA file of it: fetch it once online, "
+                            f"Hugging Face cache ({hub_cache()}) holds {held}: fetch it once online, "
                             "or give a local .safetensors file")
         return None
     try:
@@ -164,11 +166,10 @@ def cached_lora(repo_id: str) -> str | Path | None:
     """What the Hugging Face cache holds of the Hub LoRA `repo_id`: the name of its one LoRA file (as
     diffusers guesses it: diffusers' own name first; no scheduler, optimizer or checkpoint file), the
     cached snapshot folder of a peft adapter, or None (not cached). Several files: a UserError."""
-    from huggingface_hub import snapshot_download
+    from compress.io_hub import cached_snapshot
 
-    try:
-        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached (or not a valid id: diffusers says so)
+    snapshot = cached_snapshot(repo_id)  # as a teacher's: refs/main's (not a valid id: diffusers says so)
+    if snapshot is None:
         return None
     if (snapshot / "adapter_config.json").is_file() and (snapshot / "adapter_model.safetensors").is_file():
         return snapshot
@@ -180,12 +181,6 @@ def cached_lora(repo_id: str) -> str | Path | None:
                         f"({', '.join(found[:4])}{' …' if len(found) > 4 else ''}): name the LoRA's, as "
                         f"{repo_id}/{found[0]}")
     return found[0] if found else None
-
-
-def _cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
 
 
 def _flux_reader(lora, path: Path | None, held=None):

@@ -19,9 +19,9 @@ FLUX_TINY = dict(patch_size=1, in_channels=8, num_layers=2, num_single_layers=3,
 
 @pytest.fixture(autouse=True)
 def _the_hub_answers(monkeypatch):
-    """Tests fake the Hub's downloads; its reachability check (io_hub.hub_unreachable, one request
-    before a Hub id the cache lacks is fetched) answers too, as on a machine with a network; a test
-    of no network replaces it. No test reaches the real Hub."""
+    """Tests fake the Hub's downloads; its reachability check (io_hub.hub_head, one request before a
+    Hub id is fetched) answers too, as on a machine with a network, naming no commit (the cache's is
+    then not taken as the Hub's); a test of no network replaces it. No test reaches the real Hub."""
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, **k: object())

@@ -292,7 +292,7 @@ def test_a_hub_id_the_cache_lacks_fails_at_once_when_the_hub_cannot_be_reached(t
     assert len(asked) == 1
     assert str(e.value) == ("cannot fetch 'acme/cahced' from the Hugging Face Hub (ConnectError: [Errno -3] Temporary "
                             f"failure in name resolution), and the Hugging Face cache {tmp_path / 'hub'} (HF_HUB_CACHE, "
-                            "else HF_HOME/hub) does not hold it; pass a local folder or file, or check your network")
+                            "else HF_HOME/hub) holds no copy of it; pass a local folder or file, or check your network")
 
 
 def tiny_pixart_folder(tmp_path):
