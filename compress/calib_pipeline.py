@@ -27,12 +27,13 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
     from diffusers import DiffusionPipeline
 
     from compress.io import pipeline_dtype
-    from compress.io_hub import quiet_hub
+    from compress.io_hub import pipeline_keywords, quiet_hub
 
+    cached = pipeline_keywords(source, "calibration pipeline")  # offline: a Hub id from the cache
     try:
         with quiet_hub():  # a Hub id: no retry warnings, the error says why
             pipe = DiffusionPipeline.from_pretrained(os.path.expanduser(source), transformer=teacher,  # ~/pipe
-                                                     **pipeline_dtype(teacher.dtype))
+                                                     **pipeline_dtype(teacher.dtype), **cached)
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
         raise UserError(f"cannot load calibration pipeline '{source}': "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -49,14 +49,15 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     from compress.arch import get_adapter
     from compress.calib_pipeline import need_transformers
     from compress.io import pipeline_dtype
-    from compress.io_hub import quiet_hub
+    from compress.io_hub import pipeline_keywords, quiet_hub
 
     need_transformers(get_adapter(transformer).family, f"the base pipeline '{base}'")
+    cached = pipeline_keywords(base, "base pipeline")  # offline: a Hub id from the cache, said where it lacks it
     try:
         with quiet_hub():  # a Hub id: no retry warnings, the error says why
             _check_base(transformer, base)
             pipe = DiffusionPipeline.from_pretrained(os.path.expanduser(base), transformer=transformer,
-                                                     **pipeline_dtype(dtype or transformer.dtype))
+                                                     **pipeline_dtype(dtype or transformer.dtype), **cached)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None
     except AttributeError as e:  # diffusers' getattr of the pipeline class model_index.json names

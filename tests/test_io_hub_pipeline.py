@@ -1,0 +1,65 @@
+"""A Hub id as a pipeline (load_pipeline's base, calibration's pipeline) offline: read from the
+Hugging Face cache without diffusers' "couldn't connect" warning, and one the cache lacks said in
+one line naming the cache (io_hub.pipeline_keywords)."""
+
+from __future__ import annotations
+
+import pytest
+
+from compress import load_pipeline
+from compress.errors import UserError
+from tests.conftest import diffusers_log
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    from tests.pipelines import pixart_pipeline
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return pixart_pipeline(root / "pipe")
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch, pipe):
+    """`pipe` cached as acme/pix, HF_HUB_OFFLINE set; a compressed output of its transformer."""
+    from diffusers import PixArtTransformer2DModel
+    from huggingface_hub import constants
+
+    from compress import save_compressed
+    from tests.conftest import factorize
+    from tests.pipelines import hub_cache
+
+    hub_cache(tmp_path / "hub", "acme/pix", pipe)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    model = PixArtTransformer2DModel.from_pretrained(pipe / "transformer")
+    return save_compressed(factorize(model, ["transformer_blocks.0.ff.net.2"], 2), tmp_path / "out",
+                           extra={"teacher": "acme/pix"})
+
+
+def test_a_cached_hub_base_loads_offline_without_a_could_not_connect_warning(offline_cache):
+    """diffusers logged "Couldn't connect to the Hub: … offline mode is enabled … Will try to load
+    from local cache." for a base the user had asked to read offline."""
+    with diffusers_log() as logged:
+        pipeline = load_pipeline(offline_cache)
+    assert type(pipeline).__name__ == "PixArtSigmaPipeline"
+    assert not [line for line in logged if "connect" in line], logged
+
+
+def test_an_uncached_hub_pipeline_offline_is_one_line_naming_the_cache(offline_cache, tmp_path):
+    """Was "cannot load base pipeline 'acme/pxi': Cannot load model acme/pxi: the model is not fully
+    cached locally (Cannot find an appropriate cached snapshot folder … pass 'local_files_only=False'
+    …) … Please check out the root cause in the stacktrace above."."""
+    from compress.calib_pipeline import load_pipeline_for
+    from compress.io_output import load_transformer
+
+    cache = f"the Hugging Face cache {tmp_path / 'hub'} \\(HF_HUB_CACHE, else HF_HOME/hub\\) holds no copy of it"
+    with pytest.raises(UserError, match=rf"^cannot load base pipeline 'acme/pxi' offline \(HF_HUB_OFFLINE\): {cache}; "
+                                        r"check the id, fetch it once online, or pass a local pipeline folder$"):
+        load_pipeline(offline_cache, base="acme/pxi")
+    with pytest.raises(UserError, match=rf"^cannot load calibration pipeline 'acme/pxi' offline \(HF_HUB_OFFLINE\): "
+                                        rf"{cache}; "):
+        load_pipeline_for(load_transformer(offline_cache), "acme/pxi")
