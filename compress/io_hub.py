@@ -286,12 +286,22 @@ def uncached(repo_id: str) -> str:
     repo = cache_folder(repo_id) if id_problem(repo_id) is None else None
     snapshots = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()) if repo is not None else []
     if not snapshots:
-        return "no copy of it"
+        return "no copy of it" + other_spelling(repo)
     refs = {f.read_text().strip(): f.relative_to(repo / "refs").as_posix()
             for f in (repo / "refs").rglob("*") if f.is_file()}
     named = [f"{p} ({refs[p.name]})" if p.name in refs else str(p) for p in snapshots]
     return (f"no copy of its main revision, only {'the snapshot' if len(named) == 1 else 'the snapshots'} "
             f"{', '.join(named[:2])}{' …' if len(named) > 2 else ''} (pass a snapshot folder as a local one)")
+
+
+def other_spelling(repo: Path | None) -> str:
+    """' (it holds ORG/NAME, spelt otherwise: give that id)' where the cache holds the repo folder
+    `repo` in other letter cases (the Hub finds an id in any case, the cache only in the one downloaded)."""
+    if repo is None or not repo.parent.is_dir():
+        return ""
+    other = next((f.name for f in sorted(repo.parent.iterdir()) if f.name.lower() == repo.name.lower()
+                  and f.name != repo.name and (f / "snapshots").is_dir()), None)
+    return "" if other is None else f" (it holds {'/'.join(other.split('--')[1:])}, spelt otherwise: give that id)"
 
 
 @contextlib.contextmanager

@@ -140,7 +140,7 @@ def test_a_snapshot_of_another_revision_is_named_by_teachers_outputs_and_loras_a
     said = {  # each caller: what it says
         lambda: load_teacher("acme/pix"): rf"^cannot fetch 'acme/pix' offline \(HF_HUB_OFFLINE\), and the Hugging "
                                           rf"Face cache \S+ \(HF_HUB_CACHE, else HF_HOME/hub\) holds {pix}",
-        lambda: checked("acme/pix", hub=False).config(): rf"the cache holds {pix}; pass --teacher-config",
+        lambda: checked("acme/pix", hub=False).config: rf"the cache holds {pix}; pass --teacher-config",
         lambda: load_transformer("acme/out"): rf"^acme/out: load_transformer takes a local dit-compress output "
                                               rf"folder, not a Hub id; the Hugging Face cache holds {out_held}; download",
         lambda: hub_lora("acme/pix"): rf"^acme/pix: cannot fetch it from the Hugging Face Hub offline "
@@ -175,3 +175,16 @@ def test_the_snapshot_refs_main_names_is_the_one_teachers_and_outputs_read(tmp_p
         load_transformer("acme/out")
     assert cached_config("acme/out") == (repo / "snapshots" / NEWER / "config.json", "")
     assert cached_snapshot("acme/pxi") is None and cached_snapshot("acme/out@v1") is None
+
+
+def test_a_hub_id_spelt_in_other_letters_than_the_cache_holds_is_named(tmp_path, monkeypatch):
+    """The Hub finds ACME/PIX as acme/pix; the cache only in the letters it was downloaded with:
+    offline, 'holds no copy of it' said nothing of the copy it holds."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", tiny_pixart()))
+    with pytest.raises(UserError, match=r"holds no copy of it \(it holds acme/pix, spelt otherwise: give that id\): "):
+        load_teacher("ACME/Pix")
+    with pytest.raises(UserError, match=r"holds no copy of it: "):
+        load_teacher("acme/pixx")
