@@ -118,6 +118,7 @@ def _finish(runner, j: int, state: dict):
     student = restore_student(runner.run_dir, runner.models)
     save_stage(runner, j, student, record=False)  # the record stays until the stage is complete
     runner.student_stage = stage_dir(runner, j)
+    runner.stage_finished = j  # written now: its held-out check never began (check_kept)
     return j + 1, student
 
 
@@ -268,15 +269,25 @@ def check_stage(runner, student, record: dict, reference, heldout, teacher_param
 
 
 def check_kept(runner, start: int, student, reference, heldout, teacher_params: int) -> None:
-    """A resumed run whose last kept pass was stopped during its held-out check (Runner._stage): its
+    """A resumed run whose last kept pass was stopped before its held-out error was measured (during
+    its held-out check, Runner._stage, or while its streamed stage was written, `_finish`): its
     error measured now, on the restored student."""
     record = (runner.ctx.report.get("stages") or [{}])[-1]
     if start == 0 or "relative_error" not in record or record["relative_error"] is not None:
         return
     runner.doing = start - 1
-    console.print(f"  pass {start}/{len(runner.passes)} ({record['pass']}, kept) was stopped during its "
-                  "held-out check: measuring it now", highlight=False)
+    written = getattr(runner, "stage_finished", None) == start - 1
+    console.print(f"  {unmeasured_in_words(start, len(runner.passes), record['pass'], written)}", highlight=False)
     check_stage(runner, student, record, reference, heldout, teacher_params)
+
+
+def unmeasured_in_words(done: int, total: int, name: str, written: bool) -> str:
+    """What --resume says of kept pass `done` (of `total`, from 1) whose held-out error it measures:
+    the run stopped during that check, or (`written`) while the pass's stage was being written, which
+    --resume has just finished, before the check began."""
+    when = ("while its stage was being written, before its held-out check" if written
+            else "during its held-out check")
+    return f"pass {done}/{total} ({name}, kept) was stopped {when}: measuring it now"
 
 
 def handed_over(runner, stage: str | None):

@@ -74,6 +74,10 @@ def test_an_interrupt_while_a_streamed_stage_is_written_is_finished_not_redone(t
     assert f"resuming after pass {done}/{total} ({stage[2:]}), whose stage was being written when the run stopped: " \
            f"it is written from what the pass left in {run_dir / 'stream'}, without running the pass again" \
            in said.replace("\n", " ")
+    # its held-out error, never measured, is measured now: said as what happened, not as a stop during that check
+    assert f"pass {done}/{total} ({stage[2:]}, kept) was stopped while its stage was being written, before its " \
+           "held-out check: measuring it now" in said.replace("\n", " ")
+    assert "during its held-out check" not in said.replace("\n", " ")
     a, b = load_transformer(whole).state_dict(), load_transformer(out).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = (json.loads((o / "report.json").read_text()) for o in (whole, out))
