@@ -320,6 +320,7 @@ def lora(args) -> int:
     import math
 
     from compress.io_export import save_compressed
+    from compress.io_output import hub_output
     from compress.lora import merge_lora
     from compress.lora_teacher import check_given, naming_moved
     from compress.runner_lock import hold_output
@@ -334,6 +335,8 @@ def lora(args) -> int:
     if args.scale == 0:
         raise UserError("--scale 0: a scale of 0 merges nothing")
     check_given(args.teacher)  # a mistyped --teacher before the output loads
+    if (hub := hub_output(args.out, "lora")) is not None:  # an ORG/NAME: as eval and load_transformer say it
+        raise hub
     model = load_transformer(source)
     done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")

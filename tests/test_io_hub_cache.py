@@ -188,3 +188,21 @@ def test_a_hub_id_spelt_in_other_letters_than_the_cache_holds_is_named(tmp_path,
         load_teacher("ACME/Pix")
     with pytest.raises(UserError, match=r"holds no copy of it: "):
         load_teacher("acme/pixx")
+
+
+def test_lora_given_a_hub_id_as_its_output_says_so_as_eval_does(tmp_path, monkeypatch, capsys):
+    """`dit-compress lora ORG/NAME LORA NEW` said "ORG/NAME is not a dit-compress output folder (needs
+    config.json …)", though the cache held that output: it names the snapshot folder to give, as eval does."""
+    from huggingface_hub import constants
+
+    from compress.cli import main
+    from tests.test_io_output_paths import _output
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    repo = _cached(tmp_path, "acme/out", _output(tmp_path))
+    capsys.readouterr()
+    assert main(["lora", "acme/out", "acme/lora", "new"]) == 2
+    assert capsys.readouterr().err == ("dit-compress: error: acme/out: lora takes a local dit-compress output folder, "
+                                       f"not a Hub id; the Hugging Face cache holds it: give {repo / 'snapshots' / CACHED}\n")
+    assert not (tmp_path / "new").exists()
