@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lora", help="a LoRA trained on the teacher merged into a compressed model, as a new output")
     p.add_argument("out", help="output folder of `dit-compress run`")
-    p.add_argument("lora", help="the LoRA: a .safetensors file or folder (Flux: any format diffusers reads; PixArt-Σ: diffusers- or kohya-style keys), or a peft adapter folder")
+    p.add_argument("lora", help="the LoRA: a .safetensors file or folder (Flux: any format diffusers reads; PixArt-Σ: diffusers- or kohya-style keys), a peft adapter folder, or a Hub id in the Hugging Face cache (ORG/NAME or ORG/NAME/FILE.safetensors)")
     p.add_argument("new", help="the output folder to write (must not exist)")
     p.add_argument("--scale", type=float, default=1.0, help="strength of the LoRA (default 1)")
     p.add_argument("--teacher", help="the teacher the LoRA was trained on, read only for a DoRA's norms "

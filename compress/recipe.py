@@ -267,6 +267,9 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     for k, v in root.value:
         if k.value == "passes":
             continue
+        if k.value in ("model", "teacher") and isinstance(v, yaml.ScalarNode) and v.tag == NULL:
+            raise _Loc(path, v).err(f"{k.value} is required, so null cannot remove it: give "
+                                    f"{'pixart or flux' if k.value == 'model' else 'the teacher to compress'}")
         if k.value in hints:
             values[k.value] = convert(v, hints[k.value], path, k.value)
         if k.value == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", values["device"]):

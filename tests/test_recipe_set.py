@@ -150,12 +150,14 @@ def test_a_set_null_refuses_what_it_did_where_it_drops_nothing_it_knows():
 
 
 @pytest.mark.parametrize("override, words", [
-    ("teacher=null", "teacher must be a string, not null"),
-    ("model=null", "model must be one of 'pixart' | 'flux', not null"),
+    ("teacher=null", "teacher is required, so null cannot remove it: give the teacher to compress"),
+    ("model=null", "model is required, so null cannot remove it: give pixart or flux"),
+    ("model=", "model is required, so null cannot remove it: give pixart or flux"),
 ])
 def test_a_set_null_on_a_required_key_names_the_set(override, words):
     """A required key has no default to fall back to: it was dropped, and the error said the recipe
-    lacks it at the file's first line (version: 1), naming no --set. Null is placed and refused."""
+    lacks it at the file's first line (version: 1), naming no --set. Null is placed and refused, saying
+    that a required key is not removed by null (it said only "model must be one of ..., not null")."""
     with pytest.raises(UserError) as e:
         load_recipe(TOY_FLUX, [override])
     assert str(e.value) == f"{TOY_FLUX} (--set {override}): {words}"
@@ -182,3 +184,10 @@ def test_the_refusal_of_a_key_that_takes_null_offers_no_set_to_remove_it():
     with pytest.raises(UserError) as e:  # what the old hint offered: still refused
         parse_recipe(text, "r.yaml", ["passes.0.svd.trust_region=null"])
     assert "svd.trust_region is only read by allocation: global" in str(e.value)
+
+
+def test_a_required_key_written_null_in_the_file_names_its_line(tmp_path):
+    """`teacher: ~` in the file: the same words, at its line."""
+    with pytest.raises(UserError) as e:
+        parse_recipe("model: pixart\nteacher: ~\npasses: [svd]\n", "r.yaml")
+    assert str(e.value) == "r.yaml:2: teacher is required, so null cannot remove it: give the teacher to compress"
