@@ -1,10 +1,10 @@
 """Hub access for teachers: a Hub id's transformer folder fetched (`hub_folder`: its config first,
 then the weight files of the one variant from_pretrained would read), its config.json alone
 (`hub_config_file`, for checks before any download; `cached_config` from the cache alone), the
-repo's file list, the cache's copy of a repo (`cached_snapshot`, the one rule outputs and LoRAs
-use too; `uncached` says what it holds otherwise), and one-line errors for failed fetches with huggingface_hub's retry warnings kept
-quiet (`quiet_hub`, `hub_error`). io's `load_teacher` loads the folder `hub_folder` returns as a
-local one.
+repo's file list, the cache's copy of a repo (`cached_snapshot`, the one rule outputs, LoRAs and
+pipelines use too; `uncached` says what it holds otherwise), and one-line errors for failed
+fetches with huggingface_hub's retry warnings kept quiet (`quiet_hub`, `hub_error`). io's
+`load_teacher` loads the folder `hub_folder` returns as a local one.
 
 The Hugging Face cache answers offline (HF_HUB_OFFLINE) and, for a repo it holds, where one
 request without retries finds the Hub unreachable (`hub_head`): then no other Hub call is made in
