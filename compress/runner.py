@@ -39,8 +39,8 @@ from compress.runner_setup import (DTYPES, check_reference, load_checked_teacher
 from compress.runner_stages import (check_kept, check_stage, handed_over, restore, resumable, save_stage,
                                    say_read_back, stage_dir)
 from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
-from compress.runner_stream import (check_streaming, models_for, streamed_weights, warn_if_activations_too_big,
-                                    warn_if_streamed_too_big)
+from compress.runner_stream import (check_streaming, models_for, streamed_weights, tidy_scratch,
+                                    warn_if_activations_too_big, warn_if_streamed_too_big)
 from compress.stream_files import WeightsChanged
 
 
@@ -210,6 +210,9 @@ class Runner:
                 if lost is not None:
                     raise lost from None
                 raise
+            finally:  # under the locks: no other run spills there yet
+                if getattr(self, "ctx", None) is not None and is_main_process():  # the run folder is this run's
+                    tidy_scratch(self.run_dir)
             mark_finished(self.run_dir, out)
             return out
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -31,6 +32,7 @@ from compress.stream_files import changed, checkpoint_of, opened, weight_map
 from compress.stream_refusals import NotStreamable
 
 CHUNK = 1 << 24  # bytes read at a time for the checksum
+SCRATCH = ("stream", "activations")  # run folder: a streamed student's spilled blocks, svd's spilled activations
 
 
 class ResidentModels:
@@ -314,6 +316,22 @@ def streamed_weights(model, adapter) -> dict:
     top = param_count(model) - sum(blocks)
     return {"top_level_params": top, "largest_block_params": max(blocks),
             "resident_params": top + max(blocks)}
+
+
+def tidy_scratch(run_dir: Path) -> None:
+    """At a run's end, finished or stopped, under its locks: this process's spilled activations
+    (calib_store.Spilled's files, which a stop's traceback keeps alive past it; a rerun measures
+    them again) deleted, then the run folder's SCRATCH folders left empty (a run that spilled
+    nothing, or whose spills were adopted or discarded) removed: a resume makes them again when it
+    spills. Spilled blocks stay (a streamed stage being written when the run stopped: --resume
+    writes it from them), and so does their folder."""
+    for path in (Path(run_dir) / "activations").glob(f"{os.getpid()}-*-*.pt"):
+        path.unlink(missing_ok=True)
+    for name in SCRATCH:
+        try:
+            (Path(run_dir) / name).rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 def models_for(stream: bool, run_dir: Path, dtype: torch.dtype = torch.float32,
