@@ -134,7 +134,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         if recipe.stream and step.get("skip_scan") and step.get("scans", 1):
             step["streamed_scan"] = streamed_scan(step, reused, calib, model, adapter)
         if spec.name == "svd":  # the float64 statistics its calibration holds (plan_memory)
-            step["statistics"] = svd_statistics(*svd_targets(p, spec, model, adapter))
+            step["statistics"] = svd_statistics(*svd_targets(p, spec, model, adapter), spec.config)
         if spec.name == "distill":  # the student it trains, as earlier passes leave it (plan_memory)
             spare = spare_bound(model, adapter, planned_blocks(model, adapter))[0]
             step["student"] = distill_student(model, later, budgeted, spec.config.train, spare)

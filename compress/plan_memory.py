@@ -11,8 +11,9 @@ a streamed skip scan's residual streams). A distill pass holds something
 else while it trains (the teacher, the student in float32 with its gradients and AdamW's moments):
 the peak is the larger of the two. Both add this process itself where it runs on the CPU (python,
 torch and diffusers imported: PROCESS_BYTES), and the calibrating phase an svd pass's float64
-statistics (`svd_statistics`), the float64 temporaries of factorizing its widest target or a block's
-own output Fisher (fisher: block), and the square roots of its output Fishers that it keeps.
+statistics (`svd_statistics`), the float64 temporaries of factorizing its widest target
+(`factorize_bytes`) or a block's own output Fisher (fisher: block), and the square roots of its output
+Fishers that it keeps, all of one pass (the passes calibrate one after another: `calibrating`).
 It compares against the device's total memory, not what is free now: the run checks that again
 before it starts (runner_stream.warn_if_*). Not counted: CUDA's own context on a GPU, and on a GPU
 what the process holds on the host.
@@ -33,17 +34,12 @@ from compress.passes.svd_targets import is_model_wide, stats_key, uses_output_gr
 from compress.passes.svd_walk import from_conditioning
 from compress.plan_fisher import block_fishers, fisher_backward, fisher_roots, fisher_sweep, on_device, tap
 from compress.plan_fisher import part as _part
+from compress.plan_factorize import factorizing_bytes
 
 # Resident memory of `dit-compress run` before it loads the teacher: python with torch, diffusers and
 # compress imported, the recipe checked (torch 2.13 CPU, diffusers 0.42, a toy Flux recipe: 501 MiB of
 # /proc/self/statm's resident pages, read as the CLI ran; 385 MiB right after the imports).
 PROCESS_BYTES = 500 * 2**20
-# Factorizing one target holds float64 temporaries (its weight, the Gram's eigenvectors, whitening and
-# its inverse, the asymmetric fit's solve, the factors, the fitted record) beside its statistics: at
-# most this many float64 (g, g + o) matrices, g the side of its Gram and o the other (peak RSS over
-# compress_layer with the asymmetric centered step, one thread: 10.0-13.0 of them for input Grams,
-# shapes 384-2048 x 256-2048; 4.9-5.8 for output Grams of 9000-wide inputs).
-FACTORIZE_COPIES = {"input": 13, "output": 6}
 
 
 def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
@@ -54,20 +50,11 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     counted (an svd pass's statistics and factorizing at a block, a Fisher's backward, ...)} of a
     `make_plan` plan (calibration, backward, stream, passes); calibrates: some pass needs calibration.
     Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher.settle_auto)."""
-    f = plan["calibration"]
     held = [_weights(plan)]
     passing = []  # what a step holds for a while, a list of parts each: the largest counts
     taps = {i: s["statistics"].pop("taps") for i, s in enumerate(plan["passes"]) if "taps" in s.get("statistics", {})}
     held += [_activations(recipe, plan)] if calibrates else []
     resident = sum(p["bytes"] for p in held)  # as an svd pass's walk and Fisher sweeps start (fisher_memory_gb: auto)
-    if calibrates:
-        # or the probe, at a block whose statistics are held
-        block = _factorizing(plan) + block_fishers(recipe, plan, taps, resident)
-        if f["probe_bytes"]:
-            block.append(_part("within-block sequential calibration's one-row probe", f["probe_bytes"],
-                               ["teacher"],
-                               " or ".join(f"{k}: false" for k in _svd_keys(recipe, "sequential"))))
-        passing.append(_statistics(plan) + ([max(block, key=lambda p: p["bytes"])] if block else []))
     pipeline = _pipeline(recipe, plan) if calibrates else None
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:  # sized at what is free once the weights and activations are there
@@ -77,8 +64,8 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
         if "streamed_scan" in step:
             passing.append([_part("a streamed skip scan's residual streams of one batch",
                                   step["streamed_scan"]["batch_bytes"], ["calibration.batch_size", "teacher"])])
-    if calibrates:  # beside the walk's statistics, once fisher_memory_gb auto is settled
-        passing[0] += fisher_roots(recipe, plan, taps, resident)
+    if calibrates:  # once fisher_memory_gb auto is settled
+        passing += calibrating(recipe, plan, taps, resident)
     if pipeline and pipeline["bytes"]:
         passing.append([pipeline["part"]])  # moved there for sampling, with the inputs it captures
     passing = sorted([p for p in passing if p], key=lambda ps: -sum(p["bytes"] for p in ps))
@@ -94,6 +81,27 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     return {**peak, "other": other, "beside": beside, "steps_smaller": [p for ps in passing[1:] for p in ps]}
 
 
+def calibrating(recipe, plan: dict, taps: dict[int, list[dict]], resident: float) -> list[list[dict]]:
+    """Per svd pass, what its walk holds at once (the passes calibrate one after another, so one
+    pass's parts are never beside another's): its statistics at the block that holds most, the
+    largest of factorizing its widest target, its block's own output Fisher (fisher: block) and
+    within-block sequential calibration's probe, and the square roots of its output Fishers that it
+    keeps. taps: svd_statistics' by pass index; resident: what the run holds as its walk starts."""
+    found, f = [], plan["calibration"]
+    for index, step in enumerate(plan["passes"]):
+        if not (s := step.get("statistics")):
+            continue
+        own = {index: taps[index]} if index in taps else {}
+        block = _factorizing(index, s) + block_fishers(recipe, plan, own, resident)
+        if f["probe_bytes"]:  # at a block whose statistics are held
+            block.append(_part("within-block sequential calibration's one-row probe", f["probe_bytes"],
+                               ["teacher"],
+                               " or ".join(f"{k}: false" for k in _svd_keys(recipe, "sequential"))))
+        found.append(_statistics(index, s) + ([max(block, key=lambda p: p["bytes"])] if block else [])
+                     + fisher_roots(recipe, plan, own, resident))
+    return found
+
+
 def _process(recipe) -> list[dict]:
     """This process itself where the run computes on the CPU (PROCESS_BYTES); none on a GPU, whose
     memory it is compared with."""
@@ -101,7 +109,7 @@ def _process(recipe) -> list[dict]:
 
 
 # ---- an svd pass's statistics ---------------------------------------------------------------------
-def svd_statistics(targets: list, paired: bool, sequential: bool) -> dict:
+def svd_statistics(targets: list, paired: bool, sequential: bool, config=None) -> dict:
     """The float64 statistics an svd pass's calibration holds (calib_stats.Stats; svd_walk.walk) of its
     `targets` (LinearInfo, the model as the pass finds it): per stats key a Gram (d, d) and a sum (d,),
     with a reference stream (`paired`: svd.fits_asymmetrically) a block input's cross term (d, d) and
@@ -111,7 +119,7 @@ def svd_statistics(targets: list, paired: bool, sequential: bool) -> dict:
     "bytes": the peak, held and that block's, twice over with within-block `sequential` calibration
     (a level's statistics of one more run of the block beside the block's and the level's before:
     a bound), "sequential", "factorize": bytes of the float64 temporaries factorizing its widest target
-    (FACTORIZE_COPIES), "widest": that target, "taps": per target what plan_fisher.fisher_sweep reads}."""
+    (`factorize_bytes`, as the pass's `config` fits and centers it), "widest": that target, "taps": per target what plan_fisher.fisher_sweep reads}."""
     held, blocks, modules = {}, {}, {}
     for info in targets:
         key = stats_key(info)
@@ -123,11 +131,12 @@ def svd_statistics(targets: list, paired: bool, sequential: bool) -> dict:
     own = {where: sum(keys.values()) for where, keys in blocks.items()}
     where = max(own, key=own.get, default=None)
     block = own.get(where, 0)
-    widest = max(targets, key=_factorize_bytes, default=None)
+    size = factorizing_bytes(config)
+    widest = max(targets, key=lambda info: size(info, paired), default=None)
     return {"held": sum(held.values()), "block": block, "where": where, "module": modules.get(where),
             "sequential": sequential,
             "bytes": sum(held.values()) + block * (2 if sequential else 1),
-            "factorize": _factorize_bytes(widest) if widest else 0, "widest": widest.name if widest else None,
+            "factorize": size(widest, paired) if widest else 0, "widest": widest.name if widest else None,
             "taps": [tap(info) for info in targets]}
 
 
@@ -148,34 +157,19 @@ def _key_bytes(info, paired: bool) -> int:
     return 8 * (d * d + d) * (2 if paired else 1)
 
 
-def _factorize_bytes(info) -> int:
-    side = "output" if uses_output_gram(info) else "input"
-    g, o = (info.out_features, info.in_features) if side == "output" else (info.in_features, info.out_features)
-    return FACTORIZE_COPIES[side] * 8 * g * (g + o)
-
-
-def _largest(plan: dict, key: str) -> tuple[int, dict] | None:
-    """(index, statistics) of the svd pass whose svd_statistics' `key` is largest (the passes calibrate
-    one after another: one at a time), or None without an svd pass."""
-    found = [(i, s["statistics"]) for i, s in enumerate(plan["passes"]) if s.get("statistics")]
-    return max(found, key=lambda f: f[1][key]) if found else None
-
-
-def _statistics(plan: dict) -> list[dict]:
-    """The largest svd pass's statistics at its peak."""
-    if not (largest := _largest(plan, "bytes")):
+def _statistics(i: int, s: dict) -> list[dict]:
+    """svd pass `i`'s statistics (its svd_statistics `s`) at its peak."""
+    if not s["bytes"]:
         return []
-    i, s = largest
     where = f"{s['module'] or s['where']} holds most" if s["where"] else "held over the whole walk, no block's own"
     what = f"svd statistics (float64; {where}{', up to twice with sequential' if s['sequential'] else ''})"
     return [_part(what, s["bytes"], [f"passes.{i}.svd.targets"],
                   f"passes.{i}.svd.sequential: false" if s["sequential"] else "")]
 
 
-def _factorizing(plan: dict) -> list[dict]:
-    if not (largest := _largest(plan, "factorize")):
+def _factorizing(i: int, s: dict) -> list[dict]:
+    if not s["factorize"]:
         return []
-    i, s = largest
     return [_part(f"factorizing the widest target ({s['widest']}, float64)", s["factorize"],
                   [f"passes.{i}.svd.targets"])]
 

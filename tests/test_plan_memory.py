@@ -374,7 +374,7 @@ def test_fisher_block_and_the_fishers_square_roots_are_counted_while_the_walk_ho
     from compress.recipe import load_recipe
 
     counted, block_fishers = [], pm.block_fishers
-    monkeypatch.setattr(pm, "block_fishers", lambda *a: counted.extend(block_fishers(*a)) or counted)
+    monkeypatch.setattr(pm, "block_fishers", lambda *a: (found := block_fishers(*a), counted.extend(found))[0])
     plan = make_plan(load_recipe(RECIPES / "toy-pixart-stream.yaml"))
     memory = plan["memory"]
     parts = {p["what"]: p for p in memory["parts"] + memory["steps_smaller"]}
@@ -383,7 +383,7 @@ def test_fisher_block_and_the_fishers_square_roots_are_counted_while_the_walk_ho
     for t in plan["passes"][0]["targets"]:
         blocks.setdefault(".".join(t.split(".")[:2]), []).append(16 * (4 * 128 if t.endswith("ff.net.0.proj") else 128)**2)
     assert len(blocks) > 1 and roots["bytes"] == max(sum(pairs) for pairs in blocks.values())
-    (block,) = counted  # beside factorizing its widest target, the larger of the two counts
+    (block,) = counted  # beside factorizing its widest target, the larger of the two counts (one pass's blocks)
     assert block["what"].startswith("a block's output Fisher (fisher: block)")
     assert block["bytes"] > plan["backward"][0] // 6 + 8 * 512**2  # one block's backward of a batch, its Fishers
     assert any(p["bytes"] >= block["bytes"] and p["what"].startswith(("a block's", "factorizing")) for p in parts.values())
