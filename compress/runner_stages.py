@@ -78,15 +78,31 @@ def _restored(runner):
     state = next(state for i, folder, state in saved if folder == d)
     _check_teacher(runner, state)
     _check_inputs(runner, state)
+    written = (runner.run_dir / "stages" / FINISHED).is_file()  # its output, before this run
     _unfinished(runner)
     runner.ctx.report, runner.ctx.block_map = state["report"], state["block_map"]
     names = [s.name for s in runner.recipe.passes]
-    console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, names)}")
+    console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, names, written)}")
     _say_removals(state["report"], names[:k + 1])
     if skipped:
         _discard_passed_over(runner, [folder for i, folder, _ in saved if folder != d and i >= k], skipped)
     runner.student_stage = d
-    return k + 1, runner.models.restore(d)
+    student = runner.models.restore(d)
+    _finish_adopting(runner, k, student, d)
+    return k + 1, student
+
+
+def _finish_adopting(runner, k: int, student, stage: Path) -> None:
+    """A streamed run stopped after the stage of pass k was saved, before its spilled blocks and the
+    earlier stages were deleted (StreamedModels.adopt: a copy of the model each, which no later
+    adopt would delete were pass k the last): deleted now; check_kept says where the run stopped."""
+    spill, stages = runner.run_dir / "stream", runner.run_dir / "stages"
+    if not runner.recipe.stream or not is_main_process():
+        return
+    left = (spill.is_dir() and any(spill.iterdir())) or any(p.is_dir() and p != stage for p in stages.iterdir())
+    if left:
+        runner.models.adopt(student, stage)
+        runner.stopped_in = (k, "adopt")
 
 
 def _finishable(runner, saved: list) -> tuple[int, dict] | None:
@@ -118,7 +134,7 @@ def _finish(runner, j: int, state: dict):
     student = restore_student(runner.run_dir, runner.models)
     save_stage(runner, j, student, record=False)  # the record stays until the stage is complete
     runner.student_stage = stage_dir(runner, j)
-    runner.stage_finished = j  # written now: its held-out check never began (check_kept)
+    runner.stopped_in = (j, "write")  # written now: its held-out check never began (check_kept)
     return j + 1, student
 
 
@@ -276,18 +292,22 @@ def check_kept(runner, start: int, student, reference, heldout, teacher_params: 
     if start == 0 or "relative_error" not in record or record["relative_error"] is not None:
         return
     runner.doing = start - 1
-    written = getattr(runner, "stage_finished", None) == start - 1
-    console.print(f"  {unmeasured_in_words(start, len(runner.passes), record['pass'], written)}", highlight=False)
+    where, when = getattr(runner, "stopped_in", None) or (None, "check")
+    when = when if where == start - 1 else "check"
+    console.print(f"  {unmeasured_in_words(start, len(runner.passes), record['pass'], when)}", highlight=False)
     check_stage(runner, student, record, reference, heldout, teacher_params)
 
 
-def unmeasured_in_words(done: int, total: int, name: str, written: bool) -> str:
+STOPPED = {"check": "during its held-out check",  # (Runner._stage)
+           "write": "while its stage was being written, before its held-out check",  # finished by `_finish`
+           "adopt": "after its stage was saved, before its held-out check"}  # (`_finish_adopting`)
+
+
+def unmeasured_in_words(done: int, total: int, name: str, when: str) -> str:
     """What --resume says of kept pass `done` (of `total`, from 1) whose held-out error it measures:
-    the run stopped during that check, or (`written`) while the pass's stage was being written, which
-    --resume has just finished, before the check began."""
-    when = ("while its stage was being written, before its held-out check" if written
-            else "during its held-out check")
-    return f"pass {done}/{total} ({name}, kept) was stopped {when}: measuring it now"
+    where the run stopped (`when`, a key of STOPPED): during that check, while the pass's stage was
+    being written (--resume has just finished it), or once it was saved, before the check began."""
+    return f"pass {done}/{total} ({name}, kept) was stopped {STOPPED[when]}: measuring it now"
 
 
 def handed_over(runner, stage: str | None):

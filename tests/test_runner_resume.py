@@ -250,6 +250,7 @@ def test_resume_says_which_pass_it_continues_after_numbered_from_one():
     assert resumed_in_words(2, ["remove_blocks", "svd"]) == \
         "all 2 passes done (remove_blocks, svd): the output is written again"
     assert resumed_in_words(1, ["svd"]) == "all 1 pass done (svd): the output is written again"
+    assert resumed_in_words(1, ["svd"], written=False) == "all 1 pass done (svd): the output is written"
 
 
 def test_reusable_stage_is_the_latest_saved_for_this_recipe():
