@@ -311,16 +311,23 @@ def to_plain(recipe: Recipe) -> dict:
 
 def dump_recipe(recipe: Recipe, prompts: list[str] | None = None) -> str:
     """The resolved recipe as YAML. `prompts`: the calibration prompts a pipeline source read (from
-    `prompt_file`), written inline so an output folder's recipe.yaml does not depend on where that
-    file was."""
-    plain = to_plain(recipe)
-    if prompts is not None:  # these, all of them, when the dump is run again
-        plain["calibration"]["prompts"], plain["calibration"]["prompt_file"] = list(prompts), None
-        plain["calibration"]["num_prompts"] = len(prompts)
-    filled = filled_keys(recipe) - ({f"calibration.{k}" for k in ("prompts", "prompt_file", "num_prompts")}
-                                    if prompts is not None else set())  # those the dump wrote
+    `prompts` and `prompt_file`, cut to num_prompts where the recipe sets it), written inline so an
+    output folder's recipe.yaml does not depend on where that file was (`inline_prompts`)."""
+    plain, filled = to_plain(recipe), filled_keys(recipe)
+    if prompts is not None:
+        filled = inline_prompts(plain["calibration"], filled, prompts)
     text = with_marks(yaml.dump(plain, Dumper=RecipeDumper, sort_keys=False), filled)
     return f"{MARKS_HEADER}\n{_sets_header(recipe)}{text}"
+
+
+def inline_prompts(calibration: dict, filled: set[str], prompts: list[str]) -> set[str]:
+    """A dump's plain `calibration` given the `prompts` its pipeline source read, in place: `prompts`
+    are those, `prompt_file` null (marked '# default': the file's lines are among the prompts) and
+    `num_prompts` as the recipe had it (marked where the recipe left it out), so that the dump run
+    again reads the same prompts (all of them: they are num_prompts' first where it is set) and a
+    prompt added to it is used. The `filled` keys (marked) that follow."""
+    calibration["prompts"], calibration["prompt_file"] = list(prompts), None
+    return (filled - {"calibration.prompts"}) | {"calibration.prompt_file"}
 
 
 def filled_keys(recipe: Recipe) -> set[str]:

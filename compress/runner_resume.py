@@ -32,19 +32,28 @@ def weights_checksum(teacher: torch.nn.Module, models) -> str:
 CALIBRATION_RESULT_FREE = ("spill_activations",)
 
 
-def result_bearing(calibration: dict) -> dict:
-    """The calibration keys that can change a statistic or a result."""
-    return {k: v for k, v in calibration.items() if k not in CALIBRATION_RESULT_FREE}
+# calibration keys that only say which prompts a pipeline source reads: its `inputs` identity holds
+# those read (a digest), compared apart (`inputs_change`); the toy and synthetic sources read none. An
+# output's recipe.yaml writes them inline, a prompt_file's lines too (recipe.inline_prompts).
+PROMPT_KEYS = ("prompts", "prompt_file")
+
+
+def result_bearing(calibration: dict, prompts_apart: bool = False) -> dict:
+    """The calibration keys that can change a statistic or a result (`prompts_apart`: but PROMPT_KEYS)."""
+    free = CALIBRATION_RESULT_FREE + (PROMPT_KEYS if prompts_apart else ())
+    return {k: v for k, v in calibration.items() if k not in free}
 
 
 def fingerprint(source: str, weights: str, recipe: Recipe, inputs: dict | None = None) -> str:
     """Teacher identity (source + `weights_checksum`) + calibration config (but for
     CALIBRATION_RESULT_FREE) + code version, and `inputs` (a pipeline source's `inputs_identity`:
-    the prompts read and the pipeline's other parts, which the config names but does not hold)."""
+    the prompts read and the pipeline's other parts, which the config names but does not hold; with
+    them, not the PROMPT_KEYS that chose those prompts, so that an output's recipe.yaml, its prompts
+    inline, keys the same statistics)."""
     from compress.calib_stats import STATS_VERSION
 
     h = hashlib.sha256(f"{source}|{compress.__version__}|{STATS_VERSION}|{weights}|".encode())
-    h.update(json.dumps(result_bearing(asdict(recipe.calibration)), sort_keys=True).encode())
+    h.update(json.dumps(result_bearing(asdict(recipe.calibration), inputs is not None), sort_keys=True).encode())
     if inputs is not None:  # None (toy, synthetic): the fingerprint older runs gave
         h.update(json.dumps(inputs, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -54,7 +63,7 @@ def inputs_change(before: dict, now: dict, pipeline: str) -> str | None:
     """What differs between two `inputs_identity`s (of the pipeline source `pipeline`), in words
     ('the calibration prompts changed ...'); None where nothing does."""
     if before.get("prompts") != now.get("prompts"):
-        return "the calibration prompts changed (calibration.prompt_file holds other lines)"
+        return "the calibration prompts changed (calibration.prompts, or the lines calibration.prompt_file holds)"
     was, is_ = before.get("pipeline") or {}, now.get("pipeline") or {}
     differ = sorted(name for name in was.keys() | is_.keys() if was.get(name) != is_.get(name))
     if differ:
@@ -71,13 +80,14 @@ RESULT_FREE = ("export",)
 def recipe_changes(before: dict, now: dict, passes, done: int | None = None) -> list[str]:
     """The keys (dotted paths) where two resolved recipes differ, but RESULT_FREE, those a pass
     declares cannot change its result (`Pass.result_free`: progress bars, how often distill
-    checkpoints, how far this run goes) and CALIBRATION_RESULT_FREE. With `done`, only the first
+    checkpoints, how far this run goes), CALIBRATION_RESULT_FREE and PROMPT_KEYS (the prompts read are
+    compared apart, as a stage's `inputs`: `inputs_change`). With `done`, only the first
     `done` passes (those a resume keeps) are compared: the passes still to run may change."""
     def view(raw: dict) -> dict:
         raw = {k: v for k, v in raw.items() if k not in RESULT_FREE}
         calibration = raw.get("calibration")
         if isinstance(calibration, dict):
-            raw = dict(raw, calibration=result_bearing(calibration))
+            raw = dict(raw, calibration=result_bearing(calibration, True))
         specs = raw.get("passes", [])
         if not isinstance(specs, list):
             return _flat(raw)

@@ -580,16 +580,18 @@ def test_a_saved_recipes_calibration_keys_marked_default_are_not_given():
 
 
 def test_the_prompts_a_dump_inlines_are_not_marked_default(tmp_path):
-    """The pipeline source's prompts a dump writes inline (and its num_prompts, prompt_file: null) are
-    the dump's, not defaults: read back, num_prompts is given (all of them, as run)."""
+    """The pipeline source's prompts a dump writes inline are the dump's, not defaults; num_prompts
+    stays as the recipe had it (left out: marked, and read back not given: all the prompts, as run)
+    and prompt_file: null is marked (tests/test_recipe_dump_resume.py)."""
     from compress.calib_pipeline import read_prompts
 
     (tmp_path / "p.txt").write_text("a red fox\na blue car\n")
     text = GOOD.replace("  num_prompts: 4\n", "  prompt_file: p.txt\n")
     recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
     dumped = dump_recipe(recipe, read_prompts(recipe.calibration, tmp_path))
-    assert "  num_prompts: 2\n" in dumped and "  prompt_file: null\n" in dumped
-    assert parse_recipe(dumped, "o.yaml").calibration.given("num_prompts")
+    assert "  num_prompts: 10  # default\n" in dumped and "  prompt_file: null  # default\n" in dumped
+    assert "  - a blue car\n" in dumped
+    assert not parse_recipe(dumped, "o.yaml").calibration.given("num_prompts")
 
 
 # an output's recipe.yaml saved before the '# default' marks: no header, every svd key written

@@ -46,10 +46,11 @@ def test_a_dtype_spelled_another_way_gets_the_name_it_meant(value, hint):
 
 
 def test_a_null_or_boolean_value_is_quoted_as_yaml_spells_it():
-    """`model: null` was refused with "not None" (Python's spelling, not the recipe's)."""
+    """`model: null` was refused with "not None" (Python's spelling, not the recipe's); a required key
+    given null now says null cannot remove it."""
     rest = "passes:\n  - svd: {targets: [mlp]}\n"
-    for text, words in (("model: null\n" + rest, "not null"), ("model: true\n" + rest, "not true"),
-                        ("model: pixart\nteacher: null\n" + rest, "not null")):
+    for text, words in (("model: null\n" + rest, "null cannot remove it"), ("model: true\n" + rest, "not true"),
+                        ("model: pixart\nteacher: null\n" + rest, "null cannot remove it")):
         with pytest.raises(UserError) as e:
             parse_recipe(text, "r.yaml")
         assert words in str(e.value) and "None" not in str(e.value) and "True" not in str(e.value), str(e.value)
