@@ -77,17 +77,18 @@ def inputs_change(before: dict, now: dict, pipeline: str) -> str | None:
 RESULT_FREE = ("export",)
 
 
-def recipe_changes(before: dict, now: dict, passes, done: int | None = None) -> list[str]:
+def recipe_changes(before: dict, now: dict, passes, done: int | None = None, prompts_apart: bool = True) -> list[str]:
     """The keys (dotted paths) where two resolved recipes differ, but RESULT_FREE, those a pass
     declares cannot change its result (`Pass.result_free`: progress bars, how often distill
-    checkpoints, how far this run goes), CALIBRATION_RESULT_FREE and PROMPT_KEYS (the prompts read are
-    compared apart, as a stage's `inputs`: `inputs_change`). With `done`, only the first
+    checkpoints, how far this run goes), CALIBRATION_RESULT_FREE and, `prompts_apart`, PROMPT_KEYS
+    (the prompts read are compared apart, as a stage's `inputs`: `inputs_change`; a stage that records
+    none compares them here: `inputs_apart`). With `done`, only the first
     `done` passes (those a resume keeps) are compared: the passes still to run may change."""
     def view(raw: dict) -> dict:
         raw = {k: v for k, v in raw.items() if k not in RESULT_FREE}
         calibration = raw.get("calibration")
         if isinstance(calibration, dict):
-            raw = dict(raw, calibration=result_bearing(calibration, True))
+            raw = dict(raw, calibration=result_bearing(calibration, prompts_apart))
         specs = raw.get("passes", [])
         if not isinstance(specs, list):
             return _flat(raw)
@@ -215,11 +216,17 @@ def reusable_stage(stages: list[tuple[int, dict | None]], now: dict, passes) -> 
         recipe = state.get("recipe") if state else None
         if not isinstance(recipe, dict):
             continue
-        changed = recipe_changes(recipe, now, passes, i + 1)
+        changed = recipe_changes(recipe, now, passes, i + 1, inputs_apart(state))
         if not changed:
             return i, skipped
         skipped.append((i, changed))
     return None, skipped
+
+
+def inputs_apart(state: dict) -> bool:
+    """Whether a stage's `state` records the prompts its pipeline source read (`inputs`), which --resume
+    compares apart from the recipe's PROMPT_KEYS; a toy or synthetic source's, or an older run's, does not."""
+    return isinstance(state.get("inputs"), dict)
 
 
 def passed_over_in_words(skipped: list) -> str:
@@ -267,15 +274,15 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
         return None
     steps = [int(p.name.removeprefix("step-")) for p in checkpoints if p.name.removeprefix("step-").isdigit()]
     info = {"done": 0, "total": None, "step": max(steps, default=None), "changed": None}
-    latest = [(i, (read_state(d) or {}).get("recipe")) for i, d in stages[-1:]]
+    latest = [(i, read_state(d) or {}) for i, d in stages[-1:]]
     if pending and pending[0] > max((i for i, _ in stages), default=-1):
-        latest.append((pending[0], pending[1].get("recipe")))
+        latest.append(pending)
     if latest:
-        i, before = latest[-1]
-        info["done"] = i + 1
+        i, state = latest[-1]
+        info["done"], before = i + 1, state.get("recipe")
         if isinstance(before, dict) and isinstance(before.get("passes"), list):
             info["total"] = len(before["passes"])
-            info["changed"] = None if now is None else recipe_changes(before, now, passes, i + 1)
+            info["changed"] = None if now is None else recipe_changes(before, now, passes, i + 1, inputs_apart(state))
     if info["changed"]:  # what --resume would keep: the passes of the latest stage of this recipe
         k, _ = reusable_stage([(i, read_state(d)) for i, d in stages], now, passes)
         info["keeps"] = 0 if k is None else k + 1
