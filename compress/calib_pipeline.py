@@ -29,6 +29,11 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
     from compress.io import pipeline_dtype
     from compress.io_hub import pipeline_keywords, quiet_hub
 
+    from compress.pipeline_folder import folder_problem
+
+    what = f"cannot load calibration pipeline '{source}': "
+    if problem := folder_problem(source, what):  # a listed part missing: diffusers would build it from nothing
+        raise UserError(f"{what}{problem}")
     cached = pipeline_keywords(source, "calibration pipeline")  # offline: a Hub id from the cache
     try:
         with quiet_hub():  # a Hub id: no retry warnings, the error says why
@@ -48,63 +53,6 @@ def _beside(pipe, teacher: torch.nn.Module):
         if isinstance(component, torch.nn.Module) and component is not teacher:
             component.to(device)
     return pipe
-
-
-EXAMPLE_PIPELINES = {"pixart": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "flux": "black-forest-labs/FLUX.1-dev"}
-
-
-def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str = "") -> None:
-    """A local pipeline must be a pipeline folder (model_index.json); a transformer folder, a single
-    file or an output is named with what to set instead (the base pipeline an output records, where
-    it records one: report_teacher.teacher_chain, else the pipeline its recipe calibrated in), before
-    any compute. `where`: 'PATH:LINE: ' of the recipe key that gave `source`."""
-    path = Path(source).expanduser()
-    if not path.exists() or (path / "model_index.json").is_file():
-        return  # a pipeline folder, or a hub id (its errors come when it loads)
-    what = "a single file" if path.is_file() else "a folder without model_index.json"
-    whose = "the teacher " if is_teacher else ""
-    raise UserError(f"{where}calibration.source pipeline samples in a diffusers pipeline, and {whose}{source} "
-                    f"is {what}; set calibration.pipeline to {_base_words(source, family)}")
-
-
-def _base_words(source: str, family: str) -> str:
-    """What to set calibration.pipeline to for the output (or other local teacher) `source`: the toy
-    its chain of teachers starts at, or the base pipeline it records (else the pipeline the recipe of
-    an output of that chain calibrated in), or a Hugging Face id or pipeline folder."""
-    from compress.report_teacher import chain_base, recorded_pipeline, teacher_chain
-
-    chain = teacher_chain(source)
-    base = chain_base(chain) if len(chain) > 1 else None
-    recorded = f"{base}, the base pipeline {source} records" if base else ""
-    if base is None and (found := recorded_pipeline(chain)):
-        base, recorded = found[0], f"{found[0]}, the pipeline the recipe.yaml of {found[1]} calibrated in"
-    if base and base.startswith("toy:"):
-        return recorded
-    example = EXAMPLE_PIPELINES.get(family, EXAMPLE_PIPELINES["pixart"])
-    return (f"the base pipeline ({recorded + '; or ' if recorded else ''}a Hugging Face id such as {example}, or a "
-            "pipeline folder)")
-
-
-TOY_PIPELINES = {"ToyPixArtPipeline": "toy:pixart", "ToyFluxPipeline": "toy:flux"}
-
-
-def check_not_saved_toy(pipeline: str, where: str = "") -> None:
-    """A folder a toy pipeline was saved into (save_pretrained: model_index.json names ToyPixArtPipeline
-    or ToyFluxPipeline, and its text encoder and VAE, no diffusers classes, are not saved) is no
-    pipeline diffusers loads: a UserError naming the toy to sample in instead. `where`: 'PATH:LINE: '
-    of the recipe key that gave it."""
-    from compress.io import read_json
-
-    index = Path(pipeline).expanduser() / "model_index.json"
-    try:
-        name = read_json(index).get("_class_name") if index.is_file() else None
-    except (UserError, AttributeError):
-        return  # loading it says what is wrong
-    if name in TOY_PIPELINES:
-        raise UserError(f"{where}{pipeline} is a saved toy pipeline ({name} in its model_index.json), which "
-                        f"diffusers cannot load (its toy text encoder and VAE are not saved); set "
-                        f"calibration.pipeline: {TOY_PIPELINES[name]} to sample in the toy pipeline, with this "
-                        "teacher's transformer in it")
 
 
 def need_transformers(family: str | None = None,
@@ -132,38 +80,64 @@ def _detach(value):
 
 
 def capture(pipe, transformer, prompts: list[str], steps: int, keep: int, guidance: float,
-            seed: int, per_call: int = 1, size: dict | None = None) -> list[dict]:
+            seed: int, per_call: int = 1, size: dict | None = None, source: str = "") -> list[dict]:
     """Forward kwargs at `keep` evenly spread steps of each sampling run; `per_call` prompts share
     a run (one batch; prompt i still draws its noise from seed + i). Streamed weights are read
     once per step of each run, so batching prompts divides that reading. `size`: the pipeline's
-    height / width, where the recipe sets them."""
+    height / width, where the recipe sets them. A failure of the pipeline outside the transformer
+    (its tokenizers, text encoders, scheduler: `_outside`) is a UserError naming `source`."""
     kept = set(torch.linspace(0, steps - 1, keep).round().long().tolist())
     records: list[dict] = []
-    state = {"step": 0}
+    state = {"step": 0, "inside": False}
 
     signature = inspect.signature(transformer.forward)
 
     def hook(module, args, kwargs):
+        state["inside"] = True  # until it returns: a failure inside is the transformer's, not the pipeline's
         if state["step"] in kept:  # PixArt-Σ's pipeline passes the latents positionally
             named = signature.bind_partial(*args, **kwargs).arguments
             records.append({k: _detach(v) for k, v in named.items()
                             if k not in ("return_dict", "joint_attention_kwargs", "attention_kwargs")})
         state["step"] += 1
 
-    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    def left(module, args, output):
+        state["inside"] = False
+
+    handles = (transformer.register_forward_pre_hook(hook, with_kwargs=True),
+               transformer.register_forward_hook(left))
     try:
         for start in range(0, len(prompts), per_call):
             state["step"] = 0
             chunk = prompts[start:start + per_call]
             gens = [torch.Generator().manual_seed(seed + start + j) for j in range(len(chunk))]
-            pipe(chunk[0] if per_call == 1 else chunk, num_inference_steps=steps,
-                 guidance_scale=guidance, generator=gens[0] if per_call == 1 else gens,
-                 output_type="pt" if _is_toy(pipe) else "latent", **(size or {}))
+            try:
+                pipe(chunk[0] if per_call == 1 else chunk, num_inference_steps=steps,
+                     guidance_scale=guidance, generator=gens[0] if per_call == 1 else gens,
+                     output_type="pt" if _is_toy(pipe) else "latent", **(size or {}))
+            except Exception as e:  # noqa: BLE001 - diffusers' and transformers' errors come in many types
+                raise _outside(e, state, pipe, source, chunk) from None
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if not records:
         raise UserError("the calibration pipeline never called the transformer with keyword inputs")
     return records
+
+
+def _outside(e: Exception, state: dict, pipe, source: str, chunk: list[str]) -> Exception:
+    """The error to raise for `e`, raised by the pipeline `pipe` while it sampled `chunk`: as it is
+    inside the transformer (dit-compress's own layers, streamed weights), a UserError, or a failed
+    allocation (the runner names what ran out); otherwise a UserError naming the pipeline (`source`)
+    and what failed, instead of a traceback through diffusers' encode_prompt or __call__."""
+    from compress.io_tensors import one_line
+    from compress.runner_failures import is_out_of_memory
+
+    if state["inside"] or isinstance(e, UserError) or is_out_of_memory(e):
+        return e
+    return UserError(f"the calibration pipeline{f' {source}' if source else ''} ({type(pipe).__name__}) failed "
+                     f"outside the transformer while sampling {chunk!r}: {type(e).__name__}: {one_line(e)}; "
+                     "check its tokenizers, text encoders and scheduler (a pipeline that samples with diffusers "
+                     "alone fails the same way)")
 
 
 def rebatch(records: list[dict], batch_size: int, seed: int) -> list[dict]:
@@ -244,6 +218,7 @@ class PipelineSource:
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
         if not pipeline.startswith("toy:"):
             from compress.inputs import pipeline_at
+            from compress.pipeline_folder import check_pipeline_source
 
             check_pipeline_source(pipeline, calib.pipeline is None, family, pipeline_at(calib, pipeline))
             need_transformers(family)
@@ -292,7 +267,7 @@ class PipelineSource:
             self._pipe = load_pipeline_for(self.teacher, self.pipeline)
             self._pipe.set_progress_bar_config(disable=True)  # one bar over the prompts instead
         got = capture(self._pipe, self.teacher, chunk, c.sample_steps, min(c.timesteps, c.sample_steps),
-                      self.guidance(), seed, c.prompts_per_call, self.size)
+                      self.guidance(), seed, c.prompts_per_call, self.size, self.pipeline)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp-{os.getpid()}")  # the ranks of a launch may sample the same call

@@ -179,7 +179,8 @@ def source_kind(calib, teacher_source: str) -> str:
     from outputs: report_teacher.toy_base), whose inputs are that toy's. Where that chain of teachers
     breaks off (a teacher moved away: report_teacher.chain_break) neither can be told, and `auto`
     (with no calibration.pipeline to sample in) or `toy` is a UserError saying so, at the recipe's
-    `teacher:`; so is a pipeline to sample in that is a saved toy pipeline (check_not_saved_toy)."""
+    `teacher:`; so is a pipeline to sample in that is no pipeline folder or a saved toy
+    pipeline (pipeline_folder.check_calibration_pipeline)."""
     from compress.report_teacher import toy_base
 
     toy = toy_base(teacher_source) is not None
@@ -191,9 +192,9 @@ def source_kind(calib, teacher_source: str) -> str:
                         "it auto (pipeline for a real teacher) or use synthetic")
     kind = calib.source if calib.source != "auto" else "toy" if toy else "pipeline"
     if kind == "pipeline":
-        from compress.calib_pipeline import check_not_saved_toy
+        from compress.pipeline_folder import check_calibration_pipeline
 
-        check_not_saved_toy(calib.pipeline or teacher_source, pipeline_at(calib, teacher_source))
+        check_calibration_pipeline(calib, teacher_source)
     return kind
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.io import check_same_config, read_config, read_json
+from compress.io import check_same_config, read_config
 from compress.io_output import load_transformer, one_dtype, output_folder
 from compress.io_tensors import one_line
 from compress.lowrank import LowRankLinear
@@ -44,6 +44,7 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     family = _toy_family(index, base) if index is not None else None
     if family is not None:
         return _refusing_lora_loads(_all_of(_saved_toy_pipeline(transformer, base, family, index)))
+    _check_parts(base, index)
     from diffusers import DiffusionPipeline
 
     from compress.arch import get_adapter
@@ -80,13 +81,20 @@ def _all_of(pipe):
 def _model_index(base: str) -> dict | None:
     """The model_index.json of a local pipeline folder `base`; None where there is none (a Hub id,
     or no pipeline: from_pretrained says what is wrong)."""
-    path = Path(base).expanduser() / "model_index.json"
-    if not path.is_file():
-        return None
-    index = read_json(path)
-    if not isinstance(index, dict):
-        raise UserError(f"cannot load base pipeline '{base}': {path} is not a JSON object")
-    return index
+    from compress.pipeline_folder import folder_index
+
+    return folder_index(base, f"cannot load base pipeline '{base}': ")
+
+
+def _check_parts(base: str, index: dict | None) -> None:
+    """A local base pipeline's model_index.json against its class and folders (pipeline_folder.parts_problem:
+    a listed part whose folder is missing, diffusers builds from nothing); a class diffusers cannot
+    import is said as it loads (_unknown_pipeline_class)."""
+    from compress.pipeline_folder import parts_problem, pipeline_class
+
+    cls = pipeline_class(index) if index is not None else None
+    if cls is not None and (problem := parts_problem(base, index, cls)):
+        raise UserError(f"cannot load base pipeline '{base}': {problem}")
 
 
 def _toy_family(index: dict, base: str) -> str | None:

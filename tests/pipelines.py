@@ -1,7 +1,7 @@
 """Tiny real diffusers pipelines, written to folders as the Hub holds them: PixArtSigmaPipeline
 (T5 + DPM-Solver) and FluxPipeline (CLIP + T5 + flow-matching Euler), with tokenizers made here
-(no downloads): a SentencePiece model trained on a few sentences for T5, a character vocabulary
-for CLIP. Only the transformer is what the tests look at; text encoders and VAEs are the smallest
+(no downloads): a SentencePiece model trained on a few sentences for T5 (its 40 pieces: different
+prompts are different ids), a character vocabulary for CLIP. Only the transformer is what the tests look at; text encoders and VAEs are the smallest
 the classes allow."""
 
 from __future__ import annotations
@@ -41,10 +41,24 @@ def _t5(folder: Path):
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=40,
                                    model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
                                    character_coverage=1.0, minloglevel=2)
-    tokenizer = T5Tokenizer(vocab_file=str(folder / "spiece.model"), extra_ids=0, legacy=False)
+    tokenizer = _t5_tokenizer(T5Tokenizer, folder / "spiece.model")
     torch.manual_seed(0)
     config = T5Config(vocab_size=len(tokenizer), d_model=T5_DIM, d_ff=16, d_kv=4, num_layers=1, num_heads=2)
     return tokenizer, T5EncoderModel(config).eval()
+
+
+def _t5_tokenizer(cls, model: Path):
+    """A T5 tokenizer of `cls` (T5Tokenizer / T5TokenizerFast) with the SentencePiece model `model`'s
+    vocabulary. transformers 5's T5Tokenizer is a Unigram table that ignores vocab_file (it kept 4
+    tokens, every word one unknown id): it is given the model's pieces and scores instead."""
+    import inspect
+
+    import sentencepiece as spm
+
+    if "vocab" not in inspect.signature(cls.__init__).parameters:  # transformers 4: reads the file
+        return cls(vocab_file=str(model), extra_ids=0, **({"legacy": False} if cls.__name__ == "T5Tokenizer" else {}))
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    return cls(vocab=[(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())], extra_ids=0)
 
 
 def _clip(folder: Path):
@@ -65,10 +79,11 @@ def _clip(folder: Path):
     return tokenizer, CLIPTextModel(config).eval()
 
 
-def _vae(latent_channels: int):
+def _vae(latent_channels: int, **config):
+    """`config`: more of AutoencoderKL's (Flux's shift_factor, which its pipeline's decoding reads)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    return AutoencoderKL(**config, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                          up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(4,) * 4,
                          layers_per_block=1, latent_channels=latent_channels, norm_num_groups=2,
                          sample_size=32)  # 4 blocks: 8x downsampling, as the real VAEs
@@ -96,11 +111,11 @@ def flux_pipeline(folder: Path, **transformer) -> Path:
 
     clip_tokenizer, clip = _clip(folder.parent)
     t5_tokenizer, t5 = _t5(folder.parent)
-    fast = T5TokenizerFast(vocab_file=str(folder.parent / "spiece.model"), extra_ids=0)
+    fast = _t5_tokenizer(T5TokenizerFast, folder.parent / "spiece.model")
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                                                 max_shift=1.15, base_image_seq_len=256,
                                                 max_image_seq_len=4096)  # FLUX.1-dev's
-    pipe = FluxPipeline(scheduler=scheduler, vae=_vae(2), text_encoder=clip,
+    pipe = FluxPipeline(scheduler=scheduler, vae=_vae(2, shift_factor=0.1159), text_encoder=clip,  # FLUX.1's
                         tokenizer=clip_tokenizer, text_encoder_2=t5, tokenizer_2=fast,
                         transformer=tiny_flux(**transformer))  # in_channels 8: 2 latent channels, packed 2x2
     pipe.save_pretrained(folder)

@@ -1,0 +1,175 @@
+"""A local diffusers pipeline folder checked against its model_index.json before it loads: the class
+it names is a diffusers pipeline whose parts it lists, and each part it lists has its folder. Where
+a listed part's folder is missing diffusers and transformers build that part from nothing and say
+nothing (a tokenizer without a vocabulary: prompts become a few ids, or a Flux CLIP tokenizer fails
+on its max_length), so the calibration pipeline, plan and load_pipeline's base ask for it instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.errors import UserError
+from compress.io import read_json
+
+
+def folder_index(folder: str, what: str = "") -> dict | None:
+    """The model_index.json of the local pipeline folder `folder`; None where there is none (a Hub
+    id, a transformer folder: checked elsewhere); a UserError where it is no JSON object, its words
+    after `what` ('cannot load base pipeline X: ')."""
+    path = Path(folder).expanduser() / "model_index.json"
+    if not path.is_file():
+        return None
+    index = read_json(path)
+    if not isinstance(index, dict):
+        raise UserError(f"{what}{path} is not a JSON object")
+    return index
+
+
+def pipeline_class(index: dict):
+    """The diffusers pipeline class model_index.json names (`_class_name`); None where diffusers has none."""
+    import diffusers
+
+    name = index.get("_class_name")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    return cls if isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline) else None
+
+
+def unknown_class(index: dict) -> str:
+    """What is wrong with a model_index.json whose `_class_name` names no diffusers pipeline class."""
+    import diffusers
+
+    name = index.get("_class_name")
+    if name is None:
+        return "its model_index.json names no pipeline class (_class_name)"
+    return f"its model_index.json names {name!r}, which is no pipeline class of diffusers {diffusers.__version__}"
+
+
+def listed_parts(index: dict) -> dict[str, tuple[str, str]]:
+    """{part: (library, class)} of every part model_index.json lists with a class ([null, null]: none)."""
+    return {k: tuple(v) for k, v in index.items() if not k.startswith("_") and isinstance(v, list)
+            and len(v) == 2 and all(isinstance(x, str) for x in v)}
+
+
+def parts_problem(folder: str, index: dict, cls, passed: tuple[str, ...] = ("transformer",)) -> str | None:
+    """What is wrong with the parts of pipeline folder `folder` (model_index.json `index`, naming
+    pipeline class `cls`), in words; None where nothing is. `passed`: parts given to from_pretrained,
+    which the folder need not hold: (1) a part `cls` needs that the index does not list (the index of
+    another pipeline class: diffusers refuses it only as it loads); (2) a part the index lists whose
+    folder is missing or empty (diffusers builds it without its files)."""
+    listed = listed_parts(index)
+    expected, _ = cls._get_signature_keys(cls)
+    unlisted = sorted(set(expected) - set(index) - set(passed) - set(getattr(cls, "_optional_components", [])))
+    if unlisted:
+        return (f"its model_index.json names {cls.__name__}, which needs {', '.join(unlisted)}, and lists "
+                f"{', '.join(sorted(listed)) or 'no parts'} (a pipeline of another class, or a _class_name edited?)")
+    root = Path(folder).expanduser()
+    lacking = [k for k in sorted(listed) if k not in passed and not _has_files(root / k)]
+    if not lacking:
+        return None
+    parts = ", ".join(f"{k} ({' '.join(listed[k])})" for k in lacking)
+    it = "it" if len(lacking) == 1 else "them"
+    return (f"its model_index.json lists {parts}, but the folder has no {'/, '.join(lacking)}/ with files in it "
+            f"(diffusers would build {it} from nothing: a tokenizer without its vocabulary); copy {it} from the "
+            "pipeline the folder came from")
+
+
+def folder_problem(folder: str, what: str, passed: tuple[str, ...] = ("transformer",)) -> str | None:
+    """What is wrong with the local pipeline folder `folder` (unknown_class, parts_problem), in
+    words; None where nothing is, or it is no local pipeline folder. `what`: folder_index's."""
+    index = folder_index(folder, what)
+    if index is None:
+        return None
+    cls = pipeline_class(index)
+    if cls is None:  # a class whose packages are missing (diffusers' dummy): need_transformers says so
+        return None if _dummy(index) else unknown_class(index)
+    return parts_problem(folder, index, cls, passed)
+
+
+def _dummy(index: dict) -> bool:
+    """Whether diffusers holds the class model_index.json names as a placeholder for want of a
+    package (transformers, on a core install)."""
+    import diffusers
+    from diffusers.utils import DummyObject
+
+    name = index.get("_class_name")
+    return isinstance(name, str) and isinstance(getattr(diffusers, name, None), DummyObject)
+
+
+def _has_files(path: Path) -> bool:
+    return path.is_dir() and any(p.is_file() for p in path.rglob("*"))
+
+
+TOY_PIPELINES = {"ToyPixArtPipeline": "toy:pixart", "ToyFluxPipeline": "toy:flux"}
+
+
+def check_not_saved_toy(pipeline: str, where: str = "") -> None:
+    """A folder a toy pipeline was saved into (save_pretrained: model_index.json names ToyPixArtPipeline
+    or ToyFluxPipeline, and its text encoder and VAE, no diffusers classes, are not saved) is no
+    pipeline diffusers loads: a UserError naming the toy to sample in instead. `where`: 'PATH:LINE: '
+    of the recipe key that gave it."""
+    from compress.io import read_json
+
+    index = Path(pipeline).expanduser() / "model_index.json"
+    try:
+        name = read_json(index).get("_class_name") if index.is_file() else None
+    except (UserError, AttributeError):
+        return  # loading it says what is wrong
+    if name in TOY_PIPELINES:
+        raise UserError(f"{where}{pipeline} is a saved toy pipeline ({name} in its model_index.json), which "
+                        f"diffusers cannot load (its toy text encoder and VAE are not saved); set "
+                        f"calibration.pipeline: {TOY_PIPELINES[name]} to sample in the toy pipeline, with this "
+                        "teacher's transformer in it")
+
+
+def check_calibration_pipeline(calib, teacher_source: str) -> None:
+    """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
+    plan as by run before any weights load (inputs.source_kind): not a saved toy pipeline; a pipeline
+    folder, not a transformer folder, a file or an output (check_pipeline_source); its
+    model_index.json fitting its class and folders (folder_problem). Errors name the recipe's line."""
+    from compress.inputs import pipeline_at
+
+    pipeline = calib.pipeline or teacher_source
+    if pipeline.startswith("toy:"):
+        return
+    where = pipeline_at(calib, teacher_source)
+    check_not_saved_toy(pipeline, where)
+    family = getattr(calib.__dict__.get("_recipe"), "model", None) or "pixart"  # the example Hub id it names
+    check_pipeline_source(pipeline, calib.pipeline is None, family, where)
+    what = f"{where}cannot load calibration pipeline '{pipeline}': "
+    if problem := folder_problem(pipeline, what):
+        raise UserError(f"{what}{problem}")
+
+
+EXAMPLE_PIPELINES = {"pixart": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "flux": "black-forest-labs/FLUX.1-dev"}
+
+
+def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str = "") -> None:
+    """A local pipeline must be a pipeline folder (model_index.json); a transformer folder, a single
+    file or an output is named with what to set instead (the base pipeline an output records, where
+    it records one: report_teacher.teacher_chain, else the pipeline its recipe calibrated in), before
+    any compute. `where`: 'PATH:LINE: ' of the recipe key that gave `source`."""
+    path = Path(source).expanduser()
+    if not path.exists() or (path / "model_index.json").is_file():
+        return  # a pipeline folder, or a hub id (its errors come when it loads)
+    what = "a single file" if path.is_file() else "a folder without model_index.json"
+    whose = "the teacher " if is_teacher else ""
+    raise UserError(f"{where}calibration.source pipeline samples in a diffusers pipeline, and {whose}{source} "
+                    f"is {what}; set calibration.pipeline to {_base_words(source, family)}")
+
+
+def _base_words(source: str, family: str) -> str:
+    """What to set calibration.pipeline to for the output (or other local teacher) `source`: the toy
+    its chain of teachers starts at, or the base pipeline it records (else the pipeline the recipe of
+    an output of that chain calibrated in), or a Hugging Face id or pipeline folder."""
+    from compress.report_teacher import chain_base, recorded_pipeline, teacher_chain
+
+    chain = teacher_chain(source)
+    base = chain_base(chain) if len(chain) > 1 else None
+    recorded = f"{base}, the base pipeline {source} records" if base else ""
+    if base is None and (found := recorded_pipeline(chain)):
+        base, recorded = found[0], f"{found[0]}, the pipeline the recipe.yaml of {found[1]} calibrated in"
+    if base and base.startswith("toy:"):
+        return recorded
+    example = EXAMPLE_PIPELINES.get(family, EXAMPLE_PIPELINES["pixart"])
+    return (f"the base pipeline ({recorded + '; or ' if recorded else ''}a Hugging Face id such as {example}, or a "
+            "pipeline folder)")

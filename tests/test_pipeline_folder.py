@@ -1,0 +1,172 @@
+"""Pipeline folders checked before they load (compress.pipeline_folder): a part model_index.json lists
+that the folder lacks, a model_index.json of another class or none, by plan as by run and by
+load_pipeline's base; failures of the calibration pipeline outside the transformer; and the tiny
+pipelines of tests/pipelines.py themselves (their tokenizers tell prompts apart)."""
+
+import shutil
+
+import pytest
+import torch
+
+from compress import load_pipeline, save_compressed
+from compress.cli import main
+from compress.errors import UserError
+from compress.io import load_teacher
+from tests.pipelines import RECIPE, SIZE, pipeline_folders
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return pipeline_folders(tmp_path_factory.mktemp("pipelines"))
+
+
+def _copy(folders, family: str, tmp_path, drop: str = ""):
+    """A copy of the tiny `family` pipeline folder without its part `drop`."""
+    folder = tmp_path / f"{family}-copy"
+    shutil.copytree(folders[family], folder)
+    if drop:
+        shutil.rmtree(folder / drop)
+    return folder
+
+
+def _recipe(tmp_path, family: str, teacher) -> str:
+    text = RECIPE.replace("{teacher}", str(teacher)).replace("{family}", family).replace("{size}", SIZE[family])
+    path = tmp_path / "r.yaml"
+    path.write_text(text.format(stream="false"))
+    return str(path)
+
+
+def _run(recipe: str, tmp_path) -> list[str]:
+    return ["run", recipe, "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+
+
+def _one_error(capsys) -> str:
+    lines = [s for s in capsys.readouterr().err.splitlines() if s.startswith("dit-compress: error: ")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+@pytest.mark.parametrize(("family", "part", "cls"), [("pixart", "tokenizer", "T5Tokenizer"),
+                                                      ("flux", "tokenizer", "CLIPTokenizer"),
+                                                      ("flux", "text_encoder_2", "T5EncoderModel")])
+def test_a_part_the_pipeline_folder_lacks_is_one_line_by_plan_and_run_before_sampling(
+        tmp_path, folders, family, part, cls, monkeypatch, capsys):
+    """A pipeline folder whose model_index.json lists a part it lacks loaded anyway: diffusers and
+    transformers built a tokenizer without a vocabulary (PixArt calibrated on meaningless ids, Flux's
+    CLIP tokenizer failed with an OverflowError traceback). Plan and run say so in one line at the
+    recipe's teacher:, before any sampling."""
+    import compress.calib_pipeline as calib_pipeline
+
+    folder = _copy(folders, family, tmp_path, drop=part)
+    recipe = _recipe(tmp_path, family, folder)
+    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
+    for command in (["plan", recipe], _run(recipe, tmp_path)):
+        assert main(command) == 2
+        error = _one_error(capsys)
+        assert error.startswith(f"dit-compress: error: {recipe}:2: cannot load calibration pipeline '{folder}': "
+                                f"its model_index.json lists {part} (transformers {cls}), but the folder has no "
+                                f"{part}/ with files in it"), error
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_pipeline_refuses_a_base_folder_lacking_a_part(tmp_path, folders):
+    """load_pipeline(out, base=FOLDER) loaded a base folder without its tokenizer, the tokenizer
+    diffusers built having no vocabulary."""
+    out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
+    folder = _copy(folders, "pixart", tmp_path, drop="tokenizer")
+    with pytest.raises(UserError, match=f"^cannot load base pipeline '{folder}': its model_index.json lists "
+                                        "tokenizer \\(transformers T5Tokenizer\\), but the folder has no "
+                                        "tokenizer/ with files in it"):
+        load_pipeline(out, base=str(folder))
+    (folder / "tokenizer").mkdir()  # empty: lacking all the same
+    with pytest.raises(UserError, match="no tokenizer/ with files in it"):
+        load_pipeline(out, base=str(folder))
+    shutil.rmtree(folder / "tokenizer")
+    shutil.copytree(folders["pixart"] / "tokenizer", folder / "tokenizer")
+    assert type(load_pipeline(out, base=str(folder))).__name__ == "PixArtSigmaPipeline"
+
+
+def test_plan_says_what_run_says_of_a_teacher_without_model_index_or_of_another_class(tmp_path, folders, capsys):
+    """A teacher folder without model_index.json (planned as a transformer folder) or whose
+    model_index.json names another pipeline class passed plan; run refused both in one line."""
+    import json
+
+    bare = _copy(folders, "pixart", tmp_path)
+    (bare / "model_index.json").unlink()
+    recipe = _recipe(tmp_path, "pixart", bare)
+    assert main(["plan", recipe]) == 2
+    assert _one_error(capsys) == (f"dit-compress: error: {recipe}:2: calibration.source pipeline samples in a "
+                                  f"diffusers pipeline, and the teacher {bare} is a folder without model_index.json; "
+                                  "set calibration.pipeline to the base pipeline (a Hugging Face id such as "
+                                  "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder)")
+    other = tmp_path / "other"
+    shutil.copytree(folders["pixart"], other)
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
+    recipe = _recipe(tmp_path, "pixart", other)
+    for command in (["plan", recipe], _run(recipe, tmp_path)):
+        assert main(command) == 2
+        assert _one_error(capsys) == (f"dit-compress: error: {recipe}:2: cannot load calibration pipeline "
+                                      f"'{other}': its model_index.json names FluxPipeline, which needs "
+                                      "text_encoder_2, tokenizer_2, and lists scheduler, text_encoder, tokenizer, "
+                                      "transformer, vae (a pipeline of another class, or a _class_name edited?)")
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "NoSuchPipeline"}))
+    assert main(["plan", recipe]) == 2
+    assert "its model_index.json names 'NoSuchPipeline', which is no pipeline class of diffusers" in \
+        _one_error(capsys)
+
+
+def test_a_pipeline_failure_outside_the_transformer_names_the_pipeline(folders):
+    """An error inside diffusers' encode_prompt (Flux's CLIP tokenizer without a vocabulary: an
+    OverflowError) escaped as a traceback; one inside the transformer stays as it is."""
+    from compress.calib_pipeline import capture, load_pipeline_for
+
+    teacher = load_teacher(str(folders["flux"]))
+    pipe = load_pipeline_for(teacher, str(folders["flux"]))
+
+    def broken(*args, **kwargs):
+        raise OverflowError("int too big to convert")
+
+    pipe._get_clip_prompt_embeds = broken  # as its CLIP tokenizer without a vocabulary failed
+    with pytest.raises(UserError, match=f"^the calibration pipeline {folders['flux']} \\(FluxPipeline\\) failed "
+                                        "outside the transformer while sampling \\['a cat'\\]: OverflowError: int "
+                                        "too big to convert; check its tokenizers"):
+        capture(pipe, teacher, ["a cat"], steps=2, keep=1, guidance=3.5, seed=0, size={"height": 32, "width": 32},
+                source=str(folders["flux"]))
+
+    def failing(module, args, kwargs):
+        raise RuntimeError("inside the transformer")
+
+    del pipe._get_clip_prompt_embeds
+    handle = teacher.transformer_blocks[0].register_forward_pre_hook(failing, with_kwargs=True)
+    try:
+        with pytest.raises(RuntimeError, match="^inside the transformer$"):
+            capture(pipe, teacher, ["a cat"], steps=2, keep=1, guidance=3.5, seed=0,
+                    size={"height": 32, "width": 32}, source=str(folders["flux"]))
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize(("family", "part"), [("pixart", "tokenizer"), ("flux", "tokenizer"), ("flux", "tokenizer_2")])
+def test_the_tiny_pipelines_tokenizers_tell_prompts_apart(folders, family, part):
+    """tests/pipelines.py's T5 tokenizers had 4 tokens under transformers 5 (vocab_file ignored): every
+    word was [3, 2], prompts differed only in length. Saved and read back, as the pipelines load them,
+    two prompts of as many words are different ids, and no word is the unknown id."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folders[family] / part)
+    cat, car = (tokenizer(p).input_ids for p in ("a photo of a cat", "a red car on a"))
+    assert cat != car and len(set(cat)) > 4
+    assert tokenizer.unk_token_id not in cat[:-1] + car[:-1]  # (the last: the end of text, CLIP's unknown too)
+
+
+def test_the_tiny_flux_pipeline_decodes_images(folders):
+    """Its VAE had no shift_factor: FluxPipeline(output_type='np') failed decoding."""
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(folders["flux"])
+    image = pipe("a cat", num_inference_steps=2, height=32, width=32, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 32, 32, 3) and bool(torch.isfinite(torch.from_numpy(image)).all())
