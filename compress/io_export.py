@@ -208,14 +208,14 @@ def _swap_in(tmp: Path, out: Path) -> None:
     Elsewhere it is first renamed aside (`.NAME.old-*`) and removed only once the new one is in place,
     and put back if the rename fails or is interrupted (SIGTERM comes as KeyboardInterrupt,
     runner.sigterm_as_interrupt); a kill between the two renames leaves it aside, where the next run
-    on `out` puts it back (runner_folders.clear_leftovers)."""
+    on `out` puts it back (runner_leftovers.clear_leftovers)."""
     if not out.exists():
         os.replace(tmp, out)
         return
     if exchange(tmp, out):
         shutil.rmtree(tmp, ignore_errors=True)  # the old output now
         return
-    aside = _temp_beside(out, "old")  # an empty folder, named as runner_folders.LEFTOVER knows
+    aside = _temp_beside(out, "old")  # an empty folder, named as runner_leftovers.LEFTOVER knows
     try:
         os.replace(out, aside)  # onto the empty folder
         os.replace(tmp, out)
@@ -232,7 +232,7 @@ def _put_back_aside(aside: Path, out: Path) -> None:
     """The earlier output, set aside in `aside` by a swap that failed or was interrupted, renamed back
     to `out`. Where that fails too, a warning naming both: the error that stopped the swap is the one
     raised (not this one's traceback), and the next run on `out` puts it back
-    (runner_folders.clear_leftovers)."""
+    (runner_leftovers.clear_leftovers)."""
     try:
         os.replace(aside, out)
     except OSError as e:

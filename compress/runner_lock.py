@@ -40,8 +40,8 @@ def hold_run(run_dir: Path, out: Path):
     the folders. Not taken for folders that nest, which `check_folders` refuses with its own message
     (making a lock's folder first would change what it finds). Once held, what killed runs left in
     them (temp folders of stage saves and exports, a copy of the model each) is cleared
-    (`runner_folders.clear_run_leftovers`): no live run writes them now."""
-    from compress.runner_folders import clear_run_leftovers
+    (`runner_leftovers.clear_run_leftovers`): no live run writes them now."""
+    from compress.runner_leftovers import clear_run_leftovers
     from compress.runner_ranks import is_follower  # no torch either
 
     if is_follower() or nested(Path(out), Path(run_dir)):

@@ -220,7 +220,7 @@ def test_a_kill_during_an_overwrite_leaves_an_output(tmp_path):
 
 
 def test_where_there_is_no_exchange_a_killed_overwrite_leaves_the_old_output_aside_by_its_name(tmp_path):
-    """Without renameat2, the kill leaves the old output in .out.old-* (runner_folders.clear_leftovers
+    """Without renameat2, the kill leaves the old output in .out.old-* (runner_leftovers.clear_leftovers
     puts it back), the new one in .out.tmp-*."""
     out = tmp_path / "out"
     save_compressed(tiny_pixart(), out)

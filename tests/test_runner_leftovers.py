@@ -1,4 +1,4 @@
-"""What killed writes leave beside an output or stage (runner_folders.clear_leftovers): temp folders
+"""What killed writes leave beside an output or stage (runner_leftovers.clear_leftovers): temp folders
 removed, an output set aside put back (the newest complete one where a finished write was never
 swapped in), and a one-line error where it cannot be."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from compress.errors import UserError
-from compress.runner_folders import clear_leftovers, clear_run_leftovers
+from compress.runner_leftovers import clear_leftovers, clear_run_leftovers
 
 
 def _leftover(folder: Path, name: str, output: bool = True) -> Path:
