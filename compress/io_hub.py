@@ -297,11 +297,17 @@ def uncached(repo_id: str) -> str:
 def other_spelling(repo: Path | None) -> str:
     """' (it holds ORG/NAME, spelt otherwise: give that id)' where the cache holds the repo folder
     `repo` in other letter cases (the Hub finds an id in any case, the cache only in the one downloaded)."""
+    other = spelt_otherwise(repo)
+    return "" if other is None else f" (it holds {other}, spelt otherwise: give that id)"
+
+
+def spelt_otherwise(repo: Path | None) -> str | None:
+    """The id (ORG/NAME) of a repo folder the cache holds beside `repo` in other letter cases; None if none."""
     if repo is None or not repo.parent.is_dir():
-        return ""
+        return None
     other = next((f.name for f in sorted(repo.parent.iterdir()) if f.name.lower() == repo.name.lower()
                   and f.name != repo.name and (f / "snapshots").is_dir()), None)
-    return "" if other is None else f" (it holds {'/'.join(other.split('--')[1:])}, spelt otherwise: give that id)"
+    return None if other is None else "/".join(other.split("--")[1:])
 
 
 @contextlib.contextmanager

@@ -43,12 +43,16 @@ def hub_output(source, what: str) -> UserError | None:
     as for a teacher), the folder to pass (its snapshot's, or that it is no output); else what the
     cache holds of it and how to download it. None for a path."""
     from compress.io import looks_local
-    from compress.io_hub import cached_snapshot, uncached
+    from compress.io_hub import cache_folder, cached_snapshot, id_problem, spelt_otherwise, uncached
 
     if not isinstance(source, str) or looks_local(source) or source.startswith("toy:"):
         return None
     said = f"{source}: {what} takes a local dit-compress output folder, not a Hub id"
     snapshot = cached_snapshot(source)
+    other = spelt_otherwise(cache_folder(source)) if snapshot is None and id_problem(source) is None else None
+    spelt = ""
+    if other is not None and cached_snapshot(other) is not None:  # the cache's spelling: its folder, not the id
+        spelt, snapshot = f" (spelt {other})", cached_snapshot(other)
     if snapshot is None:
         held = uncached(source)
         held = "" if held == "no copy of it" else f"; the Hugging Face cache holds {held}"
@@ -56,7 +60,7 @@ def hub_output(source, what: str) -> UserError | None:
     cached = output_folder(snapshot)
     held = f"give {cached}" if is_output(cached) else f"at {cached}, which is no dit-compress output (its " \
         "config.json has no compression section)"
-    return UserError(f"{said}; the Hugging Face cache holds it: {held}")
+    return UserError(f"{said}; the Hugging Face cache holds it{spelt}: {held}")
 
 
 def weight_files(out, variant: str | None = None) -> list[Path]:

@@ -206,3 +206,21 @@ def test_lora_given_a_hub_id_as_its_output_says_so_as_eval_does(tmp_path, monkey
     assert capsys.readouterr().err == ("dit-compress: error: acme/out: lora takes a local dit-compress output folder, "
                                        f"not a Hub id; the Hugging Face cache holds it: give {repo / 'snapshots' / CACHED}\n")
     assert not (tmp_path / "new").exists()
+
+
+def test_eval_given_a_hub_id_in_other_letters_names_the_snapshot_not_the_id(tmp_path, monkeypatch, capsys):
+    """`eval ACME/Out` where the cache holds acme/out said "give that id" (acme/out), which eval refuses
+    as it refuses every Hub id: it names the cached output's snapshot folder to give."""
+    from huggingface_hub import constants
+
+    from compress.cli import main
+    from tests.test_io_output_paths import _output
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    repo = _cached(tmp_path, "acme/out", _output(tmp_path))
+    capsys.readouterr()
+    assert main(["eval", "ACME/Out"]) == 2
+    assert capsys.readouterr().err == ("dit-compress: error: ACME/Out: eval takes a local dit-compress output folder, "
+                                       "not a Hub id; the Hugging Face cache holds it (spelt acme/out): "
+                                       f"give {repo / 'snapshots' / CACHED}\n")
