@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import signal
 import sys
-import threading
-import time
-from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 
 import compress
 from compress.errors import NumericError, UserError
+from compress.interrupts import interrupts_held
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -111,39 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the one recorded in the output, or where that is itself an output, the first teacher of its chain)")
     p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file --teacher")
     return parser
-
-
-SECOND_INTERRUPT_S = 1.0  # a SIGINT this soon after the first is the same stop, signalled twice
-
-
-@contextmanager
-def interrupts_held():
-    """A first Ctrl-C (SIGINT) during the block is held until its end, then raised as KeyboardInterrupt:
-    one raised inside torch's or diffusers' imports (seconds) can abort the interpreter (SIGABRT
-    from torch's C++ start-up) or leave a module half-made. A second one raises at once (an import
-    that hangs can still be stopped), unless it comes within SECOND_INTERRUPT_S of the first: that is
-    one stop signalled twice (`timeout -s INT` signals the command, then its process group), held
-    too. Where SIGINT is not Python's default handler (ignored in a background job, or set by the
-    caller), the block runs as it is."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    held = []
-
-    def hold(signum, frame):
-        now = time.monotonic()
-        if held and now - held[0] >= SECOND_INTERRUPT_S:
-            raise KeyboardInterrupt  # a second Ctrl-C: an import that hangs is stopped
-        held.append(now)
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if held:
-        raise KeyboardInterrupt
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from compress.errors import NumericError, UserError
+from compress.interrupts import interrupts_held
 from compress.io import INDEX, cast, from_config, model_class, read_config
 from compress.io_export import (atomic_folder, canonical_header, compressed_config, export_cast, header_metadata,
                                 write_texts)
@@ -108,7 +109,7 @@ class CheckpointBlocks:
         damaged since it was mapped is a UserError naming it (`opened`)."""
         for k in keys:
             path = self.files[k]
-            with opened(path, mapped=True) as f:
+            with opened(path, mapped=True) as f, interrupts_held():  # a Ctrl-C inside it was a ValueError
                 t = f.get_tensor(self.stored.get(k, k))
             if t.is_floating_point():
                 self._check_castable(k, path, t)

@@ -1,6 +1,6 @@
 import pytest
 
-from compress import cli
+from compress import cli, interrupts
 from compress.errors import UserError
 from compress.passes.distill_trainer import StepLimitReached, TrainingInterrupted
 
@@ -123,18 +123,18 @@ def test_an_interrupt_while_importing_is_held_to_the_end_and_a_second_raised_at_
     import signal
 
     clock = iter([100.0, 100.0 + apart])
-    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(interrupts.time, "monotonic", lambda: next(clock))
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores it
     done = []
     try:
         with pytest.raises(KeyboardInterrupt):
-            with cli.interrupts_held():
+            with interrupts.interrupts_held():
                 os.kill(os.getpid(), signal.SIGINT)
                 done.append("held: the block goes on")
                 if kills == 2:
                     os.kill(os.getpid(), signal.SIGINT)
                 done.append("the rest of the block")
-        raised_at_once = kills == 2 and apart >= cli.SECOND_INTERRUPT_S
+        raised_at_once = kills == 2 and apart >= interrupts.SECOND_INTERRUPT_S
         assert done == ["held: the block goes on", "the rest of the block"][:1 if raised_at_once else 2]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:

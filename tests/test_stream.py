@@ -1,3 +1,4 @@
+import contextlib
 import re
 
 import pytest
@@ -343,3 +344,40 @@ def test_a_shard_damaged_after_it_was_mapped_is_one_line_naming_it(tmp_path, dam
         loader.check_shapes()
     with pytest.raises(UserError, match=match):
         loader.ends(loader.block_keys("blocks", 1))
+
+
+def test_a_ctrl_c_while_a_streamed_weight_is_read_is_a_keyboard_interrupt(tmp_path, monkeypatch):
+    """A Ctrl-C that came while safetensors read a block's tensor surfaced from its native code as
+    `ValueError: could not determine the shape of object type 'torch.storage.UntypedStorage'`, a
+    traceback and status 1: the read holds it, and it is a KeyboardInterrupt once the read is done."""
+    import os
+    import signal
+
+    from compress import stream_files
+
+    model, loader = _streamed_model(tmp_path, tiny_pixart)
+    real = stream_files.opened
+
+    class Native:  # what safetensors' native get_tensor does with an exception raised inside it
+        def __init__(self, f):
+            self.f = f
+
+        def get_tensor(self, name):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                return self.f.get_tensor(name)
+            except BaseException:
+                raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+
+    @contextlib.contextmanager
+    def opened(path, mapped=False):
+        with real(path, mapped) as f:
+            yield Native(f)
+
+    monkeypatch.setattr("compress.stream.opened", opened)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loader.materialize("blocks", 0, model.transformer_blocks[0])
+    finally:
+        signal.signal(signal.SIGINT, previous)
