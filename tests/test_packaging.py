@@ -1,4 +1,4 @@
-"""pyproject.toml's package list: every folder of compress/ (and kernels/, installed as compress.kernels)
+"""pyproject.toml's package list: every folder of compress/
 is a listed package, and every file in it that is not Python is matched by that package's package-data,
 so a wheel carries the toy teachers' weights and setuptools has nothing to warn about at install."""
 
@@ -16,7 +16,7 @@ def _setuptools() -> dict:
 def _folders() -> dict[str, Path]:
     """Package name -> the folder it installs from, for every folder holding files."""
     found = {}
-    for top, name in (("compress", "compress"), ("kernels", "compress.kernels")):
+    for top, name in (("compress", "compress"),):
         for folder in [ROOT / top, *(ROOT / top).rglob("*")]:
             if folder.is_dir() and folder.name != "__pycache__" and any(p.is_file() for p in folder.iterdir()):
                 parts = folder.relative_to(ROOT / top).parts
@@ -37,3 +37,11 @@ def test_every_data_file_is_package_data():
                  if p.is_file() and p.suffix not in (".py", ".pyc")
                  and not any(fnmatch.fnmatch(p.name, g) for g in data.get(name, []))]
     assert unmatched == [], "files a wheel would leave out"
+
+
+def test_the_root_holds_no_package_but_compress_and_tests():
+    """A package folder at the repo root shadows an installed package of its name wherever the root is
+    on sys.path (`python -m pytest`): kernels/ hid Hugging Face's `kernels`, which transformers 5.25
+    imports, and no test could import diffusers' Flux."""
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == {"compress", "tests"}

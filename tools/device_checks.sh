@@ -13,8 +13,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/*.whl || { echo "carry .whl (tools/device_wheels.sh)"; exit 1; }
-# the package as installed: kernels/ is compress.kernels (pyproject's package-dir), outside the tree
-rm -rf /tmp/repo && cp -r . /tmp/repo && rm -rf /tmp/repo/.whl && cp -r kernels /tmp/repo/compress/kernels
+rm -rf /tmp/repo && cp -r . /tmp/repo && rm -rf /tmp/repo/.whl
 cd /tmp/repo || exit 1
 export PYTHONPATH=/tmp/repo:/tmp/site
 
