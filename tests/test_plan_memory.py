@@ -68,9 +68,12 @@ def test_the_pipeline_components_are_said_or_counted_where_their_weights_are_her
         save_file({"w": torch.zeros(numel)}, str(folder / name / "model.fp16.safetensors"))  # a variant: not again
     index = {"_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
              "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
-             "tokenizer": [None, None], "vae": ["diffusers", "AutoencoderKL"],
+             "tokenizer": [None, None], "tokenizer_2": [None, None],
+             "vae": ["diffusers", "AutoencoderKL"],
              "transformer": ["diffusers", "FluxTransformer2DModel"]}
     (folder / "model_index.json").write_text(__import__("json").dumps(index))
+    (folder / "scheduler").mkdir()  # every part the index lists is there (pipeline_folder checks it)
+    (folder / "scheduler" / "scheduler_config.json").write_text("{}")
     assert component_params(str(folder)) == 4500  # not the transformer's
     assert component_params(str(tmp_path)) is None  # not a pipeline folder
     # the largest of what a step holds for a while: no sequential probe, no Fisher's backward here
