@@ -51,8 +51,8 @@ def hub_output(source, what: str) -> UserError | None:
     snapshot = cached_snapshot(source)
     other = spelt_otherwise(cache_folder(source)) if snapshot is None and id_problem(source) is None else None
     spelt = ""
-    if other is not None and cached_snapshot(other) is not None:  # the cache's spelling: its folder, not the id
-        spelt, snapshot = f" (spelt {other})", cached_snapshot(other)
+    if other is not None and (snapshot := cached_snapshot(other)) is not None:  # the cache's spelling: its folder
+        spelt = f" (spelt {other})"
     if snapshot is None:
         held = uncached(source)
         held = "" if held == "no copy of it" else f"; the Hugging Face cache holds {held}"

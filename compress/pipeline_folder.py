@@ -107,8 +107,6 @@ def check_not_saved_toy(pipeline: str, where: str = "") -> None:
     or ToyFluxPipeline, and its text encoder and VAE, no diffusers classes, are not saved) is no
     pipeline diffusers loads: a UserError naming the toy to sample in instead. `where`: 'PATH:LINE: '
     of the recipe key that gave it."""
-    from compress.io import read_json
-
     index = Path(pipeline).expanduser() / "model_index.json"
     try:
         name = read_json(index).get("_class_name") if index.is_file() else None
