@@ -2,9 +2,10 @@
 then the weight files of the one variant from_pretrained would read), its config.json alone
 (`hub_config_file`, for checks before any download; `cached_config` from the cache alone), the
 repo's file list, the cache's copy of a repo (`cached_snapshot`, the one rule outputs, LoRAs and
-pipelines use too; `uncached` says what it holds otherwise), and one-line errors for failed
-fetches with huggingface_hub's retry warnings kept quiet (`quiet_hub`, `hub_error`). io's
-`load_teacher` loads the folder `hub_folder` returns as a local one.
+pipelines use too; `uncached` says what it holds otherwise, `held_otherwise` the same or None where
+it holds nothing of the repo), and one-line errors for failed fetches with huggingface_hub's retry
+warnings kept quiet (`quiet_hub`, `hub_error`). io's `load_teacher` loads the folder `hub_folder`
+returns as a local one.
 
 The Hugging Face cache answers offline (HF_HUB_OFFLINE) and, for a repo it holds, where one
 request without retries finds the Hub unreachable (`hub_head`): then no other Hub call is made in
@@ -281,12 +282,19 @@ def cache_folder(repo_id: str) -> Path:
 
 def uncached(repo_id: str) -> str:
     """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: 'no copy of
-    it', or the snapshots of other revisions it holds (`hf download --revision` writes no refs/main),
-    which load as local folders."""
+    it', or what held_otherwise says."""
+    return held_otherwise(repo_id) or "no copy of it"
+
+
+def held_otherwise(repo_id: str) -> str | None:
+    """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: the snapshots
+    of other revisions (`hf download --revision` writes no refs/main), which load as local folders,
+    or the repo spelt in other letters; None where it holds nothing of it."""
     repo = cache_folder(repo_id) if id_problem(repo_id) is None else None
     snapshots = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()) if repo is not None else []
     if not snapshots:
-        return "no copy of it" + other_spelling(repo)
+        spelt = other_spelling(repo)
+        return "no copy of it" + spelt if spelt else None
     refs = {f.read_text().strip(): f.relative_to(repo / "refs").as_posix()
             for f in (repo / "refs").rglob("*") if f.is_file()}
     named = [f"{p} ({refs[p.name]})" if p.name in refs else str(p) for p in snapshots]

@@ -43,7 +43,7 @@ def hub_output(source, what: str) -> UserError | None:
     as for a teacher), the folder to pass (its snapshot's, or that it is no output); else what the
     cache holds of it and how to download it. None for a path."""
     from compress.io import looks_local
-    from compress.io_hub import cache_folder, cached_snapshot, id_problem, spelt_otherwise, uncached
+    from compress.io_hub import cache_folder, cached_snapshot, held_otherwise, id_problem, spelt_otherwise
 
     if not isinstance(source, str) or looks_local(source) or source.startswith("toy:"):
         return None
@@ -54,8 +54,8 @@ def hub_output(source, what: str) -> UserError | None:
     if other is not None and (snapshot := cached_snapshot(other)) is not None:  # the cache's spelling: its folder
         spelt = f" (spelt {other})"
     if snapshot is None:
-        held = uncached(source)
-        held = "" if held == "no copy of it" else f"; the Hugging Face cache holds {held}"
+        held = held_otherwise(source)
+        held = "" if held is None else f"; the Hugging Face cache holds {held}"
         return UserError(f"{said}{held}; download it first (hf download {source} --local-dir DIR) and give DIR")
     cached = output_folder(snapshot)
     held = f"give {cached}" if is_output(cached) else f"at {cached}, which is no dit-compress output (its " \

@@ -137,7 +137,7 @@ def hub_lora(lora: str) -> Path | None:
     is not known (nothing cached: diffusers guesses it online); offline, that is a UserError."""
     from huggingface_hub import hf_hub_download
 
-    from compress.io_hub import cached_snapshot, hub_cache, hub_error, offline, quiet_hub, uncached
+    from compress.io_hub import cached_snapshot, held_otherwise, hub_cache, hub_error, offline, quiet_hub
 
     parts = lora.split("/")
     named = len(parts) > 2 and lora.endswith(".safetensors")
@@ -149,8 +149,8 @@ def hub_lora(lora: str) -> Path | None:
         name = cached
     if name is None:
         if offline() and len(parts) == 2:
-            held = uncached(repo_id)  # other revisions' snapshots are named
-            held = "no LoRA file of it" if cached_snapshot(repo_id) or held == "no copy of it" else held
+            held = held_otherwise(repo_id)  # other revisions' snapshots are named
+            held = "no LoRA file of it" if cached_snapshot(repo_id) or held is None else held
             raise UserError(f"{lora}: cannot fetch it from the Hugging Face Hub offline (HF_HUB_OFFLINE), and the "
                             f"Hugging Face cache ({hub_cache()}) holds {held}: fetch it once online, "
                             "or give a local .safetensors file")

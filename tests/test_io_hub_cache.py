@@ -224,3 +224,17 @@ def test_eval_given_a_hub_id_in_other_letters_names_the_snapshot_not_the_id(tmp_
     assert capsys.readouterr().err == ("dit-compress: error: ACME/Out: eval takes a local dit-compress output folder, "
                                        "not a Hub id; the Hugging Face cache holds it (spelt acme/out): "
                                        f"give {repo / 'snapshots' / CACHED}\n")
+
+
+def test_held_otherwise_is_none_where_the_cache_holds_nothing_of_the_repo(tmp_path):
+    """Callers asked uncached(...) == 'no copy of it' to tell 'nothing' from other revisions or
+    spellings; held_otherwise says None then, and uncached's words otherwise."""
+    from compress.io_hub import held_otherwise, uncached
+
+    assert held_otherwise("acme/pix") is None and uncached("acme/pix") == "no copy of it"
+    repo = _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", tiny_pixart()))
+    assert held_otherwise("acme/pixx") is None and held_otherwise("not an id") is None
+    assert held_otherwise("ACME/Pix") == "no copy of it (it holds acme/pix, spelt otherwise: give that id)"
+    snapshot = _pinned_only(repo)
+    assert held_otherwise("acme/pix") == uncached("acme/pix") == (
+        f"no copy of its main revision, only the snapshot {snapshot} (v1) (pass a snapshot folder as a local one)")
