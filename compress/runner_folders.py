@@ -255,8 +255,9 @@ def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
     of this recipe's says it, `kept_in_words`) that this recipe's `passes` after those --resume
     keeps read back (`measured_so_far`, under the fingerprint the run recorded; passes not known:
     its svd caches'). --restart discards its passes, not what it measured."""
-    to_run = list(passes)[info.get("keeps") or 0:] if passes else None
-    measured = measured_so_far(run_dir, run_fingerprint(run_dir), None, to_run)
+    keeps = info.get("keeps") or 0
+    to_run = list(passes)[keeps:] if passes else None
+    measured = measured_so_far(run_dir, run_fingerprint(run_dir), None, to_run, keeps)
     return (f"{run_dir} holds an interrupted run of another recipe (it differs in "
             f"{', '.join(info['changed'][:3])}; {saved_in_words(info)}"
             f"{f', {measured} measured so far' if measured else ''})")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES
 
+READ_BY = "read-by.json"  # in an svd pass's stats cache: the pass index that reads it (`mark_read_by`)
+
 
 def saved_in_words(info: dict) -> str:
     """'2 of 5 passes done, a distill checkpoint at step 275' for an `interrupted_run`."""
@@ -41,14 +43,16 @@ def kept_in_words(run_dir: Path, info: dict, fingerprint: str | None, inputs: li
     """'2 of 5 passes done, block statistics (9 files) measured so far' for an `interrupted_run`'s
     `info`: its saved passes and distill checkpoint (`saved_in_words`) and what its unfinished pass
     measured, which --resume reads back (`measured_so_far` of `fingerprint`, `inputs` and the `passes`
-    not yet saved; none known: every pass's); with every pass done, only the passes."""
+    not yet saved; none known: every pass's; not the statistics of the passes saved, which it keeps);
+    with every pass done, only the passes."""
     done = info["total"] is not None and info["done"] >= info["total"]
     to_run = list(passes)[info["done"]:] if passes else None  # None: not known
-    measured = "" if done else measured_so_far(run_dir, fingerprint, inputs, to_run)
+    measured = "" if done else measured_so_far(run_dir, fingerprint, inputs, to_run, info["done"])
     return saved_in_words(info) + (f", {measured} measured so far" if measured else "")
 
 
-def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=None) -> str:
+def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=None,
+                    start: int = 0) -> str:
     """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files),
     teacher samples (6 of 16 shards)': what
     an interrupted run left that a rerun of the same recipe and teacher reads back instead of
@@ -56,17 +60,19 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     (calib_pipeline.PipelineSource.call_files: the files of this run's calls, <hash>.pt; the folder
     may also hold those of other prompts, which a rerun does not read), and under calib/<fingerprint>/<model>/ the
     svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
-    and output Fishers (`saved_fishers`), and the teacher samples a distill pass among `to_run` reads
+    and output Fishers (fisher-*/*.pt), and the teacher samples a distill pass among `to_run` reads
     back (`teacher_samples_kept`); the statistics and Fishers only where an svd pass is among `to_run`
-    (None: the passes are not known), as no other pass reads them. Unfinished files (*.tmp*) are not counted."""
+    (None: the passes are not known), as no other pass reads them, and only those of a pass from
+    index `start` on (`to_run` being the recipe's passes from there: a cache marked read by an
+    earlier pass, `mark_read_by`, is one --resume passes over). Unfinished files (*.tmp*) are not counted."""
     def count(n: int, unit: str) -> str:
         return f"{n} {unit}{'' if n == 1 else 's'}"
 
     calls = sum(1 for p in inputs if p.is_file()) if inputs else 0
     svd_ahead = to_run is None or any(getattr(p, "name", None) == "svd" for p in to_run)
-    fingerprint_read = fingerprint if svd_ahead else None  # (after the last svd pass: read by none)
-    stats = sum(1 for _ in (Path(run_dir) / "calib" / fingerprint_read).glob("*/*.pt")) if fingerprint_read else 0
-    fishers = saved_fishers(run_dir, fingerprint_read)
+    caches = read_caches(run_dir, fingerprint, start) if svd_ahead else []  # (after the last svd pass: read by none)
+    stats = sum(1 for cache in caches for _ in cache.glob("*.pt"))
+    fishers = sum(1 for cache in caches for _ in cache.glob("fisher-*/*.pt"))
     kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
         ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
         ("output Fishers", fishers, "file")] if n]
@@ -76,14 +82,36 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     return ", ".join(kept)
 
 
-def saved_fishers(run_dir: Path, fingerprint: str | None) -> int:
-    """How many output Fishers an interrupted svd pass left in the run folder for a rerun of the
-    same teacher and calibration (`fingerprint`, runner_resume.fingerprint):
-    calib/<fingerprint>/<model>/fisher-*/*.pt, kept beside its stats cache. Those of other
-    fingerprints (an earlier teacher or calibration) are not read back; no fingerprint: none."""
+def read_caches(run_dir: Path, fingerprint: str | None, start: int = 0) -> list[Path]:
+    """The svd passes' stats cache folders (calib/<fingerprint>/<model digest>/) of a rerun of the
+    same teacher and calibration (`fingerprint`, runner_resume.fingerprint) whose passes from index
+    `start` on may read them back: all but those marked read by an earlier pass (`mark_read_by`: a
+    pass --resume keeps, so never runs again; its cache is keyed by the student before it, which no
+    later pass starts from). Unmarked ones (an older dit-compress's) are counted: not known. Those
+    of other fingerprints (an earlier teacher or calibration) are not read back; no fingerprint: none."""
     if not fingerprint:
-        return 0
-    return sum(1 for _ in (Path(run_dir) / "calib" / fingerprint).glob("*/fisher-*/*.pt"))
+        return []
+    return [cache for cache in sorted((Path(run_dir) / "calib" / fingerprint).glob("*"))
+            if cache.is_dir() and not (0 <= _read_by(cache) < start)]
+
+
+def mark_read_by(cache: Path, i: int) -> None:
+    """Marks an svd pass's stats cache folder `cache` as read by pass index `i` (0-based) of the run
+    (`read_caches`): written as the pass starts; where it cannot be written, the words only count it."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / READ_BY).write_text(json.dumps({"pass": i}) + "\n")
+    except OSError:
+        pass
+
+
+def _read_by(cache: Path) -> int:
+    """The pass index `mark_read_by` recorded in `cache`, -1 where none (or unreadable)."""
+    try:
+        got = json.loads((cache / READ_BY).read_text()).get("pass")
+    except (OSError, ValueError, AttributeError):
+        return -1
+    return got if isinstance(got, int) and not isinstance(got, bool) else -1
 
 
 def read_back_in_words(cache: Path) -> str:

@@ -20,7 +20,7 @@ from compress.passes.base import relative_error
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
-from compress.runner_kept import read_back_in_words
+from compress.runner_kept import mark_read_by, read_back_in_words
 from compress.runner_folders import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RUN_RECORD, inputs_change, not_kept_in_words, older_checksum,
                                    passed_over_in_words, read_state, recipe_changes, resumed_in_words,
@@ -166,7 +166,9 @@ def say_read_back(runner, start: int, student) -> None:
     from compress.calib import model_digest
 
     digest = model_digest(student, runner.ctx.block_map, runner.models.blocks)  # blocks: None when resident
-    kept = read_back_in_words(runner.run_dir / "calib" / fingerprint / digest)
+    cache = runner.run_dir / "calib" / fingerprint / digest
+    mark_read_by(cache, start)  # what a Ctrl-C from now on says --resume reads back (runner_kept.read_caches)
+    kept = read_back_in_words(cache)
     if kept:
         console.print(f"  pass {start + 1} (svd) reads back {kept} that an earlier run measured",
                       highlight=False, markup=False)

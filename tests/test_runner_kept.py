@@ -93,3 +93,54 @@ def test_an_errors_stop_names_the_block_statistics_and_fishers_kept_as_a_ctrl_c_
     (tmp_path / "stages" / "1-svd" / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
     assert resume_note(tmp_path, recipe, passes, "aaaa") == (f"; {tmp_path} keeps its work (2 of 2 passes done): "
                                                              "--resume only writes the output")
+
+
+def test_a_ctrl_c_in_a_later_svd_pass_names_only_the_statistics_that_pass_reads(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in pass 2 (svd) after it saved its first block's statistics: the line counted pass 1's
+    statistics too ('block statistics (N files) measured so far'), though --resume continues from
+    pass 1's stage and pass 2 reads only its own (its cache is keyed by the student pass 1 left)."""
+    from compress.calib_stats import StatsCache
+    from tests.runner_helpers import SIMPLE
+
+    pixart_runner(tmp_path, monkeypatch)
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher", passes=(
+        "  - svd: {targets: [mlp], ratio: 0.5, multiple: 2, fisher: none}\n"
+        "  - svd: {targets: [attention], ratio: 0.5, multiple: 2, fisher: none}\n")))
+    folders, real = [], StatsCache.save
+
+    def save(self, name, stats):
+        if self.directory not in folders:
+            folders.append(self.directory)
+        if len(folders) == 2:  # pass 2's first statistics written, then Ctrl-C
+            real(self, name, stats)
+            raise KeyboardInterrupt
+        return real(self, name, stats)
+    monkeypatch.setattr(StatsCache, "save", save)
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(argv) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    first, second = (sum(1 for _ in d.glob("*.pt")) for d in folders)
+    assert first > 0 and second == 1, (first, second)
+    assert last.endswith(f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block statistics (1 file) "
+                         "measured so far): rerun with --resume to continue"), last
+
+
+def test_statistics_marked_read_by_a_kept_pass_are_not_counted(tmp_path):
+    """A cache marked read by a pass before `start` (one --resume keeps) is not counted; one of that
+    pass or a later one is, and an unmarked one (an older run's) too."""
+    from types import SimpleNamespace
+
+    from compress.runner_kept import mark_read_by, measured_so_far, read_caches
+
+    for cache, files in (("teacher", 3), ("after-1", 2), ("older", 1)):
+        for n in range(files):
+            (tmp_path / "calib" / "fp" / cache).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "calib" / "fp" / cache / f"blocks-{n}.pt").write_bytes(b"x")
+    mark_read_by(tmp_path / "calib" / "fp" / "teacher", 0)
+    mark_read_by(tmp_path / "calib" / "fp" / "after-1", 1)
+    svd = SimpleNamespace(name="svd", config=None)
+    assert measured_so_far(tmp_path, "fp", None, [svd, svd], 0) == "block statistics (6 files)"
+    assert measured_so_far(tmp_path, "fp", None, [svd], 1) == "block statistics (3 files)"
+    assert [c.name for c in read_caches(tmp_path, "fp", 2)] == ["older"]
+    assert read_caches(tmp_path, None, 0) == []
