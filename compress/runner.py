@@ -25,7 +25,7 @@ from compress.recipe import Recipe
 from compress.report import console, param_count
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes, removal_note
-from compress.runner_folders import check_folders, check_run_folder, interrupt_note
+from compress.runner_folders import check_folders, check_run_folder, interrupt_note, say_if_nothing_to_resume
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
@@ -81,6 +81,7 @@ class Runner:
             from compress.passes.distill_resume import check_resumable_configs
 
             self.resumes_from = resumable(self)
+            say_if_nothing_to_resume(self.run_dir, self.resumes_from[0])  # it starts from the first pass
             if not self.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_stages)
                 check_resumable_configs(self.run_dir, [s.config for s in self.recipe.passes if s.name == "distill"],
                                         self.recipe.calibration)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
-from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, finished_and_reusable,
-                                    interrupted_run, recorded_fingerprint)
+from compress.runner_pending import read_record
+from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, distill_checkpoints,
+                                    finished_and_reusable, interrupted_run, recorded_fingerprint)
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
@@ -261,6 +262,19 @@ def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
     return (f"{run_dir} holds an interrupted run of another recipe (it differs in "
             f"{', '.join(info['changed'][:3])}; {saved_in_words(info)}"
             f"{f', {measured} measured so far' if measured else ''})")
+
+
+def say_if_nothing_to_resume(run_dir: Path, saved: list) -> None:
+    """--resume where `run_dir` holds nothing to continue from (no saved pass among `saved`, the stages
+    runner_stages.resumable read; no distill checkpoint; no streamed stage being written, runner_pending),
+    or is no folder at all: one line says so and that the run starts from the first pass (it did so
+    silently). What an svd pass measured there is read back all the same (its pass says so)."""
+    if saved or distill_checkpoints(run_dir) or read_record(run_dir) is not None:
+        return
+    from compress.report import note
+
+    note(f"--resume: nothing was saved in {run_dir} to resume from (no pass saved, no distill checkpoint): "
+         "starting from the first pass")
 
 
 def kept_by_resume(info: dict) -> str:

@@ -629,3 +629,21 @@ def test_a_symlinked_json_file_in_stages_is_foreign(tmp_path):
     (tmp_path / "mine.json").write_text("{}\n")
     (tmp_path / "stages" / "env.json").symlink_to(tmp_path / "mine.json")
     assert foreign_in_run_folder(tmp_path) == tmp_path / "stages" / "env.json"
+
+
+def test_resume_with_nothing_saved_says_it_starts_from_the_first_pass(pixart, capsys):
+    """`run --resume` on a run folder holding no saved pass nor checkpoint (or on none at all) ran from
+    scratch silently; it says so in one line. A run folder whose passes are saved is resumed without it."""
+    tmp_path, make, loads = pixart
+    nothing = "nothing was saved in {} to resume from (no pass saved, no distill checkpoint): starting from the first pass"
+    for run in (tmp_path / "missing", tmp_path / "empty"):
+        if run.name == "empty":
+            (run / "calib").mkdir(parents=True)
+        capsys.readouterr()
+        assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / f"out-{run.name}"), "--run-dir",
+                     str(run), "--resume"]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "nothing was saved" in line]
+        assert said == [f"note: --resume: {nothing.format(run)}"], said
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out-again"), "--run-dir",
+                 str(tmp_path / "empty"), "--resume"]) == 0  # its passes saved by the run before
+    assert "nothing was saved" not in capsys.readouterr().err
