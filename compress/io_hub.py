@@ -8,10 +8,10 @@ warnings kept quiet (`quiet_hub`, `hub_error`). io's `load_teacher` loads the fo
 returns as a local one.
 
 The Hugging Face cache answers offline (HF_HUB_OFFLINE) and, for a repo it holds, where one
-request without retries finds the Hub unreachable (`hub_head`): then no other Hub call is made in
-that load (huggingface_hub retries a file list for about 23 s without network). Where the Hub
-answers, that request's commit pins the load: a config or weights the cache holds of it are not
-asked for again.
+request without retries finds the Hub unreachable (`hub_head`, sent once a process for a repo):
+then no other Hub call is made in that load (huggingface_hub retries a file list for about 23 s
+without network). Where the Hub answers, that request's commit pins the load: a config or weights
+the cache holds of it are not asked for again.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from compress.io_tensors import one_line
 SUBS = ("transformer/", "")  # where a repo's transformer config.json is: a pipeline's, a transformer-only one's
 OFFLINE = "offline: HF_HUB_OFFLINE"
 _NOTED: set[str] = set()  # notes said once per process
+_HEADS: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # hub_head's answers: (cache, repo) -> main's
 
 
 def hub_folder(repo_id: str) -> Path:
@@ -134,7 +135,16 @@ def hub_head(repo_id: str, name: str) -> tuple[str | None, str | None]:
     """One request for the repo's file `name` without huggingface_hub's retries: (why the Hub cannot
     be reached ('ConnectError: …'), None) where it cannot; else (None, the commit of main where the
     answer names it: a repo without `name` answers 404 with it too; an error of the repo or the
-    user's access is said by the fetch that follows)."""
+    user's access is said by the fetch that follows). Sent once a process for a repo's main in a
+    cache: a run's source check and its load share the answer."""
+    key = (hub_cache(), repo_id)
+    if key not in _HEADS:
+        _HEADS[key] = head_request(repo_id, name)
+    return _HEADS[key]
+
+
+def head_request(repo_id: str, name: str) -> tuple[str | None, str | None]:
+    """hub_head's request, sent."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     try:

@@ -238,3 +238,20 @@ def test_held_otherwise_is_none_where_the_cache_holds_nothing_of_the_repo(tmp_pa
     snapshot = _pinned_only(repo)
     assert held_otherwise("acme/pix") == uncached("acme/pix") == (
         f"no copy of its main revision, only the snapshot {snapshot} (v1) (pass a snapshot folder as a local one)")
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_runs_source_check_and_load_send_the_hubs_head_once(tmp_path, monkeypatch, cached):
+    """A run checks its Hub teacher's config (io_source) before it loads it: each asked the Hub
+    (get_hf_file_metadata) whether it answers and at which commit, 2 HEADs; the answer is kept."""
+    from compress.io_source import checked
+
+    model = tiny_pixart()
+    folder = _pipeline(tmp_path / "pipe", model)
+    if cached:
+        _cached(tmp_path, "acme/pix", folder)
+    hub = _Hub(monkeypatch, tmp_path, folder, CACHED)
+    assert checked("acme/pix").config["num_layers"] == 3
+    teacher = load_teacher("acme/pix")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
+    assert [a for a in hub.asked if a[0] == "HEAD"] == [("HEAD", f"main/{'transformer/' if cached else ''}config.json")]
