@@ -148,14 +148,16 @@ class StreamedModels:
     def adopt(self, student: nn.Module, stage: Path) -> None:
         """The student's blocks are read from the stage folder just written (same dtype) from now
         on; the spilled copies and earlier stages (resume starts from the latest) are deleted, so
-        the run keeps one copy of the student on disk, two while the next stage is written."""
+        the run keeps one copy of the student on disk, two while the next stage is written. The
+        stages go oldest first (`stages_to_delete`), each unlisted before its files go (`delete_stage`):
+        a Ctrl-C in the middle leaves the latest stages, each complete, and --resume (which deletes
+        the rest again, runner_stages._finish_adopting) never continues from a half-deleted one."""
         loader = self.loaders[id(student)]
         loader.point_to(weight_map(stage))
         shutil.rmtree(self._spill(), ignore_errors=True)
         self._spill().mkdir(parents=True)
-        for old in stage.parent.iterdir():
-            if old.is_dir() and old != stage:
-                shutil.rmtree(old, ignore_errors=True)
+        for old in stages_to_delete(stage):
+            delete_stage(old)
 
     def fingerprint(self, teacher: nn.Module, h) -> None:
         """Adds the checkpoint to hash h: every byte of each of its files, read once in order (a
@@ -168,6 +170,26 @@ class StreamedModels:
                         h.update(chunk)
             except OSError as e:  # removed since checkpoint_of opened it
                 raise changed(path, e) from None
+
+
+def stages_to_delete(stage: Path) -> list[Path]:
+    """The folders beside `stage` in stages/ that adopting it deletes, in the order they go: the
+    stages by pass index, oldest first (<i>-<pass>, as runner_resume.stage_dirs reads them), then any
+    other folder (a killed save's temp folder) by name."""
+    def order(folder: Path) -> tuple:
+        index = folder.name.split("-", 1)[0]
+        return (0, int(index), folder.name) if index.isdigit() and "-" in folder.name else (1, 0, folder.name)
+    return sorted((p for p in stage.parent.iterdir() if p.is_dir() and p != stage), key=order)
+
+
+def delete_stage(folder: Path) -> None:
+    """A stage folder deleted, its state.json first: from then on no reader lists it as a complete
+    stage (runner_resume.stage_dirs), however far the rest got when a Ctrl-C stops it."""
+    try:
+        (folder / "state.json").unlink(missing_ok=True)
+    except OSError:  # (not a file): rmtree's to remove
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu"),

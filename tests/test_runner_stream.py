@@ -5,6 +5,8 @@ test_runner_stream_memory.py)."""
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -446,3 +448,46 @@ def test_a_weight_file_removed_mid_run_is_one_line_with_what_the_run_folder_keep
     with pytest.raises(WeightsChanged, match=r"cut.yaml:7: pass 2/2 \(svd\): .* is gone: it changed while .*; "
                                              r".*run-cut keeps its work .*--resume continues from pass 2"):
         run_recipe(tmp_path, text, "cut")
+
+
+def test_adopt_deletes_the_earlier_stages_oldest_first_each_unlisted_before_it_goes(tmp_path, monkeypatch):
+    """StreamedModels.adopt deleted the other folders of stages/ in the file system's order, each with
+    its state.json possibly last: a Ctrl-C in the middle could leave an earlier stage listed as complete
+    (runner_resume.stage_dirs, which --resume picks from) with its weights half gone. It deletes them in
+    pass order, oldest first (stages, then other folders), each one's state.json first."""
+    from types import SimpleNamespace
+
+    import compress.runner_stream as runner_stream
+    from compress.runner_resume import stage_dirs
+
+    stages = tmp_path / "stages"
+    names = ["10-svd", "2-svd", "0-svd", "1-remove_blocks", ".11-svd.tmp-abcdefgh", "11-svd"]
+    for name in names:
+        (stages / name).mkdir(parents=True)
+        (stages / name / "state.json").write_text("{}")
+        (stages / name / WEIGHTS).write_bytes(b"x")
+    (stages / "finished.json").write_text("{}")
+    models, student = StreamedModels(tmp_path), torch.nn.Linear(1, 1)
+    models.loaders[id(student)] = SimpleNamespace(point_to=lambda files: None)
+    monkeypatch.setattr(runner_stream, "weight_map", lambda stage: {})
+    real, deleted = shutil.rmtree, []
+
+    def rmtree(path, ignore_errors=False):
+        path = Path(path)
+        deleted.append((path.name, (path / "state.json").exists()))
+        if path.name == "1-remove_blocks":  # a Ctrl-C halfway through its files
+            (path / WEIGHTS).unlink()
+            raise KeyboardInterrupt
+        real(path, ignore_errors=ignore_errors)
+    monkeypatch.setattr(runner_stream.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        models.adopt(student, stages / "11-svd")
+    assert deleted == [("stream", False), ("0-svd", False), ("1-remove_blocks", False)], deleted
+    listed = stage_dirs(tmp_path)
+    assert [i for i, _ in listed] == [2, 10, 11] and all((d / WEIGHTS).is_file() for _, d in listed), listed
+    deleted.clear()
+    monkeypatch.setattr(runner_stream.shutil, "rmtree", lambda path, ignore_errors=False: (
+        deleted.append(Path(path).name), real(path, ignore_errors=ignore_errors)))
+    models.adopt(student, stages / "11-svd")  # as --resume does after such a stop (runner_stages._finish_adopting)
+    assert deleted == ["stream", "1-remove_blocks", "2-svd", "10-svd", ".11-svd.tmp-abcdefgh"], deleted
+    assert sorted(p.name for p in stages.iterdir()) == ["11-svd", "finished.json"]
