@@ -48,16 +48,16 @@ def hub_folder(repo_id: str) -> Path:
             names = repo_names(repo_id, sub, **pin)
         except Exception as e:  # noqa: BLE001 - as hf_hub_download, the cache answers then
             why = f"the Hub's file list failed: {cause_line(e)}"
-    if names is None:
-        names = sorted(f.name for f in cfg.parent.iterdir() if f.is_file())
+    if why is not None:  # the cached snapshot, checked: its weights there and whole
+        from compress.io_hub_snapshots import check_cached
+
+        check_cached(repo_id, sub, cfg.parent, why)
+        return cfg.parent
     wanted = variant_weights(names, variant_of(names, where))
     if not wanted:
-        if why is not None:  # the names are the cache's: the repo may well hold them
-            raise UserError(f"the Hugging Face cache holds no weights of {where} beside its config.json ({why}): "
-                            "fetch it once online, or pass a local folder or file")
         raise UserError(f"{where} holds no {WEIGHTS} (nor its shards, a variant's or .bin ones) beside its config.json")
-    if why is not None or (pin and all((cfg.parent / n).is_file() for n in wanted)):
-        return cfg.parent  # the cached snapshot: a missing shard is said as it loads (io.not_loaded)
+    if pin and all((cfg.parent / n).is_file() for n in wanted):
+        return cfg.parent  # the cached snapshot is the Hub's commit
     try:
         with quiet_hub():
             root = Path(snapshot_download(repo_id, allow_patterns=[sub + n for n in ["config.json", *wanted]], **pin))
@@ -305,11 +305,17 @@ def held_otherwise(repo_id: str) -> str | None:
     if not snapshots:
         spelt = other_spelling(repo)
         return "no copy of it" + spelt if spelt else None
+    return f"no copy of its main revision, only {named_snapshots(repo, snapshots)}"
+
+
+def named_snapshots(repo: Path, snapshots: list[Path]) -> str:
+    """'the snapshot P (v1) (pass a snapshot folder as a local one)': the snapshots of the repo's
+    cache folder `repo` (two named, the refs that name them beside them)."""
     refs = {f.read_text().strip(): f.relative_to(repo / "refs").as_posix()
             for f in (repo / "refs").rglob("*") if f.is_file()}
     named = [f"{p} ({refs[p.name]})" if p.name in refs else str(p) for p in snapshots]
-    return (f"no copy of its main revision, only {'the snapshot' if len(named) == 1 else 'the snapshots'} "
-            f"{', '.join(named[:2])}{' …' if len(named) > 2 else ''} (pass a snapshot folder as a local one)")
+    return (f"{'the snapshot' if len(named) == 1 else 'the snapshots'} {', '.join(named[:2])}"
+            f"{' …' if len(named) > 2 else ''} (pass a snapshot folder as a local one)")
 
 
 def other_spelling(repo: Path | None) -> str:

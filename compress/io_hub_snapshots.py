@@ -1,0 +1,49 @@
+"""What the Hugging Face cache's snapshots of a Hub teacher hold, for a load that reads the cache
+without the Hub (offline, or the Hub unreachable): main's snapshot checked before it loads
+(`check_cached`: no weights at all), and the snapshots of other revisions that hold the whole
+transformer (`complete_elsewhere`), named where main's lacks it. Nothing is asked of the Hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.errors import UserError
+from compress.io import missing_shards, variant_of, variant_weights
+from compress.io_hub import SUBS, cache_folder, cached_snapshot, named_snapshots
+
+
+def check_cached(repo_id: str, sub: str, folder: Path, why: str) -> None:
+    """main's cached snapshot folder of a Hub teacher (`folder`, its transformer's: `sub` in the
+    repo), read without the Hub (`why`, in words): where it holds no weights, a UserError naming the
+    other revisions' snapshots that hold them. A shard its index lists and the folder lacks is said
+    as it loads (io.not_loaded)."""
+    where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
+    names = sorted(f.name for f in folder.iterdir() if f.is_file())
+    if not variant_weights(names, variant_of(names, where)):  # the names are the cache's: the repo may well hold them
+        raise UserError(f"the Hugging Face cache holds no weights of {where} beside its config.json ({why})"
+                        f"{complete_elsewhere(repo_id)}: fetch it once online, or pass a local folder or file")
+
+
+def complete_elsewhere(repo_id: str) -> str:
+    """'; it holds them in the snapshot P (v1) (pass a snapshot folder as a local one)' where the
+    cache holds snapshots of revisions other than main's with a whole transformer (holds_transformer);
+    '' where it holds none."""
+    main = cached_snapshot(repo_id)
+    snapshots = sorted(p for p in (cache_folder(repo_id) / "snapshots").glob("*") if p.is_dir() and p != main)
+    complete = [p for p in snapshots if holds_transformer(p)]
+    return f"; it holds them in {named_snapshots(cache_folder(repo_id), complete)}" if complete else ""
+
+
+def holds_transformer(snapshot: Path) -> bool:
+    """Whether a snapshot holds a transformer's config.json (transformer/ first, as hub_config finds
+    it) and the weight files of the variant from_pretrained would read, each shard its index lists
+    among them, none a broken link."""
+    for folder in (snapshot / sub for sub in SUBS):
+        if (folder / "config.json").is_file():
+            names = [f.name for f in folder.iterdir() if f.is_file()]
+            try:
+                wanted = variant_weights(names, variant_of(names, folder))
+            except UserError:  # two variants: which one loads is the user's choice
+                return False
+            return bool(wanted) and missing_shards(folder) is None
+    return False
