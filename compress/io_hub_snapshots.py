@@ -1,10 +1,12 @@
 """What the Hugging Face cache's snapshots of a Hub teacher hold, for a load that reads the cache
 without the Hub (offline, or the Hub unreachable): main's snapshot checked before it loads
-(`check_cached`: no weights at all), and the snapshots of other revisions that hold the whole
-transformer (`complete_elsewhere`), named where main's lacks it. Nothing is asked of the Hub."""
+(`check_cached`: weight files that link to a blob the cache no longer has, no weights at all), and
+the snapshots of other revisions that hold the whole transformer (`complete_elsewhere`), named
+where main's lacks it. Nothing is asked of the Hub."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from compress.errors import UserError
@@ -14,12 +16,21 @@ from compress.io_hub import SUBS, cache_folder, cached_snapshot, named_snapshots
 
 def check_cached(repo_id: str, sub: str, folder: Path, why: str) -> None:
     """main's cached snapshot folder of a Hub teacher (`folder`, its transformer's: `sub` in the
-    repo), read without the Hub (`why`, in words): where it holds no weights, a UserError naming the
-    other revisions' snapshots that hold them. A shard its index lists and the folder lacks is said
-    as it loads (io.not_loaded)."""
+    repo), read without the Hub (`why`, in words): a UserError naming a weight file whose blob is
+    gone (it read as 'no weights') and how to download it again, or, where the folder holds no
+    weights, the other revisions' snapshots that hold them. A shard its index lists and the folder
+    lacks is said as it loads (io.not_loaded)."""
     where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
-    names = sorted(f.name for f in folder.iterdir() if f.is_file())
-    if not variant_weights(names, variant_of(names, where)):  # the names are the cache's: the repo may well hold them
+    names = sorted(f.name for f in folder.iterdir() if f.is_file() or f.is_symlink())  # broken links too
+    wanted = variant_weights(names, variant_of(names, where))
+    broken = [n for n in wanted if broken_link(folder / n)]
+    if broken:
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        files = " ".join(sub + n for n in broken) if len(broken) <= 3 else f"--include '{sub}*'"
+        raise UserError(f"the Hugging Face cache's copy of {where} is broken ({why}): {folder / broken[0]} links to "
+                        f"{os.readlink(folder / broken[0])}, which is gone{more}; download it again online "
+                        f"(hf download {repo_id} {files}), or pass a local folder or file")
+    if not wanted:  # the names are the cache's: the repo may well hold them
         raise UserError(f"the Hugging Face cache holds no weights of {where} beside its config.json ({why})"
                         f"{complete_elsewhere(repo_id)}: fetch it once online, or pass a local folder or file")
 
@@ -47,3 +58,8 @@ def holds_transformer(snapshot: Path) -> bool:
                 return False
             return bool(wanted) and missing_shards(folder) is None
     return False
+
+
+def broken_link(path: Path) -> bool:
+    """A link to a file that is gone (a snapshot's file whose blob the cache lost)."""
+    return path.is_symlink() and not path.exists()

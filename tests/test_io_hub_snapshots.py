@@ -5,6 +5,7 @@ hold the whole transformer, named where main's lacks it."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -44,6 +45,40 @@ def _as_blobs(repo: Path, commit: str = MAIN) -> None:
         shutil.move(file, blob)
         up = len(file.relative_to(repo / "snapshots" / commit).parts) + 1  # to the repo's cache folder
         file.symlink_to(Path(*[".."] * up) / "blobs" / blob.name)
+
+
+def test_a_weight_file_whose_blob_is_gone_is_named_not_read_as_no_weights(tmp_path):
+    """A snapshot's weights link to a blob the cache no longer has (a cleaned or interrupted cache):
+    'the Hugging Face cache holds no weights' said nothing of the file there, nor how to mend it."""
+    repo = _cached_pipeline(tmp_path, tiny_pixart())
+    _as_blobs(repo)
+    assert load_teacher("acme/pix").config.num_layers == 3  # the links read
+    weights = repo / "snapshots" / MAIN / "transformer" / "diffusion_pytorch_model.safetensors"
+    blob = weights.resolve()
+    blob.unlink()
+    with pytest.raises(UserError) as e:
+        load_teacher("acme/pix")
+    assert str(e.value) == (f"the Hugging Face cache's copy of 'acme/pix' (transformer/) is broken (offline: "
+                            f"HF_HUB_OFFLINE): {weights} links to ../../../blobs/{blob.name}, which is gone; download "
+                            "it again online (hf download acme/pix transformer/diffusion_pytorch_model.safetensors), "
+                            "or pass a local folder or file")
+
+
+@pytest.mark.parametrize("gone", [2, 4])
+def test_broken_shards_are_counted_and_named_in_the_download(tmp_path, gone):
+    """Up to 3 broken files are each named in the download; more, the transformer's folder."""
+    repo = _cached_pipeline(tmp_path, tiny_pixart(), max_shard_size="10KB")
+    _as_blobs(repo)
+    folder = repo / "snapshots" / MAIN / "transformer"
+    shards = sorted(f.name for f in folder.iterdir() if re.fullmatch(r".*-of-\d+\.safetensors", f.name))
+    assert len(shards) > gone
+    for name in shards[1:gone + 1]:
+        (folder / name).resolve().unlink()
+    files = " ".join("transformer/" + n for n in shards[1:gone + 1]) if gone <= 3 else "--include 'transformer/*'"
+    with pytest.raises(UserError, match=rf"{re.escape(str(folder / shards[1]))} links to \S+, which is gone \(and "
+                                        rf"{gone - 1} more\); download it again online \(hf download acme/pix "
+                                        rf"{re.escape(files)}\)"):
+        load_teacher("acme/pix")
 
 
 def test_main_without_weights_names_the_revisions_snapshots_that_hold_them(tmp_path):
