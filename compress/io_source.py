@@ -351,11 +351,13 @@ def check_sources(recipe, teacher: str | None = None, config: str | None = None,
 
 
 def checked_sources(recipe, teacher: str | None = None, config: str | None = None,
-                    hub: bool = True) -> TeacherSource:
+                    hub: bool = True, sampled: bool = True) -> TeacherSource:
     """The teacher source a recipe's run uses (`teacher`: --teacher; `config`: --teacher-config),
     checked before any weights load: it is there and is a teacher of the recipe's model family
     (from its config; with `hub`, a Hub id's is fetched, never its weights); and the prompt file
-    the recipe names is there. Errors name the recipe's file:line where it gave the value."""
+    the recipe names is there; with `sampled` (plan, run, importance: they sample in the pipeline
+    the recipe names), a local pipeline a pipeline source samples in is a pipeline folder
+    (check_sampled_pipeline). Errors name the recipe's file:line where it gave the value."""
     from compress.io_source_calib import check_prompt_file, warn_unused_calibration
 
     source = teacher or recipe.teacher
@@ -366,6 +368,23 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
                         f"teacher {source}{teacher_given(recipe, teacher)} is a {found[1]} ({found[0]}); set model: "
                         f"{found[0]} or give a {recipe.model} teacher")
+    if sampled:
+        check_sampled_pipeline(recipe, source)
     check_prompt_file(recipe, source)
     warn_unused_calibration(recipe, source)
     return src
+
+
+def check_sampled_pipeline(recipe, source: str) -> None:
+    """Where the recipe's calibration samples in a pipeline (source pipeline, or auto for a teacher
+    that is no toy's), a local one (calibration.pipeline, else the teacher `source`) is a pipeline
+    folder: plan refuses a transformer folder or a single file in the line run's pipeline source
+    does (pipeline_folder.check_pipeline_source), before any weights load."""
+    from compress.inputs import pipeline_at, source_kind
+
+    calib = recipe.calibration
+    pipeline = calib.pipeline or source
+    if source_kind(calib, source) == "pipeline" and not pipeline.startswith("toy:"):
+        from compress.pipeline_folder import check_pipeline_source
+
+        check_pipeline_source(pipeline, calib.pipeline is None, recipe.model, pipeline_at(calib, pipeline))

@@ -248,7 +248,7 @@ def _counting(monkeypatch):
 
 def test_check_sources_checks_the_teacher_and_reads_its_config_once(tmp_path, monkeypatch):
     tiny_pixart().save_pretrained(tmp_path / "t")
-    recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "t"))
+    recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "t"), overrides=["calibration={source: synthetic}"])
     checked, read = _counting(monkeypatch)
     assert check_sources(recipe) == str(tmp_path / "t")
     assert checked == [str(tmp_path / "t")] and read == [tmp_path / "t" / "config.json"]
@@ -383,7 +383,7 @@ def test_a_pickle_teacher_of_another_family_names_the_set_that_gave_it(tmp_path)
 
     tiny_flux().save_config(tmp_path / "t")
     (tmp_path / "t" / "model.ckpt").write_bytes(b"")  # never read: the plan builds from the config
-    recipe = _recipe(tmp_path / "r", overrides=[f"teacher={tmp_path}/t/model.ckpt"])
+    recipe = _recipe(tmp_path / "r", overrides=[f"teacher={tmp_path}/t/model.ckpt", "calibration={source: synthetic}"])
     with pytest.raises(UserError, match=rf"r.yaml:1: model is 'pixart' but the teacher {tmp_path}/t/model.ckpt "
                                         r"\(--set teacher\) is a FluxTransformer2DModel \(flux\)$"):
         make_plan(recipe)

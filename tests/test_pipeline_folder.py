@@ -177,3 +177,35 @@ def test_a_core_install_plans_a_local_pipeline_folder(tmp_path, folders, monkeyp
     monkeypatch.setattr(diffusers, "PixArtSigmaPipeline", dummies.PixArtSigmaPipeline)
     assert main(["plan", _recipe(tmp_path, "pixart", folders["pixart"])]) == 0
     assert "total parameters" in capsys.readouterr().out
+
+
+BARE = """\
+model: pixart
+teacher: {teacher}
+{calibration}passes:
+  - svd: {{targets: [mlp], ratio: 0.5, progress: false}}
+"""
+
+
+def test_plan_refuses_a_bare_transformer_teacher_under_source_auto_as_run_does(tmp_path, capsys):
+    """A teacher folder without model_index.json under calibration.source auto (pipeline for a
+    real teacher) passed plan; run refused it (no pipeline to sample real prompts in). Both say the
+    same line at the recipe's teacher:, run before the teacher loads; source synthetic plans."""
+    from tests.conftest import tiny_pixart
+
+    folder = tmp_path / "bare"
+    tiny_pixart().save_pretrained(folder)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BARE.format(teacher=folder, calibration="calibration: {prompts: [a cat, a dog]}\n"))
+    errors = []
+    for command in (["plan", str(recipe)], _run(str(recipe), tmp_path)):
+        assert main(command) == 2
+        errors.append(_one_error(capsys))
+    assert errors[0] == errors[1] == (
+        f"dit-compress: error: {recipe}:2: calibration.source pipeline samples in a diffusers pipeline, and the "
+        f"teacher {folder} is a folder without model_index.json; set calibration.pipeline to the base pipeline "
+        "(a Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder)")
+    assert not (tmp_path / "out").exists()
+    recipe.write_text(BARE.format(teacher=folder, calibration="calibration: {source: synthetic}\n"))
+    assert main(["plan", str(recipe)]) == 0
+    assert "total parameters" in capsys.readouterr().out

@@ -395,7 +395,7 @@ def test_the_runs_teacher_is_checked_once(tmp_path, monkeypatch):
     from tests.test_io_source import _counting, _recipe
 
     tiny_pixart().save_pretrained(tmp_path / "t")
-    recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "t"))
+    recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "t"), overrides=["calibration={source: synthetic}"])
     checked, _ = _counting(monkeypatch)
     source, teacher = load_checked_teacher(recipe)
     assert source == str(tmp_path / "t") and type(teacher).__name__ == "PixArtTransformer2DModel"

@@ -22,6 +22,8 @@ passes:
 """
 WORDS = ("distill: data: toy trains on the toy data, and this run calibrates through a pipeline: "
          "set distill.data to 'teacher_samples' or 'folder'")
+# an output of a toy samples in the toy's pipeline (its own folder, no model_index.json, is refused)
+SAMPLED = "{source: pipeline, pipeline: 'toy:pixart', prompts: [a, b]}"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def _recipe(teacher, calibration: str, data: str = "") -> object:
 
 
 @pytest.mark.parametrize("which, calibration", [(0, "{pipeline: 'toy:pixart', prompts: [a, b]}"),
-                                                (1, "{source: pipeline, prompts: [a, b]}")])
+                                                (1, SAMPLED)])
 def test_plan_refuses_toy_data_on_a_pipeline_calibrated_teacher(folders, which, calibration):
     """A converted toy (calibration.pipeline toy:pixart) or an output of one calibrated through its
     pipeline: distill's default data: toy was refused only when the distill pass started, after
@@ -53,7 +55,7 @@ def test_plan_refuses_toy_data_on_a_pipeline_calibrated_teacher(folders, which, 
 
 def test_the_refusal_names_the_data_key_s_line(folders):
     with pytest.raises(UserError, match=r"^rec/j\.yaml:8: distill: data: toy trains on the toy data"):
-        make_plan(_recipe(folders[1], "{source: pipeline, prompts: [a, b]}", "\n      data: toy"))
+        make_plan(_recipe(folders[1], SAMPLED, "\n      data: toy"))
 
 
 def test_the_checks_before_any_pass_refuse_it_given_the_source(folders):
@@ -67,7 +69,7 @@ def test_the_checks_before_any_pass_refuse_it_given_the_source(folders):
 
 def test_teacher_samples_on_a_pipeline_calibrated_teacher_plans(folders):
     data = "\n      data: teacher_samples\n      num_samples: 4"
-    assert make_plan(_recipe(folders[1], "{source: pipeline, prompts: [a, b]}", data))["passes"][1]["pass"] == "distill"
+    assert make_plan(_recipe(folders[1], SAMPLED, data))["passes"][1]["pass"] == "distill"
 
 
 def test_toy_data_on_a_toy_calibrated_output_plans_without_a_word(folders, capsys):
