@@ -185,7 +185,7 @@ def cmd_convert(args, convert) -> int:
     return convert(args)
 
 
-@imports_held("compress.commands:lora")
+@imports_held("compress.commands_lora:lora")
 def cmd_lora(args, lora) -> int:
     return lora(args)
 

@@ -356,11 +356,3 @@ def test_inspect_shows_an_output_with_a_nan_and_warns(tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     captured = capsys.readouterr()
     assert "proj_out.weight has 1 NaN/Inf" in captured.err and "rank budget" in captured.out
-
-
-def test_lora_scale_given_no_number_is_a_one_line_error(tmp_path, capsys):
-    """`dit-compress lora OUT LORA NEW --scale=--` was a traceback (argparse hands over [])."""
-    capsys.readouterr()
-    assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(tmp_path / "new"), "--scale=--"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--scale needs a number" in err and not (tmp_path / "new").exists()

@@ -134,13 +134,13 @@ def test_a_given_teacher_a_plain_lora_does_not_read_is_noted(tmp_path, capsys):
 def test_a_mistyped_teacher_is_refused_before_the_output_loads(tmp_path, monkeypatch):
     """`dit-compress lora OUT LORA NEW --teacher /nope` loaded OUT (GBs for a real model) before saying
     the teacher is not there: the check comes first now."""
-    from compress import commands
+    from compress import commands_lora
     from compress.cli import main
 
     def loaded(*_, **__):
         raise AssertionError("the output loaded before --teacher was checked")
 
-    monkeypatch.setattr(commands, "load_transformer", loaded)
+    monkeypatch.setattr(commands_lora, "load_transformer", loaded)
     nope = str(tmp_path / "nope")
     assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(tmp_path / "new"), "--teacher", nope]) == 2
 

@@ -1,0 +1,137 @@
+"""The `lora` command: a compressed output with a teacher's LoRA merged into it (compress.lora), written
+as a new output folder beside the old one, its report and model card noting the LoRA; load, call, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.io import read_config
+from compress.io_output import load_transformer, output_folder
+from compress.report import results
+from compress.words import counted
+
+
+def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float, done: dict) -> dict[str, str]:
+    """The copied report and model card of an output that took a LoRA: the report's student_params
+    are the merged model's (its grown factors included) and it lists the LoRA (`lora_source`: as the
+    config records it) with the layers it left out (removed blocks, text encoder) or stored dense; the
+    card says so."""
+    from compress.report import param_count
+
+    files, params = dict(files), param_count(model)
+    if "report.json" in files:
+        try:
+            report = json.loads(files["report.json"])
+        except ValueError:
+            report = None  # a damaged copy stays as it was (inspect says what it cannot use)
+        if isinstance(report, dict):
+            report["student_params"] = params
+            report["loras"] = report.get("loras", []) + [{
+                "lora": str(lora_source), "scale": scale, "merged": done["merged"], "rank_added": done["rank_added"],
+                "densified": done["densified"], "dropped": done["dropped"], "not_merged": done["not_merged"],
+                "blocks_of": done.get("blocks_of")}]
+            files["report.json"] = json.dumps(report, indent=2, default=str) + "\n"
+    if "README.md" in files:
+        files["README.md"] += (f"\nA LoRA was merged in afterwards (`dit-compress lora`): `{lora_source}` at scale "
+                               f"{scale:g}, {counted(done['merged'], 'layer')}; parameters now {params:,}. The "
+                               "per-layer numbers in report.json are those of the factorization, before it.\n")
+    return files
+
+
+def lora(args) -> int:
+    """A compressed output with a teacher's LoRA merged into it (compress.lora), written as a new
+    output folder beside the old one (its recipe, report, block map and model card copied)."""
+    import math
+
+    from compress.io_export import save_compressed
+    from compress.io_output import hub_output
+    from compress.lora import merge_lora
+    from compress.lora_teacher import check_given, naming_moved
+    from compress.runner_lock import hold_output
+
+    source, new = Path(args.out).expanduser(), Path(args.new).expanduser()
+    if new.exists() or new.is_symlink():
+        raise UserError(f"{args.new} exists; lora writes a new output folder")
+    if not isinstance(args.scale, (int, float)):  # `--scale=--`: argparse hands over []
+        raise UserError("--scale needs a number (the LoRA's strength, e.g. --scale 0.8)")
+    if not math.isfinite(args.scale):
+        raise UserError(f"--scale must be a finite number, got {args.scale}")
+    if args.scale == 0:
+        raise UserError("--scale 0: a scale of 0 merges nothing")
+    check_given(args.teacher)  # a mistyped --teacher before the output loads
+    if (hub := hub_output(args.out, "lora")) is not None:  # an ORG/NAME: as eval and load_transformer say it
+        raise hub
+    model = load_transformer(source)
+    done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
+    files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
+             if (source / name).is_file()}
+    base = done.get("blocks_of")
+    if not base or base == model.compression_meta.get("teacher"):  # a chain: merge_lora checked its base's count
+        with naming_moved(done.get("moved")):  # read as a moved teacher's blocks: said as merge_lora says it
+            check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora, base)
+    recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
+    noted = with_lora_noted(files, model, recorded, args.scale, done)
+    with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
+        save_compressed(model, new, dtype=_recorded_dtype(source), files=noted)
+    added = done["rank_added"]
+    grown = f", {counted(len(added), 'factorized one')} by rank {sorted(set(added.values()))}" if added else ""
+    dense = f", {len(done['densified'])} stored dense (grown past break-even)" if done["densified"] else ""
+    listed = noted.get("report.json") != files.get("report.json")  # the report took the LoRA's entry
+    chained = base and base != model.compression_meta.get("teacher")
+    read_as = f"; its blocks read as {base}'s" if chained else ""
+    dropped = dropped_words(model, done["dropped"], listed, args.out, base if chained else None)
+    results.print(f"wrote {new}: {counted(done['merged'], 'layer')} took the LoRA at scale {args.scale:g}{grown}"
+                  f"{dense}{read_as}{dropped}")
+    return 0
+
+
+def dropped_words(model, dropped: list[str], listed: bool, source: str, base: str | None = None) -> str:
+    """The end of lora's line: the LoRA layers in removed blocks, and where they are listed (`listed`:
+    the copied report.json took the LoRA's entry); where the output `source` has no report (an output
+    saved again with save_pretrained), the teacher's blocks they were in are named here instead (`base`:
+    the first teacher of a chain, whose blocks the LoRA's are)."""
+    from compress.lora_keys import blocks_named
+
+    where = " (listed in report.json)" if listed else ""
+    if not dropped:
+        return where
+    if not listed:
+        blocks = [f"{g.attr}.{i}" for g in get_adapter(model).groups for i in sorted(set(blocks_named(g.attr, dropped)))]
+        whose = f"{base}'s" if base else "the teacher's"
+        where = f" ({whose} {', '.join(blocks)}; {source} has no report.json to list them in)"
+    return f"; {len(dropped)} of its layers {'was' if len(dropped) == 1 else 'were'} in removed blocks{where}"
+
+
+def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lora: str,
+                         base: str | None = None) -> None:
+    """A UserError where a LoRA module merge_lora counted as in a removed block is in a block the
+    teacher never had: past the teacher's block count, which the output's report.json records (the
+    first removal pass's blocks_before) and its block map does not (a removed last block). merge_lora
+    checks this itself where the teacher's config is at hand offline, and for an output of an output
+    against its base's count that the chain records (lora.check_teacher_count); this is for the
+    output's own teacher where its config is not at hand (moved: lora's error then names it, as
+    merge_lora's does, lora_teacher.naming_moved; or a Hub id of no shipped config)."""
+    from compress.lora_keys import blocks_named, check_blocks
+    from compress.report_teacher import blocks_before
+
+    try:
+        before = blocks_before(json.loads(report_text)) if report_text else {}
+    except ValueError:
+        return  # a damaged report: merge_lora's own checks stand
+    for g in get_adapter(model).groups:
+        count = before.get(g.name)
+        if isinstance(count, int) and not isinstance(count, bool):
+            check_blocks(g.attr, count, blocks_named(g.attr, dropped), lora, base)
+
+
+def _recorded_dtype(out: Path):
+    """The dtype the output at `out` records it was exported in (compression.dtype), None where it
+    records none: `lora` writes its output in it again, as run did."""
+    from compress.io_output import as_dtype
+
+    recorded = read_config(output_folder(out) / "config.json").get("compression", {}).get("dtype")
+    return as_dtype(recorded) if recorded else None
+
