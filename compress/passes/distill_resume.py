@@ -20,27 +20,36 @@ _SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
 
 def calibration_settings(calib, fingerprint: str) -> dict:
     """What teacher samples depend on beyond the distill keys, as a checkpoint records it: the
-    recipe's calibration keys (those `result_bearing`, but the seed, recorded apart), which a
-    resumed run compares before the teacher loads, and the run `fingerprint`, which also holds the
-    prompts read, the pipeline's other parts and the teacher (compared once the run has them)."""
+    recipe's calibration keys (calibration_keys), which a resumed run compares before the teacher
+    loads, and the run `fingerprint`, which also holds the prompts read (a pipeline source's; a toy
+    or synthetic source's PROMPT_KEYS, which it reads none of), the pipeline's other parts and the
+    teacher (compared once the run has them)."""
     return {"config": calibration_keys(calib), "fingerprint": fingerprint}
 
 
 def calibration_keys(calib) -> dict | None:
-    """The recipe's calibration keys teacher samples depend on (`result_bearing`, but the seed,
-    recorded apart); None without a calibration."""
+    """The recipe's calibration keys teacher samples depend on (`result_bearing`), but the seed
+    (recorded apart) and the PROMPT_KEYS that choose the prompts: the run fingerprint holds the
+    prompts read, so that an output's recipe.yaml (its prompt_file's lines inline) resumes a
+    checkpoint of the recipe it was written from, as its stages do. None without a calibration."""
+    return None if calib is None else _compared(asdict(calib))
+
+
+def _compared(config: dict) -> dict:
+    """Of recorded calibration keys, those compared (calibration_keys): a checkpoint of an older
+    dit-compress records the PROMPT_KEYS too, left out here as they are now."""
     from compress.runner_resume import result_bearing
 
-    return None if calib is None else {k: v for k, v in result_bearing(asdict(calib)).items() if k != "seed"}
+    return {k: v for k, v in result_bearing(config, prompts_apart=True).items() if k != "seed"}
 
 
 def _calibration_words(then, now) -> str:
     """How a checkpoint's `calibration_settings` differ from now's, in words."""
     was = (then or {}).get("config") if isinstance(then, dict) else None
     is_ = (now or {}).get("config") if isinstance(now, dict) else None
-    if isinstance(was, dict) and isinstance(is_, dict) and was != is_:
-        return "; ".join(f"calibration.{k}: other prompts" if k == "prompts" else
-                         f"calibration.{k}: {was.get(k)!r} in the checkpoint, {is_.get(k)!r} now"
+    was, is_ = (_compared(c) if isinstance(c, dict) else None for c in (was, is_))
+    if was is not None and is_ is not None and was != is_:
+        return "; ".join(f"calibration.{k}: {was.get(k)!r} in the checkpoint, {is_.get(k)!r} now"
                          for k in sorted(set(was) | set(is_)) if was.get(k) != is_.get(k))
     return ("the calibration inputs (prompts, pipeline or teacher) changed, or the dit-compress version: "
             "its teacher samples are of other inputs")
@@ -75,7 +84,7 @@ def check_resumable_configs(run_dir: Path, configs: list, calibration=None) -> N
     their DistillConfigs, in recipe order; checkpoints in run_dir/distill, distill-2, ...) was
     trained with these config keys and, on teacher samples, the recipe's `calibration` keys, or a
     UserError as _load_latest gives once the pass starts (seed, block map, incoming student and the
-    prompts a prompt_file holds are compared there: they need the run)."""
+    prompts read are compared there: they need the run)."""
     for n, cfg in enumerate(configs):
         folder = Path(run_dir) / ("distill" if n == 0 else f"distill-{n + 1}")
         meta, checkpoint = None, None
@@ -97,7 +106,7 @@ def check_resumable_configs(run_dir: Path, configs: list, calibration=None) -> N
         calib_then = then.get("calibration")
         if (calibration is not None and cfg.data == "teacher_samples" and isinstance(calib_then, dict)
                 and isinstance(calib_then.get("config"), dict)):
-            config_then["calibration"] = {"config": calib_then["config"]}
+            config_then["calibration"] = {"config": _compared(calib_then["config"])}
             now["calibration"] = {"config": json.loads(json.dumps(calibration_keys(calibration), default=str))}
         if any(config_then[k] != now[k] for k in config_then):
             raise UserError(f"distill: checkpoint {checkpoint} was trained with other settings "

@@ -59,15 +59,21 @@ def test_resume_after_the_prompt_file_changed_refuses_the_distill_checkpoint(tmp
     assert "continuing from its checkpoint at step 2/4" in capsys.readouterr().err
 
 
-def test_resume_after_the_inline_prompts_changed_refuses_before_the_teacher_loads(tmp_path, monkeypatch):
-    """Edited calibration.prompts are named before the teacher loads (check_resumable_configs)."""
+def test_resume_after_the_inline_prompts_changed_refuses_the_distill_checkpoint(tmp_path, monkeypatch):
+    """Edited calibration.prompts are the prompts read changed, compared as the run has them (the
+    run fingerprint), not as keys before the teacher loads: an output's recipe.yaml gives the same
+    prompts by other keys (test_a_checkpoint_resumes_with_the_saved_recipe_that_reads_the_same_prompts);
+    a changed num_prompts is still named before the teacher loads."""
     import compress.runner
 
     _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a cow]", stop=True)
+    with pytest.raises(UserError, match=r"distill: checkpoint .*step-00000002 was trained with other settings "
+                                         r"\(the calibration inputs \(prompts, pipeline or teacher\) changed"):
+        _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a dog]", resume=True)
     monkeypatch.setattr(compress.runner, "load_checked_teacher", lambda *a, **k: pytest.fail("teacher loaded"))
     with pytest.raises(UserError, match=r"distill: checkpoint .*step-00000002 was trained with other settings "
-                                         r"\(calibration.prompts: other prompts\)"):
-        _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a dog]", resume=True)
+                                         r"\(calibration.num_prompts: 10 in the checkpoint, 4 now\)"):
+        _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a cow], num_prompts: 4", resume=True)
 
 
 def test_a_checkpoint_that_records_no_calibration_keeps_resuming(tmp_path, capsys):
@@ -90,9 +96,37 @@ def test_changed_calibration_in_words():
     from compress.passes.distill_resume import setting_changes
 
     then = {"lr": 1e-3, "calibration": {"config": {"prompts": ["a"], "num_prompts": 8}, "fingerprint": "x"}}
-    assert setting_changes({"settings": then}, dict(then, calibration={"config": {"prompts": ["b"], "num_prompts": 4},
+    assert setting_changes({"settings": then}, dict(then, calibration={"config": {"num_prompts": 4},
                                                                          "fingerprint": "y"})) == \
-        "calibration.num_prompts: 8 in the checkpoint, 4 now; calibration.prompts: other prompts"
+        "calibration.num_prompts: 8 in the checkpoint, 4 now"  # prompts (an older checkpoint's): compared as read
     assert setting_changes({"settings": then}, dict(then, calibration=dict(then["calibration"], fingerprint="y"))) \
         .startswith("the calibration inputs (prompts, pipeline or teacher) changed")
     assert setting_changes({"settings": {"lr": 1e-3}}, then) == "its fingerprint differs"  # older: not recorded
+
+
+def test_a_checkpoint_resumes_with_the_saved_recipe_that_reads_the_same_prompts(tmp_path, capsys):
+    """An output's recipe.yaml writes the prompts a prompt_file gave inline (prompt_file null): run
+    with --resume, it was refused as 'other prompts' though it reads the same ones. The prompts read
+    are compared, as the rest of --resume does; other prompts read are still refused."""
+    from compress.recipe import dump_recipe, parse_recipe
+    from compress.runner import Runner
+
+    lines = ["a 1", "a 2", "a 3", "a 4", "a cow"]
+    (tmp_path / "p.txt").write_text("\n".join(lines) + "\n")
+    _run(tmp_path, "prompt_file: p.txt", stop=True)
+    original = parse_recipe(_RECIPE.format(prompts="prompt_file: p.txt", more=""), str(tmp_path / "r.yaml"))
+    saved = tmp_path / "saved"
+    saved.mkdir()
+
+    def resume(prompts):
+        (saved / "recipe.yaml").write_text(dump_recipe(original, prompts))
+        Runner(parse_recipe((saved / "recipe.yaml").read_text(), str(saved / "recipe.yaml")), tmp_path / "out",
+               tmp_path / "run", resume=True).run()
+
+    with pytest.raises(UserError, match=r"distill: checkpoint .*step-00000002 was trained with other settings "
+                                         r"\(the calibration inputs \(prompts, pipeline or teacher\) changed"):
+        resume(lines[:-1] + ["a dog"])
+    assert not (tmp_path / "out").exists()
+    capsys.readouterr()
+    resume(lines)
+    assert "continuing from its checkpoint at step 2/4" in capsys.readouterr().err
