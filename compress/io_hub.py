@@ -185,6 +185,13 @@ def offline() -> bool:
     return constants.is_offline_mode()
 
 
+def cache_only(who: str) -> str:
+    """Why `who` (a command that reads the Hugging Face cache alone: plan) found nothing of a Hub id
+    but the cache's, in words: offline where HF_HUB_OFFLINE says so; else it does not ask the Hub
+    (not that the Hub was unreachable, nor offline: no request was made)."""
+    return "offline (HF_HUB_OFFLINE)" if offline() else f"without the Hugging Face Hub, which {who} does not ask"
+
+
 def hub_cache() -> str:
     """The folder of the Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub)."""
     from huggingface_hub import constants

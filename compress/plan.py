@@ -1,7 +1,7 @@
 """`dit-compress plan`: what a recipe will do, without factorizing or loading weights.
 
 The teacher is instantiated on the meta device from its config (shipped configs for the known hub
-ids, so real-model recipes plan offline). Each pass's `plan(model, adapter)` applies the structural
+ids, so real-model recipes plan without the Hub). Each pass's `plan(model, adapter)` applies the structural
 changes it can know in advance (explicit block removal, fixed ranks) to that meta model and returns
 a description; parameters are then counted before and after, by role and by block.
 """
@@ -204,9 +204,9 @@ def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list) -> None:
     """`plan`'s warning of a peak beyond the machine's memory, for `run` before it loads the teacher:
     the recipe planned on a meta teacher (a fraction of a second) from the sources and passes the run
     checked and made already (`make_plan`), the plan's other notes held back (the run says them as
-    it checks). Nothing when it cannot be planned offline (a Hub id with no shipped config), nor
-    when planning fails: the run's own checks say what is wrong."""
-    if not offline(sources):
+    it checks). Nothing when it cannot be planned without the Hub (a Hub id with no shipped config),
+    nor when planning fails: the run's own checks say what is wrong."""
+    if not planned_without_hub(sources):
         return
     try:
         with _quiet(console):
@@ -216,9 +216,10 @@ def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list) -> None:
     _warn_beyond_memory(recipe, plan["memory"])
 
 
-def offline(src: TeacherSource) -> bool:
-    """Whether `plan` reads the source's config without the Hub: all but a Hub id with neither a
-    shipped config (KNOWN_CONFIGS) nor --teacher-config (TeacherSource.config)."""
+def planned_without_hub(src: TeacherSource) -> bool:
+    """Whether the source's config is at hand without the Hub (whether or not HF_HUB_OFFLINE is set):
+    all but a Hub id with neither a shipped config (KNOWN_CONFIGS) nor --teacher-config
+    (TeacherSource.config)."""
     return src.kind != "hub" or bool(src.config_arg) or src.source in KNOWN_CONFIGS
 
 

@@ -298,3 +298,16 @@ def test_a_hub_id_the_cache_lacks_fails_at_once_when_the_hub_cannot_be_reached(t
 def tiny_pixart_folder(tmp_path):
     tiny_pixart().save_pretrained(tmp_path / "repo")
     return tmp_path / "repo"
+
+
+def test_cache_only_says_offline_only_where_hf_hub_offline_is_set(monkeypatch):
+    """plan reads a Hub id's config from the cache alone and said it found none 'offline' where
+    HF_HUB_OFFLINE was unset and no request was made (reachable Hub or not): cache_only words it."""
+    import huggingface_hub
+
+    from compress.io_hub import cache_only
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert cache_only("plan") == "without the Hugging Face Hub, which plan does not ask"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert cache_only("plan") == "offline (HF_HUB_OFFLINE)"
