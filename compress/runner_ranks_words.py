@@ -30,11 +30,13 @@ def _inputs_words(theirs: dict, mine: dict) -> str:
     if (theirs is None) != (mine is None):
         where = "here, not on rank 0" if theirs is None else "on rank 0, not here"
         return f"the calibration samples a pipeline {where} (the teacher folder holds other files)"
-    if theirs.get("prompts") != mine.get("prompts"):
-        return "the calibration prompts read here differ from rank 0's (calibration.prompt_file holds other lines)"
+    if theirs.get("prompts") != mine.get("prompts"):  # a digest: which of the keys gave them is not said
+        return ("the calibration prompts read here differ from rank 0's (calibration.prompts, or the lines "
+                "calibration.prompt_file holds here)")
     a, b = theirs.get("pipeline") or {}, mine.get("pipeline") or {}
     differ = sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
-    return f"the calibration pipeline's {', '.join(differ[:3]) or 'files'} differ here from rank 0's"
+    return (f"the calibration pipeline's {', '.join(differ[:3]) or 'files'} "
+            f"{'differs' if len(differ) == 1 else 'differ'} here from rank 0's")
 
 
 def short(value) -> str:
