@@ -77,8 +77,11 @@ def folder_problem(folder: str, what: str, passed: tuple[str, ...] = ("transform
     """What is wrong with the local pipeline folder `folder` (unknown_class, parts_problem), in
     words; None where nothing is, or it is no local pipeline folder. `what`: folder_index's."""
     index = folder_index(folder, what)
-    if index is None:
-        return None
+    return None if index is None else index_problem(folder, index, passed)
+
+
+def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transformer",)) -> str | None:
+    """folder_problem of the pipeline folder `folder` whose model_index.json, read, is `index`."""
     cls = pipeline_class(index)
     if cls is None:  # a class whose packages are missing (diffusers' dummy): need_transformers says so
         return None if _dummy(index) else unknown_class(index)
@@ -102,17 +105,13 @@ def _has_files(path: Path) -> bool:
 TOY_PIPELINES = {"ToyPixArtPipeline": "toy:pixart", "ToyFluxPipeline": "toy:flux"}
 
 
-def check_not_saved_toy(pipeline: str, where: str = "") -> None:
-    """A folder a toy pipeline was saved into (save_pretrained: model_index.json names ToyPixArtPipeline
-    or ToyFluxPipeline, and its text encoder and VAE, no diffusers classes, are not saved) is no
-    pipeline diffusers loads: a UserError naming the toy to sample in instead. `where`: 'PATH:LINE: '
-    of the recipe key that gave it."""
-    index = Path(pipeline).expanduser() / "model_index.json"
-    try:
-        name = read_json(index).get("_class_name") if index.is_file() else None
-    except (UserError, AttributeError):
-        return  # loading it says what is wrong
-    if name in TOY_PIPELINES:
+def check_not_saved_toy(pipeline: str, index: dict, where: str = "") -> None:
+    """A folder a toy pipeline was saved into (save_pretrained: its model_index.json, `index`, names
+    ToyPixArtPipeline or ToyFluxPipeline, and its text encoder and VAE, no diffusers classes, are not
+    saved) is no pipeline diffusers loads: a UserError naming the toy to sample in instead. `where`:
+    'PATH:LINE: ' of the recipe key that gave it."""
+    name = index.get("_class_name")
+    if isinstance(name, str) and name in TOY_PIPELINES:
         raise UserError(f"{where}{pipeline} is a saved toy pipeline ({name} in its model_index.json), which "
                         f"diffusers cannot load (its toy text encoder and VAE are not saved); set "
                         f"calibration.pipeline: {TOY_PIPELINES[name]} to sample in the toy pipeline, with this "
@@ -131,9 +130,12 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     if pipeline.startswith("toy:"):
         return
     where = pipeline_at(calib, teacher_source)
-    check_not_saved_toy(pipeline, where)
     what = f"{where}cannot load calibration pipeline '{pipeline}': "
-    if problem := folder_problem(pipeline, what):
+    index = folder_index(pipeline, what)  # read once
+    if index is None:
+        return
+    check_not_saved_toy(pipeline, index, where)
+    if problem := index_problem(pipeline, index):
         raise UserError(f"{what}{problem}")
 
 
