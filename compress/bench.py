@@ -215,8 +215,9 @@ def _speedup(ratios: dict) -> dict:
 
 
 def _output_folder(out: Path) -> Path:
-    """`out` if it is a folder (load_transformer says whether it is an output). The weight file of
-    an output is refused in eval's words (io_source.check_source: give its folder)."""
+    """`out` if it is a folder (load_transformer says whether it is an output), else the Hugging Face
+    cache's copy of a Hub id (io_output.cached_output). The weight file of an output is refused in
+    eval's words (io_source.check_source: give its folder)."""
     from compress.io_source import check_source, output_weights
 
     if out.is_file() and output_weights(out):
@@ -224,6 +225,11 @@ def _output_folder(out: Path) -> Path:
     if out.is_file():
         raise UserError(f"{out} is a file: bench takes an output folder (dit-compress bench OUT, OUT written by run)")
     if not out.is_dir():
+        from compress.io_output import cached_output
+
+        cached = cached_output(str(out), "bench")  # a Hub id: the cache's copy, where it is an output
+        if cached is not None:
+            return cached
         raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
     return out
 

@@ -51,12 +51,18 @@ def _plot_folder(plot_dir: str | None) -> Path | None:
 
 
 def _existing_folder(out: Path) -> Path:
-    """`out` if it is a folder (load_transformer says whether it is an output): a missing path was
-    called "not a dit-compress output folder", where eval and bench say there is no such thing."""
+    """`out` if it is a folder (load_transformer says whether it is an output), else the Hugging Face
+    cache's copy of a Hub id (io_output.cached_output): a missing path was called "not a dit-compress
+    output folder", where eval and bench say there is no such thing."""
     if out.is_file():
         raise UserError(f"{out} is a file: inspect takes an output folder (dit-compress inspect OUT, "
                         "OUT written by run)")
     if not out.is_dir():
+        from compress.io_output import cached_output
+
+        cached = cached_output(str(out), "inspect")  # a Hub id: the cache's copy, where it is an output
+        if cached is not None:
+            return cached
         raise UserError(f"{out}: no such output folder (dit-compress inspect OUT, OUT written by run)")
     return out
 

@@ -42,25 +42,66 @@ def hub_output(source, what: str) -> UserError | None:
     which take a local output folder: where the Hugging Face cache holds it (io_hub.cached_snapshot,
     as for a teacher), the folder to pass (its snapshot's, or that it is no output); else what the
     cache holds of it and how to download it. None for a path."""
-    from compress.io import looks_local
-    from compress.io_hub import cache_folder, cached_snapshot, held_otherwise, id_problem, spelt_otherwise
-
-    if not isinstance(source, str) or looks_local(source) or source.startswith("toy:"):
+    if not hub_like(source):
         return None
     said = f"{source}: {what} takes a local dit-compress output folder, not a Hub id"
+    snapshot, spelt = cached_copy(source)
+    if snapshot is None:
+        return UserError(f"{said}{cache_holds(source)}; download it first (hf download {source} --local-dir DIR) "
+                         "and give DIR")
+    cached = output_folder(snapshot)
+    held = f"give {cached}" if is_output(cached) else f"at {cached}, {NO_OUTPUT}"
+    return UserError(f"{said}; the Hugging Face cache holds it{spelt}: {held}")
+
+
+NO_OUTPUT = "which is no dit-compress output (its config.json has no compression section)"
+
+
+def cached_output(source: str, what: str) -> Path | None:
+    """For a command that reads an output (`what`: inspect, bench) given a Hub id (ORG/NAME, not there
+    as a path): the Hugging Face cache's snapshot of it (io_hub.cached_snapshot, as for a teacher),
+    where that is a dit-compress output; else a UserError saying what `what` reads and how to
+    download it. None for a path."""
+    if not hub_like(source):
+        return None
+    from compress.io_hub import hub_cache, uncached
+
+    snapshot, spelt = cached_copy(source)
+    if snapshot is None:
+        raise UserError(f"{source}: no such output folder, and the Hugging Face cache {hub_cache()} holds "
+                        f"{uncached(source)}: {what} reads a local output folder or the cache's copy of a Hub id; "
+                        f"download it (hf download {source}) and give {source} again, or give a local folder")
+    if not is_output(output_folder(snapshot)):
+        raise UserError(f"{source}: the Hugging Face cache holds it{spelt} at {output_folder(snapshot)}, {NO_OUTPUT}")
+    return snapshot
+
+
+def hub_like(source) -> bool:
+    """Whether `source` reads as a Hub id (io.looks_local), not a toy."""
+    from compress.io import looks_local
+
+    return isinstance(source, str) and not looks_local(source) and not source.startswith("toy:")
+
+
+def cached_copy(source: str) -> tuple[Path | None, str]:
+    """(the Hugging Face cache's snapshot of the Hub id `source`, or of the same id spelt in other
+    letters, the one the cache holds; ' (spelt ORG/NAME)' where it is that one, else '')."""
+    from compress.io_hub import cache_folder, cached_snapshot, id_problem, spelt_otherwise
+
     snapshot = cached_snapshot(source)
     other = spelt_otherwise(cache_folder(source)) if snapshot is None and id_problem(source) is None else None
-    spelt = ""
     if other is not None and (snapshot := cached_snapshot(other)) is not None:  # the cache's spelling: its folder
-        spelt = f" (spelt {other})"
-    if snapshot is None:
-        held = held_otherwise(source)
-        held = "" if held is None else f"; the Hugging Face cache holds {held}"
-        return UserError(f"{said}{held}; download it first (hf download {source} --local-dir DIR) and give DIR")
-    cached = output_folder(snapshot)
-    held = f"give {cached}" if is_output(cached) else f"at {cached}, which is no dit-compress output (its " \
-        "config.json has no compression section)"
-    return UserError(f"{said}; the Hugging Face cache holds it{spelt}: {held}")
+        return snapshot, f" (spelt {other})"
+    return snapshot, ""
+
+
+def cache_holds(source: str) -> str:
+    """'; the Hugging Face cache holds …' (other revisions' snapshots, other spellings), '' where it
+    holds nothing of `source`."""
+    from compress.io_hub import held_otherwise
+
+    held = held_otherwise(source)
+    return "" if held is None else f"; the Hugging Face cache holds {held}"
 
 
 def weight_files(out, variant: str | None = None) -> list[Path]:

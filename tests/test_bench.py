@@ -330,3 +330,25 @@ def test_bench_reports_the_spread_of_its_step_ratios_and_says_when_it_is_wide(tm
     shown = capsys.readouterr()
     assert f"{step} 0.500 │" in " ".join(shown.out.split())
     assert all(line.startswith("bench: ") for line in shown.err.splitlines())  # a steady machine: no note
+
+
+def test_bench_of_a_hub_id_times_the_caches_output_or_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    """`bench ORG/NAME` said "ORG/NAME: no such output folder" though the Hugging Face cache held
+    that output: it is benched; not cached, one line says what bench reads and how to download it."""
+    import json
+
+    from huggingface_hub import constants
+
+    from compress.cli import main
+    from tests.pipelines import hub_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    hub_cache(tmp_path / "hub", "acme/out", _output(tmp_path))
+    assert main(["bench", "acme/out", "--json", "--repeats", "1", "--device", "cpu"]) == 0
+    assert 0 < json.loads(capsys.readouterr().out)["params_ratio"] < 1
+    assert main(["bench", "acme/other", "--repeats", "1", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dit-compress: error: acme/other: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
+        "holds no copy of it: bench reads a local output folder or the cache's copy of a Hub id; download it "
+        "(hf download acme/other) and give acme/other again, or give a local folder")

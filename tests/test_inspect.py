@@ -355,3 +355,30 @@ def test_inspect_plot_legend_of_a_layer_a_lora_grew_says_the_lora_as_its_title_d
     assert legends == {"grown (svd's cut; + LoRA 4: rank 12 now)": ["rank 8 + LoRA 4"],
                        "dense (svd's cut; + LoRA: stored dense now)": ["rank 10 + LoRA (stored dense now)"],
                        "kept": ["rank 20"]}
+
+
+def test_inspect_of_a_hub_id_reads_the_caches_output_or_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    """`inspect ORG/NAME` said "ORG/NAME: no such output folder" though the Hugging Face cache held
+    that output (load_transformer, eval and the teachers read the cache's copy of an id): it is read;
+    not cached, one line says what inspect reads and how to download it; cached but no output, says so."""
+    from huggingface_hub import constants
+
+    from tests.pipelines import hub_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.ff.net.2"], rank=2), tmp_path / "made")
+    hub_cache(tmp_path / "hub", "acme/out", tmp_path / "made")
+    assert main(["inspect", "acme/out", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    assert {r["name"]: r["rank"] for r in rows if r["rank"] is not None} == {"transformer_blocks.0.ff.net.2": 2}
+    assert main(["inspect", "acme/other"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dit-compress: error: acme/other: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
+        "holds no copy of it: inspect reads a local output folder or the cache's copy of a Hub id; download it "
+        "(hf download acme/other) and give acme/other again, or give a local folder")
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    hub_cache(tmp_path / "hub", "acme/teacher", tmp_path / "teacher")
+    assert main(["inspect", "acme/teacher"]) == 2
+    assert re.search(r"acme/teacher: the Hugging Face cache holds it at \S+/models--acme--teacher/snapshots/0+, "
+                     r"which is no dit-compress output", capsys.readouterr().err)
