@@ -344,14 +344,20 @@ def spelt_otherwise(repo: Path | None) -> str | None:
 @contextlib.contextmanager
 def quiet_hub():
     """huggingface_hub retries a failed request 5 times over about 23 s and logs two warnings for
-    each try (12 lines where there is no network); `hub_error` says why it failed instead."""
+    each try (12 lines where there is no network); `hub_error` says why it failed instead. Its
+    UserWarning that `local_dir_use_symlinks` is deprecated is dropped too: diffusers (0.42's
+    ConfigMixin.load_config) passes that argument to each hf_hub_download of a Hub id, we never do."""
     import logging
+    import warnings
 
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated",
+                                    category=UserWarning)
+            yield
     finally:
         logger.setLevel(level)
 

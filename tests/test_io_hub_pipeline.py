@@ -63,3 +63,24 @@ def test_an_uncached_hub_pipeline_offline_is_one_line_naming_the_cache(offline_c
     with pytest.raises(UserError, match=rf"^cannot load calibration pipeline 'acme/pxi' offline \(HF_HUB_OFFLINE\): "
                                         rf"{cache}; "):
         load_pipeline_for(load_transformer(offline_cache), "acme/pxi")
+
+
+def test_a_hub_pipeline_loads_without_huggingface_hubs_local_dir_use_symlinks_warning(offline_cache):
+    """huggingface_hub 2.4 warns "The `local_dir_use_symlinks` argument is deprecated" on each
+    hf_hub_download diffusers 0.42's load_config makes with a Hub id (it passes the argument, we do
+    not): load_pipeline's base and the calibration pipeline printed it. quiet_hub drops that one."""
+    import warnings
+
+    from compress.calib_pipeline import load_pipeline_for
+    from compress.io_hub import quiet_hub
+    from compress.io_output import load_transformer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_pipeline(offline_cache)
+        load_pipeline_for(load_transformer(offline_cache), "acme/pix")
+        with quiet_hub():
+            warnings.warn("another warning")  # said as before
+    said = [str(w.message) for w in caught]
+    assert not [w for w in said if "local_dir_use_symlinks" in w], said
+    assert "another warning" in said
