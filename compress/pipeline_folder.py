@@ -122,8 +122,9 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
     plan as by run before any weights load (inputs.source_kind): not a saved toy pipeline; where it
     holds a model_index.json, that fitting its class and folders (folder_problem). Errors name the
-    recipe's line. (A folder without model_index.json is refused as the source is made:
-    check_pipeline_source; plan and source_kind's other callers take it as a transformer folder.)"""
+    recipe's line. (A folder without model_index.json is refused by check_pipeline_source, which
+    plan and run call as they check the recipe's sources (io_source.check_sampled_pipeline) and the
+    pipeline source as it is made; source_kind's other callers take it as a transformer folder.)"""
     from compress.inputs import pipeline_at
 
     pipeline = calib.pipeline or teacher_source
