@@ -12,7 +12,7 @@ from compress.errors import UserError
 from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local, read_config
 from compress.io_export import is_output
 from compress.io_output import load_transformer, output_folder
-from compress.io_source import check_source, output_weights
+from compress.io_source import check_source, checked_sources, output_weights
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import status
 from compress.report import console, output_file, read_report, results, to_json
@@ -184,7 +184,8 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     recipe = load_recipe(out / "recipe.yaml")
     device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]
     models = _read_only_streams(recipe, device)
-    _, teacher = load_checked_teacher(recipe, teacher_source, teacher_config, models=models)
+    sources = checked_sources(recipe, teacher_source, teacher_config, sampled=False)  # held out in _heldout_pipeline
+    _, teacher = load_checked_teacher(recipe, teacher_source, teacher_config, models=models, sources=sources)
     student = models.restore(out).requires_grad_(False).eval()
     check_same_architecture(student, teacher, teacher_source)
     adapter = get_adapter(teacher)
