@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.io import missing_shards, variant_of, variant_weights
+from compress.io import variant_of, variant_weights
+from compress.io_errors import missing_shards
 from compress.io_hub import SUBS, cache_folder, cached_snapshot, named_snapshots
 
 
@@ -19,7 +20,7 @@ def check_cached(repo_id: str, sub: str, folder: Path, why: str) -> None:
     repo), read without the Hub (`why`, in words): a UserError naming a weight file whose blob is
     gone (it read as 'no weights') and how to download it again, or, where the folder holds no
     weights, the other revisions' snapshots that hold them. A shard its index lists and the folder
-    lacks is said as it loads (io.not_loaded)."""
+    lacks is said as it loads (io_errors.not_loaded)."""
     where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
     names = sorted(f.name for f in folder.iterdir() if f.is_file() or f.is_symlink())  # broken links too
     wanted = variant_weights(names, variant_of(names, where))

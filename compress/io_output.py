@@ -12,7 +12,8 @@ from torch import nn
 
 from compress.errors import NumericError, UserError
 from compress.fuse import fuse_gelu
-from compress.io import FORMAT, INDEX, WEIGHTS, cast, from_config, load_error, model_class, read_config, read_json
+from compress.io import FORMAT, INDEX, WEIGHTS, cast, from_config, model_class, read_config, read_json
+from compress.io_errors import load_error
 from compress.io_export import OUTPUT_SHARD, is_output, ranks_of
 from compress.io_fused import without_fused_projections
 from compress.io_tensors import nonfinite, read_state_dict

@@ -11,7 +11,8 @@ from torch import nn
 
 from compress.arch import SUPPORTED, get_adapter
 from compress.errors import UserError
-from compress.io import cast, check_loading_info, from_config, load_error, model_class, read_config
+from compress.io import cast, from_config, model_class, read_config
+from compress.io_errors import check_loading_info, load_error
 from compress.io_tensors import read_state_dict
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # BFL checkpoints as ComfyUI saves them

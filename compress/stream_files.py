@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
-from compress.io import (INDEX, WEIGHTS, SafetensorsError, looks_local, read_config, read_json, shards_not_there,
-                         transformer_folder, weights_variant)
+from compress.io import (INDEX, WEIGHTS, SafetensorsError, looks_local, read_config, read_json, transformer_folder,
+                         weights_variant)
+from compress.io_errors import shards_not_there
 from compress.io_hub import hub_folder
 from compress.io_tensors import one_line, unreadable
 
