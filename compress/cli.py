@@ -152,7 +152,7 @@ def cmd_run(args, load_recipe, Runner) -> int:
     return 0
 
 
-@imports_held("compress.plan:make_plan", "compress.plan:print_plan", "compress.recipe:load_recipe",
+@imports_held("compress.plan:make_plan", "compress.plan_words:print_plan", "compress.recipe:load_recipe",
               "compress.report:to_json")
 def cmd_plan(args, make_plan, print_plan, load_recipe, to_json) -> int:
     recipe = load_recipe(args.recipe, args.overrides)

@@ -1,32 +1,31 @@
 """`dit-compress plan`: what a recipe will do, without factorizing or loading weights.
 
 The teacher is instantiated on the meta device from its config (shipped configs for the known hub
-ids, so real-model recipes plan without the Hub). Each pass's `plan(model, adapter)` applies the structural
-changes it can know in advance (explicit block removal, fixed ranks) to that meta model and returns
-a description; parameters are then counted before and after, by role and by block.
+ids, so real-model recipes plan without the Hub). Each pass's `plan(model, adapter)` applies the
+structural changes it can know in advance (explicit block removal, fixed ranks) to that meta model
+and returns a description; parameters are then counted before and after, by role and by block.
+plan_words prints the plan.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from rich.table import Table
 
 from compress.arch import get_adapter
-from compress.calib_footprint import backward_bytes, describe, footprint, human_size, skip_scan_bytes
+from compress.calib_footprint import backward_bytes, footprint, skip_scan_bytes
 from compress.inputs import source_kind
 from compress.calib_pipeline import check_size
 from compress.calib_prompts import read_prompts
 from compress.errors import UserError
 from compress.io import from_config, model_class
 from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, count_ranges, decided_later,
-                                 distill_student, range_words, ranged_keys, removal_shares, retargeted, smallest_blocks,
-                                 spare_bound)
-from compress.plan_memory import beyond_memory, device_memory, memory_words, peak_memory, svd_statistics
+                                 distill_student, ranged_keys, removal_shares, retargeted, smallest_blocks, spare_bound)
+from compress.plan_memory import beyond_memory, device_memory, peak_memory, svd_statistics
+from compress.plan_words import bounded_keys, where_words
 from compress.io_export import warn_if_export_wider
 from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
                                 teacher_given)
@@ -34,7 +33,7 @@ from compress.passes import build_passes
 from compress.passes.remove_blocks_budget import counts_after
 from compress.passes.removed_blocks import planned_blocks, possible_counts
 from compress.passes.svd import LATER
-from compress.report import console, layer_rows, note, param_count, results, warn
+from compress.report import console, layer_rows, note, param_count, warn
 from compress.runner_checks import checked_in_order
 from compress.runner_stream import check_streaming, streamed_weights
 from compress.stream_files import check_streamable
@@ -280,186 +279,3 @@ def pass_where(spec) -> dict:
     --set} for one a --set added (whose node's line, 1, is not the file's)."""
     override = spec.loc.override
     return {"line": None, "set": override} if override else {"line": spec.line}
-
-
-def where_words(step: dict) -> str:
-    return step["set"] if step.get("set") else f"line {step['line']}"
-
-
-def step_words(step: dict) -> str:
-    """A pass's plan on a line or two: long lists and name -> rank maps counted, not dumped
-    (`plan --json` has them whole)."""
-    hidden = ("pass", "line", "set", "fisher", "streamed_scan", "student", "at_most", "statistics")
-    ranges = ranged_keys(step)  # a removal's counts per group, fewest–most (in the key's own place)
-    shown = {k: v for k, v in step.items() if k not in hidden and k not in {f"{r}_min" for r in ranges}}
-    bound = bounded_keys(step)
-    words = "; ".join(f"{key}: {'≤ ' if key in bound and value != LATER else ''}"
-                      f"{range_words(step[f'{key}_min'], value) if key in ranges else _brief(key, value)}"
-                      for key, value in shown.items())
-    if bound:
-        return f"{words}; ≤: {_at_most_words(step['at_most'])}"
-    if ranges:
-        return f"{words}; ranges: {_takes_words(step['at_most'])} before it, from groups picked at run time"
-    return words
-
-
-def bounded_keys(step: dict) -> set[str]:
-    """The keys of a step with `at_most` (after removals whose blocks are picked at run time) that
-    are counted over every block, upper bounds: an svd pass's targets and parameters (a removal's
-    blocks per group are ranges: plan_budget.count_ranges)."""
-    if not step.get("at_most"):
-        return set()
-    return {k for k in ("targets", "params_before", "params_after") if k in step}
-
-
-def _at_most_words(unplaced: list[dict]) -> str:
-    """Why a step's counts are bounds: the removals before it whose blocks are picked at run time."""
-    return f"counted over every block, but {_takes_words(unplaced)} before it at run time"
-
-
-def _takes_words(unplaced: list[dict]) -> str:
-    """'remove_blocks (line 4) takes 2 blocks' for each removal whose blocks are picked at run time."""
-    return " and ".join(f"{u['pass']} ({where_words(u)}) takes {u['blocks']} block{'s' if u['blocks'] > 1 else ''}"
-                        for u in unplaced)
-
-
-def _rank_order(rank) -> tuple:
-    """Numeric ranks first, ascending; then words ("dense", "decided after calibration")."""
-    return (1, 0, str(rank)) if isinstance(rank, str) else (0, rank, "")
-
-
-def _brief(key: str, value) -> str:
-    if key == "ranks" and isinstance(value, dict):  # layer -> rank | "dense" | LATER
-        counts = Counter(value.values())
-        if len(counts) <= 1:
-            return str(next(iter(counts), "none"))
-        return ", ".join(f"{rank} ×{n}" for rank, n in sorted(counts.items(), key=lambda kv: _rank_order(kv[0])))
-    if isinstance(value, list) and len(value) > 4:
-        return f"{len(value)} ({', '.join(map(str, value[:2]))}, …, {value[-1]})"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def print_plan(plan: dict) -> None:
-    results.print(f"[bold]{plan['recipe']}[/]  teacher {plan['teacher']} ({plan['family']})")
-    if plan.get("stream"):
-        s = plan["stream"]
-        results.print(f"  streamed: the top level ({s['top_level_params']:,} params) and one block at a "
-                      f"time (at most {s['largest_block_params']:,}) resident: "
-                      f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
-    results.print(f"  {describe(plan['calibration'])}")
-    if "memory" in plan:
-        results.print(f"  {memory_words(plan['memory'])}")
-    for step in plan["passes"]:
-        results.print(f"  [cyan]{step['pass']}[/] ({where_words(step)}): {step_words(step)}")
-        if "streamed_scan" in step:
-            f = step["streamed_scan"]
-            results.print("    streamed skip scan: none (the scores of the importance pass before it)"
-                          if not f["scans"] else
-                          f"    streamed skip scan: {f['scans']} scan(s), each block read once per "
-                          f"calibration batch: the checkpoint read {f['checkpoint_reads']} times "
-                          f"(at most {f['block_reads']:,} block reads); up to N + 1 residual streams of "
-                          f"a batch held, about {human_size(f['batch_bytes'])}")
-        if "fisher" in step:
-            f = step["fisher"]
-            per = (f"fisher_memory_gb: auto, {f['sweep_gib']} GiB per sweep: half the memory free here now"
-                   f"{' less the ' + human_size(f['resident_bytes']) + ' the run holds by then' if f.get('resident_bytes') else ''}"
-                   if f["memory_gb"] == "auto" else f"fisher_memory_gb: {f['memory_gb']} GiB per sweep")
-            sweeps = f"{f['sweeps']} backward sweep{'s' if f['sweeps'] != 1 else ''}"
-            targets = f"{f['targets']} target{'s' if f['targets'] != 1 else ''}"
-            results.print(f"    output Fisher of {targets}: {sweeps} over the "
-                          f"calibration batches ({per}), {f['disk_gib']} GiB on disk while the pass runs")
-            plain, checkpointed = (human_size(n) for n in plan["backward"])
-            other = (f"svd.gradient_checkpointing; {plain} without" if f["gradient_checkpointing"]
-                     else f"{checkpointed} with svd.gradient_checkpointing: true")
-            results.print(f"    its whole-model backwards keep about "
-                          f"{checkpointed if f['gradient_checkpointing'] else plain} per calibration batch ({other})")
-    table = Table(title="parameters by role (linears)")
-    for col in ("role", "before", "after (planned)", "ratio"):
-        table.add_column(col, justify="left" if col == "role" else "right")
-    later = plan.get("decided_later", [])
-    open_roles = {role for entry in later for role in entry["roles"]}  # ranks decided after calibration
-    most, marks = plan["by_role_after_at_most"], plan["by_role_after_is"]
-    for role, n in plan["by_role_before"].items():
-        after = most.get(role, 0)
-        bound = "≤ " if marks.get(role) == "at most" else ""
-        table.add_row(role, f"{n:,}", f"{bound}{after:,}", f"{bound}{after / n:.1%}")
-    results.print(table)
-    for line in _role_notes(plan, open_roles):
-        results.print(line)
-    results.print(total_words(plan))
-
-
-def _role_notes(plan: dict, open_roles: set) -> list[str]:
-    """The footnotes of the role table's bounds (≤), one per cause."""
-    later, unplaced, uneven = plan["decided_later"], plan["unplaced_removals"], plan["uneven_removals"]
-    notes = []
-    if open_roles:
-        notes.append(f"≤: {', '.join(_pass_words(e) for e in later)} decide{'s' if len(later) == 1 else ''} "
-                     f"the ranks of {', '.join(sorted(open_roles))} after calibration; their layers are "
-                     "counted here as before it")
-    if unplaced:
-        notes.append(f"≤: {_takes_words(unplaced)}, picked by importance at run time from any group: the roles "
-                     "with layers in blocks are counted here with every block (those only outside the blocks "
-                     "are exact)")
-    if uneven:
-        notes.append(f"≤: {_uneven_words(uneven)}; each role counted as if the blocks with least of it go")
-    return notes
-
-
-def _pass_words(entry: dict) -> str:
-    return f"{entry['pass']} ({where_words(entry)}, allocation {entry['allocation']})"
-
-
-def _uneven_words(uneven: list[dict]) -> str:
-    """'remove_blocks (line 4) picks blocks of group 'blocks', whose blocks differ in size, at run time'."""
-    return " and ".join(f"{u['pass']} ({where_words(u)}) picks blocks of group"
-                        f"{'s' if len(u['groups']) > 1 else ''} {', '.join(repr(g) for g in u['groups'])}, "
-                        "whose blocks differ in size, at run time" for u in uneven)
-
-
-def total_words(plan: dict) -> str:
-    """The total line: exact where every rank and block is planned; else an upper bound, the budget of
-    each global pass taken off (decided_later, budget_savings), as if the smallest blocks go of
-    removals placed at run time (smallest_blocks; spare_bound: of groups whose blocks differ)."""
-    words, uneven = _bound_words(plan), plan.get("uneven_removals")
-    if not uneven:
-        return words
-    most, before = plan["params_after_at_most"], plan["params_before"]
-    said = f"{_uneven_words(uneven)}: counted as if the smallest go"
-    if words.endswith("(planned)"):
-        return f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: {said})"
-    return f"{words[:-1]}; {said})"
-
-
-def _bound_words(plan: dict) -> str:
-    before, counted, most = plan["params_before"], plan["params_after_planned"], plan["params_after_at_most"]
-    later, unplaced = plan.get("decided_later", []), plan.get("unplaced_removals", [])
-    if unplaced:
-        n = sum(u["blocks"] for u in unplaced)
-        smallest = "smallest block goes" if n == 1 else f"{n} smallest blocks go"
-        ranks = f"; {_later_words(later)}, ranks decided after calibration" if later else ""
-        return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: "
-                f"{_takes_words(unplaced)}, picked by importance at run time from any group: counted as if "
-                f"the {smallest}{ranks})")
-    if not later:
-        return f"total parameters: {before:,} -> {counted:,} (planned)"
-    if most - plan.get("params_spare", 0) < counted:  # a budget saves some
-        return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: "
-                f"{_later_words(later)}, ranks decided after calibration)")
-    return (f"total parameters: {before:,} -> at most {most:,} ({most / before:.1%}; planned: "
-            f"{', '.join(_pass_words(e) for e in later)} decide{'s' if len(later) == 1 else ''} ranks after "
-            "calibration; their layers are counted dense)")
-
-
-def _later_words(later: list[dict]) -> str:
-    """How the total counts each svd pass whose ranks are decided after calibration: at its budget
-    (allocation global) or dense."""
-    return "; ".join(f"{_pass_words(e)} keeps at most its budget, {e['budget_params']:,} of its targets' "
-                     f"{e['dense_params']:,} dense" if "budget_params" in e else
-                     f"{_pass_words(e)} counted dense" for e in later)

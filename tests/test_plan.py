@@ -4,7 +4,8 @@ import pytest
 
 from compress import load_teacher
 from compress.errors import UserError
-from compress.plan import make_plan, step_words
+from compress.plan import make_plan
+from compress.plan_words import step_words
 from compress.passes.svd import LATER
 from compress.recipe import parse_recipe
 
@@ -160,7 +161,7 @@ def test_plan_warns_of_a_batch_size_whose_fisher_backward_would_not_fit(monkeypa
 
 
 def test_plan_shows_the_estimated_peak(monkeypatch, capsys):
-    from compress.plan import print_plan
+    from compress.plan_words import print_plan
 
     plan, _ = _plan_beyond(monkeypatch, capsys, "{num_prompts: 10}", have=2**40)
     parts = {p["what"]: p["bytes"] for p in plan["memory"]["parts"]}
@@ -335,7 +336,7 @@ GLOBAL = ("model: pixart\nteacher: toy:pixart\npasses:\n  - remove_blocks: {bloc
 
 def test_a_pass_a_set_added_is_shown_at_its_set_not_line_1(capsys):
     """A pass --set put in the recipe has no line of the file: plan showed 'importance (line 1)'."""
-    from compress.plan import print_plan
+    from compress.plan_words import print_plan
 
     recipe = parse_recipe(GLOBAL.replace("{allocation}", "uniform"), "r.yaml",
                           ["passes.0={importance: {buckets: 3}}"])

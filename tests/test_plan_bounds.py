@@ -13,7 +13,7 @@ def test_a_global_pass_s_roles_are_bounds_and_the_total_its_budget(capsys):
     total looked like the compressed result. The rows are bounds (≤), the total is at most the
     teacher less the targets' dense parameters plus the pass's budget (alloc.budget_for_ratio;
     global_greedy never spends more): 973,072 here, and the run of it keeps 972,304."""
-    from compress.plan import print_plan
+    from compress.plan_words import print_plan
 
     plan = make_plan(parse_recipe(GLOBAL.replace("{allocation}", "global"), "r.yaml"))
     step, (later,) = plan["passes"][-1], plan["decided_later"]
@@ -37,7 +37,7 @@ def test_an_energy_pass_s_total_is_a_bound_and_a_planned_one_exact(capsys):
     """allocation energy has no budget: the total is at most the count with its targets dense, and
     says so, with its share of the teacher as every other bound (it had none); with every rank
     planned it is exact."""
-    from compress.plan import print_plan
+    from compress.plan_words import print_plan
 
     plan = make_plan(parse_recipe(GLOBAL.replace("{allocation}", "energy").replace("ratio: 0.6, ", ""), "r.yaml"))
     assert plan["params_after_at_most"] == plan["params_after_planned"]
@@ -87,7 +87,8 @@ def test_a_removal_whose_groups_are_picked_at_run_time_makes_the_total_a_bound()
     """A bare count over Flux's two groups: plan cannot place the blocks, so before it counted every
     block and said the total was planned (2,345,744 -> 1,771,280 on the toy; the run wrote 1,366,928).
     Now the total is at most what is left with the smallest blocks gone, and every role a bound."""
-    from compress.plan import param_count, total_words
+    from compress.plan import param_count
+    from compress.plan_words import total_words
 
     text = ("model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 2}\n"
             "  - svd: {targets: [modulation], ranks: {modulation: 8}}\n")
@@ -132,7 +133,7 @@ def test_an_svd_pass_after_a_removal_picked_at_run_time_says_its_counts_are_boun
     'targets: 44 …; params_before: 1,581,568; params_after: 754,176' as if exact, though its run
     factorizes only the blocks left; the role table and the total said ≤ already. Its counts are
     bounds now, and the line says why; without the removal they stay exact."""
-    from compress.plan import print_plan, step_words
+    from compress.plan_words import print_plan, step_words
 
     svd = "  - svd: {targets: [attention, mlp], ratio: 0.5}\n"
     text = "model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 2}\n" + svd
@@ -197,7 +198,7 @@ def test_plan_text_says_plainly_why_roles_and_the_total_are_bounds_after_a_run_t
     (embedding, output) too, which no removal changes, with no footnote saying why; the total said
     'every block is counted here, less the smallest as many'. Now the roles outside the blocks are
     exact, a footnote names the removal, and the total says which blocks it counts as gone."""
-    from compress.plan import print_plan
+    from compress.plan_words import print_plan
 
     plan = make_plan(parse_recipe(FRACTION.replace("{fraction: 0.3}", removal), "r.yaml"))
     print_plan(plan)
@@ -239,7 +240,7 @@ def test_a_removal_after_one_picked_at_run_time_states_its_counts_per_group_as_r
     first may pick ('{"double": 1–2, "single": 2–3}'; --json: blocks_before the most, blocks_before_min
     the fewest), each end met by one of those ways; the line says why; without the first removal
     they stay single numbers."""
-    from compress.plan import print_plan, step_words
+    from compress.plan_words import print_plan, step_words
 
     head = "model: flux\nteacher: toy:flux\npasses:\n"
     plan = make_plan(parse_recipe(f"{head}  - remove_blocks: {{count: 2}}\n  - remove_blocks: {second}\n", "r.yaml"))

@@ -92,7 +92,7 @@ def test_the_pipeline_components_are_said_or_counted_where_their_weights_are_her
 def test_fisher_memory_gb_auto_is_sized_at_what_is_free_once_the_run_holds_its_weights(monkeypatch):
     """flux-dev-deep: plan said the run needs 59.4 GiB on a 23.5 GiB machine, yet granted 11 GiB a
     sweep (half what is free now); the run sizes it once teacher, student and activations are there."""
-    from compress.plan import print_plan
+    from compress.plan_words import print_plan
 
     plan = _plan(monkeypatch, "flux-dev-deep.yaml", free=139 * 2**30)
     fisher = plan["passes"][2]["fisher"]

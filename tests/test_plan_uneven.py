@@ -8,7 +8,8 @@ import torch
 from compress.errors import UserError
 from compress.io_export import save_compressed
 from compress.lowrank import LowRankLinear
-from compress.plan import make_plan, print_plan, total_words
+from compress.plan import make_plan
+from compress.plan_words import print_plan, total_words
 from compress.recipe import parse_recipe
 from tests.conftest import FLUX_TINY, PIXART_TINY, tiny_flux, tiny_pixart
 
