@@ -262,7 +262,7 @@ def safetensors_dtypes(path: Path) -> set[str]:
 
 
 def _load_folder(path: Path, dtype) -> nn.Module:
-    from compress.io_errors import check_loading_info, check_safetensors_dir, no_weights, not_loaded
+    from compress.io_errors import broken_weights, check_loading_info, check_safetensors_dir, no_weights, not_loaded
 
     path = transformer_folder(path)
     config = read_config(path / "config.json")
@@ -276,6 +276,8 @@ def _load_folder(path: Path, dtype) -> nn.Module:
     files = variant_weights([f.name for f in path.iterdir()], variant)
     if not files:  # diffusers: 'An error occurred while trying to fetch', 'Defaulting to unsafe serialization', then its error
         raise no_weights(path, variant)
+    if (broken := broken_weights(path, files)) is not None:  # diffusers: no such file, or an unreadable one
+        raise UserError(broken)
     if dtype is None:
         dtype = stored_dtype(path, variant)
     try:

@@ -7,6 +7,7 @@ its config's model (`not_loaded` picks among them), weights that do not fill the
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -154,3 +155,34 @@ def check_safetensors_dir(path: Path) -> None:
                 h.keys()
         except (SafetensorsError, OSError, ValueError) as e:
             raise unreadable(f, e) from None
+
+
+def broken_weights(folder: Path, names: list[str]) -> str | None:
+    """Where weight files `names` of `folder` link to a file that is gone (a Hugging Face cache
+    snapshot whose blob was removed: from_pretrained said no such file, or an unreadable one), in
+    words: the first, how many more, how to get them again; None where none does."""
+    broken = [n for n in names if broken_link(folder / n)]
+    if not broken:
+        return None
+    more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+    return f"{folder / broken[0]} links to {os.readlink(folder / broken[0])}, which is gone{more}; " \
+           f"{download_again(folder, broken)}"
+
+
+def download_again(folder: Path, names: list[str]) -> str:
+    """'download it again online (hf download ORG/NAME FILES --revision COMMIT)' for files of a
+    snapshot folder of the Hugging Face cache (…/models--ORG--NAME/snapshots/COMMIT/…; more than 3:
+    its folder), 'copy it again' elsewhere."""
+    parts = folder.parts
+    at = next((i for i in range(1, len(parts) - 1) if parts[i] == "snapshots" and parts[i - 1].startswith("models--")),
+              None)
+    if at is None:
+        return "copy it again"
+    repo, commit, sub = "/".join(parts[at - 1].split("--")[1:]), parts[at + 1], "".join(p + "/" for p in parts[at + 2:])
+    files = " ".join(sub + n for n in names) if len(names) <= 3 else f"--include '{sub}*'"
+    return f"download it again online (hf download {repo} {files} --revision {commit})"
+
+
+def broken_link(path: Path) -> bool:
+    """A link to a file that is gone (a snapshot's file whose blob the Hugging Face cache lost)."""
+    return path.is_symlink() and not path.exists()

@@ -6,12 +6,11 @@ where main's lacks it. Nothing is asked of the Hub."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from compress.errors import UserError
 from compress.io import variant_of, variant_weights
-from compress.io_errors import missing_shards
+from compress.io_errors import broken_weights, missing_shards
 from compress.io_hub import SUBS, cache_folder, cached_snapshot, named_snapshots
 
 
@@ -24,13 +23,9 @@ def check_cached(repo_id: str, sub: str, folder: Path, why: str) -> None:
     where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
     names = sorted(f.name for f in folder.iterdir() if f.is_file() or f.is_symlink())  # broken links too
     wanted = variant_weights(names, variant_of(names, where))
-    broken = [n for n in wanted if broken_link(folder / n)]
-    if broken:
-        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
-        files = " ".join(sub + n for n in broken) if len(broken) <= 3 else f"--include '{sub}*'"
-        raise UserError(f"the Hugging Face cache's copy of {where} is broken ({why}): {folder / broken[0]} links to "
-                        f"{os.readlink(folder / broken[0])}, which is gone{more}; download it again online "
-                        f"(hf download {repo_id} {files}), or pass a local folder or file")
+    if (broken := broken_weights(folder, wanted)) is not None:
+        raise UserError(f"the Hugging Face cache's copy of {where} is broken ({why}): {broken}, or pass a local "
+                        "folder or file")
     if not wanted:  # the names are the cache's: the repo may well hold them
         raise UserError(f"the Hugging Face cache holds no weights of {where} beside its config.json ({why})"
                         f"{complete_elsewhere(repo_id)}: fetch it once online, or pass a local folder or file")
@@ -59,8 +54,3 @@ def holds_transformer(snapshot: Path) -> bool:
                 return False
             return bool(wanted) and missing_shards(folder) is None
     return False
-
-
-def broken_link(path: Path) -> bool:
-    """A link to a file that is gone (a snapshot's file whose blob the cache lost)."""
-    return path.is_symlink() and not path.exists()

@@ -60,8 +60,8 @@ def test_a_weight_file_whose_blob_is_gone_is_named_not_read_as_no_weights(tmp_pa
         load_teacher("acme/pix")
     assert str(e.value) == (f"the Hugging Face cache's copy of 'acme/pix' (transformer/) is broken (offline: "
                             f"HF_HUB_OFFLINE): {weights} links to ../../../blobs/{blob.name}, which is gone; download "
-                            "it again online (hf download acme/pix transformer/diffusion_pytorch_model.safetensors), "
-                            "or pass a local folder or file")
+                            "it again online (hf download acme/pix transformer/diffusion_pytorch_model.safetensors "
+                            f"--revision {MAIN}), or pass a local folder or file")
 
 
 @pytest.mark.parametrize("gone", [2, 4])
@@ -77,7 +77,7 @@ def test_broken_shards_are_counted_and_named_in_the_download(tmp_path, gone):
     files = " ".join("transformer/" + n for n in shards[1:gone + 1]) if gone <= 3 else "--include 'transformer/*'"
     with pytest.raises(UserError, match=rf"{re.escape(str(folder / shards[1]))} links to \S+, which is gone \(and "
                                         rf"{gone - 1} more\); download it again online \(hf download acme/pix "
-                                        rf"{re.escape(files)}\)"):
+                                        rf"{re.escape(files)} --revision {MAIN}\)"):
         load_teacher("acme/pix")
 
 

@@ -1,0 +1,38 @@
+"""io_errors: why a teacher's weights did not load, in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from compress import load_teacher
+from compress.errors import UserError
+from tests.conftest import tiny_pixart
+from tests.test_io_hub_snapshots import MAIN, _as_blobs, _cached_pipeline
+
+
+@pytest.mark.parametrize("shard", [None, "10KB"])
+def test_a_snapshot_folder_whose_weights_link_to_a_gone_blob_says_so_and_how_to_mend_it(tmp_path, shard):
+    """A cache's snapshot folder given as a local teacher, its weights a link to a removed blob: 'is
+    not a readable safetensors file (No such file or directory …); it may be truncated or corrupted'
+    after diffusers' 'Error no file named …' log line, or for a shard 'lists 1 shard(s) not in …
+    (an incomplete download?)'. Now the link, what is gone and the hf download that fetches it again."""
+    repo = _cached_pipeline(tmp_path, tiny_pixart(), **({"max_shard_size": shard} if shard else {}))
+    _as_blobs(repo)
+    folder = repo / "snapshots" / MAIN / "transformer"
+    name = sorted(f.name for f in folder.glob("diffusion_pytorch_model*.safetensors"))[0]
+    blob = (folder / name).resolve()
+    blob.unlink()
+    with pytest.raises(UserError) as e:
+        load_teacher(str(folder))
+    assert str(e.value) == (f"{folder / name} links to ../../../blobs/{blob.name}, which is gone; download it again "
+                            f"online (hf download acme/pix transformer/{name} --revision {MAIN})")
+
+
+def test_a_link_to_a_gone_file_outside_the_cache_is_to_be_copied_again(tmp_path):
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    weights = tmp_path / "t" / "diffusion_pytorch_model.safetensors"
+    weights.rename(tmp_path / "elsewhere.safetensors")
+    weights.symlink_to(tmp_path / "moved.safetensors")
+    with pytest.raises(UserError, match=rf"^{weights} links to {tmp_path / 'moved.safetensors'}, which is gone; "
+                                        "copy it again$"):
+        load_teacher(str(tmp_path / "t"))
