@@ -239,13 +239,13 @@ class TeacherSource:
             return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
         if self.hub:
             return hub_config(self.source)
-        from compress.io_hub import cached_config, held_otherwise, hub_cache
+        from compress.io_hub import cache_only, cached_config, held_otherwise, hub_cache
 
         if (cached := cached_config(self.source)) is not None:  # downloaded before: no request is made
             return read_config(cached[0])
         held = held_otherwise(self.source)
         held = "" if held is None else f"; the cache holds {held}"
-        raise UserError(f"{self.where}cannot find a config for teacher '{self.source}' offline (plan reads the "
+        raise UserError(f"{self.where}cannot find a config for teacher '{self.source}' {cache_only('plan')} (plan reads the "
                         f"configs of local teachers, of Hub ids in the Hugging Face cache {hub_cache()} and of "
                         f"{', '.join(KNOWN_CONFIGS)}){held}; pass --teacher-config with its transformer's config.json")
 
