@@ -11,7 +11,8 @@ The Hugging Face cache answers offline (HF_HUB_OFFLINE) and, for a repo it holds
 request without retries finds the Hub unreachable (`hub_head`, sent once a process for a repo):
 then no other Hub call is made in that load (huggingface_hub retries a file list for about 23 s
 without network). Where the Hub answers, that request's commit pins the load: a config or weights
-the cache holds of it are not asked for again.
+the cache holds of it are not asked for again. The requests themselves, each with a bounded wait,
+are io_hub_requests'.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.io import WEIGHTS, model_class, read_config, variant_of, variant_weights
+from compress.io_hub_requests import cause_line, fetch_files, hub_head, repo_names
 from compress.io_tensors import one_line
 
 SUBS = ("transformer/", "")  # where a repo's transformer config.json is: a pipeline's, a transformer-only one's
 OFFLINE = "offline: HF_HUB_OFFLINE"
 _NOTED: set[str] = set()  # notes said once per process
-_HEADS: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # hub_head's answers: (cache, repo) -> main's
 
 
 def hub_folder(repo_id: str) -> Path:
@@ -36,8 +37,6 @@ def hub_folder(repo_id: str) -> Path:
     weights download. From the cache (the cached snapshot's folder, nothing fetched) where
     hub_config says why the Hub is not asked, or where the Hub's file list fails; online, the files
     of the commit the config came from (pinned), and nothing fetched where its cached snapshot holds them."""
-    from huggingface_hub import snapshot_download
-
     cfg, sub, why = hub_config(repo_id)
     model_class(read_config(cfg).get("_class_name", "<missing _class_name>"))
     where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
@@ -59,11 +58,9 @@ def hub_folder(repo_id: str) -> Path:
     if pin and all((cfg.parent / n).is_file() for n in wanted):
         return cfg.parent  # the cached snapshot is the Hub's commit
     try:
-        with quiet_hub():
-            root = Path(snapshot_download(repo_id, allow_patterns=[sub + n for n in ["config.json", *wanted]], **pin))
+        return fetch_files(repo_id, sub, ["config.json", *wanted], **pin)
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
         raise hub_error(repo_id, e, "a local folder or file") from None
-    return root / sub
 
 
 def hub_config_file(repo_id: str) -> tuple[Path, str]:
@@ -131,33 +128,6 @@ def cached_config(repo_id: str, revision: str | None = None) -> tuple[Path, str]
     return None
 
 
-def hub_head(repo_id: str, name: str) -> tuple[str | None, str | None]:
-    """One request for the repo's file `name` without huggingface_hub's retries: (why the Hub cannot
-    be reached ('ConnectError: …'), None) where it cannot; else (None, the commit of main where the
-    answer names it: a repo without `name` answers 404 with it too; an error of the repo or the
-    user's access is said by the fetch that follows). Sent once a process for a repo's main in a
-    cache: a run's source check and its load share the answer."""
-    key = (hub_cache(), repo_id)
-    if key not in _HEADS:
-        _HEADS[key] = head_request(repo_id, name)
-    return _HEADS[key]
-
-
-def head_request(repo_id: str, name: str) -> tuple[str | None, str | None]:
-    """hub_head's request, sent."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    try:
-        with quiet_hub():
-            answer = get_hf_file_metadata(hf_hub_url(repo_id, name))
-    except Exception as e:  # noqa: BLE001 - the transport's errors vary with huggingface_hub's version
-        if unreachable(e):
-            return cause_line(e), None
-        headers = getattr(getattr(e, "response", None), "headers", None) or {}
-        return None, headers.get("X-Repo-Commit")
-    return None, getattr(answer, "commit_hash", None)
-
-
 def pinned(config: Path) -> dict:
     """{'revision': COMMIT} where `config` (hub_config's) is in the cache's snapshot of COMMIT, so the
     repo's list and files come from the commit its config did; else {} (main, as the Hub has it then)."""
@@ -166,17 +136,6 @@ def pinned(config: Path) -> dict:
     except ValueError:
         return {}
     return {"revision": parts[2]} if len(parts) > 3 and parts[1] == "snapshots" else {}
-
-
-def unreachable(e: Exception) -> bool:
-    """A request that failed for the network or the Hub's state (no connection, a timeout, a proxy,
-    the Hub down), not because of the repo or the user's access."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(e, HfHubHTTPError):
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        return status is None or status >= 500 or status in (408, 429)
-    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
 
 
 def offline() -> bool:
@@ -205,15 +164,6 @@ def not_in_repo(e: Exception) -> bool:
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     return isinstance(e, RemoteEntryNotFoundError) or (isinstance(e, LocalEntryNotFoundError) and offline())
-
-
-def repo_names(repo_id: str, sub: str, **revision) -> list[str]:
-    """The names of the files in the repo folder `sub`, from the Hub's list (of `revision`, where given)."""
-    from huggingface_hub import HfApi
-
-    with quiet_hub():
-        files = HfApi().list_repo_files(repo_id, **revision)
-    return [f[len(sub):] for f in files if f.startswith(sub) and "/" not in f[len(sub):]]
 
 
 def note_once(text: str) -> None:
@@ -360,12 +310,6 @@ def quiet_hub():
             yield
     finally:
         logger.setLevel(level)
-
-
-def cause_line(e: Exception) -> str:
-    """'TYPE: message' of the error under a failed Hub call (LocalEntryNotFoundError wraps the network's)."""
-    cause = e.__cause__ if e.__cause__ is not None else e
-    return f"{type(cause).__name__}: {one_line(cause)}"
 
 
 def hub_error(repo_id: str, e: Exception, local: str) -> UserError:

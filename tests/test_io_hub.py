@@ -100,6 +100,13 @@ def test_a_transformer_only_hub_repo_loads_as_its_local_folder_does(tmp_path, mo
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
 
 
+def hub_info(files: list[str], sha: str | None = None):
+    """What HfApi.model_info answers (io_hub_requests.repo_names reads the repo's files from it)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in files], sha=sha)
+
+
 def _pipeline_with(folder, save) -> None:
     """A pipeline folder (model_index.json) whose transformer/ `save` writes."""
     (folder / "transformer").mkdir(parents=True)
@@ -130,15 +137,13 @@ def test_a_hub_teacher_downloads_the_variant_its_file_list_names_and_nothing_els
     assert len(shards) > 2
     listed = ["model_index.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
               "transformer/config.json", "transformer/diffusion_pytorch_model.bin"]  # not fetched: safetensors first
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files",
-                        lambda self, repo: listed + [f"transformer/{n}" for n in shards])
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda repo, name, subfolder=None: str(tmp_path / "pipe" / subfolder / name))
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info",
+                        lambda self, repo, timeout: hub_info(listed + [f"transformer/{n}" for n in shards]))
     fetched = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda repo, allow_patterns: fetched.extend(allow_patterns) or str(tmp_path / "pipe"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, subfolder=None: fetched.append(
+        f"{subfolder}/{name}") or str(tmp_path / "pipe" / subfolder / name))
     assert load_teacher("acme/pipevar", dtype=None).dtype == torch.float16
-    assert sorted(fetched) == sorted(["transformer/config.json"] + [f"transformer/{n}" for n in shards])
+    assert sorted(set(fetched)) == sorted(["transformer/config.json"] + [f"transformer/{n}" for n in shards])
 
 
 def test_a_hub_repo_without_a_transformer_config_says_so(tmp_path, monkeypatch):
@@ -181,7 +186,8 @@ def _no_network(monkeypatch, tmp_path, repo_id: str, folder):
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
     for name in ("hf_hub_download", "snapshot_download"):
         monkeypatch.setattr(huggingface_hub, name, lambda *a, name=name, **k: pytest.fail(f"{name} {a} {k}"))
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda *a, **k: pytest.fail("listed the repo"))
+    for name in ("list_repo_files", "model_info"):
+        monkeypatch.setattr(huggingface_hub.HfApi, name, lambda *a, **k: pytest.fail("listed the repo"))
     return asked
 
 
@@ -273,14 +279,13 @@ def test_a_cached_hub_teacher_is_fetched_from_the_hub_where_it_answers(tmp_path,
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, *a, **k: object())
     listed = ["model_index.json"] + [f"transformer/{f.name}" for f in (tmp_path / "pipe" / "transformer").iterdir()]
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo: listed)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda repo, name, subfolder=None: str(tmp_path / "pipe" / subfolder / name))
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo, timeout: hub_info(listed))
     fetched = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda repo, allow_patterns: fetched.extend(allow_patterns) or str(tmp_path / "pipe"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, subfolder=None: fetched.append(
+        f"{subfolder}/{name}") or str(tmp_path / "pipe" / subfolder / name))
     load_teacher("acme/pix")
-    assert sorted(fetched) == ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"]
+    assert sorted(fetched) == ["transformer/config.json", "transformer/config.json",
+                               "transformer/diffusion_pytorch_model.safetensors"]  # its config, then the files
 
 
 def test_a_hub_id_the_cache_lacks_fails_at_once_when_the_hub_cannot_be_reached(tmp_path, monkeypatch):

@@ -58,8 +58,7 @@ class _Hub:
         self.listed = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", self.head)
         monkeypatch.setattr(huggingface_hub, "hf_hub_download", self.download)
-        monkeypatch.setattr(huggingface_hub, "snapshot_download", self.snapshot)
-        monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda api, repo, **kw: self.list(repo, **kw))
+        monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda api, repo, **kw: self.list(repo, **kw))
 
     def head(self, url, *args, **kwargs):
         from huggingface_hub.file_download import HfFileMetadata
@@ -81,15 +80,12 @@ class _Hub:
         self.asked.append(("hf_hub_download", name, kwargs.get("revision")))
         return str(self._copy(repo_id, name) / name)
 
-    def snapshot(self, repo_id, allow_patterns, **kwargs):
-        self.asked.append(("snapshot_download", tuple(allow_patterns), kwargs.get("revision")))
-        for name in allow_patterns:
-            root = self._copy(repo_id, name)
-        return str(root)
-
     def list(self, repo_id, **kwargs):
-        self.asked.append(("list_repo_files", kwargs.get("revision")))
-        return self.listed
+        from tests.test_io_hub import hub_info
+
+        assert kwargs["timeout"] > 0  # never a list that can wait forever
+        self.asked.append(("model_info", kwargs.get("revision")))
+        return hub_info(self.listed, self.commit)
 
 
 def test_an_online_teacher_the_cache_holds_at_the_hubs_commit_asks_the_hub_once_more_only_for_its_list(
@@ -103,7 +99,7 @@ def test_an_online_teacher_the_cache_holds_at_the_hubs_commit_asks_the_hub_once_
     hub = _Hub(monkeypatch, tmp_path, folder, CACHED)
     teacher = load_teacher("acme/pix")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
-    assert hub.asked == [("HEAD", "main/transformer/config.json"), ("list_repo_files", CACHED)]
+    assert hub.asked == [("HEAD", "main/transformer/config.json"), ("model_info", CACHED)]
 
 
 def test_an_online_teacher_the_hub_has_moved_on_from_is_fetched_at_one_commit(tmp_path, monkeypatch):
@@ -117,8 +113,9 @@ def test_an_online_teacher_the_hub_has_moved_on_from_is_fetched_at_one_commit(tm
     weights = "transformer/diffusion_pytorch_model.safetensors"
     assert hub.asked == [("HEAD", "main/transformer/config.json"),
                          ("hf_hub_download", "transformer/config.json", None),
-                         ("list_repo_files", NEWER),
-                         ("snapshot_download", ("transformer/config.json", weights), NEWER)]
+                         ("model_info", NEWER),
+                         ("hf_hub_download", "transformer/config.json", NEWER),
+                         ("hf_hub_download", weights, NEWER)]
 
 
 def test_a_snapshot_of_another_revision_is_named_by_teachers_outputs_and_loras_alike(tmp_path, monkeypatch):

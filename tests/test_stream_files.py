@@ -86,7 +86,7 @@ def test_a_hub_teacher_streams_from_the_transformer_folder_load_teacher_reads(tm
 
     import huggingface_hub
 
-    from tests.test_io_hub import _pipeline_with
+    from tests.test_io_hub import _pipeline_with, hub_info
 
     model = tiny_pixart()
     if layout == "transformer-only":
@@ -104,7 +104,7 @@ def test_a_hub_teacher_streams_from_the_transformer_folder_load_teacher_reads(tm
         return str(tmp_path / "got")
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo: listed)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo, timeout: hub_info(listed))
     def hf_hub_download(repo, name, subfolder=None):
         import httpx2
         from huggingface_hub.errors import RemoteEntryNotFoundError
@@ -116,7 +116,6 @@ def test_a_hub_teacher_streams_from_the_transformer_folder_load_teacher_reads(tm
         return str(Path(snapshot_download(repo, [name])) / name)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     config, files = checkpoint_of("acme/tiny")
     assert config["_class_name"] == "PixArtTransformer2DModel"
     assert set(files) == set(model.state_dict())

@@ -1,0 +1,111 @@
+"""The requests a Hub teacher's load sends, each with a bounded wait: whether the Hub answers and at
+which commit (`hub_head`, one HEAD a process for a repo), the repo's file list (`repo_names`) and
+the transformer's files (`fetch_files`); and a failed request in words (`cause_line`: one that
+timed out names the seconds waited and the environment variable that lengthens them).
+
+huggingface_hub 2.4's client has no timeout of its own: `HfApi.list_repo_files` and
+`snapshot_download`'s repo_info / list_repo_tree send none, so a network that accepts the
+connection and never answers held a load forever. The list is read from `model_info` (which takes
+a timeout: HF_HUB_DOWNLOAD_TIMEOUT) and the files are fetched one by one with `hf_hub_download`
+(its HEAD waits HF_HUB_ETAG_TIMEOUT, its download HF_HUB_DOWNLOAD_TIMEOUT between reads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.io_tensors import one_line
+
+_HEADS: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # hub_head's answers: (cache, repo) -> main's
+TIMEOUTS = {"HEAD": "HF_HUB_ETAG_TIMEOUT", "GET": "HF_HUB_DOWNLOAD_TIMEOUT"}  # what bounds a request, by method
+
+
+def hub_head(repo_id: str, name: str) -> tuple[str | None, str | None]:
+    """One request for the repo's file `name` without huggingface_hub's retries: (why the Hub cannot
+    be reached ('ConnectError: …'), None) where it cannot; else (None, the commit of main where the
+    answer names it: a repo without `name` answers 404 with it too; an error of the repo or the
+    user's access is said by the fetch that follows). Sent once a process for a repo's main in a
+    cache: a run's source check and its load share the answer."""
+    from compress.io_hub import hub_cache
+
+    key = (hub_cache(), repo_id)
+    if key not in _HEADS:
+        _HEADS[key] = head_request(repo_id, name)
+    return _HEADS[key]
+
+
+def head_request(repo_id: str, name: str) -> tuple[str | None, str | None]:
+    """hub_head's request, sent (it waits HF_HUB_ETAG_TIMEOUT at most, get_hf_file_metadata's default)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    from compress.io_hub import quiet_hub
+
+    try:
+        with quiet_hub():
+            answer = get_hf_file_metadata(hf_hub_url(repo_id, name), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - the transport's errors vary with huggingface_hub's version
+        if unreachable(e):
+            return cause_line(e), None
+        headers = getattr(getattr(e, "response", None), "headers", None) or {}
+        return None, headers.get("X-Repo-Commit")
+    return None, getattr(answer, "commit_hash", None)
+
+
+def unreachable(e: Exception) -> bool:
+    """A request that failed for the network or the Hub's state (no connection, a timeout, a proxy,
+    the Hub down), not because of the repo or the user's access."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(e, HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        return status is None or status >= 500 or status in (408, 429)
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
+
+
+def repo_names(repo_id: str, sub: str, **revision) -> list[str]:
+    """The names of the files in the repo folder `sub`, from the Hub's list (of `revision`, where
+    given): model_info's siblings, asked with HF_HUB_DOWNLOAD_TIMEOUT (list_repo_files takes none)."""
+    from huggingface_hub import HfApi, constants
+
+    from compress.io_hub import quiet_hub
+
+    with quiet_hub():
+        info = HfApi().model_info(repo_id, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, **revision)
+    files = [s.rfilename for s in info.siblings or ()]
+    return [f[len(sub):] for f in files if f.startswith(sub) and "/" not in f[len(sub):]]
+
+
+def fetch_files(repo_id: str, sub: str, names: list[str], **revision) -> Path:
+    """The local folder of the repo folder `sub` once its files `names` are fetched (of `revision`,
+    where given), one hf_hub_download each: snapshot_download's own list has no timeout."""
+    from huggingface_hub import hf_hub_download
+
+    from compress.io_hub import quiet_hub
+
+    folder = None
+    with quiet_hub():
+        for name in names:
+            folder = Path(hf_hub_download(repo_id, name, subfolder=sub.rstrip("/") or None, **revision)).parent
+    return folder
+
+
+def cause_line(e: Exception) -> str:
+    """'TYPE: message' of the error under a failed Hub call (LocalEntryNotFoundError wraps the
+    network's), and for a request that timed out how long it waited and what waits longer."""
+    cause = e.__cause__ if e.__cause__ is not None else e
+    return f"{type(cause).__name__}: {one_line(cause)}{waited(cause)}"
+
+
+def waited(e: BaseException) -> str:
+    """' (no answer within 10 s; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)' for a request that
+    timed out (httpx's TimeoutException: HF_HUB_ETAG_TIMEOUT bounds a HEAD, HF_HUB_DOWNLOAD_TIMEOUT
+    the others); '' for any other error."""
+    from huggingface_hub import constants
+
+    if not any(c.__name__ == "TimeoutException" for c in type(e).__mro__):
+        return ""
+    try:
+        method = e.request.method
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError where no request is attached
+        method = "GET"
+    var = TIMEOUTS.get(method, TIMEOUTS["GET"])
+    return f" (no answer within {getattr(constants, var)} s; set {var} to wait longer)"
