@@ -24,6 +24,7 @@ from compress.plan import warn_if_beyond_memory
 from compress.recipe import Recipe
 from compress.report import console, param_count
 from compress.report_teacher import absolute_source
+from compress.runner_caches import remove_unread_caches
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note, say_if_nothing_to_resume
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
@@ -239,6 +240,7 @@ class Runner:
             announce(self.run_dir, self.about)
         self.doing = "making the student (a copy of the teacher, or the last saved pass's)"
         start, student = restore(self)
+        self._remove_unread_caches(start)  # what it keeps decided: what no run of this recipe reads goes
         self.removed_by = []  # recipe lines of passes (this session) that removed blocks
         self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
         self.doing = HELDOUT
@@ -260,8 +262,15 @@ class Runner:
             self.student_stage = stage_dir(self, i)
         if several_processes():
             hand_off(self.run_dir, None, None, self.about)  # nothing more for the other ranks
+        self._remove_unread_caches(len(self.passes))  # each svd pass's model now made: those of none go
         self.doing = EXPORT
         return self.export(student, teacher_params)
+
+    def _remove_unread_caches(self, start: int) -> None:
+        """Rank 0: the run folder's caches that neither this run, from pass `start` on, nor a --resume of
+        its recipe reads, deleted with a note (runner_caches)."""
+        if is_main_process():
+            remove_unread_caches(self.run_dir, self.ctx.fingerprint, self.recipe.raw["passes"], self.passes, start)
 
     def _follow(self) -> Path:
         """A rank other than 0 of a distributed launch (runner_ranks): only the data-parallel passes,

@@ -95,14 +95,30 @@ def read_caches(run_dir: Path, fingerprint: str | None, start: int = 0) -> list[
             if cache.is_dir() and not (0 <= _read_by(cache) < start)]
 
 
-def mark_read_by(cache: Path, i: int) -> None:
+def mark_read_by(cache: Path, i: int, specs: list | None = None) -> None:
     """Marks an svd pass's stats cache folder `cache` as read by pass index `i` (0-based) of the run
-    (`read_caches`): written as the pass starts; where it cannot be written, the words only count it."""
+    (`read_caches`): written as the pass starts; where it cannot be written, the words only count it.
+    `specs`: the recipe's pass specs before pass i (what made the model the pass reads), added to the
+    cache's readers (`readers`), which runner_caches compares with a later recipe's."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        (cache / READ_BY).write_text(json.dumps({"pass": i}) + "\n")
+        readers = readers_of(cache)
+        if specs is not None and {"pass": i, "specs": specs} not in readers:
+            readers.append({"pass": i, "specs": specs})
+        (cache / READ_BY).write_text(json.dumps({"pass": i, "readers": readers}) + "\n")
     except OSError:
         pass
+
+
+def readers_of(cache: Path) -> list[dict]:
+    """The readers `mark_read_by` recorded in `cache` ([{"pass": i, "specs": [...]}]), [] where none
+    (an older dit-compress's cache, or unreadable)."""
+    try:
+        got = json.loads((cache / READ_BY).read_text()).get("readers")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [r for r in got if isinstance(r, dict) and isinstance(r.get("pass"), int)
+            and isinstance(r.get("specs"), list)] if isinstance(got, list) else []
 
 
 def _read_by(cache: Path) -> int:
@@ -130,7 +146,7 @@ def teacher_samples_kept(run_dir: Path, fingerprint: str | None, to_run) -> tupl
     (distill_data._write_about) holds this `fingerprint` (teacher, calibration and seed) and that pass's
     num_samples, sample_steps, batch_size and guidance_scale, as the cache's key does. Caches of other
     settings, or of an older dit-compress (no about.json), are not read back; no fingerprint: none."""
-    wanted = [_samples_keys(p.config) for p in to_run
+    wanted = [samples_keys(p.config) for p in to_run
               if getattr(p, "name", None) == "distill" and getattr(p.config, "data", None) == "teacher_samples"]
     written = shards = 0
     for about in (Path(run_dir) / TEACHER_SAMPLES).glob(f"*/{SAMPLES_ABOUT}") if fingerprint and wanted else ():
@@ -138,13 +154,13 @@ def teacher_samples_kept(run_dir: Path, fingerprint: str | None, to_run) -> tupl
             got = json.loads(about.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(got, dict) and got.get("fingerprint") == fingerprint and _samples_keys(got) in wanted:
+        if isinstance(got, dict) and got.get("fingerprint") == fingerprint and samples_keys(got) in wanted:
             written += sum(1 for _ in about.parent.glob("shard-*.safetensors"))
             shards += got.get("shards") or 0
     return written, shards
 
 
-def _samples_keys(config) -> tuple:
+def samples_keys(config) -> tuple:
     """(num_samples, sample_steps, batch_size, guidance_scale) of a DistillConfig or an about.json."""
     keys = ("num_samples", "sample_steps", "batch_size", "guidance_scale")
     return tuple(config.get(k) if isinstance(config, dict) else getattr(config, k, None) for k in keys)

@@ -167,7 +167,9 @@ def say_read_back(runner, start: int, student) -> None:
 
     digest = model_digest(student, runner.ctx.block_map, runner.models.blocks)  # blocks: None when resident
     cache = runner.run_dir / "calib" / fingerprint / digest
-    mark_read_by(cache, start)  # what a Ctrl-C from now on says --resume reads back (runner_kept.read_caches)
+    # what a Ctrl-C from now on says --resume reads back (runner_kept.read_caches), and the recipe that
+    # made what the pass reads (runner_caches keeps the cache while a recipe's passes before it match)
+    mark_read_by(cache, start, runner.recipe.raw["passes"][:start])
     kept = read_back_in_words(cache)
     if kept:
         console.print(f"  pass {start + 1} (svd) reads back {kept} that an earlier run measured",

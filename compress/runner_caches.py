@@ -1,0 +1,105 @@
+"""What a run folder caches that no run can read any more, removed as a run starts its passes (and
+again once it has run them all): svd statistics and output Fishers of another teacher or calibration
+(calib/<fingerprint>/) or of a student no saved pass nor this recipe makes (calib/<fingerprint>/<model>/),
+and teacher samples of another teacher, calibration or distill settings (distill/teacher_samples/<key>/).
+Only under the run's locks, once the run has decided what it keeps (never when it refuses). A cache
+whose readers are not recorded (an older dit-compress's) is kept: not known. Imports no torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from compress.runner_kept import samples_keys, readers_of
+from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES, recipe_changes
+
+
+def unread_caches(run_dir: Path, fingerprint: str, specs: list, passes, start: int) -> list[Path]:
+    """The cache folders in `run_dir` that neither the run of the recipe whose pass specs are `specs`
+    (built: `passes`; its first pass to run: `start`) nor a --resume of it can read: `unread_stats`
+    and `unread_samples`."""
+    return unread_stats(run_dir, fingerprint, specs, passes, start) + unread_samples(run_dir, fingerprint, passes)
+
+
+def unread_stats(run_dir: Path, fingerprint: str, specs: list, passes, start: int) -> list[Path]:
+    """calib/<other fingerprint>/ (another teacher, calibration or dit-compress: this run's
+    `fingerprint` keys every cache it reads), and calib/<fingerprint>/<model>/ whose recorded readers
+    (runner_kept.readers_of) are all svd passes whose model this recipe makes no more (`read_by_recipe`)."""
+    calib = Path(run_dir) / "calib"
+    found = [p for p in sorted(calib.glob("*")) if p.name != fingerprint and p.is_dir() and not p.is_symlink()]
+    for cache in sorted((calib / fingerprint).glob("*")):
+        readers = readers_of(cache) if cache.is_dir() and not cache.is_symlink() else None
+        if readers and not any(read_by_recipe(r, specs, passes, start) for r in readers):
+            found.append(cache)
+    return found
+
+
+def read_by_recipe(reader: dict, specs: list, passes, start: int) -> bool:
+    """Whether the recipe of pass specs `specs` (built: `passes`) may read a stats cache an svd pass
+    read as `reader` ({"pass": i, "specs": the specs of the passes before it}): its pass i is an svd pass
+    and its passes before i are the same as far as they are decided (those before `start`, which
+    this run keeps; a pass from `start` on runs again, and may make the same model with other
+    settings; `start` = len(passes) once all have run: what each made is decided)."""
+    i = reader["pass"]
+    if not (0 <= i < len(passes)) or passes[i].name != "svd":
+        return False
+    done = min(i, start)
+    return not recipe_changes({"passes": reader["specs"][:done]}, {"passes": specs[:done]}, passes, done)
+
+
+def unread_samples(run_dir: Path, fingerprint: str, passes) -> list[Path]:
+    """Teacher-sample caches (distill/teacher_samples/<key>/) whose about.json holds another fingerprint,
+    or settings (num_samples, sample_steps, batch_size, guidance_scale) no distill pass of `passes`
+    with data: teacher_samples samples with, as runner_kept.teacher_samples_kept reads them; one
+    without a readable about.json is kept (an older dit-compress's, or one whose about.json is being
+    written)."""
+    wanted = [samples_keys(p.config) for p in passes
+              if p.name == "distill" and getattr(p.config, "data", None) == "teacher_samples"]
+    found = []
+    for folder in sorted((Path(run_dir) / TEACHER_SAMPLES).glob("*")):
+        try:
+            about = json.loads((folder / SAMPLES_ABOUT).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(about, dict) and (about.get("fingerprint") != fingerprint or samples_keys(about) not in wanted):
+            found.append(folder)
+    return found
+
+
+def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, passes, start: int) -> None:
+    """`unread_caches` deleted, with one note naming them and the bytes freed (rank 0, under the
+    run's locks: Runner calls it once it restored what it keeps, and after its last pass)."""
+    if not fingerprint:
+        return
+    found = unread_caches(run_dir, fingerprint, specs, passes, start)
+    if not found:
+        return
+    freed = sum(size_of(p) for p in found)
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
+    from compress.report import note
+
+    names = ", ".join(str(p.relative_to(run_dir)) for p in found[:3]) + (f" and {len(found) - 3} more"
+                                                                         if len(found) > 3 else "")
+    note(f"removed caches in {run_dir} that no run of this recipe reads ({names}): {bytes_in_words(freed)} freed")
+
+
+def size_of(folder: Path) -> int:
+    """The bytes of the files under `folder` (links not followed)."""
+    total = 0
+    for p in folder.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink():
+                total += p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def bytes_in_words(n: int) -> str:
+    """'24.1 MiB', '512 bytes'."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} byte{'' if n == 1 else 's'}"

@@ -1,0 +1,133 @@
+"""runner_caches: which caches of a run folder no run of the recipe reads (selection on folders), and
+real runs that remove them (another calibration, another svd setting) or leave them (a refused run)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from compress.errors import UserError
+from compress.runner_caches import bytes_in_words, unread_caches
+from compress.runner_kept import mark_read_by
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import STREAM_RECIPE, run_recipe
+
+SVD, OTHER = {"svd": {"ratio": 0.5}}, {"svd": {"ratio": 0.4}}
+
+
+def _svd():
+    return SimpleNamespace(name="svd", config=None, result_free=(), changes_weights=True)
+
+
+def _cache(run_dir, fp, name, reader=None):
+    folder = run_dir / "calib" / fp / name
+    folder.mkdir(parents=True)
+    (folder / "blocks-0.pt").write_bytes(b"x" * 10)
+    if reader is not None:
+        mark_read_by(folder, *reader)
+    return folder
+
+
+def test_caches_of_another_fingerprint_and_of_a_model_no_pass_makes_are_unread(tmp_path):
+    """calib/<other fingerprint>/ goes whole; under this one, a cache whose every reader's earlier
+    passes differ from the recipe's goes, one read by a pass whose earlier passes match stays, and
+    one without readers (an older dit-compress's) stays: not known."""
+    passes, specs = [_svd(), _svd()], [SVD, SVD]
+    old = _cache(tmp_path, "old", "a", (0, []))
+    first = _cache(tmp_path, "fp", "first", (0, []))
+    second = _cache(tmp_path, "fp", "second", (1, [SVD]))
+    stale = _cache(tmp_path, "fp", "stale", (1, [OTHER]))
+    _cache(tmp_path, "fp", "older")
+    assert unread_caches(tmp_path, "fp", specs, passes, 2) == [old.parent, stale]
+    mark_read_by(stale, 1, [SVD])  # this recipe's pass 2 read it too (the same model): kept
+    assert unread_caches(tmp_path, "fp", specs, passes, 2) == [old.parent]
+    assert first.is_dir() and second.is_dir()
+
+
+def test_a_cache_behind_a_pass_that_runs_again_is_kept_until_it_has_run(tmp_path):
+    """A reader whose passes differ only from `start` on (they run again, and may make the same model)
+    keeps its cache; once every pass has run (start = their count), it does not."""
+    stale = _cache(tmp_path, "fp", "stale", (1, [OTHER]))
+    assert unread_caches(tmp_path, "fp", [SVD, SVD], [_svd(), _svd()], 0) == []
+    assert unread_caches(tmp_path, "fp", [SVD, SVD], [_svd(), _svd()], 2) == [stale]
+
+
+def test_a_cache_read_at_a_pass_that_is_no_svd_pass_now_is_unread(tmp_path):
+    stale = _cache(tmp_path, "fp", "stale", (1, [SVD]))
+    distill = SimpleNamespace(name="distill", config=SimpleNamespace(data="toy"), result_free=())
+    assert unread_caches(tmp_path, "fp", [SVD, {"distill": {}}], [_svd(), distill], 2) == [stale]
+    assert unread_caches(tmp_path, "fp", [SVD], [_svd()], 1) == [stale]  # no pass 2 at all
+
+
+def _samples(run_dir, key, about):
+    folder = run_dir / "distill" / "teacher_samples" / key
+    folder.mkdir(parents=True)
+    if about is not None:
+        (folder / "about.json").write_text(json.dumps(about))
+    return folder
+
+
+def test_teacher_samples_of_another_fingerprint_or_settings_are_unread(tmp_path):
+    keys = {"num_samples": 64, "sample_steps": 4, "batch_size": 8, "guidance_scale": 1.0}
+    distill = SimpleNamespace(name="distill", config=SimpleNamespace(data="teacher_samples", **keys),
+                              result_free=())
+    _samples(tmp_path, "kept", {"fingerprint": "fp", **keys, "shards": 8})
+    other = _samples(tmp_path, "other", {"fingerprint": "old", **keys, "shards": 8})
+    fewer = _samples(tmp_path, "fewer", {"fingerprint": "fp", **keys, "num_samples": 32, "shards": 4})
+    _samples(tmp_path, "older", None)  # no about.json: not known
+    assert unread_caches(tmp_path, "fp", [{"distill": {}}], [distill], 0) == [fewer, other]
+    assert unread_caches(tmp_path, "fp", [], [], 0) == [fewer, fewer.parent / "kept", other]  # no distill pass
+
+
+def test_bytes_in_words():
+    assert [bytes_in_words(n) for n in (1, 512, 2048, 3 * 2**20 + 2**19, 2**31)] == \
+        ["1 byte", "512 bytes", "2.0 KiB", "3.5 MiB", "2.0 GiB"]
+
+
+@pytest.fixture
+def two_svd(tmp_path):
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    return STREAM_RECIPE.format(family="pixart", teacher=tmp_path / "teacher", stream="false")
+
+
+def _caches(run_dir):
+    return sorted(str(p.relative_to(run_dir / "calib")) for p in (run_dir / "calib").glob("*/*"))
+
+
+def test_a_run_removes_the_caches_no_run_of_its_recipe_reads(tmp_path, two_svd, capsys):
+    """Real runs in one run folder: --restart with another calibration seed removes the first run's
+    calib/<fingerprint>/ (a note names it and the bytes freed); --restart with another ratio in pass 1
+    keeps pass 1's statistics (of the teacher: its model is the same) and removes pass 2's (of a
+    student no pass makes now) once the run has made its own."""
+    run_dir = tmp_path / "run-r"
+    run_recipe(tmp_path, two_svd, "r")
+    first = _caches(run_dir)
+    assert len(first) == 2, first
+    capsys.readouterr()
+    reseeded = two_svd.replace("heldout: 4}", "heldout: 4, seed: 3}")
+    run_recipe(tmp_path, reseeded, "r", restart=True, overwrite=True)
+    said = " ".join(capsys.readouterr().err.split())
+    now = _caches(run_dir)
+    assert not set(first) & set(now) and len(now) == 2, now
+    old = first[0].split("/")[0]
+    assert f"removed caches in {run_dir} that no run of this recipe reads (calib/{old})" in said, said
+    assert " freed" in said
+    teacher = [c for c in now if json.loads((run_dir / "calib" / c / "read-by.json").read_text())["pass"] == 0]
+    rerated = reseeded.replace("ratio: 0.5", "ratio: 0.25")  # other ranks: pass 2 reads another model
+    run_recipe(tmp_path, rerated, "r", restart=True, overwrite=True)
+    last = _caches(run_dir)
+    assert len(last) == 2 and teacher[0] in last and not (set(now) - set(teacher)) & set(last), (now, last)
+
+
+def test_a_refused_run_removes_nothing(tmp_path, two_svd):
+    """A run refused because the run folder holds an interrupted run of another recipe (another seed)
+    leaves its caches, which the refusal names, as they are."""
+    run_dir = tmp_path / "run-r"
+    run_recipe(tmp_path, two_svd, "r")
+    (run_dir / "stages" / "finished.json").unlink()  # as if stopped before its output
+    first = _caches(run_dir)
+    with pytest.raises(UserError, match="interrupted run of another recipe"):
+        run_recipe(tmp_path, two_svd.replace("heldout: 4}", "heldout: 4, seed: 3}"), "r", overwrite=True)
+    assert _caches(run_dir) == first
