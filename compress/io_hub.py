@@ -215,8 +215,11 @@ def pipeline_keywords(source: str, what: str) -> dict:
     """diffusers' from_pretrained keywords for the pipeline `source` (`what`: 'base pipeline'): a Hub
     id offline is read from its cached_snapshot with local_files_only (diffusers otherwise says it
     "couldn't connect to the Hub" though offline was asked for); one the cache lacks is a UserError
-    naming the cache (was diffusers' many-line 'not fully cached locally'). {} otherwise."""
+    naming the cache (was diffusers' many-line 'not fully cached locally'), one whose snapshot lacks
+    a part its model_index.json lists names it and the hf download that fetches it
+    (pipeline_folder.cached_problem). {} otherwise."""
     from compress.io import looks_local
+    from compress.pipeline_folder import cached_problem
 
     if not offline() or looks_local(source) or id_problem(source) is not None:
         return {}
@@ -224,6 +227,8 @@ def pipeline_keywords(source: str, what: str) -> dict:
         raise UserError(f"cannot load {what} '{source}' offline (HF_HUB_OFFLINE): the Hugging Face cache {hub_cache()} "
                         f"(HF_HUB_CACHE, else HF_HOME/hub) holds {uncached(source)}; check the id, fetch it once "
                         "online, or pass a local pipeline folder")
+    if problem := cached_problem(source):  # a part its model_index.json lists not downloaded
+        raise UserError(f"cannot load {what} '{source}': {problem}")
     return {"local_files_only": True}
 
 

@@ -1,4 +1,5 @@
-"""A local diffusers pipeline folder checked against its model_index.json before it loads: the class
+"""A local diffusers pipeline folder (or the Hugging Face cache's snapshot of a Hub id read offline:
+`cached_problem`) checked against its model_index.json before it loads: the class
 it names is a diffusers pipeline whose parts it lists, and each part it lists has its folder. Where
 a listed part's folder is missing diffusers and transformers build that part from nothing and say
 nothing (a tokenizer without a vocabulary: prompts become a few ids, or a Flux CLIP tokenizer fails
@@ -50,12 +51,14 @@ def listed_parts(index: dict) -> dict[str, tuple[str, str]]:
             and len(v) == 2 and all(isinstance(x, str) for x in v)}
 
 
-def parts_problem(folder: str, index: dict, cls, passed: tuple[str, ...] = ("transformer",)) -> str | None:
+def parts_problem(folder: str, index: dict, cls, passed: tuple[str, ...] = ("transformer",),
+                  fetch=None) -> str | None:
     """What is wrong with the parts of pipeline folder `folder` (model_index.json `index`, naming
     pipeline class `cls`), in words; None where nothing is. `passed`: parts given to from_pretrained,
     which the folder need not hold: (1) a part `cls` needs that the index does not list (the index of
     another pipeline class: diffusers refuses it only as it loads); (2) a part the index lists whose
-    folder is missing or empty (diffusers builds it without its files)."""
+    folder is missing or empty (diffusers builds it without its files). `fetch`: the lacking parts
+    -> how to get them, in words (default: copy them from the pipeline the folder came from)."""
     listed = listed_parts(index)
     expected, _ = cls._get_signature_keys(cls)
     unlisted = sorted(set(expected) - set(index) - set(passed) - set(getattr(cls, "_optional_components", [])))
@@ -68,9 +71,9 @@ def parts_problem(folder: str, index: dict, cls, passed: tuple[str, ...] = ("tra
         return None
     parts = ", ".join(f"{k} ({' '.join(listed[k])})" for k in lacking)
     it = "it" if len(lacking) == 1 else "them"
+    how = fetch(lacking) if fetch is not None else f"copy {it} from the pipeline the folder came from"
     return (f"its model_index.json lists {parts}, but the folder has no {'/, '.join(lacking)}/ with files in it "
-            f"(diffusers would build {it} from nothing: a tokenizer without its vocabulary); copy {it} from the "
-            "pipeline the folder came from")
+            f"(diffusers would build {it} from nothing: a tokenizer without its vocabulary); {how}")
 
 
 def folder_problem(folder: str, what: str, passed: tuple[str, ...] = ("transformer",)) -> str | None:
@@ -80,12 +83,36 @@ def folder_problem(folder: str, what: str, passed: tuple[str, ...] = ("transform
     return None if index is None else index_problem(folder, index, passed)
 
 
-def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transformer",)) -> str | None:
-    """folder_problem of the pipeline folder `folder` whose model_index.json, read, is `index`."""
+def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transformer",), fetch=None) -> str | None:
+    """folder_problem of the pipeline folder `folder` whose model_index.json, read, is `index`
+    (`fetch`: parts_problem's)."""
     cls = pipeline_class(index)
     if cls is None:  # a class whose packages are missing (diffusers' dummy): need_transformers says so
         return None if _dummy(index) else unknown_class(index)
-    return parts_problem(folder, index, cls, passed)
+    return parts_problem(folder, index, cls, passed, fetch)
+
+
+def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("transformer",)) -> str | None:
+    """folder_problem of the Hugging Face cache's snapshot a Hub id `source` is read from offline
+    (HF_HUB_OFFLINE: io_hub.pipeline_keywords), in words naming the snapshot and the hf download
+    that fetches the parts it lacks (`hf download ID --include 'transformer/*'` leaves the tokenizers
+    out); None where nothing is wrong, `source` is read otherwise, or the cache holds no pipeline of it."""
+    from compress.io import looks_local
+    from compress.io_hub import cached_snapshot, id_problem, offline
+
+    if not offline() or looks_local(source) or id_problem(source) is not None:
+        return None
+    snapshot = cached_snapshot(source)
+    index = folder_index(str(snapshot), what) if snapshot is not None else None
+    if index is None:
+        return None
+
+    def fetch(lacking: list[str]) -> str:
+        include = " ".join(f"--include '{part}/*'" for part in lacking)
+        return f"download {'it' if len(lacking) == 1 else 'them'} online (hf download {source} {include} " \
+               f"--revision {snapshot.name})"
+    problem = index_problem(str(snapshot), index, passed, fetch)
+    return None if problem is None else f"the Hugging Face cache's snapshot {snapshot} of it: {problem}"
 
 
 def _dummy(index: dict) -> bool:
@@ -133,7 +160,9 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     where = pipeline_at(calib, teacher_source)
     what = f"{where}cannot load calibration pipeline '{pipeline}': "
     index = folder_index(pipeline, what)  # read once
-    if index is None:
+    if index is None:  # no local pipeline folder: a Hub id read from the cache offline is checked as one
+        if problem := cached_problem(pipeline, what):
+            raise UserError(f"{what}{problem}")
         return
     check_not_saved_toy(pipeline, index, where)
     if problem := index_problem(pipeline, index):

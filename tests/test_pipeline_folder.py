@@ -209,3 +209,40 @@ def test_plan_refuses_a_bare_transformer_teacher_under_source_auto_as_run_does(t
     recipe.write_text(BARE.format(teacher=folder, calibration="calibration: {source: synthetic}\n"))
     assert main(["plan", str(recipe)]) == 0
     assert "total parameters" in capsys.readouterr().out
+
+
+def _cached_offline(tmp_path, monkeypatch, folder, repo_id: str = "acme/pix"):
+    """`folder` as the Hugging Face cache's snapshot of `repo_id`, HF_HUB_OFFLINE set."""
+    from huggingface_hub import constants
+
+    from tests.pipelines import hub_cache
+
+    hub_cache(tmp_path / "hub", repo_id, folder)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+
+
+def test_a_cached_hub_pipeline_lacking_a_part_is_refused_as_a_folder_is(tmp_path, folders, monkeypatch, capsys):
+    """`hf download acme/pix --include 'transformer/*'` leaves the tokenizer out: a Hub id read from
+    the cache offline (load_pipeline's base, calibration's pipeline) was not checked as a local
+    pipeline folder is; diffusers built the tokenizer from nothing. Now load_pipeline, plan and run
+    name the snapshot and the hf download that fetches the part, before any sampling."""
+    import compress.calib_pipeline as calib_pipeline
+
+    out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
+    snapshot = _cached_offline(tmp_path, monkeypatch, _copy(folders, "pixart", tmp_path, drop="tokenizer"))
+    lacks = (f"the Hugging Face cache's snapshot {snapshot} of it: its model_index.json lists tokenizer (transformers "
+             "T5Tokenizer), but the folder has no tokenizer/ with files in it (diffusers would build it from nothing: "
+             f"a tokenizer without its vocabulary); download it online (hf download acme/pix --include 'tokenizer/*' "
+             f"--revision {'0' * 40})")
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base="acme/pix")
+    assert str(e.value) == f"cannot load base pipeline 'acme/pix': {lacks}"
+    recipe = _recipe(tmp_path, "pixart", "acme/pix")
+    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
+    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
+        assert main(command) == 2
+        assert _one_error(capsys) == f"dit-compress: error: {recipe}:2: cannot load calibration pipeline 'acme/pix': {lacks}"
+    shutil.copytree(folders["pixart"] / "tokenizer", snapshot / "tokenizer")
+    assert type(load_pipeline(out, base="acme/pix")).__name__ == "PixArtSigmaPipeline"
