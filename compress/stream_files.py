@@ -17,7 +17,7 @@ import torch
 from compress.errors import UserError
 from compress.io import (INDEX, WEIGHTS, SafetensorsError, looks_local, read_config, read_json, transformer_folder,
                          weights_variant)
-from compress.io_errors import shards_not_there
+from compress.io_errors import broken_weights, shards_not_there
 from compress.io_hub import hub_folder
 from compress.io_tensors import one_line, unreadable
 
@@ -28,6 +28,7 @@ def weight_map(folder: Path) -> dict[str, Path]:
     variant = weights_variant(folder) if folder.is_dir() else None
     index, weights = (INDEX, WEIGHTS) if variant is None else \
         (INDEX.replace(".json", f".{variant}.json"), WEIGHTS.replace(".safetensors", f".{variant}.safetensors"))
+    check_links(folder, [index, weights])
     if (folder / index).is_file():
         data = read_json(folder / index)
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
@@ -36,6 +37,7 @@ def weight_map(folder: Path) -> dict[str, Path]:
         files = {k: folder / f for k, f in weight_map.items()}
         missing = sorted({f.name for f in files.values() if not f.is_file()})
         if missing:
+            check_links(folder, missing)
             raise UserError(shards_not_there(folder / index, folder, missing))
         check_readable(files)
         return files
@@ -43,6 +45,14 @@ def weight_map(folder: Path) -> dict[str, Path]:
         return file_map(folder / weights)
     raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: no diffusers weights to read there"
                     f"{holds_single_file(folder)}")
+
+
+def check_links(folder: Path, names: list[str]) -> None:
+    """A weight file of `folder` that links to a file that is gone (a Hugging Face cache snapshot whose
+    blob was removed) is one UserError naming it and how to fetch it again (io_errors.broken_weights,
+    as the resident load says it), not 'no diffusers weights' nor 'an incomplete download?'."""
+    if (broken := broken_weights(folder, names)) is not None:
+        raise UserError(broken)
 
 
 # diffusers' own weight files: diffusion_pytorch_model[.VARIANT].safetensors, its shards (save_pretrained

@@ -121,3 +121,22 @@ def test_a_hub_teacher_streams_from_the_transformer_folder_load_teacher_reads(tm
     assert set(files) == set(model.state_dict())
     assert all(".fp16" in f.name for f in files.values()) == (layout != "transformer-only")
     assert not (tmp_path / "got" / "unet").exists()
+
+
+@pytest.mark.parametrize("shard", [None, "10KB"])
+def test_a_streamed_snapshot_whose_weights_link_to_a_gone_blob_says_so_as_the_resident_load_does(tmp_path, shard):
+    """stream: true on a cache's snapshot folder whose weight file links to a removed blob said 'has
+    neither diffusion_pytorch_model.safetensors nor …' or, for a shard, '… (an incomplete download?)';
+    now what the resident load says (io_errors.broken_weights): the link, and the hf download."""
+    from tests.test_io_hub_snapshots import MAIN, _as_blobs, _cached_pipeline
+
+    repo = _cached_pipeline(tmp_path, tiny_pixart(), **({"max_shard_size": shard} if shard else {}))
+    _as_blobs(repo)
+    folder = repo / "snapshots" / MAIN / "transformer"
+    name = sorted(f.name for f in folder.glob("diffusion_pytorch_model*.safetensors"))[0]
+    blob = (folder / name).resolve()
+    blob.unlink()
+    with pytest.raises(UserError) as e:
+        checkpoint_of(str(folder))
+    assert str(e.value) == (f"{folder / name} links to ../../../blobs/{blob.name}, which is gone; download it again "
+                            f"online (hf download acme/pix transformer/{name} --revision {MAIN})")
