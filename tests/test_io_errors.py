@@ -16,16 +16,23 @@ def test_a_snapshot_folder_whose_weights_link_to_a_gone_blob_says_so_and_how_to_
     not a readable safetensors file (No such file or directory …); it may be truncated or corrupted'
     after diffusers' 'Error no file named …' log line, or for a shard 'lists 1 shard(s) not in …
     (an incomplete download?)'. Now the link, what is gone and the hf download that fetches it again."""
+    folder, said = gone_blob(tmp_path, shard)
+    with pytest.raises(UserError) as e:
+        load_teacher(str(folder))
+    assert str(e.value) == said
+
+
+def gone_blob(tmp_path, shard: str | None) -> tuple:
+    """(the transformer folder of a cached snapshot of acme/pix whose first weight file (or shard, at
+    `shard` max_shard_size) links to a removed blob, the words broken_weights says of it)."""
     repo = _cached_pipeline(tmp_path, tiny_pixart(), **({"max_shard_size": shard} if shard else {}))
     _as_blobs(repo)
     folder = repo / "snapshots" / MAIN / "transformer"
     name = sorted(f.name for f in folder.glob("diffusion_pytorch_model*.safetensors"))[0]
     blob = (folder / name).resolve()
     blob.unlink()
-    with pytest.raises(UserError) as e:
-        load_teacher(str(folder))
-    assert str(e.value) == (f"{folder / name} links to ../../../blobs/{blob.name}, which is gone; download it again "
-                            f"online (hf download acme/pix transformer/{name} --revision {MAIN})")
+    return folder, (f"{folder / name} links to ../../../blobs/{blob.name}, which is gone; download it again "
+                    f"online (hf download acme/pix transformer/{name} --revision {MAIN})")
 
 
 def test_a_link_to_a_gone_file_outside_the_cache_is_to_be_copied_again(tmp_path):

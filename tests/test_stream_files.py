@@ -128,15 +128,9 @@ def test_a_streamed_snapshot_whose_weights_link_to_a_gone_blob_says_so_as_the_re
     """stream: true on a cache's snapshot folder whose weight file links to a removed blob said 'has
     neither diffusion_pytorch_model.safetensors nor …' or, for a shard, '… (an incomplete download?)';
     now what the resident load says (io_errors.broken_weights): the link, and the hf download."""
-    from tests.test_io_hub_snapshots import MAIN, _as_blobs, _cached_pipeline
+    from tests.test_io_errors import gone_blob
 
-    repo = _cached_pipeline(tmp_path, tiny_pixart(), **({"max_shard_size": shard} if shard else {}))
-    _as_blobs(repo)
-    folder = repo / "snapshots" / MAIN / "transformer"
-    name = sorted(f.name for f in folder.glob("diffusion_pytorch_model*.safetensors"))[0]
-    blob = (folder / name).resolve()
-    blob.unlink()
+    folder, said = gone_blob(tmp_path, shard)
     with pytest.raises(UserError) as e:
         checkpoint_of(str(folder))
-    assert str(e.value) == (f"{folder / name} links to ../../../blobs/{blob.name}, which is gone; download it again "
-                            f"online (hf download acme/pix transformer/{name} --revision {MAIN})")
+    assert str(e.value) == said
