@@ -352,3 +352,25 @@ def test_bench_of_a_hub_id_times_the_caches_output_or_says_how_to_get_one(tmp_pa
         f"dit-compress: error: acme/other: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
         "holds no copy of it: bench reads a local output folder or the cache's copy of a Hub id; download it "
         "(hf download acme/other) and give acme/other again, or give a local folder")
+
+
+def test_a_sharded_teacher_loads_without_diffusers_bar(tmp_path, capfd):
+    """bench printed diffusers' tqdm 'Loading checkpoint shards' bar while loading a sharded teacher,
+    beside its own rich status; diffusers' bars are back on after it."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from compress import save_compressed
+    from compress.cli import main
+    from tests.conftest import factorize, tiny_pixart
+
+    teacher = tiny_pixart()
+    teacher.save_pretrained(tmp_path / "teacher", max_shard_size="40KB")  # sharded, as big models are
+    assert len(list((tmp_path / "teacher").glob("*.safetensors"))) > 1
+    out = save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.2"], rank=2), tmp_path / "out",
+                          extra={"teacher": str(tmp_path / "teacher")})
+    assert diffusers_logging.is_progress_bar_enabled()
+    assert main(["bench", str(out), "--repeats", "1", "--device", "cpu"]) == 0
+    said = capfd.readouterr()
+    assert "speed" in said.out.lower() or "step" in said.out.lower()  # bench's table was printed
+    assert "Loading checkpoint shards" not in said.out + said.err
+    assert diffusers_logging.is_progress_bar_enabled()
