@@ -32,7 +32,9 @@ from compress.stream_files import changed, checkpoint_of, opened, weight_map
 from compress.stream_refusals import NotStreamable
 
 CHUNK = 1 << 24  # bytes read at a time for the checksum
-SCRATCH = ("stream", "activations")  # run folder: a streamed student's spilled blocks, svd's spilled activations
+# run folder: a streamed student's spilled blocks, svd's spilled activations, global allocation's spilled
+# factors (svd_global) and the output Fishers an svd pass does not keep (fisher: block, ...)
+SCRATCH = ("stream", "activations", "sensitivity", "fisher")
 
 
 class ResidentModels:

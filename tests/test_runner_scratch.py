@@ -1,5 +1,6 @@
 """The run folder's scratch folders (runner_stream.SCRATCH: a streamed student's spilled blocks in
-stream/, svd's spilled activations in activations/) are not left behind empty, by a finished run or
+stream/, svd's spilled activations in activations/, global allocation's factors in sensitivity/, the
+Fishers an svd pass does not keep in fisher/) are not left behind empty, by a finished run or
 a stopped one; what a resume reads from them stays."""
 
 import os
@@ -36,6 +37,22 @@ def test_a_run_that_spilled_activations_leaves_no_empty_folder(tmp_path):
     run_dir = tmp_path / "run-r"
     assert (run_dir / "stages").is_dir()
     assert not [name for name in SCRATCH if (run_dir / name).exists()]
+
+
+def test_a_global_allocation_leaves_no_empty_sensitivity_folder(tmp_path, monkeypatch):
+    """svd's global allocation spills its factors in sensitivity/ (svd_global), emptied as it ends."""
+    from compress import calib_store
+
+    text = SIMPLE.format(teacher="toy:pixart", passes="  - svd: {targets: [attention, cross_attention, mlp], "
+                         "allocation: global, ratio: 0.6, multiple: 8}\n")
+    spilled = []
+    real = calib_store.Spilled.append
+    monkeypatch.setattr(calib_store.Spilled, "append", lambda self, item: (spilled.append(self.folder),
+                                                                           real(self, item))[1])
+    run_recipe(tmp_path, text, "g")
+    run_dir = tmp_path / "run-g"
+    assert run_dir / "sensitivity" in spilled  # it did spill there
+    assert sorted(p.name for p in run_dir.iterdir()) == ["calib", "stages"]
 
 
 def test_a_run_stopped_while_it_spills_activations_leaves_no_empty_folder(tmp_path, monkeypatch):
