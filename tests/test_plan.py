@@ -6,25 +6,7 @@ from compress import load_teacher
 from compress.errors import UserError
 from compress.plan import make_plan
 from compress.plan_words import step_words
-from compress.passes.svd import LATER
 from compress.recipe import parse_recipe
-
-
-def test_a_pass_plan_counts_long_lists_and_ranks_instead_of_dumping_them():
-    """Flux.1-dev's svd pass has hundreds of targets: the line counts them and the ranks by value."""
-    names = [f"single_transformer_blocks.{i}.proj_out" for i in range(30)]
-    ranks = {**{n: 256 for n in names[:20]}, **{n: 64 for n in names[20:29]}, names[29]: "dense"}
-    words = step_words({"pass": "svd", "line": 3, "targets": names, "ranks": ranks,
-                        "params_before": 12345678, "method": "whitened", "skip_scan": True,
-                        "fisher": {"sweeps": 2}})
-    assert words == ("targets: 30 (single_transformer_blocks.0.proj_out, single_transformer_blocks.1.proj_out, "
-                     "…, single_transformer_blocks.29.proj_out); ranks: 64 ×9, 256 ×20, dense ×1; "
-                     "params_before: 12,345,678; method: whitened; skip_scan: true")
-
-
-def test_ranks_that_are_all_alike_are_said_once():
-    assert step_words({"ranks": {"a": LATER, "b": LATER}}) == f"ranks: {LATER}"
-    assert step_words({"ranks": {}, "budget": {"double": 2}}) == 'ranks: none; budget: {"double": 2}'
 
 
 def _planned(passes: str, stream: bool = False) -> list[dict]:

@@ -1,0 +1,22 @@
+"""plan_words: plan's words for each pass, its parameters and its total, from a plan's dict (here
+built by hand; the tests of a plan that make_plan builds and prints are in tests/test_plan*.py)."""
+
+from compress.passes.svd import LATER
+from compress.plan_words import step_words
+
+
+def test_a_pass_plan_counts_long_lists_and_ranks_instead_of_dumping_them():
+    """Flux.1-dev's svd pass has hundreds of targets: the line counts them and the ranks by value."""
+    names = [f"single_transformer_blocks.{i}.proj_out" for i in range(30)]
+    ranks = {**{n: 256 for n in names[:20]}, **{n: 64 for n in names[20:29]}, names[29]: "dense"}
+    words = step_words({"pass": "svd", "line": 3, "targets": names, "ranks": ranks,
+                        "params_before": 12345678, "method": "whitened", "skip_scan": True,
+                        "fisher": {"sweeps": 2}})
+    assert words == ("targets: 30 (single_transformer_blocks.0.proj_out, single_transformer_blocks.1.proj_out, "
+                     "…, single_transformer_blocks.29.proj_out); ranks: 64 ×9, 256 ×20, dense ×1; "
+                     "params_before: 12,345,678; method: whitened; skip_scan: true")
+
+
+def test_ranks_that_are_all_alike_are_said_once():
+    assert step_words({"ranks": {"a": LATER, "b": LATER}}) == f"ranks: {LATER}"
+    assert step_words({"ranks": {}, "budget": {"double": 2}}) == 'ranks: none; budget: {"double": 2}'
