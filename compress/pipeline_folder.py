@@ -93,17 +93,25 @@ def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transfor
 
 
 def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("transformer",)) -> str | None:
-    """folder_problem of the Hugging Face cache's snapshot a Hub id `source` is read from offline
-    (HF_HUB_OFFLINE: io_hub.pipeline_keywords), in words naming the snapshot and the hf download
-    that fetches the parts it lacks (`hf download ID --include 'transformer/*'` leaves the tokenizers
-    out); None where nothing is wrong, `source` is read otherwise, or the cache holds no pipeline of it."""
+    """snapshot_problem of the Hugging Face cache's snapshot a Hub id `source` is read from offline
+    (HF_HUB_OFFLINE); None where `source` is read otherwise, or the cache holds no copy of it."""
     from compress.io import looks_local
     from compress.io_hub import cached_snapshot, id_problem, offline
 
     if not offline() or looks_local(source) or id_problem(source) is not None:
         return None
     snapshot = cached_snapshot(source)
-    index = folder_index(str(snapshot), what) if snapshot is not None else None
+    return None if snapshot is None else snapshot_problem(source, snapshot, what, passed)
+
+
+def snapshot_problem(source: str, snapshot: Path, what: str = "",
+                     passed: tuple[str, ...] = ("transformer",)) -> str | None:
+    """folder_problem of `snapshot`, the Hugging Face cache's copy of the Hub id `source` a pipeline
+    is read from (offline, or the Hub unreachable: io_hub.pipeline_keywords), in words naming the
+    snapshot and the hf download that fetches the parts it lacks (`hf download ID --include
+    'transformer/*'` leaves the tokenizers out); None where nothing is wrong, or it holds no
+    model_index.json."""
+    index = folder_index(str(snapshot), what)
     if index is None:
         return None
 

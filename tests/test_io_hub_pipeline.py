@@ -84,3 +84,44 @@ def test_a_hub_pipeline_loads_without_huggingface_hubs_local_dir_use_symlinks_wa
     said = [str(w.message) for w in caught]
     assert not [w for w in said if "local_dir_use_symlinks" in w], said
     assert "another warning" in said
+
+
+def test_a_hub_pipeline_the_hub_does_not_answer_is_read_from_the_cache_or_refused_at_once(
+        offline_cache, tmp_path, monkeypatch, capsys):
+    """HF_HUB_OFFLINE unset and a Hub that accepts the connection and never answers: diffusers'
+    model_info and snapshot_download for a Hub pipeline send no timeout, so load_pipeline and the
+    calibration pipeline hung. One bounded request (io_hub.hub_head) finds that out: a cached
+    pipeline is read from the cache (a note says so), an uncached one is one line naming the id
+    and the variable that lengthens the wait."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    import diffusers.pipelines.pipeline_utils as pipeline_utils
+    from compress.calib_pipeline import load_pipeline_for
+    from compress.io_output import load_transformer
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 4)
+    waits = []
+
+    def head(url, timeout=None, **kwargs):
+        waits.append(timeout)
+        raise httpx2.ReadTimeout("The read operation timed out", request=httpx2.Request("HEAD", url))
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", head)
+    monkeypatch.setattr(pipeline_utils, "model_info", lambda *a, **k: pytest.fail("diffusers' model_info"))
+    real = pipeline_utils.snapshot_download
+    monkeypatch.setattr(pipeline_utils, "snapshot_download", lambda *a, **k: real(*a, **k) if k.get(
+        "local_files_only") else pytest.fail("diffusers' snapshot_download asked the Hub"))  # would wait forever
+    assert type(load_pipeline(offline_cache)).__name__ == "PixArtSigmaPipeline"
+    assert waits == [4]
+    assert "'acme/pix' is read from the Hugging Face cache" in " ".join(capsys.readouterr().err.split())
+    timed_out = ("the Hugging Face Hub cannot be reached (ReadTimeout: The read operation timed out (no answer within "
+                 f"4 s; set HF_HUB_ETAG_TIMEOUT to wait longer)), and the Hugging Face cache {tmp_path / 'hub'} "
+                 "(HF_HUB_CACHE, else HF_HOME/hub) holds no copy of it; check your network, or pass a local pipeline folder")
+    with pytest.raises(UserError) as e:
+        load_pipeline(offline_cache, base="acme/other")
+    assert str(e.value) == f"cannot load base pipeline 'acme/other': {timed_out}"
+    with pytest.raises(UserError) as e:
+        load_pipeline_for(load_transformer(offline_cache), "acme/other")
+    assert str(e.value) == f"cannot load calibration pipeline 'acme/other': {timed_out}"
