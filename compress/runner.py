@@ -24,7 +24,7 @@ from compress.plan import warn_if_beyond_memory
 from compress.recipe import Recipe
 from compress.report import console, param_count
 from compress.report_teacher import absolute_source
-from compress.runner_caches import remove_unread_caches
+from compress.runner_caches import remove_unread_caches, unread_files
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note, say_if_nothing_to_resume
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
@@ -241,6 +241,7 @@ class Runner:
         self.doing = "making the student (a copy of the teacher, or the last saved pass's)"
         start, student = restore(self)
         self._remove_unread_caches(start)  # what it keeps decided: what no run of this recipe reads goes
+        self.passes_from_ns, self.stats_read = time.time_ns(), {}  # what its svd passes read (_note_read)
         self.removed_by = []  # recipe lines of passes (this session) that removed blocks
         self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
         self.doing = HELDOUT
@@ -262,15 +263,26 @@ class Runner:
             self.student_stage = stage_dir(self, i)
         if several_processes():
             hand_off(self.run_dir, None, None, self.about)  # nothing more for the other ranks
-        self._remove_unread_caches(len(self.passes))  # each svd pass's model now made: those of none go
+        self._remove_unread_caches(len(self.passes), self.stats_read)  # each svd pass's model made: those of none go
         self.doing = EXPORT
         return self.export(student, teacher_params)
 
-    def _remove_unread_caches(self, start: int) -> None:
+    def _remove_unread_caches(self, start: int, read: dict | None = None) -> None:
         """Rank 0: the run folder's caches that neither this run, from pass `start` on, nor a --resume of
-        its recipe reads, deleted with a note (runner_caches)."""
-        if is_main_process():
-            remove_unread_caches(self.run_dir, self.ctx.fingerprint, self.recipe.raw["passes"], self.passes, start)
+        its recipe reads, deleted with a note (runner_caches); `read`: once every pass has run, the
+        statistics its svd passes read in each stats cache folder (`_note_read`), the others there go."""
+        if not is_main_process():
+            return
+        also = [f for cache, names in (read or {}).items() for f in unread_files(cache, names, self.passes_from_ns)]
+        remove_unread_caches(self.run_dir, self.ctx.fingerprint, self.recipe.raw["passes"], self.passes, start, also)
+
+    def _note_read(self, p) -> None:
+        """The stats cache folder of the pass `p` that ran (an svd pass's StatsCache: its folder and the
+        names it read back), added to `stats_read`."""
+        cache = getattr(p, "cache", None)
+        folder = getattr(cache, "directory", None)
+        if folder is not None:
+            self.stats_read.setdefault(Path(folder), set()).update(getattr(cache, "hits", ()))
 
     def _follow(self) -> Path:
         """A rank other than 0 of a distributed launch (runner_ranks): only the data-parallel passes,
@@ -334,6 +346,7 @@ class Runner:
         console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
         say_read_back(self, i, student)  # an svd pass: what an earlier run measured for it, read back
         student = self._run_pass(i, student)
+        self._note_read(p)
         record = {"pass": p.name, "seconds": round(time.perf_counter() - t0, 3), "params": param_count(student),
                   "relative_error": None}  # None in the stage until measured
         self.ctx.report.setdefault("stages", []).append(record)

@@ -1,6 +1,7 @@
 """What a run folder caches that no run can read any more, removed as a run starts its passes (and
 again once it has run them all): svd statistics and output Fishers of another teacher or calibration
 (calib/<fingerprint>/) or of a student no saved pass nor this recipe makes (calib/<fingerprint>/<model>/),
+the statistics in a cache this run's svd passes read that they neither read nor wrote (`unread_files`),
 and teacher samples of another teacher, calibration or distill settings (distill/teacher_samples/<key>/).
 Only under the run's locks, once the run has decided what it keeps (never when it refuses). A cache
 whose readers are not recorded (an older dit-compress's) is kept: not known. Imports no torch."""
@@ -67,17 +68,40 @@ def unread_samples(run_dir: Path, fingerprint: str, passes) -> list[Path]:
     return found
 
 
-def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, passes, start: int) -> None:
-    """`unread_caches` deleted, with one note naming them and the bytes freed (rank 0, under the
-    run's locks: Runner calls it once it restored what it keeps, and after its last pass)."""
+def unread_files(cache: Path, read: set[str], since_ns: int) -> list[Path]:
+    """The statistics files (<name>.pt) of an svd pass's stats cache folder `cache` that the passes of a
+    run that read it (from start to end) neither read (`read`: the names StatsCache.load found) nor
+    wrote (their mtime is before `since_ns`, when the run started its passes): of a student's blocks
+    that other settings of an earlier pass made (another ratio compensates the blocks after it), read
+    by no pass of this recipe, which reads the same ones each time from the same model."""
+    found = []
+    for path in sorted(Path(cache).glob("*.pt")):
+        try:
+            old = path.stat().st_mtime_ns < since_ns
+        except OSError:
+            continue
+        if old and path.stem not in read and not path.is_symlink():
+            found.append(path)
+    return found
+
+
+def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, passes, start: int,
+                         also: list[Path] = ()) -> None:
+    """`unread_caches` deleted, and the files `also` (`unread_files`), with one note naming them and the
+    bytes freed (rank 0, under the run's locks: Runner calls it once it restored what it keeps, and
+    after its last pass)."""
     if not fingerprint:
         return
     found = unread_caches(run_dir, fingerprint, specs, passes, start)
+    found += [p for p in also if not any(f in p.parents for f in found)]
     if not found:
         return
     freed = sum(size_of(p) for p in found)
     for p in found:
-        shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     from compress.report import note
 
     names = ", ".join(str(p.relative_to(run_dir)) for p in found[:3]) + (f" and {len(found) - 3} more"
@@ -86,7 +110,9 @@ def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, pa
 
 
 def size_of(folder: Path) -> int:
-    """The bytes of the files under `folder` (links not followed)."""
+    """The bytes of the files under `folder` (or of the file `folder`; links not followed)."""
+    if folder.is_file() and not folder.is_symlink():
+        return folder.stat().st_size
     total = 0
     for p in folder.rglob("*"):
         try:

@@ -81,6 +81,26 @@ def test_teacher_samples_of_another_fingerprint_or_settings_are_unread(tmp_path)
     assert unread_caches(tmp_path, "fp", [], [], 0) == [fewer, fewer.parent / "kept", other]  # no distill pass
 
 
+def test_statistics_a_run_neither_read_nor_wrote_are_unread(tmp_path):
+    """In a stats cache this run's svd passes read: the files they read back (their names) and wrote
+    (newer than the run's passes) stay, the others (an earlier ratio's) go."""
+    import os
+    import time
+
+    from compress.runner_caches import unread_files
+
+    cache = _cache(tmp_path, "fp", "teacher", (0, []))
+    for name in ("read", "other"):
+        (cache / f"{name}.pt").write_bytes(b"x")
+    old = time.time_ns() - 10**9
+    for path in cache.glob("*.pt"):
+        os.utime(path, ns=(old, old))
+    since = time.time_ns()
+    (cache / "written.pt").write_bytes(b"x")
+    assert unread_files(cache, {"read"}, since) == [cache / "blocks-0.pt", cache / "other.pt"]
+    assert unread_files(cache, {"read"}, old) == []  # all written since
+
+
 def test_bytes_in_words():
     assert [bytes_in_words(n) for n in (1, 512, 2048, 3 * 2**20 + 2**19, 2**31)] == \
         ["1 byte", "512 bytes", "2.0 KiB", "3.5 MiB", "2.0 GiB"]
@@ -115,10 +135,19 @@ def test_a_run_removes_the_caches_no_run_of_its_recipe_reads(tmp_path, two_svd, 
     assert f"removed caches in {run_dir} that no run of this recipe reads (calib/{old})" in said, said
     assert " freed" in said
     teacher = [c for c in now if json.loads((run_dir / "calib" / c / "read-by.json").read_text())["pass"] == 0]
+    before = {p.name for p in (run_dir / "calib" / teacher[0]).glob("*.pt")}
     rerated = reseeded.replace("ratio: 0.5", "ratio: 0.25")  # other ranks: pass 2 reads another model
     run_recipe(tmp_path, rerated, "r", restart=True, overwrite=True)
     last = _caches(run_dir)
     assert len(last) == 2 and teacher[0] in last and not (set(now) - set(teacher)) & set(last), (now, last)
+    # the teacher's statistics of the blocks after a compensated one that the 0.5 run wrote: read by no
+    # pass now (their inputs change with the ranks before them), and gone; a rerun reads back all the rest
+    after = {p.name for p in (run_dir / "calib" / teacher[0]).glob("*.pt")}
+    assert before - after, (before, after)
+    capsys.readouterr()
+    run_recipe(tmp_path, rerated, "r", restart=True, overwrite=True)
+    assert {p.name for p in (run_dir / "calib" / teacher[0]).glob("*.pt")} == after
+    assert "removed caches" not in capsys.readouterr().err
 
 
 def test_a_refused_run_removes_nothing(tmp_path, two_svd):
