@@ -46,7 +46,8 @@ def read_by_recipe(reader: dict, specs: list, passes, start: int) -> bool:
     if not (0 <= i < len(passes)) or passes[i].name != "svd":
         return False
     done = min(i, start)
-    return not recipe_changes({"passes": reader["specs"][:done]}, {"passes": specs[:done]}, passes, done)
+    now = json.loads(json.dumps(specs[:done], default=str))  # as mark_read_by wrote them (int keys as text)
+    return not recipe_changes({"passes": reader["specs"][:done]}, {"passes": now}, passes, done)
 
 
 def unread_samples(run_dir: Path, fingerprint: str, passes) -> list[Path]:

@@ -103,9 +103,10 @@ def mark_read_by(cache: Path, i: int, specs: list | None = None) -> None:
     try:
         cache.mkdir(parents=True, exist_ok=True)
         readers = readers_of(cache)
-        if specs is not None and {"pass": i, "specs": specs} not in readers:
-            readers.append({"pass": i, "specs": specs})
-        (cache / READ_BY).write_text(json.dumps({"pass": i, "readers": readers}) + "\n")
+        reader = {"pass": i, "specs": json.loads(json.dumps(specs, default=str))} if specs is not None else None
+        if reader is not None and reader not in readers:
+            readers.append(reader)
+        (cache / READ_BY).write_text(json.dumps({"pass": i, "readers": readers}, default=str) + "\n")
     except OSError:
         pass
 

@@ -46,6 +46,18 @@ def test_caches_of_another_fingerprint_and_of_a_model_no_pass_makes_are_unread(t
     assert first.is_dir() and second.is_dir()
 
 
+def test_pass_specs_compare_as_json_writes_them(tmp_path):
+    """A spec whose mapping has a number for a key (JSON writes it as text) is the same spec read back."""
+    specs = [{"remove_blocks": {"blocks": {0: [1]}}}, SVD]
+    remove = SimpleNamespace(name="remove_blocks", config=None, result_free=())
+    _cache(tmp_path, "fp", "after", (1, specs[:1]))
+    _cache(tmp_path, "fp", "again", (1, specs[:1]))
+    mark_read_by(tmp_path / "calib" / "fp" / "again", 1, specs[:1])  # the same reader: recorded once
+    readers = json.loads((tmp_path / "calib" / "fp" / "again" / "read-by.json").read_text())["readers"]
+    assert len(readers) == 1
+    assert unread_caches(tmp_path, "fp", specs, [remove, _svd()], 2) == []
+
+
 def test_a_cache_behind_a_pass_that_runs_again_is_kept_until_it_has_run(tmp_path):
     """A reader whose passes differ only from `start` on (they run again, and may make the same model)
     keeps its cache; once every pass has run (start = their count), it does not."""
