@@ -369,17 +369,18 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
                         f"teacher {source}{teacher_given(recipe, teacher)} is a {found[1]} ({found[0]}); set model: "
                         f"{found[0]} or give a {recipe.model} teacher")
     if sampled:
-        check_sampled_pipeline(recipe, source)
+        check_sampled_pipeline(recipe, source, teacher_given(recipe, teacher))
     check_prompt_file(recipe, source)
     warn_unused_calibration(recipe, source)
     return src
 
 
-def check_sampled_pipeline(recipe, source: str) -> None:
+def check_sampled_pipeline(recipe, source: str, given: str = "") -> None:
     """Where the recipe's calibration samples in a pipeline (source pipeline, or auto for a teacher
     that is no toy's), a local one (calibration.pipeline, else the teacher `source`) is a pipeline
     folder: plan refuses a transformer folder or a single file in the line run's pipeline source
-    does (pipeline_folder.check_pipeline_source), before any weights load."""
+    does (pipeline_folder.check_pipeline_source), before any weights load. `given`: teacher_given's
+    words for the teacher."""
     from compress.inputs import pipeline_at, source_kind
 
     calib = recipe.calibration
@@ -387,4 +388,5 @@ def check_sampled_pipeline(recipe, source: str) -> None:
     if source_kind(calib, source) == "pipeline" and not pipeline.startswith("toy:"):
         from compress.pipeline_folder import check_pipeline_source
 
-        check_pipeline_source(pipeline, calib.pipeline is None, recipe.model, pipeline_at(calib, pipeline))
+        check_pipeline_source(pipeline, calib.pipeline is None, recipe.model, pipeline_at(calib, pipeline),
+                              calib.source == "auto", given)

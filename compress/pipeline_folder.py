@@ -180,18 +180,23 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
 EXAMPLE_PIPELINES = {"pixart": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "flux": "black-forest-labs/FLUX.1-dev"}
 
 
-def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str = "") -> None:
+def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str = "", auto: bool = False,
+                          given: str = "") -> None:
     """A local pipeline must be a pipeline folder (model_index.json); a transformer folder, a single
     file or an output is named with what to set instead (the base pipeline an output records, where
-    it records one: report_teacher.teacher_chain, else the pipeline its recipe calibrated in), before
-    any compute. `where`: 'PATH:LINE: ' of the recipe key that gave `source`."""
+    it records one: report_teacher.teacher_chain, else the pipeline its recipe calibrated in; or the
+    synthetic source), before any compute. `where`: 'PATH:LINE: ' of the recipe key that gave
+    `source`; `auto`: the recipe's source is auto (said, as calib_prompts says it); `given`: ' (--teacher)'
+    after a teacher the command line gave (io_source.teacher_given)."""
     path = Path(source).expanduser()
     if not path.exists() or (path / "model_index.json").is_file():
         return  # a pipeline folder, or a hub id (its errors come when it loads)
     what = "a single file" if path.is_file() else "a folder without model_index.json"
     whose = "the teacher " if is_teacher else ""
-    raise UserError(f"{where}calibration.source pipeline samples in a diffusers pipeline, and {whose}{source} "
-                    f"is {what}; set calibration.pipeline to {_base_words(source, family)}")
+    said = " (source auto is pipeline for a teacher that is not toy:)" if auto else ""
+    raise UserError(f"{where}calibration.source 'pipeline'{said} samples in a diffusers pipeline, and {whose}{source}"
+                    f"{given if is_teacher else ''} is {what}; set calibration.pipeline to "
+                    f"{_base_words(source, family)}, or calibration.source: synthetic")
 
 
 def _base_words(source: str, family: str) -> str:

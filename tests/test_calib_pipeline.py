@@ -386,9 +386,9 @@ def test_an_output_as_the_teacher_names_the_base_pipeline_it_records(tmp_path):
     calib = CalibrationConfig(source="pipeline", prompts=["a 3", "a 7"])
     with pytest.raises(UserError) as e:
         PipelineSource("flux", calib, None, str(d))
-    assert str(e.value) == (f"calibration.source pipeline samples in a diffusers pipeline, and the teacher {d} is a "
+    assert str(e.value) == (f"calibration.source 'pipeline' samples in a diffusers pipeline, and the teacher {d} is a "
                             f"folder without model_index.json; set calibration.pipeline to toy:flux, the base "
-                            f"pipeline {d} records")  # a toy's chain: no Hugging Face id samples it
+                            f"pipeline {d} records, or calibration.source: synthetic")  # a toy's chain: no Hugging Face id
     output_config(tmp_path / "bare", None)
     with pytest.raises(UserError, match=r"base pipeline \(a Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL"):
         PipelineSource("pixart", calib, None, str(tmp_path / "bare"))

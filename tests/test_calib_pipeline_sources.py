@@ -60,11 +60,11 @@ def test_an_output_as_the_pipeline_is_named_at_its_recipe_line_with_the_toy_its_
     recipe = _recipe(tmp_path, str(d), "  source: pipeline\n  prompts: [a 3, a 7]\n", "flux")
     with pytest.raises(UserError) as e:
         PipelineSource("flux", recipe.calibration, None, str(d))
-    assert str(e.value) == (f"{tmp_path / 'r.yaml'}:2: calibration.source pipeline samples in a diffusers pipeline, "
+    assert str(e.value) == (f"{tmp_path / 'r.yaml'}:2: calibration.source 'pipeline' samples in a diffusers pipeline, "
                             f"and the teacher {d} is a folder without model_index.json; set calibration.pipeline to "
-                            f"toy:flux, the base pipeline {d} records")
+                            f"toy:flux, the base pipeline {d} records, or calibration.source: synthetic")
     given = _recipe(tmp_path, "toy:flux", f"  source: pipeline\n  pipeline: {d}\n  prompts: [a 3, a 7]\n", "flux")
-    with pytest.raises(UserError, match=rf"^{tmp_path / 'r.yaml'}:5: calibration.source pipeline samples in a "
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'r.yaml'}:5: calibration.source 'pipeline' samples in a "
                                         rf"diffusers pipeline, and {d} is a folder"):
         PipelineSource("flux", given.calibration, None, str(d))
 

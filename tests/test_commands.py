@@ -214,7 +214,8 @@ def test_plan_refuses_what_the_run_would_and_says_when_there_is_no_gpu(recipe, t
     _one_line_errors(capsys, [(["plan", str(toy_source)], "calibration.source 'toy' needs a toy teacher")])
     auto = tmp_path / "a.yaml"
     auto.write_text(recipe.read_text().replace("source: synthetic", "source: auto"))
-    _one_line_errors(capsys, [(["plan", str(auto)], "calibration.source pipeline samples in a diffusers pipeline, "
+    _one_line_errors(capsys, [(["plan", str(auto)], "calibration.source 'pipeline' (source auto is pipeline for a "
+                                                    "teacher that is not toy:) samples in a diffusers pipeline, "
                                                     "and the teacher")])  # a transformer folder: no pipeline
     if not torch.cuda.is_available():
         cuda = tmp_path / "c[red]x.yaml"  # a note shows the path as it is (not read as rich markup)

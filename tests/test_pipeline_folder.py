@@ -187,24 +187,36 @@ teacher: {teacher}
 """
 
 
-def test_plan_refuses_a_bare_transformer_teacher_under_source_auto_as_run_does(tmp_path, capsys):
+AUTO = " (source auto is pipeline for a teacher that is not toy:)"
+OUT_WAYS = ("set calibration.pipeline to the base pipeline (a Hugging Face id such as "
+            "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder), or calibration.source: synthetic")
+
+
+@pytest.mark.parametrize(("calibration", "flag"), [("calibration: {prompts: [a cat, a dog]}\n", False),
+                                                   ("calibration: {source: pipeline, prompts: [a cat, a dog]}\n", False),
+                                                   ("calibration: {prompts: [a cat, a dog]}\n", True)])
+def test_plan_refuses_a_bare_transformer_teacher_under_source_auto_as_run_does(tmp_path, capsys, calibration, flag):
     """A teacher folder without model_index.json under calibration.source auto (pipeline for a
     real teacher) passed plan; run refused it (no pipeline to sample real prompts in). Both say the
-    same line at the recipe's teacher:, run before the teacher loads; source synthetic plans."""
+    same line at the recipe's teacher:, run before the teacher loads; source synthetic plans. The
+    line said 'calibration.source pipeline' under source auto too, offered calibration.pipeline
+    alone, and did not say a --teacher gave the teacher: now it says auto as calib_prompts does,
+    offers the synthetic source, and names --teacher as the model-mismatch error does."""
     from tests.conftest import tiny_pixart
 
     folder = tmp_path / "bare"
     tiny_pixart().save_pretrained(folder)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(BARE.format(teacher=folder, calibration="calibration: {prompts: [a cat, a dog]}\n"))
+    recipe.write_text(BARE.format(teacher="toy:pixart" if flag else folder, calibration=calibration))
+    given = ["--teacher", str(folder)] if flag else []
     errors = []
     for command in (["plan", str(recipe)], _run(str(recipe), tmp_path)):
-        assert main(command) == 2
+        assert main(command + given) == 2
         errors.append(_one_error(capsys))
+    where, auto = ("", AUTO) if flag else (f"{recipe}:2: ", "" if "pipeline" in calibration else AUTO)
     assert errors[0] == errors[1] == (
-        f"dit-compress: error: {recipe}:2: calibration.source pipeline samples in a diffusers pipeline, and the "
-        f"teacher {folder} is a folder without model_index.json; set calibration.pipeline to the base pipeline "
-        "(a Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder)")
+        f"dit-compress: error: {where}calibration.source 'pipeline'{auto} samples in a diffusers pipeline, and the "
+        f"teacher {folder}{' (--teacher)' if flag else ''} is a folder without model_index.json; {OUT_WAYS}")
     assert not (tmp_path / "out").exists()
     recipe.write_text(BARE.format(teacher=folder, calibration="calibration: {source: synthetic}\n"))
     assert main(["plan", str(recipe)]) == 0
