@@ -24,7 +24,7 @@ from compress.plan import warn_if_beyond_memory
 from compress.recipe import Recipe
 from compress.report import console, param_count
 from compress.report_teacher import absolute_source
-from compress.runner_caches import remove_unread_caches, unread_files
+from compress.runner_caches import finished_run, remove_unread_caches, unread_files
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import check_folders, check_run_folder, interrupt_note, say_if_nothing_to_resume
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
@@ -239,6 +239,8 @@ class Runner:
             self.about.update(self._prepared_about())
             announce(self.run_dir, self.about)
         self.doing = "making the student (a copy of the teacher, or the last saved pass's)"
+        # an interrupted run's caches are its saved work too: kept unless --restart (restore unmarks the folder)
+        self.keeps_caches = not self.restart and not finished_run(self.run_dir)
         start, student = restore(self)
         self._remove_unread_caches(start)  # what it keeps decided: what no run of this recipe reads goes
         self.passes_from_ns, self.stats_read = time.time_ns(), {}  # what its svd passes read (_note_read)
@@ -270,8 +272,10 @@ class Runner:
     def _remove_unread_caches(self, start: int, read: dict | None = None) -> None:
         """Rank 0: the run folder's caches that neither this run, from pass `start` on, nor a --resume of
         its recipe reads, deleted with a note (runner_caches); `read`: once every pass has run, the
-        statistics its svd passes read in each stats cache folder (`_note_read`), the others there go."""
-        if not is_main_process():
+        statistics its svd passes read in each stats cache folder (`_note_read`), the others there go. None
+        where the run folder's last run before this one did not finish and this run is no --restart
+        (`keeps_caches`): what it measured is kept for a rerun of its recipe, as its stop said."""
+        if not is_main_process() or self.keeps_caches:
             return
         also = [f for cache, names in (read or {}).items() for f in unread_files(cache, names, self.passes_from_ns)]
         remove_unread_caches(self.run_dir, self.ctx.fingerprint, self.recipe.raw["passes"], self.passes, start, also)

@@ -3,7 +3,8 @@ again once it has run them all): svd statistics and output Fishers of another te
 (calib/<fingerprint>/) or of a student no saved pass nor this recipe makes (calib/<fingerprint>/<model>/),
 the statistics in a cache this run's svd passes read that they neither read nor wrote (`unread_files`),
 and teacher samples of another teacher, calibration or distill settings (distill/teacher_samples/<key>/).
-Only under the run's locks, once the run has decided what it keeps (never when it refuses). A cache
+Only under the run's locks, once the run has decided what it keeps (never when it refuses), and only
+where the folder's last run finished or this one is a --restart (`finished_run`). A cache
 whose readers are not recorded (an older dit-compress's) is kept: not known. Imports no torch."""
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import shutil
 from pathlib import Path
 
 from compress.runner_kept import samples_keys, readers_of
-from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES, recipe_changes
+from compress.runner_resume import FINISHED, SAMPLES_ABOUT, TEACHER_SAMPLES, recipe_changes
+
+
+def finished_run(run_dir: Path) -> bool:
+    """Whether the last run in `run_dir` finished (stages/FINISHED): only then, or with --restart, are
+    the caches no run of a recipe reads removed. An interrupted run's (no FINISHED) are what it kept for
+    a rerun, as its stop said (a run folder with nothing in it has nothing to remove either)."""
+    return (Path(run_dir) / "stages" / FINISHED).is_file()
 
 
 def unread_caches(run_dir: Path, fingerprint: str, specs: list, passes, start: int) -> list[Path]:

@@ -172,3 +172,30 @@ def test_a_refused_run_removes_nothing(tmp_path, two_svd):
     with pytest.raises(UserError, match="interrupted run of another recipe"):
         run_recipe(tmp_path, two_svd.replace("heldout: 4}", "heldout: 4, seed: 3}"), "r", overwrite=True)
     assert _caches(run_dir) == first
+
+
+def test_a_rerun_over_an_interrupted_run_removes_none_of_its_caches(tmp_path, two_svd, monkeypatch, capsys):
+    """Ctrl-C in pass 1 (its statistics measured, no pass saved), then a plain rerun with another
+    calibration seed: it removed the interrupted run's calib/<fingerprint>/ ('removed caches ... freed'),
+    though the stop said a rerun reads them back. Kept until the folder's last run finished (or --restart)."""
+    from compress.passes.svd import SVDPass
+
+    run_dir = tmp_path / "run-r"
+    real = SVDPass._compress
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(SVDPass, "_compress", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(tmp_path, two_svd, "r")
+    monkeypatch.setattr(SVDPass, "_compress", real)
+    first = _caches(run_dir)
+    assert first and any((run_dir / "calib" / c).glob("*.pt") for c in first), first
+    capsys.readouterr()
+    reseeded = two_svd.replace("heldout: 4}", "heldout: 4, seed: 3}")
+    run_recipe(tmp_path, reseeded, "r")
+    assert "removed caches" not in capsys.readouterr().err
+    assert set(first) <= set(_caches(run_dir))
+    run_recipe(tmp_path, reseeded, "r", overwrite=True)  # the folder's last run finished: removed now
+    assert "removed caches" in capsys.readouterr().err
+    assert not set(first) & set(_caches(run_dir))
