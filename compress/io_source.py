@@ -245,9 +245,9 @@ class TeacherSource:
             return read_config(cached[0])
         held = held_otherwise(self.source)
         held = "" if held is None else f"; the cache holds {held}"
-        raise UserError(f"{self.where}cannot find a config for teacher '{self.source}' {cache_only('plan')} (plan reads the "
-                        f"configs of local teachers, of Hub ids in the Hugging Face cache {hub_cache()} and of "
-                        f"{', '.join(KNOWN_CONFIGS)}){held}; pass --teacher-config with its transformer's config.json")
+        raise UserError(f"{self.where}cannot find a config for teacher '{self.source}' {cache_only('plan')}: plan "
+                        f"reads the configs of local teachers, of Hub ids in the Hugging Face cache {hub_cache()} and "
+                        f"of {', '.join(KNOWN_CONFIGS)}{held}; pass --teacher-config with its transformer's config.json")
 
     def _transformer_config(self, config: dict, file: Path) -> dict:
         """A single file's config (beside it, or --teacher-config) names a transformer's class: one of
