@@ -192,10 +192,13 @@ OUT_WAYS = ("set calibration.pipeline to the base pipeline (a Hugging Face id su
             "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder), or calibration.source: synthetic")
 
 
-@pytest.mark.parametrize(("calibration", "flag"), [("calibration: {prompts: [a cat, a dog]}\n", False),
-                                                   ("calibration: {source: pipeline, prompts: [a cat, a dog]}\n", False),
-                                                   ("calibration: {prompts: [a cat, a dog]}\n", True)])
-def test_plan_refuses_a_bare_transformer_teacher_under_source_auto_as_run_does(tmp_path, capsys, calibration, flag):
+PROMPTS = "calibration: {prompts: [a cat, a dog]}\n"
+
+
+@pytest.mark.parametrize(("calibration", "flag"), [(PROMPTS, False), (PROMPTS, True),
+                                                   ("calibration: {source: pipeline, prompts: [a cat, a dog]}\n", False)])
+def test_plan_refuses_a_bare_transformer_teacher_under_source_auto_as_run_does(tmp_path, capsys, calibration,
+                                                                              flag):
     """A teacher folder without model_index.json under calibration.source auto (pipeline for a
     real teacher) passed plan; run refused it (no pipeline to sample real prompts in). Both say the
     same line at the recipe's teacher:, run before the teacher loads; source synthetic plans. The
