@@ -55,6 +55,7 @@ class Runner:
         self.recipe, self.out, self.run_dir = recipe, Path(out).expanduser(), Path(run_dir).expanduser()
         self.teacher_arg, self.teacher_config = teacher, teacher_config
         self.resume, self.overwrite, self.restart = resume, overwrite, restart
+        self.run_dir_was = self.run_dir.is_dir()  # before the locks make it: --resume into no folder is said so
         self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error
         self.followed = None  # a follower: the token of the rank 0 it follows (runner_ranks.wait_for_main)
         self.started_over = False  # the run folder's earlier stages and checkpoints discarded (runner_stages.restore)
@@ -82,7 +83,7 @@ class Runner:
             from compress.passes.distill_resume import check_resumable_configs
 
             self.resumes_from = resumable(self)
-            say_if_nothing_to_resume(self.run_dir, self.resumes_from[0])  # it starts from the first pass
+            say_if_nothing_to_resume(self.run_dir, self.resumes_from[0], self.passes, self.run_dir_was)  # from pass 1
             if not self.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_stages)
                 check_resumable_configs(self.run_dir, [s.config for s in self.recipe.passes if s.name == "distill"],
                                         self.recipe.calibration)

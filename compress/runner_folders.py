@@ -264,15 +264,20 @@ def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
             f"{f', {measured} measured so far' if measured else ''})")
 
 
-def say_if_nothing_to_resume(run_dir: Path, saved: list) -> None:
+def say_if_nothing_to_resume(run_dir: Path, saved: list, passes=(), existed: bool = True) -> None:
     """--resume where `run_dir` holds nothing to continue from (no saved pass among `saved`, the stages
-    runner_stages.resumable read; no distill checkpoint; no streamed stage being written, runner_pending),
-    or is no folder at all: one line says so and that the run starts from the first pass (it did so
-    silently). What an svd pass measured there is read back all the same (its pass says so)."""
+    runner_stages.resumable read; no distill checkpoint; no streamed stage being written, runner_pending):
+    one line says that the run starts from the first pass (it did so silently), and why: there is no
+    such folder, or nothing was saved there. What an svd pass measured there is read back all the same
+    (its pass says so).
+    `existed`: whether the folder was there before the run (its locks make it)."""
     if saved or distill_checkpoints(run_dir) or read_record(run_dir) is not None:
         return
     from compress.report import note
 
+    if not existed or not Path(run_dir).is_dir():
+        note(f"--resume: there is no folder {run_dir} (a mistyped --run-dir?): starting from the first pass")
+        return
     note(f"--resume: nothing was saved in {run_dir} to resume from (no pass saved, no distill checkpoint): "
          "starting from the first pass")
 
