@@ -198,18 +198,7 @@ def test_a_run_folder_a_run_wrote_is_recognised(pixart, capsys):
 # ---- what a rerun reuses after Ctrl-C ------------------------------------------------------------
 def test_ctrl_c_after_the_output_fishers_are_saved_says_a_rerun_reuses_them(pixart, monkeypatch, capsys):
     """It said 'nothing was saved yet: a rerun starts over', and the rerun read 24 Fishers back."""
-    from compress.passes.svd import SVDPass
-    from tests.runner_helpers import SIMPLE
-
-    tmp_path, make, loads = pixart
-    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher",
-                                                   passes="  - svd: {targets: [attention, mlp], ratio: 0.5, multiple: 2}\n"))
-
-    def compress(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(SVDPass, "_compress", compress)
-    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
-    assert main(args) == 130
+    tmp_path, args = _stopped_in_svd(pixart, monkeypatch)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{tmp_path / 'run'} keeps output Fishers (" in last
     assert ") measured so far: a rerun of this recipe and teacher reads back those it measured" in last
@@ -652,3 +641,34 @@ def test_resume_with_nothing_saved_says_it_starts_from_the_first_pass(pixart, ca
                  str(tmp_path / "empty"), "--resume"]) == 0  # its passes saved by the run before
     assert "nothing was saved" not in capsys.readouterr().err
 
+
+def test_resume_after_a_ctrl_c_in_pass_1_names_what_was_measured(pixart, monkeypatch, capsys):
+    """Ctrl-C in pass 1 (its statistics measured, no pass saved), then --resume: it said 'nothing was
+    saved in RUN to resume from' and then that pass 1 reads back block statistics an earlier run measured."""
+    tmp_path, args = _stopped_in_svd(pixart, monkeypatch)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "--resume:" in line]
+    assert len(said) == 1 and "nothing was saved" not in said[0], said
+    assert said[0].startswith(f"note: --resume: no pass was saved in {tmp_path / 'run'} (no distill checkpoint): "
+                              "starting from the first pass, reading back what an earlier run measured there ("), said
+    assert "output Fishers (" in said[0], said
+
+
+def _stopped_in_svd(pixart, monkeypatch) -> tuple:
+    """(tmp_path, the run's arguments) of a one-svd-pass recipe run to a Ctrl-C as the pass compresses
+    (its statistics and output Fishers measured, no pass saved)."""
+    from compress.passes.svd import SVDPass
+    from tests.runner_helpers import SIMPLE
+
+    tmp_path, make, loads = pixart
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher",
+                                                   passes="  - svd: {targets: [attention, mlp], ratio: 0.5, multiple: 2}\n"))
+
+    def compress(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(SVDPass, "_compress", compress)
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(args) == 130
+    return tmp_path, args
