@@ -54,23 +54,24 @@ def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = No
 
 def evaluate(args) -> int:
     _not_a_recipe(args.model)
+    name = _cached_output(args.model)  # a Hub id: the cache's copy, where it is an output
     grid = output_file(args.grid, "--grid", figure=True) if args.grid is not None else None  # before any work
-    check_lora_option(args.model, args.lora)
-    streamed_out = _streamed_output(args.model, args.teacher, args.teacher_config)
+    check_lora_option(name, args.lora)
+    streamed_out = _streamed_output(name, args.teacher, args.teacher_config)
     if streamed_out is not None:
         _toy_options_only(grid, args.seed)
         warn_if_teacher_changed(streamed_out[0], streamed_out[1], "eval")
         named = teacher_fields(streamed_out[1], args.teacher)
         return _print(_teacher_relative_streamed(*streamed_out), args.json, named, streamed_out[0])
-    model, (teacher_source, teacher_config), out = _load_model(args.model, args.teacher, args.teacher_config,
+    model, (teacher_source, teacher_config), out = _load_model(name, args.teacher, args.teacher_config,
                                                                   grid, args.seed)
     if out is not None:
         warn_if_teacher_changed(out, teacher_source, "eval")
     family = get_adapter(model).family
-    toy = toy_base(teacher_source or args.model) is not None  # a toy, or an output of a toy's output
+    toy = toy_base(teacher_source or name) is not None  # a toy, or an output of a toy's output
     if not toy:
         _toy_options_only(grid, args.seed)
-        check_measurable(out, teacher_source, args.model)  # before the teacher loads
+        check_measurable(out, teacher_source, name)  # before the teacher loads
     teacher = load_teacher_of(model, teacher_source, teacher_config, args.lora) if teacher_source else None
     named = teacher_fields(teacher_source, args.teacher, teacher_loras(model, args.lora)) if teacher_source else None
     if not toy:
@@ -88,6 +89,17 @@ def evaluate(args) -> int:
 
         console.print(f"wrote {save_sample_grid(model, family, grid, seed=seed)}")
     return _print(result, args.json, named, out)
+
+
+def _cached_output(model: str) -> str:
+    """`model`, or for a Hub id (ORG/NAME, not there as a path) the Hugging Face cache's copy of it
+    where that is an output, as inspect and bench read it (io_output.cached_output: else one line
+    saying how to download it, or that the cache's copy is no output). eval loads no Hub teacher:
+    a real teacher is refused as no output (check_measurable), and no Hub id is a toy."""
+    from compress.io_output import cached_output
+
+    cached = cached_output(model, "eval")
+    return model if cached is None else str(cached)
 
 
 def _toy_options_only(grid: Path | None, seed: int | None) -> None:
@@ -232,12 +244,7 @@ def check_measurable(out: Path | None, teacher: str | None, name: str) -> None:
     settings give the held-out inputs; no option stands in for it, so it is asked for first) and its
     teacher; a UserError saying which is missing. A folder a loaded output was re-saved to (save_pretrained)
     holds only config.json and the weights: the recipe.yaml of the run's output makes it measurable."""
-    if out is None:
-        from compress.io_output import hub_output
-
-        hub = hub_output(name, "eval")  # a Hub id: where the cache holds it, or how to download it
-        if hub is not None:
-            raise hub
+    if out is None:  # a Hub id was read from the cache before (_cached_output)
         raise UserError(f"{name} is not a dit-compress output: eval measures a compressed output folder "
                         "against its teacher (dit-compress eval OUT); a real teacher has no toy scores")
     if not (out / "recipe.yaml").is_file():

@@ -39,7 +39,7 @@ def output_folder(out) -> Path:
 
 
 def hub_output(source, what: str) -> UserError | None:
-    """The error for a Hub id (ORG/NAME, not there as a path) given to `what` (load_transformer, eval),
+    """The error for a Hub id (ORG/NAME, not there as a path) given to `what` (load_transformer, lora),
     which take a local output folder: where the Hugging Face cache holds it (io_hub.cached_snapshot,
     as for a teacher), the folder to pass (its snapshot's, or that it is no output); else what the
     cache holds of it and how to download it. None for a path."""
@@ -59,7 +59,7 @@ NO_OUTPUT = "which is no dit-compress output (its config.json has no compression
 
 
 def cached_output(source: str, what: str) -> Path | None:
-    """For a command that reads an output (`what`: inspect, bench) given a Hub id (ORG/NAME, not there
+    """For a command that reads an output (`what`: inspect, bench, eval) given a Hub id (ORG/NAME, not there
     as a path): the Hugging Face cache's snapshot of it (io_hub.cached_snapshot, as for a teacher),
     where that is a dit-compress output; else a UserError saying what `what` reads and how to
     download it. None for a path."""

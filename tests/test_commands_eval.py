@@ -358,25 +358,41 @@ def test_eval_refuses_a_real_teacher_before_loading_it(tmp_path, capsys, monkeyp
     assert main(["eval", "toy:flux", "--json"]) == 0
 
 
-def test_eval_of_a_hub_id_says_it_takes_a_local_output_folder(tmp_path, monkeypatch, capsys):
+def test_eval_of_a_hub_id_reads_the_caches_output_as_inspect_and_bench_do(tmp_path, monkeypatch, capsys):
     """`dit-compress eval ORG/NAME` said "ORG/NAME is not a dit-compress output", though it may be one
-    on the Hub: eval takes a local folder; the snapshot folder of the cache to give, or how to download."""
+    on the Hub; then it refused the id, naming the cache's snapshot to give, while inspect and bench
+    read that snapshot, and told another download (hf download X --local-dir DIR and give DIR). Now
+    eval reads the cache's copy of an output as they do, and says their lines where it cannot."""
+    import compress.toy.evaluate
     from huggingface_hub import constants
 
     from compress.io_export import save_compressed
-    from tests.conftest import tiny_pixart
+    from compress.toy import load_toy_teacher
     from tests.pipelines import hub_cache
 
-    out = save_compressed(tiny_pixart(), tmp_path / "out", extra={"teacher": "toy:pixart"})
+    given = []
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate",
+                        lambda model, family, teacher=None, seed=0, progress=False:
+                        given.append((model, teacher)) or {"adherence": 1.0})
+    out = save_compressed(load_toy_teacher("flux"), tmp_path / "out", extra={"teacher": "toy:flux"})
     hub_cache(tmp_path / "hub", "acme/out", out)
+    tiny_flux().save_pretrained(tmp_path / "teacher")
+    hub_cache(tmp_path / "hub", "acme/teacher", tmp_path / "teacher")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    snapshot = tmp_path / "hub" / "models--acme--out" / "snapshots" / ("0" * 40)
-    assert main(["eval", "acme/out"]) == 2
-    assert capsys.readouterr().err == ("dit-compress: error: acme/out: eval takes a local dit-compress output folder, "
-                                       f"not a Hub id; the Hugging Face cache holds it: give {snapshot}\n")
-    assert main(["eval", "acme/none"]) == 2
-    assert "acme/none: eval takes a local dit-compress output folder, not a Hub id; download it first (hf download " \
-        "acme/none --local-dir DIR) and give DIR" in capsys.readouterr().err
+    assert main(["eval", "acme/out", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["adherence"] == 1.0
+    assert [type(m).__name__ for pair in given for m in pair] == ["FluxTransformer2DModel"] * 2  # model, teacher
+    for what in ("eval", "inspect", "bench"):
+        assert main([what, "acme/none"]) == 2
+        assert capsys.readouterr().err == (
+            f"dit-compress: error: acme/none: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
+            f"holds no copy of it: {what} reads a local output folder or the cache's copy of a Hub id; download it "
+            "(hf download acme/none) and give acme/none again, or give a local folder\n")
+    snapshot = tmp_path / "hub" / "models--acme--teacher" / "snapshots" / ("0" * 40)
+    assert main(["eval", "acme/teacher"]) == 2
+    assert capsys.readouterr().err == (f"dit-compress: error: acme/teacher: the Hugging Face cache holds it at "
+                                       f"{snapshot}, which is no dit-compress output (its config.json has no "
+                                       "compression section)\n")
