@@ -80,7 +80,7 @@ def test_an_output_calibrated_in_a_toy_pipeline_names_it_where_its_chain_ends_in
     with pytest.raises(UserError) as e:
         PipelineSource("pixart", calib, None, str(a))
     assert str(e.value).endswith(f"set calibration.pipeline to toy:pixart, the pipeline the recipe.yaml of {a} "
-                                 "calibrated in")
+                                 "calibrated in, or calibration.source: synthetic")
     gone = tmp_path / "gone" / "pipe"
     (a / "recipe.yaml").write_text(f"model: pixart\nteacher: bare\ncalibration:\n  pipeline: {gone}\n")
     with pytest.raises(UserError, match=r"base pipeline \(a Hugging Face id such as PixArt-alpha/"):
