@@ -252,16 +252,21 @@ def _written_ns(path: Path) -> int:
 def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
     """'RUN_DIR holds an interrupted run of another recipe (it differs in ...; 1 of 3 passes done,
     block statistics (9 files) measured so far)' for an `interrupted_run` whose recipe differs
-    (info["changed"]): its saved passes and distill checkpoint, and what it measured (as the refusal
-    of this recipe's says it, `kept_in_words`) that this recipe's `passes` after those --resume
-    keeps read back (`measured_so_far`, under the fingerprint the run recorded; passes not known:
-    its svd caches'). --restart discards its passes, not what it measured."""
-    keeps = info.get("keeps") or 0
-    to_run = list(passes)[keeps:] if passes else None
-    measured = measured_so_far(run_dir, run_fingerprint(run_dir), None, to_run, keeps)
+    (info["changed"]): its saved passes and distill checkpoint, and what it measured, under the
+    fingerprint the run recorded: where this recipe's --resume keeps some of its passes, what this
+    recipe's `passes` after those read back (`measured_so_far`; passes not known: its svd caches');
+    where it keeps none (another calibration or first pass), what the run's own --resume reads back,
+    as its stop counted it (`kept_in_words`: not the statistics of its saved passes). --restart
+    discards its passes, not what it measured."""
+    keeps, fingerprint = info.get("keeps") or 0, run_fingerprint(run_dir)
+    if keeps:
+        to_run = list(passes)[keeps:] if passes else None
+        measured = measured_so_far(run_dir, fingerprint, None, to_run, keeps)
+        kept = saved_in_words(info) + (f", {measured} measured so far" if measured else "")
+    else:
+        kept = kept_in_words(run_dir, info, fingerprint, None, passes)
     return (f"{run_dir} holds an interrupted run of another recipe (it differs in "
-            f"{', '.join(info['changed'][:3])}; {saved_in_words(info)}"
-            f"{f', {measured} measured so far' if measured else ''})")
+            f"{', '.join(info['changed'][:3])}; {kept})")
 
 
 def say_if_nothing_to_resume(run_dir: Path, saved: list, passes=(), existed: bool = True) -> None:

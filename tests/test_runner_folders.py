@@ -672,3 +672,33 @@ def _stopped_in_svd(pixart, monkeypatch) -> tuple:
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
     assert main(args) == 130
     return tmp_path, args
+
+
+def test_a_rerun_with_another_calibration_counts_what_the_interrupted_run_kept(pixart, monkeypatch, capsys):
+    """Ctrl-C in pass 2 (its first block's statistics saved): 'keeps its work (1 of 2 passes done, block
+    statistics (1 file) measured so far)'. A plain rerun with another calibration.seed was refused naming
+    pass 1's statistics too ('block statistics (N+1 files)'), though the run's --resume keeps pass 1 and
+    never reads them: counted as that --resume reads them back, as its stop did."""
+    from compress.calib_stats import StatsCache
+    from tests.runner_helpers import SIMPLE
+
+    tmp_path, make, loads = pixart
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher", passes=(
+        "  - svd: {targets: [mlp], ratio: 0.5, multiple: 2, fisher: none}\n"
+        "  - svd: {targets: [attention], ratio: 0.5, multiple: 2, fisher: none}\n")))
+    folders, real = [], StatsCache.save
+
+    def save(self, name, stats):
+        folders.append(self.directory) if self.directory not in folders else None
+        real(self, name, stats)
+        if len(folders) == 2:  # pass 2's first statistics written, then Ctrl-C
+            raise KeyboardInterrupt
+    monkeypatch.setattr(StatsCache, "save", save)
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(args) == 130
+    kept = "1 of 2 passes done, block statistics (1 file) measured so far"
+    assert f"keeps its work ({kept})" in capsys.readouterr().err
+    assert sum(1 for _ in folders[0].glob("*.pt")) > 0
+    assert main(args + ["--set", "calibration.seed=1"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"holds an interrupted run of another recipe (it differs in calibration.seed; {kept})" in last, last
