@@ -82,7 +82,7 @@ def _restored(runner):
     _unfinished(runner)
     runner.ctx.report, runner.ctx.block_map = state["report"], state["block_map"]
     names = [s.name for s in runner.recipe.passes]
-    console.print(f"[bold]resuming[/] {resumed_in_words(k + 1, names, written)}")
+    console.print(resuming_words(k + 1, names, written))
     _say_removals(state["report"], names[:k + 1])
     if skipped:
         _discard_passed_over(runner, [folder for i, folder, _ in saved if folder != d and i >= k], skipped)
@@ -90,6 +90,17 @@ def _restored(runner):
     student = runner.models.restore(d)
     _finish_adopting(runner, k, student, d)
     return k + 1, student
+
+
+def resuming_words(done: int, names: list[str], written: bool) -> str:
+    """What --resume says it continues from: 'resuming after pass 1/2 (svd)' (runner_resume.resumed_in_words),
+    or, once all `done` passes of the recipe's pass `names` were, 'all 2 passes were done (svd, svd):
+    writing the output again' ('its only pass (svd) was done: ...'; `written`: a finished run's output
+    was; else 'writing the output')."""
+    if done < len(names):
+        return f"[bold]resuming[/] {resumed_in_words(done, names, written)}"
+    what = f"its only pass ({names[0]}) was done" if done == 1 else f"all {done} passes were done ({', '.join(names)})"
+    return f"{what}: writing the output{' again' if written else ''}"
 
 
 def _finish_adopting(runner, k: int, student, stage: Path) -> None:

@@ -128,3 +128,13 @@ def test_a_run_stopped_during_a_held_out_check_keeps_its_pass(tmp_path, monkeypa
         report = json.loads((tmp_path / f"out-{name}" / "report.json").read_text())
         return [{k: v for k, v in s.items() if k != "seconds"} for s in report["stages"]]
     assert stages("cut") == stages("ref")
+
+
+def test_resuming_words_once_every_pass_was_done():
+    """It said 'resuming all 2 passes done (svd, svd): the output is written again'."""
+    from compress.runner_stages import resuming_words
+
+    assert resuming_words(1, ["svd", "svd"], True) == "[bold]resuming[/] after pass 1/2 (svd)"
+    assert resuming_words(2, ["svd", "svd"], True) == "all 2 passes were done (svd, svd): writing the output again"
+    assert resuming_words(2, ["svd", "svd"], False) == "all 2 passes were done (svd, svd): writing the output"
+    assert resuming_words(1, ["svd"], True) == "its only pass (svd) was done: writing the output again"
