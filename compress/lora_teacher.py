@@ -338,13 +338,11 @@ def _hub_files(repo_id: str, keys: list[str]) -> dict[str, Path]:
     io_hub.hub_config_file finds it. Without a (plain) index, one weight file holds them all: its
     diffusers weight files, read as a local folder."""
     from compress.io import INDEX, read_json
-    from compress.io_hub import hub_config_file
     from compress.stream_files import weight_map
 
-    sub = hub_config_file(repo_id)[1]  # 'transformer/' or ''
-    index = _snapshot(repo_id, [f"{sub}config.json", f"{sub}diffusion_pytorch_model*.json"]) / sub / INDEX
+    index = _hub_files_of(repo_id, ["config.json", "diffusion_pytorch_model*.json"]) / INDEX
     if not index.is_file():  # one weight file, or only a variant's (fp16): as stream_files picks it
-        return weight_map(_snapshot(repo_id, [f"{sub}config.json", f"{sub}diffusion_pytorch_model*"]) / sub)
+        return weight_map(_hub_files_of(repo_id, ["config.json", "diffusion_pytorch_model*"]))
     data = read_json(index)
     shards = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(shards, dict):
@@ -352,7 +350,7 @@ def _hub_files(repo_id: str, keys: list[str]) -> dict[str, Path]:
     needed = {k: shards[k] for k in keys if k in shards}  # a key it lacks: _read_teacher_weights says so
     if not needed:
         return {}
-    folder = _snapshot(repo_id, sorted({f"{sub}{shard}" for shard in needed.values()})) / sub
+    folder = _hub_files_of(repo_id, sorted(set(needed.values())))
     files = {k: folder / shard for k, shard in needed.items()}
     missing = sorted({f.name for f in files.values() if not f.is_file()})
     if missing:
@@ -360,14 +358,26 @@ def _hub_files(repo_id: str, keys: list[str]) -> dict[str, Path]:
     return files
 
 
-def _snapshot(repo_id: str, patterns: list[str]) -> Path:
-    """The local snapshot of the Hub repo `repo_id` holding its files that match `patterns`."""
-    from huggingface_hub import snapshot_download
+def _hub_files_of(repo_id: str, patterns: list[str]) -> Path:
+    """The local copy of the Hub teacher `repo_id`'s transformer folder (transformer/, or a
+    transformer-only repo's root: io_hub.hub_config) holding its files that match `patterns`
+    (names in that folder): the Hub's list of the commit its config came from, then one bounded
+    hf_hub_download each (io_hub_requests: snapshot_download's own list waits forever on a network
+    that never answers); the cached snapshot as it is where the Hub is not asked (offline,
+    unreachable) or where it holds them all."""
+    from fnmatch import fnmatch
 
-    from compress.io_hub import hub_error, quiet_hub
+    from compress.io_hub import hub_config, hub_error, pinned
+    from compress.io_hub_requests import fetch_files, repo_names
 
+    cfg, sub, why = hub_config(repo_id)
+    if why is not None:
+        return cfg.parent
+    pin = pinned(cfg)
     try:
-        with quiet_hub():
-            return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        wanted = [n for n in repo_names(repo_id, sub, **pin) if any(fnmatch(n, p) for p in patterns)]
+        if not wanted or (pin and all((cfg.parent / n).is_file() for n in wanted)):
+            return cfg.parent
+        return fetch_files(repo_id, sub, wanted, **pin)
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
         raise hub_error(repo_id, e, "a local folder or file") from None

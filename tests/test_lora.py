@@ -556,14 +556,13 @@ def test_a_hub_doras_teacher_downloads_only_the_shards_it_reads(tmp_path, monkey
     """A Hub id as a DoRA's teacher (the hub's downloads faked from a local repo): its transformer/
     config and index first, then only the shards holding the adapted layers (a teacher in one weight
     file: that file); the merged student is the one the same teacher's local folder gives."""
-    import fnmatch
     import json
-    import shutil
 
     import huggingface_hub
     from safetensors.torch import load_file
 
     from compress.io import INDEX
+    from tests.test_io_hub import hub_info
 
     student, teacher = _student(tmp_path)
     _lora(copy.deepcopy(teacher), tmp_path / "lora", use_dora=True)
@@ -572,21 +571,19 @@ def test_a_hub_doras_teacher_downloads_only_the_shards_it_reads(tmp_path, monkey
     (repo / "model_index.json").write_text(json.dumps({"transformer": ["diffusers", "FluxTransformer2DModel"]}))
     files, fetched = sorted(str(f.relative_to(repo)) for f in repo.rglob("*") if f.is_file()), []
 
-    def snapshot_download(repo_id, allow_patterns=None, **kw):
-        assert repo_id == "owner/teacher"
-        for name in files:
-            if allow_patterns is None or any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
-                (tmp_path / "cache" / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(repo / name, tmp_path / "cache" / name)
-                fetched.append(name)
-        return str(tmp_path / "cache")
-
     def hf_hub_download(repo_id, filename, subfolder=None, **kw):
+        assert repo_id == "owner/teacher"
         fetched.append(f"{subfolder}/{filename}" if subfolder else filename)
         return str(repo / fetched[-1])
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    def model_info(api, repo_id, timeout=None, **kw):
+        assert repo_id == "owner/teacher" and timeout  # bounded: list_repo_files / snapshot_download wait forever
+        return hub_info(files)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("snapshot_download"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr("compress.io_hub.hub_head", lambda repo, name: (None, None))  # the Hub answers
     local = copy.deepcopy(student)
     merge_lora(local, tmp_path / "lora")  # the teacher the student records: the local folder
     capsys.readouterr()
