@@ -26,7 +26,8 @@ from compress.report import console, param_count
 from compress.report_teacher import absolute_source
 from compress.runner_caches import finished_run, remove_unread_caches, unread_files
 from compress.runner_checks import check_passes, removal_note
-from compress.runner_folders import check_folders, check_run_folder, interrupt_note, say_if_nothing_to_resume
+from compress.runner_folders import (check_folders, check_measured_for_another, check_run_folder, interrupt_note,
+                                     say_if_nothing_to_resume)
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
@@ -242,6 +243,8 @@ class Runner:
         self.doing = "making the student (a copy of the teacher, or the last saved pass's)"
         # an interrupted run's caches are its saved work too: kept unless --restart (restore unmarks the folder)
         self.keeps_caches = not self.restart and not finished_run(self.run_dir)
+        if self.keeps_caches and not self.resume:  # what it measured under another fingerprint: refused
+            check_measured_for_another(self.run_dir, self.ctx.fingerprint, self.passes)
         start, student = restore(self)
         self._remove_unread_caches(start)  # what it keeps decided: what no run of this recipe reads goes
         self.passes_from_ns, self.stats_read = time.time_ns(), {}  # what its svd passes read (_note_read)

@@ -214,6 +214,23 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
                     "or --restart to start over")
 
 
+def check_measured_for_another(run_dir: Path, fingerprint: str, passes) -> None:
+    """A plain rerun (no --resume, no --restart) in a run folder whose last run was interrupted before
+    it saved a pass (`check_run_folder` refuses the others): a UserError where that run measured what
+    this one, of another teacher or calibration (`fingerprint`), does not read back (`measured_so_far`
+    under the fingerprint it recorded, for the recipe's `passes`): as saved passes, what it measured is
+    not left unread and never removed silently. A folder recording no fingerprint (an older dit-compress's,
+    which marked no finished run either) is not refused."""
+    before = recorded_fingerprint(run_dir)
+    if before is None or before == fingerprint:
+        return
+    measured = measured_so_far(run_dir, before, None, list(passes))
+    if measured:
+        raise UserError(f"{run_dir} holds what an interrupted run of another teacher or calibration measured "
+                        f"({measured}), which this run does not read back: rerun with that teacher and "
+                        "calibration to read it back, add --restart to discard it, or choose another --run-dir")
+
+
 def run_fingerprint(run_dir: Path) -> str | None:
     """The teacher and calibration fingerprint (runner_resume.fingerprint) of the run that last started
     its passes in `run_dir`, keying the caches it wrote: the one it recorded (runner_stages.record_run),

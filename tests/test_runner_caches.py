@@ -177,23 +177,32 @@ def test_a_refused_run_removes_nothing(tmp_path, two_svd):
 def test_a_rerun_over_an_interrupted_run_removes_none_of_its_caches(tmp_path, two_svd, monkeypatch, capsys):
     """Ctrl-C in pass 1 (its statistics measured, no pass saved), then a plain rerun with another
     calibration seed: it removed the interrupted run's calib/<fingerprint>/ ('removed caches ... freed'),
-    though the stop said a rerun reads them back. Kept until the folder's last run finished (or --restart)."""
-    from compress.passes.svd import SVDPass
+    though the stop said a rerun reads them back. Refused now, as over saved passes; kept by a --resume,
+    removed once the folder's last run finished (or with --restart)."""
+    from compress.calib_stats import StatsCache
 
     run_dir = tmp_path / "run-r"
-    real = SVDPass._compress
+    real = StatsCache.save
 
-    def stopped(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(SVDPass, "_compress", stopped)
+    def stopped(self, name, stats):
+        real(self, name, stats)
+        raise KeyboardInterrupt  # pass 1's first block statistics saved
+    monkeypatch.setattr(StatsCache, "save", stopped)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(tmp_path, two_svd, "r")
-    monkeypatch.setattr(SVDPass, "_compress", real)
+    monkeypatch.setattr(StatsCache, "save", real)
     first = _caches(run_dir)
-    assert first and any((run_dir / "calib" / c).glob("*.pt") for c in first), first
+    assert first and sum(1 for c in first for _ in (run_dir / "calib" / c).glob("*.pt")) == 1, first
     capsys.readouterr()
     reseeded = two_svd.replace("heldout: 4}", "heldout: 4, seed: 3}")
-    run_recipe(tmp_path, reseeded, "r")
+    with pytest.raises(UserError) as e:  # refused, as over saved passes: nothing removed
+        run_recipe(tmp_path, reseeded, "r")
+    assert str(e.value).startswith(f"{run_dir} holds what an interrupted run of another teacher or calibration "
+                                   "measured (block statistics ("), e.value
+    assert str(e.value).endswith("add --restart to discard it, or choose another --run-dir"), e.value
+    assert "removed caches" not in capsys.readouterr().err
+    assert _caches(run_dir) == first
+    run_recipe(tmp_path, two_svd, "r", resume=True)  # its own recipe: read back, nothing removed
     assert "removed caches" not in capsys.readouterr().err
     assert set(first) <= set(_caches(run_dir))
     run_recipe(tmp_path, reseeded, "r", overwrite=True)  # the folder's last run finished: removed now
