@@ -205,9 +205,11 @@ def test_lora_given_a_hub_id_as_its_output_says_so_as_eval_does(tmp_path, monkey
     assert not (tmp_path / "new").exists()
 
 
-def test_eval_given_a_hub_id_in_other_letters_names_the_snapshot_not_the_id(tmp_path, monkeypatch, capsys):
-    """`eval ACME/Out` where the cache holds acme/out said "give that id" (acme/out), which eval refuses
-    as it refuses every Hub id: it names the cached output's snapshot folder to give."""
+def test_eval_given_a_hub_id_in_other_letters_reads_the_cached_snapshot_not_the_id(tmp_path, monkeypatch, capsys):
+    """`eval ACME/Out` where the cache holds acme/out said "give that id" (acme/out), which eval then
+    refused as it refused every Hub id; eval now reads a cached output as inspect and bench do
+    (0c47f21): the snapshot of acme/out is what it reads (this fake output has no recipe.yaml, which
+    eval names at the snapshot's path, not the id's)."""
     from huggingface_hub import constants
 
     from compress.cli import main
@@ -218,9 +220,8 @@ def test_eval_given_a_hub_id_in_other_letters_names_the_snapshot_not_the_id(tmp_
     repo = _cached(tmp_path, "acme/out", _output(tmp_path))
     capsys.readouterr()
     assert main(["eval", "ACME/Out"]) == 2
-    assert capsys.readouterr().err == ("dit-compress: error: ACME/Out: eval takes a local dit-compress output folder, "
-                                       "not a Hub id; the Hugging Face cache holds it (spelt acme/out): "
-                                       f"give {repo / 'snapshots' / CACHED}\n")
+    assert capsys.readouterr().err.startswith(
+        f"dit-compress: error: {repo / 'snapshots' / CACHED} has no recipe.yaml, whose calibration settings give eval")
 
 
 def test_held_otherwise_is_none_where_the_cache_holds_nothing_of_the_repo(tmp_path):
