@@ -24,7 +24,7 @@ from compress.plan import warn_if_beyond_memory
 from compress.recipe import Recipe
 from compress.report import console, param_count
 from compress.report_teacher import absolute_source
-from compress.runner_caches import finished_run, remove_unread_caches, unread_files
+from compress.runner_caches import clock_ns, finished_run, remove_unread_caches, unread_files
 from compress.runner_checks import check_passes, removal_note
 from compress.runner_folders import (check_folders, check_measured_for_another, check_run_folder, interrupt_note,
                                      say_if_nothing_to_resume)
@@ -247,7 +247,7 @@ class Runner:
             check_measured_for_another(self.run_dir, self.ctx.fingerprint, self.passes)
         start, student = restore(self)
         self._remove_unread_caches(start)  # what it keeps decided: what no run of this recipe reads goes
-        self.passes_from_ns, self.stats_read = time.time_ns(), {}  # what its svd passes read (_note_read)
+        self.passes_from_ns, self.stats_read = clock_ns(self.run_dir), {}  # its file system's now; _note_read
         self.removed_by = []  # recipe lines of passes (this session) that removed blocks
         self.ctx.blocks = self.models.blocks  # streamed: the student's block loader
         self.doing = HELDOUT
@@ -275,14 +275,16 @@ class Runner:
 
     def _remove_unread_caches(self, start: int, read: dict | None = None) -> None:
         """Rank 0: the run folder's caches that neither this run, from pass `start` on, nor a --resume of
-        its recipe reads, deleted with a note (runner_caches); `read`: once every pass has run, the
+        its recipe reads, deleted with a note (runner_caches; another teacher's or calibration's only with
+        --restart, else named in a note at the first call); `read`: once every pass has run, the
         statistics its svd passes read in each stats cache folder (`_note_read`), the others there go. None
         where the run folder's last run before this one did not finish and this run is no --restart
         (`keeps_caches`): what it measured is kept for a rerun of its recipe, as its stop said."""
         if not is_main_process() or self.keeps_caches:
             return
         also = [f for cache, names in (read or {}).items() for f in unread_files(cache, names, self.passes_from_ns)]
-        remove_unread_caches(self.run_dir, self.ctx.fingerprint, self.recipe.raw["passes"], self.passes, start, also)
+        remove_unread_caches(self.run_dir, self.ctx.fingerprint, self.recipe.raw["passes"], self.passes, start, also,
+                             self.restart, read is None)
 
     def _note_read(self, p) -> None:
         """The stats cache folder of the pass `p` that ran (an svd pass's StatsCache: its folder and the

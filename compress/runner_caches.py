@@ -4,12 +4,15 @@ again once it has run them all): svd statistics and output Fishers of another te
 the statistics in a cache this run's svd passes read that they neither read nor wrote (`unread_files`),
 and teacher samples of another teacher, calibration or distill settings (distill/teacher_samples/<key>/).
 Only under the run's locks, once the run has decided what it keeps (never when it refuses), and only
-where the folder's last run finished or this one is a --restart (`finished_run`). A cache
+where the folder's last run finished or this one is a --restart (`finished_run`); those of another
+teacher or calibration (`of_another`: hours of statistics on a real model) only with --restart,
+else one note names them. A cache
 whose readers are not recorded (an older dit-compress's) is kept: not known. Imports no torch."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +27,33 @@ def finished_run(run_dir: Path) -> bool:
     return (Path(run_dir) / "stages" / FINISHED).is_file()
 
 
+def of_another(run_dir: Path, fingerprint: str) -> list[Path]:
+    """The caches in `run_dir` of another teacher or calibration: calib/<other fingerprint>/ and teacher
+    samples whose about.json holds another fingerprint (one without a readable about.json: not known)."""
+    found = [p for p in sorted((Path(run_dir) / "calib").glob("*"))
+             if p.name != fingerprint and p.is_dir() and not p.is_symlink()]
+    for folder in sorted((Path(run_dir) / TEACHER_SAMPLES).glob("*")):
+        try:
+            about = json.loads((folder / SAMPLES_ABOUT).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(about, dict) and about.get("fingerprint") != fingerprint:
+            found.append(folder)
+    return found
+
+
+def clock_ns(run_dir: Path) -> int:
+    """Now on the clock of the file system that holds `run_dir` (a network file system's may be behind
+    this host's): the mtime of a small file written there and removed at once. `unread_files` compares
+    the statistics files' mtimes, set by that clock, with it."""
+    path = Path(run_dir) / f".clock-{os.getpid()}"
+    try:
+        path.write_bytes(b"")
+        return path.stat().st_mtime_ns
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def unread_caches(run_dir: Path, fingerprint: str, specs: list, passes, start: int) -> list[Path]:
     """The cache folders in `run_dir` that neither the run of the recipe whose pass specs are `specs`
     (built: `passes`; its first pass to run: `start`) nor a --resume of it can read: `unread_stats`
@@ -36,7 +66,7 @@ def unread_stats(run_dir: Path, fingerprint: str, specs: list, passes, start: in
     `fingerprint` keys every cache it reads), and calib/<fingerprint>/<model>/ whose recorded readers
     (runner_kept.readers_of) are all svd passes whose model this recipe makes no more (`read_by_recipe`)."""
     calib = Path(run_dir) / "calib"
-    found = [p for p in sorted(calib.glob("*")) if p.name != fingerprint and p.is_dir() and not p.is_symlink()]
+    found = [p for p in of_another(run_dir, fingerprint) if p.parent == calib]
     for cache in sorted((calib / fingerprint).glob("*")):
         readers = readers_of(cache) if cache.is_dir() and not cache.is_symlink() else None
         if readers and not any(read_by_recipe(r, specs, passes, start) for r in readers):
@@ -95,13 +125,22 @@ def unread_files(cache: Path, read: set[str], since_ns: int) -> list[Path]:
 
 
 def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, passes, start: int,
-                         also: list[Path] = ()) -> None:
+                         also: list[Path] = (), restart: bool = False, first: bool = True) -> None:
     """`unread_caches` deleted, and the files `also` (`unread_files`), with one note naming them and the
-    bytes freed (rank 0, under the run's locks: Runner calls it once it restored what it keeps, and
-    after its last pass)."""
+    bytes freed (rank 0, under the run's locks: Runner calls it once it restored what it keeps (`first`),
+    and after its last pass). Those `of_another` teacher or calibration only with `restart`: else kept,
+    and named in one note (at the `first` call)."""
+    from compress.report import note
+
     if not fingerprint:
         return
     found = unread_caches(run_dir, fingerprint, specs, passes, start)
+    if not restart:
+        another = of_another(run_dir, fingerprint)
+        found = [p for p in found if p not in another]
+        if first and another:
+            note(f"{run_dir} holds {bytes_in_words(sum(size_of(p) for p in another))} of caches of another "
+                 f"teacher or calibration ({names_of(another, run_dir)}); --restart removes them")
     found += [p for p in also if not any(f in p.parents for f in found)]
     if not found:
         return
@@ -111,11 +150,14 @@ def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, pa
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-    from compress.report import note
+    note(f"removed caches in {run_dir} that no run of this recipe reads ({names_of(found, run_dir)}): "
+         f"{bytes_in_words(freed)} freed")
 
-    names = ", ".join(str(p.relative_to(run_dir)) for p in found[:3]) + (f" and {len(found) - 3} more"
-                                                                         if len(found) > 3 else "")
-    note(f"removed caches in {run_dir} that no run of this recipe reads ({names}): {bytes_in_words(freed)} freed")
+
+def names_of(paths: list[Path], run_dir: Path) -> str:
+    """'calib/a, calib/b, calib/c and 2 more': `paths` relative to `run_dir`, three at most."""
+    return ", ".join(str(p.relative_to(run_dir)) for p in paths[:3]) + (
+        f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def size_of(folder: Path) -> int:

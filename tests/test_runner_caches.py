@@ -178,7 +178,8 @@ def test_a_rerun_over_an_interrupted_run_removes_none_of_its_caches(tmp_path, tw
     """Ctrl-C in pass 1 (its statistics measured, no pass saved), then a plain rerun with another
     calibration seed: it removed the interrupted run's calib/<fingerprint>/ ('removed caches ... freed'),
     though the stop said a rerun reads them back. Refused now, as over saved passes; kept by a --resume,
-    removed once the folder's last run finished (or with --restart)."""
+    and once the folder's last run finished kept by a plain run too, named in one note; --restart
+    removes them."""
     from compress.calib_stats import StatsCache
 
     run_dir = tmp_path / "run-r"
@@ -205,6 +206,35 @@ def test_a_rerun_over_an_interrupted_run_removes_none_of_its_caches(tmp_path, tw
     run_recipe(tmp_path, two_svd, "r", resume=True)  # its own recipe: read back, nothing removed
     assert "removed caches" not in capsys.readouterr().err
     assert set(first) <= set(_caches(run_dir))
-    run_recipe(tmp_path, reseeded, "r", overwrite=True)  # the folder's last run finished: removed now
-    assert "removed caches" in capsys.readouterr().err
+    run_recipe(tmp_path, reseeded, "r", overwrite=True)  # the folder's last run finished: named, kept
+    said = " ".join(capsys.readouterr().err.split())
+    assert "removed caches" not in said and set(first) <= set(_caches(run_dir))
+    old = first[0].split("/")[0]
+    assert said.count(f"note: {run_dir} holds ") == 1, said
+    assert f" of caches of another teacher or calibration (calib/{old}); --restart removes them" in said, said
+    run_recipe(tmp_path, reseeded, "r", overwrite=True, restart=True)  # --restart: removed
+    assert f"that no run of this recipe reads (calib/{old})" in capsys.readouterr().err
     assert not set(first) & set(_caches(run_dir))
+
+
+def test_a_first_run_on_a_file_system_whose_clock_is_behind_removes_nothing_it_wrote(tmp_path, two_svd,
+                                                                                       monkeypatch, capsys):
+    """A network file system whose clock is behind this host's (faked: this host's 300 s ahead): the
+    statistics a --restart run wrote in its own passes counted as older than them, unread, and went
+    ('removed caches ... freed'). The run folder's own clock dates its passes now."""
+    import time
+    from types import SimpleNamespace
+
+    import compress.runner as runner
+
+    real = time.time_ns
+    monkeypatch.setattr(runner, "time", SimpleNamespace(time_ns=lambda: real() + 300 * 10**9,
+                                                        perf_counter=time.perf_counter))
+    run_recipe(tmp_path, two_svd, "r", restart=True)
+    assert "removed caches" not in capsys.readouterr().err
+    monkeypatch.undo()
+    wrote = {c: {p.name for p in (tmp_path / "run-r" / "calib" / c).glob("*.pt")} for c in _caches(tmp_path / "run-r")}
+    run_recipe(tmp_path, two_svd, "r", restart=True, overwrite=True)  # the same recipe: reads back all it wrote
+    assert "removed caches" not in capsys.readouterr().err
+    assert all(wrote.values()) and wrote == \
+        {c: {p.name for p in (tmp_path / "run-r" / "calib" / c).glob("*.pt")} for c in _caches(tmp_path / "run-r")}
