@@ -220,7 +220,8 @@ class PipelineSource:
             from compress.inputs import pipeline_at
             from compress.pipeline_folder import check_pipeline_source
 
-            check_pipeline_source(pipeline, calib.pipeline is None, family, pipeline_at(calib, pipeline))
+            check_pipeline_source(pipeline, calib.pipeline is None, family, pipeline_at(calib, pipeline),
+                                  auto=calib.source == "auto")
             need_transformers(family)
         check_size(calib, pipeline)
         self._cut()  # before any sampling: heldout may ask more than the prompts give

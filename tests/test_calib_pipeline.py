@@ -87,6 +87,10 @@ def test_a_teacher_without_its_pipeline_names_calibration_pipeline(tmp_path, fol
     calib = CalibrationConfig(source="pipeline", prompts=["a cat", "a dog"], sample_steps=2, timesteps=1)
     with pytest.raises(UserError, match="is a folder without model_index.json; set calibration.pipeline"):
         PipelineSource("pixart", calib, teacher, transformer)
+    calib.source = "auto"  # said as plan and run say it (checked_sources), not as an explicit 'pipeline'
+    with pytest.raises(UserError, match=r"calibration\.source 'pipeline' \(source auto is pipeline for a teacher that "
+                                        r"is not toy:\)"):
+        PipelineSource("pixart", calib, teacher, transformer)
     calib.pipeline = str(folders["pixart"])
     [record] = PipelineSource("pixart", calib, teacher, calib.pipeline).calibration()
     assert record["hidden_states"].shape[0] == 2
