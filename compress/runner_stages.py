@@ -183,7 +183,8 @@ def say_read_back(runner, start: int, student) -> None:
     mark_read_by(cache, start, runner.recipe.raw["passes"][:start])
     kept = read_back_in_words(cache)
     if kept:
-        console.print(f"  pass {start + 1} (svd) reads back {kept} that an earlier run measured",
+        console.print(f"  pass {start + 1} (svd) finds {kept} that an earlier run measured: it reads back those "
+                      "of blocks and inputs unchanged since",
                       highlight=False, markup=False)
 
 

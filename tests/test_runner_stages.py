@@ -56,8 +56,9 @@ def test_a_resumed_svd_pass_says_once_how_many_statistics_it_reads_back(tmp_path
     said = [line for line in capsys.readouterr().err.splitlines() if "reads back" in line]
     hits = json.loads((tmp_path / "out" / "report.json").read_text())["svd"]["cache_hits"]
     assert len(hits) == 2
-    assert said == ["  pass 2 (svd) reads back block statistics (2 files), output Fishers (12 files) that an "
-                    "earlier run measured"]  # interrupted, or finished and resumed after a recipe change
+    assert said == ["  pass 2 (svd) finds block statistics (2 files), output Fishers (12 files) that an "
+                    "earlier run measured: it reads back those of blocks and inputs unchanged since"]  # interrupted, or
+    # finished and resumed after a recipe change
 
 
 def test_every_rerun_says_what_each_svd_pass_reads_back(tmp_path, monkeypatch, capsys):
@@ -80,11 +81,12 @@ def test_every_rerun_says_what_each_svd_pass_reads_back(tmp_path, monkeypatch, c
         return said, [len(p["cache_hits"]) for p in passes]
     said, hits = said_and_hits(["--restart"])
     assert hits[0] == 2 and hits[1] == 0
-    assert said == ["  pass 1 (svd) reads back block statistics (2 files) that an earlier run measured"]
+    assert said == ["  pass 1 (svd) finds block statistics (2 files) that an earlier run measured: it reads back those "
+                    "of blocks and inputs unchanged since"]
     said, hits = said_and_hits(["--overwrite"])  # a plain rerun of the finished run: it starts over
     assert hits[0] > 2 and hits[1] > 0
-    found = [re.fullmatch(r"  pass (\d) \(svd\) reads back block statistics \((\d+) files?\) that an earlier run "
-                          r"measured", line) for line in said]
+    found = [re.fullmatch(r"  pass (\d) \(svd\) finds block statistics \((\d+) files?\) that an earlier run "
+                          r"measured: it reads back those of blocks and inputs unchanged since", line) for line in said]
     assert all(found) and [(int(m[1]), int(m[2])) for m in found] == [(1, hits[0]), (2, hits[1])], said
 
 
