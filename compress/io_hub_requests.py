@@ -1,5 +1,5 @@
 """The requests a Hub teacher's load sends, each with a bounded wait: whether the Hub answers and at
-which commit (`hub_head`, one HEAD a process for a repo), the repo's file list (`repo_names`) and
+which commit (`hub_head`, one HEAD for a repo while its answer holds), the repo's file list (`repo_names`) and
 the transformer's files (`fetch_files`); and a failed request in words (`cause_line`: one that
 timed out names the seconds waited and the environment variable that lengthens them).
 
@@ -11,11 +11,13 @@ a timeout: HF_HUB_DOWNLOAD_TIMEOUT) and the files are fetched one by one with `h
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from compress.io_tensors import one_line
 
-_HEADS: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # hub_head's answers: (cache, repo) -> main's
+_HEADS: dict[tuple[str, str], tuple[float, tuple[str | None, str | None]]] = {}  # (cache, repo) -> (when, answer)
+KEPT_S = {True: 600.0, False: 60.0}  # how long hub_head's answer holds: the Hub answered, it could not be reached
 TIMEOUTS = {"HEAD": "HF_HUB_ETAG_TIMEOUT", "GET": "HF_HUB_DOWNLOAD_TIMEOUT"}  # what bounds a request, by method
 
 
@@ -23,14 +25,16 @@ def hub_head(repo_id: str, name: str) -> tuple[str | None, str | None]:
     """One request for the repo's file `name` without huggingface_hub's retries: (why the Hub cannot
     be reached ('ConnectError: …'), None) where it cannot; else (None, the commit of main where the
     answer names it: a repo without `name` answers 404 with it too; an error of the repo or the
-    user's access is said by the fetch that follows). Sent once a process for a repo's main in a
-    cache: a run's source check and its load share the answer."""
+    user's access is said by the fetch that follows). Sent once for a repo's main in a cache while
+    the answer holds (KEPT_S: 10 min, 1 min where the Hub could not be reached): a run's source check
+    and its load share it, and a notebook that loads again later, after the network came back or the
+    Hub moved on, asks again."""
     from compress.io_hub import hub_cache
 
-    key = (hub_cache(), repo_id)
-    if key not in _HEADS:
-        _HEADS[key] = head_request(repo_id, name)
-    return _HEADS[key]
+    key, now = (hub_cache(), repo_id), time.monotonic()
+    if key not in _HEADS or now - _HEADS[key][0] > KEPT_S[_HEADS[key][1][0] is None]:
+        _HEADS[key] = (now, head_request(repo_id, name))
+    return _HEADS[key][1]
 
 
 def head_request(repo_id: str, name: str) -> tuple[str | None, str | None]:

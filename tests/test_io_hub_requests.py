@@ -131,3 +131,34 @@ def test_errors_other_than_a_timeout_keep_their_words():
     assert cause_line(httpx2.ConnectError("[Errno -3] Temporary failure")) == "ConnectError: [Errno -3] Temporary failure"
     assert cause_line(httpx2.ReadTimeout("timed out")).endswith("(no answer within 7 s; set HF_HUB_DOWNLOAD_TIMEOUT "
                                                                 "to wait longer)")  # no request attached: a GET's
+
+
+def test_the_reachability_answer_holds_a_while_then_the_hub_is_asked_again(tmp_path, monkeypatch):
+    """hub_head's answer was kept for the whole process: a notebook that loaded again after the
+    network came back (or after the Hub moved on) kept the first answer. It holds 10 minutes where
+    the Hub answered, 1 where it could not be reached, and is asked again after."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from compress import io_hub_requests
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    now, asked, down = [1000.0], [], [True]
+
+    def head(url, timeout=None, **kwargs):
+        asked.append(now[0])
+        if down[0]:
+            raise _timeout("HEAD", url)
+        return type("Answer", (), {"commit_hash": "c" * 40})()
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", head)
+    monkeypatch.setattr(io_hub_requests.time, "monotonic", lambda: now[0])
+    assert io_hub_requests.hub_head("acme/pix", "config.json")[0].startswith("ReadTimeout")
+    now[0] += 30
+    assert io_hub_requests.hub_head("acme/pix", "config.json")[0].startswith("ReadTimeout")  # held: not asked
+    down[0], now[0] = False, now[0] + 31  # the network is back, a minute after the first answer
+    assert io_hub_requests.hub_head("acme/pix", "config.json") == (None, "c" * 40)
+    now[0] += 599
+    assert io_hub_requests.hub_head("acme/pix", "config.json") == (None, "c" * 40)  # held
+    now[0] += 2
+    io_hub_requests.hub_head("acme/pix", "config.json")
+    assert asked == [1000.0, 1061.0, 1662.0]
