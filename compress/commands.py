@@ -191,7 +191,7 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     from compress.inputs import input_source, moved
     from compress.passes.base import predictions, relative_error
     from compress.recipe import load_recipe
-    from compress.runner import DTYPES, load_checked_teacher, resolve_device
+    from compress.runner_setup import DTYPES, load_checked_teacher, resolve_device
 
     recipe = load_recipe(out / "recipe.yaml")
     device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]

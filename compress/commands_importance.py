@@ -46,7 +46,7 @@ def _teacher_and_inputs(source: str, recipe, teacher_arg: str | None = None, con
     plan and run take them."""
     from compress.inputs import check_pipeline_packages, input_source
     from compress.recipe import CalibrationConfig
-    from compress.runner import load_checked_teacher, resolve_device
+    from compress.runner_setup import load_checked_teacher, resolve_device
 
     loader = None
     if recipe is not None:

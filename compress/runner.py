@@ -6,43 +6,32 @@ output folder (written last, atomically): the DESIGN.md layout.
 
 from __future__ import annotations
 
-import functools
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import compress
-from compress.arch import get_adapter
-from compress.calib_footprint import footprint
 from compress.errors import UserError
-from compress.inputs import check_pipeline_packages, input_source, moved, source_kind
-from compress.io_export import warn_if_beyond_export_range, warn_if_export_wider
-from compress.io_source import check_teacher_options, checked_sources
+from compress.io_source import check_teacher_options
 from compress.passes import build_passes
-from compress.passes.base import RunContext, first_nonfinite, predictions
-from compress.plan import warn_if_beyond_memory
+from compress.passes.base import first_nonfinite, predictions
 from compress.recipe import Recipe
 from compress.report import console, param_count
-from compress.report_teacher import absolute_source
 from compress.runner_caches import clock_ns, finished_run, remove_unread_caches, unread_files
-from compress.runner_checks import check_passes, removal_note
-from compress.runner_folders import (check_folders, check_measured_for_another, check_run_folder, interrupt_note,
-                                     say_if_nothing_to_resume)
+from compress.runner_checks import removal_note
+from compress.runner_folders import check_measured_for_another, interrupt_note
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
-from compress.runner_stop_words import EXPORT, LOADING, disk_full, doing_words, kept_note, out_of_memory, peer_lost
+from compress.runner_stop_words import EXPORT, disk_full, doing_words, kept_note, out_of_memory, peer_lost
+from compress.runner_prepare import prepare
 from compress.runner_ranks import (PeerLost, announce, hand_off, is_follower, is_main_process, leading,
                                    several_processes, wait_for_hand_off)
 from compress.runner_ranks import peer_lost as peer_lost_in
-from compress.runner_resume import finished_and_reusable, fingerprint, teacher_identity, weights_checksum
-from compress.runner_setup import (DTYPES, check_reference, load_checked_teacher, resolve_device,
-                                   sigterm_as_interrupt)
-from compress.runner_stages import (check_kept, check_stage, handed_over, restore, resumable, save_stage,
-                                   say_read_back, stage_dir)
+from compress.runner_setup import DTYPES, check_reference, resolve_device, sigterm_as_interrupt
+from compress.runner_stages import check_kept, check_stage, handed_over, restore, save_stage, say_read_back, stage_dir
 from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
-from compress.runner_stream import (check_streaming, models_for, streamed_weights, tidy_scratch,
-                                    warn_if_activations_too_big, warn_if_streamed_too_big)
+from compress.runner_stream import models_for, tidy_scratch
 from compress.stream_files import WeightsChanged
 
 
@@ -71,103 +60,8 @@ class Runner:
 
     # -- setup ------------------------------------------------------------------------------------
     def prepare(self):
-        main = not is_follower()  # rank 0 checks and owns the folders; the other ranks only read (runner_ranks)
-        if main:
-            check_folders(self.out, self.run_dir, self.overwrite, self.teacher_arg or self.recipe.teacher,
-                          self.teacher_config)
-        self.passes = build_passes(self.recipe)  # every config error before compute
-        if main and not (self.resume or self.restart):  # saved work a fresh start would discard: refused
-            check_run_folder(self.run_dir, self.recipe.raw, self.passes)
-            self._note_reusable()
-        if main and self.resume:  # which stage it continues from, and a distill checkpoint of other settings (one
-            # it keeps): said now, not after the teacher loads
-            from compress.passes.distill_resume import check_resumable_configs
-
-            self.resumes_from = resumable(self)
-            say_if_nothing_to_resume(self.run_dir, self.resumes_from[0], self.passes, self.run_dir_was)  # from pass 1
-            if not self.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_stages)
-                check_resumable_configs(self.run_dir, [s.config for s in self.recipe.passes if s.name == "distill"],
-                                        self.recipe.calibration)
-        check_pipeline_packages(self.recipe, self.teacher_arg)  # before a hub teacher downloads
-        # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
-        src = checked_sources(self.recipe, self.teacher_arg, self.teacher_config)
-        warn_if_beyond_memory(self.recipe, src, self.passes)  # warns only: an estimate
-        warn_if_export_wider(self.recipe, src)  # plan's warning (its make_plan above is quiet)
-        self.doing = LOADING
-        self.source, self.teacher = load_checked_teacher(self.recipe, self.teacher_arg, self.teacher_config,
-                                                         self.models, sources=src)  # finite, checked
-        warn_if_beyond_export_range(self.teacher, self.recipe.export.dtype)
-        self.adapter = get_adapter(self.teacher)
-        check_passes(self.passes, self.recipe.passes, self.teacher, self.adapter,  # distill's data: toy,
-                     source_kind(self.recipe.calibration, self.source), self.recipe.calibration)  # buckets
-        if self.recipe.stream:
-            check_streaming(self.passes, self.recipe.passes, self.recipe.path)
-        self.models.warn_if_short_of_disk(self.passes, self.recipe.passes, self.teacher, self.adapter)
-        src = input_source(self.recipe.model, self.source, self.recipe.calibration,
-                           self.teacher, Path(self.recipe.path).parent)
-        self.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
-        # the prompts read and the pipeline's parts but the transformer: keys of the caches, compared by --resume
-        self.inputs_id = src.inputs_identity() if hasattr(src, "inputs_identity") else None
-        weights = streamed_weights(self.teacher, self.adapter) if self.recipe.stream else None
-        if any(getattr(p, "needs_calibration", False) for p in self.passes):
-            held = footprint(self.recipe, self.source, self.teacher.config, len(self.prompts or ()))
-            spilled = self.recipe.calibration.spill_activations
-            if weights is not None:  # weights and activations together, against what is free
-                warn_if_streamed_too_big(weights, held, DTYPES[self.recipe.compute_dtype], self.device, spilled)
-            else:
-                warn_if_activations_too_big(held, self.device, spilled)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        weights_sum = weights_checksum(self.teacher, self.models)  # read once: streamed files are large
-        # the teacher as report.json records it: `pipe`, `pipe/` and `./pipe` key the same caches and checkpoints
-        teacher_id = fingerprint(absolute_source(self.source), weights_sum, self.recipe, self.inputs_id)
-        self.identity = teacher_identity(self.source, self.teacher_config, self.teacher, weights_sum)
-        from compress.io_signature import teacher_signature
-
-        self.teacher_files = teacher_signature(self.source)  # eval and bench notice the files replaced later
-        self.inputs_cache = None  # sampled inputs (pipeline calibration: minutes to hours)
-        if hasattr(src, "cache_dir"):
-            from compress.calib_pipeline import inputs_cache_name
-
-            # not the batching (records are per call), nor the prompts (each call's file is named by them)
-            name = inputs_cache_name(absolute_source(self.source), weights_sum, self.inputs_id["pipeline"])
-            self.inputs_cache = src.cache_dir = (self.run_dir / "inputs" / name).resolve()
-            self.sampled_calls = src.call_files  # this run's calls among those cached (interrupt_note)
-        self.ctx = RunContext(
-            adapter=self.adapter, family=self.recipe.model, teacher=self.teacher,
-            run_dir=self.run_dir, seed=self.recipe.calibration.seed,
-            device=self.device,  # where passes compute (distill trains there)
-            # computed on first use, once (pipeline calibration samples the teacher: minutes)
-            calibration_inputs=functools.cache(self._teacher_forwards(src.calibration)),
-            eval_inputs=functools.cache(self._teacher_forwards(src.heldout)),
-            train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
-            calibration=self.recipe.calibration,
-            scheduler_config=getattr(src, "scheduler_config", lambda: None),
-            unconditional=getattr(src, "unconditional", None),
-            fingerprint=teacher_id,
-            resume=self.resume)
-        if weights is not None:
-            console.print(f"streaming: the top level ({weights['top_level_params']:,} params) stays resident, "
-                          f"blocks (at most {weights['largest_block_params']:,}) are read one at a time")
-            self.ctx.report["stream"] = dict(weights, compute_dtype=self.recipe.compute_dtype)
-
-    def _note_reusable(self) -> None:
-        """A finished run in the run folder whose first passes this recipe shares is started over (its
-        stages discarded), as documented; a note says --resume would have kept them."""
-        keeps = finished_and_reusable(self.run_dir, self.recipe.raw, self.passes)
-        if keeps:
-            shared = f"all {keeps} passes" if keeps == len(self.passes) else \
-                f"its first {keeps} pass{'' if keeps == 1 else 'es'}"
-            console.print(f"note: {self.run_dir} holds a finished run that shares {shared} with this recipe: "
-                          "starting over (Ctrl-C now and add --resume to keep them, with the same teacher)")
-
-    def _teacher_forwards(self, make):
-        """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""
-        dtype = DTYPES[self.recipe.compute_dtype]
-
-        def run():
-            with self.models.forwards(self.teacher):
-                return [moved(b, self.device, dtype) for b in make()]  # no copy when already there
-        return run
+        """Everything before the passes (runner_prepare): checks, the teacher loaded, the RunContext."""
+        prepare(self)
 
     # -- run --------------------------------------------------------------------------------------
     def run(self) -> Path:

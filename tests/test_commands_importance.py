@@ -135,10 +135,10 @@ def test_importance_scans_as_the_recipes_importance_pass_runs(tmp_path):
 @pytest.fixture
 def no_teacher_loads(monkeypatch):
     import compress.commands_importance as commands_importance
-    import compress.runner as runner
+    import compress.runner_setup as runner_setup
 
     monkeypatch.setattr(commands_importance, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
-    monkeypatch.setattr(runner, "load_checked_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    monkeypatch.setattr(runner_setup, "load_checked_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
 
 
 def test_importance_refuses_more_buckets_than_the_calibration_holds_noise_levels(tmp_path, capsys, no_teacher_loads):

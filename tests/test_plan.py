@@ -179,6 +179,7 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
     import compress.io_source as io_source
     import compress.plan_memory as pm
     import compress.runner as runner
+    import compress.runner_prepare as runner_prepare
 
     class Loading(Exception):
         pass
@@ -186,7 +187,7 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
     def load(*args, **kwargs):  # what was said before the teacher loads
         raise Loading(capsys.readouterr().err)
 
-    monkeypatch.setattr(runner, "load_checked_teacher", load)
+    monkeypatch.setattr(runner_prepare, "load_checked_teacher", load)
     monkeypatch.setattr(pm, "machine_memory", lambda: 2**30)
     # the run's source check fetches a Hub id's config before the warning (here: PixArt-Σ's, which it
     # could plan on, and does not: the warning is of recipes planned offline)

@@ -391,7 +391,7 @@ def test_a_seed_torch_cannot_take_is_refused_at_recipe_load(tmp_path):
 def test_the_runs_teacher_is_checked_once(tmp_path, monkeypatch):
     """The run checks its source before any weights (family, prompt file) and loads it without
     checking it again (the old code checked it twice)."""
-    from compress.runner import load_checked_teacher
+    from compress.runner_setup import load_checked_teacher
     from tests.test_io_source import _counting, _recipe
 
     tiny_pixart().save_pretrained(tmp_path / "t")

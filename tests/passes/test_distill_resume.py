@@ -64,13 +64,13 @@ def test_resume_after_the_inline_prompts_changed_refuses_the_distill_checkpoint(
     run fingerprint), not as keys before the teacher loads: an output's recipe.yaml gives the same
     prompts by other keys (test_a_checkpoint_resumes_with_the_saved_recipe_that_reads_the_same_prompts);
     a changed num_prompts is still named before the teacher loads."""
-    import compress.runner
+    import compress.runner_prepare
 
     _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a cow]", stop=True)
     with pytest.raises(UserError, match=r"distill: checkpoint .*step-00000002 was trained with other settings "
                                          r"\(the calibration inputs \(prompts, pipeline or teacher\) changed"):
         _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a dog]", resume=True)
-    monkeypatch.setattr(compress.runner, "load_checked_teacher", lambda *a, **k: pytest.fail("teacher loaded"))
+    monkeypatch.setattr(compress.runner_prepare, "load_checked_teacher", lambda *a, **k: pytest.fail("teacher loaded"))
     with pytest.raises(UserError, match=r"distill: checkpoint .*step-00000002 was trained with other settings "
                                          r"\(calibration.num_prompts: 10 in the checkpoint, 4 now\)"):
         _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a cow], num_prompts: 4", resume=True)

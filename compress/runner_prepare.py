@@ -1,0 +1,152 @@
+"""A run before its passes (`Runner.prepare`): folders, recipe and saved work checked before anything
+loads, the teacher loaded and checked, memory and disk warnings, the keys of its caches (fingerprint,
+teacher identity, sampled inputs) and the passes' RunContext."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from compress.arch import get_adapter
+from compress.calib_footprint import footprint
+from compress.inputs import check_pipeline_packages, input_source, moved, source_kind
+from compress.io_export import warn_if_beyond_export_range, warn_if_export_wider
+from compress.io_source import checked_sources
+from compress.passes import build_passes
+from compress.passes.base import RunContext
+from compress.plan import warn_if_beyond_memory
+from compress.report import console
+from compress.report_teacher import absolute_source
+from compress.runner_checks import check_passes
+from compress.runner_folders import check_folders, check_run_folder, say_if_nothing_to_resume
+from compress.runner_ranks import is_follower
+from compress.runner_resume import finished_and_reusable, fingerprint, teacher_identity, weights_checksum
+from compress.runner_setup import DTYPES, load_checked_teacher
+from compress.runner_stages import resumable
+from compress.runner_stop_words import LOADING
+from compress.runner_stream import (check_streaming, streamed_weights, warn_if_activations_too_big,
+                                    warn_if_streamed_too_big)
+
+
+def prepare(runner) -> None:
+    """Everything before the passes, on `runner` (a Runner): its passes, source, teacher, adapter,
+    prompts, inputs_id, identity, teacher_files, inputs_cache (sampled_calls) and ctx."""
+    src = _checked_before_loading(runner)
+    runner.doing = LOADING
+    runner.source, runner.teacher = load_checked_teacher(runner.recipe, runner.teacher_arg, runner.teacher_config,
+                                                         runner.models, sources=src)  # finite, checked
+    warn_if_beyond_export_range(runner.teacher, runner.recipe.export.dtype)
+    runner.adapter = get_adapter(runner.teacher)
+    check_passes(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter,  # distill's data: toy,
+                 source_kind(runner.recipe.calibration, runner.source), runner.recipe.calibration)  # buckets
+    if runner.recipe.stream:
+        check_streaming(runner.passes, runner.recipe.passes, runner.recipe.path)
+    runner.models.warn_if_short_of_disk(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter)
+    src = input_source(runner.recipe.model, runner.source, runner.recipe.calibration,
+                       runner.teacher, Path(runner.recipe.path).parent)
+    runner.prompts = getattr(src, "prompts", None)  # what a pipeline source read (recipe.yaml inlines it)
+    # the prompts read and the pipeline's parts but the transformer: keys of the caches, compared by --resume
+    runner.inputs_id = src.inputs_identity() if hasattr(src, "inputs_identity") else None
+    weights = streamed_weights(runner.teacher, runner.adapter) if runner.recipe.stream else None
+    _warn_of_memory(runner, weights)
+    runner.run_dir.mkdir(parents=True, exist_ok=True)
+    teacher_id = _cache_keys(runner, src)
+    runner.ctx = RunContext(
+        adapter=runner.adapter, family=runner.recipe.model, teacher=runner.teacher,
+        run_dir=runner.run_dir, seed=runner.recipe.calibration.seed,
+        device=runner.device,  # where passes compute (distill trains there)
+        # computed on first use, once (pipeline calibration samples the teacher: minutes)
+        calibration_inputs=functools.cache(teacher_forwards(runner, src.calibration)),
+        eval_inputs=functools.cache(teacher_forwards(runner, src.heldout)),
+        train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
+        calibration=runner.recipe.calibration,
+        scheduler_config=getattr(src, "scheduler_config", lambda: None),
+        unconditional=getattr(src, "unconditional", None),
+        fingerprint=teacher_id,
+        resume=runner.resume)
+    if weights is not None:
+        console.print(f"streaming: the top level ({weights['top_level_params']:,} params) stays resident, "
+                      f"blocks (at most {weights['largest_block_params']:,}) are read one at a time")
+        runner.ctx.report["stream"] = dict(weights, compute_dtype=runner.recipe.compute_dtype)
+
+
+def _checked_before_loading(runner):
+    """The folders, the passes' configs, the run folder's saved work (--resume: which stage it continues
+    from) and the teacher's sources, checked before anything loads; the sources returned."""
+    main = not is_follower()  # rank 0 checks and owns the folders; the other ranks only read (runner_ranks)
+    if main:
+        check_folders(runner.out, runner.run_dir, runner.overwrite, runner.teacher_arg or runner.recipe.teacher,
+                      runner.teacher_config)
+    runner.passes = build_passes(runner.recipe)  # every config error before compute
+    if main and not (runner.resume or runner.restart):  # saved work a fresh start would discard: refused
+        check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes)
+        note_reusable(runner)
+    if main and runner.resume:  # which stage it continues from, and a distill checkpoint of other settings (one
+        # it keeps): said now, not after the teacher loads
+        from compress.passes.distill_resume import check_resumable_configs
+
+        runner.resumes_from = resumable(runner)
+        say_if_nothing_to_resume(runner.run_dir, runner.resumes_from[0], runner.passes, runner.run_dir_was)
+        if not runner.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_stages)
+            check_resumable_configs(runner.run_dir, [s.config for s in runner.recipe.passes if s.name == "distill"],
+                                    runner.recipe.calibration)
+    check_pipeline_packages(runner.recipe, runner.teacher_arg)  # before a hub teacher downloads
+    # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
+    src = checked_sources(runner.recipe, runner.teacher_arg, runner.teacher_config)
+    warn_if_beyond_memory(runner.recipe, src, runner.passes)  # warns only: an estimate
+    warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
+    return src
+
+
+def _warn_of_memory(runner, weights: dict | None) -> None:
+    """Calibration's activations (with the streamed weights where `weights`) against what is free."""
+    if not any(getattr(p, "needs_calibration", False) for p in runner.passes):
+        return
+    held = footprint(runner.recipe, runner.source, runner.teacher.config, len(runner.prompts or ()))
+    spilled = runner.recipe.calibration.spill_activations
+    if weights is not None:  # weights and activations together, against what is free
+        warn_if_streamed_too_big(weights, held, DTYPES[runner.recipe.compute_dtype], runner.device, spilled)
+    else:
+        warn_if_activations_too_big(held, runner.device, spilled)
+
+
+def _cache_keys(runner, src) -> str:
+    """The teacher's identity and files, the sampled inputs' cache (a pipeline source's), on `runner`;
+    the fingerprint that keys the calibration caches and checkpoints returned."""
+    weights_sum = weights_checksum(runner.teacher, runner.models)  # read once: streamed files are large
+    # the teacher as report.json records it: `pipe`, `pipe/` and `./pipe` key the same caches and checkpoints
+    teacher_id = fingerprint(absolute_source(runner.source), weights_sum, runner.recipe, runner.inputs_id)
+    runner.identity = teacher_identity(runner.source, runner.teacher_config, runner.teacher, weights_sum)
+    from compress.io_signature import teacher_signature
+
+    runner.teacher_files = teacher_signature(runner.source)  # eval and bench notice the files replaced later
+    runner.inputs_cache = None  # sampled inputs (pipeline calibration: minutes to hours)
+    if hasattr(src, "cache_dir"):
+        from compress.calib_pipeline import inputs_cache_name
+
+        # not the batching (records are per call), nor the prompts (each call's file is named by them)
+        name = inputs_cache_name(absolute_source(runner.source), weights_sum, runner.inputs_id["pipeline"])
+        runner.inputs_cache = src.cache_dir = (runner.run_dir / "inputs" / name).resolve()
+        runner.sampled_calls = src.call_files  # this run's calls among those cached (interrupt_note)
+    return teacher_id
+
+
+def note_reusable(runner) -> None:
+    """A finished run in the run folder whose first passes this recipe shares is started over (its
+    stages discarded), as documented; a note says --resume would have kept them."""
+    keeps = finished_and_reusable(runner.run_dir, runner.recipe.raw, runner.passes)
+    if keeps:
+        shared = f"all {keeps} passes" if keeps == len(runner.passes) else \
+            f"its first {keeps} pass{'' if keeps == 1 else 'es'}"
+        console.print(f"note: {runner.run_dir} holds a finished run that shares {shared} with this recipe: "
+                      "starting over (Ctrl-C now and add --resume to keep them, with the same teacher)")
+
+
+def teacher_forwards(runner, make):
+    """make() with whole-teacher forwards allowed (pipeline sampling, streamed or not)."""
+    dtype = DTYPES[runner.recipe.compute_dtype]
+
+    def run():
+        with runner.models.forwards(runner.teacher):
+            return [moved(b, runner.device, dtype) for b in make()]  # no copy when already there
+    return run
