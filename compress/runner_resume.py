@@ -319,13 +319,8 @@ def resume_note(run_dir: Path, recipe: Recipe, passes, fingerprint: str | None =
     return work_kept(run_dir, info, go_on, fingerprint, inputs, passes)
 
 
-def resumed_in_words(done: int, names: list[str], written: bool = True) -> str:
+def resumed_in_words(done: int, names: list[str]) -> str:
     """What --resume says it keeps, numbered from 1 as the passes are: 'after pass 1/2 (remove_blocks)'
-    for `done` completed passes of the recipe's pass `names`, or 'all 2 passes done (remove_blocks,
-    svd): the output is written again' when none is left (`written`: a finished run's output was;
-    else the run stopped before its output was complete: 'the output is written')."""
-    total = len(names)
-    if done >= total:
-        again = " again" if written else ""
-        return f"all {total} pass{'' if total == 1 else 'es'} done ({', '.join(names)}): the output is written{again}"
-    return f"after pass {done}/{total} ({names[done - 1]})"
+    for `done` (fewer than all) completed passes of the recipe's pass `names`; once all were done,
+    runner_stages.resuming_words says so."""
+    return f"after pass {done}/{len(names)} ({names[done - 1]})"

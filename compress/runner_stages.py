@@ -98,7 +98,7 @@ def resuming_words(done: int, names: list[str], written: bool) -> str:
     writing the output again' ('its only pass (svd) was done: ...'; `written`: a finished run's output
     was; else 'writing the output')."""
     if done < len(names):
-        return f"[bold]resuming[/] {resumed_in_words(done, names, written)}"
+        return f"[bold]resuming[/] {resumed_in_words(done, names)}"
     what = f"its only pass ({names[0]}) was done" if done == 1 else f"all {done} passes were done ({', '.join(names)})"
     return f"{what}: writing the output{' again' if written else ''}"
 
