@@ -7,17 +7,22 @@ Only under the run's locks, once the run has decided what it keeps (never when i
 where the folder's last run finished or this one is a --restart (`finished_run`); those of another
 teacher or calibration (`of_another`: hours of statistics on a real model) only with --restart,
 else one note names them. A cache
-whose readers are not recorded (an older dit-compress's) is kept: not known. Imports no torch."""
+whose readers are not recorded (an older dit-compress's) is kept: not known. Each path removed is
+appended, with the time and its bytes, to RUN/removed-caches.log (`REMOVED_LOG`), which the note names
+where it lists only some. Imports no torch."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from compress.runner_kept import samples_keys, readers_of
 from compress.runner_resume import FINISHED, SAMPLES_ABOUT, TEACHER_SAMPLES, recipe_changes
+
+REMOVED_LOG = "removed-caches.log"  # in the run folder: a line per cache removed (`log_removed`)
 
 
 def finished_run(run_dir: Path) -> bool:
@@ -144,14 +149,31 @@ def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, pa
     found += [p for p in also if not any(f in p.parents for f in found)]
     if not found:
         return
-    freed = sum(size_of(p) for p in found)
+    sizes = [size_of(p) for p in found]
     for p in found:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+    logged = log_removed(run_dir, found, sizes)
+    where = f"; the full list in {logged}" if logged is not None and len(found) > 3 else ""  # names_of cut it
     note(f"removed caches in {run_dir} that no run of this recipe reads ({names_of(found, run_dir)}): "
-         f"{bytes_in_words(freed)} freed")
+         f"{bytes_in_words(sum(sizes))} freed{where}")
+
+
+def log_removed(run_dir: Path, removed: list[Path], sizes: list[int]) -> Path | None:
+    """`removed` (paths under `run_dir`, of `sizes` bytes) appended to RUN/removed-caches.log, a line
+    each: 'TIME<tab>PATH<tab>BYTES' (UTC, the path relative to `run_dir`); the log returned, or None
+    where it could not be written (the caches are gone all the same)."""
+    log = Path(run_dir) / REMOVED_LOG
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    lines = "".join(f"{now}\t{p.relative_to(run_dir)}\t{n}\n" for p, n in zip(removed, sizes))
+    try:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(lines)
+    except OSError:
+        return None
+    return log
 
 
 def names_of(paths: list[Path], run_dir: Path) -> str:

@@ -113,6 +113,32 @@ def test_statistics_a_run_neither_read_nor_wrote_are_unread(tmp_path):
     assert unread_files(cache, {"read"}, old) == []  # all written since
 
 
+def test_removed_caches_are_logged_and_a_cut_note_names_the_log(tmp_path, capsys):
+    """The note names three caches 'and N more': the full list (time, path, bytes) is appended to
+    RUN/removed-caches.log, which the note names only where it was cut; a run folder holding the log
+    is no saved work (check_run_folder, foreign_in_run_folder)."""
+    from compress.runner_caches import REMOVED_LOG, remove_unread_caches
+    from compress.runner_folders import check_run_folder, foreign_in_run_folder
+
+    passes, specs = [_svd(), _svd()], [SVD, SVD]
+    for i in range(5):
+        _cache(tmp_path, f"old{i}", "a")
+    remove_unread_caches(tmp_path, "fp", specs, passes, 2, restart=True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "(calib/old0, calib/old1, calib/old2 and 2 more): 50 bytes freed; the full list in " in said
+    assert said.replace(" ", "").endswith(f"{REMOVED_LOG}")
+    lines = [line.split("\t") for line in (tmp_path / REMOVED_LOG).read_text().splitlines()]
+    assert [(path, size) for _, path, size in lines] == [(f"calib/old{i}", "10") for i in range(5)]
+    assert all(when.endswith("Z") and when[:2] == "20" for when, _, _ in lines)
+    _cache(tmp_path, "old5", "a")
+    remove_unread_caches(tmp_path, "fp", specs, passes, 2, restart=True)  # one: not cut, the log not named
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.endswith("(calib/old5): 10 bytes freed") and REMOVED_LOG not in said
+    assert (tmp_path / REMOVED_LOG).read_text().splitlines()[5].endswith("\tcalib/old5\t10")
+    assert foreign_in_run_folder(tmp_path) is None
+    check_run_folder(tmp_path, {"passes": specs}, passes)  # nothing saved: no refusal
+
+
 def test_bytes_in_words():
     assert [bytes_in_words(n) for n in (1, 512, 2048, 3 * 2**20 + 2**19, 2**31)] == \
         ["1 byte", "512 bytes", "2.0 KiB", "3.5 MiB", "2.0 GiB"]
