@@ -1,0 +1,45 @@
+"""runner_prepare: a run before its passes. What Runner.prepare sets (passes, teacher, the cache keys,
+the RunContext) and that it computes nothing (no calibration memory estimate for a recipe whose passes
+need no calibration)."""
+
+from __future__ import annotations
+
+import pytest
+
+import compress.runner_prepare as runner_prepare
+from compress.recipe import parse_recipe
+from compress.runner import Runner
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import SIMPLE
+
+
+@pytest.fixture
+def teacher(tmp_path):
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    return tmp_path / "teacher"
+
+
+def _prepared(tmp_path, teacher, passes: str) -> Runner:
+    recipe = parse_recipe(SIMPLE.format(teacher=teacher, passes=passes), str(tmp_path / "r.yaml"))
+    runner = Runner(recipe, tmp_path / "out", tmp_path / "run")
+    runner.prepare()
+    return runner
+
+
+def test_prepare_sets_the_cache_keys_and_the_context(tmp_path, teacher):
+    runner = _prepared(tmp_path, teacher, "  - svd: {ratio: 0.5}\n")
+    assert [p.name for p in runner.passes] == ["svd"]
+    assert runner.ctx.fingerprint and runner.ctx.teacher is runner.teacher and runner.ctx.adapter is runner.adapter
+    assert runner.inputs_cache is None and runner.inputs_id is None  # synthetic inputs: nothing sampled
+    assert (tmp_path / "run").is_dir() and not (tmp_path / "out").exists()
+    batches = runner.ctx.eval_inputs()
+    assert len(batches) >= 1 and runner.ctx.eval_inputs() is batches  # computed once
+
+
+def test_no_memory_estimate_without_calibration(tmp_path, teacher, monkeypatch):
+    """A recipe whose passes need no calibration (remove_blocks by index) estimates no activations."""
+    monkeypatch.setattr(runner_prepare, "footprint", lambda *a, **k: pytest.fail("estimated"))
+    runner = _prepared(tmp_path, teacher, "  - remove_blocks: {blocks: {blocks: [0]}}\n")
+    assert [p.name for p in runner.passes] == ["remove_blocks"]
+    with pytest.raises(pytest.fail.Exception, match="estimated"):
+        _prepared(tmp_path, teacher, "  - svd: {ratio: 0.5}\n")
