@@ -48,7 +48,7 @@ def head_request(repo_id: str, name: str) -> tuple[str | None, str | None]:
             answer = get_hf_file_metadata(hf_hub_url(repo_id, name), timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except Exception as e:  # noqa: BLE001 - the transport's errors vary with huggingface_hub's version
         if unreachable(e):
-            return cause_line(e), None
+            return cause_line(e, "HEAD"), None
         headers = getattr(getattr(e, "response", None), "headers", None) or {}
         return None, headers.get("X-Repo-Commit")
     return None, getattr(answer, "commit_hash", None)
@@ -92,24 +92,40 @@ def fetch_files(repo_id: str, sub: str, names: list[str], **revision) -> Path:
     return folder
 
 
-def cause_line(e: Exception) -> str:
+def cause_line(e: Exception, method: str | None = None) -> str:
     """'TYPE: message' of the error under a failed Hub call (LocalEntryNotFoundError wraps the
-    network's), and for a request that timed out how long it waited and what waits longer."""
+    network's), and for a request that timed out how long it waited and what waits longer
+    (`method`: the request's, where the caller knows it: a timeout's innermost cause names none)."""
     cause = e.__cause__ if e.__cause__ is not None else e
-    return f"{type(cause).__name__}: {one_line(cause)}{waited(cause)}"
+    return f"{type(cause).__name__}: {one_line(cause)}{waited(e, method)}"
 
 
-def waited(e: BaseException) -> str:
+def chain(e: BaseException | None):
+    """`e` and what it was raised from or during, outermost first."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ if e.__cause__ is not None else e.__context__
+
+
+def request_method(e: BaseException) -> str | None:
+    try:
+        return e.request.method
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError where no request is attached
+        return None
+
+
+def waited(e: BaseException, method: str | None = None) -> str:
     """' (no answer within 10 s; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)' for a request that
-    timed out (httpx's TimeoutException: HF_HUB_ETAG_TIMEOUT bounds a HEAD, HF_HUB_DOWNLOAD_TIMEOUT
-    the others); '' for any other error."""
+    timed out (httpx's or httpcore's TimeoutException anywhere in `e`'s chain: HF_HUB_ETAG_TIMEOUT
+    bounds a HEAD, HF_HUB_DOWNLOAD_TIMEOUT the others; the method `method`, else the first request
+    the chain names); '' for any other error."""
     from huggingface_hub import constants
 
-    if not any(c.__name__ == "TimeoutException" for c in type(e).__mro__):
+    errors = list(chain(e))
+    if not any(c.__name__ == "TimeoutException" for x in errors for c in type(x).__mro__):
         return ""
-    try:
-        method = e.request.method
-    except (AttributeError, RuntimeError):  # httpx raises RuntimeError where no request is attached
-        method = "GET"
+    method = method or next((m for m in map(request_method, errors) if m), "GET")
     var = TIMEOUTS.get(method, TIMEOUTS["GET"])
     return f" (no answer within {getattr(constants, var)} s; set {var} to wait longer)"

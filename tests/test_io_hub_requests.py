@@ -162,3 +162,29 @@ def test_the_reachability_answer_holds_a_while_then_the_hub_is_asked_again(tmp_p
     now[0] += 2
     io_hub_requests.hub_head("acme/pix", "config.json")
     assert asked == [1000.0, 1061.0, 1662.0]
+
+
+def test_a_reachability_timeout_whose_cause_names_no_request_names_hf_hub_etag_timeout(tmp_path, monkeypatch):
+    """The real transport's timeout (T3, a server that accepts and never answers) is httpx's
+    ReadTimeout raised from httpcore's, which carries no request: the cause was read, its method
+    taken as GET, and the first check said 'no answer within 10 s; set HF_HUB_DOWNLOAD_TIMEOUT'
+    though HF_HUB_ETAG_TIMEOUT bounds it."""
+    import httpcore2
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 3)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 30)
+
+    def head(url, timeout=None, **kwargs):
+        try:
+            raise httpcore2.ReadTimeout("timed out")
+        except httpcore2.ReadTimeout as inner:
+            raise httpx2.ReadTimeout("timed out") from inner  # no request anywhere in the chain
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", head)
+    from compress.io_hub_requests import hub_head
+
+    cause, commit = hub_head("acme/slow", "config.json")
+    assert commit is None and cause == "ReadTimeout: timed out (no answer within 3 s; set HF_HUB_ETAG_TIMEOUT to wait longer)"
