@@ -15,7 +15,8 @@ from compress.errors import UserError
 from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
 from compress.runner_pending import read_record
 from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, distill_checkpoints,
-                                    finished_and_reusable, interrupted_run, recorded_fingerprint)
+                                    finished_and_reusable, interrupted_run, read_state, recorded_fingerprint,
+                                    stage_dirs, teacher_change)
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
@@ -191,10 +192,12 @@ def check_writable(folder: Path, what: str) -> None:
                 pass
 
 
-def check_run_folder(run_dir: Path, now: dict, passes) -> None:
+def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = None) -> None:
     """A run folder holding an interrupted run's saved work (completed stages, a distill checkpoint)
     is a UserError saying what is there, for a run without --resume or --restart: a fresh start
-    would discard it. A finished run's folder (its output written) is started over."""
+    would discard it; where its latest stage was of another teacher (`other_teacher`, for this run's
+    `teacher`: its source and --teacher-config), it says so, as --resume would refuse it. A finished
+    run's folder (its output written) is started over."""
     info = interrupted_run(run_dir, now, passes)
     if info is None:
         return
@@ -202,6 +205,11 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
         raise UserError(f"{another_recipe(run_dir, info, passes)}: {kept_by_resume(info)}add --restart to discard it "
                         "and start over, or choose another --run-dir")
     of = " of this recipe" if info["changed"] == [] else ""
+    change = other_teacher(run_dir, teacher) if teacher is not None else None
+    if change:
+        saved = kept_in_words(run_dir, info, run_fingerprint(run_dir), None, passes)
+        raise UserError(f"{run_dir} holds an interrupted run{of} for another teacher ({change}; {saved}): add "
+                        "--restart to start over, or rerun with that teacher and --resume to continue")
     if info["total"] is not None and info["done"] >= info["total"]:  # an export cut short, or an older
         # dit-compress's finished run (it wrote no FINISHED marker)
         raise UserError(f"{run_dir} holds a run{of} whose {info['total']} passes are all done but whose "
@@ -212,6 +220,20 @@ def check_run_folder(run_dir: Path, now: dict, passes) -> None:
     saved = kept_in_words(run_dir, info, run_fingerprint(run_dir), None, passes)
     raise UserError(f"{run_dir} holds an interrupted run{of} ({saved}): add --resume to continue, "
                     "or --restart to start over")
+
+
+def other_teacher(run_dir: Path, teacher: dict) -> str | None:
+    """'was A, now B' (runner_resume.teacher_change, as --resume says it) where the latest stage saved
+    in `run_dir` recorded another teacher source or --teacher-config than `teacher` ({"source",
+    "config"}: as teacher_identity records them); None where they are the same or it recorded none.
+    The weights are not compared: the teacher is not loaded yet."""
+    stages = stage_dirs(run_dir)
+    before = (read_state(stages[-1][1]) or {}).get("teacher") if stages else None
+    if not isinstance(before, dict) or "source" not in before:
+        return None
+    if (before["source"], before.get("config")) == (teacher["source"], teacher["config"]):
+        return None
+    return teacher_change({"config": None, **before}, teacher)
 
 
 def check_measured_for_another(run_dir: Path, fingerprint: str, passes) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from types import SimpleNamespace
 
 from compress.arch import get_adapter
 from compress.calib_footprint import footprint
@@ -78,9 +79,6 @@ def _checked_before_loading(runner):
         check_folders(runner.out, runner.run_dir, runner.overwrite, runner.teacher_arg or runner.recipe.teacher,
                       runner.teacher_config)
     runner.passes = build_passes(runner.recipe)  # every config error before compute
-    if main and not (runner.resume or runner.restart):  # saved work a fresh start would discard: refused
-        check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes)
-        note_reusable(runner)
     if main and runner.resume:  # which stage it continues from, and a distill checkpoint of other settings (one
         # it keeps): said now, not after the teacher loads
         from compress.passes.distill_resume import check_resumable_configs
@@ -93,9 +91,21 @@ def _checked_before_loading(runner):
     check_pipeline_packages(runner.recipe, runner.teacher_arg)  # before a hub teacher downloads
     # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
     src = checked_sources(runner.recipe, runner.teacher_arg, runner.teacher_config)
+    if main and not (runner.resume or runner.restart):  # saved work a fresh start would discard: refused
+        # (of another teacher: said as --resume would, its source and --teacher-config compared)
+        check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes, _named_teacher(runner, src.source))
+        note_reusable(runner)
     warn_if_beyond_memory(runner.recipe, src, runner.passes)  # warns only: an estimate
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src
+
+
+def _named_teacher(runner, source: str) -> dict:
+    """The teacher source and --teacher-config as `teacher_identity` records them, before the teacher
+    loads (its config and weights, not read yet, are left out of the identity returned)."""
+    unloaded = SimpleNamespace(config={})
+    identity = teacher_identity(source, runner.teacher_config, unloaded, "")
+    return {"source": identity["source"], "config": identity["config"]}
 
 
 def _warn_of_memory(runner, weights: dict | None) -> None:
