@@ -91,6 +91,8 @@ def _checked_before_loading(runner):
     check_pipeline_packages(runner.recipe, runner.teacher_arg)  # before a hub teacher downloads
     # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
     src = checked_sources(runner.recipe, runner.teacher_arg, runner.teacher_config)
+    if src.kind in ("toy", "folder"):  # a --teacher-config they do not read (warned): not compared by
+        runner.teacher_config = None  # --resume nor recorded, as if not given
     if main and not (runner.resume or runner.restart):  # saved work a fresh start would discard: refused
         # (of another teacher: said as --resume would, its source and --teacher-config compared)
         check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes, _named_teacher(runner, src.source))

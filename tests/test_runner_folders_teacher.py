@@ -45,3 +45,26 @@ def test_a_rerun_with_another_teacher_after_an_interrupt_says_the_teacher_change
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{run} holds an interrupted run of this recipe (1 of 2 passes done" in said
     assert said.endswith("add --resume to continue, or --restart to start over")
+
+
+def test_a_teacher_config_a_folder_teacher_does_not_read_is_no_other_teacher(pixart, monkeypatch, capsys):
+    """A --teacher-config that a folder teacher does not read (warned 'is not read') was compared as
+    another teacher's: the rerun was refused 'for another teacher (--teacher-config was None, now …)'
+    and --resume refused 'the teacher changed'. It is as if not given: the ordinary refusal, and
+    --resume continues."""
+    tmp_path, make, loads = pixart
+    run = tmp_path / "run"
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
+    with monkeypatch.context() as m:
+        _ctrl_c_at_first_stats_save(m)
+        assert main(args) == 130
+    capsys.readouterr()
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text((tmp_path / "teacher" / "config.json").read_text())
+    with_config = [*args, "--teacher-config", str(tmp_path / "cfg" / "config.json")]
+    assert main(with_config) == 2
+    err = capsys.readouterr().err
+    assert "is not read: teacher" in err and "another teacher" not in err
+    assert err.strip().splitlines()[-1].endswith("add --resume to continue, or --restart to start over")
+    assert main([*with_config, "--resume"]) == 0
+    assert "teacher changed" not in capsys.readouterr().err
