@@ -23,18 +23,25 @@ def _ctrl_c_at_first_stats_save(monkeypatch):
     monkeypatch.setattr(StatsCache, "save", save)
 
 
-def test_a_rerun_with_another_teacher_after_an_interrupt_says_the_teacher_changed(pixart, monkeypatch, capsys):
-    """The tester's run: interrupted after 1 of 2 passes, rerun with --teacher naming another folder
-    said 'holds an interrupted run of this recipe ...: add --resume to continue', which --resume then
-    refused ('the teacher changed since'). The same teacher named by a relative path is this teacher."""
-    tmp_path, make, loads = pixart  # r.yaml: remove_blocks, then svd; its teacher tmp_path/teacher
-    tiny_pixart().save_pretrained(tmp_path / "teacher2")
+def _interrupted(pixart, monkeypatch, capsys) -> tuple:
+    """(tmp_path, run folder, the run's arguments) of r.yaml (remove_blocks, then svd; its teacher
+    tmp_path/teacher) stopped by a Ctrl-C once pass 1 is saved."""
+    tmp_path = pixart[0]
     run = tmp_path / "run"
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
     with monkeypatch.context() as m:
         _ctrl_c_at_first_stats_save(m)
         assert main(args) == 130
     capsys.readouterr()
+    return tmp_path, run, args
+
+
+def test_a_rerun_with_another_teacher_after_an_interrupt_says_the_teacher_changed(pixart, monkeypatch, capsys):
+    """The tester's run: interrupted after 1 of 2 passes, rerun with --teacher naming another folder
+    said 'holds an interrupted run of this recipe ...: add --resume to continue', which --resume then
+    refused ('the teacher changed since'). The same teacher named by a relative path is this teacher."""
+    tmp_path, run, args = _interrupted(pixart, monkeypatch, capsys)
+    tiny_pixart().save_pretrained(tmp_path / "teacher2")
     assert main([*args, "--teacher", str(tmp_path / "teacher2")]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said.startswith(f"dit-compress: error: {run} holds an interrupted run of this recipe for another "
@@ -52,13 +59,7 @@ def test_a_teacher_config_a_folder_teacher_does_not_read_is_no_other_teacher(pix
     another teacher's: the rerun was refused 'for another teacher (--teacher-config was None, now …)'
     and --resume refused 'the teacher changed'. It is as if not given: the ordinary refusal, and
     --resume continues."""
-    tmp_path, make, loads = pixart
-    run = tmp_path / "run"
-    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
-    with monkeypatch.context() as m:
-        _ctrl_c_at_first_stats_save(m)
-        assert main(args) == 130
-    capsys.readouterr()
+    tmp_path, run, args = _interrupted(pixart, monkeypatch, capsys)
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "config.json").write_text((tmp_path / "teacher" / "config.json").read_text())
     with_config = [*args, "--teacher-config", str(tmp_path / "cfg" / "config.json")]
