@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from types import SimpleNamespace
 
 from compress.arch import get_adapter
 from compress.calib_footprint import footprint
@@ -21,7 +20,8 @@ from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes
 from compress.runner_folders import check_folders, check_run_folder, say_if_nothing_to_resume
 from compress.runner_ranks import is_follower
-from compress.runner_resume import finished_and_reusable, fingerprint, teacher_identity, weights_checksum
+from compress.runner_resume import (finished_and_reusable, fingerprint, named_teacher, teacher_identity,
+                                    weights_checksum)
 from compress.runner_setup import DTYPES, load_checked_teacher
 from compress.runner_stages import resumable
 from compress.runner_stop_words import LOADING
@@ -95,19 +95,12 @@ def _checked_before_loading(runner):
         runner.teacher_config = None  # --resume nor recorded, as if not given
     if main and not (runner.resume or runner.restart):  # saved work a fresh start would discard: refused
         # (of another teacher: said as --resume would, its source and --teacher-config compared)
-        check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes, _named_teacher(runner, src.source))
+        check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes,
+                         named_teacher(src.source, runner.teacher_config))
         note_reusable(runner)
     warn_if_beyond_memory(runner.recipe, src, runner.passes)  # warns only: an estimate
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src
-
-
-def _named_teacher(runner, source: str) -> dict:
-    """The teacher source and --teacher-config as `teacher_identity` records them, before the teacher
-    loads (its config and weights, not read yet, are left out of the identity returned)."""
-    unloaded = SimpleNamespace(config={})
-    identity = teacher_identity(source, runner.teacher_config, unloaded, "")
-    return {"source": identity["source"], "config": identity["config"]}
 
 
 def _warn_of_memory(runner, weights: dict | None) -> None:

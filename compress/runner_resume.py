@@ -138,17 +138,22 @@ def _flat(data, prefix: str = "") -> dict:
 CHECKSUM_OF = "every byte"  # what `weights_checksum` reads (older runs: a few values of each tensor)
 
 
-def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str) -> dict:
-    """What --resume compares besides the recipe: the teacher source (a local path made absolute),
-    --teacher-config, the model config and `weights_checksum`."""
+def named_teacher(source: str, config: str | None) -> dict:
+    """The teacher source and --teacher-config as --resume compares them (a local path made absolute),
+    known before the teacher loads."""
     def where(s):
         return str(Path(s).resolve()) if s and Path(s).exists() else s
 
+    return {"source": where(source), "config": where(config)}
+
+
+def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str) -> dict:
+    """What --resume compares besides the recipe: the teacher source and --teacher-config
+    (named_teacher), the model config and `weights_checksum`."""
     h = hashlib.sha256(json.dumps({k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
                                   sort_keys=True, default=str).encode())
     h.update(weights.encode())
-    return {"source": where(source), "config": where(config), "checksum": h.hexdigest()[:16],
-            "checksum_of": CHECKSUM_OF}
+    return {**named_teacher(source, config), "checksum": h.hexdigest()[:16], "checksum_of": CHECKSUM_OF}
 
 
 def older_checksum(before: dict, now: dict) -> bool:
