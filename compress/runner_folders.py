@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.runner_caches import REMOVED_LOG
 from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
 from compress.runner_pending import read_record
 from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, distill_checkpoints,
@@ -64,7 +65,7 @@ def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str |
 # the top-level entries of a run folder a run writes in (or removes): a teacher elsewhere in a run
 # folder does not mix with them (the lock file beside them is not a folder)
 RUN_WRITTEN = re.compile(r"stages|distill.*|calib|stream|inputs|fisher|activations|sensitivity|"
-                         r"importance\.(json|png)")
+                         r"importance\.(json|png)|" + re.escape(REMOVED_LOG))
 
 
 def _check_clear(flag: str, folder: Path, teacher: str, name: str, written: re.Pattern | None = None) -> None:

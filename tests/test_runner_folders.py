@@ -702,3 +702,18 @@ def test_a_rerun_with_another_calibration_counts_what_the_interrupted_run_kept(p
     assert main(args + ["--set", "calibration.seed=1"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"holds an interrupted run of another recipe (it differs in calibration.seed; {kept})" in last, last
+
+
+def test_a_run_folder_whose_removed_caches_log_is_the_teacher_is_refused(tmp_path, monkeypatch):
+    """RUN/removed-caches.log is a file a run writes (runner_caches.log_removed appends to it): a single-file
+    teacher by that name in the run folder would have lines of text appended to its weights; refused like
+    one in stages/."""
+    from compress.runner_caches import REMOVED_LOG
+    from compress.runner_folders import check_clear_of_teacher
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / REMOVED_LOG).write_bytes(b"")
+    with pytest.raises(UserError, match=f"--run-dir ckpt holds the teacher ckpt/{REMOVED_LOG}; name a run"):
+        check_clear_of_teacher(Path("out"), f"ckpt/{REMOVED_LOG}", run_dir=Path("ckpt"))
+    check_clear_of_teacher(Path("out"), f"ckpt/{REMOVED_LOG}.d/model.safetensors", run_dir=Path("ckpt"))  # not it
