@@ -168,8 +168,29 @@ def teacher_change(before: dict, now: dict) -> str:
     if before["source"] != now["source"]:
         return f"was {before['source']}, now {now['source']}"
     if before["config"] != now["config"]:
-        return f"--teacher-config was {before['config']}, now {now['config']}"
+        return f"--teacher-config was {_given(before['config'])}, now {_given(now['config'])}"
     return f"{now['source']} holds other weights or config"
+
+
+def _given(config: str | None) -> str:
+    return config or "not given"
+
+
+def reads_no_config(source) -> bool:
+    """Whether a recorded teacher `source` (named_teacher's) is a toy or a folder teacher, which read
+    no --teacher-config (io_source.checked warns it is not read)."""
+    if not isinstance(source, str):
+        return False
+    return source.startswith("toy:") or (Path(source).is_absolute() and Path(source).is_dir())
+
+
+def as_compared(teacher):
+    """A teacher a stage recorded (teacher_identity's) as --resume compares it now: a --teacher-config its
+    toy or folder teacher does not read taken out (runs before 652e195 recorded one; later runs drop it
+    once warned, runner_prepare), so that it is no other teacher's."""
+    if isinstance(teacher, dict) and teacher.get("config") and reads_no_config(teacher.get("source")):
+        return dict(teacher, config=None)
+    return teacher
 
 
 # ---- what an interrupted run left --------------------------------------------------------------
@@ -192,12 +213,15 @@ def stage_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def read_state(stage: Path) -> dict | None:
-    """A stage folder's state.json (recipe, teacher, report, block map), or None when it cannot be read."""
+    """A stage folder's state.json (recipe, teacher as --resume compares it: `as_compared`, report, block
+    map), or None when it cannot be read."""
     try:
         state = json.loads((Path(stage) / "state.json").read_text())
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        return None
+    return dict(state, teacher=as_compared(state["teacher"])) if "teacher" in state else state
 
 
 def recorded_fingerprint(run_dir: Path) -> str | None:

@@ -1,11 +1,13 @@
 """A plain rerun (no --resume, no --restart) in a run folder an interrupted run of the same recipe
 left, given another teacher (--teacher): refused saying so, as --resume would, not offering --resume."""
 
+import json
+
 import pytest
 
 from compress.cli import main
 from tests.conftest import tiny_pixart
-from tests.runner_helpers import pixart_runner
+from tests.runner_helpers import RECIPE, pixart_runner
 
 
 @pytest.fixture
@@ -69,3 +71,63 @@ def test_a_teacher_config_a_folder_teacher_does_not_read_is_no_other_teacher(pix
     assert err.strip().splitlines()[-1].endswith("add --resume to continue, or --restart to start over")
     assert main([*with_config, "--resume"]) == 0
     assert "teacher changed" not in capsys.readouterr().err
+
+
+def _single_file_interrupted(tmp_path, monkeypatch, capsys) -> list[str]:
+    """The run's arguments (from tmp_path, relative) of a recipe of the single file single/t.safetensors
+    (no config.json beside it) with --teacher-config cfgA/config.json, stopped by a Ctrl-C once pass 1
+    of 2 is saved; cfgB holds a config of another sample_size."""
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    (tmp_path / "single").mkdir()
+    (tmp_path / "teacher" / "diffusion_pytorch_model.safetensors").rename(tmp_path / "single" / "t.safetensors")
+    config = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    for name, size in (("cfgA", config["sample_size"]), ("cfgB", 2 * config["sample_size"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(dict(config, sample_size=size)))
+    (tmp_path / "r.yaml").write_text(RECIPE.format(family="pixart", teacher="single/t.safetensors", group="blocks"))
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "r.yaml", "--out", "out", "--run-dir", "run"]
+    with monkeypatch.context() as m:
+        _ctrl_c_at_first_stats_save(m)
+        assert main([*args, "--teacher-config", "cfgA/config.json"]) == 130
+    capsys.readouterr()
+    return args
+
+
+def test_a_single_file_teachers_other_teacher_config_is_said_as_given(tmp_path, monkeypatch, capsys):
+    """A single file's --teacher-config changed between an interrupted run and its rerun: the plain
+    rerun and --resume name both configs (a config.json, a folder, as given) and 'not given' for none,
+    never a raw None."""
+    args = _single_file_interrupted(tmp_path, monkeypatch, capsys)
+    was, now = tmp_path / "cfgA" / "config.json", tmp_path / "cfgB"
+    assert main([*args, "--teacher-config", "cfgB"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("dit-compress: error: run holds an interrupted run of this recipe for another teacher "
+                           f"(--teacher-config was {was}, now {now}; 1 of 2 passes done")
+    assert said.endswith("): add --restart to start over, or rerun with that teacher and --resume to continue")
+    assert main([*args, "--teacher-config", "cfgB", "--resume"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == (f"dit-compress: error: --resume: the teacher changed since run was written (--teacher-config "
+                    f"was {was}, now {now}); rerun with --restart to start over")
+    (tmp_path / "single" / "config.json").write_text((tmp_path / "cfgA" / "config.json").read_text())
+    assert main(args) == 2  # its config now beside it, no --teacher-config
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"for another teacher (--teacher-config was {was}, now not given; 1 of 2 passes done" in said
+    assert main([*args, "--resume"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--resume: the teacher changed since run was written (--teacher-config was {was}, now not given)" in said
+    assert main([*args, "--teacher-config", "cfgA/config.json", "--resume"]) == 0
+
+
+def test_an_older_runs_unread_teacher_config_is_no_other_teacher(pixart, monkeypatch, capsys):
+    """A run before 652e195 recorded a --teacher-config its folder teacher does not read: a plain rerun
+    said the run was 'for another teacher (--teacher-config was …, now None)'; now the ordinary refusal."""
+    tmp_path, run, args = _interrupted(pixart, monkeypatch, capsys)
+    state = run / "stages" / "0-remove_blocks" / "state.json"
+    old = json.loads(state.read_text())
+    old["teacher"]["config"] = str((tmp_path / "teacher" / "config.json").resolve())  # as the old code wrote it
+    state.write_text(json.dumps(old))
+    assert main(args) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{run} holds an interrupted run of this recipe (1 of 2 passes done" in said
+    assert said.endswith("add --resume to continue, or --restart to start over")

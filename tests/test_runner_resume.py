@@ -12,7 +12,7 @@ from compress.io import INDEX
 from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner, build_passes
-from compress.runner_resume import recipe_changes
+from compress.runner_resume import as_compared, read_state, recipe_changes, teacher_change
 from compress.runner_stages import restore
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import pixart_runner, run_recipe, streamed_teacher
@@ -54,6 +54,36 @@ def test_resume_refuses_another_teacher(pixart, monkeypatch):
     assert make(tmp_path / "out", teacher=str(tmp_path / "teacher"), resume=True,
                 teacher_config=str(tmp_path / "teacher" / "config.json")).run().is_dir()
 
+
+
+def test_an_older_runs_teacher_config_its_folder_teacher_does_not_read_is_no_change(pixart, monkeypatch):
+    """Runs before 652e195 recorded a --teacher-config that their folder teacher does not read (now dropped
+    once warned): --resume refused 'the teacher changed (--teacher-config was …, now None)', with it
+    given again or not, and a plain rerun said 'for another teacher'. It is no change: --resume continues."""
+    tmp_path, make, loads = pixart
+    _interrupted_after_first_pass(tmp_path, make, monkeypatch)
+    state = tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json"
+    old = json.loads(state.read_text())
+    old["teacher"]["config"] = str((tmp_path / "teacher" / "config.json").resolve())  # as the old code wrote it
+    state.write_text(json.dumps(old))
+    assert read_state(state.parent)["teacher"] == {**old["teacher"], "config": None}
+    runner = make(tmp_path / "out", resume=True)
+    runner.prepare()
+    assert restore(runner)[0] == 1
+    assert make(tmp_path / "out", resume=True, teacher_config=old["teacher"]["config"]).run().is_dir()
+
+
+def test_a_recorded_teacher_config_is_compared_where_the_teacher_reads_one(tmp_path):
+    """as_compared drops a recorded --teacher-config of a toy or folder teacher only; teacher_change
+    says a --teacher-config not given in words."""
+    (tmp_path / "t.safetensors").write_bytes(b"")
+    for source, kept in (("toy:pixart", False), (str(tmp_path), False), (str(tmp_path / "t.safetensors"), True),
+                         ("acme/pix", True), ("cfg", True)):
+        teacher = {"source": source, "config": "/c/config.json", "checksum": "1"}
+        assert as_compared(teacher) == (teacher if kept else {**teacher, "config": None})
+    was = {"source": "a.safetensors", "config": None}
+    assert teacher_change(was, {**was, "config": "cfg"}) == "--teacher-config was not given, now cfg"
+    assert teacher_change({**was, "config": "cfg"}, was) == "--teacher-config was cfg, now not given"
 
 def test_resume_of_stages_that_record_no_teacher_warns(pixart, monkeypatch, capsys):
     tmp_path, make, loads = pixart
