@@ -3,7 +3,6 @@ reported as ratios measured in one run (torch path on CPU, fused kernels on CUDA
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import statistics
@@ -173,7 +172,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     dev = _device(device)  # before loading: a wrong --device is refused at once, not after the models load
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     # the loading's status on a terminal only: its UserErrors (a damaged output, a moved LoRA) are one line
-    with status(f"bench: loading {out}", log=False) as loading, no_diffusers_bars():
+    with status(f"bench: loading {out}", log=False) as loading:
         student = load_transformer(out)  # a UserError unless `out` is an output folder
         source, config = teacher_to_load(out, teacher, teacher_config)
         if not source:
@@ -206,21 +205,6 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         "student_stored_dtype": stored[1], "teacher_stored_dtype": ref_stored[1],
         "peak_memory_ratio": (mem_s / mem_t) if mem_t else None,
     }
-
-
-@contextlib.contextmanager
-def no_diffusers_bars():
-    """diffusers' tqdm bars held off ('Loading checkpoint shards' of a sharded teacher: a second kind
-    of bar beside bench's own, rich's status), and put back as they were."""
-    from diffusers.utils import logging as diffusers_logging
-
-    shown = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if shown:
-            diffusers_logging.enable_progress_bar()
 
 
 def _speedup(ratios: dict) -> dict:

@@ -5,6 +5,7 @@ does not look hung in the log."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
@@ -157,3 +158,19 @@ def status(text: str, log: bool = True):
     if console.is_terminal:
         return console.status(text)
     return _Said(console, text) if log else _Quiet()
+
+
+@contextlib.contextmanager
+def no_diffusers_bars():
+    """diffusers' tqdm bars held off ('Loading checkpoint shards' of a sharded checkpoint: a second kind
+    of bar beside the commands' own, rich's), and put back as they were: a library user who turned
+    them off keeps them off."""
+    from diffusers.utils import logging as diffusers_logging
+
+    shown = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            diffusers_logging.enable_progress_bar()
