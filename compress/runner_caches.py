@@ -2,7 +2,8 @@
 again once it has run them all): svd statistics and output Fishers of another teacher or calibration
 (calib/<fingerprint>/) or of a student no saved pass nor this recipe makes (calib/<fingerprint>/<model>/),
 the statistics in a cache this run's svd passes read that they neither read nor wrote (`unread_files`),
-and teacher samples of another teacher, calibration or distill settings (distill/teacher_samples/<key>/).
+output Fishers of another fisher_probes an interrupted svd pass left in a cache this recipe reads
+(`unread_fishers`), and teacher samples of another teacher, calibration or distill settings (distill/teacher_samples/<key>/).
 Only under the run's locks, once the run has decided what it keeps (never when it refuses), and only
 where the folder's last run finished or this one is a --restart (`finished_run`); those of another
 teacher or calibration (`of_another`: hours of statistics on a real model) only with --restart,
@@ -19,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from compress.runner_kept import samples_keys, readers_of
+from compress.runner_kept import fisher_folder, readers_of, samples_keys
 from compress.runner_resume import FINISHED, SAMPLES_ABOUT, TEACHER_SAMPLES, recipe_changes
 
 REMOVED_LOG = "removed-caches.log"  # in the run folder: a line per cache removed (`log_removed`)
@@ -68,15 +69,34 @@ def unread_caches(run_dir: Path, fingerprint: str, specs: list, passes, start: i
 
 def unread_stats(run_dir: Path, fingerprint: str, specs: list, passes, start: int) -> list[Path]:
     """calib/<other fingerprint>/ (another teacher, calibration or dit-compress: this run's
-    `fingerprint` keys every cache it reads), and calib/<fingerprint>/<model>/ whose recorded readers
-    (runner_kept.readers_of) are all svd passes whose model this recipe makes no more (`read_by_recipe`)."""
+    `fingerprint` keys every cache it reads), calib/<fingerprint>/<model>/ whose recorded readers
+    (runner_kept.readers_of) are all svd passes whose model this recipe makes no more (`read_by_recipe`),
+    and in the others the output Fishers none of this recipe's svd passes that read them reads
+    (`unread_fishers`)."""
     calib = Path(run_dir) / "calib"
     found = [p for p in of_another(run_dir, fingerprint) if p.parent == calib]
     for cache in sorted((calib / fingerprint).glob("*")):
-        readers = readers_of(cache) if cache.is_dir() and not cache.is_symlink() else None
-        if readers and not any(read_by_recipe(r, specs, passes, start) for r in readers):
+        readers = readers_of(cache) if cache.is_dir() and not cache.is_symlink() else []
+        mine = [r for r in readers if read_by_recipe(r, specs, passes, start)]
+        if readers and not mine:
             found.append(cache)
+        elif mine:
+            found += unread_fishers(cache, [passes[r["pass"]] for r in mine])
     return found
+
+
+def unread_fishers(cache: Path, readers: list) -> list[Path]:
+    """The output-Fisher folders (fisher-<N>probes/, runner_kept.fisher_folder) in the stats cache
+    `cache` that none of `readers` (the svd passes of this recipe that read it) reads: of another
+    svd.fisher_probes, or any where they measure none there (fisher: block, none). An svd pass deletes its
+    own once it finishes, so these are what an interrupted pass of other settings measured. None where a
+    reader's settings are not known."""
+    configs = [getattr(p, "config", None) for p in readers]
+    if any(c is None for c in configs):
+        return []
+    wanted = {fisher_folder(c) for c in configs}
+    return [p for p in sorted(Path(cache).glob("fisher-*probes"))
+            if p.name not in wanted and p.is_dir() and not p.is_symlink()]
 
 
 def read_by_recipe(reader: dict, specs: list, passes, start: int) -> bool:

@@ -11,6 +11,15 @@ from pathlib import Path
 from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES
 
 READ_BY = "read-by.json"  # in an svd pass's stats cache: the pass index that reads it (`mark_read_by`)
+KEPT_FISHERS = ("all", "modulation")  # svd.fisher settings whose output Fishers an svd pass keeps in its stats cache
+
+
+def fisher_folder(config) -> str | None:
+    """The folder of an svd pass's stats cache that holds the output Fishers it measures (`config`: its
+    SVDConfig), kept there while the pass is unfinished (deleted once it finishes): fisher-<N>probes, N
+    its fisher_probes (an estimate of other probes is another); None where it keeps none there
+    (fisher: block or none)."""
+    return f"fisher-{config.fisher_probes}probes" if config.fisher in KEPT_FISHERS else None
 
 
 def saved_in_words(info: dict) -> str:

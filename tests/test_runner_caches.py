@@ -73,6 +73,25 @@ def test_a_cache_read_at_a_pass_that_is_no_svd_pass_now_is_unread(tmp_path):
     assert unread_caches(tmp_path, "fp", [SVD], [_svd()], 1) == [stale]  # no pass 2 at all
 
 
+def test_output_fishers_of_other_probes_are_unread(tmp_path):
+    """In a cache this recipe's svd pass reads: the fisher-<N>probes/ of its fisher_probes stays (an
+    interrupted pass's, read back), those of other probes go, and all go where it measures none there
+    (fisher: block); a reader whose settings are not known keeps them all."""
+    def svd(fisher, probes):
+        return SimpleNamespace(name="svd", config=SimpleNamespace(fisher=fisher, fisher_probes=probes),
+                               result_free=(), changes_weights=True)
+    cache = _cache(tmp_path, "fp", "teacher", (0, []))
+    for probes in (2, 4):
+        (cache / f"fisher-{probes}probes").mkdir()
+        (cache / f"fisher-{probes}probes" / "blocks.0.attn1.to_q.pt").write_bytes(b"x")
+    assert unread_caches(tmp_path, "fp", [SVD], [svd("all", 4)], 0) == [cache / "fisher-2probes"]
+    assert unread_caches(tmp_path, "fp", [SVD], [svd("modulation", 2)], 1) == [cache / "fisher-4probes"]
+    assert unread_caches(tmp_path, "fp", [SVD], [svd("block", 4)], 1) == \
+        [cache / "fisher-2probes", cache / "fisher-4probes"]
+    assert unread_caches(tmp_path, "fp", [SVD], [_svd()], 1) == []
+    assert unread_caches(tmp_path, "fp", [OTHER], [svd("all", 4)], 1) == [cache / "fisher-2probes"]  # its own keys: any
+
+
 def _samples(run_dir, key, about):
     folder = run_dir / "distill" / "teacher_samples" / key
     folder.mkdir(parents=True)
@@ -264,3 +283,37 @@ def test_a_first_run_on_a_file_system_whose_clock_is_behind_removes_nothing_it_w
     assert "removed caches" not in capsys.readouterr().err
     assert all(wrote.values()) and wrote == \
         {c: {p.name for p in (tmp_path / "run-r" / "calib" / c).glob("*.pt")} for c in _caches(tmp_path / "run-r")}
+
+
+def test_a_run_removes_the_output_fishers_an_interrupted_pass_of_other_probes_left(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in an svd pass after its output Fishers (fisher: all, 2 probes) were measured leaves them in its
+    stats cache for a rerun; a plain rerun with fisher_probes: 3 keeps them (the folder's last run did not
+    finish) and, finished, deletes its own; the next run of that recipe removes the 2 probes' (no pass of it
+    reads them), with the note and the log line. Before, they stayed for good."""
+    from compress.passes.svd import SVDPass
+    from compress.runner_caches import REMOVED_LOG
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    text = (f"model: pixart\nteacher: {tmp_path / 'teacher'}\n"
+            "calibration: {source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}\n"
+            "passes:\n  - svd: {targets: [attention], fisher: all, fisher_probes: 2, ratio: 0.5, multiple: 2}\n")
+    real = SVDPass._compress
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt  # the Fishers measured, none of the targets factorized
+    monkeypatch.setattr(SVDPass, "_compress", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(tmp_path, text, "r")
+    monkeypatch.setattr(SVDPass, "_compress", real)
+    run_dir = tmp_path / "run-r"
+    [kept] = (run_dir / "calib").glob("*/*/fisher-2probes")
+    assert any(kept.glob("*.pt"))
+    more = text.replace("fisher_probes: 2", "fisher_probes: 3")
+    run_recipe(tmp_path, more, "r")
+    assert kept.is_dir() and not any((run_dir / "calib").glob("*/*/fisher-3probes"))
+    capsys.readouterr()
+    run_recipe(tmp_path, more, "r", overwrite=True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"that no run of this recipe reads ({kept.relative_to(run_dir)}): " in said, said
+    assert not kept.exists()
+    assert (run_dir / REMOVED_LOG).read_text().split("\t")[1] == str(kept.relative_to(run_dir))

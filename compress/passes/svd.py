@@ -187,11 +187,13 @@ class SVDPass(GlobalAllocation, Pass):
         ranks = dict(self.resolved.ranks(model, ctx.adapter))
         fixed = dict(ranks)  # those known before calibration
         self.scratch = ctx.run_dir  # what the pass measures per target goes to disk here
+        from compress.runner_kept import fisher_folder
+
         # the prediction's Fishers: kept beside the stats cache (keyed to the model as found and the
         # inputs), so a pass interrupted after hours of sweeps does not measure them again; block
         # Fishers depend on the stream the walk feeds each block, and are measured anew
-        reusable = cache_dir is not None and c.fisher in ("all", "modulation")
-        fishers = cache_dir / f"fisher-{c.fisher_probes}probes" if reusable else ctx.run_dir / "fisher"
+        reusable = cache_dir is not None and fisher_folder(c) is not None  # runner_caches reads the name
+        fishers = cache_dir / fisher_folder(c) if reusable else ctx.run_dir / "fisher"
         self.budget = fisher_budget(c.fisher_memory_gb, ctx.device)  # bytes of Fishers per sweep
         if c.fisher_memory_gb == "auto":
             console.print(f"  fisher_memory_gb: auto, {self.budget / 2**30:.1f} GiB per sweep on {ctx.device}")
