@@ -237,7 +237,7 @@ def teacher_at(calib, teacher_source: str) -> str:
     """'PATH:LINE: ' of the `teacher:` of the recipe `calib` was read from (CalibrationConfig.where),
     where `teacher_source` is that teacher ('PATH (--set teacher): ' for a --set one); '' for one
     --teacher gave, or a config made otherwise."""
-    from compress.io_source import recipe_where
+    from compress.recipe_where import recipe_where
     from compress.report_teacher import absolute_source
 
     recipe = calib.__dict__.get("_recipe")

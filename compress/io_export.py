@@ -338,7 +338,7 @@ def warn_if_export_wider(recipe, src) -> None:
     """plan's and run's warning, before any compute, of an export.dtype wider than the dtype the
     teacher `src` (io_source.TeacherSource) stores its weights in, at the recipe's export.dtype key
     (the recipe, where the default float32 stands)."""
-    from compress.io_source import recipe_where
+    from compress.recipe_where import recipe_where
     from compress.io_output import DTYPES
     from compress.report import warn
 

@@ -1,6 +1,6 @@
 """Teacher sources before anything loads: what a source names (a toy teacher, a local folder or
-file, a Hugging Face id), its model family read from its config alone, and where the user gave it
-(a recipe's file:line, or --teacher), so that a mistake is one line saying what and where.
+file, a Hugging Face id) and its model family read from its config alone, so that a mistake is one
+line saying what and where (where the user gave it: recipe_where).
 
 Relative paths: a teacher (`--teacher` or a recipe's `teacher:`) is taken from the current folder;
 a recipe's `calibration.prompt_file` from the recipe's folder.
@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.recipe_where import recipe_where, teacher_given, teacher_where
 
 # hub ids whose transformer config ships with dit-compress (compress/configs/): planned offline
 KNOWN_CONFIGS = {
@@ -23,47 +24,6 @@ KNOWN_CONFIGS = {
     "black-forest-labs/FLUX.1-dev": "FLUX.1-dev.json",
 }
 SOURCES = "toy:pixart, toy:flux, a Hugging Face id (OWNER/NAME), or a local folder or checkpoint file"
-
-
-# ---- where a value came from ------------------------------------------------------------------
-def recipe_where(recipe, dotted: str, value=None) -> str:
-    """'PATH:LINE' of the recipe key `dotted` (`calibration.prompt_file`), for an error about its
-    value; 'PATH (--set KEY)' where the command line set it (Recipe.keys, recorded as it loaded).
-    `value`, where given, is the one the error is about: one the recipe does not hold there was
-    not given on that line. Just PATH for a key neither gave (a default)."""
-    loc = getattr(recipe, "keys", {}).get(dotted)
-    if loc is None:
-        return recipe.path
-    if loc.override or (value is not None and value != _held(recipe, dotted, value)):
-        return f"{recipe.path} (--set {dotted})"
-    return loc.where()
-
-
-def _held(recipe, dotted: str, default):
-    """The recipe's value at `dotted` (calibration.guidance_scale), or `default` where that is no
-    attribute path (a list item)."""
-    value = recipe
-    for key in dotted.split("."):
-        if not hasattr(value, key):
-            return default
-        value = getattr(value, key)
-    return value
-
-
-def teacher_where(recipe, teacher_arg: str | None) -> str:
-    """The prefix of an error about the teacher: 'PATH:LINE: ' of the recipe's `teacher:`, or ''
-    when --teacher gave it."""
-    return "" if teacher_arg else recipe_where(recipe, "teacher", recipe.teacher) + ": "
-
-
-def teacher_given(recipe, teacher_arg) -> str:
-    """' (--teacher)' or ' (--set teacher)' after the teacher an error about another key names,
-    where the command line gave it (`teacher_arg`: --teacher, or whether it gave it); '' for the
-    recipe file's `teacher:`."""
-    if teacher_arg:
-        return " (--teacher)"
-    loc = getattr(recipe, "keys", {}).get("teacher")
-    return " (--set teacher)" if loc is not None and loc.override else ""
 
 
 def check_teacher_options(teacher: str | None, config: str | None) -> None:
@@ -345,11 +305,6 @@ def source_family(source: str, config: str | None = None, where: str = "",
 
 
 # ---- a recipe's sources -----------------------------------------------------------------------
-def check_sources(recipe, teacher: str | None = None, config: str | None = None, hub: bool = True) -> str:
-    """The teacher source a recipe's run uses (checked_sources)."""
-    return checked_sources(recipe, teacher, config, hub).source
-
-
 def checked_sources(recipe, teacher: str | None = None, config: str | None = None,
                     hub: bool = True, sampled: bool = True) -> TeacherSource:
     """The teacher source a recipe's run uses (`teacher`: --teacher; `config`: --teacher-config),

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.io_source import recipe_where
+from compress.recipe_where import recipe_where
 
 PIPELINE_ONLY = ("prompts", "prompt_file", "pipeline", "sample_steps", "prompts_per_call", "guidance_scale",
                  "height", "width")  # calibration keys a toy or synthetic source does not read

@@ -187,7 +187,7 @@ def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str
     it records one: report_teacher.teacher_chain, else the pipeline its recipe calibrated in; or the
     synthetic source), before any compute. `where`: 'PATH:LINE: ' of the recipe key that gave
     `source`; `auto`: the recipe's source is auto (said, as calib_prompts says it); `given`: ' (--teacher)'
-    after a teacher the command line gave (io_source.teacher_given)."""
+    after a teacher the command line gave (recipe_where.teacher_given)."""
     path = Path(source).expanduser()
     if not path.exists() or (path / "model_index.json").is_file():
         return  # a pipeline folder, or a hub id (its errors come when it loads)

@@ -27,12 +27,12 @@ from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, 
 from compress.plan_memory import beyond_memory, device_memory, peak_memory, svd_statistics
 from compress.plan_words import bounded_keys, where_words
 from compress.io_export import warn_if_export_wider
-from compress.io_source import (KNOWN_CONFIGS, TeacherSource, checked, checked_sources, recipe_where,
-                                teacher_given)
+from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked, checked_sources
 from compress.passes import build_passes
 from compress.passes.remove_blocks_budget import counts_after
 from compress.passes.removed_blocks import planned_blocks, possible_counts
 from compress.passes.svd import LATER
+from compress.recipe_where import recipe_where, teacher_given
 from compress.report import console, layer_rows, note, param_count, warn
 from compress.runner_checks import checked_in_order
 from compress.runner_stream import check_streaming, streamed_weights
@@ -43,7 +43,7 @@ def meta_model(source: str | TeacherSource, config: str | None = None, where: st
     """The teacher on the meta device, built from its config (the toys with their small weights; a
     dit-compress output with its low-rank layers and removed blocks, as run loads it):
     of a source checked already (a TeacherSource), or checked here (`where`: the start of an error
-    about it, io_source.teacher_where)."""
+    about it, recipe_where.teacher_where)."""
     src = source if isinstance(source, TeacherSource) else checked(source, config, where, hub=False)
     if src.kind == "toy":
         from compress.toy import load_toy_teacher

@@ -62,14 +62,14 @@ class CalibrationConfig:
 
     def where(self, key: str, value=None, because: tuple = ()) -> str:
         """'PATH:LINE: ' of calibration.`key` (of `calibration:` where the recipe leaves the key out)
-        in the recipe `parse_recipe` read this config from (io_source.recipe_where: a --set value is
+        in the recipe `parse_recipe` read this config from (recipe_where.recipe_where: a --set value is
         named as its --set; `value`: the one the error is about); '' for a config made otherwise.
         `because`: other calibration keys the error's check read, whose --sets a line of the file
         is named with (an error a --set caused names it)."""
         recipe = self.__dict__.get("_recipe")  # set by parse_recipe; not a field (asdict, ==)
         if recipe is None:
             return ""
-        from compress.io_source import recipe_where
+        from compress.recipe_where import recipe_where
 
         dotted = f"calibration.{key}"
         if dotted not in recipe.keys and "calibration" in recipe.keys:

@@ -2,12 +2,11 @@
 and errors that name the recipe's file:line and the path looked for."""
 
 import json
-import os
 
 import pytest
 
 from compress.errors import UserError
-from compress.io_source import check_sources, recipe_where, source_family
+from compress.io_source import checked_sources, source_family
 from compress.recipe import load_recipe
 from tests.conftest import tiny_flux, tiny_pixart
 
@@ -36,16 +35,16 @@ def test_a_recipe_teacher_that_is_not_there_names_its_line_the_path_and_the_rule
     monkeypatch.chdir(tmp_path / "here")
     recipe = _recipe(tmp_path / "sub", teacher="./nope/there")
     with pytest.raises(UserError) as e:
-        check_sources(recipe)
+        checked_sources(recipe)
     assert str(e.value) == (f"{recipe.path}:2: teacher not found: ./nope/there (there is no "
                             f"{tmp_path}/here/nope/there; a recipe's relative teacher path is taken from "
                             "the current folder, not the recipe's)")
     tiny_pixart().save_pretrained(tmp_path / "sub" / "t")
     recipe = _recipe(tmp_path / "sub", teacher="t")
     with pytest.raises(UserError, match=f"where {tmp_path}/sub/t is: give that path instead"):
-        check_sources(recipe)
+        checked_sources(recipe)
     with pytest.raises(UserError, match=rf"^teacher not found: t \(there is no {tmp_path}/here/t; a Hugging"):
-        check_sources(recipe, teacher="t")  # --teacher: no recipe line, no recipe rule
+        checked_sources(recipe, teacher="t")  # --teacher: no recipe line, no recipe rule
 
 
 def test_a_recipe_teacher_read_as_a_hub_id_that_is_a_path_from_the_recipes_folder_is_warned(
@@ -57,12 +56,12 @@ def test_a_recipe_teacher_read_as_a_hub_id_that_is_a_path_from_the_recipes_folde
     tiny_pixart().save_pretrained(tmp_path / "sub" / "models" / "t")
     config = dict(tiny_pixart().config, _class_name="PixArtTransformer2DModel")
     monkeypatch.setattr("compress.io_source.hub_config", lambda repo: config)  # no network
-    check_sources(_recipe(tmp_path / "sub", teacher="models/t"))
+    checked_sources(_recipe(tmp_path / "sub", teacher="models/t"))
     said = " ".join(capsys.readouterr().err.split())
     assert f"r.yaml:2: teacher models/t is read as a Hugging Face id: there is no {tmp_path}/here/models/t" in said
     assert f"but there is {tmp_path}/sub/models/t: give that path to use it" in said
-    check_sources(_recipe(tmp_path / "sub", teacher="models/other"))  # not there either: a Hub id, no warning
-    check_sources(_recipe(tmp_path / "sub", teacher="models/t"), teacher="models/t")  # --teacher: cwd only
+    checked_sources(_recipe(tmp_path / "sub", teacher="models/other"))  # not there either: a Hub id, no warning
+    checked_sources(_recipe(tmp_path / "sub", teacher="models/t"), teacher="models/t")  # --teacher: cwd only
     assert "warning" not in capsys.readouterr().err
 
 
@@ -77,24 +76,24 @@ def test_a_recipe_teacher_read_as_a_hub_id_that_is_a_path_from_the_recipes_folde
 def test_a_recipe_teacher_error_names_the_recipe_line(tmp_path, teacher, model, words):
     recipe = _recipe(tmp_path, teacher=teacher, model=model)
     with pytest.raises(UserError) as e:
-        check_sources(recipe)
+        checked_sources(recipe)
     assert str(e.value) == f"{recipe.path}{words}"
 
 
 def test_a_teacher_set_on_the_command_line_is_named_as_such(tmp_path):
     recipe = _recipe(tmp_path, overrides=["teacher=toy:flx"])
     with pytest.raises(UserError, match=r"r.yaml \(--set teacher\): unknown toy teacher 'toy:flx'; did you mean"):
-        check_sources(recipe)
+        checked_sources(recipe)
 
 
 def test_a_missing_prompt_file_names_its_line_and_where_it_was_looked_for(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = _recipe(tmp_path / "sub", prompts="nope.txt")
     with pytest.raises(UserError) as e:
-        check_sources(recipe)
+        checked_sources(recipe)
     assert str(e.value) == (f"{recipe.path}:3: calibration.prompt_file nope.txt not found: {tmp_path}/sub/nope.txt "
                             "(a relative prompt_file is taken from the recipe's folder)")
-    assert check_sources(_recipe(tmp_path / "sub")) == "toy:pixart"  # prompts.txt beside the recipe
+    assert checked_sources(_recipe(tmp_path / "sub")).source == "toy:pixart"  # prompts.txt beside the recipe
 
 
 @pytest.mark.parametrize("make, words", [
@@ -107,7 +106,7 @@ def test_something_that_is_not_a_teacher_says_what_it_is(tmp_path, make, words):
     make(tmp_path / "x")
     recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "x"))
     with pytest.raises(UserError, match=f"^{recipe.path}:2: {tmp_path}/x {words}"):
-        check_sources(recipe)
+        checked_sources(recipe)
 
 
 def _no_hub(monkeypatch):
@@ -124,7 +123,7 @@ def test_a_known_hub_teacher_of_another_family_is_refused_offline(tmp_path, monk
     recipe = _recipe(tmp_path, model="pixart")
     with pytest.raises(UserError, match=r"r.yaml:1: model is 'pixart' but the teacher black-forest-labs/FLUX.1-dev "
                                         r"\(--teacher\) is a FluxTransformer2DModel \(flux\)"):
-        check_sources(recipe, teacher="black-forest-labs/FLUX.1-dev")
+        checked_sources(recipe, teacher="black-forest-labs/FLUX.1-dev")
 
 
 def test_a_hub_teacher_is_checked_by_its_config_alone(tmp_path, monkeypatch):
@@ -141,15 +140,15 @@ def test_a_hub_teacher_is_checked_by_its_config_alone(tmp_path, monkeypatch):
                         or str(tmp_path / "cfg" / "config.json"))
     recipe = _recipe(tmp_path / "r", teacher="org/model")
     with pytest.raises(UserError, match="model is 'pixart' but the teacher org/model is a FluxTransformer2DModel"):
-        check_sources(recipe)
+        checked_sources(recipe)
     assert fetched == [("org/model", "transformer", "config.json")]
     with pytest.raises(UserError, match=r"cannot find a config for teacher 'org/model' without the Hugging Face Hub, "
                                          r"which plan does not ask: plan reads [^()]*--teacher-config"):
-        check_sources(recipe, hub=False)  # HF_HUB_OFFLINE unset: plan said 'offline'
+        checked_sources(recipe, hub=False)  # HF_HUB_OFFLINE unset: plan said 'offline'
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match=r"cannot find a config for teacher 'org/model' offline \(HF_HUB_OFFLINE\): "
                                          r"plan reads [^()]*--teacher-config"):  # one parenthesis, not two
-        check_sources(recipe, hub=False)
+        checked_sources(recipe, hub=False)
     assert len(fetched) == 1
 
 
@@ -171,16 +170,6 @@ def test_eval_and_bench_refuse_a_hub_teacher_of_another_family_before_its_weight
         load_teacher_of(tiny_pixart(), "black-forest-labs/FLUX.1-dev")
 
 
-def test_recipe_where_finds_nested_keys_and_says_when_the_file_does_not_hold_the_value(tmp_path):
-    recipe = _recipe(tmp_path)
-    assert recipe_where(recipe, "calibration.prompt_file", "prompts.txt") == f"{recipe.path}:3"
-    assert recipe_where(recipe, "calibration.prompt_file", "other.txt") == \
-        f"{recipe.path} (--set calibration.prompt_file)"
-    os.remove(recipe.path)  # where each key is was recorded as the recipe loaded: the file is not read again
-    assert recipe_where(recipe, "teacher", "toy:pixart") == f"{recipe.path}:2"
-    assert json.dumps(recipe.teacher)  # the recipe itself is untouched
-
-
 @pytest.mark.parametrize("calibration, warned", [
     ("{source: synthetic, prompt_file: p.txt, height: 512}", ["r.yaml:3: calibration.prompt_file: only a pipeline "
                                                              "source reads it; the synthetic source ignores it",
@@ -193,28 +182,17 @@ def test_calibration_keys_a_source_does_not_read_are_warned_at_their_line(tmp_pa
     """prompt_file, height, width, ... did nothing with a toy or synthetic source, without a word."""
     path = tmp_path / "r.yaml"
     path.write_text(f"model: pixart\nteacher: toy:pixart\ncalibration: {calibration}\npasses:\n  - distill: {{steps: 1}}\n")
-    check_sources(load_recipe(path))
+    checked_sources(load_recipe(path))
     said = " ".join(capsys.readouterr().err.split())
     assert said.count("warning:") == len(warned) and all(w in said for w in warned), said
 
 
 def test_more_timesteps_than_sampler_steps_are_warned(tmp_path, capsys):
     recipe = _recipe(tmp_path, overrides=["calibration.timesteps=50", "calibration.sample_steps=4"])
-    check_sources(recipe)
+    checked_sources(recipe)
     said = " ".join(capsys.readouterr().err.split())
     assert "(--set calibration.timesteps): calibration.timesteps: 50 timesteps of a 4-step sampler: only 4 are " \
            "captured" in said
-
-
-def test_recipe_where_reads_numbers_as_the_recipe_does(tmp_path):
-    """guidance_scale: 7 holds the float 7.0; it was put down to a --set."""
-    path = tmp_path / "r.yaml"
-    path.write_text("model: pixart\nteacher: toy:pixart\ncalibration:\n  guidance_scale: 7\n  sample_steps: 0x14\n"
-                    "passes:\n  - distill: {steps: 1}\n")
-    recipe = load_recipe(path)
-    assert recipe_where(recipe, "calibration.guidance_scale", 7.0) == f"{path}:4"
-    assert recipe_where(recipe, "calibration.sample_steps", 20) == f"{path}:5"
-    assert recipe_where(recipe, "calibration.guidance_scale", 3.5) == f"{path} (--set calibration.guidance_scale)"
 
 
 @pytest.mark.parametrize("weights, config", [("flux", "pixart"), ("pixart", "flux")])
@@ -233,7 +211,7 @@ def test_a_single_file_with_a_config_of_the_other_family_says_so_before_loading(
     for model in ("pixart", "flux"):
         recipe = _recipe(tmp_path / model, model=model)
         with pytest.raises(UserError) as e:
-            check_sources(recipe, teacher=str(tmp_path / "t.safetensors"), config=str(tmp_path / "cfg"))
+            checked_sources(recipe, teacher=str(tmp_path / "t.safetensors"), config=str(tmp_path / "cfg"))
         assert str(e.value) == (f"{tmp_path}/t.safetensors: the checkpoint's weights are a {weights} transformer "
                                 f"while the config in {tmp_path}/cfg describes a {config} one; give the config of "
                                 f"its own transformer (--teacher-config)")
@@ -251,28 +229,12 @@ def _counting(monkeypatch):
     return checked, read
 
 
-def test_check_sources_checks_the_teacher_and_reads_its_config_once(tmp_path, monkeypatch):
+def test_checked_sources_checks_the_teacher_and_reads_its_config_once(tmp_path, monkeypatch):
     tiny_pixart().save_pretrained(tmp_path / "t")
     recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "t"), overrides=["calibration={source: synthetic}"])
     checked, read = _counting(monkeypatch)
-    assert check_sources(recipe) == str(tmp_path / "t")
+    assert checked_sources(recipe).source == str(tmp_path / "t")
     assert checked == [str(tmp_path / "t")] and read == [tmp_path / "t" / "config.json"]
-
-
-@pytest.mark.parametrize("overrides, where", [
-    (["calibration.prompt_file=prompts.txt"], "r.yaml (--set calibration.prompt_file)"),  # the file's value
-    (["calibration={source: pipeline, prompt_file: prompts.txt}"], "r.yaml (--set calibration.prompt_file)"),
-    ([], "r.yaml:3"),
-])
-def test_recipe_where_knows_a_set_that_gives_the_files_own_value(tmp_path, overrides, where):
-    """The recipe records where each key was given as it loads: a --set of the value the file has is
-    still the --set (comparing values put it down to the file's line), and the file is not read again."""
-    recipe = _recipe(tmp_path, overrides=overrides)
-    os.remove(recipe.path)
-    assert recipe_where(recipe, "calibration.prompt_file", "prompts.txt") == f"{tmp_path}/{where}"
-    if overrides:
-        recipe = _recipe(tmp_path, overrides=["teacher=toy:pixart"])
-        assert recipe_where(recipe, "teacher", "toy:pixart") == f"{recipe.path} (--set teacher)"
 
 
 def test_an_outputs_weight_file_is_refused_with_its_folder_named(tmp_path, capsys):
@@ -307,7 +269,6 @@ def test_a_streamed_runs_output_weight_file_says_the_folder_does_not_stream_eith
     then refused as not streamable: one message says both, for the folder and for a copy out of it;
     a resident run's says only the folder."""
     from compress.io_export import save_compressed
-    from compress.io_source import checked_sources
 
     out = save_compressed(tiny_pixart(), tmp_path / "out")
     weights = out / "diffusion_pytorch_model.safetensors"
@@ -370,7 +331,7 @@ def test_a_teacher_of_another_family_names_the_set_or_option_that_gave_it(tmp_pa
     that gave the teacher, not the file's teacher: line alone (the file says toy:pixart)."""
     recipe = _recipe(tmp_path, overrides=overrides)
     with pytest.raises(UserError) as e:
-        check_sources(recipe, teacher=teacher)
+        checked_sources(recipe, teacher=teacher)
     assert str(e.value) == (f"{recipe.path}:1: model is 'pixart' but the teacher toy:flux{given} is a "
                             "FluxTransformer2DModel (flux); set model: flux or give a pixart teacher")
 
@@ -379,7 +340,7 @@ def test_a_model_set_on_the_command_line_is_named_in_the_mismatch(tmp_path):
     recipe = _recipe(tmp_path, overrides=["model=flux"])
     with pytest.raises(UserError, match=r"^\S*r.yaml \(--set model\): model is 'flux' but the teacher toy:pixart "
                                         r"is a PixArtTransformer2DModel"):
-        check_sources(recipe)
+        checked_sources(recipe)
 
 
 def test_a_pickle_teacher_of_another_family_names_the_set_that_gave_it(tmp_path):
@@ -414,7 +375,7 @@ def test_a_transformer_only_hub_teacher_is_checked_by_its_root_config(tmp_path, 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch)
     with pytest.raises(UserError, match="model is 'pixart' but the teacher org/fine-tune is a FluxTransformer2DModel"):
-        check_sources(_recipe(tmp_path / "r", teacher="org/fine-tune"))
+        checked_sources(_recipe(tmp_path / "r", teacher="org/fine-tune"))
     assert fetched == [("transformer", "config.json"), (None, "config.json")]
 
 
@@ -429,7 +390,7 @@ def test_a_pickle_teachers_config_of_no_transformer_is_said_before_loading(tmp_p
     torch.save(tiny_pixart().state_dict(), tmp_path / "t.pth")
     (tmp_path / "c.json").write_text(json.dumps(config))
     recipe = _recipe(tmp_path / "r")
-    for check in (lambda: check_sources(recipe, teacher=str(tmp_path / "t.pth"), config=str(tmp_path / "c.json")),
+    for check in (lambda: checked_sources(recipe, teacher=str(tmp_path / "t.pth"), config=str(tmp_path / "c.json")),
                   lambda: make_plan(recipe, teacher=str(tmp_path / "t.pth"), teacher_config=str(tmp_path / "c.json"))):
         with pytest.raises(UserError) as e:
             check()
@@ -454,10 +415,10 @@ def test_plan_reads_a_hub_teachers_config_from_the_cache(tmp_path, monkeypatch):
     _no_hub(monkeypatch)
     for repo in ("acme/only", "acme/pipe"):
         with pytest.raises(UserError, match=f"model is 'pixart' but the teacher {repo} is a FluxTransformer2DModel"):
-            check_sources(_recipe(tmp_path / "r", teacher=repo), hub=False)
+            checked_sources(_recipe(tmp_path / "r", teacher=repo), hub=False)
     with pytest.raises(UserError, match=rf"(offline \(HF_HUB_OFFLINE\)|which plan does not ask): plan reads the configs "
                                         rf"of local teachers, of Hub ids in the Hugging Face cache {tmp_path}/hub and of "):
-        check_sources(_recipe(tmp_path / "r", teacher="acme/other"), hub=False)
+        checked_sources(_recipe(tmp_path / "r", teacher="acme/other"), hub=False)
 
 
 def test_an_owner_name_read_as_a_path_because_the_owner_is_a_folder_here_says_so(tmp_path, monkeypatch):
@@ -466,7 +427,7 @@ def test_an_owner_name_read_as_a_path_because_the_owner_is_a_folder_here_says_so
     monkeypatch.chdir(tmp_path)
     (tmp_path / "acme").mkdir()
     with pytest.raises(UserError) as e:
-        check_sources(_recipe(tmp_path / "r", teacher="acme/pix"), teacher="acme/pix")
+        checked_sources(_recipe(tmp_path / "r", teacher="acme/pix"), teacher="acme/pix")
     assert str(e.value) == (f"teacher not found: acme/pix (there is no {tmp_path}/acme/pix; it is read as a path, "
                             f"not as the Hugging Face id acme/pix, because {tmp_path}/acme/ is a folder here: to "
                             "mean the Hub id, run from another folder or rename that one)")

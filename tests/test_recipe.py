@@ -377,7 +377,7 @@ def test_a_dumped_recipe_quotes_strings_either_yaml_reads_as_numbers_or_booleans
 
 
 def test_a_recipe_records_where_each_of_its_keys_was_given():
-    """The file's line, or the --set (io_source.recipe_where reads them; passes have PassSpec.keys)."""
+    """The file's line, or the --set (recipe_where.recipe_where reads them; passes have PassSpec.keys)."""
     recipe = parse_recipe("model: pixart\nteacher: toy:pixart\ncalibration:\n  seed: 3\npasses: [svd]\n", "r.yaml",
                           ["calibration.timesteps=4"])
     assert recipe.keys["teacher"].where() == "r.yaml:2" and recipe.keys["calibration.seed"].where() == "r.yaml:4"
