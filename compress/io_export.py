@@ -339,7 +339,7 @@ def warn_if_export_wider(recipe, src) -> None:
     teacher `src` (io_source.TeacherSource) stores its weights in, at the recipe's export.dtype key
     (the recipe, where the default float32 stands)."""
     from compress.recipe_where import recipe_where
-    from compress.io_output import DTYPES
+    from compress.dtype_range import DTYPES
     from compress.report import warn
 
     words = wider_export_words(DTYPES[recipe.export.dtype], teacher_stored_dtype(src))

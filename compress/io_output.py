@@ -10,17 +10,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.errors import NumericError, UserError
+from compress.dtype_range import DTYPES, check_castable, check_finite_file
+from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.io import FORMAT, INDEX, WEIGHTS, cast, from_config, model_class, read_config, read_json
 from compress.io_errors import load_error
 from compress.io_export import OUTPUT_SHARD, is_output, ranks_of
 from compress.io_fused import without_fused_projections
-from compress.io_tensors import nonfinite, read_state_dict
+from compress.io_tensors import read_state_dict
 from compress.lowrank import LowRankLinear
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # by name, as diffusers
-
 
 # the weights save_pretrained writes beside config.json: safetensors, or .bin (safe_serialization=False),
 # plain or a variant (variant="fp16"), one file or an index of shards:
@@ -314,63 +312,6 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     if dtype is not None:
         model = cast(model, dtype)
     return model.to(device).eval()
-
-
-def check_finite_file(path: Path, tensors: dict[str, torch.Tensor], warn: bool = False) -> None:
-    """NaN/Inf in a weight file of an output: a NumericError naming the first such tensor and the file
-    (eval would sample for minutes and fail inside sklearn), or with `warn` a warning. One sum per
-    tensor (io_tensors.nonfinite): a small part of reading the file."""
-    for name, t in tensors.items():
-        bad = nonfinite(t) if t.is_floating_point() else 0
-        if not bad:
-            continue
-        message = f"{path}: weight {name} has {bad} NaN/Inf values; the output is damaged (rerun the recipe)"
-        if not warn:
-            raise NumericError(message)
-        from compress import report
-
-        report.warn(message)
-        return
-
-
-def check_castable(path: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-    """A finite tensor of the file `path` that `dtype` cannot hold (float16 stops at 65504; cast, it
-    would be Inf): a UserError naming it, its largest value and the dtypes that hold it."""
-    for name, t in tensors.items():
-        big = largest_beyond(t, dtype)
-        if big is not None:
-            raise UserError(beyond_words(f"{path}: {name}", big, dtype, "load it as", " (dtype=)"))
-
-
-def largest_beyond(t: torch.Tensor, dtype: torch.dtype) -> float | None:
-    """The largest magnitude of `t` where casting `t` to `dtype` makes a finite value Inf, else None.
-    Rounding is monotone, so the extremes overflow first: one aminmax, no copy of `t`."""
-    if not t.is_floating_point() or not t.numel() or t.device.type == "meta" or \
-            torch.finfo(t.dtype).max <= torch.finfo(dtype).max:
-        return None
-    lo, hi = torch.aminmax(t.detach())
-    big = max(-float(lo), float(hi))
-    return big if big == big and big != float("inf") and not held(big, dtype) else None  # NaN/Inf: its own
-
-
-def held(value: float, dtype: torch.dtype) -> bool:
-    """Whether `value` casts to `dtype` finitely (65519 does to float16, rounded to 65504)."""
-    return bool(torch.isfinite(torch.tensor(value, dtype=torch.float64).to(dtype)))
-
-
-def beyond_words(what: str, big: float, dtype: torch.dtype, use: str, where: str = "") -> str:
-    """'`what` holds values up to `big`, beyond `dtype`'s range (max ...): `use` the dtypes that hold
-    it `where`', narrowest first; where none does, that it may be damaged."""
-    fits = sorted((n for n, d in DTYPES.items() if d != dtype and held(big, d)), key=lambda n: DTYPES[n].itemsize)
-    advice = f"{use} {' or '.join(fits)}{where}" if fits else "no dtype holds them: the checkpoint may be damaged"
-    return (f"{what} holds values up to {big:.3g}, beyond {str(dtype).removeprefix('torch.')}'s range "
-            f"(max {torch.finfo(dtype).max:.6g}): {advice}")
-
-
-def compute_beyond_words(what: str, name: str, path, big: float, dtype: torch.dtype) -> str:
-    """beyond_words for `what`'s ('teacher', 'student') weight `name` of file `path`, cast to the
-    compute dtype: a resident run's check (runner_setup) and a streamed block's read (stream) alike."""
-    return beyond_words(f"the {what}'s weight {name} (in {path})", big, dtype, "use compute_dtype")
 
 
 def register_compression(model: nn.Module) -> None:

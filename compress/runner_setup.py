@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
 from compress.io import load_teacher
-from compress.io_output import compute_beyond_words, held
+from compress.dtype_range import compute_beyond_words, held
 from compress.io_source import TeacherSource, checked_sources
 from compress.io_tensors import nonfinite
 from compress.recipe import Recipe

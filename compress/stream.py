@@ -38,7 +38,7 @@ from compress.interrupts import interrupts_held
 from compress.io import INDEX, cast, from_config, model_class, read_config
 from compress.io_export import (atomic_folder, canonical_header, compressed_config, export_cast, header_metadata,
                                 write_texts)
-from compress.io_output import compute_beyond_words, largest_beyond
+from compress.dtype_range import compute_beyond_words, largest_beyond
 from compress.io_tensors import nonfinite
 from compress.stream_files import by_file, opened, tensor_ends, weight_map
 
