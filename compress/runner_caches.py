@@ -3,14 +3,15 @@ again once it has run them all): svd statistics and output Fishers of another te
 (calib/<fingerprint>/) or of a student no saved pass nor this recipe makes (calib/<fingerprint>/<model>/),
 the statistics in a cache this run's svd passes read that they neither read nor wrote (`unread_files`),
 output Fishers of another fisher_probes an interrupted svd pass left in a cache this recipe reads
-(`unread_fishers`), and teacher samples of another teacher, calibration or distill settings (distill/teacher_samples/<key>/).
-Only under the run's locks, once the run has decided what it keeps (never when it refuses), and only
-where the folder's last run finished or this one is a --restart (`finished_run`); those of another
-teacher or calibration (`of_another`: hours of statistics on a real model) only with --restart,
-else one note names them. A cache
-whose readers are not recorded (an older dit-compress's) is kept: not known. Each path removed is
-appended, with the time and its bytes, to RUN/removed-caches.log (`REMOVED_LOG`), which the note names
-where it lists only some. Imports no torch."""
+(`unread_fishers`), and teacher samples of another teacher, calibration or distill settings
+(distill/teacher_samples/<key>/). Only under the run's locks, once the run has decided what it keeps
+(never when it refuses), and only where the folder's last run finished or this one is a --restart
+(`finished_run`); those of another teacher or calibration (`of_another`: hours of statistics on a real
+model) only with --restart, else one note names them. A cache whose readers are not recorded (an older
+dit-compress's) is kept while that is not known: until a run has run every pass, each of its svd passes
+recorded as the reader of another cache (`every_svd_pass_read`). Each path removed is appended, with the
+time and its bytes, to RUN/removed-caches.log (`REMOVED_LOG`), which the note names where it lists only
+some. Imports no torch."""
 
 from __future__ import annotations
 
@@ -75,14 +76,28 @@ def unread_stats(run_dir: Path, fingerprint: str, specs: list, passes, start: in
     (`unread_fishers`)."""
     calib = Path(run_dir) / "calib"
     found = [p for p in of_another(run_dir, fingerprint) if p.parent == calib]
-    for cache in sorted((calib / fingerprint).glob("*")):
-        readers = readers_of(cache) if cache.is_dir() and not cache.is_symlink() else []
-        mine = [r for r in readers if read_by_recipe(r, specs, passes, start)]
-        if readers and not mine:
+    readers = {cache: readers_of(cache) for cache in sorted((calib / fingerprint).glob("*"))
+               if cache.is_dir() and not cache.is_symlink()}
+    known = start >= len(passes) and every_svd_pass_read(list(readers.values()), specs, passes)
+    for cache, read_by in readers.items():
+        mine = [r for r in read_by if read_by_recipe(r, specs, passes, start)]
+        if (read_by or known) and not mine:
             found.append(cache)
         elif mine:
             found += unread_fishers(cache, [passes[r["pass"]] for r in mine])
     return found
+
+
+def every_svd_pass_read(readers: list[list[dict]], specs: list, passes) -> bool:
+    """Whether, every pass decided (all have run), each svd pass of the recipe is recorded among
+    `readers` (the readers of each cache under this fingerprint) as the reader of a cache
+    (`read_by_recipe`): then a cache with no readers recorded (an older dit-compress's) is read by no
+    pass of this recipe, which reads those caches each time from the same models (as `unread_files`
+    holds); where one is not (its pass run by an older dit-compress and kept by --resume, or
+    mark_read_by could not write), such a cache may be its, and is kept."""
+    done = len(passes)
+    return all(any(r["pass"] == i and read_by_recipe(r, specs, passes, done) for read_by in readers for r in read_by)
+               for i, p in enumerate(passes) if p.name == "svd")
 
 
 def unread_fishers(cache: Path, readers: list) -> list[Path]:

@@ -33,17 +33,40 @@ def _cache(run_dir, fp, name, reader=None):
 def test_caches_of_another_fingerprint_and_of_a_model_no_pass_makes_are_unread(tmp_path):
     """calib/<other fingerprint>/ goes whole; under this one, a cache whose every reader's earlier
     passes differ from the recipe's goes, one read by a pass whose earlier passes match stays, and
-    one without readers (an older dit-compress's) stays: not known."""
+    one without readers (an older dit-compress's) stays while not known (below: once every pass ran,
+    each svd pass the reader of another, it goes: test_a_cache_with_no_readers_...)."""
     passes, specs = [_svd(), _svd()], [SVD, SVD]
     old = _cache(tmp_path, "old", "a", (0, []))
     first = _cache(tmp_path, "fp", "first", (0, []))
     second = _cache(tmp_path, "fp", "second", (1, [SVD]))
     stale = _cache(tmp_path, "fp", "stale", (1, [OTHER]))
-    _cache(tmp_path, "fp", "older")
-    assert unread_caches(tmp_path, "fp", specs, passes, 2) == [old.parent, stale]
+    older = _cache(tmp_path, "fp", "older")
+    assert unread_caches(tmp_path, "fp", specs, passes, 0) == [old.parent]
+    assert unread_caches(tmp_path, "fp", specs, passes, 2) == [old.parent, older, stale]
     mark_read_by(stale, 1, [SVD])  # this recipe's pass 2 read it too (the same model): kept
-    assert unread_caches(tmp_path, "fp", specs, passes, 2) == [old.parent]
+    assert unread_caches(tmp_path, "fp", specs, passes, 2) == [old.parent, older]
     assert first.is_dir() and second.is_dir()
+
+
+def test_a_cache_with_no_readers_goes_once_every_svd_pass_of_the_recipe_is_known_to_read_another(tmp_path):
+    """A cache an older dit-compress wrote (no read-by.json, or one without readers) was kept for good.
+    Once every pass has run (start = their count) and each svd pass of the recipe is recorded as the
+    reader of a cache, no pass of the recipe reads it: it goes. Kept while a pass runs again (start
+    before it), while an svd pass's cache is not known (its reader recorded for other passes before it,
+    or not at all), and under another fingerprint's rules (calib/<other>/: whole, --restart)."""
+    passes, specs = [_svd(), _svd()], [SVD, SVD]
+    older = _cache(tmp_path, "fp", "older")
+    (_cache(tmp_path, "fp", "marked-early") / "read-by.json").write_text('{"pass": 0}\n')  # before readers
+    _cache(tmp_path, "fp", "first", (0, []))
+    assert unread_caches(tmp_path, "fp", specs, passes, 2) == []  # pass 2's cache not known
+    second = _cache(tmp_path, "fp", "second", (1, [OTHER]))
+    assert unread_caches(tmp_path, "fp", specs, passes, 2) == [second]  # pass 2 read it after another pass 1
+    mark_read_by(second, 1, [SVD])
+    assert unread_caches(tmp_path, "fp", specs, passes, 1) == []
+    assert unread_caches(tmp_path, "fp", specs, passes, 2) == [tmp_path / "calib/fp/marked-early", older]
+    distill = SimpleNamespace(name="distill", config=SimpleNamespace(data="toy"), result_free=())
+    assert unread_caches(tmp_path, "fp", [{"distill": {}}], [distill], 1) == \
+        [tmp_path / "calib/fp/first", tmp_path / "calib/fp/marked-early", older, second]  # no svd pass: none read
 
 
 def test_pass_specs_compare_as_json_writes_them(tmp_path):
@@ -317,3 +340,20 @@ def test_a_run_removes_the_output_fishers_an_interrupted_pass_of_other_probes_le
     assert f"that no run of this recipe reads ({kept.relative_to(run_dir)}): " in said, said
     assert not kept.exists()
     assert (run_dir / REMOVED_LOG).read_text().split("\t")[1] == str(kept.relative_to(run_dir))
+
+
+def test_a_finished_run_removes_a_cache_an_older_dit_compress_wrote(tmp_path, two_svd, capsys):
+    """A stats cache with no readers recorded (an older dit-compress's: no read-by.json) beside those a
+    run's two svd passes read stayed for good; a rerun of the recipe that runs every pass, each svd pass
+    recorded as the reader of its own cache, removes it (a note, the log) and keeps its own."""
+    run_dir = tmp_path / "run-r"
+    run_recipe(tmp_path, two_svd, "r")
+    own = _caches(run_dir)
+    older = run_dir / "calib" / own[0].split("/")[0] / "0123456789abcdef"
+    older.mkdir()
+    (older / "blocks-0.pt").write_bytes(b"x" * 100)
+    capsys.readouterr()
+    run_recipe(tmp_path, two_svd, "r", overwrite=True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"that no run of this recipe reads ({older.relative_to(run_dir)}): 100 bytes freed" in said, said
+    assert not older.exists() and _caches(run_dir) == own
