@@ -166,13 +166,13 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     in place of the recorded ones, report_teacher.recorded_teacher)."""
     from compress.arch import get_adapter
 
-    out = _output_folder(Path(out).expanduser())
+    given, out = out, _output_folder(Path(out).expanduser())  # its lines name `given`: a Hub id, not the snapshot
     if repeats < 1 or batch < 1:
         raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
     dev = _device(device)  # before loading: a wrong --device is refused at once, not after the models load
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     # the loading's status on a terminal only: its UserErrors (a damaged output, a moved LoRA) are one line
-    with status(f"bench: loading {out}", log=False) as loading:
+    with status(f"bench: loading {given}", log=False) as loading:
         student = load_transformer(out)  # a UserError unless `out` is an output folder
         source, config = teacher_to_load(out, teacher, teacher_config)
         if not source:
@@ -187,7 +187,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         ref_stored = weight_bytes(ref), stored_dtype(ref)
         student, ref = cast(student, dev, dtype), cast(ref, dev, dtype)
         kwargs = moved(step_inputs(ref, family, source, batch), dev, dtype)
-    with status(f"bench: timing {out} against the teacher {source}") as said:  # a line each off a terminal (a log)
+    with status(f"bench: timing {given} against the teacher {source}") as said:  # a line each off a terminal (a log)
         t_teacher, t_student = time_steps([ref, student], kwargs, repeats, dev, said)  # (repeats,) each
         if dev.type == "cuda":  # peak_memory measures on a GPU only
             said.update("bench: peak memory of one step")
@@ -216,8 +216,8 @@ def _speedup(ratios: dict) -> dict:
 
 def _output_folder(out: Path) -> Path:
     """`out` if it is a folder (load_transformer says whether it is an output), else the Hugging Face
-    cache's copy of a Hub id (io_output.cached_output). The weight file of an output is refused in
-    eval's words (io_source.check_source: give its folder)."""
+    cache's copy of a Hub id (commands.cached_output_said, which notes that it reads it). The weight
+    file of an output is refused in eval's words (io_source.check_source: give its folder)."""
     from compress.io_source import check_source, output_weights
 
     if out.is_file() and output_weights(out):
@@ -225,9 +225,9 @@ def _output_folder(out: Path) -> Path:
     if out.is_file():
         raise UserError(f"{out} is a file: bench takes an output folder (dit-compress bench OUT, OUT written by run)")
     if not out.is_dir():
-        from compress.io_output import cached_output
+        from compress.commands import cached_output_said
 
-        cached = cached_output(str(out), "bench")  # a Hub id: the cache's copy, where it is an output
+        cached = cached_output_said(str(out), "bench")  # a Hub id: the cache's copy, where it is an output
         if cached is not None:
             return cached
         raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")

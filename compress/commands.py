@@ -15,7 +15,7 @@ from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, checked_sources, output_weights
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import status
-from compress.report import console, output_file, read_report, results, to_json
+from compress.report import console, note, output_file, read_report, results, to_json
 from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
 
 
@@ -62,7 +62,7 @@ def evaluate(args) -> int:
         _toy_options_only(grid, args.seed)
         warn_if_teacher_changed(streamed_out[0], streamed_out[1], "eval")
         named = teacher_fields(streamed_out[1], args.teacher)
-        return _print(_teacher_relative_streamed(*streamed_out), args.json, named, streamed_out[0])
+        return _print(_teacher_relative_streamed(*streamed_out), args.json, named, args.model)
     model, (teacher_source, teacher_config), out = _load_model(name, args.teacher, args.teacher_config,
                                                                   grid, args.seed)
     if out is not None:
@@ -75,7 +75,7 @@ def evaluate(args) -> int:
     teacher = load_teacher_of(model, teacher_source, teacher_config, args.lora) if teacher_source else None
     named = teacher_fields(teacher_source, args.teacher, teacher_loras(model, args.lora)) if teacher_source else None
     if not toy:
-        return _print(_teacher_relative(model, teacher, teacher_source, out), args.json, named, out)
+        return _print(_teacher_relative(model, teacher, teacher_source, out), args.json, named, args.model)
     from compress.toy.evaluate import evaluate as toy_evaluate
 
     what = "the model and its teacher" if teacher is not None else "the model"
@@ -88,18 +88,28 @@ def evaluate(args) -> int:
         from compress.toy.grid import save_sample_grid
 
         console.print(f"wrote {save_sample_grid(model, family, grid, seed=seed)}")
-    return _print(result, args.json, named, out)
+    return _print(result, args.json, named, args.model)
 
 
 def _cached_output(model: str) -> str:
     """`model`, or for a Hub id (ORG/NAME, not there as a path) the Hugging Face cache's copy of it
-    where that is an output, as inspect and bench read it (io_output.cached_output: else one line
+    where that is an output, as inspect and bench read it (cached_output_said: else one line
     saying how to download it, or that the cache's copy is no output). eval loads no Hub teacher:
     a real teacher is refused as no output (check_measurable), and no Hub id is a toy."""
+    cached = cached_output_said(model, "eval")
+    return model if cached is None else str(cached)
+
+
+def cached_output_said(source: str, what: str) -> Path | None:
+    """io_output.cached_output for the command `what` (eval, bench): the Hugging Face cache's copy of
+    the Hub id `source` where it is an output (None for a path), and where it is read, a note saying so,
+    once: the command's other lines name `source`, the id the user gave."""
     from compress.io_output import cached_output
 
-    cached = cached_output(model, "eval")
-    return model if cached is None else str(cached)
+    cached = cached_output(source, what)
+    if cached is not None:
+        note(f"{source}: reading the Hugging Face cache's copy of it, {cached}")
+    return cached
 
 
 def _toy_options_only(grid: Path | None, seed: int | None) -> None:
@@ -111,14 +121,15 @@ def _toy_options_only(grid: Path | None, seed: int | None) -> None:
                         "held-out inputs (calibration.seed of its recipe.yaml)")
 
 
-def _print(result: dict, as_json: bool, named: dict | None = None, out: Path | None = None) -> int:
+def _print(result: dict, as_json: bool, named: dict | None = None, given: str | None = None) -> int:
     """eval's result, as --json or a line per key; `named` (measured_against.teacher_fields): the
-    teacher it was measured against, keys in --json and a line above the others ('OUT' records it)."""
+    teacher it was measured against, keys in --json and a line above the others ('OUT' records it,
+    OUT as the user `given` it: a Hub id, not the cache's snapshot)."""
     if as_json:
         print(to_json({**(named or {}), **result}))
         return 0
     if named:
-        results.print(f"measured {against(named, out)}", markup=False, highlight=False)
+        results.print(f"measured {against(named, given)}", markup=False, highlight=False)
     for key, value in result.items():
         results.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     return 0

@@ -1,0 +1,48 @@
+"""eval and bench given a Hub id whose output the Hugging Face cache holds: bench named the cache's
+snapshot folder in its first line and the id in its 'which X records' line, eval the snapshot in its
+own; both now name the id the user gave, and say once, in a note, that they read the cache's copy."""
+
+from __future__ import annotations
+
+import pytest
+
+from compress.cli import main
+from tests.runner_helpers import SIMPLE
+
+
+@pytest.fixture
+def cached(tmp_path, monkeypatch):
+    """The Hugging Face cache at tmp_path/hub holding acme/out, an output (with its recipe.yaml, which
+    eval reads) of the tiny teacher at tmp_path/teacher -> the cache's snapshot folder of acme/out."""
+    from huggingface_hub import constants
+
+    from compress import save_compressed
+    from tests.conftest import factorize, tiny_pixart
+    from tests.pipelines import hub_cache
+
+    teacher = tiny_pixart()
+    teacher.save_pretrained(tmp_path / "teacher")
+    out = save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.2"], rank=2), tmp_path / "out",
+                          extra={"teacher": str(tmp_path / "teacher")})
+    (out / "recipe.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher", passes="  - svd: {ratio: 0.5}\n"))
+    hub_cache(tmp_path / "hub", "acme/out", out)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "hub" / "models--acme--out" / "snapshots" / ("0" * 40)
+
+
+@pytest.mark.parametrize("command, extra, records", [
+    ("eval", [], "measured against the teacher {teacher}, which acme/out records"),
+    ("bench", ["--repeats", "1", "--device", "cpu"],
+     "acme/out: timed against the teacher {teacher}, which acme/out records"),
+])
+def test_a_cached_hub_output_is_named_by_its_id_and_read_from_the_cache_once(cached, capsys, command, extra,
+                                                                             records):
+    assert main([command, "acme/out", *extra]) == 0
+    said = capsys.readouterr()
+    assert records.format(teacher=cached.parents[3] / "teacher") in said.out.splitlines()
+    assert f"note: acme/out: reading the Hugging Face cache's copy of it, {cached}" in said.err.splitlines()
+    assert (said.out + said.err).count(str(cached)) == 1  # the note alone names the snapshot
+    if command == "bench":
+        assert "bench: timing acme/out against the teacher" in said.err  # its first line, off a terminal
