@@ -3,8 +3,9 @@ again once it has run them all): svd statistics and output Fishers of another te
 (calib/<fingerprint>/) or of a student no saved pass nor this recipe makes (calib/<fingerprint>/<model>/),
 the statistics in a cache this run's svd passes read that they neither read nor wrote (`unread_files`),
 output Fishers of another fisher_probes an interrupted svd pass left in a cache this recipe reads
-(`unread_fishers`), and teacher samples of another teacher, calibration or distill settings
-(distill/teacher_samples/<key>/). Only under the run's locks, once the run has decided what it keeps
+(`unread_fishers`), teacher samples of another teacher, calibration or distill settings
+(distill/teacher_samples/<key>/), and sampled inputs of another teacher or none the run reads
+(inputs/<name>/, `other_inputs`). Only under the run's locks, once the run has decided what it keeps
 (never when it refuses), and only where the folder's last run finished or this one is a --restart
 (`finished_run`); those of another teacher or calibration (`of_another`: hours of statistics on a real
 model) only with --restart, else one note names them. A cache whose readers are not recorded (an older
@@ -34,9 +35,10 @@ def finished_run(run_dir: Path) -> bool:
     return (Path(run_dir) / "stages" / FINISHED).is_file()
 
 
-def of_another(run_dir: Path, fingerprint: str) -> list[Path]:
-    """The caches in `run_dir` of another teacher or calibration: calib/<other fingerprint>/ and teacher
-    samples whose about.json holds another fingerprint (one without a readable about.json: not known)."""
+def of_another(run_dir: Path, fingerprint: str, inputs: list[Path] | None = None) -> list[Path]:
+    """The caches in `run_dir` of another teacher or calibration: calib/<other fingerprint>/, teacher
+    samples whose about.json holds another fingerprint (one without a readable about.json: not known)
+    and sampled inputs other than the run's `inputs` (`other_inputs`)."""
     found = [p for p in sorted((Path(run_dir) / "calib").glob("*"))
              if p.name != fingerprint and p.is_dir() and not p.is_symlink()]
     for folder in sorted((Path(run_dir) / TEACHER_SAMPLES).glob("*")):
@@ -46,7 +48,20 @@ def of_another(run_dir: Path, fingerprint: str) -> list[Path]:
             continue
         if isinstance(about, dict) and about.get("fingerprint") != fingerprint:
             found.append(folder)
-    return found
+    return found + other_inputs(run_dir, inputs)
+
+
+def other_inputs(run_dir: Path, inputs: list[Path] | None) -> list[Path]:
+    """The folders of sampled inputs in `run_dir` (inputs/<name>/: the records of each sampling call of a
+    pipeline calibration, named by the teacher, its weights and pipeline: calib_pipeline.inputs_cache_name)
+    but `inputs`, those the run reads ([]: none, its calibration samples nothing; None: not known, none
+    named). A run of another teacher reads them, and `eval` of its output (report.json's inputs_cache),
+    which samples those held-out calls again where they are gone."""
+    if inputs is None:
+        return []
+    mine = {Path(p).resolve() for p in inputs}
+    return [p for p in sorted((Path(run_dir) / "inputs").glob("*"))
+            if p.is_dir() and not p.is_symlink() and p.resolve() not in mine]
 
 
 def clock_ns(run_dir: Path) -> int:
@@ -61,11 +76,13 @@ def clock_ns(run_dir: Path) -> int:
         path.unlink(missing_ok=True)
 
 
-def unread_caches(run_dir: Path, fingerprint: str, specs: list, passes, start: int) -> list[Path]:
+def unread_caches(run_dir: Path, fingerprint: str, specs: list, passes, start: int,
+                  inputs: list[Path] | None = None) -> list[Path]:
     """The cache folders in `run_dir` that neither the run of the recipe whose pass specs are `specs`
-    (built: `passes`; its first pass to run: `start`) nor a --resume of it can read: `unread_stats`
-    and `unread_samples`."""
-    return unread_stats(run_dir, fingerprint, specs, passes, start) + unread_samples(run_dir, fingerprint, passes)
+    (built: `passes`; its first pass to run: `start`; the sampled inputs it reads: `inputs`) nor a
+    --resume of it can read: `unread_stats`, `unread_samples` and `other_inputs`."""
+    return (unread_stats(run_dir, fingerprint, specs, passes, start) + unread_samples(run_dir, fingerprint, passes)
+            + other_inputs(run_dir, inputs))
 
 
 def unread_stats(run_dir: Path, fingerprint: str, specs: list, passes, start: int) -> list[Path]:
@@ -165,18 +182,20 @@ def unread_files(cache: Path, read: set[str], since_ns: int) -> list[Path]:
 
 
 def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, passes, start: int,
-                         also: list[Path] = (), restart: bool = False, first: bool = True) -> None:
+                         also: list[Path] = (), restart: bool = False, first: bool = True,
+                         inputs: list[Path] | None = None) -> None:
     """`unread_caches` deleted, and the files `also` (`unread_files`), with one note naming them and the
     bytes freed (rank 0, under the run's locks: Runner calls it once it restored what it keeps (`first`),
     and after its last pass). Those `of_another` teacher or calibration only with `restart`: else kept,
-    and named in one note (at the `first` call)."""
+    and named in one note (at the `first` call). `inputs`: the folders of sampled inputs the run reads
+    (Runner.inputs_cache; [] none; None: not known, every one kept)."""
     from compress.report import note
 
     if not fingerprint:
         return
-    found = unread_caches(run_dir, fingerprint, specs, passes, start)
+    found = unread_caches(run_dir, fingerprint, specs, passes, start, inputs)
     if not restart:
-        another = of_another(run_dir, fingerprint)
+        another = of_another(run_dir, fingerprint, inputs)
         found = [p for p in found if p not in another]
         if first and another:
             note(f"{run_dir} holds {bytes_in_words(sum(size_of(p) for p in another))} of caches of another "

@@ -135,6 +135,32 @@ def test_teacher_samples_of_another_fingerprint_or_settings_are_unread(tmp_path)
     assert unread_caches(tmp_path, "fp", [], [], 0) == [fewer, fewer.parent / "kept", other]  # no distill pass
 
 
+def test_sampled_inputs_of_another_teacher_go_only_with_restart(tmp_path, capsys):
+    """inputs/<name>/ (a pipeline calibration's sampling calls, named by the teacher) other than the one
+    the run reads: of another teacher, never read by this run; kept and named by a plain run (their bytes,
+    '--restart removes them'), removed by --restart, with the log. Where the run's inputs are not known
+    (None), none is named; a run that samples none ([]: a toy or synthetic source) reads none of them."""
+    from compress.runner_caches import REMOVED_LOG, of_another, remove_unread_caches
+
+    mine, other = tmp_path / "inputs" / "mine", tmp_path / "inputs" / "other"
+    for folder in (mine, other):
+        folder.mkdir(parents=True)
+        (folder / "0123.pt").write_bytes(b"x" * 2048)
+    assert unread_caches(tmp_path, "fp", [], [], 0) == [] and of_another(tmp_path, "fp") == []
+    assert unread_caches(tmp_path, "fp", [], [], 0, [mine]) == [other] == of_another(tmp_path, "fp", [mine])
+    assert unread_caches(tmp_path, "fp", [], [], 0, []) == [mine, other]
+    remove_unread_caches(tmp_path, "fp", [], [], 0, inputs=[mine])
+    said = " ".join(capsys.readouterr().err.split())
+    assert said == (f"note: {tmp_path} holds 2.0 KiB of caches of another teacher or calibration (inputs/other); "
+                    "--restart removes them"), said
+    assert other.is_dir()
+    remove_unread_caches(tmp_path, "fp", [], [], 0, restart=True, inputs=[tmp_path / "x" / ".." / "inputs" / "mine"])
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.endswith("that no run of this recipe reads (inputs/other): 2.0 KiB freed"), said
+    assert mine.is_dir() and not other.exists()
+    assert (tmp_path / REMOVED_LOG).read_text().endswith("\tinputs/other\t2048\n")
+
+
 def test_statistics_a_run_neither_read_nor_wrote_are_unread(tmp_path):
     """In a stats cache this run's svd passes read: the files they read back (their names) and wrote
     (newer than the run's passes) stay, the others (an earlier ratio's) go."""
