@@ -28,7 +28,7 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
 
     from compress.io import pipeline_dtype
     from compress.io_hub import pipeline_keywords, quiet_hub
-
+    from compress.io_hub_requests import bounded_hub
     from compress.pipeline_folder import folder_problem
 
     what = f"cannot load calibration pipeline '{source}': "
@@ -36,13 +36,21 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
         raise UserError(f"{what}{problem}")
     cached = pipeline_keywords(source, "calibration pipeline")  # offline: a Hub id from the cache
     try:
-        with quiet_hub():  # a Hub id: no retry warnings, the error says why
+        with quiet_hub(), bounded_hub():  # a Hub id: no retry warnings, no wait without end, the error says why
             pipe = DiffusionPipeline.from_pretrained(os.path.expanduser(source), transformer=teacher,  # ~/pipe
                                                      **pipeline_dtype(teacher.dtype), **cached)
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
-        raise UserError(f"cannot load calibration pipeline '{source}': "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UserError(f"cannot load calibration pipeline '{source}': {_why(e)}") from None
     return _beside(pipe, teacher)
+
+
+def _why(e: Exception) -> str:
+    """A failed pipeline or config load in words: a Hub request that ran out of time as
+    io_hub_requests.timed_out says it (the seconds, the variable that lengthens them), else the
+    error's first line."""
+    from compress.io_hub_requests import timed_out
+
+    return timed_out(e) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def _beside(pipe, teacher: torch.nn.Module):
@@ -295,11 +303,13 @@ class PipelineSource:
             return None
         from diffusers import DDPMScheduler  # any scheduler class reads scheduler_config.json
 
+        from compress.io_hub_requests import bounded_hub
+
         try:
-            return dict(DDPMScheduler.load_config(os.path.expanduser(self.pipeline), subfolder="scheduler"))
+            with bounded_hub():
+                return dict(DDPMScheduler.load_config(os.path.expanduser(self.pipeline), subfolder="scheduler"))
         except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
-            raise UserError(f"cannot read the scheduler config of '{self.pipeline}': "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise UserError(f"cannot read the scheduler config of '{self.pipeline}': {_why(e)}") from None
 
     def guidance(self) -> float:
         """The pipeline's guidance_scale. A guidance-distilled transformer (Flux.1-dev) takes it as

@@ -213,9 +213,9 @@ def not_cached(repo_id: str) -> UserError:
 
 def pipeline_keywords(source: str, what: str) -> dict:
     """diffusers' from_pretrained keywords for the pipeline `source` (`what`: 'base pipeline'): a Hub
-    id offline, or where the Hub cannot be reached (hub_head's one bounded request: diffusers' own
-    requests wait without a timeout), is read from its cached_snapshot with local_files_only
-    (diffusers otherwise says it "couldn't connect to the Hub" though offline was asked for); one the
+    id offline, or where the Hub cannot be reached (hub_head's one request, without retries:
+    diffusers' own, bounded by io_hub_requests.bounded_hub, retry), is read from its cached_snapshot
+    with local_files_only (diffusers otherwise says it "couldn't connect to the Hub" though offline was asked for); one the
     cache lacks is a UserError naming the cache (was diffusers' many-line 'not fully cached
     locally'), one whose snapshot lacks a part its model_index.json lists names it and the hf
     download that fetches it (pipeline_folder.snapshot_problem). {} otherwise."""

@@ -7,10 +7,16 @@ huggingface_hub 2.4's client has no timeout of its own: `HfApi.list_repo_files` 
 `snapshot_download`'s repo_info / list_repo_tree send none, so a network that accepts the
 connection and never answers held a load forever. The list is read from `model_info` (which takes
 a timeout: HF_HUB_DOWNLOAD_TIMEOUT) and the files are fetched one by one with `hf_hub_download`
-(its HEAD waits HF_HUB_ETAG_TIMEOUT, its download HF_HUB_DOWNLOAD_TIMEOUT between reads)."""
+(its HEAD waits HF_HUB_ETAG_TIMEOUT, its download HF_HUB_DOWNLOAD_TIMEOUT between reads).
+
+A Hub pipeline diffusers loads itself (a calibration pipeline, load_pipeline's base) sends its own
+requests (model_info, snapshot_download's), most naming no wait: inside `bounded_hub` they wait
+HF_HUB_ETAG_TIMEOUT (a HEAD) or HF_HUB_DOWNLOAD_TIMEOUT, and `timed_out` says the one that ran out
+in words."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -129,3 +135,50 @@ def waited(e: BaseException, method: str | None = None) -> str:
     method = method or next((m for m in map(request_method, errors) if m), "GET")
     var = TIMEOUTS.get(method, TIMEOUTS["GET"])
     return f" (no answer within {getattr(constants, var)} s; set {var} to wait longer)"
+
+
+@contextlib.contextmanager
+def bounded_hub():
+    """Inside, huggingface_hub's requests that set no wait (diffusers' for a Hub pipeline: model_info
+    and resolve_revision's repo_info pass timeout=None, snapshot_download's list_repo_tree none;
+    huggingface_hub 2.4's client has none either, so each waited forever) wait as long as
+    `waited` says: HF_HUB_ETAG_TIMEOUT a HEAD, HF_HUB_DOWNLOAD_TIMEOUT the others. The client
+    factory huggingface_hub builds its shared client with is wrapped, not replaced: a library
+    user's own (set_client_factory: proxies, certificates) still builds it, and is put back after
+    (its client rebuilt on the next request). A request hook, not the client's timeout: an explicit
+    timeout=None overrides that. A factory, not a hook on the live client: huggingface_hub closes
+    that client after a ConnectError and builds another."""
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    previous = _http._GLOBAL_CLIENT_FACTORY  # huggingface_hub has no public getter for it
+
+    def bounded():
+        client = previous()
+        hooks = client.event_hooks
+        client.event_hooks = {**hooks, "request": [*hooks.get("request", []), bound_waits]}
+        return client
+
+    set_client_factory(bounded)
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
+
+
+def bound_waits(request) -> None:
+    """bounded_hub's request hook: the waits (connect, read, write, pool) `request` leaves unbounded
+    set to its method's HF_HUB_*_TIMEOUT (TIMEOUTS); those it sets kept."""
+    from huggingface_hub import constants
+
+    wait = getattr(constants, TIMEOUTS.get(request.method, TIMEOUTS["GET"]))
+    waits = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {k: wait if waits.get(k) is None else waits[k]
+                                     for k in ("connect", "read", "write", "pool")}
+
+
+def timed_out(e: BaseException) -> str | None:
+    """'the Hugging Face Hub did not answer (ReadTimeout: … (no answer within 10 s; set
+    HF_HUB_DOWNLOAD_TIMEOUT to wait longer))' where a request under `e` timed out (cause_line's
+    words); None for any other error."""
+    return f"the Hugging Face Hub did not answer ({cause_line(e)})" if waited(e) else None

@@ -51,21 +51,25 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     from compress.calib_pipeline import need_transformers
     from compress.io import pipeline_dtype
     from compress.io_hub import pipeline_keywords, quiet_hub
+    from compress.io_hub_requests import bounded_hub, timed_out
 
     need_transformers(get_adapter(transformer).family, f"the base pipeline '{base}'")
     cached = pipeline_keywords(base, "base pipeline")  # offline: a Hub id from the cache, said where it lacks it
     try:
-        with quiet_hub():  # a Hub id: no retry warnings, the error says why
+        with quiet_hub(), bounded_hub():  # a Hub id: no retry warnings, no wait without end, the error says why
             _check_base(transformer, base)
             pipe = DiffusionPipeline.from_pretrained(os.path.expanduser(base), transformer=transformer,
                                                      **pipeline_dtype(dtype or transformer.dtype), **cached)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load base pipeline '{base}': {one_line(e)}") from None
     except AttributeError as e:  # diffusers' getattr of the pipeline class model_index.json names
         name = re.fullmatch(r"module diffusers has no attribute (\S+)", str(e))
         if name is None:
             raise
         raise _unknown_pipeline_class(base, name[1]) from None
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError, and a Hub request's timeout (httpx's: no OSError)
+        why = timed_out(e)
+        if why is None and not isinstance(e, (OSError, ValueError)):
+            raise
+        raise UserError(f"cannot load base pipeline '{base}': {why or one_line(e)}") from None
     return _refusing_lora_loads(pipe)
 
 

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import json
 
+import huggingface_hub
 import pytest
 
 from compress import load_teacher
 from compress.errors import UserError
 from tests.conftest import tiny_pixart
+
+
+_BLOCKED = ("list_repo_files", "list_repo_tree", "repo_info")  # no timeout: never called by our code
+_HF_API = {name: getattr(huggingface_hub.HfApi, name) for name in _BLOCKED}  # the real ones, for a live Hub
+_SNAPSHOT_DOWNLOAD = huggingface_hub.snapshot_download
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +29,7 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 7)
     monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
-    for name in ("list_repo_files", "list_repo_tree", "repo_info"):  # no timeout: never called
+    for name in _BLOCKED:
         monkeypatch.setattr(huggingface_hub.HfApi, name, lambda *a, name=name, **k: pytest.fail(f"{name} {a} {k}"))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail(f"snapshot_download {a}"))
 
@@ -188,3 +194,162 @@ def test_a_reachability_timeout_whose_cause_names_no_request_names_hf_hub_etag_t
 
     cause, commit = hub_head("acme/slow", "config.json")
     assert commit is None and cause == "ReadTimeout: timed out (no answer within 3 s; set HF_HUB_ETAG_TIMEOUT to wait longer)"
+
+
+# ---- diffusers' own requests for a Hub pipeline: a live server that answers HEADs and then hangs ----
+@pytest.fixture
+def hanging_hub(monkeypatch):
+    """A Hub on 127.0.0.1 that answers a HEAD of model_index.json (pipeline_keywords' reachability
+    request: the Hub answers, diffusers loads) and of other files with 404, and holds every other
+    request (diffusers' model_info, …) without an answer; HF_HUB_*_TIMEOUT 1 s. Yields the requests
+    it saw: (request line, its headers)."""
+    import socket
+    import threading
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    for name, method in _HF_API.items():  # diffusers' own requests are what this Hub is for
+        monkeypatch.setattr(huggingface_hub.HfApi, name, method)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _SNAPSHOT_DOWNLOAD)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", huggingface_hub.file_download.get_hf_file_metadata)
+    server, held, seen = socket.create_server(("127.0.0.1", 0)), [], []
+
+    def answer(conn):
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+            data += chunk
+        line, *headers = data.decode("latin-1").split("\r\n\r\n")[0].split("\r\n")
+        seen.append((line, {h.split(":")[0].lower(): h.split(":", 1)[1].strip() for h in headers}))
+        status = "200 OK" if "/model_index.json " in line else "404 Not Found\r\nX-Error-Code: EntryNotFound"
+        if line.startswith("HEAD ") or "/api/agent-harnesses" in line:  # the registry: no 3 s wait
+            conn.sendall(f"HTTP/1.1 {status}\r\nX-Repo-Commit: {'c' * 40}\r\nETag: \"e\"\r\nContent-Length: 0\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            conn.close()
+        else:
+            held.append(conn)  # never answered
+
+    def serve():
+        while True:
+            try:
+                conn = server.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)  # model_info's, made at import
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    yield seen
+    server.close()
+    for conn in held:  # a load still waiting (before the fix) gets its answer: the connection closed
+        conn.close()
+
+
+def _within(seconds: float, load):
+    """(the error `load` raised, seconds it took); the test fails, not hangs, where it runs longer."""
+    import threading
+    import time
+
+    outcome, start = [], time.monotonic()
+
+    def run():
+        try:
+            load()
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            outcome.append(e)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"the load still waits after {seconds} s")
+    return outcome[0], time.monotonic() - start
+
+
+def _user_factory():
+    """A library user's own client factory (a header of theirs on every request, no timeout)."""
+    import httpx2
+
+    return httpx2.Client(headers={"x-user-factory": "yes"}, follow_redirects=True, timeout=None)
+
+
+WAITED = ("the Hugging Face Hub did not answer (ReadTimeout: timed out (no answer within 1 s; set "
+          "HF_HUB_DOWNLOAD_TIMEOUT to wait longer))")
+
+
+def test_a_calibration_pipeline_the_hub_stops_answering_fails_in_seconds_in_one_line(hanging_hub):
+    """diffusers' own requests for a Hub pipeline (model_info, snapshot_download's) named no timeout
+    and huggingface_hub 2.4's client has none: where the Hub answered our HEAD and then never
+    answered, from_pretrained waited forever. They wait HF_HUB_DOWNLOAD_TIMEOUT now; the error is
+    one line naming it; the user's own client factory builds the client (their header sent) and is
+    theirs again after."""
+    from huggingface_hub import get_session, set_client_factory
+    from huggingface_hub.utils import _http
+
+    from compress.calib_pipeline import load_pipeline_for
+
+    set_client_factory(_user_factory)
+    try:
+        error, took = _within(30, lambda: load_pipeline_for(tiny_pixart(), "acme/pix"))
+        assert isinstance(error, UserError), error
+        assert str(error) == f"cannot load calibration pipeline 'acme/pix': {WAITED}"
+        assert took < 10
+        assert _http._GLOBAL_CLIENT_FACTORY is _user_factory and get_session().timeout.read is None
+    finally:
+        set_client_factory(_http.default_client_factory)
+    asked = [line for line, headers in hanging_hub if "agent-harnesses" not in line]
+    assert asked[0].startswith("HEAD /acme/pix/resolve/main/model_index.json")
+    assert any(line.startswith("GET /api/models/acme/pix") for line in asked[1:])
+    assert all(headers.get("x-user-factory") == "yes" for line, headers in hanging_hub)
+
+
+def test_a_base_pipeline_the_hub_stops_answering_fails_in_seconds_in_one_line(hanging_hub, tmp_path):
+    """load_pipeline's base pipeline, a Hub id whose Hub answers HEADs and then never answers: as
+    the calibration pipeline (diffusers' timeout is httpx's, no OSError: it was a traceback)."""
+    from compress import load_pipeline, save_compressed
+    from tests.conftest import factorize
+
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.ff.net.2"], rank=4), tmp_path / "out")
+    error, took = _within(30, lambda: load_pipeline(out, base="acme/pix"))
+    assert isinstance(error, UserError), error
+    assert str(error) == f"cannot load base pipeline 'acme/pix': {WAITED}"
+    assert took < 10
+
+
+def test_bounded_hub_bounds_only_the_waits_a_request_leaves_open_and_puts_the_factory_back(monkeypatch):
+    """Inside bounded_hub a request's unset waits are its method's HF_HUB_*_TIMEOUT (an explicit
+    timeout=None, as model_info sends, too), its own kept; the user's factory builds the client
+    and is the factory again after, its client without the hook."""
+    import httpx2
+    from huggingface_hub import constants, get_session, set_client_factory
+    from huggingface_hub.utils import _http
+
+    from compress.io_hub_requests import bound_waits, bounded_hub
+
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 4)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
+
+    def sent(client, method, **timeout):
+        request = client.build_request(method, "http://127.0.0.1:1/x", **timeout)
+        for hook in client.event_hooks["request"]:
+            hook(request)
+        return request.extensions["timeout"]
+    set_client_factory(_user_factory)
+    try:
+        with bounded_hub():
+            client = get_session()
+            assert client.headers["x-user-factory"] == "yes"
+            assert sent(client, "GET", timeout=None) == {"connect": 4, "read": 4, "write": 4, "pool": 4}
+            assert sent(client, "HEAD") == {"connect": 2, "read": 2, "write": 2, "pool": 2}
+            assert sent(client, "GET", timeout=httpx2.Timeout(None, connect=30)) == {
+                "connect": 30, "read": 4, "write": 4, "pool": 4}
+            assert sent(client, "HEAD", timeout=60)["read"] == 60
+        assert _http._GLOBAL_CLIENT_FACTORY is _user_factory
+        assert get_session() is not client and bound_waits not in get_session().event_hooks["request"]
+    finally:
+        set_client_factory(_http.default_client_factory)
