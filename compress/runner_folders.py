@@ -17,7 +17,7 @@ from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words,
 from compress.runner_pending import read_record
 from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, distill_checkpoints,
                                     finished_and_reusable, interrupted_run, read_state, recorded_fingerprint,
-                                    stage_dirs, teacher_change)
+                                    same_teacher, stage_dirs, teacher_change)
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
@@ -232,8 +232,8 @@ def other_teacher(run_dir: Path, teacher: dict) -> str | None:
     before = (read_state(stages[-1][1]) or {}).get("teacher") if stages else None
     if not isinstance(before, dict) or "source" not in before:
         return None
-    if (before["source"], before.get("config")) == (teacher["source"], teacher["config"]):
-        return None
+    if same_teacher({"source": before["source"], "config": before.get("config")}, teacher):
+        return None  # (a --teacher-config compared by the file it names)
     return teacher_change({"config": None, **before}, teacher)
 
 

@@ -45,8 +45,11 @@ def write_record(run_dir: Path, i: int, state: dict, student, loader) -> None:
 
 
 def read_record(run_dir: Path) -> tuple[int, dict] | None:
-    """(pass index, state) of the record in `run_dir`, or None where there is none, it cannot be
-    read, or a file it names is gone."""
+    """(pass index, state) of the record in `run_dir` (its teacher as --resume compares a stage's:
+    runner_resume.state_as_compared), or None where there is none, it cannot be read, or a file it
+    names is gone."""
+    from compress.runner_resume import state_as_compared  # (it imports this module: imported here, not above)
+
     folder = Path(run_dir) / PENDING
     try:
         state = json.loads((folder / RECORD).read_text())
@@ -57,7 +60,7 @@ def read_record(run_dir: Path) -> tuple[int, dict] | None:
         return None
     if not all((folder / f).is_file() for f in set(files)):  # absolute paths stay as they are
         return None
-    return state["pass"], state
+    return state["pass"], state_as_compared(state)
 
 
 def restore_student(run_dir: Path, models):

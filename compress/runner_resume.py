@@ -159,15 +159,42 @@ def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, 
 def older_checksum(before: dict, now: dict) -> bool:
     """Whether `before` is an identity of the same source and --teacher-config whose checksum is of
     an older kind (a few values of each tensor: before CHECKSUM_OF), so its weights cannot be compared."""
-    return before.get("checksum_of") != now.get("checksum_of") and \
-        (before.get("source"), before.get("config")) == (now["source"], now["config"])
+    return before.get("checksum_of") != now.get("checksum_of") and before.get("source") == now["source"] \
+        and same_config(before.get("config"), now["config"])
+
+
+def same_teacher(before: dict, now: dict) -> bool:
+    """Whether the teacher a stage recorded (`before`: teacher_identity's, as_compared) is `now`'s: every
+    key the same, the --teacher-config as the file it names (`same_config`), however it was given."""
+    def rest(teacher: dict) -> dict:
+        return {k: v for k, v in teacher.items() if k != "config"}
+
+    return rest(before) == rest(now) and same_config(before.get("config"), now.get("config"))
+
+
+def same_config(before: str | None, now: str | None) -> bool:
+    """Whether two --teacher-configs (named_teacher's) name the same file: `config_target`'s, so that a
+    folder and the config.json it holds, or a symlink and its target, are one config; where either names
+    none (gone since), as written."""
+    if before == now:
+        return True
+    targets = (config_target(before), config_target(now)) if before and now else (None, None)
+    return targets[0] is not None and targets[0] == targets[1]
+
+
+def config_target(config: str) -> Path | None:
+    """The file a --teacher-config names, as io_single.config_file reads it (a JSON file, a folder's
+    config.json or a pipeline folder's transformer/config.json), its links resolved; None where none is."""
+    path = Path(config).expanduser()
+    found = [path, path / "config.json", path / "transformer" / "config.json"]
+    return next((c.resolve() for c in found if c.is_file()), None)
 
 
 def teacher_change(before: dict, now: dict) -> str:
     """What differs between two `teacher_identity`s, in words."""
     if before["source"] != now["source"]:
         return f"was {before['source']}, now {now['source']}"
-    if before["config"] != now["config"]:
+    if not same_config(before["config"], now["config"]):
         return f"--teacher-config was {_given(before['config'])}, now {_given(now['config'])}"
     return f"{now['source']} holds other weights or config"
 
@@ -221,6 +248,11 @@ def read_state(stage: Path) -> dict | None:
         return None
     if not isinstance(state, dict):
         return None
+    return state_as_compared(state)
+
+
+def state_as_compared(state: dict) -> dict:
+    """A stage's state (or a streamed stage's record: runner_pending) with its teacher `as_compared`."""
     return dict(state, teacher=as_compared(state["teacher"])) if "teacher" in state else state
 
 

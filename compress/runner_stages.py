@@ -24,7 +24,7 @@ from compress.runner_kept import mark_read_by, read_back_in_words
 from compress.runner_folders import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RUN_RECORD, inputs_change, not_kept_in_words, older_checksum,
                                    passed_over_in_words, read_state, recipe_changes, resumed_in_words,
-                                   reusable_stage, stage_dirs, teacher_change)
+                                   reusable_stage, same_teacher, stage_dirs, teacher_change)
 
 
 def stage_dir(runner, i: int) -> Path:
@@ -238,7 +238,7 @@ def _check_teacher(runner, state: dict) -> None:
     elif older_checksum(before, runner.identity):
         warn(f"{runner.run_dir} was written by an older dit-compress, whose checksum of the teacher's weights "
              "read only a few values of each tensor; --resume checks the teacher's source and --teacher-config only")
-    elif before != runner.identity:
+    elif not same_teacher(before, runner.identity):  # a --teacher-config by the file it names
         raise UserError(f"--resume: the teacher changed since {runner.run_dir} was written "
                         f"({teacher_change(before, runner.identity)}); rerun with --restart to start over")
 

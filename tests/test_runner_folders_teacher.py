@@ -131,3 +131,26 @@ def test_an_older_runs_unread_teacher_config_is_no_other_teacher(pixart, monkeyp
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{run} holds an interrupted run of this recipe (1 of 2 passes done" in said
     assert said.endswith("add --resume to continue, or --restart to start over")
+
+
+def test_a_single_files_teacher_config_given_another_way_is_the_same_teacher(tmp_path, monkeypatch, capsys):
+    """A run with --teacher-config cfgA/config.json, rerun with cfgA (the folder holding it), a symlink to
+    it, or a relative path from another folder: the plain rerun and --resume compared the paths as
+    strings ('for another teacher (--teacher-config was …/cfgA/config.json, now …/cfgA'; 'the teacher
+    changed'). They name one file: the ordinary refusal, and --resume continues."""
+    args = _single_file_interrupted(tmp_path, monkeypatch, capsys)
+    (tmp_path / "link").symlink_to(tmp_path / "cfgA", target_is_directory=True)
+    for config in ("cfgA", "link", "link/config.json"):
+        assert main([*args, "--teacher-config", config]) == 2
+        said = capsys.readouterr().err.strip().splitlines()[-1]
+        assert said.startswith("dit-compress: error: run holds an interrupted run of this recipe (1 of 2 passes done")
+        assert said.endswith("add --resume to continue, or --restart to start over")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    moved = ["run", "../r.yaml", "--out", "../out", "--run-dir", "../run", "--teacher", "../single/t.safetensors"]
+    assert main([*moved, "--teacher-config", "../link"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "holds an interrupted run of this recipe (1 of 2 passes done" in said and "another teacher" not in said
+    assert main([*moved, "--teacher-config", "../cfgA", "--resume"]) == 0
+    assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err.replace("\n", " ")
+    assert (tmp_path / "out" / "config.json").is_file()

@@ -12,7 +12,8 @@ from compress.io import INDEX
 from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner, build_passes
-from compress.runner_resume import as_compared, read_state, recipe_changes, teacher_change
+from compress.runner_resume import (as_compared, older_checksum, read_state, recipe_changes, same_teacher,
+                                    teacher_change)
 from compress.runner_stages import restore
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import pixart_runner, run_recipe, streamed_teacher
@@ -84,6 +85,31 @@ def test_a_recorded_teacher_config_is_compared_where_the_teacher_reads_one(tmp_p
     was = {"source": "a.safetensors", "config": None}
     assert teacher_change(was, {**was, "config": "cfg"}) == "--teacher-config was not given, now cfg"
     assert teacher_change({**was, "config": "cfg"}, was) == "--teacher-config was cfg, now not given"
+
+def test_a_teacher_config_is_compared_by_the_file_it_names(tmp_path):
+    """same_teacher: a --teacher-config given as a folder, the config.json it holds, a pipeline folder
+    or its transformer/, or through a symlink, names one config (teacher_change and older_checksum agree);
+    another file, one gone since (as written), or none given, is another."""
+    for folder in ("a", "b", "pipe/transformer"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
+    was = {"source": "/t.safetensors", "config": str(tmp_path / "a" / "config.json"), "checksum": "1"}
+    for same in ("a", "link", "link/config.json"):
+        assert same_teacher(was, {**was, "config": str(tmp_path / same)})
+    pipe = {**was, "config": str(tmp_path / "pipe")}
+    assert same_teacher(pipe, {**was, "config": str(tmp_path / "pipe" / "transformer")})
+    for other in ("b", "b/config.json", "gone", None):
+        now = {**was, "config": other and str(tmp_path / other)}
+        assert not same_teacher(was, now)
+        assert teacher_change(was, now).startswith("--teacher-config was ")
+    assert not same_teacher(was, {**was, "config": str(tmp_path / "a"), "checksum": "2"})
+    assert teacher_change(was, {**was, "config": str(tmp_path / "a")}) == "/t.safetensors holds other weights or config"
+    assert not same_teacher(was, {**was, "source": "/u.safetensors"})
+    gone = {**was, "config": "/gone/config.json"}
+    assert same_teacher(gone, dict(gone)) and not same_teacher(gone, {**gone, "config": "/gone"})
+    assert older_checksum({**was, "checksum_of": "old"}, {**was, "config": str(tmp_path / "a"), "checksum_of": "new"})
+
 
 def test_resume_of_stages_that_record_no_teacher_warns(pixart, monkeypatch, capsys):
     tmp_path, make, loads = pixart

@@ -9,6 +9,7 @@ import torch
 
 from compress.io_output import load_transformer
 from compress.runner_kept import saved_in_words
+from compress.runner_pending import read_record
 from compress.runner_resume import interrupted_run
 from tests.runner_helpers import run_recipe, streamed_teacher
 
@@ -85,15 +86,21 @@ def test_an_interrupt_while_a_streamed_stage_is_written_is_finished_not_redone(t
     assert not (run_dir / "stream" / "pending-stage").exists()
 
 
-def test_a_run_that_starts_over_discards_the_record(tmp_path, monkeypatch):
-    """--restart (and a resume that does not finish it) leaves no record whose files its passes
-    may spill over: an interrupt later offers no stage it did not write."""
+def _stopped_writing_its_first_stage(tmp_path, monkeypatch) -> tuple:
+    """(recipe text, run folder) of a streamed run (svd, svd) of tmp_path/teacher, interrupted while its
+    first stage was written (its record left)."""
     text = streamed_teacher(tmp_path, "pixart").format(stream="true")
     with monkeypatch.context() as m:
         _stop_in_stage(m, "0-svd")
         with pytest.raises(KeyboardInterrupt):
             run_recipe(tmp_path, text, "r")
-    run_dir = tmp_path / "run-r"
+    return text, tmp_path / "run-r"
+
+
+def test_a_run_that_starts_over_discards_the_record(tmp_path, monkeypatch):
+    """--restart (and a resume that does not finish it) leaves no record whose files its passes
+    may spill over: an interrupt later offers no stage it did not write."""
+    text, run_dir = _stopped_writing_its_first_stage(tmp_path, monkeypatch)
     assert (run_dir / "stream" / "pending-stage" / "state.json").is_file()
     from compress.passes import svd
 
@@ -105,3 +112,23 @@ def test_a_run_that_starts_over_discards_the_record(tmp_path, monkeypatch):
             run_recipe(tmp_path, text, "r", restart=True)
     assert not (run_dir / "stream" / "pending-stage").exists()
     assert interrupted_run(run_dir, None) is None
+
+
+def test_an_older_records_teacher_config_its_folder_teacher_does_not_read_is_no_other_teacher(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """A record written before 652e195 holds a --teacher-config its folder teacher does not read: --resume
+    read it as is (not as a stage's, runner_resume.as_compared) and refused 'the teacher changed
+    (--teacher-config was …, now not given)'. It is no change: --resume writes the stage from the record."""
+    text, run_dir = _stopped_writing_its_first_stage(tmp_path, monkeypatch)
+    record = run_dir / "stream" / "pending-stage" / "state.json"
+    old = json.loads(record.read_text())
+    old["teacher"]["config"] = str((tmp_path / "teacher" / "config.json").resolve())  # as the old code wrote it
+    record.write_text(json.dumps(old))
+    assert read_record(run_dir) == (0, {**old, "teacher": {**old["teacher"], "config": None}})
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        ran = _runs_of_svd(m)
+        out = run_recipe(tmp_path, text, "r", resume=True)
+    assert len(ran) == 1  # the second svd pass alone: the first did not run again
+    assert "whose stage was being written when the run stopped" in capsys.readouterr().err.replace("\n", " ")
+    assert (out / "config.json").is_file()
