@@ -140,12 +140,13 @@ def _read_by(cache: Path) -> int:
     return got if isinstance(got, int) and not isinstance(got, bool) else -1
 
 
-def read_back_in_words(cache: Path) -> str:
+def read_back_in_words(cache: Path, fishers: str | None = "fisher-*") -> str:
     """'block statistics (35 files), output Fishers (8 files)': what an svd pass's stats cache
-    folder `cache` (calib/<fingerprint>/<model digest>/) holds for it to read back, '' where nothing.
+    folder `cache` (calib/<fingerprint>/<model digest>/) holds for it to read back, '' where nothing;
+    `fishers`: the folder of the Fishers it reads (fisher_folder: of its fisher_probes; None: none).
     Unfinished files (*.tmp*) are not counted."""
     stats = sum(1 for _ in Path(cache).glob("*.pt"))
-    fishers = sum(1 for _ in Path(cache).glob("fisher-*/*.pt"))
+    fishers = sum(1 for _ in Path(cache).glob(f"{fishers}/*.pt")) if fishers else 0
     return ", ".join(f"{what} ({n} file{'' if n == 1 else 's'})"
                      for what, n in (("block statistics", stats), ("output Fishers", fishers)) if n)
 

@@ -20,7 +20,7 @@ from compress.passes.base import relative_error
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
-from compress.runner_kept import mark_read_by, read_back_in_words
+from compress.runner_kept import fisher_folder, mark_read_by, read_back_in_words
 from compress.runner_folders import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RUN_RECORD, inputs_change, not_kept_in_words, older_checksum,
                                    passed_over_in_words, read_state, recipe_changes, resumed_in_words,
@@ -181,7 +181,7 @@ def say_read_back(runner, start: int, student) -> None:
     # what a Ctrl-C from now on says --resume reads back (runner_kept.read_caches), and the recipe that
     # made what the pass reads (runner_caches keeps the cache while a recipe's passes before it match)
     mark_read_by(cache, start, runner.recipe.raw["passes"][:start])
-    kept = read_back_in_words(cache)
+    kept = read_back_in_words(cache, fisher_folder(runner.passes[start].config))  # not other probes' Fishers
     if kept:
         console.print(f"  pass {start + 1} (svd) finds {kept} that an earlier run measured: it reads back those "
                       "of blocks and inputs unchanged since",

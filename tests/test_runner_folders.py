@@ -205,7 +205,7 @@ def test_ctrl_c_after_the_output_fishers_are_saved_says_a_rerun_reuses_them(pixa
     assert "starts over" not in last
     monkeypatch.undo()
     assert main(args) == 0
-    assert "read back from an earlier run" in capsys.readouterr().err
+    assert "finds output Fishers (" in capsys.readouterr().err  # ... that an earlier run measured: it reads back
 
 
 # ---- nor --teacher-config's, and the run folder is not the teacher's ----------------------------

@@ -1,5 +1,7 @@
 """Stages a run saves and --resume restores (compress/runner_stages.py)."""
 
+import pytest
+
 from compress.cli import main
 from tests.runner_helpers import pixart_runner
 
@@ -140,3 +142,30 @@ def test_resuming_words_once_every_pass_was_done():
     assert resuming_words(2, ["svd", "svd"], True) == "all 2 passes were done (svd, svd): writing the output again"
     assert resuming_words(2, ["svd", "svd"], False) == "all 2 passes were done (svd, svd): writing the output"
     assert resuming_words(1, ["svd"], True) == "its only pass (svd) was done: writing the output again"
+
+
+@pytest.mark.parametrize("probes", [None, 2])
+def test_a_resumed_svd_pass_says_in_one_line_the_output_fishers_it_reads_back(tmp_path, monkeypatch, capsys, probes):
+    """An svd pass stopped once its output Fishers were measured: its --resume said them twice, the
+    runner's line ('finds ..., output Fishers (12 files) that an earlier run measured') then the pass's
+    ('output Fishers: 12 of 12 read back from an earlier run'); one line now. With another
+    fisher_probes the pass reads none of them back (they are another estimate), and the line named them.
+    (Stopped as the pass compresses: its block statistics are measured then, so none are kept.)"""
+    from compress.passes.svd import SVDPass
+
+    pixart_runner(tmp_path, monkeypatch)  # r.yaml: remove_blocks (blocks [0]), then svd
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    with monkeypatch.context() as m:
+        m.setattr(SVDPass, "_compress", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert main(argv) == 130
+    capsys.readouterr()
+    fishers = len(list((tmp_path / "run" / "calib").glob("*/*/fisher-4probes/*.pt")))  # fisher_probes' default
+    assert fishers > 0
+    other = ["--set", f"passes.1.svd.fisher_probes={probes}"] if probes else []
+    assert main(argv + ["--resume", *other]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "earlier run" in line]
+    if probes:  # nothing that pass reads back: no line (the statistics come as the pass compresses)
+        assert said == []
+    else:
+        assert said == [f"  pass 2 (svd) finds output Fishers ({fishers} files) that an earlier run measured: it "
+                        "reads back those of blocks and inputs unchanged since"]

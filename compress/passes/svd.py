@@ -240,9 +240,8 @@ class SVDPass(GlobalAllocation, Pass):
             raise UserError("svd.fisher needs the whole model in memory (one forward and backward "
                             "per probe); with block weights streamed set svd.fisher: block (each "
                             "block's own output Fisher) or none")
-        measured = [i for i in chosen if i.name in self.roots]  # by an interrupted run of this pass
-        if measured:
-            console.print(f"  output Fishers: {len(measured)} of {len(chosen)} read back from an earlier run")
+        # those an interrupted run of this pass measured are read back (the runner's line as the pass
+        # starts says so with the statistics: runner_stages.say_read_back)
         chosen = [i for i in chosen if i.name not in self.roots]
         samples = sum(b["hidden_states"].shape[0] for b in batches)
         rows = self._fisher_rows(adapter, chosen, samples)
