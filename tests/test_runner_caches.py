@@ -383,3 +383,31 @@ def test_a_finished_run_removes_a_cache_an_older_dit_compress_wrote(tmp_path, tw
     said = " ".join(capsys.readouterr().err.split())
     assert f"that no run of this recipe reads ({older.relative_to(run_dir)}): 100 bytes freed" in said, said
     assert not older.exists() and _caches(run_dir) == own
+
+
+def test_a_restart_with_another_teacher_removes_the_sampled_inputs_of_the_first(tmp_path, capsys):
+    """Pipeline calibration samples into inputs/<name>/ (named by the teacher). A run of another teacher
+    (the toy's weights from a folder) never reads the first teacher's: a plain run names it (kept,
+    '--restart removes them'), --restart removes it with the first teacher's statistics; its own stays."""
+    from compress.toy import load_toy_teacher
+
+    load_toy_teacher("pixart").save_pretrained(tmp_path / "teacher")
+    text = ("model: pixart\nteacher: {teacher}\n"
+            "calibration: {{source: pipeline, pipeline: 'toy:pixart', prompts: [a 1, a 2, a 3], sample_steps: 2, "
+            "timesteps: 2, batch_size: 4, heldout: 1}}\n"
+            "passes:\n  - svd: {{targets: [attention], fisher: block, ratio: 0.5, multiple: 8, progress: false}}\n")
+    run_dir = tmp_path / "run-r"
+    run_recipe(tmp_path, text.format(teacher="toy:pixart"), "r")
+    [first] = (run_dir / "inputs").iterdir()
+    assert any(first.glob("*.pt"))
+    capsys.readouterr()
+    other = text.format(teacher=tmp_path / "teacher")
+    run_recipe(tmp_path, other, "r", overwrite=True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "of caches of another teacher or calibration (calib/" in said and f"inputs/{first.name}" in said, said
+    assert first.is_dir() and len(list((run_dir / "inputs").iterdir())) == 2
+    run_recipe(tmp_path, other, "r", overwrite=True, restart=True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"inputs/{first.name}" in said.split("that no run of this recipe reads (")[1], said
+    [kept] = (run_dir / "inputs").iterdir()
+    assert kept != first and any(kept.glob("*.pt"))
