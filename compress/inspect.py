@@ -18,8 +18,10 @@ from compress.words import counted
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
-    out = _existing_folder(Path(out).expanduser())
-    out = output_folder(out)  # a pipeline folder: its transformer/, where its report.json would be
+    given = Path(out).expanduser()
+    folder = _existing_folder(given)
+    title = str(given) if folder != given else None  # a Hub id as the user gave it, not the cache's snapshot
+    out = output_folder(folder)  # a pipeline folder: its transformer/, where its report.json would be
     model = load_transformer(out, nonfinite="warn")  # for looking: a damaged output is shown, with a warning
     plot_dir = _plot_folder(plot_dir)
     report = read_report(out)
@@ -33,7 +35,7 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
         print(to_json({"layers": rows, "report": report, "block_map": block_map,
                        "removed_blocks": removed_blocks(block_map, report) if block_map else None}))
     else:
-        _print_inspection(out, model, rows, report, block_map, teacher)
+        _print_inspection(title or str(out), model, rows, report, block_map, teacher)
     if plot_dir:
         write_plots(rows, report, plot_dir)
     return rows
@@ -52,28 +54,29 @@ def _plot_folder(plot_dir: str | None) -> Path | None:
 
 def _existing_folder(out: Path) -> Path:
     """`out` if it is a folder (load_transformer says whether it is an output), else the Hugging Face
-    cache's copy of a Hub id (io_output.cached_output): a missing path was called "not a dit-compress
-    output folder", where eval and bench say there is no such thing."""
+    cache's copy of a Hub id (commands.cached_output_said, which notes once that it reads it, as eval
+    and bench do): a missing path was called "not a dit-compress output folder", where eval and bench
+    say there is no such thing."""
     if out.is_file():
         raise UserError(f"{out} is a file: inspect takes an output folder (dit-compress inspect OUT, "
                         "OUT written by run)")
     if not out.is_dir():
-        from compress.io_output import cached_output
+        from compress.commands import cached_output_said
 
-        cached = cached_output(str(out), "inspect")  # a Hub id: the cache's copy, where it is an output
+        cached = cached_output_said(str(out), "inspect")  # a Hub id: the cache's copy, where it is an output
         if cached is not None:
             return cached
         raise UserError(f"{out}: no such output folder (dit-compress inspect OUT, OUT written by run)")
     return out
 
 
-def _print_inspection(out: Path, model, rows: list[dict], report: dict, block_map: dict | None,
+def _print_inspection(title: str, model, rows: list[dict], report: dict, block_map: dict | None,
                       teacher: dict[str, str]) -> None:
-    """The tables and summary lines `inspect` prints: per layer, by role, by block (student blocks,
-    with their teacher index where removal renumbered them), then what removal did and how close
-    each method's factorizations came to their optimum."""
+    """The tables and summary lines `inspect` prints: per layer (titled `title`: the output folder, or
+    the Hub id given), by role, by block (student blocks, with their teacher index where removal
+    renumbered them), then what removal did and how close each method's factorizations came to their optimum."""
     shown = [_displayed(r) for r in rows]
-    for table in inspect_tables(shown, results.width, f"{out}", teacher):
+    for table in inspect_tables(shown, results.width, title, teacher):
         results.print(table)
     if any(_measured(r) for r in shown):
         for line in _column_words(report):

@@ -1,6 +1,7 @@
-"""eval and bench given a Hub id whose output the Hugging Face cache holds: bench named the cache's
-snapshot folder in its first line and the id in its 'which X records' line, eval the snapshot in its
-own; both now name the id the user gave, and say once, in a note, that they read the cache's copy."""
+"""eval, bench and inspect given a Hub id whose output the Hugging Face cache holds: bench named the
+cache's snapshot folder in its first line and the id in its 'which X records' line, eval the snapshot
+in its own, inspect in its table's title; all now name the id the user gave, and say once, in a note,
+that they read the cache's copy."""
 
 from __future__ import annotations
 
@@ -36,12 +37,13 @@ def cached(tmp_path, monkeypatch):
     ("eval", [], "measured against the teacher {teacher}, which acme/out records"),
     ("bench", ["--repeats", "1", "--device", "cpu"],
      "acme/out: timed against the teacher {teacher}, which acme/out records"),
+    ("inspect", [], "acme/out: rank budget"),  # its table's title
 ])
 def test_a_cached_hub_output_is_named_by_its_id_and_read_from_the_cache_once(cached, capsys, command, extra,
                                                                              records):
     assert main([command, "acme/out", *extra]) == 0
     said = capsys.readouterr()
-    assert records.format(teacher=cached.parents[3] / "teacher") in said.out.splitlines()
+    assert records.format(teacher=cached.parents[3] / "teacher") in [line.strip() for line in said.out.splitlines()]
     assert f"note: acme/out: reading the Hugging Face cache's copy of it, {cached}" in said.err.splitlines()
     assert (said.out + said.err).count(str(cached)) == 1  # the note alone names the snapshot
     if command == "bench":
