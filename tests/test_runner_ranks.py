@@ -104,14 +104,21 @@ def _run(tmp_path, name, processes):
 def test_two_processes_make_the_svd_student_of_one_and_distill_it_together(tmp_path):
     """Before, both ranks calibrated and factorized in the same run folder: a crash on a cache file's
     rename, or a student that differed from one process's (one rank reading the other's half-made
-    output Fishers, 'read back from an earlier run')."""
+    output Fishers as an earlier run's: the runner's line as an svd pass starts, runner_stages.say_read_back,
+    says what it reads back so, runner_kept.read_back_in_words)."""
+    import inspect
+
+    from compress import runner_stages
+
+    read_back = "that an earlier run measured: it reads back"  # the runner's line (svd.py's own went in 6d81d0e)
+    assert read_back in inspect.getsource(runner_stages.say_read_back)  # aimed at a line that is there
     (tmp_path / "r.yaml").write_text(RECIPE)
     one = _run(tmp_path, "one", 1)
     two = _run(tmp_path, "two", 2)
     a, b = (load_file(tmp_path / f"run-{n}" / "stages" / "0-svd" / "diffusion_pytorch_model.safetensors")
             for n in ("one", "two"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert "read back" not in one.stdout + one.stderr + two.stdout + two.stderr
+    assert read_back not in one.stdout + one.stderr + two.stdout + two.stderr
     report = json.loads((tmp_path / "out-two" / "report.json").read_text())
     assert report["distill"]["processes"] == 2  # the other rank joined the distill pass
     handed = json.loads((tmp_path / "run-two" / HANDOFF).read_text())
