@@ -27,18 +27,17 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
     from diffusers import DiffusionPipeline
 
     from compress.io import pipeline_dtype
-    from compress.io_hub import pipeline_keywords, quiet_hub
-    from compress.io_hub_requests import bounded_hub
+    from compress.io_hub_pipeline import hub_or_cache
     from compress.pipeline_folder import folder_problem
 
     what = f"cannot load calibration pipeline '{source}': "
     if problem := folder_problem(source, what):  # a listed part missing: diffusers would build it from nothing
         raise UserError(f"{what}{problem}")
-    cached = pipeline_keywords(source, "calibration pipeline")  # offline: a Hub id from the cache
-    try:
-        with quiet_hub(), bounded_hub():  # a Hub id: no retry warnings, no wait without end, the error says why
-            pipe = DiffusionPipeline.from_pretrained(os.path.expanduser(source), transformer=teacher,  # ~/pipe
-                                                     **pipeline_dtype(teacher.dtype), **cached)
+    try:  # a Hub id: offline, unreachable or stopped answering, from the cache; the error says why
+        pipe = hub_or_cache(source, "calibration pipeline", lambda **cached: DiffusionPipeline.from_pretrained(
+            os.path.expanduser(source), transformer=teacher, **pipeline_dtype(teacher.dtype), **cached))  # ~/pipe
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
         raise UserError(f"cannot load calibration pipeline '{source}': {_why(e)}") from None
     return _beside(pipe, teacher)

@@ -12,7 +12,7 @@ request without retries finds the Hub unreachable (`hub_head`, sent once a proce
 then no other Hub call is made in that load (huggingface_hub retries a file list for about 23 s
 without network). Where the Hub answers, that request's commit pins the load: a config or weights
 the cache holds of it are not asked for again. The requests themselves, each with a bounded wait,
-are io_hub_requests'.
+are io_hub_requests'; a Hub pipeline diffusers loads is io_hub_pipeline's.
 """
 
 from __future__ import annotations
@@ -209,38 +209,6 @@ def not_cached(repo_id: str) -> UserError:
     return UserError(f"cannot fetch '{repo_id}' offline (HF_HUB_OFFLINE), and the Hugging Face cache {hub_cache()} "
                      f"(HF_HUB_CACHE, else HF_HOME/hub) holds {held}: check the id, fetch it once online, or pass "
                      "a local folder or file")
-
-
-def pipeline_keywords(source: str, what: str) -> dict:
-    """diffusers' from_pretrained keywords for the pipeline `source` (`what`: 'base pipeline'): a Hub
-    id offline, or where the Hub cannot be reached (hub_head's one request, without retries:
-    diffusers' own, bounded by io_hub_requests.bounded_hub, retry), is read from its cached_snapshot
-    with local_files_only (diffusers otherwise says it "couldn't connect to the Hub" though offline was asked for); one the
-    cache lacks is a UserError naming the cache (was diffusers' many-line 'not fully cached
-    locally'), one whose snapshot lacks a part its model_index.json lists names it and the hf
-    download that fetches it (pipeline_folder.snapshot_problem). {} otherwise."""
-    from compress.io import looks_local
-    from compress.pipeline_folder import snapshot_problem
-
-    if looks_local(source) or id_problem(source) is not None:
-        return {}
-    cause = None if offline() else hub_head(source, "model_index.json")[0]
-    if not offline() and cause is None:
-        return {}  # the Hub answers: diffusers fetches what the cache lacks
-    snapshot = cached_snapshot(source)
-    cache = f"the Hugging Face cache {hub_cache()} (HF_HUB_CACHE, else HF_HOME/hub) holds {uncached(source)}"
-    if snapshot is None and cause is None:
-        raise UserError(f"cannot load {what} '{source}' offline (HF_HUB_OFFLINE): {cache}; check the id, fetch it "
-                        "once online, or pass a local pipeline folder")
-    if snapshot is None:
-        raise UserError(f"cannot load {what} '{source}': the Hugging Face Hub cannot be reached ({cause}), and {cache}; "
-                        "check your network, or pass a local pipeline folder")
-    if cause is not None:
-        note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub cannot be "
-                  f"reached: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
-    if problem := snapshot_problem(source, snapshot):  # a part its model_index.json lists not downloaded
-        raise UserError(f"cannot load {what} '{source}': {problem}")
-    return {"local_files_only": True}
 
 
 # ---- the Hugging Face cache: one rule for teachers, outputs and LoRAs ---------------------------

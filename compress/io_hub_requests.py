@@ -17,6 +17,7 @@ in words."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,15 @@ def hub_head(repo_id: str, name: str) -> tuple[str | None, str | None]:
     if key not in _HEADS or now - _HEADS[key][0] > KEPT_S[_HEADS[key][1][0] is None]:
         _HEADS[key] = (now, head_request(repo_id, name))
     return _HEADS[key][1]
+
+
+def stopped_answering(repo_id: str, cause: str) -> None:
+    """hub_head's answer for `repo_id` made 'the Hub cannot be reached (`cause`)' from now (KEPT_S:
+    for 1 min): the Hub answered its request, then a request of the load that followed timed out
+    (io_hub_pipeline.hub_or_cache); the process's next loads of it read the cache without waiting again."""
+    from compress.io_hub import hub_cache
+
+    _HEADS[(hub_cache(), repo_id)] = (time.monotonic(), (cause, None))
 
 
 def head_request(repo_id: str, name: str) -> tuple[str | None, str | None]:
@@ -98,12 +108,13 @@ def fetch_files(repo_id: str, sub: str, names: list[str], **revision) -> Path:
     return folder
 
 
-def cause_line(e: Exception, method: str | None = None) -> str:
+def cause_line(e: Exception, method: str | None = None, sent: Unanswered | None = None) -> str:
     """'TYPE: message' of the error under a failed Hub call (LocalEntryNotFoundError wraps the
     network's), and for a request that timed out how long it waited and what waits longer
-    (`method`: the request's, where the caller knows it: a timeout's innermost cause names none)."""
+    (`method`: the request's, where the caller knows it: a timeout's innermost cause names none;
+    `sent`: bounded_hub's record, where several requests went unanswered)."""
     cause = e.__cause__ if e.__cause__ is not None else e
-    return f"{type(cause).__name__}: {one_line(cause)}{waited(e, method)}"
+    return f"{type(cause).__name__}: {one_line(cause)}{waited(e, method, sent)}"
 
 
 def chain(e: BaseException | None):
@@ -122,19 +133,54 @@ def request_method(e: BaseException) -> str | None:
         return None
 
 
-def waited(e: BaseException, method: str | None = None) -> str:
+def waited(e: BaseException, method: str | None = None, sent: Unanswered | None = None) -> str:
     """' (no answer within 10 s; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)' for a request that
     timed out (httpx's or httpcore's TimeoutException anywhere in `e`'s chain: HF_HUB_ETAG_TIMEOUT
     bounds a HEAD, HF_HUB_DOWNLOAD_TIMEOUT the others; the method `method`, else the first request
-    the chain names); '' for any other error."""
+    the chain names); '' for any other error. Where bounded_hub's record `sent` holds several
+    requests no answer came to (diffusers' resolve_revision times out and goes on: its model_info
+    waits again), all of them and the seconds waited in all (Unanswered.words)."""
     from huggingface_hub import constants
 
     errors = list(chain(e))
     if not any(c.__name__ == "TimeoutException" for x in errors for c in type(x).__mro__):
         return ""
+    if sent is not None and len(sent.waits) > 1:
+        return f" ({sent.words()})"
     method = method or next((m for m in map(request_method, errors) if m), "GET")
     var = TIMEOUTS.get(method, TIMEOUTS["GET"])
     return f" (no answer within {getattr(constants, var)} s; set {var} to wait longer)"
+
+
+class Unanswered:
+    """bounded_hub's record of the requests sent inside it that no answer came to (a timeout, a
+    lost connection): each one's wait and the variable that bounds it."""
+
+    def __init__(self):
+        self.pending: list[tuple[object, float, str]] = []  # (request, seconds, HF_HUB_*_TIMEOUT)
+        self.lock = threading.Lock()  # snapshot_download sends from several threads
+
+    def sent(self, request) -> None:  # a request hook, after bound_waits
+        var = TIMEOUTS.get(request.method, TIMEOUTS["GET"])
+        with self.lock:
+            self.pending.append((request, request.extensions["timeout"]["read"], var))
+
+    def answered(self, response) -> None:  # a response hook: the answer's headers came
+        with self.lock:
+            self.pending = [p for p in self.pending if p[0] is not response.request]
+
+    @property
+    def waits(self) -> list[tuple[float, str]]:
+        return [(seconds, var) for _, seconds, var in self.pending]
+
+    def words(self) -> str:
+        """'no answer to 2 requests within 10 s each, 20 s in all; set HF_HUB_DOWNLOAD_TIMEOUT to
+        wait longer' (the seconds each where they differ)."""
+        seconds = [s for s, _ in self.waits]
+        each = f"within {seconds[0]:g} s each" if len(set(seconds)) == 1 else \
+            f"within {', '.join(f'{s:g}' for s in seconds[:-1])} and {seconds[-1]:g} s"
+        names = " or ".join(dict.fromkeys(var for _, var in self.waits))
+        return f"no answer to {len(seconds)} requests {each}, {sum(seconds):g} s in all; set {names} to wait longer"
 
 
 @contextlib.contextmanager
@@ -147,21 +193,24 @@ def bounded_hub():
     user's own (set_client_factory: proxies, certificates) still builds it, and is put back after
     (its client rebuilt on the next request). A request hook, not the client's timeout: an explicit
     timeout=None overrides that. A factory, not a hook on the live client: huggingface_hub closes
-    that client after a ConnectError and builds another."""
+    that client after a ConnectError and builds another. Yields the record (Unanswered) of the
+    requests no answer came to, for `timed_out`'s words."""
     from huggingface_hub import set_client_factory
     from huggingface_hub.utils import _http
 
     previous = _http._GLOBAL_CLIENT_FACTORY  # huggingface_hub has no public getter for it
+    record = Unanswered()
 
     def bounded():
         client = previous()
         hooks = client.event_hooks
-        client.event_hooks = {**hooks, "request": [*hooks.get("request", []), bound_waits]}
+        client.event_hooks = {**hooks, "request": [*hooks.get("request", []), bound_waits, record.sent],
+                              "response": [*hooks.get("response", []), record.answered]}
         return client
 
     set_client_factory(bounded)
     try:
-        yield
+        yield record
     finally:
         set_client_factory(previous)
 
@@ -177,8 +226,8 @@ def bound_waits(request) -> None:
                                      for k in ("connect", "read", "write", "pool")}
 
 
-def timed_out(e: BaseException) -> str | None:
+def timed_out(e: BaseException, sent: Unanswered | None = None) -> str | None:
     """'the Hugging Face Hub did not answer (ReadTimeout: … (no answer within 10 s; set
     HF_HUB_DOWNLOAD_TIMEOUT to wait longer))' where a request under `e` timed out (cause_line's
-    words); None for any other error."""
-    return f"the Hugging Face Hub did not answer ({cause_line(e)})" if waited(e) else None
+    words; `sent`: bounded_hub's record); None for any other error."""
+    return f"the Hugging Face Hub did not answer ({cause_line(e, sent=sent)})" if waited(e) else None

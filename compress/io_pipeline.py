@@ -50,16 +50,17 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     from compress.arch import get_adapter
     from compress.calib_pipeline import need_transformers
     from compress.io import pipeline_dtype
-    from compress.io_hub import pipeline_keywords, quiet_hub
-    from compress.io_hub_requests import bounded_hub, timed_out
+    from compress.io_hub_pipeline import hub_or_cache
+    from compress.io_hub_requests import timed_out
 
     need_transformers(get_adapter(transformer).family, f"the base pipeline '{base}'")
-    cached = pipeline_keywords(base, "base pipeline")  # offline: a Hub id from the cache, said where it lacks it
+
+    def load(**cached):  # cached: a Hub id read from the cache (offline, unreachable, stopped answering)
+        _check_base(transformer, base, **cached)
+        return DiffusionPipeline.from_pretrained(os.path.expanduser(base), transformer=transformer,
+                                                 **pipeline_dtype(dtype or transformer.dtype), **cached)
     try:
-        with quiet_hub(), bounded_hub():  # a Hub id: no retry warnings, no wait without end, the error says why
-            _check_base(transformer, base)
-            pipe = DiffusionPipeline.from_pretrained(os.path.expanduser(base), transformer=transformer,
-                                                     **pipeline_dtype(dtype or transformer.dtype), **cached)
+        pipe = hub_or_cache(base, "base pipeline", load)  # the cache's copy said where it lacks it
     except AttributeError as e:  # diffusers' getattr of the pipeline class model_index.json names
         name = re.fullmatch(r"module diffusers has no attribute (\S+)", str(e))
         if name is None:
@@ -191,11 +192,12 @@ def recorded_base(transformer: nn.Module, out: Path) -> str:
     return base
 
 
-def _check_base(transformer: nn.Module, base: str) -> None:
+def _check_base(transformer: nn.Module, base: str, **cached) -> None:
     """The base pipeline's transformer must be the architecture `transformer` was compressed from:
-    diffusers only logs a wrong class, and a wrong width fails inside the first denoising step."""
+    diffusers only logs a wrong class, and a wrong width fails inside the first denoising step.
+    `cached`: local_files_only, for a Hub id read from the cache."""
     try:
-        config = type(transformer).load_config(os.path.expanduser(base), subfolder="transformer")
+        config = type(transformer).load_config(os.path.expanduser(base), subfolder="transformer", **cached)
     except (OSError, ValueError):
         return  # no transformer config to compare: from_pretrained says what is wrong
     _check_base_config(transformer, config, base)

@@ -9,6 +9,8 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
 
+from tests import hub_server  # before any test patches huggingface_hub: it keeps the real calls
+
 PIXART_TINY = dict(sample_size=4, num_layers=3, num_attention_heads=2, attention_head_dim=8,
                    in_channels=4, out_channels=8, cross_attention_dim=16, caption_channels=12,
                    patch_size=1, norm_type="ada_norm_single", use_additional_conditions=False)
@@ -25,6 +27,13 @@ def _the_hub_answers(monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, **k: object())
+
+
+@pytest.fixture
+def hanging_hub(monkeypatch):
+    """A Hub on 127.0.0.1 that answers HEADs and holds every other request (tests/hub_server.py);
+    yields the requests it saw."""
+    yield from hub_server.hanging_hub(monkeypatch)
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:

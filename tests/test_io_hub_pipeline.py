@@ -1,6 +1,7 @@
-"""A Hub id as a pipeline (load_pipeline's base, calibration's pipeline) offline: read from the
-Hugging Face cache without diffusers' "couldn't connect" warning, and one the cache lacks said in
-one line naming the cache (io_hub.pipeline_keywords)."""
+"""io_hub_pipeline: a Hub id as a pipeline (load_pipeline's base, calibration's pipeline) offline,
+with the Hub unreachable, or with a Hub that answers and then stops answering: read from the
+Hugging Face cache (offline without diffusers' "couldn't connect" warning), and one the cache
+lacks, or holds in part, said in one line naming the cache."""
 
 from __future__ import annotations
 
@@ -125,3 +126,58 @@ def test_a_hub_pipeline_the_hub_does_not_answer_is_read_from_the_cache_or_refuse
     with pytest.raises(UserError) as e:
         load_pipeline_for(load_transformer(offline_cache), "acme/other")
     assert str(e.value) == f"cannot load calibration pipeline 'acme/other': {timed_out}"
+
+
+STOPPED = ("the Hugging Face Hub answered, then stopped answering: ReadTimeout: timed out (no answer to 2 requests "
+           "within 1 s each, 2 s in all; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)")
+
+
+def test_a_cached_hub_pipeline_whose_hub_stops_answering_is_read_from_the_cache_with_one_note(
+        offline_cache, hanging_hub, tmp_path, monkeypatch, capsys):
+    """A Hub that answered pipeline_keywords' HEAD and then held diffusers' requests: load_pipeline's
+    base failed with the timeout though the cache held the whole pipeline. It is read from the cache
+    (io_hub_pipeline.hub_or_cache), one note saying why; the calibration pipeline loaded next reads
+    the cache at once (the Hub taken as unreachable a while), its note saying so, no request held."""
+    from huggingface_hub import constants
+
+    from compress import load_pipeline
+    from compress.calib_pipeline import load_pipeline_for
+    from compress.io_output import load_transformer
+    from tests.hub_server import held, within
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    pipeline, took = within(30, lambda: load_pipeline(offline_cache, base="acme/pix"))
+    assert type(pipeline).__name__ == "PixArtSigmaPipeline", pipeline
+    assert 2 <= took < 10 and len(held(hanging_hub)) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    note = f"'acme/pix' is read from the Hugging Face cache {tmp_path / 'hub'} ({STOPPED}); set HF_HUB_OFFLINE=1 to skip the Hub"
+    assert note in said and said.count("is read from the Hugging Face cache") == 1, said
+    pipeline, took = within(30, lambda: load_pipeline_for(load_transformer(offline_cache), "acme/pix"))
+    assert type(pipeline).__name__ == "PixArtSigmaPipeline", pipeline
+    assert took < 2 and len(held(hanging_hub)) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "(the Hugging Face Hub cannot be reached: ReadTimeout: timed out (no answer to 2 requests" in said, said
+
+
+def test_a_hub_pipeline_whose_hub_stops_answering_and_the_cache_holds_in_part_names_both(
+        offline_cache, hanging_hub, tmp_path, monkeypatch):
+    """Where the cache's snapshot lacks a part the pipeline lists, the timeout stays an error: one
+    line naming the timeout and the part the snapshot lacks, with the download that fetches it."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from compress import load_pipeline
+    from tests.hub_server import within
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    snapshot = tmp_path / "hub" / "models--acme--pix" / "snapshots" / ("0" * 40)
+    shutil.rmtree(snapshot / "vae")
+    error, took = within(30, lambda: load_pipeline(offline_cache, base="acme/pix"))
+    assert isinstance(error, UserError), error
+    assert str(error).startswith(f"cannot load base pipeline 'acme/pix': the Hugging Face Hub did not answer "
+                                 f"(ReadTimeout: timed out (no answer to 2 requests within 1 s each, 2 s in all; set "
+                                 f"HF_HUB_DOWNLOAD_TIMEOUT to wait longer)), and the Hugging Face cache's snapshot "
+                                 f"{snapshot} of it: "), error
+    assert "vae" in str(error) and f"hf download acme/pix --include 'vae/*' --revision {'0' * 40}" in str(error)
+    assert 2 <= took < 10

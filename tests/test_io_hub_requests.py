@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import json
 
-import huggingface_hub
 import pytest
 
 from compress import load_teacher
 from compress.errors import UserError
 from tests.conftest import tiny_pixart
-
-
-_BLOCKED = ("list_repo_files", "list_repo_tree", "repo_info")  # no timeout: never called by our code
-_HF_API = {name: getattr(huggingface_hub.HfApi, name) for name in _BLOCKED}  # the real ones, for a live Hub
-_SNAPSHOT_DOWNLOAD = huggingface_hub.snapshot_download
+from tests.hub_server import BLOCKED, held, within
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +24,7 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 7)
     monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
-    for name in _BLOCKED:
+    for name in BLOCKED:
         monkeypatch.setattr(huggingface_hub.HfApi, name, lambda *a, name=name, **k: pytest.fail(f"{name} {a} {k}"))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail(f"snapshot_download {a}"))
 
@@ -197,80 +192,6 @@ def test_a_reachability_timeout_whose_cause_names_no_request_names_hf_hub_etag_t
 
 
 # ---- diffusers' own requests for a Hub pipeline: a live server that answers HEADs and then hangs ----
-@pytest.fixture
-def hanging_hub(monkeypatch):
-    """A Hub on 127.0.0.1 that answers a HEAD of model_index.json (pipeline_keywords' reachability
-    request: the Hub answers, diffusers loads) and of other files with 404, and holds every other
-    request (diffusers' model_info, …) without an answer; HF_HUB_*_TIMEOUT 1 s. Yields the requests
-    it saw: (request line, its headers)."""
-    import socket
-    import threading
-
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    for name, method in _HF_API.items():  # diffusers' own requests are what this Hub is for
-        monkeypatch.setattr(huggingface_hub.HfApi, name, method)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", _SNAPSHOT_DOWNLOAD)
-    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", huggingface_hub.file_download.get_hf_file_metadata)
-    server, held, seen = socket.create_server(("127.0.0.1", 0)), [], []
-
-    def answer(conn):
-        data = b""
-        while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
-            data += chunk
-        line, *headers = data.decode("latin-1").split("\r\n\r\n")[0].split("\r\n")
-        seen.append((line, {h.split(":")[0].lower(): h.split(":", 1)[1].strip() for h in headers}))
-        status = "200 OK" if "/model_index.json " in line else "404 Not Found\r\nX-Error-Code: EntryNotFound"
-        if line.startswith("HEAD ") or "/api/agent-harnesses" in line:  # the registry: no 3 s wait
-            conn.sendall(f"HTTP/1.1 {status}\r\nX-Repo-Commit: {'c' * 40}\r\nETag: \"e\"\r\nContent-Length: 0\r\n"
-                         "Connection: close\r\n\r\n".encode())
-            conn.close()
-        else:
-            held.append(conn)  # never answered
-
-    def serve():
-        while True:
-            try:
-                conn = server.accept()[0]
-            except OSError:
-                return
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)  # model_info's, made at import
-    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
-    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
-    yield seen
-    server.close()
-    for conn in held:  # a load still waiting (before the fix) gets its answer: the connection closed
-        conn.close()
-
-
-def _within(seconds: float, load):
-    """(the error `load` raised, seconds it took); the test fails, not hangs, where it runs longer."""
-    import threading
-    import time
-
-    outcome, start = [], time.monotonic()
-
-    def run():
-        try:
-            load()
-            outcome.append(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            outcome.append(e)
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"the load still waits after {seconds} s")
-    return outcome[0], time.monotonic() - start
-
-
 def _user_factory():
     """A library user's own client factory (a header of theirs on every request, no timeout)."""
     import httpx2
@@ -278,16 +199,22 @@ def _user_factory():
     return httpx2.Client(headers={"x-user-factory": "yes"}, follow_redirects=True, timeout=None)
 
 
-WAITED = ("the Hugging Face Hub did not answer (ReadTimeout: timed out (no answer within 1 s; set "
-          "HF_HUB_DOWNLOAD_TIMEOUT to wait longer))")
+def waited_uncached(cache) -> str:
+    """The error's words after WHAT 'acme/pix': for a Hub that answered the HEAD and then held diffusers'
+    two requests (resolve_revision's, whose timeout diffusers swallows, and model_info's), the cache
+    holding no copy."""
+    return ("the Hugging Face Hub did not answer (ReadTimeout: timed out (no answer to 2 requests within 1 s each, "
+            f"2 s in all; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)), and the Hugging Face cache {cache} "
+            "(HF_HUB_CACHE, else HF_HOME/hub) holds no copy of it; check your network, or pass a local pipeline folder")
 
 
-def test_a_calibration_pipeline_the_hub_stops_answering_fails_in_seconds_in_one_line(hanging_hub):
+def test_a_calibration_pipeline_the_hub_stops_answering_fails_in_seconds_in_one_line(hanging_hub, tmp_path):
     """diffusers' own requests for a Hub pipeline (model_info, snapshot_download's) named no timeout
     and huggingface_hub 2.4's client has none: where the Hub answered our HEAD and then never
     answered, from_pretrained waited forever. They wait HF_HUB_DOWNLOAD_TIMEOUT now; the error is
-    one line naming it; the user's own client factory builds the client (their header sent) and is
-    theirs again after."""
+    one line naming it and what was waited in all (two requests: it said 'no answer within 1 s'
+    where 2 s were waited), and the cache that lacks the pipeline; the user's own client factory
+    builds the client (their header sent) and is theirs again after."""
     from huggingface_hub import get_session, set_client_factory
     from huggingface_hub.utils import _http
 
@@ -295,17 +222,17 @@ def test_a_calibration_pipeline_the_hub_stops_answering_fails_in_seconds_in_one_
 
     set_client_factory(_user_factory)
     try:
-        error, took = _within(30, lambda: load_pipeline_for(tiny_pixart(), "acme/pix"))
+        error, took = within(30, lambda: load_pipeline_for(tiny_pixart(), "acme/pix"))
         assert isinstance(error, UserError), error
-        assert str(error) == f"cannot load calibration pipeline 'acme/pix': {WAITED}"
-        assert took < 10
+        assert str(error) == f"cannot load calibration pipeline 'acme/pix': {waited_uncached(tmp_path / 'hub')}"
+        assert 2 <= took < 10
         assert _http._GLOBAL_CLIENT_FACTORY is _user_factory and get_session().timeout.read is None
     finally:
         set_client_factory(_http.default_client_factory)
-    asked = [line for line, headers in hanging_hub if "agent-harnesses" not in line]
+    asked = [line for line, *_ in hanging_hub if "agent-harnesses" not in line]
     assert asked[0].startswith("HEAD /acme/pix/resolve/main/model_index.json")
-    assert any(line.startswith("GET /api/models/acme/pix") for line in asked[1:])
-    assert all(headers.get("x-user-factory") == "yes" for line, headers in hanging_hub)
+    assert [line.split("?")[0].split(" ")[:2] for line in held(hanging_hub)] == [["GET", "/api/models/acme/pix"]] * 2
+    assert all(headers.get("x-user-factory") == "yes" for line, headers, _ in hanging_hub)
 
 
 def test_a_base_pipeline_the_hub_stops_answering_fails_in_seconds_in_one_line(hanging_hub, tmp_path):
@@ -315,10 +242,36 @@ def test_a_base_pipeline_the_hub_stops_answering_fails_in_seconds_in_one_line(ha
     from tests.conftest import factorize
 
     out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.ff.net.2"], rank=4), tmp_path / "out")
-    error, took = _within(30, lambda: load_pipeline(out, base="acme/pix"))
+    error, took = within(30, lambda: load_pipeline(out, base="acme/pix"))
     assert isinstance(error, UserError), error
-    assert str(error) == f"cannot load base pipeline 'acme/pix': {WAITED}"
-    assert took < 10
+    assert str(error) == f"cannot load base pipeline 'acme/pix': {waited_uncached(tmp_path / 'hub')}"
+    assert 2 <= took < 10 and len(held(hanging_hub)) == 2
+
+
+def test_unanswered_requests_are_said_with_each_wait_and_the_variables_that_bound_them():
+    """bounded_hub's record in words: several requests no answer came to, each one's wait (one
+    number where all are alike), the seconds in all, the variables that lengthen them; a request
+    answered is not counted."""
+    import httpx2
+
+    from compress.io_hub_requests import Unanswered, waited
+
+    def request(method, read):
+        r = httpx2.Request(method, "http://127.0.0.1:1/x")
+        r.extensions["timeout"] = {"connect": read, "read": read, "write": read, "pool": read}
+        return r
+    record = Unanswered()
+    head, answered = request("HEAD", 5), request("GET", 10)
+    for r in (head, answered, request("GET", 10), request("GET", 10)):
+        record.sent(r)
+    record.answered(httpx2.Response(200, request=answered))
+    assert record.words() == ("no answer to 3 requests within 5, 10 and 10 s, 25 s in all; set HF_HUB_ETAG_TIMEOUT "
+                              "or HF_HUB_DOWNLOAD_TIMEOUT to wait longer")
+    record.answered(httpx2.Response(200, request=head))
+    timeout = httpx2.ReadTimeout("timed out", request=request("GET", 10))
+    assert waited(timeout, sent=record) == (" (no answer to 2 requests within 10 s each, 20 s in all; set "
+                                            "HF_HUB_DOWNLOAD_TIMEOUT to wait longer)")
+    assert waited(ValueError("x"), sent=record) == ""  # no timeout: no words
 
 
 def test_bounded_hub_bounds_only_the_waits_a_request_leaves_open_and_puts_the_factory_back(monkeypatch):

@@ -1,0 +1,77 @@
+"""A Hub id as a pipeline diffusers loads itself (a calibration pipeline, load_pipeline's base), read
+from the Hugging Face cache where the Hub does not serve it: offline or where one bounded request
+finds the Hub unreachable (`pipeline_keywords`, before the load), and where the Hub answered that
+request and then stopped answering diffusers' own (`hub_or_cache`: bounded by
+io_hub_requests.bounded_hub, they time out; the load is made again from the cache). A cache that
+lacks the pipeline, or holds it in part, is one line naming the cache."""
+
+from __future__ import annotations
+
+from compress.errors import UserError
+from compress.io_hub import cached_snapshot, hub_cache, id_problem, note_once, offline, quiet_hub, uncached
+from compress.io_hub_requests import bounded_hub, cause_line, hub_head, stopped_answering, timed_out
+from compress.pipeline_folder import snapshot_problem
+
+CACHE = "the Hugging Face cache {} (HF_HUB_CACHE, else HF_HOME/hub)"
+
+
+def hub_or_cache(source: str, what: str, load):
+    """`load(**keywords)` of the pipeline `source` (`what`: 'base pipeline'), diffusers'
+    from_pretrained keywords pipeline_keywords gives, inside quiet_hub and bounded_hub. Where the
+    Hub answered pipeline_keywords' request and then one of diffusers' requests timed out (it held
+    the load forever before bounded_hub), a Hub id whose cached_snapshot holds the whole pipeline is
+    loaded again from it (local_files_only), a note saying so (and later loads of the process read
+    it from the cache: hub_head's answer is that the Hub cannot be reached); one the cache lacks, or
+    holds in part, is a UserError naming the timeout and what the cache holds. Other errors are
+    raised as they are: the caller says them."""
+    keywords = pipeline_keywords(source, what)
+    try:
+        with quiet_hub(), bounded_hub() as sent:
+            return load(**keywords)
+    except Exception as e:  # noqa: BLE001 - a Hub request's timeout is httpx's, no OSError
+        why = None if keywords else timed_out(e, sent)
+        if why is None or id_problem(source) is not None:
+            raise
+        cause = cause_line(e, sent=sent)
+    stopped_answering(source, cause)
+    snapshot = cached_snapshot(source)
+    if snapshot is None:
+        raise UserError(f"cannot load {what} '{source}': {why}, and {CACHE.format(hub_cache())} holds "
+                        f"{uncached(source)}; check your network, or pass a local pipeline folder")
+    if problem := snapshot_problem(source, snapshot):
+        raise UserError(f"cannot load {what} '{source}': {why}, and {problem}")
+    note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub answered, then "
+              f"stopped answering: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
+    with quiet_hub():
+        return load(local_files_only=True)
+
+
+def pipeline_keywords(source: str, what: str) -> dict:
+    """diffusers' from_pretrained keywords for the pipeline `source` (`what`: 'base pipeline'): a Hub
+    id offline, or where the Hub cannot be reached (hub_head's one request, without retries:
+    diffusers' own, bounded by io_hub_requests.bounded_hub, retry), is read from its cached_snapshot
+    with local_files_only (diffusers otherwise says it "couldn't connect to the Hub" though offline
+    was asked for); one the cache lacks is a UserError naming the cache (was diffusers' many-line
+    'not fully cached locally'), one whose snapshot lacks a part its model_index.json lists names it
+    and the hf download that fetches it (pipeline_folder.snapshot_problem). {} otherwise."""
+    from compress.io import looks_local
+
+    if looks_local(source) or id_problem(source) is not None:
+        return {}
+    cause = None if offline() else hub_head(source, "model_index.json")[0]
+    if not offline() and cause is None:
+        return {}  # the Hub answers: diffusers fetches what the cache lacks
+    snapshot = cached_snapshot(source)
+    cache = f"{CACHE.format(hub_cache())} holds {uncached(source)}"
+    if snapshot is None and cause is None:
+        raise UserError(f"cannot load {what} '{source}' offline (HF_HUB_OFFLINE): {cache}; check the id, fetch it "
+                        "once online, or pass a local pipeline folder")
+    if snapshot is None:
+        raise UserError(f"cannot load {what} '{source}': the Hugging Face Hub cannot be reached ({cause}), and {cache}; "
+                        "check your network, or pass a local pipeline folder")
+    if cause is not None:
+        note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub cannot be "
+                  f"reached: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
+    if problem := snapshot_problem(source, snapshot):  # a part its model_index.json lists not downloaded
+        raise UserError(f"cannot load {what} '{source}': {problem}")
+    return {"local_files_only": True}
