@@ -71,7 +71,8 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
     and output Fishers (fisher-*/*.pt), and the teacher samples a distill pass among `to_run` reads
     back (`teacher_samples_kept`); the statistics and Fishers only where an svd pass is among `to_run`
-    (None: the passes are not known), as no other pass reads them, and only those of a pass from
+    (None: the passes are not known), as no other pass reads them, the Fishers only those of their
+    fisher_probes (`fishers_read`: another's are another estimate, measured anew), and only those of a pass from
     index `start` on (`to_run` being the recipe's passes from there: a cache marked read by an
     earlier pass, `mark_read_by`, is one --resume passes over). Unfinished files (*.tmp*) are not counted."""
     def count(n: int, unit: str) -> str:
@@ -81,7 +82,7 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     svd_ahead = to_run is None or any(getattr(p, "name", None) == "svd" for p in to_run)
     caches = read_caches(run_dir, fingerprint, start) if svd_ahead else []  # (after the last svd pass: read by none)
     stats = sum(1 for cache in caches for _ in cache.glob("*.pt"))
-    fishers = sum(1 for cache in caches for _ in cache.glob("fisher-*/*.pt"))
+    fishers = sum(1 for cache in caches for folder in fishers_read(to_run) for _ in cache.glob(f"{folder}/*.pt"))
     kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
         ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
         ("output Fishers", fishers, "file")] if n]
@@ -89,6 +90,15 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     if written:
         kept.append(f"teacher samples ({written} of {count(shards, 'shard')})")
     return ", ".join(kept)
+
+
+def fishers_read(to_run) -> list[str]:
+    """The folders of an svd stats cache holding the output Fishers the svd passes among `to_run` read
+    back (`fisher_folder`: of their fisher_probes; none for fisher: block or none), as glob patterns;
+    every fisher-*/ where the passes are not known (None)."""
+    if to_run is None:
+        return ["fisher-*"]
+    return sorted({folder for p in to_run if getattr(p, "name", None) == "svd" and (folder := fisher_folder(p.config))})
 
 
 def read_caches(run_dir: Path, fingerprint: str | None, start: int = 0) -> list[Path]:

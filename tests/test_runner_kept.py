@@ -45,11 +45,13 @@ def test_block_statistics_are_named_only_where_an_svd_pass_still_runs(tmp_path):
 
     from compress.runner_kept import measured_so_far
 
-    for name in ("blocks-0.pt", "blocks-1.pt", "fisher-x/0.pt"):
+    from compress.passes.svd_config import SVDConfig
+
+    for name in ("blocks-0.pt", "blocks-1.pt", "fisher-4probes/0.pt"):
         path = tmp_path / "calib" / "fp" / "start" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-    svd, distill = SimpleNamespace(name="svd", config=None), SimpleNamespace(name="distill", config=None)
+    svd, distill = SimpleNamespace(name="svd", config=SVDConfig()), SimpleNamespace(name="distill", config=None)
     named = "block statistics (2 files), output Fishers (1 file)"
     assert measured_so_far(tmp_path, "fp", None, [svd, distill]) == named
     assert measured_so_far(tmp_path, "fp", None) == named
@@ -139,8 +141,35 @@ def test_statistics_marked_read_by_a_kept_pass_are_not_counted(tmp_path):
             (tmp_path / "calib" / "fp" / cache / f"blocks-{n}.pt").write_bytes(b"x")
     mark_read_by(tmp_path / "calib" / "fp" / "teacher", 0)
     mark_read_by(tmp_path / "calib" / "fp" / "after-1", 1)
-    svd = SimpleNamespace(name="svd", config=None)
+    svd = SimpleNamespace(name="svd", config=SimpleNamespace(fisher="none"))
     assert measured_so_far(tmp_path, "fp", None, [svd, svd], 0) == "block statistics (6 files)"
     assert measured_so_far(tmp_path, "fp", None, [svd], 1) == "block statistics (3 files)"
     assert [c.name for c in read_caches(tmp_path, "fp", 2)] == ["older"]
     assert read_caches(tmp_path, None, 0) == []
+
+
+def test_a_ctrl_c_counts_only_the_output_fishers_of_the_fisher_probes_ahead(tmp_path):
+    """measured_so_far ('output Fishers (N files) measured so far') counted every fisher-*/ folder of a
+    cache read back, also the Fishers of another fisher_probes, which the svd passes still to run never
+    read (another estimate: measured anew); it counts those of their fisher_probes (runner_kept.fisher_folder,
+    as the runner's line as a pass starts counts them), every folder where the passes are not known."""
+    from types import SimpleNamespace
+
+    from compress.passes.svd_config import SVDConfig
+    from compress.runner_kept import measured_so_far
+
+    cache = tmp_path / "calib" / "fp" / "start"
+    for folder, files in (("fisher-4probes", 3), ("fisher-8probes", 2)):
+        (cache / folder).mkdir(parents=True)
+        for n in range(files):
+            (cache / folder / f"{n}.pt").write_bytes(b"x")
+
+    def svd(**keys):
+        return SimpleNamespace(name="svd", config=SVDConfig(**keys))
+
+    assert measured_so_far(tmp_path, "fp", None, [svd()]) == "output Fishers (3 files)"  # fisher_probes 4
+    assert measured_so_far(tmp_path, "fp", None, [svd(fisher_probes=8)]) == "output Fishers (2 files)"
+    assert measured_so_far(tmp_path, "fp", None, [svd(fisher_probes=2)]) == ""
+    assert measured_so_far(tmp_path, "fp", None, [svd(fisher="block")]) == ""  # keeps none in its cache
+    assert measured_so_far(tmp_path, "fp", None, [svd(), svd(fisher_probes=8)]) == "output Fishers (5 files)"
+    assert measured_so_far(tmp_path, "fp", None) == "output Fishers (5 files)"  # passes not known: all
