@@ -12,12 +12,15 @@ import tempfile
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.runner_answers import ANSWER
 from compress.runner_caches import REMOVED_LOG
 from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
+from compress.runner_lock import LOCK
 from compress.runner_pending import read_record
+from compress.runner_ranks import HANDOFF
 from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, distill_checkpoints,
-                                    finished_and_reusable, interrupted_run, read_state, recorded_fingerprint,
-                                    same_teacher, stage_dirs, teacher_change)
+                                    config_target, finished_and_reusable, interrupted_run, read_state,
+                                    recorded_fingerprint, same_teacher, stage_dirs, teacher_change)
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
@@ -53,9 +56,9 @@ def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str |
         _check_clear("--out", out, teacher, "an output folder")
         if run_dir is not None:
             _check_clear("--run-dir", run_dir, teacher, "a run folder", RUN_WRITTEN)
-    config = _config_json(teacher_config) if teacher_config else None
+    config = config_target(teacher_config) if teacher_config else None  # as --resume compares it
     if config is not None:
-        a, c = out.resolve(), config.resolve()
+        a, c = out.resolve(), config
         if a in c.parents:
             where = "is the folder of" if a == c.parent else "holds"
             raise UserError(f"--out {out} {where} the --teacher-config {teacher_config}; name an output folder "
@@ -63,9 +66,14 @@ def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str |
 
 
 # the top-level entries of a run folder a run writes in (or removes): a teacher elsewhere in a run
-# folder does not mix with them (the lock file beside them is not a folder)
-RUN_WRITTEN = re.compile(r"stages|distill.*|calib|stream|inputs|fisher|activations|sensitivity|"
-                         r"importance\.(json|png)|" + re.escape(REMOVED_LOG))
+# folder does not mix with them. Its files: the removal log, the run folder's lock, rank 0's hand-off
+# and each follower's answer (-N; each written as .tmp-PID beside it, then renamed over it), and
+# runner_caches.clock_ns's .clock-PID (removed at once)
+_TMP = r"(\.tmp-\d+)?"
+RUN_WRITTEN = re.compile("|".join([
+    r"stages|distill.*|calib|stream|inputs|fisher|activations|sensitivity|importance\.(json|png)",
+    re.escape(REMOVED_LOG), re.escape(LOCK), re.escape(HANDOFF) + _TMP, re.escape(ANSWER) + r"-\d+" + _TMP,
+    r"\.clock-\d+"]))
 
 
 def _check_clear(flag: str, folder: Path, teacher: str, name: str, written: re.Pattern | None = None) -> None:
@@ -84,16 +92,6 @@ def _check_clear(flag: str, folder: Path, teacher: str, name: str, written: re.P
         raise UserError(f"{flag} {folder} {where} the teacher's folder {teacher}; name {name} outside it")
     if not path.is_dir() and a in t.parents:
         raise UserError(f"{flag} {folder} holds the teacher {teacher}; name {name} that does not hold it")
-
-
-def _config_json(config: str) -> Path | None:
-    """The file --teacher-config names, as io_single.config_file finds it (a JSON file, a folder's
-    config.json or a pipeline folder's transformer/config.json); None where there is none."""
-    path = Path(config).expanduser()
-    if path.is_file():
-        return path
-    found = [path / "config.json", path / "transformer" / "config.json"]
-    return next((c for c in found if c.is_file()), None)
 
 
 # what a run writes, and a fresh start or --restart replaces: stages/<i>-<pass>/ (and the temp

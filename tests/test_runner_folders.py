@@ -2,6 +2,7 @@
 earlier dit-compress output."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -717,3 +718,23 @@ def test_a_run_folder_whose_removed_caches_log_is_the_teacher_is_refused(tmp_pat
     with pytest.raises(UserError, match=f"--run-dir ckpt holds the teacher ckpt/{REMOVED_LOG}; name a run"):
         check_clear_of_teacher(Path("out"), f"ckpt/{REMOVED_LOG}", run_dir=Path("ckpt"))
     check_clear_of_teacher(Path("out"), f"ckpt/{REMOVED_LOG}.d/model.safetensors", run_dir=Path("ckpt"))  # not it
+
+
+@pytest.mark.parametrize("name", [".dit-compress.lock", ".dit-compress.handoff", ".dit-compress.rank-1",
+                                  ".dit-compress.rank-1.tmp-42", ".clock-42"])
+def test_a_run_folder_whose_lock_hand_off_answer_or_clock_file_is_the_teacher_is_refused(tmp_path, monkeypatch,
+                                                                                         name):
+    """RUN_WRITTEN lacked the files a run writes at the top of its run folder besides removed-caches.log:
+    its lock (runner_lock.LOCK), rank 0's hand-off (runner_ranks.HANDOFF), each follower's answer
+    (runner_answers.ANSWER-N, written as .tmp-PID first) and runner_caches.clock_ns's .clock-PID: a
+    single-file teacher by such a name passed check_clear_of_teacher and would be written over or
+    removed; refused."""
+    from compress.runner_folders import check_clear_of_teacher
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / name).write_bytes(b"")
+    with pytest.raises(UserError, match=f"--run-dir ckpt holds the teacher ckpt/{re.escape(name)}; name a run"):
+        check_clear_of_teacher(Path("out"), f"ckpt/{name}", run_dir=Path("ckpt"))
+    (tmp_path / "ckpt" / f"{name}x.safetensors").write_bytes(b"")  # another name: clear of what a run writes
+    check_clear_of_teacher(Path("out"), f"ckpt/{name}x.safetensors", run_dir=Path("ckpt"))
