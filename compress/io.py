@@ -263,7 +263,7 @@ def safetensors_dtypes(path: Path) -> set[str]:
 
 def _load_folder(path: Path, dtype) -> nn.Module:
     from compress.io_errors import broken_weights, check_loading_info, check_safetensors_dir, no_weights, not_loaded
-    from compress.progress import no_diffusers_bars
+    from compress.progress import no_library_bars
 
     path = transformer_folder(path)
     config = read_config(path / "config.json")
@@ -283,7 +283,7 @@ def _load_folder(path: Path, dtype) -> nn.Module:
         dtype = stored_dtype(path, variant)
     try:
         # the weights that do not fill the model: check_loading_info's one line; a sharded one's bar: none
-        with quiet_diffusers(), no_diffusers_bars():
+        with quiet_diffusers(), no_library_bars():
             model, info = cls.from_pretrained(path, torch_dtype=dtype, variant=variant, output_loading_info=True,
                                               use_safetensors=not files[0].endswith(".bin"))
     except (OSError, ValueError, RuntimeError, TypeError) as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from compress.errors import UserError
 from compress.io_hub import cached_snapshot, hub_cache, id_problem, note_once, offline, quiet_hub, uncached
 from compress.io_hub_requests import bounded_hub, cause_line, hub_head, stopped_answering, timed_out
+from compress.progress import no_library_bars
 from compress.pipeline_folder import snapshot_problem
 
 CACHE = "the Hugging Face cache {} (HF_HUB_CACHE, else HF_HOME/hub)"
@@ -26,7 +27,7 @@ def hub_or_cache(source: str, what: str, load):
     raised as they are: the caller says them."""
     keywords = pipeline_keywords(source, what)
     try:
-        with quiet_hub(), bounded_hub() as sent:
+        with quiet_hub(), bounded_hub() as sent, no_library_bars(text_encoders=True):
             return load(**keywords)
     except Exception as e:  # noqa: BLE001 - a Hub request's timeout is httpx's, no OSError
         why = None if keywords else timed_out(e, sent)
@@ -42,7 +43,7 @@ def hub_or_cache(source: str, what: str, load):
         raise UserError(f"cannot load {what} '{source}': {why}, and {problem}")
     note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub answered, then "
               f"stopped answering: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
-    with quiet_hub():
+    with quiet_hub(), no_library_bars(text_encoders=True):
         return load(local_files_only=True)
 
 

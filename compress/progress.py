@@ -161,16 +161,27 @@ def status(text: str, log: bool = True):
 
 
 @contextlib.contextmanager
-def no_diffusers_bars():
-    """diffusers' tqdm bars held off ('Loading checkpoint shards' of a sharded checkpoint: a second kind
-    of bar beside the commands' own, rich's), and put back as they were: a library user who turned
-    them off keeps them off."""
+def no_library_bars(text_encoders: bool = False):
+    """diffusers' tqdm bars held off ('Loading checkpoint shards' of a sharded checkpoint, 'Loading
+    pipeline components' of a pipeline: a second kind of bar beside the commands' own, rich's), and
+    transformers' too where `text_encoders` (a pipeline's load: 'Loading weights' of each text
+    encoder; not imported otherwise), each put back as it was: a library user who turned them off
+    keeps them off."""
+    import importlib.util
+
     from diffusers.utils import logging as diffusers_logging
 
-    shown = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
+    libraries = [diffusers_logging]
+    if text_encoders and importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as transformers_logging
+
+        libraries.append(transformers_logging)
+    shown = [library.is_progress_bar_enabled() for library in libraries]
+    for library in libraries:
+        library.disable_progress_bar()
     try:
         yield
     finally:
-        if shown:
-            diffusers_logging.enable_progress_bar()
+        for library, was in zip(libraries, shown):
+            if was:
+                library.enable_progress_bar()

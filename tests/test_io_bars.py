@@ -1,6 +1,7 @@
 """diffusers' tqdm 'Loading checkpoint shards' bar: no command prints it loading a sharded teacher
-(io._load_folder holds it off, progress.no_diffusers_bars), and a library user's setting of diffusers'
-bars is as it was after."""
+(io._load_folder holds it off, progress.no_library_bars), nor diffusers' and transformers' bars
+loading a pipeline (io_hub_pipeline.hub_or_cache), and a library user's setting of the bars is as it
+was after."""
 
 from __future__ import annotations
 
@@ -66,13 +67,40 @@ def test_load_teacher_of_a_sharded_folder_prints_no_bar(sharded, capfd):
     assert diffusers_logging.is_progress_bar_enabled()
 
 
-def test_no_diffusers_bars_puts_the_setting_back_as_it_was():
-    from compress.progress import no_diffusers_bars
+def test_no_library_bars_puts_the_setting_back_as_it_was():
+    from compress.progress import no_library_bars
 
     for shown in (True, False):
         (diffusers_logging.enable_progress_bar if shown else diffusers_logging.disable_progress_bar)()
-        with pytest.raises(KeyError), no_diffusers_bars():
+        with pytest.raises(KeyError), no_library_bars():
             assert not diffusers_logging.is_progress_bar_enabled()
             raise KeyError  # put back after an error too
         assert diffusers_logging.is_progress_bar_enabled() is shown
     diffusers_logging.enable_progress_bar()
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_a_pipeline_loads_without_diffusers_or_transformers_bars(tmp_path, capfd, shown):
+    """A calibration pipeline's load printed diffusers' 'Loading pipeline components' and
+    transformers' 'Loading weights' bars (one per text encoder) beside the run's own lines."""
+    from diffusers import PixArtTransformer2DModel
+    from transformers.utils import logging as transformers_logging
+
+    from compress.calib_pipeline import load_pipeline_for
+    from tests.pipelines import pixart_pipeline
+
+    folder = pixart_pipeline(tmp_path / "pipe")
+    teacher = PixArtTransformer2DModel.from_pretrained(folder / "transformer")
+    capfd.readouterr()
+    for library in (diffusers_logging, transformers_logging):
+        (library.enable_progress_bar if shown else library.disable_progress_bar)()
+    try:
+        assert load_pipeline_for(teacher, str(folder)).transformer is teacher
+        said = capfd.readouterr()
+        assert "Loading pipeline components" not in said.err + said.out
+        assert "Loading weights" not in said.err + said.out
+        assert diffusers_logging.is_progress_bar_enabled() is shown  # as the user had them
+        assert transformers_logging.is_progress_bar_enabled() is shown
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
