@@ -18,7 +18,7 @@ from pathlib import Path
 from compress.errors import UserError
 from compress.runner_ranks import (HANDOFF, TOKEN, PeerLost, alive, is_follower, launch_key, main_gone, peer_lost,
                                    rank, read_json, wait_for_main, world_size)
-from compress.runner_ranks_words import WORDS, short as _short
+from compress.runner_ranks_words import WORDS, same_as_rank_0, short as _short
 
 ANSWER = ".dit-compress.rank"  # + "-N": in the run folder, follower N's answer to rank 0
 PREPARED = "prepared"  # the step of a follower ready to run the data-parallel passes
@@ -41,7 +41,7 @@ def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5, mai
         raise UserError(refusal)
     for k, mine in about.items():
         theirs, mine = got[k], json.loads(json.dumps(mine, default=str))  # as rank 0's went through the file
-        if theirs != mine:
+        if not same_as_rank_0(k, theirs, mine):  # a --teacher-config as the file it names
             said = WORDS[k](theirs, mine) if k in WORDS else f"{k} is {_short(theirs)} on rank 0, {_short(mine)} here"
             refusal = (f"rank {rank()} does not run what rank 0 runs ({said}): every process of a launch must "
                        "run the same recipe with the same --set, --teacher, --teacher-config and --resume, and "

@@ -17,11 +17,27 @@ def _recipe_words(theirs: dict, mine: dict) -> str:
 
 
 def _teacher_words(theirs: dict, mine: dict) -> str:
-    """What differs between two `runner_resume.teacher_identity`s."""
-    for k, what in (("source", "the teacher"), ("config", "--teacher-config")):
-        if theirs.get(k) != mine.get(k):
-            return f"{what} is {theirs.get(k)} on rank 0, {mine.get(k)} here"
+    """What differs between two `runner_resume.teacher_identity`s (their --teacher-configs compared as
+    the files they name, `same_as_rank_0`)."""
+    if theirs.get("source") != mine.get("source"):
+        return f"the teacher is {theirs.get('source')} on rank 0, {mine.get('source')} here"
+    if not same_as_rank_0("--teacher-config", theirs.get("config"), mine.get("config")):
+        return f"--teacher-config is {theirs.get('config')} on rank 0, {mine.get('config')} here"
     return f"the teacher {mine.get('source')} holds other weights or config here than on rank 0"
+
+
+def same_as_rank_0(key: str, theirs, mine) -> bool:
+    """Whether rank 0's value of `key` in what the processes of a launch must share (Runner.about,
+    `runner_answers.check_same_run`) is a follower's: --teacher-config, and the teacher identity that
+    holds it, as --resume compares them (runner_resume.same_config / same_teacher: a folder and the
+    config.json it holds, a link and its target, name one config); any other key as written."""
+    from compress.runner_resume import same_config, same_teacher
+
+    if key == "--teacher-config":
+        return same_config(theirs, mine)
+    if key == "teacher" and isinstance(theirs, dict) and isinstance(mine, dict):
+        return same_teacher(theirs, mine)
+    return theirs == mine
 
 
 def _inputs_words(theirs: dict, mine: dict) -> str:

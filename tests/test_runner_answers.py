@@ -58,6 +58,32 @@ def test_a_follower_that_reads_other_teacher_or_prompt_files_refuses(tmp_path, l
             check_same_run(tmp_path, dict(prepared, **change), PREPARED, poll=0.01)
 
 
+def test_a_follower_given_rank_0s_teacher_config_by_another_name_runs(tmp_path, launch, monkeypatch):
+    """--teacher-config (as given, and in the teacher identity) was compared with rank 0's as a string:
+    a follower given cfg/config.json where rank 0 was given cfg (or a link to it) refused, as
+    'another --teacher-config'; the same file is the same config (runner_ranks_words.same_as_rank_0),
+    as --resume compares it. Another config file still refuses."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("cfg", "other"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "cfg")
+
+    def about(config):
+        named = str((tmp_path / config).resolve())  # runner_resume.named_teacher's
+        return {"--teacher-config": config, "teacher": {"source": "/p", "config": named, "checksum": "a"}}
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    announce(run_dir, dict(about("cfg"), version="1"))
+    for given in ("cfg/config.json", "link"):
+        check_same_run(run_dir, about(given), PREPARED, poll=0.01)
+    with pytest.raises(UserError, match=r"\(--teacher-config is 'cfg' on rank 0, 'other' here\)"):
+        check_same_run(run_dir, about("other"), PREPARED, poll=0.01)
+    with pytest.raises(UserError, match=f"--teacher-config is {tmp_path / 'cfg'} on rank 0, {tmp_path / 'other'} here"):
+        check_same_run(run_dir, {"teacher": about("other")["teacher"]}, PREPARED, poll=0.01)
+
+
 def test_rank_0_waits_for_its_followers_answers_only(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "1")

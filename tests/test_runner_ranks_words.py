@@ -29,3 +29,37 @@ def test_the_same_prompts_read_name_the_pipelines_files():
     assert WORDS["inputs"](theirs, mine) == said
     theirs["pipeline"]["vae/config.json"] = "z"
     assert WORDS["inputs"](theirs, mine) == said.replace("model differs", "model, vae/config.json differ")
+
+
+def test_a_teacher_config_is_the_same_as_rank_0s_where_it_names_the_same_file(tmp_path, monkeypatch):
+    """A launch's --teacher-config and teacher identity were compared as strings: cfgA (the folder holding
+    config.json) on rank 0 and cfgA/config.json, or a link to it, on a follower were 'another
+    --teacher-config'. They are compared as --resume compares them (runner_resume.same_config / same_teacher,
+    78e24d4): the same file named is the same config; another file, or none where rank 0 gave one, is not."""
+    from compress.runner_ranks_words import same_as_rank_0
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("cfgA", "cfgB"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "cfgA")
+    for given in ("cfgA", "cfgA/config.json", "link", str(tmp_path / "link" / "config.json")):
+        assert same_as_rank_0("--teacher-config", "cfgA", given)
+    assert not same_as_rank_0("--teacher-config", "cfgA", "cfgB")
+    assert not same_as_rank_0("--teacher-config", "cfgA", None)
+    assert same_as_rank_0("--teacher-config", None, None)
+    assert not same_as_rank_0("--teacher", "cfgA", "cfgA/config.json")  # any other key: as written
+
+    def teacher(config, checksum="a"):
+        return {"source": "/p", "config": config, "checksum": checksum, "checksum_of": "w"}
+
+    abs_a = str(tmp_path / "cfgA")
+    assert same_as_rank_0("teacher", teacher(abs_a), teacher(f"{abs_a}/config.json"))
+    assert not same_as_rank_0("teacher", teacher(abs_a), teacher(f"{abs_a}/config.json", "b"))  # other weights
+    assert not same_as_rank_0("teacher", teacher(abs_a), teacher(str(tmp_path / "cfgB")))
+    said = WORDS["teacher"](teacher(abs_a), teacher(f"{abs_a}/config.json", "b"))  # the config is not what differs
+    assert said == "the teacher /p holds other weights or config here than on rank 0"
+    assert WORDS["teacher"](teacher(abs_a), teacher(str(tmp_path / "cfgB"))) == (
+        f"--teacher-config is {abs_a} on rank 0, {tmp_path / 'cfgB'} here")
+    moved = {**teacher(abs_a), "source": "/q"}
+    assert WORDS["teacher"](teacher(abs_a), moved) == "the teacher is /p on rank 0, /q here"
