@@ -26,6 +26,7 @@ from compress.runner_kept import fisher_folder, readers_of, samples_keys
 from compress.runner_resume import FINISHED, SAMPLES_ABOUT, TEACHER_SAMPLES, recipe_changes
 
 REMOVED_LOG = "removed-caches.log"  # in the run folder: a line per cache removed (`log_removed`)
+CLOCK = ".clock-"  # in the run folder: `clock_ns`'s file, .clock-PID, removed at once
 
 
 def finished_run(run_dir: Path) -> bool:
@@ -68,7 +69,7 @@ def clock_ns(run_dir: Path) -> int:
     """Now on the clock of the file system that holds `run_dir` (a network file system's may be behind
     this host's): the mtime of a small file written there and removed at once. `unread_files` compares
     the statistics files' mtimes, set by that clock, with it."""
-    path = Path(run_dir) / f".clock-{os.getpid()}"
+    path = Path(run_dir) / f"{CLOCK}{os.getpid()}"
     try:
         path.write_bytes(b"")
         return path.stat().st_mtime_ns

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.runner_answers import ANSWER
-from compress.runner_caches import REMOVED_LOG
+from compress.runner_caches import CLOCK, REMOVED_LOG
 from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
 from compress.runner_lock import LOCK
 from compress.runner_pending import read_record
@@ -68,12 +68,12 @@ def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str |
 # the top-level entries of a run folder a run writes in (or removes): a teacher elsewhere in a run
 # folder does not mix with them. Its files: the removal log, the run folder's lock, rank 0's hand-off
 # and each follower's answer (-N; each written as .tmp-PID beside it, then renamed over it), and
-# runner_caches.clock_ns's .clock-PID (removed at once)
+# runner_caches.clock_ns's .clock-PID (CLOCK; removed at once)
 _TMP = r"(\.tmp-\d+)?"
 RUN_WRITTEN = re.compile("|".join([
     r"stages|distill.*|calib|stream|inputs|fisher|activations|sensitivity|importance\.(json|png)",
     re.escape(REMOVED_LOG), re.escape(LOCK), re.escape(HANDOFF) + _TMP, re.escape(ANSWER) + r"-\d+" + _TMP,
-    r"\.clock-\d+"]))
+    re.escape(CLOCK) + r"\d+"]))
 
 
 def _check_clear(flag: str, folder: Path, teacher: str, name: str, written: re.Pattern | None = None) -> None:
