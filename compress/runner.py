@@ -178,8 +178,9 @@ class Runner:
             return
         also = [f for cache, names in (read or {}).items() for f in unread_files(cache, names, self.passes_from_ns)]
         inputs = [self.inputs_cache] if self.inputs_cache is not None else []  # the sampled inputs it reads
+        calls = getattr(self, "sampled_calls", None)  # their calls (None without sampling)
         remove_unread_caches(self.run_dir, self.ctx.fingerprint, self.recipe.raw["passes"], self.passes, start, also,
-                             self.restart, read is None, inputs)
+                             self.restart, read is None, inputs, calls() if calls else None)
 
     def _note_read(self, p) -> None:
         """The stats cache folder of the pass `p` that ran (an svd pass's StatsCache: its folder and the

@@ -4,8 +4,9 @@ again once it has run them all): svd statistics and output Fishers of another te
 the statistics in a cache this run's svd passes read that they neither read nor wrote (`unread_files`),
 output Fishers of another fisher_probes an interrupted svd pass left in a cache this recipe reads
 (`unread_fishers`), teacher samples of another teacher, calibration or distill settings
-(distill/teacher_samples/<key>/), and sampled inputs of another teacher or none the run reads
-(inputs/<name>/, `other_inputs`). Only under the run's locks, once the run has decided what it keeps
+(distill/teacher_samples/<key>/), sampled inputs of another teacher or none the run reads
+(inputs/<name>/, `other_inputs`) and, in the run's own, the calls of other prompts or settings
+(`other_calls`). Only under the run's locks, once the run has decided what it keeps
 (never when it refuses), and only where the folder's last run finished or this one is a --restart
 (`finished_run`); those of another teacher or calibration (`of_another`: hours of statistics on a real
 model) only with --restart, else one note names them. A cache whose readers are not recorded (an older
@@ -36,10 +37,12 @@ def finished_run(run_dir: Path) -> bool:
     return (Path(run_dir) / "stages" / FINISHED).is_file()
 
 
-def of_another(run_dir: Path, fingerprint: str, inputs: list[Path] | None = None) -> list[Path]:
+def of_another(run_dir: Path, fingerprint: str, inputs: list[Path] | None = None,
+               calls: list[Path] | None = None) -> list[Path]:
     """The caches in `run_dir` of another teacher or calibration: calib/<other fingerprint>/, teacher
-    samples whose about.json holds another fingerprint (one without a readable about.json: not known)
-    and sampled inputs other than the run's `inputs` (`other_inputs`)."""
+    samples whose about.json holds another fingerprint (one without a readable about.json: not known),
+    sampled inputs other than the run's `inputs` (`other_inputs`) and, in those, the calls other than
+    the run's `calls` (`other_calls`)."""
     found = [p for p in sorted((Path(run_dir) / "calib").glob("*"))
              if p.name != fingerprint and p.is_dir() and not p.is_symlink()]
     for folder in sorted((Path(run_dir) / TEACHER_SAMPLES).glob("*")):
@@ -49,7 +52,7 @@ def of_another(run_dir: Path, fingerprint: str, inputs: list[Path] | None = None
             continue
         if isinstance(about, dict) and about.get("fingerprint") != fingerprint:
             found.append(folder)
-    return found + other_inputs(run_dir, inputs)
+    return found + other_inputs(run_dir, inputs) + other_calls(inputs, calls)
 
 
 def other_inputs(run_dir: Path, inputs: list[Path] | None) -> list[Path]:
@@ -65,6 +68,21 @@ def other_inputs(run_dir: Path, inputs: list[Path] | None) -> list[Path]:
             if p.is_dir() and not p.is_symlink() and p.resolve() not in mine]
 
 
+def other_calls(inputs: list[Path] | None, calls: list[Path] | None) -> list[Path]:
+    """The sampling calls' files (<hash>.pt) in the run's folders of sampled inputs `inputs` but its
+    `calls` (calib_pipeline.PipelineSource.call_files: its calibration and held-out calls, each file
+    named by the prompts, seed, steps ... of the call; None: not known, none named): the calls of other
+    prompts or calibration settings (seed, sample_steps, heldout ...), another calibration's inputs as
+    calib/<its fingerprint>/ holds its statistics. `eval` of an output of that calibration
+    (report.json's inputs_cache names this folder) samples its held-out calls again where they are
+    gone. Unfinished files (<hash>.tmp-PID: a sampling call being written) are not named."""
+    if not inputs or calls is None:
+        return []
+    mine = {Path(p).resolve() for p in calls}
+    return [p for folder in inputs for p in sorted(Path(folder).glob("*.pt"))
+            if p.resolve() not in mine and p.is_file() and not p.is_symlink()]
+
+
 def clock_ns(run_dir: Path) -> int:
     """Now on the clock of the file system that holds `run_dir` (a network file system's may be behind
     this host's): the mtime of a small file written there and removed at once. `unread_files` compares
@@ -78,12 +96,13 @@ def clock_ns(run_dir: Path) -> int:
 
 
 def unread_caches(run_dir: Path, fingerprint: str, specs: list, passes, start: int,
-                  inputs: list[Path] | None = None) -> list[Path]:
+                  inputs: list[Path] | None = None, calls: list[Path] | None = None) -> list[Path]:
     """The cache folders in `run_dir` that neither the run of the recipe whose pass specs are `specs`
-    (built: `passes`; its first pass to run: `start`; the sampled inputs it reads: `inputs`) nor a
-    --resume of it can read: `unread_stats`, `unread_samples` and `other_inputs`."""
+    (built: `passes`; its first pass to run: `start`; the sampled inputs it reads: `inputs`, their
+    calls `calls`) nor a --resume of it can read: `unread_stats`, `unread_samples`, `other_inputs` and
+    `other_calls`."""
     return (unread_stats(run_dir, fingerprint, specs, passes, start) + unread_samples(run_dir, fingerprint, passes)
-            + other_inputs(run_dir, inputs))
+            + other_inputs(run_dir, inputs) + other_calls(inputs, calls))
 
 
 def unread_stats(run_dir: Path, fingerprint: str, specs: list, passes, start: int) -> list[Path]:
@@ -184,19 +203,20 @@ def unread_files(cache: Path, read: set[str], since_ns: int) -> list[Path]:
 
 def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, passes, start: int,
                          also: list[Path] = (), restart: bool = False, first: bool = True,
-                         inputs: list[Path] | None = None) -> None:
+                         inputs: list[Path] | None = None, calls: list[Path] | None = None) -> None:
     """`unread_caches` deleted, and the files `also` (`unread_files`), with one note naming them and the
     bytes freed (rank 0, under the run's locks: Runner calls it once it restored what it keeps (`first`),
     and after its last pass). Those `of_another` teacher or calibration only with `restart`: else kept,
     and named in one note (at the `first` call). `inputs`: the folders of sampled inputs the run reads
-    (Runner.inputs_cache; [] none; None: not known, every one kept)."""
+    (Runner.inputs_cache; [] none; None: not known, every one kept); `calls`: the files of its sampling
+    calls there (Runner.sampled_calls; None: not known, every call kept)."""
     from compress.report import note
 
     if not fingerprint:
         return
-    found = unread_caches(run_dir, fingerprint, specs, passes, start, inputs)
+    found = unread_caches(run_dir, fingerprint, specs, passes, start, inputs, calls)
     if not restart:
-        another = of_another(run_dir, fingerprint, inputs)
+        another = of_another(run_dir, fingerprint, inputs, calls)
         found = [p for p in found if p not in another]
         if first and another:
             note(f"{run_dir} holds {bytes_in_words(sum(size_of(p) for p in another))} of caches of another "

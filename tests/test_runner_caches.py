@@ -15,6 +15,11 @@ from tests.conftest import tiny_pixart
 from tests.runner_helpers import STREAM_RECIPE, run_recipe
 
 SVD, OTHER = {"svd": {"ratio": 0.5}}, {"svd": {"ratio": 0.4}}
+# pipeline calibration (toy:pixart) of the prompts '{p} 1' to '{p} 3', one held out; {teacher}
+PIPELINE = ("model: pixart\nteacher: {teacher}\n"
+            "calibration: {{source: pipeline, pipeline: 'toy:pixart', prompts: [{p} 1, {p} 2, {p} 3], sample_steps: 2, "
+            "timesteps: 2, batch_size: 4, heldout: 1}}\n"
+            "passes:\n  - svd: {{targets: [attention], fisher: block, ratio: 0.5, multiple: 8, progress: false}}\n")
 
 
 def _svd():
@@ -159,6 +164,34 @@ def test_sampled_inputs_of_another_teacher_go_only_with_restart(tmp_path, capsys
     assert said.endswith("that no run of this recipe reads (inputs/other): 2.0 KiB freed"), said
     assert mine.is_dir() and not other.exists()
     assert (tmp_path / REMOVED_LOG).read_text().endswith("\tinputs/other\t2048\n")
+
+
+def test_calls_of_other_prompts_in_the_runs_own_inputs_go_only_with_restart(tmp_path, capsys):
+    """In the run's own inputs/<name>/, the files of sampling calls it does not make (other prompts, seed,
+    steps, heldout: another calibration's inputs) were kept for good: named by a plain run among the
+    caches of another teacher or calibration, removed by --restart with the log; its own calls and an
+    unfinished call (.tmp-PID) stay. Where its calls are not known (None), none is named."""
+    from compress.runner_caches import REMOVED_LOG, of_another, other_calls, remove_unread_caches
+
+    mine = tmp_path / "inputs" / "mine"
+    mine.mkdir(parents=True)
+    for name in ("call-a.pt", "call-b.pt", "old-a.pt", "old-b.tmp-42"):
+        (mine / name).write_bytes(b"x" * 1024)
+    calls = [mine / "call-a.pt", mine / "call-b.pt", mine / "call-c.pt"]  # call-c: not sampled yet
+    assert other_calls([mine], None) == [] == other_calls([], calls)
+    assert other_calls([mine], calls) == [mine / "old-a.pt"] == of_another(tmp_path, "fp", [mine], calls)
+    assert unread_caches(tmp_path, "fp", [], [], 0, [mine], calls) == [mine / "old-a.pt"]
+    assert unread_caches(tmp_path, "fp", [], [], 0, [mine]) == []
+    remove_unread_caches(tmp_path, "fp", [], [], 0, inputs=[mine], calls=calls)
+    said = " ".join(capsys.readouterr().err.split())
+    assert said == (f"note: {tmp_path} holds 1.0 KiB of caches of another teacher or calibration "
+                    "(inputs/mine/old-a.pt); --restart removes them"), said
+    assert (mine / "old-a.pt").is_file()
+    remove_unread_caches(tmp_path, "fp", [], [], 0, restart=True, inputs=[mine], calls=calls)
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.endswith("that no run of this recipe reads (inputs/mine/old-a.pt): 1.0 KiB freed"), said
+    assert sorted(p.name for p in mine.iterdir()) == ["call-a.pt", "call-b.pt", "old-b.tmp-42"]
+    assert (tmp_path / REMOVED_LOG).read_text().endswith("\tinputs/mine/old-a.pt\t1024\n")
 
 
 def test_statistics_a_run_neither_read_nor_wrote_are_unread(tmp_path):
@@ -392,10 +425,7 @@ def test_a_restart_with_another_teacher_removes_the_sampled_inputs_of_the_first(
     from compress.toy import load_toy_teacher
 
     load_toy_teacher("pixart").save_pretrained(tmp_path / "teacher")
-    text = ("model: pixart\nteacher: {teacher}\n"
-            "calibration: {{source: pipeline, pipeline: 'toy:pixart', prompts: [a 1, a 2, a 3], sample_steps: 2, "
-            "timesteps: 2, batch_size: 4, heldout: 1}}\n"
-            "passes:\n  - svd: {{targets: [attention], fisher: block, ratio: 0.5, multiple: 8, progress: false}}\n")
+    text = PIPELINE.replace("{p}", "a")
     run_dir = tmp_path / "run-r"
     run_recipe(tmp_path, text.format(teacher="toy:pixart"), "r")
     [first] = (run_dir / "inputs").iterdir()
@@ -411,3 +441,32 @@ def test_a_restart_with_another_teacher_removes_the_sampled_inputs_of_the_first(
     assert f"inputs/{first.name}" in said.split("that no run of this recipe reads (")[1], said
     [kept] = (run_dir / "inputs").iterdir()
     assert kept != first and any(kept.glob("*.pt"))
+
+
+def test_a_restart_with_other_prompts_removes_the_calls_of_the_first(tmp_path, capsys):
+    """Pipeline calibration samples each call into inputs/<name>/ (named by the teacher), its file named by
+    the call's prompts and settings. A run of other prompts (same teacher: the same folder) never reads the
+    first prompts' calls: a plain run names them (kept, '--restart removes them'), --restart removes them
+    and keeps its own, which it reads back (nothing sampled again: every file it keeps is one it wrote)."""
+    text = PIPELINE.replace("{teacher}", "toy:pixart")
+    run_dir = tmp_path / "run-r"
+    run_recipe(tmp_path, text.format(p="a"), "r")
+    [folder] = (run_dir / "inputs").iterdir()
+    first = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
+    assert len(first) == 3  # 2 calibration calls, 1 held out
+    capsys.readouterr()
+    run_recipe(tmp_path, text.format(p="b"), "r", overwrite=True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "of caches of another teacher or calibration (calib/" in said, said
+    assert said.split("another teacher or calibration (")[1].count(f"inputs/{folder.name}/") == 2, said  # 2 named, 1 more
+    [again] = (run_dir / "inputs").iterdir()
+    both = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
+    assert again == folder and len(both) == 6 and first.items() <= both.items()
+    run_recipe(tmp_path, text.format(p="b"), "r", overwrite=True, restart=True)
+    said = " ".join(capsys.readouterr().err.split())
+    removed = said.split("that no run of this recipe reads (")[1]
+    assert f"inputs/{folder.name}/" in removed and " and 1 more): " in removed, said  # calib/<first> + 3 calls
+    kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
+    assert kept == {name: t for name, t in both.items() if name not in first}
+    logged = (run_dir / "removed-caches.log").read_text()
+    assert all(f"\tinputs/{folder.name}/{name}\t" in logged for name in first), logged
