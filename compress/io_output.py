@@ -4,6 +4,7 @@ in a diffusers pipeline (compress.io_pipeline). The output folder is DESIGN.md's
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -72,7 +73,24 @@ def cached_output(source: str, what: str) -> Path | None:
                         f"download it (hf download {source}) and give {source} again, or give a local folder")
     if not is_output(output_folder(snapshot)):
         raise UserError(f"{source}: the Hugging Face cache holds it{spelt} at {output_folder(snapshot)}, {NO_OUTPUT}")
+    READ_FOR[Path(os.path.abspath(snapshot))] = source
     return snapshot
+
+
+# the cache's snapshots `cached_output` gave a command -> the Hub id it was given: what load_transformer
+# says of their files names them by it (`shown`), as the command's other lines do
+READ_FOR: dict[Path, str] = {}
+
+
+def shown(path: Path) -> str:
+    """`path` as load_transformer's warnings and errors name it: a file of a Hub output a command reads
+    from the cache (`cached_output`: a note has named the snapshot) by the id the user gave and its
+    place there ("acme/out's diffusion_pytorch_model.safetensors"), anything else as it is."""
+    at = Path(os.path.abspath(path))  # not resolved: the cache's snapshot files link to its blobs
+    for snapshot, source in READ_FOR.items():
+        if at == snapshot or snapshot in at.parents:
+            return source if at == snapshot else f"{source}'s {at.relative_to(snapshot)}"
+    return str(path)
 
 
 def hub_like(source) -> bool:
@@ -297,16 +315,16 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     sd = {}
     for f in files:
         tensors = read_state_dict(f)
-        check_finite_file(f, tensors, warn=nonfinite == "warn")
+        check_finite_file(shown(f), tensors, warn=nonfinite == "warn")
         if dtype is not None:  # before the cast, which would make them Inf
-            check_castable(f, tensors, dtype)
+            check_castable(shown(f), tensors, dtype)
         sd.update(tensors)
-    sd = without_fused_projections(model, sd, files[0] if len(files) == 1 else out)
+    where = shown(files[0] if len(files) == 1 else out)
+    sd = without_fused_projections(model, sd, where)
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
-        raise UserError(f"{files[0] if len(files) == 1 else out} does not match its config.json: "
-                        f"{load_error(e)}") from None
+        raise UserError(f"{where} does not match its config.json: {load_error(e)}") from None
     fuse_gelu(model)  # the FFN's tanh-GELU runs inside the factorized layer (kernel epilogue)
     register_compression(model)
     if dtype is not None:

@@ -48,3 +48,31 @@ def test_a_cached_hub_output_is_named_by_its_id_and_read_from_the_cache_once(cac
     assert (said.out + said.err).count(str(cached)) == 1  # the note alone names the snapshot
     if command == "bench":
         assert "bench: timing acme/out against the teacher" in said.err  # its first line, off a terminal
+
+
+@pytest.mark.parametrize("command, extra, said", [
+    ("inspect", [], "warning: "),  # inspect shows a damaged output, with a warning
+    ("eval", [], "dit-compress: numeric error: "),
+    ("bench", ["--repeats", "1", "--device", "cpu"], "dit-compress: numeric error: "),
+])
+def test_a_damaged_cached_hub_output_is_named_by_its_id_in_load_transformers_words(cached, capsys, command, extra,
+                                                                                   said):
+    """load_transformer's words of a weight file of a cached Hub output (a NaN in it) named the file in the
+    cache's snapshot (a link to its blob there, as the cache holds it), where the command's other lines
+    name the id: they name 'acme/out's FILE' (the note above names the snapshot once)."""
+    from safetensors.torch import load_file, save_file
+
+    from compress.io import WEIGHTS
+
+    weights = load_file(cached / WEIGHTS)
+    weights["transformer_blocks.0.ff.net.2.up.weight"][0, 0] = float("nan")
+    blob = cached.parents[1] / "blobs" / "0123abcd"
+    blob.parent.mkdir()
+    save_file(weights, blob, metadata={"format": "pt"})
+    (cached / WEIGHTS).unlink()
+    (cached / WEIGHTS).symlink_to(blob)
+    assert main([command, "acme/out", *extra]) == (0 if command == "inspect" else 3)
+    err = capsys.readouterr().err
+    assert (f"{said}acme/out's {WEIGHTS}: weight transformer_blocks.0.ff.net.2.up.weight has 1 NaN/Inf values; "
+            "the output is damaged") in " ".join(err.split()), err
+    assert err.count(str(cached)) == 1 and "blobs" not in err  # the note alone names the snapshot
