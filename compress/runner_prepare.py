@@ -20,13 +20,15 @@ from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes
 from compress.runner_folders import check_folders, check_run_folder, say_if_nothing_to_resume
 from compress.runner_ranks import is_follower
-from compress.runner_resume import (finished_and_reusable, fingerprint, named_teacher, teacher_identity,
+from compress.runner_resume import (finished_and_reusable, fingerprint, inputs_change, named_teacher,
+                                    older_checksum, read_state, same_teacher, stage_dirs, teacher_identity,
                                     weights_checksum)
 from compress.runner_setup import DTYPES, load_checked_teacher
 from compress.runner_stages import resumable
 from compress.runner_stop_words import LOADING
 from compress.runner_stream import (check_streaming, streamed_weights, warn_if_activations_too_big,
                                     warn_if_streamed_too_big)
+from compress.words import counted
 
 
 def prepare(runner) -> None:
@@ -52,6 +54,8 @@ def prepare(runner) -> None:
     _warn_of_memory(runner, weights)
     runner.run_dir.mkdir(parents=True, exist_ok=True)
     teacher_id = _cache_keys(runner, src)
+    if not is_follower() and not (runner.resume or runner.restart):  # the teacher and prompts known: as
+        note_reusable(runner)  # --resume compares them (the stages are discarded only once the passes start)
     runner.ctx = RunContext(
         adapter=runner.adapter, family=runner.recipe.model, teacher=runner.teacher,
         run_dir=runner.run_dir, seed=runner.recipe.calibration.seed,
@@ -97,7 +101,6 @@ def _checked_before_loading(runner):
         # (of another teacher: said as --resume would, its source and --teacher-config compared)
         check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes,
                          named_teacher(src.source, runner.teacher_config))
-        note_reusable(runner)
     warn_if_beyond_memory(runner.recipe, src, runner.passes)  # warns only: an estimate
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src
@@ -138,13 +141,35 @@ def _cache_keys(runner, src) -> str:
 
 def note_reusable(runner) -> None:
     """A finished run in the run folder whose first passes this recipe shares is started over (its
-    stages discarded), as documented; a note says --resume would have kept them."""
+    stages discarded), as documented; a note says --resume would have kept them, where it would: the
+    stage it keeps (`_kept_stage`) of this teacher and calibrated on the prompts read now."""
+    keeps = _kept_stage(runner)
+    if not keeps:
+        return
+    total = len(runner.passes)
+    shared = ("shares this recipe's one pass" if keeps == total == 1 else
+              f"shares all {keeps} passes with this recipe" if keeps == total else
+              f"shares its first {counted(keeps, 'pass', 'passes')} with this recipe")
+    console.print(f"note: {runner.run_dir} holds a finished run that {shared}: starting over "
+                  "(Ctrl-C now and add --resume to keep them, with the same teacher)")
+
+
+def _kept_stage(runner) -> int:
+    """How many passes --resume would keep of the finished run in the run folder (`finished_and_reusable`),
+    0 also where it would refuse that stage: another teacher (`same_teacher`), other prompts or pipeline
+    parts (`inputs_change`), as runner_stages checks them."""
     keeps = finished_and_reusable(runner.run_dir, runner.recipe.raw, runner.passes)
-    if keeps:
-        shared = f"all {keeps} passes" if keeps == len(runner.passes) else \
-            f"its first {keeps} pass{'' if keeps == 1 else 'es'}"
-        console.print(f"note: {runner.run_dir} holds a finished run that shares {shared} with this recipe: "
-                      "starting over (Ctrl-C now and add --resume to keep them, with the same teacher)")
+    state = read_state(dict(stage_dirs(runner.run_dir))[keeps - 1]) if keeps else None
+    if not state:
+        return 0
+    before = state.get("teacher")
+    if before is not None and not older_checksum(before, runner.identity) and not same_teacher(before, runner.identity):
+        return 0
+    inputs = state.get("inputs")
+    if isinstance(inputs, dict) and runner.inputs_id is not None and inputs_change(
+            inputs, runner.inputs_id, runner.recipe.calibration.pipeline or runner.source):
+        return 0
+    return keeps
 
 
 def teacher_forwards(runner, make):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import compress.runner_prepare as runner_prepare
+from compress.errors import UserError
 from compress.recipe import parse_recipe
 from compress.runner import Runner
 from tests.conftest import tiny_pixart
@@ -43,3 +44,28 @@ def test_no_memory_estimate_without_calibration(tmp_path, teacher, monkeypatch):
     assert [p.name for p in runner.passes] == ["remove_blocks"]
     with pytest.raises(pytest.fail.Exception, match="estimated"):
         _prepared(tmp_path, teacher, "  - svd: {ratio: 0.5}\n")
+
+
+def test_a_finished_run_of_other_prompts_is_not_offered_to_resume(tmp_path, capsys):
+    """A finished run whose passes a rerun shares, but sampled on other calibration prompts, was noted
+    as kept by --resume ('add --resume to keep them'), which then refused it (the prompts changed): the
+    note is said only where --resume would keep the stage (same teacher, same prompts)."""
+    text = ("model: pixart\nteacher: toy:pixart\n"
+            "calibration: {{source: pipeline, prompts: [{}], sample_steps: 2, timesteps: 2, heldout: 1}}\n"
+            "passes:\n  - remove_blocks: {{blocks: {{blocks: [0]}}}}\n")
+
+    def runner(prompts: str, out: str, **kw) -> Runner:
+        return Runner(parse_recipe(text.format(prompts), str(tmp_path / "r.yaml")), tmp_path / out,
+                      tmp_path / "run", **kw)
+
+    runner("a 1, a 2", "out-a").run()
+    capsys.readouterr()
+    runner("a 3, a 4", "out-b").prepare()  # other prompts: --resume refuses the stage, so no note
+    assert "finished run" not in capsys.readouterr().err
+    with pytest.raises(UserError, match="the calibration prompts changed"):
+        runner("a 3, a 4", "out-b", resume=True).run()
+    runner("a 1, a 2", "out-c").prepare()  # the same prompts: noted, and --resume keeps it
+    assert ("holds a finished run that shares this recipe's one pass: starting over (Ctrl-C now and add "
+            "--resume to keep them, with the same teacher)") in " ".join(capsys.readouterr().err.split())
+    runner("a 1, a 2", "out-c", resume=True).run()
+    assert "its only pass (remove_blocks) was done: writing the output again" in " ".join(capsys.readouterr().err.split())
