@@ -75,7 +75,8 @@ def other_calls(inputs: list[Path] | None, calls: list[Path] | None) -> list[Pat
     prompts or calibration settings (seed, sample_steps, heldout ...), another calibration's inputs as
     calib/<its fingerprint>/ holds its statistics. `eval` of an output of that calibration
     (report.json's inputs_cache names this folder) samples its held-out calls again where they are
-    gone. Unfinished files (<hash>.tmp-PID: a sampling call being written) are not named."""
+    gone. Unfinished files (<hash>.tmp-PID: a sampling call being written) are not named: those of a
+    process gone go as the run takes its lock (runner_leftovers.clear_unfinished_calls)."""
     if not inputs or calls is None:
         return []
     mine = {Path(p).resolve() for p in calls}

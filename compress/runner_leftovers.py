@@ -1,7 +1,8 @@
 """What killed writes leave: the temp folders of an output being written (.NAME.tmp-*) and of the
-output it replaced, set aside (.NAME.old-*), beside an output or in a run's stages/, removed at the
-start of a run that holds its locks, with a missing output put back (`clear_run_leftovers`). Imports
-no torch."""
+output it replaced, set aside (.NAME.old-*), beside an output or in a run's stages/, and the files of
+sampling calls being written (inputs/<name>/<hash>.tmp-PID) by a process gone, removed at the start
+of a run that holds its locks, with a missing output put back (`clear_run_leftovers`). Imports no
+torch."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from compress.report import warn
 # io_export._temp_beside's folders: .NAME.tmp-XXXXXXXX (an output being written) and .NAME.old-XXXXXXXX
 # (the output it replaces, set aside), tempfile's 8 characters
 LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[a-z0-9_]{8}")
+# calib_pipeline's sampling call being written in a run's inputs/<name>/: <hash>.tmp-PID, renamed to <hash>.pt
+CALL_TMP = re.compile(r"[0-9a-f]+\.tmp-(?P<pid>\d+)")
 
 
 def clear_leftovers(folder: Path, names: str, keep_complete: bool = False) -> None:
@@ -114,8 +117,24 @@ def _complete(folder: Path) -> bool:
 def clear_run_leftovers(run_dir: Path | None, out: Path | None) -> None:
     """At the start of a run that holds its locks (runner_lock.hold_run; None: a folder it does not
     hold), what killed runs left: temp folders of stage saves in `run_dir`/stages and of exports
-    beside `out` (`clear_leftovers`). An interrupted run removes its own; a killed one could not."""
+    beside `out` (`clear_leftovers`), sampling calls' files in `run_dir`/inputs (`clear_unfinished_calls`).
+    An interrupted run removes its own; a killed one could not."""
     if run_dir is not None:
         clear_leftovers(Path(run_dir) / "stages", r"\d+-\w+")
+        clear_unfinished_calls(Path(run_dir))
     if out is not None:
         clear_leftovers(Path(out).parent, re.escape(Path(out).name), keep_complete=True)
+
+
+def clear_unfinished_calls(run_dir: Path) -> None:
+    """The files of sampling calls a killed process left half written in `run_dir`/inputs/<name>/
+    (calib_pipeline: <hash>.tmp-PID, renamed to <hash>.pt once written; a call's records each, read
+    by no run), removed where process PID no longer runs on this host. Those of live processes stay:
+    another rank of this launch may be sampling the same call; rank 0 clears them as it takes the run
+    folder's lock, before its launch's processes load the teacher, let alone sample."""
+    from compress.runner_ranks import alive  # no torch either
+
+    for p in sorted(Path(run_dir).glob("inputs/*/*.tmp-*")):
+        m = CALL_TMP.fullmatch(p.name)
+        if m is not None and not p.is_symlink() and p.is_file() and not alive(int(m["pid"])):
+            p.unlink(missing_ok=True)

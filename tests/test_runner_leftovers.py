@@ -116,3 +116,23 @@ def test_an_output_that_appears_while_the_old_one_is_put_back_is_named(tmp_path,
         clear_leftovers(tmp_path, "out", keep_complete=True)
     monkeypatch.undo()
     assert old.is_dir() and (tmp_path / "out" / "config.json").is_file()
+
+
+def test_sampling_calls_a_killed_process_left_unfinished_go(tmp_path):
+    """A sampling call killed while its file was written (calib_pipeline: inputs/<name>/<hash>.tmp-PID)
+    left it for good: the run's start removes those of processes gone, and keeps a live one's (another
+    rank of the launch may be writing it), the finished calls and what is not a call's file."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    calls = tmp_path / "run" / "inputs" / "65465a41ca0694bc"
+    calls.mkdir(parents=True)
+    killed, live = calls / f"031da6387599f30fd6d9.tmp-{dead.pid}", calls / f"0a40515ad0d96fed675e.tmp-{os.getpid()}"
+    done, other = calls / "031da6387599f30fd6d9.pt", calls / f"notes.tmp-{dead.pid}"
+    for p in (killed, live, done, other):
+        p.write_bytes(b"records")
+    clear_run_leftovers(tmp_path / "run", None)
+    assert not killed.exists()
+    assert live.exists() and done.exists() and other.exists()
