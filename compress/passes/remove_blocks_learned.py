@@ -99,7 +99,11 @@ def _drop_of(wins: list[Window]) -> dict[str, list[int]]:
 
 @contextmanager
 def _gates(model: nn.Module, adapter, keep: dict[tuple[str, int], torch.Tensor]):
-    """Forward hooks that gate each block by keep[(group, index)] (a 0-d tensor, read at call time)."""
+    """Forward hooks that gate each block by keep[(group, index)] (a 0-d tensor, read at call time).
+    A block whose keep is exactly 0 (the sampled pattern removes it) has its output detached: the
+    output is multiplied by 0, so the gradient reaching the block's inside is exactly zero, and the
+    backward no longer runs through it (keep's own gradient, <g, out − in>, still reads the output;
+    `_zero_missing_grads` gives its weights the zero gradients they had)."""
     handles = []
     for group, i, block in adapter.iter_blocks(model):
         def hook(module, args, kwargs, output, key=(group, i)):
@@ -107,6 +111,8 @@ def _gates(model: nn.Module, adapter, keep: dict[tuple[str, int], torch.Tensor])
             if k is None:
                 return output
             ins, outs = adapter.hidden_of(args, kwargs), adapter.hidden_of_output(output)
+            if passed_through(k):  # its output times 0: no gradient reaches its inside
+                outs = [o.detach() for o in outs]
             return adapter.skipped_output([gated(o, x, k.to(o.device, o.dtype)) for o, x in zip(outs, ins)])
         handles.append(block.register_forward_hook(hook, with_kwargs=True))
     try:
@@ -114,6 +120,11 @@ def _gates(model: nn.Module, adapter, keep: dict[tuple[str, int], torch.Tensor])
     finally:
         for h in handles:
             h.remove()
+
+
+def passed_through(keep: torch.Tensor) -> bool:
+    """Whether a block's keep (0-d) is exactly 0: the sampled pattern removes the block."""
+    return bool(keep == 0)
 
 
 def block_linears(model: nn.Module, adapter) -> list[nn.Module]:
@@ -281,8 +292,19 @@ def _step(work, adapter, wins, batches, refs, b: int, tau: float, generator, opt
         objective = loss
     opt.zero_grad(set_to_none=True)
     objective.backward()
+    _zero_missing_grads(opt)
     opt.step()
     return float(loss.detach())
+
+
+def _zero_missing_grads(opt) -> None:
+    """A zero gradient for each trained weight the backward did not reach (those of the blocks `_gates`
+    detached, whose gradient is exactly zero): Adam then steps them as it would with that zero
+    gradient (their moments decay). The logits (the first group) are left as they are."""
+    for group in opt.param_groups[1:]:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
 
 
 def _record(wins: list[Window], losses: list[float], steps: int, lr: float, logit_lr: float,

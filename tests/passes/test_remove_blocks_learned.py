@@ -402,3 +402,32 @@ def test_learning_off_a_terminal_logs_every_few_minutes_too(tmp_path, capsys, mo
     counts = list(dict.fromkeys(words[2] for words in lines))  # (the timer may say a step's line again)
     counts = counts[counts[:1] == ["0/20"]:]  # (and, where the first step outlasts its 10 ms tick, 0/20 first)
     assert counts == [f"{s}/20" for s in range(1, 21)]  # (a tenth apart: 10 of them)
+
+
+
+def test_backward_skips_the_inside_of_a_removed_block(monkeypatch):
+    """A block the sampled pattern removes (keep exactly 0) gets no backward through its inside (its
+    weights' gradient would be exactly zero); the prediction, keep's gradient and the kept blocks'
+    gradients are those of the full backward."""
+    import compress.passes.remove_blocks_learned as learned
+
+    model = tiny_pixart(num_layers=4)
+    adapter = get_adapter(model)
+    kwargs = model_inputs(model, batch=3)
+    skips = learned.passed_through
+
+    def grads(skip: bool):
+        monkeypatch.setattr(learned, "passed_through", skips if skip else lambda k: False)
+        model.zero_grad(set_to_none=True)
+        keep = {("blocks", j): torch.tensor(float(j != 1), requires_grad=True) for j in range(4)}
+        with _gates(model, adapter, keep):
+            pred = adapter.predict(model, kwargs)
+            pred.square().sum().backward()
+        return pred, {n: p.grad for n, p in model.named_parameters()}, [keep["blocks", j].grad for j in range(4)]
+
+    full_pred, full, full_keep = grads(skip=False)
+    fast_pred, fast, fast_keep = grads(skip=True)
+    assert torch.equal(full_pred, fast_pred) and all(torch.equal(a, b) for a, b in zip(full_keep, fast_keep))
+    inside = [n for n in full if n.startswith("transformer_blocks.1.")]
+    assert inside and all(fast[n] is None and not full[n].any() for n in inside)
+    assert all(torch.equal(full[n], fast[n]) for n in full if n not in inside)
