@@ -225,15 +225,16 @@ def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, pa
     found += [p for p in also if not any(f in p.parents for f in found)]
     if not found:
         return
-    sizes = [size_of(p) for p in found]
+    sizes, named = [size_of(p) for p in found], listed(found, run_dir)  # (what is a folder: told before it goes)
     for p in found:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
     logged = log_removed(run_dir, found, sizes)
-    where = f"; the full list in {logged}" if logged is not None and len(found) > 3 else ""  # names_of cut it
-    note(f"removed caches in {run_dir} that no run of this recipe reads ({names_of(found, run_dir)}): "
+    cut = len(named) < len(found) or len(named) > 3  # files counted by folder, or entries left off
+    where = f"; the full list in {logged}" if logged is not None and cut else ""
+    note(f"removed caches in {run_dir} that no run of this recipe reads ({in_words(named)}): "
          f"{bytes_in_words(sum(sizes))} freed{where}")
 
 
@@ -253,9 +254,32 @@ def log_removed(run_dir: Path, removed: list[Path], sizes: list[int]) -> Path | 
 
 
 def names_of(paths: list[Path], run_dir: Path) -> str:
-    """'calib/a, calib/b, calib/c and 2 more': `paths` relative to `run_dir`, three at most."""
-    return ", ".join(str(p.relative_to(run_dir)) for p in paths[:3]) + (
-        f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    """'calib/a, 6 files in inputs/x, calib/c and 2 more': `paths` relative to `run_dir` (`listed`),
+    three entries at most."""
+    return in_words(listed(paths, run_dir))
+
+
+def listed(paths: list[Path], run_dir: Path) -> list[str]:
+    """`paths` relative to `run_dir`, in order, each folder's files one entry where there are more
+    than one: 'N files in inputs/x' (sampled calls, statistics files), in the place of its first;
+    folders (calib/<fingerprint>/, a Fisher folder ...) each their own. Told while they exist."""
+    files: dict[Path, int] = {}
+    for p in paths:
+        if not p.is_dir():
+            files[p.parent] = files.get(p.parent, 0) + 1
+    entries = []
+    for p in paths:
+        if p.is_dir() or files[p.parent] == 1:
+            entries.append(str(p.relative_to(run_dir)))
+        elif files[p.parent] > 0:
+            entries.append(f"{files[p.parent]} files in {p.parent.relative_to(run_dir)}")
+            files[p.parent] = 0  # said: its other files are in it
+    return entries
+
+
+def in_words(entries: list[str]) -> str:
+    """'a, b, c and 2 more': three `entries` at most."""
+    return ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
 
 
 def size_of(folder: Path) -> int:

@@ -4,6 +4,7 @@ real runs that remove them (another calibration, another svd setting) or leave t
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -443,6 +444,30 @@ def test_a_restart_with_another_teacher_removes_the_sampled_inputs_of_the_first(
     assert kept != first and any(kept.glob("*.pt"))
 
 
+def test_files_of_one_folder_are_counted_in_it_and_logged_one_by_one(tmp_path, capsys):
+    """The note listed removed files one by one ('inputs/x/03f8....pt, ... and 6 more'): a folder's files,
+    where more than one goes, are 'N files in FOLDER' in the place of its first (sampled calls, statistics
+    files alike), a folder or a lone file named as before; the log keeps a line per path."""
+    from compress.runner_caches import REMOVED_LOG, names_of, remove_unread_caches
+
+    calls, stats = tmp_path / "inputs" / "x", tmp_path / "calib" / "fp" / "m"
+    calls.mkdir(parents=True), stats.mkdir(parents=True)
+    for p in [calls / f"{i:02d}.pt" for i in range(7)] + [stats / "blocks-0.pt", stats / "blocks-1.pt"]:
+        p.write_bytes(b"12345")
+    (tmp_path / "calib" / "other").mkdir()
+    (tmp_path / "inputs" / "lone").mkdir()
+    (tmp_path / "inputs" / "lone" / "a.pt").write_bytes(b"1")
+    found = [tmp_path / "calib" / "other", *sorted(calls.glob("*.pt")), tmp_path / "inputs" / "lone" / "a.pt"]
+    assert names_of(found, tmp_path) == "calib/other, 7 files in inputs/x, inputs/lone/a.pt"
+    assert names_of(found + [stats / "blocks-0.pt", stats / "blocks-1.pt"], tmp_path) == \
+        "calib/other, 7 files in inputs/x, inputs/lone/a.pt and 1 more"
+    remove_unread_caches(tmp_path, "fp", [SVD], [_svd()], 0, also=sorted(stats.glob("*.pt")))  # m: no readers, kept
+    said = " ".join(capsys.readouterr().err.split())
+    assert "reads (2 files in calib/fp/m): 10 bytes freed; the full list in " in said, said
+    logged = [line.split("\t")[1:] for line in (tmp_path / REMOVED_LOG).read_text().splitlines()]
+    assert logged == [["calib/fp/m/blocks-0.pt", "5"], ["calib/fp/m/blocks-1.pt", "5"]]
+
+
 def test_a_restart_with_other_prompts_removes_the_calls_of_the_first(tmp_path, capsys):
     """Pipeline calibration samples each call into inputs/<name>/ (named by the teacher), its file named by
     the call's prompts and settings. A run of other prompts (same teacher: the same folder) never reads the
@@ -458,14 +483,16 @@ def test_a_restart_with_other_prompts_removes_the_calls_of_the_first(tmp_path, c
     run_recipe(tmp_path, text.format(p="b"), "r", overwrite=True)
     said = " ".join(capsys.readouterr().err.split())
     assert "of caches of another teacher or calibration (calib/" in said, said
-    assert said.split("another teacher or calibration (")[1].count(f"inputs/{folder.name}/") == 2, said  # 2 named, 1 more
+    assert re.search(rf"another teacher or calibration \(calib/[0-9a-f]{{16}}, 3 files in inputs/{folder.name}\); "
+                     "--restart removes them", said), said  # the 3 calls counted in their folder
     [again] = (run_dir / "inputs").iterdir()
     both = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
     assert again == folder and len(both) == 6 and first.items() <= both.items()
     run_recipe(tmp_path, text.format(p="b"), "r", overwrite=True, restart=True)
     said = " ".join(capsys.readouterr().err.split())
     removed = said.split("that no run of this recipe reads (")[1]
-    assert f"inputs/{folder.name}/" in removed and " and 1 more): " in removed, said  # calib/<first> + 3 calls
+    assert re.match(rf"calib/[0-9a-f]{{16}}, 3 files in inputs/{folder.name}\): ", removed), said
+    assert " freed; the full list in " in removed, said  # the calls one by one there
     kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
     assert kept == {name: t for name, t in both.items() if name not in first}
     logged = (run_dir / "removed-caches.log").read_text()
