@@ -5,6 +5,7 @@ and streamed blocks (stream) alike."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -17,19 +18,48 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def check_finite_file(path: Path, tensors: dict[str, torch.Tensor], warn: bool = False) -> None:
     """NaN/Inf in a weight file of an output: a NumericError naming the first such tensor and the file
-    (eval would sample for minutes and fail inside sklearn), or with `warn` a warning. One sum per
-    tensor (io_tensors.nonfinite): a small part of reading the file."""
+    (eval would sample for minutes and fail inside sklearn), or with `warn` a warning; what to do as
+    fits where the file came from (`damaged_words`). One sum per tensor (io_tensors.nonfinite): a small
+    part of reading the file."""
     for name, t in tensors.items():
         bad = nonfinite(t) if t.is_floating_point() else 0
         if not bad:
             continue
-        message = f"{path}: weight {name} has {bad} NaN/Inf values; the output is damaged (rerun the recipe)"
+        message = f"{path}: weight {name} has {bad} NaN/Inf values; {damaged_words(path)}"
         if not warn:
             raise NumericError(message)
         from compress import report
 
         report.warn(message)
         return
+
+
+def damaged_words(path) -> str:
+    """What a NaN/Inf in the output weight file `path` (as load_transformer names it: io_output.shown)
+    says to do: in the Hugging Face cache (a Hub id's output, a Hub teacher that is an output), download
+    it again, which `hf download` does only forced (the file is there); a saved stage of a run folder
+    (--resume), start over; a local output (or a teacher that is one), rerun the recipe that wrote it."""
+    from compress.io_errors import download_again
+
+    at = Path(_in_cache(str(path)))
+    again = download_again(at.parent, [at.name])  # 'download it again online (hf download ...)' in a snapshot
+    if again.endswith(")") and "hf download" in again:
+        return (f"the output is damaged as the Hugging Face cache holds it: {again[:-1]} --force-download), "
+                "and if it still holds them, so is the Hub's copy (rerun the recipe that wrote it)")
+    if at.parent.parent.name == "stages" and re.fullmatch(r"\d+-\w+", at.parent.name):
+        return "the run folder's saved stage is damaged: rerun with --restart to start over"
+    return "the output is damaged (rerun the recipe that wrote it)"
+
+
+def _in_cache(shown: str) -> str:
+    """The file load_transformer names 'acme/out's FILE' (io_output.shown: a Hub id's output read from the
+    cache's snapshot, io_output.READ_FOR) as the path it is there; any other as it is."""
+    from compress.io_output import READ_FOR
+
+    for snapshot, source in READ_FOR.items():
+        if shown.startswith(f"{source}'s "):
+            return str(snapshot / shown.removeprefix(f"{source}'s "))
+    return shown
 
 
 def check_castable(path: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:

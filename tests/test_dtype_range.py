@@ -25,4 +25,31 @@ def test_a_damaged_output_under_a_path_with_brackets_is_named_as_it_is(folder, c
     path = Path(folder) / "diffusion_pytorch_model.safetensors"
     check_finite_file(path, {"w": torch.tensor([1.0, float("nan")])}, warn=True)
     assert capsys.readouterr().err == (f"warning: {path}: weight w has 1 NaN/Inf values; the output is damaged "
-                                       "(rerun the recipe)\n")
+                                       "(rerun the recipe that wrote it)\n")
+
+
+def test_a_damaged_file_says_what_to_do_where_it_came_from(tmp_path, monkeypatch):
+    """A NaN in an output's weight file always said 'rerun the recipe': of an output the Hugging Face cache
+    holds (a Hub id's, read for inspect / eval / bench and named 'acme/out's FILE'; a Hub teacher that is an
+    output) it is the cache's copy to download again (forced: hf download keeps a file it has), or the
+    Hub's; of a run folder's saved stage (--resume), a start over; of a local output (or a teacher that is
+    one), the recipe that wrote it."""
+    import compress.io_output as io_output
+    from compress.errors import NumericError
+
+    nan = {"w": torch.tensor([1.0, float("nan")])}
+    commit = "0" * 40
+    snapshot = tmp_path / "hub" / "models--acme--out" / "snapshots" / commit
+    monkeypatch.setattr(io_output, "READ_FOR", {snapshot: "acme/out"})
+    hub = ("the output is damaged as the Hugging Face cache holds it: download it again online (hf download acme/out "
+           "{} --revision " + commit + " --force-download), and if it still holds them, so is the Hub's copy "
+           "(rerun the recipe that wrote it)")
+    for path, words in [
+        ("acme/out's diffusion_pytorch_model.safetensors", hub.format("diffusion_pytorch_model.safetensors")),
+        (snapshot / "transformer" / "d.safetensors", hub.format("transformer/d.safetensors")),  # a Hub teacher
+        (tmp_path / "run" / "stages" / "1-svd" / "d.safetensors",
+         "the run folder's saved stage is damaged: rerun with --restart to start over"),
+        (tmp_path / "out" / "d.safetensors", "the output is damaged (rerun the recipe that wrote it)")]:
+        with pytest.raises(NumericError) as e:
+            check_finite_file(path, nan)
+        assert str(e.value) == f"{path}: weight w has 1 NaN/Inf values; {words}"
