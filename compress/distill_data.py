@@ -50,7 +50,6 @@ def cond_of(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k not in NOT_COND}
 
 
-@torch.no_grad()
 def sample_latents(adapter, teacher, cond: dict, shape: tuple, steps: int, generator: torch.Generator,
                    device, scheduler_config: dict | None = None, guidance_scale: float = 1.0,
                    uncond: dict | None = None) -> torch.Tensor:
@@ -59,7 +58,17 @@ def sample_latents(adapter, teacher, cond: dict, shape: tuple, steps: int, gener
     PixArt-Σ's DPM-Solver), else PixArt: DPM-Solver++ on its DDPM schedule (ε); Flux: Euler on the
     rectified-flow ODE from σ = 1 to 0, unshifted. guidance_scale > 1: classifier-free guidance
     against `uncond` (the empty prompt's cond kwargs, one row), as the pipelines guide; else none
-    (Flux.1-dev's guidance is an input, in `cond`)."""
+    (Flux.1-dev's guidance is an input, in `cond`). Runs in inference mode (no autograd bookkeeping:
+    about 3% of the sampler's CPU time on the toys, the same samples); returns an ordinary tensor."""
+    with torch.inference_mode():
+        x = _sampled(adapter, teacher, cond, shape, steps, generator, device, scheduler_config,
+                     guidance_scale, uncond)
+    return x.clone()  # (an inference tensor cannot be changed in place outside inference mode)
+
+
+def _sampled(adapter, teacher, cond: dict, shape: tuple, steps: int, generator: torch.Generator, device,
+             scheduler_config: dict | None, guidance_scale: float, uncond: dict | None) -> torch.Tensor:
+    """sample_latents' sampler loop."""
     param = next(teacher.parameters())
     x = torch.randn(shape, generator=generator).to(device, param.dtype)
     guided = guidance_scale != 1.0

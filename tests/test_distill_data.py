@@ -130,3 +130,33 @@ def test_an_interrupted_teacher_sampling_names_the_shards_it_keeps(tmp_path, mon
     other = parse_recipe(text.format(n=16), "r.yaml")  # another cache: this one is not read back
     assert interrupt_note(tmp_path, False, other.raw, build_passes(other), "aaaa").endswith("a rerun starts over")
     assert interrupt_note(tmp_path, False, recipe.raw, passes, "bbbb").endswith("a rerun starts over")
+
+
+def test_teacher_samples_are_drawn_in_inference_mode_and_returned_as_ordinary_tensors():
+    """The sampler's forwards run in inference mode (no autograd bookkeeping), the same samples as with
+    autograd merely off; what it returns can be changed in place as any tensor."""
+    import torch
+
+    from compress.arch import get_adapter
+
+    teacher = tiny_pixart()
+    adapter = get_adapter(teacher)
+    kwargs = model_inputs(teacher, batch=3)
+    cond = distill_data.cond_of(kwargs)
+    shape = tuple(kwargs["hidden_states"].shape)
+    modes = []
+    predict = adapter.predict
+
+    def watched(model, kw):
+        modes.append(torch.is_inference_mode_enabled())
+        return predict(model, kw)
+
+    adapter.predict = watched
+    got = distill_data.sample_latents(adapter, teacher, cond, shape, 3, torch.Generator().manual_seed(0), "cpu")
+    adapter.predict = predict
+    assert modes == [True] * 3 and not got.is_inference()
+    with torch.no_grad():
+        plain = distill_data._sampled(adapter, teacher, cond, shape, 3, torch.Generator().manual_seed(0), "cpu",
+                                      None, 1.0, None)
+    assert torch.equal(got, plain)
+    got.add_(1)  # an inference tensor would refuse this outside inference mode
