@@ -100,7 +100,7 @@ def _checked_before_loading(runner):
     if main and not (runner.resume or runner.restart):  # saved work a fresh start would discard: refused
         # (of another teacher: said as --resume would, its source and --teacher-config compared)
         check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes,
-                         named_teacher(src.source, runner.teacher_config))
+                         named_teacher(src.source, runner.teacher_config), runner.recipe)
     warn_if_beyond_memory(runner.recipe, src, runner.passes)  # warns only: an estimate
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src

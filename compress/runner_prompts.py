@@ -1,0 +1,62 @@
+"""A run folder's saved stage against the calibration prompts a recipe reads now, told before the
+teacher loads: a plain rerun's refusal (runner_folders.check_run_folder) and Ctrl-C's note
+(interrupt_note) offer --resume for a stage only where --resume, which compares them
+(runner_stages._check_inputs), would keep it. Imports no torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from compress.calib_prompts import _lines
+from compress.errors import UserError, read_utf8
+from compress.runner_pending import read_record
+from compress.runner_resume import read_state, stage_dirs
+
+# a saved stage calibrated on other prompts than the recipe reads now, which --resume refuses
+# (runner_resume.inputs_change)
+OTHER_PROMPTS = ("it was calibrated on other prompts than calibration.prompts and prompt_file give now, "
+                 "which --resume refuses")
+
+
+def other_prompts(state: dict, recipe) -> bool:
+    """Whether a saved stage's `state` records calibration prompts (a pipeline source's `inputs`) other
+    than those the Recipe `recipe` reads now (`prompts_digest`), as --resume compares them
+    (runner_stages._check_inputs); False where that is not known before the teacher loads: no
+    `recipe`, a stage that records none (toy, synthetic, older runs), a prompt file not readable now."""
+    before = state.get("inputs")
+    if recipe is None or not isinstance(before, dict) or "prompts" not in before:
+        return False
+    now = prompts_digest(recipe)
+    return now is not None and before["prompts"] != now
+
+
+def prompts_digest(recipe) -> str | None:
+    """The digest of the prompts `recipe`'s pipeline source reads (calib_prompts.read_prompts: its
+    calibration.prompts, then prompt_file's lines, the first num_prompts where given) as
+    calib_pipeline's inputs_identity records it, read quietly (the run reads them again, saying its
+    notes and warnings); None where the prompt file cannot be read (the run says why)."""
+    calib = recipe.calibration
+    prompts = list(calib.prompts)
+    if calib.prompt_file:
+        path = Path(calib.prompt_file)
+        if not path.is_absolute():
+            path = Path(recipe.path).parent / path
+        try:
+            prompts += [ln.strip() for ln in _lines(read_utf8(path, "", "")) if ln.strip()]
+        except UserError:
+            return None
+    n = calib.num_prompts if calib.given("num_prompts") else None
+    prompts = prompts[:n] if n else prompts
+    return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
+
+
+def saved_state(run_dir: Path, i: int) -> dict:
+    """The state of pass index `i`'s saved stage in `run_dir`, or of the streamed stage being written
+    for it (runner_pending); {} where there is none or it cannot be read."""
+    stage = dict(stage_dirs(run_dir)).get(i)
+    if stage is not None:
+        return read_state(stage) or {}
+    pending = read_record(run_dir)
+    return pending[1] if pending is not None and pending[0] == i else {}

@@ -1,0 +1,105 @@
+"""A run folder's saved stages calibrated on other prompts than the recipe reads now: a plain rerun's
+refusal and Ctrl-C's note offer --resume only as far as --resume would keep them (it refuses a stage
+of other prompts)."""
+
+import json
+
+import pytest
+
+from compress.errors import UserError
+from compress.recipe import parse_recipe
+from compress.runner import Runner
+
+TEXT = ("model: pixart\nteacher: toy:pixart\n"
+        "calibration: {{source: pipeline, {prompts}, sample_steps: 2, timesteps: 2, heldout: 1}}\n"
+        "passes:\n  - remove_blocks: {{blocks: {{blocks: [0]}}}}\n")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A run folder of a finished toy pipeline-calibration run on the prompts 'a 1', 'a 2' (a prompt
+    file's lines; num_prompts given), and a function making a Runner of other prompts into it."""
+    tmp_path = tmp_path_factory.mktemp("prompts")
+    (tmp_path / "p.txt").write_text("a 1\na 2\na 3\n")
+
+    def runner(prompts: str, out: str, **kw) -> Runner:
+        recipe = parse_recipe(TEXT.format(prompts=prompts), str(tmp_path / "r.yaml"))
+        return Runner(recipe, tmp_path / out, tmp_path / "run", **kw)
+
+    runner("prompt_file: p.txt, num_prompts: 2", "out-a").run()
+    return tmp_path, runner
+
+
+def _refusal(runner) -> str:
+    with pytest.raises(UserError) as e:
+        runner.prepare()
+    return " ".join(str(e.value).split())
+
+
+def test_a_rerun_refused_offers_resume_only_for_the_same_prompts(finished):
+    """With stages/finished.json gone (an export cut short), a rerun on other prompts was told 'whose 1
+    passes are all done ... add --resume to write the output', and --resume then refused it (the
+    calibration prompts changed): it says that the stage was calibrated on other prompts, and to undo
+    the change for --resume; the same prompts (inline now, as the file's first two lines) are offered
+    --resume as before, which then writes the output."""
+    tmp_path, runner = finished
+    (tmp_path / "run" / "stages" / "finished.json").unlink()
+    said = _refusal(runner("prompts: [a 3, a 4], num_prompts: 2", "out-b"))
+    assert "whose 1 passes" not in said and "whose one pass is done" in said
+    assert "it was calibrated on other prompts than calibration.prompts and prompt_file give now" in said
+    assert said.endswith("undo the prompts' change and add --resume to write the output from them, "
+                         "or --restart to start over")
+    with pytest.raises(UserError, match="the calibration prompts changed"):
+        runner("prompts: [a 3, a 4], num_prompts: 2", "out-b", resume=True).run()
+    said = _refusal(runner("prompts: [a 1, a 2], num_prompts: 2", "out-c"))
+    assert "other prompts" not in said and said.endswith(
+        "whose one pass is done but whose output was not marked written (its export was cut short, or an older "
+        "dit-compress wrote it): add --resume to write the output from them, or --restart to start over")
+    assert "(Ctrl-C" not in said
+    assert not (tmp_path / "out-c").exists()
+
+
+def test_ctrl_c_offers_resume_only_for_the_same_prompts(finished):
+    """A Ctrl-C before a rerun's start discards a finished run's stages said 'rerun with --resume to keep
+    its first 1 pass' though the rerun's prompts changed, which --resume refuses; and so, for an
+    interrupted run, 'rerun with --resume to continue'."""
+    tmp_path, runner = finished
+    done = tmp_path / "run" / "stages" / "finished.json"
+    if not done.exists():
+        done.write_text('{"written_by": "dit-compress"}')
+    said = " ".join(runner("prompts: [a 3, a 4], num_prompts: 2", "out-d").interrupt_note().split())
+    assert "rerun with --resume to keep" not in said and "calibrated on other prompts" in said
+    assert said.endswith("a rerun starts over (undo the prompts' change and add --resume to keep them)")
+    said = " ".join(runner("prompt_file: p.txt, num_prompts: 2", "out-d").interrupt_note().split())
+    assert said.endswith("still holds the finished run's stages: rerun with --resume to keep its first 1 pass "
+                         "(with the same teacher)")
+    done.unlink()  # an interrupted run
+    said = " ".join(runner("prompts: [a 3, a 4], num_prompts: 2", "out-d").interrupt_note().split())
+    assert "calibrated on other prompts" in said and "rerun with --resume to continue" not in said
+    assert said.endswith("which --resume refuses: rerun with --restart to start over, or undo the prompts' "
+                         "change and add --resume")
+    said = " ".join(runner("prompts: [a 1, a 2], num_prompts: 2", "out-d").interrupt_note().split())
+    assert said.endswith("(1 of 1 passes done): rerun with --resume to continue") and "other prompts" not in said
+
+
+@pytest.mark.parametrize("other", [False, True])
+def test_another_recipes_passes_kept_only_for_the_same_prompts(tmp_path, other):
+    """A run of another recipe (its second pass differs) refused with '--resume keeps its first 1 pass',
+    though that stage was calibrated on other prompts, which --resume refuses: said only for the same."""
+    from compress.runner import build_passes
+    from compress.runner_folders import check_run_folder, interrupt_note
+    from compress.runner_prompts import prompts_digest
+
+    text = TEXT.format(prompts="prompts: [a 1, a 2]") + "  - svd: {targets: [mlp], ratio: 0.5}\n"
+    before, now = parse_recipe(text, "r.yaml"), parse_recipe(text, "r.yaml", ["passes.1.svd.ratio=0.25"])
+    sampled = parse_recipe(text, "r.yaml", ["calibration.prompts=[a 3, a 4]"]) if other else now
+    for i, stage in enumerate(("0-remove_blocks", "1-svd")):
+        (tmp_path / "stages" / stage).mkdir(parents=True)
+        (tmp_path / "stages" / stage / "state.json").write_text(json.dumps(
+            {"recipe": before.raw, "inputs": {"prompts": prompts_digest(sampled), "pipeline": None}}))
+    with pytest.raises(UserError) as e:
+        check_run_folder(tmp_path, now.raw, build_passes(now), recipe=now)
+    note = interrupt_note(tmp_path, False, now.raw, build_passes(now), recipe=now)
+    offered = "--resume keeps its first 1 pass (with the same teacher) and runs the rest"
+    assert (offered in str(e.value)) is (offered in note) is (not other)
+    assert str(e.value).endswith("add --restart to discard it and start over, or choose another --run-dir")
