@@ -1,7 +1,7 @@
-"""A run folder's saved stage against the calibration prompts a recipe reads now, told before the
-teacher loads: a plain rerun's refusal (runner_folders.check_run_folder) and Ctrl-C's note
-(interrupt_note) offer --resume for a stage only where --resume, which compares them
-(runner_stages._check_inputs), would keep it. Imports no torch."""
+"""A run folder's saved stage against the calibration inputs a recipe reads now (its prompts, the parts
+of the pipeline it samples in), told before the teacher loads: a plain rerun's refusal
+(runner_folders.check_run_folder) and Ctrl-C's note (interrupt_note) offer --resume for a stage only
+where --resume, which compares them (runner_stages._check_inputs), would keep it. Imports no torch."""
 
 from __future__ import annotations
 
@@ -11,25 +11,30 @@ from pathlib import Path
 
 from compress.calib_prompts import _lines
 from compress.errors import UserError, read_utf8
+from compress.io_signature import pipeline_signature
 from compress.runner_pending import read_record
-from compress.runner_resume import read_state, stage_dirs
-
-# a saved stage calibrated on other prompts than the recipe reads now, which --resume refuses
-# (runner_resume.inputs_change)
-OTHER_PROMPTS = ("it was calibrated on other prompts than calibration.prompts and prompt_file give now, "
-                 "which --resume refuses")
+from compress.runner_resume import inputs_change, read_state, stage_dirs
 
 
-def other_prompts(state: dict, recipe) -> bool:
-    """Whether a saved stage's `state` records calibration prompts (a pipeline source's `inputs`) other
-    than those the Recipe `recipe` reads now (`prompts_digest`), as --resume compares them
-    (runner_stages._check_inputs); False where that is not known before the teacher loads: no
-    `recipe`, a stage that records none (toy, synthetic, older runs), a prompt file not readable now."""
+def inputs_changed(state: dict, recipe, teacher_source: str | None = None) -> str | None:
+    """What --resume would say changed (runner_resume.inputs_change: 'the calibration prompts changed
+    (...)') between a saved stage's `state`, its calibration inputs as a pipeline source recorded them,
+    and what the Recipe `recipe` reads now: its prompts (`prompts_digest`), the parts of the pipeline it
+    samples in (calibration.pipeline, else the teacher source `teacher_source`: pipeline_signature).
+    None where nothing does, or where that is not known before the teacher loads: no `recipe`, a stage
+    that records none (toy, synthetic, older runs); a prompt file or pipeline not readable now (the
+    run says why) is not compared."""
     before = state.get("inputs")
-    if recipe is None or not isinstance(before, dict) or "prompts" not in before:
-        return False
-    now = prompts_digest(recipe)
-    return now is not None and before["prompts"] != now
+    if recipe is None or not isinstance(before, dict):
+        return None
+    pipeline = recipe.calibration.pipeline or teacher_source
+    try:
+        parts = pipeline_signature(pipeline) if pipeline else before.get("pipeline")
+    except UserError:
+        parts = before.get("pipeline")
+    prompts = prompts_digest(recipe)
+    now = {"prompts": before.get("prompts") if prompts is None else prompts, "pipeline": parts}
+    return inputs_change(before, now, pipeline or "")
 
 
 def prompts_digest(recipe) -> str | None:

@@ -3,6 +3,7 @@ refusal and Ctrl-C's note offer --resume only as far as --resume would keep them
 of other prompts)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -46,13 +47,14 @@ def test_a_rerun_refused_offers_resume_only_for_the_same_prompts(finished):
     (tmp_path / "run" / "stages" / "finished.json").unlink()
     said = _refusal(runner("prompts: [a 3, a 4], num_prompts: 2", "out-b"))
     assert "whose 1 passes" not in said and "whose one pass is done" in said
-    assert "it was calibrated on other prompts than calibration.prompts and prompt_file give now" in said
-    assert said.endswith("undo the prompts' change and add --resume to write the output from them, "
-                         "or --restart to start over")
+    assert said.endswith("(its export was cut short, or an older dit-compress wrote it), and the calibration "
+                         "prompts changed (calibration.prompts, or the lines calibration.prompt_file holds) since it "
+                         "ran: add --restart to start over, or undo the change and add --resume to write the output "
+                         "from them")
     with pytest.raises(UserError, match="the calibration prompts changed"):
         runner("prompts: [a 3, a 4], num_prompts: 2", "out-b", resume=True).run()
     said = _refusal(runner("prompts: [a 1, a 2], num_prompts: 2", "out-c"))
-    assert "other prompts" not in said and said.endswith(
+    assert "changed" not in said and said.endswith(
         "whose one pass is done but whose output was not marked written (its export was cut short, or an older "
         "dit-compress wrote it): add --resume to write the output from them, or --restart to start over")
     assert "(Ctrl-C" not in said
@@ -68,38 +70,61 @@ def test_ctrl_c_offers_resume_only_for_the_same_prompts(finished):
     if not done.exists():
         done.write_text('{"written_by": "dit-compress"}')
     said = " ".join(runner("prompts: [a 3, a 4], num_prompts: 2", "out-d").interrupt_note().split())
-    assert "rerun with --resume to keep" not in said and "calibrated on other prompts" in said
-    assert said.endswith("a rerun starts over (undo the prompts' change and add --resume to keep them)")
+    assert said.endswith("still holds the finished run's stages, but the calibration prompts changed "
+                         "(calibration.prompts, or the lines calibration.prompt_file holds) since it ran: a rerun "
+                         "starts over (undo the change and add --resume to keep them)")
     said = " ".join(runner("prompt_file: p.txt, num_prompts: 2", "out-d").interrupt_note().split())
     assert said.endswith("still holds the finished run's stages: rerun with --resume to keep its first 1 pass "
                          "(with the same teacher)")
     done.unlink()  # an interrupted run
     said = " ".join(runner("prompts: [a 3, a 4], num_prompts: 2", "out-d").interrupt_note().split())
-    assert "calibrated on other prompts" in said and "rerun with --resume to continue" not in said
-    assert said.endswith("which --resume refuses: rerun with --restart to start over, or undo the prompts' "
-                         "change and add --resume")
+    assert "rerun with --resume to continue" not in said
+    assert said.endswith("(1 of 1 passes done): the calibration prompts changed (calibration.prompts, or the lines "
+                         "calibration.prompt_file holds) since it ran, so rerun with --restart to start over, or "
+                         "undo the change and add --resume")
     said = " ".join(runner("prompts: [a 1, a 2], num_prompts: 2", "out-d").interrupt_note().split())
-    assert said.endswith("(1 of 1 passes done): rerun with --resume to continue") and "other prompts" not in said
+    assert said.endswith("(1 of 1 passes done): rerun with --resume to continue")
 
 
-@pytest.mark.parametrize("other", [False, True])
-def test_another_recipes_passes_kept_only_for_the_same_prompts(tmp_path, other):
+@pytest.mark.parametrize("other", [None, "prompts", "pipeline"])
+def test_another_recipes_passes_kept_only_for_the_same_inputs(tmp_path, other):
     """A run of another recipe (its second pass differs) refused with '--resume keeps its first 1 pass',
-    though that stage was calibrated on other prompts, which --resume refuses: said only for the same."""
+    though that stage was calibrated on other prompts, or in a pipeline whose parts changed since, which
+    --resume refuses: said only for the same; a rerun of this recipe is told what changed."""
+    from compress.io_signature import pipeline_signature
     from compress.runner import build_passes
     from compress.runner_folders import check_run_folder, interrupt_note
     from compress.runner_prompts import prompts_digest
 
-    text = TEXT.format(prompts="prompts: [a 1, a 2]") + "  - svd: {targets: [mlp], ratio: 0.5}\n"
+    pipe = tmp_path / "pipe"
+    (pipe / "scheduler").mkdir(parents=True)
+    (pipe / "model_index.json").write_text('{"scheduler": ["diffusers", "DPMSolverMultistepScheduler"]}')
+    (pipe / "scheduler" / "scheduler_config.json").write_text('{"beta_end": 0.02}')
+    text = (TEXT.format(prompts=f"prompts: [a 1, a 2], pipeline: {pipe}") +
+            "  - svd: {targets: [mlp], ratio: 0.5}\n")
     before, now = parse_recipe(text, "r.yaml"), parse_recipe(text, "r.yaml", ["passes.1.svd.ratio=0.25"])
-    sampled = parse_recipe(text, "r.yaml", ["calibration.prompts=[a 3, a 4]"]) if other else now
-    for i, stage in enumerate(("0-remove_blocks", "1-svd")):
-        (tmp_path / "stages" / stage).mkdir(parents=True)
-        (tmp_path / "stages" / stage / "state.json").write_text(json.dumps(
-            {"recipe": before.raw, "inputs": {"prompts": prompts_digest(sampled), "pipeline": None}}))
+    sampled = parse_recipe(text, "r.yaml", ["calibration.prompts=[a 3, a 4]"]) if other == "prompts" else now
+    inputs = {"prompts": prompts_digest(sampled), "pipeline": pipeline_signature(str(pipe))}
+    for stage in ("0-remove_blocks", "1-svd"):
+        (tmp_path / "run" / "stages" / stage).mkdir(parents=True)
+        (tmp_path / "run" / "stages" / stage / "state.json").write_text(
+            json.dumps({"recipe": before.raw, "inputs": inputs}))
+    if other == "pipeline":
+        (pipe / "scheduler" / "scheduler_config.json").write_text('{"beta_end": 0.012}')
+    run = tmp_path / "run"
     with pytest.raises(UserError) as e:
-        check_run_folder(tmp_path, now.raw, build_passes(now), recipe=now)
-    note = interrupt_note(tmp_path, False, now.raw, build_passes(now), recipe=now)
+        check_run_folder(run, now.raw, build_passes(now), {"source": "toy:pixart"}, now)
+    note = interrupt_note(run, False, now.raw, build_passes(now), recipe=now, source="toy:pixart")
     offered = "--resume keeps its first 1 pass (with the same teacher) and runs the rest"
-    assert (offered in str(e.value)) is (offered in note) is (not other)
+    assert (offered in str(e.value)) is (offered in note) is (other is None)
     assert str(e.value).endswith("add --restart to discard it and start over, or choose another --run-dir")
+    shutil.rmtree(run / "stages" / "1-svd")  # interrupted in its svd pass
+    with pytest.raises(UserError) as e:
+        check_run_folder(run, before.raw, build_passes(before), {"source": "toy:pixart"}, before)
+    changed = {None: "", "prompts": "the calibration prompts changed (calibration.prompts, or the lines "
+                                    "calibration.prompt_file holds)",
+               "pipeline": f"the calibration pipeline changed ({pipe}/scheduler/scheduler_config.json differs)"}
+    said = " ".join(str(e.value).split())
+    assert said.endswith(f"and {changed[other]} since it ran: add --restart to start over, or undo the change and "
+                         "add --resume to continue" if other else ": add --resume to continue, or --restart to "
+                         "start over")
