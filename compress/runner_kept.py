@@ -74,13 +74,16 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     (None: the passes are not known), as no other pass reads them, the Fishers only those of their
     fisher_probes (`fishers_read`: another's are another estimate, measured anew), and only those of a pass from
     index `start` on (`to_run` being the recipe's passes from there: a cache marked read by an
-    earlier pass, `mark_read_by`, is one --resume passes over). Unfinished files (*.tmp*) are not counted."""
+    earlier pass, `mark_read_by`, is one --resume passes over; one marked by none, where the pass that
+    reads them is known, `known_readers`, is read by none). Unfinished files (*.tmp*) are not counted."""
     def count(n: int, unit: str) -> str:
         return f"{n} {unit}{'' if n == 1 else 's'}"
 
     calls = sum(1 for p in inputs if p.is_file()) if inputs else 0
     svd_ahead = to_run is None or any(getattr(p, "name", None) == "svd" for p in to_run)
     caches = read_caches(run_dir, fingerprint, start) if svd_ahead else []  # (after the last svd pass: read by none)
+    if known_readers(caches, to_run, start):  # an unmarked cache (an older run's) is then read by none
+        caches = [cache for cache in caches if (cache / READ_BY).is_file()]
     stats = sum(1 for cache in caches for _ in cache.glob("*.pt"))
     fishers = sum(1 for cache in caches for folder in fishers_read(to_run) for _ in cache.glob(f"{folder}/*.pt"))
     kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
@@ -112,6 +115,20 @@ def read_caches(run_dir: Path, fingerprint: str | None, start: int = 0) -> list[
         return []
     return [cache for cache in sorted((Path(run_dir) / "calib" / fingerprint).glob("*"))
             if cache.is_dir() and not (0 <= _read_by(cache) < start)]
+
+
+def known_readers(caches: list[Path], to_run, start: int) -> bool:
+    """Whether the svd pass among `to_run` (the passes from index `start` on) that reads one of `caches`
+    is known, so that a cache none marks read (`mark_read_by`: an older dit-compress's, or one it could
+    not mark) is read by none of them: the only svd pass among them is the first, pass `start`, recorded
+    as the reader of one of `caches` (it had started: a rerun continues it from the same student, and
+    reads the cache it marked). Not known (False) where a later svd pass is to run, its model not made yet,
+    as runner_caches.every_svd_pass_read holds, or the passes are not known."""
+    svd = [i for i, p in enumerate(to_run or ()) if getattr(p, "name", None) == "svd"]
+    if svd != [0]:
+        return False
+    return any(r["pass"] == start for cache in caches for r in readers_of(cache)) or \
+        any(_read_by(cache) == start for cache in caches)
 
 
 def mark_read_by(cache: Path, i: int, specs: list | None = None) -> None:

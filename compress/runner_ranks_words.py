@@ -17,11 +17,15 @@ def _recipe_words(theirs: dict, mine: dict) -> str:
 
 
 def _teacher_words(theirs: dict, mine: dict) -> str:
-    """What differs between two `runner_resume.teacher_identity`s (their --teacher-configs compared as
-    the files they name, `same_as_rank_0`)."""
+    """What differs between two `runner_resume.teacher_identity`s (their configs compared as --resume
+    compares them, `same_as_rank_0`)."""
+    from compress.runner_resume import same_config, same_config_of
+
     if theirs.get("source") != mine.get("source"):
         return f"the teacher is {theirs.get('source')} on rank 0, {mine.get('source')} here"
-    if not same_as_rank_0("--teacher-config", theirs.get("config"), mine.get("config")):
+    if not same_config_of(theirs, mine):
+        if same_config(theirs.get("config"), mine.get("config")):  # the same file, holding other values
+            return f"the teacher's config {mine.get('config') or 'file'} holds other values here than on rank 0"
         return f"--teacher-config is {theirs.get('config')} on rank 0, {mine.get('config')} here"
     return f"the teacher {mine.get('source')} holds other weights or config here than on rank 0"
 
@@ -29,12 +33,16 @@ def _teacher_words(theirs: dict, mine: dict) -> str:
 def same_as_rank_0(key: str, theirs, mine) -> bool:
     """Whether rank 0's value of `key` in what the processes of a launch must share (Runner.about,
     `runner_answers.check_same_run`) is a follower's: --teacher-config, and the teacher identity that
-    holds it, as --resume compares them (runner_resume.same_config / same_teacher: a folder and the
-    config.json it holds, a link and its target, name one config); any other key as written."""
+    holds it, as --resume compares them (runner_resume.same_config / same_teacher: by what the config
+    holds where both are read (here: rank 0's file where this host has it), so that a copy elsewhere is
+    one config; else a folder and the config.json it holds, a link and its target, name one config);
+    any other key as written."""
+    from compress.runner_config_sum import config_checksum, config_target
     from compress.runner_resume import same_config, same_teacher
 
     if key == "--teacher-config":
-        return same_config(theirs, mine)
+        files = [config_target(c) if isinstance(c, str) and c else None for c in (theirs, mine)]
+        return same_config(theirs, mine, tuple(config_checksum(f) if f else None for f in files))
     if key == "teacher" and isinstance(theirs, dict) and isinstance(mine, dict):
         return same_teacher(theirs, mine)
     return theirs == mine

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import compress
 from compress.recipe import Recipe
+from compress.runner_config_sum import CONFIG_SUM, config_checksum, config_read, config_target
 from compress.runner_pending import read_record
 
 if TYPE_CHECKING:
@@ -140,16 +141,20 @@ CHECKSUM_OF = "every byte"  # what `weights_checksum` reads (older runs: a few v
 
 def named_teacher(source: str, config: str | None) -> dict:
     """The teacher source and --teacher-config as --resume compares them (a local path made absolute),
+    and CONFIG_SUM, the checksum of the config file the teacher reads (`config_read`) where it is local,
     known before the teacher loads."""
     def where(s):
         return str(Path(s).resolve()) if s and Path(s).exists() else s
 
-    return {"source": where(source), "config": where(config)}
+    named = {"source": where(source), "config": where(config)}
+    file = config_read(source, config)
+    checksum = config_checksum(file) if file is not None else None
+    return {**named, CONFIG_SUM: checksum} if checksum else named
 
 
 def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str) -> dict:
-    """What --resume compares besides the recipe: the teacher source and --teacher-config
-    (named_teacher), the model config and `weights_checksum`."""
+    """What --resume compares besides the recipe: the teacher source and --teacher-config and the
+    checksum of the config file it reads (named_teacher), the model config and `weights_checksum`."""
     h = hashlib.sha256(json.dumps({k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
                                   sort_keys=True, default=str).encode())
     h.update(weights.encode())
@@ -160,42 +165,48 @@ def older_checksum(before: dict, now: dict) -> bool:
     """Whether `before` is an identity of the same source and --teacher-config whose checksum is of
     an older kind (a few values of each tensor: before CHECKSUM_OF), so its weights cannot be compared."""
     return before.get("checksum_of") != now.get("checksum_of") and before.get("source") == now["source"] \
-        and same_config(before.get("config"), now["config"])
+        and same_config_of(before, now)
 
 
 def same_teacher(before: dict, now: dict) -> bool:
     """Whether the teacher a stage recorded (`before`: teacher_identity's, as_compared) is `now`'s: every
-    key the same, the --teacher-config as the file it names (`same_config`), however it was given."""
+    key the same, the config as `same_config_of` compares it (by what it holds, or by the file it names)."""
     def rest(teacher: dict) -> dict:
-        return {k: v for k, v in teacher.items() if k != "config"}
+        return {k: v for k, v in teacher.items() if k not in ("config", CONFIG_SUM)}
 
-    return rest(before) == rest(now) and same_config(before.get("config"), now.get("config"))
+    return rest(before) == rest(now) and same_config_of(before, now)
 
 
-def same_config(before: str | None, now: str | None) -> bool:
-    """Whether two --teacher-configs (named_teacher's) name the same file: `config_target`'s, so that a
+def same_config_of(before: dict, now: dict) -> bool:
+    """Whether two teacher identities (named_teacher's) read the same config: by what it holds (CONFIG_SUM)
+    where both record it, so that a copy elsewhere is the same config and one changed in place is not;
+    else (an older record) by the file their --teacher-configs name (`same_config`)."""
+    return same_config(before.get("config"), now.get("config"), (before.get(CONFIG_SUM), now.get(CONFIG_SUM)))
+
+
+def same_config(before: str | None, now: str | None, checksums: tuple = (None, None)) -> bool:
+    """Whether two --teacher-configs (named_teacher's) are one config: where both `checksums` (CONFIG_SUM)
+    are known, whether they are equal; else whether they name the same file: `config_target`'s, so that a
     folder and the config.json it holds, or a symlink and its target, are one config; where either names
     none (gone since), as written."""
+    if None not in checksums:
+        return checksums[0] == checksums[1]
     if before == now:
         return True
     targets = (config_target(before), config_target(now)) if before and now else (None, None)
     return targets[0] is not None and targets[0] == targets[1]
 
 
-def config_target(config: str) -> Path | None:
-    """The file a --teacher-config names, as io_single.config_file reads it (a JSON file, a folder's
-    config.json or a pipeline folder's transformer/config.json), its links resolved; None where none is."""
-    path = Path(config).expanduser()
-    found = [path, path / "config.json", path / "transformer" / "config.json"]
-    return next((c.resolve() for c in found if c.is_file()), None)
-
-
 def teacher_change(before: dict, now: dict) -> str:
     """What differs between two `teacher_identity`s, in words."""
     if before["source"] != now["source"]:
         return f"was {before['source']}, now {now['source']}"
-    if not same_config(before["config"], now["config"]):
-        return f"--teacher-config was {_given(before['config'])}, now {_given(now['config'])}"
+    if not same_config_of(before, now):
+        if not same_config(before["config"], now["config"]):
+            return f"--teacher-config was {_given(before['config'])}, now {_given(now['config'])}"
+        file = (f"--teacher-config {now['config']}" if now["config"] else
+                config_read(now["source"], None) or f"{now['source']}'s config")
+        return f"{file} changed since the run (its contents differ)"
     return f"{now['source']} holds other weights or config"
 
 
@@ -264,6 +275,17 @@ def recorded_fingerprint(run_dir: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return fp if isinstance(fp, str) else None
+
+
+def recorded_teacher(run_dir: Path) -> dict | None:
+    """The teacher identity (teacher_identity's, `as_compared`) the run that last started its passes in
+    `run_dir` recorded (RUN_RECORD), which --resume of a distill checkpoint with no stage saved compares;
+    None where there is none (an older dit-compress's record) or it cannot be read."""
+    try:
+        teacher = json.loads((Path(run_dir) / "stages" / RUN_RECORD).read_text()).get("teacher")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return as_compared(teacher) if isinstance(teacher, dict) and "source" in teacher else None
 
 
 def reusable_stage(stages: list[tuple[int, dict | None]], now: dict, passes) -> tuple[int | None, list]:

@@ -22,9 +22,10 @@ from compress.runner_pending import discard, read_record, restore_student, write
 from compress.runner_ranks import is_main_process
 from compress.runner_kept import fisher_folder, mark_read_by, read_back_in_words
 from compress.runner_folders import WRITTEN_BY
-from compress.runner_resume import (FINISHED, RUN_RECORD, inputs_change, not_kept_in_words, older_checksum,
-                                   passed_over_in_words, read_state, recipe_changes, resumed_in_words,
-                                   reusable_stage, same_teacher, stage_dirs, teacher_change)
+from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
+                                   older_checksum, passed_over_in_words, read_state, recipe_changes,
+                                   recorded_teacher, resumed_in_words, reusable_stage, same_teacher, stage_dirs,
+                                   teacher_change)
 
 
 def stage_dir(runner, i: int) -> Path:
@@ -50,7 +51,9 @@ def record_run(runner) -> None:
         return
     stages = runner.run_dir / "stages"
     stages.mkdir(parents=True, exist_ok=True)
-    (stages / RUN_RECORD).write_text(json.dumps({**WRITTEN_BY, "fingerprint": fingerprint}) + "\n")
+    teacher = getattr(runner, "identity", None)  # what --resume of a distill checkpoint compares (no stage)
+    record = {**WRITTEN_BY, "fingerprint": fingerprint, **({"teacher": teacher} if teacher else {})}
+    (stages / RUN_RECORD).write_text(json.dumps(record) + "\n")
 
 
 def _restored(runner):
@@ -72,6 +75,9 @@ def _restored(runner):
     if is_main_process():  # the files it names may be spilled over from now on
         discard(runner.run_dir)
     if k is None:
+        recorded = recorded_teacher(runner.run_dir)  # a distill checkpoint kept: of this teacher (its
+        if recorded is not None and distill_checkpoints(runner.run_dir):  # fingerprint holds no config)
+            _check_teacher(runner, {"teacher": recorded})
         _unfinished(runner)
         return 0, runner.models.fresh_student(runner.teacher)
     d = stage_dir(runner, k)

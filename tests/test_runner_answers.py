@@ -64,9 +64,9 @@ def test_a_follower_given_rank_0s_teacher_config_by_another_name_runs(tmp_path, 
     'another --teacher-config'; the same file is the same config (runner_ranks_words.same_as_rank_0),
     as --resume compares it. Another config file still refuses."""
     monkeypatch.chdir(tmp_path)
-    for folder in ("cfg", "other"):
+    for folder, held in (("cfg", "{}"), ("other", '{"norm_eps": 1e-05}')):  # (a copy is the same config)
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "config.json").write_text("{}")
+        (tmp_path / folder / "config.json").write_text(held)
     (tmp_path / "link").symlink_to(tmp_path / "cfg")
 
     def about(config):

@@ -2,6 +2,7 @@
 left, given another teacher (--teacher): refused saying so, as --resume would, not offering --resume."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -109,8 +110,8 @@ def test_a_single_file_teachers_other_teacher_config_is_said_as_given(tmp_path, 
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said == (f"dit-compress: error: --resume: the teacher changed since run was written (--teacher-config "
                     f"was {was}, now {now}); rerun with --restart to start over")
-    (tmp_path / "single" / "config.json").write_text((tmp_path / "cfgA" / "config.json").read_text())
-    assert main(args) == 2  # its config now beside it, no --teacher-config
+    (tmp_path / "single" / "config.json").write_text((tmp_path / "cfgB" / "config.json").read_text())
+    assert main(args) == 2  # another config now beside it, no --teacher-config
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"for another teacher (--teacher-config was {was}, now not given; 1 of 2 passes done" in said
     assert main([*args, "--resume"]) == 2
@@ -154,3 +155,100 @@ def test_a_single_files_teacher_config_given_another_way_is_the_same_teacher(tmp
     assert main([*moved, "--teacher-config", "../cfgA", "--resume"]) == 0
     assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err.replace("\n", " ")
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def _changed_in_place(config: Path) -> None:
+    """The tester's edit: norm_eps 1e-6 -> 1e-5 in `config`, the file as it was otherwise."""
+    data = json.loads(config.read_text())
+    config.write_text(json.dumps(dict(data, norm_eps=1e-5 if data.get("norm_eps") != 1e-5 else 1e-6)))
+
+
+def test_a_single_files_teacher_config_is_compared_by_what_it_holds(tmp_path, monkeypatch, capsys):
+    """The config's contents changed in place (norm_eps in cfgA/config.json): a plain rerun offered
+    --resume (the same file named). A byte-identical copy elsewhere (cfgCopy) was refused 'for another
+    teacher (--teacher-config was …/cfgA/config.json, now …/cfgCopy'. The teacher identity holds a
+    checksum of what the config holds (runner_resume.CONFIG_SUM), compared in the place of its path."""
+    args = _single_file_interrupted(tmp_path, monkeypatch, capsys)
+    config = tmp_path / "cfgA" / "config.json"
+    (tmp_path / "cfgCopy").mkdir()
+    (tmp_path / "cfgCopy" / "config.json").write_bytes(config.read_bytes())
+    original = config.read_bytes()
+    _changed_in_place(config)
+    changed = f"--teacher-config {config} changed since the run (its contents differ)"
+    assert main([*args, "--teacher-config", "cfgA/config.json"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith(f"dit-compress: error: run holds an interrupted run of this recipe for another teacher "
+                           f"({changed}; 1 of 2 passes done"), said
+    assert main([*args, "--teacher-config", "cfgA", "--resume"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == (f"dit-compress: error: --resume: the teacher changed since run was written "
+                    f"(--teacher-config {tmp_path / 'cfgA'} changed since the run (its contents differ)); "
+                    "rerun with --restart to start over")
+    config.write_bytes(original)
+    (tmp_path / "single" / "config.json").write_bytes(original)  # beside the file, the same config: this teacher
+    for given in (["--teacher-config", "cfgCopy"], []):
+        assert main([*args, *given]) == 2
+        said = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "holds an interrupted run of this recipe (1 of 2 passes done" in said and "another" not in said
+        assert said.endswith("add --resume to continue, or --restart to start over")
+    assert main([*args, "--teacher-config", "cfgCopy/config.json", "--resume"]) == 0
+    assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err.replace("\n", " ")
+    assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_an_older_record_without_the_configs_checksum_resumes(tmp_path, monkeypatch, capsys):
+    """A stage of a run before the config's checksum was recorded (no CONFIG_SUM) is not refused for
+    lacking it: its --teacher-config is compared by the file it names, as before."""
+    from compress.runner_resume import CONFIG_SUM
+
+    args = _single_file_interrupted(tmp_path, monkeypatch, capsys)
+    state = tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json"
+    old = json.loads(state.read_text())
+    assert old["teacher"].pop(CONFIG_SUM)  # recorded now: the older record lacks it
+    state.write_text(json.dumps(old))
+    assert main([*args, "--teacher-config", "cfgA"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "holds an interrupted run of this recipe (1 of 2 passes done" in said and "another" not in said
+    assert main([*args, "--teacher-config", "cfgA/config.json", "--resume"]) == 0
+    assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_a_distill_checkpoint_of_a_config_changed_in_place_is_not_resumed(tmp_path, monkeypatch, capsys):
+    """A distill pass stopped at a checkpoint before any stage was saved: --resume continued it with the
+    config changed in place (the calibration fingerprint holds the weights, not the config), without a
+    word. The run's record (stages/run.json) holds its teacher identity; --resume compares it, and a
+    plain rerun says it, as a stage's."""
+    _single_file_interrupted(tmp_path, monkeypatch, capsys)
+    (tmp_path / "d.yaml").write_text(
+        "model: pixart\nteacher: single/t.safetensors\n"
+        "calibration: {source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}\n"
+        "passes:\n  - distill: {steps: 2, batch_size: 2, max_steps_this_run: 1, checkpoint_every: 1, "
+        "progress: false, plot: false}\n")
+    args = ["run", "d.yaml", "--out", "out-d", "--run-dir", "run-d", "--teacher-config", "cfgA/config.json"]
+    assert main(args) == 75  # stopped on max_steps_this_run, a checkpoint at step 1
+    capsys.readouterr()
+    _changed_in_place(tmp_path / "cfgA" / "config.json")
+    changed = f"--teacher-config {tmp_path / 'cfgA' / 'config.json'} changed since the run (its contents differ)"
+    assert main(args) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"run-d holds an interrupted run for another teacher ({changed}; " in said, said
+    assert main([*args, "--resume"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == f"dit-compress: error: --resume: the teacher changed since run-d was written ({changed}); " \
+                   "rerun with --restart to start over"
+
+
+def test_a_folder_teachers_config_changed_in_place_is_another_teacher(pixart, monkeypatch, capsys):
+    """A folder teacher's own config.json edited in place: a plain rerun offered --resume (the teacher
+    named the same), which then refused ('holds other weights or config'). Both say what changed."""
+    tmp_path, run, args = _interrupted(pixart, monkeypatch, capsys)
+    config = tmp_path / "teacher" / "config.json"
+    _changed_in_place(config)
+    changed = f"{config} changed since the run (its contents differ)"
+    assert main(args) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{run} holds an interrupted run of this recipe for another teacher ({changed}; 1 of 2 passes" in said
+    assert main([*args, "--resume"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == (f"dit-compress: error: --resume: the teacher changed since {run} was written ({changed}); "
+                    "rerun with --restart to start over")

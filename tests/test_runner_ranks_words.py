@@ -39,9 +39,9 @@ def test_a_teacher_config_is_the_same_as_rank_0s_where_it_names_the_same_file(tm
     from compress.runner_ranks_words import same_as_rank_0
 
     monkeypatch.chdir(tmp_path)
-    for folder in ("cfgA", "cfgB"):
+    for folder, held in (("cfgA", "{}"), ("cfgB", '{"norm_eps": 1e-05}')):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "config.json").write_text("{}")
+        (tmp_path / folder / "config.json").write_text(held)
     (tmp_path / "link").symlink_to(tmp_path / "cfgA")
     for given in ("cfgA", "cfgA/config.json", "link", str(tmp_path / "link" / "config.json")):
         assert same_as_rank_0("--teacher-config", "cfgA", given)
@@ -63,3 +63,24 @@ def test_a_teacher_config_is_the_same_as_rank_0s_where_it_names_the_same_file(tm
         f"--teacher-config is {abs_a} on rank 0, {tmp_path / 'cfgB'} here")
     moved = {**teacher(abs_a), "source": "/q"}
     assert WORDS["teacher"](teacher(abs_a), moved) == "the teacher is /p on rank 0, /q here"
+
+
+def test_a_copy_of_rank_0s_teacher_config_elsewhere_is_the_same_config(tmp_path, monkeypatch):
+    """A follower's --teacher-config a byte-identical copy of rank 0's at another path is the same config
+    (as --resume compares a teacher's config by what it holds, runner_resume.CONFIG_SUM); one holding
+    other values is not, said so where it is the same file."""
+    from compress.runner_resume import CONFIG_SUM, named_teacher
+    from compress.runner_ranks_words import same_as_rank_0
+
+    monkeypatch.chdir(tmp_path)
+    for folder, held in (("cfgA", '{"norm_eps": 1e-06}'), ("copy", '{"norm_eps": 1e-06}'), ("cfgB", '{"norm_eps": 1e-05}')):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text(held)
+    assert same_as_rank_0("--teacher-config", "cfgA", "copy/config.json")
+    assert not same_as_rank_0("--teacher-config", "cfgA", "cfgB")
+    a, copy, b = (dict(named_teacher("/p.safetensors", c), checksum="w") for c in ("cfgA", "copy", "cfgB"))
+    assert a[CONFIG_SUM] == copy[CONFIG_SUM] != b[CONFIG_SUM]
+    assert same_as_rank_0("teacher", a, copy) and not same_as_rank_0("teacher", a, b)
+    assert WORDS["teacher"](a, b) == f"--teacher-config is {a['config']} on rank 0, {b['config']} here"
+    assert WORDS["teacher"](a, dict(a, **{CONFIG_SUM: "other"})) == (
+        f"the teacher's config {a['config']} holds other values here than on rank 0")

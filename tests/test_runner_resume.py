@@ -12,8 +12,8 @@ from compress.io import INDEX
 from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner, build_passes
-from compress.runner_resume import (as_compared, older_checksum, read_state, recipe_changes, same_teacher,
-                                    teacher_change)
+from compress.runner_resume import (CONFIG_SUM, as_compared, config_read, named_teacher, older_checksum, read_state,
+                                    recipe_changes, same_teacher, teacher_change)
 from compress.runner_stages import restore
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import pixart_runner, run_recipe, streamed_teacher
@@ -109,6 +109,35 @@ def test_a_teacher_config_is_compared_by_the_file_it_names(tmp_path):
     gone = {**was, "config": "/gone/config.json"}
     assert same_teacher(gone, dict(gone)) and not same_teacher(gone, {**gone, "config": "/gone"})
     assert older_checksum({**was, "checksum_of": "old"}, {**was, "config": str(tmp_path / "a"), "checksum_of": "new"})
+
+
+def test_a_teacher_config_is_compared_by_what_it_holds_where_both_record_it(tmp_path):
+    """named_teacher records CONFIG_SUM, a checksum of what the config file the teacher reads holds (its
+    --teacher-config's, a folder's own, the one beside a single file; a toy's or a Hub id's: none), keys
+    starting with '_', order and spacing aside. same_teacher compares it in the place of the path where
+    both hold it: a copy elsewhere is the same config, one changed in place is not (teacher_change says
+    so); an older record without it is compared by the file it names."""
+    for folder, held in (("a", '{"norm_eps": 1e-06, "_diffusers_version": "0.30"}'),
+                         ("copy", '{"_diffusers_version": "0.31",\n  "norm_eps": 1e-06}'), ("b", '{"norm_eps": 1e-05}')):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text(held)
+    (tmp_path / "t.safetensors").write_bytes(b"x")
+    a, copy, b = (named_teacher(str(tmp_path / "t.safetensors"), str(tmp_path / c)) for c in ("a", "copy", "b"))
+    assert a[CONFIG_SUM] == copy[CONFIG_SUM] != b[CONFIG_SUM]
+    assert same_teacher(a, copy) and not same_teacher(a, b)
+    assert teacher_change(a, b) == f"--teacher-config was {tmp_path / 'a'}, now {tmp_path / 'b'}"
+    assert teacher_change(a, dict(a, **{CONFIG_SUM: "0"})) == (
+        f"--teacher-config {tmp_path / 'a'} changed since the run (its contents differ)")
+    older = {k: v for k, v in a.items() if k != CONFIG_SUM}
+    assert same_teacher(older, dict(a, **{CONFIG_SUM: "0"})) and not same_teacher(older, copy)
+    assert config_read(str(tmp_path / "a"), None) == tmp_path / "a" / "config.json"  # a folder teacher's own
+    assert config_read(str(tmp_path / "a" / "w.safetensors"), None) is None  # (not there)
+    (tmp_path / "a" / "w.safetensors").write_bytes(b"x")
+    assert config_read(str(tmp_path / "a" / "w.safetensors"), None) == tmp_path / "a" / "config.json"
+    assert CONFIG_SUM not in named_teacher("toy:pixart", None) and CONFIG_SUM not in named_teacher("acme/t", None)
+    folder = named_teacher(str(tmp_path / "a"), None)
+    assert teacher_change(folder, dict(folder, **{CONFIG_SUM: "0"})) == (
+        f"{tmp_path / 'a' / 'config.json'} changed since the run (its contents differ)")
 
 
 def test_resume_of_stages_that_record_no_teacher_warns(pixart, monkeypatch, capsys):
