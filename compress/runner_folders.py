@@ -17,7 +17,7 @@ from compress.runner_caches import CLOCK, REMOVED_LOG
 from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
 from compress.runner_lock import LOCK
 from compress.runner_pending import read_record
-from compress.runner_prompts import OTHER_PROMPTS, other_prompts, saved_state
+from compress.runner_prompts import inputs_changed, saved_state
 from compress.runner_ranks import HANDOFF
 from compress.runner_resume import (CONFIG_SUM, FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES,
                                     distill_checkpoints, config_target, finished_and_reusable, interrupted_run,
@@ -199,36 +199,39 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
     is a UserError saying what is there, for a run without --resume or --restart: a fresh start
     would discard it; where its latest stage was of another teacher (`other_teacher`, for this run's
     `teacher`: its source and --teacher-config), it says so, as --resume would refuse it, and so
-    where it was calibrated on other prompts than `recipe` (the Recipe of `now`) reads
-    (`other_prompts`). A finished run's folder (its output written) is started over."""
+    where it was calibrated on other prompts or in other pipeline parts than `recipe` (the Recipe of
+    `now`) reads (`inputs_changed`). A finished run's folder (its output written) is started over."""
     info = interrupted_run(run_dir, now, passes)
     if info is None:
         return
+    source = (teacher or {}).get("source")
     if info["changed"]:
-        raise UserError(f"{another_recipe(run_dir, info, passes)}: {kept_by_resume(info, run_dir, recipe)}add "
-                        "--restart to discard it and start over, or choose another --run-dir")
+        kept = kept_by_resume(info, run_dir, recipe, source)
+        raise UserError(f"{another_recipe(run_dir, info, passes)}: {kept}add --restart to discard it and start over, "
+                        "or choose another --run-dir")
     of = " of this recipe" if info["changed"] == [] else ""
     change = other_teacher(run_dir, teacher) if teacher is not None else None
     if change:
         saved = kept_in_words(run_dir, info, run_fingerprint(run_dir), None, passes)
         raise UserError(f"{run_dir} holds an interrupted run{of} for another teacher ({change}; {saved}): add "
                         "--restart to start over, or rerun with that teacher and --resume to continue")
-    prompts = info["done"] and other_prompts(saved_state(run_dir, info["done"] - 1), recipe)
+    change = inputs_changed(saved_state(run_dir, info["done"] - 1), recipe, source) if info["done"] else None
     if info["total"] is not None and info["done"] >= info["total"]:  # an export cut short, or an older
         # dit-compress's finished run (it wrote no FINISHED marker)
         done = ("whose one pass is done" if info["total"] == 1 else
                 f"whose {counted(info['total'], 'pass', 'passes')} are all done")
-        why = ("its export was cut short, or an older dit-compress wrote it" +
-               (f"; {OTHER_PROMPTS}" if prompts else ""))
-        resume = "undo the prompts' change and add --resume" if prompts else "add --resume"
-        raise UserError(f"{run_dir} holds a run{of} {done} but whose output was not marked written ({why}): "
-                        f"{resume} to write the output from them, or --restart to start over")
+        written = (f"{run_dir} holds a run{of} {done} but whose output was not marked written (its export was "
+                   "cut short, or an older dit-compress wrote it)")
+        if change:
+            raise UserError(f"{written}, and {change} since it ran: add --restart to start over, or undo the "
+                            "change and add --resume to write the output from them")
+        raise UserError(f"{written}: add --resume to write the output from them, or --restart to start over")
     # what its unfinished pass measured, as its stop said (under the fingerprint it recorded: the teacher,
     # not loaded yet, gives none)
     saved = kept_in_words(run_dir, info, run_fingerprint(run_dir), None, passes)
-    if prompts:
-        raise UserError(f"{run_dir} holds an interrupted run{of} ({saved}; {OTHER_PROMPTS}): add --restart to "
-                        "start over, or undo the prompts' change and add --resume to continue")
+    if change:
+        raise UserError(f"{run_dir} holds an interrupted run{of} ({saved}), and {change} since it ran: add "
+                        "--restart to start over, or undo the change and add --resume to continue")
     raise UserError(f"{run_dir} holds an interrupted run{of} ({saved}): add --resume to continue, "
                     "or --restart to start over")
 
@@ -347,25 +350,27 @@ def say_if_nothing_to_resume(run_dir: Path, saved: list, passes=(), existed: boo
          "starting from the first pass")
 
 
-def kept_by_resume(info: dict, run_dir: Path | None = None, recipe=None) -> str:
+def kept_by_resume(info: dict, run_dir: Path | None = None, recipe=None, source: str | None = None) -> str:
     """'--resume keeps its first 2 passes and runs the rest; ' for an `interrupted_run` of another
     recipe whose earlier stages this recipe can continue from, else '' (and where the stage it would
-    keep, in `run_dir`, was calibrated on other prompts than `recipe` reads: `other_prompts`)."""
+    keep, in `run_dir`, was calibrated on other inputs than `recipe` reads, in the pipeline of
+    the teacher `source`: `inputs_changed`)."""
     keeps = info.get("keeps") or 0
-    if not keeps or (run_dir is not None and other_prompts(saved_state(run_dir, keeps - 1), recipe)):
+    if not keeps or (run_dir is not None and inputs_changed(saved_state(run_dir, keeps - 1), recipe, source)):
         return ""
     return f"--resume keeps its first {counted(keeps, 'pass', 'passes')} (with the same teacher) and runs the rest; "
 
 
 def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = None, passes=(),
-                   fingerprint: str | None = None, inputs: list[Path] | None = None, recipe=None) -> str:
+                   fingerprint: str | None = None, inputs: list[Path] | None = None, recipe=None,
+                   source: str | None = None) -> str:
     """What follows 'interrupted' after Ctrl-C in a run: '; RUN_DIR keeps its work (...): rerun with
     --resume to continue' where `run_dir` holds an unfinished run's saved work, else that nothing
     was saved and a rerun starts over. `discarding`: what is there is an earlier run's that this
     one (--restart) was about to discard. `now`, `passes`: this run's resolved recipe and passes,
     compared as `check_run_folder` does (no `now`: not compared); saved work of another recipe is not
-    offered to --resume, which would refuse it, nor, as the stage's prompts are compared with those
-    `recipe` (the Recipe of `now`) reads (`other_prompts`), a stage calibrated on other prompts. What
+    offered to --resume, which would refuse it, nor a stage calibrated on other prompts or pipeline
+    parts than `recipe` (the Recipe of `now`) and the teacher `source` read (`inputs_changed`). What
     this run measured before the Ctrl-C and a rerun
     reads back whether or not it resumes (runner_kept.measured_so_far: sampled calibration inputs among
     `inputs`, the cache files of this run's sampling calls; block statistics and output Fishers an svd pass kept under its
@@ -375,17 +380,17 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     info = None if discarding else interrupted_run(run_dir, now, passes)
     keeps = 0 if discarding or now is None else finished_and_reusable(run_dir, now, passes)
     if keeps:  # a finished run's stages, not yet discarded by this run's start
-        if other_prompts(saved_state(run_dir, keeps - 1), recipe):
-            return (f"; {run_dir} still holds the finished run's stages, calibrated on other prompts than "
-                    "calibration.prompts and prompt_file give now: a rerun starts over (undo the prompts' "
-                    "change and add --resume to keep them)")
+        change = inputs_changed(saved_state(run_dir, keeps - 1), recipe, source)
+        if change:
+            return (f"; {run_dir} still holds the finished run's stages, but {change} since it ran: a rerun "
+                    "starts over (undo the change and add --resume to keep them)")
         return (f"; {run_dir} still holds the finished run's stages: rerun with --resume to keep its first "
                 f"{counted(keeps, 'pass', 'passes')} (with the same teacher)")
     if info is not None and info["changed"]:
-        return (f"; {another_recipe(run_dir, info, passes)}: {kept_by_resume(info, run_dir, recipe)}a rerun needs "
-                "--restart to discard it, or another --run-dir")
-    go_on = "rerun with --resume to continue"
-    if info is not None and info["done"] and other_prompts(saved_state(run_dir, info["done"] - 1), recipe):
-        go_on = f"{OTHER_PROMPTS}: rerun with --restart to start over, or undo the prompts' change and add --resume"
+        return (f"; {another_recipe(run_dir, info, passes)}: {kept_by_resume(info, run_dir, recipe, source)}a rerun "
+                "needs --restart to discard it, or another --run-dir")
+    change = info and info["done"] and inputs_changed(saved_state(run_dir, info["done"] - 1), recipe, source)
+    go_on = (f"{change} since it ran, so rerun with --restart to start over, or undo the change and add --resume"
+             if change else "rerun with --resume to continue")
     note = work_kept(run_dir, info, go_on, fingerprint, inputs, passes)
     return note or "; nothing was saved yet: a rerun starts over"
