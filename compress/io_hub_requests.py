@@ -10,9 +10,9 @@ a timeout: HF_HUB_DOWNLOAD_TIMEOUT) and the files are fetched one by one with `h
 (its HEAD waits HF_HUB_ETAG_TIMEOUT, its download HF_HUB_DOWNLOAD_TIMEOUT between reads).
 
 A Hub pipeline diffusers loads itself (a calibration pipeline, load_pipeline's base) sends its own
-requests (model_info, snapshot_download's), most naming no wait: inside `bounded_hub` they wait
-HF_HUB_ETAG_TIMEOUT (a HEAD) or HF_HUB_DOWNLOAD_TIMEOUT, and `timed_out` says the one that ran out
-in words."""
+requests (model_info, snapshot_download's), most naming no wait, hf_hub_download's retried HEAD a
+60 s one: inside `bounded_hub` each waits HF_HUB_ETAG_TIMEOUT (a HEAD) or HF_HUB_DOWNLOAD_TIMEOUT at
+most, and `timed_out` says those that ran out in words."""
 
 from __future__ import annotations
 
@@ -96,13 +96,14 @@ def repo_names(repo_id: str, sub: str, **revision) -> list[str]:
 
 def fetch_files(repo_id: str, sub: str, names: list[str], **revision) -> Path:
     """The local folder of the repo folder `sub` once its files `names` are fetched (of `revision`,
-    where given), one hf_hub_download each: snapshot_download's own list has no timeout."""
+    where given), one hf_hub_download each: snapshot_download's own list has no timeout. Inside
+    bounded_hub: hf_hub_download asks a HEAD that timed out again with a 60 s wait of its own."""
     from huggingface_hub import hf_hub_download
 
     from compress.io_hub import quiet_hub
 
     folder = None
-    with quiet_hub():
+    with quiet_hub(), bounded_hub():
         for name in names:
             folder = Path(hf_hub_download(repo_id, name, subfolder=sub.rstrip("/") or None, **revision)).parent
     return folder
@@ -139,12 +140,14 @@ def waited(e: BaseException, method: str | None = None, sent: Unanswered | None 
     bounds a HEAD, HF_HUB_DOWNLOAD_TIMEOUT the others; the method `method`, else the first request
     the chain names); '' for any other error. Where bounded_hub's record `sent` holds several
     requests no answer came to (diffusers' resolve_revision times out and goes on: its model_info
-    waits again), all of them and the seconds waited in all (Unanswered.words)."""
+    waits again; hf_hub_download asks a HEAD again 6 times), Unanswered.words; the record is also
+    found on an error bounded_hub let through (`hub_unanswered`)."""
     from huggingface_hub import constants
 
     errors = list(chain(e))
     if not any(c.__name__ == "TimeoutException" for x in errors for c in type(x).__mro__):
         return ""
+    sent = sent or next((x.hub_unanswered for x in errors if hasattr(x, "hub_unanswered")), None)
     if sent is not None and len(sent.waits) > 1:
         return f" ({sent.words()})"
     method = method or next((m for m in map(request_method, errors) if m), "GET")
@@ -154,33 +157,50 @@ def waited(e: BaseException, method: str | None = None, sent: Unanswered | None 
 
 class Unanswered:
     """bounded_hub's record of the requests sent inside it that no answer came to (a timeout, a
-    lost connection): each one's wait and the variable that bounds it."""
+    lost connection): each one's wait, the variable that bounds it, when it was sent and when its
+    sending ended."""
 
     def __init__(self):
-        self.pending: list[tuple[object, float, str]] = []  # (request, seconds, HF_HUB_*_TIMEOUT)
+        self.pending: list[list] = []  # [request, seconds, HF_HUB_*_TIMEOUT, thread, sent, ended (None: still)]
         self.lock = threading.Lock()  # snapshot_download sends from several threads
 
     def sent(self, request) -> None:  # a request hook, after bound_waits
         var = TIMEOUTS.get(request.method, TIMEOUTS["GET"])
+        entry = [request, request.extensions["timeout"]["read"], var, threading.get_ident(), time.monotonic(), None]
         with self.lock:
-            self.pending.append((request, request.extensions["timeout"]["read"], var))
+            self.pending.append(entry)
 
     def answered(self, response) -> None:  # a response hook: the answer's headers came
         with self.lock:
             self.pending = [p for p in self.pending if p[0] is not response.request]
 
+    def ended(self) -> None:
+        """The client's send returned or raised in this thread: its requests still pending ended now
+        (a thread sends one request at a time; httpx follows a redirect with a new one)."""
+        thread, now = threading.get_ident(), time.monotonic()
+        with self.lock:
+            for p in self.pending:
+                if p[3] == thread and p[5] is None:
+                    p[5] = now
+
     @property
     def waits(self) -> list[tuple[float, str]]:
-        return [(seconds, var) for _, seconds, var in self.pending]
+        return [(seconds, var) for _, seconds, var, *_ in self.pending]
 
     def words(self) -> str:
-        """'no answer to 2 requests within 10 s each, 20 s in all; set HF_HUB_DOWNLOAD_TIMEOUT to
-        wait longer' (the seconds each where they differ)."""
-        seconds = [s for s, _ in self.waits]
-        each = f"within {seconds[0]:g} s each" if len(set(seconds)) == 1 else \
-            f"within {', '.join(f'{s:g}' for s in seconds[:-1])} and {seconds[-1]:g} s"
-        names = " or ".join(dict.fromkeys(var for _, var in self.waits))
-        return f"no answer to {len(seconds)} requests {each}, {sum(seconds):g} s in all; set {names} to wait longer"
+        """'no answer to 14 requests within 1 s each, 9 s from the first to the last; set
+        HF_HUB_ETAG_TIMEOUT to wait longer': the wait each (its distinct values where they differ)
+        and the wall time from the first one sent to the last one ended (they overlap: snapshot_download
+        sends from several threads), not their sum."""
+        with self.lock:
+            pending = list(self.pending)
+        seconds = sorted({s for _, s, *_ in pending})
+        each = f"{seconds[0]:g}" if len(seconds) == 1 else f"{', '.join(f'{s:g}' for s in seconds[:-1])} or {seconds[-1]:g}"
+        now = time.monotonic()
+        wall = max(now if p[5] is None else p[5] for p in pending) - min(p[4] for p in pending)
+        names = " or ".join(dict.fromkeys(var for _, _, var, *_ in pending))
+        return (f"no answer to {len(pending)} requests within {each} s each, {wall:.0f} s from the first to the last; "
+                f"set {names} to wait longer")
 
 
 @contextlib.contextmanager
@@ -194,7 +214,8 @@ def bounded_hub():
     (its client rebuilt on the next request). A request hook, not the client's timeout: an explicit
     timeout=None overrides that. A factory, not a hook on the live client: huggingface_hub closes
     that client after a ConnectError and builds another. Yields the record (Unanswered) of the
-    requests no answer came to, for `timed_out`'s words."""
+    requests no answer came to, for `timed_out`'s words; an error raised inside carries it too
+    (`hub_unanswered`), for words said where bounded_hub is not in sight (io_hub.hub_error)."""
     from huggingface_hub import set_client_factory
     from huggingface_hub.utils import _http
 
@@ -206,23 +227,40 @@ def bounded_hub():
         hooks = client.event_hooks
         client.event_hooks = {**hooks, "request": [*hooks.get("request", []), bound_waits, record.sent],
                               "response": [*hooks.get("response", []), record.answered]}
+        send = client.send
+
+        def timed(*args, **kwargs):  # when a request no answer came to ended: Unanswered.words' wall time
+            try:
+                return send(*args, **kwargs)
+            finally:
+                record.ended()
+        client.send = timed
         return client
 
     set_client_factory(bounded)
     try:
         yield record
+    except Exception as e:
+        with contextlib.suppress(AttributeError):  # an error that takes no attribute keeps its words
+            e.hub_unanswered = getattr(e, "hub_unanswered", record)
+        raise
     finally:
         set_client_factory(previous)
 
 
 def bound_waits(request) -> None:
-    """bounded_hub's request hook: the waits (connect, read, write, pool) `request` leaves unbounded
-    set to its method's HF_HUB_*_TIMEOUT (TIMEOUTS); those it sets kept."""
+    """bounded_hub's request hook: every wait (connect, read, write, pool) of `request` at most its
+    method's HF_HUB_*_TIMEOUT (TIMEOUTS), those it leaves unbounded that. One it sets longer is
+    capped too: hf_hub_download asks a HEAD that timed out again 6 times with a 60 s wait of its
+    own (file_download's _ETAG_RETRY_TIMEOUT), so a Hub that holds a pipeline's files held a load
+    for minutes whatever HF_HUB_ETAG_TIMEOUT said. A user who wants longer waits raises the
+    variable; a load that gets no answer ends in about the tries times it, plus huggingface_hub's
+    backoff sleeps between them (1, 2, 4, 8, 8 s)."""
     from huggingface_hub import constants
 
     wait = getattr(constants, TIMEOUTS.get(request.method, TIMEOUTS["GET"]))
     waits = request.extensions.get("timeout") or {}
-    request.extensions["timeout"] = {k: wait if waits.get(k) is None else waits[k]
+    request.extensions["timeout"] = {k: wait if waits.get(k) is None else min(waits[k], wait)
                                      for k in ("connect", "read", "write", "pool")}
 
 

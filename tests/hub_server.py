@@ -1,10 +1,13 @@
 """A Hub on 127.0.0.1 that answers a HEAD and then holds every other request without an answer
-(`hanging_hub`, conftest's fixture of that name), and a load run with a bound on its time (`within`).
+(`hanging_hub`, conftest's fixture of that name), one that answers a pipeline's model_info, file
+tree and model_index.json and holds its other files (`holding_files`), and a load run with a bound
+on its time (`within`).
 Imported by tests/conftest.py before any test patches huggingface_hub: the real HfApi methods and
 snapshot_download are kept here for the server's loads."""
 
 from __future__ import annotations
 
+import importlib
 import socket
 import threading
 import time
@@ -15,6 +18,7 @@ import pytest
 BLOCKED = ("list_repo_files", "list_repo_tree", "repo_info")  # no timeout: never called by our code
 HF_API = {name: getattr(huggingface_hub.HfApi, name) for name in BLOCKED}  # the real ones, for a live Hub
 SNAPSHOT_DOWNLOAD = huggingface_hub.snapshot_download
+importlib.import_module("diffusers.pipelines.pipeline_utils")  # its snapshot_download: first imported in a test, the test's patch
 
 
 def hanging_hub(monkeypatch):
@@ -24,6 +28,47 @@ def hanging_hub(monkeypatch):
     commit tests.pipelines.hub_cache writes (huggingface_hub points the cache's refs/main at the
     commit a HEAD's answer names, a 404's too). Yields the requests it saw: (request line, its
     headers, seconds since the server started)."""
+    def answer(line: str) -> bytes | None:
+        status = "200 OK" if "/model_index.json " in line else "404 Not Found\r\nX-Error-Code: EntryNotFound"
+        if line.startswith("HEAD ") or "/api/agent-harnesses" in line:  # the registry: no 3 s wait
+            return _reply(status, b"", head=True)
+        return None
+    yield from _serve(monkeypatch, answer)
+
+
+def holding_files(monkeypatch, repo: str, index: bytes, files: list[str]):
+    """A Hub on 127.0.0.1 that answers the pipeline `repo`'s model_info (siblings: `files`), its file
+    tree and its model_index.json (`index`, a HEAD and a GET), and holds every other request (the
+    other files' HEADs: hf_hub_download asks each again 6 times) without an answer; as hanging_hub
+    otherwise."""
+    import json
+
+    info = json.dumps({"id": repo, "modelId": repo, "sha": COMMIT, "private": False, "tags": [],
+                       "siblings": [{"rfilename": f} for f in files]}).encode()
+    tree = json.dumps([{"type": "file", "path": f, "size": 100, "oid": "0" * 40} for f in files]).encode()
+
+    def answer(line: str) -> bytes | None:
+        if "/model_index.json " in line:
+            return _reply("200 OK", index, head=line.startswith("HEAD "))
+        if f" /api/models/{repo}" in line:  # model_info (of main, of revision/main), the tree
+            return _reply("200 OK", tree if "/tree/" in line else info, json=True)
+        if "/api/agent-harnesses" in line:
+            return _reply("404 Not Found", b"", head=True)
+        return None
+    yield from _serve(monkeypatch, answer)
+
+
+COMMIT = "0" * 40  # tests.pipelines.hub_cache's
+
+
+def _reply(status: str, body: bytes, head: bool = False, json: bool = False) -> bytes:
+    kind = "Content-Type: application/json\r\n" if json else ""
+    return (f"HTTP/1.1 {status}\r\nX-Repo-Commit: {COMMIT}\r\nETag: \"e\"\r\n{kind}Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + (b"" if head else body)
+
+
+def _serve(monkeypatch, answer):
+    """The server: `answer(request line)` gives the bytes to answer, None to hold it."""
     from huggingface_hub import constants
 
     for name, method in HF_API.items():  # diffusers' own requests are what this Hub is for
@@ -32,20 +77,18 @@ def hanging_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", huggingface_hub.file_download.get_hf_file_metadata)
     server, held, seen, start = socket.create_server(("127.0.0.1", 0)), [], [], time.monotonic()
 
-    def answer(conn):
+    def reply(conn):
         data = b""
         while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
             data += chunk
         line, *headers = data.decode("latin-1").split("\r\n\r\n")[0].split("\r\n")
         seen.append((line, {h.split(":")[0].lower(): h.split(":", 1)[1].strip() for h in headers},
                      time.monotonic() - start))
-        status = "200 OK" if "/model_index.json " in line else "404 Not Found\r\nX-Error-Code: EntryNotFound"
-        if line.startswith("HEAD ") or "/api/agent-harnesses" in line:  # the registry: no 3 s wait
-            conn.sendall(f"HTTP/1.1 {status}\r\nX-Repo-Commit: {'0' * 40}\r\nETag: \"e\"\r\nContent-Length: 0\r\n"
-                         "Connection: close\r\n\r\n".encode())
-            conn.close()
-        else:
+        if (answered := answer(line)) is None:
             held.append(conn)  # never answered
+        else:
+            conn.sendall(answered)
+            conn.close()
 
     def serve():
         while True:
@@ -53,7 +96,7 @@ def hanging_hub(monkeypatch):
                 conn = server.accept()[0]
             except OSError:
                 return
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+            threading.Thread(target=reply, args=(conn,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"

@@ -129,7 +129,7 @@ def test_a_hub_pipeline_the_hub_does_not_answer_is_read_from_the_cache_or_refuse
 
 
 STOPPED = ("the Hugging Face Hub answered, then stopped answering: ReadTimeout: timed out (no answer to 2 requests "
-           "within 1 s each, 2 s in all; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)")
+           "within 1 s each, 2 s from the first to the last; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)")
 
 
 def test_a_cached_hub_pipeline_whose_hub_stops_answering_is_read_from_the_cache_with_one_note(
@@ -176,8 +176,8 @@ def test_a_hub_pipeline_whose_hub_stops_answering_and_the_cache_holds_in_part_na
     error, took = within(30, lambda: load_pipeline(offline_cache, base="acme/pix"))
     assert isinstance(error, UserError), error
     assert str(error).startswith(f"cannot load base pipeline 'acme/pix': the Hugging Face Hub did not answer "
-                                 f"(ReadTimeout: timed out (no answer to 2 requests within 1 s each, 2 s in all; set "
-                                 f"HF_HUB_DOWNLOAD_TIMEOUT to wait longer)), and the Hugging Face cache's snapshot "
+                                 f"(ReadTimeout: timed out (no answer to 2 requests within 1 s each, 2 s from the first "
+                                 f"to the last; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)), and the Hugging Face cache's snapshot "
                                  f"{snapshot} of it: "), error
     assert "vae" in str(error) and f"hf download acme/pix --include 'vae/*' --revision {'0' * 40}" in str(error)
     assert 2 <= took < 10

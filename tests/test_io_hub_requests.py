@@ -204,7 +204,7 @@ def waited_uncached(cache) -> str:
     two requests (resolve_revision's, whose timeout diffusers swallows, and model_info's), the cache
     holding no copy."""
     return ("the Hugging Face Hub did not answer (ReadTimeout: timed out (no answer to 2 requests within 1 s each, "
-            f"2 s in all; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)), and the Hugging Face cache {cache} "
+            f"2 s from the first to the last; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)), and the Hugging Face cache {cache} "
             "(HF_HUB_CACHE, else HF_HOME/hub) holds no copy of it; check your network, or pass a local pipeline folder")
 
 
@@ -248,13 +248,18 @@ def test_a_base_pipeline_the_hub_stops_answering_fails_in_seconds_in_one_line(ha
     assert 2 <= took < 10 and len(held(hanging_hub)) == 2
 
 
-def test_unanswered_requests_are_said_with_each_wait_and_the_variables_that_bound_them():
-    """bounded_hub's record in words: several requests no answer came to, each one's wait (one
-    number where all are alike), the seconds in all, the variables that lengthen them; a request
-    answered is not counted."""
+def test_unanswered_requests_are_said_with_each_wait_and_the_variables_that_bound_them(monkeypatch):
+    """bounded_hub's record in words: the count of requests no answer came to, the wait each (one
+    number where all are alike, else the distinct ones: it listed all 49 of them), the wall time
+    from the first one sent to the last one ended (it summed waits that ran in parallel), the
+    variables that lengthen them; a request answered is not counted."""
     import httpx2
 
+    from compress import io_hub_requests
     from compress.io_hub_requests import Unanswered, waited
+
+    now = [100.0]
+    monkeypatch.setattr(io_hub_requests.time, "monotonic", lambda: now[0])
 
     def request(method, read):
         r = httpx2.Request(method, "http://127.0.0.1:1/x")
@@ -263,21 +268,27 @@ def test_unanswered_requests_are_said_with_each_wait_and_the_variables_that_boun
     record = Unanswered()
     head, answered = request("HEAD", 5), request("GET", 10)
     for r in (head, answered, request("GET", 10), request("GET", 10)):
-        record.sent(r)
+        record.sent(r)  # all at 100 s, as threads send them
     record.answered(httpx2.Response(200, request=answered))
-    assert record.words() == ("no answer to 3 requests within 5, 10 and 10 s, 25 s in all; set HF_HUB_ETAG_TIMEOUT "
-                              "or HF_HUB_DOWNLOAD_TIMEOUT to wait longer")
+    now[0] = 112.4
+    record.ended()  # this thread's requests still pending end at 112.4 s
+    assert record.words() == ("no answer to 3 requests within 5 or 10 s each, 12 s from the first to the last; "
+                              "set HF_HUB_ETAG_TIMEOUT or HF_HUB_DOWNLOAD_TIMEOUT to wait longer")
     record.answered(httpx2.Response(200, request=head))
+    now[0] = 130.0  # the record's ends are kept: later time is not counted
     timeout = httpx2.ReadTimeout("timed out", request=request("GET", 10))
-    assert waited(timeout, sent=record) == (" (no answer to 2 requests within 10 s each, 20 s in all; set "
-                                            "HF_HUB_DOWNLOAD_TIMEOUT to wait longer)")
+    assert waited(timeout, sent=record) == (" (no answer to 2 requests within 10 s each, 12 s from the first to the "
+                                            "last; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)")
     assert waited(ValueError("x"), sent=record) == ""  # no timeout: no words
+    timeout.hub_unanswered = record  # an error bounded_hub let through carries its record
+    assert waited(timeout).startswith(" (no answer to 2 requests within 10 s each")
 
 
-def test_bounded_hub_bounds_only_the_waits_a_request_leaves_open_and_puts_the_factory_back(monkeypatch):
+def test_bounded_hub_caps_every_wait_at_its_variable_and_puts_the_factory_back(monkeypatch):
     """Inside bounded_hub a request's unset waits are its method's HF_HUB_*_TIMEOUT (an explicit
-    timeout=None, as model_info sends, too), its own kept; the user's factory builds the client
-    and is the factory again after, its client without the hook."""
+    timeout=None, as model_info sends, too), its own kept where shorter and capped where longer
+    (hf_hub_download's retried HEAD sets 60 s); the user's factory builds the client and is the
+    factory again after, its client without the hook."""
     import httpx2
     from huggingface_hub import constants, get_session, set_client_factory
     from huggingface_hub.utils import _http
@@ -299,10 +310,86 @@ def test_bounded_hub_bounds_only_the_waits_a_request_leaves_open_and_puts_the_fa
             assert client.headers["x-user-factory"] == "yes"
             assert sent(client, "GET", timeout=None) == {"connect": 4, "read": 4, "write": 4, "pool": 4}
             assert sent(client, "HEAD") == {"connect": 2, "read": 2, "write": 2, "pool": 2}
+            assert sent(client, "GET", timeout=httpx2.Timeout(None, connect=3)) == {
+                "connect": 3, "read": 4, "write": 4, "pool": 4}
             assert sent(client, "GET", timeout=httpx2.Timeout(None, connect=30)) == {
-                "connect": 30, "read": 4, "write": 4, "pool": 4}
-            assert sent(client, "HEAD", timeout=60)["read"] == 60
+                "connect": 4, "read": 4, "write": 4, "pool": 4}
+            assert sent(client, "HEAD", timeout=60) == {"connect": 2, "read": 2, "write": 2, "pool": 2}
         assert _http._GLOBAL_CLIENT_FACTORY is _user_factory
         assert get_session() is not client and bound_waits not in get_session().event_hooks["request"]
     finally:
         set_client_factory(_http.default_client_factory)
+
+
+@pytest.fixture
+def short_backoff(monkeypatch):
+    """huggingface_hub's backoff sleeps between tries (1, 2, 4, 8, 8 s) a tenth as long; yields those asked."""
+    import time
+    import types
+
+    from huggingface_hub.utils import _http
+
+    asked = []
+    fast = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    fast.sleep = lambda s: (asked.append(s), time.sleep(s / 10))
+    monkeypatch.setattr(_http, "time", fast)
+    yield asked
+
+
+def _holding(monkeypatch, tmp_path, files):
+    """tests/hub_server.holding_files for acme/pix, a tiny PixArt pipeline's model_index.json."""
+    from tests.hub_server import holding_files
+    from tests.pipelines import pixart_pipeline
+
+    index = (pixart_pipeline(tmp_path / "pipe") / "model_index.json").read_bytes()
+    return holding_files(monkeypatch, "acme/pix", index, files)
+
+
+def _held_heads(seen) -> list[str]:
+    """The HEADs of files holding_files held (all but model_index.json's)."""
+    return [line for line, *_ in seen if line.startswith("HEAD ") and "/model_index.json " not in line]
+
+
+def _line_numbers(line: str) -> tuple[int, str, int, str]:
+    """(requests, the wait each, the wall seconds, the variables) in an Unanswered.words line."""
+    import re
+
+    found = re.search(r"no answer to (\d+) requests within ([\d., or]+) s each, (\d+) s from the first to the last; "
+                      r"set (.+) to wait longer", line)
+    assert found, line
+    return int(found[1]), found[2], int(found[3]), found[4]
+
+
+def test_a_pipeline_whose_files_the_hub_holds_ends_in_the_users_waits(monkeypatch, tmp_path, short_backoff):
+    """hf_hub_download asks a file's HEAD that timed out again 6 times with a 60 s wait of its own
+    (_ETAG_RETRY_TIMEOUT): with HF_HUB_ETAG_TIMEOUT=2 a calibration pipeline load against a Hub that
+    answered model_info, the tree and model_index.json and held the other files took 412 s, its line
+    'no answer to 49 requests within 2, 2, …, 60 and 60 s, 2534 s in all' (a sum of waits that ran in
+    parallel). bounded_hub caps every wait at its variable (1 s here): 7 tries of 1 s per file plus the
+    backoff sleeps; the line counts the requests, says the wait once and the wall time, not a sum."""
+    from compress.calib_pipeline import load_pipeline_for
+
+    files = ["model_index.json", "scheduler/scheduler_config.json", "vae/config.json"]
+    seen = next(_holding(monkeypatch, tmp_path, files))
+    error, took = within(50, lambda: load_pipeline_for(tiny_pixart(), "acme/pix"))
+    assert isinstance(error, UserError), error
+    count, each, wall, names = _line_numbers(str(error))
+    heads = _held_heads(seen)
+    assert (count, each, names) == (len(heads), "1", "HF_HUB_ETAG_TIMEOUT") and count == 2 * 7, held(seen)
+    assert sorted(short_backoff) == [1, 1, 2, 2, 4, 4, 8, 8, 8, 8]  # huggingface_hub's, for each file
+    assert took < 20 and abs(wall - took) <= 2, (wall, took)
+
+
+def test_the_teachers_own_fetch_caps_hf_hub_downloads_retries_too(monkeypatch, tmp_path, short_backoff):
+    """fetch_files (a Hub teacher's files, one hf_hub_download each) asked a HEAD the Hub held again
+    6 times with a 60 s wait (measured: 387 s); inside bounded_hub each waits HF_HUB_ETAG_TIMEOUT
+    (1 s), and the error says the 7 requests and the time they took."""
+    from compress.io_hub import hub_error
+    from compress.io_hub_requests import fetch_files
+
+    seen = next(_holding(monkeypatch, tmp_path, ["model_index.json", "transformer/config.json"]))
+    error, took = within(50, lambda: fetch_files("acme/pix", "transformer/", ["config.json"]))
+    assert isinstance(error, Exception), error
+    count, each, wall, names = _line_numbers(str(hub_error("acme/pix", error, "a local folder")))
+    assert (count, each, names) == (7, "1", "HF_HUB_ETAG_TIMEOUT") and len(_held_heads(seen)) == 7
+    assert took < 15 and abs(wall - took) <= 2, (wall, took)
