@@ -59,7 +59,8 @@ def sample_latents(adapter, teacher, cond: dict, shape: tuple, steps: int, gener
     rectified-flow ODE from σ = 1 to 0, unshifted. guidance_scale > 1: classifier-free guidance
     against `uncond` (the empty prompt's cond kwargs, one row), as the pipelines guide; else none
     (Flux.1-dev's guidance is an input, in `cond`). Runs in inference mode (no autograd bookkeeping:
-    about 3% of the sampler's CPU time on the toys, the same samples); returns an ordinary tensor."""
+    1% (toy PixArt) to 3% (toy Flux) of the sampler's CPU time, the same samples); returns an
+    ordinary tensor."""
     with torch.inference_mode():
         x = _sampled(adapter, teacher, cond, shape, steps, generator, device, scheduler_config,
                      guidance_scale, uncond)
