@@ -13,69 +13,10 @@ from pathlib import Path
 
 import torch
 
+from compress.calib_pipeline_load import load_pipeline_for, need_transformers, scheduler_config
 from compress.calib_prompts import _where, calibration_prompts, one_branch, read_prompts
 from compress.calib_store import save
 from compress.errors import UserError
-
-
-def load_pipeline_for(teacher: torch.nn.Module, source: str):
-    """The teacher inside its pipeline; the other parts (text encoders, VAE) on its device."""
-    if source.startswith("toy:"):
-        from compress.toy import load_toy_pipeline
-
-        return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
-    from diffusers import DiffusionPipeline
-
-    from compress.io import pipeline_dtype
-    from compress.io_hub_pipeline import hub_or_cache
-    from compress.pipeline_folder import folder_problem
-
-    what = f"cannot load calibration pipeline '{source}': "
-    if problem := folder_problem(source, what):  # a listed part missing: diffusers would build it from nothing
-        raise UserError(f"{what}{problem}")
-    try:  # a Hub id: offline, unreachable or stopped answering, from the cache; the error says why
-        pipe = hub_or_cache(source, "calibration pipeline", lambda **cached: DiffusionPipeline.from_pretrained(
-            os.path.expanduser(source), transformer=teacher, **pipeline_dtype(teacher.dtype), **cached))  # ~/pipe
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
-        raise UserError(f"cannot load calibration pipeline '{source}': {_why(e)}") from None
-    return _beside(pipe, teacher)
-
-
-def _why(e: Exception) -> str:
-    """A failed pipeline or config load in words: a Hub request that ran out of time as
-    io_hub_requests.timed_out says it (the seconds, the variable that lengthens them), else the
-    error's first line."""
-    from compress.io_hub_requests import timed_out
-
-    return timed_out(e) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-
-def _beside(pipe, teacher: torch.nn.Module):
-    """Moves the pipeline's modules but the transformer (whose blocks may be streamed, on meta) to
-    the device of the transformer's resident weights."""
-    device = next((p.device for p in teacher.parameters() if p.device.type != "meta"), torch.device("cpu"))
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module) and component is not teacher:
-            component.to(device)
-    return pipe
-
-
-def need_transformers(family: str | None = None,
-                      what: str = "calibration.source pipeline runs the teacher's own pipeline") -> None:
-    """Real pipelines (PixArt-Σ: T5; Flux: CLIP + T5) load their text encoders with transformers,
-    an optional dependency: say so before any compute rather than fail inside diffusers. PixArt-Σ's
-    pipeline also cleans captions with beautifulsoup4 and ftfy, and without them only logs a warning
-    and samples from uncleaned captions, which inference would not see: they are needed too."""
-    import importlib.util
-
-    modules = {"transformers": "transformers", "sentencepiece": "sentencepiece"}
-    if family == "pixart":
-        modules.update(bs4="beautifulsoup4", ftfy="ftfy")
-    missing = [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        raise UserError(f"{what}, which needs {', '.join(missing)}: pip install 'dit-compress[pipelines]'")
 
 
 def _detach(value):
@@ -257,6 +198,8 @@ class PipelineSource:
         c, records = self.calib, []
         starts = range(0, len(prompts), c.prompts_per_call)
         kept = [self._cached(prompts[s:s + c.prompts_per_call], seed + s) for s in starts]
+        if not all(p is not None and p.is_file() for p in kept):
+            self._loaded()  # before the bar: a Hub's waits are not sampling time
         with progress_bar(True) as bar:
             task = bar.add_task(run_label(what, sum(p is not None and p.is_file() for p in kept), len(kept)),
                                 total=len(prompts))
@@ -271,10 +214,7 @@ class PipelineSource:
         c, path = self.calib, self._cached(chunk, seed)
         if path is not None and path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
-        if self._pipe is None:
-            self._pipe = load_pipeline_for(self.teacher, self.pipeline)
-            self._pipe.set_progress_bar_config(disable=True)  # one bar over the prompts instead
-        got = capture(self._pipe, self.teacher, chunk, c.sample_steps, min(c.timesteps, c.sample_steps),
+        got = capture(self._loaded(), self.teacher, chunk, c.sample_steps, min(c.timesteps, c.sample_steps),
                       self.guidance(), seed, c.prompts_per_call, self.size, self.pipeline)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +222,13 @@ class PipelineSource:
             save(got, tmp, atomic=False)  # (a full disk: ENOSPC naming it, no half file)
             tmp.replace(path)  # atomic: never half a file
         return got
+
+    def _loaded(self):
+        """The pipeline, loaded on its first use (a run whose calls are all read back loads none)."""
+        if self._pipe is None:
+            self._pipe = load_pipeline_for(self.teacher, self.pipeline)
+            self._pipe.set_progress_bar_config(disable=True)  # one bar over the prompts instead
+        return self._pipe
 
     def _cached(self, chunk: list[str], seed: int) -> Path | None:
         """The cache file of one sampling call: named by everything its records depend on (a local
@@ -298,17 +245,7 @@ class PipelineSource:
     def scheduler_config(self) -> dict | None:
         """The pipeline's scheduler config (distill's teacher samples are drawn as the pipeline
         samples); None for the toy pipelines, whose families' default sampler is theirs."""
-        if self.pipeline.startswith("toy:"):
-            return None
-        from diffusers import DDPMScheduler  # any scheduler class reads scheduler_config.json
-
-        from compress.io_hub_requests import bounded_hub
-
-        try:
-            with bounded_hub():
-                return dict(DDPMScheduler.load_config(os.path.expanduser(self.pipeline), subfolder="scheduler"))
-        except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
-            raise UserError(f"cannot read the scheduler config of '{self.pipeline}': {_why(e)}") from None
+        return None if self.pipeline.startswith("toy:") else scheduler_config(self.pipeline)
 
     def guidance(self) -> float:
         """The pipeline's guidance_scale. A guidance-distilled transformer (Flux.1-dev) takes it as

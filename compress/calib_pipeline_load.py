@@ -1,0 +1,90 @@
+"""The calibration pipeline loaded: the teacher inside its own diffusers pipeline, the other parts
+beside it (`load_pipeline_for`), the pipeline's scheduler config (`scheduler_config`), both for a Hub
+id through io_hub_pipeline.hub_or_cache (quiet, bounded waits, from the cache where the Hub does not
+serve it), and the optional packages a real pipeline needs (`need_transformers`)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from compress.errors import UserError
+
+
+def load_pipeline_for(teacher: torch.nn.Module, source: str):
+    """The teacher inside its pipeline; the other parts (text encoders, VAE) on its device."""
+    if source.startswith("toy:"):
+        from compress.toy import load_toy_pipeline
+
+        return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
+    from diffusers import DiffusionPipeline
+
+    from compress.io import pipeline_dtype
+    from compress.io_hub_pipeline import hub_or_cache
+    from compress.pipeline_folder import folder_problem
+
+    what = f"cannot load calibration pipeline '{source}': "
+    if problem := folder_problem(source, what):  # a listed part missing: diffusers would build it from nothing
+        raise UserError(f"{what}{problem}")
+    try:  # a Hub id: offline, unreachable or stopped answering, from the cache; the error says why
+        pipe = hub_or_cache(source, "calibration pipeline", lambda **cached: DiffusionPipeline.from_pretrained(
+            os.path.expanduser(source), transformer=teacher, **pipeline_dtype(teacher.dtype), **cached))  # ~/pipe
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
+        raise UserError(f"cannot load calibration pipeline '{source}': {_why(e)}") from None
+    return _beside(pipe, teacher)
+
+
+def _why(e: Exception) -> str:
+    """A failed pipeline or config load in words: a Hub request that ran out of time as
+    io_hub_requests.timed_out says it (the seconds, the variable that lengthens them), else the
+    error's first line."""
+    from compress.io_hub_requests import timed_out
+
+    return timed_out(e) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _beside(pipe, teacher: torch.nn.Module):
+    """Moves the pipeline's modules but the transformer (whose blocks may be streamed, on meta) to
+    the device of the transformer's resident weights."""
+    device = next((p.device for p in teacher.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module) and component is not teacher:
+            component.to(device)
+    return pipe
+
+
+def need_transformers(family: str | None = None,
+                      what: str = "calibration.source pipeline runs the teacher's own pipeline") -> None:
+    """Real pipelines (PixArt-Σ: T5; Flux: CLIP + T5) load their text encoders with transformers,
+    an optional dependency: say so before any compute rather than fail inside diffusers. PixArt-Σ's
+    pipeline also cleans captions with beautifulsoup4 and ftfy, and without them only logs a warning
+    and samples from uncleaned captions, which inference would not see: they are needed too."""
+    import importlib.util
+
+    modules = {"transformers": "transformers", "sentencepiece": "sentencepiece"}
+    if family == "pixart":
+        modules.update(bs4="beautifulsoup4", ftfy="ftfy")
+    missing = [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UserError(f"{what}, which needs {', '.join(missing)}: pip install 'dit-compress[pipelines]'")
+
+
+def scheduler_config(source: str) -> dict:
+    """The scheduler config of the pipeline `source` (a folder, a Hub id). A Hub id's is read as its
+    pipeline loads (io_hub_pipeline.hub_or_cache): inside quiet_hub (diffusers' load_config printed
+    huggingface_hub's `local_dir_use_symlinks` warning), bounded_hub, and from the cache offline or
+    where the Hub cannot be reached or stopped answering (it asked the Hub again and waited)."""
+    from diffusers import DDPMScheduler  # any scheduler class reads scheduler_config.json
+
+    from compress.io_hub_pipeline import hub_or_cache
+
+    try:
+        return dict(hub_or_cache(source, "calibration pipeline", lambda **cached: DDPMScheduler.load_config(
+            os.path.expanduser(source), subfolder="scheduler", **cached)))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
+        raise UserError(f"cannot read the scheduler config of '{source}': {_why(e)}") from None
