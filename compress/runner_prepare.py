@@ -122,9 +122,12 @@ def _cache_keys(runner, src) -> str:
     """The teacher's identity and files, the sampled inputs' cache (a pipeline source's), on `runner`;
     the fingerprint that keys the calibration caches and checkpoints returned."""
     weights_sum = weights_checksum(runner.teacher, runner.models)  # read once: streamed files are large
-    # the teacher as report.json records it: `pipe`, `pipe/` and `./pipe` key the same caches and checkpoints
-    teacher_id = fingerprint(absolute_source(runner.source), weights_sum, runner.recipe, runner.inputs_id)
     runner.identity = teacher_identity(runner.source, runner.teacher_config, runner.teacher, weights_sum)
+    # the teacher as report.json records it: `pipe`, `pipe/` and `./pipe` key the same caches and checkpoints;
+    # its weights and the config it loaded with (the identity's checksum: a config.json edited in place
+    # makes another model, whose statistics are measured again)
+    teacher_id = fingerprint(absolute_source(runner.source), runner.identity["checksum"], runner.recipe,
+                             runner.inputs_id)
     from compress.io_signature import teacher_signature
 
     runner.teacher_files = teacher_signature(runner.source)  # eval and bench notice the files replaced later

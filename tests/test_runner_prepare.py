@@ -37,6 +37,19 @@ def test_prepare_sets_the_cache_keys_and_the_context(tmp_path, teacher):
     assert len(batches) >= 1 and runner.ctx.eval_inputs() is batches  # computed once
 
 
+def test_a_config_edited_in_place_keys_other_caches(tmp_path, teacher):
+    """The fingerprint keying the calibration caches held the teacher's weights but not the config
+    it loaded with: a config.json edited in place (norm_eps) read back statistics measured with the
+    old one, and --restart kept them (they were of 'this' fingerprint)."""
+    import json
+
+    before = _prepared(tmp_path, teacher, "  - svd: {ratio: 0.5}\n").ctx.fingerprint
+    assert _prepared(tmp_path, teacher, "  - svd: {ratio: 0.5}\n").ctx.fingerprint == before  # the same teacher
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**config, "norm_eps": config["norm_eps"] * 10}))
+    assert _prepared(tmp_path, teacher, "  - svd: {ratio: 0.5}\n").ctx.fingerprint != before
+
+
 def test_no_memory_estimate_without_calibration(tmp_path, teacher, monkeypatch):
     """A recipe whose passes need no calibration (remove_blocks by index) estimates no activations."""
     monkeypatch.setattr(runner_prepare, "footprint", lambda *a, **k: pytest.fail("estimated"))
