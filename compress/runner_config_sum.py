@@ -1,6 +1,6 @@
 """The config file a teacher reads (`config_read`: its --teacher-config's, a folder's own, the one beside a
 single file) and a checksum of what it holds (`config_checksum`), which the teacher identity a run
-records holds (runner_resume.named_teacher: CONFIG_SUM), so that --resume and a plain rerun compare a
+records holds (runner_teacher_id.named_teacher: CONFIG_SUM), so that --resume and a plain rerun compare a
 config by what it holds. Imports no torch."""
 
 from __future__ import annotations

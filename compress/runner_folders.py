@@ -19,10 +19,11 @@ from compress.runner_lock import LOCK
 from compress.runner_pending import read_record
 from compress.runner_prompts import inputs_changed, saved_state
 from compress.runner_ranks import HANDOFF
-from compress.runner_resume import (CONFIG_SUM, FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES,
-                                    distill_checkpoints, config_target, finished_and_reusable, interrupted_run,
-                                    read_state, recorded_fingerprint, recorded_teacher, same_teacher, stage_dirs,
-                                    teacher_change)
+from compress.runner_config_sum import CONFIG_SUM, config_target
+from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, distill_checkpoints,
+                                    finished_and_reusable, interrupted_run, read_state, recorded_fingerprint,
+                                    recorded_teacher, stage_dirs)
+from compress.runner_teacher_id import same_teacher, teacher_change
 from compress.words import counted
 
 
@@ -237,7 +238,7 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
 
 
 def other_teacher(run_dir: Path, teacher: dict) -> str | None:
-    """'was A, now B' (runner_resume.teacher_change, as --resume says it) where the latest stage saved
+    """'was A, now B' (runner_teacher_id.teacher_change, as --resume says it) where the latest stage saved
     in `run_dir` (with none, the run that last started its passes: recorded_teacher) recorded another
     teacher source or config than `teacher` (named_teacher's: the --teacher-config and what the config
     file holds, as teacher_identity records them); None where they are the same or it recorded none.

@@ -20,9 +20,8 @@ from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes
 from compress.runner_folders import check_folders, check_run_folder, say_if_nothing_to_resume
 from compress.runner_ranks import is_follower
-from compress.runner_resume import (finished_and_reusable, fingerprint, inputs_change, named_teacher,
-                                    older_checksum, read_state, same_teacher, stage_dirs, teacher_identity,
-                                    weights_checksum)
+from compress.runner_resume import finished_and_reusable, fingerprint, inputs_change, read_state, stage_dirs
+from compress.runner_teacher_id import named_teacher, older_checksum, same_teacher, teacher_identity, weights_checksum
 from compress.runner_setup import DTYPES, load_checked_teacher
 from compress.runner_stages import resumable
 from compress.runner_stop_words import LOADING

@@ -17,9 +17,9 @@ def _recipe_words(theirs: dict, mine: dict) -> str:
 
 
 def _teacher_words(theirs: dict, mine: dict) -> str:
-    """What differs between two `runner_resume.teacher_identity`s (their configs compared as --resume
+    """What differs between two `runner_teacher_id.teacher_identity`s (their configs compared as --resume
     compares them, `same_as_rank_0`)."""
-    from compress.runner_resume import same_config, same_config_of
+    from compress.runner_teacher_id import same_config, same_config_of
 
     if theirs.get("source") != mine.get("source"):
         return f"the teacher is {theirs.get('source')} on rank 0, {mine.get('source')} here"
@@ -33,12 +33,12 @@ def _teacher_words(theirs: dict, mine: dict) -> str:
 def same_as_rank_0(key: str, theirs, mine) -> bool:
     """Whether rank 0's value of `key` in what the processes of a launch must share (Runner.about,
     `runner_answers.check_same_run`) is a follower's: --teacher-config, and the teacher identity that
-    holds it, as --resume compares them (runner_resume.same_config / same_teacher: by what the config
+    holds it, as --resume compares them (runner_teacher_id.same_config / same_teacher: by what the config
     holds where both are read (here: rank 0's file where this host has it), so that a copy elsewhere is
     one config; else a folder and the config.json it holds, a link and its target, name one config);
     any other key as written."""
     from compress.runner_config_sum import config_checksum, config_target
-    from compress.runner_resume import same_config, same_teacher
+    from compress.runner_teacher_id import same_config, same_teacher
 
     if key == "--teacher-config":
         files = [config_target(c) if isinstance(c, str) and c else None for c in (theirs, mine)]

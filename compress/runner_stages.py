@@ -23,9 +23,9 @@ from compress.runner_ranks import is_main_process
 from compress.runner_kept import fisher_folder, mark_read_by, read_back_in_words
 from compress.runner_folders import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
-                                   older_checksum, passed_over_in_words, read_state, recipe_changes,
-                                   recorded_teacher, resumed_in_words, reusable_stage, same_teacher, stage_dirs,
-                                   teacher_change)
+                                    passed_over_in_words, read_state, recipe_changes, recorded_teacher,
+                                    resumed_in_words, reusable_stage, stage_dirs)
+from compress.runner_teacher_id import older_checksum, same_teacher, teacher_change
 
 
 def stage_dir(runner, i: int) -> Path:

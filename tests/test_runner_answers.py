@@ -70,7 +70,7 @@ def test_a_follower_given_rank_0s_teacher_config_by_another_name_runs(tmp_path, 
     (tmp_path / "link").symlink_to(tmp_path / "cfg")
 
     def about(config):
-        named = str((tmp_path / config).resolve())  # runner_resume.named_teacher's
+        named = str((tmp_path / config).resolve())  # runner_teacher_id.named_teacher's
         return {"--teacher-config": config, "teacher": {"source": "/p", "config": named, "checksum": "a"}}
 
     run_dir = tmp_path / "run"

@@ -199,7 +199,7 @@ def test_a_single_files_teacher_config_is_compared_by_what_it_holds(tmp_path, mo
 def test_an_older_record_without_the_configs_checksum_resumes(tmp_path, monkeypatch, capsys):
     """A stage of a run before the config's checksum was recorded (no CONFIG_SUM) is not refused for
     lacking it: its --teacher-config is compared by the file it names, as before."""
-    from compress.runner_resume import CONFIG_SUM
+    from compress.runner_config_sum import CONFIG_SUM
 
     args = _single_file_interrupted(tmp_path, monkeypatch, capsys)
     state = tmp_path / "run" / "stages" / "0-remove_blocks" / "state.json"

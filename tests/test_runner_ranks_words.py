@@ -34,7 +34,7 @@ def test_the_same_prompts_read_name_the_pipelines_files():
 def test_a_teacher_config_is_the_same_as_rank_0s_where_it_names_the_same_file(tmp_path, monkeypatch):
     """A launch's --teacher-config and teacher identity were compared as strings: cfgA (the folder holding
     config.json) on rank 0 and cfgA/config.json, or a link to it, on a follower were 'another
-    --teacher-config'. They are compared as --resume compares them (runner_resume.same_config / same_teacher,
+    --teacher-config'. They are compared as --resume compares them (runner_teacher_id.same_config / same_teacher,
     78e24d4): the same file named is the same config; another file, or none where rank 0 gave one, is not."""
     from compress.runner_ranks_words import same_as_rank_0
 
@@ -69,7 +69,8 @@ def test_a_copy_of_rank_0s_teacher_config_elsewhere_is_the_same_config(tmp_path,
     """A follower's --teacher-config a byte-identical copy of rank 0's at another path is the same config
     (as --resume compares a teacher's config by what it holds, runner_resume.CONFIG_SUM); one holding
     other values is not, said so where it is the same file."""
-    from compress.runner_resume import CONFIG_SUM, named_teacher
+    from compress.runner_config_sum import CONFIG_SUM
+    from compress.runner_teacher_id import named_teacher
     from compress.runner_ranks_words import same_as_rank_0
 
     monkeypatch.chdir(tmp_path)

@@ -110,7 +110,7 @@ def test_the_weights_checksum_sees_rows_in_the_middle_of_every_tensor(tmp_path, 
     the first and last MiB and rows the older checksums read); the same weights give the same one."""
     from safetensors.torch import save_file
 
-    from compress.runner_resume import weights_checksum
+    from compress.runner_teacher_id import weights_checksum
     from compress.runner_stream import ResidentModels
 
     torch.manual_seed(0)

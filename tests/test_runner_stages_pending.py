@@ -117,7 +117,7 @@ def test_a_run_that_starts_over_discards_the_record(tmp_path, monkeypatch):
 def test_an_older_records_teacher_config_its_folder_teacher_does_not_read_is_no_other_teacher(tmp_path, monkeypatch,
                                                                                              capsys):
     """A record written before 652e195 holds a --teacher-config its folder teacher does not read: --resume
-    read it as is (not as a stage's, runner_resume.as_compared) and refused 'the teacher changed
+    read it as is (not as a stage's, runner_teacher_id.as_compared) and refused 'the teacher changed
     (--teacher-config was …, now not given)'. It is no change: --resume writes the stage from the record."""
     text, run_dir = _stopped_writing_its_first_stage(tmp_path, monkeypatch)
     record = run_dir / "stream" / "pending-stage" / "state.json"

@@ -1,5 +1,5 @@
 """What the teacher-file signature eval and bench compare costs (`io_signature.file_signature`), and
-the weights checksum a run takes once for --resume and its caches (`runner_resume.weights_checksum`,
+the weights checksum a run takes once for --resume and its caches (`runner_teacher_id.weights_checksum`,
 every byte: resident, of the tensors in memory; streamed, of the files).
 
 Writes a safetensors file of --gib GiB in --tensors float32 tensors (780: about Flux.1-dev's
@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compress.io_signature import file_signature  # noqa: E402
-from compress.runner_resume import weights_checksum  # noqa: E402
+from compress.runner_teacher_id import weights_checksum  # noqa: E402
 from compress.runner_stream import ResidentModels, StreamedModels  # noqa: E402
 
 

@@ -1,0 +1,120 @@
+"""Which teacher a run read, as --resume, a plain rerun and the processes of a launch compare it: the
+checksum of its weights (`weights_checksum`), its identity (`teacher_identity`: the source, the
+--teacher-config and the checksum of the config file it reads, the loaded config and the weights), and
+whether two identities are one teacher (`same_teacher`: a config by what it holds, else by the file it
+names), with the difference in words (`teacher_change`). Moved out of runner_resume.
+Imports no torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compress.runner_config_sum import CONFIG_SUM, config_checksum, config_read, config_target
+
+if TYPE_CHECKING:
+    import torch
+
+
+def weights_checksum(teacher: torch.nn.Module, models) -> str:
+    """A checksum of the teacher's weights (`models.fingerprint`: every byte), taken once per run."""
+    h = hashlib.sha256()
+    models.fingerprint(teacher, h)
+    return h.hexdigest()
+
+
+CHECKSUM_OF = "every byte"  # what `weights_checksum` reads (older runs: a few values of each tensor)
+
+
+def named_teacher(source: str, config: str | None) -> dict:
+    """The teacher source and --teacher-config as --resume compares them (a local path made absolute),
+    and CONFIG_SUM, the checksum of the config file the teacher reads (`config_read`) where it is local,
+    known before the teacher loads."""
+    def where(s):
+        return str(Path(s).resolve()) if s and Path(s).exists() else s
+
+    named = {"source": where(source), "config": where(config)}
+    file = config_read(source, config)
+    checksum = config_checksum(file) if file is not None else None
+    return {**named, CONFIG_SUM: checksum} if checksum else named
+
+
+def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str) -> dict:
+    """What --resume compares besides the recipe: the teacher source and --teacher-config and the
+    checksum of the config file it reads (named_teacher), the model config and `weights_checksum`."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
+                                  sort_keys=True, default=str).encode())
+    h.update(weights.encode())
+    return {**named_teacher(source, config), "checksum": h.hexdigest()[:16], "checksum_of": CHECKSUM_OF}
+
+
+def older_checksum(before: dict, now: dict) -> bool:
+    """Whether `before` is an identity of the same source and --teacher-config whose checksum is of
+    an older kind (a few values of each tensor: before CHECKSUM_OF), so its weights cannot be compared."""
+    return before.get("checksum_of") != now.get("checksum_of") and before.get("source") == now["source"] \
+        and same_config_of(before, now)
+
+
+def same_teacher(before: dict, now: dict) -> bool:
+    """Whether the teacher a stage recorded (`before`: teacher_identity's, as_compared) is `now`'s: every
+    key the same, the config as `same_config_of` compares it (by what it holds, or by the file it names)."""
+    def rest(teacher: dict) -> dict:
+        return {k: v for k, v in teacher.items() if k not in ("config", CONFIG_SUM)}
+
+    return rest(before) == rest(now) and same_config_of(before, now)
+
+
+def same_config_of(before: dict, now: dict) -> bool:
+    """Whether two teacher identities (named_teacher's) read the same config: by what it holds (CONFIG_SUM)
+    where both record it, so that a copy elsewhere is the same config and one changed in place is not;
+    else (an older record) by the file their --teacher-configs name (`same_config`)."""
+    return same_config(before.get("config"), now.get("config"), (before.get(CONFIG_SUM), now.get(CONFIG_SUM)))
+
+
+def same_config(before: str | None, now: str | None, checksums: tuple = (None, None)) -> bool:
+    """Whether two --teacher-configs (named_teacher's) are one config: where both `checksums` (CONFIG_SUM)
+    are known, whether they are equal; else whether they name the same file: `config_target`'s, so that a
+    folder and the config.json it holds, or a symlink and its target, are one config; where either names
+    none (gone since), as written."""
+    if None not in checksums:
+        return checksums[0] == checksums[1]
+    if before == now:
+        return True
+    targets = (config_target(before), config_target(now)) if before and now else (None, None)
+    return targets[0] is not None and targets[0] == targets[1]
+
+
+def teacher_change(before: dict, now: dict) -> str:
+    """What differs between two `teacher_identity`s, in words."""
+    if before["source"] != now["source"]:
+        return f"was {before['source']}, now {now['source']}"
+    if not same_config_of(before, now):
+        if not same_config(before["config"], now["config"]):
+            return f"--teacher-config was {_given(before['config'])}, now {_given(now['config'])}"
+        file = (f"--teacher-config {now['config']}" if now["config"] else
+                config_read(now["source"], None) or f"{now['source']}'s config")
+        return f"{file} changed since the run (its contents differ)"
+    return f"{now['source']} holds other weights or config"
+
+
+def _given(config: str | None) -> str:
+    return config or "not given"
+
+
+def reads_no_config(source) -> bool:
+    """Whether a recorded teacher `source` (named_teacher's) is a toy or a folder teacher, which read
+    no --teacher-config (io_source.checked warns it is not read)."""
+    if not isinstance(source, str):
+        return False
+    return source.startswith("toy:") or (Path(source).is_absolute() and Path(source).is_dir())
+
+
+def as_compared(teacher):
+    """A teacher a stage recorded (teacher_identity's) as --resume compares it now: a --teacher-config its
+    toy or folder teacher does not read taken out (runs before 652e195 recorded one; later runs drop it
+    once warned, runner_prepare), so that it is no other teacher's."""
+    if isinstance(teacher, dict) and teacher.get("config") and reads_no_config(teacher.get("source")):
+        return dict(teacher, config=None)
+    return teacher

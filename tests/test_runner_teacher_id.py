@@ -1,0 +1,73 @@
+"""Which teacher a run read, as --resume and a plain rerun compare it (compress/runner_teacher_id.py):
+a --teacher-config by what it holds, else by the file it names, and the difference in words."""
+
+from __future__ import annotations
+
+from compress.runner_config_sum import CONFIG_SUM, config_read
+from compress.runner_teacher_id import as_compared, named_teacher, older_checksum, same_teacher, teacher_change
+
+
+def test_a_recorded_teacher_config_is_compared_where_the_teacher_reads_one(tmp_path):
+    """as_compared drops a recorded --teacher-config of a toy or folder teacher only; teacher_change
+    says a --teacher-config not given in words."""
+    (tmp_path / "t.safetensors").write_bytes(b"")
+    for source, kept in (("toy:pixart", False), (str(tmp_path), False), (str(tmp_path / "t.safetensors"), True),
+                         ("acme/pix", True), ("cfg", True)):
+        teacher = {"source": source, "config": "/c/config.json", "checksum": "1"}
+        assert as_compared(teacher) == (teacher if kept else {**teacher, "config": None})
+    was = {"source": "a.safetensors", "config": None}
+    assert teacher_change(was, {**was, "config": "cfg"}) == "--teacher-config was not given, now cfg"
+    assert teacher_change({**was, "config": "cfg"}, was) == "--teacher-config was cfg, now not given"
+
+def test_a_teacher_config_is_compared_by_the_file_it_names(tmp_path):
+    """same_teacher: a --teacher-config given as a folder, the config.json it holds, a pipeline folder
+    or its transformer/, or through a symlink, names one config (teacher_change and older_checksum agree);
+    another file, one gone since (as written), or none given, is another."""
+    for folder in ("a", "b", "pipe/transformer"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
+    was = {"source": "/t.safetensors", "config": str(tmp_path / "a" / "config.json"), "checksum": "1"}
+    for same in ("a", "link", "link/config.json"):
+        assert same_teacher(was, {**was, "config": str(tmp_path / same)})
+    pipe = {**was, "config": str(tmp_path / "pipe")}
+    assert same_teacher(pipe, {**was, "config": str(tmp_path / "pipe" / "transformer")})
+    for other in ("b", "b/config.json", "gone", None):
+        now = {**was, "config": other and str(tmp_path / other)}
+        assert not same_teacher(was, now)
+        assert teacher_change(was, now).startswith("--teacher-config was ")
+    assert not same_teacher(was, {**was, "config": str(tmp_path / "a"), "checksum": "2"})
+    assert teacher_change(was, {**was, "config": str(tmp_path / "a")}) == "/t.safetensors holds other weights or config"
+    assert not same_teacher(was, {**was, "source": "/u.safetensors"})
+    gone = {**was, "config": "/gone/config.json"}
+    assert same_teacher(gone, dict(gone)) and not same_teacher(gone, {**gone, "config": "/gone"})
+    assert older_checksum({**was, "checksum_of": "old"}, {**was, "config": str(tmp_path / "a"), "checksum_of": "new"})
+
+
+def test_a_teacher_config_is_compared_by_what_it_holds_where_both_record_it(tmp_path):
+    """named_teacher records CONFIG_SUM, a checksum of what the config file the teacher reads holds (its
+    --teacher-config's, a folder's own, the one beside a single file; a toy's or a Hub id's: none), keys
+    starting with '_', order and spacing aside. same_teacher compares it in the place of the path where
+    both hold it: a copy elsewhere is the same config, one changed in place is not (teacher_change says
+    so); an older record without it is compared by the file it names."""
+    for folder, held in (("a", '{"norm_eps": 1e-06, "_diffusers_version": "0.30"}'),
+                         ("copy", '{"_diffusers_version": "0.31",\n  "norm_eps": 1e-06}'), ("b", '{"norm_eps": 1e-05}')):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text(held)
+    (tmp_path / "t.safetensors").write_bytes(b"x")
+    a, copy, b = (named_teacher(str(tmp_path / "t.safetensors"), str(tmp_path / c)) for c in ("a", "copy", "b"))
+    assert a[CONFIG_SUM] == copy[CONFIG_SUM] != b[CONFIG_SUM]
+    assert same_teacher(a, copy) and not same_teacher(a, b)
+    assert teacher_change(a, b) == f"--teacher-config was {tmp_path / 'a'}, now {tmp_path / 'b'}"
+    assert teacher_change(a, dict(a, **{CONFIG_SUM: "0"})) == (
+        f"--teacher-config {tmp_path / 'a'} changed since the run (its contents differ)")
+    older = {k: v for k, v in a.items() if k != CONFIG_SUM}
+    assert same_teacher(older, dict(a, **{CONFIG_SUM: "0"})) and not same_teacher(older, copy)
+    assert config_read(str(tmp_path / "a"), None) == tmp_path / "a" / "config.json"  # a folder teacher's own
+    assert config_read(str(tmp_path / "a" / "w.safetensors"), None) is None  # (not there)
+    (tmp_path / "a" / "w.safetensors").write_bytes(b"x")
+    assert config_read(str(tmp_path / "a" / "w.safetensors"), None) == tmp_path / "a" / "config.json"
+    assert CONFIG_SUM not in named_teacher("toy:pixart", None) and CONFIG_SUM not in named_teacher("acme/t", None)
+    folder = named_teacher(str(tmp_path / "a"), None)
+    assert teacher_change(folder, dict(folder, **{CONFIG_SUM: "0"})) == (
+        f"{tmp_path / 'a' / 'config.json'} changed since the run (its contents differ)")
