@@ -244,7 +244,7 @@ def log_removed(run_dir: Path, removed: list[Path], sizes: list[int]) -> Path | 
     where it could not be written (the caches are gone all the same)."""
     log = Path(run_dir) / REMOVED_LOG
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    lines = "".join(f"{now}\t{p.relative_to(run_dir)}\t{n}\n" for p, n in zip(removed, sizes))
+    lines = "".join(f"{now}\t{within(p, run_dir)}\t{n}\n" for p, n in zip(removed, sizes))
     try:
         with open(log, "a", encoding="utf-8") as f:
             f.write(lines)
@@ -270,11 +270,24 @@ def listed(paths: list[Path], run_dir: Path) -> list[str]:
     entries = []
     for p in paths:
         if p.is_dir() or files[p.parent] == 1:
-            entries.append(str(p.relative_to(run_dir)))
+            entries.append(str(within(p, run_dir)))
         elif files[p.parent] > 0:
-            entries.append(f"{files[p.parent]} files in {p.parent.relative_to(run_dir)}")
+            entries.append(f"{files[p.parent]} files in {within(p.parent, run_dir)}")
             files[p.parent] = 0  # said: its other files are in it
     return entries
+
+
+def within(path: Path, run_dir: Path) -> Path:
+    """`path` relative to `run_dir`, the two compared resolved where they are not written alike (a
+    relative --run-dir, a sampled inputs folder named absolute: Runner.inputs_cache); `path` as it is
+    where it lies outside."""
+    try:
+        return Path(path).relative_to(run_dir)
+    except ValueError:
+        try:
+            return Path(path).resolve().relative_to(Path(run_dir).resolve())
+        except ValueError:
+            return Path(path)
 
 
 def in_words(entries: list[str]) -> str:

@@ -468,19 +468,25 @@ def test_files_of_one_folder_are_counted_in_it_and_logged_one_by_one(tmp_path, c
     assert logged == [["calib/fp/m/blocks-0.pt", "5"], ["calib/fp/m/blocks-1.pt", "5"]]
 
 
-def test_a_restart_with_other_prompts_removes_the_calls_of_the_first(tmp_path, capsys):
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_restart_with_other_prompts_removes_the_calls_of_the_first(tmp_path, capsys, monkeypatch, relative):
     """Pipeline calibration samples each call into inputs/<name>/ (named by the teacher), its file named by
     the call's prompts and settings. A run of other prompts (same teacher: the same folder) never reads the
     first prompts' calls: a plain run names them (kept, '--restart removes them'), --restart removes them
-    and keeps its own, which it reads back (nothing sampled again: every file it keeps is one it wrote)."""
+    and keeps its own, which it reads back (nothing sampled again: every file it keeps is one it wrote).
+    A relative --run-dir (the inputs folder named absolute) broke both notes with a ValueError traceback."""
+    from pathlib import Path
+
     text = PIPELINE.replace("{teacher}", "toy:pixart")
     run_dir = tmp_path / "run-r"
-    run_recipe(tmp_path, text.format(p="a"), "r")
+    monkeypatch.chdir(tmp_path)
+    base = Path(".") if relative else tmp_path  # run_recipe's run folder: base / run-r
+    run_recipe(base, text.format(p="a"), "r")
     [folder] = (run_dir / "inputs").iterdir()
     first = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
     assert len(first) == 3  # 2 calibration calls, 1 held out
     capsys.readouterr()
-    run_recipe(tmp_path, text.format(p="b"), "r", overwrite=True)
+    run_recipe(base, text.format(p="b"), "r", overwrite=True)
     said = " ".join(capsys.readouterr().err.split())
     assert "of caches of another teacher or calibration (calib/" in said, said
     assert re.search(rf"another teacher or calibration \(calib/[0-9a-f]{{16}}, 3 files in inputs/{folder.name}\); "
@@ -488,7 +494,7 @@ def test_a_restart_with_other_prompts_removes_the_calls_of_the_first(tmp_path, c
     [again] = (run_dir / "inputs").iterdir()
     both = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
     assert again == folder and len(both) == 6 and first.items() <= both.items()
-    run_recipe(tmp_path, text.format(p="b"), "r", overwrite=True, restart=True)
+    run_recipe(base, text.format(p="b"), "r", overwrite=True, restart=True)
     said = " ".join(capsys.readouterr().err.split())
     removed = said.split("that no run of this recipe reads (")[1]
     assert re.match(rf"calib/[0-9a-f]{{16}}, 3 files in inputs/{folder.name}\): ", removed), said
