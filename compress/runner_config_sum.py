@@ -31,8 +31,9 @@ def config_read(source: str, config: str | None) -> Path | None:
 def config_checksum(file: Path) -> str | None:
     """A checksum of what the config file `file` holds: its JSON object's keys but those starting with
     '_' (as teacher_identity's checksum reads the loaded config: a re-save by another diffusers, other
-    spacing or order, is the same config), or every byte of one that is not a JSON object; None where it
-    cannot be read."""
+    spacing or order, is the same config) and those its `_use_default_values` lists (diffusers loads
+    their defaults, whatever the file says: an edit of one is no other model, an edit of the list is),
+    or every byte of one that is not a JSON object; None where it cannot be read."""
     try:
         raw = Path(file).read_bytes()
     except OSError:
@@ -42,7 +43,10 @@ def config_checksum(file: Path) -> str | None:
     except ValueError:
         data = None
     if isinstance(data, dict):
-        raw = json.dumps({k: v for k, v in data.items() if not k.startswith("_")}, sort_keys=True).encode()
+        defaults = data.get("_use_default_values")
+        ignored = set(defaults) if isinstance(defaults, list) and all(isinstance(k, str) for k in defaults) else set()
+        raw = json.dumps({k: v for k, v in data.items() if not k.startswith("_") and k not in ignored},
+                         sort_keys=True, default=str).encode()
     return hashlib.sha256(raw).hexdigest()[:16]
 
 

@@ -33,3 +33,21 @@ def test_the_checksum_is_of_what_the_config_holds(tmp_path):
     sums = {name: config_checksum(tmp_path / name) for name in files}
     assert sums["a"] == sums["same"] and len(set(sums.values())) == 4
     assert config_checksum(tmp_path / "gone") is None
+
+
+def test_keys_diffusers_loads_as_defaults_are_not_what_the_config_holds(tmp_path):
+    """diffusers loads the defaults of the keys a config's _use_default_values lists, whatever the file
+    says: editing one made a config 'another teacher' though the model was the same, and editing the
+    list (which changes the model) was no change."""
+    import json
+
+    from compress.runner_config_sum import config_checksum
+
+    def checksum(**config):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        return config_checksum(tmp_path / "config.json")
+
+    base = checksum(norm_eps=1e-6, sample_size=8, _use_default_values=["norm_eps"])
+    assert checksum(norm_eps=1e-5, sample_size=8, _use_default_values=["norm_eps"]) == base  # loaded alike
+    assert checksum(norm_eps=1e-6, sample_size=8, _use_default_values=[]) != base  # norm_eps now read
+    assert checksum(norm_eps=1e-6, sample_size=9, _use_default_values=["norm_eps"]) != base
