@@ -16,6 +16,11 @@ from compress.pipeline_folder import snapshot_problem
 CACHE = "the Hugging Face cache {} (HF_HUB_CACHE, else HF_HOME/hub)"
 
 
+# (cache, Hub id) -> the cause hub_or_cache noted reading the cache with, the Hub having stopped answering:
+# a later load of the process reads the cache on that record (stopped_answering) without a second note
+_FELL_BACK: dict[tuple[str, str], str] = {}
+
+
 def hub_or_cache(source: str, what: str, load):
     """`load(**keywords)` of the pipeline `source` (`what`: 'base pipeline'), diffusers'
     from_pretrained keywords pipeline_keywords gives, inside quiet_hub and bounded_hub. Where the
@@ -43,6 +48,7 @@ def hub_or_cache(source: str, what: str, load):
         raise UserError(f"cannot load {what} '{source}': {why}, and {problem}")
     note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub answered, then "
               f"stopped answering: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
+    _FELL_BACK[(hub_cache(), source)] = cause  # said: later loads read the cache on this record, quietly
     with quiet_hub(), no_library_bars(text_encoders=True):
         return load(local_files_only=True)
 
@@ -70,7 +76,7 @@ def pipeline_keywords(source: str, what: str) -> dict:
     if snapshot is None:
         raise UserError(f"cannot load {what} '{source}': the Hugging Face Hub cannot be reached ({cause}), and {cache}; "
                         "check your network, or pass a local pipeline folder")
-    if cause is not None:
+    if cause is not None and _FELL_BACK.get((hub_cache(), source)) != cause:  # not said by hub_or_cache already
         note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub cannot be "
                   f"reached: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
     if problem := snapshot_problem(source, snapshot):  # a part its model_index.json lists not downloaded

@@ -137,7 +137,8 @@ def test_a_cached_hub_pipeline_whose_hub_stops_answering_is_read_from_the_cache_
     """A Hub that answered pipeline_keywords' HEAD and then held diffusers' requests: load_pipeline's
     base failed with the timeout though the cache held the whole pipeline. It is read from the cache
     (io_hub_pipeline.hub_or_cache), one note saying why; the calibration pipeline loaded next reads
-    the cache at once (the Hub taken as unreachable a while), its note saying so, no request held."""
+    the cache at once (the Hub taken as unreachable a while), no request held, and no second note (it
+    said 'cannot be reached' with the first load's numbers, as if it had waited again)."""
     from huggingface_hub import constants
 
     from compress import load_pipeline
@@ -156,7 +157,7 @@ def test_a_cached_hub_pipeline_whose_hub_stops_answering_is_read_from_the_cache_
     assert type(pipeline).__name__ == "PixArtSigmaPipeline", pipeline
     assert took < 2 and len(held(hanging_hub)) == 2
     said = " ".join(capsys.readouterr().err.split())
-    assert "(the Hugging Face Hub cannot be reached: ReadTimeout: timed out (no answer to 2 requests" in said, said
+    assert "is read from the Hugging Face cache" not in said, said
 
 
 def test_a_hub_pipeline_whose_hub_stops_answering_and_the_cache_holds_in_part_names_both(
