@@ -183,10 +183,10 @@ class PipelineSource:
         caches' keys and --resume to compare: {"prompts": a digest of the prompts read (a prompt_file
         names its path, not its lines), "pipeline": `pipeline_signature` of the pipeline's parts
         other than the transformer (None: a toy pipeline or a Hub id)}."""
+        from compress.calib_prompts import prompts_digest
         from compress.io_signature import pipeline_signature
 
-        prompts = hashlib.sha256(json.dumps(self.prompts).encode()).hexdigest()[:16]
-        return {"prompts": prompts, "pipeline": pipeline_signature(self.pipeline)}
+        return {"prompts": prompts_digest(self.prompts), "pipeline": pipeline_signature(self.pipeline)}
 
     def _run(self, prompts: list[str], seed: int, what: str = "calibration") -> list[dict]:
         """Records of every sampling call (`prompts_per_call` prompts each; prompt i draws its

@@ -3,6 +3,8 @@ each), and how many of them calibrate and how many are held out (the inputs one 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -41,6 +43,17 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
     return prompts
 
 
+def prompts_digest(prompts: list[str]) -> str:
+    """The digest of the prompts a pipeline source reads, as its inputs_identity records them and
+    --resume and a rerun's refusal compare them (runner_prompts)."""
+    return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
+
+
+def lines_of(text: str) -> list[str]:
+    """A prompt file's prompts: its non-blank lines, stripped (`_lines`), without a word said."""
+    return [ln.strip() for ln in _lines(text) if ln.strip()]
+
+
 def _where(calib, key: str, value, because: tuple = ()) -> str:
     """'PATH:LINE: ' of the recipe key calibration.`key` (CalibrationConfig.where; `because`: the
     other keys the error is about), or ''."""
@@ -55,7 +68,7 @@ def _prompt_lines(path: Path, name: str, where: str = "") -> list[str]:
     if "\x00" in text:
         raise UserError(f"{where}calibration.prompt_file {name}: a binary file (NUL bytes), not one prompt "
                         "per line")
-    lines = [ln.strip() for ln in _lines(text) if ln.strip()]
+    lines = lines_of(text)
     if not lines:
         raise UserError(f"{where}calibration.prompt_file {name} is empty: give one prompt per line")
     _warn_if_hash_line(text, name)

@@ -5,11 +5,9 @@ where --resume, which compares them (runner_stages._check_inputs), would keep it
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-from compress.calib_prompts import _lines
+from compress.calib_prompts import lines_of, prompts_digest as digest_of
 from compress.errors import UserError, read_utf8
 from compress.io_signature import pipeline_signature
 from compress.runner_pending import read_record
@@ -49,12 +47,12 @@ def prompts_digest(recipe) -> str | None:
         if not path.is_absolute():
             path = Path(recipe.path).parent / path
         try:
-            prompts += [ln.strip() for ln in _lines(read_utf8(path, "", "")) if ln.strip()]
+            prompts += lines_of(read_utf8(path, "", ""))
         except UserError:
             return None
     n = calib.num_prompts if calib.given("num_prompts") else None
     prompts = prompts[:n] if n else prompts
-    return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
+    return digest_of(prompts)
 
 
 def saved_state(run_dir: Path, i: int) -> dict:
