@@ -178,18 +178,32 @@ def _refusing_lora_loads(pipe):
 def recorded_base(transformer: nn.Module, out: Path) -> str:
     """The teacher the output `out` records, as a base pipeline: a toy, a Hub id or a local pipeline
     folder (model_index.json), or where it is an output itself the one that output records, and so
-    on (report_teacher.teacher_chain); a UserError asking for `base` otherwise, naming the chain."""
+    on (report_teacher.teacher_chain); a UserError asking for `base` otherwise, naming the chain
+    and the pipeline the recipe.yaml of `out` (or of an output of its chain) calibrated in, where
+    one did (calibration.pipeline: report_teacher.recorded_pipeline)."""
     from compress.report_teacher import broken_chain, chain_base, teacher_chain
 
     teacher = (getattr(transformer, "compression_meta", None) or {}).get("teacher")
-    ask = "pass base= (a pipeline folder, a Hugging Face id or toy:NAME)"
+    chain = teacher_chain(str(teacher)) if teacher else []
     if not teacher:
-        raise UserError(f"{out} records no teacher to take the pipeline's other parts from; {ask}")
-    chain = teacher_chain(str(teacher))
+        raise UserError(f"{out} records no teacher to take the pipeline's other parts from; {_ask(out, chain)}")
     base = chain_base(chain)
     if base is None:
-        raise UserError(f"{broken_chain(out, chain)}; {ask}")
+        raise UserError(f"{broken_chain(out, chain)}; {_ask(out, chain)}")
     return base
+
+
+def _ask(out: Path, chain: list[str]) -> str:
+    """'pass base= (…)', naming the pipeline the recipe.yaml of the output `out` or of an output of
+    its teacher's `chain` calibrated in (calibration.pipeline), where one did."""
+    from compress.report_teacher import recorded_pipeline
+
+    found = recorded_pipeline([str(out), *chain])
+    if found is None:
+        return "pass base= (a pipeline folder, a Hugging Face id or toy:NAME)"
+    pipeline, output = found
+    return (f"pass base='{pipeline}', the pipeline the recipe.yaml of {output} calibrated in (or another "
+            "pipeline folder, Hugging Face id or toy:NAME)")
 
 
 def _check_base(transformer: nn.Module, base: str, **cached) -> None:

@@ -34,3 +34,34 @@ def test_an_output_made_from_an_output_takes_the_base_its_chain_records(tmp_path
     with pytest.raises(UserError, match=f"^{d} records the teacher {a.resolve()}, which records {tmp_path}/gone, "
                                         "which is not there; pass base="):
         load_pipeline(d)
+
+
+def test_an_output_of_a_transformer_folder_suggests_the_pipeline_its_recipe_calibrated_in(tmp_path):
+    """load_pipeline(out) of an output whose teacher was a transformer folder said only 'pass base=',
+    though the output's recipe.yaml names the pipeline it calibrated in (calibration.pipeline): that
+    one is suggested, for an output of an output too, and where the output records no teacher."""
+    from tests.conftest import tiny_pixart
+
+    teacher = tiny_pixart()
+    teacher.save_pretrained(tmp_path / "teacher")
+    out = save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.2"], 2), tmp_path / "out",
+                          extra={"teacher": str(tmp_path / "teacher")})
+    (out / "recipe.yaml").write_text("model: pixart\nteacher: t\ncalibration: {source: pipeline, pipeline: acme/pix}\n"
+                                     "passes: [{svd: {targets: [mlp], rank: 2}}]\n")
+    said = (f"; pass base='acme/pix', the pipeline the recipe.yaml of {out} calibrated in (or another pipeline "
+            "folder, Hugging Face id or toy:NAME)")
+    with pytest.raises(UserError) as e:
+        load_pipeline(out)
+    assert str(e.value) == (f"{out} records the teacher {tmp_path / 'teacher'}, which is not a pipeline folder "
+                            f"(no model_index.json there){said}")
+    d = save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.0.proj"], 2), tmp_path / "d",
+                        extra={"teacher": str(out.resolve())})
+    with pytest.raises(UserError) as e:
+        load_pipeline(d)
+    assert str(e.value).endswith(said.replace(str(out), str(out.resolve()))), e.value
+    e_out = save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.2"], 2), tmp_path / "e")
+    (e_out / "recipe.yaml").write_text((out / "recipe.yaml").read_text())
+    with pytest.raises(UserError) as e:
+        load_pipeline(e_out)
+    assert str(e.value) == (f"{e_out} records no teacher to take the pipeline's other parts from"
+                            f"{said.replace(str(out), str(e_out))}")
