@@ -23,7 +23,7 @@ from compress.runner_config_sum import CONFIG_SUM, config_target
 from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, distill_checkpoints,
                                     finished_and_reusable, interrupted_run, read_state, recorded_fingerprint,
                                     recorded_teacher, stage_dirs)
-from compress.runner_teacher_id import same_teacher, teacher_change
+from compress.runner_teacher_id import resume_advice, same_teacher, teacher_change
 from compress.words import counted
 
 
@@ -214,8 +214,8 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
     change = other_teacher(run_dir, teacher) if teacher is not None else None
     if change:
         saved = kept_in_words(run_dir, info, run_fingerprint(run_dir), None, passes)
-        raise UserError(f"{run_dir} holds an interrupted run{of} for another teacher ({change}; {saved}): add "
-                        "--restart to start over, or rerun with that teacher and --resume to continue")
+        raise UserError(f"{run_dir} holds an interrupted run{of} for another teacher ({change[0]}; {saved}): "
+                        f"{change[1]}")
     change = inputs_changed(saved_state(run_dir, info["done"] - 1), recipe, source) if info["done"] else None
     if info["total"] is not None and info["done"] >= info["total"]:  # an export cut short, or an older
         # dit-compress's finished run (it wrote no FINISHED marker)
@@ -237,8 +237,9 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
                     "or --restart to start over")
 
 
-def other_teacher(run_dir: Path, teacher: dict) -> str | None:
-    """'was A, now B' (runner_teacher_id.teacher_change, as --resume says it) where the latest stage saved
+def other_teacher(run_dir: Path, teacher: dict) -> tuple[str, str] | None:
+    """('was A, now B', what to do) (runner_teacher_id.teacher_change and resume_advice, as --resume says
+    them) where the latest stage saved
     in `run_dir` (with none, the run that last started its passes: recorded_teacher) recorded another
     teacher source or config than `teacher` (named_teacher's: the --teacher-config and what the config
     file holds, as teacher_identity records them); None where they are the same or it recorded none.
@@ -250,7 +251,7 @@ def other_teacher(run_dir: Path, teacher: dict) -> str | None:
     named = {"config": None, **{k: v for k, v in before.items() if k in ("source", "config", CONFIG_SUM)}}
     if same_teacher(named, teacher):
         return None  # (a config compared by what it holds, or by the file it names)
-    return teacher_change(named, teacher)
+    return teacher_change(named, teacher), resume_advice(named, teacher, resume=False)
 
 
 def check_measured_for_another(run_dir: Path, fingerprint: str, passes) -> None:

@@ -25,7 +25,7 @@ from compress.runner_folders import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
                                     passed_over_in_words, read_state, recipe_changes, recorded_teacher,
                                     resumed_in_words, reusable_stage, stage_dirs)
-from compress.runner_teacher_id import older_checksum, same_teacher, teacher_change
+from compress.runner_teacher_id import older_checksum, resume_advice, same_teacher, teacher_change
 
 
 def stage_dir(runner, i: int) -> Path:
@@ -246,7 +246,8 @@ def _check_teacher(runner, state: dict) -> None:
              "read only a few values of each tensor; --resume checks the teacher's source and --teacher-config only")
     elif not same_teacher(before, runner.identity):  # a --teacher-config by the file it names
         raise UserError(f"--resume: the teacher changed since {runner.run_dir} was written "
-                        f"({teacher_change(before, runner.identity)}); rerun with --restart to start over")
+                        f"({teacher_change(before, runner.identity)}); "
+                        f"{resume_advice(before, runner.identity, resume=True)}")
 
 
 def _check_inputs(runner, state: dict) -> None:

@@ -2,7 +2,8 @@
 checksum of its weights (`weights_checksum`), its identity (`teacher_identity`: the source, the
 --teacher-config and the checksum of the config file it reads, the loaded config and the weights), and
 whether two identities are one teacher (`same_teacher`: a config by what it holds, else by the file it
-names), with the difference in words (`teacher_change`). Moved out of runner_resume.
+names), with the difference in words (`teacher_change`) and what to do about it (`resume_advice`: undo
+the edit of a config changed in place, else --restart or that teacher). Moved out of runner_resume.
 Imports no torch."""
 
 from __future__ import annotations
@@ -97,6 +98,32 @@ def teacher_change(before: dict, now: dict) -> str:
                 config_read(now["source"], None) or f"{now['source']}'s config")
         return f"{file} changed since the run (its contents differ)"
     return f"{now['source']} holds other weights or config"
+
+
+def edited_config(before: dict, now: dict) -> str | None:
+    """The config file edited in place since `before` was recorded, where that is what tells the two
+    `teacher_identity`s apart (the same source and config named, what it holds changed: teacher_change's
+    '... changed since the run'), so that the advice is to undo that edit rather than to name another
+    teacher; None where another teacher or --teacher-config is named, or the configs are the same."""
+    if before["source"] != now["source"] or same_config_of(before, now) \
+            or not same_config(before["config"], now["config"]):
+        return None
+    file = config_read(now["source"], now["config"])
+    return str(file) if file is not None else (now["config"] or f"{now['source']}'s config")
+
+
+def resume_advice(before: dict, now: dict, resume: bool) -> str:
+    """What to do about a teacher that changed since a run was interrupted (`teacher_change`): where its
+    config was edited in place (`edited_config`), undo that edit and --resume, or --restart; else --restart,
+    or (a plain rerun's) rerun with the teacher it recorded and --resume. `resume`: said to --resume."""
+    edited = edited_config(before, now)
+    if edited:
+        how = "rerun with --resume" if resume else "add --resume to continue"
+        restart = "rerun with --restart" if resume else "add --restart"
+        return f"undo the change to {edited} and {how}, or {restart} to start over"
+    if resume:
+        return "rerun with --restart to start over"
+    return "add --restart to start over, or rerun with that teacher and --resume to continue"
 
 
 def _given(config: str | None) -> str:

@@ -179,11 +179,14 @@ def test_a_single_files_teacher_config_is_compared_by_what_it_holds(tmp_path, mo
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said.startswith(f"dit-compress: error: run holds an interrupted run of this recipe for another teacher "
                            f"({changed}; 1 of 2 passes done"), said
+    # the config edited in place: undo that edit (the file named) and --resume, not 'rerun with that teacher'
+    assert said.endswith(f"): undo the change to {config} and add --resume to continue, or add --restart to "
+                         "start over"), said
     assert main([*args, "--teacher-config", "cfgA", "--resume"]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said == (f"dit-compress: error: --resume: the teacher changed since run was written "
                     f"(--teacher-config {tmp_path / 'cfgA'} changed since the run (its contents differ)); "
-                    "rerun with --restart to start over")
+                    f"undo the change to {config} and rerun with --resume, or rerun with --restart to start over")
     config.write_bytes(original)
     (tmp_path / "single" / "config.json").write_bytes(original)  # beside the file, the same config: this teacher
     for given in (["--teacher-config", "cfgCopy"], []):
@@ -232,10 +235,12 @@ def test_a_distill_checkpoint_of_a_config_changed_in_place_is_not_resumed(tmp_pa
     assert main(args) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"run-d holds an interrupted run for another teacher ({changed}; " in said, said
+    undo = f"undo the change to {tmp_path / 'cfgA' / 'config.json'}"
+    assert said.endswith(f"): {undo} and add --resume to continue, or add --restart to start over"), said
     assert main([*args, "--resume"]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said == f"dit-compress: error: --resume: the teacher changed since run-d was written ({changed}); " \
-                   "rerun with --restart to start over"
+                   f"{undo} and rerun with --resume, or rerun with --restart to start over"
 
 
 def test_a_folder_teachers_config_changed_in_place_is_another_teacher(pixart, monkeypatch, capsys):
@@ -248,7 +253,13 @@ def test_a_folder_teachers_config_changed_in_place_is_another_teacher(pixart, mo
     assert main(args) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{run} holds an interrupted run of this recipe for another teacher ({changed}; 1 of 2 passes" in said
+    assert said.endswith(f"): undo the change to {config} and add --resume to continue, or add --restart to "
+                         "start over"), said
     assert main([*args, "--resume"]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said == (f"dit-compress: error: --resume: the teacher changed since {run} was written ({changed}); "
-                    "rerun with --restart to start over")
+                    f"undo the change to {config} and rerun with --resume, or rerun with --restart to start over")
+    edited = json.loads(config.read_text())
+    _changed_in_place(config)  # undone (norm_eps back), as the refusals advise: --resume continues
+    assert json.loads(config.read_text())["norm_eps"] != edited["norm_eps"]
+    assert main([*args, "--resume"]) == 0

@@ -71,3 +71,30 @@ def test_a_teacher_config_is_compared_by_what_it_holds_where_both_record_it(tmp_
     folder = named_teacher(str(tmp_path / "a"), None)
     assert teacher_change(folder, dict(folder, **{CONFIG_SUM: "0"})) == (
         f"{tmp_path / 'a' / 'config.json'} changed since the run (its contents differ)")
+
+
+def test_the_advice_fits_a_config_edited_in_place_or_another_teacher(tmp_path):
+    """A config edited in place (the same file named, what it holds changed) was advised 'rerun with that
+    teacher and --resume', which names nothing to change back: the advice is to undo the change to that
+    file (named) and --resume, or --restart. Another teacher or --teacher-config named keeps its advice."""
+    from compress.runner_teacher_id import edited_config, resume_advice
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text(f'{{"norm_eps": {1e-06 if folder == "a" else 1e-05}}}')
+    (tmp_path / "t.safetensors").write_bytes(b"x")
+    a, b = (named_teacher(str(tmp_path / "t.safetensors"), str(tmp_path / c)) for c in ("a", "b"))
+    edited = dict(a, **{CONFIG_SUM: "0"})
+    file = tmp_path / "a" / "config.json"
+    assert edited_config(edited, a) == str(file)
+    assert resume_advice(edited, a, resume=False) == (
+        f"undo the change to {file} and add --resume to continue, or add --restart to start over")
+    assert resume_advice(edited, a, resume=True) == (
+        f"undo the change to {file} and rerun with --resume, or rerun with --restart to start over")
+    folder = named_teacher(str(tmp_path / "a"), None)  # a folder teacher's own config.json
+    assert edited_config(dict(folder, **{CONFIG_SUM: "0"}), folder) == str(file)
+    for other in (b, dict(a, source="/u.safetensors"), a):  # another --teacher-config, source; the same
+        assert edited_config(a, other) is None
+    assert resume_advice(a, b, resume=False) == (
+        "add --restart to start over, or rerun with that teacher and --resume to continue")
+    assert resume_advice(a, b, resume=True) == "rerun with --restart to start over"
