@@ -191,12 +191,22 @@ def config_file(path: Path, config: str | None) -> Path:
         if not (c / "config.json").is_file() and (c / "transformer" / "config.json").is_file():
             c = c / "transformer"  # a pipeline folder
         if not (c / "config.json").is_file():
-            raise UserError(f"--teacher-config {config}: no config.json there")
+            raise UserError(f"--teacher-config {config}: {_no_config_file(c)}")
         return c / "config.json"
     if (path.parent / "config.json").is_file():
         return path.parent / "config.json"
     raise UserError(f"single file {path} has no config.json beside it; pass --teacher-config with "
                     "the diffusers config of the transformer (a folder or config.json)")
+
+
+def _no_config_file(folder: Path) -> str:
+    """Why `folder`, a --teacher-config, holds no config file to read: its config.json (or a pipeline
+    folder's transformer/config.json) is there but is a folder (or another thing), not a file; else none
+    is there."""
+    there = next((c for c in (folder / "config.json", folder / "transformer" / "config.json") if c.exists()), None)
+    if there is None:
+        return "no config.json there"
+    return f"{there} is {'a folder, not a file' if there.is_dir() else 'not a regular file'}"
 
 
 def config_place(cfg: Path) -> Path:

@@ -289,3 +289,15 @@ def test_a_teacher_config_of_no_transformer_is_one_line(tmp_path, capfd, config,
     assert str(e.value) == (f"{tmp_path}/t{suffix}: the config in {tmp_path}/c.json {what}, not a PixArt/Flux "
                             "transformer config; give the config of its own transformer (--teacher-config)")
     assert capfd.readouterr().err == "" and logged == []
+
+
+@pytest.mark.parametrize("inside", ["config.json", "transformer/config.json"])
+def test_a_teacher_config_whose_config_json_is_a_folder_says_so(tmp_path, inside):
+    """--teacher-config D where D/config.json (or a pipeline's D/transformer/config.json) is a folder said
+    'no config.json there', though one is there: it says that one is a folder, not a file."""
+    from compress.io_single import config_file
+
+    (tmp_path / "D" / inside).mkdir(parents=True)
+    with pytest.raises(UserError) as e:
+        config_file(tmp_path / "t.safetensors", str(tmp_path / "D"))
+    assert str(e.value) == f"--teacher-config {tmp_path / 'D'}: {tmp_path / 'D' / inside} is a folder, not a file"
