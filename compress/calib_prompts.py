@@ -49,6 +49,18 @@ def prompts_digest(prompts: list[str]) -> str:
     return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
 
 
+def prompts_in_words(calib) -> str:
+    """The recipe keys a pipeline source's prompts come from, as `read_prompts` reads them: its
+    calibration.prompts and / or the lines its calibration.prompt_file holds, the first num_prompts of
+    them where the recipe sets it (for an error saying they changed)."""
+    keys = (["calibration.prompts"] if calib.prompts else []) + \
+        ([f"the lines calibration.prompt_file {calib.prompt_file} holds"] if calib.prompt_file else [])
+    said = " and ".join(keys) or "calibration.prompts"
+    if calib.given("num_prompts"):
+        said += f", the first {calib.num_prompts} (calibration.num_prompts)"
+    return said
+
+
 def lines_of(text: str) -> list[str]:
     """A prompt file's prompts: its non-blank lines, stripped (`_lines`), without a word said."""
     return [ln.strip() for ln in _lines(text) if ln.strip()]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.calib_prompts import lines_of, prompts_digest as digest_of
+from compress.calib_prompts import lines_of, prompts_digest as digest_of, prompts_in_words
 from compress.errors import UserError, read_utf8
 from compress.io_signature import pipeline_signature
 from compress.runner_pending import read_record
@@ -32,7 +32,7 @@ def inputs_changed(state: dict, recipe, teacher_source: str | None = None) -> st
         parts = before.get("pipeline")
     prompts = prompts_digest(recipe)
     now = {"prompts": before.get("prompts") if prompts is None else prompts, "pipeline": parts}
-    return inputs_change(before, now, pipeline or "")
+    return inputs_change(before, now, pipeline or "", prompts_in_words(recipe.calibration))
 
 
 def prompts_digest(recipe) -> str | None:

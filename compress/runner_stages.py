@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from compress.calib_prompts import prompts_in_words
 from compress.errors import UserError
 from compress.passes.base import relative_error
 from compress.report import console, warn
@@ -257,7 +258,8 @@ def _check_inputs(runner, state: dict) -> None:
     before = state.get("inputs")
     if not isinstance(before, dict) or runner.inputs_id is None:
         return
-    changed = inputs_change(before, runner.inputs_id, runner.recipe.calibration.pipeline or runner.source)
+    changed = inputs_change(before, runner.inputs_id, runner.recipe.calibration.pipeline or runner.source,
+                            prompts_in_words(runner.recipe.calibration))
     if changed:
         raise UserError(f"--resume: {changed} since {runner.run_dir} was written; undo the change to resume, "
                         "or rerun with --restart to start over")

@@ -26,3 +26,18 @@ def test_one_prompt_says_it_is_held_out_too(prompts, noted, capsys):
     read_prompts(recipe.calibration)
     err = " ".join(capsys.readouterr().err.split())
     assert ("note: calibration has one prompt: it also gives the held-out inputs (with other noise)" in err) == noted
+
+
+@pytest.mark.parametrize("keys, words", [
+    ('prompts: ["a 3"]', "calibration.prompts"),
+    ("prompt_file: p.txt", "the lines calibration.prompt_file p.txt holds"),
+    ('prompts: ["a 3"], prompt_file: p.txt, num_prompts: 2',
+     "calibration.prompts and the lines calibration.prompt_file p.txt holds, the first 2 (calibration.num_prompts)"),
+])
+def test_the_prompts_are_named_by_the_keys_the_recipe_reads_them_from(keys, words):
+    """'the calibration prompts changed (calibration.prompts, or the lines calibration.prompt_file holds)'
+    named a prompt file the recipe has none of: the keys it has, and num_prompts where it sets it."""
+    from compress.calib_prompts import prompts_in_words
+
+    recipe = parse_recipe(f"model: pixart\nteacher: x\ncalibration: {{{keys}}}\npasses: [svd]\n", "r.yaml")
+    assert prompts_in_words(recipe.calibration) == words

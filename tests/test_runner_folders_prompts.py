@@ -48,11 +48,16 @@ def test_a_rerun_refused_offers_resume_only_for_the_same_prompts(finished):
     said = _refusal(runner("prompts: [a 3, a 4], num_prompts: 2", "out-b"))
     assert "whose 1 passes" not in said and "whose one pass is done" in said
     assert said.endswith("(its export was cut short, or an older dit-compress wrote it), and the calibration "
-                         "prompts changed (calibration.prompts, or the lines calibration.prompt_file holds) since it "
+                         "prompts changed (calibration.prompts, the first 2 (calibration.num_prompts)) since it "
                          "ran: add --restart to start over, or undo the change and add --resume to write the output "
                          "from them")
-    with pytest.raises(UserError, match="the calibration prompts changed"):
+    with pytest.raises(UserError, match=r"the calibration prompts changed \(calibration.prompts, the first 2 "
+                       r"\(calibration.num_prompts\)\) since"):
         runner("prompts: [a 3, a 4], num_prompts: 2", "out-b", resume=True).run()
+    (tmp_path / "q.txt").write_text("a 3\na 4\n")  # a prompt file alone: its lines named, no calibration.prompts
+    said = _refusal(runner("prompt_file: q.txt, num_prompts: 2", "out-b"))
+    assert ("the calibration prompts changed (the lines calibration.prompt_file q.txt holds, the first 2 "
+            "(calibration.num_prompts)) since it ran") in said
     said = _refusal(runner("prompts: [a 1, a 2], num_prompts: 2", "out-c"))
     assert "changed" not in said and said.endswith(
         "whose one pass is done but whose output was not marked written (its export was cut short, or an older "
@@ -71,7 +76,7 @@ def test_ctrl_c_offers_resume_only_for_the_same_prompts(finished):
         done.write_text('{"written_by": "dit-compress"}')
     said = " ".join(runner("prompts: [a 3, a 4], num_prompts: 2", "out-d").interrupt_note().split())
     assert said.endswith("still holds the finished run's stages, but the calibration prompts changed "
-                         "(calibration.prompts, or the lines calibration.prompt_file holds) since it ran: a rerun "
+                         "(calibration.prompts, the first 2 (calibration.num_prompts)) since it ran: a rerun "
                          "starts over (undo the change and add --resume to keep them)")
     said = " ".join(runner("prompt_file: p.txt, num_prompts: 2", "out-d").interrupt_note().split())
     assert said.endswith("still holds the finished run's stages: rerun with --resume to keep its first 1 pass "
@@ -79,8 +84,8 @@ def test_ctrl_c_offers_resume_only_for_the_same_prompts(finished):
     done.unlink()  # an interrupted run
     said = " ".join(runner("prompts: [a 3, a 4], num_prompts: 2", "out-d").interrupt_note().split())
     assert "rerun with --resume to continue" not in said
-    assert said.endswith("(1 of 1 passes done): the calibration prompts changed (calibration.prompts, or the lines "
-                         "calibration.prompt_file holds) since it ran, so rerun with --restart to start over, or "
+    assert said.endswith("(1 of 1 passes done): the calibration prompts changed (calibration.prompts, the first 2 "
+                         "(calibration.num_prompts)) since it ran, so rerun with --restart to start over, or "
                          "undo the change and add --resume")
     said = " ".join(runner("prompts: [a 1, a 2], num_prompts: 2", "out-d").interrupt_note().split())
     assert said.endswith("(1 of 1 passes done): rerun with --resume to continue")
@@ -121,8 +126,7 @@ def test_another_recipes_passes_kept_only_for_the_same_inputs(tmp_path, other):
     shutil.rmtree(run / "stages" / "1-svd")  # interrupted in its svd pass
     with pytest.raises(UserError) as e:
         check_run_folder(run, before.raw, build_passes(before), {"source": "toy:pixart"}, before)
-    changed = {None: "", "prompts": "the calibration prompts changed (calibration.prompts, or the lines "
-                                    "calibration.prompt_file holds)",
+    changed = {None: "", "prompts": "the calibration prompts changed (calibration.prompts)",
                "pipeline": f"the calibration pipeline changed ({pipe}/scheduler/scheduler_config.json differs)"}
     said = " ".join(str(e.value).split())
     assert said.endswith(f"and {changed[other]} since it ran: add --restart to start over, or undo the change and "
