@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES
+from compress.words import counted
 
 READ_BY = "read-by.json"  # in an svd pass's stats cache: the pass index that reads it (`mark_read_by`)
 KEPT_FISHERS = ("all", "modulation")  # svd.fisher settings whose output Fishers an svd pass keeps in its stats cache
@@ -23,9 +24,15 @@ def fisher_folder(config) -> str | None:
 
 
 def saved_in_words(info: dict) -> str:
-    """'2 of 5 passes done, a distill checkpoint at step 275' for an `interrupted_run`."""
-    total = f" of {info['total']}" if info["total"] is not None else ""
-    words = [f"{info['done']}{total} pass{'' if info['done'] == 1 and not total else 'es'} done"]
+    """'2 of 5 passes done, a distill checkpoint at step 275' for an `interrupted_run` ('the one pass
+    done' of a recipe of one pass, 'the one pass not done' before it; '1 pass done' where the passes in
+    all are not known)."""
+    done, total = info["done"], info["total"]
+    if total == 1:
+        passes = f"the one pass {'done' if done else 'not done'}"
+    else:
+        passes = f"{done} of {total} passes done" if total is not None else f"{counted(done, 'pass', 'passes')} done"
+    words = [passes]
     if info["step"] is not None:
         words.append(f"a distill checkpoint at step {info['step']}")
     return ", ".join(words)

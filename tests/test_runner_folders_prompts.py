@@ -84,11 +84,11 @@ def test_ctrl_c_offers_resume_only_for_the_same_prompts(finished):
     done.unlink()  # an interrupted run
     said = " ".join(runner("prompts: [a 3, a 4], num_prompts: 2", "out-d").interrupt_note().split())
     assert "rerun with --resume to continue" not in said
-    assert said.endswith("(1 of 1 passes done): the calibration prompts changed (calibration.prompts, the first 2 "
+    assert said.endswith("(the one pass done): the calibration prompts changed (calibration.prompts, the first 2 "
                          "(calibration.num_prompts)) since it ran, so rerun with --restart to start over, or "
                          "undo the change and add --resume")
     said = " ".join(runner("prompts: [a 1, a 2], num_prompts: 2", "out-d").interrupt_note().split())
-    assert said.endswith("(1 of 1 passes done): rerun with --resume to continue")
+    assert said.endswith("(the one pass done): rerun with --resume to continue")
 
 
 @pytest.mark.parametrize("other", [None, "prompts", "pipeline"])

@@ -201,3 +201,19 @@ def test_a_ctrl_c_in_the_last_svd_pass_does_not_count_a_cache_none_marks(tmp_pat
     assert "(12 files)" in work_kept(tmp_path, None, "", "fp", None)  # the passes not known
     (tmp_path / "calib" / "fp" / "marked" / "read-by.json").unlink()  # none marked: an older run's, counted
     assert "(12 files)" in work_kept(tmp_path, None, "", "fp", None, [svd, distill])
+
+
+@pytest.mark.parametrize("done, total, step, words", [
+    (1, 1, None, "the one pass done"),
+    (0, 1, 275, "the one pass not done, a distill checkpoint at step 275"),
+    (1, 2, None, "1 of 2 passes done"),
+    (0, 2, None, "0 of 2 passes done"),
+    (1, None, None, "1 pass done"),
+    (2, None, None, "2 passes done"),
+])
+def test_the_passes_saved_are_said_in_good_grammar(done, total, step, words):
+    """A recipe of one pass interrupted after it was '(1 of 1 passes done)'; as the other refusals say
+    'whose one pass is done', it is 'the one pass done'."""
+    from compress.runner_kept import saved_in_words
+
+    assert saved_in_words({"done": done, "total": total, "step": step}) == words
