@@ -3,12 +3,14 @@ from the Hugging Face cache where the Hub does not serve it: offline or where on
 finds the Hub unreachable (`pipeline_keywords`, before the load), and where the Hub answered that
 request and then stopped answering diffusers' own (`hub_or_cache`: bounded by
 io_hub_requests.bounded_hub, they time out; the load is made again from the cache). A cache that
-lacks the pipeline, or holds it in part, is one line naming the cache."""
+lacks the pipeline, or holds it in part (a part, or a file a part reads: `cache_problem`), is one line
+naming the cache and the hf download that fetches what it lacks."""
 
 from __future__ import annotations
 
 from compress.errors import UserError
 from compress.io_hub import cached_snapshot, hub_cache, id_problem, note_once, offline, quiet_hub, uncached
+from compress.io_hub_cache_files import missing_file
 from compress.io_hub_requests import bounded_hub, cause_line, hub_head, stopped_answering, timed_out
 from compress.progress import no_library_bars
 from compress.pipeline_folder import snapshot_problem
@@ -44,7 +46,7 @@ def hub_or_cache(source: str, what: str, load):
     if snapshot is None:
         raise UserError(f"cannot load {what} '{source}': {why}, and {CACHE.format(hub_cache())} holds "
                         f"{uncached(source)}; check your network, or pass a local pipeline folder")
-    if problem := snapshot_problem(source, snapshot):
+    if problem := cache_problem(source, snapshot):
         raise UserError(f"cannot load {what} '{source}': {why}, and {problem}")
     note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub answered, then "
               f"stopped answering: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
@@ -79,6 +81,13 @@ def pipeline_keywords(source: str, what: str) -> dict:
     if cause is not None and _FELL_BACK.get((hub_cache(), source)) != cause:  # not said by hub_or_cache already
         note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub cannot be "
                   f"reached: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
-    if problem := snapshot_problem(source, snapshot):  # a part its model_index.json lists not downloaded
+    if problem := cache_problem(source, snapshot):  # a part its model_index.json lists, or its file, not downloaded
         raise UserError(f"cannot load {what} '{source}': {problem}")
     return {"local_files_only": True}
+
+
+def cache_problem(source: str, snapshot) -> str | None:
+    """What the cache's snapshot of the Hub pipeline `source` lacks, in words naming the hf download
+    that fetches it: a part model_index.json lists (pipeline_folder.snapshot_problem), else a file a
+    part's class reads (io_hub_cache_files.missing_file); None where it lacks neither."""
+    return snapshot_problem(source, snapshot) or missing_file(source, snapshot)

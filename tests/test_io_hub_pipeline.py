@@ -182,3 +182,63 @@ def test_a_hub_pipeline_whose_hub_stops_answering_and_the_cache_holds_in_part_na
                                  f"{snapshot} of it: "), error
     assert "vae" in str(error) and f"hf download acme/pix --include 'vae/*' --revision {'0' * 40}" in str(error)
     assert 2 <= took < 10
+
+
+@pytest.mark.parametrize("removed, part, lacks, cls", [
+    ("scheduler/scheduler_config.json", "scheduler", "scheduler_config.json", "DPMSolverMultistepScheduler"),
+    ("tokenizer/tokenizer.json", "tokenizer", "spiece.model (or tokenizer.json)", "T5Tokenizer"),
+    ("text_encoder/config.json", "text_encoder", "config.json", "T5EncoderModel")])
+def test_a_cached_hub_pipeline_lacking_a_file_of_a_part_names_it_and_its_download(
+        offline_cache, tmp_path, monkeypatch, removed, part, lacks, cls):
+    """A snapshot whose part folder is there but lacks the file its class reads (an interrupted
+    download), read offline or with the Hub unreachable: the scheduler's ended in "acme/pix does not
+    appear to have a file named scheduler_config.json." (or diffusers' "Error no file named …"), a
+    text encoder's config in a RuntimeError traceback, and a tokenizer without its vocabulary loaded
+    without a word (every word one unknown id). One line names the file and the hf download."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from compress.calib_pipeline_load import load_pipeline_for, scheduler_config
+    from compress.io_output import load_transformer
+
+    snapshot = tmp_path / "hub" / "models--acme--pix" / "snapshots" / ("0" * 40)
+    (snapshot / removed).unlink()
+    (snapshot / part / "README.md").write_text("a file the part does not read")
+    said = (f"the Hugging Face cache's snapshot {snapshot} of it: its {part}/ lacks {lacks}, which {cls} reads; download "
+            f"it online (hf download acme/pix --include '{part}/*' --revision {'0' * 40})")
+    with pytest.raises(UserError) as e:
+        load_pipeline(offline_cache)
+    assert str(e.value) == f"cannot load base pipeline 'acme/pix': {said}"
+    with pytest.raises(UserError) as e:
+        load_pipeline_for(load_transformer(offline_cache), "acme/pix")
+    assert str(e.value) == f"cannot load calibration pipeline 'acme/pix': {said}"
+    with pytest.raises(UserError) as e:
+        scheduler_config("acme/pix")
+    assert str(e.value) == f"cannot load calibration pipeline 'acme/pix': {said}"
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the Hub unreachable: the same line
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **k: (_ for _ in ()).throw(
+        httpx2.ConnectError("[Errno 111] Connection refused", request=httpx2.Request("HEAD", url))))
+    with pytest.raises(UserError) as e:
+        load_pipeline(offline_cache)
+    assert str(e.value) == f"cannot load base pipeline 'acme/pix': {said}"
+
+
+def test_a_hub_pipeline_whose_hub_stops_answering_and_whose_snapshot_lacks_a_file_names_both(
+        offline_cache, hanging_hub, tmp_path, monkeypatch):
+    """As where it lacks a part: the timeout and the file the snapshot lacks, with its download."""
+    from huggingface_hub import constants
+
+    from tests.hub_server import within
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    snapshot = tmp_path / "hub" / "models--acme--pix" / "snapshots" / ("0" * 40)
+    (snapshot / "tokenizer" / "tokenizer.json").unlink()
+    error, took = within(30, lambda: load_pipeline(offline_cache, base="acme/pix"))
+    assert isinstance(error, UserError), error
+    assert str(error).startswith("cannot load base pipeline 'acme/pix': the Hugging Face Hub did not answer "), error
+    assert str(error).endswith(f", and the Hugging Face cache's snapshot {snapshot} of it: its tokenizer/ lacks "
+                               "spiece.model (or tokenizer.json), which T5Tokenizer reads; download it online (hf "
+                               f"download acme/pix --include 'tokenizer/*' --revision {'0' * 40})"), error
+    assert 2 <= took < 10

@@ -1,0 +1,116 @@
+"""The files each part of a Hub pipeline's cached snapshot needs, checked before it loads from the
+cache (offline, or the Hub unreachable or no longer answering: io_hub_pipeline): a part whose
+folder is there but lacks the file its class reads (an interrupted `hf download`, a blob removed)
+failed with huggingface_hub's or diffusers' own line, a traceback (a text encoder without its
+config.json), or loaded wrong without a word (a tokenizer without its vocabulary: every word one
+unknown id). `missing_file` names the file and the hf download that fetches it. A part's folder
+missing or empty is pipeline_folder.snapshot_problem's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def missing_file(source: str, snapshot: Path, passed: tuple[str, ...] = ("transformer",)) -> str | None:
+    """'the Hugging Face cache's snapshot S of it: its tokenizer/ lacks spiece.model (or tokenizer.json),
+    which T5Tokenizer reads; download it online (hf download ID --include 'tokenizer/*' --revision
+    COMMIT)' for the first part of the snapshot (of the Hub id `source`) that lacks a file its class
+    needs (part_lacks); None where none does, or the snapshot holds no model_index.json. `passed`:
+    parts given to from_pretrained, not read from the snapshot."""
+    from compress.pipeline_folder import folder_index, listed_parts
+
+    index = folder_index(str(snapshot))
+    for part, (library, name) in sorted(listed_parts(index or {}).items()):
+        folder = snapshot / part
+        if part in passed or not folder.is_dir():
+            continue
+        if lacks := part_lacks(folder, library, name):
+            return (f"the Hugging Face cache's snapshot {snapshot} of it: its {part}/ lacks {lacks}, which {name} "
+                    f"reads; download it online (hf download {source} --include '{part}/*' --revision {snapshot.name})")
+    return None
+
+
+def part_lacks(folder: Path, library: str, name: str) -> str | None:
+    """The file (in words) the pipeline part `folder` of class `name` (of `library`: diffusers,
+    transformers) needs and lacks: a scheduler's or model's config file, a model's weights (or a shard
+    its index lists), a tokenizer's vocabulary (its slow files, or tokenizer.json); None where it
+    lacks none, or the class is none of these (a feature extractor: its own loader says)."""
+    cls = _part_class(library, name)
+    kind = _kind(cls)
+    if kind is None:
+        return None
+    if kind == "tokenizer":
+        return _vocabulary_lacks(folder, cls.vocab_files_names)
+    config = getattr(cls, "config_name", None) or "config.json"  # transformers' models have no config_name
+    if not _present(folder / config):
+        return config
+    return _weights_lacks(folder) if kind == "model" else None
+
+
+def _part_class(library: str, name: str):
+    """The class `library`.`name` (diffusers, transformers); None where it has none or is not installed."""
+    import importlib
+
+    if library not in ("diffusers", "transformers"):
+        return None
+    try:
+        cls = getattr(importlib.import_module(library), name, None)
+    except ImportError:
+        return None
+    return cls if isinstance(cls, type) else None
+
+
+def _kind(cls) -> str | None:
+    """'scheduler', 'model' or 'tokenizer' for a part class whose files part_lacks knows; else None."""
+    if cls is None:
+        return None
+    import diffusers
+
+    if issubclass(cls, diffusers.SchedulerMixin):
+        return "scheduler"
+    if issubclass(cls, diffusers.ModelMixin):
+        return "model"
+    try:
+        import transformers
+    except ImportError:
+        return None
+    if issubclass(cls, transformers.PreTrainedModel):
+        return "model"
+    return "tokenizer" if issubclass(cls, transformers.PreTrainedTokenizerBase) else None
+
+
+def _vocabulary_lacks(folder: Path, names: dict) -> str | None:
+    """A tokenizer's vocabulary in `folder`: tokenizer.json (its `tokenizer_file`), else every slow
+    file (`vocab_file`, `merges_file`, …); what it lacks in words ('spiece.model (or tokenizer.json)')."""
+    fast = names.get("tokenizer_file")
+    slow = [f for key, f in names.items() if key != "tokenizer_file"]
+    if (fast and _present(folder / fast)) or (slow and all(_present(folder / f) for f in slow)) or not (fast or slow):
+        return None
+    lacking = " and ".join(f for f in slow if not _present(folder / f))
+    if not lacking:
+        return fast
+    return f"{lacking} (or {fast})" if fast else lacking
+
+
+def _weights_lacks(folder: Path) -> str | None:
+    """A model's weights in `folder`: a shard an index (*.index.json) lists and the folder lacks;
+    else no weight file at all (none ending in .safetensors or .bin)."""
+    files = [f for f in folder.iterdir() if _present(f)]
+    for index in (f for f in files if f.name.endswith(".index.json")):
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue  # a damaged index: the loader says
+        if lacking := sorted(s for s in shards if isinstance(s, str) and not _present(folder / s)):
+            return f"{lacking[0]}{f' and {len(lacking) - 1} more' if len(lacking) > 1 else ''} (listed in {index.name})"
+    if not any(f.name.endswith(WEIGHT_SUFFIXES) for f in files):
+        return "weights (no .safetensors or .bin file)"
+    return None
+
+
+def _present(path: Path) -> bool:
+    """A file there whose contents can be read (a cache's link to a blob that is gone is not)."""
+    return path.is_file()

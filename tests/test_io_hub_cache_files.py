@@ -1,0 +1,73 @@
+"""io_hub_cache_files: the file each part of a Hub pipeline's cached snapshot reads (a scheduler's or
+model's config, a model's weights or a shard its index lists, a tokenizer's vocabulary), named with
+the hf download that fetches it where the snapshot lacks it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compress.io_hub_cache_files import missing_file, part_lacks
+
+COMMIT = "0" * 40
+
+
+def _files(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize("library, name, files, lacks", [
+    ("diffusers", "DPMSolverMultistepScheduler", ["README.md"], "scheduler_config.json"),
+    ("diffusers", "DPMSolverMultistepScheduler", ["scheduler_config.json"], None),
+    ("diffusers", "AutoencoderKL", ["diffusion_pytorch_model.safetensors"], "config.json"),
+    ("diffusers", "AutoencoderKL", ["config.json"], "weights (no .safetensors or .bin file)"),
+    ("diffusers", "AutoencoderKL", ["config.json", "diffusion_pytorch_model.bin"], None),
+    ("transformers", "T5EncoderModel", ["config.json", "model.safetensors"], None),
+    ("transformers", "T5Tokenizer", ["tokenizer_config.json", "special_tokens_map.json"], "spiece.model (or tokenizer.json)"),
+    ("transformers", "T5Tokenizer", ["tokenizer_config.json", "spiece.model"], None),
+    ("transformers", "T5TokenizerFast", ["tokenizer.json"], None),
+    ("transformers", "CLIPTokenizer", ["vocab.json"], "merges.txt (or tokenizer.json)"),
+    ("transformers", "CLIPTokenizer", ["vocab.json", "merges.txt"], None),
+    ("transformers", "CLIPImageProcessor", [], None),  # not a part whose files it knows: its loader says
+    ("diffusers", "NoSuchClass", [], None),
+])
+def test_a_part_lacking_the_file_its_class_reads_is_named(tmp_path, library, name, files, lacks):
+    assert part_lacks(_files(tmp_path / "part", *files), library, name) == lacks
+
+
+def test_a_shard_an_index_lists_and_a_link_to_a_gone_blob_are_lacking(tmp_path):
+    folder = _files(tmp_path / "text_encoder", "config.json", "model-00001-of-00003.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00003.safetensors", "b": "model-00002-of-00003.safetensors",
+        "c": "model-00003-of-00003.safetensors"}}))
+    assert part_lacks(folder, "transformers", "T5EncoderModel") == (
+        "model-00002-of-00003.safetensors and 1 more (listed in model.safetensors.index.json)")
+    scheduler = tmp_path / "scheduler"
+    scheduler.mkdir()
+    (scheduler / "scheduler_config.json").symlink_to(tmp_path / "blobs" / "gone")  # the cache's blob removed
+    assert part_lacks(scheduler, "diffusers", "DDPMScheduler") == "scheduler_config.json"
+
+
+def test_missing_file_names_the_first_lacking_part_and_its_download(tmp_path):
+    """Parts passed to from_pretrained (the transformer) and parts whose folder is missing
+    (pipeline_folder.snapshot_problem's) are not looked at."""
+    snapshot = tmp_path / COMMIT
+    _files(snapshot / "scheduler", "README.md")
+    _files(snapshot / "tokenizer", "tokenizer_config.json")
+    _files(snapshot / "transformer", "README.md")
+    (snapshot / "model_index.json").write_text(json.dumps({
+        "_class_name": "PixArtSigmaPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
+        "tokenizer": ["transformers", "T5Tokenizer"], "text_encoder": ["transformers", "T5EncoderModel"],
+        "transformer": ["diffusers", "PixArtTransformer2DModel"]}))
+    assert missing_file("acme/pix", snapshot) == (
+        f"the Hugging Face cache's snapshot {snapshot} of it: its scheduler/ lacks scheduler_config.json, which "
+        f"DDPMScheduler reads; download it online (hf download acme/pix --include 'scheduler/*' --revision {COMMIT})")
+    _files(snapshot / "scheduler", "scheduler_config.json")
+    assert "its tokenizer/ lacks spiece.model (or tokenizer.json), which T5Tokenizer reads; download it online " \
+           f"(hf download acme/pix --include 'tokenizer/*' --revision {COMMIT})" in missing_file("acme/pix", snapshot)
+    _files(snapshot / "tokenizer", "tokenizer.json")
+    assert missing_file("acme/pix", snapshot) is None
