@@ -211,14 +211,14 @@ def tap_tokens(family: str, tap: dict, f: dict, text: int) -> int:
 
 def sweep_held_bytes(targets: list[dict], chunks: list[list[str]], itemsize: int) -> int:
     """Bytes an output Fisher's sweep holds for one calibration batch beside the backward's saved
-    activations and the Fishers, at the largest of its `chunks` (target names, svd_fisher.fisher_chunks:
+    activations and the Fishers, at the largest of its `chunks` (target names, svd_fisher_budget.fisher_chunks:
     one sweep taps only its chunk's targets). Per target {name, out, rows: of its output in one batch,
-    dense: its Fisher kept as F}: svd_fisher.TAP_COPIES of its output (its tap, the probe's gradient;
+    dense: its Fisher kept as F}: svd_fisher_budget.TAP_COPIES of its output (its tap, the probe's gradient;
     a checkpointed backward's rerun of a block does not tap it again, svd_fisher.tapped), and the
     float64 copy of the widest dense target's gradient rows with its gᵀg and the new sum while they
     are added (FisherSum.add). A target's "fisher" bytes, where given, count with its chunk's (a
     block's Fishers, which no other part counts)."""
-    from compress.passes.svd_fisher import TAP_COPIES
+    from compress.passes.svd_fisher_budget import TAP_COPIES
 
     by_name = {t["name"]: t for t in targets}
     held = 0

@@ -1,6 +1,6 @@
 """What an svd pass's output Fishers hold, for plan's peak memory (plan_memory.peak_memory): the
 whole-model backward of one calibration batch with its largest sweep's Fishers, what a sweep taps (each
-target's zero tap and a probe's gradient, chunked as the pass chunks them: svd_fisher.fisher_chunks), a
+target's zero tap and a probe's gradient, chunked as the pass chunks them: svd_fisher_budget.fisher_chunks), a
 block's own output Fisher (fisher: block) and the Fishers' square roots the pass keeps (svd_fisher.Roots).
 """
 
@@ -38,10 +38,10 @@ def fisher_backward(plan: dict, index: int, fisher: dict) -> dict:
 
 
 def on_device(fisher: dict, device: str) -> dict:
-    """A fisher_plan (measured on svd_fisher.plan_device()'s free memory, the pass's plan knowing no
+    """A fisher_plan (measured on svd_fisher_budget.plan_device()'s free memory, the pass's plan knowing no
     recipe) with fisher_memory_gb auto's free memory that of the recipe's `device` where that is
     another (device: cpu on a machine with a GPU)."""
-    from compress.passes.svd_fisher import plan_device
+    from compress.passes.svd_fisher_budget import plan_device
     from compress.runner_stream import free_memory
 
     if fisher["memory_gb"] != "auto" or plan_device(device) == plan_device():
@@ -51,10 +51,10 @@ def on_device(fisher: dict, device: str) -> dict:
 
 def budget(c, step: dict, resident: float, device: str = "auto") -> float:
     """Bytes of Fishers per sweep (or block chunk) and of square roots kept, as the svd pass with config
-    `c` sizes them (svd_fisher.fisher_budget) once the run holds `resident` bytes (plan_memory's
+    `c` sizes them (svd_fisher_budget.fisher_budget) once the run holds `resident` bytes (plan_memory's
     estimate): auto at the memory free that fisher_plan measured (step["fisher"], a prediction's
     Fisher), else at what is free now on `device` (the recipe's)."""
-    from compress.passes.svd_fisher import auto_budget, fisher_budget, plan_device
+    from compress.passes.svd_fisher_budget import auto_budget, fisher_budget, plan_device
 
     if c.fisher_memory_gb == "auto" and "fisher" in step:
         return auto_budget(step["fisher"]["free_bytes"], resident)
@@ -65,11 +65,12 @@ def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict],
     """What an svd pass's output Fisher sweep holds for one calibration batch beside the backward and
     the Fishers: its targets' taps and a probe's gradients (calib_footprint.sweep_held_bytes), at the
     sweep that holds most; and `fisher` (a settled fisher_plan) with the sweeps and the largest sweep's
-    Fishers as the pass chunks them, taps counted (svd_fisher.fisher_chunks, sweep_chunks).
+    Fishers as the pass chunks them, taps counted (svd_fisher_budget.fisher_chunks, sweep_chunks).
     taps: svd_statistics' of the pass's targets; resident: what the run holds as the sweeps start."""
     from compress.calib_footprint import sweep_held_bytes
     from compress.passes.svd import prediction_fisher
-    from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
+    from compress.passes.svd_fisher import fisher_bytes
+    from compress.passes.svd_fisher_budget import fisher_chunks
 
     c, itemsize = recipe.passes[index].config, plan["calibration"]["itemsize"]
     targets = _tapped(recipe, plan, index, [t for t in taps if prediction_fisher(c, SimpleNamespace(role=t["role"]))])
@@ -93,7 +94,8 @@ def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]], resident: flo
     of the block that holds most (none without such a pass; auto sized as the pass sizes it, `budget`).
     taps: svd_statistics' by pass index; resident: what the run holds as its walk starts."""
     from compress.calib_footprint import block_backward_bytes, sweep_held_bytes
-    from compress.passes.svd_fisher import fisher_bytes, fisher_chunks
+    from compress.passes.svd_fisher import fisher_bytes
+    from compress.passes.svd_fisher_budget import fisher_chunks
 
     f, found = plan["calibration"], []
     backward = block_backward_bytes(f)
@@ -166,5 +168,5 @@ def _tapped(recipe, plan: dict, index: int, taps: list[dict]) -> list[dict]:
 
 
 def _infos(targets: list[dict]) -> list:
-    """Stand-ins of LinearInfo for svd_fisher.fisher_chunks."""
+    """Stand-ins of LinearInfo for svd_fisher_budget.fisher_chunks."""
     return [SimpleNamespace(name=t["name"], out_features=t["out"]) for t in targets]

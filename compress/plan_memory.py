@@ -29,7 +29,7 @@ import torch
 
 from compress.calib_footprint import human_size
 from compress.inputs import source_kind
-from compress.passes.svd_fisher import settle_auto
+from compress.passes.svd_fisher_budget import settle_auto
 from compress.passes.svd_targets import is_model_wide, stats_key, uses_output_gram
 from compress.passes.svd_walk import from_conditioning
 from compress.plan_fisher import block_fishers, fisher_backward, fisher_roots, fisher_sweep, on_device, tap
@@ -49,7 +49,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
     "", "steps_smaller": the parts of what steps hold for a while at other times, less than the one
     counted (an svd pass's statistics and factorizing at a block, a Fisher's backward, ...)} of a
     `make_plan` plan (calibration, backward, stream, passes); calibrates: some pass needs calibration.
-    Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher.settle_auto)."""
+    Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher_budget.settle_auto)."""
     held = [_weights(plan)]
     passing = []  # what a step holds for a while, a list of parts each: the largest counts
     taps = {i: s["statistics"].pop("taps") for i, s in enumerate(plan["passes"]) if "taps" in s.get("statistics", {})}

@@ -252,7 +252,7 @@ def test_a_fisher_sweep_holds_the_taps_of_its_own_chunk_only():
     holds most counts, not every target at once. Per target a tap and one probe's gradient (the one
     before is dropped first; gradient checkpointing's rerun taps nothing); no input (nothing reads it)."""
     from compress.calib_footprint import sweep_held_bytes
-    from compress.passes.svd_fisher import TAP_COPIES
+    from compress.passes.svd_fisher_budget import TAP_COPIES
 
     def target(name, rows, out=10, dense=False):
         return {"name": name, "out": out, "rows": rows, "dense": dense}

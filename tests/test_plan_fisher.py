@@ -20,13 +20,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("family", ["pixart", "flux"])
 def test_fisher_block_auto_is_chunked_in_plan_as_the_pass_chunks_it(monkeypatch, tmp_path, family):
     """fisher: block with fisher_memory_gb: auto: plan chunked each block's targets (and kept their square
-    roots) at 2 GiB (svd_fisher.FALLBACK_GB), the pass at half the memory free as its walk starts, so the
-    two disagreed. Both now size it with svd_fisher.fisher_budget, plan at what is free here less what it
+    roots) at 2 GiB (svd_fisher_budget.FALLBACK_GB), the pass at half the memory free as its walk starts, so the
+    two disagreed. Both now size it with svd_fisher_budget.fisher_budget, plan at what is free here less what it
     estimates the run holds by then (teacher, student, calibration activations): with the run finding that
-    free, each block's chunks are the pass's (svd_fisher.block_chunks): one a block at 32 GiB, several
+    free, each block's chunks are the pass's (svd_fisher_budget.block_chunks): one a block at 32 GiB, several
     with auto's 1 GiB floor taken off and a few KiB free."""
     import compress.passes.svd as svd_module
-    import compress.passes.svd_fisher as sf
+    import compress.passes.svd_fisher_budget as sf
     import compress.plan_memory as pm
     import compress.runner_stream as rs
     from compress.arch import get_adapter
@@ -85,13 +85,13 @@ def test_fisher_block_auto_is_chunked_in_plan_as_the_pass_chunks_it(monkeypatch,
 @pytest.mark.parametrize("family", ["pixart", "flux"])
 def test_plan_counts_each_targets_output_as_the_pass_measures_it(monkeypatch, tmp_path, family):
     """What plan takes each target's output on one calibration batch to be (plan_fisher._tapped: out x its
-    rows x itemsize, calib_footprint.tap_tokens) and what the pass chunks the sweeps by (svd_fisher.output_sizes,
+    rows x itemsize, calib_footprint.tap_tokens) and what the pass chunks the sweeps by (svd_fisher_budget.output_sizes,
     a forward of the first batch) are two counts of one thing: equal for every linear of both toys."""
     import compress.plan_fisher as pf
     import compress.plan_memory as pm
     from compress.arch import get_adapter
     from compress.inputs import SyntheticSource
-    from compress.passes.svd_fisher import output_sizes
+    from compress.passes.svd_fisher_budget import output_sizes
     from tests.conftest import tiny_flux, tiny_pixart
 
     make = tiny_flux if family == "flux" else tiny_pixart
@@ -115,7 +115,7 @@ def test_plan_counts_each_targets_output_as_the_pass_measures_it(monkeypatch, tm
 @pytest.mark.parametrize("fisher", ["all", "block"])
 def test_auto_is_planned_at_the_free_memory_of_the_recipes_device(monkeypatch, tmp_path, fisher):
     """fisher_memory_gb auto with device: cpu on a machine with a GPU was planned at the GPU's free
-    memory (svd_fisher.plan_device took no recipe), the run sizing it at the CPU's."""
+    memory (svd_fisher_budget.plan_device took no recipe), the run sizing it at the CPU's."""
     import torch
 
     import compress.plan_memory as pm
@@ -135,7 +135,7 @@ def test_auto_is_planned_at_the_free_memory_of_the_recipes_device(monkeypatch, t
     if fisher == "all":
         assert plan["passes"][0]["fisher"]["free_bytes"] == 8 * 2**30
     budgets = []
-    import compress.passes.svd_fisher as sf
+    import compress.passes.svd_fisher_budget as sf
 
     real = sf.fisher_budget
     monkeypatch.setattr(sf, "fisher_budget", lambda s, device, r: budgets.append(device.type) or real(s, device, r))

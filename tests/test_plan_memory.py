@@ -337,13 +337,14 @@ def test_an_output_fisher_sweep_counts_its_taps_and_gradients(monkeypatch, tmp_p
 def test_plan_and_the_pass_chunk_an_output_fishers_targets_alike_counting_their_taps(monkeypatch, tmp_path, family):
     """fisher_memory_gb chunked the targets by their Fishers alone: PixArt-Σ at 1024² (float32, a batch of
     8) put all 260 targets in one sweep whose taps were ~197 GiB beside a 139 GiB GPU. Each target's
-    taps (its output twice, svd_fisher.TAP_COPIES) now count against the budget, in the plan as in the
-    pass (svd_fisher.sweep_chunks, on the outputs a forward of the first batch makes)."""
+    taps (its output twice, svd_fisher_budget.TAP_COPIES) now count against the budget, in the plan as in the
+    pass (svd_fisher_budget.sweep_chunks, on the outputs a forward of the first batch makes)."""
     import compress.plan_memory as pm
     from compress.arch import get_adapter
     from compress.inputs import SyntheticSource
     from compress.passes.svd import prediction_fisher
-    from compress.passes.svd_fisher import fisher_bytes, sweep_chunks
+    from compress.passes.svd_fisher import fisher_bytes
+    from compress.passes.svd_fisher_budget import sweep_chunks
     from tests.conftest import tiny_flux, tiny_pixart
 
     monkeypatch.setattr(pm, "machine_memory", lambda: None)

@@ -54,8 +54,8 @@ from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher_view
 from compress.passes.svd_checks import centered, check_config, check_values, merge_report, refused_on_all, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
-from compress.passes.svd_fisher import (Roots, block_chunks, block_fisher, checkpointed, fisher_budget,
-                                       fisher_plan, sweep_chunks, sweeps)
+from compress.passes.svd_fisher import Roots, block_fisher, checkpointed, sweeps
+from compress.passes.svd_fisher_budget import block_chunks, fisher_budget, fisher_plan, sweep_chunks
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored_note, no_saving_rank_note,

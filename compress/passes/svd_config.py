@@ -40,7 +40,7 @@ class SVDConfig:
     # their effect on their block's output: block (streamable, no compensation)
     fisher: str = "all"
     # Fishers one backward sweep holds, as measured (more targets: more sweeps); auto: half the
-    # memory free on the run's device when the sweeps start (svd_fisher.fisher_budget)
+    # memory free on the run's device when the sweeps start (svd_fisher_budget.fisher_budget)
     fisher_memory_gb: float | Literal["auto"] = 2.0
     fisher_probes: int = 4  # random probes per calibration batch for the output Fisher
     fisher_damping: float = 1e-3  # λ = damping · mean Fisher eigenvalue
