@@ -143,7 +143,7 @@ def _factorized_words(factorized: dict, ranks: dict | None, passes: int) -> str:
 def _ratio_words(layers: dict) -> str:
     """The worst loss / closed-form optimum per method: whitened's is the optimality check; asvd and
     svd do not claim that optimum, and a layer whose optimum is 0 has no ratio."""
-    from compress.passes.svd_checks import max_ratio_by_method
+    from compress.passes.svd_summary import max_ratio_by_method
 
     words = ""
     for method, worst in sorted(max_ratio_by_method(layers).items(), key=lambda m: m[0] != "whitened"):

@@ -111,17 +111,17 @@ def renumber_layer_records(report: dict, adapter: Adapter, before: dict[str, lis
     if svd.get("compensation"):
         svd["compensation"] = {n: v for old, v in svd["compensation"].items()
                                if (n := new(old, sep=" ", by_name=True)) is not None}
-    if "params_before" in svd:  # the summary over the layers (svd_checks.merge_report)
+    if "params_before" in svd:  # the summary over the layers (svd_summary.merge_report)
         svd.update(svd_totals(svd.get("layers", {})))
 
 
 def svd_totals(layers: dict[str, dict]) -> dict:
-    """What the svd summary (svd_checks.summary) derives from the per-layer records: parameter
+    """What the svd summary (svd_summary.summary) derives from the per-layer records: parameter
     totals, kept_ratio, dense and clamped layers, the worst loss ratios and fit gap, of `layers`; its
     settings (method, allocation, ...) are each pass's and stay."""
     from types import SimpleNamespace
 
-    from compress.passes.svd_checks import SETTINGS, summary
+    from compress.passes.svd_summary import SETTINGS, summary
 
     derived = summary(layers, SimpleNamespace(**dict.fromkeys(SETTINGS)))
     return {k: v for k, v in derived.items() if k not in SETTINGS}

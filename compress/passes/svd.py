@@ -52,7 +52,8 @@ from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher_view
-from compress.passes.svd_checks import centered, check_config, check_values, merge_report, refused_on_all, summary
+from compress.passes.svd_checks import centered, check_config, check_values, refused_on_all
+from compress.passes.svd_summary import merge_report, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
 from compress.passes.svd_fisher import Roots, block_fisher, checkpointed, sweeps
 from compress.passes.svd_fisher_budget import block_chunks, fisher_budget, fisher_plan, sweep_chunks

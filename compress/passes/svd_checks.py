@@ -1,9 +1,8 @@
-"""The svd pass's recipe checks (before any compute) and its report's summary."""
+"""The svd pass's recipe checks (before any compute); its report's summary is svd_summary's."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from torch import nn
 
@@ -16,7 +15,6 @@ from compress.passes.svd_planned import check_not_planned
 from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, is_model_wide, matches,
                                          untargeted)
 from compress.recipe_yaml import spelling_hint
-from compress.report import warn
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "block", "modulation", "none")
@@ -326,89 +324,3 @@ def _check_roles(ratios: dict, roles: set[str]) -> None:
         raise _bad(f"ratios.{unused[0]}", f"svd.ratios: role(s) {', '.join(unused)} match no target "
                                               f"(targeted roles: {', '.join(sorted(roles))}); remove them or "
                                               "add them to svd.targets", "targets", "ignore")
-
-
-def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:
-    """A recipe may hold several svd passes: `passes` keeps each pass's own summary; layers,
-    compensation stages, cache hits and fused layers accumulate; the summary covers every layer
-    factorized so far, so a setting (SETTINGS) the passes differ in is the list of each pass's, in
-    order; `global` is the last global allocation's."""
-    layers = {**report.get("layers", {}), **records}
-    compensation = dict(report.get("compensation", {}))
-    n = len(report.get("passes", [])) + 1
-    for label, search in this["compensation"].items():
-        compensation[label if label not in compensation else f"{label} (svd pass {n})"] = search
-    passes = report.get("passes", []) + [this]
-    report.update(summary(layers, c), layers=layers, compensation=compensation, passes=passes,
-                  cache_hits=report.get("cache_hits", []) + this["cache_hits"],
-                  fused_gelu=sorted(set(report.get("fused_gelu", [])) | set(this["fused_gelu"])),
-                  **({"global": this["global"]} if "global" in this else {}))
-    for key in SETTINGS:  # the summary covers every pass's layers: a setting they differ in is each one's
-        said = [p.get(key) for p in passes]
-        if len(set(map(str, said))) > 1:
-            report[key] = said
-    from compress.report_card import optimum_words
-
-    report["max_loss_ratio_of"] = optimum_words(report)  # what the ratios are against
-    said = clamped_words(records)
-    if said:
-        warn(said)
-
-
-def clamped_words(records: dict[str, dict]) -> str | None:
-    """The warning for a pass most of whose targets (`records`, this pass's) had calibration Grams
-    clamped: data spanning fewer directions than the layer is wide (toy PixArt on 1 prompt x 1
-    timestep: all 60, unsaid), so each is fitted to the few directions the calibration excites.
-    Names the widest such layer and the directions its data spans. None where at most half are.
-    Modulation targets are left out: their rows are svd.modulation_grid's timesteps, whose embeddings
-    span fewer directions than their width however many prompts calibrate (toy PixArt: 63 of 128)."""
-    records = {n: r for n, r in records.items() if r.get("role") != "modulation"}
-    clamped = {n: r for n, r in records.items() if r.get("clamped")}
-    if not records or len(clamped) * 2 <= len(records):
-        return None
-    name, r = max(clamped.items(), key=lambda kv: (min(kv[1]["shape"]), max(kv[1]["shape"])))
-    out, inp = r["shape"]
-    return (f"svd: {len(clamped)} of this pass's {len(records)} targets had calibration data spanning fewer "
-            f"directions than the layer is wide (the widest, {name} {out}×{inp}, {r.get('data_rank', '?')} of "
-            f"{min(out, inp)}): too few calibration rows for these widths, so their factors fit only the directions "
-            "the calibration excites; raise calibration.num_prompts or calibration.timesteps for more rows")
-
-
-SETTINGS = ("method", "allocation", "activations", "fisher", "fisher_probes", "fisher_damping")  # in its summary
-
-
-def summary(records: dict[str, dict], c) -> dict:
-    before = sum(r["params_dense"] for r in records.values())
-    after = sum(r["kept_params"] for r in records.values())
-    by_method = max_ratio_by_method(records)
-    gaps = [r["fit_gap"] for r in records.values() if "fit_gap" in r]
-    weighted = c.fisher != "none"  # the Fisher's estimate: probes and damping (None where none is read)
-    return {"method": c.method, "allocation": c.allocation, "activations": c.activations, "fisher": c.fisher,
-            **{k: getattr(c, k) if weighted else None for k in ("fisher_probes", "fisher_damping")},
-            "params_before": before, "params_after": after,
-            "kept_ratio": after / before if before else 1.0,
-            "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),
-            "clamped_grams": sorted(n for n, r in records.items() if r.get("clamped")),
-            "asymmetric": sorted(n for n, r in records.items() if r.get("asymmetric")),
-            # the ≤ 1.001 check: whitened layers only, the one method that claims the optimum
-            "max_loss_ratio": by_method.get("whitened"),
-            # every method's own worst loss / whitened optimum (asvd and svd do not reach it: 4..600 measured)
-            "max_loss_ratio_by_method": by_method,
-            # layers whose whitened optimum is 0 under a loss that is not: no ratio (their loss_ratio_note)
-            "undefined_loss_ratios": sorted(n for n, r in records.items()
-                                            if "loss_ratio" in r and r["loss_ratio"] is None),
-            # asymmetric fits: the factorized layer's fit to the reference outputs above the
-            # undamped rank-r optimum of that fit, a share of its output energy (the damping's cost)
-            "max_fit_gap": max(gaps) if gaps else None}
-
-
-def max_ratio_by_method(records: dict[str, dict]) -> dict[str, float]:
-    """method -> the largest finite loss_ratio of the layers it factorized (methods with none left out;
-    an older report's Infinity is not a ratio): only whitened's is the ≤ 1.001 optimality check."""
-    out: dict[str, float] = {}
-    for r in records.values():
-        ratio = r.get("loss_ratio")
-        if isinstance(ratio, (int, float)) and math.isfinite(ratio):
-            method = r.get("method", "whitened")
-            out[method] = max(out.get(method, ratio), ratio)
-    return out

@@ -357,56 +357,6 @@ def test_what_the_check_says_a_global_pass_surely_factorizes_it_does(tmp_path):
         assert sure or next(iter(marks.values()))[0].some
 
 
-def test_the_optimality_summary_covers_whitened_layers_and_labels_the_others_by_method():
-    """An asvd pass's ratios (4..592 against the whitened optimum, None where that optimum is 0)
-    were summarized as `max_loss_ratio`, the whitened ≤ 1.001 check, Infinity included; the model
-    card said 'worst whitened loss / closed-form optimal loss: inf'."""
-    import json
-
-    from compress.passes.svd_checks import summary
-    from compress.report_card import _svd_lines
-
-    def rec(method, ratio):
-        return {"method": method, "params_dense": 10, "kept_params": 5, "rank": 2, "loss_ratio": ratio}
-
-    records = {"a": rec("whitened", 1.0000002), "b": rec("asvd", 591.7), "c": rec("asvd", None),
-               "d": {"method": "asvd", "params_dense": 10, "kept_params": 10, "rank": "dense"}}
-    said = summary(records, SVDConfig(method="asvd"))
-    assert said["max_loss_ratio"] == 1.0000002  # whitened only
-    assert said["max_loss_ratio_by_method"] == {"whitened": 1.0000002, "asvd": 591.7}
-    assert said["undefined_loss_ratios"] == ["c"]
-    json.dumps(said, allow_nan=False)
-    only_asvd = summary({k: records[k] for k in "bcd"}, SVDConfig(method="asvd"))
-    assert only_asvd["max_loss_ratio"] is None and only_asvd["max_loss_ratio_by_method"] == {"asvd": 591.7}
-    card = " ".join(_svd_lines({"layers": {**records, "e": rec("asvd", float("inf"))}}))  # an older report's inf
-    assert "Factorized layers: 4; worst whitened loss / closed-form optimal loss: 1.000000200; asvd (which does " \
-           "not claim the whitened optimum): worst loss / whitened optimal loss 591.7; 2 without a ratio" in card, card
-    assert "inf" not in card
-
-
-def test_two_svd_passes_summary_names_each_passes_setting_where_they_differ():
-    """The summary's counts cover both passes' layers; its allocation said only the last pass's
-    ('uniform' for a student whose attention ranks a global pass chose)."""
-    from types import SimpleNamespace
-
-    from compress.passes.svd_checks import merge_report, summary
-
-    def layer(kept):
-        return {"params_dense": 100, "kept_params": kept, "rank": 8, "loss_ratio": 1.0, "method": "whitened"}
-
-    def config(allocation):
-        return SimpleNamespace(method="whitened", allocation=allocation, activations="student", fisher="all",
-                               fisher_probes=4, fisher_damping=1e-3)
-
-    report = {}
-    for allocation, records in (("global", {"a": layer(40)}), ("uniform", {"m": layer(10)})):
-        this = dict(summary(records, config(allocation)), compensation={}, cache_hits=[], fused_gelu=[])
-        merge_report(report, this, records, config(allocation))
-    assert report["allocation"] == ["global", "uniform"]
-    assert report["method"] == "whitened" and report["fisher"] == "all"  # the same in both
-    assert (report["params_before"], report["params_after"]) == (200, 50)
-
-
 @pytest.mark.parametrize("center, pattern", [("[mlp]", "mlp"), ("[attention, 're:ff\\.net\\.2']", "re:ff\\.net\\.2")])
 def test_a_center_pattern_naming_no_target_is_refused_at_its_line(center, pattern):
     """svd.center: [mlp] on a pass over attention centred nothing and planned as if it did."""

@@ -1,36 +1,7 @@
-"""compress.passes.svd_checks: what the svd summary in report.json says its numbers are measured in
-(the Fisher's estimate, what max_loss_ratio is against) and the energy allocation's warning words."""
+"""compress.passes.svd_checks' and svd_notes' words: the energy allocation's dense note, explicit ranks shown
+as YAML writes them, the refusals worded by target kind."""
 
 from compress.passes.svd import SVDConfig
-
-
-def _record(**extra):
-    return {"method": "whitened", "params_dense": 10, "kept_params": 5, "rank": 2, "loss_ratio": 1.0, **extra}
-
-
-def _merged(report: dict, records: dict, c: SVDConfig) -> dict:
-    from compress.passes.svd_checks import merge_report, summary
-
-    this = dict(summary(records, c), compensation={}, cache_hits=[], fused_gelu=[])
-    merge_report(report, this, records, c)
-    return report
-
-
-def test_the_summary_records_the_fishers_estimate_and_what_max_loss_ratio_is_against():
-    """max_loss_ratio (1.000000) held against the Fisher estimated from fisher_probes random probes,
-    not the exact Fisher (1.10x median, 1.37x worst there on toy PixArt at 4 probes), and report.json
-    recorded neither the probe count nor what the ratio is against. Now both, each pass's where they differ."""
-    report = _merged({}, {"a": _record(objective="output-weighted")}, SVDConfig(fisher_probes=64))
-    assert report["fisher_probes"] == 64 and report["fisher_damping"] == 1e-3
-    assert report["max_loss_ratio_of"] == ("the optimum of each layer's objective with its output Fisher estimated "
-                                           "from 64 random probes (svd.fisher_probes) and damped "
-                                           "(svd.fisher_damping), not of the exact Fisher")
-    _merged(report, {"b": _record(objective="output-weighted")}, SVDConfig(targets=["modulation"]))
-    assert report["fisher_probes"] == [64, 4]
-    assert "estimated from 64, 4 random probes (svd.fisher_probes of each svd pass) and" in report["max_loss_ratio_of"]
-    plain = _merged({}, {"a": _record(objective="calibration output")}, SVDConfig(fisher="none"))
-    assert plain["fisher_probes"] is None and plain["fisher_damping"] is None
-    assert plain["max_loss_ratio_of"] == "the exact optimum of each layer's calibration output error"
 
 
 def test_an_energy_allocation_left_dense_names_the_energy_it_measured():
@@ -101,20 +72,6 @@ def test_explicit_ranks_at_the_break_even_rank_are_warned_to_leave_layers_dense(
                               ranks={"attention": 8}))
         p.check(model, adapter)
         assert [k for k, _ in p.notes(model, adapter)] == ["ranks.attention"], allocation
-
-
-def test_a_pass_whose_grams_are_mostly_clamped_is_warned_once():
-    from compress.passes.svd_checks import clamped_words
-
-    def rec(clamped, shape=(16, 16), data_rank=4):
-        return {"clamped": clamped, "shape": list(shape), "data_rank": data_rank}
-
-    assert clamped_words({"a": rec(True), "b": rec(False)}) is None  # half: not most
-    # a modulation linear's rows are the modulation grid's timesteps: more prompts would not help
-    assert clamped_words({"adaln_single.linear": {**rec(True), "role": "modulation"}}) is None
-    said = clamped_words({"a": rec(True), "b": rec(True, (64, 16), 5), "c": rec(False)})
-    assert said.startswith("svd: 2 of this pass's 3 targets had calibration data spanning fewer directions than "
-                           "the layer is wide (the widest, b 64×16, 5 of 16): too few calibration rows"), said
 
 
 def test_the_sequential_and_asymmetric_refusals_share_one_wording_by_target_kind():

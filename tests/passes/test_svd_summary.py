@@ -1,0 +1,100 @@
+"""compress.passes.svd_summary: what the svd summary in report.json says (kept parameters, the worst loss /
+optimum by method, each pass's setting where several differ, what the ratios are measured against) and the
+warning for a pass whose Grams were mostly clamped."""
+
+from compress.passes.svd import SVDConfig
+
+
+def _record(**extra):
+    return {"method": "whitened", "params_dense": 10, "kept_params": 5, "rank": 2, "loss_ratio": 1.0, **extra}
+
+
+def _merged(report: dict, records: dict, c: SVDConfig) -> dict:
+    from compress.passes.svd_summary import merge_report, summary
+
+    this = dict(summary(records, c), compensation={}, cache_hits=[], fused_gelu=[])
+    merge_report(report, this, records, c)
+    return report
+
+
+def test_the_summary_records_the_fishers_estimate_and_what_max_loss_ratio_is_against():
+    """max_loss_ratio (1.000000) held against the Fisher estimated from fisher_probes random probes,
+    not the exact Fisher (1.10x median, 1.37x worst there on toy PixArt at 4 probes), and report.json
+    recorded neither the probe count nor what the ratio is against. Now both, each pass's where they differ."""
+    report = _merged({}, {"a": _record(objective="output-weighted")}, SVDConfig(fisher_probes=64))
+    assert report["fisher_probes"] == 64 and report["fisher_damping"] == 1e-3
+    assert report["max_loss_ratio_of"] == ("the optimum of each layer's objective with its output Fisher estimated "
+                                           "from 64 random probes (svd.fisher_probes) and damped "
+                                           "(svd.fisher_damping), not of the exact Fisher")
+    _merged(report, {"b": _record(objective="output-weighted")}, SVDConfig(targets=["modulation"]))
+    assert report["fisher_probes"] == [64, 4]
+    assert "estimated from 64, 4 random probes (svd.fisher_probes of each svd pass) and" in report["max_loss_ratio_of"]
+    plain = _merged({}, {"a": _record(objective="calibration output")}, SVDConfig(fisher="none"))
+    assert plain["fisher_probes"] is None and plain["fisher_damping"] is None
+    assert plain["max_loss_ratio_of"] == "the exact optimum of each layer's calibration output error"
+
+
+def test_a_pass_whose_grams_are_mostly_clamped_is_warned_once():
+    from compress.passes.svd_summary import clamped_words
+
+    def rec(clamped, shape=(16, 16), data_rank=4):
+        return {"clamped": clamped, "shape": list(shape), "data_rank": data_rank}
+
+    assert clamped_words({"a": rec(True), "b": rec(False)}) is None  # half: not most
+    # a modulation linear's rows are the modulation grid's timesteps: more prompts would not help
+    assert clamped_words({"adaln_single.linear": {**rec(True), "role": "modulation"}}) is None
+    said = clamped_words({"a": rec(True), "b": rec(True, (64, 16), 5), "c": rec(False)})
+    assert said.startswith("svd: 2 of this pass's 3 targets had calibration data spanning fewer directions than "
+                           "the layer is wide (the widest, b 64×16, 5 of 16): too few calibration rows"), said
+
+
+def test_the_optimality_summary_covers_whitened_layers_and_labels_the_others_by_method():
+    """An asvd pass's ratios (4..592 against the whitened optimum, None where that optimum is 0)
+    were summarized as `max_loss_ratio`, the whitened ≤ 1.001 check, Infinity included; the model
+    card said 'worst whitened loss / closed-form optimal loss: inf'."""
+    import json
+
+    from compress.passes.svd_summary import summary
+    from compress.report_card import _svd_lines
+
+    def rec(method, ratio):
+        return {"method": method, "params_dense": 10, "kept_params": 5, "rank": 2, "loss_ratio": ratio}
+
+    records = {"a": rec("whitened", 1.0000002), "b": rec("asvd", 591.7), "c": rec("asvd", None),
+               "d": {"method": "asvd", "params_dense": 10, "kept_params": 10, "rank": "dense"}}
+    said = summary(records, SVDConfig(method="asvd"))
+    assert said["max_loss_ratio"] == 1.0000002  # whitened only
+    assert said["max_loss_ratio_by_method"] == {"whitened": 1.0000002, "asvd": 591.7}
+    assert said["undefined_loss_ratios"] == ["c"]
+    json.dumps(said, allow_nan=False)
+    only_asvd = summary({k: records[k] for k in "bcd"}, SVDConfig(method="asvd"))
+    assert only_asvd["max_loss_ratio"] is None and only_asvd["max_loss_ratio_by_method"] == {"asvd": 591.7}
+    card = " ".join(_svd_lines({"layers": {**records, "e": rec("asvd", float("inf"))}}))  # an older report's inf
+    assert "Factorized layers: 4; worst whitened loss / closed-form optimal loss: 1.000000200; asvd (which does " \
+           "not claim the whitened optimum): worst loss / whitened optimal loss 591.7; 2 without a ratio" in card, card
+    assert "inf" not in card
+
+
+def test_two_svd_passes_summary_names_each_passes_setting_where_they_differ():
+    """The summary's counts cover both passes' layers; its allocation said only the last pass's
+    ('uniform' for a student whose attention ranks a global pass chose)."""
+    from types import SimpleNamespace
+
+    from compress.passes.svd_summary import merge_report, summary
+
+    def layer(kept):
+        return {"params_dense": 100, "kept_params": kept, "rank": 8, "loss_ratio": 1.0, "method": "whitened"}
+
+    def config(allocation):
+        return SimpleNamespace(method="whitened", allocation=allocation, activations="student", fisher="all",
+                               fisher_probes=4, fisher_damping=1e-3)
+
+    report = {}
+    for allocation, records in (("global", {"a": layer(40)}), ("uniform", {"m": layer(10)})):
+        this = dict(summary(records, config(allocation)), compensation={}, cache_hits=[], fused_gelu=[])
+        merge_report(report, this, records, config(allocation))
+    assert report["allocation"] == ["global", "uniform"]
+    assert report["method"] == "whitened" and report["fisher"] == "all"  # the same in both
+    assert (report["params_before"], report["params_after"]) == (200, 50)
+
+
