@@ -303,20 +303,25 @@ def _who() -> str:
 def _interrupt_note(args, e: KeyboardInterrupt) -> str:
     """Whether a rerun can continue: only `run` saves its work as it goes, the other commands start
     again. A Ctrl-C before `run`'s Runner ran leaves the run folder as it was (--restart had not
-    discarded it yet)."""
+    discarded it yet): said as the Runner's note says it before its teacher loads (Runner.interrupt_note:
+    the recipe, its passes, its prompts and the teacher named compared with what the folder holds)."""
     if args.command != "run":
         return ""
     if isinstance(e, RunInterrupted):
         return str(e)
     from compress.runner_folders import interrupt_note  # no torch: it may not be imported yet
 
-    return interrupt_note(_run_dir(args), args.restart, *_this_recipe(args))
+    recipe, passes = _this_recipe(args)
+    if recipe is None:
+        return interrupt_note(_run_dir(args), args.restart)
+    return interrupt_note(_run_dir(args), args.restart, recipe.raw, passes, recipe=recipe,
+                          source=args.teacher or recipe.teacher)
 
 
-def _this_recipe(args) -> tuple[dict | None, list]:
-    """(resolved recipe, passes) of `run`'s recipe, which the run folder's saved work is compared
-    with; (None, []) (not compared) when the Ctrl-C cut `run`'s imports short (loading the recipe
-    would import torch now) or the recipe cannot be read (a rerun stops on that first)."""
+def _this_recipe(args) -> tuple:
+    """(Recipe, passes) of `run`'s recipe, which the run folder's saved work is compared with; (None, [])
+    (not compared) when the Ctrl-C cut `run`'s imports short (loading the recipe would import torch now)
+    or the recipe cannot be read (a rerun stops on that first)."""
     if "compress.runner" not in sys.modules:
         return None, []
     from compress.passes import build_passes
@@ -324,7 +329,7 @@ def _this_recipe(args) -> tuple[dict | None, list]:
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        return recipe.raw, build_passes(recipe)
+        return recipe, build_passes(recipe)
     except UserError:
         return None, []
 

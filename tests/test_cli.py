@@ -357,3 +357,42 @@ def test_run_says_when_accelerate_launch_started_one_process_of_several(tmp_path
     assert one_process_note({k: v for k, v in SIMPLE_LAUNCHER.items() if k != "MASTER_PORT"}) is None  # one asked for
     assert one_process_note({"MASTER_ADDR": "h", "MASTER_PORT": "1"}) is None  # no accelerate launch
     assert one_process_note(dict(SIMPLE_LAUNCHER, OMPI_COMM_WORLD_SIZE="2")) is None  # its mpirun: several
+
+
+PROMPTS_RECIPE = ("model: pixart\nteacher: toy:pixart\n"
+                  "calibration: {{source: pipeline, prompts: {prompts}, sample_steps: 2, timesteps: 2, heldout: 1}}\n"
+                  "passes:\n  - remove_blocks: {{blocks: {{blocks: [0]}}}}\n  - svd: {{targets: [mlp], ratio: 0.5}}\n")
+
+
+@pytest.mark.parametrize("saved_prompts", ["[a 1, a 2]", "[a 3, a 4]"])
+def test_an_interrupt_before_the_runner_says_what_the_runners_note_says(monkeypatch, capsys, tmp_path, saved_prompts):
+    """A Ctrl-C before `run`'s Runner existed (loading the recipe, making the Runner) passed no recipe
+    to the note: a stage calibrated on other prompts was offered 'rerun with --resume to continue',
+    which --resume refuses. It says what the Runner's own note says."""
+    import importlib
+    import json
+    from pathlib import Path
+
+    from compress.calib_prompts import prompts_digest
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+
+    saved = parse_recipe(PROMPTS_RECIPE.format(prompts=saved_prompts), "r.yaml")
+    stage = tmp_path / "runs" / "r" / "stages" / "0-remove_blocks"
+    stage.mkdir(parents=True)
+    (stage / "state.json").write_text(json.dumps({"recipe": saved.raw, "inputs": {
+        "prompts": prompts_digest(list(saved.calibration.prompts)), "pipeline": None}}))
+    (tmp_path / "r.yaml").write_text(PROMPTS_RECIPE.format(prompts="[a 3, a 4]"))
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(args):
+        importlib.import_module("compress.runner")  # Ctrl-C once `run`'s imports are done, before its Runner
+        raise KeyboardInterrupt
+    monkeypatch.setitem(cli.COMMANDS, "run", interrupted)
+    assert cli.main(["run", "r.yaml"]) == 130
+    said = " ".join(capsys.readouterr().err.split())
+    runners = Runner(parse_recipe((tmp_path / "r.yaml").read_text(), "r.yaml"), Path("out/r"), Path("runs/r"))
+    assert said == " ".join(f"dit-compress: interrupted{runners.interrupt_note()}".split())
+    changed = "the calibration prompts changed (calibration.prompts) since it ran"
+    assert (changed in said) is (saved_prompts != "[a 3, a 4]")
+    assert ("rerun with --resume to continue" in said) is (saved_prompts == "[a 3, a 4]")
