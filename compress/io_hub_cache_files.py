@@ -3,8 +3,10 @@ cache (offline, or the Hub unreachable or no longer answering: io_hub_pipeline):
 folder is there but lacks the file its class reads (an interrupted `hf download`, a blob removed)
 failed with huggingface_hub's or diffusers' own line, a traceback (a text encoder without its
 config.json), or loaded wrong without a word (a tokenizer without its vocabulary: every word one
-unknown id). `missing_file` names the file and the hf download that fetches it. A part's folder
-missing or empty is pipeline_folder.snapshot_problem's."""
+unknown id); and a file of a part the cache's list of the commit's files names (`cached_listing`,
+written by an online snapshot_download), which diffusers asks for offline and huggingface_hub
+refused in its own line ("The cached snapshot … is incomplete"). `missing_file` names the file and
+the hf download that fetches it. A part's folder missing or empty is pipeline_folder.snapshot_problem's."""
 
 from __future__ import annotations
 
@@ -23,14 +25,52 @@ def missing_file(source: str, snapshot: Path, passed: tuple[str, ...] = ("transf
     from compress.pipeline_folder import folder_index, listed_parts
 
     index = folder_index(str(snapshot))
+    listed = cached_listing(source, snapshot.name)
     for part, (library, name) in sorted(listed_parts(index or {}).items()):
         folder = snapshot / part
         if part in passed or not folder.is_dir():
             continue
-        if lacks := part_lacks(folder, library, name):
-            return (f"the Hugging Face cache's snapshot {snapshot} of it: its {part}/ lacks {lacks}, which {name} "
-                    f"reads; download it online (hf download {source} --include '{part}/*' --revision {snapshot.name})")
+        lacks = part_lacks(folder, library, name)
+        reads = f"which {name} reads"
+        if lacks is None and (lacking := listed_lacks(folder, part, listed)):
+            lacks, reads = lacking, "which the cache's file list of the commit names and diffusers reads"
+        if lacks is not None:
+            return (f"the Hugging Face cache's snapshot {snapshot} of it: its {part}/ lacks {lacks}, {reads}; download "
+                    f"it online (hf download {source} --include '{part}/*' --revision {snapshot.name})")
     return None
+
+
+def cached_listing(source: str, commit: str) -> list[str]:
+    """The repo's files at `commit` as the cache's tree listing holds them (huggingface_hub's
+    get_cached_repo_tree: written by an online snapshot_download, read by diffusers offline, which
+    refuses a snapshot lacking one it asks for with huggingface_hub's IncompleteSnapshotError); []
+    where none is cached."""
+    try:
+        from huggingface_hub import get_cached_repo_tree
+        from huggingface_hub.errors import CachedRepoTreeNotFoundError
+    except ImportError:  # a huggingface_hub before the tree listing
+        return []
+    try:
+        return [f.path for f in get_cached_repo_tree(source, revision=commit)]
+    except (CachedRepoTreeNotFoundError, OSError, ValueError):
+        return []
+
+
+def listed_lacks(folder: Path, part: str, listed: list[str]) -> str | None:
+    """The files of the part `part` the cache's tree listing `listed` names and its snapshot `folder`
+    lacks, in words ('tokenizer_config.json and 1 more'), as diffusers asks for them: every file of a
+    part without weights (a scheduler, a tokenizer), only config.json of one with weights (their variant
+    is diffusers' choice: part_lacks checks them); None where it lacks none."""
+    files = [f[len(part) + 1:] for f in listed if f.startswith(f"{part}/")]
+    if any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+        files = [f for f in files if f == "config.json"]
+    lacking = sorted(f for f in files if not _present(folder / f))
+    return _some(lacking) if lacking else None
+
+
+def _some(names: list[str]) -> str:
+    """'a' / 'a and b' / 'a and 2 more'."""
+    return " and ".join(names) if len(names) <= 2 else f"{names[0]} and {len(names) - 1} more"
 
 
 def part_lacks(folder: Path, library: str, name: str) -> str | None:
@@ -105,7 +145,7 @@ def _weights_lacks(folder: Path) -> str | None:
         except (OSError, ValueError, AttributeError):
             continue  # a damaged index: the loader says
         if lacking := sorted(s for s in shards if isinstance(s, str) and not _present(folder / s)):
-            return f"{lacking[0]}{f' and {len(lacking) - 1} more' if len(lacking) > 1 else ''} (listed in {index.name})"
+            return f"{_some(lacking)} (listed in {index.name})"
     if not any(f.name.endswith(WEIGHT_SUFFIXES) for f in files):
         return "weights (no .safetensors or .bin file)"
     return None

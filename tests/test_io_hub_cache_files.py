@@ -45,7 +45,7 @@ def test_a_shard_an_index_lists_and_a_link_to_a_gone_blob_are_lacking(tmp_path):
         "a": "model-00001-of-00003.safetensors", "b": "model-00002-of-00003.safetensors",
         "c": "model-00003-of-00003.safetensors"}}))
     assert part_lacks(folder, "transformers", "T5EncoderModel") == (
-        "model-00002-of-00003.safetensors and 1 more (listed in model.safetensors.index.json)")
+        "model-00002-of-00003.safetensors and model-00003-of-00003.safetensors (listed in model.safetensors.index.json)")
     scheduler = tmp_path / "scheduler"
     scheduler.mkdir()
     (scheduler / "scheduler_config.json").symlink_to(tmp_path / "blobs" / "gone")  # the cache's blob removed
@@ -71,3 +71,36 @@ def test_missing_file_names_the_first_lacking_part_and_its_download(tmp_path):
            f"(hf download acme/pix --include 'tokenizer/*' --revision {COMMIT})" in missing_file("acme/pix", snapshot)
     _files(snapshot / "tokenizer", "tokenizer.json")
     assert missing_file("acme/pix", snapshot) is None
+
+
+def test_a_file_the_caches_tree_listing_names_and_the_snapshot_lacks_is_named(tmp_path, monkeypatch):
+    """Where an online snapshot_download cached the commit's file list (trees/COMMIT.json), diffusers
+    offline asks for every file of a part without weights and refused a snapshot lacking one with
+    huggingface_hub's "The cached snapshot for 'acme/pix' … is incomplete: 1 file(s) are missing
+    (tokenizer/tokenizer_config.json). …"; of a part with weights only config.json is asked for."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--acme--pix"
+    snapshot = repo / "snapshots" / COMMIT
+    _files(snapshot / "tokenizer", "tokenizer.json")
+    _files(snapshot / "text_encoder", "config.json", "model.safetensors")
+    (snapshot / "model_index.json").write_text(json.dumps({
+        "_class_name": "PixArtSigmaPipeline", "tokenizer": ["transformers", "T5Tokenizer"],
+        "text_encoder": ["transformers", "T5EncoderModel"]}))
+    listed = ["model_index.json", "tokenizer/tokenizer.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+              "text_encoder/model.fp16.safetensors"]  # a variant not downloaded: diffusers does not ask for it
+    _files(repo / "trees")
+    (repo / "trees" / f"{COMMIT}.json").write_text(json.dumps({"format_version": 1, "files": {
+        f: {"size": 1, "blob_id": "0" * 40} for f in listed}}))
+    assert missing_file("acme/pix", snapshot) is None
+    (repo / "trees" / f"{COMMIT}.json").write_text(json.dumps({"format_version": 1, "files": {
+        f: {"size": 1, "blob_id": "0" * 40} for f in [*listed, "tokenizer/tokenizer_config.json",
+                                                      "tokenizer/special_tokens_map.json"]}}))
+    from huggingface_hub import _tree_cache  # the listing read above is kept in memory by its path
+
+    monkeypatch.setattr(_tree_cache, "_IN_MEMORY_TREE_CACHE", {})
+    assert missing_file("acme/pix", snapshot) == (
+        f"the Hugging Face cache's snapshot {snapshot} of it: its tokenizer/ lacks special_tokens_map.json and tokenizer_config.json, "
+        "which the cache's file list of the commit names and diffusers reads; download it online (hf download "
+        f"acme/pix --include 'tokenizer/*' --revision {COMMIT})")

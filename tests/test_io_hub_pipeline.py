@@ -187,14 +187,16 @@ def test_a_hub_pipeline_whose_hub_stops_answering_and_the_cache_holds_in_part_na
 @pytest.mark.parametrize("removed, part, lacks, cls", [
     ("scheduler/scheduler_config.json", "scheduler", "scheduler_config.json", "DPMSolverMultistepScheduler"),
     ("tokenizer/tokenizer.json", "tokenizer", "spiece.model (or tokenizer.json)", "T5Tokenizer"),
-    ("text_encoder/config.json", "text_encoder", "config.json", "T5EncoderModel")])
+    ("text_encoder/config.json", "text_encoder", "config.json", "T5EncoderModel"),
+    ("tokenizer/tokenizer_config.json", "tokenizer", "tokenizer_config.json", None)])  # None: the cache lists it
 def test_a_cached_hub_pipeline_lacking_a_file_of_a_part_names_it_and_its_download(
         offline_cache, tmp_path, monkeypatch, removed, part, lacks, cls):
     """A snapshot whose part folder is there but lacks the file its class reads (an interrupted
     download), read offline or with the Hub unreachable: the scheduler's ended in "acme/pix does not
     appear to have a file named scheduler_config.json." (or diffusers' "Error no file named …"), a
-    text encoder's config in a RuntimeError traceback, and a tokenizer without its vocabulary loaded
-    without a word (every word one unknown id). One line names the file and the hf download."""
+    text encoder's config in a RuntimeError traceback, a tokenizer without its vocabulary loaded
+    without a word (every word one unknown id), and a file the cache's list of the commit names in
+    huggingface_hub's "The cached snapshot … is incomplete". One line names the file and the hf download."""
     import httpx2
     import huggingface_hub
     from huggingface_hub import constants
@@ -202,10 +204,18 @@ def test_a_cached_hub_pipeline_lacking_a_file_of_a_part_names_it_and_its_downloa
     from compress.calib_pipeline_load import load_pipeline_for, scheduler_config
     from compress.io_output import load_transformer
 
+    import json
+
     snapshot = tmp_path / "hub" / "models--acme--pix" / "snapshots" / ("0" * 40)
+    if cls is None:  # the commit's file list an online snapshot_download caches: huggingface_hub's own line
+        (snapshot.parent.parent / "trees").mkdir()
+        (snapshot.parent.parent / "trees" / f"{'0' * 40}.json").write_text(json.dumps({"format_version": 1, "files": {
+            f.relative_to(snapshot).as_posix(): {"size": 1, "blob_id": "0" * 40} for f in snapshot.rglob("*")
+            if f.is_file()}}))
     (snapshot / removed).unlink()
     (snapshot / part / "README.md").write_text("a file the part does not read")
-    said = (f"the Hugging Face cache's snapshot {snapshot} of it: its {part}/ lacks {lacks}, which {cls} reads; download "
+    reads = f"which {cls} reads" if cls else "which the cache's file list of the commit names and diffusers reads"
+    said = (f"the Hugging Face cache's snapshot {snapshot} of it: its {part}/ lacks {lacks}, {reads}; download "
             f"it online (hf download acme/pix --include '{part}/*' --revision {'0' * 40})")
     with pytest.raises(UserError) as e:
         load_pipeline(offline_cache)
