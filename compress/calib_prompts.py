@@ -9,38 +9,61 @@ import math
 from pathlib import Path
 
 from compress.errors import UserError, read_utf8
+from compress.words import counted
 
 
 def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
     """calibration.prompts, then prompt_file's lines, cut to num_prompts where the recipe sets it
-    (with a note when that cuts the list or asks for more than there are; its default, 10, is the
-    toy source's digit classes, not a cut of the user's prompts), and a note when one prompt is left:
-    it is held out too (calib_pipeline's split)."""
-    prompts = list(calib.prompts)
+    (`chosen_prompts`, with a note when that cuts the list or asks for more than there are; its default,
+    10, is the toy source's digit classes, not a cut of the user's prompts), and a note when one prompt
+    is left: it is held out too (calib_pipeline's split)."""
+    lines = []
     if calib.prompt_file:
-        path = Path(calib.prompt_file)
-        if not path.is_absolute() and recipe_dir is not None:
-            path = recipe_dir / path
-        prompts += _prompt_lines(path, calib.prompt_file, _where(calib, "prompt_file", calib.prompt_file))
-    if not prompts:
+        lines = _prompt_lines(prompt_path(calib, recipe_dir), calib.prompt_file,
+                              _where(calib, "prompt_file", calib.prompt_file))
+    listed = len(calib.prompts) + len(lines)
+    if not listed:
         auto = " (source auto is pipeline for a teacher that is not toy:)" if calib.source == "auto" else ""
         raise UserError(f"{_where(calib, 'source', calib.source)}calibration.source 'pipeline'{auto} needs "
                         "calibration.prompts or prompt_file")
-    n = calib.num_prompts if calib.given("num_prompts") else None
-    if n and n != len(prompts):
+    n = num_prompts_cut(calib)
+    if n and n != listed:
         from compress.report import console
 
-        console.print(f"note: calibration.num_prompts is {n}: the first {n} of the {len(prompts)} prompts are "
-                      "used" if n < len(prompts) else
-                      f"note: calibration.num_prompts is {n} but there {'is' if len(prompts) == 1 else 'are'} only "
-                      f"{len(prompts)} prompt{'' if len(prompts) == 1 else 's'}")
-    prompts = prompts[:n] if n else prompts
+        console.print(f"note: calibration.num_prompts is {n}: the first {n} of the {listed} prompts are "
+                      "used" if n < listed else
+                      f"note: calibration.num_prompts is {n} but there {'is' if listed == 1 else 'are'} only "
+                      f"{counted(listed, 'prompt')}")
+    prompts = chosen_prompts(calib, lines)
     if len(prompts) == 1:
         from compress.report import note
 
         note("calibration has one prompt: it also gives the held-out inputs (with other noise), so the "
              "held-out error is not measured on an unseen prompt; give two or more prompts to hold some out")
     return prompts
+
+
+def chosen_prompts(calib, file_lines: list[str]) -> list[str]:
+    """The prompts a pipeline source calibrates on, given `file_lines`, the prompts of its prompt file
+    (`lines_of`; none: []): calibration.prompts, then those, the first `num_prompts_cut` where the recipe
+    sets it. The one rule `read_prompts` (which reads the file, checked, with its notes) and
+    runner_prompts.prompts_digest (quietly, before the teacher loads) share."""
+    prompts = [*calib.prompts, *file_lines]
+    n = num_prompts_cut(calib)
+    return prompts[:n] if n else prompts
+
+
+def num_prompts_cut(calib) -> int | None:
+    """How many of a pipeline source's prompts are used: calibration.num_prompts where the recipe sets
+    it; None (all of them) where it is the default, the toy source's count, not a cut."""
+    return calib.num_prompts if calib.given("num_prompts") else None
+
+
+def prompt_path(calib, recipe_dir: Path | None) -> Path:
+    """The file calibration.prompt_file names: relative to the recipe's folder `recipe_dir` (None:
+    as given)."""
+    path = Path(calib.prompt_file)
+    return recipe_dir / path if not path.is_absolute() and recipe_dir is not None else path
 
 
 def prompts_digest(prompts: list[str]) -> str:

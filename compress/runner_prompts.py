@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.calib_prompts import lines_of, prompts_digest as digest_of, prompts_in_words
+from compress.calib_prompts import (chosen_prompts, lines_of, prompt_path, prompts_digest as digest_of,
+                                    prompts_in_words)
 from compress.errors import UserError, read_utf8
 from compress.io_signature import pipeline_signature
 from compress.runner_pending import read_record
@@ -36,23 +37,18 @@ def inputs_changed(state: dict, recipe, teacher_source: str | None = None) -> st
 
 
 def prompts_digest(recipe) -> str | None:
-    """The digest of the prompts `recipe`'s pipeline source reads (calib_prompts.read_prompts: its
-    calibration.prompts, then prompt_file's lines, the first num_prompts where given) as
-    calib_pipeline's inputs_identity records it, read quietly (the run reads them again, saying its
-    notes and warnings); None where the prompt file cannot be read (the run says why)."""
-    calib = recipe.calibration
-    prompts = list(calib.prompts)
+    """The digest of the prompts `recipe`'s pipeline source reads (calib_prompts.chosen_prompts, the
+    rule read_prompts reads them by: its calibration.prompts, then prompt_file's lines, the first
+    num_prompts where given) as calib_pipeline's inputs_identity records it, read quietly (the run
+    reads them again, saying its notes and warnings); None where the prompt file cannot be read (the
+    run says why)."""
+    calib, lines = recipe.calibration, []
     if calib.prompt_file:
-        path = Path(calib.prompt_file)
-        if not path.is_absolute():
-            path = Path(recipe.path).parent / path
         try:
-            prompts += lines_of(read_utf8(path, "", ""))
+            lines = lines_of(read_utf8(prompt_path(calib, Path(recipe.path).parent), "", ""))
         except UserError:
             return None
-    n = calib.num_prompts if calib.given("num_prompts") else None
-    prompts = prompts[:n] if n else prompts
-    return digest_of(prompts)
+    return digest_of(chosen_prompts(calib, lines))
 
 
 def saved_state(run_dir: Path, i: int) -> dict:
