@@ -252,3 +252,56 @@ def test_a_hub_pipeline_whose_hub_stops_answering_and_whose_snapshot_lacks_a_fil
                                "spiece.model (or tokenizer.json), which T5Tokenizer reads; download it online (hf "
                                f"download acme/pix --include 'tokenizer/*' --revision {'0' * 40})"), error
     assert 2 <= took < 10
+
+
+NEWER = "1" * 40  # a commit main moved to on the Hub, of which the cache has no snapshot
+
+
+@pytest.fixture
+def moved_hub(monkeypatch):
+    """A Hub on 127.0.0.1 (tests.hub_server) whose HEADs answer that main is at NEWER (huggingface_hub
+    moves the cache's refs/main to it, a 404's too) and which holds every other request."""
+    from tests import hub_server
+
+    def answer(line: str) -> bytes | None:
+        status = "200 OK" if "/model_index.json " in line else "404 Not Found\r\nX-Error-Code: EntryNotFound"
+        if line.startswith("HEAD ") or "/api/agent-harnesses" in line:
+            return (f"HTTP/1.1 {status}\r\nX-Repo-Commit: {NEWER}\r\nETag: \"e\"\r\nContent-Length: 0\r\n"
+                    "Connection: close\r\n\r\n").encode()
+        return None
+    yield from hub_server._serve(monkeypatch, answer)
+
+
+def test_a_hub_pipeline_whose_main_moved_on_and_whose_hub_stops_answering_names_both_commits(
+        offline_cache, moved_hub, tmp_path, monkeypatch):
+    """The Hub answered a HEAD that main is at a commit the cache has no snapshot of, then held the
+    load's other requests: the fall-back said the cache 'holds no copy of its main revision', as if
+    it held nothing of main, though the snapshot main named before this load is cached. huggingface_hub
+    and diffusers read refs/main's commit alone offline (LocalEntryNotFoundError: 'Cannot find an
+    appropriate cached snapshot folder for the specified revision'), so the cache's older snapshot,
+    another pipeline, is not read in its place either: the line names main's commit, the one refs/main
+    named before the load, the snapshot the cache holds (to pass as a local folder), and that
+    HF_HUB_OFFLINE=1 does not read it. Offline the same words, without this load's move."""
+    from huggingface_hub import constants
+
+    from tests.hub_server import within
+
+    repo = tmp_path / "hub" / "models--acme--pix"
+    error, took = within(30, lambda: load_pipeline(offline_cache, base="acme/pix"))
+    assert isinstance(error, UserError), error
+    assert (repo / "refs" / "main").read_text() == NEWER  # huggingface_hub moved it
+    snapshot = f"the snapshot {repo / 'snapshots' / ('0' * 40)} (pass a snapshot folder as a local one)"
+    held = (f"holds no snapshot of main's commit {NEWER}, which its refs/main names{{}}, only {snapshot}; offline "
+            "(HF_HUB_OFFLINE=1) reads refs/main's commit too, as huggingface_hub does")
+    moved = f" (this load's request to the Hub moved it from {'0' * 40})"
+    assert str(error).startswith("cannot load base pipeline 'acme/pix': the Hugging Face Hub did not answer ("), error
+    assert str(error).endswith(f"(HF_HUB_CACHE, else HF_HOME/hub) {held.format(moved)}; check your network, or pass a "
+                               "local pipeline folder"), error
+    assert 2 <= took < 10
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError) as e:
+        load_pipeline(offline_cache, base="acme/pix")
+    assert str(e.value) == (f"cannot load base pipeline 'acme/pix' offline (HF_HUB_OFFLINE): the Hugging Face cache "
+                            f"{tmp_path / 'hub'} (HF_HUB_CACHE, else HF_HOME/hub) {held.format('')}; check the id, fetch "
+                            "it once online, or pass a local pipeline folder")
+    assert type(load_pipeline(offline_cache, base=str(repo / "snapshots" / ("0" * 40)))).__name__ == "PixArtSigmaPipeline"
