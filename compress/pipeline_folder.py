@@ -1,9 +1,10 @@
 """A local diffusers pipeline folder (or the Hugging Face cache's snapshot of a Hub id read offline:
-`cached_problem`) checked against its model_index.json before it loads: the class
-it names is a diffusers pipeline whose parts it lists, and each part it lists has its folder. Where
-a listed part's folder is missing diffusers and transformers build that part from nothing and say
-nothing (a tokenizer without a vocabulary: prompts become a few ids, or a Flux CLIP tokenizer fails
-on its max_length), so the calibration pipeline, plan and load_pipeline's base ask for it instead."""
+`cached_problem`, which names a file a part reads that the snapshot lacks too) checked against its
+model_index.json before it loads: the class it names is a diffusers pipeline whose parts it lists,
+and each part it lists has its folder. Where a listed part's folder is missing diffusers and
+transformers build that part from nothing and say nothing (a tokenizer without a vocabulary: prompts
+become a few ids, or a Flux CLIP tokenizer fails on its max_length), so the calibration pipeline,
+plan and load_pipeline's base ask for it instead."""
 
 from __future__ import annotations
 
@@ -93,15 +94,20 @@ def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transfor
 
 
 def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("transformer",)) -> str | None:
-    """snapshot_problem of the Hugging Face cache's snapshot a Hub id `source` is read from offline
-    (HF_HUB_OFFLINE); None where `source` is read otherwise, or the cache holds no copy of it."""
+    """What the Hugging Face cache's snapshot a Hub id `source` is read from offline (HF_HUB_OFFLINE)
+    lacks, as its load says it (io_hub_pipeline.cache_problem): a part (snapshot_problem), else a file a
+    part's class reads (io_hub_cache_files.missing_file); None where `source` is read otherwise, the
+    cache holds no copy of it, or the snapshot lacks neither."""
     from compress.io import looks_local
     from compress.io_hub import cached_snapshot, id_problem, offline
+    from compress.io_hub_cache_files import missing_file
 
     if not offline() or looks_local(source) or id_problem(source) is not None:
         return None
     snapshot = cached_snapshot(source)
-    return None if snapshot is None else snapshot_problem(source, snapshot, what, passed)
+    if snapshot is None:
+        return None
+    return snapshot_problem(source, snapshot, what, passed) or missing_file(source, snapshot, passed)
 
 
 def snapshot_problem(source: str, snapshot: Path, what: str = "",

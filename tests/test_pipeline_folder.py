@@ -261,3 +261,31 @@ def test_a_cached_hub_pipeline_lacking_a_part_is_refused_as_a_folder_is(tmp_path
         assert _one_error(capsys) == f"dit-compress: error: {recipe}:2: cannot load calibration pipeline 'acme/pix': {lacks}"
     shutil.copytree(folders["pixart"] / "tokenizer", snapshot / "tokenizer")
     assert type(load_pipeline(out, base="acme/pix")).__name__ == "PixArtSigmaPipeline"
+
+
+@pytest.mark.parametrize(("part", "drop", "lacks", "cls"), [
+    ("scheduler", "scheduler_config.json", "scheduler_config.json", "DPMSolverMultistepScheduler"),
+    ("text_encoder", "config.json", "config.json", "T5EncoderModel")])
+def test_a_cached_hub_pipeline_lacking_a_file_a_part_reads_is_refused_by_plan_and_run_before_the_teacher_loads(
+        tmp_path, folders, monkeypatch, capsys, part, drop, lacks, cls):
+    """A snapshot whose part folder lacks the file its class reads (an interrupted download) passed
+    plan and the pre-run check (pipeline_folder.cached_problem looked at parts' folders only), and only
+    the calibration pipeline's load refused it, after the teacher had loaded. Plan and run now say the
+    load's line (io_hub_cache_files.missing_file) before the teacher loads."""
+    import compress.calib_pipeline as calib_pipeline
+    import compress.runner_setup as runner_setup
+
+    folder = _copy(folders, "pixart", tmp_path)
+    (folder / part / drop).unlink()
+    (folder / part / "README.md").write_text("a file, so the part's folder is not empty")
+    snapshot = _cached_offline(tmp_path, monkeypatch, folder)
+    recipe = _recipe(tmp_path, "pixart", "acme/pix")
+    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    line = (f"dit-compress: error: {recipe}:2: cannot load calibration pipeline 'acme/pix': the Hugging Face cache's "
+            f"snapshot {snapshot} of it: its {part}/ lacks {lacks}, which {cls} reads; download it online "
+            f"(hf download acme/pix --include '{part}/*' --revision {'0' * 40})")
+    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
+        assert main(command) == 2
+        assert _one_error(capsys) == line
+    assert not (tmp_path / "r" / "out").exists()
