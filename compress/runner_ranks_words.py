@@ -50,13 +50,18 @@ def same_as_rank_0(key: str, theirs, mine) -> bool:
 
 def _inputs_words(theirs: dict, mine: dict) -> str:
     """What differs between two pipeline sources' `inputs_identity`s (None: a source that samples
-    no pipeline)."""
+    no pipeline). A follower compares them once prepared, after the recipe (Runner._follow): prompts
+    read otherwise, of one recipe, are its prompt file's lines (calib_prompts.prompts_in_words' keys,
+    but for calibration.prompts and num_prompts, which the recipe compared holds)."""
     if (theirs is None) != (mine is None):
         where = "here, not on rank 0" if theirs is None else "on rank 0, not here"
         return f"the calibration samples a pipeline {where} (the teacher folder holds other files)"
-    if theirs.get("prompts") != mine.get("prompts"):  # a digest: which of the keys gave them is not said
-        return ("the calibration prompts read here differ from rank 0's (calibration.prompts, or the lines "
-                "calibration.prompt_file holds here)")
+    if theirs.get("prompts") != mine.get("prompts"):  # a digest, of calib_prompts.chosen_prompts
+        # the recipe (calibration.prompts, prompt_file, num_prompts) was found the same before (the step
+        # "recipe"): what differs is what its prompt file holds here
+        return ("the calibration prompts read here differ from rank 0's: the recipe is the same, so the lines "
+                "its calibration.prompt_file holds here differ (a relative prompt_file is read beside each "
+                "process's recipe)")
     a, b = theirs.get("pipeline") or {}, mine.get("pipeline") or {}
     differ = sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
     return (f"the calibration pipeline's {', '.join(differ[:3]) or 'files'} "

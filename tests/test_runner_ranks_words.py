@@ -11,15 +11,17 @@ def _identity(prompts: list[str]) -> dict:
     return {"prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16], "pipeline": None}
 
 
-def test_other_prompts_read_are_worded_for_inline_prompts_and_a_prompt_file_alike():
-    """The identities hold a digest of the prompts read, not the keys that gave them: the words said
-    'calibration.prompt_file holds other lines' where the prompts were given inline (prompts:) and
-    no prompt_file was set. They name both keys, neither as the one that differs."""
-    inline = WORDS["inputs"](_identity(["a cat", "a dog"]), _identity(["a cat", "a cow"]))  # prompts: [...]
-    from_file = WORDS["inputs"](_identity(["a cat"]), _identity(["a cow"]))  # prompt_file's lines
-    assert inline == from_file == ("the calibration prompts read here differ from rank 0's (calibration.prompts, "
-                                   "or the lines calibration.prompt_file holds here)")
-    assert "holds other lines" not in inline
+def test_other_prompts_read_of_the_same_recipe_are_worded_as_its_prompt_files_lines():
+    """A follower compares the inputs read once prepared, after its recipe was found rank 0's (the
+    prompts inline, prompt_file, num_prompts with it): the prompts read then differ only where the
+    prompt file holds other lines there. The words named 'calibration.prompts, or the lines
+    calibration.prompt_file holds here' whatever the recipe reads, though inline prompts cannot differ
+    by then (calib_prompts.prompts_in_words names the keys a recipe reads its prompts from)."""
+    said = WORDS["inputs"](_identity(["a cat", "a dog"]), _identity(["a cat", "a cow"]))
+    assert said == ("the calibration prompts read here differ from rank 0's: the recipe is the same, so the lines "
+                    "its calibration.prompt_file holds here differ (a relative prompt_file is read beside each "
+                    "process's recipe)")
+    assert "calibration.prompts," not in said and "holds other lines" not in said
 
 
 def test_the_same_prompts_read_name_the_pipelines_files():
