@@ -3,7 +3,8 @@ then the weight files of the one variant from_pretrained would read), its config
 (`hub_config_file`, for checks before any download; `cached_config` from the cache alone), the
 repo's file list, the cache's copy of a repo (`cached_snapshot`, the one rule outputs, LoRAs and
 pipelines use too; `uncached` says what it holds otherwise, `held_otherwise` the same or None where
-it holds nothing of the repo), and one-line errors for failed fetches with huggingface_hub's retry
+it holds nothing of the repo, `moved_main` where refs/main names a commit it has no snapshot of: the
+Hub answered that main moved on), and one-line errors for failed fetches with huggingface_hub's retry
 warnings kept quiet (`quiet_hub`, `hub_error`). io's `load_teacher` loads the folder `hub_folder`
 returns as a local one.
 
@@ -89,9 +90,7 @@ def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
                   "set HF_HUB_OFFLINE=1 to skip the Hub")
         return (*found, why)
     if found is None and cause is not None:
-        raise UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({cause}), and the Hugging Face cache "
-                        f"{hub_cache()} (HF_HUB_CACHE, else HF_HOME/hub) holds {uncached(repo_id)}; pass a local "
-                        "folder or file, or check your network")  # at once, not after huggingface_hub's ~23 s of retries
+        raise unfetched(repo_id, cause, uncached(repo_id), "a local folder or file")  # at once, not after ~23 s of retries
     if found is not None and commit is not None and pinned(found[0]) == {"revision": commit}:
         return (*found, None)  # the cache's main is the Hub's: its config is not asked for again
     return (*fetch_config(repo_id), None)
@@ -99,10 +98,11 @@ def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
 
 def fetch_config(repo_id: str) -> tuple[Path, str]:
     """hub_config_file from the Hub (hf_hub_download, which falls back to the cache on its own and
-    moves the cache's refs/main to the commit it fetched)."""
+    moves the cache's refs/main to the commit its HEAD answered, before its GET: where that fails,
+    the error names both commits and the snapshot the cache holds, moved_main)."""
     from huggingface_hub import hf_hub_download
 
-    errors = []
+    before, errors = main_commit(repo_id), []
     for sub in SUBS:
         try:
             with quiet_hub():
@@ -114,7 +114,8 @@ def fetch_config(repo_id: str) -> tuple[Path, str]:
     if len(errors) == 2 and all(map(not_in_repo, errors)):
         raise UserError(f"'{repo_id}' has neither transformer/config.json nor config.json: expected a "
                         "diffusers pipeline or transformer repo, or pass a local folder or file")
-    raise hub_error(repo_id, next((e for e in errors if not not_in_repo(e)), errors[0]), "a local folder or file")
+    raise hub_error(repo_id, next((e for e in errors if not not_in_repo(e)), errors[0]), "a local folder or file",
+                    moved_main(repo_id, before))
 
 
 def cached_config(repo_id: str, revision: str | None = None) -> tuple[Path, str] | None:
@@ -215,13 +216,27 @@ def not_cached(repo_id: str) -> UserError:
 def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """The folder of a Hub repo's copy in the Hugging Face cache, as huggingface_hub finds it offline:
     the snapshot of the commit refs/<revision> names (default main; a commit names itself); None
-    where the cache holds none, or `repo_id` is no Hub id. Nothing is asked of the Hub."""
+    where the cache holds none, or `repo_id` is no Hub id. A snapshot folder without a file in it is
+    none (hf_hub_download makes SUB/ in the snapshot of the commit a HEAD answered before its GET
+    fails: main moved on and the Hub stopped answering). Nothing is asked of the Hub."""
     if id_problem(repo_id) is not None:
         return None
     repo = cache_folder(repo_id)
     ref = repo / "refs" / (revision or "main")
     snapshot = repo / "snapshots" / (ref.read_text().strip() if ref.is_file() else revision or "main")
-    return snapshot if snapshot.is_dir() else None
+    return snapshot if holds_files(snapshot) else None
+
+
+def holds_files(snapshot: Path) -> bool:
+    """Whether the snapshot folder `snapshot` holds a file (a link to a blob that is gone counts:
+    io_hub_snapshots.check_cached names it), not only empty folders."""
+    return snapshot.is_dir() and any(p.is_symlink() or p.is_file() for p in snapshot.rglob("*"))
+
+
+def main_commit(repo_id: str) -> str | None:
+    """The commit the cache's refs/main of the Hub id `repo_id` names; None where it names none."""
+    ref = cache_folder(repo_id) / "refs" / "main" if id_problem(repo_id) is None else None
+    return ref.read_text().strip() if ref is not None and ref.is_file() else None
 
 
 def cache_folder(repo_id: str) -> Path:
@@ -231,22 +246,47 @@ def cache_folder(repo_id: str) -> Path:
     return Path(hub_cache()) / repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
-def uncached(repo_id: str) -> str:
+def uncached(repo_id: str, before: str | None = None) -> str:
     """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: 'no copy of
-    it', or what held_otherwise says."""
-    return held_otherwise(repo_id) or "no copy of it"
+    it', or what held_otherwise says (`before`: its)."""
+    return held_otherwise(repo_id, before) or "no copy of it"
 
 
-def held_otherwise(repo_id: str) -> str | None:
+def held_otherwise(repo_id: str, before: str | None = None) -> str | None:
     """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: the snapshots
     of other revisions (`hf download --revision` writes no refs/main), which load as local folders,
-    or the repo spelt in other letters; None where it holds nothing of it."""
+    or the repo spelt in other letters; None where it holds nothing of it. Where refs/main names a
+    commit it holds no snapshot of (the Hub answered a request of hf_hub_download that main is at
+    it: huggingface_hub moves refs/main then, a 404 too), both commits are named (moved_main)."""
     repo = cache_folder(repo_id) if id_problem(repo_id) is None else None
-    snapshots = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()) if repo is not None else []
+    snapshots = held_snapshots(repo_id)
     if not snapshots:
         spelt = other_spelling(repo)
         return "no copy of it" + spelt if spelt else None
-    return f"no copy of its main revision, only {named_snapshots(repo, snapshots)}"
+    return moved_main(repo_id, before) or f"no copy of its main revision, only {named_snapshots(repo, snapshots)}"
+
+
+def held_snapshots(repo_id: str) -> list[Path]:
+    """The cache's snapshot folders of the Hub id `repo_id` that hold files (holds_files), sorted."""
+    repo = cache_folder(repo_id) if id_problem(repo_id) is None else None
+    return sorted(p for p in (repo / "snapshots").glob("*") if holds_files(p)) if repo is not None else []
+
+
+def moved_main(repo_id: str, before: str | None = None) -> str | None:
+    """'no snapshot of main's commit C, which its refs/main names (this load's request to the Hub
+    moved it from B), only the snapshot P (…); offline (HF_HUB_OFFLINE=1) reads refs/main's commit
+    too, as huggingface_hub does' where refs/main names a commit none of the cache's snapshots
+    (held_snapshots) is of and it holds others: huggingface_hub and diffusers read refs/main's commit
+    alone offline, so neither HF_HUB_OFFLINE=1 nor a fall-back to the cache reads an older snapshot in
+    its place (another model); passed as a local folder, one loads, pinned. `before`: refs/main's
+    commit as the load began, where a request of the load moved it. None otherwise."""
+    main, snapshots = main_commit(repo_id), held_snapshots(repo_id)
+    if main is None or not snapshots or any(p.name == main for p in snapshots):
+        return None
+    moved = f" (this load's request to the Hub moved it from {before})" if before not in (None, main) else ""
+    return (f"no snapshot of main's commit {main}, which its refs/main names{moved}, only "
+            f"{named_snapshots(cache_folder(repo_id), snapshots)}; offline (HF_HUB_OFFLINE=1) reads refs/main's commit "
+            "too, as huggingface_hub does")
 
 
 def named_snapshots(repo: Path, snapshots: list[Path]) -> str:
@@ -296,8 +336,9 @@ def quiet_hub():
         logger.setLevel(level)
 
 
-def hub_error(repo_id: str, e: Exception, local: str) -> UserError:
-    """A one-line error for a failed Hub fetch; local: what to pass instead."""
+def hub_error(repo_id: str, e: Exception, local: str, held: str | None = None) -> UserError:
+    """A one-line error for a failed Hub fetch; local: what to pass instead; `held`: what the cache
+    holds in words (moved_main's), said after a failure of the network or the Hub's."""
     from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     if isinstance(e, GatedRepoError):
@@ -312,5 +353,14 @@ def hub_error(repo_id: str, e: Exception, local: str) -> UserError:
     if offline():
         return UserError(f"cannot fetch '{repo_id}' offline (HF_HUB_OFFLINE){cached}; pass {local}, check the id, "
                          "or fetch it once online")
+    if held is not None:
+        return unfetched(repo_id, cause_line(e), held, local)
     return UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({cause_line(e)}){cached}; pass {local}, "
                      "or check the id and your network")
+
+
+def unfetched(repo_id: str, cause: str, held: str, local: str) -> UserError:
+    """'cannot fetch ID from the Hugging Face Hub (`cause`), and the Hugging Face cache … holds `held`;
+    pass `local`, or check your network'."""
+    return UserError(f"cannot fetch '{repo_id}' from the Hugging Face Hub ({cause}), and the Hugging Face cache "
+                     f"{hub_cache()} (HF_HUB_CACHE, else HF_HOME/hub) holds {held}; pass {local}, or check your network")

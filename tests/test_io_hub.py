@@ -316,3 +316,87 @@ def test_cache_only_says_offline_only_where_hf_hub_offline_is_set(monkeypatch):
     assert cache_only("plan") == "without the Hugging Face Hub, which plan does not ask"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert cache_only("plan") == "offline (HF_HUB_OFFLINE)"
+
+
+
+NEWER = "1" * 40  # a commit main moved to on the Hub, of which the cache has no snapshot
+
+
+@pytest.fixture
+def moved_hub(monkeypatch):
+    """A Hub on 127.0.0.1 (tests.hub_server) whose HEADs answer a 500-byte file at main's commit
+    NEWER (hf_hub_download moves the cache's refs/main to it and makes the snapshot's SUB/ folder)
+    and which holds every other request (the GET that follows); yields the requests it saw."""
+    from tests import hub_server
+
+    def answer(line: str) -> bytes | None:
+        if line.startswith("HEAD ") or "/api/agent-harnesses" in line:
+            return (f"HTTP/1.1 200 OK\r\nX-Repo-Commit: {NEWER}\r\nETag: \"e\"\r\nContent-Length: 500\r\n"
+                    "Connection: close\r\n\r\n").encode()
+        return None
+    yield from hub_server._serve(monkeypatch, answer)
+
+
+def _unreachable(monkeypatch) -> None:
+    """The Hub's address made a port nothing listens on (connection refused), and hub_head's answers
+    forgotten (a later process)."""
+    import socket
+
+    import huggingface_hub
+
+    import compress.io_hub_requests as io_hub_requests
+
+    server = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)
+    monkeypatch.setattr(io_hub_requests, "_HEADS", {})
+
+
+def test_a_hub_teacher_whose_main_moved_past_the_cache_names_both_commits(tmp_path, monkeypatch, moved_hub):
+    """The Hub answered hf_hub_download's HEAD of the teacher's config that main is at a commit the
+    cache has no snapshot of (huggingface_hub moved refs/main to it and made its empty transformer/
+    folder), then held the GET: the error said only the timeout. Then, the Hub unreachable, the cache
+    'holds no copy of its main revision, only the snapshots OLD, NEWER (main)', and offline 'a copy of
+    it without transformer/config.json or config.json'. huggingface_hub reads refs/main's commit alone
+    offline, so the older snapshot is not read in its place: each line names main's commit, the
+    commit refs/main named before (where this load moved it) and the snapshot held, which loads as a
+    local teacher (pinned)."""
+    from huggingface_hub import constants
+
+    from tests.hub_server import within
+
+    model = tiny_pixart()
+    _pipeline_with(tmp_path / "pipe", model.save_pretrained)
+    _hub_cache(monkeypatch, tmp_path, "acme/pix", tmp_path / "pipe")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.3)  # huggingface_hub asks the GET 6 times
+    repo, old = tmp_path / "hub" / "models--acme--pix", "0" * 40
+    error, took = within(60, lambda: load_teacher("acme/pix"))
+    assert (repo / "refs" / "main").read_text() == NEWER  # huggingface_hub moved it
+    assert (repo / "snapshots" / NEWER).is_dir()  # its transformer/ folder, empty
+    held = (f"(HF_HUB_CACHE, else HF_HOME/hub) holds no snapshot of main's commit {NEWER}, which its refs/main names{{}}, "
+            f"only the snapshot {repo / 'snapshots' / old} (pass a snapshot folder as a local one); offline "
+            "(HF_HUB_OFFLINE=1) reads refs/main's commit too, as huggingface_hub does")
+    assert isinstance(error, UserError), error
+    assert re.fullmatch(re.escape("cannot fetch 'acme/pix' from the Hugging Face Hub (ReadTimeout: ") + ".*" + re.escape(
+        f"), and the Hugging Face cache {tmp_path / 'hub'} "
+        + held.format(f" (this load's request to the Hub moved it from {old})")
+        + "; pass a local folder or file, or check your network"), str(error)), error
+    _unreachable(monkeypatch)
+    error, took = within(60, lambda: load_teacher("acme/pix"))
+    assert re.fullmatch(re.escape("cannot fetch 'acme/pix' from the Hugging Face Hub (ConnectError: ") + ".*" + re.escape(
+        f"), and the Hugging Face cache {tmp_path / 'hub'} {held.format('')}; pass a local folder or file, or check "
+        "your network"), str(error)), error
+    assert took < 5  # one request (hub_head's), not huggingface_hub's retries
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError) as e:
+        load_teacher("acme/pix")
+    assert str(e.value) == (f"cannot fetch 'acme/pix' offline (HF_HUB_OFFLINE), and the Hugging Face cache "
+                            f"{tmp_path / 'hub'} {held.format('')}: check the id, fetch it once online, or pass a "
+                            "local folder or file")
+    teacher = load_teacher(str(repo / "snapshots" / old))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
