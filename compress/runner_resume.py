@@ -52,10 +52,10 @@ def fingerprint(source: str, weights: str, recipe: Recipe, inputs: dict | None =
 def inputs_change(before: dict, now: dict, pipeline: str, prompts_from: str | None = None) -> str | None:
     """What differs between two `inputs_identity`s (of the pipeline source `pipeline`), in words
     ('the calibration prompts changed (PROMPTS_FROM)': `prompts_from`, the keys the recipe reads them
-    from now, calib_prompts.prompts_in_words); None where nothing does."""
+    from now, calib_prompts.prompts_in_words; without it, as runner_prepare asks only whether they
+    changed, no keys are named); None where nothing does."""
     if before.get("prompts") != now.get("prompts"):
-        read = prompts_from or "calibration.prompts, or the lines calibration.prompt_file holds"
-        return f"the calibration prompts changed ({read})"
+        return "the calibration prompts changed" + (f" ({prompts_from})" if prompts_from else "")
     was, is_ = before.get("pipeline") or {}, now.get("pipeline") or {}
     differ = sorted(name for name in was.keys() | is_.keys() if was.get(name) != is_.get(name))
     if differ:

@@ -150,6 +150,11 @@ def test_inputs_change_names_the_prompts_or_the_pipeline_file_that_changed():
     was = {"prompts": "a", "pipeline": {"model_index.json": part, "vae/config.json": part}}
     assert inputs_change(was, dict(was), "/p") is None
     assert "calibration prompts changed" in inputs_change(was, dict(was, prompts="b"), "/p")
+    # named by the keys the recipe reads them from (calib_prompts.prompts_in_words); not given, none are
+    # named: a recipe of inline prompts read 'or the lines calibration.prompt_file holds'
+    assert inputs_change(was, dict(was, prompts="b"), "/p") == "the calibration prompts changed"
+    assert inputs_change(was, dict(was, prompts="b"), "/p", "calibration.prompts") == (
+        "the calibration prompts changed (calibration.prompts)")
     edited = dict(was, pipeline={"model_index.json": part, "vae/config.json": dict(part, sha256="y")})
     assert inputs_change(was, edited, "/p") == "the calibration pipeline changed (/p/vae/config.json differs)"
     gone = dict(was, pipeline={"vae/config.json": part})
