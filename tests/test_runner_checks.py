@@ -78,11 +78,11 @@ def test_a_removal_that_fails_wherever_a_spread_removal_takes_its_blocks_is_refu
     """4 of the 6 blocks leave 'single' 1 block at least, so 'double' loses 1 at least (it skipped the
     check: 'double' cannot lose all 4): plan said nothing, exit 0, and the run refused line 8 after
     three passes."""
-    with pytest.raises(UserError, match=r"^r\.yaml:8: remove_blocks: removing 1 of 1 blocks would leave group "
-                                        r"'double' empty; keep at least one — where the removal at line 6 takes "
-                                        r"1 of its 4 blocks from group 'double' and 3 from group 'single'; it picks "
-                                        r"them by importance at run time, and this pass fails however they are "
-                                        r"spread over the groups \(each keeps one\)$"):
+    with pytest.raises(UserError, match=r"^r\.yaml:8: remove_blocks: removing the one block of group "
+                                        r"'double' would leave it empty; keep it — where the removal at line 6 "
+                                        r"takes 1 of its 4 blocks from group 'double' and 3 from group "
+                                        r"'single'; it picks them by importance at run time, and this pass "
+                                        r"fails however they are spread over the groups \(each keeps one\)$"):
         _plan(SPREAD.format(count=4))
     assert "warning" not in _said(capsys)
 
@@ -90,8 +90,8 @@ def test_a_removal_that_fails_wherever_a_spread_removal_takes_its_blocks_is_refu
 def test_a_removal_that_fails_for_some_spreads_of_a_spread_removal_is_warned(capsys):
     """2 blocks may take 1 of 'double' (then line 8 fails) or none: a warning, as for a svd pattern."""
     _plan(SPREAD.format(count=2))
-    assert ("warning: r.yaml:8: remove_blocks: removing 1 of 1 blocks would leave group 'double' empty; keep at "
-            "least one — if the removal at line 6 takes 1 of its 2 blocks from group 'double' and 1 from group "
+    assert ("warning: r.yaml:8: remove_blocks: removing the one block of group 'double' would leave it empty; keep "
+            "it — if the removal at line 6 takes 1 of its 2 blocks from group 'double' and 1 from group "
             "'single' (it picks them by importance at run time; a count per group fixes where they come from)"
             ) in _said(capsys)
 
@@ -113,7 +113,8 @@ def test_a_removal_that_holds_wherever_a_spread_removal_takes_its_blocks_is_fine
      r"'single': \d\); keep at least one per group — where the removal at line 5 takes"),
     # two removals are spread as one; a count per group fails wherever both go
     ("  - remove_blocks: {count: 1}\n  - remove_blocks: {count: 1}\n  - remove_blocks: {count: {single: 2}}\n",
-     r"r\.yaml:7: remove_blocks: removing 2 of [12] blocks .* — where the removals at lines 5 and 6 take 1 of "
+     r"r\.yaml:7: remove_blocks: removing 2 (of 2 blocks|blocks of group 'single', which has one,) .* — where "
+     r"the removals at lines 5 and 6 take 1 of "
      r"their 2 blocks from group 'double' and 1 from group 'single'; they pick them"),
 ])
 def test_a_pass_that_fails_wherever_spread_removals_take_their_blocks_is_refused(passes, words):
@@ -166,9 +167,9 @@ def test_a_learned_removal_of_both_groups_refused_for_every_spread_is_said_where
 def test_a_fraction_over_all_blocks_after_a_spread_removal_counts_the_blocks_left(capsys):
     """0.5 of the 4 blocks line 5 leaves is 2 (it was taken of all 6 blocks: 3, so 5 in all, more than
     the groups can give, and line 7 went unchecked): 4 in all leave 'double' 1 block at least."""
-    with pytest.raises(UserError, match=r"^r\.yaml:7: remove_blocks: removing 1 of 1 blocks would leave group "
-                                        r"'double' empty; .* where the removals at lines 5 and 6 take 1 of their 4 "
-                                        r"blocks from group 'double' and 3 from group 'single'"):
+    with pytest.raises(UserError, match=r"^r\.yaml:7: remove_blocks: removing the one block of group "
+                                        r"'double' would leave it empty; .* where the removals at lines 5 and 6 "
+                                        r"take 1 of their 4 blocks from group 'double' and 3 from group 'single'"):
         _check("  - remove_blocks: {count: 2}\n  - remove_blocks: {fraction: 0.5}\n"
                "  - remove_blocks: {count: {double: 1}}\n", num_single_layers=4)
 
@@ -212,12 +213,12 @@ def test_a_pass_that_fails_for_some_counts_a_fraction_per_group_leaves_after_a_s
 def test_a_pass_that_fails_for_every_count_a_fraction_per_group_leaves_after_a_spread_removal_is_refused(capsys):
     """count {single: 1} fails for both counts the run may have ('single' keeps 1 either way): it was
     only warned of (plan found 'single' 2 where line 5 takes a double block); now refused."""
-    with pytest.raises(UserError, match=r"^r\.yaml:7: remove_blocks: removing 1 of 1 blocks would leave group "
-                                        r"'single' empty; keep at least one — where the removal at line 5 takes all "
-                                        r"2 of its blocks from group 'single'; .* fails however they"):
+    with pytest.raises(UserError, match=r"^r\.yaml:7: remove_blocks: removing the one block of group "
+                                        r"'single' would leave it empty; keep it — where the removal at line 5 "
+                                        r"takes all 2 of its blocks from group 'single'; .* fails however they"):
         _check(SEVENTY + "{count: {single: 1}}\n", num_single_layers=4)
     _check(SEVENTY + "{count: {double: 1}}\n", num_single_layers=4)  # fails where 'double' has 1: warned
-    assert "removing 1 of 1 blocks would leave group 'double' empty" in _said(capsys)
+    assert "removing the one block of group 'double' would leave it empty" in _said(capsys)
 
 
 def test_a_per_group_count_is_still_checked_upfront():
@@ -245,7 +246,8 @@ def test_a_model_check_names_the_line_of_its_key(options, where, words):
 
 
 @pytest.mark.parametrize("options, where, words", [
-    ("      count:\n        double: 1\n        single: 9\n", 8, "remove_blocks: removing 9 of 3 blocks"),
+    ("      count:\n        double: 1\n        single: 9\n", 8,
+     "remove_blocks: removing 9 blocks of group 'single', which has 3,"),
     ("      count:\n        single: 1\n        triple: 1\n", 8, "flux has no block group 'triple'"),
     ("      blocks:\n        double: [0]\n        single: [1, 7]\n", 8, "remove_blocks: block index 7 out"),
     ("      blocks:\n        double: [0]\n        single:\n          - 1\n          - 1\n", 10,
@@ -359,10 +361,10 @@ def _simple(tmp_path, passes):
 
 @pytest.mark.parametrize("passes, words", [
     ("  - remove_blocks: {count: {blocks: 2}}\n  - remove_blocks: {count: {blocks: 2}}\n",
-     "remove_blocks: removing 2 of 1 blocks would leave group 'blocks' empty; keep at least one "
+     "remove_blocks: removing 2 blocks of group 'blocks', which has one, would leave it empty; keep it "
      + SEEN.format(1)),
     ("  - remove_blocks: {count: 2}\n  - remove_blocks: {count: 2}\n",  # one group: a bare count is its own
-     "remove_blocks: removing 2 of 1 blocks would leave group 'blocks' empty; keep at least one "
+     "remove_blocks: removing 2 blocks of group 'blocks', which has one, would leave it empty; keep it "
      + SEEN.format(1)),
     ("  - remove_blocks: {blocks: {blocks: [0]}}\n  - svd: {targets: [transformer_blocks.2.attn1.to_q]}\n",
      "svd.targets: pattern 'transformer_blocks.2.attn1.to_q' matches no linear layer .* " + SEEN.format(2)),

@@ -13,6 +13,7 @@ import re
 from compress.arch.base import Adapter
 from compress.errors import BadValue, UserError
 from compress.passes.removed_blocks import AfterRemoval
+from compress.words import counted
 
 
 def one_of(config) -> str:
@@ -40,10 +41,18 @@ def _k_of(key: str, value, n: int, where: str, path: str, group: str | None = No
 
 def too_many(k: int, n: int, group: str, path: str, teacher: bool = False) -> BadValue:
     """n: the group's blocks now, which may be what an earlier removal left (an `AfterRemoval`: the
-    runner says so), or with `teacher` the teacher's."""
+    runner says so), or with `teacher` the teacher's. 'removing 2 of 2 blocks would leave group 'g'
+    empty'; of a group of one block 'removing the one block of group 'g' would leave it empty' (as
+    runner_kept.saved_in_words' 'the one pass'); more than it has, 'removing 3 blocks of group 'g', which
+    has 2, ...', not '3 of 2 blocks'."""
     error = BadValue if teacher else AfterRemoval
-    return error(path, f"remove_blocks: removing {k} of {n} blocks would leave group '{group}' empty; "
-                       "keep at least one", group=group)
+    if k > n:
+        removing = f"removing {k} blocks of group '{group}', which has {'one' if n == 1 else n}, would leave it empty"
+    elif n == 1:
+        removing = f"removing the one block of group '{group}' would leave it empty"
+    else:
+        removing = f"removing {k} of {n} blocks would leave group '{group}' empty"
+    return error(path, f"remove_blocks: {removing}; keep {'it' if n == 1 else 'at least one'}", group=group)
 
 
 def _group(adapter: Adapter, group: str, path: str) -> str:
@@ -77,8 +86,9 @@ def resolve_budget(config, adapter: Adapter, counts: dict[str, int], taken: int 
         raise too_many(k, total, next(iter(counts)), key)
     if k > total - len(counts) and not taken:  # else runner_checks.SpreadRemovals tries each spread
         per = ", ".join(f"'{g}': {n}" for g, n in counts.items())
-        raise AfterRemoval(key, f"remove_blocks: removing {k} of {total} blocks would leave a group empty "
-                            f"(groups {per}); keep at least one per group")
+        of = f"{k} blocks, of the {total} there are," if k > total else f"{k} of {total} blocks"
+        raise AfterRemoval(key, f"remove_blocks: removing {of} would leave a group empty (groups {per}); keep at "
+                                "least one per group")
     return k
 
 
@@ -205,7 +215,7 @@ def _rounded_words(path: str, v: float, group: str | None, ns: list[int], none: 
     lo, hi = min(ns), max(ns)
     of = f" of group '{group}'" if group else ""
     if lo == hi:
-        return f"remove_blocks: {path} {v} of {lo} blocks{of} rounds down to no block"
+        return f"remove_blocks: {path} {v} of {counted(lo, 'block')}{of} rounds down to no block"
     head = (f"remove_blocks: {path} {v} of the {lo}–{hi} blocks{of} that earlier removals may leave (they "
             "pick theirs at run time) rounds down to no block")
     if len(none) == len(set(ns)):

@@ -149,7 +149,7 @@ def test_plan_applies_explicit_removal_to_the_meta_model():
     first.apply_planned(model, adapter)
     second.check(model, adapter)  # teacher indices, mapped through the planned removal
     assert second.plan(model, adapter)["blocks_after"] == {"double": 1, "single": 1}
-    with pytest.raises(UserError, match="removing 1 of 1 blocks would leave group 'single' empty"):
+    with pytest.raises(UserError, match="removing the one block of group 'single' would leave it empty"):
         RemoveBlocksPass(RemoveBlocksConfig(blocks={"single": [1]})).check(model, adapter)
     with pytest.raises(UserError, match=r"block single\.2 .* already removed"):
         RemoveBlocksPass(RemoveBlocksConfig(blocks={"single": [2]})).check(model, adapter)

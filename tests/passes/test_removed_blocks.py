@@ -87,8 +87,8 @@ def test_a_second_removal_of_a_removed_block_points_at_its_index():
 
 def test_too_many_for_the_blocks_left_keeps_the_note():
     checked, _ = _errors("  - remove_blocks: {count: {single: 3}}\n  - remove_blocks: {count: {single: 1}}\n")
-    assert checked.startswith("r.yaml:6: remove_blocks: removing 1 of 1 blocks would leave group 'single' "
-                              f"empty; keep at least one {NOTE}")
+    assert checked.startswith("r.yaml:6: remove_blocks: removing the one block of group 'single' would leave "
+                              f"it empty; keep it {NOTE}")
 
 
 def test_a_learned_window_too_small_for_the_blocks_left_keeps_the_note():
