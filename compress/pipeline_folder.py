@@ -115,11 +115,11 @@ def snapshot_problem(source: str, snapshot: Path, what: str = "",
     """folder_problem of `snapshot`, the Hugging Face cache's copy of the Hub id `source` a pipeline
     is read from (offline, or the Hub unreachable: io_hub_pipeline.pipeline_keywords), in words naming the
     snapshot and the hf download that fetches the parts it lacks (`hf download ID --include
-    'transformer/*'` leaves the tokenizers out); None where nothing is wrong, or it holds no
-    model_index.json."""
+    'transformer/*'` leaves the tokenizers out), or its model_index.json where it lacks that
+    (index_lacking); None where nothing is wrong, or it holds no model_index.json and is no pipeline's."""
     index = folder_index(str(snapshot), what)
     if index is None:
-        return None
+        return index_lacking(source, snapshot)
 
     def fetch(lacking: list[str]) -> str:
         include = " ".join(f"--include '{part}/*'" for part in lacking)
@@ -127,6 +127,27 @@ def snapshot_problem(source: str, snapshot: Path, what: str = "",
                f"--revision {snapshot.name})"
     problem = index_problem(str(snapshot), index, passed, fetch)
     return None if problem is None else f"the Hugging Face cache's snapshot {snapshot} of it: {problem}"
+
+
+def index_lacking(source: str, snapshot: Path) -> str | None:
+    """'the Hugging Face cache's snapshot S of it lacks model_index.json, …; download it online (hf
+    download ID model_index.json --revision COMMIT) …' where the snapshot `snapshot` of the Hub id
+    `source` holds no model_index.json and is a pipeline's: the cache's file list of the commit
+    names it (an interrupted snapshot_download: diffusers ended in huggingface_hub's 'The cached
+    snapshot … is incomplete'), or it holds transformer/ (a Hub teacher's load fetches that alone:
+    diffusers ended in "We couldn't connect to 'https://huggingface.co' …", offline too). None
+    otherwise (a transformer repo's config.json at its root: diffusers says)."""
+    from compress.io_hub_cache_files import cached_listing
+
+    if "model_index.json" in cached_listing(source, snapshot.name):
+        why = " and the cache's file list of the commit names"
+    elif (snapshot / "transformer").is_dir():
+        why = "; it holds transformer/ (which a Hub teacher's load, or hf download --include 'transformer/*', fetches alone)"
+    else:
+        return None
+    return (f"the Hugging Face cache's snapshot {snapshot} of it lacks model_index.json, which diffusers reads first"
+            f"{why}; download it online (hf download {source} model_index.json --revision {snapshot.name}), then the "
+            "parts it lists that the snapshot lacks (named here once it is there)")
 
 
 def _dummy(index: dict) -> bool:

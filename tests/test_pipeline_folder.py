@@ -289,3 +289,54 @@ def test_a_cached_hub_pipeline_lacking_a_file_a_part_reads_is_refused_by_plan_an
         assert main(command) == 2
         assert _one_error(capsys) == line
     assert not (tmp_path / "r" / "out").exists()
+
+
+@pytest.mark.parametrize("held", ["transformer", "listed"])
+def test_a_cached_hub_pipeline_lacking_its_model_index_is_refused_by_plan_run_and_load_pipeline(
+        tmp_path, folders, monkeypatch, capsys, held):
+    """A snapshot without model_index.json: one holding transformer/ alone (what a Hub teacher's load
+    fetches) ended, offline, in diffusers' "We couldn't connect to 'https://huggingface.co' to load
+    this model, couldn't find it in the cached files and it looks like …/model_index.json is not the
+    path to a directory containing a model_index.json file", after plan had passed it and the teacher
+    had loaded; one whose commit's file list the cache holds (an interrupted snapshot_download) in
+    huggingface_hub's 'The cached snapshot … is incomplete'. Now one line names it and its download."""
+    import json
+
+    from huggingface_hub import _tree_cache
+
+    import compress.calib_pipeline as calib_pipeline
+    import compress.runner_setup as runner_setup
+
+    out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
+    folder = _copy(folders, "pixart", tmp_path)
+    listed = sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file())
+    for path in (folder.iterdir() if held == "transformer" else [folder / "model_index.json"]):
+        if path.name != "transformer":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    snapshot = _cached_offline(tmp_path, monkeypatch, folder)
+    why = (" and the cache's file list of the commit names" if held == "listed" else
+           "; it holds transformer/ (which a Hub teacher's load, or hf download --include 'transformer/*', fetches alone)")
+    if held == "listed":  # an online snapshot_download's list of the commit's files
+        (snapshot.parent.parent / "trees").mkdir()
+        (snapshot.parent.parent / "trees" / f"{'0' * 40}.json").write_text(json.dumps(
+            {"format_version": 1, "files": {f: {"size": 1, "blob_id": "0" * 40} for f in listed}}))
+        monkeypatch.setattr(_tree_cache, "_IN_MEMORY_TREE_CACHE", {})
+    lacks = (f"the Hugging Face cache's snapshot {snapshot} of it lacks model_index.json, which diffusers reads first{why}; "
+             f"download it online (hf download acme/pix model_index.json --revision {'0' * 40}), then the parts it lists "
+             "that the snapshot lacks (named here once it is there)")
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base="acme/pix")
+    assert str(e.value) == f"cannot load base pipeline 'acme/pix': {lacks}"
+    recipe = _recipe(tmp_path, "pixart", "acme/pix")
+    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
+        assert main(command) == 2
+        assert _one_error(capsys) == f"dit-compress: error: {recipe}:2: cannot load calibration pipeline 'acme/pix': {lacks}"
+    shutil.copy(folders["pixart"] / "model_index.json", snapshot / "model_index.json")
+    if held == "transformer":  # then the parts it lists are named
+        with pytest.raises(UserError, match="its model_index.json lists scheduler .*, but the folder has no scheduler/, "
+                                            "text_encoder/, tokenizer/, vae/ with files in it"):
+            load_pipeline(out, base="acme/pix")
+    else:
+        assert type(load_pipeline(out, base="acme/pix")).__name__ == "PixArtSigmaPipeline"
