@@ -16,10 +16,11 @@ from compress.runner_answers import ANSWER
 from compress.runner_caches import CLOCK, REMOVED_LOG
 from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
 from compress.runner_lock import LOCK
+from compress.runner_measured import check_measured_for_another_teacher, named_of
 from compress.runner_pending import read_record
 from compress.runner_prompts import inputs_changed, saved_state
 from compress.runner_ranks import HANDOFF
-from compress.runner_config_sum import CONFIG_SUM, config_target
+from compress.runner_config_sum import config_target
 from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, distill_checkpoints,
                                     finished_and_reusable, interrupted_run, read_state, recorded_fingerprint,
                                     recorded_teacher, stage_dirs)
@@ -201,10 +202,11 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
     would discard it; where its latest stage was of another teacher (`other_teacher`, for this run's
     `teacher`: its source and --teacher-config), it says so, as --resume would refuse it, and so
     where it was calibrated on other prompts or in other pipeline parts than `recipe` (the Recipe of
-    `now`) reads (`inputs_changed`). A finished run's folder (its output written) is started over."""
+    `now`) reads (`inputs_changed`); no pass saved, what a run of another teacher measured is refused
+    (`check_measured_for_another_teacher`). A finished run's folder (its output written) is started over."""
     info = interrupted_run(run_dir, now, passes)
     if info is None:
-        return
+        return None if teacher is None else check_measured_for_another_teacher(run_dir, teacher, passes)
     source = (teacher or {}).get("source")
     if info["changed"]:
         kept = kept_by_resume(info, run_dir, recipe, source)
@@ -248,7 +250,7 @@ def other_teacher(run_dir: Path, teacher: dict) -> tuple[str, str] | None:
     before = (read_state(stages[-1][1]) or {}).get("teacher") if stages else recorded_teacher(run_dir)
     if not isinstance(before, dict) or "source" not in before:
         return None
-    named = {"config": None, **{k: v for k, v in before.items() if k in ("source", "config", CONFIG_SUM)}}
+    named = named_of(before)
     if same_teacher(named, teacher):
         return None  # (a config compared by what it holds, or by the file it names)
     return teacher_change(named, teacher), resume_advice(named, teacher, resume=False)

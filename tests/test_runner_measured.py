@@ -1,0 +1,82 @@
+"""What a run interrupted before it saved a pass measured, refused to a plain rerun naming another
+teacher before that teacher loads, with the advice that fits (compress.runner_measured)."""
+
+from __future__ import annotations
+
+import pytest
+
+from compress.cli import main
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import STREAM_RECIPE
+from tests.test_runner_folders_teacher import _changed_in_place
+
+OTHER = "holds what an interrupted run of another teacher or calibration measured"
+
+
+@pytest.fixture
+def interrupted(tmp_path, monkeypatch, capsys):
+    """(run folder, the run's arguments, teacher loads): two svd passes on the tiny PixArt folder
+    tmp_path/teacher, stopped by a Ctrl-C once pass 1 saved its first block statistics (no pass saved)."""
+    import compress.runner_setup as runner_setup
+    from compress.calib_stats import StatsCache
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    (tmp_path / "r.yaml").write_text(STREAM_RECIPE.format(family="pixart", teacher=tmp_path / "teacher",
+                                                          stream="false"))
+    run = tmp_path / "run"
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
+    real = StatsCache.save
+
+    def stopped(self, name, stats):
+        real(self, name, stats)
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(StatsCache, "save", stopped)
+        assert main(args) == 130
+    assert not list(run.glob("stages/*-*/state.json"))  # no pass saved
+    loads, load = [], runner_setup.load_teacher
+    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: (loads.append(a), load(*a, **k))[1])
+    capsys.readouterr()
+    return run, args, loads
+
+
+def _refusal(args, capsys) -> str:
+    assert main(args) == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_folder_teachers_config_edited_in_place_says_to_undo_the_edit(interrupted, capsys):
+    """The teacher's config.json edited in place: refused once the teacher had loaded, 'of another teacher
+    or calibration ... rerun with that teacher and calibration', though the teacher named is the same. Now
+    before it loads, naming the file and advising to undo the edit, after which a plain rerun reads back."""
+    run, args, loads = interrupted
+    config = run.parent / "teacher" / "config.json"
+    _changed_in_place(config)
+    said = _refusal(args, capsys)
+    assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of another teacher measured "
+                           f"({config} changed since the run (its contents differ); block statistics (1 file)"), said
+    assert said.endswith(f"which this run does not read back: undo the change to {config} to read it back, add "
+                         "--restart to discard it, or choose another --run-dir"), said
+    assert loads == []  # said before the teacher loads
+    _changed_in_place(config)  # undone, as advised: read back
+    assert main(args) == 0
+
+
+def test_another_teacher_named_says_which_and_to_rerun_with_it(interrupted, capsys):
+    run, args, loads = interrupted
+    other = run.parent / "teacher2"
+    tiny_pixart().save_pretrained(other)
+    said = _refusal([*args, "--teacher", str(other)], capsys)
+    assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of another teacher measured "
+                           f"(was {run.parent / 'teacher'}, now {other}; block statistics (1 file)"), said
+    assert said.endswith("which this run does not read back: rerun with that teacher to read it back, add --restart "
+                         "to discard it, or choose another --run-dir"), said
+    assert loads == []
+
+
+def test_the_same_teacher_named_is_left_to_the_check_after_it_loads(interrupted, capsys):
+    """Another calibration (a seed): the run folder records no calibration of a run that saved no pass,
+    so it is said once the teacher has loaded and the fingerprints differ, as before."""
+    run, args, loads = interrupted
+    said = _refusal([*args, "--set", "calibration.seed=3"], capsys)
+    assert f"{run} {OTHER}" in said and len(loads) == 1, said
