@@ -61,7 +61,9 @@ def hub_folder(repo_id: str) -> Path:
     try:
         return fetch_files(repo_id, sub, ["config.json", *wanted], **pin)
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-        raise hub_error(repo_id, e, "a local folder or file") from None
+        from compress.io_hub_snapshots import whole_elsewhere
+
+        raise hub_error(repo_id, e, "a local folder or file", whole_elsewhere(repo_id, sub, pin.get("revision"))) from None
 
 
 def hub_config_file(repo_id: str) -> tuple[Path, str]:
@@ -338,7 +340,8 @@ def quiet_hub():
 
 def hub_error(repo_id: str, e: Exception, local: str, held: str | None = None) -> UserError:
     """A one-line error for a failed Hub fetch; local: what to pass instead; `held`: what the cache
-    holds in words (moved_main's), said after a failure of the network or the Hub's."""
+    holds in words (moved_main's, io_hub_snapshots.whole_elsewhere's), said after a failure of the
+    network or the Hub's."""
     from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     if isinstance(e, GatedRepoError):

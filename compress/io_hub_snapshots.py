@@ -2,7 +2,8 @@
 without the Hub (offline, or the Hub unreachable): main's snapshot checked before it loads
 (`check_cached`: weight files that link to a blob the cache no longer has, no weights at all), and
 the snapshots of other revisions that hold the whole transformer (`complete_elsewhere`), named
-where main's lacks it. Nothing is asked of the Hub."""
+where main's lacks it, or where a download of main's weights failed (`whole_elsewhere`). Nothing
+is asked of the Hub."""
 
 from __future__ import annotations
 
@@ -35,10 +36,27 @@ def complete_elsewhere(repo_id: str) -> str:
     """'; it holds them in the snapshot P (v1) (pass a snapshot folder as a local one)' where the
     cache holds snapshots of revisions other than main's with a whole transformer (holds_transformer);
     '' where it holds none."""
+    complete = complete_snapshots(repo_id)
+    return f"; it holds them in {named_snapshots(cache_folder(repo_id), complete)}" if complete else ""
+
+
+def complete_snapshots(repo_id: str) -> list[Path]:
+    """The cache's snapshots of revisions other than main's that hold a whole transformer (holds_transformer)."""
     main = cached_snapshot(repo_id)
     snapshots = sorted(p for p in (cache_folder(repo_id) / "snapshots").glob("*") if p.is_dir() and p != main)
-    complete = [p for p in snapshots if holds_transformer(p)]
-    return f"; it holds them in {named_snapshots(cache_folder(repo_id), complete)}" if complete else ""
+    return [p for p in snapshots if holds_transformer(p)]
+
+
+def whole_elsewhere(repo_id: str, sub: str, commit: str | None) -> str | None:
+    """'main's commit C without its weights (transformer/), and the whole transformer only in the
+    snapshot P (…)' where a download of the weights of main's commit `commit` (`sub`: the transformer's
+    folder in the repo) failed and the cache holds a whole transformer of other commits (main moved
+    on since it was downloaded): what hub_error says it holds; None where it holds none."""
+    complete = complete_snapshots(repo_id) if commit is not None else []
+    if not complete:
+        return None
+    return (f"main's commit {commit} without its weights{f' ({sub})' if sub else ''}, and the whole transformer only in "
+            f"{named_snapshots(cache_folder(repo_id), complete)}")
 
 
 def holds_transformer(snapshot: Path) -> bool:

@@ -1,6 +1,6 @@
 """io_hub_snapshots: main's cached snapshot of a Hub teacher checked before it loads without the
 Hub (weight files whose blob is gone, no weights at all), and the other revisions' snapshots that
-hold the whole transformer, named where main's lacks it."""
+hold the whole transformer, named where main's lacks it or a download of main's weights failed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from compress import load_teacher
 from compress.errors import UserError
@@ -113,3 +114,44 @@ def test_holds_transformer_wants_the_config_every_shard_and_no_broken_link(tmp_p
     next((snapshot / "transformer").glob("*-00002-of-*.safetensors")).resolve().unlink()
     assert not holds_transformer(snapshot)
     assert not holds_transformer(tmp_path / "pipe" / "model_index.json")  # no config.json under it
+
+
+def test_a_failed_download_of_mains_weights_names_the_snapshot_holding_the_whole_transformer(tmp_path, monkeypatch):
+    """Main moved on since the cache's snapshot was downloaded: the Hub answered the config of the
+    newer commit (the snapshot of OTHER holds it alone), then held its weights. The error said only
+    the timeout; it now names main's commit, without its weights, and the snapshot of the older commit
+    that holds the whole transformer (which loads as a local teacher)."""
+    from huggingface_hub import constants
+
+    from tests import hub_server
+    from tests.hub_server import within
+
+    model = tiny_pixart()
+    repo = _cached_pipeline(tmp_path, model)
+    config = (repo / "snapshots" / MAIN / "transformer" / "config.json").read_bytes()
+    files = ["model_index.json", "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"]
+    info = json.dumps({"id": "acme/pix", "sha": OTHER, "siblings": [{"rfilename": f} for f in files]}).encode()
+
+    def reply(body: bytes, head: bool = False) -> bytes:
+        return (f"HTTP/1.1 200 OK\r\nX-Repo-Commit: {OTHER}\r\nETag: \"e{len(body)}\"\r\nContent-Type: application/json"
+                f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + (b"" if head else body)
+
+    def answer(line: str) -> bytes | None:  # the config and file list of OTHER; its weights held
+        if "/transformer/config.json " in line:
+            return reply(config, head=line.startswith("HEAD "))
+        if line.startswith("HEAD ") or "/api/agent-harnesses" in line:
+            return reply(b"x" * 500, head=True)
+        return reply(info) if "/api/models/acme/pix" in line else None
+    serving = hub_server._serve(monkeypatch, answer)
+    next(serving)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.3)  # huggingface_hub asks the GET 6 times
+    error, _ = within(60, lambda: load_teacher("acme/pix"))
+    next(serving, None)
+    assert (repo / "refs" / "main").read_text() == OTHER
+    assert isinstance(error, UserError), error
+    assert re.fullmatch(re.escape("cannot fetch 'acme/pix' from the Hugging Face Hub (ReadTimeout: ") + ".*" + re.escape(
+        f"), and the Hugging Face cache {tmp_path / 'hub'} (HF_HUB_CACHE, else HF_HOME/hub) holds main's commit {OTHER} "
+        f"without its weights (transformer/), and the whole transformer only in the snapshot {repo / 'snapshots' / MAIN} "
+        "(pass a snapshot folder as a local one); pass a local folder or file, or check your network"), str(error)), error
+    teacher = load_teacher(str(repo / "snapshots" / MAIN))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
