@@ -5,14 +5,14 @@ request and then stopped answering diffusers' own (`hub_or_cache`: bounded by
 io_hub_requests.bounded_hub, they time out; the load is made again from the cache). A cache that
 lacks the pipeline, or holds it in part (a part, or a file a part reads: `cache_problem`), is one line
 naming the cache and the hf download that fetches what it lacks; one whose refs/main names a commit
-it has no snapshot of (the Hub answered that main moved on) names both commits (`held`): its older
-snapshot is not read in its place, as huggingface_hub and diffusers do not read it offline."""
+it has no snapshot of (the Hub answered that main moved on) names both commits (io_hub.uncached's
+moved_main): its older snapshot is not read in its place, as huggingface_hub and diffusers do not
+read it offline."""
 
 from __future__ import annotations
 
 from compress.errors import UserError
-from compress.io_hub import (cache_folder, cached_snapshot, hub_cache, id_problem, named_snapshots, note_once, offline,
-                             quiet_hub, uncached)
+from compress.io_hub import cached_snapshot, hub_cache, id_problem, main_commit, note_once, offline, quiet_hub, uncached
 from compress.io_hub_cache_files import missing_file
 from compress.io_hub_requests import bounded_hub, cause_line, hub_head, stopped_answering, timed_out
 from compress.progress import no_library_bars
@@ -49,7 +49,7 @@ def hub_or_cache(source: str, what: str, load):
     snapshot = cached_snapshot(source)
     if snapshot is None:
         raise UserError(f"cannot load {what} '{source}': {why}, and {CACHE.format(hub_cache())} holds "
-                        f"{held(source, before)}; check your network, or pass a local pipeline folder")
+                        f"{uncached(source, before)}; check your network, or pass a local pipeline folder")
     if problem := cache_problem(source, snapshot):
         raise UserError(f"cannot load {what} '{source}': {why}, and {problem}")
     note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub answered, then "
@@ -75,7 +75,7 @@ def pipeline_keywords(source: str, what: str) -> dict:
     if not offline() and cause is None:
         return {}  # the Hub answers: diffusers fetches what the cache lacks
     snapshot = cached_snapshot(source)
-    cache = f"{CACHE.format(hub_cache())} holds {held(source)}"
+    cache = f"{CACHE.format(hub_cache())} holds {uncached(source)}"
     if snapshot is None and cause is None:
         raise UserError(f"cannot load {what} '{source}' offline (HF_HUB_OFFLINE): {cache}; check the id, fetch it "
                         "once online, or pass a local pipeline folder")
@@ -96,25 +96,3 @@ def cache_problem(source: str, snapshot) -> str | None:
     part's class reads (io_hub_cache_files.missing_file); None where it lacks neither."""
     return snapshot_problem(source, snapshot) or missing_file(source, snapshot)
 
-
-def main_commit(source: str) -> str | None:
-    """The commit the cache's refs/main of the Hub id `source` names; None where it names none."""
-    ref = cache_folder(source) / "refs" / "main" if id_problem(source) is None else None
-    return ref.read_text().strip() if ref is not None and ref.is_file() else None
-
-
-def held(source: str, before: str | None = None) -> str:
-    """What the cache holds of the Hub id `source` where cached_snapshot finds no snapshot of main, in
-    words (io_hub.uncached's). Where refs/main names a commit the cache has no snapshot of (the Hub
-    answered a request that main is at it: huggingface_hub moves refs/main then, a 404 too) and it
-    holds others, both commits are named: huggingface_hub and diffusers read refs/main's commit
-    alone offline too, so neither HF_HUB_OFFLINE=1 nor the fall-back to the cache reads the older
-    snapshot (a pipeline of another commit); it loads given as a local folder. `before`: refs/main's
-    commit as the load began, where a request of the load moved it."""
-    main, repo = main_commit(source), cache_folder(source)
-    snapshots = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()) if main is not None else []
-    if not snapshots or (repo / "snapshots" / main).is_dir():
-        return uncached(source)
-    moved = f" (this load's request to the Hub moved it from {before})" if before not in (None, main) else ""
-    return (f"no snapshot of main's commit {main}, which its refs/main names{moved}, only {named_snapshots(repo, snapshots)}; "
-            "offline (HF_HUB_OFFLINE=1) reads refs/main's commit too, as huggingface_hub does")

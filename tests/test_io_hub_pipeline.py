@@ -305,3 +305,23 @@ def test_a_hub_pipeline_whose_main_moved_on_and_whose_hub_stops_answering_names_
                             f"{tmp_path / 'hub'} (HF_HUB_CACHE, else HF_HOME/hub) {held.format('')}; check the id, fetch "
                             "it once online, or pass a local pipeline folder")
     assert type(load_pipeline(offline_cache, base=str(repo / "snapshots" / ("0" * 40)))).__name__ == "PixArtSigmaPipeline"
+
+
+def test_a_moved_main_whose_empty_snapshot_folder_exists_still_names_the_move(offline_cache, moved_hub, tmp_path):
+    """huggingface_hub makes the snapshot folder of the commit a HEAD answered (its SUB/ folders,
+    empty) before its GET fails: io_hub_pipeline's own `held` took that folder as main's snapshot
+    and fell back to io_hub.uncached without `before`, so the line lost 'this load's request to the
+    Hub moved it from OLD'. It reads io_hub's moved_main now, which takes an empty folder as none."""
+    from tests.hub_server import within
+
+    repo = tmp_path / "hub" / "models--acme--pix"
+    (repo / "snapshots" / NEWER / "transformer").mkdir(parents=True)  # what hf_hub_download leaves
+    error, _ = within(30, lambda: load_pipeline(offline_cache, base="acme/pix"))
+    assert isinstance(error, UserError), error
+    assert (repo / "refs" / "main").read_text() == NEWER
+    snapshot = f"the snapshot {repo / 'snapshots' / ('0' * 40)} (pass a snapshot folder as a local one)"
+    assert str(error).endswith(
+        f"(HF_HUB_CACHE, else HF_HOME/hub) holds no snapshot of main's commit {NEWER}, which its refs/main names "
+        f"(this load's request to the Hub moved it from {'0' * 40}), only {snapshot}; offline (HF_HUB_OFFLINE=1) "
+        "reads refs/main's commit too, as huggingface_hub does; check your network, or pass a local pipeline "
+        "folder"), error
