@@ -19,7 +19,8 @@ from compress.recipe import Recipe
 from compress.report import console, param_count
 from compress.runner_caches import clock_ns, finished_run, remove_unread_caches, unread_files
 from compress.runner_checks import removal_note
-from compress.runner_folders import check_measured_for_another, interrupt_note
+from compress.runner_folders import interrupt_note
+from compress.runner_measured import check_measured_for_another
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)

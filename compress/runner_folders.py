@@ -16,14 +16,13 @@ from compress.runner_answers import ANSWER
 from compress.runner_caches import CLOCK, REMOVED_LOG
 from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
 from compress.runner_lock import LOCK
-from compress.runner_measured import check_measured_for_another_teacher, named_of
+from compress.runner_measured import check_measured_for_another_teacher, named_of, run_fingerprint
 from compress.runner_pending import read_record
 from compress.runner_prompts import inputs_changed, saved_state
 from compress.runner_ranks import HANDOFF
 from compress.runner_config_sum import config_target
-from compress.runner_resume import (FINISHED, RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, distill_checkpoints,
-                                    finished_and_reusable, interrupted_run, read_state, recorded_fingerprint,
-                                    recorded_teacher, stage_dirs)
+from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, finished_and_reusable,
+                                    interrupted_run, read_state, recorded_teacher, stage_dirs)
 from compress.runner_teacher_id import resume_advice, same_teacher, teacher_change
 from compress.words import counted
 
@@ -254,58 +253,6 @@ def other_teacher(run_dir: Path, teacher: dict) -> tuple[str, str] | None:
     if same_teacher(named, teacher):
         return None  # (a config compared by what it holds, or by the file it names)
     return teacher_change(named, teacher), resume_advice(named, teacher, resume=False)
-
-
-def check_measured_for_another(run_dir: Path, fingerprint: str, passes) -> None:
-    """A plain rerun (no --resume, no --restart) in a run folder whose last run was interrupted before
-    it saved a pass (`check_run_folder` refuses the others): a UserError where that run measured what
-    this one, of another teacher or calibration (`fingerprint`), does not read back (`measured_so_far`
-    under the fingerprint it recorded, for the recipe's `passes`): as saved passes, what it measured is
-    not left unread and never removed silently. A folder recording no fingerprint (an older dit-compress's,
-    which marked no finished run either) is not refused."""
-    before = recorded_fingerprint(run_dir)
-    if before is None or before == fingerprint:
-        return
-    measured = measured_so_far(run_dir, before, None, list(passes))
-    if measured:
-        raise UserError(f"{run_dir} holds what an interrupted run of another teacher or calibration measured "
-                        f"({measured}), which this run does not read back: rerun with that teacher and "
-                        "calibration to read it back, add --restart to discard it, or choose another --run-dir")
-
-
-def run_fingerprint(run_dir: Path) -> str | None:
-    """The teacher and calibration fingerprint (runner_resume.fingerprint) of the run that last started
-    its passes in `run_dir`, keying the caches it wrote: the one it recorded (runner_stages.record_run),
-    else, in a run folder of an older dit-compress that recorded none, `latest_fingerprint`'s guess.
-    For a refusal before the teacher loads, when this run's fingerprint is not known yet."""
-    recorded = recorded_fingerprint(run_dir)
-    return recorded if recorded is not None else latest_fingerprint(run_dir)
-
-
-def latest_fingerprint(run_dir: Path) -> str | None:
-    """The fingerprint of what was measured last in `run_dir`: of the newest file in its svd caches
-    (calib/<fingerprint>/) and teacher-sample caches (their about.json's), which the interrupted run
-    wrote; None where there is none. A guess (a cache another teacher's run wrote may be newer), for
-    run folders that record no fingerprint (`run_fingerprint`)."""
-    run_dir, newest = Path(run_dir), {}
-    for cache in (run_dir / "calib").glob("*"):
-        newest[cache.name] = max(map(_written_ns, cache.rglob("*.pt")), default=0)
-    for about in (run_dir / TEACHER_SAMPLES).glob(f"*/{SAMPLES_ABOUT}"):
-        try:
-            fp = json.loads(about.read_text()).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(fp, str):
-            written = max(map(_written_ns, [about, *about.parent.glob("shard-*.safetensors")]))
-            newest[fp] = max(newest.get(fp, 0), written)
-    return max(newest, key=newest.get, default=None)
-
-
-def _written_ns(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:  # removed meanwhile
-        return 0
 
 
 def another_recipe(run_dir: Path, info: dict, passes=()) -> str:

@@ -1,17 +1,21 @@
 """What a run interrupted before it saved a pass measured (runner_kept.measured_so_far), refused to a
 plain rerun that names another teacher (`check_measured_for_another_teacher`), before that teacher loads
-and with the advice that fits, as over saved passes (runner_folders.other_teacher); and the teacher a run
-recorded as it is compared before the teacher loads (`named_of`). Imports no torch."""
+and with the advice that fits, as over saved passes (runner_folders.other_teacher), and to one whose
+fingerprint (teacher and calibration) differs once the teacher has loaded (`check_measured_for_another`);
+the teacher a run recorded as it is compared before the teacher loads (`named_of`), and the fingerprint
+that keys what it measured, recorded or guessed from its caches (`run_fingerprint`). Moved out of
+runner_folders, which calls them. Imports no torch."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from compress.errors import UserError
 from compress.runner_caches import finished_run
 from compress.runner_config_sum import CONFIG_SUM
 from compress.runner_kept import measured_so_far
-from compress.runner_resume import recorded_fingerprint, recorded_teacher
+from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES, recorded_fingerprint, recorded_teacher
 from compress.runner_teacher_id import edited_config, same_teacher, teacher_change
 
 
@@ -28,7 +32,7 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes) -> 
     measured what the recipe's `passes` read (under its fingerprint, which this teacher's is not). Its
     advice: undo the edit of a config changed in place (runner_teacher_id.edited_config), else rerun with
     that teacher. Other changes (the weights, the calibration) are told once the teacher has loaded
-    (runner_folders.check_measured_for_another), as the run folder records no calibration of such a run."""
+    (`check_measured_for_another`), as the run folder records no calibration of such a run."""
     fingerprint, before = recorded_fingerprint(run_dir), recorded_teacher(run_dir)
     if fingerprint is None or before is None or finished_run(run_dir):
         return
@@ -42,3 +46,55 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes) -> 
         raise UserError(f"{run_dir} holds what an interrupted run of another teacher measured "
                         f"({teacher_change(named, teacher)}; {measured}), which this run does not read back: "
                         f"{how} to read it back, add --restart to discard it, or choose another --run-dir")
+
+
+def check_measured_for_another(run_dir: Path, fingerprint: str, passes) -> None:
+    """A plain rerun (no --resume, no --restart) in a run folder whose last run was interrupted before
+    it saved a pass (runner_folders.check_run_folder refuses the others): a UserError where that run measured what
+    this one, of another teacher or calibration (`fingerprint`), does not read back (`measured_so_far`
+    under the fingerprint it recorded, for the recipe's `passes`): as saved passes, what it measured is
+    not left unread and never removed silently. A folder recording no fingerprint (an older dit-compress's,
+    which marked no finished run either) is not refused."""
+    before = recorded_fingerprint(run_dir)
+    if before is None or before == fingerprint:
+        return
+    measured = measured_so_far(run_dir, before, None, list(passes))
+    if measured:
+        raise UserError(f"{run_dir} holds what an interrupted run of another teacher or calibration measured "
+                        f"({measured}), which this run does not read back: rerun with that teacher and "
+                        "calibration to read it back, add --restart to discard it, or choose another --run-dir")
+
+
+def run_fingerprint(run_dir: Path) -> str | None:
+    """The teacher and calibration fingerprint (runner_resume.fingerprint) of the run that last started
+    its passes in `run_dir`, keying the caches it wrote: the one it recorded (runner_stages.record_run),
+    else, in a run folder of an older dit-compress that recorded none, `latest_fingerprint`'s guess.
+    For a refusal before the teacher loads, when this run's fingerprint is not known yet."""
+    recorded = recorded_fingerprint(run_dir)
+    return recorded if recorded is not None else latest_fingerprint(run_dir)
+
+
+def latest_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of what was measured last in `run_dir`: of the newest file in its svd caches
+    (calib/<fingerprint>/) and teacher-sample caches (their about.json's), which the interrupted run
+    wrote; None where there is none. A guess (a cache another teacher's run wrote may be newer), for
+    run folders that record no fingerprint (`run_fingerprint`)."""
+    run_dir, newest = Path(run_dir), {}
+    for cache in (run_dir / "calib").glob("*"):
+        newest[cache.name] = max(map(_written_ns, cache.rglob("*.pt")), default=0)
+    for about in (run_dir / TEACHER_SAMPLES).glob(f"*/{SAMPLES_ABOUT}"):
+        try:
+            fp = json.loads(about.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(fp, str):
+            written = max(map(_written_ns, [about, *about.parent.glob("shard-*.safetensors")]))
+            newest[fp] = max(newest.get(fp, 0), written)
+    return max(newest, key=newest.get, default=None)
+
+
+def _written_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:  # removed meanwhile
+        return 0
