@@ -139,7 +139,7 @@ class Runner:
         # an interrupted run's caches are its saved work too: kept unless --restart (restore unmarks the folder)
         self.keeps_caches = not self.restart and not finished_run(self.run_dir)
         if self.keeps_caches and not self.resume:  # what it measured under another fingerprint: refused
-            check_measured_for_another(self.run_dir, self.ctx.fingerprint, self.passes)
+            check_measured_for_another(self.run_dir, self.ctx.fingerprint, self.passes, self.identity)
         start, student = restore(self)
         self._remove_unread_caches(start)  # what it keeps decided: what no run of this recipe reads goes
         self.passes_from_ns, self.stats_read = clock_ns(self.run_dir), {}  # its file system's now; _note_read

@@ -16,7 +16,7 @@ from compress.runner_caches import finished_run
 from compress.runner_config_sum import CONFIG_SUM
 from compress.runner_kept import measured_so_far
 from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES, recorded_fingerprint, recorded_teacher
-from compress.runner_teacher_id import edited_config, same_teacher, teacher_change
+from compress.runner_teacher_id import edited_config, older_checksum, same_teacher, teacher_change
 
 
 def named_of(recorded: dict) -> dict:
@@ -31,8 +31,8 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes) -> 
     (`teacher`: named_teacher's; another source, --teacher-config, or the config edited in place) and it
     measured what the recipe's `passes` read (under its fingerprint, which this teacher's is not). Its
     advice: undo the edit of a config changed in place (runner_teacher_id.edited_config), else rerun with
-    that teacher. Other changes (the weights, the calibration) are told once the teacher has loaded
-    (`check_measured_for_another`), as the run folder records no calibration of such a run."""
+    that teacher. Other changes are told once the teacher has loaded (`check_measured_for_another`): the
+    weights, from the identity the run recorded; the calibration, as the run folder records none of such a run."""
     fingerprint, before = recorded_fingerprint(run_dir), recorded_teacher(run_dir)
     if fingerprint is None or before is None or finished_run(run_dir):
         return
@@ -43,26 +43,42 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes) -> 
     if measured:
         edited = edited_config(named, teacher)
         how = f"undo the change to {edited}" if edited else "rerun with that teacher"
-        raise UserError(f"{run_dir} holds what an interrupted run of another teacher measured "
-                        f"({teacher_change(named, teacher)}; {measured}), which this run does not read back: "
-                        f"{how} to read it back, add --restart to discard it, or choose another --run-dir")
+        raise measured_by_another(run_dir, teacher_change(named, teacher), measured, how)
 
 
-def check_measured_for_another(run_dir: Path, fingerprint: str, passes) -> None:
+def measured_by_another(run_dir: Path, change: str, measured: str, how: str) -> UserError:
+    """'RUN_DIR holds what an interrupted run of another teacher measured (`change`; `measured`), which
+    this run does not read back: `how` to read it back, add --restart to discard it, or choose another
+    --run-dir'."""
+    return UserError(f"{run_dir} holds what an interrupted run of another teacher measured ({change}; {measured}), "
+                     f"which this run does not read back: {how} to read it back, add --restart to discard it, or "
+                     "choose another --run-dir")
+
+
+def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher: dict | None = None) -> None:
     """A plain rerun (no --resume, no --restart) in a run folder whose last run was interrupted before
-    it saved a pass (runner_folders.check_run_folder refuses the others): a UserError where that run measured what
-    this one, of another teacher or calibration (`fingerprint`), does not read back (`measured_so_far`
-    under the fingerprint it recorded, for the recipe's `passes`): as saved passes, what it measured is
-    not left unread and never removed silently. A folder recording no fingerprint (an older dit-compress's,
-    which marked no finished run either) is not refused."""
+    it saved a pass (runner_folders.check_run_folder refuses the others): a UserError where that run
+    measured what this one, of another teacher or calibration (`fingerprint`), does not read back
+    (`measured_so_far` under the fingerprint it recorded, for the recipe's `passes`): as saved passes,
+    what it measured is not left unread and never removed silently. Where the teacher identity the run recorded is not
+    `teacher` (the loaded teacher's, teacher_identity's: its weights changed in place, the names being
+    the same once check_measured_for_another_teacher passed them), it says so as --resume does
+    (runner_teacher_id.teacher_change); else 'another teacher or calibration' (the run folder records no
+    calibration of such a run). A folder recording no fingerprint (an older dit-compress's, which marked
+    no finished run either) is not refused."""
     before = recorded_fingerprint(run_dir)
     if before is None or before == fingerprint:
         return
     measured = measured_so_far(run_dir, before, None, list(passes))
-    if measured:
-        raise UserError(f"{run_dir} holds what an interrupted run of another teacher or calibration measured "
-                        f"({measured}), which this run does not read back: rerun with that teacher and "
-                        "calibration to read it back, add --restart to discard it, or choose another --run-dir")
+    if not measured:
+        return
+    recorded = recorded_teacher(run_dir)
+    if teacher is not None and recorded is not None and not older_checksum(recorded, teacher) \
+            and not same_teacher(recorded, teacher):
+        raise measured_by_another(run_dir, teacher_change(recorded, teacher), measured, "rerun with that teacher")
+    raise UserError(f"{run_dir} holds what an interrupted run of another teacher or calibration measured "
+                    f"({measured}), which this run does not read back: rerun with that teacher and "
+                    "calibration to read it back, add --restart to discard it, or choose another --run-dir")
 
 
 def run_fingerprint(run_dir: Path) -> str | None:

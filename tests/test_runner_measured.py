@@ -80,3 +80,21 @@ def test_the_same_teacher_named_is_left_to_the_check_after_it_loads(interrupted,
     run, args, loads = interrupted
     said = _refusal([*args, "--set", "calibration.seed=3"], capsys)
     assert f"{run} {OTHER}" in said and len(loads) == 1, said
+
+
+def test_weights_changed_in_place_say_the_teacher_changed_once_it_loads(interrupted, capsys):
+    """The teacher folder's weights written again in place (its config the same): refused once the teacher
+    had loaded with the generic 'of another teacher or calibration ... rerun with that teacher and
+    calibration', though the run recorded the identity of the teacher it read, weights included. It
+    says the teacher changed, as --resume over a saved pass does (runner_teacher_id.teacher_change)."""
+    run, args, loads = interrupted
+    teacher = run.parent / "teacher"
+    config = (teacher / "config.json").read_bytes()
+    tiny_pixart(seed=1).save_pretrained(teacher)
+    assert (teacher / "config.json").read_bytes() == config  # the weights alone changed
+    said = _refusal(args, capsys)
+    assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of another teacher measured "
+                           f"({teacher} holds other weights or config; block statistics (1 file)"), said
+    assert said.endswith("which this run does not read back: rerun with that teacher to read it back, add --restart "
+                         "to discard it, or choose another --run-dir"), said
+    assert len(loads) == 1  # the weights are known once it loads
