@@ -70,9 +70,9 @@ def kept_in_words(run_dir: Path, info: dict, fingerprint: str | None, inputs: li
 def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=None,
                     start: int = 0) -> str:
     """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files),
-    teacher samples (6 of 16 shards)': what
-    an interrupted run left that a rerun of the same recipe and teacher reads back instead of
-    computing it again ('' where nothing): each finished sampling call's records among `inputs`
+    teacher samples (6 of 16 shards; 'the one shard' of one)': what an interrupted run left that a
+    rerun of the same recipe and teacher reads back instead of computing it again ('' where nothing):
+    each finished sampling call's records among `inputs`
     (calib_pipeline.PipelineSource.call_files: the files of this run's calls, <hash>.pt; the folder
     may also hold those of other prompts, which a rerun does not read), and under calib/<fingerprint>/<model>/ the
     svd pass's block statistics (calib_stats.StatsCache: <group>-*.pt, stage-*.pt, conditioning-*.pt)
@@ -97,8 +97,9 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
         ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
         ("output Fishers", fishers, "file")] if n]
     written, shards = teacher_samples_kept(run_dir, fingerprint, to_run or ())
-    if written:
-        kept.append(f"teacher samples ({written} of {count(shards, 'shard')})")
+    if written:  # 'the one shard' of one (as saved_in_words' 'the one pass done'), else '2 of 4 shards'
+        samples = "the one shard" if (written, shards) == (1, 1) else f"{written} of {count(shards, 'shard')}"
+        kept.append(f"teacher samples ({samples})")
     return ", ".join(kept)
 
 

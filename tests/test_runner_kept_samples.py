@@ -74,3 +74,36 @@ def test_a_refused_rerun_names_the_samples_of_the_fingerprint_written_last(tmp_p
         check_run_folder(tmp_path, recipe.raw, build_passes(recipe))
     assert str(e.value) == (f"{tmp_path} holds an interrupted run of this recipe (1 of 2 passes done, teacher samples "
                             "(3 of 16 shards) measured so far): add --resume to continue, or --restart to start over")
+
+
+def test_the_one_shard_of_an_interrupted_distill_is_the_one_shard(tmp_path, monkeypatch):
+    """A distill pass whose teacher samples fill one shard (num_samples 2, shards of 4), stopped once it
+    was written: the note said 'teacher samples (1 of 1 shard)'; 'the one shard' now, as 'the one pass
+    done' (saved_in_words). Other counts as they were ('2 of 4 shards')."""
+    from types import SimpleNamespace
+
+    import compress.distill_data as distill_data
+    from compress.distill_data import teacher_sample_cache
+    from tests.conftest import model_inputs, tiny_pixart
+    from tests.passes.distill_helpers import context
+
+    teacher = tiny_pixart()
+    ctx = context(teacher, tmp_path, calibration_inputs=lambda: [model_inputs(teacher, batch=2, seed=1)],
+                  train_batch=None, fingerprint="aaaa")
+    one = SimpleNamespace(process_index=0, num_processes=1, is_main_process=True, device="cpu",
+                          wait_for_everyone=lambda: None)
+    write = distill_data.write_shard
+
+    def then_stopped(*args):
+        write(*args)
+        raise KeyboardInterrupt  # Ctrl-C once the shard is written
+    monkeypatch.setattr(distill_data, "write_shard", then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_sample_cache(ctx, 2, 2, 4, one)
+    (folder,) = (tmp_path / "distill" / "teacher_samples").iterdir()
+    assert json.loads((folder / "about.json").read_text())["shards"] == 1
+    recipe = parse_recipe("model: pixart\nteacher: toy:pixart\npasses:\n  - distill: {data: teacher_samples, "
+                          "num_samples: 2, sample_steps: 2, batch_size: 4}\n", "r.yaml")
+    kept = f"; {tmp_path} keeps teacher samples (the one shard) measured so far: a rerun"
+    assert interrupt_note(tmp_path, False, recipe.raw, build_passes(recipe), "aaaa").startswith(kept)
+    assert resume_note(tmp_path, recipe, build_passes(recipe), "aaaa").startswith(kept)
