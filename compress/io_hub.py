@@ -250,7 +250,7 @@ def cache_folder(repo_id: str) -> Path:
 
 def uncached(repo_id: str, before: str | None = None) -> str:
     """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: 'no copy of
-    it', or what held_otherwise says (`before`: its)."""
+    it', or what held_otherwise says (`before`: refs/main's commit as the load began, for moved_main)."""
     return held_otherwise(repo_id, before) or "no copy of it"
 
 
