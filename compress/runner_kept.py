@@ -83,9 +83,6 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     index `start` on (`to_run` being the recipe's passes from there: a cache marked read by an
     earlier pass, `mark_read_by`, is one --resume passes over; one marked by none, where the pass that
     reads them is known, `known_readers`, is read by none). Unfinished files (*.tmp*) are not counted."""
-    def count(n: int, unit: str) -> str:
-        return f"{n} {unit}{'' if n == 1 else 's'}"
-
     calls = sum(1 for p in inputs if p.is_file()) if inputs else 0
     svd_ahead = to_run is None or any(getattr(p, "name", None) == "svd" for p in to_run)
     caches = read_caches(run_dir, fingerprint, start) if svd_ahead else []  # (after the last svd pass: read by none)
@@ -93,12 +90,12 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
         caches = [cache for cache in caches if (cache / READ_BY).is_file()]
     stats = sum(1 for cache in caches for _ in cache.glob("*.pt"))
     fishers = sum(1 for cache in caches for folder in fishers_read(to_run) for _ in cache.glob(f"{folder}/*.pt"))
-    kept = [f"{what} ({count(n, unit)})" for what, n, unit in [
+    kept = [f"{what} ({counted(n, unit)})" for what, n, unit in [
         ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
         ("output Fishers", fishers, "file")] if n]
     written, shards = teacher_samples_kept(run_dir, fingerprint, to_run or ())
     if written:  # 'the one shard' of one (as saved_in_words' 'the one pass done'), else '2 of 4 shards'
-        samples = "the one shard" if (written, shards) == (1, 1) else f"{written} of {count(shards, 'shard')}"
+        samples = "the one shard" if (written, shards) == (1, 1) else f"{written} of {counted(shards, 'shard')}"
         kept.append(f"teacher samples ({samples})")
     return ", ".join(kept)
 
