@@ -4,6 +4,7 @@ folder's stages/FINISHED mark."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -45,12 +46,39 @@ def output_report(runner, student, teacher_params: int, recorded: dict) -> dict:
 
 def output_files(runner, student, report: dict) -> dict[str, str]:
     """The output's files beside its weights, by name: what the output holds."""
-    files = {"recipe.yaml": dump_recipe(runner.recipe, runner.prompts),
+    files = {"recipe.yaml": recipe_as_run(runner.recipe, runner.prompts, report),
              "report.json": json.dumps(report, indent=2, default=str) + "\n",
              "README.md": model_card(runner.recipe, report, ranks_of(student))}
     if runner.ctx.block_map is not None:
         files["block_map.json"] = json.dumps(runner.ctx.block_map, indent=2) + "\n"
     return files
+
+
+def recipe_as_run(recipe, prompts: list[str] | None, recorded: dict) -> str:
+    """recipe.yaml: `recipe` as run, its teacher the one the run read (`recorded`: recorded_teacher's,
+    local paths absolute: --teacher where given, and a recipe's own relative path would otherwise be read
+    against the output folder), so that running it again compresses the same model. A --teacher-config,
+    which no recipe key holds, is named in a comment above it, to give again."""
+    as_run = copy.copy(recipe)  # its marks (`_given`) and key places kept
+    as_run.teacher = recorded["teacher"]
+    text = dump_recipe(as_run, prompts)
+    notes = teacher_notes(recipe.teacher, recorded)
+    if not notes:
+        return text
+    first, rest = text.split("\n", 1)  # MARKS_HEADER stays the first line
+    return "\n".join([first, *notes, rest])
+
+
+def teacher_notes(given: str, recorded: dict) -> list[str]:
+    """YAML comments on the teacher of a dumped recipe: the recipe's own where the run read another
+    (--teacher), and the --teacher-config it read, which a rerun must be given."""
+    notes = []
+    if given != recorded["teacher"]:
+        notes.append(f"# teacher: the one the run read (the recipe's was {given})")
+    if recorded.get("teacher_config"):
+        notes.append(f"# the run read the teacher's config from --teacher-config {recorded['teacher_config']}: "
+                     "no recipe key holds it, so give it again to rerun this recipe")
+    return notes
 
 
 def mark_finished(run_dir: Path, out: Path) -> None:

@@ -1,0 +1,49 @@
+"""What a run writes beside its weights (runner_export): the recipe as run names the teacher the run read."""
+
+from pathlib import Path
+
+import yaml
+from safetensors.torch import save_file
+
+from compress.plan import make_plan
+from compress.recipe import load_recipe
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import SIMPLE, run_recipe
+
+PASSES = "  - svd: {targets: [attention], ratio: 0.5, multiple: 2}\n"
+
+
+def test_the_recipe_as_run_names_the_teacher_given_with_teacher(tmp_path, monkeypatch):
+    """--teacher X over a recipe naming Y: the output's recipe.yaml names X (absolute, though given
+    relative), so that it loads, plans and reruns X, not the recipe's Y."""
+    tiny_pixart().save_pretrained(tmp_path / "x")
+    tiny_pixart(num_layers=3).save_pretrained(tmp_path / "y")  # another model: plan tells them apart
+    monkeypatch.chdir(tmp_path)
+    out = run_recipe(tmp_path, SIMPLE.format(teacher=tmp_path / "y", passes=PASSES), "r", teacher="x")
+    text = (out / "recipe.yaml").read_text()
+    assert yaml.safe_load(text)["teacher"] == str(tmp_path / "x")
+    assert f"# teacher: the one the run read (the recipe's was {tmp_path / 'y'})" in text
+    monkeypatch.chdir("/")
+    again = load_recipe(out / "recipe.yaml")
+    assert again.teacher == str(tmp_path / "x")
+    plan = make_plan(again)
+    assert plan["teacher"] == str(tmp_path / "x")
+    assert plan["params_before"] == sum(p.numel() for p in tiny_pixart().parameters())
+
+
+def test_the_recipe_as_run_names_the_teacher_config_it_read(tmp_path):
+    """A single file with --teacher-config: the recipe as run names the file and, in a comment, the
+    config to give again (no recipe key holds it); load_recipe reads it, and plan with that config
+    resolves the same teacher."""
+    model = tiny_pixart()
+    save_file(model.state_dict(), str(tmp_path / "pix.safetensors"))
+    model.save_config(tmp_path / "cfg")
+    text = SIMPLE.format(teacher=tmp_path / "pix.safetensors", passes=PASSES)
+    out = run_recipe(tmp_path, text, "r", teacher_config=str(tmp_path / "cfg"))
+    written = (out / "recipe.yaml").read_text()
+    assert f"--teacher-config {tmp_path / 'cfg'}: no recipe key holds it" in written
+    assert "# teacher: the one the run read" not in written  # the recipe's own
+    again = load_recipe(out / "recipe.yaml")
+    assert Path(again.teacher) == tmp_path / "pix.safetensors"
+    plan = make_plan(again, teacher_config=str(tmp_path / "cfg"))
+    assert plan["params_before"] == sum(p.numel() for p in model.parameters())
