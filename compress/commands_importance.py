@@ -14,6 +14,7 @@ from compress.io import cast, load_teacher, looks_local
 from compress.io_export import is_output
 from compress.report import console, output_file, results, to_json
 from compress.report_teacher import recorded_teacher, toy_base
+from compress.words import counted
 
 
 def _is_recipe(source: str) -> bool:
@@ -210,8 +211,9 @@ def _importance_config(recipe, buckets: int | None, teacher_arg: str | None = No
     levels, how = _noise_levels(recipe, teacher_arg)
     if buckets > levels:
         more = "a recipe with more calibration inputs" if recipe is None else "more calibration inputs (--set)"
-        raise UserError(f"--buckets {buckets}: more buckets than the {levels} noise levels the calibration inputs "
-                        f"hold ({how}); pass --buckets {levels} or fewer, or {more}")
+        fewer = levels if levels == 1 else f"{levels} or fewer"
+        raise UserError(f"--buckets {buckets}: more buckets than the {counted(levels, 'noise level')} the calibration "
+                        f"inputs hold ({how}); pass --buckets {fewer}, or {more}")
     return dataclasses.replace(config, buckets=buckets)
 
 

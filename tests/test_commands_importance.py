@@ -193,3 +193,13 @@ def test_importance_refuses_an_empty_json_or_png_before_the_teacher_loads(tmp_pa
         (["importance", "toy:pixart", "--json", ""], "--json is empty: give a file name, or leave --json out"),
         (["importance", "toy:pixart", "--png", " "], "--png is empty: give a file name, or leave --png out")])
     assert not list(tmp_path.iterdir())
+
+
+def test_importance_refuses_buckets_beyond_one_noise_level_in_the_singular(tmp_path, capsys, no_teacher_loads):
+    """'more buckets than the 1 noise levels' of a calibration of one input: the noun agrees."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TOY_IMPORTANCE.replace("timesteps: 4, heldout: 4", "timesteps: 1, heldout: 1"))
+    _one_line_errors(capsys, [
+        (["importance", str(recipe), "--buckets", "2", "--png", str(tmp_path / "imp.png")],
+         "--buckets 2: more buckets than the 1 noise level the calibration inputs hold (calibration.num_prompts "
+         "× timesteps: 1 × 1 inputs); pass --buckets 1, or more calibration inputs (--set)")])

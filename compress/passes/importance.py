@@ -31,6 +31,7 @@ from compress.passes.base import Pass, RunContext
 from compress.passes.importance_stream import wave_pass
 from compress.progress import bar
 from compress.replay import replayed
+from compress.words import counted
 
 BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]}
 
@@ -225,9 +226,10 @@ def _note_empty_buckets(adapter: Adapter, batches: list[dict], buckets: int) -> 
     if empty:
         from compress.report import note
 
-        note(f"importance: {empty} of the {buckets} timestep buckets hold no "
-             f"calibration input ({len(set(levels.tolist()))} distinct timesteps); their columns "
-             "stay empty (fewer buckets, or more calibration timesteps)")
+        hold, columns = ("holds", "its column stays") if empty == 1 else ("hold", "their columns stay")
+        note(f"importance: {empty} of the {buckets} timestep buckets {hold} no calibration input "
+             f"({counted(len(set(levels.tolist())), 'distinct timestep')}); {columns} empty (fewer "
+             "buckets, or more calibration timesteps)")
 
 
 def _one_batch(model, adapter, kwargs: dict, skips: bool, loader: BlockLoader | None, tick):
@@ -368,10 +370,12 @@ class ImportancePass(Pass):
         levels, how = noise_levels(calib, kind)
         if buckets <= levels:
             return []
-        return [("buckets", f"importance: buckets {buckets} is more than the {levels} noise levels the "
-                            f"calibration inputs hold ({how}): at least {buckets - levels} of its buckets hold "
-                            f"no input, their columns of the table and heatmap empty; set buckets to {levels} "
-                            "or fewer, or draw more calibration inputs")]
+        empty = buckets - levels
+        hold, columns = ("holds", "its column") if empty == 1 else ("hold", "their columns")
+        return [("buckets", f"importance: buckets {buckets} is more than the {counted(levels, 'noise level')} the "
+                            f"calibration inputs hold ({how}): at least {empty} of its buckets {hold} no input, "
+                            f"{columns} of the table and heatmap empty; set buckets to {levels if levels == 1 else f'{levels} or fewer'}, or draw "
+                            "more calibration inputs")]
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         n = sum(adapter.block_counts(model).values())

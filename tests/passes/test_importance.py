@@ -244,3 +244,22 @@ def test_plan_and_run_warn_of_more_buckets_than_noise_levels_once_at_the_key(tmp
     assert " ".join(capsys.readouterr().err.split()).count(warning) == 1
     make_plan(parse_recipe(text.replace("B", "8"), str(tmp_path / "r.yaml")))
     assert "buckets" not in capsys.readouterr().err
+
+
+def test_one_empty_bucket_or_noise_level_is_said_in_the_singular(capsys):
+    """'1 of the 4 timestep buckets hold no calibration input ...; their columns stay empty' and
+    'at least 1 of its buckets hold no input' (a tester's finding): the verb and the column agree
+    with a count of 1, as do the distinct timesteps and noise levels."""
+    from compress.recipe import CalibrationConfig
+
+    model = tiny_pixart()  # timesteps 10, 500, 900: 3 of 4 buckets hold one
+    scan(model, get_adapter(model), batches_for(model, n=1), buckets=4, progress=False)
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert ("importance: 1 of the 4 timestep buckets holds no calibration input (3 distinct timesteps); "
+            "its column stays empty") in said
+    (key, words), = ImportancePass(ImportanceConfig(buckets=2)).calibration_notes(
+        CalibrationConfig(num_prompts=1, timesteps=1), "toy")
+    assert words == ("importance: buckets 2 is more than the 1 noise level the calibration inputs hold "
+                     "(calibration.num_prompts × timesteps: 1 × 1 inputs): at least 1 of its buckets holds no "
+                     "input, its column of the table and heatmap empty; set buckets to 1, or draw more "
+                     "calibration inputs")
