@@ -1,10 +1,11 @@
 """A local diffusers pipeline folder (or the Hugging Face cache's snapshot of a Hub id read offline:
 `cached_problem`, which names a file a part reads that the snapshot lacks too) checked against its
 model_index.json before it loads: the class it names is a diffusers pipeline whose parts it lists,
-and each part it lists has its folder. Where a listed part's folder is missing diffusers and
-transformers build that part from nothing and say nothing (a tokenizer without a vocabulary: prompts
-become a few ids, or a Flux CLIP tokenizer fails on its max_length), so the calibration pipeline,
-plan and load_pipeline's base ask for it instead."""
+and each part it lists has its folder. Where a listed tokenizer's folder is missing diffusers and
+transformers build it from nothing and say nothing (a tokenizer without a vocabulary: prompts
+become a few ids, or a Flux CLIP tokenizer fails on its max_length), and another part's load stops
+on the file it reads, after a run's teacher has loaded; so the calibration pipeline, plan and
+load_pipeline's base ask for it instead."""
 
 from __future__ import annotations
 
@@ -74,7 +75,24 @@ def parts_problem(folder: str, index: dict, cls, passed: tuple[str, ...] = ("tra
     it = "it" if len(lacking) == 1 else "them"
     how = fetch(lacking) if fetch is not None else f"copy {it} from the pipeline the folder came from"
     return (f"its model_index.json lists {parts}, but the folder has no {'/, '.join(lacking)}/ with files in it "
-            f"(diffusers would build {it} from nothing: a tokenizer without its vocabulary); {how}")
+            f"({lacking_aside(lacking, listed)}); {how}")
+
+
+def lacking_aside(lacking: list[str], listed: dict[str, tuple[str, str]]) -> str:
+    """What diffusers would do with the `lacking` parts (listed_parts' `listed`), in words: a tokenizer
+    it builds from nothing (without its vocabulary); a scheduler's or model's load stops on the file
+    it reads ('no file named scheduler_config.json'), after a calibration run's teacher has loaded."""
+    built = [k for k in lacking if listed[k][1].endswith(("Tokenizer", "TokenizerFast"))]
+    stopped = [k for k in lacking if k not in built]
+    words = []
+    if built:
+        names = "it" if not stopped else ", ".join(built)
+        words.append(f"diffusers would build {names} from nothing: "
+                     + ("a tokenizer without its vocabulary" if len(built) == 1 else "tokenizers without their vocabularies"))
+    if stopped:
+        names = ("it" if len(stopped) == 1 else "them") if not built else ", ".join(stopped)
+        words.append(f"{'and ' if built else 'diffusers would '}stop loading {names} on a file it reads")
+    return "; ".join(words) if len(words) == 1 else f"{words[0]}, {words[1]}"
 
 
 def folder_problem(folder: str, what: str, passed: tuple[str, ...] = ("transformer",)) -> str | None:

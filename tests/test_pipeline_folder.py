@@ -340,3 +340,21 @@ def test_a_cached_hub_pipeline_lacking_its_model_index_is_refused_by_plan_run_an
             load_pipeline(out, base="acme/pix")
     else:
         assert type(load_pipeline(out, base="acme/pix")).__name__ == "PixArtSigmaPipeline"
+
+
+@pytest.mark.parametrize(("drop", "aside"), [
+    (["scheduler"], "diffusers would stop loading it on a file it reads"),
+    (["tokenizer"], "diffusers would build it from nothing: a tokenizer without its vocabulary"),
+    (["scheduler", "tokenizer"], "diffusers would build tokenizer from nothing: a tokenizer without its vocabulary, "
+                                 "and stop loading scheduler on a file it reads")])
+def test_the_aside_on_a_lacking_part_fits_the_part(tmp_path, folders, drop, aside):
+    """An empty scheduler/ was said with the tokenizer's aside '(diffusers would build it from nothing: a
+    tokenizer without its vocabulary)': diffusers builds only a tokenizer from nothing; a scheduler's
+    load stops on its scheduler_config.json."""
+    from compress.pipeline_folder import folder_problem
+
+    folder = _copy(folders, "pixart", tmp_path)
+    for part in drop:
+        shutil.rmtree(folder / part)
+        (folder / part).mkdir()
+    assert f"with files in it ({aside}); copy " in folder_problem(str(folder), "")
