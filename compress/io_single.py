@@ -4,6 +4,7 @@ of its transformer beside it or given (`--teacher-config`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -191,22 +192,35 @@ def config_file(path: Path, config: str | None) -> Path:
         if not (c / "config.json").is_file() and (c / "transformer" / "config.json").is_file():
             c = c / "transformer"  # a pipeline folder
         if not (c / "config.json").is_file():
-            raise UserError(f"--teacher-config {config}: {_no_config_file(c)}")
+            raise UserError(f"--teacher-config {config}{_no_config_file(c)}")
         return c / "config.json"
-    if (path.parent / "config.json").is_file():
-        return path.parent / "config.json"
-    raise UserError(f"single file {path} has no config.json beside it; pass --teacher-config with "
+    beside = path.parent / "config.json"
+    if beside.is_file():
+        return beside
+    why = f" ({_not_a_file(beside)})" if beside.exists() or beside.is_symlink() else ""
+    raise UserError(f"single file {path} has no config.json beside it{why}; pass --teacher-config with "
                     "the diffusers config of the transformer (a folder or config.json)")
 
 
-def _no_config_file(folder: Path) -> str:
-    """Why `folder`, a --teacher-config, holds no config file to read: its config.json (or a pipeline
-    folder's transformer/config.json) is there but is a folder (or another thing), not a file; else none
-    is there."""
-    there = next((c for c in (folder / "config.json", folder / "transformer" / "config.json") if c.exists()), None)
-    if there is None:
-        return "no config.json there"
-    return f"{there} is {'a folder, not a file' if there.is_dir() else 'not a regular file'}"
+def _no_config_file(given: Path) -> str:
+    """Why `given`, a --teacher-config that is no file, holds no config file to read, as the rest of its
+    error: its config.json (or a pipeline folder's transformer/config.json) is there but is a folder, a
+    link to nothing or another thing, not a file; it is itself a folder named as a JSON file would be;
+    else none is there."""
+    inside = (given / "config.json", given / "transformer" / "config.json")
+    there = next((c for c in inside if c.exists() or c.is_symlink()), None)
+    if there is not None:
+        return f": {_not_a_file(there)}"
+    if given.suffix == ".json" and given.is_dir():
+        return " is a folder, not a JSON file, and holds no config.json"
+    return ": no config.json there"
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path`, which is there (or a link), is no config file to read, in words naming it."""
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a link to {os.readlink(path)}, which is not there"
+    return f"{path} is {'a folder, not a file' if path.is_dir() else 'not a regular file'}"
 
 
 def config_place(cfg: Path) -> Path:

@@ -301,3 +301,38 @@ def test_a_teacher_config_whose_config_json_is_a_folder_says_so(tmp_path, inside
     with pytest.raises(UserError) as e:
         config_file(tmp_path / "t.safetensors", str(tmp_path / "D"))
     assert str(e.value) == f"--teacher-config {tmp_path / 'D'}: {tmp_path / 'D' / inside} is a folder, not a file"
+
+
+def test_a_teacher_config_whose_config_json_links_to_nothing_says_so(tmp_path):
+    """--teacher-config D where D/config.json is a link whose target is gone said 'no config.json there'."""
+    from compress.io_single import config_file
+
+    (tmp_path / "D").mkdir()
+    (tmp_path / "D" / "config.json").symlink_to(tmp_path / "gone.json")
+    with pytest.raises(UserError) as e:
+        config_file(tmp_path / "t.safetensors", str(tmp_path / "D"))
+    assert str(e.value) == (f"--teacher-config {tmp_path / 'D'}: {tmp_path / 'D' / 'config.json'} is a link to "
+                            f"{tmp_path / 'gone.json'}, which is not there")
+
+
+def test_a_teacher_config_json_that_is_a_folder_says_so(tmp_path):
+    """--teacher-config D1/config.json where that path is a folder said 'D1/config.json: no config.json
+    there'; a run says it before the teacher loads."""
+    sd = tiny_pixart().state_dict()
+    save_file(sd, str(tmp_path / "t.safetensors"))
+    (tmp_path / "D1" / "config.json").mkdir(parents=True)
+    given = str(tmp_path / "D1" / "config.json")
+    with pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / "t.safetensors"), config=given)
+    assert str(e.value) == f"--teacher-config {given} is a folder, not a JSON file, and holds no config.json"
+
+
+def test_a_config_json_beside_a_single_file_that_links_to_nothing_says_so(tmp_path):
+    from compress.io_single import config_file
+
+    (tmp_path / "config.json").symlink_to("gone.json")
+    with pytest.raises(UserError) as e:
+        config_file(tmp_path / "t.safetensors", None)
+    assert str(e.value) == (f"single file {tmp_path / 't.safetensors'} has no config.json beside it "
+                            f"({tmp_path / 'config.json'} is a link to gone.json, which is not there); pass "
+                            "--teacher-config with the diffusers config of the transformer (a folder or config.json)")
