@@ -43,9 +43,32 @@ def core_tag(text: str) -> str:
 
 
 class RecipeLoader(yaml.SafeLoader):
-    """SafeLoader reading plain scalars by YAML 1.2's core schema (module docstring)."""
+    """SafeLoader reading plain scalars by YAML 1.2's core schema (module docstring); a mapping key
+    that lacks the space after its ':' ({double:1}) refused (`unspaced_key`)."""
 
     yaml_implicit_resolvers: dict = {}  # not SafeLoader's YAML 1.1 ones (filled below)
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        for key, value in node.value:
+            if problem := unspaced_key(key, value):
+                raise yaml.composer.ComposerError(None, None, problem, key.start_mark)
+        return node
+
+
+_UNSPACED = re.compile(r"([^:\s]+):(\S.*)")  # double:1: a key and value a ':' without its space joined
+
+
+def unspaced_key(key: yaml.Node, value: yaml.Node) -> str | None:
+    """What is wrong with a mapping entry whose plain key holds a ':' not followed by a space and
+    that has no value: {double:1} is YAML's key 'double:1' with the value null, never what was meant.
+    None for any other entry (a quoted key, one with a value, b:2: 3)."""
+    if not (isinstance(key, yaml.ScalarNode) and key.style is None and (split := _UNSPACED.fullmatch(key.value))):
+        return None
+    if not (isinstance(value, yaml.ScalarNode) and value.style is None and value.value == ""):
+        return None
+    return (f"no space after ':' in '{key.value}', which YAML reads as the key '{key.value}' without a value; "
+            f"write '{split[1]}: {split[2]}'")
 
 
 def _refuse(node: yaml.ScalarNode, problem: str, hint: str = "") -> typing.NoReturn:
@@ -184,10 +207,18 @@ def type_hint(node: yaml.Node, tp) -> str:
     except yaml.YAMLError as e:  # 010, !!bool yes: the constructor's hint (_refuse)
         return f" {e.note}" if getattr(e, "note", None) else ""
     if isinstance(value, str):
-        return spelling_hint(value, wanted & {bool, int, float})
+        return spelling_hint(value, wanted & {bool, int, float}) or _mapping_hint(node, wanted)
     if int in wanted and isinstance(value, float) and value.is_integer():
         return f" (an integer is written without a dot or exponent: {int(value)})"
     return ""
+
+
+def _mapping_hint(node: yaml.ScalarNode, wanted: set) -> str:
+    """How to write the mapping a plain text such as single:1 (a ':' without its space) nearly is,
+    where `wanted` takes a mapping; else ''."""
+    takes_mapping = any(w is dict or typing.get_origin(w) is dict for w in wanted)
+    split = _UNSPACED.fullmatch(node.value) if node.style is None and takes_mapping else None
+    return f" (a mapping needs a space after ':': write {{{split[1]}: {split[2]}}})" if split else ""
 
 
 # ---- a saved recipe's default marks -------------------------------------------------------------
