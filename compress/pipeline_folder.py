@@ -9,6 +9,7 @@ load_pipeline's base ask for it instead."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from compress.errors import UserError
@@ -200,7 +201,8 @@ def check_not_saved_toy(pipeline: str, index: dict, where: str = "") -> None:
 
 def check_calibration_pipeline(calib, teacher_source: str) -> None:
     """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
-    plan as by run before any weights load (inputs.source_kind): not a saved toy pipeline; where it
+    plan as by run before any weights load (inputs.source_kind): a local calibration.pipeline there
+    (check_pipeline_there); not a saved toy pipeline; where it
     holds a model_index.json, that fitting its class and folders (folder_problem). Errors name the
     recipe's line. (A folder without model_index.json is refused by check_pipeline_source, which
     plan and run call as they check the recipe's sources (io_source.check_sampled_pipeline) and the
@@ -211,6 +213,8 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     if pipeline.startswith("toy:"):
         return
     where = pipeline_at(calib, teacher_source)
+    if calib.pipeline:
+        check_pipeline_there(calib, where)
     what = f"{where}cannot load calibration pipeline '{pipeline}': "
     index = folder_index(pipeline, what)  # read once
     if index is None:  # no local pipeline folder: a Hub id read from the cache offline is checked as one
@@ -220,6 +224,27 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     check_not_saved_toy(pipeline, index, where)
     if problem := index_problem(pipeline, index):
         raise UserError(f"{what}{problem}")
+
+
+def check_pipeline_there(calib, where: str = "") -> None:
+    """A calibration.pipeline that is a local path (io.looks_local: ./, ../, /, ~, a name with no
+    owner, a first part that is a folder here) is there: else a UserError at `where` ('PATH:LINE: ')
+    naming the path looked for and the rule (a relative one is taken from the current folder, as
+    the teacher is), and the recipe's folder's where that holds it."""
+    from compress.io import looks_local
+
+    pipeline = calib.pipeline
+    path = Path(pipeline).expanduser()
+    if not looks_local(pipeline) or path.exists():
+        return
+    looked = os.path.abspath(path)
+    rule = ""
+    if not path.is_absolute():
+        rule = " (a relative calibration.pipeline is taken from the current folder, as teacher: is"
+        recipe = calib.__dict__.get("_recipe")
+        beside = os.path.abspath(Path(recipe.path).parent / path) if getattr(recipe, "path", None) else None
+        rule += f", not the recipe's; there is {beside}: give that path)" if beside and Path(beside).exists() else ")"
+    raise UserError(f"{where}calibration.pipeline {pipeline} not found: {looked}{rule}")
 
 
 EXAMPLE_PIPELINES = {"pixart": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "flux": "black-forest-labs/FLUX.1-dev"}

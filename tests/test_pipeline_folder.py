@@ -358,3 +358,75 @@ def test_the_aside_on_a_lacking_part_fits_the_part(tmp_path, folders, drop, asid
         shutil.rmtree(folder / part)
         (folder / part).mkdir()
     assert f"with files in it ({aside}); copy " in folder_problem(str(folder), "")
+
+
+PIPELINE_RECIPE = """\
+model: {family}
+teacher: {teacher}
+calibration:
+  source: pipeline
+  pipeline: {pipeline}
+  prompts: [a photo of a cat, a red car, a horse, a fox, a dog]
+  sample_steps: 3
+  timesteps: 2
+  batch_size: 4
+  heldout: 4
+passes:
+  - svd: {{targets: [attention, mlp], fisher: block, ratio: 0.5, multiple: 2, progress: false}}
+"""
+
+
+def _pipeline_recipe(folder, family: str, teacher, pipeline) -> str:
+    path = folder / "r.yaml"
+    path.write_text(PIPELINE_RECIPE.format(family=family, teacher=teacher, pipeline=pipeline))
+    return str(path)
+
+
+def _refused_before_the_teacher_loads(recipe: str, tmp_path, capsys, monkeypatch) -> str:
+    """The one error line plan and run give for `recipe` (the same), the teacher not loaded."""
+    import compress.runner_setup as runner_setup
+
+    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    lines = []
+    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
+        assert main(command) == 2
+        lines.append(_one_error(capsys))
+    assert lines[0] == lines[1]
+    assert not (tmp_path / "r" / "out").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("given", ["absolute", "dot", "folder-here"])
+def test_a_calibration_pipeline_path_not_there_is_refused_at_its_line_before_the_teacher_loads(
+        tmp_path, folders, capsys, monkeypatch, given):
+    """calibration.pipeline naming a local path that is not there passed plan; run loaded the teacher,
+    then printed diffusers' '... is neither a valid local path nor a valid repo id', no file:line."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipes").mkdir()  # pipes/nope: its first part a folder here, so a path, not a Hub id
+    pipeline = {"absolute": str(tmp_path / "nope"), "dot": "./nope", "folder-here": "pipes/nope"}[given]
+    teacher = folders["pixart"] / "transformer"
+    recipe = _pipeline_recipe(tmp_path, "pixart", teacher, pipeline)
+    rule = "" if given == "absolute" else (" (a relative calibration.pipeline is taken from the current folder, "
+                                           "as teacher: is)")
+    looked = tmp_path / ("pipes/nope" if given == "folder-here" else "nope")
+    assert _refused_before_the_teacher_loads(recipe, tmp_path, capsys, monkeypatch) == (
+        f"dit-compress: error: {recipe}:5: calibration.pipeline {pipeline} not found: {looked}{rule}")
+
+
+def test_a_relative_calibration_pipeline_beside_the_recipe_is_named_when_the_current_folder_lacks_it(
+        tmp_path, folders, capsys, monkeypatch):
+    """A relative calibration.pipeline is taken from the current folder (as teacher: is), not the
+    recipe's as prompt_file is: where the recipe's folder holds it, the error names that path."""
+    recipes = tmp_path / "recipes"
+    shutil.copytree(folders["pixart"], recipes / "pipe")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    recipe = _pipeline_recipe(recipes, "pixart", folders["pixart"] / "transformer", "./pipe")
+    assert _refused_before_the_teacher_loads(recipe, tmp_path, capsys, monkeypatch) == (
+        f"dit-compress: error: {recipe}:5: calibration.pipeline ./pipe not found: {elsewhere / 'pipe'} (a relative "
+        f"calibration.pipeline is taken from the current folder, as teacher: is, not the recipe's; there is "
+        f"{recipes / 'pipe'}: give that path)")
+    monkeypatch.chdir(recipes)  # from the recipe's folder it is there
+    assert main(["plan", recipe]) == 0
+
