@@ -22,10 +22,13 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
 
     from compress.io import pipeline_dtype
     from compress.io_hub_pipeline import hub_or_cache
-    from compress.pipeline_folder import folder_problem
+    from compress.pipeline_folder import family_problem, folder_index, folder_problem
 
     what = f"cannot load calibration pipeline '{source}': "
     if problem := folder_problem(source, what):  # a listed part missing: diffusers would build it from nothing
+        raise UserError(f"{what}{problem}")
+    index = folder_index(source, what)  # another family's: its sampling would fail inside diffusers
+    if index is not None and (problem := family_problem(index, "", "", type(teacher).__name__)):
         raise UserError(f"{what}{problem}")
     try:  # a Hub id: offline, unreachable or stopped answering, from the cache; the error says why
         pipe = hub_or_cache(source, "calibration pipeline", lambda **cached: DiffusionPipeline.from_pretrained(

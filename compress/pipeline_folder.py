@@ -224,6 +224,26 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     check_not_saved_toy(pipeline, index, where)
     if problem := index_problem(pipeline, index):
         raise UserError(f"{what}{problem}")
+    recipe = calib.__dict__.get("_recipe")
+    if calib.pipeline and recipe is not None and (problem := family_problem(index, recipe.model, teacher_source)):
+        raise UserError(f"{what}{problem}")
+
+
+def family_problem(index: dict, family: str, teacher: str, cls: str | None = None) -> str | None:
+    """'its model_index.json's transformer is a FluxTransformer2DModel, and the teacher T is a
+    PixArtTransformer2DModel (pixart); …' where the pipeline whose model_index.json is `index` is of
+    another family than the teacher `teacher` of `family` (or of class `cls`, where it has loaded):
+    its sampling failed inside diffusers (a PixArt teacher in a Flux pipeline: 'FrozenDict' object
+    has no attribute 'guidance_embeds'). None where they agree, or the index names no transformer."""
+    from compress.arch import ADAPTERS
+
+    entry = listed_parts(index).get("transformer")
+    cls = cls or (ADAPTERS[family].class_name if family in ADAPTERS else None)
+    if entry is None or cls is None or entry[1] == cls:
+        return None
+    return (f"its model_index.json's transformer is a {entry[1]}, and the teacher{f' {teacher}' if teacher else ''} is a {cls}"
+            f"{f' ({family})' if family in ADAPTERS else ''}; set calibration.pipeline to a pipeline of the "
+            "teacher's family")
 
 
 def check_pipeline_there(calib, where: str = "") -> None:

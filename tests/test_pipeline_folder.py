@@ -430,3 +430,22 @@ def test_a_relative_calibration_pipeline_beside_the_recipe_is_named_when_the_cur
     monkeypatch.chdir(recipes)  # from the recipe's folder it is there
     assert main(["plan", recipe]) == 0
 
+
+def test_a_calibration_pipeline_of_another_family_is_refused_naming_both_before_the_teacher_loads(
+        tmp_path, folders, capsys, monkeypatch):
+    """--teacher pipes/pixart/pipe/transformer with calibration.pipeline=pipes/flux/pipe failed while
+    sampling, inside diffusers ('FrozenDict' object has no attribute 'guidance_embeds'; check its
+    tokenizers): plan and run now refuse it at the key's line, naming both classes; load_pipeline_for
+    (the teacher loaded) too, before any sampling."""
+    from compress.calib_pipeline_load import load_pipeline_for
+
+    recipe = _pipeline_recipe(tmp_path, "pixart", folders["pixart"] / "transformer", folders["flux"])
+    assert _refused_before_the_teacher_loads(recipe, tmp_path, capsys, monkeypatch) == (
+        f"dit-compress: error: {recipe}:5: cannot load calibration pipeline '{folders['flux']}': its model_index.json's "
+        f"transformer is a FluxTransformer2DModel, and the teacher {folders['pixart'] / 'transformer'} is a "
+        "PixArtTransformer2DModel (pixart); set calibration.pipeline to a pipeline of the teacher's family")
+    with pytest.raises(UserError) as e:
+        load_pipeline_for(load_teacher(str(folders["pixart"] / "transformer")), str(folders["flux"]))
+    assert str(e.value) == (f"cannot load calibration pipeline '{folders['flux']}': its model_index.json's transformer "
+                            "is a FluxTransformer2DModel, and the teacher is a PixArtTransformer2DModel; set "
+                            "calibration.pipeline to a pipeline of the teacher's family")
