@@ -10,7 +10,7 @@ from importlib import import_module
 from pathlib import Path
 
 import compress
-from compress.errors import NumericError, UserError
+from compress.errors import NumericError, UserError, did_you_mean
 from compress.interrupts import interrupts_held
 
 
@@ -27,12 +27,37 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, e.g. --set passes.2.svd.ratio=0.4 (repeatable)")
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: arguments it does not know are its own error (its usage, the option meant),
+    not the top-level parser's, whose usage names no option of the command."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._meant(extras)}")
+        return parsed, extras
+
+    def _meant(self, extras: list[str]) -> str:
+        """'; did you mean '--out'?' for the first unknown option, or where it names a positional
+        argument (convert F --out O), that it is given by its place, or that --version is dit-compress's
+        own; else ''."""
+        option = next((e.partition("=")[0] for e in extras if e.startswith("-")), None)
+        if option is None:
+            return ""
+        if option == "--version":  # the top-level parser's
+            return "; --version goes before the command (dit-compress --version)"
+        place = [a.dest for a in self._actions if not a.option_strings]
+        if (name := option.lstrip("-").replace("-", "_")) in place:
+            return f"; {name} is given by its place, without {option} ({self.prog} {' '.join(place)})"
+        return did_you_mean(option, [s for a in self._actions for s in a.option_strings])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dit-compress", description="Low-rank / SVD compression compiler for diffusion "
         "transformers (PixArt-Σ, Flux.1-dev).")
     parser.add_argument("--version", action="version", version=f"dit-compress {compress.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     p = sub.add_parser("run", help="compress a teacher as the recipe says")
     _recipe_args(p)

@@ -396,3 +396,24 @@ def test_an_interrupt_before_the_runner_says_what_the_runners_note_says(monkeypa
     changed = "the calibration prompts changed (calibration.prompts) since it ran"
     assert (changed in said) is (saved_prompts != "[a 3, a 4]")
     assert ("rerun with --resume to continue" in said) is (saved_prompts == "[a 3, a 4]")
+
+
+@pytest.mark.parametrize("argv, usage, said", [
+    (["run", "r.yaml", "--outt", "x"], "usage: dit-compress run ",
+     "dit-compress run: error: unrecognized arguments: --outt x; did you mean '--out'?"),
+    (["run", "r.yaml", "--run_dir=x"], "usage: dit-compress run ",
+     "dit-compress run: error: unrecognized arguments: --run_dir=x; did you mean '--run-dir'?"),
+    (["convert", "f.safetensors", "--out", "o"], "usage: dit-compress convert ",
+     "dit-compress convert: error: unrecognized arguments: --out; out is given by its place, without --out "
+     "(dit-compress convert file out)"),
+    (["eval", "out", "extra"], "usage: dit-compress eval ", "dit-compress eval: error: unrecognized arguments: extra"),
+    (["plan", "r.yaml", "--version"], "usage: dit-compress plan ", "dit-compress plan: error: unrecognized "
+     "arguments: --version; --version goes before the command (dit-compress --version)"),
+])
+def test_an_unknown_argument_of_a_command_prints_that_command_s_usage(capsys, argv, usage, said):
+    """`run R --outt x` and `convert F --out O` printed the top-level usage (dit-compress [-h] [--version]
+    COMMAND ...), which names no option of the command, and no suggestion (a tester's finding)."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(usage) and err.strip().splitlines()[-1] == said
