@@ -279,14 +279,33 @@ def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str
     `source`; `auto`: the recipe's source is auto (said, as calib_prompts says it); `given`: ' (--teacher)'
     after a teacher the command line gave (recipe_where.teacher_given)."""
     path = Path(source).expanduser()
-    if not path.exists() or (path / "model_index.json").is_file():
+    snapshot = None if path.exists() else cached_transformer_repo(source)
+    if snapshot is None and (not path.exists() or (path / "model_index.json").is_file()):
         return  # a pipeline folder, or a hub id (its errors come when it loads)
-    what = "a single file" if path.is_file() else "a folder without model_index.json"
+    what = ("a transformer's repo (the Hugging Face cache's snapshot of it, read offline, holds config.json at its "
+            f"root and no model_index.json: {snapshot})" if snapshot is not None else
+            "a single file" if path.is_file() else "a folder without model_index.json")
     whose = "the teacher " if is_teacher else ""
     said = " (source auto is pipeline for a teacher that is not toy:)" if auto else ""
     raise UserError(f"{where}calibration.source 'pipeline'{said} samples in a diffusers pipeline, and {whose}{source}"
                     f"{given if is_teacher else ''} is {what}; set calibration.pipeline to "
                     f"{_base_words(source, family)}, or calibration.source: synthetic")
+
+
+def cached_transformer_repo(source: str) -> Path | None:
+    """The Hugging Face cache's snapshot of the Hub id `source`, where it is read from there offline
+    (HF_HUB_OFFLINE: as cached_problem) and is a transformer's repo (config.json at its root, no
+    model_index.json), the local folder without model_index.json's like (diffusers ended, after the
+    teacher had loaded, in "We couldn't connect to 'https://huggingface.co' …model_index.json"); else None."""
+    from compress.io import looks_local
+    from compress.io_hub import cached_snapshot, id_problem, offline
+
+    if not offline() or looks_local(source) or id_problem(source) is not None:
+        return None
+    snapshot = cached_snapshot(source)
+    if snapshot is None or (snapshot / "model_index.json").exists() or not (snapshot / "config.json").is_file():
+        return None
+    return snapshot
 
 
 def _base_words(source: str, family: str) -> str:

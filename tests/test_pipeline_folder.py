@@ -449,3 +449,25 @@ def test_a_calibration_pipeline_of_another_family_is_refused_naming_both_before_
     assert str(e.value) == (f"cannot load calibration pipeline '{folders['flux']}': its model_index.json's transformer "
                             "is a FluxTransformer2DModel, and the teacher is a PixArtTransformer2DModel; set "
                             "calibration.pipeline to a pipeline of the teacher's family")
+
+
+@pytest.mark.parametrize("given", ["pipeline", "teacher"])
+def test_a_cached_hub_transformer_repo_to_sample_in_is_refused_as_a_transformer_folder_is(
+        tmp_path, folders, capsys, monkeypatch, given):
+    """A cached Hub repo holding a transformer alone (config.json at its root, its weights), read offline,
+    as calibration.pipeline (or a Hub --teacher sampled in with no calibration.pipeline) passed plan; run
+    loaded the teacher, then ended in diffusers' "We couldn't connect to 'https://huggingface.co' …
+    model_index.json". Plan and run now refuse it before the teacher loads, as a local transformer folder."""
+    snapshot = _cached_offline(tmp_path, monkeypatch, folders["pixart"] / "transformer", "acme/pixt")
+    if given == "pipeline":
+        recipe, line = _pipeline_recipe(tmp_path, "pixart", folders["pixart"] / "transformer", "acme/pixt"), 5
+        whose = ""
+    else:
+        recipe, line = _recipe(tmp_path, "pixart", "acme/pixt"), 2
+        whose = "the teacher "
+    assert _refused_before_the_teacher_loads(recipe, tmp_path, capsys, monkeypatch) == (
+        f"dit-compress: error: {recipe}:{line}: calibration.source 'pipeline' samples in a diffusers pipeline, "
+        f"and {whose}acme/pixt is a transformer's repo (the Hugging Face cache's snapshot of it, read offline, holds "
+        f"config.json at its root and no model_index.json: {snapshot}); set calibration.pipeline to the base pipeline "
+        "(a Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder), or "
+        "calibration.source: synthetic")
