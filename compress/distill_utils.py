@@ -209,8 +209,9 @@ class StopSignals:
     process, so the loop can write a checkpoint and exit cleanly. A second signal stops at once,
     unless it is the first one passed on (within SAME_STOP_S of it, or the same signal under a
     launcher): a terminal's Ctrl-C reaches torchrun's agent with its workers, and the agent sends them
-    its own signal at once (then SIGKILL, 30 s later: a user still gets out). Outside the main thread
-    signals cannot be caught: the flag then never sets."""
+    its own signal at once (then SIGKILL, 30 s later: a user still gets out). A signal the caller
+    ignores (SIG_IGN: SIGINT in a background job) stays ignored, as cli_entry and interrupts_held
+    leave it. Outside the main thread signals cannot be caught: the flag then never sets."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     SAME_STOP_S = 2.0
@@ -229,7 +230,8 @@ class StopSignals:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handler)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):

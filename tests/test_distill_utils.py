@@ -99,3 +99,29 @@ def test_an_interrupted_loss_curve_png_leaves_the_old_file_and_no_other(tmp_path
     monkeypatch.undo()
     write_curves(history, csv, png)
     assert png.read_bytes()[:4] == b"\x89PNG" and sorted(f.name for f in tmp_path.iterdir()) == [csv.name, png.name]
+
+
+@pytest.mark.parametrize("ignored", ["SIGINT", "SIGTERM"])
+def test_a_signal_the_caller_ignores_stays_ignored_during_distill(ignored):
+    """A background job's shell sets SIGINT to SIG_IGN (as cli_entry and interrupts_held leave it):
+    distill's stop handler caught it anyway, so a Ctrl-C meant for the foreground job stopped the
+    background run (a tester's finding). The signal not ignored is still caught."""
+    import os
+    import signal
+
+    from compress.distill_utils import StopSignals
+
+    sig = getattr(signal, ignored)
+    other = signal.SIGTERM if sig == signal.SIGINT else signal.SIGINT
+    before = {s: signal.getsignal(s) for s in (sig, other)}
+    signal.signal(sig, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
+            assert signal.getsignal(sig) is signal.SIG_IGN
+            os.kill(os.getpid(), sig)
+            assert stop.requested is None
+            os.kill(os.getpid(), other)
+            assert stop.requested == other
+        assert signal.getsignal(sig) is signal.SIG_IGN and signal.getsignal(other) is before[other]
+    finally:
+        signal.signal(sig, before[sig])
