@@ -340,7 +340,7 @@ def _interrupt_note(args, e: KeyboardInterrupt) -> str:
     if recipe is None:
         return interrupt_note(_run_dir(args), args.restart)
     return interrupt_note(_run_dir(args), args.restart, recipe.raw, passes, recipe=recipe,
-                          source=args.teacher or recipe.teacher)
+                          source=args.teacher or recipe.teacher, teacher_config=args.teacher_config)
 
 
 def _this_recipe(args) -> tuple:

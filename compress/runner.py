@@ -223,7 +223,8 @@ class Runner:
         calls = getattr(self, "sampled_calls", None)  # None before prepare, or without sampling
         return interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes,
                               fingerprint, calls() if calls else None, self.recipe,
-                              getattr(self, "source", None) or self.teacher_arg or self.recipe.teacher)
+                              getattr(self, "source", None) or self.teacher_arg or self.recipe.teacher,
+                              self.teacher_config)
 
     def _follower_ended(self) -> UserError | None:
         """Rank 0 of a launch stopped by a signal: where a follower stopped on its error or was killed

@@ -23,7 +23,7 @@ from compress.runner_ranks import HANDOFF
 from compress.runner_config_sum import config_target
 from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, finished_and_reusable,
                                     interrupted_run, read_state, recorded_teacher, stage_dirs)
-from compress.runner_teacher_id import resume_advice, same_teacher, teacher_change
+from compress.runner_teacher_id import named_now, resume_advice, same_teacher, teacher_change
 from compress.words import counted
 
 
@@ -214,9 +214,7 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
     of = " of this recipe" if info["changed"] == [] else ""
     change = other_teacher(run_dir, teacher) if teacher is not None else None
     if change:
-        saved = kept_in_words(run_dir, info, run_fingerprint(run_dir), None, passes)
-        raise UserError(f"{run_dir} holds an interrupted run{of} for another teacher ({change[0]}; {saved}): "
-                        f"{change[1]}")
+        raise UserError(another_teacher(run_dir, info, passes, change))
     change = inputs_changed(saved_state(run_dir, info["done"] - 1), recipe, source) if info["done"] else None
     if info["total"] is not None and info["done"] >= info["total"]:  # an export cut short, or an older
         # dit-compress's finished run (it wrote no FINISHED marker)
@@ -253,6 +251,15 @@ def other_teacher(run_dir: Path, teacher: dict) -> tuple[str, str] | None:
     if same_teacher(named, teacher):
         return None  # (a config compared by what it holds, or by the file it names)
     return teacher_change(named, teacher), resume_advice(named, teacher, resume=False)
+
+
+def another_teacher(run_dir: Path, info: dict, passes, change: tuple[str, str]) -> str:
+    """'RUN_DIR holds an interrupted run of this recipe for another teacher (CHANGE; 4 of 5 passes done):
+    ADVICE' for an `interrupted_run` whose latest stage recorded another teacher (`other_teacher`'s `change`),
+    as a plain rerun refuses it and Ctrl-C's note says it."""
+    of = " of this recipe" if info["changed"] == [] else ""
+    saved = kept_in_words(run_dir, info, run_fingerprint(run_dir), None, passes)
+    return f"{run_dir} holds an interrupted run{of} for another teacher ({change[0]}; {saved}): {change[1]}"
 
 
 def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
@@ -314,14 +321,16 @@ def kept_by_resume(info: dict, run_dir: Path | None = None, recipe=None, source:
 
 def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = None, passes=(),
                    fingerprint: str | None = None, inputs: list[Path] | None = None, recipe=None,
-                   source: str | None = None) -> str:
+                   source: str | None = None, teacher_config: str | None = None) -> str:
     """What follows 'interrupted' after Ctrl-C in a run: '; RUN_DIR keeps its work (...): rerun with
     --resume to continue' where `run_dir` holds an unfinished run's saved work, else that nothing
     was saved and a rerun starts over. `discarding`: what is there is an earlier run's that this
     one (--restart) was about to discard. `now`, `passes`: this run's resolved recipe and passes,
     compared as `check_run_folder` does (no `now`: not compared); saved work of another recipe is not
     offered to --resume, which would refuse it, nor a stage calibrated on other prompts or pipeline
-    parts than `recipe` (the Recipe of `now`) and the teacher `source` read (`inputs_changed`). What
+    parts than `recipe` (the Recipe of `now`) and the teacher `source` read (`inputs_changed`), nor one
+    of another teacher than `source` and its `teacher_config` (`other_teacher`, by the config's contents:
+    the refusal's advice is given). What
     this run measured before the Ctrl-C and a rerun
     reads back whether or not it resumes (runner_kept.measured_so_far: sampled calibration inputs among
     `inputs`, the cache files of this run's sampling calls; block statistics and output Fishers an svd pass kept under its
@@ -340,6 +349,9 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     if info is not None and info["changed"]:
         return (f"; {another_recipe(run_dir, info, passes)}: {kept_by_resume(info, run_dir, recipe, source)}a rerun "
                 "needs --restart to discard it, or another --run-dir")
+    teacher = other_teacher(run_dir, named_now(source, teacher_config)) if info and source else None
+    if teacher:
+        return f"; {another_teacher(run_dir, info, passes, teacher)}"
     change = info and info["done"] and inputs_changed(saved_state(run_dir, info["done"] - 1), recipe, source)
     go_on = (f"{change} since it ran, so rerun with --restart to start over, or undo the change and add --resume"
              if change else "rerun with --resume to continue")

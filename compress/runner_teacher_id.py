@@ -42,6 +42,13 @@ def named_teacher(source: str, config: str | None) -> dict:
     return {**named, CONFIG_SUM: checksum} if checksum else named
 
 
+def named_now(source: str, config: str | None) -> dict:
+    """named_teacher's for the teacher a run names now, as the run compares it: a --teacher-config its toy
+    or folder teacher does not read left out (runner_prepare drops it once warned)."""
+    named = named_teacher(source, config)
+    return named_teacher(source, None) if config and reads_no_config(named["source"]) else named
+
+
 def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str) -> dict:
     """What --resume compares besides the recipe: the teacher source and --teacher-config and the
     checksum of the config file it reads (named_teacher), the model config and `weights_checksum`."""
