@@ -124,20 +124,14 @@ def check_same_architecture(student: nn.Module, teacher: nn.Module, source: str)
 
 
 def check_same_config(student: nn.Module, config: dict, what: str, advice: str) -> None:
-    """check_same_architecture against a diffusers config (a dict)."""
-    counts = {g.config_key for g in get_adapter(student).groups}
+    """check_same_architecture against a diffusers config (a dict), compared as diffusers builds models
+    from both (config_compare: an explicit value equal to what a null resolves to is no difference)."""
+    from compress.config_compare import config_differences, shown_differences
 
-    def arch(config: dict) -> dict:
-        config = {k: v for k, v in config.items()
-                  if not k.startswith("_") and k not in counts and k != "compression"}
-        return json.loads(json.dumps(config, default=str))  # tuples as lists, as a saved config
-
-    mine, theirs = arch(dict(student.config)), arch(config)
-    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    differ = config_differences(dict(student.config), config, type(student).__name__)
     if differ:
-        shown = ", ".join(f"{k} {theirs.get(k)!r} (the model's: {mine.get(k)!r})" for k in differ[:3])
         raise UserError(f"{what} is not the model this one was compressed from: its config "
-                        f"has {shown}{' …' if len(differ) > 3 else ''}; {advice}")
+                        f"has {shown_differences(differ)}; {advice}")
 
 
 def cast(model: nn.Module, *args) -> nn.Module:

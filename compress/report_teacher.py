@@ -57,7 +57,54 @@ def teacher_to_load(out: Path, teacher_arg: str | None = None,
             raise UserError(f"{out} was compressed from {source} with the teacher config {config}, which is not "
                             "there now (no config.json); pass --teacher-config with where it is (a folder or "
                             "config.json)") from None
+    check_config_unedited(out, source, config, config_arg)
     return source, config
+
+
+CONFIG_CHECKSUM = "teacher_config_checksum"  # what the run's teacher's config file held (runner_export records it)
+
+
+def check_config_unedited(out: Path, source: str | None, config: str | None, config_arg: str | None) -> None:
+    """Before eval or bench loads the teacher `source` the output `out` records: where the config file it
+    reads (runner_config_sum.config_read: the --teacher-config, a folder's own, the one beside a single file)
+    is the one the run read and what it holds changed since (CONFIG_CHECKSUM, as a run's --resume compares
+    it), a UserError saying so where the model it describes is another (config_compare, as diffusers builds
+    both), else a warning. Nothing for another teacher or --teacher-config, a toy or a Hub id without one, or
+    an output that recorded no checksum (written before runs did)."""
+    from compress.runner_config_sum import config_checksum, config_read
+
+    recorded = _recorded(out)
+    before = recorded.get(CONFIG_CHECKSUM)
+    if not isinstance(before, str) or not source or not isinstance(recorded.get("teacher"), str) \
+            or absolute_source(source) != absolute_source(recorded["teacher"]):
+        return
+    file = config_read(source, config)
+    if file is None or (config_arg and file != config_read(source, recorded.get("teacher_config"))):
+        return
+    if config_checksum(file) in (None, before):
+        return
+    changed = f"{file} changed since {out} was compressed from it (its contents differ)"
+    differ = _config_differences(out, file)
+    if differ:
+        from compress.config_compare import shown_differences
+
+        other = "--teacher (the folder the run read)" if Path(source).expanduser().is_dir() else \
+            "--teacher-config (the config the run read)"
+        raise UserError(f"{changed}: it has {shown_differences(differ)}; undo the change to it, or pass {other}")
+    warn(f"{changed}, but describes the same model as diffusers builds it; the teacher is read with it as it is now")
+
+
+def _config_differences(out: Path, file: Path) -> list:
+    """config_compare.config_differences of the output's config against the config `file` now; [] where
+    either cannot be read or names no supported class (the loader says why)."""
+    from compress.config_compare import config_differences
+    from compress.io import read_config, read_json
+
+    try:
+        mine, theirs = read_json(out / "config.json"), read_config(file)
+        return config_differences(mine, theirs, str(mine.get("_class_name")))
+    except UserError:
+        return []
 
 
 def _recorded(out: Path) -> dict:

@@ -13,6 +13,8 @@ from compress.io_export import ranks_of
 from compress.recipe import dump_recipe
 from compress.report import param_count
 from compress.report_card import model_card
+from compress.report_teacher import CONFIG_CHECKSUM
+from compress.runner_config_sum import CONFIG_SUM
 from compress.runner_folders import WRITTEN_BY
 from compress.runner_ranks import is_main_process
 from compress.runner_resume import FINISHED
@@ -20,12 +22,14 @@ from compress.runner_resume import FINISHED
 
 def recorded_teacher(runner) -> dict:
     """The teacher as the output records it (config.json and report.json): local paths absolute, so
-    eval and bench find it; its config and weight files where known."""
+    eval and bench find it; its config, weight files and the checksum of its config file where known."""
     recorded = {"teacher": runner.identity["source"]}
     if runner.identity["config"]:
         recorded["teacher_config"] = runner.identity["config"]
     if runner.teacher_files:  # a local teacher's weight files (io_signature.teacher_signature)
         recorded["teacher_files"] = runner.teacher_files
+    if runner.identity.get(CONFIG_SUM):  # what its local config file held: eval and bench tell an edit
+        recorded[CONFIG_CHECKSUM] = runner.identity[CONFIG_SUM]  # in place (report_teacher.check_config_unedited)
     return recorded
 
 

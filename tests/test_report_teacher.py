@@ -159,3 +159,47 @@ def test_the_base_of_a_chain_of_outputs_is_its_first_teacher_with_the_params_its
     (a / "report.json").unlink()
     output_config(a, str(tmp_path / "gone"))
     assert chain_base_record(str(d)) is None
+
+
+def test_eval_and_bench_say_a_teacher_config_edited_in_place_since_the_run(tmp_path, capsys, monkeypatch):
+    """After the run's --teacher-config was edited in place, eval said 'not the model this one was
+    compressed from: its config has out_channels 8 (the model's: None)' for an 8 that is what null builds,
+    and never that the file changed: now an edit that makes another model is refused naming the file,
+    before the teacher loads (bench alike), and one that makes the same model is a warning."""
+    import json
+
+    from safetensors.torch import save_file
+
+    import compress.io
+    from compress.cli import main
+    from compress.runner_config_sum import config_checksum
+    from tests.conftest import tiny_flux
+    from tests.test_commands import RECIPE
+
+    model = tiny_flux()
+    save_file(model.state_dict(), str(tmp_path / "f.safetensors"))
+    model.save_config(tmp_path / "cfg")
+    file = tmp_path / "cfg" / "config.json"
+    (tmp_path / "r.yaml").write_text(RECIPE.format(teacher=tmp_path / "f.safetensors"))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "r.yaml"), "--teacher-config", str(tmp_path / "cfg"), "--out", str(out),
+                 "--run-dir", str(tmp_path / "run")]) == 0
+    assert json.loads((out / "report.json").read_text())["teacher_config_checksum"] == config_checksum(file)
+    capsys.readouterr()
+    config = json.loads(file.read_text())
+    file.write_text(json.dumps({**config, "out_channels": 8}))  # what its null builds
+    assert main(["eval", str(out), "--json"]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["pred_rel_error"] > 0
+    assert f"warning: {file} changed since {out} was compressed from it (its contents differ), but describes the " \
+           "same model as diffusers builds it; the teacher is read with it as it is now" in " ".join(said.err.split())
+    file.write_text(json.dumps({**config, "pooled_projection_dim": 11}))
+    loads, real = [], compress.io.load_teacher
+    monkeypatch.setattr(compress.io, "load_teacher", lambda *a, **k: loads.append(a) or real(*a, **k))
+    for command in (["eval", str(out)], ["bench", str(out), "--repeats", "1", "--device", "cpu"]):
+        assert main(command) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert err == (f"dit-compress: error: {file} changed since {out} was compressed from it (its contents "
+                       "differ): it has pooled_projection_dim 11 (the model's: 10); undo the change to it, or pass "
+                       "--teacher-config (the config the run read)")
+    assert loads == []
