@@ -222,10 +222,11 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
                 f"whose {counted(info['total'], 'pass', 'passes')} are all done")
         written = (f"{run_dir} holds a run{of} {done} but whose output was not marked written (its export was "
                    "cut short, or an older dit-compress wrote it)")
+        them = "it" if info["total"] == 1 else "them"
         if change:
             raise UserError(f"{written}, and {change} since it ran: add --restart to start over, or undo the "
-                            "change and add --resume to write the output from them")
-        raise UserError(f"{written}: add --resume to write the output from them, or --restart to start over")
+                            f"change and add --resume to write the output from {them}")
+        raise UserError(f"{written}: add --resume to write the output from {them}, or --restart to start over")
     # what its unfinished pass measured, as its stop said (under the fingerprint it recorded: the teacher,
     # not loaded yet, gives none)
     saved = kept_in_words(run_dir, info, run_fingerprint(run_dir), None, passes)
@@ -355,5 +356,8 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     change = info and info["done"] and inputs_changed(saved_state(run_dir, info["done"] - 1), recipe, source)
     go_on = (f"{change} since it ran, so rerun with --restart to start over, or undo the change and add --resume"
              if change else "rerun with --resume to continue")
-    note = work_kept(run_dir, info, go_on, fingerprint, inputs, passes)
+    # a saved run's measurements counted as the refusal counts them: under the fingerprint it recorded, where
+    # this run's is not known yet (before prepare)
+    known = run_fingerprint(run_dir) if fingerprint is None and info is not None else fingerprint
+    note = work_kept(run_dir, info, go_on, known, inputs, passes)
     return note or "; nothing was saved yet: a rerun starts over"

@@ -244,7 +244,8 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
     """What an unfinished run left in `run_dir` that a fresh start would discard: {"done": passes
     completed, "total": passes of its recipe (None: unknown), "step": its latest distill checkpoint
     step (or None), "changed": the keys where its recipe differs from `now` as --resume compares
-    them (None: unknown, or no `now`)}, and where they differ, "keeps": how many passes --resume would
+    them (None: unknown, or no `now`)} (no stage saved, a distill checkpoint of a recipe `now` whose first
+    pass is distill: "total" is `now`'s count, as its passes are counted in words), and where they differ, "keeps": how many passes --resume would
     keep (those of its latest stage saved for `now`'s recipe, `reusable_stage`); None when there is
     nothing, or the run finished (its output was written)."""
     stages, checkpoints = stage_dirs(run_dir), distill_checkpoints(run_dir)
@@ -262,10 +263,19 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
         if isinstance(before, dict) and isinstance(before.get("passes"), list):
             info["total"] = len(before["passes"])
             info["changed"] = None if now is None else recipe_changes(before, now, passes, i + 1, inputs_apart(state))
+    elif checkpoints and now is not None and first_pass_is_distill(now):  # no stage: the checkpoint is of the
+        info["total"] = len(now["passes"])  # first pass, a distill pass; the passes in all as this recipe counts them
     if info["changed"]:  # what --resume would keep: the passes of the latest stage of this recipe
         k, _ = reusable_stage([(i, read_state(d)) for i, d in stages], now, passes)
         info["keeps"] = 0 if k is None else k + 1
     return info
+
+
+def first_pass_is_distill(now: dict) -> bool:
+    """Whether the first pass of the resolved recipe `now` (Recipe.raw) is a distill pass."""
+    passes = now.get("passes") if isinstance(now, dict) else None
+    first = passes[0] if isinstance(passes, list) and passes else None
+    return isinstance(first, dict) and list(first) == ["distill"]
 
 
 def finished_and_reusable(run_dir: Path, now: dict, passes) -> int:

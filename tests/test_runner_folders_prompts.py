@@ -50,7 +50,7 @@ def test_a_rerun_refused_offers_resume_only_for_the_same_prompts(finished):
     assert said.endswith("(its export was cut short, or an older dit-compress wrote it), and the calibration "
                          "prompts changed (calibration.prompts, the first 2 (calibration.num_prompts)) since it "
                          "ran: add --restart to start over, or undo the change and add --resume to write the output "
-                         "from them")
+                         "from it")
     with pytest.raises(UserError, match=r"the calibration prompts changed \(calibration.prompts, the first 2 "
                        r"\(calibration.num_prompts\)\) since"):
         runner("prompts: [a 3, a 4], num_prompts: 2", "out-b", resume=True).run()
@@ -61,7 +61,7 @@ def test_a_rerun_refused_offers_resume_only_for_the_same_prompts(finished):
     said = _refusal(runner("prompts: [a 1, a 2], num_prompts: 2", "out-c"))
     assert "changed" not in said and said.endswith(
         "whose one pass is done but whose output was not marked written (its export was cut short, or an older "
-        "dit-compress wrote it): add --resume to write the output from them, or --restart to start over")
+        "dit-compress wrote it): add --resume to write the output from it, or --restart to start over")
     assert "(Ctrl-C" not in said
     assert not (tmp_path / "out-c").exists()
 
