@@ -10,6 +10,10 @@ traceback from threading's shutdown, or death by the signal, in place of status 
 interpreter frees its modules after its exit handlers (seconds, with torch loaded), a Ctrl-C is
 ignored: Python has put SIGINT's default action back by then, which killed the process, a run whose
 output was complete and said ('wrote OUT') read as failed (status 130, no word said).
+A SIGTERM (kill, timeout, a job scheduler) is a Ctrl-C from that first line on too (one line, status 130),
+as a run's passes and convert take it (runner_setup.sigterm_as_interrupt), where the caller left its
+default action: before, one while the CLI or a command's imports loaded killed the process without a
+word (status 143).
 Nothing else is imported here, and `import compress` does not import this module."""
 
 import atexit
@@ -23,6 +27,7 @@ _QUIET_EXITS = []  # the SIGINT handler _exit_quietly_on_interrupt installed, wh
 
 def main() -> int:
     try:
+        _sigterm_as_interrupt()
         from compress.cli import main as cli_main
 
         code = cli_main()
@@ -33,12 +38,20 @@ def main() -> int:
     return code
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does (Python's Ctrl-C handler), where it has its
+    default action (death by the signal): not where the caller ignores it or set its own."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def _exit_quietly_on_interrupt(code: int) -> None:
-    """From now on (the command ended with status `code`), a SIGINT flushes what was printed and
-    ends the process with `code`; where SIGINT is not Python's default handler (ignored in a
-    background job, or set by the caller) it stays as it is."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    """From now on (the command ended with status `code`), a SIGINT (or a SIGTERM taken as one)
+    flushes what was printed and ends the process with `code`; where a signal's handler is not
+    Python's Ctrl-C one (SIGINT ignored in a background job, or set by the caller) it stays as it is."""
+    stops = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is signal.default_int_handler]
+    if threading.current_thread() is not threading.main_thread() or not stops:
         return
 
     def exit_now(signum, frame):
@@ -49,18 +62,20 @@ def _exit_quietly_on_interrupt(code: int) -> None:
                 pass
         os._exit(code)
 
-    signal.signal(signal.SIGINT, exit_now)
+    for stop in stops:
+        signal.signal(stop, exit_now)
     _QUIET_EXITS[:] = [exit_now]
 
 
 def _ignore_late_interrupts() -> None:
-    """The last exit handler: SIGINT ignored from here on where it ends the process with the command's
-    status (`_exit_quietly_on_interrupt`), as the process then ends anyway. Python's shutdown puts back
-    SIGINT's default action (death by the signal) unless it is ignored, and then frees its modules, for
-    seconds with torch loaded; exit handlers and threads still running before this (which a Ctrl-C
-    may need to stop) end at once with the command's status, as before."""
-    if _QUIET_EXITS and signal.getsignal(signal.SIGINT) is _QUIET_EXITS[0]:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """The last exit handler: SIGINT (and SIGTERM) ignored from here on where it ends the process with
+    the command's status (`_exit_quietly_on_interrupt`), as the process then ends anyway. Python's
+    shutdown puts back SIGINT's default action (death by the signal) unless it is ignored, and then
+    frees its modules, for seconds with torch loaded; exit handlers and threads still running before
+    this (which a Ctrl-C may need to stop) end at once with the command's status, as before."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        if _QUIET_EXITS and signal.getsignal(stop) is _QUIET_EXITS[0]:
+            signal.signal(stop, signal.SIG_IGN)
 
 
 atexit.register(_ignore_late_interrupts)  # as the console script imports this: before any library's, so run last

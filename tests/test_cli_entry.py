@@ -150,3 +150,24 @@ def test_a_ctrl_c_as_the_interpreter_frees_its_modules_keeps_the_commands_status
     done = _started(tmp_path, LATE_SIGINT.format(code=code))
     out, err = done.communicate(timeout=300)
     assert (done.returncode, out, err) == (code, "freed\n", "")
+
+
+@pytest.mark.parametrize("at", ["compress.cli", "torch"])
+def test_a_sigterm_while_the_cli_or_a_command_imports_is_one_line_as_a_ctrl_c(tmp_path, at):
+    """SIGTERM (kill, timeout, a job scheduler) while the CLI or the command's imports (torch's
+    start-up) load killed the process without a word (status 143), where a run's passes and convert
+    take it as a Ctrl-C (one line, status 130): now it is one from the console script's first line
+    on, held over the imports as a Ctrl-C is (interrupts_held)."""
+    sigterm_at = SIGINT_AT.format(at=at).replace("signal.SIGINT", "signal.SIGTERM")
+    done = _started(tmp_path, console_script(before=sigterm_at))
+    out, err = done.communicate(timeout=300)
+    assert (done.returncode, err.strip()) == (130, "dit-compress: interrupted")
+
+
+def test_a_sigterm_the_caller_ignores_stays_ignored(tmp_path):
+    """A caller that ignores SIGTERM (SIG_IGN) keeps it ignored, as a background job's SIGINT."""
+    ignored = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SIGINT_AT.format(at="torch").replace(
+        "signal.SIGINT", "signal.SIGTERM")
+    done = _started(tmp_path, console_script(before=ignored))
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 2 and "missing.yaml" in err and "interrupted" not in err
