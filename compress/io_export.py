@@ -80,6 +80,17 @@ def export_cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> t
     return out
 
 
+@torch.no_grad()
+def round_to_export(model: nn.Module, dtype: torch.dtype) -> None:
+    """`model`'s weights (those it saves) rounded in place to what `save_compressed` writes in `dtype`
+    (export_cast: a NumericError where one leaves its range), each held in its own dtype, so that forwards
+    compute what the exported model computes once loaded in that dtype (eval's). Weights on meta (streamed
+    blocks) are left."""
+    for name, tensor in unwrapped(model).state_dict().items():
+        if tensor.is_floating_point() and tensor.dtype != dtype and tensor.device.type != "meta":
+            tensor.copy_(export_cast(name, tensor, dtype))
+
+
 def beyond_range(tensor: torch.Tensor, cast: torch.Tensor) -> float | None:
     """The largest magnitude of a finite `tensor` whose `cast` to a narrower dtype overflows, else None
     (also for tensors on meta, which hold no values)."""

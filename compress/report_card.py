@@ -19,10 +19,27 @@ def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
     stages = report.get("stages", [])
     for s, seconds in zip(stages, _stage_seconds(stages, report.get("distill") or {})):
         lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} | {seconds} |")
+    lines += export_lines(report)
     lines += _removal_lines(report.get("remove_blocks") or {})
     lines += _svd_lines(report.get("svd") or {}, ranks)
     lines += ["", "Load it with `compress.load_transformer(folder)`; see report.json for per-layer numbers.", ""]
     return "\n".join(lines)
+
+
+def export_lines(report: dict) -> list[str]:
+    """Which weights the stage errors are of (the compute dtype's, before the export cast) and the error of
+    the weights the output holds (report's `export`, runner_export.exported_error): measured where the export
+    dtype rounds them, the last stage's where it holds them exactly, unmeasured for a streamed run."""
+    export = report.get("export")
+    if not isinstance(export, dict) or not isinstance(export.get("dtype"), str):
+        return []  # an older report
+    dtype, computed, err = export["dtype"], export.get("computed_in"), export.get("relative_error")
+    if export.get("exact"):
+        return ["", f"The output holds the weights measured above, exactly, in {dtype}."]
+    before = f"The teacher-relative errors above are of the {computed} weights before the export; the output holds them in {dtype}"
+    if not is_number(err):
+        return ["", f"{before} (not measured in the run: `dit-compress eval` measures it)."]
+    return ["", f"{before}: its teacher-relative error on the same held-out inputs is {err:.4g}."]
 
 
 def _params_line(report: dict) -> str:

@@ -166,6 +166,7 @@ class Runner:
             hand_off(self.run_dir, None, None, self.about)  # nothing more for the other ranks
         self._remove_unread_caches(len(self.passes), self.stats_read)  # each svd pass's model made: those of none go
         self.doing = EXPORT
+        self.held_out = heldout, reference  # the exported weights' error is measured on them (runner_export)
         return self.export(student, teacher_params)
 
     def _remove_unread_caches(self, start: int, read: dict | None = None) -> None:

@@ -8,10 +8,12 @@ import copy
 import json
 from pathlib import Path
 
+import torch
+
 import compress
 from compress.io_export import ranks_of
 from compress.recipe import dump_recipe
-from compress.report import param_count
+from compress.report import console, param_count
 from compress.report_card import model_card
 from compress.report_teacher import CONFIG_CHECKSUM
 from compress.runner_config_sum import CONFIG_SUM
@@ -39,13 +41,40 @@ def output_report(runner, student, teacher_params: int, recorded: dict) -> dict:
     from compress.report_teacher import chain_base_record
 
     report = dict(runner.ctx.report, **recorded, teacher_params=teacher_params,
-                  student_params=param_count(student), version=compress.__version__)
+                  student_params=param_count(student), export=exported_error(runner, student),
+                  version=compress.__version__)
     base = chain_base_record(runner.source)  # a teacher that is an output: the chain's first teacher
     if base is not None:
         report["base"] = base
     if runner.inputs_cache is not None:
         report["inputs_cache"] = str(runner.inputs_cache)  # eval reads the held-out inputs back
     return report
+
+
+def exported_error(runner, student) -> dict:
+    """report.json's `export`: the dtype the output holds its weights in (export.dtype), the one its stages'
+    errors were measured in (`computed_in`: the compute dtype, before the export cast), and the output's
+    teacher-relative error on the same held-out inputs: the student's weights rounded in place to what the
+    export writes (io_export.round_to_export; it writes them next), run as eval runs the output. The last
+    stage's where the export holds them exactly (`exact`: float32, or their own dtype); None for a streamed
+    run, whose blocks it does not hold (eval measures it), or where the run's held-out reference is unknown."""
+    from compress.dtype_range import DTYPES
+    from compress.io_export import round_to_export
+    from compress.passes.base import relative_error
+
+    dtype, stages = DTYPES[runner.recipe.export.dtype], runner.ctx.report.get("stages") or [{}]
+    record = {"dtype": runner.recipe.export.dtype, "computed_in": runner.recipe.compute_dtype}
+    held = getattr(runner, "held_out", None)  # (batches, the teacher's predictions on them): Runner._run's
+    kept = {t.dtype for t in student.state_dict().values() if t.is_floating_point()}
+    if dtype == torch.float32 or kept <= {dtype}:
+        return {**record, "exact": True, "relative_error": stages[-1].get("relative_error")}
+    if runner.recipe.stream or held is None:
+        return {**record, "relative_error": None}
+    round_to_export(student, dtype)
+    with runner.models.forwards(student):
+        error = relative_error(student, held[1], runner.adapter, held[0])
+    console.print(f"  exported in {record['dtype']}: teacher-relative error {error:.4g}", highlight=False)
+    return {**record, "relative_error": error}
 
 
 def output_files(runner, student, report: dict) -> dict[str, str]:

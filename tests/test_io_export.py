@@ -347,3 +347,25 @@ def test_plan_and_run_warn_once_of_an_export_wider_than_the_teacher(tmp_path, ca
     capsys.readouterr()
     assert main(["plan", str(tmp_path / "r.yaml"), "--set", "export.dtype=bfloat16"]) == 0
     assert "export.dtype is" not in capsys.readouterr().err
+
+
+def test_weights_rounded_to_the_export_are_those_the_output_holds(tmp_path):
+    """round_to_export (the run's measure of the exported weights' error): the weights rounded in place are
+    exactly what save_compressed writes in that dtype and load_transformer reads back; one beyond float16's
+    range is export_cast's error, not an inf."""
+    import copy
+
+    from compress.io_export import round_to_export
+    from compress.io_output import load_transformer
+
+    model = tiny_pixart()
+    rounded = copy.deepcopy(model)
+    round_to_export(rounded, torch.bfloat16)
+    assert all(t.dtype == torch.float32 for t in rounded.state_dict().values())
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), rounded.state_dict().values()))
+    back = load_transformer(save_compressed(model, tmp_path / "o", dtype=torch.bfloat16), dtype=torch.float32)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in rounded.state_dict().items())
+    with torch.no_grad():
+        model.proj_out.weight[0, 0] = 1e6
+    with pytest.raises(NumericError, match="export: proj_out.weight holds values up to 1e\\+06, beyond the range of float16"):
+        round_to_export(model, torch.float16)

@@ -209,3 +209,20 @@ def test_the_cards_counts_take_the_singular_for_one_and_the_plural_otherwise():
     passes = [{"criterion": None, "removed": {"blocks": [1]}}, {"criterion": "scan", "removed": {"blocks": [2]}}]
     assert "by 2 remove_blocks passes:" in _removal_lines(dict(passes[1], passes=passes,
                                                                 removed_total={"blocks": [1, 2]}))[1]
+
+
+def test_the_card_says_which_weights_its_errors_are_of_and_the_exported_ones_error():
+    """The stage errors are of the compute dtype's weights before the export cast: the card said nothing of
+    it. It gives the exported weights' error where the export rounds them, says where it holds them exactly,
+    and where a streamed run did not measure them; an older report says nothing."""
+    from compress.report_card import export_lines
+
+    rounded = {"dtype": "bfloat16", "computed_in": "float32", "relative_error": 0.83474}
+    assert export_lines({"export": rounded}) == [
+        "", "The teacher-relative errors above are of the float32 weights before the export; the output holds "
+            "them in bfloat16: its teacher-relative error on the same held-out inputs is 0.8347."]
+    assert export_lines({"export": dict(rounded, relative_error=None)})[1].endswith(
+        "the output holds them in bfloat16 (not measured in the run: `dit-compress eval` measures it).")
+    exact = {"dtype": "float32", "computed_in": "bfloat16", "exact": True, "relative_error": 0.5}
+    assert export_lines({"export": exact}) == ["", "The output holds the weights measured above, exactly, in float32."]
+    assert export_lines({}) == [] and export_lines({"export": "x"}) == []

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 from safetensors.torch import save_file
 
@@ -47,3 +48,29 @@ def test_the_recipe_as_run_names_the_teacher_config_it_read(tmp_path):
     assert Path(again.teacher) == tmp_path / "pix.safetensors"
     plan = make_plan(again, teacher_config=str(tmp_path / "cfg"))
     assert plan["params_before"] == sum(p.numel() for p in model.parameters())
+
+
+def test_the_exported_weights_error_is_measured_where_the_export_rounds_them(tmp_path, capsys):
+    """The run's final error (report.json, model card) was the float32 stage weights' alone, before the
+    export cast to bfloat16: the exported model's (eval's) error is measured too, and both are said."""
+    import json
+
+    from compress.cli import main
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    text = SIMPLE.format(teacher=tmp_path / "t", passes=PASSES)
+    out = run_recipe(tmp_path, text + "export: {dtype: bfloat16}\n", "r")
+    report = json.loads((out / "report.json").read_text())
+    last = report["stages"][-1]["relative_error"]
+    export = report["export"]
+    assert export["dtype"] == "bfloat16" and export["computed_in"] == "float32" and "exact" not in export
+    assert export["relative_error"] != last and abs(export["relative_error"] - last) < 0.05 * last
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pred_rel_error"] == pytest.approx(export["relative_error"], rel=1e-9)
+    card = (out / "README.md").read_text()
+    assert (f"The teacher-relative errors above are of the float32 weights before the export; the output holds them in "
+            f"bfloat16: its teacher-relative error on the same held-out inputs is {export['relative_error']:.4g}.") in card
+    plain = json.loads((run_recipe(tmp_path, text, "f32") / "report.json").read_text())
+    assert plain["export"] == {"dtype": "float32", "computed_in": "float32", "exact": True,
+                               "relative_error": plain["stages"][-1]["relative_error"]}
