@@ -283,6 +283,12 @@ def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
             f"{', '.join(info['changed'][:3])}; {kept})")
 
 
+def nothing_saved(run_dir: Path, saved: list) -> bool:
+    """Whether --resume has nothing to continue from in `run_dir`: no saved pass among `saved` (the stages
+    runner_stages.resumable read), no distill checkpoint, no streamed stage being written (runner_pending)."""
+    return not saved and not distill_checkpoints(run_dir) and read_record(run_dir) is None
+
+
 def say_if_nothing_to_resume(run_dir: Path, saved: list, passes=(), existed: bool = True) -> None:
     """--resume where `run_dir` holds nothing to continue from (no saved pass among `saved`, the stages
     runner_stages.resumable read; no distill checkpoint; no streamed stage being written, runner_pending):
@@ -291,7 +297,7 @@ def say_if_nothing_to_resume(run_dir: Path, saved: list, passes=(), existed: boo
     `passes` read back (`measured_so_far`, under the fingerprint it recorded: sampled inputs, block
     statistics, output Fishers, teacher samples; a pass says what it reads back), or nothing was saved.
     `existed`: whether the folder was there before the run (its locks make it)."""
-    if saved or distill_checkpoints(run_dir) or read_record(run_dir) is not None:
+    if not nothing_saved(run_dir, saved):
         return
     from compress.report import note
 

@@ -16,7 +16,7 @@ from compress.runner_caches import finished_run
 from compress.runner_config_sum import CONFIG_SUM
 from compress.runner_kept import measured_so_far
 from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES, recorded_fingerprint, recorded_teacher
-from compress.runner_teacher_id import edited_config, older_checksum, same_teacher, teacher_change
+from compress.runner_teacher_id import older_checksum, put_back, same_teacher, teacher_change
 
 
 def named_of(recorded: dict) -> dict:
@@ -25,13 +25,14 @@ def named_of(recorded: dict) -> dict:
     return {"config": None, **{k: v for k, v in recorded.items() if k in ("source", "config", CONFIG_SUM)}}
 
 
-def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes) -> None:
+def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, resume: bool = False) -> None:
     """A plain rerun in `run_dir`, whose last run (unfinished) saved no pass but recorded its teacher and
     fingerprint (runner_stages.record_run): a UserError where that teacher is not the one named now
     (`teacher`: named_teacher's; another source, --teacher-config, or the config edited in place) and it
     measured what the recipe's `passes` read (under its fingerprint, which this teacher's is not). Its
     advice: undo the edit of a config changed in place (runner_teacher_id.edited_config), else rerun with
-    that teacher. Other changes are told once the teacher has loaded (`check_measured_for_another`): the
+    that teacher. `resume`: said to --resume over a run that saved nothing else (it reads back only what
+    this teacher measured, so refuses it as a plain rerun does). Other changes are told once the teacher has loaded (`check_measured_for_another`): the
     weights, from the identity the run recorded; the calibration, as the run folder records none of such a run."""
     fingerprint, before = recorded_fingerprint(run_dir), recorded_teacher(run_dir)
     if fingerprint is None or before is None or finished_run(run_dir):
@@ -41,21 +42,29 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes) -> 
         return
     measured = measured_so_far(run_dir, fingerprint, None, list(passes))
     if measured:
-        edited = edited_config(named, teacher)
-        how = f"undo the change to {edited}" if edited else "rerun with that teacher"
-        raise measured_by_another(run_dir, teacher_change(named, teacher), measured, how)
+        raise measured_by_another(run_dir, teacher_change(named, teacher), measured, _how(named, teacher, resume),
+                                  resume)
 
 
-def measured_by_another(run_dir: Path, change: str, measured: str, how: str) -> UserError:
+def _how(before: dict, now: dict, resume: bool) -> str:
+    """What reads back what the teacher `before` measured: undo the change made in place (`put_back`: a
+    config edited, the weights changed), else rerun with that teacher; with --resume where `resume`."""
+    how = put_back(before, now) or "rerun with that teacher"
+    return f"{how} and rerun with --resume" if resume else how
+
+
+def measured_by_another(run_dir: Path, change: str, measured: str, how: str, resume: bool = False) -> UserError:
     """'RUN_DIR holds what an interrupted run of another teacher measured (`change`; `measured`), which
     this run does not read back: `how` to read it back, add --restart to discard it, or choose another
-    --run-dir'."""
+    --run-dir' ('rerun with --restart' to --resume, `resume`)."""
+    restart = "rerun with --restart" if resume else "add --restart"
     return UserError(f"{run_dir} holds what an interrupted run of another teacher measured ({change}; {measured}), "
-                     f"which this run does not read back: {how} to read it back, add --restart to discard it, or "
+                     f"which this run does not read back: {how} to read it back, {restart} to discard it, or "
                      "choose another --run-dir")
 
 
-def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher: dict | None = None) -> None:
+def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher: dict | None = None,
+                               resume: bool = False) -> None:
     """A plain rerun (no --resume, no --restart) in a run folder whose last run was interrupted before
     it saved a pass (runner_folders.check_run_folder refuses the others): a UserError where that run
     measured what this one, of another teacher or calibration (`fingerprint`), does not read back
@@ -64,7 +73,8 @@ def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher:
     `teacher` (the loaded teacher's, teacher_identity's: its weights changed in place, the names being
     the same once check_measured_for_another_teacher passed them), it says so as --resume does
     (runner_teacher_id.teacher_change); else 'another teacher or calibration' (the run folder records no
-    calibration of such a run). A folder recording no fingerprint (an older dit-compress's, which marked
+    calibration of such a run). `resume`: said to --resume over a run that saved nothing else (runner_prepare).
+    A folder recording no fingerprint (an older dit-compress's, which marked
     no finished run either) is not refused."""
     before = recorded_fingerprint(run_dir)
     if before is None or before == fingerprint:
@@ -75,10 +85,13 @@ def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher:
     recorded = recorded_teacher(run_dir)
     if teacher is not None and recorded is not None and not older_checksum(recorded, teacher) \
             and not same_teacher(recorded, teacher):
-        raise measured_by_another(run_dir, teacher_change(recorded, teacher), measured, "rerun with that teacher")
+        raise measured_by_another(run_dir, teacher_change(recorded, teacher), measured,
+                                  _how(recorded, teacher, resume), resume)
+    how, restart = ("rerun with that teacher and calibration and --resume", "rerun with --restart") if resume else \
+        ("rerun with that teacher and calibration", "add --restart")
     raise UserError(f"{run_dir} holds what an interrupted run of another teacher or calibration measured "
-                    f"({measured}), which this run does not read back: rerun with that teacher and "
-                    "calibration to read it back, add --restart to discard it, or choose another --run-dir")
+                    f"({measured}), which this run does not read back: {how} to read it back, {restart} to "
+                    "discard it, or choose another --run-dir")
 
 
 def run_fingerprint(run_dir: Path) -> str | None:

@@ -18,8 +18,10 @@ from compress.plan import warn_if_beyond_memory
 from compress.report import console
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes
-from compress.runner_folders import check_folders, check_run_folder, say_if_nothing_to_resume
+from compress.runner_folders import check_folders, check_run_folder, nothing_saved, say_if_nothing_to_resume
+from compress.runner_measured import check_measured_for_another, check_measured_for_another_teacher
 from compress.runner_ranks import is_follower
+from compress.runner_caches import finished_run
 from compress.runner_resume import finished_and_reusable, fingerprint, inputs_change, read_state, stage_dirs
 from compress.runner_teacher_id import named_teacher, older_checksum, same_teacher, teacher_identity, weights_checksum
 from compress.runner_setup import DTYPES, load_checked_teacher
@@ -53,6 +55,8 @@ def prepare(runner) -> None:
     _warn_of_memory(runner, weights)
     runner.run_dir.mkdir(parents=True, exist_ok=True)
     teacher_id = _cache_keys(runner, src)
+    if not is_follower() and runner.resume and _resumes_nothing(runner):  # the weights known: changed in place,
+        check_measured_for_another(runner.run_dir, teacher_id, runner.passes, runner.identity, resume=True)  # refused
     if not is_follower() and not (runner.resume or runner.restart):  # the teacher and prompts known: as
         note_reusable(runner)  # --resume compares them (the stages are discarded only once the passes start)
     runner.ctx = RunContext(
@@ -87,7 +91,6 @@ def _checked_before_loading(runner):
         from compress.passes.distill_resume import check_resumable_configs
 
         runner.resumes_from = resumable(runner)
-        say_if_nothing_to_resume(runner.run_dir, runner.resumes_from[0], runner.passes, runner.run_dir_was)
         if not runner.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_stages)
             check_resumable_configs(runner.run_dir, [s.config for s in runner.recipe.passes if s.name == "distill"],
                                     runner.recipe.calibration)
@@ -96,6 +99,11 @@ def _checked_before_loading(runner):
     src = checked_sources(runner.recipe, runner.teacher_arg, runner.teacher_config)
     if src.kind in ("toy", "folder"):  # a --teacher-config they do not read (warned): not compared by
         runner.teacher_config = None  # --resume nor recorded, as if not given
+    if main and runner.resume:  # nothing saved: what another teacher measured is refused, as a plain rerun refuses it
+        if _resumes_nothing(runner):  # (it reads back only this teacher's)
+            check_measured_for_another_teacher(runner.run_dir, named_teacher(src.source, runner.teacher_config),
+                                               runner.passes, resume=True)
+        say_if_nothing_to_resume(runner.run_dir, runner.resumes_from[0], runner.passes, runner.run_dir_was)
     if main and not (runner.resume or runner.restart):  # saved work a fresh start would discard: refused
         # (of another teacher: said as --resume would, its source and --teacher-config compared)
         check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes,
@@ -103,6 +111,11 @@ def _checked_before_loading(runner):
     warn_if_beyond_memory(runner.recipe, src, runner.passes)  # warns only: an estimate
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src
+
+
+def _resumes_nothing(runner) -> bool:
+    """--resume with nothing saved to continue from (`nothing_saved`) in a run folder whose run did not finish."""
+    return nothing_saved(runner.run_dir, runner.resumes_from[0]) and not finished_run(runner.run_dir)
 
 
 def _warn_of_memory(runner, weights: dict | None) -> None:

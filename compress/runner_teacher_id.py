@@ -104,7 +104,25 @@ def teacher_change(before: dict, now: dict) -> str:
         file = (f"--teacher-config {now['config']}" if now["config"] else
                 config_read(now["source"], None) or f"{now['source']}'s config")
         return f"{file} changed since the run (its contents differ)"
+    if weights_changed(before, now):
+        return f"the weights of {now['source']} changed since the run (its config holds the same)"
     return f"{now['source']} holds other weights or config"
+
+
+def weights_changed(before: dict, now: dict) -> bool:
+    """Whether two `teacher_identity`s of one source whose config file holds the same (CONFIG_SUM known and
+    equal in both) differ: the weights changed in place, which no other teacher named undoes."""
+    return before["source"] == now["source"] and before.get(CONFIG_SUM) is not None \
+        and before.get(CONFIG_SUM) == now.get(CONFIG_SUM) and before.get("checksum") != now.get("checksum")
+
+
+def put_back(before: dict, now: dict) -> str | None:
+    """'put back the weights SOURCE had' where `weights_changed`; 'undo the change to FILE' where a config
+    was edited in place (`edited_config`); None otherwise (another teacher named: rerun with that one)."""
+    if weights_changed(before, now):
+        return f"put back the weights {now['source']} had"
+    edited = edited_config(before, now)
+    return f"undo the change to {edited}" if edited else None
 
 
 def edited_config(before: dict, now: dict) -> str | None:
@@ -121,13 +139,13 @@ def edited_config(before: dict, now: dict) -> str | None:
 
 def resume_advice(before: dict, now: dict, resume: bool) -> str:
     """What to do about a teacher that changed since a run was interrupted (`teacher_change`): where its
-    config was edited in place (`edited_config`), undo that edit and --resume, or --restart; else --restart,
+    config was edited in place or its weights changed (`put_back`), undo that and --resume, or --restart; else --restart,
     or (a plain rerun's) rerun with the teacher it recorded and --resume. `resume`: said to --resume."""
-    edited = edited_config(before, now)
-    if edited:
+    undo = put_back(before, now)
+    if undo:
         how = "rerun with --resume" if resume else "add --resume to continue"
         restart = "rerun with --restart" if resume else "add --restart"
-        return f"undo the change to {edited} and {how}, or {restart} to start over"
+        return f"{undo} and {how}, or {restart} to start over"
     if resume:
         return "rerun with --restart to start over"
     return "add --restart to start over, or rerun with that teacher and --resume to continue"

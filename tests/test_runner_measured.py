@@ -94,7 +94,8 @@ def test_weights_changed_in_place_say_the_teacher_changed_once_it_loads(interrup
     assert (teacher / "config.json").read_bytes() == config  # the weights alone changed
     said = _refusal(args, capsys)
     assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of another teacher measured "
-                           f"({teacher} holds other weights or config; block statistics (1 file)"), said
-    assert said.endswith("which this run does not read back: rerun with that teacher to read it back, add --restart "
-                         "to discard it, or choose another --run-dir"), said
+                           f"(the weights of {teacher} changed since the run (its config holds the same); block "
+                           "statistics (1 file)"), said
+    assert said.endswith(f"which this run does not read back: put back the weights {teacher} had to read it back, "
+                         "add --restart to discard it, or choose another --run-dir"), said
     assert len(loads) == 1  # the weights are known once it loads

@@ -47,7 +47,9 @@ def test_resume_refuses_another_teacher(pixart, monkeypatch):
                                         "rerun with --restart to start over"):
         make(tmp_path / "out", teacher=str(tmp_path / "other"), resume=True).run()
     tiny_pixart(seed=1).save_pretrained(tmp_path / "teacher")  # same path, other weights
-    with pytest.raises(UserError, match=r"the teacher changed .*teacher holds other weights or config"):
+    with pytest.raises(UserError, match=r"the teacher changed .*\(the weights of .*teacher changed since the run \(its "
+                                        r"config holds the same\)\); put back the weights .*teacher had and rerun "
+                                        r"with --resume, or rerun with --restart to start over"):
         make(tmp_path / "out", resume=True).run()
     tiny_pixart(seed=0).save_pretrained(tmp_path / "teacher")
     # a --teacher-config the folder teacher does not read (warned) is no other teacher: it resumes
