@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import compress
+from compress.io import looks_local
 from compress.io_export import ranks_of
 from compress.recipe import dump_recipe
 from compress.report import console, param_count
@@ -94,6 +95,10 @@ def recipe_as_run(recipe, prompts: list[str] | None, recorded: dict) -> str:
     which no recipe key holds, is named in a comment above it, to give again."""
     as_run = copy.copy(recipe)  # its marks (`_given`) and key places kept
     as_run.teacher = recorded["teacher"]
+    pipeline = recipe.calibration.pipeline
+    if pipeline and looks_local(pipeline) and Path(pipeline).expanduser().exists():  # as the run read it
+        as_run.calibration = copy.copy(recipe.calibration)  # from the current folder: absolute, as the teacher
+        as_run.calibration.pipeline = str(Path(pipeline).expanduser().resolve())
     text = dump_recipe(as_run, prompts)
     notes = teacher_notes(recipe.teacher, recorded)
     if not notes:

@@ -74,3 +74,27 @@ def test_the_exported_weights_error_is_measured_where_the_export_rounds_them(tmp
     plain = json.loads((run_recipe(tmp_path, text, "f32") / "report.json").read_text())
     assert plain["export"] == {"dtype": "float32", "computed_in": "float32", "exact": True,
                                "relative_error": plain["stages"][-1]["relative_error"]}
+
+
+def test_the_recipe_as_run_names_a_relative_calibration_pipeline_absolute(tmp_path, monkeypatch):
+    """A relative calibration.pipeline (taken from the current folder) was written as given: load_pipeline
+    of the output suggested base='pipes/pix', which loads only from the folder the run started in. The
+    recipe as run names it absolute, as the run read it; the run's recipe keeps it as given."""
+    import json
+
+    from compress import save_compressed
+    from compress.io_pipeline import _ask
+    from compress.runner_export import recipe_as_run
+
+    (tmp_path / "pipes" / "pix").mkdir(parents=True)
+    (tmp_path / "pipes" / "pix" / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
+    (tmp_path / "r.yaml").write_text(f"model: pixart\nteacher: {tmp_path / 't'}\ncalibration: {{source: pipeline, "
+                                     f"pipeline: pipes/pix}}\npasses:\n{PASSES}")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(tmp_path / "r.yaml")
+    out = save_compressed(tiny_pixart(), tmp_path / "out", extra={"teacher": str(tmp_path / "t")})
+    (out / "recipe.yaml").write_text(recipe_as_run(recipe, None, {"teacher": str(tmp_path / "t")}))
+    assert recipe.calibration.pipeline == "pipes/pix"
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["calibration"]["pipeline"] == str(tmp_path / "pipes" / "pix")
+    monkeypatch.chdir("/")
+    assert _ask(out, []).startswith(f"pass base='{tmp_path / 'pipes' / 'pix'}', the pipeline the recipe.yaml of {out}")
