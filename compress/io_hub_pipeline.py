@@ -12,13 +12,15 @@ read it offline."""
 from __future__ import annotations
 
 from compress.errors import UserError
-from compress.io_hub import cached_snapshot, hub_cache, id_problem, main_commit, note_once, offline, quiet_hub, uncached
+from compress.io_hub import (cached_snapshot, hub_cache, id_problem, main_commit, moved_main, note_once, offline,
+                             quiet_hub, uncached)
 from compress.io_hub_cache_files import missing_file
 from compress.io_hub_requests import bounded_hub, cause_line, hub_head, stopped_answering, timed_out
 from compress.progress import no_library_bars
 from compress.pipeline_folder import snapshot_problem
 
 CACHE = "the Hugging Face cache {} (HF_HUB_CACHE, else HF_HOME/hub)"
+AS_LOCAL = "(pass a snapshot folder as a local one)"  # io_hub.named_snapshots' hint, worded for a teacher
 
 
 # (cache, Hub id) -> the cause hub_or_cache noted reading the cache with, the Hub having stopped answering:
@@ -49,7 +51,7 @@ def hub_or_cache(source: str, what: str, load):
     snapshot = cached_snapshot(source)
     if snapshot is None:
         raise UserError(f"cannot load {what} '{source}': {why}, and {CACHE.format(hub_cache())} holds "
-                        f"{uncached(source, before)}; check your network, or pass a local pipeline folder")
+                        f"{held(source, what, before)}; check your network, or pass a local pipeline folder")
     if problem := cache_problem(source, snapshot):
         raise UserError(f"cannot load {what} '{source}': {why}, and {problem}")
     note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub answered, then "
@@ -75,7 +77,7 @@ def pipeline_keywords(source: str, what: str) -> dict:
     if not offline() and cause is None:
         return {}  # the Hub answers: diffusers fetches what the cache lacks
     snapshot = cached_snapshot(source)
-    cache = f"{CACHE.format(hub_cache())} holds {uncached(source)}"
+    cache = f"{CACHE.format(hub_cache())} holds {held(source, what)}"
     if snapshot is None and cause is None:
         raise UserError(f"cannot load {what} '{source}' offline (HF_HUB_OFFLINE): {cache}; check the id, fetch it "
                         "once online, or pass a local pipeline folder")
@@ -96,3 +98,21 @@ def cache_problem(source: str, snapshot) -> str | None:
     part's class reads (io_hub_cache_files.missing_file); None where it lacks neither."""
     return snapshot_problem(source, snapshot) or missing_file(source, snapshot)
 
+
+
+def held(source: str, what: str, before: str | None = None) -> str:
+    """io_hub.uncached(source, before), its hint on a snapshot folder naming where a pipeline's goes
+    (`what`: 'base pipeline' is load_pipeline's base, else calibration.pipeline)."""
+    where = "load_pipeline's base" if what == "base pipeline" else "calibration.pipeline"
+    return uncached(source, before).replace(AS_LOCAL, f"(pass a snapshot folder as {where})")
+
+
+def moved_problem(source: str, what: str) -> str | None:
+    """'offline (HF_HUB_OFFLINE), the Hugging Face cache … holds no snapshot of main's commit C, …'
+    where the cache's refs/main of the Hub id `source` names a commit it holds no snapshot of and it
+    holds others (io_hub.moved_main), which pipeline_keywords refuses as the pipeline loads: said by
+    pipeline_folder.cached_problem for plan and a run before the teacher loads. None otherwise."""
+    if moved_main(source) is None:
+        return None
+    return (f"offline (HF_HUB_OFFLINE), {CACHE.format(hub_cache())} holds {held(source, what)}; fetch it once online, "
+            "or pass a local pipeline folder")

@@ -115,8 +115,9 @@ def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transfor
 def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("transformer",)) -> str | None:
     """What the Hugging Face cache's snapshot a Hub id `source` is read from offline (HF_HUB_OFFLINE)
     lacks, as its load says it (io_hub_pipeline.cache_problem): a part (snapshot_problem), else a file a
-    part's class reads (io_hub_cache_files.missing_file); None where `source` is read otherwise, the
-    cache holds no copy of it, or the snapshot lacks neither."""
+    part's class reads (io_hub_cache_files.missing_file); where the cache holds no snapshot of the
+    commit its refs/main names, but others, both commits (io_hub_pipeline.moved_problem). None where
+    `source` is read otherwise, the cache holds no copy of it, or the snapshot lacks neither."""
     from compress.io import looks_local
     from compress.io_hub import cached_snapshot, id_problem, offline
     from compress.io_hub_cache_files import missing_file
@@ -124,8 +125,10 @@ def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("tran
     if not offline() or looks_local(source) or id_problem(source) is not None:
         return None
     snapshot = cached_snapshot(source)
-    if snapshot is None:
-        return None
+    if snapshot is None:  # refs/main moved on to a commit not downloaded: its load refuses it (moved_main)
+        from compress.io_hub_pipeline import moved_problem
+
+        return moved_problem(source, "base pipeline" if "base pipeline" in what else "calibration pipeline")
     return snapshot_problem(source, snapshot, what, passed) or missing_file(source, snapshot, passed)
 
 

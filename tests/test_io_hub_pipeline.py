@@ -290,7 +290,7 @@ def test_a_hub_pipeline_whose_main_moved_on_and_whose_hub_stops_answering_names_
     error, took = within(30, lambda: load_pipeline(offline_cache, base="acme/pix"))
     assert isinstance(error, UserError), error
     assert (repo / "refs" / "main").read_text() == NEWER  # huggingface_hub moved it
-    snapshot = f"the snapshot {repo / 'snapshots' / ('0' * 40)} (pass a snapshot folder as a local one)"
+    snapshot = f"the snapshot {repo / 'snapshots' / ('0' * 40)} (pass a snapshot folder as load_pipeline's base)"
     held = (f"holds no snapshot of main's commit {NEWER}, which its refs/main names{{}}, only {snapshot}; offline "
             "(HF_HUB_OFFLINE=1) reads refs/main's commit too, as huggingface_hub does")
     moved = f" (this load's request to the Hub moved it from {'0' * 40})"
@@ -319,7 +319,7 @@ def test_a_moved_main_whose_empty_snapshot_folder_exists_still_names_the_move(of
     error, _ = within(30, lambda: load_pipeline(offline_cache, base="acme/pix"))
     assert isinstance(error, UserError), error
     assert (repo / "refs" / "main").read_text() == NEWER
-    snapshot = f"the snapshot {repo / 'snapshots' / ('0' * 40)} (pass a snapshot folder as a local one)"
+    snapshot = f"the snapshot {repo / 'snapshots' / ('0' * 40)} (pass a snapshot folder as load_pipeline's base)"
     assert str(error).endswith(
         f"(HF_HUB_CACHE, else HF_HOME/hub) holds no snapshot of main's commit {NEWER}, which its refs/main names "
         f"(this load's request to the Hub moved it from {'0' * 40}), only {snapshot}; offline (HF_HUB_OFFLINE=1) "

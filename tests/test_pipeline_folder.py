@@ -471,3 +471,34 @@ def test_a_cached_hub_transformer_repo_to_sample_in_is_refused_as_a_transformer_
         f"config.json at its root and no model_index.json: {snapshot}); set calibration.pipeline to the base pipeline "
         "(a Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder), or "
         "calibration.source: synthetic")
+
+
+@pytest.mark.parametrize("empty_snapshot", [False, True])
+def test_a_cached_hub_pipeline_whose_main_moved_on_is_refused_by_plan_and_run_before_the_teacher_loads(
+        tmp_path, folders, monkeypatch, capsys, empty_snapshot):
+    """refs/main naming a commit the cache holds no snapshot of (the Hub answered that main moved on)
+    passed plan and the pre-run check (cached_problem took the missing snapshot for no copy at all),
+    and run refused it only once the teacher had loaded, without the recipe's line. Plan and run now
+    say io_hub_pipeline's moved-main line (io_hub.moved_main) at calibration.pipeline's line first."""
+    import compress.calib_pipeline as calib_pipeline
+    import compress.runner_setup as runner_setup
+
+    snapshot = _cached_offline(tmp_path, monkeypatch, _copy(folders, "pixart", tmp_path))
+    newer = "1" * 40
+    (snapshot.parent.parent / "refs" / "main").write_text(newer)
+    if empty_snapshot:  # hf_hub_download's HEAD made it before its GET failed
+        (snapshot.parent / newer / "transformer").mkdir(parents=True)
+    recipe = _recipe(tmp_path, "pixart", snapshot)
+    text = open(recipe).read().replace("{source: pipeline,", "{source: pipeline, pipeline: acme/pix,")
+    open(recipe, "w").write(text)
+    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    line = (f"dit-compress: error: {recipe}:4: cannot load calibration pipeline 'acme/pix': offline (HF_HUB_OFFLINE), "
+            f"the Hugging Face cache {tmp_path / 'hub'} (HF_HUB_CACHE, else HF_HOME/hub) holds no snapshot of main's "
+            f"commit {newer}, which its refs/main names, only the snapshot {snapshot} (pass a snapshot folder as "
+            "calibration.pipeline); offline (HF_HUB_OFFLINE=1) reads refs/main's commit too, as huggingface_hub does; "
+            "fetch it once online, or pass a local pipeline folder")
+    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
+        assert main(command) == 2
+        assert _one_error(capsys) == line
+    assert not (tmp_path / "r" / "out").exists()
