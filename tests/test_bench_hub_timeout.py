@@ -27,3 +27,10 @@ def test_a_pause_is_recorded_with_its_thread():
     pauses = tool.Pauses()
     pauses.sleep(0)
     assert [(t, s) for t, s, _ in pauses.slept] == [(threading.get_ident(), 0)]
+
+
+def test_the_help_line_is_a_whole_sentence():
+    """--help shows the docstring's first line (argparse's description): it was cut mid-sentence."""
+    line = tool.__doc__.splitlines()[0]
+    assert line.endswith(".") and line[0].isupper() and len(line) <= 110, line
+    assert tool.__doc__.splitlines()[1] == ""
