@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from compress.passes.svd import LATER
 from compress.report import param_count
+from compress.words import counted
 
 
 def decided_later(p, step: dict, model, adapter) -> dict:
@@ -142,15 +143,15 @@ def count_ranges(step: dict, before: list[dict[str, int]], after: list[dict[str,
     them (`before`: removed_blocks.possible_counts; `after`: remove_blocks_budget.counts_after; several
     after removals that pick their groups at run time): blocks_before and blocks_after the most each
     group may have, blocks_before_min and blocks_after_min the fewest (only where some differ); a
-    count over all blocks keeps "N blocks in all" ("N–M blocks in all" where the total varies)."""
+    count over all blocks keeps "N blocks in all" ("1 block in all", "N–M blocks in all" where the total varies)."""
     out = dict(step, **_most_least("blocks_before", before))
     if not after:  # refused for every count it may find (runner_checks.SpreadRemovals said so)
         return out
     if isinstance(step.get("blocks_after"), dict):
         return dict(out, **_most_least("blocks_after", after))
     totals = sorted({sum(n.values()) for n in after})
-    span = f"{totals[0]}" if len(totals) == 1 else f"{totals[0]}–{totals[-1]}"
-    return dict(out, blocks_after=f"{span} blocks in all")
+    span = counted(totals[0], "block") if len(totals) == 1 else f"{totals[0]}–{totals[-1]} blocks"
+    return dict(out, blocks_after=f"{span} in all")
 
 
 def _most_least(key: str, possible: list[dict[str, int]]) -> dict:

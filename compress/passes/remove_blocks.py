@@ -33,6 +33,7 @@ from compress.passes.removed_blocks import (PLANNED_ATTR, planned_blocks, possib
 from compress.report import console, note
 from compress.report_card import _gone, _how
 from compress.stream_refusals import NotStreamable, Refusal
+from compress.words import counted
 
 
 # ---- choosing by importance ---------------------------------------------------------------------
@@ -215,7 +216,7 @@ class RemoveBlocksPass(Pass):
         taken = taken_unplaced(model)
         budget = resolve_budget(self.config, adapter, counts, taken)
         after = ({g: n - budget.get(g, 0) for g, n in counts.items()} if isinstance(budget, dict)
-                 else f"{sum(counts.values()) - taken - budget} blocks in all")
+                 else f"{counted(sum(counts.values()) - taken - budget, 'block')} in all")
         if self.config.criterion == "learned":
             return self._plan_learned(model, adapter, per_group(budget, counts), counts)
         differ = self.uneven_groups(model, adapter)  # plan's count after it is a bound
