@@ -29,6 +29,21 @@ also sees the error the first stage left), and likewise for the targets outside 
 level, e.g. PixArt's adaLN-single, which toward the teacher undoes earlier passes too; the tail). On the toy teachers at 50% the two stages cut the held-out error a
 further 2.2% (PixArt) and 1.8% (Flux) against one search per block, for twice the cost.
 
+A guard: a β at which some target's plain relative output error (its record's rel_output_error,
+against the layer as the pass found it) exceeds REFUSE_ABOVE = 2, twice a zero output's, and its own at
+β = 0, is not kept (`line_search`). The damped inverse Fisher grows the step most in the outputs the
+prediction's Fisher barely weighs, which the calibration error barely sees: on a tiny random Flux (T1:
+blocks removed, recipes/flux-dev-deep.yaml) the chosen steps left Flux's text stream before the single
+blocks 81-350x its layers' outputs, 1.4e7 in the last double block's text output (the teacher's: 70),
+NaN in float16, distill's feature loss at 7.5e10; with the guard, 1.5x at worst, 93 in that text
+output, finite in float16, a feature loss of 4.4.
+Not the factorization: without compensation every layer stayed below 0.84 there, and the
+Fisher-weighted truncation alone stayed below 1 in a search over random weights and Fishers. Why not 1:
+a compensating layer moves its output on purpose (toward the teacher, undoing a removed block): toy
+PixArt's first stage keeps a step leaving attn1.to_k at 1.13x; refusing it moved the toy's numbers
+(held-out error after its svd passes 0.1716 / 0.1617 against 0.1673 / 0.1654). The steps refused on the
+tiny Flux were 43-700x; the toy recipes keep every number (none of the steps they keep is refused).
+
 Cost per stage: one forward and backward, then at most len(STEPS) + 2 factorizations of its targets
 and forwards, over `svd.compensate_batches` calibration batches (all by default; on the toy PixArt 1 or 2
 of its 4 batches kept about 60% or 75% of the gain). The forwards and the backward start at the
@@ -100,15 +115,26 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
     factorize(info, stats, step, rank): rank None lets the pass choose (done at β = 0); every later
     candidate keeps the rank chosen at β = 0, so candidates differ in their error only. Targets
     without a step are factorized once, before the search. A candidate whose error is NaN is never
-    kept; a NaN/Inf error at β = 0 is a NumericError naming the layers. Returns (records by name,
-    search summary); a kept record's time_s is its factorizations at every candidate, the summary's
-    seconds the whole search, the calibration measurements included."""
+    kept; a NaN/Inf error at β = 0 is a NumericError naming the layers. Nor is a β that leaves some
+    layer's plain relative output error (its record's rel_output_error) above REFUSE_ABOVE and above
+    its own at β = 0 (`_refused`): the damped inverse Fisher grows the step most in the outputs the
+    prediction's Fisher barely weighs (see the module docstring). Returns (records by name, search
+    summary); a kept record's time_s is its factorizations at every candidate, the summary's seconds
+    the whole search, the calibration measurements included. The summary's `refused` lists the
+    refused β and the layers each left above it; where the error alone would have kept one of them,
+    `unguarded_step` names it and each layer it was refused for has a `guard` record (the step, its
+    error there, why)."""
     start = time.perf_counter()
     records = {info.name: factorize(info, stats, None, None) for info, stats in pairs
                if info.name not in steps}
     stepped = [(info, stats) for info, stats in pairs if info.name in steps]
     originals = {info.name: model.get_submodule(info.name) for info, _ in stepped}
     errors, best, ranks, spent = {}, None, {}, {}
+    # β -> (the worst refused layer's plain error, 0 where none is; the calibration error): the
+    # order candidates are compared in, a refused β after every other, the less refused first
+    keys: dict[float, tuple[float, float]] = {}
+    plain: dict[str, float] = {}  # name -> its plain relative output error at β = 0
+    refused: dict[float, dict[str, float]] = {}  # β -> {name: its plain relative output error there}
 
     def trial(beta: float) -> None:
         nonlocal best
@@ -119,8 +145,14 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
             ranks.setdefault(info.name, found[info.name]["rank"])
             spent[info.name] = spent.get(info.name, 0.0) + found[info.name].get("time_s", 0.0)
         errors[beta] = measure()
-        if best is None or errors[beta] < best[0]:  # a NaN candidate is never the best
-            best = (errors[beta], beta, found, {n: model.get_submodule(n) for n in originals})
+        if not beta:
+            plain.update({n: rec.get("rel_output_error") for n, rec in found.items()})
+        worse = _refused(found, plain) if beta else {}
+        if worse:
+            refused[beta] = worse
+        keys[beta] = (max(worse.values(), default=0.0), errors[beta])
+        if best is None or keys[beta] < best[0]:  # a NaN candidate is never the best
+            best = (keys[beta], beta, found, {n: model.get_submodule(n) for n in originals})
         for name, module in originals.items():  # back to dense for the next candidate
             model.set_submodule(name, module)
         if not beta and not math.isfinite(errors[beta]):  # nothing to compare the steps with
@@ -131,28 +163,61 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
     trial(0.0)
     ladder = STEPS[1:]
     if near:
-        _walk(ladder, min(range(len(ladder)), key=lambda j: abs(math.log(ladder[j] / near))), trial, errors)
+        _walk(ladder, min(range(len(ladder)), key=lambda j: abs(math.log(ladder[j] / near))), trial, keys)
     else:
         for beta in ladder:
             trial(beta)
     if best[1]:
         for beta in (best[1] * 2, best[1] / 2):
             trial(beta)
-    error, beta, found, modules = best
+    (_, error), beta, found, modules = best
     for name, module in modules.items():
         model.set_submodule(name, module)
     found = {name: dict(rec, time_s=round(spent[name], 4)) if "time_s" in rec else rec
              for name, rec in found.items()}
+    chosen = min((b for b in errors if math.isfinite(errors[b])), key=errors.get)  # by the error alone
+    guarded = refused.get(chosen, {})
+    found = {name: dict(rec, guard={"step": chosen, "rel_output_error": guarded[name], "why": GUARD_WHY})
+             if name in guarded else rec for name, rec in found.items()}
     return {**records, **found}, {"step": beta, "calibration_error": error,
                                   "uncompensated_error": errors[0.0], "candidates": len(errors),
+                                  **({"refused": _refused_summary(refused)} if refused else {}),
+                                  **({"unguarded_step": chosen} if guarded else {}),
                                   "seconds": round(time.perf_counter() - start, 3)}
+
+
+REFUSE_ABOVE = 2.0  # a step's largest plain relative output error (a zero output's: 1; see the module docstring)
+
+# a layer's record's `guard`, where the step the calibration error alone would have kept was refused for it
+GUARD_WHY = (f"the compensation step the calibration error alone would have kept left this layer's plain relative "
+             f"output error above {REFUSE_ABOVE:g} ({REFUSE_ABOVE:g}x a zero output's), in outputs the prediction's "
+             "Fisher barely weighs, so the step's damped inverse Fisher grows them: its stage kept the best step "
+             "that did not")
+
+
+def _refused(found: dict[str, dict], plain: dict[str, float]) -> dict[str, float]:
+    """name -> plain relative output error of each layer of a candidate (`found`: records by name)
+    above REFUSE_ABOVE and above its own at β = 0 (`plain`): made so by the step."""
+    out = {}
+    for name, rec in found.items():
+        error = rec.get("rel_output_error")
+        if isinstance(error, float) and not error <= max(REFUSE_ABOVE, plain.get(name) or 0.0):  # NaN: refused
+            out[name] = error
+    return out
+
+
+def _refused_summary(refused: dict[float, dict[str, float]]) -> list[dict]:
+    """A stage's refused candidates, by β: the layers each left above REFUSE_ABOVE, their errors."""
+    return [{"step": beta, "layers": worse} for beta, worse in sorted(refused.items())]
 
 
 def _walk(ladder: tuple[float, ...], start: int, trial: Callable[[float], None], errors: dict) -> None:
     """Try ladder[start] and its neighbours, then keep stepping the way the error falls until it
     rises or the ladder ends (the whole ladder's best when the error is unimodal along it); then the
     top step, if not tried yet: on a tiny random Flux one stage's errors dipped at 4⁻⁵, rose, and
-    fell lower at 1/16 (truncating W + β·Δ can switch the kept directions between steps)."""
+    fell lower at 1/16 (truncating W + β·Δ can switch the kept directions between steps).
+    errors: β -> what candidates compare by (line_search's keys: refused steps after the others),
+    filled by `trial`."""
     around = [j for j in (start - 1, start, start + 1) if 0 <= j < len(ladder)]
     for j in around:
         trial(ladder[j])

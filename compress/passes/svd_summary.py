@@ -1,11 +1,13 @@
 """The svd pass's report summary: kept parameters, the worst loss / optimal loss by method, the settings
-of every svd pass so far, and the warning for a pass most of whose Grams were clamped."""
+of every svd pass so far, the warning for a pass most of whose Grams were clamped, and the one for a pass
+whose compensation refused steps that left layers' outputs far off."""
 
 from __future__ import annotations
 
 import math
 
 from compress.report import warn
+from compress.words import counted
 
 def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:
     """A recipe may hold several svd passes: `passes` keeps each pass's own summary; layers,
@@ -29,9 +31,9 @@ def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:
     from compress.report_card import optimum_words
 
     report["max_loss_ratio_of"] = optimum_words(report)  # what the ratios are against
-    said = clamped_words(records)
-    if said:
-        warn(said)
+    for said in (clamped_words(records), guarded_words(records)):
+        if said:
+            warn(said)
 
 
 def clamped_words(records: dict[str, dict]) -> str | None:
@@ -51,6 +53,25 @@ def clamped_words(records: dict[str, dict]) -> str | None:
             f"directions than the layer is wide (the widest, {name} {out}×{inp}, {r.get('data_rank', '?')} of "
             f"{min(out, inp)}): too few calibration rows for these widths, so their factors fit only the directions "
             "the calibration excites; raise calibration.num_prompts or calibration.timesteps for more rows")
+
+
+def guarded_words(records: dict[str, dict], shown: int = 3) -> str | None:
+    """The warning for a pass where compensation refused, for some layers (their records' `guard`,
+    svd_compensate.line_search), the step the calibration error alone would have kept: it left their
+    plain relative output error above REFUSE_ABOVE. Names the `shown` worst with their error there.
+    None where none was."""
+    from compress.passes.svd_compensate import REFUSE_ABOVE
+
+    guarded = sorted(((n, r["guard"]) for n, r in records.items() if r.get("guard")),
+                     key=lambda kv: -kv[1]["rel_output_error"])
+    if not guarded:
+        return None
+    named = ", ".join(f"{n} {g['rel_output_error']:.3g}x at step {g['step']:g}" for n, g in guarded[:shown])
+    more = f" and {len(guarded) - shown} more" if len(guarded) > shown else ""
+    return (f"svd: compensation refused, for {counted(len(guarded), 'layer')}, the step the calibration error "
+            f"chose: it left their plain relative output error above {REFUSE_ABOVE:g} (a zero output's: 1; "
+            f"{named}{more}), in outputs the prediction's Fisher barely weighs; their stages kept the best step "
+            "that did not (report.json: svd.layers.<name>.guard)")
 
 
 SETTINGS = ("method", "allocation", "activations", "fisher", "fisher_probes", "fisher_damping")  # in its summary

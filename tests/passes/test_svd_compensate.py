@@ -12,7 +12,7 @@ from compress.passes.svd import SVDConfig, SVDPass
 from compress.passes.base import predictions, relative_error
 from compress.calib_stats import Stats
 from compress.inputs import moved
-from compress.passes.svd_compensate import STEPS, line_search, newton_steps
+from compress.passes.svd_compensate import REFUSE_ABOVE, STEPS, line_search, newton_steps
 from compress.passes.svd_fisher import prediction_gradients, sqrt_pair
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 from tests.passes.svd_helpers import MAKERS, context
@@ -264,3 +264,74 @@ def test_later_stages_walk_from_the_step_before(tmp_path, search, fewer):
     report, _ = _compress("pixart", tmp_path, compensate_search=search)
     counts = [s["candidates"] for s in report["compensation"].values()]
     assert counts[0] == 11 and (min(counts[1:]) < 11) == fewer
+
+
+def _guarded_search(rel_at, near=None):
+    """line_search of layers "0" and "1", both stepped, whose plain relative output errors at β are
+    rel_at[name](β) (β = 0: plain); the calibration error falls as β grows (the top step best)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    current = {}
+
+    def factorize(info, stats, step, rank):
+        current["beta"] = 0.0 if step is None else float(step[0, 0])
+        model.set_submodule(info.name, nn.Identity())
+        return {"rank": 2, "rel_output_error": float(rel_at[info.name](current["beta"]))}
+
+    steps = {"0": torch.ones(4, 4), "1": torch.ones(4, 4)}
+    return line_search(model, [(_info("0"), None), (_info("1"), None)], steps, factorize,
+                       lambda: 1.0 - current["beta"], near)
+
+
+@pytest.mark.parametrize("near", [None, STEPS[-1]])  # the whole ladder, or a walk starting among refused steps
+def test_line_search_refuses_a_step_that_leaves_a_layer_far_off(near):
+    """On a tiny random Flux (double block 0, singles 0-1 removed) the step the calibration error
+    chose left ff_context.net.0.proj's output error 764x its output (text stream 4e9, NaN in float16):
+    the prediction's Fisher barely weighs that stream. A β leaving a layer above REFUSE_ABOVE (and
+    above its own at β = 0) is not kept; the layers it was refused for say so."""
+    assert REFUSE_ABOVE == 2.0
+    records, search = _guarded_search({"0": lambda b: 0.5 + 200 * b, "1": lambda b: 0.3}, near)
+    assert search["step"] == STEPS[6]  # the largest step with 0.5 + 200 β ≤ 2 (its double is refused)
+    assert search["unguarded_step"] == STEPS[-1]
+    assert records["0"]["guard"]["step"] == STEPS[-1]
+    assert records["0"]["guard"]["rel_output_error"] == pytest.approx(0.5 + 200 / 16)
+    assert "above 2 (2x a zero output's)" in records["0"]["guard"]["why"] and "guard" not in records["1"]
+    refused = {r["step"]: r["layers"] for r in search["refused"]}
+    assert {STEPS[7], STEPS[8], 2 * STEPS[6]} <= set(refused) and min(refused) > STEPS[6]
+    assert all(set(layers) == {"0"} for layers in refused.values())
+
+
+def test_line_search_keeps_a_step_that_leaves_a_layer_no_worse_than_its_plain_factors():
+    """A layer already above REFUSE_ABOVE at β = 0 (an asymmetric fit is measured against the weight
+    as found) refuses only steps that make it worse; without a refusal nothing is added to the records."""
+    records, search = _guarded_search({"0": lambda b: 2.5 - b, "1": lambda b: 0.3})
+    assert search["step"] == 2 * STEPS[-1]  # the top step's double: 2.5 − β lower still
+    assert "refused" not in search and "unguarded_step" not in search
+    assert "guard" not in records["0"] and "guard" not in records["1"]
+
+
+def test_compensation_never_leaves_a_layer_far_off(tmp_path):
+    """T1's case on the tiny random Flux: blocks removed, the svd pass compensating toward the teacher.
+    The step chosen for the double block's text-stream MLP left ff_context.net.0.proj's output error
+    764x its output and that stream's output at 4e9 (the teacher's: 70); the student overflowed in
+    float16. Every layer now stays within REFUSE_ABOVE, that stream far below float16's range, and
+    float16 runs the student."""
+    from tests.conftest import flux_inputs
+
+    teacher, model = tiny_flux(), tiny_flux()
+    get_adapter(model).remove_blocks(model, {"double": [0], "single": [0, 1]})
+    ctx = context(model, tmp_path)
+    ctx.teacher = teacher
+    SVDPass(SVDConfig(targets=["attention", "mlp"], multiple=1, progress=False, compensate_batches=1)).run(model, ctx)
+    layers = ctx.report["svd"]["layers"]
+    worst = max((r["rel_output_error"], n) for n, r in layers.items() if "rel_output_error" in r)
+    assert worst[0] <= REFUSE_ABOVE, worst
+    assert any("guard" in r for r in layers.values())  # the case happened, and the guard said so
+    seen = {}
+    model.transformer_blocks[-1].register_forward_hook(lambda m, a, o: seen.update(text=o[0].abs().max()))
+    inputs = flux_inputs(model)
+    with torch.no_grad():
+        model(**inputs, return_dict=False)
+        assert seen["text"] < 1e4  # float16's largest: 65504 (2e3 here; 43 with REFUSE_ABOVE = 1)
+        half = model.half()(**{k: v.half() if v.is_floating_point() else v for k, v in inputs.items()},
+                            return_dict=False)[0]
+    assert torch.isfinite(half).all()

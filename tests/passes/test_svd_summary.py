@@ -98,3 +98,19 @@ def test_two_svd_passes_summary_names_each_passes_setting_where_they_differ():
     assert (report["params_before"], report["params_after"]) == (200, 50)
 
 
+
+
+def test_a_pass_whose_compensation_refused_a_step_is_warned_in_one_line_naming_the_layers():
+    """Compensation refused, for some layers, the step the calibration error chose (it left them above
+    REFUSE_ABOVE: svd_compensate.line_search's `guard`): one line, the worst named first."""
+    from compress.passes.svd_summary import guarded_words
+
+    def rec(error, step=0.0625):
+        return _record(guard={"step": step, "rel_output_error": error, "why": "..."})
+
+    assert guarded_words({"a": _record(), "b": _record()}) is None
+    said = guarded_words({"a": rec(2.5), "b": rec(350.7), "c": _record(), "d": rec(81.4, 0.25), "e": rec(3.0)})
+    assert said.startswith("svd: compensation refused, for 4 layers, the step the calibration error chose: it left "
+                           "their plain relative output error above 2 (a zero output's: 1; b 351x at step 0.0625, "
+                           "d 81.4x at step 0.25, e 3x at step 0.0625 and 1 more)"), said
+    assert "\n" not in said and "svd.layers.<name>.guard" in said
