@@ -17,10 +17,9 @@ from compress.io_hub import (cached_snapshot, hub_cache, id_problem, main_commit
 from compress.io_hub_cache_files import missing_file
 from compress.io_hub_requests import bounded_hub, cause_line, hub_head, stopped_answering, timed_out
 from compress.progress import no_library_bars
-from compress.pipeline_folder import snapshot_problem
+from compress.pipeline_folder import as_pipeline, snapshot_problem
 
 CACHE = "the Hugging Face cache {} (HF_HUB_CACHE, else HF_HOME/hub)"
-AS_LOCAL = "(pass a snapshot folder as a local one)"  # io_hub.named_snapshots' hint, worded for a teacher
 
 
 # (cache, Hub id) -> the cause hub_or_cache noted reading the cache with, the Hub having stopped answering:
@@ -53,7 +52,7 @@ def hub_or_cache(source: str, what: str, load):
         raise UserError(f"cannot load {what} '{source}': {why}, and {CACHE.format(hub_cache())} holds "
                         f"{held(source, what, before)}; check your network, or pass a local pipeline folder")
     if problem := cache_problem(source, snapshot):
-        raise UserError(f"cannot load {what} '{source}': {why}, and {problem}")
+        raise UserError(f"cannot load {what} '{source}': {why}, and {as_pipeline(problem, what)}")
     note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub answered, then "
               f"stopped answering: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
     _FELL_BACK[(hub_cache(), source)] = cause  # said: later loads read the cache on this record, quietly
@@ -88,7 +87,7 @@ def pipeline_keywords(source: str, what: str) -> dict:
         note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub cannot be "
                   f"reached: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
     if problem := cache_problem(source, snapshot):  # a part its model_index.json lists, or its file, not downloaded
-        raise UserError(f"cannot load {what} '{source}': {problem}")
+        raise UserError(f"cannot load {what} '{source}': {as_pipeline(problem, what)}")
     return {"local_files_only": True}
 
 
@@ -103,8 +102,7 @@ def cache_problem(source: str, snapshot) -> str | None:
 def held(source: str, what: str, before: str | None = None) -> str:
     """io_hub.uncached(source, before), its hint on a snapshot folder naming where a pipeline's goes
     (`what`: 'base pipeline' is load_pipeline's base, else calibration.pipeline)."""
-    where = "load_pipeline's base" if what == "base pipeline" else "calibration.pipeline"
-    return uncached(source, before).replace(AS_LOCAL, f"(pass a snapshot folder as {where})")
+    return as_pipeline(uncached(source, before), what)
 
 
 def moved_problem(source: str, what: str) -> str | None:

@@ -1,5 +1,7 @@
 """A local diffusers pipeline folder (or the Hugging Face cache's snapshot of a Hub id read offline:
-`cached_problem`, which names a file a part reads that the snapshot lacks too) checked against its
+`cached_problem`, which names a file a part reads that the snapshot lacks too, refs/main moved on to
+a commit the cache holds no snapshot of, and an older snapshot holding the whole pipeline where
+refs/main's holds transformer/ alone: `whole_elsewhere`) checked against its
 model_index.json before it loads: the class it names is a diffusers pipeline whose parts it lists,
 and each part it lists has its folder. Where a listed tokenizer's folder is missing diffusers and
 transformers build it from nothing and say nothing (a tokenizer without a vocabulary: prompts
@@ -129,7 +131,8 @@ def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("tran
         from compress.io_hub_pipeline import moved_problem
 
         return moved_problem(source, "base pipeline" if "base pipeline" in what else "calibration pipeline")
-    return snapshot_problem(source, snapshot, what, passed) or missing_file(source, snapshot, passed)
+    problem = snapshot_problem(source, snapshot, what, passed) or missing_file(source, snapshot, passed)
+    return None if problem is None else as_pipeline(problem, what or "calibration pipeline")
 
 
 def snapshot_problem(source: str, snapshot: Path, what: str = "",
@@ -169,7 +172,39 @@ def index_lacking(source: str, snapshot: Path) -> str | None:
         return None
     return (f"the Hugging Face cache's snapshot {snapshot} of it lacks model_index.json, which diffusers reads first"
             f"{why}; download it online (hf download {source} model_index.json --revision {snapshot.name}), then the "
-            "parts it lists that the snapshot lacks (named here once it is there)")
+            f"parts it lists that the snapshot lacks (named here once it is there){whole_elsewhere(source, snapshot)}")
+
+
+def whole_elsewhere(source: str, snapshot: Path) -> str:
+    """'; the whole pipeline, of another commit, is in the snapshot P (v1) (pass a snapshot folder as a
+    local one)' where the cache holds, beside `snapshot` (refs/main's, lacking model_index.json: a
+    Hub teacher's load moved refs/main and fetched transformer/ alone), snapshots of the Hub id
+    `source` holding a whole pipeline (model_index.json, every part it lists, the files they read);
+    '' otherwise. Callers word the hint for a pipeline (as_pipeline)."""
+    from compress.io_hub import cache_folder, held_snapshots, named_snapshots
+    from compress.io_hub_cache_files import missing_file
+
+    whole = [p for p in held_snapshots(source) if p != snapshot and (p / "model_index.json").is_file()
+             and _quiet(lambda p=p: snapshot_problem(source, p) or missing_file(source, p)) is None]
+    return f"; the whole pipeline, of another commit, is in {named_snapshots(cache_folder(source), whole)}" if whole else ""
+
+
+def _quiet(problem):
+    """problem(), a UserError (an unreadable model_index.json) taken as one."""
+    try:
+        return problem()
+    except UserError as e:
+        return str(e)
+
+
+AS_LOCAL = "(pass a snapshot folder as a local one)"  # io_hub.named_snapshots' hint, worded for a teacher
+
+
+def as_pipeline(words: str, what: str) -> str:
+    """`words` with io_hub.named_snapshots' hint naming where a pipeline's snapshot folder goes
+    (`what` naming the base pipeline: load_pipeline's base, else calibration.pipeline)."""
+    where = "load_pipeline's base" if "base pipeline" in what else "calibration.pipeline"
+    return words.replace(AS_LOCAL, f"(pass a snapshot folder as {where})")
 
 
 def _dummy(index: dict) -> bool:

@@ -238,6 +238,24 @@ def _cached_offline(tmp_path, monkeypatch, folder, repo_id: str = "acme/pix"):
     return tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
 
 
+def _refused_before_loading(tmp_path, monkeypatch, capsys, out, base: str, calibration: str):
+    """load_pipeline(out, base='acme/pix') refused with `base`, and plan and run of a recipe whose
+    teacher and pipeline it is with `calibration` at its line, before the teacher loads."""
+    import compress.calib_pipeline as calib_pipeline
+    import compress.runner_setup as runner_setup
+
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base="acme/pix")
+    assert str(e.value) == f"cannot load base pipeline 'acme/pix': {base}"
+    recipe = _recipe(tmp_path, "pixart", "acme/pix")
+    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
+        assert main(command) == 2
+        assert _one_error(capsys) == (f"dit-compress: error: {recipe}:2: cannot load calibration pipeline 'acme/pix': "
+                                      f"{calibration}")
+
+
 def test_a_cached_hub_pipeline_lacking_a_part_is_refused_as_a_folder_is(tmp_path, folders, monkeypatch, capsys):
     """`hf download acme/pix --include 'transformer/*'` leaves the tokenizer out: a Hub id read from
     the cache offline (load_pipeline's base, calibration's pipeline) was not checked as a local
@@ -304,9 +322,6 @@ def test_a_cached_hub_pipeline_lacking_its_model_index_is_refused_by_plan_run_an
 
     from huggingface_hub import _tree_cache
 
-    import compress.calib_pipeline as calib_pipeline
-    import compress.runner_setup as runner_setup
-
     out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
     folder = _copy(folders, "pixart", tmp_path)
     listed = sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file())
@@ -324,15 +339,7 @@ def test_a_cached_hub_pipeline_lacking_its_model_index_is_refused_by_plan_run_an
     lacks = (f"the Hugging Face cache's snapshot {snapshot} of it lacks model_index.json, which diffusers reads first{why}; "
              f"download it online (hf download acme/pix model_index.json --revision {'0' * 40}), then the parts it lists "
              "that the snapshot lacks (named here once it is there)")
-    with pytest.raises(UserError) as e:
-        load_pipeline(out, base="acme/pix")
-    assert str(e.value) == f"cannot load base pipeline 'acme/pix': {lacks}"
-    recipe = _recipe(tmp_path, "pixart", "acme/pix")
-    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
-    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
-    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
-        assert main(command) == 2
-        assert _one_error(capsys) == f"dit-compress: error: {recipe}:2: cannot load calibration pipeline 'acme/pix': {lacks}"
+    _refused_before_loading(tmp_path, monkeypatch, capsys, out, lacks, lacks)
     shutil.copy(folders["pixart"] / "model_index.json", snapshot / "model_index.json")
     if held == "transformer":  # then the parts it lists are named
         with pytest.raises(UserError, match="its model_index.json lists scheduler .*, but the folder has no scheduler/, "
@@ -502,3 +509,26 @@ def test_a_cached_hub_pipeline_whose_main_moved_on_is_refused_by_plan_and_run_be
         assert main(command) == 2
         assert _one_error(capsys) == line
     assert not (tmp_path / "r" / "out").exists()
+
+
+def test_a_snapshot_of_the_transformer_alone_names_an_older_snapshot_holding_the_whole_pipeline(
+        tmp_path, folders, monkeypatch, capsys):
+    """A Hub teacher's load moved refs/main to a new commit and fetched its transformer/config.json
+    alone; the older snapshot holding the whole pipeline went unnamed: the line advised only `hf
+    download … model_index.json`. Now it names that snapshot too, to pass as calibration.pipeline
+    (as load_pipeline's base)."""
+
+    out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
+    old = _cached_offline(tmp_path, monkeypatch, _copy(folders, "pixart", tmp_path))
+    newer = old.parent / ("1" * 40)
+    (newer / "transformer").mkdir(parents=True)
+    shutil.copy(old / "transformer" / "config.json", newer / "transformer" / "config.json")
+    (old.parent.parent / "refs" / "main").write_text(newer.name)
+    lacks = (f"the Hugging Face cache's snapshot {newer} of it lacks model_index.json, which diffusers reads first; it "
+             "holds transformer/ (which a Hub teacher's load, or hf download --include 'transformer/*', fetches alone); "
+             f"download it online (hf download acme/pix model_index.json --revision {newer.name}), then the parts it "
+             "lists that the snapshot lacks (named here once it is there); the whole pipeline, of another commit, is in "
+             f"the snapshot {old} (pass a snapshot folder as {{}})")
+    _refused_before_loading(tmp_path, monkeypatch, capsys, out, lacks.format("load_pipeline's base"),
+                            lacks.format("calibration.pipeline"))
+    assert type(load_pipeline(out, base=str(old))).__name__ == "PixArtSigmaPipeline"  # the snapshot named loads
