@@ -283,7 +283,7 @@ def test_an_importance_scan_before_svd_is_not_reused_after_it(tmp_path, monkeypa
 
     tiny_pixart(num_layers=5).save_pretrained(tmp_path / "teacher")
     imp, rb = "  - importance: {progress: false}\n", "  - remove_blocks: {count: 1}\n"
-    svd = "  - svd: {targets: [attention, mlp], ratio: 0.25, multiple: 2, progress: false}\n"
+    svd = "  - svd: {targets: [attention, mlp], ratio: 0.15, multiple: 2, progress: false}\n"
     after = _removed_after(tmp_path, "after", svd + imp + rb)
     fresh = after["remove_blocks"]["removed"]["blocks"]
     assert after["remove_blocks"]["reused_importance"] is True
