@@ -98,7 +98,6 @@ def cache_problem(source: str, snapshot) -> str | None:
     return snapshot_problem(source, snapshot) or missing_file(source, snapshot)
 
 
-
 def held(source: str, what: str, before: str | None = None) -> str:
     """io_hub.uncached(source, before), its hint on a snapshot folder naming where a pipeline's goes
     (`what`: 'base pipeline' is load_pipeline's base, else calibration.pipeline)."""
