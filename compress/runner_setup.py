@@ -134,14 +134,18 @@ def _stored(source: TeacherSource | None, name: str) -> tuple[Path, torch.Tensor
 
 @contextmanager
 def sigterm_as_interrupt():
-    """SIGTERM unwinds like Ctrl-C, so passes checkpoint and the output is never half-written."""
+    """SIGTERM unwinds like Ctrl-C, so passes checkpoint and the output is never half-written. One
+    the caller ignores (SIG_IGN: nohup-like launchers, a parent that wants the run immune) stays
+    ignored, as cli_entry and StopSignals leave an ignored SIGINT or SIGTERM."""
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
+    old = None
     try:
-        old = signal.signal(signal.SIGTERM, handler)
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+            old = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
-        old = None
+        pass
     try:
         yield
     finally:
