@@ -215,6 +215,9 @@ def not_cached(repo_id: str) -> UserError:
 
 
 # ---- the Hugging Face cache: one rule for teachers, outputs and LoRAs ---------------------------
+LOCAL = "a local one"  # named_snapshots' hint for a teacher: pass a snapshot folder as a local one
+
+
 def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """The folder of a Hub repo's copy in the Hugging Face cache, as huggingface_hub finds it offline:
     the snapshot of the commit refs/<revision> names (default main; a commit names itself); None
@@ -248,24 +251,27 @@ def cache_folder(repo_id: str) -> Path:
     return Path(hub_cache()) / repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
-def uncached(repo_id: str, before: str | None = None) -> str:
+def uncached(repo_id: str, before: str | None = None, as_what: str = LOCAL) -> str:
     """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: 'no copy of
-    it', or what held_otherwise says (`before`: refs/main's commit as the load began, for moved_main)."""
-    return held_otherwise(repo_id, before) or "no copy of it"
+    it', or what held_otherwise says (`before`: refs/main's commit as the load began, for moved_main;
+    `as_what`: named_snapshots')."""
+    return held_otherwise(repo_id, before, as_what) or "no copy of it"
 
 
-def held_otherwise(repo_id: str, before: str | None = None) -> str | None:
+def held_otherwise(repo_id: str, before: str | None = None, as_what: str = LOCAL) -> str | None:
     """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: the snapshots
     of other revisions (`hf download --revision` writes no refs/main), which load as local folders,
     or the repo spelt in other letters; None where it holds nothing of it. Where refs/main names a
     commit it holds no snapshot of (the Hub answered a request of hf_hub_download that main is at
-    it: huggingface_hub moves refs/main then, a 404 too), both commits are named (moved_main)."""
+    it: huggingface_hub moves refs/main then, a 404 too), both commits are named (moved_main).
+    `as_what`: named_snapshots'."""
     repo = cache_folder(repo_id) if id_problem(repo_id) is None else None
     snapshots = held_snapshots(repo_id)
     if not snapshots:
         spelt = other_spelling(repo)
         return "no copy of it" + spelt if spelt else None
-    return moved_main(repo_id, before) or f"no copy of its main revision, only {named_snapshots(repo, snapshots)}"
+    return (moved_main(repo_id, before, as_what)
+            or f"no copy of its main revision, only {named_snapshots(repo, snapshots, as_what)}")
 
 
 def held_snapshots(repo_id: str) -> list[Path]:
@@ -274,31 +280,33 @@ def held_snapshots(repo_id: str) -> list[Path]:
     return sorted(p for p in (repo / "snapshots").glob("*") if holds_files(p)) if repo is not None else []
 
 
-def moved_main(repo_id: str, before: str | None = None) -> str | None:
+def moved_main(repo_id: str, before: str | None = None, as_what: str = LOCAL) -> str | None:
     """'no snapshot of main's commit C, which its refs/main names (this load's request to the Hub
     moved it from B), only the snapshot P (…); offline (HF_HUB_OFFLINE=1) reads refs/main's commit
     too, as huggingface_hub does' where refs/main names a commit none of the cache's snapshots
     (held_snapshots) is of and it holds others: huggingface_hub and diffusers read refs/main's commit
     alone offline, so neither HF_HUB_OFFLINE=1 nor a fall-back to the cache reads an older snapshot in
     its place (another model); passed as a local folder, one loads, pinned. `before`: refs/main's
-    commit as the load began, where a request of the load moved it. None otherwise."""
+    commit as the load began, where a request of the load moved it; `as_what`: named_snapshots'.
+    None otherwise."""
     main, snapshots = main_commit(repo_id), held_snapshots(repo_id)
     if main is None or not snapshots or any(p.name == main for p in snapshots):
         return None
     moved = f" (this load's request to the Hub moved it from {before})" if before not in (None, main) else ""
     return (f"no snapshot of main's commit {main}, which its refs/main names{moved}, only "
-            f"{named_snapshots(cache_folder(repo_id), snapshots)}; offline (HF_HUB_OFFLINE=1) reads refs/main's commit "
-            "too, as huggingface_hub does")
+            f"{named_snapshots(cache_folder(repo_id), snapshots, as_what)}; offline (HF_HUB_OFFLINE=1) reads "
+            "refs/main's commit too, as huggingface_hub does")
 
 
-def named_snapshots(repo: Path, snapshots: list[Path]) -> str:
-    """'the snapshot P (v1) (pass a snapshot folder as a local one)': the snapshots of the repo's
-    cache folder `repo` (two named, the refs that name them beside them)."""
+def named_snapshots(repo: Path, snapshots: list[Path], as_what: str = LOCAL) -> str:
+    """'the snapshot P (v1) (pass a snapshot folder as AS_WHAT)': the snapshots of the repo's cache
+    folder `repo` (two named, the refs that name them beside them); `as_what`: where a snapshot
+    folder goes (a teacher's: 'a local one'; a pipeline's: 'calibration.pipeline')."""
     refs = {f.read_text().strip(): f.relative_to(repo / "refs").as_posix()
             for f in (repo / "refs").rglob("*") if f.is_file()}
     named = [f"{p} ({refs[p.name]})" if p.name in refs else str(p) for p in snapshots]
     return (f"{'the snapshot' if len(named) == 1 else 'the snapshots'} {', '.join(named[:2])}"
-            f"{' …' if len(named) > 2 else ''} (pass a snapshot folder as a local one)")
+            f"{' …' if len(named) > 2 else ''} (pass a snapshot folder as {as_what})")
 
 
 def other_spelling(repo: Path | None) -> str:

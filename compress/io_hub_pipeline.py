@@ -17,7 +17,7 @@ from compress.io_hub import (cached_snapshot, hub_cache, id_problem, main_commit
 from compress.io_hub_cache_files import missing_file
 from compress.io_hub_requests import bounded_hub, cause_line, hub_head, stopped_answering, timed_out
 from compress.progress import no_library_bars
-from compress.pipeline_folder import as_pipeline, snapshot_problem
+from compress.pipeline_folder import snapshot_problem, snapshot_slot
 
 CACHE = "the Hugging Face cache {} (HF_HUB_CACHE, else HF_HOME/hub)"
 
@@ -51,8 +51,8 @@ def hub_or_cache(source: str, what: str, load):
     if snapshot is None:
         raise UserError(f"cannot load {what} '{source}': {why}, and {CACHE.format(hub_cache())} holds "
                         f"{held(source, what, before)}; check your network, or pass a local pipeline folder")
-    if problem := cache_problem(source, snapshot):
-        raise UserError(f"cannot load {what} '{source}': {why}, and {as_pipeline(problem, what)}")
+    if problem := cache_problem(source, snapshot, what):
+        raise UserError(f"cannot load {what} '{source}': {why}, and {problem}")
     note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub answered, then "
               f"stopped answering: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
     _FELL_BACK[(hub_cache(), source)] = cause  # said: later loads read the cache on this record, quietly
@@ -86,22 +86,23 @@ def pipeline_keywords(source: str, what: str) -> dict:
     if cause is not None and _FELL_BACK.get((hub_cache(), source)) != cause:  # not said by hub_or_cache already
         note_once(f"'{source}' is read from the Hugging Face cache {hub_cache()} (the Hugging Face Hub cannot be "
                   f"reached: {cause}); set HF_HUB_OFFLINE=1 to skip the Hub")
-    if problem := cache_problem(source, snapshot):  # a part its model_index.json lists, or its file, not downloaded
-        raise UserError(f"cannot load {what} '{source}': {as_pipeline(problem, what)}")
+    if problem := cache_problem(source, snapshot, what):  # a part model_index.json lists, or its file, not downloaded
+        raise UserError(f"cannot load {what} '{source}': {problem}")
     return {"local_files_only": True}
 
 
-def cache_problem(source: str, snapshot) -> str | None:
-    """What the cache's snapshot of the Hub pipeline `source` lacks, in words naming the hf download
-    that fetches it: a part model_index.json lists (pipeline_folder.snapshot_problem), else a file a
-    part's class reads (io_hub_cache_files.missing_file); None where it lacks neither."""
-    return snapshot_problem(source, snapshot) or missing_file(source, snapshot)
+def cache_problem(source: str, snapshot, what: str) -> str | None:
+    """What the cache's snapshot of the Hub pipeline `source` (`what`: 'base pipeline') lacks, in
+    words naming the hf download that fetches it: a part model_index.json lists
+    (pipeline_folder.snapshot_problem), else a file a part's class reads
+    (io_hub_cache_files.missing_file); None where it lacks neither."""
+    return snapshot_problem(source, snapshot, as_what=snapshot_slot(what)) or missing_file(source, snapshot)
 
 
 def held(source: str, what: str, before: str | None = None) -> str:
     """io_hub.uncached(source, before), its hint on a snapshot folder naming where a pipeline's goes
-    (`what`: 'base pipeline' is load_pipeline's base, else calibration.pipeline)."""
-    return as_pipeline(uncached(source, before), what)
+    (`what`: 'base pipeline' is load_pipeline's base, else calibration.pipeline: snapshot_slot)."""
+    return uncached(source, before, snapshot_slot(what))
 
 
 def moved_problem(source: str, what: str) -> str | None:

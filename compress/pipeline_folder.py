@@ -131,20 +131,21 @@ def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("tran
         from compress.io_hub_pipeline import moved_problem
 
         return moved_problem(source, "base pipeline" if "base pipeline" in what else "calibration pipeline")
-    problem = snapshot_problem(source, snapshot, what, passed) or missing_file(source, snapshot, passed)
-    return None if problem is None else as_pipeline(problem, what or "calibration pipeline")
+    return (snapshot_problem(source, snapshot, what, passed, snapshot_slot(what))
+            or missing_file(source, snapshot, passed))
 
 
-def snapshot_problem(source: str, snapshot: Path, what: str = "",
-                     passed: tuple[str, ...] = ("transformer",)) -> str | None:
+def snapshot_problem(source: str, snapshot: Path, what: str = "", passed: tuple[str, ...] = ("transformer",),
+                     as_what: str = "calibration.pipeline") -> str | None:
     """folder_problem of `snapshot`, the Hugging Face cache's copy of the Hub id `source` a pipeline
     is read from (offline, or the Hub unreachable: io_hub_pipeline.pipeline_keywords), in words naming the
     snapshot and the hf download that fetches the parts it lacks (`hf download ID --include
     'transformer/*'` leaves the tokenizers out), or its model_index.json where it lacks that
-    (index_lacking); None where nothing is wrong, or it holds no model_index.json and is no pipeline's."""
+    (index_lacking); None where nothing is wrong, or it holds no model_index.json and is no pipeline's.
+    `as_what`: where a snapshot folder goes (snapshot_slot)."""
     index = folder_index(str(snapshot), what)
     if index is None:
-        return index_lacking(source, snapshot)
+        return index_lacking(source, snapshot, as_what)
 
     def fetch(lacking: list[str]) -> str:
         include = " ".join(f"--include '{part}/*'" for part in lacking)
@@ -154,14 +155,14 @@ def snapshot_problem(source: str, snapshot: Path, what: str = "",
     return None if problem is None else f"the Hugging Face cache's snapshot {snapshot} of it: {problem}"
 
 
-def index_lacking(source: str, snapshot: Path) -> str | None:
+def index_lacking(source: str, snapshot: Path, as_what: str = "calibration.pipeline") -> str | None:
     """'the Hugging Face cache's snapshot S of it lacks model_index.json, …; download it online (hf
     download ID model_index.json --revision COMMIT) …' where the snapshot `snapshot` of the Hub id
     `source` holds no model_index.json and is a pipeline's: the cache's file list of the commit
     names it (an interrupted snapshot_download: diffusers ended in huggingface_hub's 'The cached
     snapshot … is incomplete'), or it holds transformer/ (a Hub teacher's load fetches that alone:
     diffusers ended in "We couldn't connect to 'https://huggingface.co' …", offline too). None
-    otherwise (a transformer repo's config.json at its root: diffusers says)."""
+    otherwise (a transformer repo's config.json at its root: diffusers says). `as_what`: whole_elsewhere's."""
     from compress.io_hub_cache_files import cached_listing
 
     if "model_index.json" in cached_listing(source, snapshot.name):
@@ -172,21 +173,24 @@ def index_lacking(source: str, snapshot: Path) -> str | None:
         return None
     return (f"the Hugging Face cache's snapshot {snapshot} of it lacks model_index.json, which diffusers reads first"
             f"{why}; download it online (hf download {source} model_index.json --revision {snapshot.name}), then the "
-            f"parts it lists that the snapshot lacks (named here once it is there){whole_elsewhere(source, snapshot)}")
+            f"parts it lists that the snapshot lacks (named here once it is there)"
+            f"{whole_elsewhere(source, snapshot, as_what)}")
 
 
-def whole_elsewhere(source: str, snapshot: Path) -> str:
-    """'; the whole pipeline, of another commit, is in the snapshot P (v1) (pass a snapshot folder as a
-    local one)' where the cache holds, beside `snapshot` (refs/main's, lacking model_index.json: a
+def whole_elsewhere(source: str, snapshot: Path, as_what: str = "calibration.pipeline") -> str:
+    """'; the whole pipeline, of another commit, is in the snapshot P (v1) (pass a snapshot folder as
+    AS_WHAT)' where the cache holds, beside `snapshot` (refs/main's, lacking model_index.json: a
     Hub teacher's load moved refs/main and fetched transformer/ alone), snapshots of the Hub id
     `source` holding a whole pipeline (model_index.json, every part it lists, the files they read);
-    '' otherwise. Callers word the hint for a pipeline (as_pipeline)."""
+    '' otherwise. `as_what`: where a snapshot folder goes (snapshot_slot)."""
     from compress.io_hub import cache_folder, held_snapshots, named_snapshots
     from compress.io_hub_cache_files import missing_file
 
     whole = [p for p in held_snapshots(source) if p != snapshot and (p / "model_index.json").is_file()
              and _quiet(lambda p=p: snapshot_problem(source, p) or missing_file(source, p)) is None]
-    return f"; the whole pipeline, of another commit, is in {named_snapshots(cache_folder(source), whole)}" if whole else ""
+    if not whole:
+        return ""
+    return f"; the whole pipeline, of another commit, is in {named_snapshots(cache_folder(source), whole, as_what)}"
 
 
 def _quiet(problem):
@@ -197,14 +201,10 @@ def _quiet(problem):
         return str(e)
 
 
-AS_LOCAL = "(pass a snapshot folder as a local one)"  # io_hub.named_snapshots' hint, worded for a teacher
-
-
-def as_pipeline(words: str, what: str) -> str:
-    """`words` with io_hub.named_snapshots' hint naming where a pipeline's snapshot folder goes
-    (`what` naming the base pipeline: load_pipeline's base, else calibration.pipeline)."""
-    where = "load_pipeline's base" if "base pipeline" in what else "calibration.pipeline"
-    return words.replace(AS_LOCAL, f"(pass a snapshot folder as {where})")
+def snapshot_slot(what: str) -> str:
+    """Where a pipeline's snapshot folder goes, for io_hub.named_snapshots' hint ('pass a snapshot
+    folder as …'): load_pipeline's base where `what` names the base pipeline, else calibration.pipeline."""
+    return "load_pipeline's base" if "base pipeline" in what else "calibration.pipeline"
 
 
 def _dummy(index: dict) -> bool:
