@@ -218,7 +218,9 @@ def _rank_hint(rank) -> str:
 
 
 def _colon_hint(pattern: str, rank) -> str:
-    """YAML reads `{modulation:8}` (no space after the colon) as one key 'modulation:8' without a value."""
+    """YAML reads `modulation:8` (no space after the colon) as one key 'modulation:8' without a value:
+    recipe_yaml refuses it where nothing follows ({modulation:8}); a quoted key ({'modulation:8'}), an
+    explicit null ({modulation:8: null}) or a --set of either reaches this hint."""
     name, colon, value = pattern.rpartition(":")
     if rank is not None or not colon or not value.strip().isdigit() or not name:
         return ""

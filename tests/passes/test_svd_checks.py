@@ -279,6 +279,22 @@ def test_a_ranks_flow_map_without_a_space_after_the_colon_is_hinted(ranks, hinte
         assert "must be an integer" in said and "with a space" not in said, said
 
 
+@pytest.mark.parametrize("ranks, sets", [("{'modulation:8'}", ()), ("{modulation:8: null}", ()),
+                                         ("\n        modulation:8: ~", ()),
+                                         ("{modulation: 8}", ("passes.0.svd.ranks={'modulation:8'}",))])
+def test_a_ranks_key_with_a_colon_past_the_yaml_check_is_still_hinted(ranks, sets):
+    """recipe_yaml refuses only a plain key with nothing after it ({modulation:8}); a quoted key, an
+    explicit null (block or flow) or a --set of either reaches svd_checks, whose hint names the space."""
+    from compress.recipe import parse_recipe
+
+    text = f"model: flux\nteacher: toy:flux\npasses:\n  - svd:\n      ranks: {ranks}\n"
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml", list(sets))
+    where = f"r.yaml (--set {sets[0]})" if sets else f"r.yaml:{5 + ranks.count(chr(10))}"
+    assert str(e.value) == (f"{where}: svd.ranks: rank null for 'modulation:8' must be an integer ≥ 1 (YAML reads "
+                            "'modulation:8' as one key without a value: write 'modulation: 8', with a space)")
+
+
 MODULATION = {"targets": ["modulation"], "ignore": ["norm_out.linear"], "multiple": 1, "modulation_grid": 4,
               "progress": False}  # norm_out.linear's trust range stops below its break-even rank
 
