@@ -5,7 +5,8 @@ the proxy that costs no extra forward: 1 - cos(block input, block output) of the
 Cost: per batch one clean forward caches every block's output; skipping block i then replays blocks 0..i-1
 from that cache (no compute), passes block i's input through and runs only blocks i+1..: N + N(N-1)/2 block
 evaluations instead of N + N(N-1). Blocks are swapped for replay stubs inside the real diffusers forward, so
-embeddings and the output head run the model's own code (no fork). Buckets: "early" = high noise.
+embeddings and the output head run the model's own code (no fork): those forwards are in importance_forward.py.
+Buckets: "early" = high noise.
 With block weights streamed, the same evaluations run ordered by block (importance_stream.py).
 """
 
@@ -20,17 +21,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compress.arch.base import Adapter
 from compress.calib_store import BlockLoader
 from compress.errors import BadValue, UserError
-from compress.inputs import moved, noise_levels
+from compress.inputs import noise_levels
 from compress.passes.base import Pass, RunContext
+from compress.passes.importance_forward import (block_cosine, clean_pass, proxy_pass, skip_prediction, sq_norm,
+                                                to_model)
 from compress.passes.importance_stream import wave_pass
 from compress.progress import bar
-from compress.replay import replayed
 from compress.words import counted
 
 BUCKET_NAMES = {1: ["all"], 2: ["early", "late"], 3: ["early", "middle", "late"]}
@@ -103,77 +104,6 @@ def scan_cost(n_blocks: int, n_batches: int, skips: bool = True) -> dict:
             "naive_block_evaluations": n_batches * (n_blocks + (n_blocks * (n_blocks - 1) if skips else 0))}
 
 
-# ---- forward machinery --------------------------------------------------------------------------
-def _prediction(model, adapter, kwargs: dict) -> torch.Tensor:
-    """The prediction a sampler uses (PixArt: without the learned-variance half)."""
-    return adapter.sampled_prediction(model, adapter.predict(model, kwargs))
-
-
-def _to_model(batch: dict, model: nn.Module) -> dict:
-    """The batch where the model's resident weights are (streamed: its top level, not a meta block)."""
-    p = next(p for p in model.parameters() if p.device.type != "meta")
-    return moved(batch, p.device, p.dtype)
-
-
-def clean_pass(model, adapter, kwargs: dict):
-    """One normal forward. Returns (pred, inputs, outputs): per block in execution order, its input and
-    output in the block's output form (so inputs[i + 1] is outputs[i])."""
-    blocks = [blk for _, _, blk in adapter.iter_blocks(model)]
-    first, outputs = [], []
-
-    def grab_first(mod, args, kw):
-        first.append(adapter.skipped_output(adapter.hidden_of(args, kw)))
-
-    hooks = [blocks[0].register_forward_pre_hook(grab_first, with_kwargs=True)]
-    hooks += [b.register_forward_hook(lambda m, a, o: outputs.append(o)) for b in blocks]
-    try:
-        pred = _prediction(model, adapter, kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return pred, first[:1] + outputs[:-1], outputs
-
-
-def proxy_pass(model, adapter, kwargs: dict):
-    """One normal forward keeping only each block's cosine proxy (B,) per block in execution
-    order: two blocks' activations alive at a time, not every block's (streamed models)."""
-    blocks = [blk for _, _, blk in adapter.iter_blocks(model)]
-    last, cos = [], []
-
-    def grab_first(mod, args, kw):
-        last.append(adapter.skipped_output(adapter.hidden_of(args, kw)))
-
-    def each(mod, args, out):
-        cos.append(block_cosine(adapter, last.pop(), out))
-        last.append(out)
-
-    hooks = [blocks[0].register_forward_pre_hook(grab_first, with_kwargs=True)]
-    hooks += [b.register_forward_hook(each) for b in blocks]
-    try:
-        pred = _prediction(model, adapter, kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return pred, cos
-
-
-def skip_prediction(model, adapter, kwargs: dict, i: int, inputs: list, outputs: list) -> torch.Tensor:
-    """The model's prediction with block i (execution order) skipped; blocks before it replayed."""
-    with replayed(model, adapter, outputs[:i] + [inputs[i]]):
-        return _prediction(model, adapter, kwargs)
-
-
-def block_cosine(adapter, block_in, block_out) -> torch.Tensor:
-    """(B,) mean over the tokens of every residual stream of cos(input, output)."""
-    cos = [F.cosine_similarity(a.float(), b.float(), dim=-1).flatten(1)  # (B, N_stream)
-           for a, b in zip(adapter.hidden_of_output(block_in), adapter.hidden_of_output(block_out))]
-    return torch.cat(cos, dim=1).mean(dim=1).double().cpu()
-
-
-def _sq_norm(x: torch.Tensor) -> torch.Tensor:
-    return x.double().flatten(1).pow(2).sum(1).cpu()  # (B,)
-
-
 # ---- the scan -----------------------------------------------------------------------------------
 @torch.no_grad()
 def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int = 3, progress: bool = True,
@@ -202,17 +132,17 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
     with bar(progress) as prog:  # off a terminal (a job's log): a line per tenth of the scan
         task = prog.add_task("importance", total=len(batches) * (1 + (n if skips else 0)))
         for batch in batches:
-            kwargs = _to_model(batch, model)
+            kwargs = to_model(batch, model)
             pred, block_cos, skipped = _one_batch(model, adapter, kwargs, skips, loader,
                                                   lambda: prog.advance(task))  # pred (B, ...)
             bucket = bucket_of(adapter.noise_level(kwargs["timestep"]), buckets)
             bucket = bucket.expand(pred.shape[0]) if bucket.numel() == 1 else bucket  # (B,)
-            ref += torch.bincount(bucket, _sq_norm(pred), buckets)
+            ref += torch.bincount(bucket, sq_norm(pred), buckets)
             count += torch.bincount(bucket, minlength=buckets).double()
             for i in range(n):
                 cos[i] += torch.bincount(bucket, block_cos[i], buckets)
             for i, s in enumerate(skipped):
-                diff[i] += torch.bincount(bucket, _sq_norm(s - pred), buckets)
+                diff[i] += torch.bincount(bucket, sq_norm(s - pred), buckets)
             del skipped  # it holds this batch's block activations: free them before the next
     return _result(adapter.family, names, diff if skips else None, ref, cos, count, cost, block_map)
 

@@ -27,7 +27,7 @@ from torch import nn
 from compress.block_mask import gated, gumbel_hard, patterns, temperature, windows
 from compress.errors import NumericError, UserError
 from compress.passes.base import RunContext
-from compress.passes.importance import _to_model
+from compress.passes.importance_forward import to_model
 from compress.passes.remove_blocks_budget import one_of
 from compress.passes.removed_blocks import AfterRemoval
 from compress.progress import WORDS, bar
@@ -173,7 +173,7 @@ def _put(keep: dict, w: Window, mask: torch.Tensor) -> None:
 
 def _references(teacher: nn.Module, adapter, batches: list[dict]) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [adapter.predict(teacher, _to_model(b, teacher)).detach() for b in batches]
+        return [adapter.predict(teacher, to_model(b, teacher)).detach() for b in batches]
 
 
 def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], config,
@@ -277,7 +277,7 @@ def _step(work, adapter, wins, batches, refs, b: int, tau: float, generator, opt
     else:
         keep = _sample(wins, tau, generator)
     with _gates(work, adapter, keep):
-        pred = adapter.predict(work, _to_model(batches[b], work))
+        pred = adapter.predict(work, to_model(batches[b], work))
     ref = refs[b]
     loss = (pred.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-30)
     if not torch.isfinite(loss):

@@ -5,7 +5,8 @@ import torch
 
 from compress.arch import get_adapter
 from compress.calib_store import BlockLoader
-from compress.passes.importance import block_cosine, clean_pass, scan, skip_prediction
+from compress.passes.importance import scan
+from compress.passes.importance_forward import block_cosine, clean_pass, skip_prediction
 from compress.passes.importance_stream import wave_pass
 from compress.runner_stream import StreamedModels
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
