@@ -14,10 +14,10 @@ from __future__ import annotations
 from compress.errors import UserError
 from compress.io_hub import (cached_snapshot, hub_cache, id_problem, main_commit, moved_main, note_once, offline,
                              quiet_hub, uncached)
-from compress.io_hub_cache_files import missing_file
 from compress.io_hub_requests import bounded_hub, cause_line, hub_head, stopped_answering, timed_out
+from compress.pipeline_cache import snapshot_lacks
+from compress.pipeline_folder import snapshot_slot
 from compress.progress import no_library_bars
-from compress.pipeline_folder import snapshot_problem, snapshot_slot
 
 CACHE = "the Hugging Face cache {} (HF_HUB_CACHE, else HF_HOME/hub)"
 
@@ -95,8 +95,9 @@ def cache_problem(source: str, snapshot, what: str) -> str | None:
     """What the cache's snapshot of the Hub pipeline `source` (`what`: 'base pipeline') lacks, in
     words naming the hf download that fetches it: a part model_index.json lists
     (pipeline_folder.snapshot_problem), else a file a part's class reads
-    (io_hub_cache_files.missing_file); None where it lacks neither."""
-    return snapshot_problem(source, snapshot, as_what=snapshot_slot(what)) or missing_file(source, snapshot)
+    (io_hub_cache_files.missing_file), with an older snapshot of the whole pipeline where the cache
+    holds one (pipeline_cache.snapshot_lacks); None where it lacks neither."""
+    return snapshot_lacks(source, snapshot, as_what=snapshot_slot(what))
 
 
 def held(source: str, what: str, before: str | None = None) -> str:

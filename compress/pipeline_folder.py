@@ -1,7 +1,8 @@
 """A local diffusers pipeline folder (or the Hugging Face cache's snapshot of a Hub id read offline:
 `cached_problem`, which names a file a part reads that the snapshot lacks too, refs/main moved on to
 a commit the cache holds no snapshot of, and an older snapshot holding the whole pipeline where
-refs/main's holds transformer/ alone: `whole_elsewhere`) checked against its
+refs/main's lacks model_index.json, a part or a file: `whole_elsewhere`; the cache's reads that need
+no Hub request, online too, are pipeline_cache's) checked against its
 model_index.json before it loads: the class it names is a diffusers pipeline whose parts it lists,
 and each part it lists has its folder. Where a listed tokenizer's folder is missing diffusers and
 transformers build it from nothing and say nothing (a tokenizer without a vocabulary: prompts
@@ -117,12 +118,13 @@ def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transfor
 def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("transformer",)) -> str | None:
     """What the Hugging Face cache's snapshot a Hub id `source` is read from offline (HF_HUB_OFFLINE)
     lacks, as its load says it (io_hub_pipeline.cache_problem): a part (snapshot_problem), else a file a
-    part's class reads (io_hub_cache_files.missing_file); where the cache holds no snapshot of the
-    commit its refs/main names, but others, both commits (io_hub_pipeline.moved_problem). None where
-    `source` is read otherwise, the cache holds no copy of it, or the snapshot lacks neither."""
+    part's class reads (io_hub_cache_files.missing_file), with an older snapshot of the whole pipeline
+    (pipeline_cache.snapshot_lacks); where the cache holds no snapshot of the commit its refs/main
+    names, but others, both commits (io_hub_pipeline.moved_problem). None where `source` is read
+    otherwise, the cache holds no copy of it, or the snapshot lacks neither."""
     from compress.io import looks_local
     from compress.io_hub import cached_snapshot, id_problem, offline
-    from compress.io_hub_cache_files import missing_file
+    from compress.pipeline_cache import snapshot_lacks
 
     if not offline() or looks_local(source) or id_problem(source) is not None:
         return None
@@ -131,21 +133,20 @@ def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("tran
         from compress.io_hub_pipeline import moved_problem
 
         return moved_problem(source, "base pipeline" if "base pipeline" in what else "calibration pipeline")
-    return (snapshot_problem(source, snapshot, what, passed, snapshot_slot(what))
-            or missing_file(source, snapshot, passed))
+    return snapshot_lacks(source, snapshot, what, passed, snapshot_slot(what))
 
 
-def snapshot_problem(source: str, snapshot: Path, what: str = "", passed: tuple[str, ...] = ("transformer",),
-                     as_what: str = "calibration.pipeline") -> str | None:
+def snapshot_problem(source: str, snapshot: Path, what: str = "",
+                     passed: tuple[str, ...] = ("transformer",)) -> str | None:
     """folder_problem of `snapshot`, the Hugging Face cache's copy of the Hub id `source` a pipeline
     is read from (offline, or the Hub unreachable: io_hub_pipeline.pipeline_keywords), in words naming the
     snapshot and the hf download that fetches the parts it lacks (`hf download ID --include
     'transformer/*'` leaves the tokenizers out), or its model_index.json where it lacks that
     (index_lacking); None where nothing is wrong, or it holds no model_index.json and is no pipeline's.
-    `as_what`: where a snapshot folder goes (snapshot_slot)."""
+    pipeline_cache.snapshot_lacks adds an older snapshot of the whole pipeline (whole_elsewhere)."""
     index = folder_index(str(snapshot), what)
     if index is None:
-        return index_lacking(source, snapshot, as_what)
+        return index_lacking(source, snapshot)
 
     def fetch(lacking: list[str]) -> str:
         include = " ".join(f"--include '{part}/*'" for part in lacking)
@@ -155,14 +156,14 @@ def snapshot_problem(source: str, snapshot: Path, what: str = "", passed: tuple[
     return None if problem is None else f"the Hugging Face cache's snapshot {snapshot} of it: {problem}"
 
 
-def index_lacking(source: str, snapshot: Path, as_what: str = "calibration.pipeline") -> str | None:
+def index_lacking(source: str, snapshot: Path) -> str | None:
     """'the Hugging Face cache's snapshot S of it lacks model_index.json, …; download it online (hf
     download ID model_index.json --revision COMMIT) …' where the snapshot `snapshot` of the Hub id
     `source` holds no model_index.json and is a pipeline's: the cache's file list of the commit
     names it (an interrupted snapshot_download: diffusers ended in huggingface_hub's 'The cached
     snapshot … is incomplete'), or it holds transformer/ (a Hub teacher's load fetches that alone:
     diffusers ended in "We couldn't connect to 'https://huggingface.co' …", offline too). None
-    otherwise (a transformer repo's config.json at its root: diffusers says). `as_what`: whole_elsewhere's."""
+    otherwise (a transformer repo's config.json at its root: diffusers says)."""
     from compress.io_hub_cache_files import cached_listing
 
     if "model_index.json" in cached_listing(source, snapshot.name):
@@ -173,14 +174,14 @@ def index_lacking(source: str, snapshot: Path, as_what: str = "calibration.pipel
         return None
     return (f"the Hugging Face cache's snapshot {snapshot} of it lacks model_index.json, which diffusers reads first"
             f"{why}; download it online (hf download {source} model_index.json --revision {snapshot.name}), then the "
-            f"parts it lists that the snapshot lacks (named here once it is there)"
-            f"{whole_elsewhere(source, snapshot, as_what)}")
+            "parts it lists that the snapshot lacks (named here once it is there)")
 
 
 def whole_elsewhere(source: str, snapshot: Path, as_what: str = "calibration.pipeline") -> str:
     """'; the whole pipeline, of another commit, is in the snapshot P (v1) (pass a snapshot folder as
-    AS_WHAT)' where the cache holds, beside `snapshot` (refs/main's, lacking model_index.json: a
-    Hub teacher's load moved refs/main and fetched transformer/ alone), snapshots of the Hub id
+    AS_WHAT)' where the cache holds, beside `snapshot` (refs/main's, lacking model_index.json, a part
+    or a file a part reads: a Hub teacher's load moved refs/main and fetched transformer/ alone, or a
+    download of main's new commit was cut short), snapshots of the Hub id
     `source` holding a whole pipeline (model_index.json, every part it lists, the files they read);
     '' otherwise. `as_what`: where a snapshot folder goes (snapshot_slot)."""
     from compress.io_hub import cache_folder, held_snapshots, named_snapshots
@@ -241,10 +242,12 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
     plan as by run before any weights load (inputs.source_kind): a local calibration.pipeline there
     (check_pipeline_there); not a saved toy pipeline; where it
-    holds a model_index.json, that fitting its class and folders (folder_problem). Errors name the
-    recipe's line. (A folder without model_index.json is refused by check_pipeline_source, which
-    plan and run call as they check the recipe's sources (io_source.check_sampled_pipeline) and the
-    pipeline source as it is made; source_kind's other callers take it as a transformer folder.)"""
+    holds a model_index.json, that fitting its class and folders (folder_problem), and a
+    calibration.pipeline the teacher's family (family_problem; a Hub id's model_index.json as the
+    cache holds it: pipeline_cache.cached_index). Errors name the recipe's line. (A folder without
+    model_index.json is refused by check_pipeline_source, which plan and run call as they check the
+    recipe's sources (io_source.check_sampled_pipeline) and the pipeline source as it is made;
+    source_kind's other callers take it as a transformer folder.)"""
     from compress.inputs import pipeline_at
 
     pipeline = calib.pipeline or teacher_source
@@ -254,17 +257,23 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     if calib.pipeline:
         check_pipeline_there(calib, where)
     what = f"{where}cannot load calibration pipeline '{pipeline}': "
-    index = folder_index(pipeline, what)  # read once
+    index, snapshot = folder_index(pipeline, what), None  # read once
     if index is None:  # no local pipeline folder: a Hub id read from the cache offline is checked as one
+        from compress.pipeline_cache import cached_index
+
         if problem := cached_problem(pipeline, what):
             raise UserError(f"{what}{problem}")
-        return
-    check_not_saved_toy(pipeline, index, where)
-    if problem := index_problem(pipeline, index):
-        raise UserError(f"{what}{problem}")
+        if (found := cached_index(pipeline, what)) is None:
+            return  # not cached (or no Hub id): nothing to read without asking the Hub; its load says
+        snapshot, index = found
+    else:
+        check_not_saved_toy(pipeline, index, where)
+        if problem := index_problem(pipeline, index):
+            raise UserError(f"{what}{problem}")
     recipe = calib.__dict__.get("_recipe")
     if calib.pipeline and recipe is not None and (problem := family_problem(index, recipe.model, teacher_source)):
-        raise UserError(f"{what}{problem}")
+        cached = f"the Hugging Face cache's snapshot {snapshot} of it: " if snapshot is not None else ""
+        raise UserError(f"{what}{cached}{problem}")
 
 
 def family_problem(index: dict, family: str, teacher: str, cls: str | None = None) -> str | None:
@@ -316,11 +325,15 @@ def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str
     synthetic source), before any compute. `where`: 'PATH:LINE: ' of the recipe key that gave
     `source`; `auto`: the recipe's source is auto (said, as calib_prompts says it); `given`: ' (--teacher)'
     after a teacher the command line gave (recipe_where.teacher_given)."""
+    from compress.io_hub import offline
+    from compress.pipeline_cache import cached_transformer_repo
+
     path = Path(source).expanduser()
     snapshot = None if path.exists() else cached_transformer_repo(source)
     if snapshot is None and (not path.exists() or (path / "model_index.json").is_file()):
         return  # a pipeline folder, or a hub id (its errors come when it loads)
-    what = ("a transformer's repo (the Hugging Face cache's snapshot of it, read offline, holds config.json at its "
+    read = "read offline" if offline() else "main's as last downloaded (the Hub not asked)"
+    what = (f"a transformer's repo (the Hugging Face cache's snapshot of it, {read}, holds config.json at its "
             f"root and no model_index.json: {snapshot})" if snapshot is not None else
             "a single file" if path.is_file() else "a folder without model_index.json")
     whose = "the teacher " if is_teacher else ""
@@ -328,22 +341,6 @@ def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str
     raise UserError(f"{where}calibration.source 'pipeline'{said} samples in a diffusers pipeline, and {whose}{source}"
                     f"{given if is_teacher else ''} is {what}; set calibration.pipeline to "
                     f"{_base_words(source, family)}, or calibration.source: synthetic")
-
-
-def cached_transformer_repo(source: str) -> Path | None:
-    """The Hugging Face cache's snapshot of the Hub id `source`, where it is read from there offline
-    (HF_HUB_OFFLINE: as cached_problem) and is a transformer's repo (config.json at its root, no
-    model_index.json), the local folder without model_index.json's like (diffusers ended, after the
-    teacher had loaded, in "We couldn't connect to 'https://huggingface.co' …model_index.json"); else None."""
-    from compress.io import looks_local
-    from compress.io_hub import cached_snapshot, id_problem, offline
-
-    if not offline() or looks_local(source) or id_problem(source) is not None:
-        return None
-    snapshot = cached_snapshot(source)
-    if snapshot is None or (snapshot / "model_index.json").exists() or not (snapshot / "config.json").is_file():
-        return None
-    return snapshot
 
 
 def _base_words(source: str, family: str) -> str:
