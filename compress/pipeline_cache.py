@@ -11,21 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def cached_index(source: str, what: str = "") -> tuple[Path, dict] | None:
+def cached_index(source: str) -> tuple[Path, dict] | None:
     """(refs/main's snapshot of the Hub id `source` in the Hugging Face cache, its model_index.json)
     where the cache holds both, offline or online: online the Hub's main may have moved on since the
     cache's was downloaded, not to a pipeline of another family (a repo keeps its model). None where
     `source` is a local path or no Hub id, or the cache holds no snapshot or no model_index.json of it
-    (nothing to read without asking the Hub, which plan and the pre-run check do not). `what`:
-    pipeline_folder.folder_index's, for a model_index.json that is no JSON object."""
+    (nothing to read without asking the Hub, which plan and the pre-run check do not), or its
+    model_index.json cannot be read (offline pipeline_folder.cached_problem says so first; online the
+    Hub may serve another)."""
+    from compress.errors import UserError
     from compress.io import looks_local
     from compress.io_hub import cached_snapshot, id_problem
     from compress.pipeline_folder import folder_index
 
-    if looks_local(source) or id_problem(source) is not None:
+    if looks_local(source) or id_problem(source) is not None or (snapshot := cached_snapshot(source)) is None:
         return None
-    snapshot = cached_snapshot(source)
-    index = folder_index(str(snapshot), what) if snapshot is not None else None
+    try:
+        index = folder_index(str(snapshot))
+    except UserError:
+        return None
     return None if index is None else (snapshot, index)
 
 

@@ -263,7 +263,7 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
 
         if problem := cached_problem(pipeline, what):
             raise UserError(f"{what}{problem}")
-        if (found := cached_index(pipeline, what)) is None:
+        if not calib.pipeline or (found := cached_index(pipeline)) is None:
             return  # not cached (or no Hub id): nothing to read without asking the Hub; its load says
         snapshot, index = found
     else:

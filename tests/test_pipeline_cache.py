@@ -49,13 +49,16 @@ def test_a_cached_hub_calibration_pipeline_of_another_family_is_refused_naming_b
 
 
 def test_a_hub_pipeline_the_cache_lacks_is_not_checked_and_nothing_is_asked(tmp_path, folders, monkeypatch):
-    """Where the cache holds no copy of a Hub id there is nothing to read: no check, no request."""
+    """Where the cache holds no copy of a Hub id there is nothing to read: no check, no request; nor
+    where its model_index.json cannot be read online (the Hub may serve another)."""
     from compress.pipeline_cache import cached_index, cached_transformer_repo
 
-    _cached_offline(tmp_path, monkeypatch, folders["flux"], "acme/flux")
+    snapshot = _cached_offline(tmp_path, monkeypatch, folders["flux"], "acme/flux")
     _online(monkeypatch)
     assert cached_index("acme/other") is None and cached_transformer_repo("acme/other") is None
     assert cached_index("acme/flux")[1]["_class_name"] == "FluxPipeline"
+    (snapshot / "model_index.json").write_text("[]")
+    assert cached_index("acme/flux") is None
 
 
 def test_a_cached_hub_transformer_repo_to_sample_in_is_refused_online_too(tmp_path, folders, capsys, monkeypatch):
