@@ -58,7 +58,10 @@ def exported_error(runner, student) -> dict:
     teacher-relative error on the same held-out inputs: the student's weights rounded in place to what the
     export writes (io_export.round_to_export; it writes them next), run as eval runs the output. The last
     stage's where the export holds them exactly (`exact`: float32, or their own dtype); None for a streamed
-    run, whose blocks it does not hold (eval measures it), or where the run's held-out reference is unknown."""
+    run, whose blocks it does not hold (eval measures it), or where the run's held-out reference is unknown.
+    Where measured, `activation_max`: the largest |activation| of each block (and top-level linear) on those
+    inputs, warned of where float16 cannot hold it (activation_range: float32 compute never overflows)."""
+    from compress.activation_range import block_names, checked_maxima, recording_maxima
     from compress.dtype_range import DTYPES
     from compress.io_export import round_to_export
     from compress.passes.base import relative_error
@@ -72,10 +75,11 @@ def exported_error(runner, student) -> dict:
     if runner.recipe.stream or held is None:
         return {**record, "relative_error": None}
     round_to_export(student, dtype)
-    with runner.models.forwards(student):
+    with runner.models.forwards(student), recording_maxima(student, runner.adapter) as maxima:
         error = relative_error(student, held[1], runner.adapter, held[0])
     console.print(f"  exported in {record['dtype']}: teacher-relative error {error:.4g}", highlight=False)
-    return {**record, "relative_error": error}
+    largest = checked_maxima(maxima, dtype, block_names(student, runner.adapter))  # float16's range: warned
+    return {**record, "relative_error": error, "activation_max": largest}
 
 
 def output_files(runner, student, report: dict) -> dict[str, str]:

@@ -76,6 +76,39 @@ def test_the_exported_weights_error_is_measured_where_the_export_rounds_them(tmp
                                "relative_error": plain["stages"][-1]["relative_error"]}
 
 
+def test_a_float16_export_warns_of_activations_beyond_float16_naming_the_layer(tmp_path, capsys):
+    """A teacher whose weights float16 holds (block 1's MLP output weights ~1e4) computes activations past
+    65504: the float32 measurement stayed finite and said nothing, while the float16 model gives inf/NaN.
+    The export warns naming where it starts and records each block's largest."""
+    import json
+
+    import torch
+
+    teacher = tiny_pixart()
+    with torch.no_grad():
+        teacher.transformer_blocks[1].ff.net[2].weight.mul_(10000)
+    teacher.save_pretrained(tmp_path / "t")
+    text = SIMPLE.format(teacher=tmp_path / "t", passes=PASSES) + "export: {dtype: float16}\n"
+    out = run_recipe(tmp_path, text, "r")
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps nothing (soft_wrap), but be safe
+    assert "warning: export.dtype float16: on the held-out inputs the exported model's activations reach" in err
+    assert "beyond float16's range (max 65504): run in float16 it gives inf/NaN; first at " \
+           "transformer_blocks.1.ff.net.2 (" in err
+    largest = json.loads((out / "report.json").read_text())["export"]["activation_max"]
+    assert largest["transformer_blocks.0"] < 1000 < 65504 < largest["transformer_blocks.1"]
+
+
+def test_a_float16_export_of_a_normal_model_does_not_warn(tmp_path, capsys):
+    import json
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    out = run_recipe(tmp_path, SIMPLE.format(teacher=tmp_path / "t", passes=PASSES) + "export: {dtype: float16}\n", "r")
+    assert "activations reach" not in capsys.readouterr().err
+    largest = json.loads((out / "report.json").read_text())["export"]["activation_max"]
+    assert {"transformer_blocks.0", "transformer_blocks.2", "proj_out"} <= set(largest)
+    assert 0 < max(largest.values()) < 65504 / 2
+
+
 def test_the_recipe_as_run_names_a_relative_calibration_pipeline_absolute(tmp_path, monkeypatch):
     """A relative calibration.pipeline (taken from the current folder) was written as given: load_pipeline
     of the output suggested base='pipes/pix', which loads only from the folder the run started in. The

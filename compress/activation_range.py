@@ -1,0 +1,106 @@
+"""Activations against an export dtype: the largest |output| of each block and linear on the forwards a
+model runs (forward hooks), and a warning where float16 cannot hold them. The export measures its weights
+in the compute dtype (float32 on CPU), where an activation beyond float16's range (65504) stays finite;
+run in float16 (on a GPU) the same model gives inf/NaN. bfloat16 has float32's range: nothing to say."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+# warned from half of the dtype's max on: the measurement sees a few held-out inputs, and other prompts,
+# seeds, timesteps or resolutions move the largest activation; half leaves one power of two of headroom
+MARGIN = 0.5
+
+
+def largest_abs(output) -> float:
+    """The largest |x| over the floating tensors of a module's output (a tensor, or a tuple of them:
+    Flux's double blocks return two), NaN counted as Inf; 0.0 where it holds none."""
+    tensors = [output] if isinstance(output, torch.Tensor) else list(output) if isinstance(output, (tuple, list)) else []
+    big = 0.0
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            value = float(t.detach().abs().amax())
+            big = max(big, float("inf") if value != value else value)
+    return big
+
+
+def block_names(model: nn.Module, adapter) -> list[str]:
+    """The module names of `model`'s blocks ('transformer_blocks.3'), in execution order."""
+    return [adapter.block_prefix(group, i)[:-1] for group, i, _ in adapter.iter_blocks(model)]
+
+
+@contextmanager
+def recording_maxima(model: nn.Module, adapter) -> Iterator[dict[str, float]]:
+    """Within it, each forward of `model` records in the dict it yields the largest |output| of every block
+    and every linear (LowRankLinear and its factors too), by module name, in the order they first ran."""
+    from compress.arch.base import is_linear
+
+    maxima: dict[str, float] = {}
+    blocks = set(block_names(model, adapter))
+    handles = [m.register_forward_hook(_recorder(maxima, name)) for name, m in model.named_modules()
+               if name in blocks or is_linear(m)]
+    try:
+        yield maxima
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _recorder(maxima: dict[str, float], name: str):
+    def hook(module, args, output):
+        maxima[name] = max(maxima.get(name, 0.0), largest_abs(output))
+    return hook
+
+
+def per_block(maxima: dict[str, float], blocks: list[str]) -> dict[str, float]:
+    """`maxima` by module folded into the block holding each module (a name of `blocks`), one outside
+    every block under its own name; 4 significant digits (report.json), in the order they ran."""
+    folded: dict[str, float] = {}
+    for name, value in maxima.items():
+        unit = next((b for b in blocks if name == b or name.startswith(b + ".")), name)
+        folded[unit] = max(folded.get(unit, 0.0), float(f"{value:.4g}"))
+    return folded
+
+
+def near_range(maxima: dict[str, float], dtype: torch.dtype, margin: float = MARGIN) -> list[tuple[str, float]]:
+    """(module, largest |activation|) of those beyond `margin` x `dtype`'s max, in the order they ran; none
+    for a dtype with float32's range (bfloat16, float32)."""
+    if not narrower(dtype, torch.float32):
+        return []
+    return [(name, value) for name, value in maxima.items() if value > margin * torch.finfo(dtype).max]
+
+
+def narrower(dtype: torch.dtype, than: torch.dtype) -> bool:
+    """Whether `dtype` has fewer exponent bits than `than` (float16 than float32 or bfloat16; bfloat16's
+    max is float32's but for the mantissa's last bits: the same range)."""
+    return torch.finfo(dtype).max * 2 < torch.finfo(than).max
+
+
+def range_words(over: list[tuple[str, float]], dtype: torch.dtype, margin: float = MARGIN) -> str:
+    """One line on `near_range`'s modules: the largest activation and where, whether beyond `dtype`'s
+    range or within `margin` of it, where it starts, and what to export instead."""
+    name = str(dtype).removeprefix("torch.")
+    top = torch.finfo(dtype).max
+    where, big = max(over, key=lambda o: o[1])
+    verdict = (f"beyond {name}'s range (max {top:.6g}): run in {name} it gives inf/NaN" if big > top else
+               f"within {1 / margin:g}x of {name}'s max {top:.6g}: other inputs may overflow it (inf/NaN in {name})")
+    first = f"; first at {over[0][0]} ({over[0][1]:.3g})" if over[0][0] != where else ""
+    return (f"export.dtype {name}: on the held-out inputs the exported model's activations reach {big:.3g} at "
+            f"{where}, {verdict}{first}; {len(over)} block or linear output(s) in all (report.json export.activation_max): "
+            f"export bfloat16 (float32's range) or float32")
+
+
+def checked_maxima(maxima: dict[str, float], dtype: torch.dtype, blocks: list[str]) -> dict[str, float]:
+    """report.json's export.activation_max (per_block) of the recorded `maxima`, with a warning
+    (range_words) where `dtype` cannot hold them."""
+    over = near_range(maxima, dtype)
+    if over:
+        from compress.report import warn
+
+        warn(range_words(over, dtype))
+    return per_block(maxima, blocks)
+

@@ -1,0 +1,70 @@
+"""compress.activation_range: the largest |activation| of each block and linear, against an export dtype."""
+
+import torch
+
+from compress.activation_range import (block_names, largest_abs, near_range, per_block,
+                                       range_words, recording_maxima)
+from compress.arch import get_adapter
+from tests.conftest import pixart_inputs, tiny_flux, flux_inputs, tiny_pixart
+
+
+def test_largest_abs_reads_a_tensor_or_a_tuple_and_counts_nan_as_inf():
+    assert largest_abs(torch.tensor([1.0, -3.0])) == 3.0
+    assert largest_abs((torch.tensor([2.0]), torch.tensor([-5.0]), None)) == 5.0  # Flux's double blocks: two
+    assert largest_abs(torch.tensor([1.0, float("nan")])) == float("inf")
+    assert largest_abs(torch.tensor([3, 4])) == 0.0 and largest_abs(None) == 0.0
+
+
+def test_near_range_is_float16s_alone_from_half_its_max():
+    maxima = {"a": 100.0, "b": 40000.0, "c": 1.4e7}
+    assert near_range(maxima, torch.float16) == [("b", 40000.0), ("c", 1.4e7)]  # 40000 > 65504 / 2
+    assert near_range(maxima, torch.bfloat16) == [] and near_range(maxima, torch.float32) == []
+
+
+def test_range_words_name_the_largest_the_first_and_what_to_export():
+    words = range_words([("blocks.1.ff", 1.4e5), ("blocks.2.to_q", 2.5e5)], torch.float16)
+    assert words.startswith("export.dtype float16: on the held-out inputs the exported model's activations "
+                            "reach 2.5e+05 at blocks.2.to_q, beyond float16's range (max 65504): run in float16 "
+                            "it gives inf/NaN; first at blocks.1.ff (1.4e+05); 2 block or linear output(s)")
+    assert words.endswith("export bfloat16 (float32's range) or float32")
+    near = range_words([("blocks.0", 40000.0)], torch.float16)
+    assert "reach 4e+04 at blocks.0, within 2x of float16's max 65504: other inputs may overflow" in near
+    assert "first at" not in near
+
+
+def test_per_block_folds_modules_into_their_block_and_keeps_the_others():
+    maxima = {"t.linear": 2.0, "blocks.1.ff": 7.0, "blocks.1": 5.123456, "blocks.10.x": 1.0, "proj_out": 3.0}
+    assert per_block(maxima, ["blocks.1", "blocks.10"]) == {"t.linear": 2.0, "blocks.1": 7.0, "blocks.10": 1.0,
+                                                           "proj_out": 3.0}
+
+
+def test_recording_maxima_sees_each_block_and_linear_and_leaves_no_hook():
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    with torch.no_grad():
+        model.transformer_blocks[1].ff.net[2].weight.mul_(10000)  # weights ~1e4 (float16 holds them)
+        with recording_maxima(model, adapter) as maxima:
+            model(**pixart_inputs(model))
+    assert block_names(model, adapter) == ["transformer_blocks.0", "transformer_blocks.1", "transformer_blocks.2"]
+    assert near_range(maxima, torch.float16)[0][0] == "transformer_blocks.1.ff.net.2"  # where it starts
+    assert maxima["transformer_blocks.0"] < 1000 < 65504 < maxima["transformer_blocks.1"]
+    assert not any(m._forward_hooks for m in model.modules())
+    half = {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in pixart_inputs(model).items()}
+    with torch.no_grad():  # the same model run in float16 overflows: what the warning is for
+        assert not torch.isfinite(model.half()(**half).sample).all()
+
+
+def test_recording_maxima_reads_flux_blocks_tuples():
+    model = tiny_flux()
+    with torch.no_grad(), recording_maxima(model, get_adapter(model)) as maxima:
+        model(**flux_inputs(model))
+    assert {"transformer_blocks.0", "single_transformer_blocks.2"} <= set(maxima)
+    assert all(0 < v < float("inf") for v in maxima.values())
+
+
+def test_narrower_tells_float16_alone():
+    from compress.activation_range import narrower
+
+    assert narrower(torch.float16, torch.float32) and narrower(torch.float16, torch.bfloat16)
+    assert not narrower(torch.bfloat16, torch.float32) and not narrower(torch.float32, torch.bfloat16)
+    assert near_range({"a": float("inf")}, torch.bfloat16) == []
