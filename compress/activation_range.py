@@ -104,3 +104,21 @@ def checked_maxima(maxima: dict[str, float], dtype: torch.dtype, blocks: list[st
         warn(range_words(over, dtype))
     return per_block(maxima, blocks)
 
+
+def computed_wider_words(out, held: str, computed: str, recorded) -> str | None:
+    """eval's note on the output `out` held in `held` (its export.dtype) that it computes in `computed` (the
+    recipe's compute_dtype, as the run measured it), where `held` has the narrower range (float16): an
+    activation beyond it, inf/NaN run in `held`, stays finite here; the run's largest (`recorded`: report.json
+    export.activation_max) where there is one. None where `computed`'s range is no wider."""
+    from compress.dtype_range import DTYPES
+
+    if not narrower(DTYPES[held], DTYPES[computed]):
+        return None
+    top = torch.finfo(DTYPES[held]).max
+    text = (f"{out} holds {held} weights, computed here in {computed} (its recipe's compute_dtype, as the run "
+            f"measured them): an activation beyond {held}'s range (max {top:.6g}), inf/NaN run in {held}, "
+            "does not show in this error")
+    if isinstance(recorded, dict) and recorded:
+        where, big = max(recorded.items(), key=lambda kv: kv[1])
+        text += f"; the run recorded activations up to {big:.3g} ({where}; report.json export.activation_max)"
+    return text

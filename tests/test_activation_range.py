@@ -2,7 +2,7 @@
 
 import torch
 
-from compress.activation_range import (block_names, largest_abs, near_range, per_block,
+from compress.activation_range import (block_names, computed_wider_words, largest_abs, near_range, per_block,
                                        range_words, recording_maxima)
 from compress.arch import get_adapter
 from tests.conftest import pixart_inputs, tiny_flux, flux_inputs, tiny_pixart
@@ -60,6 +60,17 @@ def test_recording_maxima_reads_flux_blocks_tuples():
         model(**flux_inputs(model))
     assert {"transformer_blocks.0", "single_transformer_blocks.2"} <= set(maxima)
     assert all(0 < v < float("inf") for v in maxima.values())
+
+
+def test_computed_wider_words_only_for_a_float16_output_computed_wider():
+    words = computed_wider_words("out", "float16", "float32", {"blocks.0": 3.0, "blocks.1": 2.5e5})
+    assert words == ("out holds float16 weights, computed here in float32 (its recipe's compute_dtype, as the run "
+                     "measured them): an activation beyond float16's range (max 65504), inf/NaN run in float16, "
+                     "does not show in this error; the run recorded activations up to 2.5e+05 (blocks.1; report.json "
+                     "export.activation_max)")
+    assert computed_wider_words("out", "float16", "bfloat16", None).endswith("does not show in this error")
+    assert computed_wider_words("out", "bfloat16", "float32", {}) is None
+    assert computed_wider_words("out", "float16", "float16", {}) is None
 
 
 def test_narrower_tells_float16_alone():

@@ -79,10 +79,12 @@ def test_the_exported_weights_error_is_measured_where_the_export_rounds_them(tmp
 def test_a_float16_export_warns_of_activations_beyond_float16_naming_the_layer(tmp_path, capsys):
     """A teacher whose weights float16 holds (block 1's MLP output weights ~1e4) computes activations past
     65504: the float32 measurement stayed finite and said nothing, while the float16 model gives inf/NaN.
-    The export warns naming where it starts and records each block's largest."""
+    The export warns naming where it starts and records each block's largest; eval says it computes wider."""
     import json
 
     import torch
+
+    from compress.cli import main
 
     teacher = tiny_pixart()
     with torch.no_grad():
@@ -96,6 +98,9 @@ def test_a_float16_export_warns_of_activations_beyond_float16_naming_the_layer(t
            "transformer_blocks.1.ff.net.2 (" in err
     largest = json.loads((out / "report.json").read_text())["export"]["activation_max"]
     assert largest["transformer_blocks.0"] < 1000 < 65504 < largest["transformer_blocks.1"]
+    assert main(["eval", str(out), "--json"]) == 0
+    assert (f"note: {out} holds float16 weights, computed here in float32 (its recipe's compute_dtype" in
+            " ".join(capsys.readouterr().err.split()))
 
 
 def test_a_float16_export_of_a_normal_model_does_not_warn(tmp_path, capsys):
