@@ -339,8 +339,9 @@ def _interrupt_note(args, e: KeyboardInterrupt) -> str:
     recipe, passes = _this_recipe(args)
     if recipe is None:
         return interrupt_note(_run_dir(args), args.restart)
+    config = recipe.teacher_config if args.teacher_config is None else args.teacher_config  # as the Runner reads it
     return interrupt_note(_run_dir(args), args.restart, recipe.raw, passes, recipe=recipe,
-                          source=args.teacher or recipe.teacher, teacher_config=args.teacher_config)
+                          source=args.teacher or recipe.teacher, teacher_config=config)
 
 
 def _this_recipe(args) -> tuple:

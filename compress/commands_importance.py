@@ -12,6 +12,7 @@ from compress.commands import _read_only_streams
 from compress.errors import NumericError, UserError
 from compress.io import cast, load_teacher, looks_local
 from compress.io_export import is_output
+from compress.recipe_teacher_config import teacher_config_of
 from compress.report import console, output_file, results, to_json
 from compress.report_teacher import recorded_teacher, toy_base
 from compress.words import counted
@@ -149,7 +150,8 @@ def importance(args) -> int:
     recipe = _importance_source(args.source, args.teacher, args.teacher_config, args.overrides)  # None: a toy
     config = _importance_config(recipe, args.buckets, args.teacher)  # before the teacher loads
     png = png or _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])
-    _, teacher, inputs, loader = _teacher_and_inputs(args.source, recipe, args.teacher, args.teacher_config)
+    config_arg = teacher_config_of(recipe, args.teacher_config) if recipe is not None else args.teacher_config
+    _, teacher, inputs, loader = _teacher_and_inputs(args.source, recipe, args.teacher, config_arg)
     adapter = get_adapter(teacher)
     with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling
         batches = inputs.calibration()

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.recipe_teacher_config import config_named
 from compress.recipe_where import recipe_where, teacher_given, teacher_where
 
 # hub ids whose transformer config ships with dit-compress (compress/configs/): planned offline
@@ -260,9 +261,11 @@ class TeacherSource:
 
 
 def checked(source: str, config: str | None = None, where: str = "", hub: bool = True,
-            recipe_dir: Path | None = None, stream: bool = False) -> TeacherSource:
+            recipe_dir: Path | None = None, stream: bool = False,
+            config_label: str = "--teacher-config") -> TeacherSource:
     """`source` checked (check_source), as a TeacherSource; see there for the arguments. A
-    --teacher-config a toy or folder teacher does not read is said, not silently dropped."""
+    --teacher-config a toy or folder teacher does not read is said, not silently dropped (`config_label`:
+    how the warning names it: a recipe's 'PATH:LINE: teacher_config')."""
     kind = check_source(source, where, recipe_dir, stream)
     if kind == "hub":
         warn_if_beside_recipe(source, where, recipe_dir)
@@ -270,8 +273,8 @@ def checked(source: str, config: str | None = None, where: str = "", hub: bool =
         from compress.report import warn
 
         what = "a toy teacher" if kind == "toy" else "a folder with its own config.json"
-        warn(f"--teacher-config {config} is not read: teacher {source} is {what} "
-             "(--teacher-config is for a single file or a Hugging Face id)")
+        warn(f"{config_label} {config} is not read: teacher {source} is {what} "
+             f"({config_label.split(': ')[-1]} is for a single file or a Hugging Face id)")
     return TeacherSource(source, kind, config, where, hub)
 
 
@@ -317,7 +320,7 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
 
     source = teacher or recipe.teacher
     src = checked(source, config, teacher_where(recipe, teacher), hub, None if teacher else Path(recipe.path).parent,
-                  bool(getattr(recipe, "stream", False)))
+                  bool(getattr(recipe, "stream", False)), config_named(recipe, config))
     found = src.family()
     if found and found[0] != recipe.model:
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "

@@ -28,6 +28,7 @@ from compress.plan_memory import beyond_memory, device_memory, peak_memory, svd_
 from compress.plan_words import bounded_keys, where_words
 from compress.io_export import warn_if_export_wider
 from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked, checked_sources
+from compress.recipe_teacher_config import teacher_config_of
 from compress.passes import build_passes
 from compress.passes.remove_blocks_budget import counts_after
 from compress.passes.removed_blocks import planned_blocks, possible_counts
@@ -80,8 +81,10 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
               sources: TeacherSource | None = None, passes: list | None = None) -> dict:
     """The plan of `recipe` (`teacher`, `teacher_config`: --teacher, --teacher-config). `run` hands
     it what it checked and made already: `sources` (io_source.checked_sources of the recipe, then
-    `teacher` and `teacher_config` are not read) and `passes` (passes.build_passes of the recipe)."""
-    src = sources or checked_sources(recipe, teacher, teacher_config, hub=False)  # there, of the recipe's family
+    `teacher` and `teacher_config` are not read) and `passes` (passes.build_passes of the recipe). Without
+    --teacher-config, the recipe's `teacher_config:` is read (recipe_teacher_config.teacher_config_of)."""
+    # there, of the recipe's family
+    src = sources or checked_sources(recipe, teacher, teacher_config_of(recipe, teacher_config), hub=False)
     if recipe.stream:  # a single file or an output: refused as the run's checkpoint_of refuses it
         check_streamable(src)
     source, model = src.source, meta_model(src)  # its config, read once

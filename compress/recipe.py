@@ -28,7 +28,8 @@ HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
 
 SEED_MAX = 2**63 - 1
 
-TOP_KEYS = ("version", "model", "teacher", "stream", "compute_dtype", "device", "calibration", "export", "passes")
+TOP_KEYS = ("version", "model", "teacher", "teacher_config", "stream", "compute_dtype", "device", "calibration",
+            "export", "passes")
 
 
 @dataclass
@@ -143,6 +144,9 @@ class Recipe:
     teacher: str
     passes: list[PassSpec]
     version: int = 1
+    # the diffusers config (a folder or a JSON file) of a single-file teacher, as --teacher-config,
+    # which replaces it; relative: from the current folder, as `teacher` (recipe_teacher_config.teacher_config_of)
+    teacher_config: str | None = None
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     # read block weights just in time from the teacher checkpoint (one block resident: models bigger
@@ -261,8 +265,8 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     if not isinstance(passes_node, yaml.SequenceNode) or not passes_node.value:
         raise _Loc(path, passes_node).err("'passes' must be a non-empty list")
     specs = [_pass_spec(n, path, i) for i, n in enumerate(passes_node.value)]
-    hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str, "stream": bool,
-             "compute_dtype": Literal["float32", "float16", "bfloat16"], "device": str}
+    hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str, "teacher_config": str | None,
+             "stream": bool, "compute_dtype": Literal["float32", "float16", "bfloat16"], "device": str}
     values = {}
     for k, v in root.value:
         if k.value == "passes":
@@ -272,6 +276,9 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
                                     f"{'pixart or flux' if k.value == 'model' else 'the teacher to compress'}")
         if k.value in hints:
             values[k.value] = convert(v, hints[k.value], path, k.value)
+        if k.value == "teacher_config" and values["teacher_config"] is not None and not values[k.value].strip():
+            raise _Loc(path, v).err("teacher_config is empty: give the diffusers config of a single-file teacher "
+                                    "(a folder or a JSON file such as config.json), or null")
         if k.value == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", values["device"]):
             raise _Loc(path, v).err(f"device must be auto, cpu, cuda or cuda:N; got {values['device']!r}")
         elif k.value == "calibration":
@@ -302,7 +309,8 @@ def to_plain(recipe: Recipe) -> dict:
     """The resolved recipe as plain data (every default filled in), for the output folder."""
     return {
         "version": recipe.version, "model": recipe.model, "teacher": recipe.teacher,
-        "stream": recipe.stream, "compute_dtype": recipe.compute_dtype, "device": recipe.device,
+        "teacher_config": recipe.teacher_config, "stream": recipe.stream, "compute_dtype": recipe.compute_dtype,
+        "device": recipe.device,
         "calibration": dataclasses.asdict(recipe.calibration),
         "passes": [{p.name: dataclasses.asdict(p.config)} for p in recipe.passes],
         "export": dataclasses.asdict(recipe.export),
@@ -337,7 +345,8 @@ def filled_keys(recipe: Recipe) -> set[str]:
     svd_checks.judged_by_value), every key at its default, so that the dump read back is judged alike."""
     from compress.passes.svd_checks import judged_by_value
 
-    top = {f.name: f for f in dataclasses.fields(Recipe) if f.name in ("version", "stream", "compute_dtype", "device")}
+    written = ("version", "teacher_config", "stream", "compute_dtype", "device")  # the top level's with a default
+    top = {f.name: f for f in dataclasses.fields(Recipe) if f.name in written}
     filled = _filled(recipe, top, "", recipe.__dict__.get("_given", ()))
     for prefix, config in (("calibration.", recipe.calibration), ("export.", recipe.export),
                            *((f"passes.{i}.{p.name}.", p.config) for i, p in enumerate(recipe.passes))):

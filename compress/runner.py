@@ -13,6 +13,7 @@ from pathlib import Path
 import compress
 from compress.errors import UserError
 from compress.io_source import check_teacher_options
+from compress.recipe_teacher_config import teacher_config_of
 from compress.passes import build_passes
 from compress.passes.base import first_nonfinite, predictions
 from compress.recipe import Recipe
@@ -44,7 +45,8 @@ class Runner:
         if resume and restart:
             raise UserError("--resume continues an interrupted run and --restart discards it: pass one of them")
         self.recipe, self.out, self.run_dir = recipe, Path(out).expanduser(), Path(run_dir).expanduser()
-        self.teacher_arg, self.teacher_config = teacher, teacher_config
+        # --teacher-config, else the recipe's teacher_config: (there: a UserError at its line otherwise)
+        self.teacher_arg, self.teacher_config = teacher, teacher_config_of(recipe, teacher_config)
         self.resume, self.overwrite, self.restart = resume, overwrite, restart
         self.run_dir_was = self.run_dir.is_dir()  # before the locks make it: --resume into no folder is said so
         self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error

@@ -93,33 +93,33 @@ def output_files(runner, student, report: dict) -> dict[str, str]:
 
 
 def recipe_as_run(recipe, prompts: list[str] | None, recorded: dict) -> str:
-    """recipe.yaml: `recipe` as run, its teacher the one the run read (`recorded`: recorded_teacher's,
-    local paths absolute: --teacher where given, and a recipe's own relative path would otherwise be read
-    against the output folder), so that running it again compresses the same model. A --teacher-config,
-    which no recipe key holds, is named in a comment above it, to give again."""
+    """recipe.yaml: `recipe` as run, its teacher and teacher_config the ones the run read (`recorded`:
+    recorded_teacher's, local paths absolute: --teacher and --teacher-config where given, and a recipe's
+    own relative path would otherwise be read against the output folder; no teacher_config where the
+    teacher reads none), so that running it again by itself compresses the same model."""
     as_run = copy.copy(recipe)  # its marks (`_given`) and key places kept
-    as_run.teacher = recorded["teacher"]
+    as_run.teacher, as_run.teacher_config = recorded["teacher"], recorded.get("teacher_config")
     pipeline = recipe.calibration.pipeline
     if pipeline and looks_local(pipeline) and Path(pipeline).expanduser().exists():  # as the run read it
         as_run.calibration = copy.copy(recipe.calibration)  # from the current folder: absolute, as the teacher
         as_run.calibration.pipeline = str(Path(pipeline).expanduser().resolve())
     text = dump_recipe(as_run, prompts)
-    notes = teacher_notes(recipe.teacher, recorded)
+    notes = teacher_notes(recipe, recorded)
     if not notes:
         return text
     first, rest = text.split("\n", 1)  # MARKS_HEADER stays the first line
     return "\n".join([first, *notes, rest])
 
 
-def teacher_notes(given: str, recorded: dict) -> list[str]:
-    """YAML comments on the teacher of a dumped recipe: the recipe's own where the run read another
-    (--teacher), and the --teacher-config it read, which a rerun must be given."""
+def teacher_notes(recipe, recorded: dict) -> list[str]:
+    """YAML comments on the teacher of a dumped recipe: the recipe's own teacher and teacher_config
+    where the run read others (--teacher, --teacher-config, or a teacher that reads no config)."""
     notes = []
-    if given != recorded["teacher"]:
-        notes.append(f"# teacher: the one the run read (the recipe's was {given})")
-    if recorded.get("teacher_config"):
-        notes.append(f"# the run read the teacher's config from --teacher-config {recorded['teacher_config']}: "
-                     "no recipe key holds it, so give it again to rerun this recipe")
+    if recipe.teacher != recorded["teacher"]:
+        notes.append(f"# teacher: the one the run read (the recipe's was {recipe.teacher})")
+    given = recipe.teacher_config
+    if given is not None and str(Path(given).expanduser().resolve()) != recorded.get("teacher_config"):
+        notes.append(f"# teacher_config: the one the run read (the recipe's was {given})")
     return notes
 
 

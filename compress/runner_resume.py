@@ -67,17 +67,20 @@ def inputs_change(before: dict, now: dict, pipeline: str, prompts_from: str | No
 
 # top-level keys of what is written, not of any pass's result: the export may change on --resume
 RESULT_FREE = ("export",)
+# top-level keys compared as the teacher's identity is (runner_teacher_id: a config by what it holds), not
+# as written: `teacher_config: cfg`, --teacher-config cfg and an output's recipe.yaml's absolute path are one
+TEACHER_APART = ("teacher_config",)
 
 
 def recipe_changes(before: dict, now: dict, passes, done: int | None = None, prompts_apart: bool = True) -> list[str]:
-    """The keys (dotted paths) where two resolved recipes differ, but RESULT_FREE, those a pass
+    """The keys (dotted paths) where two resolved recipes differ, but RESULT_FREE, TEACHER_APART, those a pass
     declares cannot change its result (`Pass.result_free`: progress bars, how often distill
     checkpoints, how far this run goes), CALIBRATION_RESULT_FREE and, `prompts_apart`, PROMPT_KEYS
     (the prompts read are compared apart, as a stage's `inputs`: `inputs_change`; a stage that records
     none compares them here: `inputs_apart`). With `done`, only the first
     `done` passes (those a resume keeps) are compared: the passes still to run may change."""
     def view(raw: dict) -> dict:
-        raw = {k: v for k, v in raw.items() if k not in RESULT_FREE}
+        raw = {k: v for k, v in raw.items() if k not in RESULT_FREE + TEACHER_APART}
         calibration = raw.get("calibration")
         if isinstance(calibration, dict):
             raw = dict(raw, calibration=result_bearing(calibration, prompts_apart))

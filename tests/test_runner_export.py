@@ -33,20 +33,20 @@ def test_the_recipe_as_run_names_the_teacher_given_with_teacher(tmp_path, monkey
 
 
 def test_the_recipe_as_run_names_the_teacher_config_it_read(tmp_path):
-    """A single file with --teacher-config: the recipe as run names the file and, in a comment, the
-    config to give again (no recipe key holds it); load_recipe reads it, and plan with that config
-    resolves the same teacher."""
+    """A single file with --teacher-config: the recipe as run names the file and, as its teacher_config key
+    (it was a comment asking to give it again), the config; load_recipe reads it, and plan without
+    --teacher-config resolves the same teacher."""
     model = tiny_pixart()
     save_file(model.state_dict(), str(tmp_path / "pix.safetensors"))
     model.save_config(tmp_path / "cfg")
     text = SIMPLE.format(teacher=tmp_path / "pix.safetensors", passes=PASSES)
     out = run_recipe(tmp_path, text, "r", teacher_config=str(tmp_path / "cfg"))
     written = (out / "recipe.yaml").read_text()
-    assert f"--teacher-config {tmp_path / 'cfg'}: no recipe key holds it" in written
+    assert f"\nteacher_config: {tmp_path / 'cfg'}\n" in written and "--teacher-config" not in written
     assert "# teacher: the one the run read" not in written  # the recipe's own
     again = load_recipe(out / "recipe.yaml")
-    assert Path(again.teacher) == tmp_path / "pix.safetensors"
-    plan = make_plan(again, teacher_config=str(tmp_path / "cfg"))
+    assert Path(again.teacher) == tmp_path / "pix.safetensors" and again.teacher_config == str(tmp_path / "cfg")
+    plan = make_plan(again)
     assert plan["params_before"] == sum(p.numel() for p in model.parameters())
 
 

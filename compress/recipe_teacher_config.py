@@ -1,0 +1,39 @@
+"""A recipe's `teacher_config:` (the diffusers config of a single-file teacher) against --teacher-config,
+which replaces it: the one a run reads (`teacher_config_of`) and how a warning names it (`config_named`).
+Imports no torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from compress.errors import UserError
+from compress.recipe_where import recipe_where
+
+
+def teacher_config_of(recipe, config: str | None) -> str | None:
+    """The teacher config a run of `recipe` reads: --teacher-config (`config`) where given, else the
+    recipe's `teacher_config:` (None where it has none). A relative one is taken from the current folder,
+    as `teacher:` is; one that is not there is a UserError at its file:line, naming the path looked for
+    (and the one beside the recipe, where that is there), before anything loads."""
+    given = getattr(recipe, "teacher_config", None)
+    if config is not None or given is None:
+        return config
+    path = Path(given).expanduser()
+    if path.exists():
+        return given
+    rule = ""
+    if not path.is_absolute():
+        beside = os.path.abspath(Path(recipe.path).parent / path)
+        rule = (" (a relative teacher_config is taken from the current folder, as teacher: is"
+                + (f", not the recipe's; there is {beside}: give that path)" if Path(beside).exists() else ")"))
+    raise UserError(f"{recipe_where(recipe, 'teacher_config', given)}: teacher_config {given} not found: "
+                    f"{os.path.abspath(path)}{rule}")
+
+
+def config_named(recipe, config: str | None) -> str:
+    """How a warning names the teacher config `config` a run of `recipe` reads: '--teacher-config', or
+    where the recipe's `teacher_config:` gave it, 'PATH:LINE: teacher_config'."""
+    if config is None or config != getattr(recipe, "teacher_config", None):
+        return "--teacher-config"
+    return f"{recipe_where(recipe, 'teacher_config', config)}: teacher_config"

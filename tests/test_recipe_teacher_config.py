@@ -1,0 +1,175 @@
+"""A recipe's `teacher_config:` (recipe_teacher_config): the diffusers config of a single-file teacher read
+from the recipe, as --teacher-config gives it, which replaces it; the output's recipe.yaml names it (absolute)
+as a key, so that it reruns by itself."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import save_file
+
+from compress.cli import main
+from compress.errors import UserError
+from compress.passes import build_passes
+from compress.plan import make_plan
+from compress.recipe import load_recipe, parse_recipe
+from compress.runner import Runner
+from compress.runner_resume import recipe_changes
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import run_recipe
+
+RECIPE = """\
+model: pixart
+teacher: {teacher}
+teacher_config: {config}
+calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
+passes:
+  - svd: {{targets: [attention], ratio: 0.5, multiple: 2}}
+"""
+
+
+def single_file(tmp_path):
+    """A tiny PixArt saved as one .safetensors (no config.json beside it: tmp_path/pix.safetensors) and its
+    config in tmp_path/cfg; the model returned."""
+    model = tiny_pixart()
+    save_file(model.state_dict(), str(tmp_path / "pix.safetensors"))
+    model.save_config(tmp_path / "cfg")
+    return model
+
+
+def params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- the key as a recipe reads it ---------------------------------------------------------------
+def test_teacher_config_is_a_recipe_key_of_a_path_or_null():
+    recipe = parse_recipe(RECIPE.format(teacher="pix.safetensors", config="cfg"), "r.yaml")
+    assert recipe.teacher_config == "cfg" and recipe.raw["teacher_config"] == "cfg"
+    assert parse_recipe(RECIPE.format(teacher="pix.safetensors", config="null"), "r.yaml").teacher_config is None
+    without = RECIPE.format(teacher="toy:pixart", config="x").replace("teacher_config: x\n", "")
+    assert parse_recipe(without, "r.yaml").teacher_config is None
+    assert parse_recipe(without, "r.yaml", ["teacher_config=c"]).teacher_config == "c"
+
+
+@pytest.mark.parametrize("value, words", [("[cfg]", "must be a string or null, not a list"),
+                                          ("5", "must be a string or null, not 5"),
+                                          ("{a: 1}", "must be a string or null, not a mapping"),
+                                          ('""', "is empty: give the diffusers config of a single-file teacher")])
+def test_a_teacher_config_of_another_type_is_one_line_at_its_line(value, words):
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE.format(teacher="pix.safetensors", config=value), "r.yaml")
+    assert str(e.value).startswith(f"r.yaml:3: teacher_config {words}") and "\n" not in str(e.value)
+
+
+def test_a_teacher_config_that_is_not_there_is_one_line_at_its_line(tmp_path, monkeypatch, capsys):
+    """A relative path from the current folder, as teacher: is: one not there is refused by plan at the key's
+    line, naming the path looked for, and the one beside the recipe where that is there."""
+    single_file(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    path = tmp_path / "recipes" / "r.yaml"
+    path.write_text(RECIPE.format(teacher=tmp_path / "pix.safetensors", config="nope.json"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"dit-compress: error: {path}:3: teacher_config nope.json not found: {tmp_path / 'nope.json'} "
+                   "(a relative teacher_config is taken from the current folder, as teacher: is)\n")
+    (tmp_path / "recipes" / "nope.json").write_text((tmp_path / "cfg" / "config.json").read_text())
+    with pytest.raises(UserError, match=f"^{path}:3: teacher_config nope.json not found: .*; there is "
+                                        f"{tmp_path / 'recipes' / 'nope.json'}: give that path\\)$"):
+        make_plan(load_recipe(path))
+
+
+# ---- a single-file teacher run through it ---------------------------------------------------------
+def test_a_single_file_teacher_runs_with_the_recipes_teacher_config_and_its_output_reruns_by_itself(
+        tmp_path, monkeypatch, capsys):
+    """No --teacher-config: plan and run read the recipe's teacher_config (relative, from the current folder);
+    the output records it absolute, its recipe.yaml names it as a key (no comment asking to give it again),
+    and that recipe.yaml plans alone from another folder."""
+    model = single_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    text = RECIPE.format(teacher=tmp_path / "pix.safetensors", config="cfg")
+    assert make_plan(parse_recipe(text, str(tmp_path / "r.yaml")))["params_before"] == params(model)
+    out = run_recipe(tmp_path, text, "r")
+    report = json.loads((out / "report.json").read_text())
+    assert report["teacher_config"] == str(tmp_path / "cfg")
+    written = (out / "recipe.yaml").read_text()
+    assert yaml.safe_load(written)["teacher_config"] == str(tmp_path / "cfg")
+    assert f"teacher_config: {tmp_path / 'cfg'}\n" in written  # given: no '# default'
+    assert "--teacher-config" not in written and "# teacher_config:" not in written
+    monkeypatch.chdir("/")
+    again = load_recipe(out / "recipe.yaml")
+    assert again.teacher_config == str(tmp_path / "cfg")
+    assert make_plan(again)["params_before"] == params(model)
+    capsys.readouterr()
+    assert main(["plan", str(out / "recipe.yaml"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params_before"] == params(model)
+    assert main(["eval", str(out), "--json"]) == 0  # the recorded config
+    assert json.loads(capsys.readouterr().out)["pred_rel_error"] == pytest.approx(report["stages"][-1]["relative_error"])
+
+
+def test_teacher_config_flag_wins_over_the_recipes_key(tmp_path, monkeypatch):
+    """--teacher-config replaces the recipe's teacher_config, as --teacher replaces teacher: (a recipe's one
+    that is not there is not read, so not refused); the output names the one read, the recipe's in a comment."""
+    model = single_file(tmp_path)
+    tiny_pixart(num_layers=3).save_config(tmp_path / "other")  # another model's config: plan tells them apart
+    text = RECIPE.format(teacher=tmp_path / "pix.safetensors", config=tmp_path / "other")
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    assert make_plan(recipe)["params_before"] == params(tiny_pixart(num_layers=3))
+    assert make_plan(recipe, teacher_config=str(tmp_path / "cfg"))["params_before"] == params(model)
+    missing = parse_recipe(RECIPE.format(teacher=tmp_path / "pix.safetensors", config="nope"), "r.yaml")
+    assert make_plan(missing, teacher_config=str(tmp_path / "cfg"))["params_before"] == params(model)
+    out = run_recipe(tmp_path, text, "r", teacher_config=str(tmp_path / "cfg"))
+    assert json.loads((out / "report.json").read_text())["teacher_config"] == str(tmp_path / "cfg")
+    written = (out / "recipe.yaml").read_text()
+    assert yaml.safe_load(written)["teacher_config"] == str(tmp_path / "cfg")
+    assert f"# teacher_config: the one the run read (the recipe's was {tmp_path / 'other'})" in written
+    monkeypatch.chdir("/")
+    assert make_plan(load_recipe(out / "recipe.yaml"))["params_before"] == params(model)
+
+
+def test_importance_reads_the_recipes_teacher_config(tmp_path, monkeypatch, capsys):
+    single_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(RECIPE.format(teacher="pix.safetensors", config="cfg"))
+    assert main(["importance", "r.yaml", "--png", str(tmp_path / "i.png"), "--json", "-"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["blocks"]) == tiny_pixart().config.num_layers
+
+
+def test_a_toy_teacher_names_the_recipes_unread_teacher_config_at_its_line(tmp_path, capsys):
+    (tmp_path / "cfg.json").write_text("{}")
+    recipe = parse_recipe(RECIPE.format(teacher="toy:pixart", config=tmp_path / "cfg.json"), "r.yaml")
+    make_plan(recipe)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"r.yaml:3: teacher_config {tmp_path / 'cfg.json'} is not read: teacher toy:pixart is a toy teacher " \
+           "(teacher_config is for a single file or a Hugging Face id)" in err
+
+
+# ---- --resume compares it as the teacher, not as written ------------------------------------------
+def test_resume_compares_teacher_config_as_the_teacher_not_as_written(tmp_path):
+    """The recipe's teacher_config, --teacher-config (no key) and the output's absolute path are one run:
+    recipe_changes leaves the key to the teacher's identity (which compares the config by what it holds)."""
+    key = parse_recipe(RECIPE.format(teacher="pix.safetensors", config="cfg"), "r.yaml")
+    flag = parse_recipe(RECIPE.format(teacher="pix.safetensors", config="null"), "r.yaml")
+    saved = {k: v for k, v in flag.raw.items() if k != "teacher_config"}  # a run folder saved before the key
+    absolute = parse_recipe(RECIPE.format(teacher="pix.safetensors", config=Path("cfg").resolve()), "r.yaml")
+    for before in (flag.raw, saved, absolute.raw):
+        assert recipe_changes(before, key.raw, build_passes(key)) == []
+
+
+def test_resume_takes_the_recipes_teacher_config_for_the_flag_it_was_run_with(tmp_path, monkeypatch):
+    """A run with --teacher-config, resumed with the recipe's teacher_config naming the same config (relative):
+    one teacher (runner_teacher_id compares what the config holds); one holding another config is refused."""
+    single_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    plain = RECIPE.format(teacher="pix.safetensors", config="null")
+    run_recipe(tmp_path, plain, "r", teacher_config=str(tmp_path / "cfg"))
+    keyed = parse_recipe(RECIPE.format(teacher="pix.safetensors", config="cfg"), str(tmp_path / "r.yaml"))
+    Runner(keyed, tmp_path / "again", tmp_path / "run-r", resume=True).run()
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["teacher_config"] == str(tmp_path / "cfg")
+    edited = json.loads((tmp_path / "cfg" / "config.json").read_text())
+    (tmp_path / "cfg2").mkdir()
+    (tmp_path / "cfg2" / "config.json").write_text(json.dumps({**edited, "norm_eps": 2e-6}))
+    other = parse_recipe(RECIPE.format(teacher="pix.safetensors", config="cfg2"), str(tmp_path / "r.yaml"))
+    with pytest.raises(UserError, match="the teacher changed since .* \\(--teacher-config was .*cfg, now .*cfg2\\)"):
+        Runner(other, tmp_path / "third", tmp_path / "run-r", resume=True).run()
