@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from compress.errors import UserError
+from compress.errors import UserError, did_you_mean
 from compress.passes import PASSES, pass_class
 
 NAME_KEYED = ("ranks",)  # pass options whose keys are module names or patterns, which hold dots
@@ -66,8 +66,10 @@ def _refuse_new_list(parts: list[str], i: int, dotted: str) -> None:
 
 def drop(data_node: yaml.MappingNode, dotted: str, value_text: str) -> None:
     """`--set KEY=null` for a key that takes no null (`takes_null`): take the key out of the tree,
-    so its default holds (a list's items are not dropped: the indices after them would move). A key
-    the recipe lacks leaves the tree as it is."""
+    so its default holds (a list's items are not dropped: the indices after them would move). An
+    option the recipe lacks leaves the tree as it is (its default holds already); a key of a mapping
+    keyed by names (a `ranks` pattern, a `count` group) that the recipe lacks is refused (`_absent`):
+    it has no default, so it is misspelt, or the --set names another pass."""
     node, parts = data_node, _split(dotted)
     _refuse_pass_name(data_node, parts, dotted, value_text)
     _check_pass_index(data_node, parts, dotted)
@@ -80,11 +82,41 @@ def drop(data_node: yaml.MappingNode, dotted: str, value_text: str) -> None:
             continue
         at = [n for n, (k, _) in enumerate(node.value) if k.value == part] if isinstance(node, yaml.MappingNode) else []
         if not at:
-            return  # nothing there to drop
+            return _absent(node, parts, i, f"{dotted}={value_text}")  # nothing there to drop
         node.value[at[0]] = (node.value[at[0]][0], _own(node.value[at[0]][1]))
         node = node.value[at[0]][1]
-    if isinstance(node, yaml.MappingNode):
-        node.value = [(k, v) for k, v in node.value if k.value != parts[-1]]
+    if not isinstance(node, yaml.MappingNode) or parts[-1] not in [k.value for k, _ in node.value]:
+        return _absent(node, parts, len(parts) - 1, f"{dotted}={value_text}")
+    node.value = [(k, v) for k, v in node.value if k.value != parts[-1]]
+
+
+def _absent(node: yaml.Node, parts: list[str], i: int, given: str) -> None:
+    """`--set passes.3.svd.ranks.modulaton=null`, whose path the tree lacks from `parts[i]` on (`node`
+    holds parts[:i]): nothing to drop. Refused where the last key is a name-keyed mapping's (`_named`):
+    a name absent is no default left to hold, but a misspelt one, which left the recipe as it was
+    (plan and run then said nothing); an option absent already holds its default, as the --set asks."""
+    if not _named(parts):
+        return
+    there, key = ".".join(parts[:i]), parts[-1]
+    if i < len(parts) - 1:
+        raise UserError(f"--set {given}: {there} has no {parts[i]}, so no key '{key}' to remove")
+    if not isinstance(node, yaml.MappingNode):
+        raise UserError(f"--set {given}: {there} is not a mapping, so it has no key '{key}' to remove")
+    keys = [k.value for k, _ in node.value]
+    listed = f"its keys: {', '.join(keys)}{did_you_mean(key, keys)}" if keys else "it is empty"
+    raise UserError(f"--set {given}: {there} has no key '{key}' to remove ({listed})")
+
+
+def _named(parts: list[str]) -> bool:
+    """Whether the last key of a pass option's path is a key of a mapping keyed by names (a `ranks`
+    pattern, a remove_blocks `count` group), not an option (a dataclass's field, which has a default)."""
+    if parts[0] != "passes" or len(parts) < 5 or parts[2] not in PASSES:
+        return False
+    parent = pass_class(parts[2]).config_cls
+    for part in parts[3:-1]:
+        parent = _inner(parent, part)
+    arms = typing.get_args(parent) if typing.get_origin(parent) in (typing.Union, types.UnionType) else (parent,)
+    return parent is not None and not any(dataclasses.is_dataclass(a) for a in arms)
 
 
 def takes_null(dotted: str, top: type, keys: tuple[str, ...]) -> bool:

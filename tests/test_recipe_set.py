@@ -191,3 +191,42 @@ def test_a_required_key_written_null_in_the_file_names_its_line(tmp_path):
     with pytest.raises(UserError) as e:
         parse_recipe("model: pixart\nteacher: ~\npasses: [svd]\n", "r.yaml")
     assert str(e.value) == "r.yaml:2: teacher is required, so null cannot remove it: give the teacher to compress"
+
+
+NAMED = ("model: pixart\nteacher: toy:pixart\npasses:\n  - remove_blocks: {count: {blocks: 1}}\n"
+         "  - svd: {targets: [mlp], ratio: 0.5}\n  - svd: {targets: [modulation], ranks: {modulation: 8, 're:.*': 4}}\n"
+         "  - svd: {targets: [attention], ranks: {}}\n")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("passes.2.svd.ranks.modulaton=null", "passes.2.svd.ranks has no key 'modulaton' to remove (its keys: "
+                                          "modulation, re:.*; did you mean 'modulation'?)"),
+    ("passes.2.svd.ranks.modulation:8=null", "passes.2.svd.ranks has no key 'modulation:8' to remove (its keys: "
+                                             "modulation, re:.*; did you mean 'modulation'?)"),
+    ("passes.2.svd.ranks.adaln_single.linear=~", "passes.2.svd.ranks has no key 'adaln_single.linear' to remove "
+                                                 "(its keys: modulation, re:.*)"),
+    ("passes.3.svd.ranks.modulation=", "passes.3.svd.ranks has no key 'modulation' to remove (it is empty)"),
+    ("passes.1.svd.ranks.modulation=null", "passes.1.svd has no ranks, so no key 'modulation' to remove"),
+    ("passes.0.remove_blocks.count.blcoks=null", "passes.0.remove_blocks.count has no key 'blcoks' to remove "
+                                                 "(its keys: blocks; did you mean 'blocks'?)"),
+    ("passes.0.remove_blocks.fraction.blocks=null", "passes.0.remove_blocks has no fraction, so no key 'blocks' "
+                                                    "to remove"),
+])
+def test_a_set_null_of_a_name_the_recipe_lacks_names_the_keys_it_has(override, words):
+    """`--set passes.2.svd.ranks.modulaton=null` (misspelt) removed nothing, silently: plan and run went on
+    with the rank the user meant to remove. A ranks pattern (a count group) has no default to hold, so
+    one the recipe lacks is refused, naming the keys there; an option the recipe lacks still is not."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(NAMED, "r.yaml", [override])
+    assert str(e.value) == f"--set {override}: {words}"
+
+
+def test_a_set_null_of_a_name_the_recipe_has_or_an_option_it_lacks_still_goes_through():
+    r = parse_recipe(NAMED, "r.yaml", ["passes.2.svd.ranks.modulation=null", "passes.2.svd.energy=null",
+                                       "passes.0.remove_blocks.count.blocks=null", "calibration.seed=null"])
+    assert r.passes[2].config.ranks == {"re:.*": 4} and r.passes[0].config.count == {}
+    assert parse_recipe(NAMED, "r.yaml", ["passes.1.svd.multiple=null"]) == parse_recipe(NAMED, "r.yaml")
+    with pytest.raises(UserError) as e:  # a scalar count has no groups
+        parse_recipe(NAMED.replace("{blocks: 1}", "1"), "r.yaml", ["passes.0.remove_blocks.count.blocks=null"])
+    assert str(e.value) == ("--set passes.0.remove_blocks.count.blocks=null: passes.0.remove_blocks.count is "
+                            "not a mapping, so it has no key 'blocks' to remove")
