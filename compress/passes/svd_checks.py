@@ -220,11 +220,19 @@ def _rank_hint(rank) -> str:
 def _colon_hint(pattern: str, rank) -> str:
     """YAML reads `modulation:8` (no space after the colon) as one key 'modulation:8' without a value:
     recipe_yaml refuses it where nothing follows ({modulation:8}); a quoted key ({'modulation:8'}), an
-    explicit null ({modulation:8: null}) or a --set of either reaches this hint."""
+    explicit null ({modulation:8: null}) or a --set of either reaches this hint. The rank is after the
+    last colon (a module name has none, so neither has a regex matching one): 're:norm:8' is re:norm at
+    8, but 're:8' the regex 8 ('re' is no pattern). A regex is often quoted (re:[ab] must be, in a flow
+    mapping), and 'modulation: 8' was (the space is there): their hint quotes the pattern alone, where
+    'write 're:[ab]: 8'' made one key again, and 'modulation: 8' was told to write what it wrote."""
     name, colon, value = pattern.rpartition(":")
-    if rank is not None or not colon or not value.strip().isdigit() or not name:
+    name, value = name.rstrip(), value.strip()
+    if rank is not None or not value.isdigit() or name in ("", "re"):
         return ""
-    return f" (YAML reads '{pattern}' as one key without a value: write '{name}: {value.strip()}', with a space)"
+    said = f" (YAML reads '{pattern}' as one key without a value: "
+    if name.startswith("re:") or pattern[len(name) + 1:][:1].isspace():
+        return f"{said}quote the pattern alone, then its rank: '{name}': {value})"
+    return f"{said}write '{name}: {value}', with a space)"
 
 
 # key -> the allocations that read it; another allocation ignores it, so the recipe writing it there is

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import yaml
 
 from compress.arch import get_adapter
 from compress.errors import UserError
@@ -293,6 +294,30 @@ def test_a_ranks_key_with_a_colon_past_the_yaml_check_is_still_hinted(ranks, set
     where = f"r.yaml (--set {sets[0]})" if sets else f"r.yaml:{5 + ranks.count(chr(10))}"
     assert str(e.value) == (f"{where}: svd.ranks: rank null for 'modulation:8' must be an integer ≥ 1 (YAML reads "
                             "'modulation:8' as one key without a value: write 'modulation: 8', with a space)")
+
+
+
+@pytest.mark.parametrize("ranks, sets, hint", [
+    ("{'re:norm:8'}", (), "quote the pattern alone, then its rank: 're:norm': 8"),
+    ("{'re:[ab]:8'}", (), "quote the pattern alone, then its rank: 're:[ab]': 8"),
+    ("{re:linear:8: null}", (), "quote the pattern alone, then its rank: 're:linear': 8"),
+    ("{'modulation: 8'}", (), "quote the pattern alone, then its rank: 'modulation': 8"),
+    ("{modulation: 8}", ("passes.0.svd.ranks={'re:(?:attn1|attn2):8'}",),
+     "quote the pattern alone, then its rank: 're:(?:attn1|attn2)': 8"),
+    ("{'re:8'}", (), None),
+])
+def test_a_quoted_or_regex_ranks_key_is_hinted_to_quote_the_pattern_alone(ranks, sets, hint):
+    """'re:[ab]:8' was told to write 're:[ab]: 8' (one key again where quoted, a YAML error in a flow
+    mapping unquoted), 'modulation: 8' to write 'modulation: 8' (what it wrote), 're:8' to write 're: 8'
+    ('re' is no pattern: the key is the regex 8, without a rank)."""
+    from compress.recipe import parse_recipe
+
+    text = f"model: flux\nteacher: toy:flux\npasses:\n  - svd:\n      ranks: {ranks}\n"
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml", list(sets))
+    pattern = yaml.safe_load(sets[0].partition("=")[2] if sets else ranks).popitem()[0]
+    said = f"svd.ranks: rank null for '{pattern}' must be an integer ≥ 1"
+    assert str(e.value).endswith(said + (f" (YAML reads '{pattern}' as one key without a value: {hint})" if hint else ""))
 
 
 MODULATION = {"targets": ["modulation"], "ignore": ["norm_out.linear"], "multiple": 1, "modulation_grid": 4,
