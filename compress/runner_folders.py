@@ -289,30 +289,32 @@ def nothing_saved(run_dir: Path, saved: list) -> bool:
     return not saved and not distill_checkpoints(run_dir) and read_record(run_dir) is None
 
 
-def say_if_nothing_to_resume(run_dir: Path, saved: list, passes=(), existed: bool = True) -> None:
+def say_if_nothing_to_resume(run_dir: Path, saved: list, passes=(), existed: bool = True) -> str | None:
     """--resume where `run_dir` holds nothing to continue from (no saved pass among `saved`, the stages
     runner_stages.resumable read; no distill checkpoint; no streamed stage being written, runner_pending):
     one line says that the run starts from the first pass (it did so silently), and why: there is no
-    such folder, or no pass was saved there, naming what an earlier run measured there that the recipe's
-    `passes` read back (`measured_so_far`, under the fingerprint it recorded: sampled inputs, block
-    statistics, output Fishers, teacher samples; a pass says what it reads back), or nothing was saved.
+    such folder, or nothing was saved; or no pass was saved there, naming what an earlier run measured
+    there that the recipe's `passes` read back (`measured_so_far`, under the fingerprint it recorded:
+    sampled inputs, block statistics, output Fishers, teacher samples; a pass says what it reads back):
+    that line returned, not said, for runner_prepare to say once the loaded teacher and calibration are
+    found to be that run's (else refused: the note would contradict the refusal).
     `existed`: whether the folder was there before the run (its locks make it)."""
     if not nothing_saved(run_dir, saved):
-        return
+        return None
     from compress.report import note
 
     if not existed or not Path(run_dir).is_dir():
         note(f"--resume: there is no folder {run_dir} (a mistyped --run-dir?): starting from the first pass")
-        return
+        return None
     inputs = sorted(Path(run_dir).glob("inputs/*/*.pt"))  # each a finished sampling call's records
     measured = measured_so_far(run_dir, run_fingerprint(run_dir), inputs, list(passes) or None)
     if measured:
-        note(f"--resume: no pass was saved in {run_dir} (no distill checkpoint): starting from the first pass, "
-             f"reading back what an earlier run measured there ({measured}) where this teacher and "
-             "calibration measured it")
-        return
+        return (f"--resume: no pass was saved in {run_dir} (no distill checkpoint): starting from the first pass, "
+                f"reading back what an earlier run measured there ({measured}) where this teacher and "
+                "calibration measured it")
     note(f"--resume: nothing was saved in {run_dir} to resume from (no pass saved, no distill checkpoint): "
          "starting from the first pass")
+    return None
 
 
 def kept_by_resume(info: dict, run_dir: Path | None = None, recipe=None, source: str | None = None) -> str:

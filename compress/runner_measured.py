@@ -3,26 +3,89 @@ plain rerun that names another teacher (`check_measured_for_another_teacher`), b
 and with the advice that fits, as over saved passes (runner_folders.other_teacher), and to one whose
 fingerprint (teacher and calibration) differs once the teacher has loaded (`check_measured_for_another`);
 the teacher a run recorded as it is compared before the teacher loads (`named_of`), and the fingerprint
-that keys what it measured, recorded or guessed from its caches (`run_fingerprint`). Moved out of
-runner_folders, which calls them. Imports no torch."""
+that keys what it measured, recorded or guessed from its caches (`run_fingerprint`), with the teacher
+source (`keyed_source`: a copy elsewhere keys as the run did) and the calibration (`calibration_keys`)
+that key it. Moved out of runner_folders, which calls them. Imports no torch."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from compress.errors import UserError
 from compress.runner_caches import finished_run
 from compress.runner_config_sum import CONFIG_SUM
 from compress.runner_kept import measured_so_far
-from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES, recorded_fingerprint, recorded_teacher
-from compress.runner_teacher_id import older_checksum, put_back, same_teacher, teacher_change
+from compress.runner_resume import (RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, inputs_change, recorded_fingerprint,
+                                    recorded_teacher, result_bearing)
+from compress.runner_teacher_id import FILES, older_checksum, put_back, same_teacher, teacher_change
+
+KEYED_AS = "keyed_as"  # in RUN_RECORD: the teacher source keying its caches where not its own (`keyed_source`)
+CALIBRATED = "calibration"  # in RUN_RECORD: what else keys them (`calibration_keys`; older runs: none)
 
 
 def named_of(recorded: dict) -> dict:
     """A recorded teacher identity (teacher_identity's) as named_teacher's, which a run knows before its
-    teacher loads: its source, --teacher-config and the checksum of what the config holds."""
-    return {"config": None, **{k: v for k, v in recorded.items() if k in ("source", "config", CONFIG_SUM)}}
+    teacher loads: its source, --teacher-config, the checksum of what the config holds and the signature
+    of its weight files (FILES, which tells a copy of it elsewhere)."""
+    return {"config": None, **{k: v for k, v in recorded.items() if k in ("source", "config", CONFIG_SUM, FILES)}}
+
+
+def run_record(run_dir: Path) -> dict:
+    """The run folder's RUN_RECORD ({} where there is none or it cannot be read)."""
+    try:
+        record = json.loads((Path(run_dir) / "stages" / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def keyed_source(run_dir: Path, identity: dict) -> str | None:
+    """The teacher source that keys a run's caches (runner_resume.fingerprint, the sampled inputs' cache)
+    where the run recorded in `run_dir` read the teacher `identity` (teacher_identity's) at another path
+    (`same_teacher`: copied or moved): the source that keyed its caches (KEYED_AS, else its teacher's), so
+    that what it measured is read back; None where it did not (this run's own source keys them)."""
+    before, keyed = recorded_teacher(run_dir), run_record(run_dir).get(KEYED_AS)
+    if before is None or not same_teacher(before, identity):
+        return None
+    if isinstance(keyed, str):
+        return keyed
+    return before["source"] if before["source"] != identity["source"] else None
+
+
+def calibration_keys(recipe, inputs: dict | None) -> dict:
+    """What keys a run's caches besides its teacher (runner_resume.fingerprint), recorded in RUN_RECORD
+    (CALIBRATED) so that a refusal names what changed: the calibration keys that change a result, the
+    inputs a pipeline source read (`inputs`: inputs_identity's) and dit-compress's version."""
+    import compress
+    from compress.calib_stats import STATS_VERSION
+
+    return {"calibration": result_bearing(asdict(recipe.calibration), inputs is not None), "inputs": inputs,
+            "version": f"{compress.__version__} (statistics {STATS_VERSION})"}
+
+
+def calibration_change(before, now: dict) -> tuple[str, bool]:
+    """(what differs between the `calibration_keys` a run recorded, `before`, and `now`'s, in words: 'calibration.seed
+    was 0, now 3', the prompts or pipeline files read, dit-compress's version; whether a rerun can read back
+    what it measured: not where only the version differs). A record of none (an older run): what may differ."""
+    if not isinstance(before, dict) or not isinstance(before.get("calibration"), dict):
+        return ("its calibration (seed, prompts, ...) or dit-compress's version (this run folder does not record "
+                "which)", True)
+    was, is_ = before["calibration"], now["calibration"]
+    keys = sorted(k for k in was.keys() | is_.keys() if was.get(k) != is_.get(k))
+    said = [f"calibration.{k} was {_shown(was.get(k))}, now {_shown(is_.get(k))}" for k in keys[:3]]
+    said += [f"and {len(keys) - 3} more calibration keys"] if len(keys) > 3 else []
+    if isinstance(before.get("inputs"), dict) and isinstance(now["inputs"], dict):
+        said += [c for c in [inputs_change(before["inputs"], now["inputs"], is_.get("pipeline") or "pipeline")] if c]
+    version = [] if before.get("version") == now["version"] else [
+        f"dit-compress's version was {before.get('version')}, now {now['version']}"]
+    return ", ".join(said + version) or "its calibration", bool(said) or not version
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, resume: bool = False) -> None:
@@ -32,8 +95,9 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, res
     measured what the recipe's `passes` read (under its fingerprint, which this teacher's is not). Its
     advice: undo the edit of a config changed in place (runner_teacher_id.edited_config), else rerun with
     that teacher. `resume`: said to --resume over a run that saved nothing else (it reads back only what
-    this teacher measured, so refuses it as a plain rerun does). Other changes are told once the teacher has loaded (`check_measured_for_another`): the
-    weights, from the identity the run recorded; the calibration, as the run folder records none of such a run."""
+    this teacher measured, so refuses it as a plain rerun does). Other changes are told once the teacher
+    has loaded (`check_measured_for_another`), as they are not known before: the weights, from the identity
+    the run recorded; the calibration, from what it recorded of it (CALIBRATED)."""
     fingerprint, before = recorded_fingerprint(run_dir), recorded_teacher(run_dir)
     if fingerprint is None or before is None or finished_run(run_dir):
         return
@@ -49,8 +113,10 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, res
 def _how(before: dict, now: dict, resume: bool) -> str:
     """What reads back what the teacher `before` measured: undo the change made in place (`put_back`: a
     config edited, the weights changed), else rerun with that teacher; with --resume where `resume`."""
-    how = put_back(before, now) or "rerun with that teacher"
-    return f"{how} and rerun with --resume" if resume else how
+    undo = put_back(before, now)
+    if not resume:
+        return undo or "rerun with that teacher"
+    return f"{undo} and rerun with --resume" if undo else "rerun with that teacher and --resume"
 
 
 def measured_by_another(run_dir: Path, change: str, measured: str, how: str, resume: bool = False) -> UserError:
@@ -64,7 +130,7 @@ def measured_by_another(run_dir: Path, change: str, measured: str, how: str, res
 
 
 def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher: dict | None = None,
-                               resume: bool = False) -> None:
+                               resume: bool = False, calibration: dict | None = None) -> None:
     """A plain rerun (no --resume, no --restart) in a run folder whose last run was interrupted before
     it saved a pass (runner_folders.check_run_folder refuses the others): a UserError where that run
     measured what this one, of another teacher or calibration (`fingerprint`), does not read back
@@ -72,8 +138,10 @@ def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher:
     what it measured is not left unread and never removed silently. Where the teacher identity the run recorded is not
     `teacher` (the loaded teacher's, teacher_identity's: its weights changed in place, the names being
     the same once check_measured_for_another_teacher passed them), it says so as --resume does
-    (runner_teacher_id.teacher_change); else 'another teacher or calibration' (the run folder records no
-    calibration of such a run). `resume`: said to --resume over a run that saved nothing else (runner_prepare).
+    (runner_teacher_id.teacher_change); the same teacher, 'another calibration', naming what differs
+    (`calibration_change` against this run's `calibration`, calibration_keys'); else (an older record
+    of the teacher, no `calibration`) 'another teacher or calibration'. `resume`: said to --resume over a
+    run that saved nothing else (runner_prepare).
     A folder recording no fingerprint (an older dit-compress's, which marked
     no finished run either) is not refused."""
     before = recorded_fingerprint(run_dir)
@@ -83,15 +151,29 @@ def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher:
     if not measured:
         return
     recorded = recorded_teacher(run_dir)
-    if teacher is not None and recorded is not None and not older_checksum(recorded, teacher) \
-            and not same_teacher(recorded, teacher):
-        raise measured_by_another(run_dir, teacher_change(recorded, teacher), measured,
-                                  _how(recorded, teacher, resume), resume)
+    if teacher is not None and recorded is not None and not older_checksum(recorded, teacher):
+        if not same_teacher(recorded, teacher):
+            raise measured_by_another(run_dir, teacher_change(recorded, teacher), measured,
+                                      _how(recorded, teacher, resume), resume)
+        if calibration is not None:
+            raise measured_by_calibration(run_dir, calibration_change(run_record(run_dir).get(CALIBRATED), calibration),
+                                          measured, resume)
     how, restart = ("rerun with that teacher and calibration and --resume", "rerun with --restart") if resume else \
         ("rerun with that teacher and calibration", "add --restart")
     raise UserError(f"{run_dir} holds what an interrupted run of another teacher or calibration measured "
                     f"({measured}), which this run does not read back: {how} to read it back, {restart} to "
                     "discard it, or choose another --run-dir")
+
+
+def measured_by_calibration(run_dir: Path, change: tuple[str, bool], measured: str, resume: bool) -> UserError:
+    """'RUN_DIR holds what an interrupted run of this teacher measured with another calibration (`change`:
+    calibration_change's words; `measured`), which this run does not read back: rerun with that calibration
+    to read it back (where `change` says it can), add --restart ...' (to --resume: `resume`)."""
+    restart = "rerun with --restart" if resume else "add --restart"
+    how = f"rerun with that calibration{' and --resume' if resume else ''} to read it back, "
+    return UserError(f"{run_dir} holds what an interrupted run of this teacher measured with another calibration "
+                     f"({change[0]}; {measured}), which this run does not read back: {how if change[1] else ''}"
+                     f"{restart} to discard it, or choose another --run-dir")
 
 
 def run_fingerprint(run_dir: Path) -> str | None:

@@ -15,15 +15,18 @@ from compress.io_source import checked_sources
 from compress.passes import build_passes
 from compress.passes.base import RunContext
 from compress.plan import warn_if_beyond_memory
-from compress.report import console
+from compress.report import console, note
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes
 from compress.runner_folders import check_folders, check_run_folder, nothing_saved, say_if_nothing_to_resume
-from compress.runner_measured import check_measured_for_another, check_measured_for_another_teacher
+from compress.runner_measured import (calibration_keys, check_measured_for_another, check_measured_for_another_teacher,
+                                      keyed_source)
 from compress.runner_ranks import is_follower
 from compress.runner_caches import finished_run
-from compress.runner_resume import finished_and_reusable, fingerprint, inputs_change, read_state, stage_dirs
-from compress.runner_teacher_id import named_teacher, older_checksum, same_teacher, teacher_identity, weights_checksum
+from compress.runner_resume import (finished_and_reusable, fingerprint, inputs_change, read_state, recorded_teacher,
+                                    stage_dirs)
+from compress.runner_teacher_id import (named_teacher, older_checksum, same_teacher, teacher_identity,
+                                        teacher_moved, weights_checksum)
 from compress.runner_setup import DTYPES, load_checked_teacher
 from compress.runner_stages import resumable
 from compress.runner_stop_words import LOADING
@@ -55,8 +58,11 @@ def prepare(runner) -> None:
     _warn_of_memory(runner, weights)
     runner.run_dir.mkdir(parents=True, exist_ok=True)
     teacher_id = _cache_keys(runner, src)
-    if not is_follower() and runner.resume and _resumes_nothing(runner):  # the weights known: changed in place,
-        check_measured_for_another(runner.run_dir, teacher_id, runner.passes, runner.identity, resume=True)  # refused
+    if not is_follower() and _keeps_measured(runner):  # the teacher and calibration known: what another measured
+        check_measured_for_another(runner.run_dir, teacher_id, runner.passes, runner.identity,  # refused, naming
+                                   resume=runner.resume, calibration=runner.calibration_keys)  # what differs
+    if runner.reading_back:  # (say_if_nothing_to_resume) said once this teacher and calibration are that run's
+        note(runner.reading_back)
     if not is_follower() and not (runner.resume or runner.restart):  # the teacher and prompts known: as
         note_reusable(runner)  # --resume compares them (the stages are discarded only once the passes start)
     runner.ctx = RunContext(
@@ -82,6 +88,7 @@ def _checked_before_loading(runner):
     """The folders, the passes' configs, the run folder's saved work (--resume: which stage it continues
     from) and the teacher's sources, checked before anything loads; the sources returned."""
     main = not is_follower()  # rank 0 checks and owns the folders; the other ranks only read (runner_ranks)
+    runner.reading_back = None
     if main:
         check_folders(runner.out, runner.run_dir, runner.overwrite, runner.teacher_arg or runner.recipe.teacher,
                       runner.teacher_config)
@@ -103,7 +110,8 @@ def _checked_before_loading(runner):
         if _resumes_nothing(runner):  # (it reads back only this teacher's)
             check_measured_for_another_teacher(runner.run_dir, named_teacher(src.source, runner.teacher_config),
                                                runner.passes, resume=True)
-        say_if_nothing_to_resume(runner.run_dir, runner.resumes_from[0], runner.passes, runner.run_dir_was)
+        runner.reading_back = say_if_nothing_to_resume(runner.run_dir, runner.resumes_from[0], runner.passes,
+                                                       runner.run_dir_was)  # what it reads back: said once loaded
     if main and not (runner.resume or runner.restart):  # saved work a fresh start would discard: refused
         # (of another teacher: said as --resume would, its source and --teacher-config compared)
         check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes,
@@ -111,6 +119,12 @@ def _checked_before_loading(runner):
     warn_if_beyond_memory(runner.recipe, src, runner.passes)  # warns only: an estimate
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src
+
+
+def _keeps_measured(runner) -> bool:
+    """Whether this run keeps what the run folder's unfinished run measured (not --restart): a plain rerun,
+    or --resume where that run saved nothing else (`_resumes_nothing`)."""
+    return not runner.restart and not finished_run(runner.run_dir) and (not runner.resume or _resumes_nothing(runner))
 
 
 def _resumes_nothing(runner) -> bool:
@@ -133,25 +147,40 @@ def _warn_of_memory(runner, weights: dict | None) -> None:
 def _cache_keys(runner, src) -> str:
     """The teacher's identity and files, the sampled inputs' cache (a pipeline source's), on `runner`;
     the fingerprint that keys the calibration caches and checkpoints returned."""
-    weights_sum = weights_checksum(runner.teacher, runner.models)  # read once: streamed files are large
-    runner.identity = teacher_identity(runner.source, runner.teacher_config, runner.teacher, weights_sum)
-    # the teacher as report.json records it: `pipe`, `pipe/` and `./pipe` key the same caches and checkpoints;
-    # its weights and the config it loaded with (the identity's checksum: a config.json edited in place
-    # makes another model, whose statistics are measured again)
-    teacher_id = fingerprint(absolute_source(runner.source), runner.identity["checksum"], runner.recipe,
-                             runner.inputs_id)
     from compress.io_signature import teacher_signature
 
-    runner.teacher_files = teacher_signature(runner.source)  # eval and bench notice the files replaced later
+    weights_sum = weights_checksum(runner.teacher, runner.models)  # read once: streamed files are large
+    runner.teacher_files = teacher_signature(runner.source)  # eval and bench notice the files replaced later; a
+    # rerun naming a copy of the teacher elsewhere knows it before the teacher loads (runner_teacher_id.copied)
+    runner.identity = teacher_identity(runner.source, runner.teacher_config, runner.teacher, weights_sum,
+                                       runner.teacher_files)
+    # the teacher as report.json records it: `pipe`, `pipe/` and `./pipe` key the same caches and checkpoints,
+    # and so does a copy of the teacher the run folder's run read elsewhere (keyed_source: moved); its weights
+    # and the config it loaded with (the identity's checksum: a config.json edited in place makes another model,
+    # whose statistics are measured again)
+    runner.keyed_as = keyed_source(runner.run_dir, runner.identity)
+    _say_if_moved(runner)
+    key = runner.keyed_as or absolute_source(runner.source)
+    runner.calibration_keys = calibration_keys(runner.recipe, runner.inputs_id)
+    teacher_id = fingerprint(key, runner.identity["checksum"], runner.recipe, runner.inputs_id)
     runner.inputs_cache = None  # sampled inputs (pipeline calibration: minutes to hours)
     if hasattr(src, "cache_dir"):
         from compress.calib_pipeline import inputs_cache_name
 
         # not the batching (records are per call), nor the prompts (each call's file is named by them)
-        name = inputs_cache_name(absolute_source(runner.source), weights_sum, runner.inputs_id["pipeline"])
+        name = inputs_cache_name(key, weights_sum, runner.inputs_id["pipeline"])
         runner.inputs_cache = src.cache_dir = (runner.run_dir / "inputs" / name).resolve()
         runner.sampled_calls = src.call_files  # this run's calls among those cached (interrupt_note)
     return teacher_id
+
+
+def _say_if_moved(runner) -> None:
+    """A note where the run folder's run read this teacher at another path (teacher_moved): its
+    saved work and measurements are this teacher's, kept (not for --restart, which starts over)."""
+    before = recorded_teacher(runner.run_dir)
+    said = teacher_moved(before, runner.identity) if before is not None and not runner.restart else None
+    if said and not is_follower():
+        note(f"{said} since {runner.run_dir} was written: what that run saved and measured there is this teacher's")
 
 
 def note_reusable(runner) -> None:

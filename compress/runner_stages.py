@@ -22,6 +22,7 @@ from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
 from compress.runner_kept import fisher_folder, mark_read_by, read_back_in_words
+from compress.runner_measured import CALIBRATED, KEYED_AS
 from compress.runner_folders import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
                                     passed_over_in_words, read_state, recipe_changes, recorded_teacher,
@@ -54,6 +55,10 @@ def record_run(runner) -> None:
     stages.mkdir(parents=True, exist_ok=True)
     teacher = getattr(runner, "identity", None)  # what --resume of a distill checkpoint compares (no stage)
     record = {**WRITTEN_BY, "fingerprint": fingerprint, **({"teacher": teacher} if teacher else {})}
+    if getattr(runner, "keyed_as", None):  # the teacher moved: the source keying its caches (runner_measured)
+        record[KEYED_AS] = runner.keyed_as
+    if getattr(runner, "calibration_keys", None):  # what a refusal names (runner_measured.calibration_change)
+        record[CALIBRATED] = runner.calibration_keys
     (stages / RUN_RECORD).write_text(json.dumps(record) + "\n")
 
 

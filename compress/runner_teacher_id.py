@@ -27,6 +27,7 @@ def weights_checksum(teacher: torch.nn.Module, models) -> str:
 
 
 CHECKSUM_OF = "every byte"  # what `weights_checksum` reads (older runs: a few values of each tensor)
+FILES = "files"  # in a teacher identity: io_signature.teacher_signature of its weight files (older runs: none)
 
 
 def named_teacher(source: str, config: str | None) -> dict:
@@ -49,13 +50,17 @@ def named_now(source: str, config: str | None) -> dict:
     return named_teacher(source, None) if config and reads_no_config(named["source"]) else named
 
 
-def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str) -> dict:
+def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str,
+                     files: dict | None = None) -> dict:
     """What --resume compares besides the recipe: the teacher source and --teacher-config and the
-    checksum of the config file it reads (named_teacher), the model config and `weights_checksum`."""
+    checksum of the config file it reads (named_teacher), the model config and `weights_checksum`; and
+    FILES, the signature of a local teacher's weight files (`files`: io_signature.teacher_signature, where
+    given), which tells a copy of it elsewhere before it loads (`copied`)."""
     h = hashlib.sha256(json.dumps({k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
                                   sort_keys=True, default=str).encode())
     h.update(weights.encode())
-    return {**named_teacher(source, config), "checksum": h.hexdigest()[:16], "checksum_of": CHECKSUM_OF}
+    identity = {**named_teacher(source, config), "checksum": h.hexdigest()[:16], "checksum_of": CHECKSUM_OF}
+    return {**identity, FILES: files} if files else identity
 
 
 def older_checksum(before: dict, now: dict) -> bool:
@@ -67,11 +72,51 @@ def older_checksum(before: dict, now: dict) -> bool:
 
 def same_teacher(before: dict, now: dict) -> bool:
     """Whether the teacher a stage recorded (`before`: teacher_identity's, as_compared) is `now`'s: every
-    key the same, the config as `same_config_of` compares it (by what it holds, or by the file it names)."""
+    key the same, the config as `same_config_of` compares it (by what it holds, or by the file it names),
+    the source the same or holding a copy of that teacher (`copied`: moved or copied elsewhere)."""
     def rest(teacher: dict) -> dict:
-        return {k: v for k, v in teacher.items() if k not in ("config", CONFIG_SUM)}
+        return {k: v for k, v in teacher.items() if k not in ("source", "config", CONFIG_SUM, FILES)}
 
-    return rest(before) == rest(now) and same_config_of(before, now)
+    return rest(before) == rest(now) and same_config_of(before, now) and (
+        before.get("source") == now.get("source") or copied(before, now))
+
+
+def copied(before: dict, now: dict) -> bool:
+    """Whether the teacher `now` names at another path than `before` (teacher_identity's or named_teacher's)
+    is a copy of it: the config file it reads holds the same (CONFIG_SUM known in both), and its weights
+    are the same: by the checksum of every byte where both record it (the loaded teacher's: every run
+    takes it once, so comparing it costs nothing more), else (before it loads) by the signature of its
+    weight files (FILES: size, safetensors header, each tensor's ends and 16 chunks of each file, about
+    1 MiB read per file), recorded by the run against that of the files named now. An older record
+    without it, a toy or a Hub id: not a copy."""
+    if before.get(CONFIG_SUM) is None or before.get(CONFIG_SUM) != now.get(CONFIG_SUM):
+        return False
+    if "checksum" in before and "checksum" in now:
+        return before["checksum"] == now["checksum"] and before.get("checksum_of") == now.get("checksum_of")
+    return same_files(before.get(FILES), now.get("source"))
+
+
+def same_files(recorded, source) -> bool:
+    """Whether the weight files of the local teacher `source` hold what a recorded signature (FILES) says,
+    whatever their names (a single file renamed); False where either is missing or of another method."""
+    from compress.io_signature import SIGNATURE, teacher_signature
+
+    if not (isinstance(recorded, dict) and recorded.get("method") == SIGNATURE and isinstance(source, str)):
+        return False
+    now = teacher_signature(source)
+
+    def contents(signature: dict) -> list:
+        files = signature.get("files")
+        return sorted(json.dumps(f, sort_keys=True) for f in files.values()) if isinstance(files, dict) else []
+    return now is not None and bool(contents(now)) and contents(now) == contents(recorded)
+
+
+def teacher_moved(before: dict, now: dict) -> str | None:
+    """'the teacher moved from A to B (its config and weights the same)' where `now` names a copy of the
+    teacher `before` at another path (`same_teacher` by `copied`); else None."""
+    if before.get("source") == now.get("source") or not same_teacher(before, now):
+        return None
+    return f"the teacher moved from {before['source']} to {now['source']} (its config and weights the same)"
 
 
 def same_config_of(before: dict, now: dict) -> bool:

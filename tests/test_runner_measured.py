@@ -3,6 +3,8 @@ teacher before that teacher loads, with the advice that fits (compress.runner_me
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from compress.cli import main
@@ -65,7 +67,7 @@ def test_a_folder_teachers_config_edited_in_place_says_to_undo_the_edit(interrup
 def test_another_teacher_named_says_which_and_to_rerun_with_it(interrupted, capsys):
     run, args, loads = interrupted
     other = run.parent / "teacher2"
-    tiny_pixart().save_pretrained(other)
+    tiny_pixart(seed=1).save_pretrained(other)  # other weights (a byte-identical copy is this teacher)
     said = _refusal([*args, "--teacher", str(other)], capsys)
     assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of another teacher measured "
                            f"(was {run.parent / 'teacher'}, now {other}; block statistics (1 file)"), said
@@ -75,11 +77,30 @@ def test_another_teacher_named_says_which_and_to_rerun_with_it(interrupted, caps
 
 
 def test_the_same_teacher_named_is_left_to_the_check_after_it_loads(interrupted, capsys):
-    """Another calibration (a seed): the run folder records no calibration of a run that saved no pass,
-    so it is said once the teacher has loaded and the fingerprints differ, as before."""
+    """Another calibration (a seed): said once the teacher has loaded and the fingerprints differ. It said
+    'of another teacher or calibration ... rerun with that teacher and calibration', the teacher being the
+    same; now it names the calibration key the run recorded and what it was."""
     run, args, loads = interrupted
     said = _refusal([*args, "--set", "calibration.seed=3"], capsys)
-    assert f"{run} {OTHER}" in said and len(loads) == 1, said
+    assert said == (f"dit-compress: error: {run} holds what an interrupted run of this teacher measured with another "
+                    "calibration (calibration.seed was 0, now 3; block statistics (1 file)), which this run does not "
+                    "read back: rerun with that calibration to read it back, add --restart to discard it, or choose "
+                    "another --run-dir"), said
+    assert len(loads) == 1
+
+
+def test_a_run_that_recorded_no_calibration_says_what_may_differ(interrupted, capsys):
+    """An older run folder's record (no calibration in stages/run.json): the same teacher, another seed is
+    said to be its calibration or dit-compress's version, not 'another teacher'."""
+    run, args, loads = interrupted
+    record = json.loads((run / "stages" / "run.json").read_text())
+    del record["calibration"]
+    (run / "stages" / "run.json").write_text(json.dumps(record))
+    said = _refusal([*args, "--set", "calibration.seed=3"], capsys)
+    assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of this teacher measured with "
+                           "another calibration (its calibration (seed, prompts, ...) or dit-compress's version (this "
+                           "run folder does not record which); block statistics (1 file)), which"), said
+    assert OTHER not in said and len(loads) == 1
 
 
 def test_weights_changed_in_place_say_the_teacher_changed_once_it_loads(interrupted, capsys):

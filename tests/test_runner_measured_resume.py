@@ -74,3 +74,16 @@ def test_resume_and_a_rerun_say_the_weights_changed_in_place(measured, capsys):
     assert said.endswith(f"put back the weights {teacher} had and rerun with --resume to read it back, rerun with "
                          "--restart to discard it, or choose another --run-dir"), said
     assert "holds other weights or config" not in said and "rerun with that teacher" not in said
+    assert "reading back" not in said  # it said, before the teacher loaded, that it read them back
+
+
+def test_resume_says_what_it_reads_back_only_once_the_calibration_is_that_runs(measured, capsys):
+    """--resume with another seed: it said it was 'reading back what an earlier run measured there', then
+    refused what 'another teacher or calibration' measured; now only the refusal, naming the seed."""
+    teacher, args = measured
+    assert main([*args, "--resume", "--set", "calibration.seed=3"]) == 2
+    said = _said(capsys)
+    assert "reading back" not in said, said
+    assert "interrupted run of this teacher measured with another calibration (calibration.seed was 0, now 3;" in said
+    assert said.endswith("rerun with that calibration and --resume to read it back, rerun with --restart to discard "
+                         "it, or choose another --run-dir"), said

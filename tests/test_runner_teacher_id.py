@@ -3,8 +3,26 @@ a --teacher-config by what it holds, else by the file it names, and the differen
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import pytest
+
+from compress.cli import main
 from compress.runner_config_sum import CONFIG_SUM, config_read
 from compress.runner_teacher_id import as_compared, named_teacher, older_checksum, same_teacher, teacher_change
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import pixart_runner
+from tests.test_runner_folders_teacher import _ctrl_c_at_first_stats_save, _interrupted
+from tests import test_runner_measured
+
+
+interrupted = test_runner_measured.interrupted  # a fixture: a run stopped before it saved a pass
+
+
+@pytest.fixture
+def pixart(tmp_path, monkeypatch):
+    return pixart_runner(tmp_path, monkeypatch)
 
 
 def test_a_recorded_teacher_config_is_compared_where_the_teacher_reads_one(tmp_path):
@@ -98,3 +116,66 @@ def test_the_advice_fits_a_config_edited_in_place_or_another_teacher(tmp_path):
     assert resume_advice(a, b, resume=False) == (
         "add --restart to start over, or rerun with that teacher and --resume to continue")
     assert resume_advice(a, b, resume=True) == "rerun with --restart to start over"
+
+
+def _copied(before: dict, **now) -> bool:
+    return same_teacher(before, {**before, "source": "/b", **now})
+
+
+def test_a_loaded_teacher_elsewhere_is_the_same_where_its_config_and_weights_are():
+    """Once loaded: a teacher at another path is the same where the config file it reads holds the same and
+    the checksum of its config and every byte of its weights is the same (no signature needed)."""
+    at_a = {"source": "/a", "config": None, CONFIG_SUM: "c", "checksum": "w", "checksum_of": "every byte"}
+    assert _copied(at_a) and not _copied(at_a, checksum="x") and not _copied(at_a, **{CONFIG_SUM: "d"})
+    assert not _copied({**at_a, CONFIG_SUM: None}, **{CONFIG_SUM: None})  # a Hub id or toy: by its name
+
+
+def test_a_byte_identical_copy_of_the_teacher_is_that_teacher(interrupted, capsys):
+    """The tester's run: the teacher folder copied elsewhere, byte for byte, and named with --teacher over a
+    run that saved no pass: refused as 'another teacher (was A, now B)', folders being compared by path. Now
+    the same teacher (its config's checksum, the signature of its weight files before it loads, the checksum
+    of every byte once loaded): a note says it moved, and what the run measured is read back."""
+    run, args, loads = interrupted
+    copy = run.parent / "copy"
+    shutil.copytree(run.parent / "teacher", copy)
+    assert main([*args, "--teacher", str(copy), "--resume"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"note: the teacher moved from {run.parent / 'teacher'} to {copy} (its config and weights the same) "
+            f"since {run} was written") in said, said
+    assert "pass 1 (svd) finds block statistics (1 file) that an earlier run measured: it reads back" in said, said
+    assert "another teacher" not in said
+
+
+def test_a_copy_holding_other_weights_is_another_teacher(interrupted, capsys):
+    """A folder of the same config (byte for byte) but other weights: still refused before it loads."""
+    run, args, loads = interrupted
+    other = run.parent / "other"
+    tiny_pixart(seed=1).save_pretrained(other)
+    assert (other / "config.json").read_bytes() == (run.parent / "teacher" / "config.json").read_bytes()
+    assert main([*args, "--teacher", str(other)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"another teacher measured (was {run.parent / 'teacher'}, now {other};" in said, said
+    assert loads == []
+
+
+def test_a_copy_of_the_teacher_resumes_its_saved_passes(pixart, monkeypatch, capsys):
+    """Over a saved pass: a plain rerun naming a byte-identical copy said 'for another teacher ... add
+    --restart', and --resume refused it ('the teacher changed since'). Now it is offered --resume, which
+    continues from the saved pass, keyed as the run was (a second copy too: the key is recorded)."""
+    tmp_path, run, args = _interrupted(pixart, monkeypatch, capsys)
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "teacher", copy)
+    assert main([*args, "--teacher", str(copy)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith(f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 2 passes done"), said
+    assert said.endswith("add --resume to continue, or --restart to start over"), said
+    fingerprint = json.loads((run / "stages" / "run.json").read_text())["fingerprint"]
+    shutil.copytree(tmp_path / "teacher", tmp_path / "copy2")
+    with monkeypatch.context() as m:
+        _ctrl_c_at_first_stats_save(m)
+        assert main([*args, "--teacher", str(copy), "--resume"]) == 130  # resumed, stopped again
+        assert "the teacher moved from" in capsys.readouterr().err
+        assert main([*args, "--teacher", str(tmp_path / "copy2"), "--resume"]) == 130
+    assert json.loads((run / "stages" / "run.json").read_text())["fingerprint"] == fingerprint
+    assert main([*args, "--teacher", str(tmp_path / "copy2"), "--resume"]) == 0
+    assert "resum" in capsys.readouterr().err
