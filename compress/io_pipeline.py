@@ -44,6 +44,7 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     family = _toy_family(index, base) if index is not None else None
     if family is not None:
         return _refusing_lora_loads(_all_of(_saved_toy_pipeline(transformer, base, family, index)))
+    _check_base_index(transformer, base, index)
     _check_parts(base, index)
     from diffusers import DiffusionPipeline
 
@@ -215,6 +216,26 @@ def _check_base(transformer: nn.Module, base: str, **cached) -> None:
     except (OSError, ValueError):
         return  # no transformer config to compare: from_pretrained says what is wrong
     _check_base_config(transformer, config, base)
+
+
+def _check_base_index(transformer: nn.Module, base: str, index: dict | None) -> None:
+    """The transformer the base pipeline's model_index.json lists (a folder's `index`, else a Hub id's
+    as the Hugging Face cache holds it: pipeline_cache.cached_index, no request; uncached: nothing
+    checked) is of `transformer`'s class, before its parts are checked or load: _check_base reads
+    the transformer's config, which a base downloaded without transformer/ (load_pipeline passes
+    it) lacks: a Flux pipeline loaded around a PixArt transformer (diffusers only logs the class),
+    and a cached one lacking a part was said as a download to make."""
+    from compress.pipeline_cache import cached_index
+    from compress.pipeline_folder import index_transformer
+
+    snapshot = None
+    if index is None and (found := cached_index(base)) is not None:
+        snapshot, index = found
+    listed = index_transformer(index) if index is not None else None
+    if listed is not None and listed != type(transformer).__name__:
+        cached = f" (its model_index.json in the Hugging Face cache's snapshot {snapshot} of it)" if snapshot else ""
+        raise UserError(f"base pipeline {base} holds a {listed}{cached}; the compressed transformer is a "
+                        f"{type(transformer).__name__}: pass a base of its family")
 
 
 def _check_toy_base(transformer: nn.Module, base: str) -> None:

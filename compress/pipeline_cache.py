@@ -1,10 +1,10 @@
 """What the Hugging Face cache holds of a Hub id given as a pipeline (calibration.pipeline, a
 sampled-in Hub teacher, load_pipeline's base), read before it loads without a request to the Hub:
 refs/main's snapshot's model_index.json, offline and online (`cached_index`: the family check of
-pipeline_folder.check_calibration_pipeline); a transformer's repo given as a pipeline
-(`cached_transformer_repo`); what that snapshot lacks, with the older snapshot of the whole pipeline
-where the cache holds one (`snapshot_lacks`). Where the cache holds no copy there is nothing to read:
-nothing is checked, and the load says what the Hub answers."""
+pipeline_folder.check_calibration_pipeline and of io_pipeline.load_pipeline's base); a transformer's
+repo given as a pipeline (`cached_transformer_repo`); what that snapshot lacks, with the older
+snapshot of the whole pipeline where the cache holds one (`snapshot_lacks`). Where the cache holds
+no copy there is nothing to read: nothing is checked, and the load says what the Hub answers."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def cached_index(source: str) -> tuple[Path, dict] | None:
     cache's was downloaded, not to a pipeline of another family (a repo keeps its model). None where
     `source` is a local path or no Hub id, or the cache holds no snapshot or no model_index.json of it
     (nothing to read without asking the Hub, which plan and the pre-run check do not), or its
-    model_index.json cannot be read (offline pipeline_folder.cached_problem says so first; online the
-    Hub may serve another)."""
+    model_index.json cannot be read (offline pipeline_folder.cached_problem says so first, as
+    load_pipeline's pipeline_keywords does; online the Hub may serve another)."""
     from compress.errors import UserError
     from compress.io import looks_local
     from compress.io_hub import cached_snapshot, id_problem

@@ -281,16 +281,25 @@ def family_problem(index: dict, family: str, teacher: str, cls: str | None = Non
     PixArtTransformer2DModel (pixart); …' where the pipeline whose model_index.json is `index` is of
     another family than the teacher `teacher` of `family` (or of class `cls`, where it has loaded):
     its sampling failed inside diffusers (a PixArt teacher in a Flux pipeline: 'FrozenDict' object
-    has no attribute 'guidance_embeds'). None where they agree, or the index names no transformer."""
+    has no attribute 'guidance_embeds'). None where they agree, or the index names no transformer's
+    class (index_transformer)."""
     from compress.arch import ADAPTERS
 
-    entry = listed_parts(index).get("transformer")
+    listed = index_transformer(index)
     cls = cls or (ADAPTERS[family].class_name if family in ADAPTERS else None)
-    if entry is None or cls is None or entry[1] == cls:
+    if listed is None or cls is None or listed == cls:
         return None
-    return (f"its model_index.json's transformer is a {entry[1]}, and the teacher{f' {teacher}' if teacher else ''} is a {cls}"
+    return (f"its model_index.json's transformer is a {listed}, and the teacher{f' {teacher}' if teacher else ''} is a {cls}"
             f"{f' ({family})' if family in ADAPTERS else ''}; set calibration.pipeline to a pipeline of the "
             "teacher's family")
+
+
+def index_transformer(index: dict) -> str | None:
+    """The class of the transformer the pipeline's model_index.json `index` lists; None where it lists
+    none, or diffusers' generic Transformer2DModel (older PixArt repos' name: diffusers makes it a
+    PixArtTransformer2DModel by its config, which the index does not hold)."""
+    entry = listed_parts(index).get("transformer")
+    return None if entry is None or entry[1] == "Transformer2DModel" else entry[1]
 
 
 def check_pipeline_there(calib, where: str = "") -> None:

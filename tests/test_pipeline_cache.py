@@ -126,3 +126,33 @@ def test_main_downloaded_in_part_names_an_older_snapshot_holding_the_whole_pipel
     _refused_before_loading(tmp_path, monkeypatch, capsys, out, lacks.format("load_pipeline's base"),
                             lacks.format("calibration.pipeline"))
     assert type(load_pipeline(out, base=str(old))).__name__ == "PixArtSigmaPipeline"  # the snapshot named loads
+
+
+@pytest.mark.parametrize(("where", "drop"), [("offline", "transformer"), ("offline", "tokenizer"), ("online", ""),
+                                             ("folder", "transformer")])
+def test_load_pipeline_refuses_a_base_of_another_family_from_its_model_index_before_it_loads(
+        tmp_path, folders, monkeypatch, where, drop):
+    """load_pipeline(PIXART_OUT, base=acme/flux) checked the base's transformer config alone: a base
+    downloaded without transformer/ (load_pipeline passes it; a local folder too) loaded a FluxPipeline
+    around the PixArt transformer (diffusers only logged the class), one lacking its tokenizer asked for
+    its download, and online the Hub was asked first. Its model_index.json (a Hub id's as the cache
+    holds it, no request) now refuses it before anything loads."""
+    from compress import load_pipeline, save_compressed
+    from compress.errors import UserError
+    from compress.io import load_teacher
+
+    out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
+    folder = _copy(folders, "flux", tmp_path)
+    if drop:
+        shutil.rmtree(folder / drop)
+    base, held = str(folder), ""
+    if where != "folder":
+        base = "acme/flux"
+        snapshot = _cached_offline(tmp_path, monkeypatch, folder, base)
+        held = f" (its model_index.json in the Hugging Face cache's snapshot {snapshot} of it)"
+    if where == "online":
+        _online(monkeypatch)
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base=base)
+    assert str(e.value) == (f"base pipeline {base} holds a FluxTransformer2DModel{held}; the compressed transformer is "
+                            "a PixArtTransformer2DModel: pass a base of its family")

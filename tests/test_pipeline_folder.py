@@ -458,6 +458,18 @@ def test_a_calibration_pipeline_of_another_family_is_refused_naming_both_before_
                             "calibration.pipeline to a pipeline of the teacher's family")
 
 
+def test_a_model_index_listing_the_generic_transformer2dmodel_is_of_no_family():
+    """Older PixArt repos list diffusers' Transformer2DModel, which diffusers makes a
+    PixArtTransformer2DModel by its config: the index alone tells no family, so none is refused."""
+    from compress.pipeline_folder import family_problem
+
+    index = {"_class_name": "PixArtSigmaPipeline", "transformer": ["diffusers", "Transformer2DModel"]}
+    assert family_problem(index, "pixart", "t") is None and family_problem(index, "flux", "t") is None
+    index["transformer"][1] = "FluxTransformer2DModel"
+    assert family_problem(index, "flux", "t") is None
+    assert "transformer is a FluxTransformer2DModel" in family_problem(index, "pixart", "t")
+
+
 @pytest.mark.parametrize("given", ["pipeline", "teacher"])
 def test_a_cached_hub_transformer_repo_to_sample_in_is_refused_as_a_transformer_folder_is(
         tmp_path, folders, capsys, monkeypatch, given):
