@@ -1,14 +1,20 @@
 """A Hub id given as a pipeline, checked from the Hugging Face cache before it loads without a request
-to the Hub (compress.pipeline_cache): its model_index.json's family against the teacher's, offline and
-online; a transformer's repo online; refs/main's snapshot downloaded in part beside an older whole one."""
+to the Hub (compress.pipeline_cache): its model_index.json's family against the teacher's (calibration.pipeline)
+or the output's (load_pipeline's base), offline and online; a transformer's repo, offline and online; what
+refs/main's snapshot lacks (a part, a file a part reads, model_index.json: snapshot_lacks), by load_pipeline,
+plan and run, with an older snapshot holding the whole pipeline."""
 
 import shutil
 
 import pytest
 
+from compress import load_pipeline, save_compressed
+from compress.cli import main
+from compress.errors import UserError
+from compress.io import load_teacher
 from tests.pipelines import pipeline_folders
-from tests.test_pipeline_folder import (_cached_offline, _copy, _pipeline_recipe, _refused_before_loading,
-                                        _refused_before_the_teacher_loads)
+from tests.test_pipeline_folder import (_cached_offline, _copy, _one_error, _pipeline_recipe, _recipe,
+                                        _refused_before_the_teacher_loads, _run)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,6 +34,24 @@ def _online(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(io_hub_requests, "head_request", lambda *a, **k: pytest.fail("asked the Hub"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("asked the Hub"))
+
+
+def _refused_before_loading(tmp_path, monkeypatch, capsys, out, base: str, calibration: str):
+    """load_pipeline(out, base='acme/pix') refused with `base`, and plan and run of a recipe whose
+    teacher and pipeline it is with `calibration` at its line, before the teacher loads."""
+    import compress.calib_pipeline as calib_pipeline
+    import compress.runner_setup as runner_setup
+
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base="acme/pix")
+    assert str(e.value) == f"cannot load base pipeline 'acme/pix': {base}"
+    recipe = _recipe(tmp_path, "pixart", "acme/pix")
+    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
+        assert main(command) == 2
+        assert _one_error(capsys) == (f"dit-compress: error: {recipe}:2: cannot load calibration pipeline 'acme/pix': "
+                                      f"{calibration}")
 
 
 @pytest.mark.parametrize("online", [False, True])
@@ -102,9 +126,6 @@ def test_main_downloaded_in_part_names_an_older_snapshot_holding_the_whole_pipel
     """main moved on to a commit downloaded in part (a part, or a file a part reads): the line named
     what it lacks and its hf download, not the older snapshot the cache holds of the whole pipeline,
     which loads passed as a folder. Now it names that one too, as where model_index.json is lacking."""
-    from compress import load_pipeline, save_compressed
-    from compress.io import load_teacher
-
     out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
     old = _cached_offline(tmp_path, monkeypatch, _copy(folders, "pixart", tmp_path))
     newer = old.parent / ("1" * 40)
@@ -137,10 +158,6 @@ def test_load_pipeline_refuses_a_base_of_another_family_from_its_model_index_bef
     around the PixArt transformer (diffusers only logged the class), one lacking its tokenizer asked for
     its download, and online the Hub was asked first. Its model_index.json (a Hub id's as the cache
     holds it, no request) now refuses it before anything loads."""
-    from compress import load_pipeline, save_compressed
-    from compress.errors import UserError
-    from compress.io import load_teacher
-
     out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
     folder = _copy(folders, "flux", tmp_path)
     if drop:
@@ -156,3 +173,141 @@ def test_load_pipeline_refuses_a_base_of_another_family_from_its_model_index_bef
         load_pipeline(out, base=base)
     assert str(e.value) == (f"base pipeline {base} holds a FluxTransformer2DModel{held}; the compressed transformer is "
                             "a PixArtTransformer2DModel: pass a base of its family")
+
+
+def test_a_cached_hub_pipeline_lacking_a_part_is_refused_as_a_folder_is(tmp_path, folders, monkeypatch, capsys):
+    """`hf download acme/pix --include 'transformer/*'` leaves the tokenizer out: a Hub id read from
+    the cache offline (load_pipeline's base, calibration's pipeline) was not checked as a local
+    pipeline folder is; diffusers built the tokenizer from nothing. Now load_pipeline, plan and run
+    name the snapshot and the hf download that fetches the part, before any sampling."""
+    import compress.calib_pipeline as calib_pipeline
+
+    out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
+    snapshot = _cached_offline(tmp_path, monkeypatch, _copy(folders, "pixart", tmp_path, drop="tokenizer"))
+    lacks = (f"the Hugging Face cache's snapshot {snapshot} of it: its model_index.json lists tokenizer (transformers "
+             "T5Tokenizer), but the folder has no tokenizer/ with files in it (diffusers would build it from nothing: "
+             f"a tokenizer without its vocabulary); download it online (hf download acme/pix --include 'tokenizer/*' "
+             f"--revision {'0' * 40})")
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base="acme/pix")
+    assert str(e.value) == f"cannot load base pipeline 'acme/pix': {lacks}"
+    recipe = _recipe(tmp_path, "pixart", "acme/pix")
+    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
+    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
+        assert main(command) == 2
+        assert _one_error(capsys) == f"dit-compress: error: {recipe}:2: cannot load calibration pipeline 'acme/pix': {lacks}"
+    shutil.copytree(folders["pixart"] / "tokenizer", snapshot / "tokenizer")
+    assert type(load_pipeline(out, base="acme/pix")).__name__ == "PixArtSigmaPipeline"
+
+
+@pytest.mark.parametrize(("part", "drop", "lacks", "cls"), [
+    ("scheduler", "scheduler_config.json", "scheduler_config.json", "DPMSolverMultistepScheduler"),
+    ("text_encoder", "config.json", "config.json", "T5EncoderModel")])
+def test_a_cached_hub_pipeline_lacking_a_file_a_part_reads_is_refused_by_plan_and_run_before_the_teacher_loads(
+        tmp_path, folders, monkeypatch, capsys, part, drop, lacks, cls):
+    """A snapshot whose part folder lacks the file its class reads (an interrupted download) passed
+    plan and the pre-run check (pipeline_folder.cached_problem looked at parts' folders only), and only
+    the calibration pipeline's load refused it, after the teacher had loaded. Plan and run now say the
+    load's line (io_hub_cache_files.missing_file) before the teacher loads."""
+    import compress.calib_pipeline as calib_pipeline
+    import compress.runner_setup as runner_setup
+
+    folder = _copy(folders, "pixart", tmp_path)
+    (folder / part / drop).unlink()
+    (folder / part / "README.md").write_text("a file, so the part's folder is not empty")
+    snapshot = _cached_offline(tmp_path, monkeypatch, folder)
+    recipe = _recipe(tmp_path, "pixart", "acme/pix")
+    monkeypatch.setattr(calib_pipeline, "capture", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(runner_setup, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    line = (f"dit-compress: error: {recipe}:2: cannot load calibration pipeline 'acme/pix': the Hugging Face cache's "
+            f"snapshot {snapshot} of it: its {part}/ lacks {lacks}, which {cls} reads; download it online "
+            f"(hf download acme/pix --include '{part}/*' --revision {'0' * 40})")
+    for command in (["plan", recipe], _run(recipe, tmp_path / "r")):
+        assert main(command) == 2
+        assert _one_error(capsys) == line
+    assert not (tmp_path / "r" / "out").exists()
+
+
+@pytest.mark.parametrize("held", ["transformer", "listed"])
+def test_a_cached_hub_pipeline_lacking_its_model_index_is_refused_by_plan_run_and_load_pipeline(
+        tmp_path, folders, monkeypatch, capsys, held):
+    """A snapshot without model_index.json: one holding transformer/ alone (what a Hub teacher's load
+    fetches) ended, offline, in diffusers' "We couldn't connect to 'https://huggingface.co' to load
+    this model, couldn't find it in the cached files and it looks like …/model_index.json is not the
+    path to a directory containing a model_index.json file", after plan had passed it and the teacher
+    had loaded; one whose commit's file list the cache holds (an interrupted snapshot_download) in
+    huggingface_hub's 'The cached snapshot … is incomplete'. Now one line names it and its download."""
+    import json
+
+    from huggingface_hub import _tree_cache
+
+    out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
+    folder = _copy(folders, "pixart", tmp_path)
+    listed = sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file())
+    for path in (folder.iterdir() if held == "transformer" else [folder / "model_index.json"]):
+        if path.name != "transformer":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    snapshot = _cached_offline(tmp_path, monkeypatch, folder)
+    why = (" and the cache's file list of the commit names" if held == "listed" else
+           "; it holds transformer/ (which a Hub teacher's load, or hf download --include 'transformer/*', fetches alone)")
+    if held == "listed":  # an online snapshot_download's list of the commit's files
+        (snapshot.parent.parent / "trees").mkdir()
+        (snapshot.parent.parent / "trees" / f"{'0' * 40}.json").write_text(json.dumps(
+            {"format_version": 1, "files": {f: {"size": 1, "blob_id": "0" * 40} for f in listed}}))
+        monkeypatch.setattr(_tree_cache, "_IN_MEMORY_TREE_CACHE", {})
+    lacks = (f"the Hugging Face cache's snapshot {snapshot} of it lacks model_index.json, which diffusers reads first{why}; "
+             f"download it online (hf download acme/pix model_index.json --revision {'0' * 40}), then the parts it lists "
+             "that the snapshot lacks (named here once it is there)")
+    _refused_before_loading(tmp_path, monkeypatch, capsys, out, lacks, lacks)
+    shutil.copy(folders["pixart"] / "model_index.json", snapshot / "model_index.json")
+    if held == "transformer":  # then the parts it lists are named
+        with pytest.raises(UserError, match="its model_index.json lists scheduler .*, but the folder has no scheduler/, "
+                                            "text_encoder/, tokenizer/, vae/ with files in it"):
+            load_pipeline(out, base="acme/pix")
+    else:
+        assert type(load_pipeline(out, base="acme/pix")).__name__ == "PixArtSigmaPipeline"
+
+
+@pytest.mark.parametrize("given", ["pipeline", "teacher"])
+def test_a_cached_hub_transformer_repo_to_sample_in_is_refused_as_a_transformer_folder_is(
+        tmp_path, folders, capsys, monkeypatch, given):
+    """A cached Hub repo holding a transformer alone (config.json at its root, its weights), read offline,
+    as calibration.pipeline (or a Hub --teacher sampled in with no calibration.pipeline) passed plan; run
+    loaded the teacher, then ended in diffusers' "We couldn't connect to 'https://huggingface.co' …
+    model_index.json". Plan and run now refuse it before the teacher loads, as a local transformer folder."""
+    snapshot = _cached_offline(tmp_path, monkeypatch, folders["pixart"] / "transformer", "acme/pixt")
+    if given == "pipeline":
+        recipe, line = _pipeline_recipe(tmp_path, "pixart", folders["pixart"] / "transformer", "acme/pixt"), 5
+        whose = ""
+    else:
+        recipe, line = _recipe(tmp_path, "pixart", "acme/pixt"), 2
+        whose = "the teacher "
+    assert _refused_before_the_teacher_loads(recipe, tmp_path, capsys, monkeypatch) == (
+        f"dit-compress: error: {recipe}:{line}: calibration.source 'pipeline' samples in a diffusers pipeline, "
+        f"and {whose}acme/pixt is a transformer's repo (the Hugging Face cache's snapshot of it, read offline, holds "
+        f"config.json at its root and no model_index.json: {snapshot}); set calibration.pipeline to the base pipeline "
+        "(a Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline folder), or "
+        "calibration.source: synthetic")
+
+
+def test_a_snapshot_of_the_transformer_alone_names_an_older_snapshot_holding_the_whole_pipeline(
+        tmp_path, folders, monkeypatch, capsys):
+    """A Hub teacher's load moved refs/main to a new commit and fetched its transformer/config.json
+    alone; the older snapshot holding the whole pipeline went unnamed: the line advised only `hf
+    download … model_index.json`. Now it names that snapshot too, to pass as calibration.pipeline
+    (as load_pipeline's base)."""
+
+    out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
+    old = _cached_offline(tmp_path, monkeypatch, _copy(folders, "pixart", tmp_path))
+    newer = old.parent / ("1" * 40)
+    (newer / "transformer").mkdir(parents=True)
+    shutil.copy(old / "transformer" / "config.json", newer / "transformer" / "config.json")
+    (old.parent.parent / "refs" / "main").write_text(newer.name)
+    lacks = (f"the Hugging Face cache's snapshot {newer} of it lacks model_index.json, which diffusers reads first; it "
+             "holds transformer/ (which a Hub teacher's load, or hf download --include 'transformer/*', fetches alone); "
+             f"download it online (hf download acme/pix model_index.json --revision {newer.name}), then the parts it "
+             "lists that the snapshot lacks (named here once it is there); the whole pipeline, of another commit, is in "
+             f"the snapshot {old} (pass a snapshot folder as {{}})")
+    _refused_before_loading(tmp_path, monkeypatch, capsys, out, lacks.format("load_pipeline's base"),
+                            lacks.format("calibration.pipeline"))
+    assert type(load_pipeline(out, base=str(old))).__name__ == "PixArtSigmaPipeline"  # the snapshot named loads
