@@ -100,8 +100,11 @@ def _check_clear(flag: str, folder: Path, teacher: str, name: str, written: re.P
 
 # what a run writes, and a fresh start or --restart replaces: stages/<i>-<pass>/ (and the temp
 # folders `atomic_folder` writes it in, and sets the one it replaces aside in), stages/finished.json and
-# stages/run.json, distill*/checkpoints/step-N (and tmp-step-N)
-OWN = {"stages": re.compile(r"\.?\d+-\w+(\.(tmp|old)-\w+)?|" + re.escape(FINISHED) + "|" + re.escape(RUN_RECORD)),
+# stages/run.json (and .run.tmp-PID.json, which importance.write_atomically writes it as: left by a kill),
+# distill*/checkpoints/step-N (and tmp-step-N)
+RECORD_TMP = r"\." + re.escape(Path(RUN_RECORD).stem) + r"\.tmp-\d+" + re.escape(Path(RUN_RECORD).suffix)
+OWN = {"stages": re.compile(r"\.?\d+-\w+(\.(tmp|old)-\w+)?|" + re.escape(FINISHED) + "|" + re.escape(RUN_RECORD)
+                            + "|" + RECORD_TMP),
        "checkpoints": re.compile(r"(tmp-)?step-\d+")}
 NEWER = re.compile(r"[a-z0-9_]+\.json")  # stages/ files a newer dit-compress may add, as run.json was added
 # what a JSON file dit-compress writes in a run folder's stages/ holds, saying who wrote it: a file a newer
@@ -142,10 +145,11 @@ def foreign_in_run_folder(run_dir: Path) -> Path | None:
 
 def written_by_a_run(entry: Path, kind: str) -> bool:
     """Whether `entry` of a run folder's stages/ or checkpoints/ (`kind`) is named as a run names
-    what it writes there (OWN): a folder, or the file stages/finished.json or stages/run.json."""
+    what it writes there (OWN): a folder, or the file stages/finished.json or stages/run.json (or its temp file)."""
     if entry.is_symlink() or not OWN[kind].fullmatch(entry.name):
         return False
-    return entry.is_file() if entry.name in (FINISHED, RUN_RECORD) else entry.is_dir()
+    return entry.is_file() if entry.name in (FINISHED, RUN_RECORD) or re.fullmatch(RECORD_TMP, entry.name) \
+        else entry.is_dir()
 
 
 def a_newer_runs(entry: Path, entries: list[Path]) -> bool:

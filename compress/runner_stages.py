@@ -18,6 +18,7 @@ from rich.markup import escape
 from compress.calib_prompts import prompts_in_words
 from compress.errors import UserError
 from compress.passes.base import relative_error
+from compress.passes.importance import write_atomically
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
@@ -47,7 +48,9 @@ def record_run(runner) -> None:
     """The run folder's stages/RUN_RECORD: the fingerprint of the run whose passes start now, which
     keys the caches they write (calib/<fingerprint>/, the teacher samples), so a rerun refused before
     its teacher loads names what this run measured, not a cache of another teacher (runner_folders).
-    Written only once restored: a --resume refused (another teacher) leaves the earlier run's."""
+    Written only once restored: a --resume refused (another teacher) leaves the earlier run's. Written
+    atomically (a temp file beside it renamed over it: importance.write_atomically), as the followers of a
+    launch read it for the key of the caches: never half a record, which would key another."""
     fingerprint = getattr(getattr(runner, "ctx", None), "fingerprint", None)
     if not fingerprint or not is_main_process():
         return
@@ -59,7 +62,8 @@ def record_run(runner) -> None:
         record[KEYED_AS] = runner.keyed_as
     if getattr(runner, "calibration_keys", None):  # what a refusal names (runner_measured.calibration_change)
         record[CALIBRATED] = runner.calibration_keys
-    (stages / RUN_RECORD).write_text(json.dumps(record) + "\n")
+    text = json.dumps(record) + "\n"
+    write_atomically(stages / RUN_RECORD, lambda tmp: tmp.write_text(text))
 
 
 def _restored(runner):

@@ -86,3 +86,20 @@ def test_this_version_marks_the_json_it_writes_in_stages_and_reads_unmarked_ones
         assert data.get("written_by") == WRITTEN_BY["written_by"], path
         path.write_text(json.dumps({k: v for k, v in data.items() if k != "written_by"}) + "\n")  # as before
     assert main([*argv, "--overwrite", "--resume"]) == 0
+
+
+def test_the_temp_file_of_the_run_record_a_kill_left_is_the_runs_own(tmp_path):
+    """stages/.run.tmp-PID.json, which runner_stages.record_run writes run.json as (renamed over it), is
+    left where the run was killed mid-write: a rerun does not refuse it as a user's file; a folder by
+    that name, or another name, is still refused."""
+    from compress.runner_folders import foreign_in_run_folder
+
+    stages = tmp_path / "stages"
+    stages.mkdir()
+    (stages / ".run.tmp-1234.json").write_text('{"written_by": "dit-c')
+    assert foreign_in_run_folder(tmp_path) is None
+    (stages / ".run.tmp-x.json").write_text("{}")
+    assert foreign_in_run_folder(tmp_path) == stages / ".run.tmp-x.json"
+    (stages / ".run.tmp-x.json").unlink()
+    (stages / ".run.tmp-5.json").mkdir()
+    assert foreign_in_run_folder(tmp_path) == stages / ".run.tmp-5.json"

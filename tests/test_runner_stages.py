@@ -169,3 +169,34 @@ def test_a_resumed_svd_pass_says_in_one_line_the_output_fishers_it_reads_back(tm
     else:
         assert said == [f"  pass 2 (svd) finds output Fishers ({fishers} files) that an earlier run measured: it "
                         "reads back those of blocks and inputs unchanged since"]
+
+
+def test_the_run_record_is_written_atomically_an_error_mid_write_leaves_the_old_one(tmp_path, monkeypatch):
+    """stages/run.json, which the followers of a launch read for the key of the caches, was written in
+    place: a write cut off (a full disk, a kill) left half a record, which a follower reading it, and any
+    rerun, took for another (or no) fingerprint. Now a temp file beside it is renamed over it."""
+    import json
+    import pathlib
+    from types import SimpleNamespace
+
+    from compress.runner_stages import record_run
+
+    record = tmp_path / "stages" / "run.json"
+    record.parent.mkdir()
+    record.write_text('{"written_by": "dit-compress", "fingerprint": "old"}\n')
+    runner = SimpleNamespace(ctx=SimpleNamespace(fingerprint="new"), run_dir=tmp_path, identity={"source": "t"})
+    real = pathlib.Path.write_text
+
+    def cut_off(path, text, *a, **k):
+        real(path, text[:len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", cut_off)
+    with pytest.raises(OSError):
+        record_run(runner)
+    monkeypatch.setattr(pathlib.Path, "write_text", real)
+    assert json.loads(record.read_text())["fingerprint"] == "old"
+    assert [p.name for p in record.parent.iterdir()] == ["run.json"]  # no temp file left
+    record_run(runner)
+    assert json.loads(record.read_text())["fingerprint"] == "new"
+    assert [p.name for p in record.parent.iterdir()] == ["run.json"]
