@@ -21,7 +21,6 @@ from compress.report import console, param_count
 from compress.runner_caches import clock_ns, finished_run, remove_unread_caches, unread_files
 from compress.runner_checks import removal_note
 from compress.runner_folders import interrupt_note
-from compress.runner_measured import check_measured_for_another
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
@@ -139,9 +138,8 @@ class Runner:
             announce(self.run_dir, self.about)
         self.doing = "making the student (a copy of the teacher, or the last saved pass's)"
         # an interrupted run's caches are its saved work too: kept unless --restart (restore unmarks the folder)
+        # (what it measured under another fingerprint: refused in prepare, by check_measured_for_another)
         self.keeps_caches = not self.restart and not finished_run(self.run_dir)
-        if self.keeps_caches and not self.resume:  # what it measured under another fingerprint: refused
-            check_measured_for_another(self.run_dir, self.ctx.fingerprint, self.passes, self.identity)
         start, student = restore(self)
         self._remove_unread_caches(start)  # what it keeps decided: what no run of this recipe reads goes
         self.passes_from_ns, self.stats_read = clock_ns(self.run_dir), {}  # its file system's now; _note_read
