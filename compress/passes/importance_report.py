@@ -12,19 +12,23 @@ from compress.report import save_figure
 
 def render_table(result: ImportanceResult, criterion: str | None = None, width: int | None = None):
     """A rich Table, most important block first: by the skip scan, or by the proxy where the scan
-    measured only that (proxy_only). `width`: the terminal's; where a column per bucket does not fit
-    in it those columns are left out (the caption says so), since rich would cut every block name
-    and number to fit them."""
+    measured only that (proxy_only). `width`: the terminal's; a table wider than it has each column
+    at its least width (the longest block name or number; headers wrap at spaces), and where a column
+    per bucket does not fit even so those columns are left out (the caption says so): rich would fit
+    them by shrinking the block column to nothing and cutting numbers ('0.21…')."""
     criterion = criterion or ("scan" if any(not math.isnan(b.scan) for b in result.blocks) else "proxy")
-    table = _table(result, criterion, by_bucket=True)
-    if width is not None and _least_width(table) > width:
-        table = _table(result, criterion, by_bucket=False)
-    return table
+    for by_bucket in (True, False):
+        for least in (False, True):
+            table = _table(result, criterion, by_bucket, least)
+            if width is None or _width(table) <= width:
+                return table
+    return table  # narrower than its least width: rich cuts what it must
 
 
-def _table(result: ImportanceResult, criterion: str, by_bucket: bool):
+def _table(result: ImportanceResult, criterion: str, by_bucket: bool, least: bool = False):
     """The table, its per-bucket columns (of the criterion's score) or not; block names and numbers
-    never cut (numbers do not wrap, names fold)."""
+    never cut. `least`: each column as wide as its longest cell or header word, the headers wrapping
+    (rich shrinks a column it may wrap to nothing before it narrows the others)."""
     from rich.table import Table
 
     scan = criterion == "scan"
@@ -36,28 +40,35 @@ def _table(result: ImportanceResult, criterion: str, by_bucket: bool):
                + ("" if by_bucket else "; the per-bucket columns are left out to fit the terminal "
                                        "(the heatmap and --json hold them)"))
     table = Table(title=f"Block importance ({result.family}): {what}", caption=caption)
-    table.add_column("rank", justify="right", no_wrap=True)
-    table.add_column("block (teacher index)" if renumbered(result) else "block", overflow="fold")
-    if scan:
-        table.add_column("scan", justify="right", no_wrap=True)
-    names = zip(result.buckets, result.samples_per_bucket) if by_bucket else []
-    for name, n in names:
-        table.add_column(f"{name} (n={n})", justify="right", no_wrap=True)
-    table.add_column("proxy", justify="right", no_wrap=True)
-    for rank, b in enumerate(reversed(result.ranked(criterion)), 1):
-        buckets = (b.scan_by_bucket if scan else b.proxy_by_bucket) if by_bucket else []
-        table.add_row(str(rank), f"{b.group}.{b.teacher_index}", *([_fmt(b.scan)] if scan else []),
-                      *map(_fmt, buckets), _fmt(b.proxy))
+    headers = ["rank", "block (teacher index)" if renumbered(result) else "block", *(["scan"] if scan else []),
+               *(f"{name} (n={n})" for name, n in zip(result.buckets, result.samples_per_bucket) if by_bucket),
+               "proxy"]
+    rows = [[str(rank), f"{b.group}.{b.teacher_index}", *([_fmt(b.scan)] if scan else []),
+             *map(_fmt, (b.scan_by_bucket if scan else b.proxy_by_bucket) if by_bucket else []), _fmt(b.proxy)]
+            for rank, b in enumerate(reversed(result.ranked(criterion)), 1)]
+    for j, header in enumerate(headers):
+        cells = [row[j] for row in rows]
+        table.add_column(header, justify="left" if j == 1 else "right", no_wrap=not least,
+                         width=_least_cell_width(header, cells) if least else None)
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
-def _least_width(table) -> int:
-    """The fewest terminal columns `table` takes without cutting a cell (headers wrap)."""
+def _least_cell_width(header: str, cells: list[str]) -> int:
+    """The fewest columns that show every cell whole and the header wrapped at its spaces."""
+    from rich.cells import cell_len
+
+    return max(map(cell_len, cells + header.split()))
+
+
+def _width(table) -> int:
+    """The terminal columns `table` takes at its widest (no cell wrapped or cut)."""
     from rich.console import Console
     from rich.measure import Measurement
 
     console = Console(width=10_000)
-    return Measurement.get(console, console.options, table).minimum
+    return Measurement.get(console, console.options, table).maximum
 
 
 def renumbered(result: ImportanceResult) -> bool:

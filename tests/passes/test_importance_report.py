@@ -2,6 +2,7 @@
 
 import io
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,34 @@ def test_a_narrow_terminal_cuts_no_block_name_or_number(k):
     wide = shown(render_table(result, width=200), 200)
     assert "…" not in wide and all(f"{n} (n=12)" in wide for n in result.buckets)
     assert "left out" not in wide
+
+
+def pixart_result(k: int = 3) -> ImportanceResult:
+    """A scan of 4 PixArt blocks ('blocks.N') in `k` buckets, sample counts of one and two digits."""
+    blocks = [BlockScore("blocks", j, j, 0.16 + j / 50, [0.15 + j / 60 + b / 1000 for b in range(k)],
+                         0.011 + j / 300, [0.01 + j / 310 + b / 1000 for b in range(k)]) for j in range(4)]
+    return ImportanceResult("pixart", bucket_names(k), [[1 - b / k, 1 - (b + 1) / k] for b in range(k)],
+                            [14, 8, 10, 9][:k], blocks, 1.0, 20, 32)
+
+
+@pytest.mark.parametrize("width", [60, 66, 72, 80, 120])
+@pytest.mark.parametrize("make", [pixart_result, flux_result])
+def test_every_block_name_and_number_is_whole_at_any_width(make, width):
+    """66-80 columns: rich kept the per-bucket columns by shrinking the block column to nothing (no
+    header, no names) and cut numbers ('0.21…'), or folded names ('blocks.' / '2'). Each column now
+    keeps its least width (headers wrap), and the per-bucket columns go where even that does not fit."""
+
+    result = make()
+    text = shown(render_table(result, width=width), width)
+    assert "…" not in text and max(map(len, text.splitlines())) <= width
+    names = sorted(f"{b.group}.{b.teacher_index}" for b in result.blocks)
+    assert sorted(re.findall(r"(?<![\w.])[a-z]+\.\d+(?![\w.])", text)) == names
+    assert re.search(r"┃ *block", text)  # the block column's header
+    narrow = "left out" in " ".join(text.split())
+    assert narrow == (width == 60)
+    numbers = re.findall(r"\d\.\d+", text.split("└")[0])  # the table's, not its caption's
+    scores = {f"{x:.4f}" for b in result.blocks for x in [b.scan, b.proxy, *([] if narrow else b.scan_by_bucket)]}
+    assert set(numbers) == scores and len(numbers) == len(result.blocks) * (2 if narrow else 2 + len(result.buckets))
 
 
 def test_a_proxy_only_scan_is_ranked_by_the_proxy():
