@@ -122,7 +122,15 @@ def _one_forward(model, kwargs: dict, device: torch.device) -> float:
 
 
 def weight_bytes(model) -> int:
+    """Bytes of `model`'s parameters and buffers in memory (peak_memory's resident weights)."""
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def stored_bytes(model) -> int:
+    """Bytes of the tensors `model`'s files hold: its state_dict (parameters and persistent buffers),
+    what the export writes and save_pretrained writes of a teacher. Not a buffer the model rebuilds
+    when it loads (PixArt's sincos pos_embed table, non-persistent), which weight_bytes counts."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def stored_dtype(model) -> str:
@@ -181,10 +189,10 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         family = get_adapter(student).family
         check_batch_fits(student, family, source, batch, dev, dtype)  # before the teacher loads
         loading.update(f"bench: loading the teacher {source}")
-        stored = weight_bytes(student), stored_dtype(student)  # as exported (export.dtype), before the cast
+        stored = stored_bytes(student), stored_dtype(student)  # as exported (export.dtype), before the cast
         ref = load_teacher_of(student, source, config, loras, dtype=None)  # as stored, likewise
         named = teacher_fields(source, teacher, teacher_loras(student, loras))  # with the LoRAs it took
-        ref_stored = weight_bytes(ref), stored_dtype(ref)
+        ref_stored = stored_bytes(ref), stored_dtype(ref)
         student, ref = cast(student, dev, dtype), cast(ref, dev, dtype)
         kwargs = moved(step_inputs(ref, family, source, batch), dev, dtype)
     with status(f"bench: timing {given} against the teacher {source}") as said:  # a line each off a terminal (a log)
@@ -201,7 +209,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
         "teacher_step_s": statistics.median(t_teacher), "student_step_s": statistics.median(t_student),
         **_speedup(step_ratios(t_teacher, t_student)),
         "params_ratio": param_count(student) / param_count(ref),
-        "weight_bytes_ratio": stored[0] / ref_stored[0],  # as stored: the export's dtype against the teacher's
+        "weight_bytes_ratio": stored[0] / ref_stored[0],  # the tensors the files hold (export.dtype vs the teacher's)
         "student_stored_dtype": stored[1], "teacher_stored_dtype": ref_stored[1],
         "peak_memory_ratio": (mem_s / mem_t) if mem_t else None,
     }
