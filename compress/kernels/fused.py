@@ -1,12 +1,21 @@
 """Fused low-rank linear: y = act((x @ downᵀ) @ upᵀ + bias) in one kernel.
 
-One program owns BLOCK_M rows. It runs the K loop into an fp32 (BLOCK_M, R_PAD) intermediate that
-stays on chip, rounds it once to the input dtype, then loops over the output tiles with the bias/GELU
-epilogue. x @ downᵀ is computed once per row tile, never per output tile; nothing rank-sized goes to
-memory. Good for r up to a few hundred (the intermediate lives in registers).
+A program owns BLOCK_M rows and one group of their output tiles. It runs the K loop into an fp32
+(BLOCK_M, R_PAD) intermediate that stays on chip, rounds it once to the input dtype, then loops over its
+group's output tiles with the bias/GELU epilogue; nothing rank-sized goes to memory. Good for r up to a
+few hundred (the intermediate lives in registers).
+
+Groups: with one program per row tile a (4096, K) input is 32 to 256 programs, too few for an H100/H200's
+132 SMs (an H200 ran it 3x slower than two cuBLAS GEMMs). So the launcher splits each row tile's output
+tiles into contiguous ranges, one program each, for up to PROGRAMS_PER_SM programs per SM (n_groups).
+Every group recomputes its row tile's x @ downᵀ: n_groups x the shrink GEMM's FLOPs, its x rows read
+from L2 (a row tile's groups are consecutive program ids). One group is the ungrouped kernel. The speed
+of this is unmeasured (written without a GPU): tools/bench_kernels.py prints it beside one group.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -21,9 +30,12 @@ def _cfg(bm, bk, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
 
+# two BLOCK_N 128 configs for Hopper's tensor cores (they replaced (32, 32, 64, 4 warps) and (128, 32, 64),
+# near twins of kept ones), kept up to R_PAD 64: at 128 a BN 128 tile spilled at estimate 88 to 96 (BM 32,
+# BK 32 or 64), so BM 32 takes BK 128, whose estimate prunes it there (112)
 _GPU_CONFIGS = [
-    _cfg(16, 32, 32, 4, 3), _cfg(16, 32, 64, 8, 3), _cfg(32, 32, 64, 4, 3), _cfg(32, 32, 64, 8, 3),
-    _cfg(64, 32, 64, 8, 3), _cfg(64, 64, 64, 8, 3), _cfg(128, 32, 64, 8, 3), _cfg(128, 64, 64, 8, 3),
+    _cfg(16, 32, 32, 4, 3), _cfg(16, 32, 64, 8, 3), _cfg(32, 32, 64, 8, 3), _cfg(64, 32, 64, 8, 3),
+    _cfg(64, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 3), _cfg(32, 128, 128, 8, 3), _cfg(64, 64, 128, 8, 3),
 ]
 _INTERP_CONFIG = _cfg(16, 16, 16, 4, 1)
 # sm_90 compiles (checked without a GPU, tests/kernels/compile_sm90.py --kept-configs) spilled at estimate 112
@@ -56,17 +68,29 @@ def _gelu_tanh(z):
     return z * tl.sigmoid(2.0 * u)
 
 
-@triton.autotune(configs=gate_configs(_GPU_CONFIGS, _INTERP_CONFIG), key=["M_BUCKET", "K", "N", "R_PAD"],
+PROGRAMS_PER_SM = 2  # groups are added while a launch stays within this many programs per SM
+INTERPRETER_SMS = 4  # the CPU interpreter's stand-in SM count: small, yet the tests' tiny shapes get groups
+
+
+@triton.autotune(configs=gate_configs(_GPU_CONFIGS, _INTERP_CONFIG), key=["M_BUCKET", "K", "N", "R_PAD", "GROUPS"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _lowrank_fused_kernel(
     x_ptr, down_ptr, up_ptr, bias_ptr, y_ptr,
-    M, K, N, R, M_BUCKET,
+    M, K, N, R, M_BUCKET, GROUPS,
     stride_xm, stride_xk, stride_dr, stride_dk, stride_un, stride_ur, stride_ym, stride_yn,
     HAS_BIAS: tl.constexpr, ACT_GELU: tl.constexpr, PRECISION: tl.constexpr, R_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
+    # GROUPS (0: from the SM count, else the count asked for) only keys the autotuner; the launch's group
+    # count is its grid's: (row tiles x groups,), a row tile's groups consecutive
+    n_groups = tl.num_programs(0) // tl.cdiv(M, BLOCK_M)
+    row_tile = tl.program_id(0) // n_groups
+    group = tl.program_id(0) % n_groups
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    first_tile = group * n_tiles // n_groups  # contiguous ranges, sizes differing by at most one; every
+    last_tile = (group + 1) * n_tiles // n_groups  # group has one tile at least (n_groups <= n_tiles)
+    rows = row_tile * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
     ranks = tl.arange(0, R_PAD)  # (R_PAD,)
     row_ok = rows < M
     rank_ok = ranks < R
@@ -86,9 +110,9 @@ def _lowrank_fused_kernel(
                     mask=k_ok[:, None] & rank_ok[None, :], other=0.0)  # (BK, R_PAD) = downᵀ tile
         h = tl.dot(x, d, h, input_precision=PRECISION)
     h_in = h.to(y_ptr.dtype.element_ty)  # (BM, R_PAD), rounded once to the input dtype
-    # phase 2: loop over the output tiles, epilogue in fp32
-    for n0 in range(0, N, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)  # (BN,)
+    # phase 2: loop over the group's output tiles, epilogue in fp32
+    for tile in range(first_tile, last_tile):
+        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
         col_ok = cols < N
         col_at = cols.to(tl.int64)
         u = tl.load(up_ptr + rank_at[:, None] * stride_ur + col_at[None, :] * stride_un,
@@ -112,10 +136,49 @@ def m_bucket(m: int) -> int:
     return max(16, next_pow2(m))
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device; INTERPRETER_SMS elsewhere (the CPU interpreter)."""
+    if device.type != "cuda":
+        return INTERPRETER_SMS
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def n_groups(row_tiles: int, out_tiles: int, sms: int, groups: int | None = None) -> int:
+    """Output-tile groups per row tile: `groups`, or (None) the most that keep the launch within
+    PROGRAMS_PER_SM x sms programs (at least sms of them where the output tiles allow: rounding up
+    instead would start a second round of programs, each recomputing its x @ downᵀ, for a few);
+    at least 1, at most out_tiles (a group owns one output tile at least)."""
+    want = groups if groups is not None else PROGRAMS_PER_SM * sms // row_tiles
+    return max(1, min(want, out_tiles))
+
+
+def launch_groups(m: int, n: int, config: dict, device: torch.device, groups: int | None = None) -> int:
+    """The group count a launch at these autotune config kwargs (BLOCK_M, BLOCK_N) runs with."""
+    row_tiles, out_tiles = triton.cdiv(m, config["BLOCK_M"]), triton.cdiv(n, config["BLOCK_N"])
+    return n_groups(row_tiles, out_tiles, sm_count(device), groups)
+
+
+def _check_groups(groups) -> None:
+    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1):
+        raise ValueError(f"fused_lowrank: groups must be None (from the SM count) or an int >= 1, got {groups!r}")
+
+
+def _empty_output(m: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """The (M, N) output, uninitialized: the kernel writes every element (tests fill it with NaN)."""
+    return torch.empty((m, n), device=like.device, dtype=like.dtype)
+
+
 def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None = None,
-                  activation: str | None = None) -> torch.Tensor:
-    """(..., K) -> (..., N) with the fused kernel; r must be at most FUSED_MAX_RANK."""
+                  activation: str | None = None, groups: int | None = None) -> torch.Tensor:
+    """(..., K) -> (..., N) with the fused kernel; r must be at most FUSED_MAX_RANK. groups: output-tile
+    groups per row tile (None: from the SM count; capped at the output tiles; 1: the ungrouped kernel)."""
     check_lowrank_args(x, down, up, bias, activation)
+    _check_groups(groups)
     check_kernel_dtype(x, interpreting())
     rank, k = down.shape
     n = up.shape[0]
@@ -126,11 +189,14 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: t
     if 0 in (m, k, n, rank):  # nothing to multiply (or nothing to write): no kernel launch
         return zero_size_result(m, n, bias, activation, x.dtype, x.device).reshape(*x.shape[:-1], n)
     bias = bias.contiguous() if bias is not None else None  # the kernel reads bias[cols] at unit stride
-    y = torch.empty((m, n), device=x.device, dtype=x.dtype)  # (M, N)
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731
+    y = _empty_output(m, n, x)  # (M, N)
+
+    def grid(meta):  # (row tiles x groups,)
+        return (triton.cdiv(m, meta["BLOCK_M"]) * launch_groups(m, n, meta, x.device, groups),)
+
     _lowrank_fused_kernel[grid](
         x2, down, up, bias if bias is not None else y, y,
-        m, k, n, rank, m_bucket(m),
+        m, k, n, rank, m_bucket(m), groups or 0,
         x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), up.stride(0), up.stride(1),
         y.stride(0), y.stride(1),
         HAS_BIAS=bias is not None, ACT_GELU=activation == "gelu_tanh",

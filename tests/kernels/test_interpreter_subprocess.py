@@ -20,7 +20,7 @@ def test_kernel_tests_pass_in_interpreter_subprocess():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     # --noconftest: the kernel tests need no fixtures from tests/conftest.py (which imports diffusers)
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--noconftest",
-           str(HERE / "test_lowrank_kernels.py"), str(HERE / "test_zero_sized.py")]
+           str(HERE / "test_lowrank_kernels.py"), str(HERE / "test_zero_sized.py"), str(HERE / "test_fused.py")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, out
