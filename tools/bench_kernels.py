@@ -9,6 +9,8 @@ Per row: milliseconds of dense (x @ Wᵀ + b), two GEMMs ((x @ downᵀ) @ upᵀ 
 (fused for r <= 256, else shrink/expand), TFLOP/s of each, the kernel's speedup over dense and over two
 GEMMs, and the fraction of the roofline-ideal speedup it reaches (ideal = dense / low-rank time under
 max(FLOPs / peak, bytes / bandwidth)). Goals on H100: >= 1.3x two GEMMs at r <= 256, >= 70% of ideal.
+Fused rows also give the output-tile groups per row tile the autotuned launch ran with (fused.py) and the
+same kernel's milliseconds at one group (the ungrouped launch), with the grouping's speedup over it.
 """
 
 from __future__ import annotations
@@ -75,6 +77,19 @@ def check_kernel(x, down, up, bias, path, dtype) -> float:
     return err.abs().max().item()
 
 
+def fused_grouping(x, down, up, bias, time_ms) -> dict:
+    """Right after the fused kernel's timing: the group count its autotuned launch ran with (the
+    autotuner's best_config is the last launch's) and the kernel's time at one group."""
+    from compress.kernels import fused
+
+    m, n = x.shape[0], up.shape[0]
+    config = fused._lowrank_fused_kernel.best_config
+    groups = fused.launch_groups(m, n, config.kwargs, x.device)
+    t_one = time_ms(lambda: fused.fused_lowrank(x, down, up, bias, groups=1))
+    blocks = "x".join(str(config.kwargs[b]) for b in ("BLOCK_M", "BLOCK_K", "BLOCK_N"))
+    return dict(groups=groups, config=f"{blocks}/{config.num_warps}w", one_group_ms=t_one)
+
+
 def bench_row(m, k, n, r, dtype, spec, time_ms) -> dict:
     from compress.kernels import ideal_speedup, lowrank_linear
     from compress.kernels.roofline import kernel_path
@@ -84,18 +99,19 @@ def bench_row(m, k, n, r, dtype, spec, time_ms) -> dict:
     t_dense = time_ms(lambda: F.linear(x, weight, bias))
     t_two = time_ms(lambda: F.linear(F.linear(x, down), up, bias))
     t_kernel = time_ms(lambda: lowrank_linear(x, down, up, bias, path=path))
+    grouping = fused_grouping(x, down, up, bias, time_ms) if path == "fused" else {}
     lr_flops, dense_flops = 2.0 * m * r * (k + n), 2.0 * m * k * n
     ideal = ideal_speedup(m, k, n, r, spec, elem_bytes=x.element_size())
     return dict(m=m, k=k, n=n, r=r, path=path, dense_ms=t_dense, two_gemms_ms=t_two, kernel_ms=t_kernel,
                 dense_tflops=dense_flops / t_dense / 1e9, two_gemms_tflops=lr_flops / t_two / 1e9,
                 kernel_tflops=lr_flops / t_kernel / 1e9, vs_dense=t_dense / t_kernel, vs_two_gemms=t_two / t_kernel,
                 ideal=ideal, ideal_fraction=(t_dense / t_kernel) / ideal,
-                max_err=check_kernel(x, down, up, bias, path, dtype))
+                max_err=check_kernel(x, down, up, bias, path, dtype), **grouping)
 
 
 HEADER = (f"{'M':>5} {'K':>6} {'N':>6} {'r':>5} {'path':>6} | {'dense':>8} {'2gemm':>8} {'kernel':>8} ms | "
           f"{'dense':>6} {'2gemm':>6} {'kernel':>6} TF/s | {'xdense':>6} {'x2gemm':>6} {'ideal':>6} {'%ideal':>6} "
-          f"{'maxerr':>7} goals")
+          f"{'maxerr':>7} {'goals':>5} | {'groups':>6} {'1group':>8} ms {'xgroup':>6} {'BMxBKxBN/warps':>15}")
 
 
 def format_row(row: dict) -> str:
@@ -107,7 +123,15 @@ def format_row(row: dict) -> str:
             f"{row['two_gemms_ms']:8.4f} {row['kernel_ms']:8.4f}    | {row['dense_tflops']:6.1f} "
             f"{row['two_gemms_tflops']:6.1f} {row['kernel_tflops']:6.1f}      | {row['vs_dense']:6.2f} "
             f"{row['vs_two_gemms']:6.2f} {row['ideal']:6.2f} {100 * row['ideal_fraction']:5.1f}% "
-            f"{row['max_err']:7.1e} {goals}")
+            f"{row['max_err']:7.1e} {goals:>5} | {grouping_columns(row)}")
+
+
+def grouping_columns(row: dict) -> str:
+    """Fused rows: groups, the one-group milliseconds, the grouping's speedup, the autotuned config."""
+    if "groups" not in row:
+        return f"{'-':>6} {'-':>8}    {'-':>6}"
+    return (f"{row['groups']:>6} {row['one_group_ms']:8.4f}    {row['one_group_ms'] / row['kernel_ms']:6.2f} "
+            f"{row['config']:>15}")
 
 
 def summarize(rows: list[dict]) -> str:
@@ -118,10 +142,17 @@ def summarize(rows: list[dict]) -> str:
     def geomean(key):
         return math.exp(sum(math.log(r[key]) for r in small) / len(small))
 
+    grouped = [r for r in small if "groups" in r]
+    grouping = "" if not grouped else (
+        f"; fused at its groups vs one group: geomean {geomean_of(grouped, 'one_group_ms', 'kernel_ms'):.2f}x")
     met = sum(r["vs_two_gemms"] >= GOAL_VS_TWO_GEMMS and r["ideal_fraction"] >= GOAL_IDEAL_FRACTION for r in small)
     return (f"r <= {GOAL_MAX_RANK}: geomean {geomean('vs_two_gemms'):.2f}x vs two GEMMs (goal {GOAL_VS_TWO_GEMMS}x), "
             f"{100 * geomean('ideal_fraction'):.0f}% of roofline-ideal (goal {100 * GOAL_IDEAL_FRACTION:.0f}%); "
-            f"both goals met on {met}/{len(small)} rows")
+            f"both goals met on {met}/{len(small)} rows{grouping}")
+
+
+def geomean_of(rows: list[dict], num: str, den: str) -> float:
+    return math.exp(sum(math.log(r[num] / r[den]) for r in rows) / len(rows))
 
 
 def model_only(args) -> int:
