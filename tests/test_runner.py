@@ -232,6 +232,25 @@ def test_a_run_on_the_gpu_matches_the_cpu(setup, exact_gpu_float32):
     assert errors[1] == pytest.approx(errors[0], rel=1e-3)
 
 
+def test_the_gpu_comparison_takes_the_timestep_embedding_on_the_cpu(exact_gpu_float32, monkeypatch):
+    """exact_gpu_float32 has diffusers' sinusoidal timestep and guidance embeddings computed from CPU
+    timesteps whatever the device (CUDA's float32 exp/sin round an ulp apart from the CPU's there, at
+    arguments up to 1000, which can move the compensated factors 150x past the GPU tests'
+    tolerance), where both families' forwards call it; on the CPU it changes nothing, bit for bit."""
+    import diffusers.models.embeddings as embeddings
+
+    patched = embeddings.get_timestep_embedding
+    t = torch.rand(4, generator=torch.Generator().manual_seed(0)) * 1000
+    assert patched.__wrapped__ is not patched
+    assert torch.equal(patched(t, 256, True, 0), patched.__wrapped__(t, 256, True, 0))
+    calls = []
+    monkeypatch.setattr(embeddings, "get_timestep_embedding", lambda *a, **k: (calls.append(1), patched(*a, **k))[1])
+    for model in (tiny_pixart(), tiny_flux()):
+        with torch.no_grad():
+            model(**model_inputs(model))
+    assert len(calls) == 3  # PixArt's timestep; Flux's timestep and guidance
+
+
 def test_a_teacher_prediction_that_overflows_stops_the_run():
     """Every error of the run is measured against the teacher's held-out predictions: a NaN/Inf there
     (a finite checkpoint overflowing in float16) is a NumericError, not 'teacher-relative error nan'."""
