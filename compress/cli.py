@@ -334,6 +334,7 @@ def _interrupt_note(args, e: KeyboardInterrupt) -> str:
         return ""
     if isinstance(e, RunInterrupted):
         return str(e)
+    from compress.recipe_teacher_config import config_by
     from compress.runner_folders import interrupt_note  # no torch: it may not be imported yet
 
     recipe, passes = _this_recipe(args)
@@ -341,7 +342,8 @@ def _interrupt_note(args, e: KeyboardInterrupt) -> str:
         return interrupt_note(_run_dir(args), args.restart)
     config = recipe.teacher_config if args.teacher_config is None else args.teacher_config  # as the Runner reads it
     return interrupt_note(_run_dir(args), args.restart, recipe.raw, passes, recipe=recipe,
-                          source=args.teacher or recipe.teacher, teacher_config=config)
+                          source=args.teacher or recipe.teacher, teacher_config=config,
+                          named=config_by(recipe, args.teacher_config))
 
 
 def _this_recipe(args) -> tuple:

@@ -1,6 +1,6 @@
 """A recipe's `teacher_config:` (the diffusers config of a single-file teacher) against --teacher-config,
-which replaces it: the one a run reads (`teacher_config_of`) and how a warning names it (`config_named`).
-Imports no torch."""
+which replaces it: the one a run reads (`teacher_config_of`) and how a warning names it (`config_named`),
+and a refusal that compares it with an earlier run's (`config_by`). Imports no torch."""
 
 from __future__ import annotations
 
@@ -37,3 +37,16 @@ def config_named(recipe, config: str | None) -> str:
     if config is None or config != getattr(recipe, "teacher_config", None):
         return "--teacher-config"
     return f"{recipe_where(recipe, 'teacher_config', config)}: teacher_config"
+
+
+FLAG = ("--teacher-config", "")  # `config_by`'s for the flag's (or none given)
+
+
+def config_by(recipe, flag: str | None) -> tuple[str, str]:
+    """How a refusal comparing the teacher config with an earlier run's names the one a run of `recipe` reads
+    (teacher_config_of's, with --teacher-config `flag`): ('teacher_config', ' (PATH:LINE)') where the recipe's
+    key gave it, FLAG where the flag did (or neither)."""
+    given = getattr(recipe, "teacher_config", None) if recipe is not None else None
+    if flag is not None or given is None:
+        return FLAG
+    return "teacher_config", f" ({recipe_where(recipe, 'teacher_config', given)})"

@@ -13,7 +13,7 @@ from pathlib import Path
 import compress
 from compress.errors import UserError
 from compress.io_source import check_teacher_options
-from compress.recipe_teacher_config import teacher_config_of
+from compress.recipe_teacher_config import config_by, teacher_config_of
 from compress.passes import build_passes
 from compress.passes.base import first_nonfinite, predictions
 from compress.recipe import Recipe
@@ -46,6 +46,7 @@ class Runner:
         self.recipe, self.out, self.run_dir = recipe, Path(out).expanduser(), Path(run_dir).expanduser()
         # --teacher-config, else the recipe's teacher_config: (there: a UserError at its line otherwise)
         self.teacher_arg, self.teacher_config = teacher, teacher_config_of(recipe, teacher_config)
+        self.config_by = config_by(recipe, teacher_config)  # how a refusal names it: the flag, or the key's line
         self.resume, self.overwrite, self.restart = resume, overwrite, restart
         self.run_dir_was = self.run_dir.is_dir()  # before the locks make it: --resume into no folder is said so
         self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error
@@ -225,7 +226,7 @@ class Runner:
         return interrupt_note(self.run_dir, self.restart and not self.started_over, self.recipe.raw, passes,
                               fingerprint, calls() if calls else None, self.recipe,
                               getattr(self, "source", None) or self.teacher_arg or self.recipe.teacher,
-                              self.teacher_config)
+                              self.teacher_config, self.config_by)
 
     def _follower_ended(self) -> UserError | None:
         """Rank 0 of a launch stopped by a signal: where a follower stopped on its error or was killed

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.recipe_teacher_config import FLAG
 from compress.runner_answers import ANSWER
 from compress.runner_caches import CLOCK, REMOVED_LOG
 from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
@@ -28,16 +29,17 @@ from compress.words import counted
 
 
 def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None = None,
-                  teacher_config: str | None = None) -> None:
+                  teacher_config: str | None = None, named: tuple[str, str] = FLAG) -> None:
     """Before anything loads: the output may be written (and replace what is there, see
     `check_replaceable`), the output and the run folder are clear of the `teacher` source's folder,
     and the output of the config `teacher_config` (--teacher-config) names (`check_clear_of_teacher`),
     and the run folder made, holding nothing in what a run replaces that it did not write
-    (`check_own_run_folder`); a UserError saying why not otherwise."""
+    (`check_own_run_folder`); a UserError saying why not otherwise. `named`: how `teacher_config` was
+    given (recipe_teacher_config.config_by: --teacher-config, or the recipe's key at its line)."""
     from compress.io_export import check_replaceable
 
     check_replaceable(out, overwrite)
-    check_clear_of_teacher(out, teacher, teacher_config, run_dir)
+    check_clear_of_teacher(out, teacher, teacher_config, run_dir, named)
     a, b = out.resolve(), run_dir.resolve()
     if a == b or a in b.parents or b in a.parents:
         raise UserError(f"--out {out} and --run-dir {run_dir} must be separate folders, neither inside "
@@ -48,11 +50,12 @@ def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None
 
 
 def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str | None = None,
-                           run_dir: Path | None = None) -> None:
+                           run_dir: Path | None = None, named: tuple[str, str] = FLAG) -> None:
     """--out is not, does not hold and does not lie inside a local teacher's folder (a teacher or
     pipeline folder), nor holds a single-file teacher: writing the output would replace or mix
     with the teacher. Nor is it the folder of, or holds, the config file --teacher-config names
-    (`teacher_config`), which the output would replace. The run folder (`run_dir`) is not the
+    (`teacher_config`; or the recipe's teacher_config, as `named` says), which the output would replace.
+    The run folder (`run_dir`) is not the
     teacher's folder nor inside it, and holds no teacher in what a run writes in it (RUN_WRITTEN):
     the caches and stages would mix with the teacher's files, and --restart removes its stages/. A relative path is taken from here, as the run loads
     it; toy: and Hub ids (nothing here) are not local."""
@@ -65,8 +68,8 @@ def check_clear_of_teacher(out: Path, teacher: str | None, teacher_config: str |
         a, c = out.resolve(), config
         if a in c.parents:
             where = "is the folder of" if a == c.parent else "holds"
-            raise UserError(f"--out {out} {where} the --teacher-config {teacher_config}; name an output folder "
-                            "that does not hold it")
+            raise UserError(f"--out {out} {where} the {named[0]} {teacher_config}{named[1]}; name an output "
+                            "folder that does not hold it")
 
 
 # the top-level entries of a run folder a run writes in (or removes): a teacher elsewhere in a run
@@ -199,24 +202,27 @@ def check_writable(folder: Path, what: str) -> None:
                 pass
 
 
-def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = None, recipe=None) -> None:
+def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = None, recipe=None,
+                     named: tuple[str, str] = FLAG) -> None:
     """A run folder holding an interrupted run's saved work (completed stages, a distill checkpoint)
     is a UserError saying what is there, for a run without --resume or --restart: a fresh start
     would discard it; where its latest stage was of another teacher (`other_teacher`, for this run's
     `teacher`: its source and --teacher-config), it says so, as --resume would refuse it, and so
     where it was calibrated on other prompts or in other pipeline parts than `recipe` (the Recipe of
     `now`) reads (`inputs_changed`); no pass saved, what a run of another teacher measured is refused
-    (`check_measured_for_another_teacher`). A finished run's folder (its output written) is started over."""
+    (`check_measured_for_another_teacher`). A finished run's folder (its output written) is started over.
+    `named`: how the teacher config was given (recipe_teacher_config.config_by)."""
     info = interrupted_run(run_dir, now, passes)
     if info is None:
-        return None if teacher is None else check_measured_for_another_teacher(run_dir, teacher, passes)
+        return None if teacher is None else check_measured_for_another_teacher(run_dir, teacher, passes,
+                                                                               config_by=named)
     source = (teacher or {}).get("source")
     if info["changed"]:
         kept = kept_by_resume(info, run_dir, recipe, source)
         raise UserError(f"{another_recipe(run_dir, info, passes)}: {kept}add --restart to discard it and start over, "
                         "or choose another --run-dir")
     of = " of this recipe" if info["changed"] == [] else ""
-    change = other_teacher(run_dir, teacher) if teacher is not None else None
+    change = other_teacher(run_dir, teacher, named) if teacher is not None else None
     if change:
         raise UserError(another_teacher(run_dir, info, passes, change))
     change = inputs_changed(saved_state(run_dir, info["done"] - 1), recipe, source) if info["done"] else None
@@ -241,13 +247,14 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
                     "or --restart to start over")
 
 
-def other_teacher(run_dir: Path, teacher: dict) -> tuple[str, str] | None:
+def other_teacher(run_dir: Path, teacher: dict, given: tuple[str, str] = FLAG) -> tuple[str, str] | None:
     """('was A, now B', what to do) (runner_teacher_id.teacher_change and resume_advice, as --resume says
     them) where the latest stage saved
     in `run_dir` (with none, the run that last started its passes: recorded_teacher) recorded another
     teacher source or config than `teacher` (named_teacher's: the --teacher-config and what the config
     file holds, as teacher_identity records them); None where they are the same or it recorded none.
-    The weights are not compared: the teacher is not loaded yet."""
+    The weights are not compared: the teacher is not loaded yet. `given`: how its config was given
+    (teacher_change's `config_by`)."""
     stages = stage_dirs(run_dir)
     before = (read_state(stages[-1][1]) or {}).get("teacher") if stages else recorded_teacher(run_dir)
     if not isinstance(before, dict) or "source" not in before:
@@ -255,7 +262,7 @@ def other_teacher(run_dir: Path, teacher: dict) -> tuple[str, str] | None:
     named = named_of(before)
     if same_teacher(named, teacher):
         return None  # (a config compared by what it holds, or by the file it names)
-    return teacher_change(named, teacher), resume_advice(named, teacher, resume=False)
+    return teacher_change(named, teacher, given), resume_advice(named, teacher, resume=False)
 
 
 def another_teacher(run_dir: Path, info: dict, passes, change: tuple[str, str]) -> str:
@@ -334,7 +341,8 @@ def kept_by_resume(info: dict, run_dir: Path | None = None, recipe=None, source:
 
 def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = None, passes=(),
                    fingerprint: str | None = None, inputs: list[Path] | None = None, recipe=None,
-                   source: str | None = None, teacher_config: str | None = None) -> str:
+                   source: str | None = None, teacher_config: str | None = None,
+                   named: tuple[str, str] = FLAG) -> str:
     """What follows 'interrupted' after Ctrl-C in a run: '; RUN_DIR keeps its work (...): rerun with
     --resume to continue' where `run_dir` holds an unfinished run's saved work, else that nothing
     was saved and a rerun starts over. `discarding`: what is there is an earlier run's that this
@@ -343,7 +351,7 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     offered to --resume, which would refuse it, nor a stage calibrated on other prompts or pipeline
     parts than `recipe` (the Recipe of `now`) and the teacher `source` read (`inputs_changed`), nor one
     of another teacher than `source` and its `teacher_config` (`other_teacher`, by the config's contents:
-    the refusal's advice is given). What
+    the refusal's advice is given; `named`: how that config was given, recipe_teacher_config.config_by). What
     this run measured before the Ctrl-C and a rerun
     reads back whether or not it resumes (runner_kept.measured_so_far: sampled calibration inputs among
     `inputs`, the cache files of this run's sampling calls; block statistics and output Fishers an svd pass kept under its
@@ -362,7 +370,7 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
     if info is not None and info["changed"]:
         return (f"; {another_recipe(run_dir, info, passes)}: {kept_by_resume(info, run_dir, recipe, source)}a rerun "
                 "needs --restart to discard it, or another --run-dir")
-    teacher = other_teacher(run_dir, named_now(source, teacher_config)) if info and source else None
+    teacher = other_teacher(run_dir, named_now(source, teacher_config), named) if info and source else None
     if teacher:
         return f"; {another_teacher(run_dir, info, passes, teacher)}"
     change = info and info["done"] and inputs_changed(saved_state(run_dir, info["done"] - 1), recipe, source)

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.recipe_teacher_config import FLAG
 from compress.runner_caches import finished_run
 from compress.runner_config_sum import CONFIG_SUM
 from compress.runner_kept import measured_so_far
@@ -88,7 +89,8 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, resume: bool = False) -> None:
+def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, resume: bool = False,
+                                       config_by: tuple[str, str] = FLAG) -> None:
     """A plain rerun in `run_dir`, whose last run (unfinished) saved no pass but recorded its teacher and
     fingerprint (runner_stages.record_run): a UserError where that teacher is not the one named now
     (`teacher`: named_teacher's; another source, --teacher-config, or the config edited in place) and it
@@ -97,7 +99,8 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, res
     that teacher. `resume`: said to --resume over a run that saved nothing else (it reads back only what
     this teacher measured, so refuses it as a plain rerun does). Other changes are told once the teacher
     has loaded (`check_measured_for_another`), as they are not known before: the weights, from the identity
-    the run recorded; the calibration, from what it recorded of it (CALIBRATED)."""
+    the run recorded; the calibration, from what it recorded of it (CALIBRATED). `config_by`: how the config
+    named now was given (teacher_change's)."""
     fingerprint, before = recorded_fingerprint(run_dir), recorded_teacher(run_dir)
     if fingerprint is None or before is None or finished_run(run_dir):
         return
@@ -106,8 +109,8 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, res
         return
     measured = measured_so_far(run_dir, fingerprint, None, list(passes))
     if measured:
-        raise measured_by_another(run_dir, teacher_change(named, teacher), measured, _how(named, teacher, resume),
-                                  resume)
+        raise measured_by_another(run_dir, teacher_change(named, teacher, config_by), measured,
+                                  _how(named, teacher, resume), resume)
 
 
 def _how(before: dict, now: dict, resume: bool) -> str:
@@ -130,7 +133,8 @@ def measured_by_another(run_dir: Path, change: str, measured: str, how: str, res
 
 
 def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher: dict | None = None,
-                               resume: bool = False, calibration: dict | None = None) -> None:
+                               resume: bool = False, calibration: dict | None = None,
+                               config_by: tuple[str, str] = FLAG) -> None:
     """A plain rerun (no --resume, no --restart) in a run folder whose last run was interrupted before
     it saved a pass (runner_folders.check_run_folder refuses the others): a UserError where that run
     measured what this one, of another teacher or calibration (`fingerprint`), does not read back
@@ -141,7 +145,7 @@ def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher:
     (runner_teacher_id.teacher_change); the same teacher, 'another calibration', naming what differs
     (`calibration_change` against this run's `calibration`, calibration_keys'); else (an older record
     of the teacher, no `calibration`) 'another teacher or calibration'. `resume`: said to --resume over a
-    run that saved nothing else (runner_prepare).
+    run that saved nothing else (runner_prepare); `config_by`: how the config named now was given.
     A folder recording no fingerprint (an older dit-compress's, which marked
     no finished run either) is not refused."""
     before = recorded_fingerprint(run_dir)
@@ -153,7 +157,7 @@ def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher:
     recorded = recorded_teacher(run_dir)
     if teacher is not None and recorded is not None and not older_checksum(recorded, teacher):
         if not same_teacher(recorded, teacher):
-            raise measured_by_another(run_dir, teacher_change(recorded, teacher), measured,
+            raise measured_by_another(run_dir, teacher_change(recorded, teacher, config_by), measured,
                                       _how(recorded, teacher, resume), resume)
         if calibration is not None:
             raise measured_by_calibration(run_dir, calibration_change(run_record(run_dir).get(CALIBRATED), calibration),

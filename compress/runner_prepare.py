@@ -60,7 +60,8 @@ def prepare(runner) -> None:
     teacher_id = _cache_keys(runner, src)
     if not is_follower() and _keeps_measured(runner):  # the teacher and calibration known: what another measured
         check_measured_for_another(runner.run_dir, teacher_id, runner.passes, runner.identity,  # refused, naming
-                                   resume=runner.resume, calibration=runner.calibration_keys)  # what differs
+                                   resume=runner.resume, calibration=runner.calibration_keys,  # what differs
+                                   config_by=runner.config_by)
     if runner.reading_back:  # (say_if_nothing_to_resume) said once this teacher and calibration are that run's
         note(runner.reading_back)
     if not is_follower() and not (runner.resume or runner.restart):  # the teacher and prompts known: as
@@ -91,7 +92,7 @@ def _checked_before_loading(runner):
     runner.reading_back = None
     if main:
         check_folders(runner.out, runner.run_dir, runner.overwrite, runner.teacher_arg or runner.recipe.teacher,
-                      runner.teacher_config)
+                      runner.teacher_config, runner.config_by)
     runner.passes = build_passes(runner.recipe)  # every config error before compute
     if main and runner.resume:  # which stage it continues from, and a distill checkpoint of other settings (one
         # it keeps): said now, not after the teacher loads
@@ -109,13 +110,14 @@ def _checked_before_loading(runner):
     if main and runner.resume:  # nothing saved: what another teacher measured is refused, as a plain rerun refuses it
         if _resumes_nothing(runner):  # (it reads back only this teacher's)
             check_measured_for_another_teacher(runner.run_dir, named_teacher(src.source, runner.teacher_config),
-                                               runner.passes, resume=True)
+                                               runner.passes, resume=True,
+                                               config_by=runner.config_by)
         runner.reading_back = say_if_nothing_to_resume(runner.run_dir, runner.resumes_from[0], runner.passes,
                                                        runner.run_dir_was)  # what it reads back: said once loaded
     if main and not (runner.resume or runner.restart):  # saved work a fresh start would discard: refused
         # (of another teacher: said as --resume would, its source and --teacher-config compared)
         check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes,
-                         named_teacher(src.source, runner.teacher_config), runner.recipe)
+                         named_teacher(src.source, runner.teacher_config), runner.recipe, runner.config_by)
     warn_if_beyond_memory(runner.recipe, src, runner.passes)  # warns only: an estimate
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src

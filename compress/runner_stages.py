@@ -19,6 +19,7 @@ from compress.calib_prompts import prompts_in_words
 from compress.errors import UserError
 from compress.passes.base import relative_error
 from compress.passes.importance import write_atomically
+from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
@@ -256,7 +257,7 @@ def _check_teacher(runner, state: dict) -> None:
              "read only a few values of each tensor; --resume checks the teacher's source and --teacher-config only")
     elif not same_teacher(before, runner.identity):  # a --teacher-config by the file it names
         raise UserError(f"--resume: the teacher changed since {runner.run_dir} was written "
-                        f"({teacher_change(before, runner.identity)}); "
+                        f"({teacher_change(before, runner.identity, getattr(runner, 'config_by', FLAG))}); "
                         f"{resume_advice(before, runner.identity, resume=True)}")
 
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compress.recipe_teacher_config import FLAG
 from compress.runner_config_sum import CONFIG_SUM, config_checksum, config_read, config_target
 
 if TYPE_CHECKING:
@@ -139,19 +140,40 @@ def same_config(before: str | None, now: str | None, checksums: tuple = (None, N
     return targets[0] is not None and targets[0] == targets[1]
 
 
-def teacher_change(before: dict, now: dict) -> str:
-    """What differs between two `teacher_identity`s, in words."""
+def teacher_change(before: dict, now: dict, config_by: tuple[str, str] = FLAG) -> str:
+    """What differs between two `teacher_identity`s, in words; `config_by`: how `now`'s config was given
+    (recipe_teacher_config.config_by: --teacher-config, or the recipe's teacher_config at its file:line).
+    A copy elsewhere whose config holds the same but whose weights differ says so (`other_weights`)."""
     if before["source"] != now["source"]:
-        return f"was {before['source']}, now {now['source']}"
+        same = " (the same config, other weights)" if other_weights(before, now) else ""
+        return f"was {before['source']}, now {now['source']}{same}"
+    name, where = config_by
     if not same_config_of(before, now):
         if not same_config(before["config"], now["config"]):
-            return f"--teacher-config was {_given(before['config'])}, now {_given(now['config'])}"
-        file = (f"--teacher-config {now['config']}" if now["config"] else
+            return f"{name}{where} was {_given(before['config'])}, now {_given(now['config'])}"
+        file = (f"{name} {now['config']}{where}" if now["config"] else
                 config_read(now["source"], None) or f"{now['source']}'s config")
         return f"{file} changed since the run (its contents differ)"
     if weights_changed(before, now):
         return f"the weights of {now['source']} changed since the run (its config holds the same)"
     return f"{now['source']} holds other weights or config"
+
+
+def other_weights(before: dict, now: dict) -> bool:
+    """Whether the teacher `now` names at another path than `before` reads a config that holds the same
+    (CONFIG_SUM known and equal) but other weights: by the checksum of every byte where both record it
+    (the loaded teacher's), else by the signature of its weight files against the one the run recorded
+    (FILES: `same_files`); False where that cannot be told (an older record, a Hub id)."""
+    if before.get(CONFIG_SUM) is None or before.get(CONFIG_SUM) != now.get(CONFIG_SUM):
+        return False
+    if "checksum" in before and "checksum" in now:
+        return before.get("checksum_of") == now.get("checksum_of") and before["checksum"] != now["checksum"]
+    from compress.io_signature import SIGNATURE, teacher_signature
+
+    recorded, source = before.get(FILES), now.get("source")
+    if not (isinstance(recorded, dict) and recorded.get("method") == SIGNATURE and isinstance(source, str)):
+        return False
+    return teacher_signature(source) is not None and not same_files(recorded, source)
 
 
 def weights_changed(before: dict, now: dict) -> bool:

@@ -171,5 +171,24 @@ def test_resume_takes_the_recipes_teacher_config_for_the_flag_it_was_run_with(tm
     (tmp_path / "cfg2").mkdir()
     (tmp_path / "cfg2" / "config.json").write_text(json.dumps({**edited, "norm_eps": 2e-6}))
     other = parse_recipe(RECIPE.format(teacher="pix.safetensors", config="cfg2"), str(tmp_path / "r.yaml"))
-    with pytest.raises(UserError, match="the teacher changed since .* \\(--teacher-config was .*cfg, now .*cfg2\\)"):
+    with pytest.raises(UserError, match=f"the teacher changed since .* \\(teacher_config \\({tmp_path / 'r.yaml'}:3\\) "
+                                        "was .*cfg, now .*cfg2\\)"):  # the key gave it: named, at its line
         Runner(other, tmp_path / "third", tmp_path / "run-r", resume=True).run()
+    with pytest.raises(UserError, match="the teacher changed since .* \\(--teacher-config was .*cfg, now .*cfg2\\)"):
+        Runner(keyed, tmp_path / "third", tmp_path / "run-r", resume=True, teacher_config=str(tmp_path / "cfg2")).run()
+
+
+def test_an_output_over_the_recipes_teacher_config_names_the_key(tmp_path, monkeypatch):
+    """--out naming the folder of the config the recipe's teacher_config gives is refused naming the key at
+    its line; it said 'the --teacher-config prev', a flag not given."""
+    from compress.io_export import save_compressed
+
+    single_file(tmp_path)
+    save_compressed(tiny_pixart(), tmp_path / "prev")  # an earlier output, which --overwrite may replace
+    monkeypatch.chdir(tmp_path)
+    recipe = parse_recipe(RECIPE.format(teacher="pix.safetensors", config="prev"), str(tmp_path / "r.yaml"))
+    with pytest.raises(UserError, match=f"^--out prev is the folder of the teacher_config prev \\({tmp_path / 'r.yaml'}:3\\); "
+                                        "name an output folder that does not hold it$"):
+        Runner(recipe, Path("prev"), tmp_path / "run", overwrite=True).prepare()
+    with pytest.raises(UserError, match="^--out prev is the folder of the --teacher-config prev; name"):
+        Runner(recipe, Path("prev"), tmp_path / "run", overwrite=True, teacher_config="prev").prepare()

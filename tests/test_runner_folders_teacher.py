@@ -48,7 +48,8 @@ def test_a_rerun_with_another_teacher_after_an_interrupt_says_the_teacher_change
     assert main([*args, "--teacher", str(tmp_path / "teacher2")]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said.startswith(f"dit-compress: error: {run} holds an interrupted run of this recipe for another "
-                           f"teacher (was {tmp_path / 'teacher'}, now {tmp_path / 'teacher2'}; 1 of 2 passes done")
+                           f"teacher (was {tmp_path / 'teacher'}, now {tmp_path / 'teacher2'} (the same config, other "
+                           "weights); 1 of 2 passes done")
     assert said.endswith("): add --restart to start over, or rerun with that teacher and --resume to continue")
     monkeypatch.chdir(tmp_path)
     assert main([*args, "--teacher", "teacher"]) == 2
@@ -263,3 +264,26 @@ def test_a_folder_teachers_config_changed_in_place_is_another_teacher(pixart, mo
     _changed_in_place(config)  # undone (norm_eps back), as the refusals advise: --resume continues
     assert json.loads(config.read_text())["norm_eps"] != edited["norm_eps"]
     assert main([*args, "--resume"]) == 0
+
+
+def test_a_rerun_whose_recipes_teacher_config_gave_another_config_names_the_key(tmp_path, monkeypatch, capsys):
+    """Run with --teacher-config cfgA, rerun with the recipe's teacher_config cfgB (no flag): the refusal said
+    '--teacher-config was …, now …', a flag not given; it names the key at its line. A Ctrl-C before the
+    teacher loads says it so too."""
+    args = _single_file_interrupted(tmp_path, monkeypatch, capsys)
+    text = (tmp_path / "r.yaml").read_text().replace("teacher: single/t.safetensors\n",
+                                                     "teacher: single/t.safetensors\nteacher_config: cfgB\n")
+    (tmp_path / "r.yaml").write_text(text)
+    was, now = tmp_path / "cfgA" / "config.json", tmp_path / "cfgB"
+    changed = f"for another teacher (teacher_config (r.yaml:3) was {was}, now {now}; 1 of 2 passes done"
+    assert main(args) == 2
+    assert changed in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main([*args, "--resume"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"the teacher changed since run was written (teacher_config (r.yaml:3) was {was}, now {now})" in said
+    assert main([*args, "--teacher-config", "cfgB"]) == 2  # the flag gave it: named so
+    assert f"for another teacher (--teacher-config was {was}, now {now};" in capsys.readouterr().err
+    from compress.cli import _interrupt_note, build_parser
+
+    note = _interrupt_note(build_parser().parse_args(args), KeyboardInterrupt())  # a Ctrl-C before it loads
+    assert changed in note, note

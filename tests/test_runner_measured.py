@@ -70,7 +70,8 @@ def test_another_teacher_named_says_which_and_to_rerun_with_it(interrupted, caps
     tiny_pixart(seed=1).save_pretrained(other)  # other weights (a byte-identical copy is this teacher)
     said = _refusal([*args, "--teacher", str(other)], capsys)
     assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of another teacher measured "
-                           f"(was {run.parent / 'teacher'}, now {other}; block statistics (1 file)"), said
+                           f"(was {run.parent / 'teacher'}, now {other} (the same config, other weights); block "
+                           "statistics (1 file)"), said
     assert said.endswith("which this run does not read back: rerun with that teacher to read it back, add --restart "
                          "to discard it, or choose another --run-dir"), said
     assert loads == []

@@ -43,7 +43,8 @@ def test_resume_refuses_another_teacher(pixart, monkeypatch):
     _interrupted_after_first_pass(tmp_path, make, monkeypatch)
     tiny_pixart(seed=1).save_pretrained(tmp_path / "other")
     was, now = (re.escape(str(tmp_path / name)) for name in ("teacher", "other"))
-    with pytest.raises(UserError, match=rf"--resume: the teacher changed since .* \(was {was}, now {now}\); "
+    with pytest.raises(UserError, match=rf"--resume: the teacher changed since .* \(was {was}, now {now} "
+                                        r"\(the same config, other weights\)\); "
                                         "rerun with --restart to start over"):
         make(tmp_path / "out", teacher=str(tmp_path / "other"), resume=True).run()
     tiny_pixart(seed=1).save_pretrained(tmp_path / "teacher")  # same path, other weights

@@ -10,7 +10,8 @@ import pytest
 
 from compress.cli import main
 from compress.runner_config_sum import CONFIG_SUM, config_read
-from compress.runner_teacher_id import as_compared, named_teacher, older_checksum, same_teacher, teacher_change
+from compress.runner_teacher_id import (FILES, as_compared, named_teacher, older_checksum, other_weights, same_teacher,
+                                        teacher_change)
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import pixart_runner
 from tests.test_runner_folders_teacher import _ctrl_c_at_first_stats_save, _interrupted
@@ -147,14 +148,16 @@ def test_a_byte_identical_copy_of_the_teacher_is_that_teacher(interrupted, capsy
 
 
 def test_a_copy_holding_other_weights_is_another_teacher(interrupted, capsys):
-    """A folder of the same config (byte for byte) but other weights: still refused before it loads."""
+    """A folder of the same config (byte for byte) but other weights: still refused before it loads, saying
+    so (it said only 'was A, now B', as for another teacher altogether)."""
     run, args, loads = interrupted
     other = run.parent / "other"
     tiny_pixart(seed=1).save_pretrained(other)
     assert (other / "config.json").read_bytes() == (run.parent / "teacher" / "config.json").read_bytes()
     assert main([*args, "--teacher", str(other)]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"another teacher measured (was {run.parent / 'teacher'}, now {other};" in said, said
+    assert f"another teacher measured (was {run.parent / 'teacher'}, now {other} (the same config, other weights);" \
+        in said, said
     assert loads == []
 
 
@@ -179,3 +182,34 @@ def test_a_copy_of_the_teacher_resumes_its_saved_passes(pixart, monkeypatch, cap
     assert json.loads((run / "stages" / "run.json").read_text())["fingerprint"] == fingerprint
     assert main([*args, "--teacher", str(tmp_path / "copy2"), "--resume"]) == 0
     assert "resum" in capsys.readouterr().err
+
+
+def test_a_copy_elsewhere_of_the_same_config_and_other_weights_is_said_to_be_one():
+    """teacher_change of two sources: '(the same config, other weights)' where the config files hold the same
+    and the weights differ (once loaded: the checksum of every byte); not where the config differs, where the
+    weights are the same, nor where they cannot be compared (an older checksum, no signature recorded)."""
+    at_a = {"source": "/a", "config": None, CONFIG_SUM: "c", "checksum": "w", "checksum_of": "every byte"}
+    at_b = {**at_a, "source": "/b", "checksum": "x"}
+    assert teacher_change(at_a, at_b) == "was /a, now /b (the same config, other weights)"
+    assert teacher_change(at_a, {**at_b, CONFIG_SUM: "d"}) == "was /a, now /b"
+    assert not other_weights(at_a, {**at_b, "checksum": "w"})
+    assert not other_weights({**at_a, "checksum_of": "a few values"}, at_b)
+    named = {"source": "/b", "config": None, CONFIG_SUM: "c"}  # before it loads: no signature recorded
+    assert teacher_change({**at_a, FILES: None}, named) == "was /a, now /b"
+
+
+def test_teacher_change_names_the_recipes_teacher_config_where_it_gave_the_config(tmp_path):
+    """Where the recipe's teacher_config (not --teacher-config) gave the config read now, the change names
+    the key at its file:line; it said '--teacher-config was A, now B', a flag the user never gave."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(f'{{"x": "{name}"}}')
+    was = named_teacher("/t.safetensors", str(tmp_path / "a"))
+    now = named_teacher("/t.safetensors", str(tmp_path / "b"))
+    key = ("teacher_config", " (r.yaml:3)")
+    assert teacher_change(was, now, key) == f"teacher_config (r.yaml:3) was {tmp_path / 'a'}, now {tmp_path / 'b'}"
+    assert teacher_change(was, now) == f"--teacher-config was {tmp_path / 'a'}, now {tmp_path / 'b'}"
+    (tmp_path / "a" / "config.json").write_text('{"x": "edited"}')
+    edited = named_teacher("/t.safetensors", str(tmp_path / "a"))
+    assert teacher_change(was, edited, key) == \
+        f"teacher_config {tmp_path / 'a'} (r.yaml:3) changed since the run (its contents differ)"
