@@ -61,6 +61,12 @@ def not_loaded(cls, source, e: Exception) -> UserError:
         return UserError(f"cannot load {cls.__name__} from {source}: {one_line(e).split(MISMATCH_ADVICE)[0]}")
     name, model, weights = found.groups()
     model, weights = (tuple(int(n) for n in shape.split(",") if n.strip()) for shape in (model, weights))
+    return other_shape(cls, source, name, weights, model)
+
+
+def other_shape(cls, source, name: str, weights: tuple, model: tuple) -> UserError:
+    """The error for a teacher's tensor `name` of shape `weights` where the `cls` its config describes
+    has `model` (run's, from diffusers' error; plan's, from the headers: io_headers)."""
     return UserError(f"teacher {source}: its weights do not match its config.json: {name} is {weights} in the "
                      f"weights but {model} in the {cls.__name__} the config describes")
 

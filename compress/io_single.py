@@ -59,14 +59,15 @@ def checked_family(path: Path, keys, family: str | None) -> str:
 
 
 def load_single_file(path: Path, dtype: torch.dtype | None = torch.float32, config: str | None = None,
-                     family: str | None = None) -> nn.Module:
+                     family: str | None = None, read=read_state_dict) -> nn.Module:
     """The transformer of a single file, built empty from its diffusers config and filled with the
     file's tensors, converted to diffusers' keys (compress.arch.flux_convert / pixart_convert).
-    dtype None: the file's own dtypes."""
+    dtype None: the file's own dtypes. `read`: path -> {name: tensor} (io_headers.header_tensors: meta
+    tensors from the header alone, which plan checks against the config without reading weights)."""
     from compress.io_source import check_suffix
 
     check_suffix(path)
-    sd = without_prefix(read_state_dict(path))
+    sd = without_prefix(read(path))
     family = checked_family(path, sd.keys(), family)
     cfg = config_file(path, config)
     model = empty_model(family, cfg, path)  # the file's tensors are assigned

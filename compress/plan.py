@@ -27,6 +27,7 @@ from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, 
 from compress.plan_memory import beyond_memory, device_memory, peak_memory, svd_statistics
 from compress.plan_words import bounded_keys, where_words
 from compress.io_export import warn_if_export_wider
+from compress.io_headers import check_teacher_weights
 from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked, checked_sources
 from compress.recipe_teacher_config import teacher_config_of
 from compress.passes import build_passes
@@ -93,6 +94,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
                         f"teacher {source}{teacher_given(recipe, teacher or source != recipe.teacher)} "
                         f"is a {type(model).__name__} ({adapter.family})")
+    check_teacher_weights(src, model)  # its files' headers, not its tensors: run's refusal, before any numbers
     warn_if_export_wider(recipe, src)  # its files' headers: a bfloat16 teacher exported in float32
     before_rows, before = layer_rows(model), param_count(model)
     before_blocks = block_params(model, before_rows)
