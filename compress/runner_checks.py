@@ -92,8 +92,8 @@ def _warn_notes(p, spec, model, adapter, calibration=None, inputs: str | None = 
     """A warning per `Pass.notes` and, given the recipe's calibration and its source's kind,
     `Pass.calibration_notes`, at the line (or --set) of the key it names."""
     said = p.calibration_notes(calibration, inputs) if calibration is not None and inputs is not None else []
-    for key, message in p.notes(model, adapter) + said:
-        where = spec.where(BadValue(key, message))
+    for key, message, *reads in p.notes(model, adapter) + said:  # reads: BadValue's, where the note lists them
+        where = spec.where(BadValue(key, message, reads=reads[0] if reads else None))
         warn(f"{where}: {message}")
 
 

@@ -137,7 +137,8 @@ class Pass:
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
         """(recipe key, message) of what is legal but likely not meant (the runner warns, naming the
-        key's line), after `check` passed; none by default."""
+        key's line), after `check` passed; none by default. A third item, the other keys of the pass
+        the note read (errors.BadValue.reads), keeps the --sets of the rest out of its line."""
         return []
 
     def calibration_notes(self, calib, kind: str) -> list[tuple[str, str]]:

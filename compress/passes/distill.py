@@ -153,7 +153,8 @@ class DistillPass(Pass):
             return []
         return [("warmup_steps", f"distill: warmup_steps ({cfg.warmup_steps}) is not below steps ({cfg.steps}): "
                                  "the learning rate would never reach lr nor decay; "
-                                 f"{_shortened(cfg.steps, cfg.warmup_steps)}; set warmup_steps below steps to choose it")]
+                                 f"{_shortened(cfg.steps, cfg.warmup_steps)}; set warmup_steps below steps to choose it",
+                 ("steps",))]  # the keys it read besides warmup_steps: a --set of lr is not named
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         cfg = self.config

@@ -34,12 +34,12 @@ def check_syntax(pattern, key: str, at: str | None = None) -> None:
     recipe key `at` (targets.1, ranks.modulation; default `key`)."""
     if not isinstance(pattern, str):
         raise BadValue(at or key, f"svd.{key}: patterns must be strings (a module name, a role or "
-                                  f"re:REGEX), got {pattern!r}")
+                                  f"re:REGEX), got {pattern!r}", reads=())
     if pattern.startswith("re:"):
         try:
             re.compile(pattern[3:])
         except re.error as err:
-            raise BadValue(at or key, f"svd.{key}: bad regex {pattern!r}: {err}") from None
+            raise BadValue(at or key, f"svd.{key}: bad regex {pattern!r}: {err}", reads=()) from None
 
 
 def check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str, at: str | None = None) -> None:
@@ -55,7 +55,7 @@ def check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str, at: str |
         block = past_the_blocks(pattern, infos) or regex_past_the_blocks(pattern, infos)  # an earlier removal's?
         if block is not None:
             raise MissingBlock(at or key, message, base, block)
-        raise BadValue(at or key, message)
+        raise BadValue(at or key, message, reads=())  # the pattern against the model alone
 
 
 def _block_suffixes(infos: Sequence[LinearInfo]) -> dict[str, tuple[str, int, set[str]]]:
@@ -144,7 +144,7 @@ def resolve_targets(infos: Sequence[LinearInfo], targets: Sequence[str],
               and not any(matches(p, i) for p in ignore)]
     if not chosen:
         raise BadValue("ignore" if ignore else "targets",
-                       "svd: targets minus ignore leave no layer to compress")
+                       "svd: targets minus ignore leave no layer to compress", reads=("targets", "ignore"))
     return chosen
 
 
@@ -208,14 +208,15 @@ def check_explicit_ranks(infos: Sequence[LinearInfo], targets: Sequence[LinearIn
     for pattern, rank in ranks.items():
         check_pattern(pattern, infos, "ranks", f"ranks.{pattern}")
         if said := untargeted(pattern, infos, targets, "ranks"):
-            raise BadValue(f"ranks.{pattern}", said)
+            raise BadValue(f"ranks.{pattern}", said, reads=("targets", "ignore"))
         for info in targets:
             if not matches(pattern, info):
                 continue
             top = min(info.in_features, info.out_features)
             if not isinstance(rank, int) or not 1 <= rank <= top:
                 raise BadValue(f"ranks.{pattern}", f"svd.ranks: rank {rank!r} for {pattern!r} is outside "
-                                                   f"1..{top} (min(in, out) of {info.name})")
+                                                   f"1..{top} (min(in, out) of {info.name})",
+                               reads=("targets", "ignore"))  # which layers it names: not ratio nor multiple
 
 
 def fixed_ranks(targets: Sequence[LinearInfo], allocation: str, ratio: float,

@@ -349,7 +349,8 @@ def test_a_warmup_not_below_steps_is_noted():
     notes = DistillPass(DistillConfig(steps=5)).notes(model, get_adapter(model))
     assert notes == [("warmup_steps", "distill: warmup_steps (20) is not below steps (5): the learning rate "
                                       "would never reach lr nor decay; the run has no warm-up instead (a tenth of "
-                                      "5 steps rounds to 0); set warmup_steps below steps to choose it")]
+                                      "5 steps rounds to 0); set warmup_steps below steps to choose it",
+                      ("steps",))]  # the keys it read besides warmup_steps (a --set of lr is not named)
     assert "the warm-up is 3 steps (a tenth of steps) instead" in \
         DistillPass(DistillConfig(steps=30, warmup_steps=40)).notes(model, get_adapter(model))[0][1]
     assert DistillPass(DistillConfig(steps=21)).notes(model, get_adapter(model)) == []
