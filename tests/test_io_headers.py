@@ -107,3 +107,27 @@ def test_header_shapes_reads_names_dtypes_and_shapes(tmp_path):
     (tmp_path / "empty.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="header too small"):
         header_shapes(tmp_path / "empty.safetensors")
+
+
+def test_a_hub_teacher_is_checked_from_a_whole_cached_snapshot_alone(tmp_path, monkeypatch):
+    """A Hub id's cached transformer whose config counts 5 blocks over 3 is refused with no request; one
+    whose cache holds its config alone (the weights not downloaded yet) plans from it, unchecked."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from tests.pipelines import hub_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_request)
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "whole")
+    _edit_config(tmp_path / "whole" / "config.json", num_layers=5)
+    model.save_config(tmp_path / "config_only")
+    hub_cache(tmp_path / "hub", "acme/whole", tmp_path / "whole")
+    hub_cache(tmp_path / "hub", "acme/config-only", tmp_path / "config_only")
+    assert "the weights do not match config.json: missing transformer_blocks.3." in _refused("acme/whole")
+    assert _plan("acme/config-only")["params_before"] == param_count(model)
+
+
+def _no_request(*args, **kwargs):
+    raise AssertionError("plan asked the Hub")
