@@ -80,16 +80,17 @@ def narrower(dtype: torch.dtype, than: torch.dtype) -> bool:
     return torch.finfo(dtype).max * 2 < torch.finfo(than).max
 
 
-def range_words(over: list[tuple[str, float]], dtype: torch.dtype, margin: float = MARGIN) -> str:
+def range_words(over: list[tuple[str, float]], dtype: torch.dtype, margin: float = MARGIN,
+                who: str = "the exported model's activations") -> str:
     """One line on `near_range`'s modules: the largest activation and where, whether beyond `dtype`'s
-    range or within `margin` of it, where it starts, and what to export instead."""
+    range or within `margin` of it, where it starts, and what to export instead (`who`: what was measured)."""
     name = str(dtype).removeprefix("torch.")
     top = torch.finfo(dtype).max
     where, big = max(over, key=lambda o: o[1])
     verdict = (f"beyond {name}'s range (max {top:.6g}): run in {name} it gives inf/NaN" if big > top else
                f"within {1 / margin:g}x of {name}'s max {top:.6g}: other inputs may overflow it (inf/NaN in {name})")
     first = f"; first at {over[0][0]} ({over[0][1]:.3g})" if over[0][0] != where else ""
-    return (f"export.dtype {name}: on the held-out inputs the exported model's activations reach {big:.3g} at "
+    return (f"export.dtype {name}: on the held-out inputs {who} reach {big:.3g} at "
             f"{where}, {verdict}{first}; {len(over)} block or linear output(s) in all (report.json export.activation_max): "
             f"export bfloat16 (float32's range) or float32")
 
@@ -122,3 +123,42 @@ def computed_wider_words(out, held: str, computed: str, recorded) -> str | None:
         where, big = max(recorded.items(), key=lambda kv: kv[1])
         text += f"; the run recorded activations up to {big:.3g} ({where}; report.json export.activation_max)"
     return text
+
+
+# a streamed run measures no exported weights (its export writes the blocks from disk): its last held-out
+# check measures the final student, in the compute dtype before the export's rounding (float32 maxima are
+# what overflows float16 anyway); the stage keeps what its export reads back, --resume re-exports included
+STREAMED = "the last pass's student's activations (its held-out check, before the export's rounding)"
+
+
+@contextmanager
+def recording_if(wanted: bool, model: nn.Module, adapter) -> Iterator[dict[str, float] | None]:
+    """recording_maxima's dict where `wanted`, else None (nothing hooked)."""
+    if not wanted:
+        yield None
+        return
+    with recording_maxima(model, adapter) as maxima:
+        yield maxima
+
+
+def stage_maxima(maxima: dict[str, float], blocks: list[str]) -> dict:
+    """A streamed run's last stage record of its held-out check's `maxima`: per block (report.json's
+    export.activation_max) and, by module in the order they ran, those near float16's range (the
+    warning's), 4 significant digits."""
+    near = near_range(maxima, torch.float16)
+    return {"activation_max": per_block(maxima, blocks),
+            "activation_near_float16": [[name, float(f"{value:.4g}")] for name, value in near]}
+
+
+def streamed_maxima(stage: dict, dtype: torch.dtype) -> dict:
+    """report.json export's activation_max of a streamed run, read from its last `stage` record
+    (stage_maxima), with range_words' warning where `dtype` cannot hold them; {} where the stage has
+    none (a stage measured before they were recorded)."""
+    if "activation_max" not in stage:
+        return {}
+    over = near_range(dict(stage.get("activation_near_float16", [])), dtype)
+    if over:
+        from compress.report import warn
+
+        warn(range_words(over, dtype, who=STREAMED))
+    return {"activation_max": stage["activation_max"]}

@@ -60,8 +60,9 @@ def exported_error(runner, student) -> dict:
     stage's where the export holds them exactly (`exact`: float32, or their own dtype); None for a streamed
     run, whose blocks it does not hold (eval measures it), or where the run's held-out reference is unknown.
     Where measured, `activation_max`: the largest |activation| of each block (and top-level linear) on those
-    inputs, warned of where float16 cannot hold it (activation_range: float32 compute never overflows)."""
-    from compress.activation_range import block_names, checked_maxima, recording_maxima
+    inputs, warned of where float16 cannot hold it (activation_range: float32 compute never overflows);
+    streamed, those its last pass's held-out check recorded (the final student before the export's rounding)."""
+    from compress.activation_range import block_names, checked_maxima, recording_maxima, streamed_maxima
     from compress.dtype_range import DTYPES
     from compress.io_export import round_to_export
     from compress.passes.base import relative_error
@@ -72,7 +73,9 @@ def exported_error(runner, student) -> dict:
     kept = {t.dtype for t in student.state_dict().values() if t.is_floating_point()}
     if dtype == torch.float32 or kept <= {dtype}:
         return {**record, "exact": True, "relative_error": stages[-1].get("relative_error")}
-    if runner.recipe.stream or held is None:
+    if runner.recipe.stream:  # its last stage's maxima (runner_stages.check_stage), before the rounding
+        return {**record, "relative_error": None, **streamed_maxima(stages[-1], dtype)}
+    if held is None:
         return {**record, "relative_error": None}
     round_to_export(student, dtype)
     with runner.models.forwards(student), recording_maxima(student, runner.adapter) as maxima:

@@ -307,11 +307,18 @@ def save_state(runner, i: int) -> None:
 
 def check_stage(runner, student, record: dict, reference, heldout, teacher_params: int) -> None:
     """The held-out error of the student of pass `runner.doing`, printed and added to its stage
-    `record` (its seconds too) and to the stage's state.json."""
+    `record` (its seconds too) and to the stage's state.json. A streamed run's last pass records there
+    the largest activations of that forward too (activation_range.stage_maxima): its export measures no
+    weights of its own, and warns from them (runner_export.exported_error)."""
+    from compress.activation_range import block_names, recording_if, stage_maxima
+
     t0 = time.perf_counter()
-    with runner.models.forwards(student):
+    last = runner.recipe.stream and runner.doing == len(runner.passes) - 1
+    with runner.models.forwards(student), recording_if(last, student, runner.adapter) as maxima:
         err = relative_error(student, reference, runner.adapter, heldout)
     record.update(seconds=round(record["seconds"] + time.perf_counter() - t0, 3), relative_error=err)
+    if maxima is not None:
+        record.update(stage_maxima(maxima, block_names(student, runner.adapter)))
     save_state(runner, runner.doing)
     console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}")
     if err > 1:  # NaN is not: the reference check and the passes' own checks name that

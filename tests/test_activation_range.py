@@ -79,3 +79,16 @@ def test_narrower_tells_float16_alone():
     assert narrower(torch.float16, torch.float32) and narrower(torch.float16, torch.bfloat16)
     assert not narrower(torch.bfloat16, torch.float32) and not narrower(torch.float32, torch.bfloat16)
     assert near_range({"a": float("inf")}, torch.bfloat16) == []
+
+
+def test_a_streamed_stage_keeps_what_its_export_warns_from(capsys):
+    from compress.activation_range import stage_maxima, streamed_maxima
+
+    stage = stage_maxima({"b.0": 10.0, "b.1.ff": 1.23456e5, "b.1": 2e5, "out": 3.0}, ["b.0", "b.1"])
+    assert stage == {"activation_max": {"b.0": 10.0, "b.1": 2e5, "out": 3.0},
+                     "activation_near_float16": [["b.1.ff", 1.235e5], ["b.1", 2e5]]}
+    assert streamed_maxima(stage, torch.bfloat16) == {"activation_max": stage["activation_max"]}
+    assert "activations" not in capsys.readouterr().err  # bfloat16 holds them
+    assert streamed_maxima(stage, torch.float16) == {"activation_max": stage["activation_max"]}
+    assert "first at b.1.ff (1.24e+05)" in " ".join(capsys.readouterr().err.split())
+    assert streamed_maxima({"relative_error": 0.1}, torch.float16) == {}  # a stage measured without them

@@ -12,6 +12,7 @@ from tests.conftest import tiny_pixart
 from tests.runner_helpers import SIMPLE, run_recipe
 
 PASSES = "  - svd: {targets: [attention], ratio: 0.5, multiple: 2}\n"
+STREAMED_PASSES = "  - svd: {targets: [attention], ratio: 0.5, fisher: block, multiple: 2}\n"  # stream: true's
 
 
 def test_the_recipe_as_run_names_the_teacher_given_with_teacher(tmp_path, monkeypatch):
@@ -112,6 +113,50 @@ def test_a_float16_export_of_a_normal_model_does_not_warn(tmp_path, capsys):
     largest = json.loads((out / "report.json").read_text())["export"]["activation_max"]
     assert {"transformer_blocks.0", "transformer_blocks.2", "proj_out"} <= set(largest)
     assert 0 < max(largest.values()) < 65504 / 2
+
+
+def test_a_streamed_float16_export_warns_from_the_last_held_out_check_and_again_on_a_resumed_export(
+        tmp_path, capsys):
+    """Streamed, the export measures no weights of its own (relative_error None): the float16 output of the
+    teacher above passed silently. Its last pass's held-out check records the maxima (the final student
+    before the export's rounding), so the export warns naming the layer; a --resume that only changes
+    export.dtype to float16 (the passes not run again) reads them back from the stage and warns too."""
+    import json
+
+    import torch
+
+    teacher = tiny_pixart()
+    with torch.no_grad():
+        teacher.transformer_blocks[1].ff.net[2].weight.mul_(10000)
+    teacher.save_pretrained(tmp_path / "t")
+    text = "stream: true\n" + SIMPLE.format(teacher=tmp_path / "t", passes=STREAMED_PASSES)
+    out = run_recipe(tmp_path, text + "export: {dtype: float16}\n", "r")
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("warning: export.dtype float16: on the held-out inputs the last pass's student's activations (its "
+            "held-out check, before the export's rounding) reach") in err
+    assert "beyond float16's range (max 65504)" in err and "first at transformer_blocks.1.ff.net.2 (" in err
+    export = json.loads((out / "report.json").read_text())["export"]
+    assert export["relative_error"] is None
+    largest = export["activation_max"]
+    assert largest["transformer_blocks.0"] < 1000 < 65504 < largest["transformer_blocks.1"]
+    run_recipe(tmp_path, text, "again")  # float32: nothing to warn of
+    assert "activations" not in capsys.readouterr().err
+    run_recipe(tmp_path, text + "export: {dtype: float16}\n", "again", resume=True, overwrite=True)
+    assert "first at transformer_blocks.1.ff.net.2 (" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_streamed_float16_export_of_a_normal_model_does_not_warn(tmp_path, capsys):
+    import json
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    text = "stream: true\n" + SIMPLE.format(teacher=tmp_path / "t", passes=STREAMED_PASSES)
+    out = run_recipe(tmp_path, text + "export: {dtype: float16}\n", "r")
+    assert "activations" not in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    largest = report["export"]["activation_max"]
+    assert {"transformer_blocks.0", "transformer_blocks.2", "proj_out"} <= set(largest)
+    assert 0 < max(largest.values()) < 65504 / 2
+    assert report["stages"][-1]["activation_near_float16"] == []
 
 
 def test_the_recipe_as_run_names_a_relative_calibration_pipeline_absolute(tmp_path, monkeypatch):
