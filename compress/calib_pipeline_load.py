@@ -28,7 +28,7 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
     if problem := folder_problem(source, what):  # a listed part missing: diffusers would build it from nothing
         raise UserError(f"{what}{problem}")
     index = folder_index(source, what)  # another family's: its sampling would fail inside diffusers
-    if index is not None and (problem := family_problem(index, "", "", type(teacher).__name__)):
+    if index is not None and (problem := family_problem(index, "", "", type(teacher).__name__, source)):
         raise UserError(f"{what}{problem}")
     try:  # a Hub id: offline, unreachable or stopped answering, from the cache; the error says why
         pipe = hub_or_cache(source, "calibration pipeline", lambda **cached: DiffusionPipeline.from_pretrained(

@@ -224,17 +224,19 @@ def _check_base_index(transformer: nn.Module, base: str, index: dict | None) -> 
     checked) is of `transformer`'s class, before its parts are checked or load: _check_base reads
     the transformer's config, which a base downloaded without transformer/ (load_pipeline passes
     it) lacks: a Flux pipeline loaded around a PixArt transformer (diffusers only logs the class),
-    and a cached one lacking a part was said as a download to make."""
+    and a cached one lacking a part was said as a download to make. The generic Transformer2DModel
+    (older PixArt repos) is told by its transformer/config.json, else by the pipeline class
+    (pipeline_family.index_transformer)."""
     from compress.pipeline_cache import cached_index
-    from compress.pipeline_folder import index_transformer
+    from compress.pipeline_family import index_transformer, listed_words
 
     snapshot = None
     if index is None and (found := cached_index(base)) is not None:
         snapshot, index = found
-    listed = index_transformer(index) if index is not None else None
-    if listed is not None and listed != type(transformer).__name__:
+    listed = index_transformer(index, snapshot or base) if index is not None else None
+    if listed is not None and listed[0] != type(transformer).__name__:
         cached = f" (its model_index.json in the Hugging Face cache's snapshot {snapshot} of it)" if snapshot else ""
-        raise UserError(f"base pipeline {base} holds a {listed}{cached}; the compressed transformer is a "
+        raise UserError(f"base pipeline {base} holds a {listed_words(listed)}{cached}; the compressed transformer is a "
                         f"{type(transformer).__name__}: pass a base of its family")
 
 
@@ -252,10 +254,14 @@ def _check_toy_base(transformer: nn.Module, base: str) -> None:
 
 
 def _check_base_config(transformer: nn.Module, config: dict, base: str) -> None:
-    """The transformer config of base pipeline `base` is of `transformer`'s class and widths."""
-    name = config.get("_class_name")
-    if name and name != type(transformer).__name__:
-        raise UserError(f"base pipeline {base} holds a {name}; the compressed transformer is a "
+    """The transformer config of base pipeline `base` is of `transformer`'s class (the generic
+    Transformer2DModel of older PixArt repos told by its keys: pipeline_family.config_class) and widths."""
+    from compress.pipeline_family import GENERIC, config_class, listed_words
+
+    name, told = config.get("_class_name"), config_class(config)
+    if name and (told or name) != type(transformer).__name__:
+        held = listed_words((told, "by its transformer/config.json")) if told and name == GENERIC else name
+        raise UserError(f"base pipeline {base} holds a {held}; the compressed transformer is a "
                         f"{type(transformer).__name__}: pass a base of its family")
     check_same_config(transformer, config, f"the transformer of base pipeline {base}",
                       "pass the pipeline of its teacher as base")

@@ -271,35 +271,32 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
         if problem := index_problem(pipeline, index):
             raise UserError(f"{what}{problem}")
     recipe = calib.__dict__.get("_recipe")
-    if calib.pipeline and recipe is not None and (problem := family_problem(index, recipe.model, teacher_source)):
+    if calib.pipeline and recipe is not None and (problem := family_problem(
+            index, recipe.model, teacher_source, folder=snapshot or pipeline)):
         cached = f"the Hugging Face cache's snapshot {snapshot} of it: " if snapshot is not None else ""
         raise UserError(f"{what}{cached}{problem}")
 
 
-def family_problem(index: dict, family: str, teacher: str, cls: str | None = None) -> str | None:
+def family_problem(index: dict, family: str, teacher: str, cls: str | None = None,
+                   folder: str | Path | None = None) -> str | None:
     """'its model_index.json's transformer is a FluxTransformer2DModel, and the teacher T is a
-    PixArtTransformer2DModel (pixart); …' where the pipeline whose model_index.json is `index` is of
-    another family than the teacher `teacher` of `family` (or of class `cls`, where it has loaded):
-    its sampling failed inside diffusers (a PixArt teacher in a Flux pipeline: 'FrozenDict' object
-    has no attribute 'guidance_embeds'). None where they agree, or the index names no transformer's
-    class (index_transformer)."""
+    PixArtTransformer2DModel (pixart); …' where the pipeline whose model_index.json is `index` (in the
+    folder or cached snapshot `folder`) is of another family than the teacher `teacher` of `family`
+    (or of class `cls`, where it has loaded): its sampling failed inside diffusers (a PixArt teacher
+    in a Flux pipeline: 'FrozenDict' object has no attribute 'guidance_embeds'; a Flux teacher in an
+    older PixArt repo listing the generic Transformer2DModel: … 'sample_size'). None where they agree,
+    or nothing tells the index's transformer's class (pipeline_family.index_transformer)."""
     from compress.arch import ADAPTERS
+    from compress.pipeline_family import index_transformer, listed_words
 
-    listed = index_transformer(index)
+    listed = index_transformer(index, folder)
     cls = cls or (ADAPTERS[family].class_name if family in ADAPTERS else None)
-    if listed is None or cls is None or listed == cls:
+    if listed is None or cls is None or listed[0] == cls:
         return None
-    return (f"its model_index.json's transformer is a {listed}, and the teacher{f' {teacher}' if teacher else ''} is a {cls}"
-            f"{f' ({family})' if family in ADAPTERS else ''}; set calibration.pipeline to a pipeline of the "
+    teacher = f" {teacher}" if teacher else ""
+    return (f"its model_index.json's transformer is a {listed_words(listed)}, and the teacher{teacher} "
+            f"is a {cls}{f' ({family})' if family in ADAPTERS else ''}; set calibration.pipeline to a pipeline of the "
             "teacher's family")
-
-
-def index_transformer(index: dict) -> str | None:
-    """The class of the transformer the pipeline's model_index.json `index` lists; None where it lists
-    none, or diffusers' generic Transformer2DModel (older PixArt repos' name: diffusers makes it a
-    PixArtTransformer2DModel by its config, which the index does not hold)."""
-    entry = listed_parts(index).get("transformer")
-    return None if entry is None or entry[1] == "Transformer2DModel" else entry[1]
 
 
 def check_pipeline_there(calib, where: str = "") -> None:

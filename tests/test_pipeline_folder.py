@@ -349,18 +349,6 @@ def test_a_calibration_pipeline_of_another_family_is_refused_naming_both_before_
                             "calibration.pipeline to a pipeline of the teacher's family")
 
 
-def test_a_model_index_listing_the_generic_transformer2dmodel_is_of_no_family():
-    """Older PixArt repos list diffusers' Transformer2DModel, which diffusers makes a
-    PixArtTransformer2DModel by its config: the index alone tells no family, so none is refused."""
-    from compress.pipeline_folder import family_problem
-
-    index = {"_class_name": "PixArtSigmaPipeline", "transformer": ["diffusers", "Transformer2DModel"]}
-    assert family_problem(index, "pixart", "t") is None and family_problem(index, "flux", "t") is None
-    index["transformer"][1] = "FluxTransformer2DModel"
-    assert family_problem(index, "flux", "t") is None
-    assert "transformer is a FluxTransformer2DModel" in family_problem(index, "pixart", "t")
-
-
 @pytest.mark.parametrize("empty_snapshot", [False, True])
 def test_a_cached_hub_pipeline_whose_main_moved_on_is_refused_by_plan_and_run_before_the_teacher_loads(
         tmp_path, folders, monkeypatch, capsys, empty_snapshot):
