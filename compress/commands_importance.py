@@ -150,7 +150,7 @@ def importance(args) -> int:
     recipe = _importance_source(args.source, args.teacher, args.teacher_config, args.overrides)  # None: a toy
     config = _importance_config(recipe, args.buckets, args.teacher)  # before the teacher loads
     png = png or _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])
-    config_arg = teacher_config_of(recipe, args.teacher_config) if recipe is not None else args.teacher_config
+    config_arg = teacher_config_of(recipe, args.teacher_config, args.teacher) if recipe is not None else args.teacher_config
     _, teacher, inputs, loader = _teacher_and_inputs(args.source, recipe, args.teacher, config_arg)
     adapter = get_adapter(teacher)
     with streamed(teacher, loader) if loader is not None else nullcontext():  # pipeline sampling

@@ -11,16 +11,17 @@ from compress.errors import UserError
 from compress.recipe_where import recipe_where
 
 
-def teacher_config_of(recipe, config: str | None) -> str | None:
+def teacher_config_of(recipe, config: str | None, teacher: str | None = None) -> str | None:
     """The teacher config a run of `recipe` reads: --teacher-config (`config`) where given, else the
     recipe's `teacher_config:` (None where it has none). A relative one is taken from the current folder,
     as `teacher:` is; one that is not there is a UserError at its file:line, naming the path looked for
-    (and the one beside the recipe, where that is there), before anything loads."""
+    (and the one beside the recipe, where that is there), before anything loads; but not for a teacher
+    (`teacher`: --teacher, else the recipe's) that reads no config: io_source.checked warns it is not read."""
     given = getattr(recipe, "teacher_config", None)
     if config is not None or given is None:
         return config
     path = Path(given).expanduser()
-    if path.exists():
+    if path.exists() or reads_no_config(teacher or recipe.teacher):
         return given
     rule = ""
     if not path.is_absolute():
@@ -29,6 +30,12 @@ def teacher_config_of(recipe, config: str | None) -> str | None:
                 + (f", not the recipe's; there is {beside}: give that path)" if Path(beside).exists() else ")"))
     raise UserError(f"{recipe_where(recipe, 'teacher_config', given)}: teacher_config {given} not found: "
                     f"{os.path.abspath(path)}{rule}")
+
+
+def reads_no_config(source: str) -> bool:
+    """Whether the teacher `source` (as given: relative from the current folder) reads no teacher config:
+    a toy teacher, or a folder (its own config.json; io_source.check_source's kinds 'toy' and 'folder')."""
+    return source.startswith("toy:") or Path(source).expanduser().is_dir()
 
 
 def config_named(recipe, config: str | None) -> str:

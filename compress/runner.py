@@ -45,7 +45,7 @@ class Runner:
             raise UserError("--resume continues an interrupted run and --restart discards it: pass one of them")
         self.recipe, self.out, self.run_dir = recipe, Path(out).expanduser(), Path(run_dir).expanduser()
         # --teacher-config, else the recipe's teacher_config: (there: a UserError at its line otherwise)
-        self.teacher_arg, self.teacher_config = teacher, teacher_config_of(recipe, teacher_config)
+        self.teacher_arg, self.teacher_config = teacher, teacher_config_of(recipe, teacher_config, teacher)
         self.config_by = config_by(recipe, teacher_config)  # how a refusal names it: the flag, or the key's line
         self.resume, self.overwrite, self.restart = resume, overwrite, restart
         self.run_dir_was = self.run_dir.is_dir()  # before the locks make it: --resume into no folder is said so

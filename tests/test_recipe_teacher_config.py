@@ -192,3 +192,28 @@ def test_an_output_over_the_recipes_teacher_config_names_the_key(tmp_path, monke
         Runner(recipe, Path("prev"), tmp_path / "run", overwrite=True).prepare()
     with pytest.raises(UserError, match="^--out prev is the folder of the --teacher-config prev; name"):
         Runner(recipe, Path("prev"), tmp_path / "run", overwrite=True, teacher_config="prev").prepare()
+
+
+# ---- a teacher that reads no config ----------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["folder", "toy"])
+def test_a_teacher_reading_no_config_warns_of_the_recipes_teacher_config_not_found(tmp_path, monkeypatch, capsys, kind):
+    """--teacher naming a folder or toy teacher: the recipe's teacher_config, not there from the current folder,
+    is warned of as not read (and not found) by plan, run and importance; they refused it as not found."""
+    tiny_pixart().save_pretrained(tmp_path / "pixdir")
+    teacher = str(tmp_path / "pixdir") if kind == "folder" else "toy:pixart"
+    (tmp_path / "cfg").mkdir()  # beside the recipe, not in the current folder
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.format(teacher="pix.safetensors", config="cfg"))
+    (tmp_path / "else").mkdir()
+    monkeypatch.chdir(tmp_path / "else")
+    what = "a folder with its own config.json" if kind == "folder" else "a toy teacher"
+    warning = (f"{path}:3: teacher_config cfg is not read (nor found: {tmp_path / 'else' / 'cfg'}): teacher {teacher} "
+               f"is {what} (teacher_config is for a single file or a Hugging Face id)")
+    assert main(["plan", str(path), "--teacher", teacher]) == 0
+    assert warning in " ".join(capsys.readouterr().err.split())
+    out = run_recipe(tmp_path, path.read_text(), "r", teacher=teacher)
+    assert warning in " ".join(capsys.readouterr().err.split())
+    assert "teacher_config" not in json.loads((out / "report.json").read_text())
+    assert main(["importance", str(path), "--teacher", teacher, "--png", str(tmp_path / "i.png"), "--json", "-"]) == 0
+    assert warning in " ".join(capsys.readouterr().err.split())
+
