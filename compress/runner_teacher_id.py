@@ -32,11 +32,11 @@ FILES = "files"  # in a teacher identity: io_signature.teacher_signature of its 
 
 
 def named_teacher(source: str, config: str | None) -> dict:
-    """The teacher source and --teacher-config as --resume compares them (a local path made absolute),
-    and CONFIG_SUM, the checksum of the config file the teacher reads (`config_read`) where it is local,
-    known before the teacher loads."""
+    """The teacher source and --teacher-config as --resume compares them (a local path made absolute, ~
+    expanded: the output records them so), and CONFIG_SUM, the checksum of the config file the teacher reads
+    (`config_read`) where it is local, known before the teacher loads."""
     def where(s):
-        return str(Path(s).resolve()) if s and Path(s).exists() else s
+        return str(Path(s).expanduser().resolve()) if s and Path(s).expanduser().exists() else s
 
     named = {"source": where(source), "config": where(config)}
     file = config_read(source, config)

@@ -194,7 +194,7 @@ def test_an_output_over_the_recipes_teacher_config_names_the_key(tmp_path, monke
         Runner(recipe, Path("prev"), tmp_path / "run", overwrite=True, teacher_config="prev").prepare()
 
 
-# ---- a teacher that reads no config ----------------------------------------------------------------
+# ---- a teacher that reads no config; a config under ~ ------------------------------------------------
 @pytest.mark.parametrize("kind", ["folder", "toy"])
 def test_a_teacher_reading_no_config_warns_of_the_recipes_teacher_config_not_found(tmp_path, monkeypatch, capsys, kind):
     """--teacher naming a folder or toy teacher: the recipe's teacher_config, not there from the current folder,
@@ -217,3 +217,15 @@ def test_a_teacher_reading_no_config_warns_of_the_recipes_teacher_config_not_fou
     assert main(["importance", str(path), "--teacher", teacher, "--png", str(tmp_path / "i.png"), "--json", "-"]) == 0
     assert warning in " ".join(capsys.readouterr().err.split())
 
+
+def test_a_teacher_config_under_home_is_recorded_expanded(tmp_path, monkeypatch):
+    """teacher_config: ~/cfg (and teacher: ~/pix.safetensors) are recorded absolute, as ./cfg is: the output's
+    recipe.yaml kept '~/cfg' with a comment saying the recipe's was ~/cfg, and report.json '~/cfg'."""
+    single_file(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = run_recipe(tmp_path, RECIPE.format(teacher="~/pix.safetensors", config="~/cfg"), "r")
+    report = json.loads((out / "report.json").read_text())
+    assert (report["teacher"], report["teacher_config"]) == (str(tmp_path / "pix.safetensors"), str(tmp_path / "cfg"))
+    written = (out / "recipe.yaml").read_text()
+    assert yaml.safe_load(written)["teacher_config"] == str(tmp_path / "cfg") and "# teacher_config:" not in written
+    assert json.loads((out / "config.json").read_text())["compression"]["teacher_config"] == str(tmp_path / "cfg")
