@@ -1,12 +1,13 @@
 """A teacher's weights checked against its config from the safetensors headers alone: plan refuses,
 in the line run's load gives (io_errors, io_single), a folder whose config.json describes more blocks
-than its weights hold, a tensor of another shape, and an empty, truncated or corrupted file, where
-it used to plan the config's numbers. Cost: safe_open reads a file's header (its tensor names,
-dtypes, shapes and offsets) and checks the file is as long as the header says; no tensor data is
-read (a few KB per file, also for a sharded Flux-dev). Not checked here (their loaders say what is
-wrong): a toy teacher (shipped), a dit-compress output (its own loader), pickles (.bin/.pth/.ckpt:
-reading their names means unpickling the data), and a Hub id whose weights are not all in the
-Hugging Face cache (nothing is asked of the Hub).
+than its weights hold, a folder of a config and no weights, a tensor of another shape, and an
+empty, truncated or corrupted file, where it used to plan the config's numbers. Cost: safe_open
+reads a file's header (its tensor names, dtypes, shapes and offsets) and checks the file is as long
+as the header says; no tensor data is read (a few KB per file, also for a sharded Flux-dev). Not
+checked here (their loaders say what is wrong): a toy teacher (shipped), a dit-compress output (its
+own loader), pickles (.bin/.pth/.ckpt: reading their names means unpickling the data), and a Hub id
+whose weights are not all in the Hugging Face cache (nothing is asked of the Hub: its config alone
+plans a teacher not downloaded yet).
 """
 
 from __future__ import annotations
@@ -87,11 +88,16 @@ def safetensors_weights(folder: Path) -> list[str]:
 
 def check_folder_weights(folder: Path, model: torch.nn.Module) -> None:
     """A transformer folder's safetensors weights (the file, or the shards its index lists) fill
-    `model`, as run's from_pretrained finds them: a missing or cut shard, then a tensor of another
+    `model`, as run's from_pretrained finds them: no weight file at all (io_errors.no_weights: a
+    config alone planned the config's numbers), a missing or cut shard, then a tensor of another
     shape (io_errors.other_shape), then missing or unexpected names (io_errors.check_loading_info)."""
-    from compress.io_errors import check_loading_info, other_shape
+    from compress.io import variant_weights, weights_variant
+    from compress.io_errors import check_loading_info, no_weights, other_shape
     from compress.stream_files import weight_map
 
+    variant = weights_variant(folder)
+    if not variant_weights([f.name for f in folder.iterdir()], variant):
+        raise no_weights(folder, variant)  # a config and no weights: run's refusal (io._load_folder)
     if not safetensors_weights(folder):
         return
     files = weight_map(folder)  # shards missing, links gone, a file that does not open: run's words

@@ -131,3 +131,19 @@ def test_a_hub_teacher_is_checked_from_a_whole_cached_snapshot_alone(tmp_path, m
 
 def _no_request(*args, **kwargs):
     raise AssertionError("plan asked the Hub")
+
+
+def test_a_folder_of_a_config_and_no_weights_is_refused_in_runs_line(tmp_path):
+    """A local folder holding config.json alone planned the config's numbers (19,944 params for the
+    tiny PixArt) where run refuses it (io_errors.no_weights); a Hub id's cached config alone still
+    plans (test_a_hub_teacher_is_checked_from_a_whole_cached_snapshot_alone)."""
+    from compress.io import load_teacher
+
+    tiny_pixart().save_config(tmp_path / "t")
+    said = _refused(tmp_path / "t")
+    assert said == (f"{tmp_path / 't'} has config.json but no weights: no diffusion_pytorch_model.safetensors, "
+                    "diffusion_pytorch_model.safetensors.index.json or a variant or .bin of them (the folder holds "
+                    "nothing else)")
+    with pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / "t"))
+    assert str(e.value) == said  # run's words
