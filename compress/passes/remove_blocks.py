@@ -190,10 +190,11 @@ class RemoveBlocksPass(Pass):
         if self.config.criterion == "learned":  # the windows can be made of the blocks left
             pattern_count(per_group(budget, counts), counts, self.config.window, window_key(self.config))
 
-    def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
+    def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str, tuple]]:
         """A count or fraction that removes no block (a fraction rounded down: the smallest that
         removes one), a learned removal whose estimator is likely biased, buckets other than the
-        default (`idle_buckets`) (the runner warns once, at its key)."""
+        default (`idle_buckets`) (the runner warns once, at its key, with the --sets of the keys
+        each read alone)."""
         possible = possible_counts(model, adapter)  # several where earlier removals pick groups at run time
         return (removes_nothing(self.config, adapter.block_counts(model), possible) + _biased(self.config)
                 + idle_buckets(self.config))
@@ -369,7 +370,7 @@ class RemoveBlocksPass(Pass):
         return block_map
 
 
-def idle_buckets(config: RemoveBlocksConfig) -> list[tuple[str, str]]:
+def idle_buckets(config: RemoveBlocksConfig) -> list[tuple[str, str, tuple]]:
     """`buckets` other than its default changes nothing: the choice reads each block's score over all
     inputs (importance `_result` sums the buckets), learned scans nothing, and the pass records no
     bucket; a recipe that sets it is warned (the key stays: a run's recipe.yaml writes it)."""
@@ -377,7 +378,7 @@ def idle_buckets(config: RemoveBlocksConfig) -> list[tuple[str, str]]:
         return []
     return [("buckets", f"remove_blocks: buckets {config.buckets} changes nothing: the blocks are chosen by "
                         "each block's score over all calibration inputs, whatever the buckets (an importance "
-                        "pass's buckets split the scores it shows by timestep); leave it out")]
+                        "pass's buckets split the scores it shows by timestep); leave it out", ())]
 
 
 def _total(budget) -> int:

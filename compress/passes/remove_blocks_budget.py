@@ -180,17 +180,18 @@ def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) ->
 
 
 def removes_nothing(config, counts: dict[str, int],
-                    possible: list[dict[str, int]] | None = None) -> list[tuple[str, str]]:
-    """(recipe key, message) where a count or fraction (that `resolve_budget` passed) removes no
+                    possible: list[dict[str, int]] | None = None) -> list[tuple[str, str, tuple]]:
+    """(recipe key, message, ()) where a count or fraction (that `resolve_budget` passed) removes no
     block: a fraction rounded down to none names the smallest that removes one; a pass that removes
     no block at all (explicit blocks too: `blocks: {}`, `blocks: {blocks: []}`) says it changes nothing.
     `possible`: the counts per group the run may have by then (removed_blocks.possible_counts; default
-    `counts`): a fraction that rounds down to none for some of them says for which."""
+    `counts`): a fraction that rounds down to none for some of them says for which. Each reads its
+    value alone (and the model): a --set of another key of the pass is not named with it."""
     key = one_of(config)
     value = getattr(config, key)
     nothing = ", so this pass changes nothing"
     if key == "blocks":
-        return [] if any(value.values()) else [(key, f"remove_blocks: blocks removes no block{nothing}")]
+        return [] if any(value.values()) else [(key, f"remove_blocks: blocks removes no block{nothing}", ())]
     possible = possible or [counts]
     items = list(value.items()) if isinstance(value, dict) else [(None, value)]
     rounded, totals = [], [0] * len(possible)
@@ -203,9 +204,9 @@ def removes_nothing(config, counts: dict[str, int],
             spare = min(ns) - (1 if group else len(counts))  # blocks it may remove: each group keeps one
             rounded.append((path, _rounded_words(path, v, group, ns, none), _smallest(min(ns), spare)))
     if not any(totals) and len(items) == 1 and rounded:
-        return [(path, head + nothing + tail) for path, head, tail in rounded]
-    out = [(path, head + tail) for path, head, tail in rounded]
-    return out if any(totals) else out + [(key, f"remove_blocks: {key} removes no block{nothing}")]
+        return [(path, head + nothing + tail, ()) for path, head, tail in rounded]
+    out = [(path, head + tail, ()) for path, head, tail in rounded]
+    return out if any(totals) else out + [(key, f"remove_blocks: {key} removes no block{nothing}", ())]
 
 
 def _rounded_words(path: str, v: float, group: str | None, ns: list[int], none: list[int]) -> str:

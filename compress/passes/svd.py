@@ -106,7 +106,7 @@ class SVDPass(GlobalAllocation, Pass):
             return
         raise refused_on_all("asymmetric", targets, "can be fitted to the reference", _NOT_FITTED)
 
-    def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str]]:
+    def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str, tuple]]:
         """A pass whose ranks, known before calibration, leave every target dense changes nothing (ranks
         decided after calibration: where no rank at svd.multiple saves; the run warns of the rest); a
         module name whose block index earlier removals renumbered names another teacher block."""

@@ -62,15 +62,17 @@ class SVDConfig:
 
 
 def shadow_notes(targets, ranks: dict, set_keys: dict | None = None,
-                 added: set | None = None) -> list[tuple[str, str]]:
-    """(key, note) per `ranks` pattern an earlier one shadows (shadowed_ranks). `set_keys`: the
-    option keys (ranks.P) a --set gave, to that --set; `added`: those a --set added rather than gave
-    another value where the file has them (None: every one). A --set pattern the recipe lacks goes
-    before the file's to give its layers their rank, so a file pattern it shadows is meant: no note;
-    one the file has stands where the file has it, so the file's order is advised as without it.
-    Where the two came from different places, reordering is not the user's to do: the note says why."""
-    out, set_keys = [], set_keys or {}
+                 added: set | None = None) -> list[tuple[str, str, tuple]]:
+    """(key, note, keys read: which layers are targets, the patterns before it) per `ranks` pattern
+    an earlier one shadows (shadowed_ranks). `set_keys`: the option keys (ranks.P) a --set gave, to
+    that --set; `added`: those a --set added rather than gave another value where the file has them
+    (None: every one). A --set pattern the recipe lacks goes before the file's to give its layers
+    their rank, so a file pattern it shadows is meant: no note; one the file has stands where the
+    file has it, so the file's order is advised as without it. Where the two came from different
+    places, reordering is not the user's to do: the note says why."""
+    out, set_keys, patterns = [], set_keys or {}, list(ranks)
     for p, e in shadowed_ranks(targets, ranks):
+        reads = ("targets", "ignore", *(f"ranks.{q}" for q in patterns[:patterns.index(p)]))
         p_set, e_set = set_keys.get(f"ranks.{p}"), set_keys.get(f"ranks.{e}")
         e_added = e_set and (added is None or f"ranks.{e}" in added)
         if e_added and not p_set:
@@ -80,10 +82,10 @@ def shadow_notes(targets, ranks: dict, set_keys: dict | None = None,
         words = f"svd.ranks: pattern {p!r} gives no layer its rank: {e!r}, earlier, matches every layer it does"
         if p_set == e_set:  # both in the file, or in one --set
             out.append((f"ranks.{p}", f"{words} (the first matching pattern wins); put it before {e!r} "
-                                      f"to give those layers its rank, or remove it"))
+                                      f"to give those layers its rank, or remove it", reads))
             continue
         how = ("both were set on the command line: a --set pattern new to the recipe goes before the others "
                "(the last one first), one the recipe has stays where it is" if e_set else
                f"the --set replaced the recipe's {p!r} where the file has it, after {e!r}")
-        out.append((f"ranks.{p}", f"{words} (the first matching pattern wins; {how})"))
+        out.append((f"ranks.{p}", f"{words} (the first matching pattern wins; {how})", reads))
     return out

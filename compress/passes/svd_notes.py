@@ -1,34 +1,39 @@
 """The svd pass's notes before it runs (plan and run's checks) and after it allocates: a pass whose
 ranks leave every target dense, explicit ranks at or above break-even, ranks floored at svd.multiple,
-an allocation that kept everything dense; each as (recipe key, message) for its line."""
+an allocation that kept everything dense; each as (recipe key, message, the other keys it read) for
+its line (Pass.notes: a --set of a key it did not read is not named with it)."""
 
 from __future__ import annotations
 
 from compress.alloc import DENSE, rank_options
 from compress.passes.svd_targets import explicit_rank, fixed_ranks, matches, shape_spec
 
+TARGETS = ("targets", "ignore")  # the keys that say which layers are the pass's targets
 
-def unchanged_note(c, targets) -> tuple[str, str]:
-    """(recipe key, message) for an svd pass whose fixed ranks leave all its `targets` dense: rounding
+
+def unchanged_note(c, targets) -> tuple[str, str, tuple]:
+    """(recipe key, message, keys read) for an svd pass whose fixed ranks leave all its `targets` dense: rounding
     to `c.multiple` is named the cause only where unrounded ranks (multiple 1) would save parameters;
     else the ratio (or ratios, ranks) keeps every parameter."""
     dense = f"every one of its {len(targets)} targets stays dense"
     unrounded = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks or {}, 1)
+    fixed = (*TARGETS, "allocation", _ratio_key(c), "ranks")  # what fixed_ranks read, but multiple
     if c.multiple > 1 and any(r is not None for r in unrounded.values()):
         return cause_key(c, ["multiple", _ratio_key(c)]), (
             f"svd: {dense} (ranks rounded up to a multiple of {c.multiple} save no parameters at these widths), "
-            "so this pass changes nothing; lower svd.multiple or svd.ratio")
+            "so this pass changes nothing; lower svd.multiple or svd.ratio"), (*fixed, "multiple")
+    reads = fixed  # unrounded ranks keep every parameter too: not multiple's doing
     if c.allocation == "per_role":
         key, why = cause_key(c, ["ratios"]), "svd.ratios keep every parameter of their roles"
     elif c.ranks and len(fixed_ranks(targets, "", c.ratio, None, c.ranks, 1)) == len(targets):
-        key, why = "ranks", "svd.ranks are at or above the rank where a factorization saves parameters"
+        key, why, reads = "ranks", "svd.ranks are at or above the rank where a factorization saves parameters", TARGETS
     else:
         key, why = "ratio", f"svd.ratio {c.ratio} keeps every parameter"
-    return key, f"svd: {why}, so {dense} and this pass changes nothing; lower svd.{key}"
+    return key, f"svd: {why}, so {dense} and this pass changes nothing; lower svd.{key}", reads
 
 
-def no_saving_rank_note(c, targets, ranks: dict) -> tuple[str, str] | None:
-    """(key, note) for a budgeted pass (energy, global: ranks decided after calibration) that leaves
+def no_saving_rank_note(c, targets, ranks: dict) -> tuple[str, str, tuple] | None:
+    """(key, note, keys read) for a budgeted pass (energy, global: ranks decided after calibration) that leaves
     every target dense whatever calibration finds: no rank in multiples of `c.multiple` saves
     parameters at its targets' widths, and its explicit ranks (`ranks`, fixed) are dense too. None otherwise."""
     free = [i for i in targets if i.name not in ranks]
@@ -38,7 +43,7 @@ def no_saving_rank_note(c, targets, ranks: dict) -> tuple[str, str] | None:
     return cause_key(c, ["multiple"]), (
         f"svd: every one of its {len(targets)} targets stays dense (ranks in multiples of {c.multiple} save no "
         f"parameters at these widths, whatever the {c.allocation} allocation finds), so this pass changes "
-        "nothing; lower svd.multiple")
+        "nothing; lower svd.multiple"), (*TARGETS, "allocation", "ranks")
 
 
 def allocated_note(c, records: dict[str, dict]) -> str | None:
@@ -76,16 +81,19 @@ def cause_key(c, keys: list[str]) -> str:
     return keys[0]
 
 
-def floored_note(c, targets, ranks: dict) -> tuple[str, str] | None:
-    """(key, note) for a pass whose fixed ranks factorize some target: ranks floored at svd.multiple
-    (`_floored_note`) and explicit ranks that leave targets dense (`dense_ranks_note`), one line
-    at the first one's key. None where neither."""
+def floored_note(c, targets, ranks: dict) -> tuple[str, str, tuple] | None:
+    """(key, note, keys read) for a pass whose fixed ranks factorize some target: ranks floored at
+    svd.multiple (`_floored_note`) and explicit ranks that leave targets dense (`dense_ranks_note`),
+    one line at the first one's key, reading what either read. None where neither."""
     said = [n for n in (_floored_note(c, targets, ranks), dense_ranks_note(c, targets)) if n]
-    return (said[0][0], "; ".join(m for _, m in said)) if said else None
+    if not said:
+        return None
+    reads = dict.fromkeys(k for _, _, r in said for k in r)  # in order, once each
+    return said[0][0], "; ".join(m for _, m, _ in said), tuple(reads)
 
 
-def dense_ranks_note(c, targets) -> tuple[str, str] | None:
-    """(key, note) for svd.ranks patterns whose rank is at or above the break-even rank m·n/(m+n) of
+def dense_ranks_note(c, targets) -> tuple[str, str, tuple] | None:
+    """(key, note, keys read) for svd.ranks patterns whose rank is at or above the break-even rank m·n/(m+n) of
     some of the targets they give it: a factorization there saves nothing, so those stay dense (a
     rank up to the layer's width passes the check, and ratio: 1 is warned of; this was not).
     None where every explicit rank factorizes."""
@@ -97,7 +105,7 @@ def dense_ranks_note(c, targets) -> tuple[str, str] | None:
     if not dense:
         return None
     said = [_dense_rank_words(c, p, infos, targets) for p, infos in dense.items()]
-    return f"ranks.{next(iter(dense))}", "; ".join(said)
+    return f"ranks.{next(iter(dense))}", "; ".join(said), (*TARGETS, "ranks")  # each pattern, which layers
 
 
 def _dense_rank_words(c, pattern: str, infos, targets) -> str:
@@ -113,8 +121,8 @@ def _dense_rank_words(c, pattern: str, infos, targets) -> str:
             f"{'it stays' if one else 'they stay'} dense; give a rank below {below} to factorize {'it' if one else 'them'}")
 
 
-def _floored_note(c, targets, ranks: dict) -> tuple[str, str] | None:
-    """(key, note) for a uniform or per_role pass whose ratio asks some target for a rank that
+def _floored_note(c, targets, ranks: dict) -> tuple[str, str, tuple] | None:
+    """(key, note, keys read) for a uniform or per_role pass whose ratio asks some target for a rank that
     rounds to 0 (below multiple / 2): its rank is floored at `multiple`, so the pass keeps more than
     the ratio asks (ratio 0.001 at multiple 8 kept 9.9% unsaid). None where no rank is floored.
     ranks: the fixed ranks (svd_targets.fixed_ranks), explicit ranks among them."""
@@ -136,7 +144,8 @@ def _floored_note(c, targets, ranks: dict) -> tuple[str, str] | None:
         return None
     which = f"all {floored} of its" if floored == len(targets) else f"{floored} of its {len(targets)}"
     said = "svd.ratios ask" if c.allocation == "per_role" else f"svd.ratio {c.ratio} asks"
-    return cause_key(c, [_ratio_key(c), "multiple"]), (
-        f"svd: ranks are floored at svd.multiple ({c.multiple}): for {which} targets the ratio asks a rank "
-        f"below {c.multiple / 2:g}, so this pass keeps {kept / total:.1%} of its targets' parameters instead "
-        f"of the {asked / total:.1%} that {said}; lower svd.multiple for smaller ranks")
+    words = (f"svd: ranks are floored at svd.multiple ({c.multiple}): for {which} targets the ratio asks a rank "
+             f"below {c.multiple / 2:g}, so this pass keeps {kept / total:.1%} of its targets' parameters instead "
+             f"of the {asked / total:.1%} that {said}; lower svd.multiple for smaller ranks")
+    reads = (*TARGETS, "allocation", _ratio_key(c), "multiple", "ranks")
+    return cause_key(c, [_ratio_key(c), "multiple"]), words, reads

@@ -144,9 +144,10 @@ def _advice(names: list[str]) -> str:
     return f"leave {'it' if len(names) == 1 else 'them'} out with svd.ignore, or factorize once at a lower ratio"
 
 
-def planned_notes(targets, model: nn.Module) -> list[tuple[str, str]]:
-    """(key, note) per earlier budgeted pass that may factorize some of `targets` at run time (ranks
-    decided after calibration): the run stops when this pass starts if it does."""
+def planned_notes(targets, model: nn.Module) -> list[tuple[str, str, tuple]]:
+    """(key, note, keys read besides targets: ignore) per earlier budgeted pass that may factorize
+    some of `targets` at run time (ranks decided after calibration): the run stops when this pass
+    starts if it does."""
     out = []
     for planned, (_, maybe, _) in _planned_overlap(targets, model).items():
         if maybe:
@@ -154,5 +155,5 @@ def planned_notes(targets, model: nn.Module) -> list[tuple[str, str]]:
                                    f"{planned.allocation} allocation, decided after calibration, gives "
                                    f"{'it a rank that saves' if len(maybe) == 1 else 'them ranks that save'} "
                                    "parameters; then the run stops when this pass starts (a layer is factorized "
-                                   f"once): {_advice(maybe)}"))
+                                   f"once): {_advice(maybe)}", ("ignore",)))
     return out

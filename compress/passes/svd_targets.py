@@ -99,16 +99,17 @@ def regex_past_the_blocks(pattern: str, infos: Sequence[LinearInfo]) -> tuple[st
 
 
 def renumbered_pattern_notes(patterns: Sequence[tuple[str, str]], infos: Sequence[LinearInfo],
-                             planned: dict) -> list[tuple[str, str]]:
-    """(key, note) per (key, pattern) naming blocks by their index where earlier removals renumbered
+                             planned: dict) -> list[tuple[str, str, tuple]]:
+    """(key, note, ()) per (key, pattern) naming blocks by their index where earlier removals renumbered
     them (removed_blocks.renumbered_notes; `planned`: removed_blocks.planned_blocks): module names
-    as there, and `re:` patterns by the blocks whose index they name (`_indexed`)."""
+    as there, and `re:` patterns by the blocks whose index they name (`_indexed`). Each reads its
+    pattern alone (and earlier passes): a --set of another key of the pass is not named with it."""
     out = []
     for key, pattern in patterns:
         if not pattern.startswith("re:"):
-            out += renumbered_notes([(key, pattern)], infos, planned)
+            out += [(k, said, ()) for k, said in renumbered_notes([(key, pattern)], infos, planned)]
         elif words := _regex_renumbered_words(pattern[3:], infos, planned):
-            out.append((key, f"svd.{key.split('.')[0]}: pattern {pattern!r}: {words}"))
+            out.append((key, f"svd.{key.split('.')[0]}: pattern {pattern!r}: {words}", ()))
     return out
 
 

@@ -338,7 +338,7 @@ def test_a_budget_that_removes_nothing_is_warned_and_scans_nothing(tmp_path, con
     step = RemoveBlocksPass(RemoveBlocksConfig(**config))
     step.check(model, adapter)
     f = {2: "0.5", 3: "0.34", 4: "0.25", 5: "0.2", 6: "0.17"}.get(n)
-    assert step.notes(model, adapter) == [(key, said.format(n=n, f=f))]
+    assert step.notes(model, adapter) == [(key, said.format(n=n, f=f), ())]  # its value alone read
     ctx = context(model, tmp_path)
     ctx.calibration_inputs = no_calibration
     step.run(model, ctx)
@@ -350,12 +350,12 @@ def test_a_group_fraction_that_rounds_down_names_its_group_key(tmp_path):
     counts = get_adapter(model).block_counts(model)
     step = RemoveBlocksPass(RemoveBlocksConfig(fraction={g: 0.01 for g in counts}))
     notes = step.notes(model, get_adapter(model))
-    assert [k for k, _ in notes] == [f"fraction.{g}" for g in counts] + ["fraction"], notes
+    assert [k for k, *_ in notes] == [f"fraction.{g}" for g in counts] + ["fraction"], notes
     g = next(iter(counts))
     assert notes[0][1].startswith(f"remove_blocks: fraction.{g} 0.01 of {counts[g]} blocks of group '{g}' rounds "
                                   "down to no block"), notes
     some = RemoveBlocksPass(RemoveBlocksConfig(fraction={g: 0.01, **{h: 0.6 for h in counts if h != g}}))
-    assert [k for k, _ in some.notes(model, get_adapter(model))] == [f"fraction.{g}"]
+    assert [k for k, *_ in some.notes(model, get_adapter(model))] == [f"fraction.{g}"]
 
 
 SPREAD_2 = [{"double": 2, "single": 2}, {"double": 1, "single": 3}]  # after a bare count of 2 (double 2, single 4)
@@ -380,7 +380,7 @@ def test_a_fraction_that_rounds_down_for_some_counts_the_run_may_find_says_which
     from compress.passes.remove_blocks_budget import removes_nothing
 
     config = RemoveBlocksConfig(fraction=fraction)
-    assert [m for _, m in removes_nothing(config, {"double": 2, "single": 4}, possible)] == [f"remove_blocks: {said}"]
+    assert [m for _, m, _ in removes_nothing(config, {"double": 2, "single": 4}, possible)] == [f"remove_blocks: {said}"]
     assert removes_nothing(config, possible[0], possible[:1]) == removes_nothing(config, possible[0])  # as before
 
 
@@ -422,7 +422,7 @@ def test_explicit_blocks_that_remove_nothing_are_warned_as_a_count_of_none_is(tm
     step = RemoveBlocksPass(RemoveBlocksConfig(blocks=blocks))
     step.check(model, adapter)
     assert step.notes(model, adapter) == [("blocks", "remove_blocks: blocks removes no block, so this pass "
-                                                     "changes nothing")]
+                                                     "changes nothing", ())]
     assert RemoveBlocksPass(RemoveBlocksConfig(blocks={"blocks": [0]})).notes(model, adapter) == []
 
 
@@ -468,11 +468,11 @@ def test_buckets_change_no_choice_and_are_warned_at_their_line(tmp_path, capsys)
         records.append(ctx.report["remove_blocks"])
     assert records[0] == records[1]
     model, adapter = tiny_pixart(), get_adapter(tiny_pixart())
-    said = dict(RemoveBlocksPass(RemoveBlocksConfig(count=1, buckets=7)).notes(model, adapter))
+    said = {k: m for k, m, _ in RemoveBlocksPass(RemoveBlocksConfig(count=1, buckets=7)).notes(model, adapter)}
     assert said["buckets"].startswith("remove_blocks: buckets 7 changes nothing: the blocks are chosen by each "
                                       "block's score over all calibration inputs")
     for quiet in (dict(count=1), dict(count=1, buckets=3), dict(blocks={"blocks": [1]})):
-        assert "buckets" not in dict(RemoveBlocksPass(RemoveBlocksConfig(**quiet)).notes(model, adapter))
+        assert "buckets" not in [k for k, *_ in RemoveBlocksPass(RemoveBlocksConfig(**quiet)).notes(model, adapter)]
     text = ("model: pixart\nteacher: toy:pixart\ncalibration: {source: synthetic, num_prompts: 4, timesteps: 2, "
             "batch_size: 4, heldout: 4}\npasses:\n  - remove_blocks:\n      count: 1\n      buckets: B\n")
     capsys.readouterr()

@@ -250,8 +250,9 @@ def test_estimator_defaults_to_score_without_a_weight_update(capsys):
     assert plan(learn_lr=0, estimator="score")["estimator"] == "score"
     assert plan(learn_lr=0, estimator="gumbel")["estimator"] == "gumbel"
     assert "warning" not in capsys.readouterr().err  # plan and check print nothing: the runner warns
-    (key, words), = notes(learn_lr=0, estimator="gumbel")
-    assert key == "estimator" and words.startswith("remove_blocks: estimator gumbel with learn_lr: 0")
+    (key, words, reads), = notes(learn_lr=0, estimator="gumbel")
+    assert key == "estimator" and reads == ("learn_lr",)  # a --set of learn_steps is not named with it
+    assert words.startswith("remove_blocks: estimator gumbel with learn_lr: 0")
     assert "use estimator: score" in words
     assert notes(learn_lr=0) == notes(learn_lr=1e-4, estimator="gumbel") == notes() == []
 

@@ -250,18 +250,21 @@ def _unchanged(**cfg):
 
 def test_ratio_one_is_named_the_cause_of_an_svd_pass_that_changes_nothing_not_rounding():
     """ratio 1.0, multiple 1: said 'ranks rounded up to a multiple of 1 save no parameters'."""
-    key, said = _unchanged(ratio=1.0, multiple=1)
+    key, said, reads = _unchanged(ratio=1.0, multiple=1)
     assert key == "ratio" and "rounded" not in said, said
+    assert reads == ("targets", "ignore", "allocation", "ratio", "ranks")  # not multiple: a --set of it is not named
     assert said == ("svd: svd.ratio 1.0 keeps every parameter, so every one of its 2 targets stays dense and "
                     "this pass changes nothing; lower svd.ratio")
     assert _unchanged(ratio=1.0, multiple=16)[0] == "ratio"  # rounding is not why either
 
 
 def test_rounding_is_named_the_cause_only_where_unrounded_ranks_would_save():
-    key, said = _unchanged(ratio=0.9, multiple=64)
+    key, said, reads = _unchanged(ratio=0.9, multiple=64)
     assert key == "multiple" and "rounded up to a multiple of 64 save no parameters" in said, said
-    key, said = _unchanged(ranks={"re:.*": 40}, multiple=1)
+    assert "ratio" in reads
+    key, said, reads = _unchanged(ranks={"re:.*": 40}, multiple=1)
     assert key == "ranks" and "svd.ranks are at or above" in said, said
+    assert reads == ("targets", "ignore")  # every target's rank explicit: not ratio, allocation nor multiple
 
 
 @pytest.mark.parametrize("ranks, hinted", [("{modulation:8}", True), ("{'re:norm:8': 0}", False),
@@ -361,7 +364,7 @@ def test_targets_an_earlier_global_pass_surely_factorizes_are_refused_before_com
 ])
 def test_targets_an_earlier_budgeted_pass_may_factorize_are_warned(first):
     notes = _planned_then_checked(first)
-    assert [key for key, _ in notes] == ["targets"]
+    assert [key for key, *_ in notes] == ["targets"] and notes[0][2] == ("ignore",)
     assert re.match(rf"svd: transformer_blocks\.0\.norm1\.linear, .* are factorized by an earlier svd pass if "
                     rf"its {first['allocation']} allocation, decided after calibration, gives them ranks that save "
                     r"parameters; then the run stops when this pass starts", notes[0][1]), notes
@@ -442,7 +445,7 @@ def test_a_budgeted_pass_no_rank_of_whose_multiple_saves_is_warned_before_comput
     assert notes == [("multiple", f"svd: every one of its {len(svd.resolved.targets(meta, get_adapter(meta))[1])} "
                                   "targets stays dense (ranks in multiples of 16 save no parameters at these widths, "
                                   f"whatever the {allocation} allocation finds), so this pass changes nothing; lower "
-                                  "svd.multiple")]
+                                  "svd.multiple", ("targets", "ignore", "allocation", "ranks"))]
     model = tiny_flux()
     SVDPass(SVDConfig(**cfg)).run(model, context(model, tmp_path))
     assert "warning" not in capsys.readouterr().err  # the plan's note said it

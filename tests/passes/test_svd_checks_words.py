@@ -49,19 +49,19 @@ def test_explicit_ranks_at_the_break_even_rank_are_warned_to_leave_layers_dense(
     adapter = get_adapter(model)
     p = SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, ranks={"attention": 8, "mlp": 4}))
     p.check(model, adapter)
-    (key, said), = p.notes(model, adapter)
-    assert key == "ranks.attention"
+    (key, said, reads), = p.notes(model, adapter)
+    assert key == "ranks.attention" and reads == ("targets", "ignore", "ranks")  # not ratio, multiple
     assert said == ("svd.ranks: rank 8 for 'attention' is at or above the break-even rank m·n/(m+n) of its 12 "
                     "targets (16×16: 8), where the factors hold as many parameters as the weight, so they stay "
                     "dense; give a rank below 8 to factorize them")
     p = SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, ranks={"re:ff": 13}))
     p.check(model, adapter)
-    (key, said), = p.notes(model, adapter)
+    (key, said, _), = p.notes(model, adapter)
     assert key == "ranks.re:ff" and "of its 6 targets (64×16: 12.8; 16×64: 12.8)" in said, said
     p = SVDPass(SVDConfig(targets=["attention"], ratio=0.5, multiple=2,
                           ranks={"transformer_blocks.0.attn1.to_q": 9}))
     p.check(model, adapter)
-    (key, said), = p.notes(model, adapter)
+    (key, said, _), = p.notes(model, adapter)
     assert "of its target (16×16: 8), where the factors hold as many parameters as the weight, so it stays " \
            "dense; give a rank below 8 to factorize it" in said, said
     quiet = SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, ranks={"attention": 7}))
@@ -71,7 +71,7 @@ def test_explicit_ranks_at_the_break_even_rank_are_warned_to_leave_layers_dense(
         p = SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, allocation=allocation,
                               ranks={"attention": 8}))
         p.check(model, adapter)
-        assert [k for k, _ in p.notes(model, adapter)] == ["ranks.attention"], allocation
+        assert [k for k, *_ in p.notes(model, adapter)] == ["ranks.attention"], allocation
 
 
 def test_the_sequential_and_asymmetric_refusals_share_one_wording_by_target_kind():

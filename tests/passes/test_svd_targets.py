@@ -68,7 +68,8 @@ def test_notes_and_plan_reuse_the_targets_check_resolved(monkeypatch):
     step.check(model, adapter)
     assert (step.notes(model, adapter), step.plan(model, adapter)) == expected
     assert len(calls) == 1
-    assert [k for k, _ in expected[0]] == ["ranks.transformer_blocks.0.attn1.to_k"]  # shadowed by attention
+    assert [k for k, *_ in expected[0]] == ["ranks.transformer_blocks.0.attn1.to_k"]  # shadowed by attention
+    assert expected[0][0][2] == ("targets", "ignore", "ranks.transformer_blocks.0.attn1.to_q", "ranks.attention")
 
 
 def test_what_check_resolved_is_redone_when_the_model_changes():
@@ -162,8 +163,8 @@ def test_a_regex_naming_a_renumbered_block_is_noted_as_a_module_name_is():
     notes = _regex_notes("{blocks: {single: [0]}}", [name, regex])
     words = ("single_transformer_blocks.1 here is teacher block 2: blocks are renumbered from 0 after the removal at "
              "line 5 (teacher block 1 is single_transformer_blocks.0 here)")
-    assert notes == [("targets.0", f"svd.targets: pattern {name!r}: {words}"),
-                     ("targets.1", f"svd.targets: pattern {regex!r}: {words}")]
+    assert notes == [("targets.0", f"svd.targets: pattern {name!r}: {words}", ()),  # its pattern alone read
+                     ("targets.1", f"svd.targets: pattern {regex!r}: {words}", ())]
 
 
 def test_a_regex_naming_several_renumbered_blocks_names_the_others():
@@ -176,7 +177,7 @@ def test_a_regex_after_a_removal_chosen_at_run_time_is_of_the_blocks_left():
     notes = _regex_notes("{count: {single: 1}}", [r"re:single_transformer_blocks\.1\.attn\.to_q"])
     assert notes == [("targets.0", r"svd.targets: pattern 're:single_transformer_blocks\\.1\\.attn\\.to_q': "
                       "single_transformer_blocks.1 here is block 1 of those left after the removal at line 5, which "
-                      "picks them at run time (renumbered from 0 in teacher order): not necessarily teacher block 1")]
+                      "picks them at run time (renumbered from 0 in teacher order): not necessarily teacher block 1", ())]
 
 
 @pytest.mark.parametrize("removal, pattern", [
