@@ -17,9 +17,11 @@ def config_differences(mine: dict, theirs: dict, class_name: str) -> list[tuple[
     teacher's) differ as the class `class_name` builds models from them, sorted; keys starting with '_',
     the block counts and the compression section are not compared."""
     from compress.arch import get_adapter
+    from compress.io import model_class, taken_keys
 
     counts = {g.config_key for g in get_adapter(class_name).groups}
-    a, b = (_compared(c, counts) for c in (mine, theirs))
+    # keys the class does not take (an older PixArt repo's Transformer2DModel-only ones) describe nothing
+    a, b = (_compared(taken_keys(model_class(class_name), c), counts) for c in (mine, theirs))
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     alike = built_alike([k for k in differ if a.get(k) is None or b.get(k) is None], (mine, theirs), class_name)
     return [(k, b.get(k), a.get(k)) for k in differ if k not in alike]

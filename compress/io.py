@@ -46,6 +46,15 @@ def model_class(class_name: str):
     return getattr(diffusers, class_name)
 
 
+def config_model_class(config: dict):
+    """The diffusers class of a transformer config.json `config` as diffusers loads it
+    (pipeline_family.built_class: an older PixArt repo's generic Transformer2DModel is a
+    PixArtTransformer2DModel); a UserError naming the supported classes."""
+    from compress.pipeline_family import built_class
+
+    return model_class(built_class(config))
+
+
 def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config: str | None = None,
                  family: str | None = None) -> nn.Module:
     """Load a teacher transformer: a source (a path or a name), or an io_source.TeacherSource
@@ -182,11 +191,25 @@ def read_config(path: Path) -> dict:
 
 
 def from_config(cls, config: dict, source) -> nn.Module:
-    """cls.from_config, with a config value the class rejects reported against its file."""
+    """cls.from_config, with a config value the class rejects reported against its file; an older PixArt
+    repo's Transformer2DModel-only keys left out (taken_keys)."""
     try:
-        return cls.from_config(config)
+        return cls.from_config(taken_keys(cls, config))
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise UserError(f"{source}: the config does not build a {cls.__name__}: {one_line(e)}") from None
+
+
+def taken_keys(cls, config: dict) -> dict:
+    """`config` without the keys of diffusers' generic Transformer2DModel that `cls`'s __init__ does not
+    take: an older PixArt repo's config (double_self_attention, num_vector_embeds ...), which diffusers
+    ignores warning that they 'were passed to X, but are not expected'. Other keys kept (a typo still
+    warned of)."""
+    import inspect
+
+    from diffusers import Transformer2DModel
+
+    generic, params = (inspect.signature(c.__init__).parameters for c in (Transformer2DModel, cls))
+    return {k: v for k, v in config.items() if k not in generic or k in params}
 
 
 def weights_variant(path: Path) -> str | None:
@@ -265,7 +288,7 @@ def _load_folder(path: Path, dtype) -> nn.Module:
         from compress.io_output import load_transformer
 
         return load_transformer(path, dtype=dtype)
-    cls = model_class(config.get("_class_name", "<missing _class_name>"))
+    cls = config_model_class(config)
     check_safetensors_dir(path)
     variant = weights_variant(path)
     files = variant_weights([f.name for f in path.iterdir()], variant)

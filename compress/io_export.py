@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from compress.errors import NumericError, UserError
-from compress.io import FORMAT, INDEX, WEIGHTS
+from compress.io import FORMAT, INDEX, WEIGHTS, taken_keys
 from compress.io_tensors import nonfinite
 from compress.lowrank import LowRankLinear
 
@@ -32,7 +32,7 @@ def ranks_of(model: nn.Module) -> dict[str, int]:
 
 
 def student_config(model: nn.Module, extra: dict | None = None) -> dict:
-    config = {k: v for k, v in dict(model.config).items()
+    config = {k: v for k, v in taken_keys(type(model), dict(model.config)).items()  # not an older PixArt repo's
               if not k.startswith(("_use_default", "_name_or_path"))}
     config = json.loads(json.dumps(config, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
     config["_class_name"] = type(model).__name__

@@ -22,7 +22,7 @@ import contextlib
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.io import WEIGHTS, model_class, read_config, variant_of, variant_weights
+from compress.io import WEIGHTS, config_model_class, read_config, variant_of, variant_weights
 from compress.io_hub_requests import cause_line, fetch_files, hub_head, repo_names
 from compress.io_tensors import one_line
 
@@ -39,7 +39,7 @@ def hub_folder(repo_id: str) -> Path:
     hub_config says why the Hub is not asked, or where the Hub's file list fails; online, the files
     of the commit the config came from (pinned), and nothing fetched where its cached snapshot holds them."""
     cfg, sub, why = hub_config(repo_id)
-    model_class(read_config(cfg).get("_class_name", "<missing _class_name>"))
+    config_model_class(read_config(cfg))
     where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
     pin = pinned(cfg)
     names = None

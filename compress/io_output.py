@@ -14,7 +14,7 @@ from torch import nn
 from compress.dtype_range import DTYPES, check_castable, check_finite_file
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
-from compress.io import FORMAT, INDEX, WEIGHTS, cast, from_config, model_class, read_config, read_json
+from compress.io import FORMAT, INDEX, WEIGHTS, cast, config_model_class, from_config, read_config, read_json
 from compress.io_errors import load_error
 from compress.io_export import OUTPUT_SHARD, is_output, ranks_of
 from compress.io_fused import without_fused_projections
@@ -196,7 +196,7 @@ def empty_compressed(out) -> nn.Module:
     ranks = compression.get("ranks", {}) if isinstance(compression, dict) else None
     if not isinstance(ranks, dict):
         raise UserError(f"{out / 'config.json'}: compression.ranks must map layer names to ranks")
-    cls = model_class(config.get("_class_name", "<missing _class_name>"))
+    cls = config_model_class(config)
     from accelerate import init_empty_weights
 
     with init_empty_weights():

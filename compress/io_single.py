@@ -121,10 +121,11 @@ def config_family(config: dict, cfg: Path, path: Path | None = None) -> str:
     """The family of the transformer a checkpoint's (`path`) config describes; a UserError for a config of
     no transformer's (a VAE's, `{}`, a report.json), which would be read as the class's defaults."""
     from compress.arch import family_of_class
+    from compress.pipeline_family import built_class
 
     name = config.get("_class_name")
     try:
-        return family_of_class(str(name))
+        return family_of_class(built_class(config))
     except UserError:
         what = f"describes {name}" if isinstance(name, str) and name else "has no _class_name"
         raise UserError(f"{f'{path}: ' if path else ''}the config in {config_place(cfg)} {what}, not a PixArt/Flux "

@@ -244,8 +244,9 @@ class TeacherSource:
             if family is None:
                 return None
         else:
-            cls = self.config.get("_class_name", "<missing _class_name>")
-            family = _prefixed(self.where, family_of_class, str(cls))
+            from compress.pipeline_family import built_class
+
+            family = _prefixed(self.where, lambda: family_of_class(built_class(self.config)))
         return family, get_adapter(family).class_name
 
     def _file_family(self) -> str | None:

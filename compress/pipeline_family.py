@@ -17,6 +17,9 @@ PIPELINE_PREFIXES = {"PixArt": "pixart", "Flux": "flux"}
 # config keys only a family's transformer config holds -> that family
 CONFIG_KEYS = {"caption_channels": "pixart", "guidance_embeds": "flux", "num_single_layers": "flux"}
 
+# the generic class's norm_type -> the class diffusers builds (its model_loading_utils._CLASS_REMAPPING_DICT)
+REMAPPED = {"ada_norm_single": "PixArtTransformer2DModel", "ada_norm_zero": "DiTTransformer2DModel"}
+
 
 def index_transformer(index: dict, folder: str | Path | None = None) -> tuple[str, str] | None:
     """(class, how) of the transformer the model_index.json `index` of the pipeline folder (or cached
@@ -45,10 +48,30 @@ def config_class(config: dict) -> str | None:
     name = config.get("_class_name")
     if isinstance(name, str) and name and name != GENERIC:
         return name
-    families = {family for key, family in CONFIG_KEYS.items() if key in config}
+    families = {family for key, family in CONFIG_KEYS.items() if config.get(key) is not None}
     if config.get("norm_type") == "ada_norm_single":
         families.add("pixart")
     return _family_class(families.pop()) if len(families) == 1 else None
+
+
+def built_class(config: dict) -> str:
+    """The name of the transformer class diffusers builds from the config.json `config` of a teacher or
+    an output: its _class_name; the generic Transformer2DModel with norm_type ada_norm_single (older
+    PixArt repos) a PixArtTransformer2DModel, as diffusers' from_pretrained remaps it (REMAPPED); a
+    UserError naming what is supported for a generic config of another norm_type (a DiT's ada_norm_zero)."""
+    from compress.arch import SUPPORTED
+    from compress.errors import UserError
+
+    name = config.get("_class_name")
+    if name != GENERIC:
+        return "<missing _class_name>" if name is None else str(name)
+    norm = config.get("norm_type")
+    built = REMAPPED.get(norm, GENERIC) if isinstance(norm, str) else GENERIC
+    if built == _family_class("pixart"):
+        return built
+    raise UserError(f"unsupported model class '{GENERIC}' with norm_type {norm!r} (diffusers builds a {built} of it); "
+                    f"supported: {SUPPORTED}, "
+                    f"and {GENERIC} with norm_type 'ada_norm_single' (older PixArt repos', read as a PixArtTransformer2DModel)")
 
 
 def pipeline_family(name) -> str | None:

@@ -21,7 +21,7 @@ from compress.inputs import source_kind
 from compress.calib_pipeline import check_size
 from compress.calib_prompts import read_prompts
 from compress.errors import UserError
-from compress.io import from_config, model_class
+from compress.io import config_model_class, from_config
 from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, count_ranges, decided_later,
                                  distill_student, ranged_keys, removal_shares, retargeted, smallest_blocks, spare_bound)
 from compress.plan_memory import beyond_memory, device_memory, peak_memory, svd_statistics
@@ -58,7 +58,7 @@ def meta_model(source: str | TeacherSource, config: str | None = None, where: st
         return empty_compressed(transformer_folder(Path(src.source).expanduser()))
     from accelerate import init_empty_weights
 
-    cls = model_class(src.config.get("_class_name", "<missing _class_name>"))
+    cls = config_model_class(src.config)
     with init_empty_weights():
         return from_config(cls, src.config, f"the config of teacher {src.source}")
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from compress.errors import NumericError, UserError
 from compress.interrupts import interrupts_held
-from compress.io import INDEX, cast, from_config, model_class, read_config
+from compress.io import INDEX, cast, config_model_class, from_config, read_config
 from compress.io_export import (atomic_folder, canonical_header, compressed_config, export_cast, header_metadata,
                                 write_texts)
 from compress.dtype_range import compute_beyond_words, largest_beyond
@@ -49,7 +49,7 @@ def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.
 
     config = folder_or_config if isinstance(folder_or_config, dict) else \
         read_config(Path(folder_or_config) / "config.json")
-    cls = model_class(config.get("_class_name", "<missing _class_name>"))
+    cls = config_model_class(config)
     with init_empty_weights():
         model = from_config(cls, config, folder_or_config if not isinstance(folder_or_config, dict)
                             else "the teacher's config")
