@@ -224,10 +224,11 @@ def _given(config: str | None) -> str:
 
 def reads_no_config(source) -> bool:
     """Whether a recorded teacher `source` (named_teacher's) is a toy or a folder teacher, which read
-    no --teacher-config (io_source.checked warns it is not read)."""
-    if not isinstance(source, str):
-        return False
-    return source.startswith("toy:") or (Path(source).is_absolute() and Path(source).is_dir())
+    no --teacher-config (io_source.checked warns it is not read): recipe_teacher_config's rule, for a
+    folder only where recorded absolute (a Hub id is not read as a folder of the current one)."""
+    from compress.recipe_teacher_config import reads_no_config as reads_none
+
+    return isinstance(source, str) and (source.startswith("toy:") or Path(source).is_absolute()) and reads_none(source)
 
 
 def as_compared(teacher):
