@@ -18,8 +18,8 @@ from compress.recipe_teacher_config import FLAG
 from compress.runner_caches import finished_run
 from compress.runner_config_sum import CONFIG_SUM
 from compress.runner_kept import measured_so_far
-from compress.runner_resume import (RUN_RECORD, SAMPLES_ABOUT, TEACHER_SAMPLES, inputs_change, recorded_fingerprint,
-                                    recorded_teacher, result_bearing)
+from compress.runner_resume import (SAMPLES_ABOUT, TEACHER_SAMPLES, inputs_change, recorded_fingerprint,
+                                    recorded_teacher, result_bearing, run_record)
 from compress.runner_teacher_id import FILES, older_checksum, put_back, same_teacher, teacher_change
 
 KEYED_AS = "keyed_as"  # in RUN_RECORD: the teacher source keying its caches where not its own (`keyed_source`)
@@ -31,15 +31,6 @@ def named_of(recorded: dict) -> dict:
     teacher loads: its source, --teacher-config, the checksum of what the config holds and the signature
     of its weight files (FILES, which tells a copy of it elsewhere)."""
     return {"config": None, **{k: v for k, v in recorded.items() if k in ("source", "config", CONFIG_SUM, FILES)}}
-
-
-def run_record(run_dir: Path) -> dict:
-    """The run folder's RUN_RECORD ({} where there is none or it cannot be read)."""
-    try:
-        record = json.loads((Path(run_dir) / "stages" / RUN_RECORD).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def keyed_source(run_dir: Path, identity: dict) -> str | None:

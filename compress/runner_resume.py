@@ -166,13 +166,20 @@ def state_as_compared(state: dict) -> dict:
     return dict(state, teacher=as_compared(state["teacher"])) if "teacher" in state else state
 
 
+def run_record(run_dir: Path) -> dict:
+    """The RUN_RECORD of the run that last started its passes in `run_dir`; {} where there is none (a run
+    folder of an older dit-compress) or it cannot be read."""
+    try:
+        record = json.loads((Path(run_dir) / "stages" / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def recorded_fingerprint(run_dir: Path) -> str | None:
     """The fingerprint the run that last started its passes in `run_dir` recorded (RUN_RECORD); None
     where there is none (a run folder of an older dit-compress) or it cannot be read."""
-    try:
-        fp = json.loads((Path(run_dir) / "stages" / RUN_RECORD).read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
+    fp = run_record(run_dir).get("fingerprint")
     return fp if isinstance(fp, str) else None
 
 
@@ -180,10 +187,7 @@ def recorded_teacher(run_dir: Path) -> dict | None:
     """The teacher identity (teacher_identity's, `as_compared`) the run that last started its passes in
     `run_dir` recorded (RUN_RECORD), which --resume of a distill checkpoint with no stage saved compares;
     None where there is none (an older dit-compress's record) or it cannot be read."""
-    try:
-        teacher = json.loads((Path(run_dir) / "stages" / RUN_RECORD).read_text()).get("teacher")
-    except (OSError, ValueError, AttributeError):
-        return None
+    teacher = run_record(run_dir).get("teacher")
     return as_compared(teacher) if isinstance(teacher, dict) and "source" in teacher else None
 
 
