@@ -84,32 +84,38 @@ def same_teacher(before: dict, now: dict) -> bool:
 
 def copied(before: dict, now: dict) -> bool:
     """Whether the teacher `now` names at another path than `before` (teacher_identity's or named_teacher's)
-    is a copy of it: the config file it reads holds the same (CONFIG_SUM known in both), and its weights
-    are the same: by the checksum of every byte where both record it (the loaded teacher's: every run
-    takes it once, so comparing it costs nothing more), else (before it loads) by the signature of its
-    weight files (FILES: size, safetensors header, each tensor's ends and 16 chunks of each file, about
-    1 MiB read per file), recorded by the run against that of the files named now. An older record
-    without it, a toy or a Hub id: not a copy."""
+    is a copy of it: the config file it reads holds the same and its weights are the same (`same_weights`).
+    An older record without their signature, a toy or a Hub id: not a copy."""
+    return same_weights(before, now) is True
+
+
+def same_weights(before: dict, now: dict) -> bool | None:
+    """Whether the teacher `now` names reads a config that holds what `before`'s held (CONFIG_SUM known in
+    both) and the same weights: by the checksum of every byte where both record it (the loaded teacher's:
+    every run takes it once, so comparing it costs nothing more), else (before it loads) by the signature
+    of its weight files (FILES: size, safetensors header, each tensor's ends and 16 chunks of each file,
+    about 1 MiB read per file), recorded by the run against that of the files named now (`same_files`).
+    None where that cannot be told: another config, an older record without them, a toy or a Hub id."""
     if before.get(CONFIG_SUM) is None or before.get(CONFIG_SUM) != now.get(CONFIG_SUM):
-        return False
+        return None
     if "checksum" in before and "checksum" in now:
-        return before["checksum"] == now["checksum"] and before.get("checksum_of") == now.get("checksum_of")
+        return before["checksum"] == now["checksum"] if before.get("checksum_of") == now.get("checksum_of") else None
     return same_files(before.get(FILES), now.get("source"))
 
 
-def same_files(recorded, source) -> bool:
+def same_files(recorded, source) -> bool | None:
     """Whether the weight files of the local teacher `source` hold what a recorded signature (FILES) says,
-    whatever their names (a single file renamed); False where either is missing or of another method."""
+    whatever their names (a single file renamed); None where either is missing or of another method."""
     from compress.io_signature import SIGNATURE, teacher_signature
 
     if not (isinstance(recorded, dict) and recorded.get("method") == SIGNATURE and isinstance(source, str)):
-        return False
+        return None
     now = teacher_signature(source)
 
     def contents(signature: dict) -> list:
         files = signature.get("files")
         return sorted(json.dumps(f, sort_keys=True) for f in files.values()) if isinstance(files, dict) else []
-    return now is not None and bool(contents(now)) and contents(now) == contents(recorded)
+    return None if now is None else bool(contents(now)) and contents(now) == contents(recorded)
 
 
 def teacher_moved(before: dict, now: dict) -> str | None:
@@ -161,19 +167,8 @@ def teacher_change(before: dict, now: dict, config_by: tuple[str, str] = FLAG) -
 
 def other_weights(before: dict, now: dict) -> bool:
     """Whether the teacher `now` names at another path than `before` reads a config that holds the same
-    (CONFIG_SUM known and equal) but other weights: by the checksum of every byte where both record it
-    (the loaded teacher's), else by the signature of its weight files against the one the run recorded
-    (FILES: `same_files`); False where that cannot be told (an older record, a Hub id)."""
-    if before.get(CONFIG_SUM) is None or before.get(CONFIG_SUM) != now.get(CONFIG_SUM):
-        return False
-    if "checksum" in before and "checksum" in now:
-        return before.get("checksum_of") == now.get("checksum_of") and before["checksum"] != now["checksum"]
-    from compress.io_signature import SIGNATURE, teacher_signature
-
-    recorded, source = before.get(FILES), now.get("source")
-    if not (isinstance(recorded, dict) and recorded.get("method") == SIGNATURE and isinstance(source, str)):
-        return False
-    return teacher_signature(source) is not None and not same_files(recorded, source)
+    but other weights (`same_weights`); False where that cannot be told (an older record, a Hub id)."""
+    return same_weights(before, now) is False
 
 
 def weights_changed(before: dict, now: dict) -> bool:
