@@ -153,8 +153,12 @@ def stage_maxima(maxima: dict[str, float], blocks: list[str]) -> dict:
 def streamed_maxima(stage: dict, dtype: torch.dtype) -> dict:
     """report.json export's activation_max of a streamed run, read from its last `stage` record
     (stage_maxima), with range_words' warning where `dtype` cannot hold them; {} where the stage has
-    none (a stage measured before they were recorded)."""
+    none (a stage measured before they were recorded: said where `dtype` is float16, unmeasured_words)."""
     if "activation_max" not in stage:
+        if narrower(dtype, torch.float32):
+            from compress.report import warn
+
+            warn(unmeasured_words(dtype))
         return {}
     over = near_range(dict(stage.get("activation_near_float16", [])), dtype)
     if over:
@@ -162,3 +166,13 @@ def streamed_maxima(stage: dict, dtype: torch.dtype) -> dict:
 
         warn(range_words(over, dtype, who=STREAMED))
     return {"activation_max": stage["activation_max"]}
+
+
+def unmeasured_words(dtype: torch.dtype) -> str:
+    """What a streamed export in `dtype` (float16) says of a last stage saved before stages recorded their
+    maxima (667c647; a --resume that only changes export.dtype): nothing measured, so nothing checked. The
+    run's earlier stages are gone (a streamed run keeps its last), so measuring them means running again."""
+    name = str(dtype).removeprefix("torch.")
+    return (f"export.dtype {name}: the activations of this output were not measured (its last stage was saved "
+            f"before runs recorded them): {name}'s range is unchecked; run it again with --restart to measure "
+            "them (report.json export.activation_max), or export bfloat16 (float32's range)")

@@ -159,6 +159,35 @@ def test_a_streamed_float16_export_of_a_normal_model_does_not_warn(tmp_path, cap
     assert report["stages"][-1]["activation_near_float16"] == []
 
 
+def test_a_resumed_float16_export_of_a_stage_measured_before_the_maxima_says_its_range_is_unchecked(
+        tmp_path, capsys):
+    """A streamed output whose last stage record predates 667c647 (no activation_max in its state.json),
+    resumed only to export float16, had no maxima to warn from and said nothing: it says the range was not
+    measured and how to measure it, and report.json claims no maxima."""
+    import json
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    text = "stream: true\n" + SIMPLE.format(teacher=tmp_path / "t", passes=STREAMED_PASSES)
+    run_recipe(tmp_path, text, "r")
+    (state,) = (tmp_path / "run-r" / "stages").glob("*/state.json")
+    saved = json.loads(state.read_text())
+    for key in ("activation_max", "activation_near_float16"):  # as written before they were recorded
+        del saved["report"]["stages"][-1][key]
+    state.write_text(json.dumps(saved))
+    capsys.readouterr()
+    out = run_recipe(tmp_path, text + "export: {dtype: float16}\n", "r", resume=True, overwrite=True)
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("warning: export.dtype float16: the activations of this output were not measured (its last "
+            "stage was saved before runs recorded them): float16's range is unchecked") in err
+    assert "--restart" in err
+    assert "activation_max" not in json.loads((out / "report.json").read_text())["export"]
+    run_recipe(tmp_path, text + "export: {dtype: bfloat16}\n", "r", resume=True, overwrite=True)
+    assert "not measured" not in capsys.readouterr().err  # bfloat16 holds float32's range
+    out = run_recipe(tmp_path, text + "export: {dtype: float16}\n", "r", restart=True, overwrite=True)
+    assert "not measured" not in capsys.readouterr().err  # as the warning advises: measured again
+    assert json.loads((out / "report.json").read_text())["export"]["activation_max"]
+
+
 def test_the_recipe_as_run_names_a_relative_calibration_pipeline_absolute(tmp_path, monkeypatch):
     """A relative calibration.pipeline (taken from the current folder) was written as given: load_pipeline
     of the output suggested base='pipes/pix', which loads only from the folder the run started in. The
