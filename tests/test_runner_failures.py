@@ -1,0 +1,158 @@
+"""A run that fails or is stopped (compress.runner_failures): a teacher whose predictions overflow, running
+out of memory, a full disk, a seed torch cannot take, a Ctrl-C once the output is written: one line saying
+what to fix and what the run folder keeps."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.cli import main
+from compress.errors import UserError
+from compress.io_output import load_transformer
+from compress.recipe import parse_recipe
+
+
+def test_a_teacher_prediction_that_overflows_stops_the_run():
+    """Every error of the run is measured against the teacher's held-out predictions: a NaN/Inf there
+    (a finite checkpoint overflowing in float16) is a NumericError, not 'teacher-relative error nan'."""
+    from compress.errors import NumericError
+    from compress.runner import check_reference
+
+    ok = [torch.ones(2, 3), torch.zeros(2, 3)]
+    check_reference(ok, "float16")
+    with pytest.raises(NumericError, match="held-out batch 2 of 2 in compute_dtype float16; try bfloat16 or float32"):
+        check_reference([ok[0], torch.tensor([1.0, float("inf")])], "float16")
+
+
+def test_an_overflowing_teacher_names_the_layer_where_it_overflows():
+    """It said only 'the teacher's prediction holds NaN/Inf', and suggested float32 to a float32 run."""
+    from compress.arch import get_adapter
+    from compress.errors import NumericError
+    from compress.passes.base import first_nonfinite, predictions
+    from compress.runner import check_reference
+    from tests.conftest import model_inputs, tiny_pixart
+
+    teacher = tiny_pixart()
+    adapter = get_adapter(teacher)
+    batches = [model_inputs(teacher, batch=2, seed=s) for s in range(2)]
+    assert first_nonfinite(teacher, adapter, batches[0]) is None
+    with torch.no_grad():
+        teacher.transformer_blocks[1].ff.net[2].weight.mul_(1e38)  # finite weights, an overflowing product
+    reference = predictions(teacher, adapter, batches)
+    with pytest.raises(NumericError, match=r"batch 1 of 2 in compute_dtype float32: transformer_blocks\.1\.ff\.net\.2's "
+                                           r"output is the first to hold it \(its inputs were finite\); the "
+                                           r"checkpoint's weights overflow even in float32"):
+        check_reference(reference, "float32", lambda b: first_nonfinite(teacher, adapter, batches[b]))
+    assert not any(m._forward_hooks for m in teacher.modules())
+
+
+# ---- what the user can fix: one line, before compute where it can be ------------------------------
+def test_running_out_of_memory_names_the_pass_and_what_to_change(tmp_path, monkeypatch, capsys):
+    """The CPU allocator's RuntimeError (or CUDA's OutOfMemoryError) in a pass was a traceback: one
+    line naming the pass, its recipe line and the keys that lower its memory, and saying what
+    --resume keeps (the completed passes: it continues from there)."""
+    from compress.passes import svd
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+
+    def too_big(self, model, ctx):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 3200000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(svd.SVDPass, "run", too_big)
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"dit-compress: out of memory: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd) ran out of CPU memory "
+                   "(tried to allocate 2980.2 GiB); try a smaller calibration.batch_size, passes.1.svd.gradient_checkpointing: "
+                   "true, compute_dtype: bfloat16 or calibration.spill_activations: true; "
+                   f"{tmp_path / 'run'} keeps its work (1 of 2 "
+                   "passes done): --resume continues from pass 2 (whose keys may change)")
+    monkeypatch.undo()
+    assert main(argv + ["--resume", "--set", "calibration.spill_activations=true"]) == 0
+    assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where, raised, said", [
+    ("pass", OSError(28, "No space left on device", "/scratch/run/calib/x.pt"),
+     "/scratch/run/calib/x.pt: no space left on the device, during {doing}pass 2/2 (svd)"),
+    ("export", Exception("Error while serializing: I/O error: No space left on device (os error 28)"),
+     "{out}: no space left on the device, during {doing}the export"),
+    ("pass", OSError(122, "Disk quota exceeded"), "{run}: the disk quota is used up, during {doing}pass 2/2 (svd)"),
+    ("pass", OSError(30, "Read-only file system", "/ro/x"),
+     "/ro/x: the file system is read-only, during {doing}pass 2/2 (svd)"),
+])
+def test_a_full_disk_is_one_line_saying_what_the_run_folder_keeps(tmp_path, monkeypatch, capsys, where, raised, said):
+    """ENOSPC in a pass or safetensors' write error in the export was a traceback (exit 1): one line
+    naming where it could not write (the file, else the output or run folder: it named the recipe as
+    if that were unwritable), why, during what, and what --resume keeps, as for running out of memory."""
+    from compress.passes import svd
+    from compress.runner import Runner
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+
+    def full(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(*(svd.SVDPass, "run") if where == "pass" else (Runner, "export"), full)
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(argv) == 1
+    said_all = capsys.readouterr().err
+    assert "Traceback" not in said_all
+    err = said_all.strip().splitlines()[-1:]
+    doing = f"{tmp_path / 'r.yaml'}:6: " if where == "pass" else f"{tmp_path / 'r.yaml'}: "
+    done = "1 of 2 passes done): --resume continues from pass 2 (whose keys may change)" if where == "pass" else \
+        "2 of 2 passes done): --resume only writes the output"
+    fix = "give" if "read-only" in said else "free space there, or give"
+    flag = "--out" if where == "export" else "--run-dir"
+    said = said.format(doing=doing, out=tmp_path / "out", run=tmp_path / "run")
+    assert err[0] == (f"dit-compress: cannot write: {said}; {fix} {flag} on another disk; {tmp_path / 'run'} "
+                      f"keeps its work ({done}")
+
+
+def test_a_user_error_that_mentions_a_full_disk_keeps_its_own_words():
+    """_temp_beside's 'cannot make the folder P (No space left on device)' is one line already."""
+    from compress.runner_failures import disk_full_words
+
+    assert disk_full_words(UserError("output folder /o: cannot make the folder / (No space left on device)")) is None
+    assert disk_full_words(OSError(28, "No space left on device")) == "no space left on the device"
+
+
+def test_a_seed_torch_cannot_take_is_refused_at_recipe_load(tmp_path):
+    """calibration.seed=99999999999999999999999 passed `plan` and crashed `run` with an overflow."""
+    text = (Path(__file__).parent.parent / "recipes" / "toy-pixart.yaml").read_text()
+    for seed in ("99999999999999999999999", str(2**63), "-1"):
+        with pytest.raises(UserError, match=rf"r\.yaml \(--set calibration\.seed={seed}\): calibration\.seed must be an "
+                                            r"integer from 0 to 2\*\*63-1"):
+            parse_recipe(text, "r.yaml", [f"calibration.seed={seed}"])
+    assert parse_recipe(text, "r.yaml", [f"calibration.seed={2**63 - 1}"]).calibration.seed == 2**63 - 1
+
+def test_a_ctrl_c_once_the_output_is_written_stops_nothing(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C as the run releases its locks, its output complete and said ('wrote OUT'): status 0 and
+    one line saying the output is complete (it was 'interrupted; RUN keeps its work (2 of 2 passes
+    done): rerun with --resume', status 130, which scripts read as a failure); the run is marked
+    finished, so a rerun starts over without asking for --resume."""
+    import compress.runner_lock as runner_lock
+    from compress.runner_resume import FINISHED
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(out), "--run-dir", str(tmp_path / "run")]
+    real = runner_lock._release
+
+    def release_then_stop(*args):
+        real(*args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner_lock, "_release", release_then_stop)
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2].startswith(f"wrote {out}")
+    assert err[-1] == f"note: interrupted after the output was written: {out} is complete"
+    assert load_transformer(out) is not None and (tmp_path / "run" / "stages" / FINISHED).is_file()
+    assert not (tmp_path / "run" / runner_lock.LOCK).exists() and not (tmp_path / f".out{runner_lock.LOCK}").exists()
