@@ -44,6 +44,8 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     family = _toy_family(index, base) if index is not None else None
     if family is not None:
         return _refusing_lora_loads(_all_of(_saved_toy_pipeline(transformer, base, family, index)))
+    if index is None:
+        _check_not_transformer_repo(transformer, base)
     _check_base_index(transformer, base, index)
     _check_parts(base, index)
     from diffusers import DiffusionPipeline
@@ -216,6 +218,23 @@ def _check_base(transformer: nn.Module, base: str, **cached) -> None:
     except (OSError, ValueError):
         return  # no transformer config to compare: from_pretrained says what is wrong
     _check_base_config(transformer, config, base)
+
+
+def _check_not_transformer_repo(transformer: nn.Module, base: str) -> None:
+    """A Hub id `base` whose Hugging Face cache snapshot is a transformer's repo (config.json, no
+    model_index.json: pipeline_cache.cached_transformer_repo, read without a Hub request) is refused
+    naming it: a base is a whole pipeline. diffusers ended offline in "We couldn't connect to
+    'https://huggingface.co' …model_index.json", online in a Hub request for it."""
+    from compress.arch import get_adapter
+    from compress.pipeline_cache import cached_transformer_repo, transformer_repo_words
+    from compress.pipeline_folder import EXAMPLE_PIPELINES
+
+    if (snapshot := cached_transformer_repo(base)) is None:
+        return
+    example = EXAMPLE_PIPELINES.get(get_adapter(transformer).family, EXAMPLE_PIPELINES["pixart"])
+    raise UserError(f"cannot load base pipeline '{base}': a base is a whole pipeline (model_index.json and its "
+                    f"parts), and {base} is {transformer_repo_words(snapshot)}; pass base= the pipeline of its "
+                    f"teacher's family (a Hugging Face id such as {example}, a pipeline folder, or toy:NAME)")
 
 
 def _check_base_index(transformer: nn.Module, base: str, index: dict | None) -> None:

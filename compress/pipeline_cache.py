@@ -2,7 +2,7 @@
 sampled-in Hub teacher, load_pipeline's base), read before it loads without a request to the Hub:
 refs/main's snapshot's model_index.json, offline and online (`cached_index`: the family check of
 pipeline_folder.check_calibration_pipeline and of io_pipeline.load_pipeline's base); a transformer's
-repo given as a pipeline (`cached_transformer_repo`); what that snapshot lacks, with the older
+repo given as a pipeline (`cached_transformer_repo`, said by `transformer_repo_words`); what that snapshot lacks, with the older
 snapshot of the whole pipeline where the cache holds one (`snapshot_lacks`). Where the cache holds
 no copy there is nothing to read: nothing is checked, and the load says what the Hub answers."""
 
@@ -51,6 +51,16 @@ def cached_transformer_repo(source: str) -> Path | None:
     if snapshot is None or (snapshot / "model_index.json").exists() or not (snapshot / "config.json").is_file():
         return None
     return None if "model_index.json" in cached_listing(source, snapshot.name) else snapshot
+
+
+def transformer_repo_words(snapshot: Path) -> str:
+    """What a Hub id whose cached_transformer_repo is `snapshot` is, in words (calibration.pipeline's
+    refusal, load_pipeline's base's): read offline, or online main's as last downloaded."""
+    from compress.io_hub import offline
+
+    read = "read offline" if offline() else "main's as last downloaded (the Hub not asked)"
+    return (f"a transformer's repo (the Hugging Face cache's snapshot of it, {read}, holds config.json at its "
+            f"root and no model_index.json: {snapshot})")
 
 
 def snapshot_lacks(source: str, snapshot: Path, what: str = "", passed: tuple[str, ...] = ("transformer",),

@@ -331,16 +331,13 @@ def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str
     synthetic source), before any compute. `where`: 'PATH:LINE: ' of the recipe key that gave
     `source`; `auto`: the recipe's source is auto (said, as calib_prompts says it); `given`: ' (--teacher)'
     after a teacher the command line gave (recipe_where.teacher_given)."""
-    from compress.io_hub import offline
-    from compress.pipeline_cache import cached_transformer_repo
+    from compress.pipeline_cache import cached_transformer_repo, transformer_repo_words
 
     path = Path(source).expanduser()
     snapshot = None if path.exists() else cached_transformer_repo(source)
     if snapshot is None and (not path.exists() or (path / "model_index.json").is_file()):
         return  # a pipeline folder, or a hub id (its errors come when it loads)
-    read = "read offline" if offline() else "main's as last downloaded (the Hub not asked)"
-    what = (f"a transformer's repo (the Hugging Face cache's snapshot of it, {read}, holds config.json at its "
-            f"root and no model_index.json: {snapshot})" if snapshot is not None else
+    what = (transformer_repo_words(snapshot) if snapshot is not None else
             "a single file" if path.is_file() else "a folder without model_index.json")
     whose = "the teacher " if is_teacher else ""
     said = " (source auto is pipeline for a teacher that is not toy:)" if auto else ""

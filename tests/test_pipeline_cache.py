@@ -311,3 +311,22 @@ def test_a_snapshot_of_the_transformer_alone_names_an_older_snapshot_holding_the
     _refused_before_loading(tmp_path, monkeypatch, capsys, out, lacks.format("load_pipeline's base"),
                             lacks.format("calibration.pipeline"))
     assert type(load_pipeline(out, base=str(old))).__name__ == "PixArtSigmaPipeline"  # the snapshot named loads
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_load_pipeline_refuses_a_cached_hub_transformer_repo_as_base_naming_it(tmp_path, folders, monkeypatch, online):
+    """load_pipeline(out, base=acme/pixt), a Hub repo holding a transformer alone, ended offline in diffusers'
+    "We couldn't connect to 'https://huggingface.co' … model_index.json", and online asked the Hub for it. The
+    cache's snapshot is read (no request) and refused as calibration.pipeline's is, saying a base is a pipeline."""
+    out = save_compressed(load_teacher(str(folders["pixart"])), tmp_path / "out", extra={"teacher": "x"})
+    snapshot = _cached_offline(tmp_path, monkeypatch, folders["pixart"] / "transformer", "acme/pixt")
+    if online:
+        _online(monkeypatch)
+    read = "main's as last downloaded (the Hub not asked)" if online else "read offline"
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base="acme/pixt")
+    assert str(e.value) == (
+        "cannot load base pipeline 'acme/pixt': a base is a whole pipeline (model_index.json and its parts), and "
+        f"acme/pixt is a transformer's repo (the Hugging Face cache's snapshot of it, {read}, holds config.json at its "
+        f"root and no model_index.json: {snapshot}); pass base= the pipeline of its teacher's family (a Hugging Face id "
+        "such as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, a pipeline folder, or toy:NAME)")
