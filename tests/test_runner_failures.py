@@ -2,6 +2,7 @@
 out of memory, a full disk, a seed torch cannot take, a Ctrl-C once the output is written: one line saying
 what to fix and what the run folder keeps."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,65 @@ def test_a_ctrl_c_once_the_output_is_written_stops_nothing(tmp_path, monkeypatch
     assert err[-1] == f"note: interrupted after the output was written: {out} is complete"
     assert load_transformer(out) is not None and (tmp_path / "run" / "stages" / FINISHED).is_file()
     assert not (tmp_path / "run" / runner_lock.LOCK).exists() and not (tmp_path / f".out{runner_lock.LOCK}").exists()
+
+
+def _cli_run(tmp_path, monkeypatch, capsys) -> list[str]:
+    """`run` of the tiny PixArt recipe (runner_helpers.pixart_runner) that exits 1: its stderr lines."""
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+    capsys.readouterr()
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "small" / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 1
+    said = capsys.readouterr().err
+    assert "Traceback" not in said
+    return said.strip().splitlines()
+
+
+@pytest.mark.usefixtures("one_thread")  # as in test_runner_stream.py, where it was
+def test_torch_save_on_a_full_run_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    """A full disk under --run-dir during calibration's torch.save was a traceback (torch's zip writer
+    says 'unexpected pos', not 'No space left') and left blocks-<hash>.tmp, partly written."""
+    import collections
+    import shutil
+
+    from compress import calib_store
+
+    real = calib_store.torch.save
+
+    def full(item, path, *a, **kw):
+        if "calib" not in str(path):
+            return real(item, path, *a, **kw)
+        path.write_bytes(b"x" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 0")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(calib_store.torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(1 << 30, 1 << 30, 0))
+    err = _cli_run(tmp_path, monkeypatch, capsys)[-1]
+    assert re.fullmatch(rf"dit-compress: cannot write: {re.escape(str(tmp_path / 'run' / 'calib'))}/\S+\.pt: no space left "
+                        rf"on the device, during {re.escape(str(tmp_path / 'r.yaml'))}:6: pass 2/2 \(svd\); free space "
+                        r"there, or give --run-dir on another disk; .* keeps its work \(1 of 2 passes done\).*", err), err
+    assert list(tmp_path.rglob("*.tmp")) == []
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_full_output_disk_names_the_output_not_the_recipe(tmp_path, monkeypatch, capsys):
+    """safetensors' 'os error 28' names no file: the line said 'cannot write: r.yaml: the export ...',
+    as if the recipe were unwritable, and 'free space there' pointed nowhere."""
+    from safetensors import SafetensorError
+
+    import compress.io_export as io_export
+
+    real = io_export.save_file
+
+    def full(tensors, path, *args, **kwargs):
+        if "small" not in path:  # the stage saves under --run-dir
+            return real(tensors, path, *args, **kwargs)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(io_export, "save_file", full)
+    err = _cli_run(tmp_path, monkeypatch, capsys)[-1]
+    assert err.startswith(f"dit-compress: cannot write: {tmp_path / 'small' / 'out'}: no space left on the device, "
+                          f"during {tmp_path / 'r.yaml'}: the export; free space there, or give --out on another disk; ")
+    assert not (tmp_path / "small").exists()  # no output, no temp folder: the folder made for them goes too
