@@ -37,6 +37,15 @@ def hanging_hub(monkeypatch):
     yield from hub_server.hanging_hub(monkeypatch)
 
 
+@pytest.fixture
+def pixart(tmp_path, monkeypatch):
+    """runner_helpers.pixart_runner's (tmp_path, a Runner factory, teacher loads): the tiny PixArt
+    teacher in tmp_path/teacher, RECIPE in tmp_path/r.yaml."""
+    from tests.runner_helpers import pixart_runner
+
+    return pixart_runner(tmp_path, monkeypatch)
+
+
 def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """diffusers zero-inits some layers (adaLN, proj_out); fill everything so outputs are non-trivial."""
     g = torch.Generator().manual_seed(seed)
