@@ -81,20 +81,22 @@ def check_data(p, spec, inputs: str | None) -> None:
         return
     if inputs == "pipeline":
         raise BadValue("data", f"{spec.name}: data: toy trains on the toy data, and this run calibrates "
-                               f"through a pipeline: set {spec.name}.data to 'teacher_samples' or 'folder'")
+                               f"through a pipeline: set {spec.name}.data to 'teacher_samples' or 'folder'", reads=())
     message = (f"{spec.name}: data: toy with calibration.source {inputs} trains on that source's random "
                "latents and text embeddings, not on the toy's digits nor on images (a smoke test): set "
                f"{spec.name}.data to 'teacher_samples' or 'folder' to train on samples")
-    warn(f"{spec.where(BadValue('data', message))}: {message}")
+    warn(f"{spec.where(BadValue('data', message, reads=()))}: {message}")  # no other key of the pass
 
 
 def _warn_notes(p, spec, model, adapter, calibration=None, inputs: str | None = None) -> None:
     """A warning per `Pass.notes` and, given the recipe's calibration and its source's kind,
-    `Pass.calibration_notes`, at the line (or --set) of the key it names."""
+    `Pass.calibration_notes`, at the line (or --set) of the key it names, with the --sets of the keys
+    it read where it lists them (its third item: the pass's, and recipe keys such as calibration.timesteps)."""
     said = p.calibration_notes(calibration, inputs) if calibration is not None and inputs is not None else []
     for key, message, *reads in p.notes(model, adapter) + said:  # reads: BadValue's, where the note lists them
-        where = spec.where(BadValue(key, message, reads=reads[0] if reads else None))
-        warn(f"{where}: {message}")
+        read = reads[0] if reads else None
+        because = [k for k in read or () if k.startswith("calibration.")]  # recipe keys, not the pass's
+        warn(f"{spec.where(BadValue(key, message, reads=read), *because)}: {message}")
 
 
 class SpreadRemovals:

@@ -144,7 +144,8 @@ class Pass:
     def calibration_notes(self, calib, kind: str) -> list[tuple[str, str]]:
         """(recipe key, message) of what is legal but likely not meant with the calibration inputs the
         recipe draws (calib: its CalibrationConfig, kind: its source's, inputs.source_kind), warned as
-        `notes` are; none by default."""
+        `notes` are; none by default. Its third item may name calibration keys too (calibration.timesteps):
+        at a line of the file, their --sets are named with it as those of the pass's keys are."""
         return []
 
     def check_streaming(self) -> None:

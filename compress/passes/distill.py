@@ -142,7 +142,7 @@ class DistillPass(Pass):
         if cfg.train == "factors" and not will_have_factors(model):
             raise BadValue("train", "distill: train: factors, but no svd pass before it factorizes a layer "
                                     "and the teacher has no low-rank layers; add an svd pass first, or use "
-                                    "train: all")
+                                    "train: all", reads=())  # the passes before it, not this pass's other keys
 
     def notes(self, model, adapter) -> list[tuple[str, str]]:
         """A warm-up as long as the run (steps shortened for a quick try, the default warmup_steps

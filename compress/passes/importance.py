@@ -279,7 +279,14 @@ class ImportanceConfig:
 def check_buckets(buckets, what: str) -> None:
     """A config's `buckets`: a positive integer (BadValue names the key)."""
     if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
-        raise BadValue("buckets", f"{what}: buckets must be a positive integer, got {buckets!r}")
+        raise BadValue("buckets", f"{what}: buckets must be a positive integer, got {buckets!r}", reads=())
+
+
+def level_keys(kind: str) -> tuple[str, ...]:
+    """The recipe keys inputs.noise_levels reads of a calibration source of `kind` (and the source,
+    which decides the kind): a note on the buckets they hold names their --sets (Pass.calibration_notes)."""
+    read = ("timesteps", "sample_steps") if kind == "pipeline" else ("num_prompts", "timesteps")
+    return tuple(f"calibration.{k}" for k in ("source", *read))
 
 
 class ImportancePass(Pass):
@@ -291,11 +298,12 @@ class ImportancePass(Pass):
     def check(self, model, adapter) -> None:
         self.config.validate()
 
-    def calibration_notes(self, calib, kind: str) -> list[tuple[str, str]]:
+    def calibration_notes(self, calib, kind: str) -> list[tuple[str, str, tuple]]:
         """More buckets than the noise levels the calibration inputs hold (`noise_levels`; calib: the
         recipe's CalibrationConfig, kind: its source's, inputs.source_kind): some buckets hold no input
         whatever is drawn, their columns of the table and heatmap stay empty. Legal (the scores over all
-        inputs are the same), so a warning at the key, where `dit-compress importance --buckets` refuses."""
+        inputs are the same), so a warning at the key, where `dit-compress importance --buckets` refuses;
+        it reads no other key of the pass, and the calibration keys of `level_keys`."""
         buckets = self.config.buckets
         levels, how = noise_levels(calib, kind)
         if buckets <= levels:
@@ -305,7 +313,7 @@ class ImportancePass(Pass):
         return [("buckets", f"importance: buckets {buckets} is more than the {counted(levels, 'noise level')} the "
                             f"calibration inputs hold ({how}): at least {empty} of its buckets {hold} no input, "
                             f"{columns} of the table and heatmap empty; set buckets to {levels if levels == 1 else f'{levels} or fewer'}, or draw "
-                            "more calibration inputs")]
+                            "more calibration inputs", level_keys(kind))]
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         n = sum(adapter.block_counts(model).values())

@@ -16,12 +16,16 @@ from compress.passes.removed_blocks import AfterRemoval
 from compress.words import counted
 
 
+BUDGET_KEYS = ("blocks", "count", "fraction")  # what a removal removes: exactly one of them
+
+
 def one_of(config) -> str:
-    """Which of blocks, count, fraction a RemoveBlocksConfig gives (exactly one)."""
-    given = [k for k in ("blocks", "count", "fraction") if getattr(config, k) is not None]
+    """Which of blocks, count, fraction a RemoveBlocksConfig gives (exactly one); else a BadValue at
+    the last of them given (count where none is), reading those three alone."""
+    given = [k for k in BUDGET_KEYS if getattr(config, k) is not None]
     if len(given) != 1:
-        raise UserError("remove_blocks: give exactly one of blocks, count, fraction"
-                        + (f" (got {', '.join(given)})" if given else ""))
+        raise BadValue(given[-1] if given else "count", "remove_blocks: give exactly one of blocks, count, fraction"
+                       + (f" (got {', '.join(given)})" if given else ""), reads=BUDGET_KEYS)
     return given[0]
 
 
@@ -31,11 +35,11 @@ def _k_of(key: str, value, n: int, where: str, path: str, group: str | None = No
     if key == "count":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise BadValue(path, f"remove_blocks: count for {where} must be a non-negative integer, got {value!r}",
-                           group=group)
+                           reads=(), group=group)
         return value
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
         raise BadValue(path, f"remove_blocks: fraction for {where} must be a number in [0, 1), got {value!r}",
-                       group=group)
+                       reads=(), group=group)
     return math.floor(value * n + 1e-9)
 
 
@@ -52,7 +56,7 @@ def too_many(k: int, n: int, group: str, path: str, teacher: bool = False) -> Ba
         removing = f"removing the one block of group '{group}' would leave it empty"
     else:
         removing = f"removing {k} of {n} blocks would leave group '{group}' empty"
-    return error(path, f"remove_blocks: {removing}; keep {'it' if n == 1 else 'at least one'}", group=group)
+    return error(path, f"remove_blocks: {removing}; keep {'it' if n == 1 else 'at least one'}", reads=(), group=group)
 
 
 def _group(adapter: Adapter, group: str, path: str) -> str:
@@ -62,7 +66,7 @@ def _group(adapter: Adapter, group: str, path: str) -> str:
     except BadValue:
         raise
     except UserError as e:
-        raise BadValue(path, str(e)) from None
+        raise BadValue(path, str(e), reads=()) from None
 
 
 def resolve_budget(config, adapter: Adapter, counts: dict[str, int], taken: int = 0):
@@ -88,7 +92,7 @@ def resolve_budget(config, adapter: Adapter, counts: dict[str, int], taken: int 
         per = ", ".join(f"'{g}': {n}" for g, n in counts.items())
         of = f"{k} blocks, of the {total} there are," if k > total else f"{k} of {total} blocks"
         raise AfterRemoval(key, f"remove_blocks: removing {of} would leave a group empty (groups {per}); keep at "
-                                "least one per group")
+                                "least one per group", reads=())
     return k
 
 
@@ -137,28 +141,30 @@ def per_group(budget, counts: dict[str, int]) -> dict[str, int]:
         return {next(iter(counts)): budget}
     example = ", ".join(f"{g}: 1" for g in counts)
     raise BadValue("criterion", f"remove_blocks: criterion learned takes a budget per group (count: "
-                                f"{{{example}}}), not a count or fraction over all blocks")
+                                f"{{{example}}}), not a count or fraction over all blocks", reads=BUDGET_KEYS)
 
 
 def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> dict[str, list[int]]:
     """Teacher indices per group, validated against the teacher's block counts."""
     if not isinstance(blocks, dict):
-        raise BadValue("blocks", f"remove_blocks: blocks must map a group to a list of indices, got {blocks!r}")
+        raise BadValue("blocks", f"remove_blocks: blocks must map a group to a list of indices, got {blocks!r}",
+                       reads=())
     out = {}
     for group, idx in blocks.items():
         path = f"blocks.{group}"
         n = counts[_group(adapter, group, path)]
         if not isinstance(idx, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                          for i in idx):
-            raise BadValue(path, f"remove_blocks: blocks.{group} must be a list of integers, got {idx!r}")
+            raise BadValue(path, f"remove_blocks: blocks.{group} must be a list of integers, got {idx!r}", reads=())
         twice = next((j for j, i in enumerate(idx) if i in idx[:j]), None)
         if twice is not None:
-            raise BadValue(f"{path}.{twice}", f"remove_blocks: blocks.{group} lists block {idx[twice]} twice")
+            raise BadValue(f"{path}.{twice}", f"remove_blocks: blocks.{group} lists block {idx[twice]} twice",
+                           reads=())
         bad = [i for i in idx if not 0 <= i < n]
         if bad:
             raise BadValue(f"{path}.{list(idx).index(bad[0])}", f"remove_blocks: block index {bad[0]} out of "
                                                               f"range for group '{group}' ({n} blocks: 0..{n - 1})",
-                           group=group)
+                           reads=(), group=group)
         if len(idx) >= n:
             raise too_many(len(idx), n, group, path, teacher=True)
         out[group] = sorted(idx)
@@ -174,7 +180,8 @@ def to_current(blocks: dict[str, list[int]], block_map: dict[str, list[int]]) ->
         gone = [j for j, t in enumerate(teacher) if t not in where]
         if gone:
             raise AfterRemoval(f"blocks.{g}.{gone[0]}", f"remove_blocks: block {g}.{teacher[gone[0]]} (teacher "
-                                                      "index) was already removed by an earlier pass", group=g)
+                                                      "index) was already removed by an earlier pass",
+                               reads=(), group=g)
         drop[g] = sorted(where[t] for t in set(teacher))
     return drop
 

@@ -28,11 +28,14 @@ from compress.block_mask import gated, gumbel_hard, patterns, temperature, windo
 from compress.errors import NumericError, UserError
 from compress.passes.base import RunContext
 from compress.passes.importance_forward import to_model
-from compress.passes.remove_blocks_budget import one_of
+from compress.passes.remove_blocks_budget import BUDGET_KEYS, one_of
 from compress.passes.removed_blocks import AfterRemoval
 from compress.progress import WORDS, bar
 
 TAU = (2.0, 0.1)  # Gumbel-softmax temperature: first step, last step
+# what the windows of a learned removal are cut from: the budget per group, the window, the criterion
+# that makes them (a --set of learn_steps or learn_lr is not named with an error about them)
+WINDOW_READS = ("window", "criterion", *BUDGET_KEYS)
 # defaults measured on the toy PixArt (tools/bench_remove_blocks.py, README "Which blocks to remove"): with
 # the weight update, gumbel found the block whose removal distillation recovers from best; logits alone
 # find the blocks whose removal costs least at once (score) or, with gumbel, went astray
@@ -80,7 +83,8 @@ def make_windows(budget: dict[str, int], counts: dict[str, int], window: int | N
         try:
             spans = windows(counts[g], k, window)
         except ValueError as e:
-            raise AfterRemoval(key, f"remove_blocks: criterion learned, group '{g}': {e}", group=g) from None
+            raise AfterRemoval(key, f"remove_blocks: criterion learned, group '{g}': {e}", reads=WINDOW_READS,
+                               group=g) from None
         for start, size, remove in spans:
             if not remove:
                 continue  # nothing to choose: every block of this window stays

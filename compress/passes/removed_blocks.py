@@ -36,10 +36,11 @@ class AfterRemoval(BadValue):
 
 class MissingBlock(BadValue):
     """A pattern naming block `index` of `group` (module prefix `attr`), which has `have` blocks
-    now. `message`: the whole error; `base`: its first clause, which `explained` continues."""
+    now. `message`: the whole error; `base`: its first clause, which `explained` continues. The
+    pattern is checked against the model alone: it reads no other key of its pass (reads=())."""
 
     def __init__(self, key: str, message: str, base: str, block: tuple[str, str, int, int]):
-        super().__init__(key, message, group=block[0])
+        super().__init__(key, message, reads=(), group=block[0])
         self.base, self.block = base, block
 
     def explained(self, teacher_counts: dict[str, int] | None,
@@ -48,8 +49,8 @@ class MissingBlock(BadValue):
         and earlier passes removed blocks of its group, else this error as it was."""
         words = removal_words(self.block, teacher_counts, block_map)
         if words is None:
-            return BadValue(self.key, str(self), group=self.group)
-        return AfterRemoval(self.key, f"{self.base}: {words}", group=self.group)
+            return BadValue(self.key, str(self), self.reads, self.group)
+        return AfterRemoval(self.key, f"{self.base}: {words}", self.reads, self.group)
 
 
 def planned_blocks(model: nn.Module, adapter: Adapter) -> dict:

@@ -15,7 +15,7 @@ from compress.arch.base import LinearInfo
 from compress.calib import BlockCalibration
 from compress.calib_stats import Stats
 from compress.calib_store import SpilledMap, Unchanged
-from compress.errors import NumericError, UserError
+from compress.errors import BadValue, NumericError, UserError
 from compress.linalg import normalized_curve
 from compress.passes.base import predictions, relative_error
 from compress.passes.svd_layer import approximation, decompose_layer, layer_math, swapped_weight, weighted
@@ -87,18 +87,24 @@ def unspent_words(specs, alloc, c, ranges) -> str | None:
             "let it spend the rest")
 
 
+# what the global budget check reads besides ratio: which layers are targets, which of them have
+# explicit ranks, and the lowest rank each may take; a --set of another key (fisher) is not named with it
+GLOBAL_BUDGET_READS = ("targets", "ignore", "allocation", "ranks", "multiple", "trust_region")
+
+
 def check_global_budget(targets: list[LinearInfo], c) -> None:
-    """The budget must cover every free target at its lowest allowed rank (known from shapes alone)."""
+    """The budget must cover every free target at its lowest allowed rank (known from shapes alone):
+    else a BadValue at svd.ratio, with the keys it read (GLOBAL_BUDGET_READS)."""
     fixed = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
     specs = [shape_spec(i) for i in targets if i.name not in fixed]
     budget, floor = budget_for_ratio(specs, c.ratio), min_budget(specs, c.multiple, trust_ranges_for(specs, c))
     if specs and budget < floor:
         dense = sum(s.params(DENSE) for s in specs)
-        raise UserError(f"svd.ratio {c.ratio} is below what global allocation can keep: every target at its "
-                        f"lowest allowed rank (multiple {c.multiple}"
-                        + (f", within trust_region {c.trust_region}× of uniform" if c.trust_region else "")
-                        + f") keeps {floor / dense:.3f} of the parameters; raise svd.ratio, lower svd.multiple"
-                        + (" or widen svd.trust_region" if c.trust_region else ""))
+        trust = f", within trust_region {c.trust_region}× of uniform" if c.trust_region else ""
+        raise BadValue("ratio", f"svd.ratio {c.ratio} is below what global allocation can keep: every target at "
+                                f"its lowest allowed rank (multiple {c.multiple}{trust}) keeps {floor / dense:.3f} "
+                                "of the parameters; raise svd.ratio, lower svd.multiple"
+                                + (" or widen svd.trust_region" if c.trust_region else ""), reads=GLOBAL_BUDGET_READS)
 
 
 class GlobalAllocation:

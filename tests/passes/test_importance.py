@@ -217,9 +217,11 @@ def test_more_buckets_than_the_calibration_holds_noise_levels_is_said_at_the_key
     assert said(40, num_prompts=2, timesteps=4) == [("buckets", (
         "importance: buckets 40 is more than the 8 noise levels the calibration inputs hold (calibration.num_prompts"
         " × timesteps: 2 × 4 inputs): at least 32 of its buckets hold no input, their columns of the table and "
-        "heatmap empty; set buckets to 8 or fewer, or draw more calibration inputs"))]
+        "heatmap empty; set buckets to 8 or fewer, or draw more calibration inputs"),
+        ("calibration.source", "calibration.num_prompts", "calibration.timesteps"))]  # the keys it read
     assert said(8, num_prompts=2, timesteps=4) == said(8, "synthetic", num_prompts=8, timesteps=1) == []
-    (key, words), = said(3, "pipeline", num_prompts=50, timesteps=8, sample_steps=2)
+    (key, words, reads), = said(3, "pipeline", num_prompts=50, timesteps=8, sample_steps=2)
+    assert reads == ("calibration.source", "calibration.timesteps", "calibration.sample_steps")
     assert key == "buckets" and words.startswith("importance: buckets 3 is more than the 2 noise levels the "
                                                  "calibration inputs hold (calibration.timesteps 8 of a 2-step sampler)")
     assert said(2, "pipeline", timesteps=8, sample_steps=2) == []
@@ -257,7 +259,7 @@ def test_one_empty_bucket_or_noise_level_is_said_in_the_singular(capsys):
     said = " ".join("".join(capsys.readouterr()).split())
     assert ("importance: 1 of the 4 timestep buckets holds no calibration input (3 distinct timesteps); "
             "its column stays empty") in said
-    (key, words), = ImportancePass(ImportanceConfig(buckets=2)).calibration_notes(
+    (key, words, _), = ImportancePass(ImportanceConfig(buckets=2)).calibration_notes(
         CalibrationConfig(num_prompts=1, timesteps=1), "toy")
     assert words == ("importance: buckets 2 is more than the 1 noise level the calibration inputs hold "
                      "(calibration.num_prompts × timesteps: 1 × 1 inputs): at least 1 of its buckets holds no "
