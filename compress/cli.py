@@ -22,7 +22,9 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 def _recipe_options(p: argparse.ArgumentParser) -> None:
     """--teacher, --teacher-config and --set: what run, plan and importance change of a recipe."""
     p.add_argument("--teacher", help="override the recipe's teacher (hub id, folder, file, toy:NAME)")
-    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) for a single file")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher, "
+                   "in place of the recipe's teacher_config (a toy or folder teacher reads none: warned); one not "
+                   "there is refused whatever the teacher, where the recipe's is only warned of for those")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a recipe key, e.g. --set passes.2.svd.ratio=0.4 (repeatable)")
 

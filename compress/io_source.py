@@ -27,15 +27,22 @@ KNOWN_CONFIGS = {
 SOURCES = "toy:pixart, toy:flux, a Hugging Face id (OWNER/NAME), or a local folder or checkpoint file"
 
 
+# why the flag not there is refused even for a toy or folder teacher, which reads no config, where the
+# recipe's `teacher_config:` not there is only warned of (recipe_teacher_config.teacher_config_of): the
+# flag was typed for this command, the key may serve every --teacher the recipe is run with
+FLAG_WHY = ("; the flag is checked whatever the teacher, as given for this command: leave it out for a toy "
+            "or folder teacher, which reads none (a recipe's teacher_config: not there is only warned of there)")
+
+
 def check_teacher_options(teacher: str | None, config: str | None) -> None:
     """--teacher, when given, names something; --teacher-config, when given, exists (a UserError
     otherwise, before anything loads: an empty --teacher is not the recipe's teacher)."""
     if teacher is not None and not teacher.strip():
         raise UserError("--teacher is empty: give a hub id, folder, file or toy:NAME, or leave --teacher out "
                         "to use the recipe's (or the recorded) teacher")
-    if config is not None and not Path(config).expanduser().exists():
+    if config is not None and not Path(config).expanduser().exists():  # whatever the teacher: FLAG_WHY
         raise UserError(f"--teacher-config {config!r}: no such file or folder (the diffusers config of a "
-                        "single-file teacher: a folder, a pipeline folder or a JSON file such as config.json)")
+                        f"single-file teacher: a folder, a pipeline folder or a JSON file such as config.json){FLAG_WHY}")
 
 
 # ---- what a source is -------------------------------------------------------------------------

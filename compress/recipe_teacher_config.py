@@ -32,10 +32,16 @@ def teacher_config_of(recipe, config: str | None, teacher: str | None = None) ->
                     f"{os.path.abspath(path)}{rule}")
 
 
-def reads_no_config(source: str) -> bool:
-    """Whether the teacher `source` (as given: relative from the current folder) reads no teacher config:
-    a toy teacher, or a folder (its own config.json; io_source.check_source's kinds 'toy' and 'folder')."""
-    return source.startswith("toy:") or Path(source).expanduser().is_dir()
+def reads_no_config(source, recorded: bool = False) -> bool:
+    """Whether the teacher `source` reads no teacher config: a toy teacher, or a folder (its own
+    config.json; io_source.check_source's kinds 'toy' and 'folder'). As given, a relative one is from
+    the current folder; as `recorded` by a run (runner_teacher_id.named_teacher's), a folder only where
+    absolute (a Hub id recorded is not read as a folder of the current one). Not a string: False."""
+    if not isinstance(source, str):
+        return False
+    if source.startswith("toy:"):
+        return True
+    return (not recorded or Path(source).is_absolute()) and Path(source).expanduser().is_dir()
 
 
 def config_named(recipe, config: str | None) -> str:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress.recipe_teacher_config import FLAG
+from compress.recipe_teacher_config import FLAG, reads_no_config
 from compress.runner_config_sum import CONFIG_SUM, config_checksum, config_read, config_target
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def named_now(source: str, config: str | None) -> dict:
     """named_teacher's for the teacher a run names now, as the run compares it: a --teacher-config its toy
     or folder teacher does not read left out (runner_prepare drops it once warned)."""
     named = named_teacher(source, config)
-    return named_teacher(source, None) if config and reads_no_config(named["source"]) else named
+    return named_teacher(source, None) if config and reads_no_config(named["source"], recorded=True) else named
 
 
 def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, weights: str,
@@ -217,19 +217,10 @@ def _given(config: str | None) -> str:
     return config or "not given"
 
 
-def reads_no_config(source) -> bool:
-    """Whether a recorded teacher `source` (named_teacher's) is a toy or a folder teacher, which read
-    no --teacher-config (io_source.checked warns it is not read): recipe_teacher_config's rule, for a
-    folder only where recorded absolute (a Hub id is not read as a folder of the current one)."""
-    from compress.recipe_teacher_config import reads_no_config as reads_none
-
-    return isinstance(source, str) and (source.startswith("toy:") or Path(source).is_absolute()) and reads_none(source)
-
-
 def as_compared(teacher):
     """A teacher a stage recorded (teacher_identity's) as --resume compares it now: a --teacher-config its
     toy or folder teacher does not read taken out (runs before 652e195 recorded one; later runs drop it
     once warned, runner_prepare), so that it is no other teacher's."""
-    if isinstance(teacher, dict) and teacher.get("config") and reads_no_config(teacher.get("source")):
+    if isinstance(teacher, dict) and teacher.get("config") and reads_no_config(teacher.get("source"), recorded=True):
         return dict(teacher, config=None)
     return teacher

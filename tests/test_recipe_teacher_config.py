@@ -229,3 +229,42 @@ def test_a_teacher_config_under_home_is_recorded_expanded(tmp_path, monkeypatch)
     written = (out / "recipe.yaml").read_text()
     assert yaml.safe_load(written)["teacher_config"] == str(tmp_path / "cfg") and "# teacher_config:" not in written
     assert json.loads((out / "config.json").read_text())["compression"]["teacher_config"] == str(tmp_path / "cfg")
+
+
+@pytest.mark.parametrize("kind", ["folder", "toy"])
+def test_the_flag_not_found_is_refused_for_a_teacher_reading_no_config_saying_why(tmp_path, monkeypatch, capsys, kind):
+    """Unlike the recipe's key (warned, above), --teacher-config not there is refused whatever the teacher, a
+    toy or folder one too (typed for this command): one line saying so, by plan, importance and run (the
+    Runner's check, for the Python API too); the refusal gave no reason there before."""
+    tiny_pixart().save_pretrained(tmp_path / "pixdir")
+    teacher = str(tmp_path / "pixdir") if kind == "folder" else "toy:pixart"
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.format(teacher=teacher, config="null"))
+    monkeypatch.chdir(tmp_path)
+    why = ("; the flag is checked whatever the teacher, as given for this command: leave it out for a toy or folder "
+           "teacher, which reads none (a recipe's teacher_config: not there is only warned of there)")
+    for argv in (["plan", str(path)], ["importance", str(path), "--png", "i.png"], ["run", str(path)]):
+        assert main(argv + ["--teacher-config", "nocfg"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.strip().endswith(why), err
+        assert "--teacher-config 'nocfg': no such file or folder (the diffusers config of a single-file" in err
+
+
+def test_reads_no_config_one_rule_as_given_and_as_recorded(tmp_path, monkeypatch):
+    """recipe_teacher_config.reads_no_config, the one rule of teacher_config_of (a source as given) and of
+    runner_teacher_id (`recorded`: a folder only where absolute, so a Hub id recorded that is a folder of the
+    current one is still read as a Hub id); not a string: False."""
+    from compress.recipe_teacher_config import reads_no_config
+    from compress.runner_teacher_id import as_compared, named_now
+
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    (tmp_path / "file.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    cases = {"toy:pixart": (True, True), str(tmp_path / "org" / "name"): (True, True), "org/name": (True, False),
+             "file.safetensors": (False, False), str(tmp_path / "file.safetensors"): (False, False),
+             "nowhere/model": (False, False), None: (False, False)}
+    for source, (given, recorded) in cases.items():
+        assert (reads_no_config(source), reads_no_config(source, recorded=True)) == (given, recorded), source
+    assert as_compared({"source": "org/name", "config": "c"}) == {"source": "org/name", "config": "c"}
+    assert as_compared({"source": str(tmp_path / "org" / "name"), "config": "c"})["config"] is None
+    assert named_now("org/name", "c")["config"] is None  # named: made absolute where it is there, then read
