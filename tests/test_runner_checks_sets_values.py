@@ -18,7 +18,10 @@ S, R, D, IMP = "passes.0.svd.", "passes.0.remove_blocks.", "passes.0.distill.", 
 GLOBAL = "  - svd:\n      targets: [attention]\n      allocation: global\n      ratio: 0.05\n"  # ratio at line 8
 BELOW = "svd.ratio 0.05 is below what global allocation can keep"
 PAST = "  - svd:\n      targets: [single_transformer_blocks.5.proj_out]\n      ratio: 0.5\n"  # targets at line 6
-REMOVED = "  - remove_blocks: {blocks: {single: [2]}}\n  - svd:\n      targets: [single_transformer_blocks.2.proj_out]\n"
+REMOVED = ("  - remove_blocks: {blocks: {single: [2]}}\n"
+           "  - svd:\n      targets: [single_transformer_blocks.2.proj_out]\n")  # targets at line 7
+UNIFORM_RATIOS = ("  - svd:\n      targets: [attention, mlp]\n      allocation: uniform\n"
+                  "      ratios: {attention: 0.5}\n")  # ratios at line 8
 NO_LAYER = "svd.targets: pattern 'single_transformer_blocks.{}.proj_out' matches no linear layer"
 
 
@@ -35,6 +38,9 @@ def _refused(text: str, sets: list[str]) -> str:
     (GLOBAL, [S + "multiple=4", S + "fisher=none"], f"r.yaml:8 (with --set {S}multiple=4): {BELOW}"),
     # a pattern naming a block past the last (or one a removal took) reads the model alone
     (PAST, [S + "ratio=0.3"], "r.yaml:6: " + NO_LAYER.format(5)),
+    # per_role's ratios against the targeted roles read targets, ignore and the allocation: not multiple
+    (UNIFORM_RATIOS, [S + "allocation=per_role", S + "multiple=8"],
+     f"r.yaml:8 (with --set {S}allocation=per_role): svd.ratios has no ratio for targeted role(s) mlp"),
     (REMOVED, ["passes.1.svd.ratio=0.3"], "r.yaml:7: " + NO_LAYER.format(2) + " of the model: teacher block 2"),
     (REMOVED, ["passes.1.svd.targets=[single_transformer_blocks.2.proj_out]", "passes.1.svd.ratio=0.3"],
      "r.yaml (--set passes.1.svd.targets=[single_transformer_blocks.2.proj_out]): " + NO_LAYER.format(2)),
@@ -66,7 +72,8 @@ ONE_OF = "remove_blocks: give exactly one of blocks, count, fraction"
     (LEARNED, [R + "learn_steps=5"], f"r.yaml:7: {PER_GROUP}"),
     (LEARNED, [R + "count=2", R + "learn_steps=5"], f"r.yaml:7 (with --set {R}count=2): {PER_GROUP}"),
     (WINDOW, [R + "learn_lr=0.001"], f"r.yaml:8: {LOSE_ALL}"),
-    (WINDOW, [R + "count={double: 1}", R + "learn_lr=0.001"], f"r.yaml:8 (with --set {R}count={{double: 1}}): {LOSE_ALL}"),
+    (WINDOW, [R + "count={double: 1}", R + "learn_lr=0.001"],
+     f"r.yaml:8 (with --set {R}count={{double: 1}}): {LOSE_ALL}"),
     # exactly one of blocks, count, fraction: at the last given (it was the pass's line), with their --sets
     (BOTH, [R + "iterative=true"], f"r.yaml:7: {ONE_OF} (got count, fraction)"),
     (LEARNED.replace("learned", "proxy"), [R + "fraction=0.5", R + "iterative=true"],
@@ -79,7 +86,8 @@ def test_a_removal_check_names_the_sets_of_the_keys_it_read_alone(text, sets, sa
 
 @pytest.mark.parametrize("text, sets, said", [
     # train: factors reads the passes before it, no other key of its own
-    ("  - distill:\n      train: factors\n      lr: 0.0005\n", [D + "lr=0.001"], "r.yaml:6: distill: train: factors, but"),
+    ("  - distill:\n      train: factors\n      lr: 0.0005\n", [D + "lr=0.001"],
+     "r.yaml:6: distill: train: factors, but"),
     # buckets' range (importance and remove_blocks, checked as the recipe loads) reads buckets alone
     ("  - importance:\n      buckets: 0\n", [IMP + "proxy_only=true"],
      "r.yaml:6: importance: buckets must be a positive integer, got 0"),

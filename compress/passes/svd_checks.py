@@ -324,13 +324,14 @@ def _check_ratios(ratios) -> None:
 
 
 def _check_roles(ratios: dict, roles: set[str]) -> None:
-    """Every targeted role has a ratio, and every ratio's role is targeted (else it is ignored)."""
+    """Every targeted role has a ratio, and every ratio's role is targeted (else it is ignored): checks
+    that read which layers are targets and the allocation (per_role: a --set of it asks for ratios)."""
     missing = sorted(roles - set(ratios))
     if missing:
         raise _bad("ratios", f"svd.ratios has no ratio for targeted role(s) {', '.join(missing)}",
-                   "targets", "ignore")
+                   "targets", "ignore", "allocation")
     unused = sorted(set(ratios) - roles)
     if unused:
         raise _bad(f"ratios.{unused[0]}", f"svd.ratios: role(s) {', '.join(unused)} match no target "
                                               f"(targeted roles: {', '.join(sorted(roles))}); remove them or "
-                                              "add them to svd.targets", "targets", "ignore")
+                                              "add them to svd.targets", "targets", "ignore", "allocation")
