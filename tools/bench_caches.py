@@ -8,7 +8,7 @@ runs in this process through `Runner` (as `dit-compress run ... --run-dir RUN --
 
   fishers  an svd pass of the recipe's `fisher_probes` (4) stopped by a KeyboardInterrupt raised as
            it starts factorizing (`SVDPass._compress`, patched for that call only, as
-           tests/test_runner_caches.py stops one), its output Fishers measured and kept in
+           tests/test_runner_caches_runs.py stops one), its output Fishers measured and kept in
            calib/<fp>/<model>/fisher-4probes/; a --resume with `fisher_probes: 2` (keeps them: the
            folder's last run did not finish; a plain rerun is refused over the saved passes), then that
            recipe again (a plain run), which removes them.
