@@ -16,7 +16,7 @@ from compress.lora_keys import STATE_DICT
 from compress.words import counted
 
 
-def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None) -> None:
+def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None, took: str | None = None) -> None:
     """Give the teacher the LoRAs a student recorded (its config's compression.loras), at their
     scales, so that eval compares the student with the teacher it stands for (`moved`: see
     replayed_sources). A teacher that is itself an output takes them as the student did: each of its
@@ -26,18 +26,23 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     LoRA's blocks as the student's teacher's own: the teacher takes it so, its block i the LoRA's
     block i (what the student's block descending from it took), not through its chain (which would
     give its blocks other blocks' LoRAs); so does a record naming the student's teacher itself
-    (read_as_own_blocks)."""
-    for record, source in zip(loras, replayed_sources(loras, moved, warn=False)):  # warned before loading
-        merge_lora(teacher, source, scale=record["scale"], own_blocks=read_as_own_blocks(teacher, record))
+    (`took`: the teacher the student records; read_as_own_blocks). A record naming another base than
+    the teacher's chain leads to is a UserError naming both, before any LoRA is merged."""
+    sources = replayed_sources(loras, moved, warn=False)  # warned before loading
+    own = [read_as_own_blocks(teacher, record, took) for record in loras]
+    for record, source, own_blocks in zip(loras, sources, own):
+        merge_lora(teacher, source, scale=record["scale"], own_blocks=own_blocks)
 
 
-def read_as_own_blocks(teacher: nn.Module, record: dict) -> bool:
+def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None) -> bool:
     """Whether the student read the LoRA's blocks as its teacher's own: a record without `blocks_of`,
-    or one naming another model than the first of the teacher's own chain (the student's teacher,
-    moved away when it took the LoRA, read as a base: lora_teacher.lora_base). Through its chain, the
-    teacher would give its block i the LoRA of the base block it descends from, not the LoRA's block i."""
+    or one naming the student's teacher (`took`: the one it records), moved away when it took the LoRA
+    and read as a base (lora_teacher.lora_base), not the first of the teacher's own chain. Through its
+    chain, the teacher would give its block i the LoRA of the base block it descends from, not the
+    LoRA's block i. A record naming neither that base nor `took` is a UserError (other_base): the
+    teacher's blocks descend from another base's, so neither way gives it the LoRA the student took."""
     from compress.lora_teacher import followed
-    from compress.report_teacher import teacher_chain
+    from compress.report_teacher import absolute_source, teacher_chain
 
     recorded = (getattr(teacher, "compression_meta", None) or {}).get("teacher")
     if "blocks_of" not in record:
@@ -45,7 +50,22 @@ def read_as_own_blocks(teacher: nn.Module, record: dict) -> bool:
     if not recorded:  # the teacher is the base itself: its blocks are the LoRA's either way
         return False
     chain = teacher_chain(str(recorded))
-    return followed(chain) and record["blocks_of"] != chain[-1]  # a broken chain: merge_lora says why
+    blocks_of = absolute_source(record["blocks_of"])
+    if not followed(chain) or blocks_of == absolute_source(chain[-1]):  # a broken chain: merge_lora says why
+        return False
+    if took is not None and blocks_of == absolute_source(str(took)):
+        return True
+    raise other_base(record, chain)
+
+
+def other_base(record: dict, chain: list[str]) -> UserError:
+    """The refusal of a LoRA the student read as blocks of one base (its record's `blocks_of`) replayed on
+    a teacher whose chain of teachers (`chain`: its recorded teacher's teacher_chain) leads to another."""
+    through = f" (through {', '.join(chain[:-1])})" if len(chain) > 1 else ""
+    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora) was read as blocks of "
+                     f"{record['blocks_of']}, but the teacher to compare with was compressed from {chain[-1]}"
+                     f"{through}: its blocks descend from that base's, not those the LoRA's were mapped to; "
+                     f"compare with the model's own teacher, or one compressed from {record['blocks_of']}")
 
 
 def replayed_sources(loras: list[dict], moved: list[str] | None = None, warn: bool = True) -> list[str]:

@@ -167,10 +167,48 @@ def test_a_lora_read_against_a_moved_teacher_is_replayed_on_that_teacher_as_its_
     assert c.compression_meta["loras"][0]["blocks_of"] == str((tmp_path / "b").resolve())
     teacher, expected = load_transformer(tmp_path / "b"), load_transformer(tmp_path / "b")
     merge_lora(expected, lora, own_blocks=True)
-    replay(teacher, c.compression_meta["loras"])
+    replay(teacher, c.compression_meta["loras"], took=c.compression_meta["teacher"])
     got, want = teacher.state_dict(), expected.state_dict()
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_lora_read_as_blocks_of_one_base_is_refused_on_a_teacher_of_another_naming_both(tmp_path):
+    """c (base -> a -> b -> c) took a LoRA of base (blocks_of base). eval/bench --teacher a2, an output of
+    another base (base2, a copy elsewhere), gave a2's block i the LoRA's block i (read as a2's own blocks),
+    not that of the base block a2's block i descends from: a silent comparison with another teacher. Now
+    one line naming both bases; a, whose chain leads to base, still takes it through its chain. (A LoRA
+    of base block 5 too was refused on a2 as past its last block, as a LoRA of a deeper model.)"""
+    import torch
+
+    from compress.errors import UserError
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora_chain import _chain
+    from tests.test_lora_limits import _save, _state
+
+    base, c_folder = _chain(tmp_path, "pixart")
+    weights = _state(copy.deepcopy(base), ["to_q"])  # base blocks 0-4: as many as a2 has, so HEAD merged it
+    lora = _save({k: v for k, v in weights.items() if ".transformer_blocks.5." not in k}, tmp_path / "lora.safetensors")
+    c = load_transformer(c_folder)
+    merge_lora(c, lora)
+    base_path, base2 = str((tmp_path / "base").resolve()), tmp_path / "base2"
+    assert c.compression_meta["loras"][0]["blocks_of"] == base_path
+    shutil.copytree(tmp_path / "base", base2)
+    shutil.copytree(tmp_path / "a", tmp_path / "a2")
+    config = json.loads((tmp_path / "a2" / "config.json").read_text())
+    config["compression"]["teacher"] = str(base2.resolve())
+    (tmp_path / "a2" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as e:
+        load_teacher_of(c, str(tmp_path / "a2"))
+    assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of "
+                            f"{base_path}, but the teacher to compare with was compressed from {base2.resolve()}: its "
+                            "blocks descend from that base's, not those the LoRA's were mapped to; compare with the "
+                            f"model's own teacher, or one compressed from {base_path}")
+    teacher, expected = load_teacher_of(c, str(tmp_path / "a")), load_transformer(tmp_path / "a")
+    merge_lora(expected, lora)  # through a's chain: its block i takes the LoRA of the base block it descends from
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in teacher.state_dict().items())
 
 
 def test_a_count_of_lora_flags_other_than_the_loras_taken_says_each_count_in_words(tmp_path):
