@@ -21,7 +21,7 @@ def unchanged_note(c, targets) -> tuple[str, str, tuple]:
     if c.multiple > 1 and any(r is not None for r in unrounded.values()):
         return cause_key(c, ["multiple", _ratio_key(c)]), (
             f"svd: {dense} (ranks rounded up to a multiple of {c.multiple} save no parameters at these widths), "
-            "so this pass changes nothing; lower svd.multiple or svd.ratio"), (*fixed, "multiple")
+            f"so this pass changes nothing; lower svd.multiple or svd.{_ratio_key(c)}"), (*fixed, "multiple")
     reads = fixed  # unrounded ranks keep every parameter too: not multiple's doing
     if c.allocation == "per_role":
         key, why = cause_key(c, ["ratios"]), "svd.ratios keep every parameter of their roles"

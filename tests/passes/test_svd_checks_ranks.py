@@ -37,7 +37,10 @@ def test_ratio_one_is_named_the_cause_of_an_svd_pass_that_changes_nothing_not_ro
 def test_rounding_is_named_the_cause_only_where_unrounded_ranks_would_save():
     key, said, reads = _unchanged(ratio=0.9, multiple=64)
     assert key == "multiple" and "rounded up to a multiple of 64 save no parameters" in said, said
-    assert "ratio" in reads
+    assert "ratio" in reads and said.endswith("; lower svd.multiple or svd.ratio")
+    key, said, reads = _unchanged(allocation="per_role", ratios={"attention": 0.9}, multiple=64)
+    assert key == "multiple" and said.endswith("; lower svd.multiple or svd.ratios"), said  # it said svd.ratio,
+    assert "ratios" in reads and "ratio" not in reads  # which per_role does not read
     key, said, reads = _unchanged(ranks={"re:.*": 40}, multiple=1)
     assert key == "ranks" and "svd.ranks are at or above" in said, said
     assert reads == ("targets", "ignore")  # every target's rank explicit: not ratio, allocation nor multiple
