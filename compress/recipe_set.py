@@ -88,6 +88,10 @@ def drop(data_node: yaml.MappingNode, dotted: str, value_text: str) -> None:
     if not isinstance(node, yaml.MappingNode) or parts[-1] not in [k.value for k, _ in node.value]:
         return _absent(node, parts, len(parts) - 1, f"{dotted}={value_text}")
     node.value = [(k, v) for k, v in node.value if k.value != parts[-1]]
+    if _named(parts):  # a name gone from its mapping stays in `key_nodes`, at the --set: what is said of it names that
+        mark = yaml.Mark(f"--set {dotted}={value_text}", 0, 0, 0, None, None)
+        gone = yaml.ScalarNode("tag:yaml.org,2002:null", "null", mark, mark)
+        node.dropped = {**getattr(node, "dropped", {}), parts[-1]: gone}
 
 
 def _absent(node: yaml.Node, parts: list[str], i: int, given: str) -> None:
@@ -277,7 +281,8 @@ def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], dotted: str
 
 def key_nodes(node: yaml.Node | None, prefix: str = "", seen: set[int] | None = None) -> dict[str, yaml.Node]:
     """The node that says where each key under `node` is, by dotted path (`ranks.modulation`,
-    `targets.1`): a mapping entry's key, a list's item (marked with its --set if one gave it)."""
+    `targets.1`): a mapping entry's key, a list's item (marked with its --set if one gave it), and
+    a name a `--set ...=null` took out of its mapping (`drop`: count.single), at that --set."""
     seen = set() if seen is None else seen
     if id(node) in seen:  # an alias (even a recursive one) is walked once
         return {}
@@ -288,7 +293,7 @@ def key_nodes(node: yaml.Node | None, prefix: str = "", seen: set[int] | None = 
         entries = [(str(i), v, v) for i, v in enumerate(node.value)]
     else:
         return {}
-    out = {}
+    out = {f"{prefix}{name}": at for name, at in getattr(node, "dropped", {}).items()}  # a key given again stays
     for name, at, child in entries:
         out[f"{prefix}{name}"] = at
         out.update(key_nodes(child, f"{prefix}{name}.", seen))

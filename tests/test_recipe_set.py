@@ -230,3 +230,18 @@ def test_a_set_null_of_a_name_the_recipe_has_or_an_option_it_lacks_still_goes_th
         parse_recipe(NAMED.replace("{blocks: 1}", "1"), "r.yaml", ["passes.0.remove_blocks.count.blocks=null"])
     assert str(e.value) == ("--set passes.0.remove_blocks.count.blocks=null: passes.0.remove_blocks.count is "
                             "not a mapping, so it has no key 'blocks' to remove")
+
+
+def test_a_name_a_set_null_took_out_stays_in_the_keys_at_its_set():
+    """`--set passes.0.remove_blocks.count.blocks=null` left no trace: what was said of count (its
+    group gone) pointed at the file's line, which holds count: {blocks: 1}, naming no --set; and a dump
+    of the recipe did not list it among the --sets applied. A --set giving the name again stands."""
+    from compress.recipe import set_overrides
+
+    gone = ["passes.0.remove_blocks.count.blocks=null", "passes.2.svd.ranks.modulation=null"]
+    r = parse_recipe(NAMED, "r.yaml", gone)
+    assert r.passes[0].keys["count.blocks"].where() == f"r.yaml (--set {gone[0]})"
+    assert r.passes[2].keys["ranks.modulation"].where() == f"r.yaml (--set {gone[1]})"
+    assert set_overrides(r) == [f"--set {g}" for g in gone]
+    again = parse_recipe(NAMED, "r.yaml", [gone[0], "passes.0.remove_blocks.count.blocks=2"])
+    assert again.passes[0].keys["count.blocks"].override == "--set passes.0.remove_blocks.count.blocks=2"

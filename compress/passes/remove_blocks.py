@@ -25,7 +25,7 @@ from compress.passes.importance import ImportanceResult, scan
 from compress.passes.remove_blocks_budget import (block_sizes, check_explicit, drop_placeholders, one_of,
                                                 per_group, removes_nothing, resolve_budget, to_current, too_many,
                                                 uneven, without_hidden)
-from compress.passes.remove_blocks_config import RemoveBlocksConfig, _biased
+from compress.passes.remove_blocks_config import RemoveBlocksConfig, _biased, check_named
 from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
                                                    window_key)
 from compress.passes.removed_blocks import (PLANNED_ATTR, planned_blocks, possible_counts, taken_unplaced,
@@ -177,8 +177,9 @@ class RemoveBlocksPass(Pass):
     def check(self, model: nn.Module, adapter: Adapter) -> None:
         """Explicit indices against the teacher's block counts; budgets against the model's."""
         self.config.validate()
-        counts = adapter.block_counts(model)
-        if one_of(self.config) == "blocks":
+        counts, key = adapter.block_counts(model), one_of(self.config)
+        check_named(key, getattr(self.config, key), list(counts))
+        if key == "blocks":
             teacher_counts, block_map = teacher_view(model, adapter)
             check_explicit(self.config.blocks, adapter, teacher_counts)
             drop = to_current(self.config.blocks, block_map)  # errors name the index's position

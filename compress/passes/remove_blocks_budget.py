@@ -190,7 +190,8 @@ def removes_nothing(config, counts: dict[str, int],
                     possible: list[dict[str, int]] | None = None) -> list[tuple[str, str, tuple]]:
     """(recipe key, message, ()) where a count or fraction (that `resolve_budget` passed) removes no
     block: a fraction rounded down to none names the smallest that removes one; a pass that removes
-    no block at all (explicit blocks too: `blocks: {}`, `blocks: {blocks: []}`) says it changes nothing.
+    no block at all (explicit blocks too: `blocks: {blocks: []}`) says it changes nothing (a mapping
+    naming no group, `count: {}`, is refused before: remove_blocks_config.check_named).
     `possible`: the counts per group the run may have by then (removed_blocks.possible_counts; default
     `counts`): a fraction that rounds down to none for some of them says for which. Each reads its
     value alone (and the model): a --set of another key of the pass is not named with it."""

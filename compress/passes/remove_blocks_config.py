@@ -88,6 +88,28 @@ class RemoveBlocksConfig:
                                reads=("blocks", "count", "fraction"))
 
 
+def check_named(key: str, value, groups: list[str]) -> None:
+    """A budget `key` (blocks, count, fraction) given as a mapping that names no block group
+    (`count: {}`, or one whose only group a `--set ...=null` took out) removes nothing, surely not
+    what was meant: refused at its key, naming the model's `groups`. A group given 0 (or no
+    indices) removes none as written: warned, not refused (remove_blocks_budget.removes_nothing)."""
+    if value != {}:
+        return
+    example = f"{key}: {{{groups[-1]}: {_EXAMPLE[key]}}}"
+    raise BadValue(key, f"remove_blocks: {key} names no block group, so this pass would remove nothing; "
+                        f"{_name_groups(groups)}, as {example}, or leave the pass out", reads=())
+
+
+def _name_groups(groups: list[str]) -> str:
+    """'name the model's group (blocks)'; 'name one or more of the model's groups (double, single)'."""
+    if len(groups) == 1:
+        return f"name the model's group ({groups[0]})"
+    return f"name one or more of the model's groups ({', '.join(groups)})"
+
+
+_EXAMPLE = {"blocks": "[0]", "count": 1, "fraction": 0.25}  # a group's value, for check_named's example
+
+
 def _biased(config: RemoveBlocksConfig) -> list[tuple[str, str, tuple]]:
     """gumbel without a weight update: its straight-through gradient, linearized at hard masks,
     drove the toy PixArt's pair logits to the costliest pair (README, "Which blocks to remove")."""

@@ -90,3 +90,58 @@ def test_a_misspelt_criterion_gets_the_closest_one():
     assert str(e.value).endswith("remove_blocks: criterion must be one of scan, proxy, learned, got 'learnd'; "
                                  "did you mean 'learned'?")
     assert str(e.value).startswith("r.yaml:4: ")
+
+
+# a budget that names no block group is refused; one that names groups but removes no block is warned
+NO_GROUP = ("remove_blocks: {key} names no block group, so this pass would remove nothing; name one or more of "
+            "the model's groups (double, single), as {key}: {{single: {example}}}, or leave the pass out")
+
+
+@pytest.mark.parametrize("options, sets, where", [
+    ("{count: {}}", [], "r.yaml:5: "),
+    ("{fraction: {}}", [], "r.yaml:5: "),
+    ("{blocks: {}}", [], "r.yaml:5: "),
+    ("{count: {}, criterion: learned}", [], "r.yaml:5: "),
+    ("{count: {single: 1}}", ["passes.0.remove_blocks.count.single=null"],
+     "r.yaml:5 (with --set passes.0.remove_blocks.count.single=null): "),
+    ("{count: 1}", ["passes.0.remove_blocks.count={}"], "r.yaml (--set passes.0.remove_blocks.count={}): "),
+])
+def test_a_budget_that_names_no_group_is_refused_at_its_line_naming_the_groups(options, sets, where):
+    """count: {} (fraction: {}, or the only group taken out by --set ...=null) planned and ran a
+    removal of nothing with exit 0, warned only that count removes no block, and a --set null was
+    not named (the line holds count: {single: 1}); blocks: {} the same. An empty mapping is no
+    budget a user means, as svd's targets: [] is refused; the error names the model's groups."""
+    from tests.test_runner_checks import _check  # a tiny Flux checked as plan and run check it
+
+    key = options[1:options.index(":")]
+    with pytest.raises(UserError) as e:
+        _check(f"  - remove_blocks: {options}\n", sets)
+    example = {"count": 1, "fraction": 0.25, "blocks": "[0]"}[key]
+    assert str(e.value) == where + NO_GROUP.format(key=key, example=example)
+
+
+def test_the_one_group_of_a_pixart_is_named_as_the_one():
+    from compress.passes.remove_blocks_config import check_named
+
+    with pytest.raises(UserError, match=r"names no block group, .*; name the model's group \(blocks\), as "
+                                        r"count: \{blocks: 1\}, or leave the pass out$"):
+        check_named("count", {}, ["blocks"])
+    check_named("count", {"blocks": 0}, ["blocks"])  # a group named, removing none: warned, not refused
+
+
+@pytest.mark.parametrize("options, sets, where", [
+    ("{count: 0}", [], "r.yaml:5: "),
+    ("{count: {double: 0, single: 0}}", [], "r.yaml:5: "),
+    ("{count: {double: 0, single: 1}}", ["passes.0.remove_blocks.count.single=0"],
+     "r.yaml:5 (with --set passes.0.remove_blocks.count.single=0): "),
+    ("{count: {double: 0, single: 1}}", ["passes.0.remove_blocks.count.single=null"],
+     "r.yaml:5 (with --set passes.0.remove_blocks.count.single=null): "),  # it said 'r.yaml:5: ', no --set
+])
+def test_a_budget_of_no_block_is_warned_naming_the_set_that_made_it(capsys, options, sets, where):
+    """A count of 0 (or every group 0) removes none as written: warned, as svd ratio 1.0 is, not
+    refused; a --set null that took out the group that removed blocks is named as a --set 0 is."""
+    from tests.test_runner_checks import _check
+
+    _check(f"  - remove_blocks: {options}\n", sets)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"warning: {where}remove_blocks: count removes no block, so this pass changes nothing" in said, said
