@@ -36,7 +36,8 @@ def read_utf8(path, label: str, hint: str) -> str:
 class BadValue(UserError):
     """A config value out of range, found by a config's `validate()` (values alone, no model). `key`
     names the recipe key, so the recipe loader can point at that key's line; `reads`, the other keys
-    of its pass the check read (recipe_convert.concerned names the --sets of those alone), None where
+    of its pass the check read (recipe_convert.concerned names the --sets of those alone; a recipe key
+    it read is written calibration.KEY, runner_checks.recipe_reads), None where
     the check does not say (every --set of the pass is named); `group`, the block group the value
     is about where the check knows it (too many blocks of group 'single', a window of its blocks,
     a pattern naming one of its blocks), else None."""

@@ -60,7 +60,14 @@ def _named(spec, counts: dict, teacher: dict, removed: list[int]):
     try:
         yield
     except UserError as e:
-        raise UserError(f"{spec.where(e)}: {e}{removal_note(e, counts, teacher, removed)}") from None
+        where = spec.where(e, *recipe_reads(getattr(e, "reads", None)))
+        raise UserError(f"{where}: {e}{removal_note(e, counts, teacher, removed)}") from None
+
+
+def recipe_reads(reads) -> list[str]:
+    """The recipe keys (calibration.source) among the keys a check or note read (BadValue.reads, a
+    note's third item), whose --sets `PassSpec.where` names as its `because`; the rest are the pass's."""
+    return [k for k in reads or () if k.startswith("calibration.")]
 
 
 def check_passes(passes, specs, model, adapter, inputs: str | None = None, calibration=None) -> None:
@@ -69,6 +76,9 @@ def check_passes(passes, specs, model, adapter, inputs: str | None = None, calib
     `Pass.calibration_notes`)."""
     for _ in checked_in_order(passes, specs, meta_clone(model), adapter, inputs, calibration):
         pass
+
+
+SOURCE = ("calibration.source",)  # what check_data reads besides data: no other key of the pass
 
 
 def check_data(p, spec, inputs: str | None) -> None:
@@ -81,11 +91,12 @@ def check_data(p, spec, inputs: str | None) -> None:
         return
     if inputs == "pipeline":
         raise BadValue("data", f"{spec.name}: data: toy trains on the toy data, and this run calibrates "
-                               f"through a pipeline: set {spec.name}.data to 'teacher_samples' or 'folder'", reads=())
+                               f"through a pipeline: set {spec.name}.data to 'teacher_samples' or 'folder'",
+                       reads=SOURCE)
     message = (f"{spec.name}: data: toy with calibration.source {inputs} trains on that source's random "
                "latents and text embeddings, not on the toy's digits nor on images (a smoke test): set "
                f"{spec.name}.data to 'teacher_samples' or 'folder' to train on samples")
-    warn(f"{spec.where(BadValue('data', message, reads=()))}: {message}")  # no other key of the pass
+    warn(f"{spec.where(BadValue('data', message, reads=SOURCE), *SOURCE)}: {message}")
 
 
 def _warn_notes(p, spec, model, adapter, calibration=None, inputs: str | None = None) -> None:
@@ -95,8 +106,7 @@ def _warn_notes(p, spec, model, adapter, calibration=None, inputs: str | None = 
     said = p.calibration_notes(calibration, inputs) if calibration is not None and inputs is not None else []
     for key, message, *reads in p.notes(model, adapter) + said:  # reads: BadValue's, where the note lists them
         read = reads[0] if reads else None
-        because = [k for k in read or () if k.startswith("calibration.")]  # recipe keys, not the pass's
-        warn(f"{spec.where(BadValue(key, message, reads=read), *because)}: {message}")
+        warn(f"{spec.where(BadValue(key, message, reads=read), *recipe_reads(read))}: {message}")
 
 
 class SpreadRemovals:

@@ -123,9 +123,9 @@ def test_the_buckets_note_names_the_sets_of_the_calibration_keys_it_read(capsys,
     assert f"warning: {said}" in warned, warned
 
 
-def test_data_toy_on_another_source_names_no_set_of_another_key(capsys):
-    """data: toy on a synthetic source (warned) or a pipeline's (refused) reads data and the source:
-    a --set of lr is not named."""
+def test_data_toy_on_another_source_names_the_sets_of_data_and_the_source_alone(capsys):
+    """data: toy on a synthetic source (warned) or a pipeline's (refused) reads data and
+    calibration.source: a --set of lr is not named, one of the source is."""
     _check_with(TOY, [D + "lr=0.001"], "synthetic")
     warned = " ".join(capsys.readouterr().err.split())
     assert "warning: r.yaml:5: distill: data: toy with calibration.source synthetic" in warned, warned
@@ -135,6 +135,12 @@ def test_data_toy_on_another_source_names_no_set_of_another_key(capsys):
     _check_with(TOY, [D + "data=toy", D + "lr=0.001"], "synthetic")
     warned = " ".join(capsys.readouterr().err.split())
     assert f"warning: r.yaml (--set {D}data=toy): distill: data: toy with" in warned, warned
+    _check_with(TOY, ["calibration.source=synthetic", D + "lr=0.001"], "synthetic")
+    warned = " ".join(capsys.readouterr().err.split())
+    assert "warning: r.yaml:5 (with --set calibration.source=synthetic): distill: data: toy with" in warned, warned
+    with pytest.raises(UserError) as e:
+        _check_with(TOY, ["calibration.source=synthetic", D + "lr=0.001"], "pipeline")  # as a pipeline's kind
+    assert str(e.value).startswith("r.yaml:5 (with --set calibration.source=synthetic): distill: data: toy trains")
 
 
 def test_dit_compress_importance_names_no_set_of_another_key_at_buckets(tmp_path):
