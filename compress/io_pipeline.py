@@ -45,7 +45,7 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     if family is not None:
         return _refusing_lora_loads(_all_of(_saved_toy_pipeline(transformer, base, family, index)))
     if index is None:
-        _check_not_transformer_repo(transformer, base)
+        _check_is_a_pipeline(transformer, base)
     _check_base_index(transformer, base, index)
     _check_parts(base, index)
     from diffusers import DiffusionPipeline
@@ -220,21 +220,22 @@ def _check_base(transformer: nn.Module, base: str, **cached) -> None:
     _check_base_config(transformer, config, base)
 
 
-def _check_not_transformer_repo(transformer: nn.Module, base: str) -> None:
-    """A Hub id `base` whose Hugging Face cache snapshot is a transformer's repo (config.json, no
-    model_index.json: pipeline_cache.cached_transformer_repo, read without a Hub request) is refused
-    naming it: a base is a whole pipeline. diffusers ended offline in "We couldn't connect to
-    'https://huggingface.co' …model_index.json", online in a Hub request for it."""
+def _check_is_a_pipeline(transformer: nn.Module, base: str) -> None:
+    """A `base` that is no pipeline (pipeline_folder.not_a_pipeline: a single file, a local folder without
+    model_index.json such as a transformer's, a Hub id whose Hugging Face cache snapshot is a transformer's
+    repo, read without a Hub request) is refused naming what it is: a base is a whole pipeline. diffusers
+    ended in "Error no file named model_index.json found in directory …", "… is neither a valid local path
+    nor a valid repo id", offline "We couldn't connect to 'https://huggingface.co' …model_index.json",
+    online a Hub request for it."""
     from compress.arch import get_adapter
-    from compress.pipeline_cache import cached_transformer_repo, transformer_repo_words
-    from compress.pipeline_folder import EXAMPLE_PIPELINES
+    from compress.pipeline_folder import EXAMPLE_PIPELINES, not_a_pipeline
 
-    if (snapshot := cached_transformer_repo(base)) is None:
+    if (what := not_a_pipeline(base)) is None:
         return
     example = EXAMPLE_PIPELINES.get(get_adapter(transformer).family, EXAMPLE_PIPELINES["pixart"])
     raise UserError(f"cannot load base pipeline '{base}': a base is a whole pipeline (model_index.json and its "
-                    f"parts), and {base} is {transformer_repo_words(snapshot)}; pass base= the pipeline of its "
-                    f"teacher's family (a Hugging Face id such as {example}, a pipeline folder, or toy:NAME)")
+                    f"parts), and {base} is {what}; pass base= the pipeline of its teacher's family (a Hugging "
+                    f"Face id such as {example}, a pipeline folder, or toy:NAME)")
 
 
 def _check_base_index(transformer: nn.Module, base: str, index: dict | None) -> None:

@@ -331,19 +331,29 @@ def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str
     synthetic source), before any compute. `where`: 'PATH:LINE: ' of the recipe key that gave
     `source`; `auto`: the recipe's source is auto (said, as calib_prompts says it); `given`: ' (--teacher)'
     after a teacher the command line gave (recipe_where.teacher_given)."""
-    from compress.pipeline_cache import cached_transformer_repo, transformer_repo_words
-
-    path = Path(source).expanduser()
-    snapshot = None if path.exists() else cached_transformer_repo(source)
-    if snapshot is None and (not path.exists() or (path / "model_index.json").is_file()):
+    if (what := not_a_pipeline(source)) is None:
         return  # a pipeline folder, or a hub id (its errors come when it loads)
-    what = (transformer_repo_words(snapshot) if snapshot is not None else
-            "a single file" if path.is_file() else "a folder without model_index.json")
     whose = "the teacher " if is_teacher else ""
     said = " (source auto is pipeline for a teacher that is not toy:)" if auto else ""
     raise UserError(f"{where}calibration.source 'pipeline'{said} samples in a diffusers pipeline, and {whose}{source}"
                     f"{given if is_teacher else ''} is {what}; set calibration.pipeline to "
                     f"{_base_words(source, family)}, or calibration.source: synthetic")
+
+
+def not_a_pipeline(source: str) -> str | None:
+    """What `source`, given as a pipeline, is where it is none, in words: a single file, a folder without
+    model_index.json (a transformer's, an output), or a Hub id whose Hugging Face cache snapshot is a
+    transformer's repo (pipeline_cache.cached_transformer_repo, read without a Hub request); None for a
+    pipeline folder, a Hub id otherwise or a path not there (its errors come when it loads)."""
+    from compress.pipeline_cache import cached_transformer_repo, transformer_repo_words
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        snapshot = cached_transformer_repo(source)
+        return None if snapshot is None else transformer_repo_words(snapshot)
+    if path.is_file():
+        return "a single file"
+    return None if (path / "model_index.json").is_file() else "a folder without model_index.json"
 
 
 def _base_words(source: str, family: str) -> str:

@@ -65,3 +65,25 @@ def test_an_output_of_a_transformer_folder_suggests_the_pipeline_its_recipe_cali
         load_pipeline(e_out)
     assert str(e.value) == (f"{e_out} records no teacher to take the pipeline's other parts from"
                             f"{said.replace(str(out), str(e_out))}")
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_local_base_that_is_a_transformer_alone_is_refused_saying_a_base_is_a_pipeline(tmp_path, kind):
+    """load_pipeline(out, base=a transformer folder: config.json and weights, no model_index.json) ended in
+    diffusers' "Error no file named model_index.json found in directory …", base=its safetensors file in
+    "… is neither a valid local path nor a valid repo id"; said as a cached Hub transformer repo is
+    (test_pipeline_cache), in check_pipeline_source's words for what it is."""
+    from tests.conftest import tiny_pixart
+
+    teacher = tiny_pixart()
+    teacher.save_pretrained(tmp_path / "teacher")
+    out = save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.2"], 2), tmp_path / "out",
+                          extra={"teacher": "x"})
+    base = tmp_path / "teacher" / ("diffusion_pytorch_model.safetensors" if kind == "file" else "")
+    what = "a single file" if kind == "file" else "a folder without model_index.json"
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base=str(base))
+    assert str(e.value) == (
+        f"cannot load base pipeline '{base}': a base is a whole pipeline (model_index.json and its parts), and "
+        f"{base} is {what}; pass base= the pipeline of its teacher's family (a Hugging Face id such as "
+        "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, a pipeline folder, or toy:NAME)")
