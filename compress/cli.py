@@ -260,7 +260,7 @@ def _check_teacher_options(args) -> None:
     if args.command != "run" and (teacher is not None or config is not None):
         from compress.io_source import check_teacher_options
 
-        check_teacher_options(teacher, config)
+        check_teacher_options(teacher, config, args.command)  # in words that fit the command
 
 
 def _out_of_memory(command: str, e: BaseException) -> UserError | None:

@@ -27,22 +27,30 @@ KNOWN_CONFIGS = {
 SOURCES = "toy:pixart, toy:flux, a Hugging Face id (OWNER/NAME), or a local folder or checkpoint file"
 
 
-# why the flag not there is refused even for a toy or folder teacher, which reads no config, where the
-# recipe's `teacher_config:` not there is only warned of (recipe_teacher_config.teacher_config_of): the
-# flag was typed for this command, the key may serve every --teacher the recipe is run with
+# what the refusal of a --teacher-config not there adds, by command (check_teacher_options): why it is
+# refused even for a toy or folder teacher, which reads no config, where the recipe's `teacher_config:`
+# not there is only warned of (recipe_teacher_config.teacher_config_of): the flag was typed for this
+# command, the key may serve every --teacher the recipe is run with. eval, bench and lora read no recipe;
+# convert has no teacher (the config is its file's, else the config.json beside the file)
 FLAG_WHY = ("; the flag is checked whatever the teacher, as given for this command: leave it out for a toy "
-            "or folder teacher, which reads none (a recipe's teacher_config: not there is only warned of there)")
+            "or folder teacher, which reads none")
+RECIPE_WHY = f"{FLAG_WHY} (a recipe's teacher_config: not there is only warned of there)"
+FLAG_WORDS = {"eval": ("a single-file teacher", FLAG_WHY), "bench": ("a single-file teacher", FLAG_WHY),
+              "lora": ("a single-file --teacher", FLAG_WHY),
+              "convert": ("the file's transformer", "; leave it out to read the config.json beside the file")}
 
 
-def check_teacher_options(teacher: str | None, config: str | None) -> None:
+def check_teacher_options(teacher: str | None, config: str | None, command: str = "run") -> None:
     """--teacher, when given, names something; --teacher-config, when given, exists (a UserError
-    otherwise, before anything loads: an empty --teacher is not the recipe's teacher)."""
+    otherwise, before anything loads: an empty --teacher is not the recipe's teacher), said as fits
+    `command` (FLAG_WORDS; run, plan, importance and the Runner API: RECIPE_WHY)."""
     if teacher is not None and not teacher.strip():
         raise UserError("--teacher is empty: give a hub id, folder, file or toy:NAME, or leave --teacher out "
                         "to use the recipe's (or the recorded) teacher")
-    if config is not None and not Path(config).expanduser().exists():  # whatever the teacher: FLAG_WHY
-        raise UserError(f"--teacher-config {config!r}: no such file or folder (the diffusers config of a "
-                        f"single-file teacher: a folder, a pipeline folder or a JSON file such as config.json){FLAG_WHY}")
+    if config is not None and not Path(config).expanduser().exists():  # whatever the teacher: FLAG_WORDS
+        whose, why = FLAG_WORDS.get(command, ("a single-file teacher", RECIPE_WHY))
+        raise UserError(f"--teacher-config {config!r}: no such file or folder (the diffusers config of {whose}: a "
+                        f"folder, a pipeline folder or a JSON file such as config.json){why}")
 
 
 # ---- what a source is -------------------------------------------------------------------------

@@ -268,3 +268,28 @@ def test_reads_no_config_one_rule_as_given_and_as_recorded(tmp_path, monkeypatch
     assert as_compared({"source": "org/name", "config": "c"}) == {"source": "org/name", "config": "c"}
     assert as_compared({"source": str(tmp_path / "org" / "name"), "config": "c"})["config"] is None
     assert named_now("org/name", "c")["config"] is None  # named: made absolute where it is there, then read
+
+
+def test_the_flag_not_found_is_said_as_fits_each_command_that_takes_it(tmp_path, monkeypatch, capsys):
+    """The refusal of a --teacher-config not there ended, for every command, in "...leave it out for a toy or folder
+    teacher, which reads none (a recipe's teacher_config: not there is only warned of there)": eval, bench and lora
+    read no recipe, and convert has no teacher (its file's config, else the config.json beside the file)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.format(teacher="toy:pixart", config="null"))
+    teacher = "a single-file teacher: a folder, a pipeline folder or a JSON file such as config.json)"
+    why = "; the flag is checked whatever the teacher, as given for this command: leave it out for a toy or folder "
+    ends = {("plan", str(path)): f"{teacher}{why}teacher, which reads none (a recipe's teacher_config: not there is "
+                                 "only warned of there)",
+            ("eval", "out"): f"{teacher}{why}teacher, which reads none",
+            ("bench", "out"): f"{teacher}{why}teacher, which reads none",
+            ("lora", "out", "l.safetensors", "new"): f"{teacher.replace('teacher:', '--teacher:')}{why}teacher, "
+                                                     "which reads none",
+            ("convert", "f.safetensors", "o"): "the file's transformer: a folder, a pipeline folder or a JSON file "
+                                               "such as config.json); leave it out to read the config.json beside "
+                                               "the file"}
+    for argv, end in ends.items():
+        assert main([*argv, "--teacher-config", "nocfg"]) == 2, argv
+        err = capsys.readouterr().err
+        said = "--teacher-config 'nocfg': no such file or folder (the diffusers config of "
+        assert err == f"dit-compress: error: {said}{end}\n", argv
