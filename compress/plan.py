@@ -165,7 +165,10 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "by_block_before": before_blocks, "by_block_after": block_params(model, after_rows),
         "by_block_after_is": by_block_after_is(unplaced, uneven, later),
     }
-    plan["memory"] = peak_memory(recipe, plan, any(getattr(p, "needs_calibration", False) for p in passes))
+    # a pass that needs calibration but reads none in the run (a removal of no block) holds no activations
+    calibrates = any(getattr(p, "needs_calibration", False) and step.get("calibrates", True)
+                     for p, step in zip(passes, steps))
+    plan["memory"] = peak_memory(recipe, plan, calibrates)
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
 

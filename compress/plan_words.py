@@ -23,7 +23,8 @@ def where_words(step: dict) -> str:
 def step_words(step: dict) -> str:
     """A pass's plan on a line or two: long lists and name -> rank maps counted, not dumped
     (`plan --json` has them whole)."""
-    hidden = ("pass", "line", "set", "fisher", "streamed_scan", "student", "at_most", "statistics")
+    hidden = ("pass", "line", "set", "fisher", "streamed_scan", "student", "at_most", "statistics",
+              "calibrates")
     ranges = ranged_keys(step)  # a removal's counts per group, fewest–most (in the key's own place)
     shown = {k: v for k, v in step.items() if k not in hidden and k not in {f"{r}_min" for r in ranges}}
     bound = bounded_keys(step)

@@ -23,8 +23,8 @@ from compress.errors import NumericError, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, scan
 from compress.passes.remove_blocks_budget import (block_sizes, check_explicit, drop_placeholders, one_of,
-                                                per_group, removes_nothing, resolve_budget, to_current, too_many,
-                                                uneven, without_hidden)
+                                                per_group, reads_none, removes_nothing, resolve_budget, to_current,
+                                                too_many, uneven, without_hidden)
 from compress.passes.remove_blocks_config import RemoveBlocksConfig, _biased, check_named
 from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
                                                    window_key)
@@ -228,10 +228,13 @@ class RemoveBlocksPass(Pass):
         return {"remove": "chosen by importance at run time", "budget": budget,
                 "criterion": self.config.criterion, "iterative": self.config.iterative,
                 "blocks_before": counts, "blocks_after": after, "skip_scan": self.config.criterion == "scan",
-                "scans": scans, **({"blocks_differ_in_size": differ} if differ else {})}
+                "scans": scans, **({"blocks_differ_in_size": differ} if differ else {}), **reads_none(scans)}
 
     def _plan_learned(self, model, adapter, budget: dict[str, int], counts: dict[str, int]) -> dict:
         cfg, lr = self.config, value(self.config, "learn_lr")
+        if not _total(budget):  # as `learn_removal`: no window, nothing learned, no calibration read
+            return {"remove": "no block (a budget of none): nothing is learned", "budget": budget,
+                    "criterion": "learned", "blocks_before": counts, "blocks_after": counts, **reads_none(0)}
         return {"remove": "learned at run time", "budget": budget, "criterion": "learned",
                 "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
                 "window": cfg.window or "whole group", "patterns": pattern_count(budget, counts, cfg.window),

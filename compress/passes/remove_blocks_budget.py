@@ -323,3 +323,10 @@ def without_hidden(planned: dict, blocks: dict[str, list[int]]) -> dict:
     hidden = {g: [h for h in hs if h["teacher"] not in blocks.get(g, ())]
               for g, hs in planned.get("hidden", {}).items()}
     return dict(planned, hidden=hidden)
+
+
+def reads_none(scans: int) -> dict:
+    """A plan step's {"calibrates": False} for a removal whose budget is none (`scans` 0): the run reads no
+    calibration input for it (they are computed on first use), so plan's memory counts no calibration
+    activations for it (plan.py); {} otherwise."""
+    return {} if scans else {"calibrates": False}

@@ -8,6 +8,9 @@ import torch
 from compress.arch import get_adapter
 from compress.errors import BadValue, UserError
 from compress.passes.remove_blocks import RemoveBlocksConfig, RemoveBlocksPass
+from compress.plan import make_plan
+from compress.plan_words import step_words
+from compress.recipe import parse_recipe
 from tests.conftest import tiny_flux, tiny_pixart
 from tests.passes.test_remove_blocks import context, run
 
@@ -38,6 +41,24 @@ def test_plan_counts_the_patterns():
         half, get_adapter(half))["learning_holds"] == planned["learning_holds"]
     step = RemoveBlocksPass(RemoveBlocksConfig(count={"blocks": 2}, criterion="learned", window=2))
     assert step.plan(model, get_adapter(model))["patterns"] == 4
+
+
+@pytest.mark.parametrize("criterion", ["learned", "proxy"])
+def test_plan_of_a_budget_of_none_learns_and_holds_nothing_as_the_run(criterion):
+    """Every group 0: the run learns (or scans) nothing and reads no calibration input
+    (test_a_budget_of_nothing_learns_nothing); plan said 'remove: learned at run time ... learning_holds:
+    N MiB (a copy of the model ...)' and counted calibration's activations in its memory."""
+    plan = make_plan(parse_recipe("model: pixart\nteacher: toy:pixart\npasses:\n"
+                                  f"  - remove_blocks: {{count: {{blocks: 0}}, criterion: {criterion}}}\n", "r.yaml"))
+    [step] = plan["passes"]
+    assert not any("calibration activations" in part["what"] for part in plan["memory"]["parts"])
+    assert step["blocks_after"] == step["blocks_before"] and "calibrates" not in step_words(step)
+    if criterion == "learned":
+        assert step["remove"] == "no block (a budget of none): nothing is learned"
+        assert not {"learning_holds", "patterns", "learn_steps", "window"} & set(step)
+    one = make_plan(parse_recipe("model: pixart\nteacher: toy:pixart\npasses:\n"
+                                 f"  - remove_blocks: {{count: {{blocks: 1}}, criterion: {criterion}}}\n", "r.yaml"))
+    assert any("calibration activations" in part["what"] for part in one["memory"]["parts"])
 
 
 @pytest.mark.parametrize("config, error, words", [
