@@ -14,7 +14,7 @@ from __future__ import annotations
 from compress.errors import UserError
 from compress.io_hub import (cached_snapshot, hub_cache, id_problem, main_commit, moved_main, note_once, offline,
                              quiet_hub, uncached)
-from compress.io_hub_requests import bounded_hub, cause_line, hub_head, stopped_answering, timed_out
+from compress.io_hub_requests import bounded_hub, cause_line, chain, hub_head, stopped_answering, timed_out
 from compress.pipeline_cache import snapshot_lacks
 from compress.pipeline_folder import snapshot_slot
 from compress.progress import no_library_bars
@@ -89,6 +89,21 @@ def pipeline_keywords(source: str, what: str) -> dict:
     if problem := cache_problem(source, snapshot, what):  # a part model_index.json lists, or its file, not downloaded
         raise UserError(f"cannot load {what} '{source}': {problem}")
     return {"local_files_only": True}
+
+
+def hub_answer(e: BaseException):
+    """Where a pipeline's load failed on the Hub's answer that the id is no pipeline: True for a repo
+    without model_index.json (404 Entry Not Found for it: a transformer's repo, say), the error for
+    one the Hub does not serve (Repository Not Found, private, gated: io_hub.hub_error says it), found
+    in `e`'s chain (diffusers raises its own error from the Hub's); None for another failure."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    for cause in chain(e):
+        if isinstance(cause, RepositoryNotFoundError):
+            return cause
+        if isinstance(cause, RemoteEntryNotFoundError) and str(cause.response.url).endswith("/model_index.json"):
+            return True
+    return None
 
 
 def cache_problem(source: str, snapshot, what: str) -> str | None:

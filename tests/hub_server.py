@@ -1,7 +1,8 @@
 """A Hub on 127.0.0.1 that answers a HEAD and then holds every other request without an answer
 (`hanging_hub`, conftest's fixture of that name), one that answers a pipeline's model_info, file
-tree and model_index.json and holds its other files (`holding_files`), and a load run with a bound
-on its time (`within`).
+tree and model_index.json and holds its other files (`holding_files`), one that holds a repo
+without the files asked for, or none (`answering_repo`: 404s), and a load run with a bound on its
+time (`within`).
 Imported by tests/conftest.py before any test patches huggingface_hub: the real HfApi methods and
 snapshot_download are kept here for the server's loads."""
 
@@ -41,24 +42,45 @@ def holding_files(monkeypatch, repo: str, index: bytes, files: list[str]):
     tree and its model_index.json (`index`, a HEAD and a GET), and holds every other request (the
     other files' HEADs: hf_hub_download asks each again 6 times) without an answer; as hanging_hub
     otherwise."""
-    import json
-
-    info = json.dumps({"id": repo, "modelId": repo, "sha": COMMIT, "private": False, "tags": [],
-                       "siblings": [{"rfilename": f} for f in files]}).encode()
-    tree = json.dumps([{"type": "file", "path": f, "size": 100, "oid": "0" * 40} for f in files]).encode()
-
     def answer(line: str) -> bytes | None:
         if "/model_index.json " in line:
             return _reply("200 OK", index, head=line.startswith("HEAD "))
         if f" /api/models/{repo}" in line:  # model_info (of main, of revision/main), the tree
-            return _reply("200 OK", tree if "/tree/" in line else info, json=True)
+            return _model_info(line, repo, files)
         if "/api/agent-harnesses" in line:
             return _reply("404 Not Found", b"", head=True)
         return None
     yield from _serve(monkeypatch, answer)
 
 
+def answering_repo(monkeypatch, repo: str, files: list[str] | None):
+    """A Hub on 127.0.0.1 that holds the repo `repo` with `files` (its model_info, its file tree) and
+    answers 404 Entry Not Found for any file (their contents are never asked for in the tests: a
+    repo without model_index.json), or with `files` None, Repository Not Found for every request;
+    as hanging_hub otherwise."""
+    def answer(line: str) -> bytes | None:
+        if "/api/agent-harnesses" in line:
+            return _reply("404 Not Found", b"", head=True)
+        if files is not None and f" /api/models/{repo}" in line:
+            return _model_info(line, repo, files)
+        error = "EntryNotFound" if files is not None else "RepoNotFound"
+        return _reply(f"404 Not Found\r\nX-Error-Code: {error}", b"", head=line.startswith("HEAD "))
+    yield from _serve(monkeypatch, answer)
+
+
 COMMIT = "0" * 40  # tests.pipelines.hub_cache's
+
+
+def _model_info(line: str, repo: str, files: list[str]) -> bytes:
+    """The answer to the request `line` for the model_info of `repo` (of main, of revision/main; its
+    siblings: `files`), or for its file tree."""
+    import json
+
+    if "/tree/" in line:
+        return _reply("200 OK", json.dumps([{"type": "file", "path": f, "size": 100, "oid": "0" * 40}
+                                            for f in files]).encode(), json=True)
+    return _reply("200 OK", json.dumps({"id": repo, "modelId": repo, "sha": COMMIT, "private": False, "tags": [],
+                                        "siblings": [{"rfilename": f} for f in files]}).encode(), json=True)
 
 
 def _reply(status: str, body: bytes, head: bool = False, json: bool = False) -> bytes:

@@ -325,3 +325,35 @@ def test_a_moved_main_whose_empty_snapshot_folder_exists_still_names_the_move(of
         f"(this load's request to the Hub moved it from {'0' * 40}), only {snapshot}; offline (HF_HUB_OFFLINE=1) "
         "reads refs/main's commit too, as huggingface_hub does; check your network, or pass a local pipeline "
         "folder"), error
+
+
+@pytest.mark.parametrize("held", [["config.json", "diffusion_pytorch_model.safetensors"], None])
+def test_a_hub_base_the_hub_answers_is_no_pipeline_is_said_in_one_line(tmp_path, monkeypatch, held):
+    """load_pipeline(out, base=acme/pixt) online, the cache holding nothing of it: the Hub's 404 Entry Not
+    Found for model_index.json (a transformer's repo) came out as "cannot load base pipeline 'acme/pixt': 404
+    Client Error.", a repo the Hub does not hold as diffusers' "…: Cannot load model acme/pixt: the model is
+    not fully cached locally (…) and an error occurred while trying to fetch metadata from the Hub. Please check
+    out the root cause in the stacktrace above."."""
+    from huggingface_hub import constants
+
+    from compress import save_compressed
+    from tests import hub_server
+    from tests.conftest import factorize, tiny_pixart
+
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.ff.net.2"], 2), tmp_path / "out",
+                          extra={"teacher": "x"})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    served = hub_server.answering_repo(monkeypatch, "acme/pixt", held)
+    next(served)
+    try:
+        error, took = hub_server.within(30, lambda: load_pipeline(out, base="acme/pixt"))
+    finally:
+        next(served, None)
+    assert isinstance(error, UserError) and took < 10, error
+    assert str(error) == ("cannot load base pipeline 'acme/pixt': a base is a whole pipeline (model_index.json and "
+                          "its parts), and acme/pixt is a Hub repo without model_index.json (the Hugging Face Hub "
+                          "answered 404 Entry Not Found for it); pass base= the pipeline of its teacher's family (a "
+                          "Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, a pipeline folder, or "
+                          "toy:NAME)" if held else
+                          "cannot load base pipeline 'acme/pixt': 'acme/pixt' is not on the Hugging Face Hub (or is "
+                          "private: log in); check the id, or pass base= a pipeline folder or toy:NAME")
