@@ -63,11 +63,12 @@ def _dtype_hint(value: str, allowed: tuple) -> str:
 
 
 def with_sets(at: _Loc, locs) -> str:
-    """`at`'s where, and where that is a line of the file, '(with --set ...)' naming the --sets among
-    `locs` (the keys whose values the error's check read): an error a --set caused names it."""
+    """`at`'s where, and '(with --set ...)' naming the --sets among `locs` (the keys whose values the
+    error's check read): an error a --set caused names it. Where `at` is a --set itself, the others
+    follow it: 'r.yaml (--set count={single: 1}, with --set count.single=null)'."""
+    sets = sorted({loc.override for loc in locs if loc.override} - {at.override})
     if at.override:
-        return at.where()
-    sets = sorted({loc.override for loc in locs if loc.override})
+        return f"{at.path} ({at.override}{', with ' + ', '.join(sets) if sets else ''})"
     return at.where() + (f" (with {', '.join(sets)})" if sets else "")
 
 

@@ -105,6 +105,9 @@ NO_GROUP = ("remove_blocks: {key} names no block group, so this pass would remov
     ("{count: {single: 1}}", ["passes.0.remove_blocks.count.single=null"],
      "r.yaml:5 (with --set passes.0.remove_blocks.count.single=null): "),
     ("{count: 1}", ["passes.0.remove_blocks.count={}"], "r.yaml (--set passes.0.remove_blocks.count={}): "),
+    ("{count: 1}", ["passes.0.remove_blocks.count={single: 1}", "passes.0.remove_blocks.count.single=null"],
+     "r.yaml (--set passes.0.remove_blocks.count={single: 1}, "
+     "with --set passes.0.remove_blocks.count.single=null): "),  # it named the first --set alone
 ])
 def test_a_budget_that_names_no_group_is_refused_at_its_line_naming_the_groups(options, sets, where):
     """count: {} (fraction: {}, or the only group taken out by --set ...=null) planned and ran a
@@ -136,6 +139,10 @@ def test_the_one_group_of_a_pixart_is_named_as_the_one():
      "r.yaml:5 (with --set passes.0.remove_blocks.count.single=0): "),
     ("{count: {double: 0, single: 1}}", ["passes.0.remove_blocks.count.single=null"],
      "r.yaml:5 (with --set passes.0.remove_blocks.count.single=null): "),  # it said 'r.yaml:5: ', no --set
+    ("{count: 1}", ["passes.0.remove_blocks.count={double: 0, single: 1}",
+                    "passes.0.remove_blocks.count.single=null"],
+     "r.yaml (--set passes.0.remove_blocks.count={double: 0, single: 1}, "
+     "with --set passes.0.remove_blocks.count.single=null): "),  # it named the first --set alone
 ])
 def test_a_budget_of_no_block_is_warned_naming_the_set_that_made_it(capsys, options, sets, where):
     """A count of 0 (or every group 0) removes none as written: warned, as svd ratio 1.0 is, not

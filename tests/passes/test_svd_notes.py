@@ -63,10 +63,11 @@ def test_a_set_pattern_a_file_pattern_shadows_is_named_without_reorder_advice(ca
 
 def test_two_set_patterns_one_shadowing_the_other_are_named_with_the_set_order(capsys):
     said = _warnings(capsys, [f"{SVD}.{BLOCK0}=4", f"{SVD}.re:transformer_blocks.0.norm1=12"])
-    assert said == [f"warning: r.yaml (--set {SVD}.{BLOCK0}=4): svd.ranks: pattern '{BLOCK0}' gives no layer its "
-                    "rank: 're:transformer_blocks.0.norm1', earlier, matches every layer it does (the first matching "
-                    "pattern wins; both were set on the command line: a --set pattern new to the recipe goes "
-                    "before the others (the last one first), one the recipe has stays where it is)"]
+    assert said == [f"warning: r.yaml (--set {SVD}.{BLOCK0}=4, with --set {SVD}.re:transformer_blocks.0.norm1=12): "
+                    f"svd.ranks: pattern '{BLOCK0}' gives no layer its rank: 're:transformer_blocks.0.norm1', "
+                    "earlier, matches every layer it does (the first matching pattern wins; both were set on the "
+                    "command line: a --set pattern new to the recipe goes before the others (the last one first), "
+                    "one the recipe has stays where it is)"]
 
 
 @pytest.mark.parametrize("overrides, where", [
