@@ -91,18 +91,22 @@ def pipeline_keywords(source: str, what: str) -> dict:
     return {"local_files_only": True}
 
 
+# a Hub id the Hub answered holds no model_index.json (hub_answer), in words
+NO_INDEX = "a Hub repo without model_index.json (the Hugging Face Hub answered 404 Entry Not Found for it)"
+
+
 def hub_answer(e: BaseException):
-    """Where a pipeline's load failed on the Hub's answer that the id is no pipeline: True for a repo
-    without model_index.json (404 Entry Not Found for it: a transformer's repo, say), the error for
-    one the Hub does not serve (Repository Not Found, private, gated: io_hub.hub_error says it), found
-    in `e`'s chain (diffusers raises its own error from the Hub's); None for another failure."""
+    """Where a pipeline's load failed on the Hub's answer that the id is no pipeline: NO_INDEX for a repo
+    without model_index.json (a transformer's repo, say), the error for one the Hub does not serve
+    (Repository Not Found, private, gated: io_hub.hub_error says it), found in `e`'s chain (diffusers
+    raises its own error from the Hub's); None for another failure."""
     from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
 
     for cause in chain(e):
         if isinstance(cause, RepositoryNotFoundError):
             return cause
         if isinstance(cause, RemoteEntryNotFoundError) and str(cause.response.url).endswith("/model_index.json"):
-            return True
+            return NO_INDEX
     return None
 
 

@@ -255,11 +255,10 @@ def _hub_refusal(transformer: nn.Module, base: str, e: Exception) -> UserError |
 
     if (answer := hub_answer(e)) is None:
         return None
-    if answer is not True:
-        local = "base= a pipeline folder or toy:NAME"
-        return UserError(f"cannot load base pipeline '{base}': {hub_error(base, answer, local)}")
-    return _no_pipeline(transformer, base, "a Hub repo without model_index.json (the Hugging Face Hub answered "
-                        "404 Entry Not Found for it)")
+    if isinstance(answer, str):
+        return _no_pipeline(transformer, base, answer)
+    local = "base= a pipeline folder or toy:NAME"
+    return UserError(f"cannot load base pipeline '{base}': {hub_error(base, answer, local)}")
 
 
 def _check_base_index(transformer: nn.Module, base: str, index: dict | None) -> None:

@@ -336,8 +336,13 @@ def check_pipeline_source(source: str, is_teacher: bool, family: str, where: str
     whose = "the teacher " if is_teacher else ""
     said = " (source auto is pipeline for a teacher that is not toy:)" if auto else ""
     raise UserError(f"{where}calibration.source 'pipeline'{said} samples in a diffusers pipeline, and {whose}{source}"
-                    f"{given if is_teacher else ''} is {what}; set calibration.pipeline to "
-                    f"{_base_words(source, family)}, or calibration.source: synthetic")
+                    f"{given if is_teacher else ''} is {what}; {pipeline_advice(source, family)}")
+
+
+def pipeline_advice(source: str, family: str) -> str:
+    """What to set in place of the calibration pipeline `source`, which is no pipeline (check_pipeline_source's,
+    calib_pipeline_load's where the Hub answers it holds no model_index.json)."""
+    return f"set calibration.pipeline to {_base_words(source, family)}, or calibration.source: synthetic"
 
 
 def not_a_pipeline(source: str) -> str | None:

@@ -98,3 +98,33 @@ def test_the_pipeline_loads_before_the_sampling_bar_starts(tmp_path, monkeypatch
     source._pipe = None
     source._run(["a", "b"], 0)  # both calls read back
     assert events == ["bar"]
+
+
+@pytest.mark.parametrize("held", [["config.json", "diffusion_pytorch_model.safetensors"], None])
+def test_a_hub_calibration_pipeline_the_hub_answers_is_no_pipeline_is_said_in_one_line(tmp_path, monkeypatch, held):
+    """calibration.pipeline acme/pixt online, the cache holding nothing of it (plan reads the cache alone): the
+    Hub's 404 Entry Not Found for its model_index.json (a transformer's repo) was "cannot load calibration pipeline
+    'acme/pixt': 404 Client Error.", a repo the Hub does not hold diffusers' "Cannot load model acme/pixt: the model
+    is not fully cached locally (…) … Please check out the root cause in the stacktrace above."."""
+    from huggingface_hub import constants
+
+    from compress.calib_pipeline import load_pipeline_for
+    from compress.errors import UserError
+    from tests import hub_server
+    from tests.conftest import tiny_pixart
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    served = hub_server.answering_repo(monkeypatch, "acme/pixt", held)
+    next(served)
+    try:
+        error, took = within(30, lambda: load_pipeline_for(tiny_pixart(), "acme/pixt"))
+    finally:
+        next(served, None)
+    assert isinstance(error, UserError) and took < 10, error
+    assert str(error) == "cannot load calibration pipeline 'acme/pixt': " + (
+        "calibration.source 'pipeline' samples in a diffusers pipeline, and acme/pixt is a Hub repo without "
+        "model_index.json (the Hugging Face Hub answered 404 Entry Not Found for it); set calibration.pipeline to "
+        "the base pipeline (a Hugging Face id such as PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, or a pipeline "
+        "folder), or calibration.source: synthetic" if held else
+        "'acme/pixt' is not on the Hugging Face Hub (or is private: log in); check the id, or pass a pipeline "
+        "folder as calibration.pipeline (or calibration.source: synthetic)")
