@@ -163,13 +163,6 @@ def test_a_rerun_without_resume_keeps_the_distill_checkpoint(setup, monkeypatch)
 
 
 # ---- what the CLI says after Ctrl-C ----------------------------------------------------------
-@pytest.fixture
-def pixart(tmp_path, monkeypatch):
-    from tests.runner_helpers import pixart_runner
-
-    return pixart_runner(tmp_path, monkeypatch)
-
-
 def _interrupted_cli_run(tmp_path, capsys, *flags) -> str:
     """`dit-compress run` of tmp_path/r.yaml, which is interrupted: the last line it prints."""
     from compress.cli import main

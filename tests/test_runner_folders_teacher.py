@@ -4,16 +4,9 @@ left, given another teacher (--teacher): refused saying so, as --resume would, n
 import json
 from pathlib import Path
 
-import pytest
-
 from compress.cli import main
 from tests.conftest import tiny_pixart
-from tests.runner_helpers import RECIPE, pixart_runner
-
-
-@pytest.fixture
-def pixart(tmp_path, monkeypatch):
-    return pixart_runner(tmp_path, monkeypatch)
+from tests.runner_helpers import RECIPE
 
 
 def _ctrl_c_at_first_stats_save(monkeypatch):

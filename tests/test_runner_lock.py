@@ -187,13 +187,6 @@ def test_the_lock_imports_no_torch():
 
 
 # -- a run --------------------------------------------------------------------------------------------
-@pytest.fixture
-def pixart(tmp_path, monkeypatch):
-    from tests.runner_helpers import pixart_runner
-
-    return pixart_runner(tmp_path, monkeypatch)
-
-
 @pytest.mark.parametrize("held", ["run", "out"])
 def test_a_run_on_a_held_folder_is_refused_before_loading(pixart, holder, held):
     tmp_path, make, loads = pixart

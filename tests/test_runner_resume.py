@@ -15,14 +15,9 @@ from compress.runner import Runner, build_passes
 from compress.runner_resume import read_state, recipe_changes
 from compress.runner_stages import restore
 from tests.conftest import tiny_pixart
-from tests.runner_helpers import pixart_runner, run_recipe, streamed_teacher
+from tests.runner_helpers import run_recipe, streamed_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def pixart(tmp_path, monkeypatch):
-    return pixart_runner(tmp_path, monkeypatch)
 
 
 def _interrupted_after_first_pass(tmp_path, make, monkeypatch):

@@ -6,24 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
-
 from compress.cli import main
 from compress.runner_config_sum import CONFIG_SUM, config_read
 from compress.runner_teacher_id import (FILES, as_compared, named_teacher, older_checksum, other_weights, same_teacher,
                                         teacher_change)
 from tests.conftest import tiny_pixart
-from tests.runner_helpers import pixart_runner
 from tests.test_runner_folders_teacher import _ctrl_c_at_first_stats_save, _interrupted
 from tests import test_runner_measured
 
 
 interrupted = test_runner_measured.interrupted  # a fixture: a run stopped before it saved a pass
-
-
-@pytest.fixture
-def pixart(tmp_path, monkeypatch):
-    return pixart_runner(tmp_path, monkeypatch)
 
 
 def test_a_recorded_teacher_config_is_compared_where_the_teacher_reads_one(tmp_path):
