@@ -16,7 +16,7 @@ from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.passes import PASSES, pass_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
                                      field_default, with_sets)
-from compress.recipe_set import drop, key_nodes, nearest, place, remark, takes_null
+from compress.recipe_set import drop, key_nodes, nearest, no_value, place, remark, takes_null
 from compress.recipe_yaml import MARKS_HEADER, NULL, RecipeDumper, RecipeLoader, core_tag, read_marks, with_marks
 
 FAMILIES = ("pixart", "flux")
@@ -225,11 +225,12 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     Every node it adds is marked `--set a.b.c=value`, which errors about it name."""
     mark = yaml.Mark(f"--set {dotted}={value_text}", 0, 0, 0, None, None)
     try:
-        value_node = yaml.compose(value_text, Loader=RecipeLoader) or yaml.ScalarNode(
-            "tag:yaml.org,2002:null", "null")
+        value_node = yaml.compose(value_text, Loader=RecipeLoader)
     except yaml.YAMLError as e:
         raise UserError(f"{path} ({mark.name}): the value is not valid YAML "
                         f"({getattr(e, 'problem', None) or e}); quote it if it is text") from None
+    if value_node is None:  # `--set seed=` (an unset shell variable): was null, so silently the default
+        raise UserError(f"{path} ({mark.name}): {no_value(dotted, takes_null(dotted, Recipe, TOP_KEYS))}")
     if _is_null(value_node) and not takes_null(dotted, Recipe, TOP_KEYS):  # a key null is no value of
         drop(data_node, dotted, value_text)  # (ratio=null): out of the recipe, its default holds
         return
@@ -239,7 +240,7 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
 
 
 def _is_null(node: yaml.Node) -> bool:
-    """Whether a --set's value is null (null, ~, nothing; not 'null' quoted, nor !!null abc)."""
+    """Whether a --set's value is null (null, ~; not 'null' quoted, nor !!null abc)."""
     return isinstance(node, yaml.ScalarNode) and node.tag == NULL and core_tag(node.value) == NULL
 
 

@@ -151,6 +151,14 @@ def takes_null(dotted: str, top: type, keys: tuple[str, ...]) -> bool:
     return any(a is Any or a is type(None) or dataclasses.is_dataclass(a) for a in args)
 
 
+def no_value(dotted: str, null_is_a_value: bool) -> str:
+    """What `--set KEY=` (nothing after '=', as from an unset shell variable) is told: it was read
+    as null, so a key that takes no null silently fell back to its default. `null_is_a_value`:
+    `takes_null`'s answer (where it is False, `KEY=null` drops the key)."""
+    drop_it = "" if null_is_a_value else f", or {dotted}=null to drop the key so its default holds"
+    return f"no value after '='; write {dotted}=VALUE{drop_it}"
+
+
 def _required(tp, name: str) -> bool:
     """Whether `name` is a field of dataclass `tp` without a default (Recipe's model, teacher)."""
     if not dataclasses.is_dataclass(tp):

@@ -111,7 +111,6 @@ def test_a_set_null_drops_the_files_key_so_the_shipped_recipe_can_go_per_role():
 @pytest.mark.parametrize("override, read, value", [
     ("passes.0.svd.multiple=null", lambda r: r.passes[0].config.multiple, 16),  # an int: dropped, default
     ("passes.0.svd.multiple=~", lambda r: r.passes[0].config.multiple, 16),
-    ("passes.0.svd.multiple=", lambda r: r.passes[0].config.multiple, 16),
     ("passes.0.svd.trust_region=null", lambda r: r.passes[0].config.trust_region, None),  # null: any
     ("passes.1.svd.ranks.modulation=null", lambda r: r.passes[1].config.ranks, {"re:.*": 4}),  # the pattern
     ("passes.2.remove_blocks.count=null", None, None),
@@ -152,7 +151,6 @@ def test_a_set_null_refuses_what_it_did_where_it_drops_nothing_it_knows():
 @pytest.mark.parametrize("override, words", [
     ("teacher=null", "teacher is required, so null cannot remove it: give the teacher to compress"),
     ("model=null", "model is required, so null cannot remove it: give pixart or flux"),
-    ("model=", "model is required, so null cannot remove it: give pixart or flux"),
 ])
 def test_a_set_null_on_a_required_key_names_the_set(override, words):
     """A required key has no default to fall back to: it was dropped, and the error said the recipe
@@ -161,6 +159,31 @@ def test_a_set_null_on_a_required_key_names_the_set(override, words):
     with pytest.raises(UserError) as e:
         load_recipe(TOY_FLUX, [override])
     assert str(e.value) == f"{TOY_FLUX} (--set {override}): {words}"
+
+
+DROP = ", or {key}=null to drop the key so its default holds"
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("calibration.seed=", DROP),  # was seed 0, the default ('seed: 0  # default' in the output's recipe.yaml)
+    ("passes.0.svd.ratio=", DROP),
+    ("export.dtype=", DROP),
+    ("passes.0.svd.targets=", DROP),
+    ("passes.0.svd.multiple=  ", DROP),
+    ("passes.0.svd.multiple=# none", DROP),
+    ("passes.0.svd.trust_region=", ""),  # takes null: null is a value, not its default
+    ("model=", ""),  # required: null is refused
+    ("passes.1.svd.ranks.modulation=", DROP),
+])
+def test_a_set_with_nothing_after_the_equals_sign_is_refused(override, hint):
+    """`--set calibration.seed=` (as from an unset shell variable) was read as null, which drops a key
+    that takes no null: plan and run went on at the default, silently. It is refused in one line, which
+    names KEY=null where null drops the key (and not where null is a value, or refused)."""
+    key = override.partition("=")[0]
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE, "r.yaml", [override])
+    assert str(e.value) == (f"r.yaml (--set {override}): no value after '='; write {key}=VALUE"
+                            + hint.format(key=key))
 
 
 def test_a_pass_item_set_to_null_is_refused_as_null(tmp_path):
@@ -205,7 +228,7 @@ NAMED = ("model: pixart\nteacher: toy:pixart\npasses:\n  - remove_blocks: {count
                                              "modulation, re:.*; did you mean 'modulation'?)"),
     ("passes.2.svd.ranks.adaln_single.linear=~", "passes.2.svd.ranks has no key 'adaln_single.linear' to remove "
                                                  "(its keys: modulation, re:.*)"),
-    ("passes.3.svd.ranks.modulation=", "passes.3.svd.ranks has no key 'modulation' to remove (it is empty)"),
+    ("passes.3.svd.ranks.modulation=null", "passes.3.svd.ranks has no key 'modulation' to remove (it is empty)"),
     ("passes.1.svd.ranks.modulation=null", "passes.1.svd has no ranks, so no key 'modulation' to remove"),
     ("passes.0.remove_blocks.count.blcoks=null", "passes.0.remove_blocks.count has no key 'blcoks' to remove "
                                                  "(its keys: blocks; did you mean 'blocks'?)"),
