@@ -19,7 +19,7 @@ from compress.passes.base import first_nonfinite, predictions
 from compress.recipe import Recipe
 from compress.report import console, param_count
 from compress.runner_caches import clock_ns, finished_run, remove_unread_caches, unread_files
-from compress.runner_checks import removal_note
+from compress.runner_checks import removal_note, warn_ran_notes
 from compress.runner_folders import interrupt_note
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
@@ -282,6 +282,7 @@ class Runner:
                 note = removal_note(e, before, self.adapter.block_counts(self.teacher), self.removed_by)
                 e.args = (f"{where}{e}{note}",)
             raise
+        warn_ran_notes(self.passes[i], spec)  # what its run found likely not meant, at its recipe line
         if self.adapter.block_counts(student) != before:
             self.removed_by.append(spec.line)
         return student

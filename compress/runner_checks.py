@@ -22,6 +22,7 @@ from compress.passes.remove_blocks_budget import counts_after, spreads
 from compress.passes.removed_blocks import (AfterRemoval, forget_taken, possible_counts, stamp_counts, stamp_line,
                                             taken_unplaced)
 from compress.passes.svd_planned import stamp_planned
+from compress.recipe_convert import concerned, with_sets
 from compress.report import warn
 
 
@@ -107,6 +108,14 @@ def _warn_notes(p, spec, model, adapter, calibration=None, inputs: str | None = 
     for key, message, *reads in p.notes(model, adapter) + said:  # reads: BadValue's, where the note lists them
         read = reads[0] if reads else None
         warn(f"{spec.where(BadValue(key, message, reads=read), *recipe_reads(read))}: {message}")
+
+
+def warn_ran_notes(p, spec) -> None:
+    """A warning per `Pass.ran_notes` of pass `p`, which has run, at its recipe line (`spec`'s), with
+    the --sets of the keys the note names (and of none other)."""
+    for message, reads in p.ran_notes():
+        named = concerned(spec.keys, BadValue(reads[0], message, reads=reads[1:])) if reads else []
+        warn(f"{with_sets(spec.loc, named)}: {message}")
 
 
 class SpreadRemovals:

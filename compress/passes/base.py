@@ -148,6 +148,12 @@ class Pass:
         at a line of the file, their --sets are named with it as those of the pass's keys are."""
         return []
 
+    def ran_notes(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(message, the keys of the pass it names) of what the pass's `run` found likely not meant (a
+        distill that left the student further from the teacher), which the runner warns at the pass's
+        recipe line with the --sets of those keys (runner_checks.warn_ran_notes); none by default."""
+        return []
+
     def check_streaming(self) -> None:
         """Whether this config runs with block weights streamed (recipe `stream: true`, where
         only one block is resident); raise UserError naming what needs the whole model."""

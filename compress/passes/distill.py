@@ -32,6 +32,7 @@ from compress.distill_folder import check_folder
 from compress.distill_utils import TRAIN_MODES, warmup_length, will_have_factors
 from compress.errors import BadValue, UserError
 from compress.passes.base import Pass, RunContext
+from compress.passes.distill_notes import error_rose
 from compress.passes.distill_resume import NOT_FINGERPRINTED
 from compress.passes.distill_trainer import _Trainer
 
@@ -165,7 +166,18 @@ class DistillPass(Pass):
         self.check(model, ctx.adapter)
         trainer = _Trainer(self.config, ctx)
         self.dir = trainer.dir
-        return trainer.fit(model)
+        model = trainer.fit(model)
+        record = ctx.report["distill"]
+        self.rose = error_rose(self.config, record)  # the held-out error ended above where it started
+        if self.rose is not None:
+            record["error_rose"] = self.rose
+        return model
+
+    def ran_notes(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The warning of a run that left the student further from the teacher (distill_notes.error_rose),
+        with the keys it names as likely causes."""
+        rose = getattr(self, "rose", None)
+        return [(rose["warning"], tuple(rose["reads"]))] if rose else []
 
     def stage_saved(self) -> None:
         """The runner's stage now holds the trained student: the training checkpoints (model and

@@ -1,0 +1,52 @@
+"""What a distill pass says of its result once it has trained: where its held-out teacher-relative
+error ended above the error it started from, a warning naming the causes its settings make likely
+(`error_rose`), recorded in its report record as `error_rose` and said at its recipe line
+(`DistillPass.ran_notes`, runner_checks.warn_ran_notes)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+CURVE = "loss.csv"  # the pass's loss curve, in its run folder (distill_utils.write_curves)
+
+
+def error_rose(cfg, record: dict) -> dict | None:
+    """{before, after, reads, warning} where the pass's `record` (its report record) holds a held-out
+    teacher-relative error after training (pred_rel_error_after) above the one before it; None where
+    it is not above, or either was not measured (a process other than rank 0, no held-out inputs).
+    `reads`: the keys of the pass the warning names as likely causes (those its settings apply)."""
+    before, after = record.get("pred_rel_error_before"), record.get("pred_rel_error_after")
+    if not (_number(before) and _number(after) and after > before):
+        return None
+    causes = likely_causes(cfg)
+    why = (f"likely cause{'s' if len(causes) > 1 else ''}: {'; '.join(causes.values())}" if causes else
+           f"its settings name no usual cause (lambda_task 0, data: {cfg.data}, lr {cfg.lr:g}): see its loss "
+           f"curve ({CURVE}); a lower lr or more steps may help")
+    warning = (f"distill: the held-out teacher-relative error rose over its {cfg.steps} steps, from {before:.4g} "
+               f"to {after:.4g}: the student ends further from the teacher than it started; {why}")
+    return {"before": before, "after": after, "reads": list(causes), "warning": warning}
+
+
+def likely_causes(cfg) -> dict[str, str]:
+    """{key: why} of the settings that may take the student away from the teacher, those that apply
+    to `cfg` alone: a task term (trains toward the data's targets), the toy data (not the teacher's
+    samples), an lr above the default."""
+    causes = {}
+    if cfg.lambda_task > 0:
+        causes["lambda_task"] = (f"lambda_task {cfg.lambda_task:g} > 0 trains toward the data's targets, not toward "
+                                 "the teacher (lambda_task: 0 trains on the teacher alone, as the shipped recipes)")
+    if cfg.data == "toy":
+        causes["data"] = ("data: toy trains on the calibration source's inputs, not on the teacher's own samples "
+                          "(data: teacher_samples, as the shipped recipes)")
+    default = _default(cfg, "lr")
+    if cfg.lr > default:
+        causes["lr"] = f"lr {cfg.lr:g} is above the default {default:g} (a lower lr takes smaller steps)"
+    return causes
+
+
+def _default(cfg, key: str):
+    return next(f.default for f in fields(cfg) if f.name == key)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # (not NaN)

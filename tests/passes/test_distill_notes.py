@@ -1,0 +1,76 @@
+"""What a distill pass says once it has trained (compress.passes.distill_notes): a held-out
+teacher-relative error that rose is warned at the pass's recipe line, naming the causes its
+settings apply, and recorded in report.json (distill.error_rose); one that fell is not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compress.passes.distill import DistillConfig
+from compress.recipe import parse_recipe
+from compress.runner import Runner
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import SIMPLE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUIET = "warmup_steps: 1, batch_size: 4, progress: false, plot: false, checkpoint_every: 0"
+
+
+def _rose(**cfg):
+    from compress.passes.distill_notes import error_rose
+
+    return error_rose(DistillConfig(**cfg), {"pred_rel_error_before": 0.08092, "pred_rel_error_after": 0.09314})
+
+
+def test_only_the_causes_its_settings_apply_are_named():
+    said = _rose(steps=60, lr=0.0005)  # T1's: lambda_task and data left at their defaults
+    assert said["reads"] == ["lambda_task", "data", "lr"]
+    assert said["before"] == 0.08092 and said["after"] == 0.09314
+    assert said["warning"].startswith("distill: the held-out teacher-relative error rose over its 60 steps, from "
+                                      "0.08092 to 0.09314: the student ends further from the teacher")
+    assert "lambda_task 1 > 0 trains toward the data's targets" in said["warning"]
+    assert "lr 0.0005 is above the default 0.0001" in said["warning"]
+    kd = _rose(lambda_task=0.0, data="teacher_samples", lr=0.0005)
+    assert kd["reads"] == ["lr"] and "lambda_task" not in kd["warning"] and "data: toy" not in kd["warning"]
+    none = _rose(lambda_task=0.0, data="teacher_samples")
+    assert none["reads"] == [] and "no usual cause (lambda_task 0, data: teacher_samples, lr 0.0001)" in none["warning"]
+    from compress.passes.distill_notes import likely_causes
+
+    assert likely_causes(DistillConfig(lambda_task=0.0, data="folder", latents_dir="x")) == {}
+
+
+@pytest.mark.parametrize("before, after", [(0.1, 0.1), (0.1, 0.09), (None, 0.2), (0.1, None), (0.1, float("nan"))])
+def test_no_warning_where_the_error_did_not_rise_or_was_not_measured(before, after):
+    from compress.passes.distill_notes import error_rose
+
+    assert error_rose(DistillConfig(), {"pred_rel_error_before": before, "pred_rel_error_after": after}) is None
+
+
+def _run(tmp_path, capsys, name: str, distill: str, overrides=()):
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    passes = ("  - svd: {targets: [attention, mlp], ratio: 0.5, multiple: 2}\n"
+              f"  - distill: {{{QUIET}, {distill}}}\n")
+    recipe = parse_recipe(SIMPLE.format(teacher=tmp_path / "teacher", passes=passes), str(tmp_path / "r.yaml"),
+                          list(overrides))
+    out = Runner(recipe, tmp_path / f"out-{name}", tmp_path / f"run-{name}").run()
+    return json.loads((out / "report.json").read_text())["distill"], " ".join(capsys.readouterr().err.split())
+
+
+def test_a_distill_that_raises_the_error_is_warned_at_its_line(tmp_path, capsys):
+    record, said = _run(tmp_path, capsys, "high", "steps: 10, lambda_task: 0", ["passes.1.distill.lr=0.05"])
+    before, after = record["pred_rel_error_before"], record["pred_rel_error_after"]
+    assert after > before
+    assert record["error_rose"]["reads"] == ["data", "lr"]  # lambda_task 0: not named
+    assert (f"warning: {tmp_path / 'r.yaml'}:6 (with --set passes.1.distill.lr=0.05): distill: the held-out "
+            f"teacher-relative error rose over its 10 steps, from {before:.4g} to {after:.4g}") in said
+    assert "lr 0.05 is above the default 0.0001" in said and "lambda_task" not in said.split("rose over")[1]
+    assert record["error_rose"]["warning"] in said
+
+
+def test_a_distill_that_lowers_the_error_says_nothing(tmp_path, capsys):
+    record, said = _run(tmp_path, capsys, "low", "steps: 10, lambda_task: 0, lr: 0.0001")
+    assert record["pred_rel_error_after"] < record["pred_rel_error_before"]
+    assert "error_rose" not in record and "rose over" not in said
