@@ -183,7 +183,7 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
         raise loc.err(f"unknown pass '{name}'{hint} (passes: {', '.join(PASSES)})")
     cls = pass_class(name)
     try:
-        config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}")
+        config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}", keys=name)
     except UserError as e:
         raise UserError(f"{e}{_drop_hint(e, opts, f'passes.{index}.{name}')}") from None
     keys = _key_locs(opts, path)

@@ -191,8 +191,10 @@ def _shown(node: yaml.Node) -> str:
     return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
 
 
-def build_dataclass(node: yaml.Node, cls, path: str, what: str):
-    loc = _Loc(path, node)
+def build_dataclass(node: yaml.Node, cls, path: str, what: str, keys: str | None = None):
+    """`node`'s mapping as a `cls`; `what` names the mapping in errors about it (passes[0].svd), `keys`
+    (default `what`) prefixes its keys' names, as its checks spell them (svd.ratio)."""
+    loc, keys = _Loc(path, node), what if keys is None else keys
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == NULL):
         if node is not None:
             convert(node, type(None), path, what)  # !!null abc is refused, not read as null
@@ -209,7 +211,7 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
             raise _Loc(path, key_node).err(f"unknown key '{key}' in {what}{hint} "
                                            f"(known: {', '.join(fields)})")
         try:
-            values[key] = convert(value_node, hints[key], path, f"{what}.{key}" if what else key)
+            values[key] = convert(value_node, hints[key], path, f"{keys}.{key}" if keys else key)
         except UserError as e:  # a field's metadata may say what to write (remove_blocks.blocks)
             if not fields[key].metadata.get("hint"):
                 raise
@@ -225,7 +227,7 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str):
         raise loc.err(f"{what}: {e}") from None
     for key, value in values.items():  # .nan / .inf read as floats and pass most range checks
         if isinstance(value, float) and not math.isfinite(value):
-            raise _Loc(path, key_at.get(key, node)).err(f"{what + '.' if what else ''}{key} must be a "
+            raise _Loc(path, key_at.get(key, node)).err(f"{keys + '.' if keys else ''}{key} must be a "
                                                         f"finite number, got {value}")
     # the keys the mapping wrote, for its checks; not a field (asdict, ==). In a saved recipe with marks
     # (recipe_yaml.read_marks), `_filled` holds those its marks say the defaults filled in, left out of `_given`

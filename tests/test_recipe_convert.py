@@ -54,3 +54,20 @@ def test_a_null_or_boolean_value_is_quoted_as_yaml_spells_it():
         with pytest.raises(UserError) as e:
             parse_recipe(text, "r.yaml")
         assert words in str(e.value) and "None" not in str(e.value) and "True" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1.5", "svd.ratio must be in (0, 1], got 1.5"),  # the pass's value check
+    ("'0.5'", "svd.ratio must be a number, not '0.5'"),  # the type check: was passes[0].svd.ratio
+    (".nan", "svd.ratio must be a finite number, got nan"),  # was passes[0].svd.ratio too
+])
+def test_a_pass_option_is_named_alike_by_its_type_and_value_checks(value, message):
+    """`b7.yaml:6: svd.ratio must be in (0, 1], got 1.5` but `b8.yaml:6: passes[0].svd.ratio must be a
+    number, not '0.5'`: two names for one key. The line (or the --set) says which pass; both say svd.ratio."""
+    text = f"model: pixart\nteacher: toy:pixart\npasses:\n  - importance\n  - svd:\n      ratio: {value}\n"
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml")
+    assert str(e.value) == f"r.yaml:6: {message}"
+    with pytest.raises(UserError) as e:
+        parse_recipe(text.replace(value, "0.5"), "r.yaml", [f"passes.1.svd.ratio={value}"])
+    assert str(e.value) == f"r.yaml (--set passes.1.svd.ratio={value}): {message}"

@@ -141,7 +141,7 @@ def test_a_set_null_refuses_what_it_did_where_it_drops_nothing_it_knows():
         parse_recipe(RECIPE, "r.yaml", ["passes.2=null"])
     assert str(e.value) == ("r.yaml (--set passes.2=null): passes[2] is null: a pass is a name or a one-key mapping "
                             "like '- svd: {ratio: 0.5}' (to leave a pass out, delete its item from the recipe)")
-    with pytest.raises(UserError, match=r"passes\[2\]\.distill\.steps must be an integer, not 'null'"):
+    with pytest.raises(UserError, match=r"distill\.steps must be an integer, not 'null'"):
         parse_recipe(RECIPE, "r.yaml", ["passes.2.distill.steps='null'"])
     assert parse_recipe(RECIPE, "r.yaml", ["passes.1.svd.ratio=null"]) == parse_recipe(RECIPE, "r.yaml")
     r = parse_recipe(ALIASED, "r.yaml", ["passes.1.distill.batch_size=null"])

@@ -29,14 +29,14 @@ BLOCKS = ("blocks maps a block group to teacher indices: blocks: {blocks: [4]} (
 def test_a_block_key_of_the_wrong_shape_says_what_to_write_at_its_line(options, words):
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE.format(options=options), "r.yaml")
-    assert str(e.value) == f"r.yaml:4: passes[0].remove_blocks.{words}"
+    assert str(e.value) == f"r.yaml:4: remove_blocks.{words}"
 
 
 def test_a_bare_list_set_on_the_command_line_names_the_set():
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE.format(options="{count: 1}"), "r.yaml",
                      ["passes.0.remove_blocks.count=null", "passes.0.remove_blocks.blocks=[4]"])
-    assert str(e.value).startswith("r.yaml (--set passes.0.remove_blocks.blocks=[4]): passes[0].remove_blocks."
+    assert str(e.value).startswith("r.yaml (--set passes.0.remove_blocks.blocks=[4]): remove_blocks."
                                    "blocks must be a mapping")
     assert str(e.value).endswith(BLOCKS)
 
@@ -80,7 +80,7 @@ def test_a_wrong_value_inside_a_block_mapping_is_named_at_its_line(options, line
     not a mapping': the mapping was right, the '1' inside it was not."""
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE.format(options=options), "r.yaml")
-    assert str(e.value) == f"r.yaml:{line}: passes[0].remove_blocks.{words}"
+    assert str(e.value) == f"r.yaml:{line}: remove_blocks.{words}"
 
 
 def test_a_misspelt_criterion_gets_the_closest_one():
