@@ -185,14 +185,16 @@ def marks_a_run(entry: Path) -> bool:
 
 def check_writable(folder: Path, what: str) -> None:
     """`folder` can be made (if missing) and written: a temp folder is made in it and removed, and so
-    are the folders made for it."""
+    are the folders made for it. The error names the folder that cannot be written: `folder`, or the
+    nearest one above it that is there where it cannot be made (a read-only mount's)."""
     missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix=".dit-compress-check-", dir=folder))
     except OSError as e:
         file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-        why = f"{file} is a file, not a folder" if file else f"cannot write in {folder}: {e.strerror or e}"
+        there = next((p for p in (folder, *folder.parents) if p.is_dir()), folder)
+        why = f"{file} is a file, not a folder" if file else f"cannot write in {there}: {e.strerror or e}"
         raise UserError(f"{what}: {why}") from None
     finally:
         for p in missing:

@@ -174,3 +174,41 @@ def test_a_symlinked_json_file_in_stages_is_foreign(tmp_path):
     (tmp_path / "mine.json").write_text("{}\n")
     (tmp_path / "stages" / "env.json").symlink_to(tmp_path / "mine.json")
     assert foreign_in_run_folder(tmp_path) == tmp_path / "stages" / "env.json"
+
+
+def _read_only(tmp_path, monkeypatch) -> Path:
+    """A folder `rom` that cannot be written in: chmod 0o555, and where that does not hold (root
+    writes anywhere) a mkdir or mkdtemp in it refused as a read-only mount refuses it."""
+    import errno
+    import os
+    import tempfile
+
+    rom = tmp_path / "rom"
+    rom.mkdir()
+    rom.chmod(0o555)
+    if os.geteuid() == 0:
+        def refuse(where):
+            if Path(where) == rom or rom in Path(where).parents:
+                raise OSError(errno.EROFS, "Read-only file system")
+        mkdir, mkdtemp = Path.mkdir, tempfile.mkdtemp
+        monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: refuse(self.parent) or mkdir(self, *a, **k))
+        monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, dir=None, **k: refuse(dir) or mkdtemp(*a, dir=dir, **k))
+    return rom
+
+
+@pytest.mark.parametrize("run_dir", ["rom/r", "rom/r/deeper", "rom"])
+def test_a_run_folder_that_cannot_be_made_names_the_folder_that_cannot_be_written(tmp_path, monkeypatch, run_dir):
+    """`--run-dir rom/r` on a read-only mount said 'cannot write in rom/r' (a folder not there), where
+    --out names the folder above it that cannot be written; both name rom now."""
+    from compress.runner_folders import check_folders
+
+    rom = _read_only(tmp_path, monkeypatch)
+    try:
+        with pytest.raises(UserError) as e:
+            check_folders(tmp_path / "out", tmp_path / run_dir, overwrite=False)
+        assert str(e.value).startswith(f"run folder {tmp_path / run_dir}: cannot write in {rom}: ")
+        with pytest.raises(UserError) as e:
+            check_folders(rom / "out", tmp_path / "r", overwrite=False)
+        assert str(e.value).startswith(f"output folder {rom / 'out'}: cannot write in {rom}: ")
+    finally:
+        rom.chmod(0o755)
