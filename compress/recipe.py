@@ -16,6 +16,7 @@ from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.passes import PASSES, pass_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
                                      field_default, with_sets)
+from compress.recipe_folder import refuse_folder
 from compress.recipe_set import drop, key_nodes, nearest, no_value, place, remark, takes_null
 from compress.recipe_yaml import MARKS_HEADER, NULL, RecipeDumper, RecipeLoader, core_tag, read_marks, with_marks
 
@@ -302,6 +303,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
 
 
 def load_recipe(path, overrides: list[str] = ()) -> Recipe:
+    refuse_folder(path)  # was the OS's "Is a directory"
     text = read_utf8(path, str(path), "save the recipe as UTF-8")
     return parse_recipe(text, str(path), overrides)
 

@@ -1,0 +1,54 @@
+"""compress.recipe_folder: a folder given where a recipe file goes says what it is and what to do."""
+
+import json
+
+import pytest
+
+from compress import cli
+from compress.errors import UserError
+from compress.recipe import load_recipe
+
+HEAD = "{path}: a folder, where a recipe YAML file was expected"
+
+
+def _folder(tmp_path, files: dict):
+    folder = tmp_path / "real_flux"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_text(data if isinstance(data, str) else json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize("files, words", [
+    ({}, " (see recipes/)"),
+    ({"model_index.json": {"_class_name": "FluxPipeline"}},
+     "; it is a diffusers pipeline: to compress it, make it a recipe's teacher: dit-compress plan "
+     "recipes/flux-dev-lite.yaml --teacher {path} (or teacher: {path} in the recipe)"),
+    ({"config.json": {"_class_name": "PixArtTransformer2DModel"}},
+     "; it is a diffusers transformer: to compress it, make it a recipe's teacher: dit-compress plan "
+     "recipes/pixart-sigma-50.yaml --teacher {path} (or teacher: {path} in the recipe)"),
+    ({"config.json": {"_class_name": "Other"}},
+     "; it is a diffusers transformer: to compress it, make it a recipe's teacher: dit-compress plan "
+     "RECIPE.yaml --teacher {path} (or teacher: {path} in the recipe)"),
+    ({"config.json": {"compression": {"format": 1}}, "report.json": {}, "recipe.yaml": "model: flux\n"},
+     "; it is a dit-compress output: look at it with dit-compress inspect {path} (or eval {path}), "
+     "or pass the recipe that made it, {path}/recipe.yaml"),
+    ({"report.json": {}}, "; it is a dit-compress output: look at it with dit-compress inspect {path} "
+                          "(or eval {path})"),
+])
+def test_a_folder_for_a_recipe_says_what_it_is(tmp_path, files, words):
+    """`dit-compress plan real_flux` said only 'real_flux: Is a directory'."""
+    folder = _folder(tmp_path, files)
+    with pytest.raises(UserError) as e:
+        load_recipe(folder)
+    assert str(e.value) == (HEAD + words).format(path=folder)
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_plan_and_run_of_a_folder_print_one_line(tmp_path, capsys, command):
+    folder = _folder(tmp_path, {"model_index.json": {"_class_name": "FluxPipeline"}})
+    assert cli.main([command, str(folder)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith(f"it is a diffusers pipeline: to compress it, make it a recipe's "
+                                            f"teacher: dit-compress plan recipes/flux-dev-lite.yaml --teacher {folder} "
+                                            f"(or teacher: {folder} in the recipe)")
