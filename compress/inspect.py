@@ -88,7 +88,7 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     if took:
         results.print(took)
     results.print(summary_table(shown, "role", "by role (linear layers)"))
-    by_block = [{**r, "block": _teacher_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
+    by_block = [{**r, "block": _module_label(model, r["block"], teacher)} for r in shown + other_params(model, rows)]
     results.print(summary_table(by_block, "block", "by block (all parameters)"))
     for line in _removal_lines(block_map, report):
         results.print(line)
@@ -171,6 +171,16 @@ def _teacher_label(block: str, teacher: dict[str, str]) -> str:
     """`block`, with its teacher index beside it where removal renumbered it: "blocks.1 (teacher 2)"."""
     theirs = teacher.get(block, block)
     return block if theirs == block else f"{block} (teacher {theirs.rpartition('.')[2]})"
+
+
+def _module_label(model, block: str, teacher: dict[str, str]) -> str:
+    """`block` ("double.1") by its module name, as the per-layer table heads it ("transformer_blocks.1";
+    a Flux single block "single_transformer_blocks.0"), with its teacher index (_teacher_label)."""
+    from compress.arch import get_adapter
+
+    group, _, index = block.rpartition(".")
+    attr = {g.name: g.attr for g in get_adapter(model).groups}.get(group)
+    return f"{attr}.{index}{_teacher_label(block, teacher)[len(block):]}" if attr else block
 
 
 def removed_blocks(block_map: dict[str, list[int]], report: dict) -> dict[str, list[int]]:

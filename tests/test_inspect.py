@@ -44,6 +44,24 @@ def test_the_table_by_block_adds_up_to_what_the_weight_files_hold(tmp_path, caps
     assert rows[first][0] == "1" and rows[first][2] != "100.0%"  # the factorized to_q, of the whole block
 
 
+@pytest.mark.parametrize("family, model, layer", [("pixart", tiny_pixart, "transformer_blocks.0.attn1.to_q"),
+                                                  ("flux", tiny_flux, "transformer_blocks.0.attn.to_q")])
+def test_the_table_by_block_names_blocks_as_the_table_by_layer_does(tmp_path, capsys, family, model, layer):
+    """The per-layer table heads a block `transformer_blocks.0`, the table by block called it `blocks.0`
+    (Flux: `double.0`, `single.0`): by block now names each by its module, as the weights do; Flux's
+    double and single blocks stay apart (transformer_blocks, single_transformer_blocks)."""
+    out = save_compressed(factorize(model(), [layer], rank=2), tmp_path / "out")
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    headings = {line.strip("│ ").split()[0] for line in printed[:printed.index("by role")].splitlines()
+                if re.match(r"│ \w+\.\d+ ", line)}
+    labels = set(_table_rows(printed, "by block")) - {"top level"}
+    blocks = {"pixart": ["transformer_blocks"], "flux": ["transformer_blocks", "single_transformer_blocks"]}[family]
+    assert labels == {f"{b}.{i}" for b in blocks for i in range(len(getattr(model(), b)))}
+    assert headings <= labels and "transformer_blocks.0" in headings
+
+
 def _removed(model, drop: dict[str, list[int]]):
     """`model` less the blocks `drop` names, with the block map a run records (config.json)."""
     from compress.arch import get_adapter
@@ -73,7 +91,8 @@ def test_inspect_of_a_block_pruned_output_names_the_removed_teacher_blocks(tmp_p
     printed = capsys.readouterr().out
     assert f"blocks removed from the teacher: {said}" in printed
     assert f"(student ← teacher index): {mapped}" in printed
-    assert f"{mapped.split(' ←')[0]} (teacher {mapped[-1]})" in _table_rows(printed, "by block")
+    label = f"transformer_blocks.{mapped.split(' ←')[0][-1]} (teacher {mapped[-1]})"  # by module name
+    assert label in _table_rows(printed, "by block")
     assert "factorization (the svd pass" not in printed and "no svd pass" in printed
     assert main(["inspect", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
