@@ -135,7 +135,7 @@ def _above(sizes: list[int], n: int) -> int:
 
 
 # ---- a removal's blocks per group where earlier removals pick their groups at run time -----------
-RANGED = ("blocks_before", "blocks_after")  # a removal's counts per group; each with `_min` where they vary
+RANGED = ("blocks_before", "blocks_after", "budget")  # a removal's counts per group; `_min` where they vary
 
 
 def count_ranges(step: dict, before: list[dict[str, int]], after: list[dict[str, int]]) -> dict:
@@ -144,17 +144,17 @@ def count_ranges(step: dict, before: list[dict[str, int]], after: list[dict[str,
     after removals that pick their groups at run time): blocks_before and blocks_after the most each
     group may have, blocks_before_min and blocks_after_min the fewest (only where some differ); a
     count over all blocks keeps "N blocks in all" ("1 block in all", "N–M blocks in all" where the total varies)."""
-    out = dict(step, **_most_least("blocks_before", before))
+    out = dict(step, **most_least("blocks_before", before))
     if not after:  # refused for every count it may find (runner_checks.SpreadRemovals said so)
         return out
     if isinstance(step.get("blocks_after"), dict):
-        return dict(out, **_most_least("blocks_after", after))
+        return dict(out, **most_least("blocks_after", after))
     totals = sorted({sum(n.values()) for n in after})
     span = counted(totals[0], "block") if len(totals) == 1 else f"{totals[0]}–{totals[-1]} blocks"
     return dict(out, blocks_after=f"{span} in all")
 
 
-def _most_least(key: str, possible: list[dict[str, int]]) -> dict:
+def most_least(key: str, possible: list[dict[str, int]]) -> dict:
     """{key: the most each group may have} and, where some group may have fewer, {key_min: the fewest}."""
     most = {g: max(n[g] for n in possible) for g in possible[0]}
     least = {g: min(n[g] for n in possible) for g in possible[0]}

@@ -22,9 +22,9 @@ from compress.arch.base import Adapter
 from compress.errors import NumericError, UserError
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance import ImportanceResult, scan
-from compress.passes.remove_blocks_budget import (block_sizes, check_explicit, drop_placeholders, one_of,
-                                                per_group, reads_none, removes_nothing, resolve_budget, to_current,
-                                                too_many, uneven, without_hidden)
+from compress.passes.remove_blocks_budget import (block_sizes, check_explicit, drop_placeholders, none_where,
+                                                one_of, per_group, reads_none, removes_nothing, resolve_budget,
+                                                run_budgets, to_current, too_many, uneven, without_hidden)
 from compress.passes.remove_blocks_config import RemoveBlocksConfig, _biased, check_named
 from compress.passes.remove_blocks_learned import (learn_removal, learning_bytes, pattern_count, value,
                                                    window_key)
@@ -232,12 +232,17 @@ class RemoveBlocksPass(Pass):
 
     def _plan_learned(self, model, adapter, budget: dict[str, int], counts: dict[str, int]) -> dict:
         cfg, lr = self.config, value(self.config, "learn_lr")
-        if not _total(budget):  # as `learn_removal`: no window, nothing learned, no calibration read
+        # as the run resolves it, on each count it may find (earlier removals may pick groups at run time)
+        runs = run_budgets(cfg, adapter, possible_counts(model, adapter)) or [(budget, counts)]
+        if not any(_total(b) for b, _ in runs):  # as `learn_removal`: no window, nothing learned, no calibration
             return {"remove": "no block (a budget of none): nothing is learned", "budget": budget,
                     "criterion": "learned", "blocks_before": counts, "blocks_after": counts, **reads_none(0)}
-        return {"remove": "learned at run time", "budget": budget, "criterion": "learned",
-                "blocks_before": counts, "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
-                "window": cfg.window or "whole group", "patterns": pattern_count(budget, counts, cfg.window),
+        from compress.plan_budget import most_least  # its budget per group, fewest–most, as its block counts
+        budget, have = max(runs, key=lambda run: _total(run[0]))  # the patterns of the most it may learn
+        return {"remove": "learned at run time" + none_where(runs), **most_least("budget", [b for b, _ in runs]),
+                "criterion": "learned", "blocks_before": counts,
+                "blocks_after": {g: n - budget.get(g, 0) for g, n in counts.items()},
+                "window": cfg.window or "whole group", "patterns": pattern_count(budget, have, cfg.window),
                 "learn_steps": value(cfg, "learn_steps"), "learn_lr": lr, "estimator": value(cfg, "estimator"),
                 "learning_holds": learning_bytes(model, adapter, lr, cfg.learn_rank, value(cfg, "estimator")),
                 **({"blocks_differ_in_size": differ} if (differ := self.uneven_groups(model, adapter)) else {})}

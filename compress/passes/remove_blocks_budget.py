@@ -330,3 +330,26 @@ def reads_none(scans: int) -> dict:
     calibration input for it (they are computed on first use), so plan's memory counts no calibration
     activations for it (plan.py); {} otherwise."""
     return {} if scans else {"calibrates": False}
+
+
+def run_budgets(config, adapter: Adapter, possible: list[dict[str, int]]) -> list[tuple[dict[str, int], dict]]:
+    """(budget per group, the counts it is of) for each block count per group the run may find
+    (`possible`: removed_blocks.possible_counts, several after removals that pick their groups at run
+    time), resolved as the run resolves it, on the counts it finds; counts it is refused at are left out."""
+    out = []
+    for have in possible:
+        try:
+            out.append((per_group(resolve_budget(config, adapter, have), have), have))
+        except UserError:
+            continue
+    return out
+
+
+def none_where(runs: list[tuple[dict[str, int], dict]]) -> str:
+    """' (none where single has 3)': the counts of `runs` (`run_budgets`) at which the budget removes
+    no block, by the groups it names; '' where every one removes some."""
+    zeros = [(b, have) for b, have in runs if not sum(b.values())]
+    if not zeros:
+        return ""
+    ways = dict.fromkeys(" and ".join(f"{g} has {have[g]}" for g in b) for b, have in zeros)  # once, in order
+    return f" (none where {' or '.join(ways)})"

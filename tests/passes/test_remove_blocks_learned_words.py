@@ -61,6 +61,25 @@ def test_plan_of_a_budget_of_none_learns_and_holds_nothing_as_the_run(criterion)
     assert any("calibration activations" in part["what"] for part in one["memory"]["parts"])
 
 
+def test_plan_of_a_budget_of_none_at_some_counts_only_still_learns():
+    """An earlier removal picks its group at run time, so 'single' may have 3 or 4 blocks: 0.25 of them
+    is none at 3 but one at 4, learned at run time (the run resolves the budget on the counts it finds);
+    plan said 'no block (a budget of none): nothing is learned' and counted no calibration activations.
+    Only a budget of none at every count it may find learns nothing."""
+    def plan_of(fraction):
+        return make_plan(parse_recipe("model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 1}\n"
+                                      f"  - remove_blocks: {{fraction: {{single: {fraction}}}, criterion: learned}}\n",
+                                      "r.yaml"))
+    plan = plan_of(0.25)
+    step = plan["passes"][1]
+    assert step["remove"] == "learned at run time (none where single has 3)"
+    assert step["budget"] == {"single": 1} and step["budget_min"] == {"single": 0} and step["patterns"] == 4
+    assert 'budget: {"single": 0–1}' in step_words(step) and "learning_holds" in step
+    assert any("calibration activations" in part["what"] for part in plan["memory"]["parts"])
+    none = plan_of(0.2)["passes"][1]  # none of 3 or of 4
+    assert none["remove"] == "no block (a budget of none): nothing is learned" and "learning_holds" not in none
+
+
 @pytest.mark.parametrize("config, error, words", [
     (dict(count=2, criterion="learned"), UserError, r"a budget per group \(count: \{double: 1, single: 1\}\)"),
     (dict(count={"single": 2}, criterion="learned", window=2), UserError,
