@@ -32,23 +32,42 @@ SOURCES = "toy:pixart, toy:flux, a Hugging Face id (OWNER/NAME), or a local fold
 # not there is only warned of (recipe_teacher_config.teacher_config_of): the flag was typed for this
 # command, the key may serve every --teacher the recipe is run with. eval, bench and lora read no recipe;
 # convert has no teacher (the config is its file's, else the config.json beside the file)
-FLAG_WHY = ("; the flag is checked whatever the teacher, as given for this command: leave it out for a toy "
-            "or folder teacher, which reads none")
-RECIPE_WHY = f"{FLAG_WHY} (a recipe's teacher_config: not there is only warned of there)"
-FLAG_WORDS = {"eval": ("a single-file teacher", FLAG_WHY), "bench": ("a single-file teacher", FLAG_WHY),
-              "lora": ("a single-file --teacher", FLAG_WHY),
+READS = "a single-file teacher or a Hugging Face id"  # what reads a teacher config: this refusal's, `checked`'s
+CHECKED = "; the flag is checked whatever the teacher, as given for this command: leave it out"
+FLAG_WHY = f"{CHECKED} for a toy or folder teacher, which reads none"
+RECIPE_NOTE = " (a recipe's teacher_config: not there is only warned of there)"
+RECIPE_WHY = f"{FLAG_WHY}{RECIPE_NOTE}"
+FLAG_WORDS = {"eval": (READS, FLAG_WHY), "bench": (READS, FLAG_WHY),
+              "lora": (READS.replace("teacher", "--teacher", 1), FLAG_WHY),
               "convert": ("the file's transformer", "; leave it out to read the config.json beside the file")}
+
+
+def flag_words(command: str, teacher: str | None) -> tuple[str, str]:
+    """(whose config, why) the refusal of a --teacher-config not there says for `command` (FLAG_WORDS;
+    RECIPE_WHY for run, plan, importance) with --teacher `teacher`: not given, the teacher read may be a toy or
+    folder one; a toy or folder --teacher is named, said to read none; a single file is named, a Hub id (or
+    a path not there, refused after) takes the config: neither is told to leave the flag out."""
+    whose, why = FLAG_WORDS.get(command, (READS, RECIPE_WHY))
+    if command == "convert" or teacher is None:
+        return whose, why
+    path = Path(teacher).expanduser()
+    if teacher.startswith("toy:") or path.is_dir():  # as `checked` warns of it
+        what = "a toy teacher" if teacher.startswith("toy:") else "a folder with its own config.json"
+        return whose, f"{CHECKED}: teacher {teacher} is {what}, which reads none" + (RECIPE_NOTE * (why == RECIPE_WHY))
+    if path.is_file():
+        return f"the single-file teacher {teacher}", ""
+    return whose, ""
 
 
 def check_teacher_options(teacher: str | None, config: str | None, command: str = "run") -> None:
     """--teacher, when given, names something; --teacher-config, when given, exists (a UserError
     otherwise, before anything loads: an empty --teacher is not the recipe's teacher), said as fits
-    `command` (FLAG_WORDS; run, plan, importance and the Runner API: RECIPE_WHY)."""
+    `command` and the teacher (`flag_words`; run, plan, importance and the Runner API: RECIPE_WHY)."""
     if teacher is not None and not teacher.strip():
         raise UserError("--teacher is empty: give a hub id, folder, file or toy:NAME, or leave --teacher out "
                         "to use the recipe's (or the recorded) teacher")
     if config is not None and not Path(config).expanduser().exists():  # whatever the teacher: FLAG_WORDS
-        whose, why = FLAG_WORDS.get(command, ("a single-file teacher", RECIPE_WHY))
+        whose, why = flag_words(command, teacher)
         raise UserError(f"--teacher-config {config!r}: no such file or folder (the diffusers config of {whose}: a "
                         f"folder, a pipeline folder or a JSON file such as config.json){why}")
 
@@ -291,7 +310,7 @@ def checked(source: str, config: str | None = None, where: str = "", hub: bool =
         what = "a toy teacher" if kind == "toy" else "a folder with its own config.json"
         found = "" if Path(config).expanduser().exists() else f" (nor found: {os.path.abspath(Path(config).expanduser())})"
         warn(f"{config_label} {config} is not read{found}: teacher {source} is {what} "
-             f"({config_label.split(': ')[-1]} is for a single file or a Hugging Face id)")
+             f"({config_label.split(': ')[-1]} is the diffusers config of {READS})")
     return TeacherSource(source, kind, config, where, hub)
 
 

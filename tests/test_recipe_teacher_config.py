@@ -142,7 +142,7 @@ def test_a_toy_teacher_names_the_recipes_unread_teacher_config_at_its_line(tmp_p
     make_plan(recipe)
     err = " ".join(capsys.readouterr().err.split())
     assert f"r.yaml:3: teacher_config {tmp_path / 'cfg.json'} is not read: teacher toy:pixart is a toy teacher " \
-           "(teacher_config is for a single file or a Hugging Face id)" in err
+           "(teacher_config is the diffusers config of a single-file teacher or a Hugging Face id)" in err
 
 
 # ---- --resume compares it as the teacher, not as written ------------------------------------------
@@ -208,7 +208,7 @@ def test_a_teacher_reading_no_config_warns_of_the_recipes_teacher_config_not_fou
     monkeypatch.chdir(tmp_path / "else")
     what = "a folder with its own config.json" if kind == "folder" else "a toy teacher"
     warning = (f"{path}:3: teacher_config cfg is not read (nor found: {tmp_path / 'else' / 'cfg'}): teacher {teacher} "
-               f"is {what} (teacher_config is for a single file or a Hugging Face id)")
+               f"is {what} (teacher_config is the diffusers config of a single-file teacher or a Hugging Face id)")
     assert main(["plan", str(path), "--teacher", teacher]) == 0
     assert warning in " ".join(capsys.readouterr().err.split())
     out = run_recipe(tmp_path, path.read_text(), "r", teacher=teacher)
@@ -277,13 +277,13 @@ def test_the_flag_not_found_is_said_as_fits_each_command_that_takes_it(tmp_path,
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "r.yaml"
     path.write_text(RECIPE.format(teacher="toy:pixart", config="null"))
-    teacher = "a single-file teacher: a folder, a pipeline folder or a JSON file such as config.json)"
+    teacher = "a single-file teacher or a Hugging Face id: a folder, a pipeline folder or a JSON file such as config.json)"
     why = "; the flag is checked whatever the teacher, as given for this command: leave it out for a toy or folder "
     ends = {("plan", str(path)): f"{teacher}{why}teacher, which reads none (a recipe's teacher_config: not there is "
                                  "only warned of there)",
             ("eval", "out"): f"{teacher}{why}teacher, which reads none",
             ("bench", "out"): f"{teacher}{why}teacher, which reads none",
-            ("lora", "out", "l.safetensors", "new"): f"{teacher.replace('teacher:', '--teacher:')}{why}teacher, "
+            ("lora", "out", "l.safetensors", "new"): f"{teacher.replace('teacher', '--teacher', 1)}{why}teacher, "
                                                      "which reads none",
             ("convert", "f.safetensors", "o"): "the file's transformer: a folder, a pipeline folder or a JSON file "
                                                "such as config.json); leave it out to read the config.json beside "
@@ -293,3 +293,28 @@ def test_the_flag_not_found_is_said_as_fits_each_command_that_takes_it(tmp_path,
         err = capsys.readouterr().err
         said = "--teacher-config 'nocfg': no such file or folder (the diffusers config of "
         assert err == f"dit-compress: error: {said}{end}\n", argv
+
+
+def test_the_flag_not_found_is_said_as_fits_the_teacher_given(tmp_path, monkeypatch, capsys):
+    """With a --teacher, the refusal of a --teacher-config not there fits it: a single file, which reads the flag,
+    is named and not told to leave it out for a toy or folder teacher; a toy or folder --teacher is named, as
+    the 'not read' warning names it; and the flag is, as that warning says, the diffusers config of a single-file
+    teacher or a Hugging Face id (the refusal said 'of a single-file teacher' alone)."""
+    monkeypatch.chdir(tmp_path)
+    tiny_pixart().save_pretrained(tmp_path / "pixdir")
+    (tmp_path / "t.safetensors").write_bytes(b"")
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.format(teacher="toy:pixart", config="null"))
+    said = "dit-compress: error: --teacher-config 'nocfg': no such file or folder (the diffusers config of "
+    kinds = " a folder, a pipeline folder or a JSON file such as config.json)"
+    checked = "; the flag is checked whatever the teacher, as given for this command: leave it out: teacher "
+    recipe = " (a recipe's teacher_config: not there is only warned of there)"
+    for argv, recipe_note in ((["plan", str(path)], recipe), (["eval", "out"], ""), (["bench", "out"], "")):
+        assert main([*argv, "--teacher", "t.safetensors", "--teacher-config", "nocfg"]) == 2
+        assert capsys.readouterr().err == f"{said}the single-file teacher t.safetensors:{kinds}\n", argv
+        for teacher, what in (("toy:pixart", "a toy teacher"), ("pixdir", "a folder with its own config.json")):
+            assert main([*argv, "--teacher", teacher, "--teacher-config", "nocfg"]) == 2
+            assert capsys.readouterr().err == (f"{said}a single-file teacher or a Hugging Face id:{kinds}{checked}"
+                                               f"{teacher} is {what}, which reads none{recipe_note}\n"), argv
+    assert main(["eval", "out", "--teacher", "acme/pix", "--teacher-config", "nocfg"]) == 2  # a Hub id reads it
+    assert capsys.readouterr().err == f"{said}a single-file teacher or a Hugging Face id:{kinds}\n"
