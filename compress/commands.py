@@ -145,8 +145,9 @@ def _not_a_recipe(model: str) -> None:
 def _streamed_output(model: str, teacher_arg: str | None,
                      config_arg: str | None = None) -> tuple[Path, str, str | None] | None:
     """(output folder, teacher source, its --teacher-config) when `model` is the output of a streamed run of a real
-    teacher (its recipe.yaml says stream: true): eval then streams both models as the run did. A pipeline
-    folder (a pipeline's save_pretrained): its transformer/."""
+    teacher (its recipe.yaml says stream: true): eval then streams both models as the run did; but not with a
+    teacher that is a single file, which cannot be streamed (noted: compared resident, where its run would
+    have refused it). A pipeline folder (a pipeline's save_pretrained): its transformer/."""
     path = output_folder(model)
     if not (path / "recipe.yaml").is_file() or not is_output(path):
         return None
@@ -157,7 +158,12 @@ def _streamed_output(model: str, teacher_arg: str | None,
         return None
     if _took_loras(path):  # its teacher takes them resident (io.load_teacher_of): measured as a resident run's
         return None
-    return (path, *teacher_to_load(path, teacher_arg, config_arg))
+    source, config = teacher_to_load(path, teacher_arg, config_arg)
+    if source and Path(source).expanduser().is_file():  # a single file cannot be streamed: compared resident
+        note(f"eval compares {model} with teacher {source} resident, not streamed as its run was: a single file "
+             f"cannot be streamed (dit-compress convert {source} FOLDER, then --teacher FOLDER streams it)")
+        return None
+    return path, source, config
 
 
 def check_lora_option(model: str, loras: list[str] | None) -> None:

@@ -80,3 +80,32 @@ def test_eval_of_a_toys_chain_names_the_link_before(tmp_path, capsys, monkeypatc
     assert _said(capsys, ["eval", str(d), "--teacher", "toy:flux"]).splitlines()[0] == \
         "measured against the teacher toy:flux, given by --teacher"
     assert json.loads(_said(capsys, ["eval", "toy:flux", "--json"])) == {"adherence": 1.0}  # no teacher: none named
+
+
+def test_a_streamed_output_against_a_single_file_teacher_is_compared_resident(tmp_path, capsys, monkeypatch):
+    """eval of a stream: true run's output streams both models as the run did; a --teacher that is a single file
+    (with --teacher-config) cannot be streamed, and eval refused it in run's words ('stream: true reads a diffusers
+    folder ...'): it is compared resident, with a note saying so, to the score the streamed eval of the folder
+    teacher gives; bench, which does not stream, measured it before too."""
+    from safetensors.torch import save_file
+
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import run_recipe, streamed_teacher
+
+    out = run_recipe(tmp_path, streamed_teacher(tmp_path, "pixart").format(stream="true"), "s")
+    (tmp_path / "single").mkdir()
+    save_file({k: v.contiguous() for k, v in tiny_pixart().state_dict().items()},
+              str(tmp_path / "single" / "t.safetensors"))  # the teacher's weights, its config in teacher/
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    streamed = json.loads(_said(capsys, ["eval", str(out), "--json"]))
+    assert streamed["streamed"] is True
+    argv = ["--teacher", "single/t.safetensors", "--teacher-config", "teacher"]
+    assert main(["eval", str(out), "--json", *argv]) == 0
+    said = capsys.readouterr()
+    resident = json.loads(said.out)
+    assert "streamed" not in resident and resident["pred_rel_error"] == pytest.approx(streamed["pred_rel_error"])
+    assert " ".join(said.err.split()).startswith(f"note: eval compares {out} with teacher single/t.safetensors resident, not "
+                                          "streamed as its run was: a single file cannot be streamed (dit-compress "
+                                          "convert single/t.safetensors FOLDER, then --teacher FOLDER streams it) ")
+    assert main(["bench", str(out), *argv]) == 0
