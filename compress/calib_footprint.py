@@ -17,6 +17,7 @@ import torch
 from compress.calib_prompts import calibration_prompts, one_branch, rows_per_prompt
 from compress.errors import UserError
 from compress.inputs import SYNTHETIC_TEXT_TOKENS, SYNTHETIC_TOKENS, source_kind
+from compress.pipeline_folder import toy_pipeline
 
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
 FLUX_SIDE = 1024  # FluxPipeline's default image size (pixels); PixArt-Σ's is its sample_size x 8
@@ -48,7 +49,7 @@ def image_tokens(recipe, kind: str, config, teacher: str = "") -> int:
     c, family = recipe.calibration, recipe.model
     if kind == "synthetic":
         return SYNTHETIC_TOKENS
-    if kind == "toy" or (c.pipeline or teacher).startswith("toy:"):  # the toy data or a toy pipeline
+    if kind == "toy" or toy_pipeline(c.pipeline or teacher):  # the toy data or a toy pipeline (a saved one too)
         # the toys' latents (4, 8, 8): PixArt patches them, Flux packs 2 x 2
         from compress.toy.vae import LATENT_SIZE
 
@@ -67,7 +68,7 @@ def text_tokens(recipe, kind: str, teacher: str = "") -> int:
     c = recipe.calibration
     if kind == "synthetic":
         return SYNTHETIC_TEXT_TOKENS
-    if kind == "toy" or (c.pipeline or teacher).startswith("toy:"):  # the toy text encoder's length
+    if kind == "toy" or toy_pipeline(c.pipeline or teacher):  # the toy text encoder's length
         from compress.toy.text import MAX_TOKENS
 
         return MAX_TOKENS

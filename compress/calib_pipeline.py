@@ -17,6 +17,7 @@ from compress.calib_pipeline_load import load_pipeline_for, need_transformers, s
 from compress.calib_prompts import _where, calibration_prompts, one_branch, read_prompts
 from compress.calib_store import save
 from compress.errors import UserError
+from compress.pipeline_folder import toy_pipeline
 
 
 def _detach(value):
@@ -129,7 +130,7 @@ def check_size(calib, pipeline: str) -> None:
     """calibration.height / width are for a real pipeline: the toy pipelines sample at their one
     resolution (refused at the key's recipe line, by plan as by run)."""
     given = [k for k in ("height", "width") if getattr(calib, k)]
-    if given and pipeline.startswith("toy:"):
+    if given and toy_pipeline(pipeline):
         at = _where(calib, given[0], getattr(calib, given[0]), (*given[1:], "source", "pipeline"))
         raise UserError(f"{at}calibration.height / width: "
                         "the toy pipelines sample at their one resolution; leave both out")
@@ -164,7 +165,7 @@ class PipelineSource:
         self.family, self.calib, self.teacher, self.pipeline = family, calib, teacher, pipeline
         self.prompts = read_prompts(calib, recipe_dir)
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
-        if not pipeline.startswith("toy:"):
+        if not toy_pipeline(pipeline):  # a toy's (a saved one too) needs no transformers package
             from compress.inputs import pipeline_at
             from compress.pipeline_folder import check_pipeline_source
 
@@ -261,7 +262,7 @@ class PipelineSource:
 
     def _embedded(self) -> bool:
         """Whether the transformer takes guidance as an input (Flux.1-dev): its pipeline runs one branch."""
-        return not self.pipeline.startswith("toy:") and bool(getattr(self.teacher.config, "guidance_embeds", False))
+        return not toy_pipeline(self.pipeline) and bool(getattr(self.teacher.config, "guidance_embeds", False))
 
     def _single(self) -> bool:
         """Whether the pipeline runs one branch per step (`one_branch`: FluxPipeline)."""

@@ -18,6 +18,8 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
         from compress.toy import load_toy_pipeline
 
         return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
+    if (toy := saved_toy(source, teacher)) is not None:
+        return _beside(toy, teacher)
     from diffusers import DiffusionPipeline
 
     from compress.io import pipeline_dtype
@@ -39,6 +41,20 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
         why = _hub_refusal(e, source, teacher) or _why(e)
         raise UserError(f"cannot load calibration pipeline '{source}': {why}") from None
     return _beside(pipe, teacher)
+
+
+def saved_toy(source: str, teacher: torch.nn.Module):
+    """The toy pipeline around `teacher` where `source` is a folder a toy pipeline's save_pretrained wrote
+    (pipeline_folder.toy_pipeline): the toy's text encoder and VAE, which it cannot hold, and the scheduler
+    saved there, as load_pipeline takes it for a base (io_pipeline.saved_scheduler); else None."""
+    from compress.io_pipeline import saved_scheduler
+    from compress.pipeline_folder import folder_index, toy_pipeline
+    from compress.toy import load_toy_pipeline
+
+    if (toy := toy_pipeline(source)) is None:
+        return None
+    scheduler = saved_scheduler(source, folder_index(source), "calibration pipeline")
+    return load_toy_pipeline(toy[4:], transformer=teacher, scheduler=scheduler)
 
 
 def _hub_refusal(e: Exception, source: str, teacher: torch.nn.Module) -> str | None:

@@ -132,7 +132,9 @@ def one_branch(family: str, pipeline: str) -> bool:
     says: FluxPipeline does (FLUX.1-dev takes guidance as an input, FLUX.1-schnell none; its true
     CFG needs a negative prompt, which calibration never passes). PixArt-Σ's and the toys' pipelines
     run classifier-free guidance as a doubled batch."""
-    return family == "flux" and not pipeline.startswith("toy:")
+    from compress.pipeline_folder import toy_pipeline  # toy:NAME, or a folder a toy pipeline was saved into
+
+    return family == "flux" and toy_pipeline(pipeline) is None
 
 
 def rows_per_prompt(calib, single: bool) -> int:

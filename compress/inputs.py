@@ -250,12 +250,13 @@ def check_pipeline_packages(recipe, teacher_source: str | None = None) -> None:
     """Before the teacher is loaded (a Hugging Face teacher downloads GBs first): a recipe that
     samples in a real pipeline needs the pipelines extra. teacher_source: `--teacher`, if given."""
     from compress.io import looks_local
+    from compress.pipeline_folder import toy_pipeline
 
     source = teacher_source or recipe.teacher
     if looks_local(source) and not Path(source).expanduser().exists():
         return  # loading it says so
     if source_kind(recipe.calibration, source) == "pipeline" and \
-            not (recipe.calibration.pipeline or source).startswith("toy:"):
+            not toy_pipeline(recipe.calibration.pipeline or source):  # toy:NAME, or a saved toy pipeline
         from compress.calib_pipeline import need_transformers
 
         need_transformers(recipe.model)

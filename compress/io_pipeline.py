@@ -136,24 +136,25 @@ def _saved_toy_pipeline(transformer: nn.Module, base: str, family: str, index: d
     from compress.toy.weights import load_toy_pipeline, toy_files
 
     _check_base_config(transformer, read_config(toy_files(family)[0]), base)
-    return load_toy_pipeline(family, transformer=transformer, scheduler=_saved_scheduler(base, index))
+    return load_toy_pipeline(family, transformer=transformer, scheduler=saved_scheduler(base, index))
 
 
-def _saved_scheduler(base: str, index: dict):
+def saved_scheduler(base: str, index: dict, what: str = "base pipeline"):
     """The scheduler a pipeline's save_pretrained wrote to `base`/scheduler/, of the diffusers class
-    its model_index.json names; a UserError where it names none or the folder cannot be read."""
+    its model_index.json names; a UserError where it names none or the folder cannot be read ('cannot
+    load `what` …': calib_pipeline_load.saved_toy's 'calibration pipeline')."""
     import diffusers
 
     entry = index.get("scheduler")
     name = entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers" else None
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise UserError(f"cannot load base pipeline '{base}': its model_index.json names the scheduler "
+        raise UserError(f"cannot load {what} '{base}': its model_index.json names the scheduler "
                         f"{entry!r}, not a diffusers scheduler class")
     try:
         return cls.from_pretrained(os.path.expanduser(base), subfolder="scheduler")
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load base pipeline '{base}': its scheduler: {one_line(e)}") from None
+        raise UserError(f"cannot load {what} '{base}': its scheduler: {one_line(e)}") from None
 
 
 def _refusing_lora_loads(pipe):

@@ -376,11 +376,10 @@ def check_sampled_pipeline(recipe, source: str, given: str = "") -> None:
     does (pipeline_folder.check_pipeline_source), before any weights load. `given`: teacher_given's
     words for the teacher."""
     from compress.inputs import pipeline_at, source_kind
+    from compress.pipeline_folder import check_pipeline_source, toy_pipeline
 
     calib = recipe.calibration
     pipeline = calib.pipeline or source
-    if source_kind(calib, source) == "pipeline" and not pipeline.startswith("toy:"):
-        from compress.pipeline_folder import check_pipeline_source
-
+    if source_kind(calib, source) == "pipeline" and not toy_pipeline(pipeline):  # a saved toy's too
         check_pipeline_source(pipeline, calib.pipeline is None, recipe.model, pipeline_at(calib, pipeline),
                               calib.source == "auto", given)

@@ -225,24 +225,34 @@ def _has_files(path: Path) -> bool:
 TOY_PIPELINES = {"ToyPixArtPipeline": "toy:pixart", "ToyFluxPipeline": "toy:flux"}
 
 
-def check_not_saved_toy(pipeline: str, index: dict, where: str = "") -> None:
-    """A folder a toy pipeline was saved into (save_pretrained: its model_index.json, `index`, names
-    ToyPixArtPipeline or ToyFluxPipeline, and its text encoder and VAE, no diffusers classes, are not
-    saved) is no pipeline diffusers loads: a UserError naming the toy to sample in instead. `where`:
-    'PATH:LINE: ' of the recipe key that gave it."""
-    name = index.get("_class_name")
-    if isinstance(name, str) and name in TOY_PIPELINES:
-        raise UserError(f"{where}{pipeline} is a saved toy pipeline ({name} in its model_index.json), which "
-                        f"diffusers cannot load (its toy text encoder and VAE are not saved); set "
-                        f"calibration.pipeline: {TOY_PIPELINES[name]} to sample in the toy pipeline, with this "
-                        "teacher's transformer in it")
+def toy_pipeline(pipeline: str) -> str | None:
+    """'toy:NAME' where the pipeline `pipeline` is a toy's: toy:NAME itself, or a folder a toy pipeline's
+    save_pretrained wrote (its model_index.json names ToyPixArtPipeline or ToyFluxPipeline; its toy text
+    encoder and VAE, no diffusers classes, are not saved, so diffusers cannot load it: it is the toy's
+    with the scheduler saved there, as load_pipeline takes it for a base); else None."""
+    if pipeline.startswith("toy:"):
+        return pipeline
+    path = Path(pipeline).expanduser() / "model_index.json"
+    try:
+        index = read_json(path) if path.is_file() else None
+    except UserError:  # no JSON: said where the folder is checked (folder_index)
+        return None
+    name = index.get("_class_name") if isinstance(index, dict) else None
+    return TOY_PIPELINES.get(name) if isinstance(name, str) else None
+
+
+def _toy_problem(toy: str, family: str | None) -> str | None:
+    """A saved toy pipeline of another family than the recipe's model (`family`), in words; else None."""
+    if family is None or toy == f"toy:{family}":
+        return None
+    return f"it is a saved {toy} pipeline (its model_index.json), and the recipe's model is {family}"
 
 
 def check_calibration_pipeline(calib, teacher_source: str) -> None:
     """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
     plan as by run before any weights load (inputs.source_kind): a local calibration.pipeline there
-    (check_pipeline_there); not a saved toy pipeline; where it
-    holds a model_index.json, that fitting its class and folders (folder_problem), and a
+    (check_pipeline_there); where it holds a model_index.json, that fitting its class and folders
+    (folder_problem; a saved toy pipeline's, the recipe's model: `toy_pipeline`), and a
     calibration.pipeline the teacher's family (family_problem; a Hub id's model_index.json as the
     cache holds it: pipeline_cache.cached_index). Errors name the recipe's line. (A folder without
     model_index.json is refused by check_pipeline_source, which plan and run call as they check the
@@ -266,10 +276,11 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
         if not calib.pipeline or (found := cached_index(pipeline)) is None:
             return  # not cached (or no Hub id): nothing to read without asking the Hub; its load says
         snapshot, index = found
-    else:
-        check_not_saved_toy(pipeline, index, where)
-        if problem := index_problem(pipeline, index):
+    elif (toy := toy_pipeline(pipeline)) is not None:  # a saved toy pipeline: the toy's, its scheduler saved
+        if problem := _toy_problem(toy, getattr(calib.__dict__.get("_recipe"), "model", None)):
             raise UserError(f"{what}{problem}")
+    elif problem := index_problem(pipeline, index):
+        raise UserError(f"{what}{problem}")
     recipe = calib.__dict__.get("_recipe")
     if calib.pipeline and recipe is not None and (problem := family_problem(
             index, recipe.model, teacher_source, folder=snapshot or pipeline)):

@@ -1,5 +1,5 @@
-"""What calibration samples in (compress/calib_pipeline.py): saved toy pipelines, outputs and broken
-chains of teachers named as what they are, at the recipe line that gave them."""
+"""What calibration samples in (compress/calib_pipeline.py): saved toy pipelines (as their toy), outputs and
+broken chains of teachers named as what they are, at the recipe line that gave them."""
 
 import json
 
@@ -19,36 +19,41 @@ def _recipe(tmp_path, teacher: str, calibration: str, model: str = "pixart"):
     return parse_recipe(text, str(tmp_path / "r.yaml"))
 
 
-def test_a_saved_toy_pipeline_names_the_toy_to_sample_in(tmp_path):
-    """load_pipeline(toy output).save_pretrained(FOLDER), then teacher: FOLDER failed as calibration
-    loaded it: 'module diffusers has no attribute ToyPixArtPipeline'. Before any compute, at the line
-    that gave it, it says the folder is a saved toy pipeline and to set calibration.pipeline to the
-    toy its model_index.json names; that setting samples, with the folder's transformer."""
+def test_a_saved_toy_pipeline_samples_as_its_toy(tmp_path):
+    """A folder a toy pipeline's save_pretrained wrote (model_index.json: ToyPixArtPipeline; its toy text
+    encoder and VAE not saved) is the toy's pipeline with the scheduler saved there, as load_pipeline takes
+    it for a base: as calibration.pipeline, or as the teacher it samples in, it samples what toy:pixart
+    does. It was refused ('... is a saved toy pipeline (ToyPixArtPipeline in its model_index.json), which
+    diffusers cannot load ...; set calibration.pipeline: toy:pixart ...'), while load_pipeline(out,
+    base=FOLDER) loaded it. One whose index names another family's toy than the recipe's model is refused
+    at its line."""
+    import torch
+
     from compress.io import load_teacher
+    from compress.plan import make_plan
     from compress.toy import load_toy_pipeline
 
     load_toy_pipeline("pixart").save_pretrained(tmp_path / "pipe")
     prompts = "  prompts: [a 3, a 7, a 1]\n  sample_steps: 2\n  timesteps: 2\n"
-    recipe = _recipe(tmp_path, str(tmp_path / "pipe"), prompts)
-    with pytest.raises(UserError) as e:
-        source_kind(recipe.calibration, recipe.teacher)
-    assert str(e.value) == (f"{tmp_path / 'r.yaml'}:2: {tmp_path / 'pipe'} is a saved toy pipeline (ToyPixArtPipeline "
-                            "in its model_index.json), which diffusers cannot load (its toy text encoder and VAE are "
-                            "not saved); set calibration.pipeline: toy:pixart to sample in the toy pipeline, with this "
-                            "teacher's transformer in it")
-    given = _recipe(tmp_path, "toy:pixart", f"  source: pipeline\n  pipeline: {tmp_path / 'pipe'}\n{prompts}")
-    with pytest.raises(UserError, match=r"r.yaml:5: .*pipe is a saved toy pipeline"):
-        source_kind(given.calibration, given.teacher)
+    teacher = load_teacher("toy:pixart")
+    batches, plans = {}, {}
+    for name, pipeline in (("toy", "toy:pixart"), ("saved", str(tmp_path / "pipe"))):
+        given = _recipe(tmp_path, "toy:pixart", f"  source: pipeline\n  pipeline: {pipeline}\n{prompts}")
+        assert source_kind(given.calibration, given.teacher) == "pipeline"
+        batches[name] = PipelineSource("pixart", given.calibration, teacher, pipeline).calibration()
+        plans[name] = make_plan(given)["calibration"]  # the toy's tokens, not a real pipeline's
+    assert plans["saved"] == plans["toy"]
+    assert len(batches["saved"]) == len(batches["toy"])
+    for a, b in zip(batches["toy"], batches["saved"]):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+    as_teacher = _recipe(tmp_path, str(tmp_path / "pipe"), prompts)
+    assert source_kind(as_teacher.calibration, as_teacher.teacher) == "pipeline"
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(dict(index, _class_name="ToyFluxPipeline")))
-    with pytest.raises(UserError, match=r"set calibration.pipeline: toy:flux "):
-        source_kind(recipe.calibration, recipe.teacher)
-
-    advised = _recipe(tmp_path, str(tmp_path / "pipe"), f"  pipeline: toy:pixart\n{prompts}")
-    assert source_kind(advised.calibration, advised.teacher) == "pipeline"
-    teacher = load_teacher(str(tmp_path / "pipe"))
-    batches = PipelineSource("pixart", advised.calibration, teacher, "toy:pixart").calibration()
-    assert sum(b["hidden_states"].shape[0] for b in batches) == 2 * 2 * 2  # 2 prompts × 2 steps × 2 CFG rows
+    with pytest.raises(UserError) as e:
+        source_kind(as_teacher.calibration, as_teacher.teacher)
+    assert str(e.value) == (f"{tmp_path / 'r.yaml'}:2: cannot load calibration pipeline '{tmp_path / 'pipe'}': it is "
+                            "a saved toy:flux pipeline (its model_index.json), and the recipe's model is pixart")
 
 
 def test_an_output_as_the_pipeline_is_named_at_its_recipe_line_with_the_toy_its_chain_starts_at(tmp_path):
