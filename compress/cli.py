@@ -11,7 +11,7 @@ from pathlib import Path
 
 import compress
 from compress.errors import NumericError, UserError, did_you_mean
-from compress.interrupts import interrupts_held
+from compress.interrupts import forget_stops, interrupts_held, stop_status
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -276,6 +276,7 @@ def _out_of_memory(command: str, e: BaseException) -> UserError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    forget_stops()  # the exit status of a stop is that of the signal that stopped this command
     args = build_parser().parse_args(argv)
     try:
         _check_numbers(args)
@@ -300,12 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         if not _follower():  # what the run folder keeps: rank 0, which writes it, says it
             print(f"dit-compress: interrupted{_interrupt_note(args, e)}", file=sys.stderr)
-        return 130
+        return stop_status()  # 128 + the signal's number: 130 for a Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
 
 
 def _stop(e: UserError) -> bool:
-    """A requested stop (a signal, max_steps_this_run: exit status 130 or 75), or rank 0's, not an
-    error of this process."""
+    """A requested stop (a signal, max_steps_this_run: exit status 128 + the signal's number, or 75), or
+    rank 0's, not an error of this process."""
     from compress.passes.distill_trainer import TrainingInterrupted  # imported by the run that raised it
     from compress.runner_ranks import MainStopped
 

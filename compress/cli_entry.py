@@ -10,17 +10,23 @@ traceback from threading's shutdown, or death by the signal, in place of status 
 interpreter frees its modules after its exit handlers (seconds, with torch loaded), a Ctrl-C is
 ignored: Python has put SIGINT's default action back by then, which killed the process, a run whose
 output was complete and said ('wrote OUT') read as failed (status 130, no word said).
-A SIGTERM (kill, timeout, a job scheduler) is a Ctrl-C from that first line on too (one line, status 130),
-as a run's passes and convert take it (runner_setup.sigterm_as_interrupt), where the caller left its
-default action: before, one while the CLI or a command's imports loaded killed the process without a
-word (status 143).
-Nothing else is imported here, and `import compress` does not import this module."""
+A SIGTERM (kill, timeout, a job scheduler) or SIGHUP (the terminal closed, an SSH session dropped) is a
+Ctrl-C from that first line on too (one line), as a run's passes and convert take it
+(runner_setup.sigterm_as_interrupt), where the caller left its default action (SIGHUP under nohup is
+ignored, and stays so): before, one while the CLI or a command's imports loaded killed the process
+without a word. The status is the stopping signal's, 128 + its number, as a shell reports a process it
+killed (interrupts.stop_status): 130 for a Ctrl-C, 143 for SIGTERM, 129 for SIGHUP, also where the
+terminal that sent the SIGHUP has gone and what the stop said there failed (EIO).
+Nothing else is imported here but compress.interrupts (signal, threading, time), and `import compress`
+does not import this module."""
 
 import atexit
 import os
 import signal
 import sys
 import threading
+
+from compress.interrupts import STOPS, TERMINATIONS, as_ctrl_c, ctrl_c_like, hung_up, stop_status
 
 _QUIET_EXITS = []  # the SIGINT handler _exit_quietly_on_interrupt installed, while it is installed
 
@@ -33,24 +39,41 @@ def main() -> int:
         code = cli_main()
     except KeyboardInterrupt:  # before cli.main handles it (imports, argument parsing), or in its handling
         print("dit-compress: interrupted", file=sys.stderr)
-        code = 130
+        code = stop_status()
+    except OSError as e:  # the terminal closed: what the stop said there (a progress bar, its line) failed
+        if not hung_up(e):
+            raise
+        _unheard()
+        code = stop_status()
     _exit_quietly_on_interrupt(code)
     return code
 
 
+def _unheard() -> None:
+    """What is still to be written to a terminal that hung up goes nowhere (it failed there: the
+    interpreter's last flush would end the process with status 120, not the signal's)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM raises KeyboardInterrupt, as SIGINT does (Python's Ctrl-C handler), where it has its
-    default action (death by the signal): not where the caller ignores it or set its own."""
-    if (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as SIGINT does (Python's Ctrl-C handler), where they
+    have their default action (death by the signal): not where the caller ignores one (SIGHUP under
+    nohup) or set its own."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for stop in TERMINATIONS:
+        if signal.getsignal(stop) is signal.SIG_DFL:
+            signal.signal(stop, as_ctrl_c)
 
 
 def _exit_quietly_on_interrupt(code: int) -> None:
-    """From now on (the command ended with status `code`), a SIGINT (or a SIGTERM taken as one)
-    flushes what was printed and ends the process with `code`; where a signal's handler is not
-    Python's Ctrl-C one (SIGINT ignored in a background job, or set by the caller) it stays as it is."""
-    stops = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is signal.default_int_handler]
+    """From now on (the command ended with status `code`), a SIGINT (or a SIGTERM or SIGHUP taken as
+    one) flushes what was printed and ends the process with `code`; where a signal's handler raises no
+    KeyboardInterrupt (SIGINT ignored in a background job, or set by the caller) it stays as it is."""
+    stops = [s for s in STOPS if ctrl_c_like(signal.getsignal(s))]
     if threading.current_thread() is not threading.main_thread() or not stops:
         return
 
@@ -68,12 +91,12 @@ def _exit_quietly_on_interrupt(code: int) -> None:
 
 
 def _ignore_late_interrupts() -> None:
-    """The last exit handler: SIGINT (and SIGTERM) ignored from here on where it ends the process with
-    the command's status (`_exit_quietly_on_interrupt`), as the process then ends anyway. Python's
-    shutdown puts back SIGINT's default action (death by the signal) unless it is ignored, and then
+    """The last exit handler: SIGINT (and SIGTERM, SIGHUP) ignored from here on where it ends the
+    process with the command's status (`_exit_quietly_on_interrupt`), as the process then ends
+    anyway. Python's shutdown puts back SIGINT's default action (death by the signal) unless it is ignored, and then
     frees its modules, for seconds with torch loaded; exit handlers and threads still running before
     this (which a Ctrl-C may need to stop) end at once with the command's status, as before."""
-    for stop in (signal.SIGINT, signal.SIGTERM):
+    for stop in STOPS:
         if _QUIET_EXITS and signal.getsignal(stop) is _QUIET_EXITS[0]:
             signal.signal(stop, signal.SIG_IGN)
 

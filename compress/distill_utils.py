@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.interrupts import STOPS, took
 from compress.kd_losses import massive_activation_mask, normalized_mse
 from compress.lowrank import LowRankLinear
 from compress.report import save_figure
@@ -205,15 +206,16 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) ->
 
 
 class StopSignals:
-    """Within the `with`, SIGINT/SIGTERM set `requested` (checked once per step) instead of killing the
-    process, so the loop can write a checkpoint and exit cleanly. A second signal stops at once,
-    unless it is the first one passed on (within SAME_STOP_S of it, or the same signal under a
-    launcher): a terminal's Ctrl-C reaches torchrun's agent with its workers, and the agent sends them
-    its own signal at once (then SIGKILL, 30 s later: a user still gets out). A signal the caller
-    ignores (SIG_IGN: SIGINT in a background job) stays ignored, as cli_entry and interrupts_held
-    leave it. Outside the main thread signals cannot be caught: the flag then never sets."""
+    """Within the `with`, SIGINT/SIGTERM/SIGHUP set `requested` (checked once per step; noted for the
+    exit status: interrupts.took) instead of killing the process, so the loop can write a checkpoint
+    and exit cleanly. A second signal stops at once, unless it is the first one passed on (within
+    SAME_STOP_S of it, or the same signal under a launcher): a terminal's Ctrl-C reaches torchrun's
+    agent with its workers, and the agent sends them its own signal at once (then SIGKILL, 30 s later:
+    a user still gets out). A signal the caller ignores (SIG_IGN: SIGINT in a background job, SIGHUP
+    under nohup) stays ignored, as cli_entry and interrupts_held leave it. Outside the main thread
+    signals cannot be caught: the flag then never sets."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOPS  # SIGINT, SIGTERM and (not on Windows) SIGHUP
     SAME_STOP_S = 2.0
 
     def __init__(self):
@@ -224,6 +226,7 @@ class StopSignals:
     def _handler(self, signum, frame):
         if self.requested is None:
             self.requested, self._at = signum, time.monotonic()
+            took(signum)
         elif not same_stop(time.monotonic() - self._at, signum == self.requested, launched()):
             raise KeyboardInterrupt  # a second one: give up the clean exit
 

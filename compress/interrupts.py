@@ -1,17 +1,62 @@
 """Ctrl-C held over work it must not break: a first SIGINT during the block is raised as
 KeyboardInterrupt at its end (`interrupts_held`): torch's and diffusers' imports, and a safetensors
-read, whose native code turns a KeyboardInterrupt raised inside it into another error. A SIGTERM
-the console script takes as a Ctrl-C (cli_entry) is held alike."""
+read, whose native code turns a KeyboardInterrupt raised inside it into another error. A SIGTERM or
+SIGHUP the console script takes as a Ctrl-C (cli_entry: `as_ctrl_c`) is held alike.
+
+The signal that stopped a command gives its exit status, 128 + its number as a shell reports a
+process the signal killed (`stop_status`: 130 for a Ctrl-C, 143 for SIGTERM, 129 for SIGHUP): the
+handlers here, runner_setup's and distill's StopSignals note it (`took`)."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import threading
 import time
 from contextlib import contextmanager
 
 SECOND_INTERRUPT_S = 1.0  # a SIGINT this soon after the first is the same stop, signalled twice
-STOPS = (signal.SIGINT, signal.SIGTERM)  # held where their handler is Python's Ctrl-C one
+# SIGTERM: kill, timeout, a job scheduler; SIGHUP: the terminal closed, an SSH session dropped (none on Windows)
+TERMINATIONS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+STOPS = (signal.SIGINT, *TERMINATIONS)  # held where their handler raises a KeyboardInterrupt (`ctrl_c_like`)
+_TAKEN: list[int] = []  # the first stop signal of this command (cli.main starts it empty: `forget_stops`)
+
+
+def took(signum: int) -> None:
+    """Notes `signum` as the command's stop signal, unless one came before it."""
+    if not _TAKEN:
+        _TAKEN.append(signum)
+
+
+def forget_stops() -> None:
+    """A new command: no stop signal taken yet."""
+    _TAKEN.clear()
+
+
+def stop_status() -> int:
+    """The exit status of a command stopped by a signal: 128 + the number of the first one it took, as
+    a shell reports a process the signal killed; 130 (SIGINT) for a KeyboardInterrupt no signal
+    handler of ours noted (Python's own Ctrl-C handler)."""
+    return 128 + int(_TAKEN[0] if _TAKEN else signal.SIGINT)
+
+
+def hung_up(e: BaseException) -> bool:
+    """Whether `e` is a write to a terminal that hung up (EIO) in a command a SIGHUP stopped: the
+    terminal closed (an SSH session dropped), so nothing can be said there any more."""
+    return (isinstance(e, OSError) and e.errno == errno.EIO and hasattr(signal, "SIGHUP")
+            and _TAKEN[:1] == [signal.SIGHUP])
+
+
+def as_ctrl_c(signum, frame):
+    """A SIGTERM or SIGHUP taken as a Ctrl-C (cli_entry installs it): a KeyboardInterrupt, as Python's
+    Ctrl-C handler raises, the signal noted for the exit status."""
+    took(signum)
+    raise KeyboardInterrupt
+
+
+def ctrl_c_like(handler) -> bool:
+    """Whether a signal's handler raises a KeyboardInterrupt: Python's Ctrl-C one, or `as_ctrl_c`."""
+    return handler is signal.default_int_handler or handler is as_ctrl_c
 
 
 @contextmanager
@@ -21,16 +66,17 @@ def interrupts_held():
     from torch's C++ start-up) or leave a module half-made. A second one raises at once (an import
     that hangs can still be stopped), unless it comes within SECOND_INTERRUPT_S of the first: that is
     one stop signalled twice (`timeout -s INT` signals the command, then its process group), held
-    too. SIGTERM is held with it where it raises a KeyboardInterrupt as SIGINT does (cli_entry sets
-    it so). Where neither has Python's default SIGINT handler (ignored in a background job, or set by
-    the caller), the block runs as it is."""
-    stops = [s for s in STOPS if signal.getsignal(s) is signal.default_int_handler]
+    too. SIGTERM and SIGHUP are held with it where they raise a KeyboardInterrupt as SIGINT does
+    (cli_entry sets them so). Where none raises one (SIGINT ignored in a background job, SIGHUP under
+    nohup, or set by the caller), the block runs as it is; each handler is put back after it."""
+    stops = {s: signal.getsignal(s) for s in STOPS if ctrl_c_like(signal.getsignal(s))}
     if threading.current_thread() is not threading.main_thread() or not stops:
         yield
         return
     held = []
 
     def hold(signum, frame):
+        took(signum)
         now = time.monotonic()
         if held and now - held[0] >= SECOND_INTERRUPT_S:
             raise KeyboardInterrupt  # a second Ctrl-C: an import that hangs is stopped
@@ -41,7 +87,7 @@ def interrupts_held():
     try:
         yield
     finally:
-        for stop in stops:
-            signal.signal(stop, signal.default_int_handler)
+        for stop, handler in stops.items():
+            signal.signal(stop, handler)
     if held:
         raise KeyboardInterrupt

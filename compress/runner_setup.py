@@ -1,6 +1,6 @@
 """What a run sets up and checks before its passes: the device, the teacher loaded in the compute
 dtype and checked (family, finite weights the compute dtype holds), its held-out reference checked
-finite, SIGTERM as Ctrl-C."""
+finite, SIGTERM (and SIGHUP) as Ctrl-C."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
+from compress.interrupts import TERMINATIONS, took
 from compress.io import load_teacher
 from compress.dtype_range import compute_beyond_words, held
 from compress.io_source import TeacherSource, checked_sources
@@ -134,20 +135,23 @@ def _stored(source: TeacherSource | None, name: str) -> tuple[Path, torch.Tensor
 
 @contextmanager
 def sigterm_as_interrupt():
-    """SIGTERM unwinds like Ctrl-C, so passes checkpoint and the output is never half-written. One
-    the caller ignores (SIG_IGN: nohup-like launchers, a parent that wants the run immune) stays
-    ignored, as cli_entry and StopSignals leave an ignored SIGINT or SIGTERM."""
+    """SIGTERM (and SIGHUP: a terminal closed) unwinds like Ctrl-C, so passes checkpoint and the output
+    is never half-written; the signal is noted for the exit status (interrupts.took). One the caller
+    ignores (SIG_IGN: SIGHUP under nohup, nohup-like launchers, a parent that wants the run immune)
+    stays ignored, as cli_entry and StopSignals leave an ignored SIGINT, SIGTERM or SIGHUP."""
     def handler(signum, frame):
+        took(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = None
+    old = {}
     try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-            old = signal.signal(signal.SIGTERM, handler)
+        for stop in TERMINATIONS:
+            if signal.getsignal(stop) is not signal.SIG_IGN:
+                old[stop] = signal.signal(stop, handler)
     except ValueError:  # not the main thread
         pass
     try:
         yield
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        for stop, previous in old.items():
+            signal.signal(stop, previous)

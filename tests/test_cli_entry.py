@@ -1,6 +1,6 @@
-"""The console script of pyproject.toml: a Ctrl-C from its first call on is one line and status 130,
-never a traceback (one while `compress.cli` or argparse was imported, or the parser built, printed a
-traceback)."""
+"""The console script of pyproject.toml: a Ctrl-C from its first call on is one line and status 130
+(a SIGTERM 143, a SIGHUP 129), never a traceback (one while `compress.cli` or argparse was imported,
+or the parser built, printed a traceback)."""
 
 import os
 import re
@@ -36,6 +36,7 @@ class SigintAt(importlib.abc.MetaPathFinder):
             os.kill(os.getpid(), signal.SIGINT)
 
 sys.meta_path.insert(0, SigintAt())"""
+NO_SIGHUP = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="Windows has no SIGHUP")
 READY = 'os.write(1, b"ready\\n")  # the console script calls its function now'
 
 
@@ -152,22 +153,27 @@ def test_a_ctrl_c_as_the_interpreter_frees_its_modules_keeps_the_commands_status
     assert (done.returncode, out, err) == (code, "freed\n", "")
 
 
+@pytest.mark.parametrize("stop, status", [("SIGTERM", 143), pytest.param("SIGHUP", 129, marks=NO_SIGHUP)])
 @pytest.mark.parametrize("at", ["compress.cli", "torch"])
-def test_a_sigterm_while_the_cli_or_a_command_imports_is_one_line_as_a_ctrl_c(tmp_path, at):
+def test_a_sigterm_while_the_cli_or_a_command_imports_is_one_line_as_a_ctrl_c(tmp_path, at, stop, status):
     """SIGTERM (kill, timeout, a job scheduler) while the CLI or the command's imports (torch's
-    start-up) load killed the process without a word (status 143), where a run's passes and convert
-    take it as a Ctrl-C (one line, status 130): now it is one from the console script's first line
-    on, held over the imports as a Ctrl-C is (interrupts_held)."""
-    sigterm_at = SIGINT_AT.format(at=at).replace("signal.SIGINT", "signal.SIGTERM")
-    done = _started(tmp_path, console_script(before=sigterm_at))
+    start-up) load killed the process without a word, where a run's passes and convert take it as a
+    Ctrl-C: now it is one from the console script's first line on, held over the imports as a Ctrl-C
+    is (interrupts_held). So is SIGHUP (a terminal closed, an SSH session dropped), which killed the
+    process without a word anywhere. The status is the signal's, 128 + its number, as a shell gives
+    a process the signal killed (both were 130, a Ctrl-C's)."""
+    stop_at = SIGINT_AT.format(at=at).replace("signal.SIGINT", f"signal.{stop}")
+    done = _started(tmp_path, console_script(before=stop_at))
     out, err = done.communicate(timeout=300)
-    assert (done.returncode, err.strip()) == (130, "dit-compress: interrupted")
+    assert (done.returncode, err.strip()) == (status, "dit-compress: interrupted")
 
 
-def test_a_sigterm_the_caller_ignores_stays_ignored(tmp_path):
-    """A caller that ignores SIGTERM (SIG_IGN) keeps it ignored, as a background job's SIGINT."""
-    ignored = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SIGINT_AT.format(at="torch").replace(
-        "signal.SIGINT", "signal.SIGTERM")
+@pytest.mark.parametrize("stop", ["SIGTERM", pytest.param("SIGHUP", marks=NO_SIGHUP)])
+def test_a_sigterm_the_caller_ignores_stays_ignored(tmp_path, stop):
+    """A caller that ignores SIGTERM (SIG_IGN), or SIGHUP (nohup), keeps it ignored, as a background
+    job's SIGINT."""
+    ignored = f"signal.signal(signal.{stop}, signal.SIG_IGN)\n" + SIGINT_AT.format(at="torch").replace(
+        "signal.SIGINT", f"signal.{stop}")
     done = _started(tmp_path, console_script(before=ignored))
     out, err = done.communicate(timeout=300)
     assert done.returncode == 2 and "missing.yaml" in err and "interrupted" not in err

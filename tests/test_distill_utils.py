@@ -3,6 +3,7 @@ shortened, and the shipped recipes keep the one they write; its stop signals (St
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,29 @@ def test_a_signal_the_caller_ignores_stays_ignored_during_distill(ignored):
         assert signal.getsignal(sig) is signal.SIG_IGN and signal.getsignal(other) is before[other]
     finally:
         signal.signal(sig, before[sig])
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="Windows has no SIGHUP")
+def test_a_sighup_requests_a_stop_as_sigterm_does():
+    """SIGHUP (the terminal closed, an SSH session dropped) killed distill without a checkpoint since
+    its last checkpoint_every, while SIGTERM stopped it at the end of its step with one: it stops as
+    SIGTERM does now, noted for the exit status (129); the caller's handler is back after (here one
+    that notes it: SIGHUP's default action would end the test run on code without the fix)."""
+    import os
+
+    from compress import interrupts
+    from compress.distill_utils import StopSignals
+
+    caller = []
+    before = signal.signal(signal.SIGHUP, lambda signum, frame: caller.append(signum))
+    interrupts.forget_stops()
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert (stop.requested, caller) == (signal.SIGHUP, [])
+        assert interrupts.stop_status() == 129
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert caller == [signal.SIGHUP]
+    finally:
+        signal.signal(signal.SIGHUP, before)
+        interrupts.forget_stops()

@@ -1,5 +1,5 @@
-"""compress/runner_setup.py's sigterm_as_interrupt: SIGTERM unwinds a run (and convert) as Ctrl-C does,
-where the caller left it to be acted on; one the caller ignores stays ignored. (Its numeric checks of
+"""compress/runner_setup.py's sigterm_as_interrupt: SIGTERM (and SIGHUP) unwinds a run (and convert) as
+Ctrl-C does, where the caller left it to be acted on; one the caller ignores stays ignored. (Its numeric checks of
 the teacher: test_runner_setup_numeric.py.)"""
 
 import os
@@ -39,6 +39,33 @@ def test_a_sigterm_is_a_ctrl_c_within_and_the_callers_handler_comes_back(sigterm
         with sigterm_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is caller
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="Windows has no SIGHUP")
+@pytest.mark.parametrize("caller", [signal.default_int_handler, signal.SIG_IGN])
+def test_a_sighup_is_a_ctrl_c_within_unless_the_caller_ignores_it(caller):
+    """SIGHUP (the terminal closed, an SSH session dropped) killed a run and convert without a word,
+    where SIGTERM unwinds them: it does too now, noted for the exit status (129); under nohup
+    (SIG_IGN) it stays ignored. The caller's handler is back after. (A caller's Ctrl-C handler, not
+    SIGHUP's default action: on code without the fix, that would kill the test run.)"""
+    from compress import interrupts
+
+    before = signal.signal(signal.SIGHUP, caller)
+    interrupts.forget_stops()
+    try:
+        if caller is signal.SIG_IGN:
+            with sigterm_as_interrupt():
+                assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+                os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing raised
+        else:
+            with pytest.raises(KeyboardInterrupt, match=f"signal {int(signal.SIGHUP)}"):
+                with sigterm_as_interrupt():
+                    os.kill(os.getpid(), signal.SIGHUP)
+            assert interrupts.stop_status() == 129
+        assert signal.getsignal(signal.SIGHUP) is caller
+    finally:
+        signal.signal(signal.SIGHUP, before)
+        interrupts.forget_stops()
 
 
 def test_off_the_main_thread_nothing_changes(sigterm_kept):
