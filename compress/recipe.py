@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 
 from compress.errors import BadValue, UserError, did_you_mean, read_utf8
+from compress.io_source import READS
 from compress.passes import PASSES, pass_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
                                      field_default, with_sets)
@@ -279,8 +280,8 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
         if k.value in hints:
             values[k.value] = convert(v, hints[k.value], path, k.value)
         if k.value == "teacher_config" and values["teacher_config"] is not None and not values[k.value].strip():
-            raise _Loc(path, v).err("teacher_config is empty: give the diffusers config of a single-file teacher "
-                                    "(a folder or a JSON file such as config.json), or null")
+            raise _Loc(path, v).err(f"teacher_config is empty: give the diffusers config of {READS} (a folder, "
+                                    "a pipeline folder or a JSON file such as config.json), or null")
         if k.value == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", values["device"]):
             raise _Loc(path, v).err(f"device must be auto, cpu, cuda or cuda:N; got {values['device']!r}")
         elif k.value == "calibration":

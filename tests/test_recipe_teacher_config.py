@@ -55,7 +55,8 @@ def test_teacher_config_is_a_recipe_key_of_a_path_or_null():
 @pytest.mark.parametrize("value, words", [("[cfg]", "must be a string or null, not a list"),
                                           ("5", "must be a string or null, not 5"),
                                           ("{a: 1}", "must be a string or null, not a mapping"),
-                                          ('""', "is empty: give the diffusers config of a single-file teacher")])
+                                          ('""', "is empty: give the diffusers config of a single-file teacher "
+                                                 "or a Hugging Face id (a folder, a pipeline folder or a JSON file")])
 def test_a_teacher_config_of_another_type_is_one_line_at_its_line(value, words):
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE.format(teacher="pix.safetensors", config=value), "r.yaml")
