@@ -74,7 +74,8 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
                       teacher: dict[str, str]) -> None:
     """The tables and summary lines `inspect` prints: per layer (titled `title`: the output folder, or
     the Hub id given), by role, by block (student blocks, with their teacher index where removal
-    renumbered them), then what removal did and how close each method's factorizations came to their optimum."""
+    renumbered them), then what removal did, how close each method's factorizations came to their optimum and
+    what each distill pass did (report_card.distill_lines)."""
     shown = [_displayed(r) for r in rows]
     for table in inspect_tables(shown, results.width, title, teacher):
         results.print(table)
@@ -94,6 +95,10 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
         results.print(line)
     _print_optimality(rows, report)
     _print_compensation(report)
+    from compress.report_card import distill_lines
+
+    for line in distill_lines(report):  # steps, held-out error before → after, resumes, last loss terms
+        results.print(line, highlight=False, markup=False)
 
 
 def lora_line(model, rows: list[dict], report: dict) -> str | None:
