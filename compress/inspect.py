@@ -14,6 +14,7 @@ from compress.inspect_fold import fold, natural_width, with_note
 from compress.io_output import load_transformer, output_folder
 from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, _block_prefix, console, layer_rows, other_params,
                              output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table, to_json)
+from compress.report_card import distill_lines
 from compress.words import counted
 
 
@@ -74,8 +75,7 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
                       teacher: dict[str, str]) -> None:
     """The tables and summary lines `inspect` prints: per layer (titled `title`: the output folder, or
     the Hub id given), by role, by block (student blocks, with their teacher index where removal
-    renumbered them), then what removal did, how close each method's factorizations came to their optimum and
-    what each distill pass did (report_card.distill_lines)."""
+    renumbered them), then what removal did, how close factorizations came to their optimum, what distill did."""
     shown = [_displayed(r) for r in rows]
     for table in inspect_tables(shown, results.width, title, teacher):
         results.print(table)
@@ -95,8 +95,6 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
         results.print(line)
     _print_optimality(rows, report)
     _print_compensation(report)
-    from compress.report_card import distill_lines
-
     for line in distill_lines(report):  # steps, held-out error before → after, resumes, last loss terms
         results.print(line, highlight=False, markup=False)
 
