@@ -8,6 +8,8 @@ from compress.passes.distill_trainer import StepLimitReached, TrainingInterrupte
 @pytest.mark.parametrize("raised, said, code", [
     (TrainingInterrupted("distill: stopped at step 3/6 on a stop signal"),
      "dit-compress: distill: stopped at step 3/6 on a stop signal", 130),
+    (TrainingInterrupted("distill: stopped at step 3/6 on a stop signal", 15),  # SIGTERM: 128 + 15, as a shell says
+     "dit-compress: distill: stopped at step 3/6 on a stop signal", 143),
     (StepLimitReached("distill: stopped at step 3/6 on max_steps_this_run=3"),  # planned: rerun, not Ctrl-C
      "dit-compress: distill: stopped at step 3/6 on max_steps_this_run=3", 75),
     (UserError("bad key"), "dit-compress: error: bad key", 2),

@@ -233,3 +233,106 @@ def test_a_resume_of_another_recipe_is_refused_before_loading(pixart, monkeypatc
     assert "the recipe changed since" in other and "calibration.num_prompts" in other and "--restart" in other
     later = _interrupted_cli_run(tmp_path, capsys, "--resume", "--set", "passes.1.svd.ratio=0.4")
     assert later.endswith("rerun with --resume to continue")
+
+
+# ---- a stop signal from outside, through the console script ----------------------------------
+DISTILL = """\
+model: flux
+teacher: {teacher}
+calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
+passes:
+  - distill: {{data: toy, steps: 6, batch_size: 4, lr: 0.001, checkpoint_every: 2, progress: false}}
+"""
+# `dit-compress run r.yaml` as its console script runs it, in a terminal (SIGTERM and SIGHUP acted on,
+# whatever the suite inherited); its third distill step waits for the test's signal
+STOPPED_IN_DISTILL = """\
+import os, signal, sys, time
+for stop in ("SIGTERM", "SIGHUP"):
+    signal.signal(getattr(signal, stop), signal.SIG_DFL)
+from compress.passes import distill_trainer
+
+real = distill_trainer._Trainer._train_step
+
+
+def train_step(self, pred, feats, stop):
+    if self.step == 2:
+        os.write(1, b"step 3\\n")
+        until = time.monotonic() + 60
+        while stop.requested is None and time.monotonic() < until:
+            time.sleep(0.01)
+    return real(self, pred, feats, stop)
+
+
+distill_trainer._Trainer._train_step = train_step
+sys.argv = ["dit-compress", "run", "r.yaml", "--out", "out", "--run-dir", "run"]
+from compress.cli_entry import main
+sys.exit(main())
+"""
+
+
+def _this_compress() -> dict:
+    """The environment of a child process that imports this `compress` (the one the tests import)."""
+    from pathlib import Path
+
+    import compress
+
+    here = str(Path(compress.__file__).parents[1])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+
+
+@pytest.mark.parametrize("stop, status", [
+    ("SIGTERM", 143),
+    pytest.param("SIGHUP", 129, marks=pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP")),
+])
+def test_a_stop_signal_in_distill_checkpoints_and_exits_with_its_status(setup, tmp_path, stop, status):
+    """A tester's finding: SIGHUP (the terminal closed, an SSH session dropped) killed `run` in distill
+    with no word and no checkpoint since the last checkpoint_every (status 129); SIGTERM stopped it at
+    the end of its step with a checkpoint and one line, but with status 130, a Ctrl-C's. Both stop as
+    a Ctrl-C does now, with the status a shell gives a process the signal killed: 128 + its number."""
+    import subprocess
+    import sys
+
+    (tmp_path / "r.yaml").write_text(DISTILL.format(teacher=setup[0] / "teacher"))
+    env = _this_compress()
+    p = subprocess.Popen([sys.executable, "-c", STOPPED_IN_DISTILL], cwd=tmp_path, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while p.stdout.readline() not in ("step 3\n", ""):  # to the third step, or the end
+        pass
+    p.send_signal(getattr(signal, stop))
+    out, err = p.communicate(timeout=300)
+    assert (p.returncode, err.strip().splitlines()[-1:]) == (status, [
+        "dit-compress: distill: stopped at step 3/6 on a stop signal; checkpoint in run/distill/checkpoints; "
+        "run again with --resume to continue"]), err
+    assert "step-00000003" in [c.name for c in (tmp_path / "run" / "distill" / "checkpoints").iterdir()]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(signal, "SIGHUP"), reason="no pseudo-terminal")
+def test_a_terminal_that_closes_stops_distill_with_a_checkpoint_and_sighups_status(setup, tmp_path):
+    """The terminal of `run` closing (an SSH session dropped) sends it SIGHUP, which killed it without a
+    checkpoint; then whatever it writes there fails (EIO). The stop's checkpoint is written, and the
+    status is SIGHUP's, 129 (with SIGHUP taken as a stop alone, the progress bar's last refresh raised
+    OSError after the checkpoint: status 1, its traceback written to nowhere)."""
+    import pty
+    import sys
+
+    (tmp_path / "r.yaml").write_text(DISTILL.format(teacher=setup[0] / "teacher").replace("false", "true"))
+    env = _this_compress()
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: `run` in a terminal of its own
+        try:
+            os.chdir(tmp_path)
+            os.execve(sys.executable, [sys.executable, "-c", STOPPED_IN_DISTILL], env)
+        finally:
+            os._exit(127)
+    seen = b""
+    while b"step 3" not in seen:
+        try:
+            seen += os.read(terminal, 4096)
+        except OSError:  # the child ended first
+            break
+    os.close(terminal)  # the terminal goes: SIGHUP to the child
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert status == 129, seen.decode(errors="replace")[-2000:]
+    assert "step-00000003" in [c.name for c in (tmp_path / "run" / "distill" / "checkpoints").iterdir()]
+    assert not (tmp_path / "out").exists()

@@ -19,7 +19,8 @@ Checkpoints (`checkpoint_every`) go to run_dir/distill/checkpoints/step-XXXXXXXX
 pass: run_dir/distill-2/..., its record in the report with the first's under "earlier"): accelerate's save_state
 (model, optimizer, scheduler, RNG states) plus each process's generator, step and loss history. With
 `ctx.resume` the last checkpoint is loaded and the run ends with the same weights as an uninterrupted one.
-SIGINT/SIGTERM (or `max_steps_this_run`) write a checkpoint and raise `TrainingInterrupted`.
+SIGINT/SIGTERM/SIGHUP (or `max_steps_this_run`) write a checkpoint and raise `TrainingInterrupted` (exit status
+128 + the signal's number; 75).
 """
 
 from __future__ import annotations

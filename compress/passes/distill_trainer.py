@@ -38,8 +38,12 @@ if TYPE_CHECKING:
 class TrainingInterrupted(UserError):
     """Stopped on request (signal or max_steps_this_run) after writing a checkpoint; resume to go on."""
 
-    exit_code = 130  # as a Ctrl-C
+    exit_code = 130  # as a Ctrl-C; a signal's stop: 128 + its number (`signum`)
     label = ""  # a requested stop, not an error
+
+    def __init__(self, message: str, signum: int | None = None):  # SIGTERM 143, SIGHUP 129, as a shell says
+        super().__init__(message)
+        self.exit_code = self.exit_code if signum is None else 128 + int(signum)
 
 
 class StepLimitReached(TrainingInterrupted):
@@ -141,7 +145,8 @@ class _Trainer:
                         why = "a stop signal" if stop_now else f"max_steps_this_run={cfg.max_steps_this_run}"
                         raise (TrainingInterrupted if stop_now else StepLimitReached)(
                             f"distill: stopped at step {self.step}/{cfg.steps} on {why}; checkpoint in "
-                            f"{self.dir / 'checkpoints'}; run again with --resume to continue")
+                            f"{self.dir / 'checkpoints'}; run again with --resume to continue",
+                            stop.requested if stop_now else None)
         finally:
             pred.remove()
             for f in feats or ():
