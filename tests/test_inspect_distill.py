@@ -8,7 +8,10 @@ import pytest
 
 from compress.cli import main
 from compress.io_export import save_compressed
+from compress.recipe import parse_recipe
+from compress.runner import Runner
 from tests.conftest import factorize, tiny_pixart
+from tests.runner_helpers import SIMPLE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,3 +49,20 @@ def test_inspect_of_an_older_record_says_what_it_holds(tmp_path, capsys):
     assert "distill: 500 steps (data toy); held-out teacher-relative error not measured\n" in printed
     assert "distill" not in _inspected(tmp_path / "plain", capsys, {"svd": {}})
 
+
+def test_inspect_of_a_run_resumed_in_its_distill_pass(tmp_path, capsys):
+    """A real run stopped by max_steps_this_run and resumed: the record counts the resume, and inspect says it."""
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    passes = ("  - distill: {steps: 4, batch_size: 2, lambda_task: 0, lr: 0.0001, warmup_steps: 1, checkpoint_every: 2, "
+              "max_steps_this_run: 2, progress: false, plot: false}\n")
+    recipe = parse_recipe(SIMPLE.format(teacher=tmp_path / "teacher", passes=passes), str(tmp_path / "r.yaml"))
+    with pytest.raises(Exception, match="max_steps_this_run=2"):
+        Runner(recipe, tmp_path / "out", tmp_path / "run").run()
+    Runner(recipe, tmp_path / "out", tmp_path / "run", resume=True).run()
+    record = json.loads((tmp_path / "out" / "report.json").read_text())["distill"]
+    assert (record["steps_done"], record["resumed"]) == (4, 1)
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("distill"))
+    assert line.startswith("distill: 4/4 steps (data toy, train all); held-out teacher-relative error ")
+    assert "; resumed 1 time; last step: loss " in line

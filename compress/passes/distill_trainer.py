@@ -60,8 +60,8 @@ class _Trainer:
         self.earlier = _earlier(ctx.report)  # records of the distill passes before this one
         self.dir = Path(ctx.run_dir) / ("distill" if not self.earlier else f"distill-{len(self.earlier) + 1}")
         self.acc = accelerator_for(cfg, torch.device(ctx.device))
-        self.step, self.history, self.before = 0, [], None
-        self.seconds_before = 0.0  # training time of earlier invocations (from the checkpoint resumed)
+        self.step, self.history, self.before, self.resumed = 0, [], None, 0  # resumed: from checkpoints, how often
+        self.seconds_before = 0.0  # training time of earlier invocations (from the checkpoint resumed; 0 if older)
         self.t0 = time.perf_counter()
 
     # ---- setup --------------------------------------------------------------------------------
@@ -222,7 +222,8 @@ class _Trainer:
         try:
             acc.save_state(str(tmp))
             torch.save({"step": self.step, "generator": self.generator.get_state(), "history": self.history,
-                        "before": self.before, "seconds": self.seconds_before + time.perf_counter() - self.t0},
+                        "before": self.before, "seconds": self.seconds_before + time.perf_counter() - self.t0,
+                        "resumed": self.resumed},
                        tmp / f"train_state_{acc.process_index}.pt")
         except RuntimeError as e:  # torch's zip writer on a full disk: "unexpected pos", not ENOSPC
             if not disk_is_full(tmp):
@@ -276,7 +277,7 @@ class _Trainer:
                 damaged.append((path, why))
                 continue
             self.step, self.history, self.before = step, history, before
-            self.seconds_before = float(state.get("seconds", 0.0))  # (none in an older dit-compress's)
+            self.seconds_before, self.resumed = float(state.get("seconds", 0.0)), int(state.get("resumed", 0)) + 1
             self.generator.set_state(generator)
             if self.acc.is_main_process:  # else the log's first line (step 15/30) is all that says so
                 from compress.report import console, warn
@@ -331,13 +332,13 @@ class _Trainer:
 
     def _finish(self, model, seconds: float) -> None:
         after = self._eval_error(model)
-        record = {"steps": self.cfg.steps, "processes": self.acc.num_processes, "train": self.cfg.train,
-                  "data": self.cfg.data, "block_map": self.block_map,
+        record = {"steps": self.cfg.steps, "steps_done": self.step, "resumed": self.resumed,
+                  "processes": self.acc.num_processes, "train": self.cfg.train, "data": self.cfg.data,
+                  "block_map": self.block_map,
                   "objective": "context" if self.ctx.task_loss else f"{self.adapter.family} adapter",
                   "seconds_this_run": round(seconds, 2),  # this invocation's training; "seconds": all of it
-                  "seconds": round(self.seconds_before + seconds, 2),
-                  "mixed_precision": self.acc.mixed_precision, "pred_rel_error_before": self.before,
-                  "pred_rel_error_after": after}
+                  "seconds": round(self.seconds_before + seconds, 2), "mixed_precision": self.acc.mixed_precision,
+                  "pred_rel_error_before": self.before, "pred_rel_error_after": after}
         if self.history:
             record["first"] = {k: self.history[0][k] for k in TERMS}
             record["last"] = {k: self.history[-1][k] for k in TERMS}
