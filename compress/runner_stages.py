@@ -167,11 +167,11 @@ def _finish(runner, j: int, state: dict):
 
 
 def _say_removals(report: dict, done: list[str]) -> None:
-    """The log line of each removal pass the restored stage holds (remove_blocks.removal_line), as
+    """The log line of each removal pass the restored stage holds (remove_blocks_records.removal_line), as
     the run that made it said but named as kept ('remove_blocks (pass 2, kept): removed ...'), so a
     resumed run's log names its removed blocks too and does not read as if the pass ran again.
     `done`: the names of the passes the stage holds, in order (its removal records follow theirs)."""
-    from compress.passes.remove_blocks import removal_line
+    from compress.passes.remove_blocks_records import removal_line
 
     removal = report.get("remove_blocks") or {}
     records = removal.get("passes") or ([removal] if removal else [])  # (one record: an older report)

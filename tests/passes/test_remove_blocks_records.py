@@ -1,4 +1,4 @@
-"""compress.passes.remove_blocks: what a removal leaves in the report and the log: earlier svd records,
+"""compress.passes.remove_blocks_records: what a removal leaves in the report and the log: earlier svd records,
 their totals and importance scores following their blocks to their new indices, each removal pass's own
 record and the total in teacher indices, the line naming the blocks it took."""
 
@@ -91,7 +91,7 @@ def test_each_removal_pass_keeps_its_record_and_the_total_is_in_teacher_indices(
 
 
 def test_a_record_written_before_passes_were_kept_counts_as_one_pass():
-    from compress.passes.remove_blocks import merge_report
+    from compress.passes.remove_blocks_records import merge_report
 
     old = {"criterion": None, "iterative": False, "order": ["blocks.1"], "removed": {"blocks": [1]}}
     this = {"criterion": "scan", "iterative": True, "order": ["blocks.3"], "removed": {"blocks": [3]}}
