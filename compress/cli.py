@@ -168,7 +168,7 @@ def cmd_run(args, load_recipe, Runner) -> int:
     notes_from_rank_zero()
     if note := one_process_note():  # accelerate launch asked for several processes, started one
         console.print(note, markup=False, highlight=False)
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, command="run")
     out = Path(args.out or Path("out") / Path(args.recipe).stem).expanduser()  # nor --out=~/x
     runner = Runner(recipe, out, _run_dir(args), teacher=args.teacher, teacher_config=args.teacher_config,
                     resume=args.resume, overwrite=args.overwrite, restart=args.restart)

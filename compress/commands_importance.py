@@ -29,7 +29,7 @@ def _importance_source(source: str, teacher_arg: str | None, config_arg: str | N
     from compress.recipe import load_recipe
 
     if _is_recipe(source):
-        return load_recipe(source, overrides)
+        return load_recipe(source, overrides, command="importance")
     if looks_local(source) and not Path(source).expanduser().exists():
         raise UserError(f"{source}: no such recipe or teacher")
     _check_teacher_or_recipe(source)

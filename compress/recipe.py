@@ -303,8 +303,9 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     return recipe
 
 
-def load_recipe(path, overrides: list[str] = ()) -> Recipe:
-    refuse_folder(path)  # was the OS's "Is a directory"
+def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recipe:
+    """The Recipe at `path`; `command` (plan, run, importance) is the one a folder's hint repeats."""
+    refuse_folder(path, command)  # was the OS's "Is a directory"
     text = read_utf8(path, str(path), "save the recipe as UTF-8")
     return parse_recipe(text, str(path), overrides)
 

@@ -12,8 +12,9 @@ from compress.runner_ranks import read_json as _json
 SHIPPED = {"flux": "recipes/flux-dev-lite.yaml", "pixart": "recipes/pixart-sigma-50.yaml"}
 
 
-def refuse_folder(path) -> None:
-    """A UserError if `path` is a folder: a recipe is a YAML file."""
+def refuse_folder(path, command: str = "plan") -> None:
+    """A UserError if `path` is a folder: a recipe is a YAML file. `command`: the dit-compress command
+    that was typed (plan, run, importance), which the hint repeats with a recipe."""
     folder = Path(path)
     if not folder.is_dir():
         return
@@ -29,7 +30,7 @@ def refuse_folder(path) -> None:
     what, family = model
     shipped = SHIPPED.get(family, "RECIPE.yaml")
     raise UserError(f"{head}; it is a diffusers {what}: to compress it, make it a recipe's teacher: "
-                    f"dit-compress plan {shipped} --teacher {path} (or teacher: {path} in the recipe)")
+                    f"dit-compress {command} {shipped} --teacher {path} (or teacher: {path} in the recipe)")
 
 
 def _model(folder: Path) -> tuple[str, str | None] | None:

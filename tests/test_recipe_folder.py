@@ -46,9 +46,21 @@ def test_a_folder_for_a_recipe_says_what_it_is(tmp_path, files, words):
 
 @pytest.mark.parametrize("command", ["plan", "run"])
 def test_plan_and_run_of_a_folder_print_one_line(tmp_path, capsys, command):
+    """The hint repeats the command typed: `run FOLDER` said `dit-compress plan ...`."""
     folder = _folder(tmp_path, {"model_index.json": {"_class_name": "FluxPipeline"}})
     assert cli.main([command, str(folder)]) != 0
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.endswith(f"it is a diffusers pipeline: to compress it, make it a recipe's "
-                                            f"teacher: dit-compress plan recipes/flux-dev-lite.yaml --teacher {folder} "
+                                            f"teacher: dit-compress {command} recipes/flux-dev-lite.yaml "
+                                            f"--teacher {folder} (or teacher: {folder} in the recipe)")
+
+
+def test_importance_of_a_folder_named_like_a_recipe_says_importance(tmp_path, capsys):
+    """importance reads a .yaml source as a recipe: a folder so named gets importance's hint."""
+    folder = tmp_path / "flux.yaml"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert cli.main(["importance", str(folder)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith(f"dit-compress importance recipes/flux-dev-lite.yaml --teacher {folder} "
                                             f"(or teacher: {folder} in the recipe)")
