@@ -168,6 +168,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     # a pass that needs calibration but reads none in the run (a removal of no block) holds no activations
     calibrates = any(getattr(p, "needs_calibration", False) and step.get("calibrates", True)
                      for p, step in zip(passes, steps))
+    calib["used"] = calibrates  # false: no pass reads these inputs; plan says so in their place
     plan["memory"] = peak_memory(recipe, plan, calibrates)
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan

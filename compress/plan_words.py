@@ -80,6 +80,9 @@ def _brief(key: str, value) -> str:
     return str(value)
 
 
+NO_CALIBRATION = "calibration: none (no pass calibrates: the run computes no calibration inputs)"
+
+
 def print_plan(plan: dict) -> None:
     results.print(f"[bold]{plan['recipe']}[/]  teacher {plan['teacher']} ({plan['family']})")
     if plan.get("stream"):
@@ -87,7 +90,8 @@ def print_plan(plan: dict) -> None:
         results.print(f"  streamed: the top level ({s['top_level_params']:,} params) and one block at a "
                       f"time (at most {s['largest_block_params']:,}) resident: "
                       f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
-    results.print(f"  {describe(plan['calibration'])}")
+    calib = plan["calibration"]
+    results.print(f"  {describe(calib) if calib.get('used', True) else NO_CALIBRATION}")
     if "memory" in plan:
         results.print(f"  {memory_words(plan['memory'])}")
     for step in plan["passes"]:

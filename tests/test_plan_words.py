@@ -1,6 +1,12 @@
 """plan_words: plan's words for each pass, its parameters and its total, from a plan's dict (here
-built by hand; the tests of a plan that make_plan builds and prints are in tests/test_plan*.py)."""
+built by hand, but for the calibration line of a real plan; the tests of a plan that make_plan builds and
+prints are in tests/test_plan*.py)."""
 
+import json
+
+import pytest
+
+from compress import cli
 from compress.passes.svd import LATER
 from compress.plan_words import step_words
 
@@ -20,3 +26,21 @@ def test_a_pass_plan_counts_long_lists_and_ranks_instead_of_dumping_them():
 def test_ranks_that_are_all_alike_are_said_once():
     assert step_words({"ranks": {"a": LATER, "b": LATER}}) == f"ranks: {LATER}"
     assert step_words({"ranks": {}, "budget": {"double": 2}}) == 'ranks: none; budget: {"double": 2}'
+
+
+@pytest.mark.parametrize("removal, used", [
+    ("remove_blocks: {blocks: {blocks: [1]}}", False),  # explicit blocks: no scan
+    ("remove_blocks: {count: {blocks: 0}, criterion: learned}", False),  # a removal of none (8b62c74)
+    ("remove_blocks: {count: {blocks: 1}}", True),  # blocks scanned by importance
+])
+def test_plan_says_when_no_pass_calibrates(tmp_path, capsys, removal, used):
+    """A recipe whose passes read no calibration input printed 'calibration: 160 inputs of 16 + 8 caption
+    tokens; each block's activations ... hold about 3 MiB at once, ...' all the same; plan --json's
+    calibration.used says which."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: pixart\nteacher: toy:pixart\npasses:\n  - {removal}\n")
+    assert cli.main(["plan", str(recipe)]) == 0
+    line = capsys.readouterr().out.splitlines()[1].strip()
+    assert line.startswith("calibration: none (no pass calibrates") != used and line.startswith("calibration: 160 inputs") == used
+    assert cli.main(["plan", str(recipe), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"]["used"] is used
