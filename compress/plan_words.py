@@ -80,7 +80,7 @@ def _brief(key: str, value) -> str:
     return str(value)
 
 
-NO_CALIBRATION = "calibration: none (no pass calibrates: the run computes no calibration inputs)"
+NO_CALIBRATION = "calibration: none (no pass calibrates: the run draws only its held-out inputs)"
 
 
 def print_plan(plan: dict) -> None:
