@@ -38,7 +38,7 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types
-        why = _hub_refusal(e, source, teacher) or _why(e)
+        why = _hub_answer(e, source, teacher) or _why(e)
         raise UserError(f"cannot load calibration pipeline '{source}': {why}") from None
     return _beside(pipe, teacher)
 
@@ -57,23 +57,18 @@ def saved_toy(source: str, teacher: torch.nn.Module):
     return load_toy_pipeline(toy[4:], transformer=teacher, scheduler=scheduler)
 
 
-def _hub_refusal(e: Exception, source: str, teacher: torch.nn.Module) -> str | None:
-    """A Hub id `source` the Hub answered is no pipeline (io_hub_pipeline.hub_answer) in words: a repo
-    without model_index.json (was "404 Client Error.") as check_pipeline_source says a cached one, a repo
-    the Hub does not serve as io_hub.hub_error says it (was diffusers' "Cannot load model …: the model is
-    not fully cached locally … Please check out the root cause in the stacktrace above."); else None."""
+def _hub_answer(e: Exception, source: str, teacher: torch.nn.Module) -> str | None:
+    """A Hub id `source` the Hub answered is no pipeline, in words (io_hub_pipeline.hub_answer_words): a repo
+    without model_index.json as check_pipeline_source says a cached one; else None."""
     from compress.arch import get_adapter
-    from compress.io_hub import hub_error
-    from compress.io_hub_pipeline import hub_answer
+    from compress.io_hub_pipeline import hub_answer_words
     from compress.pipeline_folder import pipeline_advice
 
-    if (answer := hub_answer(e)) is None:
-        return None
-    if isinstance(answer, str):
-        return (f"calibration.source 'pipeline' samples in a diffusers pipeline, and {source} is {answer}; "
+    def no_pipeline(what: str) -> str:
+        return (f"calibration.source 'pipeline' samples in a diffusers pipeline, and {source} is {what}; "
                 f"{pipeline_advice(source, get_adapter(teacher).family)}")
-    local = "a pipeline folder as calibration.pipeline (or calibration.source: synthetic)"
-    return str(hub_error(source, answer, local))
+    return hub_answer_words(e, source, no_pipeline,
+                            "a pipeline folder as calibration.pipeline (or calibration.source: synthetic)")
 
 
 def _why(e: Exception) -> str:

@@ -110,6 +110,20 @@ def hub_answer(e: BaseException):
     return None
 
 
+def hub_answer_words(e: BaseException, source: str, no_pipeline, local: str) -> str | None:
+    """What the Hub answered of `source`, where a pipeline's load failed on its answer that the id is no
+    pipeline (hub_answer), in words: `no_pipeline(NO_INDEX)` (the caller's refusal of a repo without
+    model_index.json; diffusers' line was "404 Client Error."), or io_hub.hub_error's line for one the
+    Hub does not serve (`local`: what to pass instead; diffusers' was "Cannot load model …: the model is
+    not fully cached locally … Please check out the root cause in the stacktrace above."); None for
+    another failure."""
+    from compress.io_hub import hub_error
+
+    if (answer := hub_answer(e)) is None:
+        return None
+    return no_pipeline(answer) if isinstance(answer, str) else str(hub_error(source, answer, local))
+
+
 def cache_problem(source: str, snapshot, what: str) -> str | None:
     """What the cache's snapshot of the Hub pipeline `source` (`what`: 'base pipeline') lacks, in
     words naming the hf download that fetches it: a part model_index.json lists

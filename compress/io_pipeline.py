@@ -53,7 +53,7 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     from compress.arch import get_adapter
     from compress.calib_pipeline import need_transformers
     from compress.io import pipeline_dtype
-    from compress.io_hub_pipeline import hub_or_cache
+    from compress.io_hub_pipeline import hub_answer_words, hub_or_cache
     from compress.io_hub_requests import timed_out
 
     need_transformers(get_adapter(transformer).family, f"the base pipeline '{base}'")
@@ -73,8 +73,9 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
         why = timed_out(e)
         if why is None and not isinstance(e, (OSError, ValueError)):
             raise
-        raise _hub_refusal(transformer, base, e) or UserError(
-            f"cannot load base pipeline '{base}': {why or one_line(e)}") from None
+        hub = hub_answer_words(e, base, lambda what: _no_pipeline(transformer, base, what),
+                               "base= a pipeline folder or toy:NAME")
+        raise UserError(f"cannot load base pipeline '{base}': {hub or why or one_line(e)}") from None
     return _refusing_lora_loads(pipe)
 
 
@@ -232,34 +233,17 @@ def _check_is_a_pipeline(transformer: nn.Module, base: str) -> None:
     from compress.pipeline_folder import not_a_pipeline
 
     if (what := not_a_pipeline(base)) is not None:
-        raise _no_pipeline(transformer, base, what)
+        raise UserError(f"cannot load base pipeline '{base}': {_no_pipeline(transformer, base, what)}")
 
 
-def _no_pipeline(transformer: nn.Module, base: str, what: str) -> UserError:
-    """'cannot load base pipeline B: a base is a whole pipeline …, and B is `what`; pass base= …'."""
+def _no_pipeline(transformer: nn.Module, base: str, what: str) -> str:
+    """'a base is a whole pipeline …, and B is `what`; pass base= …' (after 'cannot load base pipeline B: ')."""
     from compress.arch import get_adapter
     from compress.pipeline_folder import EXAMPLE_PIPELINES
 
     example = EXAMPLE_PIPELINES.get(get_adapter(transformer).family, EXAMPLE_PIPELINES["pixart"])
-    return UserError(f"cannot load base pipeline '{base}': a base is a whole pipeline (model_index.json and its "
-                     f"parts), and {base} is {what}; pass base= the pipeline of its teacher's family (a Hugging "
-                     f"Face id such as {example}, a pipeline folder, or toy:NAME)")
-
-
-def _hub_refusal(transformer: nn.Module, base: str, e: Exception) -> UserError | None:
-    """The error for a Hub id `base` the Hub answered is no pipeline (io_hub_pipeline.hub_answer): a repo
-    without model_index.json (diffusers' line was "404 Client Error."), none (or private, or gated:
-    "Cannot load model B: the model is not fully cached locally … Please check out the root cause in the
-    stacktrace above."); None for another failure."""
-    from compress.io_hub import hub_error
-    from compress.io_hub_pipeline import hub_answer
-
-    if (answer := hub_answer(e)) is None:
-        return None
-    if isinstance(answer, str):
-        return _no_pipeline(transformer, base, answer)
-    local = "base= a pipeline folder or toy:NAME"
-    return UserError(f"cannot load base pipeline '{base}': {hub_error(base, answer, local)}")
+    return (f"a base is a whole pipeline (model_index.json and its parts), and {base} is {what}; pass base= the "
+            f"pipeline of its teacher's family (a Hugging Face id such as {example}, a pipeline folder, or toy:NAME)")
 
 
 def _check_base_index(transformer: nn.Module, base: str, index: dict | None) -> None:
