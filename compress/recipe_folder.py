@@ -19,7 +19,9 @@ def refuse_folder(path, command: str = "plan") -> None:
     if not folder.is_dir():
         return
     head = f"{path}: a folder, where a recipe YAML file was expected"
-    if (folder / "report.json").is_file() or _compression(folder):
+    from compress.io_export import is_output
+
+    if (folder / "report.json").is_file() or is_output(folder):
         recipe = folder / "recipe.yaml"
         again = f", or pass the recipe that made it, {recipe}" if recipe.is_file() else ""
         raise UserError(f"{head}; it is a dit-compress output: look at it with dit-compress inspect {path} "
@@ -45,9 +47,3 @@ def _model(folder: Path) -> tuple[str, str | None] | None:
         return None
     name = config_class(config) or ""
     return "transformer", next((f for f in SHIPPED if f in name.lower()), None)
-
-
-def _compression(folder: Path) -> bool:
-    """Whether `folder`'s config.json has a compression section (io_export.is_output's test)."""
-    config = _json(folder / "config.json")
-    return config is not None and "compression" in config

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from compress.report import is_number
+
 CURVE = "loss.csv"  # the pass's loss curve, in its run folder (distill_utils.write_curves)
 
 
@@ -49,4 +51,4 @@ def _default(cfg, key: str):
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # (not NaN)
+    return is_number(value) and value == value  # (not NaN)
