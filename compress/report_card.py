@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from compress.passes.distill_notes import rose as error_rose
 from compress.passes.distill_progress import TERMS, fmt_terms
 from compress.report import is_number
 from compress.words import counted
@@ -290,7 +291,7 @@ def _error(record: dict) -> str:
     if not (is_number(before) and is_number(after)):
         return "held-out teacher-relative error not measured"
     why = "; its error_rose in report.json says why" if isinstance(record.get("error_rose"), dict) else ""
-    rose = f" (rose{why})" if after > before else ""
+    rose = f" (rose{why})" if error_rose(before, after) else ""  # by more than float noise
     return f"held-out teacher-relative error {before:.4g} → {after:.4g}{rose}"
 
 

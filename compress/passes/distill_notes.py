@@ -10,15 +10,23 @@ from dataclasses import fields
 from compress.report import is_number
 
 CURVE = "loss.csv"  # the pass's loss curve, in its run folder (distill_utils.write_curves)
+# A rise counts where it is above RISE_RELATIVE of the error before and above RISE_FLOOR: the error is one
+# pooled number (no per-sample spread) measured on the same held-out inputs (cached) before and after, so what
+# moves it without training having moved the student is float arithmetic alone (fp32 predictions, kernels
+# that sum in another order): a relative 1e-3 is far above that and far below a rise worth a word; the
+# floor keeps an exact student (error ~1e-9, where fp32's own rounding is ~1e-7) from warning at all.
+RISE_RELATIVE = 1e-3
+RISE_FLOOR = 1e-6
 
 
 def error_rose(cfg, record: dict) -> dict | None:
     """{before, after, reads, warning} where the pass's `record` (its report record) holds a held-out
     teacher-relative error after training (pred_rel_error_after) above the one before it; None where
-    it is not above, or either was not measured (a process other than rank 0, no held-out inputs).
+    it is not above by more than float noise (`rose`), or either was not measured (a process other
+    than rank 0, no held-out inputs).
     `reads`: the keys of the pass the warning names as likely causes (those its settings apply)."""
     before, after = record.get("pred_rel_error_before"), record.get("pred_rel_error_after")
-    if not (_number(before) and _number(after) and after > before):
+    if not (_number(before) and _number(after) and rose(before, after)):
         return None
     causes = likely_causes(cfg)
     why = (f"likely cause{'s' if len(causes) > 1 else ''}: {'; '.join(causes.values())}" if causes else
@@ -27,6 +35,12 @@ def error_rose(cfg, record: dict) -> dict | None:
     warning = (f"distill: the held-out teacher-relative error rose over its {cfg.steps} steps, from {before:.4g} "
                f"to {after:.4g}: the student ends further from the teacher than it started; {why}")
     return {"before": before, "after": after, "reads": list(causes), "warning": warning}
+
+
+def rose(before: float, after: float) -> bool:
+    """Whether the held-out error went from `before` to `after` by more than float noise: by more than
+    RISE_RELATIVE of `before` and more than RISE_FLOOR (1e-9 -> 1.0000001e-9 did not rise)."""
+    return after - before > max(RISE_RELATIVE * before, RISE_FLOOR)
 
 
 def likely_causes(cfg) -> dict[str, str]:
