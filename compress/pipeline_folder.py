@@ -376,13 +376,10 @@ def _base_words(source: str, family: str) -> str:
     """What to set calibration.pipeline to for the output (or other local teacher) `source`: the toy
     its chain of teachers starts at, or the base pipeline it records (else the pipeline the recipe of
     an output of that chain calibrated in), or a Hugging Face id or pipeline folder."""
-    from compress.report_teacher import chain_base, recorded_pipeline, teacher_chain
+    from compress.report_teacher import recorded_base
 
-    chain = teacher_chain(source)
-    base = chain_base(chain) if len(chain) > 1 else None
-    recorded = f"{base}, the base pipeline {source} records" if base else ""
-    if base is None and (found := recorded_pipeline(chain)):
-        base, recorded = found[0], f"{found[0]}, the pipeline the recipe.yaml of {found[1]} calibrated in"
+    base, what = recorded_base(source) or (None, "")
+    recorded = f"{base}, {what}" if base else ""
     if base and base.startswith("toy:"):
         return recorded
     example = EXAMPLE_PIPELINES.get(family, EXAMPLE_PIPELINES["pixart"])

@@ -231,6 +231,20 @@ def recorded_pipeline(chain: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def recorded_base(source: str) -> tuple[str, str] | None:
+    """(base, what it is): the base pipeline the output `source` records, its teacher_chain's chain_base
+    ('the base pipeline S records'), else the pipeline the recipe.yaml of an output of that chain
+    calibrated in (recorded_pipeline: 'the pipeline the recipe.yaml of O calibrated in'); None where
+    `source` is no output or neither is found. What to pass for an output given as a pipeline
+    (pipeline_folder's calibration.pipeline, io_pipeline's load_pipeline base)."""
+    chain = teacher_chain(source)
+    base = chain_base(chain) if len(chain) > 1 else None
+    if base is not None:
+        return base, f"the base pipeline {source} records"
+    found = recorded_pipeline(chain)
+    return None if found is None else (found[0], f"the pipeline the recipe.yaml of {found[1]} calibrated in")
+
+
 def chain_base_record(source: str) -> dict | None:
     """{source, params}: the teacher the first run of the chain of outputs `source` leads to read
     (teacher_chain's last) and its parameter count as the output that read it records (report.json's

@@ -87,3 +87,23 @@ def test_a_local_base_that_is_a_transformer_alone_is_refused_saying_a_base_is_a_
         f"cannot load base pipeline '{base}': a base is a whole pipeline (model_index.json and its parts), and "
         f"{base} is {what}; pass base= the pipeline of its teacher's family (a Hugging Face id such as "
         "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, a pipeline folder, or toy:NAME)")
+
+
+def test_a_base_that_is_an_output_names_the_base_pipeline_it_records(tmp_path):
+    """load_pipeline(d, base=a), a a dit-compress output (a transformer), was refused as a folder without
+    model_index.json asking for 'base= the pipeline of its teacher's family (a Hugging Face id such as …)',
+    though a records its base, as calibration.pipeline's refusal says (pipeline_folder._base_words): that
+    base is named, a toy alone, a Hub id with the other kinds of base."""
+    a = _toy_output(tmp_path / "a", "toy:flux")
+    d = _toy_output(tmp_path / "d", "toy:flux")
+    head = (f"cannot load base pipeline '{a}': a base is a whole pipeline (model_index.json and its parts), and {a} "
+            "is a folder without model_index.json (a dit-compress output: a compressed transformer); ")
+    with pytest.raises(UserError) as e:
+        load_pipeline(d, base=str(a))
+    assert str(e.value) == f"{head}pass base='toy:flux', the base pipeline {a} records"
+    output_config(a, "acme/flux-pipe")
+    with pytest.raises(UserError) as e:
+        load_pipeline(d, base=str(a))
+    assert str(e.value) == (f"{head}pass base='acme/flux-pipe', the base pipeline {a} records (or another pipeline "
+                            "of its teacher's family: a Hugging Face id such as black-forest-labs/FLUX.1-dev, a "
+                            "pipeline folder, or toy:NAME)")
