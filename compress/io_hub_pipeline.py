@@ -11,6 +11,9 @@ read it offline."""
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+
 from compress.errors import UserError
 from compress.io_hub import (cached_snapshot, hub_cache, id_problem, main_commit, moved_main, note_once, offline,
                              quiet_hub, uncached)
@@ -39,7 +42,7 @@ def hub_or_cache(source: str, what: str, load):
     before = main_commit(source)  # refs/main as the load finds it: a Hub request of the load may move it
     keywords = pipeline_keywords(source, what)
     try:
-        with quiet_hub(), bounded_hub() as sent, no_library_bars(text_encoders=True):
+        with quiet_hub(), bounded_hub() as sent, no_library_bars(text_encoders=True), _hub_answer_said():
             return load(**keywords)
     except Exception as e:  # noqa: BLE001 - a Hub request's timeout is httpx's, no OSError
         why = None if keywords else timed_out(e, sent)
@@ -58,6 +61,33 @@ def hub_or_cache(source: str, what: str, load):
     _FELL_BACK[(hub_cache(), source)] = cause  # said: later loads read the cache on this record, quietly
     with quiet_hub(), no_library_bars(text_encoders=True):
         return load(local_files_only=True)
+
+
+@contextmanager
+def _hub_answer_said():
+    """diffusers' warning "Couldn't connect to the Hub: 404 Client Error. Repository Not Found for url: …
+    Will try to load from local cache." (6 lines, pipeline_utils' of a failed model_info) held while a
+    pipeline loads: dropped where the load fails on the Hub's answer that the id is no pipeline (hub_answer:
+    the caller's one line says it), logged as it was otherwise. Its logger's filter is removed after."""
+    logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    held = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Couldn't connect to the Hub"):
+            return True
+        held.append(record)
+        return False
+    logger.addFilter(hold)
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - looked at, raised as it is
+        if hub_answer(e) is not None:
+            held.clear()
+        raise
+    finally:
+        logger.removeFilter(hold)
+        for record in held:
+            logger.handle(record)
 
 
 def pipeline_keywords(source: str, what: str) -> dict:

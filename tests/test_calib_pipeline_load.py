@@ -101,11 +101,13 @@ def test_the_pipeline_loads_before_the_sampling_bar_starts(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("held", [["config.json", "diffusion_pytorch_model.safetensors"], None])
-def test_a_hub_calibration_pipeline_the_hub_answers_is_no_pipeline_is_said_in_one_line(tmp_path, monkeypatch, held):
+def test_a_hub_calibration_pipeline_the_hub_answers_is_no_pipeline_is_said_in_one_line(tmp_path, monkeypatch, held,
+                                                                                       caplog):
     """calibration.pipeline acme/pixt online, the cache holding nothing of it (plan reads the cache alone): the
     Hub's 404 Entry Not Found for its model_index.json (a transformer's repo) was "cannot load calibration pipeline
     'acme/pixt': 404 Client Error.", a repo the Hub does not hold diffusers' "Cannot load model acme/pixt: the model
-    is not fully cached locally (…) … Please check out the root cause in the stacktrace above."."""
+    is not fully cached locally (…) … Please check out the root cause in the stacktrace above.", after diffusers'
+    warning "Couldn't connect to the Hub: 404 Client Error. … Will try to load from local cache." (dropped now)."""
     from huggingface_hub import constants
 
     from compress.calib_pipeline import load_pipeline_for
@@ -128,3 +130,4 @@ def test_a_hub_calibration_pipeline_the_hub_answers_is_no_pipeline_is_said_in_on
         "folder), or calibration.source: synthetic" if held else
         "'acme/pixt' is not on the Hugging Face Hub (or is private: log in); check the id, or pass a pipeline "
         "folder as calibration.pipeline (or calibration.source: synthetic)")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("diffusers")] == []

@@ -328,12 +328,14 @@ def test_a_moved_main_whose_empty_snapshot_folder_exists_still_names_the_move(of
 
 
 @pytest.mark.parametrize("held", [["config.json", "diffusion_pytorch_model.safetensors"], None])
-def test_a_hub_base_the_hub_answers_is_no_pipeline_is_said_in_one_line(tmp_path, monkeypatch, held):
+def test_a_hub_base_the_hub_answers_is_no_pipeline_is_said_in_one_line(tmp_path, monkeypatch, held, caplog):
     """load_pipeline(out, base=acme/pixt) online, the cache holding nothing of it: the Hub's 404 Entry Not
     Found for model_index.json (a transformer's repo) came out as "cannot load base pipeline 'acme/pixt': 404
     Client Error.", a repo the Hub does not hold as diffusers' "…: Cannot load model acme/pixt: the model is
     not fully cached locally (…) and an error occurred while trying to fetch metadata from the Hub. Please check
-    out the root cause in the stacktrace above."."""
+    out the root cause in the stacktrace above.", after diffusers' own warning "Couldn't connect to the Hub: 404
+    Client Error. Repository Not Found for url: … Will try to load from local cache." (6 lines; now dropped,
+    io_hub_pipeline.hub_or_cache)."""
     from huggingface_hub import constants
 
     from compress import save_compressed
@@ -357,3 +359,24 @@ def test_a_hub_base_the_hub_answers_is_no_pipeline_is_said_in_one_line(tmp_path,
                           "toy:NAME)" if held else
                           "cannot load base pipeline 'acme/pixt': 'acme/pixt' is not on the Hugging Face Hub (or is "
                           "private: log in); check the id, or pass base= a pipeline folder or toy:NAME")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("diffusers")] == []
+
+
+def test_diffusers_hub_warning_is_dropped_only_where_the_hub_answered_no_pipeline(caplog):
+    """hub_or_cache holds diffusers' "Couldn't connect to the Hub: …" while a pipeline loads: a load that
+    goes on (from the cache) or fails otherwise logs it as diffusers did; its filter is gone after."""
+    import logging
+
+    from compress.io_hub_pipeline import _hub_answer_said
+
+    logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    filters = list(logger.filters)
+    with _hub_answer_said():
+        logger.warning("Couldn't connect to the Hub: 500 Server Error.\nWill try to load from local cache.")
+        logger.warning("another warning")
+    with pytest.raises(OSError), _hub_answer_said():
+        logger.warning("Couldn't connect to the Hub: 503.\nWill try to load from local cache.")
+        raise OSError("not the Hub's answer")
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "another warning", "Couldn't connect to the Hub", "Couldn't connect to the Hub"]
+    assert logger.filters == filters
