@@ -1,7 +1,8 @@
 """Ctrl-C held over work it must not break: a first SIGINT during the block is raised as
 KeyboardInterrupt at its end (`interrupts_held`): torch's and diffusers' imports, and a safetensors
 read, whose native code turns a KeyboardInterrupt raised inside it into another error. A SIGTERM or
-SIGHUP the console script takes as a Ctrl-C (cli_entry: `as_ctrl_c`) is held alike.
+SIGHUP taken as a Ctrl-C (`as_ctrl_c`: the console script's, cli_entry, and a run's, runner_setup) is
+held alike; an ignored one (SIGHUP under nohup) is left as it is.
 
 The signal that stopped a command gives its exit status, 128 + its number as a shell reports a
 process the signal killed (`stop_status`: 130 for a Ctrl-C, 143 for SIGTERM, 129 for SIGHUP): the
@@ -48,10 +49,11 @@ def hung_up(e: BaseException) -> bool:
 
 
 def as_ctrl_c(signum, frame):
-    """A SIGTERM or SIGHUP taken as a Ctrl-C (cli_entry installs it): a KeyboardInterrupt, as Python's
-    Ctrl-C handler raises, the signal noted for the exit status."""
+    """A SIGTERM or SIGHUP taken as a Ctrl-C (cli_entry installs it, runner_setup.sigterm_as_interrupt
+    over a run and convert): a KeyboardInterrupt naming the signal, as Python's Ctrl-C handler raises
+    one, the signal noted for the exit status. `interrupts_held` holds it as it holds a Ctrl-C."""
     took(signum)
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def ctrl_c_like(handler) -> bool:
@@ -67,8 +69,9 @@ def interrupts_held():
     that hangs can still be stopped), unless it comes within SECOND_INTERRUPT_S of the first: that is
     one stop signalled twice (`timeout -s INT` signals the command, then its process group), held
     too. SIGTERM and SIGHUP are held with it where they raise a KeyboardInterrupt as SIGINT does
-    (cli_entry sets them so). Where none raises one (SIGINT ignored in a background job, SIGHUP under
-    nohup, or set by the caller), the block runs as it is; each handler is put back after it."""
+    (`as_ctrl_c`: cli_entry and runner_setup set them so). Where none raises one (SIGINT ignored in a
+    background job, SIGHUP under nohup, or set by the caller), the block runs as it is; each handler is
+    put back after it."""
     stops = {s: signal.getsignal(s) for s in STOPS if ctrl_c_like(signal.getsignal(s))}
     if threading.current_thread() is not threading.main_thread() or not stops:
         yield

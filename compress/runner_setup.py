@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
-from compress.interrupts import TERMINATIONS, took
+from compress.interrupts import TERMINATIONS, as_ctrl_c
 from compress.io import load_teacher
 from compress.dtype_range import compute_beyond_words, held
 from compress.io_source import TeacherSource, checked_sources
@@ -138,16 +138,13 @@ def sigterm_as_interrupt():
     """SIGTERM (and SIGHUP: a terminal closed) unwinds like Ctrl-C, so passes checkpoint and the output
     is never half-written; the signal is noted for the exit status (interrupts.took). One the caller
     ignores (SIG_IGN: SIGHUP under nohup, nohup-like launchers, a parent that wants the run immune)
-    stays ignored, as cli_entry and StopSignals leave an ignored SIGINT, SIGTERM or SIGHUP."""
-    def handler(signum, frame):
-        took(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
+    stays ignored, as cli_entry and StopSignals leave an ignored SIGINT, SIGTERM or SIGHUP. The handler
+    is interrupts.as_ctrl_c, so interrupts_held holds these too over a safetensors read (stream.py)."""
     old = {}
     try:
         for stop in TERMINATIONS:
             if signal.getsignal(stop) is not signal.SIG_IGN:
-                old[stop] = signal.signal(stop, handler)
+                old[stop] = signal.signal(stop, as_ctrl_c)
     except ValueError:  # not the main thread
         pass
     try:

@@ -109,7 +109,7 @@ class CheckpointBlocks:
         damaged since it was mapped is a UserError naming it (`opened`)."""
         for k in keys:
             path = self.files[k]
-            with opened(path, mapped=True) as f, interrupts_held():  # a Ctrl-C inside it was a ValueError
+            with opened(path, mapped=True) as f, interrupts_held():  # a Ctrl-C (SIGTERM, SIGHUP) in it was a ValueError
                 t = f.get_tensor(self.stored.get(k, k))
             if t.is_floating_point():
                 self._check_castable(k, path, t)

@@ -346,15 +346,22 @@ def test_a_shard_damaged_after_it_was_mapped_is_one_line_naming_it(tmp_path, dam
         loader.ends(loader.block_keys("blocks", 1))
 
 
-def test_a_ctrl_c_while_a_streamed_weight_is_read_is_a_keyboard_interrupt(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP", "ignored SIGHUP"])
+def test_a_ctrl_c_while_a_streamed_weight_is_read_is_a_keyboard_interrupt(tmp_path, monkeypatch, stop):
     """A Ctrl-C that came while safetensors read a block's tensor surfaced from its native code as
     `ValueError: could not determine the shape of object type 'torch.storage.UntypedStorage'`, a
-    traceback and status 1: the read holds it, and it is a KeyboardInterrupt once the read is done."""
+    traceback and status 1: the read holds it, and it is a KeyboardInterrupt once the read is done. A run's
+    SIGTERM or SIGHUP (runner_setup.sigterm_as_interrupt) is held alike (the same ValueError before), with
+    its exit status; an ignored SIGHUP (nohup) stays ignored, the read done."""
     import os
     import signal
 
-    from compress import stream_files
+    from compress import interrupts, stream_files
+    from compress.runner_setup import sigterm_as_interrupt
 
+    if not hasattr(signal, stop.split()[-1]):
+        pytest.skip("Windows has no SIGHUP")
+    signum = getattr(signal, stop.split()[-1])
     model, loader = _streamed_model(tmp_path, tiny_pixart)
     real = stream_files.opened
 
@@ -364,7 +371,7 @@ def test_a_ctrl_c_while_a_streamed_weight_is_read_is_a_keyboard_interrupt(tmp_pa
 
         def get_tensor(self, name):
             try:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
                 return self.f.get_tensor(name)
             except BaseException:
                 raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
@@ -375,9 +382,20 @@ def test_a_ctrl_c_while_a_streamed_weight_is_read_is_a_keyboard_interrupt(tmp_pa
             yield Native(f)
 
     monkeypatch.setattr("compress.stream.opened", opened)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores it
+    caller = signal.SIG_IGN if stop.startswith("ignored") else signal.default_int_handler  # (not death)
+    previous = {s: signal.signal(s, caller if s == signum else signal.default_int_handler)  # SIGINT: a terminal's
+                for s in {signal.SIGINT, signum}}
+    interrupts.forget_stops()
     try:
-        with pytest.raises(KeyboardInterrupt):
-            loader.materialize("blocks", 0, model.transformer_blocks[0])
+        with sigterm_as_interrupt():  # as a run takes SIGTERM and SIGHUP
+            if caller is signal.SIG_IGN:
+                loader.materialize("blocks", 0, model.transformer_blocks[0])  # read whole, nothing raised
+                assert signal.getsignal(signum) is signal.SIG_IGN
+                return
+            with pytest.raises(KeyboardInterrupt):
+                loader.materialize("blocks", 0, model.transformer_blocks[0])
+        assert interrupts.stop_status() == 128 + signum
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        interrupts.forget_stops()
