@@ -165,13 +165,20 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "by_block_before": before_blocks, "by_block_after": block_params(model, after_rows),
         "by_block_after_is": by_block_after_is(unplaced, uneven, later),
     }
-    # a pass that needs calibration but reads none in the run (a removal of no block) holds no activations
-    calibrates = any(getattr(p, "needs_calibration", False) and step.get("calibrates", True)
-                     for p, step in zip(passes, steps))
-    calib["used"] = calibrates  # false: no pass reads these inputs; plan says so in their place
-    plan["memory"] = peak_memory(recipe, plan, calibrates)
+    calib["used"] = calibrates(passes, steps)  # false: no pass reads these inputs; plan says so in their place
+    plan["memory"] = peak_memory(recipe, plan, calib["used"])
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
+
+
+def calibrates(passes: list, steps: list[dict] | None = None) -> bool:
+    """Whether the run computes calibration inputs for some pass: one that needs calibration
+    (`needs_calibration`) whose plan step (of `steps`, make_plan's; None: not planned, every such pass
+    counts) does not say it reads none (a removal of no block: remove_blocks_budget.reads_none). Plan's
+    calibration.used and its memory; the run's activation-memory warning (runner_prepare)."""
+    steps = steps if steps is not None else [{}] * len(passes)
+    return any(getattr(p, "needs_calibration", False) and step.get("calibrates", True)
+               for p, step in zip(passes, steps))
 
 
 def by_role_after_is(rows: list[dict], later: list, blocks_open: bool) -> dict[str, str]:
@@ -208,20 +215,22 @@ def _warn_beyond_memory(recipe, memory: dict) -> None:
         warn(f"{recipe.path}: {warning}")
 
 
-def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list) -> None:
+def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list) -> bool:
     """`plan`'s warning of a peak beyond the machine's memory, for `run` before it loads the teacher:
     the recipe planned on a meta teacher (a fraction of a second) from the sources and passes the run
     checked and made already (`make_plan`), the plan's other notes held back (the run says them as
     it checks). Nothing when it cannot be planned without the Hub (a Hub id with no shipped config),
-    nor when planning fails: the run's own checks say what is wrong."""
+    nor when planning fails: the run's own checks say what is wrong. Returns whether some pass
+    calibrates (`calibrates`: the plan's calibration.used, or from the passes alone where unplanned)."""
     if not planned_without_hub(sources):
-        return
+        return calibrates(passes)
     try:
         with _quiet(console):
             plan = make_plan(recipe, sources=sources, passes=passes)
     except UserError:
-        return
+        return calibrates(passes)
     _warn_beyond_memory(recipe, plan["memory"])
+    return plan["calibration"]["used"]
 
 
 def planned_without_hub(src: TeacherSource) -> bool:

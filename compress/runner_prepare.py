@@ -118,7 +118,8 @@ def _checked_before_loading(runner):
         # (of another teacher: said as --resume would, its source and --teacher-config compared)
         check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes,
                          named_teacher(src.source, runner.teacher_config), runner.recipe, runner.config_by)
-    warn_if_beyond_memory(runner.recipe, src, runner.passes)  # warns only: an estimate
+    # warns only (an estimate); whether some pass reads calibration inputs, as plan says (`_warn_of_memory`)
+    runner.calibrates = warn_if_beyond_memory(runner.recipe, src, runner.passes)
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src
 
@@ -135,8 +136,9 @@ def _resumes_nothing(runner) -> bool:
 
 
 def _warn_of_memory(runner, weights: dict | None) -> None:
-    """Calibration's activations (with the streamed weights where `weights`) against what is free."""
-    if not any(getattr(p, "needs_calibration", False) for p in runner.passes):
+    """Calibration's activations (with the streamed weights where `weights`) against what is free;
+    nothing where no pass reads calibration inputs (plan.calibrates: a removal of no block reads none)."""
+    if not runner.calibrates:
         return
     held = footprint(runner.recipe, runner.source, runner.teacher.config, len(runner.prompts or ()))
     spilled = runner.recipe.calibration.spill_activations

@@ -1,12 +1,13 @@
 """runner_prepare: a run before its passes. What Runner.prepare sets (passes, teacher, the cache keys,
 the RunContext) and that it computes nothing (no calibration memory estimate for a recipe whose passes
-need no calibration)."""
+need no calibration, nor a warning of activations where they read none)."""
 
 from __future__ import annotations
 
 import pytest
 
 import compress.runner_prepare as runner_prepare
+import compress.runner_stream as runner_stream
 from compress.errors import UserError
 from compress.recipe import parse_recipe
 from compress.runner import Runner
@@ -57,6 +58,22 @@ def test_no_memory_estimate_without_calibration(tmp_path, teacher, monkeypatch):
     assert [p.name for p in runner.passes] == ["remove_blocks"]
     with pytest.raises(pytest.fail.Exception, match="estimated"):
         _prepared(tmp_path, teacher, "  - svd: {ratio: 0.5}\n")
+
+
+@pytest.mark.parametrize("none, one", [("{count: 0, criterion: learned}", "{count: 1, criterion: learned}"),
+                                       ("{fraction: 0.25, criterion: learned}", "{fraction: 0.34, criterion: learned}"),
+                                       ("{count: 0}", "{count: 1}"),
+                                       ("{count: 0, iterative: true}", "{count: 1, iterative: true}")])
+def test_no_activation_warning_for_a_removal_of_none(tmp_path, teacher, monkeypatch, capsys, none, one):
+    """A removal whose budget is none (a fraction of 3 blocks rounding to 0 too) reads no calibration
+    input, as plan says ('calibration: none', plan.calibrates): the run still warned 'calibration: 8
+    inputs of 16 + 8 caption tokens; ...; 0.0 GiB are free on cpu: set calibration.spill_activations:
+    true ...' of activations it never computes. A removal of one block is warned, as before."""
+    monkeypatch.setattr(runner_stream, "available_bytes", lambda: 1000)  # every estimate is too big
+    _prepared(tmp_path, teacher, f"  - remove_blocks: {none}\n")
+    assert "spill_activations" not in capsys.readouterr().err
+    _prepared(tmp_path, teacher, f"  - remove_blocks: {one}\n")
+    assert "set calibration.spill_activations: true" in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_finished_run_of_other_prompts_is_not_offered_to_resume(tmp_path, capsys):
