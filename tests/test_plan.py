@@ -61,51 +61,6 @@ def test_plan_says_which_targets_are_fitted_to_the_reference_and_whether_sequent
     assert words is None or words in line
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: p.mkdir(),  # empty
-    lambda p: (p.mkdir(), (p / "notes.md").write_text("x")),  # any other folder
-    lambda p: (p.mkdir(), (p / "model_index.json").write_text("{}")),  # a pipeline without transformer/
-    lambda p: p.with_suffix(".txt").write_text("hello\n"),  # not a checkpoint
-])
-def test_plan_says_what_a_local_teacher_is_as_run_does(tmp_path, make):
-    """plan and run classify a local teacher alike (io_source.check_source): not 'cannot find a
-    config offline' for everything but a single file."""
-    make(tmp_path / "t")
-    teacher = str(next(tmp_path.iterdir()))
-    with pytest.raises(UserError) as loading:
-        load_teacher(teacher)
-    with pytest.raises(UserError) as planning:
-        make_plan(parse_recipe("model: pixart\nteacher: toy:pixart\npasses: [svd]\n", "r.yaml"), teacher=teacher)
-    assert str(planning.value) == str(loading.value) and "offline" not in str(planning.value)
-
-
-def test_plan_checks_its_teacher_and_reads_its_config_once(tmp_path, monkeypatch):
-    from tests.conftest import tiny_pixart
-    from tests.test_io_source import _counting
-
-    tiny_pixart().save_pretrained(tmp_path / "t")
-    checked, read = _counting(monkeypatch)
-    make_plan(parse_recipe(f"model: pixart\nteacher: {tmp_path / 't'}\ncalibration: {{source: synthetic}}\n"
-                           "passes: [svd]\n", "r.yaml"))
-    assert checked == [str(tmp_path / "t")] and read == [tmp_path / "t" / "config.json"]
-
-
-@pytest.mark.parametrize("weights, config", [("flux", "pixart"), ("pixart", "flux")])
-def test_plan_says_a_single_files_config_is_of_another_family(tmp_path, weights, config):
-    from safetensors.torch import save_file
-
-    from tests.conftest import tiny_flux, tiny_pixart
-
-    make = {"pixart": tiny_pixart, "flux": tiny_flux}
-    save_file(make[weights]().state_dict(), str(tmp_path / "t.safetensors"))
-    make[config]().save_config(tmp_path / "cfg")
-    for model in ("pixart", "flux"):
-        recipe = parse_recipe(f"model: {model}\nteacher: toy:{model}\npasses: [svd]\n", "r.yaml")
-        with pytest.raises(UserError, match=f"^{tmp_path}/t.safetensors: the checkpoint's weights are a {weights} "
-                                            f"transformer while the config in {tmp_path}/cfg describes a {config} one"):
-            make_plan(recipe, teacher=str(tmp_path / "t.safetensors"), teacher_config=str(tmp_path / "cfg"))
-
-
 def _plan_beyond(monkeypatch, capsys, calibration: str, svd: str = "{fisher: none}", have: int = 2**30):
     """(plan, stderr) of a toy recipe planned where the machine has `have` bytes."""
     import compress.plan_memory as pm
@@ -235,55 +190,6 @@ def test_the_peak_counts_a_fisher_bigger_than_fisher_memory_gb_that_takes_its_ow
     part = next(p for p in memory["parts"] + memory["steps_smaller"]
                 if p["what"] == "an output Fisher's backward of one calibration batch")
     assert part["bytes"] == plan["backward"][0] + fisher["sweep_bytes"]
-
-
-def test_plan_of_a_compressed_output_as_teacher_is_what_run_loads(tmp_path):
-    """An output compressed further: plan builds it as run loads it (its removed blocks and low-rank
-    layers), not its config's dense model, so its counts and checks are the run's."""
-    import torch
-
-    from compress.arch import get_adapter
-    from compress.io_export import save_compressed
-    from compress.io_output import load_transformer
-    from compress.lowrank import LowRankLinear
-    from compress.report import param_count
-    from tests.conftest import tiny_pixart
-
-    model = tiny_pixart()
-    get_adapter(model).remove_blocks(model, {"blocks": [1]})
-    name = "transformer_blocks.0.ff.net.2"
-    old = model.get_submodule(name)
-    model.set_submodule(name, LowRankLinear.from_factors(torch.randn(old.out_features, 4),
-                                                         torch.randn(4, old.in_features), old.bias.detach()))
-    out = save_compressed(model, tmp_path / "out")
-    recipe = parse_recipe(f"model: pixart\nteacher: {out}\ncalibration: {{source: synthetic}}\n"
-                          "passes: [{remove_blocks: {count: {blocks: 1}}}]\n", "r.yaml")
-    plan = make_plan(recipe)
-    assert plan["params_before"] == param_count(load_transformer(out))
-    assert plan["passes"][0]["blocks_before"] == {"blocks": len(model.transformer_blocks)}
-    svd = parse_recipe(f"model: pixart\nteacher: {out}\ncalibration: {{source: synthetic}}\n"
-                       f"passes: [{{svd: {{targets: ['{name}'], ratio: 0.5}}}}]\n", "r.yaml")
-    with pytest.raises(UserError, match="already factorized"):
-        make_plan(svd)
-
-
-def test_plan_refuses_to_stream_a_single_file_or_an_output_as_run_does(tmp_path):
-    """stream: true with a single-file teacher, or a dit-compress output: plan says what run says
-    (stream_files.checkpoint_of), instead of printing a streamed plan run then refuses."""
-    from compress.io_export import save_compressed
-    from tests.conftest import tiny_pixart
-
-    tiny_pixart().save_pretrained(tmp_path / "t")
-    single = tmp_path / "t" / "diffusion_pytorch_model.safetensors"
-    out = save_compressed(tiny_pixart(), tmp_path / "out")
-    for teacher, words in ((single, "stream: true reads a diffusers folder"), (out, "is a dit-compress output")):
-        recipe = parse_recipe(f"model: pixart\nteacher: {teacher}\nstream: true\ncalibration: {{source: synthetic}}\n"
-                              "passes: [{svd: {targets: [mlp], ratio: 0.5, fisher: block}}]\n", "r.yaml")
-        with pytest.raises(UserError, match=words):
-            make_plan(recipe)
-    ok = parse_recipe(f"model: pixart\nteacher: {tmp_path / 't'}\nstream: true\ncalibration: {{source: synthetic}}\n"
-                      "passes: [{svd: {targets: [mlp], ratio: 0.5, fisher: block}}]\n", "r.yaml")
-    assert make_plan(ok)["stream"]
 
 
 @pytest.mark.parametrize("removal", ["{fraction: 0.1}", "{count: 0}", "{fraction: 0.1, iterative: true}",
