@@ -1,25 +1,18 @@
 """The training loop of the `distill` pass (`compress.passes.distill`): setup on `accelerate`, the
-steps, checkpoints and their resume, the teacher-relative evaluation and the report record, and
-`TrainingInterrupted`, raised when a run stops on request after writing a checkpoint."""
+steps, checkpoints and their resume (`compress.passes.distill_checkpoints`), the teacher-relative
+evaluation and the report record, and `TrainingInterrupted`, raised when a run stops on request after
+writing a checkpoint."""
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
-import os
-import pickle
 import shutil
 import time
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError
 
-from compress.calib_store import disk_is_full
 from compress.distill_data import make_source
 from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, accelerator_for, feature_loss,
                                     output_loss, resolve_block_map, select_trainable, warmup_cosine, write_curves)
@@ -27,8 +20,9 @@ from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast
 from compress.passes.base import RunContext
+from compress.passes.distill_checkpoints import Checkpoints
 from compress.passes.distill_progress import TERMS, fmt_terms
-from compress.passes.distill_resume import NOT_FINGERPRINTED, calibration_settings, checksum, setting_changes
+from compress.passes.distill_resume import checksum
 from compress.progress import WORDS, bar as progress_bar
 
 if TYPE_CHECKING:
@@ -54,7 +48,7 @@ class StepLimitReached(TrainingInterrupted):
     exit_code = 75
 
 
-class _Trainer:
+class _Trainer(Checkpoints):
     def __init__(self, cfg: DistillConfig, ctx: RunContext):
         self.cfg, self.ctx, self.adapter = cfg, ctx, ctx.adapter
         self.earlier = _earlier(ctx.report)  # records of the distill passes before this one
@@ -192,122 +186,6 @@ class _Trainer:
         row["stop"] = bool(stats[5] > 0)
         return row
 
-    # ---- checkpoints --------------------------------------------------------------------------
-    def _settings(self) -> dict:
-        """What the training depends on: config keys (not `NOT_FINGERPRINTED`), seed, process count,
-        block map and the incoming student's checksum; with data: teacher_samples also the samples'
-        calibration (`calibration_settings`: the run fingerprint, which keys their cache)."""
-        keys = {k: v for k, v in asdict(self.cfg).items() if k not in NOT_FINGERPRINTED}
-        keys.update(seed=self.ctx.seed, processes=self.acc.num_processes, block_map=self.block_map,
-                    student=self.incoming)
-        if self.cfg.data == "teacher_samples":
-            keys["calibration"] = calibration_settings(self.ctx.calibration, self.ctx.fingerprint)
-        return keys
-
-    def _fingerprint(self, meta: dict | None = None) -> str:
-        """Of `_settings`; as an older dit-compress took it for a checkpoint whose `meta` records no
-        calibration (it keeps resuming)."""
-        settings = self._settings()
-        if meta is not None and "calibration" not in (meta.get("settings") or {}):
-            settings.pop("calibration", None)
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def _save(self) -> None:
-        acc, root = self.acc, self.dir / "checkpoints"
-        final, tmp = root / f"step-{self.step:08d}", root / f"tmp-step-{self.step:08d}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        try:
-            acc.save_state(str(tmp))
-            torch.save({"step": self.step, "generator": self.generator.get_state(), "history": self.history,
-                        "before": self.before, "seconds": self.seconds_before + time.perf_counter() - self.t0,
-                        "resumed": self.resumed},
-                       tmp / f"train_state_{acc.process_index}.pt")
-        except RuntimeError as e:  # torch's zip writer on a full disk: "unexpected pos", not ENOSPC
-            if not disk_is_full(tmp):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,
-                                                       "processes": acc.num_processes,
-                                                       "settings": self._settings()}, default=str))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.replace(final)
-            for old in sorted(root.glob("step-*"))[:-max(1, self.cfg.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
-            write_curves(self.history, self.dir / "loss.csv")
-        acc.wait_for_everyone()
-
-    def _load_latest(self) -> None:
-        """Load the newest checkpoint that reads whole; a damaged one (cut short by a full disk, a kill
-        mid-write, a deleted file) is named in a warning and the one before it is used. Every process
-        tries the same checkpoint and they go back together where any of them failed to read it."""
-        done = sorted((self.dir / "checkpoints").glob("step-*"), reverse=True)
-        damaged: list[tuple[Path, str]] = []
-        for path in done:
-            why = None
-            try:
-                meta = json.loads((path / "meta.json").read_text())
-                if not isinstance(meta, dict) or "fingerprint" not in meta:
-                    raise ValueError("meta.json records no fingerprint")
-            except (OSError, ValueError) as e:
-                why, meta = _why(e), None
-            if meta is not None and meta["fingerprint"] != self._fingerprint(meta):
-                raise UserError(f"distill: checkpoint {path} was trained with other settings "
-                                f"({setting_changes(meta, self._settings())}); delete {self.dir / 'checkpoints'} to "
-                                "train this pass from its start (--resume keeps the passes before it and the "
-                                "teacher samples), or rerun with --restart to start over")
-            if why is None:
-                try:
-                    self.acc.load_state(str(path))
-                    state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
-                    step, history, before, generator = (state["step"], state["history"], state["before"],
-                                                        state["generator"])
-                except torch.cuda.OutOfMemoryError:
-                    raise
-                except (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, SafetensorError,
-                        pickle.UnpicklingError) as e:
-                    why = _why(e)
-            why = self._anyone_failed(why)
-            if why is not None:
-                damaged.append((path, why))
-                continue
-            self.step, self.history, self.before = step, history, before
-            self.seconds_before, self.resumed = float(state.get("seconds", 0.0)), int(state.get("resumed", 0)) + 1
-            self.generator.set_state(generator)
-            if self.acc.is_main_process:  # else the log's first line (step 15/30) is all that says so
-                from compress.report import console, warn
-
-                for bad, bad_why in damaged:
-                    warn(f"distill: checkpoint {bad} is damaged ({bad_why}): continuing from {path}, the newest "
-                         "that reads whole")
-                console.print(f"distill: continuing from its checkpoint at step {self.step}/{self.cfg.steps} "
-                              f"({path})", highlight=False, markup=False)
-            return
-        if damaged:
-            bad, why = damaged[0]
-            n = len(damaged) - 1
-            older = {0: "and no older one is kept", 1: "as is the older one"}.get(n, f"as are the {n} older ones")
-            raise UserError(f"distill: checkpoint {bad} is damaged ({why}), {older}; "
-                            f"delete {self.dir / 'checkpoints'} to train this pass from its start (--resume keeps "
-                            "the passes before it and the teacher samples), or rerun with --restart to start over")
-
-    def _anyone_failed(self, why: str | None) -> str | None:
-        """`why` on one process, the same answer on all: the first failing rank's reason (with its
-        rank where there are several), or None where every process read the checkpoint."""
-        if self.acc.num_processes == 1:
-            return why
-        import torch.distributed as dist
-
-        every: list = [None] * self.acc.num_processes
-        dist.all_gather_object(every, why)
-        rank, first = next(((r, w) for r, w in enumerate(every) if w is not None), (None, None))
-        return None if first is None else f"process {rank}: {first}"
-
     # ---- evaluation and report ----------------------------------------------------------------
     @torch.no_grad()
     def _eval_error(self, student) -> float | None:
@@ -351,12 +229,6 @@ class _Trainer:
         if self.earlier:
             record["earlier"] = self.earlier
         self.ctx.report["distill"] = record
-
-
-def _why(e: BaseException) -> str:
-    """An exception in a few words, on one line: its type and the first line of its message."""
-    text = str(e).strip().splitlines()  # (torch adds sentences of advice: the first says what)
-    return f"{type(e).__name__}: {text[0].split('. ')[0].removesuffix('.')}" if text else type(e).__name__
 
 
 def _earlier(report: dict) -> list[dict]:

@@ -200,7 +200,7 @@ def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it_and_leaves_no_half_chec
     disk-full error reads ENOSPC. With room left the error is not called a full disk."""
     import errno
 
-    import compress.passes.distill_trainer as trainer
+    from compress.passes import distill_checkpoints
 
     def cut_short(obj, f, *args, **kwargs):
         Path(f).write_bytes(b"half")
@@ -209,7 +209,7 @@ def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it_and_leaves_no_half_chec
     teacher = tiny_pixart()
     student = factorize(copy.deepcopy(teacher))
     monkeypatch.setattr(torch, "save", cut_short)
-    monkeypatch.setattr(trainer, "disk_is_full", lambda folder: full)
+    monkeypatch.setattr(distill_checkpoints, "disk_is_full", lambda folder: full)
     with pytest.raises(OSError if full else RuntimeError) as caught:
         distill(student, teacher, tmp_path, steps=2, checkpoint_every=1)
     checkpoints = tmp_path / "distill" / "checkpoints"

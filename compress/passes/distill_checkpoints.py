@@ -1,0 +1,151 @@
+"""The checkpoints of the `distill` pass's training loop (`Checkpoints`, which
+`compress.passes.distill_trainer._Trainer` builds on): what the training depends on and its fingerprint,
+writing a checkpoint (whole or not at all; a full disk said as ENOSPC), and loading the newest one that
+reads whole where a run resumes (whether its settings allow that: `compress.passes.distill_resume`)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from compress.calib_store import disk_is_full
+from compress.distill_utils import write_curves
+from compress.errors import UserError
+from compress.passes.distill_resume import NOT_FINGERPRINTED, calibration_settings, setting_changes
+
+
+class Checkpoints:
+    """The checkpoint methods of `_Trainer`, which sets what they read: cfg, ctx, acc, dir, block_map,
+    incoming, step, history, before, generator, seconds_before, resumed, t0."""
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _settings(self) -> dict:
+        """What the training depends on: config keys (not `NOT_FINGERPRINTED`), seed, process count,
+        block map and the incoming student's checksum; with data: teacher_samples also the samples'
+        calibration (`calibration_settings`: the run fingerprint, which keys their cache)."""
+        keys = {k: v for k, v in asdict(self.cfg).items() if k not in NOT_FINGERPRINTED}
+        keys.update(seed=self.ctx.seed, processes=self.acc.num_processes, block_map=self.block_map,
+                    student=self.incoming)
+        if self.cfg.data == "teacher_samples":
+            keys["calibration"] = calibration_settings(self.ctx.calibration, self.ctx.fingerprint)
+        return keys
+
+    def _fingerprint(self, meta: dict | None = None) -> str:
+        """Of `_settings`; as an older dit-compress took it for a checkpoint whose `meta` records no
+        calibration (it keeps resuming)."""
+        settings = self._settings()
+        if meta is not None and "calibration" not in (meta.get("settings") or {}):
+            settings.pop("calibration", None)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _save(self) -> None:
+        acc, root = self.acc, self.dir / "checkpoints"
+        final, tmp = root / f"step-{self.step:08d}", root / f"tmp-step-{self.step:08d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp))
+            torch.save({"step": self.step, "generator": self.generator.get_state(), "history": self.history,
+                        "before": self.before, "seconds": self.seconds_before + time.perf_counter() - self.t0,
+                        "resumed": self.resumed},
+                       tmp / f"train_state_{acc.process_index}.pt")
+        except RuntimeError as e:  # torch's zip writer on a full disk: "unexpected pos", not ENOSPC
+            if not disk_is_full(tmp):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,
+                                                       "processes": acc.num_processes,
+                                                       "settings": self._settings()}, default=str))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.replace(final)
+            for old in sorted(root.glob("step-*"))[:-max(1, self.cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+            write_curves(self.history, self.dir / "loss.csv")
+        acc.wait_for_everyone()
+
+    def _load_latest(self) -> None:
+        """Load the newest checkpoint that reads whole; a damaged one (cut short by a full disk, a kill
+        mid-write, a deleted file) is named in a warning and the one before it is used. Every process
+        tries the same checkpoint and they go back together where any of them failed to read it."""
+        done = sorted((self.dir / "checkpoints").glob("step-*"), reverse=True)
+        damaged: list[tuple[Path, str]] = []
+        for path in done:
+            why = None
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                if not isinstance(meta, dict) or "fingerprint" not in meta:
+                    raise ValueError("meta.json records no fingerprint")
+            except (OSError, ValueError) as e:
+                why, meta = _why(e), None
+            if meta is not None and meta["fingerprint"] != self._fingerprint(meta):
+                raise UserError(f"distill: checkpoint {path} was trained with other settings "
+                                f"({setting_changes(meta, self._settings())}); delete {self.dir / 'checkpoints'} to "
+                                "train this pass from its start (--resume keeps the passes before it and the "
+                                "teacher samples), or rerun with --restart to start over")
+            if why is None:
+                try:
+                    self.acc.load_state(str(path))
+                    state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
+                    step, history, before, generator = (state["step"], state["history"], state["before"],
+                                                        state["generator"])
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, SafetensorError,
+                        pickle.UnpicklingError) as e:
+                    why = _why(e)
+            why = self._anyone_failed(why)
+            if why is not None:
+                damaged.append((path, why))
+                continue
+            self.step, self.history, self.before = step, history, before
+            self.seconds_before, self.resumed = float(state.get("seconds", 0.0)), int(state.get("resumed", 0)) + 1
+            self.generator.set_state(generator)
+            if self.acc.is_main_process:  # else the log's first line (step 15/30) is all that says so
+                from compress.report import console, warn
+
+                for bad, bad_why in damaged:
+                    warn(f"distill: checkpoint {bad} is damaged ({bad_why}): continuing from {path}, the newest "
+                         "that reads whole")
+                console.print(f"distill: continuing from its checkpoint at step {self.step}/{self.cfg.steps} "
+                              f"({path})", highlight=False, markup=False)
+            return
+        if damaged:
+            bad, why = damaged[0]
+            n = len(damaged) - 1
+            older = {0: "and no older one is kept", 1: "as is the older one"}.get(n, f"as are the {n} older ones")
+            raise UserError(f"distill: checkpoint {bad} is damaged ({why}), {older}; "
+                            f"delete {self.dir / 'checkpoints'} to train this pass from its start (--resume keeps "
+                            "the passes before it and the teacher samples), or rerun with --restart to start over")
+
+    def _anyone_failed(self, why: str | None) -> str | None:
+        """`why` on one process, the same answer on all: the first failing rank's reason (with its
+        rank where there are several), or None where every process read the checkpoint."""
+        if self.acc.num_processes == 1:
+            return why
+        import torch.distributed as dist
+
+        every: list = [None] * self.acc.num_processes
+        dist.all_gather_object(every, why)
+        rank, first = next(((r, w) for r, w in enumerate(every) if w is not None), (None, None))
+        return None if first is None else f"process {rank}: {first}"
+
+
+def _why(e: BaseException) -> str:
+    """An exception in a few words, on one line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()  # (torch adds sentences of advice: the first says what)
+    return f"{type(e).__name__}: {text[0].split('. ')[0].removesuffix('.')}" if text else type(e).__name__
