@@ -250,6 +250,23 @@ def same_stop(since_first: float, same_signal: bool, under_launcher: bool) -> bo
     return since_first < StopSignals.SAME_STOP_S or (same_signal and under_launcher)
 
 
+def stop_votes(requested: int | None) -> list[float]:
+    """This process's stop signal (`StopSignals.requested`) as a count per signal of STOPS: summed over
+    the launch in the step's one all-reduce, they say which signals its processes took (`agreed_stop`)."""
+    return [float(requested == s) for s in STOPS]
+
+
+def agreed_stop(own: int | None, votes: list[float]) -> int | None:
+    """The signal this process stops on, where any process of the launch took one (`votes`: the sum of
+    every process's `stop_votes`): its own; else the one most processes took (on a tie, in STOPS'
+    order: SIGINT, SIGTERM, SIGHUP), so a process stopped by another's SIGTERM exits 143 as that one
+    does, not a Ctrl-C's 130; None where none took one."""
+    if own is not None:
+        return own
+    most = max(votes, default=0.0)
+    return next((int(s) for s, n in zip(STOPS, votes) if n == most), None) if most > 0 else None
+
+
 def launched() -> bool:
     """Whether this process runs under a launcher (torchrun, accelerate launch: runner_ranks)."""
     from compress.runner_ranks import launch_key

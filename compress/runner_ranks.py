@@ -30,14 +30,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.interrupts import stop_status
 
 
 class MainStopped(UserError):
     """Rank 0 of the launch stopped (its own message says why: an error, or a Ctrl-C): a follower
-    ends without an error line of its own (cli leaves requested stops to rank 0)."""
+    ends without an error line of its own (cli leaves requested stops to rank 0), with the exit status
+    rank 0 recorded for itself in its hand-off file (`status`: 128 + the signal that stopped it, 143 for
+    a SIGTERM; its error's status), so every process of the launch says what happened, where a
+    follower that took no signal itself said a Ctrl-C's 130. 1 where the file does not say (an error)."""
 
-    exit_code = 130
+    exit_code = 1
     label = ""
+
+    def __init__(self, message: str, status=None):
+        super().__init__(message)
+        if isinstance(status, int) and not isinstance(status, bool) and 0 < status < 256:
+            self.exit_code = status
 
 
 MAIN_STOPPED = "rank 0 of this launch stopped: see its message"
@@ -182,15 +191,16 @@ def leading(run_dir: Path, about: dict):
     """Rank 0 of a launch, while it runs: announces itself, touches its hand-off file every
     HEARTBEAT_S (a follower on another host gives up on one it sees unchanged STALE_S: rank 0 was
     killed, or its host went down), and when it ends on an exception (an error, a Ctrl-C) marks the
-    file stopped, so the followers end at once instead of waiting for a hand-off that never comes."""
+    file stopped with the status it ends with, so the followers end at once, with that status, instead
+    of waiting for a hand-off that never comes."""
     announce(run_dir, about)
     done = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(Path(run_dir) / HANDOFF, done), daemon=True)
     beat.start()
     try:
         yield
-    except BaseException:
-        _mark_stopped(Path(run_dir) / HANDOFF)
+    except BaseException as e:
+        _mark_stopped(Path(run_dir) / HANDOFF, exit_status(e))
         raise
     finally:
         done.set()
@@ -205,13 +215,23 @@ def _heartbeat(path: Path, done: threading.Event) -> None:
             pass
 
 
-def _mark_stopped(path: Path) -> None:
-    """This process's hand-off file, marked stopped (a file of another process is left alone)."""
+def exit_status(e: BaseException) -> int:
+    """The status this process ends with on `e` (as cli.main returns it): a stop signal's 128 + its
+    number (interrupts.stop_status), an error's own `exit_code`, else 1."""
+    if isinstance(e, KeyboardInterrupt):
+        return stop_status()
+    code = getattr(e, "exit_code", None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else 1
+
+
+def _mark_stopped(path: Path, status: int) -> None:
+    """This process's hand-off file, marked stopped, with the exit status it ends with (a file of
+    another process is left alone)."""
     record = read_json(path)
     if record is None or record.get("token") != TOKEN:
         return
     try:
-        _write(path, dict(record, stopped=True))
+        _write(path, dict(record, stopped=True, status=status))
     except OSError:  # the followers see it stale instead
         pass
 
@@ -291,7 +311,7 @@ def main_gone(record: dict, main: str) -> UserError | None:
                         "its hand-off file, a relaunch with the same rendezvous; stop this process and start every "
                         "node of the launch again")
     if record.get("stopped"):  # (taken or not: a stopped rank 0 of another launcher is gone a moment later)
-        return MainStopped(MAIN_STOPPED)
+        return MainStopped(MAIN_STOPPED, record.get("status"))
     if record.get("host") == socket.gethostname() and not alive(pid) and record.get("pass", -1) is not None:
         return PeerLost(f"rank 0 of this launch (pid {pid}) ended without a word (killed?): start the launch "
                         "again with --resume to continue from what its run folder keeps")

@@ -152,3 +152,18 @@ def test_a_sighup_requests_a_stop_as_sigterm_does():
     finally:
         signal.signal(signal.SIGHUP, before)
         interrupts.forget_stops()
+
+
+def test_a_process_stops_on_its_own_signal_else_on_the_one_most_processes_took():
+    """The step's all-reduce sums each process's stop_votes: one that took no signal stops on the
+    signal the others took (it said a Ctrl-C's 130 whatever that was); a tie goes SIGINT, SIGTERM."""
+    from compress.distill_utils import agreed_stop, stop_votes
+
+    def summed(*requested):
+        return [sum(v) for v in zip(*(stop_votes(r) for r in requested))]
+
+    assert agreed_stop(None, summed(None, None)) is None
+    assert agreed_stop(None, summed(None, signal.SIGTERM)) == signal.SIGTERM
+    assert agreed_stop(signal.SIGINT, summed(signal.SIGINT, signal.SIGTERM, signal.SIGTERM)) == signal.SIGINT
+    assert agreed_stop(None, summed(None, signal.SIGINT, signal.SIGTERM, signal.SIGTERM)) == signal.SIGTERM
+    assert agreed_stop(None, summed(None, signal.SIGTERM, signal.SIGINT)) == signal.SIGINT

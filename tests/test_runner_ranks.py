@@ -54,7 +54,7 @@ def test_a_follower_whose_rank_0_is_gone_stops_in_one_line(tmp_path, launch, mon
     handed(run_dir, pid=dead_pid(), stopped=True, **{"pass": 1})  # rank 0 on this host stopped after pass 1's
     with pytest.raises(MainStopped, match="rank 0 of this launch stopped: see its message") as stopped:
         wait_for_hand_off(run_dir, 1, poll=0.01)
-    assert stopped.value.exit_code == 130  # rank 0 says why; cli prints nothing for this rank
+    assert stopped.value.exit_code == 1  # rank 0 says why; cli prints nothing for this rank (no status: an error)
     handed(run_dir, pid=dead_pid(), **{"pass": 1})  # ... killed (nothing marked: it says nothing)
     with pytest.raises(PeerLost, match=r"rank 0 of this launch \(pid \d+\) ended without a word \(killed\?\)"):
         wait_for_hand_off(run_dir, 1, poll=0.01)
@@ -182,6 +182,30 @@ def test_rank_0_announces_itself_only_where_the_folders_are_checked_first(tmp_pa
     monkeypatch.setattr(Runner, "_run", lambda self: self.out)
     Runner(recipe, out, tmp_path / "run").run()
     assert json.loads((tmp_path / "run" / HANDOFF).read_text())["pass"] == -1
+
+
+@pytest.mark.parametrize("stop, status", [("SIGTERM", 143), ("SIGHUP", 129), ("Ctrl-C", 130), ("error", 2),
+                                          ("crash", 1)])
+def test_a_follower_ends_with_the_status_rank_0_ends_with(tmp_path, launch, stop, status):
+    """A follower that took no signal itself ended with a Ctrl-C's 130 whatever stopped rank 0 (a
+    launcher's SIGTERM: 143 on rank 0 alone): rank 0's hand-off file records its own status."""
+    import signal
+
+    from compress import interrupts
+
+    raised = {"error": UserError("no such output"), "crash": RuntimeError("boom")}.get(stop, KeyboardInterrupt())
+    interrupts.forget_stops()
+    try:
+        with pytest.raises(type(raised)):
+            with leading(tmp_path, {"recipe": {}}):
+                if stop.startswith("SIG"):
+                    interrupts.took(getattr(signal, stop))  # as runner_setup's handler notes it
+                raise raised
+    finally:
+        interrupts.forget_stops()
+    with pytest.raises(MainStopped, match="rank 0 of this launch stopped") as stopped:
+        wait_for_hand_off(tmp_path, -1, poll=0.01)
+    assert stopped.value.exit_code == status
 
 
 def test_a_follower_ends_when_rank_0_stops_or_goes_silent_on_another_host(tmp_path, launch, monkeypatch):

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from compress.distill_data import make_source
-from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, accelerator_for, feature_loss,
-                                    output_loss, resolve_block_map, select_trainable, warmup_cosine, write_curves)
+from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, accelerator_for, agreed_stop,
+                                    feature_loss, output_loss, resolve_block_map, select_trainable, stop_votes,
+                                    warmup_cosine, write_curves)
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast
@@ -124,7 +125,7 @@ class _Trainer(Checkpoints):
                 task = bar.add_task("distill", total=cfg.steps, completed=self.step)
                 while self.step < cfg.steps:
                     row = self._train_step(pred, feats, stop)
-                    stop_now = row.pop("stop")
+                    stop_now = row.pop("stop")  # the signal this process stops on (its own or another's)
                     self.step += 1
                     ran += 1
                     self.history.append(row)
@@ -140,7 +141,7 @@ class _Trainer(Checkpoints):
                         raise (TrainingInterrupted if stop_now else StepLimitReached)(
                             f"distill: stopped at step {self.step}/{cfg.steps} on {why}; checkpoint in "
                             f"{self.dir / 'checkpoints'}; run again with --resume to continue",
-                            stop.requested if stop_now else None)
+                            stop_now)
         finally:
             pred.remove()
             for f in feats or ():
@@ -176,14 +177,14 @@ class _Trainer(Checkpoints):
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        # one all-reduce for logging and for agreeing on a stop (any process signalled -> all stop)
-        stats = torch.stack([loss.detach(), task.detach(), out.detach(), feat.detach(),
-                             torch.as_tensor(grad_norm, device=acc.device).float(),
-                             torch.tensor(float(stop.requested is not None), device=acc.device)]).float()
+        # one all-reduce for logging and for agreeing on a stop (any process signalled -> all stop, on its signal)
+        stats = torch.cat([torch.stack([loss.detach(), task.detach(), out.detach(), feat.detach(),
+                                        torch.as_tensor(grad_norm, device=acc.device).float()]).float(),
+                           torch.tensor(stop_votes(stop.requested), device=acc.device)])  # (5 + len(STOPS),)
         stats = acc.reduce(stats, "sum") if acc.num_processes > 1 else stats
         values = (stats[:5] / acc.num_processes).tolist()
         row = {"step": self.step + 1, **dict(zip(TERMS, values[:4])), "lr": lr, "grad_norm": values[4]}
-        row["stop"] = bool(stats[5] > 0)
+        row["stop"] = agreed_stop(stop.requested, stats[5:].tolist())  # the signal, or None
         return row
 
     # ---- evaluation and report ----------------------------------------------------------------
