@@ -76,9 +76,10 @@ def _with_timestep(batch: dict, t: torch.Tensor) -> dict:
 
 
 def block_words(adapter, group: str, index: int) -> str:
-    """'block 0' in a family of one block group (PixArt's `blocks`), else 'double block 0': the words
-    of the calibration progress (the group's name `blocks` before 'block' said it twice)."""
-    return f"block {index}" if len(adapter.groups) == 1 else f"{group} block {index}"
+    """The words of the calibration progress for a block: its module name, as the per-layer warnings
+    and inspect's tables name it ('transformer_blocks.0', Flux's 'single_transformer_blocks.3'; the
+    group labels 'double block 0' and PixArt's 'block 0' were the reports' keys)."""
+    return f"{adapter.group(group).attr}.{index}"
 
 
 def _detach(x):

@@ -89,7 +89,7 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     if took:
         results.print(took)
     results.print(summary_table(shown, "role", "by role (linear layers)"))
-    by_block = [{**r, "block": _module_label(model, r["block"], teacher)} for r in shown + other_params(model, rows)]
+    by_block = [{**r, "block": _module_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
     results.print(summary_table(by_block, "block", "by block (all parameters)"))
     for line in _removal_lines(block_map, report):
         results.print(line)
@@ -176,14 +176,12 @@ def _teacher_label(block: str, teacher: dict[str, str]) -> str:
     return block if theirs == block else f"{block} (teacher {theirs.rpartition('.')[2]})"
 
 
-def _module_label(model, block: str, teacher: dict[str, str]) -> str:
+def _module_label(block: str, teacher: dict[str, str]) -> str:
     """`block` ("double.1") by its module name, as the per-layer table heads it ("transformer_blocks.1";
     a Flux single block "single_transformer_blocks.0"), with its teacher index (_teacher_label)."""
-    from compress.arch import get_adapter
+    from compress.arch import block_module
 
-    group, _, index = block.rpartition(".")
-    attr = {g.name: g.attr for g in get_adapter(model).groups}.get(group)
-    return f"{attr}.{index}{_teacher_label(block, teacher)[len(block):]}" if attr else block
+    return f"{block_module(block)}{_teacher_label(block, teacher)[len(block):]}"
 
 
 def removed_blocks(block_map: dict[str, list[int]], report: dict) -> dict[str, list[int]]:
@@ -203,14 +201,18 @@ def removed_blocks(block_map: dict[str, list[int]], report: dict) -> dict[str, l
 
 
 def _removal_lines(block_map: dict | None, report: dict) -> list[str]:
-    """What removal did, in teacher indices: the blocks gone, and each renumbered student block's
-    teacher block (the tables name student blocks, as the weights and a recipe's names do)."""
+    """What removal did, in teacher indices: the blocks gone by module list, the recipe's group beside
+    them where the family has several ('transformer_blocks (double) [1] (2 → 1)'), and each renumbered
+    student block's teacher block (the tables name student blocks by module, as the weights do)."""
     if not block_map:
         return []
-    gone = removed_blocks(block_map, report)
-    said = "; ".join(f"{g} {', '.join(map(str, v))} ({len(v) + len(block_map[g])} → {len(block_map[g])})"
-                     for g, v in gone.items() if v)
-    moved = ", ".join(f"{g}.{i} ← {t}" for g, kept in block_map.items() for i, t in enumerate(kept) if i != t)
+    from compress.arch import group_modules
+
+    gone, named = removed_blocks(block_map, report), {g: group_modules(g) for g in block_map}
+    said = "; ".join(f"{''.join(named[g])} {v} ({len(v) + len(block_map[g])} → {len(block_map[g])})"
+                     for g, v in gone.items() if v)  # as the run's log: report_card.named_removals
+    moved = ", ".join(f"{named[g][0]}.{i} ← {t}" for g, kept in block_map.items()
+                      for i, t in enumerate(kept) if i != t)
     lines = [f"blocks removed from the teacher: {said or 'none'}"]
     if moved:
         lines.append(f"student blocks renumbered (student ← teacher index): {moved}")
@@ -337,9 +339,13 @@ def _print_compensation(report: dict) -> None:
     """One line per compensated stage (a block's attention-side targets, its MLP, the top level): the
     calibration prediction error the plain factorization left, what the compensated one left, and
     the chosen fraction of the Newton step."""
+    from compress.arch import block_module
+
     stages = ((report.get("svd") or {}).get("compensation") or {})
-    for stage, s in stages.items():
-        results.print(f"compensation {stage}: calibration error {s['uncompensated_error']:.4g} → "
+    for stage, s in stages.items():  # "double 0 attention" as "transformer_blocks.0 attention"
+        group, index, rest = (stage.split(" ", 2) + ["", ""])[:3]
+        named = f"{block_module(f'{group}.{index}')} {rest}".strip() if index.isdigit() else stage
+        results.print(f"compensation {named}: calibration error {s['uncompensated_error']:.4g} → "
                       f"{s['calibration_error']:.4g} (step {s['step']:.4g} of the K-FAC Newton step)")
 
 

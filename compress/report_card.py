@@ -98,15 +98,24 @@ def _removal_lines(removal: dict) -> list[str]:
     total = {g: v for g, v in (removal.get("removed_total") or {}).items() if v}
     if not total:
         return []
-    return (["", "Blocks removed (teacher indices): " + ", ".join(f"{g} {v}" for g, v in total.items())
+    return (["", "Blocks removed (teacher indices): " + named_removals(total)
              + f", by {counted(len(runs), 'remove_blocks pass', 'remove_blocks passes')}:", ""]
             + [f"- remove_blocks pass {n} of {len(runs)}: {gone or 'none'} ({how})."
                for n, (gone, how) in enumerate(said, 1)])
 
 
 def _gone(record: dict) -> str:
-    """'blocks [1, 4]': the teacher blocks one removal pass took, '' for none."""
-    return ", ".join(f"{g} {v}" for g, v in (record.get("removed") or {}).items() if v)
+    """'transformer_blocks [1, 4]': the teacher blocks one removal pass took, '' for none (named_removals)."""
+    return named_removals(record.get("removed") or {})
+
+
+def named_removals(removed: dict) -> str:
+    """{group: teacher indices} by module list, as the weights name the blocks, the recipe's group
+    beside it where the family has several ('transformer_blocks (double) [1], single_transformer_blocks
+    (single) [3]'; PixArt's 'transformer_blocks [4]'); groups of none left out."""
+    from compress.arch import group_modules
+
+    return ", ".join(f"{modules}{note} {v}" for g, v in removed.items() if v for modules, note in [group_modules(g)])
 
 
 def _how(record: dict) -> str:

@@ -229,7 +229,8 @@ def test_conditioning_grid_spans_timesteps():
 def test_the_block_walk_says_how_far_it_got_off_a_terminal(family, capsys):
     """Off a terminal (a job's log) calibration, and the svd stages run between its blocks, said
     nothing until the pass ended: hours on a real model. Now a line per tenth of the blocks, naming
-    the block: 'block 3' in PixArt's one group (it read 'blocks block 3'), 'single block 3' in Flux."""
+    the block by module as inspect and the warnings do: 'transformer_blocks.3', Flux's
+    'single_transformer_blocks.3' (it read 'block 3', 'single block 3')."""
     model = tiny_pixart() if family == "pixart" else tiny_flux()
     cal = BlockCalibration(model, get_adapter(model), _batches(model, 1), progress=True)
     cal.capture()
@@ -239,7 +240,8 @@ def test_the_block_walk_says_how_far_it_got_off_a_terminal(family, capsys):
     n = sum(counts.values())
     lines = [line.split() for line in capsys.readouterr().err.splitlines() if line.startswith("calibrate: ")]
     walk = [words[1:-1] for words in lines if words[1] != "capture"]  # less 'calibrate:' and the clock
-    named = [f"block {i}" if family == "pixart" else f"{g} block {i}" for g, k in counts.items() for i in range(k)]
+    lists = {"blocks": "transformer_blocks", "double": "transformer_blocks", "single": "single_transformer_blocks"}
+    named = [f"{lists[g]}.{i}" for g, k in counts.items() for i in range(k)]
     assert [" ".join(words) for words in walk] == [f"{name} {k}/{n}" for k, name in enumerate(named, 1)]
 
 

@@ -75,15 +75,20 @@ def _removal_report(before: dict[str, int], removed: dict[str, list[int]]) -> st
                                          "blocks_before": before}})
 
 
-@pytest.mark.parametrize("family, model, drop, before, said, mapped", [
-    ("pixart", tiny_pixart, {"blocks": [1]}, {"blocks": 3}, "blocks 1 (3 → 2)", "blocks.1 ← 2"),
+@pytest.mark.parametrize("family, model, drop, before, said, mapped, moved", [
+    ("pixart", tiny_pixart, {"blocks": [1]}, {"blocks": 3}, "transformer_blocks [1] (3 → 2)",
+     "transformer_blocks.1 ← 2", "blocks.1"),
     ("flux", tiny_flux, {"double": [0], "single": [2]}, {"double": 2, "single": 3},
-     "double 0 (2 → 1); single 2 (3 → 2)", "double.0 ← 1")])
+     "transformer_blocks (double) [0] (2 → 1); single_transformer_blocks (single) [2] (3 → 2)",
+     "transformer_blocks.0 ← 1", "double.0")])
 def test_inspect_of_a_block_pruned_output_names_the_removed_teacher_blocks(tmp_path, capsys, family, model,
-                                                                          drop, before, said, mapped):
+                                                                          drop, before, said, mapped, moved):
     """The tables named student blocks only, nothing said blocks were removed (nor which teacher
     block each student block is), an empty factorization table came though no svd pass ran, and
-    --json had no block map. A last block removed (single 2) shows only by report.json's count."""
+    --json had no block map. A last block removed (single 2) shows only by report.json's count.
+    The lines name blocks by module as the tables do ('double 0 (2 → 1)', 'double.0 ← 1' were the
+    group labels), the recipe's group beside them where the family has several; --json keeps its
+    labels (`moved`)."""
     student = _removed(model(), drop)
     out = save_compressed(student, tmp_path / "out", files={"report.json": _removal_report(before, drop)})
     capsys.readouterr()
@@ -91,14 +96,12 @@ def test_inspect_of_a_block_pruned_output_names_the_removed_teacher_blocks(tmp_p
     printed = capsys.readouterr().out
     assert f"blocks removed from the teacher: {said}" in printed
     assert f"(student ← teacher index): {mapped}" in printed
-    label = f"transformer_blocks.{mapped.split(' ←')[0][-1]} (teacher {mapped[-1]})"  # by module name
-    assert label in _table_rows(printed, "by block")
+    assert f"{mapped.split(' ←')[0]} (teacher {mapped[-1]})" in _table_rows(printed, "by block")
     assert "factorization (the svd pass" not in printed and "no svd pass" in printed
     assert main(["inspect", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["block_map"] == student.compression_meta["block_map"] and data["removed_blocks"] == {
         g: drop.get(g, []) for g in data["block_map"]}
-    moved = mapped.split(" ←")[0]
     assert {r["teacher_block"] for r in data["layers"] if r["block"] == moved} == {f"{moved[:-1]}{mapped[-1]}"}
 
 
@@ -401,3 +404,20 @@ def test_inspect_of_a_hub_id_reads_the_caches_output_or_says_how_to_get_one(tmp_
     assert main(["inspect", "acme/teacher"]) == 2
     assert re.search(r"acme/teacher: the Hugging Face cache holds it at \S+/models--acme--teacher/snapshots/0+, "
                      r"which is no dit-compress output", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("model, stages, said", [
+    (tiny_flux, ["double 0 attention", "single 1 mlp", "top level"],
+     ["transformer_blocks.0 attention", "single_transformer_blocks.1 mlp", "top level"]),
+    (tiny_pixart, ["blocks 1 attention (svd pass 2)"], ["transformer_blocks.1 attention (svd pass 2)"])])
+def test_inspect_names_compensation_stages_by_module(tmp_path, capsys, model, stages, said):
+    """report.json keys compensation stages by group label ('double 0 attention'), which inspect
+    printed as they were beside tables naming the block transformer_blocks.0: now by module name."""
+    search = {"uncompensated_error": 0.5, "calibration_error": 0.25, "step": 0.5}
+    report = {"svd": {"compensation": {stage: search for stage in stages}}}
+    out = save_compressed(model(), tmp_path / "out", files={"report.json": json.dumps(report)})
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("compensation ")]
+    assert printed == [f"compensation {s}: calibration error 0.5 → 0.25 (step 0.5 of the K-FAC Newton step)"
+                       for s in said]

@@ -22,7 +22,8 @@ def test_the_model_card_and_inspect_say_how_close_the_asymmetric_fits_came_to_th
 
 def test_the_model_card_lists_every_removal_pass_and_reads_a_one_removal_report():
     """Two removal passes: the card said "Blocks removed by the last remove_blocks pass" with the
-    last pass's blocks only. It gives the total and each pass's blocks and how they were chosen."""
+    last pass's blocks only. It gives the total and each pass's blocks and how they were chosen, by
+    module list as the weights name them ('blocks [1]' was the group label)."""
     from compress.report_card import _removal_lines
 
     first = {"criterion": None, "iterative": False, "removed": {"blocks": [1]}}
@@ -30,11 +31,12 @@ def test_the_model_card_lists_every_removal_pass_and_reads_a_one_removal_report(
     third = {"criterion": "scan", "iterative": False, "removed": {"blocks": []}}
     record = dict(third, passes=[first, second, third], removed_total={"blocks": [1, 5]})
     assert _removal_lines(record) == [
-        "", "Blocks removed (teacher indices): blocks [1, 5], by 3 remove_blocks passes:", "",
-        "- remove_blocks pass 1 of 3: blocks [1] (listed in the recipe).",
-        "- remove_blocks pass 2 of 3: blocks [5] (chosen by proxy, re-scored after each removal).",
+        "", "Blocks removed (teacher indices): transformer_blocks [1, 5], by 3 remove_blocks passes:", "",
+        "- remove_blocks pass 1 of 3: transformer_blocks [1] (listed in the recipe).",
+        "- remove_blocks pass 2 of 3: transformer_blocks [5] (chosen by proxy, re-scored after each removal).",
         "- remove_blocks pass 3 of 3: none (chosen by scan)."]
-    one = "Blocks removed by the last remove_blocks pass (teacher indices): blocks [1] (listed in the recipe)."
+    one = ("Blocks removed by the last remove_blocks pass (teacher indices): transformer_blocks [1] "
+           "(listed in the recipe).")
     assert _removal_lines(first) == ["", one]  # a report written before `passes` was kept
     assert _removal_lines(dict(first, passes=[first], removed_total={"blocks": [1]})) == ["", one]
     assert _removal_lines(dict(third, passes=[third, third], removed_total={"blocks": []})) == []
@@ -226,3 +228,14 @@ def test_the_card_says_which_weights_its_errors_are_of_and_the_exported_ones_err
     exact = {"dtype": "float32", "computed_in": "bfloat16", "exact": True, "relative_error": 0.5}
     assert export_lines({"export": exact}) == ["", "The output holds the weights measured above, exactly, in float32."]
     assert export_lines({}) == [] and export_lines({"export": "x"}) == []
+
+
+def test_the_model_card_names_flux_blocks_by_module_and_recipe_group():
+    """Flux's removals read 'double [1], single [3]', the group labels, where inspect's tables and the
+    weights say transformer_blocks / single_transformer_blocks: now both, the module list first."""
+    from compress.report_card import _removal_lines
+
+    record = {"criterion": "scan", "iterative": False, "removed": {"double": [1], "single": [0, 3]}}
+    assert _removal_lines(record) == ["", "Blocks removed by the last remove_blocks pass (teacher indices): "
+                                      "transformer_blocks (double) [1], single_transformer_blocks (single) [0, 3] "
+                                      "(chosen by scan)."]

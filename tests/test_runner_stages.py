@@ -20,10 +20,10 @@ def test_a_resumed_run_names_the_blocks_its_restored_removal_took(tmp_path, monk
         m.setattr(svd.SVDPass, "run", stop)
         main(argv)
     first = [line for line in capsys.readouterr().err.splitlines() if line.startswith("remove_blocks: removed")]
-    assert first == ["remove_blocks: removed blocks [0] (teacher indices; listed in the recipe)"]
+    assert first == ["remove_blocks: removed transformer_blocks [0] (teacher indices; listed in the recipe)"]
     assert main(argv + ["--resume"]) == 0
     err = capsys.readouterr().err.splitlines()
-    kept = ["remove_blocks (pass 1, kept): removed blocks [0] (teacher indices; listed in the recipe)"]
+    kept = ["remove_blocks (pass 1, kept): removed transformer_blocks [0] (teacher indices; listed in the recipe)"]
     assert [line for line in err if line.startswith("remove_blocks")] == kept  # not as if it ran again
     assert err.index(kept[0]) == next(i for i, line in enumerate(err) if line.startswith("resuming")) + 1
 

@@ -27,5 +27,25 @@ def get_adapter(model_or_family) -> Adapter:
     return ADAPTERS[name]()
 
 
+def group_modules(group: str) -> tuple[str, str]:
+    """How text names the blocks of block group `group` (a recipe's remove_blocks key, the reports'
+    labels): (the module list holding them, as the weights and the per-layer tables name it; the
+    group in parentheses where its family has several, as remove_blocks' `blocks` must name it):
+    ("single_transformer_blocks", " (single)"), PixArt's ("transformer_blocks", ""). A group no family
+    has: itself, no note."""
+    for adapter in ADAPTERS.values():
+        for g in adapter.groups:
+            if g.name == group:
+                return g.attr, f" ({group})" if len(adapter.groups) > 1 else ""
+    return group, ""
+
+
+def block_module(label: str) -> str:
+    """A block label as the reports key it ("double.1", "blocks.4") by its module name
+    ("transformer_blocks.1"); anything else ("-", "top level") as it is."""
+    group, _, index = label.rpartition(".")
+    return f"{group_modules(group)[0]}.{index}" if group and index.isdigit() else label
+
+
 __all__ = ["ADAPTERS", "ROLES", "Adapter", "BlockGroup", "LinearInfo", "get_adapter",
-           "family_of_class", "SUPPORTED"]
+           "family_of_class", "SUPPORTED", "group_modules", "block_module"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from compress.arch import group_modules
 from compress.passes.importance import ImportanceResult
 from compress.report import save_figure
 
@@ -36,7 +37,7 @@ def _table(result: ImportanceResult, criterion: str, by_bucket: bool, least: boo
     what = "error when the block is skipped" if scan else "the cosine proxy (no skip scan)"
     caption = (f"buckets by noise level (1 = pure noise): {ranges}; proxy = 1 - cos(block in, block out); "
                + (f"Spearman(proxy, scan) = {result.spearman:.3f}; " if scan else "")
-               + f"{result.block_evaluations} block evaluations"
+               + f"{result.block_evaluations} block evaluations" + _groups_said(result)
                + ("" if by_bucket else "; the per-bucket columns are left out to fit the terminal "
                                        "(the heatmap and --json hold them)"))
     table = Table(title=f"Block importance ({result.family}): {what}", caption=caption)
@@ -53,6 +54,15 @@ def _table(result: ImportanceResult, criterion: str, by_bucket: bool, least: boo
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _groups_said(result: ImportanceResult) -> str:
+    """The caption's note of the module list each group label stands for: the table names blocks as
+    remove_blocks' `blocks` take them (`double.3`: {double: [3]}), short enough to leave room for the
+    per-bucket columns, where inspect, the run's log and the weights name the module
+    (transformer_blocks.3): '; groups as remove_blocks' blocks name them: double = transformer_blocks, ...'."""
+    groups = dict.fromkeys(b.group for b in result.blocks)
+    return "; groups as remove_blocks' blocks name them: " + ", ".join(f"{g} = {group_modules(g)[0]}" for g in groups)
 
 
 def _least_cell_width(header: str, cells: list[str]) -> int:

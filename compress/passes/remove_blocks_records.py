@@ -76,8 +76,9 @@ def merge_report(previous: dict | None, this: dict) -> dict:
 
 def removal_line(record: dict) -> str:
     """What a job's log says as a removal pass ends: its blocks in teacher indices and how they were
-    chosen, in the model card's words (report_card `_gone`, `_how`): 'remove_blocks: removed single
-    [3] (teacher indices; chosen by learned; ...)', or that it removed none. `record`: this pass's own."""
+    chosen, in the model card's words (report_card `_gone`, `_how`): 'remove_blocks: removed
+    single_transformer_blocks (single) [3] (teacher indices; chosen by learned; ...)', or that it
+    removed none. `record`: this pass's own."""
     gone = _gone(record)
     if not gone:
         return "remove_blocks: removed no blocks"

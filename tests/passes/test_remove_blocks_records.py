@@ -107,19 +107,23 @@ def _removal_said(capsys) -> list[str]:
 
 @pytest.mark.parametrize("config, said", [
     (dict(blocks={"double": [1], "single": [2]}),
-     "remove_blocks: removed double [1], single [2] (teacher indices; listed in the recipe)"),
+     ("remove_blocks: removed transformer_blocks (double) [1], single_transformer_blocks (single) [2] "
+      "(teacher indices; listed in the recipe)")),
     (dict(count={"single": 1}, criterion="proxy", iterative=True),
-     "remove_blocks: removed single [{chosen}] (teacher indices; chosen by proxy, re-scored after each removal)"),
+     ("remove_blocks: removed single_transformer_blocks (single) [{chosen}] (teacher indices; chosen by proxy, "
+      "re-scored after each removal)")),
     (dict(count=0), "remove_blocks: removed no blocks"),
 ])
 def test_the_log_names_the_blocks_a_removal_took(config, said, tmp_path, capsys):
     """A job's log said nothing of which blocks a removal took (only block_map.json and `inspect`
     did), though a choice by importance or learning can differ between runs: the pass now ends with
-    a line naming them in teacher indices, and how they were chosen, in the model card's words."""
+    a line naming them in teacher indices, and how they were chosen, in the model card's words: by
+    module list, the recipe's group beside it ('double [1], single [2]' named the groups alone)."""
     model = tiny_flux()
     ctx = context(model, tmp_path)
     run(model, ctx, blocks={"single": [0]})  # teacher single 1, 2 are now student single 0, 1
-    assert _removal_said(capsys) == ["remove_blocks: removed single [0] (teacher indices; listed in the recipe)"]
+    assert _removal_said(capsys) == ["remove_blocks: removed single_transformer_blocks (single) [0] "
+                                     "(teacher indices; listed in the recipe)"]
     run(model, ctx, **config)
     chosen = ctx.report["remove_blocks"]["removed"]["single"]
     assert chosen in ([], [1], [2])  # teacher indices (student ones would be 0 or 1)
