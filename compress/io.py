@@ -122,7 +122,8 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
     if recorded:  # a student that took LoRAs (dit-compress lora) stands for its teacher with them
         from compress.lora_replay import replay
 
-        replay(teacher, recorded, loras, student.compression_meta.get("teacher"))
+        meta = student.compression_meta
+        replay(teacher, recorded, loras, meta.get("teacher"), source, meta.get("teacher_files"))
     return teacher
 
 

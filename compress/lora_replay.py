@@ -16,7 +16,8 @@ from compress.lora_keys import STATE_DICT
 from compress.words import counted
 
 
-def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None, took: str | None = None) -> None:
+def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None, took: str | None = None,
+           source: str | None = None, took_files: dict | None = None) -> None:
     """Give the teacher the LoRAs a student recorded (its config's compression.loras), at their
     scales, so that eval compares the student with the teacher it stands for (`moved`: see
     replayed_sources). A teacher that is itself an output takes them as the student did: each of its
@@ -26,36 +27,92 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     LoRA's blocks as the student's teacher's own: the teacher takes it so, its block i the LoRA's
     block i (what the student's block descending from it took), not through its chain (which would
     give its blocks other blocks' LoRAs); so does a record naming the student's teacher itself
-    (`took`: the teacher the student records; read_as_own_blocks). A record naming another base than
-    the teacher's chain leads to is a UserError naming both, before any LoRA is merged."""
+    (`took`: the teacher the student records; read_as_own_blocks), where the teacher is that one
+    (`source`: where it was loaded from; `took_files`: the student's record of its weight files). A
+    record naming another base than the teacher's chain leads to, or that teacher where the teacher is
+    another model, is a UserError naming both, before any LoRA is merged."""
     sources = replayed_sources(loras, moved, warn=False)  # warned before loading
-    own = [read_as_own_blocks(teacher, record, took) for record in loras]
-    for record, source, own_blocks in zip(loras, sources, own):
-        merge_lora(teacher, source, scale=record["scale"], own_blocks=own_blocks)
+    own = [read_as_own_blocks(teacher, record, took, source, took_files) for record in loras]
+    for record, lora, own_blocks in zip(loras, sources, own):
+        merge_lora(teacher, lora, scale=record["scale"], own_blocks=own_blocks)
 
 
-def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None) -> bool:
+def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None, source: str | None = None,
+                       took_files: dict | None = None) -> bool:
     """Whether the student read the LoRA's blocks as its teacher's own: a record without `blocks_of`,
     or one naming the student's teacher (`took`: the one it records), moved away when it took the LoRA
     and read as a base (lora_teacher.lora_base), not the first of the teacher's own chain. Through its
     chain, the teacher would give its block i the LoRA of the base block it descends from, not the
     LoRA's block i. A record naming neither that base nor `took` is a UserError (other_base): the
-    teacher's blocks descend from another base's, so neither way gives it the LoRA the student took."""
+    teacher's blocks descend from another base's, so neither way gives it the LoRA the student took;
+    so is one naming `took` where the teacher (loaded from `source`) is another model (not_took)."""
     from compress.lora_teacher import followed
     from compress.report_teacher import absolute_source, teacher_chain
 
     recorded = (getattr(teacher, "compression_meta", None) or {}).get("teacher")
     if "blocks_of" not in record:
         return True
-    if not recorded:  # the teacher is the base itself: its blocks are the LoRA's either way
+    if not recorded:  # a model of all its blocks, as the base is, unless they were read as an output's
+        if _removes_blocks(record["blocks_of"]):
+            raise not_took(record, source, f"no dit-compress output, and {record['blocks_of']} one with blocks removed")
         return False
     chain = teacher_chain(str(recorded))
     blocks_of = absolute_source(record["blocks_of"])
     if not followed(chain) or blocks_of == absolute_source(chain[-1]):  # a broken chain: merge_lora says why
         return False
-    if took is not None and blocks_of == absolute_source(str(took)):
+    if took is None or blocks_of != absolute_source(str(took)):
+        raise other_base(record, chain)
+    other = source is not None and absolute_source(source) != blocks_of and other_files(source, blocks_of, took_files)
+    if other and _is_output(blocks_of):
+        raise not_took(record, source, f"its weight files are not {record['blocks_of']}'s: {other}")
+    if other:
+        raise other_base(record, chain)
+    return True
+
+
+def other_files(source: str, took: str, took_files: dict | None) -> str | None:
+    """How the weight files of the teacher `source` differ from those of the student's own teacher
+    `took` (read now where it is there, else as the student recorded them: `took_files`), in words
+    (io_signature.signature_change); None where they do not, or cannot be compared (a Hub id, a toy,
+    no record): the teacher is then taken for that one, moved."""
+    from compress.io_signature import signature_change, teacher_signature
+
+    return signature_change(teacher_signature(took) if Path(took).exists() else took_files, source)
+
+
+def _is_output(source: str) -> bool:
+    """Whether `source` is a dit-compress output folder there now."""
+    from compress.io_export import is_output
+
+    return Path(source).is_dir() and is_output(Path(source))
+
+
+def _removes_blocks(source: str) -> bool:
+    """Whether `source` is a dit-compress output there now whose blocks are not its base's: a block
+    removed along its chain of teachers (or a chain that cannot be followed, whose blocks are unknown)."""
+    from types import SimpleNamespace
+
+    from compress.io import read_json
+    from compress.lora_teacher import lora_base
+
+    if not _is_output(source):
+        return False
+    config = read_json(Path(source) / "config.json")
+    section = config.get("compression") if isinstance(config, dict) else None
+    try:
+        return bool(lora_base(SimpleNamespace(compression_meta=section if isinstance(section, dict) else {})).block_map)
+    except UserError:
         return True
-    raise other_base(record, chain)
+
+
+def not_took(record: dict, source: str | None, why: str) -> UserError:
+    """The refusal of a LoRA the student read as blocks of its own teacher (its record's `blocks_of`,
+    not there at the merge, now a dit-compress output) replayed on another model (`source`; `why`)."""
+    took = record["blocks_of"]
+    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora) was read as blocks of its "
+                     f"teacher {took} (not there when it took it: read as a base), a dit-compress output, but the "
+                     f"teacher to compare with, {source or 'the one given'}, is another model ({why}): its blocks are "
+                     f"not {took}'s, those the LoRA's were mapped to; compare with the model's own teacher {took}")
 
 
 def other_base(record: dict, chain: list[str]) -> UserError:

@@ -255,3 +255,61 @@ def test_plain_loras_in_another_order_at_their_scales_are_the_same_teacher(tmp_p
     assert "warning" not in err and "another order than the model took them, at the same scales" in err
     assert "warning: the same LoRAs in another order" in warned(plain, [0.7, 2.0])  # each takes its place's scale
     assert "warning: the same LoRAs in another order" in warned([saved("c", dora=True), plain[0]], [0.5, 0.5])
+
+
+def test_a_lora_read_as_its_moved_teachers_blocks_is_refused_on_another_model_and_taken_by_that_teacher(tmp_path):
+    """c (base -> a -> b -> c) took a LoRA while b was moved away: its blocks read as b's own (blocks_of
+    b, b = base blocks 0, 1, 2, 5). eval/bench --teacher a2 (another output of base: base blocks 0, 2, 3,
+    4, 5), or --teacher base, took it in their own blocks (their block 1, base block 2, b's block 1's LoRA,
+    of base block 1): a comparison with a teacher no one had, without a word. Now one line naming both;
+    b, back in place or given at its new place (the weight files c recorded of it), still takes it in
+    its own blocks."""
+    import torch
+
+    from compress.arch import get_adapter
+    from compress.errors import UserError
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from compress.io_signature import teacher_signature
+    from compress.lora import merge_lora
+    from tests.test_lora_chain import _chain, _save_output
+    from tests.test_lora_limits import _save, _state
+
+    base, c_folder = _chain(tmp_path, "pixart")
+    a2 = copy.deepcopy(base)
+    _save_output(a2, tmp_path / "a2", tmp_path / "base", get_adapter(a2).remove_blocks(a2, {"blocks": [1]}))
+    lora = _save(_state(load_transformer(tmp_path / "b"), ["to_q"]), tmp_path / "b-lora.safetensors")
+    c = load_transformer(c_folder)
+    c.compression_meta["teacher_files"] = teacher_signature(str(tmp_path / "b"))  # as a run records it
+    b, moved = str((tmp_path / "b").resolve()), tmp_path / "b-moved"
+    (tmp_path / "b").rename(moved)
+    merge_lora(c, lora)
+    assert c.compression_meta["loras"][0]["blocks_of"] == b
+
+    def own(folder):  # the teacher given the LoRA as c read it: its block i the LoRA's block i
+        expected = load_transformer(folder)
+        merge_lora(expected, lora, own_blocks=True)
+        return expected.state_dict()
+
+    def same(teacher, want) -> bool:
+        return teacher.state_dict().keys() == want.keys() and all(torch.equal(v, want[k]) for k, v in
+                                                                   teacher.state_dict().items())
+
+    assert same(load_teacher_of(c, str(moved)), own(moved))  # b at its new place: its files as c recorded
+    with pytest.raises(UserError) as e:  # b not there: a2 is not b (c's record of b's files), nor of b's base
+        load_teacher_of(c, str(tmp_path / "a2"))
+    assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, "
+                            f"but the teacher to compare with was compressed from {(tmp_path / 'base').resolve()}: its "
+                            "blocks descend from that base's, not those the LoRA's were mapped to; compare with the "
+                            f"model's own teacher, or one compressed from {b}")
+    moved.rename(tmp_path / "b")  # back in place: b is known for a dit-compress output
+    assert same(load_teacher_of(c, b), own(tmp_path / "b"))
+    head = f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of its teacher {b} (not " \
+           "there when it took it: read as a base), a dit-compress output, but the teacher to compare with"
+    for other, why in [(tmp_path / "a2", f"its weight files are not {b}'s: diffusion_pytorch_model.safetensors is "),
+                       (tmp_path / "base", f"no dit-compress output, and {b} one with blocks removed")]:
+        with pytest.raises(UserError) as e:
+            load_teacher_of(c, str(other))
+        assert str(e.value).startswith(f"{head}, {other}, is another model ({why}"), str(e.value)
+        assert str(e.value).endswith(f"): its blocks are not {b}'s, those the LoRA's were mapped to; compare with "
+                                     f"the model's own teacher {b}")
