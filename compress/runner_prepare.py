@@ -94,6 +94,7 @@ def _checked_before_loading(runner):
         check_folders(runner.out, runner.run_dir, runner.overwrite, runner.teacher_arg or runner.recipe.teacher,
                       runner.teacher_config, runner.config_by)
     runner.passes = build_passes(runner.recipe)  # every config error before compute
+    runner.models.passes = runner.passes, runner.recipe.passes  # a resident teacher too big: whether they stream
     if main and runner.resume:  # which stage it continues from, and a distill checkpoint of other settings (one
         # it keeps): said now, not after the teacher loads
         from compress.passes.distill_resume import check_resumable_configs

@@ -29,7 +29,7 @@ from compress.io_export import save_compressed
 from compress.io_output import empty_compressed, load_transformer
 from compress.stream import CheckpointBlocks, empty_transformer, save_streamed, streamed
 from compress.stream_files import changed, checkpoint_of, opened, weight_map
-from compress.stream_refusals import NotStreamable
+from compress.stream_refusals import NotStreamable, not_streamed, stream_advice
 
 CHUNK = 1 << 24  # bytes read at a time for the checksum
 # run folder: a streamed student's spilled blocks, svd's spilled activations, global allocation's spilled
@@ -41,13 +41,14 @@ class ResidentModels:
     """The whole teacher and student in memory."""
 
     blocks = None  # passes use their resident default
+    passes = None  # the run's (passes, specs) once built (runner_prepare): what a too-big teacher's advice reads
 
     def __init__(self, run_dir: Path, dtype: torch.dtype = torch.float32,
                  device: torch.device = torch.device("cpu")):
         self.run_dir, self.dtype, self.device = Path(run_dir), dtype, device
 
     def teacher(self, source: str, load) -> nn.Module:
-        warn_if_too_big(source, self.dtype, self.device)
+        warn_if_too_big(source, self.dtype, self.device, passes=self.passes)
         return cast(load(), self.device)
 
     def fresh_student(self, teacher: nn.Module) -> nn.Module:
@@ -195,10 +196,11 @@ def delete_stage(folder: Path) -> None:
 
 
 def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
-                    student: bool = True) -> None:
+                    student: bool = True, passes: tuple | None = None) -> None:
     """Before loading a local teacher whole: say so if it (and its student copy) would not fit in
     the memory available now on `device` (on the CPU loading would end in the kernel's OOM killer,
-    without a message)."""
+    without a message), with what would help (`too_big_advice`; passes: the run's (passes, specs), None
+    for importance's scan, which streams whatever the recipe's passes)."""
     need, have = resident_bytes(source, dtype), free_memory(device)
     need = need if need is None or student else need // 2
     if need is None or have is None or need <= have:
@@ -208,8 +210,19 @@ def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torc
     where = f"free on {device}" if device.type == "cuda" else "available"
     who = "teacher and student need" if student else "the teacher needs"
     warn(f"{who} about {need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')}, and "
-         f"{have / 2**30:.1f} GiB are {where}; set stream: true in the recipe (svd passes, one block resident) "
-         "or compute_dtype: bfloat16")
+         f"{have / 2**30:.1f} GiB are {where}; {too_big_advice(passes, dtype)}")
+
+
+def too_big_advice(passes: tuple | None, dtype: torch.dtype) -> str:
+    """What lets a teacher too big to hold resident fit: stream: true where the run's passes (`passes`:
+    (passes, specs)) stream (stream_refusals.stream_advice, with the values some key must take; --set
+    stream=true for importance's scan, `passes` None), a 2-byte compute_dtype from float32, else more memory."""
+    streams, words = (True, "pass --set stream=true (the scan reads one block at a time)") if passes is None \
+        else stream_advice(*passes)
+    smaller = "compute_dtype: bfloat16" if dtype.itemsize > 2 else None
+    if streams:
+        return f"{words}{', or ' + smaller if smaller else ''}"
+    return f"{words}: {'set ' + smaller + ', or ' if smaller else ''}run where more memory is free"
 
 
 def warn_if_activations_too_big(footprint: dict, device: torch.device, spilled: bool) -> None:
@@ -367,13 +380,8 @@ def check_streaming(passes, specs, path: str) -> None:
     """Every pass must run with one block resident: one UserError naming what every pass asks for that
     needs the whole model, one a line, each at its recipe line (its key's, else the pass's)."""
     lines = []
-    for index, (p, spec) in enumerate(zip(passes, specs)):
-        try:
-            p.check_streaming()
-        except NotStreamable as e:
-            lines += e.lines(spec, index)
-        except UserError as e:
-            lines.append(f"{spec.where(e, 'stream')}: {e}")
+    for index, spec, e in not_streamed(passes, specs):
+        lines += e.lines(spec, index) if isinstance(e, NotStreamable) else [f"{spec.where(e, 'stream')}: {e}"]
     if len(lines) > 1:
         raise UserError(f"{len(lines)} things in {path} need the whole model in memory, which stream: true "
                         "does not hold:\n  " + "\n  ".join(lines))

@@ -43,3 +43,31 @@ class NotStreamable(UserError):
         return [f"{spec.where(BadValue(r.key, '', r.reads), 'stream')}: "
                 f"{r.words(self.name, r.key in spec.keys, f'passes.{index}.{self.name}.{r.key}')}"
                 for r in self.refusals]
+
+
+def not_streamed(passes: list, specs: list) -> list[tuple[int, object, UserError]]:
+    """(index, its recipe.PassSpec, why) of each pass that does not run with block weights streamed as
+    configured (its `check_streaming` raised: a NotStreamable where other values of its keys stream, else
+    a UserError): what stream: true refuses (runner_stream.check_streaming), and what the advice for a
+    teacher too big to hold resident reads (`stream_advice`)."""
+    out = []
+    for index, (p, spec) in enumerate(zip(passes, specs)):
+        try:
+            p.check_streaming()
+        except UserError as e:
+            out.append((index, spec, e))
+    return out
+
+
+def stream_advice(passes: list, specs: list) -> tuple[bool, str]:
+    """(whether stream: true would run, in words) of a recipe's passes (`not_streamed`), for a teacher too
+    big to hold resident: 'set stream: true in the recipe (...)', with the values its passes stream with where
+    some key must change; else which passes never stream ('distill (passes.2) trains the whole model')."""
+    refused = not_streamed(passes, specs)
+    never = [f"{spec.name} (passes.{i})" for i, spec, e in refused if not isinstance(e, NotStreamable)]
+    if never:
+        return False, f"{' and '.join(never)} need{'s' if len(never) == 1 else ''} the whole model in memory, " \
+                      "which stream: true does not hold"
+    changes = [f"passes.{i}.{e.name}.{r.key}: {r.instead}" for i, _, e in refused for r in e.refusals]
+    return True, ("set stream: true in the recipe (one block resident)" if not changes else
+                  f"set stream: true in the recipe with {'; '.join(changes)} (then one block is resident)")

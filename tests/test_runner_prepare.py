@@ -76,6 +76,28 @@ def test_no_activation_warning_for_a_removal_of_none(tmp_path, teacher, monkeypa
     assert "set calibration.spill_activations: true" in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.parametrize("passes, advice", [
+    ("  - svd: {ratio: 0.5, fisher: block}\n", "set stream: true in the recipe (one block resident), or "
+                                               "compute_dtype: bfloat16"),
+    ("  - remove_blocks: {count: 1, criterion: learned}\n", "set stream: true in the recipe with "
+     "passes.0.remove_blocks.criterion: scan or proxy (then one block is resident), or compute_dtype: bfloat16"),
+    ("  - svd: {ratio: 0.5, fisher: block}\n  - distill: {steps: 2, data: teacher_samples}\n",
+     "distill (passes.1) needs the whole model in memory, which stream: true does not hold: set "
+     "compute_dtype: bfloat16, or run where more memory is free")])
+def test_a_teacher_too_big_to_hold_is_advised_what_its_passes_allow(tmp_path, teacher, monkeypatch, capsys,
+                                                                    passes, advice):
+    """A teacher too big to hold resident was advised 'set stream: true in the recipe (svd passes, one block
+    resident) or compute_dtype: bfloat16' whatever the passes, though run refuses stream: true for a
+    learned removal (unless its criterion changes) and for distill (always): the advice follows the rule
+    run refuses by (stream_refusals.not_streamed)."""
+    monkeypatch.setattr(runner_stream, "available_bytes", lambda: 1000)
+    try:
+        _prepared(tmp_path, teacher, passes)
+    except UserError:  # (after the teacher loaded: the warning is said)
+        pass
+    assert f"GiB are available; {advice}" in " ".join(capsys.readouterr().err.split())
+
+
 def test_a_finished_run_of_other_prompts_is_not_offered_to_resume(tmp_path, capsys):
     """A finished run whose passes a rerun shares, but sampled on other calibration prompts, was noted
     as kept by --resume ('add --resume to keep them'), which then refused it (the prompts changed): the
