@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,6 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from compress.errors import UserError
+from compress.inspect_blocks import (module_label, recorded_block_map, removal_lines, removed_blocks,
+                                     teacher_blocks, teacher_label)
 from compress.inspect_fold import fold, natural_width, with_note
 from compress.io_output import load_transformer, output_folder
 from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, _block_prefix, console, layer_rows, other_params,
@@ -89,9 +90,9 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     if took:
         results.print(took)
     results.print(summary_table(shown, "role", "by role (linear layers)"))
-    by_block = [{**r, "block": _module_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
+    by_block = [{**r, "block": module_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
     results.print(summary_table(by_block, "block", "by block (all parameters)"))
-    for line in _removal_lines(block_map, report):
+    for line in removal_lines(block_map, report):
         results.print(line)
     _print_optimality(rows, report)
     _print_compensation(report)
@@ -130,93 +131,6 @@ def lora_line(model, rows: list[dict], report: dict) -> str | None:
 def _scale(scale) -> str:
     """A recorded LoRA scale as `lora` printed it (0.5, 1), anything else as it is."""
     return f"{scale:g}" if isinstance(scale, (int, float)) and not isinstance(scale, bool) else str(scale)
-
-
-# ---- the block map: which teacher block each student block is ---------------------------------
-def recorded_block_map(model, out: Path) -> dict[str, list[int]] | None:
-    """{group: [teacher index of student block 0, 1, ...]} as the run recorded it: config.json's
-    compression.block_map (what load_transformer keeps as compression_meta), else block_map.json;
-    None for an output no remove_blocks pass touched. A malformed one is a UserError naming its file."""
-    where, found = out / "config.json", (getattr(model, "compression_meta", None) or {}).get("block_map")
-    if found is None and (out / "block_map.json").is_file():
-        from compress.io import read_json
-
-        where, found = out / "block_map.json", read_json(out / "block_map.json")
-    if found is None:
-        return None
-    if not _is_block_map(found):
-        shown = json.dumps(found, default=str)
-        raise UserError(f"{where}: block_map is {shown[:37] + '...' if len(shown) > 40 else shown}, not a mapping "
-                        "of each block group to its teacher indices; the output is damaged (rerun the recipe)")
-    return found
-
-
-def _is_block_map(found) -> bool:
-    """{group: [teacher index, ...]}, indices whole numbers ≥ 0."""
-    def index(i) -> bool:
-        return isinstance(i, int) and not isinstance(i, bool) and i >= 0
-
-    return isinstance(found, dict) and all(isinstance(v, list) and all(map(index, v)) for v in found.values())
-
-
-def teacher_blocks(rows: list[dict], block_map: dict | None) -> dict[str, str]:
-    """Student block label ("blocks.1") -> the teacher's ("blocks.2"), for every block of a group
-    the block map names (labels as the rows carry them: group.index)."""
-    teacher = {}
-    for r in rows:
-        group, _, index = r["block"].rpartition(".")
-        if block_map and index.isdigit() and int(index) < len(block_map.get(group, [])):
-            teacher[r["block"]] = f"{group}.{block_map[group][int(index)]}"
-    return teacher
-
-
-def _teacher_label(block: str, teacher: dict[str, str]) -> str:
-    """`block`, with its teacher index beside it where removal renumbered it: "blocks.1 (teacher 2)"."""
-    theirs = teacher.get(block, block)
-    return block if theirs == block else f"{block} (teacher {theirs.rpartition('.')[2]})"
-
-
-def _module_label(block: str, teacher: dict[str, str]) -> str:
-    """`block` ("double.1") by its module name, as the per-layer table heads it ("transformer_blocks.1";
-    a Flux single block "single_transformer_blocks.0"), with its teacher index (_teacher_label)."""
-    from compress.arch import block_module
-
-    return f"{block_module(block)}{_teacher_label(block, teacher)[len(block):]}"
-
-
-def removed_blocks(block_map: dict[str, list[int]], report: dict) -> dict[str, list[int]]:
-    """{group: teacher indices no student block maps to}. The teacher's block count is the first
-    removal pass's blocks_before (report.json); without it, the highest index kept + 1 (a removed
-    last block then goes unseen)."""
-    removal = report.get("remove_blocks")
-    runs = (removal.get("passes") or [removal]) if isinstance(removal, dict) else []
-    first = runs[0] if isinstance(runs, list) and runs else {}
-    before = first.get("blocks_before") if isinstance(first, dict) else None
-    before = before if isinstance(before, dict) else {}
-    gone = {}
-    for group, kept in block_map.items():
-        count = max([before[group] if isinstance(before.get(group), int) else 0] + [i + 1 for i in kept])
-        gone[group] = [i for i in range(count) if i not in kept]
-    return gone
-
-
-def _removal_lines(block_map: dict | None, report: dict) -> list[str]:
-    """What removal did, in teacher indices: the blocks gone by module list, the recipe's group beside
-    them where the family has several ('transformer_blocks (double) [1] (2 → 1)'), and each renumbered
-    student block's teacher block (the tables name student blocks by module, as the weights do)."""
-    if not block_map:
-        return []
-    from compress.arch import group_modules
-
-    gone, named = removed_blocks(block_map, report), {g: group_modules(g) for g in block_map}
-    said = "; ".join(f"{''.join(named[g])} {v} ({len(v) + len(block_map[g])} → {len(block_map[g])})"
-                     for g, v in gone.items() if v)  # as the run's log: report_card.named_removals
-    moved = ", ".join(f"{named[g][0]}.{i} ← {t}" for g, kept in block_map.items()
-                      for i, t in enumerate(kept) if i != t)
-    lines = [f"blocks removed from the teacher: {said or 'none'}"]
-    if moved:
-        lines.append(f"student blocks renumbered (student ← teacher index): {moved}")
-    return lines
 
 
 # ---- the per-layer tables --------------------------------------------------------------------------
@@ -264,7 +178,7 @@ def _entries(rows: list[dict], teacher: dict[str, str]) -> list[tuple[str, str, 
     for r in rows:
         prefix = _block_prefix(r["name"]) if r["block"] != "-" else ""
         if prefix and prefix != block:
-            label = _teacher_label(r["block"], teacher)
+            label = teacher_label(r["block"], teacher)
             entries.append((prefix, label[len(r["block"]):].strip(), None))
         block = prefix
         entries.append((f"  {r['name'][len(prefix) + 1:]}" if prefix else r["name"], "", r))
