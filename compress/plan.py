@@ -166,6 +166,9 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "by_block_after_is": by_block_after_is(unplaced, uneven, later),
     }
     calib["used"] = calibrates(passes, steps)  # false: no pass reads these inputs; plan says so in their place
+    # drawn all the same where a pass reads them without holding their activations (distill's teacher samples)
+    calib["drawn"] = calib["used"] or any(p.reads_calibration_inputs() for p in passes)
+    calib["source"] = inputs  # how they are drawn: a pipeline source samples the pipeline (minutes)
     plan["memory"] = peak_memory(recipe, plan, calib["used"])
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan

@@ -83,6 +83,19 @@ def _brief(key: str, value) -> str:
 NO_CALIBRATION = "calibration: none (no pass calibrates: the run draws only its held-out inputs)"
 
 
+def calibration_words(calib: dict) -> str:
+    """plan's calibration line: the inputs and their activations (`describe`) where some pass calibrates
+    (calibration.used); where none does, the inputs a pass reads all the same (calibration.drawn:
+    distill's teacher samples), which hold no block activations, or NO_CALIBRATION."""
+    if calib.get("used", True):
+        return describe(calib)
+    if not calib.get("drawn"):
+        return NO_CALIBRATION
+    how = ", sampling the pipeline (minutes)" if calib.get("source") == "pipeline" else ""
+    return (f"calibration: {calib['rows']:,} inputs drawn{how}, though no pass calibrates: a pass reads them "
+            "(distill's data: teacher_samples) and holds no block activations of them (memory counts none)")
+
+
 def print_plan(plan: dict) -> None:
     results.print(f"[bold]{plan['recipe']}[/]  teacher {plan['teacher']} ({plan['family']})")
     if plan.get("stream"):
@@ -90,8 +103,7 @@ def print_plan(plan: dict) -> None:
         results.print(f"  streamed: the top level ({s['top_level_params']:,} params) and one block at a "
                       f"time (at most {s['largest_block_params']:,}) resident: "
                       f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
-    calib = plan["calibration"]
-    results.print(f"  {describe(calib) if calib.get('used', True) else NO_CALIBRATION}")
+    results.print(f"  {calibration_words(plan['calibration'])}")
     if "memory" in plan:
         results.print(f"  {memory_words(plan['memory'])}")
     for step in plan["passes"]:

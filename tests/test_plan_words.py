@@ -44,3 +44,36 @@ def test_plan_says_when_no_pass_calibrates(tmp_path, capsys, removal, used):
     assert line.startswith("calibration: none (no pass calibrates") != used and line.startswith("calibration: 160 inputs") == used
     assert cli.main(["plan", str(recipe), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["calibration"]["used"] is used
+
+
+@pytest.mark.parametrize("passes, used, drawn", [
+    ("distill: {steps: 2, warmup_steps: 0, data: teacher_samples}", False, True),  # samples on the prompts
+    ("distill: {steps: 2, warmup_steps: 0, data: toy}", False, False),
+    ("svd: {ratio: 0.5}", True, True),
+])
+def test_plan_says_a_distill_on_teacher_samples_draws_calibration_inputs(tmp_path, capsys, passes, used, drawn):
+    """distill's data: teacher_samples samples the teacher on the calibration inputs (through a pipeline
+    source: sampling the pipeline, minutes), but calibrates on none: plan said 'calibration: none (no pass
+    calibrates: the run draws only its held-out inputs)'. Now the inputs are said drawn, without
+    activations (calibration.drawn; calibration.used stays false: memory counts none)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: pixart\nteacher: toy:pixart\npasses:\n  - {passes}\n")
+    assert cli.main(["plan", str(recipe)]) == 0
+    line = " ".join(capsys.readouterr().out.splitlines()[1].split())
+    assert line.startswith("calibration: none") != drawn
+    assert ("calibration: 160 inputs drawn, though no pass calibrates" in line) == (drawn and not used)
+    assert cli.main(["plan", str(recipe), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    calib = plan["calibration"]
+    assert (calib["used"], calib["drawn"], calib["source"]) == (used, drawn, "toy")
+    assert ("activations" in json.dumps(plan["memory"]["parts"])) == used  # none held by teacher samples
+
+
+def test_the_pipeline_draw_is_said_to_take_minutes():
+    """Through a pipeline source, the inputs distill samples on are the pipeline's own samples."""
+    from compress.plan_words import NO_CALIBRATION, calibration_words
+
+    calib = {"used": False, "drawn": True, "source": "pipeline", "rows": 40}
+    assert calibration_words(calib).startswith("calibration: 40 inputs drawn, sampling the pipeline (minutes), "
+                                               "though no pass calibrates")
+    assert calibration_words(dict(calib, drawn=False)) == NO_CALIBRATION

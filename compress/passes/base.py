@@ -154,6 +154,12 @@ class Pass:
         recipe line with the --sets of those keys (runner_checks.warn_ran_notes); none by default."""
         return []
 
+    def reads_calibration_inputs(self) -> bool:
+        """Whether the pass reads the calibration inputs though it calibrates nothing on them (no block
+        activations held: not `needs_calibration`), as distill's teacher samples start from their
+        prompts; plan's calibration.drawn. No by default."""
+        return False
+
     def check_streaming(self) -> None:
         """Whether this config runs with block weights streamed (recipe `stream: true`, where
         only one block is resident); raise UserError naming what needs the whole model."""

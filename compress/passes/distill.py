@@ -163,6 +163,10 @@ class DistillPass(Pass):
         return {"steps": cfg.steps, "batch_size_per_process": cfg.batch_size, "train": cfg.train,
                 "data": cfg.data, "lambdas": [cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat]}
 
+    def reads_calibration_inputs(self) -> bool:
+        """data: teacher_samples samples the teacher on the calibration inputs (distill_data.teacher_sample_cache)."""
+        return self.config.data == "teacher_samples"
+
     def run(self, model, ctx: RunContext):
         self.check(model, ctx.adapter)
         trainer = _Trainer(self.config, ctx)
