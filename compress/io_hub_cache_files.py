@@ -6,7 +6,7 @@ config.json), or loaded wrong without a word (a tokenizer without its vocabulary
 unknown id); and a file of a part the cache's list of the commit's files names (`cached_listing`,
 written by an online snapshot_download), which diffusers asks for offline and huggingface_hub
 refused in its own line ("The cached snapshot … is incomplete"). `missing_file` names the file and
-the hf download that fetches it. A part's folder missing or empty is pipeline_folder.snapshot_problem's."""
+the hf download that fetches it. A part's folder missing or empty is pipeline_snapshot.snapshot_problem's."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from compress.io_hub import (cached_snapshot, hub_cache, id_problem, main_commit
                              quiet_hub, uncached)
 from compress.io_hub_requests import bounded_hub, cause_line, chain, hub_head, stopped_answering, timed_out
 from compress.pipeline_cache import snapshot_lacks
-from compress.pipeline_folder import snapshot_slot
+from compress.pipeline_snapshot import snapshot_slot
 from compress.progress import no_library_bars
 
 CACHE = "the Hugging Face cache {} (HF_HUB_CACHE, else HF_HOME/hub)"
@@ -97,7 +97,7 @@ def pipeline_keywords(source: str, what: str) -> dict:
     with local_files_only (diffusers otherwise says it "couldn't connect to the Hub" though offline
     was asked for); one the cache lacks is a UserError naming the cache (was diffusers' many-line
     'not fully cached locally'), one whose snapshot lacks a part its model_index.json lists names it
-    and the hf download that fetches it (pipeline_folder.snapshot_problem). {} otherwise."""
+    and the hf download that fetches it (pipeline_snapshot.snapshot_problem). {} otherwise."""
     from compress.io import looks_local
 
     if looks_local(source) or id_problem(source) is not None:
@@ -157,7 +157,7 @@ def hub_answer_words(e: BaseException, source: str, no_pipeline, local: str) -> 
 def cache_problem(source: str, snapshot, what: str) -> str | None:
     """What the cache's snapshot of the Hub pipeline `source` (`what`: 'base pipeline') lacks, in
     words naming the hf download that fetches it: a part model_index.json lists
-    (pipeline_folder.snapshot_problem), else a file a part's class reads
+    (pipeline_snapshot.snapshot_problem), else a file a part's class reads
     (io_hub_cache_files.missing_file), with an older snapshot of the whole pipeline where the cache
     holds one (pipeline_cache.snapshot_lacks); None where it lacks neither."""
     return snapshot_lacks(source, snapshot, as_what=snapshot_slot(what))
@@ -173,7 +173,7 @@ def moved_problem(source: str, what: str) -> str | None:
     """'offline (HF_HUB_OFFLINE), the Hugging Face cache … holds no snapshot of main's commit C, …'
     where the cache's refs/main of the Hub id `source` names a commit it holds no snapshot of and it
     holds others (io_hub.moved_main), which pipeline_keywords refuses as the pipeline loads: said by
-    pipeline_folder.cached_problem for plan and a run before the teacher loads. None otherwise."""
+    pipeline_snapshot.cached_problem for plan and a run before the teacher loads. None otherwise."""
     if moved_main(source) is None:
         return None
     return (f"offline (HF_HUB_OFFLINE), {CACHE.format(hub_cache())} holds {held(source, what)}; fetch it once online, "

@@ -17,7 +17,7 @@ def cached_index(source: str) -> tuple[Path, dict] | None:
     cache's was downloaded, not to a pipeline of another family (a repo keeps its model). None where
     `source` is a local path or no Hub id, or the cache holds no snapshot or no model_index.json of it
     (nothing to read without asking the Hub, which plan and the pre-run check do not), or its
-    model_index.json cannot be read (offline pipeline_folder.cached_problem says so first, as
+    model_index.json cannot be read (offline pipeline_snapshot.cached_problem says so first, as
     load_pipeline's pipeline_keywords does; online the Hub may serve another)."""
     from compress.errors import UserError
     from compress.io import looks_local
@@ -66,13 +66,13 @@ def transformer_repo_words(snapshot: Path) -> str:
 def snapshot_lacks(source: str, snapshot: Path, what: str = "", passed: tuple[str, ...] = ("transformer",),
                    as_what: str = "calibration.pipeline") -> str | None:
     """What refs/main's snapshot `snapshot` of the Hub pipeline `source` lacks, as its load from the
-    cache says it: its model_index.json or a part (pipeline_folder.snapshot_problem; `what`: its
+    cache says it: its model_index.json or a part (pipeline_snapshot.snapshot_problem; `what`: its
     folder_index's), else a file a part reads (io_hub_cache_files.missing_file); and where the cache
     holds an older snapshot of the whole pipeline (main moved on, its new commit downloaded in part),
-    that one (pipeline_folder.whole_elsewhere; `as_what`: where a snapshot folder goes). None where it
+    that one (pipeline_snapshot.whole_elsewhere; `as_what`: where a snapshot folder goes). None where it
     lacks nothing. `passed`: parts given to from_pretrained."""
     from compress.io_hub_cache_files import missing_file
-    from compress.pipeline_folder import snapshot_problem, whole_elsewhere
+    from compress.pipeline_snapshot import snapshot_problem, whole_elsewhere
 
     problem = snapshot_problem(source, snapshot, what, passed) or missing_file(source, snapshot, passed)
     return None if problem is None else problem + whole_elsewhere(source, snapshot, as_what)

@@ -54,7 +54,7 @@ def test_a_shard_an_index_lists_and_a_link_to_a_gone_blob_are_lacking(tmp_path):
 
 def test_missing_file_names_the_first_lacking_part_and_its_download(tmp_path):
     """Parts passed to from_pretrained (the transformer) and parts whose folder is missing
-    (pipeline_folder.snapshot_problem's) are not looked at."""
+    (pipeline_snapshot.snapshot_problem's) are not looked at."""
     snapshot = tmp_path / COMMIT
     _files(snapshot / "scheduler", "README.md")
     _files(snapshot / "tokenizer", "tokenizer_config.json")

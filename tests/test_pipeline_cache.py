@@ -206,7 +206,7 @@ def test_a_cached_hub_pipeline_lacking_a_part_is_refused_as_a_folder_is(tmp_path
 def test_a_cached_hub_pipeline_lacking_a_file_a_part_reads_is_refused_by_plan_and_run_before_the_teacher_loads(
         tmp_path, folders, monkeypatch, capsys, part, drop, lacks, cls):
     """A snapshot whose part folder lacks the file its class reads (an interrupted download) passed
-    plan and the pre-run check (pipeline_folder.cached_problem looked at parts' folders only), and only
+    plan and the pre-run check (pipeline_snapshot.cached_problem looked at parts' folders only), and only
     the calibration pipeline's load refused it, after the teacher had loaded. Plan and run now say the
     load's line (io_hub_cache_files.missing_file) before the teacher loads."""
     import compress.calib_pipeline as calib_pipeline
