@@ -30,7 +30,7 @@ from compress.runner_teacher_id import (named_teacher, older_checksum, same_teac
 from compress.runner_setup import DTYPES, load_checked_teacher
 from compress.runner_stages import resumable
 from compress.runner_stop_words import LOADING
-from compress.runner_stream import (check_streaming, streamed_weights, warn_if_activations_too_big,
+from compress.runner_stream import (NO_ACTIVATIONS, check_streaming, streamed_weights, warn_if_activations_too_big,
                                     warn_if_streamed_too_big)
 from compress.words import counted
 
@@ -138,10 +138,12 @@ def _resumes_nothing(runner) -> bool:
 
 def _warn_of_memory(runner, weights: dict | None) -> None:
     """Calibration's activations (with the streamed weights where `weights`) against what is free;
-    nothing where no pass reads calibration inputs (plan.calibrates: a removal of no block reads none)."""
-    if not runner.calibrates:
+    none where no pass reads calibration inputs (plan.calibrates: a removal of no block reads none): then
+    only the streamed weights, where streamed."""
+    if not runner.calibrates and weights is None:
         return
-    held = footprint(runner.recipe, runner.source, runner.teacher.config, len(runner.prompts or ()))
+    held = (footprint(runner.recipe, runner.source, runner.teacher.config, len(runner.prompts or ()))
+            if runner.calibrates else NO_ACTIVATIONS)
     spilled = runner.recipe.calibration.spill_activations
     if weights is not None:  # weights and activations together, against what is free
         warn_if_streamed_too_big(weights, held, DTYPES[runner.recipe.compute_dtype], runner.device, spilled)

@@ -238,6 +238,9 @@ def warn_if_activations_too_big(footprint: dict, device: torch.device, spilled: 
          "calibration.spill_activations: true (or fewer prompts, or compute_dtype: bfloat16)")
 
 
+NO_ACTIVATIONS = {"bytes": 0, "batch_bytes": 0}  # a footprint where no pass calibrates: the weights alone
+
+
 def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype, device: torch.device,
                              spilled: bool) -> None:
     """Before a streamed run: say so if what it holds at once on `device` would not fit the memory
@@ -252,10 +255,15 @@ def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype,
         return
     from compress.report import warn
 
-    warn(f"a streamed run holds about {need / 2**30:.1f} GiB on {device} (two top levels, "
-         f"{'one block' if copies == 1 else 'one block dense and factorized'} and the calibration activations), "
-         f"and {have / 2**30:.1f} GiB are free there: set calibration.spill_activations: true, compute_dtype: "
-         "bfloat16, or fewer prompts")
+    block = "one block" if copies == 1 else "one block dense and factorized"
+    if footprint["bytes"]:
+        warn(f"a streamed run holds about {need / 2**30:.1f} GiB on {device} (two top levels, {block} and the "
+             f"calibration activations), and {have / 2**30:.1f} GiB are free there: set "
+             "calibration.spill_activations: true, compute_dtype: bfloat16, or fewer prompts")
+        return
+    smaller = "set compute_dtype: bfloat16, or " if dtype.itemsize > 2 else ""
+    warn(f"a streamed run holds about {need / 2**30:.1f} GiB on {device} (two top levels and {block}; no "
+         f"pass calibrates), and {have / 2**30:.1f} GiB are free there: {smaller}run where more memory is free")
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -76,6 +76,23 @@ def test_no_activation_warning_for_a_removal_of_none(tmp_path, teacher, monkeypa
     assert "set calibration.spill_activations: true" in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.parametrize("removal", ["{blocks: {blocks: [0]}}", "{count: 0}"])
+def test_a_streamed_run_that_calibrates_nothing_still_checks_its_weights_fit(tmp_path, teacher, monkeypatch,
+                                                                             capsys, removal):
+    """A streamed run whose passes read no calibration input (a removal by index, or of none) skipped the
+    check that its two top levels and one block fit what is free (warn_if_streamed_too_big): nothing was
+    said. Now it is, with no activations counted nor their settings advised; no footprint is estimated."""
+    monkeypatch.setattr(runner_stream, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(runner_prepare, "footprint", lambda *a, **k: pytest.fail("estimated"))
+    recipe = parse_recipe("stream: true\n" + SIMPLE.format(teacher=teacher, passes=f"  - remove_blocks: {removal}\n"),
+                          str(tmp_path / "r.yaml"))
+    Runner(recipe, tmp_path / "out", tmp_path / "run").prepare()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "a streamed run holds about 0.0 GiB on cpu (two top levels and one block; no pass calibrates), and " \
+           "0.0 GiB are free there: set compute_dtype: bfloat16, or run where more memory is free" in err
+    assert "spill_activations" not in err
+
+
 @pytest.mark.parametrize("passes, advice", [
     ("  - svd: {ratio: 0.5, fisher: block}\n", "set stream: true in the recipe (one block resident), or "
                                                "compute_dtype: bfloat16"),
