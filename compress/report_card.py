@@ -121,11 +121,13 @@ def named_removals(removed: dict) -> str:
 def _how(record: dict) -> str:
     """How one removal pass chose its blocks: listed, or by which criterion (one at a time when
     iterative; a learned removal with its likeliest patterns' probabilities)."""
+    from compress.arch import group_modules
+
     if record.get("criterion") is None:
         return "listed in the recipe"
     how = f"chosen by {record['criterion']}" + (", re-scored after each removal" if record.get("iterative") else "")
-    for w in (record.get("learned") or {}).get("windows", []):
-        how += f"; {w['group']}: probability {w['likeliest'][0]['probability']:.2f}"
+    for w in (record.get("learned") or {}).get("windows", []):  # its group by module, as named_removals
+        how += f"; {''.join(group_modules(w['group']))}: probability {w['likeliest'][0]['probability']:.2f}"
     return how
 
 

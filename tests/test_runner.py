@@ -43,7 +43,7 @@ def test_run_exports_a_loadable_student(setup):
     worst = max(r["loss_ratio"] for r in report["svd"]["layers"].values() if "loss_ratio" in r)
     assert f"worst whitened loss / closed-form optimal loss: {worst:.9f}" in card
     assert f"Compensation in {len(report['svd']['compensation'])} stages" in card
-    group = "blocks" if family == "pixart" else "single"
+    group = "transformer_blocks" if family == "pixart" else "single_transformer_blocks (single)"  # by module
     assert (f"Blocks removed by the last remove_blocks pass (teacher indices): {group} [0] (listed in the "
             "recipe).") in card
     assert report["student_params"] == sum(p.numel() for p in student.parameters())

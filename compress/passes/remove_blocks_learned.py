@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from compress.arch import group_modules
 from compress.block_mask import gated, gumbel_hard, patterns, temperature, windows
 from compress.errors import NumericError, UserError
 from compress.passes.base import RunContext
@@ -244,7 +245,7 @@ def _note_close_calls(wins: list[Window]) -> None:
     for w in wins:
         first, *rest = w.likeliest(2)
         if rest and rest[0]["probability"] >= CLOSE * first["probability"]:
-            note(f"remove_blocks: learned, {w.group} "
+            note(f"remove_blocks: learned, {''.join(group_modules(w.group))} "  # by module, as the removal line
                  f"{_span(w.teacher)}: a close call: removing {first['removed']} "
                  f"won at probability {first['probability']:.2f}, {rest[0]['removed']} had "
                  f"{rest[0]['probability']:.2f}; more learn_steps sharpen the choice")

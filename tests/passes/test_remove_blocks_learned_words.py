@@ -133,11 +133,12 @@ def test_model_card_and_note_say_how_sure_the_choice_is(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "a close call" in err
     [_, line] = _removal_lines(record)
-    assert line == (f"Blocks removed by the last remove_blocks pass (teacher indices): blocks {w['removed']} "
-                    f"(chosen by learned; blocks: probability {p:.2f}).")
-    # the log names the blocks too (it did not: learn_steps 10 and 20 can take different ones)
-    assert err.splitlines()[-1] == (f"remove_blocks: removed blocks {w['removed']} (teacher indices; chosen by "
-                                    f"learned; blocks: probability {p:.2f})")
+    assert line == ("Blocks removed by the last remove_blocks pass (teacher indices): transformer_blocks "
+                    f"{w['removed']} (chosen by learned; transformer_blocks: probability {p:.2f}).")
+    # the log names the blocks too (it did not: learn_steps 10 and 20 can take different ones), by
+    # module as inspect does (it said 'blocks [1]', the group label)
+    assert err.splitlines()[-1] == (f"remove_blocks: removed transformer_blocks {w['removed']} (teacher indices; "
+                                    f"chosen by learned; transformer_blocks: probability {p:.2f})")
 
 
 def test_estimator_defaults_to_score_without_a_weight_update(capsys):
@@ -200,7 +201,7 @@ def test_close_call_note_names_teacher_blocks(tmp_path, capsys):
     run(model, ctx, count={"blocks": 1}, criterion="learned", learn_steps=2, learn_lr=0.0, logit_lr=1e-4)
     [w] = ctx.report["remove_blocks"]["learned"]["windows"]
     err = " ".join(capsys.readouterr().err.split())
-    assert f"blocks 0, 2, 3, 4, 5: a close call: removing {w['removed']} won" in err
+    assert f"learned, transformer_blocks 0, 2, 3, 4, 5: a close call: removing {w['removed']} won" in err
     assert w["removed"][0] in (0, 2, 3, 4, 5)
 
 
