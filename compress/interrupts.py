@@ -71,19 +71,20 @@ def interrupts_held():
     too. SIGTERM and SIGHUP are held with it where they raise a KeyboardInterrupt as SIGINT does
     (`as_ctrl_c`: cli_entry and runner_setup set them so). Where none raises one (SIGINT ignored in a
     background job, SIGHUP under nohup, or set by the caller), the block runs as it is; each handler is
-    put back after it."""
+    put back after it. A held signal is raised by its own handler, as it would have been unheld
+    (`as_ctrl_c`'s KeyboardInterrupt('signal 15'), Python's bare one for a Ctrl-C)."""
     stops = {s: signal.getsignal(s) for s in STOPS if ctrl_c_like(signal.getsignal(s))}
     if threading.current_thread() is not threading.main_thread() or not stops:
         yield
         return
-    held = []
+    held = []  # (when, signum) of each signal held
 
     def hold(signum, frame):
         took(signum)
         now = time.monotonic()
-        if held and now - held[0] >= SECOND_INTERRUPT_S:
-            raise KeyboardInterrupt  # a second Ctrl-C: an import that hangs is stopped
-        held.append(now)
+        if held and now - held[0][0] >= SECOND_INTERRUPT_S:
+            stops[signum](signum, frame)  # a second Ctrl-C: an import that hangs is stopped
+        held.append((now, signum))
 
     for stop in stops:
         signal.signal(stop, hold)
@@ -93,4 +94,5 @@ def interrupts_held():
         for stop, handler in stops.items():
             signal.signal(stop, handler)
     if held:
-        raise KeyboardInterrupt
+        signum = held[0][1]
+        stops[signum](signum, None)  # raised as its own handler raises it: KeyboardInterrupt('signal 15')

@@ -44,6 +44,30 @@ def test_a_sigterm_taken_as_a_ctrl_c_is_held_to_the_end_of_the_block(sigint, sto
         interrupts.forget_stops()
 
 
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", pytest.param("SIGHUP", marks=NO_SIGHUP)])
+@pytest.mark.parametrize("second", [False, True])
+def test_a_held_signal_is_raised_as_it_is_unheld(monkeypatch, stop, second):
+    """A signal held to the block's end (or a second one, raised at once) is raised by its own handler:
+    a SIGTERM or SIGHUP under as_ctrl_c is KeyboardInterrupt('signal 15') held or not (it was a bare
+    KeyboardInterrupt held), a Ctrl-C under Python's handler a bare one."""
+    sig = getattr(signal, stop)
+    handler = signal.default_int_handler if sig == signal.SIGINT else interrupts.as_ctrl_c
+    previous = signal.signal(sig, handler)
+    monkeypatch.setattr(interrupts, "SECOND_INTERRUPT_S", 0.0)  # any second one is a user's second
+    interrupts.forget_stops()
+    try:
+        with pytest.raises(KeyboardInterrupt) as unheld:
+            os.kill(os.getpid(), sig)
+        with pytest.raises(KeyboardInterrupt) as held:
+            with interrupts.interrupts_held():
+                for _ in range(1 + second):
+                    os.kill(os.getpid(), sig)
+        assert held.value.args == unheld.value.args == (() if sig == signal.SIGINT else (f"signal {sig}",))
+    finally:
+        signal.signal(sig, previous)
+        interrupts.forget_stops()
+
+
 def test_a_sigterm_with_its_default_action_is_left_alone():
     """Outside the console script (the Python API, a test) SIGTERM keeps what the caller gave it."""
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)

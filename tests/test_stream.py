@@ -352,7 +352,7 @@ def test_a_ctrl_c_while_a_streamed_weight_is_read_is_a_keyboard_interrupt(tmp_pa
     `ValueError: could not determine the shape of object type 'torch.storage.UntypedStorage'`, a
     traceback and status 1: the read holds it, and it is a KeyboardInterrupt once the read is done. A run's
     SIGTERM or SIGHUP (runner_setup.sigterm_as_interrupt) is held alike (the same ValueError before), with
-    its exit status; an ignored SIGHUP (nohup) stays ignored, the read done."""
+    its exit status and raised as it is unheld; an ignored SIGHUP (nohup) stays ignored, the read done."""
     import os
     import signal
 
@@ -392,9 +392,11 @@ def test_a_ctrl_c_while_a_streamed_weight_is_read_is_a_keyboard_interrupt(tmp_pa
                 loader.materialize("blocks", 0, model.transformer_blocks[0])  # read whole, nothing raised
                 assert signal.getsignal(signum) is signal.SIG_IGN
                 return
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(KeyboardInterrupt) as stopped:
                 loader.materialize("blocks", 0, model.transformer_blocks[0])
         assert interrupts.stop_status() == 128 + signum
+        # raised as unheld: KeyboardInterrupt('signal 15') (as_ctrl_c), a Ctrl-C's bare (it was bare for all)
+        assert stopped.value.args == (() if signum == signal.SIGINT else (f"signal {signum}",))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
