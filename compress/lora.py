@@ -69,7 +69,9 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     so saving it again keeps them. All or nothing: each layer is merged and checked before any is
     taken, and again as it is taken (twice the merge's compute, never all merged layers held at once).
     `own_blocks`: the LoRA's block i is the model's own block i, with no block map (lora_replay: a LoRA
-    recorded before records named the base, read then as the recording output's teacher's)."""
+    recorded before records named the base, read then as the recording output's teacher's); a DoRA's
+    norms still come from the base of the model's chain where no `teacher` is given, as a merge reads
+    them by default (its immediate teacher, on a chain an output, is refused as a DoRA's teacher)."""
     check_scale(scale)
     check_given(teacher)  # a --teacher that is not there: an error, whether or not the LoRA reads it
     given = teacher
@@ -88,6 +90,9 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
         raise UserError(f"{label(lora)}: {none} in a block the student kept ({where}, or past {whose} last: "
                         f"{sorted(layers)[0]}{more}); merging it would change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
+    if dora and own_blocks and given is None:  # norms from the chain's base, as a merge reads them by default
+        chain_base = lora_base(student)
+        teacher, teacher_config = chain_base.source, teacher_config or chain_base.config
     weights = dora_weights(student, {name: kept[name] for name in dora}, teacher, teacher_config) if dora else {}
     if given is not None and not dora:
         note_unread(given)

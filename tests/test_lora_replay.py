@@ -313,3 +313,29 @@ def test_a_lora_read_as_its_moved_teachers_blocks_is_refused_on_another_model_an
         assert str(e.value).startswith(f"{head}, {other}, is another model ({why}"), str(e.value)
         assert str(e.value).endswith(f"): its blocks are not {b}'s, those the LoRA's were mapped to; compare with "
                                      f"the model's own teacher {b}")
+
+
+def test_an_old_dora_record_on_a_chain_is_replayed_with_the_norms_of_the_chains_base(tmp_path):
+    """A DoRA merged before records named a base (no blocks_of) into c (base -> a -> b -> c), read in b's
+    blocks with --teacher base for its norms (the only teacher such a merge took: an output is refused).
+    eval/bench give b it in its own blocks, and took its norms from b's recorded teacher a, an output:
+    'teacher a is a dit-compress output ...; pass that with --teacher (dit-compress lora) or teacher= to
+    merge_lora', no way out in eval. Now from the chain's base, as the merge did (and as a two-link chain,
+    whose b records the base itself, already did)."""
+    import torch
+
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora import _lora
+    from tests.test_lora_chain import _chain
+
+    _, c_folder = _chain(tmp_path, "pixart")
+    _lora(load_transformer(tmp_path / "b"), tmp_path / "dora", targets=["to_q"], use_dora=True)
+    c, base = load_transformer(c_folder), str((tmp_path / "base").resolve())
+    merge_lora(c, tmp_path / "dora", teacher=base, own_blocks=True)  # as dit-compress lora c DORA --teacher base did
+    assert "blocks_of" not in c.compression_meta["loras"][0]
+    expected = load_transformer(tmp_path / "b")
+    merge_lora(expected, tmp_path / "dora", teacher=base, own_blocks=True)
+    got, want = load_teacher_of(c, str(tmp_path / "b")).state_dict(), expected.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
