@@ -38,6 +38,16 @@ def hanging_hub(monkeypatch):
 
 
 @pytest.fixture
+def home(tmp_path, monkeypatch):
+    """$HOME in tmp_path/home, the current folder tmp_path/cwd (where a literal `~` folder would appear)."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    return tmp_path / "home"
+
+
+@pytest.fixture
 def pixart(tmp_path, monkeypatch):
     """runner_helpers.pixart_runner's (tmp_path, a Runner factory, teacher loads): the tiny PixArt
     teacher in tmp_path/teacher, RECIPE in tmp_path/r.yaml."""
