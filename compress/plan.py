@@ -167,9 +167,9 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     }
     calib["used"] = calibrates(passes, steps)  # false: no pass reads these inputs; plan says so in their place
     # drawn all the same where a pass reads them without holding their activations (distill's teacher samples)
-    calib["drawn"] = calib["used"] or any(p.reads_calibration_inputs() for p in passes)
+    calib["drawn"] = draws(passes, steps)
     calib["source"] = inputs  # how they are drawn: a pipeline source samples the pipeline (minutes)
-    plan["memory"] = peak_memory(recipe, plan, calib["used"])
+    plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"])
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
 
@@ -182,6 +182,14 @@ def calibrates(passes: list, steps: list[dict] | None = None) -> bool:
     steps = steps if steps is not None else [{}] * len(passes)
     return any(getattr(p, "needs_calibration", False) and step.get("calibrates", True)
                for p, step in zip(passes, steps))
+
+
+def draws(passes: list, steps: list[dict] | None = None) -> bool:
+    """Whether the run draws calibration inputs at all: some pass calibrates (`calibrates`), or one reads
+    them without holding block activations of them (Pass.reads_calibration_inputs: distill's data:
+    teacher_samples). Plan's calibration.drawn, and whether its memory counts a pipeline source's
+    text encoders and VAE (sampling the pipeline draws them: plan_memory.peak_memory)."""
+    return calibrates(passes, steps) or any(p.reads_calibration_inputs() for p in passes)
 
 
 def by_role_after_is(rows: list[dict], later: list, blocks_open: bool) -> dict[str, str]:

@@ -42,20 +42,22 @@ from compress.plan_factorize import factorizing_bytes
 PROCESS_BYTES = 500 * 2**20
 
 
-def peak_memory(recipe, plan: dict, calibrates: bool) -> dict:
+def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool) -> dict:
     """{"bytes": the run's estimated peak, "parts": [{"what", "bytes", "keys", "fix"}] of it,
     "while": None, or "distill trains" when that is the peak, "other": the smaller of the two
     phases' {"bytes", "parts", "while"} (None without distill), "beside": what is not counted, or
     "", "steps_smaller": the parts of what steps hold for a while at other times, less than the one
     counted (an svd pass's statistics and factorizing at a block, a Fisher's backward, ...)} of a
-    `make_plan` plan (calibration, backward, stream, passes); calibrates: some pass needs calibration.
+    `make_plan` plan (calibration, backward, stream, passes); calibrates: some pass needs calibration
+    (its activations counted); drawn: the run draws calibration inputs at all (plan.draws: a distill on
+    teacher samples too), which a pipeline source samples with its text encoders and VAE beside the teacher.
     Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher_budget.settle_auto)."""
     held = [_weights(plan)]
     passing = []  # what a step holds for a while, a list of parts each: the largest counts
     taps = {i: s["statistics"].pop("taps") for i, s in enumerate(plan["passes"]) if "taps" in s.get("statistics", {})}
     held += [_activations(recipe, plan)] if calibrates else []
     resident = sum(p["bytes"] for p in held)  # as an svd pass's walk and Fisher sweeps start (fisher_memory_gb: auto)
-    pipeline = _pipeline(recipe, plan) if calibrates else None
+    pipeline = _pipeline(recipe, plan) if drawn else None  # sampled: text encoders and VAE beside the teacher
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:  # sized at what is free once the weights and activations are there
             step["fisher"] = settle_auto(on_device(step["fisher"], recipe.device), resident)

@@ -77,3 +77,37 @@ def test_the_pipeline_draw_is_said_to_take_minutes():
     assert calibration_words(calib).startswith("calibration: 40 inputs drawn, sampling the pipeline (minutes), "
                                                "though no pass calibrates")
     assert calibration_words(dict(calib, drawn=False)) == NO_CALIBRATION
+
+
+def test_a_distill_on_teacher_samples_counts_the_pipeline_it_samples(tmp_path, monkeypatch):
+    """Through a pipeline source, distill's teacher samples draw the calibration inputs (calibration.drawn)
+    from the pipeline, its text encoders and VAE beside the teacher, as an svd pass's do; plan counted
+    them only where some pass calibrates (calibration.used): the peak before distill left them out, and a
+    Hub pipeline's note that they are not counted was missing. One rule: plan.draws."""
+    import compress.plan_memory as plan_memory
+    from compress.plan import make_plan
+    from compress.plan_memory import memory_words
+    from compress.recipe import parse_recipe
+    from tests.pipelines import pixart_pipeline
+
+    monkeypatch.setattr(plan_memory, "machine_memory", lambda: None)  # no warning of this machine
+    folder = pixart_pipeline(tmp_path / "pipe")
+    what = "the pipeline's text encoders and VAE while calibration samples"
+
+    def planned(passes="distill: {steps: 2, warmup_steps: 0, data: teacher_samples}"):
+        recipe = parse_recipe(f"model: pixart\nteacher: {folder}\ncalibration: {{source: pipeline, prompts: [a cat, "
+                              "a dog], sample_steps: 2, timesteps: 2, batch_size: 2, heldout: 2}\npasses:\n"
+                              f"  - {passes}\n", str(tmp_path / "r.yaml"))
+        recipe.device = "cpu"
+        return make_plan(recipe)
+
+    plan = planned()
+    memory = plan["memory"]
+    assert (plan["calibration"]["used"], plan["calibration"]["drawn"]) == (False, True)
+    before = {p["what"]: p["bytes"] for p in memory["other"]["parts"]}  # before distill trains: sampling
+    assert before[what] == plan_memory.component_params(str(folder)) * 4 > 0  # float32
+    assert "before distill: about " in memory_words(memory) and what in memory_words(memory)
+    assert what not in memory_words(planned("remove_blocks: {blocks: {blocks: [0]}}")["memory"])  # draws none
+    monkeypatch.setattr(plan_memory, "component_params", lambda source: None)  # a Hub id: not here to count
+    assert memory_words(planned()["memory"]).endswith(
+        f"; the pipeline's text encoders and VAE ({folder}) come on top while calibration samples, not counted")

@@ -93,6 +93,32 @@ def test_a_streamed_run_that_calibrates_nothing_still_checks_its_weights_fit(tmp
     assert "spill_activations" not in err
 
 
+def test_a_distill_on_teacher_samples_is_warned_of_the_pipeline_it_samples(tmp_path, monkeypatch, capsys):
+    """Through a pipeline source, distill's teacher samples sample the pipeline, its text encoders and
+    VAE beside the teacher (calibration.drawn, though no pass calibrates): plan and run (which plans the
+    recipe before loading, plan.warn_if_beyond_memory) left them out of the peak they warn of, counting
+    them only where some pass calibrates. Both name them now, in the same words."""
+    import compress.plan as plan
+    import compress.plan_memory as plan_memory
+    from compress import cli
+    from tests.pipelines import pixart_pipeline
+
+    folder = pixart_pipeline(tmp_path / "pipe")
+    monkeypatch.setattr(plan_memory, "component_params", lambda source: 10**10)  # as big as T5-XXL and more
+    monkeypatch.setattr(plan, "device_memory", lambda device: (2**20, "this machine"))  # every peak is beyond
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: pixart\nteacher: {folder}\ndevice: cpu\ncalibration: {{source: pipeline, prompts: "
+                      "[a cat, a dog], sample_steps: 2, timesteps: 2, batch_size: 2, heldout: 2}\npasses:\n"
+                      "  - distill: {steps: 2, warmup_steps: 0, data: teacher_samples}\n")
+    capsys.readouterr()
+    assert cli.main(["plan", str(recipe)]) == 0
+    planned = [line for line in capsys.readouterr().err.splitlines() if "at its peak" in line]
+    Runner(parse_recipe(recipe.read_text(), str(recipe)), tmp_path / "out", tmp_path / "run").prepare()
+    ran = [line for line in capsys.readouterr().err.splitlines() if "at its peak" in line]
+    assert len(planned) == 1 and ran == planned
+    assert "the pipeline's text encoders and VAE while calibration samples 37.3 GiB (teacher)" in planned[0]
+
+
 @pytest.mark.parametrize("passes, advice", [
     ("  - svd: {ratio: 0.5, fisher: block}\n", "set stream: true in the recipe (one block resident), or "
                                                "compute_dtype: bfloat16"),
