@@ -1,4 +1,4 @@
-"""compress/interrupts.py: a stop held over work it must not break (the SIGINT cases: tests/test_cli.py),
+"""compress/interrupts.py: a stop held over work it must not break (the SIGINT cases: tests/test_cli_interrupts.py),
 and the exit status of the signal that stopped a command."""
 
 import os
