@@ -250,21 +250,53 @@ def same_stop(since_first: float, same_signal: bool, under_launcher: bool) -> bo
     return since_first < StopSignals.SAME_STOP_S or (same_signal and under_launcher)
 
 
-def stop_votes(requested: int | None) -> list[float]:
-    """This process's stop signal (`StopSignals.requested`) as a count per signal of STOPS: summed over
-    the launch in the step's one all-reduce, they say which signals its processes took (`agreed_stop`)."""
-    return [float(requested == s) for s in STOPS]
+def stop_slots(requested: int | None, rank: int, processes: int) -> list[float]:
+    """This process's stop signal (`StopSignals.requested`) in its own slot of one per process, 0
+    elsewhere: summed over the launch in the step's one all-reduce, they say which rank took which
+    signal (`stops_taken`)."""
+    return [float(requested or 0) if r == rank else 0.0 for r in range(processes)]
 
 
-def agreed_stop(own: int | None, votes: list[float]) -> int | None:
-    """The signal this process stops on, where any process of the launch took one (`votes`: the sum of
-    every process's `stop_votes`): its own; else the one most processes took (on a tie, in STOPS'
-    order: SIGINT, SIGTERM, SIGHUP), so a process stopped by another's SIGTERM exits 143 as that one
-    does, not a Ctrl-C's 130; None where none took one."""
+def stops_taken(slots: list[float]) -> dict[int, int]:
+    """{rank: signal} of the processes that took a stop signal, from the summed `stop_slots`."""
+    return {rank: int(s) for rank, s in enumerate(slots) if s}
+
+
+def agreed_stop(own: int | None, taken: dict[int, int]) -> int | None:
+    """The signal this process stops on, where any process of the launch took one (`taken`:
+    `stops_taken`): its own; else the one most processes took (on a tie, in STOPS' order: SIGINT,
+    SIGTERM, SIGHUP), so a process stopped by another's SIGTERM exits 143 as that one does, not a
+    Ctrl-C's 130; None where none took one."""
     if own is not None:
         return own
-    most = max(votes, default=0.0)
+    votes = [sum(s == stop for s in taken.values()) for stop in STOPS]
+    most = max(votes, default=0)
     return next((int(s) for s, n in zip(STOPS, votes) if n == most), None) if most > 0 else None
+
+
+def stop_words(taken: dict[int, int], processes: int) -> str:
+    """What stopped the run, for its stop line: 'a stop signal', with which rank took which signal in
+    a launch of several processes ('a stop signal (rank 1 took SIGTERM)', '(every process took
+    SIGINT)': a Ctrl-C of the launch; '(ranks 0-2 took SIGINT, rank 3 took SIGTERM)')."""
+    if processes < 2 or not taken:
+        return "a stop signal"
+    by_signal = {s: [r for r in sorted(taken) if taken[r] == s] for s in sorted(set(taken.values()))}
+    if len(by_signal) == 1 and len(taken) == processes:
+        return f"a stop signal (every process took {signal.Signals(next(iter(by_signal))).name})"
+    said = [f"{_ranks(ranks)} took {signal.Signals(s).name}" for s, ranks in by_signal.items()]
+    return f"a stop signal ({', '.join(said)})"
+
+
+def _ranks(ranks: list[int]) -> str:
+    """'rank 1'; 'ranks 0-2, 5': sorted ranks, runs of consecutive ones as a range."""
+    runs = []
+    for r in ranks:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    words = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return f"rank {words}" if len(ranks) == 1 else f"ranks {words}"
 
 
 def launched() -> bool:

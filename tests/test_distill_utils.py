@@ -154,16 +154,37 @@ def test_a_sighup_requests_a_stop_as_sigterm_does():
         interrupts.forget_stops()
 
 
+def _summed(*requested):
+    """{rank: signal} from the step's all-reduce: the sum of each process's stop_slots."""
+    from compress.distill_utils import stop_slots, stops_taken
+
+    slots = [stop_slots(r, rank, len(requested)) for rank, r in enumerate(requested)]
+    return stops_taken([sum(v) for v in zip(*slots)])
+
+
 def test_a_process_stops_on_its_own_signal_else_on_the_one_most_processes_took():
-    """The step's all-reduce sums each process's stop_votes: one that took no signal stops on the
+    """The step's all-reduce sums each process's stop_slots: one that took no signal stops on the
     signal the others took (it said a Ctrl-C's 130 whatever that was); a tie goes SIGINT, SIGTERM."""
-    from compress.distill_utils import agreed_stop, stop_votes
+    from compress.distill_utils import agreed_stop
 
-    def summed(*requested):
-        return [sum(v) for v in zip(*(stop_votes(r) for r in requested))]
+    assert agreed_stop(None, _summed(None, None)) is None
+    assert agreed_stop(None, _summed(None, signal.SIGTERM)) == signal.SIGTERM
+    assert agreed_stop(signal.SIGINT, _summed(signal.SIGINT, signal.SIGTERM, signal.SIGTERM)) == signal.SIGINT
+    assert agreed_stop(None, _summed(None, signal.SIGINT, signal.SIGTERM, signal.SIGTERM)) == signal.SIGTERM
+    assert agreed_stop(None, _summed(None, signal.SIGTERM, signal.SIGINT)) == signal.SIGINT
 
-    assert agreed_stop(None, summed(None, None)) is None
-    assert agreed_stop(None, summed(None, signal.SIGTERM)) == signal.SIGTERM
-    assert agreed_stop(signal.SIGINT, summed(signal.SIGINT, signal.SIGTERM, signal.SIGTERM)) == signal.SIGINT
-    assert agreed_stop(None, summed(None, signal.SIGINT, signal.SIGTERM, signal.SIGTERM)) == signal.SIGTERM
-    assert agreed_stop(None, summed(None, signal.SIGTERM, signal.SIGINT)) == signal.SIGINT
+
+@pytest.mark.parametrize("requested, words", [
+    ((None, signal.SIGTERM), "a stop signal (rank 1 took SIGTERM)"),
+    ((signal.SIGINT, None), "a stop signal (rank 0 took SIGINT)"),
+    ((signal.SIGINT, signal.SIGINT), "a stop signal (every process took SIGINT)"),  # a Ctrl-C of the launch
+    ((signal.SIGINT, None, signal.SIGINT, signal.SIGINT, signal.SIGTERM),
+     "a stop signal (ranks 0, 2-3 took SIGINT, rank 4 took SIGTERM)"),
+    ((signal.SIGTERM,), "a stop signal"),  # one process: its own, as before
+])
+def test_the_stop_line_says_which_rank_took_which_signal(requested, words):
+    """Rank 0's 'distill: stopped at step N/M on a stop signal; ...' did not say which process of a
+    launch took which signal (a follower's SIGTERM read as if rank 0 had one)."""
+    from compress.distill_utils import stop_words
+
+    assert stop_words(_summed(*requested), len(requested)) == words

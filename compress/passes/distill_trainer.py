@@ -15,8 +15,8 @@ import torch
 
 from compress.distill_data import make_source
 from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, accelerator_for, agreed_stop,
-                                    feature_loss, output_loss, resolve_block_map, select_trainable, stop_votes,
-                                    warmup_cosine, write_curves)
+                                    feature_loss, output_loss, resolve_block_map, select_trainable, stop_slots,
+                                    stop_words, stops_taken, warmup_cosine, write_curves)
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast
@@ -125,7 +125,8 @@ class _Trainer(Checkpoints):
                 task = bar.add_task("distill", total=cfg.steps, completed=self.step)
                 while self.step < cfg.steps:
                     row = self._train_step(pred, feats, stop)
-                    stop_now = row.pop("stop")  # the signal this process stops on (its own or another's)
+                    taken = row.pop("stop")  # {rank: signal} of the processes that took one
+                    stop_now = agreed_stop(stop.requested, taken)  # the signal this process stops on
                     self.step += 1
                     ran += 1
                     self.history.append(row)
@@ -137,7 +138,8 @@ class _Trainer(Checkpoints):
                     if not last and (stop_now or limit):
                         if not (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                             self._save()
-                        why = "a stop signal" if stop_now else f"max_steps_this_run={cfg.max_steps_this_run}"
+                        why = (stop_words(taken, self.acc.num_processes) if stop_now
+                               else f"max_steps_this_run={cfg.max_steps_this_run}")
                         raise (TrainingInterrupted if stop_now else StepLimitReached)(
                             f"distill: stopped at step {self.step}/{cfg.steps} on {why}; checkpoint in "
                             f"{self.dir / 'checkpoints'}; run again with --resume to continue",
@@ -178,13 +180,14 @@ class _Trainer(Checkpoints):
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         # one all-reduce for logging and for agreeing on a stop (any process signalled -> all stop, on its signal)
+        slots = stop_slots(stop.requested, acc.process_index, acc.num_processes)  # which rank took which signal
         stats = torch.cat([torch.stack([loss.detach(), task.detach(), out.detach(), feat.detach(),
                                         torch.as_tensor(grad_norm, device=acc.device).float()]).float(),
-                           torch.tensor(stop_votes(stop.requested), device=acc.device)])  # (5 + len(STOPS),)
+                           torch.tensor(slots, device=acc.device)])  # (5 + processes,)
         stats = acc.reduce(stats, "sum") if acc.num_processes > 1 else stats
         values = (stats[:5] / acc.num_processes).tolist()
         row = {"step": self.step + 1, **dict(zip(TERMS, values[:4])), "lr": lr, "grad_norm": values[4]}
-        row["stop"] = agreed_stop(stop.requested, stats[5:].tolist())  # the signal, or None
+        row["stop"] = stops_taken(stats[5:].tolist())  # {rank: signal}, {} where none took one
         return row
 
     # ---- evaluation and report ----------------------------------------------------------------

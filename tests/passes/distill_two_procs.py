@@ -1,7 +1,8 @@
 """Run by tests/passes/test_distill.py under `torchrun --nproc_per_node 2`: a few distill steps on a tiny
 model in each of 2 CPU processes (gloo); each writes its final weights to OUT/weights_<rank>.pt. With a
 signal's name after OUT (SIGTERM), rank 1 sends it to itself during its second step, and each rank
-writes the exit status of its stop (TrainingInterrupted) to OUT/status_<rank>."""
+writes the exit status of its stop (TrainingInterrupted) to OUT/status_<rank>, its message to
+OUT/message_<rank>."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def main(out: Path, stop: str | None = None) -> None:
         trained = DistillPass(cfg).run(student, ctx)
     except TrainingInterrupted as e:
         (out / f"status_{rank}").write_text(str(e.exit_code))
+        (out / f"message_{rank}").write_text(str(e))
         return
     torch.save(state(trained), out / f"weights_{rank}.pt")
     assert ctx.report["distill"]["processes"] == 2

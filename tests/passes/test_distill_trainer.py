@@ -122,13 +122,17 @@ def test_two_processes_agree(tmp_path):
 
 def test_a_process_stopped_by_another_ones_signal_exits_with_that_signals_status(tmp_path):
     """2 processes via torchrun, rank 1 alone sent SIGTERM in its second step: both stop after it (the
-    step's all-reduce), each with 143; rank 0, which took no signal, said a Ctrl-C's 130 before."""
+    step's all-reduce), each with 143; rank 0, which took no signal, said a Ctrl-C's 130 before. Its line
+    says which rank took which signal ('on a stop signal; ...' said none)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
            str(HERE / "distill_two_procs.py"), str(tmp_path), "SIGTERM"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [(tmp_path / f"status_{r}").read_text() for r in (0, 1)] == ["143", "143"]
+    assert (tmp_path / "message_0").read_text().startswith(
+        "distill: stopped at step 2/3 on a stop signal (rank 1 took SIGTERM); checkpoint in ")
+    assert (tmp_path / "message_0").read_text().endswith("; run again with --resume to continue")
     assert not list(tmp_path.glob("weights_[01].pt"))  # neither ran to the end
 
 
