@@ -60,7 +60,7 @@ def _teacher_and_inputs(source: str, recipe, teacher_arg: str | None = None, con
             loader = models.loaders[id(teacher)]
         else:
             from compress.runner import DTYPES
-            from compress.runner_stream import warn_if_too_big
+            from compress.runner_memory import warn_if_too_big
 
             warn_if_too_big(teacher_arg or recipe.teacher, DTYPES[recipe.compute_dtype], device, student=False)
             teacher_source, teacher = load_checked_teacher(recipe, teacher_arg, config_arg)

@@ -133,10 +133,10 @@ def remove_empty(folders: list[Path]) -> None:
 
 def warn_if_short_of_disk(path: Path, out: Path) -> None:
     """The folder takes about the file's size (its own dtypes): say so before writing if the disk
-    of `out` has less free, as `run` does (runner_stream.warn_if_short_of_disk). The warning names
+    of `out` has less free, as `run` does (runner_memory.warn_if_short_of_disk). The warning names
     the folder measured: `out`'s parent, or the nearest one above it that exists."""
     from compress.report import warn
-    from compress.runner_stream import free_bytes
+    from compress.runner_memory import free_bytes
 
     missing = missing_parents(out)
     measured = missing[-1].parent if missing else out.parent

@@ -42,7 +42,7 @@ def on_device(fisher: dict, device: str) -> dict:
     recipe) with fisher_memory_gb auto's free memory that of the recipe's `device` where that is
     another (device: cpu on a machine with a GPU)."""
     from compress.passes.svd_fisher_budget import plan_device
-    from compress.runner_stream import free_memory
+    from compress.runner_memory import free_memory
 
     if fisher["memory_gb"] != "auto" or plan_device(device) == plan_device():
         return fisher

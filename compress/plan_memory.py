@@ -15,7 +15,7 @@ statistics (`svd_statistics`), the float64 temporaries of factorizing its widest
 (`factorize_bytes`) or a block's own output Fisher (fisher: block), and the square roots of its output
 Fishers that it keeps, all of one pass (the passes calibrate one after another: `calibrating`).
 It compares against the device's total memory, not what is free now: the run checks that again
-before it starts (runner_stream.warn_if_*). Not counted: CUDA's own context on a GPU, and on a GPU
+before it starts (runner_memory.warn_if_*). Not counted: CUDA's own context on a GPU, and on a GPU
 what the process holds on the host.
 """
 
@@ -255,7 +255,7 @@ def component_params(source: str) -> int | None:
     """Parameters of a local pipeline folder's components but the transformer, from their
     safetensors headers (a variant's, model.fp16.safetensors, only where there is no plain one);
     None where not a local pipeline folder or a component has no safetensors."""
-    from compress.runner_stream import checkpoint_numel
+    from compress.runner_memory import checkpoint_numel
 
     folder = Path(source).expanduser()
     try:

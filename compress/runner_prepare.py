@@ -30,8 +30,8 @@ from compress.runner_teacher_id import (named_teacher, older_checksum, same_teac
 from compress.runner_setup import DTYPES, load_checked_teacher
 from compress.runner_stages import resumable
 from compress.runner_stop_words import LOADING
-from compress.runner_stream import (NO_ACTIVATIONS, check_streaming, streamed_weights, warn_if_activations_too_big,
-                                    warn_if_streamed_too_big)
+from compress.runner_memory import NO_ACTIVATIONS, warn_if_activations_too_big, warn_if_streamed_too_big
+from compress.runner_stream import check_streaming, streamed_weights
 from compress.words import counted
 
 

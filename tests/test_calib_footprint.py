@@ -106,7 +106,7 @@ def test_flux_without_guidance_embeds_counts_the_one_branch_it_samples(tmp_path)
 
 def test_a_run_warns_when_activations_would_not_fit(tmp_path, monkeypatch, capsys):
     import compress.runner
-    import compress.runner_stream as rs
+    import compress.runner_memory as rs
     from compress.runner import Runner
 
     text = RECIPE.format(family="pixart", teacher="toy:pixart", fisher="none",

@@ -169,7 +169,7 @@ def test_convert_takes_the_output_lock_a_run_takes(tmp_path):
 
 def test_convert_warns_first_when_the_disk_has_less_free_than_the_file(tmp_path, monkeypatch, capsys):
     _flux_file(tmp_path)
-    monkeypatch.setattr("compress.runner_stream.free_bytes", lambda folder: 1000)
+    monkeypatch.setattr("compress.runner_memory.free_bytes", lambda folder: 1000)
     convert_file(tmp_path / "f.safetensors", tmp_path / "out")
     err = " ".join(capsys.readouterr().err.split())
     assert f"warning: the converted folder takes about 0.0 GiB (the size of f.safetensors) and 0.0 GiB are free " \
@@ -194,7 +194,7 @@ def test_the_disk_warning_names_the_folder_measured(tmp_path, monkeypatch, capsy
     """The warning named OUT's parent, which did not exist yet: the free space is its nearest existing one's."""
     _flux_file(tmp_path)
     measured = []
-    monkeypatch.setattr("compress.runner_stream.free_bytes", lambda folder: measured.append(folder) or 1000)
+    monkeypatch.setattr("compress.runner_memory.free_bytes", lambda folder: measured.append(folder) or 1000)
     convert_file(tmp_path / "f.safetensors", tmp_path / "n" / "out")
     err = " ".join(capsys.readouterr().err.split())
     assert measured == [tmp_path] and f"0.0 GiB are free under {tmp_path}; give an output folder" in err

@@ -28,7 +28,7 @@ def test_fisher_block_auto_is_chunked_in_plan_as_the_pass_chunks_it(monkeypatch,
     import compress.passes.svd as svd_module
     import compress.passes.svd_fisher_budget as sf
     import compress.plan_memory as pm
-    import compress.runner_stream as rs
+    import compress.runner_memory as rs
     from compress.arch import get_adapter
     from compress.inputs import SyntheticSource
     from compress.passes.base import RunContext
@@ -119,7 +119,7 @@ def test_auto_is_planned_at_the_free_memory_of_the_recipes_device(monkeypatch, t
     import torch
 
     import compress.plan_memory as pm
-    import compress.runner_stream as rs
+    import compress.runner_memory as rs
     from tests.conftest import tiny_pixart
 
     tiny_pixart().save_pretrained(tmp_path / "teacher")

@@ -15,7 +15,7 @@ def _plan(monkeypatch, name: str, free: int | None = None, sequential=None, **se
     """make_plan of a shipped recipe (calibration keys under `sets` replaced, and its svd passes'
     `sequential` where given), `free` bytes free here now."""
     import compress.plan_memory as pm
-    import compress.runner_stream as rs
+    import compress.runner_memory as rs
 
     monkeypatch.setattr(pm, "machine_memory", lambda: None)  # no warning of this machine
     if free is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import compress.runner_prepare as runner_prepare
-import compress.runner_stream as runner_stream
+import compress.runner_memory as runner_memory
 from compress.errors import UserError
 from compress.recipe import parse_recipe
 from compress.runner import Runner
@@ -69,7 +69,7 @@ def test_no_activation_warning_for_a_removal_of_none(tmp_path, teacher, monkeypa
     input, as plan says ('calibration: none', plan.calibrates): the run still warned 'calibration: 8
     inputs of 16 + 8 caption tokens; ...; 0.0 GiB are free on cpu: set calibration.spill_activations:
     true ...' of activations it never computes. A removal of one block is warned, as before."""
-    monkeypatch.setattr(runner_stream, "available_bytes", lambda: 1000)  # every estimate is too big
+    monkeypatch.setattr(runner_memory, "available_bytes", lambda: 1000)  # every estimate is too big
     _prepared(tmp_path, teacher, f"  - remove_blocks: {none}\n")
     assert "spill_activations" not in capsys.readouterr().err
     _prepared(tmp_path, teacher, f"  - remove_blocks: {one}\n")
@@ -82,7 +82,7 @@ def test_a_streamed_run_that_calibrates_nothing_still_checks_its_weights_fit(tmp
     """A streamed run whose passes read no calibration input (a removal by index, or of none) skipped the
     check that its two top levels and one block fit what is free (warn_if_streamed_too_big): nothing was
     said. Now it is, with no activations counted nor their settings advised; no footprint is estimated."""
-    monkeypatch.setattr(runner_stream, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(runner_memory, "available_bytes", lambda: 1000)
     monkeypatch.setattr(runner_prepare, "footprint", lambda *a, **k: pytest.fail("estimated"))
     recipe = parse_recipe("stream: true\n" + SIMPLE.format(teacher=teacher, passes=f"  - remove_blocks: {removal}\n"),
                           str(tmp_path / "r.yaml"))
@@ -133,7 +133,7 @@ def test_a_teacher_too_big_to_hold_is_advised_what_its_passes_allow(tmp_path, te
     resident) or compute_dtype: bfloat16' whatever the passes, though run refuses stream: true for a
     learned removal (unless its criterion changes) and for distill (always): the advice follows the rule
     run refuses by (stream_refusals.not_streamed)."""
-    monkeypatch.setattr(runner_stream, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(runner_memory, "available_bytes", lambda: 1000)
     try:
         _prepared(tmp_path, teacher, passes)
     except UserError:  # (after the teacher loaded: the warning is said)

@@ -52,7 +52,7 @@ def test_a_truncated_teacher_shard_is_one_line_naming_it_before_any_compute(tmp_
     resident load then says it in its own words)."""
     import os
 
-    from compress.runner_stream import checkpoint_numel
+    from compress.runner_memory import checkpoint_numel
     from compress.stream_files import file_map
 
     text = streamed_teacher(tmp_path, "pixart").format(stream=stream)

@@ -1,4 +1,4 @@
-"""The memory and disk warnings before a run (compress/runner_stream.py): a teacher too big to hold
+"""The memory and disk warnings before a run (compress/runner_memory.py): a teacher too big to hold
 resident, a streamed run too big for its device, a disk too small for a streamed run's stages."""
 
 import pytest
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_teacher_too_big_for_memory_is_named_before_loading(tmp_path, monkeypatch, capsys):
-    import compress.runner_stream as rs
+    import compress.runner_memory as rs
 
     text = streamed_teacher(tmp_path, "pixart").format(stream="false")
     need = rs.resident_bytes(str(tmp_path / "teacher"), torch.float32)
@@ -36,8 +36,9 @@ def test_a_teacher_too_big_for_memory_is_named_before_loading(tmp_path, monkeypa
 def test_a_streamed_run_too_big_for_its_device_is_named_before_it_starts(tmp_path, monkeypatch, capsys):
     """Two top levels, the largest block and the calibration activations (one batch when spilled)
     against the memory free on the run's device."""
-    import compress.runner_stream as rs
-    from compress.runner_stream import streamed_weights, warn_if_streamed_too_big
+    import compress.runner_memory as rs
+    from compress.runner_memory import warn_if_streamed_too_big
+    from compress.runner_stream import streamed_weights
 
     model = tiny_flux()
     weights = streamed_weights(model, get_adapter(model))
@@ -57,7 +58,7 @@ def test_a_streamed_run_too_big_for_its_device_is_named_before_it_starts(tmp_pat
 
 
 def test_a_disk_too_small_for_a_streamed_run_is_named(tmp_path, monkeypatch, capsys):
-    import compress.runner_stream as rs
+    import compress.runner_memory as rs
 
     text = streamed_teacher(tmp_path, "pixart").format(stream="true")
     monkeypatch.setattr(rs, "free_bytes", lambda folder: 1)
@@ -72,7 +73,7 @@ def test_a_disk_too_small_for_a_streamed_run_is_named(tmp_path, monkeypatch, cap
 def test_the_disk_warning_counts_the_statistics_and_says_mib(tmp_path, monkeypatch, capsys):
     """Statistics count toward what a streamed run writes, and sizes under 1 GiB are said in MiB (a
     3 MiB disk read '0.0 GiB')."""
-    import compress.runner_stream as rs
+    import compress.runner_memory as rs
 
     monkeypatch.setattr(rs, "free_bytes", lambda folder: 3 * 2**20)
     rs.warn_if_short_of_disk(tmp_path, 2**20)  # three copies fit
@@ -87,7 +88,7 @@ def test_statistics_on_disk_is_what_the_svd_passes_cache(tmp_path):
     from compress.passes import build_passes
     from compress.plan import svd_targets
     from compress.recipe import parse_recipe
-    from compress.runner_stream import statistics_on_disk
+    from compress.runner_memory import statistics_on_disk
 
     text = streamed_teacher(tmp_path, "pixart").format(stream="true")
     run_recipe(tmp_path, text, "s")
@@ -101,6 +102,7 @@ def test_statistics_on_disk_is_what_the_svd_passes_cache(tmp_path):
 def test_the_disk_warning_counts_the_statistics_once_the_passes_are_known(tmp_path, monkeypatch, capsys):
     """Room for the model copies but not the statistics: warned once the passes' targets are known
     (Runner.prepare); not twice where the copies alone were too much."""
+    import compress.runner_memory as runner_memory
     import compress.runner_stream as rs
     from compress.passes import build_passes
     from compress.recipe import parse_recipe
@@ -109,7 +111,7 @@ def test_the_disk_warning_counts_the_statistics_once_the_passes_are_known(tmp_pa
     recipe = parse_recipe(text, str(tmp_path / "s.yaml"))
     for free, first in ((1, True), (None, False)):
         models = rs.StreamedModels(tmp_path / "run")
-        monkeypatch.setattr(rs, "free_bytes", lambda folder: free or 3 * models.model_bytes + 1)
+        monkeypatch.setattr(runner_memory, "free_bytes", lambda folder: free or 3 * models.model_bytes + 1)
         teacher = models.teacher(str(tmp_path / "teacher"), None)
         assert ("warning" in capsys.readouterr().err) is first
         models.warn_if_short_of_disk(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import compress.plan_memory as plan_memory
-import compress.runner_stream as runner_stream
+import compress.runner_memory as runner_memory
 from compress.plan import make_plan
 from compress.recipe import load_recipe
 
@@ -21,7 +21,7 @@ def sweeps(name: str, free_gib: float | None) -> list[tuple[int, float]]:
     for spec in recipe.passes:
         if free_gib is None and getattr(spec.config, "fisher_memory_gb", None) == "auto":
             spec.config.fisher_memory_gb = 2.0
-    runner_stream.free_memory = lambda device: int((free_gib or 0) * 2**30) or None
+    runner_memory.free_memory = lambda device: int((free_gib or 0) * 2**30) or None
     plan = make_plan(recipe)
     return [(s["fisher"]["sweeps"], s["fisher"]["sweep_gib"]) for s in plan["passes"] if "fisher" in s]
 

@@ -21,7 +21,7 @@ def fisher_budget(setting: float | str, device: torch.device | str, resident: fl
     (plan_fisher, on `plan_device`) with `resident`, its estimate of what they will hold."""
     if setting != "auto":
         return float(setting) * 2**30
-    from compress.runner_stream import free_memory
+    from compress.runner_memory import free_memory
 
     return auto_budget(free_memory(torch.device(device)), resident)
 
@@ -51,7 +51,7 @@ def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: 
     size = {i.name: fisher_bytes(i.out_features, rows.get(i.name)) for i in infos}
     free = None
     if memory_gb == "auto":
-        from compress.runner_stream import free_memory
+        from compress.runner_memory import free_memory
 
         free = free_memory(plan_device())
     out = {"targets": len(infos), "gradient_checkpointing": checkpointing, "memory_gb": memory_gb,

@@ -35,7 +35,7 @@ def test_fisher_memory_auto_takes_half_the_memory_free(monkeypatch):
     """fisher_memory_gb: a number of GiB, or auto: half of what the device has free when the sweeps
     start (at least 1 GiB; 2 GiB where that is unknown); plan shows the sweeps it gives here."""
     import compress.passes.svd_fisher_budget as sf
-    import compress.runner_stream as rs
+    import compress.runner_memory as rs
     from compress.arch import get_adapter
     from compress.passes.svd import SVDConfig, SVDPass
 
@@ -72,7 +72,7 @@ def test_fisher_memory_gb_auto_is_planned_at_what_is_free_once_the_run_holds_its
     from types import SimpleNamespace
 
     import compress.passes.svd_fisher_budget as sf
-    import compress.runner_stream as rs
+    import compress.runner_memory as rs
 
     infos = [SimpleNamespace(name=f"l{i}", out_features=2**14) for i in range(8)]  # 2 GiB each as F
     monkeypatch.setattr(rs, "free_memory", lambda device: 40 * 2**30)
