@@ -275,11 +275,13 @@ def agreed_stop(own: int | None, taken: dict[int, int]) -> int | None:
 
 
 def stop_words(taken: dict[int, int], processes: int) -> str:
-    """What stopped the run, for its stop line: 'a stop signal', with which rank took which signal in
-    a launch of several processes ('a stop signal (rank 1 took SIGTERM)', '(every process took
-    SIGINT)': a Ctrl-C of the launch; '(ranks 0-2 took SIGINT, rank 3 took SIGTERM)')."""
-    if processes < 2 or not taken:
+    """What stopped the run, for its stop line: 'a stop signal (SIGTERM)' in one process; which rank
+    took which signal in a launch of several ('a stop signal (rank 1 took SIGTERM)', '(every process
+    took SIGINT)': a Ctrl-C of the launch; '(ranks 0-2 took SIGINT, rank 3 took SIGTERM)')."""
+    if not taken:
         return "a stop signal"
+    if processes < 2:
+        return f"a stop signal ({signal.Signals(next(iter(taken.values()))).name})"
     by_signal = {s: [r for r in sorted(taken) if taken[r] == s] for s in sorted(set(taken.values()))}
     if len(by_signal) == 1 and len(taken) == processes:
         return f"a stop signal (every process took {signal.Signals(next(iter(by_signal))).name})"

@@ -180,7 +180,9 @@ def test_a_process_stops_on_its_own_signal_else_on_the_one_most_processes_took()
     ((signal.SIGINT, signal.SIGINT), "a stop signal (every process took SIGINT)"),  # a Ctrl-C of the launch
     ((signal.SIGINT, None, signal.SIGINT, signal.SIGINT, signal.SIGTERM),
      "a stop signal (ranks 0, 2-3 took SIGINT, rank 4 took SIGTERM)"),
-    ((signal.SIGTERM,), "a stop signal"),  # one process: its own, as before
+    ((signal.SIGTERM,), "a stop signal (SIGTERM)"),  # one process: its own ('a stop signal' said none)
+    ((signal.SIGINT,), "a stop signal (SIGINT)"),
+    ((None,), "a stop signal"),
 ])
 def test_the_stop_line_says_which_rank_took_which_signal(requested, words):
     """Rank 0's 'distill: stopped at step N/M on a stop signal; ...' did not say which process of a

@@ -301,8 +301,8 @@ def test_a_stop_signal_in_distill_checkpoints_and_exits_with_its_status(setup, t
     p.send_signal(getattr(signal, stop))
     out, err = p.communicate(timeout=300)
     assert (p.returncode, err.strip().splitlines()[-1:]) == (status, [
-        "dit-compress: distill: stopped at step 3/6 on a stop signal; checkpoint in run/distill/checkpoints; "
-        "run again with --resume to continue"]), err
+        f"dit-compress: distill: stopped at step 3/6 on a stop signal ({stop}); checkpoint in "
+        "run/distill/checkpoints; run again with --resume to continue"]), err
     assert "step-00000003" in [c.name for c in (tmp_path / "run" / "distill" / "checkpoints").iterdir()]
     assert not (tmp_path / "out").exists()
 

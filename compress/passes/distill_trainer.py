@@ -126,7 +126,8 @@ class _Trainer(Checkpoints):
                 while self.step < cfg.steps:
                     row = self._train_step(pred, feats, stop)
                     taken = row.pop("stop")  # {rank: signal} of the processes that took one
-                    stop_now = agreed_stop(stop.requested, taken)  # the signal this process stops on
+                    # the signal this process stops on, as the all-reduce saw it (one after it: the next step's)
+                    stop_now = agreed_stop(taken.get(self.acc.process_index), taken)
                     self.step += 1
                     ran += 1
                     self.history.append(row)
