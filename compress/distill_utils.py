@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.interrupts import STOPS, took
+from compress.interrupts import STOPS, raise_stop, took
 from compress.kd_losses import massive_activation_mask, normalized_mse
 from compress.lowrank import LowRankLinear
 from compress.report import save_figure
@@ -208,8 +208,9 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) ->
 class StopSignals:
     """Within the `with`, SIGINT/SIGTERM/SIGHUP set `requested` (checked once per step; noted for the
     exit status: interrupts.took) instead of killing the process, so the loop can write a checkpoint
-    and exit cleanly. A second signal stops at once, unless it is the first one passed on (within
-    SAME_STOP_S of it, or the same signal under a launcher): a terminal's Ctrl-C reaches torchrun's
+    and exit cleanly. A second signal stops at once (a KeyboardInterrupt as the signal's own handler
+    raises it: interrupts.raise_stop), unless it is the first one passed on (within SAME_STOP_S of
+    it, or the same signal under a launcher): a terminal's Ctrl-C reaches torchrun's
     agent with its workers, and the agent sends them its own signal at once (then SIGKILL, 30 s later:
     a user still gets out). A signal the caller ignores (SIG_IGN: SIGINT in a background job, SIGHUP
     under nohup) stays ignored, as cli_entry and interrupts_held leave it. Outside the main thread
@@ -228,7 +229,7 @@ class StopSignals:
             self.requested, self._at = signum, time.monotonic()
             took(signum)
         elif not same_stop(time.monotonic() - self._at, signum == self.requested, launched()):
-            raise KeyboardInterrupt  # a second one: give up the clean exit
+            raise_stop(signum, frame, self._previous.get(signum))  # a second one: give up the clean exit
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

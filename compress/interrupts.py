@@ -56,6 +56,13 @@ def as_ctrl_c(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def raise_stop(signum, frame, handler) -> None:
+    """Raises the KeyboardInterrupt a stop signal raises unheld: `handler`'s, the signal's own outside
+    the hold (interrupts_held's, distill's StopSignals') where it raises one (Python's bare one for a
+    Ctrl-C, `as_ctrl_c`'s KeyboardInterrupt('signal 15')), else `as_ctrl_c`'s (SIGTERM's default action)."""
+    (handler if ctrl_c_like(handler) else as_ctrl_c)(signum, frame)
+
+
 def ctrl_c_like(handler) -> bool:
     """Whether a signal's handler raises a KeyboardInterrupt: Python's Ctrl-C one, or `as_ctrl_c`."""
     return handler is signal.default_int_handler or handler is as_ctrl_c
@@ -83,7 +90,7 @@ def interrupts_held():
         took(signum)
         now = time.monotonic()
         if held and now - held[0][0] >= SECOND_INTERRUPT_S:
-            stops[signum](signum, frame)  # a second Ctrl-C: an import that hangs is stopped
+            raise_stop(signum, frame, stops[signum])  # a second Ctrl-C: an import that hangs is stopped
         held.append((now, signum))
 
     for stop in stops:
@@ -95,4 +102,4 @@ def interrupts_held():
             signal.signal(stop, handler)
     if held:
         signum = held[0][1]
-        stops[signum](signum, None)  # raised as its own handler raises it: KeyboardInterrupt('signal 15')
+        raise_stop(signum, None, stops[signum])  # as its own handler raises it: KeyboardInterrupt('signal 15')

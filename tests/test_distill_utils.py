@@ -190,3 +190,38 @@ def test_the_stop_line_says_which_rank_took_which_signal(requested, words):
     from compress.distill_utils import stop_words
 
     assert stop_words(_summed(*requested), len(requested)) == words
+
+
+@pytest.mark.parametrize("stop, previous, args", [
+    ("SIGTERM", "as_ctrl_c", ("signal 15",)),  # a run's SIGTERM (runner_setup, cli_entry)
+    ("SIGTERM", "SIG_DFL", ("signal 15",)),  # the pass run on its own
+    ("SIGINT", "default_int_handler", ()),  # Python's Ctrl-C: a bare one, as unheld
+])
+def test_a_users_second_signal_raises_as_the_signals_own_handler_does(monkeypatch, stop, previous, args):
+    """The second signal of a plain run (past SAME_STOP_S) raised a bare KeyboardInterrupt whatever it
+    was; it is raised as interrupts_held raises a held one, as the signal's own handler would unheld
+    (interrupts.raise_stop): KeyboardInterrupt('signal 15') for a SIGTERM, as outside distill."""
+    import os
+
+    from compress import distill_utils, interrupts
+    from compress.distill_utils import StopSignals
+
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    sig = getattr(signal, stop)
+    handler = getattr(interrupts, previous, None) or getattr(signal, previous)
+    clock = [1000.0]
+    monkeypatch.setattr(distill_utils.time, "monotonic", lambda: clock[0])
+    before = signal.signal(sig, handler)
+    interrupts.forget_stops()
+    try:
+        with pytest.raises(KeyboardInterrupt) as e, StopSignals() as stops:
+            os.kill(os.getpid(), sig)
+            assert stops.requested == sig
+            clock[0] += 5  # the user's second, later
+            os.kill(os.getpid(), sig)
+        assert e.value.args == args and interrupts.stop_status() == 128 + sig
+        assert signal.getsignal(sig) is handler
+    finally:
+        signal.signal(sig, before)
+        interrupts.forget_stops()
