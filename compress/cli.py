@@ -14,6 +14,9 @@ from compress.errors import NumericError, UserError, did_you_mean
 from compress.interrupts import forget_stops, interrupts_held, stop_status
 
 
+OUT_HELP = "output folder of `dit-compress run`, or the Hub id (ORG/NAME) of one in the Hugging Face cache"
+
+
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (see recipes/)")
     _recipe_options(p)
@@ -77,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON (parameters by block too)")
 
-    p = sub.add_parser("inspect", help="per-layer rank budget of a compressed model")
-    p.add_argument("out", help="output folder of `dit-compress run`")
+    p = sub.add_parser("inspect", help="per-layer ranks, params, losses against the closed-form optimum, removed "
+                       "blocks and distill passes of a compressed model")
+    p.add_argument("out", help=OUT_HELP)
     p.add_argument("--json", action="store_true", help="print every layer's row and the run's report as JSON")
     p.add_argument("--plot", metavar="DIR", help="write rank-budget and spectrum PNGs into DIR")
 
@@ -106,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "its run's held-out inputs")
 
     p = sub.add_parser("bench", help="latency / memory of teacher vs student, as ratios")
-    p.add_argument("out", help="output folder of `dit-compress run`")
+    p.add_argument("out", help=OUT_HELP)
     p.add_argument("--teacher", help="teacher (default: the one recorded in the output)")
     p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher "
                    "(default: the one recorded, also with a --teacher that is a single file without one beside it)")
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the config.json beside the file)")
 
     p = sub.add_parser("lora", help="a LoRA trained on the teacher merged into a compressed model, as a new output")
-    p.add_argument("out", help="output folder of `dit-compress run`")
+    p.add_argument("out", help=OUT_HELP)
     p.add_argument("lora", help="the LoRA: a .safetensors file or folder (Flux: any format diffusers reads; PixArt-Σ: diffusers- or kohya-style keys), a peft adapter folder, or a Hub id in the Hugging Face cache (ORG/NAME or ORG/NAME/FILE.safetensors)")
     p.add_argument("new", help="the output folder to write (must not exist)")
     p.add_argument("--scale", type=float, default=1.0, help="strength of the LoRA (default 1)")

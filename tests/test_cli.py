@@ -18,6 +18,16 @@ def test_every_option_says_what_it_does():
     assert silent == []
 
 
+@pytest.mark.parametrize("command", ["inspect", "bench", "lora"])
+def test_commands_reading_an_output_say_they_take_a_cached_hub_id(capsys, command):
+    """inspect, bench and lora read an output folder or a Hub id whose cached copy is one
+    (commands.cached_output_said, hub_output), as eval does: their help says both."""
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert "output folder of `dit-compress run`, or the Hub id (ORG/NAME) of one in the Hugging Face cache" in said
+
+
 @pytest.mark.parametrize("raised, said", [
     ("cuda", "dit-compress: out of memory: `dit-compress bench` ran out of GPU memory (tried to allocate "
              "20.00 GiB); try a smaller --batch, or --device cpu"),
