@@ -84,9 +84,15 @@ def _check_curve(spec: LayerSpec) -> np.ndarray:
 
 
 def ratio_rank(spec: LayerSpec, ratio: float, multiple: int = 16) -> int | None:
-    """The rank keeping `ratio` of the dense weight's parameters: ratio·m·n/(m+n), rounded."""
+    """The rank keeping `ratio` of the dense weight's parameters: ratio·m·n/(m+n), rounded to the
+    nearest multiple; dense where that rank saves nothing. A ratio ≥ 1 asks for no saving, so the
+    layer stays dense whatever rounding gives: rounding down may cross break-even only where the ratio
+    already asks for fewer parameters than dense (ratio 1.0 on a 512×128 MLP asks rank 102.4, which
+    rounds to 96 at multiple 16 and kept 94%)."""
     if not 0 < ratio:
         raise ValueError(f"{spec.name}: ratio must be > 0, got {ratio}")
+    if ratio >= 1:
+        return DENSE
     m, n = spec.out_features, spec.in_features
     return _dense_if_no_saving(spec, round_rank(ratio * m * n / (m + n), multiple, spec.max_rank))
 

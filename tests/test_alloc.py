@@ -114,6 +114,19 @@ def deficient(name, out_f, in_f, data_rank):
     return A.LayerSpec(name, out_f, in_f, torch.tensor(curve / curve[0] + 1e-16 * (curve == 0)))
 
 
+def test_a_ratio_of_one_keeps_a_layer_dense_whatever_rounding_gives():
+    """ratio 1.0 on the toy PixArt's 512x128 MLP asks rank 102.4 (its break-even m·n/(m+n)): rounded to
+    the nearest multiple of 16 it was 96, below break-even, so a ratio that keeps everything factorized
+    the layer (94% of its parameters). A ratio below 1 still rounds to the nearest multiple."""
+    mlp = A.LayerSpec("ff.net.0.proj", 512, 128, torch.zeros(129))
+    assert A.ratio_rank(mlp, 1.0, 16) is A.DENSE and A.ratio_rank(mlp, 1.0, 1) is A.DENSE
+    assert A.ratio_rank(mlp, 1.0, 8) is A.DENSE and A.ratio_rank(mlp, 1.5, 16) is A.DENSE
+    assert A.ratio_rank(mlp, 0.99, 16) == 96  # asks fewer than dense: 101.4 rounds to the nearest multiple
+    assert A.uniform([mlp], 1.0, 16).spent == mlp.params(A.DENSE)
+    assert A.per_role([A.LayerSpec("a", 512, 128, torch.zeros(129), role="mlp")], {"mlp": 1.0}, 16).ranks == {
+        "a": A.DENSE}
+
+
 def test_sensitivity_is_measured_where_the_layer_loses_something():
     """PixArt's caption k/v read a 13-dimensional masked caption: at their uniform rank 16 they lose
     round-off, and the prediction error over it was noise over a 1e-12 floor (weights 100x those

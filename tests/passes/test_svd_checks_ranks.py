@@ -46,6 +46,29 @@ def test_rounding_is_named_the_cause_only_where_unrounded_ranks_would_save():
     assert reads == ("targets", "ignore")  # every target's rank explicit: not ratio, allocation nor multiple
 
 
+RATIO_ONE = "model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {ratio: 1.0}\n"
+
+
+def test_ratio_one_plans_every_target_dense_and_says_so(capsys):
+    """'- svd: {ratio: 1.0}' on the toy PixArt (multiple 16) planned 'ranks: 96 ×12, dense ×24' with no
+    warning: its 512x128 MLPs' ratio-1 rank, 102.4, rounded to 96, below break-even (94% kept)."""
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+
+    step = make_plan(parse_recipe(RATIO_ONE, "r.yaml"))["passes"][0]
+    assert set(step["ranks"].values()) == {"dense"} and step["params_after"] == step["params_before"], step
+    assert "r.yaml:4: svd: svd.ratio 1.0 keeps every parameter" in capsys.readouterr().err
+
+
+def test_ratio_one_runs_every_target_dense(tmp_path):
+    """As plan: the tiny PixArt's 64x16 MLPs (break-even 12.8) ran at rank 12 under ratio 1.0 (multiple 2)."""
+    from tests.passes.svd_helpers import run_svd
+
+    model, report, _ = run_svd("pixart", tmp_path, ratio=1.0)
+    assert not any(isinstance(m, LowRankLinear) for m in model.modules())
+    assert {r["rank"] for r in report["layers"].values()} == {"dense"}, report["layers"]
+
+
 @pytest.mark.parametrize("ranks, hinted", [("{modulation:8}", True), ("{'re:norm:8': 0}", False),
                                            ("{modulation: null}", False)])
 def test_a_ranks_flow_map_without_a_space_after_the_colon_is_hinted(ranks, hinted):

@@ -153,14 +153,14 @@ WIDTH_28 = dict(attention_head_dim=14, cross_attention_dim=28)
 
 def test_a_pass_left_dense_by_a_set_ratio_is_warned_at_that_set(capsys):
     """--set ratio=1 was warned at the file's `multiple: 8` line (rounding named the cause: at width
-    28 the MLP's unrounded ratio-1 rank, 22, saves), though the --set made every target dense; a
-    --set multiple is named as before, and so is the file's multiple without a --set."""
-    mlp = PIXART.replace("[attention, mlp]", "[mlp]")  # attention at 28 x 28: exact, dense at ratio 1 unrounded
+    28 the MLP's unrounded ratio-1 rank, 22, saved; a ratio of 1 now keeps every layer dense, so the
+    ratio is the cause), though the --set made every target dense; a --set multiple is named as
+    before, and so is the file's multiple without a --set where rounding is the cause (ratio 0.99)."""
+    mlp = PIXART.replace("[attention, mlp]", "[mlp]")
     said = _pixart_warnings(capsys, ["passes.0.svd.ratio=1"], mlp, **WIDTH_28)
-    assert len(said) == 1 and said[0].startswith(
-        "warning: p1.yaml (--set passes.0.svd.ratio=1): svd: every one of its 6 targets stays dense (ranks "
-        "rounded up to a multiple of 8"), said
+    assert said == ["warning: p1.yaml (--set passes.0.svd.ratio=1): svd: svd.ratio 1.0 keeps every parameter, "
+                    "so every one of its 6 targets stays dense and this pass changes nothing; lower svd.ratio"], said
     said = _pixart_warnings(capsys, ["passes.0.svd.multiple=256"], mlp, **WIDTH_28)
     assert said[0].startswith("warning: p1.yaml (--set passes.0.svd.multiple=256): svd: every one of"), said
-    said = _pixart_warnings(capsys, [], mlp.replace("ratio: 0.5", "ratio: 1.0"), **WIDTH_28)
+    said = _pixart_warnings(capsys, [], mlp.replace("ratio: 0.5", "ratio: 0.99"), **WIDTH_28)  # 22.2 -> 24 at 8
     assert said[0].startswith("warning: p1.yaml:8: svd: every one of its 6 targets stays dense (ranks rounded"), said
