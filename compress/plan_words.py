@@ -130,7 +130,7 @@ def print_plan(plan: dict) -> None:
                      else f"{checkpointed} with svd.gradient_checkpointing: true")
             results.print(f"    its whole-model backwards keep about "
                           f"{checkpointed if f['gradient_checkpointing'] else plain} per calibration batch ({other})")
-    table = Table(title="parameters by role (linears)")
+    table = Table(title="parameters by role (linears)", caption=ROLE_BASE)
     for col in ("role", "before", "after (planned)", "ratio"):
         table.add_column(col, justify="left" if col == "role" else "right")
     later = plan.get("decided_later", [])
@@ -144,6 +144,10 @@ def print_plan(plan: dict) -> None:
     for line in _role_notes(plan, open_roles):
         results.print(line)
     results.print(total_words(plan))
+
+
+ROLE_BASE = ("ratio: after / before, of the teacher's parameters (removed blocks count in before); inspect's "
+             "'of dense' is of the student's remaining layers")
 
 
 def _role_notes(plan: dict, open_roles: set) -> list[str]:

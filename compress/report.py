@@ -171,14 +171,21 @@ def _opt(value, fmt: str) -> str:
     return fmt.format(value) if isinstance(value, (int, float)) else "-"
 
 
+OF_DENSE = {"role": ("of dense: params / the same layers of this student held dense (removed blocks not "
+                     "counted; plan's ratio is of the teacher's)"),
+            "block": "of dense: params / the same block of this student held dense"}
+
+
 def summary_table(rows: list[dict], key: str, title: str) -> Table:
+    """inspect's table by `key` (role, block): layers factorized, kept params, and their share of the
+    student's own dense size (`OF_DENSE`, the caption that says so)."""
     agg = defaultdict(lambda: [0, 0, 0])
     for r in rows:
         a = agg[r[key]]
         a[0] += r["params"]
         a[1] += r["dense_params"]
         a[2] += r["rank"] is not None
-    table = Table(title=title)
+    table = Table(title=title, caption=OF_DENSE.get(key))
     for col in (key, "factorized", "params", "of dense"):
         table.add_column(col, justify="left" if col == key else "right")
     for k, (kept, dense, n) in agg.items():

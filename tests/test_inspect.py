@@ -74,6 +74,25 @@ def _removal_report(before: dict[str, int], removed: dict[str, list[int]]) -> st
                                          "blocks_before": before}})
 
 
+def test_inspect_s_tables_say_of_dense_is_of_the_student_s_own_layers(tmp_path, capsys):
+    """'of dense' is kept / the student's remaining layers held dense, not plan's base (the teacher's
+    parameters, removed blocks included: a toy Flux's modulation read 7.7% in plan, 8.4% here), and
+    neither table said which; both tables now say theirs under them, their numbers unchanged."""
+    student = factorize(_removed(tiny_pixart(), {"blocks": [1]}), ["transformer_blocks.0.ff.net.0.proj"], rank=2)
+    out = save_compressed(student, tmp_path / "out", files={"report.json": _removal_report({"blocks": 3},
+                                                                                        {"blocks": [1]})})
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    proj, out_proj = 16 * 64 + 64, 64 * 16 + 16  # each of the 2 blocks left: ff.net.0.proj 16 -> 64, ff.net.2
+    kept = 2 * (16 + 64) + 64 + proj + 2 * out_proj  # block 0's proj at rank 2: 3,392 params
+    assert _table_rows(printed, "by role")["mlp"] == ["1", f"{kept:,}", f"{kept / (2 * (proj + out_proj)):.1%}"]
+    words = " ".join(printed.split())
+    assert ("by role (linear layers) " in words and "of dense: params / the same layers of this student held dense "
+            "(removed blocks not counted; plan's ratio is of the teacher's)" in words), words
+    assert "of dense: params / the same block of this student held dense" in words
+
+
 @pytest.mark.parametrize("family, model, drop, before, said, mapped, moved", [
     ("pixart", tiny_pixart, {"blocks": [1]}, {"blocks": 3}, "transformer_blocks [1] (3 → 2)",
      "transformer_blocks.1 ← 2", "blocks.1"),

@@ -111,3 +111,19 @@ def test_a_distill_on_teacher_samples_counts_the_pipeline_it_samples(tmp_path, m
     monkeypatch.setattr(plan_memory, "component_params", lambda source: None)  # a Hub id: not here to count
     assert memory_words(planned()["memory"]).endswith(
         f"; the pipeline's text encoders and VAE ({folder}) come on top while calibration samples, not counted")
+
+
+def test_plan_s_role_table_says_its_ratio_is_of_the_teacher(tmp_path, capsys):
+    """The role table's ratio is after / the teacher's parameters, removed blocks included; inspect's
+    'of dense' is of the student's remaining layers (this recipe's mlp: plan 39.3%, inspect 47.1%),
+    and neither table said which base it used."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: pixart\nteacher: toy:pixart\npasses:\n  - remove_blocks: {blocks: {blocks: [4]}}\n"
+                      "  - svd: {ratio: 0.5, multiple: 8, targets: [mlp]}\n")
+    assert cli.main(["plan", str(recipe)]) == 0
+    printed = capsys.readouterr().out
+    mlp = next(line for line in printed.splitlines() if line.startswith("│ mlp "))
+    assert mlp.split("│")[1:-1] == [" mlp             ", " 790,272 ", "         310,400 ", "  39.3% "], mlp
+    after = " ".join(printed[printed.index("└"):].split())
+    assert ("ratio: after / before, of the teacher's parameters (removed blocks count in before); inspect's "
+            "'of dense' is of the student's remaining layers") in after, after
