@@ -26,6 +26,7 @@ from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, 
                                  distill_student, ranged_keys, removal_shares, retargeted, smallest_blocks, spare_bound)
 from compress.plan_memory import beyond_memory, device_memory, peak_memory, svd_statistics
 from compress.plan_words import bounded_keys, where_words
+from compress.pipeline_folder import toy_pipeline
 from compress.io_export import warn_if_export_wider
 from compress.io_headers import check_teacher_weights
 from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked, checked_sources
@@ -169,6 +170,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     # drawn all the same where a pass reads them without holding their activations (distill's teacher samples)
     calib["drawn"] = draws(passes, steps)
     calib["source"] = inputs  # how they are drawn: a pipeline source samples the pipeline (minutes)
+    # a toy's pipeline (toy:NAME, or one a toy saved) samples in seconds, as calib_footprint tells it
+    calib["toy_pipeline"] = pipeline and toy_pipeline(recipe.calibration.pipeline or source) is not None
     plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"])
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan

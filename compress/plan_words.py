@@ -86,12 +86,15 @@ NO_CALIBRATION = "calibration: none (no pass calibrates: the run draws only its 
 def calibration_words(calib: dict) -> str:
     """plan's calibration line: the inputs and their activations (`describe`) where some pass calibrates
     (calibration.used); where none does, the inputs a pass reads all the same (calibration.drawn:
-    distill's teacher samples), which hold no block activations, or NO_CALIBRATION."""
+    distill's teacher samples), which hold no block activations, or NO_CALIBRATION. Through a pipeline
+    source it says the pipeline is sampled, for minutes where it is a real one (not calibration.toy_pipeline)."""
     if calib.get("used", True):
         return describe(calib)
     if not calib.get("drawn"):
         return NO_CALIBRATION
-    how = ", sampling the pipeline (minutes)" if calib.get("source") == "pipeline" else ""
+    how = ""
+    if calib.get("source") == "pipeline":  # a real pipeline samples for minutes, a toy's in seconds
+        how = ", sampling the pipeline" + ("" if calib.get("toy_pipeline") else " (minutes)")
     return (f"calibration: {calib['rows']:,} inputs drawn{how}, though no pass calibrates: a pass reads them "
             "(distill's data: teacher_samples) and holds no block activations of them (memory counts none)")
 

@@ -127,3 +127,29 @@ def test_plan_s_role_table_says_its_ratio_is_of_the_teacher(tmp_path, capsys):
     after = " ".join(printed[printed.index("└"):].split())
     assert ("ratio: after / before, of the teacher's parameters (removed blocks count in before); inspect's "
             "'of dense' is of the student's remaining layers") in after, after
+
+
+@pytest.mark.parametrize("toy, minutes", [(True, False), (False, True)])
+def test_the_pipeline_draw_takes_minutes_only_in_a_real_pipeline(toy, minutes):
+    """A toy's pipeline (toy:pixart, toy:flux, a saved one) samples in seconds: plan said '(minutes)' of it."""
+    from compress.plan_words import calibration_words
+
+    line = calibration_words({"used": False, "drawn": True, "source": "pipeline", "toy_pipeline": toy, "rows": 4})
+    assert line.startswith("calibration: 4 inputs drawn, sampling the pipeline")
+    assert ("(minutes)" in line) == minutes
+
+
+def test_plan_samples_the_toy_pipeline_without_minutes(tmp_path, capsys):
+    """distill on teacher samples through the toy:pixart pipeline: 'calibration: 4 inputs drawn, sampling
+    the pipeline (minutes), though ...' though it samples in seconds; now no '(minutes)'."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: pixart\nteacher: toy:pixart\npasses:\n"
+                      "  - distill: {steps: 2, warmup_steps: 0, data: teacher_samples}\n")
+    sets = ["--set", "calibration.source=pipeline", "--set", "calibration.prompts=[a 1, a 2]",
+            "--set", "calibration.sample_steps=2", "--set", "calibration.timesteps=2"]
+    assert cli.main(["plan", str(recipe), *sets]) == 0
+    line = " ".join(capsys.readouterr().out.splitlines()[1].split())
+    assert line.startswith("calibration: 4 inputs drawn, sampling the pipeline, though no pass calibrates")
+    assert cli.main(["plan", str(recipe), *sets, "--json"]) == 0
+    calib = json.loads(capsys.readouterr().out)["calibration"]
+    assert (calib["source"], calib["toy_pipeline"]) == ("pipeline", True)
