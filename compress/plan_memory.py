@@ -183,8 +183,10 @@ def _weights(plan: dict) -> dict:
         params = 2 * s["top_level_params"] + copies * s["largest_block_params"]
         block = "a block" if copies == 1 else "up to two blocks' worth: a block's dense linears beside their factors"
         return _part(f"streamed weights (two top levels and {block})", params * itemsize, ["teacher", "compute_dtype"])
+    from compress.runner_memory import is_output_teacher  # one stream: true refuses (stream_files.streamed_output)
+
     return _part("teacher and student weights", 2 * plan["params_before"] * itemsize, ["teacher", "compute_dtype"],
-                 "stream: true (svd passes)")
+                 "" if is_output_teacher(plan["teacher"]) else "stream: true (svd passes)")
 
 
 def _activations(recipe, plan: dict) -> dict:

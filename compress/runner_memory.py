@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
-from compress.stream_files import checkpoint_of, opened
+from compress.io import read_config, transformer_folder
+from compress.stream_files import opened, weight_map
 from compress.stream_refusals import stream_advice
 
 def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
@@ -31,15 +32,22 @@ def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torc
     where = f"free on {device}" if device.type == "cuda" else "available"
     who = "teacher and student need" if student else "the teacher needs"
     warn(f"{who} about {need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')}, and "
-         f"{have / 2**30:.1f} GiB are {where}; {too_big_advice(passes, dtype)}")
+         f"{have / 2**30:.1f} GiB are {where}; {too_big_advice(passes, dtype, is_output_teacher(source))}")
 
 
-def too_big_advice(passes: tuple | None, dtype: torch.dtype) -> str:
+OUTPUT_HELD_WHOLE = "a dit-compress output is held whole (stream: true does not read its factorized layers)"
+
+
+def too_big_advice(passes: tuple | None, dtype: torch.dtype, output: bool = False) -> str:
     """What lets a teacher too big to hold resident fit: stream: true where the run's passes (`passes`:
     (passes, specs)) stream (stream_refusals.stream_advice, with the values some key must take; --set
-    stream=true for importance's scan, `passes` None), a 2-byte compute_dtype from float32, else more memory."""
-    streams, words = (True, "pass --set stream=true (the scan reads one block at a time)") if passes is None \
-        else stream_advice(*passes)
+    stream=true for importance's scan, `passes` None) and the teacher is no dit-compress `output` (which
+    stream: true refuses, stream_files.streamed_output), a 2-byte compute_dtype from float32, else more memory."""
+    if output:
+        streams, words = False, OUTPUT_HELD_WHOLE
+    else:
+        streams, words = (True, "pass --set stream=true (the scan reads one block at a time)") if passes is None \
+            else stream_advice(*passes)
     smaller = "compute_dtype: bfloat16" if dtype.itemsize > 2 else None
     if streams:
         return f"{words}{', or ' + smaller if smaller else ''}"
@@ -98,15 +106,28 @@ def free_memory(device: torch.device) -> int | None:
 
 def resident_bytes(source: str, dtype: torch.dtype) -> int | None:
     """Bytes of a teacher and its student copy in `dtype`, from its safetensors headers (local
-    folders only; None when unknown)."""
+    folders only; None when unknown). A dit-compress output's tensors are its factorized layers' down
+    and up as stored (which checkpoint_of refuses, for streaming): load_teacher casts them, like a
+    dense teacher's, to `dtype`, and the student is a copy of the teacher."""
     path = Path(source).expanduser()
     if source.startswith("toy:") or not path.is_dir():
         return None
     try:
-        _, files = checkpoint_of(str(path))
+        files = weight_map(transformer_folder(path))
     except UserError:
         return None
     return 2 * checkpoint_numel(files) * dtype.itemsize
+
+
+def is_output_teacher(source: str) -> bool:
+    """Whether `source` is a local dit-compress output (its config records the compression)."""
+    path = Path(source).expanduser()
+    if source.startswith("toy:") or not path.is_dir():
+        return False
+    try:
+        return "compression" in read_config(transformer_folder(path) / "config.json")
+    except (UserError, OSError):
+        return False
 
 
 def checkpoint_numel(files: dict[str, Path]) -> int:

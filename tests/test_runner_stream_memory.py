@@ -117,3 +117,54 @@ def test_the_disk_warning_counts_the_statistics_once_the_passes_are_known(tmp_pa
         models.warn_if_short_of_disk(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))
         err = " ".join(capsys.readouterr().err.split())
         assert ("calibration statistics" in err) is not first and ("warning" in err) is not first
+
+
+OUTPUT_TEACHER = """\
+model: pixart
+teacher: {teacher}
+compute_dtype: {dtype}
+calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
+passes:
+  - svd: {{targets: [{targets}], ratio: 0.5, multiple: 2}}
+"""
+
+
+def test_an_output_as_teacher_is_counted_and_warned_as_a_folder_is(tmp_path, monkeypatch, capsys):
+    """A dit-compress output as the teacher of a further compression (run --teacher out/X) was not
+    counted (resident_bytes None: checkpoint_of refuses an output, for streaming), so a teacher too
+    big to hold was not warned of; now its safetensors (the factors as stored) count, in the compute
+    dtype load_teacher casts them to (the student a copy), as plan counts it, and the advice is not
+    stream: true, which an output refuses."""
+    import compress.plan_memory as pm
+    import compress.runner_memory as rs
+    from compress.cli import main
+    from compress.io import load_teacher
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    run_recipe(tmp_path, OUTPUT_TEACHER.format(teacher=tmp_path / "teacher", dtype="float32", targets="mlp"), "a")
+    out = str(tmp_path / "out-a")
+    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        student = load_teacher(out, dtype)  # the run's teacher; its student a deepcopy
+        assert {p.dtype for p in student.parameters()} == {dtype}
+        need = rs.resident_bytes(out, dtype)
+        assert need == 2 * dtype.itemsize * sum(p.numel() for p in student.parameters())
+        recipe = parse_recipe(OUTPUT_TEACHER.format(teacher=out, dtype=name, targets="attention"),
+                              str(tmp_path / "b.yaml"))
+        recipe.device = "cpu"
+        parts = {p["what"]: p for p in make_plan(recipe)["memory"]["parts"]}
+        assert parts["teacher and student weights"]["bytes"] == need
+        assert "stream" not in parts["teacher and student weights"]["fix"]  # an output is not streamed
+    (tmp_path / "b.yaml").write_text(OUTPUT_TEACHER.format(teacher="toy:pixart", dtype="float32",
+                                                           targets="attention"))
+    monkeypatch.setattr(rs, "available_bytes", lambda: 1000)
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "b.yaml"), "--teacher", out, "--out", str(tmp_path / "out-b"),
+                 "--run-dir", str(tmp_path / "run-b")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: teacher and student need about 0.0 GiB in float32, and 0.0 GiB are available; a dit-compress " \
+           "output is held whole (stream: true does not read its factorized layers): set compute_dtype: " \
+           "bfloat16, or run where more memory is free" in err
