@@ -60,8 +60,11 @@ def _groups_said(result: ImportanceResult) -> str:
     """The caption's note of the module list each group label stands for: the table names blocks as
     remove_blocks' `blocks` take them (`double.3`: {double: [3]}), short enough to leave room for the
     per-bucket columns, where inspect, the run's log and the weights name the module
-    (transformer_blocks.3): '; groups as remove_blocks' blocks name them: double = transformer_blocks, ...'."""
+    (transformer_blocks.3): '; groups as remove_blocks' blocks name them: double = transformer_blocks, ...';
+    a family of one group (PixArt's `blocks`) has no groups to tell apart: '; blocks are transformer_blocks'."""
     groups = dict.fromkeys(b.group for b in result.blocks)
+    if len(groups) == 1:
+        return f"; {next(iter(groups))} are {group_modules(next(iter(groups)))[0]}"
     return "; groups as remove_blocks' blocks name them: " + ", ".join(f"{g} = {group_modules(g)[0]}" for g in groups)
 
 
