@@ -18,6 +18,9 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
         from compress.toy import load_toy_pipeline
 
         return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
+    from compress.pipeline_folder import check_pipeline_path
+
+    check_pipeline_path(source, "calibration pipeline")  # a path not there: not read as a Hub id
     if (toy := saved_toy(source, teacher)) is not None:
         return _beside(toy, teacher)
     from diffusers import DiffusionPipeline

@@ -40,6 +40,9 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
 
         _check_toy_base(transformer, base)
         return _refusing_lora_loads(_all_of(load_toy_pipeline(base[4:], transformer=transformer)))
+    from compress.pipeline_folder import check_pipeline_path
+
+    check_pipeline_path(base, "base pipeline")  # a path not there: not read as a Hub id
     index = _model_index(base)
     family = _toy_family(index, base) if index is not None else None
     if family is not None:

@@ -216,17 +216,15 @@ def family_problem(index: dict, family: str, teacher: str, cls: str | None = Non
 
 
 def check_pipeline_there(calib, where: str = "") -> None:
-    """A calibration.pipeline that is a local path (io.looks_local: ./, ../, /, ~, a name with no
-    owner, a first part that is a folder here) is there: else a UserError at `where` ('PATH:LINE: ')
+    """A calibration.pipeline that is a local path (missing_pipeline: ./, ../, /, ~, a name with no
+    owner, a first part that is a folder here, or no Hugging Face id either) is there: else a UserError at `where` ('PATH:LINE: ')
     naming the path looked for and the rule (a relative one is taken from the current folder, as
     the teacher is), and the recipe's folder's where that holds it."""
-    from compress.io import looks_local
-
     pipeline = calib.pipeline
     path = Path(pipeline).expanduser()
-    if not looks_local(pipeline) or path.exists():
+    if (missing := missing_pipeline(pipeline)) is None:
         return
-    looked = os.path.abspath(path)
+    looked = missing[0] + (missing[1] if "not a Hugging Face id" in missing[1] else "")
     rule = ""
     if not path.is_absolute():
         rule = " (a relative calibration.pipeline is taken from the current folder, as teacher: is"
@@ -234,6 +232,35 @@ def check_pipeline_there(calib, where: str = "") -> None:
         beside = os.path.abspath(Path(recipe.path).parent / path) if getattr(recipe, "path", None) else None
         rule += f", not the recipe's; there is {beside}: give that path)" if beside and Path(beside).exists() else ")"
     raise UserError(f"{where}calibration.pipeline {pipeline} not found: {looked}{rule}")
+
+
+def missing_pipeline(source: str) -> tuple[str, str] | None:
+    """(looked, why) where the pipeline `source` is a local path that is not there, by the rule a teacher's
+    is (io_source.check_source): io.looks_local (./, ../, /, ~, a name with no owner, a first part that
+    is a folder here), or a name no Hugging Face id either (io_hub.id_problem: a/b/c, acme/pix@v2);
+    `looked`: the absolute path, `why`: ' (a Hugging Face id is OWNER/NAME)' or ', and it is not a
+    Hugging Face id: …' (or ''). None for one there, toy:NAME or a Hub id (its errors come as it loads)."""
+    from compress.io import looks_local
+    from compress.io_hub import id_problem
+
+    path = Path(source).expanduser()
+    if source.startswith("toy:") or path.exists():
+        return None
+    local = looks_local(source)
+    if not local and (problem := id_problem(source)) is None:
+        return None
+    problem = None if local else problem
+    why = f", and it is not a Hugging Face id: {problem}" if problem else ""
+    return os.path.abspath(path), why or (" (a Hugging Face id is OWNER/NAME)" if "/" not in source else "")
+
+
+def check_pipeline_path(source: str, what: str) -> None:
+    """A UserError 'cannot load `what` 'S': no such folder: ABS…' where the pipeline `source` is a local
+    path not there (missing_pipeline): load_pipeline's base and the calibration pipeline loaded said
+    huggingface_hub's "Repo id must use alphanumeric chars …" or diffusers' "… is neither a valid local
+    path nor a valid repo id"."""
+    if (missing := missing_pipeline(source)) is not None:
+        raise UserError(f"cannot load {what} '{source}': no such folder: {missing[0]}{missing[1]}")
 
 
 EXAMPLE_PIPELINES = {"pixart": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "flux": "black-forest-labs/FLUX.1-dev"}

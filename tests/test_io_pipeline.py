@@ -107,3 +107,34 @@ def test_a_base_that_is_an_output_names_the_base_pipeline_it_records(tmp_path):
     assert str(e.value) == (f"{head}pass base='acme/flux-pipe', the base pipeline {a} records (or another pipeline "
                             "of its teacher's family: a Hugging Face id such as black-forest-labs/FLUX.1-dev, a "
                             "pipeline folder, or toy:NAME)")
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_base_or_calibration_pipeline_path_not_there_is_said_so_not_read_as_a_hub_id(
+        tmp_path, monkeypatch, caplog, offline):
+    """A path not there, by the rule a teacher's is told by (pipeline_folder.missing_pipeline): './nonexist'
+    was huggingface_hub's "Repo id must use alphanumeric chars …", '../x/y' and 'a/b/c' diffusers' "… is
+    neither a valid local path nor a valid repo id", and 'nonexist' (no owner) asked the Hub: offline or
+    unreachable diffusers' "Couldn't connect to the Hub … Will try to load from local cache." then "… the
+    model is not fully cached locally … Please check out the root cause in the stacktrace above."."""
+    import logging
+
+    from huggingface_hub import constants
+
+    from compress.calib_pipeline_load import load_pipeline_for
+    from compress.io_output import load_transformer
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    out = _toy_output(tmp_path / "out", "toy:flux")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipes").mkdir()
+    said = {"./nonexist": f"{tmp_path}/nonexist", "nonexist": f"{tmp_path}/nonexist (a Hugging Face id is OWNER/NAME)",
+            "../x/y": f"{tmp_path.parent}/x/y", "pipes/nope": f"{tmp_path}/pipes/nope",
+            "a/b/c": f"{tmp_path}/a/b/c, and it is not a Hugging Face id: a Hugging Face id is OWNER/NAME, with one '/'"}
+    for base, words in said.items():
+        for what, load in (("base pipeline", lambda: load_pipeline(out, base=base)),
+                           ("calibration pipeline", lambda: load_pipeline_for(load_transformer(out), base))):
+            with caplog.at_level(logging.WARNING, logger="diffusers"), pytest.raises(UserError) as e:
+                load()
+            assert str(e.value) == f"cannot load {what} '{base}': no such folder: {words}"
+    assert not [r for r in caplog.records if "connect" in r.getMessage()], caplog.records

@@ -294,19 +294,21 @@ def _refused_before_the_teacher_loads(recipe: str, tmp_path, capsys, monkeypatch
     return lines[0]
 
 
-@pytest.mark.parametrize("given", ["absolute", "dot", "folder-here"])
+@pytest.mark.parametrize("given", ["absolute", "dot", "folder-here", "no-id"])
 def test_a_calibration_pipeline_path_not_there_is_refused_at_its_line_before_the_teacher_loads(
         tmp_path, folders, capsys, monkeypatch, given):
     """calibration.pipeline naming a local path that is not there passed plan; run loaded the teacher,
     then printed diffusers' '... is neither a valid local path nor a valid repo id', no file:line."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pipes").mkdir()  # pipes/nope: its first part a folder here, so a path, not a Hub id
-    pipeline = {"absolute": str(tmp_path / "nope"), "dot": "./nope", "folder-here": "pipes/nope"}[given]
+    pipeline = {"absolute": str(tmp_path / "nope"), "dot": "./nope", "folder-here": "pipes/nope", "no-id": "a/b/c"}[given]
     teacher = folders["pixart"] / "transformer"
     recipe = _pipeline_recipe(tmp_path, "pixart", teacher, pipeline)
     rule = "" if given == "absolute" else (" (a relative calibration.pipeline is taken from the current folder, "
                                            "as teacher: is)")
     looked = tmp_path / ("pipes/nope" if given == "folder-here" else "nope")
+    if given == "no-id":  # a/b/c: no Hugging Face id either (was: passed plan, diffusers' "… nor a valid repo id")
+        looked = f"{tmp_path / 'a/b/c'}, and it is not a Hugging Face id: a Hugging Face id is OWNER/NAME, with one '/'"
     assert _refused_before_the_teacher_loads(recipe, tmp_path, capsys, monkeypatch) == (
         f"dit-compress: error: {recipe}:5: calibration.pipeline {pipeline} not found: {looked}{rule}")
 
