@@ -172,7 +172,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     calib["source"] = inputs  # how they are drawn: a pipeline source samples the pipeline (minutes)
     # a toy's pipeline (toy:NAME, or one a toy saved) samples in seconds, as calib_footprint tells it
     calib["toy_pipeline"] = pipeline and toy_pipeline(recipe.calibration.pipeline or source) is not None
-    plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"])
+    plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"], passes)
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
 

@@ -40,9 +40,10 @@ from compress.plan_factorize import factorizing_bytes
 # compress imported, the recipe checked (torch 2.13 CPU, diffusers 0.42, a toy Flux recipe: 501 MiB of
 # /proc/self/statm's resident pages, read as the CLI ran; 385 MiB right after the imports).
 PROCESS_BYTES = 500 * 2**20
+WEIGHTS = "teacher and student weights"  # a resident run's, whose fix is run's advice (resident_advice)
 
 
-def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool) -> dict:
+def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list) -> dict:
     """{"bytes": the run's estimated peak, "parts": [{"what", "bytes", "keys", "fix"}] of it,
     "while": None, or "distill trains" when that is the peak, "other": the smaller of the two
     phases' {"bytes", "parts", "while"} (None without distill), "beside": what is not counted, or
@@ -50,9 +51,10 @@ def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool) -> dict:
     counted (an svd pass's statistics and factorizing at a block, a Fisher's backward, ...)} of a
     `make_plan` plan (calibration, backward, stream, passes); calibrates: some pass needs calibration
     (its activations counted); drawn: the run draws calibration inputs at all (plan.draws: a distill on
-    teacher samples too), which a pipeline source samples with its text encoders and VAE beside the teacher.
+    teacher samples too), which a pipeline source samples with its text encoders and VAE beside the teacher;
+    passes: the recipe's built passes (whether a teacher too big to hold resident streams with them).
     Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher_budget.settle_auto)."""
-    held = [_weights(plan)]
+    held = [_weights(recipe, plan, passes)]
     passing = []  # what a step holds for a while, a list of parts each: the largest counts
     taps = {i: s["statistics"].pop("taps") for i, s in enumerate(plan["passes"]) if "taps" in s.get("statistics", {})}
     held += [_activations(recipe, plan)] if calibrates else []
@@ -176,17 +178,19 @@ def _factorizing(i: int, s: dict) -> list[dict]:
                   [f"passes.{i}.svd.targets"])]
 
 
-def _weights(plan: dict) -> dict:
+def _weights(recipe, plan: dict, passes: list) -> dict:
+    """The teacher and student whole (their fix: what run's warning advises, runner_memory.resident_advice, for
+    the recipe's built `passes`), or a streamed run's top levels and the block at hand."""
     itemsize = plan["calibration"]["itemsize"]  # the compute dtype's
     if plan.get("stream"):  # the teacher's top level and the student's, and the block at hand
         s, copies = plan["stream"], plan["calibration"]["block_copies"]
         params = 2 * s["top_level_params"] + copies * s["largest_block_params"]
         block = "a block" if copies == 1 else "up to two blocks' worth: a block's dense linears beside their factors"
         return _part(f"streamed weights (two top levels and {block})", params * itemsize, ["teacher", "compute_dtype"])
-    from compress.runner_memory import is_output_teacher  # one stream: true refuses (stream_files.streamed_output)
+    from compress.runner_memory import resident_advice  # run's warning of a teacher too big: the same words
 
-    return _part("teacher and student weights", 2 * plan["params_before"] * itemsize, ["teacher", "compute_dtype"],
-                 "" if is_output_teacher(plan["teacher"]) else "stream: true (svd passes)")
+    return _part(WEIGHTS, 2 * plan["params_before"] * itemsize, ["teacher", "compute_dtype"],
+                 resident_advice(plan["teacher"], (passes, recipe.passes), getattr(torch, recipe.compute_dtype)))
 
 
 def _activations(recipe, plan: dict) -> dict:
@@ -354,8 +358,10 @@ def _phase(phase: dict, named: bool = True) -> str:
 
 
 def _drives(part: dict) -> str:
-    """' (the keys that drive a part; or the setting that holds less)', or '' for neither."""
-    words = "; or ".join(w for w in (", ".join(part["keys"]), part["fix"]) if w)
+    """' (the keys that drive a part; or the setting that holds less)', or '' for neither; the teacher and
+    student weights' fix (run's advice, runner_memory.resident_advice: a sentence of its own) without the 'or'."""
+    fix = part["fix"] if part["what"] == WEIGHTS or not part["fix"] else f"or {part['fix']}"
+    words = "; ".join(w for w in (", ".join(part["keys"]), fix) if w)
     return f" ({words})" if words else ""
 
 

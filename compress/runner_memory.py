@@ -32,7 +32,14 @@ def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torc
     where = f"free on {device}" if device.type == "cuda" else "available"
     who = "teacher and student need" if student else "the teacher needs"
     warn(f"{who} about {need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')}, and "
-         f"{have / 2**30:.1f} GiB are {where}; {too_big_advice(passes, dtype, is_output_teacher(source))}")
+         f"{have / 2**30:.1f} GiB are {where}; {resident_advice(source, passes, dtype)}")
+
+
+def resident_advice(source: str, passes: tuple | None, dtype: torch.dtype) -> str:
+    """What lets teacher `source` and its student fit where they are too big to hold resident in `dtype`
+    (`too_big_advice`, of a local dit-compress output or not; passes: (passes, specs), None for importance's
+    scan): the one rule of run's warning and plan's 'teacher and student weights' (plan_memory)."""
+    return too_big_advice(passes, dtype, is_output_teacher(source))
 
 
 OUTPUT_HELD_WHOLE = "a dit-compress output is held whole (stream: true does not read its factorized layers)"

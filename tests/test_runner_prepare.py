@@ -141,6 +141,31 @@ def test_a_teacher_too_big_to_hold_is_advised_what_its_passes_allow(tmp_path, te
     assert f"GiB are available; {advice}" in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.parametrize("passes", ["  - svd: {ratio: 0.5}\n", "  - remove_blocks: {count: 1, criterion: learned}\n",
+                                    "  - svd: {ratio: 0.5}\n  - distill: {steps: 2, data: teacher_samples}\n"])
+def test_plan_advises_a_teacher_too_big_to_hold_as_run_does(tmp_path, teacher, monkeypatch, capsys, passes):
+    """plan's fix of 'teacher and student weights' was 'stream: true (svd passes)' for a folder teacher
+    whatever the passes, where run advises what they allow (a learned removal streams with another
+    criterion, distill never): both read runner_memory.resident_advice, and say the same words."""
+    import re
+
+    import compress.plan_memory as plan_memory
+    from compress.plan import make_plan
+
+    monkeypatch.setattr(plan_memory, "machine_memory", lambda: None)  # plan's own warning aside
+    monkeypatch.setattr(runner_memory, "available_bytes", lambda: 1000)  # the teacher never fits
+    recipe = parse_recipe(SIMPLE.format(teacher=teacher, passes=passes), str(tmp_path / "r.yaml"))
+    recipe.device = "cpu"
+    planned = {p["what"]: p for p in make_plan(recipe)["memory"]["parts"]}["teacher and student weights"]["fix"]
+    capsys.readouterr()
+    try:
+        _prepared(tmp_path, teacher, passes)
+    except UserError:  # (after the teacher loaded: the warning is said)
+        pass
+    ran = re.search(r"GiB are available; (.*?)(?: warning:|$)", " ".join(capsys.readouterr().err.split()))
+    assert ran and planned == ran[1]
+
+
 def test_a_finished_run_of_other_prompts_is_not_offered_to_resume(tmp_path, capsys):
     """A finished run whose passes a rerun shares, but sampled on other calibration prompts, was noted
     as kept by --resume ('add --resume to keep them'), which then refused it (the prompts changed): the
