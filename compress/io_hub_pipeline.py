@@ -37,14 +37,19 @@ def hub_or_cache(source: str, what: str, load):
     the load forever before bounded_hub), a Hub id whose cached_snapshot holds the whole pipeline is
     loaded again from it (local_files_only), a note saying so (and later loads of the process read
     it from the cache: hub_head's answer is that the Hub cannot be reached); one the cache lacks, or
-    holds in part, is a UserError naming the timeout and what the cache holds. Other errors are
+    holds in part, is a UserError naming the timeout and what the cache holds; so is one diffusers'
+    model_info could not reach the Hub for, the cache lacking it (unreached). Other errors are
     raised as they are: the caller says them."""
     before = main_commit(source)  # refs/main as the load finds it: a Hub request of the load may move it
     keywords = pipeline_keywords(source, what)
     try:
-        with quiet_hub(), bounded_hub() as sent, no_library_bars(text_encoders=True), _hub_answer_said():
+        with quiet_hub(), bounded_hub() as sent, no_library_bars(text_encoders=True), \
+                _hub_answer_said(lambda e: not keywords and unreached(e, source, what, before)):
             return load(**keywords)
     except Exception as e:  # noqa: BLE001 - a Hub request's timeout is httpx's, no OSError
+        if not keywords and (lost := unreached(e, source, what, before)):
+            raise UserError(f"cannot load {what} '{source}': {lost}; check your network, or pass a local "
+                            "pipeline folder") from None
         why = None if keywords else timed_out(e, sent)
         if why is None or id_problem(source) is not None:
             raise
@@ -64,11 +69,12 @@ def hub_or_cache(source: str, what: str, load):
 
 
 @contextmanager
-def _hub_answer_said():
+def _hub_answer_said(said=lambda e: False):
     """diffusers' warning "Couldn't connect to the Hub: 404 Client Error. Repository Not Found for url: …
     Will try to load from local cache." (6 lines, pipeline_utils' of a failed model_info) held while a
     pipeline loads: dropped where the load fails on the Hub's answer that the id is no pipeline (hub_answer:
-    the caller's one line says it), logged as it was otherwise. Its logger's filter is removed after."""
+    the caller's one line says it) or where `said(error)` (hub_or_cache's unreached: the Hub not reached
+    and the cache lacking it, said in its line), logged as it was otherwise. Its logger's filter is removed after."""
     logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
     held = []
 
@@ -81,13 +87,33 @@ def _hub_answer_said():
     try:
         yield
     except Exception as e:  # noqa: BLE001 - looked at, raised as it is
-        if hub_answer(e) is not None:
+        if hub_answer(e) is not None or said(e):
             held.clear()
         raise
     finally:
         logger.removeFilter(hold)
         for record in held:
             logger.handle(record)
+
+
+def unreached(e: BaseException, source: str, what: str, before: str | None = None) -> str | None:
+    """'the Hugging Face Hub cannot be reached (ConnectError: …), and the Hugging Face cache … holds no
+    copy of it' (or what its snapshot lacks: cache_problem) where diffusers' model_info of the Hub id
+    `source` failed without the Hub's answer on the id (a connection refused or dropped after hub_head's
+    request got through; hub_answer's are said apart), it went on to the cache, and the cache lacks the
+    pipeline: diffusers raised "Cannot load model …: the model is not fully cached locally (…) … Please
+    check out the root cause in the stacktrace above." from the model_info error. None otherwise."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    found = next((c for c in chain(e) if isinstance(c, OSError) and "not fully cached locally" in str(c)), None)
+    lost = None if found is None or hub_answer(e) is not None else found.__cause__
+    if lost is None:
+        return None
+    how = "answered with an error" if isinstance(lost, HfHubHTTPError) else "cannot be reached"
+    snapshot = cached_snapshot(source)
+    lacks = (f"{CACHE.format(hub_cache())} holds {held(source, what, before)}" if snapshot is None
+             else cache_problem(source, snapshot, what))
+    return None if lacks is None else f"the Hugging Face Hub {how} ({cause_line(lost)}), and {lacks}"
 
 
 def pipeline_keywords(source: str, what: str) -> dict:
