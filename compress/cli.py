@@ -146,7 +146,16 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def _run_dir(args) -> Path:
-    return Path(args.run_dir or Path("runs") / Path(args.recipe).stem).expanduser()  # no shell expands --run-dir=~/r
+    from compress.output_names import default_name
+
+    return Path(args.run_dir or Path("runs") / default_name(args.recipe)).expanduser()  # no shell expands --run-dir=~/r
+
+
+def _out(args) -> Path:
+    """--out, else out/<recipe name> (an output's own recipe.yaml: that output's name, output_names.default_name)."""
+    from compress.output_names import default_name
+
+    return Path(args.out or Path("out") / default_name(args.recipe)).expanduser()  # nor --out=~/x
 
 
 def imports_held(*needs: str):
@@ -166,15 +175,18 @@ def imports_held(*needs: str):
 
 @imports_held("compress.recipe:load_recipe", "compress.runner:Runner")
 def cmd_run(args, load_recipe, Runner) -> int:
-    from compress.report import console, notes_from_rank_zero
+    from compress.output_names import saved_in_output
+    from compress.report import console, note, notes_from_rank_zero
     from compress.runner_ranks import one_process_note
 
     notes_from_rank_zero()
-    if note := one_process_note():  # accelerate launch asked for several processes, started one
-        console.print(note, markup=False, highlight=False)
+    if launched := one_process_note():  # accelerate launch asked for several processes, started one
+        console.print(launched, markup=False, highlight=False)
     recipe = load_recipe(args.recipe, args.overrides, command="run")
-    out = Path(args.out or Path("out") / Path(args.recipe).stem).expanduser()  # nor --out=~/x
-    runner = Runner(recipe, out, _run_dir(args), teacher=args.teacher, teacher_config=args.teacher_config,
+    if (saved := saved_in_output(args.recipe)) is not None and not (args.out and args.run_dir):
+        note(f"{args.recipe} is the recipe saved in the output {saved}: its default folders take that output's "
+             f"name, {_out(args)} and {_run_dir(args)} (--out, --run-dir to choose others)")
+    runner = Runner(recipe, _out(args), _run_dir(args), teacher=args.teacher, teacher_config=args.teacher_config,
                     resume=args.resume, overwrite=args.overwrite, restart=args.restart)
     try:
         runner.run()
@@ -304,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as e:
         if not _follower():  # what the run folder keeps: rank 0, which writes it, says it
-            print(f"dit-compress: interrupted{_interrupt_note(args, e)}", file=sys.stderr)
+            print(f"dit-compress: interrupted{_rerun_note(args, e)}", file=sys.stderr)
         return stop_status()  # 128 + the signal's number: 130 for a Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
 
 
@@ -330,6 +342,15 @@ def _who() -> str:
     from compress.runner_ranks import rank
 
     return f"dit-compress (rank {rank()})" if _follower() else "dit-compress"
+
+
+def _rerun_note(args, e: KeyboardInterrupt) -> str:
+    """`_interrupt_note`, and for `run` whose output folder is there (an earlier output its --overwrite
+    had not replaced yet), that the rerun needs --overwrite too (output_names.rerun_needs_overwrite)."""
+    from compress.output_names import rerun_needs_overwrite
+
+    said = _interrupt_note(args, e)
+    return rerun_needs_overwrite(_out(args), said) if args.command == "run" else said
 
 
 def _interrupt_note(args, e: KeyboardInterrupt) -> str:

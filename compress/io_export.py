@@ -25,6 +25,7 @@ from compress.errors import NumericError, UserError
 from compress.io import FORMAT, INDEX, WEIGHTS, taken_keys
 from compress.io_tensors import nonfinite
 from compress.lowrank import LowRankLinear
+from compress.output_names import is_output  # (read without torch by the CLI; imported from here too)
 
 
 def ranks_of(model: nn.Module) -> dict[str, int]:
@@ -132,15 +133,6 @@ def write_texts(folder: Path, config: dict, files: dict[str, str] | None) -> Non
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name, text in (files or {}).items():
         (folder / name).write_text(text)
-
-
-def is_output(folder: Path) -> bool:
-    """Whether `folder` is an output of dit-compress: its config.json has a compression section."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "compression" in config
 
 
 # the files an output (or a run's stage folder) consists of; shards are OUTPUT_SHARD

@@ -14,6 +14,7 @@ from compress.io_export import warn_if_beyond_export_range, warn_if_export_wider
 from compress.io_source import checked_sources
 from compress.passes import build_passes
 from compress.passes.base import RunContext
+from compress.output_names import replaced_note
 from compress.plan import warn_if_beyond_memory
 from compress.report import console, note
 from compress.report_teacher import absolute_source
@@ -93,6 +94,8 @@ def _checked_before_loading(runner):
     if main:
         check_folders(runner.out, runner.run_dir, runner.overwrite, runner.teacher_arg or runner.recipe.teacher,
                       runner.teacher_config, runner.config_by)
+        if replaced := replaced_note(runner.out, runner.teacher_arg or runner.recipe.teacher, runner.recipe.model):
+            note(replaced)  # --overwrite about to replace an output of another teacher or model family
     runner.passes = build_passes(runner.recipe)  # every config error before compute
     runner.models.passes = runner.passes, runner.recipe.passes  # a resident teacher too big: whether they stream
     if main and runner.resume:  # which stage it continues from, and a distill checkpoint of other settings (one

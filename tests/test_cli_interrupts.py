@@ -43,17 +43,30 @@ def test_an_interrupt_says_resume_only_where_the_command_has_it(monkeypatch, cap
     assert capsys.readouterr().err.strip() == said
 
 
-@pytest.mark.parametrize("flags, said", [
-    ([], "dit-compress: interrupted; runs/r keeps its work (1 of 3 passes done): rerun with --resume to continue"),
-    (["--resume"], "dit-compress: interrupted; runs/r keeps its work (1 of 3 passes done): rerun with --resume "
-                   "to continue"),
-    (["--restart"], "dit-compress: interrupted; nothing was saved yet: a rerun starts over"),
+KEPT = "dit-compress: interrupted; runs/r keeps its work (1 of 3 passes done): rerun with --resume to continue"
+
+
+@pytest.mark.parametrize("flags, said, output", [
+    ([], KEPT, False),
+    (["--resume"], KEPT, False),
+    (["--restart"], "dit-compress: interrupted; nothing was saved yet: a rerun starts over", False),
+    (["--overwrite"], KEPT, False),  # no output there: --resume alone writes it
+    # 'rerun with --resume' led to 'error: output folder out/r exists; pass --overwrite to replace it'
+    (["--overwrite"], f"{KEPT}; out/r exists: the rerun needs --overwrite too", True),
+    (["--restart", "--overwrite"], "dit-compress: interrupted; nothing was saved yet: a rerun starts over; out/r "
+                                   "exists: the rerun needs --overwrite too", True),
 ])
-def test_an_interrupt_before_the_run_offers_resume_only_for_saved_work(monkeypatch, capsys, tmp_path, flags, said):
+def test_an_interrupt_before_the_run_offers_resume_only_for_saved_work(monkeypatch, capsys, tmp_path, flags, said,
+                                                                       output):
     """Ctrl-C while `run` imports or reads its recipe leaves the run folder as it was: an interrupted
-    run's saved work is offered to --resume, unless --restart was about to discard it."""
+    run's saved work is offered to --resume, unless --restart was about to discard it; where the output
+    folder is there (`output`: an earlier output the run's --overwrite had not replaced yet), the rerun
+    needs --overwrite too, and the note says so."""
     import json
 
+    if output:
+        (tmp_path / "out" / "r").mkdir(parents=True)
+        (tmp_path / "out" / "r" / "config.json").write_text(json.dumps({"compression": {}}))
     stage = tmp_path / "runs" / "r" / "stages" / "0-svd"
     stage.mkdir(parents=True)
     (stage / "state.json").write_text(json.dumps({"recipe": {"passes": [{"svd": {}}] * 3}}))

@@ -1,0 +1,95 @@
+"""An output's own recipe.yaml run again takes that output's name for its default folders (not
+out/recipe and runs/recipe, where every output's recipe replaced another's), and --overwrite says when it
+replaces an output of another teacher or model family (output_names; the CLI's folders; Ctrl-C's note
+where the output is there: tests/test_cli_interrupts.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compress import cli
+
+RECIPE = """\
+model: pixart
+teacher: toy:pixart
+calibration: {source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}
+passes:
+  - svd: {targets: [attention, mlp], ratio: 0.5, multiple: 2}
+"""
+
+
+def _output(folder: Path, class_name: str = "PixArtTransformer2DModel", teacher: str = "toy:pixart") -> Path:
+    """A folder made as an output's files say one is: config.json with a compression section, report.json
+    and its own recipe.yaml (RECIPE)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"_class_name": class_name, "compression": {"teacher": teacher}}))
+    (folder / "report.json").write_text("{}")
+    (folder / "recipe.yaml").write_text(RECIPE)
+    return folder / "recipe.yaml"
+
+
+def test_an_outputs_own_recipe_takes_its_outputs_name(tmp_path):
+    from compress.output_names import default_name
+
+    assert default_name(_output(tmp_path / "out" / "imp_only")) == "imp_only"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "recipe.yaml").write_text(RECIPE)  # a user's own recipe.yaml, in no output
+    assert default_name(tmp_path / "mine" / "recipe.yaml") == "recipe"
+    assert default_name("recipes/toy-flux.yaml") == "toy-flux"
+
+
+@pytest.fixture
+def runs(monkeypatch, tmp_path):
+    """The (out, run_dir, overwrite) each `run` hands its Runner, which runs nothing."""
+    import compress.runner
+
+    handed = []
+
+    class Recorder:
+        def __init__(self, recipe, out, run_dir, **kw):
+            handed.append((str(out), str(run_dir), kw["overwrite"]))
+
+        def run(self):
+            return None
+
+    monkeypatch.setattr(compress.runner, "Runner", Recorder)
+    monkeypatch.chdir(tmp_path)
+    return handed
+
+
+def test_running_an_outputs_recipe_again_writes_that_output_not_out_recipe(runs, tmp_path, capsys):
+    """'dit-compress run out/imp_only/recipe.yaml' wrote out/recipe and ran in runs/recipe, where the
+    next output's recipe.yaml, of another model, replaced it (with --overwrite, saying nothing)."""
+    imp_only, extremes = _output(tmp_path / "out" / "imp_only"), _output(tmp_path / "out" / "c_extremes")
+    assert cli.main(["run", str(imp_only.relative_to(tmp_path))]) == 0
+    assert cli.main(["run", str(extremes.relative_to(tmp_path)), "--overwrite"]) == 0
+    assert runs == [("out/imp_only", "runs/imp_only", False), ("out/c_extremes", "runs/c_extremes", True)]
+    err = capsys.readouterr().err
+    assert "out/imp_only/recipe.yaml is the recipe saved in the output" in err and "out/imp_only and runs/imp_only" in err
+    runs.clear()
+    assert cli.main(["run", "out/imp_only/recipe.yaml", "--out", "o", "--run-dir", "r"]) == 0
+    assert runs == [("o", "r", False)] and "saved in the output" not in capsys.readouterr().err
+
+
+def test_overwrite_says_it_replaces_an_output_of_another_teacher_or_family(tmp_path):
+    from compress.output_names import replaced_note
+
+    _output(tmp_path / "flux", "FluxTransformer2DModel", "toy:flux")
+    assert replaced_note(tmp_path / "flux", "toy:pixart", "pixart") == (
+        f"--overwrite replaces {tmp_path / 'flux'}, an output of another teacher and model family (toy:flux, flux; "
+        "this run: toy:pixart, pixart)")
+    _output(tmp_path / "pixart")
+    assert replaced_note(tmp_path / "pixart", "toy:pixart", "pixart") is None  # a rerun of its own kind
+    assert replaced_note(tmp_path / "none", "toy:pixart", "pixart") is None  # nothing there
+
+
+def test_a_run_with_overwrite_says_it_replaces_an_output_of_another_family(pixart, capsys):
+    """A PixArt run's --overwrite replaced a Flux output (the recipe.yaml of one output run with
+    --overwrite into another's folder) without a word; now a note before anything loads."""
+    tmp_path, make, _ = pixart
+    out = _output(tmp_path / "flux-out", "FluxTransformer2DModel", "toy:flux").parent
+    make(out, overwrite=True).run()
+    assert (f"note: --overwrite replaces {out}, an output of another teacher and model family (toy:flux, flux; "
+            f"this run: {tmp_path / 'teacher'}, pixart)") in capsys.readouterr().err.replace("\n", " ")
+    assert json.loads((out / "config.json").read_text())["_class_name"] == "PixArtTransformer2DModel"
