@@ -6,10 +6,9 @@ from __future__ import annotations
 
 def _recipe_words(theirs: dict, mine: dict) -> str:
     """The first recipe key (dotted, as --set names it) where two resolved recipes differ."""
-    from compress.runner_resume import _flat
+    from compress.runner_resume_moves import differing, flat
 
-    a, b = _flat(theirs), _flat(mine)
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<none>") != b.get(k, "<none>"))
+    a, b, keys = flat(theirs), flat(mine), differing(theirs, mine)
     if not keys:  # an empty mapping or list on one side only
         return "the recipe differs"
     more = f", and {len(keys) - 1} more key{'s' if len(keys) > 2 else ''}" if len(keys) > 1 else ""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
 import compress
 from compress.recipe import Recipe
 from compress.runner_pending import read_record
+from compress.runner_resume_moves import differing, pass_moves
 from compress.runner_teacher_id import as_compared
 
 
@@ -86,15 +88,32 @@ def recipe_changes(before: dict, now: dict, passes, done: int | None = None, pro
             raw = dict(raw, calibration=result_bearing(calibration, prompts_apart))
         specs = raw.get("passes", [])
         if not isinstance(specs, list):
-            return _flat(raw)
+            return raw
         if done is not None:
             specs = specs[:done]
         elif len(specs) != len(passes):
-            return _flat(raw)
-        return _flat(dict(raw, passes=[_kept(spec, p) for spec, p in zip(specs, passes)] + specs[len(passes):]))
+            return raw
+        return dict(raw, passes=[_kept(spec, p) for spec, p in zip(specs, passes)] + specs[len(passes):])
 
-    a, b = view(before), view(now)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<none>") != b.get(k, "<none>"))
+    changed = differing(view(before), view(now))
+    moved = _moved(before.get("passes"), now.get("passes"), passes, done) if changed else None
+    return changed if moved is None else sorted(k for k in changed if not k.startswith("passes.")) + moved
+
+
+def _moved(before, now, passes, done: int | None) -> list[str] | None:
+    """Where passes were inserted, removed or moved (runner_resume_moves.pass_moves), what `recipe_changes`
+    says of the passes; None where none was (or the passes are no lists)."""
+    if not (isinstance(before, list) and isinstance(now, list)):
+        return None
+    by_name = {p.name: p for p in passes}
+    kept = lambda spec: _kept(spec, by_name[_name(spec)]) if _name(spec) in by_name else spec  # noqa: E731
+    return pass_moves(*[[json.dumps(kept(spec), sort_keys=True, default=str) for spec in specs]
+                        for specs in (before, now)], done)
+
+
+def _name(spec) -> str | None:
+    """The pass name of a recipe's pass spec ({name: options}), None where it is not one."""
+    return next(iter(spec)) if isinstance(spec, dict) and len(spec) == 1 else None
 
 
 def _kept(spec, p):
@@ -120,14 +139,6 @@ def _unread(name: str, opts: dict) -> set[str]:
     from compress.passes.svd_checks import unread_keys
 
     return unread_keys(opts["allocation"])
-
-
-def _flat(data, prefix: str = "") -> dict:
-    """{'a.b.0.c': value} of nested mappings and lists."""
-    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
-    if items is None:
-        return {prefix: data}
-    return {k: v for key, value in items for k, v in _flat(value, f"{prefix}.{key}" if prefix else str(key)).items()}
 
 
 # ---- what an interrupted run left --------------------------------------------------------------
@@ -230,10 +241,10 @@ def not_kept_in_words(earliest: int, changed: list[str], streamed: bool) -> str:
     `changed`) though the first pass that changed comes after passes whose stages would be kept, had
     they been saved: ': a streamed run keeps only its latest stage (pass 4), so passes 1-3, before the
     changed one, cannot be resumed from' (`streamed`: the stage's recipe streamed), else ''."""
-    changed_passes = [k.split(".")[1] for k in changed if k.startswith("passes.")]
-    if len(changed_passes) != len(changed) or not all(n.isdigit() for n in changed_passes):
+    changed_passes = [re.findall(r"passes\.(\d+)", k) for k in changed]  # keys, or words of a pass inserted ...
+    if not all(changed_passes):
         return ""  # a key outside the passes (calibration, model ...): no stage would be kept
-    first = min(int(n) for n in changed_passes)  # the first pass that changed, from 0
+    first = min(int(n) for found in changed_passes for n in found)  # the first pass that changed, from 0
     if first == 0 or earliest < first:
         return ""
     before = "pass 1" if first == 1 else f"passes 1-{first}"

@@ -18,3 +18,23 @@ def test_a_changed_last_pass_of_a_finished_streamed_run_says_only_the_latest_sta
         f"--resume: the recipe changed since {tmp_path / 'run-r'} was written (passes.1.svd.ranks.modulation): "
         "a streamed run keeps only its latest stage (pass 2), so pass 1, before the changed one, cannot be "
         "resumed from; undo the change to resume, or rerun with --restart to start over")
+
+
+def test_a_pass_put_in_front_of_a_finished_recipe_reads_as_inserted_not_as_an_edit(tmp_path):
+    """A pass prepended to a finished recipe: --resume said 'the recipe changed since RUN was written
+    (passes.0.svd.allocation, passes.0.svd.multiple, passes.0.svd.ranks.modulation)', an edit of pass 0
+    it read as; it names the pass inserted, and the keys of a pass edited beside it (numbered as now)."""
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import SIMPLE
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    attention = "  - svd: {{targets: [attention], allocation: global, ratio: {ratio}, multiple: 2}}\n"
+    modulation = "  - svd: {targets: [modulation], fisher: none, ranks: {modulation: 4}}\n"
+    recipe = lambda passes: SIMPLE.format(teacher=tmp_path / "teacher", passes=passes)  # noqa: E731
+    run_recipe(tmp_path, recipe(attention.format(ratio=0.5)), "r")
+    for passes, said in ((modulation + attention.format(ratio=0.5), "an svd pass inserted at passes.0"),
+                         (modulation + attention.format(ratio=0.4), "an svd pass inserted at passes.0, passes.1.svd.ratio")):
+        with pytest.raises(UserError) as e:
+            run_recipe(tmp_path, recipe(passes), "r", resume=True, overwrite=True)
+        assert str(e.value) == (f"--resume: the recipe changed since {tmp_path / 'run-r'} was written ({said}); undo "
+                                "the change to resume, or rerun with --restart to start over")
