@@ -57,6 +57,11 @@ class _CommandParser(argparse.ArgumentParser):
         return did_you_mean(option, [s for a in self._actions for s in a.option_strings])
 
 
+def _default_folder(parent: str) -> str:
+    """The help's default of --out and --run-dir (output_names.default_name)."""
+    return f"default: {parent}/<recipe name>; for an output's own recipe.yaml, {parent}/<that output's name>"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dit-compress", description="Low-rank / SVD compression compiler for diffusion "
@@ -66,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="compress a teacher as the recipe says")
     _recipe_args(p)
-    p.add_argument("--out", help="output folder (default: out/<recipe name>)")
-    p.add_argument("--run-dir", help="run folder for caches and checkpoints (default: runs/<recipe name>)")
+    p.add_argument("--out", help=f"output folder ({_default_folder('out')})")
+    p.add_argument("--run-dir", help=f"run folder for caches and checkpoints ({_default_folder('runs')})")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the passes (and distill checkpoint) it saved")
     p.add_argument("--restart", action="store_true",

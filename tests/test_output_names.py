@@ -93,3 +93,13 @@ def test_a_run_with_overwrite_says_it_replaces_an_output_of_another_family(pixar
     assert (f"note: --overwrite replaces {out}, an output of another teacher and model family (toy:flux, flux; "
             f"this run: {tmp_path / 'teacher'}, pixart)") in capsys.readouterr().err.replace("\n", " ")
     assert json.loads((out / "config.json").read_text())["_class_name"] == "PixArtTransformer2DModel"
+
+
+def test_the_help_of_out_and_run_dir_names_an_outputs_own_recipe(capsys):
+    """--out and --run-dir's help said only 'default: out/<recipe name>' ('runs/<recipe name>')."""
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    for parent in ("out", "runs"):
+        assert f"(default: {parent}/<recipe name>; for an output's own recipe.yaml, {parent}/<that output's name>)" \
+            in said
