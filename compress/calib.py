@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from compress.arch import teacher_note
 from compress.arch.base import Adapter
 from compress.calib_flow import dependencies, first_row
 from compress.calib_stats import Reader, Stats, StatsCache, accumulating, pairs, recording
@@ -75,11 +76,15 @@ def _with_timestep(batch: dict, t: torch.Tensor) -> dict:
     return dict(batch, timestep=t.expand(b).clone())
 
 
-def block_words(adapter, group: str, index: int) -> str:
+def block_words(adapter, group: str, index: int, block_map: dict | None = None) -> str:
     """The words of the calibration progress for a block: its module name, as the per-layer warnings
     and inspect's tables name it ('transformer_blocks.0', Flux's 'single_transformer_blocks.3'; the
-    group labels 'double block 0' and PixArt's 'block 0' were the reports' keys)."""
-    return f"{adapter.group(group).attr}.{index}"
+    group labels 'double block 0' and PixArt's 'block 0' were the reports' keys), with its teacher
+    index where removal renumbered it (`block_map`: {group: [teacher index of student block 0, ...]}),
+    as inspect labels it: 'transformer_blocks.4 (teacher 5)'."""
+    kept = (block_map or {}).get(group) or []
+    note = teacher_note(index, kept[index]) if index < len(kept) else ""
+    return f"{adapter.group(group).attr}.{index}{note}"
 
 
 def _detach(x):
@@ -161,6 +166,7 @@ class BlockCalibration:
     reference: list | None = None  # the same, on the reference stream (asymmetric)
     spill: Path | None = None  # keep block inputs and outputs here, one file per batch (Spilled)
     sampler: dict | None = None  # the teacher pipeline's scheduler config: where `conditioning`'s grid lies
+    block_map: dict | None = None  # {group: [teacher index of each student block]}: the progress names it
 
     def __post_init__(self):
         if self.activations not in ("student", "teacher"):
@@ -236,7 +242,7 @@ class BlockCalibration:
         with progress_bar(self.progress) as bar:
             task = bar.add_task("calibrate: blocks", total=n_blocks)
             for group, index, block in self.adapter.iter_blocks(self.model):
-                bar.update(task, description=f"calibrate: {block_words(self.adapter, group, index)}")
+                bar.update(task, description=f"calibrate: {block_words(self.adapter, group, index, self.block_map)}")
                 self.loader.materialize(group, index, block)
                 readers = readers_for(group, index)
                 name = cache_name(group, index) if readers else None

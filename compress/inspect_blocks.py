@@ -48,8 +48,10 @@ def teacher_blocks(rows: list[dict], block_map: dict | None) -> dict[str, str]:
 
 def teacher_label(block: str, teacher: dict[str, str]) -> str:
     """`block`, with its teacher index beside it where removal renumbered it: "blocks.1 (teacher 2)"."""
-    theirs = teacher.get(block, block)
-    return block if theirs == block else f"{block} (teacher {theirs.rpartition('.')[2]})"
+    from compress.arch import teacher_note
+
+    index, theirs = block.rpartition(".")[2], teacher.get(block, block).rpartition(".")[2]
+    return block + (teacher_note(int(index), int(theirs)) if index.isdigit() and theirs.isdigit() else "")
 
 
 def module_label(block: str, teacher: dict[str, str]) -> str:

@@ -335,3 +335,21 @@ def test_a_rerun_ends_each_forward_after_its_last_reader_with_the_same_stats(mon
     for field_ in ("gram", "total", "cross", "ref_total"):
         assert torch.equal(getattr(ended, field_), getattr(full, field_)), field_
     assert ended.rows == full.rows
+
+
+def test_the_block_walk_names_a_renumbered_block_by_its_teacher_index_too(capsys):
+    """After a removal the progress counted student blocks ('calibrate: transformer_blocks.1 2/3' for
+    the teacher's block 2) while inspect labels it 'transformer_blocks.1 (teacher 2)': now the same."""
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    block_map = adapter.remove_blocks(model, {"blocks": [1]})  # student blocks 1, 2 are the teacher's 2, 3
+    cal = BlockCalibration(model, adapter, _batches(model, 1), progress=True, block_map=block_map)
+    cal.capture()
+    for _ in cal.blocks(lambda group, index: []):
+        pass
+    lines = [line.split() for line in capsys.readouterr().err.splitlines() if line.startswith("calibrate: ")]
+    walk = [" ".join(words[1:-1]) for words in lines if words[1] != "capture"]  # less 'calibrate:' and the clock
+    n = len(block_map["blocks"])
+    assert walk == [f"transformer_blocks.{i}{'' if i == t else f' (teacher {t})'} {i + 1}/{n}"
+                    for i, t in enumerate(block_map["blocks"])]
+    assert walk[-1].startswith(f"transformer_blocks.{n - 1} (teacher {n})")

@@ -47,5 +47,11 @@ def block_module(label: str) -> str:
     return f"{group_modules(group)[0]}.{index}" if group and index.isdigit() else label
 
 
+def teacher_note(student: int, teacher: int) -> str:
+    """What follows a student block's name where removal renumbered it, as inspect writes it:
+    " (teacher 5)" for student block 4 that was the teacher's 5; "" where the two are the same."""
+    return "" if student == teacher else f" (teacher {teacher})"
+
+
 __all__ = ["ADAPTERS", "ROLES", "Adapter", "BlockGroup", "LinearInfo", "get_adapter",
-           "family_of_class", "SUPPORTED", "group_modules", "block_module"]
+           "family_of_class", "SUPPORTED", "group_modules", "block_module", "teacher_note"]

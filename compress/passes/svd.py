@@ -82,6 +82,7 @@ class SVDPass(GlobalAllocation, Pass):
         self.loader = loader or BlockLoader()  # just-in-time block weights (big models)
         self.spill: Path | None = None  # block activations on disk (calibration.spill_activations)
         self.sampler: dict | None = None  # the teacher pipeline's scheduler config (ctx.scheduler_config)
+        self.block_map: dict | None = None  # ctx.block_map: student -> teacher block, per group
         self.resolved = Resolved(config)  # targets and fixed ranks, once per model state (check, notes, plan, run)
 
     # ---- before any compute ---------------------------------------------------------------------
@@ -175,6 +176,7 @@ class SVDPass(GlobalAllocation, Pass):
         spill = getattr(ctx.calibration, "spill_activations", False)
         self.spill = ctx.run_dir / "activations" if spill else None  # block inputs on disk
         self.sampler = ctx.scheduler_config()  # the modulation grid lies where the sampler steps
+        self.block_map = ctx.block_map  # the calibration progress names a renumbered block's teacher index
         if ctx.calibration_inputs is None:
             raise UserError("the svd pass needs calibration inputs (a calibration section in the recipe)")
         targets = list(self.resolved.targets(model, ctx.adapter)[1])  # as _check resolved them
@@ -278,7 +280,8 @@ class SVDPass(GlobalAllocation, Pass):
         stages = Stages(self, model, adapter, ranks, records, summary, few, refs, compensated,
                         len(few) / len(batches))
         cal = BlockCalibration(model, adapter, batches, c.activations, self.cache, self.loader,
-                               c.progress, self._fits(targets), spill=self.spill, sampler=self.sampler)
+                               c.progress, self._fits(targets), spill=self.spill, sampler=self.sampler,
+                               block_map=self.block_map)
         sequential = self._sequential(targets)
         self._walk(cal, targets, stages.visit, stages.state if c.activations == "student" else [],
                    stages.visit_group, sequential)

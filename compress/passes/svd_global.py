@@ -162,7 +162,7 @@ class GlobalAllocation:
                 return False
 
             cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),
-                                   c.progress, spill=self.spill, sampler=self.sampler)
+                                   c.progress, spill=self.spill, sampler=self.sampler, block_map=self.block_map)
             self._walk(cal, targets, visit, [])
             weights = sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
                                     c.progress, targets) if sensitivity else {}

@@ -217,3 +217,24 @@ def test_a_budgeted_allocation_that_factorizes_says_nothing(tmp_path, capsys):
                                energy=0.5)
     assert report["params_after"] < report["params_before"]
     assert _warned(capsys) == []
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_the_calibration_progress_names_a_renumbered_block_by_its_teacher_index(tmp_path, capsys, allocation):
+    """After a removal the svd pass's progress read 'calibrate: transformer_blocks.1 2/3' for the
+    teacher's block 2 (inspect: 'transformer_blocks.1 (teacher 2)'); it now passes the run's block map
+    to the walk (the global allocation's teacher walk too): 'transformer_blocks.1 (teacher 2) 2/3'."""
+    from compress.passes.base import RunContext
+
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    block_map = adapter.remove_blocks(model, {"blocks": [1]})
+    batches = [model_inputs(model)]
+    ctx = RunContext(adapter=adapter, family="pixart", teacher=tiny_pixart(), run_dir=tmp_path,
+                     calibration_inputs=lambda: batches, block_map=block_map)
+    SVDPass(SVDConfig(targets=["mlp"], ratio=0.5, multiple=2, allocation=allocation, compensate=False)).run(model, ctx)
+    walk = {" ".join(line.split()[1:-1]) for line in capsys.readouterr().err.splitlines()
+            if line.startswith("calibrate: transformer_blocks.")}
+    n = len(block_map["blocks"])
+    assert {f"transformer_blocks.{i}{'' if i == t else f' (teacher {t})'} {i + 1}/{n}"
+            for i, t in enumerate(block_map["blocks"])} == walk
