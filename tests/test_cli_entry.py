@@ -52,7 +52,16 @@ def _started(tmp_path, script: str) -> subprocess.Popen:
     here = str(Path(compress.__file__).parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
     return subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_as_from_a_terminal)
+
+
+def _as_from_a_terminal() -> None:
+    """The child's stop signals as a terminal's command has them (default actions), whatever the
+    tests were started under: nohup ignores SIGHUP and a background job SIGINT, which children
+    inherit, and the tests that want one ignored ignore it in their script."""
+    for name in ("SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("at", ["compress.cli", "argparse", "compress.errors"])
