@@ -13,6 +13,7 @@ from torch import nn
 from compress.errors import UserError
 from compress.lora import merge_lora
 from compress.lora_keys import STATE_DICT
+from compress.output_names import is_output, output_config
 from compress.words import counted
 
 
@@ -63,7 +64,7 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
     if took is None or blocks_of != absolute_source(str(took)):
         raise other_base(record, chain)
     other = source is not None and absolute_source(source) != blocks_of and other_files(source, blocks_of, took_files)
-    if other and _is_output(blocks_of):
+    if other and is_output(blocks_of):
         raise not_took(record, source, f"its weight files are not {record['blocks_of']}'s: {other}")
     if other:
         raise other_base(record, chain)
@@ -80,25 +81,17 @@ def other_files(source: str, took: str, took_files: dict | None) -> str | None:
     return signature_change(teacher_signature(took) if Path(took).exists() else took_files, source)
 
 
-def _is_output(source: str) -> bool:
-    """Whether `source` is a dit-compress output folder there now."""
-    from compress.io_export import is_output
-
-    return Path(source).is_dir() and is_output(Path(source))
-
-
 def _removes_blocks(source: str) -> bool:
     """Whether `source` is a dit-compress output there now whose blocks are not its base's: a block
     removed along its chain of teachers (or a chain that cannot be followed, whose blocks are unknown)."""
     from types import SimpleNamespace
 
-    from compress.io import read_json
     from compress.lora_teacher import lora_base
 
-    if not _is_output(source):
+    config = output_config(source)  # None: no output there now
+    if config is None:
         return False
-    config = read_json(Path(source) / "config.json")
-    section = config.get("compression") if isinstance(config, dict) else None
+    section = config.get("compression")
     try:
         return bool(lora_base(SimpleNamespace(compression_meta=section if isinstance(section, dict) else {})).block_map)
     except UserError:

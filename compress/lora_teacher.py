@@ -74,12 +74,11 @@ def _an_output(teacher) -> bool:
     compression record, a folder (a pipeline's: its transformer/) or weight file of one."""
     if isinstance(teacher, nn.Module):
         return getattr(teacher, "compression_meta", None) is not None
-    from compress.io_export import is_output
-    from compress.io_output import output_folder
     from compress.io_source import output_record
+    from compress.output_names import is_output_teacher
 
     path = Path(str(teacher)).expanduser()
-    return is_output(output_folder(path)) if path.is_dir() else output_record(path) is not None
+    return is_output_teacher(teacher) if path.is_dir() else output_record(path) is not None
 
 
 def check_given(teacher) -> None:

@@ -1,5 +1,6 @@
 """What an output folder is, read without torch (the CLI names a run's folders before torch loads): whether
-a folder is an output (`is_output`), the name a recipe gives its default output and run folders (an
+a folder is an output (`is_output`; a teacher as given, its pipeline's transformer/ too:
+`is_output_teacher`), the name a recipe gives its default output and run folders (an
 output's own recipe.yaml takes that output's name: `default_name`), what an output that --overwrite is
 about to replace was made of (`replaced_note`) and what a rerun after a stop needs where the output is
 there (`rerun_needs_overwrite`)."""
@@ -26,6 +27,23 @@ def output_config(folder: Path) -> dict | None:
 def is_output(folder: Path) -> bool:
     """Whether `folder` is an output of dit-compress: its config.json has a compression section."""
     return output_config(folder) is not None
+
+
+def is_output_teacher(source) -> bool:
+    """Whether a teacher as given (`source`: a path, a Hub id, toy:NAME) is a local dit-compress output:
+    the folder load_teacher reads in it (io.transformer_folder: the folder, or a pipeline's transformer/)
+    `is_output`; a folder it refuses is none. Imports torch (compress.io): for the run's and merge's
+    checks, not the CLI's folders."""
+    path = Path(str(source)).expanduser()
+    if str(source).startswith("toy:") or not path.is_dir():
+        return False
+    from compress.errors import UserError
+    from compress.io import transformer_folder
+
+    try:
+        return is_output(transformer_folder(path))
+    except UserError:
+        return False
 
 
 def saved_in_output(recipe: str | Path) -> Path | None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
-from compress.io import read_config, transformer_folder
+from compress.io import transformer_folder
+from compress.output_names import is_output_teacher
 from compress.stream_files import opened, weight_map
 from compress.stream_refusals import stream_advice
 
@@ -124,17 +125,6 @@ def resident_bytes(source: str, dtype: torch.dtype) -> int | None:
     except UserError:
         return None
     return 2 * checkpoint_numel(files) * dtype.itemsize
-
-
-def is_output_teacher(source: str) -> bool:
-    """Whether `source` is a local dit-compress output (its config records the compression)."""
-    path = Path(source).expanduser()
-    if source.startswith("toy:") or not path.is_dir():
-        return False
-    try:
-        return "compression" in read_config(transformer_folder(path) / "config.json")
-    except (UserError, OSError):
-        return False
 
 
 def checkpoint_numel(files: dict[str, Path]) -> int:

@@ -103,3 +103,19 @@ def test_the_help_of_out_and_run_dir_names_an_outputs_own_recipe(capsys):
     for parent in ("out", "runs"):
         assert f"(default: {parent}/<recipe name>; for an output's own recipe.yaml, {parent}/<that output's name>)" \
             in said
+
+
+def test_an_output_teacher_is_the_folder_load_teacher_reads(tmp_path):
+    """One rule for a teacher as given (runner_memory's advice, lora_teacher's moved-teacher note): an
+    output folder, or a pipeline's whose transformer/ is one; not a toy, a Hub id, a file, a plain folder."""
+    from compress.output_names import is_output_teacher
+
+    _output(tmp_path / "out")
+    _output(tmp_path / "pipe" / "transformer")
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"_class_name": "PixArtTransformer2DModel"}))
+    (tmp_path / "file.safetensors").write_text("")
+    assert is_output_teacher(str(tmp_path / "out")) and is_output_teacher(tmp_path / "pipe")
+    assert not any(is_output_teacher(s) for s in ("toy:pixart", "org/name", str(tmp_path / "plain"),
+                                                  str(tmp_path / "file.safetensors"), str(tmp_path / "none")))
