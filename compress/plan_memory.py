@@ -260,9 +260,14 @@ def _pipeline(recipe, plan: dict) -> dict | None:
 def component_params(source: str) -> int | None:
     """Parameters of a local pipeline folder's components but the transformer, from their
     safetensors headers (a variant's, model.fp16.safetensors, only where there is no plain one);
-    None where not a local pipeline folder or a component has no safetensors."""
+    None where not a local pipeline folder or a component has no safetensors. A toy's pipeline
+    (toy:NAME, or a folder its save_pretrained wrote): its own text encoder and VAE, counted."""
+    from compress.pipeline_folder import toy_pipeline
     from compress.runner_memory import checkpoint_numel
 
+    if toy_pipeline(source) is not None:
+        from compress.toy.weights import toy_component_params
+        return toy_component_params()
     folder = Path(source).expanduser()
     try:
         index = json.loads((folder / "model_index.json").read_text())

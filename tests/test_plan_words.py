@@ -153,3 +153,28 @@ def test_plan_samples_the_toy_pipeline_without_minutes(tmp_path, capsys):
     assert cli.main(["plan", str(recipe), *sets, "--json"]) == 0
     calib = json.loads(capsys.readouterr().out)["calibration"]
     assert (calib["source"], calib["toy_pipeline"]) == ("pipeline", True)
+
+
+@pytest.mark.parametrize("pipeline", ["toy:pixart", "saved"])
+def test_a_toy_pipeline_s_text_encoder_and_vae_are_counted(tmp_path, monkeypatch, pipeline):
+    """A toy's pipeline (toy:pixart, or a folder its save_pretrained wrote) has its own text encoder and
+    VAE, which plan can count: its memory line said they 'come on top while calibration samples, not
+    counted', as of a Hub pipeline whose configs are not here."""
+    import compress.plan_memory as plan_memory
+    from compress.plan import make_plan
+    from compress.plan_memory import memory_words
+    from compress.recipe import parse_recipe
+    from compress.toy.weights import load_text_encoder, load_toy_pipeline
+
+    monkeypatch.setattr(plan_memory, "machine_memory", lambda: None)  # no warning of this machine
+    if pipeline == "saved":
+        load_toy_pipeline("pixart").save_pretrained(tmp_path / "pipe")
+        pipeline = str(tmp_path / "pipe")
+    recipe = parse_recipe(f"model: pixart\nteacher: toy:pixart\ncalibration: {{source: pipeline, pipeline: {pipeline}, "
+                          "prompts: [a 1, a 2], sample_steps: 2, timesteps: 2}\npasses:\n"
+                          "  - distill: {steps: 2, warmup_steps: 0, data: teacher_samples}\n", str(tmp_path / "r.yaml"))
+    memory = make_plan(recipe)["memory"]
+    parts = {p["what"]: p["bytes"] for p in memory["other"]["parts"]}
+    encoder = sum(p.numel() for p in load_text_encoder().parameters())  # the toy VAE has no parameters
+    assert parts["the pipeline's text encoders and VAE while calibration samples"] == encoder * 4 > 0  # float32
+    assert "come on top while calibration samples, not counted" not in memory_words(memory)

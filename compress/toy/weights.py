@@ -165,6 +165,13 @@ def load_text_encoder(weights_dir: str | Path | None = None) -> ToyTextEncoder:
     return _cached_text_encoder((folder / TEXT_ENCODER_FILE).resolve())
 
 
+def toy_component_params() -> int:
+    """Parameters of a toy pipeline's parts but the transformer (load_toy_pipeline's text encoder and VAE)."""
+    from compress.toy.vae import ToyVAE
+
+    return sum(p.numel() for part in (load_text_encoder(), ToyVAE()) for p in part.parameters())
+
+
 def save_toy_teacher(model, family: str, out_dir: str | Path, objective: str = "eps") -> None:
     """Write `<family>.json` + `<family>.safetensors` (fp32) into out_dir; the training objective
     goes into the safetensors metadata (the pipeline picks its scheduler by it)."""
