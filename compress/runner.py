@@ -16,6 +16,7 @@ from compress.io_source import check_teacher_options
 from compress.recipe_teacher_config import config_by, teacher_config_of
 from compress.passes import build_passes
 from compress.passes.base import first_nonfinite, predictions
+from compress.output_names import rerun_needs_overwrite
 from compress.recipe import Recipe
 from compress.report import console, param_count
 from compress.runner_caches import clock_ns, finished_run, remove_unread_caches, unread_files
@@ -24,7 +25,7 @@ from compress.runner_folders import interrupt_note
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
-from compress.runner_stop_words import EXPORT, disk_full, doing_words, kept_note, out_of_memory, peer_lost
+from compress.runner_stop_words import AGAIN, EXPORT, disk_full, doing_words, kept_note, out_of_memory, peer_lost
 from compress.runner_prepare import prepare
 from compress.runner_ranks import (PeerLost, announce, hand_off, is_follower, is_main_process, leading,
                                    several_processes, wait_for_hand_off)
@@ -104,7 +105,7 @@ class Runner:
                     raise disk_full(e, self.recipe, self.doing, self.out, self.run_dir, self._kept()) from None
                 if several_processes() and peer_lost_in(e):
                     lost = ended(self.run_dir, self.followed)
-                    raise peer_lost(lost, self.recipe, self.doing, is_follower(), self._kept()) from None
+                    raise peer_lost(lost, self.recipe, self.doing, is_follower(), self._kept(AGAIN)) from None
                 raise
             except KeyboardInterrupt:  # a stop signal: the launcher's, where a follower ended first?
                 lost = self._follower_ended()
@@ -237,17 +238,21 @@ class Runner:
         lost = follower_ended(self.run_dir)
         if lost is None:
             return None
-        return PeerLost(f"{self._doing_words()}: {lost}{self.interrupt_note()}")
+        return PeerLost(f"{self._doing_words()}: {lost}{rerun_needs_overwrite(self.out, self.interrupt_note())}")
 
     def _doing_words(self) -> str:
         """The recipe line and pass running now ('r.yaml:12: pass 2/3 (svd)'), or the phase."""
         return doing_words(self.recipe, self.doing)
 
-    def _kept(self) -> str:
-        """'; RUN_DIR keeps its work (...): rerun with --resume' where this run's work is there."""
-        return kept_note(self.run_dir, self.recipe, getattr(self, "passes", []), self.doing, self.resume,
+    def _kept(self, none_kept: str = "") -> str:
+        """'; RUN_DIR keeps its work (...): rerun with --resume' where this run's work is there, else
+        `none_kept` (a lost peer's AGAIN); where the output folder is there (an earlier output this run's
+        --overwrite had not replaced yet), that the rerun needs --overwrite too, as Ctrl-C's note says
+        (output_names.rerun_needs_overwrite)."""
+        note = kept_note(self.run_dir, self.recipe, getattr(self, "passes", []), self.doing, self.resume,
                          is_main_process(), getattr(getattr(self, "ctx", None), "fingerprint", None),
                          getattr(self, "sampled_calls", None))  # as interrupt_note: what a rerun reads back
+        return rerun_needs_overwrite(self.out, note or none_kept)
 
     def _stage(self, i: int, student, reference, heldout, teacher_params: int):
         """Pass i, its stage checkpoint, then its held-out error (printed and reported, and written to

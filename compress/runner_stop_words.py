@@ -14,6 +14,7 @@ from compress.runner_failures import DiskFull, OutOfMemory, disk_full_line, memo
 
 EXPORT = "the export"  # `Runner.doing` while rank 0 writes the output (a full disk there names --out)
 LOADING = "loading the teacher"  # `Runner.doing` while the teacher loads
+AGAIN = "; start the launch again with --resume"  # a lost peer's stop where the run folder keeps nothing
 
 
 def doing_words(recipe, doing) -> str:
@@ -63,5 +64,5 @@ def peer_lost(lost: UserError, recipe, doing, follower: bool, kept: str) -> User
     if isinstance(lost, MainStopped):  # this rank says nothing (cli)
         return lost
     # a follower's words say what to do; rank 0's run folder says what it keeps
-    again = "" if follower else kept or "; start the launch again with --resume"
+    again = "" if follower else kept or AGAIN
     return PeerLost(f"{doing_words(recipe, doing)}: {lost}{again}")

@@ -77,6 +77,45 @@ def test_running_out_of_memory_names_the_pass_and_what_to_change(tmp_path, monke
     assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stop", ["memory", "disk", "peer", "peer in pass 1"])
+def test_a_stop_with_the_output_there_says_the_rerun_needs_overwrite(tmp_path, monkeypatch, capsys, stop):
+    """A run with --overwrite stopped (out of memory, a full disk, a lost peer) before it replaced the
+    earlier output said '...: --resume continues from pass 2 ...', and the rerun with --resume was refused
+    ('output folder OUT exists; pass --overwrite to replace it'): it says the rerun needs --overwrite too,
+    as Ctrl-C's note does (output_names.rerun_needs_overwrite); a lost peer's with nothing kept too."""
+    import json
+
+    import compress.runner as runner
+    from compress.passes import remove_blocks, svd
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text(json.dumps({"compression": {}}))  # an earlier output
+    raised = {"memory": RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+              "disk": OSError(28, "No space left on device")}.get(stop, RuntimeError("Connection reset by peer"))
+    if stop.startswith("peer"):
+        monkeypatch.setattr(runner, "several_processes", lambda: True)
+        monkeypatch.setattr(runner, "peer_lost_in", lambda e: True)
+        monkeypatch.setattr(runner, "ended", lambda *a: UserError("rank 1 ended"))
+
+    def fails(self, model, ctx):
+        raise raised
+
+    first = stop == "peer in pass 1"  # nothing kept: 'start the launch again with --resume'
+    monkeypatch.setattr(*(remove_blocks.RemoveBlocksPass, "run") if first else (svd.SVDPass, "run"), fails)
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(argv + ["--overwrite"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    kept = "start the launch again with --resume" if first else \
+        f"{tmp_path / 'run'} keeps its work (1 of 2 passes done): --resume continues from pass 2 (whose keys may change)"
+    assert err.endswith(f"; {kept}; {tmp_path / 'out'} exists: the rerun needs --overwrite too"), err
+    monkeypatch.undo()
+    assert main(argv + ["--resume"]) != 0  # as it says
+    assert f"output folder {tmp_path / 'out'} exists; pass --overwrite" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("where, raised, said", [
     ("pass", OSError(28, "No space left on device", "/scratch/run/calib/x.pt"),
      "/scratch/run/calib/x.pt: no space left on the device, during {doing}pass 2/2 (svd)"),
