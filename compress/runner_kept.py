@@ -183,6 +183,25 @@ def read_back_in_words(cache: Path, fishers: str | None = "fisher-*") -> str:
                      for what, n in (("block statistics", stats), ("output Fishers", fishers)) if n)
 
 
+def offered_files(cache: Path, fishers: str | None = "fisher-*") -> tuple[set[str], set[str]]:
+    """(the names of the block statistics, of the output Fishers) `read_back_in_words` counts in `cache`:
+    the StatsCache names (the file stems) and the targets' names of the Fishers."""
+    stats = {p.stem for p in Path(cache).glob("*.pt")}
+    return stats, ({p.stem for p in Path(cache).glob(f"{fishers}/*.pt")} if fishers else set())
+
+
+def read_back_at_end_in_words(read: int, offered: int) -> str:
+    """'read back 1 of the 5 files an earlier run measured (the others are not of its targets, blocks, inputs
+    and ranks as they are now)': what an svd pass read of the `offered` files `read_back_in_words` counted."""
+    files = f"file{'' if offered == 1 else 's'} an earlier run measured"
+    if read == offered:
+        return f"read back {'the' if offered == 1 else f'all {offered}'} {files}"
+    why = "not of its targets, blocks, inputs and ranks as they are now"
+    if not read:
+        return f"read back none of the {offered} {files}: {'it is' if offered == 1 else 'they are'} {why}"
+    return f"read back {read} of the {offered} {files} (the {'other is' if offered - read == 1 else 'others are'} {why})"
+
+
 def teacher_samples_kept(run_dir: Path, fingerprint: str | None, to_run) -> tuple[int, int]:
     """(shards written, shards in all) of the teacher-sample caches in `run_dir` that a distill pass
     among `to_run` (the passes a rerun still runs) reads back: those whose about.json

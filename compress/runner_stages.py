@@ -23,7 +23,8 @@ from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
-from compress.runner_kept import fisher_folder, mark_read_by, read_back_in_words
+from compress.runner_kept import (fisher_folder, mark_read_by, offered_files, read_back_at_end_in_words,
+                                  read_back_in_words)
 from compress.runner_measured import CALIBRATED, KEYED_AS
 from compress.runner_folders import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
@@ -198,11 +199,29 @@ def say_read_back(runner, start: int, student) -> None:
     # what a Ctrl-C from now on says --resume reads back (runner_kept.read_caches), and the recipe that
     # made what the pass reads (runner_caches keeps the cache while a recipe's passes before it match)
     mark_read_by(cache, start, runner.recipe.raw["passes"][:start])
-    kept = read_back_in_words(cache, fisher_folder(runner.passes[start].config))  # not other probes' Fishers
+    fishers = fisher_folder(runner.passes[start].config)  # not other probes' Fishers
+    kept = read_back_in_words(cache, fishers)
+    runner.offered = (start, offered_files(cache, fishers))  # what say_read_back_at_end counts among
     if kept:
         console.print(f"  pass {start + 1} (svd) finds {kept} that an earlier run measured: it reads back those "
-                      "of blocks and inputs unchanged since",
+                      "of its blocks and inputs unchanged since, and says how many when it ends",
                       highlight=False, markup=False)
+
+
+def say_read_back_at_end(runner, i: int) -> None:
+    """As pass i's stage is saved (`save_stage`), after the svd pass i that `say_read_back` said finds what an earlier run measured: how many of
+    those files it read back (its StatsCache's hits, the output Fishers it did not measure again),
+    which only the pass knows (the names of its statistics hash the blocks' inputs and the ranks so
+    far): a pass of other targets or ranks reads back fewer, or none."""
+    start, (stats, fishers) = getattr(runner, "offered", (None, (set(), set())))
+    runner.offered = (None, (set(), set()))  # said once
+    if start != i or not (stats or fishers):
+        return
+    p = runner.passes[i]
+    read = len(stats & set(getattr(getattr(p, "cache", None), "hits", ()))) + \
+        len(fishers & set(getattr(p, "fishers_read", ())))
+    console.print(f"  pass {i + 1} (svd) {read_back_at_end_in_words(read, len(stats) + len(fishers))}",
+                  highlight=False, markup=False)
 
 
 def resumable(runner) -> tuple[list, int | None, list]:
@@ -280,6 +299,7 @@ def save_stage(runner, i: int, student, record: bool = True):
     finish writing it after an interrupt (runner_pending; `record` False: it is there already)."""
     if not is_main_process():
         return
+    say_read_back_at_end(runner, i)  # Runner._stage saves pass i's stage once it ran: what it read back
     d = stage_dir(runner, i)
     if record and runner.recipe.stream and runner.models.blocks is not None:
         write_record(runner.run_dir, i, _state(runner), student, runner.models.blocks)

@@ -59,7 +59,8 @@ def test_a_resumed_svd_pass_says_once_how_many_statistics_it_reads_back(tmp_path
     hits = json.loads((tmp_path / "out" / "report.json").read_text())["svd"]["cache_hits"]
     assert len(hits) == 2
     assert said == ["  pass 2 (svd) finds block statistics (2 files), output Fishers (12 files) that an "
-                    "earlier run measured: it reads back those of blocks and inputs unchanged since"]  # interrupted, or
+                    "earlier run measured: it reads back those of its blocks and inputs unchanged since, and says "
+                    "how many when it ends"]  # interrupted, or
     # finished and resumed after a recipe change
 
 
@@ -84,11 +85,12 @@ def test_every_rerun_says_what_each_svd_pass_reads_back(tmp_path, monkeypatch, c
     said, hits = said_and_hits(["--restart"])
     assert hits[0] == 2 and hits[1] == 0
     assert said == ["  pass 1 (svd) finds block statistics (2 files) that an earlier run measured: it reads back those "
-                    "of blocks and inputs unchanged since"]
+                    "of its blocks and inputs unchanged since, and says how many when it ends"]
     said, hits = said_and_hits(["--overwrite"])  # a plain rerun of the finished run: it starts over
     assert hits[0] > 2 and hits[1] > 0
     found = [re.fullmatch(r"  pass (\d) \(svd\) finds block statistics \((\d+) files?\) that an earlier run "
-                          r"measured: it reads back those of blocks and inputs unchanged since", line) for line in said]
+                          r"measured: it reads back those of its blocks and inputs unchanged since, and says how many "
+                          r"when it ends", line) for line in said]
     assert all(found) and [(int(m[1]), int(m[2])) for m in found] == [(1, hits[0]), (2, hits[1])], said
 
 
@@ -168,7 +170,8 @@ def test_a_resumed_svd_pass_says_in_one_line_the_output_fishers_it_reads_back(tm
         assert said == []
     else:
         assert said == [f"  pass 2 (svd) finds output Fishers ({fishers} files) that an earlier run measured: it "
-                        "reads back those of blocks and inputs unchanged since"]
+                        "reads back those of its blocks and inputs unchanged since, and says how many when it ends",
+                        f"  pass 2 (svd) read back all {fishers} files an earlier run measured"]
 
 
 def test_the_run_record_is_written_atomically_an_error_mid_write_leaves_the_old_one(tmp_path, monkeypatch):
@@ -200,3 +203,38 @@ def test_the_run_record_is_written_atomically_an_error_mid_write_leaves_the_old_
     record_run(runner)
     assert json.loads(record.read_text())["fingerprint"] == "new"
     assert [p.name for p in record.parent.iterdir()] == ["run.json"]
+
+
+def test_an_svd_pass_says_at_its_end_how_many_of_the_files_it_found_it_read_back(tmp_path, capsys):
+    """The count as an svd pass starts is of every file an earlier run measured for the same student;
+    which of them it reads is known only as it runs (their names hash its blocks' inputs and ranks), so
+    its end says how many it read: none for a pass of other targets, some after a ratio change (a new
+    user's run said it finds 6 files for a pass of the top-level modulation alone, which read none, and 5
+    after a ratio change, of which it read 1: the others were removed as the run ended)."""
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import SIMPLE
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    attention = "  - svd: {{targets: [attention], allocation: global, ratio: {ratio}, multiple: 2}}\n"
+    recipes = {"attention": attention.format(ratio=0.5), "ratio": attention.format(ratio=0.3),
+               "modulation": "  - svd: {targets: [modulation], fisher: none, ranks: {modulation: 4}}\n"}
+
+    def rerun(name: str) -> tuple[list[str], int, int]:
+        """(its lines on what it reads back, the files of statistics there before it, those of them left
+        after it: the ones it read, as the run removes the others as it ends)"""
+        files = lambda: {p.name for p in (tmp_path / "run" / "calib").glob("*/*/*.pt")}  # noqa: E731
+        before = files() if (tmp_path / "run").is_dir() else set()
+        (tmp_path / f"{name}.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher", passes=recipes[name]))
+        assert main(["run", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / "out"), "--run-dir",
+                     str(tmp_path / "run"), "--overwrite"]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "read back" in line or "reads back" in line]
+        return said, len(before), len(before & files())
+    assert rerun("attention") == ([], 0, 0)
+    said, offered, read = rerun("ratio")
+    assert 0 < read < offered and f"finds block statistics ({offered} files)" in said[0]
+    assert said[1] == (f"  pass 1 (svd) read back {read} of the {offered} files an earlier run measured (the "
+                       "others are not of its targets, blocks, inputs and ranks as they are now)")
+    said, offered, read = rerun("modulation")
+    assert read == 0 and f"finds block statistics ({offered} files)" in said[0]
+    assert said[1] == (f"  pass 1 (svd) read back none of the {offered} files an earlier run measured: they are "
+                       "not of its targets, blocks, inputs and ranks as they are now")

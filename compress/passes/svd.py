@@ -245,6 +245,7 @@ class SVDPass(GlobalAllocation, Pass):
                             "block's own output Fisher) or none")
         # those an interrupted run of this pass measured are read back (the runner's line as the pass
         # starts says so with the statistics: runner_stages.say_read_back)
+        self.fishers_read = [i.name for i in chosen if i.name in self.roots]  # runner_stages counts them
         chosen = [i for i in chosen if i.name not in self.roots]
         samples = sum(b["hidden_states"].shape[0] for b in batches)
         rows = self._fisher_rows(adapter, chosen, samples)
