@@ -218,7 +218,15 @@ def _ask(out: Path, chain: list[str]) -> str:
 def _check_base(transformer: nn.Module, base: str, **cached) -> None:
     """The base pipeline's transformer must be the architecture `transformer` was compressed from:
     diffusers only logs a wrong class, and a wrong width fails inside the first denoising step.
-    `cached`: local_files_only, for a Hub id read from the cache."""
+    `cached`: local_files_only, for a Hub id read from the cache. A Hub id's config is first asked
+    with io_hub_requests.head_request's one bounded request, without huggingface_hub's retries: where
+    the Hub answered hub_head and then stopped answering, hf_hub_download's retried HEAD held the load
+    ~23 s (backoff sleeps) before from_pretrained said it in one line; now nothing is checked there."""
+    from compress.io import looks_local
+    from compress.io_hub_requests import head_request
+
+    if not cached and not looks_local(base) and head_request(base, "transformer/config.json")[0] is not None:
+        return  # the Hub not reached: from_pretrained says so (io_hub_pipeline.unreached, or the cache read)
     try:
         config = type(transformer).load_config(os.path.expanduser(base), subfolder="transformer", **cached)
     except (OSError, ValueError):

@@ -5,6 +5,7 @@ line of ours, without diffusers' "Couldn't connect to the Hub" warning (io_hub_p
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -23,6 +24,16 @@ def lost_hub(tmp_path, monkeypatch):
     PixArt output."""
     import httpx2
     import huggingface_hub
+
+    out = _hub_lost_after_head(tmp_path, monkeypatch)
+    refused = lambda url, **k: (_ for _ in ()).throw(  # noqa: E731 - huggingface_hub's retries: 23 s
+        httpx2.ConnectError("[Errno 111] Connection refused", request=httpx2.Request("HEAD", url)))
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", refused)
+    return out
+
+
+def _hub_lost_after_head(tmp_path, monkeypatch):
+    """lost_hub without its quick refusal: huggingface_hub's own requests go to the closed port."""
     from huggingface_hub import constants
 
     import compress.io_hub_pipeline as io_hub_pipeline
@@ -32,11 +43,29 @@ def lost_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(io_hub_pipeline, "hub_head", lambda repo_id, name: (None, None))
-    refused = lambda url, **k: (_ for _ in ()).throw(  # noqa: E731 - huggingface_hub's retries: 23 s
-        httpx2.ConnectError("[Errno 111] Connection refused", request=httpx2.Request("HEAD", url)))
-    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", refused)
     model = factorize(load_toy_teacher("pixart"), ["transformer_blocks.0.ff.net.2"], rank=8)
     return save_compressed(model, tmp_path / "out", extra={"teacher": "toy:pixart"})
+
+
+def test_a_base_pipeline_the_hub_stops_being_reached_for_fails_without_huggingface_hubs_retries(tmp_path, monkeypatch):
+    """Every request after hub_head's refused, none faked (conftest's get_hf_file_metadata put back):
+    the base's transformer config check (_check_base: diffusers' load_config, hf_hub_download's HEAD
+    retried 5 times, 1+2+4+8+8 s of sleeps) held the load 23 s before its one line; now its one
+    request without retries finds the Hub gone and from_pretrained says it at once."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    out = _hub_lost_after_head(tmp_path, monkeypatch)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", huggingface_hub.file_download.get_hf_file_metadata)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    start = time.monotonic()
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base="acme/pix")
+    took = time.monotonic() - start
+    assert str(e.value).startswith("cannot load base pipeline 'acme/pix': the Hugging Face Hub cannot be reached "
+                                   "(ConnectError: [Errno 111] Connection refused), and the Hugging Face cache "), e.value
+    assert took < 5, f"{took:.1f} s"
 
 
 def test_a_hub_pipeline_the_hub_stops_being_reached_for_is_one_line_without_diffusers_warning(
