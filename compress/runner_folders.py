@@ -278,7 +278,7 @@ def another_teacher(run_dir: Path, info: dict, passes, change: tuple[str, str]) 
 
 def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
     """'RUN_DIR holds an interrupted run of another recipe (it differs in ...; 1 of 3 passes done,
-    block statistics (9 files) measured so far)' for an `interrupted_run` whose recipe differs
+    block statistics (up to 9 files) measured so far)' for an `interrupted_run` whose recipe differs
     (info["changed"]): its saved passes and distill checkpoint, and what it measured, under the
     fingerprint the run recorded: where this recipe's --resume keeps some of its passes, what this
     recipe's `passes` after those read back (`measured_so_far`; passes not known: its svd caches');

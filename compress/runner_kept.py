@@ -41,9 +41,9 @@ def saved_in_words(info: dict) -> str:
 def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | None = None,
               inputs: list[Path] | None = None, passes=()) -> str:
     """What a stopped run (Ctrl-C, out of memory, a full disk, a lost peer) leaves a rerun, one
-    clause: '; RUN_DIR keeps its work (2 of 5 passes done, block statistics (9 files) measured so
-    far): GO_ON' for an `interrupted_run`'s `info`; with none (no pass saved), '; RUN_DIR keeps block
-    statistics (9 files) measured so far: a rerun ... reads back ...' where something was measured
+    clause: '; RUN_DIR keeps its work (2 of 5 passes done, block statistics (up to 9 files) measured
+    so far): GO_ON' for an `interrupted_run`'s `info`; with none (no pass saved), '; RUN_DIR keeps block
+    statistics (up to 9 files) measured so far: a rerun ... reads back ...' where something was measured
     (`measured_so_far` of `fingerprint` and `inputs`, and the teacher samples of the `passes` not
     yet saved), else ''. With every pass done, what was measured is not named: --resume only writes the
     output, reading none of it."""
@@ -56,7 +56,7 @@ def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | N
 
 def kept_in_words(run_dir: Path, info: dict, fingerprint: str | None, inputs: list[Path] | None = None,
                   passes=()) -> str:
-    """'2 of 5 passes done, block statistics (9 files) measured so far' for an `interrupted_run`'s
+    """'2 of 5 passes done, block statistics (up to 9 files) measured so far' for an `interrupted_run`'s
     `info`: its saved passes and distill checkpoint (`saved_in_words`) and what its unfinished pass
     measured, which --resume reads back (`measured_so_far` of `fingerprint`, `inputs` and the `passes`
     not yet saved; none known: every pass's; not the statistics of the passes saved, which it keeps);
@@ -69,9 +69,11 @@ def kept_in_words(run_dir: Path, info: dict, fingerprint: str | None, inputs: li
 
 def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=None,
                     start: int = 0) -> str:
-    """'sampled inputs (3 sampling calls), block statistics (9 files), output Fishers (24 files),
+    """'sampled inputs (3 sampling calls), block statistics (up to 9 files), output Fishers (up to 24 files),
     teacher samples (6 of 16 shards; 'the one shard' of one)': what an interrupted run left that a
-    rerun of the same recipe and teacher reads back instead of computing it again ('' where nothing):
+    rerun of the same recipe and teacher reads back instead of computing it again ('' where nothing;
+    the statistics and Fishers 'up to': those found, of which an svd pass reads only those of its
+    blocks, inputs, targets and ranks as they are then):
     each finished sampling call's records among `inputs`
     (calib_pipeline.PipelineSource.call_files: the files of this run's calls, <hash>.pt; the folder
     may also hold those of other prompts, which a rerun does not read), and under calib/<fingerprint>/<model>/ the
@@ -90,9 +92,11 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
         caches = [cache for cache in caches if (cache / READ_BY).is_file()]
     stats = sum(1 for cache in caches for _ in cache.glob("*.pt"))
     fishers = sum(1 for cache in caches for folder in fishers_read(to_run) for _ in cache.glob(f"{folder}/*.pt"))
-    kept = [f"{what} ({counted(n, unit)})" for what, n, unit in [
-        ("sampled inputs", calls, "sampling call"), ("block statistics", stats, "file"),
-        ("output Fishers", fishers, "file")] if n]
+    # the statistics and Fishers a pass reads are those its blocks' inputs, targets and ranks name, known only
+    # as it runs (its end line says how many: runner_stages.say_read_back_at_end): of those found, 'up to'
+    kept = [f"{what} ({up_to}{counted(n, unit)})" for what, n, unit, up_to in [
+        ("sampled inputs", calls, "sampling call", ""), ("block statistics", stats, "file", "up to "),
+        ("output Fishers", fishers, "file", "up to ")] if n]
     written, shards = teacher_samples_kept(run_dir, fingerprint, to_run or ())
     if written:  # 'the one shard' of one (as saved_in_words' 'the one pass done'), else '2 of 4 shards'
         samples = "the one shard" if (written, shards) == (1, 1) else f"{written} of {counted(shards, 'shard')}"

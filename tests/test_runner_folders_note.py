@@ -18,7 +18,7 @@ def test_the_ctrl_c_note_counts_the_fishers_of_its_fingerprint(tmp_path):
         fishers.mkdir(parents=True)
         for i in range(n):
             (fishers / f"{i}.pt").write_bytes(b"")
-    assert "(3 files)" in interrupt_note(tmp_path, fingerprint="bbbb")
+    assert "(up to 3 files)" in interrupt_note(tmp_path, fingerprint="bbbb")
     assert interrupt_note(tmp_path).endswith("nothing was saved yet: a rerun starts over")
     assert interrupt_note(tmp_path, fingerprint="cccc").endswith("nothing was saved yet: a rerun starts over")
 
@@ -61,8 +61,8 @@ def test_the_ctrl_c_note_counts_sampled_inputs_and_block_statistics_a_rerun_read
            "measuring them again (keep the run folder)")
     assert interrupt_note(tmp_path, inputs=inputs) == f"; {tmp_path} keeps sampled inputs (3 sampling calls) {end}"
     assert interrupt_note(tmp_path, fingerprint="aaaa", inputs=inputs) == (
-        f"; {tmp_path} keeps sampled inputs (3 sampling calls), block statistics (4 files), output Fishers "
-        f"(1 file) {end}")
+        f"; {tmp_path} keeps sampled inputs (3 sampling calls), block statistics (up to 4 files), output Fishers "
+        f"(up to 1 file) {end}")
     assert interrupt_note(tmp_path, fingerprint="cccc") == "; nothing was saved yet: a rerun starts over"
 
 
@@ -94,7 +94,7 @@ def test_a_rerun_of_another_recipe_refused_names_what_the_interrupted_run_measur
     for i in range(3):
         (cache / f"shard-{i:05d}.safetensors").write_bytes(b"")
     held = (f"{tmp_path} holds an interrupted run of another recipe (it differs in passes.1.svd.ratio; 2 of 3 passes "
-            "done, block statistics (2 files), output Fishers (1 file), teacher samples (3 of 16 shards) measured so "
+            "done, block statistics (up to 2 files), output Fishers (up to 1 file), teacher samples (3 of 16 shards) measured so "
             "far): --resume keeps its first 1 pass (with the same teacher) and runs the rest; ")
     with pytest.raises(UserError) as e:
         check_run_folder(tmp_path, now.raw, build_passes(now))

@@ -33,8 +33,8 @@ def test_a_stop_on_an_error_in_an_svd_pass_names_the_block_statistics_kept(tmp_p
     assert main(argv) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"dit-compress: {said}") and last.endswith(
-        f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block statistics (1 file), output Fishers "
-        "(12 files) measured so far): --resume continues from pass 2 (whose keys may change)"), last
+        f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block statistics (up to 1 file), output Fishers "
+        "(up to 12 files) measured so far): --resume continues from pass 2 (whose keys may change)"), last
 
 
 def test_block_statistics_are_named_only_where_an_svd_pass_still_runs(tmp_path):
@@ -52,7 +52,7 @@ def test_block_statistics_are_named_only_where_an_svd_pass_still_runs(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     svd, distill = SimpleNamespace(name="svd", config=SVDConfig()), SimpleNamespace(name="distill", config=None)
-    named = "block statistics (2 files), output Fishers (1 file)"
+    named = "block statistics (up to 2 files), output Fishers (up to 1 file)"
     assert measured_so_far(tmp_path, "fp", None, [svd, distill]) == named
     assert measured_so_far(tmp_path, "fp", None) == named
     assert measured_so_far(tmp_path, "fp", None, [distill]) == ""
@@ -79,7 +79,7 @@ def test_an_errors_stop_names_the_block_statistics_and_fishers_kept_as_a_ctrl_c_
         (model / name).write_bytes(b"")
     (tmp_path / "calib" / "bbbb" / "x").mkdir(parents=True)
     (tmp_path / "calib" / "bbbb" / "x" / "blocks-0.pt").write_bytes(b"")  # another fingerprint's: not read
-    measured = "block statistics (2 files), output Fishers (1 file) measured so far"
+    measured = "block statistics (up to 2 files), output Fishers (up to 1 file) measured so far"
     rerun = ("a rerun of this recipe and teacher reads back those it measured instead of measuring them again "
              "(keep the run folder)")
     assert resume_note(tmp_path, recipe, passes, "aaaa") == f"; {tmp_path} keeps {measured}: {rerun}"
@@ -124,7 +124,7 @@ def test_a_ctrl_c_in_a_later_svd_pass_names_only_the_statistics_that_pass_reads(
     last = capsys.readouterr().err.strip().splitlines()[-1]
     first, second = (sum(1 for _ in d.glob("*.pt")) for d in folders)
     assert first > 0 and second == 1, (first, second)
-    assert last.endswith(f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block statistics (1 file) "
+    assert last.endswith(f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block statistics (up to 1 file) "
                          "measured so far): rerun with --resume to continue"), last
 
 
@@ -144,8 +144,8 @@ def test_statistics_marked_read_by_a_kept_pass_are_not_counted(tmp_path):
     mark_read_by(tmp_path / "calib" / "fp" / "teacher", 0)
     mark_read_by(tmp_path / "calib" / "fp" / "after-1", 1)
     svd = SimpleNamespace(name="svd", config=SimpleNamespace(fisher="none"))
-    assert measured_so_far(tmp_path, "fp", None, [svd, svd], 0) == "block statistics (6 files)"
-    assert measured_so_far(tmp_path, "fp", None, [svd], 1) == "block statistics (2 files)"
+    assert measured_so_far(tmp_path, "fp", None, [svd, svd], 0) == "block statistics (up to 6 files)"
+    assert measured_so_far(tmp_path, "fp", None, [svd], 1) == "block statistics (up to 2 files)"
     assert [c.name for c in read_caches(tmp_path, "fp", 2)] == ["older"]
     assert read_caches(tmp_path, None, 0) == []
 
@@ -169,12 +169,12 @@ def test_a_ctrl_c_counts_only_the_output_fishers_of_the_fisher_probes_ahead(tmp_
     def svd(**keys):
         return SimpleNamespace(name="svd", config=SVDConfig(**keys))
 
-    assert measured_so_far(tmp_path, "fp", None, [svd()]) == "output Fishers (3 files)"  # fisher_probes 4
-    assert measured_so_far(tmp_path, "fp", None, [svd(fisher_probes=8)]) == "output Fishers (2 files)"
+    assert measured_so_far(tmp_path, "fp", None, [svd()]) == "output Fishers (up to 3 files)"  # fisher_probes 4
+    assert measured_so_far(tmp_path, "fp", None, [svd(fisher_probes=8)]) == "output Fishers (up to 2 files)"
     assert measured_so_far(tmp_path, "fp", None, [svd(fisher_probes=2)]) == ""
     assert measured_so_far(tmp_path, "fp", None, [svd(fisher="block")]) == ""  # keeps none in its cache
-    assert measured_so_far(tmp_path, "fp", None, [svd(), svd(fisher_probes=8)]) == "output Fishers (5 files)"
-    assert measured_so_far(tmp_path, "fp", None) == "output Fishers (5 files)"  # passes not known: all
+    assert measured_so_far(tmp_path, "fp", None, [svd(), svd(fisher_probes=8)]) == "output Fishers (up to 5 files)"
+    assert measured_so_far(tmp_path, "fp", None) == "output Fishers (up to 5 files)"  # passes not known: all
 
 
 def test_a_ctrl_c_in_the_last_svd_pass_does_not_count_a_cache_none_marks(tmp_path):
@@ -196,11 +196,11 @@ def test_a_ctrl_c_in_the_last_svd_pass_does_not_count_a_cache_none_marks(tmp_pat
     svd = SimpleNamespace(name="svd", config=SVDConfig(fisher="none"))
     distill = SimpleNamespace(name="distill", config=SimpleNamespace(data="toy"))
     said = work_kept(tmp_path, None, "", "fp", None, [svd, distill])
-    assert said.startswith(f"; {tmp_path} keeps block statistics (6 files) measured so far: a rerun"), said
-    assert "(12 files)" in work_kept(tmp_path, None, "", "fp", None, [svd, svd])  # pass 2's cache: not known
-    assert "(12 files)" in work_kept(tmp_path, None, "", "fp", None)  # the passes not known
+    assert said.startswith(f"; {tmp_path} keeps block statistics (up to 6 files) measured so far: a rerun"), said
+    assert "(up to 12 files)" in work_kept(tmp_path, None, "", "fp", None, [svd, svd])  # pass 2's cache: not known
+    assert "(up to 12 files)" in work_kept(tmp_path, None, "", "fp", None)  # the passes not known
     (tmp_path / "calib" / "fp" / "marked" / "read-by.json").unlink()  # none marked: an older run's, counted
-    assert "(12 files)" in work_kept(tmp_path, None, "", "fp", None, [svd, distill])
+    assert "(up to 12 files)" in work_kept(tmp_path, None, "", "fp", None, [svd, distill])
 
 
 @pytest.mark.parametrize("done, total, step, words", [
@@ -217,3 +217,39 @@ def test_the_passes_saved_are_said_in_good_grammar(done, total, step, words):
     from compress.runner_kept import saved_in_words
 
     assert saved_in_words({"done": done, "total": total, "step": step}) == words
+
+
+def test_a_ctrl_c_counts_the_statistics_found_as_up_to_what_a_rerun_reads_back(tmp_path, monkeypatch, capsys):
+    """Which block statistics an svd pass reads back is known only as it runs (their names hash its blocks'
+    inputs, targets and ranks): a Ctrl-C in a pass of the top-level modulation alone, after a finished run of
+    an attention pass in the same run folder, said 'keeps block statistics (N files) measured so far: a rerun
+    ... reads back those', and --resume then read back none of them (its end line says so): now 'up to N'."""
+    import re
+
+    from compress.passes.svd import SVDPass
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import SIMPLE
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    recipes = {"attention": "  - svd: {targets: [attention], allocation: global, ratio: 0.5, multiple: 2}\n",
+               "modulation": "  - svd: {targets: [modulation], fisher: none, ranks: {modulation: 4}}\n"}
+    for name, passes in recipes.items():
+        (tmp_path / f"{name}.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher", passes=passes))
+    run = lambda name, *more: main(["run", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / "out"),  # noqa: E731
+                                    "--run-dir", str(tmp_path / "run"), "--overwrite", *more])
+    assert run("attention") == 0
+    found = len(list((tmp_path / "run" / "calib").glob("*/*/*.pt")))
+
+    def compress(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(SVDPass, "_compress", compress)
+    capsys.readouterr()
+    assert run("modulation") == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    kept = re.search(r"keeps block statistics \(up to (\d+) files\) measured so far: a rerun", last)
+    assert kept and int(kept[1]) >= found > 0, last
+    monkeypatch.undo()
+    assert run("modulation", "--resume") == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "read back " in line]
+    assert said == [f"  pass 1 (svd) read back none of the {kept[1]} files an earlier run measured: they are not of "
+                    "its targets, blocks, inputs and ranks as they are now"], said

@@ -56,7 +56,7 @@ def test_a_folder_teachers_config_edited_in_place_says_to_undo_the_edit(interrup
     _changed_in_place(config)
     said = _refusal(args, capsys)
     assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of another teacher measured "
-                           f"({config} changed since the run (its contents differ); block statistics (1 file)"), said
+                           f"({config} changed since the run (its contents differ); block statistics (up to 1 file)"), said
     assert said.endswith(f"which this run does not read back: undo the change to {config} to read it back, add "
                          "--restart to discard it, or choose another --run-dir"), said
     assert loads == []  # said before the teacher loads
@@ -71,7 +71,7 @@ def test_another_teacher_named_says_which_and_to_rerun_with_it(interrupted, caps
     said = _refusal([*args, "--teacher", str(other)], capsys)
     assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of another teacher measured "
                            f"(was {run.parent / 'teacher'}, now {other} (the same config, other weights); block "
-                           "statistics (1 file)"), said
+                           "statistics (up to 1 file)"), said
     assert said.endswith("which this run does not read back: rerun with that teacher to read it back, add --restart "
                          "to discard it, or choose another --run-dir"), said
     assert loads == []
@@ -84,7 +84,7 @@ def test_the_same_teacher_named_is_left_to_the_check_after_it_loads(interrupted,
     run, args, loads = interrupted
     said = _refusal([*args, "--set", "calibration.seed=3"], capsys)
     assert said == (f"dit-compress: error: {run} holds what an interrupted run of this teacher measured with another "
-                    "calibration (calibration.seed was 0, now 3; block statistics (1 file)), which this run does not "
+                    "calibration (calibration.seed was 0, now 3; block statistics (up to 1 file)), which this run does not "
                     "read back: rerun with that calibration to read it back, add --restart to discard it, or choose "
                     "another --run-dir"), said
     assert len(loads) == 1
@@ -100,7 +100,7 @@ def test_a_run_that_recorded_no_calibration_says_what_may_differ(interrupted, ca
     said = _refusal([*args, "--set", "calibration.seed=3"], capsys)
     assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of this teacher measured with "
                            "another calibration (its calibration (seed, prompts, ...) or dit-compress's version (this "
-                           "run folder does not record which); block statistics (1 file)), which"), said
+                           "run folder does not record which); block statistics (up to 1 file)), which"), said
     assert OTHER not in said and len(loads) == 1
 
 
@@ -117,7 +117,7 @@ def test_weights_changed_in_place_say_the_teacher_changed_once_it_loads(interrup
     said = _refusal(args, capsys)
     assert said.startswith(f"dit-compress: error: {run} holds what an interrupted run of another teacher measured "
                            f"(the weights of {teacher} changed since the run (its config holds the same); block "
-                           "statistics (1 file)"), said
+                           "statistics (up to 1 file)"), said
     assert said.endswith(f"which this run does not read back: put back the weights {teacher} had to read it back, "
                          "add --restart to discard it, or choose another --run-dir"), said
     assert len(loads) == 1  # the weights are known once it loads
