@@ -188,10 +188,11 @@ def cmd_run(args, load_recipe, Runner) -> int:
     if launched := one_process_note():  # accelerate launch asked for several processes, started one
         console.print(launched, markup=False, highlight=False)
     recipe = load_recipe(args.recipe, args.overrides, command="run")
-    if (saved := saved_in_output(args.recipe)) is not None and not (args.out and args.run_dir):
+    out, run_dir = _out(args), _run_dir(args)
+    if not (args.out and args.run_dir) and (saved := saved_in_output(args.recipe)) is not None:
         note(f"{args.recipe} is the recipe saved in the output {saved}: its default folders take that output's "
-             f"name, {_out(args)} and {_run_dir(args)} (--out, --run-dir to choose others)")
-    runner = Runner(recipe, _out(args), _run_dir(args), teacher=args.teacher, teacher_config=args.teacher_config,
+             f"name, {out} and {run_dir} (--out, --run-dir to choose others)")
+    runner = Runner(recipe, out, run_dir, teacher=args.teacher, teacher_config=args.teacher_config,
                     resume=args.resume, overwrite=args.overwrite, restart=args.restart)
     try:
         runner.run()

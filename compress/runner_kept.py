@@ -176,20 +176,19 @@ def _read_by(cache: Path) -> int:
     return got if isinstance(got, int) and not isinstance(got, bool) else -1
 
 
-def read_back_in_words(cache: Path, fishers: str | None = "fisher-*") -> str:
-    """'block statistics (35 files), output Fishers (8 files)': what an svd pass's stats cache
-    folder `cache` (calib/<fingerprint>/<model digest>/) holds for it to read back, '' where nothing;
-    `fishers`: the folder of the Fishers it reads (fisher_folder: of its fisher_probes; None: none).
-    Unfinished files (*.tmp*) are not counted."""
-    stats = sum(1 for _ in Path(cache).glob("*.pt"))
-    fishers = sum(1 for _ in Path(cache).glob(f"{fishers}/*.pt")) if fishers else 0
-    return ", ".join(f"{what} ({n} file{'' if n == 1 else 's'})"
-                     for what, n in (("block statistics", stats), ("output Fishers", fishers)) if n)
+def read_back_in_words(offered: tuple[set[str], set[str]]) -> str:
+    """'block statistics (35 files), output Fishers (8 files)': what an svd pass's stats cache folder
+    holds for it to read back (`offered_files`), '' where nothing."""
+    stats, fishers = offered
+    return ", ".join(f"{what} ({counted(len(names), 'file')})"
+                     for what, names in (("block statistics", stats), ("output Fishers", fishers)) if names)
 
 
 def offered_files(cache: Path, fishers: str | None = "fisher-*") -> tuple[set[str], set[str]]:
-    """(the names of the block statistics, of the output Fishers) `read_back_in_words` counts in `cache`:
-    the StatsCache names (the file stems) and the targets' names of the Fishers."""
+    """(the names of the block statistics, of the output Fishers) in an svd pass's stats cache folder
+    `cache` (calib/<fingerprint>/<model digest>/) for it to read back: the StatsCache names (the file
+    stems) and the targets' names of the Fishers; `fishers`: the folder of the Fishers it reads
+    (fisher_folder: of its fisher_probes; None: none). Unfinished files (*.tmp*) are not counted."""
     stats = {p.stem for p in Path(cache).glob("*.pt")}
     return stats, ({p.stem for p in Path(cache).glob(f"{fishers}/*.pt")} if fishers else set())
 

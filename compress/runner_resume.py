@@ -16,7 +16,7 @@ from pathlib import Path
 import compress
 from compress.recipe import Recipe
 from compress.runner_pending import read_record
-from compress.runner_resume_moves import differing, pass_moves
+from compress.runner_resume_moves import differing, pass_moves, pass_name
 from compress.runner_teacher_id import as_compared
 
 
@@ -106,14 +106,9 @@ def _moved(before, now, passes, done: int | None) -> list[str] | None:
     if not (isinstance(before, list) and isinstance(now, list)):
         return None
     by_name = {p.name: p for p in passes}
-    kept = lambda spec: _kept(spec, by_name[_name(spec)]) if _name(spec) in by_name else spec  # noqa: E731
+    kept = lambda spec: _kept(spec, by_name[pass_name(spec)]) if pass_name(spec) in by_name else spec  # noqa: E731
     return pass_moves(*[[json.dumps(kept(spec), sort_keys=True, default=str) for spec in specs]
                         for specs in (before, now)], done)
-
-
-def _name(spec) -> str | None:
-    """The pass name of a recipe's pass spec ({name: options}), None where it is not one."""
-    return next(iter(spec)) if isinstance(spec, dict) and len(spec) == 1 else None
 
 
 def _kept(spec, p):

@@ -75,10 +75,14 @@ def _words(before: list, now: list, removed: list[int], inserted: list[int], lim
     return words + [f"{_a_pass(now[j])} inserted at passes.{j}" for j in inserted if j < limit]
 
 
+def pass_name(spec) -> str | None:
+    """The pass name of a recipe's pass spec ({name: options}), None where it is not one."""
+    return next(iter(spec)) if isinstance(spec, dict) and len(spec) == 1 else None
+
+
 def _kind(form: str) -> str:
     """The pass name of a canonical form ('{"svd": {...}}' -> 'svd'); '' where it has none."""
-    spec = json.loads(form)
-    return next(iter(spec)) if isinstance(spec, dict) and len(spec) == 1 else ""
+    return pass_name(json.loads(form)) or ""
 
 
 def _a_pass(form: str) -> str:

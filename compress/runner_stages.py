@@ -200,8 +200,9 @@ def say_read_back(runner, start: int, student) -> None:
     # made what the pass reads (runner_caches keeps the cache while a recipe's passes before it match)
     mark_read_by(cache, start, runner.recipe.raw["passes"][:start])
     fishers = fisher_folder(runner.passes[start].config)  # not other probes' Fishers
-    kept = read_back_in_words(cache, fishers)
-    runner.offered = (start, offered_files(cache, fishers))  # what say_read_back_at_end counts among
+    offered = offered_files(cache, fishers)
+    kept = read_back_in_words(offered)
+    runner.offered = (start, offered)  # what say_read_back_at_end counts among
     if kept:
         console.print(f"  pass {start + 1} (svd) finds {kept} that an earlier run measured: it reads back those "
                       "of its blocks and inputs unchanged since, and says how many when it ends",
