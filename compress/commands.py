@@ -10,7 +10,7 @@ import torch
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local, read_config
-from compress.io_export import is_output
+from compress.output_names import is_output
 from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, checked_sources, output_weights
 from compress.measured_against import against, teacher_fields, teacher_loras

@@ -11,7 +11,7 @@ from compress.arch import get_adapter
 from compress.commands import _read_only_streams
 from compress.errors import NumericError, UserError
 from compress.io import cast, load_teacher, looks_local
-from compress.io_export import is_output
+from compress.output_names import is_output
 from compress.recipe_teacher_config import teacher_config_of
 from compress.report import console, output_file, results, to_json
 from compress.report_teacher import recorded_teacher, toy_base

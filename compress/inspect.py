@@ -253,12 +253,12 @@ def _print_compensation(report: dict) -> None:
     """One line per compensated stage (a block's attention-side targets, its MLP, the top level): the
     calibration prediction error the plain factorization left, what the compensated one left, and
     the chosen fraction of the Newton step."""
-    from compress.arch import block_module
+    from compress.arch import group_modules
 
     stages = ((report.get("svd") or {}).get("compensation") or {})
     for stage, s in stages.items():  # "double 0 attention" as "transformer_blocks.0 attention"
         group, index, rest = (stage.split(" ", 2) + ["", ""])[:3]
-        named = f"{block_module(f'{group}.{index}')} {rest}".strip() if index.isdigit() else stage
+        named = f"{group_modules(group)[0]}.{index} {rest}".strip() if index.isdigit() else stage
         results.print(f"compensation {named}: calibration error {s['uncompensated_error']:.4g} → "
                       f"{s['calibration_error']:.4g} (step {s['step']:.4g} of the K-FAC Newton step)")
 

@@ -105,7 +105,8 @@ def check_not_output(path: Path, config: str | None = None) -> None:
 def weights_folder(path: Path) -> Path | None:
     """The output folder whose weight file `path` is (through a link to one, the linked file's), not a
     copy of one elsewhere (in a folder that is no output, or beside another output's own files)."""
-    from compress.io_export import is_output, output_part
+    from compress.io_export import output_part
+    from compress.output_names import is_output
 
     real = path.resolve() if path.is_symlink() else path
     return real.parent if is_output(real.parent) and output_part(real) else None

@@ -25,7 +25,7 @@ from compress.errors import NumericError, UserError
 from compress.io import FORMAT, INDEX, WEIGHTS, taken_keys
 from compress.io_tensors import nonfinite
 from compress.lowrank import LowRankLinear
-from compress.output_names import is_output  # (read without torch by the CLI; imported from here too)
+from compress.output_names import is_output
 
 
 def ranks_of(model: nn.Module) -> dict[str, int]:

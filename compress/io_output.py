@@ -16,7 +16,8 @@ from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.io import FORMAT, INDEX, WEIGHTS, cast, config_model_class, from_config, read_config, read_json
 from compress.io_errors import load_error
-from compress.io_export import OUTPUT_SHARD, is_output, ranks_of
+from compress.io_export import OUTPUT_SHARD, ranks_of
+from compress.output_names import is_output
 from compress.io_fused import without_fused_projections
 from compress.io_tensors import read_state_dict
 from compress.lowrank import LowRankLinear

@@ -243,25 +243,25 @@ def _check_is_a_pipeline(transformer: nn.Module, base: str) -> None:
     online a Hub request for it."""
     from compress.pipeline_folder import not_a_pipeline
 
-    from compress.io_export import is_output
+    from compress.output_names import is_output
 
     if (what := not_a_pipeline(base)) is not None:
         path = Path(base).expanduser()
-        output = " (a dit-compress output: a compressed transformer)" if path.is_dir() and is_output(path) else ""
+        output = " (a dit-compress output: a compressed transformer)" if is_output(path) else ""
         raise UserError(f"cannot load base pipeline '{base}': {_no_pipeline(transformer, base, what + output)}")
 
 
 def _no_pipeline(transformer: nn.Module, base: str, what: str) -> str:
     """'a base is a whole pipeline …, and B is `what`; pass base= …' (after 'cannot load base pipeline B: '),
-    naming the base an output B records (report_teacher.recorded_base, as calibration.pipeline's refusal does)."""
+    naming the base an output B records (report_teacher.output_base, as calibration.pipeline's refusal does)."""
     from compress.arch import get_adapter
     from compress.pipeline_folder import EXAMPLE_PIPELINES
-    from compress.report_teacher import recorded_base
+    from compress.report_teacher import output_base
 
     example = EXAMPLE_PIPELINES.get(get_adapter(transformer).family, EXAMPLE_PIPELINES["pixart"])
     others = f"a Hugging Face id such as {example}, a pipeline folder, or toy:NAME"
     head = f"a base is a whole pipeline (model_index.json and its parts), and {base} is {what}; pass base="
-    if (found := recorded_base(base)) is None:
+    if (found := output_base(base)) is None:
         return f"{head} the pipeline of its teacher's family ({others})"
     recorded, whose = found
     also = "" if recorded.startswith("toy:") else f" (or another pipeline of its teacher's family: {others})"

@@ -308,9 +308,9 @@ def _base_words(source: str, family: str) -> str:
     """What to set calibration.pipeline to for the output (or other local teacher) `source`: the toy
     its chain of teachers starts at, or the base pipeline it records (else the pipeline the recipe of
     an output of that chain calibrated in), or a Hugging Face id or pipeline folder."""
-    from compress.report_teacher import recorded_base
+    from compress.report_teacher import output_base
 
-    base, what = recorded_base(source) or (None, "")
+    base, what = output_base(source) or (None, "")
     recorded = f"{base}, {what}" if base else ""
     if base and base.startswith("toy:"):
         return recorded

@@ -19,7 +19,7 @@ def refuse_folder(path, command: str = "plan") -> None:
     if not folder.is_dir():
         return
     head = f"{path}: a folder, where a recipe YAML file was expected"
-    from compress.io_export import is_output
+    from compress.output_names import is_output
 
     if (folder / "report.json").is_file() or is_output(folder):
         recipe = folder / "recipe.yaml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from compress.passes.distill_notes import rose as error_rose
+from compress.passes.distill_notes import rose
 from compress.passes.distill_progress import TERMS, fmt_terms
 from compress.report import is_number
 from compress.words import counted
@@ -260,7 +260,7 @@ def metric_words(svd: dict, names: tuple[str, str] = CARD_NAMES) -> list[str]:
 # ---- inspect's lines on distillation ----------------------------------------------------------
 # one per distill pass the run recorded (report.json's `distill`, the records of earlier passes under its
 # `earlier`): the steps done of those asked, the held-out teacher-relative error before → after it
-# (marked where it rose: distill_notes.error_rose), how often its training was resumed from a
+# (marked where it rose: distill_notes.rose), how often its training was resumed from a
 # checkpoint, and its last step's loss terms, each where recorded (`dit-compress inspect` prints them).
 def distill_lines(report: dict) -> list[str]:
     """A line per distill pass of `report` (none without one)."""
@@ -302,8 +302,8 @@ def _error(record: dict) -> str:
     if not (is_number(before) and is_number(after)):
         return "held-out teacher-relative error not measured"
     why = "; its error_rose in report.json says why" if isinstance(record.get("error_rose"), dict) else ""
-    rose = f" (rose{why})" if error_rose(before, after) else ""  # by more than float noise
-    return f"held-out teacher-relative error {before:.4g} → {after:.4g}{rose}"
+    marked = f" (rose{why})" if rose(before, after) else ""  # by more than float noise
+    return f"held-out teacher-relative error {before:.4g} → {after:.4g}{marked}"
 
 
 def _whole(value) -> bool:

@@ -169,7 +169,7 @@ def teacher_chain(source: str) -> list[str]:
     its own base) the teacher it records: an output compressed from an output leads to the teacher
     the first run read (a toy, a Hub id, a pipeline or transformer folder, a file). It stops early
     at an output recording no teacher, and at one recorded twice (a loop: `chain_loops`)."""
-    from compress.io_export import is_output
+    from compress.output_names import is_output
 
     chain = [str(source)]
     while not chain[-1].startswith("toy:"):
@@ -215,7 +215,7 @@ def recorded_pipeline(chain: list[str]) -> tuple[str, str] | None:
     there now), and that output; None where none does."""
     import yaml
 
-    from compress.io_export import is_output
+    from compress.output_names import is_output
 
     for link in chain:
         path = Path(link).expanduser()
@@ -231,7 +231,7 @@ def recorded_pipeline(chain: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def recorded_base(source: str) -> tuple[str, str] | None:
+def output_base(source: str) -> tuple[str, str] | None:
     """(base, what it is): the base pipeline the output `source` records, its teacher_chain's chain_base
     ('the base pipeline S records'), else the pipeline the recipe.yaml of an output of that chain
     calibrated in (recorded_pipeline: 'the pipeline the recipe.yaml of O calibrated in'); None where
@@ -269,7 +269,7 @@ def chain_break(chain: list[str]) -> str | None:
     before (a loop)', NOT_THERE (a local path), 'which records no teacher' (an output); None where
     its last is that teacher (a toy, a Hub id, a pipeline or transformer folder, a file)."""
     from compress.io import looks_local
-    from compress.io_export import is_output
+    from compress.output_names import is_output
 
     path = Path(chain[-1]).expanduser()
     if chain_loops(chain):

@@ -109,7 +109,7 @@ def _listed(paths: list[Path]) -> str:
 
 def _complete(folder: Path) -> bool:
     """Whether `folder` holds a written output: a config.json with a compression section (written last)."""
-    from compress.io_export import is_output
+    from compress.output_names import is_output
 
     return is_output(folder)
 
