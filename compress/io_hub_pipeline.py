@@ -42,12 +42,13 @@ def hub_or_cache(source: str, what: str, load):
     raised as they are: the caller says them."""
     before = main_commit(source)  # refs/main as the load finds it: a Hub request of the load may move it
     keywords = pipeline_keywords(source, what)
+    verdict: dict = {}  # _hub_answer_said's: {"said": unreached's line, or a falsy value}
     try:
         with quiet_hub(), bounded_hub() as sent, no_library_bars(text_encoders=True), \
-                _hub_answer_said(lambda e: not keywords and unreached(e, source, what, before)):
+                _hub_answer_said(lambda e: not keywords and unreached(e, source, what, before)) as verdict:
             return load(**keywords)
     except Exception as e:  # noqa: BLE001 - a Hub request's timeout is httpx's, no OSError
-        if not keywords and (lost := unreached(e, source, what, before)):
+        if lost := verdict.get("said"):
             raise UserError(f"cannot load {what} '{source}': {lost}; check your network, or pass a local "
                             "pipeline folder") from None
         why = None if keywords else timed_out(e, sent)
@@ -74,7 +75,8 @@ def _hub_answer_said(said=lambda e: False):
     Will try to load from local cache." (6 lines, pipeline_utils' of a failed model_info) held while a
     pipeline loads: dropped where the load fails on the Hub's answer that the id is no pipeline (hub_answer:
     the caller's one line says it) or where `said(error)` (hub_or_cache's unreached: the Hub not reached
-    and the cache lacking it, said in its line), logged as it was otherwise. Its logger's filter is removed after."""
+    and the cache lacking it, said in its line), logged as it was otherwise. Its logger's filter is removed after.
+    Yields a dict that holds, after a failed load, `said`'s value under "said" (None where the Hub answered)."""
     logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
     held = []
 
@@ -84,10 +86,13 @@ def _hub_answer_said(said=lambda e: False):
         held.append(record)
         return False
     logger.addFilter(hold)
+    verdict: dict = {}
     try:
-        yield
+        yield verdict
     except Exception as e:  # noqa: BLE001 - looked at, raised as it is
-        if hub_answer(e) is not None or said(e):
+        answered = hub_answer(e) is not None
+        verdict["said"] = None if answered else said(e)
+        if answered or verdict["said"]:
             held.clear()
         raise
     finally:
