@@ -165,7 +165,9 @@ class PipelineSource:
         self.family, self.calib, self.teacher, self.pipeline = family, calib, teacher, pipeline
         self.prompts = read_prompts(calib, recipe_dir)
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
-        if not toy_pipeline(pipeline):  # a toy's (a saved one too) needs no transformers package
+        # read once (a folder's model_index.json): guidance() and _single() ask per sampling call
+        self._toy, self._one_branch = toy_pipeline(pipeline), one_branch(family, pipeline)
+        if not self._toy:  # a toy's (a saved one too) needs no transformers package
             from compress.inputs import pipeline_at
             from compress.pipeline_folder import check_pipeline_source
 
@@ -262,11 +264,11 @@ class PipelineSource:
 
     def _embedded(self) -> bool:
         """Whether the transformer takes guidance as an input (Flux.1-dev): its pipeline runs one branch."""
-        return not toy_pipeline(self.pipeline) and bool(getattr(self.teacher.config, "guidance_embeds", False))
+        return not self._toy and bool(getattr(self.teacher.config, "guidance_embeds", False))
 
     def _single(self) -> bool:
         """Whether the pipeline runs one branch per step (`one_branch`: FluxPipeline)."""
-        return one_branch(self.family, self.pipeline)
+        return self._one_branch
 
     def _cut(self) -> int:
         return calibration_prompts(len(self.prompts), self.calib, self._single())
