@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import math
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.interrupts import STOPS, raise_stop, took
+from compress.interrupts import STOPS, handled, raise_stop, took
 from compress.kd_losses import massive_activation_mask, normalized_mse
 from compress.lowrank import LowRankLinear
 from compress.report import save_figure
@@ -232,15 +231,12 @@ class StopSignals:
             raise_stop(signum, frame, self._previous.get(signum))  # a second one: give up the clean exit
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                if signal.getsignal(sig) is not signal.SIG_IGN:
-                    self._previous[sig] = signal.signal(sig, self._handler)
+        self._handled = handled(self.SIGNALS, self._handler)
+        self._previous = self._handled.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+        self._handled.__exit__(*exc)
         self._previous = {}
         return False
 

@@ -69,6 +69,21 @@ def ctrl_c_like(handler) -> bool:
 
 
 @contextmanager
+def handled(signals, handler):
+    """`handler` for each of `signals` the caller does not ignore (SIG_IGN stays ignored: SIGINT in a
+    background job, SIGHUP under nohup), in the main thread only (elsewhere signals cannot be caught:
+    none is set); yields {signal: the handler it replaced}, each put back after."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, handler) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield previous
+    finally:
+        for stop, handler_before in previous.items():
+            signal.signal(stop, handler_before)
+
+
+@contextmanager
 def interrupts_held():
     """A first Ctrl-C (SIGINT) during the block is held until its end, then raised as KeyboardInterrupt:
     one raised inside torch's or diffusers' imports (seconds) can abort the interpreter (SIGABRT
@@ -93,13 +108,8 @@ def interrupts_held():
             raise_stop(signum, frame, stops[signum])  # a second Ctrl-C: an import that hangs is stopped
         held.append((now, signum))
 
-    for stop in stops:
-        signal.signal(stop, hold)
-    try:
+    with handled(stops, hold):  # none of them ignored: each raises a KeyboardInterrupt
         yield
-    finally:
-        for stop, handler in stops.items():
-            signal.signal(stop, handler)
     if held:
         signum = held[0][1]
         raise_stop(signum, None, stops[signum])  # as its own handler raises it: KeyboardInterrupt('signal 15')

@@ -5,7 +5,6 @@ finite, SIGTERM (and SIGHUP) as Ctrl-C."""
 from __future__ import annotations
 
 import functools
-import signal
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from safetensors import SafetensorError
 
 from compress.arch import get_adapter
 from compress.errors import NumericError, UserError
-from compress.interrupts import TERMINATIONS, as_ctrl_c
+from compress.interrupts import TERMINATIONS, as_ctrl_c, handled
 from compress.io import load_teacher
 from compress.dtype_range import compute_beyond_words, held
 from compress.io_source import TeacherSource, checked_sources
@@ -140,15 +139,5 @@ def sigterm_as_interrupt():
     ignores (SIG_IGN: SIGHUP under nohup, nohup-like launchers, a parent that wants the run immune)
     stays ignored, as cli_entry and StopSignals leave an ignored SIGINT, SIGTERM or SIGHUP. The handler
     is interrupts.as_ctrl_c, so interrupts_held holds these too over a safetensors read (stream.py)."""
-    old = {}
-    try:
-        for stop in TERMINATIONS:
-            if signal.getsignal(stop) is not signal.SIG_IGN:
-                old[stop] = signal.signal(stop, as_ctrl_c)
-    except ValueError:  # not the main thread
-        pass
-    try:
+    with handled(TERMINATIONS, as_ctrl_c):
         yield
-    finally:
-        for stop, previous in old.items():
-            signal.signal(stop, previous)
