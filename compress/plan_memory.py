@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 from compress.calib_footprint import human_size
-from compress.inputs import source_kind
 from compress.passes.svd_fisher_budget import settle_auto
 from compress.passes.svd_targets import is_model_wide, stats_key, uses_output_gram
 from compress.passes.svd_walk import from_conditioning
@@ -196,16 +195,17 @@ def _weights(recipe, plan: dict, passes: list) -> dict:
 def _activations(recipe, plan: dict) -> dict:
     """Calibration's activations at a block: all of them, or one batch when spilled to disk."""
     f, c = plan["calibration"], recipe.calibration
-    rows = _row_keys(recipe, plan["teacher"])
+    rows = _row_keys(recipe, f["source"])
     if c.spill_activations:
         keys = ["calibration.batch_size"] + (rows if c.batch_size >= f["rows"] else [])
         return _part("calibration activations (one batch, spilled)", f["batch_bytes"], keys)
     return _part("calibration activations", f["bytes"], rows, "calibration.spill_activations: true")
 
 
-def _row_keys(recipe, teacher: str) -> list[str]:
-    """The recipe keys that set how many calibration rows there are and how long they are."""
-    c, kind = recipe.calibration, source_kind(recipe.calibration, teacher)
+def _row_keys(recipe, kind: str) -> list[str]:
+    """The recipe keys that set how many calibration rows there are and how long they are, of
+    calibration inputs of `kind` (make_plan's calibration.source: inputs.source_kind)."""
+    c = recipe.calibration
     if kind == "toy":
         return ["calibration.num_prompts", "calibration.timesteps", "calibration.cfg_branches"]
     if kind == "synthetic":
@@ -244,11 +244,15 @@ def _pipeline(recipe, plan: dict) -> dict | None:
     """A pipeline source's components but the transformer (text encoders, VAE): calib_pipeline moves
     them to the teacher's device in the compute dtype while calibration samples. Counted from their
     safetensors headers in a local pipeline folder: {"bytes", "part"}; else {"bytes": 0, "note"}
-    (a Hub id: their configs are not here). None for other sources."""
-    if source_kind(recipe.calibration, plan["teacher"]) != "pipeline":
+    (a Hub id: their configs are not here); a toy's pipeline (make_plan's calibration.toy_pipeline: toy:NAME,
+    or a folder its save_pretrained wrote) its own text encoder and VAE, counted. None for other sources."""
+    calib = plan["calibration"]
+    if calib["source"] != "pipeline":  # make_plan's source_kind of the recipe's calibration and teacher
         return None
+    from compress.toy.weights import toy_component_params
+
     where = recipe.calibration.pipeline or plan["teacher"]
-    params = component_params(where)
+    params = toy_component_params() if calib["toy_pipeline"] else component_params(where)
     if params is None:
         return {"bytes": 0, "note": f"the pipeline's text encoders and VAE ({where}) come on top while "
                                     "calibration samples, not counted"}
@@ -260,14 +264,11 @@ def _pipeline(recipe, plan: dict) -> dict | None:
 def component_params(source: str) -> int | None:
     """Parameters of a local pipeline folder's components but the transformer, from their
     safetensors headers (a variant's, model.fp16.safetensors, only where there is no plain one);
-    None where not a local pipeline folder or a component has no safetensors. A toy's pipeline
-    (toy:NAME, or a folder its save_pretrained wrote): its own text encoder and VAE, counted."""
-    from compress.pipeline_folder import toy_pipeline
+    None where not a local pipeline folder or a component has no safetensors. (A toy's pipeline is
+    counted by toy_component_params: a folder its save_pretrained wrote holds neither its text
+    encoder nor its VAE.)"""
     from compress.runner_memory import checkpoint_numel
 
-    if toy_pipeline(source) is not None:
-        from compress.toy.weights import toy_component_params
-        return toy_component_params()
     folder = Path(source).expanduser()
     try:
         index = json.loads((folder / "model_index.json").read_text())
