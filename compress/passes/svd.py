@@ -55,6 +55,8 @@ from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher
 from compress.passes.svd_checks import centered, check_config, check_values, refused_on_all
 from compress.passes.svd_summary import merge_report, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
+from compress.passes.svd_decisions import (_NOT_FITTED, calibrates_sequentially, fits_asymmetrically,
+                                           fitted_to_reference, prediction_fisher, streaming_refusals)
 from compress.passes.svd_fisher import Roots, block_fisher, checkpointed, sweeps
 from compress.passes.svd_fisher_budget import block_chunks, fisher_budget, fisher_plan, sweep_chunks
 from compress.passes.svd_global import GlobalAllocation
@@ -63,10 +65,10 @@ from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored
                                        unchanged_note)
 from compress.passes.svd_planned import mark_planned, planned_notes
 from compress.passes.svd_stages import Stages
-from compress.passes.svd_targets import Resolved, is_model_wide, renumbered_pattern_notes, shape_spec, uses_output_gram
-from compress.passes.svd_walk import from_conditioning, walk
+from compress.passes.svd_targets import Resolved, renumbered_pattern_notes, shape_spec, uses_output_gram
+from compress.passes.svd_walk import walk
 from compress.report import console, warn
-from compress.stream_refusals import NotStreamable, Refusal
+from compress.stream_refusals import NotStreamable
 
 LATER = "decided after calibration"
 
@@ -343,57 +345,3 @@ class SVDPass(GlobalAllocation, Pass):
 
         walk(cal, targets, visit, state, self.cache, self.config.modulation_grid, visit_group, before_block,
              sequential)
-
-
-# why a target (of a whitened, student-activation pass) is never fitted to the reference, by target_kind
-_NOT_FITTED = {
-    "conditioning": "the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
-                    "too), whose stats are taken on the student's stream alone",
-    "top level": "top-level layers are calibrated before the blocks, on the student's stream alone",
-    "block": "a layer factorized on its output Gram (Flux's single-block proj_out) has no input to fit",
-    "caption": "the cross-attention keys and values read the caption, which the student's stream leaves as the "
-               "teacher's"}
-
-
-def streaming_refusals(c) -> list[Refusal]:
-    """What of an svd config needs whole-model forwards, which block weights streamed cannot run: the
-    prediction's Fisher (and with it compensation), global allocation's measured sensitivities."""
-    out = []
-    if c.fisher in ("all", "modulation"):
-        out.append(Refusal("fisher", c.fisher, "needs the whole model in memory (one forward and backward per "
-                           "probe)", "block (each block's own output Fisher) or none"))
-    if c.allocation == "global" and c.sensitivity is not False:
-        shown = "true" if c.sensitivity else "on with allocation: global"
-        out.append(Refusal("sensitivity", shown, "needs the whole model in memory (one forward per layer)",
-                           "false", reads=("allocation",)))
-    return out
-
-
-# ---- what a pass's config decides for its targets (also read by calib_footprint, without a pass) ----
-def fits_asymmetrically(c: SVDConfig, targets: list[LinearInfo]) -> bool:
-    """Whether some target is fitted asymmetrically (a reference stream in the calibration): only
-    block targets re-run within their block are (fitted_to_reference)."""
-    return any(fitted_to_reference(c, i) for i in targets)
-
-
-def calibrates_sequentially(c: SVDConfig, targets: list[LinearInfo]) -> bool:
-    """svd.sequential resolved: auto is on where targets are fitted asymmetrically."""
-    return c.sequential is True or (c.sequential == "auto" and fits_asymmetrically(c, targets))
-
-
-def fitted_to_reference(c: SVDConfig, info: LinearInfo) -> bool:
-    """Whether a target is fitted to the uncompressed model's outputs (svd.asymmetric): whitened,
-    input Gram, student activations, stats from the blocks' streams (not the conditioning's,
-    svd_walk.from_conditioning, nor the caption's: svd_targets.is_model_wide); under auto only
-    targets without the prediction's Fisher
-    (with it, the Fisher and compensation already weigh the upstream error by its effect on the
-    prediction, and the layer-wise fit measured worse on both toys)."""
-    if c.asymmetric is False or c.method != "whitened" or c.activations != "student" \
-            or uses_output_gram(info) or from_conditioning(info) or is_model_wide(info):
-        return False
-    return c.asymmetric is True or not prediction_fisher(c, info)
-
-
-def prediction_fisher(c: SVDConfig, info: LinearInfo) -> bool:
-    """Whether a target's outputs are weighted by the output Fisher of the final prediction."""
-    return c.fisher == "all" or (c.fisher == "modulation" and info.role == "modulation")
