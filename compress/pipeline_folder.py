@@ -126,9 +126,6 @@ def _has_files(path: Path) -> bool:
     return path.is_dir() and any(p.is_file() for p in path.rglob("*"))
 
 
-TOY_PIPELINES = {"ToyPixArtPipeline": "toy:pixart", "ToyFluxPipeline": "toy:flux"}
-
-
 def toy_pipeline(pipeline: str) -> str | None:
     """'toy:NAME' where the pipeline `pipeline` is a toy's: toy:NAME itself, or a folder a toy pipeline's
     save_pretrained wrote (its model_index.json names ToyPixArtPipeline or ToyFluxPipeline; its toy text
@@ -141,8 +138,17 @@ def toy_pipeline(pipeline: str) -> str | None:
         index = read_json(path) if path.is_file() else None
     except UserError:  # no JSON: said where the folder is checked (folder_index)
         return None
+    return index_toy(index)
+
+
+def index_toy(index) -> str | None:
+    """'toy:NAME' where the model_index.json `index` (as read) names a toy pipeline's class
+    (toy.weights.PIPELINE_CLASSES), else None."""
+    from compress.toy.weights import toy_pipeline_family
+
     name = index.get("_class_name") if isinstance(index, dict) else None
-    return TOY_PIPELINES.get(name) if isinstance(name, str) else None
+    family = toy_pipeline_family(name) if isinstance(name, str) else None
+    return f"toy:{family}" if family else None
 
 
 def _toy_problem(toy: str, family: str | None) -> str | None:
@@ -156,7 +162,7 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
     plan as by run before any weights load (inputs.source_kind): a local calibration.pipeline there
     (check_pipeline_there); where it holds a model_index.json, that fitting its class and folders
-    (folder_problem; a saved toy pipeline's, the recipe's model: `toy_pipeline`), and a
+    (folder_problem; a saved toy pipeline's, the recipe's model: `index_toy`), and a
     calibration.pipeline the teacher's family (family_problem; a Hub id's model_index.json as the
     cache holds it: pipeline_cache.cached_index). Errors name the recipe's line. (A folder without
     model_index.json is refused by check_pipeline_source, which plan and run call as they check the
@@ -181,7 +187,7 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
         if not calib.pipeline or (found := cached_index(pipeline)) is None:
             return  # not cached (or no Hub id): nothing to read without asking the Hub; its load says
         snapshot, index = found
-    elif (toy := toy_pipeline(pipeline)) is not None:  # a saved toy pipeline: the toy's, its scheduler saved
+    elif (toy := index_toy(index)) is not None:  # a saved toy pipeline: the toy's, its scheduler saved
         if problem := _toy_problem(toy, getattr(calib.__dict__.get("_recipe"), "model", None)):
             raise UserError(f"{what}{problem}")
     elif problem := index_problem(pipeline, index):
