@@ -31,6 +31,7 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.interrupts import stop_status
+from compress.runner_pids import _process_start, alive, orphaned
 
 
 class MainStopped(UserError):
@@ -67,18 +68,6 @@ _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote w
 def peer_lost(e: BaseException) -> bool:
     """Whether `e` is a collective that failed because another process of the launch ended."""
     return isinstance(e, RuntimeError) and any(s in str(e) for s in _PEER_LOST)
-
-
-def _process_start() -> float:
-    """When this process started (Linux: from /proc, so the ranks of a launch, started together,
-    agree whatever their imports took); elsewhere, now."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return time.time()
 
 
 TOKEN = uuid.uuid4().hex  # this process's: its hand-offs carry it
@@ -343,43 +332,6 @@ def main_of_launch(record: dict | None, key: str, live: bool = True) -> dict | N
     if record.get("ppid") == os.getppid() or (near and alive(record.get("pid")) and not orphaned(record)):
         return record
     return None  # an earlier launch's: killed before it handed off its last pass, or its launcher was
-
-
-def orphaned(record: dict) -> bool:
-    """A hand-off `record` written on this host whose rank 0 runs on without the launcher that started
-    it (its launcher was killed: the workers of an earlier launch, reparented, still run)."""
-    pid, launcher = record.get("pid"), record.get("ppid")
-    parent = _stat_fields(pid)
-    if parent is not None:  # (Linux) its parent now: another process than its launcher once that ended
-        return len(parent) > 1 and parent[1] != str(launcher)
-    return isinstance(launcher, int) and not alive(launcher)
-
-
-def _stat_fields(pid) -> list[str] | None:
-    """/proc/PID/stat's fields after the command's name (state, ppid, ...), None where not readable."""
-    if not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def alive(pid) -> bool:
-    """Whether process `pid` runs on this host: a zombie (ended, not yet reaped by its launcher) or a
-    dying one ('Z', 'X' in /proc/PID/stat) does not; os.kill(pid, 0) where /proc cannot tell."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    fields = _stat_fields(pid)
-    if fields:
-        return fields[0] not in ("Z", "X", "x")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_json(path: Path) -> dict | None:
