@@ -18,23 +18,22 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
         from compress.toy import load_toy_pipeline
 
         return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
-    from compress.pipeline_folder import check_pipeline_path
+    from compress.pipeline_folder import check_pipeline_path, family_problem, folder_index, index_problem
 
     check_pipeline_path(source, "calibration pipeline")  # a path not there: not read as a Hub id
-    if (toy := saved_toy(source, teacher)) is not None:
+    what = f"cannot load calibration pipeline '{source}': "
+    index = folder_index(source, what)  # a local folder's model_index.json, read once; None: a Hub id
+    if (toy := saved_toy(source, index, teacher)) is not None:
         return _beside(toy, teacher)
     from diffusers import DiffusionPipeline
 
     from compress.io import pipeline_dtype
     from compress.io_hub_pipeline import hub_or_cache
-    from compress.pipeline_folder import family_problem, folder_index, folder_problem
 
-    what = f"cannot load calibration pipeline '{source}': "
-    if problem := folder_problem(source, what):  # a listed part missing: diffusers would build it from nothing
-        raise UserError(f"{what}{problem}")
-    index = folder_index(source, what)  # another family's: its sampling would fail inside diffusers
+    if index is not None and (problem := index_problem(source, index)):  # a listed part missing: diffusers
+        raise UserError(f"{what}{problem}")                              # would build it from nothing
     if index is not None and (problem := family_problem(index, "", "", type(teacher).__name__, source)):
-        raise UserError(f"{what}{problem}")
+        raise UserError(f"{what}{problem}")  # another family's: its sampling would fail inside diffusers
     try:  # a Hub id: offline, unreachable or stopped answering, from the cache; the error says why
         pipe = hub_or_cache(source, "calibration pipeline", lambda **cached: DiffusionPipeline.from_pretrained(
             os.path.expanduser(source), transformer=teacher, **pipeline_dtype(teacher.dtype), **cached))  # ~/pipe
@@ -46,17 +45,18 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
     return _beside(pipe, teacher)
 
 
-def saved_toy(source: str, teacher: torch.nn.Module):
+def saved_toy(source: str, index: dict | None, teacher: torch.nn.Module):
     """The toy pipeline around `teacher` where `source` is a folder a toy pipeline's save_pretrained wrote
-    (pipeline_folder.toy_pipeline): the toy's text encoder and VAE, which it cannot hold, and the scheduler
-    saved there, as load_pipeline takes it for a base (io_pipeline.saved_scheduler); else None."""
+    (its model_index.json, read: `index`, names a toy's class: pipeline_folder.index_toy): the toy's text
+    encoder and VAE, which it cannot hold, and the scheduler saved there, as load_pipeline takes it for a
+    base (io_pipeline.saved_scheduler); else None."""
     from compress.io_pipeline import saved_scheduler
-    from compress.pipeline_folder import folder_index, toy_pipeline
+    from compress.pipeline_folder import index_toy
     from compress.toy import load_toy_pipeline
 
-    if (toy := toy_pipeline(source)) is None:
+    if (toy := index_toy(index)) is None:
         return None
-    scheduler = saved_scheduler(source, folder_index(source), "calibration pipeline")
+    scheduler = saved_scheduler(source, index, "calibration pipeline")
     return load_toy_pipeline(toy[4:], transformer=teacher, scheduler=scheduler)
 
 

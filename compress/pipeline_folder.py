@@ -96,16 +96,10 @@ def lacking_aside(lacking: list[str], listed: dict[str, tuple[str, str]]) -> str
     return "; ".join(words) if len(words) == 1 else f"{words[0]}, {words[1]}"
 
 
-def folder_problem(folder: str, what: str, passed: tuple[str, ...] = ("transformer",)) -> str | None:
-    """What is wrong with the local pipeline folder `folder` (unknown_class, parts_problem), in
-    words; None where nothing is, or it is no local pipeline folder. `what`: folder_index's."""
-    index = folder_index(folder, what)
-    return None if index is None else index_problem(folder, index, passed)
-
-
 def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transformer",), fetch=None) -> str | None:
-    """folder_problem of the pipeline folder `folder` whose model_index.json, read, is `index`
-    (`fetch`: parts_problem's)."""
+    """What is wrong with the pipeline folder `folder` whose model_index.json, read (folder_index), is
+    `index` (unknown_class, parts_problem; `passed`, `fetch`: parts_problem's), in words; None where
+    nothing is."""
     cls = pipeline_class(index)
     if cls is None:  # a class whose packages are missing (diffusers' dummy): need_transformers says so
         return None if _dummy(index) else unknown_class(index)
@@ -162,7 +156,7 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
     plan as by run before any weights load (inputs.source_kind): a local calibration.pipeline there
     (check_pipeline_there); where it holds a model_index.json, that fitting its class and folders
-    (folder_problem; a saved toy pipeline's, the recipe's model: `index_toy`), and a
+    (index_problem; a saved toy pipeline's, the recipe's model: `index_toy`), and a
     calibration.pipeline the teacher's family (family_problem; a Hub id's model_index.json as the
     cache holds it: pipeline_cache.cached_index). Errors name the recipe's line. (A folder without
     model_index.json is refused by check_pipeline_source, which plan and run call as they check the

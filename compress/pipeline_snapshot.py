@@ -37,7 +37,7 @@ def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("tran
 
 def snapshot_problem(source: str, snapshot: Path, what: str = "",
                      passed: tuple[str, ...] = ("transformer",)) -> str | None:
-    """folder_problem of `snapshot`, the Hugging Face cache's copy of the Hub id `source` a pipeline
+    """index_problem of `snapshot`, the Hugging Face cache's copy of the Hub id `source` a pipeline
     is read from (offline, or the Hub unreachable: io_hub_pipeline.pipeline_keywords), in words naming the
     snapshot and the hf download that fetches the parts it lacks (`hf download ID --include
     'transformer/*'` leaves the tokenizers out), or its model_index.json where it lacks that

@@ -249,13 +249,13 @@ def test_the_aside_on_a_lacking_part_fits_the_part(tmp_path, folders, drop, asid
     """An empty scheduler/ was said with the tokenizer's aside '(diffusers would build it from nothing: a
     tokenizer without its vocabulary)': diffusers builds only a tokenizer from nothing; a scheduler's
     load stops on its scheduler_config.json."""
-    from compress.pipeline_folder import folder_problem
+    from compress.pipeline_folder import folder_index, index_problem
 
     folder = _copy(folders, "pixart", tmp_path)
     for part in drop:
         shutil.rmtree(folder / part)
         (folder / part).mkdir()
-    assert f"with files in it ({aside}); copy " in folder_problem(str(folder), "")
+    assert f"with files in it ({aside}); copy " in index_problem(str(folder), folder_index(str(folder)))
 
 
 PIPELINE_RECIPE = """\
