@@ -1,7 +1,8 @@
 """lora on an output of an output: the LoRA's blocks are the chain's first teacher's (the base it was
 trained on), mapped through every link's block map (report_teacher.teacher_chain); blocks removed
 anywhere along the chain are dropped; a chain that cannot be followed is refused in one line. eval /
-bench give the output's teacher (itself an output) the LoRA through its own chain (lora_replay)."""
+bench give the output's teacher (itself an output) the LoRA through its own chain (lora_replay). A link
+that moved away: test_lora_chain_moved.py."""
 
 from __future__ import annotations
 
@@ -306,83 +307,6 @@ def test_block_maps_compose_from_the_student_out_and_a_map_past_its_teachers_is_
     with pytest.raises(UserError, match=r"^/c has double block 2 of its teacher /b, whose block map has 2 blocks: "
                                         r"it is not the output the model was compressed from \(replaced since\?\)$"):
         composed_block_map([{"double": [0, 2]}, {"double": [0, 1]}], ["/c", "/b"])
-
-
-def test_a_student_whose_own_teacher_moved_says_its_blocks_are_read_as_that_teachers(tmp_path, capsys):
-    """b's teacher a (itself an output) moved away: nothing left says a was an output, so the LoRA's
-    blocks are read as a's, which was silent (blocks_of a, a LoRA of the base mapped one link short);
-    a note now says so and how to have them read as the base's."""
-    from compress.io_output import load_transformer
-
-    base, _ = _chain(tmp_path, "pixart")
-    lora, _ = _base_lora(base, tmp_path)
-    (tmp_path / "a").rename(tmp_path / "a-moved")
-    student = load_transformer(tmp_path / "b")
-    try:
-        merge_lora(student, lora)
-    except UserError:
-        pass  # the base's blocks past a's count: refused or merged, the note comes first
-    said = " ".join(capsys.readouterr().err.split())
-    assert f"note: the teacher {(tmp_path / 'a').resolve()} the model records is not there now: the LoRA's " \
-           "blocks are read as its blocks; if it was itself a dit-compress output, put it back" in said
-
-
-def test_a_lora_past_a_moved_teachers_blocks_names_the_moved_teacher_in_the_error(tmp_path, capsys):
-    """a removes the base's single block 3, b (no block removed) records a; a moved away: the base's
-    LoRA is read against b's 3 single blocks, and its block 3 was refused as a LoRA of a deeper model
-    alone. The one-line error now also names the moved teacher and says to put it back, pointing to
-    the note just above it (it repeated the note word for word)."""
-    from compress.cli import main
-    from compress.io_output import load_transformer
-
-    base = tiny_flux(num_layers=1, num_single_layers=4)
-    base.save_pretrained(tmp_path / "base")
-    a = copy.deepcopy(base)
-    _save_output(a, tmp_path / "a", tmp_path / "base", get_adapter(a).remove_blocks(a, {"single": [3]}))
-    _save_output(load_transformer(tmp_path / "a"), tmp_path / "b", tmp_path / "a", None)
-    lora, _ = _base_lora(base, tmp_path)
-    (tmp_path / "a").rename(tmp_path / "a-moved")
-    moved = (tmp_path / "a").resolve()
-    with pytest.raises(UserError, match=rf"single_transformer_blocks\.3, but the base model {re.escape(str(moved))} "
-                                        r"has 3 .*\(deeper\) model\? Or the teacher "
-                                        rf"{re.escape(str(moved))}, not there now, was itself a dit-compress output: "
-                                        r"put it back \(the note above\)$"):
-        merge_lora(load_transformer(tmp_path / "b"), lora)
-    capsys.readouterr()
-    assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert f"Or the teacher {moved}, not there now, was itself" in err[-1]
-    assert len([line for line in err if line.startswith("dit-compress: error")]) == 1
-    _said_once(err, moved)
-
-
-def _said_once(err: list[str], moved) -> None:
-    """The moved teacher's words (lora_teacher.moved_teacher) come once in `err`, in the note."""
-    said = " ".join(" ".join(err).split())
-    assert said.count("the model records is not there now") == 1, said
-    assert f"note: the teacher {moved} the model records is not there now" in said
-
-
-def test_a_lora_past_a_moved_teachers_count_in_its_report_names_the_moved_teacher_in_the_error(tmp_path, capsys):
-    """a removes the base's block 5, b a's last block 4 (its report.json: a had 5); a moved away. The
-    base's LoRA, read against a's blocks, has block 4 (removed: dropped) and block 5, past a's count
-    in b's report: refused as a LoRA of a deeper model alone (the CLI's report check), where the other
-    path (merge_lora's) also named the moved teacher. It now does too, and says to put it back (the
-    note above it says why: said once)."""
-    from compress.cli import main
-
-    base, moved = _reported_chain(tmp_path, 4), (tmp_path / "a").resolve()
-    lora, _ = _base_lora(base, tmp_path)
-    (tmp_path / "a").rename(tmp_path / "a-moved")
-    capsys.readouterr()
-    assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("dit-compress: error")]
-    assert len(errors) == 1 and not (tmp_path / "new").exists()
-    assert re.search(rf"transformer_blocks\.5, but the base model {re.escape(str(moved))} has 5 .*\(deeper\) "
-                     rf"model\? Or the teacher {re.escape(str(moved))}, not there now, was itself a dit-compress "
-                     r"output: put it back \(the note above\)$", errors[0]), errors[0]
-    _said_once(err, moved)
 
 
 def test_a_lora_of_only_blocks_the_chain_removed_names_the_base_not_the_teacher(tmp_path):
