@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.report import is_count
 
 
 def recorded_block_map(model, out: Path) -> dict[str, list[int]] | None:
@@ -29,10 +30,7 @@ def recorded_block_map(model, out: Path) -> dict[str, list[int]] | None:
 
 def _is_block_map(found) -> bool:
     """{group: [teacher index, ...]}, indices whole numbers ≥ 0."""
-    def index(i) -> bool:
-        return isinstance(i, int) and not isinstance(i, bool) and i >= 0
-
-    return isinstance(found, dict) and all(isinstance(v, list) and all(map(index, v)) for v in found.values())
+    return isinstance(found, dict) and all(isinstance(v, list) and all(map(is_count, v)) for v in found.values())
 
 
 def teacher_blocks(rows: list[dict], block_map: dict | None) -> dict[str, str]:

@@ -267,6 +267,11 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_count(value) -> bool:
+    """A JSON whole number ≥ 0, not a bool (a count or an index as read back: report.json's, block_map's)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 FIGURES = (".png", ".pdf", ".svg")
 
 

@@ -6,7 +6,7 @@ import math
 
 from compress.passes.distill_notes import rose
 from compress.passes.distill_progress import TERMS, fmt_terms
-from compress.report import is_number
+from compress.report import is_count, is_number
 from compress.words import counted
 
 
@@ -277,7 +277,7 @@ def distill_line(record: dict, which: str = "") -> str:
     (rose; its error_rose in report.json says why); resumed 1 time; last step: loss 0.1 task ...'."""
     said = [f"{_steps(record)}{_settings(record)}", _error(record)]
     resumed = record.get("resumed")
-    if _whole(resumed):
+    if is_count(resumed):
         said.append("not resumed" if resumed == 0 else f"resumed {resumed} time{'s' if resumed > 1 else ''}")
     last = record.get("last")
     if isinstance(last, dict) and all(is_number(last.get(k)) for k in TERMS):
@@ -287,9 +287,9 @@ def distill_line(record: dict, which: str = "") -> str:
 
 def _steps(record: dict) -> str:
     asked, done = record.get("steps"), record.get("steps_done")
-    if _whole(asked) and _whole(done):
+    if is_count(asked) and is_count(done):
         return f"{done}/{asked} steps"
-    return f"{asked} steps" if _whole(asked) else "steps not recorded"
+    return f"{asked} steps" if is_count(asked) else "steps not recorded"
 
 
 def _settings(record: dict) -> str:
@@ -304,7 +304,3 @@ def _error(record: dict) -> str:
     why = "; its error_rose in report.json says why" if isinstance(record.get("error_rose"), dict) else ""
     marked = f" (rose{why})" if rose(before, after) else ""  # by more than float noise
     return f"held-out teacher-relative error {before:.4g} → {after:.4g}{marked}"
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
