@@ -1,0 +1,141 @@
+"""`dit-compress`'s argument parser: its commands, their arguments and help, and a command's own
+error for an argument it does not know (cli parses with it and prints)."""
+
+from __future__ import annotations
+
+import argparse
+
+import compress
+from compress.errors import did_you_mean
+
+
+OUT_HELP = "output folder of `dit-compress run`, or the Hub id (ORG/NAME) of one in the Hugging Face cache"
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML (see recipes/)")
+    _recipe_options(p)
+
+
+def _recipe_options(p: argparse.ArgumentParser) -> None:
+    """--teacher, --teacher-config and --set: what run, plan and importance change of a recipe."""
+    p.add_argument("--teacher", help="override the recipe's teacher (hub id, folder, file, toy:NAME)")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher, "
+                   "in place of the recipe's teacher_config (a toy or folder teacher reads none: warned); one not "
+                   "there is refused whatever the teacher, where the recipe's is only warned of for those")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a recipe key, e.g. --set passes.2.svd.ratio=0.4 (repeatable)")
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: arguments it does not know are its own error (its usage, the option meant),
+    not the top-level parser's, whose usage names no option of the command."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._meant(extras)}")
+        return parsed, extras
+
+    def _meant(self, extras: list[str]) -> str:
+        """'; did you mean '--out'?' for the first unknown option, or where it names a positional
+        argument (convert F --out O), that it is given by its place, or that --version is dit-compress's
+        own; else ''."""
+        option = next((e.partition("=")[0] for e in extras if e.startswith("-")), None)
+        if option is None:
+            return ""
+        if option == "--version":  # the top-level parser's
+            return "; --version goes before the command (dit-compress --version)"
+        place = [a.dest for a in self._actions if not a.option_strings]
+        if (name := option.lstrip("-").replace("-", "_")) in place:
+            return f"; {name} is given by its place, without {option} ({self.prog} {' '.join(place)})"
+        return did_you_mean(option, [s for a in self._actions for s in a.option_strings])
+
+
+def _default_folder(parent: str) -> str:
+    """The help's default of --out and --run-dir (output_names.default_name)."""
+    return f"default: {parent}/<recipe name>; for an output's own recipe.yaml, {parent}/<that output's name>"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dit-compress", description="Low-rank / SVD compression compiler for diffusion "
+        "transformers (PixArt-Σ, Flux.1-dev).")
+    parser.add_argument("--version", action="version", version=f"dit-compress {compress.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
+
+    p = sub.add_parser("run", help="compress a teacher as the recipe says")
+    _recipe_args(p)
+    p.add_argument("--out", help=f"output folder ({_default_folder('out')})")
+    p.add_argument("--run-dir", help=f"run folder for caches and checkpoints ({_default_folder('runs')})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the passes (and distill checkpoint) it saved")
+    p.add_argument("--restart", action="store_true",
+                   help="discard an interrupted run's saved passes and checkpoints in --run-dir and start over "
+                        "(without --resume or --restart, a run refuses to discard them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier output of dit-compress (or an empty folder) at --out")
+
+    p = sub.add_parser("plan", help="dry run: resolved targets, ranks, blocks, params before/after")
+    _recipe_args(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (parameters by block too)")
+
+    p = sub.add_parser("inspect", help="per-layer ranks, params, losses against the closed-form optimum, removed "
+                       "blocks and distill passes of a compressed model")
+    p.add_argument("out", help=OUT_HELP)
+    p.add_argument("--json", action="store_true", help="print every layer's row and the run's report as JSON")
+    p.add_argument("--plot", metavar="DIR", help="write rank-budget and spectrum PNGs into DIR")
+
+    p = sub.add_parser("importance", help="block-importance scan: table, JSON and heatmap PNG")
+    p.add_argument("source", help="a recipe YAML (a real teacher is scanned through a recipe naming it), or a toy "
+                   "teacher (toy:pixart, toy:flux)")
+    p.add_argument("--buckets", type=int, help="timestep buckets, at most the calibration timesteps (default: the "
+                   "recipe's importance pass's buckets, else 3)")
+    p.add_argument("--json", metavar="FILE", help="write the scan as JSON (- : on standard output, in place of the table)")
+    p.add_argument("--png", metavar="FILE", help="heatmap path (default importance-<family>.png)")
+    _recipe_options(p)  # of a recipe source only (commands_importance.importance says so of a toy)
+
+    p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
+    p.add_argument("model", help="output folder or teacher source such as toy:pixart")
+    p.add_argument("--teacher", help="teacher to compare against (default: the one recorded)")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher "
+                   "(default: the one recorded, also with a --teacher that is a single file without one beside it)")
+    p.add_argument("--lora", action="append", metavar="PATH",
+                   help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
+                        "merged (default: the place the output recorded); once per LoRA, in the order it took them")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.add_argument("--grid", metavar="PNG", help="write a sample grid")
+    p.add_argument("--seed", type=int, default=None,
+                   help="toy models: seed of the sampled digits (default 0); a real model is measured on "
+                        "its run's held-out inputs")
+
+    p = sub.add_parser("bench", help="latency / memory of teacher vs student, as ratios")
+    p.add_argument("out", help=OUT_HELP)
+    p.add_argument("--teacher", help="teacher (default: the one recorded in the output)")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher "
+                   "(default: the one recorded, also with a --teacher that is a single file without one beside it)")
+    p.add_argument("--lora", action="append", metavar="PATH",
+                   help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
+                        "merged (default: the place the output recorded); once per LoRA, in the order it took them")
+    p.add_argument("--repeats", type=int, default=20, help="timed denoising steps of each model, after 3 warm-ups (default 20)")
+    p.add_argument("--batch", type=int, default=2,
+                   help="images per step (default 2); classifier-free guidance doubles the rows for "
+                        "PixArt-Σ and the toys")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print the measurements as JSON")
+
+    p = sub.add_parser("convert", help="a single-file checkpoint as a diffusers transformer folder (for stream: true)")
+    p.add_argument("file", help="single-file checkpoint: BFL Flux, original PixArt-Σ .pth, or diffusers keys")
+    p.add_argument("out", help="the folder to write (must not exist): config.json and safetensors shards")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of the file's transformer "
+                   "(default: the config.json beside the file)")
+
+    p = sub.add_parser("lora", help="a LoRA trained on the teacher merged into a compressed model, as a new output")
+    p.add_argument("out", help=OUT_HELP)
+    p.add_argument("lora", help="the LoRA: a .safetensors file or folder (Flux: any format diffusers reads; PixArt-Σ: diffusers- or kohya-style keys), a peft adapter folder, or a Hub id in the Hugging Face cache (ORG/NAME or ORG/NAME/FILE.safetensors)")
+    p.add_argument("new", help="the output folder to write (must not exist)")
+    p.add_argument("--scale", type=float, default=1.0, help="strength of the LoRA (default 1)")
+    p.add_argument("--teacher", help="the teacher the LoRA was trained on, read only for a DoRA's norms "
+                   "(default: the one recorded in the output, or where that is itself an output, the first teacher of its chain)")
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file --teacher")
+    return parser
