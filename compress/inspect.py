@@ -13,7 +13,7 @@ from compress.inspect_blocks import (module_label, recorded_block_map, removal_l
                                      teacher_blocks, teacher_label)
 from compress.inspect_fold import fold, natural_width, with_note
 from compress.io_output import load_transformer, output_folder
-from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, _block_prefix, console, layer_rows, other_params,
+from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, layer_rows, other_params,
                              output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table, to_json)
 from compress.report_card import distill_lines
 from compress.words import counted
@@ -176,7 +176,7 @@ def _entries(rows: list[dict], teacher: dict[str, str]) -> list[tuple[str, str, 
     """(name, note, row): a block's heading row (row None; note: its teacher index), then its layers."""
     entries, block = [], None
     for r in rows:
-        prefix = _block_prefix(r["name"]) if r["block"] != "-" else ""
+        prefix = block_prefix(r["name"]) if r["block"] != "-" else ""
         if prefix and prefix != block:
             label = teacher_label(r["block"], teacher)
             entries.append((prefix, label[len(r["block"]):].strip(), None))

@@ -10,7 +10,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 
 from compress.errors import UserError
@@ -124,42 +123,11 @@ QUALITY_COLUMNS = (
 )
 
 
-def layer_table(rows: list[dict], title: str = "layers", columns=BUDGET_COLUMNS + QUALITY_COLUMNS) -> Table:
-    """One row per layer; a block's layers come under a row naming the block, by the rest of their
-    names (`attn1.to_q`), so the names stay short enough for a terminal."""
-    table = Table(title=title, show_lines=False)
-    table.add_column("layer", overflow="fold")  # a narrow terminal wraps the name, never cuts it
-    for header, just, _ in columns:
-        table.add_column(header, justify=just, no_wrap=True)
-    block = None
-    for r in rows:
-        prefix = _block_prefix(r["name"]) if r["block"] != "-" else ""
-        if prefix and prefix != block:
-            table.add_row(f"[bold]{prefix}[/bold]")
-        block = prefix
-        name = f"  {r['name'][len(prefix) + 1:]}" if prefix else r["name"]
-        table.add_row(name, *(cell(r) for _, _, cell in columns))
-    return table
-
-
-def _block_prefix(name: str) -> str:
+def block_prefix(name: str) -> str:
     """`transformer_blocks.3` of `transformer_blocks.3.attn1.to_q` (up to the first index)."""
     parts = name.split(".")
     index = next((i for i, p in enumerate(parts[:-1]) if p.isdigit()), None)
     return ".".join(parts[:index + 1]) if index is not None else ""
-
-
-def layer_tables(rows: list[dict], width: int, title: str = "layers") -> list[Table]:
-    """The per-layer table as one table when a terminal `width` columns wide shows it without
-    folding a layer name, else as two, each of which folds only the names: the rank budget of every
-    layer, and the loss, optimum, error and time of the layers the svd pass considered."""
-    whole = layer_table(rows, title)
-    natural = Measurement.get(console, console.options.update_width(1 << 16), whole).maximum
-    if natural <= width:
-        return [whole]
-    measured = [r for r in rows if any(cell(r) != "-" for _, _, cell in QUALITY_COLUMNS)]
-    return [layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS),
-            layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS)]
 
 
 def _round_off(loss):

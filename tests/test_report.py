@@ -2,7 +2,7 @@ import pytest
 from rich.console import Console
 
 from compress.lowrank import LowRankLinear
-from compress.report import layer_tables
+from compress.inspect import inspect_tables
 
 
 def _rows():
@@ -14,7 +14,7 @@ def _rows():
 
 def _render(width: int) -> tuple[str, int]:
     console = Console(width=width, record=True, file=open("/dev/null", "w"))
-    tables = layer_tables(_rows(), width)
+    tables = inspect_tables(_rows(), width, "layers", {})
     for table in tables:
         console.print(table)
     return console.export_text(), len(tables)
@@ -45,14 +45,14 @@ def test_layer_tables_show_round_off_losses_as_zero_and_missing_fields_as_dashes
     dense = {"name": "proj_out", "role": "output", "block": "-", "shape": [64, 3072], "rank": None,
              "params": 196_672, "kept": 1.0}
     console = Console(width=200, record=True, file=open("/dev/null", "w"))
-    for table in layer_tables(rows + [dense], 200):
+    for table in inspect_tables(rows + [dense], 200, "layers", {}):
         console.print(table)
     text = console.export_text()
     assert "-3.5" not in text and "0.00e+00" in text
     dense_line = next(line for line in text.splitlines() if "proj_out" in line)
     assert "dense" in dense_line and dense_line.count(" - ") >= 6
     narrow = Console(width=80, record=True, file=open("/dev/null", "w"))
-    for table in layer_tables(rows + [dense], 80):
+    for table in inspect_tables(rows + [dense], 80, "layers", {}):
         narrow.print(table)
     # a layer the svd pass never looked at is in the budget table, not in the factorization one
     assert narrow.export_text().count("proj_out") == 1
