@@ -34,6 +34,7 @@ from compress.passes.svd_walk import from_conditioning
 from compress.plan_fisher import block_fishers, fisher_backward, fisher_roots, fisher_sweep, on_device, tap
 from compress.plan_fisher import part as _part
 from compress.plan_factorize import factorizing_bytes
+from compress.report import block_prefix
 
 # Resident memory of `dit-compress run` before it loads the teacher: python with torch, diffusers and
 # compress imported, the recipe checked (torch 2.13 CPU, diffusers 0.42, a toy Flux recipe: 501 MiB of
@@ -130,7 +131,7 @@ def svd_statistics(targets: list, paired: bool, sequential: bool, config=None) -
             held[key] = _key_bytes(info, False)  # no reference stream: conditioning, captures, captions
         else:
             blocks.setdefault(f"{info.group} {info.block}", {})[key] = _key_bytes(info, paired)
-            modules.setdefault(f"{info.group} {info.block}", block_module(info.name))
+            modules.setdefault(f"{info.group} {info.block}", block_prefix(info.name))
     own = {where: sum(keys.values()) for where, keys in blocks.items()}
     where = max(own, key=own.get, default=None)
     block = own.get(where, 0)
@@ -141,14 +142,6 @@ def svd_statistics(targets: list, paired: bool, sequential: bool, config=None) -
             "bytes": sum(held.values()) + block * (2 if sequential else 1),
             "factorize": size(widest, paired) if widest else 0, "widest": widest.name if widest else None,
             "taps": [tap(info) for info in targets]}
-
-
-def block_module(name: str) -> str:
-    """The block a layer's module name is in: 'transformer_blocks.0' of
-    'transformer_blocks.0.attn1.to_q' (up to its first index)."""
-    parts = name.split(".")
-    cut = next((i for i, part in enumerate(parts) if part.isdigit()), len(parts) - 1)
-    return ".".join(parts[: cut + 1])
 
 
 def _key_bytes(info, paired: bool) -> int:
