@@ -145,7 +145,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
             step["student"] = distill_student(model, later, budgeted, spec.config.train, spare)
         scores.see(p, spec, step)
         steps.append(step)
-    after_rows = layer_rows(model)
+    after_rows, after = layer_rows(model), param_count(model)
+    after_roles = by_key(after_rows, "role")
     spare, spare_roles = spare_bound(model, adapter, planned_blocks(model, adapter))
     counts, taken = adapter.block_counts(model), sum(u["blocks"] for u in unplaced)  # taken: placed at run time
     plan = {
@@ -154,14 +155,14 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "recipe": recipe.path, "teacher": source, "family": adapter.family,
         **blocks_left(possible_counts(model, adapter)),
         "passes": steps, "stream": streamed,
-        "params_before": before, "params_after_planned": param_count(model),
+        "params_before": before, "params_after_planned": after,
         "params_after_is": "at most" if later or unplaced or uneven else "exact",
-        "params_after_at_most": param_count(model) - budget_savings(later, budgeted, model) + spare
+        "params_after_at_most": after - budget_savings(later, budgeted, model) + spare
         - smallest_blocks(model, adapter, taken, budgeted,
                           removal_shares(later, removals_before, len(unplaced))),
         "decided_later": later, "unplaced_removals": unplaced, "uneven_removals": uneven, "params_spare": spare,
-        "by_role_before": by_key(before_rows, "role"), "by_role_after": by_key(after_rows, "role"),
-        "by_role_after_at_most": {r: n + spare_roles.get(r, 0) for r, n in by_key(after_rows, "role").items()},
+        "by_role_before": by_key(before_rows, "role"), "by_role_after": after_roles,
+        "by_role_after_at_most": {r: n + spare_roles.get(r, 0) for r, n in after_roles.items()},
         "by_role_after_is": by_role_after_is(before_rows + after_rows, later, bool(unplaced or uneven)),
         "by_block_before": before_blocks, "by_block_after": block_params(model, after_rows),
         "by_block_after_is": by_block_after_is(unplaced, uneven, later),
