@@ -13,8 +13,9 @@ from compress.inspect_blocks import (module_label, recorded_block_map, removal_l
                                      teacher_blocks, teacher_label)
 from compress.inspect_fold import fold, natural_width, with_note
 from compress.io_output import load_transformer, output_folder
-from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, layer_rows, other_params,
-                             output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table, to_json)
+from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, is_number, layer_rows,
+                             other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
+                             to_json)
 from compress.report_card import distill_lines
 from compress.words import counted
 
@@ -75,8 +76,10 @@ def _existing_folder(out: Path) -> Path:
 def _print_inspection(title: str, model, rows: list[dict], report: dict, block_map: dict | None,
                       teacher: dict[str, str]) -> None:
     """The tables and summary lines `inspect` prints: per layer (titled `title`: the output folder, or
-    the Hub id given), by role, by block (student blocks, with their teacher index where removal
-    renumbered them), then what removal did, how close factorizations came to their optimum, what distill did."""
+    the Hub id given), which metric its factorization columns are in (or why it has none), the LoRAs
+    merged since the run, by role, by block (student blocks, with their teacher index where removal
+    renumbered them), then what removal did, how close factorizations came to their optimum, what
+    compensation did, what distill did."""
     shown = [_displayed(r) for r in rows]
     for table in inspect_tables(shown, results.width, title, teacher):
         results.print(table)
@@ -130,7 +133,7 @@ def lora_line(model, rows: list[dict], report: dict) -> str | None:
 
 def _scale(scale) -> str:
     """A recorded LoRA scale as `lora` printed it (0.5, 1), anything else as it is."""
-    return f"{scale:g}" if isinstance(scale, (int, float)) and not isinstance(scale, bool) else str(scale)
+    return f"{scale:g}" if is_number(scale) else str(scale)
 
 
 # ---- the per-layer tables --------------------------------------------------------------------------
@@ -202,7 +205,8 @@ def _print_optimality(rows: list[dict], report: dict | None = None) -> None:
     """Each method's worst loss / closed-form optimum: "whitened loss / optimal loss" over the whitened
     layers only (the ≤ 1.001 check), another method's ("asvd loss / optimal loss", to the
     output-weighted optimum, which it need not reach) apart. A ratio that is not a finite number (an
-    older report's Infinity or null where the optimum was 0) is counted apart, never printed as inf."""
+    older report's Infinity or null where the optimum was 0) is counted apart, never printed as inf.
+    Then how far asymmetric fits came above their undamped optimum, where some layer records it."""
     from compress.report_card import optimum_words
 
     optimum = optimum_words((report or {}).get("svd") or {})
@@ -232,7 +236,7 @@ def _ratios_by_method(rows: list[dict], report: dict) -> list[tuple[str, list[fl
         method = method if isinstance(method, str) else ""
         ratios, apart = found.setdefault(method, ([], [0]))
         ratio = r["loss_ratio"]
-        if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and math.isfinite(ratio):
+        if is_number(ratio) and math.isfinite(ratio):
             ratios.append(ratio)
         else:
             apart[0] += 1

@@ -53,7 +53,8 @@ def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list)
     (its activations counted); drawn: the run draws calibration inputs at all (plan.draws: a distill on
     teacher samples too), which a pipeline source samples with its text encoders and VAE beside the teacher;
     passes: the recipe's built passes (whether a teacher too big to hold resident streams with them).
-    Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher_budget.settle_auto)."""
+    Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher_budget.settle_auto), and takes
+    the svd passes' statistics' taps (svd_statistics') out of them as it reads them."""
     held = [_weights(recipe, plan, passes)]
     passing = []  # what a step holds for a while, a list of parts each: the largest counts
     taps = {i: s["statistics"].pop("taps") for i, s in enumerate(plan["passes"]) if "taps" in s.get("statistics", {})}

@@ -133,7 +133,8 @@ def _how(record: dict) -> str:
 
 def _svd_lines(svd: dict, ranks: dict | None = None) -> list[str]:
     """How many layers are factorized, how close those of this recipe's svd passes are to their
-    closed-form optimum, and what compensation did."""
+    closed-form optimum (in which metric), how far asymmetric fits came above their undamped optimum,
+    and what compensation did."""
     factorized = {n: r for n, r in (svd.get("layers") or {}).items() if "loss_ratio" in r}
     passes = len(svd.get("passes") or [svd] if svd else [])  # a report before `passes` was kept: one
     lines = [] if not (factorized or ranks) else ["", _factorized_words(factorized, ranks, passes)]
