@@ -214,8 +214,8 @@ def _distill(recipe, plan: dict) -> list[dict] | None:
     the teacher in the compute dtype, and the student cast to float32 master weights (4 bytes a
     parameter) with, for each trained one, its float32 gradient and AdamW's two moments (12 more).
     bf16/fp16 autocast's weight copies (2 bytes) go before the gradients come, so the 16 bound them.
-    The student is the one each distill pass trains, as the passes before it leave it (plan.py
-    distill_student: at most, where a budgeted svd pass before it decides its ranks later), the
+    The student is the one each distill pass trains, as the passes before it leave it (make_plan by
+    plan_budget.distill_student: at most, where a budgeted svd pass before it decides its ranks later), the
     largest of them. Not counted: its batches' activations (gradient_checkpointing keeps fewer),
     AdamW's foreach temporaries on a GPU (up to 4 bytes a trained parameter during the step). Per
     process of a one-process or data-parallel run; FSDP shards the student's share across processes.
