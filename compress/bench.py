@@ -15,7 +15,7 @@ from rich.table import Table
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
-from compress.io_output import load_transformer
+from compress.io_output import load_transformer, output_folder
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import LOG_EVERY_S, status, tenths
 from compress.report import note, param_count, results, to_json
@@ -174,7 +174,8 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     in place of the recorded ones, report_teacher.recorded_teacher)."""
     from compress.arch import get_adapter
 
-    given, out = out, _output_folder(Path(out).expanduser())  # its lines name `given`: a Hub id, not the snapshot
+    given = out  # its lines name `given`: a Hub id, not the snapshot
+    out = output_folder(_output_folder(Path(out).expanduser()))  # a pipeline folder: its transformer/, as inspect, eval
     if repeats < 1 or batch < 1:
         raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
     dev = _device(device)  # before loading: a wrong --device is refused at once, not after the models load

@@ -9,7 +9,8 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import cast, check_same_architecture, load_teacher, load_teacher_of, looks_local, read_config
+from compress.io import (cast, check_same_architecture, load_teacher, load_teacher_of, looks_local,
+                         pipeline_without_transformer, read_config)
 from compress.output_names import is_output
 from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, checked_sources, output_weights
@@ -48,6 +49,8 @@ def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = No
             check_source(model)  # an output's weight file: the folder to give is named
         if (path / "config.json").is_file():
             read_config(path / "config.json")  # a damaged one is named (an output's, maybe), not called no output
+        if path.is_dir() and (refused := pipeline_without_transformer(path)) is not None:
+            raise refused  # as load_teacher and load_transformer say it
         check_measurable(None, None, model)
     return load_teacher(model).eval(), (teacher_arg, config_arg), None
 

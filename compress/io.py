@@ -169,18 +169,35 @@ def read_json(path: Path) -> dict:
 
 
 def transformer_folder(path: Path) -> Path:
-    """The folder holding a transformer's config.json: `path`, or the `transformer/` of a pipeline
-    folder (or of a download of that subfolder alone, without model_index.json)."""
-    pipeline, inner = (path / "model_index.json").is_file(), (path / "transformer" / "config.json").is_file()
-    own = (path / "config.json").is_file()
-    if pipeline and not inner:
-        raise UserError(f"{path} is a pipeline folder without transformer/config.json")
-    if inner and (pipeline or not own):
+    """The folder holding a teacher's config.json (transformer_place); a UserError where `path` has none."""
+    found = transformer_place(path)
+    if found is not None:
+        return found
+    if (refused := pipeline_without_transformer(path)) is not None:
+        raise refused
+    raise UserError(f"{path} has neither model_index.json nor config.json; expected a diffusers "
+                    "pipeline folder, a transformer folder or a single-file checkpoint")
+
+
+def transformer_place(path: Path) -> Path | None:
+    """The folder holding the transformer's config.json in the folder `path`, one rule for a teacher
+    (transformer_folder) and an output (io_output.output_folder), so a folder given to run --teacher
+    and to inspect, eval, bench, lora or load_transformer is read alike: the `transformer/` of a
+    pipeline folder (model_index.json) or of a download of that subfolder alone (no config.json of
+    its own), else `path` where it has a config.json (beside a model_index.json too: the one there is);
+    None where there is neither (each caller refuses in its own words: a teacher may also be a file)."""
+    inner, own = (path / "transformer" / "config.json").is_file(), (path / "config.json").is_file()
+    if inner and (not own or (path / "model_index.json").is_file()):
         return path / "transformer"
-    if not own:
-        raise UserError(f"{path} has neither model_index.json nor config.json; expected a diffusers "
-                        "pipeline folder, a transformer folder or a single-file checkpoint")
-    return path
+    return path if own else None
+
+
+def pipeline_without_transformer(path: Path) -> UserError | None:
+    """The one line refusing a pipeline folder (model_index.json) with no config.json to read
+    (transformer_place finds none), as a teacher and as an output; None for any other folder."""
+    if transformer_place(path) is None and (path / "model_index.json").is_file():
+        return UserError(f"{path} is a pipeline folder without transformer/config.json")
+    return None
 
 
 def read_config(path: Path) -> dict:

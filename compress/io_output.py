@@ -14,7 +14,8 @@ from torch import nn
 from compress.dtype_range import DTYPES, check_castable, check_finite_file
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
-from compress.io import FORMAT, INDEX, WEIGHTS, cast, config_model_class, from_config, read_config, read_json
+from compress.io import (FORMAT, INDEX, WEIGHTS, cast, config_model_class, from_config, pipeline_without_transformer,
+                         read_config, read_json, transformer_place)
 from compress.io_errors import load_error
 from compress.io_export import OUTPUT_SHARD, ranks_of
 from compress.output_names import is_output
@@ -30,12 +31,12 @@ INDEX_FILE = re.compile(r"diffusion_pytorch_model\.(safetensors|bin)\.index(?:\.
 
 
 def output_folder(out) -> Path:
-    """`out`, or the transformer/ of a pipeline folder (model_index.json): a pipeline's save_pretrained
-    writes its compressed transformer there, as load_teacher reads a teacher's."""
+    """`out`, or the folder in it that holds the output's config.json as load_teacher finds a teacher's
+    (io.transformer_place): the transformer/ of a pipeline folder (a pipeline's save_pretrained writes
+    its compressed transformer there) or of a download of that subfolder alone. Anything else (a file,
+    a Hub id, a folder without a config.json) stays `out`, which the caller refuses in its words."""
     out = Path(out).expanduser()
-    if (out / "model_index.json").is_file() and (out / "transformer" / "config.json").is_file():
-        return out / "transformer"
-    return out
+    return (transformer_place(out) if out.is_dir() else None) or out
 
 
 def hub_output(source, what: str) -> UserError | None:
@@ -185,6 +186,8 @@ def empty_compressed(out) -> nn.Module:
     """The model of an output folder on the meta device: the diffusers class with LowRankLinear
     (down, up) at every rank of its compression section; no weights. A pipeline folder: its transformer/."""
     out = output_folder(out)
+    if (refused := pipeline_without_transformer(out)) is not None:  # as load_teacher says it
+        raise refused
     if not (out / "config.json").is_file():
         raise UserError(f"{out} is not a dit-compress output folder (needs config.json and {WEIGHTS} or {INDEX})")
     config = read_config(out / "config.json")

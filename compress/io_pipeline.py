@@ -32,8 +32,8 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     dtype = one_dtype(dtype, torch_dtype, "load_pipeline")
     transformer = load_transformer(out, dtype=dtype, variant=variant)
     folder = output_folder(out)
-    if not base and folder != Path(out).expanduser():  # a pipeline folder: the parts saved with it
-        base = str(folder.parent)
+    if not base and folder != Path(out).expanduser() and (folder.parent / "model_index.json").is_file():
+        base = str(folder.parent)  # a pipeline folder: the parts saved with it (not a transformer/ alone)
     base = str(base or recorded_base(transformer, folder))  # base: a str or a Path
     if base.startswith("toy:"):
         from compress.toy import load_toy_pipeline

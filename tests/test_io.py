@@ -363,3 +363,21 @@ def test_a_folder_with_an_index_fetches_its_shards_not_the_single_file_beside_th
     assert variant_weights(names[:2], None) == ["diffusion_pytorch_model.safetensors"]
     assert variant_weights(["diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin"], "fp16") == \
         ["diffusion_pytorch_model.fp16.safetensors"]
+
+
+def test_a_model_index_beside_a_config_reads_that_config_for_a_teacher_as_for_an_output(tmp_path):
+    """model_index.json beside a transformer's own config.json (no transformer/): load_transformer,
+    inspect, eval and bench read that config.json, where load_teacher and run --teacher refused the same
+    folder ("t is a pipeline folder without transformer/config.json"); one rule now (io.transformer_place)."""
+    from compress.io_source import check_source
+
+    model = tiny_flux()
+    model.save_pretrained(tmp_path / "t")
+    save_compressed(_factorize_some(tiny_flux()), tmp_path / "o")
+    for folder in ("t", "o"):
+        (tmp_path / folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+        assert check_source(str(tmp_path / folder)) == "folder"  # run --teacher's check
+    inputs = model_inputs(model)
+    torch.testing.assert_close(forward(load_teacher(str(tmp_path / "t")), inputs), forward(model, inputs))
+    torch.testing.assert_close(forward(load_teacher(str(tmp_path / "o")), inputs),
+                               forward(load_transformer(tmp_path / "o"), inputs))

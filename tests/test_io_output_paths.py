@@ -222,3 +222,64 @@ def test_an_existing_parent_that_cannot_be_written_says_so_not_that_it_cannot_be
     with pytest.raises(UserError, match=r"^output folder .*/out: cannot write in .*pytest.* "
                                         r"\(Permission denied\)$"):
         save_compressed(tiny_flux(), tmp_path / "out")
+
+
+# ---- 8. the folder an output's files are in, found as a teacher's are ---------------------------
+@pytest.fixture
+def run_output(tmp_path, capsys):
+    """An output of a run (recipe.yaml and report.json beside it: eval and bench measure it)."""
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    (tmp_path / "r.yaml").write_text(RECIPE.format(teacher=tmp_path / "teacher"))
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    return tmp_path / "out"
+
+
+@pytest.mark.parametrize("index", [False, True], ids=["transformer-alone", "pipeline"])
+def test_every_command_finds_an_output_in_transformer_where_load_teacher_finds_a_teacher(run_output, tmp_path,
+                                                                                         capsys, index):
+    """A download of a pipeline's transformer/ alone (hf download ID --include 'transformer/*': no
+    model_index.json) was read by run --teacher (io.transformer_folder) and refused by load_transformer,
+    inspect, eval, bench and lora ("dl is not a dit-compress output folder (needs config.json ...)"); bench
+    refused a pipeline folder's too ("dl/report.json names no teacher; pass --teacher")."""
+    import shutil
+
+    from compress.io import transformer_folder
+    from compress.io_output import output_folder
+
+    folder = tmp_path / "dl"
+    shutil.copytree(run_output, folder / "transformer")
+    if index:
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
+    assert output_folder(folder) == transformer_folder(folder) == folder / "transformer"
+    assert load_transformer(folder).transformer_blocks[0].ff.net[2].rank < 32
+    assert main(["inspect", str(folder), "--json"]) == 0 and json.loads(capsys.readouterr().out)["layers"]
+    assert main(["eval", str(folder), "--json"]) == 0 and json.loads(capsys.readouterr().out)["pred_rel_error"] < 1
+    assert main(["bench", str(folder), "--json", "--repeats", "1", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["params_ratio"] < 1
+    lora = tmp_path / "none.safetensors"
+    assert _one_line_error(capsys, ["lora", str(folder), str(lora), str(tmp_path / "new")]) == (
+        f"dit-compress: error: {lora}: no LoRA there (a .safetensors file, or a folder holding one)")
+    if not index:  # its base is the teacher it records, not the folder above transformer/ (no pipeline)
+        with pytest.raises(UserError, match=f"records the teacher {tmp_path / 'teacher'}, which is not a pipeline"):
+            load_pipeline(folder)
+
+
+def test_a_pipeline_folder_without_a_transformer_config_is_refused_in_one_line_as_a_teacher_and_an_output(
+        tmp_path, capsys):
+    """model_index.json, and a transformer/ without config.json: load_teacher (run --teacher) said "pipe is
+    a pipeline folder without transformer/config.json", load_transformer, inspect, bench and lora "pipe is
+    not a dit-compress output folder (needs config.json and ...)", eval "pipe is not a dit-compress output"."""
+    from compress import load_teacher
+
+    folder = tmp_path / "pipe"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
+    line = f"{folder} is a pipeline folder without transformer/config.json"
+    for argv in (["inspect", str(folder)], ["eval", str(folder)], ["bench", str(folder)],
+                 ["lora", str(folder), str(tmp_path), str(tmp_path / "new")]):
+        assert _one_line_error(capsys, argv) == f"dit-compress: error: {line}", argv
+    for load in (load_transformer, load_pipeline, load_teacher):
+        with pytest.raises(UserError) as e:
+            load(str(folder))
+        assert str(e.value) == line, load
