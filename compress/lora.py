@@ -53,7 +53,7 @@ from compress.lowrank import LowRankLinear
 
 
 def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module | str | None = None,
-               teacher_config: str | None = None, *, own_blocks: bool = False) -> dict:
+               teacher_config: str | None = None, *, own_blocks: bool = False, blocks: dict | None = None) -> dict:
     """Merge `lora` (a file, a folder or a state dict; see the module docstring) into `student` (from
     `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come
     from (a model or a source; default: the base the student's chain of teachers leads to,
@@ -71,13 +71,16 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     `own_blocks`: the LoRA's block i is the model's own block i, with no block map (lora_replay: a LoRA
     recorded before records named the base, read then as the recording output's teacher's); a DoRA's
     norms still come from the base of the model's chain where no `teacher` is given, as a merge reads
-    them by default (its immediate teacher, on a chain an output, is refused as a DoRA's teacher)."""
+    them by default (its immediate teacher, on a chain an output, is refused as a DoRA's teacher).
+    `blocks`: as own_blocks, the model's block i taking the LoRA's block blocks[group][i] (-1: none;
+    lora_replay's LoRA read as another output's blocks, mapped to the model's through their base)."""
     check_scale(scale)
     check_given(teacher)  # a --teacher that is not there: an error, whether or not the LoRA reads it
     given = teacher
     student = unwrapped(student)  # a torch.compile'd student: the model it wraps, merged in place
     adapter = get_adapter(student)
-    base = LoraBase({}, None, None, []) if own_blocks else lora_base(student)  # the chain's first teacher's blocks
+    own_blocks = own_blocks or blocks is not None
+    base = LoraBase(blocks or {}, None, None, []) if own_blocks else lora_base(student)  # the chain's base's blocks
     base = base._replace(moved=noted_moved(base.moved, teacher))  # said once, where putting it back would help
     if teacher is None:  # the base (its config as recorded) for a DoRA's norms and the base's block counts
         teacher, teacher_config = base.source, teacher_config or base.config

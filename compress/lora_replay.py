@@ -31,22 +31,27 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     (`took`: the teacher the student records; read_as_own_blocks), where the teacher is that one
     (`source`: where it was loaded from; `took_files`: the student's record of its weight files). A
     record naming another base than the teacher's chain leads to, or that teacher where the teacher is
-    another model, is a UserError naming both, before any LoRA is merged."""
+    another model, is a UserError naming both, before any LoRA is merged; where that teacher is an
+    output there now whose chain leads to the teacher's base, the LoRA is mapped through both chains
+    (mapped_blocks)."""
     sources = replayed_sources(loras, moved, warn=False)  # warned before loading
-    own = [read_as_own_blocks(teacher, record, took, source, took_files) for record in loras]
-    for record, lora, own_blocks in zip(loras, sources, own):
-        merge_lora(teacher, lora, scale=record["scale"], own_blocks=own_blocks)
+    taken = [read_as_own_blocks(teacher, record, took, source, took_files) for record in loras]
+    for record, lora, own_blocks in zip(loras, sources, taken):
+        mapped = own_blocks if isinstance(own_blocks, dict) else None
+        merge_lora(teacher, lora, scale=record["scale"], own_blocks=own_blocks is True, blocks=mapped)
 
 
 def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None, source: str | None = None,
-                       took_files: dict | None = None) -> bool:
+                       took_files: dict | None = None) -> bool | dict:
     """Whether the student read the LoRA's blocks as its teacher's own: a record without `blocks_of`,
     or one naming the student's teacher (`took`: the one it records), moved away when it took the LoRA
     and read as a base (lora_teacher.lora_base), not the first of the teacher's own chain. Through its
     chain, the teacher would give its block i the LoRA of the base block it descends from, not the
     LoRA's block i. A record naming neither that base nor `took` is a UserError (other_base): the
     teacher's blocks descend from another base's, so neither way gives it the LoRA the student took;
-    so is one naming `took` where the teacher (loaded from `source`) is another model (not_took)."""
+    so is one naming `took` where the teacher (loaded from `source`) is another model (not_took), unless
+    `took` is an output there now whose chain leads to the teacher's base: then {group: the LoRA's block
+    of the teacher's block 0, 1, ...} (mapped_blocks), merge_lora's `blocks`."""
     from compress.lora_teacher import followed
     from compress.report_teacher import absolute_source, teacher_chain
 
@@ -54,9 +59,12 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
     if "blocks_of" not in record:
         return True
     if not recorded:  # a model of all its blocks, as the base is, unless they were read as an output's
-        if _removes_blocks(record["blocks_of"]):
+        if not _removes_blocks(record["blocks_of"]):
+            return False
+        mapped = mapped_blocks(teacher, record["blocks_of"], source)
+        if mapped is None:
             raise not_took(record, source, f"no dit-compress output, and {record['blocks_of']} one with blocks removed")
-        return False
+        return mapped
     chain = teacher_chain(str(recorded))
     blocks_of = absolute_source(record["blocks_of"])
     if not followed(chain) or blocks_of == absolute_source(chain[-1]):  # a broken chain: merge_lora says why
@@ -65,7 +73,10 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
         raise other_base(record, chain)
     other = source is not None and absolute_source(source) != blocks_of and other_files(source, blocks_of, took_files)
     if other and is_output(blocks_of):
-        raise not_took(record, source, f"its weight files are not {record['blocks_of']}'s: {other}")
+        mapped = mapped_blocks(teacher, blocks_of, chain[-1])
+        if mapped is None:
+            raise not_took(record, source, f"its weight files are not {record['blocks_of']}'s: {other}")
+        return mapped
     if other:
         raise other_base(record, chain)
     return True
@@ -81,21 +92,56 @@ def other_files(source: str, took: str, took_files: dict | None) -> str | None:
     return signature_change(teacher_signature(took) if Path(took).exists() else took_files, source)
 
 
-def _removes_blocks(source: str) -> bool:
-    """Whether `source` is a dit-compress output there now whose blocks are not its base's: a block
-    removed along its chain of teachers (or a chain that cannot be followed, whose blocks are unknown)."""
+def mapped_blocks(teacher: nn.Module, took: str, base: str | None) -> dict[str, list[int]] | None:
+    """{group: the block of the output `took` (there now) descending from the same base block as the
+    teacher's block 0, 1, ... (-1: none, a block `took`'s chain removed)}, where the teacher's blocks
+    descend from `base` (its chain's first teacher, or itself where it records none) and so do `took`'s
+    (lora_teacher.lora_base of each): a LoRA read as `took`'s own blocks is then given to the teacher
+    exactly as a LoRA of that base. None where `took` is no output there now, its chain cannot be
+    followed (or its own teacher is not there), or leads to another base."""
+    from compress.arch import get_adapter
+    from compress.lora_teacher import lora_base
+    from compress.report_teacher import absolute_source
+
+    try:
+        theirs = _output_base(took)
+    except UserError:  # its chain cannot be followed: its blocks' base is not known
+        return None
+    if theirs is None or theirs.moved or base is None or absolute_source(theirs.source) != absolute_source(base):
+        return None
+    ours = lora_base(teacher).block_map if getattr(teacher, "compression_meta", None) else {}
+    out = {}
+    for g in get_adapter(teacher).groups:
+        if g.name not in ours and g.name not in theirs.block_map:
+            continue
+        kept = ours.get(g.name, range(len(getattr(teacher, g.attr))))  # the base index of our block i
+        of_took = theirs.block_map.get(g.name)
+        out[g.name] = [of_took.index(i) if i in of_took else -1 for i in kept] if of_took is not None else list(kept)
+    return out
+
+
+def _output_base(source: str):
+    """lora_teacher.lora_base of the dit-compress output `source` (there now; None where it is none),
+    read from its config; a UserError where its chain cannot be followed."""
     from types import SimpleNamespace
 
     from compress.lora_teacher import lora_base
 
     config = output_config(source)  # None: no output there now
     if config is None:
-        return False
+        return None
     section = config.get("compression")
+    return lora_base(SimpleNamespace(compression_meta=section if isinstance(section, dict) else {}))
+
+
+def _removes_blocks(source: str) -> bool:
+    """Whether `source` is a dit-compress output there now whose blocks are not its base's: a block
+    removed along its chain of teachers (or a chain that cannot be followed, whose blocks are unknown)."""
     try:
-        return bool(lora_base(SimpleNamespace(compression_meta=section if isinstance(section, dict) else {})).block_map)
+        found = _output_base(source)
     except UserError:
         return True
+    return found is not None and bool(found.block_map)
 
 
 def not_took(record: dict, source: str | None, why: str) -> UserError:
