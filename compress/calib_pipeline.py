@@ -126,11 +126,12 @@ def _is_toy(pipe) -> bool:
     return type(pipe).__module__.startswith("compress.toy")
 
 
-def check_size(calib, pipeline: str) -> None:
+def check_size(calib, toy: bool) -> None:
     """calibration.height / width are for a real pipeline: the toy pipelines sample at their one
-    resolution (refused at the key's recipe line, by plan as by run)."""
+    resolution (refused at the key's recipe line, by plan as by run). `toy`: whether the pipeline
+    sampled in is a toy's (pipeline_folder.toy_pipeline, as the caller found it)."""
     given = [k for k in ("height", "width") if getattr(calib, k)]
-    if given and toy_pipeline(pipeline):
+    if given and toy:
         at = _where(calib, given[0], getattr(calib, given[0]), (*given[1:], "source", "pipeline"))
         raise UserError(f"{at}calibration.height / width: "
                         "the toy pipelines sample at their one resolution; leave both out")
@@ -174,7 +175,7 @@ class PipelineSource:
             check_pipeline_source(pipeline, calib.pipeline is None, family, pipeline_at(calib, pipeline),
                                   auto=calib.source == "auto")
             need_transformers(family)
-        check_size(calib, pipeline)
+        check_size(calib, bool(self._toy))
         self._cut()  # before any sampling: heldout may ask more than the prompts give
         self._pipe = None
         self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both

@@ -109,8 +109,10 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     inputs = source_kind(recipe.calibration, source)
     pipeline = inputs == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
+    # a toy's pipeline (toy:NAME, or one a toy saved) samples in seconds, as calib_footprint tells it
+    toy = pipeline and toy_pipeline(recipe.calibration.pipeline or source) is not None
     if pipeline:  # as the run's PipelineSource refuses it
-        check_size(recipe.calibration, recipe.calibration.pipeline or source)
+        check_size(recipe.calibration, toy)
     calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
     steps, scores, later, unplaced, uneven = [], ScoresSoFar(), [], [], []
     budgeted = []  # per entry of `later`: its dense targets on the meta model (budgeted_layers)
@@ -171,8 +173,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     # drawn all the same where a pass reads them without holding their activations (distill's teacher samples)
     calib["drawn"] = draws(passes, steps)
     calib["source"] = inputs  # how they are drawn: a pipeline source samples the pipeline (minutes)
-    # a toy's pipeline (toy:NAME, or one a toy saved) samples in seconds, as calib_footprint tells it
-    calib["toy_pipeline"] = pipeline and toy_pipeline(recipe.calibration.pipeline or source) is not None
+    calib["toy_pipeline"] = toy
     plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"], passes)
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
