@@ -15,7 +15,7 @@ from compress.errors import UserError
 from compress.recipe_teacher_config import FLAG
 from compress.runner_answers import ANSWER
 from compress.runner_caches import CLOCK, REMOVED_LOG
-from compress.runner_kept import kept_in_words, measured_so_far, saved_in_words, work_kept
+from compress.runner_kept import kept_in_words, measured_so_far, read_back_kept, saved_in_words, work_kept
 from compress.runner_lock import LOCK
 from compress.runner_measured import check_measured_for_another_teacher, named_of, run_fingerprint
 from compress.runner_pending import read_record
@@ -278,7 +278,7 @@ def another_teacher(run_dir: Path, info: dict, passes, change: tuple[str, str]) 
 
 def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
     """'RUN_DIR holds an interrupted run of another recipe (it differs in ...; 1 of 3 passes done,
-    block statistics (up to 9 files) measured so far)' for an `interrupted_run` whose recipe differs
+    block statistics (up to 9 files) to read back)' for an `interrupted_run` whose recipe differs
     (info["changed"]): its saved passes and distill checkpoint, and what it measured, under the
     fingerprint the run recorded: where this recipe's --resume keeps some of its passes, what this
     recipe's `passes` after those read back (`measured_so_far`; passes not known: its svd caches');
@@ -289,7 +289,7 @@ def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
     if keeps:
         to_run = list(passes)[keeps:] if passes else None
         measured = measured_so_far(run_dir, fingerprint, None, to_run, keeps)
-        kept = saved_in_words(info) + (f", {measured} measured so far" if measured else "")
+        kept = saved_in_words(info) + read_back_kept(measured)
     else:
         kept = kept_in_words(run_dir, info, fingerprint, None, passes)
     return (f"{run_dir} holds an interrupted run of another recipe (it differs in "

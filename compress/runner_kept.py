@@ -11,6 +11,8 @@ from pathlib import Path
 from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES
 from compress.words import counted
 
+# which of the statistics and Fishers it finds an svd pass reads back (its start line, `read_back_at_end_in_words`)
+OF_IT_NOW = "of its targets, blocks, inputs and ranks as they are now"
 READ_BY = "read-by.json"  # in an svd pass's stats cache: the pass index that reads it (`mark_read_by`)
 KEPT_FISHERS = ("all", "modulation")  # svd.fisher settings whose output Fishers an svd pass keeps in its stats cache
 
@@ -41,22 +43,23 @@ def saved_in_words(info: dict) -> str:
 def work_kept(run_dir: Path, info: dict | None, go_on: str, fingerprint: str | None = None,
               inputs: list[Path] | None = None, passes=()) -> str:
     """What a stopped run (Ctrl-C, out of memory, a full disk, a lost peer) leaves a rerun, one
-    clause: '; RUN_DIR keeps its work (2 of 5 passes done, block statistics (up to 9 files) measured
-    so far): GO_ON' for an `interrupted_run`'s `info`; with none (no pass saved), '; RUN_DIR keeps block
-    statistics (up to 9 files) measured so far: a rerun ... reads back ...' where something was measured
-    (`measured_so_far` of `fingerprint` and `inputs`, and the teacher samples of the `passes` not
-    yet saved), else ''. With every pass done, what was measured is not named: --resume only writes the
-    output, reading none of it."""
+    clause: '; RUN_DIR keeps its work (2 of 5 passes done, block statistics (up to 9 files) to read
+    back): GO_ON' for an `interrupted_run`'s `info`; with none (no pass saved), '; RUN_DIR keeps block
+    statistics (up to 9 files): a rerun ... reads back those it needs ...' where something
+    was measured (`measured_so_far` of `fingerprint` and `inputs`, and the teacher samples of the `passes`
+    not yet saved), else ''. Not 'measured so far', nor 'those it measured': the files may be an earlier
+    run's (a finished run of other targets in the same run folder). With every pass done, what was
+    measured is not named: --resume only writes the output, reading none of it."""
     if info is None:
         measured = measured_so_far(run_dir, fingerprint, inputs, list(passes) if passes else None)
-        return (f"; {run_dir} keeps {measured} measured so far: a rerun of this recipe and teacher reads back "
-                "those it measured instead of measuring them again (keep the run folder)") if measured else ""
+        return (f"; {run_dir} keeps {measured}: a rerun of this recipe and teacher reads back "
+                "those it needs instead of measuring them again (keep the run folder)") if measured else ""
     return f"; {run_dir} keeps its work ({kept_in_words(run_dir, info, fingerprint, inputs, passes)}): {go_on}"
 
 
 def kept_in_words(run_dir: Path, info: dict, fingerprint: str | None, inputs: list[Path] | None = None,
                   passes=()) -> str:
-    """'2 of 5 passes done, block statistics (up to 9 files) measured so far' for an `interrupted_run`'s
+    """'2 of 5 passes done, block statistics (up to 9 files) to read back' for an `interrupted_run`'s
     `info`: its saved passes and distill checkpoint (`saved_in_words`) and what its unfinished pass
     measured, which --resume reads back (`measured_so_far` of `fingerprint`, `inputs` and the `passes`
     not yet saved; none known: every pass's; not the statistics of the passes saved, which it keeps);
@@ -64,14 +67,22 @@ def kept_in_words(run_dir: Path, info: dict, fingerprint: str | None, inputs: li
     done = info["total"] is not None and info["done"] >= info["total"]
     to_run = list(passes)[info["done"]:] if passes else None  # None: not known
     measured = "" if done else measured_so_far(run_dir, fingerprint, inputs, to_run, info["done"])
-    return saved_in_words(info) + (f", {measured} measured so far" if measured else "")
+    return saved_in_words(info) + read_back_kept(measured)
+
+
+def read_back_kept(measured: str) -> str:
+    """', block statistics (up to 9 files) to read back' after the passes saved (`saved_in_words`) for
+    what `measured_so_far` found (`measured`), '' where nothing: whose run measured it is not said (the
+    run folder may hold an earlier run's, which a rerun reads back alike)."""
+    return f", {measured} to read back" if measured else ""
 
 
 def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] | None, to_run=None,
                     start: int = 0) -> str:
     """'sampled inputs (3 sampling calls), block statistics (up to 9 files), output Fishers (up to 24 files),
-    teacher samples (6 of 16 shards; 'the one shard' of one)': what an interrupted run left that a
-    rerun of the same recipe and teacher reads back instead of computing it again ('' where nothing;
+    teacher samples (6 of 16 shards; 'the one shard' of one)': what a run folder holds (the interrupted
+    run's, or an earlier run's: which is not known) that a rerun of the same recipe and teacher reads
+    back instead of computing it again ('' where nothing;
     the statistics and Fishers 'up to': those found, of which an svd pass reads only those of its
     blocks, inputs, targets and ranks as they are then):
     each finished sampling call's records among `inputs`
@@ -199,7 +210,7 @@ def read_back_at_end_in_words(read: int, offered: int) -> str:
     files = f"file{'' if offered == 1 else 's'} an earlier run measured"
     if read == offered:
         return f"read back {'the' if offered == 1 else f'all {offered}'} {files}"
-    why = "not of its targets, blocks, inputs and ranks as they are now"
+    why = f"not {OF_IT_NOW}"
     if not read:
         return f"read back none of the {offered} {files}: {'it is' if offered == 1 else 'they are'} {why}"
     return f"read back {read} of the {offered} {files} (the {'other is' if offered - read == 1 else 'others are'} {why})"

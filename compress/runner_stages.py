@@ -23,7 +23,7 @@ from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
-from compress.runner_kept import (fisher_folder, mark_read_by, offered_files, read_back_at_end_in_words,
+from compress.runner_kept import (OF_IT_NOW, fisher_folder, mark_read_by, offered_files, read_back_at_end_in_words,
                                   read_back_in_words)
 from compress.runner_measured import CALIBRATED, KEYED_AS
 from compress.runner_folders import WRITTEN_BY
@@ -205,7 +205,7 @@ def say_read_back(runner, start: int, student) -> None:
     runner.offered = (start, offered)  # what say_read_back_at_end counts among
     if kept:
         console.print(f"  pass {start + 1} (svd) finds {kept} that an earlier run measured: it reads back those "
-                      "of its blocks and inputs unchanged since, and says how many when it ends",
+                      f"{OF_IT_NOW}, and says how many when it ends",
                       highlight=False, markup=False)
 
 

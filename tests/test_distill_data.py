@@ -124,7 +124,7 @@ def test_an_interrupted_teacher_sampling_names_the_shards_it_keeps(tmp_path, mon
             "sample_steps: 2, batch_size: 4}}\n")
     recipe = parse_recipe(text.format(n=8), "r.yaml")
     passes = build_passes(recipe)
-    kept = f"; {tmp_path} keeps teacher samples (2 of 4 shards) measured so far: a rerun"
+    kept = f"; {tmp_path} keeps teacher samples (2 of 4 shards): a rerun"
     assert interrupt_note(tmp_path, False, recipe.raw, passes, "aaaa").startswith(kept)
     assert resume_note(tmp_path, recipe, passes, "aaaa").startswith(kept)
     other = parse_recipe(text.format(n=16), "r.yaml")  # another cache: this one is not read back

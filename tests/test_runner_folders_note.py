@@ -57,12 +57,12 @@ def test_the_ctrl_c_note_counts_sampled_inputs_and_block_statistics_a_rerun_read
     (tmp_path / "inputs" / "another-teacher").mkdir()
     (tmp_path / "inputs" / "another-teacher" / f"{0:020x}.pt").write_bytes(b"")
     _calib_files(tmp_path, "aaaa"), _calib_files(tmp_path, "bbbb")
-    end = ("measured so far: a rerun of this recipe and teacher reads back those it measured instead of "
+    end = (": a rerun of this recipe and teacher reads back those it needs instead of "
            "measuring them again (keep the run folder)")
-    assert interrupt_note(tmp_path, inputs=inputs) == f"; {tmp_path} keeps sampled inputs (3 sampling calls) {end}"
+    assert interrupt_note(tmp_path, inputs=inputs) == f"; {tmp_path} keeps sampled inputs (3 sampling calls){end}"
     assert interrupt_note(tmp_path, fingerprint="aaaa", inputs=inputs) == (
         f"; {tmp_path} keeps sampled inputs (3 sampling calls), block statistics (up to 4 files), output Fishers "
-        f"(up to 1 file) {end}")
+        f"(up to 1 file){end}")
     assert interrupt_note(tmp_path, fingerprint="cccc") == "; nothing was saved yet: a rerun starts over"
 
 
@@ -94,8 +94,8 @@ def test_a_rerun_of_another_recipe_refused_names_what_the_interrupted_run_measur
     for i in range(3):
         (cache / f"shard-{i:05d}.safetensors").write_bytes(b"")
     held = (f"{tmp_path} holds an interrupted run of another recipe (it differs in passes.1.svd.ratio; 2 of 3 passes "
-            "done, block statistics (up to 2 files), output Fishers (up to 1 file), teacher samples (3 of 16 shards) measured so "
-            "far): --resume keeps its first 1 pass (with the same teacher) and runs the rest; ")
+            "done, block statistics (up to 2 files), output Fishers (up to 1 file), teacher samples (3 of 16 shards) to read "
+            "back): --resume keeps its first 1 pass (with the same teacher) and runs the rest; ")
     with pytest.raises(UserError) as e:
         check_run_folder(tmp_path, now.raw, build_passes(now))
     assert str(e.value) == held + "add --restart to discard it and start over, or choose another --run-dir"

@@ -26,7 +26,7 @@ def test_a_distill_first_recipe_stopped_at_a_checkpoint_is_counted_by_its_passes
     said = _ctrl_c_note(monkeypatch, capsys, args)  # before the Runner: its fingerprint not known yet
     assert said.startswith("dit-compress: interrupted; run-d keeps its work (the one pass not done, a distill "
                            "checkpoint at step 1, teacher samples ("), said
-    assert said.endswith("measured so far): rerun with --resume to continue"), said
+    assert said.endswith("to read back): rerun with --resume to continue"), said
 
 
 def test_a_one_pass_run_whose_export_was_cut_short_writes_the_output_from_it(tmp_path, monkeypatch, capsys):

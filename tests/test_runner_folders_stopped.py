@@ -13,7 +13,7 @@ def test_ctrl_c_after_the_output_fishers_are_saved_says_a_rerun_reuses_them(pixa
     tmp_path, args = _stopped_in_svd(pixart, monkeypatch)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{tmp_path / 'run'} keeps output Fishers (" in last
-    assert ") measured so far: a rerun of this recipe and teacher reads back those it measured" in last
+    assert "): a rerun of this recipe and teacher reads back those it needs" in last
     assert "starts over" not in last
     monkeypatch.undo()
     assert main(args) == 0
@@ -80,7 +80,7 @@ def test_ctrl_c_during_pipeline_sampling_says_a_rerun_reuses_the_calls_it_finish
     assert main(args) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"dit-compress: interrupted; {tmp_path / 'run'} keeps sampled inputs (2 sampling "
-                           "calls) measured so far: a rerun of this recipe and teacher reads back"), last
+                           "calls): a rerun of this recipe and teacher reads back"), last
     interrupt = False
     assert main(args) == 0
     assert len(calls) == 3 + 3  # 5 prompts, one per call: the 3 not on disk
@@ -114,7 +114,7 @@ def test_ctrl_c_after_block_statistics_are_saved_says_a_rerun_reuses_them(pixart
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
     assert main(args) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"{tmp_path / 'run'} keeps block statistics (up to 2 files) measured so far: a rerun" in last, last
+    assert f"{tmp_path / 'run'} keeps block statistics (up to 2 files): a rerun" in last, last
     monkeypatch.undo()
     assert main(args) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -130,7 +130,7 @@ def test_ctrl_c_in_an_svd_pass_after_a_saved_pass_names_its_block_statistics(pix
     assert main(args) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == (f"dit-compress: interrupted; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block "
-                    "statistics (up to 1 file), output Fishers (up to 12 files) measured so far): rerun with --resume to "
+                    "statistics (up to 1 file), output Fishers (up to 12 files) to read back): rerun with --resume to "
                     "continue"), last
     monkeypatch.undo()
     assert main([*args, "--resume"]) == 0
@@ -190,7 +190,7 @@ def test_a_rerun_refused_after_ctrl_c_in_teacher_sampling_names_the_samples_kept
     run = tmp_path / "run"
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
     assert main(args) == 130
-    kept = "1 of 2 passes done, teacher samples (2 of 4 shards) measured so far"
+    kept = "1 of 2 passes done, teacher samples (2 of 4 shards) to read back"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"dit-compress: interrupted; {run} keeps its work ({kept}): rerun with --resume to continue")
     assert main(args) == 2
@@ -214,7 +214,7 @@ def test_a_rerun_refused_after_ctrl_c_in_an_svd_pass_names_its_block_statistics(
     assert main(args) == 130
     capsys.readouterr()
     refused = (f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 2 passes done, block "
-               "statistics (up to 1 file), output Fishers (up to 12 files) measured so far): add --resume to continue, or "
+               "statistics (up to 1 file), output Fishers (up to 12 files) to read back): add --resume to continue, or "
                "--restart to start over")
     assert main(args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == refused
@@ -304,7 +304,7 @@ def test_a_rerun_with_another_calibration_counts_what_the_interrupted_run_kept(p
     monkeypatch.setattr(StatsCache, "save", save)
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
     assert main(args) == 130
-    kept = "1 of 2 passes done, block statistics (up to 1 file) measured so far"
+    kept = "1 of 2 passes done, block statistics (up to 1 file) to read back"
     assert f"keeps its work ({kept})" in capsys.readouterr().err
     assert sum(1 for _ in folders[0].glob("*.pt")) > 0
     assert main(args + ["--set", "calibration.seed=1"]) == 2

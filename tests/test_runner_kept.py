@@ -34,7 +34,7 @@ def test_a_stop_on_an_error_in_an_svd_pass_names_the_block_statistics_kept(tmp_p
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"dit-compress: {said}") and last.endswith(
         f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block statistics (up to 1 file), output Fishers "
-        "(up to 12 files) measured so far): --resume continues from pass 2 (whose keys may change)"), last
+        "(up to 12 files) to read back): --resume continues from pass 2 (whose keys may change)"), last
 
 
 def test_block_statistics_are_named_only_where_an_svd_pass_still_runs(tmp_path):
@@ -79,15 +79,15 @@ def test_an_errors_stop_names_the_block_statistics_and_fishers_kept_as_a_ctrl_c_
         (model / name).write_bytes(b"")
     (tmp_path / "calib" / "bbbb" / "x").mkdir(parents=True)
     (tmp_path / "calib" / "bbbb" / "x" / "blocks-0.pt").write_bytes(b"")  # another fingerprint's: not read
-    measured = "block statistics (up to 2 files), output Fishers (up to 1 file) measured so far"
-    rerun = ("a rerun of this recipe and teacher reads back those it measured instead of measuring them again "
+    measured = "block statistics (up to 2 files), output Fishers (up to 1 file)"
+    rerun = ("a rerun of this recipe and teacher reads back those it needs instead of measuring them again "
              "(keep the run folder)")
     assert resume_note(tmp_path, recipe, passes, "aaaa") == f"; {tmp_path} keeps {measured}: {rerun}"
     assert resume_note(tmp_path, recipe, passes) == "" == resume_note(tmp_path, recipe, passes, "cccc")
     stage = tmp_path / "stages" / "0-remove_blocks"
     stage.mkdir(parents=True)
     (stage / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
-    kept = f"; {tmp_path} keeps its work (1 of 2 passes done, {measured}): "
+    kept = f"; {tmp_path} keeps its work (1 of 2 passes done, {measured} to read back): "
     go_on = "--resume continues from pass 2 (whose keys may change)"
     assert resume_note(tmp_path, recipe, passes, "aaaa") == kept + go_on
     assert interrupt_note(tmp_path, False, recipe.raw, passes, "aaaa") == kept + "rerun with --resume to continue"
@@ -125,7 +125,7 @@ def test_a_ctrl_c_in_a_later_svd_pass_names_only_the_statistics_that_pass_reads(
     first, second = (sum(1 for _ in d.glob("*.pt")) for d in folders)
     assert first > 0 and second == 1, (first, second)
     assert last.endswith(f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done, block statistics (up to 1 file) "
-                         "measured so far): rerun with --resume to continue"), last
+                         "to read back): rerun with --resume to continue"), last
 
 
 def test_statistics_marked_read_by_a_kept_pass_are_not_counted(tmp_path):
@@ -196,7 +196,7 @@ def test_a_ctrl_c_in_the_last_svd_pass_does_not_count_a_cache_none_marks(tmp_pat
     svd = SimpleNamespace(name="svd", config=SVDConfig(fisher="none"))
     distill = SimpleNamespace(name="distill", config=SimpleNamespace(data="toy"))
     said = work_kept(tmp_path, None, "", "fp", None, [svd, distill])
-    assert said.startswith(f"; {tmp_path} keeps block statistics (up to 6 files) measured so far: a rerun"), said
+    assert said.startswith(f"; {tmp_path} keeps block statistics (up to 6 files): a rerun"), said
     assert "(up to 12 files)" in work_kept(tmp_path, None, "", "fp", None, [svd, svd])  # pass 2's cache: not known
     assert "(up to 12 files)" in work_kept(tmp_path, None, "", "fp", None)  # the passes not known
     (tmp_path / "calib" / "fp" / "marked" / "read-by.json").unlink()  # none marked: an older run's, counted
@@ -219,13 +219,10 @@ def test_the_passes_saved_are_said_in_good_grammar(done, total, step, words):
     assert saved_in_words({"done": done, "total": total, "step": step}) == words
 
 
-def test_a_ctrl_c_counts_the_statistics_found_as_up_to_what_a_rerun_reads_back(tmp_path, monkeypatch, capsys):
-    """Which block statistics an svd pass reads back is known only as it runs (their names hash its blocks'
-    inputs, targets and ranks): a Ctrl-C in a pass of the top-level modulation alone, after a finished run of
-    an attention pass in the same run folder, said 'keeps block statistics (N files) measured so far: a rerun
-    ... reads back those', and --resume then read back none of them (its end line says so): now 'up to N'."""
-    import re
-
+def _modulation_stopped_after_attention(tmp_path, monkeypatch, capsys):
+    """A finished run of an attention pass, then in the same run folder a pass of the top-level modulation
+    alone stopped by Ctrl-C as it factorizes: (run(name, *more) -> exit status, the statistics files the first
+    run left, the lines the stopped run printed; the Ctrl-C note last)."""
     from compress.passes.svd import SVDPass
     from tests.conftest import tiny_pixart
     from tests.runner_helpers import SIMPLE
@@ -245,11 +242,42 @@ def test_a_ctrl_c_counts_the_statistics_found_as_up_to_what_a_rerun_reads_back(t
     monkeypatch.setattr(SVDPass, "_compress", compress)
     capsys.readouterr()
     assert run("modulation") == 130
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    kept = re.search(r"keeps block statistics \(up to (\d+) files\) measured so far: a rerun", last)
-    assert kept and int(kept[1]) >= found > 0, last
+    said = capsys.readouterr()
     monkeypatch.undo()
+    return run, found, (said.out + said.err).strip().splitlines()
+
+
+def test_a_ctrl_c_counts_the_statistics_found_as_up_to_what_a_rerun_reads_back(tmp_path, monkeypatch, capsys):
+    """Which block statistics an svd pass reads back is known only as it runs (their names hash its blocks'
+    inputs, targets and ranks): a Ctrl-C in a pass of the top-level modulation alone, after a finished run of
+    an attention pass in the same run folder, said 'keeps block statistics (N files) measured so far: a rerun
+    ... reads back those', and --resume then read back none of them (its end line says so): now 'up to N'."""
+    import re
+
+    run, found, lines = _modulation_stopped_after_attention(tmp_path, monkeypatch, capsys)
+    kept = re.search(r"keeps block statistics \(up to (\d+) files\): a rerun", lines[-1])
+    assert kept and int(kept[1]) >= found > 0, lines[-1]
     assert run("modulation", "--resume") == 0
     said = [line for line in capsys.readouterr().err.splitlines() if "read back " in line]
     assert said == [f"  pass 1 (svd) read back none of the {kept[1]} files an earlier run measured: they are not of "
                     "its targets, blocks, inputs and ranks as they are now"], said
+
+
+def test_what_a_ctrl_c_finds_is_not_said_to_be_what_its_run_measured(tmp_path, monkeypatch, capsys):
+    """The block statistics in that run folder are the attention run's: the modulation pass's Ctrl-C said
+    '; RUN keeps block statistics (up to N files) measured so far: a rerun of this recipe and teacher reads
+    back those it measured instead of measuring them again', though it measured none of them, and a rerun
+    reads those it needs; the pass's start line said it 'reads back those of its blocks and inputs
+    unchanged since', though its blocks and inputs were unchanged and it read none (another target's).
+    Now whose run measured them is not said, and the start line names what its end line does."""
+    run, found, lines = _modulation_stopped_after_attention(tmp_path, monkeypatch, capsys)
+    start = (f"  pass 1 (svd) finds block statistics ({found} files) that an earlier run measured: it reads back "
+             "those of its targets, blocks, inputs and ranks as they are now, and says how many when it ends")
+    assert start in lines, lines
+    assert lines[-1].startswith(f"dit-compress: interrupted; {tmp_path / 'run'} keeps block statistics (up to "), lines
+    assert "files): a rerun of this recipe and teacher reads back those it needs instead of measuring them again " \
+           "(keep the run folder)" in lines[-1], lines[-1]
+    assert "measured so far" not in lines[-1] and "those it measured" not in lines[-1], lines[-1]
+    assert run("modulation", "--resume") == 0
+    said = capsys.readouterr()
+    assert start in (said.out + said.err).splitlines()

@@ -33,14 +33,14 @@ def test_the_teacher_samples_kept_are_named_where_a_distill_pass_still_to_run_re
         (cache / "shard-00099.tmp").write_bytes(b"")  # one being written: not counted
         if edit is not None:  # k4: an older dit-compress's cache, with no about.json
             (cache / "about.json").write_text(json.dumps({**about, **edit}))
-    kept = "teacher samples (3 of 16 shards) measured so far"
+    kept = "teacher samples (3 of 16 shards)"
     assert resume_note(tmp_path, recipe, passes, "aaaa").startswith(f"; {tmp_path} keeps {kept}: a rerun")
     assert resume_note(tmp_path, recipe, passes, "cccc") == ""
     stage = tmp_path / "stages" / "0-remove_blocks"
     stage.mkdir(parents=True)
     (stage / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
     assert interrupt_note(tmp_path, False, recipe.raw, passes, "aaaa") == (
-        f"; {tmp_path} keeps its work (1 of 3 passes done, {kept}): rerun with --resume to continue")
+        f"; {tmp_path} keeps its work (1 of 3 passes done, {kept} to read back): rerun with --resume to continue")
     (tmp_path / "stages" / "1-distill").mkdir()  # the distill pass saved: --resume samples nothing more
     (tmp_path / "stages" / "1-distill" / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
     assert resume_note(tmp_path, recipe, passes, "aaaa") == (
@@ -73,7 +73,7 @@ def test_a_refused_rerun_names_the_samples_of_the_fingerprint_written_last(tmp_p
     with pytest.raises(UserError) as e:
         check_run_folder(tmp_path, recipe.raw, build_passes(recipe))
     assert str(e.value) == (f"{tmp_path} holds an interrupted run of this recipe (1 of 2 passes done, teacher samples "
-                            "(3 of 16 shards) measured so far): add --resume to continue, or --restart to start over")
+                            "(3 of 16 shards) to read back): add --resume to continue, or --restart to start over")
 
 
 def test_the_one_shard_of_an_interrupted_distill_is_the_one_shard(tmp_path, monkeypatch):
@@ -104,6 +104,6 @@ def test_the_one_shard_of_an_interrupted_distill_is_the_one_shard(tmp_path, monk
     assert json.loads((folder / "about.json").read_text())["shards"] == 1
     recipe = parse_recipe("model: pixart\nteacher: toy:pixart\npasses:\n  - distill: {data: teacher_samples, "
                           "num_samples: 2, sample_steps: 2, batch_size: 4}\n", "r.yaml")
-    kept = f"; {tmp_path} keeps teacher samples (the one shard) measured so far: a rerun"
+    kept = f"; {tmp_path} keeps teacher samples (the one shard): a rerun"
     assert interrupt_note(tmp_path, False, recipe.raw, build_passes(recipe), "aaaa").startswith(kept)
     assert resume_note(tmp_path, recipe, build_passes(recipe), "aaaa").startswith(kept)

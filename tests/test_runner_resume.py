@@ -339,6 +339,6 @@ def test_resume_after_changing_the_last_pass_keeps_the_earlier_ones(pixart, monk
          "pass (with the same teacher)")
     (tmp_path / "run" / "stages" / "finished.json").unlink()  # as if its export were cut short
     with pytest.raises(UserError, match=r"another recipe \(it differs in passes\.1\.svd\.ratio; 2 of 2 passes "
-                                        r"done, block statistics \(up to 2 files\) measured so far\): --resume keeps its first 1 pass \(with the same teacher\) and "
+                                        r"done, block statistics \(up to 2 files\) to read back\): --resume keeps its first 1 pass \(with the same teacher\) and "
                                         r"runs the rest; add --restart"):
         runner("run", "out-d", "passes.1.svd.ratio=0.3").prepare()

@@ -59,7 +59,7 @@ def test_a_resumed_svd_pass_says_once_how_many_statistics_it_reads_back(tmp_path
     hits = json.loads((tmp_path / "out" / "report.json").read_text())["svd"]["cache_hits"]
     assert len(hits) == 2
     assert said == ["  pass 2 (svd) finds block statistics (2 files), output Fishers (12 files) that an "
-                    "earlier run measured: it reads back those of its blocks and inputs unchanged since, and says "
+                    "earlier run measured: it reads back those of its targets, blocks, inputs and ranks as they are now, and says "
                     "how many when it ends"]  # interrupted, or
     # finished and resumed after a recipe change
 
@@ -85,11 +85,11 @@ def test_every_rerun_says_what_each_svd_pass_reads_back(tmp_path, monkeypatch, c
     said, hits = said_and_hits(["--restart"])
     assert hits[0] == 2 and hits[1] == 0
     assert said == ["  pass 1 (svd) finds block statistics (2 files) that an earlier run measured: it reads back those "
-                    "of its blocks and inputs unchanged since, and says how many when it ends"]
+                    "of its targets, blocks, inputs and ranks as they are now, and says how many when it ends"]
     said, hits = said_and_hits(["--overwrite"])  # a plain rerun of the finished run: it starts over
     assert hits[0] > 2 and hits[1] > 0
     found = [re.fullmatch(r"  pass (\d) \(svd\) finds block statistics \((\d+) files?\) that an earlier run "
-                          r"measured: it reads back those of its blocks and inputs unchanged since, and says how many "
+                          r"measured: it reads back those of its targets, blocks, inputs and ranks as they are now, and says how many "
                           r"when it ends", line) for line in said]
     assert all(found) and [(int(m[1]), int(m[2])) for m in found] == [(1, hits[0]), (2, hits[1])], said
 
@@ -170,7 +170,7 @@ def test_a_resumed_svd_pass_says_in_one_line_the_output_fishers_it_reads_back(tm
         assert said == []
     else:
         assert said == [f"  pass 2 (svd) finds output Fishers ({fishers} files) that an earlier run measured: it "
-                        "reads back those of its blocks and inputs unchanged since, and says how many when it ends",
+                        "reads back those of its targets, blocks, inputs and ranks as they are now, and says how many when it ends",
                         f"  pass 2 (svd) read back all {fishers} files an earlier run measured"]
 
 
