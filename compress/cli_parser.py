@@ -27,6 +27,15 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, e.g. --set passes.2.svd.ratio=0.4 (repeatable)")
 
 
+def _output_teacher_options(p: argparse.ArgumentParser) -> None:
+    """--teacher-config and --lora: where eval and bench find what an output recorded, if it moved."""
+    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher "
+                   "(default: the one recorded, also with a --teacher that is a single file without one beside it)")
+    p.add_argument("--lora", action="append", metavar="PATH",
+                   help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
+                        "merged (default: the place the output recorded); once per LoRA, in the order it took them")
+
+
 class _CommandParser(argparse.ArgumentParser):
     """A command's parser: arguments it does not know are its own error (its usage, the option meant),
     not the top-level parser's, whose usage names no option of the command."""
@@ -98,11 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
     p.add_argument("model", help="output folder or teacher source such as toy:pixart")
     p.add_argument("--teacher", help="teacher to compare against (default: the one recorded)")
-    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher "
-                   "(default: the one recorded, also with a --teacher that is a single file without one beside it)")
-    p.add_argument("--lora", action="append", metavar="PATH",
-                   help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
-                        "merged (default: the place the output recorded); once per LoRA, in the order it took them")
+    _output_teacher_options(p)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.add_argument("--grid", metavar="PNG", help="write a sample grid")
     p.add_argument("--seed", type=int, default=None,
@@ -112,11 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency / memory of teacher vs student, as ratios")
     p.add_argument("out", help=OUT_HELP)
     p.add_argument("--teacher", help="teacher (default: the one recorded in the output)")
-    p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher "
-                   "(default: the one recorded, also with a --teacher that is a single file without one beside it)")
-    p.add_argument("--lora", action="append", metavar="PATH",
-                   help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
-                        "merged (default: the place the output recorded); once per LoRA, in the order it took them")
+    _output_teacher_options(p)
     p.add_argument("--repeats", type=int, default=20, help="timed denoising steps of each model, after 3 warm-ups (default 20)")
     p.add_argument("--batch", type=int, default=2,
                    help="images per step (default 2); classifier-free guidance doubles the rows for "
