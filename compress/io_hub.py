@@ -23,7 +23,7 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.io import WEIGHTS, config_model_class, read_config, variant_of, variant_weights
-from compress.io_hub_requests import cause_line, fetch_files, hub_head, repo_names
+from compress.io_hub_requests import bounded_hub, cause_line, download, fetch_files, hub_head, repo_names
 from compress.io_tensors import one_line
 
 SUBS = ("transformer/", "")  # where a repo's transformer config.json is: a pipeline's, a transformer-only one's
@@ -99,16 +99,15 @@ def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
 
 
 def fetch_config(repo_id: str) -> tuple[Path, str]:
-    """hub_config_file from the Hub (hf_hub_download, which falls back to the cache on its own and
-    moves the cache's refs/main to the commit its HEAD answered, before its GET: where that fails,
-    the error names both commits and the snapshot the cache holds, moved_main)."""
-    from huggingface_hub import hf_hub_download
-
+    """hub_config_file from the Hub (io_hub_requests.download: one HEAD without retries, then
+    hf_hub_download, which falls back to the cache on its own and moves the cache's refs/main to the
+    commit its HEAD answered, before its GET: where that fails, the error names both commits and the
+    snapshot the cache holds, moved_main)."""
     before, errors = main_commit(repo_id), []
     for sub in SUBS:
         try:
-            with quiet_hub():
-                return Path(hf_hub_download(repo_id, "config.json", subfolder=sub.rstrip("/") or None)), sub
+            with quiet_hub(), bounded_hub():
+                return Path(download(repo_id, sub, "config.json")), sub
         except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
             errors.append(e)
             if not not_in_repo(e):

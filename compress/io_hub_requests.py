@@ -7,7 +7,9 @@ huggingface_hub 2.4's client has no timeout of its own: `HfApi.list_repo_files` 
 `snapshot_download`'s repo_info / list_repo_tree send none, so a network that accepts the
 connection and never answers held a load forever. The list is read from `model_info` (which takes
 a timeout: HF_HUB_DOWNLOAD_TIMEOUT) and the files are fetched one by one with `hf_hub_download`
-(its HEAD waits HF_HUB_ETAG_TIMEOUT, its download HF_HUB_DOWNLOAD_TIMEOUT between reads).
+(its HEAD waits HF_HUB_ETAG_TIMEOUT, its download HF_HUB_DOWNLOAD_TIMEOUT between reads), each
+after one HEAD of ours without huggingface_hub's retries (`download`: a Hub that stopped answering
+fails at once, not after ~23 s of backoff sleeps).
 
 A Hub pipeline diffusers loads itself (a calibration pipeline, load_pipeline's base) sends its own
 requests (model_info, snapshot_download's), most naming no wait, hf_hub_download's retried HEAD a
@@ -17,6 +19,7 @@ most, and `timed_out` says those that ran out in words."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from pathlib import Path
@@ -54,20 +57,32 @@ def stopped_answering(repo_id: str, cause: str) -> None:
 
 
 def head_request(repo_id: str, name: str) -> tuple[str | None, str | None]:
-    """hub_head's request, sent (it waits HF_HUB_ETAG_TIMEOUT at most, get_hf_file_metadata's default)."""
+    """hub_head's request, sent (reach's): (why the Hub cannot be reached, None) or (None, the commit)."""
+    try:
+        return None, reach(repo_id, name)
+    except Exception as e:  # noqa: BLE001 - reach raises where the Hub cannot be reached alone
+        return cause_line(e, "HEAD"), None
+
+
+def reach(repo_id: str, name: str, revision: str | None = None) -> str | None:
+    """One HEAD for the repo's file `name` (of `revision`, else main) without huggingface_hub's
+    retries, waiting HF_HUB_ETAG_TIMEOUT at most (get_hf_file_metadata's default): the commit its
+    answer names (a 404 names it too; None where none is named, or the repo or the user's access
+    failed it: the fetch that follows says those); its error raised where the Hub cannot be reached."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
 
     from compress.io_hub import quiet_hub
 
     try:
         with quiet_hub():
-            answer = get_hf_file_metadata(hf_hub_url(repo_id, name), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+            answer = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=revision),
+                                          timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except Exception as e:  # noqa: BLE001 - the transport's errors vary with huggingface_hub's version
         if unreachable(e):
-            return cause_line(e, "HEAD"), None
+            raise
         headers = getattr(getattr(e, "response", None), "headers", None) or {}
-        return None, headers.get("X-Repo-Commit")
-    return None, getattr(answer, "commit_hash", None)
+        return headers.get("X-Repo-Commit")
+    return getattr(answer, "commit_hash", None)
 
 
 def unreachable(e: Exception) -> bool:
@@ -96,17 +111,43 @@ def repo_names(repo_id: str, sub: str, **revision) -> list[str]:
 
 def fetch_files(repo_id: str, sub: str, names: list[str], **revision) -> Path:
     """The local folder of the repo folder `sub` once its files `names` are fetched (of `revision`,
-    where given), one hf_hub_download each: snapshot_download's own list has no timeout. Inside
-    bounded_hub: hf_hub_download asks a HEAD that timed out again with a 60 s wait of its own."""
-    from huggingface_hub import hf_hub_download
-
+    where given), one `download` each: snapshot_download's own list has no timeout. Inside
+    bounded_hub: hf_hub_download asks a HEAD that timed out again with a 60 s wait of its own (where
+    the Hub stops answering between download's HEAD and its own)."""
     from compress.io_hub import quiet_hub
 
     folder = None
     with quiet_hub(), bounded_hub():
         for name in names:
-            folder = Path(hf_hub_download(repo_id, name, subfolder=sub.rstrip("/") or None, **revision)).parent
+            folder = Path(download(repo_id, sub, name, **revision)).parent
     return folder
+
+
+def download(repo_id: str, sub: str, name: str, **revision) -> str:
+    """hf_hub_download of the repo file SUB+`name` (of `revision`), its HEAD asked first with reach's
+    one request: hf_hub_download asks a HEAD the Hub did not answer again 5 times, with 1+2+4+8+8 s of
+    backoff sleeps between (~23 s where the Hub stopped answering after an earlier request; minutes
+    where it holds the requests: 60 s waits of its own outside bounded_hub), before its error. Where
+    that request finds the Hub unreachable, the cache's copy (hf_hub_download's own fall-back, no
+    request), else LocalEntryNotFoundError raised from the request's error, as hf_hub_download's. A
+    file the cache holds of the commit `revision` names is not asked for."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    commit = revision.get("revision")
+    kept = try_to_load_from_cache(repo_id, sub + name, revision=commit) if commit else None
+    if isinstance(kept, str):
+        return kept
+    fetch = functools.partial(hf_hub_download, repo_id, name, subfolder=sub.rstrip("/") or None, **revision)
+    try:
+        reach(repo_id, sub + name, commit)
+    except Exception as e:  # noqa: BLE001 - reach raises where the Hub cannot be reached alone
+        try:
+            return fetch(local_files_only=True)
+        except LocalEntryNotFoundError:
+            raise LocalEntryNotFoundError(f"the Hub cannot be reached for {repo_id}'s {sub}{name}, and the "
+                                          "cache holds no copy of it") from e
+    return fetch()
 
 
 def cause_line(e: Exception, method: str | None = None, sent: Unanswered | None = None) -> str:

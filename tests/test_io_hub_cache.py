@@ -104,7 +104,9 @@ def test_an_online_teacher_the_cache_holds_at_the_hubs_commit_asks_the_hub_once_
 
 def test_an_online_teacher_the_hub_has_moved_on_from_is_fetched_at_one_commit(tmp_path, monkeypatch):
     """The Hub at a newer commit than the cache's main: the config is fetched (refs/main moves to it),
-    then the list and the weights of that same commit (they were main's, whatever main was by then)."""
+    then the list and the weights of that same commit (they were main's, whatever main was by then);
+    each hf_hub_download after its HEAD without retries (io_hub_requests.download), the config of
+    that commit not asked for again."""
     old, new = tiny_pixart(seed=0), tiny_pixart(seed=1)
     _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "old", old))
     hub = _Hub(monkeypatch, tmp_path, _pipeline(tmp_path / "new", new), NEWER)
@@ -112,10 +114,9 @@ def test_an_online_teacher_the_hub_has_moved_on_from_is_fetched_at_one_commit(tm
     assert all(torch.equal(v, new.state_dict()[k]) for k, v in teacher.state_dict().items())
     weights = "transformer/diffusion_pytorch_model.safetensors"
     assert hub.asked == [("HEAD", "main/transformer/config.json"),
-                         ("hf_hub_download", "transformer/config.json", None),
+                         ("HEAD", "main/transformer/config.json"), ("hf_hub_download", "transformer/config.json", None),
                          ("model_info", NEWER),
-                         ("hf_hub_download", "transformer/config.json", NEWER),
-                         ("hf_hub_download", weights, NEWER)]
+                         ("HEAD", f"{NEWER}/{weights}"), ("hf_hub_download", weights, NEWER)]
 
 
 def test_a_snapshot_of_another_revision_is_named_by_teachers_outputs_and_loras_alike(tmp_path, monkeypatch):
@@ -243,7 +244,8 @@ def test_held_otherwise_is_none_where_the_cache_holds_nothing_of_the_repo(tmp_pa
 @pytest.mark.parametrize("cached", [True, False])
 def test_a_runs_source_check_and_load_send_the_hubs_head_once(tmp_path, monkeypatch, cached):
     """A run checks its Hub teacher's config (io_source) before it loads it: each asked the Hub
-    (get_hf_file_metadata) whether it answers and at which commit, 2 HEADs; the answer is kept."""
+    (get_hf_file_metadata) whether it answers and at which commit, 2 HEADs; the answer is kept. The
+    other HEADs are io_hub_requests.download's, one before each hf_hub_download."""
     from compress.io_source import checked
 
     model = tiny_pixart()
@@ -254,4 +256,6 @@ def test_a_runs_source_check_and_load_send_the_hubs_head_once(tmp_path, monkeypa
     assert checked("acme/pix").config["num_layers"] == 3
     teacher = load_teacher("acme/pix")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
-    assert [a for a in hub.asked if a[0] == "HEAD"] == [("HEAD", f"main/{'transformer/' if cached else ''}config.json")]
+    heads = [a for a in hub.asked if a[0] == "HEAD"]
+    assert heads[0] == ("HEAD", f"main/{'transformer/' if cached else ''}config.json") not in heads[1:]
+    assert len(heads) - 1 == len([a for a in hub.asked if a[0] == "hf_hub_download"]), hub.asked

@@ -1,0 +1,99 @@
+"""io_hub_requests.download: a Hub teacher whose Hub answered a request and then stopped answering
+(its requests held, or its address refusing connections) fails at once in one line naming the
+teacher and what to do. hf_hub_download (io_hub.fetch_config's teacher config, fetch_files' weights)
+asked a HEAD the Hub did not answer again 5 times, 1+2+4+8+8 s of backoff sleeps between, each held
+one 60 s outside bounded_hub; now its HEAD is asked first with hub_head's one request, no retries."""
+
+from __future__ import annotations
+
+import pytest
+
+from compress import load_teacher
+from compress.errors import UserError
+from tests.conftest import tiny_pixart
+from tests.hub_server import _model_info, _reply, _serve, within
+from tests.test_io_hub_unreachable import _unreachable
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of the test's own; hub_head's earlier answers forgotten."""
+    from huggingface_hub import constants
+
+    import compress.io_hub_requests as io_hub_requests
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(io_hub_requests, "_HEADS", {})
+
+
+def _stopping_hub(monkeypatch, tmp_path, last, refuse: bool):
+    """A Hub on 127.0.0.1 (tests/hub_server) holding acme/pix, a tiny PixArt transformer's config and
+    weights in transformer/, that answers requests up to the one `last(request line)` is true of,
+    then stops: holds every later request unanswered, or where `refuse`, its address a port nothing
+    listens on from then (connection refused). HF_HUB_*_TIMEOUT 1 s."""
+    tiny_pixart().save_config(tmp_path / "transformer")
+    config = (tmp_path / "transformer" / "config.json").read_bytes()
+    files = ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"]
+    stopped = []
+
+    def answer(line: str) -> bytes | None:
+        if "/api/agent-harnesses" in line:  # the registry (tests/hub_server)
+            return _reply("404 Not Found", b"", head=True)
+        if stopped:
+            return None
+        if last(line):
+            stopped.append(line)
+            if refuse:
+                _unreachable(monkeypatch)
+        if " /api/models/acme/pix" in line:
+            return _model_info(line, "acme/pix", files)
+        found = "/transformer/config.json " in line
+        return _reply("200 OK" if found else "404 Not Found\r\nX-Error-Code: EntryNotFound", config if found else b"",
+                      head=line.startswith("HEAD "))
+    return _serve(monkeypatch, answer)
+
+
+CACHE_LACKS = "and the Hugging Face cache {} does not hold it; pass a local folder or file, or check the id and your network"
+
+
+def _failed_at_once(hub, tmp_path, cause: str) -> list[str]:
+    """load_teacher('acme/pix') against `hub`: its one line, within 5 s (it took 23 s to minutes);
+    the requests the Hub saw."""
+    seen = next(hub)
+    try:
+        error, took = within(12, lambda: load_teacher("acme/pix"))
+    finally:
+        next(hub, None)  # the server closed, its held requests answered by a closed connection
+    assert isinstance(error, UserError), error
+    assert str(error) == f"cannot fetch 'acme/pix' from the Hugging Face Hub ({cause}) " + \
+        CACHE_LACKS.format(tmp_path / "hub"), error
+    assert took < 5, f"{took:.1f} s"
+    return [line for line, *_ in seen if "agent-harnesses" not in line]
+
+
+HELD = "ReadTimeout: timed out (no answer within 1 s; set HF_HUB_ETAG_TIMEOUT to wait longer)"
+REFUSED = "ConnectError: [Errno 111] Connection refused"
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["held", "refused"])
+def test_a_teacher_config_the_hub_stops_answering_for_after_its_first_request_fails_at_once(
+        monkeypatch, tmp_path, refuse):
+    """hub_head's request answered, then none: fetch_config's hf_hub_download of the config held the
+    load 23.4 s (refused) or 385 s (held: its retries wait 60 s each, outside bounded_hub; its line
+    said 'no answer within 1 s') before its error."""
+    hub = _stopping_hub(monkeypatch, tmp_path, lambda line: True, refuse)
+    asked = _failed_at_once(hub, tmp_path, REFUSED if refuse else HELD)
+    heads = ["HEAD /acme/pix/resolve/main/config.json", "HEAD /acme/pix/resolve/main/transformer/config.json"]
+    assert [" ".join(line.split(" ")[:2]) for line in asked] == heads[:1 if refuse else 2], asked  # one held
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["held", "refused"])
+def test_teacher_weights_the_hub_stops_answering_for_fail_at_once(monkeypatch, tmp_path, refuse):
+    """The config and the file list answered, the weights' requests not: fetch_files' hf_hub_download
+    held the load 23.8 s (refused) or 30.3 s (held: 7 tries of 1 s in bounded_hub, and the sleeps)."""
+    weights = "/transformer/diffusion_pytorch_model.safetensors "
+    hub = _stopping_hub(monkeypatch, tmp_path, lambda line: " /api/models/acme/pix" in line, refuse)
+    asked = _failed_at_once(hub, tmp_path, REFUSED if refuse else HELD)
+    assert sum(weights in line for line in asked) == (not refuse), asked
