@@ -173,9 +173,10 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     output took are now, io.load_teacher_of; `teacher`, `teacher_config`: --teacher, --teacher-config,
     in place of the recorded ones, report_teacher.recorded_teacher)."""
     from compress.arch import get_adapter
+    from compress.commands import given_output
 
     given = out  # its lines name `given`: a Hub id, not the snapshot
-    out = output_folder(_output_folder(Path(out).expanduser()))  # a pipeline folder: its transformer/, as inspect, eval
+    out = output_folder(given_output(Path(out).expanduser(), "bench"))  # a pipeline folder: its transformer/, as inspect, eval
     if repeats < 1 or batch < 1:
         raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
     dev = _device(device)  # before loading: a wrong --device is refused at once, not after the models load
@@ -221,26 +222,6 @@ def _speedup(ratios: dict) -> dict:
     teacher_step_s / student_step_s, the ratio of the medians) and its spread."""
     return {"speedup": ratios["median"], "speedup_quartiles": ratios["quartiles"],
             "speedup_range": ratios["range"], "speedup_spread": ratios["spread"], "timing_note": ratios["note"]}
-
-
-def _output_folder(out: Path) -> Path:
-    """`out` if it is a folder (load_transformer says whether it is an output), else the Hugging Face
-    cache's copy of a Hub id (commands.cached_output_said, which notes that it reads it). The weight
-    file of an output is refused in eval's words (io_source.check_source: give its folder)."""
-    from compress.io_source import check_source, output_weights
-
-    if out.is_file() and output_weights(out):
-        check_source(str(out))  # raises: "... is a weight file of the dit-compress output ...: give that folder"
-    if out.is_file():
-        raise UserError(f"{out} is a file: bench takes an output folder (dit-compress bench OUT, OUT written by run)")
-    if not out.is_dir():
-        from compress.commands import cached_output_said
-
-        cached = cached_output_said(str(out), "bench")  # a Hub id: the cache's copy, where it is an output
-        if cached is not None:
-            return cached
-        raise UserError(f"{out}: no such output folder (dit-compress bench OUT, OUT written by run)")
-    return out
 
 
 def _faster(speedup: float) -> str:

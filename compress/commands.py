@@ -115,6 +115,25 @@ def cached_output_said(source: str, what: str) -> Path | None:
     return cached
 
 
+def given_output(out: Path, command: str) -> Path:
+    """The output folder `command` (inspect, bench) was given as `out`: `out` where it is a folder
+    (load_transformer says whether it is an output), else the Hugging Face cache's copy of a Hub id
+    (cached_output_said, which notes once that it reads it). The weight file of an output is refused in
+    eval's words (io_source.check_source: give its folder); another file, or a path not there, in the
+    command's."""
+    usage = f"(dit-compress {command} OUT, OUT written by run)"
+    if out.is_file():
+        if output_weights(out):
+            check_source(str(out))  # raises: "... is a weight file of the dit-compress output ...: give that folder"
+        raise UserError(f"{out} is a file: {command} takes an output folder {usage}")
+    if out.is_dir():
+        return out
+    cached = cached_output_said(str(out), command)  # a Hub id: the cache's copy, where it is an output
+    if cached is None:
+        raise UserError(f"{out}: no such output folder {usage}")
+    return cached
+
+
 def _toy_options_only(grid: Path | None, seed: int | None) -> None:
     """--grid and --seed are the toy evaluation's; a UserError for a real model."""
     if grid:

@@ -21,8 +21,10 @@ from compress.words import counted
 
 
 def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
+    from compress.commands import given_output
+
     given = Path(out).expanduser()
-    folder = _existing_folder(given)
+    folder = given_output(given, "inspect")
     title = str(given) if folder != given else None  # a Hub id as the user gave it, not the cache's snapshot
     out = output_folder(folder)  # a pipeline folder: its transformer/, where its report.json would be
     model = load_transformer(out, nonfinite="warn")  # for looking: a damaged output is shown, with a warning
@@ -53,24 +55,6 @@ def _plot_folder(plot_dir: str | None) -> Path | None:
         raise UserError("--plot is empty: give the folder to write the PNGs into (. for the current one), "
                         "or leave --plot out")
     return output_dir(plot_dir, "--plot")
-
-
-def _existing_folder(out: Path) -> Path:
-    """`out` if it is a folder (load_transformer says whether it is an output), else the Hugging Face
-    cache's copy of a Hub id (commands.cached_output_said, which notes once that it reads it, as eval
-    and bench do): a missing path was called "not a dit-compress output folder", where eval and bench
-    say there is no such thing."""
-    if out.is_file():
-        raise UserError(f"{out} is a file: inspect takes an output folder (dit-compress inspect OUT, "
-                        "OUT written by run)")
-    if not out.is_dir():
-        from compress.commands import cached_output_said
-
-        cached = cached_output_said(str(out), "inspect")  # a Hub id: the cache's copy, where it is an output
-        if cached is not None:
-            return cached
-        raise UserError(f"{out}: no such output folder (dit-compress inspect OUT, OUT written by run)")
-    return out
 
 
 def _print_inspection(title: str, model, rows: list[dict], report: dict, block_map: dict | None,

@@ -355,3 +355,14 @@ def test_inspect_names_compensation_stages_by_module(tmp_path, capsys, model, st
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("compensation ")]
     assert printed == [f"compensation {s}: calibration error 0.5 → 0.25 (step 0.5 of the K-FAC Newton step)"
                        for s in said]
+
+
+def test_inspect_of_an_outputs_weight_file_names_its_folder_as_eval_and_bench_do(tmp_path, capsys):
+    """inspect OUT/diffusion_pytorch_model.safetensors said 'OUT/diffusion_pytorch_model.safetensors is a
+    file: inspect takes an output folder', where eval and bench name the output it is the weight file of."""
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], rank=2), tmp_path / "out")
+    weights = out / "diffusion_pytorch_model.safetensors"
+    assert main(["inspect", str(weights)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dit-compress: error: {weights} is a weight file of the dit-compress output {out}: give that folder, "
+        "which loads it with its ranks and block map")
