@@ -85,7 +85,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     it what it checked and made already: `sources` (io_source.checked_sources of the recipe, then
     `teacher` and `teacher_config` are not read) and `passes` (passes.build_passes of the recipe). Without
     --teacher-config, the recipe's `teacher_config:` is read (recipe_teacher_config.teacher_config_of)."""
-    # there, of the recipe's family
+    # the teacher checked: there, of the recipe's family
     src = sources or checked_sources(recipe, teacher, teacher_config_of(recipe, teacher_config, teacher), hub=False)
     if recipe.stream:  # a single file or an output: refused as the run's checkpoint_of refuses it
         check_streamable(src)
