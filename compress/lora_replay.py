@@ -13,6 +13,7 @@ from torch import nn
 from compress.errors import UserError
 from compress.lora import merge_lora
 from compress.lora_keys import STATE_DICT
+from compress.lora_teacher import LoraBase
 from compress.output_names import is_output, output_config
 from compress.words import counted
 
@@ -57,7 +58,7 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
 
     recorded = (getattr(teacher, "compression_meta", None) or {}).get("teacher")
     if "blocks_of" not in record:
-        return True
+        return read_as_took(teacher, record, took, source, took_files)
     if not recorded:  # a model of all its blocks, as the base is, unless they were read as an output's
         if not _removes_blocks(record["blocks_of"]):
             return False
@@ -92,6 +93,87 @@ def other_files(source: str, took: str, took_files: dict | None) -> str | None:
     return signature_change(teacher_signature(took) if Path(took).exists() else took_files, source)
 
 
+def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str | None,
+                 took_files: dict | None) -> bool | dict:
+    """A record without `blocks_of` (merged before records named a base): the LoRA's blocks were read as
+    those of the student's teacher `took`. True (own blocks, as before) where the teacher is `took` (its
+    path, or its weight files: `took`'s now, else `took_files`), or where neither its blocks nor
+    `took`'s are known to be renumbered (or `took` is not there, and nothing tells them apart); mapped to the teacher's (mapped_blocks) where both descend from
+    one base; else a UserError (old_record_elsewhere): its block i is not `took`'s block i."""
+    from compress.report_teacher import absolute_source
+
+    if took is None or source is None or absolute_source(source) == absolute_source(str(took)):
+        return True
+    compared = _compared_files(source, str(took), took_files)  # None: not comparable
+    if compared is False:
+        return True  # `took` at another place
+    ours = _teacher_base(teacher, source)
+    try:
+        theirs = _output_base(str(took))
+    except UserError:
+        theirs = None  # its chain cannot be followed: its blocks are not known
+    if theirs is None and not _missing(str(took)):
+        theirs = LoraBase({}, str(took), None, [])  # there now, no output: a base, its own blocks
+    if ours is None or (theirs is None and (compared is None or not _renumbers(ours.block_map))):
+        return True  # nothing known to be renumbered, or to be another model: as before
+    if theirs is not None and not theirs.moved and absolute_source(theirs.source) == absolute_source(ours.source):
+        return _mapping(teacher, ours.block_map, theirs.block_map)
+    if theirs is not None and not _renumbers(ours.block_map) and not _renumbers(theirs.block_map):
+        return True
+    raise old_record_elsewhere(record, str(took), source, ours, theirs)
+
+
+def _compared_files(source: str, took: str, took_files: dict | None) -> bool | None:
+    """Whether the weight files of the teacher `source` differ from those of `took` (read now where it
+    is there, else as the student recorded them); None where either is not known."""
+    from compress.io_signature import signature_change, teacher_signature
+
+    recorded = teacher_signature(took) if Path(took).expanduser().exists() else took_files
+    if not recorded or teacher_signature(source) is None:
+        return None
+    return signature_change(recorded, source) is not None
+
+
+def _teacher_base(teacher: nn.Module, source: str):
+    """The teacher's lora_teacher.LoraBase: its chain's base and block map (itself, no map, where it
+    records no teacher); None where its chain cannot be followed."""
+    from compress.lora_teacher import lora_base
+
+    if not (getattr(teacher, "compression_meta", None) or {}).get("teacher"):
+        return LoraBase({}, source, None, [])
+    try:
+        return lora_base(teacher)
+    except UserError:
+        return None
+
+
+def _renumbers(block_map: dict) -> bool:
+    """Whether a block map (lora_teacher.LoraBase.block_map) gives a block another index than its base's."""
+    return any(kept != list(range(len(kept))) for kept in block_map.values())
+
+
+def _missing(source: str) -> bool:
+    """Whether `source` names a local path not there now."""
+    from compress.io import looks_local
+
+    return looks_local(source) and not Path(source).expanduser().exists()
+
+
+def old_record_elsewhere(record: dict, took: str, source: str, ours, theirs) -> UserError:
+    """The refusal of a LoRA recorded without `blocks_of` (read as blocks of the student's teacher
+    `took`) replayed on another teacher (`source`, its base and block map `ours`) whose blocks are
+    numbered otherwise, or may be (`theirs`: `took`'s, None where not known)."""
+    if theirs is None:
+        why = f"{took} is not there now, or its chain of teachers cannot be followed, to map them"
+    else:
+        why = f"{took}'s descend from {theirs.source}, the teacher's from {ours.source}"
+    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora) was recorded before records "
+                     f"named the model its blocks are of (no blocks_of in its record): they were read as blocks of "
+                     f"the model's teacher {took}, but the teacher to compare with, {source}, has its blocks "
+                     f"numbered otherwise ({why}): its block i is not {took}'s block i; compare with the model's own "
+                     f"teacher {took} (put it back, or give its new place with --teacher)")
+
+
 def mapped_blocks(teacher: nn.Module, took: str, base: str | None) -> dict[str, list[int]] | None:
     """{group: the block of the output `took` (there now) descending from the same base block as the
     teacher's block 0, 1, ... (-1: none, a block `took`'s chain removed)}, where the teacher's blocks
@@ -99,7 +181,6 @@ def mapped_blocks(teacher: nn.Module, took: str, base: str | None) -> dict[str, 
     (lora_teacher.lora_base of each): a LoRA read as `took`'s own blocks is then given to the teacher
     exactly as a LoRA of that base. None where `took` is no output there now, its chain cannot be
     followed (or its own teacher is not there), or leads to another base."""
-    from compress.arch import get_adapter
     from compress.lora_teacher import lora_base
     from compress.report_teacher import absolute_source
 
@@ -110,12 +191,20 @@ def mapped_blocks(teacher: nn.Module, took: str, base: str | None) -> dict[str, 
     if theirs is None or theirs.moved or base is None or absolute_source(theirs.source) != absolute_source(base):
         return None
     ours = lora_base(teacher).block_map if getattr(teacher, "compression_meta", None) else {}
+    return _mapping(teacher, ours, theirs.block_map)
+
+
+def _mapping(teacher: nn.Module, ours: dict, theirs: dict) -> dict[str, list[int]]:
+    """{group: the index in `theirs` (a block map of one base) of the base block the teacher's block 0,
+    1, ... descends from (`ours`: the teacher's map of that base), -1 where `theirs` removed it}."""
+    from compress.arch import get_adapter
+
     out = {}
     for g in get_adapter(teacher).groups:
-        if g.name not in ours and g.name not in theirs.block_map:
+        if g.name not in ours and g.name not in theirs:
             continue
         kept = ours.get(g.name, range(len(getattr(teacher, g.attr))))  # the base index of our block i
-        of_took = theirs.block_map.get(g.name)
+        of_took = theirs.get(g.name)
         out[g.name] = [of_took.index(i) if i in of_took else -1 for i in kept] if of_took is not None else list(kept)
     return out
 

@@ -6,6 +6,7 @@ LoRA of the base (lora_replay.mapped_blocks); a teacher of another base is still
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 
@@ -48,7 +49,17 @@ def moved_chain(tmp_path):
     return base, c, lora, weights
 
 
-def _same(teacher, want: dict) -> bool:
+def other_base_copies(tmp_path, output: str) -> None:
+    """base2, a copy of the base elsewhere, and a3, a copy of `output` (an output of the base) recording
+    base2 for its teacher: of another base."""
+    shutil.copytree(tmp_path / "base", tmp_path / "base2")
+    shutil.copytree(tmp_path / output, tmp_path / "a3")
+    config = json.loads((tmp_path / "a3" / "config.json").read_text())
+    config["compression"]["teacher"] = str((tmp_path / "base2").resolve())
+    (tmp_path / "a3" / "config.json").write_text(json.dumps(config))
+
+
+def same(teacher, want: dict) -> bool:
     got = teacher.state_dict()
     return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
@@ -70,23 +81,17 @@ def test_a_lora_read_as_a_moved_teachers_blocks_is_mapped_through_the_chains_to_
     save_file(as_base_lora(weights, B_OF_BASE), str(tmp_path / "base-lora.safetensors"))
     expected = copy.deepcopy(base) if other == "base" else load_transformer(tmp_path / other)
     merge_lora(expected, tmp_path / "base-lora.safetensors")  # a LoRA of the base, through other's own chain
-    assert _same(load_teacher_of(c, str(tmp_path / other)), expected.state_dict())
+    assert same(load_teacher_of(c, str(tmp_path / other)), expected.state_dict())
 
 
 def test_a_lora_read_as_a_moved_teachers_blocks_is_refused_on_a_teacher_of_another_base(tmp_path):
     """A copy of the base elsewhere (base2), or an output of it: the chains lead to two bases, no mapping
     is known to be exact: one line, as before (not_took)."""
-    import json
-
     from compress.errors import UserError
     from compress.io import load_teacher_of
 
     _, c, lora, _ = moved_chain(tmp_path)
-    shutil.copytree(tmp_path / "base", tmp_path / "base2")
-    shutil.copytree(tmp_path / "a2", tmp_path / "a3")
-    config = json.loads((tmp_path / "a3" / "config.json").read_text())
-    config["compression"]["teacher"] = str((tmp_path / "base2").resolve())
-    (tmp_path / "a3" / "config.json").write_text(json.dumps(config))
+    other_base_copies(tmp_path, "a2")
     b = str((tmp_path / "b").resolve())
     for other, why in [("a3", f"its weight files are not {b}'s: "), ("base2", f"no dit-compress output, and {b} one")]:
         with pytest.raises(UserError) as e:

@@ -1,0 +1,82 @@
+"""eval and bench of an output whose LoRA record has no blocks_of (merged before records named a base:
+the LoRA read as its teacher T's own blocks) give another teacher the LoRA in T's numbering only where
+that is the teacher's own: mapped through both chains where they lead to one base, refused in one line
+where the teacher's blocks are numbered otherwise (lora_replay.read_as_took); T itself, as before."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_lora_replay_mapped import B_OF_BASE, as_base_lora, other_base_copies, same
+
+peft = pytest.importorskip("peft")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:.*invalid shape")]
+
+
+def old_record_chain(tmp_path):
+    """(base, c, b's LoRA file, its weights): c (base -> a -> b -> c, b = base blocks 0 1 2 5) records a
+    LoRA of b's blocks without blocks_of, as merges before e6e1935 did, and b's weight files."""
+    from compress.io_output import load_transformer
+    from compress.io_signature import teacher_signature
+    from tests.test_lora_chain import _chain
+    from tests.test_lora_limits import _save, _state
+
+    base, c_folder = _chain(tmp_path, "pixart")
+    weights = _state(load_transformer(tmp_path / "b"), ["to_q"])
+    lora = _save(weights, tmp_path / "b-lora.safetensors")
+    c = load_transformer(c_folder)
+    c.compression_meta["loras"] = [{"source": str(lora.resolve()), "scale": 1.0, "modules": 1}]
+    c.compression_meta["teacher_files"] = teacher_signature(str(tmp_path / "b"))  # as a run records it
+    return base, c, lora, weights
+
+
+@pytest.mark.parametrize("other", ["a", "base"])
+def test_an_old_record_is_mapped_to_a_teacher_of_its_teachers_base(tmp_path, other):
+    """Before: --teacher a gave a's block 3 (base block 4) the LoRA of b's block 3 (base block 5), and the
+    base its blocks 0-3 the LoRA's, rc 0 without a word. Now each block takes the LoRA of b's block of its
+    base block (none where b removed it), as the same LoRA renumbered as a LoRA of the base."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+
+    base, c, _, weights = old_record_chain(tmp_path)
+    save_file(as_base_lora(weights, B_OF_BASE), str(tmp_path / "base-lora.safetensors"))
+    expected = copy.deepcopy(base) if other == "base" else load_transformer(tmp_path / other)
+    merge_lora(expected, tmp_path / "base-lora.safetensors")
+    assert same(load_teacher_of(c, str(tmp_path / other)), expected.state_dict())
+
+
+def test_an_old_record_is_refused_on_a_teacher_numbered_otherwise_and_taken_by_its_own_teacher_moved(tmp_path):
+    """An output of a copy of the base elsewhere (a3, base2: another base), or a while b is not there (its
+    blocks unknown): refused in one line naming the record's teacher and what to do; b at a new place
+    (its files as c recorded them) still takes the LoRA in its own blocks."""
+    from compress.errors import UserError
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+
+    _, c, lora, _ = old_record_chain(tmp_path)
+    other_base_copies(tmp_path, "a")
+    b, base, base2 = (str((tmp_path / n).resolve()) for n in ["b", "base", "base2"])
+
+    def refusal(other, why) -> str:
+        return (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was recorded before records named the "
+                f"model its blocks are of (no blocks_of in its record): they were read as blocks of the model's "
+                f"teacher {b}, but the teacher to compare with, {tmp_path / other}, has its blocks numbered otherwise "
+                f"({why}): its block i is not {b}'s block i; compare with the model's own teacher {b} (put it back, "
+                "or give its new place with --teacher)")
+
+    with pytest.raises(UserError) as e:
+        load_teacher_of(c, str(tmp_path / "a3"))
+    assert str(e.value) == refusal("a3", f"{b}'s descend from {base}, the teacher's from {base2}")
+    (tmp_path / "b").rename(tmp_path / "b-moved")
+    with pytest.raises(UserError) as e:
+        load_teacher_of(c, str(tmp_path / "a"))
+    assert str(e.value) == refusal("a", f"{b} is not there now, or its chain of teachers cannot be followed, to map them")
+    expected = load_transformer(tmp_path / "b-moved")
+    merge_lora(expected, lora, own_blocks=True)
+    assert same(load_teacher_of(c, str(tmp_path / "b-moved")), expected.state_dict())
