@@ -36,14 +36,15 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     output there now whose chain leads to the teacher's base, the LoRA is mapped through both chains
     (mapped_blocks)."""
     sources = replayed_sources(loras, moved, warn=False)  # warned before loading
-    taken = [read_as_own_blocks(teacher, record, took, source, took_files) for record in loras]
+    seen: dict = {}  # each teacher's weight files fingerprinted once, whatever the records
+    taken = [read_as_own_blocks(teacher, record, took, source, took_files, seen) for record in loras]
     for record, lora, own_blocks in zip(loras, sources, taken):
         mapped = own_blocks if isinstance(own_blocks, dict) else None
         merge_lora(teacher, lora, scale=record["scale"], own_blocks=own_blocks is True, blocks=mapped)
 
 
 def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None, source: str | None = None,
-                       took_files: dict | None = None) -> bool | dict:
+                       took_files: dict | None = None, seen: dict | None = None) -> bool | dict:
     """Whether the student read the LoRA's blocks as its teacher's own: a record without `blocks_of`,
     or one naming the student's teacher (`took`: the one it records), moved away when it took the LoRA
     and read as a base (lora_teacher.lora_base), not the first of the teacher's own chain. Through its
@@ -52,13 +53,14 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
     teacher's blocks descend from another base's, so neither way gives it the LoRA the student took;
     so is one naming `took` where the teacher (loaded from `source`) is another model (not_took), unless
     `took` is an output there now whose chain leads to the teacher's base: then {group: the LoRA's block
-    of the teacher's block 0, 1, ...} (mapped_blocks), merge_lora's `blocks`."""
+    of the teacher's block 0, 1, ...} (mapped_blocks), merge_lora's `blocks`. `seen`: the weight files'
+    fingerprints read so far (fingerprint)."""
     from compress.lora_teacher import followed
     from compress.report_teacher import absolute_source, teacher_chain
 
     recorded = (getattr(teacher, "compression_meta", None) or {}).get("teacher")
     if "blocks_of" not in record:
-        return read_as_took(teacher, record, took, source, took_files)
+        return read_as_took(teacher, record, took, source, took_files, seen)
     if not recorded:  # a model of all its blocks, as the base is, unless they were read as an output's
         if not _removes_blocks(record["blocks_of"]):
             return False
@@ -72,7 +74,7 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
         return False
     if took is None or blocks_of != absolute_source(str(took)):
         raise other_base(record, chain)
-    other = source is not None and absolute_source(source) != blocks_of and other_files(source, blocks_of, took_files)
+    other = source is not None and absolute_source(source) != blocks_of and other_files(source, blocks_of, took_files, seen)
     if other and is_output(blocks_of):
         mapped = mapped_blocks(teacher, blocks_of, chain[-1])
         if mapped is None:
@@ -83,18 +85,33 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
     return True
 
 
-def other_files(source: str, took: str, took_files: dict | None) -> str | None:
+def other_files(source: str, took: str, took_files: dict | None, seen: dict | None = None) -> str | None:
     """How the weight files of the teacher `source` differ from those of the student's own teacher
     `took` (read now where it is there, else as the student recorded them: `took_files`), in words
     (io_signature.signature_change); None where they do not, or cannot be compared (a Hub id, a toy,
-    no record): the teacher is then taken for that one, moved."""
-    from compress.io_signature import signature_change, teacher_signature
+    no record): the teacher is then taken for that one, moved. `seen`: fingerprint's cache."""
+    from compress.io_signature import signature_change
 
-    return signature_change(teacher_signature(took) if Path(took).exists() else took_files, source)
+    now = fingerprint(source, seen)
+    if now is None:  # no weight files, or not read now: the loader says why
+        return None
+    return signature_change(fingerprint(took, seen) if Path(took).exists() else took_files, source, now["files"])
+
+
+def fingerprint(source: str, seen: dict | None) -> dict | None:
+    """io_signature.teacher_signature of `source`, read once per path in one replay (`seen`: those read
+    so far; None: no cache)."""
+    from compress.io_signature import teacher_signature
+
+    if seen is None:
+        return teacher_signature(source)
+    if source not in seen:
+        seen[source] = teacher_signature(source)
+    return seen[source]
 
 
 def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str | None,
-                 took_files: dict | None) -> bool | dict:
+                 took_files: dict | None, seen: dict | None = None) -> bool | dict:
     """A record without `blocks_of` (merged before records named a base): the LoRA's blocks were read as
     those of the student's teacher `took`. True (own blocks, as before) where the teacher is `took` (its
     path, or its weight files: `took`'s now, else `took_files`), or where neither its blocks nor
@@ -104,7 +121,7 @@ def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str
 
     if took is None or source is None or absolute_source(source) == absolute_source(str(took)):
         return True
-    compared = _compared_files(source, str(took), took_files)  # None: not comparable
+    compared = _compared_files(source, str(took), took_files, seen)  # None: not comparable
     if compared is False:
         return True  # `took` at another place
     ours = _teacher_base(teacher, source)
@@ -123,15 +140,16 @@ def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str
     raise old_record_elsewhere(record, str(took), source, ours, theirs)
 
 
-def _compared_files(source: str, took: str, took_files: dict | None) -> bool | None:
+def _compared_files(source: str, took: str, took_files: dict | None, seen: dict | None = None) -> bool | None:
     """Whether the weight files of the teacher `source` differ from those of `took` (read now where it
     is there, else as the student recorded them); None where either is not known."""
-    from compress.io_signature import signature_change, teacher_signature
+    from compress.io_signature import signature_change
 
-    recorded = teacher_signature(took) if Path(took).expanduser().exists() else took_files
-    if not recorded or teacher_signature(source) is None:
+    recorded = fingerprint(took, seen) if Path(took).expanduser().exists() else took_files
+    now = fingerprint(source, seen)
+    if not recorded or now is None:
         return None
-    return signature_change(recorded, source) is not None
+    return signature_change(recorded, source, now["files"]) is not None
 
 
 def _teacher_base(teacher: nn.Module, source: str):
