@@ -25,7 +25,7 @@ def test_fisher_block_auto_is_chunked_in_plan_as_the_pass_chunks_it(monkeypatch,
     estimates the run holds by then (teacher, student, calibration activations): with the run finding that
     free, each block's chunks are the pass's (svd_fisher_budget.block_chunks): one a block at 32 GiB, several
     with auto's 1 GiB floor taken off and a few KiB free."""
-    import compress.passes.svd as svd_module
+    import compress.passes.svd_fisher_measure as svd_module  # SVDPass's _block_roots chunks there
     import compress.passes.svd_fisher_budget as sf
     import compress.plan_memory as pm
     import compress.runner_memory as rs

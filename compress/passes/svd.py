@@ -57,8 +57,9 @@ from compress.passes.svd_summary import merge_report, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
 from compress.passes.svd_decisions import (_NOT_FITTED, calibrates_sequentially, fits_asymmetrically,
                                            fitted_to_reference, prediction_fisher, streaming_refusals)
-from compress.passes.svd_fisher import Roots, block_fisher, checkpointed, sweeps
-from compress.passes.svd_fisher_budget import block_chunks, fisher_budget, fisher_plan, sweep_chunks
+from compress.passes.svd_fisher import Roots, checkpointed
+from compress.passes.svd_fisher_budget import fisher_budget, fisher_plan
+from compress.passes.svd_fisher_measure import FisherMeasurement
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored_note, no_saving_rank_note,
@@ -73,7 +74,7 @@ from compress.stream_refusals import NotStreamable
 LATER = "decided after calibration"
 
 
-class SVDPass(GlobalAllocation, Pass):
+class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
     name = "svd"
     config_cls = SVDConfig
     result_free = ("progress", "fisher_memory_gb")  # sweeps of any size write the same factors
@@ -235,32 +236,6 @@ class SVDPass(GlobalAllocation, Pass):
         if note:
             warn(note)
 
-    def _measure_fishers(self, model, adapter, targets, batches) -> None:
-        """The output Fisher of each weighted target (none when disabled), of the model as the pass
-        finds it, in chunks of at most `fisher_memory_gb`, into `self.roots` (on disk; those an
-        interrupted run left there are not measured again)."""
-        c = self.config
-        chosen = [i for i in targets if self._prediction_fisher(i)]
-        if chosen and not getattr(self.loader, "resident", True):
-            raise UserError("svd.fisher needs the whole model in memory (one forward and backward "
-                            "per probe); with block weights streamed set svd.fisher: block (each "
-                            "block's own output Fisher) or none")
-        # those an interrupted run of this pass measured are read back (the runner's line as the pass
-        # starts says so with the statistics: runner_stages.say_read_back)
-        self.fishers_read = [i.name for i in chosen if i.name in self.roots]  # runner_stages counts them
-        chosen = [i for i in chosen if i.name not in self.roots]
-        samples = sum(b["hidden_states"].shape[0] for b in batches)
-        rows = self._fisher_rows(adapter, chosen, samples)
-        chunks = sweep_chunks(model, adapter, batches, chosen, self.budget, rows)  # taps counted too
-        sweeps(model, adapter, batches, chunks, c.fisher_probes, self.roots, c.progress)
-
-    def _fisher_rows(self, adapter: Adapter, infos: list[LinearInfo], samples: int | None) -> dict[str, int]:
-        """name -> gradient rows one sweep gives the Fisher of each target that reads one row per
-        sample (samples x probes; the others read a row per token: too many to keep). None: unknown."""
-        if not samples:
-            return {}
-        return {i.name: samples * self.config.fisher_probes for i in infos if adapter.per_sample(i)}
-
     def _choose(self, info: LinearInfo, ranks: dict) -> Callable:
         """decomposition -> rank (or DENSE): fixed, or by the energy rule on the measured curve."""
         if info.name in ranks:
@@ -301,17 +276,6 @@ class SVDPass(GlobalAllocation, Pass):
 
     def _prediction_fisher(self, info: LinearInfo) -> bool:
         return prediction_fisher(self.config, info)
-
-    def _block_roots(self, cal: BlockCalibration, block: nn.Module, infos: list[LinearInfo]) -> None:
-        """fisher: block: (L, L⁻¹) of each target of `block` from its block-local output Fisher on
-        the block's current calibration inputs, in chunks of at most `fisher_memory_gb`."""
-        c = self.config
-        samples = sum(cal.adapter.hidden_of(args, kwargs)[0].shape[0] for args, kwargs in cal.inputs)
-        rows = self._fisher_rows(cal.adapter, infos, samples)
-        for names in block_chunks(cal.model, cal.adapter, block, cal.inputs, infos, self.budget, rows):
-            fisher = block_fisher(cal.model, cal.adapter, block, cal.inputs, names, c.fisher_probes, seed=0)
-            for name, f in fisher.items():
-                self.roots.add(name, f)
 
     def _asymmetric_step(self, model, info: LinearInfo, stats: Stats) -> tuple | None:
         """(Δ (out, in), offset (out,): centered targets' affine fit, else None) or None."""

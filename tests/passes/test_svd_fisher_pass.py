@@ -87,7 +87,7 @@ def test_block_fishers_left_by_an_interrupted_pass_are_not_read_as_prediction_fi
     depend on the stream each block is fed, so a fisher: block pass interrupted midway leaves none
     that a later fisher: all pass on the same model and inputs could take for its own."""
     from compress.arch import get_adapter
-    from compress.passes import svd, svd_fisher
+    from compress.passes import svd_fisher, svd_fisher_measure
     from compress.passes.base import RunContext
     from compress.passes.svd import SVDConfig, SVDPass
     from tests.conftest import model_inputs
@@ -100,14 +100,14 @@ def test_block_fishers_left_by_an_interrupted_pass_are_not_read_as_prediction_fi
                          calibration_inputs=lambda: batches, fingerprint="same")
         SVDPass(SVDConfig(targets=["mlp"], ratio=0.5, multiple=2, progress=False, fisher=fisher)).run(model, ctx)
 
-    real_block, calls = svd.block_fisher, []
+    real_block, calls = svd_fisher_measure.block_fisher, []
 
     def block_then_stop(*a, **k):
         if calls:
             raise KeyboardInterrupt
         calls.append(1)
         return real_block(*a, **k)
-    monkeypatch.setattr(svd, "block_fisher", block_then_stop)
+    monkeypatch.setattr(svd_fisher_measure, "block_fisher", block_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run("block")
     assert not list(tmp_path.rglob("fisher*/*.pt"))
