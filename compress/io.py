@@ -186,10 +186,18 @@ def transformer_place(path: Path) -> Path | None:
     pipeline folder (model_index.json) or of a download of that subfolder alone (no config.json of
     its own), else `path` where it has a config.json (beside a model_index.json too: the one there is);
     None where there is neither (each caller refuses in its own words: a teacher may also be a file)."""
-    inner, own = (path / "transformer" / "config.json").is_file(), (path / "config.json").is_file()
-    if inner and (not own or (path / "model_index.json").is_file()):
-        return path / "transformer"
-    return path if own else None
+    sub = transformer_sub(lambda name: (path / name).is_file())
+    return None if sub is None else path / sub
+
+
+def transformer_sub(holds) -> str | None:
+    """transformer_place's rule, given `holds(name)`: whether a repo (a folder, a Hub repo's file
+    list: io_hub) holds the file `name`. 'transformer/' where it holds transformer/config.json and
+    model_index.json or no config.json of its own; '' where it holds config.json; else None."""
+    inner, own = holds("transformer/config.json"), holds("config.json")
+    if inner and (not own or holds("model_index.json")):
+        return "transformer/"
+    return "" if own else None
 
 
 def pipeline_without_transformer(path: Path) -> UserError | None:

@@ -22,8 +22,8 @@ import contextlib
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.io import WEIGHTS, config_model_class, read_config, variant_of, variant_weights
-from compress.io_hub_requests import bounded_hub, cause_line, download, fetch_files, hub_head, repo_names
+from compress.io import WEIGHTS, config_model_class, read_config, transformer_sub, variant_of, variant_weights
+from compress.io_hub_requests import bounded_hub, cause_line, download, fetch_files, hub_head, in_folder, placed, repo_files
 from compress.io_tensors import one_line
 
 SUBS = ("transformer/", "")  # where a repo's transformer config.json is: a pipeline's, a transformer-only one's
@@ -37,17 +37,24 @@ def hub_folder(repo_id: str) -> Path:
     the other variants' nor the pipeline's other components. The class is checked before any
     weights download. From the cache (the cached snapshot's folder, nothing fetched) where
     hub_config says why the Hub is not asked, or where the Hub's file list fails; online, the files
-    of the commit the config came from (pinned), and nothing fetched where its cached snapshot holds them."""
+    of the commit the config came from (pinned), and nothing fetched where its cached snapshot holds them.
+    The transformer is where a copy of the repo has it (io.transformer_place), by the Hub's list
+    (io_hub_requests.placed), else by the cached snapshot's files (cached_config)."""
     cfg, sub, why = hub_config(repo_id)
-    config_model_class(read_config(cfg))
-    where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
     pin = pinned(cfg)
-    names = None
     if why is None:
         try:
-            names = repo_names(repo_id, sub, **pin)
+            files = repo_files(repo_id, **pin)
         except Exception as e:  # noqa: BLE001 - as hf_hub_download, the cache answers then
             why = f"the Hub's file list failed: {cause_line(e)}"
+    if why is None:  # where a copy of the repo has its transformer (io.transformer_place), by the Hub's list
+        try:
+            cfg, sub = placed(repo_id, cfg, sub, files, **pin)
+        except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
+            raise hub_error(repo_id, e, "a local folder or file") from None
+        names = in_folder(files, sub)
+    config_model_class(read_config(cfg))
+    where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
     if why is not None:  # the cached snapshot, checked: its weights there and whole
         from compress.io_hub_snapshots import check_cached
 
@@ -69,9 +76,14 @@ def hub_folder(repo_id: str) -> Path:
 def hub_config_file(repo_id: str) -> tuple[Path, str]:
     """(the local copy of a Hub repo's transformer config.json, the repo folder that holds it):
     'transformer/' of a pipeline repo, '' of a transformer-only one (config.json and weights at its
-    root, as fine-tunes are shared). A few KB; the root's is fetched only where the Hub has no
-    transformer/config.json. From the cache offline or without network (hub_config)."""
-    return hub_config(repo_id)[:2]
+    root, as fine-tunes are shared), as a local copy of the repo has it (io.transformer_place; the
+    Hub's file list says which files it holds: io_hub_requests.placed). A few KB. From the cache
+    offline or without network (hub_config)."""
+    cfg, sub, why = hub_config(repo_id)
+    if why is None:
+        with contextlib.suppress(Exception):  # the list failed: the load that follows says it in its words
+            cfg, sub = placed(repo_id, cfg, sub, repo_files(repo_id, **pinned(cfg)), **pinned(cfg))
+    return cfg, sub
 
 
 def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
@@ -120,14 +132,12 @@ def fetch_config(repo_id: str) -> tuple[Path, str]:
 
 
 def cached_config(repo_id: str, revision: str | None = None) -> tuple[Path, str] | None:
-    """(the cached transformer config.json of a Hub repo, its folder in the repo), as
-    hub_config_file finds it (transformer/ first), in its cached_snapshot; None where the cache
-    holds neither (no request is made)."""
+    """(the cached transformer config.json of a Hub repo, its folder in the repo) in its
+    cached_snapshot, where a copy of that snapshot has it (io.transformer_place's rule); None where
+    the cache holds neither transformer/config.json nor config.json (no request is made)."""
     snapshot = cached_snapshot(repo_id, revision)
-    for sub in SUBS if snapshot is not None else ():
-        if (snapshot / sub / "config.json").is_file():
-            return snapshot / sub / "config.json", sub
-    return None
+    sub = transformer_sub(lambda name: (snapshot / name).is_file()) if snapshot is not None else None
+    return None if sub is None else (snapshot / sub / "config.json", sub)
 
 
 def pinned(config: Path) -> dict:

@@ -1,7 +1,8 @@
 """The requests a Hub teacher's load sends, each with a bounded wait: whether the Hub answers and at
-which commit (`hub_head`, one HEAD for a repo while its answer holds), the repo's file list (`repo_names`) and
-the transformer's files (`fetch_files`); and a failed request in words (`cause_line`: one that
-timed out names the seconds waited and the environment variable that lengthens them).
+which commit (`hub_head`, one HEAD for a repo while its answer holds), the repo's file list
+(`repo_files`; `placed`: where a copy of the repo has its transformer, by that list) and the
+transformer's files (`fetch_files`); and a failed request in words (`cause_line`: one that timed out
+names the seconds waited and the environment variable that lengthens them).
 
 huggingface_hub 2.4's client has no timeout of its own: `HfApi.list_repo_files` and
 `snapshot_download`'s repo_info / list_repo_tree send none, so a network that accepts the
@@ -96,17 +97,52 @@ def unreachable(e: Exception) -> bool:
     return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
 
 
-def repo_names(repo_id: str, sub: str, **revision) -> list[str]:
-    """The names of the files in the repo folder `sub`, from the Hub's list (of `revision`, where
-    given): model_info's siblings, asked with HF_HUB_DOWNLOAD_TIMEOUT (list_repo_files takes none)."""
+_LISTS: dict[tuple[str, str, str], list[str]] = {}  # (cache, repo, commit) -> its files: a commit's never change
+
+
+def repo_files(repo_id: str, **revision) -> list[str]:
+    """The names of the repo's files (of `revision`, where given), from the Hub's list: model_info's
+    siblings, asked with HF_HUB_DOWNLOAD_TIMEOUT (list_repo_files takes none); a commit's asked once
+    a process for a cache (a run's source check and its load share it)."""
     from huggingface_hub import HfApi, constants
 
-    from compress.io_hub import quiet_hub
+    from compress.io_hub import hub_cache, quiet_hub
 
+    key = (hub_cache(), repo_id, revision.get("revision") or "")
+    if key in _LISTS:
+        return _LISTS[key]
     with quiet_hub():
         info = HfApi().model_info(repo_id, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, **revision)
     files = [s.rfilename for s in info.siblings or ()]
+    if key[2]:
+        _LISTS[key] = files
+    return files
+
+
+def in_folder(files: list[str], sub: str) -> list[str]:
+    """The names of the files of the repo folder `sub` among the repo's `files` (not its subfolders')."""
     return [f[len(sub):] for f in files if f.startswith(sub) and "/" not in f[len(sub):]]
+
+
+def placed(repo_id: str, config: Path, sub: str, files: list[str], **revision) -> tuple[Path, str]:
+    """(the transformer config.json io.transformer_sub's rule picks by the repo's list `files`, as a
+    local copy of the repo reads it; its folder in the repo): `config` (io_hub.hub_config's, of the
+    folder `sub`) where it is that one, else the other fetched (of `revision`). Where model_index.json
+    decides (beside a config.json at the root), it is fetched too, so that the cache's snapshot reads
+    alike as a Hub id (io_hub.cached_config), as an output's and as a local copy."""
+    from compress.io import transformer_sub
+    from compress.io_hub import quiet_hub
+
+    place = transformer_sub(set(files).__contains__)
+    index = place == "transformer/" and "config.json" in files  # model_index.json says transformer/
+    if place in (None, sub) and not index:
+        return config, sub
+    with quiet_hub(), bounded_hub():
+        if index:
+            download(repo_id, "", "model_index.json", **revision)
+        if place not in (None, sub):
+            config, sub = Path(download(repo_id, place, "config.json", **revision)), place
+    return config, sub
 
 
 def fetch_files(repo_id: str, sub: str, names: list[str], **revision) -> Path:

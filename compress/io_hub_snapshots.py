@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.io import variant_of, variant_weights
+from compress.io import transformer_place, variant_of, variant_weights
 from compress.io_errors import broken_weights, missing_shards
-from compress.io_hub import SUBS, cache_folder, cached_snapshot, named_snapshots
+from compress.io_hub import cache_folder, cached_snapshot, named_snapshots
 
 
 def check_cached(repo_id: str, sub: str, folder: Path, why: str) -> None:
@@ -60,15 +60,15 @@ def whole_elsewhere(repo_id: str, sub: str, commit: str | None) -> str | None:
 
 
 def holds_transformer(snapshot: Path) -> bool:
-    """Whether a snapshot holds a transformer's config.json (transformer/ first, as hub_config finds
-    it) and the weight files of the variant from_pretrained would read, each shard its index lists
-    among them, none a broken link."""
-    for folder in (snapshot / sub for sub in SUBS):
-        if (folder / "config.json").is_file():
-            names = [f.name for f in folder.iterdir() if f.is_file()]
-            try:
-                wanted = variant_weights(names, variant_of(names, folder))
-            except UserError:  # two variants: which one loads is the user's choice
-                return False
-            return bool(wanted) and missing_shards(folder) is None
-    return False
+    """Whether a snapshot holds a transformer's config.json (where a copy of it has it:
+    io.transformer_place, as io_hub.cached_config finds it) and the weight files of the variant
+    from_pretrained would read, each shard its index lists among them, none a broken link."""
+    folder = transformer_place(snapshot)
+    if folder is None:
+        return False
+    names = [f.name for f in folder.iterdir() if f.is_file()]
+    try:
+        wanted = variant_weights(names, variant_of(names, folder))
+    except UserError:  # two variants: which one loads is the user's choice
+        return False
+    return bool(wanted) and missing_shards(folder) is None

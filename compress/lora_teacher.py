@@ -358,8 +358,8 @@ def _hub_files(repo_id: str, keys: list[str]) -> dict[str, Path]:
 
 
 def _hub_files_of(repo_id: str, patterns: list[str]) -> Path:
-    """The local copy of the Hub teacher `repo_id`'s transformer folder (transformer/, or a
-    transformer-only repo's root: io_hub.hub_config) holding its files that match `patterns`
+    """The local copy of the Hub teacher `repo_id`'s transformer folder (where a copy of the repo has
+    it: io_hub_requests.placed, by the Hub's list) holding its files that match `patterns`
     (names in that folder): the Hub's list of the commit its config came from, then one bounded
     hf_hub_download each (io_hub_requests: snapshot_download's own list waits forever on a network
     that never answers); the cached snapshot as it is where the Hub is not asked (offline,
@@ -367,14 +367,16 @@ def _hub_files_of(repo_id: str, patterns: list[str]) -> Path:
     from fnmatch import fnmatch
 
     from compress.io_hub import hub_config, hub_error, pinned
-    from compress.io_hub_requests import fetch_files, repo_names
+    from compress.io_hub_requests import fetch_files, in_folder, placed, repo_files
 
     cfg, sub, why = hub_config(repo_id)
     if why is not None:
         return cfg.parent
     pin = pinned(cfg)
     try:
-        wanted = [n for n in repo_names(repo_id, sub, **pin) if any(fnmatch(n, p) for p in patterns)]
+        files = repo_files(repo_id, **pin)
+        cfg, sub = placed(repo_id, cfg, sub, files, **pin)
+        wanted = [n for n in in_folder(files, sub) if any(fnmatch(n, p) for p in patterns)]
         if not wanted or (pin and all((cfg.parent / n).is_file() for n in wanted)):
             return cfg.parent
         return fetch_files(repo_id, sub, wanted, **pin)

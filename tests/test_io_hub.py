@@ -107,7 +107,7 @@ def test_a_transformer_only_hub_repo_loads_as_its_local_folder_does(tmp_path, mo
 
 
 def hub_info(files: list[str], sha: str | None = None):
-    """What HfApi.model_info answers (io_hub_requests.repo_names reads the repo's files from it)."""
+    """What HfApi.model_info answers (io_hub_requests.repo_files reads the repo's files from it)."""
     from types import SimpleNamespace
 
     return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in files], sha=sha)

@@ -1,0 +1,117 @@
+"""A Hub id's transformer is where a local copy of its repo has it (io.transformer_place, one rule for
+teachers, outputs and the Hugging Face cache's snapshots): the transformer/ of a pipeline repo
+(model_index.json) or of a repo holding that subfolder alone, else the repo's own config.json. A repo
+with a config.json at its root and transformer/config.json and no model_index.json was read at
+transformer/ as a Hub teacher (io_hub.hub_config took transformer/ first), at its root as a local
+copy of its snapshot and as an output (inspect, eval, bench ID read the cache's snapshot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import load_teacher
+from compress.io import transformer_place
+from tests.conftest import tiny_pixart
+from tests.test_io_hub_cache import CACHED, _cached, _Hub
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    import compress.io_hub_requests as io_hub_requests
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(io_hub_requests, "_HEADS", {})
+
+
+def _both(folder: Path, pipeline: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A repo with a transformer's config.json and weights at its root (seed 0) and in transformer/
+    (seed 1, 2 layers), and model_index.json where `pipeline`: (the root's model, transformer/'s)."""
+    root, inner = tiny_pixart(seed=0), tiny_pixart(seed=1, num_layers=2)
+    root.save_pretrained(folder)
+    inner.save_pretrained(folder / "transformer")
+    if pipeline:
+        (folder / "model_index.json").write_text(json.dumps(
+            {"_class_name": "PixArtSigmaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"]}))
+    return root, inner
+
+
+def _same(model, expected) -> bool:
+    state = expected.state_dict()
+    return model.state_dict().keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def _snapshot(repo_id: str) -> Path:
+    from compress.io_hub import cached_snapshot
+
+    return cached_snapshot(repo_id)
+
+
+@pytest.mark.parametrize("pipeline", [False, True], ids=["no-model-index", "pipeline"])
+def test_a_hub_teacher_is_read_where_a_local_copy_of_its_repo_is(tmp_path, monkeypatch, pipeline):
+    """Online, nothing cached: the Hub's file list says which files exist. Without model_index.json
+    the root's config.json (and weights) were not read: transformer/'s 2-layer model loaded. With it,
+    transformer/'s, and the cache's snapshot holds model_index.json, so a copy of it reads the same."""
+    from compress.io_source import checked
+
+    folder = tmp_path / "repo"
+    root, inner = _both(folder, pipeline)
+    expected = inner if pipeline else root
+    assert transformer_place(folder) == (folder / "transformer" if pipeline else folder)
+    hub = _Hub(monkeypatch, tmp_path, folder, CACHED)
+    assert checked("acme/both").config["num_layers"] == expected.config.num_layers  # run's check before the load
+    assert _same(load_teacher("acme/both"), expected)
+    assert [a for a in hub.asked if a[0] == "model_info"] == [("model_info", CACHED)]  # the check's list, kept
+    assert _same(load_teacher(folder), expected)  # the local repo, as it always was
+    snapshot = _snapshot("acme/both")
+    assert (snapshot / "model_index.json").is_file() == pipeline  # it says transformer/ beside a root config.json
+    assert transformer_place(snapshot) == (snapshot / "transformer" if pipeline else snapshot)
+    assert _same(load_teacher(snapshot), expected)  # a copy of the cache's snapshot
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+def test_a_cached_snapshot_is_read_as_its_local_copy_is(tmp_path, monkeypatch, online):
+    """The cache holds the repo (root config.json, transformer/config.json, no model_index.json):
+    offline (the snapshot's files tell) and online at the Hub's commit (its list tells), the root's
+    model, as load_teacher(snapshot folder) and an output read from the cache (io_output.output_folder)."""
+    from huggingface_hub import constants
+
+    from compress.io_hub import cached_config
+    from compress.io_output import output_folder
+
+    root, _ = _both(tmp_path / "repo")
+    _cached(tmp_path, "acme/both", tmp_path / "repo")
+    snapshot = _snapshot("acme/both")
+    if online:
+        _Hub(monkeypatch, tmp_path, tmp_path / "repo", CACHED)
+    else:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert cached_config("acme/both") == (snapshot / "config.json", "")
+    assert output_folder(snapshot) == snapshot
+    assert _same(load_teacher("acme/both"), root)
+    assert _same(load_teacher(snapshot), root)
+
+
+def test_a_hub_repo_holding_transformer_alone_beside_a_root_config_the_cache_lacks(tmp_path, monkeypatch):
+    """The cache holds transformer/ alone (hf download --include 'transformer/*') of a repo whose
+    root holds a config.json too, no model_index.json: offline the snapshot's files say transformer/
+    (as a copy of it does); online the Hub's list says the root, whose config and weights are fetched."""
+    root, inner = _both(tmp_path / "repo")
+    (tmp_path / "part").mkdir()
+    (tmp_path / "repo" / "transformer").rename(tmp_path / "part" / "transformer")
+    _cached(tmp_path, "acme/both", tmp_path / "part")
+    (tmp_path / "part" / "transformer").rename(tmp_path / "repo" / "transformer")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert _same(load_teacher("acme/both"), inner)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub = _Hub(monkeypatch, tmp_path, tmp_path / "repo", CACHED)
+    assert _same(load_teacher("acme/both"), root)
+    assert ("hf_hub_download", "config.json", CACHED) in hub.asked
