@@ -34,7 +34,9 @@ def fisher_backward(plan: dict, index: int, fisher: dict) -> dict:
         size += fisher["sweep_bytes"]  # at most the limit, unless one target's Fisher alone is more
     keys = ["calibration.batch_size"] + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"])
     fix = "" if fisher["gradient_checkpointing"] else f"passes.{index}.svd.gradient_checkpointing: true"
-    return part("an output Fisher's backward of one calibration batch", size, keys, fix)
+    what = "an output Fisher's backward of one calibration batch" + ("" if fisher["memory_gb"] == "auto" else
+                                                                    " and its largest sweep's Fishers")
+    return part(what, size, keys, fix)
 
 
 def on_device(fisher: dict, device: str) -> dict:
@@ -81,7 +83,7 @@ def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict],
     if targets:
         fisher = {**fisher, "sweeps": len(chunks), "sweep_bytes": max(sum(size[n] for n in ch) for ch in chunks)}
     keys = ["calibration.batch_size", f"passes.{index}.svd.targets"]
-    held = part("an output Fisher's backward of one calibration batch: its targets' taps and a probe's gradients",
+    held = part("an output Fisher sweep's taps of its targets and a probe's gradients",
                 sweep_held_bytes(targets, chunks, itemsize),
                 keys + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"]))
     return held, fisher

@@ -188,7 +188,7 @@ def test_the_peak_counts_a_fisher_bigger_than_fisher_memory_gb_that_takes_its_ow
     assert fisher["sweeps"] == fisher["targets"] and fisher["sweep_bytes"] > 1e-6 * 2**30
     memory = plan["memory"]  # the part, or beside it where a block's svd statistics and factorizing hold more
     part = next(p for p in memory["parts"] + memory["steps_smaller"]
-                if p["what"] == "an output Fisher's backward of one calibration batch")
+                if p["what"] == "an output Fisher's backward of one calibration batch and its largest sweep's Fishers")
     assert part["bytes"] == plan["backward"][0] + fisher["sweep_bytes"]
 
 

@@ -54,7 +54,7 @@ def test_an_output_fisher_sweep_counts_its_taps_and_gradients(monkeypatch, tmp_p
         plan = make_plan(recipe)
         memory = plan["memory"]
         (part,) = [p for p in memory["parts"] + memory["steps_smaller"] if "taps" in p["what"]]
-        assert part["what"] == "an output Fisher's backward of one calibration batch: its targets' taps and a probe's gradients"
+        assert part["what"] == "an output Fisher sweep's taps of its targets and a probe's gradients"
         assert part["keys"] == ["calibration.batch_size", "passes.0.svd.targets", "passes.0.svd.fisher_memory_gb"]
         assert "taps" not in plan["passes"][0]["statistics"]  # read, then left out of plan --json
         taps, adding = _tapped_bytes(make(), family, recipe, plan["passes"][0]["targets"])
@@ -146,3 +146,18 @@ def test_a_blocks_output_fisher_takes_one_blocks_backward_whatever_the_blocks_le
     token = 128 * f["itemsize"] * min(f["rows"], f["batch_rows"])  # hidden 128
     assert planned["backward"][0] == blocks * block_backward_bytes(f) + f["caption_tokens"] * token
     assert held["bytes"] > block_backward_bytes(f) > 0 and "width" not in plan["calibration"]
+
+
+@pytest.mark.parametrize("sets, fishers", [([], " and its largest sweep's Fishers"),
+                                           (["passes.2.svd.fisher_memory_gb=auto"], "")])
+def test_the_memory_line_names_an_output_fishers_backward_once(sets, fishers):
+    """plan's memory line of toy-pixart read '... an output Fisher's backward of one calibration batch
+    63 MiB, an output Fisher's backward of one calibration batch: its targets' taps and a probe's
+    gradients 68 MiB': two parts, one name. The first is the backward and (but with auto, which sizes
+    itself to what is free) the largest sweep's Fishers; the second what the sweep taps beside them."""
+    from compress.recipe import load_recipe
+
+    memory = make_plan(load_recipe(RECIPES / "toy-pixart.yaml", sets))["memory"]
+    whats = [p["what"] for p in memory["parts"] if "output Fisher" in p["what"]]  # the line's parts
+    assert whats == ["an output Fisher's backward of one calibration batch" + fishers,
+                     "an output Fisher sweep's taps of its targets and a probe's gradients"]
