@@ -73,7 +73,8 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     norms still come from the base of the model's chain where no `teacher` is given, as a merge reads
     them by default (its immediate teacher, on a chain an output, is refused as a DoRA's teacher).
     `blocks`: as own_blocks, the model's block i taking the LoRA's block blocks[group][i] (-1: none;
-    lora_replay's LoRA read as another output's blocks, mapped to the model's through their base)."""
+    lora_replay's LoRA read as another output's blocks, mapped to the model's through their base); a
+    DoRA's norms then come from the base's blocks the model's descend from (in_base)."""
     check_scale(scale)
     check_given(teacher)  # a --teacher that is not there: an error, whether or not the LoRA reads it
     given = teacher
@@ -93,10 +94,14 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
         raise UserError(f"{label(lora)}: {none} in a block the student kept ({where}, or past {whose} last: "
                         f"{sorted(layers)[0]}{more}); merging it would change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
+    of = {name: name for name in dora}  # the DoRA layer's name in the model its norms are read from
     if dora and own_blocks and given is None:  # norms from the chain's base, as a merge reads them by default
         chain_base = lora_base(student)
         teacher, teacher_config = chain_base.source, teacher_config or chain_base.config
-    weights = dora_weights(student, {name: kept[name] for name in dora}, teacher, teacher_config) if dora else {}
+        if blocks is not None:  # the LoRA's blocks are another model's: read the base's of the student's
+            of = {name: in_base(adapter, kept[name], chain_base.block_map) for name in dora}
+    read = dora_weights(student, {of[name]: kept[name] for name in dora}, teacher, teacher_config) if dora else {}
+    weights = {name: read[of[name]] for name in dora}
     if given is not None and not dora:
         note_unread(given)
     for name, target in kept.items():  # all or nothing: every layer merged and checked first, one at a
@@ -113,6 +118,17 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     _record(student, lora, scale, len(kept), base.source)
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
             "not_merged": text_encoder, "densified": densified, "blocks_of": base.source, "moved": base.moved}
+
+
+def in_base(adapter, target: str, block_map: dict) -> str:
+    """The model's module `target` ("transformer_blocks.3.attn1.to_q") named as in its base: block i of
+    a group with a block map (lora_teacher.LoraBase.block_map) is the base's block block_map[group][i]."""
+    for g in adapter.groups:
+        head = f"{g.attr}."
+        index, _, rest = target[len(head):].partition(".")
+        if target.startswith(head) and index.isdigit() and g.name in block_map:
+            return f"{head}{block_map[g.name][int(index)]}.{rest}"
+    return target
 
 
 def _read_against(student: nn.Module, adapter, lora, base: LoraBase, teacher, teacher_config: str | None):

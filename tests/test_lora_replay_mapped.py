@@ -27,9 +27,10 @@ def as_base_lora(weights: dict, kept: list[int]) -> dict:
     return {renamed(k): v for k, v in weights.items()}
 
 
-def moved_chain(tmp_path):
+def moved_chain(tmp_path, dora: bool = False):
     """(base, c, b's LoRA file, its weights): c (base -> a -> b -> c) took a LoRA of b's blocks while b was
-    moved away (blocks_of b), b back in place since; a2 (base blocks 0 2 3 4 5) is another output of base."""
+    moved away (blocks_of b), b back in place since; a2 (base blocks 0 2 3 4 5) is another output of base.
+    `dora`: a DoRA, its norms read from the base at the merge (--teacher base: b is an output)."""
     from compress.arch import get_adapter
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
@@ -39,11 +40,11 @@ def moved_chain(tmp_path):
     base, c_folder = _chain(tmp_path, "pixart")
     a2 = copy.deepcopy(base)
     _save_output(a2, tmp_path / "a2", tmp_path / "base", get_adapter(a2).remove_blocks(a2, {"blocks": [1]}))
-    weights = _state(load_transformer(tmp_path / "b"), ["to_q"])
+    weights = (_dora if dora else _state)(load_transformer(tmp_path / "b"), ["to_q"])
     lora = _save(weights, tmp_path / "b-lora.safetensors")
     (tmp_path / "b").rename(tmp_path / "b-moved")
     c = load_transformer(c_folder)
-    merge_lora(c, lora)
+    merge_lora(c, lora, teacher=str((tmp_path / "base").resolve()) if dora else None)
     (tmp_path / "b-moved").rename(tmp_path / "b")
     assert c.compression_meta["loras"][0]["blocks_of"] == str((tmp_path / "b").resolve())
     return base, c, lora, weights
@@ -100,3 +101,37 @@ def test_a_lora_read_as_a_moved_teachers_blocks_is_refused_on_a_teacher_of_anoth
                                        f"blocks of its teacher {b} (not there when it took it: read as a base), a "
                                        f"dit-compress output, but the teacher to compare with, {tmp_path / other}, "
                                        f"is another model ({why}"), str(e.value)
+
+
+
+def _dora(model, targets: list[str]) -> dict:
+    """A random DoRA of `model` on `targets` (magnitudes off peft's start), as a state dict of a file."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from tests.test_lora import _randomize_extras
+
+    peft.inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False,
+                                            use_dora=True), model)
+    _randomize_extras(model)
+    return {"transformer." + k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+@pytest.mark.parametrize("other", ["a", "base", "a2"])
+def test_a_dora_read_as_a_moved_teachers_blocks_takes_its_norms_from_the_base_blocks_it_is_mapped_to(tmp_path, other):
+    """A DoRA of b's blocks, taken by c while b was moved away (norms from --teacher base), mapped to
+    --teacher a, the base or a2: each block's norms are those of the base block it descends from (read
+    from the teacher's chain's base, as own_blocks reads them), as the same DoRA of the base renumbered
+    gives. Before, a and a2 read the norms of the LoRA's block j from base block j (b's block 3, base
+    block 5, took base block 3's weight)."""
+    from safetensors.torch import save_file
+
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+
+    base, c, _, weights = moved_chain(tmp_path, dora=True)
+    save_file(as_base_lora(weights, B_OF_BASE), str(tmp_path / "base-dora.safetensors"))
+    expected = copy.deepcopy(base) if other == "base" else load_transformer(tmp_path / other)
+    merge_lora(expected, tmp_path / "base-dora.safetensors")  # norms from the base, in its own blocks
+    assert same(load_teacher_of(c, str(tmp_path / other)), expected.state_dict())
