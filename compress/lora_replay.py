@@ -66,7 +66,7 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
             return False
         mapped = mapped_blocks(teacher, record["blocks_of"], source)
         if mapped is None:
-            raise not_took(record, source, f"no dit-compress output, and {record['blocks_of']} one with blocks removed")
+            raise not_took(record, source, unmapped(record["blocks_of"], source))
         return mapped
     chain = teacher_chain(str(recorded))
     blocks_of = absolute_source(record["blocks_of"])
@@ -225,6 +225,22 @@ def _mapping(teacher: nn.Module, ours: dict, theirs: dict) -> dict[str, list[int
         of_took = theirs.get(g.name)
         out[g.name] = [of_took.index(i) if i in of_took else -1 for i in kept] if of_took is not None else list(kept)
     return out
+
+
+def unmapped(took: str, source: str | None) -> str:
+    """Why a LoRA read as blocks of the output `took` (its blocks renumbered) is not mapped to a teacher
+    recording no teacher (loaded from `source`; mapped_blocks gave None), in words."""
+    try:
+        theirs = _output_base(took)
+    except UserError:
+        theirs = None
+    if theirs is None:
+        return f"{took}'s chain of teachers cannot be followed now, to map its blocks to the teacher's"
+    if theirs.moved:
+        return f"{took}'s teacher {theirs.source} is not there now, to map its blocks to the teacher's"
+    if source is None:
+        return f"not known by its place, to map {took}'s blocks to its"
+    return f"its own base, while {took}'s blocks descend from {theirs.source}"
 
 
 def _output_base(source: str):

@@ -94,7 +94,9 @@ def test_a_lora_read_as_a_moved_teachers_blocks_is_refused_on_a_teacher_of_anoth
     _, c, lora, _ = moved_chain(tmp_path)
     other_base_copies(tmp_path, "a2")
     b = str((tmp_path / "b").resolve())
-    for other, why in [("a3", f"its weight files are not {b}'s: "), ("base2", f"no dit-compress output, and {b} one")]:
+    base = str((tmp_path / "base").resolve())
+    for other, why in [("a3", f"its weight files are not {b}'s: "), ("base2", f"its own base, while {b}'s blocks "
+                                                                              f"descend from {base})")]:
         with pytest.raises(UserError) as e:
             load_teacher_of(c, str(tmp_path / other))
         assert str(e.value).startswith(f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as "
@@ -102,6 +104,33 @@ def test_a_lora_read_as_a_moved_teachers_blocks_is_refused_on_a_teacher_of_anoth
                                        f"dit-compress output, but the teacher to compare with, {tmp_path / other}, "
                                        f"is another model ({why}"), str(e.value)
 
+
+
+def test_a_lora_read_as_a_moved_teachers_blocks_refused_on_a_base_says_why_it_is_not_mapped(tmp_path):
+    """--teacher base2 (a copy of the base elsewhere), or the base while a (b's teacher) is moved away:
+    the refusal said '(no dit-compress output, and b one with blocks removed)', c360853's words for
+    every base before it mapped the LoRA to one; it now says why it is not mapped: another base, or
+    b's chain, which cannot be followed to a base now."""
+    from compress.errors import UserError
+    from compress.io import load_teacher_of
+
+    _, c, lora, _ = moved_chain(tmp_path)
+    shutil.copytree(tmp_path / "base", tmp_path / "base2")
+    b, a, base = (str((tmp_path / n).resolve()) for n in ["b", "a", "base"])
+
+    def refusal(other, why) -> str:
+        return (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of its teacher {b} "
+                f"(not there when it took it: read as a base), a dit-compress output, but the teacher to compare "
+                f"with, {tmp_path / other}, is another model ({why}): its blocks are not {b}'s, those the LoRA's "
+                f"were mapped to; compare with the model's own teacher {b}")
+
+    with pytest.raises(UserError) as e:
+        load_teacher_of(c, str(tmp_path / "base2"))
+    assert str(e.value) == refusal("base2", f"its own base, while {b}'s blocks descend from {base}")
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    with pytest.raises(UserError) as e:
+        load_teacher_of(c, str(tmp_path / "base"))
+    assert str(e.value) == refusal("base", f"{b}'s teacher {a} is not there now, to map its blocks to the teacher's")
 
 
 def _dora(model, targets: list[str]) -> dict:
