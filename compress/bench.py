@@ -20,6 +20,7 @@ from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import LOG_EVERY_S, status, tenths
 from compress.report import note, param_count, results, to_json
 from compress.report_teacher import teacher_to_load, toy_base, warn_if_teacher_changed
+from compress.words import counted
 
 
 def step_inputs(model, family: str, teacher_source: str, batch: int) -> dict:
@@ -250,7 +251,7 @@ def bench_command(args) -> int:
         return 0
     results.print(f"{args.out}: timed {against(result, args.out)}", markup=False, highlight=False)
     table = Table(title=f"bench {args.out} on {result['device']} ({result['dtype']}, "
-                        f"batch {result['batch']}: {result['rows']} rows per step)")
+                        f"batch {result['batch']}: {counted(result['rows'], 'row')} per step)")
     table.add_column("metric")
     table.add_column("student / teacher", justify="right")
     table.add_row("time per denoising step", f"{1 / result['speedup']:.3f}  ({_faster(result['speedup'])})")

@@ -374,3 +374,18 @@ def test_a_sharded_teacher_loads_without_diffusers_bar(tmp_path, capfd):
     assert "speed" in said.out.lower() or "step" in said.out.lower()  # bench's table was printed
     assert "Loading checkpoint shards" not in said.out + said.err
     assert diffusers_logging.is_progress_bar_enabled()
+
+
+def test_bench_says_one_row_per_step_in_the_singular(tmp_path, capsys):
+    """A Flux.1-dev output's step at --batch 1 is one row (guidance is an input, no doubled CFG batch):
+    the table's title said 'batch 1: 1 rows per step'."""
+    from compress import save_compressed
+    from compress.cli import main
+    from tests.conftest import factorize, tiny_flux
+
+    teacher = tiny_flux()
+    teacher.save_pretrained(tmp_path / "teacher")
+    out = save_compressed(factorize(teacher, ["transformer_blocks.0.ff.net.2"], rank=2), tmp_path / "out",
+                          extra={"teacher": str(tmp_path / "teacher")})
+    assert main(["bench", str(out), "--repeats", "1", "--batch", "1", "--device", "cpu"]) == 0
+    assert "(float32, batch 1: 1 row per step)" in " ".join(capsys.readouterr().out.split())
