@@ -1,4 +1,5 @@
-"""What a run interrupted before it saved a pass measured (runner_kept.measured_so_far), refused to a
+"""What a run folder whose last run was interrupted before it saved a pass holds measured
+(runner_kept.measured_so_far: that run's, or an earlier run's, finished, under the same fingerprint), refused to a
 plain rerun that names another teacher (`check_measured_for_another_teacher`), before that teacher loads
 and with the advice that fits, as over saved passes (runner_folders.other_teacher), and to one whose
 fingerprint (teacher and calibration) differs once the teacher has loaded (`check_measured_for_another`);
@@ -24,6 +25,9 @@ from compress.runner_teacher_id import FILES, older_checksum, put_back, same_tea
 
 KEYED_AS = "keyed_as"  # in RUN_RECORD: the teacher source keying its caches where not its own (`keyed_source`)
 CALIBRATED = "calibration"  # in RUN_RECORD: what else keys them (`calibration_keys`; older runs: none)
+# what a refusal says the run folder holds (`measured_by_another`): whose run measured it is not known, the
+# interrupted run's or an earlier one's (measured_so_far counts both), only the teacher and calibration keying it
+MEASURED_WITH = "holds what was measured with"
 
 
 def named_of(recorded: dict) -> dict:
@@ -84,8 +88,9 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, res
                                        config_by: tuple[str, str] = FLAG) -> None:
     """A plain rerun in `run_dir`, whose last run (unfinished) saved no pass but recorded its teacher and
     fingerprint (runner_stages.record_run): a UserError where that teacher is not the one named now
-    (`teacher`: named_teacher's; another source, --teacher-config, or the config edited in place) and it
-    measured what the recipe's `passes` read (under its fingerprint, which this teacher's is not). Its
+    (`teacher`: named_teacher's; another source, --teacher-config, or the config edited in place) and the
+    folder holds what the recipe's `passes` read under its fingerprint (which this teacher's is not: measured
+    by that run or an earlier one, `MEASURED_WITH`). Its
     advice: undo the edit of a config changed in place (runner_teacher_id.edited_config), else rerun with
     that teacher. `resume`: said to --resume over a run that saved nothing else (it reads back only what
     this teacher measured, so refuses it as a plain rerun does). Other changes are told once the teacher
@@ -114,11 +119,12 @@ def _how(before: dict, now: dict, resume: bool) -> str:
 
 
 def measured_by_another(run_dir: Path, change: str, measured: str, how: str, resume: bool = False) -> UserError:
-    """'RUN_DIR holds what an interrupted run of another teacher measured (`change`; `measured`), which
-    this run does not read back: `how` to read it back, add --restart to discard it, or choose another
-    --run-dir' ('rerun with --restart' to --resume, `resume`)."""
+    """'RUN_DIR holds what was measured with another teacher (`change`; `measured`), which this run does
+    not read back: `how` to read it back, add --restart to discard it, or choose another --run-dir'
+    ('rerun with --restart' to --resume, `resume`). Not 'what an interrupted run ... measured' (MEASURED_WITH):
+    the files may be an earlier run's, finished (another recipe's, in the same run folder)."""
     restart = "rerun with --restart" if resume else "add --restart"
-    return UserError(f"{run_dir} holds what an interrupted run of another teacher measured ({change}; {measured}), "
+    return UserError(f"{run_dir} {MEASURED_WITH} another teacher ({change}; {measured}), "
                      f"which this run does not read back: {how} to read it back, {restart} to discard it, or "
                      "choose another --run-dir")
 
@@ -127,9 +133,9 @@ def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher:
                                resume: bool = False, calibration: dict | None = None,
                                config_by: tuple[str, str] = FLAG) -> None:
     """A plain rerun (no --resume, no --restart) in a run folder whose last run was interrupted before
-    it saved a pass (runner_folders.check_run_folder refuses the others): a UserError where that run
-    measured what this one, of another teacher or calibration (`fingerprint`), does not read back
-    (`measured_so_far` under the fingerprint it recorded, for the recipe's `passes`): as saved passes,
+    it saved a pass (runner_folders.check_run_folder refuses the others): a UserError where the folder holds,
+    under the fingerprint that run recorded (measured by it or an earlier run), what this one, of another
+    teacher or calibration (`fingerprint`), does not read back (`measured_so_far`, for the recipe's `passes`): as saved passes,
     what it measured is not left unread and never removed silently. Where the teacher identity the run recorded is not
     `teacher` (the loaded teacher's, teacher_identity's: its weights changed in place, the names being
     the same once check_measured_for_another_teacher passed them), it says so as --resume does
@@ -155,18 +161,18 @@ def check_measured_for_another(run_dir: Path, fingerprint: str, passes, teacher:
                                           measured, resume)
     how, restart = ("rerun with that teacher and calibration and --resume", "rerun with --restart") if resume else \
         ("rerun with that teacher and calibration", "add --restart")
-    raise UserError(f"{run_dir} holds what an interrupted run of another teacher or calibration measured "
+    raise UserError(f"{run_dir} {MEASURED_WITH} another teacher or calibration "
                     f"({measured}), which this run does not read back: {how} to read it back, {restart} to "
                     "discard it, or choose another --run-dir")
 
 
 def measured_by_calibration(run_dir: Path, change: tuple[str, bool], measured: str, resume: bool) -> UserError:
-    """'RUN_DIR holds what an interrupted run of this teacher measured with another calibration (`change`:
+    """'RUN_DIR holds what was measured with this teacher and another calibration (`change`:
     calibration_change's words; `measured`), which this run does not read back: rerun with that calibration
     to read it back (where `change` says it can), add --restart ...' (to --resume: `resume`)."""
     restart = "rerun with --restart" if resume else "add --restart"
     how = f"rerun with that calibration{' and --resume' if resume else ''} to read it back, "
-    return UserError(f"{run_dir} holds what an interrupted run of this teacher measured with another calibration "
+    return UserError(f"{run_dir} {MEASURED_WITH} this teacher and another calibration "
                      f"({change[0]}; {measured}), which this run does not read back: {how if change[1] else ''}"
                      f"{restart} to discard it, or choose another --run-dir")
 

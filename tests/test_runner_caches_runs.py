@@ -102,7 +102,7 @@ def test_a_rerun_over_an_interrupted_run_removes_none_of_its_caches(tmp_path, tw
     reseeded = two_svd.replace("heldout: 4}", "heldout: 4, seed: 3}")
     with pytest.raises(UserError) as e:  # refused, as over saved passes: nothing removed
         run_recipe(tmp_path, reseeded, "r")
-    assert str(e.value).startswith(f"{run_dir} holds what an interrupted run of this teacher measured with another "
+    assert str(e.value).startswith(f"{run_dir} holds what was measured with this teacher and another "
                                    "calibration (calibration.seed was 0, now 3; block statistics ("), e.value
     assert str(e.value).endswith("add --restart to discard it, or choose another --run-dir"), e.value
     assert "removed caches" not in capsys.readouterr().err

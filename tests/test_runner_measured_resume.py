@@ -48,7 +48,7 @@ def test_resume_refuses_what_a_config_edited_in_place_measured(measured, capsys)
     assert main([*args, "--resume"]) == 2
     said = _said(capsys)
     assert "reading back" not in said
-    assert f"holds what an interrupted run of another teacher measured ({config} changed since the run" in said
+    assert f"holds what was measured with another teacher ({config} changed since the run" in said
     assert said.endswith(f"which this run does not read back: undo the change to {config} and rerun with --resume "
                          "to read it back, rerun with --restart to discard it, or choose another --run-dir"), said
     config.write_bytes(original)  # undone: --resume reads them back
@@ -65,12 +65,12 @@ def test_resume_and_a_rerun_say_the_weights_changed_in_place(measured, capsys):
     changed = f"the weights of {teacher} changed since the run (its config holds the same)"
     assert main(args) == 2
     said = _said(capsys)
-    assert f"another teacher measured ({changed};" in said, said
+    assert f"measured with another teacher ({changed};" in said, said
     assert said.endswith(f"put back the weights {teacher} had to read it back, add --restart to discard it, or "
                          "choose another --run-dir"), said
     assert main([*args, "--resume"]) == 2
     said = _said(capsys)
-    assert f"another teacher measured ({changed};" in said, said
+    assert f"measured with another teacher ({changed};" in said, said
     assert said.endswith(f"put back the weights {teacher} had and rerun with --resume to read it back, rerun with "
                          "--restart to discard it, or choose another --run-dir"), said
     assert "holds other weights or config" not in said and "rerun with that teacher" not in said
@@ -84,6 +84,6 @@ def test_resume_says_what_it_reads_back_only_once_the_calibration_is_that_runs(m
     assert main([*args, "--resume", "--set", "calibration.seed=3"]) == 2
     said = _said(capsys)
     assert "reading back" not in said, said
-    assert "interrupted run of this teacher measured with another calibration (calibration.seed was 0, now 3;" in said
+    assert "was measured with this teacher and another calibration (calibration.seed was 0, now 3;" in said
     assert said.endswith("rerun with that calibration and --resume to read it back, rerun with --restart to discard "
                          "it, or choose another --run-dir"), said

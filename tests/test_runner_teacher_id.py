@@ -148,7 +148,7 @@ def test_a_copy_holding_other_weights_is_another_teacher(interrupted, capsys):
     assert (other / "config.json").read_bytes() == (run.parent / "teacher" / "config.json").read_bytes()
     assert main([*args, "--teacher", str(other)]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"another teacher measured (was {run.parent / 'teacher'}, now {other} (the same config, other weights);" \
+    assert f"measured with another teacher (was {run.parent / 'teacher'}, now {other} (the same config, other weights);" \
         in said, said
     assert loads == []
 
