@@ -8,12 +8,15 @@ from __future__ import annotations
 import contextlib
 import threading
 
+from rich.measure import Measurement
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Column
 from rich.text import Text
 
 LOG_EVERY_S = 300.0  # the longest silence between two lines off a terminal, while a task is unfinished
 WORDS = "words"  # a task's field of a few words shown after its bar and in its lines (distill's loss terms)
+BAR_AT_LEAST = 4  # the bar's narrowest, on a narrow terminal, before its label is cut short ('…')
 
 
 class LoggedProgress(Progress):
@@ -71,6 +74,20 @@ class LoggedProgress(Progress):
         if "advance" in kwargs or "completed" in kwargs:
             self._log_line(task_id)
 
+    def make_tasks_table(self, tasks):
+        """rich's table of the bars, whose count, times and words always show whole: on a narrow terminal
+        (80 columns) the bar narrows first (to BAR_AT_LEAST), then the label is cut short with '…'
+        (else rich cut every column alike: 'calibrate: capture again, ... ━━ 0… 0:… -…')."""
+        table = super().make_tasks_table(tasks)
+        if getattr(self, "live", None) is None:  # (rich's __init__ makes one before its console is kept)
+            return table
+        label, after = table.columns[0], table.columns[2:]  # (the bar between, narrowed by the table)
+        widths = [max((Measurement.get(self.console, self.console.options, cell).maximum for cell in c._cells),
+                      default=0) for c in after]
+        label.no_wrap, label.overflow = True, "ellipsis"
+        label.max_width = max(self.console.width - sum(widths) - BAR_AT_LEAST - len(table.columns) + 1, 1)
+        return table
+
     def _log_line(self, task_id: TaskID, timer: bool = False) -> None:
         with self._saying:
             task = self._tasks.get(task_id)
@@ -102,8 +119,10 @@ def bar(enabled: bool, *, log: bool = True, transient: bool = True) -> LoggedPro
     from compress.report import console
 
     shown = enabled and console.is_terminal
-    return LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TimeRemainingColumn(), _Words(), console=console,
+    whole = lambda: Column(no_wrap=True)  # noqa: E731  (the count, times and words: LoggedProgress.make_tasks_table)
+    return LoggedProgress(TextColumn("{task.description}"), BarColumn(None, table_column=Column(max_width=40)),
+                          MofNCompleteColumn(table_column=whole()), TimeElapsedColumn(table_column=whole()),
+                          TimeRemainingColumn(table_column=whole()), _Words(table_column=whole()), console=console,
                           disable=not shown, transient=transient, log=enabled and log and not console.is_terminal)
 
 

@@ -142,3 +142,38 @@ def test_a_status_that_is_not_logged_says_nothing_off_a_terminal(capsys):
     with status("bench: loading out", log=False) as said:
         said.update("bench: loading the teacher")
     assert capsys.readouterr() == ("", "")
+
+
+def _drawn(label: str, total: int, done: int, words: str = "", width: int = 80) -> str:
+    """The line `bar` draws on a terminal `width` columns wide for one task."""
+    import compress.report
+    from compress.progress import WORDS
+
+    console = Console(width=width, record=True, force_terminal=True, file=open("/dev/null", "w"))
+    real, compress.report.console = compress.report.console, console
+    try:
+        prog = bar(True, log=False)
+    finally:
+        compress.report.console = real
+    prog.add_task(label, total=total, completed=done, **({WORDS: words} if words else {}))
+    console.print(prog.make_tasks_table(prog.tasks))
+    return console.export_text().rstrip()
+
+
+def test_at_80_columns_a_bar_shows_its_count_and_times_whole():
+    """A new user's Flux run at 80 columns: 'calibrate: capture again, through the compressed top-level
+    layers ━━ 0… 0:… -…' (rich cut every column alike). Now the bar narrows, then the label is cut
+    ('…'), never the count, times or words; the labels of the calibration family show whole."""
+    whole = ["calibrate: capture again, top-level compressed", "calibrate: conditioning",
+             "calibrate: single_transformer_blocks.18 (teacher 37)", "calibrate: after the blocks"]
+    for label in whole:
+        line = _drawn(label, 57, 18)
+        assert line.startswith(label + " ") and line.endswith(" 18/57 0:00:00 -:--:--"), line
+        assert len(line) <= 80
+    line = _drawn("calibrate: capture again, through the compressed top-level layers", 1024, 4)
+    assert line.startswith("calibrate: capture again, through") and "…" in line, line
+    assert line.endswith("   4/1024 0:00:00 -:--:--") and len(line) <= 80, line
+    line = _drawn("distill", 5000, 40, "loss 0.1234 out 0.1201 feat 0.0033")
+    assert line.endswith(" 40/5000 0:00:00 -:--:-- loss 0.1234 out 0.1201 feat 0.0033"), line
+    wide = _drawn("calibrate: capture again, through the compressed top-level layers", 64, 4, width=160)
+    assert "top-level layers ━" in wide and sum(c in "━╸╺" for c in wide) == 40  # the bar as it was, with room

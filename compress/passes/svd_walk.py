@@ -57,7 +57,7 @@ def walk(cal: BlockCalibration, targets: list[LinearInfo], visit: Visit, state: 
     changed = visit_all("top level", [(i, shared[stats_key(i)]) for i in top
                                       if stats_key(i) in conditioned]) or changed
     if changed and student:
-        cal.capture(label="calibrate: capture again, through the compressed top-level layers")
+        cal.capture(label="calibrate: capture again, top-level compressed")  # (whole at 80 columns)
     pending = [i for i in first if stats_key(i) not in stats]  # they run after the blocks
 
     def readers_for(group, index):
