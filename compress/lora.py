@@ -53,7 +53,8 @@ from compress.lowrank import LowRankLinear
 
 
 def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module | str | None = None,
-               teacher_config: str | None = None, *, own_blocks: bool = False, blocks: dict | None = None) -> dict:
+               teacher_config: str | None = None, *, own_blocks: bool = False, blocks: dict | None = None,
+               blocks_of: str | None = None) -> dict:
     """Merge `lora` (a file, a folder or a state dict; see the module docstring) into `student` (from
     `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come
     from (a model or a source; default: the base the student's chain of teachers leads to,
@@ -74,14 +75,16 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     them by default (its immediate teacher, on a chain an output, is refused as a DoRA's teacher).
     `blocks`: as own_blocks, the model's block i taking the LoRA's block blocks[group][i] (-1: none;
     lora_replay's LoRA read as another output's blocks, mapped to the model's through their base); a
-    DoRA's norms then come from the base's blocks the model's descend from (in_base)."""
+    DoRA's norms then come from the base's blocks the model's descend from (in_base); `blocks_of`: the
+    model the LoRA's blocks are of, whose block counts a LoRA block past the map's last is checked
+    against (check_teacher_count), not those of the model's own teacher."""
     check_scale(scale)
     check_given(teacher)  # a --teacher that is not there: an error, whether or not the LoRA reads it
     given = teacher
     student = unwrapped(student)  # a torch.compile'd student: the model it wraps, merged in place
     adapter = get_adapter(student)
     own_blocks = own_blocks or blocks is not None
-    base = LoraBase(blocks or {}, None, None, []) if own_blocks else lora_base(student)  # the chain's base's blocks
+    base = LoraBase(blocks or {}, blocks_of, None, []) if own_blocks else lora_base(student)  # the chain's base's
     base = base._replace(moved=noted_moved(base.moved, teacher))  # said once, where putting it back would help
     if teacher is None:  # the base (its config as recorded) for a DoRA's norms and the base's block counts
         teacher, teacher_config = base.source, teacher_config or base.config

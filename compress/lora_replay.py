@@ -40,7 +40,8 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     taken = [read_as_own_blocks(teacher, record, took, source, took_files, seen) for record in loras]
     for record, lora, own_blocks in zip(loras, sources, taken):
         mapped = own_blocks if isinstance(own_blocks, dict) else None
-        merge_lora(teacher, lora, scale=record["scale"], own_blocks=own_blocks is True, blocks=mapped)
+        merge_lora(teacher, lora, scale=record["scale"], own_blocks=own_blocks is True, blocks=mapped,
+                   blocks_of=record.get("blocks_of", took) if mapped is not None else None)
 
 
 def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None, source: str | None = None,

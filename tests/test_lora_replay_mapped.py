@@ -164,3 +164,53 @@ def test_a_dora_read_as_a_moved_teachers_blocks_takes_its_norms_from_the_base_bl
     expected = copy.deepcopy(base) if other == "base" else load_transformer(tmp_path / other)
     merge_lora(expected, tmp_path / "base-dora.safetensors")  # norms from the base, in its own blocks
     assert same(load_teacher_of(c, str(tmp_path / other)), expected.state_dict())
+
+
+def shallow_teacher(tmp_path, base) -> None:
+    """x, an output of the base keeping base blocks 0 1 2 (3 blocks), and t, an output of x removing none."""
+    from compress.arch import get_adapter
+    from compress.io_output import load_transformer
+    from tests.test_lora_chain import _save_output
+
+    x = copy.deepcopy(base)
+    _save_output(x, tmp_path / "x", tmp_path / "base", get_adapter(x).remove_blocks(x, {"blocks": [3, 4, 5]}))
+    _save_output(load_transformer(tmp_path / "x"), tmp_path / "t", tmp_path / "x", None)
+
+
+def test_a_mapped_lora_checks_its_block_count_against_the_teacher_its_blocks_are_of(tmp_path):
+    """The LoRA's blocks are b's (4 blocks); mapped to t (base blocks 0 1 2, its teacher x of 3 blocks), b's
+    block 3 (base block 5, which t lacks) is past the map's last entry, and its count was read from t's
+    own teacher x: 'the LoRA adapts transformer_blocks.3, but the base model has 3 transformer_blocks (0
+    to 2): a LoRA of another (deeper) model?', a refusal of the LoRA c took. Now counted as b's blocks:
+    t takes the LoRA as the same LoRA of the base (b's block 3 dropped)."""
+    from safetensors.torch import save_file
+
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+
+    base, c, _, weights = moved_chain(tmp_path)
+    shallow_teacher(tmp_path, base)
+    save_file(as_base_lora(weights, B_OF_BASE), str(tmp_path / "base-lora.safetensors"))
+    expected = load_transformer(tmp_path / "t")
+    merge_lora(expected, tmp_path / "base-lora.safetensors")
+    assert same(load_teacher_of(c, str(tmp_path / "t")), expected.state_dict())
+
+
+def test_a_mapped_lora_adapting_a_block_its_teacher_never_had_is_refused_naming_it(tmp_path):
+    """--lora adapting a block 4 of b (4 blocks): mapped to a (base blocks 0 1 2 4 5, its teacher the base of
+    6), the count read was the base's, and a took the LoRA without a word, its block 4 dropped; now
+    refused naming b, as c's merge (reading it as b's blocks) refused it."""
+    from safetensors.torch import save_file
+
+    from compress.errors import UserError
+    from compress.io import load_teacher_of
+
+    _, c, _, weights = moved_chain(tmp_path)
+    deeper = {re.sub(r"blocks\.3\.", "blocks.4.", k): v.clone() for k, v in weights.items() if "blocks.3." in k}
+    save_file({**weights, **deeper}, str(tmp_path / "deeper.safetensors"))
+    b = str((tmp_path / "b").resolve())
+    with pytest.raises(UserError) as e:
+        load_teacher_of(c, str(tmp_path / "a"), loras=[str(tmp_path / "deeper.safetensors")])
+    assert str(e.value) == (f"{tmp_path / 'deeper.safetensors'}: the LoRA adapts transformer_blocks.4, but the base "
+                            f"model {b} has 4 transformer_blocks (0 to 3): a LoRA of another (deeper) model?")
