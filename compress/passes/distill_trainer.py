@@ -22,7 +22,7 @@ from compress.inputs import moved
 from compress.io import cast
 from compress.passes.base import RunContext
 from compress.passes.distill_checkpoints import Checkpoints
-from compress.passes.distill_progress import TERMS, fmt_terms
+from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
 from compress.passes.distill_resume import checksum
 from compress.progress import WORDS, bar as progress_bar
 
@@ -131,7 +131,7 @@ class _Trainer(Checkpoints):
                     self.step += 1
                     ran += 1
                     self.history.append(row)
-                    bar.update(task, completed=self.step, **{WORDS: fmt_terms(row)})
+                    bar.update(task, completed=self.step, **{WORDS: fmt_terms(row, weights_of(cfg))})
                     last = self.step == cfg.steps
                     if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
                         self._save()

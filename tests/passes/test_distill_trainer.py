@@ -374,3 +374,35 @@ def test_off_a_terminal_a_line_per_tenth_whatever_the_steps(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill ")]
     assert [line.split()[1] for line in lines] == [f"{s}/13" for s in (2, 3, 4, 6, 7, 8, 10, 11, 12, 13)]
     assert all(re.fullmatch(r"distill \d+/13 loss \S+ task \S+ out \S+ feat \S+ \(\d+:\d\d\)", line) for line in lines)
+
+
+def test_its_words_name_only_the_terms_of_the_loss_and_fit_80_columns(tmp_path, capsys):
+    """A new user's distill bar at 80 columns wrapped into two lines ('loss 50.13 task 12.25 out' /
+    '7.335 feat 427.9') and named `task` though lambda_task was 0 (every shipped recipe's): a term of
+    weight 0 is left out, in its log lines and after its bar, which then fits 80 columns."""
+    import re
+
+    from rich.console import Console
+
+    import compress.report
+    from compress.passes.distill_progress import fmt_terms
+    from compress.progress import WORDS, bar
+
+    teacher = tiny_pixart()
+    distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path, steps=3, batch_size=2, progress=True,
+            lambda_task=0.0, lambda_feat=0.0)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill ")]
+    assert lines and all(re.fullmatch(r"distill \d/3 loss \S+ out \S+ \(\d+:\d\d\)", line) for line in lines), lines
+    words = fmt_terms({"loss": 50.13, "task": 12.25, "out": 7.335, "feat": 427.9}, {"task": 0.0, "out": 1.0, "feat": 0.1})
+    assert words == "loss 50.13 out 7.335 feat 427.9"
+    console = Console(width=80, record=True, force_terminal=True, file=open("/dev/null", "w"))
+    real, compress.report.console = compress.report.console, console  # the terminal `bar` draws on
+    try:
+        shown = bar(True, log=False)
+    finally:
+        compress.report.console = real
+    shown.add_task("distill", total=5000, completed=4999, **{WORDS: words})
+    console.print(shown.make_tasks_table(shown.tasks))
+    drawn = console.export_text().rstrip().splitlines()
+    assert len(drawn) == 1 and drawn[0].startswith("distill ━"), drawn
+    assert drawn[0].endswith(" 4999/5000 0:00:00 -:--:-- loss 50.13 out 7.335 feat 427.9"), drawn
