@@ -13,7 +13,7 @@ from torch import nn
 from compress.errors import UserError
 from compress.lora import merge_lora
 from compress.lora_keys import STATE_DICT
-from compress.lora_teacher import LoraBase
+from compress.lora_teacher import LoraBase, missing
 from compress.output_names import is_output, output_config
 from compress.words import counted
 
@@ -130,7 +130,7 @@ def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str
         theirs = _output_base(str(took))
     except UserError:
         theirs = None  # its chain cannot be followed: its blocks are not known
-    if theirs is None and not _missing(str(took)):
+    if theirs is None and not missing(str(took)):
         theirs = LoraBase({}, str(took), None, [])  # there now, no output: a base, its own blocks
     if ours is None or (theirs is None and (compared is None or not _renumbers(ours.block_map))):
         return True  # nothing known to be renumbered, or to be another model: as before
@@ -169,13 +169,6 @@ def _teacher_base(teacher: nn.Module, source: str):
 def _renumbers(block_map: dict) -> bool:
     """Whether a block map (lora_teacher.LoraBase.block_map) gives a block another index than its base's."""
     return any(kept != list(range(len(kept))) for kept in block_map.values())
-
-
-def _missing(source: str) -> bool:
-    """Whether `source` names a local path not there now."""
-    from compress.io import looks_local
-
-    return looks_local(source) and not Path(source).expanduser().exists()
 
 
 def old_record_elsewhere(record: dict, took: str, source: str, ours, theirs) -> UserError:

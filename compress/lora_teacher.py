@@ -140,7 +140,7 @@ def lora_base(student: nn.Module) -> LoraBase:
         raise UserError(f"{broken_chain('the model', chain)}: a LoRA's blocks are those of the first teacher of "
                         "that chain (the model it was trained on), and mapping them to the model's takes the block "
                         "map of every output along it")
-    moved = chain[0] if len(chain) == 1 and _missing(chain[0]) else None  # read as a base (noted_moved)
+    moved = chain[0] if len(chain) == 1 and missing(chain[0]) else None  # read as a base (noted_moved)
     maps, config = [own], meta.get("teacher_config")
     for link in chain[:-1]:  # each an output, recording the next
         maps.append(_link_block_map(Path(link).expanduser()))
@@ -148,11 +148,12 @@ def lora_base(student: nn.Module) -> LoraBase:
     return LoraBase(composed_block_map(maps, ["the model", *chain[:-1]]), chain[-1], config, chain, moved)
 
 
-def _missing(source: str) -> bool:
-    """Whether `source` names a local path that is not there (report_teacher.chain_break's NOT_THERE)."""
-    from compress.report_teacher import NOT_THERE, chain_break
+def missing(source: str) -> bool:
+    """Whether `source` names a local path that is not there now (a teacher moved away: report_teacher.
+    chain_break's NOT_THERE, for one source); a toy or a Hub id never is."""
+    from compress.io import looks_local
 
-    return chain_break([source]) == NOT_THERE
+    return looks_local(source) and not Path(source).expanduser().exists()
 
 
 def followed(chain: list[str]) -> bool:

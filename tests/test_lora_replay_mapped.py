@@ -214,3 +214,15 @@ def test_a_mapped_lora_adapting_a_block_its_teacher_never_had_is_refused_naming_
         load_teacher_of(c, str(tmp_path / "a"), loras=[str(tmp_path / "deeper.safetensors")])
     assert str(e.value) == (f"{tmp_path / 'deeper.safetensors'}: the LoRA adapts transformer_blocks.4, but the base "
                             f"model {b} has 4 transformer_blocks (0 to 3): a LoRA of another (deeper) model?")
+
+
+def test_one_rule_says_a_teacher_is_moved_away_for_lora_base_and_the_replay(tmp_path):
+    """lora_teacher.missing, which lora_base (a moved teacher read as a base) and lora_replay.read_as_took
+    (a teacher not there, no base of its own) both ask, is report_teacher.chain_break's NOT_THERE."""
+    from compress.lora_teacher import missing
+    from compress.report_teacher import NOT_THERE, chain_break
+
+    (tmp_path / "here").mkdir()
+    sources = ["toy:pixart", "owner/name", str(tmp_path / "here"), str(tmp_path / "gone"), "./gone", "~/gone-f12"]
+    assert [missing(s) for s in sources] == [chain_break([s]) == NOT_THERE for s in sources] == \
+        [False, False, False, True, True, True]
