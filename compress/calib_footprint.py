@@ -32,7 +32,7 @@ def calibration_rows(recipe, kind: str, config, prompts: int, teacher: str = "")
         return c.num_prompts * c.timesteps * (2 if c.cfg_branches else 1)
     if kind == "synthetic":
         return c.num_prompts * c.timesteps
-    single = one_branch(recipe.model, c.pipeline or teacher)  # FluxPipeline: one branch
+    single = one_branch(recipe.model, toy_pipeline(c.pipeline or teacher) is not None)  # FluxPipeline: one branch
     kept = calibration_prompts(prompts, c, single)  # the prompts PipelineSource calibrates on
     return kept * rows_per_prompt(c, single)
 

@@ -167,7 +167,8 @@ class PipelineSource:
         self.prompts = read_prompts(calib, recipe_dir)
         self.size = {k: getattr(calib, k) for k in ("height", "width") if getattr(calib, k)}
         # read once (a folder's model_index.json): guidance() and _single() ask per sampling call
-        self._toy, self._one_branch = toy_pipeline(pipeline), one_branch(family, pipeline)
+        self._toy = toy_pipeline(pipeline)
+        self._one_branch = one_branch(family, bool(self._toy))
         if not self._toy:  # a toy's (a saved one too) needs no transformers package
             from compress.inputs import pipeline_at
             from compress.pipeline_folder import check_pipeline_source

@@ -127,14 +127,13 @@ def _warn_if_hash_line(text: str, name: str) -> None:
         warn(f"{name}:{line} starts with '#': every non-empty line is a prompt (this file format has no comments)")
 
 
-def one_branch(family: str, pipeline: str) -> bool:
+def one_branch(family: str, toy: bool) -> bool:
     """Whether the teacher's pipeline runs one transformer branch per step whatever guidance_scale
     says: FluxPipeline does (FLUX.1-dev takes guidance as an input, FLUX.1-schnell none; its true
     CFG needs a negative prompt, which calibration never passes). PixArt-Σ's and the toys' pipelines
-    run classifier-free guidance as a doubled batch."""
-    from compress.pipeline_folder import toy_pipeline  # toy:NAME, or a folder a toy pipeline was saved into
-
-    return family == "flux" and toy_pipeline(pipeline) is None
+    run classifier-free guidance as a doubled batch. `toy`: whether the pipeline is a toy's (toy:NAME,
+    or a folder a toy pipeline was saved into: pipeline_folder.toy_pipeline, as the caller found it)."""
+    return family == "flux" and not toy
 
 
 def rows_per_prompt(calib, single: bool) -> int:
