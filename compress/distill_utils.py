@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from compress.errors import UserError
+from compress.errors import UserError, not_one_of
 from compress.interrupts import STOPS, handled, raise_stop, took
 from compress.kd_losses import massive_activation_mask, normalized_mse
 from compress.lowrank import LowRankLinear
@@ -166,7 +166,7 @@ def will_have_factors(model: nn.Module) -> bool:
 def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
     """Sets requires_grad by `mode` (all | factors | non_factors) and returns the trainable parameters."""
     if mode not in TRAIN_MODES:
-        raise UserError(f"distill: train must be one of {', '.join(TRAIN_MODES)}, not {mode!r}")
+        raise UserError(not_one_of("distill.train", mode, TRAIN_MODES))
     factors = factor_param_names(model)
     if mode == "factors" and not factors:
         raise UserError("distill: train: factors, but the model has no LowRankLinear layers "

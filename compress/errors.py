@@ -55,3 +55,28 @@ def did_you_mean(word: str, options) -> str:
 
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def as_yaml(value) -> str:
+    """A read scalar as a recipe spells it: null, true, false; others as Python quotes them."""
+    return {type(None): "null", bool: str(value).lower()}.get(type(value)) or repr(value)
+
+
+# a boolean where a choice was wanted: the word meant (YAML 1.2 reads only true and false as booleans,
+# so `no`, `off` are the words themselves; a bare false is the boolean)
+_BOOL_WORDS = {False: ("no", "none", "off"), True: ("yes", "on")}
+
+
+def not_one_of(what: str, value, choices, aliases: dict | None = None, hint: str = "") -> str:
+    """The one wording of a value outside a key's choices: "distill.train must be one of all, factors,
+    non_factors, not 'factor'; did you mean 'factors'?". The value as YAML spells it; the hint: `hint`
+    where given, else the choice a boolean stands for (false: no), else the choice `aliases` gives
+    its lower-case spelling (fp16: float16; of several, the first among the choices), else the
+    closest choice (did_you_mean)."""
+    if not hint and isinstance(value, bool):
+        meant = [w for w in _BOOL_WORDS[value] if w in choices]
+        hint = f"; did you mean '{meant[0]}'?" if meant else ""
+    elif not hint:
+        meant = [w for w in (aliases or {}).get(str(value).lower(), ()) if w in choices]
+        hint = f"; did you mean '{meant[0]}'?" if meant else did_you_mean(str(value), map(str, choices))
+    return f"{what} must be one of {', '.join(map(str, choices))}, not {as_yaml(value)}{hint}"

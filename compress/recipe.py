@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from compress.errors import BadValue, UserError, did_you_mean, read_utf8
+from compress.errors import BadValue, UserError, did_you_mean, not_one_of, read_utf8
 from compress.io_source import READS
 from compress.passes import PASSES, pass_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
@@ -23,6 +23,7 @@ from compress.recipe_yaml import MARKS_HEADER, NULL, RecipeDumper, RecipeLoader,
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # device: cuda:N is cuda:0, cuda:1, ...
 
 
 HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
@@ -269,7 +270,7 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
         raise _Loc(path, passes_node).err("'passes' must be a non-empty list")
     specs = [_pass_spec(n, path, i) for i, n in enumerate(passes_node.value)]
     hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str, "teacher_config": str | None,
-             "stream": bool, "compute_dtype": Literal["float32", "float16", "bfloat16"], "device": str}
+             "stream": bool, "compute_dtype": Literal["float32", "float16", "bfloat16"], "device": Any}
     values = {}
     for k, v in root.value:
         if k.value == "passes":
@@ -282,8 +283,9 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
         if k.value == "teacher_config" and values["teacher_config"] is not None and not values[k.value].strip():
             raise _Loc(path, v).err(f"teacher_config is empty: give the diffusers config of {READS} (a folder, "
                                     "a pipeline folder or a JSON file such as config.json), or null")
-        if k.value == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", values["device"]):
-            raise _Loc(path, v).err(f"device must be auto, cpu, cuda or cuda:N; got {values['device']!r}")
+        if k.value == "device" and not (isinstance(values["device"], str)
+                                        and re.fullmatch(r"auto|cpu|cuda(:\d+)?", values["device"])):
+            raise _Loc(path, v).err(not_one_of("device", values["device"], DEVICES, {"gpu": ("cuda",)}))
         elif k.value == "calibration":
             values["calibration"] = build_dataclass(v, CalibrationConfig, path, "calibration")
         elif k.value == "export":

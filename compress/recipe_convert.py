@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from compress.errors import BadValue, UserError, did_you_mean
+from compress.errors import BadValue, UserError, as_yaml, did_you_mean, not_one_of
 from compress.recipe_set import key_nodes, nearest
 from compress.recipe_yaml import MAP, NULL, RecipeLoader, collection_tag, type_hint
 
@@ -45,19 +45,17 @@ class _Loc:
 
 
 
-# short or other names of the dtypes a recipe offers (compute_dtype, export.dtype)
-_DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "fp16": "float16", "f16": "float16", "half": "float16",
-                  "bf16": "bfloat16"}
+# other names of the dtypes a recipe offers, each with the choices it may mean (compute_dtype and
+# export.dtype: float16; distill.mixed_precision: fp16, and no for float32)
+ALIASES = {"fp32": ("float32", "no"), "f32": ("float32", "no"), "float32": ("no",), "fp16": ("float16",),
+           "f16": ("float16", "fp16"), "half": ("float16", "fp16"), "float16": ("fp16",), "bf16": ("bfloat16",),
+           "bfloat16": ("bf16",)}
 
 
-def _dtype_hint(value: str, allowed: tuple) -> str:
-    """For a dtype choice: '; did you mean 'float16'?' for fp16 and the like, and for float64 (which
-    the string distance would match to float16) that float32 is the most precise offered."""
-    if "float32" not in allowed:
-        return ""
-    if value.lower() in _DTYPE_ALIASES and _DTYPE_ALIASES[value.lower()] in allowed:
-        return f"; did you mean '{_DTYPE_ALIASES[value.lower()]}'?"
-    if value.lower() in ("float64", "double", "fp64"):
+def _precision_hint(value, allowed: tuple) -> str:
+    """For a dtype choice given float64 (which the string distance would match to float16): that
+    float32 is the most precise offered; else '' (fp16 and the like: ALIASES)."""
+    if "float32" in allowed and str(value).lower() in ("float64", "double", "fp64"):
         return "; float32 is the most precise offered (the factorizations compute in float64 whatever it is)"
     return ""
 
@@ -133,6 +131,8 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
                 errors[arg] = e
         if (inner := _only_container(node, typing.get_args(tp))) is not None:
             raise errors[inner]  # names the value inside that is wrong, at its line
+        if (choice := _only_choice(typing.get_args(tp))) is not None:
+            raise errors[choice]  # a choice or null: the choices, as without null
         raise loc.err(f"{what} must be {_type_name(tp)}, not {_shown(node)}{type_hint(node, tp)}")
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
@@ -152,15 +152,15 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
     except yaml.YAMLError as e:
         raise loc.err(f"{what}: {getattr(e, 'problem', None) or e}") from None
     if origin is Literal:
-        if value in typing.get_args(tp):
+        choices = typing.get_args(tp)
+        if value in choices:
             return value
-        hint = _dtype_hint(str(value), typing.get_args(tp)) or did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])
-        raise loc.err(f"{what} must be one of {_type_name(tp)}, not {_as_yaml(value)}{hint}")
+        raise loc.err(not_one_of(what, value, choices, ALIASES, _precision_hint(value, choices)))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
-    raise loc.err(f"{what} must be {_type_name(tp)}, not {_as_yaml(value)}{type_hint(node, tp)}")
+    raise loc.err(f"{what} must be {_type_name(tp)}, not {as_yaml(value)}{type_hint(node, tp)}")
 
 
 def _only_container(node: yaml.Node, args) -> Any:
@@ -176,16 +176,30 @@ def _only_container(node: yaml.Node, args) -> Any:
     return found[0] if len(found) == 1 else None
 
 
-def _as_yaml(value) -> str:
-    """A read scalar as a recipe spells it: null, true, false; others as Python quotes them."""
-    return {type(None): "null", bool: str(value).lower()}.get(type(value)) or repr(value)
+def _only_choice(args) -> Any:
+    """The Literal of a union that is a Literal or null (remove_blocks.estimator), else None."""
+    others = [arg for arg in args if arg is not type(None)]
+    return others[0] if len(others) == 1 and typing.get_origin(others[0]) is Literal else None
+
+
+def _choosing(tp, choices):
+    """A string key's type `tp` (or string-or-null) as the Literal of its `choices` (its config's
+    CHOICES), so that a value outside them, a boolean or a number too, is refused naming them (not
+    as 'must be a string, not false'); `tp` where the key has none."""
+    if not choices:
+        return tp
+    if tp is str:
+        return Literal[tuple(choices)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and set(typing.get_args(tp)) == {str, type(None)}:
+        return Literal[tuple(choices)] | None
+    return tp
 
 
 def _shown(node: yaml.Node) -> str:
     """A value as an error quotes it: a scalar as written, else its kind."""
     if isinstance(node, yaml.ScalarNode):
         try:
-            return _as_yaml(_construct(node))
+            return as_yaml(_construct(node))
         except yaml.YAMLError:
             return repr(node.value)
     return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
@@ -211,7 +225,8 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str, keys: str | None
             raise _Loc(path, key_node).err(f"unknown key '{key}' in {what}{hint} "
                                            f"(known: {', '.join(fields)})")
         try:
-            values[key] = convert(value_node, hints[key], path, f"{keys}.{key}" if keys else key)
+            tp = _choosing(hints[key], getattr(cls, "CHOICES", {}).get(key))
+            values[key] = convert(value_node, tp, path, f"{keys}.{key}" if keys else key)
         except UserError as e:  # a field's metadata may say what to write (remove_blocks.blocks)
             if not fields[key].metadata.get("hint"):
                 raise

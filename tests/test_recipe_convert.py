@@ -71,3 +71,58 @@ def test_a_pass_option_is_named_alike_by_its_type_and_value_checks(value, messag
     with pytest.raises(UserError) as e:
         parse_recipe(text.replace(value, "0.5"), "r.yaml", [f"passes.1.svd.ratio={value}"])
     assert str(e.value) == f"r.yaml (--set passes.1.svd.ratio={value}): {message}"
+
+
+@pytest.mark.parametrize("top, option, message", [
+    ("", "distill: {mixed_precision: false}",
+     "distill.mixed_precision must be one of no, bf16, fp16, not false; did you mean 'no'?"),
+    ("", "distill: {mixed_precision: bf16x}",
+     "distill.mixed_precision must be one of no, bf16, fp16, not 'bf16x'; did you mean 'bf16'?"),
+    ("", "distill: {mixed_precision: fp32}",
+     "distill.mixed_precision must be one of no, bf16, fp16, not 'fp32'; did you mean 'no'?"),
+    ("", "distill: {train: 1}", "distill.train must be one of all, factors, non_factors, not 1"),
+    ("", "svd: {compensate_toward: student}", "svd.compensate_toward must be one of teacher, input, not 'student'"),
+    ("", "svd: {activations: true}", "svd.activations must be one of student, teacher, not true"),
+    ("", "remove_blocks: {count: 1, criterion: false}",
+     "remove_blocks.criterion must be one of scan, proxy, learned, not false"),
+    ("", "remove_blocks: {count: 1, criterion: learned, estimator: gumble}",
+     "remove_blocks.estimator must be one of gumbel, score, not 'gumble'; did you mean 'gumbel'?"),
+    ("compute_dtype: fp16\n", "svd", "compute_dtype must be one of float32, float16, bfloat16, not 'fp16'; "
+                                     "did you mean 'float16'?"),
+    ("calibration: {source: false}\n", "svd",
+     "calibration.source must be one of auto, toy, pipeline, synthetic, not false"),
+    ("device: gpu\n", "svd", "device must be one of auto, cpu, cuda, cuda:N, not 'gpu'; did you mean 'cuda'?"),
+    ("device: false\n", "svd", "device must be one of auto, cpu, cuda, cuda:N, not false"),
+])
+def test_every_choice_key_is_refused_in_one_wording(top, option, message):
+    """Three wordings: 'distill: mixed_precision must be one of no, bf16, fp16, not 'bf16x'' (no
+    suggestion), 'compute_dtype must be one of 'float32' | 'float16' | 'bfloat16', not 'fp16'; did
+    you mean...', 'svd.compensate_toward must be one of teacher, input; got 'student''; and a boolean
+    where a choice was wanted said only 'distill.mixed_precision must be a string, not false'. Now one:
+    the key, its choices, the value as YAML spells it, the choice meant where one is close (false: no)."""
+    text = f"model: pixart\nteacher: toy:pixart\n{top}passes:\n  - {option}\n"
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml")
+    assert str(e.value) == f"r.yaml:{3 if top else 4}: {message}"
+
+
+def test_a_config_built_in_code_is_refused_in_the_recipes_words():
+    """DistillConfig(mixed_precision='bf16x').validate() (as the runner's checks call it) said
+    'distill: mixed_precision must be one of no, bf16, fp16, not 'bf16x''; select_trainable
+    'distill: train must be one of ...'."""
+    import torch
+
+    from compress.distill_utils import select_trainable
+    from compress.passes.distill import DistillConfig
+    from compress.passes.remove_blocks_config import RemoveBlocksConfig
+
+    with pytest.raises(UserError) as e:
+        DistillConfig(mixed_precision="bf16x").validate()
+    assert str(e.value) == "distill.mixed_precision must be one of no, bf16, fp16, not 'bf16x'; did you mean 'bf16'?"
+    with pytest.raises(UserError) as e:
+        select_trainable(torch.nn.Linear(2, 2), "factor")
+    assert str(e.value) == "distill.train must be one of all, factors, non_factors, not 'factor'; did you mean 'factors'?"
+    RemoveBlocksConfig(count=1, criterion="learned").validate()  # estimator null: its default
+    with pytest.raises(UserError) as e:
+        RemoveBlocksConfig(count=1, criterion="learned", estimator=False).validate()
+    assert str(e.value) == "remove_blocks.estimator must be one of gumbel, score, not false"

@@ -178,7 +178,7 @@ def test_bad_distill_config_is_refused_before_any_pass_runs(setup, monkeypatch, 
     family, teacher, tmp_path, text = setup
     ran = []
     monkeypatch.setattr(svd.SVDPass, "run", lambda self, model, ctx: ran.append(1))
-    with pytest.raises(UserError, match=rf"r\.yaml:7: distill: {words}"):
+    with pytest.raises(UserError, match=rf"r\.yaml:7: distill(: |\.){words}"):  # a choice: distill.train
         _run(tmp_path, text + f"  - distill: {bad}\n")
     assert not ran
 
@@ -206,7 +206,7 @@ def test_device_key(setup):
     one-line error before anything loads, streamed or not; cpu and auto (on a machine without a
     GPU) write the same weights."""
     family, _, tmp_path, text = setup
-    with pytest.raises(UserError, match=r"r\.yaml:1: device must be auto, cpu, cuda or cuda:N; got 'gpu'"):
+    with pytest.raises(UserError, match=r"r\.yaml:1: device must be one of auto, cpu, cuda, cuda:N, not 'gpu'; did you mean 'cuda'\?"):
         parse_recipe("device: gpu\n" + text, str(tmp_path / "r.yaml"))
     if not torch.cuda.is_available():
         for head in ("device: cuda:0\n", "device: cuda\nstream: true\n"):

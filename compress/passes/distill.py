@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from compress.distill_data import DATA_SOURCES
 from compress.distill_folder import check_folder
 from compress.distill_utils import TRAIN_MODES, warmup_length, will_have_factors
-from compress.errors import BadValue, UserError
+from compress.errors import BadValue, UserError, not_one_of
 from compress.passes.base import Pass, RunContext
 from compress.passes.distill_notes import error_rose
 from compress.passes.distill_resume import NOT_FINGERPRINTED
@@ -66,6 +66,8 @@ class DistillConfig:
     max_steps_this_run: int | None = None  # stop (checkpointed) after this many steps in this invocation
     progress: bool = True  # rich progress bar (main process)
     plot: bool = True  # loss.png beside loss.csv (matplotlib)
+    # the string keys' choices: refused at recipe load naming them (recipe_convert._choosing), and here
+    CHOICES = {"mixed_precision": ("no", "bf16", "fp16"), "train": TRAIN_MODES, "data": DATA_SOURCES}
 
     def validate(self) -> None:
         """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
@@ -73,11 +75,9 @@ class DistillConfig:
             value = getattr(self, key)
             if not (value is None and key in _NULLABLE) and not (_number(value) and ok(value)):
                 raise BadValue(key, f"distill: {key} must be {allowed}, got {value!r}", reads=())
-        for key, allowed in (("mixed_precision", ("no", "bf16", "fp16")), ("train", TRAIN_MODES),
-                             ("data", DATA_SOURCES)):
+        for key, allowed in self.CHOICES.items():
             if getattr(self, key) not in allowed:
-                raise BadValue(key, f"distill: {key} must be one of {', '.join(allowed)}, "
-                                    f"not {getattr(self, key)!r}", reads=())
+                raise BadValue(key, not_one_of(f"distill.{key}", getattr(self, key), allowed), reads=())
         if self.lambda_task + self.lambda_out + self.lambda_feat == 0:
             raise BadValue("lambda_task", "distill: lambda_task, lambda_out and lambda_feat must not all be 0",
                            reads=("lambda_out", "lambda_feat"))

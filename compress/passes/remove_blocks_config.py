@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from compress.errors import BadValue, did_you_mean
+from compress.errors import BadValue, not_one_of
 from compress.passes.importance import check_buckets
 from compress.passes.remove_blocks_learned import value
 
@@ -41,13 +41,15 @@ class RemoveBlocksConfig:
     learn_rank: int | None = None  # the weight update as rank-r factors on the block linears (no copy)
     logit_lr: float | None = None  # Adam lr of the keep-pattern logits (0.05)
     estimator: str | None = None  # the logits' gradient: gumbel (straight-through, TinyFusion's) | score
+    # the string keys' choices: refused at recipe load naming them (recipe_convert._choosing), and here
+    CHOICES = {"criterion": CRITERIA, "estimator": ESTIMATORS}
 
     def validate(self) -> None:
         """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
-        if self.criterion not in CRITERIA:
-            raise BadValue("criterion", f"remove_blocks: criterion must be one of {', '.join(CRITERIA)}, "
-                                        f"got {self.criterion!r}{did_you_mean(str(self.criterion), CRITERIA)}",
-                           reads=())
+        for key, allowed in self.CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed and not (key == "estimator" and value is None):  # null: its default
+                raise BadValue(key, not_one_of(f"remove_blocks.{key}", value, allowed), reads=())
         check_buckets(self.buckets, "remove_blocks")
         self._validate_learned()
         self._validate_explicit()
@@ -67,8 +69,7 @@ class RemoveBlocksConfig:
                                  ("learn_steps", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("learn_lr", lambda v: _num(v) and v >= 0, "a number ≥ 0"),
                                  ("learn_rank", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
-                                 ("logit_lr", lambda v: _num(v) and v > 0, "a number > 0"),
-                                 ("estimator", lambda v: v in ESTIMATORS, "one of " + ", ".join(ESTIMATORS))):
+                                 ("logit_lr", lambda v: _num(v) and v > 0, "a number > 0")):
             v = getattr(self, key)
             if v is not None and not ok(v):
                 raise BadValue(key, f"remove_blocks: {key} must be {allowed}, got {v!r}", reads=())

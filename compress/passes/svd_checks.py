@@ -7,7 +7,7 @@ import dataclasses
 from torch import nn
 
 from compress.arch.base import ROLES
-from compress.errors import BadValue, did_you_mean
+from compress.errors import BadValue, did_you_mean, not_one_of
 from compress.linalg import METHODS
 from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
@@ -18,6 +18,9 @@ from compress.recipe_yaml import spelling_hint
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "block", "modulation", "none")
+# SVDConfig's string keys' choices (SVDConfig.CHOICES: refused at recipe load naming them, and in check_values)
+CHOICES = {"method": METHODS, "allocation": ALLOCATIONS, "activations": ("student", "teacher"), "fisher": FISHER,
+           "compensate_toward": ("teacher", "input"), "compensate_search": ("walk", "ladder")}
 ENERGY_DEFAULT = 0.99  # SVDConfig.energy's default: another value asks for allocation: energy
 CENTER_DEFAULT = ["modulation"]  # SVDConfig.center's default: left alone where no modulation is targeted
 
@@ -118,12 +121,9 @@ def _check_not_factorized(targets, model: nn.Module) -> None:
 
 def check_values(c) -> None:
     """The keys' values alone, no model (SVDConfig.validate: at recipe load, BadValue names the key)."""
-    _one_of("method", c.method, METHODS)
-    _one_of("allocation", c.allocation, ALLOCATIONS)
-    _one_of("activations", c.activations, ("student", "teacher"))
-    _one_of("fisher", c.fisher, FISHER)
-    _one_of("compensate_toward", c.compensate_toward, ("teacher", "input"))
-    _one_of("compensate_search", c.compensate_search, ("walk", "ladder"))
+    for key, allowed in CHOICES.items():
+        if getattr(c, key) not in allowed:
+            raise _bad(key, not_one_of(f"svd.{key}", getattr(c, key), allowed))
     _check_numbers(c)
     _check_counts(c)
     _check_patterns(c)
@@ -302,12 +302,6 @@ def centered(c, info) -> bool:
     """Whether a target is factorized on its centered Gram with the mean error folded into its
     bias (svd.center)."""
     return any(matches(p, info) for p in c.center)
-
-
-def _one_of(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise _bad(key, f"svd.{key} must be one of {', '.join(allowed)}; got {value!r}"
-                            f"{did_you_mean(str(value), allowed)}")
 
 
 def _check_ratios(ratios) -> None:

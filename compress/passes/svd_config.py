@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from compress.passes.svd_checks import CENTER_DEFAULT, ENERGY_DEFAULT, check_values
+from compress.passes.svd_checks import CENTER_DEFAULT, CHOICES, ENERGY_DEFAULT, check_values
 from compress.passes.svd_targets import shadowed_ranks
 
 
@@ -56,6 +56,7 @@ class SVDConfig:
     # auto (where block targets are fitted asymmetrically: there it measured 0.85-0.96x the error)
     sequential: bool | str = "auto"
     progress: bool = True
+    CHOICES = CHOICES  # the string keys' choices (svd_checks): refused at recipe load naming them
 
     def validate(self) -> None:
         check_values(self)  # values alone, at recipe load (svd_checks)

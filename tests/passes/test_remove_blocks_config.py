@@ -87,7 +87,7 @@ def test_a_misspelt_criterion_gets_the_closest_one():
     """criterion: learnd listed the criteria but, unlike a misspelt svd.allocation, suggested none."""
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE.format(options="{count: 1, criterion: learnd}"), "r.yaml")
-    assert str(e.value).endswith("remove_blocks: criterion must be one of scan, proxy, learned, got 'learnd'; "
+    assert str(e.value).endswith("remove_blocks.criterion must be one of scan, proxy, learned, not 'learnd'; "
                                  "did you mean 'learned'?")
     assert str(e.value).startswith("r.yaml:4: ")
 

@@ -176,14 +176,14 @@ def test_plan_warns_of_a_biased_estimator_once_at_its_line(capsys):
 
 
 def test_estimator_must_be_known():
-    with pytest.raises(BadValue, match="estimator must be one of gumbel, score, got 'adam'"):
+    with pytest.raises(BadValue, match="remove_blocks.estimator must be one of gumbel, score, not 'adam'"):
         RemoveBlocksConfig(count={"single": 1}, criterion="learned", estimator="adam").validate()
 
 
 @pytest.mark.parametrize("pass_text, where", [
     ("  - remove_blocks:\n      count: {blocks: 1}\n      window: 3\n", r"r\.yaml:10: remove_blocks: window applies"),
     ("  - remove_blocks:\n      count: {blocks: 1}\n      criterion: learned\n      estimator: adam\n",
-     r"r\.yaml:11: remove_blocks: estimator must be one of"),
+     r"r\.yaml:11: remove_blocks\.estimator must be one of"),
 ])
 def test_recipe_mistakes_name_the_line(pass_text, where):
     from compress.recipe import parse_recipe
