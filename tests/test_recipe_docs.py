@@ -185,19 +185,11 @@ def test_documented_defaults_are_the_code_defaults():
 
 
 def test_documented_choices_are_the_codes():
-    """Every value a Literal-typed key (or one checked against a tuple in the code) allows is named
-    in its row's type cell, and no other."""
-    from compress.distill_data import DATA_SOURCES
-    from compress.distill_utils import TRAIN_MODES
-    from compress.linalg import METHODS
-    from compress.passes.remove_blocks_config import CRITERIA, ESTIMATORS
-    from compress.passes.svd_checks import ALLOCATIONS, FISHER
-
-    classes = config_classes()
-    choices = {("svd", "method"): METHODS, ("svd", "allocation"): ALLOCATIONS, ("svd", "fisher"): FISHER,
-               ("distill", "train"): TRAIN_MODES, ("distill", "data"): DATA_SOURCES,
-               ("remove_blocks", "criterion"): CRITERIA, ("remove_blocks", "estimator"): ESTIMATORS}
+    """Every value a Literal-typed key (or one checked against a tuple in the code, its config's
+    CHOICES) allows is named in its row's type cell, and no other."""
+    classes, choices = config_classes(), {}
     for section, cls in classes.items():
+        choices.update({(section, key): allowed for key, allowed in getattr(cls, "CHOICES", {}).items()})
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if typing.get_origin(hints[f.name]) is Literal:
@@ -210,3 +202,22 @@ def test_documented_choices_are_the_codes():
             wrong[f"{section}.{key}"] = (sorted(named), sorted(map(str, allowed)))
     assert wrong == {}, "type cells whose choices (named, code's) differ from the code's"
 
+
+
+def test_the_documented_booleans_are_the_ones_the_loader_takes():
+    """The document said "booleans are `true` / `false` only", yet `cfg_branches: True` loaded (YAML 1.2's
+    core schema takes True, TRUE too). Its spellings, taken and refused, are now the loader's."""
+    from compress.recipe_yaml import BOOL, PATTERN
+
+    text = " ".join(DOC.read_text(encoding="utf-8").split())
+    taken, refused = re.search(r"The booleans are (.*?); (.*?) are not,", text).groups()
+    taken, refused = re.findall(r"`([^`]*)`", taken), re.findall(r"`([^`]*)`", refused)
+    assert set(taken) == set(PATTERN[BOOL].split("|"))
+    for word in taken:
+        recipe = parse_recipe(f"model: pixart\nteacher: toy:pixart\ncalibration: {{cfg_branches: {word}}}\n"
+                              "passes: [importance]\n", "r.yaml")
+        assert recipe.calibration.cfg_branches is (word.lower() == "true")
+    for word in refused:
+        with pytest.raises(UserError, match="cfg_branches must be true or false"):
+            parse_recipe(f"model: pixart\nteacher: toy:pixart\ncalibration: {{cfg_branches: {word}}}\n"
+                         "passes: [importance]\n", "r.yaml")
