@@ -17,39 +17,38 @@ import torch
 from compress.calib_prompts import calibration_prompts, one_branch, rows_per_prompt
 from compress.errors import UserError
 from compress.inputs import SYNTHETIC_TEXT_TOKENS, SYNTHETIC_TOKENS, source_kind
-from compress.pipeline_folder import toy_pipeline
 
 PIPELINE_TEXT_TOKENS = {"pixart": 300, "flux": 512}  # the pipelines' max_sequence_length defaults
 FLUX_SIDE = 1024  # FluxPipeline's default image size (pixels); PixArt-Σ's is its sample_size x 8
 PIXART_BINNED = (32, 64, 128, 256)  # sample sizes whose PixArt-Σ pipeline bins the size asked for
 
 
-def calibration_rows(recipe, kind: str, config, prompts: int, teacher: str = "") -> int:
+def calibration_rows(recipe, kind: str, config, prompts: int, *, toy: bool) -> int:
     """Rows (batch entries) of the calibration inputs: prompts x kept steps x CFG branches;
-    teacher: its source (a pipeline source samples in `calibration.pipeline` or in it)."""
+    toy: whether the pipeline a pipeline source samples in is a toy's (see footprint)."""
     c = recipe.calibration
     if kind == "toy":
         return c.num_prompts * c.timesteps * (2 if c.cfg_branches else 1)
     if kind == "synthetic":
         return c.num_prompts * c.timesteps
-    single = one_branch(recipe.model, toy_pipeline(c.pipeline or teacher) is not None)  # FluxPipeline: one branch
+    single = one_branch(recipe.model, toy)  # FluxPipeline: one branch
     kept = calibration_prompts(prompts, c, single)  # the prompts PipelineSource calibrates on
     return kept * rows_per_prompt(c, single)
 
 
-def row_tokens(recipe, kind: str, config, teacher: str = "") -> tuple[int, int]:
-    """(residual-stream tokens, caption tokens kept beside it) of one row at the blocks; teacher: its
-    source (a pipeline source samples in `calibration.pipeline` or in it)."""
-    image, text = image_tokens(recipe, kind, config, teacher), text_tokens(recipe, kind, teacher)
+def row_tokens(recipe, kind: str, config, *, toy: bool) -> tuple[int, int]:
+    """(residual-stream tokens, caption tokens kept beside it) of one row at the blocks; toy: whether
+    the pipeline a pipeline source samples in is a toy's (see footprint)."""
+    image, text = image_tokens(recipe, kind, config, toy=toy), text_tokens(recipe, kind, toy=toy)
     return (image + text, 0) if recipe.model == "flux" else (image, text)
 
 
-def image_tokens(recipe, kind: str, config, teacher: str = "") -> int:
+def image_tokens(recipe, kind: str, config, *, toy: bool) -> int:
     """Image tokens of one row at the blocks (see row_tokens)."""
     c, family = recipe.calibration, recipe.model
     if kind == "synthetic":
         return SYNTHETIC_TOKENS
-    if kind == "toy" or toy_pipeline(c.pipeline or teacher):  # the toy data or a toy pipeline (a saved one too)
+    if kind == "toy" or toy:  # the toy data or a toy pipeline (a saved one too)
         # the toys' latents (4, 8, 8): PixArt patches them, Flux packs 2 x 2
         from compress.toy.vae import LATENT_SIZE
 
@@ -62,13 +61,12 @@ def image_tokens(recipe, kind: str, config, teacher: str = "") -> int:
     return (height // step) * (width // step)
 
 
-def text_tokens(recipe, kind: str, teacher: str = "") -> int:
+def text_tokens(recipe, kind: str, *, toy: bool) -> int:
     """Text tokens of one row at the blocks: Flux's residual stream holds them beside the image's,
     PixArt-Σ's blocks read them as the caption (see row_tokens); the teacher's config says nothing of them."""
-    c = recipe.calibration
     if kind == "synthetic":
         return SYNTHETIC_TEXT_TOKENS
-    if kind == "toy" or toy_pipeline(c.pipeline or teacher):  # the toy text encoder's length
+    if kind == "toy" or toy:  # the toy text encoder's length
         from compress.toy.text import MAX_TOKENS
 
         return MAX_TOKENS
@@ -144,12 +142,15 @@ def block_copies(recipe, config=None) -> int:
     return 2 if svd_streams(recipe, config)[1] else 1
 
 
-def footprint(recipe, teacher: str, config, prompts: int) -> dict:
+def footprint(recipe, teacher: str, config, prompts: int, *, toy: bool) -> dict:
     """Bytes of calibration activations held at once in the recipe's compute dtype, all of them and
-    one batch's (spilled); teacher: its source; prompts: how many a pipeline source reads."""
+    one batch's (spilled); teacher: its source; prompts: how many a pipeline source reads; toy: whether
+    the pipeline a pipeline source samples in (`calibration.pipeline`, else the teacher) is a toy's:
+    toy:NAME or a folder a toy pipeline was saved into (pipeline_folder.toy_pipeline, as the caller
+    found it: make_plan's calibration.toy_pipeline, PipelineSource.toy; False for other sources)."""
     kind, itemsize = source_kind(recipe.calibration, teacher), getattr(torch, recipe.compute_dtype).itemsize
-    rows = calibration_rows(recipe, kind, config, prompts, teacher)
-    stream, caption = row_tokens(recipe, kind, config, teacher)
+    rows = calibration_rows(recipe, kind, config, prompts, toy=toy)
+    stream, caption = row_tokens(recipe, kind, config, toy=toy)
     width = config.num_attention_heads * config.attention_head_dim
     per_row = (2 * stream + caption) * width * itemsize  # inputs + outputs, and the caption once
     fits, sequential = svd_streams(recipe, config)

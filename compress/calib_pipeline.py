@@ -183,6 +183,12 @@ class PipelineSource:
         self.cache_dir: Path | None = None  # the runner's: each sampling call's records, on disk
         self._uncond: dict | None = None  # the negative prompt's row (calibration records, CFG)
 
+    @property
+    def toy(self) -> bool:
+        """Whether the pipeline sampled in is a toy's: toy:NAME, or a folder a toy pipeline was saved
+        into (pipeline_folder.toy_pipeline, read once here)."""
+        return self._toy is not None
+
     def inputs_identity(self) -> dict:
         """What the sampled inputs depend on that the recipe's keys do not hold, for the calibration
         caches' keys and --resume to compare: {"prompts": a digest of the prompts read (a prompt_file

@@ -113,7 +113,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     toy = pipeline and toy_pipeline(recipe.calibration.pipeline or source) is not None
     if pipeline:  # as the run's PipelineSource refuses it
         check_size(recipe.calibration, toy)
-    calib = footprint(recipe, source, model.config, prompts)  # of the teacher's config
+    calib = footprint(recipe, source, model.config, prompts, toy=toy)  # of the teacher's config
     steps, scores, later, unplaced, uneven = [], ScoresSoFar(), [], [], []
     budgeted = []  # per entry of `later`: its dense targets on the meta model (budgeted_layers)
     removals_before = []  # per entry of `later`: the unplaced removals before its pass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from compress.inputs import source_kind
 from compress.passes.svd_targets import is_model_wide
 
 
@@ -159,7 +158,7 @@ def _tapped(recipe, plan: dict, index: int, taps: list[dict]) -> list[dict]:
 
     c, f, adapter = recipe.passes[index].config, plan["calibration"], get_adapter(plan["family"])
     batch = min(f["rows"], f["batch_rows"])
-    text = text_tokens(recipe, source_kind(recipe.calibration, plan["teacher"]), plan["teacher"])
+    text = text_tokens(recipe, f["source"], toy=f["toy_pipeline"])  # make_plan's source_kind and toy_pipeline
     out = []
     for tap in taps:
         per_sample = adapter.per_sample(SimpleNamespace(part=tap["part"]))

@@ -56,7 +56,7 @@ def prepare(runner) -> None:
     # the prompts read and the pipeline's parts but the transformer: keys of the caches, compared by --resume
     runner.inputs_id = src.inputs_identity() if hasattr(src, "inputs_identity") else None
     weights = streamed_weights(runner.teacher, runner.adapter) if runner.recipe.stream else None
-    _warn_of_memory(runner, weights)
+    _warn_of_memory(runner, weights, getattr(src, "toy", False))  # PipelineSource's: a toy's pipeline
     runner.run_dir.mkdir(parents=True, exist_ok=True)
     teacher_id = _cache_keys(runner, src)
     if not is_follower() and _keeps_measured(runner):  # the teacher and calibration known: what another measured
@@ -139,13 +139,13 @@ def _resumes_nothing(runner) -> bool:
     return nothing_saved(runner.run_dir, runner.resumes_from[0]) and not finished_run(runner.run_dir)
 
 
-def _warn_of_memory(runner, weights: dict | None) -> None:
+def _warn_of_memory(runner, weights: dict | None, toy: bool) -> None:
     """Calibration's activations (with the streamed weights where `weights`) against what is free;
     none where no pass reads calibration inputs (plan.calibrates: a removal of no block reads none): then
-    only the streamed weights, where streamed."""
+    only the streamed weights, where streamed. toy: whether a pipeline source samples in a toy's pipeline."""
     if not runner.calibrates and weights is None:
         return
-    held = (footprint(runner.recipe, runner.source, runner.teacher.config, len(runner.prompts or ()))
+    held = (footprint(runner.recipe, runner.source, runner.teacher.config, len(runner.prompts or ()), toy=toy)
             if runner.calibrates else NO_ACTIVATIONS)
     spilled = runner.recipe.calibration.spill_activations
     if weights is not None:  # weights and activations together, against what is free

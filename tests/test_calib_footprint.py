@@ -45,10 +45,11 @@ def _check(tmp_path, family, teacher_source, calibration, fisher="all"):
     teacher = load_teacher(teacher_source)
     src = input_source(family, teacher_source, recipe.calibration, teacher)
     kind = source_kind(recipe.calibration, teacher_source)
-    prompts = len(getattr(src, "prompts", ()))
-    want = (calibration_rows(recipe, kind, teacher.config, prompts, teacher_source), *row_tokens(recipe, kind, teacher.config, teacher_source))
+    prompts, toy = len(getattr(src, "prompts", ())), getattr(src, "toy", False)  # PipelineSource's: a toy's
+    want = (calibration_rows(recipe, kind, teacher.config, prompts, toy=toy),
+            *row_tokens(recipe, kind, teacher.config, toy=toy))
     assert _measured(family, teacher, src.calibration()) == want
-    f = footprint(recipe, teacher_source, teacher.config, prompts)  # float32: 4 bytes
+    f = footprint(recipe, teacher_source, teacher.config, prompts, toy=toy)  # float32: 4 bytes
     width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
     assert f["bytes"] == want[0] * (2 * want[1] + want[2]) * width * 4 * (2 if fisher == "block" else 1)
     return f
@@ -89,7 +90,8 @@ def test_a_toy_pipeline_source_counts_the_toy_pipelines_tokens(tmp_path, family)
     recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
     teacher = load_teacher(f"toy:{family}")
     src = input_source(family, f"toy:{family}", recipe.calibration, teacher)
-    f = footprint(recipe, f"toy:{family}", teacher.config, len(src.prompts))
+    assert src.toy
+    f = footprint(recipe, f"toy:{family}", teacher.config, len(src.prompts), toy=src.toy)
     assert _measured(family, teacher, src.calibration()) == (f["rows"], f["tokens"], f["caption_tokens"])
     assert (f["tokens"], f["caption_tokens"]) == ((16, MAX_TOKENS) if family == "pixart" else (16 + MAX_TOKENS, 0))
 
@@ -239,7 +241,7 @@ def test_the_footprints_probe_is_probe_bytes_of_its_block_copies(tmp_path, svd):
 
     recipe = parse_recipe(f"model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {svd}\n", str(tmp_path / "r.yaml"))
     config = meta_model("toy:pixart").config
-    f = footprint(recipe, "toy:pixart", config, 0)
+    f = footprint(recipe, "toy:pixart", config, 0, toy=False)
     width = config.num_attention_heads * config.attention_head_dim
     before = 0 if block_copies(recipe) == 1 else (
         (SAVED_PER_TOKEN * f["tokens"] + 2 * (f["tokens"] + f["caption_tokens"])) * width * 4)

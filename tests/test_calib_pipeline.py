@@ -223,7 +223,8 @@ def test_calibration_heldout_sets_how_many_prompts_a_pipeline_source_holds_out(f
         monkeypatch.setattr("compress.calib_pipeline.rebatch", lambda records, size, seed: records)
         source.calibration(), source.heldout()
         assert seen == [prompts[:10 - held], prompts[10 - held:]]
-        rows = calibration_rows(type("R", (), {"calibration": calib(**kw), "model": "pixart"}), "pipeline", teacher.config, 10)
+        recipe = type("R", (), {"calibration": calib(**kw), "model": "pixart"})
+        rows = calibration_rows(recipe, "pipeline", teacher.config, 10, toy=False)
         assert rows == (10 - held) * 4 * 2
 
 
@@ -241,7 +242,8 @@ def test_guidance_scale_1_runs_one_branch_and_counts_one(folders):
     teacher = load_teacher(str(folders["pixart"]))
     batches = PipelineSource("pixart", calib, teacher, str(folders["pixart"])).calibration()
     held = sum(b["hidden_states"].shape[0] for b in batches)  # (B, C, H, W)
-    assert held == calibration_rows(type("R", (), {"calibration": calib, "model": "pixart"}), "pipeline", teacher.config, 3) == 4
+    recipe = type("R", (), {"calibration": calib, "model": "pixart"})
+    assert held == calibration_rows(recipe, "pipeline", teacher.config, 3, toy=False) == 4
 
 
 def test_flux_without_guidance_embeds_has_no_unconditional_row(tmp_path):

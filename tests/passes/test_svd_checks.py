@@ -242,7 +242,7 @@ def test_sequential_auto_on_modulation_targets_and_true_beside_a_block_linear_st
     for targets, sequential in ((["modulation"], "auto"), (["modulation", "mlp"], True)):
         SVDPass(SVDConfig(targets=targets, fisher="block", sequential=sequential)).check(model, get_adapter(model))
     text = "model: flux\nteacher: toy:flux\npasses:\n  - svd: {targets: [modulation], fisher: block}\n"
-    f = footprint(parse_recipe(text, str(tmp_path / "r.yaml")), "toy:flux", model.config, 0)
+    f = footprint(parse_recipe(text, str(tmp_path / "r.yaml")), "toy:flux", model.config, 0, toy=False)
     assert (f["block_copies"], f["probe_bytes"]) == (1, 0)
 
 
@@ -256,5 +256,5 @@ def test_sequential_auto_on_the_captions_keys_and_values_alone_sequences_nothing
     text = ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [transformer_blocks.0.attn2.to_k, "
             "transformer_blocks.0.attn2.to_v], fisher: block}\n")
     model = tiny_pixart()
-    f = footprint(parse_recipe(text, str(tmp_path / "r.yaml")), "toy:pixart", model.config, 0)
+    f = footprint(parse_recipe(text, str(tmp_path / "r.yaml")), "toy:pixart", model.config, 0, toy=False)
     assert (f["block_copies"], f["probe_bytes"]) == (1, 0)

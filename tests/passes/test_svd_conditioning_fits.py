@@ -63,7 +63,7 @@ def test_the_memory_estimate_counts_no_reference_stream_for_modulation_targets(t
             "fisher: block, ranks: {modulation: 8}}\n")
     recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
     assert (asymmetric_streams(recipe), block_copies(recipe)) == (1, 1)
-    f = footprint(recipe, "toy:flux", tiny_flux().config, 0)
+    f = footprint(recipe, "toy:flux", tiny_flux().config, 0, toy=False)
     assert (f["streams"], f["block_copies"], f["probe_bytes"]) == (1, 1, 0)
     assert "reference stream" not in describe(f)
     both = parse_recipe(text.replace("[modulation]", "[modulation, mlp]"), str(tmp_path / "r.yaml"))
