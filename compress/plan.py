@@ -85,18 +85,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     it what it checked and made already: `sources` (io_source.checked_sources of the recipe, then
     `teacher` and `teacher_config` are not read) and `passes` (passes.build_passes of the recipe). Without
     --teacher-config, the recipe's `teacher_config:` is read (recipe_teacher_config.teacher_config_of)."""
-    # the teacher checked: there, of the recipe's family
-    src = sources or checked_sources(recipe, teacher, teacher_config_of(recipe, teacher_config, teacher), hub=False)
-    if recipe.stream:  # a single file or an output: refused as the run's checkpoint_of refuses it
-        check_streamable(src)
-    source, model = src.source, meta_model(src)  # its config, read once
-    adapter = get_adapter(model)
-    if adapter.family != recipe.model:  # a pickle's family, from its config
-        raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
-                        f"teacher {source}{teacher_given(recipe, teacher or source != recipe.teacher)} "
-                        f"is a {type(model).__name__} ({adapter.family})")
-    check_teacher_weights(src, model)  # its files' headers, not its tensors: run's refusal, before any numbers
-    warn_if_export_wider(recipe, src)  # its files' headers: a bfloat16 teacher exported in float32
+    src, model, adapter = _teacher(recipe, teacher, teacher_config, sources)
+    source = src.source
     before_rows, before = layer_rows(model), param_count(model)
     before_blocks = block_params(model, before_rows)
     passes = passes if passes is not None else build_passes(recipe)
@@ -106,51 +96,15 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     if recipe.device.startswith("cuda") and not torch.cuda.is_available():
         note(f"{recipe.path}: device {recipe.device}, but torch sees no CUDA "
              "GPU here: this plan holds, its run needs a machine with one")
-    inputs = source_kind(recipe.calibration, source)
-    pipeline = inputs == "pipeline"
-    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
-    # a toy's pipeline (toy:NAME, or one a toy saved) samples in seconds, as calib_footprint tells it
-    toy = pipeline and toy_pipeline(recipe.calibration.pipeline or source) is not None
-    if pipeline:  # as the run's PipelineSource refuses it
-        check_size(recipe.calibration, toy)
-    calib = footprint(recipe, source, model.config, prompts, toy=toy)  # of the teacher's config
-    steps, scores, later, unplaced, uneven = [], ScoresSoFar(), [], [], []
-    budgeted = []  # per entry of `later`: its dense targets on the meta model (budgeted_layers)
-    removals_before = []  # per entry of `later`: the unplaced removals before its pass
+    inputs, toy, calib = _calibration(recipe, source, model)
+    walk = PassWalk(recipe, model, adapter, calib)
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs, recipe.calibration):  # then applied
-        named = dict(model.named_modules())  # as the pass finds the model: the names its targets use
-        step = {"pass": spec.name, **pass_where(spec), **(p.plan(model, adapter, calib["rows"]) or {})}
-        if isinstance(step.get("blocks_before"), dict):  # a removal: its counts as the run may find them
-            possible = possible_counts(model, adapter)
-            step = count_ranges(step, possible, counts_after(p.config, adapter, possible))
-        if unplaced and (bounded_keys(step | {"at_most": True}) or ranged_keys(step)):  # some blocks go
-            step["at_most"] = list(unplaced)                    # before it from groups picked at run time
-        if n := p.unplaced(model, adapter):  # blocks whose groups importance picks at run time
-            unplaced.append({"pass": spec.name, **pass_where(spec), "blocks": n})
-        if step.get("blocks_differ_in_size"):  # placed, but which blocks go changes the count
-            uneven.append({"pass": spec.name, **pass_where(spec), "groups": step["blocks_differ_in_size"]})
-        budgeted = retargeted(budgeted, step, named)
-        if step.get("params_after") == LATER:  # ranks decided after calibration: counted dense here
-            later.append(decided_later(p, step, model, adapter))
-            budgeted.append(budgeted_layers(later[-1], model, adapter))
-            removals_before.append(len(unplaced))
-        scans = bool(step.get("scans"))  # blocks chosen by importance; none when it removes none
-        reused = scans and scores.reused(step)
-        if scans and (words := scores.words(step)):
-            step["scores"] = words
-        if recipe.stream and step.get("skip_scan") and step.get("scans", 1):
-            step["streamed_scan"] = streamed_scan(step, reused, calib, model, adapter)
-        if spec.name == "svd":  # the float64 statistics its calibration holds (plan_memory)
-            step["statistics"] = svd_statistics(*svd_targets(p, spec, model, adapter), spec.config)
-        if spec.name == "distill":  # the student it trains, as earlier passes leave it (plan_memory)
-            spare = spare_bound(model, adapter, planned_blocks(model, adapter))[0]
-            step["student"] = distill_student(model, later, budgeted, spec.config.train, spare)
-        scores.see(p, spec, step)
-        steps.append(step)
+        walk.add(p, spec)
+    steps, later, unplaced, uneven = walk.steps, walk.later, walk.unplaced, walk.uneven
     after_rows, after = layer_rows(model), param_count(model)
     after_roles = by_key(after_rows, "role")
     spare, spare_roles = spare_bound(model, adapter, planned_blocks(model, adapter))
-    counts, taken = adapter.block_counts(model), sum(u["blocks"] for u in unplaced)  # taken: placed at run time
+    counts = adapter.block_counts(model)
     plan = {
         "calibration": calib,
         "backward": backward_bytes(calib, model.config, sum(counts.values())),
@@ -159,9 +113,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         "passes": steps, "stream": streamed,
         "params_before": before, "params_after_planned": after,
         "params_after_is": "at most" if later or unplaced or uneven else "exact",
-        "params_after_at_most": after - budget_savings(later, budgeted, model) + spare
-        - smallest_blocks(model, adapter, taken, budgeted,
-                          removal_shares(later, removals_before, len(unplaced))),
+        "params_after_at_most": walk.params_at_most(after, spare),
         "decided_later": later, "unplaced_removals": unplaced, "uneven_removals": uneven, "params_spare": spare,
         "by_role_before": by_key(before_rows, "role"), "by_role_after": after_roles,
         "by_role_after_at_most": {r: n + spare_roles.get(r, 0) for r, n in after_roles.items()},
@@ -177,6 +129,103 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"], passes)
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
+
+
+def _teacher(recipe, teacher: str | None, teacher_config: str | None, sources: TeacherSource | None) -> tuple:
+    """(the teacher's sources, checked: there, of the recipe's family; its meta model; its adapter), its
+    weight files' headers checked as run checks them (make_plan's arguments)."""
+    src = sources or checked_sources(recipe, teacher, teacher_config_of(recipe, teacher_config, teacher), hub=False)
+    if recipe.stream:  # a single file or an output: refused as the run's checkpoint_of refuses it
+        check_streamable(src)
+    model = meta_model(src)  # its config, read once
+    adapter = get_adapter(model)
+    if adapter.family != recipe.model:  # a pickle's family, from its config
+        raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
+                        f"teacher {src.source}{teacher_given(recipe, teacher or src.source != recipe.teacher)} "
+                        f"is a {type(model).__name__} ({adapter.family})")
+    check_teacher_weights(src, model)  # its files' headers, not its tensors: run's refusal, before any numbers
+    warn_if_export_wider(recipe, src)  # its files' headers: a bfloat16 teacher exported in float32
+    return src, model, adapter
+
+
+def _calibration(recipe, source: str, model) -> tuple[str, bool, dict]:
+    """(the calibration inputs' kind: inputs.source_kind; whether a pipeline source samples in a toy's
+    pipeline; their footprint, of the teacher's config) of the recipe and teacher `source`, a toy
+    pipeline given calibration.height / width refused as the run's PipelineSource refuses it."""
+    inputs = source_kind(recipe.calibration, source)
+    pipeline = inputs == "pipeline"
+    prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
+    # a toy's pipeline (toy:NAME, or one a toy saved) samples in seconds, as calib_footprint tells it
+    toy = pipeline and toy_pipeline(recipe.calibration.pipeline or source) is not None
+    if pipeline:  # as the run's PipelineSource refuses it
+        check_size(recipe.calibration, toy)
+    return inputs, toy, footprint(recipe, source, model.config, prompts, toy=toy)
+
+
+class PassWalk:
+    """make_plan's passes, each planned on the meta model as the passes before leave it, then applied
+    (`add`): the plan's `steps`, and what its counts after read of them: the svd passes whose ranks are
+    decided after calibration (`later`), the removals whose blocks are picked at run time (`unplaced`)
+    or whose blocks differ in size (`uneven`), the importance scores so far (`scores`)."""
+
+    def __init__(self, recipe, model, adapter, calib: dict):
+        self.recipe, self.model, self.adapter, self.calib = recipe, model, adapter, calib  # calib: a footprint
+        self.steps, self.scores, self.later, self.unplaced, self.uneven = [], ScoresSoFar(), [], [], []
+        self.budgeted = []  # per entry of `later`: its dense targets on the meta model (budgeted_layers)
+        self.removals_before = []  # per entry of `later`: the unplaced removals before its pass
+
+    def add(self, p, spec) -> None:
+        """Pass `p` (its recipe entry `spec`) planned, and applied to the meta model."""
+        model, adapter = self.model, self.adapter
+        named = dict(model.named_modules())  # as the pass finds the model: the names its targets use
+        step = self._blocks(p, spec, {"pass": spec.name, **pass_where(spec),
+                                      **(p.plan(model, adapter, self.calib["rows"]) or {})})
+        self.budgeted = retargeted(self.budgeted, step, named)
+        if step.get("params_after") == LATER:  # ranks decided after calibration: counted dense here
+            self.later.append(decided_later(p, step, model, adapter))
+            self.budgeted.append(budgeted_layers(self.later[-1], model, adapter))
+            self.removals_before.append(len(self.unplaced))
+        self._scores(step)
+        if spec.name == "svd":  # the float64 statistics its calibration holds (plan_memory)
+            step["statistics"] = svd_statistics(*svd_targets(p, spec, model, adapter), spec.config)
+        if spec.name == "distill":  # the student it trains, as earlier passes leave it (plan_memory)
+            spare = spare_bound(model, adapter, planned_blocks(model, adapter))[0]
+            step["student"] = distill_student(model, self.later, self.budgeted, spec.config.train, spare)
+        self.scores.see(p, spec, step)
+        self.steps.append(step)
+
+    def _blocks(self, p, spec, step: dict) -> dict:
+        """`step` with the block counts a removal may find (count_ranges) and the removals before it whose
+        blocks are picked at run time (at_most); pass `p` noted among the unplaced or uneven removals."""
+        model, adapter = self.model, self.adapter
+        if isinstance(step.get("blocks_before"), dict):  # a removal: its counts as the run may find them
+            possible = possible_counts(model, adapter)
+            step = count_ranges(step, possible, counts_after(p.config, adapter, possible))
+        if self.unplaced and (bounded_keys(step | {"at_most": True}) or ranged_keys(step)):  # some blocks go
+            step["at_most"] = list(self.unplaced)                    # before it from groups picked at run time
+        if n := p.unplaced(model, adapter):  # blocks whose groups importance picks at run time
+            self.unplaced.append({"pass": spec.name, **pass_where(spec), "blocks": n})
+        if step.get("blocks_differ_in_size"):  # placed, but which blocks go changes the count
+            self.uneven.append({"pass": spec.name, **pass_where(spec), "groups": step["blocks_differ_in_size"]})
+        return step
+
+    def _scores(self, step: dict) -> None:
+        """A removal choosing by importance: what it does with the scores so far (ScoresSoFar.words), and
+        what its streamed skip scan reads and holds."""
+        scans = bool(step.get("scans"))  # blocks chosen by importance; none when it removes none
+        reused = scans and self.scores.reused(step)
+        if scans and (words := self.scores.words(step)):
+            step["scores"] = words
+        if self.recipe.stream and step.get("skip_scan") and step.get("scans", 1):
+            step["streamed_scan"] = streamed_scan(step, reused, self.calib, self.model, self.adapter)
+
+    def params_at_most(self, after: int, spare: int) -> int:
+        """The most parameters the run may leave (plan's params_after_at_most), of `after` counted on the
+        meta model and the `spare` (spare_bound) that removals picked at run time may leave."""
+        taken = sum(u["blocks"] for u in self.unplaced)  # placed at run time
+        shares = removal_shares(self.later, self.removals_before, len(self.unplaced))
+        return (after - budget_savings(self.later, self.budgeted, self.model) + spare
+                - smallest_blocks(self.model, self.adapter, taken, self.budgeted, shares))
 
 
 def calibrates(passes: list, steps: list[dict] | None = None) -> bool:
