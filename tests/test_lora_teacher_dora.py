@@ -45,7 +45,11 @@ def test_the_lora_command_takes_a_doras_teacher(tmp_path, capsys, monkeypatch):
     inputs = model_inputs(student)
     torch.testing.assert_close(forward(load_transformer(tmp_path / "new"), inputs), forward(student, inputs),
                                rtol=1e-6, atol=1e-6)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    # offline as huggingface_hub reads it (its constant, set at import: the variable alone left the Hub
+    # asked, ~23 s of hf_hub_download's retries on a machine without network)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     capsys.readouterr()
     assert main(base + [str(tmp_path / "hub"), "--teacher", "nobody/no-such-teacher"]) == 2
     err = capsys.readouterr().err
