@@ -183,6 +183,8 @@ def test_eval_says_where_it_wrote_the_grid(tmp_path, capsys, monkeypatch):
     import compress.toy.evaluate
 
     monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"adherence": 1.0})
+    sample = compress.toy.evaluate.sample  # the grid's samples, in 2 denoising steps of the default 20
+    monkeypatch.setattr(compress.toy.evaluate, "sample", lambda *a, **k: sample(*a, **{**k, "num_inference_steps": 2}))
     grid = tmp_path / "g.png"
     assert main(["eval", "toy:flux", "--grid", str(grid)]) == 0
     printed = capsys.readouterr()
