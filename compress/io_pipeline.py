@@ -149,6 +149,10 @@ def saved_scheduler(base: str, index: dict, what: str = "base pipeline"):
     load `what` …': calib_pipeline_load.saved_toy's 'calibration pipeline')."""
     import diffusers
 
+    from compress.pipeline_folder import lacking_problem, listed_parts
+
+    if problem := lacking_problem(base, listed_parts(index)):  # a transformer's folder with a toy's index
+        raise UserError(f"cannot load {what} '{base}': {problem}")  # as plan says it (check_calibration_pipeline)
     entry = index.get("scheduler")
     name = entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers" else None
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None

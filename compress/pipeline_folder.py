@@ -68,6 +68,14 @@ def parts_problem(folder: str, index: dict, cls, passed: tuple[str, ...] = ("tra
     if unlisted:
         return (f"its model_index.json names {cls.__name__}, which needs {', '.join(unlisted)}, and lists "
                 f"{', '.join(sorted(listed)) or 'no parts'} (a pipeline of another class, or a _class_name edited?)")
+    return lacking_problem(folder, listed, passed, fetch)
+
+
+def lacking_problem(folder: str, listed: dict[str, tuple[str, str]], passed: tuple[str, ...] = ("transformer",),
+                    fetch=None) -> str | None:
+    """What parts_problem's (2) says: the parts of `listed` (listed_parts of the folder's model_index.json)
+    but `passed` without a folder of files in pipeline folder `folder`, in words; None where none lacks one.
+    Also of a saved toy pipeline's (its scheduler/: io_pipeline.saved_scheduler, check_calibration_pipeline)."""
     root = Path(folder).expanduser()
     lacking = [k for k in sorted(listed) if k not in passed and not _has_files(root / k)]
     if not lacking:
@@ -156,7 +164,8 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
     plan as by run before any weights load (inputs.source_kind): a local calibration.pipeline there
     (check_pipeline_there); where it holds a model_index.json, that fitting its class and folders
-    (index_problem; a saved toy pipeline's, the recipe's model: `index_toy`), and a
+    (index_problem; a saved toy pipeline's, the recipe's model and its listed scheduler/: `index_toy`,
+    lacking_problem), and a
     calibration.pipeline the teacher's family (family_problem; a Hub id's model_index.json as the
     cache holds it: pipeline_cache.cached_index). Errors name the recipe's line. (A folder without
     model_index.json is refused by check_pipeline_source, which plan and run call as they check the
@@ -182,7 +191,8 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
             return  # not cached (or no Hub id): nothing to read without asking the Hub; its load says
         snapshot, index = found
     elif (toy := index_toy(index)) is not None:  # a saved toy pipeline: the toy's, its scheduler saved
-        if problem := _toy_problem(toy, getattr(calib.__dict__.get("_recipe"), "model", None)):
+        if problem := (_toy_problem(toy, getattr(calib.__dict__.get("_recipe"), "model", None))
+                       or lacking_problem(pipeline, listed_parts(index))):  # no scheduler/: a transformer's folder
             raise UserError(f"{what}{problem}")
     elif problem := index_problem(pipeline, index):
         raise UserError(f"{what}{problem}")

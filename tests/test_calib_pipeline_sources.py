@@ -102,3 +102,45 @@ def test_distill_data_toy_through_a_pipeline_says_what_is_true(tmp_path):
         PipelineSource("pixart", calib, None, "toy:pixart").train_batch(2, torch.Generator())
     assert str(e.value) == ("distill: data: toy trains on the toy data, and this run calibrates through a pipeline: "
                             "set distill.data to 'teacher_samples' or 'folder'")
+
+
+def test_a_transformer_folder_with_a_saved_toy_pipelines_index_is_refused_as_a_pipeline_naming_its_scheduler(
+        tmp_path, capsys):
+    """The toy teacher's folder with a saved toy pipeline's model_index.json beside its config.json (no
+    scheduler/): plan --teacher passed (rc 0) and run failed after loading the teacher ("cannot load
+    calibration pipeline 'T': its scheduler: Error no file named scheduler_config.json found in directory
+    T."), load_pipeline(base=T) too. Now plan, run (before any work) and load_pipeline name the part it
+    lacks; as a teacher with a synthetic source, and as an output, the folder is read as before."""
+    import shutil
+
+    from compress import load_pipeline, save_compressed
+    from compress.cli import main
+    from compress.toy import load_toy_pipeline, load_toy_teacher
+
+    load_toy_pipeline("pixart").save_pretrained(tmp_path / "pipe")
+    teacher, out = tmp_path / "t", tmp_path / "o"
+    load_toy_teacher("pixart").save_pretrained(teacher)
+    save_compressed(load_toy_teacher("pixart"), out)
+    for folder in (teacher, out):
+        shutil.copy(tmp_path / "pipe" / "model_index.json", folder / "model_index.json")
+    lacks = ("its model_index.json lists scheduler (diffusers DPMSolverMultistepScheduler), but the folder has no "
+             "scheduler/ with files in it (diffusers would stop loading it on a file it reads); copy it from the "
+             "pipeline the folder came from")
+    calibration = "{source: %s, prompts: [a 3, a 7, a 1], sample_steps: 2, timesteps: 2, batch_size: 4, heldout: 2}"
+    recipe = "model: pixart\nteacher: toy:pixart\ncalibration: %s\npasses:\n  - svd: {ratio: 0.5, progress: false}\n"
+    (tmp_path / "p.yaml").write_text(recipe % (calibration % "pipeline"))
+    (tmp_path / "s.yaml").write_text(recipe % (calibration % "synthetic"))
+    given = ["--teacher", str(teacher)]
+    for argv in (["plan", str(tmp_path / "p.yaml")], ["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "new")]):
+        capsys.readouterr()
+        assert main(argv + given) == 2, argv
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"dit-compress: error: cannot load calibration pipeline '{teacher}': {lacks}"], argv
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError) as e:
+        load_pipeline(out, base=str(teacher))
+    assert str(e.value) == f"cannot load base pipeline '{teacher}': {lacks}"
+    assert main(["plan", str(tmp_path / "s.yaml")] + given) == 0
+    assert main(["inspect", str(out)]) == 0
+    shutil.copytree(tmp_path / "pipe" / "scheduler", teacher / "scheduler")  # the whole saved toy pipeline
+    assert main(["plan", str(tmp_path / "p.yaml")] + given) == 0
