@@ -23,7 +23,7 @@ from compress.runner_prompts import inputs_changed, saved_state
 from compress.runner_ranks import HANDOFF
 from compress.runner_config_sum import config_target
 from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, finished_and_reusable,
-                                    interrupted_run, read_state, recorded_teacher, stage_dirs)
+                                    interrupted_run, read_state, recorded_teacher, stage_dirs, unsaved_changes)
 from compress.runner_teacher_id import named_now, resume_advice, same_teacher, teacher_change
 from compress.words import counted
 
@@ -218,6 +218,7 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
     if info is None:
         return None if teacher is None else check_measured_for_another_teacher(run_dir, teacher, passes,
                                                                                config_by=named)
+    info = unsaved_changes(run_dir, info, now, passes)  # passes it ran after those saved, changed since
     source = (teacher or {}).get("source")
     if info["changed"]:
         kept = kept_by_resume(info, run_dir, recipe, source)

@@ -139,8 +139,9 @@ def _unread(name: str, opts: dict) -> set[str]:
 # ---- what an interrupted run left --------------------------------------------------------------
 FINISHED = "finished.json"  # in the run folder's stages/: written once the run's output is
 # in the run folder's stages/, written by each run once it starts its passes: {"fingerprint": the one
-# (`fingerprint`) that keys its calib/<fingerprint>/ and teacher-sample caches}
+# (`fingerprint`) that keys its calib/<fingerprint>/ and teacher-sample caches, RAN: its resolved recipe, ...}
 RUN_RECORD = "run.json"
+RAN = "recipe"  # in RUN_RECORD: the resolved recipe of the run that last started its passes (`unsaved_changes`)
 TEACHER_SAMPLES = Path("distill") / "teacher_samples"  # distill_data's caches: <key>/shard-*.safetensors
 SAMPLES_ABOUT = "about.json"  # in each: the fingerprint and distill keys of its key, its shard count
 
@@ -282,6 +283,19 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
         k, _ = reusable_stage([(i, read_state(d)) for i, d in stages], now, passes)
         info["keeps"] = 0 if k is None else k + 1
     return info
+
+
+def unsaved_changes(run_dir: Path, info: dict, now: dict, passes) -> dict:
+    """`info` (`interrupted_run`'s) where its saved passes are `now`'s (info["changed"] == [], as only those
+    are compared: --resume keeps them and runs the rest as they are now) but the run that stopped ran other
+    passes after them (the recipe it recorded, RAN, differs from `now` in result-bearing keys: `recipe_changes`):
+    those keys as "changed", its saved passes as "keeps", as of another recipe whose first passes --resume
+    keeps (a plain rerun said 'an interrupted run of this recipe'). A record of none (an older run's): `info`."""
+    if info["changed"] != [] or (info["total"] is not None and info["done"] >= info["total"]):
+        return info
+    ran = run_record(run_dir).get(RAN)
+    changed = recipe_changes(ran, now, passes) if isinstance(ran, dict) else []
+    return {**info, "changed": changed, "keeps": info["done"]} if changed else info
 
 
 def first_pass_is_distill(now: dict) -> bool:
