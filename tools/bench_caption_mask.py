@@ -19,7 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
+if __name__ == "__main__":  # --help says what it measures; it takes no options: both answered before torch loads
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -54,8 +57,6 @@ def error(root: Path, teacher: Path, fisher: str, masked: bool) -> float:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__,  # --help says what it measures; it takes no options
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -17,7 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
+if __name__ == "__main__":  # --help says what it measures; it takes no options: both answered before torch loads
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -39,8 +42,6 @@ def flow_noised(latents, generator, training=True):
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__,  # --help says what it measures; it takes no options
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("pixart.safetensors", "pixart.json"):
