@@ -121,9 +121,10 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
     check_same_architecture(student, teacher, source)
     if recorded:  # a student that took LoRAs (dit-compress lora) stands for its teacher with them
         from compress.lora_replay import replay
+        from compress.lora_replay_moved import took_counts
 
         meta = student.compression_meta
-        replay(teacher, recorded, loras, meta.get("teacher"), source, meta.get("teacher_files"))
+        replay(teacher, recorded, loras, meta.get("teacher"), source, meta.get("teacher_files"), took_counts(student))
     return teacher
 
 

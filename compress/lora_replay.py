@@ -19,7 +19,7 @@ from compress.words import counted
 
 
 def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None, took: str | None = None,
-           source: str | None = None, took_files: dict | None = None) -> None:
+           source: str | None = None, took_files: dict | None = None, took_counts: dict | None = None) -> None:
     """Give the teacher the LoRAs a student recorded (its config's compression.loras), at their
     scales, so that eval compares the student with the teacher it stands for (`moved`: see
     replayed_sources). A teacher that is itself an output takes them as the student did: each of its
@@ -34,10 +34,10 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     record naming another base than the teacher's chain leads to, or that teacher where the teacher is
     another model, is a UserError naming both, before any LoRA is merged; where that teacher is an
     output there now whose chain leads to the teacher's base, the LoRA is mapped through both chains
-    (mapped_blocks)."""
+    (mapped_blocks). `took_counts`: `took`'s block counts as the student records them (lora_replay_moved.took_counts)."""
     sources = replayed_sources(loras, moved, warn=False)  # warned before loading
     seen: dict = {}  # each teacher's weight files fingerprinted once, whatever the records
-    taken = [read_as_own_blocks(teacher, record, took, source, took_files, seen) for record in loras]
+    taken = [read_as_own_blocks(teacher, record, took, source, took_files, seen, took_counts) for record in loras]
     for record, lora, own_blocks in zip(loras, sources, taken):
         mapped = own_blocks if isinstance(own_blocks, dict) else None
         merge_lora(teacher, lora, scale=record["scale"], own_blocks=own_blocks is True, blocks=mapped,
@@ -45,7 +45,8 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
 
 
 def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None, source: str | None = None,
-                       took_files: dict | None = None, seen: dict | None = None) -> bool | dict:
+                       took_files: dict | None = None, seen: dict | None = None,
+                       counts: dict | None = None) -> bool | dict:
     """Whether the student read the LoRA's blocks as its teacher's own: a record without `blocks_of`,
     or one naming the student's teacher (`took`: the one it records), moved away when it took the LoRA
     and read as a base (lora_teacher.lora_base), not the first of the teacher's own chain. Through its
@@ -55,14 +56,21 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
     so is one naming `took` where the teacher (loaded from `source`) is another model (not_took), unless
     `took` is an output there now whose chain leads to the teacher's base: then {group: the LoRA's block
     of the teacher's block 0, 1, ...} (mapped_blocks), merge_lora's `blocks`. `seen`: the weight files'
-    fingerprints read so far (fingerprint)."""
+    fingerprints read so far (fingerprint). Where the model the LoRA's blocks are of is not there now and
+    the teacher cannot be shown to be it, a UserError where its blocks may be numbered otherwise (`counts`:
+    `took`'s as the student records them; lora_replay_moved.moved_away)."""
     from compress.lora_teacher import followed
     from compress.report_teacher import absolute_source, teacher_chain
+
+    from compress.lora_replay_moved import moved_away
 
     recorded = (getattr(teacher, "compression_meta", None) or {}).get("teacher")
     if "blocks_of" not in record:
         return read_as_took(teacher, record, took, source, took_files, seen)
+    unknown = moved_away(teacher, record, took, source, took_files, seen, counts)
     if not recorded:  # a model of all its blocks, as the base is, unless they were read as an output's
+        if unknown:
+            raise unknown
         if not _removes_blocks(record["blocks_of"]):
             return False
         mapped = mapped_blocks(teacher, record["blocks_of"], source)
@@ -83,6 +91,8 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
         return mapped
     if other:
         raise other_base(record, chain)
+    if unknown:
+        raise unknown
     return True
 
 

@@ -226,3 +226,41 @@ def test_one_rule_says_a_teacher_is_moved_away_for_lora_base_and_the_replay(tmp_
     sources = ["toy:pixart", "owner/name", str(tmp_path / "here"), str(tmp_path / "gone"), "./gone", "~/gone-f12"]
     assert [missing(s) for s in sources] == [chain_break([s]) == NOT_THERE for s in sources] == \
         [False, False, False, True, True, True]
+
+
+def test_a_lora_read_as_a_teachers_blocks_is_refused_while_that_teacher_is_away_and_nothing_recognises_it(tmp_path):
+    """c's record names no weight files of b: with b moved away, --teacher a (an output, blocks removed) or
+    the base (6 blocks, b had 4) took the LoRA in b's own numbering, rc 0 without a word (a's block 3, base
+    block 4, took b's block 3's, base block 5's). Now refused in one line naming b and what to do; b at a
+    new place is taken where its files are recorded, and a plain model of b's 4 blocks still takes it."""
+    from compress.errors import UserError
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from compress.io_signature import teacher_signature
+    from compress.lora import merge_lora
+
+    _, c, lora, _ = moved_chain(tmp_path)
+    shutil.copytree(tmp_path / "b", tmp_path / "plain")
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "compression"}))
+    files = teacher_signature(str(tmp_path / "b"))
+    b = str((tmp_path / "b").resolve())
+    (tmp_path / "b").rename(tmp_path / "b-away")
+    refusal = (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, not there now, and the "
+               f"teacher to compare with, {{}}, cannot be shown to be it (the model records no weight files of it to "
+               f"compare), while its blocks may be numbered otherwise ({{}}): put {b} back, or give its new place "
+               "with --teacher")
+    for other, why in [("a", "a dit-compress output with blocks removed along its chain of teachers"),
+                       ("base", "it has 6 transformer_blocks, the model's teacher 4"),
+                       ("b-away", "a dit-compress output with blocks removed along its chain of teachers")]:
+        with pytest.raises(UserError) as e:
+            load_teacher_of(c, str(tmp_path / other))
+        assert str(e.value) == refusal.format(tmp_path / other, why)
+    expected = load_transformer(tmp_path / "b-away")
+    del expected.compression_meta  # a plain model, as --teacher plain loads
+    merge_lora(expected, lora)
+    assert same(load_teacher_of(c, str(tmp_path / "plain")), expected.state_dict())
+    c.compression_meta["teacher_files"] = files  # as a run records its teacher's
+    expected = load_transformer(tmp_path / "b-away")
+    merge_lora(expected, lora, own_blocks=True)
+    assert same(load_teacher_of(c, str(tmp_path / "b-away")), expected.state_dict())

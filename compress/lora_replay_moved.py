@@ -1,0 +1,68 @@
+"""A LoRA a student read as blocks of a model not there now (its record's blocks_of), replayed on a
+teacher that cannot be shown to be that model (lora_replay): refused where the teacher's blocks may be
+numbered otherwise (an output with blocks removed, or another block count than the student records of
+its teacher), rather than given the LoRA in that model's numbering."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from compress.errors import UserError
+from compress.lora_teacher import missing
+
+
+def took_counts(student: nn.Module) -> dict[str, tuple[int, bool]]:
+    """The block counts of the student's teacher as the student says them: {group: (count, exact)}, its
+    own count (exact) for a group it removed none of, else the most its block map names + 1 (at least)."""
+    from compress.arch import get_adapter
+
+    block_map = (getattr(student, "compression_meta", None) or {}).get("block_map")
+    block_map = block_map if isinstance(block_map, dict) else {}  # a malformed one: inspect says so
+    return {group: (max(block_map[group], default=-1) + 1, False) if group in block_map else (count, True)
+            for group, count in get_adapter(student).block_counts(student).items()}
+
+
+def moved_away(teacher: nn.Module, record: dict, took: str | None, source: str | None, took_files: dict | None,
+               seen: dict | None, counts: dict | None) -> UserError | None:
+    """The refusal of a LoRA read as blocks of its record's blocks_of, not there now, replayed on a
+    teacher (loaded from `source`) that cannot be shown to be it (its path, or its weight files against
+    those the student recorded of its teacher `took`) while its blocks may be numbered otherwise: an
+    output with blocks removed along its chain (or a chain that cannot be followed), or a block count
+    other than `took`'s as the student records it (`counts`: took_counts); None where none of that
+    holds: the teacher is then taken for it, moved. `seen`: lora_replay.fingerprint's cache."""
+    from compress.lora_replay import _compared_files
+    from compress.report_teacher import absolute_source
+
+    blocks_of = record["blocks_of"]
+    if source is None or not missing(blocks_of) or absolute_source(source) == absolute_source(blocks_of):
+        return None
+    own = took is not None and absolute_source(str(took)) == absolute_source(blocks_of)
+    compared = _compared_files(source, blocks_of, took_files if own else None, seen)
+    numbered = _numbered_otherwise(teacher, source, (counts or {}) if own else {})
+    if compared is False or numbered is None:
+        return None
+    why = ("its weight files are not those the model recorded of it" if compared else
+           "the model records no weight files of it to compare")
+    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora) was read as blocks of {blocks_of}, not there "
+                     f"now, and the teacher to compare with, {source}, cannot be shown to be it ({why}), while its "
+                     f"blocks may be numbered otherwise ({numbered}): put {blocks_of} back, or give its new place "
+                     "with --teacher")
+
+
+def _numbered_otherwise(teacher: nn.Module, source: str, counts: dict) -> str | None:
+    """Why the teacher's blocks may be numbered otherwise than those of a model of `counts` ({group:
+    (count, exact)}: took_counts), in words; None where nothing says they are."""
+    from compress.arch import get_adapter
+    from compress.lora_replay import _teacher_base
+
+    if (getattr(teacher, "compression_meta", None) or {}).get("teacher"):
+        ours = _teacher_base(teacher, source)
+        if ours is None or ours.block_map:
+            return "a dit-compress output with blocks removed along its chain of teachers"
+    adapter = get_adapter(teacher)
+    for group, count in adapter.block_counts(teacher).items():
+        want, exact = counts.get(group, (None, False))
+        if want is not None and (count != want if exact else count < want):
+            attr = next(g.attr for g in adapter.groups if g.name == group)
+            return f"it has {count} {attr}, the model's teacher {'' if exact else 'at least '}{want}"
+    return None
