@@ -126,8 +126,10 @@ def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str
     """A record without `blocks_of` (merged before records named a base): the LoRA's blocks were read as
     those of the student's teacher `took`. True (own blocks, as before) where the teacher is `took` (its
     path, or its weight files: `took`'s now, else `took_files`), or where neither its blocks nor
-    `took`'s are known to be renumbered (or `took` is not there, and nothing tells them apart); mapped to the teacher's (mapped_blocks) where both descend from
-    one base; else a UserError (old_record_elsewhere): its block i is not `took`'s block i."""
+    `took`'s are known to be renumbered (or `took` is not there, and nothing tells them apart); mapped
+    to the teacher's (mapped_blocks) where both descend from one base; else a UserError
+    (old_record_elsewhere): its block i is not `took`'s block i, or, `took` an output whose chain of
+    teachers cannot be followed, is not known to be."""
     from compress.report_teacher import absolute_source
 
     if took is None or source is None or absolute_source(source) == absolute_source(str(took)):
@@ -138,8 +140,8 @@ def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str
     ours = _teacher_base(teacher, source)
     try:
         theirs = _output_base(str(took))
-    except UserError:
-        theirs = None  # its chain cannot be followed: its blocks are not known
+    except UserError:  # an output whose chain cannot be followed: its blocks' base is not known
+        raise old_record_elsewhere(record, str(took), source, ours, None, followed=False) from None
     if theirs is None and not missing(str(took)):
         theirs = LoraBase({}, str(took), None, [])  # there now, no output: a base, its own blocks
     if ours is None or (theirs is None and (compared is None or not _renumbers(ours.block_map))):
@@ -181,19 +183,30 @@ def _renumbers(block_map: dict) -> bool:
     return any(kept != list(range(len(kept))) for kept in block_map.values())
 
 
-def old_record_elsewhere(record: dict, took: str, source: str, ours, theirs) -> UserError:
+def old_record_elsewhere(record: dict, took: str, source: str, ours, theirs, followed: bool = True) -> UserError:
     """The refusal of a LoRA recorded without `blocks_of` (read as blocks of the student's teacher
     `took`) replayed on another teacher (`source`, its base and block map `ours`) whose blocks are
-    numbered otherwise, or may be (`theirs`: `took`'s, None where not known)."""
+    numbered otherwise, or may be (`theirs`: `took`'s, None where not known; `followed`: False where
+    `took` is an output whose chain of teachers cannot be followed)."""
+    if not followed:
+        return UserError(f"{_old_record(record, took)}, but the teacher to compare with, {source}, may have its blocks "
+                         f"numbered otherwise ({took} is a dit-compress output whose chain of teachers cannot be "
+                         f"followed now, to map them): compare with the model's own teacher {took}, or put back the "
+                         "teachers of its chain")
     if theirs is None:
         why = f"{took} is not there now, or its chain of teachers cannot be followed, to map them"
     else:
         why = f"{took}'s descend from {theirs.source}, the teacher's from {ours.source}"
-    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora) was recorded before records "
-                     f"named the model its blocks are of (no blocks_of in its record): they were read as blocks of "
-                     f"the model's teacher {took}, but the teacher to compare with, {source}, has its blocks "
+    return UserError(f"{_old_record(record, took)}, but the teacher to compare with, {source}, has its blocks "
                      f"numbered otherwise ({why}): its block i is not {took}'s block i; compare with the model's own "
                      f"teacher {took} (put it back, or give its new place with --teacher)")
+
+
+def _old_record(record: dict, took: str) -> str:
+    """What a LoRA recorded without `blocks_of` was read as (the student's teacher `took`'s blocks), in words."""
+    return (f"the LoRA {record['source']} this model took (dit-compress lora) was recorded before records named the "
+            f"model its blocks are of (no blocks_of in its record): they were read as blocks of the model's teacher "
+            f"{took}")
 
 
 def mapped_blocks(teacher: nn.Module, took: str, base: str | None) -> dict[str, list[int]] | None:

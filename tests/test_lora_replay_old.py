@@ -80,3 +80,37 @@ def test_an_old_record_is_refused_on_a_teacher_numbered_otherwise_and_taken_by_i
     expected = load_transformer(tmp_path / "b-moved")
     merge_lora(expected, lora, own_blocks=True)
     assert same(load_teacher_of(c, str(tmp_path / "b-moved")), expected.state_dict())
+
+
+def test_an_old_record_whose_teacher_is_an_output_with_a_chain_not_followed_is_refused_saying_so(tmp_path):
+    """b there, its teacher's teacher (the base) moved away: b's chain cannot be followed, and b was read
+    as a base of its own blocks: --teacher a (renumbered) was refused '(b's descend from b, the teacher's
+    from base)', and x (base blocks 0-4, none renumbered) took the LoRA in b's numbering, rc 0 without a
+    word (x's block 3, base block 3, took b's block 3's, base block 5's). Both now refused saying that
+    b's chain cannot be followed; b itself still takes it."""
+    import copy
+
+    from compress.arch import get_adapter
+    from compress.errors import UserError
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora_chain import _save_output
+
+    base, c, lora, _ = old_record_chain(tmp_path)
+    x = copy.deepcopy(base)
+    _save_output(x, tmp_path / "x", tmp_path / "base", get_adapter(x).remove_blocks(x, {"blocks": [5]}))
+    (tmp_path / "base").rename(tmp_path / "base-away")
+    b = str((tmp_path / "b").resolve())
+    for other in ["a", "x"]:
+        with pytest.raises(UserError) as e:
+            load_teacher_of(c, str(tmp_path / other))
+        assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was recorded before "
+                                f"records named the model its blocks are of (no blocks_of in its record): they were "
+                                f"read as blocks of the model's teacher {b}, but the teacher to compare with, "
+                                f"{tmp_path / other}, may have its blocks numbered otherwise ({b} is a dit-compress "
+                                "output whose chain of teachers cannot be followed now, to map them): compare with "
+                                f"the model's own teacher {b}, or put back the teachers of its chain")
+    expected = load_transformer(tmp_path / "b")
+    merge_lora(expected, lora, own_blocks=True)
+    assert same(load_teacher_of(c, str(tmp_path / "b")), expected.state_dict())
