@@ -118,7 +118,7 @@ def fetch_config(repo_id: str) -> tuple[Path, str]:
     before, errors = main_commit(repo_id), []
     for sub in SUBS:
         try:
-            with quiet_hub(), bounded_hub():
+            with quiet_hub(), bounded_hub(stop=True):
                 return Path(download(repo_id, sub, "config.json")), sub
         except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
             errors.append(e)

@@ -10,7 +10,9 @@ connection and never answers held a load forever. The list is read from `model_i
 a timeout: HF_HUB_DOWNLOAD_TIMEOUT) and the files are fetched one by one with `hf_hub_download`
 (its HEAD waits HF_HUB_ETAG_TIMEOUT, its download HF_HUB_DOWNLOAD_TIMEOUT between reads), each
 after one HEAD of ours without huggingface_hub's retries (`download`: a Hub that stopped answering
-fails at once, not after ~23 s of backoff sleeps).
+fails at once, not after ~23 s of backoff sleeps); once a request of a teacher's fetch got no
+answer, its later requests are not sent (bounded_hub(stop=True), `HubStopped`): a Hub that stops
+answering after our HEAD fails in about one timeout too, not after hf_hub_download's retries.
 
 A Hub pipeline diffusers loads itself (a calibration pipeline, load_pipeline's base) sends its own
 requests (model_info, snapshot_download's), most naming no wait, hf_hub_download's retried HEAD a
@@ -94,7 +96,8 @@ def unreachable(e: Exception) -> bool:
     if isinstance(e, HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
         return status is None or status >= 500 or status in (408, 429)
-    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
+    transport = type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
+    return isinstance(e, (OSError, HubStopped)) or transport
 
 
 _LISTS: dict[tuple[str, str, str], list[str]] = {}  # (cache, repo, commit) -> its files: a commit's never change
@@ -137,7 +140,7 @@ def placed(repo_id: str, config: Path, sub: str, files: list[str], **revision) -
     index = place == "transformer/" and "config.json" in files  # model_index.json says transformer/
     if place in (None, sub) and not index:
         return config, sub
-    with quiet_hub(), bounded_hub():
+    with quiet_hub(), bounded_hub(stop=True):
         if index:
             download(repo_id, "", "model_index.json", **revision)
         if place not in (None, sub):
@@ -153,7 +156,7 @@ def fetch_files(repo_id: str, sub: str, names: list[str], **revision) -> Path:
     from compress.io_hub import quiet_hub
 
     folder = None
-    with quiet_hub(), bounded_hub():
+    with quiet_hub(), bounded_hub(stop=True):
         for name in names:
             folder = Path(download(repo_id, sub, name, **revision)).parent
     return folder
@@ -164,11 +167,10 @@ def download(repo_id: str, sub: str, name: str, **revision) -> str:
     one request: hf_hub_download asks a HEAD the Hub did not answer again 5 times, with 1+2+4+8+8 s of
     backoff sleeps between (~23 s where the Hub stopped answering after an earlier request; minutes
     where it holds the requests: 60 s waits of its own outside bounded_hub), before its error. Where
-    that request finds the Hub unreachable, the cache's copy (hf_hub_download's own fall-back, no
-    request), else LocalEntryNotFoundError raised from the request's error, as hf_hub_download's. A
+    that request finds the Hub unreachable, or one of hf_hub_download's own went unanswered inside
+    bounded_hub(stop=True) (HubStopped: its retries not sent), the cache's copy (`cached_copy`). A
     file the cache holds of the commit `revision` names is not asked for."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     commit = revision.get("revision")
     kept = try_to_load_from_cache(repo_id, sub + name, revision=commit) if commit else None
@@ -178,12 +180,26 @@ def download(repo_id: str, sub: str, name: str, **revision) -> str:
     try:
         reach(repo_id, sub + name, commit)
     except Exception as e:  # noqa: BLE001 - reach raises where the Hub cannot be reached alone
-        try:
-            return fetch(local_files_only=True)
-        except LocalEntryNotFoundError:
-            raise LocalEntryNotFoundError(f"the Hub cannot be reached for {repo_id}'s {sub}{name}, and the "
-                                          "cache holds no copy of it") from e
-    return fetch()
+        return cached_copy(fetch, f"{repo_id}'s {sub}{name}", e)
+    try:
+        return fetch()
+    except HubStopped as e:
+        return cached_copy(fetch, f"{repo_id}'s {sub}{name}", e)
+
+
+def cached_copy(fetch, what: str, e: Exception) -> str:
+    """The cache's copy of `what` (`fetch`, hf_hub_download's, local_files_only: its own fall-back,
+    no request), where the Hub cannot be reached (`e`); else LocalEntryNotFoundError raised from the
+    error of the request that went unanswered, as hf_hub_download's (`e`, or what a HubStopped `e`
+    is raised from)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    lost = e.__cause__ if isinstance(e, HubStopped) and e.__cause__ is not None else e
+    try:
+        return fetch(local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise LocalEntryNotFoundError(f"the Hub cannot be reached for {what}, and the cache holds no copy of "
+                                      "it") from lost
 
 
 def cause_line(e: Exception, method: str | None = None, sent: Unanswered | None = None) -> str:
@@ -232,16 +248,26 @@ def waited(e: BaseException, method: str | None = None, sent: Unanswered | None 
     return f" (no answer within {getattr(constants, var)} s; set {var} to wait longer)"
 
 
+class HubStopped(RuntimeError):
+    """A request not sent inside bounded_hub(stop=True): one sent before it got no answer (raised
+    from that one's error). Not one of httpx's errors: huggingface_hub retries those alone
+    (http_backoff: TimeoutException, NetworkError, RemoteProtocolError; http_get: ConnectError,
+    TimeoutException, RemoteProtocolError), so hf_hub_download ends at once, with no backoff sleeps."""
+
+
 class Unanswered:
     """bounded_hub's record of the requests sent inside it that no answer came to (a timeout, a
     lost connection): each one's wait, the variable that bounds it, when it was sent and when its
-    sending ended."""
+    sending ended; where `stop`, the first one's error (`lost`), and later requests not sent."""
 
-    def __init__(self):
+    def __init__(self, stop: bool = False):
         self.pending: list[list] = []  # [request, seconds, HF_HUB_*_TIMEOUT, thread, sent, ended (None: still)]
         self.lock = threading.Lock()  # snapshot_download sends from several threads
+        self.stop, self.lost = stop, None
 
     def sent(self, request) -> None:  # a request hook, after bound_waits
+        if self.stop and self.lost is not None:
+            raise HubStopped(f"not sent: an earlier request got no answer ({one_line(self.lost)})") from self.lost
         var = TIMEOUTS.get(request.method, TIMEOUTS["GET"])
         entry = [request, request.extensions["timeout"]["read"], var, threading.get_ident(), time.monotonic(), None]
         with self.lock:
@@ -251,11 +277,14 @@ class Unanswered:
         with self.lock:
             self.pending = [p for p in self.pending if p[0] is not response.request]
 
-    def ended(self) -> None:
-        """The client's send returned or raised in this thread: its requests still pending ended now
-        (a thread sends one request at a time; httpx follows a redirect with a new one)."""
+    def ended(self, error: Exception | None = None) -> None:
+        """The client's send returned or raised (`error`: httpx's, no answer came) in this thread: its
+        requests still pending ended now (a thread sends one request at a time; httpx follows a
+        redirect with a new one)."""
         thread, now = threading.get_ident(), time.monotonic()
         with self.lock:
+            if self.lost is None and error is not None and not isinstance(error, HubStopped) and unreachable(error):
+                self.lost = error
             for p in self.pending:
                 if p[3] == thread and p[5] is None:
                     p[5] = now
@@ -281,15 +310,17 @@ class Unanswered:
 
 
 @contextlib.contextmanager
-def bounded_hub():
+def bounded_hub(stop: bool = False):
     """Inside, huggingface_hub's requests that set no wait (diffusers' for a Hub pipeline: model_info
     and resolve_revision's repo_info pass timeout=None, snapshot_download's list_repo_tree none;
     huggingface_hub 2.4's client has none either, so each waited forever) wait as long as
     `waited` says: HF_HUB_ETAG_TIMEOUT a HEAD, HF_HUB_DOWNLOAD_TIMEOUT the others. The client
     factory huggingface_hub builds its shared client with is wrapped, not replaced: a library
     user's own (set_client_factory: proxies, certificates) still builds it, and is put back after
-    (its client rebuilt on the next request). A request hook, not the client's timeout: an explicit
-    timeout=None overrides that. A factory, not a hook on the live client: huggingface_hub closes
+    (its client rebuilt on the next request). Where `stop` (a teacher's fetch), once a request got no
+    answer, later ones raise HubStopped unsent: hf_hub_download's retried HEAD and resumed GET (up
+    to 6 tries and 1+2+4+8+8 s of sleeps) are not waited. A request hook, not the client's timeout:
+    an explicit timeout=None overrides that. A factory, not a hook on the live client: huggingface_hub closes
     that client after a ConnectError and builds another. Yields the record (Unanswered) of the
     requests no answer came to, for `timed_out`'s words; an error raised inside carries it too
     (`hub_unanswered`), for words said where bounded_hub is not in sight (io_hub.hub_error)."""
@@ -297,7 +328,7 @@ def bounded_hub():
     from huggingface_hub.utils import _http
 
     previous = _http._GLOBAL_CLIENT_FACTORY  # huggingface_hub has no public getter for it
-    record = Unanswered()
+    record = Unanswered(stop)
 
     def bounded():
         client = previous()
@@ -308,9 +339,12 @@ def bounded_hub():
 
         def timed(*args, **kwargs):  # when a request no answer came to ended: Unanswered.words' wall time
             try:
-                return send(*args, **kwargs)
-            finally:
-                record.ended()
+                answer = send(*args, **kwargs)
+            except Exception as e:
+                record.ended(e)
+                raise
+            record.ended()
+            return answer
         client.send = timed
         return client
 

@@ -2,9 +2,13 @@
 (its requests held, or its address refusing connections) fails at once in one line naming the
 teacher and what to do. hf_hub_download (io_hub.fetch_config's teacher config, fetch_files' weights)
 asked a HEAD the Hub did not answer again 5 times, 1+2+4+8+8 s of backoff sleeps between, each held
-one 60 s outside bounded_hub; now its HEAD is asked first with hub_head's one request, no retries."""
+one 60 s outside bounded_hub; now its HEAD is asked first with hub_head's one request, no retries.
+Where the Hub stops answering after that HEAD (hf_hub_download's own HEAD or GET held), its retries
+(1+2+4+8+8 s of sleeps, up to 6 tries of HF_HUB_*_TIMEOUT each) are not sent: bounded_hub(stop=True)."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -28,14 +32,14 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(io_hub_requests, "_HEADS", {})
 
 
-def _stopping_hub(monkeypatch, tmp_path, last, refuse: bool):
+def _stopping_hub(monkeypatch, tmp_path, last, refuse: bool, slow: float = 0.0):
     """A Hub on 127.0.0.1 (tests/hub_server) holding acme/pix, a tiny PixArt transformer's config and
     weights in transformer/, that answers requests up to the one `last(request line)` is true of,
     then stops: holds every later request unanswered, or where `refuse`, its address a port nothing
-    listens on from then (connection refused). HF_HUB_*_TIMEOUT 1 s."""
-    tiny_pixart().save_config(tmp_path / "transformer")
-    config = (tmp_path / "transformer" / "config.json").read_bytes()
+    listens on from then (connection refused). HF_HUB_*_TIMEOUT 1 s; each answer `slow` s late."""
+    tiny_pixart().save_pretrained(tmp_path / "transformer")
     files = ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"]
+    bodies = {f"/{f} ": (tmp_path / f).read_bytes() for f in files}
     stopped = []
 
     def answer(line: str) -> bytes | None:
@@ -43,15 +47,18 @@ def _stopping_hub(monkeypatch, tmp_path, last, refuse: bool):
             return _reply("404 Not Found", b"", head=True)
         if stopped:
             return None
+        time.sleep(slow)
         if last(line):
             stopped.append(line)
             if refuse:
                 _unreachable(monkeypatch)
         if " /api/models/acme/pix" in line:
             return _model_info(line, "acme/pix", files)
-        found = "/transformer/config.json " in line
-        return _reply("200 OK" if found else "404 Not Found\r\nX-Error-Code: EntryNotFound", config if found else b"",
-                      head=line.startswith("HEAD "))
+        name = next((f for f in bodies if f in line), None)
+        if name is None:
+            return _reply("404 Not Found\r\nX-Error-Code: EntryNotFound", b"", head=line.startswith("HEAD "))
+        reply = _reply("200 OK", bodies[name], head=line.startswith("HEAD "))
+        return reply.replace(b'"e"', f'"{len(name)}"'.encode())  # an ETag of its own: the cache's blob's name
     return _serve(monkeypatch, answer)
 
 
@@ -97,3 +104,40 @@ def test_teacher_weights_the_hub_stops_answering_for_fail_at_once(monkeypatch, t
     hub = _stopping_hub(monkeypatch, tmp_path, lambda line: " /api/models/acme/pix" in line, refuse)
     asked = _failed_at_once(hub, tmp_path, REFUSED if refuse else HELD)
     assert sum(weights in line for line in asked) == (not refuse), asked
+
+
+def _nth(n: int):
+    """True of the `n`-th request line it is asked of (1: the first)."""
+    asked = []
+    return lambda line: asked.append(line) or len(asked) == n
+
+
+@pytest.mark.parametrize("last, held", [
+    (2, "HEAD /acme/pix/resolve/main/transformer/config.json"),  # download's HEAD answered, hf_hub_download's held
+    (3, "GET /acme/pix/resolve/main/transformer/config.json"),  # hf_hub_download's HEAD answered, its GET held
+    (6, "HEAD /acme/pix/resolve/"),  # the weights': download's HEAD answered, hf_hub_download's held
+    (7, "GET /acme/pix/resolve/"),  # the weights': hf_hub_download's HEAD answered, its GET held
+], ids=["config-head", "config-get", "weights-head", "weights-get"])
+def test_a_hub_that_stops_answering_after_download_s_head_fails_in_about_one_timeout(monkeypatch, tmp_path, last, held):
+    """The Hub answered download's HEAD (reach), then held hf_hub_download's own HEAD or GET: its
+    retries (a HEAD asked 6 times, a GET resumed 5 times, with 1+2+4+8+8 s or 1 s sleeps between)
+    held the load 30.2 s (the config's HEAD), 11.3 s (its GET), 33.3 s (the weights' HEAD); now
+    one request is held, the load fails in about one timeout with the line naming the held one."""
+    var = "HF_HUB_ETAG_TIMEOUT" if held.startswith("HEAD") else "HF_HUB_DOWNLOAD_TIMEOUT"
+    cause = f"ReadTimeout: timed out (no answer within 1 s; set {var} to wait longer)"
+    asked = _failed_at_once(_stopping_hub(monkeypatch, tmp_path, _nth(last), refuse=False), tmp_path, cause)
+    assert len(asked) == last + 1 and asked[-1].startswith(held), asked  # one held, none sent after it
+
+
+def test_a_hub_answering_each_request_within_its_timeout_is_waited_for(monkeypatch, tmp_path):
+    """Every request answered 0.5 s late (HF_HUB_*_TIMEOUT 1 s): the teacher loads, no request retried
+    (download's HEAD and hf_hub_download's, of each file, and its GET; the file list)."""
+    hub = _stopping_hub(monkeypatch, tmp_path, lambda line: False, refuse=False, slow=0.5)
+    seen = next(hub)
+    try:
+        model, _ = within(40, lambda: load_teacher("acme/pix"))
+    finally:
+        next(hub, None)
+    assert type(model).__name__ == "PixArtTransformer2DModel", model
+    asked = [line for line, *_ in seen if "agent-harnesses" not in line]
+    assert len(asked) == 8, asked
