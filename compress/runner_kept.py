@@ -204,16 +204,40 @@ def offered_files(cache: Path, fishers: str | None = "fisher-*") -> tuple[set[st
     return stats, ({p.stem for p in Path(cache).glob(f"{fishers}/*.pt")} if fishers else set())
 
 
-def read_back_at_end_in_words(read: int, offered: int) -> str:
+def read_back_at_end_in_words(read: int, offered: int, by: str = "an earlier run") -> str:
     """'read back 1 of the 5 files an earlier run measured (the others are not of its targets, blocks, inputs
-    and ranks as they are now)': what an svd pass read of the `offered` files `read_back_in_words` counted."""
-    files = f"file{'' if offered == 1 else 's'} an earlier run measured"
+    and ranks as they are now)': what an svd pass read of the `offered` files `read_back_in_words` counted;
+    `by`: who measured them (`measured_by_in_words`)."""
+    files = f"file{'' if offered == 1 else 's'} {by} measured"
     if read == offered:
         return f"read back {'the' if offered == 1 else f'all {offered}'} {files}"
     why = f"not {OF_IT_NOW}"
     if not read:
         return f"read back none of the {offered} {files}: {'it is' if offered == 1 else 'they are'} {why}"
     return f"read back {read} of the {offered} {files} (the {'other is' if offered - read == 1 else 'others are'} {why})"
+
+
+def measured_by(seen: tuple[int, dict] | None, names: set) -> dict:
+    """{name: the pass number of this run that measured it, or None: an earlier run} for the `names`
+    found in an svd pass's stats cache folder as it starts, `seen` being what the last pass of this run
+    to read that folder found there (its index, and this dict of its: `say_read_back` keeps it), None
+    where no pass of this run read it: a later pass of the same student (an svd pass that changed
+    nothing) finds that pass's files beside an earlier run's, and only those new since were that pass's."""
+    if seen is None:
+        return dict.fromkeys(names)
+    last, before = seen
+    return {name: before[name] if name in before else last + 1 for name in names}
+
+
+def measured_by_in_words(by: dict) -> str:
+    """'an earlier run', 'pass 4 of this run', 'passes 3 and 4 of this run', 'an earlier run and pass 4
+    of this run': who measured the files `measured_by` counted."""
+    numbers = sorted({n for n in by.values() if n is not None})
+    if not numbers:
+        return "an earlier run"
+    these = (f"pass {numbers[0]}" if len(numbers) == 1 else
+             f"passes {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}") + " of this run"
+    return f"an earlier run and {these}" if None in by.values() else these
 
 
 def teacher_samples_kept(run_dir: Path, fingerprint: str | None, to_run) -> tuple[int, int]:

@@ -23,8 +23,8 @@ from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
 from compress.runner_ranks import is_main_process
-from compress.runner_kept import (OF_IT_NOW, fisher_folder, mark_read_by, offered_files, read_back_at_end_in_words,
-                                  read_back_in_words)
+from compress.runner_kept import (OF_IT_NOW, fisher_folder, mark_read_by, measured_by, measured_by_in_words,
+                                  offered_files, read_back_at_end_in_words, read_back_in_words)
 from compress.runner_measured import CALIBRATED, KEYED_AS
 from compress.runner_folders import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
@@ -188,7 +188,8 @@ def say_read_back(runner, start: int, student) -> None:
     """Where pass `start` is an svd pass, how many of the block statistics and output Fishers it reads
     back, once, as it starts: those an earlier run (interrupted, or finished) measured for this teacher,
     calibration (fingerprint) and student (its `model_digest`, as the pass keys its cache), which a
-    --resume, a --restart and a plain rerun alike read back."""
+    --resume, a --restart and a plain rerun alike read back, or an earlier svd pass of this run of the
+    same student (one that changed nothing) measured: said as whose (`measured_by`)."""
     fingerprint = getattr(runner.ctx, "fingerprint", None)
     if start >= len(runner.passes) or runner.passes[start].name != "svd" or not fingerprint:
         return
@@ -203,8 +204,11 @@ def say_read_back(runner, start: int, student) -> None:
     offered = offered_files(cache, fishers)
     kept = read_back_in_words(offered)
     runner.offered = (start, offered)  # what say_read_back_at_end counts among
+    runner.seen = seen = getattr(runner, "seen", {})  # {cache: (pass index, who measured its files)} of this run
+    by = measured_by(seen.get(cache), {(kind, name) for kind, names in zip("sf", offered) for name in names})
+    seen[cache], runner.offered_by = (start, by), measured_by_in_words(by)  # an earlier pass of this run's
     if kept:
-        console.print(f"  pass {start + 1} (svd) finds {kept} that an earlier run measured: it reads back those "
+        console.print(f"  pass {start + 1} (svd) finds {kept} that {runner.offered_by} measured: it reads back those "
                       f"{OF_IT_NOW}, and says how many when it ends",
                       highlight=False, markup=False)
 
@@ -221,7 +225,8 @@ def say_read_back_at_end(runner, i: int) -> None:
     p = runner.passes[i]
     read = len(stats & set(getattr(getattr(p, "cache", None), "hits", ()))) + \
         len(fishers & set(getattr(p, "fishers_read", ())))
-    console.print(f"  pass {i + 1} (svd) {read_back_at_end_in_words(read, len(stats) + len(fishers))}",
+    by = getattr(runner, "offered_by", "an earlier run")
+    console.print(f"  pass {i + 1} (svd) {read_back_at_end_in_words(read, len(stats) + len(fishers), by)}",
                   highlight=False, markup=False)
 
 

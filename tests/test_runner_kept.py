@@ -281,3 +281,18 @@ def test_what_a_ctrl_c_finds_is_not_said_to_be_what_its_run_measured(tmp_path, m
     assert run("modulation", "--resume") == 0
     said = capsys.readouterr()
     assert start in (said.out + said.err).splitlines()
+
+
+def test_who_measured_the_files_an_svd_pass_finds():
+    """Files an svd pass finds in its student's stats cache: an earlier run's, or those an earlier pass of
+    this run of the same student (one that changed nothing) measured, new since that pass found the others."""
+    from compress.runner_kept import measured_by, measured_by_in_words
+
+    first = measured_by(None, {"a", "b"})
+    assert first == {"a": None, "b": None} and measured_by_in_words(first) == "an earlier run"
+    second = measured_by((3, first), {"a", "c"})  # pass index 3 (pass 4) measured c
+    assert second == {"a": None, "c": 4}
+    assert measured_by_in_words(second) == "an earlier run and pass 4 of this run"
+    third = measured_by((4, {"c": 4}), {"c", "d"})
+    assert measured_by_in_words(third) == "passes 4 and 5 of this run"
+    assert measured_by_in_words(measured_by((5, {"x": 2}), {"x", "y", "z"})) == "passes 2 and 6 of this run"

@@ -238,3 +238,32 @@ def test_an_svd_pass_says_at_its_end_how_many_of_the_files_it_found_it_read_back
     assert read == 0 and f"finds block statistics ({offered} files)" in said[0]
     assert said[1] == (f"  pass 1 (svd) read back none of the {offered} files an earlier run measured: they are "
                        "not of its targets, blocks, inputs and ranks as they are now")
+
+
+@pytest.mark.parametrize("second", ["output", "modulation"])
+def test_what_an_earlier_pass_of_the_same_run_measured_is_said_to_be_its(tmp_path, capsys, second):
+    """A new user's fresh run folder: an svd pass of the modulation that changed nothing (dense at its
+    multiple), then an svd pass of the output, which said it 'finds block statistics (1 file) that an
+    earlier run measured' and ended 'read back none of the 1 file an earlier run measured': the file was
+    the first pass's, of the same student (the cache is keyed by the student, not the targets). Now
+    'pass 1 of this run'; where the second pass is of the same targets it reads that file back."""
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import SIMPLE
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    targets = {"output": "[output], allocation: per_role, ratios: {output: 0.5}, method: asvd, alpha: 0.5",
+               "modulation": "[modulation], allocation: energy, energy: 0.95"}
+    passes = "".join(f"  - svd: {{targets: {targets[t]}}}\n" for t in ("modulation", second))
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher", passes=passes))
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "read back" in line or "reads back" in line]
+    end = ("read back the file pass 1 of this run measured" if second == "modulation" else
+           "read back none of the 1 file pass 1 of this run measured: it is not of its targets, blocks, inputs "
+           "and ranks as they are now")
+    assert said == ["  pass 2 (svd) finds block statistics (1 file) that pass 1 of this run measured: it reads back "
+                    "those of its targets, blocks, inputs and ranks as they are now, and says how many when it ends",
+                    f"  pass 2 (svd) {end}"], said
+    assert main(argv + ["--overwrite"]) == 0  # a rerun: pass 1 reads it back, and pass 2 finds an earlier run's
+    said = [line for line in capsys.readouterr().err.splitlines() if "(svd) finds" in line]
+    assert [line.split(" that ")[1].split(":")[0] for line in said] == ["an earlier run measured"] * 2, said
