@@ -27,7 +27,7 @@ from compress.runner_kept import (OF_IT_NOW, fisher_folder, mark_read_by, measur
                                   offered_files, read_back_at_end_in_words, read_back_in_words)
 from compress.runner_measured import CALIBRATED, KEYED_AS
 from compress.runner_folders import WRITTEN_BY
-from compress.runner_resume import (FINISHED, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
+from compress.runner_resume import (FINISHED, RAN, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
                                     passed_over_in_words, read_state, recipe_changes, recorded_teacher,
                                     resumed_in_words, reusable_stage, stage_dirs)
 from compress.runner_teacher_id import older_checksum, resume_advice, same_teacher, teacher_change
@@ -60,11 +60,13 @@ def record_run(runner) -> None:
     stages.mkdir(parents=True, exist_ok=True)
     teacher = getattr(runner, "identity", None)  # what --resume of a distill checkpoint compares (no stage)
     record = {**WRITTEN_BY, "fingerprint": fingerprint, **({"teacher": teacher} if teacher else {})}
+    if getattr(runner, "recipe", None) is not None:  # the passes it runs, which a refused rerun compares
+        record[RAN] = runner.recipe.raw  # (runner_resume.unsaved_changes)
     if getattr(runner, "keyed_as", None):  # the teacher moved: the source keying its caches (runner_measured)
         record[KEYED_AS] = runner.keyed_as
     if getattr(runner, "calibration_keys", None):  # what a refusal names (runner_measured.calibration_change)
         record[CALIBRATED] = runner.calibration_keys
-    text = json.dumps(record) + "\n"
+    text = json.dumps(record, default=str) + "\n"  # (the recipe as a stage's state.json holds it)
     write_atomically(stages / RUN_RECORD, lambda tmp: tmp.write_text(text))
 
 

@@ -310,3 +310,45 @@ def test_a_rerun_with_another_calibration_counts_what_the_interrupted_run_kept(p
     assert main(args + ["--set", "calibration.seed=1"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"holds an interrupted run of another recipe (it differs in calibration.seed; {kept})" in last, last
+
+
+def test_a_rerun_whose_unsaved_pass_changed_is_refused_naming_the_change(tmp_path, monkeypatch, capsys):
+    """Two svd passes stopped by Ctrl-C in pass 2 (pass 1 saved), rerun with pass 2's modulation rank changed:
+    refused as 'RUN holds an interrupted run of this recipe (1 of 2 passes done): add --resume to continue',
+    though the run ran pass 2 with the rank it had (--resume keeps pass 1 and runs pass 2 as it is now). Now
+    'of another recipe (it differs in passes.1.svd.ranks.modulation; ...)', as a change of a saved pass is said,
+    with what --resume keeps. Unchanged: a rerun of the recipe as it ran, or with a result-free key of pass 2
+    changed ('of this recipe'); after a --resume with the change stopped in pass 2, the changed recipe is its."""
+    from compress.passes.svd import SVDPass
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import STREAM_RECIPE
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    (tmp_path / "r.yaml").write_text(STREAM_RECIPE.format(family="pixart", teacher=tmp_path / "teacher", stream="false"))
+    run = tmp_path / "run"
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
+    rank = ["--set", "passes.1.svd.ranks.modulation=2"]
+    real = SVDPass._compress
+
+    def stopped_in_pass_2(self, *a, **k):
+        if list(self.config.targets) == ["modulation"]:  # pass 2's
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(SVDPass, "_compress", stopped_in_pass_2)
+    assert main(args) == 130
+    capsys.readouterr()
+    this = f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 2 passes done): add --resume"
+    for more in ([], ["--set", "passes.1.svd.progress=false"]):
+        assert main([*args, *more]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(this)
+    assert main([*args, *rank]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dit-compress: error: {run} holds an interrupted run of another recipe (it differs in "
+        "passes.1.svd.ranks.modulation; 1 of 2 passes done): --resume keeps its first 1 pass (with the same teacher) "
+        "and runs the rest; add --restart to discard it and start over, or choose another --run-dir")
+    assert main([*args, *rank, "--resume"]) == 130  # stopped in pass 2 again, as it is now
+    capsys.readouterr()
+    assert main([*args, *rank]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(this)
+    assert main(args) == 2
+    assert "(it differs in passes.1.svd.ranks.modulation; 1 of 2" in capsys.readouterr().err
