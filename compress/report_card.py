@@ -282,7 +282,8 @@ def distill_line(record: dict, which: str = "") -> str:
         said.append("not resumed" if resumed == 0 else f"resumed {resumed} time{'s' if resumed > 1 else ''}")
     last = record.get("last")
     if isinstance(last, dict) and all(is_number(last.get(k)) for k in TERMS):
-        said.append(f"last step: {fmt_terms(last)}")
+        weights = record.get("weights")  # a term of weight 0 is no part of the loss (older records: every term)
+        said.append(f"last step: {fmt_terms(last, weights if isinstance(weights, dict) else None)}")
     return f"distill{which}: " + "; ".join(said)
 
 

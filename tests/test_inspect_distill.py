@@ -66,3 +66,15 @@ def test_inspect_of_a_run_resumed_in_its_distill_pass(tmp_path, capsys):
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("distill"))
     assert line.startswith("distill: 4/4 steps (data toy, train all); held-out teacher-relative error ")
     assert "; resumed 1 time; last step: loss " in line
+    assert record["weights"] == {"task": 0, "out": 1.0, "feat": 0.1}  # the recipe's lambda_task 0, defaults else
+    assert " task " not in line.split("last step:")[1] and " out " in line  # a term of weight 0 is not shown
+
+
+def test_inspect_shows_the_terms_a_record_weighs(tmp_path, capsys):
+    """A record with its loss weights shows only the terms of nonzero weight (lambda_task 0 in every shipped
+    recipe; the distill bar does the same); an older record without them, every term (above)."""
+    record = {"steps": 60, "steps_done": 60, "data": "toy", "last": LAST, "weights": {"task": 0, "out": 1, "feat": 0.1},
+              "pred_rel_error_before": 0.1, "pred_rel_error_after": 0.05}
+    line = next(line for line in _inspected(tmp_path, capsys, {"distill": record}).splitlines()
+                if line.startswith("distill"))
+    assert line.endswith("; last step: loss 0.5 out 0.125 feat 1"), line

@@ -225,6 +225,7 @@ class _Trainer(Checkpoints):
         if self.history:
             record["first"] = {k: self.history[0][k] for k in TERMS}
             record["last"] = {k: self.history[-1][k] for k in TERMS}
+            record["weights"] = weights_of(self.cfg)  # {term: its lambda}: what inspect's last-step words show
         if self.acc.is_main_process:
             csv_path, png_path = self.dir.absolute() / "loss.csv", self.dir.absolute() / "loss.png"
             write_curves(self.history, csv_path, png_path if self.cfg.plot else None)
