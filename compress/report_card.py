@@ -275,7 +275,9 @@ def distill_lines(report: dict) -> list[str]:
 
 def distill_line(record: dict, which: str = "") -> str:
     """'distill: 60/60 steps (data toy, train all); held-out teacher-relative error 0.08092 → 0.09314
-    (rose; its error_rose in report.json says why); resumed 1 time; last step: loss 0.1 task ...'."""
+    (rose; its error_rose in report.json says why); resumed 1 time; last step: loss 0.1 out ... feat ...':
+    the loss terms of nonzero weight in the record's `weights` (here lambda_task 0: no task term); a record
+    without weights shows every term."""
     said = [f"{_steps(record)}{_settings(record)}", _error(record)]
     resumed = record.get("resumed")
     if is_count(resumed):
