@@ -82,7 +82,7 @@ class LoggedProgress(Progress):
         if getattr(self, "live", None) is None:  # (rich's __init__ makes one before its console is kept)
             return table
         label, after = table.columns[0], table.columns[2:]  # (the bar between, narrowed by the table)
-        widths = [max((Measurement.get(self.console, self.console.options, cell).maximum for cell in c._cells),
+        widths = [max((Measurement.get(self.console, self.console.options, cell).maximum for cell in c.cells),
                       default=0) for c in after]
         label.no_wrap, label.overflow = True, "ellipsis"
         label.max_width = max(self.console.width - sum(widths) - BAR_AT_LEAST - len(table.columns) + 1, 1)
