@@ -29,12 +29,13 @@ def fisher_backward(plan: dict, index: int, fisher: dict) -> dict:
     holds; auto sizes itself to what is free, so it is not counted)."""
     plain, checkpointed = plan["backward"]
     size = checkpointed if fisher["gradient_checkpointing"] else plain
+    keys = ["calibration.batch_size"]
+    what = "an output Fisher's backward of one calibration batch"
     if fisher["memory_gb"] != "auto":
         size += fisher["sweep_bytes"]  # at most the limit, unless one target's Fisher alone is more
-    keys = ["calibration.batch_size"] + ([] if fisher["memory_gb"] == "auto" else [f"passes.{index}.svd.fisher_memory_gb"])
+        keys.append(f"passes.{index}.svd.fisher_memory_gb")
+        what += " and its largest sweep's Fishers"
     fix = "" if fisher["gradient_checkpointing"] else f"passes.{index}.svd.gradient_checkpointing: true"
-    what = "an output Fisher's backward of one calibration batch" + ("" if fisher["memory_gb"] == "auto" else
-                                                                    " and its largest sweep's Fishers")
     return part(what, size, keys, fix)
 
 
