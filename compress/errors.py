@@ -67,16 +67,16 @@ def as_yaml(value) -> str:
 _BOOL_WORDS = {False: ("no", "none", "off"), True: ("yes", "on")}
 
 
-def not_one_of(what: str, value, choices, aliases: dict | None = None, hint: str = "") -> str:
+def not_one_of(what: str, value, choices, aliases: dict | None = None, hint: str = "", forms=()) -> str:
     """The one wording of a value outside a key's choices: "distill.train must be one of all, factors,
     non_factors, not 'factor'; did you mean 'factors'?". The value as YAML spells it; the hint: `hint`
     where given, else the choice a boolean stands for (false: no), else the choice `aliases` gives
     its lower-case spelling (fp16: float16; of several, the first among the choices), else the
-    closest choice (did_you_mean)."""
+    closest choice (did_you_mean). `forms`: patterns listed after the choices (cuda:N), never meant."""
     if not hint and isinstance(value, bool):
         meant = [w for w in _BOOL_WORDS[value] if w in choices]
         hint = f"; did you mean '{meant[0]}'?" if meant else ""
     elif not hint:
         meant = [w for w in (aliases or {}).get(str(value).lower(), ()) if w in choices]
         hint = f"; did you mean '{meant[0]}'?" if meant else did_you_mean(str(value), map(str, choices))
-    return f"{what} must be one of {', '.join(map(str, choices))}, not {as_yaml(value)}{hint}"
+    return f"{what} must be one of {', '.join(map(str, (*choices, *forms)))}, not {as_yaml(value)}{hint}"

@@ -6,7 +6,6 @@ Pass options are validated against each pass's config dataclass: its fields are 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ from compress.recipe_yaml import MARKS_HEADER, NULL, RecipeDumper, RecipeLoader,
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # device: cuda:N is cuda:0, cuda:1, ...
+DEVICES = ("auto", "cpu", "cuda")  # or cuda:N, N a GPU's index (device_refused)
 
 
 HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
@@ -283,9 +282,8 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
         if k.value == "teacher_config" and values["teacher_config"] is not None and not values[k.value].strip():
             raise _Loc(path, v).err(f"teacher_config is empty: give the diffusers config of {READS} (a folder, "
                                     "a pipeline folder or a JSON file such as config.json), or null")
-        if k.value == "device" and not (isinstance(values["device"], str)
-                                        and re.fullmatch(r"auto|cpu|cuda(:\d+)?", values["device"])):
-            raise _Loc(path, v).err(not_one_of("device", values["device"], DEVICES, {"gpu": ("cuda",)}))
+        if k.value == "device" and (refused := device_refused(values["device"])):
+            raise _Loc(path, v).err(refused)
         elif k.value == "calibration":
             values["calibration"] = build_dataclass(v, CalibrationConfig, path, "calibration")
         elif k.value == "export":
@@ -303,6 +301,16 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     recipe.calibration._recipe = recipe  # its errors name the recipe's lines (CalibrationConfig.where)
     recipe.raw = to_plain(recipe)
     return recipe
+
+
+def device_refused(value) -> str:
+    """Why `value` is no recipe device: one of DEVICES or cuda:N, N a GPU's index (cuda:0, cuda:1,
+    ...); '' for one. cuda:N is listed, never suggested: a value starting cuda: is told to give an index."""
+    indexed = isinstance(value, str) and value.startswith("cuda:")
+    if value in DEVICES or (indexed and value[5:].isascii() and value[5:].isdigit()):
+        return ""
+    hint = "; cuda:N takes a GPU's index: cuda:0, cuda:1, ..." if indexed else ""
+    return not_one_of("device", value, DEVICES, {"gpu": ("cuda",)}, hint, forms=("cuda:N",))
 
 
 def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recipe:

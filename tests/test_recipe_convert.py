@@ -106,6 +106,23 @@ def test_every_choice_key_is_refused_in_one_wording(top, option, message):
     assert str(e.value) == f"r.yaml:{3 if top else 4}: {message}"
 
 
+@pytest.mark.parametrize("value, message", [
+    ("cuda:x", "not 'cuda:x'; cuda:N takes a GPU's index: cuda:0, cuda:1, ..."),
+    ("cuda:N", "not 'cuda:N'; cuda:N takes a GPU's index: cuda:0, cuda:1, ..."),
+    ("cuda:-1", "not 'cuda:-1'; cuda:N takes a GPU's index: cuda:0, cuda:1, ..."),
+    ("cuda0", "not 'cuda0'; did you mean 'cuda'?"),
+    ("cpuu", "not 'cpuu'; did you mean 'cpu'?"),
+])
+def test_a_device_is_never_told_to_be_the_placeholder_cuda_n(value, message):
+    """device: cuda:x was asked "did you mean 'cuda:N'?" (the placeholder, itself refused), and
+    device: cuda:N too; now a value starting cuda: is told to give a GPU's index."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(f"model: pixart\nteacher: toy:pixart\ndevice: {value}\npasses: [svd]\n", "r.yaml")
+    assert str(e.value) == f"r.yaml:3: device must be one of auto, cpu, cuda, cuda:N, {message}"
+    for fine in ("auto", "cpu", "cuda", "cuda:0", "cuda:12"):
+        assert parse_recipe(f"model: pixart\nteacher: toy:pixart\ndevice: {fine}\npasses: [svd]\n").device == fine
+
+
 def test_a_config_built_in_code_is_refused_in_the_recipes_words():
     """DistillConfig(mixed_precision='bf16x').validate() (as the runner's checks call it) said
     'distill: mixed_precision must be one of no, bf16, fp16, not 'bf16x''; select_trainable
