@@ -32,10 +32,12 @@ def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str
     try:
         theirs = _output_base(str(took))
     except UserError:  # an output whose chain cannot be followed: its blocks' base is not known
-        raise old_record_elsewhere(record, str(took), source, ours, None, followed=False) from None
+        raise old_record_elsewhere(record, str(took), source, ours, None, unfollowed=str(took)) from None
+    if ours is None:  # the teacher's chain cannot be followed: its blocks' base is not known
+        raise old_record_elsewhere(record, str(took), source, ours, None, unfollowed=source)
     if theirs is None and not missing(str(took)):
         theirs = LoraBase({}, str(took), None, [])  # there now, no output: a base, its own blocks
-    if ours is None or (theirs is None and (compared is None or not _renumbers(ours.block_map))):
+    if theirs is None and (compared is None or not _renumbers(ours.block_map)):
         return True  # nothing known to be renumbered, or to be another model: as before
     if theirs is not None and not theirs.moved and absolute_source(theirs.source) == absolute_source(ours.source):
         return _mapping(teacher, ours.block_map, theirs.block_map)
@@ -49,16 +51,17 @@ def _renumbers(block_map: dict) -> bool:
     return any(kept != list(range(len(kept))) for kept in block_map.values())
 
 
-def old_record_elsewhere(record: dict, took: str, source: str, ours, theirs, followed: bool = True) -> UserError:
+def old_record_elsewhere(record: dict, took: str, source: str, ours, theirs, unfollowed: str | None = None) -> UserError:
     """The refusal of a LoRA recorded without `blocks_of` (read as blocks of the student's teacher
     `took`) replayed on another teacher (`source`, its base and block map `ours`) whose blocks are
-    numbered otherwise, or may be (`theirs`: `took`'s, None where not known; `followed`: False where
-    `took` is an output whose chain of teachers cannot be followed)."""
-    if not followed:
+    numbered otherwise, or may be (`theirs`: `took`'s, None where not known; `unfollowed`: `took` or
+    `source`, where it is an output whose chain of teachers cannot be followed)."""
+    if unfollowed is not None:
+        whose = "its" if unfollowed == took else "the teacher's"
         return UserError(f"{_old_record(record, took)}, but the teacher to compare with, {source}, may have its blocks "
-                         f"numbered otherwise ({took} is a dit-compress output whose chain of teachers cannot be "
+                         f"numbered otherwise ({unfollowed} is a dit-compress output whose chain of teachers cannot be "
                          f"followed now, to map them): compare with the model's own teacher {took}, or put back the "
-                         "teachers of its chain")
+                         f"teachers of {whose} chain")
     if theirs is None:
         why = f"{took} is not there now, or its chain of teachers cannot be followed, to map them"
     else:

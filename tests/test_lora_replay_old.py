@@ -114,3 +114,34 @@ def test_an_old_record_whose_teacher_is_an_output_with_a_chain_not_followed_is_r
     expected = load_transformer(tmp_path / "b")
     merge_lora(expected, lora, own_blocks=True)
     assert same(load_teacher_of(c, str(tmp_path / "b")), expected.state_dict())
+
+
+def test_an_old_record_on_a_teacher_whose_own_chain_is_not_followed_is_refused_saying_so(tmp_path):
+    """x (base2 blocks 1 3 4 5; base2 a copy of the base) through y, both outputs: refused while base2 is
+    there (another base); with base2 moved away x's chain cannot be followed, and x took the LoRA in b's
+    numbering, rc 0 without a word (x's block 0, base block 1, took b's block 0's, base block 0's). Now
+    refused saying that the teacher's chain cannot be followed."""
+    import copy
+    import shutil
+
+    from compress.arch import get_adapter
+    from compress.errors import UserError
+    from compress.io import load_teacher_of
+    from tests.test_lora_chain import _save_output
+
+    base, c, lora, _ = old_record_chain(tmp_path)
+    shutil.copytree(tmp_path / "base", tmp_path / "base2")
+    y = copy.deepcopy(base)
+    _save_output(y, tmp_path / "y", tmp_path / "base2", get_adapter(y).remove_blocks(y, {"blocks": [0]}))
+    x = copy.deepcopy(y)
+    _save_output(x, tmp_path / "x", tmp_path / "y", get_adapter(x).remove_blocks(x, {"blocks": [1]}))
+    (tmp_path / "base2").rename(tmp_path / "base2-away")
+    b = str((tmp_path / "b").resolve())
+    with pytest.raises(UserError) as e:
+        load_teacher_of(c, str(tmp_path / "x"))
+    assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was recorded before "
+                            f"records named the model its blocks are of (no blocks_of in its record): they were "
+                            f"read as blocks of the model's teacher {b}, but the teacher to compare with, "
+                            f"{tmp_path / 'x'}, may have its blocks numbered otherwise ({tmp_path / 'x'} is a "
+                            "dit-compress output whose chain of teachers cannot be followed now, to map them): "
+                            f"compare with the model's own teacher {b}, or put back the teachers of the teacher's chain")
