@@ -339,12 +339,12 @@ def bounded_hub(stop: bool = False):
 
         def timed(*args, **kwargs):  # when a request no answer came to ended: Unanswered.words' wall time
             try:
-                answer = send(*args, **kwargs)
+                return send(*args, **kwargs)
             except Exception as e:
-                record.ended(e)
+                record.ended(e)  # first: its error, where it is the first unanswered one
                 raise
-            record.ended()
-            return answer
+            finally:  # every exit, a KeyboardInterrupt's too: none left pending until words' now
+                record.ended()
         client.send = timed
         return client
 

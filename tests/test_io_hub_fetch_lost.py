@@ -141,3 +141,32 @@ def test_a_hub_answering_each_request_within_its_timeout_is_waited_for(monkeypat
     assert type(model).__name__ == "PixArtTransformer2DModel", model
     asked = [line for line, *_ in seen if "agent-harnesses" not in line]
     assert len(asked) == 8, asked
+
+
+def test_a_request_an_interrupt_ended_is_not_left_pending(monkeypatch):
+    """bounded_hub's record ends a request on every exit of the client's send: one a KeyboardInterrupt
+    ended (a BaseException, not an Exception) was left pending, so Unanswered.words counted its wall
+    time up to when they were said (here 300 s), not to the interrupt (3 s)."""
+    import httpx2
+    from huggingface_hub import constants, get_session, set_client_factory
+    from huggingface_hub.utils import _http
+
+    from compress import io_hub_requests
+    from compress.io_hub_requests import bounded_hub
+
+    now = [100.0]
+    monkeypatch.setattr(io_hub_requests.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
+
+    def interrupted(request):
+        now[0] = 103.0
+        raise KeyboardInterrupt
+    set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(interrupted)))
+    try:
+        with pytest.raises(KeyboardInterrupt), bounded_hub() as record:
+            get_session().head("http://127.0.0.1:1/x")
+    finally:
+        set_client_factory(_http.default_client_factory)
+    now[0] = 400.0
+    assert record.words() == ("no answer to 1 requests within 5 s each, 3 s from the first to the last; "
+                              "set HF_HUB_ETAG_TIMEOUT to wait longer")
