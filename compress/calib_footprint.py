@@ -95,11 +95,11 @@ def pixart_binned(sample_size: int, height: int, width: int) -> tuple[int, int]:
 def svd_streams(recipe, config=None) -> tuple[bool, bool]:
     """(whether some svd pass fits targets asymmetrically: a reference stream calibrates beside the
     student's; whether some calibrates within-block sequentially: a block's dense linears stay beside
-    their factors until it is done). Each pass's own decisions (svd.fits_asymmetrically, calibrates_sequentially) on its
-    targets among the teacher's linears (a meta model of `config`, the teacher's diffusers config;
-    None: recipe.teacher's), so that the estimate counts what the run does."""
+    their factors until it is done). Each pass's own decisions (svd_decisions.fits_asymmetrically,
+    calibrates_sequentially) on its targets among the teacher's linears (a meta model of `config`, the
+    teacher's diffusers config; None: recipe.teacher's), so that the estimate counts what the run does."""
     from compress.arch import get_adapter
-    from compress.passes.svd import calibrates_sequentially, fits_asymmetrically
+    from compress.passes.svd_decisions import calibrates_sequentially, fits_asymmetrically
     from compress.passes.svd_targets import resolve_targets
 
     fits = sequential = False

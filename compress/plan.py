@@ -269,7 +269,7 @@ def by_block_after_is(unplaced: list, uneven: list, later: list) -> str:
 def svd_targets(p, spec, model, adapter) -> tuple[list, bool, bool]:
     """(an svd pass's targets on the model as it finds it, whether a reference stream pairs with its
     calibration, whether it calibrates within-block sequentially)."""
-    from compress.passes.svd import calibrates_sequentially, fits_asymmetrically
+    from compress.passes.svd_decisions import calibrates_sequentially, fits_asymmetrically
 
     targets = p.resolved.targets(model, adapter)[1]
     return targets, fits_asymmetrically(spec.config, targets), calibrates_sequentially(spec.config, targets)

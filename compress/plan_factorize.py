@@ -42,7 +42,7 @@ def factorize_bytes(out: int, inp: int, output_gram: bool, asymmetric: bool, cen
 def factorizing_bytes(config):
     """info -> factorize_bytes of a target of an svd pass with `config` (None: fitted to the
     reference where its statistics are paired, uncentered)."""
-    from compress.passes.svd import fitted_to_reference
+    from compress.passes.svd_decisions import fitted_to_reference
     from compress.passes.svd_checks import centered
 
     def size(info, paired: bool = True) -> int:

@@ -70,7 +70,7 @@ def fisher_sweep(recipe, plan: dict, index: int, fisher: dict, taps: list[dict],
     Fishers as the pass chunks them, taps counted (svd_fisher_budget.fisher_chunks, sweep_chunks).
     taps: svd_statistics' of the pass's targets; resident: what the run holds as the sweeps start."""
     from compress.calib_footprint import sweep_held_bytes
-    from compress.passes.svd import prediction_fisher
+    from compress.passes.svd_decisions import prediction_fisher
     from compress.passes.svd_fisher import fisher_bytes
     from compress.passes.svd_fisher_budget import fisher_chunks
 
@@ -127,7 +127,7 @@ def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]], resident: floa
     fisher_memory_gb (the oldest then go; auto: `budget`; the newest is kept beside the limit);
     the block of the pass that keeps most, while its walk holds its statistics (none without an output
     Fisher). taps: by pass index; resident: what the run holds as its walk starts."""
-    from compress.passes.svd import prediction_fisher
+    from compress.passes.svd_decisions import prediction_fisher
 
     found = []
     for index, pass_taps in taps.items():

@@ -117,7 +117,7 @@ def _process(recipe) -> list[dict]:
 def svd_statistics(targets: list, paired: bool, sequential: bool, config=None) -> dict:
     """The float64 statistics an svd pass's calibration holds (calib_stats.Stats; svd_walk.walk) of its
     `targets` (LinearInfo, the model as the pass finds it): per stats key a Gram (d, d) and a sum (d,),
-    with a reference stream (`paired`: svd.fits_asymmetrically) a block input's cross term (d, d) and
+    with a reference stream (`paired`: svd_decisions.fits_asymmetrically) a block input's cross term (d, d) and
     the reference's sum (d,) too; an output Gram (out, out) its sum (out,) and Σ x² (in,).
     {"held": bytes kept from the walk's start to its end (the conditioning's, the top level's, inputs
     shared by every block), "block": the largest of a block's own, "where": that block ("group index"), "module": its module name,

@@ -72,7 +72,7 @@ def test_plan_and_the_pass_chunk_an_output_fishers_targets_alike_counting_their_
     import compress.plan_memory as pm
     from compress.arch import get_adapter
     from compress.inputs import SyntheticSource
-    from compress.passes.svd import prediction_fisher
+    from compress.passes.svd_decisions import prediction_fisher
     from compress.passes.svd_fisher import fisher_bytes
     from compress.passes.svd_fisher_budget import sweep_chunks
     from tests.conftest import tiny_flux, tiny_pixart

@@ -55,7 +55,7 @@ from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher
 from compress.passes.svd_checks import centered, check_config, check_values, refused_on_all
 from compress.passes.svd_summary import merge_report, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
-from compress.passes.svd_decisions import (_NOT_FITTED, calibrates_sequentially, fits_asymmetrically,
+from compress.passes.svd_decisions import (NOT_FITTED, calibrates_sequentially, fits_asymmetrically,
                                            fitted_to_reference, prediction_fisher, streaming_refusals)
 from compress.passes.svd_fisher import Roots, checkpointed
 from compress.passes.svd_fisher_budget import fisher_budget, fisher_plan
@@ -108,7 +108,7 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
         only in its report's empty `asymmetric`."""
         if self.config.asymmetric is not True or self._fits(targets):
             return
-        raise refused_on_all("asymmetric", targets, "can be fitted to the reference", _NOT_FITTED)
+        raise refused_on_all("asymmetric", targets, "can be fitted to the reference", NOT_FITTED)
 
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str, tuple]]:
         """A pass whose ranks, known before calibration, leave every target dense changes nothing (ranks

@@ -12,7 +12,7 @@ from compress.passes.svd_walk import from_conditioning
 from compress.stream_refusals import Refusal
 
 # why a target (of a whitened, student-activation pass) is never fitted to the reference, by target_kind
-_NOT_FITTED = {
+NOT_FITTED = {
     "conditioning": "the modulation linears read the conditioning (the timestep embedding; Flux's pooled text "
                     "too), whose stats are taken on the student's stream alone",
     "top level": "top-level layers are calibrated before the blocks, on the student's stream alone",
