@@ -168,7 +168,7 @@ def download(repo_id: str, sub: str, name: str, **revision) -> str:
     backoff sleeps between (~23 s where the Hub stopped answering after an earlier request; minutes
     where it holds the requests: 60 s waits of its own outside bounded_hub), before its error. Where
     that request finds the Hub unreachable, or one of hf_hub_download's own went unanswered inside
-    bounded_hub(stop=True) (HubStopped: its retries not sent), the cache's copy (`cached_copy`). A
+    bounded_hub(stop=True) (HubStopped: its retries not sent), the cache's copy (`cache_or_lost`). A
     file the cache holds of the commit `revision` names is not asked for."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
@@ -180,14 +180,14 @@ def download(repo_id: str, sub: str, name: str, **revision) -> str:
     try:
         reach(repo_id, sub + name, commit)
     except Exception as e:  # noqa: BLE001 - reach raises where the Hub cannot be reached alone
-        return cached_copy(fetch, f"{repo_id}'s {sub}{name}", e)
+        return cache_or_lost(fetch, f"{repo_id}'s {sub}{name}", e)
     try:
         return fetch()
     except HubStopped as e:
-        return cached_copy(fetch, f"{repo_id}'s {sub}{name}", e)
+        return cache_or_lost(fetch, f"{repo_id}'s {sub}{name}", e)
 
 
-def cached_copy(fetch, what: str, e: Exception) -> str:
+def cache_or_lost(fetch, what: str, e: Exception) -> str:
     """The cache's copy of `what` (`fetch`, hf_hub_download's, local_files_only: its own fall-back,
     no request), where the Hub cannot be reached (`e`); else LocalEntryNotFoundError raised from the
     error of the request that went unanswered, as hf_hub_download's (`e`, or what a HubStopped `e`
