@@ -79,4 +79,9 @@ def not_one_of(what: str, value, choices, aliases: dict | None = None, hint: str
     elif not hint:
         meant = [w for w in (aliases or {}).get(str(value).lower(), ()) if w in choices]
         hint = f"; did you mean '{meant[0]}'?" if meant else did_you_mean(str(value), map(str, choices))
-    return f"{what} must be one of {', '.join(map(str, (*choices, *forms)))}, not {as_yaml(value)}{hint}"
+    return f"{must_be_one_of(what, (*choices, *forms))}, not {as_yaml(value)}{hint}"
+
+
+def must_be_one_of(what: str, choices) -> str:
+    """'distill.train must be one of all, factors, non_factors': not_one_of's words, before the value."""
+    return f"{what} must be one of {', '.join(map(str, choices))}"

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from compress.errors import BadValue, UserError, as_yaml, did_you_mean, not_one_of
+from compress.errors import BadValue, UserError, as_yaml, did_you_mean, must_be_one_of, not_one_of
 from compress.recipe_set import key_nodes, nearest
 from compress.recipe_yaml import MAP, NULL, RecipeLoader, collection_tag, type_hint
 
@@ -146,6 +146,8 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
         return {convert(k, kt, loc_path, f"key of {what}"): convert(v, vt, loc_path, f"{what}.{k.value}")
                 for k, v in node.value}
     if not isinstance(node, yaml.ScalarNode):
+        if origin is Literal:  # as a wrong scalar is refused (not_one_of), the value's kind for it
+            raise loc.err(f"{must_be_one_of(what, typing.get_args(tp))}, not {_shown(node)}")
         raise loc.err(f"{what} must be {_type_name(tp)}")
     try:
         value = _construct(node)

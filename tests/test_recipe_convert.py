@@ -123,6 +123,24 @@ def test_a_device_is_never_told_to_be_the_placeholder_cuda_n(value, message):
         assert parse_recipe(f"model: pixart\nteacher: toy:pixart\ndevice: {fine}\npasses: [svd]\n").device == fine
 
 
+@pytest.mark.parametrize("top, option, message", [
+    ("", "distill: {mixed_precision: [bf16]}", "r.yaml:4: distill.mixed_precision must be one of no, bf16, fp16, "
+                                               "not a list"),
+    ("", "remove_blocks: {count: 1, criterion: learned, estimator: [x]}",
+     "r.yaml:4: remove_blocks.estimator must be one of gumbel, score, not a list"),
+    ("", "svd: {compensate_toward: {a: 1}}", "r.yaml:4: svd.compensate_toward must be one of teacher, input, "
+                                             "not a mapping"),
+    ("compute_dtype: [fp16]\n", "svd", "r.yaml:3: compute_dtype must be one of float32, float16, bfloat16, "
+                                        "not a list"),
+])
+def test_a_list_or_mapping_given_a_choice_key_is_refused_in_the_same_wording(top, option, message):
+    """distill: {mixed_precision: [bf16]} said "distill.mixed_precision must be 'no' | 'bf16' | 'fp16'"
+    (a third wording, and it was "must be a string" before 4f062c6), estimator: [x] lost "not a list"."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(f"model: pixart\nteacher: toy:pixart\n{top}passes:\n  - {option}\n", "r.yaml")
+    assert str(e.value) == message
+
+
 def test_a_config_built_in_code_is_refused_in_the_recipes_words():
     """DistillConfig(mixed_precision='bf16x').validate() (as the runner's checks call it) said
     'distill: mixed_precision must be one of no, bf16, fp16, not 'bf16x''; select_trainable
