@@ -1,0 +1,59 @@
+"""inspect's per-layer tables (compress.inspect.inspect_tables): no cell cut at 80 or 200 columns, round-off
+losses as 0, missing fields as dashes."""
+
+from rich.console import Console
+
+from compress.inspect import inspect_tables
+
+
+def _rows():
+    return [{"name": f"single_transformer_blocks.{i}.attn.to_q", "role": "attention", "block": f"single.{i}",
+             "shape": [3072, 3072], "rank": 512, "params": 3_148_800, "kept": 1 / 3, "energy_kept": 0.99871,
+             "loss": 12.25 + i, "optimal_loss": 12.25 + i, "loss_ratio": 1.0000002, "rel_output_error": 0.03594,
+             "time_s": 41.5} for i in range(3)]
+
+
+def _render(width: int) -> tuple[str, int]:
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    tables = inspect_tables(_rows(), width, "layers", {})
+    for table in tables:
+        console.print(table)
+    return console.export_text(), len(tables)
+
+
+# every per-layer number issue 8 names: shape, rank, kept params and share, energy kept, whitened
+# loss, closed-form optimum, their ratio, relative output error, seconds
+CELLS = ("3072×3072", "512", "3,148,800", "33%", "0.9987", "1.22e+01", "1.42e+01", "1.000000", "0.0359", "41.50s")
+
+
+def test_layer_tables_never_cut_a_cell():
+    """An 80-column terminal gets two tables (budget; factorization) that fold only the names;
+    a wide one gets one table with every name whole, each block's layers under its name."""
+    narrow, n = _render(80)
+    assert n == 2 and "…" not in narrow
+    assert all(cell in narrow for cell in CELLS)
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    wide, n = _render(200)
+    assert n == 1 and "…" not in wide
+    assert all(cell in wide for cell in CELLS)
+    assert all(f"single_transformer_blocks.{i}" in wide for i in range(3))
+    assert wide.count("attn.to_q") == 3
+
+
+def test_layer_tables_show_round_off_losses_as_zero_and_missing_fields_as_dashes():
+    rows = _rows()[:1]
+    rows[0]["loss"] = -3.5e-15  # a sum of squares measured as a difference
+    dense = {"name": "proj_out", "role": "output", "block": "-", "shape": [64, 3072], "rank": None,
+             "params": 196_672, "kept": 1.0}
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))
+    for table in inspect_tables(rows + [dense], 200, "layers", {}):
+        console.print(table)
+    text = console.export_text()
+    assert "-3.5" not in text and "0.00e+00" in text
+    dense_line = next(line for line in text.splitlines() if "proj_out" in line)
+    assert "dense" in dense_line and dense_line.count(" - ") >= 6
+    narrow = Console(width=80, record=True, file=open("/dev/null", "w"))
+    for table in inspect_tables(rows + [dense], 80, "layers", {}):
+        narrow.print(table)
+    # a layer the svd pass never looked at is in the budget table, not in the factorization one
+    assert narrow.export_text().count("proj_out") == 1
