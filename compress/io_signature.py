@@ -106,17 +106,23 @@ def teacher_signature(source: str) -> dict | None:
         return None
 
 
+def comparable(*records) -> bool:
+    """Whether teacher_signature records compare: each one of this method (SIGNATURE), naming its files
+    (a record of an older or newer dit-compress, or none, does not)."""
+    return all(isinstance(r, dict) and r.get("method") == SIGNATURE and isinstance(r.get("files"), dict)
+               for r in records)
+
+
 def signature_change(recorded, source: str, now: dict | None = None) -> str | None:
     """What differs between a recorded `teacher_signature` and the teacher `source`'s files now, in
     words ('NAME holds other bytes'), naming the first file that differs; None where nothing does, and
     where the record is missing or of another method (an output of an older or newer dit-compress) or
     the files cannot be read now (the loader says why). `now`: the files' signatures read already
     (teacher_signature's "files"), not read again."""
-    if not (isinstance(recorded, dict) and recorded.get("method") == SIGNATURE
-            and isinstance(recorded.get("files"), dict)):
+    if not comparable(recorded):
         return None
-    try:
-        now = now if now is not None else {name: file_signature(p) for name, p in weight_files(source).items()}
+    try:  # teacher_signature's None: no files, or one not read; its weight_files may raise OSError
+        now = now if now is not None else (teacher_signature(source) or {"files": {}})["files"]
     except (OSError, ValueError, OverflowError):
         return None
     if not now:  # the teacher is gone, or is no teacher now: its loader says so

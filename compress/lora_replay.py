@@ -107,7 +107,13 @@ def other_files(source: str, took: str, took_files: dict | None, seen: dict | No
     now = fingerprint(source, seen)
     if now is None:  # no weight files, or not read now: the loader says why
         return None
-    return signature_change(fingerprint(took, seen) if Path(took).exists() else took_files, source, now["files"])
+    return signature_change(took_signature(took, took_files, seen), source, now["files"])
+
+
+def took_signature(took: str, took_files: dict | None, seen: dict | None) -> dict | None:
+    """The weight files' signature of the student's teacher `took`: read now where it is there (fingerprint),
+    else as the student recorded them (`took_files`)."""
+    return fingerprint(took, seen) if Path(took).expanduser().exists() else took_files
 
 
 def fingerprint(source: str, seen: dict | None) -> dict | None:
@@ -124,12 +130,13 @@ def fingerprint(source: str, seen: dict | None) -> dict | None:
 
 def _compared_files(source: str, took: str, took_files: dict | None, seen: dict | None = None) -> bool | None:
     """Whether the weight files of the teacher `source` differ from those of `took` (read now where it
-    is there, else as the student recorded them); None where either is not known."""
-    from compress.io_signature import signature_change
+    is there, else as the student recorded them: took_signature); None where either is not known, or
+    they do not compare (io_signature.comparable: a record of an older or newer dit-compress)."""
+    from compress.io_signature import comparable, signature_change
 
-    recorded = fingerprint(took, seen) if Path(took).expanduser().exists() else took_files
+    recorded = took_signature(took, took_files, seen)
     now = fingerprint(source, seen)
-    if not recorded or now is None:
+    if not comparable(recorded, now):
         return None
     return signature_change(recorded, source, now["files"]) is not None
 

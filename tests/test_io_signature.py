@@ -213,3 +213,12 @@ def test_a_pipelines_signature_is_of_its_parts_but_the_transformer(tmp_path):
     assert pipeline_signature(str(pipe)) != before
     assert pipeline_signature("toy:pixart") is None and pipeline_signature("org/model") is None
     assert pipeline_signature(str(pipe / "transformer")) is None
+
+
+def test_only_records_of_this_method_naming_their_files_compare():
+    from compress.io_signature import SIGNATURE, comparable
+
+    this = {"method": SIGNATURE, "files": {}}
+    assert comparable(this, this) and not comparable(this, None)
+    assert not comparable(this, {"method": "an older dit-compress's", "files": {}})
+    assert not comparable({"method": SIGNATURE, "files": None})
