@@ -151,8 +151,10 @@ def placed(repo_id: str, config: Path, sub: str, files: list[str], **revision) -
 def fetch_files(repo_id: str, sub: str, names: list[str], **revision) -> Path:
     """The local folder of the repo folder `sub` once its files `names` are fetched (of `revision`,
     where given), one `download` each: snapshot_download's own list has no timeout. Inside
-    bounded_hub: hf_hub_download asks a HEAD that timed out again with a 60 s wait of its own (where
-    the Hub stops answering between download's HEAD and its own)."""
+    bounded_hub(stop=True): once a request of the fetch got no answer (the Hub stops answering between
+    download's HEAD and hf_hub_download's own), its later ones, hf_hub_download's retries among them,
+    are not sent (HubStopped): each file left comes from the cache, or the fetch fails with that
+    request's error (`download`)."""
     from compress.io_hub import quiet_hub
 
     folder = None
@@ -169,7 +171,10 @@ def download(repo_id: str, sub: str, name: str, **revision) -> str:
     where it holds the requests: 60 s waits of its own outside bounded_hub), before its error. Where
     that request finds the Hub unreachable, or one of hf_hub_download's own went unanswered inside
     bounded_hub(stop=True) (HubStopped: its retries not sent), the cache's copy (`cache_or_lost`). A
-    file the cache holds of the commit `revision` names is not asked for."""
+    file the cache holds of the commit `revision` names is not asked for. The cost of stop: a request
+    lost to a brief network failure is not retried (nor a later one sent), so a file the cache lacks
+    fails the load where hf_hub_download's retries might have fetched it; files completed stay cached,
+    and a rerun resumes from them."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     commit = revision.get("revision")
@@ -319,11 +324,13 @@ def bounded_hub(stop: bool = False):
     user's own (set_client_factory: proxies, certificates) still builds it, and is put back after
     (its client rebuilt on the next request). Where `stop` (a teacher's fetch), once a request got no
     answer, later ones raise HubStopped unsent: hf_hub_download's retried HEAD and resumed GET (up
-    to 6 tries and 1+2+4+8+8 s of sleeps) are not waited. A request hook, not the client's timeout:
-    an explicit timeout=None overrides that. A factory, not a hook on the live client: huggingface_hub closes
-    that client after a ConnectError and builds another. Yields the record (Unanswered) of the
-    requests no answer came to, for `timed_out`'s words; an error raised inside carries it too
-    (`hub_unanswered`), for words said where bounded_hub is not in sight (io_hub.hub_error)."""
+    to 6 tries and 1+2+4+8+8 s of sleeps) are not waited; the cost: a request lost to a brief
+    network failure gets no retry (`download`: completed files stay cached, a rerun resumes). A request
+    hook, not the client's timeout: an explicit timeout=None overrides that. A factory, not a hook on
+    the live client: huggingface_hub closes that client after a ConnectError and builds another.
+    Yields the record (Unanswered) of the requests no answer came to, for `timed_out`'s words; an
+    error raised inside carries it too (`hub_unanswered`), for words said where bounded_hub is not in
+    sight (io_hub.hub_error)."""
     from huggingface_hub import set_client_factory
     from huggingface_hub.utils import _http
 
