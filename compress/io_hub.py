@@ -40,19 +40,8 @@ def hub_folder(repo_id: str) -> Path:
     of the commit the config came from (pinned), and nothing fetched where its cached snapshot holds them.
     The transformer is where a copy of the repo has it (io.transformer_place), by the Hub's list
     (io_hub_requests.placed), else by the cached snapshot's files (cached_config)."""
-    cfg, sub, why = hub_config(repo_id)
+    cfg, sub, why, names = hub_placed(repo_id)
     pin = pinned(cfg)
-    if why is None:
-        try:
-            files = repo_files(repo_id, **pin)
-        except Exception as e:  # noqa: BLE001 - as hf_hub_download, the cache answers then
-            why = f"the Hub's file list failed: {cause_line(e)}"
-    if why is None:  # where a copy of the repo has its transformer (io.transformer_place), by the Hub's list
-        try:
-            cfg, sub = placed(repo_id, cfg, sub, files, **pin)
-        except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-            raise hub_error(repo_id, e, "a local folder or file") from None
-        names = in_folder(files, sub)
     config_model_class(read_config(cfg))
     where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
     if why is not None:  # the cached snapshot, checked: its weights there and whole
@@ -79,11 +68,36 @@ def hub_config_file(repo_id: str) -> tuple[Path, str]:
     root, as fine-tunes are shared), as a local copy of the repo has it (io.transformer_place; the
     Hub's file list says which files it holds: io_hub_requests.placed). A few KB. From the cache
     offline or without network (hub_config)."""
-    cfg, sub, why = hub_config(repo_id)
-    if why is None:
-        with contextlib.suppress(Exception):  # the list failed: the load that follows says it in its words
-            cfg, sub = placed(repo_id, cfg, sub, repo_files(repo_id, **pinned(cfg)), **pinned(cfg))
+    cfg, sub, _, _ = hub_placed(repo_id, cached="any")  # the list or placed's downloads failed: the load says it
     return cfg, sub
+
+
+def hub_placed(repo_id: str, cached: str = "list") -> tuple[Path, str, str | None, list[str]]:
+    """(the transformer's config.json, its folder in the repo, why the Hub was not asked or failed,
+    the names of that folder's files by the Hub's list: [] where why): hub_config, then, where the
+    Hub answered, its list of the commit the config came from (pinned) and the folder that list
+    places the transformer in (io_hub_requests.placed: io.transformer_place's rule, the other
+    config fetched where it is not hub_config's). hub_config's errors are raised as they are; where
+    the list or placed's downloads fail, `cached` says what answers instead of hub_error's one line:
+    'list' the cache where the list failed (why says so), 'any' hub_config's config where either
+    failed, '' nothing."""
+    cfg, sub, why = hub_config(repo_id)
+    if why is not None:
+        return cfg, sub, why, []
+    pin = pinned(cfg)
+    try:
+        files = repo_files(repo_id, **pin)
+    except Exception as e:  # noqa: BLE001 - as hf_hub_download, the cache answers then
+        if not cached:
+            raise hub_error(repo_id, e, "a local folder or file") from None
+        return cfg, sub, f"the Hub's file list failed: {cause_line(e)}", []
+    try:
+        placed_cfg, placed_sub = placed(repo_id, cfg, sub, files, **pin)
+    except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
+        if cached != "any":
+            raise hub_error(repo_id, e, "a local folder or file") from None
+        return cfg, sub, f"the transformer's place failed to download: {cause_line(e)}", []
+    return placed_cfg, placed_sub, None, in_folder(files, placed_sub)
 
 
 def hub_config(repo_id: str) -> tuple[Path, str, str | None]:

@@ -367,19 +367,17 @@ def _hub_files_of(repo_id: str, patterns: list[str]) -> Path:
     unreachable) or where it holds them all."""
     from fnmatch import fnmatch
 
-    from compress.io_hub import hub_config, hub_error, pinned
-    from compress.io_hub_requests import fetch_files, in_folder, placed, repo_files
+    from compress.io_hub import hub_error, hub_placed, pinned
+    from compress.io_hub_requests import fetch_files
 
-    cfg, sub, why = hub_config(repo_id)
+    cfg, sub, why, names = hub_placed(repo_id, cached="")
     if why is not None:
         return cfg.parent
     pin = pinned(cfg)
+    wanted = [n for n in names if any(fnmatch(n, p) for p in patterns)]
+    if not wanted or (pin and all((cfg.parent / n).is_file() for n in wanted)):
+        return cfg.parent
     try:
-        files = repo_files(repo_id, **pin)
-        cfg, sub = placed(repo_id, cfg, sub, files, **pin)
-        wanted = [n for n in in_folder(files, sub) if any(fnmatch(n, p) for p in patterns)]
-        if not wanted or (pin and all((cfg.parent / n).is_file() for n in wanted)):
-            return cfg.parent
         return fetch_files(repo_id, sub, wanted, **pin)
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
         raise hub_error(repo_id, e, "a local folder or file") from None
