@@ -219,14 +219,16 @@ def read_back_at_end_in_words(read: int, offered: int, by: str = "an earlier run
 
 def measured_by(seen: tuple[int, dict] | None, names: set) -> dict:
     """{name: the pass number of this run that measured it, or None: an earlier run} for the `names`
-    found in an svd pass's stats cache folder as it starts, `seen` being what the last pass of this run
-    to read that folder found there (its index, and this dict of its: `say_read_back` keeps it), None
-    where no pass of this run read it: a later pass of the same student (an svd pass that changed
-    nothing) finds that pass's files beside an earlier run's, and only those new since were that pass's."""
+    ((kind, name): "s" block statistics, "f" output Fishers) found in an svd pass's stats cache folder as
+    it starts, `seen` being what the last pass of this run to read that folder found there (its index,
+    and this dict of its: `say_read_back` keeps it), None where no pass of this run read it: a later pass
+    of the same student (an svd pass that changed nothing) finds that pass's block statistics beside an
+    earlier run's, and only those new since were that pass's. Output Fishers are always an earlier run's:
+    each pass reads only its own fisher-<N>probes/ (`fisher_folder`), and deletes it once it finishes."""
     if seen is None:
         return dict.fromkeys(names)
     last, before = seen
-    return {name: before[name] if name in before else last + 1 for name in names}
+    return {name: None if name[0] == "f" else before.get(name, last + 1) for name in names}
 
 
 def measured_by_in_words(by: dict) -> str:

@@ -284,15 +284,24 @@ def test_what_a_ctrl_c_finds_is_not_said_to_be_what_its_run_measured(tmp_path, m
 
 
 def test_who_measured_the_files_an_svd_pass_finds():
-    """Files an svd pass finds in its student's stats cache: an earlier run's, or those an earlier pass of
-    this run of the same student (one that changed nothing) measured, new since that pass found the others."""
+    """Files an svd pass finds in its student's stats cache: an earlier run's, or the block statistics an
+    earlier pass of this run of the same student (one that changed nothing) measured, new since that pass
+    found the others. Output Fishers are an earlier run's: each pass reads only its own fisher-<N>probes/,
+    and deletes it once it finishes (they were credited to the previous pass: 'an earlier run and pass 1')."""
     from compress.runner_kept import measured_by, measured_by_in_words
 
-    first = measured_by(None, {"a", "b"})
-    assert first == {"a": None, "b": None} and measured_by_in_words(first) == "an earlier run"
-    second = measured_by((3, first), {"a", "c"})  # pass index 3 (pass 4) measured c
-    assert second == {"a": None, "c": 4}
+    a, b, c, d = (("s", name) for name in "abcd")
+    first = measured_by(None, {a, b})
+    assert first == {a: None, b: None} and measured_by_in_words(first) == "an earlier run"
+    second = measured_by((3, first), {a, c})  # pass index 3 (pass 4) measured c
+    assert second == {a: None, c: 4}
     assert measured_by_in_words(second) == "an earlier run and pass 4 of this run"
-    third = measured_by((4, {"c": 4}), {"c", "d"})
+    third = measured_by((4, {c: 4}), {c, d})
     assert measured_by_in_words(third) == "passes 4 and 5 of this run"
-    assert measured_by_in_words(measured_by((5, {"x": 2}), {"x", "y", "z"})) == "passes 2 and 6 of this run"
+    assert measured_by_in_words(measured_by((5, {("s", "x"): 2}), {("s", n) for n in "xyz"})) == \
+        "passes 2 and 6 of this run"
+    # pass 1 fisher: block, pass 2 fisher: all, beside the Fishers of an interrupted earlier run
+    fishers = measured_by((0, {a: None, b: None}), {a, b, ("f", "x"), ("f", "y")})
+    assert fishers == {a: None, b: None, ("f", "x"): None, ("f", "y"): None}
+    assert measured_by_in_words(fishers) == "an earlier run"
+    assert measured_by((0, {a: None}), {a, b, ("f", "x")}) == {a: None, b: 1, ("f", "x"): None}
