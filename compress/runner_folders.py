@@ -218,7 +218,7 @@ def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = No
     if info is None:
         return None if teacher is None else check_measured_for_another_teacher(run_dir, teacher, passes,
                                                                                config_by=named)
-    info = unsaved_changes(run_dir, info, now, passes)  # passes it ran after those saved, changed since
+    info = unsaved_changes(run_dir, info, now, passes)  # the pass it stopped in (after those saved), changed since
     source = (teacher or {}).get("source")
     if info["changed"]:
         kept = kept_by_resume(info, run_dir, recipe, source)

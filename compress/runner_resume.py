@@ -287,14 +287,16 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
 
 def unsaved_changes(run_dir: Path, info: dict, now: dict, passes) -> dict:
     """`info` (`interrupted_run`'s) where its saved passes are `now`'s (info["changed"] == [], as only those
-    are compared: --resume keeps them and runs the rest as they are now) but the run that stopped ran other
-    passes after them (the recipe it recorded, RAN, differs from `now` in result-bearing keys: `recipe_changes`):
-    those keys as "changed", its saved passes as "keeps", as of another recipe whose first passes --resume
-    keeps (a plain rerun said 'an interrupted run of this recipe'). A record of none (an older run's): `info`."""
+    are compared: --resume keeps them and runs the rest as they are now) but the pass that stopped, which
+    the run ran after them, is another now (the recipe it recorded, RAN, differs from `now` in result-bearing
+    keys of its passes up to that one, or outside its passes: `recipe_changes`): those keys as "changed", its
+    saved passes as "keeps", as of another recipe whose first passes --resume keeps (a plain rerun said 'an
+    interrupted run of this recipe'). A change only to passes after it (never run): `info`, 'of this recipe';
+    a record of none (an older run's): `info`."""
     if info["changed"] != [] or (info["total"] is not None and info["done"] >= info["total"]):
         return info
     ran = run_record(run_dir).get(RAN)
-    changed = recipe_changes(ran, now, passes) if isinstance(ran, dict) else []
+    changed = recipe_changes(ran, now, passes, info["done"] + 1) if isinstance(ran, dict) else []
     return {**info, "changed": changed, "keeps": info["done"]} if changed else info
 
 

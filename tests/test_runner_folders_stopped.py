@@ -352,3 +352,43 @@ def test_a_rerun_whose_unsaved_pass_changed_is_refused_naming_the_change(tmp_pat
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(this)
     assert main(args) == 2
     assert "(it differs in passes.1.svd.ranks.modulation; 1 of 2" in capsys.readouterr().err
+
+
+THREE_PASSES = """\
+model: pixart
+teacher: {teacher}
+calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
+passes:
+  - svd: {{targets: [attention], fisher: block, ratio: 0.5, multiple: 2}}
+  - svd: {{targets: [modulation], fisher: none, ranks: {{modulation: 4}}}}
+  - svd: {{targets: [mlp], fisher: none, ratio: 0.5, multiple: 2}}
+"""
+
+
+def test_a_rerun_that_changed_only_a_pass_never_run_is_of_this_recipe(tmp_path, monkeypatch, capsys):
+    """Three svd passes stopped by Ctrl-C in pass 2 (pass 1 saved), rerun with pass 3's ratio changed: pass 3
+    never ran (--resume runs it as it is now), yet the refusal said 'an interrupted run of another recipe (it
+    differs in passes.2.svd.ratio; ...)'. Now 'of this recipe', as a change of a pass still to run is; pass 2's
+    change is still named."""
+    from compress.passes.svd import SVDPass
+    from tests.conftest import tiny_pixart
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    (tmp_path / "r.yaml").write_text(THREE_PASSES.format(teacher=tmp_path / "teacher"))
+    run = tmp_path / "run"
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
+    real = SVDPass._compress
+
+    def stopped_in_pass_2(self, *a, **k):
+        if list(self.config.targets) == ["modulation"]:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(SVDPass, "_compress", stopped_in_pass_2)
+    assert main(args) == 130
+    capsys.readouterr()
+    assert main([*args, "--set", "passes.2.svd.ratio=0.25"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 3 passes "
+                           "done): add --resume"), last
+    assert main([*args, "--set", "passes.1.svd.ranks.modulation=2"]) == 2
+    assert "of another recipe (it differs in passes.1.svd.ranks.modulation; 1 of 3" in capsys.readouterr().err
