@@ -67,17 +67,34 @@ def as_yaml(value) -> str:
 _BOOL_WORDS = {False: ("no", "none", "off"), True: ("yes", "on")}
 
 
-def not_one_of(what: str, value, choices, aliases: dict | None = None, hint: str = "", forms=()) -> str:
+# other names of the choices a recipe offers, each with the choices it may mean (compute_dtype and
+# export.dtype: float16; distill.mixed_precision: fp16, and no for float32; device: cuda)
+ALIASES = {"fp32": ("float32", "no"), "f32": ("float32", "no"), "float32": ("no",), "fp16": ("float16",),
+           "f16": ("float16", "fp16"), "half": ("float16", "fp16"), "float16": ("fp16",), "bf16": ("bfloat16",),
+           "bfloat16": ("bf16",), "gpu": ("cuda",)}
+
+
+def _precision_hint(value, choices) -> str:
+    """For a dtype choice given float64 (which the string distance would match to float16): that
+    float32 is the most precise offered; else '' (fp16 and the like: ALIASES)."""
+    if "float32" in choices and str(value).lower() in ("float64", "double", "fp64"):
+        return "; float32 is the most precise offered (the factorizations compute in float64 whatever it is)"
+    return ""
+
+
+def not_one_of(what: str, value, choices, hint: str = "", forms=()) -> str:
     """The one wording of a value outside a key's choices: "distill.train must be one of all, factors,
     non_factors, not 'factor'; did you mean 'factors'?". The value as YAML spells it; the hint: `hint`
-    where given, else the choice a boolean stands for (false: no), else the choice `aliases` gives
-    its lower-case spelling (fp16: float16; of several, the first among the choices), else the
-    closest choice (did_you_mean). `forms`: patterns listed after the choices (cuda:N), never meant."""
+    where given, else float32's for float64 (_precision_hint), else the choice a boolean stands for
+    (false: no), else the choice ALIASES gives its lower-case spelling (fp16: float16; of several, the
+    first among the choices), else the closest choice (did_you_mean); alike at recipe load and in a
+    config's validate(). `forms`: patterns listed after the choices (cuda:N), never meant."""
+    hint = hint or _precision_hint(value, choices)
     if not hint and isinstance(value, bool):
         meant = [w for w in _BOOL_WORDS[value] if w in choices]
         hint = f"; did you mean '{meant[0]}'?" if meant else ""
     elif not hint:
-        meant = [w for w in (aliases or {}).get(str(value).lower(), ()) if w in choices]
+        meant = [w for w in ALIASES.get(str(value).lower(), ()) if w in choices]
         hint = f"; did you mean '{meant[0]}'?" if meant else did_you_mean(str(value), map(str, choices))
     return f"{must_be_one_of(what, (*choices, *forms))}, not {as_yaml(value)}{hint}"
 

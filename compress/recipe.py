@@ -310,7 +310,7 @@ def device_refused(value) -> str:
     if value in DEVICES or (indexed and value[5:].isascii() and value[5:].isdigit()):
         return ""
     hint = "; cuda:N takes a GPU's index: cuda:0, cuda:1, ..." if indexed else ""
-    return not_one_of("device", value, DEVICES, {"gpu": ("cuda",)}, hint, forms=("cuda:N",))
+    return not_one_of("device", value, DEVICES, hint, forms=("cuda:N",))
 
 
 def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recipe:

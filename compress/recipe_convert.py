@@ -44,22 +44,6 @@ class _Loc:
         return UserError(f"{self.where()}: {msg}")
 
 
-
-# other names of the dtypes a recipe offers, each with the choices it may mean (compute_dtype and
-# export.dtype: float16; distill.mixed_precision: fp16, and no for float32)
-ALIASES = {"fp32": ("float32", "no"), "f32": ("float32", "no"), "float32": ("no",), "fp16": ("float16",),
-           "f16": ("float16", "fp16"), "half": ("float16", "fp16"), "float16": ("fp16",), "bf16": ("bfloat16",),
-           "bfloat16": ("bf16",)}
-
-
-def _precision_hint(value, allowed: tuple) -> str:
-    """For a dtype choice given float64 (which the string distance would match to float16): that
-    float32 is the most precise offered; else '' (fp16 and the like: ALIASES)."""
-    if "float32" in allowed and str(value).lower() in ("float64", "double", "fp64"):
-        return "; float32 is the most precise offered (the factorizations compute in float64 whatever it is)"
-    return ""
-
-
 def with_sets(at: _Loc, locs) -> str:
     """`at`'s where, and '(with --set ...)' naming the --sets among `locs` (the keys whose values the
     error's check read): an error a --set caused names it. Where `at` is a --set itself, the others
@@ -157,7 +141,7 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
         choices = typing.get_args(tp)
         if value in choices:
             return value
-        raise loc.err(not_one_of(what, value, choices, ALIASES, _precision_hint(value, choices)))
+        raise loc.err(not_one_of(what, value, choices))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):

@@ -161,3 +161,18 @@ def test_a_config_built_in_code_is_refused_in_the_recipes_words():
     with pytest.raises(UserError) as e:
         RemoveBlocksConfig(count=1, criterion="learned", estimator=False).validate()
     assert str(e.value) == "remove_blocks.estimator must be one of gumbel, score, not false"
+
+
+def test_a_config_built_in_code_gets_the_hint_a_recipe_gets():
+    """DistillConfig(mixed_precision='fp32').validate() gave no hint where the recipe gave "did you
+    mean 'no'?" (the aliases were passed at recipe load only); float64's hint alike."""
+    from compress.errors import not_one_of
+    from compress.passes.distill import DistillConfig
+    from compress.recipe import DTYPES
+
+    with pytest.raises(UserError) as e:
+        DistillConfig(mixed_precision="fp32").validate()
+    assert str(e.value) == "distill.mixed_precision must be one of no, bf16, fp16, not 'fp32'; did you mean 'no'?"
+    assert not_one_of("export.dtype", "float64", DTYPES).endswith("; float32 is the most precise offered "
+                                                                  "(the factorizations compute in float64 whatever it is)")
+    assert not_one_of("export.dtype", "half", DTYPES).endswith("not 'half'; did you mean 'float16'?")
