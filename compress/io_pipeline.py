@@ -111,15 +111,17 @@ def _check_parts(base: str, index: dict | None) -> None:
 
 
 def _toy_family(index: dict, base: str) -> str | None:
-    """The toy family whose pipeline's save_pretrained wrote `base` (model_index.json names
-    ToyPixArtPipeline / ToyFluxPipeline, which diffusers cannot import), else None. A class name
-    that is no string (diffusers fails on it with a bare TypeError): a UserError naming it."""
-    from compress.toy.weights import toy_pipeline_family
+    """The toy family whose pipeline's save_pretrained wrote `base` (its model_index.json names
+    ToyPixArtPipeline / ToyFluxPipeline, which diffusers cannot import: pipeline_folder.index_toy),
+    else None. A class name that is no string (diffusers fails on it with a bare TypeError): a
+    UserError naming it."""
+    from compress.pipeline_folder import index_toy
 
     name = index.get("_class_name")
     if not isinstance(name, str):
         raise _unknown_pipeline_class(base, name)
-    return toy_pipeline_family(name)
+    toy = index_toy(index)  # 'toy:NAME'
+    return toy[4:] if toy else None
 
 
 def _unknown_pipeline_class(base: str, name) -> UserError:
@@ -146,7 +148,10 @@ def _saved_toy_pipeline(transformer: nn.Module, base: str, family: str, index: d
 def saved_scheduler(base: str, index: dict, what: str = "base pipeline"):
     """The scheduler a pipeline's save_pretrained wrote to `base`/scheduler/, of the diffusers class
     its model_index.json names; a UserError where it names none or the folder cannot be read ('cannot
-    load `what` …': calib_pipeline_load.saved_toy's 'calibration pipeline')."""
+    load `what` …': calib_pipeline_load.saved_toy's 'calibration pipeline'), and first where any part
+    the index lists but the transformer lacks its folder, not the scheduler alone
+    (pipeline_folder.lacking_problem: a transformer's folder with a saved toy pipeline's
+    model_index.json beside its config.json)."""
     import diffusers
 
     from compress.pipeline_folder import lacking_problem, listed_parts
