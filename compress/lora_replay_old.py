@@ -17,7 +17,8 @@ def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str
     those of the student's teacher `took`. True (own blocks, as before) where the teacher is `took` (its
     path, or its weight files: `took`'s now, else `took_files`), or where neither its blocks nor
     `took`'s are known to be renumbered (or `took` is not there, and nothing tells them apart); mapped
-    to the teacher's (mapped_blocks) where both descend from one base; else a UserError
+    to the teacher's (mapped_blocks) where both descend from one base (or one teacher not there now,
+    both block maps read against it); else a UserError
     (old_record_elsewhere): its block i is not `took`'s block i, or, `took` an output whose chain of
     teachers cannot be followed, is not known to be."""
     from compress.lora_replay import _compared_files, _mapping, _output_base, _teacher_base
@@ -39,7 +40,7 @@ def read_as_took(teacher: nn.Module, record: dict, took: str | None, source: str
         theirs = LoraBase({}, str(took), None, [])  # there now, no output: a base, its own blocks
     if theirs is None and (compared is None or not _renumbers(ours.block_map)):
         return True  # nothing known to be renumbered, or to be another model: as before
-    if theirs is not None and not theirs.moved and absolute_source(theirs.source) == absolute_source(ours.source):
+    if theirs is not None and absolute_source(theirs.source) == absolute_source(ours.source):  # one base, or one moved teacher
         return _mapping(teacher, ours.block_map, theirs.block_map)
     if theirs is not None and not _renumbers(ours.block_map) and not _renumbers(theirs.block_map):
         return True

@@ -145,3 +145,20 @@ def test_an_old_record_on_a_teacher_whose_own_chain_is_not_followed_is_refused_s
                             f"{tmp_path / 'x'}, may have its blocks numbered otherwise ({tmp_path / 'x'} is a "
                             "dit-compress output whose chain of teachers cannot be followed now, to map them): "
                             f"compare with the model's own teacher {b}, or put back the teachers of the teacher's chain")
+
+
+def test_an_old_record_is_mapped_to_a_teacher_through_one_moved_teacher_of_both_chains(tmp_path):
+    """b2, an output of a removing its block 0, takes the LoRA mapped through a while a is there. With a
+    moved away, both chains stop at a, both block maps read against it: b2 was refused '(b's descend from
+    a, the teacher's from a)', a reason saying one path twice; now it takes the LoRA mapped as before."""
+    from compress.arch import get_adapter
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from tests.test_lora_chain import _save_output
+
+    _, c, _, _ = old_record_chain(tmp_path)
+    b2 = load_transformer(tmp_path / "a")
+    _save_output(b2, tmp_path / "b2", tmp_path / "a", get_adapter(b2).remove_blocks(b2, {"blocks": [0]}))
+    expected = load_teacher_of(c, str(tmp_path / "b2")).state_dict()
+    (tmp_path / "a").rename(tmp_path / "a-away")
+    assert same(load_teacher_of(c, str(tmp_path / "b2")), expected)
