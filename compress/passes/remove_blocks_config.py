@@ -46,9 +46,10 @@ class RemoveBlocksConfig:
 
     def validate(self) -> None:
         """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
+        nullable = {f.name for f in fields(self) if f.default is None}  # null: their default
         for key, allowed in self.CHOICES.items():
             value = getattr(self, key)
-            if value not in allowed and not (key == "estimator" and value is None):  # null: its default
+            if value not in allowed and not (value is None and key in nullable):
                 raise BadValue(key, not_one_of(f"remove_blocks.{key}", value, allowed), reads=())
         check_buckets(self.buckets, "remove_blocks")
         self._validate_learned()
