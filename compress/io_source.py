@@ -329,8 +329,9 @@ def warn_if_beside_recipe(source: str, where: str, recipe_dir: Path | None) -> N
 
 
 def hub_config(repo_id: str) -> dict:
-    """The transformer config of a Hub repo: a pipeline's transformer/config.json, or a
-    transformer-only repo's config.json (a few KB; io_hub.hub_config_file)."""
+    """The transformer config of a Hub repo where a local copy of the repo has it (io.transformer_place's
+    rule, by the Hub's file list): a pipeline's transformer/config.json, or a transformer-only repo's
+    config.json (a few KB; io_hub.hub_config_file)."""
     from compress.io import read_config
     from compress.io_hub import hub_config_file
 
