@@ -72,11 +72,12 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
     if not recorded:  # a model of all its blocks, as the base is, unless they were read as an output's
         if unknown:
             raise unknown
-        if not _removes_blocks(record["blocks_of"]):
+        theirs = output_base_of(record["blocks_of"])
+        if not _removes_blocks(theirs):
             return False
-        mapped = mapped_blocks(teacher, record["blocks_of"], source)
+        mapped = mapped_blocks(teacher, theirs, source)
         if mapped is None:
-            raise not_took(record, source, unmapped(record["blocks_of"], source))
+            raise not_took(record, source, unmapped(record["blocks_of"], source, theirs))
         return mapped
     chain = teacher_chain(str(recorded))
     blocks_of = absolute_source(record["blocks_of"])
@@ -86,7 +87,7 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
         raise other_base(record, chain)
     other = source is not None and absolute_source(source) != blocks_of and other_files(source, blocks_of, took_files, seen)
     if other and is_output(blocks_of):
-        mapped = mapped_blocks(teacher, blocks_of, chain[-1])
+        mapped = mapped_blocks(teacher, output_base_of(blocks_of), chain[-1])
         if mapped is None:
             raise not_took(record, source, f"its weight files are not {record['blocks_of']}'s: {other}")
         return mapped
@@ -154,21 +155,20 @@ def _teacher_base(teacher: nn.Module, source: str):
         return None
 
 
-def mapped_blocks(teacher: nn.Module, took: str, base: str | None) -> dict[str, list[int]] | None:
-    """{group: the block of the output `took` (there now) descending from the same base block as the
-    teacher's block 0, 1, ... (-1: none, a block `took`'s chain removed)}, where the teacher's blocks
-    descend from `base` (its chain's first teacher, or itself where it records none) and so do `took`'s
-    (lora_teacher.lora_base of each): a LoRA read as `took`'s own blocks is then given to the teacher
-    exactly as a LoRA of that base. None where `took` is no output there now, its chain cannot be
+def mapped_blocks(teacher: nn.Module, took_base: tuple, base: str | None) -> dict[str, list[int]] | None:
+    """{group: the block of an output `took` (there now; `took_base`: its output_base_of) descending from
+    the same base block as the teacher's block 0, 1, ... (-1: none, a block `took`'s chain removed)},
+    where the teacher's blocks descend from `base` (its chain's first teacher, or itself where it records
+    none) and so do `took`'s (lora_teacher.lora_base of each): a LoRA read as `took`'s own blocks is then
+    given to the teacher exactly as a LoRA of that base. None where `took` is no output there now, its chain cannot be
     followed (or its own teacher is not there), or leads to another base."""
     from compress.lora_teacher import lora_base
     from compress.report_teacher import absolute_source
 
-    try:
-        theirs = _output_base(took)
-    except UserError:  # its chain cannot be followed: its blocks' base is not known
+    theirs, followed = took_base
+    if not followed or theirs is None or theirs.moved or base is None:
         return None
-    if theirs is None or theirs.moved or base is None or absolute_source(theirs.source) != absolute_source(base):
+    if absolute_source(theirs.source) != absolute_source(base):
         return None
     ours = lora_base(teacher).block_map if getattr(teacher, "compression_meta", None) else {}
     return _mapping(teacher, ours, theirs.block_map)
@@ -189,14 +189,11 @@ def _mapping(teacher: nn.Module, ours: dict, theirs: dict) -> dict[str, list[int
     return out
 
 
-def unmapped(took: str, source: str | None) -> str:
-    """Why a LoRA read as blocks of the output `took` (its blocks renumbered) is not mapped to a teacher
-    recording no teacher (loaded from `source`; mapped_blocks gave None), in words."""
-    try:
-        theirs = _output_base(took)
-    except UserError:
-        theirs = None
-    if theirs is None:
+def unmapped(took: str, source: str | None, took_base: tuple) -> str:
+    """Why a LoRA read as blocks of the output `took` (its blocks renumbered; `took_base`: its output_base_of)
+    is not mapped to a teacher recording no teacher (loaded from `source`; mapped_blocks gave None), in words."""
+    theirs, followed = took_base
+    if not followed or theirs is None:
         return f"{took}'s chain of teachers cannot be followed now, to map its blocks to the teacher's"
     if theirs.moved:
         return f"{took}'s teacher {theirs.source} is not there now, to map its blocks to the teacher's"
@@ -219,14 +216,20 @@ def _output_base(source: str):
     return lora_base(SimpleNamespace(compression_meta=section if isinstance(section, dict) else {}))
 
 
-def _removes_blocks(source: str) -> bool:
-    """Whether `source` is a dit-compress output there now whose blocks are not its base's: a block
-    removed along its chain of teachers (or a chain that cannot be followed, whose blocks are unknown)."""
+def output_base_of(source: str) -> tuple:
+    """(_output_base of `source`, True); (None, False) where it is an output whose chain cannot be followed."""
     try:
-        found = _output_base(source)
+        return _output_base(source), True
     except UserError:
-        return True
-    return found is not None and bool(found.block_map)
+        return None, False
+
+
+def _removes_blocks(output_base: tuple) -> bool:
+    """Whether a model (`output_base`: its output_base_of) is a dit-compress output there now whose blocks are
+    not its base's: a block removed along its chain of teachers (or a chain that cannot be followed,
+    whose blocks are unknown)."""
+    found, followed = output_base
+    return not followed or (found is not None and bool(found.block_map))
 
 
 def not_took(record: dict, source: str | None, why: str) -> UserError:
