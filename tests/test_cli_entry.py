@@ -57,9 +57,9 @@ def _started(tmp_path, script: str) -> subprocess.Popen:
 
 def _as_from_a_terminal() -> None:
     """The child's stop signals as a terminal's command has them (default actions), whatever the
-    tests were started under: nohup ignores SIGHUP and a background job SIGINT, which children
-    inherit, and the tests that want one ignored ignore it in their script."""
-    for name in ("SIGINT", "SIGHUP"):
+    tests were started under: nohup ignores SIGHUP, a background job SIGINT and a launcher may ignore
+    SIGTERM, which children inherit, and the tests that want one ignored ignore it in their script."""
+    for name in ("SIGINT", "SIGHUP", "SIGTERM"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
 
