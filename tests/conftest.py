@@ -30,6 +30,19 @@ def _the_hub_answers(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, **k: object())
 
 
+@pytest.fixture(autouse=True)
+def _sigterm_acted_on():
+    """SIGTERM's default action in this process while a test runs (restored after), and so in the
+    children it starts, as a terminal's command has it: a launcher may start the tests with it ignored
+    (SIG_IGN, which the runner keeps, as it should), and then the SIGTERM a test sends would be ignored.
+    A test that wants it ignored ignores it itself."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.fixture
 def hanging_hub(monkeypatch):
     """A Hub on 127.0.0.1 that answers HEADs and holds every other request (tests/hub_server.py);

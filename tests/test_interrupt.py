@@ -21,16 +21,6 @@ passes:
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def _sigterm_acted_on():
-    """SIGTERM's default action in this process while a test runs (restored after), as a terminal's
-    command has it: a launcher may start the tests with it ignored (SIG_IGN, which the runner keeps, as
-    it should), and then the SIGTERM a test sends itself would be ignored."""
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    signal.signal(signal.SIGTERM, previous)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interrupt")
