@@ -1,6 +1,7 @@
 """The distill pass on tiny random diffusers models (CPU): loss terms, what trains, block maps,
 curves, folder and teacher-sampled data, config checks (the training loop's resume, signals, logs and
-two processes: test_distill_trainer)."""
+two processes: test_distill_trainer; its checkpoints on a full disk or damaged:
+test_distill_checkpoints)."""
 
 from __future__ import annotations
 

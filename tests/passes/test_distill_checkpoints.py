@@ -1,0 +1,157 @@
+"""The distill pass's checkpoints (passes/distill_checkpoints.py) on tiny random diffusers models: one
+on a full disk is ENOSPC naming it, a damaged one falls back to the one before (in one process or
+two), and none that reads whole is one line saying what to do."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.distill_utils import read_curves
+from compress.errors import UserError
+from compress.passes.distill import DistillConfig
+from compress.passes.distill_trainer import StepLimitReached
+from tests.conftest import tiny_pixart
+from tests.passes.distill_helpers import distill, factorize, state
+
+HERE = Path(__file__).parent
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["disk full", "room left"])
+def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it_and_leaves_no_half_checkpoint(tmp_path, monkeypatch, full):
+    """torch's zip writer says 'unexpected pos' when the disk fills: a traceback, where the run's one-line
+    disk-full error reads ENOSPC. With room left the error is not called a full disk."""
+    import errno
+
+    from compress.passes import distill_checkpoints
+
+    def cut_short(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 0")
+
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    monkeypatch.setattr(torch, "save", cut_short)
+    monkeypatch.setattr(distill_checkpoints, "disk_is_full", lambda folder: full)
+    with pytest.raises(OSError if full else RuntimeError) as caught:
+        distill(student, teacher, tmp_path, steps=2, checkpoint_every=1)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    if full:
+        assert caught.value.errno == errno.ENOSPC
+        assert caught.value.filename == str(checkpoints / "tmp-step-00000001")
+        assert list(checkpoints.iterdir()) == []
+    else:
+        assert "unexpected pos" in str(caught.value)
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(min(1000, path.stat().st_size // 2))
+
+
+_DAMAGE = {
+    "model truncated": lambda c: _truncate(c / "model.safetensors"),
+    "meta.json deleted": lambda c: (c / "meta.json").unlink(),
+    "meta.json not JSON": lambda c: (c / "meta.json").write_text("{bad"),
+    "train state truncated": lambda c: _truncate(c / "train_state_0.pt"),
+    "optimizer truncated": lambda c: _truncate(c / "optimizer.bin"),
+}
+
+
+@pytest.mark.parametrize("damage", list(_DAMAGE))
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(tmp_path, damage, capsys):
+    """A checkpoint cut short (disk full, a kill mid-write) or missing a file gave a traceback on
+    --resume and the older kept checkpoint went unused: the resume warns, naming the damaged one,
+    continues from the newest that reads whole, and ends where an uninterrupted run ends."""
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, max_steps_this_run=2)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000001", "step-00000002"]
+    _DAMAGE[damage](checkpoints / "step-00000002")
+    capsys.readouterr()
+    from compress.passes.distill_resume import check_resumable_configs
+
+    check_resumable_configs(tmp_path, [DistillConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1)])
+    resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, resume=True)
+    err = capsys.readouterr().err
+    assert f"warning: distill: checkpoint {checkpoints / 'step-00000002'} is damaged (" in err
+    assert f"distill: continuing from its checkpoint at step 1/4 ({checkpoints / 'step-00000001'})" in err
+    assert "\n" not in err.split("warning: ")[1].split("the newest that reads whole")[0]
+    full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=4)
+    a, b = state(full), state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(read_curves(tmp_path / "distill" / "loss.csv")) == 4
+
+
+def test_no_checkpoint_that_reads_whole_is_one_line_saying_what_to_do(tmp_path):
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, max_steps_this_run=2)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    _truncate(checkpoints / "step-00000002" / "model.safetensors")
+    (checkpoints / "step-00000001" / "meta.json").write_text("{bad")
+    with pytest.raises(UserError) as refused:
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, resume=True)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"distill: checkpoint {checkpoints / 'step-00000002'} is damaged (SafetensorError: ")
+    assert message.endswith(
+        f"), as is the older one; delete {checkpoints} to train this pass from "
+        "its start (--resume keeps the passes before it and the teacher samples), or rerun with --restart to start "
+        "over")
+
+
+_TWO_PROCS_DAMAGED = '''
+import copy, os, sys
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from compress.passes.distill import DistillConfig, DistillPass
+from compress.passes.distill_trainer import StepLimitReached
+from tests.conftest import tiny_pixart
+from tests.passes.distill_helpers import context, factorize, state
+
+out = Path(sys.argv[1])
+teacher = tiny_pixart()
+student = factorize(copy.deepcopy(teacher))
+cfg = dict(steps=4, batch_size=4, lr=1e-2, warmup_steps=0, checkpoint_every=1, progress=False, plot=False)
+try:
+    DistillPass(DistillConfig(**cfg, max_steps_this_run=2)).run(copy.deepcopy(student), context(teacher, out))
+except StepLimitReached:
+    pass
+rank = int(os.environ["RANK"])
+if rank == 0:  # only process 1's own state is cut short: process 0 reads step 2 whole
+    path = out / "distill" / "checkpoints" / "step-00000002" / "train_state_1.pt"
+    path.write_bytes(path.read_bytes()[:100])
+dist.barrier()
+trained = DistillPass(DistillConfig(**cfg)).run(copy.deepcopy(student), context(teacher, out, resume=True))
+torch.save(state(trained), out / f"weights_{rank}.pt")
+'''
+
+
+def test_two_processes_fall_back_to_the_same_checkpoint(tmp_path):
+    """Where one process cannot read its part of the newest checkpoint, both continue from the one
+    before it (else they would train out of step, or one would wait for the other forever)."""
+    script = tmp_path / "two_procs_damaged.py"
+    script.write_text(_TWO_PROCS_DAMAGED)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+           str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w0, w1 = (torch.load(tmp_path / f"weights_{r}.pt") for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    assert f"checkpoint {checkpoints / 'step-00000002'} is damaged (process 1: " in proc.stderr
+    assert f"continuing from its checkpoint at step 1/4 ({checkpoints / 'step-00000001'})" in proc.stderr
