@@ -101,12 +101,15 @@ def unreachable(e: Exception) -> bool:
 
 
 _LISTS: dict[tuple[str, str, str], list[str]] = {}  # (cache, repo, commit) -> its files: a commit's never change
+_LOST: dict[tuple[str, str, str], tuple[float, Exception]] = {}  # (cache, repo, revision) -> (when, its error)
 
 
 def repo_files(repo_id: str, **revision) -> list[str]:
     """The names of the repo's files (of `revision`, where given), from the Hub's list: model_info's
     siblings, asked with HF_HUB_DOWNLOAD_TIMEOUT (list_repo_files takes none); a commit's asked once
-    a process for a cache (a run's source check and its load share it)."""
+    a process for a cache (a run's source check and its load share it). A list the Hub did not answer
+    (unreachable: a timeout, a lost connection) is not asked again for KEPT_S[False] (1 min): its
+    error is raised again at once (run's load waited a second timeout after its check's)."""
     from huggingface_hub import HfApi, constants
 
     from compress.io_hub import hub_cache, quiet_hub
@@ -114,8 +117,15 @@ def repo_files(repo_id: str, **revision) -> list[str]:
     key = (hub_cache(), repo_id, revision.get("revision") or "")
     if key in _LISTS:
         return _LISTS[key]
-    with quiet_hub():
-        info = HfApi().model_info(repo_id, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, **revision)
+    if key in _LOST and time.monotonic() - _LOST[key][0] <= KEPT_S[False]:
+        raise _LOST[key][1]
+    try:
+        with quiet_hub():
+            info = HfApi().model_info(repo_id, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, **revision)
+    except Exception as e:  # noqa: BLE001 - the transport's errors vary with huggingface_hub's version
+        if unreachable(e):
+            _LOST[key] = (time.monotonic(), e)
+        raise
     files = [s.rfilename for s in info.siblings or ()]
     if key[2]:
         _LISTS[key] = files

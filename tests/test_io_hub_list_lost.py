@@ -1,0 +1,78 @@
+"""A Hub teacher whose Hub answered its config's request, then lost a later one (the repo's file
+list, or the download of the config that list places the transformer in): run's check before the
+load (io_source.checked: io_hub.hub_config_file) and the load (load_teacher: io_hub.hub_folder)
+read the same config or refuse alike, and a list lost in the check is not waited for again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import load_teacher
+from tests.conftest import tiny_pixart
+from tests.hub_server import COMMIT, _model_info, _reply, _serve, within
+from tests.test_io_hub_cache import _cached, _pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of the test's own; hub_head's earlier answers forgotten."""
+    from huggingface_hub import constants
+
+    import compress.io_hub_requests as io_hub_requests
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(io_hub_requests, "_HEADS", {})
+
+
+def _hub(monkeypatch, folder: Path, repo: str, hold):
+    """A Hub on 127.0.0.1 (tests/hub_server) holding `repo` with the files of `folder` (model_info,
+    HEADs and GETs), that holds every request `hold(request line)` is true of unanswered;
+    HF_HUB_*_TIMEOUT 1 s."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    def answer(line: str) -> bytes | None:
+        if "/api/agent-harnesses" in line:  # the registry (tests/hub_server)
+            return _reply("404 Not Found", b"", head=True)
+        if hold(line):
+            return None
+        if f" /api/models/{repo}" in line:
+            return _model_info(line, repo, files)
+        path = line.split(" ")[1]  # /REPO/resolve/REVISION/NAME
+        name = path.split("/resolve/", 1)[1].split("/", 1)[1] if "/resolve/" in path else None
+        if name not in files:
+            return _reply("404 Not Found\r\nX-Error-Code: EntryNotFound", b"", head=line.startswith("HEAD "))
+        reply = _reply("200 OK", (folder / name).read_bytes(), head=line.startswith("HEAD "))
+        return reply.replace(b'"e"', f'"{len(files)}{files.index(name)}"'.encode())  # its blob's own name
+    return _serve(monkeypatch, answer)
+
+
+def _same(model, expected) -> bool:
+    state = expected.state_dict()
+    return model.state_dict().keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+LIST = "GET /api/models/acme/pix/revision/" + COMMIT
+
+
+def test_a_file_list_lost_in_runs_check_is_not_waited_for_again_by_its_load(monkeypatch, tmp_path, capsys):
+    """The cache holds acme/pix at the Hub's commit, the Hub holds its file list: the check waited
+    HF_HUB_DOWNLOAD_TIMEOUT (1 s) for it, then the load asked it again and waited as long (2.0 s
+    in all, 2 lists asked); the loss is remembered, the load reads the cache at once (1 list)."""
+    from compress.io_source import checked
+
+    model = tiny_pixart()
+    _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", model))
+    hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: line.startswith(LIST))
+    seen = next(hub)
+    try:
+        (config, teacher), took = within(12, lambda: (checked("acme/pix").config, load_teacher("acme/pix")))
+    finally:
+        next(hub, None)
+    assert config["num_layers"] == model.config.num_layers and _same(teacher, model)
+    assert sum(line.startswith(LIST) for line, *_ in seen) == 1, seen
+    assert took < 1.8, f"{took:.1f} s for the check and the load, at 1 s timeouts"
