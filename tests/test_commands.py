@@ -1,5 +1,5 @@
 """`importance`, `plan`, `inspect`, `convert` through the CLI on tiny models (synthetic inputs); eval and bench:
-test_commands_eval.py."""
+test_commands_eval.py, test_commands_eval_given.py."""
 
 import json
 
