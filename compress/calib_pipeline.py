@@ -330,5 +330,5 @@ class PipelineSource:
         return rebatch(records, self.calib.batch_size, self.calib.seed + 10_000)
 
     def train_batch(self, batch_size: int, generator: torch.Generator):
-        raise UserError("distill: data: toy trains on the toy data, and this run calibrates through a pipeline: "
+        raise UserError("distill.data: toy trains on the toy data, and this run calibrates through a pipeline: "
                         "set distill.data to 'teacher_samples' or 'folder'")

@@ -91,7 +91,7 @@ def check_data(p, spec, inputs: str | None) -> None:
     if getattr(p.config, "data", None) != "toy" or inputs in (None, "toy"):
         return
     if inputs == "pipeline":
-        raise BadValue("data", f"{spec.name}: data: toy trains on the toy data, and this run calibrates "
+        raise BadValue("data", f"{spec.name}.data: toy trains on the toy data, and this run calibrates "
                                f"through a pipeline: set {spec.name}.data to 'teacher_samples' or 'folder'",
                        reads=SOURCE)
     message = (f"{spec.name}: data: toy with calibration.source {inputs} trains on that source's random "

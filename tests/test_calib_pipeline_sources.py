@@ -100,7 +100,7 @@ def test_distill_data_toy_through_a_pipeline_says_what_is_true(tmp_path):
     calib = CalibrationConfig(prompts=["a 3", "a 7"])
     with pytest.raises(UserError) as e:
         PipelineSource("pixart", calib, None, "toy:pixart").train_batch(2, torch.Generator())
-    assert str(e.value) == ("distill: data: toy trains on the toy data, and this run calibrates through a pipeline: "
+    assert str(e.value) == ("distill.data: toy trains on the toy data, and this run calibrates through a pipeline: "
                             "set distill.data to 'teacher_samples' or 'folder'")
 
 

@@ -99,7 +99,7 @@ BAD = [  # (recipe text, expected message fragment)
     (SVD + "      energy: 0.9\n", "r.yaml:6: svd.energy is only read by allocation: energy"),
     (SVD + "      fisher_probes: 0\n", "r.yaml:6: svd.fisher_probes must be an integer ≥ 1"),
     ("model: pixart\nteacher: x\npasses:\n  - remove_blocks: {count: 1, buckets: 0}\n",
-     "r.yaml:4: remove_blocks: buckets must be a positive integer"),
+     "r.yaml:4: remove_blocks.buckets must be a positive integer"),
 ]
 
 
@@ -194,7 +194,7 @@ def test_override_that_is_not_yaml(value):
 
 
 def test_override_of_a_bad_value_names_the_override():
-    with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.1\.distill\.lr=0\): distill: lr must be > 0"):
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set passes\.1\.distill\.lr=0\): distill\.lr must be > 0"):
         parse_recipe(GOOD, "r.yaml", ["passes.1.distill.lr=0"])
     with pytest.raises(UserError, match=r"^r\.yaml \(--set calibration=\{seed: 1, seed: 2\}\): duplicate key 'seed'$"):
         parse_recipe(GOOD, "r.yaml", ["calibration={seed: 1, seed: 2}"])
@@ -203,7 +203,7 @@ def test_override_of_a_bad_value_names_the_override():
 def test_range_errors_name_the_key_line():
     """A pass's value checks run at load and point at the bad key, not at the pass's first line."""
     text = _replace("      lr: 0.001", "      lr: 0.001\n      warmup_steps: -1")
-    with pytest.raises(UserError, match=r"^r\.yaml:12: distill: warmup_steps must be ≥ 0, got -1$"):
+    with pytest.raises(UserError, match=r"^r\.yaml:12: distill\.warmup_steps must be ≥ 0, got -1$"):
         parse_recipe(text, "r.yaml")
     text = _replace("  timesteps: 2", "  timesteps: 0")
     with pytest.raises(UserError, match=r"^r\.yaml:6: calibration\.timesteps must be at least 1"):
@@ -318,15 +318,15 @@ def test_an_error_a_set_caused_names_it():
      "r.yaml:6 (with --set passes.0.svd.method=svd): svd.compensate: true needs method: whitened"),
     (GOOD.replace("timesteps: 2", "timesteps: 0"), ["calibration.seed=3"],
      "r.yaml:6: calibration.timesteps must be at least 1, not 0"),
-    (GOOD.replace("lr: 0.001", "lr: -1"), ["passes.1.distill.steps=5"], "r.yaml:11: distill: lr must be > 0"),
+    (GOOD.replace("lr: 0.001", "lr: -1"), ["passes.1.distill.steps=5"], "r.yaml:11: distill.lr must be > 0"),
     (GOOD.replace("lr: 0.001", "mask_massive: 2"), ["passes.1.distill.lambda_feat=0", "passes.1.distill.steps=5"],
-     "r.yaml:11 (with --set passes.1.distill.lambda_feat=0): distill: mask_massive masks the feature loss"),
+     "r.yaml:11 (with --set passes.1.distill.lambda_feat=0): distill.mask_massive masks the feature loss"),
     (GOOD.replace("lr: 0.001", "latents_dir: d"), ["passes.1.distill.data=teacher_samples",
                                                    "passes.1.distill.lr=0.01"],
-     "r.yaml:11 (with --set passes.1.distill.data=teacher_samples): distill: latents_dir is read only"),
+     "r.yaml:11 (with --set passes.1.distill.data=teacher_samples): distill.latents_dir is read only"),
     (SVD.replace("svd:\n      ratio: 0.5", "remove_blocks:\n      count: 1\n      criterion: learned\n      learn_rank: 4"),
      ["passes.0.remove_blocks.learn_lr=0", "passes.0.remove_blocks.learn_steps=3"],
-     "r.yaml:7 (with --set passes.0.remove_blocks.learn_lr=0): remove_blocks: learn_rank shapes the weight update")])
+     "r.yaml:7 (with --set passes.0.remove_blocks.learn_lr=0): remove_blocks.learn_rank shapes the weight update")])
 def test_an_error_names_only_the_sets_of_the_keys_its_check_read(text, sets, said):
     """Every --set of the pass was named: the file's ratio: 5 with --set passes.0.svd.multiple=8 said
     'r.yaml:5 (with --set passes.0.svd.multiple=8): svd.ratio must be ...', blaming an unrelated --set."""

@@ -56,7 +56,7 @@ def test_a_model_check_names_the_line_of_its_key(options, where, words):
     ("      count:\n        single: 1\n        triple: 1\n", 8, "flux has no block group 'triple'"),
     ("      blocks:\n        double: [0]\n        single: [1, 7]\n", 8, "remove_blocks: block index 7 out"),
     ("      blocks:\n        double: [0]\n        single:\n          - 1\n          - 1\n", 10,
-     "remove_blocks: blocks.single lists block 1 twice"),
+     "remove_blocks.blocks.single lists block 1 twice"),
     ("      count: {single: 2}\n      criterion: learned\n      window: 2\n", 8,
      "remove_blocks: criterion learned, group 'single': the window of blocks 2..2 would lose all 1"),
 ])
@@ -71,7 +71,7 @@ DISTILL_FACTORS = "  - distill:\n      steps: 2\n      train: factors\n"
 
 def test_distilling_factors_without_an_svd_pass_is_found_before_compute():
     """It passed plan and failed when the distill pass started, after the passes before it ran."""
-    with pytest.raises(UserError, match=r"^r\.yaml:8: distill: train: factors, but no svd pass before it"):
+    with pytest.raises(UserError, match=r"^r\.yaml:8: distill\.train: factors, but no svd pass before it"):
         _check("  - remove_blocks: {count: {single: 1}}\n" + DISTILL_FACTORS)
 
 
@@ -85,7 +85,7 @@ def test_distilling_factors_after_an_svd_pass_is_fine(svd):
 
 def test_distilling_factors_after_an_svd_pass_that_leaves_every_target_dense_is_refused():
     """The tiny model's linears are too narrow for ranks in multiples of 16 to save parameters."""
-    with pytest.raises(UserError, match=r"^r\.yaml:8: distill: train: factors, but no svd pass before it"):
+    with pytest.raises(UserError, match=r"^r\.yaml:8: distill\.train: factors, but no svd pass before it"):
         _check("  - svd: {ratio: 0.5, fisher: none}\n" + DISTILL_FACTORS)
 
 

@@ -20,7 +20,7 @@ passes:
   - distill:
       steps: 1{data}
 """
-WORDS = ("distill: data: toy trains on the toy data, and this run calibrates through a pipeline: "
+WORDS = ("distill.data: toy trains on the toy data, and this run calibrates through a pipeline: "
          "set distill.data to 'teacher_samples' or 'folder'")
 # an output of a toy samples in the toy's pipeline (its own folder, no model_index.json, is refused)
 SAMPLED = "{source: pipeline, pipeline: 'toy:pixart', prompts: [a, b]}"
@@ -54,7 +54,7 @@ def test_plan_refuses_toy_data_on_a_pipeline_calibrated_teacher(folders, which, 
 
 
 def test_the_refusal_names_the_data_key_s_line(folders):
-    with pytest.raises(UserError, match=r"^rec/j\.yaml:8: distill: data: toy trains on the toy data"):
+    with pytest.raises(UserError, match=r"^rec/j\.yaml:8: distill\.data: toy trains on the toy data"):
         make_plan(_recipe(folders[1], SAMPLED, "\n      data: toy"))
 
 
@@ -62,7 +62,7 @@ def test_the_checks_before_any_pass_refuse_it_given_the_source(folders):
     """What a run goes through before its first pass (check_passes), told the calibration source."""
     recipe = _recipe(folders[0], "{pipeline: 'toy:pixart', prompts: [a, b]}")
     teacher = tiny_pixart()
-    with pytest.raises(UserError, match=r"^rec/j\.yaml:6: distill: data: toy trains on the toy data"):
+    with pytest.raises(UserError, match=r"^rec/j\.yaml:6: distill\.data: toy trains on the toy data"):
         check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher), "pipeline")
     check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher), "toy")
 
@@ -95,5 +95,5 @@ def test_a_run_refuses_it_before_its_first_pass(folders, tmp_path, monkeypatch):
 
     monkeypatch.setattr(RemoveBlocksPass, "run", lambda *a, **k: pytest.fail("a pass ran before the refusal"))
     recipe = _recipe(folders[0], "{pipeline: 'toy:pixart', prompts: [a, b]}")
-    with pytest.raises(UserError, match=r"^rec/j\.yaml:6: distill: data: toy trains on the toy data"):
+    with pytest.raises(UserError, match=r"^rec/j\.yaml:6: distill\.data: toy trains on the toy data"):
         Runner(recipe, tmp_path / "out", tmp_path / "run").run()

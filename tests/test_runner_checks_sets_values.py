@@ -53,7 +53,7 @@ def test_an_svd_check_names_the_sets_of_the_keys_it_read_alone(text, sets, said)
 LEARNED = "  - remove_blocks:\n      count: 1\n      criterion: learned\n"  # criterion at line 7
 WINDOW = "  - remove_blocks:\n      count: {double: 1, single: 2}\n      criterion: learned\n      window: 1\n"
 BOTH = "  - remove_blocks:\n      count: 1\n      fraction: 0.5\n      criterion: proxy\n"  # fraction at line 7
-PER_GROUP = "remove_blocks: criterion learned takes a budget per group"
+PER_GROUP = "remove_blocks.criterion: learned takes a budget per group"
 LOSE_ALL = "remove_blocks: criterion learned, group 'double': the window of blocks 0..0 would lose all 1"
 ONE_OF = "remove_blocks: give exactly one of blocks, count, fraction"
 
@@ -87,12 +87,12 @@ def test_a_removal_check_names_the_sets_of_the_keys_it_read_alone(text, sets, sa
 @pytest.mark.parametrize("text, sets, said", [
     # train: factors reads the passes before it, no other key of its own
     ("  - distill:\n      train: factors\n      lr: 0.0005\n", [D + "lr=0.001"],
-     "r.yaml:6: distill: train: factors, but"),
+     "r.yaml:6: distill.train: factors, but"),
     # buckets' range (importance and remove_blocks, checked as the recipe loads) reads buckets alone
     ("  - importance:\n      buckets: 0\n", [IMP + "proxy_only=true"],
-     "r.yaml:6: importance: buckets must be a positive integer, got 0"),
+     "r.yaml:6: importance.buckets must be a positive integer, got 0"),
     ("  - remove_blocks:\n      count: 1\n      buckets: 0\n", [R + "iterative=true"],
-     "r.yaml:7: remove_blocks: buckets must be a positive integer, got 0"),
+     "r.yaml:7: remove_blocks.buckets must be a positive integer, got 0"),
 ])
 def test_a_distill_or_buckets_check_names_no_set_of_another_key(text, sets, said):
     refused = _refused(text, sets)
@@ -131,7 +131,7 @@ def test_data_toy_on_another_source_names_the_sets_of_data_and_the_source_alone(
     assert "warning: r.yaml:5: distill: data: toy with calibration.source synthetic" in warned, warned
     with pytest.raises(UserError) as e:
         _check_with(TOY, [D + "lr=0.001"], "pipeline")
-    assert str(e.value).startswith("r.yaml:5: distill: data: toy trains on the toy data"), str(e.value)
+    assert str(e.value).startswith("r.yaml:5: distill.data: toy trains on the toy data"), str(e.value)
     _check_with(TOY, [D + "data=toy", D + "lr=0.001"], "synthetic")
     warned = " ".join(capsys.readouterr().err.split())
     assert f"warning: r.yaml (--set {D}data=toy): distill: data: toy with" in warned, warned
@@ -140,7 +140,7 @@ def test_data_toy_on_another_source_names_the_sets_of_data_and_the_source_alone(
     assert "warning: r.yaml:5 (with --set calibration.source=synthetic): distill: data: toy with" in warned, warned
     with pytest.raises(UserError) as e:
         _check_with(TOY, ["calibration.source=synthetic", D + "lr=0.001"], "pipeline")  # as a pipeline's kind
-    assert str(e.value).startswith("r.yaml:5 (with --set calibration.source=synthetic): distill: data: toy trains")
+    assert str(e.value).startswith("r.yaml:5 (with --set calibration.source=synthetic): distill.data: toy trains")
 
 
 def test_dit_compress_importance_names_no_set_of_another_key_at_buckets(tmp_path):
@@ -151,4 +151,4 @@ def test_dit_compress_importance_names_no_set_of_another_key_at_buckets(tmp_path
     recipe.write_text(FLUX.format(passes="  - importance:\n      buckets: 0\n"))
     with pytest.raises(UserError) as e:
         _importance_source(str(recipe), None, None, [IMP + "proxy_only=true"])
-    assert str(e.value).startswith(f"{recipe}:6: importance: buckets must be a positive integer"), str(e.value)
+    assert str(e.value).startswith(f"{recipe}:6: importance.buckets must be a positive integer"), str(e.value)

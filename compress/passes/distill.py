@@ -74,36 +74,36 @@ class DistillConfig:
         for key, (ok, allowed) in _RANGES.items():
             value = getattr(self, key)
             if not (value is None and key in _NULLABLE) and not (_number(value) and ok(value)):
-                raise BadValue(key, f"distill: {key} must be {allowed}, got {value!r}", reads=())
+                raise BadValue(key, f"distill.{key} must be {allowed}, got {value!r}", reads=())
         for key, allowed in self.CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise BadValue(key, not_one_of(f"distill.{key}", getattr(self, key), allowed), reads=())
         if self.lambda_task + self.lambda_out + self.lambda_feat == 0:
-            raise BadValue("lambda_task", "distill: lambda_task, lambda_out and lambda_feat must not all be 0",
+            raise BadValue("lambda_task", "distill.lambda_task, lambda_out and lambda_feat must not all be 0",
                            reads=("lambda_out", "lambda_feat"))
         self._validate_data()
 
     def _validate_data(self) -> None:
         if self.data == "folder" and not self.latents_dir:
-            raise BadValue("data", "distill: data: folder needs latents_dir", reads=("latents_dir",))
+            raise BadValue("data", "distill.data: folder needs latents_dir", reads=("latents_dir",))
         if self.data == "teacher_samples":
             for key in ("num_samples", "sample_steps"):
                 if getattr(self, key) < 1:
-                    raise BadValue(key, f"distill: {key} must be ≥ 1, got {getattr(self, key)}", reads=("data",))
+                    raise BadValue(key, f"distill.{key} must be ≥ 1, got {getattr(self, key)}", reads=("data",))
         if self.guidance_scale < 1 or (self.guidance_scale != 1.0 and self.data != "teacher_samples"):
-            raise BadValue("guidance_scale", f"distill: guidance_scale ({self.guidance_scale}) is the "
+            raise BadValue("guidance_scale", f"distill.guidance_scale ({self.guidance_scale}) is the "
                                              "teacher sampler's: ≥ 1, and only with data: teacher_samples",
                            reads=("data",))
         # keys that would do nothing: refused, so a forgotten `data:` is not a run on other data
         if self.latents_dir is not None and self.data != "folder":
-            raise BadValue("latents_dir", f"distill: latents_dir is read only with data: folder "
+            raise BadValue("latents_dir", f"distill.latents_dir is read only with data: folder "
                                           f"(data is {self.data!r})", reads=("data",))
         for key in ("num_samples", "sample_steps"):
             if getattr(self, key) != self.__dataclass_fields__[key].default and self.data != "teacher_samples":
-                raise BadValue(key, f"distill: {key} is used only with data: teacher_samples "
+                raise BadValue(key, f"distill.{key} is used only with data: teacher_samples "
                                     f"(data is {self.data!r})", reads=("data",))
         if self.mask_massive and self.lambda_feat == 0:
-            raise BadValue("mask_massive", "distill: mask_massive masks the feature loss, which "
+            raise BadValue("mask_massive", "distill.mask_massive masks the feature loss, which "
                                            "lambda_feat: 0 leaves out", reads=("lambda_feat",))
 
 
@@ -142,7 +142,7 @@ class DistillPass(Pass):
             except UserError as e:  # at the latents_dir line of the recipe
                 raise BadValue("latents_dir", str(e), reads=()) from None
         if cfg.train == "factors" and not will_have_factors(model):
-            raise BadValue("train", "distill: train: factors, but no svd pass before it factorizes a layer "
+            raise BadValue("train", "distill.train: factors, but no svd pass before it factorizes a layer "
                                     "and the teacher has no low-rank layers; add an svd pass first, or use "
                                     "train: all", reads=())  # the passes before it, not this pass's other keys
 

@@ -279,7 +279,7 @@ class ImportanceConfig:
 def check_buckets(buckets, what: str) -> None:
     """A config's `buckets`: a positive integer (BadValue names the key)."""
     if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
-        raise BadValue("buckets", f"{what}: buckets must be a positive integer, got {buckets!r}", reads=())
+        raise BadValue("buckets", f"{what}.buckets must be a positive integer, got {buckets!r}", reads=())
 
 
 def level_keys(kind: str) -> tuple[str, ...]:

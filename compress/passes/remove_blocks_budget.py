@@ -29,16 +29,16 @@ def one_of(config) -> str:
     return given[0]
 
 
-def _k_of(key: str, value, n: int, where: str, path: str, group: str | None = None) -> int:
+def _k_of(key: str, value, n: int, path: str, group: str | None = None) -> int:
     """path: the recipe key the value came from (count, count.double, ...), for the error's line;
     group: the group it is of (None: over all blocks)."""
     if key == "count":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BadValue(path, f"remove_blocks: count for {where} must be a non-negative integer, got {value!r}",
+            raise BadValue(path, f"remove_blocks.{path} must be a non-negative integer, got {value!r}",
                            reads=(), group=group)
         return value
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise BadValue(path, f"remove_blocks: fraction for {where} must be a number in [0, 1), got {value!r}",
+        raise BadValue(path, f"remove_blocks.{path} must be a number in [0, 1), got {value!r}",
                        reads=(), group=group)
     return math.floor(value * n + 1e-9)
 
@@ -80,12 +80,12 @@ def resolve_budget(config, adapter: Adapter, counts: dict[str, int], taken: int 
         for group, v in value.items():
             _group(adapter, group, f"{key}.{group}")
             least = counts[group] - (most_taken(counts, taken, group) if key == "fraction" else 0)
-            budget[group] = _k_of(key, v, least, f"group '{group}'", f"{key}.{group}", group)
+            budget[group] = _k_of(key, v, least, f"{key}.{group}", group)
             if budget[group] >= counts[group]:
                 raise too_many(budget[group], counts[group], group, f"{key}.{group}")
         return budget
     total = sum(counts.values()) - taken
-    k = _k_of(key, value, total, "all blocks", key)
+    k = _k_of(key, value, total, key)
     if len(counts) == 1 and k >= total:
         raise too_many(k, total, next(iter(counts)), key)
     if k > total - len(counts) and not taken:  # else runner_checks.SpreadRemovals tries each spread
@@ -140,14 +140,14 @@ def per_group(budget, counts: dict[str, int]) -> dict[str, int]:
     if len(counts) == 1:
         return {next(iter(counts)): budget}
     example = ", ".join(f"{g}: 1" for g in counts)
-    raise BadValue("criterion", f"remove_blocks: criterion learned takes a budget per group (count: "
+    raise BadValue("criterion", f"remove_blocks.criterion: learned takes a budget per group (count: "
                                 f"{{{example}}}), not a count or fraction over all blocks", reads=BUDGET_KEYS)
 
 
 def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> dict[str, list[int]]:
     """Teacher indices per group, validated against the teacher's block counts."""
     if not isinstance(blocks, dict):
-        raise BadValue("blocks", f"remove_blocks: blocks must map a group to a list of indices, got {blocks!r}",
+        raise BadValue("blocks", f"remove_blocks.blocks must map a group to a list of indices, got {blocks!r}",
                        reads=())
     out = {}
     for group, idx in blocks.items():
@@ -155,10 +155,10 @@ def check_explicit(blocks: dict, adapter: Adapter, counts: dict[str, int]) -> di
         n = counts[_group(adapter, group, path)]
         if not isinstance(idx, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                          for i in idx):
-            raise BadValue(path, f"remove_blocks: blocks.{group} must be a list of integers, got {idx!r}", reads=())
+            raise BadValue(path, f"remove_blocks.blocks.{group} must be a list of integers, got {idx!r}", reads=())
         twice = next((j for j, i in enumerate(idx) if i in idx[:j]), None)
         if twice is not None:
-            raise BadValue(f"{path}.{twice}", f"remove_blocks: blocks.{group} lists block {idx[twice]} twice",
+            raise BadValue(f"{path}.{twice}", f"remove_blocks.blocks.{group} lists block {idx[twice]} twice",
                            reads=())
         bad = [i for i in idx if not 0 <= i < n]
         if bad:
@@ -206,7 +206,7 @@ def removes_nothing(config, counts: dict[str, int],
     for group, v in items:
         path = f"{key}.{group}" if group else key
         ns = [have[group] if group else sum(have.values()) for have in possible]
-        ks = [_k_of(key, v, n, "", path) for n in ns]
+        ks = [_k_of(key, v, n, path) for n in ns]
         totals = [t + k for t, k in zip(totals, ks)]
         if none := sorted({n for n, k in zip(ns, ks) if k == 0 and v > 0}):  # a fraction, rounded down
             spare = min(ns) - (1 if group else len(counts))  # blocks it may remove: each group keeps one

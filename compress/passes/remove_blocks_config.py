@@ -58,14 +58,14 @@ class RemoveBlocksConfig:
     def _validate_learned(self) -> None:
         given = [k for k in LEARNED_KEYS if getattr(self, k) is not None]
         if given and self.criterion != "learned":
-            raise BadValue(given[0], f"remove_blocks: {given[0]} applies to criterion: learned "
+            raise BadValue(given[0], f"remove_blocks.{given[0]} applies to criterion: learned "
                                      f"(this pass ranks by {self.criterion})", reads=("criterion",))
         if self.criterion == "learned" and self.blocks is not None:
-            raise BadValue("criterion", "remove_blocks: blocks lists the blocks to remove; criterion "
-                                        "learned chooses them for a count or fraction", reads=("blocks",))
+            raise BadValue("criterion", "remove_blocks.criterion: learned chooses blocks for a count or fraction; "
+                                        "blocks lists the blocks to remove", reads=("blocks",))
         if self.criterion == "learned" and self.iterative:
-            raise BadValue("iterative", "remove_blocks: criterion learned chooses all blocks at once; "
-                                        "iterative applies to scan and proxy", reads=("criterion",))
+            raise BadValue("iterative", "remove_blocks.iterative applies to scan and proxy; criterion learned "
+                                        "chooses all blocks at once", reads=("criterion",))
         for key, ok, allowed in (("window", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("learn_steps", lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
                                  ("learn_lr", lambda v: _num(v) and v >= 0, "a number ≥ 0"),
@@ -73,9 +73,9 @@ class RemoveBlocksConfig:
                                  ("logit_lr", lambda v: _num(v) and v > 0, "a number > 0")):
             v = getattr(self, key)
             if v is not None and not ok(v):
-                raise BadValue(key, f"remove_blocks: {key} must be {allowed}, got {v!r}", reads=())
+                raise BadValue(key, f"remove_blocks.{key} must be {allowed}, got {v!r}", reads=())
         if self.learn_rank is not None and self.learn_lr == 0:
-            raise BadValue("learn_rank", "remove_blocks: learn_rank shapes the weight update, and learn_lr: 0 "
+            raise BadValue("learn_rank", "remove_blocks.learn_rank shapes the weight update, and learn_lr: 0 "
                                          "turns it off; drop one of them", reads=("learn_lr",))
 
     def _validate_explicit(self) -> None:
@@ -85,7 +85,7 @@ class RemoveBlocksConfig:
             return  # not only blocks: `one_of` says so
         for f in fields(self):
             if f.name in ("criterion", "iterative", "buckets") and getattr(self, f.name) != f.default:
-                raise BadValue(f.name, f"remove_blocks: {f.name} applies to a count or fraction chosen by "
+                raise BadValue(f.name, f"remove_blocks.{f.name} applies to a count or fraction chosen by "
                                        "importance; blocks lists the blocks to remove",
                                reads=("blocks", "count", "fraction"))
 
@@ -98,7 +98,7 @@ def check_named(key: str, value, groups: list[str]) -> None:
     if value != {}:
         return
     example = f"{key}: {{{groups[-1]}: {_EXAMPLE[key]}}}"
-    raise BadValue(key, f"remove_blocks: {key} names no block group, so this pass would remove nothing; "
+    raise BadValue(key, f"remove_blocks.{key} names no block group, so this pass would remove nothing; "
                         f"{_name_groups(groups)}, as {example}, or leave the pass out", reads=())
 
 

@@ -236,7 +236,7 @@ def test_bad_values_are_refused_with_their_key(bad, words):
     """Checked at recipe load (validate: the error names the key) and again by check (Python callers)."""
     from compress.errors import BadValue
 
-    with pytest.raises(BadValue, match=re.escape(f"distill: {words}")) as e:
+    with pytest.raises(BadValue, match=re.escape(f"distill.{words}")) as e:
         DistillConfig(**bad).validate()
     assert e.value.key in bad
     model = tiny_pixart()

@@ -207,7 +207,7 @@ def test_errors_name_the_group(tmp_path):
         (pixart, dict(blocks={"blocks": [3]}), r"block index 3 out of range for group 'blocks' \(3 blocks: 0\.\.2\)"),
         (flux, dict(blocks={"single": [0, 1, 2]}), "leave group 'single' empty"),
         (flux, dict(count={"double": 2}), "removing 2 of 2 blocks would leave group 'double' empty"),
-        (flux, dict(fraction={"single": 1.0}), r"fraction for group 'single' must be a number in \[0, 1\), got 1.0"),
+        (flux, dict(fraction={"single": 1.0}), r"remove_blocks\.fraction\.single must be a number in \[0, 1\), got 1.0"),
         (pixart, dict(count=3), "leave group 'blocks' empty"),
         (flux, dict(count=4), "leave a group empty .*'double': 2, 'single': 3"),
         (flux, dict(count={"triple": 1}), "no block group 'triple'"),
@@ -215,7 +215,7 @@ def test_errors_name_the_group(tmp_path):
         (flux, dict(count=-1), "non-negative integer"),
         (flux, dict(count=1, criterion="magic"), "criterion must be one of scan, proxy"),
         (flux, dict(blocks={"double": [0]}, criterion="magic"), "criterion must be one of scan, proxy"),
-        (flux, dict(count=1, buckets=0), "remove_blocks: buckets must be a positive integer, got 0"),
+        (flux, dict(count=1, buckets=0), "remove_blocks.buckets must be a positive integer, got 0"),
     ]
     for model, config, message in cases:
         with pytest.raises(UserError, match=message) as err:

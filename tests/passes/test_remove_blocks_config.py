@@ -58,7 +58,7 @@ def test_explicit_blocks_refuse_the_keys_that_choose_by_importance_at_their_line
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE.format(options=options), "r.yaml")
     line = 4 + options.count("\n")
-    assert str(e.value) == (f"r.yaml:{line}: remove_blocks: {key} applies to a count or fraction chosen by "
+    assert str(e.value) == (f"r.yaml:{line}: remove_blocks.{key} applies to a count or fraction chosen by "
                             "importance; blocks lists the blocks to remove")
 
 
@@ -93,7 +93,7 @@ def test_a_misspelt_criterion_gets_the_closest_one():
 
 
 # a budget that names no block group is refused; one that names groups but removes no block is warned
-NO_GROUP = ("remove_blocks: {key} names no block group, so this pass would remove nothing; name one or more of "
+NO_GROUP = ("remove_blocks.{key} names no block group, so this pass would remove nothing; name one or more of "
             "the model's groups (double, single), as {key}: {{single: {example}}}, or leave the pass out")
 
 

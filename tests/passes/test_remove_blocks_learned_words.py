@@ -92,7 +92,7 @@ def test_plan_of_a_budget_of_none_at_some_counts_only_still_learns():
     (dict(count={"single": 1}, criterion="learned", learn_rank=4, learn_lr=0), BadValue,
      "learn_rank shapes the weight update, and learn_lr: 0 turns it off"),
     (dict(blocks={"single": [1]}, criterion="learned"), BadValue,
-     "blocks lists the blocks to remove; criterion learned chooses them for a count or fraction"),
+     "remove_blocks.criterion: learned chooses blocks for a count or fraction; blocks lists the blocks to remove"),
 ])
 def test_mistakes_are_one_line_errors(config, error, words):
     model = tiny_flux()
@@ -181,7 +181,7 @@ def test_estimator_must_be_known():
 
 
 @pytest.mark.parametrize("pass_text, where", [
-    ("  - remove_blocks:\n      count: {blocks: 1}\n      window: 3\n", r"r\.yaml:10: remove_blocks: window applies"),
+    ("  - remove_blocks:\n      count: {blocks: 1}\n      window: 3\n", r"r\.yaml:10: remove_blocks\.window applies"),
     ("  - remove_blocks:\n      count: {blocks: 1}\n      criterion: learned\n      estimator: adam\n",
      r"r\.yaml:11: remove_blocks\.estimator must be one of"),
 ])
