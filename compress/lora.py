@@ -70,12 +70,14 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     so saving it again keeps them. All or nothing: each layer is merged and checked before any is
     taken, and again as it is taken (twice the merge's compute, never all merged layers held at once).
     `own_blocks`: the LoRA's block i is the model's own block i, with no block map (lora_replay: a LoRA
-    recorded before records named the base, read then as the recording output's teacher's); a DoRA's
-    norms still come from the base of the model's chain where no `teacher` is given, as a merge reads
-    them by default (its immediate teacher, on a chain an output, is refused as a DoRA's teacher).
-    `blocks`: as own_blocks, the model's block i taking the LoRA's block blocks[group][i] (-1: none;
-    lora_replay's LoRA read as another output's blocks, mapped to the model's through their base); a
-    DoRA's norms then come from the base's blocks the model's descend from (in_base); `blocks_of`: the
+    read as the model's own blocks, or recorded before records named the base, read then as the recording
+    output's teacher's). `blocks`: as own_blocks, the model's block i taking the LoRA's block
+    blocks[group][i] (-1: none; lora_replay's LoRA read as another output's blocks, mapped to the model's
+    through their base). Either way, where no `teacher` is given, a DoRA's norms are those of the weight
+    it was trained on top of: the model's block i is the LoRA's block it takes, whose weight is that of
+    the base block it descends from (in_base, through the model's chain: lora_base), read from that base
+    (its immediate teacher, on a chain an output, is refused as a DoRA's teacher); so two teachers of one
+    base given the same LoRA give each base block's modules the same weights. `blocks_of`: the
     model the LoRA's blocks are of, whose block counts a LoRA block past the map's last is checked
     against (check_teacher_count), not those of the model's own teacher."""
     check_scale(scale)
@@ -98,11 +100,10 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
                         f"{sorted(layers)[0]}{more}); merging it would change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
     of = {name: name for name in dora}  # the DoRA layer's name in the model its norms are read from
-    if dora and own_blocks and given is None:  # norms from the chain's base, as a merge reads them by default
+    if dora and own_blocks and given is None:  # norms of the base blocks the student's descend from
         chain_base = lora_base(student)
         teacher, teacher_config = chain_base.source, teacher_config or chain_base.config
-        if blocks is not None:  # the LoRA's blocks are another model's: read the base's of the student's
-            of = {name: in_base(adapter, kept[name], chain_base.block_map) for name in dora}
+        of = {name: in_base(adapter, kept[name], chain_base.block_map) for name in dora}
     read = dora_weights(student, {of[name]: kept[name] for name in dora}, teacher, teacher_config) if dora else {}
     weights = {name: read[of[name]] for name in dora}
     if given is not None and not dora:

@@ -312,22 +312,30 @@ def test_an_old_dora_record_on_a_chain_is_replayed_with_the_norms_of_the_chains_
     blocks with --teacher base for its norms (the only teacher such a merge took: an output is refused).
     eval/bench give b it in its own blocks, and took its norms from b's recorded teacher a, an output:
     'teacher a is a dit-compress output ...; pass that with --teacher (dit-compress lora) or teacher= to
-    merge_lora', no way out in eval. Now from the chain's base, as the merge did (and as a two-link chain,
-    whose b records the base itself, already did)."""
+    merge_lora', no way out in eval. Now from the chain's base (as a two-link chain, whose b records the
+    base itself, already did): each of b's blocks' from the base block it descends from, the weight the
+    DoRA was trained on top of, as the same DoRA of the base renumbered gives b (b's block 3 is base block
+    5; the old merge, given the base, read base block 3's: tests/test_lora_replay_dora.py)."""
     import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     from compress.io import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
     from tests.test_lora import _lora
     from tests.test_lora_chain import _chain
+    from tests.test_lora_replay_mapped import B_OF_BASE, as_base_lora
 
     _, c_folder = _chain(tmp_path, "pixart")
     _lora(load_transformer(tmp_path / "b"), tmp_path / "dora", targets=["to_q"], use_dora=True)
     c, base = load_transformer(c_folder), str((tmp_path / "base").resolve())
     merge_lora(c, tmp_path / "dora", teacher=base, own_blocks=True)  # as dit-compress lora c DORA --teacher base did
     assert "blocks_of" not in c.compression_meta["loras"][0]
+    with safe_open(str(tmp_path / "dora" / "pytorch_lora_weights.safetensors"), "pt") as f:  # its scaling kept
+        weights, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file(as_base_lora(weights, B_OF_BASE), str(tmp_path / "base-dora.safetensors"), metadata=metadata)
     expected = load_transformer(tmp_path / "b")
-    merge_lora(expected, tmp_path / "dora", teacher=base, own_blocks=True)
+    merge_lora(expected, tmp_path / "base-dora.safetensors")  # norms from the base, in its own blocks
     got, want = load_teacher_of(c, str(tmp_path / "b")).state_dict(), expected.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
