@@ -67,8 +67,8 @@ def hub_config_file(repo_id: str) -> tuple[Path, str]:
     'transformer/' of a pipeline repo, '' of a transformer-only one (config.json and weights at its
     root, as fine-tunes are shared), as a local copy of the repo has it (io.transformer_place; the
     Hub's file list says which files it holds: io_hub_requests.placed). A few KB. From the cache
-    offline or without network (hub_config)."""
-    cfg, sub, _, _ = hub_placed(repo_id, cached="any")  # the list or placed's downloads failed: the load says it
+    offline or without network (hub_config), or where the list failed (said); placed's failure raised, as the load's."""
+    cfg, sub, _, _ = hub_placed(repo_id)  # what hub_folder reads: run's check reads the config its load does
     return cfg, sub
 
 
@@ -77,10 +77,9 @@ def hub_placed(repo_id: str, cached: str = "list") -> tuple[Path, str, str | Non
     the names of that folder's files by the Hub's list: [] where why): hub_config, then, where the
     Hub answered, its list of the commit the config came from (pinned) and the folder that list
     places the transformer in (io_hub_requests.placed: io.transformer_place's rule, the other
-    config fetched where it is not hub_config's). hub_config's errors are raised as they are; where
-    the list or placed's downloads fail, `cached` says what answers instead of hub_error's one line:
-    'list' the cache where the list failed (why says so), 'any' hub_config's config where either
-    failed, '' nothing."""
+    config fetched where it is not hub_config's). hub_config's errors are raised as they are, and
+    hub_error's one line where placed's downloads fail; where the list fails, with `cached` ('list')
+    hub_config's config and why, in a note naming it; without ('') hub_error's line."""
     cfg, sub, why = hub_config(repo_id)
     if why is not None:
         return cfg, sub, why, []
@@ -90,13 +89,13 @@ def hub_placed(repo_id: str, cached: str = "list") -> tuple[Path, str, str | Non
     except Exception as e:  # noqa: BLE001 - as hf_hub_download, the cache answers then
         if not cached:
             raise hub_error(repo_id, e, "a local folder or file") from None
-        return cfg, sub, f"the Hub's file list failed: {cause_line(e)}", []
+        why = f"the Hub's file list failed: {cause_line(e)}"
+        note_once(f"'{repo_id}' is read from the Hugging Face cache: {cfg} and the weights beside it ({why})")
+        return cfg, sub, why, []
     try:
         placed_cfg, placed_sub = placed(repo_id, cfg, sub, files, **pin)
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types
-        if cached != "any":
-            raise hub_error(repo_id, e, "a local folder or file") from None
-        return cfg, sub, f"the transformer's place failed to download: {cause_line(e)}", []
+        raise hub_error(repo_id, e, "a local folder or file") from None
     return placed_cfg, placed_sub, None, in_folder(files, placed_sub)
 
 

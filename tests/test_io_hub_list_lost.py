@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from compress import load_teacher
+from compress.errors import UserError
 from tests.conftest import tiny_pixart
 from tests.hub_server import COMMIT, _model_info, _reply, _serve, within
 from tests.test_io_hub_cache import _cached, _pipeline
+from tests.test_io_hub_place import _both
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,3 +78,44 @@ def test_a_file_list_lost_in_runs_check_is_not_waited_for_again_by_its_load(monk
     assert config["num_layers"] == model.config.num_layers and _same(teacher, model)
     assert sum(line.startswith(LIST) for line, *_ in seen) == 1, seen
     assert took < 1.8, f"{took:.1f} s for the check and the load, at 1 s timeouts"
+
+
+def test_a_file_list_lost_is_said_naming_the_config_the_check_and_the_load_read(monkeypatch, tmp_path, capsys):
+    """As above: the check read the cache's config without a word (the load too); now one note, said
+    once, names the file both read and why."""
+    from compress.io_source import checked
+
+    _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", tiny_pixart()))
+    hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: line.startswith(LIST))
+    next(hub)
+    try:
+        within(12, lambda: (checked("acme/pix").config, load_teacher("acme/pix")))
+    finally:
+        next(hub, None)
+    config = tmp_path / "hub" / "models--acme--pix" / "snapshots" / COMMIT / "transformer" / "config.json"
+    said = " ".join(capsys.readouterr().err.split())
+    note = (f"note: 'acme/pix' is read from the Hugging Face cache: {config} and the weights beside it (the Hub's "
+            "file list failed: ReadTimeout: timed out (no answer within 1 s; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer))")
+    assert said.count(note) == 1, said
+
+
+def test_a_config_the_list_places_elsewhere_lost_is_refused_by_the_check_as_by_the_load(monkeypatch, tmp_path):
+    """acme/both holds a config.json and weights at its root and in transformer/, no model_index.json:
+    its transformer is the root's (io.transformer_place), fetched after transformer/config.json
+    (io_hub.fetch_config asks that first). The Hub holds the root config's request: the load refused
+    in one line, but the check read transformer/'s config (2 layers, the root's 3) without a word;
+    now it refuses in the load's line, before any work."""
+    from compress.io_source import checked
+
+    _both(tmp_path / "repo")
+    hub = _hub(monkeypatch, tmp_path / "repo", "acme/both", lambda line: f"/resolve/{COMMIT}/config.json " in line)
+    next(hub)
+    try:
+        check, _ = within(12, lambda: checked("acme/both").config)
+        load, _ = within(12, lambda: load_teacher("acme/both"))
+    finally:
+        next(hub, None)
+    assert isinstance(load, UserError) and str(load).startswith(
+        "cannot fetch 'acme/both' from the Hugging Face Hub (ReadTimeout: timed out (no answer within 1 s; set "
+        "HF_HUB_ETAG_TIMEOUT to wait longer))"), load
+    assert isinstance(check, UserError) and str(check) == str(load), check
