@@ -35,7 +35,10 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     record naming another base than the teacher's chain leads to, or that teacher where the teacher is
     another model, is a UserError naming both, before any LoRA is merged; where that teacher is an
     output there now whose chain leads to the teacher's base, the LoRA is mapped through both chains
-    (mapped_blocks). `took_counts`: `took`'s block counts as the student records them (lora_replay_moved.took_counts)."""
+    (mapped_blocks). Whichever way the teacher takes it, a DoRA's norms are those of the weight it was
+    trained on top of: each teacher block's from the base block it descends from (merge_lora), so two
+    teachers of one base give a base block's modules the same weights. `took_counts`: `took`'s block
+    counts as the student records them (lora_replay_moved.took_counts)."""
     sources = replayed_sources(loras, moved, warn=False)  # warned before loading
     seen: dict = {}  # each teacher's weight files fingerprinted once, whatever the records
     taken = [read_as_own_blocks(teacher, record, took, source, took_files, seen, took_counts) for record in loras]
