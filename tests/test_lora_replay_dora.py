@@ -38,20 +38,20 @@ def by_base_block(teacher) -> dict:
     return {renamed(k): v for k, v in teacher.state_dict().items()}
 
 
-def replays(c, tmp_path) -> dict:
-    """{teacher: the teacher eval gives c (its LoRAs replayed), keyed by base block} for TEACHERS."""
+def replays(c, tmp_path, teachers: list[str] = TEACHERS) -> dict:
+    """{teacher: the teacher eval gives c (its LoRAs replayed), keyed by base block} for `teachers`."""
     from compress.io import load_teacher_of
 
-    return {name: by_base_block(load_teacher_of(c, str(tmp_path / name))) for name in TEACHERS}
+    return {name: by_base_block(load_teacher_of(c, str(tmp_path / name))) for name in teachers}
 
 
 def disagreeing(got: dict) -> list[str]:
     """'x vs y: key' for each module two replays (`got`: replays) hold of one base block with other weights."""
     import torch
 
-    out = []
-    for i, x in enumerate(TEACHERS):
-        for y in TEACHERS[i + 1:]:
+    out, names = [], list(got)
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
             out += [f"{x} vs {y}: {k}" for k in sorted(got[x].keys() & got[y].keys())
                     if not torch.equal(got[x][k], got[y][k])]
     return out
@@ -96,3 +96,22 @@ def test_an_old_dora_record_takes_the_same_norms_on_its_teacher_and_on_a_mapped_
     c.compression_meta["loras"] = [{"source": str(lora.resolve()), "scale": 1.0, "modules": 1}]
     c.compression_meta["teacher_files"] = teacher_signature(str(tmp_path / "b"))  # as a run records it
     assert disagreeing(replays(c, tmp_path)) == []
+
+
+def test_a_flux_dora_read_as_a_moved_teachers_blocks_gives_each_base_block_the_same_weights(tmp_path):
+    """Flux's two groups (b = base double blocks 1 2, single blocks 1 2): c took a DoRA of b's blocks
+    with b away (--teacher base); b, a and the base given it agree on every base block's modules. Before,
+    b's double block 0 (base block 1) took base double block 0's norms, and so on."""
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora_chain import _chain
+    from tests.test_lora_limits import _save
+
+    _, c_folder = _chain(tmp_path, "flux")
+    lora = _save(_dora(load_transformer(tmp_path / "b"), ["to_q", "proj_mlp"]), tmp_path / "b-dora.safetensors")
+    (tmp_path / "b").rename(tmp_path / "b-moved")
+    c = load_transformer(c_folder)
+    merge_lora(c, lora, teacher=str((tmp_path / "base").resolve()))
+    (tmp_path / "b-moved").rename(tmp_path / "b")
+    assert c.compression_meta["loras"][0]["blocks_of"] == str((tmp_path / "b").resolve())
+    assert disagreeing(replays(c, tmp_path, ["b", "a", "base"])) == []
