@@ -30,23 +30,39 @@ def moved_away(teacher: nn.Module, record: dict, took: str | None, source: str |
     output with blocks removed along its chain (or a chain that cannot be followed), or a block count
     other than `took`'s as the student records it (`counts`: took_counts); None where none of that
     holds: the teacher is then taken for it, moved. `seen`: lora_replay.fingerprint's cache."""
-    from compress.lora_replay import _compared_files
+    from compress.lora_replay import _compared_files, fingerprint, took_signature
     from compress.report_teacher import absolute_source
 
     blocks_of = record["blocks_of"]
     if source is None or not missing(blocks_of) or absolute_source(source) == absolute_source(blocks_of):
         return None
     own = took is not None and absolute_source(str(took)) == absolute_source(blocks_of)
+    seen = {} if seen is None else seen  # _compared_files' reads, not read again for the words
     compared = _compared_files(source, blocks_of, took_files if own else None, seen)
     numbered = _numbered_otherwise(teacher, source, (counts or {}) if own else {})
     if compared is False or numbered is None:
         return None
     why = ("its weight files are not those the model recorded of it" if compared else
-           "the model records no weight files of it to compare")
+           not_compared(took_signature(blocks_of, took_files if own else None, seen), fingerprint(source, seen)))
     return UserError(f"the LoRA {record['source']} this model took (dit-compress lora) was read as blocks of {blocks_of}, not there "
                      f"now, and the teacher to compare with, {source}, cannot be shown to be it ({why}), while its "
                      f"blocks may be numbered otherwise ({numbered}): put {blocks_of} back, or give its new place "
                      "with --teacher")
+
+
+def not_compared(recorded: dict | None, now: dict | None) -> str:
+    """Why the weight files the model `recorded` of its teacher and those of the teacher given (`now`:
+    io_signature.teacher_signature) do not compare, in words: no record; a record of another
+    dit-compress version (another signature method: io_signature.comparable); no local files of the
+    teacher given to read (a Hub id, or files that cannot be read)."""
+    from compress.io_signature import comparable
+
+    if recorded is None:
+        return "the model records no weight files of it to compare"
+    if not comparable(recorded):
+        return ("the weight files the model records of it were recorded by another dit-compress version, "
+                "which this one cannot compare")
+    return "the teacher given has no local weight files that can be read to compare"
 
 
 def _numbered_otherwise(teacher: nn.Module, source: str, counts: dict) -> str | None:

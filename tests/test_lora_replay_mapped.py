@@ -269,7 +269,8 @@ def test_a_lora_read_as_a_teachers_blocks_is_refused_while_that_teacher_is_away_
 def test_a_teachers_files_recorded_by_another_dit_compress_are_not_known_to_be_the_teachers_own(tmp_path):
     """c's record of b's weight files made by an older dit-compress (another method): with b moved away,
     --teacher a was taken for b ('the same files': lora_replay._compared_files False) and took the LoRA in
-    b's numbering, rc 0 without a word; now its files are not known to be b's, as with no record: refused."""
+    b's numbering, rc 0 without a word; now its files are not known to be b's, as with no record: refused,
+    saying the record is another version's (it said 'the model records no weight files of it')."""
     from compress.errors import UserError
     from compress.io import load_teacher_of
 
@@ -282,6 +283,7 @@ def test_a_teachers_files_recorded_by_another_dit_compress_are_not_known_to_be_t
         load_teacher_of(c, str(tmp_path / "a"))
     assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, "
                             f"not there now, and the teacher to compare with, {tmp_path / 'a'}, cannot be shown to be "
-                            "it (the model records no weight files of it to compare), while its blocks may be numbered "
-                            "otherwise (a dit-compress output with blocks removed along its chain of teachers): put "
-                            f"{b} back, or give its new place with --teacher")
+                            "it (the weight files the model records of it were recorded by another dit-compress "
+                            "version, which this one cannot compare), while its blocks may be numbered otherwise (a "
+                            f"dit-compress output with blocks removed along its chain of teachers): put {b} back, or "
+                            "give its new place with --teacher")
