@@ -4,7 +4,6 @@ reported as ratios measured in one run (torch path on CPU, fused kernels on CUDA
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
+from compress.devices import device_refused, unusable
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
@@ -157,15 +157,17 @@ def peak_memory(model, kwargs, device) -> int | None:
 
 
 def _device(name: str | None) -> torch.device:
-    """--device: cpu, cuda or cuda:N (default: cuda if there is one)."""
-    if name is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", name):
-        raise UserError(f"--device {name!r}: bench runs on cpu, cuda or cuda:N (a GPU's index)")
+    """--device: cpu, cuda or cuda:N (default: cuda if there is one), as a recipe's device
+    (devices.device_refused, devices.unusable) but auto: the default is bench's auto."""
+    if name is not None and (refused := device_refused(name, "--device", ("cpu", "cuda"), _AUTO.get(name, ""))):
+        raise UserError(refused)
     dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU here (torch {torch.__version__}); use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    if why := unusable(dev):
+        raise UserError(f"--device {name}, but {why}" + ("; use --device cpu" if not torch.cuda.is_available() else ""))
     return dev
+
+
+_AUTO = {"auto": "; leave --device out for cuda where torch sees a GPU, else cpu"}  # a recipe's auto
 
 
 def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int = 2,

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 import yaml
 
-from compress.errors import BadValue, UserError, did_you_mean, not_one_of, read_utf8
+from compress.devices import device_refused
+from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.io_source import READS
 from compress.passes import PASSES, pass_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
@@ -22,7 +23,6 @@ from compress.recipe_yaml import MARKS_HEADER, NULL, RecipeDumper, RecipeLoader,
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda")  # or cuda:N, N a GPU's index (device_refused)
 
 
 HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
@@ -301,16 +301,6 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     recipe.calibration._recipe = recipe  # its errors name the recipe's lines (CalibrationConfig.where)
     recipe.raw = to_plain(recipe)
     return recipe
-
-
-def device_refused(value) -> str:
-    """Why `value` is no recipe device: one of DEVICES or cuda:N, N a GPU's index (cuda:0, cuda:1,
-    ...); '' for one. cuda:N is listed, never suggested: a value starting cuda: is told to give an index."""
-    indexed = isinstance(value, str) and value.startswith("cuda:")
-    if value in DEVICES or (indexed and value[5:].isascii() and value[5:].isdigit()):
-        return ""
-    hint = "; cuda:N takes a GPU's index: cuda:0, cuda:1, ..." if indexed else ""
-    return not_one_of("device", value, DEVICES, hint, forms=("cuda:N",))
 
 
 def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recipe:

@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 
 from compress.arch import get_adapter
+from compress.devices import unusable
 from compress.errors import NumericError, UserError
 from compress.interrupts import TERMINATIONS, as_ctrl_c, handled
 from compress.io import load_teacher
@@ -72,11 +73,9 @@ def resolve_device(recipe: Recipe) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{recipe.path}: device {name}, but torch sees no CUDA GPU here "
-                        f"(torch {torch.__version__}); set device: cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"{recipe.path}: device {name}, but torch sees {torch.cuda.device_count()} GPU(s)")
+    if why := unusable(device):  # bench --device's words (devices.unusable)
+        raise UserError(f"{recipe.path}: device {name}, but {why}"
+                        + ("; set device: cpu or auto" if not torch.cuda.is_available() else ""))
     return device
 
 

@@ -45,7 +45,7 @@ def test_a_device_bench_does_not_run_on_is_one_short_line(name):
 
     with pytest.raises(UserError) as e:
         _device(name)
-    assert str(e.value) == f"--device {name!r}: bench runs on cpu, cuda or cuda:N (a GPU's index)"
+    assert str(e.value).startswith(f"--device must be one of cpu, cuda, cuda:N, not {name!r}")  # devices.device_refused
 
 
 def test_cpu_is_a_device_bench_runs_on():
@@ -116,7 +116,7 @@ def test_a_device_bench_cannot_use_is_refused_before_anything_loads(tmp_path, mo
     monkeypatch.setattr(bench, "load_transformer", load)
     monkeypatch.setattr(bench, "teacher_to_load", load)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    with pytest.raises(UserError, match=f"^--device '?{name}'?: "):
+    with pytest.raises(UserError, match=f"^--device (must be one of cpu, cuda, cuda:N, not '{name}'|{name}, but torch)"):
         bench.bench(tmp_path, device=name)
 
 

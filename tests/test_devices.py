@@ -1,0 +1,59 @@
+"""compress.devices: a recipe's device and bench's --device, one rule and one wording (bench has no
+auto); a GPU torch does not see, said alike by a run and by bench."""
+
+import pytest
+import torch
+
+from compress.errors import UserError
+from compress.recipe import parse_recipe
+
+RECIPE = "device: {}\nmodel: pixart\nteacher: toy:pixart\npasses: [importance]\n"
+
+
+def _bench_refusal(name: str) -> str:
+    from compress.bench import _device
+
+    with pytest.raises(UserError) as e:
+        _device(name)
+    return str(e.value)
+
+
+def _recipe_refusal(name: str) -> str:
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE.format(name), "r.yaml")
+    return str(e.value)
+
+
+@pytest.mark.parametrize("name, tail", [
+    ("gpu", "not 'gpu'; did you mean 'cuda'?"), ("cuda:x", "not 'cuda:x'; cuda:N takes a GPU's index: cuda:0, cuda:1, ..."),
+    ("mps", "not 'mps'"), ("cuda0", "not 'cuda0'; did you mean 'cuda'?")])
+def test_a_bad_device_is_refused_alike_by_a_recipe_and_by_bench(name, tail):
+    """bench said "--device 'gpu': bench runs on cpu, cuda or cuda:N (a GPU's index)" where a recipe
+    said "device must be one of auto, cpu, cuda, cuda:N, not 'gpu'; did you mean 'cuda'?"."""
+    assert _recipe_refusal(name) == f"r.yaml:1: device must be one of auto, cpu, cuda, cuda:N, {tail}"
+    assert _bench_refusal(name) == f"--device must be one of cpu, cuda, cuda:N, {tail}"
+
+
+def test_bench_has_no_auto_and_says_what_leaving_it_out_does():
+    """A recipe's auto is bench's default; as --device it was refused without a word of that."""
+    parse_recipe(RECIPE.format("auto"), "r.yaml")
+    assert _bench_refusal("auto") == ("--device must be one of cpu, cuda, cuda:N, not 'auto'; leave --device out "
+                                      "for cuda where torch sees a GPU, else cpu")
+
+
+@pytest.mark.parametrize("count, name, why", [
+    (0, "cuda", f"torch sees no CUDA GPU here (torch {torch.__version__})"),
+    (1, "cuda:1", "torch sees 1 GPU: cuda:0"), (2, "cuda:3", "torch sees 2 GPUs: cuda:0 and cuda:1"),
+    (4, "cuda:4", "torch sees 4 GPUs: cuda:0 to cuda:3")])
+def test_a_gpu_torch_does_not_see_is_said_alike_by_a_run_and_by_bench(monkeypatch, count, name, why):
+    """bench said '--device cuda:1: there are 1 CUDA devices' where a run said 'device cuda:1, but torch
+    sees 1 GPU(s)'; without a GPU, 'no CUDA GPU here' and 'torch sees no CUDA GPU here'."""
+    from compress.runner_setup import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    advice = {"bench": "; use --device cpu", "run": "; set device: cpu or auto"} if not count else {}
+    assert _bench_refusal(name) == f"--device {name}, but {why}{advice.get('bench', '')}"
+    with pytest.raises(UserError) as e:
+        resolve_device(parse_recipe(RECIPE.format(name), "r.yaml"))
+    assert str(e.value) == f"r.yaml: device {name}, but {why}{advice.get('run', '')}"
