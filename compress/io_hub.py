@@ -22,7 +22,8 @@ import contextlib
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.io import WEIGHTS, config_model_class, read_config, transformer_sub, variant_of, variant_weights
+from compress.io import WEIGHTS, config_model_class, read_config, variant_of, variant_weights
+from compress.io_hub_cache_files import cached_place
 from compress.io_hub_requests import bounded_hub, cause_line, download, fetch_files, hub_head, in_folder, placed, repo_files
 from compress.io_tensors import one_line
 
@@ -105,7 +106,7 @@ def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
     request (hub_head) says both whether the Hub answers and the commit main is at: where the
     cache's main is that commit, its config.json is used as it is, else fetched."""
     check_hub_id(repo_id)
-    found = cached_config(repo_id)
+    found = cached_config(repo_id, lacking=not offline())  # its file lacking: fetched, else refused
     if offline():
         if found is None:
             raise not_cached(repo_id)
@@ -115,10 +116,10 @@ def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
         why = f"the Hugging Face Hub cannot be reached: {cause}"
         note_once(f"'{repo_id}' is read from the Hugging Face cache {hub_cache()} ({why}); "
                   "set HF_HUB_OFFLINE=1 to skip the Hub")
-        return (*found, why)
+        return (*cached_config(repo_id), why)
     if found is None and cause is not None:
         raise unfetched(repo_id, cause, uncached(repo_id), "a local folder or file")  # at once, not after ~23 s of retries
-    if found is not None and commit is not None and pinned(found[0]) == {"revision": commit}:
+    if found is not None and found[0].is_file() and commit is not None and pinned(found[0]) == {"revision": commit}:
         return (*found, None)  # the cache's main is the Hub's: its config is not asked for again
     return (*fetch_config(repo_id), None)
 
@@ -144,12 +145,12 @@ def fetch_config(repo_id: str) -> tuple[Path, str]:
                     moved_main(repo_id, before))
 
 
-def cached_config(repo_id: str, revision: str | None = None) -> tuple[Path, str] | None:
-    """(the cached transformer config.json of a Hub repo, its folder in the repo) in its
-    cached_snapshot, where a copy of that snapshot has it (io.transformer_place's rule); None where
-    the cache holds neither transformer/config.json nor config.json (no request is made)."""
+def cached_config(repo_id: str, revision: str | None = None, lacking: bool = False) -> tuple[Path, str] | None:
+    """(the cached transformer config.json of a Hub repo, its folder in the repo) in its cached_snapshot,
+    placed by the files it holds and lists (io_hub_cache_files.cached_place: refused where the snapshot
+    lacks it, unless `lacking`); None where it holds and lists no config.json (no request is made)."""
     snapshot = cached_snapshot(repo_id, revision)
-    sub = transformer_sub(lambda name: (snapshot / name).is_file()) if snapshot is not None else None
+    sub = cached_place(repo_id, snapshot, lacking) if snapshot is not None else None
     return None if sub is None else (snapshot / sub / "config.json", sub)
 
 

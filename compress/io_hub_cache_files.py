@@ -6,7 +6,8 @@ config.json), or loaded wrong without a word (a tokenizer without its vocabulary
 unknown id); and a file of a part the cache's list of the commit's files names (`cached_listing`,
 written by an online snapshot_download), which diffusers asks for offline and huggingface_hub
 refused in its own line ("The cached snapshot … is incomplete"). `missing_file` names the file and
-the hf download that fetches it. A part's folder missing or empty is pipeline_snapshot.snapshot_problem's."""
+the hf download that fetches it. A part's folder missing or empty is pipeline_snapshot.snapshot_problem's.
+Where a Hub teacher's snapshot has its transformer is read from its files and that list too (`cached_place`)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,27 @@ def missing_file(source: str, snapshot: Path, passed: tuple[str, ...] = ("transf
             return (f"the Hugging Face cache's snapshot {snapshot} of it: its {part}/ lacks {lacks}, {reads}; download "
                     f"it online (hf download {source} --include '{part}/*' --revision {snapshot.name})")
     return None
+
+
+def cached_place(source: str, snapshot: Path, lacking: bool = False) -> str | None:
+    """Where the cached snapshot `snapshot` of the Hub id `source` has its transformer (io.transformer_sub's
+    rule) by the files it holds and those the cache's list of its commit's files names (`cached_listing`:
+    an `hf download --include 'transformer/*'` lists the whole repo), so that offline reads it where
+    online the Hub's list does (a root config.json beside transformer/, no model_index.json: the root's).
+    A UserError where the snapshot lacks that folder's config.json, unless `lacking` (online: fetched)."""
+    from compress.errors import UserError
+    from compress.io import transformer_sub
+
+    listed = set(cached_listing(source, snapshot.name))
+    sub = transformer_sub(lambda name: (snapshot / name).is_file() or name in listed)
+    if sub is None or lacking or (snapshot / sub / "config.json").is_file():
+        return sub
+    files = f"--include '{sub}*'" if sub else "--include '*' --exclude '*/*'"
+    raise UserError(f"the Hugging Face cache's snapshot {snapshot} of '{source}' lacks {sub}config.json, where the "
+                    "cache's file list of its commit places the transformer (transformer/ of a pipeline or of a repo "
+                    "without a config.json of its own, else the root's, as a copy of the repo and the Hub read it): "
+                    f"download it online (hf download {source} {files} --revision {snapshot.name}), or pass a local "
+                    "folder or file")
 
 
 def cached_listing(source: str, commit: str) -> list[str]:

@@ -100,8 +100,9 @@ def test_a_cached_snapshot_is_read_as_its_local_copy_is(tmp_path, monkeypatch, o
 
 def test_a_hub_repo_holding_transformer_alone_beside_a_root_config_the_cache_lacks(tmp_path, monkeypatch):
     """The cache holds transformer/ alone (hf download --include 'transformer/*') of a repo whose
-    root holds a config.json too, no model_index.json: offline the snapshot's files say transformer/
-    (as a copy of it does); online the Hub's list says the root, whose config and weights are fetched."""
+    root holds a config.json too, no model_index.json, and no list of the commit's files (fetched one
+    by one, as hf_hub_download and diffusers do): offline the snapshot's files say transformer/ (as a
+    copy of it does), nothing tells of the root's; online the Hub's list says the root, fetched."""
     root, inner = _both(tmp_path / "repo")
     (tmp_path / "part").mkdir()
     (tmp_path / "repo" / "transformer").rename(tmp_path / "part" / "transformer")
@@ -115,3 +116,43 @@ def test_a_hub_repo_holding_transformer_alone_beside_a_root_config_the_cache_lac
     hub = _Hub(monkeypatch, tmp_path, tmp_path / "repo", CACHED)
     assert _same(load_teacher("acme/both"), root)
     assert ("hf_hub_download", "config.json", CACHED) in hub.asked
+
+
+def test_a_cache_listing_the_whole_repo_reads_it_offline_where_the_hub_does(tmp_path, monkeypatch):
+    """As above, the cache holding transformer/ alone, with the file list of the commit that
+    `hf download acme/both --include 'transformer/*'` (snapshot_download) caches (trees/COMMIT.json):
+    offline (load_teacher, run's check, plan's) the transformer/ model loaded without a word, online
+    the root's; now the list places it at the root both ways, and offline, the root's config.json not
+    in the cache, it is refused in one line naming it and its download; once fetched online, offline
+    reads the root's too."""
+    import json
+
+    from huggingface_hub import constants
+
+    from compress.errors import UserError
+    from compress.io_source import checked
+
+    root, _ = _both(tmp_path / "repo")
+    (tmp_path / "part").mkdir()
+    (tmp_path / "repo" / "transformer").rename(tmp_path / "part" / "transformer")
+    repo = _cached(tmp_path, "acme/both", tmp_path / "part")
+    (tmp_path / "part" / "transformer").rename(tmp_path / "repo" / "transformer")
+    listed = sorted(p.relative_to(tmp_path / "repo").as_posix() for p in (tmp_path / "repo").rglob("*") if p.is_file())
+    (repo / "trees").mkdir()
+    (repo / "trees" / f"{CACHED}.json").write_text(json.dumps({"format_version": 1, "files": {
+        f: {"size": 1, "blob_id": "0" * 40} for f in listed}}))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    refusal = (f"the Hugging Face cache's snapshot {repo / 'snapshots' / CACHED} of 'acme/both' lacks config.json, where "
+               "the cache's file list of its commit places the transformer")
+    for read in (lambda: load_teacher("acme/both"), lambda: checked("acme/both").config,
+                 lambda: checked("acme/both", hub=False).config):
+        with pytest.raises(UserError, match="^" + refusal.replace(".", r"\.")) as e:
+            read()
+        assert str(e.value).endswith(f"(hf download acme/both --include '*' --exclude '*/*' --revision {CACHED}), or "
+                                     "pass a local folder or file"), e.value
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub = _Hub(monkeypatch, tmp_path, tmp_path / "repo", CACHED)
+    assert _same(load_teacher("acme/both"), root)
+    assert ("hf_hub_download", "config.json", CACHED) in hub.asked
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert _same(load_teacher("acme/both"), root)
