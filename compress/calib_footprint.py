@@ -142,13 +142,14 @@ def block_copies(recipe, config=None) -> int:
     return 2 if svd_streams(recipe, config)[1] else 1
 
 
-def footprint(recipe, teacher: str, config, prompts: int, *, toy: bool) -> dict:
+def footprint(recipe, teacher: str, config, prompts: int, *, toy: bool, kind: str | None = None) -> dict:
     """Bytes of calibration activations held at once in the recipe's compute dtype, all of them and
     one batch's (spilled); teacher: its source; prompts: how many a pipeline source reads; toy: whether
     the pipeline a pipeline source samples in (`calibration.pipeline`, else the teacher) is a toy's:
     toy:NAME or a folder a toy pipeline was saved into (pipeline_folder.toy_pipeline, as the caller
-    found it: make_plan's calibration.toy_pipeline, PipelineSource.toy; False for other sources)."""
-    kind, itemsize = source_kind(recipe.calibration, teacher), getattr(torch, recipe.compute_dtype).itemsize
+    found it: make_plan's calibration.toy_pipeline, PipelineSource.toy; False for other sources); kind:
+    the source's (inputs.source_kind of the recipe's calibration and `teacher`) where the caller has it."""
+    kind, itemsize = kind or source_kind(recipe.calibration, teacher), getattr(torch, recipe.compute_dtype).itemsize
     rows = calibration_rows(recipe, kind, config, prompts, toy=toy)
     stream, caption = row_tokens(recipe, kind, config, toy=toy)
     width = config.num_attention_heads * config.attention_head_dim

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -173,6 +174,18 @@ def example_row(family: str, config) -> dict:
     return SyntheticSource(family, None, config, tokens=1, text_tokens=1)._make(1, 0)
 
 
+class Sampling(NamedTuple):
+    """A recipe's calibration source checked against its teacher once (source_sampling), for the checks
+    and the plan that read it: its `kind` (source_kind's); `index`: the model_index.json of the local
+    pipeline folder a pipeline source samples in, as read (pipeline_folder.folder_index; None where
+    there is none: toy:NAME, a Hub id); `toy`: whether that pipeline is a toy's (toy:NAME, or a folder a
+    toy pipeline's save_pretrained wrote, as pipeline_folder.toy_pipeline tells it)."""
+
+    kind: str
+    index: dict | None = None
+    toy: bool = False
+
+
 def source_kind(calib, teacher_source: str) -> str:
     """The calibration source's kind; `auto` is `toy` for toy teachers, else `pipeline`. A toy
     teacher is toy:NAME or a dit-compress output compressed from one (through outputs compressed
@@ -181,6 +194,11 @@ def source_kind(calib, teacher_source: str) -> str:
     (with no calibration.pipeline to sample in) or `toy` is a UserError saying so, at the recipe's
     `teacher:`; so is a pipeline to sample in that is no pipeline folder or a saved toy
     pipeline (pipeline_folder.check_calibration_pipeline)."""
+    return source_sampling(calib, teacher_source).kind
+
+
+def source_sampling(calib, teacher_source: str) -> Sampling:
+    """source_kind's kind, with the model_index.json its check of a pipeline source read (`Sampling`)."""
     from compress.report_teacher import toy_base
 
     toy = toy_base(teacher_source) is not None
@@ -191,11 +209,13 @@ def source_kind(calib, teacher_source: str) -> str:
                         f"(toy:pixart or toy:flux, or an output compressed from one), not {teacher_source}; leave "
                         "it auto (pipeline for a real teacher) or use synthetic")
     kind = calib.source if calib.source != "auto" else "toy" if toy else "pipeline"
-    if kind == "pipeline":
-        from compress.pipeline_folder import check_calibration_pipeline
+    if kind != "pipeline":
+        return Sampling(kind)
+    from compress.pipeline_folder import check_calibration_pipeline, index_toy
 
-        check_calibration_pipeline(calib, teacher_source)
-    return kind
+    index = check_calibration_pipeline(calib, teacher_source)  # a local folder's, read once
+    pipeline = calib.pipeline or teacher_source
+    return Sampling(kind, index, pipeline.startswith("toy:") or index_toy(index) is not None)
 
 
 def noise_levels(calib, kind: str) -> tuple[int, str]:

@@ -11,13 +11,17 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compress.errors import UserError
 from compress.recipe_teacher_config import config_named
 from compress.recipe_where import recipe_where, teacher_given, teacher_where
+
+if TYPE_CHECKING:
+    from compress.inputs import Sampling
 
 # hub ids whose transformer config ships with dit-compress (compress/configs/): planned offline
 KNOWN_CONFIGS = {
@@ -208,13 +212,15 @@ class TeacherSource:
     """A teacher source checked once (`kind`: check_source's), its config read once, on first use,
     without its weights: what plan and the checks pass along instead of checking the source and
     reading its config again. config_arg: --teacher-config; where: the start of an error about it
-    (teacher_where); hub: a Hub id's transformer/config.json may be fetched."""
+    (teacher_where); hub: a Hub id's transformer/config.json may be fetched; sampling: the recipe's
+    calibration source checked against it (inputs.Sampling), where checked_sources made it."""
 
     source: str
     kind: str
     config_arg: str | None = None
     where: str = ""
     hub: bool = True
+    sampling: Sampling | None = field(default=None, compare=False, repr=False)
 
     @functools.cached_property
     def config(self) -> dict:
@@ -352,7 +358,9 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
     (from its config; with `hub`, a Hub id's is fetched, never its weights); and the prompt file
     the recipe names is there; with `sampled` (plan, run, importance: they sample in the pipeline
     the recipe names), a local pipeline a pipeline source samples in is a pipeline folder
-    (check_sampled_pipeline). Errors name the recipe's file:line where it gave the value."""
+    (check_sampled_pipeline). Errors name the recipe's file:line where it gave the value. The
+    calibration source is checked once (inputs.source_sampling), kept as the source's `sampling` for make_plan."""
+    from compress.inputs import source_sampling
     from compress.io_source_calib import check_prompt_file, warn_unused_calibration
 
     source = teacher or recipe.teacher
@@ -363,24 +371,25 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
                         f"teacher {source}{teacher_given(recipe, teacher)} is a {found[1]} ({found[0]}); set model: "
                         f"{found[0]} or give a {recipe.model} teacher")
+    src.sampling = source_sampling(recipe.calibration, source)  # a pipeline folder's model_index.json read once
     if sampled:
-        check_sampled_pipeline(recipe, source, teacher_given(recipe, teacher))
-    check_prompt_file(recipe, source)
-    warn_unused_calibration(recipe, source)
+        check_sampled_pipeline(recipe, source, src.sampling, teacher_given(recipe, teacher))
+    check_prompt_file(recipe, src.sampling.kind)
+    warn_unused_calibration(recipe, src.sampling.kind)
     return src
 
 
-def check_sampled_pipeline(recipe, source: str, given: str = "") -> None:
+def check_sampled_pipeline(recipe, source: str, sampled: Sampling, given: str = "") -> None:
     """Where the recipe's calibration samples in a pipeline (source pipeline, or auto for a teacher
     that is no toy's), a local one (calibration.pipeline, else the teacher `source`) is a pipeline
     folder: plan refuses a transformer folder or a single file in the line run's pipeline source
-    does (pipeline_folder.check_pipeline_source), before any weights load. `given`: teacher_given's
-    words for the teacher."""
-    from compress.inputs import pipeline_at, source_kind
-    from compress.pipeline_folder import check_pipeline_source, toy_pipeline
+    does (pipeline_folder.check_pipeline_source), before any weights load. `sampled`: the recipe's
+    calibration source checked (inputs.Sampling); `given`: teacher_given's words for the teacher."""
+    from compress.inputs import pipeline_at
+    from compress.pipeline_folder import check_pipeline_source
 
     calib = recipe.calibration
     pipeline = calib.pipeline or source
-    if source_kind(calib, source) == "pipeline" and not toy_pipeline(pipeline):  # a saved toy's too
+    if sampled.kind == "pipeline" and not sampled.toy:  # a saved toy's too
         check_pipeline_source(pipeline, calib.pipeline is None, recipe.model, pipeline_at(calib, pipeline),
                               calib.source == "auto", given)

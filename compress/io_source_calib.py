@@ -26,24 +26,23 @@ def unused_calibration(calib, kind: str) -> list[tuple[str, str]]:
     return []
 
 
-def warn_unused_calibration(recipe, source: str) -> None:
-    """A warning per calibration key that does nothing here (unused_calibration), at its line."""
-    from compress.inputs import source_kind
+def warn_unused_calibration(recipe, kind: str) -> None:
+    """A warning per calibration key that does nothing for a source of `kind` (inputs.source_kind's of
+    the recipe's calibration and teacher: unused_calibration), at its line."""
     from compress.report import warn
 
     calib = recipe.calibration
-    for key, why in unused_calibration(calib, source_kind(calib, source)):
+    for key, why in unused_calibration(calib, kind):
         where = recipe_where(recipe, f"calibration.{key}", getattr(calib, key))
         warn(f"{where}: calibration.{key}: {why}")
 
 
-def check_prompt_file(recipe, source: str) -> None:
+def check_prompt_file(recipe, kind: str) -> None:
     """A pipeline calibration's `prompt_file` is a file (taken from the recipe's folder); the
-    message names its line, the path looked for and that rule."""
-    from compress.inputs import source_kind
-
+    message names its line, the path looked for and that rule. kind: inputs.source_kind's of the
+    recipe's calibration and teacher."""
     name = recipe.calibration.prompt_file
-    if not name or source_kind(recipe.calibration, source) != "pipeline":
+    if not name or kind != "pipeline":
         return
     path = Path(name).expanduser()
     looked = Path(os.path.abspath(Path(recipe.path).parent / path))

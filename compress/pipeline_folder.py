@@ -160,7 +160,7 @@ def _toy_problem(toy: str, family: str | None) -> str | None:
     return f"it is a saved {toy} pipeline (its model_index.json), and the recipe's model is {family}"
 
 
-def check_calibration_pipeline(calib, teacher_source: str) -> None:
+def check_calibration_pipeline(calib, teacher_source: str) -> dict | None:
     """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
     plan as by run before any weights load (inputs.source_kind): a local calibration.pipeline there
     (check_pipeline_there); where it holds a model_index.json, that fitting its class and folders
@@ -170,17 +170,20 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
     cache holds it: pipeline_cache.cached_index). Errors name the recipe's line. (A folder without
     model_index.json is refused by check_pipeline_source, which plan and run call as they check the
     recipe's sources (io_source.check_sampled_pipeline) and the pipeline source as it is made;
-    source_kind's other callers take it as a transformer folder.)"""
+    source_kind's other callers take it as a transformer folder.) Returns the local folder's
+    model_index.json as read (folder_index; None where there is none), which the callers read after
+    (inputs.Sampling)."""
     from compress.inputs import pipeline_at
 
     pipeline = calib.pipeline or teacher_source
     if pipeline.startswith("toy:"):
-        return
+        return None
     where = pipeline_at(calib, teacher_source)
     if calib.pipeline:
         check_pipeline_there(calib, where)
     what = f"{where}cannot load calibration pipeline '{pipeline}': "
-    index, snapshot = folder_index(pipeline, what), None  # read once
+    index = local = folder_index(pipeline, what)  # read once
+    snapshot = None
     if index is None:  # no local pipeline folder: a Hub id read from the cache offline is checked as one
         from compress.pipeline_cache import cached_index
         from compress.pipeline_snapshot import cached_problem
@@ -188,7 +191,7 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
         if problem := cached_problem(pipeline, what):
             raise UserError(f"{what}{problem}")
         if not calib.pipeline or (found := cached_index(pipeline)) is None:
-            return  # not cached (or no Hub id): nothing to read without asking the Hub; its load says
+            return None  # not cached (or no Hub id): nothing to read without asking the Hub; its load says
         snapshot, index = found
     elif (toy := index_toy(index)) is not None:  # a saved toy pipeline: the toy's, its scheduler saved
         if problem := (_toy_problem(toy, getattr(calib.__dict__.get("_recipe"), "model", None))
@@ -201,6 +204,7 @@ def check_calibration_pipeline(calib, teacher_source: str) -> None:
             index, recipe.model, teacher_source, folder=snapshot or pipeline)):
         cached = f"the Hugging Face cache's snapshot {snapshot} of it: " if snapshot is not None else ""
         raise UserError(f"{what}{cached}{problem}")
+    return local
 
 
 def family_problem(index: dict, family: str, teacher: str, cls: str | None = None,

@@ -17,7 +17,7 @@ import torch
 
 from compress.arch import get_adapter
 from compress.calib_footprint import backward_bytes, footprint, skip_scan_bytes
-from compress.inputs import source_kind
+from compress.inputs import Sampling, source_sampling
 from compress.calib_pipeline import check_size
 from compress.calib_prompts import read_prompts
 from compress.errors import UserError
@@ -26,7 +26,6 @@ from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, 
                                  distill_student, ranged_keys, removal_shares, retargeted, smallest_blocks, spare_bound)
 from compress.plan_memory import beyond_memory, device_memory, peak_memory, svd_statistics
 from compress.plan_words import bounded_keys, where_words
-from compress.pipeline_folder import toy_pipeline
 from compress.io_export import warn_if_export_wider
 from compress.io_headers import check_teacher_weights
 from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked, checked_sources
@@ -96,7 +95,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     if recipe.device.startswith("cuda") and not torch.cuda.is_available():
         note(f"{recipe.path}: device {recipe.device}, but torch sees no CUDA "
              "GPU here: this plan holds, its run needs a machine with one")
-    inputs, toy, calib = _calibration(recipe, source, model)
+    sampled = src.sampling or source_sampling(recipe.calibration, source)  # checked_sources': one read of a folder's
+    inputs, toy, calib = _calibration(recipe, source, model, sampled)  # model_index.json a plan passes down
     walk = PassWalk(recipe, model, adapter, calib)
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs, recipe.calibration):  # then applied
         walk.add(p, spec)
@@ -126,7 +126,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     calib["drawn"] = draws(passes, steps)
     calib["source"] = inputs  # how they are drawn: a pipeline source samples the pipeline (minutes)
     calib["toy_pipeline"] = toy
-    plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"], passes)
+    plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"], passes, sampled.index)
     _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
     return plan
 
@@ -148,18 +148,19 @@ def _teacher(recipe, teacher: str | None, teacher_config: str | None, sources: T
     return src, model, adapter
 
 
-def _calibration(recipe, source: str, model) -> tuple[str, bool, dict]:
+def _calibration(recipe, source: str, model, sampled: Sampling) -> tuple[str, bool, dict]:
     """(the calibration inputs' kind: inputs.source_kind; whether a pipeline source samples in a toy's
-    pipeline; their footprint, of the teacher's config) of the recipe and teacher `source`, a toy
-    pipeline given calibration.height / width refused as the run's PipelineSource refuses it."""
-    inputs = source_kind(recipe.calibration, source)
+    pipeline; their footprint, of the teacher's config) of the recipe and teacher `source` (`sampled`:
+    its calibration source, checked), a toy pipeline given calibration.height / width refused as the
+    run's PipelineSource refuses it."""
+    inputs = sampled.kind
     pipeline = inputs == "pipeline"
     prompts = len(read_prompts(recipe.calibration, Path(recipe.path).parent)) if pipeline else 0
     # a toy's pipeline (toy:NAME, or one a toy saved) samples in seconds, as calib_footprint tells it
-    toy = pipeline and toy_pipeline(recipe.calibration.pipeline or source) is not None
+    toy = pipeline and sampled.toy
     if pipeline:  # as the run's PipelineSource refuses it
         check_size(recipe.calibration, toy)
-    return inputs, toy, footprint(recipe, source, model.config, prompts, toy=toy)
+    return inputs, toy, footprint(recipe, source, model.config, prompts, toy=toy, kind=inputs)
 
 
 class PassWalk:

@@ -43,7 +43,7 @@ PROCESS_BYTES = 500 * 2**20
 WEIGHTS = "teacher and student weights"  # a resident run's, whose fix is run's advice (resident_advice)
 
 
-def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list) -> dict:
+def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list, index: dict | None) -> dict:
     """{"bytes": the run's estimated peak, "parts": [{"what", "bytes", "keys", "fix"}] of it,
     "while": None, or "distill trains" when that is the peak, "other": the smaller of the two
     phases' {"bytes", "parts", "while"} (None without distill), "beside": what is not counted, or
@@ -52,7 +52,9 @@ def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list)
     `make_plan` plan (calibration, backward, stream, passes); calibrates: some pass needs calibration
     (its activations counted); drawn: the run draws calibration inputs at all (plan.draws: a distill on
     teacher samples too), which a pipeline source samples with its text encoders and VAE beside the teacher;
-    passes: the recipe's built passes (whether a teacher too big to hold resident streams with them).
+    passes: the recipe's built passes (whether a teacher too big to hold resident streams with them);
+    index: the model_index.json of the local pipeline folder a pipeline source samples in, as make_plan read
+    it (inputs.Sampling; None where there is none).
     Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher_budget.settle_auto), and takes
     the svd passes' statistics' taps (svd_statistics') out of them as it reads them."""
     held = [_weights(recipe, plan, passes)]
@@ -60,7 +62,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list)
     taps = {i: s["statistics"].pop("taps") for i, s in enumerate(plan["passes"]) if "taps" in s.get("statistics", {})}
     held += [_activations(recipe, plan)] if calibrates else []
     resident = sum(p["bytes"] for p in held)  # as an svd pass's walk and Fisher sweeps start (fisher_memory_gb: auto)
-    pipeline = _pipeline(recipe, plan) if drawn else None  # sampled: text encoders and VAE beside the teacher
+    pipeline = _pipeline(recipe, plan, index) if drawn else None  # sampled: text encoders and VAE beside the teacher
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:  # sized at what is free once the weights and activations are there
             step["fisher"] = settle_auto(on_device(step["fisher"], recipe.device), resident)
@@ -234,19 +236,20 @@ def _distill(recipe, plan: dict) -> list[dict] | None:
 
 
 # ---- the pipeline's other components ----------------------------------------------------------------
-def _pipeline(recipe, plan: dict) -> dict | None:
+def _pipeline(recipe, plan: dict, index: dict | None) -> dict | None:
     """A pipeline source's components but the transformer (text encoders, VAE): calib_pipeline moves
     them to the teacher's device in the compute dtype while calibration samples. Counted from their
     safetensors headers in a local pipeline folder: {"bytes", "part"}; else {"bytes": 0, "note"}
     (a Hub id: their configs are not here); a toy's pipeline (make_plan's calibration.toy_pipeline: toy:NAME,
-    or a folder its save_pretrained wrote) its own text encoder and VAE, counted. None for other sources."""
+    or a folder its save_pretrained wrote) its own text encoder and VAE, counted. None for other sources.
+    index: the local pipeline folder's model_index.json, as read (peak_memory's)."""
     calib = plan["calibration"]
     if calib["source"] != "pipeline":  # make_plan's source_kind of the recipe's calibration and teacher
         return None
     from compress.toy.weights import toy_component_params
 
     where = recipe.calibration.pipeline or plan["teacher"]
-    params = toy_component_params() if calib["toy_pipeline"] else component_params(where)
+    params = toy_component_params() if calib["toy_pipeline"] else component_params(where, index)
     if params is None:
         return {"bytes": 0, "note": f"the pipeline's text encoders and VAE ({where}) come on top while "
                                     "calibration samples, not counted"}
@@ -255,19 +258,17 @@ def _pipeline(recipe, plan: dict) -> dict | None:
                                          ["calibration.pipeline" if recipe.calibration.pipeline else "teacher"])}
 
 
-def component_params(source: str) -> int | None:
-    """Parameters of a local pipeline folder's components but the transformer, from their
-    safetensors headers (a variant's, model.fp16.safetensors, only where there is no plain one);
-    None where not a local pipeline folder or a component has no safetensors. (A toy's pipeline is
-    counted by toy_component_params: a folder its save_pretrained wrote holds neither its text
-    encoder nor its VAE.)"""
+def component_params(source: str, index: dict | None) -> int | None:
+    """Parameters of a local pipeline folder's components but the transformer (those its
+    model_index.json, read: `index`, lists), from their safetensors headers (a variant's,
+    model.fp16.safetensors, only where there is no plain one); None where not a local pipeline
+    folder (no `index`) or a component has no safetensors. (A toy's pipeline is counted by
+    toy_component_params: a folder its save_pretrained wrote holds neither its text encoder nor its VAE.)"""
     from compress.runner_memory import checkpoint_numel
 
-    folder = Path(source).expanduser()
-    try:
-        index = json.loads((folder / "model_index.json").read_text())
-    except (OSError, ValueError):
+    if index is None:
         return None
+    folder = Path(source).expanduser()
     total = 0
     for name, value in index.items():
         if name == "transformer" or not isinstance(value, list) or None in value or not (folder / name).is_dir():

@@ -75,8 +75,8 @@ def test_the_pipeline_components_are_said_or_counted_where_their_weights_are_her
     (folder / "model_index.json").write_text(__import__("json").dumps(index))
     (folder / "scheduler").mkdir()  # every part the index lists is there (pipeline_folder checks it)
     (folder / "scheduler" / "scheduler_config.json").write_text("{}")
-    assert component_params(str(folder)) == 4500  # not the transformer's
-    assert component_params(str(tmp_path)) is None  # not a pipeline folder
+    assert component_params(str(folder), index) == 4500  # not the transformer's
+    assert component_params(str(tmp_path), None) is None  # not a pipeline folder (no model_index.json)
     # the largest of what a step holds for a while: no sequential probe, no Fisher's backward here
     plan = _plan(monkeypatch, "flux-dev-stream.yaml", sequential=False, pipeline=str(folder))
     memory = plan["memory"]  # less than the svd statistics and factorizing at a block: beside them

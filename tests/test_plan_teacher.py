@@ -102,3 +102,24 @@ def test_plan_refuses_to_stream_a_single_file_or_an_output_as_run_does(tmp_path)
     ok = parse_recipe(f"model: pixart\nteacher: {tmp_path / 't'}\nstream: true\ncalibration: {{source: synthetic}}\n"
                       "passes: [{svd: {targets: [mlp], ratio: 0.5, fisher: block}}]\n", "r.yaml")
     assert make_plan(ok)["stream"]
+
+
+def test_plan_reads_its_pipelines_model_index_once(tmp_path, monkeypatch):
+    """make_plan of a recipe sampling in a local pipeline folder read its model_index.json 7 times (its
+    calibration source checked by checked_sources, check_sampled_pipeline and warn_unused_calibration, then
+    by the plan's calibration and footprint; whether it is a toy's twice; its parts counted once): it is read
+    once, as the sources are checked, and passed down (inputs.Sampling); the parts are counted from it."""
+    from pathlib import Path
+
+    from tests.pipelines import RECIPE, pixart_pipeline
+
+    pipe = pixart_pipeline(tmp_path / "pipe")
+    text = RECIPE.replace("{teacher}", str(pipe)).replace("{family}", "pixart").replace("{size}", "")
+    recipe = parse_recipe(text.format(stream="false"), str(tmp_path / "r.yaml"))
+    reads, read_text = [], Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda p, *a, **k: (reads.append(p) if p.name == "model_index.json"
+                                                                else None) or read_text(p, *a, **k))
+    plan = make_plan(recipe)
+    assert reads == [pipe / "model_index.json"]
+    parts = {p["what"]: p["bytes"] for p in plan["memory"]["steps_smaller"]}  # held while sampling only
+    assert parts["the pipeline's text encoders and VAE while calibration samples"] > 0

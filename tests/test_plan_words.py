@@ -86,6 +86,7 @@ def test_a_distill_on_teacher_samples_counts_the_pipeline_it_samples(tmp_path, m
     Hub pipeline's note that they are not counted was missing. One rule: plan.draws."""
     import compress.plan_memory as plan_memory
     from compress.plan import make_plan
+    from compress.pipeline_folder import folder_index
     from compress.plan_memory import memory_words
     from compress.recipe import parse_recipe
     from tests.pipelines import pixart_pipeline
@@ -105,10 +106,10 @@ def test_a_distill_on_teacher_samples_counts_the_pipeline_it_samples(tmp_path, m
     memory = plan["memory"]
     assert (plan["calibration"]["used"], plan["calibration"]["drawn"]) == (False, True)
     before = {p["what"]: p["bytes"] for p in memory["other"]["parts"]}  # before distill trains: sampling
-    assert before[what] == plan_memory.component_params(str(folder)) * 4 > 0  # float32
+    assert before[what] == plan_memory.component_params(str(folder), folder_index(str(folder))) * 4 > 0  # float32
     assert "before distill: about " in memory_words(memory) and what in memory_words(memory)
     assert what not in memory_words(planned("remove_blocks: {blocks: {blocks: [0]}}")["memory"])  # draws none
-    monkeypatch.setattr(plan_memory, "component_params", lambda source: None)  # a Hub id: not here to count
+    monkeypatch.setattr(plan_memory, "component_params", lambda source, index: None)  # a Hub id: not here to count
     assert memory_words(planned()["memory"]).endswith(
         f"; the pipeline's text encoders and VAE ({folder}) come on top while calibration samples, not counted")
 

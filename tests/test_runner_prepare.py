@@ -104,7 +104,7 @@ def test_a_distill_on_teacher_samples_is_warned_of_the_pipeline_it_samples(tmp_p
     from tests.pipelines import pixart_pipeline
 
     folder = pixart_pipeline(tmp_path / "pipe")
-    monkeypatch.setattr(plan_memory, "component_params", lambda source: 10**10)  # as big as T5-XXL and more
+    monkeypatch.setattr(plan_memory, "component_params", lambda source, index: 10**10)  # as big as T5-XXL and more
     monkeypatch.setattr(plan, "device_memory", lambda device: (2**20, "this machine"))  # every peak is beyond
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: pixart\nteacher: {folder}\ndevice: cpu\ncalibration: {{source: pipeline, prompts: "
