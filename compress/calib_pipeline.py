@@ -151,12 +151,13 @@ def inputs_cache_name(source: str, weights: str, parts: dict | None = None) -> s
     return h.hexdigest()[:16]
 
 
-def run_label(what: str, read_back: int, calls: int) -> str:
-    """The progress label of `calls` sampling calls, `read_back` of them cached before: 'held-out prompts
-    (read back)' where all are, 'sample held-out prompts (1 of 2 calls read back)' where some are."""
-    if calls and read_back == calls:
+def run_label(what: str, read_back: int, prompts: int) -> str:
+    """The progress label of sampling `prompts` prompts, `read_back` of them cached before: 'held-out
+    prompts (read back)' where all are, 'sample calibration prompts (480 read back)' where some are (the
+    bar counts prompts too: '480/1600'; at most 43 characters, whole at 80 columns for 4-digit counts)."""
+    if prompts and read_back == prompts:
         return f"{what} prompts (read back)"
-    return f"sample {what} prompts" + (f" ({read_back} of {calls} calls read back)" if read_back else "")
+    return f"sample {what} prompts" + (f" ({read_back} read back)" if read_back else "")
 
 
 class PipelineSource:
@@ -212,8 +213,9 @@ class PipelineSource:
         if not all(p is not None and p.is_file() for p in kept):
             self._loaded()  # before the bar: a Hub's waits are not sampling time
         with progress_bar(True) as bar:
-            task = bar.add_task(run_label(what, sum(p is not None and p.is_file() for p in kept), len(kept)),
-                                total=len(prompts))
+            read_back = sum(len(prompts[s:s + c.prompts_per_call]) for s, p in zip(starts, kept)
+                            if p is not None and p.is_file())
+            task = bar.add_task(run_label(what, read_back, len(prompts)), total=len(prompts))
             for start in starts:
                 chunk = prompts[start:start + c.prompts_per_call]
                 records += self._call(chunk, seed + start)

@@ -26,6 +26,7 @@ from compress.runner_lock import hold_output
 from compress.io_single import (check_flux_blocks, checked_family, config_file, empty_model, key_converter,
                                 transformer_prefix)
 from compress.io_tensors import read_state_dict, unreadable
+from compress.progress import NAMED_LABEL_MOST, shortened
 from compress.progress import bar as progress_bar
 
 SHARD_BYTES = 2 * 2**30  # tensors per shard before it is written (one shard is held at a time)
@@ -72,7 +73,8 @@ def _convert(path: Path, out: Path, config: str | None, shard_bytes: int) -> dic
         # the output's lock, as a run's: a run's start clears temp folders beside an output no one holds
         with hold_output(out), atomic_folder(out) as tmp, progress_bar(True) as bar:
             model.save_config(tmp)
-            task = bar.add_task(f"convert {path.name}", total=len(names))
+            label = f"convert {shortened(path.name, NAMED_LABEL_MOST - len('convert '))}"  # whole at 80 columns
+            task = bar.add_task(label, total=len(names))
             written = _write_shards(tmp, path, names, lambda n: get(prefix + n), convert_key, expected, shard_bytes,
                                     lambda: bar.advance(task))
     return {"class": type(model).__name__, **written}

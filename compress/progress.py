@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from pathlib import Path
 
 from rich.measure import Measurement
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
@@ -17,6 +18,9 @@ from rich.text import Text
 LOG_EVERY_S = 300.0  # the longest silence between two lines off a terminal, while a task is unfinished
 WORDS = "words"  # a task's field of a few words shown after its bar and in its lines (distill's loss terms)
 BAR_AT_LEAST = 4  # the bar's narrowest, on a narrow terminal, before its label is cut short ('…')
+# a label of a name the user gave (convert's file): with the bar at BAR_AT_LEAST, a count of up to five
+# digits and both times, whole at 80 columns (shortened)
+NAMED_LABEL_MOST = 40
 
 
 class LoggedProgress(Progress):
@@ -204,3 +208,13 @@ def no_library_bars(text_encoders: bool = False):
         for library, was in zip(libraries, shown):
             if was:
                 library.enable_progress_bar()
+
+
+def shortened(name: str, most: int) -> str:
+    """`name` in at most `most` characters: a longer one keeps its start and its end (a file's extension
+    and the 6 characters before it), '…' between ('flux1-dev-fp8…merged.safetensors'); rich would cut
+    its end, the extension first."""
+    if len(name) <= most:
+        return name
+    tail = min(len(Path(name).suffix) + 6, most - 9)  # the start: at least 8 characters
+    return name[:most - 1 - tail] + "…" + name[len(name) - tail:]

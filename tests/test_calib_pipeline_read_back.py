@@ -16,8 +16,22 @@ def test_run_label_tells_sampled_from_read_back():
 
     assert run_label("held-out", 0, 2) == "sample held-out prompts"
     assert run_label("held-out", 2, 2) == "held-out prompts (read back)"
-    assert run_label("calibration", 1, 3) == "sample calibration prompts (1 of 3 calls read back)"
+    assert run_label("calibration", 1, 3) == "sample calibration prompts (1 read back)"
     assert run_label("calibration", 0, 0) == "sample calibration prompts"
+
+
+def test_a_sampling_bar_read_back_in_part_is_whole_at_80_columns():
+    """'sample calibration prompts (120 of 400 calls read back)' (55 characters, the read-back count in
+    calls beside the bar's in prompts) was cut at 80 columns: '(120 of 400 calls … ━━━  480/1600'. Now
+    the read-back count is in prompts, as the bar's, and the label whole up to 4-digit counts."""
+    from compress.calib_pipeline import run_label
+    from tests.test_progress import _drawn
+
+    for read_back, prompts in [(480, 1600), (1200, 9999), (9, 10)]:
+        label = run_label("calibration", read_back, prompts)
+        line = _drawn(label, prompts, read_back)
+        assert line.startswith(label + " ") and line.endswith(f" {read_back}/{prompts} 0:00:00 -:--:--"), line
+        assert len(line) <= 80 and "…" not in line, line
 
 
 def test_held_out_records_read_back_say_so_in_their_progress_lines(tmp_path, capsys):
@@ -42,5 +56,5 @@ def test_held_out_records_read_back_say_so_in_their_progress_lines(tmp_path, cap
     assert heldout_lines() == ["held-out prompts (read back) 1/2", "held-out prompts (read back) 2/2"]
     assert {p: p.stat().st_mtime_ns for p in files} == written  # read, not written again
     files[0].unlink()
-    assert heldout_lines() == ["sample held-out prompts (1 of 2 calls read back) 1/2",
-                               "sample held-out prompts (1 of 2 calls read back) 2/2"]
+    assert heldout_lines() == ["sample held-out prompts (1 read back) 1/2",
+                               "sample held-out prompts (1 read back) 2/2"]

@@ -238,6 +238,28 @@ def test_convert_shows_a_bar_of_the_tensors_on_a_terminal(tmp_path, monkeypatch)
     assert "convert f.safetensors" in shown.getvalue() and f"{n}/{n}" in shown.getvalue()
 
 
+def test_convert_of_a_long_file_name_shows_its_bar_whole_at_80_columns(tmp_path, monkeypatch):
+    """'convert NAME' took the file's name whole: a long one (58 characters here) cut the label at its
+    end, the extension first. Now the name is shortened in its middle to a label of at most 40
+    characters (progress.shortened), whole at 80 columns with the count and times."""
+    import io
+
+    from rich.console import Console
+
+    from tests.test_progress import _drawn
+
+    _flux_file(tmp_path)
+    name = "flux1-dev-fp8-e4m3fn-with-its-text-encoders-merged.safetensors"
+    (tmp_path / "f.safetensors").rename(tmp_path / name)
+    shown = io.StringIO()
+    monkeypatch.setattr("compress.report.console", Console(file=shown, force_terminal=True, width=80))
+    convert_file(tmp_path / name, tmp_path / "out")
+    label = "convert flux1-dev-fp8…merged.safetensors"
+    assert label in shown.getvalue(), shown.getvalue()
+    line = _drawn(label, 1442, 700)  # Flux.1-dev's tensors
+    assert line.startswith(label + " ") and line.endswith(" 700/1442 0:00:00 -:--:--") and len(line) <= 80, line
+
+
 def test_a_folder_holding_a_single_file_names_it(tmp_path, monkeypatch, capsys):
     """`convert FOLDER` said a folder is what stream reads, and streaming it said it held no diffusers
     weights: the user went round in circles with the README's layout (the file, config.json beside)."""

@@ -177,3 +177,12 @@ def test_at_80_columns_a_bar_shows_its_count_and_times_whole():
     assert line.endswith(" 40/5000 0:00:00 -:--:-- loss 0.1234 out 0.1201 feat 0.0033"), line
     wide = _drawn("calibrate: capture again, through the compressed top-level layers", 64, 4, width=160)
     assert "top-level layers ━" in wide and sum(c in "━╸╺" for c in wide) == 40  # the bar as it was, with room
+
+
+def test_a_long_name_is_shortened_in_its_middle_keeping_its_extension():
+    from compress.progress import shortened
+
+    assert shortened("flux1-dev.safetensors", 32) == "flux1-dev.safetensors"
+    assert shortened("pixart_sigma_xl_2_1024_ms_finetuned_v3.safetensors", 32) == "pixart_sigma_…ned_v3.safetensors"
+    assert shortened("a" * 50, 32) == "a" * 25 + "…" + "a" * 6
+    assert all(len(shortened(n * "x" + ".pth", 32)) <= 32 for n in range(60))
