@@ -69,8 +69,7 @@ def hub_config_file(repo_id: str) -> tuple[Path, str]:
     root, as fine-tunes are shared), as a local copy of the repo has it (io.transformer_place; the
     Hub's file list says which files it holds: io_hub_requests.placed). A few KB. From the cache
     offline or without network (hub_config), or where the list failed (said); placed's failure raised, as the load's."""
-    cfg, sub, _, _ = hub_placed(repo_id)  # what hub_folder reads: run's check reads the config its load does
-    return cfg, sub
+    return hub_placed(repo_id)[:2]  # what hub_folder reads: run's check reads the config its load does
 
 
 def hub_placed(repo_id: str, cached: str = "list") -> tuple[Path, str, str | None, list[str]]:
@@ -91,6 +90,7 @@ def hub_placed(repo_id: str, cached: str = "list") -> tuple[Path, str, str | Non
         if not cached:
             raise hub_error(repo_id, e, "a local folder or file") from None
         why = f"the Hub's file list failed: {cause_line(e)}"
+        cfg, sub = cached_config(repo_id, pin.get("revision")) or (cfg, sub)  # placed as offline: files held, listed
         note_once(f"'{repo_id}' is read from the Hugging Face cache: {cfg} and the weights beside it ({why})")
         return cfg, sub, why, []
     try:
@@ -113,10 +113,10 @@ def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
         return (*found, OFFLINE)
     cause, commit = hub_head(repo_id, (found[1] if found else "") + "config.json")
     if found is not None and cause is not None:
-        why = f"the Hugging Face Hub cannot be reached: {cause}"
+        found, why = cached_config(repo_id), f"the Hugging Face Hub cannot be reached: {cause}"  # lacking: refused
         note_once(f"'{repo_id}' is read from the Hugging Face cache {hub_cache()} ({why}); "
                   "set HF_HUB_OFFLINE=1 to skip the Hub")
-        return (*cached_config(repo_id), why)
+        return (*found, why)
     if found is None and cause is not None:
         raise unfetched(repo_id, cause, uncached(repo_id), "a local folder or file")  # at once, not after ~23 s of retries
     if found is not None and found[0].is_file() and commit is not None and pinned(found[0]) == {"revision": commit}:

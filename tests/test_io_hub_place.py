@@ -17,6 +17,7 @@ from compress import load_teacher
 from compress.io import transformer_place
 from tests.conftest import tiny_pixart
 from tests.test_io_hub_cache import CACHED, _cached, _Hub
+from tests.test_io_hub_unreachable import _unreachable
 
 
 @pytest.fixture(autouse=True)
@@ -123,12 +124,14 @@ def test_a_cache_listing_the_whole_repo_reads_it_offline_where_the_hub_does(tmp_
     `hf download acme/both --include 'transformer/*'` (snapshot_download) caches (trees/COMMIT.json):
     offline (load_teacher, run's check, plan's) the transformer/ model loaded without a word, online
     the root's; now the list places it at the root both ways, and offline, the root's config.json not
-    in the cache, it is refused in one line naming it and its download; once fetched online, offline
-    reads the root's too."""
+    in the cache, it is refused in one line naming it and its download (the Hub unreachable, or lost after its first answer, too);
+    once fetched online, offline reads the root's too."""
     import json
 
+    import huggingface_hub
     from huggingface_hub import constants
 
+    import compress.io_hub_requests as io_hub_requests
     from compress.errors import UserError
     from compress.io_source import checked
 
@@ -151,6 +154,14 @@ def test_a_cache_listing_the_whole_repo_reads_it_offline_where_the_hub_does(tmp_
         assert str(e.value).endswith(f"(hf download acme/both --include '*' --exclude '*/*' --revision {CACHED}), or "
                                      "pass a local folder or file"), e.value
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for answered in (True, False):  # the Hub's first request answered, then none; none answered
+        with monkeypatch.context() as unreachable:
+            _unreachable(unreachable)
+            if not answered:
+                unreachable.setattr(huggingface_hub, "get_hf_file_metadata", huggingface_hub.file_download.get_hf_file_metadata)
+            with pytest.raises(UserError, match="^" + refusal.replace(".", r"\.")):
+                load_teacher("acme/both")
+    monkeypatch.setattr(io_hub_requests, "_LOST", {})  # the Hub back: its list asked again (as by a later process)
     hub = _Hub(monkeypatch, tmp_path, tmp_path / "repo", CACHED)
     assert _same(load_teacher("acme/both"), root)
     assert ("hf_hub_download", "config.json", CACHED) in hub.asked
