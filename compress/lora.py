@@ -56,19 +56,22 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
                teacher_config: str | None = None, *, own_blocks: bool = False, blocks: dict | None = None,
                blocks_of: str | None = None) -> dict:
     """Merge `lora` (a file, a folder or a state dict; see the module docstring) into `student` (from
-    `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come
-    from (a model or a source; default: the base the student's chain of teachers leads to,
+    `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come from
+    (a model or a source; default: the base the student's chain of teachers leads to,
     lora_teacher.lora_base), read only for a DoRA (given for a plain LoRA: a note says so; a local one
-    not there: a UserError whatever the LoRA); `teacher_config`: a single-file teacher's config
-    (as --teacher-config). Returns {"merged": modules, "rank_added": {module: r'} of the low-rank ones,
-    "dropped": base modules of removed blocks, "not_merged": text-encoder modules of the LoRA,
-    "densified": low-rank modules stored dense, their grown rank past break-even, "blocks_of": the
-    base whose blocks the LoRA's were read as (None for a teacher, or a student recording none),
-    "moved": the student's own teacher, not there now, read as the base (LoraBase.moved), where it was
-    noted (lora_teacher.noted_moved: not where `teacher` is given and is no output; else None)};
-    a LoRA none of whose layers the student has is refused. The student's config records the new ranks,
-    so saving it again keeps them. All or nothing: each layer is merged and checked before any is
-    taken, and again as it is taken (twice the merge's compute, never all merged layers held at once).
+    not there: a UserError whatever the LoRA; given for a DoRA while the student's own teacher, whose
+    blocks the LoRA's are read as, is not there now: refused where its block counts are not those the
+    student records of that one, lora_replay_moved.given_numbered_otherwise); `teacher_config`: a
+    single-file teacher's config (as --teacher-config). Returns {"merged": modules, "rank_added":
+    {module: r'} of the low-rank ones, "dropped": base modules of removed blocks, "not_merged":
+    text-encoder modules of the LoRA, "densified": low-rank modules stored dense, their grown rank past
+    break-even, "blocks_of": the base whose blocks the LoRA's were read as (None for a teacher, or a
+    student recording none), "moved": the student's own teacher, not there now, read as the base
+    (LoraBase.moved), where it was noted (lora_teacher.noted_moved: not where `teacher` is given and is
+    no output; else None)}; a LoRA none of whose layers the student has is refused. The student's config
+    records the new ranks, so saving it again keeps them. All or nothing: each layer is merged and
+    checked before any is taken, and again as it is taken (twice the merge's compute, never all merged
+    layers held at once).
     `own_blocks`: the LoRA's block i is the model's own block i, with no block map (lora_replay: a LoRA
     read as the model's own blocks, or recorded before records named the base, read then as the recording
     output's teacher's). `blocks`: as own_blocks, the model's block i taking the LoRA's block
@@ -87,6 +90,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     adapter = get_adapter(student)
     own_blocks = own_blocks or blocks is not None
     base = LoraBase(blocks or {}, blocks_of, None, []) if own_blocks else lora_base(student)  # the chain's base's
+    moved = base.moved  # the LoRA's blocks read as those of the student's teacher, not there now
     base = base._replace(moved=noted_moved(base.moved, teacher))  # said once, where putting it back would help
     if teacher is None:  # the base (its config as recorded) for a DoRA's norms and the base's block counts
         teacher, teacher_config = base.source, teacher_config or base.config
@@ -99,6 +103,11 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
         raise UserError(f"{label(lora)}: {none} in a block the student kept ({where}, or past {whose} last: "
                         f"{sorted(layers)[0]}{more}); merging it would change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
+    if dora and given is not None and moved:  # norms read from the given teacher's blocks, numbered as moved's
+        from compress.lora_replay_moved import given_numbered_otherwise
+
+        if (refused := given_numbered_otherwise(student, given, teacher_config, moved)) is not None:
+            raise refused
     of = {name: name for name in dora}  # the DoRA layer's name in the model its norms are read from
     if dora and own_blocks and given is None:  # norms of the base blocks the student's descend from
         chain_base = lora_base(student)

@@ -1,9 +1,13 @@
 """A LoRA a student read as blocks of a model not there now (its record's blocks_of), replayed on a
 teacher that cannot be shown to be that model (lora_replay): refused where the teacher's blocks may be
 numbered otherwise (an output with blocks removed, or another block count than the student records of
-its teacher), rather than given the LoRA in that model's numbering."""
+its teacher), rather than given the LoRA in that model's numbering. Likewise a DoRA merged while the
+student's teacher is not there now, its norms to be read from a teacher given that may be numbered
+otherwise (given_numbered_otherwise)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from torch import nn
 
@@ -76,9 +80,38 @@ def _numbered_otherwise(teacher: nn.Module, source: str, counts: dict) -> str | 
         if ours is None or ours.block_map:
             return "a dit-compress output with blocks removed along its chain of teachers"
     adapter = get_adapter(teacher)
-    for group, count in adapter.block_counts(teacher).items():
-        want, exact = counts.get(group, (None, False))
-        if want is not None and (count != want if exact else count < want):
-            attr = next(g.attr for g in adapter.groups if g.name == group)
-            return f"it has {count} {attr}, the model's teacher {'' if exact else 'at least '}{want}"
+    return counted_otherwise(adapter, adapter.block_counts(teacher), counts)
+
+
+def counted_otherwise(adapter, have: dict[str, int | None], counts: dict) -> str | None:
+    """'it has N ATTR, the model's teacher [at least ]M' for the first group of `adapter` whose count in
+    `have` ({group: count}; None: not known) is not that of a model of `counts` (took_counts: exact, else
+    at least); None where none is."""
+    for g in adapter.groups:
+        count, (want, exact) = have.get(g.name), counts.get(g.name, (None, False))
+        if count is not None and want is not None and (count != want if exact else count < want):
+            return f"it has {count} {g.attr}, the model's teacher {'' if exact else 'at least '}{want}"
     return None
+
+
+def given_numbered_otherwise(student: nn.Module, given, config: str | None, moved: str) -> UserError | None:
+    """The refusal of a DoRA merged into `student` (merge_lora) while its own teacher `moved` is not there
+    now: the LoRA's blocks are read as moved's, whose map to its base, if it was an output, is not known,
+    and its norms would be read from the teacher `given` (a model or a source) in that numbering, while
+    the given teacher's block counts (read offline: lora._teacher_count; not known: not refused) are not
+    those the student records of `moved` (took_counts), as a replay refuses such a teacher (moved_away);
+    None where they are. `config`: a single-file teacher's (--teacher-config)."""
+    from compress.arch import get_adapter
+    from compress.lora import _teacher_count
+
+    adapter = get_adapter(student)
+    have = {g.name: _teacher_count(student, g, given, config) for g in adapter.groups}
+    numbered = counted_otherwise(adapter, have, took_counts(student))
+    if numbered is None:
+        return None
+    who = f"the teacher given, {given}," if isinstance(given, (str, Path)) else "the teacher given"
+    return UserError(f"a DoRA's norms would be read from {who} in the numbering of the blocks the LoRA's are read as, "
+                     f"those of the model's teacher {moved}, not there now, while the given teacher's blocks may be "
+                     f"numbered otherwise ({numbered}): put {moved} back (where it is a dit-compress output, its chain "
+                     "maps the LoRA's blocks to its base's), or, where it was no output, give its new place with "
+                     "--teacher")

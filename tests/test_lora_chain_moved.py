@@ -94,3 +94,59 @@ def test_a_lora_past_a_moved_teachers_count_in_its_report_names_the_moved_teache
                      rf"model\? Or the teacher {re.escape(str(moved))}, not there now, was itself a dit-compress "
                      r"output: put it back \(the note above\)$", errors[0]), errors[0]
     _said_once(err, moved)
+
+
+@pytest.mark.parametrize("family, counts", [("pixart", "6 transformer_blocks, the model's teacher 4"),
+                                            ("flux", "3 transformer_blocks, the model's teacher 2")])
+def test_a_dora_read_as_a_moved_teachers_blocks_is_refused_a_given_teacher_numbered_otherwise(tmp_path, capsys,
+                                                                                              family, counts):
+    """c (base -> a -> b -> c) takes a DoRA of b's blocks with b moved away, --teacher base: the LoRA's
+    blocks are read as b's (whose chain to the base cannot be followed now) and the norms of b's block j
+    from the base's block j (b's block 3 is base block 5). Before: rc 0 without a word (the given teacher,
+    no output, kept the moved-teacher note back) and c's block 3 to_q 0.18 off the DoRA's (attn2 0.25),
+    which eval then counts as error. Now refused in one line naming both counts, nothing written; the
+    base given as a model likewise. A plain LoRA (no norms read) is merged as before."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+    from tests.test_lora_limits import _save, _state
+    from tests.test_lora_replay_mapped import _dora
+
+    base_model, c = _chain(tmp_path, family)
+    b = load_transformer(tmp_path / "b")
+    dora = _save(_dora(b, ["to_q"]), tmp_path / "b-dora.safetensors")
+    plain = _save(_state(load_transformer(tmp_path / "b"), ["to_q"]), tmp_path / "b-lora.safetensors")
+    (tmp_path / "b").rename(tmp_path / "b-moved")
+    moved, base = (tmp_path / "b").resolve(), str((tmp_path / "base").resolve())
+    capsys.readouterr()
+    assert main(["lora", str(c), str(dora), str(tmp_path / "new"), "--teacher", base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dit-compress: error: a DoRA's norms would be read from the teacher given, {base}, in the "
+                   f"numbering of the blocks the LoRA's are read as, those of the model's teacher {moved}, not there "
+                   f"now, while the given teacher's blocks may be numbered otherwise (it has {counts}): put {moved} "
+                   "back (where it is a dit-compress output, its chain maps the LoRA's blocks to its base's), or, "
+                   "where it was no output, give its new place with --teacher"], err
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match=rf"^a DoRA's norms would be read from the teacher given in the numbering .*"
+                                        rf"\(it has {counts}\)"):
+        merge_lora(load_transformer(c), dora, teacher=base_model)
+    assert main(["lora", str(c), str(plain), str(tmp_path / "new"), "--teacher", base]) == 0
+
+
+def test_a_dora_read_as_a_moved_teachers_blocks_takes_a_given_teacher_numbered_as_it(tmp_path):
+    """The same with --teacher b-copy, the base's blocks b kept saved as no output (4 blocks, as c records
+    b): merged as before, exactly as c takes the same DoRA of the base renumbered with b there (b's block
+    3's norms those of base block 5)."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+    from tests.test_lora_limits import _save
+    from tests.test_lora_replay_mapped import B_OF_BASE, _dora, as_base_lora, b_copy, same
+
+    base, c = _chain(tmp_path, "pixart")
+    weights = _dora(load_transformer(tmp_path / "b"), ["to_q"])
+    dora = _save(weights, tmp_path / "b-dora.safetensors")
+    (tmp_path / "b").rename(tmp_path / "b-moved")
+    assert main(["lora", str(c), str(dora), str(tmp_path / "new"), "--teacher", b_copy(base, tmp_path)]) == 0
+    (tmp_path / "b-moved").rename(tmp_path / "b")
+    expected = load_transformer(c)
+    merge_lora(expected, _save(as_base_lora(weights, B_OF_BASE), tmp_path / "base-dora.safetensors"))
+    assert same(load_transformer(tmp_path / "new"), expected.state_dict())

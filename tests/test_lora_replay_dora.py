@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.test_lora_replay_mapped import B_OF_BASE, _dora, as_base_lora, moved_chain, same
+from tests.test_lora_replay_mapped import B_OF_BASE, _dora, as_base_lora, b_copy, moved_chain, same
 
 peft = pytest.importorskip("peft")
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:.*invalid shape")]
@@ -100,18 +100,18 @@ def test_an_old_dora_record_takes_the_same_norms_on_its_teacher_and_on_a_mapped_
 
 def test_a_flux_dora_read_as_a_moved_teachers_blocks_gives_each_base_block_the_same_weights(tmp_path):
     """Flux's two groups (b = base double blocks 1 2, single blocks 1 2): c took a DoRA of b's blocks
-    with b away (--teacher base); b, a and the base given it agree on every base block's modules. Before,
-    b's double block 0 (base block 1) took base double block 0's norms, and so on."""
+    with b away (--teacher b_copy, numbered as b); b, a and the base given it agree on every base block's
+    modules. Before, b's double block 0 (base block 1) took base double block 0's norms, and so on."""
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
     from tests.test_lora_chain import _chain
     from tests.test_lora_limits import _save
 
-    _, c_folder = _chain(tmp_path, "flux")
+    base, c_folder = _chain(tmp_path, "flux")
     lora = _save(_dora(load_transformer(tmp_path / "b"), ["to_q", "proj_mlp"]), tmp_path / "b-dora.safetensors")
     (tmp_path / "b").rename(tmp_path / "b-moved")
     c = load_transformer(c_folder)
-    merge_lora(c, lora, teacher=str((tmp_path / "base").resolve()))
+    merge_lora(c, lora, teacher=b_copy(base, tmp_path, "flux"))
     (tmp_path / "b-moved").rename(tmp_path / "b")
     assert c.compression_meta["loras"][0]["blocks_of"] == str((tmp_path / "b").resolve())
     assert disagreeing(replays(c, tmp_path, ["b", "a", "base"])) == []

@@ -30,7 +30,8 @@ def as_base_lora(weights: dict, kept: list[int]) -> dict:
 def moved_chain(tmp_path, dora: bool = False):
     """(base, c, b's LoRA file, its weights): c (base -> a -> b -> c) took a LoRA of b's blocks while b was
     moved away (blocks_of b), b back in place since; a2 (base blocks 0 2 3 4 5) is another output of base.
-    `dora`: a DoRA, its norms read from the base at the merge (--teacher base: b is an output)."""
+    `dora`: a DoRA, its norms read at the merge from b_copy, a teacher numbered as b (--teacher base, its
+    6 blocks not b's 4, is refused: lora_replay_moved.given_numbered_otherwise)."""
     from compress.arch import get_adapter
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
@@ -44,10 +45,24 @@ def moved_chain(tmp_path, dora: bool = False):
     lora = _save(weights, tmp_path / "b-lora.safetensors")
     (tmp_path / "b").rename(tmp_path / "b-moved")
     c = load_transformer(c_folder)
-    merge_lora(c, lora, teacher=str((tmp_path / "base").resolve()) if dora else None)
+    merge_lora(c, lora, teacher=b_copy(base, tmp_path) if dora else None)
     (tmp_path / "b-moved").rename(tmp_path / "b")
     assert c.compression_meta["loras"][0]["blocks_of"] == str((tmp_path / "b").resolve())
     return base, c, lora, weights
+
+
+def b_copy(base, tmp_path, family: str = "pixart") -> str:
+    """tmp_path/b-copy: the base's blocks b kept (tests.test_lora_chain.CHAINS), saved as no output: a
+    DoRA's teacher numbered as b, its weights b's (b removes blocks, factorizes none)."""
+    from compress.arch import get_adapter
+    from tests.test_lora_chain import CHAINS
+
+    model, kept = copy.deepcopy(base), CHAINS[family][3]
+    adapter = get_adapter(model)
+    adapter.remove_blocks(model, {g: [i for i in range(n) if i not in kept.get(g, range(n))]
+                                  for g, n in adapter.block_counts(model).items()})
+    model.save_pretrained(tmp_path / "b-copy")
+    return str((tmp_path / "b-copy").resolve())
 
 
 def other_base_copies(tmp_path, output: str) -> None:
