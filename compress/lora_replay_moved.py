@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from compress.errors import UserError
-from compress.lora_teacher import missing
+from compress.lora_teacher import GIVE_TEACHER, missing
 
 
 def took_counts(student: nn.Module) -> dict[str, tuple[int, bool]]:
@@ -114,4 +114,4 @@ def given_numbered_otherwise(student: nn.Module, given, config: str | None, move
                      f"those of the model's teacher {moved}, not there now, while the given teacher's blocks may be "
                      f"numbered otherwise ({numbered}): put {moved} back (where it is a dit-compress output, its chain "
                      "maps the LoRA's blocks to its base's), or, where it was no output, give its new place with "
-                     "--teacher")
+                     f"{GIVE_TEACHER}")

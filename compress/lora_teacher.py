@@ -17,8 +17,9 @@ from torch import nn
 from compress.errors import UserError
 from compress.words import counted
 
+GIVE_TEACHER = "--teacher (dit-compress lora) or teacher= to merge_lora"  # a DoRA's teacher, however merged
 NO_TEACHER = ("merging a DoRA into a compressed model needs its teacher's weights (DoRA's norms), and it records no "
-              "teacher: pass --teacher (dit-compress lora) or teacher= to merge_lora")
+              f"teacher: pass {GIVE_TEACHER}")
 
 
 class CompressedTeacher(UserError):
@@ -32,8 +33,8 @@ def compressed_teacher(who: str, record) -> CompressedTeacher:
     teacher = record.get("teacher") if isinstance(record, dict) else None
     compressed_from = f" (it was compressed from {teacher})" if teacher else ""
     return CompressedTeacher(f"{who} is a dit-compress output, its layers factorized: a DoRA's norms need the "
-                             f"uncompressed teacher the DoRA was trained on{compressed_from}; pass that with --teacher "
-                             "(dit-compress lora) or teacher= to merge_lora")
+                             f"uncompressed teacher the DoRA was trained on{compressed_from}; pass that with "
+                             f"{GIVE_TEACHER}")
 
 
 class LoraBase(NamedTuple):

@@ -124,10 +124,12 @@ def test_a_dora_read_as_a_moved_teachers_blocks_is_refused_a_given_teacher_numbe
                    f"numbering of the blocks the LoRA's are read as, those of the model's teacher {moved}, not there "
                    f"now, while the given teacher's blocks may be numbered otherwise (it has {counts}): put {moved} "
                    "back (where it is a dit-compress output, its chain maps the LoRA's blocks to its base's), or, "
-                   "where it was no output, give its new place with --teacher"], err
+                   "where it was no output, give its new place with --teacher (dit-compress lora) or teacher= to "
+                   "merge_lora"], err
     assert not (tmp_path / "new").exists()
     with pytest.raises(UserError, match=rf"^a DoRA's norms would be read from the teacher given in the numbering .*"
-                                        rf"\(it has {counts}\)"):
+                                        rf"\(it has {counts}\).* give its new place with --teacher \(dit-compress "
+                                        r"lora\) or teacher= to merge_lora$"):
         merge_lora(load_transformer(c), dora, teacher=base_model)
     assert main(["lora", str(c), str(plain), str(tmp_path / "new"), "--teacher", base]) == 0
 
