@@ -65,7 +65,7 @@ def cached_weights(repo_id: str) -> Path | None:
     """The transformer folder of a Hub id's snapshot in the Hugging Face cache (no request) where it
     holds all its safetensors weights; None where it does not (run downloads them, then checks)."""
     from compress.io_errors import broken_weights, missing_shards
-    from compress.io_hub import cached_snapshot
+    from compress.io_hub_cache import cached_snapshot
 
     snapshot = cached_snapshot(repo_id)
     if snapshot is None:

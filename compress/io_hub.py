@@ -1,12 +1,10 @@
 """Hub access for teachers: a Hub id's transformer folder fetched (`hub_folder`: its config first,
 then the weight files of the one variant from_pretrained would read), its config.json alone
 (`hub_config_file`, for checks before any download; `cached_config` from the cache alone), the
-repo's file list, the cache's copy of a repo (`cached_snapshot`, the one rule outputs, LoRAs and
-pipelines use too; `uncached` says what it holds otherwise, `held_otherwise` the same or None where
-it holds nothing of the repo, `moved_main` where refs/main names a commit it has no snapshot of: the
-Hub answered that main moved on), and one-line errors for failed fetches with huggingface_hub's retry
-warnings kept quiet (`quiet_hub`, `hub_error`). io's `load_teacher` loads the folder `hub_folder`
-returns as a local one.
+repo's file list, and one-line errors for failed fetches with huggingface_hub's retry warnings kept
+quiet (`quiet_hub`, `hub_error`). The cache's copy of a repo, and what it holds otherwise in words,
+are io_hub_cache's (one rule for teachers, outputs, LoRAs and pipelines). io's `load_teacher` loads
+the folder `hub_folder` returns as a local one.
 
 The Hugging Face cache answers offline (HF_HUB_OFFLINE) and, for a repo it holds, where one
 request without retries finds the Hub unreachable (`hub_head`, sent once a process for a repo):
@@ -105,6 +103,8 @@ def hub_config(repo_id: str) -> tuple[Path, str, str | None]:
     answered): offline, or the Hub unreachable for a repo the cache holds (noted once). Online, one
     request (hub_head) says both whether the Hub answers and the commit main is at: where the
     cache's main is that commit, its config.json is used as it is, else fetched."""
+    from compress.io_hub_cache import uncached
+
     check_hub_id(repo_id)
     found = cached_config(repo_id, lacking=not offline())  # its file lacking: fetched, else refused
     if offline():
@@ -129,6 +129,8 @@ def fetch_config(repo_id: str) -> tuple[Path, str]:
     hf_hub_download, which falls back to the cache on its own and moves the cache's refs/main to the
     commit its HEAD answered, before its GET: where that fails, the error names both commits and the
     snapshot the cache holds, moved_main)."""
+    from compress.io_hub_cache import main_commit, moved_main
+
     before, errors = main_commit(repo_id), []
     for sub in SUBS:
         try:
@@ -149,6 +151,8 @@ def cached_config(repo_id: str, revision: str | None = None, lacking: bool = Fal
     """(the cached transformer config.json of a Hub repo, its folder in the repo) in its cached_snapshot,
     placed by the files it holds and lists (io_hub_cache_files.cached_place: refused where the snapshot
     lacks it, unless `lacking`); None where it holds and lists no config.json (no request is made)."""
+    from compress.io_hub_cache import cached_snapshot
+
     snapshot = cached_snapshot(repo_id, revision)
     sub = cached_place(repo_id, snapshot, lacking) if snapshot is not None else None
     return None if sub is None else (snapshot / sub / "config.json", sub)
@@ -230,122 +234,13 @@ def check_hub_id(repo_id: str) -> None:
 def not_cached(repo_id: str) -> UserError:
     """The error for a Hub id the cache lacks offline: the cache folder looked in, and what of the
     repo it holds."""
+    from compress.io_hub_cache import cached_snapshot, uncached
+
     held = "a copy of it without transformer/config.json or config.json" if cached_snapshot(repo_id) else \
         uncached(repo_id)
     return UserError(f"cannot fetch '{repo_id}' offline (HF_HUB_OFFLINE), and the Hugging Face cache {hub_cache()} "
                      f"(HF_HUB_CACHE, else HF_HOME/hub) holds {held}: check the id, fetch it once online, or pass "
                      "a local folder or file")
-
-
-# ---- the Hugging Face cache: one rule for teachers, outputs and LoRAs ---------------------------
-LOCAL = "a local one"  # named_snapshots' hint for a teacher: pass a snapshot folder as a local one
-
-
-def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The folder of a Hub repo's copy in the Hugging Face cache, as huggingface_hub finds it offline:
-    the snapshot of the commit refs/<revision> names (default main; a commit names itself); None
-    where the cache holds none, or `repo_id` is no Hub id. A snapshot folder without a file in it is
-    none (hf_hub_download makes SUB/ in the snapshot of the commit a HEAD answered before its GET
-    fails: main moved on and the Hub stopped answering). Nothing is asked of the Hub."""
-    if id_problem(repo_id) is not None:
-        return None
-    repo = cache_folder(repo_id)
-    ref = repo / "refs" / (revision or "main")
-    snapshot = repo / "snapshots" / (ref.read_text().strip() if ref.is_file() else revision or "main")
-    return snapshot if holds_files(snapshot) else None
-
-
-def holds_files(snapshot: Path) -> bool:
-    """Whether the snapshot folder `snapshot` holds a file (a link to a blob that is gone counts:
-    io_hub_snapshots.check_cached names it), not only empty folders."""
-    return snapshot.is_dir() and any(p.is_symlink() or p.is_file() for p in snapshot.rglob("*"))
-
-
-def main_commit(repo_id: str) -> str | None:
-    """The commit the cache's refs/main of the Hub id `repo_id` names; None where it names none."""
-    ref = cache_folder(repo_id) / "refs" / "main" if id_problem(repo_id) is None else None
-    return ref.read_text().strip() if ref is not None and ref.is_file() else None
-
-
-def cache_folder(repo_id: str) -> Path:
-    """Where the Hugging Face cache keeps a model repo (models--ORG--NAME)."""
-    from huggingface_hub.file_download import repo_folder_name
-
-    return Path(hub_cache()) / repo_folder_name(repo_id=repo_id, repo_type="model")
-
-
-def uncached(repo_id: str, before: str | None = None, as_what: str = LOCAL) -> str:
-    """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: 'no copy of
-    it', or what held_otherwise says (`before`: refs/main's commit as the load began, for moved_main;
-    `as_what`: named_snapshots')."""
-    return held_otherwise(repo_id, before, as_what) or "no copy of it"
-
-
-def held_otherwise(repo_id: str, before: str | None = None, as_what: str = LOCAL) -> str | None:
-    """What the cache holds of `repo_id` where cached_snapshot finds nothing, in words: the snapshots
-    of other revisions (`hf download --revision` writes no refs/main), which load as local folders,
-    or the repo spelt in other letters; None where it holds nothing of it. Where refs/main names a
-    commit it holds no snapshot of (the Hub answered a request of hf_hub_download that main is at
-    it: huggingface_hub moves refs/main then, a 404 too), both commits are named (moved_main).
-    `as_what`: named_snapshots'."""
-    repo = cache_folder(repo_id) if id_problem(repo_id) is None else None
-    snapshots = held_snapshots(repo_id)
-    if not snapshots:
-        spelt = other_spelling(repo)
-        return "no copy of it" + spelt if spelt else None
-    return (moved_main(repo_id, before, as_what)
-            or f"no copy of its main revision, only {named_snapshots(repo, snapshots, as_what)}")
-
-
-def held_snapshots(repo_id: str) -> list[Path]:
-    """The cache's snapshot folders of the Hub id `repo_id` that hold files (holds_files), sorted."""
-    repo = cache_folder(repo_id) if id_problem(repo_id) is None else None
-    return sorted(p for p in (repo / "snapshots").glob("*") if holds_files(p)) if repo is not None else []
-
-
-def moved_main(repo_id: str, before: str | None = None, as_what: str = LOCAL) -> str | None:
-    """'no snapshot of main's commit C, which its refs/main names (this load's request to the Hub
-    moved it from B), only the snapshot P (…); offline (HF_HUB_OFFLINE=1) reads refs/main's commit
-    too, as huggingface_hub does' where refs/main names a commit none of the cache's snapshots
-    (held_snapshots) is of and it holds others: huggingface_hub and diffusers read refs/main's commit
-    alone offline, so neither HF_HUB_OFFLINE=1 nor a fall-back to the cache reads an older snapshot in
-    its place (another model); passed as a local folder, one loads, pinned. `before`: refs/main's
-    commit as the load began, where a request of the load moved it; `as_what`: named_snapshots'.
-    None otherwise."""
-    main, snapshots = main_commit(repo_id), held_snapshots(repo_id)
-    if main is None or not snapshots or any(p.name == main for p in snapshots):
-        return None
-    moved = f" (this load's request to the Hub moved it from {before})" if before not in (None, main) else ""
-    return (f"no snapshot of main's commit {main}, which its refs/main names{moved}, only "
-            f"{named_snapshots(cache_folder(repo_id), snapshots, as_what)}; offline (HF_HUB_OFFLINE=1) reads "
-            "refs/main's commit too, as huggingface_hub does")
-
-
-def named_snapshots(repo: Path, snapshots: list[Path], as_what: str = LOCAL) -> str:
-    """'the snapshot P (v1) (pass a snapshot folder as AS_WHAT)': the snapshots of the repo's cache
-    folder `repo` (two named, the refs that name them beside them); `as_what`: where a snapshot
-    folder goes (a teacher's: 'a local one'; a pipeline's: 'calibration.pipeline')."""
-    refs = {f.read_text().strip(): f.relative_to(repo / "refs").as_posix()
-            for f in (repo / "refs").rglob("*") if f.is_file()}
-    named = [f"{p} ({refs[p.name]})" if p.name in refs else str(p) for p in snapshots]
-    return (f"{'the snapshot' if len(named) == 1 else 'the snapshots'} {', '.join(named[:2])}"
-            f"{' …' if len(named) > 2 else ''} (pass a snapshot folder as {as_what})")
-
-
-def other_spelling(repo: Path | None) -> str:
-    """' (it holds ORG/NAME, spelt otherwise: give that id)' where the cache holds the repo folder
-    `repo` in other letter cases (the Hub finds an id in any case, the cache only in the one downloaded)."""
-    other = spelt_otherwise(repo)
-    return "" if other is None else f" (it holds {other}, spelt otherwise: give that id)"
-
-
-def spelt_otherwise(repo: Path | None) -> str | None:
-    """The id (ORG/NAME) of a repo folder the cache holds beside `repo` in other letter cases; None if none."""
-    if repo is None or not repo.parent.is_dir():
-        return None
-    other = next((f.name for f in sorted(repo.parent.iterdir()) if f.name.lower() == repo.name.lower()
-                  and f.name != repo.name and (f / "snapshots").is_dir()), None)
-    return None if other is None else "/".join(other.split("--")[1:])
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ request and then stopped answering diffusers' own (`hub_or_cache`: bounded by
 io_hub_requests.bounded_hub, they time out; the load is made again from the cache). A cache that
 lacks the pipeline, or holds it in part (a part, or a file a part reads: `cache_problem`), is one line
 naming the cache and the hf download that fetches what it lacks; one whose refs/main names a commit
-it has no snapshot of (the Hub answered that main moved on) names both commits (io_hub.uncached's
+it has no snapshot of (the Hub answered that main moved on) names both commits (io_hub_cache.uncached's
 moved_main): its older snapshot is not read in its place, as huggingface_hub and diffusers do not
 read it offline."""
 
@@ -15,8 +15,8 @@ import logging
 from contextlib import contextmanager
 
 from compress.errors import UserError
-from compress.io_hub import (cached_snapshot, hub_cache, id_problem, main_commit, moved_main, note_once, offline,
-                             quiet_hub, uncached)
+from compress.io_hub import hub_cache, id_problem, note_once, offline, quiet_hub
+from compress.io_hub_cache import cached_snapshot, main_commit, moved_main, uncached
 from compress.io_hub_requests import bounded_hub, cause_line, chain, hub_head, stopped_answering, timed_out
 from compress.pipeline_cache import snapshot_lacks
 from compress.pipeline_snapshot import snapshot_slot
@@ -195,7 +195,7 @@ def cache_problem(source: str, snapshot, what: str) -> str | None:
 
 
 def held(source: str, what: str, before: str | None = None) -> str:
-    """io_hub.uncached(source, before), its hint on a snapshot folder naming where a pipeline's goes
+    """io_hub_cache.uncached(source, before), its hint on a snapshot folder naming where a pipeline's goes
     (`what`: 'base pipeline' is load_pipeline's base, else calibration.pipeline: snapshot_slot)."""
     return uncached(source, before, snapshot_slot(what))
 
@@ -203,7 +203,7 @@ def held(source: str, what: str, before: str | None = None) -> str:
 def moved_problem(source: str, what: str) -> str | None:
     """'offline (HF_HUB_OFFLINE), the Hugging Face cache … holds no snapshot of main's commit C, …'
     where the cache's refs/main of the Hub id `source` names a commit it holds no snapshot of and it
-    holds others (io_hub.moved_main), which pipeline_keywords refuses as the pipeline loads: said by
+    holds others (io_hub_cache.moved_main), which pipeline_keywords refuses as the pipeline loads: said by
     pipeline_snapshot.cached_problem for plan and a run before the teacher loads. None otherwise."""
     if moved_main(source) is None:
         return None

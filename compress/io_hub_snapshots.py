@@ -12,7 +12,7 @@ from pathlib import Path
 from compress.errors import UserError
 from compress.io import transformer_place, variant_of, variant_weights
 from compress.io_errors import broken_weights, missing_shards
-from compress.io_hub import cache_folder, cached_snapshot, named_snapshots
+from compress.io_hub_cache import cache_folder, cached_snapshot, named_snapshots
 
 
 def check_cached(repo_id: str, sub: str, folder: Path, why: str) -> None:

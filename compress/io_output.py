@@ -41,7 +41,7 @@ def output_folder(out) -> Path:
 
 def hub_output(source, what: str) -> UserError | None:
     """The error for a Hub id (ORG/NAME, not there as a path) given to `what` (load_transformer, lora),
-    which take a local output folder: where the Hugging Face cache holds it (io_hub.cached_snapshot,
+    which take a local output folder: where the Hugging Face cache holds it (io_hub_cache.cached_snapshot,
     as for a teacher), the folder to pass (its snapshot's, or that it is no output); else what the
     cache holds of it and how to download it. None for a path."""
     if not hub_like(source):
@@ -61,12 +61,13 @@ NO_OUTPUT = "which is no dit-compress output (its config.json has no compression
 
 def cached_output(source: str, what: str) -> Path | None:
     """For a command that reads an output (`what`: inspect, bench, eval) given a Hub id (ORG/NAME, not there
-    as a path): the Hugging Face cache's snapshot of it (io_hub.cached_snapshot, as for a teacher),
+    as a path): the Hugging Face cache's snapshot of it (io_hub_cache.cached_snapshot, as for a teacher),
     where that is a dit-compress output; else a UserError saying what `what` reads and how to
     download it. None for a path."""
     if not hub_like(source):
         return None
-    from compress.io_hub import hub_cache, uncached
+    from compress.io_hub import hub_cache
+    from compress.io_hub_cache import uncached
 
     snapshot, spelt = cached_copy(source)
     if snapshot is None:
@@ -105,7 +106,8 @@ def hub_like(source) -> bool:
 def cached_copy(source: str) -> tuple[Path | None, str]:
     """(the Hugging Face cache's snapshot of the Hub id `source`, or of the same id spelt in other
     letters, the one the cache holds; ' (spelt ORG/NAME)' where it is that one, else '')."""
-    from compress.io_hub import cache_folder, cached_snapshot, id_problem, spelt_otherwise
+    from compress.io_hub import id_problem
+    from compress.io_hub_cache import cache_folder, cached_snapshot, spelt_otherwise
 
     snapshot = cached_snapshot(source)
     other = spelt_otherwise(cache_folder(source)) if snapshot is None and id_problem(source) is None else None
@@ -117,7 +119,7 @@ def cached_copy(source: str) -> tuple[Path | None, str]:
 def cache_holds(source: str) -> str:
     """'; the Hugging Face cache holds …' (other revisions' snapshots, other spellings), '' where it
     holds nothing of `source`."""
-    from compress.io_hub import held_otherwise
+    from compress.io_hub_cache import held_otherwise
 
     held = held_otherwise(source)
     return "" if held is None else f"; the Hugging Face cache holds {held}"

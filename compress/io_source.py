@@ -240,7 +240,8 @@ class TeacherSource:
             return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
         if self.hub:
             return hub_config(self.source)
-        from compress.io_hub import cache_only, cached_config, held_otherwise, hub_cache
+        from compress.io_hub import cache_only, cached_config, hub_cache
+        from compress.io_hub_cache import held_otherwise
 
         if (cached := cached_config(self.source)) is not None:  # downloaded before: no request is made
             return read_config(cached[0])

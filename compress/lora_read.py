@@ -137,7 +137,8 @@ def hub_lora(lora: str) -> Path | None:
     is not known (nothing cached: diffusers guesses it online); offline, that is a UserError."""
     from huggingface_hub import hf_hub_download
 
-    from compress.io_hub import cached_snapshot, held_otherwise, hub_cache, hub_error, offline, quiet_hub
+    from compress.io_hub import hub_cache, hub_error, offline, quiet_hub
+    from compress.io_hub_cache import cached_snapshot, held_otherwise
 
     parts = lora.split("/")
     named = len(parts) > 2 and lora.endswith(".safetensors")
@@ -166,7 +167,7 @@ def cached_lora(repo_id: str) -> str | Path | None:
     """What the Hugging Face cache holds of the Hub LoRA `repo_id`: the name of its one LoRA file (as
     diffusers guesses it: diffusers' own name first; no scheduler, optimizer or checkpoint file), the
     cached snapshot folder of a peft adapter, or None (not cached). Several files: a UserError."""
-    from compress.io_hub import cached_snapshot
+    from compress.io_hub_cache import cached_snapshot
 
     snapshot = cached_snapshot(repo_id)  # as a teacher's: refs/main's (not a valid id: diffusers says so)
     if snapshot is None:

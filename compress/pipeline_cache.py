@@ -21,7 +21,8 @@ def cached_index(source: str) -> tuple[Path, dict] | None:
     load_pipeline's pipeline_keywords does; online the Hub may serve another)."""
     from compress.errors import UserError
     from compress.io import looks_local
-    from compress.io_hub import cached_snapshot, id_problem
+    from compress.io_hub import id_problem
+    from compress.io_hub_cache import cached_snapshot
     from compress.pipeline_folder import folder_index
 
     if looks_local(source) or id_problem(source) is not None or (snapshot := cached_snapshot(source)) is None:
@@ -42,7 +43,8 @@ def cached_transformer_repo(source: str) -> Path | None:
     main is the one last downloaded (a repo that became a pipeline's since passes once `hf download
     ID model_index.json` moves it). None otherwise."""
     from compress.io import looks_local
-    from compress.io_hub import cached_snapshot, id_problem
+    from compress.io_hub import id_problem
+    from compress.io_hub_cache import cached_snapshot
     from compress.io_hub_cache_files import cached_listing
 
     if looks_local(source) or id_problem(source) is not None:

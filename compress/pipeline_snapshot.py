@@ -22,7 +22,8 @@ def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("tran
     names, but others, both commits (io_hub_pipeline.moved_problem). None where `source` is read
     otherwise, the cache holds no copy of it, or the snapshot lacks neither."""
     from compress.io import looks_local
-    from compress.io_hub import cached_snapshot, id_problem, offline
+    from compress.io_hub import id_problem, offline
+    from compress.io_hub_cache import cached_snapshot
     from compress.pipeline_cache import snapshot_lacks
 
     if not offline() or looks_local(source) or id_problem(source) is not None:
@@ -83,7 +84,7 @@ def whole_elsewhere(source: str, snapshot: Path, as_what: str = "calibration.pip
     download of main's new commit was cut short), snapshots of the Hub id
     `source` holding a whole pipeline (model_index.json, every part it lists, the files they read);
     '' otherwise. `as_what`: where a snapshot folder goes (snapshot_slot)."""
-    from compress.io_hub import cache_folder, held_snapshots, named_snapshots
+    from compress.io_hub_cache import cache_folder, held_snapshots, named_snapshots
     from compress.io_hub_cache_files import missing_file
 
     whole = [p for p in held_snapshots(source) if p != snapshot and (p / "model_index.json").is_file()
@@ -102,6 +103,6 @@ def _quiet(problem):
 
 
 def snapshot_slot(what: str) -> str:
-    """Where a pipeline's snapshot folder goes, for io_hub.named_snapshots' hint ('pass a snapshot
+    """Where a pipeline's snapshot folder goes, for io_hub_cache.named_snapshots' hint ('pass a snapshot
     folder as …'): load_pipeline's base where `what` names the base pipeline, else calibration.pipeline."""
     return "load_pipeline's base" if "base pipeline" in what else "calibration.pipeline"

@@ -1,4 +1,4 @@
-"""io_hub's one rule for a Hub repo's copy in the Hugging Face cache (cached_snapshot: refs/main's
+"""io_hub_cache's one rule for a Hub repo's copy in the Hugging Face cache (cached_snapshot: refs/main's
 snapshot; uncached: what the cache holds otherwise), used by teachers, outputs and LoRAs alike; and
 what an online load of a cached teacher asks of the Hub (hub_head's one request, its commit pinning the load)."""
 
@@ -156,7 +156,8 @@ def test_the_snapshot_refs_main_names_is_the_one_teachers_and_outputs_read(tmp_p
     offline, the folder load_transformer's error gives), not the other or the newest on disk."""
     from huggingface_hub import constants
 
-    from compress.io_hub import cached_config, cached_snapshot
+    from compress.io_hub import cached_config
+    from compress.io_hub_cache import cached_snapshot
     from tests.test_io_output_paths import _output
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -230,7 +231,7 @@ def test_eval_given_a_hub_id_in_other_letters_reads_the_cached_snapshot_not_the_
 def test_held_otherwise_is_none_where_the_cache_holds_nothing_of_the_repo(tmp_path):
     """Callers asked uncached(...) == 'no copy of it' to tell 'nothing' from other revisions or
     spellings; held_otherwise says None then, and uncached's words otherwise."""
-    from compress.io_hub import held_otherwise, uncached
+    from compress.io_hub_cache import held_otherwise, uncached
 
     assert held_otherwise("acme/pix") is None and uncached("acme/pix") == "no copy of it"
     repo = _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", tiny_pixart()))

@@ -310,7 +310,7 @@ def test_a_hub_pipeline_whose_main_moved_on_and_whose_hub_stops_answering_names_
 def test_a_moved_main_whose_empty_snapshot_folder_exists_still_names_the_move(offline_cache, moved_hub, tmp_path):
     """huggingface_hub makes the snapshot folder of the commit a HEAD answered (its SUB/ folders,
     empty) before its GET fails: io_hub_pipeline's own `held` took that folder as main's snapshot
-    and fell back to io_hub.uncached without `before`, so the line lost 'this load's request to the
+    and fell back to io_hub_cache.uncached without `before`, so the line lost 'this load's request to the
     Hub moved it from OLD'. It reads io_hub's moved_main now, which takes an empty folder as none."""
     from tests.hub_server import within
 

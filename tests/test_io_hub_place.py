@@ -49,7 +49,7 @@ def _same(model, expected) -> bool:
 
 
 def _snapshot(repo_id: str) -> Path:
-    from compress.io_hub import cached_snapshot
+    from compress.io_hub_cache import cached_snapshot
 
     return cached_snapshot(repo_id)
 

@@ -357,7 +357,7 @@ def test_a_cached_hub_pipeline_whose_main_moved_on_is_refused_by_plan_and_run_be
     """refs/main naming a commit the cache holds no snapshot of (the Hub answered that main moved on)
     passed plan and the pre-run check (cached_problem took the missing snapshot for no copy at all),
     and run refused it only once the teacher had loaded, without the recipe's line. Plan and run now
-    say io_hub_pipeline's moved-main line (io_hub.moved_main) at calibration.pipeline's line first."""
+    say io_hub_pipeline's moved-main line (io_hub_cache.moved_main) at calibration.pipeline's line first."""
     import compress.calib_pipeline as calib_pipeline
     import compress.runner_setup as runner_setup
 
