@@ -75,6 +75,16 @@ def other_base_copies(tmp_path, output: str) -> None:
     (tmp_path / "a3" / "config.json").write_text(json.dumps(config))
 
 
+def refused(*args, **kwargs) -> str:
+    """The one line load_teacher_of(*args, **kwargs) refuses with (a UserError)."""
+    from compress.errors import UserError
+    from compress.io import load_teacher_of
+
+    with pytest.raises(UserError) as e:
+        load_teacher_of(*args, **kwargs)
+    return str(e.value)
+
+
 def same(teacher, want: dict) -> bool:
     got = teacher.state_dict()
     return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
@@ -103,21 +113,17 @@ def test_a_lora_read_as_a_moved_teachers_blocks_is_mapped_through_the_chains_to_
 def test_a_lora_read_as_a_moved_teachers_blocks_is_refused_on_a_teacher_of_another_base(tmp_path):
     """A copy of the base elsewhere (base2), or an output of it: the chains lead to two bases, no mapping
     is known to be exact: one line, as before (not_took)."""
-    from compress.errors import UserError
-    from compress.io import load_teacher_of
-
     _, c, lora, _ = moved_chain(tmp_path)
     other_base_copies(tmp_path, "a2")
     b = str((tmp_path / "b").resolve())
     base = str((tmp_path / "base").resolve())
     for other, why in [("a3", f"its weight files are not {b}'s: "), ("base2", f"its own base, while {b}'s blocks "
                                                                               f"descend from {base})")]:
-        with pytest.raises(UserError) as e:
-            load_teacher_of(c, str(tmp_path / other))
-        assert str(e.value).startswith(f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as "
-                                       f"blocks of its teacher {b} (not there when it took it: read as a base), a "
-                                       f"dit-compress output, but the teacher to compare with, {tmp_path / other}, "
-                                       f"is another model ({why}"), str(e.value)
+        said = refused(c, str(tmp_path / other))
+        assert said.startswith(f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as "
+                               f"blocks of its teacher {b} (not there when it took it: read as a base), a "
+                               f"dit-compress output, but the teacher to compare with, {tmp_path / other}, "
+                               f"is another model ({why}"), said
 
 
 
@@ -126,9 +132,6 @@ def test_a_lora_read_as_a_moved_teachers_blocks_refused_on_a_base_says_why_it_is
     the refusal said '(no dit-compress output, and b one with blocks removed)', c360853's words for
     every base before it mapped the LoRA to one; it now says why it is not mapped: another base, or
     b's chain, which cannot be followed to a base now."""
-    from compress.errors import UserError
-    from compress.io import load_teacher_of
-
     _, c, lora, _ = moved_chain(tmp_path)
     shutil.copytree(tmp_path / "base", tmp_path / "base2")
     b, a, base = (str((tmp_path / n).resolve()) for n in ["b", "a", "base"])
@@ -139,13 +142,11 @@ def test_a_lora_read_as_a_moved_teachers_blocks_refused_on_a_base_says_why_it_is
                 f"with, {tmp_path / other}, is another model ({why}): its blocks are not {b}'s, those the LoRA's "
                 f"were mapped to; compare with the model's own teacher {b}")
 
-    with pytest.raises(UserError) as e:
-        load_teacher_of(c, str(tmp_path / "base2"))
-    assert str(e.value) == refusal("base2", f"its own base, while {b}'s blocks descend from {base}")
+    said = refused(c, str(tmp_path / "base2"))
+    assert said == refusal("base2", f"its own base, while {b}'s blocks descend from {base}")
     (tmp_path / "a").rename(tmp_path / "a-moved")
-    with pytest.raises(UserError) as e:
-        load_teacher_of(c, str(tmp_path / "base"))
-    assert str(e.value) == refusal("base", f"{b}'s teacher {a} is not there now, to map its blocks to the teacher's")
+    said = refused(c, str(tmp_path / "base"))
+    assert said == refusal("base", f"{b}'s teacher {a} is not there now, to map its blocks to the teacher's")
 
 
 def _dora(model, targets: list[str]) -> dict:
@@ -218,17 +219,13 @@ def test_a_mapped_lora_adapting_a_block_its_teacher_never_had_is_refused_naming_
     refused naming b, as c's merge (reading it as b's blocks) refused it."""
     from safetensors.torch import save_file
 
-    from compress.errors import UserError
-    from compress.io import load_teacher_of
-
     _, c, _, weights = moved_chain(tmp_path)
     deeper = {re.sub(r"blocks\.3\.", "blocks.4.", k): v.clone() for k, v in weights.items() if "blocks.3." in k}
     save_file({**weights, **deeper}, str(tmp_path / "deeper.safetensors"))
     b = str((tmp_path / "b").resolve())
-    with pytest.raises(UserError) as e:
-        load_teacher_of(c, str(tmp_path / "a"), loras=[str(tmp_path / "deeper.safetensors")])
-    assert str(e.value) == (f"{tmp_path / 'deeper.safetensors'}: the LoRA adapts transformer_blocks.4, but the base "
-                            f"model {b} has 4 transformer_blocks (0 to 3): a LoRA of another (deeper) model?")
+    said = refused(c, str(tmp_path / "a"), loras=[str(tmp_path / "deeper.safetensors")])
+    assert said == (f"{tmp_path / 'deeper.safetensors'}: the LoRA adapts transformer_blocks.4, but the base "
+                    f"model {b} has 4 transformer_blocks (0 to 3): a LoRA of another (deeper) model?")
 
 
 def test_one_rule_says_a_teacher_is_moved_away_for_lora_base_and_the_replay(tmp_path):
@@ -248,7 +245,6 @@ def test_a_lora_read_as_a_teachers_blocks_is_refused_while_that_teacher_is_away_
     the base (6 blocks, b had 4) took the LoRA in b's own numbering, rc 0 without a word (a's block 3, base
     block 4, took b's block 3's, base block 5's). Now refused in one line naming b and what to do; b at a
     new place is taken where its files are recorded, and a plain model of b's 4 blocks still takes it."""
-    from compress.errors import UserError
     from compress.io import load_teacher_of
     from compress.io_output import load_transformer
     from compress.io_signature import teacher_signature
@@ -268,9 +264,7 @@ def test_a_lora_read_as_a_teachers_blocks_is_refused_while_that_teacher_is_away_
     for other, why in [("a", "a dit-compress output with blocks removed along its chain of teachers"),
                        ("base", "it has 6 transformer_blocks, the model's teacher 4"),
                        ("b-away", "a dit-compress output with blocks removed along its chain of teachers")]:
-        with pytest.raises(UserError) as e:
-            load_teacher_of(c, str(tmp_path / other))
-        assert str(e.value) == refusal.format(tmp_path / other, why)
+        assert refused(c, str(tmp_path / other)) == refusal.format(tmp_path / other, why)
     expected = load_transformer(tmp_path / "b-away")
     del expected.compression_meta  # a plain model, as --teacher plain loads
     merge_lora(expected, lora)
@@ -286,19 +280,15 @@ def test_a_teachers_files_recorded_by_another_dit_compress_are_not_known_to_be_t
     --teacher a was taken for b ('the same files': lora_replay._compared_files False) and took the LoRA in
     b's numbering, rc 0 without a word; now its files are not known to be b's, as with no record: refused,
     saying the record is another version's (it said 'the model records no weight files of it')."""
-    from compress.errors import UserError
-    from compress.io import load_teacher_of
-
     _, c, lora, _ = moved_chain(tmp_path)
     c.compression_meta["teacher_files"] = {"method": "an older dit-compress's",
                                            "files": {"diffusion_pytorch_model.safetensors": {"bytes": 1}}}
     b = str((tmp_path / "b").resolve())
     (tmp_path / "b").rename(tmp_path / "b-away")
-    with pytest.raises(UserError) as e:
-        load_teacher_of(c, str(tmp_path / "a"))
-    assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, "
-                            f"not there now, and the teacher to compare with, {tmp_path / 'a'}, cannot be shown to be "
-                            "it (the weight files the model records of it were recorded by another dit-compress "
-                            "version, which this one cannot compare), while its blocks may be numbered otherwise (a "
-                            f"dit-compress output with blocks removed along its chain of teachers): put {b} back, or "
-                            "give its new place with --teacher")
+    said = refused(c, str(tmp_path / "a"))
+    assert said == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, "
+                    f"not there now, and the teacher to compare with, {tmp_path / 'a'}, cannot be shown to be "
+                    "it (the weight files the model records of it were recorded by another dit-compress "
+                    "version, which this one cannot compare), while its blocks may be numbered otherwise (a "
+                    f"dit-compress output with blocks removed along its chain of teachers): put {b} back, or "
+                    "give its new place with --teacher")
