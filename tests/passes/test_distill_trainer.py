@@ -142,7 +142,10 @@ def test_signal_checkpoints_and_stops(tmp_path):
     teacher = tiny_pixart()
     data = toy_data(teacher)
     calls = []
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs as a background job
+    # a terminal's Ctrl-C handler, as the command has it: a background job starts with SIGINT ignored,
+    # which the pass rightly keeps (then the signal would be lost)
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    before = signal.getsignal(signal.SIGINT)
 
     def train_batch(batch_size, generator):  # SIGINT arrives during step 2
         calls.append(1)
@@ -153,10 +156,13 @@ def test_signal_checkpoints_and_stops(tmp_path):
     ctx = context(teacher, tmp_path, train_batch=train_batch)
     cfg = DistillConfig(steps=5, batch_size=2, checkpoint_every=0, progress=False, plot=False)
     # the line names the signal ('on a stop signal;' said none)
-    with pytest.raises(TrainingInterrupted, match=r"step 2/5 on a stop signal \(SIGINT\); "):
-        DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
+    try:
+        with pytest.raises(TrainingInterrupted, match=r"step 2/5 on a stop signal \(SIGINT\); "):
+            DistillPass(cfg).run(copy.deepcopy(teacher), ctx)
+        assert signal.getsignal(signal.SIGINT) is before  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     assert (tmp_path / "distill" / "checkpoints" / "step-00000002" / "meta.json").exists()
-    assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
 @pytest.mark.parametrize("where", ["prediction", "block"])
