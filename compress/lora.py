@@ -59,11 +59,11 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come from
     (a model or a source; default: the base the student's chain of teachers leads to,
     lora_teacher.lora_base), read only for a DoRA (given for a plain LoRA: a note says so; a local one
-    not there: a UserError whatever the LoRA; given for a DoRA while the student's own teacher, whose
-    blocks the LoRA's are read as, is not there now: refused where its block counts are not those the
-    student records of that one, lora_replay_moved.given_numbered_otherwise); `teacher_config`: a
-    single-file teacher's config (as --teacher-config). Returns {"merged": modules, "rank_added":
-    {module: r'} of the low-rank ones, "dropped": base modules of removed blocks, "not_merged":
+    not there: a UserError whatever the LoRA; given for a DoRA: refused where its block counts are not
+    those of the model the LoRA's blocks are read as, the base as the chain records it or the student's
+    teacher (there or not) as the student does, lora_replay_moved.given_numbered_otherwise);
+    `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": modules,
+    "rank_added": {module: r'} of the low-rank ones, "dropped": base modules of removed blocks, "not_merged":
     text-encoder modules of the LoRA, "densified": low-rank modules stored dense, their grown rank past
     break-even, "blocks_of": the base whose blocks the LoRA's were read as (None for a teacher, or a
     student recording none), "moved": the student's own teacher, not there now, read as the base
@@ -103,10 +103,10 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
         raise UserError(f"{label(lora)}: {none} in a block the student kept ({where}, or past {whose} last: "
                         f"{sorted(layers)[0]}{more}); merging it would change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
-    if dora and given is not None and moved:  # norms read from the given teacher's blocks, numbered as moved's
+    if dora and given is not None and base.source and not own_blocks:  # norms of its blocks, numbered as the base's
         from compress.lora_replay_moved import given_numbered_otherwise
 
-        if (refused := given_numbered_otherwise(student, given, teacher_config, moved)) is not None:
+        if (refused := given_numbered_otherwise(student, given, teacher_config, base, moved)) is not None:
             raise refused
     of = {name: name for name in dora}  # the DoRA layer's name in the model its norms are read from
     if dora and own_blocks and given is None:  # norms of the base blocks the student's descend from

@@ -1,9 +1,9 @@
 """A LoRA a student read as blocks of a model not there now (its record's blocks_of), replayed on a
 teacher that cannot be shown to be that model (lora_replay): refused where the teacher's blocks may be
 numbered otherwise (an output with blocks removed, or another block count than the student records of
-its teacher), rather than given the LoRA in that model's numbering. Likewise a DoRA merged while the
-student's teacher is not there now, its norms to be read from a teacher given that may be numbered
-otherwise (given_numbered_otherwise)."""
+its teacher), rather than given the LoRA in that model's numbering. Likewise a DoRA merged with a
+teacher given whose blocks may be numbered otherwise than those the LoRA's are read as, its norms to be
+read from them (given_numbered_otherwise): a student's teacher not there now, or the base of its chain."""
 
 from __future__ import annotations
 
@@ -83,35 +83,69 @@ def _numbered_otherwise(teacher: nn.Module, source: str, counts: dict) -> str | 
     return counted_otherwise(adapter, adapter.block_counts(teacher), counts)
 
 
-def counted_otherwise(adapter, have: dict[str, int | None], counts: dict) -> str | None:
-    """'it has N ATTR, the model's teacher [at least ]M' for the first group of `adapter` whose count in
-    `have` ({group: count}; None: not known) is not that of a model of `counts` (took_counts: exact, else
-    at least); None where none is."""
+def counted_otherwise(adapter, have: dict[str, int | None], counts: dict,
+                      whose: str = "the model's teacher") -> str | None:
+    """'it has N ATTR, WHOSE [at least ]M' for the first group of `adapter` whose count in `have`
+    ({group: count}; None: not known) is not that of a model of `counts` (took_counts: exact, else at
+    least; None: not known); None where none is. `whose`: that model, in words."""
     for g in adapter.groups:
         count, (want, exact) = have.get(g.name), counts.get(g.name, (None, False))
         if count is not None and want is not None and (count != want if exact else count < want):
-            return f"it has {count} {g.attr}, the model's teacher {'' if exact else 'at least '}{want}"
+            return f"it has {count} {g.attr}, {whose} {'' if exact else 'at least '}{want}"
     return None
 
 
-def given_numbered_otherwise(student: nn.Module, given, config: str | None, moved: str) -> UserError | None:
-    """The refusal of a DoRA merged into `student` (merge_lora) while its own teacher `moved` is not there
-    now: the LoRA's blocks are read as moved's, whose map to its base, if it was an output, is not known,
-    and its norms would be read from the teacher `given` (a model or a source) in that numbering, while
-    the given teacher's block counts (read offline: lora._teacher_count; not known: not refused) are not
-    those the student records of `moved` (took_counts), as a replay refuses such a teacher (moved_away);
-    None where they are. `config`: a single-file teacher's (--teacher-config)."""
+def given_numbered_otherwise(student: nn.Module, given, config: str | None, base,
+                             moved: str | None) -> UserError | None:
+    """The refusal of a DoRA merged into `student` (merge_lora) with the teacher `given` (a model or a
+    source), whose block j's norms it would read for the LoRA's block j, where the given teacher's block
+    counts (read offline: lora._teacher_count; not known: not refused) are not those of the model the
+    LoRA's blocks are read as (`base`: lora_teacher.LoraBase): the base of a chain of outputs, as the
+    chain records it (lora_teacher.base_block_count), else the student's own teacher, as the student
+    records it (took_counts); None where they are. `moved`: that teacher, not there now (LoraBase.moved,
+    said or not), whose map to its base, if it was an output, is not known: put back, it would be
+    followed (as a replay refuses such a teacher: moved_away). `config`: a single-file teacher's. A
+    given dit-compress output is left to dora_weights, which refuses it as it is (compressed_teacher)."""
     from compress.arch import get_adapter
     from compress.lora import _teacher_count
+    from compress.lora_teacher import _an_output
 
-    adapter = get_adapter(student)
+    if _an_output(given):
+        return None
+    adapter, chained = get_adapter(student), len(base.chain) > 1
     have = {g.name: _teacher_count(student, g, given, config) for g in adapter.groups}
-    numbered = counted_otherwise(adapter, have, took_counts(student))
+    numbered = counted_otherwise(adapter, have, read_as_counts(student, base), "the base" if chained else
+                                 "the model's teacher")
     if numbered is None:
         return None
     who = f"the teacher given, {given}," if isinstance(given, (str, Path)) else "the teacher given"
+    if moved:
+        return UserError(f"a DoRA's norms would be read from {who} in the numbering of the blocks the LoRA's are read "
+                         f"as, those of the model's teacher {moved}, not there now, while the given teacher's blocks "
+                         f"may be numbered otherwise ({numbered}): put {moved} back (where it is a dit-compress "
+                         "output, its chain maps the LoRA's blocks to its base's), or, where it was no output, give "
+                         f"its new place with {GIVE_TEACHER}")
+    of = f"the base of the model's chain, {base.source}" if chained else f"the model's teacher {base.source}"
     return UserError(f"a DoRA's norms would be read from {who} in the numbering of the blocks the LoRA's are read as, "
-                     f"those of the model's teacher {moved}, not there now, while the given teacher's blocks may be "
-                     f"numbered otherwise ({numbered}): put {moved} back (where it is a dit-compress output, its chain "
-                     "maps the LoRA's blocks to its base's), or, where it was no output, give its new place with "
-                     f"{GIVE_TEACHER}")
+                     f"those of {of}, while the given teacher's blocks are numbered otherwise ({numbered}): give "
+                     f"no teacher ({base.source} is read) or one numbered as it, with {GIVE_TEACHER}")
+
+
+def read_as_counts(student: nn.Module, base) -> dict[str, tuple[int | None, bool]]:
+    """{group: (count, exact)} of the model the student's LoRA's blocks are read as (`base`:
+    lora_teacher.LoraBase): the base of a chain of outputs as the chain records it (lora_teacher.
+    base_block_count; None: not recorded), else the student's own teacher as the student records it
+    (took_counts); a count not known exactly read from that model's config where it is there offline."""
+    from compress.arch import get_adapter
+    from compress.lora import _teacher_count
+    from compress.lora_teacher import base_block_count
+
+    adapter = get_adapter(student)
+    counts = ({g.name: (base_block_count(base.chain, g), True) for g in adapter.groups} if len(base.chain) > 1
+              else took_counts(student))
+    for g in adapter.groups:
+        count, exact = counts.get(g.name, (None, False))
+        if count is None or not exact:
+            read = _teacher_count(student, g, base.source, base.config)  # None: moved, a Hub id not cached
+            counts[g.name] = (read, True) if read is not None else (count, exact)
+    return counts

@@ -5,6 +5,7 @@ blocks names the moved teacher, the note said once. Chains of outputs: test_lora
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import pytest
@@ -152,3 +153,48 @@ def test_a_dora_read_as_a_moved_teachers_blocks_takes_a_given_teacher_numbered_a
     expected = load_transformer(c)
     merge_lora(expected, _save(as_base_lora(weights, B_OF_BASE), tmp_path / "base-dora.safetensors"))
     assert same(load_transformer(tmp_path / "new"), expected.state_dict())
+
+
+@pytest.mark.parametrize("family, deeper, counts", [("pixart", dict(num_layers=8), "8 transformer_blocks, {} 6"),
+                                                    ("flux", dict(num_layers=4, num_single_layers=4),
+                                                     "4 transformer_blocks, {} 3")])
+@pytest.mark.parametrize("which", ["c", "a"])
+def test_a_dora_read_as_a_present_bases_blocks_is_refused_a_given_teacher_numbered_otherwise(tmp_path, capsys, family,
+                                                                                             deeper, counts, which):
+    """c (base -> a -> b -> c, all there), or a (of the base), takes a DoRA of the base's blocks with
+    --teacher deeper, a model of more blocks than the base: the LoRA's blocks are read as the base's and
+    each one's norms from deeper's block of that index, while deeper's counts were checked against
+    nothing (the base's, as the chain records it or its config says, only bound the LoRA's blocks; a,
+    compressed from the base, records the base's counts only as its block map's at least 6 / 3).
+    Before: rc 0 without a word. Now refused in one line naming both counts, nothing written; deeper
+    given as a model likewise. The base given, and a plain LoRA, are merged as before."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+    from tests.conftest import tiny_pixart
+    from tests.test_lora_limits import _save, _state
+    from tests.test_lora_replay_mapped import _dora
+
+    base_model, c = _chain(tmp_path, family)
+    out = str(c if which == "c" else tmp_path / "a")
+    before = get_adapter(base_model).block_counts(base_model)  # a's report, as a run's: c's chain records them
+    (tmp_path / "a" / "report.json").write_text(json.dumps({"remove_blocks": {"blocks_before": before}}))
+    deep = (tiny_pixart if family == "pixart" else tiny_flux)(**deeper)
+    deep.save_pretrained(tmp_path / "deeper")
+    dora = _save(_dora(copy.deepcopy(base_model), ["to_q"]), tmp_path / "base-dora.safetensors")
+    plain = _save(_state(copy.deepcopy(base_model), ["to_q"]), tmp_path / "base-lora.safetensors")
+    given, base = str((tmp_path / "deeper").resolve()), str((tmp_path / "base").resolve())
+    of, counts = ((f"the base of the model's chain, {base}", counts.format("the base")) if which == "c" else
+                  (f"the model's teacher {base}", counts.format("the model's teacher")))
+    capsys.readouterr()
+    assert main(["lora", out, str(dora), str(tmp_path / "new"), "--teacher", given]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dit-compress: error: a DoRA's norms would be read from the teacher given, {given}, in the "
+                   f"numbering of the blocks the LoRA's are read as, those of {of}, while the given teacher's blocks "
+                   f"are numbered otherwise (it has {counts}): give no teacher ({base} is read) or one numbered as "
+                   "it, with --teacher (dit-compress lora) or teacher= to merge_lora"], err
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match=rf"^a DoRA's norms would be read from the teacher given in the numbering .*"
+                                        rf"\(it has {counts}\)"):
+        merge_lora(load_transformer(out), dora, teacher=deep)
+    assert main(["lora", out, str(dora), str(tmp_path / "new"), "--teacher", base]) == 0
+    assert main(["lora", out, str(plain), str(tmp_path / "new2"), "--teacher", given]) == 0
