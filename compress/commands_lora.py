@@ -65,9 +65,10 @@ def lora(args) -> int:
     if (hub := hub_output(args.out, "lora")) is not None:  # an ORG/NAME: as eval and load_transformer say it
         raise hub
     model = load_transformer(source)
-    done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
              if (source / name).is_file()}
+    done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config,
+                      teacher_blocks=reported_before(files.get("report.json")))  # a given DoRA teacher's counts
     base = done.get("blocks_of")
     if not base or base == model.compression_meta.get("teacher"):  # a chain: merge_lora checked its base's count
         with naming_moved(done.get("moved")):  # read as a moved teacher's blocks: said as merge_lora says it
@@ -115,16 +116,24 @@ def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lor
     output's own teacher where its config is not at hand (moved: lora's error then names it, as
     merge_lora's does, lora_teacher.naming_moved; or a Hub id of no shipped config)."""
     from compress.lora_keys import blocks_named, check_blocks
-    from compress.report_teacher import blocks_before
 
-    try:
-        before = blocks_before(json.loads(report_text)) if report_text else {}
-    except ValueError:
-        return  # a damaged report: merge_lora's own checks stand
+    before = reported_before(report_text)
     for g in get_adapter(model).groups:
         count = before.get(g.name)
         if isinstance(count, int) and not isinstance(count, bool):
             check_blocks(g.attr, count, blocks_named(g.attr, dropped), lora, base)
+
+
+def reported_before(report_text: str | None) -> dict:
+    """{group: block count} of the output's teacher before any removal, as its report.json (`report_text`)
+    records it (report_teacher.blocks_before); {} where none is, or the report is damaged (merge_lora's
+    own checks then stand)."""
+    from compress.report_teacher import blocks_before
+
+    try:
+        return blocks_before(json.loads(report_text)) if report_text else {}
+    except ValueError:
+        return {}
 
 
 def _recorded_dtype(out: Path):

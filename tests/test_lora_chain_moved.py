@@ -198,3 +198,54 @@ def test_a_dora_read_as_a_present_bases_blocks_is_refused_a_given_teacher_number
         merge_lora(load_transformer(out), dora, teacher=deep)
     assert main(["lora", out, str(dora), str(tmp_path / "new"), "--teacher", base]) == 0
     assert main(["lora", out, str(plain), str(tmp_path / "new2"), "--teacher", given]) == 0
+
+
+def test_a_dora_read_as_a_moved_teachers_blocks_is_refused_a_given_teacher_of_other_counts_than_its_report_says(
+        tmp_path, capsys):
+    """base (6 blocks) -> a (base blocks 0 2 3 4 5) -> b (a's blocks 0-3: a's last removed), b's report.json
+    recording a's 5 blocks; a moved away, b takes a DoRA of a's blocks with --teacher base. b's block map
+    says only that a had at least 4 blocks, which the base's 6 passed: rc 0 without a word, b's block j
+    (j >= 1) taking base block j's norms, not those of base block j + 1, a's block j. Now the report's
+    count reaches the check: refused in one line (6 vs 5), nothing written; merge_lora given it
+    (teacher_blocks) likewise. a-copy (a's blocks saved as no output: 5) is merged as before, exactly as
+    b takes the same DoRA of the base renumbered with a there."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+    from tests.conftest import tiny_pixart
+    from tests.test_lora_limits import _save
+    from tests.test_lora_replay_mapped import _dora, as_base_lora, same
+
+    base_model = tiny_pixart(num_layers=6)
+    base_model.save_pretrained(tmp_path / "base")
+    adapter = get_adapter(base_model)
+    a = copy.deepcopy(base_model)
+    _save_output(a, tmp_path / "a", tmp_path / "base", adapter.remove_blocks(a, {"blocks": [1]}))
+    a_copy = copy.deepcopy(base_model)
+    adapter.remove_blocks(a_copy, {"blocks": [1]})
+    a_copy.save_pretrained(tmp_path / "a-copy")
+    b = load_transformer(tmp_path / "a")
+    _save_output(b, tmp_path / "b", tmp_path / "a", adapter.remove_blocks(b, {"blocks": [4]}))
+    (tmp_path / "b" / "report.json").write_text(json.dumps({"teacher": str((tmp_path / "a").resolve()),
+                                                             "remove_blocks": {"blocks_before": {"blocks": 5}}}))
+    weights = _dora(load_transformer(tmp_path / "a"), ["to_q"])
+    dora = _save(weights, tmp_path / "a-dora.safetensors")
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    moved, base = (tmp_path / "a").resolve(), str((tmp_path / "base").resolve())
+    capsys.readouterr()
+    assert main(["lora", str(tmp_path / "b"), str(dora), str(tmp_path / "new"), "--teacher", base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dit-compress: error: a DoRA's norms would be read from the teacher given, {base}, in the "
+                   f"numbering of the blocks the LoRA's are read as, those of the model's teacher {moved}, not there "
+                   "now, while the given teacher's blocks may be numbered otherwise (it has 6 transformer_blocks, the "
+                   f"model's teacher 5): put {moved} back (where it is a dit-compress output, its chain maps the "
+                   "LoRA's blocks to its base's), or, where it was no output, give its new place with --teacher "
+                   "(dit-compress lora) or teacher= to merge_lora"], err
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match=r"\(it has 6 transformer_blocks, the model's teacher 5\)"):
+        merge_lora(load_transformer(tmp_path / "b"), dora, teacher=base, teacher_blocks={"blocks": 5})
+    assert main(["lora", str(tmp_path / "b"), str(dora), str(tmp_path / "new"), "--teacher",
+                 str(tmp_path / "a-copy")]) == 0
+    (tmp_path / "a-moved").rename(tmp_path / "a")
+    expected = load_transformer(tmp_path / "b")
+    merge_lora(expected, _save(as_base_lora(weights, [0, 2, 3, 4, 5]), tmp_path / "base-dora.safetensors"))
+    assert same(load_transformer(tmp_path / "new"), expected.state_dict())
