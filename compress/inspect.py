@@ -17,6 +17,7 @@ from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, cons
                              other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
                              to_json)
 from compress.report_card import distill_lines
+from compress.report_fit import least_name_width, left_out_words, shown_columns
 from compress.words import counted
 
 
@@ -76,9 +77,9 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     took = lora_line(model, rows, report)
     if took:
         results.print(took)
-    results.print(summary_table(shown, "role", "by role (linear layers)"))
+    results.print(summary_table(shown, "role", "by role (linear layers)", results.width))
     by_block = [{**r, "block": module_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
-    results.print(summary_table(by_block, "block", "by block (all parameters)"))
+    results.print(summary_table(by_block, "block", "by block (all parameters)", results.width))
     for line in removal_lines(block_map, report):
         results.print(line)
     _print_optimality(rows, report)
@@ -147,16 +148,30 @@ def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, 
             _layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS, width, teacher)]
 
 
+# the per-layer columns left out first where a terminal is too narrow for them all (rank and loss/opt stay)
+LEFT_OUT_FIRST = ("role", "shape", "params", "kept", "time", "optimal", "loss", "energy", "rel err")
+
+
 def _layer_table(rows: list[dict], title: str, columns, width: int | None, teacher: dict[str, str]) -> Table:
     """One row per layer; a block's layers under a row naming the block (with its teacher index where
     removal renumbered it), by the rest of their names (`attn1.to_q`). `width`: names folded so the
-    table fits it (None: as they are)."""
+    table fits it (None: as they are), never below their widest piece between '.'s: where that does
+    not fit, columns of LEFT_OUT_FIRST are left out in its order, and the caption says which."""
     entries = _entries(rows, teacher)
     if width is None:
         return _table(title, columns, [(with_note(name, note, 1 << 16), r) for name, note, r in entries])
-    fixed = natural_width(_table(title, columns, [("", r) for _, _, r in entries])) - len("layer")
-    room = max(width - fixed, 8)  # the layer column's share of the width
-    return _table(title, columns, [(with_note(fold(name, room), note, room), r) for name, note, r in entries])
+    least = max(least_name_width([name for name, _, _ in entries] + [note for _, note, _ in entries]), len("layer"))
+
+    def fixed(headers: list[str]) -> int:  # the table's width less the layer column's
+        shown = [c for c in columns if c[0] in headers]
+        return natural_width(_table(title, shown, [("", r) for _, _, r in entries])) - len("layer")
+
+    headers = [c[0] for c in columns]
+    shown = shown_columns(headers, LEFT_OUT_FIRST, lambda hs: fixed(hs) + least <= width)
+    room = max(width - fixed(shown), least)  # the layer column's share of the width
+    left_out = left_out_words([h for h in headers if h not in shown], width, "--json or a wider terminal")
+    return _table(title, [c for c in columns if c[0] in shown],
+                  [(with_note(fold(name, room), note, room), r) for name, note, r in entries], left_out or None)
 
 
 def _entries(rows: list[dict], teacher: dict[str, str]) -> list[tuple[str, str, dict | None]]:
@@ -172,9 +187,9 @@ def _entries(rows: list[dict], teacher: dict[str, str]) -> list[tuple[str, str, 
     return entries
 
 
-def _table(title: str, columns, entries: list[tuple[str, dict | None]]) -> Table:
-    table = Table(title=title, show_lines=False)
-    table.add_column("layer", overflow="fold")  # names come folded at '.'; this only below 8 columns
+def _table(title: str, columns, entries: list[tuple[str, dict | None]], caption: str | None = None) -> Table:
+    table = Table(title=title, caption=caption, show_lines=False)
+    table.add_column("layer", overflow="fold")  # names come folded at '.'; this only where nothing fits
     for header, just, _ in columns:
         table.add_column(header, justify=just, no_wrap=True)
     for name, r in entries:

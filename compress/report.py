@@ -144,22 +144,23 @@ OF_DENSE = {"role": ("of dense: params / the same layers of this student held de
             "block": "of dense: params / the same block of this student held dense"}
 
 
-def summary_table(rows: list[dict], key: str, title: str) -> Table:
+def summary_table(rows: list[dict], key: str, title: str, width: int | None = None) -> Table:
     """inspect's table by `key` (role, block): layers factorized, kept params, and their share of the
-    student's own dense size (`OF_DENSE`, the caption that says so)."""
+    student's own dense size (`OF_DENSE`, the caption that says so). `width`: the terminal's; a table
+    wider than it keeps its names and numbers whole and leaves out factorized, then params
+    (report_fit.fitted_table)."""
+    from compress.report_fit import fitted_table
+
     agg = defaultdict(lambda: [0, 0, 0])
     for r in rows:
         a = agg[r[key]]
         a[0] += r["params"]
         a[1] += r["dense_params"]
         a[2] += r["rank"] is not None
-    table = Table(title=title, caption=OF_DENSE.get(key))
-    for col in (key, "factorized", "params", "of dense"):
-        table.add_column(col, justify="left" if col == key else "right")
-    for k, (kept, dense, n) in agg.items():
-        label = "top level" if key == "block" and k == "-" else str(k)  # linears outside the blocks
-        table.add_row(label, str(n), _fmt_int(kept), f"{kept / dense:.1%}")
-    return table
+    cells = [["top level" if key == "block" and k == "-" else str(k),  # linears outside the blocks
+              str(n), _fmt_int(kept), f"{kept / dense:.1%}"] for k, (kept, dense, n) in agg.items()]
+    columns = [(key, "left"), ("factorized", "right"), ("params", "right"), ("of dense", "right")]
+    return fitted_table(title, OF_DENSE.get(key), columns, cells, width, ("factorized", "params"), "a wider terminal")
 
 
 def to_json(data) -> str:

@@ -1,4 +1,4 @@
-"""inspect's per-layer tables (compress.inspect.inspect_tables): no cell cut at 80 or 200 columns, round-off
+"""inspect's per-layer tables (compress.inspect.inspect_tables): no cell cut at 40, 80 or 200 columns, round-off
 losses as 0, missing fields as dashes."""
 
 from rich.console import Console
@@ -57,3 +57,34 @@ def test_layer_tables_show_round_off_losses_as_zero_and_missing_fields_as_dashes
         narrow.print(table)
     # a layer the svd pass never looked at is in the budget table, not in the factorization one
     assert narrow.export_text().count("proj_out") == 1
+
+
+def _rendered(tables, width: int) -> str:
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    for table in tables:
+        console.print(table)
+    return console.export_text()
+
+
+def test_a_40_column_terminal_keeps_names_and_numbers_whole_and_says_which_columns_it_left_out():
+    """At COLUMNS=40 rich shrank the layer column to nothing (no block heading, no layer name) and cut
+    the numbers ('128…', '6,2…', a rank as 'd…'). Now names fold after a '.' or '_', the least
+    important columns are left out (role and shape first; rank and loss/opt stay) and a line says
+    which, and where to see them."""
+    from compress.report import summary_table
+
+    rows = _rows() + [{**_rows()[0], "name": "proj_out", "block": "-", "rank": None, "role": "output",
+                       "params": 196_672, "kept": 1.0, "dense_params": 196_672}]
+    text = _rendered(inspect_tables(rows, 40, "layers", {}), 40)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 40
+    assert text.count("single_") == 6 and text.count("blocks.1") == 2  # once in each table
+    assert "dense" in text and "proj_out" in text
+    assert all(cell in text for cell in ("512", "1.000000"))
+    said = " ".join(text.split())
+    assert "columns role, shape, params left out to fit 40 terminal columns (--json or a wider terminal shows them)" in said
+    assert "left out to fit 40 terminal columns" in said[said.index("factorization"):]
+    dense = [{**r, "dense_params": 3 * r["params"]} for r in rows]
+    by_block = _rendered([summary_table(dense, "block", "by block", 40)], 40)
+    assert "…" not in by_block and "3,148,800" in by_block and "top level" in by_block
+    assert "column factorized left out to fit 40 terminal columns" in " ".join(by_block.split())
+    assert _rendered([summary_table(dense, "block", "by block", 200)], 200).count("factorized") == 1

@@ -1,0 +1,94 @@
+"""Tables fitted to a narrow terminal (inspect, plan): the key column's names whole (folded after a
+'.' or '_' at most) and no number cut; where that does not fit, the least important columns left out first,
+and the caption says which and where to see them. Left alone, rich fits a table by shrinking its
+wrappable key column to nothing and cutting the numbers ('128…', 'd…')."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from rich.cells import cell_len
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+
+def table_width(table: Table) -> int:
+    """The terminal columns `table` takes at its widest (no cell wrapped or cut)."""
+    console = Console(width=1 << 16)
+    return Measurement.get(console, console.options, table).maximum
+
+
+def least_name_width(names) -> int:
+    """The fewest columns that show every name (every line of it) folded after its '.'s and '_'s
+    (inspect_fold.fold), no piece cut mid-word."""
+    pieces = [p for name in names for line in str(name).split("\n")
+              for p in re.findall(r"[^._]+[._]?|[._]", line.strip())]
+    return max(map(cell_len, pieces), default=1)
+
+
+def shown_columns(headers: list[str], drop: tuple[str, ...], fits: Callable[[list[str]], bool]) -> list[str]:
+    """`headers` less those of `drop`, left out in that order (least important first) until `fits`
+    the rest; all of them where they fit; as few as `drop` allows where nothing fits."""
+    shown = list(headers)
+    for header in drop:
+        if fits(shown):
+            break
+        shown = [h for h in shown if h != header]
+    return shown
+
+
+def left_out_words(left_out: list[str], width: int, where: str) -> str:
+    """The caption's line of the columns left out: 'columns role, shape left out to fit 40 terminal
+    columns (--json or a wider terminal shows them)'; '' where none was."""
+    if not left_out:
+        return ""
+    one = len(left_out) == 1
+    what = f"column {left_out[0]}" if one else f"columns {', '.join(left_out)}"
+    return f"{what} left out to fit {width} terminal columns ({where} shows {'it' if one else 'them'})"
+
+
+def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
+                 width: int | None, drop: tuple[str, ...], where: str) -> Table:
+    """A table of `columns` (header, justify; the first the key) and `rows` (cells as text) as it
+    fits `width`: as it is where it fits whole (or width None); else each column at its least (the
+    widest cell, the header wrapping at its spaces, the key's names folded after a '.' or '_'), columns of
+    `drop` left out in order until it fits, and the key column given the room left."""
+    whole = _table(title, caption, columns, rows)
+    if width is None or table_width(whole) <= width:
+        return whole
+    least_key = max(least_name_width(row[0] for row in rows), *(cell_len(w) for w in columns[0][0].split()))
+    headers = [h for h, _ in columns]
+
+    def narrow(shown: list[str], key_room: int) -> Table:
+        keep = [headers.index(h) for h in shown]
+        names = [_fold(row[0], key_room) for row in rows]
+        cells = [[names[i]] + [row[j] for j in keep[1:]] for i, row in enumerate(rows)]
+        left_out = left_out_words([h for h in headers if h not in shown], width, where)
+        said = "; ".join(x for x in (caption, left_out) if x) or None
+        return _table(title, said, [columns[j] for j in keep], cells, least=True)
+
+    shown = shown_columns(headers, tuple(h for h in drop if h != headers[0]),
+                          lambda shown: table_width(narrow(shown, least_key)) <= width)
+    room = max(least_key, width - (table_width(narrow(shown, least_key)) - least_key))
+    return narrow(shown, room)
+
+
+def _table(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
+           least: bool = False) -> Table:
+    """The rich table; `least`: each column as wide as its widest cell line or header word."""
+    table = Table(title=title, caption=caption)
+    for j, (header, justify) in enumerate(columns):
+        cells = [line for row in rows for line in str(row[j]).split("\n")]
+        table.add_column(header, justify=justify, no_wrap=not least,
+                         width=max(map(cell_len, cells + header.split())) if least else None)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _fold(name: str, room: int) -> str:
+    from compress.inspect_fold import fold
+
+    return "\n".join(fold(line, room) for line in str(name).split("\n"))
