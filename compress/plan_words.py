@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from rich.table import Table
-
 from compress.calib_footprint import describe, human_size
 from compress.plan_budget import range_words, ranged_keys
 from compress.plan_memory import memory_words
 from compress.passes.svd import LATER
 from compress.report import results
+from compress.report_fit import fitted_table
 
 
 def where_words(step: dict) -> str:
@@ -133,16 +132,17 @@ def print_plan(plan: dict) -> None:
                      else f"{checkpointed} with svd.gradient_checkpointing: true")
             results.print(f"    its whole-model backwards keep about "
                           f"{checkpointed if f['gradient_checkpointing'] else plain} per calibration batch ({other})")
-    table = Table(title="parameters by role (linears)", caption=ROLE_BASE)
-    for col in ("role", "before", "after (planned)", "ratio"):
-        table.add_column(col, justify="left" if col == "role" else "right")
     later = plan.get("decided_later", [])
     open_roles = {role for entry in later for role in entry["roles"]}  # ranks decided after calibration
     most, marks = plan["by_role_after_at_most"], plan["by_role_after_is"]
+    rows = []
     for role, n in plan["by_role_before"].items():
         after = most.get(role, 0)
         bound = "≤ " if marks.get(role) == "at most" else ""
-        table.add_row(role, f"{n:,}", f"{bound}{after:,}", f"{bound}{after / n:.1%}")
+        rows.append([role, f"{n:,}", f"{bound}{after:,}", f"{bound}{after / n:.1%}"])
+    columns = [("role", "left"), ("before", "right"), ("after (planned)", "right"), ("ratio", "right")]
+    table = fitted_table("parameters by role (linears)", ROLE_BASE, columns, rows, results.width,
+                         ("before", "after (planned)"), "--json or a wider terminal")
     results.print(table)
     for line in _role_notes(plan, open_roles):
         results.print(line)

@@ -179,3 +179,24 @@ def test_a_toy_pipeline_s_text_encoder_and_vae_are_counted(tmp_path, monkeypatch
     encoder = sum(p.numel() for p in load_text_encoder().parameters())  # the toy VAE has no parameters
     assert parts["the pipeline's text encoders and VAE while calibration samples"] == encoder * 4 > 0  # float32
     assert "come on top while calibration samples, not counted" not in memory_words(memory)
+
+
+def test_plan_at_40_columns_keeps_role_names_and_numbers_whole(tmp_path, capsys, monkeypatch):
+    """At COLUMNS=40 the role table cut its names and header ('attent…', 'cross_…', '(plann…'). Now
+    role names fold after a '_' at most, numbers stay whole, and the column left out is said."""
+    from compress.report import results
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {ratio: 0.5, multiple: 8}\n")
+    monkeypatch.setattr(results, "_width", 40)
+    assert cli.main(["plan", str(recipe)]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("parameters by role"):printed.index("└")]
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 40
+    names = "".join(line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│"))
+    for role in ("attention", "cross_attention", "mlp", "embedding", "modulation"):
+        assert role in names
+    mlp = next(line for line in table.splitlines() if line.startswith("│ mlp "))
+    assert [c.strip() for c in mlp.split("│")[1:-1]] == ["mlp", "372,480", "47.1%"], mlp
+    said = " ".join(printed[printed.index("└"):].split())
+    assert "column before left out to fit 40 terminal columns (--json or a wider terminal shows it)" in said, said
