@@ -332,8 +332,8 @@ def convert(args) -> int:
 
 
 def not_a_file(given: str, source: Path) -> UserError:
-    """convert's error for a source that is no file: a folder holding one (the README's layout for a
-    single file, config.json beside it) names the file to give; a diffusers folder (its weights or
+    """convert's error for a source that is no file: a folder holding one (docs/STREAMING.md's layout for
+    a single file, config.json beside it) names the file to give; a diffusers folder (its weights or
     shards, a transformer/ or model_index.json) is what stream: true reads already."""
     from compress.stream_files import convertible_files, listed
 

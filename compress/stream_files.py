@@ -76,7 +76,7 @@ def holds_diffusers_weights(folder: Path) -> bool:
 
 
 def single_files_in(folder: Path) -> list[Path]:
-    """The single-file checkpoints in `folder`: the README lays one out as the file with its
+    """The single-file checkpoints in `folder`: docs/STREAMING.md ("The teacher") lays one out as the file with its
     config.json beside it, a folder users then give where a diffusers folder is read. diffusers' own
     weight files and shards are none (converting one is no way to read their folder)."""
     from compress.io_tensors import SINGLE_FILE_SUFFIXES

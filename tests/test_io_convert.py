@@ -262,7 +262,7 @@ def test_convert_of_a_long_file_name_shows_its_bar_whole_at_80_columns(tmp_path,
 
 def test_a_folder_holding_a_single_file_names_it(tmp_path, monkeypatch, capsys):
     """`convert FOLDER` said a folder is what stream reads, and streaming it said it held no diffusers
-    weights: the user went round in circles with the README's layout (the file, config.json beside)."""
+    weights: the user went round in circles with the layout docs/STREAMING.md gives (the file, config.json beside)."""
     from compress.cli import main
     from compress.stream_files import checkpoint_of
 

@@ -294,7 +294,7 @@ def test_a_recipe_records_where_each_of_its_keys_was_given():
 
 
 def test_an_error_a_set_caused_names_it():
-    """README: "An error a `--set` caused names it". A --set version was blamed on the recipe's first
+    """docs/COMMANDS.md (`--set`): "An error a `--set` caused names it". A --set version was blamed on the recipe's first
     line, and a key of the file that a --set of another key made wrong on its line alone."""
     with pytest.raises(UserError) as e:
         parse_recipe(GOOD, "r.yaml", ["version=2"])

@@ -187,7 +187,7 @@ def test_a_set_with_nothing_after_the_equals_sign_is_refused(override, hint):
 
 
 def test_a_pass_item_set_to_null_is_refused_as_null(tmp_path):
-    """`--set passes.1=null` said "unknown pass 'null'" (the README says a list's item given null is
+    """`--set passes.1=null` said "unknown pass 'null'" (docs/COMMANDS.md says a list's item given null is
     refused; the words now say it is null and how to leave a pass out)."""
     text = "model: pixart\npasses:\n  - svd: {targets: [mlp]}\n  - svd\n"
     with pytest.raises(UserError, match=r"\(--set passes\.1=null\): passes\[1\] is null: a pass is a name"):

@@ -1,6 +1,6 @@
 """The caches a run removes from its run folder, measured on the embedded default.
 
-The README's figures for runner_caches: an interrupted svd pass's `fisher-<N>probes/`, `inputs/`
+The figures for runner_caches in docs/RUNS.md ("Caches a run removes"): an interrupted svd pass's `fisher-<N>probes/`, `inputs/`
 after a prompt change and --restart, the run folder after a ratio and a seed change.
 
 Three scenarios on `recipes/toy-pixart.yaml`, each in its own run folder under a temporary folder,

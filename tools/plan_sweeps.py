@@ -1,5 +1,5 @@
-"""The output-Fisher sweeps `plan` gives the shipped real recipes at a stated free memory (README's
-sweep counts): `python tools/plan_sweeps.py [FREE_GIB ...]` (default 139, an H200's free memory, and
+"""The output-Fisher sweeps `plan` gives the shipped real recipes at a stated free memory (the sweep
+counts of docs/PASSES.md, "Output Fishers"): `python tools/plan_sweeps.py [FREE_GIB ...]` (default 139, an H200's free memory, and
 24, this machine's). Free memory is set, not measured, so the counts do not depend on the machine;
 fisher_memory_gb as each recipe sets it (auto) and at the 2 GiB default."""
 

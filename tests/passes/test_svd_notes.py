@@ -1,5 +1,5 @@
 """svd's notes on `ranks` patterns an earlier one shadows, where a --set gave a pattern: a --set
-pattern the recipe lacks goes before the file's on purpose (README), so the file's it covers is
+pattern the recipe lacks goes before the file's on purpose (docs/COMMANDS.md), so the file's it covers is
 not warned about; a warning about a --set pattern names it and does not advise a reorder a --set
 cannot make."""
 
