@@ -77,11 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--out", help=f"output folder ({_default_folder('out')})")
     p.add_argument("--run-dir", help=f"run folder for caches and checkpoints ({_default_folder('runs')})")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from the passes (and distill checkpoint) it saved")
-    p.add_argument("--restart", action="store_true",
-                   help="discard an interrupted run's saved passes and checkpoints in --run-dir and start over "
-                        "(without --resume or --restart, a run refuses to discard them)")
+    again = p.add_mutually_exclusive_group()  # one or the other: usage [--resume | --restart], both refused
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from the passes (and distill checkpoint) it saved")
+    again.add_argument("--restart", action="store_true",
+                       help="discard an interrupted run's saved passes and checkpoints in --run-dir and start over "
+                            "(without --resume or --restart, a run refuses to discard them)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier output of dit-compress (or an empty folder) at --out")
 

@@ -201,3 +201,17 @@ def test_an_unknown_argument_of_a_command_prints_that_command_s_usage(capsys, ar
         cli.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(usage) and err.strip().splitlines()[-1] == said
+
+
+def test_resume_and_restart_are_one_or_the_other_in_run_s_usage(capsys):
+    """`run --help` showed [--resume] [--restart] as independent, and both together were refused only
+    once the run began. Now they are a mutually exclusive group: usage [--resume | --restart], and
+    both are argparse's one-line error before anything runs."""
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "[--resume | --restart]" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "missing.yaml", "--resume", "--restart"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.strip().splitlines()[-1] == "dit-compress run: error: argument --restart: not allowed with argument --resume"
