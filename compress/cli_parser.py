@@ -21,8 +21,8 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     """--teacher, --teacher-config and --set: what run, plan and importance change of a recipe."""
     p.add_argument("--teacher", help="override the recipe's teacher (hub id, folder, file, toy:NAME)")
     p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher, "
-                   "in place of the recipe's teacher_config (a toy or folder teacher reads none: warned); one not "
-                   "there is refused whatever the teacher, where the recipe's is only warned of for those")
+                   "in place of the recipe's teacher_config. A toy or folder teacher reads none (a warning says "
+                   "so). A path that does not exist is an error, for any teacher")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a recipe key, e.g. --set passes.2.svd.ratio=0.4 (repeatable)")
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "blocks and distill passes of a compressed model")
     p.add_argument("out", help=OUT_HELP)
     p.add_argument("--json", action="store_true", help="print every layer's row and the run's report as JSON")
-    p.add_argument("--plot", metavar="DIR", help="write rank-budget and spectrum PNGs into DIR")
+    p.add_argument("--plot", metavar="DIR", help="write rank-budget and spectrum PNGs into DIR (made if missing)")
 
     p = sub.add_parser("importance", help="block-importance scan: table, JSON and heatmap PNG")
     p.add_argument("source", help="a recipe YAML (a real teacher is scanned through a recipe naming it), or a toy "
@@ -106,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_options(p)  # of a recipe source only (commands_importance.importance says so of a toy)
 
     p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
-    p.add_argument("model", help="output folder or teacher source such as toy:pixart")
+    p.add_argument("model", help=f"{OUT_HELP}, or a teacher source such as toy:pixart")
     p.add_argument("--teacher", help="teacher to compare against (default: the one recorded)")
     _output_teacher_options(p)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
-    p.add_argument("--grid", metavar="PNG", help="write a sample grid")
+    p.add_argument("--grid", metavar="PNG", help="toy models only: write a grid of their sampled digits to PNG")
     p.add_argument("--seed", type=int, default=None,
                    help="toy models: seed of the sampled digits (default 0); a real model is measured on "
                         "its run's held-out inputs")

@@ -18,10 +18,11 @@ def test_every_option_says_what_it_does():
     assert silent == []
 
 
-@pytest.mark.parametrize("command", ["inspect", "bench", "lora"])
+@pytest.mark.parametrize("command", ["inspect", "bench", "lora", "eval"])
 def test_commands_reading_an_output_say_they_take_a_cached_hub_id(capsys, command):
-    """inspect, bench and lora read an output folder or a Hub id whose cached copy is one
-    (commands.cached_output_said, hub_output), as eval does: their help says both."""
+    """inspect, bench, lora and eval read an output folder or a Hub id whose cached copy is one
+    (commands.cached_output_said, hub_output): their help says both (eval's said only 'output folder
+    or teacher source such as toy:pixart')."""
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
     said = " ".join(capsys.readouterr().out.split())
@@ -215,3 +216,18 @@ def test_resume_and_restart_are_one_or_the_other_in_run_s_usage(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert err.strip().splitlines()[-1] == "dit-compress run: error: argument --restart: not allowed with argument --resume"
+
+
+@pytest.mark.parametrize("command, option, said", [
+    ("run", "--teacher-config", "A path that does not exist is an error, for any teacher"),
+    ("plan", "--teacher-config", "A toy or folder teacher reads none (a warning says so)."),
+    ("importance", "--teacher-config", "A path that does not exist is an error, for any teacher"),
+    ("eval", "--grid", "toy models only: write a grid of their sampled digits to PNG"),
+    ("inspect", "--plot", "write rank-budget and spectrum PNGs into DIR (made if missing)")])
+def test_option_help_is_plain_and_says_its_limits(capsys, command, option, said):
+    """--teacher-config ended 'one not there is refused whatever the teacher, where the recipe's is only
+    warned of for those'; eval --grid did not say it is the toys'; inspect --plot not that it makes DIR."""
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert said in text and "whatever the teacher" not in text
