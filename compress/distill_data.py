@@ -169,7 +169,8 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
     mine = range(accelerator.process_index, len(sizes), accelerator.num_processes)
     with progress_bar(progress and accelerator.is_main_process) as bar:
         written = sum(sizes[i] for i in mine if _rows_in(_shard(folder, i)) == sizes[i])
-        task = bar.add_task("distill: teacher samples", total=sum(sizes[i] for i in mine), completed=written)
+        total = sum(sizes[i] for i in mine)
+        task = bar.add_task(samples_label(written, total), total=total, completed=written)
         for i in mine:
             if _rows_in(_shard(folder, i)) != sizes[i]:  # else written before (a cache cut short)
                 _sample_shard(ctx, _shard(folder, i), i, sizes[i], batches, steps, accelerator.device, sampler,
@@ -181,6 +182,15 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
                                                           "samples": sum(sizes)}))
     accelerator.wait_for_everyone()
     return folder
+
+
+def samples_label(read_back: int, samples: int) -> str:
+    """The bar's label of sampling `samples` teacher samples, `read_back` of them in shards an
+    interrupted run wrote, as a pipeline's sampling says it (calib_pipeline.run_label), in the bar's
+    unit: 'distill: teacher samples (320 read back)' (then 416/1024 ...), '... (read back)' where all are."""
+    if samples and read_back == samples:
+        return "distill: teacher samples (read back)"
+    return "distill: teacher samples" + (f" ({read_back} read back)" if read_back else "")
 
 
 def _shard(folder: Path, i: int) -> Path:

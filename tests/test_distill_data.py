@@ -70,7 +70,7 @@ def _sample_lines(err: str) -> list[str]:
 def test_teacher_sampling_logs_its_progress_off_a_terminal(tmp_path, capsys):
     """Sampling the teacher (num_samples x sample_steps forwards: hours on a real Flux) printed nothing,
     on a terminal or in a log: it logs a line per tenth of the samples, as other long steps do; a cache
-    cut short and filled up again counts from what was there."""
+    cut short and filled up again counts from what was there, and says how many it read back."""
     teacher = tiny_pixart()
     batches = [model_inputs(teacher, batch=2, seed=s) for s in (1, 2)]
     folder = samples_run(teacher, tmp_path, batches, num_samples=8, progress=True)
@@ -78,7 +78,11 @@ def test_teacher_sampling_logs_its_progress_off_a_terminal(tmp_path, capsys):
     (folder / "complete.json").unlink()
     sorted(folder.glob("shard-*.safetensors"))[-1].unlink()
     samples_run(teacher, tmp_path, batches, num_samples=8, progress=True)
-    assert _sample_lines(capsys.readouterr().err) == ["8/8"]
+    err = capsys.readouterr().err
+    assert _sample_lines(err) == ["8/8"]
+    # the shards read back said, as a pipeline's sampling says its calls read back (a resume said only '8/8')
+    assert [line.rsplit(" (", 1)[0] for line in err.splitlines() if line.startswith("distill: teacher samples")] == [
+        "distill: teacher samples (6 read back) 8/8"], err
     samples_run(teacher, tmp_path, batches, num_samples=8)  # progress: false
     assert _sample_lines(capsys.readouterr().err) == []
 
@@ -160,3 +164,18 @@ def test_teacher_samples_are_drawn_in_inference_mode_and_returned_as_ordinary_te
                                       None, 1.0, None)
     assert torch.equal(got, plain)
     got.add_(1)  # an inference tensor would refuse this outside inference mode
+
+
+def test_the_teacher_sampling_label_says_what_was_read_back():
+    from compress.distill_data import samples_label
+
+    assert samples_label(0, 1024) == "distill: teacher samples"
+    assert samples_label(320, 1024) == "distill: teacher samples (320 read back)"
+    assert samples_label(8, 8) == "distill: teacher samples (read back)"
+    assert samples_label(0, 0) == "distill: teacher samples"
+    from tests.test_progress import _drawn
+
+    for read_back, samples in [(320, 1024), (9600, 9999)]:  # whole at 80 columns up to 4-digit counts
+        line = _drawn(samples_label(read_back, samples), samples, read_back)
+        assert line.startswith(samples_label(read_back, samples) + " ") and "…" not in line, line
+        assert f" {read_back}/{samples} " in line and len(line) <= 80, line
