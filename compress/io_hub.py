@@ -22,7 +22,8 @@ from pathlib import Path
 from compress.errors import UserError
 from compress.io import WEIGHTS, config_model_class, read_config, variant_of, variant_weights
 from compress.io_hub_cache_files import cached_place
-from compress.io_hub_requests import bounded_hub, cause_line, download, fetch_files, hub_head, in_folder, placed, repo_files
+from compress.io_hub_requests import (asked_again_if_refused, bounded_hub, cause_line, download, fetch_files, hub_head,
+                                      in_folder, placed, repo_files)
 from compress.io_tensors import one_line
 
 SUBS = ("transformer/", "")  # where a repo's transformer config.json is: a pipeline's, a transformer-only one's
@@ -39,6 +40,11 @@ def hub_folder(repo_id: str) -> Path:
     of the commit the config came from (pinned), and nothing fetched where its cached snapshot holds them.
     The transformer is where a copy of the repo has it (io.transformer_place), by the Hub's list
     (io_hub_requests.placed), else by the cached snapshot's files (cached_config)."""
+    with asked_again_if_refused(repo_id):  # a list lost before: the retry asks it again
+        return _hub_folder(repo_id)
+
+
+def _hub_folder(repo_id: str) -> Path:
     cfg, sub, why, names = hub_placed(repo_id)
     pin = pinned(cfg)
     config_model_class(read_config(cfg))
@@ -77,7 +83,14 @@ def hub_placed(repo_id: str, cached: str = "list") -> tuple[Path, str, str | Non
     places the transformer in (io_hub_requests.placed: io.transformer_place's rule, the other
     config fetched where it is not hub_config's). hub_config's errors are raised as they are, and
     hub_error's one line where placed's downloads fail; where the list fails, with `cached` ('list')
-    hub_config's config and why, in a note naming it; without ('') hub_error's line."""
+    hub_config's config and why, in a note naming it; without ('') hub_error's line. A list lost
+    within the minute before is not asked again (io_hub_requests.repo_files: why says so), unless a
+    refusal followed (raised here or by hub_folder: asked_again_if_refused)."""
+    with asked_again_if_refused(repo_id):
+        return _hub_placed(repo_id, cached)
+
+
+def _hub_placed(repo_id: str, cached: str) -> tuple[Path, str, str | None, list[str]]:
     cfg, sub, why = hub_config(repo_id)
     if why is not None:
         return cfg, sub, why, []
@@ -87,10 +100,10 @@ def hub_placed(repo_id: str, cached: str = "list") -> tuple[Path, str, str | Non
     except Exception as e:  # noqa: BLE001 - as hf_hub_download, the cache answers then
         if not cached:
             raise hub_error(repo_id, e, "a local folder or file") from None
-        why = f"the Hub's file list failed: {cause_line(e)}"
         cfg, sub = cached_config(repo_id, pin.get("revision")) or (cfg, sub)  # placed as offline: files held, listed
-        note_once(f"'{repo_id}' is read from the Hugging Face cache: {cfg} and the weights beside it ({why})")
-        return cfg, sub, why, []
+        lost = f"the Hub's file list failed: {cause_line(getattr(e, 'lost', e))}"  # the check's note, not again
+        note_once(f"'{repo_id}' is read from the Hugging Face cache: {cfg} and the weights beside it ({lost})")
+        return cfg, sub, f"the Hub's file list failed: {cause_line(e)}", []  # ListLost: '…; not asked again'
     try:
         placed_cfg, placed_sub = placed(repo_id, cfg, sub, files, **pin)
     except Exception as e:  # noqa: BLE001 - network/auth errors come in many types

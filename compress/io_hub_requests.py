@@ -108,8 +108,9 @@ def repo_files(repo_id: str, **revision) -> list[str]:
     """The names of the repo's files (of `revision`, where given), from the Hub's list: model_info's
     siblings, asked with HF_HUB_DOWNLOAD_TIMEOUT (list_repo_files takes none); a commit's asked once
     a process for a cache (a run's source check and its load share it). A list the Hub did not answer
-    (unreachable: a timeout, a lost connection) is not asked again for KEPT_S[False] (1 min): its
-    error is raised again at once (run's load waited a second timeout after its check's)."""
+    (unreachable: a timeout, a lost connection) is not asked again for KEPT_S[False] (1 min): ListLost
+    is raised at once (run's load waited a second timeout after its check's), until a load that read
+    the cache after it is refused (`forget_lost`: the user's retry asks again)."""
     from huggingface_hub import HfApi, constants
 
     from compress.io_hub import hub_cache, quiet_hub
@@ -117,8 +118,8 @@ def repo_files(repo_id: str, **revision) -> list[str]:
     key = (hub_cache(), repo_id, revision.get("revision") or "")
     if key in _LISTS:
         return _LISTS[key]
-    if key in _LOST and time.monotonic() - _LOST[key][0] <= KEPT_S[False]:
-        raise _LOST[key][1]
+    if key in _LOST and (ago := time.monotonic() - _LOST[key][0]) <= KEPT_S[False]:
+        raise ListLost(_LOST[key][1], ago)
     try:
         with quiet_hub():
             info = HfApi().model_info(repo_id, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, **revision)
@@ -130,6 +131,34 @@ def repo_files(repo_id: str, **revision) -> list[str]:
     if key[2]:
         _LISTS[key] = files
     return files
+
+
+class ListLost(RuntimeError):
+    """repo_files' list not asked again: the Hub did not answer it `ago` seconds before (`lost`, its
+    error); cause_line says both."""
+
+    def __init__(self, lost: Exception, ago: float):
+        super().__init__(f"{type(lost).__name__}: {one_line(lost)}")
+        self.lost, self.ago = lost, ago
+
+
+def forget_lost(repo_id: str) -> None:
+    """repo_files' remembered losses of `repo_id`'s lists (in this cache) forgotten: a load that read
+    the cache after one was refused, and the user's retry, the network back, asks the Hub again."""
+    from compress.io_hub import hub_cache
+
+    for key in [k for k in _LOST if k[:2] == (hub_cache(), repo_id)]:
+        del _LOST[key]
+
+
+@contextlib.contextmanager
+def asked_again_if_refused(repo_id: str):
+    """Inside, an error raised (a refusal the user sees) forgets `repo_id`'s lost lists (forget_lost)."""
+    try:
+        yield
+    except Exception:
+        forget_lost(repo_id)
+        raise
 
 
 def in_folder(files: list[str], sub: str) -> list[str]:
@@ -221,7 +250,10 @@ def cause_line(e: Exception, method: str | None = None, sent: Unanswered | None 
     """'TYPE: message' of the error under a failed Hub call (LocalEntryNotFoundError wraps the
     network's), and for a request that timed out how long it waited and what waits longer
     (`method`: the request's, where the caller knows it: a timeout's innermost cause names none;
-    `sent`: bounded_hub's record, where several requests went unanswered)."""
+    `sent`: bounded_hub's record, where several requests went unanswered); a ListLost's with when
+    it was lost and that it was not asked again."""
+    if isinstance(e, ListLost):
+        return f"{cause_line(e.lost, method, sent)}, {e.ago:.0f} s before; not asked again"
     cause = e.__cause__ if e.__cause__ is not None else e
     return f"{type(cause).__name__}: {one_line(cause)}{waited(e, method, sent)}"
 

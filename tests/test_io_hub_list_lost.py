@@ -5,10 +5,12 @@ read the same config or refuse alike, and a list lost in the check is not waited
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers import PixArtTransformer2DModel
 
 from compress import load_teacher
 from compress.errors import UserError
@@ -119,3 +121,50 @@ def test_a_config_the_list_places_elsewhere_lost_is_refused_by_the_check_as_by_t
         "cannot fetch 'acme/both' from the Hugging Face Hub (ReadTimeout: timed out (no answer within 1 s; set "
         "HF_HUB_ETAG_TIMEOUT to wait longer))"), load
     assert isinstance(check, UserError) and str(check) == str(load), check
+
+
+def _config_alone(tmp_path) -> Path:
+    """acme/pix cached at the Hub's commit with its transformer's config and no weights."""
+    repo = _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", tiny_pixart()))
+    for weights in (repo / "snapshots").glob("*/transformer/*.safetensors"):
+        weights.unlink()
+    return repo
+
+
+def test_a_load_refused_after_a_lost_list_asks_it_again_once_the_network_is_back(monkeypatch, tmp_path):
+    """A notebook: the cache holds the config, not the weights; the Hub holds the list, so the load
+    reads the cache and is refused. The network back, the retry within the minute was refused again
+    in 0.00 s without asking (the loss remembered); now it asks the list again, fetches and loads."""
+    _config_alone(tmp_path)
+    lost = [True]
+    hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: lost[0] and line.startswith(LIST))
+    seen = next(hub)
+    try:
+        first, _ = within(12, lambda: load_teacher("acme/pix"))
+        lost[0] = False  # the network is back
+        second, _ = within(12, lambda: load_teacher("acme/pix"))
+    finally:
+        next(hub, None)
+    assert isinstance(first, UserError) and "holds no weights" in str(first), first
+    assert not isinstance(second, Exception), second
+    assert _same(second, PixArtTransformer2DModel.from_pretrained(tmp_path / "pipe" / "transformer"))
+    assert sum(line.startswith(LIST) for line, *_ in seen) == 2, seen
+
+
+def test_a_load_refused_on_the_checks_lost_list_says_it_was_not_asked_again(monkeypatch, tmp_path):
+    """run's check lost the list, the load read the cache without asking it (1 list) and was refused
+    in the check's words as if it had asked; now they say it was not asked again."""
+    from compress.io_source import checked
+
+    _config_alone(tmp_path)
+    hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: line.startswith(LIST))
+    seen = next(hub)
+    try:
+        load, _ = within(12, lambda: (checked("acme/pix").config, load_teacher("acme/pix")))
+    finally:
+        next(hub, None)
+    assert isinstance(load, UserError), load
+    assert sum(line.startswith(LIST) for line, *_ in seen) == 1, seen
+    assert re.search(r"\(the Hub's file list failed: ReadTimeout: timed out \(no answer within 1 s; set "
+                     r"HF_HUB_DOWNLOAD_TIMEOUT to wait longer\), \d+ s before; not asked again\)",
+                     " ".join(str(load).split())), load
