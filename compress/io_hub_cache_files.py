@@ -66,15 +66,20 @@ def cached_listing(source: str, commit: str) -> list[str]:
     """The repo's files at `commit` as the cache's tree listing holds them (huggingface_hub's
     get_cached_repo_tree: written by an online snapshot_download, read by diffusers offline, which
     refuses a snapshot lacking one it asks for with huggingface_hub's IncompleteSnapshotError); []
-    where none is cached."""
+    where none is cached or it cannot be read (the listing is optional: the files held place the
+    transformer then). huggingface_hub 2.4's reader catches OSError, ValueError, KeyError and TypeError
+    alone (and logs 'Ignoring corrupted tree cache file', kept quiet here): a trees/COMMIT.json of
+    another shape (`[]`, a list of files) raised AttributeError through every Hub teacher's load."""
     try:
         from huggingface_hub import get_cached_repo_tree
-        from huggingface_hub.errors import CachedRepoTreeNotFoundError
     except ImportError:  # a huggingface_hub before the tree listing
         return []
+    from compress.io_hub import quiet_hub
+
     try:
-        return [f.path for f in get_cached_repo_tree(source, revision=commit)]
-    except (CachedRepoTreeNotFoundError, OSError, ValueError):
+        with quiet_hub():
+            return [f.path for f in get_cached_repo_tree(source, revision=commit)]
+    except Exception:  # noqa: BLE001 - not cached (CachedRepoTreeNotFoundError), or not as this version reads it
         return []
 
 

@@ -104,3 +104,29 @@ def test_a_file_the_caches_tree_listing_names_and_the_snapshot_lacks_is_named(tm
         f"the Hugging Face cache's snapshot {snapshot} of it: its tokenizer/ lacks special_tokens_map.json and tokenizer_config.json, "
         "which the cache's file list of the commit names and diffusers reads; download it online (hf download "
         f"acme/pix --include 'tokenizer/*' --revision {COMMIT})")
+
+
+@pytest.mark.parametrize("listing", ["[]", '{"format_version": 1, "files": []}', "{not json"])
+def test_a_cache_listing_it_cannot_read_is_passed_over(tmp_path, monkeypatch, capfd, caplog, listing):
+    """The cache's trees/COMMIT.json is optional: one of another shape (`[]`, a list of files) raised
+    AttributeError through huggingface_hub 2.4's reader, a traceback out of every load of the teacher
+    (run's check, load_teacher); now it, and one that is no JSON (huggingface_hub's warning
+    'Ignoring corrupted tree cache file', said twice), are passed over without a word: the files held
+    place the transformer."""
+    from huggingface_hub import constants
+
+    from compress import load_teacher
+    from compress.io_source import checked
+    from tests.conftest import tiny_pixart
+    from tests.test_io_hub_cache import _cached, _pipeline
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = tiny_pixart()
+    repo = _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", model))
+    (repo / "trees").mkdir()
+    (repo / "trees" / f"{COMMIT}.json").write_text(listing)
+    assert checked("acme/pix").config["num_layers"] == model.config.num_layers
+    assert load_teacher("acme/pix").config.num_layers == model.config.num_layers
+    said = capfd.readouterr().err + caplog.text  # huggingface_hub's logger: stderr, or pytest's record of it
+    assert "tree cache" not in said, said
