@@ -67,8 +67,7 @@ def lora(args) -> int:
     model = load_transformer(source)
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
              if (source / name).is_file()}
-    done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config,
-                      teacher_blocks=reported_before(files.get("report.json")))  # a given DoRA teacher's counts
+    done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     base = done.get("blocks_of")
     if not base or base == model.compression_meta.get("teacher"):  # a chain: merge_lora checked its base's count
         with naming_moved(done.get("moved")):  # read as a moved teacher's blocks: said as merge_lora says it

@@ -210,6 +210,11 @@ def empty_compressed(out) -> nn.Module:
         for name, rank in ranks.items():
             _swap_lowrank(model, name, rank, out)
     model.compression_meta = {k: v for k, v in compression.items() if k not in ("format", "ranks", "dtype")}
+    if model.compression_meta.get("block_map") and "teacher_blocks" not in model.compression_meta:
+        from compress.report_teacher import reported_blocks
+
+        if (before := reported_blocks(out)):  # an output written before config.json recorded it: its report's
+            model.compression_meta["teacher_blocks"] = before
     return model
 
 

@@ -54,16 +54,15 @@ from compress.lowrank import LowRankLinear
 
 def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module | str | None = None,
                teacher_config: str | None = None, *, own_blocks: bool = False, blocks: dict | None = None,
-               blocks_of: str | None = None, teacher_blocks: dict | None = None) -> dict:
+               blocks_of: str | None = None) -> dict:
     """Merge `lora` (a file, a folder or a state dict; see the module docstring) into `student` (from
     `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come from (a
     model or a source; default: the base the student's chain of teachers leads to, lora_teacher.lora_base),
     read only for a DoRA (given for a plain LoRA: a note says so; a local one not there: a UserError
     whatever the LoRA; given for a DoRA: refused where its block counts are not those of the model the
     LoRA's blocks are read as, the base as the chain records it or the student's teacher (there or not) as
-    the student does, lora_replay_moved.given_numbered_otherwise; `teacher_blocks`: the student's teacher's
-    counts before any removal, as the output's report.json records them, report_teacher.blocks_before, which
-    `dit-compress lora` passes: its block map says only "at least" of a group it removed blocks of);
+    the student does, lora_replay_moved.given_numbered_otherwise: exactly where its compression record keeps
+    them, teacher_blocks, else its block map's "at least");
     `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": modules,
     "rank_added": {module: r'} of the low-rank ones, "dropped": base modules of removed blocks,
     "not_merged": text-encoder modules of the LoRA, "densified": low-rank modules stored dense, their grown
@@ -108,7 +107,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     if dora and given is not None and base.source and not own_blocks:  # norms of its blocks, numbered as the base's
         from compress.lora_replay_moved import given_numbered_otherwise
 
-        if (refused := given_numbered_otherwise(student, given, teacher_config, base, moved, teacher_blocks)):
+        if (refused := given_numbered_otherwise(student, given, teacher_config, base, moved)):
             raise refused
     of = {name: name for name in dora}  # the DoRA layer's name in the model its norms are read from
     if dora and own_blocks and given is None:  # norms of the base blocks the student's descend from

@@ -15,16 +15,20 @@ from compress.errors import UserError
 from compress.lora_teacher import GIVE_TEACHER, missing
 
 
-def took_counts(student: nn.Module, before: dict | None = None) -> dict[str, tuple[int, bool]]:
+def took_counts(student: nn.Module) -> dict[str, tuple[int, bool]]:
     """The block counts of the student's teacher as the student says them: {group: (count, exact)}, its
-    own count (exact) for a group it removed none of, else the count its report records (`before`: its
-    report.json's blocks_before, report_teacher.blocks_before; exact), else the most its block map
-    names + 1 (at least)."""
+    own count (exact) for a group it removed none of, else the count its compression record keeps
+    (teacher_blocks: the run's report's blocks_before, which config.json records, or load_transformer
+    reads from report.json for an output written before; exact), else the most its block map names + 1
+    (at least)."""
     from compress.arch import get_adapter
 
-    block_map = (getattr(student, "compression_meta", None) or {}).get("block_map")
+    meta = getattr(student, "compression_meta", None) or {}
+    block_map = meta.get("block_map")
     block_map = block_map if isinstance(block_map, dict) else {}  # a malformed one: inspect says so
-    before = {g: n for g, n in (before or {}).items() if isinstance(n, int) and not isinstance(n, bool)}
+    before = meta.get("teacher_blocks")
+    before = {g: n for g, n in (before if isinstance(before, dict) else {}).items()
+              if isinstance(n, int) and not isinstance(n, bool)}
     return {group: (count, True) if group not in block_map else (before[group], True) if group in before else
             (max(block_map[group], default=-1) + 1, False)
             for group, count in get_adapter(student).block_counts(student).items()}
@@ -99,14 +103,14 @@ def counted_otherwise(adapter, have: dict[str, int | None], counts: dict,
     return None
 
 
-def given_numbered_otherwise(student: nn.Module, given, config: str | None, base, moved: str | None,
-                             before: dict | None = None) -> UserError | None:
+def given_numbered_otherwise(student: nn.Module, given, config: str | None, base,
+                             moved: str | None) -> UserError | None:
     """The refusal of a DoRA merged into `student` (merge_lora) with the teacher `given` (a model or a
     source), whose block j's norms it would read for the LoRA's block j, where the given teacher's block
     counts (read offline: lora._teacher_count; not known: not refused) are not those of the model the
     LoRA's blocks are read as (`base`: lora_teacher.LoraBase): the base of a chain of outputs, as the
     chain records it (lora_teacher.base_block_count), else the student's own teacher, as the student
-    records it (took_counts; `before`: its report's counts); None where they are. `moved`: that teacher,
+    records it (took_counts); None where they are. `moved`: that teacher,
     not there now (LoraBase.moved, said or not), whose map to its base, if it was an output, is not known:
     put back, it would be followed (as a replay refuses such a teacher: moved_away). `config`: a
     single-file teacher's. A given dit-compress output is left to dora_weights, which refuses it as it is
@@ -119,7 +123,7 @@ def given_numbered_otherwise(student: nn.Module, given, config: str | None, base
         return None
     adapter, chained = get_adapter(student), len(base.chain) > 1
     have = {g.name: _teacher_count(student, g, given, config) for g in adapter.groups}
-    numbered = counted_otherwise(adapter, have, read_as_counts(student, base, before), "the base" if chained else
+    numbered = counted_otherwise(adapter, have, read_as_counts(student, base), "the base" if chained else
                                  "the model's teacher")
     if numbered is None:
         return None
@@ -136,11 +140,11 @@ def given_numbered_otherwise(student: nn.Module, given, config: str | None, base
                      f"no teacher ({base.source} is read) or one numbered as it, with {GIVE_TEACHER}")
 
 
-def read_as_counts(student: nn.Module, base, before: dict | None = None) -> dict[str, tuple[int | None, bool]]:
+def read_as_counts(student: nn.Module, base) -> dict[str, tuple[int | None, bool]]:
     """{group: (count, exact)} of the model the student's LoRA's blocks are read as (`base`:
     lora_teacher.LoraBase): the base of a chain of outputs as the chain records it (lora_teacher.
     base_block_count; None: not recorded), else the student's own teacher as the student records it
-    (took_counts, `before`: its report's); a count not known exactly read from that model's config where
+    (took_counts); a count not known exactly read from that model's config where
     it is there offline."""
     from compress.arch import get_adapter
     from compress.lora import _teacher_count
@@ -148,7 +152,7 @@ def read_as_counts(student: nn.Module, base, before: dict | None = None) -> dict
 
     adapter = get_adapter(student)
     counts = ({g.name: (base_block_count(base.chain, g), True) for g in adapter.groups} if len(base.chain) > 1
-              else took_counts(student, before))
+              else took_counts(student))
     for g in adapter.groups:
         count, exact = counts.get(g.name, (None, False))
         if count is None or not exact:

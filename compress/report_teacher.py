@@ -164,6 +164,17 @@ def blocks_before(report) -> dict:
     return before if isinstance(before, dict) else {}
 
 
+def reported_blocks(out: Path) -> dict[str, int]:
+    """{group: block count} of an output's teacher before any removal as its report.json records it
+    (blocks_before): what an output written before config.json's compression section recorded it
+    (teacher_blocks) says of it; {} where none is, or the report is damaged (inspect says so)."""
+    try:
+        report = json.loads((Path(out) / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {g: n for g, n in blocks_before(report).items() if isinstance(n, int) and not isinstance(n, bool)}
+
+
 def teacher_chain(source: str) -> list[str]:
     """`source`, then while the last is a dit-compress output folder (not a pipeline folder: that is
     its own base) the teacher it records: an output compressed from an output leads to the teacher

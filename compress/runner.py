@@ -19,6 +19,7 @@ from compress.passes.base import first_nonfinite, predictions
 from compress.output_names import rerun_needs_overwrite
 from compress.recipe import Recipe
 from compress.report import console, param_count
+from compress.report_teacher import blocks_before
 from compress.runner_caches import clock_ns, finished_run, remove_unread_caches, unread_files
 from compress.runner_checks import removal_note, warn_ran_notes
 from compress.runner_folders import interrupt_note
@@ -300,6 +301,8 @@ class Runner:
         recorded = recorded_teacher(self)
         report = output_report(self, student, teacher_params, recorded)
         extra = {**recorded, "block_map": self.ctx.block_map}
+        if self.ctx.block_map and (before := blocks_before(report)):  # the block map says only "at least"
+            extra["teacher_blocks"] = before
         out = self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
                                extra=extra, files=output_files(self, student, report), overwrite=self.overwrite)
         self.written = out  # complete, in place

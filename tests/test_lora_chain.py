@@ -109,16 +109,16 @@ def _base_lora(base, tmp_path):
     return _save(weights, tmp_path / "base-lora.safetensors"), weights
 
 
-def _reported_chain(tmp_path, b_removes: int):
-    """The base (PixArt, 6 blocks, saved): a removes its last block 5, b a's block `b_removes`, and b's
-    report.json records a's 5 blocks before its removal (as a run's does)."""
+def _reported_chain(tmp_path, b_removes: int, a_removes: int = 5):
+    """The base (PixArt, 6 blocks, saved): a removes its block `a_removes` (its last), b a's block
+    `b_removes`, and b's report.json records a's 5 blocks before its removal (as a run's does)."""
     from compress.io_output import load_transformer
 
     base = tiny_pixart(num_layers=6)
     base.save_pretrained(tmp_path / "base")
     adapter = get_adapter(base)
     a = copy.deepcopy(base)
-    _save_output(a, tmp_path / "a", tmp_path / "base", adapter.remove_blocks(a, {"blocks": [5]}))
+    _save_output(a, tmp_path / "a", tmp_path / "base", adapter.remove_blocks(a, {"blocks": [a_removes]}))
     b = load_transformer(tmp_path / "a")
     _save_output(b, tmp_path / "b", tmp_path / "a", adapter.remove_blocks(b, {"blocks": [b_removes]}))
     (tmp_path / "b" / "report.json").write_text(json.dumps({"teacher": str((tmp_path / "a").resolve()),

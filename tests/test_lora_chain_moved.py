@@ -206,8 +206,8 @@ def test_a_dora_read_as_a_moved_teachers_blocks_is_refused_a_given_teacher_of_ot
     recording a's 5 blocks; a moved away, b takes a DoRA of a's blocks with --teacher base. b's block map
     says only that a had at least 4 blocks, which the base's 6 passed: rc 0 without a word, b's block j
     (j >= 1) taking base block j's norms, not those of base block j + 1, a's block j. Now the report's
-    count reaches the check: refused in one line (6 vs 5), nothing written; merge_lora given it
-    (teacher_blocks) likewise. a-copy (a's blocks saved as no output: 5) is merged as before, exactly as
+    count reaches the check: refused in one line (6 vs 5), nothing written; merge_lora of the output as
+    load_transformer loads it likewise. a-copy (a's blocks saved as no output: 5) is merged as before, exactly as
     b takes the same DoRA of the base renumbered with a there."""
     from compress.cli import main
     from compress.io_output import load_transformer
@@ -242,7 +242,7 @@ def test_a_dora_read_as_a_moved_teachers_blocks_is_refused_a_given_teacher_of_ot
                    "(dit-compress lora) or teacher= to merge_lora"], err
     assert not (tmp_path / "new").exists()
     with pytest.raises(UserError, match=r"\(it has 6 transformer_blocks, the model's teacher 5\)"):
-        merge_lora(load_transformer(tmp_path / "b"), dora, teacher=base, teacher_blocks={"blocks": 5})
+        merge_lora(load_transformer(tmp_path / "b"), dora, teacher=base)  # the count as load_transformer reads it
     assert main(["lora", str(tmp_path / "b"), str(dora), str(tmp_path / "new"), "--teacher",
                  str(tmp_path / "a-copy")]) == 0
     (tmp_path / "a-moved").rename(tmp_path / "a")

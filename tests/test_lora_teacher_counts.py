@@ -1,0 +1,70 @@
+"""The block counts of an output's teacher before any removal (its compression record's teacher_blocks,
+written into config.json by the run, read from report.json for an output written before): one rule for
+`dit-compress lora`, merge_lora from Python and the replays of eval and bench (load_teacher_of)."""
+
+import json
+
+import pytest
+
+from compress.errors import UserError
+from tests.conftest import tiny_pixart
+from tests.runner_helpers import SIMPLE, run_recipe
+
+
+def test_a_run_that_removes_blocks_records_its_teachers_counts_in_config_json(tmp_path):
+    """The block map says only 'at least max + 1' of the teacher's blocks (a removed last block): the
+    output's config.json records the report's exact blocks_before, and load_transformer keeps it."""
+    from compress.io_output import load_transformer
+
+    tiny_pixart(num_layers=4).save_pretrained(tmp_path / "t")
+    out = run_recipe(tmp_path, SIMPLE.format(teacher=tmp_path / "t", passes="  - remove_blocks: {blocks: {blocks: [3]}}\n"),
+                     "r")
+    compression = json.loads((out / "config.json").read_text())["compression"]
+    assert compression["block_map"] == {"blocks": [0, 1, 2]} and compression["teacher_blocks"] == {"blocks": 4}
+    assert load_transformer(out).compression_meta["teacher_blocks"] == {"blocks": 4}
+
+
+def _moved_chain(tmp_path, lora_of):
+    """base (6 blocks) -> a (base blocks 0 2 3 4 5) -> b (a's blocks 0-3: a's last removed), b's report
+    (as a run's) recording a's 5 blocks, its config.json none (an output written before it did); a LoRA of
+    a's blocks (`lora_of`: tests.test_lora_limits._state or test_lora_replay_mapped._dora) saved."""
+    from compress.io_output import load_transformer
+    from tests.test_lora_chain import _reported_chain
+    from tests.test_lora_limits import _save
+
+    _reported_chain(tmp_path, 4, a_removes=1)
+    return _save(lora_of(load_transformer(tmp_path / "a"), ["to_q"]), tmp_path / "a-lora.safetensors")
+
+
+def test_eval_and_bench_replay_refuse_a_teacher_of_other_counts_than_the_report_says_as_lora_does(tmp_path):
+    """b took a plain LoRA of a's blocks with a moved away; eval's and bench's replay (load_teacher_of) on
+    --teacher base (6 blocks; a had 5, b's report says) gave base block j the LoRA of a's block j (to_q
+    0.41 off): accepted, where `lora` refuses such a teacher. Now refused, as lora is; the new output's
+    config.json carries the count (read from b's report.json) on."""
+    from compress.cli import main
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from tests.test_lora_limits import _state
+    from tests.test_lora_replay_mapped import refused
+
+    lora = _moved_chain(tmp_path, _state)
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 0
+    new = load_transformer(tmp_path / "new")
+    assert "(it has 6 transformer_blocks, the model's teacher 5)" in refused(new, str(tmp_path / "base"))
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["compression"]["teacher_blocks"] == {"blocks": 5}
+    (tmp_path / "a-moved").rename(tmp_path / "a")
+    load_teacher_of(new, str(tmp_path / "base"))  # a there: mapped through a's chain, as before
+
+
+def test_merge_lora_from_python_refuses_what_lora_refuses_for_a_dora_read_as_a_moved_teachers_blocks(tmp_path):
+    """merge_lora(load_transformer(b), dora, teacher=base): accepted silently (the block map's 'at least
+    4'), where `dit-compress lora` refused it (b's report: a had 5). Now refused alike."""
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora_replay_mapped import _dora
+
+    dora = _moved_chain(tmp_path, _dora)
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    with pytest.raises(UserError, match=r"\(it has 6 transformer_blocks, the model's teacher 5\)"):
+        merge_lora(load_transformer(tmp_path / "b"), dora, teacher=str((tmp_path / "base").resolve()))
