@@ -101,31 +101,33 @@ def unreachable(e: Exception) -> bool:
 
 
 _LISTS: dict[tuple[str, str, str], list[str]] = {}  # (cache, repo, commit) -> its files: a commit's never change
-_LOST: dict[tuple[str, str, str], tuple[float, Exception]] = {}  # (cache, repo, revision) -> (when, its error)
+_LOST: dict[tuple[str, str, str, float], tuple[float, Exception]] = {}  # (cache, repo, revision, wait) -> (when, error)
 
 
 def repo_files(repo_id: str, **revision) -> list[str]:
     """The names of the repo's files (of `revision`, where given), from the Hub's list: model_info's
     siblings, asked with HF_HUB_DOWNLOAD_TIMEOUT (list_repo_files takes none); a commit's asked once
     a process for a cache (a run's source check and its load share it). A list the Hub did not answer
-    (unreachable: a timeout, a lost connection) is not asked again for KEPT_S[False] (1 min): ListLost
-    is raised at once (run's load waited a second timeout after its check's), until a load that read
-    the cache after it is refused (`forget_lost`: the user's retry asks again)."""
+    (unreachable: a timeout, a lost connection) is not asked again for KEPT_S[False] (1 min) at the
+    same HF_HUB_DOWNLOAD_TIMEOUT (its words, `waited`'s, name that wait): ListLost is raised at once
+    (run's load waited a second timeout after its check's), until a load that read the cache after
+    it is refused (`forget_lost`: the user's retry asks again)."""
     from huggingface_hub import HfApi, constants
 
     from compress.io_hub import hub_cache, quiet_hub
 
     key = (hub_cache(), repo_id, revision.get("revision") or "")
+    lost = (*key, constants.HF_HUB_DOWNLOAD_TIMEOUT)  # a wait raised since (as the words advise): asked again
     if key in _LISTS:
         return _LISTS[key]
-    if key in _LOST and (ago := time.monotonic() - _LOST[key][0]) <= KEPT_S[False]:
-        raise ListLost(_LOST[key][1], ago)
+    if lost in _LOST and (ago := time.monotonic() - _LOST[lost][0]) <= KEPT_S[False]:
+        raise ListLost(_LOST[lost][1], ago)
     try:
         with quiet_hub():
             info = HfApi().model_info(repo_id, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, **revision)
     except Exception as e:  # noqa: BLE001 - the transport's errors vary with huggingface_hub's version
         if unreachable(e):
-            _LOST[key] = (time.monotonic(), e)
+            _LOST[lost] = (time.monotonic(), e)
         raise
     files = [s.rfilename for s in info.siblings or ()]
     if key[2]:

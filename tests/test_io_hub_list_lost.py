@@ -168,3 +168,26 @@ def test_a_load_refused_on_the_checks_lost_list_says_it_was_not_asked_again(monk
     assert re.search(r"\(the Hub's file list failed: ReadTimeout: timed out \(no answer within 1 s; set "
                      r"HF_HUB_DOWNLOAD_TIMEOUT to wait longer\), \d+ s before; not asked again\)",
                      " ".join(str(load).split())), load
+
+
+def test_a_list_lost_is_asked_again_once_its_wait_is_raised(monkeypatch, tmp_path, capsys):
+    """run's check lost the list at HF_HUB_DOWNLOAD_TIMEOUT 1 s; the user raises it to 2 s, as the words
+    advise, and loads within the minute: the load asked nothing and said 'no answer within 2 s' (the
+    remembered error's words recomputed); now it asks again (2 lists), waits 2 s and says so."""
+    from huggingface_hub import constants
+
+    from compress.io_source import checked
+
+    _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", tiny_pixart()))
+    hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: line.startswith(LIST))
+    seen = next(hub)
+    try:
+        within(12, lambda: checked("acme/pix").config)
+        monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
+        _, took = within(12, lambda: load_teacher("acme/pix"))
+    finally:
+        next(hub, None)
+    said = " ".join(capsys.readouterr().err.split())
+    assert sum(line.startswith(LIST) for line, *_ in seen) == 2, seen
+    assert took >= 2, f"{took:.2f} s"
+    assert "(the Hub's file list failed: ReadTimeout: timed out (no answer within 2 s; set" in said, said
