@@ -49,7 +49,7 @@ def lora(args) -> int:
     from compress.io_export import save_compressed
     from compress.io_output import hub_output
     from compress.lora import merge_lora
-    from compress.lora_teacher import check_given, naming_moved
+    from compress.lora_teacher import check_given
     from compress.runner_lock import hold_output
 
     source, new = Path(args.out).expanduser(), Path(args.new).expanduser()
@@ -69,9 +69,6 @@ def lora(args) -> int:
              if (source / name).is_file()}
     done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     base = done.get("blocks_of")
-    if not base or base == model.compression_meta.get("teacher"):  # a chain: merge_lora checked its base's count
-        with naming_moved(done.get("moved")):  # read as a moved teacher's blocks: said as merge_lora says it
-            check_teacher_blocks(model, done["dropped"], files.get("report.json"), args.lora, base)
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
     noted = with_lora_noted(files, model, recorded, args.scale, done)
     with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
@@ -103,36 +100,6 @@ def dropped_words(model, dropped: list[str], listed: bool, source: str, base: st
         whose = f"{base}'s" if base else "the teacher's"
         where = f" ({whose} {', '.join(blocks)}; {source} has no report.json to list them in)"
     return f"; {len(dropped)} of its layers {'was' if len(dropped) == 1 else 'were'} in removed blocks{where}"
-
-
-def check_teacher_blocks(model, dropped: list[str], report_text: str | None, lora: str,
-                         base: str | None = None) -> None:
-    """A UserError where a LoRA module merge_lora counted as in a removed block is in a block the
-    teacher never had: past the teacher's block count, which the output's report.json records (the
-    first removal pass's blocks_before) and its block map does not (a removed last block). merge_lora
-    checks this itself where the teacher's config is at hand offline, and for an output of an output
-    against its base's count that the chain records (lora.check_teacher_count); this is for the
-    output's own teacher where its config is not at hand (moved: lora's error then names it, as
-    merge_lora's does, lora_teacher.naming_moved; or a Hub id of no shipped config)."""
-    from compress.lora_keys import blocks_named, check_blocks
-
-    before = reported_before(report_text)
-    for g in get_adapter(model).groups:
-        count = before.get(g.name)
-        if isinstance(count, int) and not isinstance(count, bool):
-            check_blocks(g.attr, count, blocks_named(g.attr, dropped), lora, base)
-
-
-def reported_before(report_text: str | None) -> dict:
-    """{group: block count} of the output's teacher before any removal, as its report.json (`report_text`)
-    records it (report_teacher.blocks_before); {} where none is, or the report is damaged (merge_lora's
-    own checks then stand)."""
-    from compress.report_teacher import blocks_before
-
-    try:
-        return blocks_before(json.loads(report_text)) if report_text else {}
-    except ValueError:
-        return {}
 
 
 def _recorded_dtype(out: Path):

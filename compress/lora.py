@@ -152,8 +152,8 @@ def _read_against(student: nn.Module, adapter, lora, base: LoraBase, teacher, te
     with naming_moved(base.moved):
         layers, text_encoder = read_lora(student, adapter, lora, base.block_map, base.source)
         targets = {name: adapter.renumbered(name, base.block_map) for name in layers}  # the base's -> the student's
-        check_teacher_count(student, adapter, base.block_map, [n for n, t in targets.items() if t is None],
-                            label(lora), teacher, teacher_config, base.chain)
+        check_teacher_count(student, adapter, base, [n for n, t in targets.items() if t is None], label(lora),
+                            teacher, teacher_config)
     return layers, text_encoder, targets
 
 
@@ -170,31 +170,43 @@ def _say(text_encoder: list[str], chain: list[str]) -> None:
              f"{', compressed from '.join(chain[1:])}")
 
 
-def check_teacher_count(student: nn.Module, adapter, block_map: dict, dropped: list[str], where: str,
-                        teacher=None, teacher_config: str | None = None, chain: list[str] | None = None) -> None:
+def check_teacher_count(student: nn.Module, adapter, base: LoraBase, dropped: list[str], where: str,
+                        teacher=None, teacher_config: str | None = None) -> None:
     """A UserError (lora_keys.check_blocks) where a LoRA module counted as in a removed block is past
-    the last block of a group with a block map, in a block the teacher never had: the teacher's block
-    count, which the block map does not record (a removed last block). For an output of an output
-    (`chain`: lora_teacher.LoraBase.chain), the base's count as the chain records it
-    (lora_teacher.base_block_count); else, or where it records none, read from `teacher` (a model), or
-    from the config of the teacher source given (merge_lora's: the base, or --teacher) or recorded, where
-    one is read offline (a toy, a folder, a single file's, a known Hub id's). The error names the model
-    the count is of. A student compressed from the base itself whose teacher's config is not at hand:
-    the CLI's check of its report.json stands."""
+    the last block of a group with a block map, in a block the model the LoRA's blocks are read as never
+    had: its block count, which the block map does not record (a removed last block). For a student's
+    own chain (`base`: lora_teacher.LoraBase), the counts it reads its blocks as
+    (lora_replay_moved.read_as_counts, exact ones only: the chain's base as the chain records it, else the
+    student's teacher as its compression record keeps it, else either's config read offline), never a
+    given teacher's, whose weights a plain LoRA does not read; for a LoRA read as the model's own blocks
+    (own_blocks, blocks: lora_replay), the count of `teacher` (a model), else of the config of the source
+    given or recorded. The error names the model the count is of."""
     from compress.lora_keys import blocks_named, check_blocks
-    from compress.lora_teacher import base_block_count
 
+    bounds = None
     for g in adapter.groups:
-        kept = block_map.get(g.name)
+        kept = base.block_map.get(g.name)
         past = blocks_named(g.attr, dropped)
         if not kept or not past or max(past) <= max(kept):
             continue
-        count, of = base_block_count(chain or [], g), chain[-1] if chain else None
-        if count is None:  # the teacher's own: named where it is a source (a model: "the base model")
-            count = _teacher_count(student, g, teacher, teacher_config)
-            of = teacher if isinstance(teacher, str) else None
+        bounds = bounds if bounds is not None else _bounds(student, adapter, base, teacher, teacher_config)
+        count, of = bounds[g.name]
         if count is not None:
             check_blocks(g.attr, count, past, where, of)
+
+
+def _bounds(student: nn.Module, adapter, base: LoraBase, teacher, config: str | None) -> dict:
+    """{group: (the block count check_teacher_count bounds a LoRA's blocks by, None: not known exactly;
+    the model it is of, None: unnamed: the teacher given, where that model is not there now, is named as
+    where the user says it is)}."""
+    if base.chain:
+        from compress.lora_replay_moved import read_as_counts
+        from compress.lora_teacher import missing
+
+        of = teacher if isinstance(teacher, str) and missing(base.source) else base.source
+        return {g: (count if exact else None, of) for g, (count, exact) in read_as_counts(student, base).items()}
+    return {g.name: (_teacher_count(student, g, teacher, config), teacher if isinstance(teacher, str) else None)
+            for g in adapter.groups}
 
 
 def _teacher_count(student: nn.Module, group, teacher, config: str | None) -> int | None:

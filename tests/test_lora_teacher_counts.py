@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from compress.arch import get_adapter
 from compress.errors import UserError
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import SIMPLE, run_recipe
@@ -68,3 +69,47 @@ def test_merge_lora_from_python_refuses_what_lora_refuses_for_a_dora_read_as_a_m
     (tmp_path / "a").rename(tmp_path / "a-moved")
     with pytest.raises(UserError, match=r"\(it has 6 transformer_blocks, the model's teacher 5\)"):
         merge_lora(load_transformer(tmp_path / "b"), dora, teacher=str((tmp_path / "base").resolve()))
+
+
+def test_a_lora_past_the_count_its_output_records_is_refused_from_python_as_by_the_cli(tmp_path, capsys):
+    """a removes the base's last block 5, b a's block 4 (b records a's 5 blocks); a moved away. The base's
+    LoRA, read as a's blocks, has a block 5, past a's 5: merge_lora(load_transformer(b), lora) merged it
+    with transformer_blocks.5 listed as dropped (check_teacher_count used no recorded count: only the CLI
+    read the report, a second time); now it refuses it, in the CLI's words."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora_chain import _base_lora, _reported_chain
+
+    base = _reported_chain(tmp_path, 4)
+    lora, _ = _base_lora(base, tmp_path)
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    with pytest.raises(UserError, match=r"the LoRA adapts transformer_blocks\.5, but the base model .*/a has 5 "):
+        merge_lora(load_transformer(tmp_path / "b"), lora)
+    capsys.readouterr()
+    assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 2
+    assert "the LoRA adapts transformer_blocks.5, but the base model" in capsys.readouterr().err
+
+
+def test_a_given_teacher_does_not_bound_a_plain_loras_blocks(tmp_path, capsys):
+    """a (base 6 blocks, its last removed) takes a LoRA of an 8-block model. With no --teacher it was
+    refused (the base has 6); with --teacher deeper (8 blocks, whose weights a plain LoRA does not read)
+    it was merged, 'the teacher's transformer_blocks.5, .6, .7' listed as removed, blocks the base never
+    had. Now refused alike, naming the base's count."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora_chain import _save_output
+    from tests.test_lora_limits import _save, _state
+
+    base = tiny_pixart(num_layers=6)
+    base.save_pretrained(tmp_path / "base")
+    _save_output(base, tmp_path / "a", tmp_path / "base", get_adapter(base).remove_blocks(base, {"blocks": [5]}))
+    tiny_pixart(num_layers=8).save_pretrained(tmp_path / "deeper")
+    lora = _save(_state(tiny_pixart(num_layers=8), ["to_q"]), tmp_path / "deep-lora.safetensors")
+    deeper = str(tmp_path / "deeper")
+    with pytest.raises(UserError, match=r"adapts transformer_blocks\.7, but the base model .*/base has 6 "):
+        merge_lora(load_transformer(tmp_path / "a"), lora, teacher=deeper)
+    capsys.readouterr()
+    assert main(["lora", str(tmp_path / "a"), str(lora), str(tmp_path / "new"), "--teacher", deeper]) == 2
+    assert "but the base model" in capsys.readouterr().err and not (tmp_path / "new").exists()
