@@ -24,7 +24,7 @@ class Refusal:
     def words(self, name: str, written: bool = True, dotted: str | None = None) -> str:
         """'svd.fisher: all needs ...; with stream: true set svd.fisher to block or none' (`written`:
         the recipe gave the key, else its value is the default; `dotted`: the key as --set names it)."""
-        said = f"{name}.{self.key}: {self.shown}" if written else f"{name}: {self.key} (default {self.shown})"
+        said = f"{name}.{self.key}: {self.shown}" if written else f"{name}.{self.key} (default {self.shown})"
         return f"{said} {self.why}; with stream: true set {dotted or f'{name}.{self.key}'} to {self.instead}"
 
 
@@ -37,7 +37,7 @@ class NotStreamable(UserError):
         self.name, self.refusals = name, refusals
 
     def lines(self, spec, index: int) -> list[str]:
-        """'PATH:LINE: svd: fisher (default all) needs ...; ... set passes.2.svd.fisher to ...' per
+        """'PATH:LINE: svd.fisher (default all) needs ...; ... set passes.2.svd.fisher to ...' per
         refusal, of the pass `spec` (recipe.PassSpec), passes.`index` of its recipe: the line of the
         key where the recipe gives it (the pass's where not), with the --sets that made it."""
         return [f"{spec.where(BadValue(r.key, '', r.reads), 'stream')}: "

@@ -60,7 +60,7 @@ def test_uncompressed_shards_load_in_plain_diffusers(tmp_path):
 
 @pytest.mark.parametrize("edit, match", [
     ("fisher: block", "6: svd.fisher: all needs the whole model"),
-    ("ratio: 0.5", "6: svd: sensitivity \\(default on with allocation: global\\) needs the whole model"),
+    ("ratio: 0.5", "6: svd.sensitivity \\(default on with allocation: global\\) needs the whole model"),
 ])
 def test_whole_model_work_is_refused_with_file_line(tmp_path, edit, match):
     text = streamed_teacher(tmp_path, "pixart").format(stream="true")

@@ -34,9 +34,9 @@ def test_every_pass_that_cannot_stream_is_named_in_one_error():
     words = [m.group(2) for m in at]
     assert words[0].startswith("remove_blocks.criterion: learned trains through the whole model") and \
         words[0].endswith("set passes.1.remove_blocks.criterion to scan or proxy")
-    assert words[1].startswith("svd: fisher (default all) needs the whole model") and \
+    assert words[1].startswith("svd.fisher (default all) needs the whole model") and \
         words[1].endswith("set passes.2.svd.fisher to block (each block's own output Fisher) or none")
-    assert words[2].startswith("svd: sensitivity (default on with allocation: global) needs the whole model") and \
+    assert words[2].startswith("svd.sensitivity (default on with allocation: global) needs the whole model") and \
         words[2].endswith("set passes.2.svd.sensitivity to false")
     assert "passes.3.svd.fisher" in words[3] and words[4].startswith("the distill pass needs the whole model")
 
