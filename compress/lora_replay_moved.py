@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from compress.errors import UserError
-from compress.lora_teacher import GIVE_TEACHER, missing
+from compress.lora_teacher import missing
 
 
 def took_counts(student: nn.Module) -> dict[str, tuple[int, bool]]:
@@ -96,10 +96,16 @@ def counted_otherwise(adapter, have: dict[str, int | None], counts: dict,
     """'it has N ATTR, WHOSE [at least ]M' for the first group of `adapter` whose count in `have`
     ({group: count}; None: not known) is not that of a model of `counts` (took_counts: exact, else at
     least; None: not known); None where none is. `whose`: that model, in words."""
+    found = differing(adapter, have, counts)
+    return None if found is None else f"it has {found[0]} {found[1]}, {whose} {found[2]}"
+
+
+def differing(adapter, have: dict[str, int | None], counts: dict) -> tuple[int, str, str] | None:
+    """(N, ATTR, '[at least ]M') of counted_otherwise's first group counted otherwise; None where none is."""
     for g in adapter.groups:
         count, (want, exact) = have.get(g.name), counts.get(g.name, (None, False))
         if count is not None and want is not None and (count != want if exact else count < want):
-            return f"it has {count} {g.attr}, {whose} {'' if exact else 'at least '}{want}"
+            return count, g.attr, f"{'' if exact else 'at least '}{want}"
     return None
 
 
@@ -123,21 +129,22 @@ def given_numbered_otherwise(student: nn.Module, given, config: str | None, base
         return None
     adapter, chained = get_adapter(student), len(base.chain) > 1
     have = {g.name: _teacher_count(student, g, given, config) for g in adapter.groups}
-    numbered = counted_otherwise(adapter, have, read_as_counts(student, base), "the base" if chained else
-                                 "the model's teacher")
-    if numbered is None:
+    if (found := differing(adapter, have, read_as_counts(student, base))) is None:
         return None
+    count, attr, want = found
     who = f"the teacher given, {given}," if isinstance(given, (str, Path)) else "the teacher given"
     if moved:
-        return UserError(f"a DoRA's norms would be read from {who} in the numbering of the blocks the LoRA's are read "
-                         f"as, those of the model's teacher {moved}, not there now, while the given teacher's blocks "
-                         f"may be numbered otherwise ({numbered}): put {moved} back (where it is a dit-compress "
-                         "output, its chain maps the LoRA's blocks to its base's), or, where it was no output, give "
-                         f"its new place with {GIVE_TEACHER}")
-    of = f"the base of the model's chain, {base.source}" if chained else f"the model's teacher {base.source}"
-    return UserError(f"a DoRA's norms would be read from {who} in the numbering of the blocks the LoRA's are read as, "
-                     f"those of {of}, while the given teacher's blocks are numbered otherwise ({numbered}): give "
-                     f"no teacher ({base.source} is read) or one numbered as it, with {GIVE_TEACHER}")
+        return UserError(f"{who} has {count} {attr}, but the DoRA's blocks are numbered as {moved}'s, the model's "
+                         f"teacher, not there now ({want}): its norms would come from other blocks; put {moved} back "
+                         "(an output's chain is then followed), or give its new place (were it an output: a plain "
+                         f"model of the base blocks it kept) with {GIVE}")
+    of = "the base of the model's chain" if chained else "the model's teacher"
+    return UserError(f"{who} has {count} {attr}, but the DoRA's blocks are numbered as {base.source}'s, {of} ({want}): "
+                     f"its norms would come from other blocks; give no teacher ({base.source} is read) or one with its "
+                     f"blocks, with {GIVE}")
+
+
+GIVE = "--teacher (teacher= to merge_lora)"  # a given DoRA teacher, however merged
 
 
 def read_as_counts(student: nn.Module, base) -> dict[str, tuple[int | None, bool]]:

@@ -2,6 +2,7 @@
 written into config.json by the run, read from report.json for an output written before): one rule for
 `dit-compress lora`, merge_lora from Python and the replays of eval and bench (load_teacher_of)."""
 
+import copy
 import json
 
 import pytest
@@ -67,7 +68,7 @@ def test_merge_lora_from_python_refuses_what_lora_refuses_for_a_dora_read_as_a_m
 
     dora = _moved_chain(tmp_path, _dora)
     (tmp_path / "a").rename(tmp_path / "a-moved")
-    with pytest.raises(UserError, match=r"\(it has 6 transformer_blocks, the model's teacher 5\)"):
+    with pytest.raises(UserError, match=r"has 6 transformer_blocks, but .*, not there now \(5\)"):
         merge_lora(load_transformer(tmp_path / "b"), dora, teacher=str((tmp_path / "base").resolve()))
 
 
@@ -113,3 +114,32 @@ def test_a_given_teacher_does_not_bound_a_plain_loras_blocks(tmp_path, capsys):
     capsys.readouterr()
     assert main(["lora", str(tmp_path / "a"), str(lora), str(tmp_path / "new"), "--teacher", deeper]) == 2
     assert "but the base model" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_a_refused_dora_of_a_moved_outputs_blocks_names_the_way_out_that_merges_it_as_with_it_there(tmp_path, capsys):
+    """a removes the base's last block (a's block j is base block j), b a's block 4; the DoRA was trained
+    on a, and a moved away. --teacher base is refused (6 vs 5), though the merge would have been right:
+    without a's block map that cannot be known. The refusal said to put a back or give its new place,
+    neither possible where a is gone; it now names the way out that is: a plain model of the base blocks
+    a kept, which merges exactly as with a there."""
+    from compress.cli import main
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora_chain import _reported_chain
+    from tests.test_lora_limits import _save
+    from tests.test_lora_replay_mapped import _dora, same
+
+    base = _reported_chain(tmp_path, 4)
+    dora = _save(_dora(load_transformer(tmp_path / "a"), ["to_q"]), tmp_path / "a-dora.safetensors")
+    kept = copy.deepcopy(base)
+    get_adapter(kept).remove_blocks(kept, {"blocks": [5]})
+    kept.save_pretrained(tmp_path / "kept")  # the base's blocks a kept, saved as no output
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    capsys.readouterr()
+    assert main(["lora", str(tmp_path / "b"), str(dora), str(tmp_path / "new"), "--teacher", str(tmp_path / "base")]) == 2
+    assert "(were it an output: a plain model of the base blocks it kept)" in capsys.readouterr().err
+    assert main(["lora", str(tmp_path / "b"), str(dora), str(tmp_path / "new"), "--teacher", str(tmp_path / "kept")]) == 0
+    (tmp_path / "a-moved").rename(tmp_path / "a")
+    expected = load_transformer(tmp_path / "b")
+    merge_lora(expected, dora)  # a there: the norms of a's blocks, read through its chain
+    assert same(load_transformer(tmp_path / "new"), expected.state_dict())
