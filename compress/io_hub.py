@@ -76,21 +76,21 @@ def hub_config_file(repo_id: str) -> tuple[Path, str]:
     return hub_placed(repo_id)[:2]  # what hub_folder reads: run's check reads the config its load does
 
 
-def hub_placed(repo_id: str, cached: str = "list") -> tuple[Path, str, str | None, list[str]]:
+def hub_placed(repo_id: str, cached: bool = True) -> tuple[Path, str, str | None, list[str]]:
     """(the transformer's config.json, its folder in the repo, why the Hub was not asked or failed,
     the names of that folder's files by the Hub's list: [] where why): hub_config, then, where the
     Hub answered, its list of the commit the config came from (pinned) and the folder that list
     places the transformer in (io_hub_requests.placed: io.transformer_place's rule, the other
     config fetched where it is not hub_config's). hub_config's errors are raised as they are, and
-    hub_error's one line where placed's downloads fail; where the list fails, with `cached` ('list')
-    hub_config's config and why, in a note naming it; without ('') hub_error's line. A list lost
-    within the minute before is not asked again (io_hub_requests.repo_files: why says so), unless a
-    refusal followed (raised here or by hub_folder: asked_again_if_refused)."""
+    hub_error's one line where placed's downloads fail; where the list fails, with `cached`
+    hub_config's config and why, in a note naming it; without (lora_teacher's) hub_error's line. A
+    list lost within the minute before is not asked again (io_hub_requests.repo_files: why says so),
+    unless a refusal followed (raised here or by hub_folder: asked_again_if_refused)."""
     with asked_again_if_refused(repo_id):
         return _hub_placed(repo_id, cached)
 
 
-def _hub_placed(repo_id: str, cached: str) -> tuple[Path, str, str | None, list[str]]:
+def _hub_placed(repo_id: str, cached: bool) -> tuple[Path, str, str | None, list[str]]:
     cfg, sub, why = hub_config(repo_id)
     if why is not None:
         return cfg, sub, why, []

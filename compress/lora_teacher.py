@@ -371,7 +371,7 @@ def _hub_files_of(repo_id: str, patterns: list[str]) -> Path:
     from compress.io_hub import hub_error, hub_placed, pinned
     from compress.io_hub_requests import fetch_files
 
-    cfg, sub, why, names = hub_placed(repo_id, cached="")
+    cfg, sub, why, names = hub_placed(repo_id, cached=False)
     if why is not None:
         return cfg.parent
     pin = pinned(cfg)

@@ -43,7 +43,7 @@ PROCESS_BYTES = 500 * 2**20
 WEIGHTS = "teacher and student weights"  # a resident run's, whose fix is run's advice (resident_advice)
 
 
-def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list, index: dict | None) -> dict:
+def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list, pipeline_index: dict | None) -> dict:
     """{"bytes": the run's estimated peak, "parts": [{"what", "bytes", "keys", "fix"}] of it,
     "while": None, or "distill trains" when that is the peak, "other": the smaller of the two
     phases' {"bytes", "parts", "while"} (None without distill), "beside": what is not counted, or
@@ -53,8 +53,8 @@ def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list,
     (its activations counted); drawn: the run draws calibration inputs at all (plan.draws: a distill on
     teacher samples too), which a pipeline source samples with its text encoders and VAE beside the teacher;
     passes: the recipe's built passes (whether a teacher too big to hold resident streams with them);
-    index: the model_index.json of the local pipeline folder a pipeline source samples in, as make_plan read
-    it (inputs.Sampling; None where there is none).
+    pipeline_index: the model_index.json of the local pipeline folder a pipeline source samples in, as
+    make_plan read it (inputs.Sampling; None where there is none).
     Settles fisher_memory_gb auto's sweeps in plan["passes"] (svd_fisher_budget.settle_auto), and takes
     the svd passes' statistics' taps (svd_statistics') out of them as it reads them."""
     held = [_weights(recipe, plan, passes)]
@@ -62,7 +62,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list,
     taps = {i: s["statistics"].pop("taps") for i, s in enumerate(plan["passes"]) if "taps" in s.get("statistics", {})}
     held += [_activations(recipe, plan)] if calibrates else []
     resident = sum(p["bytes"] for p in held)  # as an svd pass's walk and Fisher sweeps start (fisher_memory_gb: auto)
-    pipeline = _pipeline(recipe, plan, index) if drawn else None  # sampled: text encoders and VAE beside the teacher
+    pipeline = _pipeline(recipe, plan, pipeline_index) if drawn else None  # sampled: text encoders, VAE beside the teacher
     for index, step in enumerate(plan["passes"]):
         if "fisher" in step:  # sized at what is free once the weights and activations are there
             step["fisher"] = settle_auto(on_device(step["fisher"], recipe.device), resident)
