@@ -9,7 +9,7 @@ from pathlib import Path
 
 from compress.arch import get_adapter
 from compress.calib_footprint import footprint
-from compress.inputs import check_pipeline_packages, input_source, moved, source_kind
+from compress.inputs import check_pipeline_packages, input_source, moved
 from compress.io_export import warn_if_beyond_export_range, warn_if_export_wider
 from compress.io_source import checked_sources
 from compress.passes import build_passes
@@ -46,7 +46,7 @@ def prepare(runner) -> None:
     warn_if_beyond_export_range(runner.teacher, runner.recipe.export.dtype)
     runner.adapter = get_adapter(runner.teacher)
     check_passes(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter,  # distill's data: toy,
-                 source_kind(runner.recipe.calibration, runner.source), runner.recipe.calibration)  # buckets
+                 src.sampling.kind, runner.recipe.calibration)  # buckets; the check's (checked_sources)
     if runner.recipe.stream:
         check_streaming(runner.passes, runner.recipe.passes, runner.recipe.path)
     runner.models.warn_if_short_of_disk(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter)
