@@ -143,3 +143,20 @@ def test_a_refused_dora_of_a_moved_outputs_blocks_names_the_way_out_that_merges_
     expected = load_transformer(tmp_path / "b")
     merge_lora(expected, dora)  # a there: the norms of a's blocks, read through its chain
     assert same(load_transformer(tmp_path / "new"), expected.state_dict())
+
+
+def test_a_dora_of_a_moved_teachers_blocks_is_refused_a_teacher_below_its_block_maps_at_least(tmp_path, capsys):
+    """b as above with no report (nor count in its config): its block map says only that a had at least
+    4 blocks. A given teacher of 3 is refused, saying 'at least 4'; one of 6 passes that bound (the
+    count a block map cannot tell)."""
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora_replay_mapped import _dora
+
+    dora = _moved_chain(tmp_path, _dora)
+    (tmp_path / "b" / "report.json").unlink()
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    tiny_pixart(num_layers=3).save_pretrained(tmp_path / "three")
+    with pytest.raises(UserError, match=r"has 3 transformer_blocks, but .*, not there now \(at least 4\): "):
+        merge_lora(load_transformer(tmp_path / "b"), dora, teacher=str(tmp_path / "three"))
+    assert merge_lora(load_transformer(tmp_path / "b"), dora, teacher=str(tmp_path / "base"))["merged"] == 8
