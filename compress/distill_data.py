@@ -275,10 +275,10 @@ def make_source(cfg, ctx, accelerator):
         return ToySource(ctx.train_batch)
     if cfg.data == "folder":
         if not cfg.latents_dir:
-            raise UserError("distill: data: folder needs latents_dir")
+            raise UserError("distill.data: folder needs latents_dir")
         return FolderSource(cfg.latents_dir)
     if cfg.data == "teacher_samples":
         folder = teacher_sample_cache(ctx, cfg.num_samples, cfg.sample_steps, cfg.batch_size, accelerator,
                                       cfg.guidance_scale, cfg.progress)
         return FolderSource(folder)
-    raise UserError(f"distill: data must be toy, folder or teacher_samples, not {cfg.data!r}")
+    raise UserError(f"distill.data must be toy, folder or teacher_samples, not {cfg.data!r}")

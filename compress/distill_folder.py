@@ -65,7 +65,7 @@ def latents_folder(value: str | Path) -> Path:
     folder = Path(value).expanduser()
     if not folder.is_dir():
         there = "a file" if folder.exists() else "none"
-        raise UserError(f"distill: latents_dir {value} is not a folder (there is {there} at {folder.absolute()}; "
+        raise UserError(f"distill.latents_dir {value} is not a folder (there is {there} at {folder.absolute()}; "
                         "a relative latents_dir is taken from the current folder)")
     return folder
 
@@ -77,9 +77,9 @@ def latents_files(value: str | Path) -> list[Path]:
     try:
         files = sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and not p.is_dir())
     except OSError as e:
-        raise UserError(f"distill: cannot list latents_dir {value}: {e.strerror or e}") from None
+        raise UserError(f"distill.latents_dir {value} cannot be listed: {e.strerror or e}") from None
     if not files:
-        raise UserError(f"distill: latents_dir {value} has no .safetensors or .pt files")
+        raise UserError(f"distill.latents_dir {value} has no .safetensors or .pt files")
     return files
 
 

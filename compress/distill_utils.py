@@ -169,7 +169,7 @@ def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
         raise UserError(not_one_of("distill.train", mode, TRAIN_MODES))
     factors = factor_param_names(model)
     if mode == "factors" and not factors:
-        raise UserError("distill: train: factors, but the model has no LowRankLinear layers "
+        raise UserError("distill.train: factors, but the model has no LowRankLinear layers "
                         "(run an svd pass first, or use train: all)")
     chosen = []
     for name, param in model.named_parameters():
@@ -178,7 +178,7 @@ def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
         if wanted:
             chosen.append(param)
     if not chosen:
-        raise UserError(f"distill: train: {mode} leaves no parameter to train")
+        raise UserError(f"distill.train: {mode} leaves no parameter to train")
     return chosen
 
 

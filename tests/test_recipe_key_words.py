@@ -77,6 +77,22 @@ def test_a_model_check_names_its_key_as_pass_dot_key(options, said):
     assert str(e.value).startswith(said), str(e.value)
 
 
+@pytest.mark.parametrize("there", ["missing", "empty", "a file"])
+def test_a_latents_folder_check_names_its_key_as_pass_dot_key(tmp_path, there):
+    """distill's latents_dir checks said 'r.yaml:7: distill: latents_dir X is not a folder (...)' and
+    '... has no .safetensors or .pt files'."""
+    folder = tmp_path / there
+    if there == "empty":
+        folder.mkdir()
+    elif there == "a file":
+        folder.write_text("")
+    with pytest.raises(UserError) as e:
+        _check(f"  - distill:\n      data: folder\n      latents_dir: '{folder}'\n")
+    said = {"empty": f"distill.latents_dir {folder} has no .safetensors or .pt files"}.get(
+        there, f"distill.latents_dir {folder} is not a folder (there is {'a file' if there == 'a file' else 'none'} at")
+    assert str(e.value).startswith(f"r.yaml:7: {said}"), str(e.value)
+
+
 def test_every_pass_names_a_key_alike():
     """The choice keys, the type errors and the value checks of each pass: one form."""
     said = [_refusal("distill", "      mixed_precision: fp32\n"), _refusal("distill", "      lr: x\n"),
