@@ -31,6 +31,17 @@ def _the_hub_answers(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _hub_answers_forgotten(monkeypatch):
+    """What io_hub_requests remembers of the Hub (hub_head's answers, the file lists asked, those
+    lost) starts empty in each test, as in a new process, and the test's are forgotten after it: a
+    test that wants a process's memory sets it, or asks twice."""
+    import compress.io_hub_requests as io_hub_requests
+
+    for memory in ("_HEADS", "_LISTS", "_LOST"):
+        monkeypatch.setattr(io_hub_requests, memory, {})
+
+
+@pytest.fixture(autouse=True)
 def _sigterm_acted_on():
     """SIGTERM's default action in this process while a test runs (restored after), and so in the
     children it starts, as a terminal's command has it: a launcher may start the tests with it ignored

@@ -24,13 +24,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache of the test's own; hub_head's earlier answers forgotten."""
+    """An empty Hugging Face cache of the test's own (conftest forgets hub_head's earlier answers)."""
     from huggingface_hub import constants
 
-    import compress.io_hub_requests as io_hub_requests
-
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(io_hub_requests, "_HEADS", {})
 
 
 def _hub(monkeypatch, folder: Path, repo: str, hold):

@@ -24,11 +24,8 @@ from tests.test_io_hub_unreachable import _unreachable
 def _own_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    import compress.io_hub_requests as io_hub_requests
-
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(io_hub_requests, "_HEADS", {})
 
 
 def _both(folder: Path, pipeline: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -131,7 +128,6 @@ def test_a_cache_listing_the_whole_repo_reads_it_offline_where_the_hub_does(tmp_
     import huggingface_hub
     from huggingface_hub import constants
 
-    import compress.io_hub_requests as io_hub_requests
     from compress.errors import UserError
     from compress.io_source import checked
 
@@ -161,8 +157,7 @@ def test_a_cache_listing_the_whole_repo_reads_it_offline_where_the_hub_does(tmp_
                 unreachable.setattr(huggingface_hub, "get_hf_file_metadata", huggingface_hub.file_download.get_hf_file_metadata)
             with pytest.raises(UserError, match="^" + refusal.replace(".", r"\.")):
                 load_teacher("acme/both")
-    monkeypatch.setattr(io_hub_requests, "_LOST", {})  # the Hub back: its list asked again (as by a later process)
-    hub = _Hub(monkeypatch, tmp_path, tmp_path / "repo", CACHED)
+    hub = _Hub(monkeypatch, tmp_path, tmp_path / "repo", CACHED)  # the Hub back: the refusal forgot the lost list
     assert _same(load_teacher("acme/both"), root)
     assert ("hf_hub_download", "config.json", CACHED) in hub.asked
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
