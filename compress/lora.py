@@ -205,11 +205,11 @@ def _bounds(student: nn.Module, adapter, base: LoraBase, teacher, config: str | 
 
         of = teacher if isinstance(teacher, str) and missing(base.source) else base.source
         return {g: (count if exact else None, of) for g, (count, exact) in read_as_counts(student, base).items()}
-    return {g.name: (_teacher_count(student, g, teacher, config), teacher if isinstance(teacher, str) else None)
+    return {g.name: (teacher_count(student, g, teacher, config), teacher if isinstance(teacher, str) else None)
             for g in adapter.groups}
 
 
-def _teacher_count(student: nn.Module, group, teacher, config: str | None) -> int | None:
+def teacher_count(student: nn.Module, group, teacher, config: str | None) -> int | None:
     """The teacher's number of `group` blocks (None where no teacher's config is at hand offline)."""
     if isinstance(teacher, nn.Module):
         blocks = getattr(teacher, group.attr, None)

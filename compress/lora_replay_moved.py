@@ -113,7 +113,7 @@ def given_numbered_otherwise(student: nn.Module, given, config: str | None, base
                              moved: str | None) -> UserError | None:
     """The refusal of a DoRA merged into `student` (merge_lora) with the teacher `given` (a model or a
     source), whose block j's norms it would read for the LoRA's block j, where the given teacher's block
-    counts (read offline: lora._teacher_count; not known: not refused) are not those of the model the
+    counts (read offline: lora.teacher_count; not known: not refused) are not those of the model the
     LoRA's blocks are read as (`base`: lora_teacher.LoraBase): the base of a chain of outputs, as the
     chain records it (lora_teacher.base_block_count), else the student's own teacher, as the student
     records it (took_counts); None where they are. `moved`: that teacher,
@@ -122,13 +122,13 @@ def given_numbered_otherwise(student: nn.Module, given, config: str | None, base
     single-file teacher's. A given dit-compress output is left to dora_weights, which refuses it as it is
     (compressed_teacher)."""
     from compress.arch import get_adapter
-    from compress.lora import _teacher_count
-    from compress.lora_teacher import _an_output
+    from compress.lora import teacher_count
+    from compress.lora_teacher import an_output
 
-    if _an_output(given):
+    if an_output(given):
         return None
     adapter, chained = get_adapter(student), len(base.chain) > 1
-    have = {g.name: _teacher_count(student, g, given, config) for g in adapter.groups}
+    have = {g.name: teacher_count(student, g, given, config) for g in adapter.groups}
     if (found := differing(adapter, have, read_as_counts(student, base))) is None:
         return None
     count, attr, want = found
@@ -154,7 +154,7 @@ def read_as_counts(student: nn.Module, base) -> dict[str, tuple[int | None, bool
     (took_counts); a count not known exactly read from that model's config where
     it is there offline."""
     from compress.arch import get_adapter
-    from compress.lora import _teacher_count
+    from compress.lora import teacher_count
     from compress.lora_teacher import base_block_count
 
     adapter = get_adapter(student)
@@ -163,6 +163,6 @@ def read_as_counts(student: nn.Module, base) -> dict[str, tuple[int | None, bool
     for g in adapter.groups:
         count, exact = counts.get(g.name, (None, False))
         if count is None or not exact:
-            read = _teacher_count(student, g, base.source, base.config)  # None: moved, a Hub id not cached
+            read = teacher_count(student, g, base.source, base.config)  # None: moved, a Hub id not cached
             counts[g.name] = (read, True) if read is not None else (count, exact)
     return counts

@@ -62,7 +62,7 @@ def noted_moved(moved: str | None, teacher=None) -> str | None:
     no dit-compress output: a base where the user says it is now, whose blocks are the LoRA's, which
     putting the recorded one back would not change. A given output still has the note (its chain is
     not followed: the recorded teacher's is, where it is there)."""
-    if not moved or (teacher is not None and not _an_output(teacher)):
+    if not moved or (teacher is not None and not an_output(teacher)):
         return None
     from compress.report import note
 
@@ -70,7 +70,7 @@ def noted_moved(moved: str | None, teacher=None) -> str | None:
     return moved
 
 
-def _an_output(teacher) -> bool:
+def an_output(teacher) -> bool:
     """Whether the given teacher (a model, or a source) is a dit-compress output: a model with a
     compression record, a folder (a pipeline's: its transformer/) or weight file of one."""
     if isinstance(teacher, nn.Module):
