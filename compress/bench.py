@@ -12,7 +12,7 @@ import torch
 from rich.table import Table
 
 from compress.devices import device_refused, unusable
-from compress.errors import UserError
+from compress.errors import UserError, not_at_least_one
 from compress.inputs import moved
 from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer, output_folder
@@ -180,8 +180,9 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
 
     given = out  # its lines name `given`: a Hub id, not the snapshot
     out = output_folder(given_output(Path(out).expanduser(), "bench"))  # a pipeline folder: its transformer/, as inspect, eval
-    if repeats < 1 or batch < 1:
-        raise UserError(f"bench needs --repeats and --batch of at least 1 (got {repeats}, {batch})")
+    for name, value in (("--repeats", repeats), ("--batch", batch)):
+        if value < 1:
+            raise UserError(not_at_least_one(name, value))
     dev = _device(device)  # before loading: a wrong --device is refused at once, not after the models load
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     # the loading's status on a terminal only: its UserErrors (a damaged output, a moved LoRA) are one line

@@ -9,7 +9,7 @@ from importlib import import_module
 from pathlib import Path
 
 from compress.cli_parser import build_parser
-from compress.errors import NumericError, UserError
+from compress.errors import NumericError, UserError, not_at_least_one
 from compress.interrupts import forget_stops, interrupts_held, stop_status
 
 
@@ -126,8 +126,7 @@ GPU_MEMORY_HINTS = {"bench": "a smaller --batch, or --device cpu"}  # where a GP
 
 
 SEED_LIMIT = 2**32  # compress.toy.evaluate.SEED_LIMIT's, here so the check imports no torch (tested equal)
-POSITIVE = {"buckets": "importance: buckets must be an integer ≥ 1, got {}",  # as compress.passes.importance.scan
-            "repeats": "bench needs --repeats of at least 1 (got {})", "batch": "bench needs --batch of at least 1 (got {})"}
+POSITIVE = ("buckets", "repeats", "batch")  # options counting something: ≥ 1
 
 
 def _check_numbers(args) -> None:
@@ -136,10 +135,10 @@ def _check_numbers(args) -> None:
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed < SEED_LIMIT:
         raise UserError(f"--seed must be an integer from 0 to {SEED_LIMIT - 1}, got {seed}")
-    for name, message in POSITIVE.items():
+    for name in POSITIVE:
         value = getattr(args, name, None)
         if value is not None and value < 1:
-            raise UserError(message.format(value))
+            raise UserError(not_at_least_one(f"--{name}", value))
 
 
 def _check_teacher_options(args) -> None:

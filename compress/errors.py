@@ -49,6 +49,12 @@ class BadValue(UserError):
         self.group = group
 
 
+def not_at_least_one(name: str, value) -> str:
+    """'--buckets must be an integer ≥ 1, got 0': a count below one, named as the user gave it (a CLI
+    flag, or PASS.KEY of a recipe)."""
+    return f"{name} must be an integer ≥ 1, got {value!r}"
+
+
 def did_you_mean(word: str, options) -> str:
     """'; did you mean 'X'?' for the closest of `options`, or ''."""
     import difflib

@@ -104,6 +104,18 @@ def test_peak_memory_counts_one_model_not_both(monkeypatch):
     assert peak_memory(student, {"x": torch.zeros(1, 5)}, torch.device("cuda")) == 100_000 + 20_000
 
 
+@pytest.mark.parametrize("given, said", [({"repeats": 0}, "--repeats must be an integer ≥ 1, got 0"),
+                                         ({"batch": -1}, "--batch must be an integer ≥ 1, got -1")])
+def test_a_count_below_one_is_refused_as_the_cli_refuses_it(tmp_path, given, said):
+    """bench() from Python said 'bench needs --repeats and --batch of at least 1 (got 0, 2)', the CLI
+    'bench needs --repeats of at least 1 (got 0)'; now both name the option alike."""
+    from compress.bench import bench
+
+    with pytest.raises(UserError) as e:
+        bench(tmp_path, **given)
+    assert str(e.value) == said
+
+
 @pytest.mark.parametrize("name, cuda", [("foo", True), ("cuda", False)])
 def test_a_device_bench_cannot_use_is_refused_before_anything_loads(tmp_path, monkeypatch, name, cuda):
     """--device foo (or cuda without a GPU) was refused only after the student loaded and the teacher

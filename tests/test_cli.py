@@ -124,8 +124,9 @@ def test_a_reader_that_goes_away_is_no_traceback(monkeypatch):
 @pytest.mark.parametrize("argv, said", [
     (["eval", "toy:pixart", "--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),
     (["eval", "toy:pixart", "--seed", "99999999999999999999999"], "got 99999999999999999999999"),
-    (["bench", "out", "--repeats", "0"], "--repeats of at least 1 (got 0)"),
-    (["importance", "toy:pixart", "--buckets", "-2"], "buckets must be an integer ≥ 1, got -2")])
+    (["bench", "out", "--repeats", "0"], "--repeats must be an integer ≥ 1, got 0"),
+    (["importance", "toy:pixart", "--buckets", "-2"], "error: --buckets must be an integer ≥ 1, got -2"),
+    (["bench", "out", "--batch", "0"], "error: --batch must be an integer ≥ 1, got 0")])
 def test_integer_options_out_of_range_are_one_line_before_any_work(monkeypatch, capsys, argv, said):
     """A negative --seed failed in numpy after ~40 s of sampling, a huge one overflowed a C long."""
     monkeypatch.setitem(cli.COMMANDS, argv[0], lambda args: pytest.fail("the command ran"))

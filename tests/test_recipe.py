@@ -99,7 +99,7 @@ BAD = [  # (recipe text, expected message fragment)
     (SVD + "      energy: 0.9\n", "r.yaml:6: svd.energy is only read by allocation: energy"),
     (SVD + "      fisher_probes: 0\n", "r.yaml:6: svd.fisher_probes must be an integer ≥ 1"),
     ("model: pixart\nteacher: x\npasses:\n  - remove_blocks: {count: 1, buckets: 0}\n",
-     "r.yaml:4: remove_blocks.buckets must be a positive integer"),
+     "r.yaml:4: remove_blocks.buckets must be an integer ≥ 1"),
 ]
 
 

@@ -52,8 +52,8 @@ def _refusal(name: str, options: str) -> str:
     ("remove_blocks", "      blocks: {single: [1]}\n      iterative: true\n",
      "r.yaml:7: remove_blocks.iterative applies to a count or fraction chosen by importance; blocks lists the "
      "blocks to remove"),
-    ("remove_blocks", "      count: 1\n      buckets: 0\n", "r.yaml:7: remove_blocks.buckets must be a positive integer, got 0"),
-    ("importance", "      buckets: 0\n", "r.yaml:6: importance.buckets must be a positive integer, got 0"),
+    ("remove_blocks", "      count: 1\n      buckets: 0\n", "r.yaml:7: remove_blocks.buckets must be an integer ≥ 1, got 0"),
+    ("importance", "      buckets: 0\n", "r.yaml:6: importance.buckets must be an integer ≥ 1, got 0"),
 ])
 def test_a_value_check_names_its_key_as_pass_dot_key(name, options, said):
     assert _refusal(name, options).startswith(said), _refusal(name, options)

@@ -90,9 +90,9 @@ def test_a_removal_check_names_the_sets_of_the_keys_it_read_alone(text, sets, sa
      "r.yaml:6: distill.train: factors, but"),
     # buckets' range (importance and remove_blocks, checked as the recipe loads) reads buckets alone
     ("  - importance:\n      buckets: 0\n", [IMP + "proxy_only=true"],
-     "r.yaml:6: importance.buckets must be a positive integer, got 0"),
+     "r.yaml:6: importance.buckets must be an integer ≥ 1, got 0"),
     ("  - remove_blocks:\n      count: 1\n      buckets: 0\n", [R + "iterative=true"],
-     "r.yaml:7: remove_blocks.buckets must be a positive integer, got 0"),
+     "r.yaml:7: remove_blocks.buckets must be an integer ≥ 1, got 0"),
 ])
 def test_a_distill_or_buckets_check_names_no_set_of_another_key(text, sets, said):
     refused = _refused(text, sets)
@@ -151,4 +151,4 @@ def test_dit_compress_importance_names_no_set_of_another_key_at_buckets(tmp_path
     recipe.write_text(FLUX.format(passes="  - importance:\n      buckets: 0\n"))
     with pytest.raises(UserError) as e:
         _importance_source(str(recipe), None, None, [IMP + "proxy_only=true"])
-    assert str(e.value).startswith(f"{recipe}:6: importance.buckets must be a positive integer"), str(e.value)
+    assert str(e.value).startswith(f"{recipe}:6: importance.buckets must be an integer ≥ 1"), str(e.value)

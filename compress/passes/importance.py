@@ -25,7 +25,7 @@ from torch import nn
 
 from compress.arch.base import Adapter
 from compress.calib_store import BlockLoader
-from compress.errors import BadValue, UserError
+from compress.errors import BadValue, UserError, not_at_least_one
 from compress.inputs import noise_levels
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance_forward import (block_cosine, clean_pass, proxy_pass, skip_prediction, sq_norm,
@@ -117,7 +117,7 @@ def scan(model: nn.Module, adapter: Adapter, batches: list[dict], buckets: int =
     if not batches:
         raise UserError("importance: no calibration inputs to scan")
     if not isinstance(buckets, int) or buckets < 1:
-        raise UserError(f"importance: buckets must be an integer ≥ 1, got {buckets!r}")
+        raise UserError(not_at_least_one("buckets", buckets))  # a config's validate or the CLI refused it first
     if columns:
         _note_empty_buckets(adapter, batches, buckets)
     names = [(g, i) for g, i, _ in adapter.iter_blocks(model)]
@@ -277,9 +277,9 @@ class ImportanceConfig:
 
 
 def check_buckets(buckets, what: str) -> None:
-    """A config's `buckets`: a positive integer (BadValue names the key)."""
+    """A config's `buckets`: an integer ≥ 1 (BadValue names the key)."""
     if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
-        raise BadValue("buckets", f"{what}.buckets must be a positive integer, got {buckets!r}", reads=())
+        raise BadValue("buckets", not_at_least_one(f"{what}.buckets", buckets), reads=())
 
 
 def level_keys(kind: str) -> tuple[str, ...]:

@@ -215,7 +215,7 @@ def test_errors_name_the_group(tmp_path):
         (flux, dict(count=-1), "non-negative integer"),
         (flux, dict(count=1, criterion="magic"), "criterion must be one of scan, proxy"),
         (flux, dict(blocks={"double": [0]}, criterion="magic"), "criterion must be one of scan, proxy"),
-        (flux, dict(count=1, buckets=0), "remove_blocks.buckets must be a positive integer, got 0"),
+        (flux, dict(count=1, buckets=0), "remove_blocks.buckets must be an integer ≥ 1, got 0"),
     ]
     for model, config, message in cases:
         with pytest.raises(UserError, match=message) as err:
