@@ -20,6 +20,7 @@ from compress.calib_footprint import backward_bytes, footprint, skip_scan_bytes
 from compress.inputs import Sampling, source_sampling
 from compress.calib_pipeline import check_size
 from compress.calib_prompts import read_prompts
+from compress.devices import unusable
 from compress.errors import UserError
 from compress.io import config_model_class, from_config
 from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, count_ranges, decided_later,
@@ -92,9 +93,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     if recipe.stream:
         check_streaming(passes, recipe.passes, recipe.path)
     streamed = streamed_weights(model, adapter) if recipe.stream else None
-    if recipe.device.startswith("cuda") and not torch.cuda.is_available():
-        note(f"{recipe.path}: device {recipe.device}, but torch sees no CUDA "
-             "GPU here: this plan holds, its run needs a machine with one")
+    if recipe.device != "auto" and (why := unusable(torch.device(recipe.device))):  # the run refuses it (resolve_device)
+        note(f"{recipe.path}: device {recipe.device}, but {why}; this plan holds, its run needs a machine with that GPU")
     sampled = src.sampling or source_sampling(recipe.calibration, source)  # checked_sources': one read of a folder's
     inputs, toy, calib = _calibration(recipe, source, model, sampled)  # model_index.json a plan passes down
     walk = PassWalk(recipe, model, adapter, calib)

@@ -311,7 +311,7 @@ def device_memory(device: str) -> tuple[int, str] | None:
         return (total, "this machine") if total else None
     index = int(device.partition(":")[2] or 0)
     if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-        return None  # make_plan notes it
+        return None  # a GPU torch does not see: make_plan notes it (devices.unusable), the run refuses it
     return torch.cuda.get_device_properties(index).total_memory, f"cuda:{index}"
 
 

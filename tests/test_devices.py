@@ -57,3 +57,17 @@ def test_a_gpu_torch_does_not_see_is_said_alike_by_a_run_and_by_bench(monkeypatc
     with pytest.raises(UserError) as e:
         resolve_device(parse_recipe(RECIPE.format(name), "r.yaml"))
     assert str(e.value) == f"r.yaml: device {name}, but {why}{advice.get('run', '')}"
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_plan_notes_a_gpu_torch_does_not_see_in_the_runs_words(monkeypatch, capsys, count):
+    """plan noted only a machine without CUDA: with one GPU, device: cuda:3 planned without a word while
+    the run refused it ('device cuda:3, but torch sees 1 GPU: cuda:0')."""
+    from compress.plan import make_plan
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    recipe = parse_recipe(RECIPE.format("cuda:3"), "r.yaml")
+    make_plan(recipe)
+    why = "torch sees 1 GPU: cuda:0" if count else "torch sees no CUDA GPU here"
+    assert f"note: r.yaml: device cuda:3, but {why}" in " ".join(capsys.readouterr().err.split())
