@@ -66,10 +66,11 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     renumbered them), then what removal did, how close factorizations came to their optimum, what
     compensation did, what distill did."""
     shown = [_displayed(r) for r in rows]
-    for table in inspect_tables(shown, results.width, title, teacher):
+    tables = inspect_tables(shown, results.width, title, teacher)
+    for table in tables:
         results.print(table)
     if any(_measured(r) for r in shown):
-        for line in _column_words(report):
+        for line in _column_words(report, {str(c.header) for t in tables for c in t.columns}):
             results.print(line)
     else:
         results.print("no svd pass: no per-layer factorization measurements" if not report.get("svd") else
@@ -243,13 +244,22 @@ def _ratios_by_method(rows: list[dict], report: dict) -> list[tuple[str, list[fl
     return [(m, found[m][0], found[m][1][0]) for m in order]
 
 
-def _column_words(report: dict) -> list[str]:
-    """Which metric the factorization columns are in (report_card.metric_words): energy, loss, optimal
-    and loss/opt in each layer's objective (Fisher-weighted, of W + βΔ under compensation), rel err
-    the plain output error against the weight the pass found."""
+OBJECTIVE_COLUMNS = ("energy", "loss", "optimal", "loss/opt")  # in each layer's objective (metric_words)
+
+
+def _column_words(report: dict, shown: set[str]) -> list[str]:
+    """Which metric the factorization columns the tables show (`shown`: their headers) are in
+    (report_card.metric_words): energy, loss, optimal and loss/opt in each layer's objective
+    (Fisher-weighted, of W + βΔ under compensation), rel err the plain output error against the weight
+    the pass found. A column a narrow terminal left out is not named; nor a sentence of none shown."""
     from compress.report_card import metric_words
 
-    return metric_words(report.get("svd") or {}, ("columns energy, loss, optimal, loss/opt are", "column rel err is"))
+    named = [h for h in OBJECTIVE_COLUMNS if h in shown]
+    words = metric_words(report.get("svd") or {}, (
+        f"column{'s' if len(named) > 1 else ''} {', '.join(named)} {'are' if len(named) > 1 else 'is'}",
+        "column rel err is"))
+    keep = (bool(named), "rel err" in shown)
+    return [w for w, k in zip(words, keep) if k]
 
 
 def _print_compensation(report: dict) -> None:

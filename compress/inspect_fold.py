@@ -24,21 +24,28 @@ def natural_width(table: Table) -> int:
     return Measurement.get(console, console.options.update_width(1 << 16), table).maximum
 
 
+SHORTEST = 3  # characters of a folded name's last line, where a '.' earlier gives it more
+
+
 def fold(name: str, width: int) -> str:
     """`name` in lines of at most `width` characters, broken after a '.' (after a '_' within a part
     longer than the width, mid-part only where that is longer still); continuation lines keep the
-    name's indent. A name that fits stays one line."""
+    name's indent. A name that fits stays one line; a last line shorter than SHORTEST (a lone block
+    index) takes the piece before it where that fits."""
     if len(name) <= width:
         return name
     indent = name[:len(name) - len(name.lstrip())]
     room = max(width - len(indent), 1)
-    lines, line = [], ""
+    lines, line = [], []
     for part in _parts(name.strip(), room):
-        if line and len(line) + len(part) > room:
+        if line and len("".join(line)) + len(part) > room:
             lines.append(line)
-            line = ""
-        line += part
-    return "\n".join(indent + x for x in lines + [line])
+            line = []
+        line.append(part)
+    if lines and len(lines[-1]) > 1 and len("".join(line)) < SHORTEST \
+            and len(lines[-1][-1]) + len("".join(line)) <= room:  # 'to_out.0', not 'to_out.' and a lone '0'
+        line.insert(0, lines[-1].pop())
+    return "\n".join(indent + "".join(x) for x in lines + [line])
 
 
 def _parts(name: str, room: int) -> list[str]:

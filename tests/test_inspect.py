@@ -366,3 +366,27 @@ def test_inspect_of_an_outputs_weight_file_names_its_folder_as_eval_and_bench_do
     assert capsys.readouterr().err.strip() == (
         f"dit-compress: error: {weights} is a weight file of the dit-compress output {out}: give that folder, "
         "which loads it with its ranks and block map")
+
+
+def test_inspect_at_40_columns_folds_no_lone_index_and_names_only_the_columns_it_shows(tmp_path, capsys, monkeypatch):
+    """At 40 columns the factorization table folded 'attn1.to_out.' / '0' (a lone index) where the
+    budget table gave 'attn1.' / 'to_out.0', and its caption said 'columns energy, loss, optimal,
+    loss/opt are in each layer's factorization objective' of three columns it had left out."""
+    from compress.report import results
+
+    layer = "transformer_blocks.1.attn1.to_out.0"
+    record = {"rank": 2, "method": "whitened", "loss": 1.0, "optimal_loss": 1.0, "loss_ratio": 1.0,
+              "energy_kept": 0.9, "rel_output_error": 0.1, "time_s": 0.5, "objective": "output error"}
+    out = save_compressed(factorize(tiny_pixart(), [layer], rank=2), tmp_path / "out",
+                          files={"report.json": json.dumps({"svd": {"method": "whitened", "layers": {layer: record}}})})
+    monkeypatch.setattr(results, "_width", 40)
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    cells = [line.split("│")[1].strip() for line in printed.splitlines() if line.startswith("│")]
+    assert "0" not in cells and "attn1.to_out." not in cells and cells.count("to_out.0") >= 2
+    said = " ".join(printed.split())
+    left_out = said[said.index("factorization"):].split(" left out to fit 40")[0].rsplit("columns ", 1)[1].split(", ")
+    assert "energy" in left_out, said
+    assert "column loss/opt is in each layer's factorization objective" in said, said
+    assert not re.search(r"columns? [a-z/, ]*energy[a-z/, ]* (is|are) in each layer's factorization", said)
