@@ -18,6 +18,7 @@ from compress.calib_prompts import _where, calibration_prompts, one_branch, read
 from compress.calib_store import save
 from compress.errors import UserError
 from compress.pipeline_folder import toy_pipeline
+from compress.progress import read_back_label
 
 
 def _detach(value):
@@ -155,9 +156,7 @@ def run_label(what: str, read_back: int, prompts: int) -> str:
     """The progress label of sampling `prompts` prompts, `read_back` of them cached before: 'held-out
     prompts (read back)' where all are, 'sample calibration prompts (480 read back)' where some are (the
     bar counts prompts too: '480/1600'; at most 43 characters, whole at 80 columns for 4-digit counts)."""
-    if prompts and read_back == prompts:
-        return f"{what} prompts (read back)"
-    return f"sample {what} prompts" + (f" ({read_back} read back)" if read_back else "")
+    return read_back_label(f"sample {what} prompts", read_back, prompts, f"{what} prompts")
 
 
 class PipelineSource:

@@ -25,7 +25,7 @@ import torch
 from compress.distill_folder import SHARED_KWARGS, FolderSource, _shapes, write_shard
 from compress.errors import UserError
 from compress.inputs import moved
-from compress.progress import bar as progress_bar
+from compress.progress import bar as progress_bar, read_back_label
 from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES
 
 NOT_COND = ("hidden_states", "timestep", "return_dict")
@@ -186,11 +186,9 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
 
 def samples_label(read_back: int, samples: int) -> str:
     """The bar's label of sampling `samples` teacher samples, `read_back` of them in shards an
-    interrupted run wrote, as a pipeline's sampling says it (calib_pipeline.run_label), in the bar's
+    interrupted run wrote, as a pipeline's sampling says it (progress.read_back_label), in the bar's
     unit: 'distill: teacher samples (320 read back)' (then 416/1024 ...), '... (read back)' where all are."""
-    if samples and read_back == samples:
-        return "distill: teacher samples (read back)"
-    return "distill: teacher samples" + (f" ({read_back} read back)" if read_back else "")
+    return read_back_label("distill: teacher samples", read_back, samples)
 
 
 def _shard(folder: Path, i: int) -> Path:

@@ -218,3 +218,12 @@ def shortened(name: str, most: int) -> str:
         return name
     tail = min(len(Path(name).suffix) + 6, most - 9)  # the start: at least 8 characters
     return name[:most - 1 - tail] + "…" + name[len(name) - tail:]
+
+
+def read_back_label(doing: str, read_back: int, total: int, whole: str | None = None) -> str:
+    """A bar's label of work on `total` items, `read_back` of them read back from what an earlier
+    (interrupted) run wrote: `doing` ('sample calibration prompts'), '(480 read back)' after it where
+    some were, `whole` (default `doing`) and '(read back)' where all were ('calibration prompts (read back)')."""
+    if total and read_back == total:
+        return f"{whole or doing} (read back)"
+    return doing + (f" ({read_back} read back)" if read_back else "")

@@ -186,3 +186,18 @@ def test_a_long_name_is_shortened_in_its_middle_keeping_its_extension():
     assert shortened("pixart_sigma_xl_2_1024_ms_finetuned_v3.safetensors", 32) == "pixart_sigma_…ned_v3.safetensors"
     assert shortened("a" * 50, 32) == "a" * 25 + "…" + "a" * 6
     assert all(len(shortened(n * "x" + ".pth", 32)) <= 32 for n in range(60))
+
+
+def test_a_bar_says_what_it_read_back_in_one_form():
+    """calib_pipeline.run_label and distill_data.samples_label each kept the rule: '(N read back)' where
+    some were, '(read back)' where all were; now progress.read_back_label, and their words unchanged."""
+    from compress.calib_pipeline import run_label
+    from compress.distill_data import samples_label
+    from compress.progress import read_back_label
+
+    assert read_back_label("sample held-out prompts", 0, 4, "held-out prompts") == "sample held-out prompts"
+    assert read_back_label("sample held-out prompts", 3, 4, "held-out prompts") == "sample held-out prompts (3 read back)"
+    assert read_back_label("sample held-out prompts", 4, 4, "held-out prompts") == "held-out prompts (read back)"
+    assert read_back_label("distill: teacher samples", 0, 0) == "distill: teacher samples"
+    assert run_label("held-out", 4, 4) == "held-out prompts (read back)"
+    assert samples_label(8, 8) == "distill: teacher samples (read back)"
