@@ -167,10 +167,13 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
     if accelerator.is_main_process:
         _write_about(folder, ctx.fingerprint, num_samples, steps, shard_size, guidance_scale, len(sizes))
     mine = range(accelerator.process_index, len(sizes), accelerator.num_processes)
-    with progress_bar(progress and accelerator.is_main_process) as bar:
+    shown = progress and accelerator.is_main_process
+    with progress_bar(shown) as bar:
         written = sum(sizes[i] for i in mine if _rows_in(_shard(folder, i)) == sizes[i])
         total = sum(sizes[i] for i in mine)
         task = bar.add_task(samples_label(written, total), total=total, completed=written)
+        if shown and total and written == total:  # every shard kept, complete.json lost: the bar never moves
+            bar.console.print(f"{samples_label(written, total)} {written}/{total}", highlight=False, markup=False)
         for i in mine:
             if _rows_in(_shard(folder, i)) != sizes[i]:  # else written before (a cache cut short)
                 _sample_shard(ctx, _shard(folder, i), i, sizes[i], batches, steps, accelerator.device, sampler,

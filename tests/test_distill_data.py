@@ -87,6 +87,22 @@ def test_teacher_sampling_logs_its_progress_off_a_terminal(tmp_path, capsys):
     assert _sample_lines(capsys.readouterr().err) == []
 
 
+def test_a_cache_with_every_shard_but_no_complete_json_says_it_read_them_back(tmp_path, capsys):
+    """Every shard there, only complete.json lost (a run stopped between the last shard and it): the
+    sampling printed nothing, on a terminal or in a log (the bar, added full, never moved). Now one line."""
+    teacher = tiny_pixart()
+    batches = [model_inputs(teacher, batch=2, seed=s) for s in (1, 2)]
+    folder = samples_run(teacher, tmp_path, batches, num_samples=8, progress=True)
+    capsys.readouterr()
+    (folder / "complete.json").unlink()
+    samples_run(teacher, tmp_path, batches, num_samples=8, progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill: teacher samples")]
+    assert lines == ["distill: teacher samples (read back) 8/8"], lines
+    (folder / "complete.json").unlink()
+    samples_run(teacher, tmp_path, batches, num_samples=8)  # progress: false
+    assert capsys.readouterr().err == ""
+
+
 def test_a_followers_teacher_sampling_shows_no_progress(tmp_path, capsys):
     """Process 1 of a launch samples its shards (1, 3, ...) without a bar or lines: rank 0 shows them."""
     teacher = tiny_pixart()
