@@ -32,8 +32,8 @@ def test_eval_and_bench_commands(recipe, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "--device" in err
     _one_line_errors(capsys, [
-        (["bench", str(out), "--repeats", "0"], "at least 1"),
-        (["bench", str(out), "--batch", "0"], "at least 1"),
+        (["bench", str(out), "--repeats", "0"], "--repeats must be an integer ≥ 1, got 0"),
+        (["bench", str(out), "--batch", "0"], "--batch must be an integer ≥ 1, got 0"),
         (["bench", str(out), "--teacher", "toy:pixart"], "is a PixArtTransformer2DModel; the model"),
         (["eval", str(out), "--teacher", "toy:pixart"], "is a PixArtTransformer2DModel; the model"),
         (["bench", str(tmp_path / "teacher")], "plain diffusers model, not a dit-compress output"),
