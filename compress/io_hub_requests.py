@@ -39,7 +39,8 @@ def hub_head(repo_id: str, name: str) -> tuple[str | None, str | None]:
     be reached ('ConnectError: …'), None) where it cannot; else (None, the commit of main where the
     answer names it: a repo without `name` answers 404 with it too; an error of the repo or the
     user's access is said by the fetch that follows). Sent once for a repo's main in a cache while
-    the answer holds (KEPT_S: 10 min, 1 min where the Hub could not be reached): a run's source check
+    the answer holds (KEPT_S: 10 min, 1 min where the Hub could not be reached, until a load after it is
+    refused: forget_lost): a run's source check
     and its load share it, and a notebook that loads again later, after the network came back or the
     Hub moved on, asks again."""
     from compress.io_hub import hub_cache
@@ -145,17 +146,20 @@ class ListLost(RuntimeError):
 
 
 def forget_lost(repo_id: str) -> None:
-    """repo_files' remembered losses of `repo_id`'s lists (in this cache) forgotten: a load that read
-    the cache after one was refused, and the user's retry, the network back, asks the Hub again."""
+    """repo_files' remembered losses of `repo_id`'s lists (in this cache) forgotten, and hub_head's
+    'cannot be reached' for it: a load that read the cache after one was refused, and the user's
+    retry, the network back, asks the Hub again."""
     from compress.io_hub import hub_cache
 
     for key in [k for k in _LOST if k[:2] == (hub_cache(), repo_id)]:
         del _LOST[key]
+    if _HEADS.get(head := (hub_cache(), repo_id), (0, (None,)))[1][0] is not None:
+        del _HEADS[head]  # the Hub's answer (a commit) still holds
 
 
 @contextlib.contextmanager
 def asked_again_if_refused(repo_id: str):
-    """Inside, an error raised (a refusal the user sees) forgets `repo_id`'s lost lists (forget_lost)."""
+    """Inside, an error raised (a refusal the user sees) forgets `repo_id`'s lost lists and head (forget_lost)."""
     try:
         yield
     except Exception:

@@ -132,9 +132,16 @@ def test_a_load_refused_after_a_lost_list_asks_it_again_once_the_network_is_back
     """A notebook: the cache holds the config, not the weights; the Hub holds the list, so the load
     reads the cache and is refused. The network back, the retry within the minute was refused again
     in 0.00 s without asking (the loss remembered); now it asks the list again, fetches and loads."""
+    seen = _refused_then_retried(monkeypatch, tmp_path, LIST)
+    assert sum(line.startswith(LIST) for line, *_ in seen) == 2, seen
+
+
+def _refused_then_retried(monkeypatch, tmp_path, held: str) -> list:
+    """acme/pix's config cached without weights, the Hub holding requests starting `held`: the load
+    refused; then the network back, the retry loads the Hub's weights. The requests the Hub saw."""
     _config_alone(tmp_path)
     lost = [True]
-    hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: lost[0] and line.startswith(LIST))
+    hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: lost[0] and line.startswith(held))
     seen = next(hub)
     try:
         first, _ = within(12, lambda: load_teacher("acme/pix"))
@@ -145,7 +152,7 @@ def test_a_load_refused_after_a_lost_list_asks_it_again_once_the_network_is_back
     assert isinstance(first, UserError) and "holds no weights" in str(first), first
     assert not isinstance(second, Exception), second
     assert _same(second, PixArtTransformer2DModel.from_pretrained(tmp_path / "pipe" / "transformer"))
-    assert sum(line.startswith(LIST) for line, *_ in seen) == 2, seen
+    return seen
 
 
 def test_a_load_refused_on_the_checks_lost_list_says_it_was_not_asked_again(monkeypatch, tmp_path):
@@ -188,3 +195,11 @@ def test_a_list_lost_is_asked_again_once_its_wait_is_raised(monkeypatch, tmp_pat
     assert sum(line.startswith(LIST) for line, *_ in seen) == 2, seen
     assert took >= 2, f"{took:.2f} s"
     assert "(the Hub's file list failed: ReadTimeout: timed out (no answer within 2 s; set" in said, said
+
+
+def test_a_load_refused_after_the_hub_was_unreachable_asks_again_once_the_network_is_back(monkeypatch, tmp_path):
+    """The notebook above, the Hub unreachable (its HEAD held): the load reads the cache's config and is refused.
+    The network back, the retry within the minute was refused again without asking (hub_head's loss
+    remembered); now it asks again, fetches the weights and loads."""
+    seen = _refused_then_retried(monkeypatch, tmp_path, "HEAD ")
+    assert sum(line.startswith("HEAD ") for line, *_ in seen) >= 2, seen
