@@ -13,7 +13,8 @@ from compress.io import (cast, check_same_architecture, load_teacher, load_teach
                          pipeline_without_transformer, read_config)
 from compress.output_names import is_output
 from compress.io_output import load_transformer, output_folder
-from compress.io_source import check_source, checked_sources, output_weights
+from compress.io_source import check_source, output_weights
+from compress.io_source_recipe import checked_sources
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import status
 from compress.report import console, note, output_file, read_report, results, to_json

@@ -1,5 +1,5 @@
 """A recipe's calibration keys against its teacher source, before anything loads: the prompt file a
-pipeline calibration names is there; a warning per key the source does not read (io_source.checked_sources)."""
+pipeline calibration names is there; a warning per key the source does not read (io_source_recipe.checked_sources)."""
 
 from __future__ import annotations
 

@@ -169,7 +169,7 @@ def check_calibration_pipeline(calib, teacher_source: str) -> dict | None:
     calibration.pipeline the teacher's family (family_problem; a Hub id's model_index.json as the
     cache holds it: pipeline_cache.cached_index). Errors name the recipe's line. (A folder without
     model_index.json is refused by check_pipeline_source, which plan and run call as they check the
-    recipe's sources (io_source.check_sampled_pipeline) and the pipeline source as it is made;
+    recipe's sources (io_source_recipe.check_sampled_pipeline) and the pipeline source as it is made;
     source_kind's other callers take it as a transformer folder.) Returns the local folder's
     model_index.json as read (folder_index; None where there is none), which the callers read after
     (inputs.Sampling)."""

@@ -29,7 +29,8 @@ from compress.plan_memory import beyond_memory, device_memory, peak_memory, svd_
 from compress.plan_words import bounded_keys, where_words
 from compress.io_export import warn_if_export_wider
 from compress.io_headers import check_teacher_weights
-from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked, checked_sources
+from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked
+from compress.io_source_recipe import checked_sources
 from compress.recipe_teacher_config import teacher_config_of
 from compress.passes import build_passes
 from compress.passes.remove_blocks_budget import counts_after
@@ -82,7 +83,7 @@ def block_params(model, rows: list[dict]) -> dict[str, int]:
 def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = None,
               sources: TeacherSource | None = None, passes: list | None = None) -> dict:
     """The plan of `recipe` (`teacher`, `teacher_config`: --teacher, --teacher-config). `run` hands
-    it what it checked and made already: `sources` (io_source.checked_sources of the recipe, then
+    it what it checked and made already: `sources` (io_source_recipe.checked_sources of the recipe, then
     `teacher` and `teacher_config` are not read) and `passes` (passes.build_passes of the recipe). Without
     --teacher-config, the recipe's `teacher_config:` is read (recipe_teacher_config.teacher_config_of)."""
     src, model, adapter = _teacher(recipe, teacher, teacher_config, sources)

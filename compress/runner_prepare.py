@@ -11,7 +11,7 @@ from compress.arch import get_adapter
 from compress.calib_footprint import footprint
 from compress.inputs import check_pipeline_packages, input_source, moved
 from compress.io_export import warn_if_beyond_export_range, warn_if_export_wider
-from compress.io_source import checked_sources
+from compress.io_source_recipe import checked_sources
 from compress.passes import build_passes
 from compress.passes.base import RunContext
 from compress.output_names import replaced_note

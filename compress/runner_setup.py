@@ -17,7 +17,8 @@ from compress.errors import NumericError, UserError
 from compress.interrupts import TERMINATIONS, as_ctrl_c, handled
 from compress.io import load_teacher
 from compress.dtype_range import compute_beyond_words, held
-from compress.io_source import TeacherSource, checked_sources
+from compress.io_source import TeacherSource
+from compress.io_source_recipe import checked_sources
 from compress.io_tensors import nonfinite
 from compress.recipe import Recipe
 
@@ -52,7 +53,7 @@ def check_reference(reference: list[torch.Tensor], dtype: str, locate=None, what
 def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None,
                          models=None, sources: TeacherSource | None = None):
     """(source, frozen teacher); `models` (runner_stream) may hold it streamed. `sources`: the
-    recipe's checked already (io_source.checked_sources), for `teacher` and `config`."""
+    recipe's checked already (io_source_recipe.checked_sources), for `teacher` and `config`."""
     src = sources or checked_sources(recipe, teacher, config)  # there, of the recipe's family: before any weights
     source = src.source
     load = functools.partial(load_teacher, src, dtype=DTYPES[recipe.compute_dtype], config=config,

@@ -43,7 +43,7 @@ def test_a_chain_of_teachers_broken_by_a_teacher_moved_away_says_so_at_the_recip
     'pipeline' (auto: pipeline for a teacher that is not toy:) needed prompts: the broken chain was
     taken for a real teacher. Under auto (and under toy) it says the chain is broken, at the
     recipe's `teacher:` line, as load_pipeline does; a calibration.pipeline to sample in is taken."""
-    from compress.io_source import checked_sources
+    from compress.io_source_recipe import checked_sources
 
     a, d = chained_outputs(tmp_path, "toy:flux")
     a.rename(tmp_path / "moved")

@@ -299,7 +299,7 @@ def test_an_export_dtype_wider_than_the_teachers_stored_one_is_warned_about(tmp_
     from safetensors.torch import save_file
 
     from compress.io_export import warn_if_export_wider, wider_export_words
-    from compress.io_source import checked_sources
+    from compress.io_source_recipe import checked_sources
     from compress.recipe import load_recipe
     from tests.test_commands import RECIPE
 

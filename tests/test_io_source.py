@@ -7,7 +7,8 @@ import json
 import pytest
 
 from compress.errors import UserError
-from compress.io_source import checked_sources, source_family
+from compress.io_source import source_family
+from compress.io_source_recipe import checked_sources
 from compress.recipe import load_recipe
 from tests.conftest import tiny_flux, tiny_pixart
 

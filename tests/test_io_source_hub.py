@@ -5,7 +5,7 @@ and an owner/name read as a path (moved from tests/test_io_source.py)."""
 import pytest
 
 from compress.errors import UserError
-from compress.io_source import checked_sources
+from compress.io_source_recipe import checked_sources
 from tests.conftest import tiny_flux, tiny_pixart
 from tests.test_io_source import _recipe
 

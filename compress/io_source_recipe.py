@@ -1,0 +1,60 @@
+"""A recipe's teacher source checked before anything loads (io_source's checks, errors at the recipe's
+file:line where it gave the value): the teacher there and of the recipe's model family, the local
+pipeline it samples in a pipeline folder, the prompt file there (io_source_calib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compress.errors import UserError
+from compress.io_source import TeacherSource, checked
+from compress.recipe_teacher_config import config_named
+from compress.recipe_where import recipe_where, teacher_given, teacher_where
+
+if TYPE_CHECKING:
+    from compress.inputs import Sampling
+
+
+def checked_sources(recipe, teacher: str | None = None, config: str | None = None,
+                    hub: bool = True, sampled: bool = True) -> TeacherSource:
+    """The teacher source a recipe's run uses (`teacher`: --teacher; `config`: --teacher-config),
+    checked before any weights load: it is there and is a teacher of the recipe's model family
+    (from its config; with `hub`, a Hub id's is fetched, never its weights); and the prompt file
+    the recipe names is there; with `sampled` (plan, run, importance: they sample in the pipeline
+    the recipe names), a local pipeline a pipeline source samples in is a pipeline folder
+    (check_sampled_pipeline). Errors name the recipe's file:line where it gave the value. The
+    calibration source is checked once (inputs.source_sampling), kept as the source's `sampling` for make_plan."""
+    from compress.inputs import source_sampling
+    from compress.io_source_calib import check_prompt_file, warn_unused_calibration
+
+    source = teacher or recipe.teacher
+    src = checked(source, config, teacher_where(recipe, teacher), hub, None if teacher else Path(recipe.path).parent,
+                  bool(getattr(recipe, "stream", False)), config_named(recipe, config))
+    found = src.family()
+    if found and found[0] != recipe.model:
+        raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
+                        f"teacher {source}{teacher_given(recipe, teacher)} is a {found[1]} ({found[0]}); set model: "
+                        f"{found[0]} or give a {recipe.model} teacher")
+    src.sampling = source_sampling(recipe.calibration, source)  # a pipeline folder's model_index.json read once
+    if sampled:
+        check_sampled_pipeline(recipe, source, src.sampling, teacher_given(recipe, teacher))
+    check_prompt_file(recipe, src.sampling.kind)
+    warn_unused_calibration(recipe, src.sampling.kind)
+    return src
+
+
+def check_sampled_pipeline(recipe, source: str, sampled: Sampling, given: str = "") -> None:
+    """Where the recipe's calibration samples in a pipeline (source pipeline, or auto for a teacher
+    that is no toy's), a local one (calibration.pipeline, else the teacher `source`) is a pipeline
+    folder: plan refuses a transformer folder or a single file in the line run's pipeline source
+    does (pipeline_folder.check_pipeline_source), before any weights load. `sampled`: the recipe's
+    calibration source checked (inputs.Sampling); `given`: teacher_given's words for the teacher."""
+    from compress.inputs import pipeline_at
+    from compress.pipeline_folder import check_pipeline_source
+
+    calib = recipe.calibration
+    pipeline = calib.pipeline or source
+    if sampled.kind == "pipeline" and not sampled.toy:  # a saved toy's too
+        check_pipeline_source(pipeline, calib.pipeline is None, recipe.model, pipeline_at(calib, pipeline),
+                              calib.source == "auto", given)
