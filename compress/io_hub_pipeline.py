@@ -2,7 +2,7 @@
 from the Hugging Face cache where the Hub does not serve it: offline or where one bounded request
 finds the Hub unreachable (`pipeline_keywords`, before the load), and where the Hub answered that
 request and then stopped answering diffusers' own (`hub_or_cache`: bounded by
-io_hub_requests.bounded_hub, they time out; the load is made again from the cache). A cache that
+io_hub_bounded.bounded_hub, they time out; the load is made again from the cache). A cache that
 lacks the pipeline, or holds it in part (a part, or a file a part reads: `cache_problem`), is one line
 naming the cache and the hf download that fetches what it lacks; one whose refs/main names a commit
 it has no snapshot of (the Hub answered that main moved on) names both commits (io_hub_cache.uncached's
@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from compress.errors import UserError
 from compress.io_hub import hub_cache, id_problem, note_once, offline, quiet_hub
 from compress.io_hub_cache import cached_snapshot, main_commit, moved_main, uncached
-from compress.io_hub_requests import bounded_hub, cause_line, chain, hub_head, stopped_answering, timed_out
+from compress.io_hub_bounded import bounded_hub, chain
+from compress.io_hub_requests import cause_line, hub_head, stopped_answering, timed_out
 from compress.pipeline_cache import snapshot_lacks
 from compress.pipeline_snapshot import snapshot_slot
 from compress.progress import no_library_bars
@@ -124,7 +125,7 @@ def unreached(e: BaseException, source: str, what: str, before: str | None = Non
 def pipeline_keywords(source: str, what: str) -> dict:
     """diffusers' from_pretrained keywords for the pipeline `source` (`what`: 'base pipeline'): a Hub
     id offline, or where the Hub cannot be reached (hub_head's one request, without retries:
-    diffusers' own, bounded by io_hub_requests.bounded_hub, retry), is read from its cached_snapshot
+    diffusers' own, bounded by io_hub_bounded.bounded_hub, retry), is read from its cached_snapshot
     with local_files_only (diffusers otherwise says it "couldn't connect to the Hub" though offline
     was asked for); one the cache lacks is a UserError naming the cache (was diffusers' many-line
     'not fully cached locally'), one whose snapshot lacks a part its model_index.json lists names it

@@ -148,11 +148,11 @@ def test_a_request_an_interrupt_ended_is_not_left_pending(monkeypatch):
     from huggingface_hub import constants, get_session, set_client_factory
     from huggingface_hub.utils import _http
 
-    from compress import io_hub_requests
-    from compress.io_hub_requests import bounded_hub
+    from compress import io_hub_bounded
+    from compress.io_hub_bounded import bounded_hub
 
     now = [100.0]
-    monkeypatch.setattr(io_hub_requests.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(io_hub_bounded.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
 
     def interrupted(request):

@@ -1,7 +1,7 @@
 """How long a calibration pipeline load waits on a Hub that answers its file list, then never its files.
 
 It times the product's path (`calib_pipeline_load.load_pipeline_for`, diffusers'
-requests inside io_hub_requests.bounded_hub) -- "after" -- against plain diffusers
+requests inside io_hub_bounded.bounded_hub) -- "after" -- against plain diffusers
 `DiffusionPipeline.from_pretrained` without bounded_hub -- "before", behind --uncapped (about 6.5 min at
 2 s: hf_hub_download asks each held file's HEAD again 6 times with a 60 s wait of its own).
 
