@@ -287,7 +287,7 @@ def _weights_of(teacher: nn.Module, names: list[str], who: str) -> dict[str, tor
 
 def _checked_shapes(student: nn.Module, names: dict[str, str], weights: dict, who: str) -> dict:
     """`weights`, or a UserError where one is not the shape of the student's layer it is for (a
-    student without that layer: _merged says so)."""
+    student without that layer: lora_merge.merged_layer says so)."""
     for name, target in names.items():
         try:
             layer = student.get_submodule(target)
