@@ -32,7 +32,8 @@ from compress.runner_ranks import (PeerLost, announce, hand_off, is_follower, is
                                    several_processes, wait_for_hand_off)
 from compress.runner_ranks import peer_lost as peer_lost_in
 from compress.runner_setup import DTYPES, check_reference, resolve_device, sigterm_as_interrupt
-from compress.runner_stages import check_kept, check_stage, handed_over, restore, save_stage, say_read_back, stage_dir
+from compress.runner_heldout import check_kept, check_stage
+from compress.runner_stages import handed_over, restore, save_stage, say_read_back, stage_dir
 from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
 from compress.runner_stream import models_for, tidy_scratch
 from compress.stream_files import WeightsChanged
@@ -258,7 +259,7 @@ class Runner:
     def _stage(self, i: int, student, reference, heldout, teacher_params: int):
         """Pass i, its stage checkpoint, then its held-out error (printed and reported, and written to
         the stage): a run stopped during that check (minutes on a big model) keeps the pass, and
-        --resume measures the error (runner_stages.check_kept)."""
+        --resume measures the error (runner_heldout.check_kept)."""
         p, t0 = self.passes[i], time.perf_counter()
         console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
         say_read_back(self, i, student)  # an svd pass: what an earlier run measured for it, read back

@@ -73,7 +73,7 @@ def exported_error(runner, student) -> dict:
     kept = {t.dtype for t in student.state_dict().values() if t.is_floating_point()}
     if dtype == torch.float32 or kept <= {dtype}:
         return {**record, "exact": True, "relative_error": stages[-1].get("relative_error")}
-    if runner.recipe.stream:  # its last stage's maxima (runner_stages.check_stage), before the rounding
+    if runner.recipe.stream:  # its last stage's maxima (runner_heldout.check_stage), before the rounding
         return {**record, "relative_error": None, **streamed_maxima(stages[-1], dtype)}
     if held is None:
         return {**record, "relative_error": None}

@@ -1,4 +1,4 @@
-"""compress.runner_stages.check_stage: a stage whose student is farther from the teacher than a model
+"""compress.runner_heldout.check_stage: a stage whose student is farther from the teacher than a model
 predicting zeros is warned of."""
 
 import pytest
@@ -12,13 +12,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_a_stage_error_above_one_is_warned_naming_the_pass_and_its_line(tmp_path, monkeypatch, capsys):
     """svd.asymmetric_damping: 1e-30 gave toy PixArt a held-out error of 1.507 (worse than predicting
     zeros) and nothing said so. The error is set here; that it is the printed one is what is checked."""
-    import compress.runner_stages as runner_stages
+    import compress.runner_heldout as runner_heldout
 
     tiny_pixart().save_pretrained(tmp_path / "teacher")
     passes = "  - svd: {targets: [attention], ratio: 0.5, multiple: 2, fisher: none}\n" \
              "  - svd: {targets: [mlp], ratio: 0.5, multiple: 2, fisher: none}\n"
     errors = iter([0.25, 1.507])
-    monkeypatch.setattr(runner_stages, "relative_error", lambda *a, **k: next(errors))
+    monkeypatch.setattr(runner_heldout, "relative_error", lambda *a, **k: next(errors))
     run_recipe(tmp_path, SIMPLE.format(teacher=tmp_path / "teacher", passes=passes), "r")
     err = " ".join(capsys.readouterr().err.split())
     assert "teacher-relative error 1.507" in err

@@ -102,7 +102,7 @@ def test_a_run_stopped_during_a_held_out_check_keeps_its_pass(tmp_path, monkeypa
     import os
     import signal
 
-    import compress.runner_stages
+    import compress.runner_heldout
     from compress.passes import svd
 
     pixart_runner(tmp_path, monkeypatch)  # r.yaml: remove_blocks (blocks [0]), then svd
@@ -111,7 +111,7 @@ def test_a_run_stopped_during_a_held_out_check_keeps_its_pass(tmp_path, monkeypa
         return ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / f"out-{name}"),
                 "--run-dir", str(tmp_path / f"run-{name}")]
     assert main(argv("ref")) == 0
-    real_run, real_error, runs, checks = svd.SVDPass.run, compress.runner_stages.relative_error, [], []
+    real_run, real_error, runs, checks = svd.SVDPass.run, compress.runner_heldout.relative_error, [], []
     monkeypatch.setattr(svd.SVDPass, "run", lambda self, model, ctx: (runs.append(1), real_run(self, model, ctx))[1])
 
     def check_then_stop(*args, **kwargs):
@@ -120,7 +120,7 @@ def test_a_run_stopped_during_a_held_out_check_keeps_its_pass(tmp_path, monkeypa
             os.kill(os.getpid(), signal.SIGTERM)
         return real_error(*args, **kwargs)
     with monkeypatch.context() as m:
-        m.setattr(compress.runner_stages, "relative_error", check_then_stop)
+        m.setattr(compress.runner_heldout, "relative_error", check_then_stop)
         assert main(argv("cut")) == 143  # SIGTERM: 128 + 15 (b79feee)
     capsys.readouterr()
     assert main(argv("cut") + ["--resume"]) == 0

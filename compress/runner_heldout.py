@@ -1,0 +1,58 @@
+"""Each stage's held-out error, the run's check of its student against the teacher: measured once the
+stage is saved (check_stage: printed, added to the stage's record and state.json, warned of above 1),
+and on --resume for a kept stage stopped before it was (check_kept)."""
+
+from __future__ import annotations
+
+import time
+
+from compress.passes.base import relative_error
+from compress.report import console, warn
+from compress.runner_stages import save_state
+
+
+def check_stage(runner, student, record: dict, reference, heldout, teacher_params: int) -> None:
+    """The held-out error of the student of pass `runner.doing`, printed and added to its stage
+    `record` (its seconds too) and to the stage's state.json. A streamed run's last pass records there
+    the largest activations of that forward too (activation_range.stage_maxima): its export measures no
+    weights of its own, and warns from them (runner_export.exported_error)."""
+    from compress.activation_range import block_names, recording_if, stage_maxima
+
+    t0 = time.perf_counter()
+    last = runner.recipe.stream and runner.doing == len(runner.passes) - 1
+    with runner.models.forwards(student), recording_if(last, student, runner.adapter) as maxima:
+        err = relative_error(student, reference, runner.adapter, heldout)
+    record.update(seconds=round(record["seconds"] + time.perf_counter() - t0, 3), relative_error=err)
+    if maxima is not None:
+        record.update(stage_maxima(maxima, block_names(student, runner.adapter)))
+    save_state(runner, runner.doing)
+    console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}")
+    if err > 1:  # NaN is not: the reference check and the passes' own checks name that
+        warn(f"{runner._doing_words()}: the student's teacher-relative error {err:.4g} is above 1: a model "
+             "predicting zeros would be closer to the teacher; check this pass's settings")
+
+
+def check_kept(runner, start: int, student, reference, heldout, teacher_params: int) -> None:
+    """A resumed run whose last kept pass was stopped before its held-out error was measured (during
+    its held-out check, Runner._stage, or while its streamed stage was written, runner_stages._finish): its
+    error measured now, on the restored student."""
+    record = (runner.ctx.report.get("stages") or [{}])[-1]
+    if start == 0 or "relative_error" not in record or record["relative_error"] is not None:
+        return
+    runner.doing = start - 1
+    where, when = getattr(runner, "stopped_in", None) or (None, "check")
+    when = when if where == start - 1 else "check"
+    console.print(f"  {unmeasured_in_words(start, len(runner.passes), record['pass'], when)}", highlight=False)
+    check_stage(runner, student, record, reference, heldout, teacher_params)
+
+
+STOPPED = {"check": "during its held-out check",  # (Runner._stage)
+           "write": "while its stage was being written, before its held-out check",  # finished by runner_stages._finish
+           "adopt": "after its stage was saved, before its held-out check"}  # (runner_stages._finish_adopting)
+
+
+def unmeasured_in_words(done: int, total: int, name: str, when: str) -> str:
+    """What --resume says of kept pass `done` (of `total`, from 1) whose held-out error it measures:
+    where the run stopped (`when`, a key of STOPPED): during that check, while the pass's stage was
+    being written (--resume has just finished it), or once it was saved, before the check began."""
+    return f"pass {done}/{total} ({name}, kept) was stopped {STOPPED[when]}: measuring it now"
