@@ -32,6 +32,13 @@ passes:
 """
 
 
+def one_svd(key: str, targets: str = "attention") -> str:
+    """SIMPLE with the top-level line `key` after teacher: and one svd pass of `targets` (ratio 0.5,
+    multiple 2); {teacher} and the fields of `key` left to format."""
+    svd = "  - svd: {{targets: [" + targets + "], ratio: 0.5, multiple: 2}}\n"
+    return SIMPLE.replace("teacher: {teacher}\n", f"teacher: {{teacher}}\n{key}\n").replace("{passes}", svd)
+
+
 def run_recipe(tmp_path, text, name, **kw):
     """Run `text` (parsed as tmp_path/<name>.yaml) into tmp_path/out-<name>, run dir tmp_path/run-<name>."""
     recipe = parse_recipe(text, str(tmp_path / f"{name}.yaml"))

@@ -17,16 +17,9 @@ from compress.recipe import load_recipe, parse_recipe
 from compress.runner import Runner
 from compress.runner_resume import recipe_changes
 from tests.conftest import tiny_pixart
-from tests.runner_helpers import run_recipe
+from tests.runner_helpers import one_svd, run_recipe
 
-RECIPE = """\
-model: pixart
-teacher: {teacher}
-teacher_config: {config}
-calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
-passes:
-  - svd: {{targets: [attention], ratio: 0.5, multiple: 2}}
-"""
+RECIPE = one_svd("teacher_config: {config}")
 
 
 def single_file(tmp_path):

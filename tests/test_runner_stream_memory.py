@@ -6,7 +6,7 @@ import torch
 
 from compress.arch import get_adapter
 from tests.conftest import tiny_flux, tiny_pixart
-from tests.runner_helpers import run_recipe, streamed_teacher
+from tests.runner_helpers import one_svd, run_recipe, streamed_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,14 +119,7 @@ def test_the_disk_warning_counts_the_statistics_once_the_passes_are_known(tmp_pa
         assert ("calibration statistics" in err) is not first and ("warning" in err) is not first
 
 
-OUTPUT_TEACHER = """\
-model: pixart
-teacher: {teacher}
-compute_dtype: {dtype}
-calibration: {{source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}}
-passes:
-  - svd: {{targets: [{targets}], ratio: 0.5, multiple: 2}}
-"""
+OUTPUT_TEACHER = one_svd("compute_dtype: {dtype}", "{targets}")
 
 
 def test_an_output_as_teacher_is_counted_and_warned_as_a_folder_is(tmp_path, monkeypatch, capsys):
