@@ -18,7 +18,7 @@ from compress.errors import UserError
 from compress.io_hub import hub_cache, id_problem, note_once, offline, quiet_hub
 from compress.io_hub_cache import cached_snapshot, main_commit, moved_main, uncached
 from compress.io_hub_bounded import bounded_hub, chain
-from compress.io_hub_requests import cause_line, hub_head, stopped_answering, timed_out
+from compress.io_hub_requests import asked_again_if_refused, cause_line, hub_head, stopped_answering, timed_out
 from compress.pipeline_cache import snapshot_lacks
 from compress.pipeline_snapshot import snapshot_slot
 from compress.progress import no_library_bars
@@ -40,7 +40,13 @@ def hub_or_cache(source: str, what: str, load):
     it from the cache: hub_head's answer is that the Hub cannot be reached); one the cache lacks, or
     holds in part, is a UserError naming the timeout and what the cache holds; so is one diffusers'
     model_info could not reach the Hub for, the cache lacking it (unreached). Other errors are
-    raised as they are: the caller says them."""
+    raised as they are: the caller says them. A load refused forgets that the Hub could not be
+    reached (asked_again_if_refused): the user's retry, the network back, asks it again."""
+    with asked_again_if_refused(source):
+        return _hub_or_cache(source, what, load)
+
+
+def _hub_or_cache(source: str, what: str, load):
     before = main_commit(source)  # refs/main as the load finds it: a Hub request of the load may move it
     keywords = pipeline_keywords(source, what)
     verdict: dict = {}  # _hub_answer_said's: {"said": unreached's line, or a falsy value}

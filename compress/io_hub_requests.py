@@ -51,7 +51,8 @@ def hub_head(repo_id: str, name: str) -> tuple[str | None, str | None]:
 def stopped_answering(repo_id: str, cause: str) -> None:
     """hub_head's answer for `repo_id` made 'the Hub cannot be reached (`cause`)' from now (KEPT_S:
     for 1 min): the Hub answered its request, then a request of the load that followed timed out
-    (io_hub_pipeline.hub_or_cache); the process's next loads of it read the cache without waiting again."""
+    (io_hub_pipeline.hub_or_cache); the process's next loads of it read the cache without waiting again,
+    until one is refused (asked_again_if_refused)."""
     from compress.io_hub import hub_cache
 
     _HEADS[(hub_cache(), repo_id)] = (time.monotonic(), (cause, None))

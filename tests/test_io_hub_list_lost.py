@@ -48,7 +48,8 @@ def _hub(monkeypatch, folder: Path, repo: str, hold):
         if name not in files:
             return _reply("404 Not Found\r\nX-Error-Code: EntryNotFound", b"", head=line.startswith("HEAD "))
         reply = _reply("200 OK", (folder / name).read_bytes(), head=line.startswith("HEAD "))
-        return reply.replace(b'"e"', f'"{len(files)}{files.index(name)}"'.encode())  # its blob's own name
+        end = reply.index(b"\r\n\r\n")  # its blob's own name in the ETag, not in the file (a tokenizer's '"e"')
+        return reply[:end].replace(b'"e"', f'"{len(files)}{files.index(name)}"'.encode()) + reply[end:]
     return _serve(monkeypatch, answer)
 
 

@@ -106,3 +106,36 @@ def test_the_could_not_connect_warning_is_logged_where_the_load_fails_otherwise(
     finally:
         logger.removeHandler(handler)
     assert seen == ["Couldn't connect to the Hub: refused.\nWill try to load from local cache."]
+
+
+@pytest.mark.parametrize("hold", ["all", "after its HEAD"])
+def test_a_base_pipeline_refused_without_the_hub_asks_again_once_the_network_is_back(tmp_path, monkeypatch, hold):
+    """A notebook: acme/pix not in the cache, the Hub unreachable (every request held), or answering
+    pipeline_keywords' HEAD and then holding diffusers' requests: load_pipeline refused in one line.
+    The network back, the retry within the minute was refused again at once without asking (hub_head's
+    'cannot be reached' remembered, or stopped_answering's); now it asks the Hub, fetches and loads."""
+    from diffusers import PixArtTransformer2DModel
+    from huggingface_hub import constants
+
+    from tests.hub_server import within
+    from tests.pipelines import pixart_pipeline
+    from tests.test_io_hub_list_lost import _hub
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    pipe = pixart_pipeline(tmp_path / "pipe")
+    model = PixArtTransformer2DModel.from_pretrained(pipe / "transformer")
+    out = save_compressed(factorize(model, ["transformer_blocks.0.ff.net.2"], 2), tmp_path / "out")
+    head = lambda line: line.startswith("HEAD ") and "/model_index.json " in line  # noqa: E731
+    lost = [True]
+    hub = _hub(monkeypatch, pipe, "acme/pix", lambda line: lost[0] and (hold == "all" or not head(line)))
+    seen = next(hub)
+    try:
+        first, _ = within(30, lambda: load_pipeline(out, base="acme/pix"))
+        lost[0] = False  # the network is back
+        heads = sum(map(head, (line for line, *_ in seen)))
+        second, _ = within(60, lambda: load_pipeline(out, base="acme/pix"))
+    finally:
+        next(hub, None)
+    assert isinstance(first, UserError) and "holds no copy of it" in str(first), first
+    assert type(second).__name__ == "PixArtSigmaPipeline", second
+    assert sum(map(head, (line for line, *_ in seen))) > heads, seen  # the retry asked the Hub
