@@ -1,4 +1,4 @@
-"""Tables fitted to a narrow terminal (inspect, plan): the key column's names whole (folded after a
+"""Tables fitted to a narrow terminal (inspect, plan, importance): the key column's names whole (folded after a
 '.' or '_' at most) and no number cut; where that does not fit, the least important columns left out first,
 and the caption says which and where to see them. Left alone, rich fits a table by shrinking its
 wrappable key column to nothing and cutting the numbers ('128…', 'd…')."""
@@ -50,39 +50,43 @@ def left_out_words(left_out: list[str], width: int, where: str) -> str:
 
 
 def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
-                 width: int | None, drop: tuple[str, ...], where: str) -> Table:
-    """A table of `columns` (header, justify; the first the key) and `rows` (cells as text) as it
-    fits `width`: as it is where it fits whole (or width None); else each column at its least (the
+                 width: int | None, drop: tuple[str, ...], where: str, key: int = 0) -> Table:
+    """A table of `columns` (header, justify; the one at `key` the names) and `rows` (cells as text)
+    as it fits `width`: as it is where it fits whole (or width None); else each column at its least (the
     widest cell, the header wrapping at its spaces, the key's names folded after a '.' or '_'), columns of
-    `drop` left out in order until it fits, and the key column given the room left."""
+    `drop` left out in order until it fits, and the key column given the room left (its header whole
+    where that fits in it)."""
     whole = _table(title, caption, columns, rows)
     if width is None or table_width(whole) <= width:
         return whole
-    least_key = max(least_name_width(row[0] for row in rows), *(cell_len(w) for w in columns[0][0].split()))
+    least_key = max(least_name_width(row[key] for row in rows), *(cell_len(w) for w in columns[key][0].split()))
     headers = [h for h, _ in columns]
 
     def narrow(shown: list[str], key_room: int) -> Table:
         keep = [headers.index(h) for h in shown]
-        names = [_fold(row[0], key_room) for row in rows]
-        cells = [[names[i]] + [row[j] for j in keep[1:]] for i, row in enumerate(rows)]
+        cells = [[_fold(row[j], key_room) if j == key else row[j] for j in keep] for row in rows]
         left_out = left_out_words([h for h in headers if h not in shown], width, where)
         said = "; ".join(x for x in (caption, left_out) if x) or None
-        return _table(title, said, [columns[j] for j in keep], cells, least=True)
+        return _table(title, said, [columns[j] for j in keep], cells, least=True,
+                      key=(keep.index(key), key_room))
 
-    shown = shown_columns(headers, tuple(h for h in drop if h != headers[0]),
+    shown = shown_columns(headers, tuple(h for h in drop if h != headers[key]),
                           lambda shown: table_width(narrow(shown, least_key)) <= width)
     room = max(least_key, width - (table_width(narrow(shown, least_key)) - least_key))
     return narrow(shown, room)
 
 
 def _table(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
-           least: bool = False) -> Table:
-    """The rich table; `least`: each column as wide as its widest cell line or header word."""
+           least: bool = False, key: tuple[int, int] = (0, 0)) -> Table:
+    """The rich table; `least`: each column as wide as its widest cell line or header word, the key
+    column (`key`: its index, its room) as wide as its whole header where the room holds it."""
     table = Table(title=title, caption=caption)
     for j, (header, justify) in enumerate(columns):
         cells = [line for row in rows for line in str(row[j]).split("\n")]
-        table.add_column(header, justify=justify, no_wrap=not least,
-                         width=max(map(cell_len, cells + header.split())) if least else None)
+        at_least = max(map(cell_len, cells + header.split()))
+        if j == key[0]:
+            at_least = max(at_least, cell_len(header) if cell_len(header) <= key[1] else 0)
+        table.add_column(header, justify=justify, no_wrap=not least, width=at_least if least else None)
     for row in rows:
         table.add_row(*row)
     return table

@@ -9,51 +9,38 @@ from pathlib import Path
 from compress.arch import group_modules
 from compress.passes.importance import ImportanceResult
 from compress.report import save_figure
+from compress.report_fit import fitted_table
 
 
 def render_table(result: ImportanceResult, criterion: str | None = None, width: int | None = None):
     """A rich Table, most important block first: by the skip scan, or by the proxy where the scan
-    measured only that (proxy_only). `width`: the terminal's; a table wider than it has each column
-    at its least width (the longest block name or number; headers wrap at spaces), and where a column
-    per bucket does not fit even so those columns are left out (the caption says so): rich would fit
-    them by shrinking the block column to nothing and cutting numbers ('0.21…')."""
+    measured only that (proxy_only). `width`: the terminal's; a table wider than it keeps its block
+    names and numbers whole and leaves out the least telling columns first (left_out_first), the
+    caption saying which (report_fit.fitted_table): rich would fit them by shrinking the block column
+    to nothing and cutting numbers ('0.21…')."""
     criterion = criterion or ("scan" if any(not math.isnan(b.scan) for b in result.blocks) else "proxy")
-    for by_bucket in (True, False):
-        for least in (False, True):
-            table = _table(result, criterion, by_bucket, least)
-            if width is None or _width(table) <= width:
-                return table
-    return table  # narrower than its least width: rich cuts what it must
-
-
-def _table(result: ImportanceResult, criterion: str, by_bucket: bool, least: bool = False):
-    """The table, its per-bucket columns (of the criterion's score) or not; block names and numbers
-    never cut. `least`: each column as wide as its longest cell or header word, the headers wrapping
-    (rich shrinks a column it may wrap to nothing before it narrows the others)."""
-    from rich.table import Table
-
     scan = criterion == "scan"
     ranges = ", ".join(f"{b} {hi:.2f}-{lo:.2f}" for b, (hi, lo) in zip(result.buckets, result.bucket_ranges))
     what = "error when the block is skipped" if scan else "the cosine proxy (no skip scan)"
     caption = (f"buckets by noise level (1 = pure noise): {ranges}; proxy = 1 - cos(block in, block out); "
                + (f"Spearman(proxy, scan) = {result.spearman:.3f}; " if scan else "")
-               + f"{result.block_evaluations} block evaluations" + _groups_said(result)
-               + ("" if by_bucket else "; the per-bucket columns are left out to fit the terminal "
-                                       "(the heatmap and --json hold them)"))
-    table = Table(title=f"Block importance ({result.family}): {what}", caption=caption)
+               + f"{result.block_evaluations} block evaluations" + _groups_said(result))
+    buckets = [f"{name} (n={n})" for name, n in zip(result.buckets, result.samples_per_bucket)]
     headers = ["rank", "block (teacher index)" if renumbered(result) else "block", *(["scan"] if scan else []),
-               *(f"{name} (n={n})" for name, n in zip(result.buckets, result.samples_per_bucket) if by_bucket),
-               "proxy"]
+               *buckets, "proxy"]
     rows = [[str(rank), f"{b.group}.{b.teacher_index}", *([_fmt(b.scan)] if scan else []),
-             *map(_fmt, (b.scan_by_bucket if scan else b.proxy_by_bucket) if by_bucket else []), _fmt(b.proxy)]
+             *map(_fmt, b.scan_by_bucket if scan else b.proxy_by_bucket), _fmt(b.proxy)]
             for rank, b in enumerate(reversed(result.ranked(criterion)), 1)]
-    for j, header in enumerate(headers):
-        cells = [row[j] for row in rows]
-        table.add_column(header, justify="left" if j == 1 else "right", no_wrap=not least,
-                         width=_least_cell_width(header, cells) if least else None)
-    for row in rows:
-        table.add_row(*row)
-    return table
+    columns = [(h, "left" if j == 1 else "right") for j, h in enumerate(headers)]
+    return fitted_table(f"Block importance ({result.family}): {what}", caption, columns, rows, width,
+                        left_out_first(buckets, scan), "the heatmap, --json or a wider terminal", key=1)
+
+
+def left_out_first(buckets: list[str], scan: bool) -> tuple[str, ...]:
+    """The columns a narrow terminal goes without, first to last: the proxy where the skip scan ranks
+    (the caption's Spearman says how it agrees), then the per-bucket columns (`buckets`' headers) from
+    the last (the table read from the right); never the rank, the block or the score it is ranked by."""
+    return (*(["proxy"] if scan else []), *reversed(buckets))
 
 
 def _groups_said(result: ImportanceResult) -> str:
@@ -66,22 +53,6 @@ def _groups_said(result: ImportanceResult) -> str:
     if len(groups) == 1:
         return f"; {next(iter(groups))} are {group_modules(next(iter(groups)))[0]}"
     return "; groups as remove_blocks' blocks name them: " + ", ".join(f"{g} = {group_modules(g)[0]}" for g in groups)
-
-
-def _least_cell_width(header: str, cells: list[str]) -> int:
-    """The fewest columns that show every cell whole and the header wrapped at its spaces."""
-    from rich.cells import cell_len
-
-    return max(map(cell_len, cells + header.split()))
-
-
-def _width(table) -> int:
-    """The terminal columns `table` takes at its widest (no cell wrapped or cut)."""
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    console = Console(width=10_000)
-    return Measurement.get(console, console.options, table).maximum
 
 
 def renumbered(result: ImportanceResult) -> bool:

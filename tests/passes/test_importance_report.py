@@ -1,5 +1,6 @@
 """The importance table on a narrow terminal, and its heatmap and JSON never cut off by an interrupt."""
 
+import dataclasses
 import io
 import math
 import re
@@ -34,13 +35,13 @@ def shown(table, width: int) -> str:
 @pytest.mark.parametrize("k", [3, 4])
 def test_a_narrow_terminal_cuts_no_block_name_or_number(k):
     """60 columns: the rank, block and score columns whole (rich cut them to 'doubl…', '0.31…' to
-    make room for a column per bucket); those columns are left out, and the caption says so."""
+    make room for a column per bucket); the columns that do not fit are left out, and the caption says so."""
     result = flux_result(k)
     text = shown(render_table(result, width=60), 60)
     assert "…" not in text
     for b in result.blocks:
-        assert f"{b.group}.{b.teacher_index}" in text and f"{b.scan:.4f}" in text and f"{b.proxy:.4f}" in text
-    assert "left out to fit the terminal" in " ".join(text.split())
+        assert f"{b.group}.{b.teacher_index}" in text and f"{b.scan:.4f}" in text
+    assert "left out to fit 60 terminal columns" in " ".join(text.split())
     wide = shown(render_table(result, width=200), 200)
     assert "…" not in wide and all(f"{n} (n=12)" in wide for n in result.buckets)
     assert "left out" not in wide
@@ -59,7 +60,7 @@ def pixart_result(k: int = 3) -> ImportanceResult:
 def test_every_block_name_and_number_is_whole_at_any_width(make, width):
     """66-80 columns: rich kept the per-bucket columns by shrinking the block column to nothing (no
     header, no names) and cut numbers ('0.21…'), or folded names ('blocks.' / '2'). Each column now
-    keeps its least width (headers wrap), and the per-bucket columns go where even that does not fit."""
+    keeps its least width (headers wrap), and columns go where even that does not fit (at 60 the proxy)."""
 
     result = make()
     text = shown(render_table(result, width=width), width)
@@ -70,8 +71,54 @@ def test_every_block_name_and_number_is_whole_at_any_width(make, width):
     narrow = "left out" in " ".join(text.split())
     assert narrow == (width == 60)
     numbers = re.findall(r"\d\.\d+", text.split("└")[0])  # the table's, not its caption's
-    scores = {f"{x:.4f}" for b in result.blocks for x in [b.scan, b.proxy, *([] if narrow else b.scan_by_bucket)]}
-    assert set(numbers) == scores and len(numbers) == len(result.blocks) * (2 if narrow else 2 + len(result.buckets))
+    scores = {f"{x:.4f}" for b in result.blocks for x in [b.scan, *([] if narrow else [b.proxy]), *b.scan_by_bucket]}
+    assert set(numbers) == scores and len(numbers) == len(result.blocks) * (2 + len(result.buckets) - narrow)
+
+
+SHOWS = "(the heatmap, --json or a wider terminal shows"
+
+
+@pytest.mark.parametrize("result, width, headers, said", [
+    (pixart_result(3), 60, ["scan", "early (n=14)", "middle (n=8)", "late (n=10)"],
+     f"column proxy left out to fit 60 terminal columns {SHOWS} it)"),
+    (flux_result(6), 80, ["scan", "b0 (n=12)", "b1 (n=12)", "b2 (n=12)", "b3 (n=12)", "b4 (n=12)"],
+     f"columns b5 (n=12), proxy left out to fit 80 terminal columns {SHOWS} them)"),
+    (flux_result(3), 40, ["scan", "early (n=12)"],
+     f"columns middle (n=12), late (n=12), proxy left out to fit 40 terminal columns {SHOWS} them)"),
+    (flux_result(3, proxy_only=True), 40, ["early (n=12)", "proxy"],
+     f"columns middle (n=12), late (n=12) left out to fit 40 terminal columns {SHOWS} them)")])
+def test_the_least_telling_columns_go_first_and_the_caption_names_them(result, width, headers, said):
+    """Columns go one at a time, as inspect's and plan's do (report_fit): the proxy first where the skip
+    scan ranks (its Spearman is in the caption), then the buckets from the last; a proxy-only scan
+    keeps its proxy. Before, every per-bucket column went at once where one did not fit, the proxy kept
+    ('the per-bucket columns are left out to fit the terminal'): at 60 columns none of 3 buckets, at
+    80 none of 6, where all 3, or 5, fit beside the scan."""
+    table = render_table(result, width=width)
+    assert [str(c.header) for c in table.columns] == ["rank", "block", *headers]
+    text = shown(table, width)
+    assert "…" not in text and max(map(len, text.splitlines())) <= width
+    assert " ".join(text.split()).endswith("; " + said)
+
+
+def test_a_terminal_narrower_than_the_scores_keeps_names_and_scores_whole():
+    """34 columns (a split pane): the rank, block and scan columns fit once the others go. Before,
+    the proxy stayed and rich cut every name and number to fit ('sing…', '0.3…')."""
+    result = flux_result(3)
+    text = shown(render_table(result, width=34), 34)
+    assert "…" not in text and max(map(len, text.splitlines())) <= 34
+    for b in result.blocks:
+        assert f"{b.group}.{b.teacher_index}" in text and f"{b.scan:.4f}" in text
+
+
+def test_a_renumbered_scan_shows_its_block_header_whole_where_there_is_room():
+    """A scan after a removal names blocks by teacher index, its header 'block (teacher index)': at 80
+    columns it was wrapped to three lines ('block' / '(teacher' / 'index)') beside the names, with 16
+    columns to spare; it now takes the room left to it."""
+    result = pixart_result(3)
+    result.blocks = [dataclasses.replace(b, teacher_index=b.index + 2) for b in result.blocks]
+    text = shown(render_table(result, width=80), 80)
+    assert "┃ block (teacher index) ┃" in text and "…" not in text
+    assert max(map(len, text.splitlines())) <= 80
 
 
 def test_a_proxy_only_scan_is_ranked_by_the_proxy():
