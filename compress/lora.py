@@ -58,10 +58,10 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     `load_transformer`, or a teacher) in place, times `scale`. `teacher`: where a DoRA's norms come from (a
     model or a source; default: the base the student's chain of teachers leads to, lora_teacher.lora_base),
     read only for a DoRA (given for a plain LoRA: a note says so; a local one not there: a UserError
-    whatever the LoRA; given for a DoRA: refused where its block counts are not those of the model the
-    LoRA's blocks are read as, the base as the chain records it or the student's teacher (there or not) as
-    the student does, lora_replay_moved.given_numbered_otherwise: exactly where its compression record keeps
-    them, teacher_blocks, else its block map's "at least");
+    whatever the LoRA; given for a DoRA of a block module: refused where its block counts are not those of
+    the model the LoRA's blocks are read as, the base as the chain records it or the student's teacher (there
+    or not) as the student does, lora_replay_moved.given_numbered_otherwise: exactly where its compression
+    record keeps them, teacher_blocks, else its block map's "at least"; a DoRA of none, in_blocks, is not);
     `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": modules,
     "rank_added": {module: r'} of the low-rank ones, "dropped": base modules of removed blocks,
     "not_merged": text-encoder modules of the LoRA, "densified": low-rank modules stored dense, their grown
@@ -103,8 +103,8 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
         raise UserError(f"{label(lora)}: {none} in a block the student kept ({where}, or past {whose} last: "
                         f"{sorted(layers)[0]}{more}); merging it would change nothing")
     dora = [name for name in kept if layers[name].magnitude is not None]
-    if dora and given is not None and base.source and not own_blocks:  # norms of its blocks, numbered as the base's
-        from compress.lora_replay_moved import given_numbered_otherwise
+    if in_blocks(adapter, dora) and given is not None and base.source and not own_blocks:  # norms of its blocks,
+        from compress.lora_replay_moved import given_numbered_otherwise  # numbered as the base's (none: no check)
 
         if (refused := given_numbered_otherwise(student, given, teacher_config, base, moved)):
             raise refused
@@ -131,6 +131,14 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     _record(student, lora, scale, len(kept), base.source)
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
             "not_merged": text_encoder, "densified": densified, "blocks_of": base.source, "moved": base.moved}
+
+
+def in_blocks(adapter, names: list[str]) -> bool:
+    """Whether a module of `names` ("transformer_blocks.3.attn1.to_q") is in a block of a group of
+    `adapter`: a DoRA of none (proj_out alone) reads no block's norms, whatever its teacher's block counts."""
+    from compress.lora_keys import blocks_named
+
+    return any(blocks_named(g.attr, names) for g in adapter.groups)
 
 
 def in_base(adapter, target: str, block_map: dict) -> str:

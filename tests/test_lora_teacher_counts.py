@@ -6,6 +6,7 @@ import copy
 import json
 
 import pytest
+import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
@@ -160,3 +161,35 @@ def test_a_dora_of_a_moved_teachers_blocks_is_refused_a_teacher_below_its_block_
     with pytest.raises(UserError, match=r"has 3 transformer_blocks, but .*, not there now \(at least 4\): "):
         merge_lora(load_transformer(tmp_path / "b"), dora, teacher=str(tmp_path / "three"))
     assert merge_lora(load_transformer(tmp_path / "b"), dora, teacher=str(tmp_path / "base"))["merged"] == 8
+
+
+@pytest.mark.parametrize("targets", [["proj_out"], ["proj_out", "to_q"]], ids=["outside-the-blocks", "and-in-blocks"])
+def test_a_dora_of_no_block_is_not_refused_a_teacher_numbered_otherwise(tmp_path, capsys, targets):
+    """b as above, a moved away; a DoRA of a on proj_out alone, no block module. --teacher base (6 blocks,
+    a 5) was refused ('the teacher given, <base>, has 6 transformer_blocks, but the DoRA's blocks are
+    numbered as <a>'s ...'), though no block's norms are read: the base's proj_out is a's. Now merged,
+    from Python and the CLI, as by hand: diag(m / ‖W + B·A‖_row) (W + B·A), W the base's proj_out (scaling
+    1). A DoRA of blocks too is refused as before."""
+    from safetensors.torch import load_file
+
+    from compress.cli import main
+    from compress.io_output import load_transformer
+    from compress.lora import merge_lora
+    from tests.test_lora_replay_mapped import _dora
+
+    dora = _moved_chain(tmp_path, lambda model, _: _dora(model, targets))
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    b, base = load_transformer(tmp_path / "b"), str((tmp_path / "base").resolve())
+    if targets != ["proj_out"]:
+        with pytest.raises(UserError, match=r"has 6 transformer_blocks, but .*, not there now \(5\)"):
+            merge_lora(b, dora, teacher=base)
+        return
+    assert merge_lora(b, dora, teacher=base)["merged"] == 1
+    w, lora = load_file(str(tmp_path / "base" / "diffusion_pytorch_model.safetensors")), load_file(str(dora))
+    down, up, m = (lora[f"transformer.proj_out.{k}"].double() for k in ("lora_A.weight", "lora_B.weight",
+                                                                         "lora_magnitude_vector"))
+    summed = w["proj_out.weight"].double() + up @ down  # (out, in)
+    by_hand = (m / torch.linalg.norm(summed, dim=1))[:, None] * summed
+    torch.testing.assert_close(b.proj_out.weight.double(), by_hand, rtol=1e-5, atol=1e-6)
+    assert main(["lora", str(tmp_path / "b"), str(dora), str(tmp_path / "new"), "--teacher", base]) == 0
+    assert torch.equal(load_transformer(tmp_path / "new").proj_out.weight, b.proj_out.weight)
