@@ -205,22 +205,12 @@ def test_a_dora_read_as_a_moved_teachers_blocks_is_refused_a_given_teacher_of_ot
     b takes the same DoRA of the base renumbered with a there."""
     from compress.cli import main
     from compress.io_output import load_transformer
-    from tests.conftest import tiny_pixart
     from tests.test_lora_limits import _save
     from tests.test_lora_replay_mapped import _dora, as_base_lora, same
 
-    base_model = tiny_pixart(num_layers=6)
-    base_model.save_pretrained(tmp_path / "base")
-    adapter = get_adapter(base_model)
-    a = copy.deepcopy(base_model)
-    _save_output(a, tmp_path / "a", tmp_path / "base", adapter.remove_blocks(a, {"blocks": [1]}))
-    a_copy = copy.deepcopy(base_model)
-    adapter.remove_blocks(a_copy, {"blocks": [1]})
+    a_copy = copy.deepcopy(_reported_chain(tmp_path, 4, a_removes=1))
+    get_adapter(a_copy).remove_blocks(a_copy, {"blocks": [1]})
     a_copy.save_pretrained(tmp_path / "a-copy")
-    b = load_transformer(tmp_path / "a")
-    _save_output(b, tmp_path / "b", tmp_path / "a", adapter.remove_blocks(b, {"blocks": [4]}))
-    (tmp_path / "b" / "report.json").write_text(json.dumps({"teacher": str((tmp_path / "a").resolve()),
-                                                             "remove_blocks": {"blocks_before": {"blocks": 5}}}))
     weights = _dora(load_transformer(tmp_path / "a"), ["to_q"])
     dora = _save(weights, tmp_path / "a-dora.safetensors")
     (tmp_path / "a").rename(tmp_path / "a-moved")
