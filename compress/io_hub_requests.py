@@ -243,9 +243,11 @@ def cause_line(e: Exception, method: str | None = None, sent: Unanswered | None 
     network's), and for a request that timed out how long it waited and what waits longer
     (`method`: the request's, where the caller knows it: a timeout's innermost cause names none;
     `sent`: bounded_hub's record, where several requests went unanswered); a ListLost's with when
-    it was lost and that it was not asked again."""
+    it was lost ('under 1 s before' where it was: a run's load just after its check) and that it was
+    not asked again."""
     if isinstance(e, ListLost):
-        return f"{cause_line(e.lost, method, sent)}, {e.ago:.0f} s before; not asked again"
+        ago = "under 1 s" if e.ago < 1 else f"{e.ago:.0f} s"
+        return f"{cause_line(e.lost, method, sent)}, {ago} before; not asked again"
     cause = e.__cause__ if e.__cause__ is not None else e
     return f"{type(cause).__name__}: {one_line(cause)}{waited(e, method, sent)}"
 
