@@ -159,7 +159,8 @@ def peak_memory(model, kwargs, device) -> int | None:
 def _device(name: str | None) -> torch.device:
     """--device: cpu, cuda or cuda:N (default: cuda if there is one), as a recipe's device
     (devices.device_refused, devices.unusable) but auto: the default is bench's auto."""
-    if name is not None and (refused := device_refused(name, "--device", ("cpu", "cuda"), _AUTO.get(name, ""))):
+    auto = _AUTO.get(str(name).strip().lower(), "")  # Auto, AUTO too
+    if name is not None and (refused := device_refused(name, "--device", ("cpu", "cuda"), auto)):
         raise UserError(refused)
     dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     if why := unusable(dev):

@@ -1,6 +1,8 @@
 """compress.devices: a recipe's device and bench's --device, one rule and one wording (bench has no
 auto); a GPU torch does not see, said alike by a run and by bench."""
 
+import json
+
 import pytest
 import torch
 
@@ -26,7 +28,7 @@ def _recipe_refusal(name: str) -> str:
 
 @pytest.mark.parametrize("name, tail", [
     ("gpu", "not 'gpu'; did you mean 'cuda'?"), ("cuda:x", "not 'cuda:x'; cuda:N takes a GPU's index: cuda:0, cuda:1, ..."),
-    ("mps", "not 'mps'"), ("cuda0", "not 'cuda0'; did you mean 'cuda'?")])
+    ("mps", "not 'mps'"), ("cuda0", "not 'cuda0'; did you mean 'cuda:0'?")])
 def test_a_bad_device_is_refused_alike_by_a_recipe_and_by_bench(name, tail):
     """bench said "--device 'gpu': bench runs on cpu, cuda or cuda:N (a GPU's index)" where a recipe
     said "device must be one of auto, cpu, cuda, cuda:N, not 'gpu'; did you mean 'cuda'?"."""
@@ -34,11 +36,41 @@ def test_a_bad_device_is_refused_alike_by_a_recipe_and_by_bench(name, tail):
     assert _bench_refusal(name) == f"--device must be one of cpu, cuda, cuda:N, {tail}"
 
 
+@pytest.mark.parametrize("name, meant", [
+    ("CPU", "cpu"), ("Cuda", "cuda"), ("CUDA", "cuda"), ("cuda:O", "cuda:0"), ("cuda:o", "cuda:0"),
+    ("CUDA:0", "cuda:0"), ("Cuda:1", "cuda:1"), ("cuda1", "cuda:1"), ("gpu:0", "cuda:0"), ("cpu ", "cpu"),
+    ("cuda: 1", "cuda:1")])
+def test_a_slip_of_case_or_a_letter_o_is_told_the_device_it_stands_for(name, meant):
+    """CPU, CUDA and CUDA:0 were refused without a hint, Cuda:1 was told 'cuda' (its index lost), and
+    cuda:O only that 'cuda:N takes a GPU's index': now each is told the device it stands for, by a
+    recipe's device and by bench's --device alike (devices.meant)."""
+    tail = f"not {name!r}; did you mean '{meant}'?"
+    assert _recipe_refusal(json.dumps(name)) == f"r.yaml:1: device must be one of auto, cpu, cuda, cuda:N, {tail}"
+    assert _bench_refusal(name) == f"--device must be one of cpu, cuda, cuda:N, {tail}"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["bench", "OUT", "--device", "CPU"], "error: --device must be one of cpu, cuda, cuda:N, not 'CPU'; "
+                                          "did you mean 'cpu'?"),
+    (["plan", "RECIPE"], "r.yaml:1: device must be one of auto, cpu, cuda, cuda:N, not 'cuda:O'; "
+                         "did you mean 'cuda:0'?")])
+def test_the_command_line_says_the_device_meant_in_one_line(tmp_path, capsys, argv, said):
+    from compress.cli import main
+
+    (tmp_path / "r.yaml").write_text(RECIPE.format("cuda:O"))
+    argv = [{"OUT": str(tmp_path), "RECIPE": str(tmp_path / "r.yaml")}.get(a, a) for a in argv]
+    assert main(argv) != 0
+    err = " ".join(capsys.readouterr().err.split("\n")[:-1])
+    assert err.endswith(said) and "Traceback" not in err and err.count("error:") == 1
+
+
 def test_bench_has_no_auto_and_says_what_leaving_it_out_does():
     """A recipe's auto is bench's default; as --device it was refused without a word of that."""
     parse_recipe(RECIPE.format("auto"), "r.yaml")
     assert _bench_refusal("auto") == ("--device must be one of cpu, cuda, cuda:N, not 'auto'; leave --device out "
                                       "for cuda where torch sees a GPU, else cpu")
+    assert _bench_refusal("Auto").endswith("not 'Auto'; leave --device out for cuda where torch sees a GPU, else cpu")
+    assert _recipe_refusal("Auto").endswith("not 'Auto'; did you mean 'auto'?")
 
 
 @pytest.mark.parametrize("count, name, why", [
