@@ -106,8 +106,8 @@ def lora_line(model, rows: list[dict], report: dict) -> str | None:
     was = {r["name"]: (svd.get(r["name"]) or {}).get("rank") for r in rows}
     changed = [r for r in rows if isinstance(was[r["name"]], int) and was[r["name"]] != r["rank"]]
     dense = sum(r["rank"] is None for r in changed)
-    if not svd:
-        what = f"the factorized layers {they} grew by {its} (stored dense where that passed break-even)"
+    if not svd:  # no svd pass in this run (a chain's output, a removal alone): what `lora` recorded
+        what = _grown_as_recorded(report, they, its)
     elif not changed:
         what = "no factorized layer's rank changed"
     else:
@@ -115,6 +115,24 @@ def lora_line(model, rows: list[dict], report: dict) -> str | None:
                 + (f" and {dense} {'was' if dense == 1 else 'were'} stored dense (past break-even)" if dense else "")
                 + ": the factorization columns show - for them, their time is the svd pass's")
     return f"{counted(len(loras), 'LoRA')} merged after the run (dit-compress lora): {took}; {what}"
+
+
+def _grown_as_recorded(report: dict, they: str, its: str) -> str:
+    """What the LoRAs did to the factorized layers of an output whose run measured none (no svd pass:
+    its layers factorized by a teacher's run), from report.json's `loras` entries (`lora` writes them:
+    rank_added, densified): a layer stored dense by any LoRA counts as dense, not grown. Without the
+    entries (report.json gone or older), what merging does."""
+    entries = [e for e in report.get("loras") or [] if isinstance(e, dict)]
+    if not entries or not all(isinstance(e.get("rank_added"), dict) and isinstance(e.get("densified"), list)
+                              for e in entries):
+        return f"any factorized layer {they} grew by {its} (stored dense where that passed break-even)"
+    dense = {name for e in entries for name in e["densified"]}
+    grown = {name for e in entries for name in e["rank_added"]} - dense
+    if not grown and not dense:
+        return f"{they} no factorized layer (only dense ones, which took {'it' if len(entries) == 1 else 'them'} " \
+            "in their weights)"
+    return (f"{counted(len(grown), 'factorized layer')} grew by {its}"
+            + (f" and {len(dense)} {'was' if len(dense) == 1 else 'were'} stored dense (past break-even)" if dense else ""))
 
 
 def _scale(scale) -> str:

@@ -235,3 +235,31 @@ def test_the_lora_line_and_card_count_one_layer_in_the_singular(tmp_path, capsys
     assert f"wrote {tmp_path / 'new'}: 1 layer took the LoRA at scale 1, 1 factorized one by rank [2]; 1 of its " \
            "layers was in removed blocks (listed in report.json)" in said, said
     assert "at scale 1, 1 layer; parameters now" in (tmp_path / "new" / "README.md").read_text()
+
+
+def test_inspect_counts_the_layers_a_lora_grew_in_an_output_whose_run_factorized_none(tmp_path, capsys):
+    """An output whose run had no svd pass (one pass removing a block from an output: its factorized
+    layers are its teacher's) that took a LoRA: inspect said "the factorized layers it adapts grew by its
+    rank (stored dense where that passed break-even)", with no count, as it did for a LoRA adapting none.
+    It counts them from report.json's lora entries, or says the LoRA adapts no factorized layer."""
+    from diffusers import PixArtTransformer2DModel
+
+    from compress.cli import main
+
+    out, lora = _one_layer_lora_output(tmp_path, dense=True)
+    report = json.loads((out / "report.json").read_text())
+    del report["svd"]  # as a removal-only run's report
+    (out / "report.json").write_text(json.dumps(report))
+    base = PixArtTransformer2DModel.from_pretrained(tmp_path / "base")
+    dense_only = _save({k: v for k, v in _state(base, ["attn1.to_k"], rank=2).items()
+                        if ".transformer_blocks.0." in k}, tmp_path / "k.safetensors")
+    said = {}
+    for name, file in (("grown", lora), ("dense", dense_only)):
+        assert main(["lora", str(out), str(file), str(tmp_path / name)]) == 0
+        capsys.readouterr()
+        assert main(["inspect", str(tmp_path / name)]) == 0
+        said[name] = " ".join(capsys.readouterr().out.split())
+    assert "(2 layers); 1 factorized layer grew by its rank and 1 was stored dense (past break-even) by role" \
+        in said["grown"], said["grown"]
+    assert "(1 layer); it adapts no factorized layer (only dense ones, which took it in their weights) by role" \
+        in said["dense"], said["dense"]
