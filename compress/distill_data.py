@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from compress.distill_folder import SHARED_KWARGS, FolderSource, _shapes, write_shard
+from compress.distill_folder import SAMPLE_FILE, SHARED_KWARGS, FolderSource, _shapes, named, write_shard
 from compress.errors import UserError
 from compress.inputs import moved
 from compress.progress import bar as progress_bar, read_back_label
@@ -34,7 +34,7 @@ NOT_COND = ("hidden_states", "timestep", "return_dict")
 class ToySource:
     def __init__(self, train_batch):
         if train_batch is None:
-            raise UserError("distill: data: toy needs a toy teacher (the runner gave no training batches); "
+            raise UserError("distill.data: toy needs a toy teacher (the runner gave no training batches); "
                             "use data: folder with latents_dir, or data: teacher_samples")
         self.train_batch = train_batch
 
@@ -141,7 +141,7 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
     guidance_scale > 1: sampled with classifier-free guidance (`ctx.unconditional`). `progress`: a bar
     over the samples (rank 0's own, in a launch; the other processes show none)."""
     if ctx.calibration_inputs is None:
-        raise UserError("distill: data: teacher_samples needs the recipe's prompts (calibration inputs); "
+        raise UserError("distill.data: teacher_samples needs the recipe's prompts (calibration inputs); "
                         "none were given")
     sampler = ctx.scheduler_config()  # the teacher pipeline's (None: the family's default)
     key = hashlib.sha256(json.dumps([ctx.fingerprint, ctx.seed, num_samples, steps, shard_size, sampler]
@@ -155,7 +155,7 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
     folder.mkdir(parents=True, exist_ok=True)
     batches = ctx.calibration_inputs()
     if not batches:
-        raise UserError("distill: data: teacher_samples needs the recipe's prompts, but the calibration "
+        raise UserError("distill.data: teacher_samples needs the recipe's prompts, but the calibration "
                         "inputs hold no batches")
     sizes = shard_sizes(num_samples, shard_size, [len(b["hidden_states"]) for b in batches])
     uncond = None
@@ -229,7 +229,7 @@ def shard_sizes(num_samples: int, shard_size: int, rows: list[int]) -> list[int]
     """Samples in each shard: shard i is drawn on calibration batch i mod len(rows), at most
     `shard_size` and at most that batch's rows, until the shards hold `num_samples` in all."""
     if not any(rows):
-        raise UserError("distill: data: teacher_samples: the calibration batches hold no rows")
+        raise UserError("distill.data: teacher_samples: the calibration batches hold no rows")
     sizes, left = [], num_samples
     while left > 0:
         sizes.append(min(shard_size, left, rows[len(sizes) % len(rows)]))
@@ -252,7 +252,10 @@ def _complete(folder: Path, num_samples: int) -> bool:
 
 def _rows_in(path: Path) -> int | None:
     """Rows of a written shard (read from its header), None when there is none."""
-    return _shapes(path)["latents"][0] if path.exists() else None
+    if not path.exists():
+        return None
+    with named(SAMPLE_FILE):
+        return _shapes(path)["latents"][0]
 
 
 def take_rows(cond: dict, rows: torch.Tensor) -> dict:
@@ -281,5 +284,5 @@ def make_source(cfg, ctx, accelerator):
     if cfg.data == "teacher_samples":
         folder = teacher_sample_cache(ctx, cfg.num_samples, cfg.sample_steps, cfg.batch_size, accelerator,
                                       cfg.guidance_scale, cfg.progress)
-        return FolderSource(folder)
+        return FolderSource(folder, SAMPLE_FILE)
     raise UserError(f"distill.data must be toy, folder or teacher_samples, not {cfg.data!r}")

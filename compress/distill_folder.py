@@ -12,6 +12,7 @@ A folder holds `.safetensors` / `.pt` files. Each file holds flat keys:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,6 +23,23 @@ from compress.io_tensors import one_line
 
 SHARED_KWARGS = ("img_ids", "txt_ids")  # Flux: not batched
 SUFFIXES = (".safetensors", ".pt")
+LATENTS_DIR = "distill.latents_dir file"  # a file of the user's folder, as its errors name it (`named`)
+SAMPLE_FILE = "distill: teacher sample file"  # one of the teacher-sample cache (distill_data)
+
+
+class FileTrouble(UserError):
+    """A file of a latents folder that cannot be read or breaks the folder format: the message starts
+    with its path, and `named` says whose file it is."""
+
+
+@contextmanager
+def named(what: str):
+    """A FileTrouble inside as a UserError naming the file `what`'s (LATENTS_DIR: 'distill.latents_dir
+    file /d/a.pt has no 'latents' tensor ...', the key in the PASS.KEY form of recipe errors; SAMPLE_FILE)."""
+    try:
+        yield
+    except FileTrouble as e:
+        raise UserError(f"{what} {e}") from None
 
 
 def _flatten(prefix: str, value, out: dict) -> None:
@@ -51,9 +69,9 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
-        raise UserError(f"distill: cannot read latents file {path}: {str(exc).splitlines()[0]}") from None
+        raise FileTrouble(f"{path} cannot be read: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise UserError(f"distill: {path} holds a {type(data).__name__}, expected a dict of tensors")
+        raise FileTrouble(f"{path} holds a {type(data).__name__}, expected a dict of tensors")
     flat: dict = {}
     for k, v in data.items():
         _flatten(k, v, flat)
@@ -93,20 +111,20 @@ def check_file(path: Path, data: dict) -> None:
 def check_keys(path: Path, shapes: dict[str, tuple]) -> None:
     """A file's keys and their shapes: 'latents', 'cond.' tensors with as many rows, 'shared.' ones."""
     if "latents" not in shapes:
-        raise UserError(f"distill: {path} has no 'latents' tensor (keys: {', '.join(sorted(shapes))})")
+        raise FileTrouble(f"{path} has no 'latents' tensor (keys: {', '.join(sorted(shapes))})")
     n = shapes["latents"][0] if shapes["latents"] else 0
     for key, shape in shapes.items():
         if key.startswith("cond.") and (not shape or shape[0] != n):
-            raise UserError(f"distill: {path}: '{key}' has {shape[0] if shape else 0} rows, 'latents' has {n}")
+            raise FileTrouble(f"{path}: '{key}' has {shape[0] if shape else 0} rows, 'latents' has {n}")
         if key != "latents" and not key.startswith(("cond.", "shared.")):
-            raise UserError(f"distill: {path}: key '{key}' must be 'latents' or start with "
-                            "'cond.' or 'shared.'")
+            raise FileTrouble(f"{path}: key '{key}' must be 'latents' or start with "
+                              "'cond.' or 'shared.'")
 
 
 def check_finite(path: Path, data: dict) -> None:
     for key, value in data.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise UserError(f"distill: {path}: '{key}' holds non-finite values (nan or inf)")
+            raise FileTrouble(f"{path}: '{key}' holds non-finite values (nan or inf)")
 
 
 def _first_rows(path: Path) -> tuple[dict[str, tuple], dict[str, torch.Tensor]]:
@@ -125,7 +143,7 @@ def _first_rows(path: Path) -> tuple[dict[str, tuple], dict[str, torch.Tensor]]:
             rows = {k: f.get_tensor(k) if k.startswith("shared.") or not shapes[k] else s[:1]
                     for k, s in slices.items()}
     except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
-        raise UserError(f"distill: cannot read latents file {path}: {one_line(exc)}") from None
+        raise FileTrouble(f"{path} cannot be read: {one_line(exc)}") from None
     return shapes, rows
 
 
@@ -143,7 +161,7 @@ def _shapes(path: Path) -> dict[str, tuple]:
         with safe_open(str(path), "pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
-        raise UserError(f"distill: cannot read latents file {path}: {one_line(exc)}") from None
+        raise FileTrouble(f"{path} cannot be read: {one_line(exc)}") from None
 
 
 def check_layout(path: Path, shapes: dict, first: Path, first_shapes: dict) -> None:
@@ -151,13 +169,13 @@ def check_layout(path: Path, shapes: dict, first: Path, first_shapes: dict) -> N
     ('latents', 'cond.'), 'shared.' tensors of the same shape (a batch joins rows of several files;
     their values: check_shared)."""
     if sorted(shapes) != sorted(first_shapes):
-        raise UserError(f"distill: {path} has keys {sorted(shapes)}, {first.name} {sorted(first_shapes)}")
+        raise FileTrouble(f"{path} has keys {sorted(shapes)}, {first.name} {sorted(first_shapes)}")
     for key, shape in shapes.items():
         per_row = not key.startswith("shared.")
         mine, theirs = (shape[1:], first_shapes[key][1:]) if per_row else (shape, first_shapes[key])
         if mine != theirs:
-            raise UserError(f"distill: {path}: '{key}' has {'rows' if per_row else 'shape'} {mine}, in "
-                            f"{first.name} {theirs}; every file of latents_dir must hold the same layout")
+            raise FileTrouble(f"{path}: '{key}' has {'rows' if per_row else 'shape'} {mine}, in "
+                              f"{first.name} {theirs}; every file of latents_dir must hold the same layout")
 
 
 def _shared(path: Path, data: dict | None = None) -> dict[str, torch.Tensor]:
@@ -170,7 +188,7 @@ def _shared(path: Path, data: dict | None = None) -> dict[str, torch.Tensor]:
         with safe_open(str(path), "pt") as f:
             return {k: f.get_tensor(k) for k in f.keys() if k.startswith("shared.")}
     except Exception as exc:  # noqa: BLE001 - name the file, keep the reason
-        raise UserError(f"distill: cannot read latents file {path}: {one_line(exc)}") from None
+        raise FileTrouble(f"{path} cannot be read: {one_line(exc)}") from None
 
 
 def check_shared(path: Path, shared: dict, first: Path, first_shared: dict) -> None:
@@ -180,10 +198,10 @@ def check_shared(path: Path, shared: dict, first: Path, first_shared: dict) -> N
     for key, value in shared.items():
         theirs = first_shared.get(key)
         if theirs is not None and value.shape == theirs.shape and not torch.equal(value, theirs):
-            raise UserError(f"distill: {path}: '{key}' holds other values than in {first.name}; a batch joins "
-                            "rows of several files and gives them one 'shared.' tensor, so every file of "
-                            "latents_dir must hold the same (latents of another resolution or aspect go in "
-                            "another folder)")
+            raise FileTrouble(f"{path}: '{key}' holds other values than in {first.name}; a batch joins "
+                              "rows of several files and gives them one 'shared.' tensor, so every file of "
+                              "latents_dir must hold the same (latents of another resolution or aspect go in "
+                              "another folder)")
 
 
 def check_folder(value: str | Path, model, adapter) -> None:
@@ -192,8 +210,12 @@ def check_folder(value: str | Path, model, adapter) -> None:
     `model` on the meta device (`_on_meta`: shapes only, no arithmetic), so a wrong layout fails
     here (plan, the run's checks) and not after the passes before distill. Of the first file, its
     header and first row are read (_first_rows): the rest of its values are checked finite when
-    the pass reads the folder (FolderSource)."""
-    files = latents_files(value)
+    the pass reads the folder (FolderSource). A file's errors name it as a latents_dir file (`named`)."""
+    with named(LATENTS_DIR):
+        _check_files(latents_files(value), model, adapter)
+
+
+def _check_files(files: list[Path], model, adapter) -> None:
     first_shapes, rows = _first_rows(files[0])
     check_keys(files[0], first_shapes)
     check_finite(files[0], rows)
@@ -204,8 +226,8 @@ def check_folder(value: str | Path, model, adapter) -> None:
             check_shared(path, _shared(path), files[0], first_shared)
     latents, shape = rows["latents"], first_shapes["latents"]  # (1, ...) of (B, ...)
     if not latents.is_floating_point() or len(shape) < 3 or shape[0] == 0:
-        raise UserError(f"distill: {files[0]}: 'latents' must be floating rows (B, ...) of the transformer's "
-                        f"hidden_states, got {str(latents.dtype).removeprefix('torch.')} {shape}")
+        raise FileTrouble(f"{files[0]}: 'latents' must be floating rows (B, ...) of the transformer's "
+                          f"hidden_states, got {str(latents.dtype).removeprefix('torch.')} {shape}")
     _dry_run(files[0], _unflatten({k: v for k, v in rows.items() if k != "latents"}), latents, _on_meta(model),
              adapter)
 
@@ -230,9 +252,9 @@ def _dry_run(path: Path, cond: dict, latents: torch.Tensor, model, adapter) -> N
     except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
         # (a kwarg the model needs left out: AttributeError on its None)
         held = sorted(f"{k}.{name}" for k in ("cond", "shared") for name in cond.get(k, {}))
-        raise UserError(f"distill: a row of {path} does not run through the model: {one_line(e)} "
-                        f"(the file holds latents, {', '.join(held) or 'no cond. or shared. kwargs'}"
-                        f"{_expected(cond, latents, model, adapter)})") from None
+        raise FileTrouble(f"{path}: a row does not run through the model: {one_line(e)} "
+                          f"(the file holds latents, {', '.join(held) or 'no cond. or shared. kwargs'}"
+                          f"{_expected(cond, latents, model, adapter)})") from None
 
 
 def _expected(cond: dict, latents: torch.Tensor, model, adapter) -> str:
@@ -251,27 +273,29 @@ def _expected(cond: dict, latents: torch.Tensor, model, adapter) -> str:
     held = {name for k in ("cond", "shared") for name in cond.get(k, {})}
     missing = set(example) - held - {"hidden_states", "timestep", "added_cond_kwargs"}
     if missing:
-        named = sorted(f"{'shared' if k in SHARED_KWARGS else 'cond'}.{k}" for k in missing)
-        said.append(f"it lacks {', '.join(named)}, which the teacher takes")
+        lacked = sorted(f"{'shared' if k in SHARED_KWARGS else 'cond'}.{k}" for k in missing)
+        said.append(f"it lacks {', '.join(lacked)}, which the teacher takes")
     return "".join(f"; {words}" for words in said)
 
 
 class FolderSource:
     """Latents + cond from a folder (format above). Files are indexed once; a folder of at most
     `IN_MEMORY_BYTES` (e.g. the teacher-sample cache) is kept in memory, a bigger one is read per
-    batch, the rows it needs from each file (the last file read is kept)."""
+    batch, the rows it needs from each file (the last file read is kept). what: whose files they are,
+    as its errors name one (`named`: LATENTS_DIR, SAMPLE_FILE)."""
 
     IN_MEMORY_BYTES = 2 * 2**30
 
-    def __init__(self, folder: str | Path):
-        self.folder = latents_folder(folder)
+    def __init__(self, folder: str | Path, what: str = LATENTS_DIR):
+        self.folder, self.what = latents_folder(folder), what
         self.files = latents_files(self.folder)
         self.counts, self._first, self._first_shared = [], None, {}  # (path, shapes), shared. of the first file
         keep = sum(p.stat().st_size for p in self.files) <= self.IN_MEMORY_BYTES
         self._resident = [] if keep else None
         for path in self.files:
-            data = _read(path)
-            self._check(path, data)
+            with named(what):
+                data = _read(path)
+                self._check(path, data)
             self.counts.append(len(data["latents"]))
             if keep:
                 self._resident.append(data)
@@ -296,7 +320,8 @@ class FolderSource:
             return self._resident[i]
         path = self.files[i]
         if self._cached is None or self._cached[0] != path:
-            self._cached = (path, _read(path))
+            with named(self.what):
+                self._cached = (path, _read(path))
         return self._cached[1]
 
     def batch(self, batch_size: int, generator: torch.Generator):

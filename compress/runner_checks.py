@@ -94,7 +94,7 @@ def check_data(p, spec, inputs: str | None) -> None:
         raise BadValue("data", f"{spec.name}.data: toy trains on the toy data, and this run calibrates "
                                f"through a pipeline: set {spec.name}.data to 'teacher_samples' or 'folder'",
                        reads=SOURCE)
-    message = (f"{spec.name}: data: toy with calibration.source {inputs} trains on that source's random "
+    message = (f"{spec.name}.data: toy with calibration.source {inputs} trains on that source's random "
                "latents and text embeddings, not on the toy's digits nor on images (a smoke test): set "
                f"{spec.name}.data to 'teacher_samples' or 'folder' to train on samples")
     warn(f"{spec.where(BadValue('data', message, reads=SOURCE), *SOURCE)}: {message}")

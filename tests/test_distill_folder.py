@@ -50,7 +50,7 @@ def test_a_flux_folder_without_a_kwarg_the_model_needs_is_one_line(tmp_path, dro
     kwargs = model_inputs(teacher, batch=2)
     cond = {k: v for k, v in cond_of(kwargs).items() if torch.is_tensor(v) and k != drop}
     write_shard(tmp_path / "a.safetensors", kwargs["hidden_states"], cond)
-    with pytest.raises(UserError, match=r"a.safetensors does not run through the model: .* \(the file holds "
+    with pytest.raises(UserError, match=r"a.safetensors: a row does not run through the model: .* \(the file holds "
                                         r"latents, cond.encoder_hidden_states"):
         check_folder(tmp_path, meta_clone(teacher), get_adapter(teacher))
 
@@ -97,7 +97,7 @@ def test_files_whose_shared_ids_differ_are_refused_naming_both(tmp_path):
     _, batch = source.batch(8, torch.Generator().manual_seed(0))
     assert torch.equal(batch["img_ids"], _flux_ids(1, n))
     save_file({**flat, "latents": latents + 1, "shared.img_ids": _flux_ids(n, 1)}, str(folder / "b.safetensors"))
-    words = (f"distill: {folder / 'b.safetensors'}: 'shared.img_ids' holds other values than in a.safetensors; a "
+    words = (f"distill.latents_dir file {folder / 'b.safetensors'}: 'shared.img_ids' holds other values than in a.safetensors; a "
              "batch joins rows of several files")
     with pytest.raises(UserError) as early:
         check_folder(folder, meta_clone(teacher), get_adapter(teacher))
@@ -146,7 +146,7 @@ def _recipe(path, folder) -> str:
     ("missing", r"is not a folder \(there is none at"),
     ("a file", r"is not a folder \(there is a file at"),
     ("empty", "has no .safetensors or .pt files"),
-    ("unreadable", "cannot read latents file"),
+    ("unreadable", "cannot be read"),
     ("channels", "does not run through the model: .*; the teacher takes latents rows \\(C, H, W\\) of C = 4 "
                  "channels, the file's are \\(3, 8, 8\\)\\)$"),
     ("no text", "does not run through the model: .*; it lacks cond.encoder_hidden_states, which the teacher "
@@ -168,7 +168,7 @@ def test_plan_refuses_a_latents_folder_the_distill_pass_would_at_the_latents_dir
         assert code == 0 and "error" not in err
         return
     assert code == 2 and "\n" not in err and "Traceback" not in err
-    assert re.search(f"^dit-compress: error: {re.escape(recipe)}:7: distill(: |\\.latents_dir ).*{words}", err), err
+    assert re.search(f"^dit-compress: error: {re.escape(recipe)}:7: distill\\.latents_dir .*{words}", err), err
 
 
 def test_the_run_refuses_a_folder_without_text_embeddings_before_any_compute(tmp_path, capsys):
@@ -180,7 +180,7 @@ def test_the_run_refuses_a_folder_without_text_embeddings_before_any_compute(tmp
     recipe = _recipe(tmp_path / "r.yaml", tmp_path / "no text")
     assert main(["run", recipe, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert f"{recipe}:7: distill: a row of" in err
+    assert f"{recipe}:7: distill.latents_dir file {tmp_path / 'no text'}" in err
     assert err.rstrip().endswith("it lacks cond.encoder_hidden_states, which the teacher takes)")
     assert not (tmp_path / "out").exists()
 

@@ -5,6 +5,7 @@ distill's, remove_blocks' and importance's value checks said 'distill: lr must b
 import re
 
 import pytest
+import torch
 
 from compress.errors import UserError
 from compress.recipe import parse_recipe
@@ -101,3 +102,62 @@ def test_every_pass_names_a_key_alike():
             _refusal("importance", "      buckets: -2\n"), _refusal("svd", "      ratio: 2\n")]
     for words in said:
         assert re.match(r"r\.yaml:\d+: (distill|remove_blocks|importance|svd)\.[a-z_]+ ", words), words
+
+
+FLUX_PLAN = RECIPE.split("passes:")[0].replace("{{", "{").replace("}}", "}") + "passes:\n"
+
+
+@pytest.mark.parametrize("passes, said", [
+    ("  - remove_blocks: {count: 1, buckets: 5}\n", "remove_blocks.buckets 5 changes nothing: "),
+    ("  - remove_blocks: {count: 0}\n", "remove_blocks.count removes no block, so this pass changes nothing"),
+    ("  - remove_blocks: {blocks: {single: []}}\n", "remove_blocks.blocks removes no block"),
+    ("  - remove_blocks: {fraction: 0.1}\n", "remove_blocks.fraction 0.1 of 6 blocks rounds down to no block"),
+    ("  - remove_blocks: {count: {single: 1}, criterion: learned, learn_lr: 0, estimator: gumbel}\n",
+     "remove_blocks.estimator: gumbel with learn_lr: 0 learns the logits alone"),
+    ("  - importance: {buckets: 40}\n", "importance.buckets 40 is more than the "),
+    ("  - distill: {steps: 50}\n", "distill.data: toy with calibration.source synthetic trains on "),
+    ("  - svd: {targets: [attention], ratio: 1.0, fisher: none}\n", "svd.ratio 1.0 keeps every parameter, so "),
+])
+def test_a_warning_names_its_key_as_pass_dot_key(capsys, passes, said):
+    """A warning about one key names it as its errors do: 'r.yaml:6: remove_blocks.buckets 5 changes
+    nothing ...', where it said 'remove_blocks: buckets 5 ...' ('svd: svd.ratio 1.0 keeps ...'). No
+    warning of plan starts 'PASS: KEY' or 'PASS: PASS.KEY' for a key of that pass."""
+    import dataclasses
+
+    from compress.passes import PASSES, pass_class
+    from compress.plan import make_plan
+
+    make_plan(parse_recipe(FLUX_PLAN + passes, "r.yaml"))
+    warned = [line.split(": ", 2)[2] for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert said in [w[:len(said)] for w in warned], warned
+    keys = {name: "|".join(f.name for f in dataclasses.fields(pass_class(name).config_cls)) for name in PASSES}
+    for words in warned:
+        assert not any(re.match(rf"{name}: ({name}\.)?({key})\b", words) for name, key in keys.items()), words
+
+
+def test_a_latents_file_error_names_its_key_as_pass_dot_key(tmp_path):
+    """A file of latents_dir that breaks the format is named 'distill.latents_dir file PATH', at the
+    key's line in the checks and in the pass's reader alike; it said 'r.yaml:7: distill: PATH has no
+    'latents' tensor ...', 'distill: cannot read latents file PATH: ...'. A file of the teacher-sample
+    cache (no recipe key) is named 'distill: teacher sample file PATH'."""
+    from safetensors.torch import save_file
+
+    from compress.distill_folder import SAMPLE_FILE, FolderSource
+
+    cases = {"no latents": ({"x": torch.zeros(2, 4)}, " has no 'latents' tensor (keys: x)"),
+             "nan": ({"latents": torch.full((2, 4, 8), float("nan"))}, ": 'latents' holds non-finite values"),
+             "torn": (b"not a safetensors file", " cannot be read: ")}
+    for name, (data, words) in cases.items():
+        path = tmp_path / name / "a.safetensors"
+        path.parent.mkdir()
+        path.write_bytes(data) if isinstance(data, bytes) else save_file(data, str(path))
+        said = f"distill.latents_dir file {path}{words}"
+        with pytest.raises(UserError) as e:
+            _check(f"  - distill:\n      data: folder\n      latents_dir: '{path.parent}'\n")
+        assert str(e.value).startswith(f"r.yaml:7: {said}"), str(e.value)
+        with pytest.raises(UserError) as e:
+            FolderSource(path.parent)
+        assert str(e.value).startswith(said), str(e.value)
+        with pytest.raises(UserError) as e:
+            FolderSource(path.parent, SAMPLE_FILE)
+        assert str(e.value).startswith(f"distill: teacher sample file {path}{words}"), str(e.value)

@@ -83,7 +83,7 @@ def test_toy_data_with_synthetic_inputs_is_said(folders, capsys):
     it ran without a word."""
     make_plan(_recipe(folders[0], "{source: synthetic}"))
     err = " ".join(capsys.readouterr().err.split())
-    assert ("rec/j.yaml:6: distill: data: toy with calibration.source synthetic trains on that source's "
+    assert ("rec/j.yaml:6: distill.data: toy with calibration.source synthetic trains on that source's "
             "random latents and text embeddings, not on the toy's digits nor on images") in err
 
 

@@ -42,7 +42,7 @@ def test_the_warmup_note_names_the_sets_of_steps_and_warmup_steps_alone(capsys, 
 UNCHANGED = "  - svd:\n      targets: [attention]\n      ratio: 1.0\n"  # ratio at line 7
 DENSE_RANKS = "  - svd:\n      targets: [attention, mlp]\n      multiple: 1\n      ranks: {attention: 8}\n"  # line 8
 BUCKETS = "  - remove_blocks:\n      count: 1\n      criterion: proxy\n      buckets: 5\n"  # buckets at line 8
-KEEPS = "svd: svd.ratio 1.0 keeps every parameter, so every one of its 25 targets stays dense"
+KEEPS = "svd.ratio 1.0 keeps every parameter, so every one of its 25 targets stays dense"
 AT_OR_ABOVE = "svd.ranks: rank 8 for 'attention' is at or above the break-even rank"
 
 
@@ -53,8 +53,8 @@ AT_OR_ABOVE = "svd.ranks: rank 8 for 'attention' is at or above the break-even r
      "r.yaml:7 (with --set passes.0.svd.allocation=uniform): ", KEEPS),
     (DENSE_RANKS, ["passes.0.svd.ratio=0.3"], "r.yaml:8: ", AT_OR_ABOVE),
     (DENSE_RANKS, ["passes.0.svd.ignore=[mlp]", "passes.0.svd.ratio=0.3"],  # every target's rank explicit
-     "r.yaml:8 (with --set passes.0.svd.ignore=[mlp]): ", "svd: svd.ranks are at or above the rank where"),
-    (BUCKETS, ["passes.0.remove_blocks.iterative=true"], "r.yaml:8: ", "remove_blocks: buckets 5 changes nothing"),
+     "r.yaml:8 (with --set passes.0.svd.ignore=[mlp]): ", "svd.ranks are at or above the rank where"),
+    (BUCKETS, ["passes.0.remove_blocks.iterative=true"], "r.yaml:8: ", "remove_blocks.buckets 5 changes nothing"),
 ])
 def test_a_pass_note_names_the_sets_of_the_keys_it_read_alone(capsys, text, sets, where, said):
     """The ratio note (every target dense) reads targets, ignore, allocation, ratio and ranks, not

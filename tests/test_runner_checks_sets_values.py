@@ -107,7 +107,7 @@ def _check_with(text: str, sets: list[str], inputs: str) -> None:
 
 
 BUCKETS = "  - importance:\n      buckets: 9\n      proxy_only: true\n"  # buckets at line 6; 4 × 2 inputs
-MORE = "importance: buckets 9 is more than the"
+MORE = "importance.buckets 9 is more than the"
 TOY = "  - distill:\n      steps: 30\n      lr: 0.0005\n"  # data (toy) left out: the pass's line, 5
 
 
@@ -128,16 +128,16 @@ def test_data_toy_on_another_source_names_the_sets_of_data_and_the_source_alone(
     calibration.source: a --set of lr is not named, one of the source is."""
     _check_with(TOY, [D + "lr=0.001"], "synthetic")
     warned = " ".join(capsys.readouterr().err.split())
-    assert "warning: r.yaml:5: distill: data: toy with calibration.source synthetic" in warned, warned
+    assert "warning: r.yaml:5: distill.data: toy with calibration.source synthetic" in warned, warned
     with pytest.raises(UserError) as e:
         _check_with(TOY, [D + "lr=0.001"], "pipeline")
     assert str(e.value).startswith("r.yaml:5: distill.data: toy trains on the toy data"), str(e.value)
     _check_with(TOY, [D + "data=toy", D + "lr=0.001"], "synthetic")
     warned = " ".join(capsys.readouterr().err.split())
-    assert f"warning: r.yaml (--set {D}data=toy): distill: data: toy with" in warned, warned
+    assert f"warning: r.yaml (--set {D}data=toy): distill.data: toy with" in warned, warned
     _check_with(TOY, ["calibration.source=synthetic", D + "lr=0.001"], "synthetic")
     warned = " ".join(capsys.readouterr().err.split())
-    assert "warning: r.yaml:5 (with --set calibration.source=synthetic): distill: data: toy with" in warned, warned
+    assert "warning: r.yaml:5 (with --set calibration.source=synthetic): distill.data: toy with" in warned, warned
     with pytest.raises(UserError) as e:
         _check_with(TOY, ["calibration.source=synthetic", D + "lr=0.001"], "pipeline")  # as a pipeline's kind
     assert str(e.value).startswith("r.yaml:5 (with --set calibration.source=synthetic): distill.data: toy trains")

@@ -310,7 +310,7 @@ class ImportancePass(Pass):
             return []
         empty = buckets - levels
         hold, columns = ("holds", "its column") if empty == 1 else ("hold", "their columns")
-        return [("buckets", f"importance: buckets {buckets} is more than the {counted(levels, 'noise level')} the "
+        return [("buckets", f"importance.buckets {buckets} is more than the {counted(levels, 'noise level')} the "
                             f"calibration inputs hold ({how}): at least {empty} of its buckets {hold} no input, "
                             f"{columns} of the table and heatmap empty; set buckets to {levels if levels == 1 else f'{levels} or fewer'}, or draw "
                             "more calibration inputs", level_keys(kind))]

@@ -310,7 +310,7 @@ def idle_buckets(config: RemoveBlocksConfig) -> list[tuple[str, str, tuple]]:
     bucket; a recipe that sets it is warned (the key stays: a run's recipe.yaml writes it)."""
     if config.buckets == RemoveBlocksConfig.buckets:
         return []
-    return [("buckets", f"remove_blocks: buckets {config.buckets} changes nothing: the blocks are chosen by "
+    return [("buckets", f"remove_blocks.buckets {config.buckets} changes nothing: the blocks are chosen by "
                         "each block's score over all calibration inputs, whatever the buckets (an importance "
                         "pass's buckets split the scores it shows by timestep); leave it out", ())]
 

@@ -199,7 +199,7 @@ def removes_nothing(config, counts: dict[str, int],
     value = getattr(config, key)
     nothing = ", so this pass changes nothing"
     if key == "blocks":
-        return [] if any(value.values()) else [(key, f"remove_blocks: blocks removes no block{nothing}", ())]
+        return [] if any(value.values()) else [(key, f"remove_blocks.blocks removes no block{nothing}", ())]
     possible = possible or [counts]
     items = list(value.items()) if isinstance(value, dict) else [(None, value)]
     rounded, totals = [], [0] * len(possible)
@@ -214,18 +214,18 @@ def removes_nothing(config, counts: dict[str, int],
     if not any(totals) and len(items) == 1 and rounded:
         return [(path, head + nothing + tail, ()) for path, head, tail in rounded]
     out = [(path, head + tail, ()) for path, head, tail in rounded]
-    return out if any(totals) else out + [(key, f"remove_blocks: {key} removes no block{nothing}", ())]
+    return out if any(totals) else out + [(key, f"remove_blocks.{key} removes no block{nothing}", ())]
 
 
 def _rounded_words(path: str, v: float, group: str | None, ns: list[int], none: list[int]) -> str:
-    """'remove_blocks: fraction.single 0.4 of 2 blocks of group 'single' rounds down to no block', of
+    """'remove_blocks.fraction.single 0.4 of 2 blocks of group 'single' rounds down to no block', of
     `ns` blocks the run may find (several after removals that pick their groups at run time: 'of the
     2–3 blocks ... rounds down to no block where it has 2'), `none` of which it rounds down for."""
     lo, hi = min(ns), max(ns)
     of = f" of group '{group}'" if group else ""
     if lo == hi:
-        return f"remove_blocks: {path} {v} of {counted(lo, 'block')}{of} rounds down to no block"
-    head = (f"remove_blocks: {path} {v} of the {lo}–{hi} blocks{of} that earlier removals may leave (they "
+        return f"remove_blocks.{path} {v} of {counted(lo, 'block')}{of} rounds down to no block"
+    head = (f"remove_blocks.{path} {v} of the {lo}–{hi} blocks{of} that earlier removals may leave (they "
             "pick theirs at run time) rounds down to no block")
     if len(none) == len(set(ns)):
         return f"{head} however they go"

@@ -116,7 +116,7 @@ def _biased(config: RemoveBlocksConfig) -> list[tuple[str, str, tuple]]:
     """gumbel without a weight update: its straight-through gradient, linearized at hard masks,
     drove the toy PixArt's pair logits to the costliest pair (README, "Which blocks to remove")."""
     if config.estimator == "gumbel" and value(config, "learn_lr") == 0:
-        return [("estimator", "remove_blocks: estimator gumbel with learn_lr: 0 learns the logits alone "
+        return [("estimator", "remove_blocks.estimator: gumbel with learn_lr: 0 learns the logits alone "
                               "through a biased gradient, which can settle on the costliest removal; use "
                               "estimator: score (the default without a weight update) or learn_lr > 0",
                  ("learn_lr",))]  # the keys it read besides estimator (Pass.notes)

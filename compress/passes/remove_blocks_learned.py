@@ -187,7 +187,7 @@ def learn_removal(model: nn.Module, ctx: RunContext, budget: dict[str, int], con
     blocks to remove}; block_map: {group: teacher index of each current block}."""
     adapter = ctx.adapter
     if ctx.calibration_inputs is None:
-        raise UserError("remove_blocks: criterion learned needs calibration inputs")
+        raise UserError("remove_blocks.criterion: learned needs calibration inputs")
     steps, lr, logit_lr = (value(config, k) for k in ("learn_steps", "learn_lr", "logit_lr"))
     wins = make_windows(budget, adapter.block_counts(model), config.window, block_map, window_key(config))
     if not wins:  # a budget of 0: nothing to choose

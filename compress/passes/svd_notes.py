@@ -29,7 +29,7 @@ def unchanged_note(c, targets) -> tuple[str, str, tuple]:
         key, why, reads = "ranks", "svd.ranks are at or above the rank where a factorization saves parameters", TARGETS
     else:
         key, why = "ratio", f"svd.ratio {c.ratio} keeps every parameter"
-    return key, f"svd: {why}, so {dense} and this pass changes nothing; lower svd.{key}", reads
+    return key, f"{why}, so {dense} and this pass changes nothing; lower svd.{key}", reads
 
 
 def no_saving_rank_note(c, targets, ranks: dict) -> tuple[str, str, tuple] | None:

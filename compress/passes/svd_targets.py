@@ -145,7 +145,7 @@ def resolve_targets(infos: Sequence[LinearInfo], targets: Sequence[str],
               and not any(matches(p, i) for p in ignore)]
     if not chosen:
         raise BadValue("ignore" if ignore else "targets",
-                       "svd: targets minus ignore leave no layer to compress", reads=("targets", "ignore"))
+                       "svd.targets minus ignore leave no layer to compress", reads=("targets", "ignore"))
     return chosen
 
 

@@ -215,14 +215,14 @@ def test_more_buckets_than_the_calibration_holds_noise_levels_is_said_at_the_key
         return ImportancePass(ImportanceConfig(buckets=buckets)).calibration_notes(CalibrationConfig(**calib), kind)
 
     assert said(40, num_prompts=2, timesteps=4) == [("buckets", (
-        "importance: buckets 40 is more than the 8 noise levels the calibration inputs hold (calibration.num_prompts"
+        "importance.buckets 40 is more than the 8 noise levels the calibration inputs hold (calibration.num_prompts"
         " × timesteps: 2 × 4 inputs): at least 32 of its buckets hold no input, their columns of the table and "
         "heatmap empty; set buckets to 8 or fewer, or draw more calibration inputs"),
         ("calibration.source", "calibration.num_prompts", "calibration.timesteps"))]  # the keys it read
     assert said(8, num_prompts=2, timesteps=4) == said(8, "synthetic", num_prompts=8, timesteps=1) == []
     (key, words, reads), = said(3, "pipeline", num_prompts=50, timesteps=8, sample_steps=2)
     assert reads == ("calibration.source", "calibration.timesteps", "calibration.sample_steps")
-    assert key == "buckets" and words.startswith("importance: buckets 3 is more than the 2 noise levels the "
+    assert key == "buckets" and words.startswith("importance.buckets 3 is more than the 2 noise levels the "
                                                  "calibration inputs hold (calibration.timesteps 8 of a 2-step sampler)")
     assert said(2, "pipeline", timesteps=8, sample_steps=2) == []
 
@@ -240,7 +240,7 @@ def test_plan_and_run_warn_of_more_buckets_than_noise_levels_once_at_the_key(tmp
     recipe = parse_recipe(text.replace("B", "40"), str(tmp_path / "r.yaml"))
     capsys.readouterr()
     make_plan(recipe)
-    warning = f"warning: {tmp_path / 'r.yaml'}:6: importance: buckets 40 is more than the 8 noise levels"
+    warning = f"warning: {tmp_path / 'r.yaml'}:6: importance.buckets 40 is more than the 8 noise levels"
     assert " ".join(capsys.readouterr().err.split()).count(warning) == 1
     Runner(recipe, tmp_path / "out", tmp_path / "run").run()
     assert " ".join(capsys.readouterr().err.split()).count(warning) == 1
@@ -261,7 +261,7 @@ def test_one_empty_bucket_or_noise_level_is_said_in_the_singular(capsys):
             "its column stays empty") in said
     (key, words, _), = ImportancePass(ImportanceConfig(buckets=2)).calibration_notes(
         CalibrationConfig(num_prompts=1, timesteps=1), "toy")
-    assert words == ("importance: buckets 2 is more than the 1 noise level the calibration inputs hold "
+    assert words == ("importance.buckets 2 is more than the 1 noise level the calibration inputs hold "
                      "(calibration.num_prompts × timesteps: 1 × 1 inputs): at least 1 of its buckets holds no "
                      "input, its column of the table and heatmap empty; set buckets to 1, or draw more "
                      "calibration inputs")

@@ -43,5 +43,5 @@ def test_a_fraction_of_a_group_of_one_block_is_of_1_block(capsys):
     make_plan(parse_recipe(FLUX.format(passes="  - remove_blocks: {count: {single: 3}}\n"
                                               "  - remove_blocks: {fraction: {single: 0.5}}\n"), "r.yaml"))
     said = " ".join(capsys.readouterr().err.split())
-    assert ("warning: r.yaml:6: remove_blocks: fraction.single 0.5 of 1 block of group 'single' rounds down to no "
+    assert ("warning: r.yaml:6: remove_blocks.fraction.single 0.5 of 1 block of group 'single' rounds down to no "
             "block, so this pass changes nothing") in said, said

@@ -151,4 +151,4 @@ def test_a_budget_of_no_block_is_warned_naming_the_set_that_made_it(capsys, opti
 
     _check(f"  - remove_blocks: {options}\n", sets)
     said = " ".join(capsys.readouterr().err.split())
-    assert f"warning: {where}remove_blocks: count removes no block, so this pass changes nothing" in said, said
+    assert f"warning: {where}remove_blocks.count removes no block, so this pass changes nothing" in said, said

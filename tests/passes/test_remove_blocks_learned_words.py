@@ -155,7 +155,7 @@ def test_estimator_defaults_to_score_without_a_weight_update(capsys):
     assert "warning" not in capsys.readouterr().err  # plan and check print nothing: the runner warns
     (key, words, reads), = notes(learn_lr=0, estimator="gumbel")
     assert key == "estimator" and reads == ("learn_lr",)  # a --set of learn_steps is not named with it
-    assert words.startswith("remove_blocks: estimator gumbel with learn_lr: 0")
+    assert words.startswith("remove_blocks.estimator: gumbel with learn_lr: 0")
     assert "use estimator: score" in words
     assert notes(learn_lr=0) == notes(learn_lr=1e-4, estimator="gumbel") == notes() == []
 
@@ -171,8 +171,8 @@ def test_plan_warns_of_a_biased_estimator_once_at_its_line(capsys):
                           "      learn_lr: 0\n      estimator: gumbel\n", "r.yaml")
     make_plan(recipe)
     said = " ".join(capsys.readouterr().err.split())
-    assert said.count("estimator gumbel with learn_lr: 0") == 1
-    assert "warning: r.yaml:9: remove_blocks: estimator gumbel" in said
+    assert said.count("estimator: gumbel with learn_lr: 0") == 1
+    assert "warning: r.yaml:9: remove_blocks.estimator: gumbel" in said
 
 
 def test_estimator_must_be_known():

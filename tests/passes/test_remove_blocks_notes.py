@@ -23,10 +23,10 @@ def test_a_removal_s_scan_says_nothing_of_empty_timestep_buckets(criterion, tmp_
 
 
 @pytest.mark.parametrize("config, key, said", [
-    (dict(fraction=0.1), "fraction", "remove_blocks: fraction 0.1 of {n} blocks rounds down to no block, so this "
+    (dict(fraction=0.1), "fraction", "remove_blocks.fraction 0.1 of {n} blocks rounds down to no block, so this "
                                      "pass changes nothing; the smallest fraction that removes one block is {f}"),
-    (dict(count=0), "count", "remove_blocks: count removes no block, so this pass changes nothing"),
-    (dict(fraction=0.0, iterative=True), "fraction", "remove_blocks: fraction removes no block, so this pass "
+    (dict(count=0), "count", "remove_blocks.count removes no block, so this pass changes nothing"),
+    (dict(fraction=0.0, iterative=True), "fraction", "remove_blocks.fraction removes no block, so this pass "
                                                      "changes nothing"),
 ])
 def test_a_budget_that_removes_nothing_is_warned_and_scans_nothing(tmp_path, config, key, said):
@@ -51,7 +51,7 @@ def test_a_group_fraction_that_rounds_down_names_its_group_key(tmp_path):
     notes = step.notes(model, get_adapter(model))
     assert [k for k, *_ in notes] == [f"fraction.{g}" for g in counts] + ["fraction"], notes
     g = next(iter(counts))
-    assert notes[0][1].startswith(f"remove_blocks: fraction.{g} 0.01 of {counts[g]} blocks of group '{g}' rounds "
+    assert notes[0][1].startswith(f"remove_blocks.fraction.{g} 0.01 of {counts[g]} blocks of group '{g}' rounds "
                                   "down to no block"), notes
     some = RemoveBlocksPass(RemoveBlocksConfig(fraction={g: 0.01, **{h: 0.6 for h in counts if h != g}}))
     assert [k for k, *_ in some.notes(model, get_adapter(model))] == [f"fraction.{g}"]
@@ -79,7 +79,7 @@ def test_a_fraction_that_rounds_down_for_some_counts_the_run_may_find_says_which
     from compress.passes.remove_blocks_budget import removes_nothing
 
     config = RemoveBlocksConfig(fraction=fraction)
-    assert [m for _, m, _ in removes_nothing(config, {"double": 2, "single": 4}, possible)] == [f"remove_blocks: {said}"]
+    assert [m for _, m, _ in removes_nothing(config, {"double": 2, "single": 4}, possible)] == [f"remove_blocks.{said}"]
     assert removes_nothing(config, possible[0], possible[:1]) == removes_nothing(config, possible[0])  # as before
 
 
@@ -90,7 +90,7 @@ def test_explicit_blocks_that_remove_nothing_are_warned_as_a_count_of_none_is(tm
     adapter = get_adapter(model)
     step = RemoveBlocksPass(RemoveBlocksConfig(blocks={"blocks": []}))
     step.check(model, adapter)
-    assert step.notes(model, adapter) == [("blocks", "remove_blocks: blocks removes no block, so this pass "
+    assert step.notes(model, adapter) == [("blocks", "remove_blocks.blocks removes no block, so this pass "
                                                      "changes nothing", ())]
     assert RemoveBlocksPass(RemoveBlocksConfig(blocks={"blocks": [0]})).notes(model, adapter) == []
 
@@ -113,7 +113,7 @@ def test_buckets_change_no_choice_and_are_warned_at_their_line(tmp_path, capsys)
     assert records[0] == records[1]
     model, adapter = tiny_pixart(), get_adapter(tiny_pixart())
     said = {k: m for k, m, _ in RemoveBlocksPass(RemoveBlocksConfig(count=1, buckets=7)).notes(model, adapter)}
-    assert said["buckets"].startswith("remove_blocks: buckets 7 changes nothing: the blocks are chosen by each "
+    assert said["buckets"].startswith("remove_blocks.buckets 7 changes nothing: the blocks are chosen by each "
                                       "block's score over all calibration inputs")
     for quiet in (dict(count=1), dict(count=1, buckets=3), dict(blocks={"blocks": [1]})):
         assert "buckets" not in [k for k, *_ in RemoveBlocksPass(RemoveBlocksConfig(**quiet)).notes(model, adapter)]
@@ -122,7 +122,7 @@ def test_buckets_change_no_choice_and_are_warned_at_their_line(tmp_path, capsys)
     capsys.readouterr()
     make_plan(parse_recipe(text.replace("B", "7"), "r.yaml"))
     err = " ".join(capsys.readouterr().err.split())
-    assert err.count("warning: r.yaml:7: remove_blocks: buckets 7 changes nothing") == 1, err
+    assert err.count("warning: r.yaml:7: remove_blocks.buckets 7 changes nothing") == 1, err
     make_plan(parse_recipe(text.replace("B", "3"), "r.yaml"))
     assert "buckets" not in capsys.readouterr().err
     before, now = (parse_recipe(text.replace("B", b), "r.yaml") for b in "73")
@@ -139,6 +139,6 @@ def test_a_fraction_per_group_after_a_spread_removal_is_warned_of_the_blocks_the
     head = "model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 2}\n"
     make_plan(parse_recipe(head + "  - remove_blocks: {fraction: {single: 0.4, double: 0.4}}\n", "r.yaml"))
     said = " ".join(capsys.readouterr().err.split())
-    assert ("warning: r.yaml:5: remove_blocks: fraction.single 0.4 of the 2–3 blocks of group 'single' that earlier "
+    assert ("warning: r.yaml:5: remove_blocks.fraction.single 0.4 of the 2–3 blocks of group 'single' that earlier "
             "removals may leave (they pick theirs at run time) rounds down to no block where it has 2") in said, said
     assert "fraction.double 0.4 of the 1–2 blocks of group 'double'" in said and "of 2 blocks" not in said, said

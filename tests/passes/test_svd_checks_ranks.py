@@ -29,7 +29,7 @@ def test_ratio_one_is_named_the_cause_of_an_svd_pass_that_changes_nothing_not_ro
     key, said, reads = _unchanged(ratio=1.0, multiple=1)
     assert key == "ratio" and "rounded" not in said, said
     assert reads == ("targets", "ignore", "allocation", "ratio", "ranks")  # not multiple: a --set of it is not named
-    assert said == ("svd: svd.ratio 1.0 keeps every parameter, so every one of its 2 targets stays dense and "
+    assert said == ("svd.ratio 1.0 keeps every parameter, so every one of its 2 targets stays dense and "
                     "this pass changes nothing; lower svd.ratio")
     assert _unchanged(ratio=1.0, multiple=16)[0] == "ratio"  # rounding is not why either
 
@@ -57,7 +57,7 @@ def test_ratio_one_plans_every_target_dense_and_says_so(capsys):
 
     step = make_plan(parse_recipe(RATIO_ONE, "r.yaml"))["passes"][0]
     assert set(step["ranks"].values()) == {"dense"} and step["params_after"] == step["params_before"], step
-    assert "r.yaml:4: svd: svd.ratio 1.0 keeps every parameter" in capsys.readouterr().err
+    assert "r.yaml:4: svd.ratio 1.0 keeps every parameter" in capsys.readouterr().err
 
 
 def test_ratio_one_runs_every_target_dense(tmp_path):

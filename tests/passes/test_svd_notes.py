@@ -158,7 +158,7 @@ def test_a_pass_left_dense_by_a_set_ratio_is_warned_at_that_set(capsys):
     before, and so is the file's multiple without a --set where rounding is the cause (ratio 0.99)."""
     mlp = PIXART.replace("[attention, mlp]", "[mlp]")
     said = _pixart_warnings(capsys, ["passes.0.svd.ratio=1"], mlp, **WIDTH_28)
-    assert said == ["warning: p1.yaml (--set passes.0.svd.ratio=1): svd: svd.ratio 1.0 keeps every parameter, "
+    assert said == ["warning: p1.yaml (--set passes.0.svd.ratio=1): svd.ratio 1.0 keeps every parameter, "
                     "so every one of its 6 targets stays dense and this pass changes nothing; lower svd.ratio"], said
     said = _pixart_warnings(capsys, ["passes.0.svd.multiple=256"], mlp, **WIDTH_28)
     assert said[0].startswith("warning: p1.yaml (--set passes.0.svd.multiple=256): svd: every one of"), said
