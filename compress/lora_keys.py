@@ -243,10 +243,29 @@ def check_all_read(unused: list[str], where: str, skeleton: nn.Module | None = N
     names = {name for name, _ in skeleton.named_modules()} if skeleton is not None else set()
     modules = {re.sub(r"^(?:transformer\.|base_model\.model\.)", "", module_of(k)) for k in unused}
     if skeleton is not None and not modules & names:
-        raise UserError(f"{where}: '{unused[0]}'{more} names a layer {type(skeleton).__name__} does not have: "
-                        "a LoRA of another model?")
+        raise UserError(f"{where}: '{unused[0]}'{more} names a layer {type(skeleton).__name__} does not have"
+                        + (prefix_words(modules, names) or ": a LoRA of another model?"))
     raise UserError(f"{where}: '{unused[0]}'{more} is not a key peft reads, so merging would drop it "
                     "silently; a LoRA format dit-compress does not read?")
+
+
+OTHER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "unet.", "model.")  # longest first
+
+
+def prefix_words(modules, names: set[str]) -> str:
+    """Where every module of `modules` (a LoRA's, none the model's) is one of `names` (the model's modules)
+    without one prefix another format puts on its keys (`unet.`: a UNet pipeline's; `diffusion_model.`,
+    `model.diffusion_model.`: ComfyUI's / the original checkpoints'), words saying which to rename: diffusers'
+    transformer LoRA loaders read only `transformer.<layer>` keys (load_lora_adapter's prefix), its
+    converters of those formats only their own layer names (double_blocks, lora_unet_ ...), so a LoRA of
+    diffusers' layer names under such a prefix is not read as it is. Else ''."""
+    modules = sorted(modules)
+    for prefix in OTHER_PREFIXES:
+        if modules and all(m.startswith(prefix) and m[len(prefix):] in names for m in modules):
+            return (f"; without its '{prefix}' prefix it names '{modules[0][len(prefix):]}', a layer it has: "
+                    f"rename the LoRA's '{prefix}' keys to 'transformer.' (the prefix diffusers reads a "
+                    "transformer's LoRA by), if it was trained on this model")
+    return ""
 
 
 def check_linear(adapted: set[str], modules: dict[str, nn.Module], where: str) -> None:
@@ -256,7 +275,8 @@ def check_linear(adapted: set[str], modules: dict[str, nn.Module], where: str) -
     missing = sorted(adapted - set(modules))
     if missing:
         raise UserError(f"{where}: the LoRA adapts '{missing[0]}', which {type(modules['']).__name__} does not "
-                        "have (a LoRA of another model?)")
+                        + (f"have{words}" if (words := prefix_words(missing, set(modules))) else
+                           "have (a LoRA of another model?)"))
     other = sorted(n for n in adapted if not isinstance(modules[n], nn.Linear))
     if other:
         raise UserError(f"{where}: the LoRA adapts '{other[0]}', a {type(modules[other[0]]).__name__}, "

@@ -152,3 +152,21 @@ def test_a_numpy_scale_is_a_scale():
     check_scale(np.float32(0.8))
     with pytest.raises(UserError, match="finite number"):
         check_scale(np.float64("nan"))
+
+
+@pytest.mark.parametrize("prefix", ["unet.", "model.diffusion_model."])
+def test_a_lora_whose_keys_carry_another_formats_prefix_is_told_which_to_rename(tmp_path, prefix):
+    """A LoRA of the model's own layer names under a UNet's (`unet.`) or ComfyUI's prefix was refused as
+    of another model ("names a layer FluxTransformer2DModel does not have: a LoRA of another model?"). Diffusers
+    reads neither for these transformers (load_lora_adapter keeps `transformer.` keys only; its Flux
+    converters read other layer names), so it is still refused, saying which prefix to rename."""
+    from tests.test_lora_limits import _save, _state
+
+    for make, layer in ((tiny_flux, "single_transformer_blocks.0.attn.to_q"),
+                        (tiny_pixart, "transformer_blocks.0.attn1.to_q")):
+        lora = _save(_state(make(), ["to_q"], prefix=prefix), tmp_path / "l.safetensors")
+        with pytest.raises(UserError) as e:
+            merge_lora(make(), lora)
+        assert f"{make().__class__.__name__} does not have; without its '{prefix}' prefix it names '{layer}', a " \
+               f"layer it has: rename the LoRA's '{prefix}' keys to 'transformer.'" in str(e.value), str(e.value)
+        assert "another model" not in str(e.value) and "\n" not in str(e.value)
