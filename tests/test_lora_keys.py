@@ -35,8 +35,13 @@ def _pair(prefix: str, module: str = Q, out: int = 16) -> dict:
 ], ids=["bfl", "diffusion_model", "unet", "lora_transformer", "transformer.diffusion_model"])
 def test_a_flux_lora_of_another_key_format_is_one_quiet_line(tmp_path, capsys, keys):
     """No `transformer.` added to keys naming no module of the transformer, and what peft or diffusers
-    raise while loading is one UserError line, with no ERROR log of diffusers' printed."""
-    with diffusers_log() as logged, pytest.raises(UserError, match=r"a LoRA of another model\?$"):
+    raise while loading is one UserError line, with no ERROR log of diffusers' printed; where the keys
+    name the transformer's layers under another prefix (diffusion_model., unet.), it says to rename it."""
+    renamed = next((p for p in ("diffusion_model.", "unet.")
+                    if all(k.startswith(p + "transformer_blocks") for k in keys)), None)
+    said = rf"rename the LoRA's '{re.escape(renamed)}' keys to 'transformer\.'" if renamed else \
+        r"a LoRA of another model\?$"
+    with diffusers_log() as logged, pytest.raises(UserError, match=said):
         merge_lora(tiny_flux(), _save(keys, tmp_path / "l.safetensors"))
     assert capsys.readouterr().err == "" and logged == []
 
