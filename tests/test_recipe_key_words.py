@@ -9,6 +9,7 @@ import torch
 
 from compress.errors import UserError
 from compress.recipe import parse_recipe
+from tests.recipe_helpers import refusal
 from tests.test_runner_checks import _check
 
 RECIPE = """\
@@ -21,9 +22,7 @@ passes:
 
 
 def _refusal(name: str, options: str) -> str:
-    with pytest.raises(UserError) as e:
-        parse_recipe(RECIPE.format(name=name, options=options), "r.yaml")
-    return str(e.value)
+    return refusal(RECIPE.format(name=name, options=options))
 
 
 @pytest.mark.parametrize("name, options, said", [
