@@ -94,12 +94,17 @@ def looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or "/" not in source or Path(source.split("/")[0]).is_dir()
 
 
+GIVE_TEACHER = "pass its teacher with --teacher"  # check_same_architecture's way out (eval, bench)
+
+
 def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
-                    loras: list[str] | None = None, dtype: torch.dtype | None = torch.float32) -> nn.Module:
+                    loras: list[str] | None = None, dtype: torch.dtype | None = torch.float32,
+                    advice: str = GIVE_TEACHER) -> nn.Module:
     """The teacher to compare `student` with (eval, bench): of the student's family, or a UserError;
     with the LoRAs the student recorded merged into it (`loras`: where they are now, eval's and
     bench's --lora, in place of the recorded places). `dtype`: load_teacher's (None: as stored,
-    whose bytes bench compares the export's with)."""
+    whose bytes bench compares the export's with). `advice`: how a teacher of other widths is put right
+    (check_same_architecture's; distill's kd_teacher: base has no --teacher)."""
     from compress.io_source import checked
 
     recorded = (getattr(student, "compression_meta", None) or {}).get("loras")
@@ -118,7 +123,7 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
     if get_adapter(teacher).family != family:
         raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
                         f"it is a {type(student).__name__}")
-    check_same_architecture(student, teacher, source)
+    check_same_architecture(student, teacher, source, advice)
     if recorded:  # a student that took LoRAs (dit-compress lora) stands for its teacher with them
         from compress.lora_replay import replay
         from compress.lora_replay_moved import took_counts
@@ -128,10 +133,10 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
     return teacher
 
 
-def check_same_architecture(student: nn.Module, teacher: nn.Module, source: str) -> None:
+def check_same_architecture(student: nn.Module, teacher: nn.Module, source: str, advice: str = GIVE_TEACHER) -> None:
     """A UserError naming the config keys where `teacher` is not the architecture `student` was
     compressed from (its widths, heads, channels ...); block counts may differ (removed blocks)."""
-    check_same_config(student, dict(teacher.config), f"teacher {source}", "pass its teacher with --teacher")
+    check_same_config(student, dict(teacher.config), f"teacher {source}", advice)
 
 
 def check_same_config(student: nn.Module, config: dict, what: str, advice: str) -> None:

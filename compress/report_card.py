@@ -307,4 +307,7 @@ def _error(record: dict) -> str:
         return "held-out teacher-relative error not measured"
     why = "; its error_rose in report.json says why" if isinstance(record.get("error_rose"), dict) else ""
     marked = f" (rose{why})" if rose(before, after) else ""  # by more than float noise
-    return f"held-out teacher-relative error {before:.4g} → {after:.4g}{marked}"
+    kd = record.get("kd_teacher")  # kd_teacher: base: measured against the chain's base
+    base = kd.get("source") if isinstance(kd, dict) else None
+    against = f" against the chain's base {base}" if isinstance(base, str) else ""
+    return f"held-out teacher-relative error{against} {before:.4g} → {after:.4g}{marked}"

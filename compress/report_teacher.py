@@ -113,21 +113,30 @@ def _recorded(out: Path) -> dict:
     return report if report.get("teacher") else _compression_section(Path(out))
 
 
-def warn_if_teacher_changed(out: Path, source: str | None, command: str) -> None:
+ORIGINAL = "pass the original with --teacher to compare with that"  # the way out of warn_if_teacher_changed
+
+
+def warn_if_teacher_changed(out: Path, source: str | None, command: str, advice: str = ORIGINAL) -> None:
     """A warning (one line, naming the file) where the teacher `source` that `command` (eval, bench)
     measures the output `out` against is the one the run recorded and its weight files differ from
     what the run read (io_signature.teacher_signature: replaced since, e.g. a fine-tune saved over it).
     Not an error: the user may mean it. Nothing for another teacher (--teacher naming another path:
     the user's choice), a toy or Hub teacher, or an output written before runs recorded the files."""
+    warn_if_recorded_changed(_recorded(out), out, source, command, advice)
+
+
+def warn_if_recorded_changed(recorded: dict, out, source: str | None, command: str, advice: str = ORIGINAL) -> None:
+    """warn_if_teacher_changed of what the output `out` (a folder, or words naming it) records of its teacher:
+    `recorded` (report.json's, or its config.json's compression section, a loaded output's compression_meta);
+    `advice`: the way to the original the warning ends with."""
     from compress.io_signature import signature_change
 
-    recorded = _recorded(out)
     if not source or not recorded.get("teacher") or absolute_source(source) != absolute_source(recorded["teacher"]):
         return
     change = signature_change(recorded.get("teacher_files"), absolute_source(source))
     if change:
         warn(f"teacher {source} changed since {out} was compressed from it: {change}; {command} measures "
-             "against it as it is now (pass the original with --teacher to compare with that)")
+             f"against it as it is now ({advice})")
 
 
 def absolute_source(source: str) -> str:

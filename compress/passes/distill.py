@@ -33,6 +33,7 @@ from compress.distill_folder import check_folder
 from compress.distill_utils import TRAIN_MODES, warmup_length, will_have_factors
 from compress.errors import BadValue, UserError, not_one_of
 from compress.passes.base import Pass, RunContext
+from compress.passes.distill_kd_teacher import KD_TEACHERS, base_chain, kd_target, kd_words
 from compress.passes.distill_notes import error_rose
 from compress.passes.distill_resume import NOT_FINGERPRINTED
 from compress.passes.distill_trainer import _Trainer
@@ -66,8 +67,10 @@ class DistillConfig:
     max_steps_this_run: int | None = None  # stop (checkpointed) after this many steps in this invocation
     progress: bool = True  # rich progress bar (main process)
     plot: bool = True  # loss.png beside loss.csv (matplotlib)
+    kd_teacher: str = "teacher"  # teacher (the recipe's) | base (the first teacher of its chain of outputs)
     # the string keys' choices: refused at recipe load naming them (recipe_convert._choosing), and here
-    CHOICES = {"mixed_precision": ("no", "bf16", "fp16"), "train": TRAIN_MODES, "data": DATA_SOURCES}
+    CHOICES = {"mixed_precision": ("no", "bf16", "fp16"), "train": TRAIN_MODES, "data": DATA_SOURCES,
+               "kd_teacher": KD_TEACHERS}
 
     def validate(self) -> None:
         """The keys' values alone, at recipe load (BadValue names the key); `check` calls it too."""
@@ -134,6 +137,13 @@ class DistillPass(Pass):
     result_free = NOT_FINGERPRINTED
 
     def check(self, model, adapter) -> None:
+        """The keys against `model`, the recipe's teacher as the passes before leave it (a meta copy: its
+        compression record kept, whose chain kd_teacher: base follows)."""
+        self._check_student(model, adapter)
+        if self.config.kd_teacher == "base":
+            base_chain(model)
+
+    def _check_student(self, model, adapter) -> None:
         cfg = self.config
         cfg.validate()
         if cfg.data == "folder":
@@ -160,16 +170,18 @@ class DistillPass(Pass):
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         cfg = self.config
+        kd = {"kd_teacher": kd_words(model)} if cfg.kd_teacher == "base" else {}
         return {"steps": cfg.steps, "batch_size_per_process": cfg.batch_size, "train": cfg.train,
-                "data": cfg.data, "lambdas": [cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat]}
+                "data": cfg.data, "lambdas": [cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat], **kd}
 
     def reads_calibration_inputs(self) -> bool:
         """data: teacher_samples samples the teacher on the calibration inputs (distill_data.teacher_sample_cache)."""
         return self.config.data == "teacher_samples"
 
     def run(self, model, ctx: RunContext):
-        self.check(model, ctx.adapter)
-        trainer = _Trainer(self.config, ctx)
+        self._check_student(model, ctx.adapter)  # the student: kd_teacher reads the recipe's teacher
+        kd = kd_target(ctx.teacher, ctx.block_map, self.config.lambda_feat) if self.config.kd_teacher == "base" else None
+        trainer = _Trainer(self.config, ctx, kd)
         self.dir = trainer.dir
         model = trainer.fit(model)
         record = ctx.report["distill"]

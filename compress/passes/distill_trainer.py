@@ -28,6 +28,7 @@ from compress.progress import WORDS, bar as progress_bar
 
 if TYPE_CHECKING:
     from compress.passes.distill import DistillConfig
+    from compress.passes.distill_kd_teacher import KdTarget
 
 
 class TrainingInterrupted(UserError):
@@ -50,8 +51,11 @@ class StepLimitReached(TrainingInterrupted):
 
 
 class _Trainer(Checkpoints):
-    def __init__(self, cfg: DistillConfig, ctx: RunContext):
+    def __init__(self, cfg: DistillConfig, ctx: RunContext, kd: KdTarget | None = None):
         self.cfg, self.ctx, self.adapter = cfg, ctx, ctx.adapter
+        self.kd = kd  # kd_teacher: base: the chain's base distilled toward, in place of ctx.teacher
+        # the frozen model the student is distilled toward and measured against, and its block map
+        self.target, self.target_map = (kd.teacher, kd.block_map) if kd else (ctx.teacher, ctx.block_map)
         self.earlier = _earlier(ctx.report)  # records of the distill passes before this one
         self.dir = Path(ctx.run_dir) / ("distill" if not self.earlier else f"distill-{len(self.earlier) + 1}")
         self.acc = accelerator_for(cfg, torch.device(ctx.device))
@@ -62,15 +66,15 @@ class _Trainer(Checkpoints):
     # ---- setup --------------------------------------------------------------------------------
     def fit(self, model):
         cfg, acc = self.cfg, self.acc
-        self.block_map = resolve_block_map(self.adapter, model, self.ctx.teacher, self.ctx.block_map)
+        self.block_map = resolve_block_map(self.adapter, model, self.target, self.target_map)
         self.incoming = checksum(model)  # checkpoints resume only the training of this student
         if not self.ctx.resume:  # a fresh run: checkpoints left by an earlier run are not its own
             shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
         first = next(model.parameters())
         home, dtype = first.device, first.dtype
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-        teacher_home = next(self.ctx.teacher.parameters()).device
-        self.teacher = self.ctx.teacher.to(acc.device).eval().requires_grad_(False)
+        teacher_home = next(self.target.parameters()).device
+        self.teacher = self.target.to(acc.device).eval().requires_grad_(False)
         student = model.to(acc.device)
         # the student as it comes, in its dtype (as the runner's stage errors measure it), unless a
         # checkpoint it resumes recorded this error already
@@ -99,7 +103,7 @@ class _Trainer(Checkpoints):
             self._loop()
         finally:
             student.eval()
-            self.ctx.teacher.to(teacher_home)  # later passes and the runner expect it where it was
+            self.target.to(teacher_home)  # later passes and the runner expect it where it was
         seconds = time.perf_counter() - t0
         if cfg.gradient_checkpointing:
             student.disable_gradient_checkpointing()
@@ -232,6 +236,8 @@ class _Trainer(Checkpoints):
             record["files"] = {"loss_csv": str(csv_path)}
             if self.cfg.plot:
                 record["files"]["loss_png"] = str(png_path)
+        if self.kd is not None:  # the errors above, the KD terms: against the chain's base
+            record["kd_teacher"] = {"source": self.kd.source, "chain": self.kd.chain}
         if self.earlier:
             record["earlier"] = self.earlier
         self.ctx.report["distill"] = record

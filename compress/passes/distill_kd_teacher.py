@@ -1,0 +1,108 @@
+"""`distill.kd_teacher`: which teacher a distill pass distills toward. `teacher` (the default): the
+recipe's teacher. `base`: where the recipe's teacher is itself a dit-compress output (chained,
+progressive compression), the first teacher of its chain of outputs (report_teacher.teacher_chain: the
+model the first run read), loaded as eval and bench load an output's recorded teacher
+(report_teacher.teacher_to_load, io.load_teacher_of), the student's blocks mapped to the base's through
+every link's block map (lora_teacher.lora_base, composed_block_map). The pass's held-out errors are
+then against that base (its report record's `kd_teacher` names it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from compress.errors import BadValue, UserError
+
+KD_TEACHERS = ("teacher", "base")
+OUT = "leave kd_teacher out to distill toward the recipe's teacher"
+PUT_BACK = "put the original back to distill toward that"
+
+
+@dataclass
+class KdTarget:
+    """The teacher a distill pass distills toward in place of the recipe's (kd_teacher: base)."""
+    teacher: nn.Module  # the chain's base, frozen
+    block_map: dict[str, list[int]]  # {group: [base block of student block 0, 1, ...]}; a group absent: all kept
+    source: str  # the base, as the chain records it
+    chain: list[str]  # the recipe's teacher's recorded teacher, ... to the base
+
+
+def _refused(message: str) -> BadValue:
+    return BadValue("kd_teacher", f"distill.kd_teacher: base {message}", reads=())
+
+
+def base_chain(teacher: nn.Module) -> list[str]:
+    """The chain of teachers (report_teacher.teacher_chain) the recipe's teacher `teacher` records, its
+    last the base; a BadValue at kd_teacher where the teacher is no dit-compress output (it is its own
+    base) or the chain cannot be followed to its base (an output along it, or the base, moved away; an
+    output recording no teacher; a loop)."""
+    from compress.report_teacher import broken_chain, chain_break, teacher_chain
+
+    meta = getattr(teacher, "compression_meta", None)
+    recorded = meta.get("teacher") if isinstance(meta, dict) else None
+    if not isinstance(recorded, str) or not recorded:
+        what = "records no teacher" if isinstance(meta, dict) else "is no dit-compress output (it is its own base)"
+        raise _refused(f"distills toward the first teacher of the chain of outputs the recipe's teacher was "
+                       f"compressed from, and the recipe's teacher {what}: {OUT}")
+    chain = teacher_chain(recorded)
+    if chain_break(chain) is not None:
+        broken = broken_chain("the recipe's teacher", chain)
+        raise _refused(f"cannot find the chain's base: {broken}; put it back where it was recorded, or {OUT}")
+    return chain
+
+
+def kd_words(teacher: nn.Module) -> str:
+    """What `plan` says of kd_teacher: base: 'base SOURCE (through A, B)'."""
+    chain = base_chain(teacher)
+    return f"base {chain[-1]}" + (f" (through {', '.join(chain[:-1])})" if len(chain) > 1 else "")
+
+
+def kd_target(teacher: nn.Module, block_map: dict | None, lambda_feat: float) -> KdTarget:
+    """The chain's base (base_chain) loaded as eval and bench load an output's recorded teacher, in the
+    recipe teacher's dtype and of its family and widths, and the student's block map to it: `block_map`
+    (the student's to the recipe's teacher: RunContext.block_map) composed with the teacher's own to the
+    base. With feature KD on (`lambda_feat` > 0) a base without a block those maps name (replaced since) is
+    refused: the student's blocks would be compared with other blocks. The base is held beside the recipe's
+    teacher (which the run keeps for its stage errors) while the pass runs."""
+    from compress.io import load_teacher_of
+    from compress.lora_teacher import composed_block_map, lora_base
+    from compress.report import note
+    from compress.report_teacher import teacher_to_load, warn_if_recorded_changed, warn_if_teacher_changed
+
+    chain = base_chain(teacher)
+    try:
+        if len(chain) > 1:  # the output compressed straight from the base records it, as eval reads it
+            source, config = teacher_to_load(Path(chain[-2]).expanduser())
+            warn_if_teacher_changed(Path(chain[-2]).expanduser(), source, "distill", PUT_BACK)
+        else:  # the recipe's teacher was: as it records it
+            source, config = chain[0], teacher.compression_meta.get("teacher_config")
+            warn_if_recorded_changed(teacher.compression_meta, "the recipe's teacher", source, "distill", PUT_BACK)
+        base = load_teacher_of(teacher, source, config, dtype=next(teacher.parameters()).dtype,
+                               advice=f"put back the base the chain was compressed from, or {OUT}")
+        to_base = composed_block_map([block_map, lora_base(teacher).block_map], ["the student", "the recipe's teacher"])
+    except BadValue:
+        raise
+    except UserError as e:
+        raise _refused(f"(the chain's base {chain[-1]}): {e}") from None
+    base.requires_grad_(False)
+    if lambda_feat > 0:
+        _check_blocks(base, to_base, chain[-1])
+    note(f"distill: distilling toward the chain's base {chain[-1]} (kd_teacher: base), not the recipe's teacher: "
+         "the pass's held-out teacher-relative errors and KD terms are against that base")
+    return KdTarget(base, to_base, chain[-1], chain)
+
+
+def _check_blocks(base: nn.Module, to_base: dict, source: str) -> None:
+    """A BadValue where a student block maps to a block the base `source` does not have (feature KD)."""
+    from compress.arch import get_adapter
+
+    counts = get_adapter(base).block_counts(base)
+    for group, kept in to_base.items():
+        past = [i for i in kept if i >= counts.get(group, 0)]
+        if past:
+            raise _refused(f"compares the student's '{group}' blocks with the base's blocks they descend from, and "
+                           f"the chain's base {source} has {counts.get(group, 0)} of them, not block {max(past)}: "
+                           f"it is not the model the chain was compressed from; put that back, set lambda_feat: 0, "
+                           f"or {OUT}")

@@ -1,0 +1,200 @@
+"""distill.kd_teacher: base on a chain of outputs (base -> a, a block removed -> the student, one more
+removed): the key's parsing and refusals (a teacher that is no output, a base moved away, a base of other
+blocks), the pass distilling toward the base (its errors and KD terms against the base, not the recipe's
+teacher), and what plan says of it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+from compress.arch import get_adapter
+from compress.errors import UserError
+from compress.io_output import load_transformer
+from compress.passes.base import RunContext
+from compress.passes.distill import DistillConfig, DistillPass
+from compress.passes.distill_kd_teacher import base_chain, kd_target
+from compress.recipe import parse_recipe
+from compress.report_card import distill_line
+from tests.conftest import model_inputs, tiny_pixart
+from tests.passes.distill_helpers import toy_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _save_output(model, folder, teacher: str, block_map):
+    """`model` saved as a run saves its output: its teacher and block map recorded."""
+    from compress.io_export import save_compressed
+
+    return save_compressed(model, folder, extra={"teacher": teacher, "block_map": block_map},
+                           files={"block_map.json": json.dumps(block_map)})
+
+
+def _chain(tmp_path, base=None):
+    """(base model, a: the output of the base with its block 1 removed, loaded as a run loads it)."""
+    base = base if base is not None else tiny_pixart(num_layers=4)
+    base.save_pretrained(tmp_path / "base")
+    a = copy.deepcopy(base)
+    _save_output(a, tmp_path / "a", str((tmp_path / "base").resolve()), get_adapter(a).remove_blocks(a, {"blocks": [1]}))
+    return base, load_transformer(tmp_path / "a")
+
+
+def _student(a):
+    """a with its block 2 removed (the base's block 3): (student, its block map to a)."""
+    student = copy.deepcopy(a)
+    return student, get_adapter(student).remove_blocks(student, {"blocks": [2]})
+
+
+def _heldout(model):
+    batches = [model_inputs(model, batch=4, seed=s) for s in (11, 12)]
+    return lambda: batches
+
+
+def _rel(student, teacher, batches) -> float:
+    adapter = get_adapter(student)
+    with torch.no_grad():
+        num = den = 0.0
+        for kw in batches:
+            s, t = adapter.predict(student, kw).double(), adapter.predict(teacher, kw).double()
+            num, den = num + (s - t).square().sum().item(), den + t.square().sum().item()
+    return (num / den) ** 0.5
+
+
+def _run(student, teacher, block_map, run_dir, **cfg):
+    ctx = RunContext(adapter=get_adapter(teacher), family="pixart", teacher=teacher, run_dir=run_dir,
+                     train_batch=toy_data(teacher), eval_inputs=_heldout(teacher), block_map=block_map)
+    config = dict(steps=3, batch_size=4, lr=1e-3, warmup_steps=1, checkpoint_every=0, progress=False, plot=False)
+    return DistillPass(DistillConfig(**{**config, **cfg})).run(student, ctx), ctx.report["distill"]
+
+
+def test_base_chain_and_composed_block_map(tmp_path):
+    base, a = _chain(tmp_path)
+    student, to_a = _student(a)
+    assert base_chain(a) == [str((tmp_path / "base").resolve())]
+    kd = kd_target(a, to_a, lambda_feat=0.1)
+    assert kd.block_map == {"blocks": [0, 2]}  # the student's blocks 0, 1: a's 0, 1, the base's 0, 2
+    assert kd.source == str((tmp_path / "base").resolve())
+    assert all(torch.equal(p, q) for p, q in zip(kd.teacher.state_dict().values(), base.state_dict().values()))
+
+
+def test_distill_toward_the_base_measures_and_trains_against_the_base(tmp_path):
+    """The held-out error the pass reports before training is the student's against the base (not against
+    a, its recipe's teacher, which differs from the base by a removed block), and the record names it."""
+    base, a = _chain(tmp_path)
+    student, to_a = _student(a)
+    heldout = _heldout(a)()
+    against_base, against_a = _rel(student, base, heldout), _rel(student, a, heldout)
+    assert abs(against_base - against_a) > 1e-3  # the test tells them apart
+    _, record = _run(copy.deepcopy(student), a, to_a, tmp_path / "run", kd_teacher="base")
+    assert record["pred_rel_error_before"] == pytest.approx(against_base, rel=1e-6)
+    assert record["kd_teacher"] == {"source": str((tmp_path / "base").resolve()),
+                                    "chain": [str((tmp_path / "base").resolve())]}
+    assert record["block_map"] == {"blocks": [0, 2]}
+    assert f"held-out teacher-relative error against the chain's base {(tmp_path / 'base').resolve()} " \
+           f"{record['pred_rel_error_before']:.4g} → " in distill_line(record)  # inspect and the model card
+    _, plain = _run(copy.deepcopy(student), a, to_a, tmp_path / "run2")  # the default: the recipe's teacher
+    assert plain["pred_rel_error_before"] == pytest.approx(against_a, rel=1e-6)
+    assert "kd_teacher" not in plain
+    assert record["first"]["out"] != pytest.approx(plain["first"]["out"])  # the KD term's target differs too
+
+
+def test_a_teacher_that_is_no_output_is_refused(tmp_path):
+    teacher = tiny_pixart(num_layers=2)
+    with pytest.raises(UserError, match=r"^distill.kd_teacher: base distills toward the first teacher .* the "
+                                        r"recipe's teacher is no dit-compress output .*: leave kd_teacher out"):
+        _run(copy.deepcopy(teacher), teacher, None, tmp_path / "run", kd_teacher="base")
+
+
+def test_a_base_moved_away_is_refused_with_the_way_out(tmp_path):
+    _, a = _chain(tmp_path)
+    student, to_a = _student(a)
+    shutil.move(tmp_path / "base", tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=r"^distill.kd_teacher: base cannot find the chain's base: the recipe's "
+                                        r"teacher records the teacher .*/base, which is not there; put it back"):
+        _run(student, a, to_a, tmp_path / "run", kd_teacher="base")
+
+
+def test_a_base_of_other_blocks_is_refused_with_feature_kd(tmp_path):
+    """A base replaced since by one of fewer blocks: the student's blocks would be compared with other
+    blocks (feature KD); refused naming the block, before any step."""
+    _, a = _chain(tmp_path)
+    student, to_a = _student(a)
+    tiny_pixart(num_layers=2).save_pretrained(tmp_path / "base")  # over the base
+    with pytest.raises(UserError, match=r"^distill.kd_teacher: base compares the student's 'blocks' blocks with "
+                                        r"the base's .* has 2 of them, not block 2: it is not the model"):
+        _run(student, a, to_a, tmp_path / "run", kd_teacher="base")
+
+
+def test_the_key_at_its_line_in_plan_and_its_choices(tmp_path, capsys):
+    from compress.plan import make_plan
+
+    base = tiny_pixart(num_layers=4)
+    _chain(tmp_path, base)
+    text = (f"model: pixart\nteacher: {tmp_path / 'a'}\ncalibration: {{source: synthetic}}\npasses:\n"
+            "  - remove_blocks: {blocks: {blocks: [2]}}\n"
+            "  - distill: {steps: 2, data: toy, kd_teacher: KD}\n")
+    with pytest.raises(UserError, match=r"r.yaml:6.*distill.kd_teacher must be one of"):
+        parse_recipe(text.replace("KD", "bogus"), "r.yaml")
+    plan = make_plan(parse_recipe(text.replace("KD", "base"), "r.yaml"))
+    assert plan["passes"][-1]["kd_teacher"] == f"base {(tmp_path / 'base').resolve()}"
+    text_toy = text.replace(str(tmp_path / "a"), "toy:pixart").replace("blocks: [2]", "blocks: [1]")
+    with pytest.raises(UserError, match=r"r.yaml:6.*distill.kd_teacher: base .* is no dit-compress output"):
+        make_plan(parse_recipe(text_toy.replace("KD", "base"), "r.yaml"))
+
+
+def test_a_base_changed_since_is_warned_of_and_distilled_toward_as_it_is(tmp_path, capsys):
+    """The output records the base's weight files (as a run does): a base saved over since (a fine-tune)
+    is warned of, naming it, as eval warns of a recorded teacher that changed, and loaded as it is now."""
+    from compress.io_signature import teacher_signature
+
+    base, a = _chain(tmp_path)
+    a.compression_meta["teacher_files"] = teacher_signature(str((tmp_path / "base").resolve()))
+    student, to_a = _student(a)
+    with torch.no_grad():
+        base.transformer_blocks[0].attn1.to_q.weight.add_(1.0)
+    base.save_pretrained(tmp_path / "base")  # over it
+    kd = kd_target(a, to_a, lambda_feat=0.1)
+    assert torch.equal(kd.teacher.transformer_blocks[0].attn1.to_q.weight, base.transformer_blocks[0].attn1.to_q.weight)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"warning: teacher {(tmp_path / 'base').resolve()} changed since the recipe's teacher was compressed from " \
+           "it: " in said
+    assert "distill measures against it as it is now (put the original back to distill toward that)" in said
+
+
+def test_a_chain_of_two_outputs_leads_to_its_base(tmp_path):
+    """base -> a (its block 1 removed) -> b (a's block 0 removed) -> the student (b's block 1 removed): the
+    student's block is the base's block 2, through both block maps, and the chain names a between."""
+    base, a = _chain(tmp_path)
+    b = copy.deepcopy(a)
+    _save_output(b, tmp_path / "b", str((tmp_path / "a").resolve()), get_adapter(b).remove_blocks(b, {"blocks": [0]}))
+    b = load_transformer(tmp_path / "b")
+    student = copy.deepcopy(b)
+    to_b = get_adapter(student).remove_blocks(student, {"blocks": [1]})
+    kd = kd_target(b, to_b, lambda_feat=0.1)
+    assert kd.chain == [str((tmp_path / "a").resolve()), str((tmp_path / "base").resolve())]
+    assert kd.block_map == {"blocks": [2]}  # b's blocks 0, 1 are a's 1, 2, the base's 2, 3; the student keeps b's 0
+    against_base = _rel(student, base, _heldout(b)())
+    _, record = _run(student, b, to_b, tmp_path / "run", kd_teacher="base")
+    assert record["pred_rel_error_before"] == pytest.approx(against_base, rel=1e-6)
+
+
+def test_a_base_of_another_family_or_width_is_refused(tmp_path):
+    from tests.conftest import tiny_flux
+
+    _, a = _chain(tmp_path)
+    student, to_a = _student(a)
+    shutil.rmtree(tmp_path / "base")
+    tiny_flux().save_pretrained(tmp_path / "base")
+    with pytest.raises(UserError, match=r"^distill.kd_teacher: base \(the chain's base .*/base\): teacher .*/base is a "
+                                        r"Flux.*; the model to compare with it is a PixArtTransformer2DModel"):
+        kd_target(a, to_a, lambda_feat=0.1)
+    shutil.rmtree(tmp_path / "base")
+    tiny_pixart(num_layers=4, attention_head_dim=4).save_pretrained(tmp_path / "base")
+    with pytest.raises(UserError, match=r"^distill.kd_teacher: base \(the chain's base .*/base\): .*attention_head_dim 4 "
+                                        r"\(the model's: 8\); put back the base the chain was compressed from, or leave "
+                                        r"kd_teacher out"):
+        kd_target(a, to_a, lambda_feat=0.1)
