@@ -114,6 +114,7 @@ FLUX_PLAN = RECIPE.split("passes:")[0].replace("{{", "{").replace("}}", "}") + "
     ("  - remove_blocks: {count: {single: 1}, criterion: learned, learn_lr: 0, estimator: gumbel}\n",
      "remove_blocks.estimator: gumbel with learn_lr: 0 learns the logits alone"),
     ("  - importance: {buckets: 40}\n", "importance.buckets 40 is more than the "),
+    ("  - distill: {steps: 5, warmup_steps: 20}\n", "distill.warmup_steps (20) is not below steps (5): "),
     ("  - distill: {steps: 50}\n", "distill.data: toy with calibration.source synthetic trains on "),
     ("  - svd: {targets: [attention], ratio: 1.0, fisher: none}\n", "svd.ratio 1.0 keeps every parameter, so "),
 ])

@@ -33,7 +33,7 @@ def test_the_warmup_note_names_the_sets_of_steps_and_warmup_steps_alone(capsys, 
     """The note that warmup_steps is not below steps reads those two keys: a --set of lr is not named."""
     _check(WARMUP, sets)
     said = " ".join(capsys.readouterr().err.split())
-    assert f"warning: {where}distill: warmup_steps (" in said, said
+    assert f"warning: {where}distill.warmup_steps (" in said, said
 
 
 

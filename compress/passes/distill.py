@@ -163,7 +163,7 @@ class DistillPass(Pass):
         cfg = self.config
         if cfg.warmup_steps < cfg.steps:
             return []
-        return [("warmup_steps", f"distill: warmup_steps ({cfg.warmup_steps}) is not below steps ({cfg.steps}): "
+        return [("warmup_steps", f"distill.warmup_steps ({cfg.warmup_steps}) is not below steps ({cfg.steps}): "
                                  "the learning rate would never reach lr nor decay; "
                                  f"{_shortened(cfg.steps, cfg.warmup_steps)}; set warmup_steps below steps to choose it",
                  ("steps",))]  # the keys it read besides warmup_steps: a --set of lr is not named

@@ -348,7 +348,7 @@ def test_a_warmup_not_below_steps_is_noted():
     the warm-up is a tenth of steps instead; a warm-up below steps gets no note."""
     model = tiny_pixart()
     notes = DistillPass(DistillConfig(steps=5)).notes(model, get_adapter(model))
-    assert notes == [("warmup_steps", "distill: warmup_steps (20) is not below steps (5): the learning rate "
+    assert notes == [("warmup_steps", "distill.warmup_steps (20) is not below steps (5): the learning rate "
                                       "would never reach lr nor decay; the run has no warm-up instead (a tenth of "
                                       "5 steps rounds to 0); set warmup_steps below steps to choose it",
                       ("steps",))]  # the keys it read besides warmup_steps (a --set of lr is not named)
