@@ -106,7 +106,7 @@ def test_every_choice_key_is_refused_in_one_wording(top, option, message):
     ("cuda:x", "not 'cuda:x'; cuda:N takes a GPU's index: cuda:0, cuda:1, ..."),
     ("cuda:N", "not 'cuda:N'; cuda:N takes a GPU's index: cuda:0, cuda:1, ..."),
     ("cuda:-1", "not 'cuda:-1'; cuda:N takes a GPU's index: cuda:0, cuda:1, ..."),
-    ("cuda0", "not 'cuda0'; did you mean 'cuda'?"),
+    ("cuda0", "not 'cuda0'; did you mean 'cuda:0'?"),
     ("cpuu", "not 'cpuu'; did you mean 'cpu'?"),
 ])
 def test_a_device_is_never_told_to_be_the_placeholder_cuda_n(value, message):
