@@ -2,7 +2,8 @@
 
 diffusers applies a LoRA by wrapping `nn.Linear` modules in peft layers, and peft refuses our
 `LowRankLinear`, so `load_lora_weights` cannot take a student. `merge_lora` adds each LoRA's
-ΔW = s·B A (B (out, r'), A (r', in), s its scaling) into the student instead:
+ΔW = s·B A (B (out, r'), A (r', in), s its scaling) into the student instead (one layer's merge:
+compress.lora_merge):
 - a LowRankLinear (up (out, r), down (r, in)) grows to rank r + r': down' = [down; A], up' = [up, s·B],
   so up'·down' = up·down + s·B A exactly, with no refactorization (a fused GELU stays outside the sum);
   where r + r' would reach the break-even rank out·in / (out + in) (more parameters than dense, and
@@ -45,7 +46,7 @@ from torch import nn
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io_export import unwrapped
-from compress.lora_keys import STATE_DICT
+from compress.lora_keys import STATE_DICT, in_blocks
 from compress.lora_merge import merged_layer, take_layer
 from compress.lora_read import label, read_lora
 from compress.lora_teacher import LoraBase, check_given, dora_weights, lora_base, naming_moved, note_unread, noted_moved
@@ -61,7 +62,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     whatever the LoRA; given for a DoRA of a block module: refused where its block counts are not those of
     the model the LoRA's blocks are read as, the base as the chain records it or the student's teacher (there
     or not) as the student does, lora_replay_moved.given_numbered_otherwise: exactly where its compression
-    record keeps them, teacher_blocks, else its block map's "at least"; a DoRA of none, in_blocks, is not);
+    record keeps them, teacher_blocks, else its block map's "at least"; a DoRA of none, lora_keys.in_blocks, is not);
     `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": modules,
     "rank_added": {module: r'} of the low-rank ones, "dropped": base modules of removed blocks,
     "not_merged": text-encoder modules of the LoRA, "densified": low-rank modules stored dense, their grown
@@ -131,14 +132,6 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     _record(student, lora, scale, len(kept), base.source)
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
             "not_merged": text_encoder, "densified": densified, "blocks_of": base.source, "moved": base.moved}
-
-
-def in_blocks(adapter, names: list[str]) -> bool:
-    """Whether a module of `names` ("transformer_blocks.3.attn1.to_q") is in a block of a group of
-    `adapter`: a DoRA of none (proj_out alone) reads no block's norms, whatever its teacher's block counts."""
-    from compress.lora_keys import blocks_named
-
-    return any(blocks_named(g.attr, names) for g in adapter.groups)
 
 
 def in_base(adapter, target: str, block_map: dict) -> str:

@@ -351,6 +351,13 @@ def blocks_named(attr: str, names: list[str]) -> list[int]:
     return [int(m[1]) for name in names for m in [re.match(rf"{re.escape(attr)}\.(\d+)\.", name)] if m]
 
 
+def in_blocks(adapter, names: list[str]) -> bool:
+    """Whether a module of `names` ("transformer_blocks.3.attn1.to_q") is in a block of a group of
+    `adapter`: a LoRA of none (proj_out alone) is given no block, so no block numbering can be wrong
+    (merge_lora's DoRA norms with a teacher given; lora_replay_moved.moved_away's replay)."""
+    return any(blocks_named(g.attr, names) for g in adapter.groups)
+
+
 class BlocksPast(UserError):
     """check_blocks' error: a LoRA block past its base's count (merge_lora adds why, where the base is
     a moved teacher read in its place)."""

@@ -41,7 +41,8 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
     counts as the student records them (lora_replay_moved.took_counts)."""
     sources = replayed_sources(loras, moved, warn=False)  # warned before loading
     seen: dict = {}  # each teacher's weight files fingerprinted once, whatever the records
-    taken = [read_as_own_blocks(teacher, record, took, source, took_files, seen, took_counts) for record in loras]
+    taken = [read_as_own_blocks(teacher, record, took, source, took_files, seen, took_counts, lora)
+             for record, lora in zip(loras, sources)]
     for record, lora, own_blocks in zip(loras, sources, taken):
         mapped = own_blocks if isinstance(own_blocks, dict) else None
         merge_lora(teacher, lora, scale=record["scale"], own_blocks=own_blocks is True, blocks=mapped,
@@ -50,7 +51,7 @@ def replay(teacher: nn.Module, loras: list[dict], moved: list[str] | None = None
 
 def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None, source: str | None = None,
                        took_files: dict | None = None, seen: dict | None = None,
-                       counts: dict | None = None) -> bool | dict:
+                       counts: dict | None = None, lora: str | None = None) -> bool | dict:
     """Whether the student read the LoRA's blocks as its teacher's own: a record without `blocks_of`,
     or one naming the student's teacher (`took`: the one it records), moved away when it took the LoRA
     and read as a base (lora_teacher.lora_base), not the first of the teacher's own chain. Through its
@@ -61,8 +62,9 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
     `took` is an output there now whose chain leads to the teacher's base: then {group: the LoRA's block
     of the teacher's block 0, 1, ...} (mapped_blocks), merge_lora's `blocks`. `seen`: the weight files'
     fingerprints read so far (fingerprint). Where the model the LoRA's blocks are of is not there now and
-    the teacher cannot be shown to be it, a UserError where its blocks may be numbered otherwise (`counts`:
-    `took`'s as the student records them; lora_replay_moved.moved_away)."""
+    the teacher cannot be shown to be it, a UserError where its blocks may be numbered otherwise and the LoRA
+    (read from `lora`, default its recorded place) adapts a block module (`counts`: `took`'s as the student
+    records them; lora_replay_moved.moved_away)."""
     from compress.lora_teacher import followed
     from compress.report_teacher import absolute_source, teacher_chain
 
@@ -71,7 +73,7 @@ def read_as_own_blocks(teacher: nn.Module, record: dict, took: str | None = None
     recorded = (getattr(teacher, "compression_meta", None) or {}).get("teacher")
     if "blocks_of" not in record:
         return read_as_took(teacher, record, took, source, took_files, seen)
-    unknown = moved_away(teacher, record, took, source, took_files, seen, counts)
+    unknown = moved_away(teacher, record, took, source, took_files, seen, counts, lora)
     if not recorded:  # a model of all its blocks, as the base is, unless they were read as an output's
         if unknown:
             raise unknown

@@ -35,13 +35,15 @@ def took_counts(student: nn.Module) -> dict[str, tuple[int, bool]]:
 
 
 def moved_away(teacher: nn.Module, record: dict, took: str | None, source: str | None, took_files: dict | None,
-               seen: dict | None, counts: dict | None) -> UserError | None:
+               seen: dict | None, counts: dict | None, lora: str | None = None) -> UserError | None:
     """The refusal of a LoRA read as blocks of its record's blocks_of, not there now, replayed on a
     teacher (loaded from `source`) that cannot be shown to be it (its path, or its weight files against
     those the student recorded of its teacher `took`) while its blocks may be numbered otherwise: an
     output with blocks removed along its chain (or a chain that cannot be followed), or a block count
     other than `took`'s as the student records it (`counts`: took_counts); None where none of that
-    holds: the teacher is then taken for it, moved. `seen`: lora_replay.fingerprint's cache."""
+    holds, or where the LoRA adapts no block module (adapts_blocks: as merge_lora takes a DoRA of none
+    with a teacher given): the teacher is then taken for it, moved. `seen`: lora_replay.fingerprint's
+    cache. `lora`: where the LoRA is read from (eval's and bench's --lora; default: its record's place)."""
     from compress.lora_replay import _compared_files, fingerprint, took_signature
     from compress.report_teacher import absolute_source
 
@@ -52,7 +54,7 @@ def moved_away(teacher: nn.Module, record: dict, took: str | None, source: str |
     seen = {} if seen is None else seen  # _compared_files' reads, not read again for the words
     compared = _compared_files(source, blocks_of, took_files if own else None, seen)
     numbered = _numbered_otherwise(teacher, source, (counts or {}) if own else {})
-    if compared is False or numbered is None:
+    if compared is False or numbered is None or not adapts_blocks(teacher, lora or record["source"]):
         return None
     why = ("its weight files are not those the model recorded of it" if compared else
            not_compared(took_signature(blocks_of, took_files if own else None, seen), fingerprint(source, seen)))
@@ -60,6 +62,21 @@ def moved_away(teacher: nn.Module, record: dict, took: str | None, source: str |
                      f"now, and the teacher to compare with, {source}, cannot be shown to be it ({why}), while its "
                      f"blocks may be numbered otherwise ({numbered}): put {blocks_of} back, or give its new place "
                      "with --teacher")
+
+
+def adapts_blocks(teacher: nn.Module, lora: str) -> bool:
+    """Whether the LoRA (a source) adapts a module in a block of the teacher's family (lora_keys.in_blocks),
+    its modules read as merge_lora reads them (lora_read.read_lora); True where it cannot be read so."""
+    from compress.arch import get_adapter
+    from compress.lora_keys import in_blocks
+    from compress.lora_read import read_lora
+
+    adapter = get_adapter(teacher)
+    try:
+        layers, _ = read_lora(teacher, adapter, lora, {})
+    except UserError:  # a block past the teacher's count, a LoRA not there: refused as before
+        return True
+    return in_blocks(adapter, list(layers))
 
 
 def not_compared(recorded: dict | None, now: dict | None) -> str:

@@ -5,6 +5,7 @@ no local files of the teacher given."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from compress.io_signature import SIGNATURE
 
@@ -43,3 +44,33 @@ def test_a_teacher_without_local_files_is_not_said_to_lack_a_record(tmp_path):
     assert "cannot be shown to be it (the teacher given has no local weight files that can be read to compare), " \
            "while its blocks may be numbered otherwise (it has 6 transformer_blocks, the model's teacher 4)" \
            in str(refusal), refusal
+
+
+@pytest.mark.parametrize("kind, targets", [("dora", ["proj_out"]), ("plain", ["proj_out"]),
+                                           ("plain", ["proj_out", "to_q"])], ids=["dora", "plain", "and-in-blocks"])
+def test_a_replayed_lora_of_no_block_is_not_refused_a_teacher_numbered_otherwise(tmp_path, kind, targets):
+    """base (6 blocks) -> a (5) -> b; a moved away; b took a LoRA of a on proj_out alone (a DoRA with
+    --teacher base, as 80e2af6 merges it; a plain one without). eval's and bench's replay on base refused it
+    ('... cannot be shown to be it ... (it has 6 transformer_blocks, the model's teacher 5): put <a> back, or
+    give its new place with --teacher'), though the LoRA is given no block. Now the teacher takes it, its
+    proj_out bit-equal to the new output's (b kept base's proj_out). A LoRA of a block module too is refused
+    as before (lora_keys.in_blocks, merge_lora's rule)."""
+    from compress.cli import main
+    from compress.io import load_teacher_of
+    from compress.io_output import load_transformer
+    from tests.test_lora_limits import _state
+    from tests.test_lora_replay_mapped import _dora, refused
+    from tests.test_lora_teacher_counts import _moved_chain
+
+    make = _dora if kind == "dora" else _state
+    lora = _moved_chain(tmp_path, lambda model, _: make(model, targets))
+    (tmp_path / "a").rename(tmp_path / "a-moved")
+    base = str((tmp_path / "base").resolve())
+    given = ["--teacher", base] if kind == "dora" else []
+    assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")] + given) == 0
+    new = load_transformer(tmp_path / "new")
+    if targets != ["proj_out"]:
+        assert "(it has 6 transformer_blocks, the model's teacher 5)" in refused(new, base)
+        return
+    teacher = load_teacher_of(new, base)
+    assert torch.equal(teacher.proj_out.weight, new.proj_out.weight)

@@ -1,6 +1,7 @@
 """The block counts of an output's teacher before any removal (its compression record's teacher_blocks,
 written into config.json by the run, read from report.json for an output written before): one rule for
-`dit-compress lora`, merge_lora from Python and the replays of eval and bench (load_teacher_of)."""
+`dit-compress lora`, merge_lora from Python and the replays of eval and bench (load_teacher_of), none of
+which checks them for a LoRA of no block module (lora_keys.in_blocks; the replay's case: test_lora_replay_moved)."""
 
 import copy
 import json
