@@ -139,10 +139,10 @@ def bounded_hub(stop: bool = False):
     (its client rebuilt on the next request). Where `stop` (a teacher's fetch), once a request got no
     answer, later ones raise HubStopped unsent: hf_hub_download's retried HEAD and resumed GET (up
     to 6 tries and 1+2+4+8+8 s of sleeps) are not waited; the cost: a request lost to a brief
-    network failure gets no retry (`download`: completed files stay cached, a rerun resumes). A request
+    network failure gets no retry (io_hub_requests.download: completed files stay cached, a rerun resumes). A request
     hook, not the client's timeout: an explicit timeout=None overrides that. A factory, not a hook on
     the live client: huggingface_hub closes that client after a ConnectError and builds another.
-    Yields the record (Unanswered) of the requests no answer came to, for `timed_out`'s words; an
+    Yields the record (Unanswered) of the requests no answer came to, for io_hub_requests.timed_out's words; an
     error raised inside carries it too (`hub_unanswered`), for words said where bounded_hub is not in
     sight (io_hub.hub_error)."""
     from huggingface_hub import set_client_factory

@@ -211,7 +211,7 @@ class TeacherSource:
     without its weights: what plan and the checks pass along instead of checking the source and
     reading its config again. config_arg: --teacher-config; where: the start of an error about it
     (teacher_where); hub: a Hub id's transformer/config.json may be fetched; sampling: the recipe's
-    calibration source checked against it (inputs.Sampling), where checked_sources made it."""
+    calibration source checked against it (inputs.Sampling), where io_source_recipe.checked_sources made it."""
 
     source: str
     kind: str

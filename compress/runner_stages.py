@@ -123,7 +123,7 @@ def resuming_words(done: int, names: list[str], written: bool) -> str:
 def _finish_adopting(runner, k: int, student, stage: Path) -> None:
     """A streamed run stopped after the stage of pass k was saved, before its spilled blocks and the
     earlier stages were deleted (StreamedModels.adopt: a copy of the model each, which no later
-    adopt would delete were pass k the last): deleted now; check_kept says where the run stopped."""
+    adopt would delete were pass k the last): deleted now; runner_heldout.check_kept says where the run stopped."""
     spill, stages = runner.run_dir / "stream", runner.run_dir / "stages"
     if not runner.recipe.stream or not is_main_process():
         return
@@ -162,7 +162,7 @@ def _finish(runner, j: int, state: dict):
     student = restore_student(runner.run_dir, runner.models)
     save_stage(runner, j, student, record=False)  # the record stays until the stage is complete
     runner.student_stage = stage_dir(runner, j)
-    runner.stopped_in = (j, "write")  # written now: its held-out check never began (check_kept)
+    runner.stopped_in = (j, "write")  # written now: its held-out check never began (runner_heldout.check_kept)
     return j + 1, student
 
 

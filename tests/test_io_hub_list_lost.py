@@ -175,7 +175,6 @@ def test_a_load_refused_on_the_checks_lost_list_says_it_was_not_asked_again(monk
                      " ".join(str(load).split())), load
 
 
-
 def test_a_list_lost_under_a_second_before_is_not_said_as_0_s_before(monkeypatch):
     """A list lost less than half a second before (run's load just after its check lost it, having
     waited 1 s for it) was said '…, 0 s before; not asked again'; now 'under 1 s before'. A second
@@ -191,6 +190,7 @@ def test_a_list_lost_under_a_second_before_is_not_said_as_0_s_before(monkeypatch
              "not asked again")
     for ago, said in ((0.3, "under 1 s"), (0.7, "under 1 s"), (1.0, "1 s"), (12.4, "12 s"), (59.6, "60 s")):
         assert cause_line(ListLost(lost, ago)) == words.format(said), ago
+
 
 def test_a_list_lost_is_asked_again_once_its_wait_is_raised(monkeypatch, tmp_path, capsys):
     """run's check lost the list at HF_HUB_DOWNLOAD_TIMEOUT 1 s; the user raises it to 2 s, as the words
