@@ -37,7 +37,7 @@ def base_chain(teacher: nn.Module) -> list[str]:
     """The chain of teachers (report_teacher.teacher_chain) the recipe's teacher `teacher` records, its
     last the base; a BadValue at kd_teacher where the teacher is no dit-compress output (it is its own
     base) or the chain cannot be followed to its base (an output along it, or the base, moved away; an
-    output recording no teacher; a loop)."""
+    output recording no teacher; a loop), or an output along it took a LoRA (_refuse_lora_along)."""
     from compress.report_teacher import broken_chain, chain_break, teacher_chain
 
     meta = getattr(teacher, "compression_meta", None)
@@ -50,7 +50,26 @@ def base_chain(teacher: nn.Module) -> list[str]:
     if chain_break(chain) is not None:
         broken = broken_chain("the recipe's teacher", chain)
         raise _refused(f"cannot find the chain's base: {broken}; put it back where it was recorded, or {OUT}")
+    _refuse_lora_along(chain[:-1])
     return chain
+
+
+def _refuse_lora_along(outputs: list[str]) -> None:
+    """A BadValue at kd_teacher where an output along the chain (not the recipe's teacher, whose LoRAs
+    load_teacher_of replays onto the base) took a LoRA (dit-compress lora; its config.json's compression
+    section records it, as io.load_teacher_of reads it): the base holds none of it, and the LoRA would be
+    silently lost from the target."""
+    from compress.io import read_json
+
+    for out in outputs:
+        config = Path(out).expanduser() / "config.json"
+        section = read_json(config).get("compression") if config.is_file() else None
+        loras = section.get("loras") if isinstance(section, dict) else None
+        if loras:
+            named = ", ".join(str(r.get("source")) if isinstance(r, dict) else str(r) for r in loras)
+            raise _refused(f"cannot distill toward the chain's base through {out}, which took the LoRA {named} "
+                           f"(dit-compress lora): the base holds none of it and kd_teacher: base does not "
+                           f"merge a LoRA taken along the chain; {OUT}")
 
 
 def kd_words(teacher: nn.Module) -> str:
@@ -59,12 +78,13 @@ def kd_words(teacher: nn.Module) -> str:
     return f"base {chain[-1]}" + (f" (through {', '.join(chain[:-1])})" if len(chain) > 1 else "")
 
 
-def kd_target(teacher: nn.Module, block_map: dict | None, lambda_feat: float) -> KdTarget:
+def kd_target(teacher: nn.Module, block_map: dict | None, student: nn.Module | None = None) -> KdTarget:
     """The chain's base (base_chain) loaded as eval and bench load an output's recorded teacher, in the
     recipe teacher's dtype and of its family and widths, and the student's block map to it: `block_map`
     (the student's to the recipe's teacher: RunContext.block_map) composed with the teacher's own to the
-    base. With feature KD on (`lambda_feat` > 0) a base without a block those maps name (replaced since) is
-    refused: the student's blocks would be compared with other blocks. The base is held beside the recipe's
+    base. A base without a block those maps name (replaced since), or whose blocks the student's (`student`,
+    where given) do not fit as distill_utils.resolve_block_map reads them, is refused: the student's blocks
+    would be compared with other blocks (and no lambda makes the trainer take it). The base is held beside the recipe's
     teacher (which the run keeps for its stage errors) while the pass runs."""
     from compress.io import load_teacher_of
     from compress.lora_teacher import composed_block_map, lora_base
@@ -87,22 +107,29 @@ def kd_target(teacher: nn.Module, block_map: dict | None, lambda_feat: float) ->
     except UserError as e:
         raise _refused(f"(the chain's base {chain[-1]}): {e}") from None
     base.requires_grad_(False)
-    if lambda_feat > 0:
-        _check_blocks(base, to_base, chain[-1])
+    _check_blocks(base, to_base, chain[-1], student)
     note(f"distill: distilling toward the chain's base {chain[-1]} (kd_teacher: base), not the recipe's teacher: "
          "the pass's held-out teacher-relative errors and KD terms are against that base")
     return KdTarget(base, to_base, chain[-1], chain)
 
 
-def _check_blocks(base: nn.Module, to_base: dict, source: str) -> None:
-    """A BadValue where a student block maps to a block the base `source` does not have (feature KD)."""
+def _check_blocks(base: nn.Module, to_base: dict, source: str, student: nn.Module | None) -> None:
+    """A BadValue where a student block maps to a block the base `source` does not have, or (`student`
+    given) the student's blocks do not fit the base's as the trainer's resolve_block_map reads them."""
     from compress.arch import get_adapter
+    from compress.distill_utils import resolve_block_map
 
-    counts = get_adapter(base).block_counts(base)
+    adapter = get_adapter(base)
+    counts = adapter.block_counts(base)
+    wrong = f"it is not the model the chain was compressed from; put that back, or {OUT}"
     for group, kept in to_base.items():
         past = [i for i in kept if i >= counts.get(group, 0)]
         if past:
             raise _refused(f"compares the student's '{group}' blocks with the base's blocks they descend from, and "
                            f"the chain's base {source} has {counts.get(group, 0)} of them, not block {max(past)}: "
-                           f"it is not the model the chain was compressed from; put that back, set lambda_feat: 0, "
-                           f"or {OUT}")
+                           f"{wrong}")
+    if student is not None:
+        try:
+            resolve_block_map(adapter, student, base, to_base)
+        except UserError as e:
+            raise _refused(f"(the chain's base {source}) does not fit the student's blocks ({e}): {wrong}") from None

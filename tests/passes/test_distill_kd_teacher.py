@@ -75,7 +75,7 @@ def test_base_chain_and_composed_block_map(tmp_path):
     base, a = _chain(tmp_path)
     student, to_a = _student(a)
     assert base_chain(a) == [str((tmp_path / "base").resolve())]
-    kd = kd_target(a, to_a, lambda_feat=0.1)
+    kd = kd_target(a, to_a)
     assert kd.block_map == {"blocks": [0, 2]}  # the student's blocks 0, 1: a's 0, 1, the base's 0, 2
     assert kd.source == str((tmp_path / "base").resolve())
     assert all(torch.equal(p, q) for p, q in zip(kd.teacher.state_dict().values(), base.state_dict().values()))
@@ -118,15 +118,33 @@ def test_a_base_moved_away_is_refused_with_the_way_out(tmp_path):
         _run(student, a, to_a, tmp_path / "run", kd_teacher="base")
 
 
-def test_a_base_of_other_blocks_is_refused_with_feature_kd(tmp_path):
+@pytest.mark.parametrize("lambda_feat", [0.1, 0.0])
+def test_a_base_of_other_blocks_is_refused_with_or_without_feature_kd(tmp_path, lambda_feat):
     """A base replaced since by one of fewer blocks: the student's blocks would be compared with other
-    blocks (feature KD); refused naming the block, before any step."""
+    blocks; refused naming the block, before any step, whatever lambda_feat (the trainer's block map
+    refuses it with lambda_feat: 0 too, so the refusal does not advise it)."""
     _, a = _chain(tmp_path)
     student, to_a = _student(a)
     tiny_pixart(num_layers=2).save_pretrained(tmp_path / "base")  # over the base
     with pytest.raises(UserError, match=r"^distill.kd_teacher: base compares the student's 'blocks' blocks with "
-                                        r"the base's .* has 2 of them, not block 2: it is not the model"):
-        _run(student, a, to_a, tmp_path / "run", kd_teacher="base")
+                                        r"the base's .* has 2 of them, not block 2: it is not the model") as e:
+        _run(student, a, to_a, tmp_path / "run", kd_teacher="base", lambda_feat=lambda_feat)
+    assert "lambda_feat" not in str(e.value)
+
+
+def test_a_base_whose_block_count_does_not_fit_the_student_is_refused(tmp_path):
+    """A student of no block map (none removed) and a base of other block count: resolve_block_map's
+    refusal, as kd_teacher: base's."""
+    base = tiny_pixart(num_layers=4)
+    base.save_pretrained(tmp_path / "base")
+    a = copy.deepcopy(base)
+    _save_output(a, tmp_path / "a", str((tmp_path / "base").resolve()), {})
+    a = load_transformer(tmp_path / "a")
+    tiny_pixart(num_layers=3).save_pretrained(tmp_path / "base")  # over the base
+    with pytest.raises(UserError, match=r"^distill.kd_teacher: base \(the chain's base .*\) does not fit the "
+                                        r"student's blocks \(distill: the student has 4 'blocks' blocks, the "
+                                        r"teacher 3.*\): it is not the model"):
+        _run(copy.deepcopy(a), a, None, tmp_path / "run", kd_teacher="base", lambda_feat=0.0)
 
 
 def test_the_key_at_its_line_in_plan_and_its_choices(tmp_path, capsys):
@@ -146,6 +164,40 @@ def test_the_key_at_its_line_in_plan_and_its_choices(tmp_path, capsys):
         make_plan(parse_recipe(text_toy.replace("KD", "base"), "r.yaml"))
 
 
+def test_an_output_along_the_chain_that_took_a_lora_is_refused_at_the_key(tmp_path):
+    """base -> a (block 1 removed) -> a2 (a with a LoRA of the base merged: dit-compress lora) -> t (block
+    0 removed): the recipe's teacher t's chain goes through a2, whose LoRA the base holds none of; refused
+    at the key's line naming a2 and the LoRA (it would be silently lost from the target). The recipe's
+    teacher a2 itself is distilled toward the base with the LoRA (io.load_teacher_of replays it)."""
+    from compress.io_export import save_compressed
+    from compress.lora import merge_lora
+    from compress.plan import make_plan
+    from tests.test_lora_chain import _base_lora
+
+    base, a = _chain(tmp_path)
+    lora, _ = _base_lora(base, tmp_path)
+    merge_lora(a, lora)
+    recorded = dict(teacher=str((tmp_path / "base").resolve()), block_map={"blocks": [0, 2, 3]},
+                    loras=a.compression_meta["loras"])  # as dit-compress lora saves a2
+    save_compressed(a, tmp_path / "a2", extra=recorded, files={"block_map.json": '{"blocks": [0, 2, 3]}'})
+    a2 = load_transformer(tmp_path / "a2")
+    kd = kd_target(a2, None)  # the recipe's teacher took it: the base with the LoRA
+    assert not all(torch.equal(p, q) for p, q in zip(kd.teacher.state_dict().values(), base.state_dict().values()))
+    t = copy.deepcopy(a2)
+    t.compression_meta = {}
+    _save_output(t, tmp_path / "t", str((tmp_path / "a2").resolve()), get_adapter(t).remove_blocks(t, {"blocks": [0]}))
+    text = (f"model: pixart\nteacher: {tmp_path / 't'}\ncalibration: {{source: synthetic}}\npasses:\n"
+            "  - remove_blocks: {blocks: {blocks: [1]}}\n"
+            "  - distill: {steps: 2, data: toy, kd_teacher: base}\n")
+    with pytest.raises(UserError, match=r"^r.yaml:6.*distill.kd_teacher: base cannot distill toward the chain's "
+                                        r"base through .*/a2, which took the LoRA .*base-lora.safetensors "
+                                        r"\(dit-compress lora\).*leave kd_teacher out") as e:
+        make_plan(parse_recipe(text, "r.yaml"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match=r"through .*/a2, which took the LoRA"):
+        kd_target(load_transformer(tmp_path / "t"), None)
+
+
 def test_a_base_changed_since_is_warned_of_and_distilled_toward_as_it_is(tmp_path, capsys):
     """The output records the base's weight files (as a run does): a base saved over since (a fine-tune)
     is warned of, naming it, as eval warns of a recorded teacher that changed, and loaded as it is now."""
@@ -157,7 +209,7 @@ def test_a_base_changed_since_is_warned_of_and_distilled_toward_as_it_is(tmp_pat
     with torch.no_grad():
         base.transformer_blocks[0].attn1.to_q.weight.add_(1.0)
     base.save_pretrained(tmp_path / "base")  # over it
-    kd = kd_target(a, to_a, lambda_feat=0.1)
+    kd = kd_target(a, to_a)
     assert torch.equal(kd.teacher.transformer_blocks[0].attn1.to_q.weight, base.transformer_blocks[0].attn1.to_q.weight)
     said = " ".join(capsys.readouterr().err.split())
     assert f"warning: teacher {(tmp_path / 'base').resolve()} changed since the recipe's teacher was compressed from " \
@@ -174,7 +226,7 @@ def test_a_chain_of_two_outputs_leads_to_its_base(tmp_path):
     b = load_transformer(tmp_path / "b")
     student = copy.deepcopy(b)
     to_b = get_adapter(student).remove_blocks(student, {"blocks": [1]})
-    kd = kd_target(b, to_b, lambda_feat=0.1)
+    kd = kd_target(b, to_b)
     assert kd.chain == [str((tmp_path / "a").resolve()), str((tmp_path / "base").resolve())]
     assert kd.block_map == {"blocks": [2]}  # b's blocks 0, 1 are a's 1, 2, the base's 2, 3; the student keeps b's 0
     against_base = _rel(student, base, _heldout(b)())
@@ -191,10 +243,10 @@ def test_a_base_of_another_family_or_width_is_refused(tmp_path):
     tiny_flux().save_pretrained(tmp_path / "base")
     with pytest.raises(UserError, match=r"^distill.kd_teacher: base \(the chain's base .*/base\): teacher .*/base is a "
                                         r"Flux.*; the model to compare with it is a PixArtTransformer2DModel"):
-        kd_target(a, to_a, lambda_feat=0.1)
+        kd_target(a, to_a)
     shutil.rmtree(tmp_path / "base")
     tiny_pixart(num_layers=4, attention_head_dim=4).save_pretrained(tmp_path / "base")
     with pytest.raises(UserError, match=r"^distill.kd_teacher: base \(the chain's base .*/base\): .*attention_head_dim 4 "
                                         r"\(the model's: 8\); put back the base the chain was compressed from, or leave "
                                         r"kd_teacher out"):
-        kd_target(a, to_a, lambda_feat=0.1)
+        kd_target(a, to_a)
