@@ -8,7 +8,8 @@ while a pipeline source samples, where their weights are here to count, and the 
 step holds for a while (sequential calibration's one-row probe, a Fisher's whole-model backward of
 one calibration batch with what its taps hold: each target's zero tap and a probe's gradient,
 a streamed skip scan's residual streams). A distill pass holds something
-else while it trains (the teacher, the student in float32 with its gradients and AdamW's moments):
+else while it trains (the teacher, the chain's base with kd_teacher: base, the student in float32
+with its gradients and AdamW's moments):
 the peak is the larger of the two. Both add this process itself where it runs on the CPU (python,
 torch and diffusers imported: PROCESS_BYTES), and the calibrating phase an svd pass's float64
 statistics (`svd_statistics`), the float64 temporaries of factorizing its widest target
@@ -221,18 +222,42 @@ def _distill(recipe, plan: dict) -> list[dict] | None:
     largest of them. Not counted: its batches' activations (gradient_checkpointing keeps fewer),
     AdamW's foreach temporaries on a GPU (up to 4 bytes a trained parameter during the step). Per
     process of a one-process or data-parallel run; FSDP shards the student's share across processes.
+    A pass with kd_teacher: base holds the chain's base beside them, its weights in the compute dtype as
+    the output that read it records their count (report_teacher.chain_base_record; where it records
+    none, the teacher's part says it is not counted).
     None without distill."""
     found = [(i, step["student"]) for i, step in enumerate(plan["passes"]) if "student" in step]
     if not found:
         return None
     itemsize = plan["calibration"]["itemsize"]
-    i, student = max(found, key=lambda f: 4 * f[1]["params"] + 12 * f[1]["trained"])
+    base = _chain_base(plan) if any(_kd_base(recipe, i) for i, _ in found) else None
+
+    def held(f) -> int:  # the student's training, and the chain's base beside it (kd_teacher: base)
+        return 4 * f[1]["params"] + 12 * f[1]["trained"] + (base["params"] * itemsize if base and _kd_base(recipe, f[0]) else 0)
+
+    i, student = max(found, key=held)
     bound = bool(plan["decided_later"]) or recipe.passes[i].config.train != "all"
     keys = [f"passes.{i}.distill.train"]  # factors / non_factors train fewer
-    return [_part("teacher weights", plan["params_before"] * itemsize, ["teacher", "compute_dtype"]),
-            _part(f"the student's float32 weights, gradients and AdamW's moments{' (at most)' if bound else ''}",
-                  4 * student["params"] + 12 * student["trained"], keys,
-                  "FSDP over several processes (accelerate launch)")]
+    uncounted = " (not counting the chain's base, kd_teacher: base)" if _kd_base(recipe, i) and not base else ""
+    parts = [_part(f"teacher weights{uncounted}", plan["params_before"] * itemsize, ["teacher", "compute_dtype"])]
+    if base and _kd_base(recipe, i):
+        parts.append(_part(f"the chain's base {base['source']} (kd_teacher: base)", base["params"] * itemsize,
+                           [f"passes.{i}.distill.kd_teacher", "compute_dtype"]))
+    return parts + [_part(f"the student's float32 weights, gradients and AdamW's moments{' (at most)' if bound else ''}",
+                          4 * student["params"] + 12 * student["trained"], keys,
+                          "FSDP over several processes (accelerate launch)")]
+
+
+def _kd_base(recipe, i: int) -> bool:
+    """Whether the recipe's pass `i` (a distill) distills toward the chain's base."""
+    return getattr(recipe.passes[i].config, "kd_teacher", "teacher") == "base"
+
+
+def _chain_base(plan: dict) -> dict | None:
+    """{source, params} of the chain's base the recipe's teacher leads to (report_teacher.chain_base_record)."""
+    from compress.report_teacher import chain_base_record
+
+    return chain_base_record(str(plan["teacher"]))
 
 
 # ---- the pipeline's other components ----------------------------------------------------------------

@@ -198,6 +198,38 @@ def test_an_output_along_the_chain_that_took_a_lora_is_refused_at_the_key(tmp_pa
         kd_target(load_transformer(tmp_path / "t"), None)
 
 
+def test_plan_memory_counts_the_chain_base_held_beside_the_teacher(tmp_path):
+    """plan's memory estimate while distill trains: the chain's base (kd_teacher: base) as its own part,
+    its parameter count as the output that read it records it (report.json teacher_params); where that
+    output records none, the teacher's part says the base is not counted."""
+    from compress.plan import make_plan
+
+    base = tiny_pixart(num_layers=4)
+    _chain(tmp_path, base)
+    text = (f"model: pixart\nteacher: {tmp_path / 'a'}\ncalibration: {{source: synthetic}}\npasses:\n"
+            "  - remove_blocks: {blocks: {blocks: [2]}}\n"
+            "  - distill: {steps: 2, data: toy, kd_teacher: base}\n")
+
+    def distilling(plan) -> dict:
+        memory = plan["memory"]
+        phase = memory if memory["while"] == "distill trains" else memory["other"]
+        return {p["what"]: p for p in phase["parts"]}
+
+    parts = distilling(make_plan(parse_recipe(text, "r.yaml")))
+    assert "teacher weights (not counting the chain's base, kd_teacher: base)" in parts
+    params = sum(p.numel() for p in base.parameters())
+    (tmp_path / "a" / "report.json").write_text(json.dumps({"teacher": str((tmp_path / "base").resolve()),
+                                                            "teacher_params": params}))
+    plan = make_plan(parse_recipe(text, "r.yaml"))
+    parts = distilling(plan)
+    part = parts[f"the chain's base {(tmp_path / 'base').resolve()} (kd_teacher: base)"]
+    assert part["bytes"] == params * plan["calibration"]["itemsize"]
+    assert part["keys"] == ["passes.1.distill.kd_teacher", "compute_dtype"]
+    assert "teacher weights" in parts
+    plain = distilling(make_plan(parse_recipe(text.replace(", kd_teacher: base", ""), "r.yaml")))
+    assert set(plain) == set(parts) - {part["what"]}
+
+
 def test_a_base_changed_since_is_warned_of_and_distilled_toward_as_it_is(tmp_path, capsys):
     """The output records the base's weight files (as a run does): a base saved over since (a fine-tune)
     is warned of, naming it, as eval warns of a recorded teacher that changed, and loaded as it is now."""
