@@ -180,7 +180,8 @@ class DistillPass(Pass):
 
     def run(self, model, ctx: RunContext):
         self._check_student(model, ctx.adapter)  # the student: kd_teacher reads the recipe's teacher
-        kd = kd_target(ctx.teacher, ctx.block_map, model) if self.config.kd_teacher == "base" else None
+        kd = (kd_target(ctx.teacher, ctx.block_map, model, self.config.data == "teacher_samples")
+              if self.config.kd_teacher == "base" else None)
         trainer = _Trainer(self.config, ctx, kd)
         self.dir = trainer.dir
         model = trainer.fit(model)

@@ -78,14 +78,16 @@ def kd_words(teacher: nn.Module) -> str:
     return f"base {chain[-1]}" + (f" (through {', '.join(chain[:-1])})" if len(chain) > 1 else "")
 
 
-def kd_target(teacher: nn.Module, block_map: dict | None, student: nn.Module | None = None) -> KdTarget:
+def kd_target(teacher: nn.Module, block_map: dict | None, student: nn.Module | None = None,
+              teacher_samples: bool = False) -> KdTarget:
     """The chain's base (base_chain) loaded as eval and bench load an output's recorded teacher, in the
     recipe teacher's dtype and of its family and widths, and the student's block map to it: `block_map`
     (the student's to the recipe's teacher: RunContext.block_map) composed with the teacher's own to the
     base. A base without a block those maps name (replaced since), or whose blocks the student's (`student`,
     where given) do not fit as distill_utils.resolve_block_map reads them, is refused: the student's blocks
     would be compared with other blocks (and no lambda makes the trainer take it). The base is held beside the recipe's
-    teacher (which the run keeps for its stage errors) while the pass runs."""
+    teacher (which the run keeps for its stage errors) while the pass runs. `teacher_samples`: the pass
+    trains on teacher samples (data: teacher_samples), still the recipe's teacher's: its note says so."""
     from compress.io import load_teacher_of
     from compress.lora_teacher import composed_block_map, lora_base
     from compress.report import note
@@ -108,8 +110,10 @@ def kd_target(teacher: nn.Module, block_map: dict | None, student: nn.Module | N
         raise _refused(f"(the chain's base {chain[-1]}): {e}") from None
     base.requires_grad_(False)
     _check_blocks(base, to_base, chain[-1], student)
+    samples = ("; the teacher samples it trains on (data: teacher_samples) are still the recipe's teacher's"
+               if teacher_samples else "")
     note(f"distill: distilling toward the chain's base {chain[-1]} (kd_teacher: base), not the recipe's teacher: "
-         "the pass's held-out teacher-relative errors and KD terms are against that base")
+         f"the pass's held-out teacher-relative errors and KD terms are against that base{samples}")
     return KdTarget(base, to_base, chain[-1], chain)
 
 

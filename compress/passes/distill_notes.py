@@ -32,8 +32,10 @@ def error_rose(cfg, record: dict) -> dict | None:
     why = (f"likely cause{'s' if len(causes) > 1 else ''}: {'; '.join(causes.values())}" if causes else
            f"its settings name no usual cause (lambda_task 0, data: {cfg.data}, lr {cfg.lr:g}): see its loss "
            f"curve ({CURVE}); a lower lr or more steps may help")
+    kd = record.get("kd_teacher")  # kd_teacher: base: measured against the chain's base
+    against = f"the chain's base {kd['source']}" if isinstance(kd, dict) and kd.get("source") else "the teacher"
     warning = (f"distill: the held-out teacher-relative error rose over its {cfg.steps} steps, from {before:.4g} "
-               f"to {after:.4g}: the student ends further from the teacher than it started; {why}")
+               f"to {after:.4g}: the student ends further from {against} than it started; {why}")
     return {"before": before, "after": after, "reads": list(causes), "warning": warning}
 
 

@@ -230,6 +230,16 @@ def test_plan_memory_counts_the_chain_base_held_beside_the_teacher(tmp_path):
     assert set(plain) == set(parts) - {part["what"]}
 
 
+@pytest.mark.parametrize("samples", [True, False])
+def test_the_note_says_teacher_samples_are_still_the_recipe_teachers(tmp_path, capsys, samples):
+    _, a = _chain(tmp_path)
+    student, to_a = _student(a)
+    kd_target(a, to_a, student, teacher_samples=samples)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "distilling toward the chain's base" in said
+    assert ("the teacher samples it trains on (data: teacher_samples) are still the recipe's teacher's" in said) == samples
+
+
 def test_a_base_changed_since_is_warned_of_and_distilled_toward_as_it_is(tmp_path, capsys):
     """The output records the base's weight files (as a run does): a base saved over since (a fine-tune)
     is warned of, naming it, as eval warns of a recorded teacher that changed, and loaded as it is now."""

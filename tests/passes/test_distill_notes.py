@@ -42,6 +42,18 @@ def test_only_the_causes_its_settings_apply_are_named():
     assert likely_causes(DistillConfig(lambda_task=0.0, data="folder", latents_dir="x")) == {}
 
 
+def test_a_rise_against_the_chain_base_names_the_base():
+    """kd_teacher: base: the held-out error is against the chain's base (the record's kd_teacher), and the
+    warning says the student ends further from that base, not from 'the teacher'."""
+    from compress.passes.distill_notes import error_rose
+
+    record = {"pred_rel_error_before": 0.08, "pred_rel_error_after": 0.09,
+              "kd_teacher": {"source": "/data/base", "chain": ["/data/base"]}}
+    said = error_rose(DistillConfig(steps=5), record)["warning"]
+    assert "the student ends further from the chain's base /data/base than it started" in said
+    assert "further from the teacher" not in said
+
+
 @pytest.mark.parametrize("before, after", [(0.1, 0.1), (0.1, 0.09), (None, 0.2), (0.1, None), (0.1, float("nan"))])
 def test_no_warning_where_the_error_did_not_rise_or_was_not_measured(before, after):
     from compress.passes.distill_notes import error_rose
