@@ -45,6 +45,9 @@ def prepare(runner) -> None:
                                                          runner.models, sources=src)  # finite, checked
     warn_if_beyond_export_range(runner.teacher, runner.recipe.export.dtype)
     runner.adapter = get_adapter(runner.teacher)
+    done = (getattr(runner, "resumes_from", None) or ((), None, ()))[1]  # --resume: the passes done before
+    for i, p in enumerate(runner.passes):  # what only a pass that runs needs is not asked of them (kd_teacher: base)
+        p.resumed_past = done is not None and i <= done
     check_passes(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter,  # distill's data: toy,
                  src.sampling.kind, runner.recipe.calibration)  # buckets; the check's (checked_sources)
     if runner.recipe.stream:

@@ -128,6 +128,9 @@ class Pass:
     data_parallel: ClassVar[bool] = False
     # config keys that cannot change what the pass writes: --resume allows them to change
     result_free: ClassVar[tuple[str, ...]] = ("progress",)
+    # --resume continues after this pass (done before: runner_prepare sets it): its check asks nothing
+    # that only running it needs (distill's kd_teacher: base, the chain's base)
+    resumed_past: bool = False
 
     def __init__(self, config):
         self.config = config

@@ -140,7 +140,7 @@ class DistillPass(Pass):
         """The keys against `model`, the recipe's teacher as the passes before leave it (a meta copy: its
         compression record kept, whose chain kd_teacher: base follows)."""
         self._check_student(model, adapter)
-        if self.config.kd_teacher == "base":
+        if self.config.kd_teacher == "base" and not self.resumed_past:  # done (--resume): no base needed
             base_chain(model)
 
     def _check_student(self, model, adapter) -> None:

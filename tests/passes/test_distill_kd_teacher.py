@@ -240,6 +240,32 @@ def test_the_note_says_teacher_samples_are_still_the_recipe_teachers(tmp_path, c
     assert ("the teacher samples it trains on (data: teacher_samples) are still the recipe's teacher's" in said) == samples
 
 
+def test_resume_past_the_pass_does_not_want_the_base(tmp_path):
+    """--resume after the kd_teacher: base pass is done (its stage saved, the svd after it not) runs on
+    with the base moved away: only a pass that runs needs it. Resumed from before it, still refused."""
+    from tests.runner_helpers import run_recipe
+
+    _chain(tmp_path)
+    text = (f"model: pixart\nteacher: {tmp_path / 'a'}\ncalibration: {{source: synthetic, num_prompts: 2, "
+            "batch_size: 2}\npasses:\n  - remove_blocks: {blocks: {blocks: [2]}}\n"
+            "  - distill: {steps: 2, data: toy, kd_teacher: base, batch_size: 2, progress: false, plot: false, "
+            "checkpoint_every: 0}\n  - svd: {targets: [attention], ratio: 0.5, multiple: 2}\n")
+    run_recipe(tmp_path, text, "r")
+    stages = tmp_path / "run-r" / "stages"
+    shutil.rmtree(stages / "2-svd")
+    (stages / "finished.json").unlink(missing_ok=True)
+    shutil.rmtree(tmp_path / "out-r")
+    shutil.move(tmp_path / "base", tmp_path / "elsewhere")
+    run_recipe(tmp_path, text, "r", resume=True)
+    assert (stages / "2-svd" / "state.json").is_file() and (tmp_path / "out-r").is_dir()
+    shutil.rmtree(stages / "2-svd")
+    shutil.rmtree(stages / "1-distill")
+    (stages / "finished.json").unlink(missing_ok=True)
+    shutil.rmtree(tmp_path / "out-r")
+    with pytest.raises(UserError, match=r"r.yaml:6: distill.kd_teacher: base cannot find the chain's base"):
+        run_recipe(tmp_path, text, "r", resume=True)
+
+
 def test_a_base_changed_since_is_warned_of_and_distilled_toward_as_it_is(tmp_path, capsys):
     """The output records the base's weight files (as a run does): a base saved over since (a fine-tune)
     is warned of, naming it, as eval warns of a recorded teacher that changed, and loaded as it is now."""
