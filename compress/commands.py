@@ -205,10 +205,9 @@ def check_lora_option(model: str, loras: list[str] | None) -> None:
 
 def _took_loras(out: Path) -> bool:
     """Whether the output took LoRAs (dit-compress lora), as its config's compression section records."""
-    from compress.io import read_json
+    from compress.report_teacher import recorded_loras
 
-    section = read_json(out / "config.json").get("compression")
-    return isinstance(section, dict) and bool(section.get("loras"))
+    return bool(recorded_loras(out))
 
 
 def _heldout_pipeline(out: Path, source: str) -> str:

@@ -145,6 +145,16 @@ def absolute_source(source: str) -> str:
     return str(path.resolve()) if path.exists() else source
 
 
+def recorded_loras(out: Path) -> list:
+    """The LoRAs an output took (dit-compress lora), as its config.json's compression section records
+    them (`loras`); [] where it took none or is no output."""
+    from compress.io import read_json
+
+    config = Path(out).expanduser() / "config.json"
+    section = read_json(config).get("compression") if config.is_file() else None
+    return (section.get("loras") or []) if isinstance(section, dict) else []
+
+
 def _compression_section(out: Path) -> dict:
     """The teacher fields of an output's config.json `compression` section, checked as report.json's."""
     from compress.io import read_json

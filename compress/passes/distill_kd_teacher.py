@@ -59,12 +59,10 @@ def _refuse_lora_along(outputs: list[str]) -> None:
     load_teacher_of replays onto the base) took a LoRA (dit-compress lora; its config.json's compression
     section records it, as io.load_teacher_of reads it): the base holds none of it, and the LoRA would be
     silently lost from the target."""
-    from compress.io import read_json
+    from compress.report_teacher import recorded_loras
 
     for out in outputs:
-        config = Path(out).expanduser() / "config.json"
-        section = read_json(config).get("compression") if config.is_file() else None
-        loras = section.get("loras") if isinstance(section, dict) else None
+        loras = recorded_loras(Path(out))
         if loras:
             named = ", ".join(str(r.get("source")) if isinstance(r, dict) else str(r) for r in loras)
             raise _refused(f"cannot distill toward the chain's base through {out}, which took the LoRA {named} "
