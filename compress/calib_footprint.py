@@ -200,7 +200,7 @@ def tap_tokens(family: str, tap: dict, f: dict, text: int) -> int:
     cross-attention keys and values (an input every block shares) and its caption projection, Flux's
     text tokens for a double block's text-side linears (parts ctx_*) and its context embedder, the
     image tokens for a double block's image side and its top level's, else the residual stream's.
-    tap: svd_statistics' (plan_memory); f: a `footprint`; text: `text_tokens`."""
+    tap: svd_statistics' (plan_statistics); f: a `footprint`; text: `text_tokens`."""
     if tap["per_sample"]:
         return 1
     if family == "pixart":

@@ -1,4 +1,4 @@
-"""What factorizing one target holds for a while, for plan's peak memory (plan_memory.svd_statistics
+"""What factorizing one target holds for a while, for plan's peak memory (plan_statistics.svd_statistics
 counts it at an svd pass's widest target): its float64 temporaries, counted from the code of the
 svd pass's factorization (svd_stages.factorize, svd_layer.compress_layer, linalg, linalg_steps)."""
 

@@ -158,10 +158,10 @@ def warn_if_short_of_disk(run_dir: Path, model_bytes: int, statistics_bytes: int
 
 def statistics_on_disk(targets: list, paired: bool, sequential: bool) -> int:
     """Bytes an svd pass's statistics cache writes (calib_stats.StatsCache: every block's, kept for
-    --resume) for `targets` (as plan_memory.svd_statistics takes them): the statistics held over the
+    --resume) for `targets` (as plan_statistics.svd_statistics takes them): the statistics held over the
     walk and each block's own, as `plan` estimates them, each block's twice with within-block
     sequential calibration (its levels' are cached too)."""
-    from compress.plan_memory import svd_statistics
+    from compress.plan_statistics import svd_statistics
 
     blocks: dict[tuple, list] = {}
     for info in targets:

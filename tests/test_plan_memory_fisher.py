@@ -104,11 +104,11 @@ def test_fisher_block_and_the_fishers_square_roots_are_counted_while_the_walk_ho
     """toy-pixart-stream (fisher: block) planned 0.55 GiB where its run peaked at 0.65 GiB: nothing
     counted a block's own output Fisher (its backward, taps and Fishers) nor the square roots L, L⁻¹
     that the pass keeps of every target factorized so far, up to fisher_memory_gb (svd_fisher.Roots)."""
-    import compress.plan_memory as pm
+    import compress.plan_statistics as ps
     from compress.recipe import load_recipe
 
-    counted, block_fishers = [], pm.block_fishers
-    monkeypatch.setattr(pm, "block_fishers", lambda *a: (found := block_fishers(*a), counted.extend(found))[0])
+    counted, block_fishers = [], ps.block_fishers
+    monkeypatch.setattr(ps, "block_fishers", lambda *a: (found := block_fishers(*a), counted.extend(found))[0])
     plan = make_plan(load_recipe(RECIPES / "toy-pixart-stream.yaml"))
     memory = plan["memory"]
     parts = {p["what"]: p for p in memory["parts"] + memory["steps_smaller"]}
@@ -131,12 +131,12 @@ def test_a_blocks_output_fisher_takes_one_blocks_backward_whatever_the_blocks_le
     run time makes differ): one block's backward is its own (calib_footprint.block_backward_bytes)."""
     import copy
 
-    import compress.plan_memory as pm
+    import compress.plan_statistics as ps
     from compress.calib_footprint import block_backward_bytes
     from compress.recipe import load_recipe
 
-    seen, block_fishers = [], pm.block_fishers
-    monkeypatch.setattr(pm, "block_fishers", lambda *a: seen.append(copy.deepcopy(a)) or block_fishers(*a))
+    seen, block_fishers = [], ps.block_fishers
+    monkeypatch.setattr(ps, "block_fishers", lambda *a: seen.append(copy.deepcopy(a)) or block_fishers(*a))
     plan = make_plan(load_recipe(RECIPES / "toy-pixart-stream.yaml"))
     recipe, planned, taps, resident = seen[0]
     (held,) = block_fishers(recipe, planned, taps, resident)
