@@ -56,11 +56,18 @@ def not_at_least_one(name: str, value) -> str:
 
 
 def did_you_mean(word: str, options) -> str:
-    """'; did you mean 'X'?' for the closest of `options`, or ''."""
+    """'; did you mean 'X'?' for the closest of `options`, or ''. Case aside: CDUA is told 'cuda', SVD
+    'svd', DEVICE 'device', the option named as `options` spell it; where two are as close, the one
+    closer in case too (then, as difflib's get_close_matches, the later in sort order)."""
     import difflib
 
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    def closeness(option: str, lower: bool) -> float:  # as get_close_matches scores it (word as seq2)
+        return difflib.SequenceMatcher(None, option.lower() if lower else option,
+                                       word.lower() if lower else word).ratio()
+
+    scored = [(closeness(o, True), closeness(o, False), o) for o in map(str, options)]
+    best = max((s for s in scored if s[0] >= 0.6), default=None)
+    return f"; did you mean '{best[2]}'?" if best else ""
 
 
 def as_yaml(value) -> str:
