@@ -18,7 +18,7 @@ from compress.report import console, param_count
 from compress.report_card import model_card
 from compress.report_teacher import CONFIG_CHECKSUM
 from compress.runner_config_sum import CONFIG_SUM
-from compress.runner_folders import WRITTEN_BY
+from compress.runner_written import WRITTEN_BY
 from compress.runner_ranks import is_main_process
 from compress.runner_resume import FINISHED
 

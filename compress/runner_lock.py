@@ -29,7 +29,7 @@ try:
 except ImportError:  # Windows: no flock; runs go on without a lock
     fcntl = None
 
-LOCK = ".dit-compress.lock"  # in the run folder, beside stages/ (runner_folders.OWN looks only inside those)
+LOCK = ".dit-compress.lock"  # in the run folder, beside stages/ (runner_written.OWN looks only inside those)
 HELD = (errno.EWOULDBLOCK, errno.EAGAIN)  # another process holds it
 
 

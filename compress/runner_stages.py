@@ -23,7 +23,7 @@ from compress.runner_ranks import is_main_process
 from compress.runner_kept import (OF_IT_NOW, fisher_folder, mark_read_by, measured_by, measured_by_in_words,
                                   offered_files, read_back_at_end_in_words, read_back_in_words)
 from compress.runner_measured import CALIBRATED, KEYED_AS
-from compress.runner_folders import WRITTEN_BY
+from compress.runner_written import WRITTEN_BY
 from compress.runner_resume import (FINISHED, RAN, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
                                     passed_over_in_words, read_state, recipe_changes, recorded_teacher,
                                     resumed_in_words, reusable_stage, stage_dirs)

@@ -209,7 +209,8 @@ def test_removed_caches_are_logged_and_a_cut_note_names_the_log(tmp_path, capsys
     RUN/removed-caches.log, which the note names only where it was cut; a run folder holding the log
     is no saved work (check_run_folder, foreign_in_run_folder)."""
     from compress.runner_caches import REMOVED_LOG, remove_unread_caches
-    from compress.runner_folders import check_run_folder, foreign_in_run_folder
+    from compress.runner_folders import check_run_folder
+    from compress.runner_written import foreign_in_run_folder
 
     passes, specs = [_svd(), _svd()], [SVD, SVD]
     for i in range(5):

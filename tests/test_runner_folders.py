@@ -146,8 +146,8 @@ def test_a_json_file_a_newer_dit_compress_adds_in_stages_is_not_foreign(pixart, 
     dit-compress'), even with --resume. A JSON file in stages/ that says dit-compress wrote it, beside
     what only a run writes there (a stage with its state.json, run.json, finished.json), is taken as a
     newer version's; in a stages/ without them, or of another kind, it is still the user's, refused."""
-    from compress.runner_folders import WRITTEN_BY
-    from compress.runner_folders import foreign_in_run_folder
+    from compress.runner_written import WRITTEN_BY
+    from compress.runner_written import foreign_in_run_folder
 
     tmp_path, make, loads = pixart
     run = tmp_path / "run"
@@ -169,7 +169,7 @@ def test_a_json_file_a_newer_dit_compress_adds_in_stages_is_not_foreign(pixart, 
 
 
 def test_a_symlinked_json_file_in_stages_is_foreign(tmp_path):
-    from compress.runner_folders import foreign_in_run_folder
+    from compress.runner_written import foreign_in_run_folder
 
     (tmp_path / "stages" / "0-svd").mkdir(parents=True)
     (tmp_path / "stages" / "0-svd" / "state.json").write_text("{}\n")

@@ -36,7 +36,7 @@ def test_a_users_json_file_in_a_finished_runs_stages_is_refused_not_deleted(fini
 def test_a_json_file_a_newer_dit_compress_wrote_in_stages_is_tolerated(finished, flag):
     """One that says dit-compress wrote it (a newer version's record) does not stop a rerun: --resume
     keeps it, a run that starts over replaces it with the stages."""
-    from compress.runner_folders import WRITTEN_BY
+    from compress.runner_written import WRITTEN_BY
 
     tmp_path, argv, run = finished
     newer = run / "stages" / "env.json"
@@ -58,7 +58,7 @@ def test_a_json_file_a_newer_dit_compress_wrote_in_stages_is_tolerated(finished,
     ("[" * 100000, False),
     ("", False)])
 def test_only_a_json_object_saying_dit_compress_wrote_it_is_ours(tmp_path, text, ours):
-    from compress.runner_folders import says_written_by_us
+    from compress.runner_written import says_written_by_us
 
     (tmp_path / "f.json").write_text(text)
     assert says_written_by_us(tmp_path / "f.json") is ours
@@ -66,7 +66,7 @@ def test_only_a_json_object_saying_dit_compress_wrote_it_is_ours(tmp_path, text,
 
 
 def test_a_large_json_file_is_not_read(tmp_path):
-    from compress.runner_folders import says_written_by_us
+    from compress.runner_written import says_written_by_us
 
     (tmp_path / "f.json").write_text('{"written_by": "dit-compress", "pad": "' + "x" * 2048 + '"}')
     assert says_written_by_us(tmp_path / "f.json")
@@ -76,7 +76,7 @@ def test_a_large_json_file_is_not_read(tmp_path):
 def test_this_version_marks_the_json_it_writes_in_stages_and_reads_unmarked_ones(finished):
     """run.json, finished.json and each stage's state.json say dit-compress wrote them, so a later
     version can tell them from a user's file; a run folder written before the mark still resumes."""
-    from compress.runner_folders import WRITTEN_BY
+    from compress.runner_written import WRITTEN_BY
 
     tmp_path, argv, run = finished
     written = sorted([*(run / "stages").glob("*.json"), *(run / "stages").glob("*/state.json")])
@@ -92,7 +92,7 @@ def test_the_temp_file_of_the_run_record_a_kill_left_is_the_runs_own(tmp_path):
     """stages/.run.tmp-PID.json, which runner_stages.record_run writes run.json as (renamed over it), is
     left where the run was killed mid-write: a rerun does not refuse it as a user's file; a folder by
     that name, or another name, is still refused."""
-    from compress.runner_folders import foreign_in_run_folder
+    from compress.runner_written import foreign_in_run_folder
 
     stages = tmp_path / "stages"
     stages.mkdir()

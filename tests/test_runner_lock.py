@@ -169,7 +169,8 @@ def test_a_run_holds_both_folders_but_not_on_other_ranks_or_for_nested_folders(t
 
 
 def test_the_lock_file_is_not_taken_for_foreign_content(tmp_path):
-    from compress.runner_folders import check_folders, foreign_in_run_folder
+    from compress.runner_folders import check_folders
+    from compress.runner_written import foreign_in_run_folder
 
     run_dir = tmp_path / "run"
     (run_dir / "stages" / "0-svd").mkdir(parents=True)
