@@ -11,13 +11,13 @@ from rich.text import Text
 from compress.errors import UserError
 from compress.inspect_blocks import (module_label, recorded_block_map, removal_lines, removed_blocks,
                                      teacher_blocks, teacher_label)
-from compress.inspect_fold import fold, natural_width, with_note
+from compress.inspect_fold import fold, with_note
 from compress.io_output import load_transformer, output_folder
 from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, is_number, layer_rows,
                              other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
                              to_json)
 from compress.report_card import distill_lines
-from compress.report_fit import least_name_width, left_out_words, shown_columns
+from compress.report_fit import least_name_width, left_out_words, shown_columns, table_width
 from compress.words import counted
 
 
@@ -161,7 +161,7 @@ def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, 
     if not measured:
         return [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher)]
     whole = _layer_table(rows, title, BUDGET_COLUMNS + QUALITY_COLUMNS, None, teacher)
-    if natural_width(whole) <= width:
+    if table_width(whole) <= width:
         return [whole]
     return [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher),
             _layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS, width, teacher)]
@@ -183,7 +183,7 @@ def _layer_table(rows: list[dict], title: str, columns, width: int | None, teach
 
     def fixed(headers: list[str]) -> int:  # the table's width less the layer column's
         shown = [c for c in columns if c[0] in headers]
-        return natural_width(_table(title, shown, [("", r) for _, _, r in entries])) - len("layer")
+        return table_width(_table(title, shown, [("", r) for _, _, r in entries])) - len("layer")
 
     headers = [c[0] for c in columns]
     shown = shown_columns(headers, LEFT_OUT_FIRST, lambda hs: fixed(hs) + least <= width)

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import re
 
-from rich.measure import Measurement
-from rich.table import Table
-
-from compress.report import console
-
 
 def with_note(name: str, note: str, room: int) -> str:
     """A heading's (folded) name and its note: on the name's last line where that fits `room`, else
@@ -18,10 +13,6 @@ def with_note(name: str, note: str, room: int) -> str:
         return name
     last = name.rsplit("\n", 1)[-1]
     return f"{name} {note}" if len(last) + 1 + len(note) <= room else f"{name}\n{note}"
-
-
-def natural_width(table: Table) -> int:
-    return Measurement.get(console, console.options.update_width(1 << 16), table).maximum
 
 
 SHORTEST = 3  # characters of a folded name's last line, where a '.' earlier gives it more

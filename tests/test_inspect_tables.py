@@ -1,6 +1,9 @@
-"""inspect's per-layer tables (compress.inspect.inspect_tables): no cell cut at 40, 80 or 200 columns, round-off
+"""inspect's per-layer tables (compress.inspect.inspect_tables): no cell cut at 40, 60, 80, 120 or 200 columns, round-off
 losses as 0, missing fields as dashes."""
 
+import re
+
+import pytest
 from rich.console import Console
 
 from compress.inspect import inspect_tables
@@ -88,3 +91,38 @@ def test_a_40_column_terminal_keeps_names_and_numbers_whole_and_says_which_colum
     assert "…" not in by_block and "3,148,800" in by_block and "top level" in by_block
     assert "column factorized left out to fit 40 terminal columns" in " ".join(by_block.split())
     assert _rendered([summary_table(dense, "block", "by block", 200)], 200).count("factorized") == 1
+
+
+@pytest.mark.parametrize("width", [60, 80, 120, 200])
+def test_inspect_measures_its_tables_as_report_fit_does(width):
+    """One rule fits tables to the terminal: inspect measured its layer table with a measure of its own
+    (inspect_fold.natural_width, on the notes' console), importance's and plan's with
+    report_fit.table_width; it now uses table_width (the output unchanged: 840 renders, 20 to 229
+    columns, the same). The whole table where that measure says it fits, every table within the
+    console's width, no cell cut, names broken only after a '.' or '_'."""
+    from compress.report_fit import table_width
+
+    rows = _rows() + [{"name": "proj_out", "role": "output", "block": "-", "shape": [64, 3072], "rank": None,
+                       "params": 196_672, "kept": 1.0}]
+    whole = table_width(inspect_tables(rows, 1 << 16, "layers", {})[0])
+    tables = inspect_tables(rows, width, "layers", {})
+    assert (len(tables) == 1) == (whole <= width)
+    text = _rendered(tables, width)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+    for row in rows:
+        assert all(piece in text for piece in re.findall(r"[^._]+", row["name"]))
+    said = " ".join(text.split())
+    kept = CELLS if "left out" not in said else ("512", "1.000000")  # rank and loss/opt stay
+    assert all(cell in text for cell in kept) and ("left out to fit" in said) == (width == 60)
+
+
+def test_the_whole_layer_table_is_shown_just_where_it_fits():
+    """At the measured width the one table takes every column of the console and no more; one column
+    less, the two tables."""
+    from compress.report_fit import table_width
+
+    whole = table_width(inspect_tables(_rows(), 1 << 16, "layers", {})[0])
+    text = _rendered(inspect_tables(_rows(), whole, "layers", {}), whole)
+    assert len(inspect_tables(_rows(), whole, "layers", {})) == 1
+    assert max(len(line) for line in text.splitlines()) == whole and "…" not in text
+    assert len(inspect_tables(_rows(), whole - 1, "layers", {})) == 2
