@@ -223,7 +223,7 @@ def _mapping_hint(node: yaml.ScalarNode, wanted: set) -> str:
 
 # ---- a saved recipe's default marks -------------------------------------------------------------
 # An output's recipe.yaml writes every key; its first line says that a key ending in DEFAULT_MARK was
-# left out of the recipe and holds its default (recipe.dump_recipe). Only a file with that line above
+# left out of the recipe and holds its default (recipe_dump.dump_recipe). Only a file with that line above
 # its first key is read for marks: a comment '# default' in a recipe written by hand means nothing.
 MARKS_HEADER = "# every key is written out; '# default' marks one the recipe left out (it holds its default)"
 DEFAULT_MARK = "# default"

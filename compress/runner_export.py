@@ -13,7 +13,7 @@ import torch
 import compress
 from compress.io import looks_local
 from compress.io_export import ranks_of
-from compress.recipe import dump_recipe
+from compress.recipe_dump import dump_recipe
 from compress.report import console, param_count
 from compress.report_card import model_card
 from compress.report_teacher import CONFIG_CHECKSUM

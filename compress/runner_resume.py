@@ -26,7 +26,7 @@ CALIBRATION_RESULT_FREE = ("spill_activations",)
 
 # calibration keys that only say which prompts a pipeline source reads: its `inputs` identity holds
 # those read (a digest), compared apart (`inputs_change`); the toy and synthetic sources read none. An
-# output's recipe.yaml writes them inline, a prompt_file's lines too (recipe.inline_prompts).
+# output's recipe.yaml writes them inline, a prompt_file's lines too (recipe_dump.inline_prompts).
 PROMPT_KEYS = ("prompts", "prompt_file")
 
 

@@ -120,7 +120,8 @@ def test_a_prompt_file_without_hash_lines_warns_nothing(tmp_path, capsys):
 def test_a_recipes_prompts_are_all_used_unless_it_sets_num_prompts(tmp_path, capsys):
     """num_prompts' default (10, the toy's digit classes) cut a pipeline recipe's 14 prompts to 10,
     with a note about a key the recipe never set."""
-    from compress.recipe import dump_recipe, parse_recipe
+    from compress.recipe import parse_recipe
+    from compress.recipe_dump import dump_recipe
 
     text = ("model: pixart\nteacher: toy:pixart\ncalibration:\n  source: pipeline\n  prompts: [{}]\n"
             "passes:\n  - svd: {{targets: [mlp]}}\n")

@@ -5,7 +5,8 @@ import textwrap
 import pytest
 
 from compress.errors import UserError
-from compress.recipe import dump_recipe, load_recipe, parse_recipe
+from compress.recipe import load_recipe, parse_recipe
+from compress.recipe_dump import dump_recipe
 
 GOOD = """\
 version: 1

@@ -1,4 +1,4 @@
-"""A recipe dumped (recipe.dump_recipe: an output's recipe.yaml) reads back as it was: the header of the
+"""A recipe dumped (recipe_dump.dump_recipe: an output's recipe.yaml) reads back as it was: the header of the
 --set values it was run with, the '# default' marks of the keys the recipe left out, a recipe saved
 before the marks and every shipped recipe's output. Strict recipes: tests/test_recipe.py."""
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress.recipe import dump_recipe, load_recipe, parse_recipe
+from compress.recipe import load_recipe, parse_recipe
+from compress.recipe_dump import dump_recipe
 from compress.recipe_yaml import MARKS_HEADER
 from tests.test_recipe import GOOD
 

@@ -1,4 +1,4 @@
-"""An output's recipe.yaml run again (recipe.dump_recipe, runner_resume): it reads the prompts the run
+"""An output's recipe.yaml run again (recipe_dump.dump_recipe, runner_resume): it reads the prompts the run
 read, --resume takes it for the recipe it was saved from and its calibration statistics are keyed
 alike (the fingerprint); '# default' marks the prompt keys the recipe left out."""
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from compress.calib_prompts import read_prompts
-from compress.recipe import dump_recipe, load_recipe, parse_recipe
+from compress.recipe import load_recipe, parse_recipe
+from compress.recipe_dump import dump_recipe
 from compress.runner import build_passes
 from compress.runner_resume import fingerprint, inputs_change, recipe_changes
 

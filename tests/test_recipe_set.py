@@ -259,7 +259,7 @@ def test_a_name_a_set_null_took_out_stays_in_the_keys_at_its_set():
     """`--set passes.0.remove_blocks.count.blocks=null` left no trace: what was said of count (its
     group gone) pointed at the file's line, which holds count: {blocks: 1}, naming no --set; and a dump
     of the recipe did not list it among the --sets applied. A --set giving the name again stands."""
-    from compress.recipe import set_overrides
+    from compress.recipe_dump import set_overrides
 
     gone = ["passes.0.remove_blocks.count.blocks=null", "passes.2.svd.ranks.modulation=null"]
     r = parse_recipe(NAMED, "r.yaml", gone)

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from compress.errors import UserError
-from compress.recipe import dump_recipe, load_recipe, parse_recipe
+from compress.recipe import load_recipe, parse_recipe
+from compress.recipe_dump import dump_recipe
 from compress.recipe_yaml import RecipeLoader
 from tests.recipe_helpers import refusal
 from tests.test_recipe import GOOD, _replace

@@ -256,7 +256,7 @@ def unread_keys(allocation) -> set[str]:
 def judged_by_value(c) -> bool:
     """Whether only the values of config `c` tell which keys its recipe gave: a config made otherwise
     (no `_given`), or an older saved recipe's pass, without marks, that writes every key (SAVED_KEYS),
-    where a key at its default counts as filled in. A dump marks those '# default' (recipe.filled_keys),
+    where a key at its default counts as filled in. A dump marks those '# default' (recipe_dump.filled_keys),
     so that read back it is judged as it was."""
     given = c.__dict__.get("_given")
     return given is None or ("_filled" not in c.__dict__ and SAVED_KEYS <= set(given))

@@ -108,7 +108,8 @@ def test_a_checkpoint_resumes_with_the_saved_recipe_that_reads_the_same_prompts(
     """An output's recipe.yaml writes the prompts a prompt_file gave inline (prompt_file null): run
     with --resume, it was refused as 'other prompts' though it reads the same ones. The prompts read
     are compared, as the rest of --resume does; other prompts read are still refused."""
-    from compress.recipe import dump_recipe, parse_recipe
+    from compress.recipe import parse_recipe
+    from compress.recipe_dump import dump_recipe
     from compress.runner import Runner
 
     lines = ["a 1", "a 2", "a 3", "a 4", "a cow"]

@@ -58,7 +58,8 @@ def test_a_saved_recipe_writing_every_key_is_read_by_its_values():
 def test_a_saved_recipe_loads_again():
     """The dump of a resolved energy recipe (an output's recipe.yaml: every key, ratio: 0.5 among them)
     loads again, with a --set too, and its svd pass checks."""
-    from compress.recipe import dump_recipe, parse_recipe
+    from compress.recipe import parse_recipe
+    from compress.recipe_dump import dump_recipe
 
     text = "model: flux\nteacher: toy:flux\npasses:\n  - svd: {allocation: energy, energy: 0.9}\n"
     saved = dump_recipe(parse_recipe(text, "r.yaml"))
@@ -74,7 +75,8 @@ ENERGY_EDIT = ("model: flux\nteacher: toy:flux\npasses:\n  - svd: {allocation: u
 def _saved_then_energy(written: str, marks: bool = True) -> str:
     """An output's recipe.yaml of a uniform svd pass writing `written`, edited to allocation: energy;
     without `marks`, as an output saved before the default marks (no header, no '# default')."""
-    from compress.recipe import dump_recipe, parse_recipe
+    from compress.recipe import parse_recipe
+    from compress.recipe_dump import dump_recipe
 
     saved = dump_recipe(parse_recipe(ENERGY_EDIT % written, "r.yaml"))
     if not marks:
@@ -130,7 +132,8 @@ def test_a_recipe_writing_every_saved_key_is_saved_as_it_was_judged():
     """A recipe writing every saved key itself is judged by value (energy: 0.99 under uniform passes);
     its output's recipe.yaml wrote them unmarked, and read back refused that energy. The dump marks
     each at its default, so it loads, and edited to energy its ratio: 0.5 passes as in the recipe."""
-    from compress.recipe import dump_recipe, parse_recipe
+    from compress.recipe import parse_recipe
+    from compress.recipe_dump import dump_recipe
 
     dumped = dump_recipe(parse_recipe(ENERGY_EDIT % EVERY_SAVED, "r.yaml"))
     assert "    energy: 0.99  # default\n" in dumped
@@ -156,7 +159,8 @@ SOURCES = [ENERGY_EDIT % "ratio: 0.5", ENERGY_EDIT % EVERY_SAVED, ENERGY_EDIT % 
 def _variants(source: str) -> list[str]:
     """`source`, its output's recipe.yaml (marked), that with a blank first line, with its header
     deleted, and as one saved before the marks (no header, no marks)."""
-    from compress.recipe import dump_recipe, parse_recipe
+    from compress.recipe import parse_recipe
+    from compress.recipe_dump import dump_recipe
 
     dumped = dump_recipe(parse_recipe(source, "r.yaml"))
     body = dumped.split("\n", 1)[1]
@@ -169,7 +173,8 @@ def test_a_dump_is_accepted_under_each_allocation_exactly_where_the_recipe_it_ca
     """Whatever a recipe is (written by hand, a saved one, marked or not), the svd checks judge its
     dump as they judge it: under every allocation a --set gives it, one is refused exactly where the
     other is (an older saved recipe's dump was refused as loaded: its every key counted as written)."""
-    from compress.recipe import dump_recipe, parse_recipe
+    from compress.recipe import parse_recipe
+    from compress.recipe_dump import dump_recipe
 
     for text in _variants(source):
         dumped = dump_recipe(parse_recipe(text, "r.yaml"))

@@ -95,7 +95,7 @@ def test_a_set_that_only_changes_a_file_patterns_value_keeps_the_files_warning(c
 def test_a_dumped_recipe_whose_set_pattern_went_first_says_so_and_its_rerun_advice_allows_keeping_it(capsys):
     """An output's recipe.yaml holds a --set pattern first; rerun, the file's pattern it shadows is
     warned about, and the advice must not only be the reorder that would change the ranks."""
-    from compress.recipe import dump_recipe
+    from compress.recipe_dump import dump_recipe
 
     recipe = parse_recipe(FLUX.replace("{ranks}", f"{{{BLOCK0}: 16}}"), "r.yaml", [f"{SVD}.modulation=4"])
     dumped = dump_recipe(recipe)
