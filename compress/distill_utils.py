@@ -133,12 +133,22 @@ def resolve_block_map(adapter, student: nn.Module, teacher: nn.Module,
         if len(mapping) != n_student:
             raise UserError(f"distill: block map for group '{group}' has {len(mapping)} entries but the "
                             f"student has {n_student} blocks (teacher: {t_counts[group]})")
-        bad = [i for i in mapping if not 0 <= i < t_counts[group]]
-        if bad:
-            raise UserError(f"distill: block map for group '{group}' names teacher block {bad[0]}, out of "
+        if (past := block_beyond({group: mapping}, t_counts)) is not None:
+            raise UserError(f"distill: block map for group '{group}' names teacher block {past[1]}, out of "
                             f"range 0..{t_counts[group] - 1}")
         resolved[group] = [int(i) for i in mapping]
     return resolved
+
+
+def block_beyond(block_map: dict[str, list[int]], counts: dict[str, int]) -> tuple[str, int] | None:
+    """(group, block) of the first entry of `block_map` ({group: [teacher block of student block 0, 1, ...]})
+    that names no block of a teacher of `counts` blocks per group (outside 0..count - 1), None where every
+    one names one: resolve_block_map's refusal, and kd_teacher: base's of a base of fewer blocks."""
+    for group, mapping in block_map.items():
+        for i in mapping:
+            if not 0 <= i < counts.get(group, 0):
+                return group, i
+    return None
 
 
 # ---- what trains ---------------------------------------------------------------------------------

@@ -119,17 +119,15 @@ def _check_blocks(base: nn.Module, to_base: dict, source: str, student: nn.Modul
     """A BadValue where a student block maps to a block the base `source` does not have, or (`student`
     given) the student's blocks do not fit the base's as the trainer's resolve_block_map reads them."""
     from compress.arch import get_adapter
-    from compress.distill_utils import resolve_block_map
+    from compress.distill_utils import block_beyond, resolve_block_map
 
     adapter = get_adapter(base)
     counts = adapter.block_counts(base)
     wrong = f"it is not the model the chain was compressed from; put that back, or {OUT}"
-    for group, kept in to_base.items():
-        past = [i for i in kept if i >= counts.get(group, 0)]
-        if past:
-            raise _refused(f"compares the student's '{group}' blocks with the base's blocks they descend from, and "
-                           f"the chain's base {source} has {counts.get(group, 0)} of them, not block {max(past)}: "
-                           f"{wrong}")
+    if (past := block_beyond(to_base, counts)) is not None:  # resolve_block_map's rule, in words of the base
+        group, block = past
+        raise _refused(f"compares the student's '{group}' blocks with the base's blocks they descend from, and "
+                       f"the chain's base {source} has {counts.get(group, 0)} of them, not block {block}: {wrong}")
     if student is not None:
         try:
             resolve_block_map(adapter, student, base, to_base)
