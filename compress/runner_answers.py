@@ -23,6 +23,9 @@ from compress.runner_ranks_words import WORDS, same_as_rank_0, short as _short
 ANSWER = ".dit-compress.rank"  # + "-N": in the run folder, follower N's answer to rank 0
 PREPARED = "prepared"  # the step of a follower ready to run the data-parallel passes
 FIND_FOLLOWERS_S = 1800.0  # how long rank 0 waits for the followers' answers (a process group's own wait)
+# in rank 0's records under --resume (runner_prepare): the index of the last pass whose saved stage it continues
+# from, None where it runs them all; a follower's checks ask nothing of the passes done (`resumes_after`)
+RESUMES_AFTER = "resumes after"
 
 
 def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5, main: str | None = None) -> str:
@@ -50,6 +53,13 @@ def check_same_run(run_dir: Path, about: dict, step: str, poll: float = 0.5, mai
             raise UserError(refusal)
     answer(run_dir, got["token"], ready=step)
     return got["token"]
+
+
+def resumes_after(run_dir: Path, main: str | None, poll: float = 0.5) -> int | None:
+    """A follower under --resume: the index of the last pass rank 0 (token `main`) continues after, None
+    where it runs every pass, as rank 0's record says once it has read the run folder (RESUMES_AFTER):
+    a follower reads no saved stage itself, and rank 0 alone knows which it keeps."""
+    return wait_for_main(run_dir, lambda record: RESUMES_AFTER in record, poll, main=main)[RESUMES_AFTER]
 
 
 def answer(run_dir: Path, main: str, **how) -> None:

@@ -22,7 +22,8 @@ from compress.runner_checks import check_passes
 from compress.runner_folders import check_folders, check_run_folder, nothing_saved, say_if_nothing_to_resume
 from compress.runner_measured import (calibration_keys, check_measured_for_another, check_measured_for_another_teacher,
                                       keyed_source)
-from compress.runner_ranks import is_follower
+from compress.runner_answers import RESUMES_AFTER, resumes_after
+from compress.runner_ranks import announce, is_follower, several_processes
 from compress.runner_caches import finished_run
 from compress.runner_resume import (finished_and_reusable, fingerprint, inputs_change, read_state, recorded_teacher,
                                     stage_dirs)
@@ -45,7 +46,7 @@ def prepare(runner) -> None:
                                                          runner.models, sources=src)  # finite, checked
     warn_if_beyond_export_range(runner.teacher, runner.recipe.export.dtype)
     runner.adapter = get_adapter(runner.teacher)
-    done = (getattr(runner, "resumes_from", None) or ((), None, ()))[1]  # --resume: the passes done before
+    done = _done_before(runner)  # --resume: the passes done before
     for i, p in enumerate(runner.passes):  # what only a pass that runs needs is not asked of them (kd_teacher: base)
         p.resumed_past = done is not None and i <= done
     check_passes(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter,  # distill's data: toy,
@@ -106,6 +107,9 @@ def _checked_before_loading(runner):
         from compress.passes.distill_resume import check_resumable_configs
 
         runner.resumes_from = resumable(runner)
+        if several_processes():  # the followers' checks ask nothing of the passes done (_done_before)
+            runner.about[RESUMES_AFTER] = runner.resumes_from[1]  # in every record from now on
+            announce(runner.run_dir, runner.about)
         if not runner.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_stages)
             check_resumable_configs(runner.run_dir, [s.config for s in runner.recipe.passes if s.name == "distill"],
                                     runner.recipe.calibration)
@@ -129,6 +133,15 @@ def _checked_before_loading(runner):
     runner.calibrates = warn_if_beyond_memory(runner.recipe, src, runner.passes)
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src
+
+
+def _done_before(runner) -> int | None:
+    """--resume: the index of the last pass whose saved stage the run continues from (None: none, or no
+    --resume): rank 0's runner.resumes_from; a follower's as rank 0's record says (resumes_after: it
+    reads no saved stage itself), so neither asks for what only a pass that runs needs."""
+    if is_follower():
+        return resumes_after(runner.run_dir, runner.followed) if runner.resume else None
+    return (getattr(runner, "resumes_from", None) or ((), None, ()))[1]
 
 
 def _keeps_measured(runner) -> bool:

@@ -240,22 +240,36 @@ def test_the_note_says_teacher_samples_are_still_the_recipe_teachers(tmp_path, c
     assert ("the teacher samples it trains on (data: teacher_samples) are still the recipe's teacher's" in said) == samples
 
 
+def _recipe(tmp_path, svd: bool = True) -> str:
+    """remove_blocks, distill kd_teacher: base (line 6), svd (where `svd`) of the chain's output a."""
+    return (f"model: pixart\nteacher: {tmp_path / 'a'}\ncalibration: {{source: synthetic, num_prompts: 2, "
+            "batch_size: 2}\npasses:\n  - remove_blocks: {blocks: {blocks: [2]}}\n"
+            "  - distill: {steps: 2, data: toy, kd_teacher: base, batch_size: 2, progress: false, plot: false, "
+            "checkpoint_every: 0}\n" + ("  - svd: {targets: [attention], ratio: 0.5, multiple: 2}\n" if svd else ""))
+
+
+def _resumable_past_the_pass(tmp_path) -> str:
+    """A run of remove_blocks, distill kd_teacher: base, svd (its recipe returned) stopped after the distill
+    (its stage saved, the svd's not, no output), the chain's base then moved away."""
+    from tests.runner_helpers import run_recipe
+
+    _chain(tmp_path)
+    text = _recipe(tmp_path)
+    run_recipe(tmp_path, text, "r")
+    shutil.rmtree(tmp_path / "run-r" / "stages" / "2-svd")
+    (tmp_path / "run-r" / "stages" / "finished.json").unlink(missing_ok=True)
+    shutil.rmtree(tmp_path / "out-r")
+    shutil.move(tmp_path / "base", tmp_path / "elsewhere")
+    return text
+
+
 def test_resume_past_the_pass_does_not_want_the_base(tmp_path):
     """--resume after the kd_teacher: base pass is done (its stage saved, the svd after it not) runs on
     with the base moved away: only a pass that runs needs it. Resumed from before it, still refused."""
     from tests.runner_helpers import run_recipe
 
-    _chain(tmp_path)
-    text = (f"model: pixart\nteacher: {tmp_path / 'a'}\ncalibration: {{source: synthetic, num_prompts: 2, "
-            "batch_size: 2}\npasses:\n  - remove_blocks: {blocks: {blocks: [2]}}\n"
-            "  - distill: {steps: 2, data: toy, kd_teacher: base, batch_size: 2, progress: false, plot: false, "
-            "checkpoint_every: 0}\n  - svd: {targets: [attention], ratio: 0.5, multiple: 2}\n")
-    run_recipe(tmp_path, text, "r")
+    text = _resumable_past_the_pass(tmp_path)
     stages = tmp_path / "run-r" / "stages"
-    shutil.rmtree(stages / "2-svd")
-    (stages / "finished.json").unlink(missing_ok=True)
-    shutil.rmtree(tmp_path / "out-r")
-    shutil.move(tmp_path / "base", tmp_path / "elsewhere")
     run_recipe(tmp_path, text, "r", resume=True)
     assert (stages / "2-svd" / "state.json").is_file() and (tmp_path / "out-r").is_dir()
     shutil.rmtree(stages / "2-svd")
@@ -264,6 +278,33 @@ def test_resume_past_the_pass_does_not_want_the_base(tmp_path):
     shutil.rmtree(tmp_path / "out-r")
     with pytest.raises(UserError, match=r"r.yaml:6: distill.kd_teacher: base cannot find the chain's base"):
         run_recipe(tmp_path, text, "r", resume=True)
+
+
+def test_a_follower_resuming_past_the_pass_does_not_want_the_base(tmp_path, monkeypatch):
+    """Several processes, --resume after the kd_teacher: base pass: only rank 0 read which passes were done,
+    so a follower asked for the base the pass no longer needs, and refused ('distill.kd_teacher: base cannot
+    find the chain's base'). Rank 0's record now says which pass it continues after (runner_answers.RESUMES_AFTER)."""
+    from compress.runner import Runner
+    from compress.runner_answers import check_same_run
+    from compress.runner_ranks import announce
+    from tests.ranks_helpers import launch_env
+
+    text = _resumable_past_the_pass(tmp_path)
+    launch_env(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    def resumed(rank: str) -> Runner:
+        monkeypatch.setenv("RANK", rank)
+        recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+        return Runner(recipe, tmp_path / "out-r", tmp_path / "run-r", resume=True)
+
+    main = resumed("0")
+    announce(main.run_dir, main.about)  # as Runner.run starts (runner_ranks.leading)
+    main.prepare()
+    follower = resumed("1")
+    follower.followed = check_same_run(follower.run_dir, follower.about, "recipe", poll=0.01)  # as _follow
+    follower.prepare()
+    assert [p.resumed_past for p in follower.passes] == [True, True, False]
 
 
 def test_a_base_changed_since_is_warned_of_and_distilled_toward_as_it_is(tmp_path, capsys):
