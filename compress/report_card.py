@@ -21,11 +21,26 @@ def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
     stages = report.get("stages", [])
     for s, seconds in zip(stages, _stage_seconds(stages, report.get("distill") or {})):
         lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} | {seconds} |")
+    lines += _against_base_lines(stages)
     lines += export_lines(report)
     lines += _removal_lines(report.get("remove_blocks") or {})
     lines += _svd_lines(report.get("svd") or {}, ranks)
     lines += ["", "Load it with `compress.load_transformer(folder)`; see report.json for per-layer numbers.", ""]
     return "\n".join(lines)
+
+
+def _against_base_lines(stages: list[dict]) -> list[str]:
+    """A line per stage whose pass distilled toward the chain's base (its record's `kd_teacher`, as the
+    runner's stage line says it: runner_heldout.against_base_words): its error in the table is against
+    the teacher; its own against that base."""
+    lines = []
+    for n, s in enumerate(stages, 1):
+        base = s.get("kd_teacher")
+        if isinstance(base, dict) and is_number(base.get("relative_error")):
+            lines += ["", f"Stage {n} ({s['pass']}) distilled toward the chain's base `{base.get('source')}` "
+                          f"(kd_teacher: base): its error above is against the teacher; against that base it is "
+                          f"{base['relative_error']:.4g}."]
+    return lines
 
 
 def export_lines(report: dict) -> list[str]:

@@ -267,6 +267,8 @@ class Runner:
         self._note_read(p)
         record = {"pass": p.name, "seconds": round(time.perf_counter() - t0, 3), "params": param_count(student),
                   "relative_error": None}  # None in the stage until measured
+        if (base := p.against_base()) is not None:  # its own error against the chain's base (kd_teacher: base)
+            record["kd_teacher"] = base
         self.ctx.report.setdefault("stages", []).append(record)
         save_stage(self, i, student)
         if is_main_process():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from compress.passes.base import relative_error
-from compress.report import console, warn
+from compress.report import console, is_number, warn
 from compress.runner_stages import save_state
 
 
@@ -26,10 +26,22 @@ def check_stage(runner, student, record: dict, reference, heldout, teacher_param
     if maxima is not None:
         record.update(stage_maxima(maxima, block_names(student, runner.adapter)))
     save_state(runner, runner.doing)
-    console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}")
+    console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}"
+                  f"{against_base_words(record)}")
     if err > 1:  # NaN is not: the reference check and the passes' own checks name that
         warn(f"{runner._doing_words()}: the student's teacher-relative error {err:.4g} is above 1: a model "
              "predicting zeros would be closer to the teacher; check this pass's settings")
+
+
+def against_base_words(record: dict) -> str:
+    """What the stage line adds where its pass distilled toward the chain's base (the stage `record`'s
+    `kd_teacher`: Pass.against_base): which teacher each error is against, as that pass's note and inspect
+    say its own: ' (against the recipe's teacher; against the chain's base BASE 0.0776)'; else ''."""
+    base = record.get("kd_teacher")
+    if not isinstance(base, dict) or not is_number(base.get("relative_error")):
+        return ""
+    return (f" (against the recipe's teacher; against the chain's base {base.get('source')} "
+            f"{base['relative_error']:.4g})")
 
 
 def check_kept(runner, start: int, student, reference, heldout, teacher_params: int) -> None:

@@ -157,6 +157,12 @@ class Pass:
         recipe line with the --sets of those keys (runner_checks.warn_ran_notes); none by default."""
         return []
 
+    def against_base(self) -> dict | None:
+        """{source, relative_error}: the held-out error of the student it returned against the chain's base
+        it distilled toward (distill's kd_teacher: base), not the recipe's teacher, where it measured one;
+        the runner's stage line and record give it beside the stage's own (runner_heldout). None by default."""
+        return None
+
     def reads_calibration_inputs(self) -> bool:
         """Whether the pass reads the calibration inputs though it calibrates nothing on them (no block
         activations held: not `needs_calibration`), as distill's teacher samples start from their

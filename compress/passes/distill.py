@@ -186,10 +186,16 @@ class DistillPass(Pass):
         self.dir = trainer.dir
         model = trainer.fit(model)
         record = ctx.report["distill"]
+        after = record.get("pred_rel_error_after")  # (None on the other processes of a launch)
+        self.base_error = None if kd is None or after is None else {"source": kd.source, "relative_error": after}
         self.rose = error_rose(self.config, record)  # the held-out error ended above where it started
         if self.rose is not None:
             record["error_rose"] = self.rose
         return model
+
+    def against_base(self) -> dict | None:
+        """kd_teacher: base: the chain's base and the held-out error after training against it (its record's)."""
+        return getattr(self, "base_error", None)
 
     def ran_notes(self) -> list[tuple[str, tuple[str, ...]]]:
         """The warning of a run that left the student further from the teacher (distill_notes.error_rose),

@@ -248,6 +248,27 @@ def _recipe(tmp_path, svd: bool = True) -> str:
             "checkpoint_every: 0}\n" + ("  - svd: {targets: [attention], ratio: 0.5, multiple: 2}\n" if svd else ""))
 
 
+def test_the_stage_line_report_and_card_say_which_teacher_each_error_is_against(tmp_path, capsys):
+    """The runner's line after the pass gave one 'teacher-relative error' (the recipe's teacher's) just
+    after the pass's note said its errors are against the chain's base: it now says which is which and
+    gives the pass's own against the base, as inspect does; so do the stage's report record and the card."""
+    from tests.runner_helpers import run_recipe
+
+    _chain(tmp_path)
+    run_recipe(tmp_path, _recipe(tmp_path, svd=False), "r")
+    report = json.loads((tmp_path / "out-r" / "report.json").read_text())
+    base, stage = str((tmp_path / "base").resolve()), report["stages"][1]
+    after = report["distill"]["pred_rel_error_after"]
+    assert stage["kd_teacher"] == {"source": base, "relative_error": after} and "kd_teacher" not in report["stages"][0]
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"teacher-relative error {stage['relative_error']:.4g} (against the recipe's teacher; against the "
+            f"chain's base {base} {after:.4g})") in said
+    assert said.count("against the recipe's teacher;") == 1  # not on remove_blocks' line
+    card = " ".join((tmp_path / "out-r" / "README.md").read_text().split())
+    assert (f"Stage 2 (distill) distilled toward the chain's base `{base}` (kd_teacher: base): its error above is "
+            f"against the teacher; against that base it is {after:.4g}.") in card
+
+
 def _resumable_past_the_pass(tmp_path) -> str:
     """A run of remove_blocks, distill kd_teacher: base, svd (its recipe returned) stopped after the distill
     (its stage saved, the svd's not, no output), the chain's base then moved away."""
