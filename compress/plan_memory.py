@@ -12,9 +12,9 @@ else while it trains (the teacher, the chain's base with kd_teacher: base, the s
 with its gradients and AdamW's moments):
 the peak is the larger of the two. Both add this process itself where it runs on the CPU (python,
 torch and diffusers imported: PROCESS_BYTES), and the calibrating phase an svd pass's float64
-statistics (`svd_statistics`), the float64 temporaries of factorizing its widest target
-(`factorize_bytes`) or a block's own output Fisher (fisher: block), and the square roots of its output
-Fishers that it keeps, all of one pass (the passes calibrate one after another: `calibrating`).
+statistics (plan_statistics.svd_statistics), the float64 temporaries of factorizing its widest target
+(plan_factorize.factorize_bytes) or a block's own output Fisher (fisher: block), and the square roots of its output
+Fishers that it keeps, all of one pass (the passes calibrate one after another: plan_statistics.calibrating).
 It compares against the device's total memory, not what is free now: the run checks that again
 before it starts (runner_memory.warn_if_*). Not counted: CUDA's own context on a GPU, and on a GPU
 what the process holds on the host.

@@ -1,4 +1,4 @@
-"""plan's count of what an svd pass holds while it calibrates (compress/plan_memory.py): the float64
+"""plan's count of what an svd pass holds while it calibrates (compress/plan_statistics.py): the float64
 temporaries of factorizing a target, against what factorizing one holds, and one pass's parts never
 summed with another's."""
 

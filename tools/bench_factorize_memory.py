@@ -1,4 +1,4 @@
-"""What factorizing one target holds against plan's count of it (plan_memory.factorize_bytes): the
+"""What factorizing one target holds against plan's count of it (plan_factorize.factorize_bytes): the
 peak resident memory above what was resident before, of one target factorized as the svd pass does it
 (svd_stages.factorize: the asymmetric step where fitted, then svd_layer.compress_layer with an output
 weighting), in a fresh child process per shape, one thread, with MALLOC_MMAP_THRESHOLD_=65536 so
