@@ -50,12 +50,14 @@ def left_out_words(left_out: list[str], width: int, where: str) -> str:
 
 
 def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
-                 width: int | None, drop: tuple[str, ...], where: str, key: int = 0) -> Table:
+                 width: int | None, drop: tuple[str, ...], where: str, key: int = 0,
+                 said: Callable[[list[str]], str] | None = None) -> Table:
     """A table of `columns` (header, justify; the one at `key` the names) and `rows` (cells as text)
     as it fits `width`: as it is where it fits whole (or width None); else each column at its least (the
     widest cell, the header wrapping at its spaces, the key's names folded after a '.' or '_'), columns of
     `drop` left out in order until it fits, and the key column given the room left (its header whole
-    where that fits in it)."""
+    where that fits in it). The caption says the columns left out: after its own words (left_out_words,
+    `where` shows them), or `said`'s words of their headers on a line of their own."""
     whole = _table(title, caption, columns, rows)
     if width is None or table_width(whole) <= width:
         return whole
@@ -65,15 +67,22 @@ def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]]
     def narrow(shown: list[str], key_room: int) -> Table:
         keep = [headers.index(h) for h in shown]
         cells = [[_fold(row[j], key_room) if j == key else row[j] for j in keep] for row in rows]
-        left_out = left_out_words([h for h in headers if h not in shown], width, where)
-        said = "; ".join(x for x in (caption, left_out) if x) or None
-        return _table(title, said, [columns[j] for j in keep], cells, least=True,
-                      key=(keep.index(key), key_room))
+        return _table(title, None, [columns[j] for j in keep], cells, least=True, key=(keep.index(key), key_room))
 
     shown = shown_columns(headers, tuple(h for h in drop if h != headers[key]),
                           lambda shown: table_width(narrow(shown, least_key)) <= width)
     room = max(least_key, width - (table_width(narrow(shown, least_key)) - least_key))
-    return narrow(shown, room)
+    table = narrow(shown, room)  # the caption apart: it takes no part in the width
+    table.caption = _captioned(caption, [h for h in headers if h not in shown], width, where, said)
+    return table
+
+
+def _captioned(caption: str | None, left_out: list[str], width: int, where: str,
+               said: Callable[[list[str]], str] | None) -> str | None:
+    """fitted_table's caption: `caption` and what it says of the columns `left_out` (None: no words)."""
+    if said is not None:
+        return "\n".join(x for x in (caption, left_out and said(left_out)) if x) or None
+    return "; ".join(x for x in (caption, left_out_words(left_out, width, where)) if x) or None
 
 
 def _table(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],

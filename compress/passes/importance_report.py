@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from compress.arch import group_modules
-from compress.passes.importance import ImportanceResult
+from compress.passes.importance import ImportanceResult, bucket_names
 from compress.report import save_figure
 from compress.report_fit import fitted_table
 
@@ -15,9 +15,11 @@ from compress.report_fit import fitted_table
 def render_table(result: ImportanceResult, criterion: str | None = None, width: int | None = None):
     """A rich Table, most important block first: by the skip scan, or by the proxy where the scan
     measured only that (proxy_only). `width`: the terminal's; a table wider than it keeps its block
-    names and numbers whole and leaves out the least telling columns first (left_out_first), the
-    caption saying which (report_fit.fitted_table): rich would fit them by shrinking the block column
-    to nothing and cutting numbers ('0.21…')."""
+    names and numbers whole and leaves out the least telling columns first (left_out_first), a line
+    under the caption saying which, by bucket name, and the --buckets whose table fits whole
+    (buckets_that_fit): 'left out to fit 80 columns: b5, proxy; widen the terminal or --buckets 4'
+    (report_fit.fitted_table). Rich would fit them by shrinking the block column to nothing
+    and cutting numbers ('0.21…')."""
     criterion = criterion or ("scan" if any(not math.isnan(b.scan) for b in result.blocks) else "proxy")
     scan = criterion == "scan"
     ranges = ", ".join(f"{b} {hi:.2f}-{lo:.2f}" for b, (hi, lo) in zip(result.buckets, result.bucket_ranges))
@@ -32,8 +34,42 @@ def render_table(result: ImportanceResult, criterion: str | None = None, width: 
              *map(_fmt, b.scan_by_bucket if scan else b.proxy_by_bucket), _fmt(b.proxy)]
             for rank, b in enumerate(reversed(result.ranked(criterion)), 1)]
     columns = [(h, "left" if j == 1 else "right") for j, h in enumerate(headers)]
+    short = dict(zip(buckets, result.buckets))  # 'b3' for 'b3 (n=16)'
+
+    def said(left_out: list[str]) -> str:
+        fewer = buckets_that_fit(result, columns, rows, width)
+        return (f"left out to fit {width} columns: "
+                f"{', '.join(short.get(h, h) for h in left_out)}; widen the terminal"
+                + (f" or --buckets {fewer}" if fewer else ""))
+
     return fitted_table(f"Block importance ({result.family}): {what}", caption, columns, rows, width,
-                        left_out_first(buckets, scan), "the heatmap, --json or a wider terminal", key=1)
+                        left_out_first(buckets, scan), "", key=1, said=said)
+
+
+def buckets_that_fit(result: ImportanceResult, columns: list[tuple[str, str]], rows: list[list[str]],
+                     width: int) -> int:
+    """The most buckets, fewer than the scan's, whose table fits `width` with no column left out (0
+    where none does): render_table's `columns` with those buckets' headers (each bucket's count the
+    most it can hold, _most_samples), its rows' block names and widest score in every cell."""
+    fixed = len(columns) - len(result.buckets)
+    score = max((cell for row in rows for cell in row[2:]), key=len, default="0.0000")
+    fits = 0
+    for k in range(1, len(result.buckets)):
+        headers = [f"{name} (n={_most_samples(result.samples_per_bucket, k)})" for name in bucket_names(k)]
+        tried = [*columns[:fixed - 1], *((h, "right") for h in headers), columns[-1]]
+        table = fitted_table("", None, tried, [[*row[:2], *[score] * (len(tried) - 2)] for row in rows], width,
+                             (tried[-1][0],), "", key=1)
+        if len(table.columns) < len(tried):
+            break
+        fits = k
+    return fits
+
+
+def _most_samples(counts: list[int], k: int) -> int:
+    """The most samples one of `k` buckets can hold, of a scan's `counts` in more buckets (bucket_of:
+    equal spans of noise level, so one of the `k` spans overlaps at most len(counts)/k + 1 of them)."""
+    span = -(-len(counts) // k) + 1
+    return max(sum(counts[i:i + span]) for i in range(len(counts)))
 
 
 def left_out_first(buckets: list[str], scan: bool) -> tuple[str, ...]:

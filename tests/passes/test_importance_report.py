@@ -41,7 +41,7 @@ def test_a_narrow_terminal_cuts_no_block_name_or_number(k):
     assert "…" not in text
     for b in result.blocks:
         assert f"{b.group}.{b.teacher_index}" in text and f"{b.scan:.4f}" in text
-    assert "left out to fit 60 terminal columns" in " ".join(text.split())
+    assert "left out to fit 60 columns" in " ".join(text.split())
     wide = shown(render_table(result, width=200), 200)
     assert "…" not in wide and all(f"{n} (n=12)" in wide for n in result.buckets)
     assert "left out" not in wide
@@ -75,29 +75,45 @@ def test_every_block_name_and_number_is_whole_at_any_width(make, width):
     assert set(numbers) == scores and len(numbers) == len(result.blocks) * (2 + len(result.buckets) - narrow)
 
 
-SHOWS = "(the heatmap, --json or a wider terminal shows"
-
-
 @pytest.mark.parametrize("result, width, headers, said", [
     (pixart_result(3), 60, ["scan", "early (n=14)", "middle (n=8)", "late (n=10)"],
-     f"column proxy left out to fit 60 terminal columns {SHOWS} it)"),
+     "left out to fit 60 columns: proxy; widen the terminal or --buckets 2"),
     (flux_result(6), 80, ["scan", "b0 (n=12)", "b1 (n=12)", "b2 (n=12)", "b3 (n=12)", "b4 (n=12)"],
-     f"columns b5 (n=12), proxy left out to fit 80 terminal columns {SHOWS} them)"),
+     "left out to fit 80 columns: b5, proxy; widen the terminal or --buckets 4"),
     (flux_result(3), 40, ["scan", "early (n=12)"],
-     f"columns middle (n=12), late (n=12), proxy left out to fit 40 terminal columns {SHOWS} them)"),
+     "left out to fit 40 columns: middle, late, proxy; widen the terminal"),
     (flux_result(3, proxy_only=True), 40, ["early (n=12)", "proxy"],
-     f"columns middle (n=12), late (n=12) left out to fit 40 terminal columns {SHOWS} them)")])
+     "left out to fit 40 columns: middle, late; widen the terminal or --buckets 1")])
 def test_the_least_telling_columns_go_first_and_the_caption_names_them(result, width, headers, said):
     """Columns go one at a time, as inspect's and plan's do (report_fit): the proxy first where the skip
     scan ranks (its Spearman is in the caption), then the buckets from the last; a proxy-only scan
     keeps its proxy. Before, every per-bucket column went at once where one did not fit, the proxy kept
     ('the per-bucket columns are left out to fit the terminal'): at 60 columns none of 3 buckets, at
-    80 none of 6, where all 3, or 5, fit beside the scan."""
+    80 none of 6, where all 3, or 5, fit beside the scan. The line naming them is its own, and short: each
+    bucket by its name, not its header ('b5', not 'b5 (n=12)'), then how to see them all."""
     table = render_table(result, width=width)
     assert [str(c.header) for c in table.columns] == ["rank", "block", *headers]
     text = shown(table, width)
     assert "…" not in text and max(map(len, text.splitlines())) <= width
-    assert " ".join(text.split()).endswith("; " + said)
+    assert " ".join(text.split()).endswith(" " + said)
+    assert any(line.strip().startswith(f"left out to fit {width} columns: ") for line in text.splitlines())
+
+
+@pytest.mark.parametrize("k, width", [(6, 60), (6, 80), (12, 120), (20, 200)])
+def test_the_left_out_line_is_one_line_where_it_can_be_and_its_buckets_fit(k, width):
+    """The caption named each left-out bucket by its whole header, in the caption's paragraph: 'columns
+    b3 (n=12), b4 (n=12), b5 (n=12), proxy left out to fit 60 terminal columns (the heatmap, --json or a
+    wider terminal shows them)', three lines at 60 columns. Now a line of its own, by bucket name, one
+    line where the names fit ('left out to fit 80 columns: b5, proxy; widen the terminal or --buckets 4'),
+    and the --buckets it names gives a table with nothing left out at that width (one more would not)."""
+    text = shown(render_table(flux_result(k), width=width), width)
+    line = " ".join(text.split()).split("single_transformer_blocks ")[-1]
+    assert line.startswith(f"left out to fit {width} columns: ") and "(n=" not in line
+    if len(line) <= width:
+        assert any(row.strip() == line for row in text.splitlines())
+    fewer = int(line.rsplit("--buckets ", 1)[1])
+    assert "left out" not in shown(render_table(flux_result(fewer), width=width), width)
+    assert "left out" in shown(render_table(flux_result(fewer + 1), width=width), width)
 
 
 def test_a_terminal_narrower_than_the_scores_keeps_names_and_scores_whole():
