@@ -12,6 +12,7 @@ from compress.errors import UserError
 from compress.inspect_blocks import (module_label, recorded_block_map, removal_lines, removed_blocks,
                                      teacher_blocks, teacher_label)
 from compress.inspect_fold import fold, with_note
+from compress.inspect_stages import stage_lines, stages_record
 from compress.io_output import load_transformer, output_folder
 from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, is_number, layer_rows,
                              other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
@@ -39,7 +40,8 @@ def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None
             r["teacher_block"] = teacher[r["block"]]
     if as_json:
         print(to_json({"layers": rows, "report": report, "block_map": block_map,
-                       "removed_blocks": removed_blocks(block_map, report) if block_map else None}))
+                       "removed_blocks": removed_blocks(block_map, report) if block_map else None,
+                       "stages": stages_record(report)}))
     else:
         _print_inspection(title or str(out), model, rows, report, block_map, teacher)
     if plot_dir:
@@ -64,7 +66,7 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     the Hub id given), which metric its factorization columns are in (or why it has none), the LoRAs
     merged since the run, by role, by block (student blocks, with their teacher index where removal
     renumbered them), then what removal did, how close factorizations came to their optimum, what
-    compensation did, what distill did."""
+    compensation did, what distill did, and each pass's params and held-out error (inspect_stages)."""
     shown = [_displayed(r) for r in rows]
     tables = inspect_tables(shown, results.width, title, teacher)
     for table in tables:
@@ -87,6 +89,8 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     _print_compensation(report)
     for line in distill_lines(report):  # steps, held-out error before → after, resumes, last loss terms
         results.print(line, highlight=False, markup=False)
+    for said in stage_lines(report, results.width):  # each pass's params and held-out error, the teacher's first
+        results.print(said, highlight=False, markup=False)
 
 
 def lora_line(model, rows: list[dict], report: dict) -> str | None:
@@ -132,7 +136,8 @@ def _grown_as_recorded(report: dict, they: str, its: str) -> str:
         return f"{they} no factorized layer (only dense ones, which took {'it' if len(entries) == 1 else 'them'} " \
             "in their weights)"
     return (f"{counted(len(grown), 'factorized layer')} grew by {its}"
-            + (f" and {len(dense)} {'was' if len(dense) == 1 else 'were'} stored dense (past break-even)" if dense else ""))
+            + (f" and {len(dense)} {'was' if len(dense) == 1 else 'were'} stored dense (past break-even)"
+               if dense else ""))
 
 
 def _scale(scale) -> str:

@@ -120,7 +120,8 @@ class Unanswered:
         with self.lock:
             pending = list(self.pending)
         seconds = sorted({s for _, s, *_ in pending})
-        each = f"{seconds[0]:g}" if len(seconds) == 1 else f"{', '.join(f'{s:g}' for s in seconds[:-1])} or {seconds[-1]:g}"
+        each = (f"{seconds[0]:g}" if len(seconds) == 1
+                else f"{', '.join(f'{s:g}' for s in seconds[:-1])} or {seconds[-1]:g}")
         now = time.monotonic()
         wall = max(now if p[5] is None else p[5] for p in pending) - min(p[4] for p in pending)
         names = " or ".join(dict.fromkeys(var for _, _, var, *_ in pending))

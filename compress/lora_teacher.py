@@ -219,7 +219,8 @@ def composed_block_map(maps: list[dict | None], owners: list[str]) -> dict[str, 
     return out
 
 
-def dora_weights(student: nn.Module, names: dict[str, str], teacher, config: str | None = None) -> dict[str, torch.Tensor]:
+def dora_weights(student: nn.Module, names: dict[str, str], teacher,
+                 config: str | None = None) -> dict[str, torch.Tensor]:
     """{teacher module name: its teacher weight (out, in)} for the DoRA layers `names` (teacher name ->
     student name): the student's own where it is a teacher, else `teacher`'s or its recorded source's
     (`config`: a single-file teacher's, default the recorded one)."""

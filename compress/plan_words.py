@@ -121,7 +121,8 @@ def print_plan(plan: dict) -> None:
         if "fisher" in step:
             f = step["fisher"]
             per = (f"fisher_memory_gb: auto, {f['sweep_gib']} GiB per sweep: half the memory free here now"
-                   f"{' less the ' + human_size(f['resident_bytes']) + ' the run holds by then' if f.get('resident_bytes') else ''}"
+                   + (f" less the {human_size(f['resident_bytes'])} the run holds by then"
+                      if f.get("resident_bytes") else "")
                    if f["memory_gb"] == "auto" else f"fisher_memory_gb: {f['memory_gb']} GiB per sweep")
             sweeps = f"{f['sweeps']} backward sweep{'s' if f['sweeps'] != 1 else ''}"
             targets = f"{f['targets']} target{'s' if f['targets'] != 1 else ''}"

@@ -213,10 +213,11 @@ def say_read_back(runner, start: int, student) -> None:
 
 
 def say_read_back_at_end(runner, i: int) -> None:
-    """As pass i's stage is saved (`save_stage`), after the svd pass i that `say_read_back` said finds what an earlier run measured: how many of
-    those files it read back (its StatsCache's hits, the output Fishers it did not measure again),
-    which only the pass knows (the names of its statistics hash the blocks' inputs and the ranks so
-    far): a pass of other targets or ranks reads back fewer, or none."""
+    """As pass i's stage is saved (`save_stage`), after the svd pass i that `say_read_back` said finds
+    what an earlier run measured: how many of those files it read back (its StatsCache's hits, the
+    output Fishers it did not measure again), which only the pass knows (the names of its statistics
+    hash the blocks' inputs and the ranks so far): a pass of other targets or ranks reads back fewer,
+    or none."""
     start, (stats, fishers) = getattr(runner, "offered", (None, (set(), set())))
     runner.offered = (None, (set(), set()))  # said once
     if start != i or not (stats or fishers):
