@@ -1,5 +1,5 @@
-"""inspect's per-layer tables (compress.inspect.inspect_tables): no cell cut at 40, 60, 80, 120 or 200 columns, round-off
-losses as 0, missing fields as dashes."""
+"""inspect's per-layer tables (compress.inspect.inspect_tables): no cell cut at 40, 60, 80, 120 or 200
+columns, round-off losses as 0, missing fields as dashes."""
 
 import re
 
