@@ -35,12 +35,20 @@ def _against_base_lines(stages: list[dict]) -> list[str]:
     the teacher; its own against that base."""
     lines = []
     for n, s in enumerate(stages, 1):
-        base = s.get("kd_teacher")
-        if isinstance(base, dict) and is_number(base.get("relative_error")):
+        base = against_base(s)
+        if base is not None:
             lines += ["", f"Stage {n} ({s['pass']}) distilled toward the chain's base `{base.get('source')}` "
                           f"(kd_teacher: base): its error above is against the teacher; against that base it is "
                           f"{base['relative_error']:.4g}."]
     return lines
+
+
+def against_base(stage: dict) -> dict | None:
+    """A stage record's `kd_teacher` ({source, relative_error}: its pass distilled toward the chain's base,
+    its own error against that base), None where it has none or none measured (the card's words on it and
+    inspect's column: inspect_stages)."""
+    base = stage.get("kd_teacher")
+    return base if isinstance(base, dict) and is_number(base.get("relative_error")) else None
 
 
 def export_lines(report: dict) -> list[str]:

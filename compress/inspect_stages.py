@@ -1,0 +1,80 @@
+"""`inspect`'s stages: what each pass of the run did to the whole model, as report.json's `stages` records
+it and the model card's stage table words it (report_card.model_card): the teacher's parameters, then per
+pass its parameters after it, their share of the teacher's, its held-out teacher-relative error, and where
+it distilled toward the chain's base (distill.kd_teacher: base), its error against that base. An older
+report's missing field is '-' (null in --json); a report without stages shows none."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from compress.report import is_number
+from compress.report_card import against_base, export_lines
+from compress.report_fit import fitted_table
+
+TITLE = "stages: each pass's params and its error on held-out inputs"
+COLUMNS = [("stage", "left"), ("params", "right"), ("of teacher", "right"), ("teacher-relative error", "right"),
+           ("against the chain's base", "right")]
+LEFT_OUT_FIRST = ("params", "of teacher")  # where a terminal is too narrow for them all: the errors stay
+
+
+def stages_record(report: dict) -> dict | None:
+    """--json's `stages`: {"teacher": {"source", "params"}, "passes": [{"pass", "params", "of_teacher",
+    "relative_error", and "kd_teacher": {"source", "relative_error"} where recorded}]}, each value as
+    report.json has it (null where it has none); None where report.json records no stages."""
+    stages = report.get("stages")
+    if not isinstance(stages, list):
+        return None
+    teacher = report.get("teacher_params")
+    teacher = teacher if is_number(teacher) and teacher > 0 else None
+    passes = []
+    for s in (s for s in stages if isinstance(s, dict)):
+        params, base = s.get("params"), against_base(s)
+        passes.append({"pass": s.get("pass"), "params": params,
+                       "of_teacher": params / teacher if teacher and is_number(params) else None,
+                       "relative_error": s.get("relative_error"),
+                       **({"kd_teacher": {"source": base.get("source"), "relative_error": base["relative_error"]}}
+                          if base else {})})
+    return {"teacher": {"source": report.get("teacher"), "params": teacher}, "passes": passes}
+
+
+def stage_lines(report: dict, width: int | None) -> list:
+    """What inspect prints of the stages: their table fitted to `width` (the chain's base column only where
+    a pass recorded an error against it), then which weights the errors are of (the card's export words);
+    [] where report.json records no stage."""
+    record = stages_record(report)
+    if not record or not record["passes"]:
+        return []
+    return [stages_table(record, width), *export_lines(report)[1:]]
+
+
+def stages_table(record: dict, width: int | None) -> Table:
+    """The table of stages_record's `record`: the teacher's row, then a row per pass; its caption names
+    the teacher and the chain's base the errors are against."""
+    bases = list(dict.fromkeys(p["kd_teacher"]["source"] for p in record["passes"] if "kd_teacher" in p))
+    columns = COLUMNS if bases else COLUMNS[:-1]
+    rows = [["teacher", _count(record["teacher"]["params"]), "100.0%" if record["teacher"]["params"] else "-", "-"]]
+    for p in record["passes"]:
+        rows.append([str(p["pass"] or "-"), _count(p["params"]), _share(p["of_teacher"]),
+                     _error(p["relative_error"])])
+    if bases:
+        rows[0].append("-")
+        for row, p in zip(rows[1:], record["passes"]):
+            row.append(_error(p["kd_teacher"]["relative_error"]) if "kd_teacher" in p else "-")
+    source = record["teacher"]["source"]
+    said = ([f"the teacher: {source}"] if isinstance(source, str) else []) + (
+        [f"the chain's base: {', '.join(map(str, bases))} (distill.kd_teacher: base)"] if bases else [])
+    caption = "; ".join(said) or None
+    return fitted_table(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, "--json or a wider terminal")
+
+
+def _count(value) -> str:
+    return f"{value:,}" if is_number(value) else "-"
+
+
+def _share(value) -> str:
+    return f"{value:.1%}" if is_number(value) else "-"
+
+
+def _error(value) -> str:
+    return f"{value:.4g}" if is_number(value) else "-"

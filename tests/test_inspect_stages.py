@@ -1,0 +1,105 @@
+"""`dit-compress inspect`'s stages (compress.inspect_stages): the teacher's params, then each pass's params,
+their share of the teacher's, its held-out teacher-relative error and, after a distill.kd_teacher: base
+pass, its error against the chain's base, as report.json's `stages` records them, in the table and in
+--json; an older report's missing fields as '-' (null), a report without stages as none."""
+
+import json
+
+import pytest
+
+from compress.cli import main
+from compress.io_export import save_compressed
+from tests.conftest import factorize, tiny_pixart
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPORT = {"teacher": "out/a", "teacher_params": 200_000, "student_params": 150_000,
+          "stages": [{"pass": "remove_blocks", "seconds": 0.3, "params": 160_000, "relative_error": 0.4208326},
+                     {"pass": "distill", "seconds": 1.2, "params": 160_000, "relative_error": 0.4197155,
+                      "kd_teacher": {"source": "out/base", "relative_error": 0.6042484}},
+                     {"pass": "svd", "seconds": 2.5, "params": 150_000, "relative_error": 0.05123456}],
+          "export": {"dtype": "float32", "computed_in": "float32", "exact": True, "relative_error": 0.05123456}}
+
+
+def _output(tmp_path, report: dict | None):
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], rank=2), tmp_path / "out")
+    if report is not None:
+        (out / "report.json").write_text(json.dumps(report))
+    return out
+
+
+def _inspected(tmp_path, capsys, report: dict | None, *flags: str) -> str:
+    out = _output(tmp_path, report)
+    capsys.readouterr()
+    assert main(["inspect", str(out), *flags]) == 0
+    return capsys.readouterr().out
+
+
+def _stage_rows(printed: str) -> dict[str, list[str]]:
+    """label -> cells of the stages table's rows (the first of a name where several passes share it)."""
+    lines = printed[printed.index("stages: "):].splitlines()
+    rows = {}
+    for line in lines[1:]:
+        if line.startswith("└"):
+            break
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+def test_inspect_shows_each_pass_s_params_and_errors_against_the_teacher_and_the_chain_s_base(tmp_path, capsys):
+    """inspect printed no word of the stages (what each pass did to the whole model): only the model card
+    had them. Now a table: the teacher, then each pass in order, with report.json's numbers."""
+    printed = _inspected(tmp_path, capsys, REPORT)
+    rows = _stage_rows(printed)
+    assert list(rows) == ["teacher", "remove_blocks", "distill", "svd"]
+    assert rows["teacher"] == ["200,000", "100.0%", "-", "-"]
+    assert rows["remove_blocks"] == ["160,000", "80.0%", "0.4208", "-"]
+    assert rows["distill"] == ["160,000", "80.0%", "0.4197", "0.6042"]
+    assert rows["svd"] == ["150,000", "75.0%", "0.05123", "-"]
+    said = " ".join(printed[printed.index("stages: "):].split())
+    assert "the teacher: out/a; the chain's base: out/base (distill.kd_teacher: base)" in said
+    assert "The output holds the weights measured above, exactly, in float32." in said
+
+
+def test_inspect_of_an_older_report_shows_what_it_holds(tmp_path, capsys):
+    """A report of before kd_teacher and teacher_params, a stage unmeasured: '-' for what it lacks, no
+    column of the chain's base; a report without stages (or none at all): no stages table, --json's null."""
+    older = {"stages": [{"pass": "svd", "params": 150_000, "relative_error": None},
+                        {"pass": "distill", "params": 150_000}]}
+    printed = _inspected(tmp_path, capsys, older)
+    rows = _stage_rows(printed)
+    assert rows == {"teacher": ["-", "-", "-"], "svd": ["150,000", "-", "-"], "distill": ["150,000", "-", "-"]}
+    assert "chain's base" not in printed and "the teacher:" not in printed
+    for report in ({"svd": {}}, None):
+        where = tmp_path / ("none" if report is None else "plain")
+        assert "stages: " not in _inspected(where, capsys, report)
+        assert json.loads(_inspected(where / "json", capsys, report, "--json"))["stages"] is None
+
+
+def test_inspect_json_carries_the_stages(tmp_path, capsys):
+    """--json held report.json whole (its raw `stages` under `report`), not the shares of the teacher: its
+    `stages` key now has the teacher and each pass as the table shows them."""
+    stages = json.loads(_inspected(tmp_path, capsys, REPORT, "--json"))["stages"]
+    assert stages["teacher"] == {"source": "out/a", "params": 200_000}
+    assert [p["pass"] for p in stages["passes"]] == ["remove_blocks", "distill", "svd"]
+    assert [p["of_teacher"] for p in stages["passes"]] == [0.8, 0.8, 0.75]
+    assert [p["relative_error"] for p in stages["passes"]] == [0.4208326, 0.4197155, 0.05123456]
+    assert stages["passes"][1]["kd_teacher"] == {"source": "out/base", "relative_error": 0.6042484}
+    assert "kd_teacher" not in stages["passes"][0]
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 120])
+def test_the_stages_table_fits_the_terminal_with_its_errors_whole(tmp_path, capsys, monkeypatch, width):
+    """On a narrow terminal the table keeps its errors and names whole (report_fit.fitted_table): params,
+    then of teacher, left out first, the caption saying so."""
+    from compress.report import results
+
+    monkeypatch.setattr(results, "_width", width)
+    printed = _inspected(tmp_path, capsys, REPORT)
+    table = printed[printed.index("stages: "):]
+    assert max(len(line) for line in table.splitlines() if line[:1] in "┏┃┡│└") <= width and "…" not in table
+    assert all(cell in table for cell in ("0.4208", "0.4197", "0.6042", "0.05123"))
+    assert all(piece in table for piece in ("remove_", "blocks", "distill", "svd", "teacher"))
+    assert ("left out to fit" in table) == (width == 40)  # headers wrap at their spaces first
