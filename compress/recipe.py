@@ -20,6 +20,7 @@ from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, b
 from compress.recipe_folder import refuse_folder
 from compress.recipe_set import drop, key_nodes, nearest, no_value, place, remark, takes_null
 from compress.recipe_yaml import NULL, RecipeLoader, core_tag, read_marks
+from compress.recipe_yaml_errors import yaml_error_words
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -214,9 +215,8 @@ def _compose(text: str, path: str) -> yaml.Node:
     try:
         node = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
+        line, words = yaml_error_words(e, text)
+        raise UserError(f"{path}{'' if line is None else f':{line}'}: malformed YAML{words}") from None
     if node is None:
         raise UserError(f"{path}: the recipe is empty")
     return node

@@ -1,0 +1,113 @@
+"""A recipe's YAML syntax error in plain words, at the line the user wrote wrong.
+
+PyYAML reports where it noticed the trouble (its problem_mark), which for the common mistakes is
+often the line AFTER the wrong one: a key without ':' (`seed 0`) is noticed on the next line, an
+unclosed '[' where the next key starts, a mis-indented `ratio: 0.6` where the following line no
+longer fits. `yaml_error_words` picks the line (the context_mark where that is where the user's
+text began, or the neighbour whose indentation is the odd one) and says what is wrong in words.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+CLOSING = {"[": "]", "{": "}", "'": "'", '"': '"'}
+
+
+def yaml_error_words(error: yaml.YAMLError, text: str) -> tuple[int | None, str]:
+    """(1-based line, what is wrong: ': WORDS' or ' (PYYAML'S PROBLEM)') for a YAML error reading
+    `text`: plain words for a tab, a key without ':', a mis-indented line, an unclosed bracket or
+    quote, a stray closing bracket; otherwise PyYAML's own problem at its problem mark (None where
+    it has none)."""
+    lines = text.splitlines()
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None) or ""
+    mark, start = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+    for words in (_tab, _no_colon, _unclosed, _indentation, _stray_closing):
+        if found := words(problem, context, mark, start, lines):
+            return found
+    return (mark.line + 1 if mark else None), f" ({problem})"
+
+
+def _tab(problem, context, mark, start, lines):
+    if "'\\t'" not in problem or mark is None:
+        return None
+    line = _line(lines, mark.line)
+    if not line[:mark.column].strip():
+        return mark.line + 1, ": a tab; indent with spaces, not tabs"
+    return mark.line + 1, f": a tab at column {mark.column + 1}; YAML separates with spaces, not tabs"
+
+
+def _no_colon(problem, context, mark, start, lines):
+    """`seed 0`: PyYAML scans it as a key and misses its ':' on the next line (its context_mark is the key)."""
+    if "could not find expected ':'" not in problem or start is None:
+        return None
+    return start.line + 1, f": a key without ':' (KEY: VALUE): '{_shown(_line(lines, start.line))}'"
+
+
+def _unclosed(problem, context, mark, start, lines):
+    """`[a, b` or `"text`: the bracket or quote the context_mark points at is not closed on its line."""
+    if start is None or mark is None or mark.line == start.line and "<stream end>" not in problem:
+        return None
+    if not ("flow" in context or "quoted scalar" in context and "end of stream" in problem):
+        return None
+    opened = _line(lines, start.line)[start.column:start.column + 1]
+    if opened not in CLOSING:
+        return None
+    return start.line + 1, f": unclosed '{opened}' (no '{CLOSING[opened]}' closes it on this line)"
+
+
+def _indentation(problem, context, mark, start, lines):
+    """A line indented unlike its neighbours: PyYAML notices on the line P after it (`mapping values are
+    not allowed here`, `expected <block end>` at P's first token); the wrong one is the line Q before P
+    where P's indentation agrees with the line before Q or after P, else P itself."""
+    if mark is None:
+        return None
+    line = _line(lines, mark.line)
+    starts_line = context.startswith("while parsing a block") and mark.column == _indent(line)
+    if not ("mapping values are not allowed" in problem or starts_line):
+        return None
+    at, before = mark.line, _content_line(lines, mark.line, -1)
+    if before is None or _indent(lines[before]) == _indent(line):
+        return None
+    around = [i for i in (_content_line(lines, before, -1), _content_line(lines, at, +1)) if i is not None]
+    wrong, right = (before, at) if any(_indent(lines[i]) == _indent(line) for i in around) else (at, before)
+    return wrong + 1, (f": this line's indentation does not match the lines above: '{_shown(lines[wrong])}' "
+                       f"is indented {_spaces(_indent(lines[wrong]))}, its neighbour {_indent(lines[right])}")
+
+
+def _stray_closing(problem, context, mark, start, lines):
+    """`[a, b]]`: a closing bracket no opening one matches."""
+    closing = {"]": "[", "}": "{"}
+    if mark is None or not (problem.endswith("found ']'") or problem.endswith("found '}'")):
+        return None
+    found = problem[-2]
+    return mark.line + 1, f": a '{found}' at column {mark.column + 1} that closes no '{closing[found]}'"
+
+
+def _line(lines: list[str], index: int) -> str:
+    return lines[index] if 0 <= index < len(lines) else ""
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _content_line(lines: list[str], index: int, step: int) -> int | None:
+    """The nearest line from `index` (excluded) in direction `step` that holds more than a comment."""
+    index += step
+    while 0 <= index < len(lines):
+        if lines[index].strip() and not lines[index].lstrip().startswith("#"):
+            return index
+        index += step
+    return None
+
+
+def _spaces(count: int) -> str:
+    return f"{count} space{'' if count == 1 else 's'}"
+
+
+def _shown(line: str) -> str:
+    """The line's text, without its indentation and comment, cut to 40 characters."""
+    text = line.split(" #")[0].strip()
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,55 @@
+"""compress/recipe_yaml_errors.py: a recipe's YAML syntax error in plain words, at the line the user
+wrote wrong (a tester's k07, k19, y03, y04: PyYAML's words, one line late)."""
+
+from pathlib import Path
+
+import pytest
+
+from compress.errors import UserError
+from compress.recipe import parse_recipe
+
+TOY = (Path(__file__).parents[1] / "recipes" / "toy-pixart.yaml").read_text().split("\n")
+
+
+def _with(line: int, text: str) -> str:
+    """recipes/toy-pixart.yaml with its 1-based `line` replaced by `text`."""
+    lines = list(TOY)
+    lines[line - 1] = text
+    return "\n".join(lines)
+
+
+def _said(text: str) -> str:
+    with pytest.raises(UserError) as e:
+        parse_recipe(text, "r.yaml")
+    return str(e.value)
+
+
+@pytest.mark.parametrize("line, text, said", [
+    (14, "  seed 0", "r.yaml:14: malformed YAML: a key without ':' (KEY: VALUE): 'seed 0'"),  # k07 (was :15)
+    (7, "model pixart", "r.yaml:7: malformed YAML: a key without ':' (KEY: VALUE): 'model pixart'"),
+    (21, "    ratio: 0.6", "r.yaml:21: malformed YAML: this line's indentation does not match the lines above: "
+                           "'ratio: 0.6' is indented 4 spaces, its neighbour 6"),  # k19 (was :22)
+    (22, "        multiple: 8", "r.yaml:22: malformed YAML: this line's indentation does not match the lines "
+                                "above: 'multiple: 8' is indented 8 spaces, its neighbour 6"),
+    (19, "     targets: [attention]", "r.yaml:19: malformed YAML: this line's indentation does not match the "
+                                      "lines above: 'targets: [attention]' is indented 5 spaces, its neighbour 6"),
+    (17, " - remove_blocks: {count: {blocks: 1}}", "r.yaml:17: malformed YAML: this line's indentation does not "
+     "match the lines above: '- remove_blocks: {count: {blocks: 1}}' is indented 1 space, its neighbour 2"),
+    (19, "      targets: [attention, cross_attention, mlp",
+     "r.yaml:19: malformed YAML: unclosed '[' (no ']' closes it on this line)"),  # y04 (was :20)
+    (25, "      ranks: {modulation: 8", "r.yaml:25: malformed YAML: unclosed '{' (no '}' closes it on this line)"),
+    (7, 'model: "pixart', "r.yaml:7: malformed YAML: unclosed '\"' (no '\"' closes it on this line)"),
+    (19, "      targets: [attention, mlp]]", "r.yaml:19: malformed YAML: a ']' at column 32 that closes no '['"),
+    (13, "\tbatch_size: 64", "r.yaml:13: malformed YAML: a tab; indent with spaces, not tabs"),  # y03
+    (14, "  seed:\t0", "r.yaml:14: malformed YAML: a tab at column 8; YAML separates with spaces, not tabs"),
+])
+def test_a_yaml_mistake_is_said_in_words_at_the_line_written_wrong(line, text, said):
+    assert _said(_with(line, text)) == said
+
+
+@pytest.mark.parametrize("line, text, said", [
+    (7, "model: pixart: x", "r.yaml:7: malformed YAML (mapping values are not allowed here)"),
+    (19, "      targets: [a, b: c: d]", "r.yaml:19: malformed YAML (expected ',' or ']', but got ':')"),
+])
+def test_a_mistake_without_plain_words_keeps_pyyamls_at_its_line(line, text, said):
+    assert _said(_with(line, text)) == said
