@@ -16,10 +16,9 @@ def render_table(result: ImportanceResult, criterion: str | None = None, width: 
     """A rich Table, most important block first: by the skip scan, or by the proxy where the scan
     measured only that (proxy_only). `width`: the terminal's; a table wider than it keeps its block
     names and numbers whole and leaves out the least telling columns first (left_out_first), a line
-    under the caption saying which, by bucket name, and the --buckets whose table fits whole
-    (buckets_that_fit): 'left out to fit 80 columns: b5, proxy; widen the terminal or --buckets 4'
-    (report_fit.fitted_table). Rich would fit them by shrinking the block column to nothing
-    and cutting numbers ('0.21…')."""
+    under the caption saying which, by bucket name, where they show and the --buckets whose table fits
+    whole (left_out_said, buckets_that_fit; report_fit.fitted_table). Rich would fit them by shrinking
+    the block column to nothing and cutting numbers ('0.21…')."""
     criterion = criterion or ("scan" if any(not math.isnan(b.scan) for b in result.blocks) else "proxy")
     scan = criterion == "scan"
     ranges = ", ".join(f"{b} {hi:.2f}-{lo:.2f}" for b, (hi, lo) in zip(result.buckets, result.bucket_ranges))
@@ -38,12 +37,22 @@ def render_table(result: ImportanceResult, criterion: str | None = None, width: 
 
     def said(left_out: list[str]) -> str:
         fewer = buckets_that_fit(result, columns, rows, width)
-        return (f"left out to fit {width} columns: "
-                f"{', '.join(short.get(h, h) for h in left_out)}; widen the terminal"
-                + (f" or --buckets {fewer}" if fewer else ""))
+        return left_out_said(width, [short.get(h, h) for h in left_out], fewer)
 
     return fitted_table(f"Block importance ({result.family}): {what}", caption, columns, rows, width,
                         left_out_first(buckets, scan), "", key=1, said=said)
+
+
+def left_out_said(width: int, names: list[str], fewer: int) -> str:
+    """The caption's line of the columns left out, by bucket name, then where they show (the heatmap,
+    written beside the table, and --json), then the ways to a table that holds them all: a wider
+    terminal, or (`fewer`: the buckets that fit, 0 where none do) a rescan in fewer buckets, last as it
+    runs the scan again and measures other spans. The ways go to a line of their own where the whole
+    does not fit `width`: 'left out to fit 80 columns: b5, proxy; the heatmap and --json show them' /
+    '(or widen the terminal, or rescan with --buckets 4)'."""
+    first = f"left out to fit {width} columns: {', '.join(names)}; the heatmap and --json show them"
+    ways = "(or widen the terminal" + (f", or rescan with --buckets {fewer}" if fewer else "") + ")"
+    return first + (" " if len(first) + 1 + len(ways) <= width else "\n") + ways
 
 
 def buckets_that_fit(result: ImportanceResult, columns: list[tuple[str, str]], rows: list[list[str]],

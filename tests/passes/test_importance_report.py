@@ -77,13 +77,16 @@ def test_every_block_name_and_number_is_whole_at_any_width(make, width):
 
 @pytest.mark.parametrize("result, width, headers, said", [
     (pixart_result(3), 60, ["scan", "early (n=14)", "middle (n=8)", "late (n=10)"],
-     "left out to fit 60 columns: proxy; widen the terminal or --buckets 2"),
+     "left out to fit 60 columns: proxy; the heatmap and --json show them (or widen the terminal, or rescan with "
+     "--buckets 2)"),
     (flux_result(6), 80, ["scan", "b0 (n=12)", "b1 (n=12)", "b2 (n=12)", "b3 (n=12)", "b4 (n=12)"],
-     "left out to fit 80 columns: b5, proxy; widen the terminal or --buckets 4"),
+     "left out to fit 80 columns: b5, proxy; the heatmap and --json show them (or widen the terminal, or rescan "
+     "with --buckets 4)"),
     (flux_result(3), 40, ["scan", "early (n=12)"],
-     "left out to fit 40 columns: middle, late, proxy; widen the terminal"),
+     "left out to fit 40 columns: middle, late, proxy; the heatmap and --json show them (or widen the terminal)"),
     (flux_result(3, proxy_only=True), 40, ["early (n=12)", "proxy"],
-     "left out to fit 40 columns: middle, late; widen the terminal or --buckets 1")])
+     "left out to fit 40 columns: middle, late; the heatmap and --json show them (or widen the terminal, or "
+     "rescan with --buckets 1)")])
 def test_the_least_telling_columns_go_first_and_the_caption_names_them(result, width, headers, said):
     """Columns go one at a time, as inspect's and plan's do (report_fit): the proxy first where the skip
     scan ranks (its Spearman is in the caption), then the buckets from the last; a proxy-only scan
@@ -104,16 +107,29 @@ def test_the_left_out_line_is_one_line_where_it_can_be_and_its_buckets_fit(k, wi
     """The caption named each left-out bucket by its whole header, in the caption's paragraph: 'columns
     b3 (n=12), b4 (n=12), b5 (n=12), proxy left out to fit 60 terminal columns (the heatmap, --json or a
     wider terminal shows them)', three lines at 60 columns. Now a line of its own, by bucket name, one
-    line where the names fit ('left out to fit 80 columns: b5, proxy; widen the terminal or --buckets 4'),
-    and the --buckets it names gives a table with nothing left out at that width (one more would not)."""
+    line where the names fit, and the --buckets it names gives a table with nothing left out at that
+    width (one more would not)."""
     text = shown(render_table(flux_result(k), width=width), width)
     line = " ".join(text.split()).split("single_transformer_blocks ")[-1]
     assert line.startswith(f"left out to fit {width} columns: ") and "(n=" not in line
     if len(line) <= width:
         assert any(row.strip() == line for row in text.splitlines())
-    fewer = int(line.rsplit("--buckets ", 1)[1])
+    fewer = int(line.rsplit("--buckets ", 1)[1].rstrip(")"))
     assert "left out" not in shown(render_table(flux_result(fewer), width=width), width)
     assert "left out" in shown(render_table(flux_result(fewer + 1), width=width), width)
+
+
+def test_the_left_out_line_says_where_they_show_before_a_rescan():
+    """80 columns, 6 buckets: the line said 'left out to fit 80 columns: b5, proxy; widen the terminal or
+    --buckets 4', its first way a rescan (long on a real teacher, and other buckets measured). Now the
+    heatmap written beside the table and --json come first, on the line naming them, whole; the wider
+    terminal and the rescan on a line of their own, not cut mid-phrase."""
+    rows = [row.strip() for row in shown(render_table(flux_result(6), width=80), 80).splitlines()]
+    assert rows[-2:] == ["left out to fit 80 columns: b5, proxy; the heatmap and --json show them",
+                         "(or widen the terminal, or rescan with --buckets 4)"]
+    wide = [row.strip() for row in shown(render_table(flux_result(20), width=200), 200).splitlines()]
+    assert wide[-1] == ("left out to fit 200 columns: b19, proxy; the heatmap and --json show them (or widen the "
+                        "terminal, or rescan with --buckets 18)")
 
 
 def test_a_terminal_narrower_than_the_scores_keeps_names_and_scores_whole():
