@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import torch
 
 from compress.errors import BadValue, UserError
+from compress.passes.base import STUDENT_CHANGED
 from compress.passes.remove_blocks_budget import counts_after, spreads
 from compress.passes.removed_blocks import (AfterRemoval, forget_taken, possible_counts, stamp_counts, stamp_line,
                                             taken_unplaced)
@@ -48,6 +49,8 @@ def checked_in_order(passes, specs, model, adapter, inputs: str | None = None, c
         with _named(spec, counts, teacher, removed):
             p.apply_planned(model, adapter)
         stamp_line(model, spec.line)  # for later passes' notes
+        if p.changes_weights:
+            setattr(model, STUDENT_CHANGED, True)  # a later distill starts from a student, not the teacher
         stamp_planned(model, spec.loc.override or f"line {spec.line}")  # factors an svd pass makes at run time
         if adapter.block_counts(model) != counts or taken_unplaced(model) != taken:  # a removal
             stamp_counts(model, counts_after(p.config, adapter, possible))

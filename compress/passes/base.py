@@ -114,6 +114,12 @@ class RunContext:
     blocks: Any = None
 
 
+# set on plan's meta model (runner_checks.checked_in_order) once a pass that changes the student's
+# weights (`Pass.changes_weights`) is planned: a pass checked later sees that the student is no longer
+# the teacher itself (distill's notes: a distill before any such pass starts from the teacher)
+STUDENT_CHANGED = "_dit_compress_student_changed"
+
+
 class Pass:
     name: ClassVar[str] = ""
     config_cls: ClassVar[type] = object

@@ -34,7 +34,7 @@ from compress.distill_utils import TRAIN_MODES, warmup_length, will_have_factors
 from compress.errors import BadValue, UserError, not_one_of
 from compress.passes.base import Pass, RunContext
 from compress.passes.distill_kd_teacher import KD_TEACHERS, base_chain, kd_target, kd_words
-from compress.passes.distill_notes import error_rose
+from compress.passes.distill_notes import distills_the_teacher, error_rose
 from compress.passes.distill_resume import NOT_FINGERPRINTED
 from compress.passes.distill_trainer import _Trainer
 
@@ -157,16 +157,18 @@ class DistillPass(Pass):
                                     "train: all", reads=())  # the passes before it, not this pass's other keys
 
     def notes(self, model, adapter) -> list[tuple[str, str]]:
-        """A warm-up as long as the run (steps shortened for a quick try, the default warmup_steps
-        kept) would end before the learning rate reached lr or decayed: `warmup_length` shortens it,
-        and the note says to what."""
+        """A distill before any pass that changes the student (`distills_the_teacher`); a warm-up as
+        long as the run (steps shortened for a quick try, the default warmup_steps kept) would end
+        before the learning rate reached lr or decayed: `warmup_length` shortens it, and the note says to what."""
         cfg = self.config
+        first = distills_the_teacher(cfg, model)  # before any pass that changes the student
         if cfg.warmup_steps < cfg.steps:
-            return []
-        return [("warmup_steps", f"distill.warmup_steps ({cfg.warmup_steps}) is not below steps ({cfg.steps}): "
-                                 "the learning rate would never reach lr nor decay; "
-                                 f"{_shortened(cfg.steps, cfg.warmup_steps)}; set warmup_steps below steps to choose it",
-                 ("steps",))]  # the keys it read besides warmup_steps: a --set of lr is not named
+            return first
+        return first + [("warmup_steps", f"distill.warmup_steps ({cfg.warmup_steps}) is not below steps "
+                                         f"({cfg.steps}): the learning rate would never reach lr nor decay; "
+                                         f"{_shortened(cfg.steps, cfg.warmup_steps)}; set warmup_steps below steps "
+                                         "to choose it",
+                         ("steps",))]  # the keys it read besides warmup_steps: a --set of lr is not named
 
     def plan(self, model, adapter, calibration_rows: int | None = None) -> dict:
         cfg = self.config

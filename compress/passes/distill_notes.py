@@ -1,4 +1,5 @@
-"""What a distill pass says of its result once it has trained: where its held-out teacher-relative
+"""What a distill pass says before it runs where it comes before any pass that changes the student
+(`distills_the_teacher`), and of its result once it has trained: where its held-out teacher-relative
 error ended above the error it started from, a warning naming the causes its settings make likely
 (`error_rose`), recorded in its report record as `error_rose` and said at its recipe line
 (`DistillPass.ran_notes`, runner_checks.warn_ran_notes)."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from compress.passes.base import STUDENT_CHANGED
 from compress.report import is_number
 
 CURVE = "loss.csv"  # the pass's loss curve, in its run folder (distill_utils.write_curves)
@@ -17,6 +19,23 @@ CURVE = "loss.csv"  # the pass's loss curve, in its run folder (distill_utils.wr
 # floor keeps an exact student (error ~1e-9, where fp32's own rounding is ~1e-7) from warning at all.
 RISE_RELATIVE = 1e-3
 RISE_FLOOR = 1e-6
+
+
+def distills_the_teacher(cfg, model) -> list[tuple]:
+    """The note (key, message, keys read) of a distill that comes before any pass that changes the
+    student (no STUDENT_CHANGED on plan's meta `model`), whose distillation losses compare the teacher
+    with itself: nothing to recover, and a task term only trains it away from the teacher. Legal (a
+    fine-tuning): none with lambda_out and lambda_feat 0 (the task loss alone), nor with kd_teacher: base,
+    whose teacher is the chain's base. The key '' puts it at the pass's line."""
+    if getattr(model, STUDENT_CHANGED, False) or cfg.kd_teacher == "base" or cfg.lambda_out + cfg.lambda_feat == 0:
+        return []
+    moves = (f"lambda_task {cfg.lambda_task:g} only trains it away from the teacher" if cfg.lambda_task > 0 else
+             f"its {cfg.steps} steps leave it where it is")
+    message = ("distill runs before any pass changes the student: it starts from the teacher itself, so its "
+               f"distillation losses (lambda_out, lambda_feat) have nothing to recover and {moves}; put it after "
+               "the passes that compress (remove_blocks, svd), or, to fine-tune the teacher on the task loss "
+               "alone, set lambda_out: 0 and lambda_feat: 0 (no warning then)")
+    return [("", message, ("lambda_task", "lambda_out", "lambda_feat", "kd_teacher"))]
 
 
 def error_rose(cfg, record: dict) -> dict | None:

@@ -102,3 +102,40 @@ def test_a_distill_that_lowers_the_error_says_nothing(tmp_path, capsys):
     record, said = _run(tmp_path, capsys, "low", "steps: 10, lambda_task: 0, lr: 0.0001")
     assert record["pred_rel_error_after"] < record["pred_rel_error_before"]
     assert "error_rose" not in record and "rose over" not in said
+
+
+
+FIRST = "  - distill:\n      steps: 5\n      warmup_steps: 1\n{more}"  # at line 5 where it is the first pass
+FIRST_WORDS = "distill runs before any pass changes the student: it starts from the teacher itself"
+
+
+@pytest.mark.parametrize("before, more, moves", [
+    ("", "", "lambda_task 1 only trains it away from the teacher"),  # a tester's o09 (T1): no warning
+    ("", "      lambda_task: 0\n", "its 5 steps leave it where it is"),
+    ("  - importance: {buckets: 2}\n", "", "lambda_task 1 only"),  # o01's: importance measures only
+])
+def test_a_distill_before_any_pass_that_changes_the_student_is_warned_at_its_line(capsys, before, more, moves):
+    """A distill whose student is still the teacher: its distillation losses have nothing to recover,
+    warned (not refused: fine-tuning is legal) at the pass's line, with how to fine-tune without it."""
+    from tests.test_runner_checks import _check
+
+    _check(before + FIRST.format(more=more))
+    said = " ".join(capsys.readouterr().err.split())
+    line = 6 if before else 5
+    assert f"warning: r.yaml:{line}: {FIRST_WORDS}, so its distillation losses (lambda_out, lambda_feat) have " \
+           f"nothing to recover and {moves}" in said, said
+    assert "set lambda_out: 0 and lambda_feat: 0 (no warning then)" in said, said
+
+
+@pytest.mark.parametrize("passes, warned", [
+    ("  - svd:\n      fisher: none\n      targets: [attention]\n      ratio: 0.5\n" + FIRST.format(more=""), 0),
+    ("  - remove_blocks: {blocks: {double: [1]}}\n" + FIRST.format(more=""), 0),
+    (FIRST.format(more="      lambda_out: 0\n      lambda_feat: 0\n"), 0),  # fine-tuning on the task loss
+    (FIRST.format(more="") + FIRST.format(more=""), 1),  # the second starts from what the first trained
+])
+def test_a_distill_after_a_pass_that_changes_the_student_or_a_fine_tuning_is_not_warned(capsys, passes, warned):
+    from tests.test_runner_checks import _check
+
+    _check(passes)
+    said = capsys.readouterr().err
+    assert said.count(FIRST_WORDS) == warned and (not warned or "r.yaml:5: " + FIRST_WORDS in said), said
