@@ -125,11 +125,20 @@ def _check_blocks(base: nn.Module, to_base: dict, source: str, student: nn.Modul
     counts = adapter.block_counts(base)
     wrong = f"it is not the model the chain was compressed from; put that back, or {OUT}"
     if (past := block_beyond(to_base, counts)) is not None:  # resolve_block_map's rule, in words of the base
-        group, block = past
+        group = past[0]
         raise _refused(f"compares the student's '{group}' blocks with the base's blocks they descend from, and "
-                       f"the chain's base {source} has {counts.get(group, 0)} of them, not block {block}: {wrong}")
+                       f"the chain's base {source} {_has_not(counts.get(group, 0), to_base[group])}: {wrong}")
     if student is not None:
         try:
             resolve_block_map(adapter, student, base, to_base)
         except UserError as e:
             raise _refused(f"(the chain's base {source}) does not fit the student's blocks ({e}): {wrong}") from None
+
+
+def _has_not(count: int, mapping: list[int]) -> str:
+    """What a base of `count` blocks of a group has, and which of the blocks `mapping` names it has not:
+    'has 2 of them (0..1), so no block 2 or 3'; 'has none of them, so no block 0'."""
+    past = list(dict.fromkeys(i for i in mapping if not 0 <= i < count))
+    named = ", ".join(map(str, past[:-1])) + " or " + str(past[-1]) if len(past) > 1 else str(past[0])
+    has = {0: "has none of them", 1: "has 1 of them (block 0)"}.get(count, f"has {count} of them (0..{count - 1})")
+    return f"{has}, so no block {named}"

@@ -127,9 +127,23 @@ def test_a_base_of_other_blocks_is_refused_with_or_without_feature_kd(tmp_path, 
     student, to_a = _student(a)
     tiny_pixart(num_layers=2).save_pretrained(tmp_path / "base")  # over the base
     with pytest.raises(UserError, match=r"^distill.kd_teacher: base compares the student's 'blocks' blocks with "
-                                        r"the base's .* has 2 of them, not block 2: it is not the model") as e:
+                                        r"the base's .* has 2 of them \(0..1\), so no block 2: it is not the "
+                                        r"model") as e:
         _run(student, a, to_a, tmp_path / "run", kd_teacher="base", lambda_feat=lambda_feat)
     assert "lambda_feat" not in str(e.value)
+
+
+@pytest.mark.parametrize("layers, said", [(2, "has 2 of them (0..1), so no block 2 or 3"),
+                                          (1, "has 1 of them (block 0), so no block 2 or 3")])
+def test_a_base_short_of_several_blocks_names_them_all(tmp_path, layers, said):
+    """The student is a whole (its blocks the base's 0, 2, 3) and the base now has fewer: the refusal
+    named the first block past it, in words that read as if the base had the rest ('has 2 of them, not
+    block 2'). Now what the base has, and every block it has not."""
+    _, a = _chain(tmp_path)
+    tiny_pixart(num_layers=layers).save_pretrained(tmp_path / "base")  # over the base
+    with pytest.raises(UserError, match=r"^distill.kd_teacher: base compares the student's 'blocks' blocks") as e:
+        _run(copy.deepcopy(a), a, None, tmp_path / "run", kd_teacher="base", lambda_feat=0.0)
+    assert f"the chain's base {(tmp_path / 'base').resolve()} {said}: it is not the model" in str(e.value)
 
 
 def test_a_base_whose_block_count_does_not_fit_the_student_is_refused(tmp_path):
