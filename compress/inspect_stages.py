@@ -15,7 +15,8 @@ from compress.report_fit import fitted_table
 TITLE = "stages: each pass's params and its error on held-out inputs"
 COLUMNS = [("stage", "left"), ("params", "right"), ("of teacher", "right"), ("teacher-relative error", "right"),
            ("against the chain's base", "right")]
-LEFT_OUT_FIRST = ("params", "of teacher")  # where a terminal is too narrow for them all: the errors stay
+# where a terminal is too narrow for them all, first to last: the teacher-relative error stays
+LEFT_OUT_FIRST = ("params", "of teacher", "against the chain's base")
 
 
 def stages_record(report: dict) -> dict | None:

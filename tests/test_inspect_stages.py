@@ -99,7 +99,24 @@ def test_the_stages_table_fits_the_terminal_with_its_errors_whole(tmp_path, caps
     monkeypatch.setattr(results, "_width", width)
     printed = _inspected(tmp_path, capsys, REPORT)
     table = printed[printed.index("stages: "):]
-    assert max(len(line) for line in table.splitlines() if line[:1] in "┏┃┡│└") <= width and "…" not in table
+    drawn = [line for line in table.splitlines() if line[:1] in "┏┃┡│└"]
+    assert max(map(len, drawn)) <= width and "…" not in table
     assert all(cell in table for cell in ("0.4208", "0.4197", "0.6042", "0.05123"))
     assert all(piece in table for piece in ("remove_", "blocks", "distill", "svd", "teacher"))
     assert ("left out to fit" in table) == (width == 40)  # headers wrap at their spaces first
+
+
+def test_a_terminal_too_narrow_for_both_errors_leaves_the_base_s_out_and_cuts_no_cell(tmp_path, capsys, monkeypatch):
+    """30 columns (a split pane): the stage and both error columns did not fit, and rich cut the numbers
+    and headers ('0.6…', 'tea…'). Now the error against the chain's base goes after params and of
+    teacher, named in the caption, and the teacher-relative errors stay whole."""
+    from compress.report import results
+
+    monkeypatch.setattr(results, "_width", 30)
+    printed = _inspected(tmp_path, capsys, REPORT)
+    table = printed[printed.index("stages: "):]
+    drawn = [line for line in table.splitlines() if line[:1] in "┏┃┡│└"]
+    assert max(map(len, drawn)) <= 30 and "…" not in table
+    assert all(cell in table for cell in ("0.4208", "0.4197", "0.05123")) and "0.6042" not in table
+    said = " ".join(table.split())
+    assert "columns params, of teacher, against the chain's base left out to fit 30 terminal columns" in said
