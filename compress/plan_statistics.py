@@ -42,11 +42,12 @@ def svd_statistics(targets: list, paired: bool, sequential: bool, config=None) -
     with a reference stream (`paired`: svd_decisions.fits_asymmetrically) a block input's cross term (d, d) and
     the reference's sum (d,) too; an output Gram (out, out) its sum (out,) and Σ x² (in,).
     {"held": bytes kept from the walk's start to its end (the conditioning's, the top level's, inputs
-    shared by every block), "block": the largest of a block's own, "where": that block ("group index"), "module": its module name,
-    "bytes": the peak, held and that block's, twice over with within-block `sequential` calibration
-    (a level's statistics of one more run of the block beside the block's and the level's before:
-    a bound), "sequential", "factorize": bytes of the float64 temporaries factorizing its widest target
-    (`factorize_bytes`, as the pass's `config` fits and centers it), "widest": that target, "taps": per target what plan_fisher.fisher_sweep reads}."""
+    shared by every block), "block": the largest of a block's own, "where": that block ("group index"),
+    "module": its module name, "bytes": the peak, held and that block's, twice over with within-block
+    `sequential` calibration (a level's statistics of one more run of the block beside the block's and
+    the level's before: a bound), "sequential", "factorize": bytes of the float64 temporaries
+    factorizing its widest target (`factorize_bytes`, as the pass's `config` fits and centers it),
+    "widest": that target, "taps": per target what plan_fisher.fisher_sweep reads}."""
     held, blocks, modules = {}, {}, {}
     for info in targets:
         key = stats_key(info)
