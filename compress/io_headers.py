@@ -48,17 +48,30 @@ def check_teacher_weights(src, model: torch.nn.Module) -> None:
     from its config) exactly, names and shapes, read from the headers; a UserError in run's words
     otherwise. See the module's docstring for what is not checked."""
     path = Path(src.source).expanduser()
-    if src.kind == "file" and path.suffix == ".safetensors":
+    if not reads_headers(src):
+        return
+    if src.kind == "file":
         from compress.arch import get_adapter
         from compress.io_single import load_single_file
 
         load_single_file(path, None, src.config_arg, get_adapter(model).family, read=header_tensors)
-    elif src.kind == "folder" and "compression" not in src.config:
+    elif src.kind == "folder":
         from compress.io import transformer_folder
 
         check_folder_weights(transformer_folder(path), model)
-    elif src.kind == "hub" and not src.config_arg and (folder := cached_weights(src.source)) is not None:
-        check_folder_weights(folder, model)
+    else:
+        check_folder_weights(cached_weights(src.source), model)
+
+
+def reads_headers(src) -> bool:
+    """Whether check_teacher_weights reads headers of teacher `src`'s files (a meta model to check them
+    against is worth building): a .safetensors file, a folder but a dit-compress output's, a Hub id's
+    snapshot in the Hugging Face cache with all its safetensors weights (not with --teacher-config)."""
+    if src.kind == "file":
+        return Path(src.source).suffix == ".safetensors"
+    if src.kind == "folder":
+        return "compression" not in src.config
+    return src.kind == "hub" and not src.config_arg and cached_weights(src.source) is not None
 
 
 def cached_weights(repo_id: str) -> Path | None:

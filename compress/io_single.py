@@ -4,6 +4,7 @@ of its transformer beside it or given (`--teacher-config`)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -202,6 +203,26 @@ def config_file(path: Path, config: str | None) -> Path:
     why = f" ({_not_a_file(beside)})" if beside.exists() or beside.is_symlink() else ""
     raise UserError(f"single file {path} has no config.json beside it{why}; pass --teacher-config with "
                     "the diffusers config of the transformer (a folder or config.json)")
+
+
+def given_config(file: Path, given: str, label: str = "--teacher-config") -> dict:
+    """The diffusers config `file` that a teacher config `given` names (the file, or its folder's
+    config.json), read; one that is not JSON (a text file, a checkpoint) a UserError naming it as
+    `label` says it ('--teacher-config', or a recipe's 'PATH:LINE: teacher_config'), not in the
+    JSON decoder's words alone."""
+    try:
+        json.loads(file.read_bytes())
+    except UnicodeDecodeError:
+        why = "not UTF-8 text"
+    except ValueError as e:  # json.JSONDecodeError
+        why = f"line {e.lineno}, column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
+    except OSError:
+        return read_config(file)  # its words: cannot read PATH
+    else:
+        return read_config(file)
+    inside = "" if Path(given).expanduser() == file else f": {file}"
+    raise UserError(f"{label} {given}{inside} is not a JSON config ({why}); give the diffusers config of the "
+                    "transformer (its config.json, or the folder holding it)")
 
 
 def _no_config_file(given: Path) -> str:

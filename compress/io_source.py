@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress.errors import UserError
+from compress.errors import UserError, did_you_mean
 
 if TYPE_CHECKING:
     from compress.inputs import Sampling
@@ -95,14 +95,15 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None, s
     if source.startswith("toy:"):
         from compress.toy.weights import check_toy_name
 
-        _prefixed(where, check_toy_name, source[4:])
+        prefixed(where, check_toy_name, source[4:])
         return "toy"
     path = Path(source).expanduser()
     if path.is_dir():
-        _prefixed(where, transformer_folder, path)
+        prefixed(where, transformer_folder, path)
         return "folder"
     if path.is_file():
-        _prefixed(where, check_suffix, path)
+        prefixed(where, check_suffix, path)
+        prefixed(where, check_header, path)
         if output_weights(path):
             from compress.io_convert import weights_folder
 
@@ -162,7 +163,7 @@ def config_record(config: Path) -> dict | None:
     return None if record is None else record if isinstance(record, dict) else {}
 
 
-def _prefixed(where: str, call, *args):
+def prefixed(where: str, call, *args):
     """call(*args), a UserError it raises said after `where`."""
     try:
         return call(*args)
@@ -178,6 +179,22 @@ def check_suffix(path: Path, expected: str = "a teacher is a folder or a checkpo
         kind = f"file type '{path.suffix}'" if path.suffix else "no file type"
         raise UserError(f"{path} is not a checkpoint: {kind}; {expected} "
                         f"({', '.join(SINGLE_FILE_SUFFIXES)})")
+
+
+def check_header(path: Path) -> None:
+    """A .safetensors file opens (its header read, its length checked; no tensor read): a text file
+    named so, an empty or cut one is said at once, before what a readable teacher would be told."""
+    if path.suffix != ".safetensors":
+        return
+    from safetensors import SafetensorError, safe_open
+
+    from compress.io_tensors import unreadable
+
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except (SafetensorError, OSError, ValueError) as e:
+        raise unreadable(path, e) from None
 
 
 def not_found(source: str, recipe_dir: Path | None = None, problem: str | None = None) -> str:
@@ -219,6 +236,7 @@ class TeacherSource:
     where: str = ""
     hub: bool = True
     sampling: Sampling | None = field(default=None, compare=False, repr=False)
+    config_label: str = field(default="--teacher-config", compare=False, repr=False)  # checked's
 
     @functools.cached_property
     def config(self) -> dict:
@@ -227,13 +245,16 @@ class TeacherSource:
         with `hub` the Hub's transformer/config.json, else the Hugging Face cache's (a Hub id neither
         holds needs --teacher-config)."""
         from compress.io import read_config, read_json
+        from compress.io_single import given_config
 
         if self.kind == "toy":
             from compress.toy.weights import toy_files
 
             return read_json(toy_files(self.source[4:])[0])
         if (file := self.config_file()) is not None:
-            return self._transformer_config(read_config(file), file)
+            given = self.config_arg if self.kind != "folder" else None  # a folder reads its own
+            return self._transformer_config(read_config(file) if given is None else
+                                            given_config(file, given, self.config_label), file)
         if self.source in KNOWN_CONFIGS:
             return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
         if self.hub:
@@ -245,9 +266,11 @@ class TeacherSource:
             return read_config(cached[0])
         held = held_otherwise(self.source)
         held = "" if held is None else f"; the cache holds {held}"
+        meant = did_you_mean(self.source, typos_of(self.source, KNOWN_CONFIGS))  # an id whose config ships
         raise UserError(f"{self.where}cannot find a config for teacher '{self.source}' {cache_only('plan')}: plan "
                         f"reads the configs of local teachers, of Hub ids in the Hugging Face cache {hub_cache()} and "
-                        f"of {', '.join(KNOWN_CONFIGS)}{held}; pass --teacher-config with its transformer's config.json")
+                        f"of {', '.join(KNOWN_CONFIGS)}{held}; pass --teacher-config with its transformer's "
+                        f"config.json{meant}")
 
     def _transformer_config(self, config: dict, file: Path) -> dict:
         """A single file's config (beside it, or --teacher-config) names a transformer's class: one of
@@ -255,7 +278,7 @@ class TeacherSource:
         if self.kind != "folder":  # a file's, or a Hub id's --teacher-config
             from compress.io_single import config_family
 
-            _prefixed(self.where, config_family, config, file, Path(self.source).expanduser())
+            prefixed(self.where, config_family, config, file, Path(self.source).expanduser())
         return config
 
     def config_file(self) -> Path | None:
@@ -267,7 +290,7 @@ class TeacherSource:
         if self.kind == "folder":
             return transformer_folder(path) / "config.json"
         if self.kind == "file" or self.config_arg:
-            return _prefixed(self.where, config_file, path, self.config_arg)
+            return prefixed(self.where, config_file, path, self.config_arg)
         return None
 
     def family(self) -> tuple[str, str] | None:
@@ -285,19 +308,44 @@ class TeacherSource:
         else:
             from compress.pipeline_family import built_class
 
-            family = _prefixed(self.where, lambda: family_of_class(built_class(self.config)))
+            config = self.config  # its errors are said after `where` already: not twice
+            family = prefixed(self.where, lambda: family_of_class(built_class(config)))
         return family, get_adapter(family).class_name
 
+    def has_config(self) -> bool:
+        """Whether a config is at hand to read: a single file's only with --teacher-config or beside it."""
+        path = Path(self.source).expanduser()
+        return self.kind != "file" or bool(self.config_arg) or (path.parent / "config.json").is_file()
+
     def _file_family(self) -> str | None:
-        from compress.io_single import check_config_family, file_family
+        from compress.io_single import check_config_family, detect_family, file_family
 
         path = Path(self.source).expanduser()
-        has_config = self.config_arg or (path.parent / "config.json").is_file()
+        has_config = self.has_config()
         config = self.config if has_config else None  # one of no transformer's is refused, a pickle's too
         family = file_family(path)  # the header's tensor names
+        if family is None and path.suffix == ".safetensors":  # opens (check_source): names of no transformer
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                prefixed(f"{self.where}{path}: ", lambda: detect_family(list(f.keys())))
         if family is not None and has_config:
-            _prefixed(self.where, check_config_family, family, config, self.config_file(), path)
+            prefixed(self.where, check_config_family, family, config, self.config_file(), path)
         return family
+
+
+def typos_of(word: str, options, most: int = 2) -> list[str]:
+    """The `options` `word` is a typo of: at most `most` letters added, dropped or changed, case aside
+    (PixArt-Sigma-XL-2-1024-MSS of -MS), not another name near it (FLUX.1-schnell is no FLUX.1-dev)."""
+    def edits(a: str, b: str) -> int:  # Levenshtein distance, one row at a time
+        row = list(range(len(b) + 1))
+        for i, x in enumerate(a, 1):
+            row, last = [i], row
+            for j, y in enumerate(b, 1):
+                row.append(min(last[j] + 1, row[j - 1] + 1, last[j - 1] + (x != y)))
+        return row[-1]
+
+    return [o for o in options if edits(word.lower(), o.lower()) <= most]
 
 
 def checked(source: str, config: str | None = None, where: str = "", hub: bool = True,
@@ -316,7 +364,7 @@ def checked(source: str, config: str | None = None, where: str = "", hub: bool =
         found = "" if Path(config).expanduser().exists() else f" (nor found: {os.path.abspath(Path(config).expanduser())})"
         warn(f"{config_label} {config} is not read{found}: teacher {source} is {what} "
              f"({config_label.split(': ')[-1]} is the diffusers config of {READS})")
-    return TeacherSource(source, kind, config, where, hub)
+    return TeacherSource(source, kind, config, where, hub, config_label=config_label)
 
 
 def warn_if_beside_recipe(source: str, where: str, recipe_dir: Path | None) -> None:

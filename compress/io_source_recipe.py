@@ -36,12 +36,29 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
                         f"teacher {source}{teacher_given(recipe, teacher)} is a {found[1]} ({found[0]}); set model: "
                         f"{found[0]} or give a {recipe.model} teacher")
+    check_weights(src, teacher)  # a teacher of junk weights said before the calibration it would need
     src.sampling = source_sampling(recipe.calibration, source)  # a pipeline folder's model_index.json read once
     if sampled:
         check_sampled_pipeline(recipe, source, src.sampling, teacher_given(recipe, teacher))
     check_prompt_file(recipe, src.sampling.kind)
     warn_unused_calibration(recipe, src.sampling.kind)
     return src
+
+
+def check_weights(src: TeacherSource, teacher: str | None = None) -> None:
+    """The teacher's weight files fill the model its config describes, names and shapes, from their
+    headers (io_headers.check_teacher_weights, against a meta model: a fraction of a second), where
+    they are there to read and a config is at hand (a single file without one is told so later);
+    an error said where the teacher was given: the recipe's file:line, or --teacher (`teacher`)."""
+    from compress.io_headers import check_teacher_weights, reads_headers
+    from compress.io_source import prefixed
+
+    if not (src.has_config() and reads_headers(src)):
+        return
+    from compress.plan import meta_model
+
+    model = meta_model(src)
+    prefixed("--teacher: " if teacher else src.where, check_teacher_weights, src, model)  # (plan's again: cheap)
 
 
 def check_sampled_pipeline(recipe, source: str, sampled: Sampling, given: str = "") -> None:

@@ -26,7 +26,8 @@ def _refused(teacher, config=None, model="pixart") -> str:
     with pytest.raises(UserError) as e:
         _plan(teacher, config, model)
     assert "\n" not in str(e.value)  # one line, no traceback
-    return str(e.value)
+    assert str(e.value).startswith("r.yaml:2: ")  # where the recipe names the teacher
+    return str(e.value).removeprefix("r.yaml:2: ")
 
 
 def _single(tmp_path, model=None):

@@ -116,8 +116,9 @@ def test_a_safetensors_file_tells_its_family_from_its_header(tmp_path):
 
     save_file(tiny_flux().state_dict(), str(tmp_path / "f.safetensors"))
     assert source_family(str(tmp_path / "f.safetensors")) == ("flux", "FluxTransformer2DModel")
-    (tmp_path / "g.safetensors").write_bytes(b"\0" * 64)  # unreadable: its loader says so
-    assert source_family(str(tmp_path / "g.safetensors")) is None
+    (tmp_path / "g.safetensors").write_bytes(b"\0" * 64)  # unreadable: said at once, before its loader
+    with pytest.raises(UserError, match=r"g.safetensors is not a readable safetensors file \("):
+        source_family(str(tmp_path / "g.safetensors"))
 
 
 @pytest.mark.parametrize("calibration, warned", [
