@@ -25,7 +25,7 @@ from compress.errors import UserError
 from compress.io import config_model_class, from_config
 from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, count_ranges, decided_later,
                                  distill_student, ranged_keys, removal_shares, retargeted, smallest_blocks, spare_bound)
-from compress.plan_memory import beyond_memory, device_memory, peak_memory
+from compress.plan_memory import beyond_memory, device_memory, memory_where, peak_memory, refuse_beyond_disk
 from compress.plan_statistics import svd_statistics
 from compress.plan_words import bounded_keys, where_words
 from compress.io_export import warn_if_export_wider
@@ -129,7 +129,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     calib["source"] = inputs  # how they are drawn: a pipeline source samples the pipeline (minutes)
     calib["toy_pipeline"] = toy
     plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"], passes, sampled.index)
-    _warn_beyond_memory(recipe, plan["memory"])  # --json too (stderr)
+    _warn_beyond_memory(recipe, plan)  # --json too (stderr)
     return plan
 
 
@@ -278,12 +278,19 @@ def svd_targets(p, spec, model, adapter) -> tuple[list, bool, bool]:
     return targets, fits_asymmetrically(spec.config, targets), calibrates_sequentially(spec.config, targets)
 
 
-def _warn_beyond_memory(recipe, memory: dict) -> None:
-    if warning := beyond_memory(memory, device_memory(recipe.device)):
-        warn(f"{recipe.path}: {warning}")
+def _warn_beyond_memory(recipe, plan: dict) -> None:
+    """plan's and run's warning of a peak beyond the memory, at the line of the key that drives it most."""
+    if warning := beyond_memory(plan["memory"], device_memory(recipe.device)):
+        warn(f"{_memory_where(recipe, plan)}: {warning}")
 
 
-def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list) -> bool:
+def _memory_where(recipe, plan: dict) -> str:
+    """Where the recipe gives the key that drives the peak most (memory_where), its `teacher:` line
+    not where --teacher named another teacher (the one planned)."""
+    return memory_where(recipe, plan["memory"], str(plan["teacher"]) != str(recipe.teacher))
+
+
+def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list, run_dir: Path | None = None) -> bool:
     """`plan`'s warning of a peak beyond the machine's memory, for `run` before it loads the teacher:
     the recipe planned on a meta teacher (a fraction of a second) from the sources and passes the run
     checked and made already (`make_plan`), the plan's other notes held back (the run says them as
@@ -297,7 +304,9 @@ def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list) -> bool:
             plan = make_plan(recipe, sources=sources, passes=passes)
     except UserError:
         return calibrates(passes)
-    _warn_beyond_memory(recipe, plan["memory"])
+    if run_dir is not None:  # a peak no spill could hold: refused before the teacher loads, not warned
+        refuse_beyond_disk(recipe, plan["memory"], run_dir, _memory_where(recipe, plan))
+    _warn_beyond_memory(recipe, plan)
     return plan["calibration"]["used"]
 
 

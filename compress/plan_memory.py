@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from compress.calib_footprint import human_size
+from compress.errors import UserError
 from compress.passes.svd_fisher_budget import settle_auto
 from compress.plan_fisher import fisher_backward, fisher_sweep, on_device
 from compress.plan_fisher import part as _part
@@ -310,8 +311,49 @@ def beyond_memory(memory: dict, have: tuple[int, str] | None) -> str | None:
     that make most of it, each with the keys that drive it; None when it fits or is unknown."""
     if have is None or memory["bytes"] <= have[0]:
         return None
-    big = sorted(memory["parts"], key=lambda p: -p["bytes"])
-    big = [p for p in big if p["bytes"] >= memory["bytes"] / 10] or big[:1]
-    drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])}{_drives(p)}" for p in big)
+    drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])}{_drives(p)}" for p in _big(memory))
     return (f"the run would hold about {human_size(memory['bytes'])} at its peak, more than the "
             f"{human_size(have[0])} {have[1]} has: {drivers}")
+
+
+def _big(memory: dict) -> list[dict]:
+    """The parts that make most of the peak: each a tenth of it or more (else the largest), largest first."""
+    big = sorted(memory["parts"], key=lambda p: -p["bytes"])
+    return [p for p in big if p["bytes"] >= memory["bytes"] / 10] or big[:1]
+
+
+def memory_where(recipe, memory: dict, teacher_given: bool = False) -> str:
+    """'PATH:LINE' (or 'PATH (--set KEY)') of the recipe key that drives the estimated peak most: the
+    first key of its largest parts the recipe (or a --set) gives; PATH where it gives none of them
+    (defaults). teacher_given: --teacher named the teacher, so the recipe's `teacher:` line drives nothing."""
+    from compress.recipe_where import recipe_where
+
+    for part in _big(memory):
+        for key in part["keys"]:
+            if key in getattr(recipe, "keys", {}) and not (key == "teacher" and teacher_given):
+                return recipe_where(recipe, key)
+    return recipe.path
+
+
+def refuse_beyond_disk(recipe, memory: dict, run_dir: Path, where: str) -> None:
+    """`run`'s refusal, before it loads the teacher, of an estimated peak (`memory`: peak_memory's) more
+    than the memory there is (this machine's, and a CUDA device's beside it where the run computes on one)
+    and the disk free under `run_dir` together. calibration.spill_activations moves at most the
+    calibration activations to that disk and the rest of the peak stays in memory, so such a peak fits
+    whatever the recipe spills in no way: the run would only fail once its passes had computed, out of
+    memory or of disk. A bound of what cannot fit, not a guess (as a factor of the memory would be):
+    a peak a spill could bring within memory is only warned (beyond_memory). `where`: memory_where's."""
+    from compress.runner_memory import free_bytes
+
+    room = [machine_memory()]  # (cgroup-limited), and the GPU's where the run computes on one
+    if _device_name(recipe.device).startswith("cuda"):
+        room.append((device_memory(recipe.device) or (None,))[0])
+    disk = free_bytes(run_dir)
+    if None in room or disk is None or memory["bytes"] <= sum(room) + disk:
+        return
+    drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])} ({', '.join(p['keys'])})" if p["keys"] else
+                        f"{p['what']} {human_size(p['bytes'])}" for p in _big(memory))
+    raise UserError(f"{where}: the run would hold about {human_size(memory['bytes'])} at its peak, more than the "
+                    f"memory there is ({human_size(sum(room))}) and the disk free under {run_dir} "
+                    f"({human_size(disk)}) together: it fits in no way, not even with "
+                    f"calibration.spill_activations: true; {drivers}")

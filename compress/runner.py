@@ -35,6 +35,7 @@ from compress.runner_setup import DTYPES, check_reference, resolve_device, sigte
 from compress.runner_heldout import check_kept, check_stage
 from compress.runner_stages import handed_over, restore, save_stage, say_read_back, stage_dir
 from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
+from compress.runner_memory import spill_short
 from compress.runner_stream import models_for, tidy_scratch
 from compress.stream_files import WeightsChanged
 
@@ -102,7 +103,8 @@ class Runner:
                 if isinstance(e, WeightsChanged):  # the work so far is kept: say so, as for a full disk
                     raise WeightsChanged(f"{self._doing_words()}: {e}{self._kept()}") from None
                 if is_out_of_memory(e):
-                    raise out_of_memory(e, self.recipe, getattr(self, "passes", []), self.doing, self._kept()) from None
+                    raise out_of_memory(e, self.recipe, getattr(self, "passes", []), self.doing, self._kept(),
+                                        spill_short(getattr(self, "activation_bytes", None), self.run_dir)) from None
                 if disk_full_words(e) is not None:
                     raise disk_full(e, self.recipe, self.doing, self.out, self.run_dir, self._kept()) from None
                 if several_processes() and peer_lost_in(e):

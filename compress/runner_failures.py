@@ -89,9 +89,10 @@ def disk_full_line(e: BaseException, doing: str, folder: Path, flag: str) -> str
 HELDOUT = "the teacher's held-out predictions"  # the runner's phase of that name
 
 
-def memory_hints(recipe, passes, doing) -> str:
+def memory_hints(recipe, passes, doing, spill_short: str = "") -> str:
     """What in `recipe` lowers the memory of pass `doing` (an index into `passes`) or of a phase of
-    the run (its words), as 'a, b or c'."""
+    the run (its words), as 'a, b or c'. `spill_short`: why calibration's activations would not fit the
+    run folder's disk spilled (runner_memory.spill_short): fewer calibration inputs, not a spill, then."""
     p = passes[doing] if isinstance(doing, int) and doing < len(passes) else None
     calibrated = getattr(p, "needs_calibration", False)
     hints = []
@@ -106,7 +107,8 @@ def memory_hints(recipe, passes, doing) -> str:
     if not recipe.stream and _streamable(p):
         hints.append("stream: true")
     if calibrated and not recipe.calibration.spill_activations:
-        hints.append("calibration.spill_activations: true")
+        hints.append(f"fewer calibration inputs ({spill_short})" if spill_short
+                     else "calibration.spill_activations: true")
     if not hints:
         return "a machine with more memory"
     return ", ".join(hints[:-1]) + f" or {hints[-1]}" if len(hints) > 1 else hints[0]

@@ -170,6 +170,18 @@ def statistics_on_disk(targets: list, paired: bool, sequential: bool) -> int:
     return svd_statistics(targets, paired, sequential)["held"] + own * (2 if sequential else 1)
 
 
+def spill_short(activation_bytes: int | None, run_dir: Path) -> str:
+    """Why calibration's activations (`activation_bytes`, calib_footprint's, None: not estimated) would
+    not fit the disk free under `run_dir` spilled (calibration.spill_activations writes them there):
+    'spilled, their X would not fit the Y free under RUN_DIR'; '' where they would or either is unknown."""
+    from compress.calib_footprint import human_size
+
+    free = free_bytes(run_dir) if activation_bytes else None
+    if free is None or activation_bytes <= free:
+        return ""
+    return f"spilled, their {human_size(activation_bytes)} would not fit the {human_size(free)} free under {run_dir}"
+
+
 def free_bytes(folder: Path) -> int | None:
     """Free space of the disk holding `folder` (or its nearest existing parent)."""
     folder = Path(folder).resolve()

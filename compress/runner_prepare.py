@@ -129,8 +129,9 @@ def _checked_before_loading(runner):
         # (of another teacher: said as --resume would, its source and --teacher-config compared)
         check_run_folder(runner.run_dir, runner.recipe.raw, runner.passes,
                          named_teacher(src.source, runner.teacher_config), runner.recipe, runner.config_by)
-    # warns only (an estimate); whether some pass reads calibration inputs, as plan says (`_warn_of_memory`)
-    runner.calibrates = warn_if_beyond_memory(runner.recipe, src, runner.passes)
+    # warns (an estimate), refusing only a peak more than the memory and the run folder's free disk together;
+    # whether some pass reads calibration inputs, as plan says (`_warn_of_memory`)
+    runner.calibrates = warn_if_beyond_memory(runner.recipe, src, runner.passes, runner.run_dir)
     warn_if_export_wider(runner.recipe, src)  # plan's warning (its make_plan above is quiet)
     return src
 
@@ -163,6 +164,7 @@ def _warn_of_memory(runner, weights: dict | None, toy: bool) -> None:
         return
     held = (footprint(runner.recipe, runner.source, runner.teacher.config, len(runner.prompts or ()), toy=toy)
             if runner.calibrates else NO_ACTIVATIONS)
+    runner.activation_bytes = held["bytes"]  # whether spilling them would fit the run folder's disk (out of memory)
     spilled = runner.recipe.calibration.spill_activations
     if weights is not None:  # weights and activations together, against what is free
         warn_if_streamed_too_big(weights, held, DTYPES[runner.recipe.compute_dtype], runner.device, spilled)

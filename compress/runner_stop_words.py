@@ -40,10 +40,11 @@ def kept_note(run_dir: Path, recipe, passes, doing, resume: bool, main: bool, fi
     return resume_note(run_dir, recipe, passes, fingerprint, calls() if calls else None)
 
 
-def out_of_memory(e: BaseException, recipe, passes, doing, kept: str) -> OutOfMemory:
+def out_of_memory(e: BaseException, recipe, passes, doing, kept: str, spill_short: str = "") -> OutOfMemory:
     """One line: what ran out of which memory, what to change in the recipe, and what the run
-    folder keeps for --resume (`kept`: a `kept_note`)."""
-    hints = memory_hints(recipe, passes, doing)
+    folder keeps for --resume (`kept`: a `kept_note`). `spill_short`: why calibration's activations
+    would not fit the run folder's disk spilled (runner_memory.spill_short), or ''."""
+    hints = memory_hints(recipe, passes, doing, spill_short)
     return OutOfMemory(f"{doing_words(recipe, doing)} ran out of {memory_in_words(e)}; try {hints}{kept}")
 
 

@@ -78,7 +78,9 @@ def test_plan_warns_when_calibration_activations_would_not_fit_and_names_their_k
     plan, err = _plan_beyond(monkeypatch, capsys, "{num_prompts: 100000000}")
     assert plan["memory"]["bytes"] > 2**30
     line = " ".join(err.split())  # rich wraps nothing (soft_wrap), but be safe
-    assert line.startswith("warning: r.yaml: the run would hold about ") and "more than the 1.0 GiB this machine has" in line
+    # at the line of the key that drives it (it said 'r.yaml: the run would ...', a tester's n14)
+    assert line.startswith("warning: r.yaml:4: the run would hold about ")
+    assert "more than the 1.0 GiB this machine has" in line
     assert re.search(r"calibration activations [0-9.]+ GiB \(calibration\.num_prompts, calibration\.timesteps, "
                      r"calibration\.cfg_branches; or calibration\.spill_activations: true\)$", line)
     _, err = _plan_beyond(monkeypatch, capsys, "{num_prompts: 10}")
@@ -134,6 +136,7 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
     import compress.io_source as io_source
     import compress.plan_memory as pm
     import compress.runner as runner
+    import compress.runner_memory as runner_memory
     import compress.runner_prepare as runner_prepare
 
     class Loading(Exception):
@@ -144,6 +147,7 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
 
     monkeypatch.setattr(runner_prepare, "load_checked_teacher", load)
     monkeypatch.setattr(pm, "machine_memory", lambda: 2**30)
+    monkeypatch.setattr(runner_memory, "free_bytes", lambda folder: 2**60)  # spilled, it would fit: warned only
     # the run's source check fetches a Hub id's config before the warning (here: PixArt-Σ's, which it
     # could plan on, and does not: the warning is of recipes planned offline)
     shipped = io_source.checked("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", hub=False).config
@@ -158,7 +162,7 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
         return " ".join(str(e.value).split())
 
     said = said_before_loading("{num_prompts: 100000000}")
-    assert said.startswith(f"warning: {tmp_path}/r.yaml: the run would hold about ")
+    assert said.startswith(f"warning: {tmp_path}/r.yaml:4: the run would hold about ")
     assert "more than the 1.0 GiB this machine has" in said and said.count("warning") == 1  # the plan's notes held back
     assert "warning" not in said_before_loading("{num_prompts: 10}")
     assert said_before_loading("{num_prompts: 100000000}", "someone/not-shipped") == ""  # not planned offline: the run's checks say

@@ -278,3 +278,54 @@ def test_statistics_of_targets_no_block_holds_are_named_without_a_block(tmp_path
     assert plan["passes"][0]["statistics"]["where"] is None
     words = [p["what"] for p in plan["memory"]["parts"] if p["what"].startswith("svd statistics")]
     assert words == ["svd statistics (float64; held over the whole walk, no block's own)"]
+
+
+def test_run_refuses_a_peak_beyond_the_memory_and_the_run_folders_free_disk(monkeypatch, capsys, tmp_path):
+    """calibration.num_prompts: 1000000000 (a tester's c48): plan warned, run computed, ran out of memory in
+    its first pass and advised calibration.spill_activations: true (~300 TB on disk). A peak more than the
+    memory and the run folder's free disk together fits however the run spills: refused before the teacher
+    loads, at the line of the key that drives it; one a spill could hold is warned only (test_plan)."""
+    import compress.plan_memory as pm
+    import compress.runner_memory as rs
+    import compress.runner_prepare as runner_prepare
+    from compress.errors import UserError
+    from compress.runner import Runner
+
+    def load(*args, **kwargs):
+        raise AssertionError("the teacher loaded")
+
+    monkeypatch.setattr(runner_prepare, "load_checked_teacher", load)
+    monkeypatch.setattr(pm, "machine_memory", lambda: 2**30)
+    monkeypatch.setattr(rs, "free_bytes", lambda folder: 2 * 2**30)
+    text = ("model: pixart\nteacher: toy:pixart\ndevice: cpu\ncalibration:\n  num_prompts: 100000000\n"
+            "passes:\n  - svd: {fisher: none}\n")
+    recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
+    with pytest.raises(UserError) as e:
+        Runner(recipe, tmp_path / "out", tmp_path / "run").prepare()
+    said = str(e.value)
+    assert said.startswith(f"{tmp_path}/r.yaml:5: the run would hold about 61035.") and said.endswith(
+        f"at its peak, more than the memory there is (1.0 GiB) and the disk free under {tmp_path / 'run'} (2.0 GiB) "
+        "together: it fits in no way, not even with calibration.spill_activations: true; calibration activations "
+        "61035.2 GiB (calibration.num_prompts, calibration.timesteps, calibration.cfg_branches)"), said
+    assert "warning" not in capsys.readouterr().err  # its warning's spill advice not said before it
+
+
+def test_the_memory_warning_names_the_line_of_the_key_that_drives_it():
+    """plan's warning said 'r.yaml: the run would hold ...' (a tester's n14): the line of the first key of its
+    largest part the recipe gives (or its --set), the recipe alone where it gives none (defaults)."""
+    from compress.plan_memory import memory_where
+
+    recipe = parse_recipe("model: pixart\nteacher: toy:pixart\ncalibration:\n  timesteps: 4\npasses:\n  - svd\n",
+                          "r.yaml", ["calibration.num_prompts=9"])
+    part = {"what": "calibration activations", "bytes": 9, "fix": "",
+            "keys": ["calibration.num_prompts", "calibration.timesteps"]}
+    weights = {"what": "teacher and student weights", "bytes": 100, "keys": ["teacher", "compute_dtype"], "fix": ""}
+    assert memory_where(recipe, _peak(part)) == "r.yaml (--set calibration.num_prompts)"
+    assert memory_where(recipe, _peak(dict(part, keys=["calibration.timesteps"]))) == "r.yaml:4"
+    assert memory_where(recipe, _peak(part, weights)) == "r.yaml:2"  # the largest part's key first
+    assert memory_where(recipe, _peak(part, weights), teacher_given=True) == "r.yaml"  # --teacher: not line 2
+    assert memory_where(recipe, _peak(dict(part, keys=["calibration.batch_size"]))) == "r.yaml"
+
+
+def _peak(*parts: dict) -> dict:
+    return {"bytes": sum(p["bytes"] for p in parts), "parts": list(parts)}

@@ -77,6 +77,28 @@ def test_running_out_of_memory_names_the_pass_and_what_to_change(tmp_path, monke
     assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err
 
 
+def test_running_out_of_memory_advises_no_spill_the_run_folders_disk_cannot_hold(tmp_path, monkeypatch, capsys):
+    """calibration.num_prompts: 1000000000 ran out of memory advising calibration.spill_activations: true,
+    about 300 TB on disk (a tester's c48): where the activations would not fit the disk free under the run
+    folder, fewer calibration inputs instead, saying why."""
+    import compress.runner_memory as runner_memory
+    from compress.passes import svd
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+    monkeypatch.setattr(runner_memory, "free_bytes", lambda folder: 0)
+
+    def too_big(self, model, ctx):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3200000000000 bytes.")
+
+    monkeypatch.setattr(svd.SVDPass, "run", too_big)
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "compute_dtype: bfloat16 or fewer calibration inputs (spilled, their 0 MiB would not fit the 0 MiB free " \
+           f"under {tmp_path / 'run'}); " in err and "spill_activations" not in err, err
+
+
 @pytest.mark.parametrize("stop", ["memory", "disk", "peer", "peer in pass 1"])
 def test_a_stop_with_the_output_there_says_the_rerun_needs_overwrite(tmp_path, monkeypatch, capsys, stop):
     """A run with --overwrite stopped (out of memory, a full disk, a lost peer) before it replaced the
