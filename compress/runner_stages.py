@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from compress.calib_prompts import prompts_in_words
 from compress.errors import UserError
+from compress.interrupts import interrupts_held
 from compress.passes.importance import write_atomically
 from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
@@ -72,8 +73,12 @@ def _restored(runner):
     stages = runner.run_dir / "stages"
     runner.student_stage = None  # the saved stage folder that holds the student (hand_off)
     if not runner.resume:  # a finished run's, or discarded with --restart (check_run_folder)
+        # a finished run's stages that --resume would keep go only once this run saves its first one
+        # (`_discard_finished`): a Ctrl-C before leaves them, as the note (runner_prepare.note_reusable) says
+        runner.finished_stages = not runner.restart and bool(_kept_of_finished(runner))
         if is_main_process():
-            shutil.rmtree(stages, ignore_errors=True)
+            if not runner.finished_stages:
+                shutil.rmtree(stages, ignore_errors=True)
             for checkpoints in runner.run_dir.glob("distill*/checkpoints"):
                 shutil.rmtree(checkpoints, ignore_errors=True)
             discard(runner.run_dir)
@@ -107,6 +112,14 @@ def _restored(runner):
     student = runner.models.restore(d)
     _finish_adopting(runner, k, student, d)
     return k + 1, student
+
+
+def _kept_of_finished(runner) -> int:
+    """How many passes --resume keeps of the finished run in the run folder (0: none, or not finished), as
+    the note of a rerun over it says (runner_prepare.note_reusable)."""
+    from compress.runner_prepare import _kept_stage  # (it imports this module: imported here, not above)
+
+    return _kept_stage(runner)
 
 
 def resuming_words(done: int, names: list[str], written: bool) -> str:
@@ -306,6 +319,7 @@ def save_stage(runner, i: int, student, record: bool = True):
     if not is_main_process():
         return
     say_read_back_at_end(runner, i)  # Runner._stage saves pass i's stage once it ran: what it read back
+    _discard_finished(runner)
     d = stage_dir(runner, i)
     if record and runner.recipe.stream and runner.models.blocks is not None:
         write_record(runner.run_dir, i, _state(runner), student, runner.models.blocks)
@@ -314,6 +328,21 @@ def save_stage(runner, i: int, student, record: bool = True):
     # streamed: later reads come from this stage, and the spill and older stages go (only once
     # this stage is complete, so an interruption always leaves one to resume from)
     runner.models.adopt(student, d)
+
+
+def _discard_finished(runner) -> None:
+    """The finished run's stages that a rerun without --resume started over (`_restored` left them):
+    deleted as its first stage of its own is saved, FINISHED first (a Ctrl-C amid them leaves no finished
+    run of missing stages), this run's RUN_RECORD kept."""
+    if not getattr(runner, "finished_stages", False):
+        return
+    stages = runner.run_dir / "stages"
+    with interrupts_held():  # (moments)
+        (stages / FINISHED).unlink(missing_ok=True)
+        for entry in stages.iterdir() if stages.is_dir() else ():
+            if entry.name != RUN_RECORD:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+    runner.finished_stages = False
 
 
 def _state(runner) -> dict:

@@ -267,3 +267,42 @@ def test_what_an_earlier_pass_of_the_same_run_measured_is_said_to_be_its(tmp_pat
     assert main(argv + ["--overwrite"]) == 0  # a rerun: pass 1 reads it back, and pass 2 finds an earlier run's
     said = [line for line in capsys.readouterr().err.splitlines() if "(svd) finds" in line]
     assert [line.split(" that ")[1].split(":")[0] for line in said] == ["an earlier run measured"] * 2, said
+
+
+@pytest.mark.parametrize("stopped_in", ["remove_blocks", "svd"])
+def test_a_rerun_over_a_finished_run_discards_its_stages_only_as_it_saves_its_first(tmp_path, monkeypatch, capsys,
+                                                                                   stopped_in):
+    """A plain rerun over a finished run notes that --resume keeps its passes ('Ctrl-C now and add --resume to
+    keep them'), but deleted its stages at once: a Ctrl-C a second later kept none. They go only as the rerun
+    saves its first stage: a Ctrl-C in its first pass leaves the finished run as it was (--resume keeps both
+    passes and runs none); one in its second pass leaves the rerun's first stage alone."""
+    from compress.passes import remove_blocks, svd
+
+    pixart_runner(tmp_path, monkeypatch)  # r.yaml: remove_blocks (blocks [0]), then svd
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    stages = tmp_path / "run" / "stages"
+    before = {p.name: p.stat().st_mtime_ns for p in stages.iterdir() if p.name != "run.json"}
+    assert sorted(before) == ["0-remove_blocks", "1-svd", "finished.json"]
+    capsys.readouterr()
+
+    def stop(self, model, ctx):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(svd.SVDPass if stopped_in == "svd" else remove_blocks.RemoveBlocksPass, "run", stop)
+        assert main(argv + ["--out", str(tmp_path / "out2")]) == 130
+    said = " ".join(capsys.readouterr().err.split())
+    assert "holds a finished run that shares all 2 passes with this recipe: starting over" in said
+    left = {p.name: p.stat().st_mtime_ns for p in stages.iterdir() if p.name != "run.json"}
+    if stopped_in == "svd":  # the rerun's own first stage saved: the finished run's are gone
+        assert sorted(left) == ["0-remove_blocks"] and left["0-remove_blocks"] != before["0-remove_blocks"]
+        assert "keeps its work (1 of 2 passes done, " in said
+        return
+    assert left == before  # as it was
+    assert ("interrupted; " + str(tmp_path / "run") + " still holds the finished run's stages: rerun with --resume "
+            "to keep its first 2 passes (with the same teacher)") in said
+    with monkeypatch.context() as m:
+        m.setattr(remove_blocks.RemoveBlocksPass, "run", stop)
+        m.setattr(svd.SVDPass, "run", stop)  # neither runs again
+        assert main(argv + ["--out", str(tmp_path / "out2"), "--resume"]) == 0
+    assert "all 2 passes were done (remove_blocks, svd): writing the output again" in capsys.readouterr().err
