@@ -54,6 +54,8 @@ def test_a_model_check_names_the_line_of_its_key(options, where, words):
     ("      count:\n        double: 1\n        single: 9\n", 8,
      "remove_blocks: removing 9 blocks of group 'single', which has 3,"),
     ("      count:\n        single: 1\n        triple: 1\n", 8, "flux has no block group 'triple'"),
+    ("      count:\n        doubel: 1\n", 7,  # no did-you-mean, unlike every other key (a tester's r04)
+     r"flux has no block group 'doubel'; did you mean 'double'\? \(groups: double, single\)$"),
     ("      blocks:\n        double: [0]\n        single: [1, 7]\n", 8, "remove_blocks: block index 7 out"),
     ("      blocks:\n        double: [0]\n        single:\n          - 1\n          - 1\n", 10,
      "remove_blocks.blocks.single lists block 1 twice"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.errors import UserError
+from compress.errors import UserError, did_you_mean
 
 ROLES = ("attention", "cross_attention", "mlp", "modulation", "embedding", "output")
 
@@ -60,8 +60,9 @@ class Adapter:
         for g in self.groups:
             if g.name == name:
                 return g
-        raise UserError(f"{self.family} has no block group '{name}' (groups: "
-                        f"{', '.join(g.name for g in self.groups)})")
+        names = [g.name for g in self.groups]
+        raise UserError(f"{self.family} has no block group '{name}'{did_you_mean(name, names)} (groups: "
+                        f"{', '.join(names)})")
 
     def blocks(self, model: nn.Module, group: str) -> nn.ModuleList:
         return getattr(model, self.group(group).attr)
