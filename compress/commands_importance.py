@@ -31,7 +31,9 @@ def _importance_source(source: str, teacher_arg: str | None, config_arg: str | N
     if _is_recipe(source):
         return load_recipe(source, overrides, command="importance")
     if looks_local(source) and not Path(source).expanduser().exists():
-        raise UserError(f"{source}: no such recipe or teacher")
+        from compress.recipe_folder import meant_recipe
+
+        raise UserError(f"{source}: no such recipe or teacher{meant_recipe(Path(source))}")  # recipes/toy-pixart
     _check_teacher_or_recipe(source)
     if not source.startswith("toy:"):
         raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "

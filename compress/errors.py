@@ -59,6 +59,12 @@ def did_you_mean(word: str, options) -> str:
     """'; did you mean 'X'?' for the closest of `options`, or ''. Case aside: CDUA is told 'cuda', SVD
     'svd', DEVICE 'device', the option named as `options` spell it; where two are as close, the one
     closer in case too (then, as difflib's get_close_matches, the later in sort order)."""
+    best = closest(word, options)
+    return f"; did you mean '{best}'?" if best is not None else ""
+
+
+def closest(word: str, options) -> str | None:
+    """did_you_mean's option, as `options` spell it, or None where none is close (a ratio under 0.6)."""
     import difflib
 
     def closeness(option: str, lower: bool) -> float:  # as get_close_matches scores it (word as seq2)
@@ -67,7 +73,7 @@ def did_you_mean(word: str, options) -> str:
 
     scored = [(closeness(o, True), closeness(o, False), o) for o in map(str, options)]
     best = max((s for s in scored if s[0] >= 0.6), default=None)
-    return f"; did you mean '{best[2]}'?" if best else ""
+    return best[2] if best else None
 
 
 def as_yaml(value) -> str:

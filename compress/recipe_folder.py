@@ -1,6 +1,7 @@
 """A folder given where a recipe file goes (`dit-compress plan real_flux`): said in one line, with
 what the folder is and what to do with it (inspect an output; make a model folder a recipe's teacher),
-in place of the OS's 'Is a directory'."""
+in place of the OS's 'Is a directory'; a recipe not there, with the one of its folder meant (.yaml
+for .yml, a close name), in place of 'No such file or directory'."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ SHIPPED = {"flux": "recipes/flux-dev-lite.yaml", "pixart": "recipes/pixart-sigma
 
 
 def refuse_folder(path, command: str = "plan") -> None:
-    """A UserError if `path` is a folder: a recipe is a YAML file. `command`: the dit-compress command
-    that was typed (plan, run, importance), which the hint repeats with a recipe."""
+    """A UserError if `path` is a folder: a recipe is a YAML file; or if it is not there: 'no such recipe
+    recipes/toy-pixart.yml; did you mean 'recipes/toy-pixart.yaml'?' (`meant_recipe`), in place of the
+    OS's 'No such file or directory'. `command`: the dit-compress command that was typed (plan, run,
+    importance), which the hint repeats with a recipe."""
     folder = Path(path)
+    if not folder.exists():
+        raise UserError(f"no such recipe {path}{meant_recipe(folder)}")
     if not folder.is_dir():
         return
     head = f"{path}: a folder, where a recipe YAML file was expected"
@@ -47,3 +52,18 @@ def _model(folder: Path) -> tuple[str, str | None] | None:
         return None
     name = config_class(config) or ""
     return "transformer", next((f for f in SHIPPED if f in name.lower()), None)
+
+
+def meant_recipe(path: Path) -> str:
+    """"; did you mean 'X'?" for the recipe `path` is not: a YAML file of its folder of the same name but
+    its suffix (.yml for .yaml, or none), else of the closest name (errors.closest, did_you_mean's); ''
+    where none is close."""
+    from compress.errors import closest
+
+    parent = path.parent
+    if not parent.is_dir():
+        return ""
+    recipes = sorted(p.name for p in parent.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    same = [name for name in recipes if Path(name).stem == path.stem]
+    meant = same[0] if same else closest(path.name, recipes)  # by name: the folder would make all close
+    return f"; did you mean '{parent / meant}'?" if meant else ""

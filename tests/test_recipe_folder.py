@@ -64,3 +64,29 @@ def test_importance_of_a_folder_named_like_a_recipe_says_importance(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.endswith(f"dit-compress importance recipes/flux-dev-lite.yaml --teacher {folder} "
                                             f"(or teacher: {folder} in the recipe)")
+
+
+@pytest.mark.parametrize("given, meant", [
+    ("recipes/toy-pixart.yml", "; did you mean 'recipes/toy-pixart.yaml'?"),  # a tester's c47
+    ("recipes/toy-pixart", "; did you mean 'recipes/toy-pixart.yaml'?"),
+    ("recipes/toy-flux.yaml", "; did you mean 'recipes/toy-flux.yml'?"),
+    ("recipes/toy-pixar.yaml", "; did you mean 'recipes/toy-pixart.yaml'?"),
+    ("recipes/zzzzzz.yaml", ""),  # by name: the folder they share would make every recipe close
+    ("nothere/toy-pixart.yaml", ""),
+])
+def test_a_recipe_not_there_names_the_recipe_of_its_folder_meant(tmp_path, monkeypatch, capsys, given, meant):
+    """`plan recipes/toy-pixart.yml` said the OS's 'recipes/toy-pixart.yml: No such file or directory',
+    though recipes/toy-pixart.yaml was there: the YAML file of that folder of the same name (another
+    suffix), else of a close name, is named; for run, plan and importance, and load_recipe."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    for name in ("toy-pixart.yaml", "toy-flux.yml", "notes.txt"):
+        (tmp_path / "recipes" / name).write_text("model: pixart\n")
+    said = f"no such recipe {given}{meant}"
+    for command in ("run", "plan", "importance"):  # importance of no .yaml: a recipe or a teacher not there
+        assert cli.main([command, given]) == 2
+        words = f"{given}: no such recipe or teacher{meant}" if command == "importance" and "." not in given else said
+        assert capsys.readouterr().err == f"dit-compress: error: {words}\n"
+    with pytest.raises(UserError) as e:
+        load_recipe(given)
+    assert str(e.value) == said
