@@ -171,7 +171,7 @@ def _device(name: str | None) -> torch.device:
 _AUTO = {"auto": "; leave --device out for cuda where torch sees a GPU, else cpu"}  # a recipe's auto
 
 
-def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int = 2,
+def bench(out: str | Path, teacher: str | None = None, repeats: int = 20, batch: int = 2,
           device: str | None = None, loras: list[str] | None = None, teacher_config: str | None = None) -> dict:
     """Teacher vs student step time, parameters and memory (`loras`: --lora, where the LoRAs the
     output took are now, io.load_teacher_of; `teacher`, `teacher_config`: --teacher, --teacher-config,
@@ -180,7 +180,7 @@ def bench(out: Path, teacher: str | None = None, repeats: int = 20, batch: int =
     from compress.commands import given_output
 
     given = out  # its lines name `given`: a Hub id, not the snapshot
-    out = output_folder(given_output(Path(out).expanduser(), "bench"))  # a pipeline folder: its transformer/, as inspect, eval
+    out = output_folder(given_output(out, "bench"))  # a pipeline folder: its transformer/, as inspect, eval
     for name, value in (("--repeats", repeats), ("--batch", batch)):
         if value < 1:
             raise UserError(not_at_least_one(name, value))
@@ -246,7 +246,7 @@ def _middle_half(result: dict) -> str:
 
 
 def bench_command(args) -> int:
-    result = bench(Path(args.out).expanduser(), args.teacher, args.repeats, args.batch, args.device, args.lora,
+    result = bench(args.out, args.teacher, args.repeats, args.batch, args.device, args.lora,
                    args.teacher_config)
     if result["timing_note"]:  # on stderr, as every note: --json keeps it too
         note(result["timing_note"])

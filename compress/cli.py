@@ -8,7 +8,7 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-from compress.cli_parser import build_parser
+from compress.cli_parser import build_parser, empty_path
 from compress.errors import NumericError, UserError, not_at_least_one
 from compress.interrupts import forget_stops, interrupts_held, stop_status
 
@@ -82,7 +82,7 @@ def cmd_plan(args, make_plan, print_plan, load_recipe, to_json) -> int:
 
 @imports_held("compress.inspect:inspect_output")
 def cmd_inspect(args, inspect_output) -> int:
-    inspect_output(Path(args.out).expanduser(), as_json=args.json, plot_dir=args.plot)
+    inspect_output(args.out, as_json=args.json, plot_dir=args.plot)
     return 0
 
 
@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     forget_stops()  # the exit status of a stop is that of the signal that stopped this command
     args = build_parser().parse_args(argv)
     try:
+        if (empty := empty_path(args)) is not None:  # --out '' ran the whole recipe into out/NAME
+            raise UserError(empty)
         _check_numbers(args)
         _check_teacher_options(args)
         try:

@@ -42,6 +42,8 @@ class _CommandParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         parsed, extras = super().parse_known_args(args, namespace)
+        if extras and (meant := set_meant(list(args or []), extras)) is not None:  # --set KEY VALUE
+            self.exit(2, f"dit-compress: error: --set takes KEY=VALUE: {meant}\n")
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}{self._meant(extras)}")
         return parsed, extras
@@ -59,6 +61,51 @@ class _CommandParser(argparse.ArgumentParser):
         if (name := option.lstrip("-").replace("-", "_")) in place:
             return f"; {name} is given by its place, without {option} ({self.prog} {' '.join(place)})"
         return did_you_mean(option, [s for a in self._actions for s in a.option_strings])
+
+
+def set_meant(tokens: list[str], extras: list[str]) -> str | None:
+    """'--set calibration.timesteps=4' where `tokens` (a command's arguments) give --set a KEY without
+    '=' followed by a value, where argparse left arguments over (`extras`): `--set calibration.timesteps 4`,
+    whose 4 was an unrecognized argument (or taken for the recipe, which was then). None otherwise."""
+    for i, token in enumerate(tokens[:-1]):
+        key, at = (tokens[i + 1], i + 2) if token == "--set" else (token.removeprefix("--set="), i + 1)
+        if (token == "--set" or token.startswith("--set=")) and at < len(tokens) and "=" not in key:
+            if not tokens[at].startswith("-"):  # left over, or taken for RECIPE and the recipe left over
+                return f"--set {key}={tokens[at]}"
+    return None
+
+
+# the path arguments of each command, by dest, as its usage names them, and what they name: given
+# empty ('' from an unset shell variable) they are refused (empty_path) before any work (an empty
+# --out ran the whole recipe into the default out/NAME). Not here: --teacher (io_source's check),
+# --plot, --json, --png, --grid (each says what it writes) and convert's FILE (its own words).
+_CONFIG = ("--teacher-config", "file or folder")
+PATH_ARGUMENTS = {
+    "run": {"recipe": ("RECIPE", "file"), "out": ("--out", "folder"), "run_dir": ("--run-dir", "folder"),
+            "teacher_config": _CONFIG},
+    "plan": {"recipe": ("RECIPE", "file"), "teacher_config": _CONFIG},
+    "importance": {"source": ("SOURCE", "recipe or teacher"), "teacher_config": _CONFIG},
+    "inspect": {"out": ("OUT", "folder")},
+    "eval": {"model": ("MODEL", "folder or teacher"), "teacher_config": _CONFIG, "lora": ("--lora", "file or folder")},
+    "bench": {"out": ("OUT", "folder"), "teacher_config": _CONFIG, "lora": ("--lora", "file or folder")},
+    "convert": {"out": ("OUT", "folder"), "teacher_config": _CONFIG},
+    "lora": {"out": ("OUT", "folder"), "lora": ("LORA", "file or folder"), "new": ("NEW", "folder"),
+             "teacher_config": _CONFIG},
+}
+
+
+def empty_path(args) -> str | None:
+    """"--out '' names no folder; give one, or leave --out out" where a path argument of the command
+    (PATH_ARGUMENTS) is given empty or blank (each of a repeated --lora), None where none is."""
+    for dest, (name, noun) in PATH_ARGUMENTS.get(args.command, {}).items():
+        value = getattr(args, dest, None)
+        given = value if isinstance(value, list) else [value]  # --lora: one per LoRA
+        blank = next((v for v in given if isinstance(v, str) and not v.strip()), None)
+        if blank is not None and name.startswith("-"):
+            return f"{name} {blank!r} names no {noun}; give one, or leave {name} out"
+        if blank is not None:
+            return f"{name} {blank!r} names no {noun} (dit-compress {args.command} {name} ...)"
+    return None
 
 
 def _default_folder(parent: str) -> str:

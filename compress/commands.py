@@ -11,7 +11,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import (cast, check_same_architecture, load_teacher, load_teacher_of, looks_local,
                          pipeline_without_transformer, read_config)
-from compress.output_names import is_output
+from compress.output_names import is_output, missing_output, run_output
 from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, output_weights
 from compress.io_source_recipe import checked_sources
@@ -100,6 +100,10 @@ def _cached_output(model: str) -> str:
     where that is an output, as inspect and bench read it (cached_output_said: else one line
     saying how to download it, or that the cache's copy is no output). eval loads no Hub teacher:
     a real teacher is refused as no output (check_measurable), and no Hub id is a toy."""
+    usage = "(eval takes a dit-compress output folder or a teacher)"
+    if (missing := missing_output(model, usage)) is not None:  # a local path: not looked for in the cache
+        raise UserError(missing)
+    _not_a_run_folder(model, "eval")
     cached = cached_output_said(model, "eval")
     return model if cached is None else str(cached)
 
@@ -116,23 +120,37 @@ def cached_output_said(source: str, what: str) -> Path | None:
     return cached
 
 
-def given_output(out: Path, command: str) -> Path:
-    """The output folder `command` (inspect, bench) was given as `out`: `out` where it is a folder
-    (load_transformer says whether it is an output), else the Hugging Face cache's copy of a Hub id
-    (cached_output_said, which notes once that it reads it). The weight file of an output is refused in
-    eval's words (io_source.check_source: give its folder); another file, or a path not there, in the
-    command's."""
+def given_output(given: str | Path, command: str) -> Path:
+    """The output folder `command` (inspect, bench) was `given` (as typed: ./x is a path): that folder
+    where it is one (load_transformer says whether it is an output; a run folder runs/NAME whose output
+    out/NAME is there is told that), else the Hugging Face cache's copy of a Hub id (cached_output_said,
+    which notes once that it reads it). The weight file of an output is refused in eval's words
+    (io_source.check_source: give its folder); another file, or a path not there, in the command's
+    (output_names.missing_output: a local path is never looked for in the cache)."""
     usage = f"(dit-compress {command} OUT, OUT written by run)"
+    out = Path(given).expanduser()
     if out.is_file():
         if output_weights(out):
             check_source(str(out))  # raises: "... is a weight file of the dit-compress output ...: give that folder"
         raise UserError(f"{out} is a file: {command} takes an output folder {usage}")
     if out.is_dir():
+        _not_a_run_folder(str(given), command)
         return out
+    if (missing := missing_output(str(given), usage)) is not None:
+        raise UserError(missing)
     cached = cached_output_said(str(out), command)  # a Hub id: the cache's copy, where it is an output
     if cached is None:
         raise UserError(f"{out}: no such output folder {usage}")
     return cached
+
+
+def _not_a_run_folder(given: str, command: str) -> None:
+    """A UserError where `given` is a run folder runs/NAME (no output) whose run's output out/NAME is
+    there (output_names.run_output): that output is named, with the command that reads it."""
+    folder = Path(given).expanduser()
+    if folder.is_dir() and (output := run_output(folder)) is not None and not is_output(output_folder(folder)):
+        raise UserError(f"{given} is a run folder (a run's caches and checkpoints), not an output; the output "
+                        f"of that run is {output}: dit-compress {command} {output}")
 
 
 def _toy_options_only(grid: Path | None, seed: int | None) -> None:

@@ -22,11 +22,11 @@ from compress.report_fit import least_name_width, left_out_words, shown_columns,
 from compress.words import counted
 
 
-def inspect_output(out: Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
+def inspect_output(out: str | Path, as_json: bool = False, plot_dir: str | None = None) -> list[dict]:
     from compress.commands import given_output
 
     given = Path(out).expanduser()
-    folder = given_output(given, "inspect")
+    folder = given_output(out, "inspect")  # as typed: ./x is a path, never a Hub id
     title = str(given) if folder != given else None  # a Hub id as the user gave it, not the cache's snapshot
     out = output_folder(folder)  # a pipeline folder: its transformer/, where its report.json would be
     model = load_transformer(out, nonfinite="warn")  # for looking: a damaged output is shown, with a warning

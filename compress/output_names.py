@@ -3,7 +3,8 @@ a folder is an output (`is_output`; a teacher as given, its pipeline's transform
 `is_output_teacher`), the name a recipe gives its default output and run folders (an
 output's own recipe.yaml takes that output's name: `default_name`), what an output that --overwrite is
 about to replace was made of (`replaced_note`) and what a rerun after a stop needs where the output is
-there (`rerun_needs_overwrite`)."""
+there (`rerun_needs_overwrite`), and what a command that reads an output says of a local path that is not
+there (`missing_output`: no such folder, the name meant; of a run folder runs/NAME, its output out/NAME)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,52 @@ def rerun_needs_overwrite(out: Path, note: str) -> str:
     if not note or not (out.is_dir() and not out.is_symlink() and (is_output(out) or not any(out.iterdir()))):
         return note
     return f"{note}; {out} exists: the rerun needs --overwrite too"
+
+
+DEFAULT_FOLDERS = ("out", "runs")  # where `run` writes its outputs and its run folders (default_name)
+FILE_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin", ".json", ".yaml", ".yml")
+
+
+def missing_output(given: str, usage: str) -> str | None:
+    """What a command that reads an output (inspect, eval, bench) says of `given` where it is a local
+    path that is not there: 'no such folder out/toy-pixart', then the folder of its parent it may have
+    meant (errors.closest), or for a run folder runs/NAME the output out/NAME of that run, or that the
+    default folder out/ (runs/) is not there either; then `usage` (which says what writes an output).
+    None where `given` is there or reads as a Hub id (ORG/NAME, whose first part is no folder here):
+    the Hugging Face cache's copy is looked for then. Local: io.looks_local's (./, ../, /, ~, no owner,
+    a first part that is a folder here), or under out/ or runs/ (a run's default folders, there or not)."""
+    from compress.io import looks_local
+
+    path = Path(given).expanduser()
+    if path.exists() or not (looks_local(given) or _in_default(path)):
+        return None
+    noun = "file" if path.suffix in FILE_SUFFIXES else "folder"
+    return f"no such {noun} {given}{_meant(path)} {usage}"
+
+
+def _meant(path: Path) -> str:
+    """missing_output's hint: the output of the run folder `path` (`run_output`), else the closest
+    name in `path`'s folder, or where that folder is out/ or runs/, that it is not there either."""
+    from compress.errors import closest
+
+    if (output := run_output(path)) is not None:
+        return f"; the output of that run is {output}"
+    parent = path.parent
+    if parent.is_dir():
+        meant = closest(path.name, [p.name for p in parent.iterdir()])  # by name: their folder makes all close
+        return f"; did you mean '{parent / meant}'?" if meant else ""
+    if _in_default(path) and len(path.parts) == 2:
+        return f", and no {parent}/ here either"  # nothing run here yet: the usage says what writes it
+    return ""
+
+
+def _in_default(path: Path) -> bool:
+    """Whether the relative `path` is under out/ or runs/, a run's default folders."""
+    return len(path.parts) > 1 and path.parts[0] in DEFAULT_FOLDERS
+
+
+def run_output(path: Path) -> Path | None:
+    """out/NAME where `path` is a default run folder runs/NAME (in any folder) and out/NAME beside it is
+    an output: what `inspect runs/NAME` meant. None otherwise."""
+    output = path.parent.parent / "out" / path.name
+    return output if path.parent.name == "runs" and is_output(output) else None

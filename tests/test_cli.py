@@ -232,3 +232,49 @@ def test_option_help_is_plain_and_says_its_limits(capsys, command, option, said)
         cli.main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert said in text and "whatever the teacher" not in text
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["run", "r.yaml", "--out", ""], "--out '' names no folder; give one, or leave --out out"),  # a tester's c59
+    (["run", "r.yaml", "--run-dir", " "], "--run-dir ' ' names no folder; give one, or leave --run-dir out"),
+    (["plan", "r.yaml", "--teacher-config", ""],
+     "--teacher-config '' names no file or folder; give one, or leave --teacher-config out"),
+    (["eval", "out", "--lora", "a", "--lora", ""], "--lora '' names no file or folder; give one, or leave --lora out"),
+    (["bench", "out", "--teacher-config", ""],
+     "--teacher-config '' names no file or folder; give one, or leave --teacher-config out"),
+    (["plan", ""], "RECIPE '' names no file (dit-compress plan RECIPE ...)"),
+    (["importance", ""], "SOURCE '' names no recipe or teacher (dit-compress importance SOURCE ...)"),
+    (["inspect", ""], "OUT '' names no folder (dit-compress inspect OUT ...)"),
+    (["eval", ""], "MODEL '' names no folder or teacher (dit-compress eval MODEL ...)"),
+    (["convert", "f.safetensors", ""], "OUT '' names no folder (dit-compress convert OUT ...)"),
+    (["lora", "out", "", "new"], "LORA '' names no file or folder (dit-compress lora LORA ...)"),
+])
+def test_a_path_given_empty_is_refused_before_any_work(monkeypatch, capsys, argv, said):
+    """`run r.yaml --out ''` ran the whole recipe (4 minutes) into the default out/r; an empty
+    --teacher-config was the current folder, `inspect ''` read '.' and `plan ''` said ': a folder'."""
+    monkeypatch.setitem(cli.COMMANDS, argv[0], lambda args: pytest.fail("the command ran"))
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == f"dit-compress: error: {said}\n"
+
+
+def test_every_path_argument_checked_for_empty_is_one_of_its_command():
+    """cli_parser.PATH_ARGUMENTS names arguments each command has (a renamed one would go unchecked)."""
+    from compress.cli_parser import PATH_ARGUMENTS, build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert set(PATH_ARGUMENTS) == set(commands)
+    for command, paths in PATH_ARGUMENTS.items():
+        actions = {a.dest: a for a in commands[command]._actions}
+        for dest, (name, _) in paths.items():
+            assert name in (actions[dest].option_strings or [dest.upper()]), (command, dest)
+
+
+@pytest.mark.parametrize("argv", [["plan", "r.yaml", "--set", "calibration.timesteps", "4"],  # a tester's c03
+                                  ["plan", "--set", "calibration.timesteps", "4", "r.yaml"],
+                                  ["run", "r.yaml", "--set=calibration.timesteps", "4"]])
+def test_set_given_its_value_apart_says_key_equals_value(capsys, argv):
+    """`--set calibration.timesteps 4` printed the usage and 'unrecognized arguments: 4'."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "dit-compress: error: --set takes KEY=VALUE: --set calibration.timesteps=4\n"

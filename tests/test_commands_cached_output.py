@@ -76,3 +76,43 @@ def test_a_damaged_cached_hub_output_is_named_by_its_id_in_load_transformers_wor
     assert (f"{said}acme/out's {WEIGHTS}: weight transformer_blocks.0.ff.net.2.up.weight has 1 NaN/Inf values; "
             "the output is damaged") in " ".join(err.split()), err
     assert err.count(str(cached)) == 1 and "blobs" not in err  # the note alone names the snapshot
+
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval", "bench"])
+def test_a_local_path_not_there_is_no_hub_id_to_download(tmp_path, capsys, monkeypatch, command):
+    """`inspect out/toy-pixart` (`out/` not made yet: nothing run here), `eval out/nothing`, `bench
+    ./out/nothing` told the user to `hf download out/toy-pixart`, the tool's own default output folder
+    taken for a Hub id. A path under out/ or runs/, or starting ./ ../ / ~, or whose first part is a
+    folder here, is a local folder not there: said so, with the name its folder holds that is close, or
+    for a run folder runs/NAME, the output out/NAME of that run; a Hub id (acme/none) keeps the cache's words."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    usage = ("(eval takes a dit-compress output folder or a teacher)" if command == "eval"
+             else f"(dit-compress {command} OUT, OUT written by run)")
+    nothing_run = {"out/toy-pixart": "no such folder out/toy-pixart, and no out/ here either",
+                   "./out/nothing": "no such folder ./out/nothing, and no out/ here either",
+                   "runs/tiny": "no such folder runs/tiny, and no runs/ here either",
+                   "./elsewhere/x": "no such folder ./elsewhere/x"}
+    for given, words in nothing_run.items():
+        assert main([command, given]) == 2
+        assert capsys.readouterr().err == f"dit-compress: error: {words} {usage}\n"
+    (tmp_path / "out" / "toy-pixart2").mkdir(parents=True)
+    (tmp_path / "out" / "tiny").mkdir()
+    (tmp_path / "out" / "tiny" / "config.json").write_text('{"compression": {}}')  # an output, as is_output reads
+    (tmp_path / "runs").mkdir()
+    run_before = {"out/toy-pixart": "no such folder out/toy-pixart; did you mean 'out/toy-pixart2'?",
+                  "out/zzzzzzzz": "no such folder out/zzzzzzzz",
+                  "runs/tiny": "no such folder runs/tiny; the output of that run is out/tiny"}
+    for given, words in run_before.items():
+        assert main([command, given]) == 2
+        assert capsys.readouterr().err == f"dit-compress: error: {words} {usage}\n"
+    (tmp_path / "runs" / "tiny").mkdir()  # a run folder, there
+    assert main([command, "runs/tiny"]) == 2
+    assert capsys.readouterr().err == ("dit-compress: error: runs/tiny is a run folder (a run's caches and "
+                                       "checkpoints), not an output; the output of that run is out/tiny: "
+                                       f"dit-compress {command} out/tiny\n")
+    assert main([command, "acme/none"]) == 2  # a Hub id: the cache's words
+    assert "holds no copy of it" in capsys.readouterr().err

@@ -239,7 +239,7 @@ def test_inspect_of_a_missing_path_or_a_file_says_so_and_of_another_folder_names
     diffusion_pytorch_model.safetensors)", untrue of a sharded (streamed) output; eval and bench say
     there is no such thing."""
     assert main(["inspect", str(tmp_path / "nonexist")]) == 2
-    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'nonexist'}: no such output folder "
+    assert capsys.readouterr().err.strip().endswith(f"no such folder {tmp_path / 'nonexist'} "
                                                     "(dit-compress inspect OUT, OUT written by run)")
     (tmp_path / "f").write_text("")
     assert main(["inspect", str(tmp_path / "f")]) == 2
