@@ -70,6 +70,8 @@ def _indentation(problem, context, mark, start, lines):
     at, before = mark.line, _content_line(lines, mark.line, -1)
     if before is None or _indent(lines[before]) == _indent(line):
         return None
+    if _indent(line) > _indent(lines[before]) and lines[before].split(" #")[0].rstrip().endswith(":"):
+        return None  # P is the first line of the block `before` opens: indented as it should be
     around = [i for i in (_content_line(lines, before, -1), _content_line(lines, at, +1)) if i is not None]
     wrong, right = (before, at) if any(_indent(lines[i]) == _indent(line) for i in around) else (at, before)
     return wrong + 1, (f": this line's indentation does not match the lines above: '{_shown(lines[wrong])}' "

@@ -49,6 +49,7 @@ def test_a_yaml_mistake_is_said_in_words_at_the_line_written_wrong(line, text, s
 
 @pytest.mark.parametrize("line, text, said", [
     (7, "model: pixart: x", "r.yaml:7: malformed YAML (mapping values are not allowed here)"),
+    (10, "  num_prompts: 20: x", "r.yaml:10: malformed YAML (mapping values are not allowed here)"),  # a first key
     (19, "      targets: [a, b: c: d]", "r.yaml:19: malformed YAML (expected ',' or ']', but got ':')"),
 ])
 def test_a_mistake_without_plain_words_keeps_pyyamls_at_its_line(line, text, said):
