@@ -8,11 +8,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from compress.passes.importance import write_atomically
 from compress.toy.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 
 def write_grid(images: torch.Tensor, path: str | Path, rows: int = 10, scale: int = 3, gap: int = 2) -> Path:
-    """images (rows·cols, 1, H, W) in [0, 1], row-major -> a grayscale PNG (digits upscaled `scale`×)."""
+    """images (rows·cols, 1, H, W) in [0, 1], row-major -> a grayscale PNG (digits upscaled `scale`×), written
+    whole or not at all (importance.write_atomically)."""
     n, _, h, w = images.shape
     cols = n // rows
     cell_h, cell_w = h * scale + gap, w * scale + gap
@@ -24,8 +26,8 @@ def write_grid(images: torch.Tensor, path: str | Path, rows: int = 10, scale: in
         canvas[gap + r * cell_h : gap + r * cell_h + h * scale, gap + c * cell_w : gap + c * cell_w + w * scale] = tile
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas, mode="L").save(path, optimize=True)
-    return path
+    # a temp file beside it renamed onto it: a Ctrl-C or kill mid-write leaves no cut-off PNG under its name
+    return write_atomically(path, lambda tmp: Image.fromarray(canvas, mode="L").save(tmp, optimize=True))
 
 
 def save_sample_grid(transformer, family: str, path: str | Path, n_per_prompt: int = 8, seed: int = 0,
