@@ -153,7 +153,7 @@ def test_overrides_add_keys_and_their_errors_name_the_override():
 
 
 def test_missing_recipe_file(tmp_path):
-    with pytest.raises(UserError, match=r"nope\.yaml: No such file"):
+    with pytest.raises(UserError, match=rf"^no such recipe {tmp_path}/nope\.yaml$"):  # not the OS's words
         load_recipe(tmp_path / "nope.yaml")
 
 
