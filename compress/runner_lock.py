@@ -40,7 +40,7 @@ def hold_run(run_dir: Path, out: Path):
     the folders. Not taken for folders that nest, which `check_folders` refuses with its own message
     (making a lock's folder first would change what it finds). Once held, what killed runs left in
     them (temp folders of stage saves and exports, a copy of the model each) is cleared
-    (`runner_leftovers.clear_run_leftovers`): no live run writes them now."""
+    (`runner_leftovers.clear_run_leftovers`; the output's by `hold_output`): no live run writes them now."""
     from compress.runner_leftovers import clear_run_leftovers
     from compress.runner_ranks import is_follower  # no torch either
 
@@ -49,8 +49,8 @@ def hold_run(run_dir: Path, out: Path):
         return
     with ExitStack() as stack:
         ran = stack.enter_context(hold_run_folder(run_dir))
-        wrote = stack.enter_context(hold_output(out))
-        clear_run_leftovers(run_dir if ran else None, out if wrote else None)
+        stack.enter_context(hold_output(out))
+        clear_run_leftovers(run_dir if ran else None, None)  # (the output's: cleared as it was held)
         yield
 
 
@@ -74,11 +74,17 @@ def hold_run_folder(run_dir: Path):
 @contextmanager
 def hold_output(out: Path):
     """Holds the output folder `out` (its lock beside it, in its parent, made if missing) for this
-    process, or a one-line UserError naming the run that is to write it; yields whether it holds a lock."""
+    process, or a one-line UserError naming the run that is to write it; yields whether it holds a lock.
+    Once held, the temp folders a killed writer of `out` left beside it (a run's export, convert, lora:
+    a copy of the model each) are cleared (`runner_leftovers.clear_run_leftovers`): no live one writes them."""
+    from compress.runner_leftovers import clear_run_leftovers
+
     out = Path(out)
     with _hold(out.parent / f".{out.name}{LOCK}", f"output folder {out}",
                lambda who: f"output folder {out} is to be written by another dit-compress run ({who}): wait "
                            "for it, or give this run another --out") as held:
+        if held:
+            clear_run_leftovers(None, out)
         yield held
 
 

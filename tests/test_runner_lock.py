@@ -217,9 +217,9 @@ def test_a_run_clears_what_killed_runs_left_only_in_folders_it_holds(tmp_path, h
     removes them once it holds the locks, and never while another run holds them (it may be writing)."""
     run_dir, out = tmp_path / "run", tmp_path / "out"
     stage, export = run_dir / "stages" / ".1-svd.tmp-_wpatwcm", tmp_path / ".out.tmp-05jgdgvp"
+    p = holder("out", out)  # (taking the lock, it clears what killed writers left: these come after)
     for d in (stage, export):
         d.mkdir(parents=True)
-    p = holder("out", out)
     with pytest.raises(UserError, match="is to be written by another dit-compress run"):
         with hold_run(run_dir, out):
             pass
@@ -228,3 +228,48 @@ def test_a_run_clears_what_killed_runs_left_only_in_folders_it_holds(tmp_path, h
     p.wait()
     with hold_run(run_dir, out):
         assert not stage.exists() and not export.exists()
+
+
+def _killed_writes(folder: Path, name: str) -> list[Path]:
+    """Temp folders a killed writer of output `name` left in `folder` (io_export._temp_beside's names): one
+    half written, one empty; and one of another output, which stays."""
+    left = [folder / f".{name}.tmp-abcd1234", folder / f".{name}.tmp-efgh5678", folder / ".other.tmp-ijkl9012"]
+    for p in left:
+        p.mkdir(parents=True)
+    (left[0] / "config.json").write_text("{}")
+    (left[0] / ".tmpUV26q6").write_bytes(b"\0" * 1000)  # a shard cut off
+    return left
+
+
+def test_an_output_held_clears_what_killed_writers_of_it_left_but_not_one_a_live_writer_holds(tmp_path, holder):
+    """Only `run` removed the temp folders a killed writer left (runner_leftovers): a kill -9 of convert or
+    lora left .OUT.tmp-* (328 MB of a shard) that no later command removed. Whoever holds the output's
+    lock (run, convert, lora) now clears them, by run's rule; a live writer's, whose lock is held, stay."""
+    out = tmp_path / "o" / "x"
+    p = holder("out", out)  # a live writer (these left after it took the lock: its own, being written)
+    mine, empty, other = _killed_writes(out.parent, "x")
+    with pytest.raises(UserError):
+        with hold_output(out):
+            pass
+    assert mine.is_dir() and empty.is_dir()  # its writer lives
+    p.kill()
+    p.wait()
+    with hold_output(out):
+        assert not mine.exists() and not empty.exists() and other.is_dir()
+
+
+def test_convert_and_lora_clear_what_a_killed_one_left(tmp_path):
+    pytest.importorskip("peft")
+    from compress.cli import main
+    from tests.test_io_convert import _flux_file
+    from tests.test_lora_limits import _one_layer_lora_output
+
+    (tmp_path / "c").mkdir()
+    _flux_file(tmp_path / "c")
+    left = _killed_writes(tmp_path / "aux", "big")
+    assert main(["convert", str(tmp_path / "c" / "f.safetensors"), str(tmp_path / "aux" / "big")]) == 0
+    assert sorted(p.name for p in (tmp_path / "aux").iterdir()) == [left[2].name, "big"]
+    out, lora = _one_layer_lora_output(tmp_path, dense=True)
+    left = _killed_writes(tmp_path / "ap", "new")
+    assert main(["lora", str(out), str(lora), str(tmp_path / "ap" / "new")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ap").iterdir()) == [left[2].name, "new"]
