@@ -264,5 +264,7 @@ def _this_recipe(args) -> tuple:
         return None, []
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m compress.cli` (accelerate launch ... -m compress.cli): as the console
+    from compress.cli_entry import main as entry  # script, SIGTERM and SIGHUP a Ctrl-C, a quiet exit after the end
+
+    sys.exit(entry())

@@ -186,3 +186,24 @@ def test_a_sigterm_the_caller_ignores_stays_ignored(tmp_path, stop):
     done = _started(tmp_path, console_script(before=ignored))
     out, err = done.communicate(timeout=300)
     assert done.returncode == 2 and "missing.yaml" in err and "interrupted" not in err
+
+
+# `python -m compress.cli plan missing.yaml` (what docs/PASSES.md's `accelerate launch ... -m compress.cli` runs),
+# a stop signal sent as the command imports torch
+AS_MODULE = """\
+import os, runpy, signal, sys
+sys.argv[1:] = ["plan", "missing.yaml"]
+{stop_at}
+runpy.run_module("compress.cli", run_name="__main__", alter_sys=True)  # as python -m does
+"""
+
+
+@pytest.mark.parametrize("stop, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_python_m_compress_cli_stops_as_the_console_script_does(tmp_path, stop, status):
+    """`python -m compress.cli` skipped the console script's entry (cli_entry.main): a SIGTERM killed eval,
+    bench, importance or lora without a word (status -15, lora's temp folder left), and a Ctrl-C after
+    'wrote OUT' ended a finished run with 130. It goes through that entry now."""
+    stop_at = SIGINT_AT.format(at="torch").replace("signal.SIGINT", f"signal.{stop}")
+    done = _started(tmp_path, AS_MODULE.format(stop_at=stop_at))
+    out, err = done.communicate(timeout=300)
+    assert (done.returncode, err.strip()) == (status, "dit-compress: interrupted")
