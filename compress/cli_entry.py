@@ -17,7 +17,7 @@ ignored, and stays so): before, one while the CLI or a command's imports loaded 
 without a word. The status is the stopping signal's, 128 + its number, as a shell reports a process it
 killed (interrupts.stop_status): 130 for a Ctrl-C, 143 for SIGTERM, 129 for SIGHUP, also where the
 terminal that sent the SIGHUP has gone and what the stop said there failed (EIO).
-Nothing else is imported here but compress.interrupts (signal, threading, time), and `import compress`
+Nothing else is imported here but compress.interrupts (signal, threading, time) and _thread, and `import compress`
 does not import this module."""
 
 import atexit
@@ -26,14 +26,16 @@ import signal
 import sys
 import threading
 
-from compress.interrupts import STOPS, TERMINATIONS, as_ctrl_c, ctrl_c_like, hung_up, stop_status
+from compress.interrupts import STOPS, TERMINATIONS, as_ctrl_c, ctrl_c_like, hung_up, stop_status, taken_stop
 
+AGAIN_AFTER_S = 0.01  # a Ctrl-C swallowed by a finalizer is raised again this long after
 _QUIET_EXITS = []  # the SIGINT handler _exit_quietly_on_interrupt installed, while it is installed
 
 
 def main() -> int:
     try:
         _sigterm_as_interrupt()
+        _no_ctrl_c_lost_in_finalizers()
         from compress.cli import main as cli_main
 
         code = cli_main()
@@ -67,6 +69,28 @@ def _sigterm_as_interrupt() -> None:
     for stop in TERMINATIONS:
         if signal.getsignal(stop) is signal.SIG_DFL:
             signal.signal(stop, as_ctrl_c)
+
+
+def _no_ctrl_c_lost_in_finalizers() -> None:
+    """A Ctrl-C (or a SIGTERM or SIGHUP taken as one) whose KeyboardInterrupt is raised inside a finalizer
+    (a __del__, a weakref callback: the garbage collector runs them anywhere) is not lost: Python prints
+    'Exception ignored in: <function Group.__del__ ...> ... KeyboardInterrupt' and goes on, which let a run
+    stopped just after its last distill step write its output and end with 0 (T2: 6 of 9 tries). It is
+    raised again in the main thread (as the signal would: its handler, `_thread.interrupt_main`) once the
+    finalizer has returned (a moment later, from a timer thread: signalled from the hook, it is raised in
+    the hook, and swallowed too), where the command's stop handles it; any other exception is reported as
+    before."""
+    import _thread
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            return previous(unraisable)
+        again = threading.Timer(AGAIN_AFTER_S, _thread.interrupt_main, args=(taken_stop(),))
+        again.daemon = True
+        again.start()
+    sys.unraisablehook = hook
 
 
 def _exit_quietly_on_interrupt(code: int) -> None:

@@ -38,7 +38,12 @@ def stop_status() -> int:
     """The exit status of a command stopped by a signal: 128 + the number of the first one it took, as
     a shell reports a process the signal killed; 130 (SIGINT) for a KeyboardInterrupt no signal
     handler of ours noted (Python's own Ctrl-C handler)."""
-    return 128 + int(_TAKEN[0] if _TAKEN else signal.SIGINT)
+    return 128 + taken_stop()
+
+
+def taken_stop() -> int:
+    """The first stop signal the command took; SIGINT where no handler of ours noted one (Python's own)."""
+    return int(_TAKEN[0] if _TAKEN else signal.SIGINT)
 
 
 def hung_up(e: BaseException) -> bool:
