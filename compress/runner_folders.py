@@ -286,8 +286,10 @@ def interrupt_note(run_dir: Path, discarding: bool = False, now: dict | None = N
         if change:
             return (f"; {run_dir} still holds the finished run's stages, but {change} since it ran: a rerun "
                     "starts over (undo the change and add --resume to keep them)")
-        return (f"; {run_dir} still holds the finished run's stages: rerun with --resume to keep its first "
-                f"{counted(keeps, 'pass', 'passes')} (with the same teacher)")
+        kept = ("its one pass" if keeps == len(passes) == 1 else f"all its {keeps} passes" if keeps == len(passes)
+                else f"its first {counted(keeps, 'pass', 'passes')}")  # as the rerun's note counts them (note_reusable)
+        return f"; {run_dir} still holds the finished run's stages: rerun with --resume to keep {kept} (with the same " \
+               "teacher)"
     if info is not None and info["changed"]:
         return (f"; {another_recipe(run_dir, info, passes)}: {kept_by_resume(info, run_dir, recipe, source)}a rerun "
                 "needs --restart to discard it, or another --run-dir")

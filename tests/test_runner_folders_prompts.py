@@ -79,7 +79,7 @@ def test_ctrl_c_offers_resume_only_for_the_same_prompts(finished):
                          "(calibration.prompts, the first 2 (calibration.num_prompts)) since it ran: a rerun "
                          "starts over (undo the change and add --resume to keep them)")
     said = " ".join(runner("prompt_file: p.txt, num_prompts: 2", "out-d").interrupt_note().split())
-    assert said.endswith("still holds the finished run's stages: rerun with --resume to keep its first 1 pass "
+    assert said.endswith("still holds the finished run's stages: rerun with --resume to keep its one pass "
                          "(with the same teacher)")
     done.unlink()  # an interrupted run
     said = " ".join(runner("prompts: [a 3, a 4], num_prompts: 2", "out-d").interrupt_note().split())

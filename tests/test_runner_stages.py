@@ -300,7 +300,7 @@ def test_a_rerun_over_a_finished_run_discards_its_stages_only_as_it_saves_its_fi
         return
     assert left == before  # as it was
     assert ("interrupted; " + str(tmp_path / "run") + " still holds the finished run's stages: rerun with --resume "
-            "to keep its first 2 passes (with the same teacher)") in said
+            "to keep all its 2 passes (with the same teacher)") in said
     with monkeypatch.context() as m:
         m.setattr(remove_blocks.RemoveBlocksPass, "run", stop)
         m.setattr(svd.SVDPass, "run", stop)  # neither runs again
