@@ -3,6 +3,7 @@ shapes than its config's, a teacher config that is no JSON) or a Hub id mistyped
 said where the user gave it, before what a good teacher would be told about its calibration."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +100,21 @@ def test_a_junk_safetensors_teacher_is_said_junk_before_its_calibration_or_confi
     junk(tmp_path / "t.safetensors")
     recipe = _recipe(tmp_path / "r", teacher=str(tmp_path / "t.safetensors"))
     assert _refused(checked_sources, recipe).startswith(f"{recipe.path}:2: {tmp_path}/t.safetensors{words}")
+
+
+def test_a_single_file_teacher_whose_names_do_not_tell_its_family_is_planned_by_its_config(tmp_path, monkeypatch):
+    """A toy Flux of no single blocks (its tensor names say no family) with its config.json beside it
+    was refused 'cannot tell the model family from the checkpoint keys'; its config tells (R2's f0)."""
+    from safetensors.torch import load_file
+
+    from compress.toy.weights import toy_files
+
+    monkeypatch.chdir(tmp_path)
+    config, weights = toy_files("flux")
+    config = {**json.loads(Path(config).read_text()), "num_single_layers": 0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({k: v for k, v in load_file(str(weights)).items() if not k.startswith("single_transformer_blocks.")},
+              "t.safetensors")
+    recipe = parse_recipe("model: flux\nteacher: t.safetensors\ncalibration: {source: synthetic, num_prompts: 2}\n"
+                          "passes:\n  - svd: {targets: [mlp], ratio: 0.5}\n", "r.yaml")
+    assert make_plan(recipe)["passes"]
