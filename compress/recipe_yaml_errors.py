@@ -9,6 +9,8 @@ text began, or the neighbour whose indentation is the odd one) and says what is 
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 CLOSING = {"[": "]", "{": "}", "'": "'", '"': '"'}
@@ -23,7 +25,7 @@ def yaml_error_words(error: yaml.YAMLError, text: str) -> tuple[int | None, str]
     problem = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None) or ""
     mark, start = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
-    for words in (_tab, _no_colon, _unclosed, _indentation, _stray_closing):
+    for words in (_tab, _no_colon, _unclosed, _colon_in_value, _indentation, _stray_closing):
         if found := words(problem, context, mark, start, lines):
             return found
     return (mark.line + 1 if mark else None), f" ({problem})"
@@ -55,6 +57,24 @@ def _unclosed(problem, context, mark, start, lines):
     if opened not in CLOSING:
         return None
     return start.line + 1, f": unclosed '{opened}' (no '{CLOSING[opened]}' closes it on this line)"
+
+
+def _colon_in_value(problem, context, mark, start, lines):
+    """`description: a note: with colon`: a second ': ' on the line of a key's value (`mapping values are not
+    allowed here` at it), not the line before mis-indented (`_indentation` would blame it after a block)."""
+    if mark is None or "mapping values are not allowed" not in problem:
+        return None
+    line = _line(lines, mark.line)
+    if ": " not in line[:mark.column] and not line[:mark.column].rstrip().endswith(":"):
+        return None  # the first ':' of its line: a key where none may be (a mis-indented line)
+    key, _, value = line.split(" #")[0].strip().partition(": ")
+    if value[:1] in ("{", "["):  # `export: {dtype: float32}: x`: text after the closing bracket
+        rest = line[mark.column:].split(" #")[0].strip()
+        return mark.line + 1, f": '{_shown(rest)}' after the closing '{CLOSING[value[0]]}' of {key}'s value; remove it"
+    if key.startswith("- ") and re.fullmatch(r"[A-Za-z_]\w*", value.partition(": ")[0]):  # `- svd: targets: [mlp]`
+        return mark.line + 1, f": a mapping as a key's value on its line goes in braces: {key}: {{{value}}}"
+    quote = '"' if "'" in value else "'"
+    return mark.line + 1, f": a value with ': ' in it: quote it ({key}: {quote}{value}{quote})"
 
 
 def _indentation(problem, context, mark, start, lines):

@@ -48,9 +48,30 @@ def test_a_yaml_mistake_is_said_in_words_at_the_line_written_wrong(line, text, s
 
 
 @pytest.mark.parametrize("line, text, said", [
-    (7, "model: pixart: x", "r.yaml:7: malformed YAML (mapping values are not allowed here)"),
-    (10, "  num_prompts: 20: x", "r.yaml:10: malformed YAML (mapping values are not allowed here)"),  # a first key
     (19, "      targets: [a, b: c: d]", "r.yaml:19: malformed YAML (expected ',' or ']', but got ':')"),
 ])
 def test_a_mistake_without_plain_words_keeps_pyyamls_at_its_line(line, text, said):
     assert _said(_with(line, text)) == said
+
+
+AFTER_A_BLOCK = "version: 1\nmodel: pixart\nteacher: toy:pixart\ncalibration:\n  num_prompts: 20\n  timesteps: 8\n"
+
+
+@pytest.mark.parametrize("text, said", [
+    (AFTER_A_BLOCK + "description: a note: with colon\npasses:\n  - svd: {targets: [mlp]}\n",
+     "r.yaml:7: malformed YAML: a value with ': ' in it: quote it (description: 'a note: with colon')"),
+    (AFTER_A_BLOCK + "export: {dtype: float32}: x\npasses:\n  - svd: {targets: [mlp]}\n",
+     "r.yaml:7: malformed YAML: ': x' after the closing '}' of export's value; remove it"),
+    ("version: 1\nmodel: pixart\ncalibration:\n  prompts:\n    - a cat\n  num_prompts: 2: 3\n",
+     "r.yaml:6: malformed YAML: a value with ': ' in it: quote it (num_prompts: '2: 3')"),
+    (_with(7, "model: pixart: x"), "r.yaml:7: malformed YAML: a value with ': ' in it: quote it (model: 'pixart: x')"),
+    (_with(10, "  num_prompts: 20: x"),  # a block's first key (was PyYAML's '(mapping values are not allowed here)')
+     "r.yaml:10: malformed YAML: a value with ': ' in it: quote it (num_prompts: '20: x')"),
+    (AFTER_A_BLOCK + "passes:\n  - svd: targets: [mlp]\n",
+     "r.yaml:8: malformed YAML: a mapping as a key's value on its line goes in braces: - svd: {targets: [mlp]}"),
+])
+def test_a_value_with_a_colon_is_said_at_its_own_line_not_the_one_before_mis_indented(text, said):
+    """R2's y/b, y/a, y/i: right after a nested block, a value holding ': ' was 'r.yaml:6: ... this line's
+    indentation does not match the lines above: 'timesteps: 8' is indented 2 spaces, its neighbour 0'
+    (PyYAML's line 7 was right)."""
+    assert _said(text) == said
