@@ -262,14 +262,32 @@ def _device_name(device: str) -> str:
 
 def machine_memory() -> int | None:
     """This machine's physical memory, or a smaller cgroup memory limit (a container's)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
-        total = None
+    total = _physical_memory()
     limits = [n for n in map(_read_int, ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"))
               if n]
     found = [n for n in [total, *limits] if n and n > 0]
     return min(found) if found else None
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
+        return None
+
+
+def machine_swap() -> int:
+    """This machine's swap (SwapTotal of /proc/meminfo) where no cgroup limit binds below its physical memory
+    (a container's limit holds its swap apart); else 0. Only run's refusal counts it: a run through swap crawls."""
+    total = _physical_memory()
+    if total is None or (machine_memory() or 0) < total:
+        return 0
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return 0
+    kib = [line.split()[1] for line in lines if line.startswith("SwapTotal:")]
+    return int(kib[0]) * 1024 if kib and kib[0].isdigit() else 0
 
 
 def _read_int(path: str) -> int | None:
@@ -345,15 +363,22 @@ def refuse_beyond_disk(recipe, memory: dict, run_dir: Path, where: str) -> None:
     a peak a spill could bring within memory is only warned (beyond_memory). `where`: memory_where's."""
     from compress.runner_memory import free_bytes
 
-    room = [machine_memory()]  # (cgroup-limited), and the GPU's where the run computes on one
+    swap = machine_swap()
+    room = [machine_memory(), swap]  # (cgroup-limited; its swap where none binds), the GPU's where the run computes
     if _device_name(recipe.device).startswith("cuda"):
         room.append((device_memory(recipe.device) or (None,))[0])
     disk = free_bytes(run_dir)
     if None in room or disk is None or memory["bytes"] <= sum(room) + disk:
         return
-    drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])} ({', '.join(p['keys'])})" if p["keys"] else
-                        f"{p['what']} {human_size(p['bytes'])}" for p in _big(memory))
-    raise UserError(f"{where}: the run would hold about {human_size(memory['bytes'])} at its peak, more than the "
-                    f"memory there is ({human_size(sum(room))}) and the disk free under {run_dir} "
-                    f"({human_size(disk)}) together: it fits in no way, not even with "
-                    f"calibration.spill_activations: true; {drivers}")
+    # each part with the keys that drive it and what holds less (stream: true for the weights), but no spill
+    drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])}{_drives(dict(p, fix=_unspilled(p['fix'])))}"
+                        for p in _big(memory))
+    swapped = f", {human_size(swap)} of it swap" if swap else ""
+    raise UserError(f"{where}: as written, the run would hold about {human_size(memory['bytes'])} at its peak, more "
+                    f"than the memory there is ({human_size(sum(room))}{swapped}) and the disk free under {run_dir} "
+                    f"({human_size(disk)}) together, which no calibration.spill_activations: true changes: {drivers}")
+
+
+def _unspilled(fix: str) -> str:
+    """A part's `fix`, unless it is to spill (refuse_beyond_disk's peak holds more than a spill moves)."""
+    return "" if "spill_activations" in fix else fix

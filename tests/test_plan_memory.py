@@ -303,9 +303,9 @@ def test_run_refuses_a_peak_beyond_the_memory_and_the_run_folders_free_disk(monk
     with pytest.raises(UserError) as e:
         Runner(recipe, tmp_path / "out", tmp_path / "run").prepare()
     said = str(e.value)
-    assert said.startswith(f"{tmp_path}/r.yaml:5: the run would hold about 61035.") and said.endswith(
+    assert said.startswith(f"{tmp_path}/r.yaml:5: as written, the run would hold about 61035.") and said.endswith(
         f"at its peak, more than the memory there is (1.0 GiB) and the disk free under {tmp_path / 'run'} (2.0 GiB) "
-        "together: it fits in no way, not even with calibration.spill_activations: true; calibration activations "
+        "together, which no calibration.spill_activations: true changes: calibration activations "
         "61035.2 GiB (calibration.num_prompts, calibration.timesteps, calibration.cfg_branches)"), said
     assert "warning" not in capsys.readouterr().err  # its warning's spill advice not said before it
 
@@ -329,3 +329,49 @@ def test_the_memory_warning_names_the_line_of_the_key_that_drives_it():
 
 def _peak(*parts: dict) -> dict:
     return {"bytes": sum(p["bytes"] for p in parts), "parts": list(parts)}
+
+
+def test_the_refusal_of_a_peak_beyond_memory_and_disk_names_stream_and_counts_swap(monkeypatch):
+    """Weights most of the peak (not streamed): the refusal said 'it fits in no way, not even with
+    calibration.spill_activations: true' and dropped the warning's fix, stream: true, which would fit (R2's
+    mem2). And a machine's swap, where no cgroup limit binds, is counted in the refusal's bound (a run
+    through it crawls, but ran): said where it counted."""
+    from types import SimpleNamespace
+
+    import compress.plan_memory as pm
+    import compress.runner_memory as rm
+    from compress.errors import UserError
+
+    monkeypatch.setattr(pm, "machine_memory", lambda: 64 << 30)
+    monkeypatch.setattr(pm, "machine_swap", lambda: 0)
+    monkeypatch.setattr(rm, "free_bytes", lambda folder: 20 << 30)
+    memory = _peak(pm._part(pm.WEIGHTS, 95 << 30, ["teacher", "compute_dtype"], "stream: true"),
+                   pm._part("calibration activations", 5 << 30, ["calibration.num_prompts"],
+                            "calibration.spill_activations: true"))
+    cpu = SimpleNamespace(device="cpu")
+    with pytest.raises(UserError) as e:
+        pm.refuse_beyond_disk(cpu, memory, "runs/x", "r.yaml:3")
+    assert str(e.value) == ("r.yaml:3: as written, the run would hold about 100.0 GiB at its peak, more than the "
+                            "memory there is (64.0 GiB) and the disk free under runs/x (20.0 GiB) together, which no "
+                            "calibration.spill_activations: true changes: teacher and student weights 95.0 GiB "
+                            "(teacher, compute_dtype; stream: true)")
+    monkeypatch.setattr(pm, "machine_swap", lambda: 16 << 30)
+    pm.refuse_beyond_disk(cpu, memory, "runs/x", "r.yaml:3")  # 64 + 16 + 20 GiB: not refused
+    monkeypatch.setattr(pm, "machine_swap", lambda: 8 << 30)
+    with pytest.raises(UserError) as e:
+        pm.refuse_beyond_disk(cpu, memory, "runs/x", "r.yaml:3")
+    assert "more than the memory there is (72.0 GiB, 8.0 GiB of it swap) and the disk free" in str(e.value)
+
+
+def test_swap_is_counted_only_where_no_cgroup_limit_binds(monkeypatch, tmp_path):
+    import compress.plan_memory as pm
+
+    meminfo = "MemTotal:       1000 kB\nSwapTotal:       2048 kB\nSwapFree:        2048 kB\n"
+    real = pm.Path
+    monkeypatch.setattr(pm, "Path", lambda p: real(tmp_path / "meminfo") if p == "/proc/meminfo" else real(p))
+    (tmp_path / "meminfo").write_text(meminfo)
+    monkeypatch.setattr(pm, "_physical_memory", lambda: 8 << 30)
+    monkeypatch.setattr(pm, "machine_memory", lambda: 8 << 30)
+    assert pm.machine_swap() == 2 << 20
+    monkeypatch.setattr(pm, "machine_memory", lambda: 4 << 30)  # a container's limit
+    assert pm.machine_swap() == 0
