@@ -30,7 +30,7 @@ from compress.runner_resume import (finished_and_reusable, fingerprint, inputs_c
 from compress.runner_teacher_id import (named_teacher, older_checksum, same_teacher, teacher_identity,
                                         teacher_moved, weights_checksum)
 from compress.runner_setup import DTYPES, load_checked_teacher
-from compress.runner_stages import resumable
+from compress.runner_stages import discard_finished, resumable
 from compress.runner_stop_words import LOADING
 from compress.runner_memory import NO_ACTIVATIONS, warn_if_activations_too_big, warn_if_streamed_too_big
 from compress.runner_stream import check_streaming, streamed_weights
@@ -83,7 +83,8 @@ def prepare(runner) -> None:
         scheduler_config=getattr(src, "scheduler_config", lambda: None),
         unconditional=getattr(src, "unconditional", None),
         fingerprint=teacher_id,
-        resume=runner.resume)
+        resume=runner.resume,
+        before_saving=functools.partial(discard_finished, runner))  # (a distill first pass's checkpoint)
     if weights is not None:
         console.print(f"streaming: the top level ({weights['top_level_params']:,} params) stays resident, "
                       f"blocks (at most {weights['largest_block_params']:,}) are read one at a time")

@@ -74,7 +74,7 @@ def _restored(runner):
     runner.student_stage = None  # the saved stage folder that holds the student (hand_off)
     if not runner.resume:  # a finished run's, or discarded with --restart (check_run_folder)
         # a finished run's stages that --resume would keep go only once this run saves its first one
-        # (`_discard_finished`): a Ctrl-C before leaves them, as the note (runner_prepare.note_reusable) says
+        # (`discard_finished`): a Ctrl-C before leaves them, as the note (runner_prepare.note_reusable) says
         runner.finished_stages = not runner.restart and bool(_kept_of_finished(runner))
         if is_main_process():
             if not runner.finished_stages:
@@ -319,7 +319,7 @@ def save_stage(runner, i: int, student, record: bool = True):
     if not is_main_process():
         return
     say_read_back_at_end(runner, i)  # Runner._stage saves pass i's stage once it ran: what it read back
-    _discard_finished(runner)
+    discard_finished(runner)
     d = stage_dir(runner, i)
     if record and runner.recipe.stream and runner.models.blocks is not None:
         write_record(runner.run_dir, i, _state(runner), student, runner.models.blocks)
@@ -330,10 +330,11 @@ def save_stage(runner, i: int, student, record: bool = True):
     runner.models.adopt(student, d)
 
 
-def _discard_finished(runner) -> None:
+def discard_finished(runner) -> None:
     """The finished run's stages that a rerun without --resume started over (`_restored` left them):
-    deleted as its first stage of its own is saved, FINISHED first (a Ctrl-C amid them leaves no finished
-    run of missing stages), this run's RUN_RECORD kept."""
+    deleted as its first stage of its own is saved, or a distill first pass's first checkpoint (RunContext.
+    before_saving: --resume would take the old stages over it), FINISHED first (a Ctrl-C amid them leaves
+    no finished run of missing stages), this run's RUN_RECORD kept."""
     if not getattr(runner, "finished_stages", False):
         return
     stages = runner.run_dir / "stages"

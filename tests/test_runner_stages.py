@@ -306,3 +306,29 @@ def test_a_rerun_over_a_finished_run_discards_its_stages_only_as_it_saves_its_fi
         m.setattr(svd.SVDPass, "run", stop)  # neither runs again
         assert main(argv + ["--out", str(tmp_path / "out2"), "--resume"]) == 0
     assert "all 2 passes were done (remove_blocks, svd): writing the output again" in capsys.readouterr().err
+
+
+def test_a_rerun_over_a_finished_run_whose_first_pass_is_distill_is_resumed_after_its_checkpoint(tmp_path,
+                                                                                                  monkeypatch, capsys):
+    """A distill first pass writes checkpoints long before it saves its stage: a plain rerun stopped after
+    one kept the finished run's stages, and --resume said 'all 2 passes were done (distill, svd): writing
+    the output again', the OLD output over the new run's steps (R2's e2e). They go with its first checkpoint,
+    and --resume continues the new run's training from it."""
+    pixart_runner(tmp_path, monkeypatch)  # the tiny PixArt teacher in tmp_path/teacher
+    text = ("model: pixart\nteacher: " + str(tmp_path / "teacher") + "\n"
+            "calibration: {source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}\n"
+            "passes:\n  - distill: {steps: 2, batch_size: 2, max_steps_this_run: STOP, checkpoint_every: 1, "
+            "lambda_task: 0, progress: false, plot: false}\n  - svd: {targets: [mlp], ratio: 0.5}\n")
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    (tmp_path / "r.yaml").write_text(text.replace("STOP", "2"))
+    assert main(argv) == 0
+    (tmp_path / "r.yaml").write_text(text.replace("STOP", "1"))  # stops after step 1, its checkpoint written
+    assert main(argv + ["--overwrite"]) == 75
+    said = " ".join(capsys.readouterr().err.split())
+    assert "holds a finished run that shares all 2 passes with this recipe: starting over" in said
+    assert [p.name for p in (tmp_path / "run" / "stages").iterdir()] == ["run.json"]  # the finished run's: gone
+    (tmp_path / "r.yaml").write_text(text.replace("STOP", "2"))
+    assert main(argv + ["--overwrite", "--resume"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "passes were done" not in said
+    assert "distill: continuing from its checkpoint at step 1/2 (" in said

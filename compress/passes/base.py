@@ -112,6 +112,9 @@ class RunContext:
     # block weights read just in time (recipe `stream: true`): passes that stream use it; None:
     # the student is resident
     blocks: Any = None
+    # () -> None, called (rank 0) before a pass writes what --resume takes for this run's own work ahead of its
+    # stage (distill's checkpoints): a finished run's stages a plain rerun kept go then (runner_stages.discard_finished)
+    before_saving: Callable[[], None] = lambda: None
 
 
 # set on plan's meta model (runner_checks.checked_in_order) once a pass that changes the student's

@@ -52,6 +52,7 @@ class Checkpoints:
         acc, root = self.acc, self.dir / "checkpoints"
         final, tmp = root / f"step-{self.step:08d}", root / f"tmp-step-{self.step:08d}"
         if acc.is_main_process:
+            self.ctx.before_saving()  # a finished run's stages kept so far are not resumed over this checkpoint
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
