@@ -63,8 +63,11 @@ def cached_output(source: str, what: str) -> Path | None:
     """For a command that reads an output (`what`: inspect, bench, eval) given a Hub id (ORG/NAME, not there
     as a path): the Hugging Face cache's snapshot of it (io_hub_cache.cached_snapshot, as for a teacher),
     where that is a dit-compress output; else a UserError saying what `what` reads and how to
-    download it. None for a path."""
-    if not hub_like(source):
+    download it. None for a path (but for ORG/NAME whose ORG is a folder here, which missing_output let through:
+    the cache holds it)."""
+    from compress.output_names import owner_is_a_folder
+
+    if not hub_like(source) and not owner_is_a_folder(source):
         return None
     from compress.io_hub import hub_cache
     from compress.io_hub_cache import uncached

@@ -110,16 +110,31 @@ def missing_output(given: str, usage: str) -> str | None:
     path that is not there: 'no such folder out/toy-pixart', then the folder of its parent it may have
     meant (errors.closest), or for a run folder runs/NAME the output out/NAME of that run, or that the
     default folder out/ (runs/) is not there either; then `usage` (which says what writes an output).
-    None where `given` is there or reads as a Hub id (ORG/NAME, whose first part is no folder here):
-    the Hugging Face cache's copy is looked for then. Local: io.looks_local's (./, ../, /, ~, no owner,
-    a first part that is a folder here), or under out/ or runs/ (a run's default folders, there or not)."""
+    None where `given` is there or reads as a Hub id (ORG/NAME, whose first part is no folder here, or is
+    one but the cache holds ORG/NAME: owner_is_a_folder): the Hugging Face cache's copy is looked for then.
+    Local: io.looks_local's (./, ../, /, ~, no owner, a first part that is a folder here), or under out/ or
+    runs/ (a run's default folders, there or not)."""
     from compress.io import looks_local
 
     path = Path(given).expanduser()
     if path.exists() or not (looks_local(given) or _in_default(path)):
         return None
+    if owner_is_a_folder(given):  # acme/model with ./acme/ here: the cache's copy of the Hub id first
+        from compress.io_output import cached_copy
+
+        if cached_copy(given)[0] is not None:
+            return None
     noun = "file" if path.suffix in FILE_SUFFIXES else "folder"
     return f"no such {noun} {given}{_meant(path)} {usage}"
+
+
+def owner_is_a_folder(given: str) -> bool:
+    """Whether `given`, not there, reads as a local path (io.looks_local) only because its first part is a
+    folder here (acme/model with ./acme/): an ORG/NAME not under out/ or runs/, not starting ./ ../ / ~,
+    which may be a Hub id the Hugging Face cache holds (missing_output, io_output.cached_output look there)."""
+    parts = given.split("/")
+    return (len(parts) == 2 and all(parts) and not given.startswith((".", "/", "~", "toy:"))
+            and parts[0] not in DEFAULT_FOLDERS and Path(parts[0]).is_dir() and not Path(given).exists())
 
 
 def _meant(path: Path) -> str:

@@ -116,3 +116,16 @@ def test_a_local_path_not_there_is_no_hub_id_to_download(tmp_path, capsys, monke
                                        f"dit-compress {command} out/tiny\n")
     assert main([command, "acme/none"]) == 2  # a Hub id: the cache's words
     assert "holds no copy of it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, extra", [("inspect", []), ("eval", []),
+                                            ("bench", ["--repeats", "1", "--device", "cpu"])])
+def test_a_cached_hub_id_whose_owner_is_a_folder_here_is_read_from_the_cache(cached, capsys, command, extra):
+    """With an ./acme/ folder here, `inspect acme/out` (the cache holds it) was refused 'no such folder
+    acme/out': its first part a folder here, it was taken for a local path and the cache never looked in.
+    The cache's copy is read; an id the cache does not hold keeps the local words."""
+    (cached.parents[3] / "acme").mkdir()
+    assert main([command, "acme/out", *extra]) == 0
+    assert f"note: acme/out: reading the Hugging Face cache's copy of it, {cached}" in capsys.readouterr().err
+    assert main([command, "acme/none", *extra]) == 2
+    assert capsys.readouterr().err.startswith("dit-compress: error: no such folder acme/none (")
