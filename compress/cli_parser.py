@@ -104,8 +104,13 @@ def empty_path(args) -> str | None:
         if blank is not None and name.startswith("-"):
             return f"{name} {blank!r} names no {noun}; give one, or leave {name} out"
         if blank is not None:
-            return f"{name} {blank!r} names no {noun} (dit-compress {args.command} {name} ...)"
+            return f"{name} {blank!r} names no {noun} (dit-compress {args.command} {_POSITIONALS[args.command]})"
     return None
+
+
+# each command's positional arguments as its usage names them (empty_path's words)
+_POSITIONALS = {"run": "RECIPE", "plan": "RECIPE", "importance": "SOURCE", "inspect": "OUT", "eval": "MODEL",
+                "bench": "OUT", "convert": "FILE OUT", "lora": "OUT LORA NEW"}
 
 
 def _default_folder(parent: str) -> str:

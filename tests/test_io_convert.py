@@ -331,8 +331,7 @@ def test_an_empty_output_path_says_so(tmp_path, capsys):
 
     _flux_file(tmp_path)
     assert main(["convert", str(tmp_path / "f.safetensors"), ""]) == 2
-    assert capsys.readouterr().err == ("dit-compress: error: the output path is empty; convert FILE OUT reads FILE "
-                                       "and writes the new folder OUT\n")
+    assert capsys.readouterr().err == "dit-compress: error: OUT '' names no folder (dit-compress convert FILE OUT)\n"
 
 
 def test_a_schnell_file_with_a_dev_config_names_guidance_embeds(tmp_path):
