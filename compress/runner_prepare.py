@@ -84,7 +84,8 @@ def prepare(runner) -> None:
         unconditional=getattr(src, "unconditional", None),
         fingerprint=teacher_id,
         resume=runner.resume,
-        before_saving=functools.partial(discard_finished, runner))  # (a distill first pass's checkpoint)
+        before_saving=functools.partial(discard_finished, runner),  # (a distill first pass's checkpoint)
+        finished_note=lambda: runner.interrupt_note() if getattr(runner, "finished_stages", False) else "")
     if weights is not None:
         console.print(f"streaming: the top level ({weights['top_level_params']:,} params) stays resident, "
                       f"blocks (at most {weights['largest_block_params']:,}) are read one at a time")

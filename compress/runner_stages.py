@@ -317,6 +317,7 @@ def save_stage(runner, i: int, student, record: bool = True):
     """Pass i's stage folder and its state.json; streamed, first the record that lets --resume
     finish writing it after an interrupt (runner_pending; `record` False: it is there already)."""
     if not is_main_process():
+        runner.finished_stages = False  # (rank 0 discards them below: RunContext.finished_note agrees)
         return
     say_read_back_at_end(runner, i)  # Runner._stage saves pass i's stage once it ran: what it read back
     discard_finished(runner)

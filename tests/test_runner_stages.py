@@ -332,3 +332,35 @@ def test_a_rerun_over_a_finished_run_whose_first_pass_is_distill_is_resumed_afte
     said = " ".join(capsys.readouterr().err.split())
     assert "passes were done" not in said
     assert "distill: continuing from its checkpoint at step 1/2 (" in said
+
+
+def test_a_ctrl_c_in_a_rerun_s_first_distill_before_its_first_checkpoint_keeps_the_finished_run(tmp_path,
+                                                                                                 monkeypatch, capsys):
+    """The rerun's note says 'Ctrl-C now and add --resume to keep them', but a Ctrl-C during its distill first
+    pass wrote a stop-time checkpoint, discarding the finished run's stages (R3). Before this run's first
+    checkpoint a stop saves none: the finished run is kept, as the stop says, and --resume runs no pass."""
+    import signal
+
+    import compress.passes.distill_trainer as dt
+
+    pixart_runner(tmp_path, monkeypatch)
+    (tmp_path / "r.yaml").write_text(
+        "model: pixart\nteacher: " + str(tmp_path / "teacher") + "\n"
+        "calibration: {source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}\n"
+        "passes:\n  - distill: {steps: 4, batch_size: 2, checkpoint_every: 100, lambda_task: 0, progress: false, "
+        "plot: false}\n  - svd: {targets: [mlp], ratio: 0.5}\n")
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    stages = tmp_path / "run" / "stages"
+    before = {p.name: p.stat().st_mtime_ns for p in stages.iterdir() if p.name != "run.json"}
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(dt, "agreed_stop", lambda own, taken: signal.SIGINT)  # a Ctrl-C in the first step
+        assert main(argv + ["--overwrite"]) == 130
+    said = " ".join(capsys.readouterr().err.split())
+    assert {p.name: p.stat().st_mtime_ns for p in stages.iterdir() if p.name != "run.json"} == before
+    assert not list((tmp_path / "run").glob("distill/checkpoints/step-*"))
+    assert ("distill: stopped at step 1/4 on a stop signal, before its first checkpoint; " + str(tmp_path / "run")
+            + " still holds the finished run's stages: rerun with --resume to keep all its 2 passes") in said
+    assert main(argv + ["--overwrite", "--resume"]) == 0
+    assert "all 2 passes were done (distill, svd): writing the output again" in capsys.readouterr().err

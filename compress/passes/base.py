@@ -115,6 +115,9 @@ class RunContext:
     # () -> None, called (rank 0) before a pass writes what --resume takes for this run's own work ahead of its
     # stage (distill's checkpoints): a finished run's stages a plain rerun kept go then (runner_stages.discard_finished)
     before_saving: Callable[[], None] = lambda: None
+    # () -> the interrupt note (runner_folders.interrupt_note) while a finished run's stages a plain rerun kept
+    # are still held, else "": a Ctrl-C before this run's first checkpoint saves none, keeping them (distill)
+    finished_note: Callable[[], str] = lambda: ""
 
 
 # set on plan's meta model (runner_checks.checked_in_order) once a pass that changes the student's

@@ -122,7 +122,7 @@ class _Trainer(Checkpoints):
         pred = OutputCapture(inner)
         feats = (BlockOutputs(inner, self.adapter, detach=False), BlockOutputs(self.teacher, self.adapter,
                  detach=True)) if cfg.lambda_feat > 0 else None
-        ran = 0
+        ran, saved = 0, False  # saved: a checkpoint of this run's
         shown = cfg.progress and self.acc.is_main_process
         try:
             with StopSignals() as stop, progress_bar(shown, transient=False) as bar:
@@ -139,15 +139,19 @@ class _Trainer(Checkpoints):
                     last = self.step == cfg.steps
                     if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
                         self._save()
+                        saved = True
                     limit = cfg.max_steps_this_run is not None and ran >= cfg.max_steps_this_run
                     if not last and (stop_now or limit):
-                        if not (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                        # a stop before this run's first checkpoint keeps the finished run it would discard
+                        kept = self.ctx.finished_note() if stop_now and not saved else ""
+                        if not kept and not (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                             self._save()
                         why = (stop_words(taken, self.acc.num_processes) if stop_now
                                else f"max_steps_this_run={cfg.max_steps_this_run}")
                         raise (TrainingInterrupted if stop_now else StepLimitReached)(
-                            f"distill: stopped at step {self.step}/{cfg.steps} on {why}; checkpoint in "
-                            f"{self.dir / 'checkpoints'}; run again with --resume to continue",
+                            f"distill: stopped at step {self.step}/{cfg.steps} on {why}, before its first "
+                            f"checkpoint{kept}" if kept else f"distill: stopped at step {self.step}/{cfg.steps} "
+                            f"on {why}; checkpoint in {self.dir / 'checkpoints'}; run again with --resume to continue",
                             stop_now)
         finally:
             pred.remove()
