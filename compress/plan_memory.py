@@ -277,8 +277,9 @@ def _physical_memory() -> int | None:
 
 
 def machine_swap() -> int:
-    """This machine's swap (SwapTotal of /proc/meminfo) where no cgroup limit binds below its physical memory
-    (a container's limit holds its swap apart); else 0. Only run's refusal counts it: a run through swap crawls."""
+    """This machine's swap (SwapTotal of /proc/meminfo, within its cgroup v2 memory.swap.max: a container's
+    0 lets it none) where no cgroup limit binds below its physical memory (a container's limit holds its
+    swap apart); else 0. Only run's refusal counts it: a run through swap crawls."""
     total = _physical_memory()
     if total is None or (machine_memory() or 0) < total:
         return 0
@@ -287,7 +288,9 @@ def machine_swap() -> int:
     except OSError:
         return 0
     kib = [line.split()[1] for line in lines if line.startswith("SwapTotal:")]
-    return int(kib[0]) * 1024 if kib and kib[0].isdigit() else 0
+    swap = int(kib[0]) * 1024 if kib and kib[0].isdigit() else 0
+    limit = _read_int("/sys/fs/cgroup/memory.swap.max")  # None: "max" (no limit), or no cgroup v2
+    return swap if limit is None else min(swap, max(limit, 0))
 
 
 def _read_int(path: str) -> int | None:

@@ -375,3 +375,20 @@ def test_swap_is_counted_only_where_no_cgroup_limit_binds(monkeypatch, tmp_path)
     assert pm.machine_swap() == 2 << 20
     monkeypatch.setattr(pm, "machine_memory", lambda: 4 << 30)  # a container's limit
     assert pm.machine_swap() == 0
+
+
+def test_swap_is_counted_within_the_cgroup_s_swap_max(monkeypatch, tmp_path):
+    """A container whose cgroup v2 memory.swap.max is 0 counted the host's SwapTotal (R3): now none;
+    'max' is no limit, a number caps it."""
+    import compress.plan_memory as pm
+
+    real, read = pm.Path, pm._read_int
+    monkeypatch.setattr(pm, "Path", lambda p: real(tmp_path / "meminfo") if p == "/proc/meminfo" else real(p))
+    (tmp_path / "meminfo").write_text("MemTotal:       1000 kB\nSwapTotal:       2048 kB\n")
+    monkeypatch.setattr(pm, "_physical_memory", lambda: 8 << 30)
+    monkeypatch.setattr(pm, "machine_memory", lambda: 8 << 30)
+    for swap_max, counted in (("0", 0), ("max", 2 << 20), ("1048576", 1 << 20), (None, 2 << 20)):
+        monkeypatch.setattr(pm, "_read_int", lambda p: (read(str(tmp_path / "swap.max")) if swap_max is not None
+                                                        else None) if p.endswith("memory.swap.max") else read(p))
+        (tmp_path / "swap.max").write_text(f"{swap_max}\n")
+        assert pm.machine_swap() == counted, swap_max
