@@ -13,6 +13,8 @@ import re
 
 import yaml
 
+from compress.passes import PASSES
+
 CLOSING = {"[": "]", "{": "}", "'": "'", '"': '"'}
 
 
@@ -71,9 +73,12 @@ def _colon_in_value(problem, context, mark, start, lines):
     if value[:1] in ("{", "["):  # `export: {dtype: float32}: x`: text after the closing bracket
         rest = line[mark.column:].split(" #")[0].strip()
         return mark.line + 1, f": '{_shown(rest)}' after the closing '{CLOSING[value[0]]}' of {key}'s value; remove it"
-    if key.startswith("- ") and re.fullmatch(r"[A-Za-z_]\w*", value.partition(": ")[0]):  # `- svd: targets: [mlp]`
+    item = key[2:] if key.startswith("- ") else None  # a list's: a pass (`- svd: targets: [mlp]`) or a prompt
+    if item in PASSES and re.fullmatch(r"[A-Za-z_]\w*", value.partition(": ")[0]):
         return mark.line + 1, f": a mapping as a key's value on its line goes in braces: {key}: {{{value}}}"
-    quote = '"' if "'" in value else "'"
+    quote = '"' if "'" in value or "'" in (item or "") else "'"
+    if item is not None:  # `- a cat: cute: photo` (a prompt holding ': ')
+        return mark.line + 1, f": an item with ': ' in it: quote it (- {quote}{item}: {value}{quote})"
     return mark.line + 1, f": a value with ': ' in it: quote it ({key}: {quote}{value}{quote})"
 
 

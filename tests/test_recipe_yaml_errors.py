@@ -69,6 +69,11 @@ AFTER_A_BLOCK = "version: 1\nmodel: pixart\nteacher: toy:pixart\ncalibration:\n 
      "r.yaml:10: malformed YAML: a value with ': ' in it: quote it (num_prompts: '20: x')"),
     (AFTER_A_BLOCK + "passes:\n  - svd: targets: [mlp]\n",
      "r.yaml:8: malformed YAML: a mapping as a key's value on its line goes in braces: - svd: {targets: [mlp]}"),
+    # R3: a prompt holding two ': ' was told 'a mapping as a key's value on its line goes in braces: - a cat: {cute: photo}'
+    ("version: 1\nmodel: pixart\ncalibration:\n  prompts:\n    - a cat: cute: photo\n",
+     "r.yaml:5: malformed YAML: an item with ': ' in it: quote it (- 'a cat: cute: photo')"),
+    ("version: 1\nmodel: pixart\ncalibration:\n  prompts:\n    - a cat's: cute: photo\n",
+     "r.yaml:5: malformed YAML: an item with ': ' in it: quote it (- \"a cat's: cute: photo\")"),
 ])
 def test_a_value_with_a_colon_is_said_at_its_own_line_not_the_one_before_mis_indented(text, said):
     """R2's y/b, y/a, y/i: right after a nested block, a value holding ': ' was 'r.yaml:6: ... this line's
