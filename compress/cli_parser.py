@@ -104,13 +104,14 @@ def empty_path(args) -> str | None:
         if blank is not None and name.startswith("-"):
             return f"{name} {blank!r} names no {noun}; give one, or leave {name} out"
         if blank is not None:
-            return f"{name} {blank!r} names no {noun} (dit-compress {args.command} {_POSITIONALS[args.command]})"
+            return f"{name} {blank!r} names no {noun} (dit-compress {args.command} {_positionals(args.command)})"
     return None
 
 
-# each command's positional arguments as its usage names them (empty_path's words)
-_POSITIONALS = {"run": "RECIPE", "plan": "RECIPE", "importance": "SOURCE", "inspect": "OUT", "eval": "MODEL",
-                "bench": "OUT", "convert": "FILE OUT", "lora": "OUT LORA NEW"}
+def _positionals(command: str) -> str:
+    """`command`'s positional arguments as its usage names them: 'FILE OUT' (convert)."""
+    parser = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    return " ".join(a.metavar or a.dest.upper() for a in parser._actions if not a.option_strings)
 
 
 def _default_folder(parent: str) -> str:

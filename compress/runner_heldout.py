@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 from compress.passes.base import relative_error
-from compress.report import console, is_number, warn
+from compress.report import console, warn
+from compress.report_card import against_base
 from compress.runner_stages import save_state
 
 
@@ -37,8 +38,7 @@ def against_base_words(record: dict) -> str:
     """What the stage line adds where its pass distilled toward the chain's base (the stage `record`'s
     `kd_teacher`: Pass.against_base): which teacher each error is against, as that pass's note and inspect
     say its own: ' (against the recipe's teacher; against the chain's base BASE 0.0776)'; else ''."""
-    base = record.get("kd_teacher")
-    if not isinstance(base, dict) or not is_number(base.get("relative_error")):
+    if (base := against_base(record)) is None:
         return ""
     return (f" (against the recipe's teacher; against the chain's base {base.get('source')} "
             f"{base['relative_error']:.4g})")

@@ -75,7 +75,9 @@ def _restored(runner):
     if not runner.resume:  # a finished run's, or discarded with --restart (check_run_folder)
         # a finished run's stages that --resume would keep go only once this run saves its first one
         # (`discard_finished`): a Ctrl-C before leaves them, as the note (runner_prepare.note_reusable) says
-        runner.finished_stages = not runner.restart and bool(_kept_of_finished(runner))
+        from compress.runner_prepare import _kept_stage  # (it imports this module: imported here, not above)
+
+        runner.finished_stages = not runner.restart and bool(_kept_stage(runner))  # passes --resume would keep
         if is_main_process():
             if not runner.finished_stages:
                 shutil.rmtree(stages, ignore_errors=True)
@@ -112,14 +114,6 @@ def _restored(runner):
     student = runner.models.restore(d)
     _finish_adopting(runner, k, student, d)
     return k + 1, student
-
-
-def _kept_of_finished(runner) -> int:
-    """How many passes --resume keeps of the finished run in the run folder (0: none, or not finished), as
-    the note of a rerun over it says (runner_prepare.note_reusable)."""
-    from compress.runner_prepare import _kept_stage  # (it imports this module: imported here, not above)
-
-    return _kept_stage(runner)
 
 
 def resuming_words(done: int, names: list[str], written: bool) -> str:

@@ -259,13 +259,10 @@ def test_a_path_given_empty_is_refused_before_any_work(monkeypatch, capsys, argv
 
 def test_every_path_argument_checked_for_empty_is_one_of_its_command():
     """cli_parser.PATH_ARGUMENTS names arguments each command has (a renamed one would go unchecked)."""
-    from compress.cli_parser import _POSITIONALS, PATH_ARGUMENTS, build_parser
+    from compress.cli_parser import PATH_ARGUMENTS, build_parser
 
     commands = next(a for a in build_parser()._actions if a.dest == "command").choices
     assert set(PATH_ARGUMENTS) == set(commands)
-    for command, parser in commands.items():  # the usage empty_path quotes: the command's own positionals
-        positionals = [a.metavar or a.dest.upper() for a in parser._actions if not a.option_strings]
-        assert _POSITIONALS[command].split() == positionals, command
     for command, paths in PATH_ARGUMENTS.items():
         actions = {a.dest: a for a in commands[command]._actions}
         for dest, (name, _) in paths.items():
