@@ -57,13 +57,14 @@ def config_model_class(config: dict):
 
 def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config: str | None = None,
                  family: str | None = None) -> nn.Module:
-    """Load a teacher transformer: a source (a path or a name), or an io_source.TeacherSource
+    """Load a teacher transformer: a source (a path or a name), or an io_source_config.TeacherSource
     checked already. `dtype`: a torch dtype or its name ('bfloat16'); None keeps the weights' own
     dtype, as `load_transformer` does (a folder's or Hub repo's that mixes dtypes: one that holds each
     exactly, stored_dtype). `config` (folder or config.json) is needed for single files whose config
     cannot be fetched; `family` ('pixart'|'flux') overrides detection from keys."""
     from compress.io_output import as_dtype
-    from compress.io_source import TeacherSource, check_source
+    from compress.io_source import check_source
+    from compress.io_source_config import TeacherSource
 
     dtype = as_dtype(dtype, "load_teacher")  # before any source is read
     if isinstance(source, TeacherSource):
@@ -105,7 +106,7 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
     bench's --lora, in place of the recorded places). `dtype`: load_teacher's (None: as stored,
     whose bytes bench compares the export's with). `advice`: how a teacher of other widths is put right
     (check_same_architecture's; distill's kd_teacher: base has no --teacher)."""
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     recorded = (getattr(student, "compression_meta", None) or {}).get("loras")
     if loras and not recorded:

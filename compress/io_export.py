@@ -319,7 +319,7 @@ def wider_export_words(export: torch.dtype, stored: torch.dtype | None) -> str |
 
 def teacher_stored_dtype(src) -> torch.dtype | None:
     """The dtype a teacher's weights are stored in, from its files' headers alone (io.stored_dtype),
-    for `src` (io_source.TeacherSource) a folder or a single safetensors file; None for the others
+    for `src` (io_source_config.TeacherSource) a folder or a single safetensors file; None for the others
     (a toy, a Hub id, a pickle) and where the files cannot say (mixed dtypes, unreadable: the run's
     own checks say what is wrong)."""
     from compress.io import TORCH_DTYPES, safetensors_dtypes, stored_dtype, transformer_folder, weights_variant
@@ -339,7 +339,7 @@ def teacher_stored_dtype(src) -> torch.dtype | None:
 
 def warn_if_export_wider(recipe, src) -> None:
     """plan's and run's warning, before any compute, of an export.dtype wider than the dtype the
-    teacher `src` (io_source.TeacherSource) stores its weights in, at the recipe's export.dtype key
+    teacher `src` (io_source_config.TeacherSource) stores its weights in, at the recipe's export.dtype key
     (the recipe, where the default float32 stands)."""
     from compress.recipe_where import recipe_where
     from compress.dtype_range import DTYPES

@@ -44,7 +44,7 @@ def header_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_teacher_weights(src, model: torch.nn.Module) -> None:
-    """The weights of teacher `src` (io_source.TeacherSource) fill `model` (the meta model plan built
+    """The weights of teacher `src` (io_source_config.TeacherSource) fill `model` (the meta model plan built
     from its config) exactly, names and shapes, read from the headers; a UserError in run's words
     otherwise. See the module's docstring for what is not checked."""
     path = Path(src.source).expanduser()

@@ -1,6 +1,6 @@
 """Teacher sources before anything loads: what a source names (a toy teacher, a local folder or
-file, a Hugging Face id) and its model family read from its config alone, so that a mistake is one
-line saying what and where (where the user gave it: recipe_where).
+file, a Hugging Face id) and its model family read from its config alone (io_source_config's
+TeacherSource), so that a mistake is one line saying what and where (where the user gave it: recipe_where).
 
 Relative paths: a teacher (`--teacher` or a recipe's `teacher:`) is taken from the current folder;
 a recipe's `calibration.prompt_file` from the recipe's folder.
@@ -8,18 +8,11 @@ a recipe's `calibration.prompt_file` from the recipe's folder.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from compress.errors import UserError, did_you_mean
-
-if TYPE_CHECKING:
-    from compress.inputs import Sampling
+from compress.errors import UserError
 
 # hub ids whose transformer config ships with dit-compress (compress/configs/): planned offline
 KNOWN_CONFIGS = {
@@ -219,181 +212,3 @@ def not_found(source: str, recipe_dir: Path | None = None, problem: str | None =
     if "/" not in source:
         words += "; a Hugging Face id is OWNER/NAME"
     return words + ")"
-
-
-# ---- configs and families, without weights ------------------------------------------------------
-@dataclass
-class TeacherSource:
-    """A teacher source checked once (`kind`: check_source's), its config read once, on first use,
-    without its weights: what plan and the checks pass along instead of checking the source and
-    reading its config again. config_arg: --teacher-config; where: the start of an error about it
-    (teacher_where); hub: a Hub id's transformer/config.json may be fetched; sampling: the recipe's
-    calibration source checked against it (inputs.Sampling), where io_source_recipe.checked_sources made it."""
-
-    source: str
-    kind: str
-    config_arg: str | None = None
-    where: str = ""
-    hub: bool = True
-    sampling: Sampling | None = field(default=None, compare=False, repr=False)
-    config_label: str = field(default="--teacher-config", compare=False, repr=False)  # checked's
-
-    @functools.cached_property
-    def config(self) -> dict:
-        """Its diffusers config: a folder's (or its transformer/'s) config.json, a single file's
-        (beside it, or --teacher-config), a toy's, the shipped one of a known Hub id (KNOWN_CONFIGS),
-        with `hub` the Hub's transformer/config.json, else the Hugging Face cache's (a Hub id neither
-        holds needs --teacher-config)."""
-        from compress.io import read_config, read_json
-        from compress.io_single import given_config
-
-        if self.kind == "toy":
-            from compress.toy.weights import toy_files
-
-            return read_json(toy_files(self.source[4:])[0])
-        if (file := self.config_file()) is not None:
-            given = self.config_arg if self.kind != "folder" else None  # a folder reads its own
-            return self._transformer_config(read_config(file) if given is None else
-                                            given_config(file, given, self.config_label), file)
-        if self.source in KNOWN_CONFIGS:
-            return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
-        if self.hub:
-            return hub_config(self.source)
-        from compress.io_hub import cache_only, cached_config, hub_cache
-        from compress.io_hub_cache import held_otherwise
-
-        if (cached := cached_config(self.source)) is not None:  # downloaded before: no request is made
-            return read_config(cached[0])
-        held = held_otherwise(self.source)
-        held = "" if held is None else f"; the cache holds {held}"
-        meant = did_you_mean(self.source, typos_of(self.source, KNOWN_CONFIGS))  # an id whose config ships
-        raise UserError(f"{self.where}cannot find a config for teacher '{self.source}' {cache_only('plan')}: plan "
-                        f"reads the configs of local teachers, of Hub ids in the Hugging Face cache {hub_cache()} and "
-                        f"of {', '.join(KNOWN_CONFIGS)}{held}; pass --teacher-config with its transformer's "
-                        f"config.json{meant}")
-
-    def _transformer_config(self, config: dict, file: Path) -> dict:
-        """A single file's config (beside it, or --teacher-config) names a transformer's class: one of
-        no transformer's would be read as the class's defaults (a folder's says its class as it loads)."""
-        if self.kind != "folder":  # a file's, or a Hub id's --teacher-config
-            from compress.io_single import config_family
-
-            prefixed(self.where, config_family, config, file, Path(self.source).expanduser())
-        return config
-
-    def config_file(self) -> Path | None:
-        """The local config.json of a folder, a single file or --teacher-config; None for the others."""
-        from compress.io import transformer_folder
-        from compress.io_single import config_file
-
-        path = Path(self.source).expanduser()
-        if self.kind == "folder":
-            return transformer_folder(path) / "config.json"
-        if self.kind == "file" or self.config_arg:
-            return prefixed(self.where, config_file, path, self.config_arg)
-        return None
-
-    def family(self) -> tuple[str, str] | None:
-        """(family, class name) from its config (or, for a .safetensors file, its tensor names,
-        checked against its config where it has one); None for a pickle or a file whose names do
-        not tell (its loader checks it)."""
-        from compress.arch import family_of_class, get_adapter
-
-        if self.kind == "toy":
-            family = self.source[4:]
-        elif self.kind == "file":
-            family = self._file_family()
-            if family is None:
-                return None
-        else:
-            from compress.pipeline_family import built_class
-
-            config = self.config  # its errors are said after `where` already: not twice
-            family = prefixed(self.where, lambda: family_of_class(built_class(config)))
-        return family, get_adapter(family).class_name
-
-    def has_config(self) -> bool:
-        """Whether a config is at hand to read: a single file's only with --teacher-config or beside it."""
-        path = Path(self.source).expanduser()
-        return self.kind != "file" or bool(self.config_arg) or (path.parent / "config.json").is_file()
-
-    def _file_family(self) -> str | None:
-        from compress.io_single import check_config_family, detect_family, file_family
-
-        path = Path(self.source).expanduser()
-        has_config = self.has_config()
-        config = self.config if has_config else None  # one of no transformer's is refused, a pickle's too
-        family = file_family(path)  # the header's tensor names
-        if family is None and path.suffix == ".safetensors" and not has_config:  # names of no transformer,
-            # and no config to tell the family (with one, its loader checks the names: a toy Flux of no
-            # single blocks has none that say Flux)
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                prefixed(f"{self.where}{path}: ", lambda: detect_family(list(f.keys())))
-        if family is not None and has_config:
-            prefixed(self.where, check_config_family, family, config, self.config_file(), path)
-        return family
-
-
-def typos_of(word: str, options, most: int = 2) -> list[str]:
-    """The `options` `word` is a typo of: at most `most` letters added, dropped or changed, case aside
-    (PixArt-Sigma-XL-2-1024-MSS of -MS), not another name near it (FLUX.1-schnell is no FLUX.1-dev)."""
-    def edits(a: str, b: str) -> int:  # Levenshtein distance, one row at a time
-        row = list(range(len(b) + 1))
-        for i, x in enumerate(a, 1):
-            row, last = [i], row
-            for j, y in enumerate(b, 1):
-                row.append(min(last[j] + 1, row[j - 1] + 1, last[j - 1] + (x != y)))
-        return row[-1]
-
-    return [o for o in options if edits(word.lower(), o.lower()) <= most]
-
-
-def checked(source: str, config: str | None = None, where: str = "", hub: bool = True,
-            recipe_dir: Path | None = None, stream: bool = False,
-            config_label: str = "--teacher-config") -> TeacherSource:
-    """`source` checked (check_source), as a TeacherSource; see there for the arguments. A
-    --teacher-config a toy or folder teacher does not read is said, not silently dropped (`config_label`:
-    how the warning names it: a recipe's 'PATH:LINE: teacher_config')."""
-    kind = check_source(source, where, recipe_dir, stream)
-    if kind == "hub":
-        warn_if_beside_recipe(source, where, recipe_dir)
-    if config and kind in ("toy", "folder"):
-        from compress.report import warn
-
-        what = "a toy teacher" if kind == "toy" else "a folder with its own config.json"
-        found = "" if Path(config).expanduser().exists() else f" (nor found: {os.path.abspath(Path(config).expanduser())})"
-        warn(f"{config_label} {config} is not read{found}: teacher {source} is {what} "
-             f"({config_label.split(': ')[-1]} is the diffusers config of {READS})")
-    return TeacherSource(source, kind, config, where, hub, config_label=config_label)
-
-
-def warn_if_beside_recipe(source: str, where: str, recipe_dir: Path | None) -> None:
-    """A warning where a teacher read as a Hub id (OWNER/NAME, no such path here) is a path from
-    the recipe's folder: relative paths are taken from the current folder (not_found)."""
-    if recipe_dir is None or Path(source).expanduser().is_absolute():
-        return
-    there = os.path.abspath(Path(recipe_dir) / Path(source).expanduser())
-    if Path(there).exists():
-        from compress.report import warn
-
-        warn(f"{where}teacher {source} is read as a Hugging Face id: there is no {os.path.abspath(source)} (a "
-             "recipe's relative teacher path is taken from the current folder, not the recipe's), but there is "
-             f"{there}: give that path to use it")
-
-
-def hub_config(repo_id: str) -> dict:
-    """The transformer config of a Hub repo where a local copy of the repo has it (io.transformer_place's
-    rule, by the Hub's file list): a pipeline's transformer/config.json, or a transformer-only repo's
-    config.json (a few KB; io_hub.hub_config_file)."""
-    from compress.io import read_config
-    from compress.io_hub import hub_config_file
-
-    return read_config(hub_config_file(repo_id)[0])
-
-
-def source_family(source: str, config: str | None = None, where: str = "",
-                  hub: bool = True) -> tuple[str, str] | None:
-    """(family, class name) of a teacher source without reading weights (TeacherSource.family)."""
-    return checked(source, config, where, hub).family()

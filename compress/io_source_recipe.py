@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.errors import UserError
-from compress.io_source import TeacherSource, checked
+from compress.io_source_config import TeacherSource, checked
 from compress.recipe_teacher_config import config_named
 from compress.recipe_where import recipe_where, teacher_given, teacher_where
 

@@ -20,7 +20,7 @@ bias untouched. A row scaling merges exactly: a dense W' as written, a LowRankLi
 on, so the student's layer changes exactly as the teacher's does (its compression error is scaled by
 the same m/n, ≈ 1); the student's own W_lowrank + s·B A would give other norms, so other outputs. The
 teacher's weights of the adapted layers are taken from `teacher` (a loaded model), else from a teacher
-source (`teacher`, else the one the student recorded), classified once (io_source.checked), read alone
+source (`teacher`, else the one the student recorded), classified once (io_source_config.checked), read alone
 from a diffusers folder, a toy or a Hub id (its config and safetensors index, then only the shards
 holding those layers; a note says so); a single-file teacher, or any teacher of a student that took
 LoRAs before (the DoRA was trained on the teacher with them), is loaded as eval loads it
@@ -218,7 +218,8 @@ def teacher_count(student: nn.Module, group, teacher, config: str | None) -> int
     source = str(teacher or meta.get("teacher") or "")
     if not source:
         return None
-    from compress.io_source import TeacherSource, check_source
+    from compress.io_source import check_source
+    from compress.io_source_config import TeacherSource
 
     try:
         found = TeacherSource(source, check_source(source), config or (None if teacher else meta.get("teacher_config")),

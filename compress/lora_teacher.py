@@ -246,11 +246,12 @@ def dora_weights(student: nn.Module, names: dict[str, str], teacher,
 
 
 def _teacher_weights(student: nn.Module, source: str, config: str | None, names: list[str]) -> dict[str, torch.Tensor]:
-    """The weights `names` of the teacher `source`, classified once here (io_source.checked): read alone
+    """The weights `names` of the teacher `source`, classified once here (io_source_config.checked): read alone
     from a toy, a folder or a Hub id (_teacher_files), else (a single file, or a student that took LoRAs
     before: the teacher with them) from the teacher io.load_teacher_of loads. A dit-compress output (its
     config's compression section, or its weight file's header) is refused before any weights are read."""
-    from compress.io_source import checked, output_record
+    from compress.io_source import output_record
+    from compress.io_source_config import checked
 
     record = output_record(Path(source).expanduser())  # an output's weight file: said as such, once
     if record is not None:
@@ -318,7 +319,7 @@ def _read_teacher_weights(files: dict[str, Path], names: list[str]) -> dict[str,
 
 
 def _teacher_files(src, keys: list[str]) -> dict[str, Path]:
-    """Tensor name -> safetensors file of a toy, folder or Hub teacher (io_source.TeacherSource); of a
+    """Tensor name -> safetensors file of a toy, folder or Hub teacher (io_source_config.TeacherSource); of a
     Hub id, those of `keys` alone where its index tells (_hub_files)."""
     from compress.stream_files import file_map, weight_map
 

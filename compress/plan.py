@@ -30,7 +30,8 @@ from compress.plan_statistics import svd_statistics
 from compress.plan_words import bounded_keys, where_words
 from compress.io_export import warn_if_export_wider
 from compress.io_headers import check_teacher_weights
-from compress.io_source import KNOWN_CONFIGS, TeacherSource, checked
+from compress.io_source import KNOWN_CONFIGS
+from compress.io_source_config import TeacherSource, checked
 from compress.io_source_recipe import checked_sources
 from compress.recipe_teacher_config import teacher_config_of
 from compress.passes import build_passes

@@ -16,7 +16,7 @@ def teacher_config_of(recipe, config: str | None, teacher: str | None = None) ->
     recipe's `teacher_config:` (None where it has none). A relative one is taken from the current folder,
     as `teacher:` is; one that is not there is a UserError at its file:line, naming the path looked for
     (and the one beside the recipe, where that is there), before anything loads; but not for a teacher
-    (`teacher`: --teacher, else the recipe's) that reads no config: io_source.checked warns it is not read."""
+    (`teacher`: --teacher, else the recipe's) that reads no config: io_source_config.checked warns it is not read."""
     given = getattr(recipe, "teacher_config", None)
     if config is not None or given is None:
         return config

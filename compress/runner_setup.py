@@ -17,7 +17,7 @@ from compress.errors import NumericError, UserError
 from compress.interrupts import TERMINATIONS, as_ctrl_c, handled
 from compress.io import load_teacher
 from compress.dtype_range import compute_beyond_words, held
-from compress.io_source import TeacherSource
+from compress.io_source_config import TeacherSource
 from compress.io_source_recipe import checked_sources
 from compress.io_tensors import nonfinite
 from compress.recipe import Recipe

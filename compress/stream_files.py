@@ -192,7 +192,7 @@ def streamed_output(path) -> UserError:
 
 
 def check_streamable(src) -> None:
-    """What checkpoint_of refuses, from a checked source (io_source.TeacherSource) alone, before
+    """What checkpoint_of refuses, from a checked source (io_source_config.TeacherSource) alone, before
     anything is read: `plan` says it as `run` does."""
     if src.kind == "file":
         raise not_streamable(src.source, True)

@@ -125,7 +125,7 @@ def test_a_snapshot_of_another_revision_is_named_by_teachers_outputs_and_loras_a
     download it); each now names the snapshot it holds, which loads as a local folder."""
     from huggingface_hub import constants
 
-    from compress.io_source import checked
+    from compress.io_source_config import checked
     from compress.lora_read import hub_lora
     from tests.test_io_output_paths import _output
 
@@ -247,7 +247,7 @@ def test_a_runs_source_check_and_load_send_the_hubs_head_once(tmp_path, monkeypa
     """A run checks its Hub teacher's config (io_source) before it loads it: each asked the Hub
     (get_hf_file_metadata) whether it answers and at which commit, 2 HEADs; the answer is kept. The
     other HEADs are io_hub_requests.download's, one before each hf_hub_download."""
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     model = tiny_pixart()
     folder = _pipeline(tmp_path / "pipe", model)

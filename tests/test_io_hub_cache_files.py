@@ -116,7 +116,7 @@ def test_a_cache_listing_it_cannot_read_is_passed_over(tmp_path, monkeypatch, ca
     from huggingface_hub import constants
 
     from compress import load_teacher
-    from compress.io_source import checked
+    from compress.io_source_config import checked
     from tests.conftest import tiny_pixart
     from tests.test_io_hub_cache import _cached, _pipeline
 

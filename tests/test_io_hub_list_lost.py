@@ -1,6 +1,6 @@
 """A Hub teacher whose Hub answered its config's request, then lost a later one (the repo's file
 list, or the download of the config that list places the transformer in): run's check before the
-load (io_source.checked: io_hub.hub_config_file) and the load (load_teacher: io_hub.hub_folder)
+load (io_source_config.checked: io_hub.hub_config_file) and the load (load_teacher: io_hub.hub_folder)
 read the same config or refuse alike, and a list lost in the check is not waited for again."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_a_file_list_lost_in_runs_check_is_not_waited_for_again_by_its_load(monk
     """The cache holds acme/pix at the Hub's commit, the Hub holds its file list: the check waited
     HF_HUB_DOWNLOAD_TIMEOUT (1 s) for it, then the load asked it again and waited as long (2.0 s
     in all, 2 lists asked); the loss is remembered, the load reads the cache at once (1 list)."""
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     model = tiny_pixart()
     _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", model))
@@ -83,7 +83,7 @@ def test_a_file_list_lost_in_runs_check_is_not_waited_for_again_by_its_load(monk
 def test_a_file_list_lost_is_said_naming_the_config_the_check_and_the_load_read(monkeypatch, tmp_path, capsys):
     """As above: the check read the cache's config without a word (the load too); now one note, said
     once, names the file both read and why."""
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", tiny_pixart()))
     hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: line.startswith(LIST))
@@ -105,7 +105,7 @@ def test_a_config_the_list_places_elsewhere_lost_is_refused_by_the_check_as_by_t
     (io_hub.fetch_config asks that first). The Hub holds the root config's request: the load refused
     in one line, but the check read transformer/'s config (2 layers, the root's 3) without a word;
     now it refuses in the load's line, before any work."""
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     _both(tmp_path / "repo")
     hub = _hub(monkeypatch, tmp_path / "repo", "acme/both", lambda line: f"/resolve/{COMMIT}/config.json " in line)
@@ -159,7 +159,7 @@ def _refused_then_retried(monkeypatch, tmp_path, held: str) -> list:
 def test_a_load_refused_on_the_checks_lost_list_says_it_was_not_asked_again(monkeypatch, tmp_path):
     """run's check lost the list, the load read the cache without asking it (1 list) and was refused
     in the check's words as if it had asked; now they say it was not asked again."""
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     _config_alone(tmp_path)
     hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: line.startswith(LIST))
@@ -198,7 +198,7 @@ def test_a_list_lost_is_asked_again_once_its_wait_is_raised(monkeypatch, tmp_pat
     remembered error's words recomputed); now it asks again (2 lists), waits 2 s and says so."""
     from huggingface_hub import constants
 
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     _cached(tmp_path, "acme/pix", _pipeline(tmp_path / "pipe", tiny_pixart()))
     hub = _hub(monkeypatch, tmp_path / "pipe", "acme/pix", lambda line: line.startswith(LIST))

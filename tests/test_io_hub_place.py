@@ -56,7 +56,7 @@ def test_a_hub_teacher_is_read_where_a_local_copy_of_its_repo_is(tmp_path, monke
     """Online, nothing cached: the Hub's file list says which files exist. Without model_index.json
     the root's config.json (and weights) were not read: transformer/'s 2-layer model loaded. With it,
     transformer/'s, and the cache's snapshot holds model_index.json, so a copy of it reads the same."""
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     folder = tmp_path / "repo"
     root, inner = _both(folder, pipeline)
@@ -129,7 +129,7 @@ def test_a_cache_listing_the_whole_repo_reads_it_offline_where_the_hub_does(tmp_
     from huggingface_hub import constants
 
     from compress.errors import UserError
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     root, _ = _both(tmp_path / "repo")
     (tmp_path / "part").mkdir()

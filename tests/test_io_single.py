@@ -233,7 +233,7 @@ def test_a_single_file_with_a_config_of_the_other_family_is_one_line(tmp_path, s
 def test_a_teacher_config_json_file_of_any_name_is_the_config_itself(tmp_path, named):
     """--teacher-config myconf.json was taken for a folder: "no config.json there"."""
     from compress.io_single import config_file
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     model = tiny_pixart()
     (tmp_path / "w").mkdir()

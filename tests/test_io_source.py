@@ -7,7 +7,7 @@ import json
 import pytest
 
 from compress.errors import UserError
-from compress.io_source import source_family
+from compress.io_source_config import source_family
 from compress.io_source_recipe import checked_sources
 from compress.recipe import load_recipe
 from tests.conftest import tiny_flux, tiny_pixart
@@ -57,7 +57,7 @@ def test_a_recipe_teacher_read_as_a_hub_id_that_is_a_path_from_the_recipes_folde
     monkeypatch.chdir(tmp_path / "here")
     tiny_pixart().save_pretrained(tmp_path / "sub" / "models" / "t")
     config = dict(tiny_pixart().config, _class_name="PixArtTransformer2DModel")
-    monkeypatch.setattr("compress.io_source.hub_config", lambda repo: config)  # no network
+    monkeypatch.setattr("compress.io_source_config.hub_config", lambda repo: config)  # no network
     checked_sources(_recipe(tmp_path / "sub", teacher="models/t"))
     said = " ".join(capsys.readouterr().err.split())
     assert f"r.yaml:2: teacher models/t is read as a Hugging Face id: there is no {tmp_path}/here/models/t" in said
@@ -172,10 +172,16 @@ def _counting(monkeypatch):
     """(sources checked, configs read) from here on: lists that grow with each call."""
     import compress.io
     import compress.io_source
+    import compress.io_source_config
 
     checked, read = [], []
     check, read_config = compress.io_source.check_source, compress.io.read_config
-    monkeypatch.setattr(compress.io_source, "check_source", lambda *a, **k: checked.append(a[0]) or check(*a, **k))
+
+    def counted(*a, **k):
+        return checked.append(a[0]) or check(*a, **k)
+
+    monkeypatch.setattr(compress.io_source, "check_source", counted)  # what io.py, lora.py import in a call
+    monkeypatch.setattr(compress.io_source_config, "check_source", counted)  # what `checked` calls
     monkeypatch.setattr(compress.io, "read_config", lambda p: read.append(p) or read_config(p))
     return checked, read
 
@@ -262,7 +268,7 @@ def test_an_output_saved_again_is_still_an_outputs_weight_file(tmp_path):
 
 def test_a_teacher_config_a_toy_or_folder_does_not_read_is_said(tmp_path, capsys):
     """--teacher-config with a toy or folder teacher was dropped without a word."""
-    from compress.io_source import checked
+    from compress.io_source_config import checked
 
     tiny_pixart().save_pretrained(tmp_path / "t")
     for source in ("toy:pixart", str(tmp_path / "t")):

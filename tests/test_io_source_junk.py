@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from compress.errors import UserError
-from compress.io_source import typos_of
+from compress.io_source_config import typos_of
 from compress.io_source_recipe import checked_sources
 from compress.plan import make_plan
 from compress.recipe import parse_recipe

@@ -79,7 +79,7 @@ def test_a_block_map_of_one_block_and_a_dora_teacher_of_one_layer_say_it_in_the_
 
     with pytest.raises(UserError, match=r"whose block map has 1 block: it is not"):
         composed_block_map([{"double": [0, 2]}, {"double": [0]}], ["/c", "/b"])
-    monkeypatch.setattr("compress.io_source.checked",
+    monkeypatch.setattr("compress.io_source_config.checked",
                         lambda source, config: SimpleNamespace(kind="hub", source=source, config={}))
     monkeypatch.setattr(lora_teacher, "_teacher_files", lambda src, keys: {})  # then: no weight for it
     with pytest.raises(UserError, match=r"no weight for 'x'"):

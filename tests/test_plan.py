@@ -133,7 +133,7 @@ def test_the_memory_a_cuda_device_has_is_its_total(monkeypatch):
 
 def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monkeypatch, capsys, tmp_path):
     """--set calibration.num_prompts=100000000 loaded the teacher and ended later out of memory."""
-    import compress.io_source as io_source
+    import compress.io_source_config as io_source_config
     import compress.plan_memory as pm
     import compress.runner as runner
     import compress.runner_memory as runner_memory
@@ -150,8 +150,8 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
     monkeypatch.setattr(runner_memory, "free_bytes", lambda folder: 2**60)  # spilled, it would fit: warned only
     # the run's source check fetches a Hub id's config before the warning (here: PixArt-Σ's, which it
     # could plan on, and does not: the warning is of recipes planned offline)
-    shipped = io_source.checked("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", hub=False).config
-    monkeypatch.setattr(io_source, "hub_config", lambda repo_id: dict(shipped))
+    shipped = io_source_config.checked("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", hub=False).config
+    monkeypatch.setattr(io_source_config, "hub_config", lambda repo_id: dict(shipped))
 
     def said_before_loading(calibration: str, teacher: str = "toy:pixart") -> str:
         text = (f"model: pixart\nteacher: {teacher}\ndevice: cpu\ncalibration: {calibration}\n"
