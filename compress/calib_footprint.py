@@ -260,4 +260,9 @@ def describe(f: dict) -> str:
 
 
 def human_size(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    """`n` bytes in words: '1.5 GiB', '12 MiB', '3 KiB', '512 bytes' ('1 byte'): a unit from where the one
+    below would say 1024 (1023.6 MiB: '1.0 GiB', not '1024 MiB'), so no size under 1 MiB reads '0 MiB'."""
+    for unit, scale, places in (("GiB", 2**30, 1), ("MiB", 2**20, 0), ("KiB", 2**10, 0)):
+        if n >= scale * 1023.5 / 1024:  # the unit below rounds it to 1024
+            return f"{n / scale:.{places}f} {unit}"
+    return "1 byte" if round(n) == 1 else f"{round(n)} bytes"

@@ -6,7 +6,7 @@ import torch
 
 from compress.arch import get_adapter
 from compress.calib import BlockCalibration
-from compress.calib_footprint import calibration_rows, describe, footprint, row_tokens
+from compress.calib_footprint import calibration_rows, describe, footprint, human_size, row_tokens
 from compress.inputs import input_source, source_kind
 from compress.io import load_teacher
 from compress.recipe import parse_recipe
@@ -265,3 +265,13 @@ def test_a_fisher_sweep_holds_the_taps_of_its_own_chunk_only():
     assert sweep_held_bytes(targets, [["q"], ["k"], ["o"]], 2) == 2 * 2 * 60
     dense = [target("q", 6, out=3, dense=True)]
     assert sweep_held_bytes(dense, [["q"]], 2) == 2 * 2 * 18 + 8 * (18 + 2 * 9)
+
+
+@pytest.mark.parametrize("n, words", [
+    (0, "0 bytes"), (1, "1 byte"), (1023, "1023 bytes"), (1023.5, "1 KiB"), (2**10, "1 KiB"),
+    (2**20 - 513, "1023 KiB"), (2**20 - 512, "1 MiB"), (2**20, "1 MiB"), (300 * 2**20, "300 MiB"),
+    (2**30 - 2**19 - 1, "1023 MiB"), (2**30 - 2**19, "1.0 GiB"), (1.5 * 2**30, "1.5 GiB"), (80 * 2**30, "80.0 GiB")])
+def test_human_size_says_small_sizes_in_kib_and_bytes(n, words):
+    """Under 1 MiB a size read '0 MiB' (a run refused its spill with 'their 0 MiB would not fit the 0 MiB
+    free'): KiB, then bytes; each unit from where the one below would round to 1024."""
+    assert human_size(n) == words

@@ -95,7 +95,7 @@ def test_running_out_of_memory_advises_no_spill_the_run_folders_disk_cannot_hold
     argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "compute_dtype: bfloat16 or fewer calibration inputs (spilled, their 0 MiB would not fit the 0 MiB free " \
+    assert "compute_dtype: bfloat16 or fewer calibration inputs (spilled, their 20 KiB would not fit the 0 bytes free " \
            f"under {tmp_path / 'run'}); " in err and "spill_activations" not in err, err
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from compress.arch import get_adapter
+from compress.calib_footprint import human_size
 from compress.errors import BadValue, UserError
 from compress.passes.remove_blocks import RemoveBlocksConfig, RemoveBlocksPass
 from compress.plan import make_plan
@@ -22,14 +23,14 @@ def test_plan_counts_the_patterns():
     assert planned["remove"] == "learned at run time" and planned["patterns"] == 6
     assert planned["budget"] == {"blocks": 2} and planned["blocks_after"] == {"blocks": 2}
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    assert planned["learning_holds"].startswith(f"{4 * size / 2**20:.0f} MiB (a copy of the model")
+    assert planned["learning_holds"].startswith(f"{human_size(4 * size)} (a copy of the model")  # 380 KiB, not 0 MiB
     assert planned["learning_holds"].endswith("; and one calibration batch's activations for the backward")
     low = RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned", learn_rank=2)).plan(
         model, get_adapter(model))
     factors = sum(2 * (m.in_features + m.out_features) * 4 for b in model.transformer_blocks for m in b.modules()
                   if isinstance(m, torch.nn.Linear))
     assert planned["learn_lr"] == 5e-4 and low["learn_lr"] == 2e-3  # factors from zero take larger steps
-    assert low["learning_holds"] == f"{4 * factors / 2**20:.0f} MiB (rank-2 factors of the block linears, " \
+    assert low["learning_holds"] == f"{human_size(4 * factors)} (rank-2 factors of the block linears, " \
                                     "their gradients, Adam's moments); and one calibration batch's activations " \
                                     "for the backward"
     assert RemoveBlocksPass(RemoveBlocksConfig(count=2, criterion="learned", learn_lr=0)).plan(
