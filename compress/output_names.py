@@ -4,7 +4,7 @@ a folder is an output (`is_output`; a teacher as given, its pipeline's transform
 output's own recipe.yaml takes that output's name: `default_name`), what an output that --overwrite is
 about to replace was made of (`replaced_note`) and what a rerun after a stop needs where the output is
 there (`rerun_needs_overwrite`), and what a command that reads an output says of a local path that is not
-there (`missing_output`: no such folder, the name meant; of a run folder runs/NAME, its output out/NAME)."""
+there (`missing_output`: no such folder, the name meant; of a run folder runs/NAME, its output: `run_output`)."""
 
 from __future__ import annotations
 
@@ -159,7 +159,34 @@ def _in_default(path: Path) -> bool:
 
 
 def run_output(path: Path) -> Path | None:
-    """out/NAME where `path` is a default run folder runs/NAME (in any folder) and out/NAME beside it is
-    an output: what `inspect runs/NAME` meant. None otherwise."""
-    output = path.parent.parent / "out" / path.name
-    return output if path.parent.name == "runs" and is_output(output) else None
+    """The output of the run folder `path` where it is an output: the one its finished run recorded
+    (stages/finished.json's `out`: wherever --out put it, whatever --run-dir named the folder), else
+    out/NAME where `path` is runs/NAME (NAME any path below a folder runs/, in any folder): what
+    `inspect runs/NAME` meant. None where that is not there or no output."""
+    recorded = _recorded_output(path)
+    if recorded is not None and is_output(recorded):
+        return _as_typed(recorded)
+    runs = next((folder for folder in path.parents if folder.name == "runs"), None)
+    if runs is None:
+        return None
+    output = runs.parent / "out" / path.relative_to(runs)
+    return output if is_output(output) else None
+
+
+def _recorded_output(run_dir: Path) -> Path | None:
+    """The output folder the finished run in `run_dir` recorded (runner_export.mark_finished), or None."""
+    from compress.runner_resume import FINISHED
+
+    try:
+        out = json.loads((Path(run_dir) / "stages" / FINISHED).read_text()).get("out")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(out) if isinstance(out, str) and out else None
+
+
+def _as_typed(path: Path) -> Path:
+    """`path` (absolute) relative to the working folder where it is below it: out/x, not /home/.../out/x."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path

@@ -1,7 +1,8 @@
 """A folder given where a recipe file goes (`dit-compress plan real_flux`): said in one line, with
 what the folder is and what to do with it (inspect an output; make a model folder a recipe's teacher),
 in place of the OS's 'Is a directory'; a recipe not there, with the one of its folder meant (.yaml
-for .yml, a close name), in place of 'No such file or directory'."""
+for .yml, a close name; in the folder of a close name where its own is not there: recipes/ for recipe/),
+in place of 'No such file or directory'."""
 
 from __future__ import annotations
 
@@ -56,14 +57,30 @@ def _model(folder: Path) -> tuple[str, str | None] | None:
 
 def meant_recipe(path: Path) -> str:
     """"; did you mean 'X'?" for the recipe `path` is not: a YAML file of its folder of the same name but
-    its suffix (.yml for .yaml, or none), else of the closest name (errors.closest, did_you_mean's); ''
-    where none is close."""
+    its suffix (.yml for .yaml, or none), else of the closest name (errors.closest, did_you_mean's); where
+    its folder is not there, of the folder of the closest name beside it (recipe/ for recipes/:
+    `meant_folder`), or that folder alone where none of its files is close; '' where none is close."""
     from compress.errors import closest
 
     parent = path.parent
-    if not parent.is_dir():
+    folder = parent if parent.is_dir() else meant_folder(parent)
+    if folder is None:
         return ""
-    recipes = sorted(p.name for p in parent.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    recipes = sorted(p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
     same = [name for name in recipes if Path(name).stem == path.stem]
     meant = same[0] if same else closest(path.name, recipes)  # by name: the folder would make all close
-    return f"; did you mean '{parent / meant}'?" if meant else ""
+    if meant:
+        return f"; did you mean '{folder / meant}'?"
+    return "" if folder == parent else f"; no folder {parent}/ here: did you mean '{folder}/'?"
+
+
+def meant_folder(folder: Path) -> Path | None:
+    """The folder beside `folder` (not there) of the closest name (errors.closest): recipes for recipe;
+    None where its own folder is not there either, or no folder there is close."""
+    from compress.errors import closest
+
+    where = folder.parent
+    if folder.name in ("", ".", "..") or not where.is_dir():
+        return None
+    meant = closest(folder.name, [p.name for p in where.iterdir() if p.is_dir()])
+    return where / meant if meant else None

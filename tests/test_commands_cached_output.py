@@ -5,6 +5,8 @@ that they read the cache's copy."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from compress.cli import main
@@ -116,6 +118,37 @@ def test_a_local_path_not_there_is_no_hub_id_to_download(tmp_path, capsys, monke
                                        f"dit-compress {command} out/tiny\n")
     assert main([command, "acme/none"]) == 2  # a Hub id: the cache's words
     assert "holds no copy of it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval", "bench"])
+def test_a_run_folder_names_its_output_whatever_its_name_and_wherever_the_output_went(tmp_path, capsys,
+                                                                                      monkeypatch, command):
+    """runs/NAME named its output out/NAME only where NAME was one folder below runs/ (runs/exp/a, whose
+    output is out/exp/a, said no more than 'no such folder'), and a run folder whose run wrote its output
+    elsewhere (--out out/b, or a --run-dir not under runs/) named none. Now the output the finished run
+    recorded (stages/finished.json), else out/NAME for any NAME below runs/; none where it is no output."""
+    monkeypatch.chdir(tmp_path)
+    usage = ("(eval takes a dit-compress output folder or a teacher)" if command == "eval"
+             else f"(dit-compress {command} OUT, OUT written by run)")
+    for name in ("exp/a", "b"):
+        (tmp_path / "out" / name).mkdir(parents=True)
+        (tmp_path / "out" / name / "config.json").write_text('{"compression": {}}')  # an output, as is_output reads
+    (tmp_path / "out" / "plain").mkdir()  # there, no output
+    for run_dir, out in (("runs/r2", "out/b"), ("work/r3", "out/b"), ("runs/r4", "out/gone")):
+        (tmp_path / run_dir / "stages").mkdir(parents=True)
+        (tmp_path / run_dir / "stages" / "finished.json").write_text(json.dumps({"out": str(tmp_path / out)}))
+    missing = {"runs/exp/a": "no such folder runs/exp/a; the output of that run is out/exp/a",
+               "runs/plain": "no such folder runs/plain", "runs/none/x": "no such folder runs/none/x"}
+    for given, words in missing.items():
+        assert main([command, given]) == 2
+        assert capsys.readouterr().err == f"dit-compress: error: {words} {usage}\n"
+    for given in ("runs/r2", "work/r3"):
+        assert main([command, given]) == 2
+        assert capsys.readouterr().err == (f"dit-compress: error: {given} is a run folder (a run's caches and "
+                                           "checkpoints), not an output; the output of that run is out/b: "
+                                           f"dit-compress {command} out/b\n")
+    assert main([command, "runs/r4"]) == 2
+    assert "the output of that run" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, extra", [("inspect", []), ("eval", []),

@@ -73,11 +73,18 @@ def test_importance_of_a_folder_named_like_a_recipe_says_importance(tmp_path, ca
     ("recipes/toy-pixar.yaml", "; did you mean 'recipes/toy-pixart.yaml'?"),
     ("recipes/zzzzzz.yaml", ""),  # by name: the folder they share would make every recipe close
     ("nothere/toy-pixart.yaml", ""),
+    ("recipe/toy-pixart.yaml", "; did you mean 'recipes/toy-pixart.yaml'?"),  # its folder misspelt
+    ("recipe/toy-pixart.yml", "; did you mean 'recipes/toy-pixart.yaml'?"),
+    ("./recipe/toy-flux.yaml", "; did you mean 'recipes/toy-flux.yml'?"),
+    ("recipe/zzzzzz.yaml", "; no folder recipe/ here: did you mean 'recipes/'?"),
+    ("nothere/sub/toy-pixart.yaml", ""),
 ])
 def test_a_recipe_not_there_names_the_recipe_of_its_folder_meant(tmp_path, monkeypatch, capsys, given, meant):
     """`plan recipes/toy-pixart.yml` said the OS's 'recipes/toy-pixart.yml: No such file or directory',
     though recipes/toy-pixart.yaml was there: the YAML file of that folder of the same name (another
-    suffix), else of a close name, is named; for run, plan and importance, and load_recipe."""
+    suffix), else of a close name, is named; for run, plan and importance, and load_recipe. Its folder
+    misspelt (`plan recipe/toy-pixart.yaml` with recipes/ here) said no more than 'no such recipe': the
+    recipe of the folder of the closest name is named, or that folder where none of its recipes is close."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "recipes").mkdir()
     for name in ("toy-pixart.yaml", "toy-flux.yml", "notes.txt"):
