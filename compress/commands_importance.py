@@ -165,7 +165,7 @@ def importance(args) -> int:
     if to_stdout:
         print(to_json(result.to_dict()))
     else:
-        results.print(render_table(result, width=results.width))
+        results.print(render_table(result, width=results.width, json_file=json_path and str(json_path)))
     console.print(f"wrote {plot_heatmap(result, png)}")
     if json_path:
         console.print(f"wrote {save_json(result, json_path)}")

@@ -18,7 +18,7 @@ from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, cons
                              other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
                              to_json)
 from compress.report_card import distill_lines
-from compress.report_fit import least_name_width, left_out_words, shown_columns, table_width
+from compress.report_fit import JSON_OR_WIDER, least_name_width, left_out_words, shown_columns, table_width
 from compress.words import counted
 
 
@@ -193,7 +193,7 @@ def _layer_table(rows: list[dict], title: str, columns, width: int | None, teach
     headers = [c[0] for c in columns]
     shown = shown_columns(headers, LEFT_OUT_FIRST, lambda hs: fixed(hs) + least <= width)
     room = max(width - fixed(shown), least)  # the layer column's share of the width
-    left_out = left_out_words([h for h in headers if h not in shown], width, "--json or a wider terminal")
+    left_out = left_out_words([h for h in headers if h not in shown], width, JSON_OR_WIDER)
     return _table(title, [c for c in columns if c[0] in shown],
                   [(with_note(fold(name, room), note, room), r) for name, note, r in entries], left_out or None)
 

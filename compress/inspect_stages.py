@@ -6,11 +6,9 @@ report's missing field is '-' (null in --json); a report without stages shows no
 
 from __future__ import annotations
 
-from rich.table import Table
-
 from compress.report import is_number
 from compress.report_card import against_base, export_lines
-from compress.report_fit import fitted_table
+from compress.report_fit import JSON_OR_WIDER, fitted_table, row_lines, table_width
 
 TITLE = "stages: each pass's params and its error on held-out inputs"
 COLUMNS = [("stage", "left"), ("params", "right"), ("of teacher", "right"), ("teacher-relative error", "right"),
@@ -41,17 +39,22 @@ def stages_record(report: dict) -> dict | None:
 
 def stage_lines(report: dict, width: int | None) -> list:
     """What inspect prints of the stages: their table fitted to `width` (the chain's base column only where
-    a pass recorded an error against it), then which weights the errors are of (the card's export words);
-    [] where report.json records no stage."""
+    a pass recorded an error against it), or where even its least does not fit (under 30 columns: rich
+    would cut its names, numbers and headers) a line per stage (report_fit.row_lines); then which weights
+    the errors are of (the card's export words); [] where report.json records no stage."""
     record = stages_record(report)
     if not record or not record["passes"]:
         return []
-    return [stages_table(record, width), *export_lines(report)[1:]]
+    columns, rows, caption = stages_cells(record)
+    table = fitted_table(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, JSON_OR_WIDER)
+    if width is not None and table_width(table) > width:
+        return [*row_lines(TITLE, caption, columns, rows), *export_lines(report)[1:]]
+    return [table, *export_lines(report)[1:]]
 
 
-def stages_table(record: dict, width: int | None) -> Table:
-    """The table of stages_record's `record`: the teacher's row, then a row per pass; its caption names
-    the teacher and the chain's base the errors are against."""
+def stages_cells(record: dict) -> tuple[list[tuple[str, str]], list[list[str]], str | None]:
+    """The columns, rows and caption of the stages of stages_record's `record`: the teacher's row, then a
+    row per pass; the caption names the teacher and the chain's base the errors are against."""
     bases = list(dict.fromkeys(p["kd_teacher"]["source"] for p in record["passes"] if "kd_teacher" in p))
     columns = COLUMNS if bases else COLUMNS[:-1]
     rows = [["teacher", _count(record["teacher"]["params"]), "100.0%" if record["teacher"]["params"] else "-", "-"]]
@@ -65,8 +68,7 @@ def stages_table(record: dict, width: int | None) -> Table:
     source = record["teacher"]["source"]
     said = ([f"the teacher: {source}"] if isinstance(source, str) else []) + (
         [f"the chain's base: {', '.join(map(str, bases))} (distill.kd_teacher: base)"] if bases else [])
-    caption = "; ".join(said) or None
-    return fitted_table(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, "--json or a wider terminal")
+    return columns, rows, "; ".join(said) or None
 
 
 def _count(value) -> str:

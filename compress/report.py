@@ -160,7 +160,7 @@ def summary_table(rows: list[dict], key: str, title: str, width: int | None = No
     cells = [["top level" if key == "block" and k == "-" else str(k),  # linears outside the blocks
               str(n), _fmt_int(kept), f"{kept / dense:.1%}"] for k, (kept, dense, n) in agg.items()]
     columns = [(key, "left"), ("factorized", "right"), ("params", "right"), ("of dense", "right")]
-    return fitted_table(title, OF_DENSE.get(key), columns, cells, width, ("factorized", "params"), "a wider terminal")
+    return fitted_table(title, OF_DENSE.get(key), columns, cells, width, ("factorized", "params"), "in a wider terminal")
 
 
 def to_json(data) -> str:

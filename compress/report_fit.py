@@ -39,14 +39,18 @@ def shown_columns(headers: list[str], drop: tuple[str, ...], fits: Callable[[lis
     return shown
 
 
+JSON_OR_WIDER = "with --json or in a wider terminal"  # left_out_words' `where` of a command with --json
+
+
 def left_out_words(left_out: list[str], width: int, where: str) -> str:
     """The caption's line of the columns left out: 'columns role, shape left out to fit 40 terminal
-    columns (--json or a wider terminal shows them)'; '' where none was."""
+    columns (rerun with --json or in a wider terminal to see them)'; '' where none was. `where`: the
+    rerun that shows them (JSON_OR_WIDER): this one's table, already printed, cannot."""
     if not left_out:
         return ""
     one = len(left_out) == 1
     what = f"column {left_out[0]}" if one else f"columns {', '.join(left_out)}"
-    return f"{what} left out to fit {width} terminal columns ({where} shows {'it' if one else 'them'})"
+    return f"{what} left out to fit {width} terminal columns (rerun {where} to see {'it' if one else 'them'})"
 
 
 def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
@@ -57,7 +61,7 @@ def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]]
     widest cell, the header wrapping at its spaces, the key's names folded after a '.' or '_'), columns of
     `drop` left out in order until it fits, and the key column given the room left (its header whole
     where that fits in it). The caption says the columns left out: after its own words (left_out_words,
-    `where` shows them), or `said`'s words of their headers on a line of their own."""
+    `where`: the rerun that shows them), or `said`'s words of their headers on a line of their own."""
     whole = _table(title, caption, columns, rows)
     if width is None or table_width(whole) <= width:
         return whole
@@ -75,6 +79,17 @@ def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]]
     table = narrow(shown, room)  # the caption apart: it takes no part in the width
     table.caption = _captioned(caption, [h for h in headers if h not in shown], width, where, said)
     return table
+
+
+def row_lines(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]]) -> list[str]:
+    """A table too wide for the terminal at its least, as lines: `title`, a line per row (its first cell,
+    then each other column's header and cell, but a cell '-': 'svd: params 150,000, of teacher 75.0%'), then
+    `caption`; each line long as it is (the terminal folds it), no cell cut."""
+    lines = [title]
+    for row in rows:
+        said = [f"{header} {cell}" for (header, _), cell in zip(columns[1:], row[1:]) if cell != "-"]
+        lines.append(f"{row[0]}: {', '.join(said) or '-'}")
+    return lines + ([caption] if caption else [])
 
 
 def _captioned(caption: str | None, left_out: list[str], width: int, where: str,

@@ -120,3 +120,24 @@ def test_a_terminal_too_narrow_for_both_errors_leaves_the_base_s_out_and_cuts_no
     assert all(cell in table for cell in ("0.4208", "0.4197", "0.05123")) and "0.6042" not in table
     said = " ".join(table.split())
     assert "columns params, of teacher, against the chain's base left out to fit 30 terminal columns" in said
+
+
+@pytest.mark.parametrize("width", [20, 25, 29])
+def test_a_terminal_under_the_least_table_shows_a_line_per_stage(tmp_path, capsys, monkeypatch, width):
+    """Under 30 columns even the stage and teacher-relative error columns did not fit: rich cut the names,
+    numbers and header ('re…', 'teacher-r…'). Now a line per stage, each column's header beside its cell
+    (a '-' left out), as long as it is (the terminal folds it), nothing cut; 30 columns keep the table."""
+    from compress.report import results
+
+    monkeypatch.setattr(results, "_width", width)
+    printed = _inspected(tmp_path, capsys, REPORT)
+    said = printed[printed.index("stages: "):].splitlines()
+    assert "…" not in "\n".join(said) and not any(line[:1] in "┏┃┡│└" for line in said)
+    assert said[1:5] == ["teacher: params 200,000, of teacher 100.0%",
+                         "remove_blocks: params 160,000, of teacher 80.0%, teacher-relative error 0.4208",
+                         "distill: params 160,000, of teacher 80.0%, teacher-relative error 0.4197, against the "
+                         "chain's base 0.6042",
+                         "svd: params 150,000, of teacher 75.0%, teacher-relative error 0.05123"]
+    assert said[5] == "the teacher: out/a; the chain's base: out/base (distill.kd_teacher: base)"
+    monkeypatch.setattr(results, "_width", 30)
+    assert "┏" in _inspected(tmp_path / "30", capsys, REPORT)

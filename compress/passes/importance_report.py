@@ -12,13 +12,15 @@ from compress.report import save_figure
 from compress.report_fit import fitted_table
 
 
-def render_table(result: ImportanceResult, criterion: str | None = None, width: int | None = None):
+def render_table(result: ImportanceResult, criterion: str | None = None, width: int | None = None,
+                 json_file: str | None = None):
     """A rich Table, most important block first: by the skip scan, or by the proxy where the scan
     measured only that (proxy_only). `width`: the terminal's; a table wider than it keeps its block
     names and numbers whole and leaves out the least telling columns first (left_out_first), a line
     under the caption saying which, by bucket name, where they show and the --buckets whose table fits
     whole (left_out_said, buckets_that_fit; report_fit.fitted_table). Rich would fit them by shrinking
-    the block column to nothing and cutting numbers ('0.21…')."""
+    the block column to nothing and cutting numbers ('0.21…'). `json_file`: where --json FILE writes the
+    scan, which holds them too (None: not given)."""
     criterion = criterion or ("scan" if any(not math.isnan(b.scan) for b in result.blocks) else "proxy")
     scan = criterion == "scan"
     ranges = ", ".join(f"{b} {hi:.2f}-{lo:.2f}" for b, (hi, lo) in zip(result.buckets, result.bucket_ranges))
@@ -37,21 +39,24 @@ def render_table(result: ImportanceResult, criterion: str | None = None, width: 
 
     def said(left_out: list[str]) -> str:
         fewer = buckets_that_fit(result, columns, rows, width)
-        return left_out_said(width, [short.get(h, h) for h in left_out], fewer)
+        return left_out_said(width, [short.get(h, h) for h in left_out], fewer, json_file)
 
     return fitted_table(f"Block importance ({result.family}): {what}", caption, columns, rows, width,
                         left_out_first(buckets, scan), "", key=1, said=said)
 
 
-def left_out_said(width: int, names: list[str], fewer: int) -> str:
+def left_out_said(width: int, names: list[str], fewer: int, json_file: str | None = None) -> str:
     """The caption's line of the columns left out, by bucket name, then where they show (the heatmap,
-    written beside the table, and --json), then the ways to a table that holds them all: a wider
-    terminal, or (`fewer`: the buckets that fit, 0 where none do) a rescan in fewer buckets, last as it
-    runs the scan again and measures other spans. The ways go to a line of their own where the whole
-    does not fit `width`: 'left out to fit 80 columns: b5, proxy; the heatmap and --json show them' /
-    '(or widen the terminal, or rescan with --buckets 4)'."""
-    first = f"left out to fit {width} columns: {', '.join(names)}; the heatmap and --json show them"
-    ways = "(or widen the terminal" + (f", or rescan with --buckets {fewer}" if fewer else "") + ")"
+    written beside the table, and `json_file`, --json FILE's, where it was given), then the ways to them
+    all, each a rerun of the scan: in a wider terminal or with --json FILE (where it was not given), or
+    (`fewer`: the buckets that fit, 0 where none do) in fewer buckets, last as it measures other spans.
+    The ways go to a line of their own where the whole does not fit `width`: 'left out to fit 80 columns:
+    b5, proxy; the heatmap shows them' / '(rerun in a wider terminal or with --json FILE, or with
+    --buckets 4)'."""
+    where = f"the heatmap and {json_file} show them" if json_file else "the heatmap shows them"
+    first = f"left out to fit {width} columns: {', '.join(names)}; {where}"
+    rerun = "" if json_file else " or with --json FILE"
+    ways = f"(rerun in a wider terminal{rerun}" + (f", or with --buckets {fewer}" if fewer else "") + ")"
     return first + (" " if len(first) + 1 + len(ways) <= width else "\n") + ways
 
 

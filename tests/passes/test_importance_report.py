@@ -77,16 +77,17 @@ def test_every_block_name_and_number_is_whole_at_any_width(make, width):
 
 @pytest.mark.parametrize("result, width, headers, said", [
     (pixart_result(3), 60, ["scan", "early (n=14)", "middle (n=8)", "late (n=10)"],
-     "left out to fit 60 columns: proxy; the heatmap and --json show them (or widen the terminal, or rescan with "
-     "--buckets 2)"),
+     "left out to fit 60 columns: proxy; the heatmap shows them (rerun in a wider terminal or with --json FILE, or "
+     "with --buckets 2)"),
     (flux_result(6), 80, ["scan", "b0 (n=12)", "b1 (n=12)", "b2 (n=12)", "b3 (n=12)", "b4 (n=12)"],
-     "left out to fit 80 columns: b5, proxy; the heatmap and --json show them (or widen the terminal, or rescan "
-     "with --buckets 4)"),
+     "left out to fit 80 columns: b5, proxy; the heatmap shows them (rerun in a wider terminal or with --json "
+     "FILE, or with --buckets 4)"),
     (flux_result(3), 40, ["scan", "early (n=12)"],
-     "left out to fit 40 columns: middle, late, proxy; the heatmap and --json show them (or widen the terminal)"),
+     "left out to fit 40 columns: middle, late, proxy; the heatmap shows them (rerun in a wider terminal or with --json "
+     "FILE)"),
     (flux_result(3, proxy_only=True), 40, ["early (n=12)", "proxy"],
-     "left out to fit 40 columns: middle, late; the heatmap and --json show them (or widen the terminal, or "
-     "rescan with --buckets 1)")])
+     "left out to fit 40 columns: middle, late; the heatmap shows them (rerun in a wider terminal or with --json "
+     "FILE, or with --buckets 1)")])
 def test_the_least_telling_columns_go_first_and_the_caption_names_them(result, width, headers, said):
     """Columns go one at a time, as inspect's and plan's do (report_fit): the proxy first where the skip
     scan ranks (its Spearman is in the caption), then the buckets from the last; a proxy-only scan
@@ -125,11 +126,24 @@ def test_the_left_out_line_says_where_they_show_before_a_rescan():
     heatmap written beside the table and --json come first, on the line naming them, whole; the wider
     terminal and the rescan on a line of their own, not cut mid-phrase."""
     rows = [row.strip() for row in shown(render_table(flux_result(6), width=80), 80).splitlines()]
-    assert rows[-2:] == ["left out to fit 80 columns: b5, proxy; the heatmap and --json show them",
-                         "(or widen the terminal, or rescan with --buckets 4)"]
+    assert rows[-2:] == ["left out to fit 80 columns: b5, proxy; the heatmap shows them",
+                         "(rerun in a wider terminal or with --json FILE, or with --buckets 4)"]
     wide = [row.strip() for row in shown(render_table(flux_result(20), width=200), 200).splitlines()]
-    assert wide[-1] == ("left out to fit 200 columns: b19, proxy; the heatmap and --json show them (or widen the "
-                        "terminal, or rescan with --buckets 18)")
+    assert wide[-1] == ("left out to fit 200 columns: b19, proxy; the heatmap shows them (rerun in a wider terminal "
+                        "or with --json FILE, or with --buckets 18)")
+
+
+def test_the_left_out_line_says_a_rerun_shows_them_and_names_the_json_file_given():
+    """The line said 'the heatmap and --json show them (or widen the terminal ...)', as if --json (a rerun
+    of the whole scan where it was not given) or a wider terminal showed them now. Now: the heatmap shows
+    them, and --json FILE's file where it was given; a rerun in a wider terminal or with --json FILE."""
+    said = " ".join(shown(render_table(flux_result(6), width=80), 80).split())
+    assert said.endswith("left out to fit 80 columns: b5, proxy; the heatmap shows them (rerun in a wider terminal "
+                         "or with --json FILE, or with --buckets 4)")
+    given = " ".join(shown(render_table(flux_result(6), width=80, json_file="scan.json"), 80).split())
+    assert given.endswith("left out to fit 80 columns: b5, proxy; the heatmap and scan.json show them (rerun in a "
+                          "wider terminal, or with --buckets 4)")
+    assert "--json show" not in said + given and "widen the terminal" not in said + given
 
 
 def test_a_terminal_narrower_than_the_scores_keeps_names_and_scores_whole():
