@@ -36,12 +36,14 @@ def memory_in_words(e: BaseException) -> str:
     """'GPU memory (tried to allocate 20.00 GiB)' / 'CPU memory (tried to allocate 2980.2 GiB)'."""
     import re
 
+    from compress.calib_footprint import human_size
+
     text = str(e)
     where = "GPU" if isinstance(e, torch.OutOfMemoryError) or "CUDA" in text else "CPU"
     asked = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", text)
     size = asked.group(1) if asked else None
     if size is None and (found := re.search(r"allocate (\d+) bytes", text)):
-        size = f"{int(found.group(1)) / 2**30:.1f} GiB"
+        size = human_size(int(found.group(1)))
     return f"{where} memory" + (f" (tried to allocate {size})" if size else "")
 
 

@@ -168,12 +168,16 @@ def test_convert_takes_the_output_lock_a_run_takes(tmp_path):
 
 
 def test_convert_warns_first_when_the_disk_has_less_free_than_the_file(tmp_path, monkeypatch, capsys):
+    """Sizes under 1 MiB in KiB and bytes (calib_footprint.human_size): both read '0.0 GiB'."""
+    from compress.calib_footprint import human_size
+
     _flux_file(tmp_path)
     monkeypatch.setattr("compress.runner_memory.free_bytes", lambda folder: 1000)
     convert_file(tmp_path / "f.safetensors", tmp_path / "out")
     err = " ".join(capsys.readouterr().err.split())
-    assert f"warning: the converted folder takes about 0.0 GiB (the size of f.safetensors) and 0.0 GiB are free " \
-           f"under {tmp_path}; give an output folder on a bigger disk" in err
+    size = human_size((tmp_path / "f.safetensors").stat().st_size)
+    assert size.endswith(" KiB") and f"warning: the converted folder takes about {size} (the size of " \
+           f"f.safetensors) and 1000 bytes are free under {tmp_path}; give an output folder on a bigger disk" in err
     assert (tmp_path / "out" / "config.json").is_file()  # a warning: it still converts
 
 
@@ -197,7 +201,7 @@ def test_the_disk_warning_names_the_folder_measured(tmp_path, monkeypatch, capsy
     monkeypatch.setattr("compress.runner_memory.free_bytes", lambda folder: measured.append(folder) or 1000)
     convert_file(tmp_path / "f.safetensors", tmp_path / "n" / "out")
     err = " ".join(capsys.readouterr().err.split())
-    assert measured == [tmp_path] and f"0.0 GiB are free under {tmp_path}; give an output folder" in err
+    assert measured == [tmp_path] and f"1000 bytes are free under {tmp_path}; give an output folder" in err
     assert (tmp_path / "n" / "out" / "config.json").is_file()
 
 

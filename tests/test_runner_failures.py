@@ -77,6 +77,15 @@ def test_running_out_of_memory_names_the_pass_and_what_to_change(tmp_path, monke
     assert "resuming after pass 1/2 (remove_blocks)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("asked, said", [(3200000000000, "2980.2 GiB"), (786432, "768 KiB"), (512, "512 bytes")])
+def test_an_allocation_in_bytes_is_said_in_the_unit_that_fits(asked, said):
+    """'you tried to allocate 786432 bytes' read '(tried to allocate 0.0 GiB)'."""
+    from compress.runner_failures import memory_in_words
+
+    e = RuntimeError(f"DefaultCPUAllocator: can't allocate memory: you tried to allocate {asked} bytes.")
+    assert memory_in_words(e) == f"CPU memory (tried to allocate {said})"
+
+
 def test_running_out_of_memory_advises_no_spill_the_run_folders_disk_cannot_hold(tmp_path, monkeypatch, capsys):
     """calibration.num_prompts: 1000000000 ran out of memory advising calibration.spill_activations: true,
     about 300 TB on disk (a tester's c48): where the activations would not fit the disk free under the run
