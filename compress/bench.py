@@ -53,7 +53,7 @@ def check_batch_fits(model, family: str, teacher_source: str, batch: int, device
     the teacher loads (it ran out of memory minutes later): built in float32 in this machine's memory,
     then on a GPU its copy in `dtype`. Weights and activations come on top: a batch that passes may
     still run out."""
-    from compress.plan_memory import device_memory
+    from compress.plan_machine import device_memory
 
     for where, in_dtype in {"cpu": torch.float32, str(device): dtype}.items():
         need, have = input_bytes(model, family, teacher_source, batch, in_dtype), device_memory(where)

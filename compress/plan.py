@@ -25,7 +25,8 @@ from compress.errors import UserError
 from compress.io import config_model_class, from_config
 from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, count_ranges, decided_later,
                                  distill_student, ranged_keys, removal_shares, retargeted, smallest_blocks, spare_bound)
-from compress.plan_memory import beyond_memory, device_memory, memory_where, peak_memory, refuse_beyond_disk
+from compress.plan_machine import device_memory
+from compress.plan_memory import beyond_memory, memory_where, peak_memory, refuse_beyond_disk
 from compress.plan_statistics import svd_statistics
 from compress.plan_words import bounded_keys, where_words
 from compress.io_export import warn_if_export_wider

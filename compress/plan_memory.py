@@ -23,11 +23,11 @@ what the process holds on the host.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from compress import plan_machine  # read through the module: a test's patch of plan_machine holds here too
 from compress.calib_footprint import human_size
 from compress.errors import UserError
 from compress.passes.svd_fisher_budget import settle_auto
@@ -90,7 +90,9 @@ def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list,
 def _process(recipe) -> list[dict]:
     """This process itself where the run computes on the CPU (PROCESS_BYTES); none on a GPU, whose
     memory it is compared with."""
-    return [] if _device_name(recipe.device).startswith("cuda") else [_part("this process (python, torch, diffusers)", PROCESS_BYTES, [])]
+    if plan_machine._device_name(recipe.device).startswith("cuda"):
+        return []
+    return [_part("this process (python, torch, diffusers)", PROCESS_BYTES, [])]
 
 
 def _weights(recipe, plan: dict, passes: list) -> dict:
@@ -241,65 +243,6 @@ def component_files(folder: Path) -> list[Path] | None:
     return plain or [f for f in files if variants and f.name.count(".") == 2 and f.name.split(".")[1] == variants[0]]
 
 
-# ---- what the device has ------------------------------------------------------------------------
-def device_memory(device: str) -> tuple[int, str] | None:
-    """(bytes, name) of the memory of a recipe's `device` here: a CUDA device's total, else this
-    machine's physical memory (within its cgroup's limit); None where unknown or not here."""
-    device = _device_name(device)
-    if not device.startswith("cuda"):
-        total = machine_memory()
-        return (total, "this machine") if total else None
-    index = int(device.partition(":")[2] or 0)
-    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-        return None  # a GPU torch does not see: make_plan notes it (devices.unusable), the run refuses it
-    return torch.cuda.get_device_properties(index).total_memory, f"cuda:{index}"
-
-
-def _device_name(device: str) -> str:
-    """A recipe's `device` with auto resolved as the run resolves it (runner_setup.resolve_device)."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-def machine_memory() -> int | None:
-    """This machine's physical memory, or a smaller cgroup memory limit (a container's)."""
-    total = _physical_memory()
-    limits = [n for n in map(_read_int, ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"))
-              if n]
-    found = [n for n in [total, *limits] if n and n > 0]
-    return min(found) if found else None
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
-        return None
-
-
-def machine_swap() -> int:
-    """This machine's swap (SwapTotal of /proc/meminfo, within its cgroup v2 memory.swap.max: a container's
-    0 lets it none) where no cgroup limit binds below its physical memory (a container's limit holds its
-    swap apart); else 0. Only run's refusal counts it: a run through swap crawls."""
-    total = _physical_memory()
-    if total is None or (machine_memory() or 0) < total:
-        return 0
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-    except OSError:
-        return 0
-    kib = [line.split()[1] for line in lines if line.startswith("SwapTotal:")]
-    swap = int(kib[0]) * 1024 if kib and kib[0].isdigit() else 0
-    limit = _read_int("/sys/fs/cgroup/memory.swap.max")  # None: "max" (no limit), or no cgroup v2
-    return swap if limit is None else min(swap, max(limit, 0))
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        return int(Path(path).read_text().strip())
-    except (OSError, ValueError):  # absent, or "max" (no limit)
-        return None
-
-
 # ---- words --------------------------------------------------------------------------------------
 def memory_words(memory: dict) -> str:
     """The peak estimate on a line: its total and what it is made of, the other phase's (distill's,
@@ -328,7 +271,7 @@ def _drives(part: dict) -> str:
 
 
 def beyond_memory(memory: dict, have: tuple[int, str] | None) -> str | None:
-    """A one-line warning when the estimated peak is more than `have` (device_memory): the parts
+    """A one-line warning when the estimated peak is more than `have` (plan_machine.device_memory): the parts
     that make most of it, each with the keys that drive it; None when it fits or is unknown."""
     if have is None or memory["bytes"] <= have[0]:
         return None
@@ -366,10 +309,10 @@ def refuse_beyond_disk(recipe, memory: dict, run_dir: Path, where: str) -> None:
     a peak a spill could bring within memory is only warned (beyond_memory). `where`: memory_where's."""
     from compress.runner_memory import free_bytes
 
-    swap = machine_swap()
-    room = [machine_memory(), swap]  # (cgroup-limited; its swap where none binds), the GPU's where the run computes
-    if _device_name(recipe.device).startswith("cuda"):
-        room.append((device_memory(recipe.device) or (None,))[0])
+    swap = plan_machine.machine_swap()
+    room = [plan_machine.machine_memory(), swap]  # (cgroup-limited; its swap where none binds)
+    if plan_machine._device_name(recipe.device).startswith("cuda"):  # and the GPU's where the run computes
+        room.append((plan_machine.device_memory(recipe.device) or (None,))[0])
     disk = free_bytes(run_dir)
     if None in room or disk is None or memory["bytes"] <= sum(room) + disk:
         return

@@ -174,18 +174,18 @@ def test_a_batch_whose_inputs_cannot_fit_is_refused_before_the_teacher_loads(tmp
     """--batch 100000000 ran silently for minutes, then out of memory allocating its inputs; what they
     take is exact (1 and 2 images' inputs), so one more than the memory is refused at once."""
     import compress.bench as bench
-    import compress.plan_memory as plan_memory
+    import compress.plan_machine as plan_machine
     from tests.conftest import tiny_pixart
 
     out = _output(tmp_path)
     need = bench.input_bytes(tiny_pixart(), "pixart", str(tmp_path / "teacher"), 1000, torch.float32)
     assert need == 1000 * 2 * ((4 * 4 * 4 + 8 * 12 + 8) * 4 + 8)  # per row: latents, caption, mask (float32), timestep
-    monkeypatch.setattr(plan_memory, "device_memory", lambda device: (need - 1, "this machine"))
+    monkeypatch.setattr(plan_machine, "device_memory", lambda device: (need - 1, "this machine"))
     monkeypatch.setattr(bench, "load_teacher_of", lambda *a, **k: pytest.fail("the teacher loaded"))
     with pytest.raises(UserError, match=r"^--batch 1000: one step's inputs alone take 0\.0 GiB, more than the 0\.0 "
                                         r"GiB of memory of this machine; give a smaller --batch$"):
         bench.bench(out, repeats=1, batch=1000, device="cpu")
-    monkeypatch.setattr(plan_memory, "device_memory", lambda device: (need, "this machine"))
+    monkeypatch.setattr(plan_machine, "device_memory", lambda device: (need, "this machine"))
     bench.check_batch_fits(tiny_pixart(), "pixart", str(tmp_path / "teacher"), 1000, torch.device("cpu"),
                            torch.float32)  # fits exactly: no error
 

@@ -63,9 +63,9 @@ def test_plan_says_which_targets_are_fitted_to_the_reference_and_whether_sequent
 
 def _plan_beyond(monkeypatch, capsys, calibration: str, svd: str = "{fisher: none}", have: int = 2**30):
     """(plan, stderr) of a toy recipe planned where the machine has `have` bytes."""
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
 
-    monkeypatch.setattr(pm, "machine_memory", lambda: have)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: have)
     text = f"model: pixart\nteacher: toy:pixart\ndevice: cpu\ncalibration: {calibration}\npasses:\n  - svd: {svd}\n"
     plan = make_plan(parse_recipe(text, "r.yaml"))
     return plan, capsys.readouterr().err
@@ -112,19 +112,20 @@ def test_plan_shows_the_estimated_peak(monkeypatch, capsys):
 
 
 def test_the_memory_a_cuda_device_has_is_its_total(monkeypatch):
+    import compress.plan_machine as plan_machine
     import compress.plan_memory as pm
 
     class Props:
         total_memory = 80 * 2**30
 
-    monkeypatch.setattr(pm.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(pm.torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(pm.torch.cuda, "get_device_properties", lambda i: Props)
-    assert pm.device_memory("cuda:1") == (80 * 2**30, "cuda:1")
-    assert pm.device_memory("auto") == (80 * 2**30, "cuda:0")
-    assert pm.device_memory("cuda:2") is None  # not here: make_plan says so
-    monkeypatch.setattr(pm, "machine_memory", lambda: 16 * 2**30)
-    assert pm.device_memory("cpu") == (16 * 2**30, "this machine")
+    monkeypatch.setattr(plan_machine.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(plan_machine.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(plan_machine.torch.cuda, "get_device_properties", lambda i: Props)
+    assert plan_machine.device_memory("cuda:1") == (80 * 2**30, "cuda:1")
+    assert plan_machine.device_memory("auto") == (80 * 2**30, "cuda:0")
+    assert plan_machine.device_memory("cuda:2") is None  # not here: make_plan says so
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: 16 * 2**30)
+    assert plan_machine.device_memory("cpu") == (16 * 2**30, "this machine")
     memory = {"bytes": 90 * 2**30, "parts": [{"what": "w", "bytes": 90 * 2**30, "keys": ["teacher"], "fix": ""}]}
     assert pm.beyond_memory(memory, (80 * 2**30, "cuda:0")) == (
         "the run would hold about 90.0 GiB at its peak, more than the 80.0 GiB cuda:0 has: w 90.0 GiB (teacher)")
@@ -134,7 +135,7 @@ def test_the_memory_a_cuda_device_has_is_its_total(monkeypatch):
 def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monkeypatch, capsys, tmp_path):
     """--set calibration.num_prompts=100000000 loaded the teacher and ended later out of memory."""
     import compress.io_source_config as io_source_config
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     import compress.runner as runner
     import compress.runner_memory as runner_memory
     import compress.runner_prepare as runner_prepare
@@ -146,7 +147,7 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
         raise Loading(capsys.readouterr().err)
 
     monkeypatch.setattr(runner_prepare, "load_checked_teacher", load)
-    monkeypatch.setattr(pm, "machine_memory", lambda: 2**30)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: 2**30)
     monkeypatch.setattr(runner_memory, "free_bytes", lambda folder: 2**60)  # spilled, it would fit: warned only
     # the run's source check fetches a Hub id's config before the warning (here: PixArt-Σ's, which it
     # could plan on, and does not: the warning is of recipes planned offline)
@@ -174,10 +175,10 @@ def test_the_peak_counts_the_largest_fisher_sweep_not_fisher_memory_gb(monkeypat
     are ~0.02 GiB, was estimated at 2.1 GiB and warned of on a machine of 1.5 GiB."""
     from pathlib import Path
 
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     from compress.recipe import load_recipe
 
-    monkeypatch.setattr(pm, "machine_memory", lambda: int(1.5 * 2**30))
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: int(1.5 * 2**30))
     plan = make_plan(load_recipe(Path(__file__).parents[1] / "recipes" / "toy-pixart.yaml"))
     assert "warning" not in capsys.readouterr().err and plan["memory"]["bytes"] < 2**30
     sweeps = [s["fisher"]["sweep_bytes"] for s in plan["passes"] if "fisher" in s]

@@ -27,7 +27,7 @@ def test_fisher_block_auto_is_chunked_in_plan_as_the_pass_chunks_it(monkeypatch,
     with auto's 1 GiB floor taken off and a few KiB free."""
     import compress.passes.svd_fisher_measure as svd_module  # SVDPass's _block_roots chunks there
     import compress.passes.svd_fisher_budget as sf
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     import compress.runner_memory as rs
     from compress.arch import get_adapter
     from compress.inputs import SyntheticSource
@@ -38,7 +38,7 @@ def test_fisher_block_auto_is_chunked_in_plan_as_the_pass_chunks_it(monkeypatch,
     make = tiny_flux if family == "flux" else tiny_pixart
     make().save_pretrained(tmp_path / "teacher")
     recipe = parse_recipe(RECIPE.format(family=family, teacher=tmp_path / "teacher"), str(tmp_path / "r.yaml"))
-    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)
     real_chunks, real_block_chunks = sf.fisher_chunks, svd_module.block_chunks
 
     def planned(free):  # (budget, chunks) of each block as plan chunks it, what plan takes the run to hold
@@ -88,7 +88,7 @@ def test_plan_counts_each_targets_output_as_the_pass_measures_it(monkeypatch, tm
     rows x itemsize, calib_footprint.tap_tokens) and what the pass chunks the sweeps by (svd_fisher_budget.output_sizes,
     a forward of the first batch) are two counts of one thing: equal for every linear of both toys."""
     import compress.plan_fisher as pf
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     from compress.arch import get_adapter
     from compress.inputs import SyntheticSource
     from compress.passes.svd_fisher_budget import output_sizes
@@ -101,7 +101,7 @@ def test_plan_counts_each_targets_output_as_the_pass_measures_it(monkeypatch, tm
     text = RECIPE.format(family=family, teacher=tmp_path / "teacher").replace(
         "[attention, mlp]", f"[{roles}]").replace("fisher: block", "fisher: all")
     recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
-    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)
     planned, real = [], pf._tapped
     monkeypatch.setattr(pf, "_tapped", lambda *a: planned.extend(real(*a)) or planned[-len(a[3]):])
     itemsize = make_plan(recipe)["calibration"]["itemsize"]
@@ -118,14 +118,14 @@ def test_auto_is_planned_at_the_free_memory_of_the_recipes_device(monkeypatch, t
     memory (svd_fisher_budget.plan_device took no recipe), the run sizing it at the CPU's."""
     import torch
 
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     import compress.runner_memory as rs
     from tests.conftest import tiny_pixart
 
     tiny_pixart().save_pretrained(tmp_path / "teacher")
     text = RECIPE.format(family="pixart", teacher=tmp_path / "teacher").replace("fisher: block", f"fisher: {fisher}")
     recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
-    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)
     asked = []
     monkeypatch.setattr(rs, "free_memory", lambda device: asked.append(device.type) or
                         (100 if device.type == "cuda" else 8) * 2**30)

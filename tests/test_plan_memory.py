@@ -15,10 +15,10 @@ RECIPES = Path(__file__).parents[1] / "recipes"
 def _plan(monkeypatch, name: str, free: int | None = None, sequential=None, **sets):
     """make_plan of a shipped recipe (calibration keys under `sets` replaced, and its svd passes'
     `sequential` where given), `free` bytes free here now."""
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     import compress.runner_memory as rs
 
-    monkeypatch.setattr(pm, "machine_memory", lambda: None)  # no warning of this machine
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)  # no warning of this machine
     if free is not None:
         monkeypatch.setattr(rs, "free_memory", lambda device: free)
     recipe = load_recipe(RECIPES / name)
@@ -126,10 +126,10 @@ def test_the_streamed_weights_say_the_blocks_they_count(monkeypatch, sequential,
 
 
 def _toy_plan(monkeypatch, tmp_path, passes: str, sets=()):
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     from compress.recipe import parse_recipe
 
-    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)
     text = ("model: pixart\nteacher: toy:pixart\ncalibration: {source: toy, num_prompts: 4, timesteps: 2}\n"
             f"passes:\n{passes}")
     return make_plan(parse_recipe(text, str(tmp_path / "r.yaml"), list(sets)))
@@ -224,12 +224,13 @@ def test_the_svd_statistics_are_what_its_calibration_holds(monkeypatch, tmp_path
     reference stream's cross term; the conditioning's throughout): a toy Flux at hidden 384 planned
     159 MiB where the run peaked at 1.0-1.2 GiB. The planned terms are the bytes of the tensors
     calibration holds, as its cache files keep them."""
+    import compress.plan_machine as plan_machine
     import compress.plan_memory as pm
     from compress.recipe import parse_recipe
     from tests.conftest import tiny_flux
     from tests.runner_helpers import run_recipe
 
-    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)
     tiny_flux().save_pretrained(tmp_path / "teacher")
     text = (f"model: flux\nteacher: {tmp_path / 'teacher'}\ndevice: cpu\n"
             "calibration: {source: synthetic, num_prompts: 4, timesteps: 2, batch_size: 4, heldout: 4}\n"
@@ -285,7 +286,7 @@ def test_run_refuses_a_peak_beyond_the_memory_and_the_run_folders_free_disk(monk
     its first pass and advised calibration.spill_activations: true (~300 TB on disk). A peak more than the
     memory and the run folder's free disk together fits however the run spills: refused before the teacher
     loads, at the line of the key that drives it; one a spill could hold is warned only (test_plan)."""
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     import compress.runner_memory as rs
     import compress.runner_prepare as runner_prepare
     from compress.errors import UserError
@@ -295,7 +296,7 @@ def test_run_refuses_a_peak_beyond_the_memory_and_the_run_folders_free_disk(monk
         raise AssertionError("the teacher loaded")
 
     monkeypatch.setattr(runner_prepare, "load_checked_teacher", load)
-    monkeypatch.setattr(pm, "machine_memory", lambda: 2**30)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: 2**30)
     monkeypatch.setattr(rs, "free_bytes", lambda folder: 2 * 2**30)
     text = ("model: pixart\nteacher: toy:pixart\ndevice: cpu\ncalibration:\n  num_prompts: 100000000\n"
             "passes:\n  - svd: {fisher: none}\n")
@@ -338,12 +339,13 @@ def test_the_refusal_of_a_peak_beyond_memory_and_disk_names_stream_and_counts_sw
     through it crawls, but ran): said where it counted."""
     from types import SimpleNamespace
 
+    import compress.plan_machine as plan_machine
     import compress.plan_memory as pm
     import compress.runner_memory as rm
     from compress.errors import UserError
 
-    monkeypatch.setattr(pm, "machine_memory", lambda: 64 << 30)
-    monkeypatch.setattr(pm, "machine_swap", lambda: 0)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: 64 << 30)
+    monkeypatch.setattr(plan_machine, "machine_swap", lambda: 0)
     monkeypatch.setattr(rm, "free_bytes", lambda folder: 20 << 30)
     memory = _peak(pm._part(pm.WEIGHTS, 95 << 30, ["teacher", "compute_dtype"], "stream: true"),
                    pm._part("calibration activations", 5 << 30, ["calibration.num_prompts"],
@@ -355,40 +357,40 @@ def test_the_refusal_of_a_peak_beyond_memory_and_disk_names_stream_and_counts_sw
                             "memory there is (64.0 GiB) and the disk free under runs/x (20.0 GiB) together, which no "
                             "calibration.spill_activations: true changes: teacher and student weights 95.0 GiB "
                             "(teacher, compute_dtype; stream: true)")
-    monkeypatch.setattr(pm, "machine_swap", lambda: 16 << 30)
+    monkeypatch.setattr(plan_machine, "machine_swap", lambda: 16 << 30)
     pm.refuse_beyond_disk(cpu, memory, "runs/x", "r.yaml:3")  # 64 + 16 + 20 GiB: not refused
-    monkeypatch.setattr(pm, "machine_swap", lambda: 8 << 30)
+    monkeypatch.setattr(plan_machine, "machine_swap", lambda: 8 << 30)
     with pytest.raises(UserError) as e:
         pm.refuse_beyond_disk(cpu, memory, "runs/x", "r.yaml:3")
     assert "more than the memory there is (72.0 GiB, 8.0 GiB of it swap) and the disk free" in str(e.value)
 
 
 def test_swap_is_counted_only_where_no_cgroup_limit_binds(monkeypatch, tmp_path):
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
 
     meminfo = "MemTotal:       1000 kB\nSwapTotal:       2048 kB\nSwapFree:        2048 kB\n"
-    real = pm.Path
-    monkeypatch.setattr(pm, "Path", lambda p: real(tmp_path / "meminfo") if p == "/proc/meminfo" else real(p))
+    real = plan_machine.Path
+    monkeypatch.setattr(plan_machine, "Path", lambda p: real(tmp_path / "meminfo") if p == "/proc/meminfo" else real(p))
     (tmp_path / "meminfo").write_text(meminfo)
-    monkeypatch.setattr(pm, "_physical_memory", lambda: 8 << 30)
-    monkeypatch.setattr(pm, "machine_memory", lambda: 8 << 30)
-    assert pm.machine_swap() == 2 << 20
-    monkeypatch.setattr(pm, "machine_memory", lambda: 4 << 30)  # a container's limit
-    assert pm.machine_swap() == 0
+    monkeypatch.setattr(plan_machine, "_physical_memory", lambda: 8 << 30)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: 8 << 30)
+    assert plan_machine.machine_swap() == 2 << 20
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: 4 << 30)  # a container's limit
+    assert plan_machine.machine_swap() == 0
 
 
 def test_swap_is_counted_within_the_cgroup_s_swap_max(monkeypatch, tmp_path):
     """A container whose cgroup v2 memory.swap.max is 0 counted the host's SwapTotal (R3): now none;
     'max' is no limit, a number caps it."""
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
 
-    real, read = pm.Path, pm._read_int
-    monkeypatch.setattr(pm, "Path", lambda p: real(tmp_path / "meminfo") if p == "/proc/meminfo" else real(p))
+    real, read = plan_machine.Path, plan_machine._read_int
+    monkeypatch.setattr(plan_machine, "Path", lambda p: real(tmp_path / "meminfo") if p == "/proc/meminfo" else real(p))
     (tmp_path / "meminfo").write_text("MemTotal:       1000 kB\nSwapTotal:       2048 kB\n")
-    monkeypatch.setattr(pm, "_physical_memory", lambda: 8 << 30)
-    monkeypatch.setattr(pm, "machine_memory", lambda: 8 << 30)
+    monkeypatch.setattr(plan_machine, "_physical_memory", lambda: 8 << 30)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: 8 << 30)
     for swap_max, counted in (("0", 0), ("max", 2 << 20), ("1048576", 1 << 20), (None, 2 << 20)):
-        monkeypatch.setattr(pm, "_read_int", lambda p: (read(str(tmp_path / "swap.max")) if swap_max is not None
+        monkeypatch.setattr(plan_machine, "_read_int", lambda p: (read(str(tmp_path / "swap.max")) if swap_max is not None
                                                         else None) if p.endswith("memory.swap.max") else read(p))
         (tmp_path / "swap.max").write_text(f"{swap_max}\n")
-        assert pm.machine_swap() == counted, swap_max
+        assert plan_machine.machine_swap() == counted, swap_max

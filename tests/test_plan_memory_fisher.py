@@ -38,10 +38,10 @@ def test_an_output_fisher_sweep_counts_its_taps_and_gradients(monkeypatch, tmp_p
     Counted as the tensors a tapped forward makes (Flux's double blocks read the image tokens on one
     side, the text tokens on the other; PixArt-Σ's cross-attention keys and values the caption),
     doubling with the batch."""
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     from tests.conftest import tiny_flux, tiny_pixart
 
-    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)
     make = tiny_flux if family == "flux" else tiny_pixart
     make().save_pretrained(tmp_path / "teacher")
     sizes = {}
@@ -69,7 +69,7 @@ def test_plan_and_the_pass_chunk_an_output_fishers_targets_alike_counting_their_
     8) put all 260 targets in one sweep whose taps were ~197 GiB beside a 139 GiB GPU. Each target's
     taps (its output twice, svd_fisher_budget.TAP_COPIES) now count against the budget, in the plan as in the
     pass (svd_fisher_budget.sweep_chunks, on the outputs a forward of the first batch makes)."""
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     from compress.arch import get_adapter
     from compress.inputs import SyntheticSource
     from compress.passes.svd_decisions import prediction_fisher
@@ -77,7 +77,7 @@ def test_plan_and_the_pass_chunk_an_output_fishers_targets_alike_counting_their_
     from compress.passes.svd_fisher_budget import sweep_chunks
     from tests.conftest import tiny_flux, tiny_pixart
 
-    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)
     make = tiny_flux if family == "flux" else tiny_pixart
     model = make()
     model.save_pretrained(tmp_path / "teacher")

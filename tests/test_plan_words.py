@@ -84,6 +84,7 @@ def test_a_distill_on_teacher_samples_counts_the_pipeline_it_samples(tmp_path, m
     from the pipeline, its text encoders and VAE beside the teacher, as an svd pass's do; plan counted
     them only where some pass calibrates (calibration.used): the peak before distill left them out, and a
     Hub pipeline's note that they are not counted was missing. One rule: plan.draws."""
+    import compress.plan_machine as plan_machine
     import compress.plan_memory as plan_memory
     from compress.plan import make_plan
     from compress.pipeline_folder import folder_index
@@ -91,7 +92,7 @@ def test_a_distill_on_teacher_samples_counts_the_pipeline_it_samples(tmp_path, m
     from compress.recipe import parse_recipe
     from tests.pipelines import pixart_pipeline
 
-    monkeypatch.setattr(plan_memory, "machine_memory", lambda: None)  # no warning of this machine
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)  # no warning of this machine
     folder = pixart_pipeline(tmp_path / "pipe")
     what = "the pipeline's text encoders and VAE while calibration samples"
 
@@ -161,13 +162,13 @@ def test_a_toy_pipeline_s_text_encoder_and_vae_are_counted(tmp_path, monkeypatch
     """A toy's pipeline (toy:pixart, or a folder its save_pretrained wrote) has its own text encoder and
     VAE, which plan can count: its memory line said they 'come on top while calibration samples, not
     counted', as of a Hub pipeline whose configs are not here."""
-    import compress.plan_memory as plan_memory
+    import compress.plan_machine as plan_machine
     from compress.plan import make_plan
     from compress.plan_memory import memory_words
     from compress.recipe import parse_recipe
     from compress.toy.weights import load_text_encoder, load_toy_pipeline
 
-    monkeypatch.setattr(plan_memory, "machine_memory", lambda: None)  # no warning of this machine
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)  # no warning of this machine
     if pipeline == "saved":
         load_toy_pipeline("pixart").save_pretrained(tmp_path / "pipe")
         pipeline = str(tmp_path / "pipe")

@@ -149,10 +149,10 @@ def test_plan_advises_a_teacher_too_big_to_hold_as_run_does(tmp_path, teacher, m
     criterion, distill never): both read runner_memory.resident_advice, and say the same words."""
     import re
 
-    import compress.plan_memory as plan_memory
+    import compress.plan_machine as plan_machine
     from compress.plan import make_plan
 
-    monkeypatch.setattr(plan_memory, "machine_memory", lambda: None)  # plan's own warning aside
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)  # plan's own warning aside
     monkeypatch.setattr(runner_memory, "available_bytes", lambda: 1000)  # the teacher never fits
     recipe = parse_recipe(SIMPLE.format(teacher=teacher, passes=passes), str(tmp_path / "r.yaml"))
     recipe.device = "cpu"

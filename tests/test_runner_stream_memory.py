@@ -128,7 +128,7 @@ def test_an_output_as_teacher_is_counted_and_warned_as_a_folder_is(tmp_path, mon
     big to hold was not warned of; now its safetensors (the factors as stored) count, in the compute
     dtype load_teacher casts them to (the student a copy), as plan counts it, and the advice is not
     stream: true, which an output refuses."""
-    import compress.plan_memory as pm
+    import compress.plan_machine as plan_machine
     import compress.runner_memory as rs
     from compress.cli import main
     from compress.io import load_teacher
@@ -138,7 +138,7 @@ def test_an_output_as_teacher_is_counted_and_warned_as_a_folder_is(tmp_path, mon
     tiny_pixart().save_pretrained(tmp_path / "teacher")
     run_recipe(tmp_path, OUTPUT_TEACHER.format(teacher=tmp_path / "teacher", dtype="float32", targets="mlp"), "a")
     out = str(tmp_path / "out-a")
-    monkeypatch.setattr(pm, "machine_memory", lambda: None)
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: None)
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
         student = load_teacher(out, dtype)  # the run's teacher; its student a deepcopy

@@ -6,7 +6,7 @@ fisher_memory_gb as each recipe sets it (auto) and at the 2 GiB default."""
 import sys
 from pathlib import Path
 
-import compress.plan_memory as plan_memory
+import compress.plan_machine as plan_machine
 import compress.runner_memory as runner_memory
 from compress.plan import make_plan
 from compress.recipe import load_recipe
@@ -27,7 +27,7 @@ def sweeps(name: str, free_gib: float | None) -> list[tuple[int, float]]:
 
 
 def main(argv: list[str]) -> None:
-    plan_memory.machine_memory = lambda: None  # no "more than the machine" warning
+    plan_machine.machine_memory = lambda: None  # no "more than the machine" warning
     for free in [None, *(float(a) for a in argv or ["139", "24"])]:
         said = "fisher_memory_gb 2" if free is None else f"auto, {free:g} GiB free"
         for name in RECIPES:
