@@ -18,6 +18,8 @@ from compress.errors import UserError, did_you_mean
 from compress.io_source import KNOWN_CONFIGS, READS, check_source, prefixed
 
 if TYPE_CHECKING:
+    import torch
+
     from compress.inputs import Sampling
 
 
@@ -28,7 +30,10 @@ class TeacherSource:
     without its weights: what plan and the checks pass along instead of checking the source and
     reading its config again. config_arg: --teacher-config; where: the start of an error about it
     (teacher_where); hub: a Hub id's transformer/config.json may be fetched; sampling: the recipe's
-    calibration source checked against it (inputs.Sampling), where io_source_recipe.checked_sources made it."""
+    calibration source checked against it (inputs.Sampling), where io_source_recipe.checked_sources made it;
+    weights_checked: the meta model (plan.meta_model) io_source_recipe.check_weights checked its weight files'
+    headers against, which make_plan takes (once: it applies the passes to it) instead of building it and
+    reading the headers again."""
 
     source: str
     kind: str
@@ -37,6 +42,7 @@ class TeacherSource:
     hub: bool = True
     sampling: Sampling | None = field(default=None, compare=False, repr=False)
     config_label: str = field(default="--teacher-config", compare=False, repr=False)  # checked's
+    weights_checked: torch.nn.Module | None = field(default=None, compare=False, repr=False)
 
     @functools.cached_property
     def config(self) -> dict:

@@ -58,7 +58,8 @@ def check_weights(src: TeacherSource, teacher: str | None = None) -> None:
     from compress.plan import meta_model
 
     model = meta_model(src)
-    prefixed("--teacher: " if teacher else src.where, check_teacher_weights, src, model)  # (plan's again: cheap)
+    prefixed("--teacher: " if teacher else src.where, check_teacher_weights, src, model)
+    src.weights_checked = model  # make_plan's teacher: not built nor its headers read again
 
 
 def check_sampled_pipeline(recipe, source: str, sampled: Sampling, given: str = "") -> None:

@@ -141,13 +141,16 @@ def _teacher(recipe, teacher: str | None, teacher_config: str | None, sources: T
     src = sources or checked_sources(recipe, teacher, teacher_config_of(recipe, teacher_config, teacher), hub=False)
     if recipe.stream:  # a single file or an output: refused as the run's checkpoint_of refuses it
         check_streamable(src)
-    model = meta_model(src)  # its config, read once
+    headers_read = src.weights_checked is not None  # check_weights built it and read its files' headers
+    model = src.weights_checked if headers_read else meta_model(src)  # its config, read once
+    src.weights_checked = None  # the passes apply to `model`: taken once
     adapter = get_adapter(model)
     if adapter.family != recipe.model:  # a pickle's family, from its config
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
                         f"teacher {src.source}{teacher_given(recipe, teacher or src.source != recipe.teacher)} "
                         f"is a {type(model).__name__} ({adapter.family})")
-    check_teacher_weights(src, model)  # its files' headers, not its tensors: run's refusal, before any numbers
+    if not headers_read:  # its files' headers, not its tensors: run's refusal, before any numbers
+        check_teacher_weights(src, model)
     warn_if_export_wider(recipe, src)  # its files' headers: a bfloat16 teacher exported in float32
     return src, model, adapter
 

@@ -123,3 +123,39 @@ def test_plan_reads_its_pipelines_model_index_once(tmp_path, monkeypatch):
     assert reads == [pipe / "model_index.json"]
     parts = {p["what"]: p["bytes"] for p in plan["memory"]["steps_smaller"]}  # held while sampling only
     assert parts["the pipeline's text encoders and VAE while calibration samples"] > 0
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_plan_and_a_runs_checks_build_the_teachers_meta_model_and_read_its_headers_once(tmp_path, monkeypatch, kind):
+    """The teacher's meta model was built and its weight files' headers read twice, in `plan` and in a
+    run's checks before the teacher loads: by checked_sources (io_source_recipe.check_weights) and again
+    by make_plan (plan._teacher). Now make_plan takes the model check_weights checked (up to ~0.8 s of
+    meta model on a full-size config)."""
+    import compress.io_headers as io_headers
+    import compress.plan as plan
+    import compress.runner_prepare as runner_prepare
+    from compress.runner import Runner
+    from tests.conftest import tiny_pixart
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    teacher = tmp_path / "t" / ("diffusion_pytorch_model.safetensors" if kind == "file" else "")
+    built, read = [], []
+    meta_model, header_shapes = plan.meta_model, io_headers.header_shapes
+    monkeypatch.setattr(plan, "meta_model", lambda *a, **k: built.append(a[0]) or meta_model(*a, **k))
+    monkeypatch.setattr(io_headers, "header_shapes", lambda path: read.append(path) or header_shapes(path))
+    recipe = parse_recipe(f"model: pixart\nteacher: {teacher}\ndevice: cpu\ncalibration: {{source: synthetic}}\n"
+                          "passes: [{remove_blocks: {blocks: {blocks: [0]}}}]\n", str(tmp_path / "r.yaml"))
+    make_plan(recipe)
+    assert (len(built), read) == (1, [tmp_path / "t" / "diffusion_pytorch_model.safetensors"])
+
+    class Loading(Exception):
+        pass
+
+    def load(*args, **kwargs):  # the run's checks are done: the teacher loads next
+        raise Loading
+
+    built.clear(), read.clear()
+    monkeypatch.setattr(runner_prepare, "load_checked_teacher", load)
+    with pytest.raises(Loading):
+        Runner(recipe, tmp_path / "out", tmp_path / "run").run()
+    assert (len(built), read) == (1, [tmp_path / "t" / "diffusion_pytorch_model.safetensors"])
