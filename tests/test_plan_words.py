@@ -200,4 +200,4 @@ def test_plan_at_40_columns_keeps_role_names_and_numbers_whole(tmp_path, capsys,
     mlp = next(line for line in table.splitlines() if line.startswith("│ mlp "))
     assert [c.strip() for c in mlp.split("│")[1:-1]] == ["mlp", "372,480", "47.1%"], mlp
     said = " ".join(printed[printed.index("└"):].split())
-    assert "column before left out to fit 40 terminal columns (--json or a wider terminal shows it)" in said, said
+    assert "column before left out to fit 40 terminal columns (rerun with --json or in a wider terminal to see it)" in said, said
