@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from compress.calib_footprint import human_size
 from compress.errors import UserError
 from compress.io import transformer_folder
 from compress.output_names import is_output_teacher
@@ -32,8 +33,8 @@ def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torc
 
     where = f"free on {device}" if device.type == "cuda" else "available"
     who = "teacher and student need" if student else "the teacher needs"
-    warn(f"{who} about {need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')}, and "
-         f"{have / 2**30:.1f} GiB are {where}; {resident_advice(source, passes, dtype)}")
+    warn(f"{who} about {human_size(need)} in {str(dtype).removeprefix('torch.')}, and "
+         f"{human_size(have)} are {where}; {resident_advice(source, passes, dtype)}")
 
 
 def resident_advice(source: str, passes: tuple | None, dtype: torch.dtype) -> str:
@@ -71,7 +72,7 @@ def warn_if_activations_too_big(footprint: dict, device: torch.device, spilled: 
     from compress.calib_footprint import describe
     from compress.report import warn
 
-    warn(f"{describe(footprint)}; {have / 2**30:.1f} GiB are free on {device}: set "
+    warn(f"{describe(footprint)}; {human_size(have)} are free on {device}: set "
          "calibration.spill_activations: true (or fewer prompts, or compute_dtype: bfloat16)")
 
 
@@ -94,13 +95,13 @@ def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype,
 
     block = "one block" if copies == 1 else "one block dense and factorized"
     if footprint["bytes"]:
-        warn(f"a streamed run holds about {need / 2**30:.1f} GiB on {device} (two top levels, {block} and the "
-             f"calibration activations), and {have / 2**30:.1f} GiB are free there: set "
+        warn(f"a streamed run holds about {human_size(need)} on {device} (two top levels, {block} and the "
+             f"calibration activations), and {human_size(have)} are free there: set "
              "calibration.spill_activations: true, compute_dtype: bfloat16, or fewer prompts")
         return
     smaller = "set compute_dtype: bfloat16, or " if dtype.itemsize > 2 else ""
-    warn(f"a streamed run holds about {need / 2**30:.1f} GiB on {device} (two top levels and {block}; no "
-         f"pass calibrates), and {have / 2**30:.1f} GiB are free there: {smaller}run where more memory is free")
+    warn(f"a streamed run holds about {human_size(need)} on {device} (two top levels and {block}; no "
+         f"pass calibrates), and {human_size(have)} are free there: {smaller}run where more memory is free")
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -143,8 +144,6 @@ def warn_if_short_of_disk(run_dir: Path, model_bytes: int, statistics_bytes: int
     the latest stage, the one before it), its svd passes' calibration statistics (`statistics_bytes`:
     statistics_on_disk, kept in run_dir/calib for --resume) and one more copy to the output: say so
     before it starts if the disk has less free (and return whether it did)."""
-    from compress.calib_footprint import human_size
-
     need, have = 3 * model_bytes + statistics_bytes, free_bytes(run_dir)
     if have is None or need <= have:
         return False
@@ -174,8 +173,6 @@ def spill_short(activation_bytes: int | None, run_dir: Path) -> str:
     """Why calibration's activations (`activation_bytes`, calib_footprint's, None: not estimated) would
     not fit the disk free under `run_dir` spilled (calibration.spill_activations writes them there):
     'spilled, their X would not fit the Y free under RUN_DIR'; '' where they would or either is unknown."""
-    from compress.calib_footprint import human_size
-
     free = free_bytes(run_dir) if activation_bytes else None
     if free is None or activation_bytes <= free:
         return ""

@@ -182,8 +182,8 @@ def test_a_batch_whose_inputs_cannot_fit_is_refused_before_the_teacher_loads(tmp
     assert need == 1000 * 2 * ((4 * 4 * 4 + 8 * 12 + 8) * 4 + 8)  # per row: latents, caption, mask (float32), timestep
     monkeypatch.setattr(plan_machine, "device_memory", lambda device: (need - 1, "this machine"))
     monkeypatch.setattr(bench, "load_teacher_of", lambda *a, **k: pytest.fail("the teacher loaded"))
-    with pytest.raises(UserError, match=r"^--batch 1000: one step's inputs alone take 0\.0 GiB, more than the 0\.0 "
-                                        r"GiB of memory of this machine; give a smaller --batch$"):
+    with pytest.raises(UserError, match=r"^--batch 1000: one step's inputs alone take 1 MiB, more than the 1 MiB "
+                                        r"of memory of this machine; give a smaller --batch$"):  # was 0.0 GiB
         bench.bench(out, repeats=1, batch=1000, device="cpu")
     monkeypatch.setattr(plan_machine, "device_memory", lambda device: (need, "this machine"))
     bench.check_batch_fits(tiny_pixart(), "pixart", str(tmp_path / "teacher"), 1000, torch.device("cpu"),
