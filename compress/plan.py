@@ -26,7 +26,7 @@ from compress.io import config_model_class, from_config
 from compress.plan_budget import (blocks_left, budget_savings, budgeted_layers, count_ranges, decided_later,
                                  distill_student, ranged_keys, removal_shares, retargeted, smallest_blocks, spare_bound)
 from compress.plan_machine import device_memory
-from compress.plan_memory import beyond_memory, memory_where, peak_memory, refuse_beyond_disk
+from compress.plan_memory import beyond_disk, beyond_memory, memory_where, peak_memory
 from compress.plan_statistics import svd_statistics
 from compress.plan_words import bounded_keys, where_words
 from compress.io_export import warn_if_export_wider
@@ -84,11 +84,12 @@ def block_params(model, rows: list[dict]) -> dict[str, int]:
 
 
 def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = None,
-              sources: TeacherSource | None = None, passes: list | None = None) -> dict:
+              sources: TeacherSource | None = None, passes: list | None = None, run_dir: Path | None = None) -> dict:
     """The plan of `recipe` (`teacher`, `teacher_config`: --teacher, --teacher-config). `run` hands
     it what it checked and made already: `sources` (io_source_recipe.checked_sources of the recipe, then
     `teacher` and `teacher_config` are not read) and `passes` (passes.build_passes of the recipe). Without
-    --teacher-config, the recipe's `teacher_config:` is read (recipe_teacher_config.teacher_config_of)."""
+    --teacher-config, the recipe's `teacher_config:` is read (recipe_teacher_config.teacher_config_of).
+    `run_dir`: the run folder whose free disk bounds the peak a run can hold (run's; None: its default)."""
     src, model, adapter = _teacher(recipe, teacher, teacher_config, sources)
     source = src.source
     before_rows, before = layer_rows(model), param_count(model)
@@ -131,6 +132,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     calib["source"] = inputs  # how they are drawn: a pipeline source samples the pipeline (minutes)
     calib["toy_pipeline"] = toy
     plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"], passes, sampled.index)
+    plan["memory"]["refusal"] = _refusal(recipe, plan, run_dir)
     _warn_beyond_memory(recipe, plan)  # --json too (stderr)
     return plan
 
@@ -284,9 +286,23 @@ def svd_targets(p, spec, model, adapter) -> tuple[list, bool, bool]:
 
 
 def _warn_beyond_memory(recipe, plan: dict) -> None:
-    """plan's and run's warning of a peak beyond the memory, at the line of the key that drives it most."""
-    if warning := beyond_memory(plan["memory"], device_memory(recipe.device)):
+    """plan's and run's warning of a peak beyond the memory, at the line of the key that drives it most;
+    plan's, in its place, of one that run refuses (the plan's memory.refusal), in run's words."""
+    if refusal := plan["memory"]["refusal"]:  # a warning: what this machine has, as a device not here is noted
+        warn(f"{refusal}; `dit-compress run` would refuse this before it loads the teacher")
+    elif warning := beyond_memory(plan["memory"], device_memory(recipe.device)):
         warn(f"{_memory_where(recipe, plan)}: {warning}")
+
+
+def _refusal(recipe, plan: dict, run_dir: Path | None) -> str | None:
+    """run's refusal of the plan's peak, beyond the memory and the disk free under `run_dir` together
+    (plan_memory.beyond_disk), at the line of the key that drives it most; None where it fits. run_dir
+    None: run's default, runs/NAME (output_names.default_name), or its nearest existing parent's disk."""
+    from compress.output_names import default_name
+
+    run_dir = Path("runs") / default_name(recipe.path) if run_dir is None else run_dir
+    words = beyond_disk(recipe, plan["memory"], run_dir)
+    return f"{_memory_where(recipe, plan)}: {words}" if words else None
 
 
 def _memory_where(recipe, plan: dict) -> str:
@@ -306,11 +322,11 @@ def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list, run_dir:
         return calibrates(passes)
     try:
         with _quiet(console):
-            plan = make_plan(recipe, sources=sources, passes=passes)
+            plan = make_plan(recipe, sources=sources, passes=passes, run_dir=run_dir)
     except UserError:
         return calibrates(passes)
-    if run_dir is not None:  # a peak no spill could hold: refused before the teacher loads, not warned
-        refuse_beyond_disk(recipe, plan["memory"], run_dir, _memory_where(recipe, plan))
+    if run_dir is not None and plan["memory"]["refusal"]:  # a peak no spill could hold: refused before the
+        raise UserError(plan["memory"]["refusal"])       # teacher loads, not warned
     _warn_beyond_memory(recipe, plan)
     return plan["calibration"]["used"]
 

@@ -29,7 +29,6 @@ import torch
 
 from compress import plan_machine  # read through the module: a test's patch of plan_machine holds here too
 from compress.calib_footprint import human_size
-from compress.errors import UserError
 from compress.passes.svd_fisher_budget import settle_auto
 from compress.plan_fisher import fisher_backward, fisher_sweep, on_device
 from compress.plan_fisher import part as _part
@@ -299,14 +298,15 @@ def memory_where(recipe, memory: dict, teacher_given: bool = False) -> str:
     return recipe.path
 
 
-def refuse_beyond_disk(recipe, memory: dict, run_dir: Path, where: str) -> None:
-    """`run`'s refusal, before it loads the teacher, of an estimated peak (`memory`: peak_memory's) more
+def beyond_disk(recipe, memory: dict, run_dir: Path) -> str | None:
+    """The words of `run`'s refusal, before it loads the teacher, of an estimated peak (`memory`: peak_memory's) more
     than the memory there is (this machine's, and a CUDA device's beside it where the run computes on one)
     and the disk free under `run_dir` together. calibration.spill_activations moves at most the
     calibration activations to that disk and the rest of the peak stays in memory, so such a peak fits
     whatever the recipe spills in no way: the run would only fail once its passes had computed, out of
     memory or of disk. A bound of what cannot fit, not a guess (as a factor of the memory would be):
-    a peak a spill could bring within memory is only warned (beyond_memory). `where`: memory_where's."""
+    a peak a spill could bring within memory is only warned (beyond_memory). None where it fits, or where
+    the memory or the free disk is unknown. plan says them too (make_plan's memory.refusal)."""
     from compress.runner_memory import free_bytes
 
     swap = plan_machine.machine_swap()
@@ -315,16 +315,16 @@ def refuse_beyond_disk(recipe, memory: dict, run_dir: Path, where: str) -> None:
         room.append((plan_machine.device_memory(recipe.device) or (None,))[0])
     disk = free_bytes(run_dir)
     if None in room or disk is None or memory["bytes"] <= sum(room) + disk:
-        return
+        return None
     # each part with the keys that drive it and what holds less (stream: true for the weights), but no spill
     drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])}{_drives(dict(p, fix=_unspilled(p['fix'])))}"
                         for p in _big(memory))
     swapped = f", {human_size(swap)} of it swap" if swap else ""
-    raise UserError(f"{where}: as written, the run would hold about {human_size(memory['bytes'])} at its peak, more "
-                    f"than the memory there is ({human_size(sum(room))}{swapped}) and the disk free under {run_dir} "
-                    f"({human_size(disk)}) together, which no calibration.spill_activations: true changes: {drivers}")
+    return (f"as written, the run would hold about {human_size(memory['bytes'])} at its peak, more than the memory "
+            f"there is ({human_size(sum(room))}{swapped}) and the disk free under {run_dir} ({human_size(disk)}) "
+            f"together, which no calibration.spill_activations: true changes: {drivers}")
 
 
 def _unspilled(fix: str) -> str:
-    """A part's `fix`, unless it is to spill (refuse_beyond_disk's peak holds more than a spill moves)."""
+    """A part's `fix`, unless it is to spill (beyond_disk's peak holds more than a spill moves)."""
     return "" if "spill_activations" in fix else fix

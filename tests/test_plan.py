@@ -62,10 +62,13 @@ def test_plan_says_which_targets_are_fitted_to_the_reference_and_whether_sequent
 
 
 def _plan_beyond(monkeypatch, capsys, calibration: str, svd: str = "{fisher: none}", have: int = 2**30):
-    """(plan, stderr) of a toy recipe planned where the machine has `have` bytes."""
+    """(plan, stderr) of a toy recipe planned where the machine has `have` bytes (and a disk a spill fits:
+    warned, not refused as test_plan_says_what_run_would_refuse_in_runs_words is)."""
     import compress.plan_machine as plan_machine
+    import compress.runner_memory as runner_memory
 
     monkeypatch.setattr(plan_machine, "machine_memory", lambda: have)
+    monkeypatch.setattr(runner_memory, "free_bytes", lambda folder: 2**60)
     text = f"model: pixart\nteacher: toy:pixart\ndevice: cpu\ncalibration: {calibration}\npasses:\n  - svd: {svd}\n"
     plan = make_plan(parse_recipe(text, "r.yaml"))
     return plan, capsys.readouterr().err
@@ -168,6 +171,51 @@ def test_run_warns_of_a_peak_beyond_the_machine_before_it_loads_the_teacher(monk
     assert "warning" not in said_before_loading("{num_prompts: 10}")
     assert said_before_loading("{num_prompts: 100000000}", "someone/not-shipped") == ""  # not planned offline: the run's checks say
     assert said_before_loading("{source: synthetic, num_prompts: 100000000}", "someone/not-shipped") == ""
+
+
+C48 = ("model: pixart\nteacher: toy:pixart\ndevice: cpu\ncalibration:\n  num_prompts: {prompts}\n"
+       "passes:\n  - svd: {{fisher: none}}\n")
+
+
+def test_plan_says_what_run_would_refuse_in_runs_words(monkeypatch, capsys, tmp_path):
+    """calibration.num_prompts: 100000000 (stop 44's c48): run refuses a peak beyond the memory and the run
+    folder's free disk together before the teacher loads; plan only warned the peak beyond memory (advising
+    calibration.spill_activations: true, which run says changes nothing) and exited 0. Now plan warns in
+    run's words, at the same line, of the disk under run's default run folder (runs/NAME; its nearest existing
+    parent's), and plan --json has them as memory.refusal; still exit 0, as plan's memory warning and its note
+    of a device not here (what this machine has, not the recipe); a recipe that fits: no line, null."""
+    import json
+
+    import compress.plan_machine as plan_machine
+    import compress.runner_memory as runner_memory
+    import compress.runner_prepare as runner_prepare
+    from compress.cli import main
+    from compress.runner import Runner
+
+    monkeypatch.setattr(plan_machine, "machine_memory", lambda: 2**30)
+    monkeypatch.setattr(plan_machine, "machine_swap", lambda: 0)
+    measured = []
+    monkeypatch.setattr(runner_memory, "free_bytes", lambda folder: measured.append(folder) or 2 * 2**30)
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "c48.yaml"
+    recipe.write_text(C48.format(prompts=100000000))
+    assert main(["plan", str(recipe), "--json"]) == 0
+    out, err = capsys.readouterr()
+    refusal = json.loads(out)["memory"]["refusal"]
+    assert measured == [Path("runs/c48")]  # run's default --run-dir, not there yet: free_bytes climbs to tmp_path
+    assert refusal.startswith(f"{recipe}:5: as written, the run would hold about 61035.") and refusal.endswith(
+        "at its peak, more than the memory there is (1.0 GiB) and the disk free under runs/c48 (2.0 GiB) together, "
+        "which no calibration.spill_activations: true changes: calibration activations 61035.2 GiB "
+        "(calibration.num_prompts, calibration.timesteps, calibration.cfg_branches)"), refusal
+    assert " ".join(err.split()) == f"warning: {refusal}; `dit-compress run` would refuse this before it loads the teacher"
+    monkeypatch.setattr(runner_prepare, "load_checked_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    with pytest.raises(UserError) as e:  # run's own words, of the same folder
+        Runner(parse_recipe(recipe.read_text(), str(recipe)), tmp_path / "out", Path("runs/c48")).prepare()
+    assert str(e.value) == refusal
+    recipe.write_text(C48.format(prompts=10))
+    assert main(["plan", str(recipe), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["memory"]["refusal"] is None and "warning" not in err
 
 
 def test_the_peak_counts_the_largest_fisher_sweep_not_fisher_memory_gb(monkeypatch, capsys):

@@ -342,7 +342,6 @@ def test_the_refusal_of_a_peak_beyond_memory_and_disk_names_stream_and_counts_sw
     import compress.plan_machine as plan_machine
     import compress.plan_memory as pm
     import compress.runner_memory as rm
-    from compress.errors import UserError
 
     monkeypatch.setattr(plan_machine, "machine_memory", lambda: 64 << 30)
     monkeypatch.setattr(plan_machine, "machine_swap", lambda: 0)
@@ -351,18 +350,15 @@ def test_the_refusal_of_a_peak_beyond_memory_and_disk_names_stream_and_counts_sw
                    pm._part("calibration activations", 5 << 30, ["calibration.num_prompts"],
                             "calibration.spill_activations: true"))
     cpu = SimpleNamespace(device="cpu")
-    with pytest.raises(UserError) as e:
-        pm.refuse_beyond_disk(cpu, memory, "runs/x", "r.yaml:3")
-    assert str(e.value) == ("r.yaml:3: as written, the run would hold about 100.0 GiB at its peak, more than the "
-                            "memory there is (64.0 GiB) and the disk free under runs/x (20.0 GiB) together, which no "
-                            "calibration.spill_activations: true changes: teacher and student weights 95.0 GiB "
-                            "(teacher, compute_dtype; stream: true)")
+    assert pm.beyond_disk(cpu, memory, "runs/x") == (
+        "as written, the run would hold about 100.0 GiB at its peak, more than the memory there is (64.0 GiB) and "
+        "the disk free under runs/x (20.0 GiB) together, which no calibration.spill_activations: true changes: "
+        "teacher and student weights 95.0 GiB (teacher, compute_dtype; stream: true)")
     monkeypatch.setattr(plan_machine, "machine_swap", lambda: 16 << 30)
-    pm.refuse_beyond_disk(cpu, memory, "runs/x", "r.yaml:3")  # 64 + 16 + 20 GiB: not refused
+    assert pm.beyond_disk(cpu, memory, "runs/x") is None  # 64 + 16 + 20 GiB: not refused
     monkeypatch.setattr(plan_machine, "machine_swap", lambda: 8 << 30)
-    with pytest.raises(UserError) as e:
-        pm.refuse_beyond_disk(cpu, memory, "runs/x", "r.yaml:3")
-    assert "more than the memory there is (72.0 GiB, 8.0 GiB of it swap) and the disk free" in str(e.value)
+    assert "more than the memory there is (72.0 GiB, 8.0 GiB of it swap) and the disk free" in \
+        pm.beyond_disk(cpu, memory, "runs/x")
 
 
 def test_swap_is_counted_only_where_no_cgroup_limit_binds(monkeypatch, tmp_path):
