@@ -198,7 +198,8 @@ def bench(out: str | Path, teacher: str | None = None, repeats: int = 20, batch:
         check_batch_fits(student, family, source, batch, dev, dtype)  # before the teacher loads
         loading.update(f"bench: loading the teacher {source}")
         stored = stored_bytes(student), stored_dtype(student)  # as exported (export.dtype), before the cast
-        ref = load_teacher_of(student, source, config, loras, dtype=None)  # as stored, likewise
+        where = "--teacher: " if teacher else ""  # the recorded teacher's errors name it
+        ref = load_teacher_of(student, source, config, loras, dtype=None, where=where)  # as stored, likewise
         named = teacher_fields(source, teacher, teacher_loras(student, loras))  # with the LoRAs it took
         ref_stored = stored_bytes(ref), stored_dtype(ref)
         student, ref = cast(student, dev, dtype), cast(ref, dev, dtype)

@@ -76,7 +76,8 @@ def evaluate(args) -> int:
     if not toy:
         _toy_options_only(grid, args.seed)
         check_measurable(out, teacher_source, name)  # before the teacher loads
-    teacher = load_teacher_of(model, teacher_source, teacher_config, args.lora) if teacher_source else None
+    where = "--teacher: " if args.teacher else ""  # the recorded teacher's errors name it
+    teacher = load_teacher_of(model, teacher_source, teacher_config, args.lora, where=where) if teacher_source else None
     named = teacher_fields(teacher_source, args.teacher, teacher_loras(model, args.lora)) if teacher_source else None
     if not toy:
         return _print(_teacher_relative(model, teacher, teacher_source, out), args.json, named, args.model)

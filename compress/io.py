@@ -100,12 +100,13 @@ GIVE_TEACHER = "pass its teacher with --teacher"  # check_same_architecture's wa
 
 def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
                     loras: list[str] | None = None, dtype: torch.dtype | None = torch.float32,
-                    advice: str = GIVE_TEACHER) -> nn.Module:
+                    advice: str = GIVE_TEACHER, where: str = "") -> nn.Module:
     """The teacher to compare `student` with (eval, bench): of the student's family, or a UserError;
     with the LoRAs the student recorded merged into it (`loras`: where they are now, eval's and
     bench's --lora, in place of the recorded places). `dtype`: load_teacher's (None: as stored,
     whose bytes bench compares the export's with). `advice`: how a teacher of other widths is put right
-    (check_same_architecture's; distill's kd_teacher: base has no --teacher)."""
+    (check_same_architecture's; distill's kd_teacher: base has no --teacher). `where`: the start of an
+    error about the source or its config ('--teacher: ' where the command line gave it; io_source.checked)."""
     from compress.io_source_config import checked
 
     recorded = (getattr(student, "compression_meta", None) or {}).get("loras")
@@ -115,7 +116,7 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
         from compress.lora_replay import replayed_sources
 
         replayed_sources(recorded, loras)
-    family, src = get_adapter(student).family, checked(source, config)  # checked once
+    family, src = get_adapter(student).family, checked(source, config, where)  # checked once
     found = src.family()  # from its config: before a Hub teacher downloads
     if found and found[0] != family:
         raise UserError(f"teacher {source} is a {found[1]}; the model to compare with it is a "

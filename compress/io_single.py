@@ -207,22 +207,63 @@ def config_file(path: Path, config: str | None) -> Path:
 
 def given_config(file: Path, given: str, label: str = "--teacher-config") -> dict:
     """The diffusers config `file` that a teacher config `given` names (the file, or its folder's
-    config.json), read; one that is not JSON (a text file, a checkpoint) a UserError naming it as
-    `label` says it ('--teacher-config', or a recipe's 'PATH:LINE: teacher_config'), not in the
-    JSON decoder's words alone."""
-    try:
-        json.loads(file.read_bytes())
-    except UnicodeDecodeError:
-        why = "not UTF-8 text"
-    except ValueError as e:  # json.JSONDecodeError
-        why = f"line {e.lineno}, column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
-    except OSError:
-        return read_config(file)  # its words: cannot read PATH
-    else:
-        return read_config(file)
+    config.json), read; one that is not a JSON config (a text file, a checkpoint, a list: not_a_config)
+    a UserError naming it as `label` says it ('--teacher-config', or a recipe's 'PATH:LINE:
+    teacher_config'), not in the JSON decoder's words alone."""
+    why = not_a_config(file)
+    if why is None:
+        return read_config(file)  # or its words: cannot read PATH
     inside = "" if Path(given).expanduser() == file else f": {file}"
     raise UserError(f"{label} {given}{inside} is not a JSON config ({why}); give the diffusers config of the "
                     "transformer (its config.json, or the folder holding it)")
+
+
+def own_config(file: Path, source: str, kind: str) -> dict:
+    """The config.json the teacher `source` reads as its own, read: a folder's (or its transformer/'s,
+    `kind` 'folder'), or the one beside a single file; one that is not a JSON config (not_a_config) a
+    UserError in given_config's words, naming the teacher: 'teacher t: its config.json is not a JSON
+    config (line 1, column 1: Expecting value); ...', not the JSON decoder's 'cannot read t/config.json:
+    Expecting value: line 1 column 1 (char 0)'. Read once where it is one."""
+    from compress import io as compress_io  # its read_config, as the checks count the reads
+
+    try:
+        return compress_io.read_config(file)
+    except UserError:
+        why = not_a_config(file)
+        if why is None:  # unreadable (a folder, no permission): read_config's words
+            raise
+    if kind == "folder":
+        inside = os.path.relpath(file, Path(source).expanduser())
+        its = f"its {inside}" if not inside.startswith("..") else str(file)  # config.json, transformer/config.json
+        fix = "put its transformer's diffusers config there (save_pretrained writes it)"
+    else:
+        its = f"the config.json beside it ({file})"
+        fix = "give its transformer's diffusers config with --teacher-config, or put it there"
+    raise UserError(f"teacher {source}: {its} is not a JSON config ({why}); {fix}")
+
+
+JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+              type(None): "null"}
+
+
+def not_a_config(file: Path) -> str | None:
+    """Why `file` is not a JSON config, in words for a parenthesis: 'line 1, column 1: Expecting value',
+    'an empty file', 'not UTF-8 text', 'an array, not a JSON object'; None where it is one, or cannot
+    be read (read_config says so)."""
+    try:
+        data = file.read_bytes()
+        config = json.loads(data)
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except ValueError as e:  # json.JSONDecodeError
+        if not data.strip():
+            return "an empty file"
+        return f"line {e.lineno}, column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
+    except OSError:
+        return None
+    if isinstance(config, dict):
+        return None
+    return f"{JSON_TYPES.get(type(config), type(config).__name__)}, not a JSON object"
 
 
 def _no_config_file(given: Path) -> str:

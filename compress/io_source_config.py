@@ -51,7 +51,7 @@ class TeacherSource:
         with `hub` the Hub's transformer/config.json, else the Hugging Face cache's (a Hub id neither
         holds needs --teacher-config)."""
         from compress.io import read_config, read_json
-        from compress.io_single import given_config
+        from compress.io_single import given_config, own_config
 
         if self.kind == "toy":
             from compress.toy.weights import toy_files
@@ -59,8 +59,9 @@ class TeacherSource:
             return read_json(toy_files(self.source[4:])[0])
         if (file := self.config_file()) is not None:
             given = self.config_arg if self.kind != "folder" else None  # a folder reads its own
-            return self._transformer_config(read_config(file) if given is None else
-                                            given_config(file, given, self.config_label), file)
+            config = (prefixed(self.where, own_config, file, self.source, self.kind) if given is None else
+                      given_config(file, given, self.config_label))
+            return self._transformer_config(config, file)
         if self.source in KNOWN_CONFIGS:
             return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
         if self.hub:

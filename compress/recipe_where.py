@@ -29,9 +29,9 @@ def _held(recipe, dotted: str, default):
 
 
 def teacher_where(recipe, teacher_arg: str | None) -> str:
-    """The prefix of an error about the teacher: 'PATH:LINE: ' of the recipe's `teacher:`, or ''
-    when --teacher gave it."""
-    return "" if teacher_arg else recipe_where(recipe, "teacher", recipe.teacher) + ": "
+    """The prefix of an error about the teacher: 'PATH:LINE: ' of the recipe's `teacher:`, or '--teacher: '
+    when --teacher gave it (the place, as a recipe's line is: its errors name the teacher)."""
+    return "--teacher: " if teacher_arg else recipe_where(recipe, "teacher", recipe.teacher) + ": "
 
 
 def teacher_given(recipe, teacher_arg) -> str:

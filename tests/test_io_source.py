@@ -45,8 +45,8 @@ def test_a_recipe_teacher_that_is_not_there_names_its_line_the_path_and_the_rule
     recipe = _recipe(tmp_path / "sub", teacher="t")
     with pytest.raises(UserError, match=f"where {tmp_path}/sub/t is: give that path instead"):
         checked_sources(recipe)
-    with pytest.raises(UserError, match=rf"^teacher not found: t \(there is no {tmp_path}/here/t; a Hugging"):
-        checked_sources(recipe, teacher="t")  # --teacher: no recipe line, no recipe rule
+    with pytest.raises(UserError, match=rf"^--teacher: teacher not found: t \(there is no {tmp_path}/here/t; a Hugging"):
+        checked_sources(recipe, teacher="t")  # --teacher: its place, no recipe line, no recipe rule
 
 
 def test_a_recipe_teacher_read_as_a_hub_id_that_is_a_path_from_the_recipes_folder_is_warned(
@@ -163,7 +163,7 @@ def test_a_single_file_with_a_config_of_the_other_family_says_so_before_loading(
         recipe = _recipe(tmp_path / model, model=model)
         with pytest.raises(UserError) as e:
             checked_sources(recipe, teacher=str(tmp_path / "t.safetensors"), config=str(tmp_path / "cfg"))
-        assert str(e.value) == (f"{tmp_path}/t.safetensors: the checkpoint's weights are a {weights} transformer "
+        assert str(e.value) == (f"--teacher: {tmp_path}/t.safetensors: the checkpoint's weights are a {weights} transformer "
                                 f"while the config in {tmp_path}/cfg describes a {config} one; give the config of "
                                 f"its own transformer (--teacher-config)")
 
@@ -236,7 +236,7 @@ def test_a_streamed_runs_output_weight_file_says_the_folder_does_not_stream_eith
     recipe = load_recipe(_recipe(tmp_path / "r").path, ["stream=true", "calibration.source=synthetic"])
     with pytest.raises(UserError) as e:
         checked_sources(recipe, str(weights))
-    assert str(e.value) == (f"{weights} is a weight file of the dit-compress output {out}: give that "
+    assert str(e.value) == (f"--teacher: {weights} is a weight file of the dit-compress output {out}: give that "
                             f"folder, which loads it with its ranks and block map{resident}")
     with pytest.raises(UserError) as e:
         checked_sources(recipe, str(copied))
@@ -327,5 +327,5 @@ def test_a_pickle_teachers_config_of_no_transformer_is_said_before_loading(tmp_p
                   lambda: make_plan(recipe, teacher=str(tmp_path / "t.pth"), teacher_config=str(tmp_path / "c.json"))):
         with pytest.raises(UserError) as e:
             check()
-        assert str(e.value) == (f"{tmp_path}/t.pth: the config in {tmp_path}/c.json {what}, not a PixArt/Flux "
+        assert str(e.value) == (f"--teacher: {tmp_path}/t.pth: the config in {tmp_path}/c.json {what}, not a PixArt/Flux "
                                 "transformer config; give the config of its own transformer (--teacher-config)")

@@ -116,6 +116,6 @@ def test_an_owner_name_read_as_a_path_because_the_owner_is_a_folder_here_says_so
     (tmp_path / "acme").mkdir()
     with pytest.raises(UserError) as e:
         checked_sources(_recipe(tmp_path / "r", teacher="acme/pix"), teacher="acme/pix")
-    assert str(e.value) == (f"teacher not found: acme/pix (there is no {tmp_path}/acme/pix; it is read as a path, "
+    assert str(e.value) == (f"--teacher: teacher not found: acme/pix (there is no {tmp_path}/acme/pix; it is read as a path, "
                             f"not as the Hugging Face id acme/pix, because {tmp_path}/acme/ is a folder here: to "
                             "mean the Hub id, run from another folder or rename that one)")

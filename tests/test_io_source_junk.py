@@ -118,3 +118,99 @@ def test_a_single_file_teacher_whose_names_do_not_tell_its_family_is_planned_by_
     recipe = parse_recipe("model: flux\nteacher: t.safetensors\ncalibration: {source: synthetic, num_prompts: 2}\n"
                           "passes:\n  - svd: {targets: [mlp], ratio: 0.5}\n", "r.yaml")
     assert make_plan(recipe)["passes"]
+
+
+JUNK = {"not JSON": ("my notes\n", "line 1, column 1: Expecting value"), "a list": ("[1, 2]\n", "an array, not a JSON object"),
+        "empty": ("", "an empty file")}
+FOLDER_FIX = "put its transformer's diffusers config there (save_pretrained writes it)"
+
+
+def _junk_teachers(tmp_path, junk: str) -> dict[str, str]:
+    """A transformer folder, a pipeline folder and a single file, each with a config.json of `junk`:
+    teacher -> what the error calls that config.json."""
+    model = tiny_pixart()
+    folder, pipe, single = tmp_path / "t", tmp_path / "p", tmp_path / "f"
+    model.save_pretrained(folder)
+    model.save_pretrained(pipe / "transformer")
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline",
+                                                      "transformer": ["diffusers", "PixArtTransformer2DModel"]}))
+    single.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, single / "t.safetensors")
+    for config in (folder / "config.json", pipe / "transformer" / "config.json", single / "config.json"):
+        config.write_text(JUNK[junk][0])
+    return {str(folder): f"its config.json is not a JSON config ({JUNK[junk][1]}); {FOLDER_FIX}",
+            str(pipe): f"its transformer/config.json is not a JSON config ({JUNK[junk][1]}); {FOLDER_FIX}",
+            str(single / "t.safetensors"): f"the config.json beside it ({single}/config.json) is not a JSON config "
+                                           f"({JUNK[junk][1]}); give its transformer's diffusers config with "
+                                           "--teacher-config, or put it there"}
+
+
+@pytest.mark.parametrize("junk", list(JUNK))
+def test_a_teachers_own_config_json_that_is_junk_is_said_in_one_line_where_given(tmp_path, junk):
+    """A teacher folder (or a pipeline's transformer/, or the config.json beside a single file) whose
+    config.json is no JSON object said the decoder's words with no place: 'cannot read t/config.json:
+    Expecting value: line 1 column 1 (char 0)', 't/config.json is not a diffusers config (a JSON object);
+    it holds a list'. Now in teacher_config's words ('is not a JSON config (...)'), naming the teacher,
+    at the recipe's teacher: line, or after --teacher."""
+    recipe_dir = tmp_path / "r"
+    for teacher, words in _junk_teachers(tmp_path, junk).items():
+        recipe = _recipe(recipe_dir, teacher=teacher, overrides=["calibration={source: synthetic}"])
+        assert _refused(checked_sources, recipe) == f"{recipe.path}:2: teacher {teacher}: {words}"
+        assert _refused(checked_sources, _recipe(recipe_dir), teacher=teacher) == f"--teacher: teacher {teacher}: {words}"
+        assert _refused(make_plan, _recipe(recipe_dir), teacher=teacher) == f"--teacher: teacher {teacher}: {words}"
+
+
+def test_a_teacher_config_of_a_list_is_said_as_no_json_config(tmp_path, monkeypatch):
+    """--teacher-config of a JSON list said 'cfg.json is not a diffusers config (a JSON object); it holds a
+    list', in other words than one that is no JSON, and with no --teacher-config before it."""
+    monkeypatch.chdir(tmp_path)
+    model = tiny_pixart()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, "t.safetensors")
+    (tmp_path / "cfg.json").write_text("[1, 2]\n")
+    recipe = parse_recipe(SYNTHETIC.format(teacher="t.safetensors", config=""), "r.yaml")
+    assert _refused(make_plan, recipe, teacher_config="cfg.json").startswith(
+        "--teacher-config cfg.json is not a JSON config (an array, not a JSON object); ")
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: None, "teacher not found: {t} (there is no "),
+    (lambda p: p.with_suffix(".txt").write_text("x"), "{t} is not a checkpoint: file type '.txt'"),
+    (lambda p: p.mkdir(), "{t} has neither model_index.json nor config.json"),
+    (lambda p: (p.mkdir(), (p / "config.json").write_text("x")), "teacher {t}: its config.json is not a JSON config"),
+    (lambda p: (p.mkdir(), (p / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))),
+     "unsupported model class 'AutoencoderKL'"),
+])
+def test_a_teacher_given_with_dash_dash_teacher_is_placed_there_once(tmp_path, make, words):
+    """An error about the --teacher teacher carried no place (the weight mismatch alone said '--teacher: '),
+    where the recipe's say 'r.yaml:2: '. Now '--teacher: ' first, once, and the recipe's line once."""
+    make(tmp_path / "t")
+    teacher = str(next((p for p in tmp_path.iterdir() if p.name.startswith("t")), tmp_path / "t"))
+    recipe = _recipe(tmp_path / "r", overrides=["calibration={source: synthetic}"])
+    for check in (lambda: checked_sources(recipe, teacher=teacher), lambda: make_plan(recipe, teacher=teacher)):
+        said = _refused(check)
+        assert said.startswith("--teacher: " + words.format(t=teacher)) and said.count("--teacher: ") == 1, said
+    recipe = _recipe(tmp_path / "s", teacher=teacher, overrides=["calibration={source: synthetic}"])
+    said = _refused(checked_sources, recipe)
+    assert said.startswith(f"{recipe.path}:2: " + words.format(t=teacher)) and said.count("r.yaml:2") == 1, said
+    assert "--teacher" not in said.split(";")[0]
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_eval_and_bench_place_their_dash_dash_teacher_s_errors(tmp_path, capsys, command):
+    """eval's and bench's --teacher not there, or of a junk config.json, said no place ('teacher not found:
+    ...'); now '--teacher: ' first, once, as a recipe command's."""
+    from compress.cli import main
+    from compress.io_export import save_compressed
+    from tests.conftest import factorize
+
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], rank=2), tmp_path / "out")
+    (out / "recipe.yaml").write_text(SYNTHETIC.format(teacher="toy:pixart", config=""))
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    (tmp_path / "t" / "config.json").write_text("[]")
+    extra = ["--repeats", "1", "--device", "cpu"] if command == "bench" else []
+    for teacher, words in ((tmp_path / "none", f"teacher not found: {tmp_path}/none (there is no "),
+                           (tmp_path / "t", f"teacher {tmp_path}/t: its config.json is not a JSON config (an array")):
+        capsys.readouterr()
+        assert main([command, str(out), "--teacher", str(teacher), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"dit-compress: error: --teacher: {words}") and err.count("--teacher: ") == 1, err

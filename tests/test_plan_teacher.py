@@ -25,7 +25,7 @@ def test_plan_says_what_a_local_teacher_is_as_run_does(tmp_path, make):
         load_teacher(teacher)
     with pytest.raises(UserError) as planning:
         make_plan(parse_recipe("model: pixart\nteacher: toy:pixart\npasses: [svd]\n", "r.yaml"), teacher=teacher)
-    assert str(planning.value) == str(loading.value) and "offline" not in str(planning.value)
+    assert str(planning.value) == f"--teacher: {loading.value}" and "offline" not in str(planning.value)
 
 
 def test_plan_checks_its_teacher_and_reads_its_config_once(tmp_path, monkeypatch):
@@ -50,7 +50,7 @@ def test_plan_says_a_single_files_config_is_of_another_family(tmp_path, weights,
     make[config]().save_config(tmp_path / "cfg")
     for model in ("pixart", "flux"):
         recipe = parse_recipe(f"model: {model}\nteacher: toy:{model}\npasses: [svd]\n", "r.yaml")
-        with pytest.raises(UserError, match=f"^{tmp_path}/t.safetensors: the checkpoint's weights are a {weights} "
+        with pytest.raises(UserError, match=f"^--teacher: {tmp_path}/t.safetensors: the checkpoint's weights are a {weights} "
                                             f"transformer while the config in {tmp_path}/cfg describes a {config} one"):
             make_plan(recipe, teacher=str(tmp_path / "t.safetensors"), teacher_config=str(tmp_path / "cfg"))
 
