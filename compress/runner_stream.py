@@ -111,7 +111,7 @@ class StreamedModels:
         plan resolves them), unless `teacher` said it already for the model copies alone."""
         if self.run_dir is None or self.short_of_disk:
             return
-        from compress.plan import svd_targets
+        from compress.plan_walk import svd_targets
 
         stats = sum(statistics_on_disk(*svd_targets(p, spec, model, adapter))
                     for p, spec in zip(passes, specs) if spec.name == "svd")

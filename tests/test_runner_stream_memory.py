@@ -88,7 +88,7 @@ def test_the_disk_warning_counts_the_statistics_and_says_mib(tmp_path, monkeypat
 def test_statistics_on_disk_is_what_the_svd_passes_cache(tmp_path):
     """The estimate (plan's per-block statistics) against the calib/ folder a streamed run leaves."""
     from compress.passes import build_passes
-    from compress.plan import svd_targets
+    from compress.plan_walk import svd_targets
     from compress.recipe import parse_recipe
     from compress.runner_memory import statistics_on_disk
 
