@@ -282,18 +282,20 @@ def variant_weights(names: list[str], variant: str | None) -> list[str]:
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-def stored_dtype(path: Path, variant: str | None) -> torch.dtype:
+def stored_dtype(path: Path, variant: str | None, dtypes_of=None) -> torch.dtype:
     """The dtype a transformer folder's weights are stored in (from the safetensors headers, or the
     tensors of .bin files mapped, not read): the one of its floating tensors; where they mix dtypes,
     one that holds each exactly (float32, float64 with float64 ones); float32 where the folder holds
-    no weights (from_pretrained says so)."""
+    no weights (from_pretrained says so). `dtypes_of`: a safetensors file -> its dtype names
+    (safetensors_dtypes, or the names read already)."""
+    dtypes_of = dtypes_of or safetensors_dtypes
     files = [path / n for n in variant_weights([f.name for f in path.iterdir()], variant)]
     found: set[torch.dtype] = set()
     for f in files:
         if f.name.endswith(".json"):
             continue
         if f.suffix == ".safetensors":
-            found |= {TORCH_DTYPES.get(t) for t in safetensors_dtypes(f) if t.startswith(("F", "BF"))}
+            found |= {TORCH_DTYPES.get(t) for t in dtypes_of(f) if t.startswith(("F", "BF"))}
         else:
             found |= {t.dtype for t in read_state_dict(f, mmap=True).values() if t.is_floating_point()}
     if len(found) == 1 and None not in found:

@@ -36,17 +36,25 @@ def header_shapes(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         raise unreadable(path, e) from None
 
 
-def header_tensors(path: Path) -> dict[str, torch.Tensor]:
+def header_tensors(path: Path, seen: dict[Path, set[str]] | None = None) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors as meta tensors of its header's shapes (io_single.load_single_file's
-    `read`: the file's names converted and loaded into the config's model without its data)."""
+    `read`: the file's names converted and loaded into the config's model without its data); the
+    header's dtype names kept in `seen` ({path: names}) where given."""
+    shapes = header_shapes(path)
+    if seen is not None:
+        seen[path] = {dtype for dtype, _ in shapes.values()}
     return {k: torch.empty(shape, dtype=HEADER_DTYPES.get(dtype, torch.float32), device="meta")
-            for k, (dtype, shape) in header_shapes(path).items()}
+            for k, (dtype, shape) in shapes.items()}
 
 
 def check_teacher_weights(src, model: torch.nn.Module) -> None:
     """The weights of teacher `src` (io_source_config.TeacherSource) fill `model` (the meta model plan built
     from its config) exactly, names and shapes, read from the headers; a UserError in run's words
-    otherwise. See the module's docstring for what is not checked."""
+    otherwise. The headers' dtype names are kept (TeacherSource.header_dtypes): the export's dtype
+    warning (io_export.teacher_stored_dtype) reads them there. See the module's docstring for what is
+    not checked."""
+    from functools import partial
+
     path = Path(src.source).expanduser()
     if not reads_headers(src):
         return
@@ -54,13 +62,14 @@ def check_teacher_weights(src, model: torch.nn.Module) -> None:
         from compress.arch import get_adapter
         from compress.io_single import load_single_file
 
-        load_single_file(path, None, src.config_arg, get_adapter(model).family, read=header_tensors)
+        load_single_file(path, None, src.config_arg, get_adapter(model).family,
+                         read=partial(header_tensors, seen=src.header_dtypes))
     elif src.kind == "folder":
         from compress.io import transformer_folder
 
-        check_folder_weights(transformer_folder(path), model)
+        check_folder_weights(transformer_folder(path), model, src.header_dtypes)
     else:
-        check_folder_weights(cached_weights(src.source), model)
+        check_folder_weights(cached_weights(src.source), model, src.header_dtypes)
 
 
 def reads_headers(src) -> bool:
@@ -99,11 +108,12 @@ def safetensors_weights(folder: Path) -> list[str]:
     return names if names and not any(n.endswith(".bin") for n in names) else []
 
 
-def check_folder_weights(folder: Path, model: torch.nn.Module) -> None:
+def check_folder_weights(folder: Path, model: torch.nn.Module, seen: dict[Path, set[str]] | None = None) -> None:
     """A transformer folder's safetensors weights (the file, or the shards its index lists) fill
     `model`, as run's from_pretrained finds them: no weight file at all (io_errors.no_weights: a
     config alone planned the config's numbers), a missing or cut shard, then a tensor of another
-    shape (io_errors.other_shape), then missing or unexpected names (io_errors.check_loading_info)."""
+    shape (io_errors.other_shape), then missing or unexpected names (io_errors.check_loading_info).
+    `seen`: where given, {file: its header's dtype names} of the files read."""
     from compress.io import variant_weights, weights_variant
     from compress.io_errors import check_loading_info, no_weights, other_shape
     from compress.stream_files import weight_map
@@ -116,7 +126,10 @@ def check_folder_weights(folder: Path, model: torch.nn.Module) -> None:
     files = weight_map(folder)  # shards missing, links gone, a file that does not open: run's words
     shapes: dict[str, tuple[int, ...]] = {}
     for f in sorted(set(files.values())):
-        shapes |= {k: shape for k, (_, shape) in header_shapes(f).items()}
+        header = header_shapes(f)
+        shapes |= {k: shape for k, (_, shape) in header.items()}
+        if seen is not None:
+            seen[f] = {dtype for dtype, _ in header.values()}
     wanted = {k: tuple(t.shape) for k, t in model.state_dict().items()}
     for name in sorted(shapes.keys() & wanted.keys()):
         if shapes[name] != wanted[name]:

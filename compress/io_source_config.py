@@ -33,7 +33,8 @@ class TeacherSource:
     calibration source checked against it (inputs.Sampling), where io_source_recipe.checked_sources made it;
     weights_checked: the meta model (plan.meta_model) io_source_recipe.check_weights checked its weight files'
     headers against, which make_plan takes (once: it applies the passes to it) instead of building it and
-    reading the headers again."""
+    reading the headers again; header_dtypes: {weight file: its header's dtype names} of the files
+    io_headers.check_teacher_weights read, which the export's dtype warning reads instead of the files."""
 
     source: str
     kind: str
@@ -43,6 +44,7 @@ class TeacherSource:
     sampling: Sampling | None = field(default=None, compare=False, repr=False)
     config_label: str = field(default="--teacher-config", compare=False, repr=False)  # checked's
     weights_checked: torch.nn.Module | None = field(default=None, compare=False, repr=False)
+    header_dtypes: dict[Path, set[str]] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
     def config(self) -> dict:

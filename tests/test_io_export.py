@@ -349,6 +349,47 @@ def test_plan_and_run_warn_once_of_an_export_wider_than_the_teacher(tmp_path, ca
     assert "export.dtype is" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_plan_and_a_runs_checks_read_the_teachers_headers_once_for_the_export_warning(tmp_path, monkeypatch,
+                                                                                    capsys, kind):
+    """The export's dtype warning (warn_if_export_wider) read the teacher's weight headers again for
+    their dtypes, after the checks had read them (io_headers.check_teacher_weights): twice more in a run
+    (its quiet make_plan, then runner_prepare). Now it takes the dtypes those reads kept
+    (TeacherSource.header_dtypes): each file's header is read once, the warning's words the same."""
+    import compress.io as io
+    import compress.io_headers as io_headers
+    import compress.runner_prepare as runner_prepare
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+
+    tiny_pixart().to(torch.bfloat16).save_pretrained(tmp_path / "t")
+    weights = tmp_path / "t" / "diffusion_pytorch_model.safetensors"
+    teacher = weights if kind == "file" else tmp_path / "t"
+    read = []
+    header_shapes, safetensors_dtypes = io_headers.header_shapes, io.safetensors_dtypes
+    monkeypatch.setattr(io_headers, "header_shapes", lambda path: read.append(path) or header_shapes(path))
+    monkeypatch.setattr(io, "safetensors_dtypes", lambda path: read.append(path) or safetensors_dtypes(path))
+    recipe = parse_recipe(f"model: pixart\nteacher: {teacher}\ndevice: cpu\ncalibration: {{source: synthetic}}\n"
+                          "passes: [{remove_blocks: {blocks: {blocks: [0]}}}]\n", str(tmp_path / "r.yaml"))
+    words = "r.yaml: export.dtype is float32, but the teacher stores its weights in bfloat16"
+    capsys.readouterr()
+    make_plan(recipe)
+    assert (read, " ".join(capsys.readouterr().err.split()).count(words)) == ([weights], 1)
+
+    class Loading(Exception):
+        pass
+
+    def load(*args, **kwargs):  # the run's checks are done: the teacher loads next
+        raise Loading
+
+    read.clear()
+    monkeypatch.setattr(runner_prepare, "load_checked_teacher", load)
+    with pytest.raises(Loading):
+        Runner(recipe, tmp_path / "out", tmp_path / "run").run()
+    assert (read, " ".join(capsys.readouterr().err.split()).count(words)) == ([weights], 1)
+
+
 def test_weights_rounded_to_the_export_are_those_the_output_holds(tmp_path):
     """round_to_export (the run's measure of the exported weights' error): the weights rounded in place are
     exactly what save_compressed writes in that dtype and load_transformer reads back; one beyond float16's
