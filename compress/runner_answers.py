@@ -23,6 +23,7 @@ from compress.runner_ranks_words import WORDS, same_as_rank_0, short as _short
 ANSWER = ".dit-compress.rank"  # + "-N": in the run folder, follower N's answer to rank 0
 PREPARED = "prepared"  # the step of a follower ready to run the data-parallel passes
 FIND_FOLLOWERS_S = 1800.0  # how long rank 0 waits for the followers' answers (a process group's own wait)
+DONE_S = 10.0  # how long rank 0, its run finished, waits for a follower's done before it leaves the files be
 # in rank 0's records under --resume (runner_prepare): the index of the last pass whose saved stage it continues
 # from, None where it runs them all; a follower's checks ask nothing of the passes done (`resumes_after`)
 RESUMES_AFTER = "resumes after"
@@ -180,3 +181,31 @@ def _gone(run_dir: Path) -> tuple[dict, UserError | None]:
 
 def _followers() -> range:
     return range(1, world_size())
+
+
+def remove_when_done(run_dir: Path, poll: float = 0.2, limit_s: float | None = None) -> None:
+    """Rank 0, its run finished (under the run folder's lock, its heartbeat stopped): the hand-off file
+    and the followers' answers removed once every follower answered done (`answer`: after its last read
+    of the hand-off file), which nothing reads after a finished run (a later launch writes its own, and
+    its processes take none of this one's). Waits up to `limit_s` (DONE_S) for a follower that answered
+    but is not done yet (its last pass ending, or reading the last hand-off); left where one has not
+    answered at all (it may still look for rank 0's record), stopped, was interrupted or is not done."""
+    limit_s = DONE_S if limit_s is None else limit_s
+    run_dir, start = Path(run_dir), time.monotonic()
+    while True:
+        try:
+            got = check_followers(run_dir)
+        except UserError:  # one stopped: its answer says why
+            return
+        if any(r not in got or got[r].get("stopped") or got[r].get("interrupted") for r in _followers()):
+            return
+        if all(got[r].get("done") for r in _followers()):
+            break
+        if time.monotonic() - start > limit_s:
+            return
+        time.sleep(poll)
+    for name in [*(f"{ANSWER}-{r}" for r in _followers()), HANDOFF]:
+        try:
+            (run_dir / name).unlink()
+        except OSError:  # gone, or a folder it cannot write: left as it is
+            pass

@@ -181,7 +181,9 @@ def leading(run_dir: Path, about: dict):
     HEARTBEAT_S (a follower on another host gives up on one it sees unchanged STALE_S: rank 0 was
     killed, or its host went down), and when it ends on an exception (an error, a Ctrl-C) marks the
     file stopped with the status it ends with, so the followers end at once, with that status, instead
-    of waiting for a hand-off that never comes."""
+    of waiting for a hand-off that never comes. When it ends without one (the run finished, the run
+    folder still held), the hand-off file and the followers' answers go once every follower said it is
+    done (runner_answers.remove_when_done)."""
     announce(run_dir, about)
     done = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(Path(run_dir) / HANDOFF, done), daemon=True)
@@ -194,6 +196,9 @@ def leading(run_dir: Path, about: dict):
     finally:
         done.set()
         beat.join()
+    from compress.runner_answers import remove_when_done  # (which imports this module)
+
+    remove_when_done(run_dir)
 
 
 def _heartbeat(path: Path, done: threading.Event) -> None:

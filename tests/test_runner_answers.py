@@ -300,3 +300,47 @@ def test_a_follower_that_finished_its_part_answers_done_and_rank_0_names_no_one_
     (run_dir / f"{ANSWER}-1").write_text(json.dumps(dict(record, pid=dead_pid())))  # its process gone since
     assert follower_ended(run_dir) is None
     assert str(ended(run_dir)) == "a follower of this launch ended without a word (killed?)"  # not rank 1
+
+
+@pytest.mark.parametrize("follower", ["done", "done late", "ready", "no answer"])
+def test_rank_0_removes_the_hand_off_and_answers_as_its_run_finishes_once_every_follower_is_done(
+        tmp_path, monkeypatch, follower):
+    """A finished run of two processes left RUN/.dit-compress.handoff and RUN/.dit-compress.rank-1, which
+    nothing reads after it (a later launch writes its own; its processes take none of this one's). Rank
+    0 removes them as its run ends, under the run folder's lock, once every follower answered done
+    (after its last read of the hand-off file; a done a moment later is waited for); a follower not
+    done, or that has not answered (it may still read the hand-off file), leaves them."""
+    import os
+    import socket
+
+    import compress.runner_answers as runner_answers
+    from compress.passes import svd
+    from compress.runner_ranks import HANDOFF
+    from tests.runner_helpers import pixart_runner
+
+    _, make, _ = pixart_runner(tmp_path, monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(runner_answers, "DONE_S", 1.0)
+    run_dir, real_run, remove_when_done = tmp_path / "run", svd.SVDPass.run, runner_answers.remove_when_done
+
+    def answered(**how):  # rank 1's answer to this rank 0, as its process writes it
+        record = {"main": TOKEN, "token": "rank-1", "rank": 1, "host": socket.gethostname(), "pid": os.getpid()}
+        (run_dir / f"{ANSWER}-1").write_text(json.dumps(dict(record, **how)))
+
+    def run(self, model, ctx):  # while rank 0 runs its passes
+        if follower != "no answer":
+            answered(**({"done": True} if follower == "done" else {"ready": PREPARED}))
+        return real_run(self, model, ctx)
+
+    def late(run_dir_, **kwargs):  # rank 0 waits: its follower's done comes a moment later
+        threading.Timer(0.3, lambda: answered(done=True)).start()
+        return remove_when_done(run_dir_, **kwargs)
+
+    monkeypatch.setattr(svd.SVDPass, "run", run)
+    if follower == "done late":
+        monkeypatch.setattr(runner_answers, "remove_when_done", late)
+    assert make(tmp_path / "out").run() == tmp_path / "out"
+    left = sorted(p.name for p in run_dir.iterdir() if p.name in (HANDOFF, f"{ANSWER}-1"))
+    assert left == {"done": [], "done late": [], "ready": sorted([f"{ANSWER}-1", HANDOFF]),
+                    "no answer": [HANDOFF]}[follower]
+
