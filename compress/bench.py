@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from compress.calib_footprint import human_size
+from compress.calib_footprint import human_sizes
 from compress.devices import device_refused, unusable
 from compress.errors import UserError, not_at_least_one
 from compress.inputs import moved
@@ -59,8 +59,9 @@ def check_batch_fits(model, family: str, teacher_source: str, batch: int, device
     for where, in_dtype in {"cpu": torch.float32, str(device): dtype}.items():
         need, have = input_bytes(model, family, teacher_source, batch, in_dtype), device_memory(where)
         if have is not None and need > have[0]:
-            raise UserError(f"--batch {batch}: one step's inputs alone take {human_size(need)}, more than the "
-                            f"{human_size(have[0])} of memory of {have[1]}; give a smaller --batch")
+            need_words, have_words = human_sizes(need, have[0])
+            raise UserError(f"--batch {batch}: one step's inputs alone take {need_words}, more than the "
+                            f"{have_words} of memory of {have[1]}; give a smaller --batch")
 
 
 def time_steps(models: list, kwargs: dict, repeats: int, device: torch.device, status=None) -> list[list[float]]:

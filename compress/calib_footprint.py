@@ -259,10 +259,24 @@ def describe(f: dict) -> str:
             f"{human_size(f['batch_bytes'])} with calibration.spill_activations (one batch)")
 
 
-def human_size(n: float) -> str:
+def human_size(n: float, more: int = 0) -> str:
     """`n` bytes in words: '1.5 GiB', '12 MiB', '3 KiB', '512 bytes' ('1 byte'): a unit from where the one
-    below would say 1024 (1023.6 MiB: '1.0 GiB', not '1024 MiB'), so no size under 1 MiB reads '0 MiB'."""
+    below would say 1024 (1023.6 MiB: '1.0 GiB', not '1024 MiB'), so no size under 1 MiB reads '0 MiB';
+    `more`: decimals beyond the unit's (human_sizes)."""
     for unit, scale, places in (("GiB", 2**30, 1), ("MiB", 2**20, 0), ("KiB", 2**10, 0)):
         if n >= scale * 1023.5 / 1024:  # the unit below rounds it to 1024
-            return f"{n / scale:.{places}f} {unit}"
+            return f"{n / scale:.{places + more}f} {unit}"
     return "1 byte" if round(n) == 1 else f"{round(n)} bytes"
+
+
+def human_sizes(a: float, b: float) -> tuple[str, str]:
+    """human_size of two sizes a message compares ('take A, more than the B of memory'), with as many more
+    decimals (up to 2) as tell them apart where they would read the same ('1.3 MiB' and '1.0 MiB', not
+    '1 MiB' twice), else in bytes ('1,360,000 bytes' and '1,359,999 bytes')."""
+    words, more = (human_size(a), human_size(b)), 0
+    while words[0] == words[1] and round(a) != round(b):
+        if more == 2:
+            return f"{round(a):,} bytes", f"{round(b):,} bytes"
+        more += 1
+        words = human_size(a, more), human_size(b, more)
+    return words

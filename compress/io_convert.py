@@ -138,7 +138,7 @@ def warn_if_short_of_disk(path: Path, out: Path) -> None:
     """The folder takes about the file's size (its own dtypes): say so before writing if the disk
     of `out` has less free, as `run` does (runner_memory.warn_if_short_of_disk). The warning names
     the folder measured: `out`'s parent, or the nearest one above it that exists."""
-    from compress.calib_footprint import human_size
+    from compress.calib_footprint import human_sizes
     from compress.report import warn
     from compress.runner_memory import free_bytes
 
@@ -146,8 +146,9 @@ def warn_if_short_of_disk(path: Path, out: Path) -> None:
     measured = missing[-1].parent if missing else out.parent
     need, have = path.stat().st_size, free_bytes(measured)
     if have is not None and need > have:
-        warn(f"the converted folder takes about {human_size(need)} (the size of {path.name}) and "
-             f"{human_size(have)} are free under {measured}; give an output folder on a bigger disk")
+        need_words, have_words = human_sizes(need, have)
+        warn(f"the converted folder takes about {need_words} (the size of {path.name}) and "
+             f"{have_words} are free under {measured}; give an output folder on a bigger disk")
 
 
 @contextlib.contextmanager

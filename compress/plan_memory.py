@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from compress import plan_machine  # read through the module: a test's patch of plan_machine holds here too
-from compress.calib_footprint import human_size
+from compress.calib_footprint import human_size, human_sizes
 from compress.passes.svd_fisher_budget import settle_auto
 from compress.plan_fisher import fisher_backward, fisher_sweep, on_device
 from compress.plan_fisher import part as _part
@@ -275,8 +275,8 @@ def beyond_memory(memory: dict, have: tuple[int, str] | None) -> str | None:
     if have is None or memory["bytes"] <= have[0]:
         return None
     drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])}{_drives(p)}" for p in _big(memory))
-    return (f"the run would hold about {human_size(memory['bytes'])} at its peak, more than the "
-            f"{human_size(have[0])} {have[1]} has: {drivers}")
+    peak, room = human_sizes(memory["bytes"], have[0])
+    return f"the run would hold about {peak} at its peak, more than the {room} {have[1]} has: {drivers}"
 
 
 def _big(memory: dict) -> list[dict]:

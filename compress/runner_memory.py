@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from compress.calib_footprint import human_size
+from compress.calib_footprint import human_size, human_sizes
 from compress.errors import UserError
 from compress.io import transformer_folder
 from compress.output_names import is_output_teacher
@@ -33,8 +33,9 @@ def warn_if_too_big(source: str, dtype: torch.dtype, device: torch.device = torc
 
     where = f"free on {device}" if device.type == "cuda" else "available"
     who = "teacher and student need" if student else "the teacher needs"
-    warn(f"{who} about {human_size(need)} in {str(dtype).removeprefix('torch.')}, and "
-         f"{human_size(have)} are {where}; {resident_advice(source, passes, dtype)}")
+    need_words, have_words = human_sizes(need, have)
+    warn(f"{who} about {need_words} in {str(dtype).removeprefix('torch.')}, and "
+         f"{have_words} are {where}; {resident_advice(source, passes, dtype)}")
 
 
 def resident_advice(source: str, passes: tuple | None, dtype: torch.dtype) -> str:
@@ -94,14 +95,15 @@ def warn_if_streamed_too_big(weights: dict, footprint: dict, dtype: torch.dtype,
     from compress.report import warn
 
     block = "one block" if copies == 1 else "one block dense and factorized"
+    need_words, have_words = human_sizes(need, have)
     if footprint["bytes"]:
-        warn(f"a streamed run holds about {human_size(need)} on {device} (two top levels, {block} and the "
-             f"calibration activations), and {human_size(have)} are free there: set "
+        warn(f"a streamed run holds about {need_words} on {device} (two top levels, {block} and the "
+             f"calibration activations), and {have_words} are free there: set "
              "calibration.spill_activations: true, compute_dtype: bfloat16, or fewer prompts")
         return
     smaller = "set compute_dtype: bfloat16, or " if dtype.itemsize > 2 else ""
-    warn(f"a streamed run holds about {human_size(need)} on {device} (two top levels and {block}; no "
-         f"pass calibrates), and {human_size(have)} are free there: {smaller}run where more memory is free")
+    warn(f"a streamed run holds about {need_words} on {device} (two top levels and {block}; no "
+         f"pass calibrates), and {have_words} are free there: {smaller}run where more memory is free")
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -150,8 +152,9 @@ def warn_if_short_of_disk(run_dir: Path, model_bytes: int, statistics_bytes: int
     from compress.report import warn
 
     stats = f", {human_size(statistics_bytes)} of float64 calibration statistics" if statistics_bytes else ""
-    warn(f"a streamed run writes up to about {human_size(need)} under {run_dir} (spilled blocks and stage "
-         f"checkpoints{stats}), and {human_size(have)} are free there; pass --run-dir on a bigger disk")
+    need_words, have_words = human_sizes(need, have)
+    warn(f"a streamed run writes up to about {need_words} under {run_dir} (spilled blocks and stage "
+         f"checkpoints{stats}), and {have_words} are free there; pass --run-dir on a bigger disk")
     return True
 
 
@@ -176,7 +179,8 @@ def spill_short(activation_bytes: int | None, run_dir: Path) -> str:
     free = free_bytes(run_dir) if activation_bytes else None
     if free is None or activation_bytes <= free:
         return ""
-    return f"spilled, their {human_size(activation_bytes)} would not fit the {human_size(free)} free under {run_dir}"
+    need_words, free_words = human_sizes(activation_bytes, free)
+    return f"spilled, their {need_words} would not fit the {free_words} free under {run_dir}"
 
 
 def free_bytes(folder: Path) -> int | None:

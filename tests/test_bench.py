@@ -180,11 +180,14 @@ def test_a_batch_whose_inputs_cannot_fit_is_refused_before_the_teacher_loads(tmp
     out = _output(tmp_path)
     need = bench.input_bytes(tiny_pixart(), "pixart", str(tmp_path / "teacher"), 1000, torch.float32)
     assert need == 1000 * 2 * ((4 * 4 * 4 + 8 * 12 + 8) * 4 + 8)  # per row: latents, caption, mask (float32), timestep
-    monkeypatch.setattr(plan_machine, "device_memory", lambda device: (need - 1, "this machine"))
     monkeypatch.setattr(bench, "load_teacher_of", lambda *a, **k: pytest.fail("the teacher loaded"))
-    with pytest.raises(UserError, match=r"^--batch 1000: one step's inputs alone take 1 MiB, more than the 1 MiB "
-                                        r"of memory of this machine; give a smaller --batch$"):  # was 0.0 GiB
-        bench.bench(out, repeats=1, batch=1000, device="cpu")
+    # sizes that read the same said so they differ (calib_footprint.human_sizes); was '1 MiB, more than the 1 MiB'
+    for have, said in ((2**20, "1.3 MiB, more than the 1.0 MiB"), (need - 1, "1,360,000 bytes, more than the "
+                                                                             "1,359,999 bytes")):
+        monkeypatch.setattr(plan_machine, "device_memory", lambda device, have=have: (have, "this machine"))
+        with pytest.raises(UserError, match=rf"^--batch 1000: one step's inputs alone take {said} "
+                                            r"of memory of this machine; give a smaller --batch$"):  # was 0.0 GiB
+            bench.bench(out, repeats=1, batch=1000, device="cpu")
     monkeypatch.setattr(plan_machine, "device_memory", lambda device: (need, "this machine"))
     bench.check_batch_fits(tiny_pixart(), "pixart", str(tmp_path / "teacher"), 1000, torch.device("cpu"),
                            torch.float32)  # fits exactly: no error

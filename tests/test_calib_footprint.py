@@ -275,3 +275,15 @@ def test_human_size_says_small_sizes_in_kib_and_bytes(n, words):
     """Under 1 MiB a size read '0 MiB' (a run refused its spill with 'their 0 MiB would not fit the 0 MiB
     free'): KiB, then bytes; each unit from where the one below would round to 1024."""
     assert human_size(n) == words
+
+
+@pytest.mark.parametrize("a, b, words", [
+    (1.3 * 2**20, 2**20, ("1.3 MiB", "1.0 MiB")), (1.5 * 2**30, 1.46 * 2**30, ("1.50 GiB", "1.46 GiB")),
+    (1360000, 1359999, ("1,360,000 bytes", "1,359,999 bytes")), (3 * 2**20, 2**20, ("3 MiB", "1 MiB")),
+    (2**20, 2**20, ("1 MiB", "1 MiB")), (1000, 999, ("1000 bytes", "999 bytes"))])
+def test_two_sizes_compared_are_said_so_they_differ(a, b, words):
+    """A message comparing two sizes read 'take 1 MiB, more than the 1 MiB of memory' (bench's --batch
+    refusal of 1.3 MiB): human_sizes adds decimals where they read the same, then says bytes."""
+    from compress.calib_footprint import human_sizes
+
+    assert human_sizes(a, b) == words
