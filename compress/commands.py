@@ -66,7 +66,7 @@ def evaluate(args) -> int:
         _toy_options_only(grid, args.seed)
         warn_if_teacher_changed(streamed_out[0], streamed_out[1], "eval")
         named = teacher_fields(streamed_out[1], args.teacher)
-        return _print(_teacher_relative_streamed(*streamed_out), args.json, named, args.model)
+        return _print(_teacher_relative_streamed(*streamed_out, bool(args.teacher)), args.json, named, args.model)
     model, (teacher_source, teacher_config), out = _load_model(name, args.teacher, args.teacher_config,
                                                                   grid, args.seed)
     if out is not None:
@@ -243,9 +243,10 @@ def _heldout_pipeline(out: Path, source: str) -> str:
     return absolute_source(source)
 
 
-def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: str | None) -> dict:
+def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: str | None, flag: bool) -> dict:
     """_teacher_relative with teacher and student streamed block by block (each on meta but for
-    its top level) on the recipe's device and in its compute dtype, as the run held them."""
+    its top level) on the recipe's device and in its compute dtype, as the run held them. `flag`:
+    --teacher gave `teacher_source` (else the output recorded it: its errors name it, without '--teacher: ')."""
     from compress.inputs import input_source, moved
     from compress.passes.base import predictions, relative_error
     from compress.recipe import load_recipe
@@ -254,7 +255,8 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     recipe = load_recipe(out / "recipe.yaml")
     device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]
     models = _read_only_streams(recipe, device)
-    sources = checked_sources(recipe, teacher_source, teacher_config, sampled=False)  # held out in _heldout_pipeline
+    sources = checked_sources(recipe, teacher_source, teacher_config, sampled=False,  # held out in _heldout_pipeline
+                              flag=flag)
     _, teacher = load_checked_teacher(recipe, teacher_source, teacher_config, models=models, sources=sources)
     student = models.restore(out).requires_grad_(False).eval()
     check_same_architecture(student, teacher, teacher_source)

@@ -119,11 +119,11 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
     family, src = get_adapter(student).family, checked(source, config, where)  # checked once
     found = src.family()  # from its config: before a Hub teacher downloads
     if found and found[0] != family:
-        raise UserError(f"teacher {source} is a {found[1]}; the model to compare with it is a "
+        raise UserError(f"{where}teacher {source} is a {found[1]}; the model to compare with it is a "
                         f"{type(student).__name__}")
     teacher = load_teacher(src, dtype, config=config, family=family).eval()
     if get_adapter(teacher).family != family:
-        raise UserError(f"teacher {source} is a {type(teacher).__name__}; the model to compare with "
+        raise UserError(f"{where}teacher {source} is a {type(teacher).__name__}; the model to compare with "
                         f"it is a {type(student).__name__}")
     check_same_architecture(student, teacher, source, advice)
     if recorded:  # a student that took LoRAs (dit-compress lora) stands for its teacher with them

@@ -17,39 +17,42 @@ if TYPE_CHECKING:
 
 
 def checked_sources(recipe, teacher: str | None = None, config: str | None = None,
-                    hub: bool = True, sampled: bool = True) -> TeacherSource:
+                    hub: bool = True, sampled: bool = True, flag: bool = True) -> TeacherSource:
     """The teacher source a recipe's run uses (`teacher`: --teacher; `config`: --teacher-config),
     checked before any weights load: it is there and is a teacher of the recipe's model family
     (from its config; with `hub`, a Hub id's is fetched, never its weights); and the prompt file
     the recipe names is there; with `sampled` (plan, run, importance: they sample in the pipeline
     the recipe names), a local pipeline a pipeline source samples in is a pipeline folder
     (check_sampled_pipeline). Errors name the recipe's file:line where it gave the value. The
-    calibration source is checked once (inputs.source_sampling), kept as the source's `sampling` for make_plan."""
+    calibration source is checked once (inputs.source_sampling), kept as the source's `sampling` for make_plan.
+    `flag`: whether `teacher` is --teacher's (False: the teacher an output recorded, which eval of a streamed
+    output names in the recipe's place: errors name it, neither '--teacher: ' nor the recipe's line)."""
     from compress.inputs import source_sampling
     from compress.io_source_calib import check_prompt_file, warn_unused_calibration
 
-    source = teacher or recipe.teacher
-    src = checked(source, config, teacher_where(recipe, teacher), hub, None if teacher else Path(recipe.path).parent,
+    source, given = teacher or recipe.teacher, teacher if flag else None  # given: --teacher's
+    where = teacher_where(recipe, given) if flag or not teacher else ""
+    src = checked(source, config, where, hub, None if teacher else Path(recipe.path).parent,
                   bool(getattr(recipe, "stream", False)), config_named(recipe, config))
     found = src.family()
     if found and found[0] != recipe.model:
         raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
-                        f"teacher {source}{teacher_given(recipe, teacher)} is a {found[1]} ({found[0]}); set model: "
+                        f"teacher {source}{teacher_given(recipe, given)} is a {found[1]} ({found[0]}); set model: "
                         f"{found[0]} or give a {recipe.model} teacher")
-    check_weights(src, teacher)  # a teacher of junk weights said before the calibration it would need
+    check_weights(src)  # a teacher of junk weights said before the calibration it would need
     src.sampling = source_sampling(recipe.calibration, source)  # a pipeline folder's model_index.json read once
     if sampled:
-        check_sampled_pipeline(recipe, source, src.sampling, teacher_given(recipe, teacher))
+        check_sampled_pipeline(recipe, source, src.sampling, teacher_given(recipe, given))
     check_prompt_file(recipe, src.sampling.kind)
     warn_unused_calibration(recipe, src.sampling.kind)
     return src
 
 
-def check_weights(src: TeacherSource, teacher: str | None = None) -> None:
+def check_weights(src: TeacherSource) -> None:
     """The teacher's weight files fill the model its config describes, names and shapes, from their
     headers (io_headers.check_teacher_weights, against a meta model: a fraction of a second), where
     they are there to read and a config is at hand (a single file without one is told so later);
-    an error said where the teacher was given: the recipe's file:line, or --teacher (`teacher`)."""
+    an error said where the teacher was given (src.where: the recipe's file:line, or '--teacher: ')."""
     from compress.io_headers import check_teacher_weights, reads_headers
     from compress.io_source import prefixed
 
@@ -58,7 +61,7 @@ def check_weights(src: TeacherSource, teacher: str | None = None) -> None:
     from compress.plan import meta_model
 
     model = meta_model(src)
-    prefixed("--teacher: " if teacher else src.where, check_teacher_weights, src, model)
+    prefixed(src.where, check_teacher_weights, src, model)
     src.weights_checked = model  # make_plan's teacher: not built nor its headers read again
 
 

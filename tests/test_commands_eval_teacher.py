@@ -109,3 +109,29 @@ def test_a_streamed_output_against_a_single_file_teacher_is_compared_resident(tm
                                           "streamed as its run was: a single file cannot be streamed (dit-compress "
                                           "convert single/t.safetensors FOLDER, then --teacher FOLDER streams it) ")
     assert main(["bench", str(out), *argv]) == 0
+
+
+def test_eval_and_bench_say_their_teacher_errors_where_the_teacher_was_given(tmp_path, capsys):
+    """eval of a streamed output checked the teacher its output recorded as if --teacher had named it: a
+    cut shard read 'error: --teacher: …' though no --teacher was given; and eval's and bench's refusal of a
+    --teacher of another family ('teacher X is a …') lacked the '--teacher: ' their other --teacher errors
+    start with."""
+    from tests.conftest import tiny_flux
+    from tests.runner_helpers import run_recipe, streamed_teacher
+
+    recipe = streamed_teacher(tmp_path, "pixart")
+    resident, streamed = (run_recipe(tmp_path, recipe.format(stream=s), s) for s in ("false", "true"))
+    tiny_flux().save_pretrained(tmp_path / "flux")
+    for command in ("eval", "bench"):
+        capsys.readouterr()
+        assert main([command, str(resident), "--teacher", str(tmp_path / "flux")]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"dit-compress: error: --teacher: teacher {tmp_path / 'flux'} is a FluxTransformer2DModel; the model to "
+            "compare with it is a PixArtTransformer2DModel")
+    shard = sorted((tmp_path / "teacher").glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    cut = f"{shard} is not a readable safetensors file (Error while deserializing header: invalid header length)"
+    for argv, said in (([], cut), (["--teacher", str(tmp_path / "teacher")], f"--teacher: {cut}")):
+        capsys.readouterr()
+        assert main(["eval", str(streamed), *argv]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"dit-compress: error: {said}"), argv
