@@ -18,7 +18,7 @@ from compress.passes import build_passes
 from compress.passes.base import first_nonfinite, predictions
 from compress.output_names import rerun_needs_overwrite
 from compress.recipe import Recipe
-from compress.report import console, param_count
+from compress.report import console, param_count, results
 from compress.report_teacher import blocks_before
 from compress.runner_caches import clock_ns, finished_run, remove_unread_caches, unread_files
 from compress.runner_checks import removal_note, warn_ran_notes
@@ -311,5 +311,6 @@ class Runner:
         out = self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
                                extra=extra, files=output_files(self, student, report), overwrite=self.overwrite)
         self.written = out  # complete, in place
-        console.print(f"[bold green]wrote[/] {out}  ({wrote_words(report, self.source)})")
+        # the run's result, on stdout (`run ... > log` keeps it); its progress and notes are on stderr
+        results.print(f"[bold green]wrote[/] {out}  ({wrote_words(report, self.source)})")
         return out

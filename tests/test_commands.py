@@ -164,15 +164,16 @@ def test_plan_command(recipe, capsys):
 
 def test_what_the_commands_show_goes_to_stdout(recipe, tmp_path, capsys):
     """`dit-compress plan / inspect / bench / eval / importance > file` keeps their tables and
-    numbers (stdout); progress and notes go to stderr, with nothing left of progress bars there
-    when it is not a terminal."""
+    numbers (stdout), and `run > file` its 'wrote OUT' line (it was on stderr: the file was empty);
+    progress and notes go to stderr, with nothing left of progress bars there when it is not a terminal."""
     streamed = tmp_path / "s.yaml"
     streamed.write_text("stream: true\n" + recipe.read_text())
     for path, args in ((streamed, ["--set", "passes.0.svd.fisher=block"]), (recipe, [])):
         out = tmp_path / f"out-{path.stem}"
         assert main(["run", str(path), "--out", str(out), "--run-dir", str(tmp_path / path.stem), *args]) == 0
         run = capsys.readouterr()
-        assert run.out == "" and "\n\n" not in run.err and "pass 1/1: svd" in run.err
+        assert run.out.startswith(f"wrote {out}  (") and run.out.count("\n") == 1  # its result line alone
+        assert "\n\n" not in run.err and "pass 1/1: svd" in run.err
     shown = {"plan": (["plan", str(recipe)], "total parameters"),
              "inspect": (["inspect", str(out)], "by block"),
              "bench": (["bench", str(out), "--repeats", "1", "--device", "cpu"], "time per denoising step"),

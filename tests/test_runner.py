@@ -119,10 +119,15 @@ def test_cli_user_errors_exit_2_with_one_line(setup, capsys):
 
 
 def test_cli_run_and_inspect(setup, capsys):
+    """run's result line 'wrote OUT  (N params, P% of the teacher)' is on stdout, alone there, as README
+    says of results (it was on stderr with the progress: `run ... > log` left an empty log)."""
     family, teacher, tmp_path, text = setup
     out, plots = tmp_path / "o", tmp_path / "plots"
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(out), "--run-dir",
                  str(tmp_path / "run"), "--set", "passes.1.svd.ratio=0.4"]) == 0
+    said = capsys.readouterr()
+    assert len(said.out.splitlines()) == 1 and said.out.startswith(f"wrote {out}  (")
+    assert said.out.endswith("% of the teacher)\n") and "wrote" not in said.err and "pass 1/" in said.err
     assert main(["inspect", str(out), "--json", "--plot", str(plots)]) == 0
     rows = json.loads(capsys.readouterr().out)["layers"]
     factored = [r for r in rows if r["rank"]]

@@ -222,9 +222,9 @@ def test_a_ctrl_c_once_the_output_is_written_stops_nothing(tmp_path, monkeypatch
         raise KeyboardInterrupt
     monkeypatch.setattr(runner_lock, "_release", release_then_stop)
     assert main(argv) == 0
-    err = capsys.readouterr().err.splitlines()
-    assert err[-2].startswith(f"wrote {out}")
-    assert err[-1] == f"note: interrupted after the output was written: {out} is complete"
+    said = capsys.readouterr()
+    assert said.out.startswith(f"wrote {out}")  # the result, on stdout
+    assert said.err.splitlines()[-1] == f"note: interrupted after the output was written: {out} is complete"
     assert load_transformer(out) is not None and (tmp_path / "run" / "stages" / FINISHED).is_file()
     assert not (tmp_path / "run" / runner_lock.LOCK).exists() and not (tmp_path / f".out{runner_lock.LOCK}").exists()
 
