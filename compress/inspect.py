@@ -18,7 +18,8 @@ from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, cons
                              other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
                              to_json)
 from compress.report_card import distill_lines
-from compress.report_fit import JSON_OR_WIDER, least_name_width, left_out_words, shown_columns, table_width
+from compress.report_fit import (JSON_OR_WIDER, least_name_width, left_out_words, print_fitted, row_line,
+                                 shown_columns, table_width, wrapped)
 from compress.words import counted
 
 
@@ -69,10 +70,9 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     compensation did, what distill did, and each pass's params and held-out error (inspect_stages)."""
     shown = [_displayed(r) for r in rows]
     tables = inspect_tables(shown, results.width, title, teacher)
-    for table in tables:
-        results.print(table)
+    print_fitted(results, tables)
     if any(_measured(r) for r in shown):
-        for line in _column_words(report, {str(c.header) for t in tables for c in t.columns}):
+        for line in _column_words(report, _shown_headers(tables)):
             results.print(line)
     else:
         results.print("no svd pass: no per-layer factorization measurements" if not report.get("svd") else
@@ -80,9 +80,9 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     took = lora_line(model, rows, report)
     if took:
         results.print(took)
-    results.print(summary_table(shown, "role", "by role (linear layers)", results.width))
+    print_fitted(results, summary_table(shown, "role", "by role (linear layers)", results.width))
     by_block = [{**r, "block": module_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
-    results.print(summary_table(by_block, "block", "by block (all parameters)", results.width))
+    print_fitted(results, summary_table(by_block, "block", "by block (all parameters)", results.width))
     for line in removal_lines(block_map, report):
         results.print(line)
     _print_optimality(rows, report)
@@ -157,19 +157,46 @@ def _measured(row: dict) -> bool:
     return any(cell(row) != "-" for _, _, cell in QUALITY_COLUMNS)
 
 
-def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, str]) -> list[Table]:
+def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, str]) -> list:
     """The per-layer table as one table when `width` columns show it whole, else as two: the rank
     budget of every layer, and the loss, optimum, error and time of the layers the svd pass
     measured (no second table, nor its columns, where it measured none). Names too long for the
-    width fold at a '.' (at a '_' within a longer part), so no two look alike and none breaks mid-word."""
+    width fold at a '.' (at a '_' within a longer part), so no two look alike and none breaks mid-word.
+    Where even a table at its least is wider than `width` (rich would cut its names and numbers): a line
+    per layer (layer_lines)."""
     measured = [r for r in rows if _measured(r)]
     if not measured:
-        return [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher)]
-    whole = _layer_table(rows, title, BUDGET_COLUMNS + QUALITY_COLUMNS, None, teacher)
-    if table_width(whole) <= width:
-        return [whole]
-    return [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher),
-            _layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS, width, teacher)]
+        tables = [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher)]
+    else:
+        whole = _layer_table(rows, title, BUDGET_COLUMNS + QUALITY_COLUMNS, None, teacher)
+        if table_width(whole) <= width:
+            return [whole]
+        tables = [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher),
+                  _layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS, width,
+                               teacher)]
+    if all(table_width(t) <= width for t in tables):
+        return tables
+    return layer_lines(rows, title, BUDGET_COLUMNS + (QUALITY_COLUMNS if measured else ()), width, teacher)
+
+
+def layer_lines(rows: list[dict], title: str, columns, width: int, teacher: dict[str, str]) -> list[str]:
+    """The per-layer table as lines broken at spaces to `width` (report_fit.row_line): `title`, each
+    block's name (its teacher index beside it), then each layer's, indented, with each column's header
+    and cell ('  attn.to_q: role attention, shape 32×32, rank 8, ...', a cell '-' left out)."""
+    lines = wrapped(title, width)
+    for name, note, r in _entries(rows, teacher):
+        if r is None:
+            lines += with_note(fold(name, width), note, width).split("\n")
+        else:
+            lines += row_line(name, [h for h, _, _ in columns], [cell(r) for _, _, cell in columns], width)
+    return lines
+
+
+def _shown_headers(tables: list) -> set[str]:
+    """The headers of the columns inspect_tables' `tables` show; every column's where they are lines."""
+    if any(isinstance(t, str) for t in tables):
+        return {h for h, _, _ in BUDGET_COLUMNS + QUALITY_COLUMNS}
+    return {str(c.header) for t in tables for c in t.columns}
 
 
 # the per-layer columns left out first where a terminal is too narrow for them all (rank and loss/opt stay)

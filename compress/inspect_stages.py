@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from compress.report import is_number
 from compress.report_card import against_base, export_lines
-from compress.report_fit import JSON_OR_WIDER, fitted_table, row_lines, table_width
+from compress.report_fit import JSON_OR_WIDER, fitted_rows
 
 TITLE = "stages: each pass's params and its error on held-out inputs"
 COLUMNS = [("stage", "left"), ("params", "right"), ("of teacher", "right"), ("teacher-relative error", "right"),
@@ -40,16 +40,14 @@ def stages_record(report: dict) -> dict | None:
 def stage_lines(report: dict, width: int | None) -> list:
     """What inspect prints of the stages: their table fitted to `width` (the chain's base column only where
     a pass recorded an error against it), or where even its least does not fit (under 30 columns: rich
-    would cut its names, numbers and headers) a line per stage (report_fit.row_lines); then which weights
-    the errors are of (the card's export words); [] where report.json records no stage."""
+    would cut its names, numbers and headers) a line per stage broken at its spaces to the width
+    (report_fit.fitted_rows); then which weights the errors are of (the card's export words); [] where
+    report.json records no stage."""
     record = stages_record(report)
     if not record or not record["passes"]:
         return []
     columns, rows, caption = stages_cells(record)
-    table = fitted_table(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, JSON_OR_WIDER)
-    if width is not None and table_width(table) > width:
-        return [*row_lines(TITLE, caption, columns, rows), *export_lines(report)[1:]]
-    return [table, *export_lines(report)[1:]]
+    return [*fitted_rows(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, JSON_OR_WIDER), *export_lines(report)[1:]]
 
 
 def stages_cells(record: dict) -> tuple[list[tuple[str, str]], list[list[str]], str | None]:

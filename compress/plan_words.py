@@ -12,7 +12,7 @@ from compress.plan_budget import range_words, ranged_keys
 from compress.plan_memory import memory_words
 from compress.passes.svd import LATER
 from compress.report import results
-from compress.report_fit import JSON_OR_WIDER, fitted_table
+from compress.report_fit import JSON_OR_WIDER, fitted_rows, print_fitted
 
 
 def where_words(step: dict) -> str:
@@ -142,9 +142,8 @@ def print_plan(plan: dict) -> None:
         bound = "≤ " if marks.get(role) == "at most" else ""
         rows.append([role, f"{n:,}", f"{bound}{after:,}", f"{bound}{after / n:.1%}"])
     columns = [("role", "left"), ("before", "right"), ("after (planned)", "right"), ("ratio", "right")]
-    table = fitted_table("parameters by role (linears)", ROLE_BASE, columns, rows, results.width,
-                         ("before", "after (planned)"), JSON_OR_WIDER)
-    results.print(table)
+    print_fitted(results, fitted_rows("parameters by role (linears)", ROLE_BASE, columns, rows, results.width,
+                                      ("before", "after (planned)"), JSON_OR_WIDER, whole_names=True))
     for line in _role_notes(plan, open_roles):
         results.print(line)
     results.print(total_words(plan))

@@ -6,6 +6,7 @@ wrappable key column to nothing and cutting the numbers ('128…', 'd…')."""
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Callable
 
 from rich.cells import cell_len
@@ -55,17 +56,21 @@ def left_out_words(left_out: list[str], width: int, where: str) -> str:
 
 def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
                  width: int | None, drop: tuple[str, ...], where: str, key: int = 0,
-                 said: Callable[[list[str]], str] | None = None) -> Table:
+                 said: Callable[[list[str]], str] | None = None, whole_names: bool = False) -> Table:
     """A table of `columns` (header, justify; the one at `key` the names) and `rows` (cells as text)
     as it fits `width`: as it is where it fits whole (or width None); else each column at its least (the
     widest cell, the header wrapping at its spaces, the key's names folded after a '.' or '_'), columns of
     `drop` left out in order until it fits, and the key column given the room left (its header whole
     where that fits in it). The caption says the columns left out: after its own words (left_out_words,
-    `where`: the rerun that shows them), or `said`'s words of their headers on a line of their own."""
+    `where`: the rerun that shows them), or `said`'s words of their headers on a line of their own.
+    `whole_names`: the key's names never folded (plan's role names), its column as wide as the longest."""
     whole = _table(title, caption, columns, rows)
     if width is None or table_width(whole) <= width:
         return whole
-    least_key = max(least_name_width(row[key] for row in rows), *(cell_len(w) for w in columns[key][0].split()))
+    names = [row[key] for row in rows]
+    least = (max(cell_len(line) for name in names for line in str(name).split("\n")) if whole_names and names
+             else least_name_width(names))
+    least_key = max(least, *(cell_len(w) for w in columns[key][0].split()))
     headers = [h for h, _ in columns]
 
     def narrow(shown: list[str], key_room: int) -> Table:
@@ -81,15 +86,53 @@ def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]]
     return table
 
 
-def row_lines(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]]) -> list[str]:
-    """A table too wide for the terminal at its least, as lines: `title`, a line per row (its first cell,
-    then each other column's header and cell, but a cell '-': 'svd: params 150,000, of teacher 75.0%'), then
-    `caption`; each line long as it is (the terminal folds it), no cell cut."""
-    lines = [title]
+def fitted_rows(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
+                width: int | None, drop: tuple[str, ...], where: str, whole_names: bool = False) -> list:
+    """What to print of a table (key column first) on a `width`-column terminal: [fitted_table], or
+    where even its least is wider (rich would cut its names, numbers and headers) row_lines."""
+    table = fitted_table(title, caption, columns, rows, width, drop, where, whole_names=whole_names)
+    if width is None or table_width(table) <= width:
+        return [table]
+    return row_lines(title, caption, columns, rows, width)
+
+
+def print_fitted(console: Console, items: list) -> None:
+    """fitted_rows' tables and lines on `console`, the lines as they are (no markup read in them)."""
+    for item in items:
+        console.print(item, **({} if isinstance(item, Table) else {"markup": False, "highlight": False}))
+
+
+def row_lines(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
+              width: int | None = None) -> list[str]:
+    """A table too wide for the terminal at its least, as lines: `title`, a line per row (row_line: its
+    first cell, then each other column's header and cell, but a cell '-': 'svd: params 150,000, of
+    teacher 75.0%'), then `caption`; `width`: each broken at its spaces to fit it (None: as long as it
+    is), no cell cut."""
+    lines = wrapped(title, width)
     for row in rows:
-        said = [f"{header} {cell}" for (header, _), cell in zip(columns[1:], row[1:]) if cell != "-"]
-        lines.append(f"{row[0]}: {', '.join(said) or '-'}")
-    return lines + ([caption] if caption else [])
+        lines += row_line(row[0], [h for h, _ in columns[1:]], row[1:], width)
+    return lines + (wrapped(caption, width) if caption else [])
+
+
+def row_line(name: str, headers: list[str], cells: list[str], width: int | None) -> list[str]:
+    """'svd: params 150,000, of teacher 75.0%' (a cell '-' left out), in lines of `width` broken at
+    spaces; the name folded after its '.'s and '_'s where longer than the width (inspect_fold.fold), its
+    cells on the lines below where it fills the width; continuation lines indented two past its indent."""
+    said = ", ".join(f"{header} {cell}" for header, cell in zip(headers, cells) if cell != "-") or "-"
+    *heads, last = (_fold(name, width) if width else str(name)).split("\n")
+    indent = " " * (len(last) - len(last.lstrip()) + 2)
+    if width and len(last) >= width:  # no room for its ':' ('transformer_blocks.0' at 20): the cells below it
+        return [*heads, last, *wrapped(indent + said, width, indent)]
+    return heads + wrapped(f"{last}: {said}", width, indent)
+
+
+def wrapped(line: str, width: int | None, indent: str = "") -> list[str]:
+    """`line` broken at its spaces into lines of at most `width` (a word longer stays whole); as it is
+    where `width` is None."""
+    if width is None:
+        return [line]
+    return textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) or [line]
 
 
 def _captioned(caption: str | None, left_out: list[str], width: int, where: str,

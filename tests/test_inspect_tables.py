@@ -63,9 +63,10 @@ def test_layer_tables_show_round_off_losses_as_zero_and_missing_fields_as_dashes
 
 
 def _rendered(tables, width: int) -> str:
+    """What inspect prints of `tables` (a table, or a list of tables or lines) on `width` columns."""
     console = Console(width=width, record=True, file=open("/dev/null", "w"))
-    for table in tables:
-        console.print(table)
+    for item in tables if isinstance(tables, list) else [tables]:
+        console.print(item, **({"markup": False} if isinstance(item, str) else {}))
     return console.export_text()
 
 
@@ -88,10 +89,10 @@ def test_a_40_column_terminal_keeps_names_and_numbers_whole_and_says_which_colum
             "to see them)") in said  # --json was a rerun, not something shown now
     assert "left out to fit 40 terminal columns" in said[said.index("factorization"):]
     dense = [{**r, "dense_params": 3 * r["params"]} for r in rows]
-    by_block = _rendered([summary_table(dense, "block", "by block", 40)], 40)
+    by_block = _rendered(summary_table(dense, "block", "by block", 40), 40)
     assert "…" not in by_block and "3,148,800" in by_block and "top level" in by_block
     assert "column factorized left out to fit 40 terminal columns" in " ".join(by_block.split())
-    assert _rendered([summary_table(dense, "block", "by block", 200)], 200).count("factorized") == 1
+    assert _rendered(summary_table(dense, "block", "by block", 200), 200).count("factorized") == 1
 
 
 @pytest.mark.parametrize("width", [60, 80, 120, 200])
@@ -127,3 +128,52 @@ def test_the_whole_layer_table_is_shown_just_where_it_fits():
     assert len(inspect_tables(_rows(), whole, "layers", {})) == 1
     assert max(len(line) for line in text.splitlines()) == whole and "…" not in text
     assert len(inspect_tables(_rows(), whole - 1, "layers", {})) == 2
+
+
+def _whole(text: str, width: int, cells) -> set[str]:
+    """`text`'s words (a table's cells; a trailing ',' or ':' apart), after checking nothing is cut or
+    past `width` (a word longer than the width apart)."""
+    assert "…" not in text, text
+    assert all(len(line) <= width or " " not in line.strip() for line in text.splitlines()), text
+    words = {word.rstrip(",:") for word in text.replace("│", " ").split()}
+    assert all(cell in words for cell in cells), (set(cells) - words, text)
+    return words
+
+
+@pytest.mark.parametrize("width", [20, 25])
+def test_a_terminal_under_the_least_layer_table_shows_a_line_per_layer(width):
+    """Under the per-layer tables' least (layer and rank, or layer and loss/opt) rich cut the names
+    mid-word ('time_tex' over 't_') and the numbers ('1.0000…'). Now a line per layer under its block's
+    name, each column's header beside its cell, broken at spaces to the width; names fold after a '.'
+    or '_' only."""
+    rows = _rows() + [{"name": "proj_out", "role": "output", "block": "-", "shape": [64, 3072], "rank": None,
+                       "params": 196_672, "kept": 1.0}]
+    text = _rendered(inspect_tables(rows, width, "layers", {}), width)
+    assert not any(line[:1] in "┏┃┡│└" for line in text.splitlines()), text
+    words = _whole(text, width, CELLS + ("dense", "proj_out", "attn.to_q", "single_transformer_", "blocks.1"))
+    assert {"rank", "loss/opt", "rel", "err", "time"} <= words
+    said = " ".join(text.split())
+    assert "attn.to_q: role attention, shape 3072×3072, rank 512, params 3,148,800, kept 33%, energy 0.9987" in said
+    assert "proj_out: role output, shape 64×3072, rank dense, params 196,672, kept 100%" in said
+    assert said.count("attn.to_q:") == 3 and "proj_out: role output, shape 64×3072, rank dense, params 196,672, " \
+        "kept 100%, energy" not in said  # '-' cells left out
+
+
+@pytest.mark.parametrize("width", [20, 25])
+@pytest.mark.parametrize("key", ["role", "block"])
+def test_a_terminal_under_the_least_summary_table_shows_a_line_per_row(width, key):
+    """By role and by block under their least table (name and of dense) rich cut names and numbers
+    ('embeddi…', '100.…', 'transform…'). Now, where the table at its least does not fit, a line per role
+    or block, broken at spaces; names folded after a '.' or '_' only, numbers whole."""
+    from compress.report import summary_table
+
+    rows = [{**r, "dense_params": 3 * r["params"], "block": f"single_transformer_blocks.{i}", "role": "modulation"}
+            for i, r in enumerate(_rows())]
+    text = _rendered(summary_table(rows, key, f"by {key}", width), width)
+    table = "┏" in text
+    assert not table or width == 25, text  # 25 columns hold name and of dense
+    names = ["modulation"] if key == "role" else ["blocks.0", "blocks.2"]  # after 'single_transformer_'
+    params = "9,446,400" if key == "role" else "3,148,800"
+    _whole(text, width, ["33.3%", *names] + ([] if table else [params]))
+    said = " ".join(text.split())
+    assert table or said.count(f"params {params}, of dense 33.3%") == (1 if key == "role" else 3), said

@@ -184,7 +184,8 @@ def test_a_toy_pipeline_s_text_encoder_and_vae_are_counted(tmp_path, monkeypatch
 
 def test_plan_at_40_columns_keeps_role_names_and_numbers_whole(tmp_path, capsys, monkeypatch):
     """At COLUMNS=40 the role table cut its names and header ('attent…', 'cross_…', '(plann…'). Now
-    role names fold after a '_' at most, numbers stay whole, and the column left out is said."""
+    role names and numbers stay whole (never folded: 'cross_' over 'attention' read as two roles), and
+    the column left out is said."""
     from compress.report import results
 
     recipe = tmp_path / "r.yaml"
@@ -194,10 +195,49 @@ def test_plan_at_40_columns_keeps_role_names_and_numbers_whole(tmp_path, capsys,
     printed = capsys.readouterr().out
     table = printed[printed.index("parameters by role"):printed.index("└")]
     assert "…" not in table and max(len(line) for line in table.splitlines()) <= 40
-    names = "".join(line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│"))
-    for role in ("attention", "cross_attention", "mlp", "embedding", "modulation"):
-        assert role in names
+    names = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+    assert names == ["attention", "cross_attention", "mlp", "output", "embedding", "modulation"], names
     mlp = next(line for line in table.splitlines() if line.startswith("│ mlp "))
     assert [c.strip() for c in mlp.split("│")[1:-1]] == ["mlp", "372,480", "47.1%"], mlp
     said = " ".join(printed[printed.index("└"):].split())
     assert "column before left out to fit 40 terminal columns (rerun with --json or in a wider terminal to see it)" in said, said
+
+
+@pytest.fixture(scope="module")
+def toy_plans():
+    from compress.plan import make_plan
+    from compress.recipe import load_recipe
+
+    return {name: make_plan(load_recipe(f"recipes/{name}.yaml")) for name in ("toy-pixart", "toy-flux")}
+
+
+def _role_table(plan: dict, width: int, capsys, monkeypatch) -> str:
+    """What print_plan prints of the role table on a `width`-column terminal, its caption included."""
+    from compress.plan_words import print_plan
+    from compress.report import results
+
+    monkeypatch.setattr(results, "_width", width)
+    print_plan(plan)
+    printed = capsys.readouterr().out
+    return printed[printed.index("parameters by role"):printed.index("\nratio: after")]
+
+
+@pytest.mark.parametrize("width", [20, 25, 36, 38, 41, 46, 48, 51])
+@pytest.mark.parametrize("name", ["toy-pixart", "toy-flux"])
+def test_plan_never_splits_a_role_name_or_number(toy_plans, name, width, capsys, monkeypatch):
+    """At COLUMNS=36-41 and 46-51 the role table fitted by folding its names: 'cross_' on one row and
+    'attention' on the next, read as two roles (30, 44 and 52+ left columns out instead); under 25 it cut
+    them ('cross_…', '100.…'). Now every role name and number is whole on one line at any width: the
+    table leaves columns out first, and where even role and ratio do not fit, a line per role broken
+    at its spaces ('cross_attention: before 396,288, ...')."""
+    plan = toy_plans[name]
+    text = _role_table(plan, width, capsys, monkeypatch)
+    assert "…" not in text and max(len(line) for line in text.splitlines()[1:]) <= width, text  # the title apart
+    words = {word.rstrip(",:") for word in text.replace("│", " ").split()}  # whole on one line
+    for role, n in plan["by_role_before"].items():
+        after = plan["by_role_after_at_most"].get(role, 0)
+        assert role in words and f"{after / n:.1%}" in words, (role, text)
+    if width < 25:  # a line per role, each column's header beside its cell
+        assert not any(line[:1] in "┏┃┡│└" for line in text.splitlines())
+        said = " ".join(text.split())
+        assert all(f"{role}: before {n:,}," in said for role, n in plan["by_role_before"].items()), said
