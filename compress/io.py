@@ -106,7 +106,7 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
     bench's --lora, in place of the recorded places). `dtype`: load_teacher's (None: as stored,
     whose bytes bench compares the export's with). `advice`: how a teacher of other widths is put right
     (check_same_architecture's; distill's kd_teacher: base has no --teacher). `where`: the start of an
-    error about the source or its config ('--teacher: ' where the command line gave it; io_source.checked)."""
+    error about the source or its config ('--teacher: ' where the command line gave it; io_source_config.checked)."""
     from compress.io_source_config import checked
 
     recorded = (getattr(student, "compression_meta", None) or {}).get("loras")
