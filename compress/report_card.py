@@ -63,8 +63,19 @@ def export_lines(report: dict) -> list[str]:
         return ["", f"The output holds the weights measured above, exactly, in {dtype}."]
     before = f"The teacher-relative errors above are of the {computed} weights before the export; the output holds them in {dtype}"
     if not is_number(err):
-        return ["", f"{before} (not measured in the run: `dit-compress eval` measures it)."]
+        return ["", f"{before} ({_unmeasured_words(report)})."]
     return ["", f"{before}: its teacher-relative error on the same held-out inputs is {err:.4g}."]
+
+
+def _unmeasured_words(report: dict) -> str:
+    """Where the exported weights' error was not measured (a streamed run): which command measures it. eval
+    of a real model measures it on the run's held-out inputs; of a toy's (its teacher or its chain's base a
+    toy), pred_rel_error on 256 toy triples, another measure, so no command gives this one."""
+    base = chain_base_of(report) or {}
+    if any(str(s).startswith("toy:") for s in (report.get("teacher"), base.get("source"))):
+        return ("not measured in the run; `dit-compress eval` gives a toy's pred_rel_error on 256 toy triples, "
+                "another measure")
+    return "not measured in the run: `dit-compress eval` measures it"
 
 
 def _params_line(report: dict) -> str:

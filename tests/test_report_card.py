@@ -239,3 +239,20 @@ def test_the_model_card_names_flux_blocks_by_module_and_recipe_group():
     assert _removal_lines(record) == ["", "Blocks removed by the last remove_blocks pass (teacher indices): "
                                       "transformer_blocks (double) [1], single_transformer_blocks (single) [0, 3] "
                                       "(chosen by scan)."]
+
+
+def test_a_toys_unmeasured_export_names_no_command_as_measuring_it():
+    """A streamed toy exported in bfloat16 said its weights' error was 'not measured in the run: `dit-compress
+    eval` measures it', but eval gives a toy's pred_rel_error on 256 toy triples, another measure (T5: 0.1179
+    against 0.1166 recomputed): the words say so; a real teacher's eval measures it, as before."""
+    from compress.report_card import export_lines
+
+    export = {"dtype": "bfloat16", "computed_in": "float32", "relative_error": None}
+    for report in ({"teacher": "toy:flux", "export": export},
+                   {"teacher": "out/A", "base": {"source": "toy:pixart", "params": 10}, "export": export}):
+        line = export_lines(report)[1]
+        assert "`dit-compress eval` measures it" not in line, line
+        assert line.endswith("(not measured in the run; `dit-compress eval` gives a toy's pred_rel_error on "
+                             "256 toy triples, another measure)."), line
+    real = export_lines({"teacher": "black-forest-labs/FLUX.1-dev", "export": export})[1]
+    assert real.endswith("(not measured in the run: `dit-compress eval` measures it)."), real
