@@ -144,7 +144,7 @@ OF_DENSE = {"role": ("of dense: params / the same layers of this student held de
 
 
 def summary_table(rows: list[dict], key: str, title: str, width: int | None = None) -> list:
-    """inspect's table by `key` (role, block): layers factorized, kept params, and their share of the
+    """inspect's table by `key` (role, block, the top level last): layers factorized, kept params, and their share of the
     student's own dense size (`OF_DENSE`, the caption that says so), as [the table] or lines
     (report_fit.fitted_rows). `width`: the terminal's; a table wider than it keeps its names and numbers
     whole and leaves out factorized, then params; where even that is wider, a line per row."""
@@ -156,8 +156,9 @@ def summary_table(rows: list[dict], key: str, title: str, width: int | None = No
         a[0] += r["params"]
         a[1] += r["dense_params"]
         a[2] += r["rank"] is not None
+    order = sorted(agg.items(), key=lambda kv: key == "block" and kv[0] == "-")  # the top level last, each family
     cells = [["top level" if key == "block" and k == "-" else str(k),  # linears outside the blocks
-              str(n), _fmt_int(kept), f"{kept / dense:.1%}"] for k, (kept, dense, n) in agg.items()]
+              str(n), _fmt_int(kept), f"{kept / dense:.1%}"] for k, (kept, dense, n) in order]
     columns = [(key, "left"), ("factorized", "right"), ("params", "right"), ("of dense", "right")]
     return fitted_rows(title, OF_DENSE.get(key), columns, cells, width, ("factorized", "params"), "in a wider terminal")
 

@@ -37,6 +37,7 @@ def test_the_table_by_block_adds_up_to_what_the_weight_files_hold(tmp_path, caps
     printed = capsys.readouterr().out
     rows = _table_rows(printed, "by block")
     assert "top level" in rows and len(rows) > 3
+    assert list(rows)[-1] == "top level"  # last for both families: Flux's came first, PixArt's last
     assert sum(int(cells[1].replace(",", "")) for cells in rows.values()) == held
     assert "by block (all parameters)" in printed
     first = next(label for label in rows if label != "top level")
