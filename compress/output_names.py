@@ -2,8 +2,9 @@
 a folder is an output (`is_output`; a teacher as given, its pipeline's transformer/ too:
 `is_output_teacher`), the name a recipe gives its default output and run folders (an
 output's own recipe.yaml takes that output's name: `default_name`), what an output that --overwrite is
-about to replace was made of (`replaced_note`) and what a rerun after a stop needs where the output is
-there (`rerun_needs_overwrite`), and what a command that reads an output says of a local path that is not
+about to replace was made of (`replaced_note`), what a rerun after a stop needs where the output is
+there (`rerun_needs_overwrite`), what the rerun of an output's recipe.yaml leaves out where the output took
+a LoRA since (`lora_rerun_note`), and what a command that reads an output says of a local path that is not
 there (`missing_output`: no such folder, the name meant; of a run folder runs/NAME, its output: `run_output`)."""
 
 from __future__ import annotations
@@ -54,6 +55,24 @@ def saved_in_output(recipe: str | Path) -> Path | None:
     if path.name != SAVED_RECIPE or not (folder / REPORT).is_file() or not is_output(folder) or not folder.name:
         return None
     return folder
+
+
+def lora_rerun_note(recipe: str | Path, out: Path) -> str | None:
+    """Where `recipe` is an output's own recipe.yaml and that output took LoRAs after its run (its config's
+    `loras`: dit-compress lora), a note that this run (writing `out`) compresses the model before them and
+    how to merge them again; else None. The recipe holds no LoRA: `lora` copies the run's recipe.yaml as it was."""
+    folder = saved_in_output(recipe)
+    loras = (output_config(folder)["compression"].get("loras") or []) if folder is not None else []
+    loras = [r for r in loras if isinstance(r, dict)] if isinstance(loras, list) else []
+    if not loras:
+        return None
+    given = [f"{r.get('source')} at scale {r.get('scale')}" for r in loras]
+    first = loras[0]
+    again = (f"`dit-compress lora {out} {first.get('source')} NEW --scale {first.get('scale')}` merges it again"
+             if len(loras) == 1 else f"`dit-compress lora` merges them again, in order: {'; '.join(given)}")
+    them = "it" if len(loras) == 1 else "them"
+    return (f"{folder} took {'a LoRA' if len(loras) == 1 else f'{len(loras)} LoRAs'} after its run (dit-compress "
+            f"lora), which {SAVED_RECIPE} does not hold: this run compresses the model before {them}; {again}")
 
 
 def default_name(recipe: str | Path) -> str:

@@ -14,7 +14,7 @@ from compress.io_export import warn_if_beyond_export_range, warn_if_export_wider
 from compress.io_source_recipe import checked_sources
 from compress.passes import build_passes
 from compress.passes.base import RunContext
-from compress.output_names import replaced_note
+from compress.output_names import lora_rerun_note, replaced_note
 from compress.plan import warn_if_beyond_memory
 from compress.report import console, note
 from compress.report_teacher import absolute_source
@@ -98,6 +98,8 @@ def _checked_before_loading(runner):
     main = not is_follower()  # rank 0 checks and owns the folders; the other ranks only read (runner_ranks)
     runner.reading_back = None
     if main:
+        if took := lora_rerun_note(runner.recipe.path, runner.out):  # an output's own recipe.yaml, the output
+            note(took)  # LoRA'd since: the rerun leaves the LoRA out (said before an existing output is refused)
         check_folders(runner.out, runner.run_dir, runner.overwrite, runner.teacher_arg or runner.recipe.teacher,
                       runner.teacher_config, runner.config_by)
         if replaced := replaced_note(runner.out, runner.teacher_arg or runner.recipe.teacher, runner.recipe.model):

@@ -119,3 +119,45 @@ def test_an_output_teacher_is_the_folder_load_teacher_reads(tmp_path):
     assert is_output_teacher(str(tmp_path / "out")) and is_output_teacher(tmp_path / "pipe")
     assert not any(is_output_teacher(s) for s in ("toy:pixart", "org/name", str(tmp_path / "plain"),
                                                   str(tmp_path / "file.safetensors"), str(tmp_path / "none")))
+
+
+def _lora_d(recipe: Path, *loras: dict) -> Path:
+    """The output of `recipe` (_output) as `dit-compress lora` leaves it: its config records `loras`."""
+    config = json.loads((recipe.parent / "config.json").read_text())
+    config["compression"]["loras"] = list(loras)
+    (recipe.parent / "config.json").write_text(json.dumps(config))
+    return recipe
+
+
+def test_the_recipe_of_an_output_that_took_a_lora_says_the_rerun_leaves_it_out(tmp_path):
+    """`run out/L/recipe.yaml --out out/L2` of an output that took a LoRA (dit-compress lora) wrote the
+    model before the LoRA (T5: sha256-equal to out/A) without a word: a note says so and how to merge it."""
+    from compress.output_names import lora_rerun_note
+
+    one = _lora_d(_output(tmp_path / "L"), {"source": "/l/a.safetensors", "scale": 0.8, "modules": 6})
+    assert lora_rerun_note(one, Path("out/L2")) == (
+        f"{tmp_path / 'L'} took a LoRA after its run (dit-compress lora), which recipe.yaml does not hold: this run "
+        "compresses the model before it; `dit-compress lora out/L2 /l/a.safetensors NEW --scale 0.8` merges it again")
+    two = _lora_d(_output(tmp_path / "L3"), {"source": "/l/a.safetensors", "scale": 0.8}, {"source": "org/b", "scale": 1})
+    assert lora_rerun_note(two, Path("o")).endswith(
+        "took 2 LoRAs after its run (dit-compress lora), which recipe.yaml does not hold: this run compresses the "
+        "model before them; `dit-compress lora` merges them again, in order: /l/a.safetensors at scale 0.8; org/b at scale 1")
+    assert lora_rerun_note(_output(tmp_path / "A"), Path("o")) is None  # no LoRA: the rerun is the same model
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "recipe.yaml").write_text(RECIPE)
+    assert lora_rerun_note(tmp_path / "mine" / "recipe.yaml", Path("o")) is None  # no output's recipe
+
+
+def test_a_run_of_a_lora_d_outputs_recipe_notes_it_before_anything_loads(tmp_path, capsys):
+    """The run says it (stderr, one line), also where it then refuses the output that is there."""
+    from compress.errors import UserError
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+
+    recipe = _lora_d(_output(tmp_path / "out" / "L"), {"source": "/l/a.safetensors", "scale": 0.8})
+    runner = Runner(parse_recipe(recipe.read_text(), str(recipe)), recipe.parent, tmp_path / "runs" / "L")
+    with pytest.raises(UserError, match="exists"):
+        runner.run()
+    err = capsys.readouterr().err
+    assert " ".join(err.split()).count("note: ") == 1 and "does not hold: this run compresses the model before it" in \
+        " ".join(err.split()), err
