@@ -57,8 +57,7 @@ def cmd_run(args, load_recipe, Runner) -> int:
     recipe = load_recipe(args.recipe, args.overrides, command="run")
     out, run_dir = _out(args), _run_dir(args)
     if not (args.out and args.run_dir) and (saved := saved_in_output(args.recipe)) is not None:
-        note(f"{args.recipe} is the recipe saved in the output {saved}: its default folders take that output's "
-             f"name, {out} and {run_dir} (--out, --run-dir to choose others)")
+        note(_defaults_note(args, saved, out, run_dir))
     runner = Runner(recipe, out, run_dir, teacher=args.teacher, teacher_config=args.teacher_config,
                     resume=args.resume, overwrite=args.overwrite, restart=args.restart)
     try:
@@ -66,6 +65,17 @@ def cmd_run(args, load_recipe, Runner) -> int:
     except KeyboardInterrupt:
         raise RunInterrupted(runner.interrupt_note()) from None
     return 0
+
+
+def _defaults_note(args, saved, out: Path, run_dir: Path) -> str:
+    """The note of a run of an output's own recipe.yaml: the default folders it takes that output's name
+    for, only those --out / --run-dir left to their default (a folder given is no default)."""
+    defaults = [(f, flag) for f, flag, given in ((out, "--out", args.out), (run_dir, "--run-dir", args.run_dir))
+                if not given]
+    folders, flags = " and ".join(str(f) for f, _ in defaults), ", ".join(flag for _, flag in defaults)
+    which = "its default folders take" if len(defaults) > 1 else "its default folder takes"
+    return (f"{args.recipe} is the recipe saved in the output {saved}: {which} that output's name, {folders} "
+            f"({flags} to choose {'others' if len(defaults) > 1 else 'another'})")
 
 
 @imports_held("compress.plan:make_plan", "compress.plan_words:print_plan", "compress.recipe:load_recipe",

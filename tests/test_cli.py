@@ -278,3 +278,33 @@ def test_set_given_its_value_apart_says_key_equals_value(capsys, argv):
         cli.main(argv)
     assert e.value.code == 2
     assert capsys.readouterr().err == "dit-compress: error: --set takes KEY=VALUE: --set calibration.timesteps=4\n"
+
+
+def test_a_rerun_of_an_outputs_recipe_calls_default_only_the_folders_left_to_their_default(monkeypatch, tmp_path,
+                                                                                           capsys):
+    """'run out/A/recipe.yaml --out out/A2' noted 'its default folders take that output's name, out/A2 and
+    runs/A' (T5): out/A2 is the --out given, not a default; the note names the default one(s) alone."""
+    import json
+
+    import compress.runner
+
+    monkeypatch.setattr(compress.runner, "Runner", lambda *a, **k: type("R", (), {"run": lambda self: None})())
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "out" / "A"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"_class_name": "PixArtTransformer2DModel",
+                                                    "compression": {"teacher": "toy:pixart"}}))
+    (folder / "report.json").write_text("{}")
+    (folder / "recipe.yaml").write_text("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {ratio: 0.5}\n")
+
+    def said(*given):
+        assert cli.main(["run", "out/A/recipe.yaml", *given]) == 0
+        return " ".join(capsys.readouterr().err.split())
+
+    head = f"out/A/recipe.yaml is the recipe saved in the output {folder}: "
+    assert head + "its default folder takes that output's name, runs/A (--run-dir to choose another)" in said(
+        "--out", "out/A2")
+    assert head + "its default folder takes that output's name, out/A (--out to choose another)" in said(
+        "--run-dir", "runs/A2")
+    assert head + "its default folders take that output's name, out/A and runs/A (--out, --run-dir to choose " \
+                  "others)" in said()
